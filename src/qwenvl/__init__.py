@@ -1,0 +1,35 @@
+"""qwenvl: visual understanding with Qwen-VL models, in DashScope (both protocols) or locally."""
+
+__version__ = "0.1.0"
+
+from qwenvl.client import AsyncClient, Client  # noqa: E402
+from qwenvl.errors import (  # noqa: E402
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    InternalServerError,
+    MalformedResponseError,
+    MediaError,
+    MissingAPIKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    QwenVLError,
+    RateLimitError,
+    SchemaDefinitionError,
+    StreamInterruptedError,
+    StructuredOutputError,
+    UsageError,
+)
+from qwenvl.models import ModelInfo, model_info  # noqa: E402
+from qwenvl.types import Message, Request, Response, StreamEvent, Usage  # noqa: E402
+
+__all__ = [
+    "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AsyncClient",
+    "AuthenticationError", "BadRequestError", "Client", "InternalServerError", "MalformedResponseError",
+    "MediaError", "Message", "MissingAPIKeyError", "ModelInfo", "NotFoundError", "PermissionDeniedError",
+    "QwenVLError", "RateLimitError", "Request", "Response", "SchemaDefinitionError", "StreamEvent",
+    "StreamInterruptedError", "StructuredOutputError", "Usage", "UsageError", "__version__", "model_info",
+]

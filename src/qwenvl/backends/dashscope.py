@@ -1,0 +1,157 @@
+"""The DashScope backend: a protocol module (compat | native) over the transport, sync and async."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from qwenvl.config import Protocol, resolve_base_url
+from qwenvl.errors import APIConnectionError
+from qwenvl.plan import Call
+from qwenvl.protocols import compat, get, native
+from qwenvl.protocols.common import load_json
+from qwenvl.protocols.sse import SSEDecoder
+from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
+from qwenvl.types import Response, StreamEvent
+
+
+def policy_for(call: Call) -> Policy:
+    r = call.request
+    return Policy(timeout_s=r.timeout_s, max_retries=r.max_retries, backoff_s=r.retry_backoff_s)
+
+
+class _Wire:
+    """What the sync and async backends share: URL, body and headers of a call, and stream decoding."""
+
+    def __init__(self, protocol: Protocol, base_url: str) -> None:
+        self.protocol = protocol
+        self.proto = get(protocol)
+        self.base_url = base_url
+        self.name = f"dashscope-{protocol}"
+
+    def url(self, call: Call) -> str:
+        base = resolve_base_url(self.protocol, base_url=call.request.base_url) if call.request.base_url \
+            else self.base_url
+        return base + self.proto.ENDPOINT
+
+    def body(self, call: Call, stream: bool) -> dict[str, Any]:
+        return self.proto.build_body(call, stream=stream)
+
+    def headers(self, call: Call, stream: bool) -> dict[str, str]:
+        if self.proto is native:
+            return native.headers(stream=stream, uses_oss=native.uses_oss(call))
+        return compat.headers(stream=stream)
+
+    def parse(self, data: Any, call: Call, headers: dict[str, str]) -> Response:
+        return self.proto.parse_response(data, model=call.request.model, request_id=headers.get("x-request-id"))
+
+    def parser(self, call: Call, stream: LineStream) -> _StreamDriver:
+        return _StreamDriver(self.proto.StreamParser(call.request.model, stream.headers.get("x-request-id")))
+
+    def non_sse(self, call: Call, stream: LineStream, body: bytes) -> list[StreamEvent]:
+        """A streaming request answered with plain JSON (an error, or a server that does not stream)."""
+        response = self.parse(load_json(body, "the reply"), call, dict(stream.headers))
+        events = [StreamEvent(type="reasoning", text=response.reasoning)] if response.reasoning else []
+        if response.text:
+            events.append(StreamEvent(type="text", text=response.text))
+        return [*events, StreamEvent(type="done", response=response)]
+
+
+class _StreamDriver:
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.decoder = SSEDecoder()
+
+    def line(self, line: str) -> list[StreamEvent]:
+        event = self.decoder.feed(line)
+        return self.parser.feed(event) if event is not None else []
+
+    def end(self) -> list[StreamEvent]:
+        event = self.decoder.flush()
+        events = self.parser.feed(event) if event is not None else []
+        return [*events, StreamEvent(type="done", response=self.parser.finish())]
+
+    def broken(self, exc: APIConnectionError) -> Exception:
+        error = self.parser.acc.interrupted(str(exc))
+        error.__cause__ = exc
+        return error
+
+
+class DashScopeBackend:
+    def __init__(self, api_key: str, *, protocol: Protocol = "compat", base_url: str | None = None,
+                 region: str | None = None, http_client: Any = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
+        self.protocol = protocol
+        self.name = self._wire.name
+        self.base_url = self._wire.base_url
+        kw = {"sleep": sleep} if sleep else {}
+        self.transport = Transport(api_key, http_client=http_client, **kw)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def complete(self, call: Call) -> Response:
+        w = self._wire
+        data, headers = self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
+                                                 w.headers(call, False))
+        return w.parse(data, call, headers)
+
+    def stream(self, call: Call) -> Iterator[StreamEvent]:
+        w = self._wire
+        stream = self.transport.open_stream(w.url(call), w.body(call, True), policy_for(call),
+                                            w.headers(call, True))
+        try:
+            if "json" in stream.content_type:
+                yield from w.non_sse(call, stream, stream.read())
+                return
+            driver = w.parser(call, stream)
+            try:
+                for line in stream:
+                    yield from driver.line(line)
+            except APIConnectionError as exc:
+                raise driver.broken(exc) from exc
+            yield from driver.end()
+        finally:
+            stream.close()
+
+
+class AsyncDashScopeBackend:
+    def __init__(self, api_key: str, *, protocol: Protocol = "compat", base_url: str | None = None,
+                 region: str | None = None, http_client: Any = None, sleep: Any = None) -> None:
+        self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
+        self.protocol = protocol
+        self.name = self._wire.name
+        self.base_url = self._wire.base_url
+        kw = {"sleep": sleep} if sleep else {}
+        self.transport = AsyncTransport(api_key, http_client=http_client, **kw)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def complete(self, call: Call) -> Response:
+        w = self._wire
+        data, headers = await self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
+                                                       w.headers(call, False))
+        return w.parse(data, call, headers)
+
+    async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
+        w = self._wire
+        stream: AsyncLineStream = await self.transport.open_stream(w.url(call), w.body(call, True),
+                                                                   policy_for(call), w.headers(call, True))
+        try:
+            if "json" in stream.content_type:
+                for event in w.non_sse(call, stream, await stream.aread()):
+                    yield event
+                return
+            driver = w.parser(call, stream)
+            try:
+                async for line in stream:
+                    for event in driver.line(line):
+                        yield event
+            except APIConnectionError as exc:
+                raise driver.broken(exc) from exc
+            for event in driver.end():
+                yield event
+        finally:
+            await stream.aclose()

@@ -1,0 +1,234 @@
+"""The public API: ``Client`` and ``AsyncClient``.
+
+    client = qwenvl.Client()                       # key from DASHSCOPE_API_KEY or the credentials files
+    r = client.ask("What is in this picture?", "photo.jpg")
+    print(r.text, r.usage.input_tokens)
+    for event in client.stream(prompt="Describe", image="photo.jpg"):
+        ...                                        # "reasoning"/"text" deltas, then "done" with r
+    r2 = client.complete(prompt="And the colours?", messages=r.messages)   # multi-turn
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from qwenvl import structured
+from qwenvl.backends.base import AsyncBackend, Backend
+from qwenvl.config import normalize_protocol, normalize_region, require_api_key
+from qwenvl.errors import StructuredOutputError, UsageError
+from qwenvl.plan import Call, plan
+from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
+
+# Client-level defaults that apply to requests that do not set the field themselves.
+_CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
+
+
+def make_request(request: Request | dict[str, Any] | None, fields: dict[str, Any],
+                 defaults: dict[str, Any] | None = None) -> Request:
+    """One validated Request from a Request, a dict and/or keyword fields (UsageError when invalid)."""
+    try:
+        if isinstance(request, Request):
+            data = {**request.model_dump(exclude_unset=True), **fields}
+            schema_model = request.schema_model
+        else:
+            data = {**(request or {}), **fields}
+            schema_model = None
+        for key, value in (defaults or {}).items():
+            data.setdefault(key, value)
+        if schema_model is not None and data.get("schema") == request.schema:  # type: ignore[union-attr]
+            data["schema"] = schema_model
+        return Request(**data)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors()[:6]:
+        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}" if where else msg)
+    return "invalid request: " + "; ".join(lines)
+
+
+def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
+    """Attach the history; for structured output parse and validate, or return the repair call."""
+    response.messages = [*call.history, *response.messages]
+    request = call.request
+    if not (request.json_mode or call.schema is not None):
+        return response, None
+    value, errors = structured.parse_answer(response.text, call.schema)
+    if not errors and request.schema_model is not None:
+        try:
+            parsed = request.schema_model.model_validate(value)
+        except ValidationError as exc:
+            errors = [describe_validation_error(exc)]
+        else:
+            response._parsed = parsed
+    if not errors:
+        response.json = value
+        return response, None
+    repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors))])
+    answer = Message(role="assistant", content=response.text)
+    retry = Call(request=request, model=call.model, messages=[*call.messages, answer, repair],
+                 history=call.history, params=call.params, media=call.media, schema=call.schema)
+    return response, retry
+
+
+def _after_repair(first: Response, retry: Call, second: Response) -> Response:
+    second.usage = _add_usage(first.usage, second.usage)
+    final, again = _check(retry, second)
+    if again is not None:
+        _, errors = structured.parse_answer(second.text, retry.schema)
+        raise StructuredOutputError(
+            "the answer is not valid JSON for the schema, even after one retry: " + "; ".join(errors[:3]),
+            raw_text=second.text, errors=errors, response=second)
+    return final
+
+
+def _add_usage(a: Usage, b: Usage) -> Usage:
+    def add(x: int | None, y: int | None) -> int | None:
+        return None if x is None and y is None else (x or 0) + (y or 0)
+
+    return Usage(input_tokens=add(a.input_tokens, b.input_tokens),
+                 output_tokens=add(a.output_tokens, b.output_tokens),
+                 total_tokens=add(a.total_tokens, b.total_tokens),
+                 image_tokens=add(a.image_tokens, b.image_tokens),
+                 video_tokens=add(a.video_tokens, b.video_tokens),
+                 reasoning_tokens=add(a.reasoning_tokens, b.reasoning_tokens), raw=b.raw)
+
+
+class _Base:
+    def __init__(self, *, api_key: str | None = None, protocol: str | None = None, region: str | None = None,
+                 base_url: str | None = None, model: str | None = None, timeout_s: float | None = None,
+                 max_retries: int | None = None, retry_backoff_s: float | None = None,
+                 http_client: Any = None, backend: Any = None) -> None:
+        self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
+        self.region = normalize_region(region or os.environ.get("QWENVL_REGION"))
+        self.base_url = base_url
+        self._api_key = api_key
+        self._http_client = http_client
+        self._backend = backend
+        if backend is not None:
+            self.protocol = backend.protocol
+        model = model or os.environ.get("QWENVL_MODEL")
+        values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
+        self.defaults = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(protocol={self.protocol!r}, region={self.region!r})"
+
+    def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
+        return make_request(request, fields, self.defaults)
+
+    def plan(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Call:
+        """Everything up to the wire, without sending: validated request, messages, prepared media."""
+        return plan(self.request(request, **fields), self.protocol)
+
+    def _key(self) -> str:
+        return require_api_key(self._api_key).key
+
+
+class Client(_Base):
+    """Synchronous client. Thread-safe for concurrent requests (httpx pools connections)."""
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            from qwenvl.backends.dashscope import DashScopeBackend
+
+            self._backend = DashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,
+                                             region=self.region, http_client=self._http_client)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+        call = self.plan(request, **fields)
+        return self.send(call)
+
+    def send(self, call: Call) -> Response:
+        first, retry = _check(call, self.backend.complete(call))
+        if retry is None:
+            return first
+        return _after_repair(first, retry, self.backend.complete(retry))
+
+    def stream(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Iterator[StreamEvent]:
+        call = self.plan(request, **fields)
+        return self.send_stream(call)
+
+    def send_stream(self, call: Call) -> Iterator[StreamEvent]:
+        for event in self.backend.stream(call):
+            if event.type != "done":
+                yield event
+                continue
+            assert event.response is not None
+            first, retry = _check(call, event.response)
+            if retry is not None:
+                first = _after_repair(first, retry, self.backend.complete(retry))
+            yield StreamEvent(type="done", response=first)
+
+    def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
+        """One question about zero or more images: ``client.ask("What is this?", "a.jpg", "b.png")``."""
+        return self.complete(prompt=prompt, images=list(images), **fields)
+
+
+class AsyncClient(_Base):
+    """asyncio client with the same methods as Client (``await client.complete(...)``)."""
+
+    @property
+    def backend(self) -> AsyncBackend:
+        if self._backend is None:
+            from qwenvl.backends.dashscope import AsyncDashScopeBackend
+
+            self._backend = AsyncDashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,
+                                                  region=self.region, http_client=self._http_client)
+        return self._backend
+
+    async def aclose(self) -> None:
+        if self._backend is not None:
+            await self._backend.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+        call = self.plan(request, **fields)
+        return await self.send(call)
+
+    async def send(self, call: Call) -> Response:
+        first, retry = _check(call, await self.backend.complete(call))
+        if retry is None:
+            return first
+        return _after_repair(first, retry, await self.backend.complete(retry))
+
+    async def stream(self, request: Request | dict[str, Any] | None = None, /,
+                     **fields: Any) -> AsyncIterator[StreamEvent]:
+        call = self.plan(request, **fields)
+        async for event in self.backend.stream(call):
+            if event.type != "done":
+                yield event
+                continue
+            assert event.response is not None
+            first, retry = _check(call, event.response)
+            if retry is not None:
+                first = _after_repair(first, retry, await self.backend.complete(retry))
+            yield StreamEvent(type="done", response=first)
+
+    async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
+        return await self.complete(prompt=prompt, images=list(images), **fields)

@@ -1,0 +1,187 @@
+"""Where requests go and with which key: regions, base URLs, protocols, the API key lookup.
+
+Lookup order for the key (the first found wins):
+  1. the ``api_key`` argument (``--api-key`` is deliberately not offered: keys in argv leak to `ps`)
+  2. ``DASHSCOPE_API_KEY`` in the environment, then in ``.env`` (working folder, then the repository root)
+  3. the file named by ``DASHSCOPE_API_KEY_FILE_PATH``
+  4. ``~/.alibabacloud/credentials`` (INI; profile ``$ALIBABA_CLOUD_PROFILE``, ``$ALICLOUD_PROFILE`` or
+     ``default``; option ``dashscope_api_key``)
+  5. ``~/.dashscope/api_key`` (the official SDK's key file)
+A ``.env`` file never overrides the real environment.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from qwenvl.errors import MissingAPIKeyError, UsageError
+
+Protocol = Literal["compat", "native"]
+PROTOCOLS: tuple[str, ...] = ("compat", "native")
+DEFAULT_PROTOCOL: Protocol = "compat"
+
+COMPAT_PATH = "/compatible-mode/v1"
+NATIVE_PATH = "/api/v1"
+
+REGIONS: dict[str, str] = {
+    "cn": "https://dashscope.aliyuncs.com",  # Beijing (default)
+    "intl": "https://dashscope-intl.aliyuncs.com",  # Singapore
+    "us": "https://dashscope-us.aliyuncs.com",  # Virginia (native path UNVERIFIED)
+}
+REGION_ALIASES = {"beijing": "cn", "cn-beijing": "cn", "singapore": "intl", "ap-southeast-1": "intl",
+                  "virginia": "us", "us-east-1": "us"}
+DEFAULT_REGION = "cn"
+
+KEY_HELP = """No DashScope API key found. Set one of:
+  export DASHSCOPE_API_KEY=sk-...                      (shell, or a line in ./.env)
+  ~/.alibabacloud/credentials:   [default]
+                                 dashscope_api_key = sk-...
+  ~/.dashscope/api_key            (the key alone, as the official SDK keeps it)
+Get a key at https://help.aliyun.com/zh/model-studio/get-api-key (Beijing and Singapore keys differ)."""
+
+
+def normalize_region(region: str | None) -> str:
+    name = (region or DEFAULT_REGION).strip().lower()
+    name = REGION_ALIASES.get(name, name)
+    if name not in REGIONS:
+        raise UsageError(f"unknown region {region!r}: use one of {', '.join(REGIONS)}",
+                         hint="Or give the endpoint itself with --base-url.")
+    return name
+
+
+def normalize_protocol(protocol: str | None) -> Protocol:
+    name = (protocol or DEFAULT_PROTOCOL).strip().lower()
+    aliases = {"openai": "compat", "compatible": "compat", "dashscope": "native"}
+    name = aliases.get(name, name)
+    if name not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}: use compat (OpenAI-compatible) or native (DashScope)")
+    return name  # type: ignore[return-value]
+
+
+def resolve_base_url(protocol: Protocol, *, region: str | None = None, base_url: str | None = None,
+                     env: Mapping[str, str] | None = None) -> str:
+    """The base URL for one protocol, without a trailing slash.
+
+    An explicit ``base_url`` wins. One that ends in ``/compatible-mode/v1`` or ``/api/v1`` also gives the
+    other protocol's URL on the same host; a bare ``http://host:port`` gets the protocol's standard path;
+    any other path is used as given (a proxy). Otherwise ``DASHSCOPE_COMPATIBLE_BASE_URL`` /
+    ``DASHSCOPE_HTTP_BASE_URL`` (as the official SDK reads them), then the region's host.
+    """
+    env = os.environ if env is None else env
+    wanted = COMPAT_PATH if protocol == "compat" else NATIVE_PATH
+    if base_url:
+        return _derive(base_url, wanted)
+    env_name = "DASHSCOPE_COMPATIBLE_BASE_URL" if protocol == "compat" else "DASHSCOPE_HTTP_BASE_URL"
+    if env.get(env_name):
+        return _derive(env[env_name], wanted)
+    return REGIONS[normalize_region(region)] + wanted
+
+
+def _derive(url: str, wanted: str) -> str:
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"base URL {url!r} is not an http(s) URL",
+                         hint="For example https://dashscope-intl.aliyuncs.com/compatible-mode/v1")
+    root = f"{parts.scheme}://{parts.netloc}"
+    for known in (COMPAT_PATH, NATIVE_PATH):
+        if parts.path.endswith(known):
+            prefix = parts.path[: -len(known)]
+            return root + prefix + wanted
+    if parts.path in ("", "/"):
+        return root + wanted
+    return url
+
+
+# --- the API key -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeyFound:
+    key: str
+    source: str  # where it came from, for `qwenvl config` style diagnostics (never the key itself)
+
+    def __repr__(self) -> str:
+        return f"KeyFound(source={self.source!r})"
+
+
+def load_dotenv_files(cwd: Path | None = None) -> dict[str, str]:
+    """Values from ``.env`` in the working folder, then the repository root (the first file wins)."""
+    cwd = Path.cwd() if cwd is None else cwd
+    found: dict[str, str] = {}
+    candidates = [cwd / ".env"]
+    for parent in [cwd, *cwd.parents]:
+        if (parent / ".git").exists():
+            candidates.append(parent / ".env")
+            break
+    for path in candidates:
+        if path.is_file():
+            try:
+                values = dotenv_values(path)
+            except (OSError, UnicodeDecodeError):
+                continue
+            for k, v in values.items():
+                if v is not None:
+                    found.setdefault(k, v)
+    return found
+
+
+def find_api_key(explicit: str | None = None, *, env: Mapping[str, str] | None = None,
+                 home: Path | None = None, cwd: Path | None = None) -> KeyFound | None:
+    if explicit:
+        return KeyFound(explicit.strip(), "argument")
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or Path.home()) if home is None else home
+    if env.get("DASHSCOPE_API_KEY", "").strip():
+        return KeyFound(env["DASHSCOPE_API_KEY"].strip(), "environment DASHSCOPE_API_KEY")
+    dotenv = load_dotenv_files(cwd)
+    if dotenv.get("DASHSCOPE_API_KEY", "").strip():
+        return KeyFound(dotenv["DASHSCOPE_API_KEY"].strip(), ".env DASHSCOPE_API_KEY")
+    key_file = env.get("DASHSCOPE_API_KEY_FILE_PATH") or dotenv.get("DASHSCOPE_API_KEY_FILE_PATH")
+    if key_file:
+        key = _read_key_file(Path(key_file).expanduser())
+        if key:
+            return KeyFound(key, f"file {key_file}")
+    profile = env.get("ALIBABA_CLOUD_PROFILE") or env.get("ALICLOUD_PROFILE") or "default"
+    key = _read_credentials(home / ".alibabacloud" / "credentials", profile)
+    if key:
+        return KeyFound(key, f"~/.alibabacloud/credentials [{profile}]")
+    key = _read_key_file(home / ".dashscope" / "api_key")
+    if key:
+        return KeyFound(key, "~/.dashscope/api_key")
+    return None
+
+
+def require_api_key(explicit: str | None = None, **kw) -> KeyFound:
+    found = find_api_key(explicit, **kw)
+    if found is None:
+        raise MissingAPIKeyError("no DashScope API key found", hint=KEY_HELP)
+    return found
+
+
+def _read_key_file(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text.splitlines()[0].strip() if text else None
+
+
+def _read_credentials(path: Path, profile: str) -> str | None:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        if not parser.read(path, encoding="utf-8"):
+            return None
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return None
+    if not parser.has_section(profile):
+        return None
+    value = parser.get(profile, "dashscope_api_key", fallback="").strip().strip("'\"")
+    return value or None

@@ -1,0 +1,205 @@
+"""The exception tree, one-line hints, and the CLI exit codes (mapped here and nowhere else).
+
+    QwenVLError
+     ├── UsageError                    bad arguments or request fields            exit 2
+     │    └── SchemaDefinitionError    a schema that is not valid JSON Schema
+     ├── MediaError                    a file or URL that cannot be sent          exit 3
+     ├── APIError                      the service or the network                 exit 5
+     │    ├── APIConnectionError       no connection (dead server, DNS, reset)
+     │    │    └── APITimeoutError
+     │    ├── APIStatusError           an HTTP error status; .status .code .request_id
+     │    │    ├── BadRequestError          400
+     │    │    ├── AuthenticationError      401 (and no key at all)            exit 4
+     │    │    ├── PermissionDeniedError    403                                exit 4
+     │    │    ├── NotFoundError            404
+     │    │    ├── RateLimitError           429
+     │    │    └── InternalServerError      5xx
+     │    ├── StreamInterruptedError   a stream that broke midway; .partial_text
+     │    └── MalformedResponseError   a reply we cannot read
+     └── StructuredOutputError         the answer is not valid JSON for the schema; .raw_text  exit 5
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_AUTH = 4
+EXIT_SERVICE = 5
+
+
+class QwenVLError(Exception):
+    """Base of every error qwenvl raises on purpose."""
+
+    exit_code = EXIT_SERVICE
+    default_hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(QwenVLError):
+    exit_code = EXIT_USAGE
+
+
+class SchemaDefinitionError(UsageError):
+    default_hint = "Check the schema with a JSON Schema validator (draft 2020-12)."
+
+
+class MediaError(QwenVLError):
+    """An image, video or document that cannot be sent; raised before any request."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, message: str, *, source: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.source = source
+
+
+class APIError(QwenVLError):
+    exit_code = EXIT_SERVICE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.request_id = request_id
+
+
+class APIConnectionError(APIError):
+    default_hint = "Check the network and the base URL (--base-url, --region); the service did not answer."
+
+
+class APITimeoutError(APIConnectionError):
+    default_hint = "The service took too long; raise the time-out (timeout_s / --timeout) or retry later."
+
+
+class APIStatusError(APIError):
+    status: int = 0
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        request_id: str | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, request_id=request_id)
+        self.status = status
+        self.code = code
+        self.body = body
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        parts = [f"HTTP {self.status}"]
+        if self.code:
+            parts.append(self.code)
+        text = " ".join(parts) + f": {self.message}"
+        if self.request_id:
+            text += f" (request_id {self.request_id})"
+        return text
+
+
+class BadRequestError(APIStatusError):
+    default_hint = "The service rejected the request: check the model name, parameters and images."
+
+
+class AuthenticationError(APIStatusError):
+    exit_code = EXIT_AUTH
+    default_hint = (
+        "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
+    )
+
+
+class MissingAPIKeyError(AuthenticationError):
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, status=0, hint=hint)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class PermissionDeniedError(APIStatusError):
+    exit_code = EXIT_AUTH
+    default_hint = "The key has no access to this model or workspace; check the model's authorization."
+
+
+class NotFoundError(APIStatusError):
+    default_hint = "Check the model name and the base URL."
+
+
+class RateLimitError(APIStatusError):
+    default_hint = "Rate limit or quota reached: retry later, lower concurrency, or raise --max-retries."
+
+
+class InternalServerError(APIStatusError):
+    default_hint = "The service failed; retry later (qwenvl already retried with backoff)."
+
+
+class StreamInterruptedError(APIError):
+    default_hint = "The stream broke before the answer was complete; the partial text is kept."
+
+    def __init__(self, message: str, *, partial_text: str = "", partial_reasoning: str = "",
+                 request_id: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.partial_text = partial_text
+        self.partial_reasoning = partial_reasoning
+        self.code = code
+
+
+class MalformedResponseError(APIError):
+    default_hint = "The server's reply was not a DashScope response: check --base-url and any proxy."
+
+
+class StructuredOutputError(QwenVLError):
+    default_hint = "The model's answer is kept in .raw_text; loosen the schema or rephrase the prompt."
+
+    def __init__(self, message: str, *, raw_text: str, errors: list[str] | None = None,
+                 response: Any = None) -> None:
+        super().__init__(message)
+        self.raw_text = raw_text
+        self.errors = errors or []
+        self.response = response
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+def status_error(status: int, message: str, **kw: Any) -> APIStatusError:
+    """The one mapping from an HTTP status to an exception class."""
+    cls = _STATUS_CLASSES.get(status) or (InternalServerError if status >= 500 else APIStatusError)
+    return cls(message, status=status, **kw)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, QwenVLError):
+        return exc.exit_code
+    return EXIT_SERVICE
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove a secret (the API key) from text that may be shown to the user."""
+    if secret and len(secret) >= 4 and secret in text:
+        return text.replace(secret, "***")
+    return text

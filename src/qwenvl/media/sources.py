@@ -1,0 +1,144 @@
+"""Media sources: what a reference (URL, path, ``file://``, ``data:``, ``oss://``) points at, and its bytes.
+
+Nothing here decodes images; it only finds, reads and identifies content by its bytes (never by its name).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from qwenvl.errors import MediaError
+
+SourceKind = Literal["url", "oss", "data", "file"]
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<b64>.*)$",
+                       re.DOTALL | re.IGNORECASE)
+
+
+@dataclass
+class Source:
+    ref: str  # what the user gave, for messages
+    kind: SourceKind
+    url: str | None = None  # for url / oss / data
+    path: Path | None = None  # for file
+    declared_mime: str | None = None  # from a data: URL
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind in ("url", "oss")
+
+    @property
+    def label(self) -> str:
+        if self.kind == "data":
+            return f"data URL ({len(self.url or '')} chars)"
+        return str(self.path) if self.path else self.ref
+
+
+def classify(ref: str) -> Source:
+    """Decide what kind of reference ``ref`` is. A local path must exist; nothing is read yet."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise MediaError("empty media reference", source=str(ref))
+    text = ref.strip()
+    lower = text[:12].lower()
+    if lower.startswith(("http://", "https://")):
+        parts = urlsplit(text)
+        if not parts.netloc:
+            raise MediaError(f"{text!r} is not a valid URL (no host)", source=text)
+        return Source(ref, "url", url=text)
+    if lower.startswith("oss://"):
+        return Source(ref, "oss", url=text)
+    if lower.startswith("data:"):
+        match = _DATA_URL.match(text)
+        if not match:
+            raise MediaError("a data: URL must look like data:<mime>;base64,<payload>", source=text[:40])
+        return Source(ref, "data", url=text, declared_mime=(match.group("mime") or None))
+    if lower.startswith("file://"):
+        path = Path(unquote(urlsplit(text).path))
+        if os.name == "nt" and re.match(r"^/[A-Za-z]:", str(path)):
+            path = Path(str(path)[1:])
+        return Source(ref, "file", path=_check_path(path, text))
+    if re.match(r"^[a-z][a-z0-9+.-]*://", lower):
+        raise MediaError(f"unsupported URL scheme in {text!r}",
+                         source=text, hint="Use an https:// URL, a local path, file:// or a data: URL.")
+    return Source(ref, "file", path=_check_path(Path(text).expanduser(), text))
+
+
+def _check_path(path: Path, ref: str) -> Path:
+    if not path.exists():
+        raise MediaError(f"file not found: {path}", source=ref)
+    if path.is_dir():
+        raise MediaError(f"{path} is a directory, not a file", source=ref,
+                         hint="Give the files inside it, e.g. a glob such as dir/*.jpg")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"cannot read {path}: permission denied", source=ref)
+    return path
+
+
+def read_bytes(source: Source, *, limit: int | None = None) -> bytes:
+    """The content of a local file or a data: URL (remote sources are not fetched here)."""
+    if source.kind == "file":
+        assert source.path is not None
+        try:
+            size = source.path.stat().st_size
+            if limit is not None and size > limit:
+                raise MediaError(f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit",
+                                 source=source.ref)
+            return source.path.read_bytes()
+        except OSError as exc:
+            raise MediaError(f"cannot read {source.path}: {exc.strerror or exc}", source=source.ref) from None
+    if source.kind == "data":
+        return decode_data_url(source.url or "", source.ref)
+    raise MediaError(f"{source.ref} is remote; it has no local bytes", source=source.ref)
+
+
+def decode_data_url(url: str, ref: str | None = None) -> bytes:
+    match = _DATA_URL.match(url.strip())
+    if not match:
+        raise MediaError("a data: URL must look like data:<mime>;base64,<payload>", source=(ref or url)[:40])
+    payload = re.sub(r"\s+", "", match.group("b64"))
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise MediaError("the data: URL's base64 payload does not decode", source=(ref or url)[:40]) from None
+    if not data:
+        raise MediaError("the data: URL is empty", source=(ref or url)[:40])
+    return data
+
+
+def to_data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+# --- identifying content by its bytes -----------------------------------------------------------------------
+
+def sniff(data: bytes) -> str | None:
+    """A MIME type from magic numbers for the non-image kinds we handle (video, PDF, SVG, text); else None.
+
+    Images are identified by Pillow (see ``qwenvl.media.images``), which knows every format the service
+    accepts.
+    """
+    head = data[:64]
+    if head.startswith(b"%PDF-"):
+        return "application/pdf"
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "video/quicktime" if brand == b"qt  " else "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm" if b"webm" in data[:4096] else "video/x-matroska"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video/x-msvideo"
+    if head.startswith(b"FLV"):
+        return "video/x-flv"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "video/x-ms-wmv"
+    text_head = data[:1024].lstrip()
+    if text_head.startswith(b"<?xml") or text_head[:4].lower() == b"<svg":
+        return "image/svg+xml" if b"<svg" in data[:4096].lower() else "text/xml"
+    return None

@@ -1,0 +1,100 @@
+"""From a Request to a Call: the message list, the generation parameters and the prepared media.
+
+Everything that both protocols (and every backend) share is decided here once; the protocol modules
+only place these values where their wire format wants them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwenvl import structured
+from qwenvl.errors import UsageError
+from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
+from qwenvl.models import ModelInfo, model_info
+from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
+
+# Request fields sent as generation parameters under the same name in both protocols.
+GENERATION_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "enable_thinking",
+                     "thinking_budget")
+
+
+@dataclass
+class Call:
+    request: Request
+    model: ModelInfo
+    messages: list[Message]  # ready for the wire: every media reference prepared
+    history: list[Message]  # the same turns with the user's own references, for Response.messages
+    params: dict[str, Any]  # generation parameters, protocol-neutral names
+    media: list[PreparedItem] = field(default_factory=list)
+    schema: dict[str, Any] | None = None
+
+
+def media_options(request: Request, model: ModelInfo, protocol: str) -> MediaOptions:
+    return MediaOptions(
+        model=model, protocol=protocol, detail=request.detail,
+        vl_high_resolution_images=high_resolution(request),
+        min_pixels=request.min_pixels, max_pixels=request.max_pixels, prepare=request.prepare, fps=request.fps,
+    )
+
+
+def high_resolution(request: Request) -> bool | None:
+    """``vl_high_resolution_images`` as sent: the explicit value, else True for detail=high."""
+    if request.vl_high_resolution_images is not None:
+        return request.vl_high_resolution_images
+    return True if request.detail == "high" else None
+
+
+def build_messages(request: Request) -> list[Message]:
+    """System prompt, history, then the new user turn (media first, then the prompt, as the skill does)."""
+    messages: list[Message] = []
+    if request.system and not (request.messages and request.messages[0].role == "system"):
+        messages.append(Message(role="system", content=request.system))
+    messages.extend(request.messages)
+    if request.prompt is not None:
+        parts: list[TextPart | ImagePart | VideoPart] = []
+        pixels = {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", request.max_pixels))
+                  if v is not None}
+        for ref in request.image_list():
+            parts.append(ImagePart(image=ref, **pixels))
+        if request.video is not None:
+            parts.append(VideoPart(video=request.video, fps=request.fps))
+        prompt = request.prompt
+        note = structured.instruction(json_mode=request.json_mode, schema=request.schema)
+        if note:
+            prompt = f"{prompt}\n\n{note}"
+        parts.append(TextPart(text=prompt))
+        messages.append(Message(role="user", content=parts))
+    elif not messages or messages[-1].role not in ("user", "tool"):
+        raise UsageError("the message history must end with a user (or tool) turn when no prompt is given")
+    return messages
+
+
+def generation_params(request: Request) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name in GENERATION_FIELDS:
+        value = getattr(request, name)
+        if value is not None:
+            params[name] = value
+    high = high_resolution(request)
+    if high is not None:
+        params["vl_high_resolution_images"] = high
+    fmt = structured.response_format(json_mode=request.json_mode, schema=request.schema)
+    if fmt is not None:
+        params["response_format"] = fmt
+    for key, value in request.extra.items():
+        params[key] = value
+    return params
+
+
+def plan(request: Request, protocol: str) -> Call:
+    """Validate, build the messages and prepare every media item. Raises before anything is sent."""
+    model = model_info(request.model)
+    if request.enable_thinking and not model.thinking and model.known:
+        raise UsageError(f"{request.model} does not support thinking (enable_thinking)",
+                         hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
+    history = build_messages(request)
+    prepared = prepare_messages(history, media_options(request, model, protocol))
+    return Call(request=request, model=model, messages=prepared.messages, history=history,
+                params=generation_params(request), media=prepared.items, schema=request.schema)

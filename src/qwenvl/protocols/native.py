@@ -1,0 +1,145 @@
+"""DashScope-native protocol: ``POST {base}/services/aigc/multimodal-generation/generation`` (pure).
+
+Body: ``{"model", "input": {"messages": [...]}, "parameters": {...}}`` with content items ``{"text"}``,
+``{"image", "min_pixels"?, "max_pixels"?}`` and ``{"video": url | [frames], "fps"?}``. Streaming is asked
+for with the ``X-DashScope-SSE: enable`` header and ``incremental_output`` in parameters; while streaming
+``finish_reason`` is the string "null".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwenvl.errors import MalformedResponseError
+from qwenvl.plan import Call
+from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, text_of, usage_from
+from qwenvl.protocols.sse import SSEEvent
+from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart
+
+NAME = "native"
+ENDPOINT = "/services/aigc/multimodal-generation/generation"
+OSS_RESOLVE_HEADER = "X-DashScope-OssResourceResolve"
+
+
+def headers(*, stream: bool, uses_oss: bool = False) -> dict[str, str]:
+    out = {"Accept": "text/event-stream" if stream else "application/json"}
+    if stream:
+        out["X-DashScope-SSE"] = "enable"
+    if uses_oss:
+        out[OSS_RESOLVE_HEADER] = "enable"
+    return out
+
+
+def _item(part: Any) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"text": part.text}
+    out: dict[str, Any] = {"image": part.image} if isinstance(part, ImagePart) else {"video": part.video}
+    for key in ("fps", "min_pixels", "max_pixels"):
+        value = getattr(part, key, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def message(m: Message) -> dict[str, Any]:
+    content = [{"text": m.content}] if isinstance(m.content, str) else [_item(p) for p in m.content]
+    out: dict[str, Any] = {"role": m.role, "content": content}
+    if m.tool_calls:
+        out["tool_calls"] = m.tool_calls
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name:
+        out["name"] = m.name
+    return out
+
+
+def uses_oss(call: Call) -> bool:
+    for m in call.messages:
+        for p in m.media():
+            refs = p.image if isinstance(p, ImagePart) else p.video
+            for ref in [refs] if isinstance(refs, str) else refs:
+                if ref.startswith("oss://"):
+                    return True
+    return False
+
+
+def build_body(call: Call, *, stream: bool) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"result_format": "message", **call.params}
+    if stream:
+        parameters["incremental_output"] = True
+    return {"model": call.request.model, "input": {"messages": [message(m) for m in call.messages]},
+            "parameters": parameters}
+
+
+def _finish(value: Any) -> str | None:
+    return None if value in (None, "", "null") else str(value)
+
+
+def _choice(data: dict[str, Any]) -> tuple[str, str | None, str | None, list | None]:
+    """(text, reasoning, finish_reason, tool_calls) from an ``output``, in message or text form."""
+    output = data.get("output")
+    if not isinstance(output, dict):
+        raise MalformedResponseError("the reply has no output")
+    choices = output.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        msg = choices[0].get("message") or {}
+        return (text_of(msg.get("content")), msg.get("reasoning_content") or None,
+                _finish(choices[0].get("finish_reason")), msg.get("tool_calls") or None)
+    if "text" in output:  # result_format "text"
+        return str(output.get("text") or ""), None, _finish(output.get("finish_reason")), None
+    raise MalformedResponseError("the reply's output has no choices")
+
+
+def parse_response(data: Any, *, model: str, request_id: str | None = None) -> Response:
+    if not isinstance(data, dict):
+        raise MalformedResponseError("the reply is not a JSON object")
+    if "output" not in data and data.get("code"):
+        raise error_from_body(None, data, request_id=request_id)
+    text, reasoning, finish, tool_calls = _choice(data)
+    return Response(text=text, model=data.get("model") or model, usage=usage_from(data.get("usage")),
+                    request_id=data.get("request_id") or request_id, finish_reason=finish,
+                    reasoning=reasoning, tool_calls=tool_calls, protocol=NAME, raw=data,
+                    messages=[Message(role="assistant", content=text, reasoning=reasoning,
+                                      tool_calls=tool_calls)])
+
+
+class StreamParser:
+    """Turns native SSE events (``event:result`` with incremental output) into deltas and a response."""
+
+    def __init__(self, model: str, request_id: str | None = None) -> None:
+        self.acc = StreamAccumulator(model, NAME)
+        self.acc.request_id = request_id
+
+    @property
+    def complete(self) -> bool:
+        return self.acc.complete
+
+    def feed(self, event: SSEEvent) -> list[StreamEvent]:
+        if event.event == "error" or (event.status is not None and event.status >= 400):
+            body = load_json(event.data, "a stream error") if event.data else {}
+            raise self.acc.error(error_from_body(event.status, body, request_id=self.acc.request_id))
+        if not event.data:
+            return []
+        data = load_json(event.data, "a stream event")
+        if not isinstance(data, dict):
+            raise MalformedResponseError("a stream event is not a JSON object")
+        if "output" not in data and data.get("code"):
+            raise self.acc.error(error_from_body(event.status, data, request_id=self.acc.request_id))
+        acc = self.acc
+        acc.request_id = data.get("request_id") or acc.request_id
+        if data.get("usage"):
+            acc.usage_raw = data["usage"]
+        text, reasoning, finish, tool_calls = _choice(data)
+        events = acc.add(text or None, reasoning)
+        if tool_calls:
+            for i, tc in enumerate(tool_calls):
+                acc.add_tool_call_delta({"index": tc.get("index", i), **tc})
+        if finish:
+            acc.finish_reason = finish
+            acc.complete = True
+        return events
+
+    def finish(self) -> Response:
+        if not self.acc.complete:
+            raise self.acc.interrupted("no event with a finish_reason")
+        return self.acc.response()

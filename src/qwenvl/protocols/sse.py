@@ -1,0 +1,58 @@
+"""Server-sent events: a small incremental decoder fed one line at a time (pure, no I/O).
+
+DashScope's native streams add a non-standard ``status:`` field and a ``:HTTP_STATUS/200`` comment; both
+are understood here (the comment is ignored like every comment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SSEEvent:
+    data: str = ""
+    event: str | None = None
+    id: str | None = None
+    status: int | None = None
+
+
+@dataclass
+class SSEDecoder:
+    _data: list[str] = field(default_factory=list)
+    _event: str | None = None
+    _id: str | None = None
+    _status: int | None = None
+    _dirty: bool = False
+
+    def feed(self, line: str) -> SSEEvent | None:
+        """Feed one line (without its newline); returns an event when a blank line completes one."""
+        line = line.rstrip("\r\n")
+        if not line:
+            return self.flush()
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        self._dirty = True
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            self._id = value
+        elif name == "status":
+            try:
+                self._status = int(value.strip())
+            except ValueError:
+                self._status = None
+        return None
+
+    def flush(self) -> SSEEvent | None:
+        """The pending event, if any (call at end of stream too: a last event may lack its blank line)."""
+        if not self._dirty:
+            return None
+        event = SSEEvent("\n".join(self._data), self._event, self._id, self._status)
+        self._data, self._event, self._id, self._status, self._dirty = [], None, None, None, False
+        return event
