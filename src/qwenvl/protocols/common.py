@@ -55,9 +55,12 @@ def parse_error_body(body: bytes | str | dict[str, Any] | None) -> tuple[str | N
 
 
 def error_from_body(status: int | None, body: Any, *, retry_after: float | None = None,
-                    request_id: str | None = None) -> APIStatusError:
+                    request_id: str | None = None, in_stream: bool = False) -> APIStatusError:
+    """The typed error for an error body. Inside a stream the HTTP status was already 200 and an event's
+    own status is often a generic 500, so a recognised service code decides the type there."""
     code, message, rid, parsed = parse_error_body(body)
-    status = status or status_for_code(code)
+    if in_stream or not status:
+        status = status_for_code(code, default=status or 500)
     return status_error(status, message, code=code, request_id=rid or request_id, body=parsed,
                         retry_after=retry_after)
 

@@ -111,7 +111,8 @@ class StreamParser:
         if not isinstance(chunk, dict):
             raise MalformedResponseError("a stream chunk is not a JSON object")
         if "error" in chunk:
-            raise self.acc.error(error_from_body(event.status, chunk, request_id=self.acc.request_id))
+            raise self.acc.error(error_from_body(event.status, chunk, request_id=self.acc.request_id,
+                                                    in_stream=True))
         acc = self.acc
         acc.model = chunk.get("model") or acc.model
         acc.request_id = acc.request_id or chunk.get("request_id") or chunk.get("id")

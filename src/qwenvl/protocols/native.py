@@ -117,14 +117,16 @@ class StreamParser:
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
         if event.event == "error" or (event.status is not None and event.status >= 400):
             body = load_json(event.data, "a stream error") if event.data else {}
-            raise self.acc.error(error_from_body(event.status, body, request_id=self.acc.request_id))
+            raise self.acc.error(error_from_body(event.status, body, request_id=self.acc.request_id,
+                                                    in_stream=True))
         if not event.data:
             return []
         data = load_json(event.data, "a stream event")
         if not isinstance(data, dict):
             raise MalformedResponseError("a stream event is not a JSON object")
         if "output" not in data and data.get("code"):
-            raise self.acc.error(error_from_body(event.status, data, request_id=self.acc.request_id))
+            raise self.acc.error(error_from_body(event.status, data, request_id=self.acc.request_id,
+                                                    in_stream=True))
         acc = self.acc
         acc.request_id = data.get("request_id") or acc.request_id
         if data.get("usage"):

@@ -1,0 +1,94 @@
+"""`qwenvl analyze`: a drop-in replacement for the skill's `analyze_image.py`.
+
+Same flags (--request JSON | --file req.json, --json-mode, --schema FILE, --output FILE, --max-retries,
+--retry-backoff-s, --print-response), same request keys and the same result object
+``{text, model, usage[, json]}``. As in the skill, an answer that is not valid JSON in JSON mode gives a
+result without ``json`` (with a warning on stderr) rather than a failure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import check_writable, err_console, make_client, pass_opts, print_json, service_options
+from qwenvl.errors import StructuredOutputError, UsageError
+from qwenvl.preview import preview
+from qwenvl.structured import load_schema
+from qwenvl.types import Request
+
+
+def load_request(request_json: str | None, request_file: str | None) -> dict[str, Any]:
+    if bool(request_json) == bool(request_file):
+        raise UsageError("give exactly one of --request JSON or --file req.json")
+    if request_file:
+        try:
+            text = Path(request_file).expanduser().read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"request file not found: {request_file}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read request file {request_file}: {exc}") from None
+        origin = request_file
+    else:
+        text, origin = request_json or "", "--request"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{origin} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                         hint='For example --request \'{"prompt":"describe","image":"photo.png"}\'') from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{origin} must be a JSON object with at least a prompt")
+    if "prompt" not in data:
+        raise UsageError(f"{origin} has no \"prompt\"", hint='For example {"prompt":"describe","image":"a.png"}')
+    known = set(Request.model_fields) | {"timeout"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        err_console().print(f"[yellow]warning:[/] ignoring unknown request keys: {', '.join(unknown)}")
+        data = {k: v for k, v in data.items() if k in known}
+    return data
+
+
+@click.command()
+@click.option("--request", "request_json", metavar="JSON", help="The request as JSON (prompt, image, model, ...).")
+@click.option("--file", "request_file", metavar="FILE", help="The request as a JSON file.")
+@click.option("--json-mode", is_flag=True, help="Ask for JSON and parse it into \"json\".")
+@click.option("--schema", "schema_file", metavar="FILE", help="JSON Schema file for structured extraction.")
+@click.option("--output", metavar="FILE", help="Write the result JSON here (folders are created).")
+@click.option("--print-response", is_flag=True, help="Print the result as one line of JSON.")
+@click.option("--dry-run", is_flag=True, help="Print the request that would be sent, with estimates; send nothing.")
+@service_options
+@pass_opts
+def analyze(opts: dict[str, Any]) -> None:
+    """Analyze an image with a JSON request (the analyze_image.py skill interface)."""
+    data = load_request(opts["request_json"], opts["request_file"])
+    if opts["json_mode"]:
+        data["json_mode"] = True
+    if opts["schema_file"]:
+        data["schema"] = load_schema(opts["schema_file"])
+    for key in ("model", "timeout_s", "max_retries", "retry_backoff_s", "base_url"):
+        if opts.get(key) is not None:
+            data[key] = opts[key]  # flags override the request, as in the skill
+    output = check_writable(opts["output"]) if opts["output"] else None
+    client = make_client(opts)
+    call = client.plan(data)
+    if opts["dry_run"]:
+        print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region))
+        return
+    try:
+        response = client.send(call)
+        result = response.result_object()
+    except StructuredOutputError as exc:
+        err_console().print(f"[yellow]warning:[/] {exc}; the result has no \"json\"")
+        result = exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}
+    finally:
+        client.close()
+    if output is not None:
+        try:
+            output.write_text(json.dumps(result, ensure_ascii=True, indent=2), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+    if opts["print_response"] or output is None:
+        print_json(result, ascii_only=True, indent=None)

@@ -1,0 +1,64 @@
+"""`qwenvl ask IMAGE... -p PROMPT`: one question, the answer streamed to the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import (
+    err_console,
+    generation_options,
+    make_client,
+    pass_opts,
+    print_json,
+    prompt_and_media,
+    request_fields,
+    response_json,
+    service_options,
+    split_media,
+    usage_line,
+)
+from qwenvl.cli.render import stream_to_terminal
+from qwenvl.preview import preview
+
+
+@click.command()
+@click.argument("media", nargs=-1)
+@click.option("-p", "--prompt", help="The question ('-' reads it from stdin). Or give it as the last argument.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON (no streaming).")
+@click.option("--no-stream", is_flag=True, help="Wait for the whole answer instead of streaming it.")
+@click.option("--hide-reasoning", is_flag=True, help="Do not show the model's thinking.")
+@click.option("--dry-run", is_flag=True, help="Print the request that would be sent, with estimates; send nothing.")
+@generation_options
+@service_options
+@pass_opts
+def ask(opts: dict[str, Any]) -> None:
+    """Ask about images, a video or a PDF: qwenvl ask photo.jpg -p "What is this?"
+
+    MEDIA are local files, https:// URLs, file:// or data: URLs; a video file becomes sampled frames.
+    """
+    prompt, refs = prompt_and_media(opts["media"], opts["prompt"])
+    images, video = split_media(refs)
+    fields = request_fields(opts)
+    client = make_client(opts)
+    call = client.plan(prompt=prompt, images=images, video=video, **fields)
+    if opts["dry_run"]:
+        print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region,
+                           stream=not (opts["as_json"] or opts["no_stream"])))
+        return
+    structured = call.request.json_mode or call.schema is not None
+    with client:
+        if opts["as_json"] or opts["no_stream"] or structured:
+            response = client.send(call)
+            if opts["as_json"]:
+                print_json(response_json(response))
+                return
+            if structured:
+                print_json(response.json)
+            else:
+                click.echo(response.text)
+        else:
+            response = stream_to_terminal(client.send_stream(call), show_reasoning=not opts["hide_reasoning"])
+    if err_console().is_terminal:
+        err_console().print(f"[dim]{usage_line(response)}[/]")

@@ -1,0 +1,89 @@
+"""The `qwenvl` command: a click group whose verbs live in one module each.
+
+Errors are turned into a message, a hint and an exit code here and nowhere else:
+0 ok, 2 usage error, 3 input error, 4 authentication or permission, 5 service or network error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from qwenvl import __version__
+from qwenvl.cli.common import err_console
+from qwenvl.errors import EXIT_SERVICE, QwenVLError, StreamInterruptedError, StructuredOutputError
+
+EXIT_INTERRUPTED = 130
+
+
+def report(exc: QwenVLError) -> None:
+    console = err_console()
+    console.print(f"[bold red]error:[/] {click.style(str(exc), bold=False)}", highlight=False, markup=True)
+    if isinstance(exc, StreamInterruptedError) and exc.partial_text:
+        console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]")
+    if isinstance(exc, StructuredOutputError) and exc.raw_text:
+        console.print("[dim]raw answer:[/]", highlight=False)
+        console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
+    if exc.hint:
+        console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+
+
+class QwenVLGroup(click.Group):
+    """Maps qwenvl errors to exit codes; never shows a traceback unless QWENVL_DEBUG is set."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QwenVLError as exc:
+            report(exc)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console().print("[dim]interrupted[/]")
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:
+            # the reader went away (e.g. `qwenvl ask ... | head`): not an error worth a message
+            sys.stderr.close()
+            ctx.exit(0)
+        except Exception as exc:  # a bug: one line, the traceback only on request
+            if os.environ.get("QWENVL_DEBUG"):
+                raise
+            err_console().print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            err_console().print("[yellow]hint:[/] run again with QWENVL_DEBUG=1 for the traceback, "
+                                "and please report it.", highlight=False)
+            ctx.exit(EXIT_SERVICE)
+
+
+@click.group(cls=QwenVLGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="qwenvl")
+def cli() -> None:
+    """Ask Qwen-VL models about images, documents and video (Alibaba Cloud Model Studio / DashScope).
+
+    \b
+    Key: DASHSCOPE_API_KEY, ./.env, ~/.alibabacloud/credentials or ~/.dashscope/api_key.
+    Exit codes: 0 ok, 2 usage error, 3 input error, 4 authentication, 5 service or network error.
+    """
+
+
+def _register() -> None:
+    from qwenvl.cli import analyze, ask, chat
+
+    cli.add_command(analyze.analyze)
+    cli.add_command(ask.ask)
+    cli.add_command(chat.chat)
+    try:
+        from qwenvl.cli import tokens
+    except ImportError:  # pragma: no cover - during development of the media verbs
+        return
+    cli.add_command(tokens.tokens)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="qwenvl")

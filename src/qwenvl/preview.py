@@ -1,0 +1,73 @@
+"""A dry run: the request that would be sent (key redacted, inline data shortened) with token and cost
+estimates. Needs no key and sends nothing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from qwenvl.config import resolve_base_url
+from qwenvl.models import estimate_cost
+from qwenvl.plan import Call
+from qwenvl.protocols import get, native
+
+SHORTEN_OVER = 80  # data: URLs longer than this are shown as their head and length
+CHARS_PER_TEXT_TOKEN = 3.0  # a rough average over Chinese and English text, for estimates only
+
+
+def shorten(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("data:") and len(value) > SHORTEN_OVER:
+        head = value[:48]
+        return f"{head}…({len(value):,} chars)"
+    if isinstance(value, list):
+        return [shorten(v) for v in value]
+    if isinstance(value, dict):
+        return {k: shorten(v) for k, v in value.items()}
+    return value
+
+
+def estimate_text_tokens(call: Call) -> int:
+    chars = sum(len(m.text()) for m in call.messages)
+    return math.ceil(chars / CHARS_PER_TEXT_TOKEN)
+
+
+def preview(call: Call, *, protocol: str, base_url: str | None = None, region: str | None = None,
+            stream: bool = False) -> dict[str, Any]:
+    proto = get(protocol)
+    base = resolve_base_url(protocol, base_url=call.request.base_url or base_url, region=region)  # type: ignore[arg-type]
+    headers = {"Authorization": "Bearer ***", "Content-Type": "application/json"}
+    if proto is native:
+        headers.update(native.headers(stream=stream, uses_oss=native.uses_oss(call)))
+    else:
+        headers.update(proto.headers(stream=stream))
+    media_tokens = [item.tokens for item in call.media]
+    known_media = sum(t for t in media_tokens if t is not None)
+    text_tokens = estimate_text_tokens(call)
+    input_tokens = known_media + text_tokens
+    max_out = call.request.max_tokens
+    items = []
+    for item in call.media:
+        items.append({
+            "source": item.source, "kind": item.kind,
+            "sent": shorten(item.sent) if isinstance(item.sent, str) else f"{len(item.sent)} frames",
+            "bytes_sent": item.bytes_sent, "width": item.width, "height": item.height,
+            "tokens": item.tokens, "notes": item.notes,
+        })
+    return {
+        "url": base + proto.ENDPOINT,
+        "method": "POST",
+        "headers": headers,
+        "body": shorten(proto.build_body(call, stream=stream)),
+        "media": items,
+        "estimate": {
+            "model": call.model.name,
+            "input_tokens": input_tokens,
+            "input_tokens_exact": all(t is not None for t in media_tokens),
+            "media_tokens": known_media,
+            "text_tokens_approx": text_tokens,
+            "max_output_tokens": max_out,
+            "cost_input": estimate_cost(call.model, input_tokens, 0),
+            "cost_max": estimate_cost(call.model, input_tokens, max_out),
+            "currency": "CNY",
+        },
+    }

@@ -1,0 +1,246 @@
+"""The CLI as a user runs it: a subprocess against the loopback DashScope server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, run_cli
+from dashscope_server import Reply
+
+
+@pytest.fixture
+def env(server) -> dict[str, str]:
+    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
+            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
+
+
+# --- analyze: the skill's interface ------------------------------------------------------------------------
+
+def test_analyze_prints_the_skills_result_shape(server, env, png):
+    req = json.dumps({"prompt": "describe", "image": png.name})
+    p = run_cli("analyze", "--request", req, "--print-response", env=env)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert set(result) == {"text", "model", "usage"}
+    assert result["text"] == "echo: describe [images=1 videos=0]"
+    assert result["model"] == "qwen3-vl-plus"
+    assert result["usage"]["prompt_tokens"] == 110  # usage exactly as the service sent it
+    body = server.requests[-1].json
+    assert body["max_tokens"] == 512 and body["temperature"] == 0.2  # the skill's defaults
+    assert body["messages"][0]["content"][0]["type"] == "image_url"
+
+
+def test_analyze_file_json_mode_output(server, env, png, isolated_env):
+    (isolated_env / "req.json").write_text(json.dumps({"prompt": "fields", "image": str(png), "model":
+                                                       "qwen3-vl-flash", "max_tokens": 100}))
+    server.enqueue(Reply(text='```json\n{"title": "Bill", "amount": 3}\n```'))
+    out = isolated_env / "deep" / "dir" / "result.json"
+    p = run_cli("analyze", "--file", "req.json", "--json-mode", "--output", str(out), env=env)
+    assert p.returncode == 0, p.stderr
+    result = json.loads(out.read_text())
+    assert result["json"] == {"title": "Bill", "amount": 3} and result["model"] == "qwen3-vl-flash"
+    assert server.requests[-1].json["response_format"] == {"type": "json_object"}
+    assert p.stdout == ""  # --output without --print-response prints nothing, like the skill
+
+
+def test_analyze_schema_and_native_protocol(server, env, png, isolated_env):
+    schema = isolated_env / "invoice.schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"title": {"type": "string"},
+                                  "amount": {"type": "number"}}, "required": ["title", "amount"]}))
+    server.enqueue(Reply(text='{"title": "T", "amount": 9.5}'))
+    p = run_cli("analyze", "--request", json.dumps({"prompt": "extract", "image": str(png)}), "--schema",
+                str(schema), "--protocol", "native", "--print-response", env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["json"] == {"title": "T", "amount": 9.5}
+    assert server.requests[-1].path.endswith("/multimodal-generation/generation")
+
+
+def test_analyze_invalid_json_answer_keeps_skill_behaviour(server, env, png):
+    server.enqueue(Reply(text="not json at all"), Reply(text="still not json"))
+    p = run_cli("analyze", "--request", json.dumps({"prompt": "x", "image": str(png), "json_mode": True}),
+                "--print-response", env=env)
+    assert p.returncode == 0
+    result = json.loads(p.stdout)
+    assert "json" not in result and result["text"] == "still not json"
+    assert "warning" in p.stderr
+
+
+def test_analyze_request_level_keys(server, env, png):
+    req = {"prompt": "x", "image": str(png), "base_url": server.compat_base, "timeout_s": 30,
+           "detail": "high", "max_retries": 0, "retry_backoff_s": 0.01}
+    server.enqueue(Reply(status=503, error_code="ServiceUnavailable", error_message="busy"))
+    p = run_cli("analyze", "--request", json.dumps(req), env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 5  # max_retries 0 from the request: no retry
+    assert len(server.requests) == 1
+    assert server.requests[0].json["vl_high_resolution_images"] is True
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["--request", "{not json"], 2, "not valid JSON"),
+    (["--request", '{"image": "a.png"}'], 2, "prompt"),
+    (["--request", '{"prompt": "x", "max_tokens": "lots"}'], 2, "max_tokens"),
+    (["--request", '{"prompt": "  "}'], 2, "empty"),
+    (["--request", '{"prompt": "x", "image": "missing.png"}'], 3, "not found"),
+    (["--request", '{"prompt": "x"}', "--region", "mars"], 2, "unknown region"),
+    (["--file", "nope.json"], 2, "not found"),
+    ([], 2, "exactly one"),
+])
+def test_analyze_bad_input(server, env, args, code, needle):
+    p = run_cli("analyze", *args, env=env)
+    assert p.returncode == code, p.stderr
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr
+    assert server.requests == []
+
+
+def test_text_file_named_png(server, env, isolated_env):
+    (isolated_env / "fake.png").write_text("hello")
+    p = run_cli("ask", "fake.png", "-p", "what?", env=env)
+    assert p.returncode == 3 and "fake.png" in p.stderr and "Traceback" not in p.stderr
+    assert server.requests == []
+
+
+def test_no_key_exit_4_with_help(server, png):
+    p = run_cli("analyze", "--request", json.dumps({"prompt": "x", "image": str(png)}),
+                env={"DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base})
+    assert p.returncode == 4
+    assert "DASHSCOPE_API_KEY" in p.stderr and "credentials" in p.stderr
+    assert server.requests == []
+
+
+def test_bad_key_exit_4_and_key_never_printed(server, png):
+    p = run_cli("ask", str(png), "-p", "x", env={"DASHSCOPE_API_KEY": "sk-bad-secret-value",
+                                                 "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base})
+    assert p.returncode == 4
+    assert "sk-bad-secret-value" not in p.stdout + p.stderr
+
+
+def test_dead_server_exit_5():
+    p = run_cli("ask", "-p", "x", "--base-url", "http://127.0.0.1:9", "--max-retries", "0",
+                env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 5 and "cannot reach" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_key_from_dotenv(server, png, isolated_env):
+    (isolated_env / ".env").write_text(f"DASHSCOPE_API_KEY='{API_KEY}'\n")
+    p = run_cli("ask", str(png), "-p", "x", "--base-url", server.url)
+    assert p.returncode == 0, p.stderr
+
+
+# --- ask ----------------------------------------------------------------------------------------------------
+
+def test_ask_streams_text(server, env, png, protocol):
+    p = run_cli("ask", str(png), "what is this", "--protocol", protocol, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "echo: what is this [images=1 videos=0]\n"
+    req = server.requests[-1]
+    if protocol == "compat":
+        assert req.json["stream"] is True
+    else:
+        assert req.headers["X-DashScope-SSE"] == "enable"
+
+
+def test_ask_json_output(server, env, png):
+    p = run_cli("ask", str(png), "-p", "x", "--json", "--max-tokens", "64", env=env)
+    data = json.loads(p.stdout)
+    assert data["text"].startswith("echo: x") and data["usage"]["input_tokens"] == 110
+    assert server.requests[-1].json["max_tokens"] == 64
+
+
+def test_ask_stream_cut_exit_5_keeps_partial(server, env):
+    server.enqueue(Reply(text="one two three four five six seven eight nine", stream_cut_after=1))
+    p = run_cli("ask", "-p", "count", "--max-retries", "0", env=env)
+    assert p.returncode == 5
+    assert p.stdout.startswith("one two three")
+    assert "partial" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_ask_dry_run_sends_nothing(server, env, png):
+    p = run_cli("ask", str(png), "-p", "x", "--dry-run", env={})
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["headers"]["Authorization"] == "Bearer ***"
+    url = data["body"]["messages"][0]["content"][0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and "chars)" in url
+    assert server.requests == []
+
+
+def test_ask_param_passthrough_and_options(server, env):
+    p = run_cli("ask", "-p", "x", "--param", "repetition_penalty=1.1", "--param", "enable_search=true",
+                "--top-k", "5", "--seed", "3", "--stop", "###", "--thinking", "--thinking-budget", "100",
+                env=env)
+    assert p.returncode == 0, p.stderr
+    body = server.requests[-1].json
+    assert body["repetition_penalty"] == 1.1 and body["enable_search"] is True and body["top_k"] == 5
+    assert body["enable_thinking"] is True and body["thinking_budget"] == 100 and body["stop"] == ["###"]
+
+
+def test_ask_shows_reasoning_on_stderr(server, env):
+    server.enqueue(Reply(text="42", reasoning="six times seven"))
+    p = run_cli("ask", "-p", "answer?", "--thinking", env=env)
+    assert p.stdout == "42\n"
+    assert "six times seven" in p.stderr
+    server.enqueue(Reply(text="42", reasoning="six times seven"))
+    p = run_cli("ask", "-p", "answer?", "--thinking", "--hide-reasoning", env=env)
+    assert "six times seven" not in p.stderr
+
+
+def test_usage_errors_exit_2(server, env):
+    for args in (["ask"], ["ask", "-p", ""], ["ask", "-p", "x", "--temperature", "9"],
+                 ["ask", "-p", "x", "--protocol", "grpc"], ["nonsense"]):
+        p = run_cli(*args, env=env)
+        assert p.returncode == 2, (args, p.stderr)
+        assert "Traceback" not in p.stderr
+    assert server.requests == []
+
+
+def test_schema_file_not_json_is_usage_error(server, env, isolated_env):
+    (isolated_env / "bad.json").write_text("{oops")
+    p = run_cli("ask", "-p", "x", "--schema", "bad.json", env=env)
+    assert p.returncode == 2 and "not valid JSON" in p.stderr
+    (isolated_env / "bad2.json").write_text('{"type": "objekt"}')
+    p = run_cli("ask", "-p", "x", "--schema", "bad2.json", env=env)
+    assert p.returncode == 2 and "JSON Schema" in p.stderr
+    assert server.requests == []
+
+
+# --- chat ---------------------------------------------------------------------------------------------------
+
+def test_chat_session_saved_and_resumed(server, env, png, isolated_env):
+    p = run_cli("chat", str(png), "--session", "trip", env=env, input="first question\nsecond one\n/exit\n")
+    assert p.returncode == 0, p.stderr
+    assert "echo: first question [images=1 videos=0]" in p.stdout
+    assert "echo: second one [images=1 videos=0]" in p.stdout  # the image stays in the history
+    body = server.requests[-1].json
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    saved = Path.home() / ".qwenvl" / "sessions" / "trip.json"
+    data = json.loads(saved.read_text())
+    assert len(data["messages"]) == 4
+    assert "base64" not in saved.read_text()  # references, not inline data
+
+    p = run_cli("chat", "--session", "trip", env=env, input="third\n")
+    assert p.returncode == 0, p.stderr
+    assert "resumed" in p.stderr
+    body = server.requests[-1].json
+    assert len(body["messages"]) == 5
+    assert json.loads(saved.read_text())["messages"][-1]["content"].startswith("echo: third")
+    p = run_cli("chat", "--list-sessions", env=env)
+    assert p.stdout.split() == ["trip"]
+
+
+def test_chat_survives_a_bad_attachment_and_service_errors(server, env):
+    server.enqueue(Reply(status=400, error_code="InvalidParameter", error_message="bad thing"))
+    p = run_cli("chat", env=env, input="/image missing.png\nhello\nagain\nonce more\n")
+    assert p.returncode == 0, p.stderr
+    assert "not found" in p.stderr and "bad thing" in p.stderr
+    assert "echo: once more" in p.stdout
+
+
+def test_python_m_and_version():
+    p = run_cli("--version")
+    assert p.returncode == 0 and "qwenvl" in p.stdout
