@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from qwenvl.client import AsyncClient, Client  # noqa: E402
-from qwenvl.errors import (  # noqa: E402
+from qwenvl.client import AsyncClient, Client
+from qwenvl.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -23,8 +23,8 @@ from qwenvl.errors import (  # noqa: E402
     StructuredOutputError,
     UsageError,
 )
-from qwenvl.models import ModelInfo, model_info  # noqa: E402
-from qwenvl.types import Message, Request, Response, StreamEvent, Usage  # noqa: E402
+from qwenvl.models import ModelInfo, model_info
+from qwenvl.types import Message, Request, Response, StreamEvent, Usage
 
 __all__ = [
     "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AsyncClient",
