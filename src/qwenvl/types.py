@@ -142,6 +142,7 @@ with warnings.catch_warnings():
         timeout_s: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("timeout_s", "timeout"))
         base_url: str | None = None
         prepare: bool = True  # check and prepare media to the model's budget (False: send files as they are)
+        upload: Literal["auto", "inline", "oss"] = "auto"  # local files via DashScope's temporary storage
         extra: dict[str, Any] = Field(default_factory=dict)  # other service parameters, passed through
 
         _schema_model: type[BaseModel] | None = PrivateAttr(default=None)

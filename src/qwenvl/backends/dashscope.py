@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from qwenvl.backends import oss
 from qwenvl.config import Protocol, resolve_base_url
 from qwenvl.errors import APIConnectionError
 from qwenvl.plan import Call
@@ -91,13 +94,23 @@ class DashScopeBackend:
     def close(self) -> None:
         self.transport.close()
 
+    def uploads(self, call: Call) -> Call:
+        """Move what does not fit inline (or everything, upload="oss") to temporary storage."""
+        chosen = oss.choose(call, call.request.upload, self.protocol)
+        if not chosen:
+            return call
+        native_base = resolve_base_url("native", base_url=call.request.base_url or self.base_url)
+        return oss.upload(call, chosen, self.transport, native_base)
+
     def complete(self, call: Call) -> Response:
+        call = self.uploads(call)
         w = self._wire
         data, headers = self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
                                                  w.headers(call, False))
         return w.parse(data, call, headers)
 
     def stream(self, call: Call) -> Iterator[StreamEvent]:
+        call = self.uploads(call)
         w = self._wire
         stream = self.transport.open_stream(w.url(call), w.body(call, True), policy_for(call),
                                             w.headers(call, True))
@@ -125,17 +138,26 @@ class AsyncDashScopeBackend:
         self.base_url = self._wire.base_url
         kw = {"sleep": sleep} if sleep else {}
         self.transport = AsyncTransport(api_key, http_client=http_client, **kw)
+        self._sync = DashScopeBackend(api_key, protocol=protocol, base_url=self.base_url)  # for uploads
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+        self._sync.close()
+
+    async def uploads(self, call: Call) -> Call:
+        if not oss.choose(call, call.request.upload, self.protocol):
+            return call
+        return await asyncio.to_thread(self._sync.uploads, call)
 
     async def complete(self, call: Call) -> Response:
+        call = await self.uploads(call)
         w = self._wire
         data, headers = await self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
                                                        w.headers(call, False))
         return w.parse(data, call, headers)
 
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
+        call = await self.uploads(call)
         w = self._wire
         stream: AsyncLineStream = await self.transport.open_stream(w.url(call), w.body(call, True),
                                                                    policy_for(call), w.headers(call, True))

@@ -87,6 +87,9 @@ generation_options = _options(
     click.option("--max-pixels", type=click.IntRange(min=1)),
     click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
+    click.option("--upload", type=click.Choice(["auto", "inline", "oss"]),
+                 help="Local files via DashScope's temporary storage (native protocol): auto uploads what "
+                      "does not fit inline (default), oss always, inline never."),
     click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
     click.option("--schema", "schema_file", help="JSON Schema file: the answer is validated against it."),
     click.option("--thinking/--no-thinking", "enable_thinking", default=None,
@@ -98,7 +101,8 @@ generation_options = _options(
 
 _REQUEST_FROM_OPTIONS = ("model", "timeout_s", "max_retries", "retry_backoff_s", "system", "max_tokens",
                          "temperature", "top_p", "top_k", "seed", "detail", "vl_high_resolution_images",
-                         "min_pixels", "max_pixels", "fps", "json_mode", "enable_thinking", "thinking_budget")
+                         "min_pixels", "max_pixels", "fps", "json_mode", "enable_thinking", "thinking_budget",
+                         "upload")
 
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""DashScope's temporary storage for local files (native protocol only).
+
+The flow the official SDK uses (reference §2.3): one upload policy per request
+(``GET {native_base}/uploads?action=getPolicy&model=M``), a multipart POST of each file to the policy's
+OSS host, then ``oss://<key>`` references in the request and the header
+``X-DashScope-OssResourceResolve: enable``. Files are bound to the model named in the policy and expire
+after 48 hours.
+
+Which items go through storage (``upload=``): ``inline`` never; ``oss`` every local item; ``auto`` (the
+default) only what does not fit inline: items over the per-image limit, then the largest items until the
+request fits the request size limit. Uploads happen after every check and preparation, so a file that
+fails them is never uploaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from dataclasses import dataclass
+from typing import Any
+
+from qwenvl.errors import MalformedResponseError, MediaError, UsageError
+from qwenvl.media.sources import decode_data_url
+from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES
+from qwenvl.plan import Call
+from qwenvl.transport import Policy, Transport
+from qwenvl.types import ImagePart, Message, VideoPart
+
+UPLOAD_MODES = ("auto", "inline", "oss")
+UPLOAD_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    upload_host: str
+    upload_dir: str
+    oss_access_key_id: str
+    signature: str
+    policy: str
+    x_oss_object_acl: str = "private"
+    x_oss_forbid_overwrite: str = "true"
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> UploadPolicy:
+        """The policy from a getPolicy reply (under ``data``; the SDK calls it ``output``)."""
+        data = (reply.get("data") or reply.get("output")) if isinstance(reply, dict) else None
+        needed = ("upload_host", "upload_dir", "oss_access_key_id", "signature", "policy")
+        if not isinstance(data, dict) or not all(data.get(k) for k in needed):
+            raise MalformedResponseError("the upload policy reply lacks " + ", ".join(needed))
+        return cls(**{k: str(data[k]) for k in needed},
+                   x_oss_object_acl=str(data.get("x_oss_object_acl", "private")),
+                   x_oss_forbid_overwrite=str(data.get("x_oss_forbid_overwrite", "true")))
+
+
+@dataclass
+class _Slot:
+    """One data: URL in the call's messages: where it is and how big it is."""
+
+    message: int
+    part: int
+    frame: int | None
+    url: str
+
+
+def _slots(messages: list[Message]) -> list[_Slot]:
+    slots = []
+    for mi, m in enumerate(messages):
+        if isinstance(m.content, str):
+            continue
+        for pi, p in enumerate(m.content):
+            if isinstance(p, ImagePart) and p.image.startswith("data:"):
+                slots.append(_Slot(mi, pi, None, p.image))
+            elif isinstance(p, VideoPart) and isinstance(p.video, list):
+                slots += [_Slot(mi, pi, fi, u) for fi, u in enumerate(p.video) if u.startswith("data:")]
+    return slots
+
+
+def choose(call: Call, mode: str, protocol: str) -> list[_Slot]:
+    """The inline items to move to temporary storage (pure: decides, uploads nothing)."""
+    if mode not in UPLOAD_MODES:
+        raise UsageError(f"upload must be one of {', '.join(UPLOAD_MODES)}, not {mode!r}")
+    slots = _slots(call.messages)
+    total = sum(len(s.url) for s in slots)
+    if mode == "inline" or not slots:
+        chosen: list[_Slot] = []
+    elif mode == "oss":
+        chosen = slots
+    else:
+        chosen = [s for s in slots if len(s.url) * 3 // 4 > MAX_IMAGE_BYTES]  # decoded size over the limit
+        rest = sorted((s for s in slots if s not in chosen), key=lambda s: len(s.url), reverse=True)
+        total -= sum(len(s.url) for s in chosen)
+        for s in rest:
+            if total <= MAX_INLINE_REQUEST_BYTES:
+                break
+            chosen.append(s)
+            total -= len(s.url)
+    if chosen and protocol != "native":
+        if mode == "oss":
+            raise UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")
+        size = sum(len(s.url) for s in chosen) / 1e6
+        raise MediaError(f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64); only "
+                         "the native protocol can upload them to temporary storage",
+                         hint="Add --protocol native, or send fewer or smaller files.")
+    if mode == "inline" and total > MAX_INLINE_REQUEST_BYTES:
+        raise MediaError(f"the request carries {total / 1e6:.1f} MB of inline media, over the "
+                         f"{MAX_INLINE_REQUEST_BYTES / 1e6:.0f} MB request limit",
+                         hint="Use --upload auto with --protocol native, or send fewer files.")
+    return chosen
+
+
+def object_name(data: bytes, mime: str) -> str:
+    ext = mimetypes.guess_extension(mime) or ".bin"
+    return hashlib.sha256(data).hexdigest()[:24] + ext
+
+
+def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: str) -> Call:
+    """Upload the chosen items with one policy; the call with ``oss://`` references in their place."""
+    if not chosen:
+        return call
+    timeout = max(call.request.timeout_s, UPLOAD_TIMEOUT_S)
+    policy = Policy(timeout_s=timeout, max_retries=call.request.max_retries, backoff_s=call.request.retry_backoff_s)
+    pol = UploadPolicy.from_reply(transport.get_json(f"{native_base}/uploads", policy,
+                                                     params={"action": "getPolicy", "model": call.request.model}))
+    done: dict[str, str] = {}  # the same content is uploaded once
+    messages = [m.model_copy(deep=True) for m in call.messages]
+    for slot in chosen:
+        if slot.url not in done:
+            mime = slot.url[5:slot.url.index(";")] if ";" in slot.url[:100] else "application/octet-stream"
+            data = decode_data_url(slot.url)
+            key = f"{pol.upload_dir}/{object_name(data, mime)}"
+            form = {"OSSAccessKeyId": pol.oss_access_key_id, "Signature": pol.signature, "policy": pol.policy,
+                    "key": key, "x-oss-object-acl": pol.x_oss_object_acl,
+                    "x-oss-forbid-overwrite": pol.x_oss_forbid_overwrite, "success_action_status": "200",
+                    "x-oss-content-type": mime}
+            transport.post_form(pol.upload_host, form, {"file": (key.rsplit("/", 1)[-1], data, mime)}, policy)
+            done[slot.url] = "oss://" + key
+        part = messages[slot.message].content[slot.part]  # type: ignore[index]
+        if slot.frame is None:
+            part.image = done[slot.url]  # type: ignore[union-attr]
+        else:
+            part.video[slot.frame] = done[slot.url]  # type: ignore[union-attr,index]
+    return Call(request=call.request, model=call.model, messages=messages, history=call.history,
+                params=call.params, media=call.media, schema=call.schema)

@@ -1,0 +1,84 @@
+"""Local files through DashScope's temporary storage (native protocol), against the loopback server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import API_KEY, make_client, run_cli, write_image
+from PIL import Image
+
+from qwenvl.errors import MediaError, UsageError
+
+
+def noise_png(path, side: int = 1900):
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(path, compress_level=0)
+    return path
+
+
+def native_items(server):
+    return server.requests[-1].json["input"]["messages"][-1]["content"]
+
+
+def test_upload_oss_sends_references_with_one_policy(server, isolated_env, png, jpeg):
+    with make_client(server, "native") as c:
+        r = c.complete(prompt="compare", images=[str(png), str(jpeg)], upload="oss", prepare=False)
+    assert "[images=2" in r.text
+    policy_calls = [q for q in server.requests if q.path.endswith("/uploads")]
+    assert len(policy_calls) == 1 and policy_calls[0].query["model"] == "qwen3-vl-plus"
+    items = native_items(server)
+    refs = [i["image"] for i in items[:2]]
+    assert all(ref.startswith("oss://") for ref in refs)
+    assert server.requests[-1].headers["X-DashScope-OssResourceResolve"] == "enable"
+    assert server.uploads[refs[0][len("oss://"):]] == png.read_bytes()
+    assert server.uploads[refs[1][len("oss://"):]] == jpeg.read_bytes()
+
+
+def test_upload_auto_only_what_does_not_fit(server, isolated_env, png):
+    big = noise_png(isolated_env / "big.png")
+    assert big.stat().st_size > 10_000_000
+    with make_client(server, "native") as c:
+        c.complete(prompt="x", images=[str(png), str(big)], prepare=False)
+    items = native_items(server)
+    assert items[0]["image"].startswith("data:image/png")  # small: inline
+    assert items[1]["image"].startswith("oss://")  # too large: uploaded
+    assert len(server.uploads) == 1
+
+
+def test_upload_inline_keeps_everything_inline(server, png):
+    with make_client(server, "native") as c:
+        c.complete(prompt="x", image=str(png), upload="inline")
+    assert native_items(server)[0]["image"].startswith("data:")
+    assert "X-DashScope-OssResourceResolve" not in server.requests[-1].headers
+    assert not server.uploads
+
+
+def test_compat_cannot_upload(server, isolated_env, png):
+    with make_client(server, "compat") as c, pytest.raises(UsageError, match="native"):
+        c.complete(prompt="x", image=str(png), upload="oss")
+    big = noise_png(isolated_env / "big.png")
+    with make_client(server, "compat") as c, pytest.raises(MediaError, match="too large"):
+        c.complete(prompt="x", image=str(big), prepare=False)
+    assert server.requests == []
+
+
+def test_upload_cli_and_bad_file_never_uploaded(server, isolated_env, png):
+    (isolated_env / "notes.png").write_text("text")
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    p = run_cli("ask", str(png), "notes.png", "-p", "x", "--protocol", "native", "--upload", "oss",
+                "--base-url", server.url, env=env)
+    assert p.returncode == 3 and server.requests == []
+    p = run_cli("ask", str(png), "-p", "x", "--protocol", "native", "--upload", "oss", "--base-url", server.url,
+                env=env)
+    assert p.returncode == 0, p.stderr
+    assert native_items(server)[0]["image"].startswith("oss://")
+
+
+def test_frames_are_uploaded_too(server, isolated_env):
+    frames = [str(write_image(isolated_env / f"f{i}.png", color=(i * 40, 0, 0))) for i in range(4)]
+    with make_client(server, "native") as c:
+        r = c.complete(prompt="what happens", video=frames, upload="oss")
+    assert "videos=1" in r.text
+    video = native_items(server)[0]["video"]
+    assert len(video) == 4 and all(v.startswith("oss://") for v in video)
+    assert len(server.uploads) == 4
