@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import API_KEY, make_client, run_cli, write_image
 from PIL import Image
 
+from conftest import API_KEY, make_client, run_cli, write_image
 from qwenvl.errors import MediaError, UsageError
 
 
