@@ -11,7 +11,7 @@ from conftest import API_KEY, make_client, run_cli, write_image
 from qwenvl.errors import MediaError, UsageError
 
 
-def noise_png(path, side: int = 1900):
+def noise_png(path, side: int = 1600):
     Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(path, compress_level=0)
     return path
 
@@ -34,14 +34,17 @@ def test_upload_oss_sends_references_with_one_policy(server, isolated_env, png, 
     assert server.uploads[refs[1][len("oss://"):]] == jpeg.read_bytes()
 
 
+def three_big(folder):
+    return [str(noise_png(folder / f"big{i}.png", side=1600 + 10 * i)) for i in range(3)]  # ~7.7 MB each
+
+
 def test_upload_auto_only_what_does_not_fit(server, isolated_env, png):
-    big = noise_png(isolated_env / "big.png")
-    assert big.stat().st_size > 10_000_000
     with make_client(server, "native") as c:
-        c.complete(prompt="x", images=[str(png), str(big)], prepare=False)
+        c.complete(prompt="x", images=[str(png), *three_big(isolated_env)], prepare=False)
     items = native_items(server)
     assert items[0]["image"].startswith("data:image/png")  # small: inline
-    assert items[1]["image"].startswith("oss://")  # too large: uploaded
+    kinds = ["oss" if i["image"].startswith("oss://") else "inline" for i in items[1:4]]
+    assert kinds == ["inline", "inline", "oss"]  # the largest goes to storage until the request fits
     assert len(server.uploads) == 1
 
 
@@ -56,9 +59,8 @@ def test_upload_inline_keeps_everything_inline(server, png):
 def test_compat_cannot_upload(server, isolated_env, png):
     with make_client(server, "compat") as c, pytest.raises(UsageError, match="native"):
         c.complete(prompt="x", image=str(png), upload="oss")
-    big = noise_png(isolated_env / "big.png")
     with make_client(server, "compat") as c, pytest.raises(MediaError, match="too large"):
-        c.complete(prompt="x", image=str(big), prepare=False)
+        c.complete(prompt="x", images=three_big(isolated_env), prepare=False)
     assert server.requests == []
 
 

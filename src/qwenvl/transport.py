@@ -60,6 +60,13 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIErr
     return err
 
 
+def _backoff(error: APIError, attempt: int, policy: Policy) -> float:
+    """Seconds to wait before the next attempt; raises ``error`` when it is final."""
+    if attempt >= policy.max_retries or not should_retry(error):
+        raise error
+    return retry_delay(attempt, policy.backoff_s, getattr(error, "retry_after", None))
+
+
 class LineStream:
     """The lines of an open streaming reply; transport failures surface as APIConnectionError."""
 
@@ -132,9 +139,7 @@ class Transport:
             except httpx.HTTPError as exc:
                 error = map_exception(exc, url, self._key)
                 error.__cause__ = exc
-            if attempt >= policy.max_retries or not should_retry(error):
-                raise error
-            self._sleep(retry_delay(attempt, policy.backoff_s, getattr(error, "retry_after", None)))
+            self._sleep(_backoff(error, attempt, policy))
             attempt += 1
 
     def post_json(self, url: str, body: dict[str, Any], policy: Policy,
@@ -187,9 +192,7 @@ class AsyncTransport:
             except httpx.HTTPError as exc:
                 error = map_exception(exc, url, self._key)
                 error.__cause__ = exc
-            if attempt >= policy.max_retries or not should_retry(error):
-                raise error
-            await self._sleep(retry_delay(attempt, policy.backoff_s, getattr(error, "retry_after", None)))
+            await self._sleep(_backoff(error, attempt, policy))
             attempt += 1
 
     async def post_json(self, url: str, body: dict[str, Any], policy: Policy,

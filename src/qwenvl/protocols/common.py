@@ -111,6 +111,16 @@ def text_of(content: Any) -> str:
     return json.dumps(content, ensure_ascii=False)
 
 
+def make_response(*, text: str, model: str, usage: dict[str, Any] | None, request_id: str | None,
+                  finish_reason: str | None, reasoning: str | None, tool_calls: list | None, protocol: str,
+                  raw: dict[str, Any] | None = None) -> Response:
+    """A Response whose history holds the assistant's answer (the client prepends the conversation)."""
+    return Response(text=text, model=model, usage=usage_from(usage), request_id=request_id,
+                    finish_reason=finish_reason, reasoning=reasoning, tool_calls=tool_calls, protocol=protocol,
+                    raw=raw, messages=[Message(role="assistant", content=text, reasoning=reasoning,
+                                               tool_calls=tool_calls)])
+
+
 class StreamAccumulator:
     """Collects deltas of one streamed answer; both protocols' parsers feed it."""
 
@@ -164,11 +174,8 @@ class StreamAccumulator:
                                       partial_reasoning="".join(self.reasoning), request_id=self.request_id)
 
     def response(self) -> Response:
-        tool_calls = [self.tool_calls[i] for i in sorted(self.tool_calls)] or None
-        text = "".join(self.text)
-        reasoning = "".join(self.reasoning) or None
-        return Response(text=text, model=self.model, usage=usage_from(self.usage_raw),
-                        request_id=self.request_id, finish_reason=self.finish_reason, reasoning=reasoning,
-                        tool_calls=tool_calls, protocol=self.protocol,
-                        messages=[Message(role="assistant", content=text, reasoning=reasoning,
-                                          tool_calls=tool_calls)])
+        return make_response(text="".join(self.text), model=self.model, usage=self.usage_raw,
+                             request_id=self.request_id, finish_reason=self.finish_reason,
+                             reasoning="".join(self.reasoning) or None,
+                             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+                             protocol=self.protocol)

@@ -13,7 +13,7 @@ from typing import Any
 
 from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call
-from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, text_of, usage_from
+from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, make_response, text_of
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart, VideoPart
 
@@ -78,15 +78,10 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
         raise MalformedResponseError("the reply has no choices")
     choice = choices[0]
     msg = choice.get("message") or {}
-    text = text_of(msg.get("content"))
-    reasoning = msg.get("reasoning_content") or None
-    tool_calls = msg.get("tool_calls") or None
-    return Response(text=text, model=data.get("model") or model, usage=usage_from(data.get("usage")),
-                    request_id=data.get("request_id") or request_id or data.get("id"),
-                    finish_reason=choice.get("finish_reason"), reasoning=reasoning, tool_calls=tool_calls,
-                    protocol=NAME, raw=data,
-                    messages=[Message(role="assistant", content=text, reasoning=reasoning,
-                                      tool_calls=tool_calls)])
+    return make_response(text=text_of(msg.get("content")), model=data.get("model") or model,
+                         usage=data.get("usage"), request_id=data.get("request_id") or request_id or data.get("id"),
+                         finish_reason=choice.get("finish_reason"), reasoning=msg.get("reasoning_content") or None,
+                         tool_calls=msg.get("tool_calls") or None, protocol=NAME, raw=data)
 
 
 class StreamParser:

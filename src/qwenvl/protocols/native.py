@@ -12,7 +12,7 @@ from typing import Any
 
 from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call
-from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, text_of, usage_from
+from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, make_response, text_of
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart
 
@@ -96,11 +96,9 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
     if "output" not in data and data.get("code"):
         raise error_from_body(None, data, request_id=request_id)
     text, reasoning, finish, tool_calls = _choice(data)
-    return Response(text=text, model=data.get("model") or model, usage=usage_from(data.get("usage")),
-                    request_id=data.get("request_id") or request_id, finish_reason=finish,
-                    reasoning=reasoning, tool_calls=tool_calls, protocol=NAME, raw=data,
-                    messages=[Message(role="assistant", content=text, reasoning=reasoning,
-                                      tool_calls=tool_calls)])
+    return make_response(text=text, model=data.get("model") or model, usage=data.get("usage"),
+                         request_id=data.get("request_id") or request_id, finish_reason=finish,
+                         reasoning=reasoning, tool_calls=tool_calls, protocol=NAME, raw=data)
 
 
 class StreamParser:
