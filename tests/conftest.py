@@ -29,6 +29,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("QWENVL_HOME", str(home / ".qwenvl"))
+    monkeypatch.setenv("QWENVL_CACHE_DIR", str(tmp_path / "cache"))  # the response cache (qwenvl.batch.cache)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

@@ -18,8 +18,10 @@ from pydantic import ValidationError
 
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend
+from qwenvl.batch import exchange
+from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.config import normalize_protocol, normalize_region, require_api_key
-from qwenvl.errors import StructuredOutputError, UsageError
+from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.plan import Call, plan
 from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
 
@@ -106,13 +108,15 @@ class _Base:
     def __init__(self, *, api_key: str | None = None, protocol: str | None = None, region: str | None = None,
                  base_url: str | None = None, model: str | None = None, timeout_s: float | None = None,
                  max_retries: int | None = None, retry_backoff_s: float | None = None,
-                 http_client: Any = None, backend: Any = None) -> None:
+                 http_client: Any = None, backend: Any = None,
+                 cache: bool | str | os.PathLike[str] | ResponseCache | None = None) -> None:
         self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
         self.region = normalize_region(region or os.environ.get("QWENVL_REGION"))
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
         self._backend = backend
+        self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
         if backend is not None:
             self.protocol = backend.protocol
         model = model or os.environ.get("QWENVL_MODEL")
@@ -160,25 +164,42 @@ class Client(_Base):
         return self.send(call)
 
     def send(self, call: Call) -> Response:
-        first, retry = _check(call, self.backend.complete(call))
+        first, retry = _check(call, self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, self.backend.complete(retry))
+        return _after_repair(first, retry, self._complete(retry))
+
+    def _complete(self, call: Call) -> Response:
+        """One backend call: answered from the cache when enabled, and written to the usage log."""
+        ex = exchange.begin(self, call)
+        if ex.response is not None:
+            return ex.response
+        backend = self.backend
+        try:
+            return ex.done(backend.complete(call))
+        except QwenVLError as exc:
+            ex.failed(exc)
+            raise
 
     def stream(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Iterator[StreamEvent]:
         call = self.plan(request, **fields)
         return self.send_stream(call)
 
     def send_stream(self, call: Call) -> Iterator[StreamEvent]:
-        for event in self.backend.stream(call):
-            if event.type != "done":
-                yield event
-                continue
-            assert event.response is not None
-            first, retry = _check(call, event.response)
-            if retry is not None:
-                first = _after_repair(first, retry, self.backend.complete(retry))
-            yield StreamEvent(type="done", response=first)
+        ex, backend = exchange.begin(self, call, stream=True), self.backend
+        try:
+            for event in backend.stream(call):
+                if event.type != "done":
+                    yield event
+                    continue
+                assert event.response is not None
+                first, retry = _check(call, ex.done(event.response))
+                if retry is not None:
+                    first = _after_repair(first, retry, self._complete(retry))
+                yield StreamEvent(type="done", response=first)
+        except QwenVLError as exc:
+            ex.failed(exc)
+            raise
 
     def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
         """One question about zero or more images: ``client.ask("What is this?", "a.jpg", "b.png")``."""
@@ -212,23 +233,39 @@ class AsyncClient(_Base):
         return await self.send(call)
 
     async def send(self, call: Call) -> Response:
-        first, retry = _check(call, await self.backend.complete(call))
+        first, retry = _check(call, await self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, await self.backend.complete(retry))
+        return _after_repair(first, retry, await self._complete(retry))
+
+    async def _complete(self, call: Call) -> Response:
+        ex = exchange.begin(self, call)
+        if ex.response is not None:
+            return ex.response
+        backend = self.backend
+        try:
+            return ex.done(await backend.complete(call))
+        except QwenVLError as exc:
+            ex.failed(exc)
+            raise
 
     async def stream(self, request: Request | dict[str, Any] | None = None, /,
                      **fields: Any) -> AsyncIterator[StreamEvent]:
         call = self.plan(request, **fields)
-        async for event in self.backend.stream(call):
-            if event.type != "done":
-                yield event
-                continue
-            assert event.response is not None
-            first, retry = _check(call, event.response)
-            if retry is not None:
-                first = _after_repair(first, retry, await self.backend.complete(retry))
-            yield StreamEvent(type="done", response=first)
+        ex, backend = exchange.begin(self, call, stream=True), self.backend
+        try:
+            async for event in backend.stream(call):
+                if event.type != "done":
+                    yield event
+                    continue
+                assert event.response is not None
+                first, retry = _check(call, ex.done(event.response))
+                if retry is not None:
+                    first = _after_repair(first, retry, await self._complete(retry))
+                yield StreamEvent(type="done", response=first)
+        except QwenVLError as exc:
+            ex.failed(exc)
+            raise
 
     async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
         return await self.complete(prompt=prompt, images=list(images), **fields)

@@ -17,7 +17,7 @@ from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 
 # Request fields sent as generation parameters under the same name in both protocols.
 GENERATION_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "enable_thinking",
-                     "thinking_budget")
+                     "thinking_budget", "tools", "tool_choice")
 
 
 @dataclass
@@ -36,6 +36,7 @@ def media_options(request: Request, model: ModelInfo, protocol: str) -> MediaOpt
         model=model, protocol=protocol, detail=request.detail,
         vl_high_resolution_images=high_resolution(request),
         min_pixels=request.min_pixels, max_pixels=request.max_pixels, prepare=request.prepare, fps=request.fps,
+        pages=request.pages, fetch_urls=request.fetch_urls, fetch_timeout_s=min(request.timeout_s, 60.0),
     )
 
 
@@ -46,15 +47,19 @@ def high_resolution(request: Request) -> bool | None:
     return True if request.detail == "high" else None
 
 
-def build_messages(request: Request) -> list[Message]:
+def build_messages(request: Request, model: ModelInfo | None = None) -> list[Message]:
     """System prompt, history, then the new user turn (media first, then the prompt, as the skill does)."""
+    model = model or model_info(request.model)
     messages: list[Message] = []
     if request.system and not (request.messages and request.messages[0].role == "system"):
         messages.append(Message(role="system", content=request.system))
     messages.extend(request.messages)
     if request.prompt is not None:
         parts: list[TextPart | ImagePart | VideoPart] = []
-        pixels = {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", request.max_pixels))
+        max_pixels = request.max_pixels
+        if max_pixels is None and request.detail == "low" and not high_resolution(request):
+            max_pixels = model.low_detail_tokens * model.pixels_per_token  # so URLs get the low budget too
+        pixels = {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", max_pixels))
                   if v is not None}
         for ref in request.image_list():
             parts.append(ImagePart(image=ref, **pixels))
@@ -94,7 +99,7 @@ def plan(request: Request, protocol: str) -> Call:
     if request.enable_thinking and not model.thinking and model.known:
         raise UsageError(f"{request.model} does not support thinking (enable_thinking)",
                          hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
-    history = build_messages(request)
+    history = build_messages(request, model)
     prepared = prepare_messages(history, media_options(request, model, protocol))
     return Call(request=request, model=model, messages=prepared.messages, history=history,
                 params=generation_params(request), media=prepared.items, schema=request.schema)

@@ -6,7 +6,9 @@ Every httpx exception becomes a qwenvl error here (chained with ``from``); nothi
 from __future__ import annotations
 
 import asyncio
+import functools
 import platform
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -15,12 +17,18 @@ from typing import Any
 import httpx
 
 from qwenvl import __version__
-from qwenvl.errors import APIConnectionError, APIError, APITimeoutError, redact
+from qwenvl.errors import APIConnectionError, APIError, APITimeoutError, MediaError, redact
 from qwenvl.protocols.common import error_from_body, load_json
 from qwenvl.retry import parse_retry_after, retry_delay, should_retry
 
 USER_AGENT = f"qwenvl/{__version__} httpx/{httpx.__version__} python/{platform.python_version()}"
 CONNECT_TIMEOUT_S = 10.0
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context shared by every client: loading the CA bundle costs ~20 ms per client."""
+    return httpx.create_ssl_context()
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,7 @@ class Transport:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._key = api_key
         self._own = http_client is None
-        self._client = http_client or httpx.Client(follow_redirects=False)
+        self._client = http_client or httpx.Client(follow_redirects=False, verify=tls_context())
         self._sleep = sleep
 
     def close(self) -> None:
@@ -157,6 +165,16 @@ class Transport:
         self._send("POST", url, policy, stream=False, data=data, files=files,
                    headers={"User-Agent": USER_AGENT})
 
+    def post_files(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> Any:
+        """A multipart upload to the service itself (with the key), e.g. a Batch API input file; the JSON reply."""
+        response = self._send("POST", url, policy, stream=False, data=data, files=files,
+                              headers={"Authorization": f"Bearer {self._key}", "User-Agent": USER_AGENT})
+        return load_json(response.content, "the reply")
+
+    def get_bytes(self, url: str, policy: Policy) -> bytes:
+        """A GET whose body is not JSON (e.g. a Batch API result file)."""
+        return self._send("GET", url, policy, stream=False, headers=_headers(self._key, None)).content
+
     def open_stream(self, url: str, body: dict[str, Any], policy: Policy,
                     headers: dict[str, str] | None = None) -> LineStream:
         """POST and return the open reply once its status is 2xx (retrying before that point only)."""
@@ -171,7 +189,7 @@ class AsyncTransport:
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         self._key = api_key
         self._own = http_client is None
-        self._client = http_client or httpx.AsyncClient(follow_redirects=False)
+        self._client = http_client or httpx.AsyncClient(follow_redirects=False, verify=tls_context())
         self._sleep = sleep
 
     async def aclose(self) -> None:
@@ -206,3 +224,41 @@ class AsyncTransport:
         response = await self._send("POST", url, policy, stream=True, json=body,
                                     headers=_headers(self._key, headers))
         return AsyncLineStream(response, url, self._key)
+
+
+FETCH_TIMEOUT_S = 30.0
+FETCH_MAX_REDIRECTS = 5
+
+
+def fetch_url(url: str, *, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S,
+              max_redirects: int = FETCH_MAX_REDIRECTS) -> tuple[bytes, str]:
+    """Download a remote file for local preparation (``--fetch-urls``): (content, content type).
+
+    No credentials are sent. The body is read in chunks and abandoned as soon as it passes ``max_bytes``;
+    redirects are followed at most ``max_redirects`` times. Failures are MediaErrors naming the URL.
+    """
+    try:
+        with httpx.Client(follow_redirects=True, max_redirects=max_redirects,
+                          timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
+                          headers={"User-Agent": USER_AGENT}) as client, client.stream("GET", url) as response:
+            if response.status_code >= 400:
+                raise MediaError(f"cannot fetch {url}: HTTP {response.status_code}", source=url)
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise MediaError(f"{url} is {int(declared) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB "
+                                 "download limit", source=url)
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise MediaError(f"{url} is larger than the {max_bytes / 1e6:.0f} MB download limit",
+                                     source=url)
+                chunks.append(chunk)
+            return b"".join(chunks), response.headers.get("content-type", "")
+    except httpx.TooManyRedirects:
+        raise MediaError(f"cannot fetch {url}: more than {max_redirects} redirects", source=url) from None
+    except httpx.TimeoutException:
+        raise MediaError(f"cannot fetch {url}: timed out after {timeout_s:g} s", source=url) from None
+    except httpx.HTTPError as exc:
+        raise MediaError(f"cannot fetch {url}: {exc}", source=url) from None

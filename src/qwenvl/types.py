@@ -119,6 +119,7 @@ with warnings.catch_warnings():
         images: list[str] = Field(default_factory=list)
         video: str | list[str] | None = None
         fps: float | None = Field(default=None, gt=0)
+        pages: str | None = None  # PDF pages to send, e.g. "1-3,5" or "7-" (all when None)
         model: str = DEFAULT_MODEL
         max_tokens: int = Field(default=512, ge=1)
         temperature: float = Field(default=0.2, ge=0, lt=2)
@@ -134,6 +135,8 @@ with warnings.catch_warnings():
         stream: bool = False
         enable_thinking: bool | None = None
         thinking_budget: int | None = Field(default=None, ge=1)
+        tools: list[dict[str, Any]] | None = None  # function definitions [{"type": "function", "function": {...}}]
+        tool_choice: str | dict[str, Any] | None = None  # "auto" | "none" | "required" | {"type": "function", ...}
         vl_high_resolution_images: bool | None = None
         min_pixels: int | None = Field(default=None, ge=1)
         max_pixels: int | None = Field(default=None, ge=1)
@@ -143,6 +146,7 @@ with warnings.catch_warnings():
         base_url: str | None = None
         prepare: bool = True  # check and prepare media to the model's budget (False: send files as they are)
         upload: Literal["auto", "inline", "oss"] = "auto"  # local files via DashScope's temporary storage
+        fetch_urls: bool = False  # download remote images (time-out, size cap, few redirects) and prepare them
         extra: dict[str, Any] = Field(default_factory=dict)  # other service parameters, passed through
 
         _schema_model: type[BaseModel] | None = PrivateAttr(default=None)
@@ -217,6 +221,7 @@ with warnings.catch_warnings():
         messages: list[Message] = Field(default_factory=list)  # the history including this answer
         protocol: str | None = None
         raw: dict[str, Any] | None = Field(default=None, repr=False, exclude=True)
+        cached: bool = Field(default=False, exclude=True)  # answered from the local cache (Client(cache=...))
         _parsed: Any = PrivateAttr(default=None)
 
         @property

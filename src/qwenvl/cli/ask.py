@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import (
     err_console,
@@ -54,6 +55,8 @@ def ask(opts: dict[str, Any]) -> None:
             if opts["as_json"]:
                 print_json(response_json(response))
                 return
+            if response.reasoning and not opts["hide_reasoning"]:  # as in a stream: dimmed, on stderr
+                err_console().print(f"[dim]thinking…[/]\n[dim italic]{escape(response.reasoning)}[/]")
             if structured:
                 print_json(response.json)
             else:

@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
     pass_opts,
+    report,
     request_fields,
     service_options,
     split_media,
@@ -85,7 +87,7 @@ def chat(opts: dict[str, Any]) -> None:
                 continue
             if text == "/history":
                 for m in history:
-                    err.print(f"[bold]{m.role}:[/] {m.text()[:200]}", highlight=False)
+                    err.print(f"[bold]{m.role}:[/] {escape(m.text()[:200])}", highlight=False)
                 continue
             if text.startswith("/image "):
                 pending_images.append(text[len("/image "):].strip())
@@ -95,18 +97,17 @@ def chat(opts: dict[str, Any]) -> None:
                 response = stream_to_terminal(client.send_stream(call),
                                               show_reasoning=not opts["hide_reasoning"])
             except MediaError as exc:  # drop the bad attachment, keep the conversation
-                err.print(f"[bold red]error:[/] {exc}")
+                report(exc)
                 pending_images, video = [], None
                 continue
             except StreamInterruptedError as exc:
-                err.print(f"[bold red]error:[/] {exc} — not added to the conversation")
+                report(exc)
+                err.print("[dim](not added to the conversation)[/]")
                 continue
             except APIError as exc:
                 if getattr(exc, "exit_code", 5) == 4:
                     raise
-                err.print(f"[bold red]error:[/] {exc}")
-                if exc.hint:
-                    err.print(f"[yellow]hint:[/] {exc.hint}")
+                report(exc)
                 continue
             pending_images, video = [], None
             history = response.messages

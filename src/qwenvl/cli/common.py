@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from qwenvl.client import Client
 from qwenvl.config import PROTOCOLS, REGIONS
-from qwenvl.errors import UsageError
+from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
 from qwenvl.media.sources import classify, sniff
 from qwenvl.models import estimate_cost, model_info
 from qwenvl.structured import load_schema
@@ -32,6 +33,19 @@ def err_console() -> Console:
 
 def out_console() -> Console:
     return Console(highlight=False, soft_wrap=True)
+
+
+def report(exc: QwenVLError) -> None:
+    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr)."""
+    console = err_console()
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    if isinstance(exc, StreamInterruptedError) and exc.partial_text:
+        console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]")
+    if isinstance(exc, StructuredOutputError) and exc.raw_text:
+        console.print("[dim]raw answer:[/]", highlight=False)
+        console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
+    if exc.hint:
+        console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
 
 
 def _options(*decorators: Callable) -> Callable:
@@ -87,6 +101,8 @@ generation_options = _options(
     click.option("--max-pixels", type=click.IntRange(min=1)),
     click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
+    click.option("--fetch-urls", is_flag=True, help="Download remote images and prepare them here (large or "
+                 "private ones); time-out, size cap and redirects limited."),
     click.option("--upload", type=click.Choice(["auto", "inline", "oss"]),
                  help="Local files via DashScope's temporary storage (native protocol): auto uploads what "
                       "does not fit inline (default), oss always, inline never."),
@@ -102,7 +118,7 @@ generation_options = _options(
 _REQUEST_FROM_OPTIONS = ("model", "timeout_s", "max_retries", "retry_backoff_s", "system", "max_tokens",
                          "temperature", "top_p", "top_k", "seed", "detail", "vl_high_resolution_images",
                          "min_pixels", "max_pixels", "fps", "json_mode", "enable_thinking", "thinking_budget",
-                         "upload")
+                         "upload", "fetch_urls")
 
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:

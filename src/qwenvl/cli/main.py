@@ -11,24 +11,13 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl import __version__
-from qwenvl.cli.common import err_console
-from qwenvl.errors import EXIT_SERVICE, QwenVLError, StreamInterruptedError, StructuredOutputError
+from qwenvl.cli.common import err_console, report
+from qwenvl.errors import EXIT_SERVICE, QwenVLError
 
 EXIT_INTERRUPTED = 130
-
-
-def report(exc: QwenVLError) -> None:
-    console = err_console()
-    console.print(f"[bold red]error:[/] {click.style(str(exc), bold=False)}", highlight=False, markup=True)
-    if isinstance(exc, StreamInterruptedError) and exc.partial_text:
-        console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]")
-    if isinstance(exc, StructuredOutputError) and exc.raw_text:
-        console.print("[dim]raw answer:[/]", highlight=False)
-        console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
-    if exc.hint:
-        console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
 
 
 class QwenVLGroup(click.Group):
@@ -52,7 +41,8 @@ class QwenVLGroup(click.Group):
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("QWENVL_DEBUG"):
                 raise
-            err_console().print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            err_console().print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}",
+                                highlight=False)
             err_console().print("[yellow]hint:[/] run again with QWENVL_DEBUG=1 for the traceback, "
                                 "and please report it.", highlight=False)
             ctx.exit(EXIT_SERVICE)
@@ -75,6 +65,11 @@ def _register() -> None:
     cli.add_command(analyze.analyze)
     cli.add_command(ask.ask)
     cli.add_command(chat.chat)
+    from qwenvl.cli import events, extract, ground, ocr
+
+    for verb in (ground.ground, ocr.ocr, extract.extract, events.events):
+        cli.add_command(verb)
+    from qwenvl.cli import batch, usage; cli.add_command(batch.batch); cli.add_command(usage.usage)  # noqa: E702, I001
     try:
         from qwenvl.cli import tokens
     except ImportError:  # pragma: no cover - during development of the media verbs

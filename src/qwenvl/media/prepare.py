@@ -7,13 +7,17 @@ before any request is sent, so a bad file fails here and costs nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import base64
+import binascii
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from PIL import Image
+
 from qwenvl.errors import MediaError, UsageError
-from qwenvl.media import images
-from qwenvl.media.sources import Source, classify, read_bytes, to_data_url
-from qwenvl.models import ModelInfo
+from qwenvl.media import images, resize, tokens
+from qwenvl.media.sources import Source, classify, read_bytes, sniff, to_data_url
+from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
@@ -27,6 +31,9 @@ class MediaOptions:
     max_pixels: int | None = None
     prepare: bool = True
     fps: float | None = None
+    pages: str | None = None  # PDF pages to send, e.g. "1-3,5" (all when None)
+    fetch_urls: bool = False  # download remote images and prepare them like local files
+    fetch_timeout_s: float = 30.0
 
 
 @dataclass
@@ -42,6 +49,8 @@ class PreparedItem:
     height: int | None = None
     tokens: int | None = None  # estimated input tokens (None when unknown)
     notes: list[str] = field(default_factory=list)
+    frame_times: list[float] | None = None  # a video's frames: seconds from its start, as the model sees them
+    fps: float | None = None  # a sampled video's actual frame rate, sent beside the frame list
 
 
 @dataclass
@@ -56,6 +65,7 @@ class PreparedMessages:
 
 
 def prepare_messages(messages: list[Message], options: MediaOptions) -> PreparedMessages:
+    messages = expand_documents(messages, options)
     out: list[Message] = []
     items: list[PreparedItem] = []
     for message in messages:
@@ -71,7 +81,10 @@ def prepare_messages(messages: list[Message], options: MediaOptions) -> Prepared
             elif isinstance(part, VideoPart):
                 item = prepare_video(part, options)
                 items.append(item)
-                parts.append(part.model_copy(update={"video": item.sent}))
+                update = {"video": item.sent}
+                if item.fps is not None:  # the rate the frames really have (clamping changes it)
+                    update["fps"] = round(item.fps, 4)
+                parts.append(part.model_copy(update=update))
             else:
                 parts.append(part)
         out.append(message.model_copy(update={"content": parts}))
@@ -79,31 +92,268 @@ def prepare_messages(messages: list[Message], options: MediaOptions) -> Prepared
 
 
 def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
+    """Check one image and make it what the service will see (the rules are in ``qwenvl.media.images``).
+
+    A remote URL passes through (its size and tokens stay unknown). A local file or data: URL is identified by
+    its content and checked first: format, sides, aspect ratio, decompression bomb, animation. With
+    ``options.prepare``, an image over its pixel budget (``resize.image_budget``) is decoded at reduced scale
+    and resized to exactly the size ``smart_resize`` gives, so the service sees the same pixels and counts the
+    same tokens. It is also made upright and 8-bit, and re-encoded: JPEG quality 90 for photographs, PNG for
+    graphics. An image within its budget is sent as the smaller of the original and a re-encoding, unless its
+    pixels need converting (rotation, CMYK, 16-bit, transparency, a format the service does not take). What
+    is sent always fits ``MAX_IMAGE_BYTES``: a lower JPEG quality first, then a smaller size, with a note.
+    With ``prepare=False`` the original bytes are sent after the same checks, plus an integrity check and
+    the size limit.
+    """
     source = classify(part.image)
     _check_remote(source, options)
-    if source.is_remote:
-        return PreparedItem(part.image, "image", source.url or part.image)
-    data = read_bytes(source)
-    info = images.identify(data, source.label)
-    sent = source.url if source.kind == "data" and source.declared_mime == info.mime else to_data_url(
-        data, info.mime)
-    return PreparedItem(part.image, "image", sent or "", mime=info.mime, bytes_sent=len(sent or ""),
-                        width=info.width, height=info.height)
+    if source.kind == "url" and options.fetch_urls:
+        from qwenvl.transport import fetch_url  # network code stays out of the import graph of media
+
+        data, _ = fetch_url(source.url or part.image, max_bytes=MAX_FETCH_BYTES, timeout_s=options.fetch_timeout_s)
+        label = source.ref
+    elif source.is_remote:
+        return PreparedItem(part.image, "image", source.url or part.image,
+                            notes=["remote image: size and tokens unknown (the service fetches it; "
+                                   "--fetch-urls prepares it here)"])
+    else:
+        data = read_bytes(source)
+        label = source.label
+    info = images.identify(data, label)
+    images.check(info, label)
+    service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+    if options.prepare:
+        encoded, mime, (width, height), notes = _prepare_local_image(data, info, label, part, options)
+    else:
+        notes = _check_original(data, info, label, options)
+        encoded, mime, (width, height) = data, info.mime, (info.width, info.height)
+    h_bar, w_bar = _model_size(height, width, options.model.factor, service, label)
+    if encoded is data and source.kind == "data" and source.url and source.declared_mime == mime:
+        sent = source.url
+    else:
+        sent = to_data_url(encoded, mime)
+    return PreparedItem(part.image, "image", sent, mime=mime, bytes_sent=len(sent), width=width, height=height,
+                        tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor), notes=notes)
+
+
+def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: ImagePart,
+                         options: MediaOptions) -> tuple[bytes, str, tuple[int, int], list[str]]:
+    """(bytes, mime, (width, height) as sent, notes) for a local image, prepared to its budget."""
+    factor = options.model.factor
+    lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+    width, height = info.upright_size
+    h_bar, w_bar = _model_size(height, width, factor, (lo, hi), label)
+    target = (w_bar, h_bar) if resize.over_budget(height, width, factor, hi) else None
+    decoded = images.decode(data, info, label, size=target)
+    notes: list[str] = []
+    if target is not None:
+        notes.append(f"resized {width}x{height} -> {w_bar}x{h_bar} ({_budget_name(options, part)} budget, "
+                     f"{hi // (factor * factor)} tokens)")
+    notes.extend(decoded.notes)
+    img = decoded.image
+    photo = info.format in ("JPEG", "MPO") or not images.looks_like_graphic(img)
+    encoded, mime = (images.encode_jpeg(img), "image/jpeg") if photo else (images.encode_png(img), "image/png")
+    if (target is None and not decoded.must_convert and info.accepted and info.frames == 1
+            and len(data) <= MAX_IMAGE_BYTES and len(data) <= len(encoded)):
+        notes.append("kept as given (a re-encoding would not be smaller)")
+        return data, info.mime, (info.width, info.height), notes
+    if not info.accepted:
+        notes.append(f"{info.format} converted to {mime.split('/')[1].upper()}")
+    encoded, mime, img = _fit_bytes(img, encoded, mime, factor, notes)
+    notes.append(f"encoded {mime.split('/')[1].upper()}: {_mb(len(data))} -> {_mb(len(encoded))}")
+    return encoded, mime, img.size, notes
+
+
+def _fit_bytes(img: Image.Image, encoded: bytes, mime: str, factor: int,
+               notes: list[str]) -> tuple[bytes, str, Image.Image]:
+    """Make ``encoded`` fit MAX_IMAGE_BYTES: JPEG instead of PNG, then lower qualities, then smaller sizes."""
+    if len(encoded) <= MAX_IMAGE_BYTES:
+        return encoded, mime, img
+    if mime == "image/png":
+        notes.append(f"PNG would be {_mb(len(encoded))}, over the {_mb(MAX_IMAGE_BYTES)} limit: sent as JPEG")
+        encoded, mime = images.encode_jpeg(img), "image/jpeg"
+    quality = images.JPEG_QUALITY
+    for quality in images.JPEG_FALLBACK_QUALITIES:
+        if len(encoded) <= MAX_IMAGE_BYTES:
+            return encoded, mime, img
+        encoded = images.encode_jpeg(img, quality)
+        notes.append(f"JPEG quality lowered to {quality} to fit {_mb(MAX_IMAGE_BYTES)}")
+    while len(encoded) > MAX_IMAGE_BYTES:
+        area = img.width * img.height // 2
+        h_bar, w_bar = resize.smart_resize(img.height, img.width, factor,
+                                           min(area, MIN_IMAGE_TOKENS * factor * factor), area)
+        img = images.resize(img, (w_bar, h_bar))
+        encoded = images.encode_jpeg(img, quality)
+        notes.append(f"downscaled to {w_bar}x{h_bar} to fit {_mb(MAX_IMAGE_BYTES)} (fewer tokens than the budget)")
+    return encoded, mime, img
+
+
+def _check_original(data: bytes, info: images.ImageInfo, label: str, options: MediaOptions) -> list[str]:
+    """The extra rules for an image sent as it is (prepare=False), and notes on what the service may misread."""
+    if not info.accepted:
+        raise MediaError(f"{label} is a {info.format} image; the service takes "
+                         f"{', '.join(sorted(images.SERVICE_FORMATS))}", source=label,
+                         hint="Let qwenvl convert it (drop --no-resize / prepare=False), or convert it to PNG.")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise MediaError(f"{label} is {_mb(len(data))}; one image may be at most {_mb(MAX_IMAGE_BYTES)}",
+                         source=label, hint="Let qwenvl prepare it (drop --no-resize / prepare=False): it is "
+                                            "downscaled and re-encoded to fit.")
+    images.verify(data, info, label)
+    notes = ["original sent as is (prepare=False)"]
+    if info.orientation != 1:
+        notes.append(f"EXIF orientation {info.orientation} not applied: the model may see the image rotated")
+    if info.mode == "CMYK":
+        notes.append("CMYK sent as is: the service may misread its colours")
+    if info.high_bit_depth:
+        notes.append(f"{info.mode} sent as is: the service may misread a 16-bit image")
+    if info.transparency:
+        notes.append("transparency sent as is: transparent areas may show as black or white")
+    if options.detail == "low":
+        notes.append("detail=low has no effect on an image that is not prepared (set max_pixels instead)")
+    return notes
+
+
+def _model_size(height: int, width: int, factor: int, budget: tuple[int, int], label: str) -> tuple[int, int]:
+    """``smart_resize`` under ``budget``, as a MediaError when the image cannot be sent at that budget."""
+    lo, hi = budget
+    try:
+        h_bar, w_bar = resize.smart_resize(height, width, factor, lo, hi)
+    except ValueError as exc:
+        raise MediaError(f"{label} ({width}x{height} px): {exc}", source=label) from None
+    if h_bar == 0 or w_bar == 0:
+        raise MediaError(f"{label} is {width}x{height} px: at a budget of {hi} px the model's resize rule "
+                         "would make one side 0 px", source=label,
+                         hint="Raise max_pixels (or use detail auto/high), or crop it to a less extreme shape.")
+    return h_bar, w_bar
+
+
+def _budget_name(options: MediaOptions, part: ImagePart) -> str:
+    if options.detail == "low":
+        return "detail=low"
+    if options.vl_high_resolution_images:
+        return "high-resolution"
+    if part.max_pixels or options.max_pixels:
+        return "max_pixels"
+    return f"{options.model.name} default"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
 
 
 def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
+    """Make one video what the service will see (the rules are in ``qwenvl.media.video``).
+
+    A remote URL passes through for the service to fetch and sample. A local file (identified by content) is
+    sampled at ``fps`` (the part's, the request's, else 2) by the service's rule, converting only the
+    sampled frames, each resized to the per-frame budget and sent as JPEG in a frame list; ``frame_times``
+    says when each frame was taken. A list of frame images is checked and prepared image by image to the
+    per-frame budget, padded to at least 4 frames and an even count by repeating the last one.
+    """
     if isinstance(part.video, list):
-        if not part.video:
-            raise MediaError("a video frame list is empty", source="video")
-        frames = [prepare_image(ImagePart(image=ref), options) for ref in part.video]
-        return PreparedItem(f"{len(frames)} frames", "video", [f.sent for f in frames],
-                            bytes_sent=sum(f.bytes_sent for f in frames))
+        return _prepare_frame_list(part, options)
     source = classify(part.video)
     _check_remote(source, options)
     if source.is_remote:
-        return PreparedItem(part.video, "video", source.url or part.video)
-    raise MediaError(f"{source.label}: local video files are not supported yet; give a list of frames "
-                     "or a URL", source=part.video)
+        return PreparedItem(part.video, "video", source.url or part.video,
+                            notes=["remote video: frames and tokens unknown (the service fetches and samples it)"])
+    from qwenvl.media import video  # PyAV loads only when a local video is given
+
+    src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    fps = part.fps if part.fps is not None else options.fps
+    sampled = video.sample_video(src, options.model, fps=fps, min_pixels=part.min_pixels,
+                                 max_pixels=part.max_pixels, label=source.label)
+    sent = [to_data_url(frame, "image/jpeg") for frame in sampled.frames]
+    return PreparedItem(
+        part.video, "video", sent, mime="image/jpeg", bytes_sent=sum(len(url) for url in sent),
+        width=sampled.width, height=sampled.height,
+        tokens=tokens.video_tokens(sampled.nframes, sampled.height, sampled.width, options.model.factor),
+        notes=[*sampled.notes, f"decoded with {'a seek per sample' if sampled.strategy == 'seek' else 'one pass'}"],
+        frame_times=sampled.times, fps=sampled.sample_fps)
+
+
+def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
+    from qwenvl.media import video
+
+    refs = list(part.video)
+    count = video.frame_list_count(len(refs), options.model)
+    lo, hi = video.frame_budget(options.model, count, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+    # Frames follow the video budget, not the image one: no high-resolution mode and no detail=low for them.
+    frame_options = replace(options, vl_high_resolution_images=None, detail="auto", min_pixels=None,
+                            max_pixels=None)
+    frames = [prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options)
+              for ref in refs]
+    notes = [f"{len(refs)} frame images"]
+    if count > len(refs):
+        notes.append(f"padded to {count} frames by repeating the last (the service needs at least "
+                     f"{video.VIDEO_MIN_FRAMES} and an even count)")
+        frames.extend([frames[-1]] * (count - len(refs)))
+    first = frames[0]
+    estimate = None
+    if first.width and first.height:
+        h_bar, w_bar = _model_size(first.height, first.width, options.model.factor, (lo, hi), first.source)
+        estimate = tokens.video_tokens(count, h_bar, w_bar, options.model.factor)
+        if any((f.width, f.height) != (first.width, first.height) for f in frames):
+            notes.append("frames differ in size: the estimate uses the first frame's")
+    rate = part.fps if part.fps is not None else options.fps if options.fps is not None else video.VIDEO_FPS
+    sent = [str(f.sent) for f in frames]
+    return PreparedItem(f"{len(refs)} frames", "video", sent, mime=first.mime,
+                        bytes_sent=sum(len(url) for url in sent), width=first.width, height=first.height,
+                        tokens=estimate, notes=notes, frame_times=[i / rate for i in range(count)])
+
+
+def expand_documents(messages: list[Message], options: MediaOptions) -> list[Message]:
+    """Replace every image part that is a local PDF (by content) with one image part per rendered page.
+
+    The models cannot read PDF files, so each selected page (``options.pages``) is rendered to the image
+    budget (``resize.image_budget``) and sent as a data URL, in page order (see ``qwenvl.media.pdf``).
+    """
+    out: list[Message] = []
+    for message in messages:
+        if isinstance(message.content, str) or not any(isinstance(p, ImagePart) for p in message.content):
+            out.append(message)
+            continue
+        parts: list[TextPart | ImagePart | VideoPart] = []
+        changed = False
+        for part in message.content:
+            document = _pdf_source(part.image) if isinstance(part, ImagePart) else None
+            if document is None:
+                parts.append(part)
+                continue
+            from qwenvl.media import pdf  # pypdfium2 loads only when a PDF is given
+
+            assert isinstance(part, ImagePart)
+            lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+            src = document.path if document.kind == "file" and document.path else read_bytes(document)
+            pages = pdf.render_pdf(src, factor=options.model.factor, min_pixels=lo,
+                                   max_pixels=hi, pages=options.pages,
+                                   context_tokens=options.model.context_tokens, label=document.label)
+            parts.extend(part.model_copy(update={"image": page.data_url}) for page in pages)
+            changed = True
+        out.append(message.model_copy(update={"content": parts}) if changed else message)
+    return out
+
+
+def _pdf_source(ref: str) -> Source | None:
+    """The source of ``ref`` when it is a local file or data: URL holding a PDF (by its first bytes)."""
+    source = classify(ref)
+    if source.kind == "file" and source.path is not None:
+        try:
+            with source.path.open("rb") as fh:
+                head = fh.read(8)
+        except OSError:
+            return None  # prepare_image reports it
+    elif source.kind == "data":
+        if (source.declared_mime or "").lower() == "application/pdf":
+            return source
+        payload = (source.url or "").partition("base64,")[2].lstrip()[:12]
+        try:
+            head = base64.b64decode(payload[: len(payload) // 4 * 4])
+        except (binascii.Error, ValueError):
+            return None
+    else:
+        return None
+    return source if sniff(head) == "application/pdf" else None
 
 
 def _check_remote(source: Source, options: MediaOptions) -> None:

@@ -54,7 +54,7 @@ def message(m: Message) -> dict[str, Any]:
         out["tool_calls"] = m.tool_calls
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
-    if m.name:
+    if m.name and m.role != "tool":  # OpenAI's tool messages have no name (native ones do)
         out["name"] = m.name
     return out
 

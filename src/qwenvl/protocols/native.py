@@ -48,7 +48,7 @@ def message(m: Message) -> dict[str, Any]:
         out["tool_calls"] = m.tool_calls
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
-    if m.name:
+    if m.name and m.role == "tool":  # native messages take a name only on tool results
         out["name"] = m.name
     return out
 
@@ -101,6 +101,26 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
                          reasoning=reasoning, tool_calls=tool_calls, protocol=NAME, raw=data)
 
 
+def merge_tool_call(calls: dict[int, dict[str, Any]], tc: dict[str, Any], position: int) -> None:
+    """Add one streamed tool call to ``calls``. Native events may carry a fragment of the arguments, or repeat
+    the call so far (the name in every event, or the whole call again with the finish_reason): a value that
+    extends what we have replaces it, anything else is appended."""
+    if not isinstance(tc, dict):
+        return
+    index = tc.get("index", position)
+    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    if tc.get("id"):
+        call["id"] = tc["id"]
+    if tc.get("type"):
+        call["type"] = tc["type"]
+    fn = tc.get("function") or {}
+    for key in ("name", "arguments"):
+        piece, have = fn.get(key), call["function"][key]
+        if not isinstance(piece, str) or not piece:
+            continue
+        call["function"][key] = piece if piece.startswith(have) else have + piece
+
+
 class StreamParser:
     """Turns native SSE events (``event:result`` with incremental output) into deltas and a response."""
 
@@ -131,9 +151,8 @@ class StreamParser:
             acc.usage_raw = data["usage"]
         text, reasoning, finish, tool_calls = _choice(data)
         events = acc.add(text or None, reasoning)
-        if tool_calls:
-            for i, tc in enumerate(tool_calls):
-                acc.add_tool_call_delta({"index": tc.get("index", i), **tc})
+        for i, tc in enumerate(tool_calls or []):
+            merge_tool_call(acc.tool_calls, tc, i)
         if finish:
             acc.finish_reason = finish
             acc.complete = True

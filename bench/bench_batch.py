@@ -1,0 +1,226 @@
+"""Benchmark: the batch runner against a loopback server that answers every request after 100 ms.
+
+1. **Throughput**: 2,000 text requests at concurrency 64. The ideal is 2000 / 64 x 0.1 s = 3.125 s; the
+   target is at most 1.15x that (3.6 s). Timed from ``Batch.run`` to its return (journal, cache and usage
+   log on, as ``qwenvl batch`` runs; every prompt is different, so the cache never answers); the planning
+   pass before it (``Batch.estimate``: every item planned, tokens and cost summed) is timed apart.
+2. **Memory**: the same tiny text requests, 1,000 and then 10,000 of them, each run in a fresh process;
+   peak RSS (``ru_maxrss``) of the whole process. Target: it grows by less than 50 MB from 1,000 to 10,000.
+
+The server is a minimal stdlib asyncio HTTP/1.1 server (keep-alive, listen backlog 256) in a separate
+process, so that it does not share the client's GIL; it reads and parses each JSON body and answers with a
+chat.completion after ``--delay`` seconds, in one write.
+
+Run (from the repository root; not part of CI):
+
+    .venv/bin/python bench/bench_batch.py [--requests 2000] [--concurrency 64] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+# --- the server (runs in its own process: `bench_batch.py --serve DELAY`) ----------------------------------
+# A minimal HTTP/1.1 keep-alive server on asyncio streams (stdlib only). Each request costs it a few tens of
+# microseconds, so that the measured time is the client's: a ThreadingHTTPServer's own GIL contention adds
+# 3-4 ms to every 100 ms answer at 64 connections.
+
+async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            body = json.loads(await reader.readexactly(length))
+            await asyncio.sleep(delay_s)
+            text = "echo: " + body["messages"][-1]["content"][-1]["text"]
+            reply = json.dumps({
+                "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
+                "model": body["model"], "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            }).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(reply), reply))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+def serve(delay_s: float) -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(lambda r, w: _handle(r, w, delay_s), "127.0.0.1", 0, backlog=256)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+class ServerProcess:
+    def __init__(self, delay_s: float) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(delay_s)], stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# --- the client side ---------------------------------------------------------------------------------------
+
+def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
+    from qwenvl.batch import Batch, BatchItem
+
+    items = [BatchItem(id=f"item-{i}", request={"prompt": f"Caption item {i}", "max_tokens": 16}) for i in range(n)]
+    batch = Batch(items, folder / "out.jsonl", concurrency=concurrency, api_key="sk-bench", base_url=url)
+    t0 = time.perf_counter()
+    est = batch.estimate()
+    t1 = time.perf_counter()
+    summary = batch.run()
+    t2 = time.perf_counter()
+    lines = (folder / "out.jsonl").read_text().splitlines()
+    assert summary.ok == n and len(lines) == n, (summary, len(lines))
+    return {"n": n, "estimate_s": t1 - t0, "run_s": t2 - t1, "send_s": summary.send_s, "sent": summary.sent,
+            "to_send": est.to_send,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def child(url: str, n: int, concurrency: int) -> None:
+    """One memory measurement in a fresh process (prints one JSON line)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["QWENVL_HOME"] = str(Path(tmp) / "home")
+        os.environ["QWENVL_CACHE_DIR"] = str(Path(tmp) / "cache")
+        print(json.dumps(run_batch(url, n, concurrency, Path(tmp))))
+
+
+def wait_for_quiet(idle_pct: float = 90.0, max_wait_s: float = 180.0) -> bool:
+    """Wait until the machine is idle (other benchmarks would skew the timing); False after max_wait_s."""
+    def snap() -> list[int]:
+        with open("/proc/stat") as fh:
+            return [int(x) for x in fh.readline().split()[1:]]
+
+    deadline = time.monotonic() + max_wait_s
+    while time.monotonic() < deadline:
+        try:
+            a = snap()
+            time.sleep(1)
+            b = snap()
+        except OSError:  # not Linux: no way to tell
+            return True
+        d = [y - x for x, y in zip(a, b, strict=True)]
+        if 100 * (d[3] + d[4]) / max(sum(d), 1) >= idle_pct:
+            return True
+    return False
+
+
+def measure_in_child(url: str, n: int, concurrency: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", url, str(n), str(concurrency)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--delay", type=float, default=0.1)
+    ap.add_argument("--repeat", type=int, default=3, help="throughput runs (the median is reported)")
+    ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    args = ap.parse_args()
+
+    ideal = args.requests / args.concurrency * args.delay
+    with ServerProcess(args.delay) as srv:
+        runs = []
+        for _ in range(args.repeat):
+            quiet = wait_for_quiet()
+            runs.append({**measure_in_child(srv.url, args.requests, args.concurrency), "quiet": quiet})
+    runs.sort(key=lambda r: r["run_s"])
+    med = runs[len(runs) // 2]
+    ratio = med["run_s"] / ideal
+    print(f"throughput: {args.requests} requests at concurrency {args.concurrency}, server delay {args.delay} s")
+    times = ", ".join(f"{r['run_s']:.3f}" for r in runs)
+    print(f"  runs: {times} s; median {med['run_s']:.3f} s; "
+          f"ideal {ideal:.3f} s; ratio {ratio:.3f} (target <= 1.15)")
+    print(f"  planning pass (estimate) before it: {med['estimate_s']:.3f} s")
+
+    with ServerProcess(0.0) as srv:
+        small = measure_in_child(srv.url, 1000, args.concurrency)
+        large = measure_in_child(srv.url, 10000, args.concurrency)
+    growth = large["peak_rss_mb"] - small["peak_rss_mb"]
+    print(f"memory: peak RSS {small['peak_rss_mb']:.1f} MB (1,000 items) -> {large['peak_rss_mb']:.1f} MB "
+          f"(10,000 items): +{growth:.1f} MB (target < 50 MB)")
+
+    if args.no_write:
+        return
+    from results_md import machine, write_section
+
+    sends = [r["send_s"] for r in runs if r.get("send_s")]
+    quiet = sum(bool(r.get("quiet")) for r in runs)
+    body = f"""Machine: {machine()}.
+Command: `.venv/bin/python bench/bench_batch.py --requests {args.requests} --concurrency {args.concurrency} \
+--repeat {args.repeat}`.
+
+Server: a minimal stdlib asyncio HTTP/1.1 server in its own process that answers each chat completion
+after {args.delay * 1000:.0f} ms (keep-alive, backlog 256). Client: `qwenvl.batch.Batch` as `qwenvl batch` runs it
+(worker threads, journal, response cache and usage log on; every prompt differs, so nothing comes from the
+cache). Each run is a fresh process, started when the machine was idle ({quiet} of {args.repeat} runs; the
+script waits up to 3 minutes for 90% idle CPU). 2,000 is not a multiple of 64: the requests need 32 rounds
+of 100 ms, so no client can finish in under ~3.2 s.
+
+| measure | result | target |
+| --- | --- | --- |
+| {args.requests:,} requests at concurrency {args.concurrency}: `Batch.run` (median of {args.repeat}) | \
+{med['run_s']:.3f} s | <= {1.15 * ideal:.3f} s (1.15 x ideal {ideal:.3f} s) |
+| ratio to ideal | **{ratio:.3f}** | <= 1.15 |
+| of which first request sent -> last answer (median) | {sorted(sends)[len(sends) // 2] if sends else 0:.3f} s \
+| (info) |
+| planning pass before it (`Batch.estimate`, all {args.requests:,} items) | {med['estimate_s']:.3f} s | (info) |
+| peak RSS, 1,000 tiny text items | {small['peak_rss_mb']:.1f} MB | |
+| peak RSS, 10,000 tiny text items | {large['peak_rss_mb']:.1f} MB | |
+| growth 1,000 -> 10,000 | **{growth:+.1f} MB** | < 50 MB |
+
+All runs: {times} s.
+Result: throughput {"met" if ratio <= 1.15 else "NOT MET"}; memory {"met" if growth < 50 else "NOT MET"}.
+
+What mattered, measured along the way on this machine: httpcore's connection-pool bookkeeping is quadratic
+in the pool's connections, so one client with 64 connections spent more CPU on it than on the requests
+(the runner shards clients, 8 connections each); every httpx client loaded the CA bundle (~20 ms; one TLS
+context is now shared); `AsyncClient` costs ~0.8 ms of CPU per request where the synchronous client costs
+~0.6 ms (the runner uses threads: ~3.4 s here, the same loop on asyncio 3.8-4.5 s); and without `sniffio`
+installed, httpcore's async path retries a failed import on every request. As the loopback server, a
+ThreadingHTTPServer adds 40 ms to every answer (Nagle's algorithm and delayed ACKs: headers and body go in
+two writes) unless `disable_nagle_algorithm` is set.
+"""
+    write_section("Batch", body)
+    print("bench/RESULTS.md updated (## Batch)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+        serve(float(sys.argv[2]))
+    elif len(sys.argv) > 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

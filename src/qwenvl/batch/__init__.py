@@ -1,0 +1,29 @@
+"""Batches at scale: the runner, the adaptive limiter, the resume journal, the response cache, the usage
+log and the DashScope Batch API.
+
+    from qwenvl.batch import Batch, BatchItem
+    items = [BatchItem(id=p.name, request={"prompt": "Caption this", "image": str(p)}) for p in photos]
+    summary = Batch(items, "captions.jsonl", concurrency=16).run()
+
+The submodules load lazily: ``qwenvl.client`` imports only the cache and the usage log.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Batch": "qwenvl.batch.runner", "BatchItem": "qwenvl.batch.inputs", "Estimate": "qwenvl.batch.runner",
+    "Summary": "qwenvl.batch.runner", "AdaptiveLimiter": "qwenvl.batch.limiter",
+    "ResponseCache": "qwenvl.batch.cache", "BatchAPI": "qwenvl.batch.batchapi",
+    "expand_inputs": "qwenvl.batch.inputs", "read_requests": "qwenvl.batch.inputs",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qwenvl.batch' has no attribute {name!r}")

@@ -1,0 +1,126 @@
+"""The response cache: identical requests are answered locally instead of being paid for twice.
+
+Opt-in for the library (``Client(cache=True)``), on by default for ``qwenvl batch`` (``--no-cache``).
+
+The key is the SHA-256 of the protocol, the endpoint and the wire body exactly as it would be sent, i.e. the
+protocol's ``build_body`` after media preparation: model, messages, every generation parameter and the
+prepared media bytes themselves (local files travel as ``data:`` URLs), but nothing secret (the key lives in
+a header). So a renamed copy of a photo hits the cache, an edited photo or a changed ``max_tokens`` misses
+it, and a remote ``https://`` image is keyed by its URL (the service fetches it; its content is not seen).
+Sampling is not taken into account: a request with temperature > 0 is answered with the first answer.
+
+Only successful answers are stored (the service's reply as a Response, before schema checking, which is
+repeated on every hit). The database is ``responses.db`` in ``$QWENVL_CACHE_DIR``, else the platform's user
+cache folder (``~/.cache/qwenvl`` on Linux). Deleting the file empties the cache. A cache that cannot be read
+or written is ignored: it never makes a request fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from qwenvl.batch.db import SharedConnection
+from qwenvl.types import Response
+
+log = logging.getLogger(__name__)
+
+ENV_DIR = "QWENVL_CACHE_DIR"
+FILENAME = "responses.db"
+KEY_VERSION = 1  # change when the key's inputs change, so that old entries are no longer found
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(ENV_DIR)
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("qwenvl", appauthor=False))
+
+
+def m001_responses(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE responses (
+        key TEXT PRIMARY KEY,
+        model TEXT,
+        created REAL NOT NULL,
+        response TEXT NOT NULL)""")
+
+
+MIGRATIONS = [m001_responses]
+_DB = SharedConnection(MIGRATIONS)
+
+
+def cache_key(protocol: str, endpoint: str, body: dict[str, Any]) -> str:
+    """The key of one wire request (see the module docstring for what is in it)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint},
+                        sort_keys=True).encode())
+    h.update(b"\n")
+    h.update(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    return h.hexdigest()
+
+
+class ResponseCache:
+    """A SQLite table of answers by request key. Safe to share between threads and processes."""
+
+    def __init__(self, path: str | Path | None = None, *, max_age_s: float | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else cache_dir() / FILENAME
+        self.max_age_s = max_age_s
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.path)!r})"
+
+    def get(self, key: str) -> Response | None:
+        try:
+            row = _DB.run(self.path, lambda c: c.execute(
+                "SELECT response, created FROM responses WHERE key = ?", (key,)).fetchone())
+            if row is None or (self.max_age_s is not None and time.time() - row["created"] > self.max_age_s):
+                return None
+            response = Response.model_validate_json(row["response"])
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            log.debug("response cache unreadable (%s): %s", self.path, exc)
+            return None
+        response.cached = True
+        return response
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            row = _DB.run(self.path, lambda c: c.execute(
+                "SELECT created FROM responses WHERE key = ?", (key,)).fetchone())
+        except (sqlite3.Error, OSError):
+            return False
+        return row is not None and (self.max_age_s is None or time.time() - row["created"] <= self.max_age_s)
+
+    def put(self, key: str, response: Response) -> None:
+        data = response.model_dump_json()
+        try:
+            _DB.run(self.path, lambda c: c.execute(
+                "INSERT OR REPLACE INTO responses (key, model, created, response) VALUES (?, ?, ?, ?)",
+                (key, response.model, time.time(), data)))
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("response cache not writable (%s): %s", self.path, exc)
+
+    def __len__(self) -> int:
+        try:
+            return int(_DB.run(self.path, lambda c: c.execute("SELECT count(*) FROM responses").fetchone()[0]))
+        except (sqlite3.Error, OSError):
+            return 0
+
+    def clear(self) -> None:
+        _DB.run(self.path, lambda c: c.execute("DELETE FROM responses"))
+
+
+def open_cache(cache: bool | str | Path | ResponseCache | None) -> ResponseCache | None:
+    """``Client(cache=...)``: None/False = off, True = the default location, a path, or a ResponseCache."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return ResponseCache()
+    if isinstance(cache, ResponseCache):
+        return cache
+    return ResponseCache(cache)

@@ -1,0 +1,82 @@
+"""What happens around one backend call: the response cache and the usage log (the client's only hook).
+
+    ex = exchange.begin(client, call)        # a cache hit is ready in ex.response
+    if ex.response is None:
+        try:
+            response = ex.done(backend.complete(call))   # stores in the cache, logs "ok"
+        except QwenVLError as exc:
+            ex.failed(exc)                                # logs the error type
+            raise
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from qwenvl.batch import usagelog
+from qwenvl.batch.cache import ResponseCache, cache_key
+from qwenvl.config import resolve_base_url
+from qwenvl.plan import Call
+from qwenvl.protocols import get
+from qwenvl.types import Response
+
+
+def endpoint(client: Any, call: Call) -> str:
+    """The URL the call goes to (part of the cache key: a loopback test server never answers for the cloud)."""
+    if call.request.base_url:
+        return resolve_base_url(client.protocol, base_url=call.request.base_url)
+    backend = getattr(client, "_backend", None)
+    if backend is not None:
+        return str(getattr(backend, "base_url", None) or getattr(backend, "name", type(backend).__name__))
+    return resolve_base_url(client.protocol, region=client.region, base_url=client.base_url)
+
+
+def key_for(client: Any, call: Call) -> str:
+    return cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
+
+
+class Exchange:
+    def __init__(self, client: Any, call: Call, *, stream: bool = False) -> None:
+        self.protocol: str = client.protocol
+        self.model = call.request.model
+        self.started = time.monotonic()
+        self.finished = False
+        self.response: Response | None = None
+        self.cache: ResponseCache | None = None if stream else getattr(client, "cache", None)
+        self.key: str | None = None
+        if self.cache is not None:
+            self.key = key_for(client, call)
+            hit = self.cache.get(self.key)
+            if hit is not None:
+                self.response = hit
+                self._log(hit, "cached")
+
+    def done(self, response: Response) -> Response:
+        if self.cache is not None and self.key is not None:
+            self.cache.put(self.key, response)
+        self._log(response, "ok")
+        return response
+
+    def failed(self, exc: BaseException) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        status = getattr(exc, "status", None)
+        usagelog.record(usagelog.Entry(
+            model=self.model, protocol=self.protocol, outcome=type(exc).__name__,
+            latency_s=time.monotonic() - self.started, request_id=getattr(exc, "request_id", None),
+            status=status or None, code=getattr(exc, "code", None)))
+
+    def _log(self, response: Response, outcome: str) -> None:
+        self.finished = True
+        u = response.usage
+        cost = 0.0 if outcome == "cached" else usagelog.cost_of(self.model, u.input_tokens, u.output_tokens)
+        usagelog.record(usagelog.Entry(
+            model=self.model, protocol=self.protocol, outcome=outcome, input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens, image_tokens=u.image_tokens, cost=cost,
+            latency_s=time.monotonic() - self.started, request_id=response.request_id))
+
+
+def begin(client: Any, call: Call, *, stream: bool = False) -> Exchange:
+    return Exchange(client, call, stream=stream)

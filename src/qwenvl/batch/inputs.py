@@ -1,0 +1,162 @@
+"""What a batch is made of: items from files, folders and globs, or from a requests file (JSONL).
+
+Nothing here reads more than a file's first bytes: media are checked and prepared per item by
+``Client.plan`` when the batch runs, so a bad file becomes that item's error, not the batch's.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwenvl.client import make_request
+from qwenvl.errors import MediaError, UsageError
+from qwenvl.media.sources import classify, sniff
+
+# Files a folder walk picks up by name (anything else is picked up only when its bytes say video or PDF).
+MEDIA_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
+    ".avif", ".jp2", ".j2k", ".ico", ".icns", ".dib", ".tga", ".sgi", ".svg",
+    ".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v", ".pdf",
+})
+_VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v")
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class BatchItem:
+    """One question of a batch: a unique ``id``, the Request fields, and what to show as its input."""
+
+    id: str
+    request: dict[str, Any]
+    input: Any = None
+    line: int | None = field(default=None, repr=False)  # line in the requests file, for messages
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4096)
+    except OSError:
+        return b""
+
+
+def _is_media_file(path: Path) -> bool:
+    return path.suffix.lower() in MEDIA_SUFFIXES or (sniff(_head(path)) or "").startswith(("video/", "application/pdf"))
+
+
+def _walk(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                path = Path(root) / name
+                if _is_media_file(path):
+                    found.append(path)
+    return found
+
+
+_URL_PREFIXES = ("http://", "https://", "oss://", "data:", "file://")
+
+
+def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
+    """Media references from arguments: URLs as given; files as given (even missing or invalid ones: they
+    become item errors); folders walked recursively for media files (hidden ones skipped); globs expanded
+    (``**`` included). Duplicates are dropped, order is kept."""
+    refs: list[str] = []
+    for arg in inputs:
+        if arg[:12].lower().startswith(_URL_PREFIXES):
+            refs.append(arg)
+            continue
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            refs.extend(str(p) for p in _walk(path))
+        elif not path.exists() and _GLOB_CHARS & set(arg):
+            matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
+            if not matches:
+                raise UsageError(f"no file matches {arg!r}")
+            for match in matches:
+                if Path(match).is_dir():
+                    refs.extend(str(q) for q in _walk(Path(match)))
+                else:
+                    refs.append(match)
+        else:
+            refs.append(arg)
+    return list(dict.fromkeys(refs))
+
+
+def is_video(ref: str) -> bool:
+    try:
+        source = classify(ref)
+    except MediaError:  # missing or unreadable: the item's plan will say so
+        return False
+    if source.kind == "file" and source.path is not None:
+        return (sniff(_head(source.path)) or "").startswith("video/")
+    return source.is_remote and Path(ref.split("?")[0]).suffix.lower() in _VIDEO_SUFFIXES
+
+
+def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem]:
+    """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref."""
+    items = []
+    for ref in refs:
+        key = "video" if is_video(ref) else "image"
+        items.append(BatchItem(id=ref, request={**fields, key: ref}, input=ref))
+    return items
+
+
+def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> list[BatchItem]:
+    """Items from a JSONL file: one object per line with an ``id`` (else the line number) and the fields of
+    ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields. A line that is not
+    a JSON object, has an unknown or wrongly typed field, or repeats an id is a UsageError naming the line."""
+    path = Path(path).expanduser()
+    try:
+        fh = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read the requests file {path}: {exc.strerror or exc}") from None
+    items: list[BatchItem] = []
+    seen: dict[str, int] = {}
+    with fh:
+        try:
+            for n, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                items.append(_request_line(path, n, raw, seen, overrides or {}))
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    if not items:
+        raise UsageError(f"{path} has no requests")
+    return items
+
+
+def _request_line(path: Path, n: int, raw: str, seen: dict[str, int], overrides: dict[str, Any]) -> BatchItem:
+    where = f"{path.name} line {n}"
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
+                         hint="Each line must be one JSON object: {\"id\": ..., \"prompt\": ..., \"image\": ...}") \
+            from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    raw_id = data.pop("id", n)
+    if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id).strip():
+        raise UsageError(f"{where}: id must be a non-empty string or an integer")
+    item_id = str(raw_id)
+    if item_id in seen:
+        raise UsageError(f"{where}: id {item_id!r} is already used on line {seen[item_id]}")
+    seen[item_id] = n
+    fields = {**data, **overrides}
+    try:
+        request = make_request(None, fields)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc.message}", hint=exc.hint) from None
+    refs: list[str] = request.image_list()
+    shown: Any = refs[0] if len(refs) == 1 else (refs or None)
+    if request.video is not None:
+        shown = request.video if not refs else [*refs, request.video]
+    return BatchItem(id=item_id, request=fields, input=shown, line=n)

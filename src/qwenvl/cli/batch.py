@@ -1,0 +1,290 @@
+"""`qwenvl batch`: one question over many files (or a requests file), resumable, cached, rate-adapted.
+
+    qwenvl batch photos/ -p "Caption this photo" -o captions.jsonl
+    qwenvl batch --requests requests.jsonl -o results.jsonl --csv results.csv
+    qwenvl batch scans/*.png -p "Extract the fields" --schema invoice.schema.json -o invoices.jsonl
+    qwenvl batch photos/ -p "Caption" -o captions.jsonl --mode batch-api     # half price, within 24 h
+    qwenvl batch status BATCH_ID | qwenvl batch cancel BATCH_ID
+
+The work is done by ``qwenvl.batch``; this module parses flags, asks about the cost and renders progress.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
+
+from qwenvl.batch.inputs import expand_inputs, items_from_inputs, read_requests
+from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
+from qwenvl.cli.common import (
+    err_console,
+    generation_options,
+    pass_opts,
+    print_json,
+    request_fields,
+    service_options,
+)
+from qwenvl.errors import UsageError
+
+
+class BatchGroup(click.Group):
+    """`qwenvl batch ARGS` runs a batch; `qwenvl batch status|cancel ID` are subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=BatchGroup)
+def batch() -> None:
+    """Ask one question about many files, or run a requests file: qwenvl batch photos/ -p "Caption" -o out.jsonl
+
+    \b
+    qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (see `qwenvl batch run --help`)
+    qwenvl batch --requests requests.jsonl -o OUT.jsonl
+    qwenvl batch status ID | qwenvl batch cancel ID   (Batch API jobs)
+    """
+
+
+def _money(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return f"¥{value:,.4f}" if value < 1 else f"¥{value:,.2f}"
+
+
+def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
+    console = err_console()
+    parts = [f"{est.items:,} items"]
+    if est.finished:
+        parts.append(f"{est.finished:,} already finished in {opts['output']}")
+    if est.invalid:
+        parts.append(f"[yellow]{est.invalid:,} invalid (recorded as errors, not sent)[/]")
+    if est.cached:
+        parts.append(f"{est.cached:,} answered from the cache")
+    console.print(" · ".join(parts))
+    if not est.to_send:
+        return
+    half = " at the Batch API's half price" if est.price_factor != 1 else ""
+    line = (f"{est.to_send:,} requests to send ({', '.join(est.models)}): ≈{est.input_tokens:,} input tokens, "
+            f"≈{_money(est.cost_input)} input, up to {_money(est.cost_max)} with every answer at max_tokens{half}")
+    console.print(line)
+    if est.unknown_media:
+        console.print(f"[dim]{est.unknown_media:,} remote media of unknown size are not counted[/]")
+    if est.unpriced:
+        console.print(f"[dim]{est.unpriced:,} requests use a model with no known price: not counted[/]")
+
+
+def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
+    max_cost = opts["max_cost"]
+    if opts["yes"] or within_budget(est, max_cost):
+        return
+    text = f"up to {_money(est.cost_max)}, above --max-cost {_money(max_cost)}"
+    if sys.stdin.isatty() and err_console().is_terminal:
+        if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
+            return
+        raise UsageError("not confirmed: nothing was sent")
+    raise UsageError(f"the estimated cost is {text}: nothing was sent",
+                     hint="Pass --yes to run it anyway, or raise --max-cost.")
+
+
+class _Bar:
+    """A rich progress bar on stderr: done, failed, rate, ETA, tokens and cost so far."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]}[/] failed"), TextColumn("{task.fields[rate]}/s"),
+            TimeRemainingColumn(), TextColumn("{task.fields[tokens]} tokens · {task.fields[cost]}"),
+            TextColumn("[dim]{task.fields[extra]}[/]"),
+            console=err_console(), transient=False)
+        self.task = self.progress.add_task("batch", total=None, failed=0, rate="0.0", tokens="0", cost="¥0",
+                                           extra="")
+
+    def __enter__(self) -> _Bar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, p: Any) -> None:
+        import time
+
+        elapsed = max(time.monotonic() - p.started, 1e-6)
+        extra = p.detail if p.phase != "realtime" else f"concurrency {p.concurrency}" + (
+            f", {p.rate_limited} × 429" if p.rate_limited else "")
+        self.progress.update(self.task, total=p.total or None, completed=p.done, failed=p.failed,
+                             rate=f"{p.done / elapsed:.1f}", tokens=f"{p.input_tokens + p.output_tokens:,}",
+                             cost=_money(p.cost), extra=extra,
+                             description="batch" if p.phase == "realtime" else p.phase)
+
+
+def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
+    console = err_console()
+    if opts["as_json"]:
+        print_json(s.to_dict(), indent=None)
+    if not console.is_terminal:
+        if not opts["as_json"]:
+            import json
+
+            click.echo(json.dumps(s.to_dict(), ensure_ascii=False), err=True)
+        return
+    status = "[green]done[/]" if not s.pending else f"[yellow]{s.pending:,} pending[/]"
+    console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {s.output}")
+    line = (f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
+            f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{_money(s.cost)}, {s.elapsed_s:.1f} s")
+    if s.rate_limited:
+        line += f", {s.rate_limited} × 429"
+    console.print(f"[dim]{line}[/]")
+    if s.batch_ids and s.pending:
+        console.print(f"[dim]Batch API jobs: {', '.join(s.batch_ids)}. Run the same command again to collect "
+                      "the results.[/]")
+    if s.error:
+        console.print(f"[dim]failed items have \"status\": \"error\" in {s.output}; --retry-errors sends them "
+                      "again[/]")
+
+
+@batch.command("run")
+@click.argument("inputs", nargs=-1)
+@click.option("-p", "--prompt", help="The question, asked about every input ('-' reads it from stdin).")
+@click.option("--requests", "requests_file", metavar="FILE",
+              help="A JSONL file: one request per line, {\"id\": ..., \"prompt\": ..., \"image\": ...}.")
+@click.option("-o", "--output", required=True, metavar="FILE.jsonl",
+              help="Results, one JSON line per input (also the key for resuming: run again to continue).")
+@click.option("--csv", "csv_file", metavar="FILE", help="Also write the results as CSV.")
+@click.option("--concurrency", type=click.IntRange(1, 1024), default=DEFAULT_CONCURRENCY, show_default=True,
+              help="Most requests in flight (lowered on 429, then recovered).")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Ceiling in requests per minute.")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True),
+              help="Ceiling in tokens per minute (estimated input, corrected by the answers).")
+@click.option("--max-cost", type=float, default=DEFAULT_MAX_COST, show_default=True,
+              help="CNY: above this estimate, ask (on a terminal) or refuse (elsewhere) unless --yes.")
+@click.option("-y", "--yes", is_flag=True, help="Run whatever the estimated cost.")
+@click.option("--no-cache", is_flag=True, help="Send every request, even one answered before.")
+@click.option("--retry-errors", is_flag=True, help="Send again the items that ended in an error last time.")
+@click.option("--fresh", is_flag=True, help="Start over: forget earlier results of this output.")
+@click.option("--mode", type=click.Choice(["realtime", "batch-api"]), default="realtime", show_default=True,
+              help="batch-api: DashScope's Batch API, half price, results within 24 h (Beijing only).")
+@click.option("--poll-interval", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="batch-api: seconds between status checks.")
+@click.option("--no-wait", is_flag=True, help="batch-api: submit and exit; run the same command later to collect.")
+@click.option("--dry-run", is_flag=True, help="Print the estimate as JSON and send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout.")
+@generation_options
+@service_options
+@pass_opts
+def run(opts: dict[str, Any]) -> None:
+    """Ask PROMPT about every input: qwenvl batch photos/ "*.jpg" -p "Caption this" -o captions.jsonl
+
+    INPUTS are files, folders (walked for images, videos and PDFs) and globs; each is one item, with its path
+    as id. Or --requests FILE.jsonl: one request per line with an "id" and the fields of qwenvl.Request
+    (prompt, image/images, video, model, max_tokens, schema, ...); flags override them.
+
+    \b
+    Killed or interrupted? Run the same command again: only unfinished items are sent.
+    Each output line: {"id", "input", "status": "ok"|"error", "result"|"error", "usage", "cost", ...}.
+    Batch API jobs: qwenvl batch status ID · qwenvl batch cancel ID.
+    """
+    fields = request_fields(opts)
+    prompt = opts["prompt"]
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if prompt is not None and not prompt.strip():
+        raise UsageError("the prompt is empty")
+    if opts["requests_file"]:
+        if opts["inputs"]:
+            raise UsageError("give either INPUTS with -p, or --requests FILE, not both")
+        items = read_requests(opts["requests_file"], {**fields, **({"prompt": prompt} if prompt else {})})
+    else:
+        if not opts["inputs"]:
+            raise UsageError("nothing to do: give files, folders or globs (with -p PROMPT), or --requests FILE")
+        if prompt is None:
+            raise UsageError("no prompt: give one with -p \"...\"")
+        refs = expand_inputs(opts["inputs"])
+        if not refs:
+            raise UsageError("no media files found in " + ", ".join(opts["inputs"]))
+        items = items_from_inputs(refs, {"prompt": prompt, **fields})
+    job = Batch(items, opts["output"], csv=opts["csv_file"], concurrency=opts["concurrency"], rpm=opts["rpm"],
+                tpm=opts["tpm"], cache=not opts["no_cache"], retry_errors=opts["retry_errors"],
+                fresh=opts["fresh"], mode=opts["mode"], protocol=opts["protocol"], region=opts["region"],
+                base_url=opts["base_url"], poll_interval_s=opts["poll_interval"], wait=not opts["no_wait"])
+    est = job.estimate()
+    if opts["dry_run"]:
+        print_json({"event": "estimate", **est.to_dict()}, indent=None)
+        return
+    terminal = err_console().is_terminal
+    if terminal:
+        _show_estimate(est, opts)
+    if est.to_send or job.mode == "batch-api":
+        job.check_key()
+    _confirm_cost(est, opts)
+    try:
+        if terminal:
+            with _Bar() as bar:
+                summary = job.run(progress=bar)
+        else:
+            summary = job.run()
+    except KeyboardInterrupt:
+        err_console().print(f"[dim]finished items are kept in {job.output}: run the same command again to "
+                            "resume[/]")
+        raise
+    _show_summary(summary, opts)
+
+
+def _api(opts: dict[str, Any]) -> Any:
+    from qwenvl.batch.batchapi import BatchAPI
+
+    return BatchAPI(region=opts["region"], base_url=opts["base_url"])
+
+
+_api_options = [
+    click.option("--region", help="Service region (the Batch API for VL models: cn only)."),
+    click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000."),
+    click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
+]
+
+
+def _with_api_options(fn: Any) -> Any:
+    for deco in reversed(_api_options):
+        fn = deco(fn)
+    return fn
+
+
+def _print_job(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(job)
+        return
+    from qwenvl.batch.batchapi import counts_text
+
+    click.echo(f"{job.get('id')}: {counts_text(job)}")
+    for key in ("input_file_id", "output_file_id", "error_file_id", "created_at", "completed_at", "expires_at"):
+        if job.get(key):
+            click.echo(f"  {key}: {job[key]}")
+    errors = (job.get("errors") or {}).get("data") or []
+    for err in errors[:5]:
+        if isinstance(err, dict):
+            click.echo(f"  error: {err.get('code')}: {err.get('message')}")
+
+
+@batch.command("status")
+@click.argument("batch_id")
+@_with_api_options
+@pass_opts
+def status(opts: dict[str, Any]) -> None:
+    """Show a Batch API job: status, request counts, files."""
+    with _api(opts) as api:
+        _print_job(api.retrieve(opts["batch_id"]), opts["as_json"])
+
+
+@batch.command("cancel")
+@click.argument("batch_id")
+@_with_api_options
+@pass_opts
+def cancel(opts: dict[str, Any]) -> None:
+    """Cancel a Batch API job (requests already answered are still billed)."""
+    with _api(opts) as api:
+        _print_job(api.cancel(opts["batch_id"]), opts["as_json"])

@@ -1,0 +1,89 @@
+"""`qwenvl events clip.mp4`: a timeline of what happens in a video, start and end as HH:mm:ss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import (
+    check_writable,
+    err_console,
+    generation_options,
+    make_client,
+    pass_opts,
+    print_json,
+    request_fields,
+    service_options,
+    split_media,
+)
+from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
+from qwenvl.errors import UsageError
+from qwenvl.media.sources import classify
+from qwenvl.models import VIDEO_FPS
+from qwenvl.tasks.draw import contact_sheet, hms
+from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
+
+
+@click.command()
+@click.argument("media", nargs=-1, required=True)
+@click.option("-p", "--prompt", help="What to describe (default: the series of events, as in the docs' example).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {video, duration, events: [{start, end, event}], warnings}.")
+@click.option("--sheet", "sheet_file", metavar="FILE.png",
+              help="Write a contact sheet: the frames the model saw, with their times, and the timeline.")
+@click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
+@generation_options
+@service_options
+@pass_opts
+def events(opts: dict[str, Any]) -> None:
+    """A timeline of a video: qwenvl events clip.mp4 [--sheet frames.png]
+
+    MEDIA is a video file or URL, or several frame images (sampled at --fps, default 2). The answer is
+    validated as JSON, its times are checked against the clip's duration and sorted; prints one line per
+    event: start–end event.
+    """
+    refuse_structured(opts, "events")
+    images, video = split_media(list(opts["media"]))
+    if video is not None and images:
+        raise UsageError("give one video, or frame images only, not both")
+    target: str | list[str] = video if video is not None else images
+    sheet = None
+    if opts["sheet_file"]:
+        if isinstance(target, str) and classify(target).is_remote:
+            raise UsageError("--sheet needs the frames: give a local video file (or frame images), not a URL")
+        sheet = check_writable(opts["sheet_file"])
+    fields = request_fields(opts)
+    client = make_client(opts)
+    call = plan_events(client, target, prompt=opts["prompt"], **fields)
+    if opts["dry_run"]:
+        dry_run(client, call)
+        return
+    with client:
+        timeline = send_events(client, call)
+    if opts["as_json"]:
+        print_json(timeline.to_json())
+    else:
+        print_timeline(timeline)
+    warn(timeline.warnings)
+    if not timeline.events and not opts["as_json"]:
+        show_raw(timeline.raw_text)
+    if sheet is not None:
+        pictures, times = frames(call)
+        if pictures:
+            rate = call.request.fps or VIDEO_FPS
+            length = f"{hms(timeline.duration, decimals=True)} · " if timeline.duration is not None else ""
+            total = len(timeline.frame_times)
+            shown = f"{len(pictures)} of {total}" if total > len(pictures) else f"{len(pictures)}"
+            title = f"{timeline.video} · {length}{shown} frames at {rate:g} fps"
+            contact_sheet(pictures, times, sheet, title=title,
+                          events=[(e.start, e.end, e.event) for e in timeline.events])
+            err_console().print(f"[dim]wrote {sheet}[/]")
+        else:
+            warn(["no local frames to draw: the contact sheet was not written"])
+    show_usage(timeline.response)
+
+
+def print_timeline(timeline: Timeline) -> None:
+    for e in timeline.events:
+        click.echo(f"{e.start}–{e.end}  {e.event}")

@@ -1,0 +1,103 @@
+"""`qwenvl ground IMAGE "QUERY"`: boxes (or points) of what you name, in the original image's pixels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import (
+    check_writable,
+    err_console,
+    generation_options,
+    make_client,
+    pass_opts,
+    print_json,
+    request_fields,
+    service_options,
+)
+from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
+from qwenvl.errors import UsageError
+from qwenvl.media.sources import classify
+from qwenvl.tasks.draw import annotate
+from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
+from qwenvl.tasks.ocr import is_pdf
+
+READINGS = {"relative-1000": "a 0-1000 grid", "absolute": "pixels of the image as the model saw it",
+            "original-pixels": "pixels of the original image"}
+
+
+@click.command()
+@click.argument("image")
+@click.argument("query")
+@click.option("--points", is_flag=True, help="Ask for points instead of boxes.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, truncated, warnings}.")
+@click.option("--out", "out_file", metavar="FILE.png", help="Write the image with the boxes and points drawn on it.")
+@click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
+@click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
+@generation_options
+@service_options
+@pass_opts
+def ground(opts: dict[str, Any]) -> None:
+    """Find things in an image: qwenvl ground photo.jpg "every person and dog" [--out boxes.png]
+
+    The model is asked in its family's trained format (Qwen3-VL: a 0-1000 grid; Qwen2.5-VL: pixels of the
+    resized image, points as XML) and every box is converted to the ORIGINAL image's pixels. Prints one line
+    per box: label x1 y1 x2 y2. Answers that break the family's convention, boxes outside the image and
+    answers cut off at --max-tokens (default 2048 here) are read as well as they can be, with a warning.
+    """
+    refuse_structured(opts, "ground")
+    image = opts["image"]
+    out = None
+    if opts["out_file"]:
+        if classify(image).is_remote:
+            raise UsageError("--out needs the image's pixels: give a local file (or a data: URL), not a URL")
+        out = check_writable(opts["out_file"])
+    fields = request_fields(opts)
+    pdf = not classify(image).is_remote and is_pdf(image)
+    if opts["page"] is not None and not pdf:
+        raise UsageError("--page applies to PDFs only")
+    if pdf:
+        fields["pages"] = str(opts["page"] or 1)
+    client = make_client(opts)
+    call = plan_ground(client, image, opts["query"], points=opts["points"], **fields)
+    if opts["dry_run"]:
+        dry_run(client, call)
+        return
+    with client:
+        response = client.send(call)
+    result = read_grounding(call, response, image=image)
+    if opts["as_json"]:
+        print_json(result.to_json())
+    else:
+        print_table(result)
+    warn(result.warnings)
+    if not result.boxes and not result.points and not opts["as_json"]:
+        show_raw(result.raw_text)
+    if out is not None:
+        annotate(result.picture or image, result, out)
+        err_console().print(f"[dim]wrote {out}[/]")
+    summary(result)
+    show_usage(response)
+
+
+def print_table(result: Grounding) -> None:
+    names = [b.label or "(no label)" for b in result.boxes] + [p.label or "(no label)" for p in result.points]
+    width = max((len(n) for n in names), default=0)
+    for box in result.boxes:
+        click.echo(f"{box.label or '(no label)':<{width}}  {box.x1:>5} {box.y1:>5} {box.x2:>5} {box.y2:>5}")
+    for point in result.points:
+        click.echo(f"{point.label or '(no label)':<{width}}  {point.x:>5} {point.y:>5}")
+
+
+def summary(result: Grounding) -> None:
+    parts = []
+    if result.boxes or not result.points:
+        parts.append(f"{len(result.boxes)} box{'es' if len(result.boxes) != 1 else ''}")
+    if result.points:
+        parts.append(f"{len(result.points)} point{'s' if len(result.points) != 1 else ''}")
+    size = f" on {result.width}x{result.height} px" if result.width else ""
+    reading = READINGS.get(result.convention, result.convention)
+    err_console().print(f"[dim]{' and '.join(parts)}{size} · {result.model}'s coordinates read as {reading}[/]",
+                        highlight=False)

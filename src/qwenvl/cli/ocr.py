@@ -1,0 +1,92 @@
+"""`qwenvl ocr IMAGE|PDF`: the text, as plain text, Markdown, or JSON lines with their boxes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import (
+    check_writable,
+    err_console,
+    generation_options,
+    make_client,
+    pass_opts,
+    request_fields,
+    service_options,
+)
+from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
+from qwenvl.errors import UsageError
+from qwenvl.media.sources import classify
+from qwenvl.tasks.grounding import model_for
+from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, is_pdf, plan_pages, send_pages
+
+
+def parse_options(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--ocr-options is not valid JSON: {exc.msg} (column {exc.colno})",
+                         hint='For example --ocr-options \'{"task": "table_parsing"}\'') from None
+    if not isinstance(value, dict):
+        raise UsageError("--ocr-options must be a JSON object, e.g. '{\"task\": \"table_parsing\"}'")
+    return value
+
+
+@click.command()
+@click.argument("file")
+@click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="text, markdown, or json (lines with their boxes in original pixels).")
+@click.option("--task", help=f"ocr_options.task for the qwen-vl-ocr models ({', '.join(OCR_TASKS)}).")
+@click.option("--ocr-options", "ocr_options_json", metavar="JSON",
+              help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).")
+@click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all); one request per page.')
+@click.option("-o", "--output", metavar="FILE", help="Write the result here instead of stdout.")
+@click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
+@generation_options
+@service_options
+@pass_opts
+def ocr(opts: dict[str, Any]) -> None:
+    """Read the text in an image or a PDF: qwenvl ocr scan.png [--format markdown|json]
+
+    The model is the usual default (qwen3-vl-plus) unless --model: the qwen-vl-ocr models work too, and take
+    --task / --ocr-options (sent as ocr_options). A PDF is read one request per page. When no text is found
+    the output is empty, a note says so on stderr, and the exit status is still 0.
+    """
+    refuse_structured(opts, "ocr")
+    source = opts["file"]
+    fmt = opts["fmt"]
+    options = parse_options(opts["ocr_options_json"])
+    output = check_writable(opts["output"]) if opts["output"] else None
+    fields = request_fields(opts)
+    client = make_client(opts)
+    model = model_for(client, fields)
+    if (options or opts["task"]) and model.family != "qwen-vl-ocr":
+        note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
+    pdf = not classify(source).is_remote and is_pdf(source)
+    if opts["pages"] and not pdf:
+        raise UsageError("--pages applies to PDFs only")
+    plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"],
+                       **fields)
+    if opts["dry_run"]:
+        dry_run(client, next(iter(plans))[1])
+        return
+    with client:
+        result = send_pages(client, source, plans, format=fmt)
+    text = json.dumps(result.to_json(), ensure_ascii=False, indent=2) if fmt == "json" else result.text
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+        err_console().print(f"[dim]wrote {output}[/]")
+    elif text:
+        click.echo(text)
+    warn([w for w in result.warnings if w != NO_TEXT])
+    if result.empty:
+        note(f"no text found in {source}")
+    elif pdf:
+        blank = [str(p.page) for p in result.pages if not p.text.strip() and not p.lines]
+        if blank:
+            note(f"no text found on page{'s' if len(blank) > 1 else ''} {', '.join(blank)}")
+    show_usage(*result.responses)

@@ -1,0 +1,51 @@
+"""What the task verbs (ground, ocr, extract, events) share: warnings, dry runs, option checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+
+from qwenvl.cli.common import err_console, print_json, usage_line
+from qwenvl.errors import UsageError
+from qwenvl.plan import Call
+from qwenvl.preview import preview
+from qwenvl.types import Response
+
+
+def refuse_structured(opts: dict[str, Any], verb: str) -> None:
+    """The verbs that ask for their own answer format take neither --json-mode nor --schema."""
+    for flag, key in (("--json-mode", "json_mode"), ("--schema", "schema_file")):
+        if opts.get(key):
+            raise UsageError(f"{verb} asks for its own answer format; {flag} does not apply here",
+                             hint="Use `qwenvl extract --schema FILE` or `qwenvl ask --schema FILE` for your own "
+                                  "JSON.")
+
+
+def warn(messages: list[str], *, prefix: str = "warning") -> None:
+    console = err_console()
+    for message in messages:
+        console.print(f"[yellow]{prefix}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    err_console().print(f"[cyan]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def dry_run(client: Any, call: Call) -> None:
+    print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region))
+
+
+def show_usage(*responses: Response | None) -> None:
+    console = err_console()
+    if console.is_terminal:
+        for response in responses:
+            if response is not None:
+                console.print(f"[dim]{escape(usage_line(response))}[/]")
+
+
+def show_raw(text: str) -> None:
+    """The model's answer on stderr (when nothing could be read from it), dimmed."""
+    console = err_console()
+    console.print("[dim]the answer was:[/]", highlight=False)
+    console.print(text.strip() or "(empty)", markup=False, highlight=False, soft_wrap=True, style="dim")

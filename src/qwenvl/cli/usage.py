@@ -1,0 +1,48 @@
+"""`qwenvl usage`: what the requests of the last days cost, by day and model (from the local usage log)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from qwenvl.batch import usagelog
+from qwenvl.cli.common import out_console, pass_opts, print_json
+
+
+@click.command()
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="How many days back.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@pass_opts
+def usage(opts: dict[str, Any]) -> None:
+    """Requests, errors, tokens and estimated cost by day and model, from the local usage log.
+
+    Every request qwenvl sends is logged (time, model, tokens, cost, latency, outcome; never prompts or
+    answers) in usage.db in the data folder. QWENVL_LOG=0 turns the log off.
+    """
+    rows = usagelog.summarize(opts["days"])
+    totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "cached", "input_tokens",
+                                                    "output_tokens", "cost")}
+    if opts["as_json"]:
+        print_json({"days": opts["days"], "rows": rows, "total": totals, "currency": "CNY",
+                    "log": str(usagelog.log_path())})
+        return
+    console = out_console()
+    if not rows:
+        where = "off (QWENVL_LOG=0)" if not usagelog.enabled() else str(usagelog.log_path())
+        console.print(f"no requests in the last {opts['days']} days (usage log: {where})")
+        return
+    table = Table(title=f"qwenvl usage, last {opts['days']} days", title_justify="left")
+    for name in ("day", "model", "requests", "errors", "cached", "input tokens", "output tokens", "≈ cost (CNY)"):
+        table.add_column(name, justify="left" if name in ("day", "model") else "right")
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [f"{r['requests']:,}", f"{r['errors']:,}", f"{r['cached']:,}", f"{r['input_tokens']:,}",
+                f"{r['output_tokens']:,}", f"{r['cost']:.4f}"]
+
+    for r in rows:
+        table.add_row(r["day"], r["model"] or "?", *cells(r))
+    table.add_section()
+    table.add_row("total", "", *cells(totals))
+    console.print(table)

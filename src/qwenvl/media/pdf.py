@@ -1,0 +1,176 @@
+"""PDF documents: rendered page by page (pypdfium2) into images at the model's pixel budget.
+
+Qwen-VL models cannot read PDF files, so a PDF given where an image is expected becomes one image per page
+(``qwenvl.media.prepare.expand_documents``). Decisions:
+
+* **Resolution.** A page of ``w`` x ``h`` points at scale ``s = sqrt(max_pixels / (w * h))`` fills the image
+  budget exactly; ``smart_resize`` of that size gives the size the model sees. The page is rendered at the
+  smallest scale that covers this size in both directions and resized down to it (at most a pixel or two),
+  so the service never resizes it again and the token estimate is exact. Small pages are rendered larger,
+  large pages smaller: either way each page uses the whole per-image budget (``image_budget``: detail,
+  ``vl_high_resolution_images``, the part's and the request's min/max_pixels).
+* **Encoding.** The same rule as for images (``qwenvl.media.images``): PNG for pages that look like
+  graphics (text, line art, charts), JPEG for scans and photographs; a PNG over the inline size limit is
+  sent as JPEG.
+* **Pages.** ``pages="1-3,5"`` (1-based; ``7-`` means 7 to the end) selects pages, in the order given.
+  A page outside the document is an error that names the page count. The selected pages together must fit
+  the model's context window; otherwise the error suggests a page range.
+* **Passwords.** A PDF that needs a password to open is refused (qwenvl never asks for one). A PDF
+  encrypted only with an owner password (printing/copying restrictions) opens and renders as usual.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pypdfium2 as pdfium
+from PIL import Image
+
+from qwenvl.errors import MediaError, UsageError
+from qwenvl.media import images
+from qwenvl.media.resize import smart_resize
+from qwenvl.media.tokens import image_tokens
+from qwenvl.models import MAX_IMAGE_BYTES
+
+PDF_MIME = "application/pdf"
+_PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:(-)\s*(\d+)?\s*)?$")
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    number: int  # 1-based page number in the document
+    width: int  # as rendered and sent
+    height: int
+    mime: str
+    data: bytes
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+    def tokens(self, factor: int) -> int:
+        return image_tokens(self.height, self.width, factor)
+
+
+def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[int]:
+    """1-based page numbers from a range such as ``"1-3,5"`` or ``"7-"``, in the order given, without
+    repeats. None or an empty string means every page. UsageError for bad syntax, MediaError (with the page
+    count) for a page the document does not have."""
+    if spec is None or not spec.strip():
+        return list(range(1, count + 1))
+    pages: list[int] = []
+    for chunk in spec.split(","):
+        match = _RANGE.match(chunk)
+        if not match:
+            raise UsageError(f"bad page range {spec!r}: use page numbers and ranges such as 1-3,5 or 7-")
+        first = int(match.group(1))
+        last = (int(match.group(3)) if match.group(3) else count) if match.group(2) else first
+        if first < 1 or last < first:
+            raise UsageError(f"bad page range {chunk.strip()!r} in {spec!r}: pages count from 1, low to high")
+        if last > count:
+            raise MediaError(f"{label} has {count} page{'s' if count != 1 else ''}; page {last} "
+                             f"(from --pages {spec.strip()}) is out of range", source=label,
+                             hint=f"Choose pages from 1 to {count}.")
+        pages.extend(p for p in range(first, last + 1) if p not in pages)
+    return pages
+
+
+def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
+    """Open a PDF; MediaError naming the file when it is encrypted, damaged or has no pages."""
+    try:
+        doc = pdfium.PdfDocument(src if isinstance(src, bytes) else str(src))
+    except pdfium.PdfiumError as exc:
+        if getattr(exc, "err_code", None) == _PASSWORD_ERROR:
+            raise MediaError(f"{label} is encrypted: it needs a password to open", source=label,
+                             hint="Remove the password first (e.g. `qpdf --decrypt --password=... in.pdf "
+                                  "out.pdf`); qwenvl does not take PDF passwords.") from None
+        reason = str(exc).split("(PDFium: ", 1)[-1].rstrip(".)") or "PDFium cannot read it"
+        raise MediaError(f"{label} is not a readable PDF ({reason})", source=label) from None
+    if len(doc) == 0:
+        doc.close()
+        raise MediaError(f"{label} has no pages", source=label)
+    return doc
+
+
+def page_count(src: bytes | str | Path, label: str | None = None) -> int:
+    name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
+    doc = open_pdf(src, name)
+    try:
+        return len(doc)
+    finally:
+        doc.close()
+
+
+def page_size(width_pt: float, height_pt: float, factor: int, min_pixels: int, max_pixels: int,
+              label: str = "the PDF", number: int = 1) -> tuple[int, int]:
+    """(height, width) in pixels a page is rendered and sent at: the page scaled to fill ``max_pixels``,
+    then ``smart_resize`` (so the service keeps it as it is)."""
+    if width_pt <= 0 or height_pt <= 0:
+        raise MediaError(f"{label}: page {number} has no area ({width_pt}x{height_pt} pt)", source=label)
+    scale = math.sqrt(max_pixels / (width_pt * height_pt))
+    height = max(1, math.floor(height_pt * scale))
+    width = max(1, math.floor(width_pt * scale))
+    try:
+        h_bar, w_bar = smart_resize(height, width, factor, min_pixels, max_pixels)
+    except ValueError as exc:
+        raise MediaError(f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt): {exc}",
+                         source=label) from None
+    if not (h_bar and w_bar):
+        raise MediaError(f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt) is too narrow for the "
+                         "pixel budget", source=label)
+    return h_bar, w_bar
+
+
+def render_pdf(src: bytes | str | Path, *, factor: int, min_pixels: int, max_pixels: int,
+               pages: str | None = None, context_tokens: int | None = None,
+               label: str | None = None) -> list[RenderedPage]:
+    """Render the selected pages of a PDF, each to the size the model sees under the pixel budget."""
+    name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
+    doc = open_pdf(src, name)
+    try:
+        numbers = parse_pages(pages, len(doc), name)
+        sizes = {n: page_size(*doc.get_page_size(n - 1), factor, min_pixels, max_pixels, name, n)
+                 for n in numbers}
+        if context_tokens is not None:
+            total = sum(image_tokens(h, w, factor) for h, w in sizes.values())
+            if total > context_tokens:
+                raise MediaError(
+                    f"{name}: {len(numbers)} pages at this budget are about {total} tokens, over the model's "
+                    f"context of {context_tokens}", source=name,
+                    hint="Choose fewer pages (--pages 1-10) or a smaller budget (--detail low, --max-pixels).")
+        doc.init_forms()
+        return [_render_page(doc, n, *sizes[n], name) for n in numbers]
+    finally:
+        doc.close()
+
+
+def _render_page(doc: pdfium.PdfDocument, number: int, height: int, width: int, label: str) -> RenderedPage:
+    page = doc[number - 1]
+    try:
+        width_pt, height_pt = page.get_size()
+        scale = max(width / width_pt, height / height_pt)
+        try:
+            img = page.render(scale=scale, may_draw_forms=True).to_pil()
+        except pdfium.PdfiumError as exc:
+            raise MediaError(f"{label}: page {number} does not render ({exc})", source=label) from None
+    finally:
+        page.close()
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.LANCZOS)
+    mime, data = _encode(img)
+    return RenderedPage(number, width, height, mime, data)
+
+
+def _encode(img: Image.Image) -> tuple[str, bytes]:
+    if images.looks_like_graphic(img):
+        data = images.encode_png(img)
+        if len(data) <= MAX_IMAGE_BYTES:
+            return "image/png", data
+    return "image/jpeg", images.encode_jpeg(img)

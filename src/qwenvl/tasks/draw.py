@@ -1,0 +1,236 @@
+"""Pictures: boxes and points drawn on the original image, and a contact sheet of a video's sampled frames.
+
+Readable on any background: every outline is a coloured stroke between a dark and a light stroke, and every
+label sits on a filled box of its colour with black or white text, whichever contrasts more. One colour per
+label (the same label keeps its colour), from a palette of distinct hues.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+if TYPE_CHECKING:
+    from qwenvl.tasks.grounding import Grounding
+
+# Distinct, saturated colours (Kelly's and Tableau's sets, reordered so neighbours differ most).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (170, 110, 40),
+    (128, 0, 0), (170, 255, 195), (128, 128, 0), (0, 0, 128),
+)
+DARK = (0, 0, 0)
+LIGHT = (255, 255, 255)
+
+# Fonts with CJK glyphs first (labels are often Chinese), then DejaVu; Pillow's own font as the last resort.
+FONT_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/Hiragino Sans GB.ttc",
+    "C:/Windows/Fonts/msyh.ttc",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans-Bold.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:/Windows/Fonts/arial.ttf",
+)
+
+
+@lru_cache(maxsize=16)
+def font(size: int) -> Any:
+    for path in FONT_CANDIDATES:
+        if Path(path).exists():
+            try:
+                return ImageFont.truetype(path, size)
+            except OSError:
+                continue
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: a fixed bitmap font
+        return ImageFont.load_default()
+
+
+def contrast_text(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``colour`` (WCAG relative luminance)."""
+    def channel(c: int) -> float:
+        s = c / 255
+        return s / 12.92 if s <= 0.03928 else ((s + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in colour)
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return DARK if luminance > 0.179 else LIGHT
+
+
+def colours_for(labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    out: dict[str, tuple[int, int, int]] = {}
+    for label in labels:
+        if label not in out:
+            out[label] = PALETTE[len(out) % len(PALETTE)]
+    return out
+
+
+def load_image(image: str | Path | Image.Image) -> Image.Image:
+    """An RGB copy of a local image, a data: URL or a PIL image, upright (EXIF orientation applied)."""
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        from qwenvl.media.sources import classify, read_bytes
+
+        img = Image.open(io.BytesIO(read_bytes(classify(str(image)))))
+        img.load()
+    img = ImageOps.exif_transpose(img) or img
+    return img.convert("RGB")
+
+
+def _outline(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float], colour: tuple[int, int, int],
+             width: int) -> None:
+    """A ``width`` px stroke of ``colour`` just outside the box, a dark line outside it and a light one inside."""
+    x1, y1, x2, y2 = box
+    draw.rectangle((x1 - width - 2, y1 - width - 2, x2 + width + 2, y2 + width + 2), outline=DARK, width=2)
+    draw.rectangle((x1 - width, y1 - width, x2 + width, y2 + width), outline=colour, width=width)
+    draw.rectangle((x1, y1, x2, y2), outline=LIGHT, width=1)
+
+
+def _tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int],
+         fnt: Any, bounds: tuple[int, int], *, above: bool = True) -> None:
+    """A label on a filled box of ``colour``: above ``xy`` when it fits, else below; kept inside the image."""
+    if not text:
+        return
+    pad = max(2, getattr(fnt, "size", 12) // 5)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
+    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+    x, y = xy
+    y = y - th if above and y - th >= 0 else y
+    x = min(max(0, x), max(0, bounds[0] - tw))
+    y = min(max(0, y), max(0, bounds[1] - th))
+    draw.rectangle((x, y, x + tw, y + th), fill=colour, outline=DARK, width=1)
+    draw.text((x + pad - left, y + pad - top), text, fill=contrast_text(colour), font=fnt)
+
+
+def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | Path | None = None) -> Image.Image:
+    """Draw ``grounding``'s boxes and points on ``image`` (the original); save to ``out`` when given."""
+    img = load_image(image)
+    w, h = img.size
+    draw = ImageDraw.Draw(img)
+    width = max(3, round(max(w, h) / 250))
+    fnt = font(min(48, max(12, round(max(w, h) / 42))))
+    labels = [b.label for b in grounding.boxes] + [p.label for p in grounding.points]
+    colours = colours_for(labels)
+    for box in grounding.boxes:
+        _outline(draw, (box.x1, box.y1, box.x2, box.y2), colours[box.label], width)
+    radius = max(4, width * 3)
+    for point in grounding.points:
+        x, y = point.x, point.y
+        draw.ellipse((x - radius - 2, y - radius - 2, x + radius + 2, y + radius + 2), fill=DARK)
+        draw.ellipse((x - radius - 1, y - radius - 1, x + radius + 1, y + radius + 1), fill=LIGHT)
+        draw.ellipse((x - radius + 1, y - radius + 1, x + radius - 1, y + radius - 1), fill=colours[point.label])
+    # labels last, so no outline is drawn over one
+    for i, box in enumerate(grounding.boxes, 1):
+        _tag(draw, (box.x1 - width - 2, box.y1 - width - 2), box.label or f"#{i}", colours[box.label], fnt, (w, h))
+    for i, point in enumerate(grounding.points, 1):
+        _tag(draw, (point.x + radius + 3, point.y - radius), point.label or f"#{i}", colours[point.label], fnt,
+             (w, h))
+    if out is not None:
+        save(img, out)
+    return img
+
+
+def save(img: Image.Image, out: str | Path) -> Path:
+    path = Path(out).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        fmt = "PNG"
+    if fmt == "JPEG":
+        img.convert("RGB").save(path, fmt, quality=92)
+    else:
+        img.save(path, fmt)
+    return path
+
+
+def hms(seconds: float, *, decimals: bool = False) -> str:
+    """``HH:mm:ss`` (whole seconds, truncated), or ``HH:mm:ss.s`` (rounded to a tenth) with ``decimals``."""
+    seconds = max(0.0, seconds)
+    tenths = round(seconds * 10) if decimals else int(seconds) * 10
+    whole, frac = divmod(tenths, 10)
+    text = f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+    return f"{text}.{frac}" if decimals else text
+
+
+def contact_sheet(frames: Sequence[Image.Image], times: Sequence[float], out: str | Path | None = None, *,
+                  title: str | None = None, events: Sequence[tuple[str, str, str]] = (),
+                  thumb_width: int = 240, columns: int | None = None) -> Image.Image:
+    """A grid of ``frames`` with each one's time under it, an optional title, and the events (``(start, end,
+    text)`` with HH:mm:ss times) listed below in their colours; a bar under each frame marks its events."""
+    if not frames:
+        raise ValueError("no frames to draw")
+    cols = columns or min(6, max(1, math.ceil(math.sqrt(len(frames)))))
+    rows = math.ceil(len(frames) / cols)
+    thumbs = [ImageOps.contain(f.convert("RGB"), (thumb_width, thumb_width)) for f in frames]
+    cell_h = max(t.height for t in thumbs)
+    fnt = font(14)
+    small = font(13)
+    pad = 8
+    caption = 28
+    spans = [(_seconds(a), _seconds(b)) for a, b, _ in events]
+    title_h = 30 if title else 0
+    text_w = cols * (thumb_width + pad) + pad
+    event_lines = _wrap_events(events, small, text_w - 2 * pad)
+    events_h = (len(event_lines) * 19 + pad) if event_lines else 0
+    sheet = Image.new("RGB", (text_w, title_h + rows * (cell_h + caption + pad) + pad + events_h), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, 8), title, fill=LIGHT, font=fnt)
+    for i, (thumb, t) in enumerate(zip(thumbs, times, strict=False)):
+        r, c = divmod(i, cols)
+        x = pad + c * (thumb_width + pad)
+        y = title_h + pad + r * (cell_h + caption + pad)
+        sheet.paste(thumb, (x + (thumb_width - thumb.width) // 2, y + (cell_h - thumb.height) // 2))
+        inside = [k for k, (a, b) in enumerate(spans) if a is not None and b is not None and a <= t <= b]
+        for n, k in enumerate(inside[:3]):  # a bar in the colour of each event the frame falls in
+            width = thumb_width // len(inside[:3])
+            draw.rectangle((x + n * width, y + cell_h + 1, x + (n + 1) * width - 1, y + cell_h + 4),
+                           fill=PALETTE[k % len(PALETTE)])
+        label = f"#{i + 1}  {hms(t, decimals=True)}"
+        _tag(draw, (x, y + cell_h + 7), label, (240, 240, 240), small, sheet.size, above=False)
+    y = title_h + rows * (cell_h + caption + pad) + pad
+    for line, colour in event_lines:
+        draw.text((pad, y), line, fill=colour, font=small)
+        y += 19
+    if out is not None:
+        save(sheet, out)
+    return sheet
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        value = 0.0
+        for part in text.split(":"):
+            value = value * 60 + float(part)
+    except ValueError:
+        return None
+    return value
+
+
+def _wrap_events(events: Sequence[tuple[str, str, str]], fnt: Any, width: int) -> list[tuple[str, Any]]:
+    lines: list[tuple[str, Any]] = []
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for i, (start, end, text) in enumerate(events):
+        colour = PALETTE[i % len(PALETTE)]
+        line = f"{start}–{end}  "
+        for ch in text:
+            if measure.textlength(line + ch, font=fnt) > width:
+                lines.append((line, colour))
+                line = "      "
+            line += ch
+        lines.append((line, colour))
+    return lines

@@ -1,0 +1,287 @@
+"""Video events: a timeline ``[{start, end, event}]`` with HH:mm:ss times, as in the seed docs' example
+(``{"events": [{"start_time": "00:00:00", "end_time": "00:00:05", "event": "..."}]}``).
+
+    t = qwenvl.tasks.events(client, "clip.mp4")
+    for e in t.events:
+        print(e.start, e.end, e.event)          # "00:00:00" "00:00:05" "A person carries a box ..."
+    t.duration, t.warnings, t.frame_times
+
+The answer is asked for with a JSON Schema (the core validates it and repairs once). The times are then
+checked: every one parses, start <= end, within the clip's duration (a 1 s allowance for HH:mm:ss rounding;
+beyond it they are clipped, and an event that starts after the end is dropped), and sorted by start. Each fix
+is a warning. An answer that is still not valid for the schema after the repair is read leniently, and
+whatever events it holds are kept (with a warning); only an answer with no readable event is an error.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from typing import Any
+
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from qwenvl.errors import StructuredOutputError
+from qwenvl.models import VIDEO_FPS
+from qwenvl.plan import Call
+from qwenvl.structured import extract_json
+from qwenvl.tasks.draw import hms
+from qwenvl.tasks.grounding import model_for
+from qwenvl.types import Response
+
+EVENTS_MAX_TOKENS = 2048
+TIME_PATTERN = r"^\d{1,2}(:\d{1,2}){1,2}(\.\d+)?$"  # HH:mm:ss (also H:mm:ss, mm:ss, with fractions): normalised
+EVENTS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "events": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "start_time": {"type": "string", "pattern": TIME_PATTERN},
+                    "end_time": {"type": "string", "pattern": TIME_PATTERN},
+                    "event": {"type": "string", "minLength": 1},
+                },
+                "required": ["start_time", "end_time", "event"],
+            },
+        },
+    },
+    "required": ["events"],
+}
+EVENTS_PROMPT = ("Describe the series of events in the video, in order. For each event give its start time "
+                 "(start_time), end time (end_time) and what happens (event); write the timestamps as HH:mm:ss, "
+                 "counted from the start of the video.")
+ROUNDING_ALLOWANCE_S = 1.0
+
+
+class Event(BaseModel):
+    start: str  # HH:mm:ss
+    end: str
+    event: str
+    start_s: float  # seconds from the start of the clip
+    end_s: float
+
+    def plain(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "event": self.event}
+
+
+class Timeline(BaseModel):
+    video: str | None = None
+    duration: float | None = None  # seconds (None when unknown, e.g. a video URL)
+    events: list[Event] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    frame_times: list[float] = Field(default_factory=list)  # when each frame the model saw was taken
+    model: str | None = None
+    raw_text: str = ""
+    response: Response | None = Field(default=None, exclude=True, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"video": self.video, "duration": self.duration, "model": self.model,
+                "events": [e.plain() for e in self.events], "warnings": self.warnings}
+
+
+def parse_time(value: Any) -> float | None:
+    """Seconds from "HH:mm:ss", "H:mm:ss.s", "mm:ss" or a number of seconds; None when unreadable."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if value >= 0 and math.isfinite(value) else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?\s*s?", text):
+        return float(text.rstrip("s ").strip())
+    if not re.fullmatch(TIME_PATTERN, text):
+        return None
+    parts = [float(p) for p in text.split(":")]
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    if len(parts) > 1 and any(p >= 60 for p in parts[1:]):
+        return None
+    return seconds
+
+
+# --- planning ----------------------------------------------------------------------------------------------
+
+def plan_events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
+    model = model_for(client, fields)
+    fields.setdefault("max_tokens", min(EVENTS_MAX_TOKENS, model.max_output_tokens))
+    return client.plan(prompt=prompt or EVENTS_PROMPT, video=video, schema=EVENTS_SCHEMA, **fields)
+
+
+def _video_item(call: Call) -> Any:
+    items = [m for m in call.media if m.kind == "video"]
+    return items[-1] if items else None
+
+
+def video_duration(call: Call) -> float | None:
+    """The clip's length: probed for a local file; frames / fps for a frame list; None for a URL."""
+    video = call.request.video
+    rate = call.request.fps or VIDEO_FPS
+    if isinstance(video, list):
+        return len(video) / rate
+    if video is None:
+        return None
+    from qwenvl.media.sources import classify
+
+    source = classify(video)
+    if source.is_remote:
+        return None
+    from qwenvl.media import video as video_mod
+    from qwenvl.media.sources import read_bytes
+
+    src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    return video_mod.probe_video(src, source.label).duration
+
+
+def frame_times(call: Call) -> list[float]:
+    item = _video_item(call)
+    if item is None:
+        return []
+    if item.frame_times:
+        return list(item.frame_times)
+    rate = call.request.fps or VIDEO_FPS
+    return [i / rate for i in range(len(item.sent))] if isinstance(item.sent, list) else []
+
+
+SHEET_MAX_FRAMES = 48  # a contact sheet shows at most this many frames, evenly spread
+
+
+def frames(call: Call, limit: int | None = SHEET_MAX_FRAMES) -> tuple[list[Image.Image], list[float]]:
+    """The frames the model was sent (decoded from their data URLs) and their times, at most ``limit`` of them
+    evenly spread; remote frames are skipped."""
+    from qwenvl.media.sources import decode_data_url
+
+    item = _video_item(call)
+    if item is None or not isinstance(item.sent, list):
+        return [], []
+    pairs = list(zip(item.sent, frame_times(call), strict=False))
+    if limit is not None and len(pairs) > limit:
+        step = (len(pairs) - 1) / (limit - 1)
+        pairs = [pairs[round(i * step)] for i in range(limit)]
+    images: list[Image.Image] = []
+    times: list[float] = []
+    for url, t in pairs:
+        if not url.startswith("data:"):
+            continue
+        img = Image.open(io.BytesIO(decode_data_url(url)))
+        img.load()
+        images.append(img)
+        times.append(t)
+    return images, times
+
+
+# --- reading the answer ---------------------------------------------------------------------------------------
+
+_START_KEYS = ("start_time", "start", "begin", "from", "start_timestamp")
+_END_KEYS = ("end_time", "end", "finish", "to", "end_timestamp")
+_TEXT_KEYS = ("event", "description", "text", "action", "caption")
+
+
+def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if key in obj:
+            return obj[key]
+    return None
+
+
+def raw_events(value: Any) -> list[dict[str, Any]]:
+    """The event objects in a parsed answer: ``{"events": [...]}``, a bare list, or one wrapper deeper."""
+    if isinstance(value, dict):
+        for key in ("events", "timeline", "segments", "results"):
+            if isinstance(value.get(key), list):
+                return [e for e in value[key] if isinstance(e, dict)]
+        if _first(value, _START_KEYS) is not None:
+            return [value]
+        for inner in value.values():
+            if isinstance(inner, list) and inner and all(isinstance(e, dict) for e in inner):
+                return list(inner)
+    if isinstance(value, list):
+        return [e for e in value if isinstance(e, dict)]
+    return []
+
+
+def build_timeline(items: list[dict[str, Any]], duration: float | None) -> tuple[list[Event], list[str]]:
+    """Checked, normalised and sorted events, and what was fixed on the way."""
+    warnings: list[str] = []
+    events: list[Event] = []
+    limit = duration + ROUNDING_ALLOWANCE_S if duration is not None else None
+    for n, obj in enumerate(items, 1):
+        start_raw, end_raw = _first(obj, _START_KEYS), _first(obj, _END_KEYS)
+        text = _first(obj, _TEXT_KEYS)
+        text = str(text).strip() if text is not None else ""
+        start, end = parse_time(start_raw), parse_time(end_raw)
+        if start is None or end is None:
+            warnings.append(f"event {n} skipped: unreadable time {start_raw!r}–{end_raw!r} ({text[:60]!r})")
+            continue
+        if start > end:
+            warnings.append(f"event {n} ({text[:40]!r}) ended before it started ({start_raw}–{end_raw}): swapped")
+            start, end = end, start
+        if limit is not None and duration is not None:
+            if start > limit:
+                warnings.append(f"event {n} ({text[:40]!r}) starts at {start_raw}, after the clip ends "
+                                f"({hms(duration, decimals=True)}): dropped")
+                continue
+            if end > limit:
+                warnings.append(f"event {n} ({text[:40]!r}) ends at {end_raw}, after the clip ends "
+                                f"({hms(duration, decimals=True)}): clipped to the end")
+                end = duration
+        if not text:
+            warnings.append(f"event {n} ({start_raw}–{end_raw}) has no description (kept)")
+        stop = math.ceil(end) if duration is None else min(math.ceil(end), math.ceil(duration))
+        events.append(Event(start=hms(math.floor(start)), end=hms(stop), event=text, start_s=start, end_s=end))
+    ordered = sorted(events, key=lambda e: (e.start_s, e.end_s))
+    if ordered != events:
+        warnings.append("the events were not in time order: sorted by start")
+    return ordered, warnings
+
+
+def read_timeline(call: Call, response: Response | None, *, text: str | None = None,
+                  duration: float | None = None) -> Timeline:
+    """The timeline in an answer (``response.json`` when it validated, else ``text`` read leniently)."""
+    warnings: list[str] = []
+    if response is not None and response.json is not None:
+        value = response.json
+    else:
+        try:
+            value = extract_json(text if text is not None else (response.text if response else ""))
+        except ValueError:
+            value = None
+    items = raw_events(value)
+    if duration is None:
+        duration = video_duration(call)
+    events, fixes = build_timeline(items, duration)
+    warnings.extend(fixes)
+    if duration is None:
+        warnings.append("the clip's duration is unknown (a URL): times are not checked against it")
+    if not events:
+        warnings.append("the answer has no events")
+    if response is not None and response.finish_reason == "length":
+        warnings.append(f"the answer was cut off at max_tokens ({call.request.max_tokens}); raise --max-tokens")
+    video = call.request.video
+    return Timeline(video=video if isinstance(video, str) else f"{len(video or [])} frames", duration=duration,
+                    events=events, warnings=warnings, frame_times=frame_times(call),
+                    model=(response.model if response else None) or call.request.model,
+                    raw_text=text if text is not None else (response.text if response else ""), response=response)
+
+
+def events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Timeline:
+    """The clip's events, checked against its duration and sorted. ``video``: a file, a URL or frame images."""
+    call = plan_events(client, video, prompt=prompt, **fields)
+    return send_events(client, call)
+
+
+def send_events(client: Any, call: Call) -> Timeline:
+    try:
+        response = client.send(call)
+    except StructuredOutputError as exc:
+        timeline = read_timeline(call, None, text=exc.raw_text or "")
+        if not timeline.events:
+            raise
+        timeline.response = exc.response
+        timeline.warnings.insert(0, f"the answer is not valid for the timeline schema even after a retry ({exc}); "
+                                    f"kept the {len(timeline.events)} events that could be read")
+        return timeline
+    return read_timeline(call, response)

@@ -1,0 +1,144 @@
+"""Extraction: JSON validated against a schema for each file, using the core's structured output (the schema
+is put in the prompt, the answer parsed, validated and repaired once; ``Request(schema=...)``).
+
+    r = qwenvl.tasks.extract(client, "invoice.png", "invoice.schema.json")   # r.json
+    r = qwenvl.tasks.extract(client, "invoice.png", Invoice)                  # r.parsed: an Invoice
+    for x in qwenvl.tasks.extract_many(client, files, schema):                # one Extraction per file
+        x.file, x.json, x.error
+
+A PDF is sent whole (every page, as images, in one request: see ``qwenvl.media.pdf``), so one document gives
+one JSON value. ``to_row`` flattens a value for CSV: top-level keys become columns, nested values JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwenvl.errors import AuthenticationError, PermissionDeniedError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.tasks.grounding import model_for
+from qwenvl.types import Response
+
+EXTRACT_PROMPT = "Extract the information in this document."
+EXTRACT_MAX_TOKENS = 2048
+
+
+def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(schema, str | Path):
+        from qwenvl.structured import load_schema
+
+        schema = load_schema(schema)
+    return {**fields, "schema": schema}
+
+
+def plan_extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Any:
+    model = model_for(client, fields)
+    fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
+    return client.plan(prompt=prompt or EXTRACT_PROMPT, images=[file], **_schema_fields(schema, fields))
+
+
+def extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
+    """The file's data as JSON valid for ``schema`` (a dict, a schema file, or a pydantic model class).
+
+    ``Response.json`` is the value; with a pydantic model, ``Response.parsed`` is the instance. Raises
+    ``StructuredOutputError`` when the answer is not valid even after one repair.
+    """
+    return client.send(plan_extract(client, file, schema, prompt=prompt, **fields))
+
+
+@dataclass
+class Extraction:
+    """One file's result in a run over many files: ``json`` when it worked, ``error`` when not."""
+
+    file: str
+    json: Any = None
+    error: str | None = None
+    raw_text: str | None = None  # the model's answer when it was not valid for the schema
+    exit_code: int = 0  # the CLI exit code of the error (0 when it worked)
+    response: Response | None = field(default=None, repr=False)
+
+    @property
+    def parsed(self) -> Any:
+        return self.response.parsed if self.response is not None else None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def line(self) -> dict[str, Any]:
+        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``."""
+        if self.ok:
+            return {"file": self.file, "json": self.json}
+        out: dict[str, Any] = {"file": self.file, "error": self.error}
+        if self.raw_text is not None:
+            out["raw_text"] = self.raw_text
+        return out
+
+
+# Errors that would fail every file the same way: stop at the first one instead of repeating it.
+FATAL = (UsageError, AuthenticationError, PermissionDeniedError)
+
+
+def extract_many(client: Any, files: Iterable[str], schema: Any, *, prompt: str | None = None,
+                 **fields: Any) -> Iterator[Extraction]:
+    """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
+    goes on (usage and authentication errors stop it: they would fail every file)."""
+    fields = _schema_fields(schema, fields)
+    for file in files:
+        try:
+            response = client.send(plan_extract(client, file, fields["schema"], prompt=prompt,
+                                                **{k: v for k, v in fields.items() if k != "schema"}))
+        except FATAL:
+            raise
+        except StructuredOutputError as exc:
+            yield Extraction(file=file, error=str(exc), raw_text=exc.raw_text, exit_code=exc.exit_code,
+                             response=exc.response)
+        except QwenVLError as exc:
+            yield Extraction(file=file, error=str(exc), exit_code=exc.exit_code)
+        else:
+            yield Extraction(file=file, json=response.json, response=response)
+
+
+# --- CSV --------------------------------------------------------------------------------------------------
+
+def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[str]:
+    """``file``, the schema's top-level properties in order, any other keys seen, and ``error`` if any failed."""
+    rows = list(rows)
+    names: list[str] = ["file"]
+    props = (schema or {}).get("properties") if isinstance(schema, dict) else None
+    for key in props or {}:
+        if key not in names:
+            names.append(key)
+    for row in rows:
+        value = row.json
+        keys = value.keys() if isinstance(value, dict) else (["value"] if row.ok else [])
+        for key in keys:
+            if key not in names:
+                names.append(key)
+    if any(not r.ok for r in rows):
+        names.append("error")
+    return names
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def to_row(row: Extraction, names: list[str]) -> list[str]:
+    value = row.json
+    record = dict(value) if isinstance(value, dict) else ({"value": value} if row.ok else {})
+    record["file"] = row.file
+    if row.error is not None:
+        record["error"] = row.error
+    return [cell(record.get(name)) for name in names]

@@ -1,0 +1,372 @@
+"""Grounding: ask for boxes or points in the form the model's family was trained on, read them robustly, and
+return them in the ORIGINAL image's pixels.
+
+    g = qwenvl.tasks.ground(client, "photo.jpg", "every person and dog")
+    for box in g.boxes:
+        print(box.label, box.x1, box.y1, box.x2, box.y2)     # original-image pixels
+    g.truncated, g.warnings, g.raw_text
+
+Coordinate conventions (``ModelInfo.grounding``; dashscope-api.md §4.4):
+
+* ``relative-1000`` (Qwen3-VL and newer): a 0-1000 grid over the image, ``x_px = x / 1000 * W``.
+* ``absolute`` (Qwen2.5-VL, qwen-vl-max/plus, QVQ, qwen-vl-ocr): pixels of the image *as the model saw it*,
+  i.e. after the service's ``smart_resize`` of what was sent: ``x_px = x / w_seen * W``. What was sent is the
+  prepared item's size (``Call.media``); the service then applies ``smart_resize`` with the request's budget,
+  which leaves an image the media step already prepared unchanged.
+
+An answer that breaks its family's convention is detected from its numbers (Qwen3-VL coordinates above 1000;
+Qwen2.5-VL coordinates that overshoot the seen image by more than 10% but fit the 0-1000 grid), read in the
+convention that fits, and reported in ``warnings`` with the evidence.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
+from qwenvl.plan import Call, media_options
+from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
+from qwenvl.types import Response
+
+Convention = Literal["relative-1000", "absolute", "original-pixels"]
+GRID = 1000
+GROUND_MAX_TOKENS = 2048  # default answer budget: dense scenes need room (each box is ~25 tokens)
+RELATIVE_SLACK = 1.01  # a 0-1000 answer may touch 1010 before it counts as breaking the convention
+ABSOLUTE_SLACK = 1.10  # pixels may overshoot the seen image by 10% (then they are clipped) before that
+FIT_SLACK = 1.02  # how closely an alternative reading must fit to be chosen
+
+# The prompts, per convention and task. Qwen3-VL's are the cookbook forms with the 0-1000 grid spelled out;
+# Qwen2.5-VL's are its cookbook forms (JSON boxes, XML points), which it answers in resized-image pixels.
+PROMPTS: dict[str, dict[str, str]] = {
+    "relative-1000": {
+        "box": ('Locate every instance of the following in the image: "{query}". Report them in JSON format as '
+                '[{{"bbox_2d": [x1, y1, x2, y2], "label": "<category>"}}, ...], with coordinates on a 0-1000 '
+                "grid relative to the image's width and height. Answer [] if there is none."),
+        "point": ('Point to every instance of the following in the image: "{query}". Report them in JSON format '
+                  'as [{{"point_2d": [x, y], "label": "<category>"}}, ...], with coordinates on a 0-1000 grid '
+                  "relative to the image's width and height. Answer [] if there is none."),
+        "text": ("Spot all the text in the image at line level, and output it in JSON format as "
+                 '[{{"bbox_2d": [x1, y1, x2, y2], "text_content": "<the line\'s text>"}}, ...], with coordinates '
+                 "on a 0-1000 grid relative to the image's width and height."),
+    },
+    "absolute": {
+        "box": ('Outline the position of every instance of the following: "{query}", and output all the '
+                'coordinates in JSON format as [{{"bbox_2d": [x1, y1, x2, y2], "label": "<category>"}}, ...]. '
+                "Answer [] if there is none."),
+        "point": ('Point to every instance of the following: "{query}", and output their coordinates in XML '
+                  'format as <points x1="x" y1="y" alt="<category>"><category></points>, one tag each.'),
+        "text": ("Spotting all the text in the image with line-level, and output in JSON format as "
+                 '[{{"bbox_2d": [x1, y1, x2, y2], "text_content": "<the line\'s text>"}}, ...].'),
+    },
+}
+
+
+class Box(BaseModel):
+    """A box in original-image pixels (``raw``: the model's own numbers)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    raw: list[float] = Field(default_factory=list)
+
+    def plain(self) -> dict[str, Any]:
+        return {"label": self.label, "x1": self.x1, "y1": self.y1, "x2": self.x2, "y2": self.y2}
+
+
+class Point(BaseModel):
+    """A point in original-image pixels (``raw``: the model's own numbers)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    x: int
+    y: int
+    raw: list[float] = Field(default_factory=list)
+
+    def plain(self) -> dict[str, Any]:
+        return {"label": self.label, "x": self.x, "y": self.y}
+
+
+class Grounding(BaseModel):
+    """What a grounding answer says, in the original image's pixels."""
+
+    boxes: list[Box] = Field(default_factory=list)
+    points: list[Point] = Field(default_factory=list)
+    truncated: bool = False  # the answer was cut off (max_tokens or mid-list); every complete item is kept
+    warnings: list[str] = Field(default_factory=list)
+    raw_text: str = ""
+    width: int | None = None  # the original image (None when unknown, e.g. a URL)
+    height: int | None = None
+    seen_width: int | None = None  # the image as the model saw it (after the service's resize)
+    seen_height: int | None = None
+    convention: str = "relative-1000"  # how the coordinates were read
+    expected_convention: str = "relative-1000"  # the model family's convention
+    model: str | None = None
+    image: str | None = None
+    response: Response | None = Field(default=None, exclude=True, repr=False)
+    _picture: str | None = PrivateAttr(default=None)
+
+    @property
+    def picture(self) -> str | None:
+        """The image the boxes refer to, as prepared (a path, a URL, or a PDF page's data URL)."""
+        return self._picture or self.image
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``--json`` object: boxes ``{label, x1, y1, x2, y2}`` in original pixels, plus warnings."""
+        out: dict[str, Any] = {
+            "image": self.image, "width": self.width, "height": self.height, "model": self.model,
+            "boxes": [b.plain() for b in self.boxes],
+        }
+        if self.points:
+            out["points"] = [p.plain() for p in self.points]
+        out.update(truncated=self.truncated, warnings=self.warnings, convention=self.convention)
+        return out
+
+
+# --- image geometry ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Geometry:
+    original: tuple[int, int] | None  # (width, height) as displayed (EXIF orientation applied)
+    seen: tuple[int, int] | None  # (width, height) the model saw
+
+
+def original_size(ref: str) -> tuple[int, int] | None:
+    """(width, height) of a local image or data: URL as displayed (EXIF orientation applied); None if remote."""
+    from qwenvl.media.sources import classify, read_bytes
+
+    source = classify(ref)
+    if source.is_remote:
+        return None
+    data = read_bytes(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # large images: only the header is read here
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                try:
+                    orientation = img.getexif().get(0x0112, 1)
+                except Exception:  # a broken EXIF block: the media step decides what to do with the image
+                    orientation = 1
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def seen_size(sent: tuple[int, int], call: Call) -> tuple[int, int]:
+    """The size the model sees for an image sent at ``sent`` (the service's smart_resize and budget)."""
+    from qwenvl.media.resize import service_budget, smart_resize
+
+    lo, hi = service_budget(media_options(call.request, call.model, "compat"))
+    try:
+        h, w = smart_resize(sent[1], sent[0], call.model.factor, lo, hi)
+    except ValueError:
+        return sent
+    return (w, h) if h and w else sent
+
+
+def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
+    """The original and seen sizes of the (last) image of a planned call."""
+    items = [m for m in call.media if m.kind == "image"]
+    if not items:
+        return Geometry(image_size, None)
+    item = items[-1]
+    original = image_size
+    if original is None:
+        ow, oh = getattr(item, "original_width", None), getattr(item, "original_height", None)
+        original = (ow, oh) if ow and oh else original_size(item.source)
+    sent = (item.width, item.height) if item.width and item.height else original
+    if original is None and sent is not None:  # unreadable here, readable to the media step: as sent
+        original = sent
+    return Geometry(original, seen_size(sent, call) if sent else None)
+
+
+# --- interpretation ------------------------------------------------------------------------------------------
+
+def _extent(items: list[RawItem]) -> tuple[float, float, float]:
+    xs = [c for i in items for c in i.coords[0::2]]
+    ys = [c for i in items for c in i.coords[1::2]]
+    return max(xs), max(ys), min(xs + ys)
+
+
+def _fits(mx: float, my: float, size: tuple[int, int] | None, slack: float) -> bool:
+    return size is not None and mx <= size[0] * slack + 1 and my <= size[1] * slack + 1
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def choose_convention(items: list[RawItem], expected: str, geo: Geometry, model: str) -> tuple[str, str | None]:
+    """(convention to read the numbers in, a warning with the evidence when it is not the expected one)."""
+    if not items:
+        return expected, None
+    mx, my, _ = _extent(items)
+    grid = (GRID, GRID)
+    evidence = f"x up to {mx:g}, y up to {my:g}"
+    if expected == "relative-1000":
+        if _fits(mx, my, grid, RELATIVE_SLACK):
+            return expected, None
+        for name, size, what in (("absolute", geo.seen, "pixels of the {} image it was sent"),
+                                 ("original-pixels", geo.original, "pixels of the original {} image")):
+            if size is not None and _fits(mx, my, size, FIT_SLACK):
+                return name, (f"{model} should answer on a 0-1000 grid, but gave {evidence} (over 1000): read as "
+                              + what.format(_size(size)))
+        fallback = "absolute" if geo.seen else expected
+        return fallback, (f"{model} should answer on a 0-1000 grid, but gave {evidence} (over 1000), which fits "
+                          "no reading of this image; read as " +
+                          ("pixels of the image it was sent" if geo.seen else "0-1000") + " and clipped")
+    if geo.seen is None or _fits(mx, my, geo.seen, ABSOLUTE_SLACK):
+        return expected, None
+    if _fits(mx, my, grid, RELATIVE_SLACK):
+        return "relative-1000", (f"{model} should answer in pixels of the {_size(geo.seen)} image it was sent, "
+                                 f"but gave {evidence}, beyond that image yet within 0-1000: read as a 0-1000 grid")
+    if geo.original is not None and _fits(mx, my, geo.original, FIT_SLACK):
+        return "original-pixels", (f"{model} should answer in pixels of the {_size(geo.seen)} image it was sent, "
+                                   f"but gave {evidence}: read as pixels of the original {_size(geo.original)} "
+                                   "image")
+    return expected, None
+
+
+def _scale(convention: str, geo: Geometry) -> tuple[float, float] | None:
+    if geo.original is None:
+        return None
+    w, h = geo.original
+    if convention == "relative-1000":
+        return w / GRID, h / GRID
+    if convention == "absolute" and geo.seen is not None:
+        return w / geo.seen[0], h / geo.seen[1]
+    return 1.0, 1.0
+
+
+def _label_text(label: str) -> str:
+    return repr(label) if label else "(no label)"
+
+
+def interpret(parsed: ParsedAnswer, *, expected: str, geo: Geometry, model: str = "the model",
+              finish_reason: str | None = None, max_tokens: int | None = None) -> Grounding:
+    """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``."""
+    warnings = list(parsed.notes)
+    convention, why = choose_convention(parsed.items, expected, geo, model)
+    if why:
+        warnings.append(why)
+    scale = _scale(convention, geo)
+    if scale is None and parsed.items:
+        grid = "the 0-1000 grid" if convention == "relative-1000" else "the model's pixels"
+        warnings.append(f"the image's size is unknown (a URL?): coordinates are left on {grid}; pass the image "
+                        "as a local file, or image_size=(width, height), to get pixels")
+    sx, sy = scale or (1.0, 1.0)
+    limit = geo.original if scale is not None else None
+    clipped: list[str] = []
+    swapped = 0
+    boxes: list[Box] = []
+    points: list[Point] = []
+
+    def fix(value: float, side: int | None, what: str) -> int:
+        if side is not None and (value < -0.5 or value > side + 0.5):
+            clipped.append(f"{what}={value:.0f}")
+            value = min(max(value, 0.0), float(side))
+        return round(value)
+
+    for item in parsed.items:
+        if item.kind == "box":
+            x1, y1, x2, y2 = item.coords
+            if x1 > x2 or y1 > y2:
+                swapped += 1
+                x1, x2 = sorted((x1, x2))
+                y1, y2 = sorted((y1, y2))
+            w_lim, h_lim = limit if limit else (None, None)
+            name = _label_text(item.label)
+            boxes.append(Box(label=item.label, x1=fix(x1 * sx, w_lim, f"{name} x1"),
+                             y1=fix(y1 * sy, h_lim, f"{name} y1"), x2=fix(x2 * sx, w_lim, f"{name} x2"),
+                             y2=fix(y2 * sy, h_lim, f"{name} y2"), raw=list(item.coords)))
+        else:
+            x, y = item.coords
+            w_lim, h_lim = limit if limit else (None, None)
+            name = _label_text(item.label)
+            points.append(Point(label=item.label, x=fix(x * sx, w_lim, f"{name} x"),
+                                y=fix(y * sy, h_lim, f"{name} y"), raw=list(item.coords)))
+    if clipped and limit:
+        shown = ", ".join(clipped[:4]) + (f" and {len(clipped) - 4} more" if len(clipped) > 4 else "")
+        warnings.append(f"{len(clipped)} coordinate{'s' if len(clipped) != 1 else ''} fell outside the "
+                        f"{_size(limit)} image ({shown}, in image pixels): clipped to its edges")
+    if swapped:
+        warnings.append(f"{swapped} box{'es' if swapped != 1 else ''} had x1 > x2 or y1 > y2: corners swapped")
+    unlabelled = sum(1 for b in boxes if not b.label) + sum(1 for p in points if not p.label)
+    if unlabelled:
+        warnings.append(f"{unlabelled} item{'s have' if unlabelled != 1 else ' has'} no label (kept)")
+    truncated = parsed.truncated or finish_reason == "length"
+    if truncated:
+        kept = f"kept the {len(boxes)} complete box{'es' if len(boxes) != 1 else ''}" + (
+            f" and {len(points)} point{'s' if len(points) != 1 else ''}" if points else "")
+        if finish_reason == "length":
+            budget = f" ({max_tokens} tokens)" if max_tokens else ""
+            warnings.append(f"the answer was cut off at max_tokens{budget}: {kept}; raise --max-tokens for more")
+        else:
+            warnings.append(f"the answer ends in the middle of a list (cut off): {kept}")
+    if not boxes and not points:
+        if parsed.found_structure:
+            warnings.append("the answer has no boxes or points")
+        else:
+            warnings.append("no boxes or points found in the answer (no bbox_2d/point_2d JSON, no <points> tags)")
+    w, h = geo.original if geo.original and scale is not None else (None, None)
+    sw, sh = geo.seen if geo.seen else (None, None)
+    return Grounding(boxes=boxes, points=points, truncated=truncated, warnings=warnings, width=w, height=h,
+                     seen_width=sw, seen_height=sh, convention=convention, expected_convention=expected)
+
+
+# --- the task ------------------------------------------------------------------------------------------------
+
+def model_for(client: Any, fields: dict[str, Any]) -> ModelInfo:
+    name = fields.get("model") or getattr(client, "defaults", {}).get("model") or DEFAULT_MODEL
+    return model_info(name)
+
+
+def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point", "text"] = "box") -> str:
+    convention = "absolute" if model.grounding == "absolute" else "relative-1000"
+    return PROMPTS[convention][kind].format(query=query.strip())
+
+
+def plan_ground(client: Any, image: str, query: str, *, points: bool = False, **fields: Any) -> Call:
+    """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens."""
+    model = model_for(client, fields)
+    fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
+    prompt = grounding_prompt(model, query, "point" if points else "box")
+    return client.plan(prompt=prompt, images=[image], **fields)
+
+
+def read_grounding(call: Call, response: Response, *, image_size: tuple[int, int] | None = None,
+                   image: str | None = None) -> Grounding:
+    """Interpret a grounding answer to ``call`` (any answer text; the planned image gives the geometry).
+    ``image`` is the reference to report (default: the planned one)."""
+    geo = geometry(call, image_size)
+    expected = "absolute" if call.model.grounding == "absolute" else "relative-1000"
+    result = interpret(parse_answer(response.text), expected=expected, geo=geo, model=call.request.model,
+                       finish_reason=response.finish_reason, max_tokens=call.request.max_tokens)
+    items = [m for m in call.media if m.kind == "image"]
+    result.raw_text = response.text
+    result.model = response.model or call.request.model
+    picture = items[-1].source if items else None
+    result.image = image or (picture if picture and not picture.startswith("data:") else None)
+    result._picture = picture
+    result.response = response
+    return result
+
+
+def ground(client: Any, image: str, query: str, *, points: bool = False,
+           image_size: tuple[int, int] | None = None, **fields: Any) -> Grounding:
+    """Boxes (or, with ``points=True``, points) of ``query`` in ``image``, in original-image pixels.
+
+    ``fields`` are any Request fields (model, max_tokens, enable_thinking, ...). ``image_size`` gives the
+    original size when the image is a URL (otherwise coordinates stay in the model's space, with a warning).
+    """
+    call = plan_ground(client, image, query, points=points, **fields)
+    return read_grounding(call, client.send(call), image_size=image_size, image=image)

@@ -1,0 +1,214 @@
+"""OCR: the text of an image or a PDF, as plain text, Markdown, or lines with their boxes.
+
+    r = qwenvl.tasks.ocr(client, "receipt.jpg")                              # r.text
+    r = qwenvl.tasks.ocr(client, "paper.pdf", format="markdown", pages="1-2")  # one request per page
+    r = qwenvl.tasks.ocr(client, "form.png", format="json")                  # r.pages[0].lines[i].x1 ...
+    r = qwenvl.tasks.ocr(client, "table.png", model="qwen-vl-ocr-latest", task="table_parsing")
+
+Decisions:
+
+* The default model is the client's (qwen3-vl-plus unless set): the general models read text well and
+  can give line boxes. The qwen-vl-ocr models work the same way; ``task`` / ``ocr_options`` are passed
+  through as the ``ocr_options`` parameter (which those models use: with a ``task`` they apply their own
+  built-in prompt; other models ignore it).
+* ``format="json"`` asks for line-level boxes in the family's grounding form and reads them with the grounding
+  parser (``text_content`` is the line's text); the boxes come back in the original image's (or the rendered
+  page's) pixels.
+* A PDF is read one page per request (the media step renders each page to the image budget), so every page
+  has its own text, boxes and warnings.
+* An empty result is not an error: ``OCRResult.empty`` is True and a warning says so (the CLI exits 0
+  with a note on stderr).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from qwenvl.tasks.grounding import model_for, read_grounding
+from qwenvl.tasks.parsing import parse_answer
+from qwenvl.types import Response
+
+Format = Literal["text", "markdown", "json"]
+NO_TEXT = "no text found"
+FORMATS: tuple[str, ...] = ("text", "markdown", "json")
+OCR_MAX_TOKENS = 4096  # default answer budget (a dense page is long); capped by the model's own limit
+# Tasks the qwen-vl-ocr models know (ocr_options.task); any other string is passed through too.
+OCR_TASKS = ("text_recognition", "key_information_extraction", "document_parsing", "table_parsing",
+             "formula_recognition", "multi_lan", "advanced_recognition")
+PROMPTS: dict[str, str] = {
+    "text": ("Read all the text in the image, in reading order, line by line. Output only the text itself, "
+             "with no commentary and no formatting."),
+    "markdown": ("Convert the image's content to Markdown in reading order: keep headings, paragraphs, lists, "
+                 "tables (as Markdown tables) and emphasis. Output only the Markdown, with no commentary."),
+}
+
+
+class OCRLine(BaseModel):
+    text: str
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+
+class OCRPage(BaseModel):
+    page: int | None = None  # 1-based page of a PDF; None for an image
+    text: str = ""
+    lines: list[OCRLine] = Field(default_factory=list)  # format="json" only
+    width: int | None = None  # the image (or rendered page) the boxes refer to
+    height: int | None = None
+    truncated: bool = False
+    warnings: list[str] = Field(default_factory=list)
+
+
+class OCRResult(BaseModel):
+    source: str
+    format: str
+    model: str | None = None
+    pages: list[OCRPage] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)  # every page's warnings, prefixed with its page
+    responses: list[Response] = Field(default_factory=list, exclude=True, repr=False)
+
+    @property
+    def text(self) -> str:
+        sep = "\n\n---\n\n" if self.format == "markdown" else "\n\n"
+        return sep.join(p.text for p in self.pages if p.text)
+
+    @property
+    def empty(self) -> bool:
+        return not self.text.strip() and not any(p.lines for p in self.pages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "model": self.model, "text": self.text,
+                "pages": [p.model_dump() for p in self.pages], "warnings": self.warnings}
+
+
+_FENCED = re.compile(r"^\s*```[ \t]*[\w+-]*[ \t]*\n(.*?)\n?```\s*$", re.S)
+
+
+def clean_text(text: str) -> str:
+    """The answer without a fence wrapped around all of it (models like ```markdown ... ```)."""
+    match = _FENCED.match(text)
+    return (match.group(1) if match else text).strip("\n")
+
+
+def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    merged = dict(options or {})
+    if task:
+        merged["task"] = task
+    return merged or None
+
+
+def is_pdf(ref: str) -> bool:
+    from qwenvl.media.sources import classify, read_bytes, sniff
+
+    source = classify(ref)
+    if source.kind == "file" and source.path is not None:
+        with source.path.open("rb") as fh:
+            return sniff(fh.read(8)) == "application/pdf"
+    if source.kind == "data":
+        return (source.declared_mime or "").lower() == "application/pdf" or \
+            sniff(read_bytes(source)[:8]) == "application/pdf"
+    return False
+
+
+def pdf_pages(ref: str, pages: str | None) -> list[int]:
+    from qwenvl.media import pdf
+    from qwenvl.media.sources import classify, read_bytes
+
+    source = classify(ref)
+    src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    return pdf.parse_pages(pages, pdf.page_count(src, source.label), source.label)
+
+
+def plan_ocr(client: Any, source: str, *, format: Format = "text", task: str | None = None,
+             options: dict[str, Any] | None = None, page: int | None = None, **fields: Any) -> Any:
+    """The request for one image (or one PDF page); nothing is sent."""
+    if format not in FORMATS:
+        from qwenvl.errors import UsageError
+
+        raise UsageError(f"unknown OCR format {format!r}: use one of {', '.join(FORMATS)}")
+    model = model_for(client, fields)
+    fields.setdefault("max_tokens", min(OCR_MAX_TOKENS, model.max_output_tokens))
+    opts = ocr_options(task, options)
+    if opts is not None:
+        fields["extra"] = {**fields.get("extra", {}), "ocr_options": opts}
+    if page is not None:
+        fields["pages"] = str(page)
+    if format == "json":
+        from qwenvl.tasks.grounding import grounding_prompt
+
+        prompt = grounding_prompt(model, "", "text")
+    else:
+        prompt = PROMPTS[format]
+    return client.plan(prompt=prompt, images=[source], **fields)
+
+
+def read_page(call: Any, response: Response, *, format: Format, page: int | None = None) -> OCRPage:
+    warnings: list[str] = []
+    lines: list[OCRLine] = []
+    width = height = None
+    if format == "json":
+        g = read_grounding(call, response)
+        width, height = g.width, g.height
+        lines = [OCRLine(text=b.label, x1=b.x1, y1=b.y1, x2=b.x2, y2=b.y2) for b in g.boxes]
+        warnings = [w for w in g.warnings if "no label" not in w and "no boxes or points" not in w]
+        unlabelled = sum(1 for b in g.boxes if not b.label)
+        if unlabelled:
+            warnings.append(f"{unlabelled} line box{'es have' if unlabelled != 1 else ' has'} no text (kept)")
+        text = "\n".join(line.text for line in lines if line.text)
+        if not lines and response.text.strip() and not parse_answer(response.text).found_structure:
+            text = clean_text(response.text)
+            warnings.append("the answer has no line boxes: kept its text without boxes")
+        truncated = g.truncated
+    else:
+        text = clean_text(response.text)
+        truncated = response.finish_reason == "length"
+        if truncated:
+            warnings.append(f"the answer was cut off at max_tokens ({call.request.max_tokens} tokens): the text is "
+                            "incomplete; raise --max-tokens")
+    if not text.strip() and not lines:
+        warnings.append(NO_TEXT)
+    return OCRPage(page=page, text=text, lines=lines, width=width, height=height, truncated=truncated,
+                   warnings=warnings)
+
+
+def plan_pages(client: Any, source: str, *, format: Format = "text", task: str | None = None,
+               options: dict[str, Any] | None = None, pages: str | None = None,
+               **fields: Any) -> Iterator[tuple[int | None, Any]]:
+    """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time."""
+    if pages and not is_pdf(source):
+        from qwenvl.errors import UsageError
+
+        raise UsageError("pages apply to PDFs only")
+    numbers: list[int | None] = list(pdf_pages(source, pages)) if is_pdf(source) else [None]
+    for number in numbers:
+        yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number,
+                               **dict(fields))
+
+
+def send_pages(client: Any, source: str, plans: Iterable[tuple[int | None, Any]], *,
+               format: Format = "text") -> OCRResult:
+    result = OCRResult(source=source, format=format)
+    for number, call in plans:
+        response = client.send(call)
+        page = read_page(call, response, format=format, page=number)
+        result.pages.append(page)
+        result.responses.append(response)
+        result.model = response.model or call.request.model
+        where = f"page {number}: " if number is not None else ""
+        result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
+    if result.empty:
+        result.warnings.append(NO_TEXT)
+    return result
+
+
+def ocr(client: Any, source: str, *, format: Format = "text", task: str | None = None,
+        options: dict[str, Any] | None = None, pages: str | None = None, **fields: Any) -> OCRResult:
+    """The text of an image or PDF (one request per page). ``task``/``options`` become ``ocr_options``."""
+    plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
+    return send_pages(client, source, plans, format=format)

@@ -1,0 +1,363 @@
+"""`qwenvl batch` and qwenvl.batch.Batch against the loopback server: outputs, bad input, cost guard,
+retries and 429s, the cache, and resume after SIGKILL."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, run_cli, write_image
+from dashscope_server import Reply
+from qwenvl.batch import Batch, BatchItem
+from qwenvl.batch.journal import journal_path
+from qwenvl.errors import PermissionDeniedError, UsageError
+
+
+@pytest.fixture
+def env(server) -> dict[str, str]:
+    return {"DASHSCOPE_API_KEY": API_KEY}
+
+
+def model_calls(server) -> list:
+    return [r for r in server.requests if r.path.endswith("/chat/completions")]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def write_requests(path: Path, n: int, **fields) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"q{i:03d}", "prompt": f"question {i:03d}", **fields}) + "\n")
+    return path
+
+
+def batch(server, items, output="out.jsonl", **kw) -> Batch:
+    kw.setdefault("api_key", API_KEY)
+    return Batch(items, output, base_url=server.url, **kw)
+
+
+# --- outputs -----------------------------------------------------------------------------------------------
+
+def test_files_folders_and_globs(server, env, isolated_env):
+    photos = isolated_env / "photos"
+    (photos / "sub").mkdir(parents=True)
+    write_image(photos / "a.png")
+    write_image(photos / "sub" / "b.jpg", fmt="JPEG")
+    (photos / "notes.txt").write_text("not media")
+    (photos / ".hidden.png").write_bytes(b"x")
+    write_image(isolated_env / "c.png")
+    write_image(isolated_env / "d.png")
+    p = run_cli("batch", "photos", "c.png", "d*.png", "-p", "Caption this", "-o", "out/caps.jsonl",
+                "--csv", "out/caps.csv", "--base-url", server.url, env=env)
+    assert p.returncode == 0, p.stderr
+    lines = read_jsonl(isolated_env / "out" / "caps.jsonl")
+    assert [r["id"] for r in lines] == ["photos/a.png", "photos/sub/b.jpg", "c.png", "d.png"]
+    first = lines[0]
+    assert first["status"] == "ok" and first["input"] == "photos/a.png"
+    assert first["result"]["text"] == "echo: Caption this [images=1 videos=0]"
+    assert first["result"]["request_id"] and first["usage"]["input_tokens"] == 110
+    assert first["cost"] > 0 and first["cached"] is False and first["attempts"] == 1
+    summary = json.loads(p.stderr.strip().splitlines()[-1])  # not a terminal: one JSON line on stderr
+    assert summary["event"] == "summary" and summary["ok"] == 4 and summary["error"] == 0
+    assert summary["sent"] == 4 and summary["cost"] > 0
+    rows = list(csv.DictReader((isolated_env / "out" / "caps.csv").read_text(encoding="utf-8").splitlines()))
+    assert [r["id"] for r in rows] == [r["id"] for r in lines]
+    assert rows[0]["text"].startswith("echo: Caption this") and rows[0]["status"] == "ok"
+    assert not list((isolated_env / "out").glob(".*.tmp"))
+    assert len(model_calls(server)) == 4
+
+
+def test_requests_file_flags_override_and_json_summary(server, env, isolated_env):
+    write_image(isolated_env / "x.png")
+    reqs = isolated_env / "reqs.jsonl"
+    reqs.write_text(json.dumps({"id": "one", "prompt": "first", "image": "x.png", "max_tokens": 50}) + "\n\n" +
+                    json.dumps({"id": 2, "prompt": "second", "model": "qwen3-vl-plus"}) + "\n" +
+                    json.dumps({"prompt": "third (no id)"}) + "\n")
+    p = run_cli("batch", "--requests", str(reqs), "-o", "res.jsonl", "-m", "qwen3-vl-flash", "--json",
+                "--base-url", server.url, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["ok"] == 3
+    lines = read_jsonl(isolated_env / "res.jsonl")
+    assert [r["id"] for r in lines] == ["one", "2", "4"]  # the line number when there is no id
+    assert lines[0]["input"] == "x.png" and lines[1]["input"] is None
+    bodies = sorted((r.json for r in model_calls(server)), key=lambda b: b["messages"][-1]["content"][-1]["text"])
+    assert {b["model"] for b in bodies} == {"qwen3-vl-flash"}  # -m overrides the lines
+    assert bodies[0]["max_tokens"] == 50
+
+
+def test_schema_extraction(server, env, isolated_env):
+    (isolated_env / "s.json").write_text(json.dumps(
+        {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}))
+    write_image(isolated_env / "inv.png")
+    server.enqueue(Reply(text='{"total": 12.5}'))
+    p = run_cli("batch", "inv.png", "-p", "Extract", "--schema", "s.json", "-o", "o.jsonl", "--base-url",
+                server.url, env=env)
+    assert p.returncode == 0, p.stderr
+    [line] = read_jsonl(isolated_env / "o.jsonl")
+    assert line["result"]["json"] == {"total": 12.5}
+    assert model_calls(server)[0].json["response_format"] == {"type": "json_object"}
+
+
+def test_library_batch(server):
+    items = [BatchItem(id=f"t{i}", request={"prompt": f"text {i}"}) for i in range(10)]
+    job = batch(server, items, concurrency=3)
+    est = job.estimate()
+    assert est.items == est.pending == est.to_send == 10 and est.input_tokens > 0 and est.cost_max > est.cost_input
+    summary = job.run()
+    assert summary.ok == 10 and summary.sent == 10 and summary.total == 10 and summary.pending == 0
+    assert [r["result"]["text"] for r in read_jsonl(Path("out.jsonl"))] == [f"echo: text {i} [images=0 videos=0]"
+                                                                           for i in range(10)]
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+def test_invalid_and_missing_files_are_item_errors(server, env, isolated_env):
+    write_image(isolated_env / "good.png")
+    (isolated_env / "bad.png").write_text("this is text, not a PNG")
+    p = run_cli("batch", "good.png", "bad.png", "missing.png", "-p", "Caption", "-o", "o.jsonl",
+                "--base-url", server.url, env=env)
+    assert p.returncode == 0, p.stderr
+    lines = {r["id"]: r for r in read_jsonl(isolated_env / "o.jsonl")}
+    assert lines["good.png"]["status"] == "ok"
+    assert lines["bad.png"]["status"] == "error" and lines["bad.png"]["error"]["type"] == "MediaError"
+    assert "not an image" in lines["bad.png"]["error"]["message"] and lines["bad.png"]["error"]["hint"]
+    assert lines["missing.png"]["error"]["type"] == "MediaError"
+    assert len(model_calls(server)) == 1  # the bad ones were never sent
+    assert json.loads(p.stderr.strip().splitlines()[-1])["error"] == 2
+
+
+def test_a_401_stops_the_batch_at_once(server, isolated_env):
+    reqs = write_requests(isolated_env / "r.jsonl", 40)
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--concurrency", "2", "--base-url", server.url,
+                env={"DASHSCOPE_API_KEY": "sk-wrong-key-000000"})
+    assert p.returncode == 4, p.stderr
+    assert "HTTP 401" in p.stderr and "stopped at once" in p.stderr and "resume" in p.stderr
+    assert len(model_calls(server)) <= 2  # nothing after the first answers
+    assert "Traceback" not in p.stderr
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--base-url", server.url,
+                env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 0, p.stderr
+    assert len(read_jsonl(isolated_env / "o.jsonl")) == 40
+
+
+def test_403_stops_too(server):
+    server.enqueue(Reply(status=403, times=100))
+    with pytest.raises(PermissionDeniedError) as info:
+        batch(server, [BatchItem(id=str(i), request={"prompt": "x"}) for i in range(5)], concurrency=1).run()
+    assert info.value.status == 403 and "stopped at once" in info.value.hint
+
+
+@pytest.mark.parametrize("where", ["a-file/out.jsonl", "."])
+def test_an_output_that_cannot_be_written_is_refused_before_any_request(server, env, isolated_env, where):
+    (isolated_env / "a-file").write_text("I am a file, not a folder")
+    write_image(isolated_env / "x.png")
+    p = run_cli("batch", "x.png", "-p", "Caption", "-o", where, "--base-url", server.url, env=env)
+    assert p.returncode == 2, p.stderr
+    assert "is a file, not a folder" in p.stderr or "is a directory" in p.stderr
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": oops}\n', "r.jsonl line 2: not valid JSON"),
+    ('["a list"]\n', "r.jsonl line 1: expected a JSON object"),
+    ('{"id": "a", "prompt": "x", "colour": "red"}\n', "r.jsonl line 1: invalid request: colour"),
+    ('{"id": "a", "prompt": "x", "max_tokens": "many"}\n', "r.jsonl line 1: invalid request: max_tokens"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "r.jsonl line 2: id 'a' is already used on line 1"),
+])
+def test_a_malformed_requests_file_names_the_line(server, env, isolated_env, line, message):
+    (isolated_env / "r.jsonl").write_text(line)
+    p = run_cli("batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--base-url", server.url, env=env)
+    assert p.returncode == 2, p.stderr
+    assert message in " ".join(p.stderr.split())
+    assert server.requests == []
+
+
+def test_usage_errors(server, env, isolated_env):
+    write_image(isolated_env / "x.png")
+    cases = [
+        (["x.png", "-o", "o.jsonl"], "no prompt"),
+        (["-p", "hi", "-o", "o.jsonl"], "nothing to do"),
+        (["x.png", "-p", "hi", "--requests", "r.jsonl", "-o", "o.jsonl"], "not both"),
+        (["nothing*.png", "-p", "hi", "-o", "o.jsonl"], "no file matches"),
+        (["--requests", "absent.jsonl", "-o", "o.jsonl"], "cannot read the requests file"),
+        (["x.png", "-p", "hi", "-o", "o.jsonl", "--mode", "batch-api", "--region", "intl"], "Beijing"),
+    ]
+    for args, message in cases:
+        p = run_cli("batch", *args, "--base-url", server.url, env=env)
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+    assert server.requests == []
+
+
+# --- cost guard --------------------------------------------------------------------------------------------
+
+def test_over_max_cost_is_refused_off_a_terminal_unless_yes(server, env, isolated_env):
+    reqs = write_requests(isolated_env / "r.jsonl", 5, max_tokens=2000)
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--max-cost", "0.01", "--base-url", server.url,
+                env=env)
+    assert p.returncode == 2
+    assert "above --max-cost" in p.stderr and "nothing was sent" in p.stderr and "--yes" in p.stderr
+    assert server.requests == [] and not (isolated_env / "o.jsonl").exists()
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--max-cost", "0.01", "--yes", "--base-url",
+                server.url, env=env)
+    assert p.returncode == 0 and len(model_calls(server)) == 5
+
+
+def test_dry_run_prints_the_estimate_and_sends_nothing(server, env, isolated_env):
+    write_image(isolated_env / "a.png", size=(640, 480))
+    (isolated_env / "bad.png").write_text("nope")
+    p = run_cli("batch", "a.png", "bad.png", "-p", "Caption", "-o", "o.jsonl", "--dry-run", "--base-url",
+                server.url, env=env)
+    assert p.returncode == 0, p.stderr
+    est = json.loads(p.stdout)
+    assert est["event"] == "estimate" and est["items"] == 2 and est["invalid"] == 1 and est["to_send"] == 1
+    assert est["input_tokens"] > 300 and est["max_output_tokens"] == 512 and est["currency"] == "CNY"
+    assert est["cost_max"] > est["cost_input"] > 0
+    assert server.requests == [] and not (isolated_env / "o.jsonl").exists()
+
+
+# --- retries, 429 ------------------------------------------------------------------------------------------
+
+def test_429s_lower_concurrency_and_every_item_still_finishes(server):
+    server.enqueue(Reply(delay_s=0.05, times=8), Reply(status=429, headers={"Retry-After": "0.2"}, times=6))
+    items = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}"}) for i in range(40)]
+    summary = batch(server, items, concurrency=8).run()
+    assert summary.ok == 40 and summary.rate_limited == 6 and summary.error == 0
+    lines = read_jsonl(Path("out.jsonl"))
+    assert sum(r["attempts"] > 1 for r in lines) >= 1
+    assert len(model_calls(server)) == 46
+
+
+def test_5xx_is_retried_by_the_batch_with_backoff(server):
+    server.enqueue(Reply(status=500, times=2))
+    item = BatchItem(id="x", request={"prompt": "p", "retry_backoff_s": 0.01})
+    assert batch(server, [item], concurrency=1).run().ok == 1
+    assert read_jsonl(Path("out.jsonl"))[0]["attempts"] == 3
+
+
+def test_5xx_after_the_retries_is_an_item_error(server):
+    server.enqueue(Reply(status=503, times=10))
+    items = [BatchItem(id="x", request={"prompt": "p", "retry_backoff_s": 0.01, "max_retries": 1})]
+    assert batch(server, items, concurrency=1).run().error == 1
+    [line] = read_jsonl(Path("out.jsonl"))
+    assert line["error"]["type"] == "InternalServerError" and line["error"]["status"] == 503
+    assert line["attempts"] == 2 and line["error"]["request_id"]
+
+
+# --- cache, rerun, resume ----------------------------------------------------------------------------------
+
+def test_second_identical_run_sends_nothing(server, env, isolated_env):
+    reqs = write_requests(isolated_env / "r.jsonl", 6)
+    assert run_cli("batch", "--requests", str(reqs), "-o", "one.jsonl", "--base-url", server.url,
+                   env=env).returncode == 0
+    assert len(model_calls(server)) == 6
+    p = run_cli("batch", "--requests", str(reqs), "-o", "two.jsonl", "--base-url", server.url, "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    assert len(model_calls(server)) == 6  # all six answered from the cache
+    summary = json.loads(p.stdout)
+    assert summary["cached"] == 6 and summary["sent"] == 0 and summary["cost"] == 0
+    two = read_jsonl(isolated_env / "two.jsonl")
+    assert all(r["cached"] and r["cost"] == 0 for r in two)
+    assert [r["result"]["text"] for r in two] == [r["result"]["text"] for r in read_jsonl(isolated_env / "one.jsonl")]
+    assert run_cli("batch", "--requests", str(reqs), "-o", "three.jsonl", "--no-cache", "--base-url", server.url,
+                   env=env).returncode == 0
+    assert len(model_calls(server)) == 12
+
+
+def test_rerun_with_the_same_output_sends_only_what_is_unfinished(server):
+    items = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}"}) for i in range(5)]
+    batch(server, items[:3], cache=False).run()
+    assert len(model_calls(server)) == 3
+    summary = batch(server, items, cache=False).run()  # two more inputs
+    assert len(model_calls(server)) == 5 and summary.this_run == 2 and summary.total == 5
+    assert [r["id"] for r in read_jsonl(Path("out.jsonl"))] == [f"i{i}" for i in range(5)]
+    batch(server, items, cache=False).run()
+    assert len(model_calls(server)) == 5
+    changed = [BatchItem(id=i.id, request={"prompt": "another question"}) for i in items[:2]]
+    batch(server, changed, cache=False).run()  # the same ids asked something else: sent again
+    assert len(model_calls(server)) == 7
+    assert [r["result"]["text"] for r in read_jsonl(Path("out.jsonl"))] == \
+        ["echo: another question [images=0 videos=0]"] * 2  # inputs no longer given leave the output
+
+
+def test_retry_errors(server, isolated_env):
+    (isolated_env / "bad.png").write_text("nope")
+    server.enqueue(Reply(status=400, error_message="refused"))
+    items = [BatchItem(id="a", request={"prompt": "p"}), BatchItem(id="b", request={"prompt": "q", "image": "bad.png"})]
+    assert batch(server, items, concurrency=1, cache=False).run().error == 2
+    assert batch(server, items, cache=False).run().this_run == 0
+    write_image(isolated_env / "bad.png")  # fixed
+    summary = batch(server, items, cache=False, retry_errors=True).run()
+    assert summary.ok == 2 and summary.this_run == 2
+
+
+def test_an_output_that_is_not_ours_is_not_overwritten(server, env, isolated_env):
+    (isolated_env / "precious.jsonl").write_text('{"mine": true}\n')
+    reqs = write_requests(isolated_env / "r.jsonl", 2)
+    p = run_cli("batch", "--requests", str(reqs), "-o", "precious.jsonl", "--base-url", server.url, env=env)
+    assert p.returncode == 2 and "--fresh" in p.stderr and server.requests == []
+    p = run_cli("batch", "--requests", str(reqs), "-o", "precious.jsonl", "--fresh", "--base-url", server.url, env=env)
+    assert p.returncode == 0 and len(read_jsonl(isolated_env / "precious.jsonl")) == 2
+
+
+def test_duplicate_ids_are_refused():
+    with pytest.raises(UsageError, match="given twice"):
+        Batch([BatchItem(id="a", request={"prompt": "x"})] * 2, "o.jsonl")
+
+
+def test_resume_after_sigkill(server, isolated_env):
+    n = 40
+    reqs = write_requests(isolated_env / "r.jsonl", n)
+    server.enqueue(Reply(delay_s=0.25, times=10_000))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}
+    env["DASHSCOPE_API_KEY"] = API_KEY
+    cmd = [sys.executable, "-m", "qwenvl", "batch", "--requests", str(reqs), "-o", "out.jsonl", "--no-cache",
+           "--concurrency", "4", "--base-url", server.url]
+    journal = journal_path(isolated_env / "out.jsonl")
+
+    def done_ids() -> set[str]:
+        conn = sqlite3.connect(journal)
+        try:
+            return {r[0] for r in conn.execute("SELECT id FROM items WHERE status = 'ok'")}
+        finally:
+            conn.close()
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        finished: set[str] = set()
+        while time.monotonic() < deadline and len(finished) < 10:
+            time.sleep(0.05)
+            if journal.exists():
+                with contextlib.suppress(sqlite3.Error):  # being created right now
+                    finished = done_ids()
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL and 10 <= len(finished) < n
+    finished = done_ids()  # what survived the kill (committed before it)
+    first_run = {r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server)}
+    if (isolated_env / "out.jsonl").exists():  # never half-written: whole JSON lines only
+        assert all(json.loads(line)["status"] == "ok" for line in (isolated_env / "out.jsonl").read_text().splitlines())
+    server.reset()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    resent = [r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server)]
+    assert len(resent) == n - len(finished)  # only the unfinished ones
+    assert not {f"question {i[1:]}" for i in finished} & set(resent)
+    assert {f"question {i[1:]}" for i in finished} <= first_run
+    lines = read_jsonl(isolated_env / "out.jsonl")
+    assert [r["id"] for r in lines] == [f"q{i:03d}" for i in range(n)]  # each exactly once, in input order
+    assert all(r["status"] == "ok" for r in lines)
+    assert not list(isolated_env.glob(".out.jsonl.*.tmp"))

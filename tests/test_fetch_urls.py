@@ -1,0 +1,101 @@
+"""--fetch-urls: remote images downloaded (time-out, size cap, redirects limited) and prepared locally."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from conftest import API_KEY, make_client, run_cli
+from qwenvl.errors import MediaError
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class _Files(BaseHTTPRequestHandler):
+    big_png = _png((3000, 2000))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path == "/photo.png":
+            self._send(200, self.big_png, "image/png")
+        elif self.path == "/huge.bin":
+            self._send(200, b"\0" * (70 * 1024 * 1024), "application/octet-stream")
+        elif self.path.startswith("/loop"):
+            n = int(self.path[5:] or 0)
+            self.send_response(302)
+            self.send_header("Location", f"/loop{n + 1}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path == "/slow.png":
+            time.sleep(3)
+            self._send(200, self.big_png, "image/png")
+        elif self.path == "/page.html":
+            self._send(200, b"<html>not an image</html>", "text/html")
+        else:
+            self._send(404, b"missing", "text/plain")
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def files() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_remote_image_is_fetched_and_prepared(server, files):
+    with make_client(server) as c:
+        call = c.plan(prompt="x", image=f"{files}/photo.png", fetch_urls=True)
+        item = call.media[0]
+        assert item.sent.startswith("data:image/") and item.tokens is not None
+        assert (item.width, item.height) != (3000, 2000)  # prepared to the model's budget
+        assert item.width * item.height <= call.model.default_max_pixels
+        r = c.send(call)
+    assert "[images=1" in r.text
+
+
+def test_remote_image_without_fetch_passes_through(server, files):
+    with make_client(server) as c:
+        call = c.plan(prompt="x", image=f"{files}/photo.png")
+    assert call.media[0].sent == f"{files}/photo.png" and call.media[0].tokens is None
+
+
+@pytest.mark.parametrize("path,needle", [("/huge.bin", "limit"), ("/loop0", "redirects"), ("/nope.png", "404"),
+                                         ("/page.html", "not an image")])
+def test_fetch_failures_are_media_errors(server, files, path, needle):
+    with make_client(server) as c, pytest.raises(MediaError, match=needle):
+        c.plan(prompt="x", image=files + path, fetch_urls=True)
+    assert server.requests == []
+
+
+def test_fetch_timeout(server, files):
+    with make_client(server) as c, pytest.raises(MediaError, match="timed out"):
+        c.plan(prompt="x", image=f"{files}/slow.png", fetch_urls=True, timeout_s=0.5)
+
+
+def test_fetch_urls_cli_dry_run(server, files):
+    p = run_cli("ask", f"{files}/photo.png", "-p", "x", "--fetch-urls", "--dry-run",
+                env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 0, p.stderr
+    assert '"tokens": ' in p.stdout and "data:image/" in p.stdout

@@ -1,0 +1,398 @@
+"""Image checks and preparation: the bad-input corpus, conversions, and preparing to the budget."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import media_corpus as corpus
+from qwenvl.errors import MediaError
+from qwenvl.media import images
+from qwenvl.media.prepare import MediaOptions, PreparedItem, prepare_image, prepare_messages
+from qwenvl.media.resize import smart_resize
+from qwenvl.models import MAX_IMAGE_BYTES, model_info
+from qwenvl.types import ImagePart, Message, TextPart
+
+QWEN3 = model_info("qwen3-vl-plus")  # factor 32, default 2560 tokens
+QWEN25 = model_info("qwen2.5-vl-7b-instruct")  # factor 28, default 1280 tokens
+
+
+def prepare(path: Path | str, *, model=QWEN3, **kw) -> PreparedItem:
+    part_kw = {k: kw.pop(k) for k in ("min_pixels", "max_pixels") if k in kw and k.startswith("part_")}
+    return prepare_image(ImagePart(image=str(path), **part_kw), MediaOptions(model=model, **kw))
+
+
+def sent_bytes(item: PreparedItem) -> bytes:
+    assert isinstance(item.sent, str) and item.sent.startswith("data:")
+    return base64.b64decode(item.sent.split("base64,", 1)[1])
+
+
+def sent_image(item: PreparedItem) -> Image.Image:
+    img = Image.open(io.BytesIO(sent_bytes(item)))
+    img.load()
+    return img
+
+
+def refused(path: Path, **kw) -> MediaError:
+    with pytest.raises(MediaError) as info:
+        prepare(path, **kw)
+    err = info.value
+    assert path.name in str(err), f"the error must name the file: {err}"
+    assert err.source and path.name in err.source
+    return err
+
+
+# --- bad input: each a clear MediaError naming the file and the rule ----------------------------------------
+
+@pytest.mark.parametrize("prepare_first", [True, False])
+def test_truncated_jpeg(tmp_path: Path, prepare_first: bool) -> None:
+    err = refused(corpus.truncated_jpeg(tmp_path), prepare=prepare_first)
+    assert "truncated or corrupt" in str(err)
+    assert err.hint
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    err = refused(corpus.zero_bytes(tmp_path))
+    assert "empty (0 bytes)" in str(err)
+
+
+def test_text_file_named_png(tmp_path: Path) -> None:
+    err = refused(corpus.text_named_png(tmp_path))
+    assert "text file, not an image" in str(err)
+    assert "PNG" in (err.hint or "")
+
+
+def test_svg_is_refused(tmp_path: Path) -> None:
+    err = refused(corpus.svg(tmp_path))
+    assert "SVG" in str(err) and "raster" in str(err)
+    assert "png" in (err.hint or "").lower()
+
+
+def test_heic_is_refused_with_a_conversion_hint(tmp_path: Path) -> None:
+    err = refused(corpus.heic(tmp_path))
+    assert "HEIC" in str(err)
+    assert "jpg" in (err.hint or "")
+
+
+def test_pdf_given_as_an_image(tmp_path: Path) -> None:
+    err = refused(corpus.pdf_named_jpg(tmp_path))
+    assert "PDF document" in str(err)
+
+
+def test_5x5_png(tmp_path: Path) -> None:
+    err = refused(corpus.tiny_png(tmp_path))
+    assert "5x5 px" in str(err) and "more than 10 px" in str(err)
+
+
+def test_3000x10_png(tmp_path: Path) -> None:
+    err = refused(corpus.thin_png(tmp_path))
+    assert "3000x10" in str(err) and "200:1" in str(err)
+
+
+def test_bomb_png_refused_from_the_header(tmp_path: Path) -> None:
+    path = corpus.bomb_png(tmp_path)
+    assert path.stat().st_size < 200
+    for prepare_first in (True, False):
+        err = refused(path, prepare=prepare_first)
+        assert "100000x100000" in str(err) and "decompression-bomb" in str(err)
+
+
+def test_bomb_past_pillows_own_limit(tmp_path: Path) -> None:
+    # 20000x20000 = 400 MP: Pillow raises its own DecompressionBombError; it becomes ours.
+    path = corpus.bomb_png(tmp_path, side=20000)
+    err = refused(path)
+    assert "decompression-bomb" in str(err)
+
+
+def test_animated_gif_refused(tmp_path: Path) -> None:
+    err = refused(corpus.animated_gif(tmp_path))
+    assert "animated GIF (3 frames)" in str(err)
+    assert "video" in (err.hint or "")
+
+
+def test_60mb_png_prepared_to_fit(tmp_path: Path) -> None:
+    path = corpus.huge_file_png(tmp_path)
+    assert path.stat().st_size >= 60_000_000
+    item = prepare(path)
+    assert len(sent_bytes(item)) <= MAX_IMAGE_BYTES
+    assert (item.width, item.height) == (1024, 768)  # within budget: only re-encoded
+    assert sent_image(item).size == (1024, 768)
+
+
+def test_60mb_png_refused_without_preparation(tmp_path: Path) -> None:
+    err = refused(corpus.huge_file_png(tmp_path), prepare=False)
+    assert "60.0 MB" in str(err) and "at most 10.0 MB" in str(err)
+    assert "prepare" in (err.hint or "")
+
+
+def test_60mb_noise_png_is_downscaled(tmp_path: Path) -> None:
+    """A real 60 MB PNG (4500x4500 of noise, stored uncompressed) ends at smart_resize's size, as JPEG."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (4500, 4500, 3), dtype=np.uint8)).save(path, compress_level=0)
+    assert path.stat().st_size >= 60_000_000
+    item = prepare(path)
+    assert (item.height, item.width) == smart_resize(4500, 4500, 32, 4 * 1024, 2560 * 1024)
+    assert item.mime == "image/jpeg"
+    assert len(sent_bytes(item)) <= MAX_IMAGE_BYTES
+
+
+# --- conversions ---------------------------------------------------------------------------------------------
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
+    item = prepare(corpus.cmyk_jpeg(tmp_path))
+    img = sent_image(item)
+    assert img.mode == "RGB"
+    r, g, b = img.getpixel((100, 50))
+    assert r < 40 and g > 200 and b > 200, (r, g, b)  # cyan
+    assert any("CMYK" in n for n in item.notes)
+
+
+def test_cmyk_jpeg_sent_as_is_with_a_note(tmp_path: Path) -> None:
+    path = corpus.cmyk_jpeg(tmp_path)
+    item = prepare(path, prepare=False)
+    assert sent_bytes(item) == path.read_bytes()
+    assert any("CMYK" in n for n in item.notes)
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    item = prepare(corpus.png16(tmp_path))
+    img = sent_image(item)
+    assert img.mode == "L"
+    left, middle, right = img.getpixel((0, 32)), img.getpixel((128, 32)), img.getpixel((255, 32))
+    assert left <= 2 and 120 <= middle <= 135 and right >= 253
+    assert any("16-bit" in n for n in item.notes)
+
+
+def test_exif_rotated_jpeg_is_sent_upright(tmp_path: Path) -> None:
+    item = prepare(corpus.exif_rotated_jpeg(tmp_path))
+    img = sent_image(item)
+    assert img.size == (200, 400) and (item.width, item.height) == (200, 400)
+    assert img.getexif().get(0x0112) in (None, 1)
+    r, g, b = img.getpixel((200 - 10, 10))  # the red corner is now at the top right
+    assert r > 200 and g < 60 and b < 60
+    assert img.getpixel((10, 10)) == pytest.approx((255, 255, 255), abs=8)
+    assert any("orientation 6" in n for n in item.notes)
+
+
+@pytest.mark.parametrize("orientation", [3, 8])
+def test_other_orientations(tmp_path: Path, orientation: int) -> None:
+    from PIL import ImageOps
+
+    path = corpus.exif_rotated_jpeg(tmp_path, orientation)
+    expected = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    img = sent_image(prepare(path))
+    assert img.size == expected.size
+    # the red corner lands where Pillow's own exif_transpose puts it
+    w, h = img.size
+    for corner in ((10, 10), (w - 10, 10), (10, h - 10), (w - 10, h - 10)):
+        assert (img.getpixel(corner)[0] > 200 and img.getpixel(corner)[1] < 60) == (
+            expected.getpixel(corner)[0] > 200 and expected.getpixel(corner)[1] < 60)
+
+
+def test_exif_rotated_jpeg_without_preparation_keeps_bytes_and_warns(tmp_path: Path) -> None:
+    path = corpus.exif_rotated_jpeg(tmp_path)
+    item = prepare(path, prepare=False)
+    assert sent_bytes(item) == path.read_bytes()
+    assert any("orientation 6 not applied" in n for n in item.notes)
+
+
+def test_palette_png_without_transparency(tmp_path: Path) -> None:
+    path = corpus.palette_png(tmp_path)
+    item = prepare(path)
+    img = sent_image(item).convert("RGB")
+    assert img.getpixel((10, 10)) == (255, 0, 0) and img.getpixel((100, 10)) == (0, 0, 255)
+
+
+def test_palette_png_with_transparency_is_flattened_onto_white(tmp_path: Path) -> None:
+    item = prepare(corpus.palette_png(tmp_path, transparent=True))
+    img = sent_image(item).convert("RGB")
+    assert img.getpixel((10, 10)) == (255, 255, 255)
+    assert img.getpixel((100, 10)) == (0, 0, 255)
+    assert item.mime == "image/png"
+    assert any("flattened onto white" in n for n in item.notes)
+
+
+def test_rgba_png_is_flattened_onto_white(tmp_path: Path) -> None:
+    item = prepare(corpus.rgba_png(tmp_path))
+    img = sent_image(item)
+    assert img.mode == "RGB" and item.mime == "image/png"  # few colours: kept lossless
+    assert img.getpixel((10, 10)) == (255, 255, 255)  # transparent black -> white, not black
+    assert img.getpixel((100, 10)) == (0, 0, 255)
+
+
+def test_rgb_png_with_a_transparent_colour_is_flattened(tmp_path: Path) -> None:
+    img = sent_image(prepare(corpus.rgb_trns_png(tmp_path))).convert("RGB")
+    assert img.getpixel((10, 10)) == (255, 255, 255) and img.getpixel((100, 10)) == (0, 0, 255)
+
+
+def test_opaque_alpha_is_not_a_conversion(tmp_path: Path) -> None:
+    path = corpus.rgba_png(tmp_path, opaque=True)
+    item = prepare(path)
+    assert not any("flattened" in n for n in item.notes)
+
+
+def test_la_png_is_flattened(tmp_path: Path) -> None:
+    item = prepare(corpus.la_png(tmp_path))
+    img = sent_image(item)
+    assert img.mode == "L"
+    assert img.getpixel((10, 10)) == 255 and img.getpixel((100, 10)) == 40
+
+
+def test_static_gif_is_converted(tmp_path: Path) -> None:
+    item = prepare(corpus.static_gif(tmp_path))
+    assert item.mime == "image/png"
+    assert sent_image(item).size == (64, 48)
+    assert any("GIF converted to PNG" in n for n in item.notes)
+
+
+def test_static_gif_refused_without_preparation(tmp_path: Path) -> None:
+    err = refused(corpus.static_gif(tmp_path), prepare=False)
+    assert "GIF" in str(err) and "the service takes" in str(err)
+
+
+def test_identify_reads_only_the_header(tmp_path: Path) -> None:
+    info = images.identify(corpus.exif_rotated_jpeg(tmp_path).read_bytes(), "x.jpg")
+    assert (info.format, info.mime, info.width, info.height, info.orientation) == ("JPEG", "image/jpeg", 400,
+                                                                                    200, 6)
+    assert info.upright_size == (200, 400)
+
+
+# --- preparing to the budget ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", [QWEN3, QWEN25], ids=lambda m: m.name)
+def test_large_image_becomes_exactly_smart_resize_size(tmp_path: Path, model) -> None:
+    path = corpus.photo_jpeg(tmp_path, size=(4000, 3000))
+    item = prepare(path, model=model)
+    f = model.factor
+    h_bar, w_bar = smart_resize(3000, 4000, f, 4 * f * f, model.image_tokens * f * f)
+    assert (item.height, item.width) == (h_bar, w_bar)
+    assert sent_image(item).size == (w_bar, h_bar)
+    assert item.tokens == h_bar * w_bar // (f * f) + 2
+    assert item.mime == "image/jpeg"
+    assert len(item.sent) < path.stat().st_size  # far smaller than the original
+
+
+def test_detail_low_and_high_budgets(tmp_path: Path) -> None:
+    path = corpus.photo_jpeg(tmp_path, size=(4000, 3000))
+    low = prepare(path, detail="low")
+    auto = prepare(path)
+    high = prepare(path, detail="high", vl_high_resolution_images=True)
+    assert (low.height, low.width) == smart_resize(3000, 4000, 32, 4096, 640 * 1024)
+    assert low.tokens is not None and low.tokens <= 640 + 2
+    assert auto.tokens is not None and auto.tokens <= 2560 + 2
+    # 12 MP is within 16384 tokens of 32x32: the service keeps it (rounded to the grid), so we send it whole
+    assert (high.width, high.height) == (4000, 3000)
+    assert high.tokens == 3008 * 4000 // 1024 + 2
+    assert low.tokens < auto.tokens < high.tokens
+
+
+def test_max_pixels_of_the_request_and_of_the_part(tmp_path: Path) -> None:
+    path = corpus.photo_jpeg(tmp_path, size=(2000, 1500))
+    item = prepare(path, max_pixels=500_000)
+    assert item.width is not None and item.height is not None and item.width * item.height <= 500_000
+    part = prepare_image(ImagePart(image=str(path), max_pixels=200_000), MediaOptions(model=QWEN3))
+    assert part.width is not None and part.height is not None and part.width * part.height <= 200_000
+    # high resolution ignores max_pixels, as the service does
+    high = prepare(path, max_pixels=200_000, vl_high_resolution_images=True)
+    assert (high.width, high.height) == (2000, 1500)
+
+
+def test_prepare_false_keeps_the_bytes(tmp_path: Path) -> None:
+    path = corpus.photo_jpeg(tmp_path, size=(4000, 3000))
+    item = prepare(path, prepare=False)
+    assert sent_bytes(item) == path.read_bytes()
+    assert (item.width, item.height) == (4000, 3000)
+    assert item.tokens == 1856 * 1376 // 1024 + 2  # what the service will make of it
+
+
+def test_small_jpeg_keeps_the_original_when_smaller(tmp_path: Path) -> None:
+    path = corpus.photo_jpeg(tmp_path, size=(640, 480), quality=75)
+    item = prepare(path)
+    assert sent_bytes(item) == path.read_bytes()
+    assert any("kept as given" in n for n in item.notes)
+
+
+def test_in_budget_bmp_is_re_encoded_smaller(tmp_path: Path) -> None:
+    path = tmp_path / "shot.bmp"
+    Image.open(corpus.screenshot_png(tmp_path)).save(path)
+    item = prepare(path)
+    assert item.mime == "image/png" and len(sent_bytes(item)) < path.stat().st_size
+    assert sent_image(item).size == (1200, 800)
+
+
+def test_graphic_stays_png_and_photo_becomes_jpeg(tmp_path: Path) -> None:
+    shot = prepare(corpus.screenshot_png(tmp_path, size=(3000, 2000)))
+    assert shot.mime == "image/png"
+    photo = prepare(corpus.photo_png(tmp_path, size=(3000, 2000)))
+    assert photo.mime == "image/jpeg"
+    assert images.looks_like_graphic(Image.open(corpus.screenshot_png(tmp_path)))
+    assert not images.looks_like_graphic(Image.open(corpus.photo_png(tmp_path)))
+
+
+def test_size_limit_lowers_quality_then_downscales(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qwenvl.media.prepare as prepare_module
+
+    path = corpus.photo_png(tmp_path, size=(900, 700))
+    monkeypatch.setattr(prepare_module, "MAX_IMAGE_BYTES", 20_000)
+    item = prepare(path)
+    data = sent_bytes(item)
+    assert len(data) <= 20_000 and item.mime == "image/jpeg"
+    assert any("quality lowered to 60" in n for n in item.notes)
+    assert any("downscaled to" in n for n in item.notes)
+    img = sent_image(item)
+    assert img.size == (item.width, item.height)
+    assert item.width is not None and item.height is not None
+    assert item.width % 32 == 0 and item.height % 32 == 0  # still on the grid after downscaling
+
+
+def test_data_url_input(tmp_path: Path) -> None:
+    raw = corpus.photo_jpeg(tmp_path, size=(640, 480), quality=75).read_bytes()
+    url = "data:image/jpeg;base64," + base64.b64encode(raw).decode()
+    item = prepare_image(ImagePart(image=url), MediaOptions(model=QWEN3))
+    assert item.sent == url  # kept as given
+    wrong = "data:image/png;base64," + base64.b64encode(raw).decode()
+    fixed = prepare_image(ImagePart(image=wrong), MediaOptions(model=QWEN3))
+    assert isinstance(fixed.sent, str) and fixed.sent.startswith("data:image/jpeg;base64,")
+
+
+def test_bad_data_url_names_the_rule() -> None:
+    url = "data:image/png;base64," + base64.b64encode(b"hello, not an image").decode()
+    with pytest.raises(MediaError, match=r"data URL .* is a text file"):
+        prepare_image(ImagePart(image=url), MediaOptions(model=QWEN3))
+
+
+def test_remote_url_passes_through() -> None:
+    item = prepare_image(ImagePart(image="https://example.com/cat.jpg"), MediaOptions(model=QWEN3))
+    assert item.sent == "https://example.com/cat.jpg"
+    assert item.tokens is None and item.width is None
+
+
+def test_tiny_budget_with_extreme_ratio_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (2200, 11), BLUE := (0, 0, 255)).save(path)
+    assert BLUE
+    err = refused(path, max_pixels=4 * 1024)
+    assert "0 px" in str(err) and "max_pixels" in (err.hint or "")
+
+
+def test_prepare_messages_reports_every_image(tmp_path: Path) -> None:
+    a = corpus.photo_jpeg(tmp_path, "a.jpg", size=(1600, 1200))
+    b = corpus.screenshot_png(tmp_path)
+    message = Message(role="user", content=[ImagePart(image=str(a)), ImagePart(image=str(b)),
+                                            TextPart(text="compare")])
+    prepared = prepare_messages([message], MediaOptions(model=QWEN3))
+    assert len(prepared.items) == 2
+    assert prepared.estimated_media_tokens == sum(i.tokens or 0 for i in prepared.items)
+    sent_parts = prepared.messages[0].content
+    assert isinstance(sent_parts, list)
+    assert all(isinstance(p, TextPart) or p.image.startswith("data:") for p in sent_parts)  # type: ignore[union-attr]
+
+
+BLUE = (0, 0, 255)

@@ -1,0 +1,154 @@
+"""`qwenvl ocr` through the CLI: text, Markdown, lines with boxes, qwen-vl-ocr's ocr_options, PDFs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import API_KEY, run_cli, write_image
+from dashscope_server import Reply
+
+
+@pytest.fixture
+def env(server) -> dict[str, str]:
+    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
+            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
+
+
+@pytest.fixture
+def scan(isolated_env):
+    return write_image(isolated_env / "scan.png", (640, 480), (255, 255, 255))
+
+
+def params(server) -> dict:
+    body = server.requests[-1].json
+    return body.get("parameters", body)
+
+
+def ocr(env, *args):
+    p = run_cli("ocr", *args, env=env)
+    assert "Traceback" not in p.stderr
+    return p
+
+
+def test_text(server, env, scan, protocol):
+    server.enqueue(Reply(text="INVOICE 2024-001\nTotal: 42.00"))
+    p = ocr(env, "scan.png", "--protocol", protocol)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "INVOICE 2024-001\nTotal: 42.00\n"
+    assert params(server)["max_tokens"] == 4096
+    assert "ocr_options" not in params(server)
+
+
+def test_markdown_unfenced(server, env, scan):
+    server.enqueue(Reply(text="```markdown\n# Invoice\n\n| item | price |\n|---|---|\n| tea | 3 |\n```"))
+    p = ocr(env, "scan.png", "--format", "markdown")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "# Invoice\n\n| item | price |\n|---|---|\n| tea | 3 |\n"
+
+
+def test_json_lines_with_boxes_qwen3(server, env, scan, protocol):
+    server.enqueue(Reply(text='```json\n[{"bbox_2d": [100, 100, 500, 200], "text_content": "INVOICE"},\n'
+                              ' {"bbox_2d": [100, 250, 900, 300], "text_content": "Total: 42.00"}]\n```'))
+    p = ocr(env, "scan.png", "--format", "json", "--protocol", protocol)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["text"] == "INVOICE\nTotal: 42.00"
+    assert out["pages"][0]["lines"] == [{"text": "INVOICE", "x1": 64, "y1": 48, "x2": 320, "y2": 96},
+                                        {"text": "Total: 42.00", "x1": 64, "y1": 120, "x2": 576, "y2": 144}]
+    assert out["warnings"] == []
+
+
+def test_qwen_vl_ocr_task_and_options_pass_through(server, env, scan, protocol):
+    answer = {"words_info": [{"rotate_rect": [120, 40, 200, 40, 0], "location": [20, 20, 220, 20, 220, 60, 20, 60],
+                              "text": "HELLO"}]}
+    server.enqueue(Reply(text=json.dumps(answer)))
+    p = ocr(env, "scan.png", "--model", "qwen-vl-ocr-latest", "--task", "advanced_recognition", "--format", "json",
+            "--protocol", protocol)
+    assert p.returncode == 0, p.stderr
+    assert params(server)["ocr_options"] == {"task": "advanced_recognition"}
+    out = json.loads(p.stdout)  # qwen-vl-ocr answers in pixels of the image as seen (640x480 here)
+    assert out["pages"][0]["lines"] == [{"text": "HELLO", "x1": 20, "y1": 20, "x2": 220, "y2": 60}]
+    assert "may ignore" not in p.stderr
+
+    server.enqueue(Reply(text='{"name": "Tea"}'))
+    options = {"task": "key_information_extraction", "task_config": {"result_schema": {"name": "the name"}}}
+    p = ocr(env, "scan.png", "-m", "qwen-vl-ocr", "--ocr-options", json.dumps(options), "--protocol", protocol)
+    assert p.returncode == 0, p.stderr
+    assert params(server)["ocr_options"] == options
+
+
+def test_ocr_options_on_a_general_model_gives_a_note(server, env, scan):
+    server.enqueue(Reply(text="text"))
+    p = ocr(env, "scan.png", "--task", "table_parsing")
+    assert p.returncode == 0 and "may ignore it" in p.stderr
+    assert params(server)["ocr_options"] == {"task": "table_parsing"}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_empty_result_exits_0_with_a_note(server, env, scan, fmt):
+    server.enqueue(Reply(text="" if fmt == "text" else "[]"))
+    p = ocr(env, "scan.png", "--format", fmt)
+    assert p.returncode == 0, p.stderr
+    assert "no text found in scan.png" in p.stderr
+    if fmt == "text":
+        assert p.stdout == ""
+    else:
+        out = json.loads(p.stdout)
+        assert out["text"] == "" and out["pages"][0]["lines"] == []
+
+
+def test_json_answer_without_boxes_keeps_the_text(server, env, scan):
+    server.enqueue(Reply(text="Just some words."))
+    out = json.loads(ocr(env, "scan.png", "--format", "json").stdout)
+    assert out["text"] == "Just some words." and out["pages"][0]["lines"] == []
+    assert "no line boxes" in out["warnings"][0]
+
+
+def test_cut_off_text_is_said(server, env, scan):
+    server.enqueue(Reply(text="a long page that goes on", finish_reason="length"))
+    p = ocr(env, "scan.png", "--max-tokens", "5")
+    assert p.returncode == 0 and "cut off at max_tokens (5 tokens)" in p.stderr
+
+
+def test_pdf_one_request_per_page(server, env, isolated_env, protocol):
+    pages = [Image.new("RGB", (400, 560), c) for c in ("white", "lightgray", "white")]
+    pages[0].save(isolated_env / "doc.pdf", save_all=True, append_images=pages[1:])
+    server.enqueue(Reply(text="page one"), Reply(text=""), Reply(text="page three"))
+    p = ocr(env, "doc.pdf", "--protocol", protocol)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "page one\n\npage three\n"
+    assert len(server.requests) == 3 and "no text found on page 2" in p.stderr
+    server.reset()
+    server.enqueue(Reply(text='[{"bbox_2d": [0, 0, 1000, 1000], "text_content": "all"}]'))
+    out = json.loads(ocr(env, "doc.pdf", "--pages", "2", "--format", "json").stdout)
+    assert len(server.requests) == 1 and out["pages"][0]["page"] == 2
+    line = out["pages"][0]["lines"][0]  # in the rendered page's pixels
+    assert (line["x2"], line["y2"]) == (out["pages"][0]["width"], out["pages"][0]["height"])
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["scan.png", "--ocr-options", "{task"], 2, "--ocr-options is not valid JSON"),
+    (["scan.png", "--ocr-options", "[1]"], 2, "must be a JSON object"),
+    (["scan.png", "--format", "xml"], 2, "Invalid value"),
+    (["scan.png", "--pages", "1"], 2, "PDFs only"),
+    (["scan.png", "--schema", "s.json"], 2, "--schema does not apply"),
+    (["nothing.png"], 3, "not found"),
+])
+def test_ocr_bad_input(server, env, scan, args, code, needle):
+    p = ocr(env, *args)
+    assert p.returncode == code, p.stderr
+    assert needle in p.stderr and server.requests == []
+
+
+def test_library_ocr(client, server, scan):
+    from qwenvl import tasks
+
+    server.enqueue(Reply(text='[{"bbox_2d": [0, 0, 500, 500], "text_content": "Hi"}]'))
+    r = tasks.ocr(client, str(scan), format="json", task="text_recognition")
+    assert r.text == "Hi" and r.pages[0].lines[0].x2 == 320 and not r.empty
+    server.enqueue(Reply(text="   "))
+    r = tasks.ocr(client, str(scan))
+    assert r.empty and r.warnings == ["no text found"]

@@ -1,0 +1,139 @@
+"""The usage log (written by the library for every request) and `qwenvl usage`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+
+import qwenvl
+from conftest import API_KEY, make_client, run_cli
+from dashscope_server import Reply
+from qwenvl.batch import usagelog
+from qwenvl.batch.db import connect, migrate
+
+
+def rows() -> list[dict]:
+    usagelog.flush()
+    path = usagelog.log_path()
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_every_request_is_logged(server, protocol, png):
+    with make_client(server, protocol) as c:
+        r = c.ask("What colour?", str(png), model="qwen3-vl-flash")
+    [row] = rows()
+    assert row["model"] == "qwen3-vl-flash" and row["protocol"] == protocol and row["outcome"] == "ok"
+    assert row["input_tokens"] == 110 and row["output_tokens"] == r.usage.output_tokens
+    assert row["image_tokens"] == 100 and row["request_id"] == r.request_id
+    assert row["cost"] == pytest.approx(110 / 1000 * 0.00015 + r.usage.output_tokens / 1000 * 0.0015)
+    assert 0 <= row["latency_s"] < 10 and abs(row["time"] - time.time()) < 60
+    assert str(usagelog.log_path()).startswith(str(qwenvl.sessions.home()))
+
+
+def test_errors_streams_and_cache_hits(server):
+    server.enqueue(Reply(status=400, error_code="invalid_parameter_error", error_message="bad"))
+    with make_client(server, cache=True) as c:
+        with pytest.raises(qwenvl.BadRequestError):
+            c.ask("x")
+        list(c.stream(prompt="streamed"))
+        c.ask("y")
+        c.ask("y")
+    outcomes = [(r["outcome"], r["status"], r["code"]) for r in rows()]
+    assert outcomes == [("BadRequestError", 400, "invalid_parameter_error"), ("ok", None, None),
+                        ("ok", None, None), ("cached", None, None)]
+    assert rows()[-1]["cost"] == 0
+
+
+def test_retries_inside_the_transport_are_one_row(server):
+    server.enqueue(Reply(status=503, times=1))
+    with make_client(server, max_retries=2) as c:
+        c.ask("x")
+    assert [r["outcome"] for r in rows()] == ["ok"]
+
+
+def test_a_request_never_sent_is_not_logged(server):
+    with pytest.raises(qwenvl.MissingAPIKeyError):
+        qwenvl.Client(base_url=server.url).ask("x")
+    assert rows() == []
+
+
+@pytest.mark.parametrize("value", ["0", "false", "off"])
+def test_switched_off(server, monkeypatch, value):
+    monkeypatch.setenv("QWENVL_LOG", value)
+    with make_client(server) as c:
+        c.ask("x")
+    assert rows() == []
+
+
+def test_summary_by_day_and_model(server):
+    with make_client(server) as c:
+        c.ask("a")
+        c.ask("b", model="qwen3-vl-flash")
+        c.ask("c", model="qwen3-vl-flash")
+    usagelog.record(usagelog.Entry(model="qwen3-vl-flash", protocol="compat", outcome="RateLimitError"))
+    usagelog.record(usagelog.Entry(model="qwen3-vl-plus", protocol="compat", outcome="ok", input_tokens=1000,
+                                   output_tokens=0, cost=0.001, time=time.time() - 10 * 86400))
+    recent = usagelog.summarize(days=3)
+    assert [(r["model"], r["requests"], r["errors"]) for r in recent] == [("qwen3-vl-flash", 3, 1),
+                                                                         ("qwen3-vl-plus", 1, 0)]
+    assert recent[0]["input_tokens"] == 20 and recent[0]["cost"] > 0
+    assert len({r["day"] for r in usagelog.summarize(days=30)}) == 2
+
+
+def test_usage_command(server):
+    env = {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base}
+    assert run_cli("ask", "-p", "hello", "--no-stream", env=env).returncode == 0
+    p = run_cli("usage", "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["total"]["requests"] == 1 and data["rows"][0]["model"] == "qwen3-vl-plus"
+    p = run_cli("usage", "--days", "7")
+    assert p.returncode == 0 and "qwen3-vl-plus" in p.stdout and "total" in p.stdout
+
+
+def test_usage_command_with_no_log():
+    p = run_cli("usage")
+    assert p.returncode == 0 and "no requests" in p.stdout
+
+
+def test_numbered_migrations_apply_once_and_in_order(tmp_path):
+    calls = []
+
+    def m001_a(conn):
+        calls.append("a")
+        conn.execute("CREATE TABLE t (x INTEGER)")
+
+    def m002_b(conn):
+        calls.append("b")
+        conn.execute("ALTER TABLE t ADD COLUMN y TEXT")
+
+    path = tmp_path / "m.db"
+    connect(path, [m001_a]).close()
+    conn = connect(path, [m001_a, m002_b])  # an old file gets the new migration only
+    assert calls == ["a", "b"]
+    assert migrate(conn, [m001_a, m002_b]) == []
+    assert [r[1] for r in conn.execute("PRAGMA table_info(t)")] == ["x", "y"]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_a_failed_migration_leaves_nothing_half_done(tmp_path):
+    def m001_bad(conn):
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        connect(tmp_path / "m.db", [m001_bad])
+    conn = sqlite3.connect(tmp_path / "m.db")
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchone() is None
+    conn.close()
