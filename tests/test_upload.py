@@ -84,3 +84,41 @@ def test_frames_are_uploaded_too(server, isolated_env):
     video = native_items(server)[0]["video"]
     assert len(video) == 4 and all(v.startswith("oss://") for v in video)
     assert len(server.uploads) == 4
+
+
+def _clip(path, seconds: int = 3, fps: int = 10):
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(seconds * fps):
+            frame = np.full((48, 64, 3), i * 8 % 255, np.uint8)
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
+def test_whole_video_is_uploaded_for_the_service_to_sample(server, isolated_env):
+    clip = _clip(isolated_env / "clip.mp4")
+    with make_client(server, "native") as c:
+        call = c.plan(prompt="what happens?", video=str(clip), video_as="file", fps=1.0)
+        assert call.media[0].tokens and call.media[0].sent.startswith("file://")
+        r = c.send(call)
+    assert "videos=1" in r.text
+    item = native_items(server)[0]
+    assert item["video"].startswith("oss://") and item["fps"] == 1.0
+    assert server.uploads[item["video"][len("oss://"):]] == clip.read_bytes()
+    assert server.requests[-1].headers["X-DashScope-OssResourceResolve"] == "enable"
+
+
+def test_whole_video_needs_native_and_storage(server, isolated_env):
+    clip = _clip(isolated_env / "clip.mp4")
+    with make_client(server, "compat") as c, pytest.raises(UsageError, match="native"):
+        c.complete(prompt="x", video=str(clip), video_as="file")
+    with make_client(server, "native") as c, pytest.raises(UsageError, match="inline"):
+        c.complete(prompt="x", video=str(clip), video_as="file", upload="inline")
+    assert server.requests == []

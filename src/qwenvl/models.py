@@ -18,6 +18,7 @@ MIN_IMAGE_SIDE = 11  # each side must be more than 10 px
 MAX_ASPECT_RATIO = 200  # long side / short side
 MAX_IMAGE_BYTES = 10_000_000  # one image file, as sent (seed doc 002: "单个图像文件的大小不超过10 MB")
 MAX_INLINE_REQUEST_BYTES = 20 * 1024 * 1024  # whole request body with inline media (UNVERIFIED, 3rd-party)
+MAX_UPLOAD_BYTES = 1024 * 1024 * 1024  # one file in DashScope's temporary storage (1 GB, 3rd-party summary)
 MAX_FETCH_BYTES = 64 * 1024 * 1024  # --fetch-urls: the most a remote image may weigh before preparation
 MAX_IMAGE_PIXELS = 150_000_000  # decompression-bomb guard: larger images are refused from the header
 VIDEO_FPS = 2.0  # default sampling rate

@@ -37,6 +37,7 @@ def media_options(request: Request, model: ModelInfo, protocol: str) -> MediaOpt
         vl_high_resolution_images=high_resolution(request),
         min_pixels=request.min_pixels, max_pixels=request.max_pixels, prepare=request.prepare, fps=request.fps,
         pages=request.pages, fetch_urls=request.fetch_urls, fetch_timeout_s=min(request.timeout_s, 60.0),
+        video_as=request.video_as,
     )
 
 

@@ -147,6 +147,7 @@ with warnings.catch_warnings():
         prepare: bool = True  # check and prepare media to the model's budget (False: send files as they are)
         upload: Literal["auto", "inline", "oss"] = "auto"  # local files via DashScope's temporary storage
         fetch_urls: bool = False  # download remote images (time-out, size cap, few redirects) and prepare them
+        video_as: Literal["frames", "file"] = "frames"  # a local video: sampled here, or sent whole (native upload)
         extra: dict[str, Any] = Field(default_factory=dict)  # other service parameters, passed through
 
         _schema_model: type[BaseModel] | None = PrivateAttr(default=None)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from qwenvl.errors import MalformedResponseError, MediaError, UsageError
-from qwenvl.media.sources import decode_data_url
+from qwenvl.media.sources import decode_data_url, sniff
 from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES
 from qwenvl.plan import Call
 from qwenvl.transport import Policy, Transport
@@ -60,6 +62,7 @@ class _Slot:
     part: int
     frame: int | None
     url: str
+    required: bool = False  # a whole video file (``file://``): it can only travel through storage
 
 
 def _slots(messages: list[Message]) -> list[_Slot]:
@@ -72,6 +75,8 @@ def _slots(messages: list[Message]) -> list[_Slot]:
                 slots.append(_Slot(mi, pi, None, p.image))
             elif isinstance(p, VideoPart) and isinstance(p.video, list):
                 slots += [_Slot(mi, pi, fi, u) for fi, u in enumerate(p.video) if u.startswith("data:")]
+            elif isinstance(p, VideoPart) and p.video.startswith("file://"):
+                slots.append(_Slot(mi, pi, None, p.video, required=True))
     return slots
 
 
@@ -80,13 +85,19 @@ def choose(call: Call, mode: str, protocol: str) -> list[_Slot]:
     if mode not in UPLOAD_MODES:
         raise UsageError(f"upload must be one of {', '.join(UPLOAD_MODES)}, not {mode!r}")
     slots = _slots(call.messages)
+    required = [s for s in slots if s.required]
+    if required and (protocol != "native" or mode == "inline"):
+        raise UsageError("a video sent whole (video_as=file) must go through temporary storage, which needs "
+                         "the native protocol and an upload mode other than inline",
+                         hint="Add --protocol native, or send the video as frames (the default).")
+    slots = [s for s in slots if not s.required]
     total = sum(len(s.url) for s in slots)
     if mode == "inline" or not slots:
-        chosen: list[_Slot] = []
+        chosen: list[_Slot] = list(required)
     elif mode == "oss":
-        chosen = slots
+        chosen = required + slots
     else:
-        chosen = [s for s in slots if len(s.url) * 3 // 4 > MAX_IMAGE_BYTES]  # decoded size over the limit
+        chosen = required + [s for s in slots if len(s.url) * 3 // 4 > MAX_IMAGE_BYTES]  # decoded size over it
         rest = sorted((s for s in slots if s not in chosen), key=lambda s: len(s.url), reverse=True)
         total -= sum(len(s.url) for s in chosen)
         for s in rest:
@@ -94,7 +105,7 @@ def choose(call: Call, mode: str, protocol: str) -> list[_Slot]:
                 break
             chosen.append(s)
             total -= len(s.url)
-    if chosen and protocol != "native":
+    if len(chosen) > len(required) and protocol != "native":
         if mode == "oss":
             raise UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")
         size = sum(len(s.url) for s in chosen) / 1e6
@@ -113,6 +124,33 @@ def object_name(data: bytes, mime: str) -> str:
     return hashlib.sha256(data).hexdigest()[:24] + ext
 
 
+def _upload_one(url: str, pol: UploadPolicy, transport: Transport, policy: Policy) -> str:
+    """Post one item (a data: URL, or a ``file://`` video streamed from disk) and return its oss:// URL."""
+    if url.startswith("file://"):
+        path = Path(unquote(urlsplit(url).path))
+        with path.open("rb") as fh:
+            mime = sniff(fh.read(4096)) or "application/octet-stream"
+            fh.seek(0)
+            stat = path.stat()
+            name = object_name(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode(), mime)
+            key = f"{pol.upload_dir}/{name}"
+            transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (name, fh, mime)}, policy)
+        return "oss://" + key
+    mime = url[5:url.index(";")] if ";" in url[:100] else "application/octet-stream"
+    data = decode_data_url(url)
+    key = f"{pol.upload_dir}/{object_name(data, mime)}"
+    transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (key.rsplit("/", 1)[-1], data, mime)},
+                        policy)
+    return "oss://" + key
+
+
+def _form(pol: UploadPolicy, key: str, mime: str) -> dict[str, str]:
+    return {"OSSAccessKeyId": pol.oss_access_key_id, "Signature": pol.signature, "policy": pol.policy,
+            "key": key, "x-oss-object-acl": pol.x_oss_object_acl,
+            "x-oss-forbid-overwrite": pol.x_oss_forbid_overwrite, "success_action_status": "200",
+            "x-oss-content-type": mime}
+
+
 def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: str) -> Call:
     """Upload the chosen items with one policy; the call with ``oss://`` references in their place."""
     if not chosen:
@@ -125,18 +163,12 @@ def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: s
     messages = [m.model_copy(deep=True) for m in call.messages]
     for slot in chosen:
         if slot.url not in done:
-            mime = slot.url[5:slot.url.index(";")] if ";" in slot.url[:100] else "application/octet-stream"
-            data = decode_data_url(slot.url)
-            key = f"{pol.upload_dir}/{object_name(data, mime)}"
-            form = {"OSSAccessKeyId": pol.oss_access_key_id, "Signature": pol.signature, "policy": pol.policy,
-                    "key": key, "x-oss-object-acl": pol.x_oss_object_acl,
-                    "x-oss-forbid-overwrite": pol.x_oss_forbid_overwrite, "success_action_status": "200",
-                    "x-oss-content-type": mime}
-            transport.post_form(pol.upload_host, form, {"file": (key.rsplit("/", 1)[-1], data, mime)}, policy)
-            done[slot.url] = "oss://" + key
+            done[slot.url] = _upload_one(slot.url, pol, transport, policy)
         part = messages[slot.message].content[slot.part]  # type: ignore[index]
-        if slot.frame is None:
-            part.image = done[slot.url]  # type: ignore[union-attr]
+        if isinstance(part, ImagePart):
+            part.image = done[slot.url]
+        elif slot.frame is None:
+            part.video = done[slot.url]  # type: ignore[union-attr]
         else:
             part.video[slot.frame] = done[slot.url]  # type: ignore[union-attr,index]
     return Call(request=call.request, model=call.model, messages=messages, history=call.history,

@@ -103,6 +103,9 @@ generation_options = _options(
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
     click.option("--fetch-urls", is_flag=True, help="Download remote images and prepare them here (large or "
                  "private ones); time-out, size cap and redirects limited."),
+    click.option("--video-as", type=click.Choice(["frames", "file"]),
+                 help="A local video: sampled here into frames (default), or sent whole for the service to "
+                      "sample (uploaded; native protocol)."),
     click.option("--upload", type=click.Choice(["auto", "inline", "oss"]),
                  help="Local files via DashScope's temporary storage (native protocol): auto uploads what "
                       "does not fit inline (default), oss always, inline never."),
@@ -118,7 +121,7 @@ generation_options = _options(
 _REQUEST_FROM_OPTIONS = ("model", "timeout_s", "max_retries", "retry_backoff_s", "system", "max_tokens",
                          "temperature", "top_p", "top_k", "seed", "detail", "vl_high_resolution_images",
                          "min_pixels", "max_pixels", "fps", "json_mode", "enable_thinking", "thinking_budget",
-                         "upload", "fetch_urls")
+                         "upload", "fetch_urls", "video_as")
 
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:

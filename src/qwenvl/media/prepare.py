@@ -17,7 +17,7 @@ from PIL import Image
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
 from qwenvl.media.sources import Source, classify, read_bytes, sniff, to_data_url
-from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
+from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_UPLOAD_BYTES, MIN_IMAGE_TOKENS, ModelInfo
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
@@ -33,6 +33,7 @@ class MediaOptions:
     fps: float | None = None
     pages: str | None = None  # PDF pages to send, e.g. "1-3,5" (all when None)
     fetch_urls: bool = False  # download remote images and prepare them like local files
+    video_as: Literal["frames", "file"] = "frames"  # a local video: sampled here, or sent whole (upload)
     fetch_timeout_s: float = 30.0
 
 
@@ -259,6 +260,8 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
                             notes=["remote video: frames and tokens unknown (the service fetches and samples it)"])
     from qwenvl.media import video  # PyAV loads only when a local video is given
 
+    if options.video_as == "file":
+        return _whole_video(part, source, options)
     src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
     fps = part.fps if part.fps is not None else options.fps
     sampled = video.sample_video(src, options.model, fps=fps, min_pixels=part.min_pixels,
@@ -270,6 +273,32 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
         tokens=tokens.video_tokens(sampled.nframes, sampled.height, sampled.width, options.model.factor),
         notes=[*sampled.notes, f"decoded with {'a seek per sample' if sampled.strategy == 'seek' else 'one pass'}"],
         frame_times=sampled.times, fps=sampled.sample_fps)
+
+
+def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> PreparedItem:
+    """A local video sent whole, for the service to sample at ``fps``: checked and estimated here, then
+    uploaded to temporary storage by the backend (``file://`` marks it; it never travels inline)."""
+    from qwenvl.media import video
+
+    if source.kind != "file" or source.path is None:
+        raise MediaError("only a local video file can be sent whole", source=source.ref)
+    size = source.path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise MediaError(f"{source.label} is {_mb(size)}; temporary storage takes files up to "
+                         f"{_mb(MAX_UPLOAD_BYTES)}", source=source.ref, hint="Send it as sampled frames instead.")
+    mime = video.check_video_content(source.path, source.label)
+    info = video.probe_video(source.path, source.label)
+    rate = part.fps if part.fps is not None else options.fps if options.fps is not None else video.VIDEO_FPS
+    model = options.model
+    count = video.sample_count(info.frames, info.fps, rate, max_frames=model.video_max_frames)
+    lo, hi = video.frame_budget(model, count, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+    h_bar, w_bar = resize.smart_resize(info.height, info.width, model.factor, lo, hi)
+    return PreparedItem(
+        part.video, "video", source.path.resolve().as_uri(), mime=mime, width=w_bar, height=h_bar,
+        tokens=tokens.video_tokens(count, h_bar, w_bar, model.factor), fps=rate,
+        notes=[f"sent whole ({_mb(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "
+               f"at {rate:g} fps; uploaded to temporary storage (native protocol)"],
+        frame_times=[i / rate for i in range(count)])
 
 
 def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
