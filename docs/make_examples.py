@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(ROOT / "tests"))
 
-import dashscope_server  # noqa: E402
 from dashscope_server import DashScopeServer, Reply  # noqa: E402
 
 W, H = 1280, 853
@@ -112,8 +111,6 @@ def main() -> None:
     (work / "invoice.schema.json").write_text(json.dumps({
         "type": "object", "properties": {"title": {"type": "string"}, "invoice_no": {"type": "string"},
                                          "amount": {"type": "number"}}, "required": ["title", "amount"]}))
-    # the live service serves Qwen2.5-VL; the fake's allow-list does not name it
-    dashscope_server.KNOWN_MODELS = (*dashscope_server.KNOWN_MODELS, "qwen2.5-vl-72b-instruct")
 
     qwen3 = [{"bbox_2d": grid(boxes[k]), "label": "person" if k.startswith("person") else k}
              for k in ("person 1", "person 2", "dog")]

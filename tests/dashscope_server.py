@@ -54,7 +54,9 @@ OSS_RESOLVE_HEADER = "X-DashScope-OssResourceResolve"
 NATIVE_SSE_HEADER = "X-DashScope-SSE"
 
 # Model allow-list: exact names, or any name "<known>-<suffix>" (snapshots, "-latest").
-KNOWN_MODELS = ("qwen3-vl-plus", "qwen3-vl-flash", "qwen-vl-max", "qwen-vl-plus", "qvq-max", "qwen-vl-ocr")
+KNOWN_MODELS = ("qwen3-vl-plus", "qwen3-vl-flash", "qwen-vl-max", "qwen-vl-plus", "qvq-max", "qvq-plus",
+                "qwen-vl-ocr", "qwen2.5-vl-72b-instruct", "qwen2.5-vl-32b-instruct", "qwen2.5-vl-7b-instruct",
+                "qwen2.5-vl-3b-instruct")
 # The live service has been seen answering an unknown model with 404 as well as 400; the
 # fake picks 400 for both protocols (compat code "model_not_found", native "InvalidParameter").
 MODEL_NOT_FOUND_STATUS = 400

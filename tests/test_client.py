@@ -446,3 +446,12 @@ def test_key_from_credentials_file(server, isolated_env, monkeypatch):
     monkeypatch.setenv("ALIBABA_CLOUD_PROFILE", "work")
     with qwenvl.Client(base_url=server.url) as c:
         assert c.ask("x").text.startswith("echo")
+
+
+def test_tools_and_thinking_need_a_model_that_has_them(client, server):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(UsageError, match="tool calling"):
+        client.complete(prompt="x", tools=[tool], model="qwen-vl-max")
+    with pytest.raises(UsageError, match="thinking"):
+        client.complete(prompt="x", enable_thinking=True, model="qwen-vl-plus")
+    assert server.requests == []

@@ -7,7 +7,6 @@ import json
 import pytest
 from PIL import Image
 
-import dashscope_server
 from conftest import API_KEY, run_cli, write_image
 from dashscope_server import Reply
 
@@ -18,12 +17,6 @@ QWEN25 = "qwen2.5-vl-72b-instruct"
 def env(server) -> dict[str, str]:
     return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
             "DASHSCOPE_HTTP_BASE_URL": server.native_base}
-
-
-@pytest.fixture(autouse=True)
-def qwen25_known(monkeypatch):
-    """The live service serves qwen2.5-vl-72b-instruct; the fake's allow-list does not name it."""
-    monkeypatch.setattr(dashscope_server, "KNOWN_MODELS", (*dashscope_server.KNOWN_MODELS, QWEN25))
 
 
 @pytest.fixture

@@ -100,6 +100,9 @@ def plan(request: Request, protocol: str) -> Call:
     if request.enable_thinking and not model.thinking and model.known:
         raise UsageError(f"{request.model} does not support thinking (enable_thinking)",
                          hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
+    if request.tools and model.known and not model.tools:
+        raise UsageError(f"{request.model} does not support tool calling (tools)",
+                         hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
     history = build_messages(request, model)
     prepared = prepare_messages(history, media_options(request, model, protocol))
     return Call(request=request, model=model, messages=prepared.messages, history=history,
