@@ -22,6 +22,7 @@ import ast
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,21 +100,16 @@ def _unfence(text: str, out: ParsedAnswer) -> str:
 
 # --- JSON ----------------------------------------------------------------------------------------------------
 
-def _segments(text: str) -> list[tuple[int, int, bool]]:
-    """Top-level bracketed regions ``(start, end, closed)``, string-aware (double-quoted strings only).
+def _brackets(text: str) -> Iterator[tuple[int, str, int]]:
+    """``(index, bracket, depth after it)`` for every bracket outside double-quoted strings.
 
-    The last region is ``closed=False`` when the text ends inside it (a cut-off answer).
+    Strings count only inside brackets (quotes in the prose around the JSON are not JSON), and a closing
+    bracket with nothing open is prose too: neither is yielded.
     """
-    found: list[tuple[int, int, bool]] = []
     depth = 0
-    start = 0
     in_str = False
     escape = False
     for i, ch in enumerate(text):
-        if depth == 0:
-            if ch in "[{":
-                depth, start, in_str = 1, i, False
-            continue
         if in_str:
             if escape:
                 escape = False
@@ -121,15 +117,28 @@ def _segments(text: str) -> list[tuple[int, int, bool]]:
                 escape = True
             elif ch == '"':
                 in_str = False
-            continue
-        if ch == '"':
-            in_str = True
+        elif ch == '"':
+            in_str = depth > 0
         elif ch in "[{":
             depth += 1
-        elif ch in "]}":
+            yield i, ch, depth
+        elif ch in "]}" and depth > 0:
             depth -= 1
-            if depth == 0:
-                found.append((start, i + 1, True))
+            yield i, ch, depth
+
+
+def _segments(text: str) -> list[tuple[int, int, bool]]:
+    """Top-level bracketed regions ``(start, end, closed)``, string-aware (double-quoted strings only).
+
+    The last region is ``closed=False`` when the text ends inside it (a cut-off answer).
+    """
+    found: list[tuple[int, int, bool]] = []
+    start, depth = 0, 0
+    for i, ch, depth in _brackets(text):
+        if depth == 1 and ch in "[{":
+            start = i
+        elif depth == 0:
+            found.append((start, i + 1, True))
     if depth > 0:
         found.append((start, len(text), False))
     return found
@@ -176,22 +185,10 @@ def _salvage(segment: str) -> Any:
     """The longest prefix of an unclosed JSON value that ends after a complete list element, closed."""
     cuts: list[tuple[int, str]] = []  # (cut position, closers needed there)
     stack: list[str] = []
-    in_str = False
-    escape = False
-    for i, ch in enumerate(segment):
-        if in_str:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_str = False
-            continue
-        if ch == '"':
-            in_str = True
-        elif ch in "[{":
+    for i, ch, _ in _brackets(segment):
+        if ch in "[{":
             stack.append("]" if ch == "[" else "}")
-        elif ch in "]}" and stack:
+        else:
             stack.pop()
             if stack and stack[-1] == "]":  # this value was an element of a list: a safe place to cut
                 cuts.append((i + 1, "".join(reversed(stack))))
