@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import media_corpus as corpus
+from conftest import run_cli
 from qwenvl.cli.tokens import tokens as tokens_command
 from qwenvl.errors import MediaError
 from qwenvl.media.tokens import cost, estimate_image_tokens, image_tokens, video_tokens
@@ -140,3 +141,11 @@ def test_tokens_pdf_and_video(tmp_path: Path) -> None:
     assert video["kind"] == "video" and video["frames"] >= 4 and video["tokens"] > 0
     assert len(document) == 2 and all(i["kind"] == "image" and i["tokens"] for i in document)
     assert document[0]["source"].endswith("[1/2]")
+
+
+def test_tokens_fast_matches_full_preparation(isolated_env):
+    Image.new("RGB", (4000, 3000), (90, 140, 30)).save(isolated_env / "big.jpg", quality=90)
+    full = json.loads(run_cli("tokens", "big.jpg", "--json").stdout)["items"][0]
+    fast = json.loads(run_cli("tokens", "big.jpg", "--json", "--fast").stdout)["items"][0]
+    assert (full["width"], full["height"], full["tokens"]) == (fast["width"], fast["height"], fast["tokens"])
+    assert full["bytes_sent"] > 0 and fast["bytes_sent"] == 0

@@ -129,9 +129,13 @@ class _Base:
     def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
         return make_request(request, fields, self.defaults)
 
-    def plan(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Call:
-        """Everything up to the wire, without sending: validated request, messages, prepared media."""
-        return plan(self.request(request, **fields), self.protocol)
+    def plan(self, request: Request | dict[str, Any] | None = None, *, estimate_only: bool = False,
+             **fields: Any) -> Call:
+        """Everything up to the wire, without sending: validated request, messages, prepared media.
+
+        ``estimate_only=True``: media checked and sized from their headers, not prepared (fast); the Call
+        gives sizes and tokens and cannot be sent."""
+        return plan(self.request(request, **fields), self.protocol, estimate_only=estimate_only)
 
     def _key(self) -> str:
         return require_api_key(self._api_key).key

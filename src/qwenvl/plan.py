@@ -29,15 +29,25 @@ class Call:
     params: dict[str, Any]  # generation parameters, protocol-neutral names
     media: list[PreparedItem] = field(default_factory=list)
     schema: dict[str, Any] | None = None
+    estimate_only: bool = False  # planned for an estimate: media are placeholders; never sent (ensure_sendable)
 
 
-def media_options(request: Request, model: ModelInfo, protocol: str) -> MediaOptions:
+def ensure_sendable(call: Call) -> None:
+    """Refuse a call planned with ``estimate_only``: its media are ``estimate://`` placeholders, not files."""
+    if call.estimate_only:
+        raise UsageError("this call was planned with estimate_only=True (sizes and tokens only, media not "
+                         "prepared) and cannot be sent", hint="Plan it again without estimate_only to send it.")
+
+
+def media_options(request: Request, model: ModelInfo, protocol: str, *,
+                  estimate_only: bool = False) -> MediaOptions:
+    """The media preparation a request asks for; ``estimate_only`` for sizes and tokens without preparing."""
     return MediaOptions(
         model=model, protocol=protocol, detail=request.detail,
         vl_high_resolution_images=high_resolution(request),
         min_pixels=request.min_pixels, max_pixels=request.max_pixels, prepare=request.prepare, fps=request.fps,
         pages=request.pages, fetch_urls=request.fetch_urls, fetch_timeout_s=min(request.timeout_s, 60.0),
-        video_as=request.video_as,
+        video_as=request.video_as, estimate_only=estimate_only,
     )
 
 
@@ -94,8 +104,11 @@ def generation_params(request: Request) -> dict[str, Any]:
     return params
 
 
-def plan(request: Request, protocol: str) -> Call:
-    """Validate, build the messages and prepare every media item. Raises before anything is sent."""
+def plan(request: Request, protocol: str, *, estimate_only: bool = False) -> Call:
+    """Validate, build the messages and prepare every media item. Raises before anything is sent.
+
+    ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
+    being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent."""
     model = model_info(request.model)
     if request.enable_thinking and not model.thinking and model.known:
         raise UsageError(f"{request.model} does not support thinking (enable_thinking)",
@@ -104,6 +117,7 @@ def plan(request: Request, protocol: str) -> Call:
         raise UsageError(f"{request.model} does not support tool calling (tools)",
                          hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
     history = build_messages(request, model)
-    prepared = prepare_messages(history, media_options(request, model, protocol))
+    prepared = prepare_messages(history, media_options(request, model, protocol, estimate_only=estimate_only))
     return Call(request=request, model=model, messages=prepared.messages, history=history,
-                params=generation_params(request), media=prepared.items, schema=request.schema)
+                params=generation_params(request), media=prepared.items, schema=request.schema,
+                estimate_only=estimate_only)

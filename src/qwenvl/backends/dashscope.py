@@ -9,7 +9,7 @@ from typing import Any
 from qwenvl.backends import oss
 from qwenvl.config import Protocol, resolve_base_url
 from qwenvl.errors import APIConnectionError
-from qwenvl.plan import Call
+from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import compat, get, native
 from qwenvl.protocols.common import load_json
 from qwenvl.protocols.sse import SSEDecoder
@@ -37,6 +37,7 @@ class _Wire:
         return base + self.proto.ENDPOINT
 
     def body(self, call: Call, stream: bool) -> dict[str, Any]:
+        ensure_sendable(call)
         return self.proto.build_body(call, stream=stream)
 
     def headers(self, call: Call, stream: bool) -> dict[str, str]:
@@ -95,6 +96,7 @@ class DashScopeBackend:
 
     def uploads(self, call: Call) -> Call:
         """Move what does not fit inline (or everything, upload="oss") to temporary storage."""
+        ensure_sendable(call)  # before anything is uploaded (the body checks again)
         chosen = oss.choose(call, call.request.upload, self.protocol)
         if not chosen:
             return call
@@ -144,6 +146,7 @@ class AsyncDashScopeBackend:
         self._sync.close()
 
     async def uploads(self, call: Call) -> Call:
+        ensure_sendable(call)
         if not oss.choose(call, call.request.upload, self.protocol):
             return call
         return await asyncio.to_thread(self._sync.uploads, call)

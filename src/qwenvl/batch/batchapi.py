@@ -43,6 +43,7 @@ from qwenvl.errors import (
     StructuredOutputError,
     UsageError,
 )
+from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
 from qwenvl.transport import Policy, Transport
@@ -192,6 +193,7 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
         call = batch.planner.plan(item.request)
     except (MediaError, UsageError) as exc:
         return item, exc, ("", False)
+    ensure_sendable(call)
     body = compat.build_body(call, stream=False)
     line = json.dumps({"custom_id": item.id, "method": "POST", "url": ENDPOINT, "body": body},
                       ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"

@@ -17,7 +17,7 @@ from typing import Any
 from qwenvl.batch import usagelog
 from qwenvl.batch.cache import ResponseCache, cache_key
 from qwenvl.config import resolve_base_url
-from qwenvl.plan import Call
+from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.types import Response
 
@@ -38,6 +38,7 @@ def key_for(client: Any, call: Call) -> str:
 
 class Exchange:
     def __init__(self, client: Any, call: Call, *, stream: bool = False) -> None:
+        ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
         self.model = call.request.model
         self.started = time.monotonic()

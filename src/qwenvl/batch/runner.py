@@ -1,7 +1,7 @@
 """The batch runner: many requests, fast, within the account's limits, resumable, never paid for twice.
 
     batch = Batch(items, "out.jsonl", concurrency=16, rpm=600)
-    est = batch.estimate()          # plans every pending item: tokens, cost, invalid files; sends nothing
+    est = batch.estimate()          # checks every pending item: tokens, cost, invalid files; sends nothing
     summary = batch.run(progress=print)     # blocks; from asyncio code: await asyncio.to_thread(batch.run)
 
 **Concurrency model: threads**, one per slot (``concurrency`` of them), each with a synchronous ``Client``
@@ -31,6 +31,13 @@ item's error and the batch goes on.
 checked and prepared to the model's budget, structured output is validated (and repaired once), the cache
 and the usage log apply. ``plan`` errors (a missing or invalid file, a bad field) become item errors before
 anything is sent.
+
+**The estimate prepares nothing**: it plans every item with ``estimate_only=True`` (media checked and sized
+from their headers: the same sizes and tokens, without decoding, resizing, encoding, sampling or rendering),
+so the CPU work of preparation is done once, by the run. Two consequences: a file whose header is sound but
+whose data is damaged is found by the run (that item's error) rather than by the estimate; and the estimate
+cannot see cache hits for items with local media (the cache key covers the prepared bytes), so it counts them
+as requests to send (an upper bound); the run looks each one up once prepared, and a hit takes no slot.
 
 Resume and output: see ``journal``. Cache: see ``cache``.
 """
@@ -265,7 +272,8 @@ class Batch:
         return pending
 
     def estimate(self) -> Estimate:
-        """Plan every pending item (in threads when it has media): tokens, cost, cache hits, plan errors."""
+        """Plan every pending item, estimate-only (in threads when it has media): tokens, cost, cache hits,
+        plan errors. Media are checked and sized from their headers, not prepared (see the module)."""
         self.check()
         pending = self._pending_items()
         est = Estimate(items=len(self.items), pending=len(pending), finished=len(self.items) - len(pending),
@@ -274,11 +282,14 @@ class Batch:
 
         def one(item: BatchItem) -> tuple[BatchItem, Any]:
             try:
-                call = self.planner.plan(item.request)
+                call = self.planner.plan(item.request, estimate_only=True)
             except (MediaError, UsageError) as exc:
                 return item, exc
             tokens, unknown = input_tokens_of(call)
-            cached = self.cache is not None and self.mode == "realtime" and key_for(self.planner, call) in self.cache
+            # Without placeholders the estimate's body is the real one; with them the key is unknown until the
+            # run prepares the item (it looks the cache up then).
+            cached = (self.cache is not None and self.mode == "realtime"
+                      and not any(m.estimate for m in call.media) and key_for(self.planner, call) in self.cache)
             return item, (call.model, call.request.max_tokens, tokens, unknown, cached)
 
         with ThreadPoolExecutor(self.plan_threads) as pool:
@@ -501,7 +512,8 @@ class _Realtime:
         retries = item.request.get("max_retries", client.defaults.get("max_retries", 2))
         backoff = item.request.get("retry_backoff_s", call.request.retry_backoff_s)
         tokens, _ = input_tokens_of(call)
-        cached = item.id in self.cached  # answered locally: no slot, no rate budget
+        # answered locally: no slot, no rate budget (the estimate knows only items without local media)
+        cached = item.id in self.cached or (client.cache is not None and key_for(client, call) in client.cache)
         attempt = attempts = rate_limited = 0
         while True:
             slot = None

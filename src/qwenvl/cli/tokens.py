@@ -1,8 +1,10 @@
 """`qwenvl tokens FILE...`: what each image, video or PDF costs in tokens and money, sending nothing.
 
-Each file is checked and prepared exactly as `ask` would prepare it (``qwenvl.media.prepare``), so the sizes
-and token counts are those of the request that would be sent. The cost covers the media's input tokens
-only: the prompt and the answer come on top.
+Each file is checked and prepared exactly as `ask` would prepare it (``qwenvl.media.prepare``), so the sizes,
+formats, bytes and token counts are those of the request that would be sent. ``--fast`` works from the headers
+instead (estimate-only mode: nothing decoded, encoded or rendered): the same sizes and tokens, without the
+bytes ("-"), and the likely format for images other than JPEG. The cost covers the media's input tokens only:
+the prompt and the answer come on top.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2).")
 @click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all).')
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
+@click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_opts
 def tokens(opts: dict[str, Any]) -> None:
@@ -53,7 +56,7 @@ def tokens(opts: dict[str, Any]) -> None:
                           pages=opts["pages"], prepare=not opts["no_resize"])
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise UsageError(str(exc).splitlines()[-1] if str(exc) else "invalid options") from None
-    options = media_options(request, model, "native")
+    options = media_options(request, model, "native", estimate_only=opts["fast"])
 
     rows: list[dict[str, Any]] = []
     for ref in opts["files"]:
@@ -144,7 +147,14 @@ def _print_table(rows: list[dict[str, Any]], model: ModelInfo, total_tokens: int
     table.add_row(f"total ({len(rows)} item{'s' if len(rows) != 1 else ''})", "", "",
                   f"{total_tokens:,}{suffix}", _money(total_cost) if total_tokens or not unknown else "unknown")
     console.print(table)
+    estimated = False
     for row in rows:
         for note in row["notes"]:
+            if note.startswith("estimate only"):  # said once, below
+                estimated = True
+                continue
             console.print(f"[dim]{escape(row['source'])}: {escape(note)}[/]", highlight=False)
+    if estimated:
+        console.print("[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "
+                      "the bytes sent are known when a request is prepared.[/]", highlight=False)
     console.print("[dim]Media input tokens only; the prompt and the answer come on top.[/]", highlight=False)

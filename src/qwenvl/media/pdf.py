@@ -133,20 +133,41 @@ def render_pdf(src: bytes | str | Path, *, factor: int, min_pixels: int, max_pix
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
     doc = open_pdf(src, name)
     try:
-        numbers = parse_pages(pages, len(doc), name)
-        sizes = {n: page_size(*doc.get_page_size(n - 1), factor, min_pixels, max_pixels, name, n)
-                 for n in numbers}
-        if context_tokens is not None:
-            total = sum(image_tokens(h, w, factor) for h, w in sizes.values())
-            if total > context_tokens:
-                raise MediaError(
-                    f"{name}: {len(numbers)} pages at this budget are about {total} tokens, over the model's "
-                    f"context of {context_tokens}", source=name,
-                    hint="Choose fewer pages (--pages 1-10) or a smaller budget (--detail low, --max-pixels).")
+        sizes = _page_sizes(doc, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, pages=pages,
+                            context_tokens=context_tokens, label=name)
         doc.init_forms()
-        return [_render_page(doc, n, *sizes[n], name) for n in numbers]
+        return [_render_page(doc, n, h, w, name) for n, (h, w) in sizes.items()]
     finally:
         doc.close()
+
+
+def page_sizes(src: bytes | str | Path, *, factor: int, min_pixels: int, max_pixels: int,
+               pages: str | None = None, context_tokens: int | None = None,
+               label: str | None = None) -> dict[int, tuple[int, int]]:
+    """{page number: (height, width)} each selected page would be rendered and sent at by ``render_pdf``,
+    from the page sizes alone (nothing is rendered); the same checks and errors as ``render_pdf``."""
+    name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
+    doc = open_pdf(src, name)
+    try:
+        return _page_sizes(doc, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, pages=pages,
+                           context_tokens=context_tokens, label=name)
+    finally:
+        doc.close()
+
+
+def _page_sizes(doc: pdfium.PdfDocument, *, factor: int, min_pixels: int, max_pixels: int, pages: str | None,
+                context_tokens: int | None, label: str) -> dict[int, tuple[int, int]]:
+    """The selected pages (in the order given) and their sizes as sent; MediaError over the context window."""
+    numbers = parse_pages(pages, len(doc), label)
+    sizes = {n: page_size(*doc.get_page_size(n - 1), factor, min_pixels, max_pixels, label, n) for n in numbers}
+    if context_tokens is not None:
+        total = sum(image_tokens(h, w, factor) for h, w in sizes.values())
+        if total > context_tokens:
+            raise MediaError(
+                f"{label}: {len(numbers)} pages at this budget are about {total} tokens, over the model's "
+                f"context of {context_tokens}", source=label,
+                hint="Choose fewer pages (--pages 1-10) or a smaller budget (--detail low, --max-pixels).")
+    return sizes
 
 
 def _render_page(doc: pdfium.PdfDocument, number: int, height: int, width: int, label: str) -> RenderedPage:

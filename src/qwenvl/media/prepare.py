@@ -3,6 +3,18 @@
 ``prepare_messages`` turns every image and video reference in a message list into what the service can
 take (an http(s) URL, an ``oss://`` reference or a ``data:`` URL) and reports what it did per item. It runs
 before any request is sent, so a bad file fails here and costs nothing.
+
+**Estimate-only** (``MediaOptions.estimate_only``): the same checks and the same sizes and tokens, from the
+headers alone (image header, video container and packets, PDF page sizes): nothing is decoded, resized,
+encoded, sampled or rendered. Each item's ``sent`` is a placeholder (``estimate://...``), ``bytes_sent`` is 0
+and ``estimate`` is True; such a call can never be sent (``qwenvl.plan.ensure_sendable``). Every size comes
+from the same function as in the full path (``_sent_image_size``, ``video.frame_plan``, ``pdf.page_sizes``), so
+width, height and tokens are equal, with two limits: a file whose header is sound but whose pixel data is
+damaged passes here and fails when prepared; and an image the full path must shrink further to fit
+``MAX_IMAGE_BYTES`` (``_fit_bytes``: rare, huge PNG-like content only) is estimated at its budget size, so its
+tokens are overestimated. ``mime`` is exact for JPEG sources, sampled video frames and ``prepare=False``;
+otherwise it is the likely one (a photograph-like non-JPEG image may in fact go as JPEG, a scanned PDF page as
+JPEG rather than PNG: that choice needs the pixels).
 """
 
 from __future__ import annotations
@@ -10,7 +22,8 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from PIL import Image
 
@@ -19,6 +32,9 @@ from qwenvl.media import images, resize, tokens
 from qwenvl.media.sources import Source, classify, read_bytes, sniff, to_data_url
 from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_UPLOAD_BYTES, MIN_IMAGE_TOKENS, ModelInfo
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
+
+if TYPE_CHECKING:
+    from qwenvl.media import video
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,11 @@ class MediaOptions:
     fetch_urls: bool = False  # download remote images and prepare them like local files
     video_as: Literal["frames", "file"] = "frames"  # a local video: sampled here, or sent whole (upload)
     fetch_timeout_s: float = 30.0
+    # sizes and tokens from headers only; nothing decoded, encoded or rendered; the result cannot be sent
+    estimate_only: bool = False
+
+ESTIMATE_SCHEME = "estimate://"  # the placeholder ``sent`` of an estimate-only item
+ESTIMATE_NOTE = "estimate only: size and tokens from the header; not decoded, resized or encoded"
 
 
 @dataclass
@@ -52,6 +73,7 @@ class PreparedItem:
     notes: list[str] = field(default_factory=list)
     frame_times: list[float] | None = None  # a video's frames: seconds from its start, as the model sees them
     fps: float | None = None  # a sampled video's actual frame rate, sent beside the frame list
+    estimate: bool = False  # made by estimate-only preparation: ``sent`` is a placeholder, bytes_sent is 0
 
 
 @dataclass
@@ -66,7 +88,8 @@ class PreparedMessages:
 
 
 def prepare_messages(messages: list[Message], options: MediaOptions) -> PreparedMessages:
-    messages = expand_documents(messages, options)
+    if not options.estimate_only:
+        messages = expand_documents(messages, options)
     out: list[Message] = []
     items: list[PreparedItem] = []
     for message in messages:
@@ -76,9 +99,11 @@ def prepare_messages(messages: list[Message], options: MediaOptions) -> Prepared
         parts: list[TextPart | ImagePart | VideoPart] = []
         for part in message.content:
             if isinstance(part, ImagePart):
-                item = prepare_image(part, options)
-                items.append(item)
-                parts.append(part.model_copy(update={"image": item.sent}))
+                document = _pdf_source(part.image) if options.estimate_only else None
+                pages = _estimate_document(part, document, options) if document is not None else None
+                for item in pages if pages is not None else [prepare_image(part, options)]:
+                    items.append(item)
+                    parts.append(part.model_copy(update={"image": item.sent}))
             elif isinstance(part, VideoPart):
                 item = prepare_video(part, options)
                 items.append(item)
@@ -105,6 +130,12 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     is sent always fits ``MAX_IMAGE_BYTES``: a lower JPEG quality first, then a smaller size, with a note.
     With ``prepare=False`` the original bytes are sent after the same checks, plus an integrity check and
     the size limit.
+
+    With ``options.estimate_only`` the same checks run on the header and the size as sent and the tokens are
+    computed by the same rule, but nothing is decoded or encoded: ``sent`` is ``estimate://<source>`` and
+    ``bytes_sent`` 0. Not checked then: damaged pixel data (the integrity check and the decode find it), and
+    the ``MAX_IMAGE_BYTES`` fitting, which can shrink a huge PNG-like image below its budget (the estimate
+    then counts the budget's tokens, an overestimate).
     """
     source = classify(part.image)
     _check_remote(source, options)
@@ -123,6 +154,8 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     info = images.identify(data, label)
     images.check(info, label)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+    if options.estimate_only:
+        return _estimate_image(part, data, info, label, service, options)
     if options.prepare:
         encoded, mime, (width, height), notes = _prepare_local_image(data, info, label, part, options)
     else:
@@ -137,19 +170,45 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
                         tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor), notes=notes)
 
 
-def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: ImagePart,
-                         options: MediaOptions) -> tuple[bytes, str, tuple[int, int], list[str]]:
-    """(bytes, mime, (width, height) as sent, notes) for a local image, prepared to its budget."""
+def _estimate_image(part: ImagePart, data: bytes, info: images.ImageInfo, label: str,
+                    service: tuple[int, int], options: MediaOptions) -> PreparedItem:
+    """An image's size as sent and its tokens from its header (already checked): the full path's rules."""
+    if options.prepare:
+        _, (width, height), notes = _sent_image_size(info, label, part, options)
+        mime = "image/jpeg" if info.format in ("JPEG", "MPO") else info.mime if info.accepted else "image/png"
+    else:
+        notes = _check_original(data, info, label, options, verify=False)
+        mime, (width, height) = info.mime, (info.width, info.height)
+    h_bar, w_bar = _model_size(height, width, options.model.factor, service, label)
+    return PreparedItem(part.image, "image", ESTIMATE_SCHEME + label, mime=mime, bytes_sent=0, width=width,
+                        height=height, tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
+                        notes=[*notes, ESTIMATE_NOTE], estimate=True)
+
+
+def _sent_image_size(info: images.ImageInfo, label: str, part: ImagePart,
+                     options: MediaOptions) -> tuple[tuple[int, int] | None, tuple[int, int], list[str]]:
+    """(resize target or None, (width, height) as sent, notes) of a local image prepared to its budget.
+
+    The one size rule of preparation: upright, then ``smart_resize`` when over the budget, else as it is.
+    Only ``_fit_bytes`` can make it smaller still (an image that would not fit ``MAX_IMAGE_BYTES``).
+    """
     factor = options.model.factor
     lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     width, height = info.upright_size
     h_bar, w_bar = _model_size(height, width, factor, (lo, hi), label)
-    target = (w_bar, h_bar) if resize.over_budget(height, width, factor, hi) else None
-    decoded = images.decode(data, info, label, size=target)
-    notes: list[str] = []
-    if target is not None:
-        notes.append(f"resized {width}x{height} -> {w_bar}x{h_bar} ({_budget_name(options, part)} budget, "
-                     f"{hi // (factor * factor)} tokens)")
+    if not resize.over_budget(height, width, factor, hi):
+        return None, (width, height), []
+    return (w_bar, h_bar), (w_bar, h_bar), [
+        f"resized {width}x{height} -> {w_bar}x{h_bar} ({_budget_name(options, part)} budget, "
+        f"{hi // (factor * factor)} tokens)"]
+
+
+def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: ImagePart,
+                         options: MediaOptions) -> tuple[bytes, str, tuple[int, int], list[str]]:
+    """(bytes, mime, (width, height) as sent, notes) for a local image, prepared to its budget."""
+    factor = options.model.factor
+    target, _, notes = _sent_image_size(info, label, part, options)
+    decoded = images.decode(data, info, label, size=target)  # upright, exactly the target size when given
     notes.extend(decoded.notes)
     img = decoded.image
     photo = info.format in ("JPEG", "MPO") or not images.looks_like_graphic(img)
@@ -189,8 +248,10 @@ def _fit_bytes(img: Image.Image, encoded: bytes, mime: str, factor: int,
     return encoded, mime, img
 
 
-def _check_original(data: bytes, info: images.ImageInfo, label: str, options: MediaOptions) -> list[str]:
-    """The extra rules for an image sent as it is (prepare=False), and notes on what the service may misread."""
+def _check_original(data: bytes, info: images.ImageInfo, label: str, options: MediaOptions, *,
+                    verify: bool = True) -> list[str]:
+    """The extra rules for an image sent as it is (prepare=False), and notes on what the service may misread.
+    ``verify=False`` (estimate-only) skips the integrity check, which reads the pixel data."""
     if not info.accepted:
         raise MediaError(f"{label} is a {info.format} image; the service takes "
                          f"{', '.join(sorted(images.SERVICE_FORMATS))}", source=label,
@@ -199,7 +260,8 @@ def _check_original(data: bytes, info: images.ImageInfo, label: str, options: Me
         raise MediaError(f"{label} is {_mb(len(data))}; one image may be at most {_mb(MAX_IMAGE_BYTES)}",
                          source=label, hint="Let qwenvl prepare it (drop --no-resize / prepare=False): it is "
                                             "downscaled and re-encoded to fit.")
-    images.verify(data, info, label)
+    if verify:
+        images.verify(data, info, label)
     notes = ["original sent as is (prepare=False)"]
     if info.orientation != 1:
         notes.append(f"EXIF orientation {info.orientation} not applied: the model may see the image rotated")
@@ -263,6 +325,15 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
     if options.video_as == "file":
         return _whole_video(part, source, options)
     src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    if options.estimate_only:
+        info, rate, plan = _video_plan(part, src, source.label, options)
+        return PreparedItem(
+            part.video, "video", [f"{ESTIMATE_SCHEME}{source.label}#frame={i}" for i in range(plan.nframes)],
+            mime="image/jpeg", bytes_sent=0, width=plan.width, height=plan.height,
+            tokens=tokens.video_tokens(plan.nframes, plan.height, plan.width, options.model.factor),
+            notes=[*video.sampling_notes(info.frames, info.fps, info.duration, plan.nframes, rate, options.model),
+                   "estimate only: frame count and size from the container; no frame decoded"],
+            fps=plan.nframes / info.frames * info.fps, estimate=True)
     fps = part.fps if part.fps is not None else options.fps
     sampled = video.sample_video(src, options.model, fps=fps, min_pixels=part.min_pixels,
                                  max_pixels=part.max_pixels, label=source.label)
@@ -287,18 +358,30 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         raise MediaError(f"{source.label} is {_mb(size)}; temporary storage takes files up to "
                          f"{_mb(MAX_UPLOAD_BYTES)}", source=source.ref, hint="Send it as sampled frames instead.")
     mime = video.check_video_content(source.path, source.label)
-    info = video.probe_video(source.path, source.label)
-    rate = part.fps if part.fps is not None else options.fps if options.fps is not None else video.VIDEO_FPS
-    model = options.model
-    count = video.sample_count(info.frames, info.fps, rate, max_frames=model.video_max_frames)
-    lo, hi = video.frame_budget(model, count, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
-    h_bar, w_bar = resize.smart_resize(info.height, info.width, model.factor, lo, hi)
+    info, rate, plan = _video_plan(part, source.path, source.label, options)
+    count, h_bar, w_bar = plan.nframes, plan.height, plan.width
+    # Nothing is read here beyond the container, so estimate-only gives the same item (never sent anyway).
     return PreparedItem(
         part.video, "video", source.path.resolve().as_uri(), mime=mime, width=w_bar, height=h_bar,
-        tokens=tokens.video_tokens(count, h_bar, w_bar, model.factor), fps=rate,
+        tokens=tokens.video_tokens(count, h_bar, w_bar, options.model.factor), fps=rate,
         notes=[f"sent whole ({_mb(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "
                f"at {rate:g} fps; uploaded to temporary storage (native protocol)"],
         frame_times=[i / rate for i in range(count)])
+
+
+def _video_plan(part: VideoPart, src: Path | bytes, label: str,
+                options: MediaOptions) -> tuple[video.VideoInfo, float, video.FramePlan]:
+    """(probe, sampling rate, frame count and size as the service samples it) of a local video, from its
+    container and packets (only the first frame is decoded): ``video.frame_plan``, as ``sample_video`` uses."""
+    from qwenvl.media import video
+
+    rate = part.fps if part.fps is not None else options.fps if options.fps is not None else video.VIDEO_FPS
+    if not rate > 0:
+        raise MediaError(f"fps must be positive, got {rate}", source=label)
+    info = video.probe_video(src, label)
+    plan = video.frame_plan(options.model, info.frames, info.fps, rate, info.width, info.height,
+                            min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label)
+    return info, rate, plan
 
 
 def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
@@ -311,7 +394,7 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
     frame_options = replace(options, vl_high_resolution_images=None, detail="auto", min_pixels=None,
                             max_pixels=None)
     frames = [prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options)
-              for ref in refs]
+              for ref in refs]  # estimate-only carries over: each frame from its header
     notes = [f"{len(refs)} frame images"]
     if count > len(refs):
         notes.append(f"padded to {count} frames by repeating the last (the service needs at least "
@@ -327,8 +410,9 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
     rate = part.fps if part.fps is not None else options.fps if options.fps is not None else video.VIDEO_FPS
     sent = [str(f.sent) for f in frames]
     return PreparedItem(f"{len(refs)} frames", "video", sent, mime=first.mime,
-                        bytes_sent=sum(len(url) for url in sent), width=first.width, height=first.height,
-                        tokens=estimate, notes=notes, frame_times=[i / rate for i in range(count)])
+                        bytes_sent=sum(f.bytes_sent for f in frames), width=first.width, height=first.height,
+                        tokens=estimate, notes=notes, frame_times=[i / rate for i in range(count)],
+                        estimate=any(f.estimate for f in frames))
 
 
 def expand_documents(messages: list[Message], options: MediaOptions) -> list[Message]:
@@ -361,6 +445,28 @@ def expand_documents(messages: list[Message], options: MediaOptions) -> list[Mes
             changed = True
         out.append(message.model_copy(update={"content": parts}) if changed else message)
     return out
+
+
+def _estimate_document(part: ImagePart, document: Source, options: MediaOptions) -> list[PreparedItem]:
+    """Estimate-only ``expand_documents`` + ``prepare_image`` of each page: the page sizes ``render_pdf`` would
+    render at (``pdf.page_sizes``, the same function), and their tokens, without rendering anything."""
+    from qwenvl.media import pdf
+
+    lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+    service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+    src = document.path if document.kind == "file" and document.path else read_bytes(document)
+    factor = options.model.factor
+    sizes = pdf.page_sizes(src, factor=factor, min_pixels=lo, max_pixels=hi, pages=options.pages,
+                           context_tokens=options.model.context_tokens, label=document.label)
+    items = []
+    for number, (height, width) in sizes.items():
+        ref = f"{ESTIMATE_SCHEME}{document.label}#page={number}"
+        h_bar, w_bar = _model_size(height, width, factor, service, ref)
+        items.append(PreparedItem(ref, "image", ref, mime="image/png", bytes_sent=0, width=width, height=height,
+                                  tokens=tokens.image_tokens(h_bar, w_bar, factor),
+                                  notes=[f"PDF page {number} of {document.label}, not rendered (estimate only)"],
+                                  estimate=True))
+    return items
 
 
 def _pdf_source(ref: str) -> Source | None:

@@ -192,6 +192,58 @@ def frame_budget(model: ModelInfo, nframes: int, *, min_pixels: int | None = Non
     return low, high
 
 
+@dataclass(frozen=True)
+class FramePlan:
+    """How a video is sent as frames: how many, each frame's budget and the size every frame is sent at."""
+
+    nframes: int
+    min_pixels: int
+    max_pixels: float
+    height: int  # of every frame as sent (a multiple of the model's factor)
+    width: int
+
+
+def frame_plan(model: ModelInfo, total_frames: int, video_fps: float, fps: float, width: int, height: int, *,
+               min_pixels: int | None = None, max_pixels: int | None = None,
+               label: str = "video") -> FramePlan:
+    """The service's sampling and size rule for a ``width`` x ``height`` video of ``total_frames`` frames at
+    ``video_fps``, sampled at ``fps``: ``sample_count``, then ``frame_budget``, then ``smart_resize``.
+
+    The one place where the three are chained: ``sample_video`` (before decoding), a whole video sent for the
+    service to sample, and estimate-only preparation all use it. MediaError naming ``label`` when the frames
+    cannot be sent at that budget (aspect ratio, a side that would be 0 px).
+    """
+    from qwenvl.media.resize import smart_resize
+
+    nframes = sample_count(total_frames, video_fps, fps, max_frames=model.video_max_frames)
+    low, high = frame_budget(model, nframes, min_pixels=min_pixels, max_pixels=max_pixels)
+    try:
+        h_bar, w_bar = smart_resize(height, width, factor=model.factor, min_pixels=low, max_pixels=high)
+    except ValueError as exc:
+        raise MediaError(f"{label}: {exc}", source=label) from None
+    if not (h_bar and w_bar):
+        raise MediaError(f"{label}: {width}x{height} frames do not fit the per-frame budget of {high:.0f} px",
+                         source=label)
+    return FramePlan(nframes, low, high, h_bar, w_bar)
+
+
+def sampling_notes(total_frames: int, video_fps: float, duration: float, nframes: int, fps: float,
+                   model: ModelInfo) -> list[str]:
+    """The notes on how a video is sampled: the count and rate, and whether it was padded or clamped."""
+    notes: list[str] = []
+    sample_fps = nframes / total_frames * video_fps
+    if abs(sample_fps - fps) > 0.02 * fps:
+        notes.append(f"{nframes} frames at {sample_fps:.3g} fps from {duration:.1f} s ({fps:g} fps asked)")
+    else:
+        notes.append(f"{nframes} frames at {fps:g} fps from {duration:.1f} s")
+    if total_frames < nframes:
+        notes.append(f"padded: the video has {total_frames} frame{'s' if total_frames != 1 else ''}; the service "
+                     f"needs at least {nframes}, so frames repeat")
+    elif nframes == _floor_even(model.video_max_frames) and total_frames / video_fps * fps > nframes:
+        notes.append(f"clamped to {model.name}'s limit of {nframes} frames")
+    return notes
+
+
 def frame_list_count(count: int, model: ModelInfo) -> int:
     """How many frames a list of ``count`` frame images is sent as: padded to at least ``VIDEO_MIN_FRAMES``
     and to an even count by repeating the last frame (qwen-vl-utils pads odd lists the same way).
@@ -392,24 +444,14 @@ def sample_video(src: VideoInput, model: ModelInfo, *, fps: float | None = None,
         index = _index(container, _video_stream(container, name), name)
 
     total = index.frames
-    nframes = sample_count(total, index.fps, rate, max_frames=model.video_max_frames)
+    # The rule and its own checks (aspect ratio), before anything is decoded; the size as sent comes from the
+    # first frame (its rotation decides), through the same budget.
+    plan = frame_plan(model, total, index.fps, rate, index.coded_width, index.coded_height,
+                      min_pixels=min_pixels, max_pixels=max_pixels, label=name)
+    nframes, low, high = plan.nframes, plan.min_pixels, plan.max_pixels
     indices = sample_indices(total, nframes)
     notes: list[str] = []
-    if total < nframes:
-        notes.append(f"padded: the video has {total} frame{'s' if total != 1 else ''}; the service needs at least "
-                     f"{nframes}, so frames repeat")
-    elif nframes == _floor_even(model.video_max_frames) and total / index.fps * rate > nframes:
-        notes.append(f"clamped to {model.name}'s limit of {nframes} frames")
     chosen = choose_strategy(indices, index.keyframes)[0] if strategy == "auto" else strategy
-    low, high = frame_budget(model, nframes, min_pixels=min_pixels, max_pixels=max_pixels)
-    try:  # the size rule's own checks (aspect ratio), before anything is decoded
-        h_bar, w_bar = smart_resize(index.coded_height, index.coded_width, factor=model.factor, min_pixels=low,
-                                    max_pixels=high)
-    except ValueError as exc:
-        raise MediaError(f"{name}: {exc}", source=name) from None
-    if not (h_bar and w_bar):
-        raise MediaError(f"{name}: {index.coded_width}x{index.coded_height} frames do not fit the per-frame "
-                         f"budget of {high:.0f} px", source=name)
     size: list[int] = []  # [width, height] as sent, fixed by the first frame (its rotation decides)
 
     def convert(frame: Any) -> Any:
@@ -451,11 +493,7 @@ def sample_video(src: VideoInput, model: ModelInfo, *, fps: float | None = None,
     info = _info(index, rotation)
     sampled = SampledVideo(frames=frames, indices=indices, times=times, info=info, width=size[0],
                            height=size[1], fps=rate, strategy=chosen, decoded=decoded, notes=notes)
-    if abs(sampled.sample_fps - rate) > 0.02 * rate:
-        notes.insert(0, f"{nframes} frames at {sampled.sample_fps:.3g} fps from {info.duration:.1f} s "
-                        f"({rate:g} fps asked)")
-    else:
-        notes.insert(0, f"{nframes} frames at {rate:g} fps from {info.duration:.1f} s")
+    notes[:0] = sampling_notes(total, index.fps, info.duration, nframes, rate, model)
     return sampled
 
 
