@@ -244,3 +244,18 @@ def test_chat_survives_a_bad_attachment_and_service_errors(server, env):
 def test_python_m_and_version():
     p = run_cli("--version")
     assert p.returncode == 0 and "qwenvl" in p.stdout
+
+
+def test_ask_pdf_pages(server, env, isolated_env):
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument.new()
+    for _ in range(3):
+        pdf.new_page(300, 400)
+    pdf.save(str(isolated_env / "doc.pdf"))
+    p = run_cli("ask", "doc.pdf", "-p", "summarise", env=env)
+    assert p.returncode == 0 and "[images=3" in p.stdout
+    p = run_cli("ask", "doc.pdf", "-p", "summarise", "--pages", "2-3", "--protocol", "native", env=env)
+    assert p.returncode == 0 and "[images=2" in p.stdout
+    p = run_cli("ask", "doc.pdf", "-p", "summarise", "--pages", "7", env=env)
+    assert p.returncode == 3 and "has 3 pages" in p.stderr and "out of range" in p.stderr

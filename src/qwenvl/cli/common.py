@@ -32,7 +32,8 @@ def err_console() -> Console:
 
 
 def out_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """stdout; when it is not a terminal, wide enough that tables are never cut (the file keeps every cell)."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def report(exc: QwenVLError) -> None:
@@ -100,6 +101,7 @@ generation_options = _options(
     click.option("--min-pixels", type=click.IntRange(min=1)),
     click.option("--max-pixels", type=click.IntRange(min=1)),
     click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
+    click.option("--pages", help='PDF pages to send, e.g. "1-3,5" (default: all).'),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
     click.option("--fetch-urls", is_flag=True, help="Download remote images and prepare them here (large or "
                  "private ones); time-out, size cap and redirects limited."),
@@ -121,7 +123,7 @@ generation_options = _options(
 _REQUEST_FROM_OPTIONS = ("model", "timeout_s", "max_retries", "retry_backoff_s", "system", "max_tokens",
                          "temperature", "top_p", "top_k", "seed", "detail", "vl_high_resolution_images",
                          "min_pixels", "max_pixels", "fps", "json_mode", "enable_thinking", "thinking_budget",
-                         "upload", "fetch_urls", "video_as")
+                         "upload", "fetch_urls", "video_as", "pages")
 
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract
 @click.option("-p", "--prompt", help="What to extract (default: \"Extract the information in this document.\").")
 @click.option("--jsonl", is_flag=True, help="One JSON line per file, {\"file\", \"json\"}, even for one file.")
 @click.option("--csv", "csv_file", metavar="FILE", help="Write a CSV instead: a column per top-level key.")
-@click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all, in one request per file).')
 @click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
 @generation_options
 @service_options
@@ -47,8 +46,6 @@ def extract(opts: dict[str, Any]) -> None:
                          hint='For example {"type": "object", "properties": {"title": {"type": "string"}}}')
     fields = request_fields(opts)  # loads and checks the schema: a bad one stops here (exit 2)
     schema = fields.pop("schema")
-    if opts["pages"]:
-        fields["pages"] = opts["pages"]
     files = list(opts["files"])
     for file in files:  # every file is found before anything is sent
         classify(file)

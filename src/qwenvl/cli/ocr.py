@@ -43,7 +43,6 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
 @click.option("--task", help=f"ocr_options.task for the qwen-vl-ocr models ({', '.join(OCR_TASKS)}).")
 @click.option("--ocr-options", "ocr_options_json", metavar="JSON",
               help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).")
-@click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all); one request per page.')
 @click.option("-o", "--output", metavar="FILE", help="Write the result here instead of stdout.")
 @click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
 @generation_options
@@ -62,6 +61,7 @@ def ocr(opts: dict[str, Any]) -> None:
     options = parse_options(opts["ocr_options_json"])
     output = check_writable(opts["output"]) if opts["output"] else None
     fields = request_fields(opts)
+    fields.pop("pages", None)  # OCR sends one request per page: the selection goes to plan_pages
     client = make_client(opts)
     model = model_for(client, fields)
     if (options or opts["task"]) and model.family != "qwen-vl-ocr":
