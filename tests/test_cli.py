@@ -259,3 +259,37 @@ def test_ask_pdf_pages(server, env, isolated_env):
     assert p.returncode == 0 and "[images=2" in p.stdout
     p = run_cli("ask", "doc.pdf", "-p", "summarise", "--pages", "7", env=env)
     assert p.returncode == 3 and "has 3 pages" in p.stderr and "out of range" in p.stderr
+
+
+def test_dry_run_and_tokens_on_video_and_pdf(server, env, isolated_env):
+    import av
+    import numpy as np
+    import pypdfium2 as pdfium
+
+    with av.open(str(isolated_env / "clip.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
+        for i in range(40):
+            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((96, 160, 3), i * 6, np.uint8),
+                                                              format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    pdf = pdfium.PdfDocument.new()
+    pdf.new_page(300, 400)
+    pdf.new_page(300, 400)
+    pdf.save(str(isolated_env / "doc.pdf"))
+    for media, kinds in (("clip.mp4", ["video"]), ("doc.pdf", ["image", "image"])):
+        p = run_cli("ask", media, "-p", "x", "--dry-run", env=env)
+        assert p.returncode == 0, p.stderr
+        data = json.loads(p.stdout)
+        assert [m["kind"] for m in data["media"]] == kinds
+        assert all(m["tokens"] for m in data["media"]) and data["estimate"]["input_tokens_exact"]
+        assert data["estimate"]["cost_input"] > 0
+        t = run_cli("tokens", media, "--json", env=env)
+        assert t.returncode == 0, t.stderr
+        assert sum(i["tokens"] for i in json.loads(t.stdout)["items"]) == data["estimate"]["media_tokens"]
+    video = json.loads(run_cli("ask", "clip.mp4", "-p", "x", "--dry-run", env=env).stdout)
+    part = video["body"]["messages"][0]["content"][0]
+    assert part["type"] == "video" and len(part["video"]) == 8 and part["fps"] == 2.0  # 4 s at 2 fps
+    assert server.requests == []
