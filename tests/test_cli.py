@@ -293,3 +293,16 @@ def test_dry_run_and_tokens_on_video_and_pdf(server, env, isolated_env):
     part = video["body"]["messages"][0]["content"][0]
     assert part["type"] == "video" and len(part["video"]) == 8 and part["fps"] == 2.0  # 4 s at 2 fps
     assert server.requests == []
+
+
+def test_config_shows_where_the_key_comes_from_never_the_key(isolated_env):
+    p = run_cli("config", env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 0 and "environment DASHSCOPE_API_KEY" in p.stdout and API_KEY not in p.stdout
+    data = json.loads(run_cli("config", "--json", "--region", "intl").stdout)
+    assert data["api_key"] is None
+    assert data["endpoints"]["native"] == "https://dashscope-intl.aliyuncs.com/api/v1"
+    (isolated_env / ".env").write_text(f"DASHSCOPE_API_KEY={API_KEY}\n")
+    data = json.loads(run_cli("config", "--json", "--base-url", "http://127.0.0.1:8000").stdout)
+    assert data["api_key"] == ".env DASHSCOPE_API_KEY"
+    assert data["endpoints"]["compat"] == "http://127.0.0.1:8000/compatible-mode/v1"
+    assert run_cli("config", "--region", "mars").returncode == 2

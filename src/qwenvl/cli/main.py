@@ -60,21 +60,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from qwenvl.cli import analyze, ask, chat
+    from qwenvl.cli import analyze, ask, batch, chat, config, events, extract, ground, ocr, tokens, usage
 
-    cli.add_command(analyze.analyze)
-    cli.add_command(ask.ask)
-    cli.add_command(chat.chat)
-    from qwenvl.cli import events, extract, ground, ocr
-
-    for verb in (ground.ground, ocr.ocr, extract.extract, events.events):
+    for verb in (analyze.analyze, ask.ask, chat.chat, tokens.tokens, ground.ground, ocr.ocr, extract.extract,
+                 events.events, batch.batch, usage.usage, config.config):
         cli.add_command(verb)
-    from qwenvl.cli import batch, usage; cli.add_command(batch.batch); cli.add_command(usage.usage)  # noqa: E702, I001
-    try:
-        from qwenvl.cli import tokens
-    except ImportError:  # pragma: no cover - during development of the media verbs
-        return
-    cli.add_command(tokens.tokens)
 
 
 _register()

@@ -1,0 +1,58 @@
+"""`qwenvl config`: where requests would go and with which key (never the key itself), and qwenvl's folders."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.config import find_api_key, normalize_protocol, normalize_region, resolve_base_url
+from qwenvl.models import DEFAULT_MODEL, model_info
+
+
+@click.command()
+@click.option("--protocol", help="As for the other verbs (default compat, or $QWENVL_PROTOCOL).")
+@click.option("--region", help="As for the other verbs (default cn, or $QWENVL_REGION).")
+@click.option("--base-url", help="As for the other verbs.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@pass_opts
+def config(opts: dict[str, Any]) -> None:
+    """Show the settings in force: key source, region, endpoints, default model, folders."""
+    from qwenvl.batch.cache import cache_dir
+    from qwenvl.batch.usagelog import enabled, log_path
+    from qwenvl.sessions import home
+
+    protocol = normalize_protocol(opts["protocol"] or os.environ.get("QWENVL_PROTOCOL"))
+    region = normalize_region(opts["region"] or os.environ.get("QWENVL_REGION"))
+    found = find_api_key()
+    model = model_info(os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL)
+    info = {
+        "api_key": found.source if found else None,
+        "protocol": protocol,
+        "region": region,
+        "endpoints": {p: resolve_base_url(p, region=region, base_url=opts["base_url"])  # type: ignore[arg-type]
+                      for p in ("compat", "native")},
+        "model": {"name": model.name, "family": model.family, "pixels_per_token": f"{model.factor}x{model.factor}",
+                  "image_tokens": model.image_tokens, "known": model.known},
+        "data_folder": str(home()),
+        "cache_folder": str(cache_dir()),
+        "usage_log": str(log_path()) if enabled() else None,
+    }
+    if opts["as_json"]:
+        print_json(info)
+        return
+    console = out_console()
+    key = f"found in {found.source}" if found else "[red]not found[/] (see `qwenvl --help` for where to put it)"
+    console.print(f"API key      {key}")
+    console.print(f"protocol     {protocol}   region {region}")
+    for name, url in info["endpoints"].items():
+        marker = "  (in use)" if name == protocol else ""
+        console.print(f"{name:<12} {url}{marker}", highlight=False)
+    known = "" if model.known else "  (not in the model table: rules guessed from the name)"
+    console.print(f"model        {model.name}: {model.family}, {model.factor}x{model.factor} px per token, "
+                  f"{model.image_tokens} tokens per image by default{known}", highlight=False)
+    console.print(f"data folder  {info['data_folder']}", highlight=False)
+    console.print(f"cache        {info['cache_folder']}", highlight=False)
+    console.print(f"usage log    {info['usage_log'] or 'off (QWENVL_LOG=0)'}", highlight=False)
