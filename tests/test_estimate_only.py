@@ -235,13 +235,23 @@ def test_batch_estimate_prepares_nothing(files: dict[str, Path], tmp_path: Path,
 
 def test_batch_with_images_answered_from_the_cache_takes_no_request(server, files: dict[str, Path],
                                                                     tmp_path: Path) -> None:
-    items = [BatchItem(id=name, request={"prompt": "Caption", "image": str(files[name])})
-             for name in ("small_png", "exif_jpeg")]
+    own = {name: tmp_path / files[name].name for name in ("small_png", "exif_jpeg")}  # this test edits one
+    for name, path in own.items():
+        path.write_bytes(files[name].read_bytes())
+    items = [BatchItem(id=name, request={"prompt": "Caption", "image": str(path)}) for name, path in own.items()]
     cache = tmp_path / "cache"
     first = Batch(items, tmp_path / "one.jsonl", api_key=API_KEY, base_url=server.url, cache=cache).run()
     assert first.ok == 2 and first.sent == 2
     second_job = Batch(items, tmp_path / "two.jsonl", api_key=API_KEY, base_url=server.url, cache=cache)
     est = second_job.estimate()
-    assert est.to_send == 2 and est.cached == 0  # the estimate cannot see hits for local media (an upper bound)
+    assert est.to_send == 0 and est.cached == 2  # seen by file identity, without preparing the images
     second = second_job.run()
     assert second.ok == 2 and second.cached == 2 and second.sent == 0 and second.cost == 0
+    # a changed file is a different request: the estimate counts it as to send, and the run sends it
+    (tmp_path / "edited").mkdir()
+    corpus.screenshot_png(tmp_path / "edited", size=(320, 200)).replace(own["small_png"])
+    third_job = Batch(items, tmp_path / "three.jsonl", api_key=API_KEY, base_url=server.url, cache=cache)
+    est = third_job.estimate()
+    assert est.to_send == 1 and est.cached == 1
+    third = third_job.run()
+    assert third.sent == 1 and third.cached == 1

@@ -29,7 +29,10 @@ from typing import Any
 import platformdirs
 
 from qwenvl.batch.db import SharedConnection
-from qwenvl.types import Response
+from qwenvl.errors import MediaError
+from qwenvl.media.sources import classify
+from qwenvl.plan import Call
+from qwenvl.types import ImagePart, Response
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,15 @@ def m001_responses(conn: sqlite3.Connection) -> None:
         response TEXT NOT NULL)""")
 
 
-MIGRATIONS = [m001_responses]
+def m002_sources(conn: sqlite3.Connection) -> None:
+    """Which answer a request with local files got, by file identity: lets an estimate see a hit unprepared."""
+    conn.execute("""CREATE TABLE sources (
+        source TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        created REAL NOT NULL)""")
+
+
+MIGRATIONS = [m001_responses, m002_sources]
 _DB = SharedConnection(MIGRATIONS)
 
 
@@ -63,6 +74,36 @@ def cache_key(protocol: str, endpoint: str, body: dict[str, Any]) -> str:
     h.update(b"\n")
     h.update(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     return h.hexdigest()
+
+
+# Request fields that change how a request is sent, not what is asked.
+_NOT_ASKED = {"max_retries", "retry_backoff_s", "timeout_s", "stream"}
+
+
+def source_key(protocol: str, endpoint: str, call: Call) -> str:
+    """A key of what was asked, with local files by identity (path, size, modification time) instead of
+    content: computable without preparing the media, and different as soon as a file changes."""
+    h = hashlib.sha256()
+    asked = call.request.model_dump(mode="json", exclude=_NOT_ASKED)
+    h.update(json.dumps({"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint, "request": asked},
+                        sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    for message in call.history:
+        for part in message.media():
+            refs = part.image if isinstance(part, ImagePart) else part.video
+            for ref in [refs] if isinstance(refs, str) else refs:
+                h.update(b"\n" + _identity(ref).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _identity(ref: str) -> str:
+    try:
+        source = classify(ref)
+    except MediaError:
+        return ref
+    if source.kind != "file" or source.path is None:
+        return ref
+    stat = source.path.stat()
+    return f"file:{source.path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 class ResponseCache:
@@ -105,6 +146,23 @@ class ResponseCache:
         except (sqlite3.Error, OSError) as exc:
             log.debug("response cache not writable (%s): %s", self.path, exc)
 
+    def link(self, source: str, key: str) -> None:
+        """Remember that the request known by ``source`` (see ``source_key``) was answered under ``key``."""
+        try:
+            _DB.run(self.path, lambda c: c.execute(
+                "INSERT OR REPLACE INTO sources (source, key, created) VALUES (?, ?, ?)", (source, key, time.time())))
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("response cache not writable (%s): %s", self.path, exc)
+
+    def has_source(self, source: str) -> bool:
+        """Whether the request known by ``source`` has a (fresh) answer."""
+        try:
+            row = _DB.run(self.path, lambda c: c.execute(
+                "SELECT key FROM sources WHERE source = ?", (source,)).fetchone())
+        except (sqlite3.Error, OSError):
+            return False
+        return row is not None and row["key"] in self
+
     def __len__(self) -> int:
         try:
             return int(_DB.run(self.path, lambda c: c.execute("SELECT count(*) FROM responses").fetchone()[0]))
@@ -113,6 +171,7 @@ class ResponseCache:
 
     def clear(self) -> None:
         _DB.run(self.path, lambda c: c.execute("DELETE FROM responses"))
+        _DB.run(self.path, lambda c: c.execute("DELETE FROM sources"))
 
 
 def open_cache(cache: bool | str | Path | ResponseCache | None) -> ResponseCache | None:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from qwenvl.batch import usagelog
-from qwenvl.batch.cache import ResponseCache, cache_key
+from qwenvl.batch.cache import ResponseCache, cache_key, source_key
 from qwenvl.config import resolve_base_url
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
@@ -34,6 +34,10 @@ def endpoint(client: Any, call: Call) -> str:
 
 def key_for(client: Any, call: Call) -> str:
     return cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
+
+
+def source_key_for(client: Any, call: Call) -> str:
+    return source_key(client.protocol, endpoint(client, call), call)
 
 
 class Exchange:

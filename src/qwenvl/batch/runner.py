@@ -35,9 +35,10 @@ anything is sent.
 **The estimate prepares nothing**: it plans every item with ``estimate_only=True`` (media checked and sized
 from their headers: the same sizes and tokens, without decoding, resizing, encoding, sampling or rendering),
 so the CPU work of preparation is done once, by the run. Two consequences: a file whose header is sound but
-whose data is damaged is found by the run (that item's error) rather than by the estimate; and the estimate
-cannot see cache hits for items with local media (the cache key covers the prepared bytes), so it counts them
-as requests to send (an upper bound); the run looks each one up once prepared, and a hit takes no slot.
+whose data is damaged is found by the run (that item's error) rather than by the estimate; and cache hits for
+items with local media are found through the cache's index by file identity (``cache.source_key``: path,
+size, modification time), which every answered item records; a file copied or touched since counts as to
+send (an upper bound), and the run still looks it up by content once prepared (a hit takes no slot).
 
 Resume and output: see ``journal``. Cache: see ``cache``.
 """
@@ -57,7 +58,7 @@ from typing import Any
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
 from qwenvl.batch import usagelog
 from qwenvl.batch.cache import ResponseCache, open_cache
-from qwenvl.batch.exchange import key_for
+from qwenvl.batch.exchange import key_for, source_key_for
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal, fingerprint, journal_path, read_finished
 from qwenvl.batch.limiter import AdaptiveLimiter
@@ -288,8 +289,12 @@ class Batch:
             tokens, unknown = input_tokens_of(call)
             # Without placeholders the estimate's body is the real one; with them the key is unknown until the
             # run prepares the item (it looks the cache up then).
-            cached = (self.cache is not None and self.mode == "realtime"
-                      and not any(m.estimate for m in call.media) and key_for(self.planner, call) in self.cache)
+            cached = False
+            if self.cache is not None and self.mode == "realtime":
+                if any(m.estimate for m in call.media):  # local media: known by file identity (see cache)
+                    cached = self.cache.has_source(source_key_for(self.planner, call))
+                else:
+                    cached = key_for(self.planner, call) in self.cache
             return item, (call.model, call.request.max_tokens, tokens, unknown, cached)
 
         with ThreadPoolExecutor(self.plan_threads) as pool:
@@ -555,6 +560,8 @@ class _Realtime:
                         self.prog.sent += 1
             if not response.cached:
                 self.limiter.on_success()
+            if client.cache is not None and call.media:  # the next estimate sees this answer unprepared
+                client.cache.link(source_key_for(client, call), key_for(client, call))
             return self._ok(item, response, attempts, time.monotonic() - started)
 
 
