@@ -455,3 +455,21 @@ def test_tools_and_thinking_need_a_model_that_has_them(client, server):
     with pytest.raises(UsageError, match="thinking"):
         client.complete(prompt="x", enable_thinking=True, model="qwen-vl-plus")
     assert server.requests == []
+
+
+def test_stream_field_streams_and_returns_the_assembled_answer(server, protocol, png):
+    server.enqueue(Reply(text="a b c d e f g", times=2))
+    with make_client(server, protocol) as c:
+        r = c.complete(prompt="x", image=str(png), stream=True)
+    assert r.text == "a b c d e f g" and r.usage.output_tokens
+
+    async def main() -> str:
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as c:
+            return (await c.complete(prompt="x", stream=True)).text
+
+    assert asyncio.run(main()) == "a b c d e f g"
+    body = server.requests[-1].json
+    if protocol == "compat":
+        assert body["stream"] is True
+    else:
+        assert server.requests[-1].headers["X-DashScope-SSE"] == "enable"

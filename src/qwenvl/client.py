@@ -92,6 +92,16 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
     return final
 
 
+def _final(events: Iterator[StreamEvent]) -> Response:
+    """The response a stream ends with (its deltas are dropped)."""
+    final = None
+    for event in events:
+        if event.type == "done":
+            final = event.response
+    assert final is not None
+    return final
+
+
 def _add_usage(a: Usage, b: Usage) -> Usage:
     def add(x: int | None, y: int | None) -> int | None:
         return None if x is None and y is None else (x or 0) + (y or 0)
@@ -168,6 +178,9 @@ class Client(_Base):
         return self.send(call)
 
     def send(self, call: Call) -> Response:
+        """Send a planned call; with ``stream=True`` in the request the answer is streamed and assembled."""
+        if call.request.stream:
+            return _final(self.send_stream(call))
         first, retry = _check(call, self._complete(call))
         if retry is None:
             return first
@@ -237,6 +250,12 @@ class AsyncClient(_Base):
         return await self.send(call)
 
     async def send(self, call: Call) -> Response:
+        if call.request.stream:
+            final = None
+            async for event in self.send_stream(call):
+                final = event.response if event.type == "done" else final
+            assert final is not None
+            return final
         first, retry = _check(call, await self._complete(call))
         if retry is None:
             return first
@@ -256,6 +275,10 @@ class AsyncClient(_Base):
     async def stream(self, request: Request | dict[str, Any] | None = None, /,
                      **fields: Any) -> AsyncIterator[StreamEvent]:
         call = self.plan(request, **fields)
+        async for event in self.send_stream(call):
+            yield event
+
+    async def send_stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         ex, backend = exchange.begin(self, call, stream=True), self.backend
         try:
             async for event in backend.stream(call):
