@@ -53,6 +53,13 @@ def make_client(server: DashScopeServer, protocol: str = "compat", **kw) -> qwen
 
 
 @pytest.fixture
+def env(server: DashScopeServer) -> dict[str, str]:
+    """Environment for a CLI subprocess that talks to the loopback server (both protocols)."""
+    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
+            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
+
+
+@pytest.fixture
 def client(server: DashScopeServer, protocol: str) -> Iterator[qwenvl.Client]:
     with make_client(server, protocol) as c:
         yield c

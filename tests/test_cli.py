@@ -10,13 +10,6 @@ import pytest
 from conftest import API_KEY, run_cli
 from dashscope_server import Reply
 
-
-@pytest.fixture
-def env(server) -> dict[str, str]:
-    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
-            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
-
-
 # --- analyze: the skill's interface ------------------------------------------------------------------------
 
 def test_analyze_prints_the_skills_result_shape(server, env, png):

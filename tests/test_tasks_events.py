@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import API_KEY, run_cli, write_image
+from conftest import run_cli, write_image
 from dashscope_server import Reply
 
 SEED_ANSWER = {"events": [  # the seed docs' example, in English
@@ -34,12 +34,6 @@ def make_clip(path: Path, seconds: float = 3.0, fps: int = 10, size: tuple[int, 
         for packet in stream.encode():
             out.mux(packet)
     return path
-
-
-@pytest.fixture
-def env(server) -> dict[str, str]:
-    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
-            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
 
 
 @pytest.fixture

@@ -8,18 +8,12 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from conftest import API_KEY, run_cli, write_image
+from conftest import run_cli, write_image
 from dashscope_server import Reply
 
 SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}, "amount": {"type": "number"},
                                            "items": {"type": "array"}},
           "required": ["title", "amount"]}
-
-
-@pytest.fixture
-def env(server) -> dict[str, str]:
-    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
-            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
 
 
 @pytest.fixture

@@ -7,16 +7,10 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import API_KEY, run_cli, write_image
+from conftest import run_cli, write_image
 from dashscope_server import Reply
 
 QWEN25 = "qwen2.5-vl-72b-instruct"
-
-
-@pytest.fixture
-def env(server) -> dict[str, str]:
-    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
-            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import API_KEY, run_cli
+from conftest import run_cli
 from dashscope_server import Reply
 from qwenvl import Message, UsageError
 
@@ -15,12 +15,6 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 CALL = {"id": "call_7", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Hangzhou", "unit": "celsius"}'}}
-
-
-@pytest.fixture
-def env(server) -> dict[str, str]:
-    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
-            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
 
 
 def params(server, index: int = -1) -> dict:
