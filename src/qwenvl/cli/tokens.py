@@ -1,15 +1,12 @@
 """`qwenvl tokens FILE...`: what each image, video or PDF costs in tokens and money, sending nothing.
 
-Each file is checked and prepared exactly as `ask` would prepare it (``qwenvl.media.prepare``), so the sizes,
-formats, bytes and token counts are those of the request that would be sent. ``--fast`` works from the headers
-instead (estimate-only mode: nothing decoded, encoded or rendered): the same sizes and tokens, without the
-bytes ("-"), and the likely format for images other than JPEG. The cost covers the media's input tokens only:
-the prompt and the answer come on top.
+The estimate itself is ``qwenvl.estimate.estimate_files`` (each file checked and prepared exactly as `ask` would
+prepare it; ``--fast`` from the headers only, without the bytes: "-"); this module renders it. The cost covers
+the media's input tokens only: the prompt and the answer come on top.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -17,13 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from qwenvl.cli.common import out_console, pass_opts, print_json
-from qwenvl.errors import UsageError
-from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import classify, read_bytes, sniff
-from qwenvl.media.tokens import cost
-from qwenvl.models import DEFAULT_MODEL, PRICE_CURRENCY, ModelInfo, model_info
-from qwenvl.plan import media_options
-from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
+from qwenvl.estimate import estimate_files
+from qwenvl.models import PRICE_CURRENCY
 
 
 @click.command()
@@ -47,66 +39,14 @@ def tokens(opts: dict[str, Any]) -> None:
     Nothing is sent. FILES are local files, https:// URLs (tokens unknown: the service fetches them),
     file:// or data: URLs.
     """
-    model_name = opts["model"] or os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL
-    model = model_info(model_name)
-    try:
-        request = Request(prompt="tokens", model=model_name, detail=opts["detail"] or "auto",
-                          vl_high_resolution_images=opts["vl_high_resolution_images"],
-                          min_pixels=opts["min_pixels"], max_pixels=opts["max_pixels"], fps=opts["fps"],
-                          pages=opts["pages"], prepare=not opts["no_resize"])
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise UsageError(str(exc).splitlines()[-1] if str(exc) else "invalid options") from None
-    options = media_options(request, model, "native", estimate_only=opts["fast"])
-
-    rows: list[dict[str, Any]] = []
-    for ref in opts["files"]:
-        part = _part(ref)
-        prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
-        items = prepared.items
-        for index, item in enumerate(items, 1):
-            label = ref if len(items) == 1 else f"{ref} [{index}/{len(items)}]"
-            rows.append(_row(label, item, model))
-
-    known = [r["tokens"] for r in rows if r["tokens"] is not None]
-    total_tokens = sum(known)
-    total_cost = cost(model, total_tokens)
-    unknown = len(rows) - len(known)
+    result = estimate_files(opts["files"], model=opts["model"], detail=opts["detail"],
+                            vl_high_resolution_images=opts["vl_high_resolution_images"],
+                            min_pixels=opts["min_pixels"], max_pixels=opts["max_pixels"], fps=opts["fps"],
+                            pages=opts["pages"], prepare=not opts["no_resize"], fast=opts["fast"])
     if opts["as_json"]:
-        print_json({
-            "model": model.name, "factor": model.factor, "currency": PRICE_CURRENCY, "items": rows,
-            "total": {"tokens": total_tokens, "cost": total_cost, "items": len(rows), "unknown": unknown},
-        })
+        print_json(result)
         return
-    _print_table(rows, model, total_tokens, total_cost, unknown)
-
-
-def _part(ref: str) -> ImagePart | VideoPart:
-    """A video part when the file's bytes say video, else an image part (PDFs are expanded into pages)."""
-    source = classify(ref)
-    if source.kind in ("file", "data"):
-        head = _head(source)
-        if (sniff(head) or "").startswith("video/"):
-            return VideoPart(video=ref)
-    return ImagePart(image=ref)
-
-
-def _head(source: Any) -> bytes:
-    if source.kind == "file" and source.path is not None:
-        try:
-            with source.path.open("rb") as fh:
-                return fh.read(4096)
-        except OSError:
-            return b""  # prepare_messages reports it
-    return read_bytes(source)[:4096]
-
-
-def _row(label: str, item: PreparedItem, model: ModelInfo) -> dict[str, Any]:
-    frames = len(item.sent) if isinstance(item.sent, list) else None
-    return {
-        "source": label, "kind": item.kind, "width": item.width, "height": item.height, "frames": frames,
-        "mime": item.mime, "bytes_sent": item.bytes_sent, "tokens": item.tokens,
-        "cost": cost(model, item.tokens) if item.tokens is not None else None, "notes": list(item.notes),
-    }
+    _print_table(result)
 
 
 def _size(row: dict[str, Any]) -> str:
@@ -130,10 +70,12 @@ def _money(value: float | None) -> str:
     return "unknown" if value is None else f"¥{value:.5f}"
 
 
-def _print_table(rows: list[dict[str, Any]], model: ModelInfo, total_tokens: int, total_cost: float | None,
-                 unknown: int) -> None:
+def _print_table(result: dict[str, Any]) -> None:
+    rows = result["items"]
+    total_tokens, total_cost, unknown = (result["total"][k] for k in ("tokens", "cost", "unknown"))
     console = out_console()
-    table = Table(title=f"{model.name} ({model.factor}x{model.factor} px per token)", title_justify="left")
+    table = Table(title=f"{result['model']} ({result['factor']}x{result['factor']} px per token)",
+                  title_justify="left")
     table.add_column("file", overflow="fold")
     table.add_column("sent as")
     table.add_column("inline", justify="right")
