@@ -65,6 +65,9 @@ def _register() -> None:
     for verb in (analyze.analyze, ask.ask, chat.chat, tokens.tokens, ground.ground, ocr.ocr, extract.extract,
                  events.events, batch.batch, usage.usage, config.config):
         cli.add_command(verb)
+    from qwenvl.cli import mcp, skill  # the agent verbs: an MCP server and the skill file
+    for verb in (mcp.mcp, skill.skill):
+        cli.add_command(verb)
 
 
 _register()

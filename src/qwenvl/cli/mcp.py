@@ -1,0 +1,83 @@
+"""`qwenvl mcp`: qwenvl's tools for agents over the Model Context Protocol (stdio, or streamable HTTP)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import err_console, make_client, pass_opts, request_fields, service_options
+from qwenvl.errors import UsageError
+
+INSTALL_HINT = 'pip install "qwenvl[mcp]"'
+
+
+def load_server_module() -> Any:
+    """``qwenvl.mcp_server``, or a usage error naming the extra when the ``mcp`` SDK is not installed."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        raise UsageError("qwenvl mcp needs the MCP SDK, which is not installed",
+                         hint=f"Install the extra: {INSTALL_HINT}") from None
+    from qwenvl import mcp_server
+
+    return mcp_server
+
+
+@click.command("mcp")
+@click.option("--allow-dir", "allow_dirs", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False, resolve_path=True),
+              help="A folder whose files the tools may read (repeatable), besides the roots the client declares.")
+@click.option("--http", "http_port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (with --http).")
+@click.option("--api-key", help="The bearer key HTTP clients must send (default $QWENVL_SERVE_API_KEY).")
+@click.option("--no-auth", is_flag=True, help="Serve HTTP without a key (loopback hosts only).")
+@service_options
+@pass_opts
+def mcp(opts: dict[str, Any]) -> None:
+    """Serve qwenvl's tools to agents over MCP: ask, ground, ocr, extract, events, estimate.
+
+    \b
+    stdio (the default) for MCP hosts that start the server themselves:
+      {"command": "qwenvl", "args": ["mcp", "--allow-dir", "/path/to/files"]}
+    --http PORT for streamable HTTP at /mcp; a bearer key is required (--api-key or $QWENVL_SERVE_API_KEY)
+    unless --no-auth, which only a loopback --host accepts.
+
+    Local files are read only under the client's MCP roots and the --allow-dir folders. --model and the
+    service options are the defaults for every tool call. Needs the extra: pip install "qwenvl[mcp]".
+    """
+    server_module = load_server_module()
+    key = opts["api_key"] or os.environ.get(server_module.API_KEY_ENV) or None
+    if opts["http_port"] is None:
+        if opts["no_auth"] or opts["api_key"]:
+            raise UsageError("--api-key and --no-auth apply to --http only (stdio has no network to guard)")
+    else:
+        if opts["no_auth"]:
+            if opts["api_key"]:
+                raise UsageError("--api-key and --no-auth contradict each other: give one")
+            if not server_module.is_loopback(opts["host"]):
+                raise UsageError(f"--no-auth is allowed on a loopback host only, not {opts['host']}",
+                                 hint="Set a key with --api-key or QWENVL_SERVE_API_KEY to listen there.")
+            key = None
+        elif not key:
+            raise UsageError("the HTTP transport needs an API key",
+                             hint="Give --api-key KEY or set QWENVL_SERVE_API_KEY (or --no-auth on a loopback "
+                                  "host); clients send it as Authorization: Bearer KEY.")
+    fields = request_fields(opts)
+    server = server_module.build_server(lambda: make_client(opts), allow_dirs=opts["allow_dirs"], defaults=fields)
+    try:
+        if opts["http_port"] is None:
+            server.run("stdio")
+        else:
+            import anyio
+
+            def announce(url: str) -> None:
+                guard = "bearer key required" if key else "no auth"
+                err_console().print(f"qwenvl mcp: listening on {url} ({guard})", highlight=False)
+
+            anyio.run(lambda: server_module.serve_http(server, opts["host"], opts["http_port"], api_key=key,
+                                                       announce=announce))
+    finally:
+        server.client.close()

@@ -1,0 +1,48 @@
+"""`qwenvl skill`: the SKILL.md that lets an agent use qwenvl (printed, or written into a skill folder)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import err_console, pass_opts
+from qwenvl.errors import UsageError
+
+
+def skill_text() -> str:
+    """The skill file shipped in the package (``qwenvl/data/SKILL.md``)."""
+    return resources.files("qwenvl").joinpath("data", "SKILL.md").read_text(encoding="utf-8")
+
+
+@click.command()
+@click.option("--install", "folder", metavar="DIR",
+              help="Write DIR/SKILL.md (the folder is created), e.g. the skill folder the agent loads.")
+@click.option("--force", is_flag=True, help="Replace an existing DIR/SKILL.md.")
+@pass_opts
+def skill(opts: dict[str, Any]) -> None:
+    """Print the agent skill file (SKILL.md) for qwenvl, or install it: qwenvl skill --install DIR
+
+    The skill tells an agent which verb to use when, the exact commands (analyze's request format), the
+    exit codes and how to keep the cost down. It replaces the alicloud-ai-multimodal-qwen-vl skill folder.
+    """
+    text = skill_text()
+    if opts["folder"] is None:
+        if opts["force"]:
+            raise UsageError("--force applies to --install only")
+        click.echo(text, nl=False)
+        return
+    folder = Path(opts["folder"]).expanduser()
+    target = folder / "SKILL.md"
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a folder", hint="Give the skill's folder: DIR/SKILL.md is written.")
+    if target.exists() and not opts["force"]:
+        raise UsageError(f"{target} exists", hint="Add --force to replace it.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+    err_console().print(f"wrote {target}", highlight=False)
