@@ -438,7 +438,7 @@ def test_skill_commands_are_real():
     from qwenvl.types import Request
 
     text = skill_text()
-    verbs = set(re.findall(r"\bqwenvl ([a-z]+)\b", text))
+    verbs = set(re.findall(r"(?:^|`)qwenvl ([a-z]+)\b", text, re.M))  # commands: in code, or a code line
     assert {"analyze", "ask", "ground", "ocr", "extract", "events", "tokens", "mcp"} <= verbs
     assert verbs <= set(cli.commands)
     requests = re.findall(r"--request '(\{.*?\})'", text)
