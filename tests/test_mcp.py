@@ -186,8 +186,26 @@ def test_ground_refuses_to_write_outside_the_allowed_folders(server, env, isolat
         async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
             r = await c.call_tool("ground", {"image": str(photo), "query": "x", "out": str(tmp_path / "o.png")})
             assert r.is_error and "outside the folders this server may write" in text_of(r)
+            r = await c.call_tool("ground", {"image": "https://example.com/a.jpg", "query": "x",
+                                             "return_image": True})
+            assert r.is_error and "needs the image's pixels" in text_of(r)
         assert not (tmp_path / "o.png").exists()
         assert not server.requests  # refused before anything was paid for
+
+    run(main)
+
+
+# == ocr ==========================================================================================================
+
+def test_ocr_reads_the_text(server, env, png):
+    async def main() -> None:
+        async with stdio_session(env, "--allow-dir", str(png.parent)) as c:
+            server.enqueue(Reply(text="CAFE ALIBABA\nTOTAL 16.50"))
+            r = await c.call_tool("ocr", {"file": png.name})
+            assert not r.is_error, text_of(r)
+            assert r.structured_content["text"] == "CAFE ALIBABA\nTOTAL 16.50"
+            assert r.structured_content["source"] == png.name and r.structured_content["usage"]["input_tokens"]
+            assert sent_images(server) == 1
 
     run(main)
 

@@ -95,7 +95,8 @@ class Options(BaseModel):
 
 Model = Annotated[str | None, Field(description="Model name or snapshot (default: the server's, qwen3-vl-plus).")]
 Opts = Annotated[Options | None, Field(description="Generation and media options.")]
-MEDIA_HELP = ("local paths (under the allowed folders), https:// URLs, file:// or data: URLs")
+MEDIA_HELP = ("local paths (absolute, or relative to the server's working folder; only under the allowed "
+              "folders), https:// URLs, file:// or data: URLs")
 
 
 # == Results (output schemas) ======================================================================================
@@ -429,9 +430,11 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             folders = access.folders(roots)
             ref = access.check(image, folders)
             target = Path(access.check(out, folders, write=True)) if out else None
+            want_image = return_image if return_image is not None else target is not None
+            if (target is not None or want_image) and local_path(ref) is None and not ref.startswith("data:"):
+                raise UsageError("drawing the boxes needs the image's pixels: give a local file or a data: URL, "
+                                 "not a URL", hint="Or leave out and return_image unset to get the boxes only.")
             if target is not None:
-                if local_path(ref) is None and not ref.startswith("data:"):
-                    raise UsageError("out needs the image's pixels: give a local file or a data: URL, not a URL")
                 check_writable(str(target))
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and is_pdf(ref)
@@ -444,12 +447,8 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
             g = read_grounding(call, response, image=image)
             extra: list[ImageContent] = []
-            want_image = return_image if return_image is not None else target is not None
             if target is not None or want_image:
                 picture = g.picture or ref
-                if local_path(picture) is None and not picture.startswith("data:"):
-                    raise UsageError("the image is a URL: its pixels are not here to draw on",
-                                     hint="Give a local file or a data: URL to get the annotated image.")
                 img = await anyio.to_thread.run_sync(lambda: annotate(picture, g, target))
                 if want_image:
                     extra.append(_preview(img))
@@ -542,7 +541,8 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             fields = request_fields(model, options)
             call = await step(ctx, 0, 2, "sampling the video's frames", lambda: plan_events(
                 client, target, prompt=prompt, **fields))
-            timeline = await step(ctx, 1, 2, f"asking {call.request.model} ({len(call.media)} video)",
+            frames_sent = sum(len(m.sent) if isinstance(m.sent, list) else 1 for m in call.media)
+            timeline = await step(ctx, 1, 2, f"asking {call.request.model} about {frames_sent} frames",
                                   lambda: send_events(client, call))
             await _progress(ctx, 2, 2, "done")
             name = video if video is not None else f"{len(frames or [])} frames"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
@@ -69,6 +70,9 @@ def mcp(opts: dict[str, Any]) -> None:
     server = server_module.build_server(lambda: make_client(opts), allow_dirs=opts["allow_dirs"], defaults=fields)
     try:
         if opts["http_port"] is None:
+            if sys.stdin.isatty():
+                err_console().print("qwenvl mcp: serving MCP on stdio, for an MCP host to start (Ctrl-C to stop; "
+                                    "--http PORT serves HTTP)", highlight=False)
             server.run("stdio")
         else:
             import anyio
