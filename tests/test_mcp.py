@@ -426,11 +426,12 @@ def test_http_without_auth_on_loopback_only(server, env):
     assert p.returncode == 2 and "--http only" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_missing_extra_names_the_install_command(env):
-    code = "import sys; sys.modules['mcp'] = None; from qwenvl.cli.main import main; main(['mcp'])"
+@pytest.mark.parametrize(("hidden", "says"), [("mcp", "not installed"), ("mcp.server.mcpserver", "needs mcp 2.3")])
+def test_missing_extra_names_the_install_command(env, hidden, says):
+    code = f"import sys; sys.modules[{hidden!r}] = None; from qwenvl.cli.main import main; main(['mcp'])"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(env), timeout=60)
     assert p.returncode == 2, p.stderr
-    assert 'pip install "qwenvl[mcp]"' in p.stderr and "Traceback" not in p.stderr
+    assert says in p.stderr and 'pip install "qwenvl[mcp]"' in p.stderr and "Traceback" not in p.stderr
 
 
 # == the skill ====================================================================================================

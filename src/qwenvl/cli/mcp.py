@@ -21,8 +21,17 @@ def load_server_module() -> Any:
     except ImportError:
         raise UsageError("qwenvl mcp needs the MCP SDK, which is not installed",
                          hint=f"Install the extra: {INSTALL_HINT}") from None
-    from qwenvl import mcp_server
+    try:
+        from qwenvl import mcp_server
+    except ImportError:  # an SDK without the 2.x server API (e.g. mcp 1.x)
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
+            found = version("mcp")
+        except PackageNotFoundError:
+            found = "unknown"
+        raise UsageError(f"qwenvl mcp needs mcp 2.3 or later, below 3 (installed: {found})",
+                         hint=f"Upgrade it: {INSTALL_HINT} --upgrade") from None
     return mcp_server
 
 
