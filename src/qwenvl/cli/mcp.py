@@ -15,22 +15,21 @@ INSTALL_HINT = 'pip install "qwenvl[mcp]"'
 
 
 def load_server_module() -> Any:
-    """``qwenvl.mcp_server``, or a usage error naming the extra when the ``mcp`` SDK is not installed."""
-    try:
-        import mcp  # noqa: F401
-    except ImportError:
-        raise UsageError("qwenvl mcp needs the MCP SDK, which is not installed",
-                         hint=f"Install the extra: {INSTALL_HINT}") from None
+    """``qwenvl.mcp_server``, or a usage error naming the extra when the ``mcp`` SDK is missing or too old."""
     try:
         from qwenvl import mcp_server
-    except ImportError:  # an SDK without the 2.x server API (e.g. mcp 1.x)
+    except ImportError:
         from importlib.metadata import PackageNotFoundError, version
+        from importlib.util import find_spec
 
+        if find_spec("mcp") is None:
+            raise UsageError("qwenvl mcp needs the MCP SDK, which is not installed",
+                             hint=f"Install the extra: {INSTALL_HINT}") from None
         try:
             found = version("mcp")
         except PackageNotFoundError:
             found = "unknown"
-        raise UsageError(f"qwenvl mcp needs mcp 2.3 or later, below 3 (installed: {found})",
+        raise UsageError(f"qwenvl mcp needs mcp 2.3 or later, below 3 (installed: {found})",  # e.g. mcp 1.x
                          hint=f"Upgrade it: {INSTALL_HINT} --upgrade") from None
     return mcp_server
 
