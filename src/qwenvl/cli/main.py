@@ -60,10 +60,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from qwenvl.cli import analyze, ask, batch, chat, config, events, extract, ground, ocr, tokens, usage
+    from qwenvl.cli import analyze, ask, batch, chat, config, events, extract, ground, ocr, serve, tokens, usage
 
     for verb in (analyze.analyze, ask.ask, chat.chat, tokens.tokens, ground.ground, ocr.ocr, extract.extract,
-                 events.events, batch.batch, usage.usage, config.config):
+                 events.events, batch.batch, usage.usage, config.config, serve.serve):
         cli.add_command(verb)
 
 
