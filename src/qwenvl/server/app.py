@@ -409,7 +409,24 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         return Plain(status_code=200)
 
     if playground:
-        _mount_playground(app)
+        from qwenvl.server import playground as page
+
+        async def guard(request: HTTPRequest) -> dict[str, Any]:
+            authorize(request)
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise _Refused(400, "the body must be a JSON object")
+            return body
+
+        def served_model(name: str) -> str:
+            if settings.model_map:
+                if name not in settings.model_map:
+                    raise _Refused(404, f"Model not exist: {name}")
+                return settings.model_map[name]
+            return name
+
+        page.add_routes(app, client, guard=guard, resolve=lambda ref, model: resolve_ref(ref, model, False),
+                        fail=lambda exc: refuse("compat", exc, str(uuid.uuid4())), model_for=served_model)
     return app
 
 
@@ -427,22 +444,9 @@ def _xml(text: str) -> str:
 
 
 def _known_models() -> list[str]:
-    from qwenvl.models import MODELS
+    from qwenvl.models import DEFAULT_MODEL, MODELS
 
-    return sorted(MODELS)
-
-
-def _mount_playground(app: FastAPI) -> None:
-    """The web page at ``/`` when the package ships it (``qwenvl/server/static``)."""
-    from pathlib import Path
-
-    static = Path(__file__).parent / "static"
-    if (static / "index.html").is_file():
-        from fastapi.responses import FileResponse
-        from fastapi.staticfiles import StaticFiles
-
-        app.mount("/static", StaticFiles(directory=static), name="static")
-        app.add_api_route("/", lambda: FileResponse(static / "index.html"), methods=["GET"])
+    return [DEFAULT_MODEL, *sorted(m for m in MODELS if m != DEFAULT_MODEL)]
 
 
 class _EventStream(StreamingResponse):
