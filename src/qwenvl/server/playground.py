@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request as HTTPRequest
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -74,7 +75,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
                 video = [await resolve(v, opts["model"]) for v in video]
             call = await asyncio.to_thread(client.plan, prompt="estimate", images=images, video=video,
                                            estimate_only=True, **opts)
-        except Exception as exc:  # noqa: BLE001 - the page shows one line
+        except Exception as exc:
             return fail(exc)
         items = [{"kind": m.kind, "width": m.width, "height": m.height,
                   "frames": len(m.sent) if isinstance(m.sent, list) else None, "tokens": m.tokens,
@@ -97,7 +98,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
                                            points=bool(body.get("points")), **opts)
             response = await client.send(call)
             result = read_grounding(call, response)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return fail(exc)
         out = result.to_json()
         out.update(image=None, text=response.text, usage=response.usage.model_dump(exclude={"raw"}))
@@ -112,7 +113,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
             image = await resolve(field(body, "image"), opts["model"])
             call = await asyncio.to_thread(plan_ocr, client, image, **opts)
             response = await client.send(call)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return fail(exc)
         return JSONResponse({"text": clean_text(response.text), "usage": response.usage.model_dump(exclude={"raw"})})
 
@@ -126,7 +127,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
             schema = field(body, "schema", dict)
             call = await asyncio.to_thread(plan_extract, client, image, schema, **opts)
             response = await client.send(call)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             return fail(exc)
         return JSONResponse({"json": response.json, "text": response.text,
                              "usage": response.usage.model_dump(exclude={"raw"})})
