@@ -432,3 +432,52 @@ def test_response_round_trip_both_protocols():
     assert (back.text, back.reasoning, back.usage.image_tokens, back.usage.total_tokens) == ("hi", "think", 8, 12)
     back = native.parse_response(inbound.native_response(resp, request_id="r"), model="m")
     assert (back.text, back.reasoning, back.usage.image_tokens, back.request_id) == ("hi", "think", 8, "r")
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+def test_serve_command_refuses_unsafe_or_incomplete_settings(env):
+    from conftest import run_cli
+
+    p = run_cli("serve", env={k: v for k, v in env.items() if k != "QWENVL_SERVE_API_KEY"})
+    assert p.returncode == 2 and "needs an API key" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("serve", "--no-auth", "--host", "0.0.0.0", env=env)
+    assert p.returncode == 2 and "loopback" in p.stderr
+    p = run_cli("serve", "--api-key", "k", "--backend", "transformers", "--workers", "2", env=env)
+    assert p.returncode == 2
+
+
+def test_serve_command_answers_the_sdk_and_stops_on_ctrl_c(env, server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}, **env,
+            "QWENVL_SERVE_API_KEY": SERVE_KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "qwenvl", "serve", "--port", str(port)], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+        openai = pytest.importorskip("openai")
+        sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/compatible-mode/v1", api_key=SERVE_KEY,
+                            max_retries=0)
+        r = sdk.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content.startswith("echo: hi")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode in (0, 130) and "Traceback" not in err
+    assert SERVE_KEY not in out + err and API_KEY not in out + err
