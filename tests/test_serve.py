@@ -481,3 +481,53 @@ def test_serve_command_answers_the_sdk_and_stops_on_ctrl_c(env, server, tmp_path
         out, err = proc.communicate(timeout=20)
     assert proc.returncode in (0, 130) and "Traceback" not in err
     assert SERVE_KEY not in out + err and API_KEY not in out + err
+
+
+# --- under load -------------------------------------------------------------------------------------------
+
+def _rss_mb() -> float:
+    import resource
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def test_200_concurrent_streaming_clients_all_finish_with_memory_flat(server):
+    """200 streams at once through the server to the loopback upstream, twice: every stream completes with
+    the whole answer and no error, and the second round does not grow the process (no per-request leak)."""
+    clients = 200
+
+    async def one(h: httpx.AsyncClient, url: str, i: int) -> str:
+        body = {"model": "qwen3-vl-plus", "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": f"question {i}"}]}
+        text, done = [], False
+        async with h.stream("POST", url, json=body, headers={"Authorization": f"Bearer {SERVE_KEY}"}) as r:
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        done = True
+                        continue
+                    chunk = json.loads(data)
+                    assert "error" not in chunk, chunk
+                    for c in chunk["choices"]:
+                        text.append(c["delta"].get("content") or "")
+        assert done
+        return "".join(text)
+
+    async def round_(url: str) -> list[str]:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as h:
+            return await asyncio.gather(*(one(h, url, i) for i in range(clients)))
+
+    server.enqueue(Reply(chunk_delay_s=0.05, times=2 * clients))
+    with gateway(server, max_concurrent_per_key=clients) as s:
+        url = s.url + COMPAT
+        first = asyncio.run(round_(url))
+        before = _rss_mb()
+        second = asyncio.run(round_(url))
+        after = _rss_mb()
+    for i, text in enumerate(first + second):
+        assert text == f"echo: question {i % clients} [images=0 videos=0]"
+    assert after - before < 40, f"memory grew {after - before:.1f} MB over 200 more streams"
