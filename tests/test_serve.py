@@ -531,3 +531,17 @@ def test_200_concurrent_streaming_clients_all_finish_with_memory_flat(server):
     for i, text in enumerate(first + second):
         assert text == f"echo: question {i % clients} [images=0 videos=0]"
     assert after - before < 40, f"memory grew {after - before:.1f} MB over 200 more streams"
+
+
+def test_slots_are_given_back_after_every_kind_of_answer(server):
+    """More requests in sequence than the per-key limit: each frees its slot (answer, error, stream)."""
+    with gateway(server, max_concurrent_per_key=2) as s:
+        ok = {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": "hi"}]}
+        for _ in range(3):
+            assert post(s, COMPAT, ok).status_code == 200
+            assert post(s, COMPAT, {**ok, "stream": True}).status_code == 200
+            server.enqueue(Reply(status=400, error_code="InvalidParameter", error_message="no"))
+            assert post(s, NATIVE, {"model": "qwen3-vl-plus", "input": {"messages": [
+                {"role": "user", "content": [{"text": "hi"}]}]}}).status_code == 400
+            assert post(s, COMPAT, {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}).status_code == 400

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,22 +246,24 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
             slots.take(key)
         except Exception as exc:
             return refuse(proto, exc, rid)
+        streaming = False
         try:
             async with asyncio.timeout(settings.request_timeout_s):
                 call = await plan(parsed, request)
                 if not parsed.stream:
                     response = await client.send(call)
                     return JSONResponse(wire_response(proto, parsed, response, rid))
+            streaming = True  # from here the stream owns the slot and gives it back when it ends
+            return _EventStream(stream_body(proto, parsed, call, rid), on_close=lambda: slots.give(key),
+                                media_type="text/event-stream",
+                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         except TimeoutError:
-            slots.give(key)
             return refuse(proto, _Refused(504, "the request timed out on this server"), rid)
         except Exception as exc:
-            slots.give(key)
             return refuse(proto, exc, rid)
-        if parsed.stream:
-            return _EventStream(stream_body(proto, parsed, call, rid, key), media_type="text/event-stream",
-                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        slots.give(key)  # pragma: no cover - every path above returned
+        finally:
+            if not streaming:
+                slots.give(key)
 
     def wire_response(proto: str, parsed: inbound.Inbound, response: Response, rid: str) -> dict[str, Any]:
         if proto == "native":
@@ -270,7 +272,7 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         return inbound.compat_response(response, completion_id=f"chatcmpl-{rid}", created=int(time.time()),
                                        model=parsed.request.model)
 
-    async def stream_body(proto: str, parsed: inbound.Inbound, call: Any, rid: str, key: str) -> AsyncIterator[bytes]:
+    async def stream_body(proto: str, parsed: inbound.Inbound, call: Any, rid: str) -> AsyncIterator[bytes]:
         created, cid, model = int(time.time()), f"chatcmpl-{rid}", parsed.request.model
         text, reasoning, n = [], [], 0
         deadline = time.monotonic() + settings.request_timeout_s
@@ -318,7 +320,6 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
             else:
                 yield _sse(body)
         finally:
-            slots.give(key)
             await _aclose(events)
 
     def final_events(proto: str, parsed: inbound.Inbound, response: Response, cid: str, created: int, model: str,
@@ -453,7 +454,18 @@ class _EventStream(StreamingResponse):
     """A stream that stops the moment its client disconnects: generation is cancelled and the slot freed
     at once, not at the next write (Starlette notices a disconnect only on write for ASGI spec 2.4)."""
 
+    def __init__(self, content: Any, *, on_close: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self._run(scope, receive, send)
+        finally:
+            await _aclose(self.body_iterator)
+            self._on_close()
+
+    async def _run(self, scope: Any, receive: Any, send: Any) -> None:
         import anyio
 
         async def never() -> Any:
@@ -473,7 +485,6 @@ class _EventStream(StreamingResponse):
 
             group.start_soon(stream)
             group.start_soon(watch)
-        await _aclose(self.body_iterator)
 
 
 async def _bounded(events: AsyncIterator[StreamEvent], deadline: float) -> AsyncIterator[StreamEvent]:
