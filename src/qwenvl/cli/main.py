@@ -60,13 +60,25 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from qwenvl.cli import analyze, ask, batch, chat, config, events, extract, ground, ocr, tokens, usage
+    from qwenvl.cli import (
+        analyze,
+        ask,
+        batch,
+        chat,
+        config,
+        events,
+        extract,
+        ground,
+        mcp,
+        ocr,
+        serve,
+        skill,
+        tokens,
+        usage,
+    )
 
     for verb in (analyze.analyze, ask.ask, chat.chat, tokens.tokens, ground.ground, ocr.ocr, extract.extract,
-                 events.events, batch.batch, usage.usage, config.config):
-        cli.add_command(verb)
-    from qwenvl.cli import mcp, skill  # the agent verbs: an MCP server and the skill file
-    for verb in (mcp.mcp, skill.skill):
+                 events.events, batch.batch, usage.usage, config.config, serve.serve, mcp.mcp, skill.skill):
         cli.add_command(verb)
 
 

@@ -1,0 +1,114 @@
+"""`qwenvl serve`: the DashScope API, both protocols, in front of a backend (see qwenvl.server)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from typing import Any
+
+import click
+
+from qwenvl.cli.common import err_console, pass_opts
+from qwenvl.errors import UsageError
+
+KEY_ENV = "QWENVL_SERVE_API_KEY"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--backend", type=click.Choice(["dashscope", "openai", "transformers"]), default="dashscope",
+              show_default=True, help="What answers: DashScope (a gateway to the cloud), an OpenAI-compatible "
+                                      "engine (--upstream), or a model in process (--model).")
+@click.option("--model", "backend_model", help="The backend's model: a DashScope model name, the engine's "
+                                                "served name, or a hub id / folder for transformers.")
+@click.option("--upstream", help="The OpenAI-compatible engine's base URL (--backend openai), or the DashScope "
+                                 "endpoint for the gateway (default: the region's).")
+@click.option("--engine", type=click.Choice(["auto", "vllm", "sglang", "llamacpp", "ollama", "generic"]),
+              help="The upstream engine (--backend openai; default auto).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--api-key", help=f"The key clients must send (Authorization: Bearer); or ${KEY_ENV}.")
+@click.option("--no-auth", is_flag=True, help="Accept requests without a key (only on a loopback address).")
+@click.option("--model-name", "model_names", multiple=True,
+              help="A model name clients send (repeatable); default: any name for the DashScope gateway, "
+                   "else the --model.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes (the gateway and engine backends; an in-process model takes 1).")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Fetch media URLs that resolve to private, loopback or link-local addresses.")
+@click.option("--max-body-mb", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images and videos in one request.")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Concurrent requests per key (429 with Retry-After beyond).")
+@click.option("--request-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Seconds one request may take, streaming included.")
+@click.option("--upload-dir", help="Folder for the temporary uploads (default: a private temporary folder).")
+@click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
+@click.option("--region", help="Gateway: the DashScope region (cn, intl, us).")
+@pass_opts
+def serve(opts: dict[str, Any]) -> None:
+    """Serve the DashScope API (both protocols) so the official SDKs run unchanged against any backend.
+
+    \b
+    qwenvl serve --api-key sk-local-123                        # a gateway to DashScope (cache, usage log)
+    qwenvl serve --backend openai --upstream http://127.0.0.1:8001/v1 --model qwen2.5-vl --no-auth
+    Then: OpenAI(base_url="http://127.0.0.1:8000/compatible-mode/v1", api_key="sk-local-123")
+    or:   dashscope.base_http_api_url = "http://127.0.0.1:8000/api/v1"
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UsageError("qwenvl serve needs its extra", hint='pip install "qwenvl[serve]"') from None
+    api_key = opts["api_key"] or os.environ.get(KEY_ENV)
+    if opts["no_auth"]:
+        if not _loopback(opts["host"]):
+            raise UsageError(f"--no-auth serves only a loopback address, not {opts['host']}",
+                             hint="Set --api-key (or $QWENVL_SERVE_API_KEY) to listen on other addresses.")
+        api_key = None
+    elif not api_key:
+        raise UsageError("qwenvl serve needs an API key for its clients",
+                         hint=f"Pass --api-key KEY or set ${KEY_ENV}; or --no-auth on a loopback address.")
+    backend = opts["backend"]
+    options: dict[str, Any] = {}
+    if backend == "dashscope":
+        from qwenvl.config import require_api_key
+
+        require_api_key()  # the gateway's own key for the cloud, checked before listening
+        options = {k: v for k, v in (("protocol", opts["protocol"]), ("region", opts["region"]),
+                                     ("base_url", opts["upstream"]), ("model", opts["backend_model"])) if v}
+    else:
+        options = {k: v for k, v in (("base_url", opts["upstream"]), ("model", opts["backend_model"]),
+                                     ("engine", opts["engine"])) if v}
+        if opts["workers"] > 1 and backend == "transformers":
+            raise UsageError("--workers must be 1 with --backend transformers (one model per process)")
+    names = list(opts["model_names"]) or ([] if backend == "dashscope" or not opts["backend_model"]
+                                          else [opts["backend_model"]])
+    target = opts["backend_model"]
+    config = {
+        "backend": backend, "backend_options": options, "upload_dir": opts["upload_dir"],
+        "settings": {
+            "api_key": api_key, "model_map": {n: target or n for n in names},
+            "fetch_urls": backend != "dashscope", "allow_private_urls": opts["allow_private_urls"],
+            "max_body_bytes": opts["max_body_mb"] * 1024 * 1024, "max_media_items": opts["max_images"],
+            "max_concurrent_per_key": opts["max_concurrent"], "request_timeout_s": opts["request_timeout"],
+        },
+    }
+    from qwenvl.server.main import CONFIG_ENV
+
+    os.environ[CONFIG_ENV] = json.dumps(config)
+    where = f"http://{opts['host']}:{opts['port']}"
+    err_console().print(f"[dim]qwenvl serve ({backend}) on {where}: compatible {where}/compatible-mode/v1, "
+                        f"native {where}/api/v1[/]", highlight=False)
+    uvicorn.run("qwenvl.server.main:app_from_env", factory=True, host=opts["host"], port=opts["port"],
+                workers=opts["workers"], log_level="warning", timeout_graceful_shutdown=5)

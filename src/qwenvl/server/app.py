@@ -1,0 +1,507 @@
+"""``qwenvl serve``: the DashScope API (both protocols) in front of any qwenvl backend, as a FastAPI app.
+
+Routes (the service's own paths, so the official ``openai`` and ``dashscope`` SDKs need only a base URL):
+
+    POST /compatible-mode/v1/chat/completions   (and /v1/chat/completions)   OpenAI-compatible, SSE stream
+    POST /api/v1/services/aigc/multimodal-generation/generation             native, X-DashScope-SSE stream
+    GET  /api/v1/uploads?action=getPolicy&model=M, POST /api/v1/uploads/oss   temporary storage (uploads.py)
+    GET  /v1/models (and /compatible-mode/v1/models), GET /health, GET /ready
+
+Every request goes through the library: the wire body is parsed by ``protocols.inbound`` into a Request,
+planned by the client (the media checks, resizing to the model's budget, frames), answered by the backend,
+and the Response written back by ``protocols.inbound`` in the caller's protocol. Errors are the service's
+codes and bodies in that protocol. Security rules are in ``security.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.media.sources import to_data_url
+from qwenvl.protocols import inbound
+from qwenvl.server.security import bearer, fetch_public, key_matches
+from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadStore
+from qwenvl.types import ImagePart, Message, Response, StreamEvent, VideoPart
+
+try:
+    from fastapi import FastAPI
+    from fastapi import Request as HTTPRequest
+    from fastapi.responses import JSONResponse, StreamingResponse
+except ImportError as exc:  # pragma: no cover - the CLI checks first and names the extra
+    raise ImportError('qwenvl serve needs its extra: pip install "qwenvl[serve]"') from exc
+
+log = logging.getLogger("qwenvl.serve")
+
+COMPAT_PATHS = ("/compatible-mode/v1/chat/completions", "/v1/chat/completions")
+NATIVE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
+OSS_RESOLVE_HEADER = "x-dashscope-ossresourceresolve"
+
+
+@dataclass
+class ServeSettings:
+    """Limits and rules of one server. Sizes in bytes, times in seconds."""
+
+    api_key: str | None = None  # None: no authentication (the CLI allows it only on loopback)
+    model_map: dict[str, str] = field(default_factory=dict)  # name clients send -> backend model; {} = any
+    fetch_urls: bool = False  # fetch http(s) media here (local backends); a cloud gateway passes URLs on
+    allow_private_urls: bool = False
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_media_items: int = 64  # images and videos in one request
+    max_frames: int = 768  # frames in one frame-list video
+    download_max_bytes: int = 20 * 1024 * 1024
+    download_timeout_s: float = 30.0
+    max_concurrent_per_key: int = 16
+    request_timeout_s: float = 600.0
+
+
+class _Refused(Exception):
+    """An answer the server gives without asking the model: (status, message[, code])."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+
+class _Slots:
+    """Concurrent requests per API key; beyond the limit the caller gets 429 with Retry-After."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy: dict[str, int] = {}
+
+    def take(self, key: str) -> None:
+        if self.busy.get(key, 0) >= self.limit:
+            raise _Refused(429, f"too many concurrent requests for this key (limit {self.limit})",
+                           headers={"Retry-After": "1"})
+        self.busy[key] = self.busy.get(key, 0) + 1
+
+    def give(self, key: str) -> None:
+        self.busy[key] -= 1
+
+
+def _sse(data: Any, *, event_id: int | None = None, event: str | None = None, status: int | None = None) -> bytes:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id:{event_id}")
+    if event:
+        lines.append(f"event:{event}")
+    if status is not None:
+        lines.append(f":HTTP_STATUS/{status}")
+    lines.append("data:" + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: UploadStore | None = None,
+               playground: bool = True) -> FastAPI:
+    """The app around ``client`` (a ``qwenvl.AsyncClient``, whose backend answers). The app closes the
+    client and the upload store when it shuts down."""
+    settings = settings or ServeSettings()
+    store = uploads or UploadStore()
+    slots = _Slots(settings.max_concurrent_per_key)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+        store.close()
+
+    app = FastAPI(title="qwenvl serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.client, app.state.settings, app.state.uploads = client, settings, store
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def authorize(request: HTTPRequest) -> str:
+        if settings.api_key is None:
+            return "-"
+        key = bearer(request.headers.get("authorization"))
+        if not key_matches(key, settings.api_key):
+            raise _Refused(401, "Invalid API-key provided." if key else "No API-key provided.")
+        return key or "-"
+
+    async def read_json(request: HTTPRequest) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise _Refused(413, f"the request body is over this server's {settings.max_body_bytes // 2**20} MiB "
+                                "limit; upload large files instead of inlining them")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                raise _Refused(413, f"the request body is over this server's {settings.max_body_bytes // 2**20} "
+                                    "MiB limit; upload large files instead of inlining them")
+            chunks.append(chunk)
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, RecursionError):
+            raise _Refused(400, "the request body is not valid JSON") from None
+
+    async def resolve_ref(ref: str, model: str, oss_ok: bool) -> str:
+        lower = ref[:12].lower()
+        if lower.startswith("data:"):
+            return ref
+        if lower.startswith(("http://", "https://")):
+            if not settings.fetch_urls:
+                return ref
+            data = await fetch_public(ref, max_bytes=settings.download_max_bytes,
+                                      timeout_s=settings.download_timeout_s,
+                                      allow_private=settings.allow_private_urls)
+            from qwenvl.media.sources import sniff
+
+            return to_data_url(data, sniff(data) or "application/octet-stream")
+        if lower.startswith("oss://"):
+            if not oss_ok:
+                raise MediaError(f"{ref}: oss:// references need the header X-DashScope-OssResourceResolve: enable",
+                                 source=ref)
+            return str(store.resolve(ref, model))
+        raise MediaError(f"{ref[:80]!r}: this server does not read local paths or file:// URLs", source=ref[:80],
+                         hint="Send the file as a data: URL, or upload it (the dashscope SDK does this for "
+                              "file:// paths).")
+
+    async def resolve_media(messages: list[Message], model: str, oss_ok: bool) -> list[Message]:
+        items = 0
+        out = []
+        for m in messages:
+            if isinstance(m.content, str) or not m.media():
+                out.append(m)
+                continue
+            parts: list[Any] = []
+            for p in m.content:
+                if isinstance(p, ImagePart):
+                    items += 1
+                    p = p.model_copy(update={"image": await resolve_ref(p.image, model, oss_ok)})
+                elif isinstance(p, VideoPart):
+                    items += 1
+                    if isinstance(p.video, list):
+                        if len(p.video) > settings.max_frames:
+                            raise _Refused(400, f"a video has {len(p.video)} frames, over this server's limit "
+                                                f"of {settings.max_frames}")
+                        frames = [await resolve_ref(f, model, oss_ok) for f in p.video]
+                        p = p.model_copy(update={"video": frames})
+                    else:
+                        p = p.model_copy(update={"video": await resolve_ref(p.video, model, oss_ok)})
+                parts.append(p)
+            if items > settings.max_media_items:
+                raise _Refused(400, f"the request has more than {settings.max_media_items} images or videos")
+            out.append(m.model_copy(update={"content": parts}))
+        return out
+
+    async def plan(parsed: inbound.Inbound, request: HTTPRequest) -> Any:
+        req = parsed.request
+        model = req.model
+        if settings.model_map:
+            if model not in settings.model_map:
+                raise _Refused(404, f"Model not exist: {model} (this server serves "
+                                    f"{', '.join(sorted(settings.model_map))})")
+            model = settings.model_map[model]
+        oss_ok = request.headers.get(OSS_RESOLVE_HEADER, "").lower() == "enable"
+        messages = await resolve_media(req.messages, req.model, oss_ok)
+        fields = {**req.model_dump(exclude_unset=True), "messages": messages, "model": model}
+        call = await asyncio.to_thread(client.plan, fields)
+        # send what the caller set, not the library's own defaults (temperature 0.2, max_tokens 512)
+        call.params = {k: v for k, v in call.params.items() if k in parsed.given}
+        return call
+
+    def error_body(proto: str, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
+        if proto == "native":
+            return inbound.native_error(status, message, request_id=rid, code=code)
+        return inbound.compat_error(status, message, request_id=rid, code=code)
+
+    def refuse(proto: str, exc: BaseException, rid: str) -> JSONResponse:
+        if isinstance(exc, _Refused):
+            status, message, code, headers = exc.status, exc.message, exc.code, exc.headers
+        else:
+            status, code = inbound.error_kind(exc)
+            message = _message(exc)
+            hint = getattr(exc, "hint", None)
+            if hint and isinstance(exc, UsageError | MediaError):
+                message = f"{message} ({hint})"
+            headers = {}
+            retry_after = getattr(exc, "retry_after", None)
+            if status == 429 and retry_after:
+                headers["Retry-After"] = str(int(retry_after + 0.999))
+        if not isinstance(exc, QwenVLError | _Refused):
+            log.exception("internal error while answering %s", rid)
+        return JSONResponse(error_body(proto, status, message, code, rid), status_code=status, headers=headers)
+
+    async def handle(request: HTTPRequest, proto: str) -> Any:
+        rid = str(uuid.uuid4())
+        key = None
+        try:
+            key = authorize(request)
+            body = await read_json(request)
+            if proto == "native":
+                parsed = inbound.parse_native_body(
+                    body, sse=request.headers.get("x-dashscope-sse", "").lower() == "enable")
+            else:
+                parsed = inbound.parse_compat_body(body)
+            slots.take(key)
+        except Exception as exc:
+            return refuse(proto, exc, rid)
+        streaming = False
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                call = await plan(parsed, request)
+                if not parsed.stream:
+                    response = await client.send(call)
+                    return JSONResponse(wire_response(proto, parsed, response, rid))
+            streaming = True  # from here the stream owns the slot and gives it back when it ends
+            return _EventStream(stream_body(proto, parsed, call, rid), on_close=lambda: slots.give(key),
+                                media_type="text/event-stream",
+                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        except TimeoutError:
+            return refuse(proto, _Refused(504, "the request timed out on this server"), rid)
+        except Exception as exc:
+            return refuse(proto, exc, rid)
+        finally:
+            if not streaming:
+                slots.give(key)
+
+    def wire_response(proto: str, parsed: inbound.Inbound, response: Response, rid: str) -> dict[str, Any]:
+        if proto == "native":
+            return inbound.native_response(response, request_id=response.request_id or rid,
+                                           finish_reason=response.finish_reason or "stop")
+        return inbound.compat_response(response, completion_id=f"chatcmpl-{rid}", created=int(time.time()),
+                                       model=parsed.request.model)
+
+    async def stream_body(proto: str, parsed: inbound.Inbound, call: Any, rid: str) -> AsyncIterator[bytes]:
+        created, cid, model = int(time.time()), f"chatcmpl-{rid}", parsed.request.model
+        text, reasoning, n = [], [], 0
+        deadline = time.monotonic() + settings.request_timeout_s
+        events = client.send_stream(call)
+        try:
+            if proto == "compat":
+                yield _sse(inbound.compat_chunk(completion_id=cid, created=created, model=model, role=True))
+            async for event in _bounded(events, deadline):
+                n += 1
+                if event.type == "done":
+                    assert event.response is not None
+                    yield_final = final_events(proto, parsed, event.response, cid, created, model, rid, n,
+                                               "".join(text), "".join(reasoning))
+                    for chunk in yield_final:
+                        yield chunk
+                    return
+                (text if event.type == "text" else reasoning).append(event.text)
+                if proto == "compat":
+                    yield _sse(inbound.compat_chunk(
+                        completion_id=cid, created=created, model=model,
+                        text=event.text if event.type == "text" else None,
+                        reasoning=event.text if event.type == "reasoning" else None))
+                else:
+                    incremental = parsed.incremental_output
+                    yield _sse(inbound.native_event(
+                        request_id=rid,
+                        text=(event.text if event.type == "text" else "") if incremental else "".join(text),
+                        reasoning=(event.text if event.type == "reasoning" else "") if incremental
+                        else "".join(reasoning)), event_id=n, event="result", status=200)
+        except asyncio.CancelledError:  # the caller went away: stop generating, free the slot
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                exc = _Refused(504, "the request timed out on this server")
+            if isinstance(exc, _Refused):
+                status, message, code = exc.status, exc.message, exc.code
+            else:
+                status, code = inbound.error_kind(exc)
+                message = _message(exc)
+                if not isinstance(exc, QwenVLError):
+                    log.exception("internal error while streaming %s", rid)
+            body = error_body(proto, status, message, code, rid)
+            if proto == "native":
+                yield _sse(body, event_id=n + 1, event="error", status=status)
+            else:
+                yield _sse(body)
+        finally:
+            await _aclose(events)
+
+    def final_events(proto: str, parsed: inbound.Inbound, response: Response, cid: str, created: int, model: str,
+                     rid: str, n: int, text: str, reasoning: str) -> list[bytes]:
+        out = []
+        if proto == "compat":
+            out.append(_sse(inbound.compat_chunk(completion_id=cid, created=created, model=model,
+                                                 finish_reason=response.finish_reason or "stop",
+                                                 tool_calls=response.tool_calls)))
+            if parsed.include_usage:
+                out.append(_sse(inbound.compat_usage_chunk(response.usage, completion_id=cid, created=created,
+                                                           model=model)))
+            out.append(_sse("[DONE]"))
+            return out
+        final = inbound.native_response(response, request_id=response.request_id or rid,
+                                        text="" if parsed.incremental_output else None,
+                                        reasoning="" if parsed.incremental_output else None,
+                                        finish_reason=response.finish_reason or "stop")
+        out.append(_sse(final, event_id=n, event="result", status=200))
+        return out
+
+    # --- routes ----------------------------------------------------------------------------------------
+    async def compat_route(request: HTTPRequest) -> Any:
+        return await handle(request, "compat")
+
+    async def native_route(request: HTTPRequest) -> Any:
+        return await handle(request, "native")
+
+    for path in COMPAT_PATHS:
+        app.add_api_route(path, compat_route, methods=["POST"])
+    app.add_api_route(NATIVE_PATH, native_route, methods=["POST"])
+
+    async def models(request: HTTPRequest) -> JSONResponse:
+        try:
+            authorize(request)
+        except _Refused as exc:
+            return refuse("compat", exc, str(uuid.uuid4()))
+        names = sorted(settings.model_map) or _known_models()
+        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
+                                                         "owned_by": "qwenvl"} for n in names]})
+
+    for path in ("/v1/models", "/compatible-mode/v1/models"):
+        app.add_api_route(path, models, methods=["GET"])
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        backend = getattr(client, "_backend", None)
+        loaded = bool(getattr(backend, "loaded", True)) if backend is not None else True
+        return JSONResponse({"ready": loaded, "model_loaded": loaded}, status_code=200 if loaded else 503)
+
+    @app.get(UPLOAD_PATH)
+    async def get_policy(request: HTTPRequest) -> JSONResponse:
+        rid = str(uuid.uuid4())
+        try:
+            authorize(request)
+            if request.query_params.get("action") != "getPolicy":
+                raise _Refused(400, "action must be getPolicy")
+            model = request.query_params.get("model")
+            if not model:
+                raise _Refused(400, "model is required")
+        except _Refused as exc:
+            return refuse("native", exc, rid)
+        host = str(request.base_url).rstrip("/") + FORM_PATH
+        return JSONResponse({"request_id": rid, "data": store.policy(model, host)})
+
+    @app.post(FORM_PATH)
+    async def form_upload(request: HTTPRequest) -> Any:
+        from fastapi.responses import Response as Plain
+
+        try:
+            async with request.form(max_files=1, max_fields=20, max_part_size=store.max_file_bytes) as form:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise UsageError("the form has no file")
+                data = await upload.read()
+            store.save(policy=str(form.get("policy", "")), signature=str(form.get("Signature", "")),
+                       key=str(form.get("key", "")), data=data)
+        except QwenVLError as exc:
+            body = f"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>{_xml(str(exc))}</Message></Error>"
+            return Plain(body, status_code=403, media_type="application/xml")
+        except Exception:
+            return Plain("<?xml version=\"1.0\"?><Error><Code>InvalidArgument</Code></Error>", status_code=400,
+                         media_type="application/xml")
+        return Plain(status_code=200)
+
+    if playground:
+        from qwenvl.server import playground as page
+
+        async def guard(request: HTTPRequest) -> dict[str, Any]:
+            authorize(request)
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise _Refused(400, "the body must be a JSON object")
+            return body
+
+        def served_model(name: str) -> str:
+            if settings.model_map:
+                if name not in settings.model_map:
+                    raise _Refused(404, f"Model not exist: {name}")
+                return settings.model_map[name]
+            return name
+
+        page.add_routes(app, client, guard=guard, resolve=lambda ref, model: resolve_ref(ref, model, False),
+                        fail=lambda exc: refuse("compat", exc, str(uuid.uuid4())), model_for=served_model)
+    return app
+
+
+def _message(exc: BaseException) -> str:
+    """The one line a caller sees: the service's own message for an upstream error, never a traceback."""
+    from qwenvl.errors import APIStatusError
+
+    if isinstance(exc, APIStatusError):
+        return exc.message
+    return str(exc) if isinstance(exc, QwenVLError) else "internal error"
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _known_models() -> list[str]:
+    from qwenvl.models import DEFAULT_MODEL, MODELS
+
+    return [DEFAULT_MODEL, *sorted(m for m in MODELS if m != DEFAULT_MODEL)]
+
+
+class _EventStream(StreamingResponse):
+    """A stream that stops the moment its client disconnects: generation is cancelled and the slot freed
+    at once, not at the next write (Starlette notices a disconnect only on write for ASGI spec 2.4)."""
+
+    def __init__(self, content: Any, *, on_close: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self._run(scope, receive, send)
+        finally:
+            await _aclose(self.body_iterator)
+            self._on_close()
+
+    async def _run(self, scope: Any, receive: Any, send: Any) -> None:
+        import anyio
+
+        async def never() -> Any:
+            await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as group:
+            async def stream() -> None:
+                try:
+                    await StreamingResponse.__call__(self, scope, never, send)
+                finally:
+                    group.cancel_scope.cancel()
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            group.start_soon(watch)
+
+
+async def _bounded(events: AsyncIterator[StreamEvent], deadline: float) -> AsyncIterator[StreamEvent]:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            event = await asyncio.wait_for(anext(events), timeout=left)
+        except StopAsyncIteration:
+            return
+        yield event
+
+
+async def _aclose(events: Any) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):  # closing after an error must not raise a second one
+            await close()
+

@@ -1,0 +1,136 @@
+"""The web playground's page (``/``) and the few JSON endpoints it needs beyond the DashScope API.
+
+    GET  /                         the page (static/index.html, app.js, app.css: no CDN, no build step)
+    POST /qwenvl/v1/estimate       {model, images: [ref], video?, detail?, vl_high_resolution_images?}
+                                   -> per item the size it will be sent at, tokens, cost; the total
+    POST /qwenvl/v1/ground         {model, image, query, points?} -> boxes/points in original pixels
+    POST /qwenvl/v1/ocr            {model?, image} -> {text}
+    POST /qwenvl/v1/extract        {model, image, schema} -> {json, text}
+
+Answers (ask) go through the compatible-mode endpoint like any client's. The task endpoints use the
+library's tasks (the same prompts and parsing as ``qwenvl ground``, ``ocr`` and ``extract``); media
+references follow the server's rules (no local paths, private URLs refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from qwenvl.errors import UsageError
+from qwenvl.media.tokens import cost as media_cost
+from qwenvl.models import PRICE_CURRENCY
+
+STATIC = Path(__file__).parent / "static"
+
+Guard = Callable[[HTTPRequest], Awaitable[dict[str, Any]]]  # auth + JSON body, or raises
+Resolve = Callable[[str, str], Awaitable[str]]  # a media reference under the server's rules
+
+
+def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
+               fail: Callable[[BaseException], JSONResponse], model_for: Callable[[str], str]) -> None:
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        async def page() -> FileResponse:
+            return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+        app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+
+    def field(body: dict[str, Any], name: str, kind: type = str, required: bool = True) -> Any:
+        value = body.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, kind) or (kind is str and not value.strip()):
+            raise UsageError(f"{name} is required" if value is None else f"{name} must be a {kind.__name__}")
+        return value
+
+    def options(body: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": model_for(field(body, "model"))}
+        if body.get("detail") in ("auto", "low", "high"):
+            out["detail"] = body["detail"]
+        if isinstance(body.get("vl_high_resolution_images"), bool):
+            out["vl_high_resolution_images"] = body["vl_high_resolution_images"]
+        return out
+
+    async def estimate(request: HTTPRequest) -> JSONResponse:
+        try:
+            body = await guard(request)
+            opts = options(body)
+            refs = body.get("images") or []
+            if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+                raise UsageError("images must be a list of data: URLs or https:// URLs")
+            images = [await resolve(r, opts["model"]) for r in refs]
+            video = body.get("video")
+            if isinstance(video, str):
+                video = await resolve(video, opts["model"])
+            elif isinstance(video, list):
+                video = [await resolve(v, opts["model"]) for v in video]
+            call = await asyncio.to_thread(client.plan, prompt="estimate", images=images, video=video,
+                                           estimate_only=True, **opts)
+        except Exception as exc:
+            return fail(exc)
+        items = [{"kind": m.kind, "width": m.width, "height": m.height,
+                  "frames": len(m.sent) if isinstance(m.sent, list) else None, "tokens": m.tokens,
+                  "cost": media_cost(call.model, m.tokens) if m.tokens is not None else None, "notes": m.notes}
+                 for m in call.media]
+        known = [i["tokens"] for i in items if i["tokens"] is not None]
+        total = sum(known)
+        return JSONResponse({"model": call.model.name, "factor": call.model.factor, "items": items,
+                             "total_tokens": total, "unknown": len(items) - len(known),
+                             "cost": media_cost(call.model, total), "currency": PRICE_CURRENCY})
+
+    async def ground(request: HTTPRequest) -> JSONResponse:
+        from qwenvl.tasks.grounding import plan_ground, read_grounding
+
+        try:
+            body = await guard(request)
+            opts = options(body)
+            image = await resolve(field(body, "image"), opts["model"])
+            call = await asyncio.to_thread(plan_ground, client, image, field(body, "query"),
+                                           points=bool(body.get("points")), **opts)
+            response = await client.send(call)
+            result = read_grounding(call, response)
+        except Exception as exc:
+            return fail(exc)
+        out = result.to_json()
+        out.update(image=None, text=response.text, usage=response.usage.model_dump(exclude={"raw"}))
+        return JSONResponse(out)
+
+    async def ocr(request: HTTPRequest) -> JSONResponse:
+        from qwenvl.tasks.ocr import clean_text, plan_ocr
+
+        try:
+            body = await guard(request)
+            opts = options(body)
+            image = await resolve(field(body, "image"), opts["model"])
+            call = await asyncio.to_thread(plan_ocr, client, image, **opts)
+            response = await client.send(call)
+        except Exception as exc:
+            return fail(exc)
+        return JSONResponse({"text": clean_text(response.text), "usage": response.usage.model_dump(exclude={"raw"})})
+
+    async def extract(request: HTTPRequest) -> JSONResponse:
+        from qwenvl.tasks.extract import plan_extract
+
+        try:
+            body = await guard(request)
+            opts = options(body)
+            image = await resolve(field(body, "image"), opts["model"])
+            schema = field(body, "schema", dict)
+            call = await asyncio.to_thread(plan_extract, client, image, schema, **opts)
+            response = await client.send(call)
+        except Exception as exc:
+            return fail(exc)
+        return JSONResponse({"json": response.json, "text": response.text,
+                             "usage": response.usage.model_dump(exclude={"raw"})})
+
+    for path, route in (("estimate", estimate), ("ground", ground), ("ocr", ocr), ("extract", extract)):
+        app.add_api_route(f"/qwenvl/v1/{path}", route, methods=["POST"])

@@ -1,0 +1,125 @@
+"""What the server trusts: API keys, the media references a request may name, and URLs it may fetch.
+
+- Keys are compared in constant time (``hmac.compare_digest``); no key is ever logged.
+- A request never makes the server read a local path: ``file://`` and bare paths are refused; ``oss://``
+  names only the server's own temporary uploads (``uploads.py``).
+- URLs are fetched only when the backend runs the model here (a cloud gateway passes them on for the
+  service to fetch). Each hop's host is resolved and every address checked (no private, loopback,
+  link-local, reserved or metadata ranges unless ``allow_private``), the connection goes to the checked
+  address (no second lookup to race), and redirects are followed by hand so each target is checked again.
+  httpx has no hook for "check the address it connected to", hence this small fetcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from qwenvl.errors import MediaError
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+def key_matches(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header (None when absent or another scheme)."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def is_public(address: str) -> bool:
+    """True for a globally routable unicast address (IPv4-mapped IPv6 judged as the IPv4 it carries)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+async def checked_address(host: str, port: int, *, allow_private: bool, resolver: Resolver) -> str:
+    """The address to connect to for ``host``; MediaError when it cannot be resolved or is not public."""
+    try:
+        addresses = await resolver(host, port)
+    except OSError:
+        raise MediaError(f"cannot resolve {host}", source=host) from None
+    if not addresses:
+        raise MediaError(f"cannot resolve {host}", source=host)
+    if not allow_private:
+        for address in addresses:
+            if not is_public(address):
+                raise MediaError(f"{host} resolves to a private or reserved address ({address}); this server "
+                                 "does not fetch such URLs", source=host,
+                                 hint="Send the file as a data: URL, or start the server with "
+                                      "--allow-private-urls.")
+    return addresses[0]
+
+
+async def fetch_public(url: str, *, max_bytes: int, timeout_s: float, max_redirects: int = 5,
+                       allow_private: bool = False, resolver: Resolver = system_resolver,
+                       client: httpx.AsyncClient | None = None) -> bytes:
+    """Download ``url`` under the rules above within ``timeout_s`` in all (connect, redirects, body).
+
+    Raises MediaError naming the URL for a refused address, a bad status, too many redirects, a body over
+    ``max_bytes`` or the deadline."""
+    deadline = time.monotonic() + timeout_s
+    own = client is None
+    client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+    try:
+        return await asyncio.wait_for(_fetch(client, url, max_bytes, max_redirects, allow_private, resolver),
+                                      timeout=max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise MediaError(f"cannot fetch {url}: timed out after {timeout_s:g} s", source=url) from None
+    except httpx.HTTPError as exc:
+        raise MediaError(f"cannot fetch {url}: {type(exc).__name__}", source=url) from None
+    finally:
+        if own:
+            await client.aclose()
+
+
+async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int, max_redirects: int, allow_private: bool,
+                 resolver: Resolver) -> bytes:
+    original = url
+    for _ in range(max_redirects + 1):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise MediaError(f"cannot fetch {url}: only http(s) URLs are fetched", source=original)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        address = await checked_address(parts.hostname, port, allow_private=allow_private, resolver=resolver)
+        host = f"[{address}]" if ":" in address else address
+        target = parts._replace(netloc=f"{host}:{port}").geturl()
+        request = client.build_request("GET", target, headers={"Host": parts.netloc.rpartition("@")[2]},
+                                       extensions={"sni_hostname": parts.hostname})
+        response = await client.send(request, stream=True)
+        try:
+            if response.is_redirect and response.headers.get("location"):
+                url = urljoin(url, response.headers["location"])
+                continue
+            if response.status_code >= 400:
+                raise MediaError(f"cannot fetch {original}: HTTP {response.status_code}", source=original)
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise MediaError(f"{original} is larger than the {max_bytes / 1e6:.0f} MB download limit",
+                                     source=original)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            await response.aclose()
+    raise MediaError(f"cannot fetch {original}: more than {max_redirects} redirects", source=original)

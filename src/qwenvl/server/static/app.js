@@ -1,0 +1,396 @@
+// qwenvl playground: plain JavaScript, no dependencies. Talks to the server's own endpoints:
+// /v1/models, /compatible-mode/v1/chat/completions (streamed), /qwenvl/v1/{estimate,ground,ocr,extract}.
+"use strict";
+
+const STORE = "qwenvl-playground";   // the conversation (localStorage: survives a reload)
+const KEY = "qwenvl-key";            // the server's API key (sessionStorage: this tab only)
+const $ = (id) => document.getElementById(id);
+const state = { messages: [], attachments: [], controller: null };
+
+// ---- persistence -------------------------------------------------------------------------------------
+function save() {
+  const data = { model: $("model").value, messages: state.messages };
+  try {
+    localStorage.setItem(STORE, JSON.stringify(data));
+  } catch (e) {  // over the quota: keep the text, drop the pictures
+    const light = state.messages.map((m) => ({ ...m, parts: m.parts.filter((p) => p.type === "text") }));
+    try { localStorage.setItem(STORE, JSON.stringify({ ...data, messages: light })); } catch (_) { /* full */ }
+  }
+}
+function load() {
+  try { return JSON.parse(localStorage.getItem(STORE) || "{}"); } catch (_) { return {}; }
+}
+
+// ---- talking to the server ---------------------------------------------------------------------------
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = sessionStorage.getItem(KEY);
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+function askKey() {
+  return new Promise((resolve) => {
+    const dlg = $("keydialog");
+    $("keyinput").value = "";
+    dlg.addEventListener("close", () => {
+      const v = $("keyinput").value.trim();
+      if (v) sessionStorage.setItem(KEY, v);
+      resolve(Boolean(v));
+    }, { once: true });
+    dlg.showModal();
+  });
+}
+async function errorLine(resp) {
+  let text = "";
+  try { text = await resp.text(); } catch (_) { /* gone */ }
+  try {
+    const body = JSON.parse(text);
+    const err = body.error || body;
+    if (err.message) return err.message + (err.code ? ` (${err.code})` : "");
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${resp.status} ${resp.statusText || ""}`.trim();
+}
+// fetch with the key; on 401 ask for the key once and try again
+async function call(path, init = {}, retried = false) {
+  const resp = await fetch(path, { ...init, headers: { ...headers(), ...(init.headers || {}) } });
+  if (resp.status === 401 && !retried && await askKey()) return call(path, init, true);
+  if (!resp.ok) throw new Error(await errorLine(resp));
+  return resp;
+}
+async function post(path, body) {
+  return (await call(path, { method: "POST", body: JSON.stringify(body) })).json();
+}
+function showError(message) {
+  const el = $("error");
+  el.textContent = message ? "Error: " + String(message).split("\n")[0] : "";
+  el.hidden = !message;
+}
+
+// ---- options -----------------------------------------------------------------------------------------
+function mode() { return document.querySelector("input[name=mode]:checked").value; }
+function options() {
+  const o = { model: $("model").value };
+  const detail = $("detail").value;
+  if (detail !== "auto") o.detail = detail;
+  if ($("highres").checked || detail === "high") o.vl_high_resolution_images = true;
+  return o;
+}
+function generation() {
+  const o = {};
+  const mt = parseInt($("max_tokens").value, 10);
+  if (Number.isFinite(mt) && mt > 0) o.max_tokens = mt;
+  const t = parseFloat($("temperature").value);
+  if (Number.isFinite(t)) o.temperature = t;
+  if ($("thinking").checked) o.enable_thinking = true;
+  if ($("highres").checked || $("detail").value === "high") o.vl_high_resolution_images = true;
+  return o;
+}
+
+// ---- attachments and estimates -----------------------------------------------------------------------
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(file);
+  });
+}
+function kindOf(file) {
+  if (file.type.startsWith("video/")) return "video";
+  if (file.type === "application/pdf") return "pdf";
+  return "image";
+}
+async function addFiles(files) {
+  for (const file of files) {
+    const url = await readAsDataURL(file);
+    state.attachments.push({ name: file.name || "pasted image", kind: kindOf(file), url, estimate: null });
+  }
+  renderAttachments();
+  estimate();
+}
+function money(cost, currency) {
+  if (cost === null || cost === undefined) return "cost unknown";
+  const sign = currency === "USD" ? "$" : "¥";
+  return sign + cost.toFixed(cost < 0.01 ? 5 : 4);
+}
+function describe(est) {
+  if (!est) return "estimating…";
+  if (est.error) return est.error;
+  const sizes = est.items.map((i) => (i.width ? `${i.frames ? i.frames + " frames of " : ""}${i.width}×${i.height}` : "remote"));
+  const pages = est.items.length > 1 && !est.items[0].frames ? `${est.items.length} pages, ` : "";
+  return `${pages}${sizes[0] || ""} · ${est.total_tokens.toLocaleString()} tokens · ${money(est.cost, est.currency)}`;
+}
+function renderAttachments() {
+  const ul = $("attachments");
+  ul.replaceChildren();
+  state.attachments.forEach((a, i) => {
+    const li = document.createElement("li");
+    if (a.kind === "image") {
+      const img = document.createElement("img");
+      img.src = a.url; img.alt = a.name;
+      li.append(img);
+    }
+    const text = document.createElement("span");
+    text.className = "est";
+    text.textContent = `${a.name}: ${describe(a.estimate)}`;
+    const rm = document.createElement("button");
+    rm.type = "button"; rm.textContent = "×"; rm.setAttribute("aria-label", "Remove " + a.name);
+    rm.onclick = () => { state.attachments.splice(i, 1); renderAttachments(); estimate(); };
+    li.append(text, rm);
+    ul.append(li);
+  });
+}
+let estimateRun = 0;
+async function estimate() {
+  const run = ++estimateRun;
+  const total = $("estimate");
+  if (!state.attachments.length) { total.textContent = ""; return; }
+  total.textContent = "estimating…";
+  await Promise.all(state.attachments.map(async (a) => {
+    const body = { ...options() };
+    if (a.kind === "video") body.video = a.url; else body.images = [a.url];
+    try { a.estimate = await post("/qwenvl/v1/estimate", body); } catch (e) { a.estimate = { error: e.message }; }
+  }));
+  if (run !== estimateRun) return;
+  renderAttachments();
+  const ok = state.attachments.map((a) => a.estimate).filter((e) => e && !e.error);
+  const tokens = ok.reduce((s, e) => s + e.total_tokens, 0);
+  const cost = ok.every((e) => e.cost !== null) ? ok.reduce((s, e) => s + e.cost, 0) : null;
+  total.textContent = `Media: ${tokens.toLocaleString()} tokens, about ${money(cost, ok[0] && ok[0].currency)} before sending`;
+}
+
+// ---- the conversation --------------------------------------------------------------------------------
+function wireMessages() {
+  return state.messages.map((m) => {
+    if (m.role === "assistant") return { role: "assistant", content: m.text || "" };
+    const content = m.parts.map((p) => {
+      if (p.type === "text") return { type: "text", text: p.text };
+      if (p.type === "video") return { type: "video_url", video_url: { url: p.url } };
+      return { type: "image_url", image_url: { url: p.url } };
+    });
+    return { role: "user", content };
+  });
+}
+function lastImage() {
+  const a = state.attachments.find((x) => x.kind === "image" || x.kind === "pdf");
+  if (a) return a.url;
+  for (let i = state.messages.length - 1; i >= 0; i--) {
+    const p = (state.messages[i].parts || []).find((x) => x.type === "image");
+    if (p) return p.url;
+  }
+  return null;
+}
+function drawBoxes(canvas, url, result) {
+  const img = new Image();
+  img.onload = () => {
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const colours = ["#ff2d55", "#34c759", "#007aff", "#ff9500", "#af52de", "#00c7be"];
+    const labels = [...new Set([...(result.boxes || []), ...(result.points || [])].map((b) => b.label))];
+    const lw = Math.max(2, Math.round(Math.max(img.naturalWidth, img.naturalHeight) / 300));
+    ctx.font = `${Math.max(12, lw * 6)}px sans-serif`;
+    ctx.textBaseline = "bottom";
+    for (const b of result.boxes || []) {
+      const c = colours[labels.indexOf(b.label) % colours.length];
+      ctx.strokeStyle = c; ctx.lineWidth = lw;
+      ctx.strokeRect(b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1);
+      const w = ctx.measureText(b.label).width + 8;
+      const h = Math.max(12, lw * 6) + 4;
+      const y = b.y1 - h < 0 ? b.y1 + h : b.y1;
+      ctx.fillStyle = c; ctx.fillRect(b.x1, y - h, w, h);
+      ctx.fillStyle = "#fff"; ctx.fillText(b.label, b.x1 + 4, y - 2);
+    }
+    for (const p of result.points || []) {
+      const c = colours[labels.indexOf(p.label) % colours.length];
+      ctx.fillStyle = c; ctx.beginPath(); ctx.arc(p.x, p.y, lw * 3, 0, 2 * Math.PI); ctx.fill();
+      ctx.fillText(p.label, p.x + lw * 4, p.y);
+    }
+    canvas.dataset.drawn = String((result.boxes || []).length + (result.points || []).length);
+  };
+  img.src = url;
+}
+function render(m) {
+  const div = document.createElement("div");
+  div.className = "msg " + m.role;
+  const media = (m.parts || []).filter((p) => p.type !== "text");
+  if (media.length) {
+    const thumbs = document.createElement("div");
+    thumbs.className = "thumbs";
+    for (const p of media) {
+      if (p.type !== "image") { const s = document.createElement("span"); s.textContent = `[${p.type}: ${p.name || ""}]`; thumbs.append(s); continue; }
+      const img = document.createElement("img"); img.src = p.url; img.alt = p.name || "image"; thumbs.append(img);
+    }
+    div.append(thumbs);
+  }
+  if (m.reasoning) {
+    const d = document.createElement("details"); d.className = "reasoning";
+    const s = document.createElement("summary"); s.textContent = "Reasoning";
+    const t = document.createElement("div"); t.className = "reasoning-text"; t.textContent = m.reasoning;
+    d.append(s, t); div.append(d);
+  }
+  const text = document.createElement("div");
+  text.className = "text";
+  text.textContent = m.role === "user" ? (m.parts.find((p) => p.type === "text") || {}).text || "" : (m.text || "");
+  div.append(text);
+  if (m.kind === "find" && m.result) {
+    const canvas = document.createElement("canvas");
+    canvas.setAttribute("aria-label", "The image with the boxes found");
+    div.append(canvas);
+    drawBoxes(canvas, m.image, m.result);
+  }
+  if ((m.kind === "extract" || m.kind === "ocr") && m.result !== undefined) {
+    const pre = document.createElement("pre");
+    pre.className = "result";
+    pre.textContent = m.kind === "extract" ? JSON.stringify(m.result, null, 2) : m.result;
+    div.append(pre);
+  }
+  if (m.meta) { const meta = document.createElement("div"); meta.className = "meta"; meta.textContent = m.meta; div.append(meta); }
+  return div;
+}
+function renderLog() {
+  const log = $("log");
+  log.replaceChildren(...state.messages.map(render));
+  log.scrollTop = log.scrollHeight;
+}
+function usageLine(u) {
+  if (!u) return "";
+  const inp = u.prompt_tokens ?? u.input_tokens, out = u.completion_tokens ?? u.output_tokens;
+  return inp !== undefined ? `${inp} tokens in, ${out} out` : "";
+}
+
+// ---- sending -----------------------------------------------------------------------------------------
+function applyEvent(answer, event) {
+  const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+  if (!data || data === "[DONE]") return;
+  const chunk = JSON.parse(data);
+  if (chunk.error) throw new Error(chunk.error.message || "the stream failed");
+  if (chunk.usage) answer.meta = usageLine(chunk.usage);
+  for (const choice of chunk.choices || []) {
+    const d = choice.delta || {};
+    if (d.reasoning_content) answer.reasoning = (answer.reasoning || "") + d.reasoning_content;
+    if (d.content) answer.text = (answer.text || "") + d.content;
+    if (choice.finish_reason === "length") answer.meta = "cut off at the max tokens: raise Max tokens in Settings";
+  }
+}
+async function streamAnswer(answer, body, signal) {
+  const resp = await call("/compatible-mode/v1/chat/completions", { method: "POST", body: JSON.stringify(body), signal });
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      applyEvent(answer, buffer.slice(0, cut));
+      buffer = buffer.slice(cut + 2);
+    }
+    $("log").lastElementChild.replaceWith(render(answer));
+    $("log").scrollTop = $("log").scrollHeight;
+  }
+}
+async function send(event) {
+  if (event) event.preventDefault();
+  if (state.controller) return;
+  showError("");
+  const prompt = $("prompt").value.trim();
+  const m = mode();
+  const image = lastImage();
+  if (!prompt && m !== "ocr" && m !== "extract") { showError("Write a question first."); return; }
+  if (m !== "ask" && !image) { showError("Add an image first."); return; }
+  let schema = null;
+  if (m === "extract") {
+    try { schema = JSON.parse($("schema").value || "{}"); } catch (e) { showError("The schema is not valid JSON: " + e.message); return; }
+  }
+  const parts = state.attachments.map((a) => ({ type: a.kind === "video" ? "video" : "image", url: a.url, name: a.name }));
+  const user = { role: "user", parts: [...parts, { type: "text", text: prompt || (m === "ocr" ? "Read the text" : "Extract the data") }] };
+  state.messages.push(user);
+  const answer = { role: "assistant", text: "", kind: m === "ask" ? undefined : m };
+  state.messages.push(answer);
+  renderLog();
+  $("prompt").value = "";
+  const sent = state.attachments;
+  state.attachments = []; renderAttachments(); estimate();
+  state.controller = new AbortController();
+  $("stop").hidden = false; $("send").disabled = true;
+  try {
+    if (m === "ask") {
+      const body = { model: $("model").value, stream: true, stream_options: { include_usage: true },
+                     messages: wireMessages().slice(0, -1), ...generation() };
+      await streamAnswer(answer, body, state.controller.signal);
+    } else if (m === "find") {
+      const r = await post("/qwenvl/v1/ground", { ...options(), image, query: prompt });
+      answer.text = r.boxes.length || (r.points || []).length
+        ? `Found ${r.boxes.length} box${r.boxes.length === 1 ? "" : "es"}: ${[...new Set(r.boxes.map((b) => b.label))].join(", ")}`
+        : "Nothing found.";
+      if (r.warnings && r.warnings.length) answer.meta = r.warnings.join(" ");
+      answer.result = { boxes: r.boxes, points: r.points || [] };
+      answer.image = image;
+    } else if (m === "ocr") {
+      const r = await post("/qwenvl/v1/ocr", { ...options(), image });
+      answer.text = "Text found:"; answer.result = r.text;
+    } else {
+      const r = await post("/qwenvl/v1/extract", { ...options(), image, schema });
+      answer.text = "Extracted:"; answer.result = r.json;
+    }
+  } catch (e) {
+    if (e.name === "AbortError") {
+      answer.meta = "stopped";
+    } else {
+      // nothing is lost: the turn leaves the log, its prompt and files go back to the composer
+      showError(e.message);
+      state.messages.splice(state.messages.indexOf(user), 2);
+      $("prompt").value = prompt;
+      state.attachments = sent;
+      renderAttachments(); estimate();
+    }
+  } finally {
+    state.controller = null;
+    $("stop").hidden = true; $("send").disabled = false;
+    renderLog(); save();
+  }
+}
+
+// ---- wiring ------------------------------------------------------------------------------------------
+async function loadModels(saved) {
+  const select = $("model");
+  try {
+    const r = await (await call("/v1/models")).json();
+    for (const m of r.data) select.add(new Option(m.id, m.id));
+  } catch (e) { showError(e.message); }
+  if (saved && [...select.options].some((o) => o.value === saved)) select.value = saved;
+}
+function init() {
+  const saved = load();
+  state.messages = saved.messages || [];
+  renderLog();
+  loadModels(saved.model);
+  $("composer").addEventListener("submit", send);
+  $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.controller) state.controller.abort(); });
+  $("stop").onclick = () => state.controller && state.controller.abort();
+  $("new").onclick = () => { state.messages = []; save(); renderLog(); showError(""); };
+  $("download").onclick = () => {
+    const blob = new Blob([JSON.stringify({ model: $("model").value, messages: state.messages }, null, 2)], { type: "application/json" });
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob); a.download = "qwenvl-conversation.json"; a.click();
+    URL.revokeObjectURL(a.href);
+  };
+  $("files").addEventListener("change", (e) => { addFiles([...e.target.files]); e.target.value = ""; });
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); addFiles([...e.dataTransfer.files]); });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("files").click(); } });
+  document.addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData || {}).files || []];
+    if (files.length) { e.preventDefault(); addFiles(files); }
+  });
+  for (const id of ["model", "detail", "highres"]) $(id).addEventListener("change", () => { save(); estimate(); });
+  for (const r of document.querySelectorAll("input[name=mode]")) {
+    r.addEventListener("change", () => { $("schema").hidden = mode() !== "extract"; });
+  }
+}
+init();
