@@ -418,7 +418,7 @@ class DashScopeServer:
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> DashScopeServer:
         self._stopping.clear()
-        self._httpd = ThreadingHTTPServer(self._addr, _Handler)
+        self._httpd = _Server(self._addr, _Handler)
         self._httpd.fake = self  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                         name="DashScopeServer", daemon=True)
@@ -494,6 +494,10 @@ class DashScopeServer:
     def _sleep(self, seconds: float) -> bool:
         """Sleep; False when the server is shutting down meanwhile."""
         return seconds <= 0 or not self._stopping.wait(seconds)
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the listen backlog: hundreds of clients may connect at once (load tests)
 
 
 def serve(**kwargs: Any) -> Iterator[DashScopeServer]:
