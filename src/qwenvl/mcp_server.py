@@ -17,9 +17,7 @@ a traceback.
 
 import base64
 import contextlib
-import hmac
 import io
-import ipaddress
 import json
 import os
 import time
@@ -40,12 +38,13 @@ from qwenvl import __version__
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.estimate import estimate_files
 from qwenvl.models import PRICE_CURRENCY, estimate_cost, model_info
+from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response
 
 HEARTBEAT_S = 2.0  # a progress notification at least this often while a step runs (keeps clients' timers alive)
 PREVIEW_MAX_SIDE = 1600  # the annotated image returned as MCP image content is at most this wide or high
-API_KEY_ENV = "QWENVL_SERVE_API_KEY"
+API_KEY_ENV = SERVE_KEY_ENV
 
 INSTRUCTIONS = """\
 qwenvl: Qwen-VL vision models (Alibaba Cloud Model Studio / DashScope) for images, PDFs and video.
@@ -600,30 +599,20 @@ def _labels(files: Sequence[str], items: Sequence[dict[str, Any]], refs: Sequenc
 
 # == Transports =====================================================================================================
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 class BearerAuth:
     """ASGI middleware: every HTTP request needs ``Authorization: Bearer <key>`` (compared in constant time)."""
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app
-        self.key = api_key.encode()
+        self.key = api_key
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            header = b""
+            header = ""
             for name, value in scope.get("headers", []):
                 if name.lower() == b"authorization":
-                    header = value
-            scheme, _, token = header.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                    header = value.decode("latin-1")
+            if not key_matches(bearer(header), self.key):
                 from starlette.responses import JSONResponse
 
                 response = JSONResponse(

@@ -10,6 +10,7 @@ import click
 
 from qwenvl.cli.common import err_console, make_client, pass_opts, request_fields, service_options
 from qwenvl.errors import UsageError
+from qwenvl.server.security import is_loopback
 
 INSTALL_HINT = 'pip install "qwenvl[mcp]"'
 
@@ -66,7 +67,7 @@ def mcp(opts: dict[str, Any]) -> None:
         if opts["no_auth"]:
             if opts["api_key"]:
                 raise UsageError("--api-key and --no-auth contradict each other: give one")
-            if not server_module.is_loopback(opts["host"]):
+            if not is_loopback(opts["host"]):
                 raise UsageError(f"--no-auth is allowed on a loopback host only, not {opts['host']}",
                                  hint="Set a key with --api-key or QWENVL_SERVE_API_KEY to listen there.")
             key = None

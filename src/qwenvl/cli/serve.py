@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from typing import Any
@@ -11,17 +10,7 @@ import click
 
 from qwenvl.cli.common import err_console, pass_opts
 from qwenvl.errors import UsageError
-
-KEY_ENV = "QWENVL_SERVE_API_KEY"
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
 
 
 @click.command()
@@ -36,7 +25,7 @@ def _loopback(host: str) -> bool:
               help="The upstream engine (--backend openai; default auto).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--api-key", help=f"The key clients must send (Authorization: Bearer); or ${KEY_ENV}.")
+@click.option("--api-key", help=f"The key clients must send (Authorization: Bearer); or ${SERVE_KEY_ENV}.")
 @click.option("--no-auth", is_flag=True, help="Accept requests without a key (only on a loopback address).")
 @click.option("--model-name", "model_names", multiple=True,
               help="A model name clients send (repeatable); default: any name for the DashScope gateway, "
@@ -70,15 +59,15 @@ def serve(opts: dict[str, Any]) -> None:
         import uvicorn
     except ImportError:
         raise UsageError("qwenvl serve needs its extra", hint='pip install "qwenvl[serve]"') from None
-    api_key = opts["api_key"] or os.environ.get(KEY_ENV)
+    api_key = opts["api_key"] or os.environ.get(SERVE_KEY_ENV)
     if opts["no_auth"]:
-        if not _loopback(opts["host"]):
+        if not is_loopback(opts["host"]):
             raise UsageError(f"--no-auth serves only a loopback address, not {opts['host']}",
                              hint="Set --api-key (or $QWENVL_SERVE_API_KEY) to listen on other addresses.")
         api_key = None
     elif not api_key:
         raise UsageError("qwenvl serve needs an API key for its clients",
-                         hint=f"Pass --api-key KEY or set ${KEY_ENV}; or --no-auth on a loopback address.")
+                         hint=f"Pass --api-key KEY or set ${SERVE_KEY_ENV}; or --no-auth on a loopback address.")
     backend = opts["backend"]
     options: dict[str, Any] = {}
     if backend == "dashscope":

@@ -25,6 +25,7 @@ import httpx
 from qwenvl.errors import MediaError
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+SERVE_KEY_ENV = "QWENVL_SERVE_API_KEY"  # the key clients of `qwenvl serve` and `qwenvl mcp --http` must send
 
 
 def key_matches(given: str | None, expected: str) -> bool:
@@ -37,6 +38,16 @@ def bearer(authorization: str | None) -> str | None:
         return None
     scheme, _, value = authorization.partition(" ")
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (where a server may run without a key)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def is_public(address: str) -> bool:
