@@ -57,6 +57,17 @@ def normalize_region(region: str | None) -> str:
     return name
 
 
+def effective_region(region: str | None = None) -> str:
+    """The region in force: the given one, else ``$QWENVL_REGION``, else ``cn`` (normalized)."""
+    return normalize_region(region or os.environ.get("QWENVL_REGION"))
+
+
+def region_of_url(url: str | None) -> str | None:
+    """The region whose DashScope host ``url`` points at, or None (a proxy, a local server)."""
+    host = urlsplit(url).hostname if url else None
+    return next((r for r, base in REGIONS.items() if host and urlsplit(base).hostname == host), None)
+
+
 def normalize_protocol(protocol: str | None) -> Protocol:
     name = (protocol or DEFAULT_PROTOCOL).strip().lower()
     aliases = {"openai": "compat", "compatible": "compat", "dashscope": "native"}

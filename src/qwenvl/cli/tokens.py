@@ -4,7 +4,8 @@ Each file is checked and prepared exactly as `ask` would prepare it (``qwenvl.me
 formats, bytes and token counts are those of the request that would be sent. ``--fast`` works from the headers
 instead (estimate-only mode: nothing decoded, encoded or rendered): the same sizes and tokens, without the
 bytes ("-"), and the likely format for images other than JPEG. The cost covers the media's input tokens only:
-the prompt and the answer come on top.
+the prompt and the answer come on top. It is in the region's currency (``--region``: ¥ in Beijing, $ in
+Singapore and Virginia), every item at the price tier of the files' total (one request carrying them all).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from qwenvl.cli.common import out_console, pass_opts, print_json
 from qwenvl.errors import UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
-from qwenvl.media.tokens import cost
-from qwenvl.models import DEFAULT_MODEL, PRICE_CURRENCY, ModelInfo, model_info
+from qwenvl.models import DEFAULT_MODEL, Price, currency_of, format_cost, model_info, price_for
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 
@@ -29,6 +29,7 @@ from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
+@click.option("--region", help="Prices of this region: cn (CNY, default, or $QWENVL_REGION), intl or us (USD).")
 @click.option("--detail", type=click.Choice(["auto", "low", "high"]),
               help="Image detail: low = smaller budget, high = vl_high_resolution_images.")
 @click.option("--high-res/--no-high-res", "vl_high_resolution_images", default=None,
@@ -49,6 +50,7 @@ def tokens(opts: dict[str, Any]) -> None:
     """
     model_name = opts["model"] or os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL
     model = model_info(model_name)
+    currency = currency_of(opts["region"])
     try:
         request = Request(prompt="tokens", model=model_name, detail=opts["detail"] or "auto",
                           vl_high_resolution_images=opts["vl_high_resolution_images"],
@@ -65,19 +67,23 @@ def tokens(opts: dict[str, Any]) -> None:
         items = prepared.items
         for index, item in enumerate(items, 1):
             label = ref if len(items) == 1 else f"{ref} [{index}/{len(items)}]"
-            rows.append(_row(label, item, model))
+            rows.append(_row(label, item))
 
     known = [r["tokens"] for r in rows if r["tokens"] is not None]
     total_tokens = sum(known)
-    total_cost = cost(model, total_tokens)
+    price = price_for(model, total_tokens, region=opts["region"])  # the tier of the whole request
+    for row in rows:
+        row["cost"] = price.cost(row["tokens"]) if price and row["tokens"] is not None else None
+    total_cost = price.cost(total_tokens) if price else None
     unknown = len(rows) - len(known)
     if opts["as_json"]:
         print_json({
-            "model": model.name, "factor": model.factor, "currency": PRICE_CURRENCY, "items": rows,
+            "model": model.name, "factor": model.factor, "currency": currency,
+            "price_tier": price.tier_label if price else None, "items": rows,
             "total": {"tokens": total_tokens, "cost": total_cost, "items": len(rows), "unknown": unknown},
         })
         return
-    _print_table(rows, model, total_tokens, total_cost, unknown)
+    _print_table(rows, model.name, model.factor, currency, price, total_tokens, total_cost, unknown)
 
 
 def _part(ref: str) -> ImagePart | VideoPart:
@@ -100,12 +106,12 @@ def _head(source: Any) -> bytes:
     return read_bytes(source)[:4096]
 
 
-def _row(label: str, item: PreparedItem, model: ModelInfo) -> dict[str, Any]:
+def _row(label: str, item: PreparedItem) -> dict[str, Any]:
     frames = len(item.sent) if isinstance(item.sent, list) else None
     return {
         "source": label, "kind": item.kind, "width": item.width, "height": item.height, "frames": frames,
-        "mime": item.mime, "bytes_sent": item.bytes_sent, "tokens": item.tokens,
-        "cost": cost(model, item.tokens) if item.tokens is not None else None, "notes": list(item.notes),
+        "mime": item.mime, "bytes_sent": item.bytes_sent, "tokens": item.tokens, "cost": None,
+        "notes": list(item.notes),
     }
 
 
@@ -126,19 +132,19 @@ def _bytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def _money(value: float | None) -> str:
-    return "unknown" if value is None else f"¥{value:.5f}"
+def _print_table(rows: list[dict[str, Any]], model: str, factor: int, currency: str, price: Price | None,
+                 total_tokens: int, total_cost: float | None, unknown: int) -> None:
+    def _money(value: float | None) -> str:
+        return format_cost(value, currency, digits=5)
 
-
-def _print_table(rows: list[dict[str, Any]], model: ModelInfo, total_tokens: int, total_cost: float | None,
-                 unknown: int) -> None:
     console = out_console()
-    table = Table(title=f"{model.name} ({model.factor}x{model.factor} px per token)", title_justify="left")
+    tier = f", {price.tier_label} input tier" if price and price.tiers > 1 else ""
+    table = Table(title=f"{model} ({factor}x{factor} px per token{tier})", title_justify="left")
     table.add_column("file", overflow="fold")
     table.add_column("sent as")
     table.add_column("inline", justify="right")
     table.add_column("tokens", justify="right")
-    table.add_column(f"cost ({PRICE_CURRENCY})", justify="right")
+    table.add_column(f"cost ({currency})", justify="right")
     for row in rows:
         table.add_row(row["source"], _size(row), _bytes(row["bytes_sent"]),
                       "unknown" if row["tokens"] is None else f"{row['tokens']:,}", _money(row["cost"]))

@@ -30,7 +30,7 @@ from PIL import Image
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
 from qwenvl.media.sources import Source, classify, read_bytes, sniff, to_data_url
-from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_UPLOAD_BYTES, MIN_IMAGE_TOKENS, ModelInfo
+from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_FILE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 if TYPE_CHECKING:
@@ -354,9 +354,10 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
     if source.kind != "file" or source.path is None:
         raise MediaError("only a local video file can be sent whole", source=source.ref)
     size = source.path.stat().st_size
-    if size > MAX_UPLOAD_BYTES:
-        raise MediaError(f"{source.label} is {_mb(size)}; temporary storage takes files up to "
-                         f"{_mb(MAX_UPLOAD_BYTES)}", source=source.ref, hint="Send it as sampled frames instead.")
+    if size >= MAX_VIDEO_FILE_BYTES:
+        raise MediaError(f"{source.label} is {_mb(size)}; a video sent as a local file must be under "
+                         f"{_mb(MAX_VIDEO_FILE_BYTES)}", source=source.ref,
+                         hint="Send it as sampled frames instead (--video-as frames), or give a public URL.")
     mime = video.check_video_content(source.path, source.label)
     info, rate, plan = _video_plan(part, source.path, source.label, options)
     count, h_bar, w_bar = plan.nframes, plan.height, plan.width
