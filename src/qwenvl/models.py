@@ -123,6 +123,7 @@ class ModelInfo:
     structured_output: bool = True  # response_format json_object is accepted (Qwen3-VL: non-thinking mode only)
     high_res: bool = True  # vl_high_resolution_images is supported
     stream_only: bool = False  # answers only as a stream (QVQ)
+    video: bool = True  # takes video (a file, a URL or a frame list)
     video_frame_tokens: int = 768  # per-frame token cap for sampled video
     video_total_tokens: int = 65536  # token cap over all frames of one video
     video_max_frames: int = 2000
@@ -239,10 +240,10 @@ _add(
               prices=_flat((2.0, 5.0))),
     # qwen-vl-ocr (current, Qwen3-VL based): 32 px, context 38,192, max output 8,192, min 3 tokens (3,072 px)
     # [issue10, checked 2026-11]; default budget 8192 tokens (max_pixels 8,388,608); 0.3 / 0.5 CNY (model list),
-    # $0.07 / $0.16 [issue10, checked 2026-11].
+    # $0.07 / $0.16 [issue10, checked 2026-11]; images only, no video (OCR page; UNVERIFIED copy).
     _qwen25vl("qwen-vl-ocr", family="qwen-vl-ocr", factor=32, image_tokens=8192, low_detail_tokens=1280,
               context_tokens=38_192, max_output_tokens=8_192, min_image_tokens=3, structured_output=True,
-              high_res=True, prices=_flat((0.3, 0.5), (0.07, 0.16))),
+              high_res=True, video=False, prices=_flat((0.3, 0.5), (0.07, 0.16))),
 )
 _add(
     # Qwen3-VL snapshots: qwen3-vl-plus "functionally equals qwen3-vl-plus-2025-12-19" [card qwen3-vl-plus];
@@ -262,7 +263,7 @@ _add(
     # Older OCR snapshots: 28 px, 5 / 5 CNY per 1M [issue10, checked 2026-11]; context as the older OCR
     # model (34,096 / 4,096, model list before 2025-10).
     *(_qwen25vl(snap, family="qwen-vl-ocr", image_tokens=8192, low_detail_tokens=1280, context_tokens=34_096,
-                max_output_tokens=4_096, structured_output=True, prices=_flat((5.0, 5.0)),
+                max_output_tokens=4_096, structured_output=True, video=False, prices=_flat((5.0, 5.0)),
                 resolution="older snapshot of qwen-vl-ocr: its own 28-px rules and price")
       for snap in ("qwen-vl-ocr-2025-08-28", "qwen-vl-ocr-2025-04-13", "qwen-vl-ocr-2024-10-28")),
 )
@@ -390,6 +391,35 @@ def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:
 def format_price(value: float, currency: str) -> str:
     """A per-1M price: ``¥1.5``, ``$0.075``."""
     return f"{CURRENCY_SYMBOL.get(currency, currency + ' ')}{value:g}"
+
+
+def describe(info: ModelInfo, region: str | None = None) -> dict:
+    """Everything the table says about one model, as plain data (``qwenvl models --json``).
+
+    Prices are per 1M tokens in ``currency_of(region)``, one entry per input tier (``input_up_to`` None = no
+    bound); an empty list means no known price in that currency."""
+    currency = currency_of(region)
+    tiers = []
+    low = 0
+    for t in info.prices.tiers(currency):
+        tiers.append({"tier": t.label(low), "input_up_to": t.up_to, "input": t.input, "output": t.output})
+        low = t.up_to or low
+    return {
+        "name": info.name, "family": info.family, "known": info.known, "resolves_to": info.entry or info.name,
+        "resolution": info.resolution, "px_per_token": info.factor,
+        "image_tokens": {"default": info.image_tokens, "high_res": HIGH_RES_IMAGE_TOKENS if info.high_res else None,
+                         "low_detail": info.low_detail_tokens, "min": info.min_image_tokens},
+        "default_max_pixels": info.default_max_pixels,
+        "context_tokens": info.context_tokens, "max_output_tokens": info.max_output_tokens,
+        "abilities": {"thinking": "always" if info.thinking_only else info.thinking, "tools": info.tools,
+                      "structured_output": info.structured_output, "high_res": info.high_res, "video": info.video,
+                      "stream_only": info.stream_only},
+        "video": {"max_frames": info.video_max_frames, "frame_tokens": info.video_frame_tokens,
+                  "total_tokens": info.video_total_tokens, "url_max_bytes": info.video_url_max_bytes,
+                  "file_max_bytes": MAX_VIDEO_FILE_BYTES} if info.video else None,
+        "grounding": info.grounding,
+        "currency": currency, "prices_per_1m": tiers,
+    }
 
 
 def temp_storage_available(region: str | None) -> bool:

@@ -359,7 +359,7 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
                          f"{_mb(MAX_VIDEO_FILE_BYTES)}", source=source.ref,
                          hint="Send it as sampled frames instead (--video-as frames), or give a public URL.")
     mime = video.check_video_content(source.path, source.label)
-    info, rate, plan = _video_plan(part, source.path, source.label, options)
+    info, rate, plan = _video_plan(part, source.path, source.label, options, service_sampled=True)
     count, h_bar, w_bar = plan.nframes, plan.height, plan.width
     # Nothing is read here beyond the container, so estimate-only gives the same item (never sent anyway).
     return PreparedItem(
@@ -370,8 +370,8 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         frame_times=[i / rate for i in range(count)])
 
 
-def _video_plan(part: VideoPart, src: Path | bytes, label: str,
-                options: MediaOptions) -> tuple[video.VideoInfo, float, video.FramePlan]:
+def _video_plan(part: VideoPart, src: Path | bytes, label: str, options: MediaOptions, *,
+                service_sampled: bool = False) -> tuple[video.VideoInfo, float, video.FramePlan]:
     """(probe, sampling rate, frame count and size as the service samples it) of a local video, from its
     container and packets (only the first frame is decoded): ``video.frame_plan``, as ``sample_video`` uses."""
     from qwenvl.media import video
@@ -381,7 +381,8 @@ def _video_plan(part: VideoPart, src: Path | bytes, label: str,
         raise MediaError(f"fps must be positive, got {rate}", source=label)
     info = video.probe_video(src, label)
     plan = video.frame_plan(options.model, info.frames, info.fps, rate, info.width, info.height,
-                            min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label)
+                            min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label,
+                            service_sampled=service_sampled)
     return info, rate, plan
 
 
