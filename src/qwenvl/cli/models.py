@@ -94,13 +94,14 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def _print_one(d: dict[str, Any]) -> None:
     console = out_console()
     t = d["image_tokens"]
+    high = f"{t['high_res']:,}" if t["high_res"] else "not supported"
     lines = [
         ("model", d["name"]),
         ("resolves to", f"{d['resolves_to']} ({d['resolution']})"),
         ("family", d["family"]),
         ("pixels per token", f"{d['px_per_token']}x{d['px_per_token']}"),
         ("image tokens", f"default {t['default']:,} (max_pixels {d['default_max_pixels']:,}), "
-                         f"high-res {f'{t["high_res"]:,}' if t['high_res'] else 'not supported'}, low detail {t['low_detail']:,}, "
+                         f"high-res {high}, low detail {t['low_detail']:,}, "
                          f"min {t['min']}"),
         ("context", f"{d['context_tokens']:,} tokens, max output {d['max_output_tokens']:,}"),
         ("abilities", _abilities(d)),

@@ -355,8 +355,8 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         raise MediaError("only a local video file can be sent whole", source=source.ref)
     size = source.path.stat().st_size
     if size >= MAX_VIDEO_FILE_BYTES:
-        raise MediaError(f"{source.label} is {_mb(size)}; a video sent as a local file must be under "
-                         f"{_mb(MAX_VIDEO_FILE_BYTES)}", source=source.ref,
+        raise MediaError(f"{source.label} is {size / 2**20:.1f} MB; a video sent as a local file must be under "
+                         f"{MAX_VIDEO_FILE_BYTES // 2**20} MB", source=source.ref,
                          hint="Send it as sampled frames instead (--video-as frames), or give a public URL.")
     mime = video.check_video_content(source.path, source.label)
     info, rate, plan = _video_plan(part, source.path, source.label, options, service_sampled=True)
