@@ -291,6 +291,21 @@ def test_no_upload_outside_beijing(server, isolated_env: Path, png) -> None:
     assert len(server.uploads) == 1
 
 
+def test_no_upload_outside_beijing_async(server, isolated_env: Path) -> None:
+    import asyncio
+
+    from conftest import API_KEY
+    from qwenvl import AsyncClient
+
+    async def main() -> None:
+        async with AsyncClient(api_key=API_KEY, protocol="native", base_url=server.url, region="intl") as c:
+            await c.complete(prompt="x", images=big_pngs(isolated_env), prepare=False)
+
+    with pytest.raises(MediaError, match="only in the Beijing region"):
+        asyncio.run(main())
+    assert not server.uploads and not [q for q in server.requests if q.path.endswith("/uploads")]
+
+
 def test_no_upload_outside_beijing_from_the_cli(server, env, png) -> None:
     p = run_cli("ask", str(png), "-p", "x", "--protocol", "native", "--upload", "oss", "--region", "us",
                 "--base-url", server.url, env=env)

@@ -31,6 +31,9 @@ DEFAULT_PROTOCOL: Protocol = "compat"
 COMPAT_PATH = "/compatible-mode/v1"
 NATIVE_PATH = "/api/v1"
 
+# Hosts: the OpenAI-compatible page (alibabacloud.com/help/doc-detail/2833609.html, updated 2026-03-18) lists
+# Beijing, Singapore and Virginia; the DashScope SDK's defaults (reference/dashscope-api.md §2.5). Billing
+# currency and temporary storage per region are in qwenvl.models (REGION_CURRENCY, TEMP_STORAGE_REGIONS).
 REGIONS: dict[str, str] = {
     "cn": "https://dashscope.aliyuncs.com",  # Beijing (default)
     "intl": "https://dashscope-intl.aliyuncs.com",  # Singapore

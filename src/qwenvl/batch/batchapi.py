@@ -53,10 +53,13 @@ from qwenvl.types import Response
 if TYPE_CHECKING:
     from qwenvl.batch.runner import Batch, Progress
 
-ENDPOINT = "/v1/chat/completions"
-COMPLETION_WINDOW = "24h"
-MAX_LINES = 50_000  # per input file (service limit)
-MAX_LINE_BYTES = 6_000_000  # per line (service limit: 6 MB)
+# Sources: [batch] alibabacloud.com/help/en/model-studio/batch-interfaces-compatible-with-openai (Dec 2025) and
+# help.aliyun.com/zh/model-studio/batch-inference (2025-11-06), reference/dashscope-api.md §5; checked against
+# Model Studio's batch page 2026-11 (issue 10).
+ENDPOINT = "/v1/chat/completions"  # [batch]
+COMPLETION_WINDOW = "24h"  # [batch]
+MAX_LINES = 50_000  # per input file [batch]
+MAX_LINE_BYTES = 6_000_000  # per line: 6 MB [batch]
 MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB), so that memory stays bounded
 # Batch API calls cost half the realtime price (of the request's tier) [batch page, alibabacloud.com/help/en/
 # model-studio/batch-interfaces-compatible-with-openai, Dec 2025; "Model Studio pricing page, checked 2026-11
