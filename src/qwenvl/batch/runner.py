@@ -406,6 +406,7 @@ class Batch:
                                                          region=self.planner.region, factor=price_factor)
         rec = {"id": item.id, "input": item.input, "status": "ok", "result": result_record(response),
                "usage": usage_record(response), "cost": None if cost is None else round(cost, 8),
+               "currency": self.currency,
                "cached": response.cached, "attempts": attempts, "latency_s": round(latency_s, 3), **(extra or {})}
         journal.finish(item.id, "ok", dumps(rec), input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                        cost=cost, cached=response.cached)
