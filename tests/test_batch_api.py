@@ -13,6 +13,7 @@ from conftest import API_KEY, run_cli, write_image
 from qwenvl.batch import Batch, BatchItem, batchapi, usagelog
 from qwenvl.batch.batchapi import BatchAPI, check_region
 from qwenvl.errors import AuthenticationError, UsageError
+from qwenvl.models import estimate_cost
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_end_to_end(bserver, isolated_env):
     assert out["bad"]["error"]["type"] == "MediaError"
     # half price: compare with the realtime price of the same usage
     u = out["img"]["usage"]
-    full = usagelog.cost_of("qwen3-vl-plus", u["input_tokens"], u["output_tokens"])
+    full = estimate_cost("qwen3-vl-plus", u["input_tokens"], u["output_tokens"])
     assert out["img"]["cost"] == pytest.approx(full / 2)
     assert Path("out.csv").read_text().count("\n") == 7
     usagelog.flush()

@@ -13,8 +13,8 @@ import media_corpus as corpus
 from conftest import run_cli
 from qwenvl.cli.tokens import tokens as tokens_command
 from qwenvl.errors import MediaError
-from qwenvl.media.tokens import cost, estimate_image_tokens, image_tokens, video_tokens
-from qwenvl.models import model_info
+from qwenvl.media.tokens import estimate_image_tokens, image_tokens, video_tokens
+from qwenvl.models import estimate_cost, model_info
 
 
 def test_image_tokens_formula() -> None:
@@ -46,10 +46,9 @@ def test_video_tokens() -> None:
 
 def test_cost_from_the_price_table() -> None:
     plus = model_info("qwen3-vl-plus")
-    assert plus.price_input is not None
-    assert cost(plus, 2496) == pytest.approx(2496 / 1000 * plus.price_input)
-    assert cost(plus, 1000, 100) == pytest.approx(plus.price_input + 0.1 * (plus.price_output or 0))
-    assert cost(model_info("qwen9-vl-future"), 1000) is None  # unknown model: no price
+    assert estimate_cost(plus, 2496) == pytest.approx(2496 * 1.0 / 1e6)  # 1 CNY per 1M input (≤32K)
+    assert estimate_cost(plus, 1000, 100) == pytest.approx((1000 * 1.0 + 100 * 10.0) / 1e6)
+    assert estimate_cost(model_info("qwen9-vl-future"), 1000) is None  # unknown model: no price
 
 
 # --- the command -----------------------------------------------------------------------------------------------

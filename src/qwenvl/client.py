@@ -20,7 +20,7 @@ from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend
 from qwenvl.batch import exchange
 from qwenvl.batch.cache import ResponseCache, open_cache
-from qwenvl.config import normalize_protocol, normalize_region, require_api_key
+from qwenvl.config import effective_region, normalize_protocol, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.plan import Call, plan
 from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
@@ -121,7 +121,7 @@ class _Base:
                  http_client: Any = None, backend: Any = None,
                  cache: bool | str | os.PathLike[str] | ResponseCache | None = None) -> None:
         self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
-        self.region = normalize_region(region or os.environ.get("QWENVL_REGION"))
+        self.region = effective_region(region)
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client

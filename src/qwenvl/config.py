@@ -31,6 +31,9 @@ DEFAULT_PROTOCOL: Protocol = "compat"
 COMPAT_PATH = "/compatible-mode/v1"
 NATIVE_PATH = "/api/v1"
 
+# Hosts: the OpenAI-compatible page (alibabacloud.com/help/doc-detail/2833609.html, updated 2026-03-18) lists
+# Beijing, Singapore and Virginia; the DashScope SDK's defaults (reference/dashscope-api.md §2.5). Billing
+# currency and temporary storage per region are in qwenvl.models (REGION_CURRENCY, TEMP_STORAGE_REGIONS).
 REGIONS: dict[str, str] = {
     "cn": "https://dashscope.aliyuncs.com",  # Beijing (default)
     "intl": "https://dashscope-intl.aliyuncs.com",  # Singapore
@@ -55,6 +58,17 @@ def normalize_region(region: str | None) -> str:
         raise UsageError(f"unknown region {region!r}: use one of {', '.join(REGIONS)}",
                          hint="Or give the endpoint itself with --base-url.")
     return name
+
+
+def effective_region(region: str | None = None) -> str:
+    """The region in force: the given one, else ``$QWENVL_REGION``, else ``cn`` (normalized)."""
+    return normalize_region(region or os.environ.get("QWENVL_REGION"))
+
+
+def region_of_url(url: str | None) -> str | None:
+    """The region whose DashScope host ``url`` points at, or None (a proxy, a local server)."""
+    host = urlsplit(url).hostname if url else None
+    return next((r for r, base in REGIONS.items() if host and urlsplit(base).hostname == host), None)
 
 
 def normalize_protocol(protocol: str | None) -> Protocol:

@@ -4,8 +4,9 @@ page as it would be sent. The one home of the estimate behind ``qwenvl tokens`` 
 Each file is checked and prepared exactly as a request would prepare it (``qwenvl.media.prepare``), so sizes,
 formats, bytes and token counts are those of the request that would be sent; ``fast=True`` works from the headers
 instead (estimate-only preparation: nothing decoded, encoded or rendered), giving the same sizes and tokens
-without the bytes. The cost covers the media's input tokens only (the prompt and the answer come on top), at the
-model table's input price (``qwenvl.models``, CNY).
+without the bytes. The cost covers the media's input tokens only (the prompt and the answer come on top), in the
+region's currency (¥ in Beijing, $ in Singapore and Virginia), every item at the price tier of the files' total
+(one request carrying them all; ``qwenvl.models.price_for``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 from qwenvl.errors import UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
-from qwenvl.media.tokens import cost
-from qwenvl.models import DEFAULT_MODEL, PRICE_CURRENCY, ModelInfo, model_info
+from qwenvl.models import DEFAULT_MODEL, currency_of, model_info, price_for
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 
@@ -26,10 +26,11 @@ from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 def estimate_files(files: Sequence[str], *, model: str | None = None, detail: str | None = None,
                    vl_high_resolution_images: bool | None = None, min_pixels: int | None = None,
                    max_pixels: int | None = None, fps: float | None = None, pages: str | None = None,
-                   prepare: bool = True, fast: bool = False) -> dict[str, Any]:
+                   prepare: bool = True, fast: bool = False, region: str | None = None) -> dict[str, Any]:
     """Tokens and cost of ``files`` (local paths, https/file/data URLs) for ``model``; nothing is sent.
 
-    Returns ``{"model", "factor", "currency", "items": [...], "total": {"tokens", "cost", "items", "unknown"}}``;
+    Returns ``{"model", "factor", "currency", "price_tier", "items": [...], "total": {"tokens", "cost", "items",
+    "unknown"}}``;
     an item is ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}``
     (a PDF gives one item per page, a remote URL ``tokens: None``: the service fetches and sizes it).
     ``model`` defaults to ``$QWENVL_MODEL``, then qwen3-vl-plus. Raises ``UsageError`` for invalid options and
@@ -52,13 +53,17 @@ def estimate_files(files: Sequence[str], *, model: str | None = None, detail: st
         items = prepared.items
         for index, item in enumerate(items, 1):
             label = ref if len(items) == 1 else f"{ref} [{index}/{len(items)}]"
-            rows.append(_row(label, item, info))
+            rows.append(_row(label, item))
 
     known = [r["tokens"] for r in rows if r["tokens"] is not None]
     total_tokens = sum(known)
-    return {"model": info.name, "factor": info.factor, "currency": PRICE_CURRENCY, "items": rows,
-            "total": {"tokens": total_tokens, "cost": cost(info, total_tokens), "items": len(rows),
-                      "unknown": len(rows) - len(known)}}
+    price = price_for(info, total_tokens, region=region)  # the tier of the whole request
+    for row in rows:
+        row["cost"] = price.cost(row["tokens"]) if price and row["tokens"] is not None else None
+    return {"model": info.name, "factor": info.factor, "currency": currency_of(region),
+            "price_tier": price.tier_label if price else None, "items": rows,
+            "total": {"tokens": total_tokens, "cost": price.cost(total_tokens) if price else None,
+                      "items": len(rows), "unknown": len(rows) - len(known)}}
 
 
 def _part(ref: str) -> ImagePart | VideoPart:
@@ -81,10 +86,10 @@ def _head(source: Any) -> bytes:
     return read_bytes(source)[:4096]
 
 
-def _row(label: str, item: PreparedItem, model: ModelInfo) -> dict[str, Any]:
+def _row(label: str, item: PreparedItem) -> dict[str, Any]:
     frames = len(item.sent) if isinstance(item.sent, list) else None
     return {
         "source": label, "kind": item.kind, "width": item.width, "height": item.height, "frames": frames,
-        "mime": item.mime, "bytes_sent": item.bytes_sent, "tokens": item.tokens,
-        "cost": cost(model, item.tokens) if item.tokens is not None else None, "notes": list(item.notes),
+        "mime": item.mime, "bytes_sent": item.bytes_sent, "tokens": item.tokens, "cost": None,
+        "notes": list(item.notes),
     }

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qwenvl import __version__
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.estimate import estimate_files
-from qwenvl.models import PRICE_CURRENCY, estimate_cost, model_info
+from qwenvl.models import currency_of, estimate_cost, model_info
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response
@@ -113,7 +113,7 @@ class Billed(BaseModel):
     model: str | None = Field(None, description="The model that answered.")
     usage: UsageOut = Field(default_factory=UsageOut, description="Tokens as the service counted them.")
     cost: float | None = Field(None, description="Estimated cost from the model table (None: price unknown).")
-    currency: str = PRICE_CURRENCY
+    currency: str = Field("CNY", description="The cost's currency: CNY in Beijing, USD in Singapore and Virginia.")
     request_id: str | None = None
 
 
@@ -182,7 +182,8 @@ class EstimateTotal(BaseModel):
 class EstimateResult(BaseModel):
     model: str
     factor: int = Field(description="Pixels per token side (32 for Qwen3-VL).")
-    currency: str
+    currency: str = Field(description="CNY in Beijing, USD in Singapore and Virginia.")
+    price_tier: str | None = Field(None, description="The input-length price tier of a request carrying them all.")
     items: list[EstimateItem]
     total: EstimateTotal
 
@@ -238,7 +239,7 @@ def local_path(ref: str) -> Path | None:
 
 # == Results and errors =============================================================================================
 
-def _usage(responses: Sequence[Response | None]) -> tuple[UsageOut, float | None, str | None]:
+def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[UsageOut, float | None, str | None]:
     total = UsageOut()
     cost: float | None = 0.0
     model = None
@@ -253,15 +254,17 @@ def _usage(responses: Sequence[Response | None]) -> tuple[UsageOut, float | None
         if r.usage.input_tokens is None or cost is None:
             cost = None
             continue
-        one = estimate_cost(model_info(r.model), r.usage.input_tokens, r.usage.output_tokens or 0)
+        one = estimate_cost(model_info(r.model), r.usage.input_tokens, r.usage.output_tokens or 0, region=region)
         cost = None if one is None else cost + one
     return total, (None if model is None else cost), model
 
 
-def billed(*responses: Response | None) -> dict[str, Any]:
-    usage, cost, model = _usage(responses)
+def billed(*responses: Response | None, region: str | None = None) -> dict[str, Any]:
+    """Usage summed over ``responses`` and its cost in ``region``'s currency."""
+    usage, cost, model = _usage(responses, region)
     last = next((r for r in reversed(responses) if r is not None), None)
-    return {"model": model, "usage": usage, "cost": cost, "request_id": last.request_id if last else None}
+    return {"model": model, "usage": usage, "cost": cost, "currency": currency_of(region),
+            "request_id": last.request_id if last else None}
 
 
 def result(value: BaseModel, *extra: ImageContent) -> CallToolResult:
@@ -403,7 +406,7 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             await _progress(ctx, 2, 2, "done")
             return result(AskResult(text=response.text, reasoning=response.reasoning if thinking else None,
                                     json=response.json, finish_reason=response.finish_reason,
-                                    **billed(response)))
+                                    **billed(response, region=client.region)))
 
         return await guarded(body)
 
@@ -454,7 +457,8 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             await _progress(ctx, 2, 2, "done")
             return result(GroundResult(image=image, width=g.width, height=g.height, boxes=g.boxes, points=g.points,
                                        truncated=g.truncated, warnings=g.warnings, convention=g.convention,
-                                       annotated=str(target) if target is not None else None, **billed(response)),
+                                       annotated=str(target) if target is not None else None,
+                                       **billed(response, region=client.region)),
                           *extra)
 
         return await guarded(body)
@@ -488,7 +492,7 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             r = await step(ctx, 0, 1, "reading the text", run)
             await _progress(ctx, 1, 1, "done")
             return result(OCROut(source=file, text=r.text, pages=r.pages, warnings=r.warnings,
-                                 **billed(*r.responses)))
+                                 **billed(*r.responses, region=client.region)))
 
         return await guarded(body)
 
@@ -512,7 +516,7 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
                 client, ref, schema, prompt=prompt, **fields))
             response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
             await _progress(ctx, 2, 2, "done")
-            return result(ExtractResult(file=file, json=response.json, **billed(response)))
+            return result(ExtractResult(file=file, json=response.json, **billed(response, region=client.region)))
 
         return await guarded(body)
 
@@ -546,7 +550,7 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             await _progress(ctx, 2, 2, "done")
             name = video if video is not None else f"{len(frames or [])} frames"
             return result(EventsResult(video=name, duration=timeline.duration, events=timeline.events,
-                                       warnings=timeline.warnings, **billed(timeline.response)))
+                                       warnings=timeline.warnings, **billed(timeline.response, region=client.region)))
 
         return await guarded(body)
 
@@ -572,7 +576,8 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             refs = [access.check(f, folders) for f in files]
             out = await step(ctx, 0, 1, "sizing the files", lambda: estimate_files(
                 refs, model=model or base.get("model"), detail=detail, vl_high_resolution_images=high_res,
-                min_pixels=min_pixels, max_pixels=max_pixels, fps=fps, pages=pages, fast=fast))
+                min_pixels=min_pixels, max_pixels=max_pixels, fps=fps, pages=pages, fast=fast,
+                region=client.region))
             for item, ref in zip(out["items"], _labels(files, out["items"], refs), strict=True):
                 item["source"] = ref  # the caller's names, not the resolved paths
             await _progress(ctx, 1, 1, "done")

@@ -1,32 +1,108 @@
 """The model table: one home for every per-model fact (family, pixels per token, budgets, limits, prices).
 
 Update this file when Model Studio changes a model; nothing else in the package hard-codes these numbers.
-Sources are in ../shared/reference/dashscope-api.md (section 4). Values marked UNVERIFIED there are marked
-here too: they are our best reading and easy to change.
+Every value names its source in a comment. The sources, by short name:
+
+- [issue10]   Model Studio's vision, token-billing, model-pricing, OCR, regions, temporary-storage and batch
+              pages and the official SDK, "Model Studio pricing page, checked 2026-11 (issue 10)".
+- [vision]    help.aliyun.com/zh/model-studio/vision, updated 2025-11-18 (reference/seeds/000).
+- [billing]   the "计算图像与视频的Token" section of the billing page (official copy; reference/dashscope-api.md
+              §4.1-4.2), and its video example code (copy of the official `token_calculate`, code corpus:
+              "FPS_MAX_FRAMES: 512 for qwen2.5-vl").
+- [card]      official model cards (Maas-Model-platform parsed_json/<model>.json copies, pages corpus;
+              reference/dashscope-api.md §4.3).
+- [tempstore] alibabacloud.com/help/en/model-studio/get-temporary-file-url, updated 2026-03-23.
+
+Prices are per 1M tokens in the region's currency: CNY in Beijing (``cn``), USD in Singapore (``intl``) and
+Virginia (``us``). A request is billed **entirely** at the tier of its input length [issue10]: 40K input
+tokens on qwen3-vl-plus cost 1.5 / 15 CNY per 1M for every input and output token, not 1 / 10 for the first 32K.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+log = logging.getLogger("qwenvl")
 
 # --- rules shared by every model (service-wide, from the billing page's token rules) ---------------------
-MIN_IMAGE_TOKENS = 4  # an image is never scaled below 4 tokens
-HIGH_RES_IMAGE_TOKENS = 16384  # per-image cap with vl_high_resolution_images=true (max_pixels ignored)
-VISION_MARKER_TOKENS = 2  # <vision_bos> and <vision_eos> around every image or video
-MIN_IMAGE_SIDE = 11  # each side must be more than 10 px
-MAX_ASPECT_RATIO = 200  # long side / short side
+MIN_IMAGE_TOKENS = 4  # an image is never scaled below 4 tokens [billing]; qwen-vl-ocr: 3 (see the table)
+HIGH_RES_IMAGE_TOKENS = 16384  # per-image cap with vl_high_resolution_images=true (max_pixels ignored) [billing]
+VISION_MARKER_TOKENS = 2  # <vision_bos> and <vision_eos> around every image or video [billing]
+MIN_IMAGE_SIDE = 11  # each side must be more than 10 px [vision, 2025-11-18]
+MAX_ASPECT_RATIO = 200  # long side / short side [vision, 2025-11-18]
 MAX_IMAGE_BYTES = 10_000_000  # one image file, as sent (seed doc 002: "单个图像文件的大小不超过10 MB")
 MAX_INLINE_REQUEST_BYTES = 20 * 1024 * 1024  # whole request body with inline media (UNVERIFIED, 3rd-party)
-MAX_UPLOAD_BYTES = 1024 * 1024 * 1024  # one file in DashScope's temporary storage (1 GB, 3rd-party summary)
-MAX_FETCH_BYTES = 64 * 1024 * 1024  # --fetch-urls: the most a remote image may weigh before preparation
-MAX_IMAGE_PIXELS = 150_000_000  # decompression-bomb guard: larger images are refused from the header
-VIDEO_FPS = 2.0  # default sampling rate
-VIDEO_MIN_FRAMES = 4
-VIDEO_FRAME_FACTOR = 2  # frame counts are even: 2 frames form one temporal token group
-VIDEO_MIN_FRAME_TOKENS = 4
+# A video passed as a local file (uploaded to temporary storage) must be under 100 MB [issue10, checked 2026-11];
+# the "1 GB" of temporary storage in older 3rd-party summaries does not exist.
+MAX_VIDEO_FILE_BYTES = 100 * 1024 * 1024
+GB = 1024 * 1024 * 1024
+MAX_FETCH_BYTES = 64 * 1024 * 1024  # --fetch-urls: the most a remote image may weigh before preparation (ours)
+MAX_IMAGE_PIXELS = 150_000_000  # decompression-bomb guard: larger images are refused from the header (ours)
+VIDEO_FPS = 2.0  # default sampling rate [billing]
+VIDEO_MIN_FRAMES = 4  # [billing]
+VIDEO_FRAME_FACTOR = 2  # 2 frames form one temporal token group [billing]
+VIDEO_MIN_FRAME_TOKENS = 4  # [billing]
 
-PRICE_CURRENCY = "CNY"
+# Temporary storage (oss:// uploads) exists in the Beijing region only [tempstore, 2026-03-23].
+TEMP_STORAGE_REGIONS = frozenset({"cn"})
+
+Currency = Literal["CNY", "USD"]
+# intl (Singapore) and us (Virginia) bill in USD, cn (Beijing) in CNY [issue10, checked 2026-11].
+REGION_CURRENCY: dict[str, Currency] = {"cn": "CNY", "intl": "USD", "us": "USD"}
+CURRENCY_SYMBOL: dict[str, str] = {"CNY": "¥", "USD": "$"}
+PRICE_UNIT_TOKENS = 1_000_000  # prices are per 1M tokens
+
+
+@dataclass(frozen=True)
+class PriceTier:
+    """One input-length tier: the per-1M-token prices of a request whose input is at most ``up_to`` tokens."""
+
+    up_to: int | None  # input tokens, inclusive; None = no upper bound (the last tier)
+    input: float  # per 1M input tokens
+    output: float  # per 1M output tokens
+
+    def label(self, low: int) -> str:
+        def k(n: int) -> str:
+            return f"{n // 1024}K"
+        if self.up_to is None:
+            return f">{k(low)}" if low else "any"
+        return f"≤{k(self.up_to)}" if not low else f"{k(low)}-{k(self.up_to)}"
+
+
+@dataclass(frozen=True)
+class Prices:
+    """A model's price list: tiers per currency (empty = unknown in that currency)."""
+
+    cny: tuple[PriceTier, ...] = ()
+    usd: tuple[PriceTier, ...] = ()
+
+    def tiers(self, currency: str) -> tuple[PriceTier, ...]:
+        return self.cny if currency == "CNY" else self.usd
+
+
+def _flat(cny: tuple[float, float] | None, usd: tuple[float, float] | None = None) -> Prices:
+    return Prices(cny=(PriceTier(None, *cny),) if cny else (), usd=(PriceTier(None, *usd),) if usd else ())
+
+
+K32, K128, K256 = 32 * 1024, 128 * 1024, 256 * 1024
+
+
+@dataclass(frozen=True)
+class Price:
+    """The price one request pays: its tier, in its region's currency."""
+
+    currency: Currency
+    input: float  # per 1M input tokens
+    output: float  # per 1M output tokens
+    tier: int  # 0 = the lowest tier
+    tier_label: str  # "≤32K", "32K-128K", ... ("any" for a flat price)
+    tiers: int = 1  # how many tiers the model has in this currency
+
+    def cost(self, input_tokens: int, output_tokens: int = 0) -> float:
+        return (input_tokens * self.input + output_tokens * self.output) / PRICE_UNIT_TOKENS
 
 
 @dataclass(frozen=True)
@@ -34,23 +110,29 @@ class ModelInfo:
     """What qwenvl needs to know about one model."""
 
     name: str
-    family: str  # "qwen3-vl" | "qwen2.5-vl" | "qvq" | "qwen-vl-ocr" | "qwen3.x"
+    family: str  # "qwen3-vl" | "qwen2.5-vl" | "qvq" | "qwen-vl-ocr"
     factor: int  # pixels per token side: 32 (Qwen3-VL class) or 28 (Qwen2.5-VL class, QVQ)
     image_tokens: int  # default per-image token budget (vl_high_resolution_images=false, no max_pixels)
-    low_detail_tokens: int  # budget used for detail="low"
+    low_detail_tokens: int  # budget used for detail="low" (ours: a quarter of the default)
     context_tokens: int
     max_output_tokens: int
-    price_input: float | None  # CNY per 1K input tokens (lowest tier); None = unknown
-    price_output: float | None  # CNY per 1K output tokens (lowest tier)
+    prices: Prices = field(default_factory=Prices)
     thinking: bool = False  # supports enable_thinking
     thinking_only: bool = False  # always thinks (QVQ)
     tools: bool = False
-    structured_output: bool = True  # response_format json_object (Qwen3-VL: non-thinking mode only)
+    structured_output: bool = True  # response_format json_object is accepted (Qwen3-VL: non-thinking mode only)
+    high_res: bool = True  # vl_high_resolution_images is supported
+    stream_only: bool = False  # answers only as a stream (QVQ)
+    video: bool = True  # takes video (a file, a URL or a frame list)
     video_frame_tokens: int = 768  # per-frame token cap for sampled video
     video_total_tokens: int = 65536  # token cap over all frames of one video
     video_max_frames: int = 2000
+    video_url_max_bytes: int = GB  # a remote video URL (2 GB for Qwen3-VL and qwen-vl-max, 1 GB others)
+    min_image_tokens: int = MIN_IMAGE_TOKENS
     grounding: str = "relative-1000"  # "relative-1000" (Qwen3-VL) | "absolute" (Qwen2.5-VL pixels)
     known: bool = True  # False when inferred from the name only
+    entry: str = ""  # the table entry the name resolved to ("" = itself)
+    resolution: str = "in the table"  # how the name resolved, for `qwenvl models NAME`
 
     @property
     def pixels_per_token(self) -> int:
@@ -62,78 +144,164 @@ class ModelInfo:
 
     @property
     def min_pixels(self) -> int:
-        return MIN_IMAGE_TOKENS * self.pixels_per_token
+        return self.min_image_tokens * self.pixels_per_token
 
     @property
     def high_res_max_pixels(self) -> int:
         return HIGH_RES_IMAGE_TOKENS * self.pixels_per_token
 
+    @property
+    def has_price(self) -> bool:
+        return bool(self.prices.cny or self.prices.usd)
+
 
 def _qwen3vl(name: str, **kw) -> ModelInfo:
+    # Qwen3-VL: 32 px per token [billing]; 2560-token default (max_pixels 2,621,440) [issue10, checked 2026-11];
+    # context 256K, max output 32K [card qwen3-vl-plus/flash]; thinking, tools [vision, 2025-11-18];
+    # remote video URL up to 2 GB [issue10, checked 2026-11].
     base = dict(
         family="qwen3-vl", factor=32, image_tokens=2560, low_detail_tokens=640,
-        context_tokens=262_144, max_output_tokens=32_768, price_input=None, price_output=None,
-        thinking=True, tools=True, video_frame_tokens=768, video_total_tokens=65536,
-        grounding="relative-1000",
+        context_tokens=262_144, max_output_tokens=32_768, thinking=True, tools=True,
+        video_frame_tokens=768, video_total_tokens=65536, video_url_max_bytes=2 * GB, grounding="relative-1000",
     )
     base.update(kw)
     return ModelInfo(name=name, **base)
 
 
 def _qwen25vl(name: str, **kw) -> ModelInfo:
+    # Qwen2.5-VL class: 28 px per token, 1280-token default [billing; seed 004]; at most 512 frames per video
+    # [issue10, checked 2026-11; billing example code "qwen2.5-vl: FPS_MAX_FRAMES 512"]; no
+    # vl_high_resolution_images for the 28-px models [issue10, checked 2026-11]; remote video URL up to 1 GB.
     base = dict(
         family="qwen2.5-vl", factor=28, image_tokens=1280, low_detail_tokens=320,
-        context_tokens=131_072, max_output_tokens=8_192, price_input=None, price_output=None,
-        video_frame_tokens=768, video_total_tokens=65536, video_max_frames=768, grounding="absolute",
+        context_tokens=131_072, max_output_tokens=8_192, structured_output=False, high_res=False,
+        video_frame_tokens=768, video_total_tokens=65536, video_max_frames=512, grounding="absolute",
     )
     base.update(kw)
     return ModelInfo(name=name, **base)
 
 
-# Prices: CNY per 1K tokens, Beijing region, lowest input tier. qwen3-vl-plus: UNVERIFIED (public price list
-# read as 0.001 / 0.01); qwen3-vl-flash, qwen-vl-max and qwen-vl-plus from the official model cards.
-_TABLE: tuple[ModelInfo, ...] = (
-    _qwen3vl("qwen3-vl-plus", price_input=0.001, price_output=0.01,
-             video_frame_tokens=640, video_total_tokens=131072),
-    _qwen3vl("qwen3-vl-flash", price_input=0.00015, price_output=0.0015),
-    # The current qwen-vl-max / qwen-vl-plus aliases use 32x32 px per token (billing page); their default
-    # per-image budget is still documented as 1280 tokens (UNVERIFIED for the 32 px snapshots).
-    _qwen25vl("qwen-vl-max", factor=32, low_detail_tokens=320, price_input=0.0016, price_output=0.004),
-    _qwen25vl("qwen-vl-plus", factor=32, low_detail_tokens=320, price_input=0.0008, price_output=0.002),
-    _qwen25vl("qwen2.5-vl-72b-instruct", price_input=0.016, price_output=0.048),
-    _qwen25vl("qwen2.5-vl-32b-instruct", price_input=0.008, price_output=0.024),
-    _qwen25vl("qwen2.5-vl-7b-instruct", price_input=0.002, price_output=0.005),
-    _qwen25vl("qwen2.5-vl-3b-instruct", price_input=0.0012, price_output=0.0036),
-    _qwen25vl("qvq-max", family="qvq", thinking=True, thinking_only=True, structured_output=False,
-              price_input=0.008, price_output=0.032),
-    _qwen25vl("qvq-plus", family="qvq", thinking=True, thinking_only=True, structured_output=False,
-              price_input=0.002, price_output=0.005),
-    # OCR models: 32 px for the current snapshots, default budget 8192 tokens (max_pixels 8388608).
-    _qwen25vl("qwen-vl-ocr", family="qwen-vl-ocr", factor=32, image_tokens=8192, low_detail_tokens=1280,
-              context_tokens=34_096, max_output_tokens=4_096, price_input=0.0003, price_output=0.0005),
+def _vl_current(name: str, **kw) -> ModelInfo:
+    # The current qwen-vl-max / qwen-vl-plus (aliases, -latest and the 2025-07/08 snapshots): 32 px per token and
+    # a 2560-token default (max_pixels 2,621,440), high resolution supported [issue10, checked 2026-11];
+    # structured output in the stable and latest versions [vision, 2025-11-18]; context 128K, output 8K [card].
+    base = dict(factor=32, image_tokens=2560, low_detail_tokens=640, high_res=True, structured_output=True)
+    base.update(kw)
+    return _qwen25vl(name, **base)
+
+
+def _vl_old(name: str, alias: str, **kw) -> ModelInfo:
+    # Older qwen-vl-max / qwen-vl-plus snapshots: 28 px, 1280 tokens [issue10, checked 2026-11]; no structured
+    # output (only the stable and latest versions have it) [vision, 2025-11-18]. Price as the alias (UNVERIFIED
+    # for the dated snapshot).
+    return _qwen25vl(name, prices=_BY_NAME[alias].prices, video_url_max_bytes=_BY_NAME[alias].video_url_max_bytes,
+                     resolution=f"older snapshot of {alias}: its own 28-px rules", **kw)
+
+
+_BY_NAME: dict[str, ModelInfo] = {}
+
+
+def _add(*models: ModelInfo) -> None:
+    for m in models:
+        _BY_NAME[m.name] = m
+
+
+# --- prices -----------------------------------------------------------------------------------------------
+# CNY tiers of qwen3-vl-plus and qwen3-vl-flash [issue10, checked 2026-11; card qwen3-vl-plus agrees];
+# USD lowest tiers [issue10, checked 2026-11]. USD upper tiers: our reading of the international pricing page,
+# in the same 1 : 1.5 : 3 (plus) and 1 : 1.5 : 2.4 (flash) steps; UNVERIFIED against a stored copy.
+_QWEN3_VL_PLUS = Prices(
+    cny=(PriceTier(K32, 1.0, 10.0), PriceTier(K128, 1.5, 15.0), PriceTier(K256, 3.0, 30.0)),
+    usd=(PriceTier(K32, 0.20, 1.60), PriceTier(K128, 0.30, 2.40), PriceTier(K256, 0.60, 4.80)),
+)
+_QWEN3_VL_FLASH = Prices(
+    cny=(PriceTier(K32, 0.15, 1.5), PriceTier(K128, 0.3, 3.0), PriceTier(K256, 0.6, 6.0)),
+    usd=(PriceTier(K32, 0.05, 0.40), PriceTier(K128, 0.075, 0.60), PriceTier(K256, 0.12, 0.96)),
 )
 
-MODELS: dict[str, ModelInfo] = {m.name: m for m in _TABLE}
+_add(
+    _qwen3vl("qwen3-vl-plus", prices=_QWEN3_VL_PLUS, video_frame_tokens=640, video_total_tokens=131072),
+    _qwen3vl("qwen3-vl-flash", prices=_QWEN3_VL_FLASH),
+    # qwen-vl-max: 1.6 / 4 CNY [card qwen-vl-max]; $0.80 / $3.20 [issue10, checked 2026-11]; URLs up to 2 GB.
+    _vl_current("qwen-vl-max", prices=_flat((1.6, 4.0), (0.80, 3.20)), video_url_max_bytes=2 * GB),
+    # qwen-vl-plus: 0.8 / 2 CNY [card qwen-vl-plus]; $0.21 / $0.63 [issue10, checked 2026-11].
+    _vl_current("qwen-vl-plus", prices=_flat((0.8, 2.0), (0.21, 0.63))),
+    # Open Qwen2.5-VL models: CNY prices as before (model list); no USD price in our sources (shown "unknown").
+    # No response_format [issue10, checked 2026-11]: JSON mode goes through the prompt and validation.
+    _qwen25vl("qwen2.5-vl-72b-instruct", prices=_flat((16.0, 48.0))),
+    _qwen25vl("qwen2.5-vl-32b-instruct", prices=_flat((8.0, 24.0))),
+    _qwen25vl("qwen2.5-vl-7b-instruct", prices=_flat((2.0, 5.0))),
+    _qwen25vl("qwen2.5-vl-3b-instruct", prices=_flat((1.2, 3.6))),
+    # QVQ: 28 px, always thinks, streams only, no structured output, no high resolution [issue10, 2026-11];
+    # qvq-max $1.20 / $4.80 [issue10, checked 2026-11].
+    _qwen25vl("qvq-max", family="qvq", thinking=True, thinking_only=True, stream_only=True,
+              prices=_flat((8.0, 32.0), (1.20, 4.80))),
+    _qwen25vl("qvq-plus", family="qvq", thinking=True, thinking_only=True, stream_only=True,
+              prices=_flat((2.0, 5.0))),
+    # qwen-vl-ocr (current, Qwen3-VL based): 32 px, context 38,192, max output 8,192, min 3 tokens (3,072 px)
+    # [issue10, checked 2026-11]; default budget 8192 tokens (max_pixels 8,388,608); 0.3 / 0.5 CNY (model list),
+    # $0.07 / $0.16 [issue10, checked 2026-11]; images only, no video (OCR page; UNVERIFIED copy).
+    _qwen25vl("qwen-vl-ocr", family="qwen-vl-ocr", factor=32, image_tokens=8192, low_detail_tokens=1280,
+              context_tokens=38_192, max_output_tokens=8_192, min_image_tokens=3, structured_output=True,
+              high_res=True, video=False, prices=_flat((0.3, 0.5), (0.07, 0.16))),
+)
+_add(
+    # Qwen3-VL snapshots: qwen3-vl-plus "functionally equals qwen3-vl-plus-2025-12-19" [card qwen3-vl-plus];
+    # qwen3-vl-plus-2025-09-23 and qwen3-vl-flash-2025-10-15 from the model list (UNVERIFIED copy).
+    *(replace(_BY_NAME[alias], name=snap, resolution=f"snapshot of {alias}: same rules")
+      for alias, snap in (("qwen3-vl-plus", "qwen3-vl-plus-2025-12-19"), ("qwen3-vl-plus", "qwen3-vl-plus-2025-09-23"),
+                          ("qwen3-vl-flash", "qwen3-vl-flash-2025-10-15"))),
+    # Current snapshots of the 32-px aliases [issue10, checked 2026-11].
+    *(replace(_BY_NAME[alias], name=snap, resolution=f"current snapshot of {alias}: same 32-px rules")
+      for alias, snap in (("qwen-vl-max", "qwen-vl-max-2025-08-13"), ("qwen-vl-plus", "qwen-vl-plus-2025-08-15"),
+                          ("qwen-vl-plus", "qwen-vl-plus-2025-07-10"))),
+    # Older snapshots: their own 28-px family [issue10, checked 2026-11].
+    *(_vl_old(snap, alias)
+      for alias, snap in (("qwen-vl-max", "qwen-vl-max-2025-04-08"), ("qwen-vl-max", "qwen-vl-max-2025-04-02"),
+                          ("qwen-vl-max", "qwen-vl-max-2025-01-25"), ("qwen-vl-plus", "qwen-vl-plus-2025-05-07"),
+                          ("qwen-vl-plus", "qwen-vl-plus-2025-01-25"))),
+    # Older OCR snapshots: 28 px, 5 / 5 CNY per 1M [issue10, checked 2026-11]; context as the older OCR
+    # model (34,096 / 4,096, model list before 2025-10).
+    *(_qwen25vl(snap, family="qwen-vl-ocr", image_tokens=8192, low_detail_tokens=1280, context_tokens=34_096,
+                max_output_tokens=4_096, structured_output=True, video=False, prices=_flat((5.0, 5.0)),
+                resolution="older snapshot of qwen-vl-ocr: its own 28-px rules and price")
+      for snap in ("qwen-vl-ocr-2025-08-28", "qwen-vl-ocr-2025-04-13", "qwen-vl-ocr-2024-10-28")),
+)
+
+MODELS: dict[str, ModelInfo] = dict(_BY_NAME)
+ALIASES = ("qwen3-vl-plus", "qwen3-vl-flash", "qwen-vl-max", "qwen-vl-plus", "qwen2.5-vl-72b-instruct",
+           "qwen2.5-vl-32b-instruct", "qwen2.5-vl-7b-instruct", "qwen2.5-vl-3b-instruct", "qvq-max", "qvq-plus",
+           "qwen-vl-ocr")  # the entries that take "-latest" and unlisted dated snapshots
 DEFAULT_MODEL = "qwen3-vl-plus"
 
-# Snapshot and alias suffixes: "-latest", "-2025-12-19", "-1201", ...
-_SUFFIX = re.compile(r"^-(latest|\d{4}(-\d{2}-\d{2})?|\d{4}-\d{2}-\d{2}|\d+)$")
+_LATEST = "-latest"
+_DATED = re.compile(r"^-(\d{4}-\d{2}-\d{2}|\d{4}|\d+)$")  # "-2025-12-19", "-1201"
 
 
 def model_info(name: str) -> ModelInfo:
-    """The table entry for a model name, a snapshot (`qwen3-vl-plus-2025-12-19`) or an alias (`-latest`).
+    """The table entry for a model name, a listed snapshot, an alias (``-latest``), or a guess.
 
-    Names the table does not know are classified from the name (the family decides the pixel rule) and
-    returned with ``known=False`` and no price.
+    Resolution, in order: the name itself (listed snapshots have their own entries: qwen-vl-max-2025-01-25 is
+    28 px while qwen-vl-max is 32 px); ``<alias>-latest`` is the alias; an unlisted dated snapshot of an alias
+    (``qwen3-vl-plus-2026-01-02``) takes the alias's rules but counts as unknown; anything else is classified
+    from the name (the family decides the pixel rule) with no price. Unknown names are returned with
+    ``known=False`` and logged once per name on the ``qwenvl`` logger (the CLI prints it as a one-line
+    warning; see ``guess_warning``).
     """
     key = name.strip().lower()
     if key.startswith("qwen/"):  # Hugging Face ids of the open models, e.g. Qwen/Qwen2.5-VL-7B-Instruct
         key = key[len("qwen/"):]
     if key in MODELS:
-        return MODELS[key]
-    for base in sorted(MODELS, key=len, reverse=True):
-        if key.startswith(base) and _SUFFIX.match(key[len(base):]):
-            return replace(MODELS[base], name=name)
+        info = MODELS[key]
+        return info if info.name == name else replace(info, name=name, entry=key)
+    for base in sorted(ALIASES, key=len, reverse=True):
+        if key.startswith(base):
+            rest = key[len(base):]
+            if rest == _LATEST:
+                return replace(MODELS[base], name=name, entry=base, resolution=f"-latest alias of {base}")
+            if _DATED.match(rest):
+                return _warned(replace(MODELS[base], name=name, entry=base, known=False,
+                                       resolution=f"unlisted snapshot: rules of {base}"))
     return _guess(name, key)
 
 
@@ -148,11 +316,114 @@ def _guess(name: str, key: str) -> ModelInfo:
         proto = MODELS["qwen-vl-plus"]
     else:  # qwen3-vl-*, qwen3.5/3.6/3.7 series, and anything newer: the 32 px rule
         proto = MODELS["qwen3-vl-flash"]
-    return replace(proto, name=name, price_input=None, price_output=None, known=False)
+    return _warned(replace(proto, name=name, prices=Prices(), known=False, entry=proto.name,
+                           resolution=f"not in the table: guessed from the name as {proto.family} "
+                                      f"(rules of {proto.name}, no price)"))
 
 
-def estimate_cost(model: ModelInfo, input_tokens: int, output_tokens: int = 0) -> float | None:
-    """Estimated cost in CNY, or None when the model's price is unknown."""
-    if model.price_input is None or model.price_output is None:
+_WARNED: set[str] = set()
+
+
+def guess_warning(info: ModelInfo) -> str | None:
+    """The one-line warning for a model the table does not know (None for a known one)."""
+    if info.known:
         return None
-    return input_tokens / 1000 * model.price_input + output_tokens / 1000 * model.price_output
+    priced = "" if info.has_price else "; cost unknown"
+    return (f"{info.name} is not in qwenvl's model table: estimates use a guessed family "
+            f"({info.family}, {info.factor} px per token{priced}); see `qwenvl models`")
+
+
+def _warned(info: ModelInfo) -> ModelInfo:
+    if info.name not in _WARNED:
+        _WARNED.add(info.name)
+        log.warning("%s", guess_warning(info))
+    return info
+
+
+# --- prices and costs: the one home ----------------------------------------------------------------------
+
+def currency_of(region: str | None) -> Currency:
+    """The billing currency of a region (None: ``$QWENVL_REGION``, else ``cn``): CNY in Beijing, USD elsewhere."""
+    from qwenvl.config import effective_region
+
+    return REGION_CURRENCY[effective_region(region)]
+
+
+def price_for(model: ModelInfo | str, input_tokens: int, *, region: str | None = None) -> Price | None:
+    """The price a request with ``input_tokens`` input tokens pays in ``region``: the tier its input length
+    falls in (the whole request is billed at that tier). An input longer than the last tier's bound gets the
+    last tier. None when the table has no price in that region's currency."""
+    info = model_info(model) if isinstance(model, str) else model
+    currency = currency_of(region)
+    tiers = info.prices.tiers(currency)
+    if not tiers:
+        return None
+    low = 0
+    for i, tier in enumerate(tiers):
+        if tier.up_to is None or input_tokens <= tier.up_to or i == len(tiers) - 1:
+            return Price(currency, tier.input, tier.output, i, tier.label(low), len(tiers))
+        low = tier.up_to
+    raise AssertionError("unreachable")
+
+
+def estimate_cost(model: ModelInfo | str | None, input_tokens: int | None, output_tokens: int | None = 0, *,
+                  region: str | None = None, factor: float = 1.0) -> float | None:
+    """Estimated cost of one request, in ``currency_of(region)`` (CNY when no region is given).
+
+    The request's input length picks the tier (``price_for``). ``factor`` scales it (0.5 for the Batch API).
+    None when the model, the input tokens or the price in that currency is unknown."""
+    if model is None or input_tokens is None:
+        return None
+    price = price_for(model, input_tokens, region=region)
+    if price is None:
+        return None
+    return price.cost(input_tokens, output_tokens or 0) * factor
+
+
+def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:
+    """``¥0.0018`` / ``$0.0003`` ("unknown" for None); amounts of 1 or more get 2 decimals."""
+    if amount is None:
+        return "unknown"
+    symbol = CURRENCY_SYMBOL.get(currency, currency + " ")
+    return f"{symbol}{amount:,.2f}" if amount >= 1 else f"{symbol}{amount:.{digits}f}"
+
+
+def format_price(value: float, currency: str) -> str:
+    """A per-1M price: ``¥1.5``, ``$0.075``."""
+    return f"{CURRENCY_SYMBOL.get(currency, currency + ' ')}{value:g}"
+
+
+def describe(info: ModelInfo, region: str | None = None) -> dict:
+    """Everything the table says about one model, as plain data (``qwenvl models --json``).
+
+    Prices are per 1M tokens in ``currency_of(region)``, one entry per input tier (``input_up_to`` None = no
+    bound); an empty list means no known price in that currency."""
+    currency = currency_of(region)
+    tiers = []
+    low = 0
+    for t in info.prices.tiers(currency):
+        tiers.append({"tier": t.label(low), "input_up_to": t.up_to, "input": t.input, "output": t.output})
+        low = t.up_to or low
+    return {
+        "name": info.name, "family": info.family, "known": info.known, "resolves_to": info.entry or info.name,
+        "resolution": info.resolution, "px_per_token": info.factor,
+        "image_tokens": {"default": info.image_tokens, "high_res": HIGH_RES_IMAGE_TOKENS if info.high_res else None,
+                         "low_detail": info.low_detail_tokens, "min": info.min_image_tokens},
+        "default_max_pixels": info.default_max_pixels,
+        "context_tokens": info.context_tokens, "max_output_tokens": info.max_output_tokens,
+        "abilities": {"thinking": "always" if info.thinking_only else info.thinking, "tools": info.tools,
+                      "structured_output": info.structured_output, "high_res": info.high_res, "video": info.video,
+                      "stream_only": info.stream_only},
+        "video": {"max_frames": info.video_max_frames, "frame_tokens": info.video_frame_tokens,
+                  "total_tokens": info.video_total_tokens, "url_max_bytes": info.video_url_max_bytes,
+                  "file_max_bytes": MAX_VIDEO_FILE_BYTES} if info.video else None,
+        "grounding": info.grounding,
+        "currency": currency, "prices_per_1m": tiers,
+    }
+
+
+def temp_storage_available(region: str | None) -> bool:
+    """Whether DashScope's temporary storage (oss:// uploads) exists in ``region`` (Beijing only)."""
+    from qwenvl.config import effective_region
+
+    return effective_region(region) in TEMP_STORAGE_REGIONS

@@ -41,7 +41,12 @@ def ensure_sendable(call: Call) -> None:
 
 def media_options(request: Request, model: ModelInfo, protocol: str, *,
                   estimate_only: bool = False) -> MediaOptions:
-    """The media preparation a request asks for; ``estimate_only`` for sizes and tokens without preparing."""
+    """The media preparation a request asks for; ``estimate_only`` for sizes and tokens without preparing.
+
+    UsageError when it asks for high-resolution images (``--high-res``, ``detail="high"``) from a model
+    that has no ``vl_high_resolution_images`` (QVQ and the other 28-px models): refused rather than ignored,
+    so that an estimate never counts a budget the service would not apply (``ModelInfo.high_res``)."""
+    check_high_res(request, model)
     return MediaOptions(
         model=model, protocol=protocol, detail=request.detail,
         vl_high_resolution_images=high_resolution(request),
@@ -49,6 +54,25 @@ def media_options(request: Request, model: ModelInfo, protocol: str, *,
         pages=request.pages, fetch_urls=request.fetch_urls, fetch_timeout_s=min(request.timeout_s, 60.0),
         video_as=request.video_as, estimate_only=estimate_only,
     )
+
+
+def check_high_res(request: Request, model: ModelInfo) -> None:
+    """Refuse high-resolution images for a (known) model that does not support them."""
+    if high_resolution(request) and model.known and not model.high_res:
+        how = "--detail high" if request.vl_high_resolution_images is None else "--high-res"
+        raise UsageError(f"{model.name} does not support high-resolution images ({how}, "
+                         f"vl_high_resolution_images): it is a {model.factor}-px {model.family} model",
+                         hint="Drop the option (images get the default budget of "
+                              f"{model.image_tokens} tokens), or use qwen3-vl-plus or qwen-vl-max.")
+
+
+def structured_output_supported(request: Request, model: ModelInfo) -> bool:
+    """Whether ``response_format`` may be sent: the model accepts it (stable and latest qwen-vl-max/plus,
+    Qwen3-VL) and, for Qwen3-VL, only in non-thinking mode [vision, 2025-11-18; issue 10]. Otherwise JSON
+    mode still works through the prompt's instruction and the answer's validation (``structured``)."""
+    if not model.structured_output or model.thinking_only:
+        return False
+    return not request.enable_thinking
 
 
 def high_resolution(request: Request) -> bool | None:
@@ -87,7 +111,9 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
     return messages
 
 
-def generation_params(request: Request) -> dict[str, Any]:
+def generation_params(request: Request, model: ModelInfo | None = None) -> dict[str, Any]:
+    """Protocol-neutral generation parameters; ``response_format`` only where the model takes it."""
+    model = model or model_info(request.model)
     params: dict[str, Any] = {}
     for name in GENERATION_FIELDS:
         value = getattr(request, name)
@@ -97,7 +123,7 @@ def generation_params(request: Request) -> dict[str, Any]:
     if high is not None:
         params["vl_high_resolution_images"] = high
     fmt = structured.response_format(json_mode=request.json_mode, schema=request.schema)
-    if fmt is not None:
+    if fmt is not None and structured_output_supported(request, model):
         params["response_format"] = fmt
     for key, value in request.extra.items():
         params[key] = value
@@ -119,5 +145,5 @@ def plan(request: Request, protocol: str, *, estimate_only: bool = False) -> Cal
     history = build_messages(request, model)
     prepared = prepare_messages(history, media_options(request, model, protocol, estimate_only=estimate_only))
     return Call(request=request, model=model, messages=prepared.messages, history=history,
-                params=generation_params(request), media=prepared.items, schema=request.schema,
+                params=generation_params(request, model), media=prepared.items, schema=request.schema,
                 estimate_only=estimate_only)

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from qwenvl.config import resolve_base_url
-from qwenvl.models import estimate_cost
+from qwenvl.models import currency_of, estimate_cost, price_for
 from qwenvl.plan import Call
 from qwenvl.protocols import get, native
 
@@ -66,8 +66,9 @@ def preview(call: Call, *, protocol: str, base_url: str | None = None, region: s
             "media_tokens": known_media,
             "text_tokens_approx": text_tokens,
             "max_output_tokens": max_out,
-            "cost_input": estimate_cost(call.model, input_tokens, 0),
-            "cost_max": estimate_cost(call.model, input_tokens, max_out),
-            "currency": "CNY",
+            "cost_input": estimate_cost(call.model, input_tokens, 0, region=region),
+            "cost_max": estimate_cost(call.model, input_tokens, max_out, region=region),
+            "currency": currency_of(region),
+            "price_tier": tier.tier_label if (tier := price_for(call.model, input_tokens, region=region)) else None,
         },
     }

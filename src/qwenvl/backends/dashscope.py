@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from qwenvl.backends import oss
-from qwenvl.config import Protocol, resolve_base_url
+from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
 from qwenvl.errors import APIConnectionError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import compat, get, native
@@ -88,6 +88,7 @@ class DashScopeBackend:
         self.protocol = protocol
         self.name = self._wire.name
         self.base_url = self._wire.base_url
+        self.region = region_of_url(self.base_url) or effective_region(region)  # decides temporary storage
         kw = {"sleep": sleep} if sleep else {}
         self.transport = Transport(api_key, http_client=http_client, **kw)
 
@@ -97,7 +98,7 @@ class DashScopeBackend:
     def uploads(self, call: Call) -> Call:
         """Move what does not fit inline (or everything, upload="oss") to temporary storage."""
         ensure_sendable(call)  # before anything is uploaded (the body checks again)
-        chosen = oss.choose(call, call.request.upload, self.protocol)
+        chosen = oss.choose(call, call.request.upload, self.protocol, self.region)
         if not chosen:
             return call
         native_base = resolve_base_url("native", base_url=call.request.base_url or self.base_url)
@@ -139,7 +140,8 @@ class AsyncDashScopeBackend:
         self.base_url = self._wire.base_url
         kw = {"sleep": sleep} if sleep else {}
         self.transport = AsyncTransport(api_key, http_client=http_client, **kw)
-        self._sync = DashScopeBackend(api_key, protocol=protocol, base_url=self.base_url)  # for uploads
+        self._sync = DashScopeBackend(api_key, protocol=protocol, base_url=self.base_url,  # for uploads
+                                      region=region)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -147,7 +149,7 @@ class AsyncDashScopeBackend:
 
     async def uploads(self, call: Call) -> Call:
         ensure_sendable(call)
-        if not oss.choose(call, call.request.upload, self.protocol):
+        if not oss.choose(call, call.request.upload, self.protocol, self._sync.region):
             return call
         return await asyncio.to_thread(self._sync.uploads, call)
 

@@ -10,6 +10,10 @@ Which items go through storage (``upload=``): ``inline`` never; ``oss`` every lo
 default) only what does not fit inline: items over the per-image limit, then the largest items until the
 request fits the request size limit. Uploads happen after every check and preparation, so a file that
 fails them is never uploaded.
+
+Temporary storage exists in the Beijing region only (``qwenvl.models.TEMP_STORAGE_REGIONS``; get-temporary-
+file-url page, updated 2026-03-23). In any other region ``auto`` inlines what fits and refuses the rest with a
+clear message, ``oss`` and a whole video (``video_as=file``) are refused: no upload is ever tried there.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from qwenvl.errors import MalformedResponseError, MediaError, UsageError
 from qwenvl.media.sources import decode_data_url, sniff
-from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES
+from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES, temp_storage_available
 from qwenvl.plan import Call
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import ImagePart, Message, VideoPart
@@ -80,12 +84,27 @@ def _slots(messages: list[Message]) -> list[_Slot]:
     return slots
 
 
-def choose(call: Call, mode: str, protocol: str) -> list[_Slot]:
-    """The inline items to move to temporary storage (pure: decides, uploads nothing)."""
+def _no_storage(region: str, what: str, hint: str) -> UsageError:
+    return UsageError(f"{what} needs DashScope's temporary storage, which exists only in the Beijing region "
+                      f"(cn), not in {region}", hint=hint)
+
+
+def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> list[_Slot]:
+    """The inline items to move to temporary storage (pure: decides, uploads nothing).
+
+    ``region`` (None: ``$QWENVL_REGION``, else cn) decides whether temporary storage exists (Beijing only);
+    where it does not, anything that would need it is refused here, before any upload."""
     if mode not in UPLOAD_MODES:
         raise UsageError(f"upload must be one of {', '.join(UPLOAD_MODES)}, not {mode!r}")
+    storage = temp_storage_available(region)
     slots = _slots(call.messages)
     required = [s for s in slots if s.required]
+    if not storage and mode == "oss":
+        raise _no_storage(region or "this region", "upload=oss",
+                          "Use --upload auto (inline what fits), or --region cn with a Beijing key.")
+    if not storage and required:
+        raise _no_storage(region or "this region", "a video sent whole (video_as=file)",
+                          "Send the video as frames (the default, --video-as frames), or use --region cn.")
     if required and (protocol != "native" or mode == "inline"):
         raise UsageError("a video sent whole (video_as=file) must go through temporary storage, which needs "
                          "the native protocol and an upload mode other than inline",
@@ -105,6 +124,12 @@ def choose(call: Call, mode: str, protocol: str) -> list[_Slot]:
                 break
             chosen.append(s)
             total -= len(s.url)
+    if len(chosen) > len(required) and not storage:
+        size = sum(len(s.url) for s in chosen) / 1e6
+        raise MediaError(f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64), and "
+                         f"temporary storage exists only in the Beijing region (cn), not in {region}",
+                         hint="Send fewer or smaller files (or lower --max-pixels), give public URLs, or use "
+                              "--region cn with a Beijing key.")
     if len(chosen) > len(required) and protocol != "native":
         if mode == "oss":
             raise UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")

@@ -43,6 +43,7 @@ from qwenvl.errors import (
     StructuredOutputError,
     UsageError,
 )
+from qwenvl.models import currency_of, estimate_cost
 from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
@@ -52,12 +53,20 @@ from qwenvl.types import Response
 if TYPE_CHECKING:
     from qwenvl.batch.runner import Batch, Progress
 
-ENDPOINT = "/v1/chat/completions"
-COMPLETION_WINDOW = "24h"
-MAX_LINES = 50_000  # per input file (service limit)
-MAX_LINE_BYTES = 6_000_000  # per line (service limit: 6 MB)
+# Sources: [batch] alibabacloud.com/help/en/model-studio/batch-interfaces-compatible-with-openai (Dec 2025) and
+# help.aliyun.com/zh/model-studio/batch-inference (2025-11-06), reference/dashscope-api.md §5; checked against
+# Model Studio's batch page 2026-11 (issue 10).
+ENDPOINT = "/v1/chat/completions"  # [batch]
+COMPLETION_WINDOW = "24h"  # [batch]
+MAX_LINES = 50_000  # per input file [batch]
+MAX_LINE_BYTES = 6_000_000  # per line: 6 MB [batch]
 MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB), so that memory stays bounded
-PRICE_FACTOR = 0.5  # Batch API calls cost half the realtime price
+# Batch API calls cost half the realtime price (of the request's tier) [batch page, alibabacloud.com/help/en/
+# model-studio/batch-interfaces-compatible-with-openai, Dec 2025; "Model Studio pricing page, checked 2026-11
+# (issue 10)"].
+PRICE_FACTOR = 0.5
+# VL batch exists in Beijing only [same batch page; reference/dashscope-api.md §5]: its costs are in CNY.
+BATCH_REGION = "cn"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 PLAN_CHUNK = 64  # items planned at a time (bounded memory for prepared media)
 REGION_NAMES = {"cn": "Beijing", "intl": "Singapore", "us": "Virginia"}
@@ -283,7 +292,8 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], b
             usagelog.record(usagelog.Entry(
                 model=batch.model_of(item), protocol="batch-api", outcome="ok",
                 input_tokens=u.input_tokens, output_tokens=u.output_tokens, image_tokens=u.image_tokens,
-                cost=usagelog.cost_of(batch.model_of(item), u.input_tokens, u.output_tokens, PRICE_FACTOR),
+                cost=estimate_cost(batch.model_of(item), u.input_tokens, u.output_tokens, region=BATCH_REGION,
+                                   factor=PRICE_FACTOR), currency=currency_of(BATCH_REGION),
                 request_id=outcome.request_id))
         else:
             batch._record_error(journal, item, outcome, prog, attempts=1)

@@ -17,6 +17,7 @@ from typing import Any
 from qwenvl.batch import usagelog
 from qwenvl.batch.cache import ResponseCache, cache_key, source_key
 from qwenvl.config import resolve_base_url
+from qwenvl.models import currency_of, estimate_cost
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.types import Response
@@ -45,6 +46,7 @@ class Exchange:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
         self.model = call.request.model
+        self.region: str | None = getattr(client, "region", None)
         self.started = time.monotonic()
         self.finished = False
         self.response: Response | None = None
@@ -76,10 +78,12 @@ class Exchange:
     def _log(self, response: Response, outcome: str) -> None:
         self.finished = True
         u = response.usage
-        cost = 0.0 if outcome == "cached" else usagelog.cost_of(self.model, u.input_tokens, u.output_tokens)
+        cost = 0.0 if outcome == "cached" else estimate_cost(self.model, u.input_tokens, u.output_tokens,
+                                                             region=self.region)
         usagelog.record(usagelog.Entry(
             model=self.model, protocol=self.protocol, outcome=outcome, input_tokens=u.input_tokens,
             output_tokens=u.output_tokens, image_tokens=u.image_tokens, cost=cost,
+            currency=currency_of(self.region) if cost is not None else None,
             latency_s=time.monotonic() - self.started, request_id=response.request_id))
 
 

@@ -56,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
-from qwenvl.batch import usagelog
 from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.batch.exchange import key_for, source_key_for
 from qwenvl.batch.inputs import BatchItem
@@ -74,14 +73,16 @@ from qwenvl.errors import (
     StructuredOutputError,
     UsageError,
 )
-from qwenvl.models import DEFAULT_MODEL, estimate_cost
+from qwenvl.models import DEFAULT_MODEL, currency_of, estimate_cost
 from qwenvl.plan import Call
 from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
 from qwenvl.types import Response, dumps
 
 DEFAULT_CONCURRENCY = 8
-DEFAULT_MAX_COST = 20.0  # CNY: above this, the CLI asks (on a terminal) or refuses (elsewhere) unless --yes
+# In the region's currency (CNY or USD): above this, the CLI asks (on a terminal) or refuses (elsewhere)
+# unless --yes.
+DEFAULT_MAX_COST = 20.0
 RATE_LIMIT_RETRIES = 10  # 429s one item may meet before it is recorded as an error
 FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarely when it is large)
 PLAN_THREADS = 4
@@ -101,11 +102,12 @@ class Estimate:
     input_tokens: int = 0  # estimated, over the requests to send
     max_output_tokens: int = 0  # the sum of their max_tokens
     unknown_media: int = 0  # media with no token estimate (remote URLs), not counted above
-    cost_input: float | None = 0.0  # CNY, estimated input cost
-    cost_max: float | None = 0.0  # CNY, input + every answer at max_tokens (the ceiling compared to max_cost)
+    cost_input: float | None = 0.0  # in ``currency``, estimated input cost (each request at its own tier)
+    cost_max: float | None = 0.0  # input + every answer at max_tokens (the ceiling compared to max_cost)
     unpriced: int = 0  # requests whose model has no known price (not counted in the costs)
     models: list[str] = field(default_factory=list)
     price_factor: float = 1.0  # 0.5 for the Batch API
+    currency: str = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
     errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)  # plan errors by item id
     cached_ids: set[str] = field(default_factory=set, repr=False)  # items the cache answers
 
@@ -113,7 +115,6 @@ class Estimate:
         out = asdict(self)
         out["errors"] = len(self.errors)
         del out["cached_ids"]
-        out["currency"] = "CNY"
         return out
 
 
@@ -151,14 +152,15 @@ class Summary:
     sent: int  # HTTP requests this run
     input_tokens: int
     output_tokens: int
-    cost: float  # CNY, this run
+    cost: float  # this run, in ``currency``
     elapsed_s: float
     rate_limited: int = 0
     send_s: float | None = None  # from the first request sent to the last item finished (realtime runs)
     batch_ids: list[str] = field(default_factory=list)
+    currency: str = "CNY"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"event": "summary", **asdict(self), "currency": "CNY"}
+        return {"event": "summary", **asdict(self)}
 
 
 class _Fatal(Exception):
@@ -225,6 +227,7 @@ class Batch:
         self.client_options = {"api_key": api_key, "protocol": protocol, "region": region, "base_url": base_url,
                                "model": model}
         self.planner = Client(**self.client_options, cache=self.cache)  # plans only; sends nothing
+        self.currency = currency_of(self.planner.region)
         ids: dict[str, int] = {}
         for n, item in enumerate(self.items):
             if item.id in ids:
@@ -278,7 +281,7 @@ class Batch:
         self.check()
         pending = self._pending_items()
         est = Estimate(items=len(self.items), pending=len(pending), finished=len(self.items) - len(pending),
-                       price_factor=0.5 if self.mode == "batch-api" else 1.0)
+                       price_factor=0.5 if self.mode == "batch-api" else 1.0, currency=self.currency)
         models: set[str] = set()
 
         def one(item: BatchItem) -> tuple[BatchItem, Any]:
@@ -315,7 +318,8 @@ class Batch:
             est.input_tokens += tokens
             est.max_output_tokens += max_tokens
             est.unknown_media += unknown
-            c_in, c_max = estimate_cost(model, tokens, 0), estimate_cost(model, tokens, max_tokens)
+            c_in = estimate_cost(model, tokens, 0, region=self.planner.region)
+            c_max = estimate_cost(model, tokens, max_tokens, region=self.planner.region)
             if c_in is None or c_max is None:
                 est.unpriced += 1
             else:
@@ -362,6 +366,7 @@ class Batch:
         return Summary(output=str(self.output), total=counts["total"], ok=counts["ok"], error=counts["error"],
                        pending=counts["pending"], this_run=prog.done, cached=prog.cached, sent=prog.sent,
                        input_tokens=prog.input_tokens, output_tokens=prog.output_tokens, cost=round(prog.cost, 6),
+                       currency=self.currency,
                        elapsed_s=round(time.monotonic() - started, 3), rate_limited=prog.rate_limited,
                        send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done
                        else None, batch_ids=batch_ids)
@@ -397,10 +402,11 @@ class Batch:
                    attempts: int, latency_s: float, extra: dict[str, Any] | None = None,
                    price_factor: float = 1.0) -> None:
         u = response.usage
-        cost = 0.0 if response.cached else usagelog.cost_of(self.model_of(item), u.input_tokens, u.output_tokens,
-                                                            price_factor)
+        cost = 0.0 if response.cached else estimate_cost(self.model_of(item), u.input_tokens, u.output_tokens,
+                                                         region=self.planner.region, factor=price_factor)
         rec = {"id": item.id, "input": item.input, "status": "ok", "result": result_record(response),
                "usage": usage_record(response), "cost": None if cost is None else round(cost, 8),
+               "currency": self.currency,
                "cached": response.cached, "attempts": attempts, "latency_s": round(latency_s, 3), **(extra or {})}
         journal.finish(item.id, "ok", dumps(rec), input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                        cost=cost, cached=response.cached)

@@ -3,7 +3,8 @@
 Written by the library (``Client``/``AsyncClient`` ``send`` and ``send_stream``, and the Batch API merge),
 never by the CLI, so every verb and every program that uses qwenvl is counted. Each row: time, model,
 protocol, outcome (``ok``, ``cached`` for an answer from the local cache, or the error's type), HTTP status
-and service code of an error, input/output/image tokens, the estimated cost in CNY, latency and request id.
+and service code of an error, input/output/image tokens, the estimated cost and its currency (CNY in
+Beijing, USD in Singapore and Virginia: ``qwenvl.models.estimate_cost``), latency and request id.
 Prompts and answers are not kept. Rows are committed by a background thread in groups, within
 milliseconds (``flush()`` waits for them; it also runs at exit): a hundred threads logging at once cost one
 commit, and a request never waits on the disk.
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.batch.db import BackgroundWriter, SharedConnection
-from qwenvl.models import estimate_cost, model_info
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,13 @@ def m001_requests(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX requests_time ON requests (time)")
 
 
-MIGRATIONS = [m001_requests]
+def m002_currency(conn: sqlite3.Connection) -> None:
+    """The currency of ``cost`` (rows written before it are CNY: every cost was then)."""
+    conn.execute("ALTER TABLE requests ADD COLUMN currency TEXT")
+    conn.execute("UPDATE requests SET currency = 'CNY' WHERE cost IS NOT NULL")
+
+
+MIGRATIONS = [m001_requests, m002_currency]
 _DB = SharedConnection(MIGRATIONS)
 _WRITER = BackgroundWriter(_DB)
 
@@ -89,15 +95,8 @@ class Entry:
     request_id: str | None = None
     status: int | None = None
     code: str | None = None
+    currency: str | None = None  # of cost: "CNY" | "USD"
     time: float = 0.0
-
-
-def cost_of(model: str | None, input_tokens: int | None, output_tokens: int | None,
-            factor: float = 1.0) -> float | None:
-    if not model or input_tokens is None:
-        return None
-    cost = estimate_cost(model_info(model), input_tokens, output_tokens or 0)
-    return None if cost is None else cost * factor
 
 
 _COLUMNS = tuple(f.name for f in fields(Entry))
@@ -117,7 +116,8 @@ def flush() -> None:
 
 
 def summarize(days: int = 30, *, now: float | None = None, path: Path | None = None) -> list[dict[str, Any]]:
-    """Rows by local day and model, newest day first: requests (sent), errors, cached answers, tokens, cost."""
+    """Rows by local day, model and currency, newest day first: requests (sent), errors, cached answers,
+    tokens, cost (in that row's ``currency``; a model used in two regions gives a row per currency)."""
     flush()
     path = path or log_path()
     if not path.exists():
@@ -125,7 +125,7 @@ def summarize(days: int = 30, *, now: float | None = None, path: Path | None = N
     now = time.time() if now is None else now
     since = _local_midnight(now) - (max(days, 1) - 1) * 86400
     query = """
-        SELECT date(time, 'unixepoch', 'localtime') AS day, model,
+        SELECT date(time, 'unixepoch', 'localtime') AS day, model, coalesce(currency, 'CNY') AS currency,
                sum(outcome != 'cached') AS requests,
                sum(outcome NOT IN ('ok', 'cached')) AS errors,
                sum(outcome = 'cached') AS cached,
@@ -133,7 +133,7 @@ def summarize(days: int = 30, *, now: float | None = None, path: Path | None = N
                coalesce(sum(CASE WHEN outcome = 'ok' THEN output_tokens END), 0) AS output_tokens,
                coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) AS cost
         FROM requests WHERE time >= ?
-        GROUP BY day, model ORDER BY day DESC, requests DESC, model"""
+        GROUP BY day, model, coalesce(currency, 'CNY') ORDER BY day DESC, requests DESC, model, currency"""
     rows = _DB.run(path, lambda c: c.execute(query, (since,)).fetchall())
     return [dict(r) for r in rows]
 

@@ -64,4 +64,4 @@ def ask(opts: dict[str, Any]) -> None:
         else:
             response = stream_to_terminal(client.send_stream(call), show_reasoning=not opts["hide_reasoning"])
     if err_console().is_terminal:
-        err_console().print(f"[dim]{usage_line(response)}[/]")
+        err_console().print(f"[dim]{usage_line(response, client.region)}[/]")

@@ -28,6 +28,7 @@ from qwenvl.cli.common import (
     service_options,
 )
 from qwenvl.errors import UsageError
+from qwenvl.models import format_cost
 
 
 class BatchGroup(click.Group):
@@ -50,10 +51,8 @@ def batch() -> None:
     """
 
 
-def _money(value: float | None) -> str:
-    if value is None:
-        return "unknown"
-    return f"¥{value:,.4f}" if value < 1 else f"¥{value:,.2f}"
+def _money(value: float | None, currency: str) -> str:
+    return format_cost(value, currency)
 
 
 def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
@@ -70,7 +69,8 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
         return
     half = " at the Batch API's half price" if est.price_factor != 1 else ""
     line = (f"{est.to_send:,} requests to send ({', '.join(est.models)}): ≈{est.input_tokens:,} input tokens, "
-            f"≈{_money(est.cost_input)} input, up to {_money(est.cost_max)} with every answer at max_tokens{half}")
+            f"≈{_money(est.cost_input, est.currency)} input, up to {_money(est.cost_max, est.currency)} "
+            f"with every answer at max_tokens{half}")
     console.print(line)
     if est.unknown_media:
         console.print(f"[dim]{est.unknown_media:,} remote media of unknown size are not counted[/]")
@@ -82,7 +82,7 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
     max_cost = opts["max_cost"]
     if opts["yes"] or within_budget(est, max_cost):
         return
-    text = f"up to {_money(est.cost_max)}, above --max-cost {_money(max_cost)}"
+    text = f"up to {_money(est.cost_max, est.currency)}, above --max-cost {_money(max_cost, est.currency)}"
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
             return
@@ -94,15 +94,16 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
 class _Bar:
     """A rich progress bar on stderr: done, failed, rate, ETA, tokens and cost so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, currency: str = "CNY") -> None:
+        self.currency = currency
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("[red]{task.fields[failed]}[/] failed"), TextColumn("{task.fields[rate]}/s"),
             TimeRemainingColumn(), TextColumn("{task.fields[tokens]} tokens · {task.fields[cost]}"),
             TextColumn("[dim]{task.fields[extra]}[/]"),
             console=err_console(), transient=False)
-        self.task = self.progress.add_task("batch", total=None, failed=0, rate="0.0", tokens="0", cost="¥0",
-                                           extra="")
+        self.task = self.progress.add_task("batch", total=None, failed=0, rate="0.0", tokens="0",
+                                           cost=_money(0.0, currency), extra="")
 
     def __enter__(self) -> _Bar:
         self.progress.start()
@@ -119,7 +120,7 @@ class _Bar:
             f", {p.rate_limited} × 429" if p.rate_limited else "")
         self.progress.update(self.task, total=p.total or None, completed=p.done, failed=p.failed,
                              rate=f"{p.done / elapsed:.1f}", tokens=f"{p.input_tokens + p.output_tokens:,}",
-                             cost=_money(p.cost), extra=extra,
+                             cost=_money(p.cost, self.currency), extra=extra,
                              description="batch" if p.phase == "realtime" else p.phase)
 
 
@@ -136,7 +137,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     status = "[green]done[/]" if not s.pending else f"[yellow]{s.pending:,} pending[/]"
     console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {s.output}")
     line = (f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
-            f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{_money(s.cost)}, {s.elapsed_s:.1f} s")
+            f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{_money(s.cost, s.currency)}, "
+            f"{s.elapsed_s:.1f} s")
     if s.rate_limited:
         line += f", {s.rate_limited} × 429"
     console.print(f"[dim]{line}[/]")
@@ -162,7 +164,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 @click.option("--tpm", type=click.FloatRange(min=0, min_open=True),
               help="Ceiling in tokens per minute (estimated input, corrected by the answers).")
 @click.option("--max-cost", type=float, default=DEFAULT_MAX_COST, show_default=True,
-              help="CNY: above this estimate, ask (on a terminal) or refuse (elsewhere) unless --yes.")
+              help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "
+                   "terminal) or refuse (elsewhere) unless --yes.")
 @click.option("-y", "--yes", is_flag=True, help="Run whatever the estimated cost.")
 @click.option("--no-cache", is_flag=True, help="Send every request, even one answered before.")
 @click.option("--retry-errors", is_flag=True, help="Send again the items that ended in an error last time.")
@@ -224,7 +227,7 @@ def run(opts: dict[str, Any]) -> None:
     _confirm_cost(est, opts)
     try:
         if terminal:
-            with _Bar() as bar:
+            with _Bar(est.currency) as bar:
                 summary = job.run(progress=bar)
         else:
             summary = job.run()

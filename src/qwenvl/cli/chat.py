@@ -112,7 +112,7 @@ def chat(opts: dict[str, Any]) -> None:
             pending_images, video = [], None
             history = response.messages
             if err.is_terminal:
-                err.print(f"[dim]{usage_line(response)}[/]")
+                err.print(f"[dim]{usage_line(response, client.region)}[/]")
             if opts["session_name"]:
                 session.messages = history
                 session.model = call.request.model

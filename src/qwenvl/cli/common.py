@@ -17,7 +17,7 @@ from qwenvl.client import Client
 from qwenvl.config import PROTOCOLS, REGIONS
 from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
 from qwenvl.media.sources import classify, sniff
-from qwenvl.models import estimate_cost, model_info
+from qwenvl.models import currency_of, estimate_cost, format_cost
 from qwenvl.structured import load_schema
 from qwenvl.types import Response
 
@@ -185,7 +185,8 @@ def prompt_and_media(args: tuple[str, ...], prompt: str | None) -> tuple[str, li
     return prompt, refs
 
 
-def usage_line(response: Response) -> str:
+def usage_line(response: Response, region: str | None = None) -> str:
+    """model · tokens · ≈cost (in the region's currency, at the request's tier) · request id."""
     u = response.usage
     parts = [response.model]
     if u.input_tokens is not None:
@@ -193,9 +194,9 @@ def usage_line(response: Response) -> str:
     if u.image_tokens:
         parts.append(f"{u.image_tokens:,} image tokens")
     if u.input_tokens is not None:
-        cost = estimate_cost(model_info(response.model), u.input_tokens, u.output_tokens or 0)
+        cost = estimate_cost(response.model, u.input_tokens, u.output_tokens or 0, region=region)
         if cost is not None:
-            parts.append(f"≈¥{cost:.4f}")
+            parts.append("≈" + format_cost(cost, currency_of(region)))
     if response.request_id:
         parts.append(f"request {response.request_id}")
     return " · ".join(parts)

@@ -59,7 +59,7 @@ def extract(opts: dict[str, Any]) -> None:
         if len(files) == 1 and not opts["jsonl"] and csv_path is None:
             response = client.send(plan_extract(client, files[0], schema, prompt=opts["prompt"], **fields))
             print_json(response.json)  # an answer still invalid after the repair raised: exit 5, raw answer shown
-            show_usage(response)
+            show_usage(response, region=opts["region"])
             return
         for row in extract_many(client, files, schema, prompt=opts["prompt"], **fields):
             rows.append(row)
@@ -74,7 +74,7 @@ def extract(opts: dict[str, Any]) -> None:
     if failed:
         err_console().print(f"[bold red]{len(failed)} of {len(rows)} files failed[/]")
         click.get_current_context().exit(failed[0].exit_code)
-    show_usage(*(r.response for r in rows))
+    show_usage(*(r.response for r in rows), region=opts["region"])
 
 
 def write_csv(path: Any, schema: Any, rows: list[Extraction]) -> None:

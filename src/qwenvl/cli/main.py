@@ -6,6 +6,7 @@ Errors are turned into a message, a hint and an exit code here and nowhere else:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -57,6 +58,22 @@ def cli() -> None:
     Key: DASHSCOPE_API_KEY, ./.env, ~/.alibabacloud/credentials or ~/.dashscope/api_key.
     Exit codes: 0 ok, 2 usage error, 3 input error, 4 authentication, 5 service or network error.
     """
+    _warnings_to_stderr()
+
+
+class _WarningLine(logging.Handler):
+    """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console().print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False,
+                            soft_wrap=True)
+
+
+def _warnings_to_stderr() -> None:
+    logger = logging.getLogger("qwenvl")
+    if not any(isinstance(h, _WarningLine) for h in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
+        logger.propagate = False
 
 
 def _register() -> None:
@@ -70,6 +87,7 @@ def _register() -> None:
         extract,
         ground,
         mcp,
+        models,
         ocr,
         serve,
         skill,
@@ -78,7 +96,8 @@ def _register() -> None:
     )
 
     for verb in (analyze.analyze, ask.ask, chat.chat, tokens.tokens, ground.ground, ocr.ocr, extract.extract,
-                 events.events, batch.batch, usage.usage, config.config, serve.serve, mcp.mcp, skill.skill):
+                 events.events, batch.batch, usage.usage, models.models, config.config, serve.serve, mcp.mcp,
+                 skill.skill):
         cli.add_command(verb)
 
 

@@ -36,12 +36,12 @@ def dry_run(client: Any, call: Call) -> None:
     print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region))
 
 
-def show_usage(*responses: Response | None) -> None:
+def show_usage(*responses: Response | None, region: str | None = None) -> None:
     console = err_console()
     if console.is_terminal:
         for response in responses:
             if response is not None:
-                console.print(f"[dim]{escape(usage_line(response))}[/]")
+                console.print(f"[dim]{escape(usage_line(response, region))}[/]")
 
 
 def show_raw(text: str) -> None:

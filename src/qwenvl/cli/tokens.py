@@ -2,7 +2,8 @@
 
 The estimate itself is ``qwenvl.estimate.estimate_files`` (each file checked and prepared exactly as `ask` would
 prepare it; ``--fast`` from the headers only, without the bytes: "-"); this module renders it. The cost covers
-the media's input tokens only: the prompt and the answer come on top.
+the media's input tokens only: the prompt and the answer come on top. It is in the region's currency
+(``--region``: ¥ in Beijing, $ in Singapore and Virginia), every item at the price tier of the files' total.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from rich.table import Table
 
 from qwenvl.cli.common import out_console, pass_opts, print_json
 from qwenvl.estimate import estimate_files
-from qwenvl.models import PRICE_CURRENCY
+from qwenvl.models import format_cost
 
 
 @click.command()
 @click.argument("files", nargs=-1, required=True)
 @click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
+@click.option("--region", help="Prices of this region: cn (CNY, default, or $QWENVL_REGION), intl or us (USD).")
 @click.option("--detail", type=click.Choice(["auto", "low", "high"]),
               help="Image detail: low = smaller budget, high = vl_high_resolution_images.")
 @click.option("--high-res/--no-high-res", "vl_high_resolution_images", default=None,
@@ -42,7 +44,8 @@ def tokens(opts: dict[str, Any]) -> None:
     result = estimate_files(opts["files"], model=opts["model"], detail=opts["detail"],
                             vl_high_resolution_images=opts["vl_high_resolution_images"],
                             min_pixels=opts["min_pixels"], max_pixels=opts["max_pixels"], fps=opts["fps"],
-                            pages=opts["pages"], prepare=not opts["no_resize"], fast=opts["fast"])
+                            pages=opts["pages"], prepare=not opts["no_resize"], fast=opts["fast"],
+                            region=opts["region"])
     if opts["as_json"]:
         print_json(result)
         return
@@ -66,21 +69,23 @@ def _bytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-def _money(value: float | None) -> str:
-    return "unknown" if value is None else f"¥{value:.5f}"
-
-
 def _print_table(result: dict[str, Any]) -> None:
     rows = result["items"]
     total_tokens, total_cost, unknown = (result["total"][k] for k in ("tokens", "cost", "unknown"))
+    currency = result["currency"]
+
+    def _money(value: float | None) -> str:
+        return format_cost(value, currency, digits=5)
+
     console = out_console()
-    table = Table(title=f"{result['model']} ({result['factor']}x{result['factor']} px per token)",
+    tier = f", {result['price_tier']} input tier" if result["price_tier"] not in (None, "any") else ""
+    table = Table(title=f"{result['model']} ({result['factor']}x{result['factor']} px per token{tier})",
                   title_justify="left")
     table.add_column("file", overflow="fold")
     table.add_column("sent as")
     table.add_column("inline", justify="right")
     table.add_column("tokens", justify="right")
-    table.add_column(f"cost ({PRICE_CURRENCY})", justify="right")
+    table.add_column(f"cost ({currency})", justify="right")
     for row in rows:
         table.add_row(row["source"], _size(row), _bytes(row["bytes_sent"]),
                       "unknown" if row["tokens"] is None else f"{row['tokens']:,}", _money(row["cost"]))

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from qwenvl.batch import usagelog
 from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.models import format_cost
 
 
 @click.command()
@@ -18,14 +19,20 @@ from qwenvl.cli.common import out_console, pass_opts, print_json
 def usage(opts: dict[str, Any]) -> None:
     """Requests, errors, tokens and estimated cost by day and model, from the local usage log.
 
+    Costs carry their currency (¥ for Beijing, $ for Singapore and Virginia) and are totalled per currency.
+
     Every request qwenvl sends is logged (time, model, tokens, cost, latency, outcome; never prompts or
     answers) in usage.db in the data folder. QWENVL_LOG=0 turns the log off.
     """
     rows = usagelog.summarize(opts["days"])
     totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "cached", "input_tokens",
-                                                    "output_tokens", "cost")}
+                                                    "output_tokens")}
+    # Costs are summed per currency, never across (CNY in Beijing, USD in Singapore and Virginia).
+    costs: dict[str, float] = {}
+    for r in rows:
+        costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
     if opts["as_json"]:
-        print_json({"days": opts["days"], "rows": rows, "total": totals, "currency": "CNY",
+        print_json({"days": opts["days"], "rows": rows, "total": {**totals, "cost": costs},
                     "log": str(usagelog.log_path())})
         return
     console = out_console()
@@ -34,15 +41,15 @@ def usage(opts: dict[str, Any]) -> None:
         console.print(f"no requests in the last {opts['days']} days (usage log: {where})")
         return
     table = Table(title=f"qwenvl usage, last {opts['days']} days", title_justify="left")
-    for name in ("day", "model", "requests", "errors", "cached", "input tokens", "output tokens", "≈ cost (CNY)"):
+    for name in ("day", "model", "requests", "errors", "cached", "input tokens", "output tokens", "≈ cost"):
         table.add_column(name, justify="left" if name in ("day", "model") else "right")
 
-    def cells(r: dict[str, Any]) -> list[str]:
+    def cells(r: dict[str, Any], cost: str) -> list[str]:
         return [f"{r['requests']:,}", f"{r['errors']:,}", f"{r['cached']:,}", f"{r['input_tokens']:,}",
-                f"{r['output_tokens']:,}", f"{r['cost']:.4f}"]
+                f"{r['output_tokens']:,}", cost]
 
     for r in rows:
-        table.add_row(r["day"], r["model"] or "?", *cells(r))
+        table.add_row(r["day"], r["model"] or "?", *cells(r, format_cost(r["cost"], r["currency"])))
     table.add_section()
-    table.add_row("total", "", *cells(totals))
+    table.add_row("total", "", *cells(totals, " + ".join(format_cost(v, c) for c, v in sorted(costs.items()))))
     console.print(table)

@@ -30,7 +30,7 @@ from PIL import Image
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
 from qwenvl.media.sources import Source, classify, read_bytes, sniff, to_data_url
-from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_UPLOAD_BYTES, MIN_IMAGE_TOKENS, ModelInfo
+from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_FILE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 if TYPE_CHECKING:
@@ -354,11 +354,12 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
     if source.kind != "file" or source.path is None:
         raise MediaError("only a local video file can be sent whole", source=source.ref)
     size = source.path.stat().st_size
-    if size > MAX_UPLOAD_BYTES:
-        raise MediaError(f"{source.label} is {_mb(size)}; temporary storage takes files up to "
-                         f"{_mb(MAX_UPLOAD_BYTES)}", source=source.ref, hint="Send it as sampled frames instead.")
+    if size >= MAX_VIDEO_FILE_BYTES:
+        raise MediaError(f"{source.label} is {size / 2**20:.1f} MB; a video sent as a local file must be under "
+                         f"{MAX_VIDEO_FILE_BYTES // 2**20} MB", source=source.ref,
+                         hint="Send it as sampled frames instead (--video-as frames), or give a public URL.")
     mime = video.check_video_content(source.path, source.label)
-    info, rate, plan = _video_plan(part, source.path, source.label, options)
+    info, rate, plan = _video_plan(part, source.path, source.label, options, service_sampled=True)
     count, h_bar, w_bar = plan.nframes, plan.height, plan.width
     # Nothing is read here beyond the container, so estimate-only gives the same item (never sent anyway).
     return PreparedItem(
@@ -369,8 +370,8 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         frame_times=[i / rate for i in range(count)])
 
 
-def _video_plan(part: VideoPart, src: Path | bytes, label: str,
-                options: MediaOptions) -> tuple[video.VideoInfo, float, video.FramePlan]:
+def _video_plan(part: VideoPart, src: Path | bytes, label: str, options: MediaOptions, *,
+                service_sampled: bool = False) -> tuple[video.VideoInfo, float, video.FramePlan]:
     """(probe, sampling rate, frame count and size as the service samples it) of a local video, from its
     container and packets (only the first frame is decoded): ``video.frame_plan``, as ``sample_video`` uses."""
     from qwenvl.media import video
@@ -380,7 +381,8 @@ def _video_plan(part: VideoPart, src: Path | bytes, label: str,
         raise MediaError(f"fps must be positive, got {rate}", source=label)
     info = video.probe_video(src, label)
     plan = video.frame_plan(options.model, info.frames, info.fps, rate, info.width, info.height,
-                            min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label)
+                            min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label,
+                            service_sampled=service_sampled)
     return info, rate, plan
 
 

@@ -4,7 +4,7 @@
   ``h_bar * w_bar / factor² + 2`` tokens (the 2 are ``<vision_bos>`` and ``<vision_eos>``).
 - A video of ``nframes`` frames at ``h`` x ``w`` costs ``ceil(nframes / 2) * (h / factor) * (w / factor) + 2``
   tokens: two consecutive frames form one temporal group. The same rule covers a list of frame images.
-- Cost comes from the price table in ``qwenvl.models`` (``estimate_cost``); None when the price is unknown.
+- Cost is not computed here: ``qwenvl.models.estimate_cost`` is its one home (tiers, currencies).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from qwenvl.media.resize import smart_resize
-from qwenvl.models import VIDEO_FRAME_FACTOR, VISION_MARKER_TOKENS, ModelInfo, estimate_cost
+from qwenvl.models import VIDEO_FRAME_FACTOR, VISION_MARKER_TOKENS
 
 
 def image_tokens(height: int, width: int, factor: int) -> int:
@@ -34,7 +34,3 @@ def video_tokens(nframes: int, height: int, width: int, factor: int) -> int:
     groups = math.ceil(nframes / VIDEO_FRAME_FACTOR)
     return groups * (height // factor) * (width // factor) + VISION_MARKER_TOKENS
 
-
-def cost(model: ModelInfo, input_tokens: int, output_tokens: int = 0) -> float | None:
-    """Estimated cost in CNY of that many tokens with ``model``; None when the table has no price."""
-    return estimate_cost(model, input_tokens, output_tokens)

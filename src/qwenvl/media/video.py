@@ -166,6 +166,24 @@ def sample_count(total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *,
     return max(_floor_even(min(max(wanted, low), high, total_frames)), low)
 
 
+def billed_frame_count(total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *, max_frames: int,
+                       min_frames: int = VIDEO_MIN_FRAMES) -> int:
+    """How many frames the service counts for a video it samples itself (a video sent whole).
+
+    The billing page's rule (its video example code, ``smart_nframes`` in the official ``token_calculate``;
+    reference/dashscope-api.md §4.2): ``int(min(max(total_frames / video_fps * fps, min_frames), max_frames,
+    total_frames))``, with **no** rounding to an even count, where qwen-vl-utils floors to even. Tokens then
+    count ``ceil(n / 2)`` temporal groups, so an odd count costs one group more than qwen-vl-utils predicts.
+    The billing page is followed because it is the one that describes billing; its example prints no figures
+    we could check against (searched 2026-11), so its code is the evidence. Frames qwenvl samples itself are
+    sent as an even list (``sample_count``) and billed as such.
+    """
+    if total_frames <= 0:
+        raise ValueError("a video has no frames")
+    wanted = total_frames / video_fps * fps if video_fps > 0 else min_frames
+    return max(1, int(min(max(wanted, min_frames), max_frames, total_frames)))
+
+
 def sample_indices(total_frames: int, nframes: int) -> list[int]:
     """Source frame indices: ``round(linspace(0, total_frames - 1, nframes))``, rounding half to even."""
     if nframes == 1:
@@ -205,17 +223,19 @@ class FramePlan:
 
 def frame_plan(model: ModelInfo, total_frames: int, video_fps: float, fps: float, width: int, height: int, *,
                min_pixels: int | None = None, max_pixels: int | None = None,
-               label: str = "video") -> FramePlan:
+               label: str = "video", service_sampled: bool = False) -> FramePlan:
     """The service's sampling and size rule for a ``width`` x ``height`` video of ``total_frames`` frames at
     ``video_fps``, sampled at ``fps``: ``sample_count``, then ``frame_budget``, then ``smart_resize``.
 
     The one place where the three are chained: ``sample_video`` (before decoding), a whole video sent for the
     service to sample, and estimate-only preparation all use it. MediaError naming ``label`` when the frames
-    cannot be sent at that budget (aspect ratio, a side that would be 0 px).
+    cannot be sent at that budget (aspect ratio, a side that would be 0 px). ``service_sampled``: the video is
+    sent whole and the service samples it, so the count is the billing page's (``billed_frame_count``).
     """
     from qwenvl.media.resize import smart_resize
 
-    nframes = sample_count(total_frames, video_fps, fps, max_frames=model.video_max_frames)
+    count = billed_frame_count if service_sampled else sample_count
+    nframes = count(total_frames, video_fps, fps, max_frames=model.video_max_frames)
     low, high = frame_budget(model, nframes, min_pixels=min_pixels, max_pixels=max_pixels)
     try:
         h_bar, w_bar = smart_resize(height, width, factor=model.factor, min_pixels=low, max_pixels=high)

@@ -25,8 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from qwenvl.errors import UsageError
-from qwenvl.media.tokens import cost as media_cost
-from qwenvl.models import PRICE_CURRENCY
+from qwenvl.models import currency_of, price_for
 
 STATIC = Path(__file__).parent / "static"
 
@@ -77,15 +76,16 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
                                            estimate_only=True, **opts)
         except Exception as exc:
             return fail(exc)
+        known = [m.tokens for m in call.media if m.tokens is not None]
+        total = sum(known)
+        price = price_for(call.model, total, region=client.region)  # the tier of the request carrying them all
         items = [{"kind": m.kind, "width": m.width, "height": m.height,
                   "frames": len(m.sent) if isinstance(m.sent, list) else None, "tokens": m.tokens,
-                  "cost": media_cost(call.model, m.tokens) if m.tokens is not None else None, "notes": m.notes}
+                  "cost": price.cost(m.tokens) if price and m.tokens is not None else None, "notes": m.notes}
                  for m in call.media]
-        known = [i["tokens"] for i in items if i["tokens"] is not None]
-        total = sum(known)
         return JSONResponse({"model": call.model.name, "factor": call.model.factor, "items": items,
                              "total_tokens": total, "unknown": len(items) - len(known),
-                             "cost": media_cost(call.model, total), "currency": PRICE_CURRENCY})
+                             "cost": price.cost(total) if price else None, "currency": currency_of(client.region)})
 
     async def ground(request: HTTPRequest) -> JSONResponse:
         from qwenvl.tasks.grounding import plan_ground, read_grounding
