@@ -9,26 +9,36 @@ the prompt and the answer come on top.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from qwenvl.cli.common import out_console, pass_opts, print_json
-from qwenvl.errors import UsageError
+from qwenvl.batch.inputs import expand_inputs
+from qwenvl.cli.common import (
+    err_console,
+    model_option,
+    out_console,
+    pass_opts,
+    print_json,
+    region_option,
+    request_fields,
+)
+from qwenvl.client import Client
+from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
 from qwenvl.media.tokens import cost
-from qwenvl.models import DEFAULT_MODEL, PRICE_CURRENCY, ModelInfo, model_info
+from qwenvl.models import PRICE_CURRENCY, ModelInfo, model_info
 from qwenvl.plan import media_options
-from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
+from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
 @click.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
+@model_option
+@region_option
 @click.option("--detail", type=click.Choice(["auto", "low", "high"]),
               help="Image detail: low = smaller budget, high = vl_high_resolution_images.")
 @click.option("--high-res/--no-high-res", "vl_high_resolution_images", default=None,
@@ -44,40 +54,54 @@ from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 def tokens(opts: dict[str, Any]) -> None:
     """Tokens and estimated cost of images, videos and PDFs, as they would be sent: qwenvl tokens *.jpg
 
-    Nothing is sent. FILES are local files, https:// URLs (tokens unknown: the service fetches them),
-    file:// or data: URLs.
+    Nothing is sent. FILES are local files, folders (walked for images, videos and PDFs, as `batch` does),
+    globs, https:// URLs (tokens unknown: the service fetches them), file:// or data: URLs. A file that
+    cannot be sent is reported on its own row and the others go on; the exit status is then 3.
     """
-    model_name = opts["model"] or os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL
-    model = model_info(model_name)
+    fields = request_fields(opts)  # the same options, model and region handling as every verb
     try:
-        request = Request(prompt="tokens", model=model_name, detail=opts["detail"] or "auto",
-                          vl_high_resolution_images=opts["vl_high_resolution_images"],
-                          min_pixels=opts["min_pixels"], max_pixels=opts["max_pixels"], fps=opts["fps"],
-                          pages=opts["pages"], prepare=not opts["no_resize"])
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise UsageError(str(exc).splitlines()[-1] if str(exc) else "invalid options") from None
+        client = Client(region=opts["region"])
+    except UsageError as exc:  # its hint names --base-url, which tokens has no use for
+        raise UsageError(exc.message) from None
+    request = client.request(prompt="tokens", **fields)
+    model = model_info(request.model)
     options = media_options(request, model, "native", estimate_only=opts["fast"])
+    refs = expand_inputs(opts["files"])
+    if not refs:
+        raise UsageError("no media files found in " + ", ".join(opts["files"]))
 
     rows: list[dict[str, Any]] = []
-    for ref in opts["files"]:
-        part = _part(ref)
-        prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
+    failures: list[QwenVLError] = []
+    for ref in refs:
+        try:
+            part = _part(ref)
+            prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
+        except QwenVLError as exc:  # this file's row; the others go on
+            failures.append(exc)
+            rows.append({"source": ref, "error": str(exc), "hint": exc.hint})
+            continue
         items = prepared.items
         for index, item in enumerate(items, 1):
             label = ref if len(items) == 1 else f"{ref} [{index}/{len(items)}]"
             rows.append(_row(label, item, model))
 
-    known = [r["tokens"] for r in rows if r["tokens"] is not None]
+    counted = [r for r in rows if "error" not in r]
+    known = [r["tokens"] for r in counted if r["tokens"] is not None]
     total_tokens = sum(known)
     total_cost = cost(model, total_tokens)
-    unknown = len(rows) - len(known)
+    unknown = len(counted) - len(known)
     if opts["as_json"]:
         print_json({
             "model": model.name, "factor": model.factor, "currency": PRICE_CURRENCY, "items": rows,
-            "total": {"tokens": total_tokens, "cost": total_cost, "items": len(rows), "unknown": unknown},
+            "total": {"tokens": total_tokens, "cost": total_cost, "items": len(counted), "unknown": unknown,
+                      "failed": len(failures)},
         })
-        return
-    _print_table(rows, model, total_tokens, total_cost, unknown)
+    else:
+        _print_table(rows, model, total_tokens, total_cost, unknown)
+    if failures:
+        err_console().print(f"[bold red]{len(failures)} of {len(refs)} file{'s' if len(refs) != 1 else ''} "
+                            "could not be estimated[/]", highlight=False)
+        click.get_current_context().exit(failures[0].exit_code)
 
 
 def _part(ref: str) -> ImagePart | VideoPart:
@@ -140,20 +164,27 @@ def _print_table(rows: list[dict[str, Any]], model: ModelInfo, total_tokens: int
     table.add_column("tokens", justify="right")
     table.add_column(f"cost ({PRICE_CURRENCY})", justify="right")
     for row in rows:
-        table.add_row(row["source"], _size(row), _bytes(row["bytes_sent"]),
+        if "error" in row:
+            table.add_row(escape(row["source"]), f"[red]error:[/] {escape(row['error'])}", "", "-", "-")
+            continue
+        table.add_row(escape(row["source"]), _size(row), _bytes(row["bytes_sent"]),
                       "unknown" if row["tokens"] is None else f"{row['tokens']:,}", _money(row["cost"]))
+    counted = [r for r in rows if "error" not in r]
     suffix = f" + {unknown} unknown" if unknown else ""
     table.add_section()
-    table.add_row(f"total ({len(rows)} item{'s' if len(rows) != 1 else ''})", "", "",
+    table.add_row(f"total ({len(counted)} item{'s' if len(counted) != 1 else ''})", "", "",
                   f"{total_tokens:,}{suffix}", _money(total_cost) if total_tokens or not unknown else "unknown")
     console.print(table)
     estimated = False
-    for row in rows:
+    for row in counted:
         for note in row["notes"]:
             if note.startswith("estimate only"):  # said once, below
                 estimated = True
                 continue
             console.print(f"[dim]{escape(row['source'])}: {escape(note)}[/]", highlight=False)
+    for row in rows:
+        if "error" in row and row.get("hint"):
+            console.print(f"[dim]{escape(row['source'])}: {escape(row['hint'])}[/]", highlight=False)
     if estimated:
         console.print("[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "
                       "the bytes sent are known when a request is prepared.[/]", highlight=False)
