@@ -133,16 +133,18 @@ class _Chat:
         """One turn. Ctrl-C during the answer cancels it: nothing is added to the conversation."""
         err = self.err
         self.forget_gone_files()
+        events: Any = None
         try:
             call = client.plan(prompt=text, images=self.images, video=self.video, messages=self.history, **fields)
             events = client.send_stream(call)
-            try:
-                response = stream_to_terminal(events, show_reasoning=not self.opts["hide_reasoning"])
-            except KeyboardInterrupt:
+            response = stream_to_terminal(events, show_reasoning=not self.opts["hide_reasoning"])
+        except KeyboardInterrupt:  # the connection is closed with the stream; the attachments stay for a retry
+            if events is not None:
                 events.close()
-                sys.stdout.write("\n")
-                err.print("[dim](answer cancelled: not added to the conversation)[/]")
-                return
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            err.print("[dim](answer cancelled: not added to the conversation)[/]")
+            return
         except MediaError as exc:  # drop the bad attachment, keep the conversation
             report(exc)
             self.images, self.video = [], None
