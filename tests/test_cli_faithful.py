@@ -273,3 +273,30 @@ def test_ask_reads_the_image_from_stdin(server, env, media):
     assert p.returncode == 3 and b"standard input is empty" in p.stderr
     assert len(server.requests) == 1
     assert not list(Path(tempfile.gettempdir()).glob("qwenvl-stdin-*/stdin"))  # the copy is removed
+
+
+@pytest.mark.parametrize("how", ["complete", "stream", "async"])
+def test_repair_false_makes_one_request(server, protocol, how):
+    import asyncio
+
+    import qwenvl
+    from conftest import API_KEY
+    from qwenvl.errors import StructuredOutputError
+
+    server.enqueue(Reply(text="not json", times=3))
+    fields = {"prompt": "x", "json_mode": True, "repair": False}
+    with pytest.raises(StructuredOutputError) as info:
+        if how == "async":
+            async def go() -> None:
+                async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as client:
+                    await client.complete(**fields)
+
+            asyncio.run(go())
+        else:
+            with make_client(server, protocol) as client:
+                if how == "stream":
+                    list(client.stream(**fields))
+                else:
+                    client.complete(**fields)
+    assert info.value.response.text == "not json" and info.value.response.json is None
+    assert len(server.requests) == 1  # no repair request
