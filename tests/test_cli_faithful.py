@@ -182,8 +182,9 @@ def test_timeout_is_used(server, env, media, verb):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--timeout", "0"], "timeout_s"),
-    (["--max-retries", "-1"], "max_retries"),
+    (["--timeout", "0"], "--timeout"),
+    (["--max-retries", "-1"], "--max-retries"),
+    (["--max-retries", "21"], "max_retries"),  # the Request's own bound
     (["--model", ""], "--model is empty"),
     (["--region", " "], "--region is empty"),
     (["--pages", ""], "--pages is empty"),

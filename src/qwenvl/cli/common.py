@@ -74,9 +74,12 @@ service_options = _options(
                  help="Wire protocol: compat (OpenAI-compatible, default) or native (DashScope)."),
     region_option,
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1."),
-    click.option("--timeout", "timeout_s", type=float, help="Seconds to wait for the service (default 120)."),
-    click.option("--max-retries", type=int, help="Retries on 429/5xx/time-outs (default 2)."),
-    click.option("--retry-backoff-s", type=float, help="Exponential backoff base in seconds (default 1.5)."),
+    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds to wait for the service (default 120)."),
+    click.option("--max-retries", type=click.IntRange(min=0),
+                 help="Retries on 429/5xx/time-outs (default 2; 0: none)."),
+    click.option("--retry-backoff-s", type=click.FloatRange(min=0),
+                 help="Exponential backoff base in seconds (default 1.5; 0: retry at once)."),
 )
 
 
