@@ -301,3 +301,15 @@ def test_repair_false_makes_one_request(server, protocol, how):
                     client.complete(**fields)
     assert info.value.response.text == "not json" and info.value.response.json is None
     assert len(server.requests) == 1  # no repair request
+
+
+@pytest.mark.parametrize("task", ["events", "extract"])
+def test_an_empty_prompt_is_refused_not_replaced(server, media, task):
+    from qwenvl.errors import UsageError
+
+    with make_client(server) as client, pytest.raises(UsageError, match="prompt is empty"):
+        if task == "events":
+            plan_events(client, media["frames"], prompt="")
+        else:
+            plan_extract(client, media["photo"], SCHEMA, prompt="")
+    assert server.requests == []
