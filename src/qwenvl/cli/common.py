@@ -155,7 +155,7 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
 
     A value of 0 or False is a value (``--temperature 0``, ``--seed 0``, ``--top-k 0``, ``--max-retries 0``,
     ``--retry-backoff-s 0``, ``--no-thinking``, ``--no-high-res``) and reaches the Request as given; the
-    Request decides what is valid (``--timeout 0`` is refused there, exit 2)."""
+    options' ranges and the Request decide what is valid (``--timeout 0`` is a usage error, exit 2)."""
     refuse_empty(opts)
     fields = {}
     for key in _REQUEST_FROM_OPTIONS:
@@ -217,8 +217,8 @@ def media_args(args: tuple[str, ...] | list[str]) -> list[str]:
     return _checked(with_stdin(list(args)))
 
 
-def prompt_and_media(args: tuple[str, ...] | list[str], prompt: str | None, *,
-                     required: bool = True) -> tuple[str | None, list[str]]:
+def prompt_and_media(args: tuple[str, ...] | list[str], prompt: str | None, *, required: bool = True,
+                     has_prompt_option: bool = True) -> tuple[str | None, list[str]]:
     """(prompt, media) from ``VERB MEDIA... [-p PROMPT]``, where the prompt may also be one of the arguments.
 
     Without ``-p``, the prompt is the one argument that is not a file, a URL or a data: URL, first, last or
@@ -233,7 +233,7 @@ def prompt_and_media(args: tuple[str, ...] | list[str], prompt: str | None, *,
         if _is_reference(arg):
             refs.append(arg)
         elif looks_like_file(arg):
-            raise _not_found(arg, prompt_hint=prompt is None)
+            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option)
         else:
             words.append(arg)
     if prompt is not None and words:

@@ -51,7 +51,7 @@ def ground(opts: dict[str, Any]) -> None:
     answers cut off at --max-tokens (default 2048 here) are read as well as they can be, with a warning.
     """
     refuse_structured(opts, "ground")
-    query, refs = prompt_and_media((opts["image"], opts["query"]), None, required=False)
+    query, refs = prompt_and_media((opts["image"], opts["query"]), None, required=False, has_prompt_option=False)
     if query is None or len(refs) != 1:
         raise UsageError("ground takes one image and a query: qwenvl ground photo.jpg \"every dog\"",
                          hint="Either order works; the query is the argument that is not a file or URL.")
