@@ -284,6 +284,7 @@ class RecordedRequest:
     headers: Headers
     body: bytes
     json: Any = None  # parsed body when it is JSON, else None
+    received_at: float = field(default_factory=time.monotonic)  # when the request arrived (monotonic clock)
 
 
 @dataclass

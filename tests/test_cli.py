@@ -53,14 +53,26 @@ def test_analyze_schema_and_native_protocol(server, env, png, isolated_env):
     assert server.requests[-1].path.endswith("/multimodal-generation/generation")
 
 
-def test_analyze_invalid_json_answer_keeps_skill_behaviour(server, env, png):
-    server.enqueue(Reply(text="not json at all"), Reply(text="still not json"))
-    p = run_cli("analyze", "--request", json.dumps({"prompt": "x", "image": str(png), "json_mode": True}),
-                "--print-response", env=env)
-    assert p.returncode == 0
+@pytest.mark.parametrize("how", [["--json-mode"], []])  # the flag, or "json_mode" in the request
+def test_analyze_json_mode_not_json_is_one_request(server, env, png, protocol, how):
+    server.enqueue(Reply(text="not json at all"), Reply(text="a paid repair nobody asked for"))
+    req = {"prompt": "x", "image": str(png), **({} if how else {"json_mode": True})}
+    p = run_cli("analyze", "--request", json.dumps(req), "--protocol", protocol, *how, "--print-response",
+                env=env)
+    assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout)
-    assert "json" not in result and result["text"] == "still not json"
-    assert "warning" in p.stderr
+    assert "json" not in result and result["text"] == "not json at all"  # the first (and only) answer
+    assert "warning" in p.stderr and "no \"json\"" in p.stderr
+    assert len(server.requests) == 1  # as in the skill: no second paid request
+
+
+def test_analyze_schema_still_repairs_once(server, env, png, isolated_env):
+    (isolated_env / "s.json").write_text(json.dumps({"type": "object", "required": ["a"]}))
+    server.enqueue(Reply(text="nope"), Reply(text='{"a": 1}'))
+    p = run_cli("analyze", "--request", json.dumps({"prompt": "x", "image": str(png)}), "--schema", "s.json",
+                "--print-response", env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["json"] == {"a": 1} and len(server.requests) == 2
 
 
 def test_analyze_request_level_keys(server, env, png):

@@ -12,7 +12,6 @@ from PIL import Image
 import media_corpus as corpus
 from conftest import run_cli
 from qwenvl.cli.tokens import tokens as tokens_command
-from qwenvl.errors import MediaError
 from qwenvl.media.tokens import estimate_image_tokens, image_tokens, video_tokens
 from qwenvl.models import estimate_cost, model_info
 
@@ -56,6 +55,14 @@ def test_cost_from_the_price_table() -> None:
 def run(*args: str) -> tuple[int, str, BaseException | None]:
     result = CliRunner().invoke(tokens_command, list(args))
     return result.exit_code, result.output, result.exception
+
+
+def run_verb(*args: str) -> tuple[int, str]:
+    """Through the `qwenvl` group, which turns errors into messages and exit codes."""
+    from qwenvl.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["tokens", *args])
+    return result.exit_code, result.output
 
 
 def test_tokens_table(tmp_path: Path) -> None:
@@ -103,10 +110,50 @@ def test_tokens_unknown_price(tmp_path: Path) -> None:
     assert "unknown" in out
 
 
-def test_tokens_bad_file_is_a_media_error(tmp_path: Path) -> None:
-    code, _, exc = run(str(corpus.tiny_png(tmp_path)))
-    assert code != 0
-    assert isinstance(exc, MediaError) and "more than 10 px" in str(exc)
+def test_tokens_bad_file_is_its_row_and_the_others_go_on(tmp_path: Path) -> None:
+    tiny, shot = corpus.tiny_png(tmp_path), corpus.screenshot_png(tmp_path)
+    code, out, _ = run(str(tiny), str(tmp_path / "gone.jpg"), str(shot), "--json")
+    assert code == 3, out
+    data = json.JSONDecoder().raw_decode(out[out.index("{"):])[0]  # stderr follows in the output
+    rows = {Path(r["source"]).name: r for r in data["items"]}
+    assert "more than 10 px" in rows[tiny.name]["error"] and "not found" in rows["gone.jpg"]["error"]
+    assert rows[shot.name]["tokens"] > 0  # the good file after the bad ones is still estimated
+    assert data["total"] == {"tokens": rows[shot.name]["tokens"], "cost": rows[shot.name]["cost"], "items": 1,
+                             "unknown": 0, "failed": 2}
+    code, out, _ = run(str(tiny), str(shot))  # the table: the bad file on its own row, then the total
+    assert code == 3 and "more than 10 px" in out and "1200x800 PNG" in out and "total (1 item)" in out
+
+
+def test_tokens_takes_folders_as_batch_does(tmp_path: Path) -> None:
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    corpus.screenshot_png(folder)
+    Image.new("RGB", (64, 48)).save(folder / "sub" / "b.jpg")
+    (folder / "notes.txt").write_text("not media")
+    (folder / ".hidden.png").write_bytes(b"")
+    code, out, _ = run(str(folder), "--json")
+    assert code == 0, out
+    from qwenvl.batch.inputs import expand_inputs
+
+    assert [r["source"] for r in json.loads(out)["items"]] == expand_inputs([str(folder)])
+    assert len(json.loads(out)["items"]) == 2
+    code, out = run_verb(str(tmp_path / "empty*.png"))
+    assert code == 2 and "no file matches" in out
+
+
+def test_tokens_model_and_region_as_every_verb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shot = str(corpus.screenshot_png(tmp_path))
+    monkeypatch.setenv("QWENVL_MODEL", "qwen2.5-vl-7b-instruct")  # as Client(): the environment's model
+    code, out, _ = run(shot, "--json")
+    assert code == 0 and json.loads(out)["model"] == "qwen2.5-vl-7b-instruct"
+    code, out, _ = run(shot, "--json", "--model", "qwen3-vl-flash", "--region", "intl")
+    assert code == 0 and json.loads(out)["model"] == "qwen3-vl-flash"
+    code, out = run_verb(shot, "--region", "mars")
+    assert code == 2 and "unknown region 'mars'" in out and "--base-url" not in out
+    code, out = run_verb(shot, "--model", "")
+    assert code == 2 and "--model is empty" in out
+    code, out = run_verb(shot, "--min-pixels", "2000000", "--max-pixels", "100000")
+    assert code == 2 and "min_pixels is larger than max_pixels" in out
 
 
 def test_tokens_through_the_cli_group(tmp_path: Path) -> None:

@@ -74,6 +74,10 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
     if not errors:
         response.json = value
         return response, None
+    if not request.repair:  # one request only (the skill's JSON mode): the caller decides what to do
+        raise StructuredOutputError("the answer is not valid JSON" + (" for the schema" if call.schema else "")
+                                    + ": " + "; ".join(errors[:3]), raw_text=response.text, errors=errors,
+                                    response=response)
     repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors))])
     answer = Message(role="assistant", content=response.text)
     retry = Call(request=request, model=call.model, messages=[*call.messages, answer, repair],

@@ -11,59 +11,70 @@ region's currency (¥ in Beijing, $ in Singapore and Virginia), every item at th
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
-from qwenvl.errors import UsageError
+from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
-from qwenvl.models import DEFAULT_MODEL, currency_of, model_info, price_for
+from qwenvl.models import currency_of, model_info, price_for
 from qwenvl.plan import media_options
-from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
+from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
-def estimate_files(files: Sequence[str], *, model: str | None = None, detail: str | None = None,
-                   vl_high_resolution_images: bool | None = None, min_pixels: int | None = None,
-                   max_pixels: int | None = None, fps: float | None = None, pages: str | None = None,
-                   prepare: bool = True, fast: bool = False, region: str | None = None) -> dict[str, Any]:
-    """Tokens and cost of ``files`` (local paths, https/file/data URLs) for ``model``; nothing is sent.
+def estimate_files(files: Sequence[str], *, fast: bool = False, region: str | None = None,
+                   client: Any = None, **fields: Any) -> dict[str, Any]:
+    """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
+    ``vl_high_resolution_images``, ``min_pixels``, ``max_pixels``, ``fps``, ``pages``, ``prepare``); nothing is sent.
 
+    ``files`` are local files, folders (walked for media as ``qwenvl batch`` does), globs, https/file/data URLs.
     Returns ``{"model", "factor", "currency", "price_tier", "items": [...], "total": {"tokens", "cost", "items",
-    "unknown"}}``;
-    an item is ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}``
-    (a PDF gives one item per page, a remote URL ``tokens: None``: the service fetches and sizes it).
-    ``model`` defaults to ``$QWENVL_MODEL``, then qwen3-vl-plus. Raises ``UsageError`` for invalid options and
-    ``MediaError`` for a file that cannot be sent.
+    "unknown", "failed"}}``; an item is ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent",
+    "tokens", "cost", "notes"}`` (a PDF gives one item per page, a remote URL ``tokens: None``: the service
+    fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot be sent (the others go on).
+    The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus. Raises
+    ``UsageError`` for invalid options or when no file is found.
     """
-    model_name = model or os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL
-    info = model_info(model_name)
+    from qwenvl.batch.inputs import expand_inputs
+    from qwenvl.client import Client
+
+    fields = {k: v for k, v in fields.items() if v is not None}
     try:
-        request = Request(prompt="tokens", model=model_name, detail=detail or "auto",
-                          vl_high_resolution_images=vl_high_resolution_images, min_pixels=min_pixels,
-                          max_pixels=max_pixels, fps=fps, pages=pages, prepare=prepare)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise UsageError(str(exc).splitlines()[-1] if str(exc) else "invalid options") from None
+        client = client or Client(region=region)
+    except UsageError as exc:  # its hint names --base-url, which an estimate has no use for
+        raise UsageError(exc.message) from None
+    request = client.request(prompt="tokens", **fields)
+    info = model_info(request.model)
     options = media_options(request, info, "native", estimate_only=fast)
+    refs = expand_inputs(list(files))
+    if not refs:
+        raise UsageError("no media files found in " + ", ".join(files))
 
     rows: list[dict[str, Any]] = []
-    for ref in files:
-        part = _part(ref)
-        prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
+    failed = 0
+    for ref in refs:
+        try:
+            part = _part(ref)
+            prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
+        except QwenVLError as exc:  # this file's row; the others go on
+            failed += 1
+            rows.append({"source": ref, "error": str(exc), "hint": exc.hint})
+            continue
         items = prepared.items
         for index, item in enumerate(items, 1):
             label = ref if len(items) == 1 else f"{ref} [{index}/{len(items)}]"
             rows.append(_row(label, item))
 
-    known = [r["tokens"] for r in rows if r["tokens"] is not None]
+    counted = [r for r in rows if "error" not in r]
+    known = [r["tokens"] for r in counted if r["tokens"] is not None]
     total_tokens = sum(known)
-    price = price_for(info, total_tokens, region=region)  # the tier of the whole request
-    for row in rows:
+    price = price_for(info, total_tokens, region=region or client.region)  # the tier of the whole request
+    for row in counted:
         row["cost"] = price.cost(row["tokens"]) if price and row["tokens"] is not None else None
-    return {"model": info.name, "factor": info.factor, "currency": currency_of(region),
+    return {"model": info.name, "factor": info.factor, "currency": currency_of(region or client.region),
             "price_tier": price.tier_label if price else None, "items": rows,
             "total": {"tokens": total_tokens, "cost": price.cost(total_tokens) if price else None,
-                      "items": len(rows), "unknown": len(rows) - len(known)}}
+                      "items": len(counted), "unknown": len(counted) - len(known), "failed": failed}}
 
 
 def _part(ref: str) -> ImagePart | VideoPart:

@@ -160,16 +160,20 @@ class EventsResult(Billed):
 
 
 class EstimateItem(BaseModel):
+    """One image, page or video as it would be sent; or, with ``error``, a file that cannot be sent."""
+
     source: str
-    kind: str
-    width: int | None
-    height: int | None
-    frames: int | None
-    mime: str | None
-    bytes_sent: int
-    tokens: int | None
-    cost: float | None
-    notes: list[str]
+    kind: str | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    mime: str | None = None
+    bytes_sent: int = 0
+    tokens: int | None = None
+    cost: float | None = None
+    notes: list[str] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why this file cannot be sent (the others are still estimated).")
+    hint: str | None = None
 
 
 class EstimateTotal(BaseModel):
@@ -177,6 +181,7 @@ class EstimateTotal(BaseModel):
     cost: float | None
     items: int
     unknown: int = Field(description="Items whose tokens are unknown (remote URLs).")
+    failed: int = Field(0, description="Files that cannot be sent (their items carry the error).")
 
 
 class EstimateResult(BaseModel):
@@ -267,8 +272,8 @@ def billed(*responses: Response | None, region: str | None = None) -> dict[str, 
             "request_id": last.request_id if last else None}
 
 
-def result(value: BaseModel, *extra: ImageContent) -> CallToolResult:
-    data = value.model_dump(mode="json", by_alias=True)
+def result(value: BaseModel, *extra: ImageContent, exclude_unset: bool = False) -> CallToolResult:
+    data = value.model_dump(mode="json", by_alias=True, exclude_unset=exclude_unset)
     text = json.dumps(data, ensure_ascii=False)
     return CallToolResult(content=[TextContent(type="text", text=text), *extra], structured_content=data)
 
@@ -577,11 +582,11 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             out = await step(ctx, 0, 1, "sizing the files", lambda: estimate_files(
                 refs, model=model or base.get("model"), detail=detail, vl_high_resolution_images=high_res,
                 min_pixels=min_pixels, max_pixels=max_pixels, fps=fps, pages=pages, fast=fast,
-                region=client.region))
+                region=client.region, client=client))
             for item, ref in zip(out["items"], _labels(files, out["items"], refs), strict=True):
                 item["source"] = ref  # the caller's names, not the resolved paths
             await _progress(ctx, 1, 1, "done")
-            return result(EstimateResult.model_validate(out))
+            return result(EstimateResult.model_validate(out), exclude_unset=True)  # rows exactly as `tokens`
 
         return await guarded(body)
 

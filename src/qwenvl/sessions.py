@@ -1,7 +1,7 @@
 """Saved conversations: one JSON file per session under the user's data folder ($QWENVL_HOME overrides).
 
-Media are kept as the references the user gave (paths, URLs), never as inline data: a session file stays
-small, and a resumed session re-reads (and re-prepares) its files.
+Media are kept as references (URLs, and local files as absolute paths), never as inline data: a session file
+stays small, a resumed session re-reads (and re-prepares) its files, and it resumes from any folder.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 import platformdirs
 from pydantic import ValidationError
 
-from qwenvl.errors import UsageError
-from qwenvl.types import Message
+from qwenvl.errors import MediaError, UsageError
+from qwenvl.media.sources import classify
+from qwenvl.types import ImagePart, Message, VideoPart
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -65,8 +66,9 @@ class Session:
     def save(self) -> None:
         """Atomically: a crash leaves the previous version, never half a file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        messages = [absolute_media(m) for m in self.messages]
         data = {"name": self.name, "model": self.model, "created": self.created, "updated": time.time(),
-                "messages": [m.model_dump(mode="json", exclude_none=True) for m in self.messages]}
+                "messages": [m.model_dump(mode="json", exclude_none=True) for m in messages]}
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -80,3 +82,61 @@ class Session:
 def list_sessions() -> list[str]:
     folder = sessions_dir()
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # http(s)://, oss://, file://, data:
+
+
+def absolute_ref(ref: str) -> str:
+    """A local path made absolute (against the current folder, ``~`` expanded); URLs and data: URLs as given."""
+    if _SCHEME.match(ref) and not re.match(r"^[A-Za-z]:[\\/]", ref):  # (a Windows drive is a path)
+        return ref
+    return str(Path(ref).expanduser().absolute())
+
+
+def _refs(part: ImagePart | VideoPart) -> list[str]:
+    value = part.image if isinstance(part, ImagePart) else part.video
+    return [value] if isinstance(value, str) else list(value)
+
+
+def absolute_media(message: Message) -> Message:
+    """The message with every local media path absolute."""
+    if isinstance(message.content, str) or not message.media():
+        return message
+    parts = []
+    for part in message.content:
+        if isinstance(part, ImagePart):
+            part = part.model_copy(update={"image": absolute_ref(part.image)})
+        elif isinstance(part, VideoPart):
+            video = part.video
+            part = part.model_copy(update={"video": absolute_ref(video) if isinstance(video, str)
+                                           else [absolute_ref(v) for v in video]})
+        parts.append(part)
+    return message.model_copy(update={"content": parts})
+
+
+def drop_unavailable_media(messages: list[Message]) -> tuple[list[Message], list[str]]:
+    """(messages, what was dropped): the history without the media items that can no longer be sent (a file
+    that has gone, moved or become unreadable), each turn kept with its text. Nothing is read but the file
+    system's entries; one line per dropped item says why."""
+    out: list[Message] = []
+    gone: list[str] = []
+    for message in messages:
+        if isinstance(message.content, str) or not message.media():
+            out.append(message)
+            continue
+        parts = []
+        for part in message.content:
+            if isinstance(part, ImagePart | VideoPart):
+                problems = []
+                for ref in _refs(part):
+                    try:
+                        classify(ref)
+                    except MediaError as exc:
+                        problems.append(exc.message)
+                if problems:
+                    gone.append(problems[0])
+                    continue
+            parts.append(part)
+        out.append(message.model_copy(update={"content": parts}))
+    return out, gone

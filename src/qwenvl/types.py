@@ -130,6 +130,9 @@ with warnings.catch_warnings():
         detail: Detail = "auto"
         json_mode: bool = False
         schema: dict[str, Any] | None = None
+        # structured output: an invalid answer is sent back once to be corrected (a second paid request);
+        # False: one request only, and StructuredOutputError (with .response) when the answer is invalid
+        repair: bool = True
         system: str | None = None
         messages: list[Message] = Field(default_factory=list)
         stream: bool = False

@@ -3,7 +3,8 @@
 Same flags (--request JSON | --file req.json, --json-mode, --schema FILE, --output FILE, --max-retries,
 --retry-backoff-s, --print-response), same request keys and the same result object
 ``{text, model, usage[, json]}``. As in the skill, an answer that is not valid JSON in JSON mode gives a
-result without ``json`` (with a warning on stderr) rather than a failure.
+result without ``json`` (with a warning on stderr) rather than a failure, after ONE request (no repair
+request); with a schema, an invalid answer is sent back once to be corrected.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def analyze(opts: dict[str, Any]) -> None:
         data["schema"] = load_schema(opts["schema_file"])
     for key in ("model", "timeout_s", "max_retries", "retry_backoff_s", "base_url"):
         if opts.get(key) is not None:
-            data[key] = opts[key]  # flags override the request, as in the skill
+            data[key] = opts[key]  # flags override the request, as in the skill (0 included)
+    if data.get("schema") is None:
+        data.setdefault("repair", False)  # JSON mode as in the skill: one request, never a paid second one
     output = check_writable(opts["output"]) if opts["output"] else None
     client = make_client(opts)
     call = client.plan(data)

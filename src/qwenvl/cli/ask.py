@@ -26,7 +26,8 @@ from qwenvl.preview import preview
 
 @click.command()
 @click.argument("media", nargs=-1)
-@click.option("-p", "--prompt", help="The question ('-' reads it from stdin). Or give it as the last argument.")
+@click.option("-p", "--prompt", help="The question ('-' reads it from stdin). Or give it as an argument, first or "
+                                     "last.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON (no streaming).")
 @click.option("--no-stream", is_flag=True, help="Wait for the whole answer instead of streaming it.")
 @click.option("--hide-reasoning", is_flag=True, help="Do not show the model's thinking.")
@@ -37,7 +38,9 @@ from qwenvl.preview import preview
 def ask(opts: dict[str, Any]) -> None:
     """Ask about images, a video or a PDF: qwenvl ask photo.jpg -p "What is this?"
 
-    MEDIA are local files, https:// URLs, file:// or data: URLs; a video file becomes sampled frames.
+    MEDIA are local files, https:// URLs, file:// or data: URLs, or - (a file on standard input); a video file
+    becomes sampled frames. Without -p the prompt is the one argument that is not a file or URL (first or
+    last); a missing file is an error (exit 3), never the prompt.
     """
     prompt, refs = prompt_and_media(opts["media"], opts["prompt"])
     images, video = split_media(refs)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,10 +17,11 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from qwenvl.batch.inputs import MEDIA_SUFFIXES, is_video
 from qwenvl.client import Client
 from qwenvl.config import PROTOCOLS, REGIONS
-from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
-from qwenvl.media.sources import classify, sniff
+from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
+from qwenvl.media.sources import classify
 from qwenvl.models import currency_of, estimate_cost, format_cost
 from qwenvl.structured import load_schema
 from qwenvl.types import Response
@@ -58,16 +63,23 @@ def _options(*decorators: Callable) -> Callable:
     return wrap
 
 
+model_option = click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
+region_option = click.option("--region", help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing, or "
+                                              "$QWENVL_REGION).")
+
 # --model --protocol --region --base-url and network settings: every verb that talks to a model.
 service_options = _options(
-    click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL)."),
+    model_option,
     click.option("--protocol", type=click.Choice(PROTOCOLS, case_sensitive=False),
                  help="Wire protocol: compat (OpenAI-compatible, default) or native (DashScope)."),
-    click.option("--region", help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing)."),
+    region_option,
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1."),
-    click.option("--timeout", "timeout_s", type=float, help="Seconds to wait for the service (default 120)."),
-    click.option("--max-retries", type=int, help="Retries on 429/5xx/time-outs (default 2)."),
-    click.option("--retry-backoff-s", type=float, help="Exponential backoff base in seconds (default 1.5)."),
+    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+                 help="Seconds to wait for the service (default 120)."),
+    click.option("--max-retries", type=click.IntRange(min=0),
+                 help="Retries on 429/5xx/time-outs (default 2; 0: none)."),
+    click.option("--retry-backoff-s", type=click.FloatRange(min=0),
+                 help="Exponential backoff base in seconds (default 1.5; 0: retry at once)."),
 )
 
 
@@ -124,11 +136,33 @@ _REQUEST_FROM_OPTIONS = ("model", "timeout_s", "max_retries", "retry_backoff_s",
                          "temperature", "top_p", "top_k", "seed", "detail", "vl_high_resolution_images",
                          "min_pixels", "max_pixels", "fps", "json_mode", "enable_thinking", "thinking_budget",
                          "upload", "fetch_urls", "video_as", "pages")
+# On/off flags (is_flag): False is only their default, never something the user said.
+_PLAIN_FLAGS = frozenset({"json_mode", "fetch_urls"})
+# Options whose empty value cannot mean anything: refused rather than silently replaced by the default.
+_NOT_EMPTY = {"model": "--model", "pages": "--pages", "region": "--region", "base_url": "--base-url"}
+
+
+def refuse_empty(opts: dict[str, Any]) -> None:
+    """A given but empty --model/--pages/--region/--base-url is a usage error, not "use the default"."""
+    for key, flag in _NOT_EMPTY.items():
+        value = opts.get(key)
+        if isinstance(value, str) and not value.strip():
+            raise UsageError(f"{flag} is empty", hint=f"Give a value, or leave {flag} out for the default.")
 
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
-    """Request fields from the options that were given (None and empty values mean 'not given')."""
-    fields = {k: opts[k] for k in _REQUEST_FROM_OPTIONS if opts.get(k) not in (None, False)}
+    """Request fields from the options that were given: only None means 'not given'.
+
+    A value of 0 or False is a value (``--temperature 0``, ``--seed 0``, ``--top-k 0``, ``--max-retries 0``,
+    ``--retry-backoff-s 0``, ``--no-thinking``, ``--no-high-res``) and reaches the Request as given; the
+    options' ranges and the Request decide what is valid (``--timeout 0`` is a usage error, exit 2)."""
+    refuse_empty(opts)
+    fields = {}
+    for key in _REQUEST_FROM_OPTIONS:
+        value = opts.get(key)
+        if value is None or (key in _PLAIN_FLAGS and value is False):
+            continue
+        fields[key] = value
     if opts.get("stop"):
         fields["stop"] = list(opts["stop"])
     if opts.get("schema_file"):
@@ -141,10 +175,115 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_client(opts: dict[str, Any]) -> Client:
+    refuse_empty(opts)
     return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"))
 
 
-_VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v")
+STDIN = "-"  # as a MEDIA argument: the file comes on standard input
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _is_reference(arg: str) -> bool:
+    """A file that exists, a URL, a data: URL or ``-``: never the prompt."""
+    if arg == STDIN or _SCHEME.match(arg) or arg[:5].lower() == "data:":
+        return True
+    try:
+        return Path(arg).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        return False
+
+
+def looks_like_file(arg: str) -> bool:
+    """An image, video or PDF name (by its suffix), or a path with a separator and no spaces."""
+    if "\n" in arg:
+        return False
+    if Path(arg).suffix.lower() in MEDIA_SUFFIXES:
+        return True
+    return any(sep in arg for sep in {"/", os.sep}) and not any(c.isspace() for c in arg)
+
+
+def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
+    hint = 'If this is the prompt, give it with -p "...".' if prompt_hint else None
+    return MediaError(f"file not found: {arg}", source=arg, hint=hint)
+
+
+def media_args(args: tuple[str, ...] | list[str]) -> list[str]:
+    """MEDIA arguments that must all be files, URLs or data: URLs (``-``: a file on standard input).
+
+    Raises MediaError (exit 3) for the first one that is none of them, before anything is sent."""
+    for arg in args:
+        if not _is_reference(arg):
+            raise _not_found(arg, prompt_hint=False)
+    return _checked(with_stdin(list(args)))
+
+
+def prompt_and_media(args: tuple[str, ...] | list[str], prompt: str | None, *, required: bool = True,
+                     has_prompt_option: bool = True) -> tuple[str | None, list[str]]:
+    """(prompt, media) from ``VERB MEDIA... [-p PROMPT]``, where the prompt may also be one of the arguments.
+
+    Without ``-p``, the prompt is the one argument that is not a file, a URL or a data: URL, first, last or
+    anywhere (``ask photo.jpg "What is this?"``, ``ask "What is this?" photo.jpg``). An argument that looks like
+    a file (an image, video or PDF name, a path with a separator) and does not exist is never the prompt: it
+    is an input error (MediaError, exit 3). Several candidates are a usage error (exit 2). ``-p -`` reads the
+    prompt from standard input, ``-`` as MEDIA the file; both at once is a usage error. Nothing is sent here.
+    """
+    refs: list[str] = []
+    words: list[str] = []
+    for arg in args:
+        if _is_reference(arg):
+            refs.append(arg)
+        elif looks_like_file(arg):
+            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option)
+        else:
+            words.append(arg)
+    if prompt is not None and words:
+        raise _not_found(words[0], prompt_hint=False)
+    if prompt is None and len(words) == 1:
+        prompt = words[0]
+    elif len(words) > 1:
+        shown = ", ".join(repr(w) for w in words[:4]) + (", ..." if len(words) > 4 else "")
+        raise UsageError(f"{len(words)} arguments are neither files nor URLs: {shown}",
+                         hint='Quote the prompt as one argument (or give it with -p "..."), and check the file '
+                              "names.")
+    if prompt == STDIN:
+        if STDIN in refs:
+            raise UsageError("standard input can hold the prompt (-p -) or a file (-), not both")
+        prompt = sys.stdin.read()
+    if prompt is None:
+        if required:
+            raise UsageError("no prompt: give one with -p \"...\" (or as an argument)")
+        return None, _checked(with_stdin(refs))
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    return prompt, _checked(with_stdin(refs))
+
+
+def _checked(refs: list[str]) -> list[str]:
+    """Every reference classified now (a folder, an unreadable file, a bad URL: MediaError, exit 3)."""
+    for ref in refs:
+        classify(ref)
+    return refs
+
+
+def with_stdin(refs: list[str]) -> list[str]:
+    """``-`` replaced by a temporary file holding standard input's bytes (removed when the command ends)."""
+    if STDIN not in refs:
+        return refs
+    if refs.count(STDIN) > 1:
+        raise UsageError("'-' (standard input) can be given only once")
+    if sys.stdin.isatty():
+        raise UsageError("'-' reads a file from standard input, but standard input is a terminal",
+                         hint="Pipe the file in: cat photo.jpg | qwenvl ask - -p \"...\"")
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise MediaError("standard input is empty: no file came through '-'", source=STDIN)
+    folder = Path(tempfile.mkdtemp(prefix="qwenvl-stdin-"))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(lambda: shutil.rmtree(folder, ignore_errors=True))
+    path = folder / "stdin"
+    path.write_bytes(data)
+    return [str(path) if ref == STDIN else ref for ref in refs]
 
 
 def split_media(refs: list[str]) -> tuple[list[str], str | list[str] | None]:
@@ -152,37 +291,10 @@ def split_media(refs: list[str]) -> tuple[list[str], str | list[str] | None]:
     images: list[str] = []
     videos: list[str] = []
     for ref in refs:
-        source = classify(ref)
-        if source.kind == "file" and source.path is not None:
-            try:
-                with source.path.open("rb") as fh:
-                    head = fh.read(4096)
-            except OSError:
-                head = b""
-            is_video = (sniff(head) or "").startswith("video/")
-        else:
-            is_video = source.kind in ("url", "oss") and Path(ref.split("?")[0]).suffix.lower() in _VIDEO_SUFFIXES
-        (videos if is_video else images).append(ref)
+        (videos if is_video(ref) else images).append(ref)
     if len(videos) > 1:
         raise UsageError("one video per question: give the others in separate questions")
     return images, (videos[0] if videos else None)
-
-
-def prompt_and_media(args: tuple[str, ...], prompt: str | None) -> tuple[str, list[str]]:
-    """`ask IMAGE... -p PROMPT`, or `ask IMAGE... "PROMPT"` (the last argument, when it is not a file)."""
-    refs = list(args)
-    if prompt is None and refs:
-        last = refs[-1]
-        looks_like_media = Path(last).expanduser().exists() or "://" in last[:12] or last.startswith("data:")
-        if not looks_like_media:
-            prompt = refs.pop()
-    if prompt == "-":
-        prompt = sys.stdin.read()
-    if prompt is None:
-        raise UsageError("no prompt: give one with -p \"...\" (or as the last argument)")
-    if not prompt.strip():
-        raise UsageError("the prompt is empty")
-    return prompt, refs
 
 
 def usage_line(response: Response, region: str | None = None) -> str:

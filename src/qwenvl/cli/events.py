@@ -13,6 +13,7 @@ from qwenvl.cli.common import (
     make_client,
     pass_opts,
     print_json,
+    prompt_and_media,
     request_fields,
     service_options,
     split_media,
@@ -39,12 +40,16 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 def events(opts: dict[str, Any]) -> None:
     """A timeline of a video: qwenvl events clip.mp4 [--sheet frames.png]
 
-    MEDIA is a video file or URL, or several frame images (sampled at --fps, default 2). The answer is
+    MEDIA is a video file or URL (- for standard input), or several frame images (sampled at --fps, default 2);
+    a prompt may be given as an argument instead of -p. The answer is
     validated as JSON, its times are checked against the clip's duration and sorted; prints one line per
     event: start–end event.
     """
     refuse_structured(opts, "events")
-    images, video = split_media(list(opts["media"]))
+    prompt, refs = prompt_and_media(opts["media"], opts["prompt"], required=False)
+    if not refs:
+        raise UsageError("events needs a video (a file or URL) or frame images")
+    images, video = split_media(refs)
     if video is not None and images:
         raise UsageError("give one video, or frame images only, not both")
     target: str | list[str] = video if video is not None else images
@@ -55,7 +60,7 @@ def events(opts: dict[str, Any]) -> None:
         sheet = check_writable(opts["sheet_file"])
     fields = request_fields(opts)
     client = make_client(opts)
-    call = plan_events(client, target, prompt=opts["prompt"], **fields)
+    call = plan_events(client, target, prompt=prompt, **fields)
     if opts["dry_run"]:
         dry_run(client, call)
         return

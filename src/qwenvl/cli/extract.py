@@ -15,12 +15,12 @@ from qwenvl.cli.common import (
     make_client,
     pass_opts,
     print_json,
+    prompt_and_media,
     request_fields,
     service_options,
 )
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import UsageError
-from qwenvl.media.sources import classify
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
 
 
@@ -46,22 +46,22 @@ def extract(opts: dict[str, Any]) -> None:
                          hint='For example {"type": "object", "properties": {"title": {"type": "string"}}}')
     fields = request_fields(opts)  # loads and checks the schema: a bad one stops here (exit 2)
     schema = fields.pop("schema")
-    files = list(opts["files"])
-    for file in files:  # every file is found before anything is sent
-        classify(file)
+    prompt, files = prompt_and_media(opts["files"], opts["prompt"], required=False)  # every file is found here
+    if not files:
+        raise UsageError("extract needs at least one file")
     csv_path = check_writable(opts["csv_file"]) if opts["csv_file"] else None
     client = make_client(opts)
     if opts["dry_run"]:
-        dry_run(client, plan_extract(client, files[0], schema, prompt=opts["prompt"], **dict(fields)))
+        dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)))
         return
     rows: list[Extraction] = []
     with client:
         if len(files) == 1 and not opts["jsonl"] and csv_path is None:
-            response = client.send(plan_extract(client, files[0], schema, prompt=opts["prompt"], **fields))
+            response = client.send(plan_extract(client, files[0], schema, prompt=prompt, **fields))
             print_json(response.json)  # an answer still invalid after the repair raised: exit 5, raw answer shown
             show_usage(response, region=opts["region"])
             return
-        for row in extract_many(client, files, schema, prompt=opts["prompt"], **fields):
+        for row in extract_many(client, files, schema, prompt=prompt, **fields):
             rows.append(row)
             if csv_path is None:
                 click.echo(json.dumps(row.line(), ensure_ascii=False))

@@ -13,6 +13,7 @@ from qwenvl.cli.common import (
     make_client,
     pass_opts,
     print_json,
+    prompt_and_media,
     request_fields,
     service_options,
 )
@@ -42,13 +43,19 @@ READINGS = {"relative-1000": "a 0-1000 grid", "absolute": "pixels of the image a
 def ground(opts: dict[str, Any]) -> None:
     """Find things in an image: qwenvl ground photo.jpg "every person and dog" [--out boxes.png]
 
+    IMAGE and QUERY may come in either order; IMAGE may be - (the file on standard input).
+
     The model is asked in its family's trained format (Qwen3-VL: a 0-1000 grid; Qwen2.5-VL: pixels of the
     resized image, points as XML) and every box is converted to the ORIGINAL image's pixels. Prints one line
     per box: label x1 y1 x2 y2. Answers that break the family's convention, boxes outside the image and
     answers cut off at --max-tokens (default 2048 here) are read as well as they can be, with a warning.
     """
     refuse_structured(opts, "ground")
-    image = opts["image"]
+    query, refs = prompt_and_media((opts["image"], opts["query"]), None, required=False, has_prompt_option=False)
+    if query is None or len(refs) != 1:
+        raise UsageError("ground takes one image and a query: qwenvl ground photo.jpg \"every dog\"",
+                         hint="Either order works; the query is the argument that is not a file or URL.")
+    image = refs[0]
     out = None
     if opts["out_file"]:
         if classify(image).is_remote:
@@ -61,7 +68,7 @@ def ground(opts: dict[str, Any]) -> None:
     if pdf:
         fields["pages"] = str(opts["page"] or 1)
     client = make_client(opts)
-    call = plan_ground(client, image, opts["query"], points=opts["points"], **fields)
+    call = plan_ground(client, image, query, points=opts["points"], **fields)
     if opts["dry_run"]:
         dry_run(client, call)
         return

@@ -12,6 +12,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    media_args,
     pass_opts,
     request_fields,
     service_options,
@@ -56,7 +57,7 @@ def ocr(opts: dict[str, Any]) -> None:
     the output is empty, a note says so on stderr, and the exit status is still 0.
     """
     refuse_structured(opts, "ocr")
-    source = opts["file"]
+    source = media_args([opts["file"]])[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
     output = check_writable(opts["output"]) if opts["output"] else None

@@ -1,9 +1,12 @@
 """`qwenvl tokens FILE...`: what each image, video or PDF costs in tokens and money, sending nothing.
 
-The estimate itself is ``qwenvl.estimate.estimate_files`` (each file checked and prepared exactly as `ask` would
-prepare it; ``--fast`` from the headers only, without the bytes: "-"); this module renders it. The cost covers
-the media's input tokens only: the prompt and the answer come on top. It is in the region's currency
-(``--region``: ¥ in Beijing, $ in Singapore and Virginia), every item at the price tier of the files' total.
+Each file is checked and prepared exactly as `ask` would prepare it (``qwenvl.media.prepare``), so the sizes,
+formats, bytes and token counts are those of the request that would be sent. ``--fast`` works from the headers
+instead (estimate-only mode: nothing decoded, encoded or rendered): the same sizes and tokens, without the
+bytes ("-"), and the likely format for images other than JPEG. The cost covers the media's input tokens only:
+the prompt and the answer come on top, in the region's currency (``--region``: ¥ in Beijing, $ in Singapore and
+Virginia), every item at the price tier of the files' total. The estimate itself is
+``qwenvl.estimate.estimate_files`` (shared with the MCP ``estimate`` tool); this module renders it.
 """
 
 from __future__ import annotations
@@ -14,15 +17,24 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.cli.common import (
+    err_console,
+    model_option,
+    out_console,
+    pass_opts,
+    print_json,
+    region_option,
+    request_fields,
+)
+from qwenvl.errors import EXIT_INPUT
 from qwenvl.estimate import estimate_files
 from qwenvl.models import format_cost
 
 
 @click.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
-@click.option("--region", help="Prices of this region: cn (CNY, default, or $QWENVL_REGION), intl or us (USD).")
+@model_option
+@region_option
 @click.option("--detail", type=click.Choice(["auto", "low", "high"]),
               help="Image detail: low = smaller budget, high = vl_high_resolution_images.")
 @click.option("--high-res/--no-high-res", "vl_high_resolution_images", default=None,
@@ -38,18 +50,21 @@ from qwenvl.models import format_cost
 def tokens(opts: dict[str, Any]) -> None:
     """Tokens and estimated cost of images, videos and PDFs, as they would be sent: qwenvl tokens *.jpg
 
-    Nothing is sent. FILES are local files, https:// URLs (tokens unknown: the service fetches them),
-    file:// or data: URLs.
+    Nothing is sent. FILES are local files, folders (walked for images, videos and PDFs, as `batch` does),
+    globs, https:// URLs (tokens unknown: the service fetches them), file:// or data: URLs. A file that
+    cannot be sent is reported on its own row and the others go on; the exit status is then 3.
     """
-    result = estimate_files(opts["files"], model=opts["model"], detail=opts["detail"],
-                            vl_high_resolution_images=opts["vl_high_resolution_images"],
-                            min_pixels=opts["min_pixels"], max_pixels=opts["max_pixels"], fps=opts["fps"],
-                            pages=opts["pages"], prepare=not opts["no_resize"], fast=opts["fast"],
-                            region=opts["region"])
+    fields = request_fields(opts)  # the same options, model and region handling as every verb
+    result = estimate_files(opts["files"], fast=opts["fast"], region=opts["region"], **fields)
     if opts["as_json"]:
         print_json(result)
-        return
-    _print_table(result)
+    else:
+        _print_table(result)
+    failed, files = result["total"]["failed"], len({r["source"].split(" [")[0] for r in result["items"]})
+    if failed:
+        err_console().print(f"[bold red]{failed} of {files} file{'s' if files != 1 else ''} could not be "
+                            "estimated[/]", highlight=False)
+        click.get_current_context().exit(EXIT_INPUT)
 
 
 def _size(row: dict[str, Any]) -> str:
@@ -70,9 +85,8 @@ def _bytes(n: int) -> str:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    rows = result["items"]
+    rows, currency = result["items"], result["currency"]
     total_tokens, total_cost, unknown = (result["total"][k] for k in ("tokens", "cost", "unknown"))
-    currency = result["currency"]
 
     def _money(value: float | None) -> str:
         return format_cost(value, currency, digits=5)
@@ -87,20 +101,27 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column("tokens", justify="right")
     table.add_column(f"cost ({currency})", justify="right")
     for row in rows:
-        table.add_row(row["source"], _size(row), _bytes(row["bytes_sent"]),
+        if "error" in row:
+            table.add_row(escape(row["source"]), f"[red]error:[/] {escape(row['error'])}", "", "-", "-")
+            continue
+        table.add_row(escape(row["source"]), _size(row), _bytes(row["bytes_sent"]),
                       "unknown" if row["tokens"] is None else f"{row['tokens']:,}", _money(row["cost"]))
+    counted = [r for r in rows if "error" not in r]
     suffix = f" + {unknown} unknown" if unknown else ""
     table.add_section()
-    table.add_row(f"total ({len(rows)} item{'s' if len(rows) != 1 else ''})", "", "",
+    table.add_row(f"total ({len(counted)} item{'s' if len(counted) != 1 else ''})", "", "",
                   f"{total_tokens:,}{suffix}", _money(total_cost) if total_tokens or not unknown else "unknown")
     console.print(table)
     estimated = False
-    for row in rows:
+    for row in counted:
         for note in row["notes"]:
             if note.startswith("estimate only"):  # said once, below
                 estimated = True
                 continue
             console.print(f"[dim]{escape(row['source'])}: {escape(note)}[/]", highlight=False)
+    for row in rows:
+        if "error" in row and row.get("hint"):
+            console.print(f"[dim]{escape(row['source'])}: {escape(row['hint'])}[/]", highlight=False)
     if estimated:
         console.print("[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "
                       "the bytes sent are known when a request is prepared.[/]", highlight=False)

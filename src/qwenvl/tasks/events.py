@@ -108,7 +108,7 @@ def parse_time(value: Any) -> float | None:
 def plan_events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EVENTS_MAX_TOKENS, model.max_output_tokens))
-    return client.plan(prompt=prompt or EVENTS_PROMPT, video=video, schema=EVENTS_SCHEMA, **fields)
+    return client.plan(prompt=EVENTS_PROMPT if prompt is None else prompt, video=video, schema=EVENTS_SCHEMA, **fields)
 
 
 def _video_item(call: Call) -> Any:

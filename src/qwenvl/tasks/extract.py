@@ -37,7 +37,8 @@ def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
 def plan_extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Any:
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
-    return client.plan(prompt=prompt or EXTRACT_PROMPT, images=[file], **_schema_fields(schema, fields))
+    return client.plan(prompt=EXTRACT_PROMPT if prompt is None else prompt, images=[file],
+                       **_schema_fields(schema, fields))
 
 
 def extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:

@@ -1,0 +1,76 @@
+"""`qwenvl chat` with piped input: local commands, attachments checked at once, sessions that resume anywhere.
+
+(On a real terminal, with Ctrl-C and line editing: tests/test_chat_tty.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_image
+
+
+def _texts(server) -> list[str]:
+    """The last user text of each model request."""
+    return [r.json["messages"][-1]["content"][-1]["text"] for r in server.requests if r.json]
+
+
+def test_slash_commands_are_never_sent(server, env, png):
+    lines = ["/help", "/foo", "/image", "/image nothere.png", "/IMAGE   ", "/usr/bin holds programs?", "/exit",
+             "never read"]
+    p = run_cli("chat", env=env, input="\n".join(lines) + "\n")
+    assert p.returncode == 0, p.stderr
+    for usage in ("/image PATH", "/reset", "/history", "/help", "/exit"):  # /help lists the commands
+        assert usage in p.stderr
+    assert "unknown command /foo" in p.stderr and "nothing was sent" in p.stderr
+    assert p.stderr.count("usage: /image PATH") == 2  # a bare /image, in any case, with trailing spaces
+    assert "file not found: nothere.png" in p.stderr  # checked at once, when attached
+    assert _texts(server) == ["/usr/bin holds programs?"]  # a path is a message, not a command
+
+
+def test_image_command_attaches_checked_files(server, env, png, isolated_env):
+    write_image(isolated_env / "my photo.jpg", fmt="JPEG")
+    p = run_cli("chat", env=env, input=f"/image {png.name} 'my photo.jpg'\nwhat are these?\nand now?\n")
+    assert p.returncode == 0, p.stderr
+    assert "attached" in p.stderr
+    assert "echo: what are these? [images=2" in p.stdout
+    assert "echo: and now? [images=2" in p.stdout  # attached once, kept in the conversation
+
+
+def test_chat_refuses_a_missing_file_before_starting(server, env):
+    p = run_cli("chat", "nothere.jpg", env=env, input="hello\n")
+    assert p.returncode == 3 and "file not found: nothere.jpg" in p.stderr
+    p = run_cli("chat", "-", env=env, input="hello\n")
+    assert p.returncode == 2 and "standard input" in p.stderr
+    assert server.requests == []
+
+
+def test_session_resumes_from_any_folder_and_a_vanished_file_is_said_once(server, env, isolated_env,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    trip = isolated_env / "trip"
+    trip.mkdir()
+    photo = write_image(trip / "beach.png")
+    monkeypatch.chdir(trip)
+    p = run_cli("chat", "beach.png", "--session", "trip", env=env, input="what is here?\n")  # a relative path
+    assert p.returncode == 0 and "[images=1" in p.stdout, p.stderr
+    saved = json.loads((Path.home() / ".qwenvl" / "sessions" / "trip.json").read_text())
+    assert saved["messages"][0]["content"][0]["image"] == str(photo)  # stored absolute
+
+    elsewhere = isolated_env / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    p = run_cli("chat", "--session", "trip", env=env, input="and the colours?\n")
+    assert p.returncode == 0, p.stderr
+    assert "echo: and the colours? [images=1" in p.stdout  # the image of the first turn, found from here
+
+    photo.unlink()
+    p = run_cli("chat", "--session", "trip", env=env, input="still there?\nand now?\n")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("file not found") == 1 and "kept" in p.stderr  # said once, not on every message
+    assert "echo: still there? [images=0" in p.stdout and "echo: and now? [images=0" in p.stdout
+    last = server.requests[-1].json["messages"]
+    assert last[0]["content"][-1]["text"] == "what is here?"  # the turn is kept, without the file
+    assert len(last) == 7
