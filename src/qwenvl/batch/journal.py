@@ -126,8 +126,12 @@ def _sidecars(path: Path) -> list[Path]:
 
 
 def _ro(path: Path) -> sqlite3.Connection:
-    """A read-only connection: nothing is created, migrated or converted (the file may not be ours)."""
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2, isolation_level=None)
+    """A read-only connection: nothing is created, migrated or converted (the file may not be ours). Without a
+    ``-wal`` file beside it (a journal closed cleanly, or not in WAL mode) the file is opened ``immutable``, so
+    that SQLite creates no ``-shm``/``-wal`` files either; with one, its commits are read too."""
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("" if wal else "&immutable=1")
+    conn = sqlite3.connect(uri, uri=True, timeout=2, isolation_level=None)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -260,8 +264,8 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def _io_error(path: Path, exc: BaseException) -> UsageError:
     if is_disk_full(exc):
-        return UsageError(f"no space left on the device of {path}: the run stopped; every answer received so far "
-                          "is kept in the journal",
+        return UsageError(f"no space left on the device of {path}: stopped; every answer received is kept in the "
+                          "journal",
                           hint="Free some space and run the same command again: only unfinished items are sent.")
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return UsageError(f"cannot write {path}: {reason}",
@@ -405,8 +409,15 @@ class Journal:
         (``RESERVE_PER_SLOT`` each): a disk without that much room is refused here, before anything is sent."""
         size = min(RESERVE_MAX, max(RESERVE_MIN, slots * RESERVE_PER_SLOT))
         self._reserve = self.path.with_name(self.path.name + RESERVE_SUFFIX)
-        with self._io(self._reserve):
+        try:
             _allocate(self._reserve, size)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise UsageError(f"not enough free space beside {self.path} to run: {size // 2**20} MB are kept "
+                                 f"for the answers in flight ({RESERVE_PER_SLOT // 1024} kB per request)",
+                                 hint="Free some space, lower --concurrency, or write the output elsewhere.") \
+                    from None
+            raise _io_error(self._reserve, exc) from None
         self._queue = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, args=(csv_path, flush_interval_s),
                                         name="qwenvl-journal", daemon=True)

@@ -483,7 +483,7 @@ class _Realtime:
             self.journal.stop_writer()
         if self.fatal is not None:
             error = self.fatal
-            if isinstance(error, QwenVLError):
+            if isinstance(error, QwenVLError) and not isinstance(error, UsageError):  # journal errors say it
                 error.hint = (f"{error.hint + ' ' if error.hint else ''}The batch stopped at once; what "
                               f"finished ({self.prog.done} of {self.prog.total} items) is kept in "
                               f"{self.batch.output}: run the same command again to resume.")
