@@ -261,17 +261,19 @@ def test_a_fifo_inside_a_folder_is_skipped_not_read(server, env, isolated_env):
 
 # --- a full disk -----------------------------------------------------------------------------------------
 
-def test_a_full_disk_mid_batch_loses_no_paid_answer(server, isolated_env):
-    """Output and journal on an 8 MB filesystem; 30 kB answers fill it mid-batch. The run stops with one line
-    (exit 2); every answer the server gave is in the journal; the resumed run (after room is made) sends only
-    the others: across both runs each question is paid exactly once."""
+@pytest.mark.parametrize(("concurrency", "size"), [(4, "8m"), (32, "12m")])  # reserves of 4 and 8 MB
+def test_a_full_disk_mid_batch_loses_no_paid_answer(server, isolated_env, concurrency, size):
+    """Output and journal on a small filesystem (the reserve + 4 MB); 30 kB answers fill it mid-batch. The run
+    stops with one line (exit 2); every answer the server gave is in the journal; the resumed run (after room
+    is made) sends only the others: across both runs each question is paid exactly once."""
     n = 200
     reqs = write_requests(isolated_env / "r.jsonl", n)
     server.enqueue(Reply(text="x" * 30_000, delay_s=0.02, times=100_000))
     env = cli_env(server)
     disk = isolated_env / "disk"
-    with tmpfs(disk, "size=8m"):
-        p = subprocess.run(batch_cmd(server, reqs, disk / "out.jsonl", "--concurrency", "4", "--yes"), env=env,
+    with tmpfs(disk, f"size={size}"):
+        p = subprocess.run(batch_cmd(server, reqs, disk / "out.jsonl", "--concurrency", str(concurrency), "--yes"),
+                           env=env,
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, p.stderr
         [line] = error_lines(p.stderr)

@@ -28,9 +28,9 @@ damaged or foreign is refused with a one-line error naming the file and ``--fres
 
 **No paid answer is lost.** ``finish`` returns a future that the writer completes once the item's row is
 committed; the runner waits for it before releasing the request's slot. The writer keeps a reserve file
-(``RESERVE_BYTES`` per slot, pre-allocated beside the journal) and deletes it when the disk is full, so the
-answers still in flight can be committed; then every later ``finish`` raises a one-line ``UsageError``
-("no space left"), the run stops sending, and the same command resumes once space is freed.
+(``RESERVE_PER_SLOT`` per slot, pre-allocated beside the journal) and deletes it when the disk is full, so the
+answers still in flight can be committed; ``write_error`` then holds the one-line ``UsageError`` ("no space
+left"), the runner sends nothing more, and the same command resumes once space is freed.
 """
 
 from __future__ import annotations
@@ -281,7 +281,8 @@ class Journal:
         self.output = Path(output)
         self.path = journal_path(self.output)
         self.fresh = fresh
-        self.full: UsageError | None = None  # set when the disk filled: stop sending, keep committing
+        self.write_error: UsageError | None = None  # the journal or output could not be written (e.g. a full disk):
+        # the run sends nothing more, and keeps committing the answers in flight
         self._conn: sqlite3.Connection | None = None
         self._lock: FileLock | None = None
         self._queue: queue.SimpleQueue[Any] | None = None
@@ -424,7 +425,7 @@ class Journal:
         self._writer.start()
 
     def stop_writer(self) -> None:
-        """Commit everything queued and stop the thread (errors are in the futures and in ``full``)."""
+        """Commit everything queued and stop the thread (errors are in the futures and in ``write_error``)."""
         if self._queue is None or self._writer is None:
             return
         self._queue.put(_STOP)
@@ -443,7 +444,8 @@ class Journal:
         return True
 
     def _commit(self, rows: list[tuple]) -> BaseException | None:
-        """Commit finished rows; on a full disk, free the reserve and commit them with it, and set ``full``."""
+        """Commit finished rows, or return the UsageError saying why they could not be; either way a failure
+        sets ``write_error``. On a full disk the reserve is freed and the commit tried once more with its room."""
         for attempt in (1, 2):
             try:
                 with self._transaction():
@@ -451,11 +453,8 @@ class Journal:
                 return None
             except (sqlite3.Error, OSError) as exc:
                 error = _io_error(self.path, exc)
-                if not is_disk_full(exc):
-                    self.full = self.full or error
-                    return error
-                self.full = self.full or error
-                if attempt == 2 or not self._release_reserve():
+                self.write_error = self.write_error or error
+                if attempt == 2 or not is_disk_full(exc) or not self._release_reserve():
                     return error
         return None  # pragma: no cover - the loop returns
 
@@ -483,12 +482,12 @@ class Journal:
                         done.set_exception(error)
             if stop:
                 return
-            if self.full is None and time.monotonic() - last_flush >= every:
+            if self.write_error is None and time.monotonic() - last_flush >= every:
                 started = time.monotonic()
                 try:
                     self.write_outputs(csv_path)
                 except UsageError as exc:  # e.g. no room for the new output: stop sending; the journal has it all
-                    self.full = exc
+                    self.write_error = exc
                 last_flush = time.monotonic()
                 every = max(interval, 20 * (last_flush - started))  # writing stays under 5% of the time
 

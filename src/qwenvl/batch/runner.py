@@ -541,8 +541,8 @@ class _Realtime:
                 from None
         except QwenVLError as exc:
             raise _Fatal(exc) from exc
-        if self.journal.full is not None:
-            raise _Fatal(self.journal.full)
+        if self.journal.write_error is not None:
+            raise _Fatal(self.journal.write_error)
 
     def _item(self, item: BatchItem, client: Client) -> None:
         fields = {**item.request, "max_retries": 0}  # the batch owns retries: the limiter must see every 429
