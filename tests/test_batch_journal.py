@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -307,3 +308,32 @@ def test_a_disk_too_full_to_start_is_refused_before_anything_is_sent(server, iso
         assert "not enough free space" in line and "4 MB" in line, line
         assert "--concurrency" in p.stderr
         assert server.requests == []
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------------------
+
+def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
+    """Requests in flight when Ctrl-C arrives are paid for: their answers are awaited (up to a grace period)
+    and recorded, so the resumed run does not pay for them again."""
+    reqs = write_requests(isolated_env / "r.jsonl", 16)
+    server.enqueue(Reply(delay_s=1.5, times=10_000))
+    env = cli_env(server)
+    proc = subprocess.Popen(batch_cmd(server, reqs, "out.jsonl", "--concurrency", "4"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(model_calls(server)) >= 4), "no request in flight"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "run the same command again" in err
+    first = asked(server)
+    assert 4 <= len(first) < 16
+    assert {f"question {i[1:]}" for i in ok_ids(journal_path(isolated_env / "out.jsonl"))} == set(first)
+    server.reset()
+    p = subprocess.run(batch_cmd(server, reqs, "out.jsonl"), env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert sorted(first + asked(server)) == [f"question {i:03d}" for i in range(16)]  # each paid once

@@ -91,6 +91,7 @@ RATE_LIMIT_RETRIES = 10  # 429s one item may meet before it is recorded as an er
 FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarely when it is large)
 PLAN_THREADS = 4
 CONNECTIONS_PER_POOL = 8
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long the answers already in flight are awaited (and recorded)
 COMMIT_TIMEOUT_S = 120.0  # the longest a worker waits for its answer's commit (SQLite's busy timeout is 10 s)
 
 
@@ -477,6 +478,7 @@ class _Realtime:
         finally:
             self.stop.set()
             self.limiter.wake()
+            self._drain(workers)
             with self.lock:
                 self.accepting = False
                 self._report()
@@ -488,6 +490,18 @@ class _Realtime:
                               f"finished ({self.prog.done} of {self.prog.total} items) is kept in "
                               f"{self.batch.output}: run the same command again to resume.")
             raise error
+
+    @staticmethod
+    def _drain(workers: list[threading.Thread]) -> None:
+        """After a stop (Ctrl-C included), wait up to ``INTERRUPT_GRACE_S`` for the requests in flight: their
+        answers are paid for, so they are recorded rather than dropped. A second Ctrl-C leaves at once."""
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        try:
+            for w in workers:
+                while w.is_alive() and time.monotonic() < deadline:
+                    w.join(0.1)
+        except KeyboardInterrupt:
+            pass
 
     def _worker(self, queue: Any, client: Client) -> None:
         try:
