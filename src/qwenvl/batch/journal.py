@@ -488,6 +488,8 @@ class Journal:
                     self.write_outputs(csv_path)
                 except UsageError as exc:  # e.g. no room for the new output: stop sending; the journal has it all
                     self.write_error = exc
+                except Exception as exc:  # a bug: stop sending rather than let the thread die unheard
+                    self.write_error = UsageError(f"cannot write {self.output}: {type(exc).__name__}: {exc}")
                 last_flush = time.monotonic()
                 every = max(interval, 20 * (last_flush - started))  # writing stays under 5% of the time
 
