@@ -337,3 +337,30 @@ def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
     p = subprocess.run(batch_cmd(server, reqs, "out.jsonl"), env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert sorted(first + asked(server)) == [f"question {i:03d}" for i in range(16)]  # each paid once
+
+
+def test_a_full_disk_while_merging_batch_api_results_pays_nothing_twice(isolated_env):
+    """The Batch API's answers are paid when the job runs: a disk that fills while they are merged stops the run
+    with one error (no traceback), and the next run merges the same job again instead of submitting another."""
+    from batch_server import BatchServer
+    from qwenvl.batch import Batch, BatchItem
+    from qwenvl.errors import UsageError
+
+    items = [BatchItem(id=f"t{i:03d}", request={"prompt": f"{i:03d} " + "x" * 30_000}) for i in range(150)]
+    disk = isolated_env / "disk"
+    with BatchServer(api_key=API_KEY) as srv, tmpfs(disk, "size=3m"):
+        def job() -> Batch:
+            return Batch(items, disk / "out.jsonl", api_key=API_KEY, base_url=srv.url, mode="batch-api",
+                         poll_interval_s=0.01)
+
+        with pytest.raises(UsageError, match="no space left") as info:
+            job().run()
+        assert "run the same command again" in info.value.hint
+        assert len(srv.batches) == 1
+        done = ok_ids(journal_path(disk / "out.jsonl"))
+        assert 0 < len(done) < len(items)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        summary = job().run()
+        assert summary.ok == len(items) and summary.error == 0
+        assert len(srv.batches) == 1  # merged again from the same job: nothing submitted (or paid) twice
+        assert len((disk / "out.jsonl").read_text().splitlines()) == len(items)
