@@ -30,8 +30,9 @@ def model_calls(server) -> list:
 
 
 def asked(server) -> list[str]:
-    """The question of every request the server answered (each one a paid request)."""
-    return [r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server)]
+    """The question of every request the server answered (each one a paid request); a body cut short by a
+    kill could not be parsed, so it was not answered."""
+    return [r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server) if r.json]
 
 
 def write_requests(path: Path, n: int = N) -> Path:
