@@ -337,8 +337,13 @@ class Batch:
     # --- running ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
         """Run to the end. A 401/403 stops it at once (raised, after the outputs are written); Ctrl-C leaves
-        a run that the same call resumes. ``progress`` is called (from worker threads, one at a time) after
-        every finished item."""
+        a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
+        kept). ``progress`` is called (from worker threads, one at a time) after every finished item.
+
+        Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
+        included), when the journal is damaged or foreign, or when the output cannot be written; and during
+        the run when the journal cannot be written (a full disk: every answer received is kept, and the same
+        call resumes once there is room)."""
         est = self._estimate or self.estimate()
         started = time.monotonic()
         prog = Progress(total=est.pending, phase=self.mode if self.mode == "realtime" else "upload")
