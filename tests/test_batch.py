@@ -57,8 +57,8 @@ def test_files_folders_and_globs(server, env, isolated_env):
     write_image(photos / "sub" / "b.jpg", fmt="JPEG")
     (photos / "notes.txt").write_text("not media")
     (photos / ".hidden.png").write_bytes(b"x")
-    write_image(isolated_env / "c.png")
-    write_image(isolated_env / "d.png")
+    write_image(isolated_env / "c.png", color=(1, 2, 3))  # distinct: identical bytes could be a cache hit
+    write_image(isolated_env / "d.png", color=(4, 5, 6))
     p = run_cli("batch", "photos", "c.png", "d*.png", "-p", "Caption this", "-o", "out/caps.jsonl",
                 "--csv", "out/caps.csv", "--base-url", server.url, env=env)
     assert p.returncode == 0, p.stderr
@@ -190,7 +190,6 @@ def test_usage_errors(server, env, isolated_env):
         (["x.png", "-o", "o.jsonl"], "no prompt"),
         (["-p", "hi", "-o", "o.jsonl"], "nothing to do"),
         (["x.png", "-p", "hi", "--requests", "r.jsonl", "-o", "o.jsonl"], "not both"),
-        (["nothing*.png", "-p", "hi", "-o", "o.jsonl"], "no file matches"),
         (["--requests", "absent.jsonl", "-o", "o.jsonl"], "cannot read the requests file"),
         (["x.png", "-p", "hi", "-o", "o.jsonl", "--mode", "batch-api", "--region", "intl"], "Beijing"),
     ]
@@ -347,7 +346,8 @@ def test_resume_after_sigkill(server, isolated_env):
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL and 10 <= len(finished) < n
     finished = done_ids()  # what survived the kill (committed before it)
-    first_run = {r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server)}
+    first_run = {r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server)
+                 if r.json}  # a body cut by the kill was never answered
     if (isolated_env / "out.jsonl").exists():  # never half-written: whole JSON lines only
         assert all(json.loads(line)["status"] == "ok" for line in (isolated_env / "out.jsonl").read_text().splitlines())
     server.reset()

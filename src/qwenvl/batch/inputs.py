@@ -56,7 +56,7 @@ def _walk(folder: Path) -> list[Path]:
         for name in sorted(files):
             if not name.startswith("."):
                 path = Path(root) / name
-                if _is_media_file(path):
+                if path.is_file() and _is_media_file(path):  # not a pipe, socket or device (reading one blocks)
                     found.append(path)
     return found
 
@@ -67,7 +67,11 @@ _URL_PREFIXES = ("http://", "https://", "oss://", "data:", "file://")
 def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
     """Media references from arguments: URLs as given; files as given (even missing or invalid ones: they
     become item errors); folders walked recursively for media files (hidden ones skipped); globs expanded
-    (``**`` included). Duplicates are dropped, order is kept."""
+    (``**`` included). Duplicates are dropped, order is kept.
+
+    Raises MediaError (an input error, exit 3) for a glob that matches nothing and for a missing folder: an
+    argument that does not exist and ends with a path separator or has no extension (``photos/``,
+    ``photos``), which cannot be meant as one media file."""
     refs: list[str] = []
     for arg in inputs:
         if arg[:12].lower().startswith(_URL_PREFIXES):
@@ -79,12 +83,14 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
         elif not path.exists() and _GLOB_CHARS & set(arg):
             matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
             if not matches:
-                raise UsageError(f"no file matches {arg!r}")
+                raise MediaError(f"no file matches {arg!r}", hint="Check the pattern and the current folder.")
             for match in matches:
                 if Path(match).is_dir():
                     refs.extend(str(q) for q in _walk(Path(match)))
                 else:
                     refs.append(match)
+        elif not path.exists() and (arg.endswith(("/", os.sep)) or not path.suffix):
+            raise MediaError(f"no such file or folder: {arg}", hint="Check the path: nothing was sent.")
         else:
             refs.append(arg)
     return list(dict.fromkeys(refs))

@@ -13,14 +13,31 @@ reader, or a crash, sees either the previous complete file or the new one, never
 
 Started again with the same output, a run registers its items again: an item whose id and fingerprint are
 both found finished is skipped, one whose request changed (another prompt, model or file list) is sent
-again, and items no longer among the inputs are left out of the output. A journal being written by a live
-process is refused (two runs would pay twice).
+again, and items no longer among the inputs are left out of the output.
+
+**One writer at a time.** A run (``--fresh`` included) holds an operating-system file lock on
+``captions.jsonl.journal.lock`` (``filelock``: ``flock`` on POSIX, ``LockFileEx`` on Windows) from before it
+reads or deletes anything until it ends; the kernel drops it when the process dies, SIGKILL included, so a
+stale lock cannot exist. A second run on the same output is refused at once, naming the other (pid, host and
+start time, from the journal's ``meta`` table), and deletes nothing.
+
+**A journal is never misread.** Before it is used, a journal must be a regular file holding an intact
+(``PRAGMA quick_check``) SQLite database with this module's tables. A 0-byte or table-less one (a run killed
+while creating it) is taken for a new batch only when the output beside it holds no results; anything else
+damaged or foreign is refused with a one-line error naming the file and ``--fresh``; nothing is modified.
+
+**No paid answer is lost.** ``finish`` returns a future that the writer completes once the item's row is
+committed; the runner waits for it before releasing the request's slot. The writer keeps a reserve file
+(``RESERVE_PER_SLOT`` per slot, pre-allocated beside the journal) and deletes it when the disk is full, so the
+answers still in flight can be committed; ``write_error`` then holds the one-line ``UsageError`` ("no space
+left"), the runner sends nothing more, and the same command resumes once space is freed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -28,19 +45,30 @@ import os
 import queue
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from qwenvl.batch.db import connect
 from qwenvl.errors import UsageError
 
 SUFFIX = ".journal"
+LOCK_SUFFIX = ".lock"  # captions.jsonl.journal.lock: held by the run writing captions.jsonl
+RESERVE_SUFFIX = ".reserve"  # captions.jsonl.journal.reserve: space kept for the answers in flight
+RESERVE_PER_SLOT = 256 * 1024  # bytes kept per request in flight (an answer's row and its WAL pages, with margin)
+RESERVE_MIN, RESERVE_MAX = 4 * 1024 * 1024, 64 * 1024 * 1024
 WRITER_BATCH = 500  # finished items committed in one transaction at most
-WRITER_WINDOW_S = 0.005  # a finished item waits at most about this long for its commit
+SQLITE_MAGIC = b"SQLite format 3\x00"
 _STOP = object()
+_TABLES = {"_migrations", "meta", "items", "batches"}
+_ITEM_COLUMNS = {"id", "seq", "fingerprint", "status", "line", "input_tokens", "output_tokens", "cost", "cached",
+                 "batch_id", "finished_at"}
 _FINISH = ("UPDATE items SET status = ?, line = ?, input_tokens = ?, output_tokens = ?, cost = ?, cached = ?, "
            "finished_at = ? WHERE id = ?")
 # Request fields that do not change the answer: a resumed run may change them freely.
@@ -87,42 +115,179 @@ def fingerprint(fields: dict[str, Any], defaults: dict[str, Any] | None = None) 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: assume it is gone
-        return False
+def lock_path(output: Path) -> Path:
+    return journal_path(output).with_name(journal_path(output).name + LOCK_SUFFIX)
+
+
+def _sidecars(path: Path) -> list[Path]:
+    """The journal and the files SQLite keeps beside it (deleting one without the others corrupts the next)."""
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
+            path.with_name(path.name + "-journal")]
+
+
+def _ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection: nothing is created, migrated or converted (the file may not be ours). Without a
+    ``-wal`` file beside it (a journal closed cleanly, or not in WAL mode) the file is opened ``immutable``, so
+    that SQLite creates no ``-shm``/``-wal`` files either; with one, its commits are read too."""
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("" if wal else "&immutable=1")
+    conn = sqlite3.connect(uri, uri=True, timeout=2, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def owner_of(output: Path) -> dict[str, Any] | None:
+    """The run recorded as writing ``output`` ({pid, host, since}), or None when unknown or unreadable."""
+    path = journal_path(output)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        conn = _ro(path)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+        finally:
+            conn.close()
+        return json.loads(row["value"]) if row is not None else None
+    except (sqlite3.Error, OSError, ValueError, TypeError):
+        return None
+
+
+def _busy(output: Path) -> UsageError:
+    owner = owner_of(output)
+    who = "another qwenvl batch"
+    if owner and owner.get("pid"):
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(owner["since"])) if owner.get("since") else None
+        who += f" (pid {owner['pid']} on {owner.get('host') or 'an unknown host'}" + \
+            (f", started {since})" if since else ")")
+    return UsageError(f"{who} is writing {output}: nothing was sent or deleted",
+                      hint="Wait for it to finish (or stop it), or choose another output file.")
+
+
+def take_lock(output: Path) -> FileLock:
+    """Take the output's run lock, or raise a UsageError naming the run that holds it (or why it cannot be
+    taken). The lock is released by ``release()`` or by the process ending, however it ends."""
+    lock = FileLock(str(lock_path(output)), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _busy(output) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write {lock.lock_file}: {exc.strerror or exc}") from None
+    return lock
+
+
+def check_free(output: Path) -> None:
+    """Raise the ``take_lock`` refusal if a run holds ``output``'s lock now (nothing is left held)."""
+    take_lock(output).release()
+
+
+def _damaged(path: Path, what: str) -> UsageError:
+    return UsageError(f"{path} {what}: it cannot be resumed from",
+                      hint="Pass --fresh to start over (every item is sent again), or move the file away.")
+
+
+def inspect_journal(output: Path) -> bool:
+    """Check ``output``'s journal before it is used. Returns True if there is one to resume from, False if the
+    batch is new (no journal; or a 0-byte or table-less one, a run killed while creating it, with no results in
+    the output beside it). Raises a UsageError naming the file and ``--fresh`` when it is not a regular file,
+    not SQLite, damaged (``PRAGMA quick_check``), not a qwenvl journal, from a newer qwenvl, or blank while the
+    output holds results. Nothing is written."""
+    path = journal_path(output)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         return False
-    except PermissionError:
-        return True
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _damaged(path, "is not a regular file")
+    blank = st.st_size == 0
+    if not blank:
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if head != SQLITE_MAGIC:
+            raise _damaged(path, "is not a qwenvl journal (not an SQLite database)")
+        try:
+            conn = _ro(path)
+            try:
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+                applied = ({r[0] for r in conn.execute("SELECT name FROM _migrations")}
+                           if "_migrations" in tables else set())
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(path, f"is damaged ({exc})") from None
+        if problems != ["ok"]:
+            raise _damaged(path, f"is damaged ({'; '.join(problems)})")
+        blank = not tables
+        if tables and (_TABLES - tables or _ITEM_COLUMNS - columns):
+            raise _damaged(path, f"is not a qwenvl journal (its tables: {', '.join(sorted(tables))})")
+        if applied - {m.__name__ for m in MIGRATIONS}:
+            raise UsageError(f"{path} was written by a newer qwenvl", hint="Upgrade qwenvl to resume this batch.")
+    if blank:
+        try:
+            results = output.stat().st_size > 0
+        except OSError:
+            results = False
+        if results:
+            raise _damaged(path, f"is empty while {output.name} holds results (resuming would send every item "
+                                 "again)")
+        return False
     return True
 
 
 def read_finished(output: Path) -> dict[str, tuple[str, str]]:
     """{id: (fingerprint, status)} of the items a previous run finished or submitted, without taking the
-    journal (for estimates before anything is decided)."""
-    path = journal_path(output)
-    if not path.exists():
+    journal (for estimates before anything is decided). Raises what ``inspect_journal`` raises."""
+    if not inspect_journal(output):
         return {}
-    conn = connect(path, MIGRATIONS)
     try:
-        rows = conn.execute("SELECT id, fingerprint, status FROM items WHERE status IS NOT NULL").fetchall()
-        return {r["id"]: (r["fingerprint"], r["status"]) for r in rows}
-    finally:
-        conn.close()
+        conn = _ro(journal_path(output))
+        try:
+            rows = conn.execute("SELECT id, fingerprint, status FROM items WHERE status IS NOT NULL").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _io_error(journal_path(output), exc) from None
+    return {r["id"]: (r["fingerprint"], r["status"]) for r in rows}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL from SQLite, ENOSPC (or EDQUOT, a quota) from the OS."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _io_error(path: Path, exc: BaseException) -> UsageError:
+    if is_disk_full(exc):
+        return UsageError(f"no space left on the device of {path}: stopped; every answer received is kept in the "
+                          "journal",
+                          hint="Free some space and run the same command again: only unfinished items are sent.")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UsageError(f"cannot write {path}: {reason}",
+                      hint="What was committed before is kept: fix the cause and run the same command again.")
 
 
 class Journal:
-    """The journal of one output file. ``open`` takes it (refusing one held by a live process)."""
+    """The journal of one output file. ``open`` takes the output's lock (refusing one held by another run), with
+    ``fresh=True`` then deletes the journal and the output, checks the journal (``inspect_journal``) and opens
+    it. Every SQLite or OS error of a journal operation is raised as a one-line ``UsageError``."""
 
-    def __init__(self, output: str | Path) -> None:
+    def __init__(self, output: str | Path, *, fresh: bool = False) -> None:
         self.output = Path(output)
         self.path = journal_path(self.output)
+        self.fresh = fresh
+        self.write_error: UsageError | None = None  # the journal or output could not be written (e.g. a full disk):
+        # the run sends nothing more, and keeps committing the answers in flight
         self._conn: sqlite3.Connection | None = None
+        self._lock: FileLock | None = None
         self._queue: queue.SimpleQueue[Any] | None = None
         self._writer: threading.Thread | None = None
-        self._writer_error: BaseException | None = None
+        self._reserve: Path | None = None
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -131,21 +296,25 @@ class Journal:
         return self._conn
 
     def open(self) -> Journal:
-        self._conn = connect(self.path, MIGRATIONS, check_same_thread=False)  # the writer thread uses it too
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        with self._transaction():
-            row = self.conn.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
-            if row is not None:
-                owner = json.loads(row["value"])
-                if owner.get("host") == me["host"] and owner.get("pid") != me["pid"] and _pid_alive(owner["pid"]):
-                    self._conn.close()
-                    self._conn = None
-                    raise UsageError(f"another qwenvl batch (pid {owner['pid']}) is writing {self.output}",
-                                     hint="Wait for it to finish, or choose another output file.")
-            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owner', ?)", (json.dumps(me),))
-        for stale in self.output.parent.glob(f".{self.output.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        self._lock = take_lock(self.output)
+        try:
+            if self.fresh:
+                for path in (*_sidecars(self.path), self.output):
+                    try:
+                        path.unlink(missing_ok=True)
+                    except OSError as exc:
+                        raise UsageError(f"cannot delete {path}: {exc.strerror or exc}") from None
+            inspect_journal(self.output)
+            with self._io():
+                self._conn = connect(self.path, MIGRATIONS, check_same_thread=False)  # the writer thread uses it
+                me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+                self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owner', ?)", (json.dumps(me),))
+            for stale in self.output.parent.glob(f".{self.output.name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -154,8 +323,13 @@ class Journal:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("DELETE FROM meta WHERE key = 'owner'")
-            self._conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
             self._conn = None
+        self._release_reserve()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> Journal:
         return self.open()
@@ -164,12 +338,22 @@ class Journal:
         self.close()
 
     @contextlib.contextmanager
+    def _io(self, path: Path | None = None) -> Iterator[None]:
+        """SQLite and OS errors as one-line UsageErrors naming the file (disk full: the run stops)."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise _io_error(path or self.path, exc) from None
+
+    @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, I/O errors)
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -177,7 +361,7 @@ class Journal:
     def register(self, entries: Iterable[tuple[str, str]]) -> None:
         """Make (id, fingerprint) pairs, in input order, the current items; a changed fingerprint makes an
         item pending again."""
-        with self._transaction():
+        with self._io(), self._transaction():
             c = self.conn
             c.execute("UPDATE items SET seq = NULL WHERE seq IS NOT NULL")
             c.executemany("""
@@ -197,69 +381,117 @@ class Journal:
 
     def retry_errors(self) -> int:
         """Forget the errors of current items, so that they are sent again. Returns how many."""
-        cur = self.conn.execute("UPDATE items SET status = NULL, line = NULL WHERE status = 'error' "
-                                "AND seq IS NOT NULL")
+        with self._io():
+            cur = self.conn.execute("UPDATE items SET status = NULL, line = NULL WHERE status = 'error' "
+                                    "AND seq IS NOT NULL")
         return cur.rowcount
 
     def finish(self, item_id: str, status: str, line: str, *, input_tokens: int | None = None,
-               output_tokens: int | None = None, cost: float | None = None, cached: bool = False) -> None:
-        """Record a finished item: committed before returning, or (while the writer runs) handed to it."""
+               output_tokens: int | None = None, cost: float | None = None, cached: bool = False) -> Future[None]:
+        """Record a finished item. Without the writer it is committed before returning (errors raised); while
+        the writer runs it is queued, and the future returned is done once the row is committed (or holds the
+        UsageError saying why it could not be). Wait for it before releasing the request's slot."""
         row = (status, line, input_tokens, output_tokens, cost, int(cached), time.time(), item_id)
+        done: Future[None] = Future()
         if self._queue is not None:
-            if self._writer_error is not None:
-                raise self._writer_error
-            self._queue.put(row)
-            return
-        self.conn.execute(_FINISH, row)
+            self._queue.put((row, done))
+            return done
+        with self._io():
+            self.conn.execute(_FINISH, row)
+        done.set_result(None)
+        return done
 
     # --- the writer thread (realtime runs) ---------------------------------------------------------
-    def start_writer(self, csv_path: Path | None, flush_interval_s: float) -> None:
-        """From now on ``finish`` only queues: a thread commits what is queued, in one transaction per batch
-        (group commit: a finished item is committed within milliseconds, and the event loop never waits on
-        the disk), and rewrites the outputs every ``flush_interval_s`` (more rarely when that takes long)."""
+    def start_writer(self, csv_path: Path | None, flush_interval_s: float, slots: int = 1) -> None:
+        """From now on ``finish`` only queues: a thread commits what is queued, everything waiting in one
+        transaction (group commit: a commit costs tens of microseconds, so waiting for it costs the caller
+        little, and the event loop never waits on the disk), and rewrites the outputs every ``flush_interval_s``
+        (more rarely when that takes long). First it sets aside the reserve for ``slots`` answers in flight
+        (``RESERVE_PER_SLOT`` each): a disk without that much room is refused here, before anything is sent."""
+        size = min(RESERVE_MAX, max(RESERVE_MIN, slots * RESERVE_PER_SLOT))
+        self._reserve = self.path.with_name(self.path.name + RESERVE_SUFFIX)
+        try:
+            _allocate(self._reserve, size)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise UsageError(f"not enough free space beside {self.path} to run: {size // 2**20} MB are kept "
+                                 f"for the answers in flight ({RESERVE_PER_SLOT // 1024} kB per request)",
+                                 hint="Free some space, lower --concurrency, or write the output elsewhere.") \
+                    from None
+            raise _io_error(self._reserve, exc) from None
         self._queue = queue.SimpleQueue()
-        self._writer_error = None
         self._writer = threading.Thread(target=self._write_loop, args=(csv_path, flush_interval_s),
                                         name="qwenvl-journal", daemon=True)
         self._writer.start()
 
     def stop_writer(self) -> None:
-        """Commit everything queued and stop the thread (re-raising its error, if it had one)."""
+        """Commit everything queued and stop the thread (errors are in the futures and in ``write_error``)."""
         if self._queue is None or self._writer is None:
             return
         self._queue.put(_STOP)
         self._writer.join()
         self._queue = self._writer = None
-        if self._writer_error is not None:
-            raise self._writer_error
+
+    def _release_reserve(self) -> bool:
+        """Delete the reserve file (True if there was one to free)."""
+        if self._reserve is None:
+            return False
+        path, self._reserve = self._reserve, None
+        try:
+            path.unlink()
+        except OSError:
+            return False
+        return True
+
+    def _commit(self, rows: list[tuple]) -> BaseException | None:
+        """Commit finished rows, or return the UsageError saying why they could not be; either way a failure
+        sets ``write_error``. On a full disk the reserve is freed and the commit tried once more with its room."""
+        for attempt in (1, 2):
+            try:
+                with self._transaction():
+                    self.conn.executemany(_FINISH, rows)
+                return None
+            except (sqlite3.Error, OSError) as exc:
+                error = _io_error(self.path, exc)
+                self.write_error = self.write_error or error
+                if attempt == 2 or not is_disk_full(exc) or not self._release_reserve():
+                    return error
+        return None  # pragma: no cover - the loop returns
 
     def _write_loop(self, csv_path: Path | None, interval: float) -> None:
         assert self._queue is not None
         q, last_flush, every = self._queue, time.monotonic(), interval
         while True:
-            rows = [q.get()]
-            while len(rows) < WRITER_BATCH:
+            got = [q.get()]
+            while len(got) < WRITER_BATCH:
                 try:
-                    rows.append(q.get_nowait())
+                    got.append(q.get_nowait())
                 except queue.Empty:
                     break
-            stop = rows[-1] is _STOP
-            rows = [r for r in rows if r is not _STOP]
-            try:
-                if rows:
-                    with self._transaction():
-                        self.conn.executemany(_FINISH, rows)
-                if not stop and time.monotonic() - last_flush >= every:
-                    started = time.monotonic()
-                    self.write_outputs(csv_path)
-                    last_flush = time.monotonic()
-                    every = max(interval, 20 * (last_flush - started))  # writing stays under 5% of the time
-            except BaseException as exc:  # reported to the run by the next finish() or stop_writer()
-                self._writer_error = exc
-                return
+            stop = got[-1] is _STOP
+            entries = [e for e in got if e is not _STOP]
+            if entries:
+                try:
+                    error = self._commit([row for row, _ in entries])
+                except BaseException as exc:  # a bug: the waiting workers must hear of it, not hang
+                    error = exc
+                for _, done in entries:
+                    if error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(error)
             if stop:
                 return
-            time.sleep(WRITER_WINDOW_S)  # let the next group gather: one commit for several items
+            if self.write_error is None and time.monotonic() - last_flush >= every:
+                started = time.monotonic()
+                try:
+                    self.write_outputs(csv_path)
+                except UsageError as exc:  # e.g. no room for the new output: stop sending; the journal has it all
+                    self.write_error = exc
+                except Exception as exc:  # a bug: stop sending rather than let the thread die unheard
+                    self.write_error = UsageError(f"cannot write {self.output}: {type(exc).__name__}: {exc}")
+                last_flush = time.monotonic()
+                every = max(interval, 20 * (last_flush - started))  # writing stays under 5% of the time
 
     def counts(self) -> dict[str, Any]:
         """Totals over the current items: ok, error, pending; tokens and cost of the finished ones."""
@@ -305,9 +537,39 @@ class Journal:
             yield line
 
     def write_outputs(self, csv_path: Path | None = None) -> None:
-        write_atomic(self.output, (line + "\n" for line in self.lines()))
+        """Rewrite the output (and the CSV) from the journal, atomically; errors as one-line UsageErrors."""
+        with self._io(self.output):
+            write_atomic(self.output, (line + "\n" for line in self.lines()))
         if csv_path is not None:
-            write_atomic(csv_path, csv_rows(self.lines()))
+            with self._io(csv_path):
+                write_atomic(csv_path, csv_rows(self.lines()))
+
+
+def _allocate(path: Path, size: int) -> None:
+    """A file of ``size`` bytes whose blocks are allocated (posix_fallocate, else written zeros)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+                    raise
+        chunk = b"\0" * (1 << 20)
+        os.lseek(fd, 0, os.SEEK_SET)
+        for offset in range(0, size, len(chunk)):
+            os.write(fd, chunk[:size - offset])
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    finally:
+        if fd != -1:
+            os.close(fd)
 
 
 def write_atomic(path: Path, chunks: Iterable[str]) -> None:

@@ -17,8 +17,10 @@ already in flight: it stops every new one, and the others end within their time-
 with the same 401). Clients are sharded, ``CONNECTIONS_PER_POOL`` threads per client, because httpcore's
 pool bookkeeping grows with the square of its connections.
 
-A finished item is handed to the journal's writer thread (group commit, see ``journal``); counters and the
-progress callback are updated under one lock.
+A finished item is handed to the journal's writer thread (group commit, see ``journal``) and its worker waits
+until it is committed before releasing the request's slot: an answer that was paid for is on disk before the
+next request goes out, so neither a kill nor a full disk loses one. Counters and the progress callback are
+updated under one lock.
 
 **Retries belong to the batch.** Every item is sent with ``max_retries=0`` at the transport, so the limiter
 sees each 429 as it happens: it lowers concurrency and pauses new requests (see ``limiter``), and the item
@@ -45,12 +47,15 @@ Resume and output: see ``journal``. Cache: see ``cache``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +64,7 @@ import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by 
 from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.batch.exchange import key_for, source_key_for
 from qwenvl.batch.inputs import BatchItem
-from qwenvl.batch.journal import Journal, fingerprint, journal_path, read_finished
+from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished
 from qwenvl.batch.limiter import AdaptiveLimiter
 from qwenvl.client import Client
 from qwenvl.config import require_api_key
@@ -87,6 +92,8 @@ RATE_LIMIT_RETRIES = 10  # 429s one item may meet before it is recorded as an er
 FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarely when it is large)
 PLAN_THREADS = 4
 CONNECTIONS_PER_POOL = 8
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long the answers already in flight are awaited (and recorded)
+COMMIT_TIMEOUT_S = 120.0  # the longest a worker waits for its answer's commit (SQLite's busy timeout is 10 s)
 
 
 @dataclass
@@ -238,12 +245,13 @@ class Batch:
 
     # --- before anything is sent ----------------------------------------------------------------
     def check(self) -> None:
-        """Refuse, before any request: an output that cannot be written, one that belongs to no journal, a
-        journal being written by another process; and (Batch API) a region without VL batch."""
+        """Refuse, before any request: an output that cannot be written, one that belongs to no journal, an
+        output another run is writing (its lock is held); and (Batch API) a region without VL batch. The
+        journal itself is checked by ``estimate`` (``journal.inspect_journal``) unless ``fresh``."""
         for path in (self.output, self.csv):
             if path is not None:
                 _check_writable(path)
-        _check_writable(journal_path(self.output))
+        check_free(self.output)
         if not self.fresh and self.output.exists() and self.output.stat().st_size and \
                 not journal_path(self.output).exists():
             raise UsageError(f"{self.output} exists and is not the output of a qwenvl batch that can be resumed "
@@ -333,16 +341,18 @@ class Batch:
     # --- running ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
         """Run to the end. A 401/403 stops it at once (raised, after the outputs are written); Ctrl-C leaves
-        a run that the same call resumes. ``progress`` is called (from worker threads, one at a time) after
-        every finished item."""
+        a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
+        kept). ``progress`` is called (from worker threads, one at a time) after every finished item.
+
+        Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
+        included), when the journal is damaged or foreign, or when the output cannot be written; and during
+        the run when the journal cannot be written (a full disk: every answer received is kept, and the same
+        call resumes once there is room)."""
         est = self._estimate or self.estimate()
-        if self.fresh:
-            for path in (journal_path(self.output), self.output):
-                path.unlink(missing_ok=True)
         started = time.monotonic()
         prog = Progress(total=est.pending, phase=self.mode if self.mode == "realtime" else "upload")
         batch_ids: list[str] = []
-        with Journal(self.output) as journal:
+        with Journal(self.output, fresh=self.fresh) as journal:  # takes the lock; fresh deletes under it
             journal.register((item.id, fp) for item, fp in zip(self.items, self._fingerprints, strict=True))
             if self.retry_errors:
                 journal.retry_errors()
@@ -360,9 +370,12 @@ class Batch:
                     batch_ids = run_batch_api(self, journal, pending, prog, progress)  # synchronous
                 else:
                     self._realtime(journal, pending, prog, progress)
-            finally:
-                journal.write_outputs(self.csv)
-                counts = journal.counts()
+            except BaseException:
+                with contextlib.suppress(UsageError):  # e.g. no room for it either: the journal has everything
+                    journal.write_outputs(self.csv)
+                raise
+            journal.write_outputs(self.csv)
+            counts = journal.counts()
         return Summary(output=str(self.output), total=counts["total"], ok=counts["ok"], error=counts["error"],
                        pending=counts["pending"], this_run=prog.done, cached=prog.cached, sent=prog.sent,
                        input_tokens=prog.input_tokens, output_tokens=prog.output_tokens, cost=round(prog.cost, 6),
@@ -391,16 +404,17 @@ class Batch:
 
     # --- recording --------------------------------------------------------------------------------
     def _record_error(self, journal: Journal, item: BatchItem, exc: BaseException, prog: Progress,
-                      attempts: int) -> None:
+                      attempts: int) -> Future[None]:
         rec = {"id": item.id, "input": item.input, "status": "error", "error": error_record(exc),
                "attempts": attempts}
-        journal.finish(item.id, "error", dumps(rec))
+        done = journal.finish(item.id, "error", dumps(rec))
         prog.done += 1
         prog.failed += 1
+        return done
 
     def _record_ok(self, journal: Journal, item: BatchItem, response: Response, prog: Progress, *,
                    attempts: int, latency_s: float, extra: dict[str, Any] | None = None,
-                   price_factor: float = 1.0) -> None:
+                   price_factor: float = 1.0) -> Future[None]:
         u = response.usage
         cost = 0.0 if response.cached else estimate_cost(self.model_of(item), u.input_tokens, u.output_tokens,
                                                          region=self.planner.region, factor=price_factor)
@@ -408,19 +422,26 @@ class Batch:
                "usage": usage_record(response), "cost": None if cost is None else round(cost, 8),
                "currency": self.currency,
                "cached": response.cached, "attempts": attempts, "latency_s": round(latency_s, 3), **(extra or {})}
-        journal.finish(item.id, "ok", dumps(rec), input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                       cost=cost, cached=response.cached)
+        done = journal.finish(item.id, "ok", dumps(rec), input_tokens=u.input_tokens,
+                              output_tokens=u.output_tokens, cost=cost, cached=response.cached)
         prog.done += 1
         prog.cached += response.cached
         if not response.cached:
             prog.input_tokens += u.input_tokens or 0
             prog.output_tokens += u.output_tokens or 0
             prog.cost += cost or 0.0
+        return done
 
 
 def _check_writable(path: Path) -> None:
+    """Refuse an output that is not (or cannot become) a regular file in a folder where files can be created:
+    a folder, a device (``/dev/null`` would be replaced by a file), a FIFO; a parent that is a file or cannot
+    be created; a folder that refuses new files (read-only, permissions, ``/proc``). Missing folders are
+    created. A probe file is created and deleted: access(2) says yes to root even where writing fails."""
     if path.is_dir():
         raise UsageError(f"{path} is a directory; give a file name for the output")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise UsageError(f"{path} is not a regular file (a device, pipe or socket); give a file name for the output")
     parent = path.parent
     for folder in (parent, *parent.parents):
         if folder.exists():
@@ -431,8 +452,11 @@ def _check_writable(path: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the folder {parent}: {exc.strerror or exc}") from None
-    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {path}: permission denied")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: cannot create files in {parent} ({exc.strerror or exc})") from None
 
 
 class _Realtime:
@@ -453,7 +477,7 @@ class _Realtime:
         n = min(self.batch.concurrency, len(pending))
         workers = [threading.Thread(target=self._worker, args=(queue, self.clients[i % len(self.clients)]),
                                     name=f"qwenvl-batch-{i}", daemon=True) for i in range(n)]
-        self.journal.start_writer(self.batch.csv, self.batch.flush_interval_s)
+        self.journal.start_writer(self.batch.csv, self.batch.flush_interval_s, slots=n)
         with self.lock:
             self._report()
         try:
@@ -465,17 +489,30 @@ class _Realtime:
         finally:
             self.stop.set()
             self.limiter.wake()
+            self._drain(workers)
             with self.lock:
                 self.accepting = False
                 self._report()
             self.journal.stop_writer()
         if self.fatal is not None:
             error = self.fatal
-            if isinstance(error, QwenVLError):
+            if isinstance(error, QwenVLError) and not isinstance(error, UsageError):  # journal errors say it
                 error.hint = (f"{error.hint + ' ' if error.hint else ''}The batch stopped at once; what "
                               f"finished ({self.prog.done} of {self.prog.total} items) is kept in "
                               f"{self.batch.output}: run the same command again to resume.")
             raise error
+
+    @staticmethod
+    def _drain(workers: list[threading.Thread]) -> None:
+        """After a stop (Ctrl-C included), wait up to ``INTERRUPT_GRACE_S`` for the requests in flight: their
+        answers are paid for, so they are recorded rather than dropped. A second Ctrl-C leaves at once."""
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        try:
+            for w in workers:
+                while w.is_alive() and time.monotonic() < deadline:
+                    w.join(0.1)
+        except KeyboardInterrupt:
+            pass
 
     def _worker(self, queue: Any, client: Client) -> None:
         try:
@@ -501,18 +538,36 @@ class _Realtime:
 
     def _error(self, item: BatchItem, exc: BaseException, attempts: int) -> None:
         with self.lock:
-            if self.accepting:
-                self.batch._record_error(self.journal, item, exc, self.prog, attempts=attempts)
-                self.prog.last_done = time.monotonic()
-                self._report()
+            if not self.accepting:
+                return
+            done = self.batch._record_error(self.journal, item, exc, self.prog, attempts=attempts)
+            self.prog.last_done = time.monotonic()
+            self._report()
+        self._committed(done)
 
     def _ok(self, item: BatchItem, response: Response, attempts: int, latency_s: float) -> None:
         with self.lock:
-            if self.accepting:
-                self.batch._record_ok(self.journal, item, response, self.prog, attempts=attempts,
-                                      latency_s=latency_s)
-                self.prog.last_done = time.monotonic()
-                self._report()
+            if not self.accepting:
+                return
+            done = self.batch._record_ok(self.journal, item, response, self.prog, attempts=attempts,
+                                         latency_s=latency_s)
+            self.prog.last_done = time.monotonic()
+            self._report()
+        self._committed(done)
+
+    def _committed(self, done: Future[None]) -> None:
+        """Wait (outside the lock, so that commits group) until the item is in the journal; a journal that
+        cannot be written (a full disk) stops the batch: no request is sent that could not be recorded."""
+        try:
+            done.result(COMMIT_TIMEOUT_S)
+        except FutureTimeout:
+            raise _Fatal(UsageError(f"{self.journal.path} did not commit within {COMMIT_TIMEOUT_S:.0f} s",
+                                    hint="Is its disk very slow or hung? Run the same command again to resume.")) \
+                from None
+        except QwenVLError as exc:
+            raise _Fatal(exc) from exc
+        if self.journal.write_error is not None:
+            raise _Fatal(self.journal.write_error)
 
     def _item(self, item: BatchItem, client: Client) -> None:
         fields = {**item.request, "max_retries": 0}  # the batch owns retries: the limiter must see every 429
@@ -541,6 +596,12 @@ class _Realtime:
                 response = client.send(call)
                 u = response.usage
                 actual = (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
+                if not response.cached:
+                    self.limiter.on_success()
+                if client.cache is not None and call.media:  # the next estimate sees this answer unprepared
+                    client.cache.link(source_key_for(client, call), key_for(client, call))
+                # in the journal before the slot is released (raises _Fatal when it cannot be)
+                return self._ok(item, response, attempts, time.monotonic() - started)
             except RateLimitError as exc:
                 if slot is not None:
                     self.limiter.on_rate_limited(slot, exc.retry_after)
@@ -564,11 +625,6 @@ class _Realtime:
                     self.limiter.release(slot, actual_tokens=actual)
                     with self.lock:
                         self.prog.sent += 1
-            if not response.cached:
-                self.limiter.on_success()
-            if client.cache is not None and call.media:  # the next estimate sees this answer unprepared
-                client.cache.link(source_key_for(client, call), key_for(client, call))
-            return self._ok(item, response, attempts, time.monotonic() - started)
 
 
 def within_budget(est: Estimate, max_cost: float | None) -> bool:

@@ -169,7 +169,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 @click.option("-y", "--yes", is_flag=True, help="Run whatever the estimated cost.")
 @click.option("--no-cache", is_flag=True, help="Send every request, even one answered before.")
 @click.option("--retry-errors", is_flag=True, help="Send again the items that ended in an error last time.")
-@click.option("--fresh", is_flag=True, help="Start over: forget earlier results of this output.")
+@click.option("--fresh", is_flag=True,
+              help="Start over: delete this output and its journal (refused while another run writes them).")
 @click.option("--mode", type=click.Choice(["realtime", "batch-api"]), default="realtime", show_default=True,
               help="batch-api: DashScope's Batch API, half price, results within 24 h (Beijing only).")
 @click.option("--poll-interval", type=click.FloatRange(min=0), default=30.0, show_default=True,
