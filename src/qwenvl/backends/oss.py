@@ -10,26 +10,31 @@ Which items go through storage (``upload=``): ``inline`` never; ``oss`` every lo
 default) only what does not fit inline: items over the per-image limit, then the largest items until the
 request fits the request size limit. Uploads happen after every check and preparation, so a file that
 fails them is never uploaded.
+
+Deadlines: the policy request must be complete within the request's ``timeout_s``; each upload within
+``timeout_s`` plus one second per ``UPLOAD_MIN_RATE`` bytes of the file (a floor on the upload speed),
+however slowly the storage host reads or answers. Each is retried like any request (``max_retries``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import mimetypes
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from qwenvl.errors import MalformedResponseError, MediaError, UsageError
-from qwenvl.media.sources import decode_data_url, sniff
+from qwenvl.media.sources import decode_data_url, open_regular, sniff
 from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES
 from qwenvl.plan import Call
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import ImagePart, Message, VideoPart
 
 UPLOAD_MODES = ("auto", "inline", "oss")
-UPLOAD_TIMEOUT_S = 600.0
+UPLOAD_MIN_RATE = 100_000  # bytes per second: an upload may take timeout_s + size / UPLOAD_MIN_RATE seconds
 
 
 @dataclass(frozen=True)
@@ -124,23 +129,29 @@ def object_name(data: bytes, mime: str) -> str:
     return hashlib.sha256(data).hexdigest()[:24] + ext
 
 
+def upload_policy(policy: Policy, size: int) -> Policy:
+    """The deadline of one upload of ``size`` bytes: the request's time-out plus a floor on the speed."""
+    return replace(policy, timeout_s=policy.timeout_s + size / UPLOAD_MIN_RATE)
+
+
 def _upload_one(url: str, pol: UploadPolicy, transport: Transport, policy: Policy) -> str:
     """Post one item (a data: URL, or a ``file://`` video streamed from disk) and return its oss:// URL."""
     if url.startswith("file://"):
         path = Path(unquote(urlsplit(url).path))
-        with path.open("rb") as fh:
+        with open_regular(path, url) as fh:
             mime = sniff(fh.read(4096)) or "application/octet-stream"
             fh.seek(0)
-            stat = path.stat()
+            stat = os.fstat(fh.fileno())
             name = object_name(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode(), mime)
             key = f"{pol.upload_dir}/{name}"
-            transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (name, fh, mime)}, policy)
+            transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (name, fh, mime)},
+                                upload_policy(policy, stat.st_size))
         return "oss://" + key
     mime = url[5:url.index(";")] if ";" in url[:100] else "application/octet-stream"
     data = decode_data_url(url)
     key = f"{pol.upload_dir}/{object_name(data, mime)}"
     transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (key.rsplit("/", 1)[-1], data, mime)},
-                        policy)
+                        upload_policy(policy, len(data)))
     return "oss://" + key
 
 
@@ -155,8 +166,8 @@ def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: s
     """Upload the chosen items with one policy; the call with ``oss://`` references in their place."""
     if not chosen:
         return call
-    timeout = max(call.request.timeout_s, UPLOAD_TIMEOUT_S)
-    policy = Policy(timeout_s=timeout, max_retries=call.request.max_retries, backoff_s=call.request.retry_backoff_s)
+    r = call.request
+    policy = Policy(timeout_s=r.timeout_s, max_retries=r.max_retries, backoff_s=r.retry_backoff_s)
     pol = UploadPolicy.from_reply(transport.get_json(f"{native_base}/uploads", policy,
                                                      params={"action": "getPolicy", "model": call.request.model}))
     done: dict[str, str] = {}  # the same content is uploaded once

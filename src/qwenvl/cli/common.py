@@ -18,6 +18,7 @@ from qwenvl.config import PROTOCOLS, REGIONS
 from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
 from qwenvl.media.sources import classify, sniff
 from qwenvl.models import estimate_cost, model_info
+from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import Response
 
@@ -65,8 +66,14 @@ service_options = _options(
                  help="Wire protocol: compat (OpenAI-compatible, default) or native (DashScope)."),
     click.option("--region", help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing)."),
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1."),
-    click.option("--timeout", "timeout_s", type=float, help="Seconds to wait for the service (default 120)."),
-    click.option("--max-retries", type=int, help="Retries on 429/5xx/time-outs (default 2)."),
+    click.option("--timeout", "timeout_s", type=float,
+                 help="Seconds per attempt (default 120): the whole reply must arrive within it, however slowly "
+                      "it trickles. A stream must send its first token within it and never pause longer, and "
+                      "ends after 10 times as long (at least 10 min). Also bounds each --fetch-urls download "
+                      "and upload (plus 1 s per 100 kB)."),
+    click.option("--max-retries", type=int,
+                 help="Retries on 429/5xx/time-outs, also when a stream opens with one (default 2); each wait "
+                      "is at most 20 s."),
     click.option("--retry-backoff-s", type=float, help="Exponential backoff base in seconds (default 1.5)."),
 )
 
@@ -141,7 +148,14 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_client(opts: dict[str, Any]) -> Client:
-    return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"))
+    on_retry = show_retry if err_console().is_terminal else None
+    return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"),
+                  on_retry=on_retry)
+
+
+def show_retry(notice: RetryNotice) -> None:
+    """A retry's wait, on a terminal: "rate limited, retrying in 4 s (2/3)"."""
+    err_console().print(f"[dim]{escape(notice.describe())}[/]", highlight=False)
 
 
 _VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v")
