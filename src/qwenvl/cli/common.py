@@ -135,7 +135,7 @@ _REQUEST_FROM_OPTIONS = ("model", "timeout_s", "max_retries", "retry_backoff_s",
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
     """Request fields from the options that were given (None and empty values mean 'not given')."""
-    fields = {k: opts[k] for k in _REQUEST_FROM_OPTIONS if opts.get(k) not in (None, False)}
+    fields = {k: opts[k] for k in _REQUEST_FROM_OPTIONS if opts.get(k) is not None and opts.get(k) is not False}
     if opts.get("stop"):
         fields["stop"] = list(opts["stop"])
     if opts.get("schema_file"):
