@@ -126,7 +126,8 @@ def test_the_wait_is_shown_on_a_terminal(server, isolated_env: Path):
                          headers={"Retry-After": "1"}, times=2))
     env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "120"}
     child = pexpect.spawn(sys.executable, ["-m", "qwenvl", "ask", "-p", "hi", "--base-url", server.url,
-                                           "--max-retries", "3", "--retry-backoff-s", "0.5"], env=env, cwd=str(isolated_env),
+                                           "--max-retries", "3", "--retry-backoff-s", "0.5"],
+                          env=env, cwd=str(isolated_env),
                           encoding="utf-8", timeout=30, dimensions=(30, 120))
     try:
         child.expect(r"rate limited, retrying in 1 s \(1/3\)")
