@@ -245,6 +245,10 @@ class AsyncClient(_Base):
                                                   on_retry=self.on_retry)
         return self._backend
 
+    async def _ready(self) -> AsyncBackend:
+        """The backend; made in a worker thread the first time (importing httpx takes a while)."""
+        return self._backend or await asyncio.to_thread(lambda: self.backend)
+
     async def aclose(self) -> None:
         if self._backend is not None:
             await self._backend.aclose()
@@ -275,7 +279,7 @@ class AsyncClient(_Base):
         ex = exchange.begin(self, call)
         if ex.response is not None:
             return ex.response
-        backend = self.backend
+        backend = await self._ready()
         try:
             return ex.done(await backend.complete(call))
         except QwenVLError as exc:
@@ -289,7 +293,7 @@ class AsyncClient(_Base):
             yield event
 
     async def send_stream(self, call: Call) -> AsyncIterator[StreamEvent]:
-        ex, backend = exchange.begin(self, call, stream=True), self.backend
+        ex, backend = exchange.begin(self, call, stream=True), await self._ready()
         try:
             async for event in backend.stream(call):
                 if event.type != "done":
