@@ -116,6 +116,8 @@ def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields. A line that is not
     a JSON object, has an unknown or wrongly typed field, or repeats an id is a UsageError naming the line."""
     path = Path(path).expanduser()
+    if not os.path.lexists(path):
+        raise UsageError(f"cannot read the requests file {path}: no such file")
     fh = io.TextIOWrapper(open_regular(path, error=UsageError, what="requests file"), encoding="utf-8")
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
