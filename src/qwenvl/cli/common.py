@@ -69,8 +69,8 @@ service_options = _options(
     click.option("--timeout", "timeout_s", type=float,
                  help="Seconds per attempt (default 120): the whole reply must arrive within it, however slowly "
                       "it trickles. A stream must send its first token within it and never pause longer, and "
-                      "ends after 10 times as long (at least 10 min). Also bounds each --fetch-urls download "
-                      "and upload (plus 1 s per 100 kB)."),
+                      "ends after 10 times as long (at least 10 min). Also bounds each --fetch-urls download, "
+                      "and each upload to temporary storage (plus 1 s per 100 kB)."),
     click.option("--max-retries", type=int,
                  help="Retries on 429/5xx/time-outs, also when a stream opens with one (default 2); each wait "
                       "is at most 20 s."),
