@@ -7,11 +7,12 @@ answered at once with an upload host on this server, so that the upload itself c
 - ``head-trickle``   the status line and headers, one byte every ``interval`` seconds, for ever
 - ``body-trickle``   status and headers at once (Content-Length 1 MB), then one body byte per interval
 - ``silent``         the request is read, then nothing is ever sent
-- ``slow-read``      the request body is read one byte per interval (a client's send must not hang)
+- ``slow-read``      the request body is read ``read_chunk`` bytes (default 1) per interval
 - ``sse-comments``   a 200 event stream that sends only ``: keep-alive`` comments, one per interval
 - ``sse-data-then-comments``  one content event, then only comments
 - ``sse-data-forever``        content events, one per interval, never a final one
 - ``image-trickle``  for ``--fetch-urls``: a PNG's headers at once, then its body one byte per interval
+- ``file-steady``    a 2 MB body at 100 kB per interval: slow but steady (a legitimate large download)
 
 ``requests`` counts requests per path. ``stop()`` ends every trickle and closes the connections.
 """
@@ -28,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 MODES = ("ok", "head-trickle", "body-trickle", "silent", "slow-read", "sse-comments", "sse-data-then-comments",
-         "sse-data-forever", "image-trickle")
+         "sse-data-forever", "image-trickle", "file-steady")
 
 
 def _chunk(obj: dict[str, Any]) -> bytes:
@@ -45,6 +46,7 @@ class FaultServer:
         assert mode in MODES
         self.mode = mode
         self.interval = interval
+        self.read_chunk = 1
         self.requests: Counter[str] = Counter()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -123,8 +125,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/uploads"):
             return self._policy()
         if mode == "slow-read":
-            while length and self._wait():
-                length -= len(self.rfile.read(1))
+            while length > 0 and self._wait():
+                got = len(self.rfile.read(min(length, fault.read_chunk)))
+                if not got:
+                    return
+                length -= got
             return
         if length:
             self.rfile.read(length)
@@ -144,6 +149,14 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "image-trickle":
                 self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n")
                 return self._drip(b"\x89PNG\r\n\x1a\n" + b"\0" * 10**6)
+            if mode == "file-steady":
+                self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                          b"Content-Length: 2000000\r\n\r\n")
+                for _ in range(20):
+                    if not self._wait():
+                        return
+                    self._raw(b"x" * 100_000)
+                return
             if mode == "silent":
                 fault.stopping.wait()
                 return

@@ -18,6 +18,7 @@ import pytest
 import qwenvl
 from conftest import API_KEY, run_cli, write_image
 from fault_server import FaultServer
+from qwenvl import transport as transport_module
 from qwenvl.batch import Batch, BatchItem
 from qwenvl.errors import APITimeoutError, MediaError, StreamInterruptedError
 from qwenvl.transport import Budget, Policy, Transport
@@ -85,17 +86,41 @@ def test_a_given_http_client_gets_the_deadlines_too(fault):
     assert clock.elapsed < BOUND
 
 
-def test_a_slow_reader_cannot_hold_an_upload(fault):
-    """The send side: the server reads the body one byte at a time."""
-    fault.mode = "slow-read"
+@pytest.mark.parametrize("chunk,message", [(1, "timed out sending"), (20_000, r"no complete reply within 6\.5\d* s")])
+def test_a_slow_reader_cannot_hold_an_upload(fault, monkeypatch, chunk, message):
+    """The send side: the server reads the body one byte per 0.2 s (each send stalls: the per-operation
+    time-out ends it), or 20 kB per 0.2 s (every send progresses: the deadline ends it). A file transfer's
+    deadline grows by 1 s per MIN_TRANSFER_RATE bytes (raised here so that 48 MB, more than the socket
+    buffers hold, get 5 s more)."""
+    monkeypatch.setattr(transport_module, "MIN_TRANSFER_RATE", 10_000_000)
+    fault.mode, fault.read_chunk = "slow-read", chunk
     transport = Transport(API_KEY)
+    body = b"\0" * (48 << 20)
     try:
-        with Clock() as clock, pytest.raises(APITimeoutError, match="no complete reply"):
-            transport.post_form(fault.url + "/oss", {"key": "k"}, {"file": ("f", b"\0" * (48 << 20), "x/y")},
+        with Clock() as clock, pytest.raises(APITimeoutError, match=message):
+            transport.post_form(fault.url + "/oss", {"key": "k"}, {"file": ("f", body, "x/y")},
                                 Policy(timeout_s=TIMEOUT, max_retries=0))
     finally:
         transport.close()
     assert clock.elapsed < BOUND
+
+
+def test_a_file_transfer_gets_time_for_its_size(fault, monkeypatch):
+    """A 2 MB download at 1 MB/s outlasts a 1 s time-out but not 1 s + 2 MB at MIN_TRANSFER_RATE; a trickle
+    still ends at that deadline."""
+    monkeypatch.setattr(transport_module, "MIN_TRANSFER_RATE", 500_000)
+    fault.mode, fault.interval = "file-steady", 0.1
+    transport = Transport(API_KEY)
+    try:
+        with Clock() as clock:
+            data = transport.get_bytes(fault.url + "/files/x/content", Policy(timeout_s=1.0, max_retries=0))
+        assert len(data) == 2_000_000 and clock.elapsed > 1.0
+        fault.mode, fault.interval = "body-trickle", 0.2  # declares 1 MB: 1 s + 2 s
+        with Clock() as clock, pytest.raises(APITimeoutError, match="no complete reply within 3 s"):
+            transport.get_bytes(fault.url + "/files/y/content", Policy(timeout_s=1.0, max_retries=0))
+        assert clock.elapsed < BOUND
+    finally:
+        transport.close()
 
 
 def test_the_cli_timeout_is_a_deadline(fault):

@@ -8,8 +8,11 @@ attempt has a ``Budget`` that every socket operation of it reads (connect, TLS, 
 connection pools of our httpx clients go through ``_Backend``, which shortens each operation's time-out to
 what is left of the budget and fails once it is spent. Per attempt (``Policy``):
 
-- a plain request (and ``fetch_url``, and each temporary-storage upload) must be complete within
-  ``timeout_s``: connect, send, status line and headers, body;
+- a plain request (and ``fetch_url``) must be complete within ``timeout_s``: connect, send, status line
+  and headers, body;
+- a file transfer (``post_form``, ``post_files``, ``get_bytes``: temporary-storage and Batch API uploads,
+  result downloads) within ``timeout_s`` plus one second per ``MIN_TRANSFER_RATE`` bytes of the body it
+  sends or, once the headers declare it, receives;
 - a stream must deliver its first event that carries data within ``timeout_s``, then never go more than
   ``timeout_s`` without one (SSE comments and keep-alives are not progress, and the time the caller spends
   between two events does not count), and end within ``stream_cap_s`` (default ``STREAM_CAP_FACTOR`` x
@@ -50,6 +53,7 @@ CONNECT_TIMEOUT_S = 10.0  # connecting (TCP and TLS) takes at most this, within 
 STREAM_CAP_FACTOR = 10.0  # a stream may last this many times the time-out...
 STREAM_CAP_MIN_S = 600.0  # ...and at least this long
 WRITE_SLICE = 16 * 1024  # a send is split so that a slow reader cannot stretch one write past the budget
+MIN_TRANSFER_RATE = 100_000  # bytes/s: a file transfer may take 1 s more per this many bytes of its body
 
 
 @functools.cache
@@ -88,7 +92,7 @@ class Budget:
         self.stream = stream
         self.what = what
         self.cap_s = policy.cap_s if stream else policy.timeout_s
-        start = clock()
+        self.start = start = clock()
         self.cap_at = start + self.cap_s
         self.at = min(start + self.timeout_s, self.cap_at)
         self.progressed = False
@@ -104,11 +108,20 @@ class Budget:
         self.progressed = True
         self.at = min(self._clock() + self.timeout_s, self.cap_at)
 
+    def allow(self, nbytes: int) -> None:
+        """A plain request that transfers a body of ``nbytes``: one more second per MIN_TRANSFER_RATE bytes."""
+        if self.stream or nbytes <= 0:
+            return
+        extra = nbytes / MIN_TRANSFER_RATE
+        self.cap_s = self.timeout_s + extra
+        self.cap_at = self.at = max(self.at, self.start + self.cap_s)
+
     def describe(self) -> str:
         """Which bound was reached, for the error message."""
-        t = f"{self.timeout_s:g} s"
+        t = f"{self.cap_s:g} s"
         if not self.stream:
             return f"no complete {self.what} within {t}"
+        t = f"{self.timeout_s:g} s"
         if self._clock() >= self.cap_at - 0.05:
             return f"the stream ran past its {self.cap_s:g} s limit"
         if self.progressed:
@@ -269,6 +282,11 @@ def map_exception(exc: httpx.HTTPError, url: str, api_key: str | None = None,
     return APIConnectionError(redact(f"cannot reach {url}: {detail}", api_key))
 
 
+def _length(headers: httpx.Headers) -> int:
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() else 0
+
+
 def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIError:
     err = error_from_body(response.status_code, body, retry_after=parse_retry_after(response.headers),
                           request_id=response.headers.get("x-request-id"))
@@ -375,21 +393,33 @@ class Transport:
             self._sleep(delay)
             attempt += 1
 
-    def _request(self, method: str, url: str, budget: Budget, stream: bool, kw: dict[str, Any]) -> httpx.Response:
-        """One attempt: the 2xx/3xx response (open when ``stream``), or the error it maps to."""
+    def _request(self, method: str, url: str, budget: Budget, stream: bool, kw: dict[str, Any],
+                 transfer: bool = False) -> httpx.Response:
+        """One attempt: the 2xx/3xx response (open when ``stream``, else read), or the error it maps to.
+        ``transfer``: a file transfer, whose budget grows with the body sent and received (``Budget.allow``)."""
         try:
             request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
-            response = self._client.send(request, stream=stream)
-            if response.status_code < 400:
-                return response
-            body = response.read()
-            response.close()
+            if transfer:
+                budget.allow(_length(request.headers))
+            response = self._client.send(request, stream=True)
+            try:
+                if response.status_code < 400:
+                    if not stream:
+                        if transfer:
+                            budget.allow(_length(response.headers))
+                        response.read()
+                    return response
+                body = response.read()
+            finally:
+                if response.status_code >= 400 or not stream:
+                    response.close()
         except httpx.HTTPError as exc:
             raise map_exception(exc, url, self._key, budget) from exc
         raise _status_error(response, body, self._key)
 
-    def _send(self, method: str, url: str, policy: Policy, **kw: Any) -> httpx.Response:
-        return self._retrying(policy, False, lambda budget: self._request(method, url, budget, False, kw))
+    def _send(self, method: str, url: str, policy: Policy, *, transfer: bool = False, **kw: Any) -> httpx.Response:
+        return self._retrying(policy, False,
+                              lambda budget: self._request(method, url, budget, False, kw, transfer))
 
     def post_json(self, url: str, body: dict[str, Any], policy: Policy,
                   headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
@@ -402,17 +432,17 @@ class Transport:
 
     def post_form(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> None:
         """A multipart upload to a third-party host (no Authorization header is sent there)."""
-        self._send("POST", url, policy, data=data, files=files, headers={"User-Agent": USER_AGENT})
+        self._send("POST", url, policy, transfer=True, data=data, files=files, headers={"User-Agent": USER_AGENT})
 
     def post_files(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> Any:
         """A multipart upload to the service itself (with the key), e.g. a Batch API input file; the JSON reply."""
-        response = self._send("POST", url, policy, data=data, files=files,
+        response = self._send("POST", url, policy, transfer=True, data=data, files=files,
                               headers={"Authorization": f"Bearer {self._key}", "User-Agent": USER_AGENT})
         return load_json(response.content, "the reply")
 
     def get_bytes(self, url: str, policy: Policy) -> bytes:
         """A GET whose body is not JSON (e.g. a Batch API result file)."""
-        return self._send("GET", url, policy, headers=_headers(self._key, None)).content
+        return self._send("GET", url, policy, transfer=True, headers=_headers(self._key, None)).content
 
     def open_stream(self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None,
                     start: Callable[[LineStream], T] | None = None) -> tuple[LineStream, T | None]:
@@ -463,11 +493,16 @@ class AsyncTransport:
                        kw: dict[str, Any]) -> httpx.Response:
         try:
             request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
-            response = await self._client.send(request, stream=stream)
-            if response.status_code < 400:
-                return response
-            body = await response.aread()
-            await response.aclose()
+            response = await self._client.send(request, stream=True)
+            try:
+                if response.status_code < 400:
+                    if not stream:
+                        await response.aread()
+                    return response
+                body = await response.aread()
+            finally:
+                if response.status_code >= 400 or not stream:
+                    await response.aclose()
         except httpx.HTTPError as exc:
             raise map_exception(exc, url, self._key, budget) from exc
         raise _status_error(response, body, self._key)

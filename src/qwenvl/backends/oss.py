@@ -12,8 +12,8 @@ request fits the request size limit. Uploads happen after every check and prepar
 fails them is never uploaded.
 
 Deadlines: the policy request must be complete within the request's ``timeout_s``; each upload within
-``timeout_s`` plus one second per ``UPLOAD_MIN_RATE`` bytes of the file (a floor on the upload speed),
-however slowly the storage host reads or answers. Each is retried like any request (``max_retries``).
+``timeout_s`` plus one second per ``qwenvl.transport.MIN_TRANSFER_RATE`` bytes of the file (a floor on the
+upload speed), however slowly the storage host reads or answers. Each is retried like any request.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,7 +34,6 @@ from qwenvl.transport import Policy, Transport
 from qwenvl.types import ImagePart, Message, VideoPart
 
 UPLOAD_MODES = ("auto", "inline", "oss")
-UPLOAD_MIN_RATE = 100_000  # bytes per second: an upload may take timeout_s + size / UPLOAD_MIN_RATE seconds
 
 
 @dataclass(frozen=True)
@@ -129,11 +128,6 @@ def object_name(data: bytes, mime: str) -> str:
     return hashlib.sha256(data).hexdigest()[:24] + ext
 
 
-def upload_policy(policy: Policy, size: int) -> Policy:
-    """The deadline of one upload of ``size`` bytes: the request's time-out plus a floor on the speed."""
-    return replace(policy, timeout_s=policy.timeout_s + size / UPLOAD_MIN_RATE)
-
-
 def _upload_one(url: str, pol: UploadPolicy, transport: Transport, policy: Policy) -> str:
     """Post one item (a data: URL, or a ``file://`` video streamed from disk) and return its oss:// URL."""
     if url.startswith("file://"):
@@ -144,14 +138,13 @@ def _upload_one(url: str, pol: UploadPolicy, transport: Transport, policy: Polic
             stat = os.fstat(fh.fileno())
             name = object_name(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode(), mime)
             key = f"{pol.upload_dir}/{name}"
-            transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (name, fh, mime)},
-                                upload_policy(policy, stat.st_size))
+            transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (name, fh, mime)}, policy)
         return "oss://" + key
     mime = url[5:url.index(";")] if ";" in url[:100] else "application/octet-stream"
     data = decode_data_url(url)
     key = f"{pol.upload_dir}/{object_name(data, mime)}"
     transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (key.rsplit("/", 1)[-1], data, mime)},
-                        upload_policy(policy, len(data)))
+                        policy)
     return "oss://" + key
 
 
