@@ -250,7 +250,7 @@ def with_deadlines(client: C) -> C:
     (``_transport``, ``_mounts``, ``_pool._network_backend``: stable since httpx 0.18 / httpcore 0.14);
     ``tests/test_deadlines.py`` fails if that ever changes.
     """
-    for transport in [client._transport, *client._mounts.values()]:
+    for transport in [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]:
         pool = getattr(transport, "_pool", None)
         inner = getattr(pool, "_network_backend", None)
         if inner is None or isinstance(inner, _Backend | _AsyncBackend):
