@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.config import effective_region, normalize_protocol, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.plan import Call, plan
+from qwenvl.retry import RetryHook
 from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
 
 # Client-level defaults that apply to requests that do not set the field themselves.
@@ -123,13 +125,15 @@ class _Base:
                  base_url: str | None = None, model: str | None = None, timeout_s: float | None = None,
                  max_retries: int | None = None, retry_backoff_s: float | None = None,
                  http_client: Any = None, backend: Any = None,
-                 cache: bool | str | os.PathLike[str] | ResponseCache | None = None) -> None:
+                 cache: bool | str | os.PathLike[str] | ResponseCache | None = None,
+                 on_retry: RetryHook | None = None) -> None:
         self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
         self.region = effective_region(region)
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
         self._backend = backend
+        self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
         if backend is not None:
             self.protocol = backend.protocol
@@ -164,7 +168,8 @@ class Client(_Base):
             from qwenvl.backends.dashscope import DashScopeBackend
 
             self._backend = DashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,
-                                             region=self.region, http_client=self._http_client)
+                                             region=self.region, http_client=self._http_client,
+                                             on_retry=self.on_retry)
         return self._backend
 
     def close(self) -> None:
@@ -228,7 +233,11 @@ class Client(_Base):
 
 
 class AsyncClient(_Base):
-    """asyncio client with the same methods as Client (``await client.complete(...)``)."""
+    """asyncio client with the same methods as Client (``await client.complete(...)``).
+
+    Media are prepared in a worker thread (``asyncio.to_thread``: decoding, resizing and encoding, video
+    sampling, PDF rendering and ``fetch_urls`` downloads), so the event loop keeps running meanwhile; the
+    heavy parts (Pillow, PyAV, pdfium) release the GIL. ``plan()`` itself stays synchronous."""
 
     @property
     def backend(self) -> AsyncBackend:
@@ -236,8 +245,13 @@ class AsyncClient(_Base):
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
 
             self._backend = AsyncDashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,
-                                                  region=self.region, http_client=self._http_client)
+                                                  region=self.region, http_client=self._http_client,
+                                                  on_retry=self.on_retry)
         return self._backend
+
+    async def _ready(self) -> AsyncBackend:
+        """The backend; made in a worker thread the first time (importing httpx takes a while)."""
+        return self._backend or await asyncio.to_thread(lambda: self.backend)
 
     async def aclose(self) -> None:
         if self._backend is not None:
@@ -250,7 +264,7 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
-        call = self.plan(request, **fields)
+        call = await asyncio.to_thread(self.plan, request, **fields)
         return await self.send(call)
 
     async def send(self, call: Call) -> Response:
@@ -269,7 +283,7 @@ class AsyncClient(_Base):
         ex = exchange.begin(self, call)
         if ex.response is not None:
             return ex.response
-        backend = self.backend
+        backend = await self._ready()
         try:
             return ex.done(await backend.complete(call))
         except QwenVLError as exc:
@@ -278,12 +292,12 @@ class AsyncClient(_Base):
 
     async def stream(self, request: Request | dict[str, Any] | None = None, /,
                      **fields: Any) -> AsyncIterator[StreamEvent]:
-        call = self.plan(request, **fields)
+        call = await asyncio.to_thread(self.plan, request, **fields)
         async for event in self.send_stream(call):
             yield event
 
     async def send_stream(self, call: Call) -> AsyncIterator[StreamEvent]:
-        ex, backend = exchange.begin(self, call, stream=True), self.backend
+        ex, backend = exchange.begin(self, call, stream=True), await self._ready()
         try:
             async for event in backend.stream(call):
                 if event.type != "done":

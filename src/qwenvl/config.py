@@ -181,6 +181,8 @@ def require_api_key(explicit: str | None = None, **kw) -> KeyFound:
 
 
 def _read_key_file(path: Path) -> str | None:
+    if not path.is_file():  # a pipe or device is never read
+        return None
     try:
         text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
@@ -190,6 +192,8 @@ def _read_key_file(path: Path) -> str | None:
 
 def _read_credentials(path: Path, profile: str) -> str | None:
     parser = configparser.ConfigParser(interpolation=None)
+    if not path.is_file():  # a pipe or device is never read
+        return None
     try:
         if not parser.read(path, encoding="utf-8"):
             return None

@@ -1,16 +1,33 @@
-"""The retry policy: which failures are retried and how long to wait (pure functions, one home)."""
+"""The retry policy: which failures are retried, how long to wait, and how a wait is told (one home).
+
+- **Retried**: connection errors and time-outs, and HTTP 429, 500, 502, 503 and 504 — also when the status
+  arrives as the first event of a 200 stream, before any content (``qwenvl.transport`` treats that event
+  like the same HTTP status).
+- **Delay** before retry ``n`` (0-based): ``backoff_s * 2**n``, shortened by up to 25 % of jitter so that
+  clients spread out, never less than the service's ``Retry-After``, and never more than
+  ``MAX_RETRY_DELAY_S`` (20 s). openai-python caps its backoff at 8 s; DashScope counts its rate limits per
+  minute (RPM/TPM), so waits of up to 20 s let three retries span a whole window, while ``--max-retries 20``
+  still waits at most about 7 minutes in all.
+- **A Retry-After beyond the cap** is not waited for: the attempt ends at once with a hint that says when to
+  try again (``give_up_hint``), instead of holding a terminal or a batch worker for an unknown time.
+- **Visible waits**: the transport calls an ``on_retry`` hook with a ``RetryNotice`` before each wait; the
+  CLI prints ``notice.describe()`` on a terminal ("rate limited, retrying in 4 s (2/3)").
+"""
 
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from qwenvl.errors import APIConnectionError, APIError, APIStatusError
+from qwenvl.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After means "not now": fail with the hint instead of hanging
+MAX_RETRY_DELAY_S = 20.0  # the longest wait between two attempts (backoff and Retry-After alike)
+MAX_RETRY_AFTER_S = MAX_RETRY_DELAY_S  # a longer Retry-After means "not now": give up with when to retry
 JITTER = 0.25  # the delay is shortened by up to this fraction, so that clients spread out
 
 
@@ -26,12 +43,12 @@ def should_retry(exc: APIError) -> bool:
 
 def retry_delay(attempt: int, backoff_s: float, retry_after: float | None = None,
                 rng: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before retry number ``attempt + 1``: ``backoff_s * 2**attempt`` with jitter, and
-    never less than the server's Retry-After."""
-    delay = backoff_s * (2 ** attempt) * (1 - JITTER * rng())
+    """Seconds to wait before retry number ``attempt + 1``: ``backoff_s * 2**attempt`` with jitter, never
+    less than the server's Retry-After, and at most ``MAX_RETRY_DELAY_S``."""
+    delay = backoff_s * (2 ** min(attempt, 60)) * (1 - JITTER * rng())
     if retry_after is not None and retry_after > delay:
         delay = retry_after
-    return max(0.0, delay)
+    return max(0.0, min(delay, MAX_RETRY_DELAY_S))
 
 
 def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
@@ -53,3 +70,41 @@ def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = tim
     if parsed is None:
         return None
     return max(0.0, email.utils.mktime_tz(parsed) - now())
+
+
+def give_up_hint(exc: APIError, now: Callable[[], float] = time.time) -> str | None:
+    """When the service said how long to wait (Retry-After) and qwenvl will not wait: when to try again."""
+    wait = getattr(exc, "retry_after", None)
+    if not isinstance(exc, APIStatusError) or wait is None or wait <= 0:
+        return None
+    at = time.strftime("%H:%M:%S", time.localtime(now() + wait))
+    why = (f"more than the {MAX_RETRY_DELAY_S:g} s qwenvl waits between attempts" if wait > MAX_RETRY_AFTER_S
+           else "and the retries are used up")
+    return f"The service asks to wait {math.ceil(wait)} s ({why}): try again after {at}."
+
+
+@dataclass(frozen=True)
+class RetryNotice:
+    """Told to an ``on_retry`` hook before a wait: retry ``number`` of ``of`` comes after ``delay_s``."""
+
+    error: APIError
+    number: int  # 1-based: the retry about to be made
+    of: int  # max_retries
+    delay_s: float
+
+    def describe(self) -> str:
+        """One line for a terminal, e.g. "rate limited, retrying in 4 s (2/3)"."""
+        exc = self.error
+        if isinstance(exc, APIStatusError) and exc.status == 429:
+            what = "rate limited"
+        elif isinstance(exc, APIStatusError):
+            what = f"service error (HTTP {exc.status})"
+        elif isinstance(exc, APITimeoutError):
+            what = "timed out"
+        else:
+            what = "connection failed"
+        wait = f"{self.delay_s:.0f}" if self.delay_s >= 1 else f"{self.delay_s:.1f}"
+        return f"{what}, retrying in {wait} s ({self.number}/{self.of})"
+
+
+RetryHook = Callable[[RetryNotice], None]

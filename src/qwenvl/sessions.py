@@ -18,7 +18,7 @@ import platformdirs
 from pydantic import ValidationError
 
 from qwenvl.errors import MediaError, UsageError
-from qwenvl.media.sources import classify
+from qwenvl.media.sources import classify, read_regular_text
 from qwenvl.types import ImagePart, Message, VideoPart
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -54,7 +54,7 @@ class Session:
         if not session.path.exists():
             return session
         try:
-            data = json.loads(session.path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular_text(session.path, error=UsageError, what="session file"))
             session.model = data.get("model")
             session.created = float(data.get("created", session.created))
             session.messages = [Message.model_validate(m) for m in data.get("messages", [])]

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from qwenvl.errors import SchemaDefinitionError
+from qwenvl.media.sources import read_regular_text
 
 JSON_INSTRUCTION = "Return ONLY valid JSON."
 SCHEMA_INSTRUCTION = (
@@ -39,12 +40,7 @@ def load_schema(source: str | Path | dict[str, Any]) -> dict[str, Any]:
         else:
             path = Path(text).expanduser()
             origin = str(path)
-            try:
-                raw = path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise SchemaDefinitionError(f"schema file not found: {path}") from None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SchemaDefinitionError(f"cannot read schema file {path}: {exc}") from None
+            raw = read_regular_text(path, error=SchemaDefinitionError, what="schema file")
         try:
             schema = json.loads(raw)
         except json.JSONDecodeError as exc:

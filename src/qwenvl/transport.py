@@ -1,6 +1,29 @@
-"""The one place for HTTP: httpx clients (sync and async), retries with backoff, and error mapping.
+"""The one place for HTTP: httpx clients (sync and async), deadlines, retries with backoff, error mapping.
 
 Every httpx exception becomes a qwenvl error here (chained with ``from``); nothing else imports httpx.
+
+**Deadlines.** httpx's time-outs bound each socket operation, so a server that trickles one byte a second
+(in the status line, the headers, the body, or as SSE comments) would hold a request for ever. Here each
+attempt has a ``Budget`` that every socket operation of it reads (connect, TLS, send, receive): the
+connection pools of our httpx clients go through ``_Backend``, which shortens each operation's time-out to
+what is left of the budget and fails once it is spent. Per attempt (``Policy``):
+
+- a plain request (and ``fetch_url``) must be complete within ``timeout_s``: connect, send, status line
+  and headers, body;
+- a file transfer (``post_form``, ``post_files``, ``get_bytes``: temporary-storage and Batch API uploads,
+  result downloads) within ``timeout_s`` plus one second per ``MIN_TRANSFER_RATE`` bytes of the body it
+  sends or, once the headers declare it, receives;
+- a stream must deliver its first event that carries data within ``timeout_s``, then never go more than
+  ``timeout_s`` without one (SSE comments and keep-alives are not progress, and the time the caller spends
+  between two events does not count), and end within ``stream_cap_s`` (default ``STREAM_CAP_FACTOR`` x
+  ``timeout_s``, at least ``STREAM_CAP_MIN_S``).
+
+Not bounded by the budget: name resolution (``getaddrinfo`` has no time-out in the standard library).
+
+**Retries** follow ``qwenvl.retry`` (the policy): a 429/5xx reply, a connection error or a time-out is
+retried ``max_retries`` times; so is an error that arrives as the first event of a 200 stream, before any
+content (the backend's ``start`` callback raises it; see ``Transport.open_stream``). Before each wait the
+``on_retry`` hook is told (the CLI prints it on a terminal).
 """
 
 from __future__ import annotations
@@ -10,19 +33,27 @@ import functools
 import platform
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import httpcore
 import httpx
 
 from qwenvl import __version__
 from qwenvl.errors import APIConnectionError, APIError, APITimeoutError, MediaError, redact
 from qwenvl.protocols.common import error_from_body, load_json
-from qwenvl.retry import parse_retry_after, retry_delay, should_retry
+from qwenvl.protocols.sse import carries_data
+from qwenvl.retry import RetryHook, RetryNotice, give_up_hint, parse_retry_after, retry_delay, should_retry
+
+T = TypeVar("T")
 
 USER_AGENT = f"qwenvl/{__version__} httpx/{httpx.__version__} python/{platform.python_version()}"
-CONNECT_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0  # connecting (TCP and TLS) takes at most this, within the attempt's budget
+STREAM_CAP_FACTOR = 10.0  # a stream may last this many times the time-out...
+STREAM_CAP_MIN_S = 600.0  # ...and at least this long
+WRITE_SLICE = 16 * 1024  # a send is split so that a slow reader cannot stretch one write past the budget
+MIN_TRANSFER_RATE = 100_000  # bytes/s: a file transfer may take 1 s more per this many bytes of its body
 
 
 @functools.cache
@@ -33,15 +64,202 @@ def tls_context() -> ssl.SSLContext:
 
 @dataclass(frozen=True)
 class Policy:
-    """Per-request network settings."""
+    """Per-request network settings: seconds per attempt, retries and backoff base (see the module doc)."""
 
     timeout_s: float = 120.0
     max_retries: int = 2
     backoff_s: float = 1.5
+    stream_cap_s: float | None = None  # None: max(STREAM_CAP_FACTOR * timeout_s, STREAM_CAP_MIN_S)
 
-    def timeout(self) -> httpx.Timeout:
-        # For streams the read time-out is the longest silence between two chunks.
-        return httpx.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s))
+    @property
+    def cap_s(self) -> float:
+        if self.stream_cap_s is not None:
+            return self.stream_cap_s
+        return max(STREAM_CAP_FACTOR * self.timeout_s, STREAM_CAP_MIN_S)
+
+
+class Budget:
+    """The deadline of one attempt, read by every socket operation of it (monotonic clock, seconds).
+
+    A plain request ends at ``start + timeout_s``. A stream's deadline starts the same (for its first data
+    event) and moves to ``now + timeout_s`` after each data event (``progress``), never past the cap.
+    """
+
+    def __init__(self, policy: Policy, *, stream: bool = False, what: str = "reply",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.timeout_s = policy.timeout_s
+        self.stream = stream
+        self.what = what
+        self.cap_s = policy.cap_s if stream else policy.timeout_s
+        self.start = start = clock()
+        self.cap_at = start + self.cap_s
+        self.at = min(start + self.timeout_s, self.cap_at)
+        self.progressed = False
+
+    def remaining(self) -> float:
+        return self.at - self._clock()
+
+    def spent(self) -> bool:
+        return self.remaining() <= 0.05
+
+    def progress(self) -> None:
+        """A data event arrived: the next one may take the whole time-out again (up to the cap)."""
+        self.progressed = True
+        self.at = min(self._clock() + self.timeout_s, self.cap_at)
+
+    def allow(self, nbytes: int) -> None:
+        """A plain request that transfers a body of ``nbytes``: one more second per MIN_TRANSFER_RATE bytes."""
+        if self.stream or nbytes <= 0:
+            return
+        extra = nbytes / MIN_TRANSFER_RATE
+        self.cap_s = self.timeout_s + extra
+        self.cap_at = self.at = max(self.at, self.start + self.cap_s)
+
+    def describe(self) -> str:
+        """Which bound was reached, for the error message."""
+        t = f"{self.cap_s:g} s"
+        if not self.stream:
+            return f"no complete {self.what} within {t}"
+        t = f"{self.timeout_s:g} s"
+        if self._clock() >= self.cap_at - 0.05:
+            return f"the stream ran past its {self.cap_s:g} s limit"
+        if self.progressed:
+            return f"the stream sent no data for {t}"
+        return f"no first event within {t}"
+
+    def timeouts(self) -> dict[str, float]:
+        """httpx's ``timeout`` request extension: each value carries this budget down to ``_Backend``."""
+        return {"connect": _Limited(min(CONNECT_TIMEOUT_S, self.timeout_s), self),
+                "read": _Limited(self.timeout_s, self), "write": _Limited(self.timeout_s, self),
+                "pool": max(0.001, self.remaining())}
+
+
+class _Limited(float):
+    """A per-operation time-out (its float value) that also carries the attempt's Budget."""
+
+    budget: Budget
+
+    def __new__(cls, value: float, budget: Budget) -> _Limited:
+        obj = super().__new__(cls, value)
+        obj.budget = budget
+        return obj
+
+
+def _left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """The time-out for one socket operation: the smaller of its own and what is left of the budget."""
+    if not isinstance(timeout, _Limited):
+        return timeout
+    left = timeout.budget.remaining()
+    if left <= 0:
+        raise expired("the attempt's deadline has passed")
+    return min(float(timeout), left)
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        for i in range(0, max(len(buffer), 1), WRITE_SLICE):
+            self._inner.write(buffer[i:i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        return _Stream(self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore.NetworkBackend):
+    """Wraps httpcore's network backend so that every operation honours the attempt's Budget."""
+
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
+                                               local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout),
+                                                       socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _AsyncStream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        for i in range(0, max(len(buffer), 1), WRITE_SLICE):
+            await self._inner.write(buffer[i:i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(await self._inner.start_tls(ssl_context, server_hostname,
+                                                        _left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _AsyncBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(await self._inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
+                                                          local_address, socket_options))
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(await self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout),
+                                                                  socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+C = TypeVar("C", httpx.Client, httpx.AsyncClient)
+
+
+def with_deadlines(client: C) -> C:
+    """Make ``client``'s connection pools honour attempt budgets (returns the same client).
+
+    Requests without a Budget are unaffected. Transports that are not httpx's own (e.g. ``MockTransport``)
+    are left alone: there the time-outs are httpx's per-operation ones. This reaches into httpx's pools
+    (``_transport``, ``_mounts``, ``_pool._network_backend``: stable since httpx 0.18 / httpcore 0.14);
+    ``tests/test_deadlines.py`` fails if that ever changes.
+    """
+    for transport in [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]:
+        pool = getattr(transport, "_pool", None)
+        inner = getattr(pool, "_network_backend", None)
+        if inner is None or isinstance(inner, _Backend | _AsyncBackend):
+            continue
+        if isinstance(inner, httpcore.AsyncNetworkBackend):
+            pool._network_backend = _AsyncBackend(inner)  # type: ignore[union-attr]
+        elif isinstance(inner, httpcore.NetworkBackend):
+            pool._network_backend = _Backend(inner)  # type: ignore[union-attr]
+    return client
 
 
 def _headers(api_key: str, extra: dict[str, str] | None) -> dict[str, str]:
@@ -51,14 +269,22 @@ def _headers(api_key: str, extra: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def map_exception(exc: httpx.HTTPError, url: str, api_key: str | None = None) -> APIError:
+def map_exception(exc: httpx.HTTPError, url: str, api_key: str | None = None,
+                  budget: Budget | None = None) -> APIError:
     if isinstance(exc, httpx.TimeoutException):
+        if budget is not None and budget.spent():
+            return APITimeoutError(redact(f"timed out: {budget.describe()} ({url})", api_key))
         kind = {httpx.ConnectTimeout: "connecting", httpx.ReadTimeout: "waiting for the reply",
                 httpx.WriteTimeout: "sending", httpx.PoolTimeout: "waiting for a connection"}.get(
             type(exc), "talking to the service")
         return APITimeoutError(redact(f"timed out {kind} ({url})", api_key))
     detail = str(exc) or type(exc).__name__
     return APIConnectionError(redact(f"cannot reach {url}: {detail}", api_key))
+
+
+def _length(headers: httpx.Headers) -> int:
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() else 0
 
 
 def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIError:
@@ -68,34 +294,51 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIErr
     return err
 
 
-def _backoff(error: APIError, attempt: int, policy: Policy) -> float:
-    """Seconds to wait before the next attempt; raises ``error`` when it is final."""
+def _backoff(error: APIError, attempt: int, policy: Policy, on_retry: RetryHook | None) -> float:
+    """Seconds to wait before the next attempt (telling ``on_retry``); raises ``error`` when it is final."""
     if attempt >= policy.max_retries or not should_retry(error):
+        hint = give_up_hint(error)
+        if hint:
+            error.hint = hint
         raise error
-    return retry_delay(attempt, policy.backoff_s, getattr(error, "retry_after", None))
+    delay = retry_delay(attempt, policy.backoff_s, getattr(error, "retry_after", None))
+    if on_retry is not None:
+        on_retry(RetryNotice(error, attempt + 1, policy.max_retries, delay))
+    return delay
 
 
 class LineStream:
-    """The lines of an open streaming reply; transport failures surface as APIConnectionError."""
+    """The lines of an open streaming reply; transport failures surface as APIConnectionError.
 
-    def __init__(self, response: httpx.Response, url: str, api_key: str) -> None:
+    Each ``data`` line re-arms the attempt's Budget once the caller asks for the next line, so the caller's
+    own time between two events is not counted as the server's silence."""
+
+    def __init__(self, response: httpx.Response, url: str, api_key: str, budget: Budget | None = None) -> None:
         self._response = response
         self._url = url
         self._key = api_key
+        self._budget = budget
         self.headers = response.headers
         self.content_type = response.headers.get("content-type", "")
 
+    def _error(self, exc: httpx.HTTPError) -> APIError:
+        return map_exception(exc, self._url, self._key, self._budget)
+
     def __iter__(self) -> Iterator[str]:
         try:
-            yield from self._response.iter_lines()
+            for line in self._response.iter_lines():
+                data = carries_data(line)
+                yield line
+                if data and self._budget is not None:
+                    self._budget.progress()
         except httpx.HTTPError as exc:
-            raise map_exception(exc, self._url, self._key) from exc
+            raise self._error(exc) from exc
 
     def read(self) -> bytes:
         try:
             return self._response.read()
         except httpx.HTTPError as exc:
-            raise map_exception(exc, self._url, self._key) from exc
+            raise self._error(exc) from exc
 
     def close(self) -> None:
         self._response.close()
@@ -105,125 +348,188 @@ class AsyncLineStream(LineStream):
     async def __aiter__(self) -> AsyncIterator[str]:  # type: ignore[override]
         try:
             async for line in self._response.aiter_lines():
+                data = carries_data(line)
                 yield line
+                if data and self._budget is not None:
+                    self._budget.progress()
         except httpx.HTTPError as exc:
-            raise map_exception(exc, self._url, self._key) from exc
+            raise self._error(exc) from exc
 
     async def aread(self) -> bytes:
         try:
             return await self._response.aread()
         except httpx.HTTPError as exc:
-            raise map_exception(exc, self._url, self._key) from exc
+            raise self._error(exc) from exc
 
     async def aclose(self) -> None:
         await self._response.aclose()
 
 
 class Transport:
-    """Synchronous HTTP with retries. ``http_client`` may be given (tests, proxies, custom TLS)."""
+    """Synchronous HTTP with deadlines and retries. ``http_client`` may be given (tests, proxies, custom
+    TLS); its httpx connection pools are made to honour the deadlines (``with_deadlines``).
+
+    ``on_retry`` is called with a ``RetryNotice`` before each wait (e.g. to show it on a terminal)."""
 
     def __init__(self, api_key: str, *, http_client: httpx.Client | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, on_retry: RetryHook | None = None) -> None:
         self._key = api_key
         self._own = http_client is None
-        self._client = http_client or httpx.Client(follow_redirects=False, verify=tls_context())
+        self._client = with_deadlines(http_client or httpx.Client(follow_redirects=False, verify=tls_context()))
         self._sleep = sleep
+        self.on_retry = on_retry
 
     def close(self) -> None:
         if self._own:
             self._client.close()
 
-    def _send(self, method: str, url: str, policy: Policy, *, stream: bool, **kw: Any) -> httpx.Response:
+    def _retrying(self, policy: Policy, stream: bool, once: Callable[[Budget], T]) -> T:
         attempt = 0
         while True:
             try:
-                request = self._client.build_request(method, url, timeout=policy.timeout(), **kw)
-                response = self._client.send(request, stream=stream)
+                return once(Budget(policy, stream=stream))
+            except APIError as error:
+                delay = _backoff(error, attempt, policy, self.on_retry)
+            self._sleep(delay)
+            attempt += 1
+
+    def _request(self, method: str, url: str, budget: Budget, stream: bool, kw: dict[str, Any],
+                 transfer: bool = False) -> httpx.Response:
+        """One attempt: the 2xx/3xx response (open when ``stream``, else read), or the error it maps to.
+        ``transfer``: a file transfer, whose budget grows with the body sent and received (``Budget.allow``)."""
+        try:
+            request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
+            if transfer:
+                budget.allow(_length(request.headers))
+            response = self._client.send(request, stream=True)
+            try:
                 if response.status_code < 400:
+                    if not stream:
+                        if transfer:
+                            budget.allow(_length(response.headers))
+                        response.read()
                     return response
                 body = response.read()
-                response.close()
-                error = _status_error(response, body, self._key)
-            except httpx.HTTPError as exc:
-                error = map_exception(exc, url, self._key)
-                error.__cause__ = exc
-            self._sleep(_backoff(error, attempt, policy))
-            attempt += 1
+            finally:
+                if response.status_code >= 400 or not stream:
+                    response.close()
+        except httpx.HTTPError as exc:
+            raise map_exception(exc, url, self._key, budget) from exc
+        raise _status_error(response, body, self._key)
+
+    def _send(self, method: str, url: str, policy: Policy, *, transfer: bool = False, **kw: Any) -> httpx.Response:
+        return self._retrying(policy, False,
+                              lambda budget: self._request(method, url, budget, False, kw, transfer))
 
     def post_json(self, url: str, body: dict[str, Any], policy: Policy,
                   headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
-        response = self._send("POST", url, policy, stream=False, json=body, headers=_headers(self._key, headers))
+        response = self._send("POST", url, policy, json=body, headers=_headers(self._key, headers))
         return load_json(response.content, "the reply"), dict(response.headers)
 
     def get_json(self, url: str, policy: Policy, params: dict[str, str] | None = None) -> Any:
-        response = self._send("GET", url, policy, stream=False, params=params,
-                              headers=_headers(self._key, None))
+        response = self._send("GET", url, policy, params=params, headers=_headers(self._key, None))
         return load_json(response.content, "the reply")
 
     def post_form(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> None:
         """A multipart upload to a third-party host (no Authorization header is sent there)."""
-        self._send("POST", url, policy, stream=False, data=data, files=files,
-                   headers={"User-Agent": USER_AGENT})
+        self._send("POST", url, policy, transfer=True, data=data, files=files, headers={"User-Agent": USER_AGENT})
 
     def post_files(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> Any:
         """A multipart upload to the service itself (with the key), e.g. a Batch API input file; the JSON reply."""
-        response = self._send("POST", url, policy, stream=False, data=data, files=files,
+        response = self._send("POST", url, policy, transfer=True, data=data, files=files,
                               headers={"Authorization": f"Bearer {self._key}", "User-Agent": USER_AGENT})
         return load_json(response.content, "the reply")
 
     def get_bytes(self, url: str, policy: Policy) -> bytes:
         """A GET whose body is not JSON (e.g. a Batch API result file)."""
-        return self._send("GET", url, policy, stream=False, headers=_headers(self._key, None)).content
+        return self._send("GET", url, policy, transfer=True, headers=_headers(self._key, None)).content
 
-    def open_stream(self, url: str, body: dict[str, Any], policy: Policy,
-                    headers: dict[str, str] | None = None) -> LineStream:
-        """POST and return the open reply once its status is 2xx (retrying before that point only)."""
-        response = self._send("POST", url, policy, stream=True, json=body, headers=_headers(self._key, headers))
-        return LineStream(response, url, self._key)
+    def open_stream(self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None,
+                    start: Callable[[LineStream], T] | None = None) -> tuple[LineStream, T | None]:
+        """POST and return the open reply once its status is 2xx, with what ``start`` returned.
+
+        ``start`` reads the stream up to its first content (the backend decodes the protocol); an APIError it
+        raises before returning (an error event where the first content should be, a time-out waiting for the
+        first event) counts as the attempt's failure and is retried like the same HTTP status. Once ``start``
+        has returned nothing more is retried: the caller may already hold part of the answer."""
+        def once(budget: Budget) -> tuple[LineStream, T | None]:
+            response = self._request("POST", url, budget, True, {"json": body, "headers": _headers(self._key, headers)})
+            lines = LineStream(response, url, self._key, budget)
+            try:
+                return lines, (start(lines) if start is not None else None)
+            except BaseException:
+                lines.close()
+                raise
+
+        return self._retrying(policy, True, once)
 
 
 class AsyncTransport:
     """The asyncio twin of Transport."""
 
     def __init__(self, api_key: str, *, http_client: httpx.AsyncClient | None = None,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Any] = asyncio.sleep, on_retry: RetryHook | None = None) -> None:
         self._key = api_key
         self._own = http_client is None
-        self._client = http_client or httpx.AsyncClient(follow_redirects=False, verify=tls_context())
+        self._client = with_deadlines(http_client or httpx.AsyncClient(follow_redirects=False, verify=tls_context()))
         self._sleep = sleep
+        self.on_retry = on_retry
 
     async def aclose(self) -> None:
         if self._own:
             await self._client.aclose()
 
-    async def _send(self, method: str, url: str, policy: Policy, *, stream: bool, **kw: Any) -> httpx.Response:
+    async def _retrying(self, policy: Policy, stream: bool, once: Callable[[Budget], Awaitable[T]]) -> T:
         attempt = 0
         while True:
             try:
-                request = self._client.build_request(method, url, timeout=policy.timeout(), **kw)
-                response = await self._client.send(request, stream=stream)
+                return await once(Budget(policy, stream=stream))
+            except APIError as error:
+                delay = _backoff(error, attempt, policy, self.on_retry)
+            await self._sleep(delay)
+            attempt += 1
+
+    async def _request(self, method: str, url: str, budget: Budget, stream: bool,
+                       kw: dict[str, Any]) -> httpx.Response:
+        try:
+            request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
+            response = await self._client.send(request, stream=True)
+            try:
                 if response.status_code < 400:
+                    if not stream:
+                        await response.aread()
                     return response
                 body = await response.aread()
-                await response.aclose()
-                error = _status_error(response, body, self._key)
-            except httpx.HTTPError as exc:
-                error = map_exception(exc, url, self._key)
-                error.__cause__ = exc
-            await self._sleep(_backoff(error, attempt, policy))
-            attempt += 1
+            finally:
+                if response.status_code >= 400 or not stream:
+                    await response.aclose()
+        except httpx.HTTPError as exc:
+            raise map_exception(exc, url, self._key, budget) from exc
+        raise _status_error(response, body, self._key)
 
     async def post_json(self, url: str, body: dict[str, Any], policy: Policy,
                         headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
-        response = await self._send("POST", url, policy, stream=False, json=body,
-                                    headers=_headers(self._key, headers))
+        kw = {"json": body, "headers": _headers(self._key, headers)}
+        response = await self._retrying(policy, False,
+                                        lambda budget: self._request("POST", url, budget, False, kw))
         return load_json(response.content, "the reply"), dict(response.headers)
 
     async def open_stream(self, url: str, body: dict[str, Any], policy: Policy,
-                          headers: dict[str, str] | None = None) -> AsyncLineStream:
-        response = await self._send("POST", url, policy, stream=True, json=body,
-                                    headers=_headers(self._key, headers))
-        return AsyncLineStream(response, url, self._key)
+                          headers: dict[str, str] | None = None,
+                          start: Callable[[AsyncLineStream], Awaitable[T]] | None = None,
+                          ) -> tuple[AsyncLineStream, T | None]:
+        """As ``Transport.open_stream``, with an async ``start``."""
+        async def once(budget: Budget) -> tuple[AsyncLineStream, T | None]:
+            response = await self._request("POST", url, budget, True,
+                                           {"json": body, "headers": _headers(self._key, headers)})
+            lines = AsyncLineStream(response, url, self._key, budget)
+            try:
+                return lines, (await start(lines) if start is not None else None)
+            except BaseException:
+                await lines.aclose()
+                raise
+
+        return await self._retrying(policy, True, once)
 
 
 FETCH_TIMEOUT_S = 30.0
@@ -234,31 +540,43 @@ def fetch_url(url: str, *, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S,
               max_redirects: int = FETCH_MAX_REDIRECTS) -> tuple[bytes, str]:
     """Download a remote file for local preparation (``--fetch-urls``): (content, content type).
 
-    No credentials are sent. The body is read in chunks and abandoned as soon as it passes ``max_bytes``;
-    redirects are followed at most ``max_redirects`` times. Failures are MediaErrors naming the URL.
+    No credentials are sent. The whole download (connect, headers, body, every redirect) must end within
+    ``timeout_s`` seconds, however slowly the server trickles. The body is read in chunks and abandoned as
+    soon as it passes ``max_bytes``; redirects are followed at most ``max_redirects`` times. Failures are
+    MediaErrors naming the URL. Blocking: AsyncClient runs it in a worker thread.
     """
+    budget = Budget(Policy(timeout_s=timeout_s, max_retries=0), what="download")
     try:
-        with httpx.Client(follow_redirects=True, max_redirects=max_redirects,
-                          timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
-                          headers={"User-Agent": USER_AGENT}) as client, client.stream("GET", url) as response:
-            if response.status_code >= 400:
-                raise MediaError(f"cannot fetch {url}: HTTP {response.status_code}", source=url)
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise MediaError(f"{url} is {int(declared) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB "
-                                 "download limit", source=url)
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise MediaError(f"{url} is larger than the {max_bytes / 1e6:.0f} MB download limit",
-                                     source=url)
-                chunks.append(chunk)
-            return b"".join(chunks), response.headers.get("content-type", "")
+        with with_deadlines(httpx.Client(follow_redirects=True, max_redirects=max_redirects, verify=tls_context(),
+                                         headers={"User-Agent": USER_AGENT})) as client:
+            request = client.build_request("GET", url, extensions={"timeout": budget.timeouts()})
+            response = client.send(request, stream=True)
+            try:
+                return _read_capped(response, url, max_bytes)
+            finally:
+                response.close()
     except httpx.TooManyRedirects:
         raise MediaError(f"cannot fetch {url}: more than {max_redirects} redirects", source=url) from None
     except httpx.TimeoutException:
-        raise MediaError(f"cannot fetch {url}: timed out after {timeout_s:g} s", source=url) from None
+        why = budget.describe() if budget.spent() else f"no answer within {min(CONNECT_TIMEOUT_S, timeout_s):g} s"
+        raise MediaError(f"cannot fetch {url}: timed out ({why})", source=url,
+                         hint="Raise --timeout, or let the service fetch it (without --fetch-urls).") from None
     except httpx.HTTPError as exc:
         raise MediaError(f"cannot fetch {url}: {exc}", source=url) from None
+
+
+def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> tuple[bytes, str]:
+    if response.status_code >= 400:
+        raise MediaError(f"cannot fetch {url}: HTTP {response.status_code}", source=url)
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise MediaError(f"{url} is {int(declared) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB "
+                         "download limit", source=url)
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise MediaError(f"{url} is larger than the {max_bytes / 1e6:.0f} MB download limit", source=url)
+        chunks.append(chunk)
+    return b"".join(chunks), response.headers.get("content-type", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from qwenvl.backends import oss
@@ -13,6 +14,7 @@ from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import compat, get, native
 from qwenvl.protocols.common import load_json
 from qwenvl.protocols.sse import SSEDecoder
+from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Response, StreamEvent
 
@@ -51,6 +53,29 @@ class _Wire:
     def parser(self, call: Call, stream: LineStream) -> _StreamDriver:
         return _StreamDriver(self.proto.StreamParser(call.request.model, stream.headers.get("x-request-id")))
 
+    def start(self, call: Call, stream: LineStream) -> _Started:
+        """Read a stream up to its first content (the transport retries an error raised before that)."""
+        if "json" in stream.content_type:
+            return _Started(self.non_sse(call, stream, stream.read()))
+        driver = self.parser(call, stream)
+        lines = iter(stream)
+        for line in lines:
+            events = driver.line(line)
+            if events:
+                return _Started(events, driver, lines)
+        return _Started(driver.end())
+
+    async def astart(self, call: Call, stream: AsyncLineStream) -> _Started:
+        if "json" in stream.content_type:
+            return _Started(self.non_sse(call, stream, await stream.aread()))
+        driver = self.parser(call, stream)
+        lines = stream.__aiter__()
+        async for line in lines:
+            events = driver.line(line)
+            if events:
+                return _Started(events, driver, lines)
+        return _Started(driver.end())
+
     def non_sse(self, call: Call, stream: LineStream, body: bytes) -> list[StreamEvent]:
         """A streaming request answered with plain JSON (an error, or a server that does not stream)."""
         response = self.parse(load_json(body, "the reply"), call, dict(stream.headers))
@@ -58,6 +83,15 @@ class _Wire:
         if response.text:
             events.append(StreamEvent(type="text", text=response.text))
         return [*events, StreamEvent(type="done", response=response)]
+
+
+@dataclass
+class _Started:
+    """A stream read up to its first content: the events so far and, unless it has ended, the rest."""
+
+    events: list[StreamEvent]
+    driver: _StreamDriver | None = None
+    lines: Any = None  # the line iterator to go on with (sync or async); None when the stream has ended
 
 
 class _StreamDriver:
@@ -83,14 +117,14 @@ class _StreamDriver:
 class DashScopeBackend:
     def __init__(self, api_key: str, *, protocol: Protocol = "compat", base_url: str | None = None,
                  region: str | None = None, http_client: Any = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 sleep: Callable[[float], None] | None = None, on_retry: RetryHook | None = None) -> None:
         self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
         self.protocol = protocol
         self.name = self._wire.name
         self.base_url = self._wire.base_url
         self.region = region_of_url(self.base_url) or effective_region(region)  # decides temporary storage
         kw = {"sleep": sleep} if sleep else {}
-        self.transport = Transport(api_key, http_client=http_client, **kw)
+        self.transport = Transport(api_key, http_client=http_client, on_retry=on_retry, **kw)
 
     def close(self) -> None:
         self.transport.close()
@@ -114,15 +148,16 @@ class DashScopeBackend:
     def stream(self, call: Call) -> Iterator[StreamEvent]:
         call = self.uploads(call)
         w = self._wire
-        stream = self.transport.open_stream(w.url(call), w.body(call, True), policy_for(call),
-                                            w.headers(call, True))
+        stream, started = self.transport.open_stream(w.url(call), w.body(call, True), policy_for(call),
+                                                     w.headers(call, True), start=lambda s: w.start(call, s))
+        assert started is not None
         try:
-            if "json" in stream.content_type:
-                yield from w.non_sse(call, stream, stream.read())
+            yield from started.events
+            driver = started.driver
+            if started.lines is None or driver is None:
                 return
-            driver = w.parser(call, stream)
             try:
-                for line in stream:
+                for line in started.lines:
                     yield from driver.line(line)
             except APIConnectionError as exc:
                 raise driver.broken(exc) from exc
@@ -133,15 +168,17 @@ class DashScopeBackend:
 
 class AsyncDashScopeBackend:
     def __init__(self, api_key: str, *, protocol: Protocol = "compat", base_url: str | None = None,
-                 region: str | None = None, http_client: Any = None, sleep: Any = None) -> None:
+                 region: str | None = None, http_client: Any = None, sleep: Any = None,
+                 on_retry: RetryHook | None = None) -> None:
         self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
         self.protocol = protocol
         self.name = self._wire.name
         self.base_url = self._wire.base_url
         kw = {"sleep": sleep} if sleep else {}
-        self.transport = AsyncTransport(api_key, http_client=http_client, **kw)
-        self._sync = DashScopeBackend(api_key, protocol=protocol, base_url=self.base_url,  # for uploads
-                                      region=region)
+        self.transport = AsyncTransport(api_key, http_client=http_client, on_retry=on_retry, **kw)
+        # uploads run in a worker thread through a synchronous transport
+        self._sync = DashScopeBackend(api_key, protocol=protocol, base_url=self.base_url, region=region,
+                                      on_retry=on_retry)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -163,16 +200,17 @@ class AsyncDashScopeBackend:
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         call = await self.uploads(call)
         w = self._wire
-        stream: AsyncLineStream = await self.transport.open_stream(w.url(call), w.body(call, True),
-                                                                   policy_for(call), w.headers(call, True))
+        stream, started = await self.transport.open_stream(w.url(call), w.body(call, True), policy_for(call),
+                                                           w.headers(call, True), start=lambda s: w.astart(call, s))
+        assert started is not None
         try:
-            if "json" in stream.content_type:
-                for event in w.non_sse(call, stream, await stream.aread()):
-                    yield event
+            for event in started.events:
+                yield event
+            driver = started.driver
+            if started.lines is None or driver is None:
                 return
-            driver = w.parser(call, stream)
             try:
-                async for line in stream:
+                async for line in started.lines:
                     for event in driver.line(line):
                         yield event
             except APIConnectionError as exc:

@@ -14,26 +14,30 @@ fails them is never uploaded.
 Temporary storage exists in the Beijing region only (``qwenvl.models.TEMP_STORAGE_REGIONS``; get-temporary-
 file-url page, updated 2026-03-23). In any other region ``auto`` inlines what fits and refuses the rest with a
 clear message, ``oss`` and a whole video (``video_as=file``) are refused: no upload is ever tried there.
+
+Deadlines: the policy request must be complete within the request's ``timeout_s``; each upload within
+``timeout_s`` plus one second per ``qwenvl.transport.MIN_TRANSFER_RATE`` bytes of the file (a floor on the
+upload speed), however slowly the storage host reads or answers. Each is retried like any request.
 """
 
 from __future__ import annotations
 
 import hashlib
 import mimetypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from qwenvl.errors import MalformedResponseError, MediaError, UsageError
-from qwenvl.media.sources import decode_data_url, sniff
+from qwenvl.media.sources import decode_data_url, open_regular, sniff
 from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES, temp_storage_available
 from qwenvl.plan import Call
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import ImagePart, Message, VideoPart
 
 UPLOAD_MODES = ("auto", "inline", "oss")
-UPLOAD_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,10 @@ def _upload_one(url: str, pol: UploadPolicy, transport: Transport, policy: Polic
     """Post one item (a data: URL, or a ``file://`` video streamed from disk) and return its oss:// URL."""
     if url.startswith("file://"):
         path = Path(unquote(urlsplit(url).path))
-        with path.open("rb") as fh:
+        with open_regular(path, url) as fh:
             mime = sniff(fh.read(4096)) or "application/octet-stream"
             fh.seek(0)
-            stat = path.stat()
+            stat = os.fstat(fh.fileno())
             name = object_name(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode(), mime)
             key = f"{pol.upload_dir}/{name}"
             transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (name, fh, mime)}, policy)
@@ -180,8 +184,8 @@ def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: s
     """Upload the chosen items with one policy; the call with ``oss://`` references in their place."""
     if not chosen:
         return call
-    timeout = max(call.request.timeout_s, UPLOAD_TIMEOUT_S)
-    policy = Policy(timeout_s=timeout, max_retries=call.request.max_retries, backoff_s=call.request.retry_backoff_s)
+    r = call.request
+    policy = Policy(timeout_s=r.timeout_s, max_retries=r.max_retries, backoff_s=r.retry_backoff_s)
     pol = UploadPolicy.from_reply(transport.get_json(f"{native_base}/uploads", policy,
                                                      params={"action": "getPolicy", "model": call.request.model}))
     done: dict[str, str] = {}  # the same content is uploaded once

@@ -7,6 +7,7 @@ Nothing here reads more than a file's first bytes: media are checked and prepare
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, UsageError
-from qwenvl.media.sources import classify, sniff
+from qwenvl.media.sources import classify, open_regular, sniff
 
 # Files a folder walk picks up by name (anything else is picked up only when its bytes say video or PDF).
 MEDIA_SUFFIXES = frozenset({
@@ -38,10 +39,11 @@ class BatchItem:
 
 
 def _head(path: Path) -> bytes:
+    """The first bytes of a regular file; b"" for anything else (a pipe or device is never read)."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             return fh.read(4096)
-    except OSError:
+    except (OSError, MediaError):
         return b""
 
 
@@ -120,10 +122,9 @@ def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields. A line that is not
     a JSON object, has an unknown or wrongly typed field, or repeats an id is a UsageError naming the line."""
     path = Path(path).expanduser()
-    try:
-        fh = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read the requests file {path}: {exc.strerror or exc}") from None
+    if not os.path.lexists(path):
+        raise UsageError(f"cannot read the requests file {path}: no such file")
+    fh = io.TextIOWrapper(open_regular(path, error=UsageError, what="requests file"), encoding="utf-8")
     items: list[BatchItem] = []
     seen: dict[str, int] = {}
     with fh:

@@ -17,6 +17,7 @@ import click
 
 from qwenvl.cli.common import check_writable, err_console, make_client, pass_opts, print_json, service_options
 from qwenvl.errors import StructuredOutputError, UsageError
+from qwenvl.media.sources import read_regular_text
 from qwenvl.preview import preview
 from qwenvl.structured import load_schema
 from qwenvl.types import Request
@@ -26,12 +27,7 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
     if bool(request_json) == bool(request_file):
         raise UsageError("give exactly one of --request JSON or --file req.json")
     if request_file:
-        try:
-            text = Path(request_file).expanduser().read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"request file not found: {request_file}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read request file {request_file}: {exc}") from None
+        text = read_regular_text(Path(request_file).expanduser(), error=UsageError, what="request file")
         origin = request_file
     else:
         text, origin = request_json or "", "--request"

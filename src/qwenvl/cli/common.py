@@ -23,6 +23,7 @@ from qwenvl.config import PROTOCOLS, REGIONS
 from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
 from qwenvl.media.sources import classify
 from qwenvl.models import currency_of, estimate_cost, format_cost
+from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import Response
 
@@ -75,9 +76,13 @@ service_options = _options(
     region_option,
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1."),
     click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
-                 help="Seconds to wait for the service (default 120)."),
+                 help="Seconds per attempt (default 120): the whole reply must arrive within it, however slowly "
+                      "it trickles. A stream must send its first token within it and never pause longer, and "
+                      "ends after 10 times as long (at least 10 min). Also bounds each --fetch-urls download, "
+                      "and each upload to temporary storage (plus 1 s per 100 kB)."),
     click.option("--max-retries", type=click.IntRange(min=0),
-                 help="Retries on 429/5xx/time-outs (default 2; 0: none)."),
+                 help="Retries on 429/5xx/time-outs, also when a stream opens with one (default 2; 0: none); "
+                      "each wait is at most 20 s."),
     click.option("--retry-backoff-s", type=click.FloatRange(min=0),
                  help="Exponential backoff base in seconds (default 1.5; 0: retry at once)."),
 )
@@ -176,7 +181,14 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
 
 def make_client(opts: dict[str, Any]) -> Client:
     refuse_empty(opts)
-    return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"))
+    on_retry = show_retry if err_console().is_terminal else None
+    return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"),
+                  on_retry=on_retry)
+
+
+def show_retry(notice: RetryNotice) -> None:
+    """A retry's wait, on a terminal: "rate limited, retrying in 4 s (2/3)"."""
+    err_console().print(f"[dim]{escape(notice.describe())}[/]", highlight=False)
 
 
 STDIN = "-"  # as a MEDIA argument: the file comes on standard input
@@ -184,11 +196,12 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _is_reference(arg: str) -> bool:
-    """A file that exists, a URL, a data: URL or ``-``: never the prompt."""
+    """A file that exists (a symlink counts even when broken or looping: classify says which), a URL, a data:
+    URL or ``-``: never the prompt."""
     if arg == STDIN or _SCHEME.match(arg) or arg[:5].lower() == "data:":
         return True
     try:
-        return Path(arg).expanduser().exists()
+        return os.path.lexists(Path(arg).expanduser())
     except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
         return False
 

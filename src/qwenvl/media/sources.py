@@ -1,20 +1,29 @@
 """Media sources: what a reference (URL, path, ``file://``, ``data:``, ``oss://``) points at, and its bytes.
 
 Nothing here decodes images; it only finds, reads and identifies content by its bytes (never by its name).
+
+**Only regular files are read.** A named pipe, a device (``/dev/zero``, a terminal behind ``/dev/stdin``),
+a socket or a directory given as a file is refused at once, before anything is read or sent, because
+reading it could block for ever or never end; symlinks are followed, and a loop of them is named as such.
+``check_regular`` (a stat) and ``open_regular`` (an open that cannot block, then a check of what was
+opened) are the one home of that rule, for media and for every other file qwenvl reads on a user's behalf
+(schemas, request files, batch inputs, sessions).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
-from qwenvl.errors import MediaError
+from qwenvl.errors import MediaError, QwenVLError
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
@@ -71,28 +80,105 @@ def classify(ref: str) -> Source:
 
 
 def _check_path(path: Path, ref: str) -> Path:
-    if not path.exists():
-        raise MediaError(f"file not found: {path}", source=ref)
-    if path.is_dir():
-        raise MediaError(f"{path} is a directory, not a file", source=ref,
-                         hint="Give the files inside it, e.g. a glob such as dir/*.jpg")
+    check_regular(path, ref)
     if not os.access(path, os.R_OK):
         raise MediaError(f"cannot read {path}: permission denied", source=ref)
     return path
+
+
+# --- regular files only --------------------------------------------------------------------------------------
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _fail(error: type[QwenVLError], message: str, ref: str | None, hint: str | None = None) -> QwenVLError:
+    if issubclass(error, MediaError):
+        return error(message, source=ref, hint=hint)  # type: ignore[call-arg]
+    return error(message, hint=hint)
+
+
+def _os_error(path: Path, exc: OSError, what: str) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"cannot read {path}: symlink loop"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        if path.is_symlink():
+            return f"{what} not found: {path} is a broken symlink (to {os.readlink(path)})"
+        return f"{what} not found: {path}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read {path}: permission denied"
+    return f"cannot read {path}: {exc.strerror or exc}"
+
+
+def check_regular(path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError,
+                  what: str = "file") -> os.stat_result:
+    """The stat of ``path`` (symlinks followed) when it is a regular file; else ``error`` (MediaError, exit 3,
+    unless told) saying what it is: missing, a broken symlink, a symlink loop, a directory, a named pipe, a
+    device or a socket. Reads nothing."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _fail(error, _os_error(path, exc, what), ref) from None
+    except ValueError:  # an embedded NUL
+        raise _fail(error, f"{what} not found: {str(path)!r}", ref) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _fail(error, f"{path} is a directory, not a file", ref,
+                    "Give the files inside it, e.g. a glob such as dir/*.jpg")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+        raise _fail(error, f"{path} is {kind}, not a regular file", ref,
+                    "Only regular files are read (reading this one may never end); save the data to a file.")
+    return st
+
+
+def open_regular(path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError,
+                 what: str = "file") -> BinaryIO:
+    """``path`` opened for reading in binary mode, when it is a regular file (``check_regular``). The open
+    itself cannot block (``O_NONBLOCK``), and what was opened is checked again, so a file swapped for a pipe
+    meanwhile is refused too."""
+    check_regular(path, ref, error=error, what=what)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise _fail(error, _os_error(path, exc, what), ref) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _fail(error, f"{path} is not a regular file", ref)
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_text(path: Path, *, error: type[QwenVLError], what: str = "file") -> str:
+    """The UTF-8 text of a regular file (``open_regular``); ``error`` when it cannot be read or decoded."""
+    with open_regular(path, error=error, what=what) as fh:
+        try:
+            data = fh.read()
+        except OSError as exc:
+            raise _fail(error, _os_error(path, exc, what), None) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail(error, f"{path} is not UTF-8 text ({exc.reason})", None) from None
 
 
 def read_bytes(source: Source, *, limit: int | None = None) -> bytes:
     """The content of a local file or a data: URL (remote sources are not fetched here)."""
     if source.kind == "file":
         assert source.path is not None
-        try:
-            size = source.path.stat().st_size
-            if limit is not None and size > limit:
-                raise MediaError(f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit",
-                                 source=source.ref)
-            return source.path.read_bytes()
-        except OSError as exc:
-            raise MediaError(f"cannot read {source.path}: {exc.strerror or exc}", source=source.ref) from None
+        with open_regular(source.path, source.ref) as fh:
+            try:
+                size = os.fstat(fh.fileno()).st_size
+                if limit is not None and size > limit:
+                    raise MediaError(f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit",
+                                     source=source.ref)
+                return fh.read()
+            except OSError as exc:
+                raise MediaError(f"cannot read {source.path}: {exc.strerror or exc}", source=source.ref) from None
     if source.kind == "data":
         return decode_data_url(source.url or "", source.ref)
     raise MediaError(f"{source.ref} is remote; it has no local bytes", source=source.ref)

@@ -9,6 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def carries_data(line: str) -> bool:
+    """Whether a line is a ``data`` field: progress on a stream. Comments (``: keep-alive``, DashScope's
+    ``:HTTP_STATUS/200``), blank lines and the ``id``/``event``/``retry`` fields are not."""
+    return line.startswith("data:") or line.rstrip("\r\n") == "data"
+
+
 @dataclass
 class SSEEvent:
     data: str = ""
