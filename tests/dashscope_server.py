@@ -60,6 +60,9 @@ KNOWN_MODELS = ("qwen3-vl-plus", "qwen3-vl-flash", "qwen-vl-max", "qwen-vl-plus"
 # The live service has been seen answering an unknown model with 404 as well as 400; the
 # fake picks 400 for both protocols (compat code "model_not_found", native "InvalidParameter").
 MODEL_NOT_FOUND_STATUS = 400
+# QVQ refuses non-streaming calls (issue 8: "This model only support stream mode"), in both protocols.
+STREAM_ONLY_MODELS = ("qvq-max", "qvq-plus")
+STREAM_ONLY_MESSAGE = "This model only support stream mode, please enable the stream parameter to access the model."
 STREAM_WORDS_PER_CHUNK = 3  # streams split the answer into deltas of ~3 words
 
 
@@ -624,6 +627,10 @@ class _Handler(BaseHTTPRequestHandler):
                 msg = f"The model `{body['model']}` does not exist or you do not have access to it."
                 return self._error(proto, MODEL_NOT_FOUND_STATUS, "model_not_found", msg)
             return self._error(proto, MODEL_NOT_FOUND_STATUS, "InvalidParameter", "Model not exist.")
+        streaming = bool(body.get("stream")) if proto == "compat" else \
+            self.headers.get(NATIVE_SSE_HEADER, "").lower() == "enable"
+        if not streaming and any(body["model"] == m or body["model"].startswith(m + "-") for m in STREAM_ONLY_MODELS):
+            return self._error(proto, 400, bad, STREAM_ONLY_MESSAGE)
         media = _media(proto, body)
         problem = self._check_oss(media, body["model"])
         if problem:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from qwenvl import structured
-from qwenvl.backends.base import AsyncBackend, Backend
+from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.batch import exchange
 from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.config import normalize_protocol, normalize_region, require_api_key
@@ -89,16 +89,6 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         raise StructuredOutputError(
             "the answer is not valid JSON for the schema, even after one retry: " + "; ".join(errors[:3]),
             raw_text=second.text, errors=errors, response=second)
-    return final
-
-
-def _final(events: Iterator[StreamEvent]) -> Response:
-    """The response a stream ends with (its deltas are dropped)."""
-    final = None
-    for event in events:
-        if event.type == "done":
-            final = event.response
-    assert final is not None
     return final
 
 
@@ -180,7 +170,7 @@ class Client(_Base):
     def send(self, call: Call) -> Response:
         """Send a planned call; with ``stream=True`` in the request the answer is streamed and assembled."""
         if call.request.stream:
-            return _final(self.send_stream(call))
+            return assembled(self.send_stream(call))
         first, retry = _check(call, self._complete(call))
         if retry is None:
             return first
@@ -251,11 +241,7 @@ class AsyncClient(_Base):
 
     async def send(self, call: Call) -> Response:
         if call.request.stream:
-            final = None
-            async for event in self.send_stream(call):
-                final = event.response if event.type == "done" else final
-            assert final is not None
-            return final
+            return await aassembled(self.send_stream(call))
         first, retry = _check(call, await self._complete(call))
         if retry is None:
             return first

@@ -44,6 +44,7 @@ class ModelInfo:
     price_output: float | None  # CNY per 1K output tokens (lowest tier)
     thinking: bool = False  # supports enable_thinking
     thinking_only: bool = False  # always thinks (QVQ)
+    stream_only: bool = False  # refuses stream=false ("This model only support stream mode"): QVQ
     tools: bool = False
     structured_output: bool = True  # response_format json_object (Qwen3-VL: non-thinking mode only)
     video_frame_tokens: int = 768  # per-frame token cap for sampled video
@@ -104,9 +105,9 @@ _TABLE: tuple[ModelInfo, ...] = (
     _qwen25vl("qwen2.5-vl-32b-instruct", price_input=0.008, price_output=0.024),
     _qwen25vl("qwen2.5-vl-7b-instruct", price_input=0.002, price_output=0.005),
     _qwen25vl("qwen2.5-vl-3b-instruct", price_input=0.0012, price_output=0.0036),
-    _qwen25vl("qvq-max", family="qvq", thinking=True, thinking_only=True, structured_output=False,
+    _qwen25vl("qvq-max", family="qvq", thinking=True, thinking_only=True, stream_only=True, structured_output=False,
               price_input=0.008, price_output=0.032),
-    _qwen25vl("qvq-plus", family="qvq", thinking=True, thinking_only=True, structured_output=False,
+    _qwen25vl("qvq-plus", family="qvq", thinking=True, thinking_only=True, stream_only=True, structured_output=False,
               price_input=0.002, price_output=0.005),
     # OCR models: 32 px for the current snapshots, default budget 8192 tokens (max_pixels 8388608).
     _qwen25vl("qwen-vl-ocr", family="qwen-vl-ocr", factor=32, image_tokens=8192, low_detail_tokens=1280,

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from qwenvl.backends import oss
+from qwenvl.backends.base import aassembled, assembled
 from qwenvl.config import Protocol, resolve_base_url
 from qwenvl.errors import APIConnectionError
 from qwenvl.plan import Call, ensure_sendable
@@ -104,6 +105,10 @@ class DashScopeBackend:
         return oss.upload(call, chosen, self.transport, native_base)
 
     def complete(self, call: Call) -> Response:
+        """One answer. A stream-only model (``ModelInfo.stream_only``, e.g. QVQ) is streamed on the wire and the
+        answer assembled: the one place that rule lives, so every verb and ``Client.complete`` obey it."""
+        if call.model.stream_only:
+            return assembled(self.stream(call))
         call = self.uploads(call)
         w = self._wire
         data, headers = self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
@@ -152,6 +157,9 @@ class AsyncDashScopeBackend:
         return await asyncio.to_thread(self._sync.uploads, call)
 
     async def complete(self, call: Call) -> Response:
+        """As ``DashScopeBackend.complete`` (stream-only models are streamed and assembled)."""
+        if call.model.stream_only:
+            return await aassembled(self.stream(call))
         call = await self.uploads(call)
         w = self._wire
         data, headers = await self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),

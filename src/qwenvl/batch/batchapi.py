@@ -194,6 +194,9 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
     except (MediaError, UsageError) as exc:
         return item, exc, ("", False)
     ensure_sendable(call)
+    if call.model.stream_only:  # Batch API lines are never streamed
+        return item, UsageError(f"{call.request.model} answers only in stream mode, which the Batch API "
+                                "does not offer", hint="Run it with --mode realtime (the default)."), ("", False)
     body = compat.build_body(call, stream=False)
     line = json.dumps({"custom_id": item.id, "method": "POST", "url": ENDPOINT, "body": body},
                       ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
