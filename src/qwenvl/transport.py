@@ -68,6 +68,14 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIErr
     return err
 
 
+def _redirect_error(response: httpx.Response, url: str, api_key: str) -> APIError:
+    """A 3xx from the endpoint: never followed (the key would go wherever it points), never retried."""
+    location = response.headers.get("location") or "(no Location header)"
+    return APIConnectionError(redact(f"{url} redirected to {location} (check --base-url)", api_key),
+                              hint="qwenvl does not follow redirects with your key: give the endpoint's real "
+                                   "address as the base URL (--base-url, or DASHSCOPE_*_BASE_URL).")
+
+
 def _backoff(error: APIError, attempt: int, policy: Policy) -> float:
     """Seconds to wait before the next attempt; raises ``error`` when it is final."""
     if attempt >= policy.max_retries or not should_retry(error):
@@ -139,6 +147,9 @@ class Transport:
             try:
                 request = self._client.build_request(method, url, timeout=policy.timeout(), **kw)
                 response = self._client.send(request, stream=stream)
+                if response.is_redirect:
+                    response.close()
+                    raise _redirect_error(response, url, self._key)
                 if response.status_code < 400:
                     return response
                 body = response.read()
@@ -202,6 +213,9 @@ class AsyncTransport:
             try:
                 request = self._client.build_request(method, url, timeout=policy.timeout(), **kw)
                 response = await self._client.send(request, stream=stream)
+                if response.is_redirect:
+                    await response.aclose()
+                    raise _redirect_error(response, url, self._key)
                 if response.status_code < 400:
                     return response
                 body = await response.aread()

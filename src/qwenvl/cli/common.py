@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from qwenvl.client import Client
 from qwenvl.config import PROTOCOLS, REGIONS
-from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
+from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
 from qwenvl.media.sources import classify, sniff
 from qwenvl.models import estimate_cost, model_info
 from qwenvl.structured import load_schema
@@ -37,16 +37,17 @@ def out_console() -> Console:
 
 
 def report(exc: QwenVLError) -> None:
-    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr)."""
+    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr). Lines are
+    never hard-wrapped (the terminal wraps them), and control characters from the service are removed."""
     console = err_console()
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
     if isinstance(exc, StreamInterruptedError) and exc.partial_text:
-        console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]")
+        console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]", soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and exc.raw_text:
         console.print("[dim]raw answer:[/]", highlight=False)
         console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
     if exc.hint:
-        console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+        console.print(f"[yellow]hint:[/] {escape(printable(exc.hint))}", highlight=False, soft_wrap=True)
 
 
 def _options(*decorators: Callable) -> Callable:

@@ -81,7 +81,7 @@ def events(opts: dict[str, Any]) -> None:
             err_console().print(f"[dim]wrote {sheet}[/]")
         else:
             warn(["no local frames to draw: the contact sheet was not written"])
-    show_usage(timeline.response)
+    show_usage(timeline.response, cut_off=False)
 
 
 def print_timeline(timeline: Timeline) -> None:

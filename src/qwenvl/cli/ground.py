@@ -79,7 +79,7 @@ def ground(opts: dict[str, Any]) -> None:
         annotate(result.picture or image, result, out)
         err_console().print(f"[dim]wrote {out}[/]")
     summary(result)
-    show_usage(response)
+    show_usage(response, cut_off=False)
 
 
 def print_table(result: Grounding) -> None:
