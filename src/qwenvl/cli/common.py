@@ -27,7 +27,8 @@ _ERR: Console | None = None
 def err_console() -> Console:
     global _ERR
     if _ERR is None:
-        _ERR = Console(stderr=True, highlight=False)
+        # not a terminal (a log, a pipe): no hard wrapping, so each message stays one line for grep and parsers
+        _ERR = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
     return _ERR
 
 
