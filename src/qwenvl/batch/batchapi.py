@@ -21,10 +21,11 @@ only: any other region is refused before anything is sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -39,6 +40,7 @@ from qwenvl.errors import (
     APIError,
     MalformedResponseError,
     MediaError,
+    NotFoundError,
     QwenVLError,
     StructuredOutputError,
     UsageError,
@@ -120,10 +122,12 @@ class BatchAPI:
         return _object(reply, "id")
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
-        return _object(self.transport.get_json(self._url("batches", batch_id), self.policy), "status")
+        with _unknown_batch(batch_id):
+            return _object(self.transport.get_json(self._url("batches", batch_id), self.policy), "status")
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
-        reply, _ = self.transport.post_json(self._url("batches", batch_id, "cancel"), {}, self.policy)
+        with _unknown_batch(batch_id):
+            reply, _ = self.transport.post_json(self._url("batches", batch_id, "cancel"), {}, self.policy)
         return _object(reply, "status")
 
     def content(self, file_id: str) -> bytes:
@@ -186,6 +190,17 @@ def run_batch_api(batch: Batch, journal: Journal, pending: list[BatchItem], prog
             if open_ids:
                 time.sleep(batch.poll_interval_s)
         return ids
+
+
+@contextlib.contextmanager
+def _unknown_batch(batch_id: str) -> Iterator[None]:
+    """A 404 for a batch id means the job is unknown (not the model, as NotFoundError's default hint says)."""
+    try:
+        yield
+    except NotFoundError as exc:
+        exc.hint = (f"No Batch API job {batch_id!r} is visible to this key: check the id (a batch run prints its "
+                    "job ids).")
+        raise
 
 
 def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVLError, tuple[str, bool]]:

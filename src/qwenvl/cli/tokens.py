@@ -13,10 +13,12 @@ import os
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
 from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.client import describe_validation_error
 from qwenvl.errors import UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
@@ -54,8 +56,8 @@ def tokens(opts: dict[str, Any]) -> None:
                           vl_high_resolution_images=opts["vl_high_resolution_images"],
                           min_pixels=opts["min_pixels"], max_pixels=opts["max_pixels"], fps=opts["fps"],
                           pages=opts["pages"], prepare=not opts["no_resize"])
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise UsageError(str(exc).splitlines()[-1] if str(exc) else "invalid options") from None
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc)) from None
     options = media_options(request, model, "native", estimate_only=opts["fast"])
 
     rows: list[dict[str, Any]] = []

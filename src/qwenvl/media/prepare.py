@@ -146,8 +146,7 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
         label = source.ref
     elif source.is_remote:
         return PreparedItem(part.image, "image", source.url or part.image,
-                            notes=["remote image: size and tokens unknown (the service fetches it; "
-                                   "--fetch-urls prepares it here)"])
+                            notes=["remote image: size and tokens unknown (the service fetches it)"])
     else:
         data = read_bytes(source)
         label = source.label

@@ -1,0 +1,58 @@
+"""Issue 8 item 5: hints that fit their verb; HEIC named by every verb; usage errors without library footers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from batch_server import BatchServer
+from conftest import API_KEY, run_cli
+
+HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(range(256)) * 8
+MIF1 = b"\x00\x00\x00\x1cftypmif1\x00\x00\x00\x00mif1heicmiaf" + bytes(range(256)) * 8
+
+
+@pytest.fixture(params=["heic", "mif1"])
+def heic(request, isolated_env):
+    path = isolated_env / ("photo.heic" if request.param == "heic" else "IMG_0001.HEIF")
+    path.write_bytes(HEIC if request.param == "heic" else MIF1)
+    return path
+
+
+@pytest.mark.parametrize("verb", ["ask", "ground", "ocr", "extract", "events", "tokens", "analyze", "batch"])
+def test_heic_gets_the_heic_hint_from_every_verb(server, env, isolated_env, heic, verb):
+    (isolated_env / "s.json").write_text(json.dumps({"type": "object"}))
+    args = {"ask": ["ask", heic.name, "what"], "ground": ["ground", heic.name, "dog"], "ocr": ["ocr", heic.name],
+            "extract": ["extract", heic.name, "--schema", "s.json"], "events": ["events", heic.name],
+            "tokens": ["tokens", heic.name],
+            "analyze": ["analyze", "--request", json.dumps({"prompt": "x", "image": heic.name})],
+            "batch": ["batch", heic.name, "-p", "x", "-o", "out.jsonl"]}[verb]
+    p = run_cli(*args, env=env)
+    text = p.stdout + p.stderr + ((isolated_env / "out.jsonl").read_text() if verb == "batch" else "")
+    assert "HEIC/HEIF" in text, text
+    assert "not a readable video" not in text and "Traceback" not in text
+    if verb != "batch":
+        assert p.returncode == 3
+    assert not [r for r in server.requests if r.method == "POST"]
+
+
+def test_tokens_min_larger_than_max_is_one_line(env, png):
+    p = run_cli("tokens", "--min-pixels", "2000000", "--max-pixels", "100000", str(png), env=env)
+    assert p.returncode == 2
+    assert "min_pixels is larger than max_pixels" in p.stderr
+    assert "pydantic" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_tokens_does_not_suggest_flags_it_lacks(env):
+    p = run_cli("tokens", "https://example.com/a.jpg", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "--fetch-urls" not in p.stdout + p.stderr
+
+
+def test_unknown_batch_id_is_not_blamed_on_the_model(isolated_env):
+    with BatchServer(api_key=API_KEY) as bserver:
+        for verb in ("status", "cancel"):
+            p = run_cli("batch", verb, "batch_nope", "--base-url", bserver.url, env={"DASHSCOPE_API_KEY": API_KEY})
+            assert p.returncode == 5 and "HTTP 404" in p.stderr
+            assert "model" not in p.stderr.lower() and "batch_nope" in p.stderr.split("hint:")[1]
