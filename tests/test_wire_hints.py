@@ -56,3 +56,19 @@ def test_unknown_batch_id_is_not_blamed_on_the_model(isolated_env):
             p = run_cli("batch", verb, "batch_nope", "--base-url", bserver.url, env={"DASHSCOPE_API_KEY": API_KEY})
             assert p.returncode == 5 and "HTTP 404" in p.stderr
             assert "model" not in p.stderr.lower() and "batch_nope" in p.stderr.split("hint:")[1]
+
+
+def test_config_keeps_the_profile_name_and_names_the_override(isolated_env):
+    home = isolated_env.parent / "home"
+    (home / ".alibabacloud").mkdir(parents=True, exist_ok=True)
+    (home / ".alibabacloud" / "credentials").write_text("[work]\ndashscope_api_key = sk-abcdef123456\n")
+    env = {"ALIBABA_CLOUD_PROFILE": "work", "DASHSCOPE_HTTP_BASE_URL": "http://127.0.0.1:5/api/v1"}
+    p = run_cli("config", "--region", "intl", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "credentials [work]" in p.stdout
+    assert "http://127.0.0.1:5/api/v1  (from DASHSCOPE_HTTP_BASE_URL)" in p.stdout
+    assert "DASHSCOPE_HTTP_BASE_URL overrides --region" in p.stdout
+    assert "https://dashscope-intl.aliyuncs.com/compatible-mode/v1" in p.stdout
+    data = json.loads(run_cli("config", "--json", env=env).stdout)
+    assert data["endpoint_sources"] == {"compat": "region", "native": "DASHSCOPE_HTTP_BASE_URL"}
+    assert data["api_key"].endswith("[work]")
