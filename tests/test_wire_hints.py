@@ -72,3 +72,50 @@ def test_config_keeps_the_profile_name_and_names_the_override(isolated_env):
     data = json.loads(run_cli("config", "--json", env=env).stdout)
     assert data["endpoint_sources"] == {"compat": "region", "native": "DASHSCOPE_HTTP_BASE_URL"}
     assert data["api_key"].endswith("[work]")
+
+
+def _hint_texts() -> list[tuple[str, str]]:
+    """(where, text) of every hint written in the package: ``hint=...`` arguments and ``default_hint``s."""
+    import ast
+    from pathlib import Path
+
+    import qwenvl
+
+    out = []
+    for path in Path(qwenvl.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            is_hint = isinstance(node, ast.keyword) and node.arg == "hint"
+            is_default = isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "default_hint"
+                                                              for t in node.targets)
+            if not (is_hint or is_default):
+                continue
+            value = node.value  # type: ignore[union-attr]
+            text = "".join(c.value for c in ast.walk(value) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+            out.append((f"{path.name}:{value.lineno}", text))
+    return out
+
+
+def test_every_flag_a_hint_names_exists():
+    """A hint never names a flag no verb has (e.g. --video); shell commands in backticks are not ours."""
+    import re
+
+    import click
+
+    from qwenvl.cli.main import cli
+
+    flags: set[str] = set()
+
+    def walk(cmd: click.Command) -> None:
+        for param in cmd.params:
+            flags.update(o for o in [*param.opts, *param.secondary_opts] if o.startswith("--"))
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(cli)
+    hints = _hint_texts()
+    assert len(hints) > 30
+    for where, text in hints:
+        text = re.sub(r"`[^`]*`", "", text)
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text):
+            assert flag in flags, f"{where}: hint names {flag}, which no verb has: {text!r}"

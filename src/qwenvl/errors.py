@@ -83,7 +83,7 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    default_hint = "The service took too long; raise the time-out (timeout_s / --timeout) or retry later."
+    default_hint = "The service took too long; raise the time-out (--timeout) or retry later."
 
 
 class APIStatusError(APIError):

@@ -357,7 +357,7 @@ def _not_an_image(data: bytes, label: str) -> MediaError:
                           hint="Pass it as a document: qwenvl renders PDF pages to images.")
     if kind and kind.startswith("video/"):
         return MediaError(f"{label} is a video ({kind}), not an image", source=label,
-                          hint="Pass it as a video (--video / VideoPart).")
+                          hint="Give it as the video, not as an image (in a request: \"video\").")
     if data[:3] == b"\xff\xd8\xff":
         return MediaError(f"{label} starts like a JPEG but its header is damaged or cut short", source=label,
                           hint="The file is truncated or corrupt; export or download it again.")
