@@ -131,3 +131,18 @@ def test_library_content_null(server, protocol):
     with make_client(server, protocol) as c:
         r = c.complete(prompt="hi")
     assert r.text == "" and r.other_content is None
+
+
+def test_batch_records_say_cut_off(server, env, isolated_env, png):
+    server.enqueue(Reply(text="half an answ", finish_reason="length"))
+    p = run_cli("batch", str(png), "-p", "describe", "-o", "out.jsonl", env=env)
+    assert p.returncode == 0, p.stderr
+    [rec] = [json.loads(line) for line in (isolated_env / "out.jsonl").read_text().splitlines()]
+    assert rec["result"]["finish_reason"] == "length"
+    assert any(CUT in w for w in rec["warnings"])
+
+
+def test_chat_says_cut_off(server, env):
+    server.enqueue(Reply(text="half", finish_reason="length"))
+    p = run_cli("chat", "--max-tokens", "3", env=env, input="hello\n")
+    assert CUT in p.stderr, p.stderr
