@@ -146,3 +146,19 @@ def test_chat_says_cut_off(server, env):
     server.enqueue(Reply(text="half", finish_reason="length"))
     p = run_cli("chat", "--max-tokens", "3", env=env, input="hello\n")
     assert CUT in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("verb", ["ask", "extract", "library"])
+def test_structured_answer_cut_off_is_not_repaired(server, env, isolated_env, png, verb, protocol):
+    """A JSON answer cut off at max_tokens: said so, and no second (paid) request that would be cut off too."""
+    server.enqueue(Reply(text='{"name": "Bo', finish_reason="length"))
+    (isolated_env / "s.json").write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string"}}}))
+    if verb == "library":
+        with make_client(server, protocol) as c, pytest.raises(qwenvl.StructuredOutputError, match=CUT):
+            c.complete(prompt="name?", json_mode=True, max_tokens=5)
+    else:
+        args = ["ask", str(png), "name?", "--json-mode"] if verb == "ask" else ["extract", str(png), "--schema",
+                                                                              "s.json"]
+        p = run_cli(*args, "--max-tokens", "5", "--protocol", protocol, env=env)
+        assert p.returncode == 5 and CUT in p.stderr and "--max-tokens" in p.stderr
+    assert len(server.requests) == 1

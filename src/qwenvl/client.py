@@ -22,6 +22,7 @@ from qwenvl.batch import exchange
 from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.config import normalize_protocol, normalize_region, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
+from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
 
@@ -74,6 +75,11 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
     if not errors:
         response.json = value
         return response, None
+    cut = cut_off(response, request.max_tokens)
+    if cut is not None:  # a repair request would be cut off at the same place: say why, pay nothing more
+        raise StructuredOutputError(cut.replace("it is incomplete", "its JSON is incomplete"), raw_text=response.text,
+                                    errors=errors, response=response,
+                                    hint="Raise --max-tokens; the partial answer is kept (shown, and in the error).")
     repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors))])
     answer = Message(role="assistant", content=response.text)
     retry = Call(request=request, model=call.model, messages=[*call.messages, answer, repair],

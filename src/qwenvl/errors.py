@@ -170,11 +170,11 @@ class MalformedResponseError(APIError):
 
 
 class StructuredOutputError(QwenVLError):
-    default_hint = "The model's answer is kept in .raw_text; loosen the schema or rephrase the prompt."
+    default_hint = "The model's answer is kept (shown, and in the error); loosen the schema or rephrase the prompt."
 
     def __init__(self, message: str, *, raw_text: str, errors: list[str] | None = None,
-                 response: Any = None) -> None:
-        super().__init__(message)
+                 response: Any = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.raw_text = raw_text
         self.errors = errors or []
         self.response = response
