@@ -51,10 +51,22 @@ def test_html_page_from_a_proxy(server, env, protocol, stream):
     assert "<" not in p.stderr and len(lines) == 2 and lines[1].startswith("hint:")
 
 
-def test_html_page_with_200_is_malformed(server, protocol):
-    server.enqueue(Reply(raw_body=HTML, content_type="text/html"))
+@pytest.mark.parametrize("stream", [False, True])
+def test_html_page_with_200_is_malformed(server, protocol, stream):
+    server.enqueue(Reply(raw_body=HTML, content_type="text/html; charset=utf-8"))
     with make_client(server, protocol) as c, pytest.raises(qwenvl.MalformedResponseError, match="an HTML page"):
-        c.complete(prompt="hi")
+        c.complete(prompt="hi", stream=stream)
+
+
+def test_html_page_with_200_async_stream(server, protocol):
+    server.enqueue(Reply(raw_body=HTML, content_type="text/html"))
+
+    async def go():
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as c:
+            return [e async for e in c.stream(prompt="hi")]
+
+    with pytest.raises(qwenvl.MalformedResponseError, match="an HTML page"):
+        asyncio.run(go())
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -9,7 +9,7 @@ from typing import Any
 from qwenvl.backends import oss
 from qwenvl.backends.base import aassembled, assembled
 from qwenvl.config import Protocol, resolve_base_url
-from qwenvl.errors import APIConnectionError
+from qwenvl.errors import APIConnectionError, MalformedResponseError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import compat, get, native
 from qwenvl.protocols.common import load_json
@@ -59,6 +59,13 @@ class _Wire:
         if response.text:
             events.append(StreamEvent(type="text", text=response.text))
         return [*events, StreamEvent(type="done", response=response)]
+
+
+    def refuse_html(self, stream: LineStream) -> None:
+        """A web page where an event stream should be (a proxy's or a captive portal's): say so at once."""
+        if "html" in stream.content_type.lower():
+            raise MalformedResponseError("the reply is an HTML page, not an event stream (from a proxy or a "
+                                         "login page, not the service)")
 
 
 class _StreamDriver:
@@ -124,6 +131,7 @@ class DashScopeBackend:
             if "json" in stream.content_type:
                 yield from w.non_sse(call, stream, stream.read())
                 return
+            w.refuse_html(stream)
             driver = w.parser(call, stream)
             try:
                 for line in stream:
@@ -176,6 +184,7 @@ class AsyncDashScopeBackend:
                 for event in w.non_sse(call, stream, await stream.aread()):
                     yield event
                 return
+            w.refuse_html(stream)
             driver = w.parser(call, stream)
             try:
                 async for line in stream:
