@@ -57,6 +57,7 @@ def test_ask_says_what_was_not_shown_and_json_keeps_it(server, env, png):
     assert "1 item that is not text (result_image)" in p.stderr
     p = run_cli("ask", str(png), "shirt", "--protocol", "native", "-m", "qwen-vl-max", "--json", env=env)
     assert json.loads(p.stdout)["other_content"] == [ITEMS[1]]
+    assert "not shown" not in p.stderr  # --json shows them
 
 
 # --- cut off at max_tokens ----------------------------------------------------------------------------------

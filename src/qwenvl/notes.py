@@ -43,7 +43,10 @@ def empty(response: Response) -> str | None:
     return f"the service sent no answer (empty content{why})"
 
 
-def answer_notes(response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True) -> list[str]:
-    """Every note for ``response``, in the order a user needs them."""
-    notes = [cut_off(response, max_tokens) if include_cut_off else None, empty(response), not_shown(response)]
+def answer_notes(response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True,
+                 items_shown: bool = False) -> list[str]:
+    """Every note for ``response``, in the order a user needs them (``items_shown``: the output already holds
+    ``other_content``, e.g. ``--json``)."""
+    notes = [cut_off(response, max_tokens) if include_cut_off else None, empty(response),
+             None if items_shown else not_shown(response)]
     return [n for n in notes if n]

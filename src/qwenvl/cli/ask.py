@@ -54,7 +54,7 @@ def ask(opts: dict[str, Any]) -> None:
             response = client.send(call)
             if opts["as_json"]:
                 print_json(response_json(response))
-                warn_answer(response, call.request.max_tokens)
+                warn_answer(response, call.request.max_tokens, items_shown=True)
                 return
             if response.reasoning and not opts["hide_reasoning"]:  # as in a stream: dimmed, on stderr
                 err_console().print(f"[dim]thinking…[/]\n[dim italic]{escape(response.reasoning)}[/]")

@@ -13,10 +13,11 @@ from qwenvl.notes import answer_notes
 from qwenvl.types import Response, StreamEvent
 
 
-def warn_answer(response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True) -> None:
+def warn_answer(response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True,
+                items_shown: bool = False) -> None:
     """The notes on an answer (``qwenvl.notes``: cut off at max_tokens, empty, items not shown), on stderr."""
     console = err_console()
-    for note in answer_notes(response, max_tokens, include_cut_off=include_cut_off):
+    for note in answer_notes(response, max_tokens, include_cut_off=include_cut_off, items_shown=items_shown):
         console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
 
 
