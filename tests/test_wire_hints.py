@@ -119,3 +119,34 @@ def test_every_flag_a_hint_names_exists():
         text = re.sub(r"`[^`]*`", "", text)
         for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", text):
             assert flag in flags, f"{where}: hint names {flag}, which no verb has: {text!r}"
+
+
+@pytest.mark.parametrize("verb", ["ask", "analyze"])
+def test_hints_name_what_the_verb_takes(server, env, isolated_env, verb):
+    """`--no-resize / prepare=False` in a hint: ask has the flag; analyze takes a JSON request (its key)."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(isolated_env / "still.gif")
+    if verb == "ask":
+        p = run_cli("ask", "still.gif", "what", "--no-resize", env=env)
+    else:
+        p = run_cli("analyze", "--request", json.dumps({"prompt": "what", "image": "still.gif", "prepare": False}),
+                    env=env)
+    assert p.returncode == 3, p.stderr
+    hint = p.stderr.split("hint:")[1]
+    if verb == "ask":
+        assert "--no-resize" in hint and "prepare=False" not in hint
+    else:
+        assert "prepare=False" in hint and "--no-resize" not in hint
+    assert server.requests == []
+
+
+def test_fit_hint_keeps_shell_commands_and_maps_missing_flags():
+    from qwenvl.cli.common import fit_hint
+    from qwenvl.cli.main import cli
+
+    hint = "Choose fewer pages (--pages 1-10) or a smaller budget (--detail low, --max-pixels); `qpdf --decrypt in.pdf`"
+    assert fit_hint(hint, cli.commands["ask"]) == hint
+    expected = "Choose fewer pages (pages 1-10) or a smaller budget (detail low, max_pixels); `qpdf --decrypt in.pdf`"
+    assert fit_hint(hint, cli.commands["analyze"]) == expected
+    assert fit_hint(hint, None) == hint

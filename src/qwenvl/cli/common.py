@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,10 @@ from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputE
 from qwenvl.media.sources import classify, sniff
 from qwenvl.models import estimate_cost, model_info
 from qwenvl.structured import load_schema
-from qwenvl.types import Response
+from qwenvl.types import Request, Response
 
 _ERR: Console | None = None
+_COMMAND_KEY = "qwenvl.command"
 
 
 def err_console() -> Console:
@@ -48,7 +50,42 @@ def report(exc: QwenVLError) -> None:
         console.print("[dim]raw answer:[/]", highlight=False)
         console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
     if exc.hint:
-        console.print(f"[yellow]hint:[/] {escape(printable(exc.hint))}", highlight=False, soft_wrap=True)
+        hint = fit_hint(printable(exc.hint), current_command())
+        console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+
+
+def current_command() -> click.Command | None:
+    """The verb being run (recorded by ``pass_opts``; the innermost command otherwise), or None outside click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    return ctx.meta.get(_COMMAND_KEY) or ctx.command
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+_PAIR = re.compile(r"(--[a-z][a-z-]*) / ([A-Za-z_][\w.]*(?:=\w+)?)|([A-Za-z_][\w.]*(?:=\w+)?) / (--[a-z][a-z-]*)")
+
+
+def fit_hint(hint: str, command: click.Command | None) -> str:
+    """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
+    the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
+    flag is kept alone; for one that lacks it (``analyze`` takes a JSON request; ``batch --requests`` lines) the
+    request key of that name is given instead. Shell commands in backticks are left as they are."""
+    if command is None:
+        return hint
+    flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
+
+    def pair(m: re.Match[str]) -> str:
+        flag, other = (m[1], m[2]) if m[1] else (m[4], m[3])
+        return flag if flag in flags else other
+
+    def lone(m: re.Match[str]) -> str:
+        flag = m[0]
+        key = flag[2:].replace("-", "_")
+        return key if flag not in flags and key in Request.model_fields else flag
+
+    parts = re.split(r"(`[^`]*`)", hint)  # odd parts are in backticks
+    return "".join(p if i % 2 else _FLAG.sub(lone, _PAIR.sub(pair, p)) for i, p in enumerate(parts))
 
 
 def _options(*decorators: Callable) -> Callable:
@@ -216,6 +253,9 @@ def pass_opts(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(**opts: Any) -> Any:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # the verb, for fitting error hints to it (``report``)
+            ctx.meta[_COMMAND_KEY] = ctx.command
         return fn(opts)
 
     return wrapper
