@@ -122,7 +122,8 @@ def check_context(items: list[PreparedItem], model: ModelInfo) -> None:
     what = " and ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in kinds.items())
     raise MediaError(f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
                      f"{model.context_tokens:,} tokens", source=known[0].source,
-                     hint="Send fewer images or frames, or a smaller budget (detail low, max_pixels, a lower fps).")
+                     hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower "
+                          "--fps).")
 
 
 def plan(request: Request, protocol: str, *, estimate_only: bool = False) -> Call:
