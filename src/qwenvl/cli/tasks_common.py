@@ -8,7 +8,7 @@ from rich.markup import escape
 
 from qwenvl.cli.common import err_console, print_json, usage_line
 from qwenvl.cli.render import warn_answer
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, printable
 from qwenvl.plan import Call
 from qwenvl.preview import preview
 from qwenvl.types import Response
@@ -26,7 +26,7 @@ def refuse_structured(opts: dict[str, Any], verb: str) -> None:
 def warn(messages: list[str], *, prefix: str = "warning") -> None:
     console = err_console()
     for message in messages:
-        console.print(f"[yellow]{prefix}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]{prefix}:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
