@@ -60,6 +60,9 @@ KNOWN_MODELS = ("qwen3-vl-plus", "qwen3-vl-flash", "qwen-vl-max", "qwen-vl-plus"
 # The live service has been seen answering an unknown model with 404 as well as 400; the
 # fake picks 400 for both protocols (compat code "model_not_found", native "InvalidParameter").
 MODEL_NOT_FOUND_STATUS = 400
+# QVQ refuses non-streaming calls (issue 8: "This model only support stream mode"), in both protocols.
+STREAM_ONLY_MODELS = ("qvq-max", "qvq-plus")
+STREAM_ONLY_MESSAGE = "This model only support stream mode, please enable the stream parameter to access the model."
 STREAM_WORDS_PER_CHUNK = 3  # streams split the answer into deltas of ~3 words
 
 
@@ -308,6 +311,8 @@ class Reply:
     stream_error_after: int | None = None  # streams: send an SSE error event after N chunks
     chunk_delay_s: float = 0.0  # streams: pause between chunks
     times: int = 1  # how many consecutive requests use this reply
+    content: list | None = None  # the answer as content items verbatim, e.g. [{"box": "<ref>a</ref><box>..."}]
+    #   (native: the message content; streams send one item per event. compat: the same list as content)
 
 
 # == Reading a request: media references, echo text, usage =======================================
@@ -367,6 +372,7 @@ class _Answer:
     finish_reason: str
     images: int
     usage_override: dict | None
+    content: list | None = None
 
     def usage(self, text: str | None = None, reasoning: str | None = None) -> dict:
         """Usage for the answer (or for the part of it streamed so far)."""
@@ -629,6 +635,10 @@ class _Handler(BaseHTTPRequestHandler):
                 msg = f"The model `{body['model']}` does not exist or you do not have access to it."
                 return self._error(proto, MODEL_NOT_FOUND_STATUS, "model_not_found", msg)
             return self._error(proto, MODEL_NOT_FOUND_STATUS, "InvalidParameter", "Model not exist.")
+        streaming = bool(body.get("stream")) if proto == "compat" else \
+            self.headers.get(NATIVE_SSE_HEADER, "").lower() == "enable"
+        if not streaming and any(body["model"] == m or body["model"].startswith(m + "-") for m in STREAM_ONLY_MODELS):
+            return self._error(proto, 400, bad, STREAM_ONLY_MESSAGE)
         media = _media(proto, body)
         problem = self._check_oss(media, body["model"])
         if problem:
@@ -652,15 +662,16 @@ class _Handler(BaseHTTPRequestHandler):
             text = f"echo: {_last_user_text(proto, body)} [images={n_images} videos={n_videos}]"
         tool_calls = _tool_calls(reply.tool_calls) if reply.tool_calls else None
         ans = _Answer(proto, reply.model or body["model"], text, reply.reasoning, tool_calls,
-                      reply.finish_reason or ("tool_calls" if tool_calls else "stop"), n_images, reply.usage)
+                      reply.finish_reason or ("tool_calls" if tool_calls else "stop"), n_images, reply.usage,
+                      reply.content)
         if proto == "compat":
             return self._compat_stream(body, ans, reply) if body.get("stream") else \
                 self._send(200, self._compat_completion(ans), extra=reply.headers)
         params = body.get("parameters", {})
         if self.headers.get(NATIVE_SSE_HEADER, "").lower() == "enable":
             return self._native_stream(params, ans, reply)
-        self._send(200, self._native_payload(params, ans, text, ans.reasoning, tool_calls, ans.finish_reason),
-                   extra=reply.headers)
+        self._send(200, self._native_payload(params, ans, text, ans.reasoning, tool_calls, ans.finish_reason,
+                                             content=ans.content), extra=reply.headers)
 
     def _check_oss(self, media: list[tuple[str, list[str]]], model: str) -> str | None:
         """oss:// references need the resolve header, an existing upload, the same model (2.3)."""
@@ -678,7 +689,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- OpenAI-compatible responses (section 3) -------------------------------------------
     def _compat_completion(self, ans: _Answer) -> dict:
-        msg: dict[str, Any] = {"role": "assistant", "content": ans.text}
+        msg: dict[str, Any] = {"role": "assistant", "content": ans.text if ans.content is None else ans.content}
         if ans.reasoning is not None:
             msg["reasoning_content"] = ans.reasoning
         if ans.tool_calls:
@@ -691,7 +702,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _compat_stream(self, body: dict, ans: _Answer, reply: Reply) -> None:
         deltas: list[dict] = [{"reasoning_content": p} for p in _split(ans.reasoning or "")]
-        deltas += [{"content": p} for p in _split(ans.text)]
+        deltas += [{"content": p} for p in _split(ans.text)] if ans.content is None else \
+            [{"content": [item]} for item in ans.content]
         for i, call in enumerate(ans.tool_calls or []):  # OpenAI-style tool-call deltas
             fn, args = call["function"], call["function"]["arguments"]
             deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
@@ -716,11 +728,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- DashScope-native responses (sections 2.1, 2.2) ------------------------------------
     def _native_payload(self, params: dict, ans: _Answer, text: str, reasoning: str | None,
-                        tool_calls: list | None, finish: str, usage: dict | None = None) -> dict:
+                        tool_calls: list | None, finish: str, usage: dict | None = None,
+                        content: list | None = None) -> dict:
         if params.get("result_format") == "text":
             output: dict[str, Any] = {"text": text, "finish_reason": finish}
         else:
-            msg: dict[str, Any] = {"role": "assistant", "content": [{"text": text}] if text else []}
+            msg: dict[str, Any] = {"role": "assistant",
+                                   "content": content if content is not None else [{"text": text}] if text else []}
             if reasoning is not None:
                 msg["reasoning_content"] = reasoning
             if tool_calls:
@@ -731,7 +745,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _native_stream(self, params: dict, ans: _Answer, reply: Reply) -> None:
         incremental = bool(params.get("incremental_output"))
         steps = [("reasoning", p) for p in _split(ans.reasoning or "")]
-        steps += [("text", p) for p in _split(ans.text)]
+        steps += [("text", p) for p in _split(ans.text)] if ans.content is None else \
+            [("item", item) for item in ans.content]
         if ans.tool_calls or not steps:
             steps.append(("tools", ""))
         events, text_so_far, reasoning_so_far = [], "", ""
@@ -748,7 +763,7 @@ class _Handler(BaseHTTPRequestHandler):
                 params, ans, text, reasoning if ans.reasoning is not None else None,
                 ans.tool_calls if kind == "tools" else None,
                 ans.finish_reason if last else "null",  # the STRING "null" while streaming
-                ans.usage(text_so_far, reasoning_so_far))
+                ans.usage(text_so_far, reasoning_so_far), content=[piece] if kind == "item" else None)
             events.append(b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:%s\n\n" % (i + 1, _dumps(data)))
         status = reply.status or 500
         error = b"id:%d\nevent:error\n:HTTP_STATUS/%d\nstatus:%d\ndata:%s\n\n" % (

@@ -138,7 +138,7 @@ def test_tokens_takes_folders_as_batch_does(tmp_path: Path) -> None:
     assert [r["source"] for r in json.loads(out)["items"]] == expand_inputs([str(folder)])
     assert len(json.loads(out)["items"]) == 2
     code, out = run_verb(str(tmp_path / "empty*.png"))
-    assert code == 2 and "no file matches" in out
+    assert code == 3 and "no file matches" in out  # an input error, as a missing folder
 
 
 def test_tokens_model_and_region_as_every_verb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,11 +18,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from qwenvl import structured
-from qwenvl.backends.base import AsyncBackend, Backend
+from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.batch import exchange
 from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.config import effective_region, normalize_protocol, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
+from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
 from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
@@ -76,6 +77,11 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
     if not errors:
         response.json = value
         return response, None
+    cut = cut_off(response, request.max_tokens)
+    if cut is not None:  # a repair request would be cut off at the same place: say why, pay nothing more
+        raise StructuredOutputError(cut.replace("it is incomplete", "its JSON is incomplete"), raw_text=response.text,
+                                    errors=errors, response=response,
+                                    hint="Raise --max-tokens; the partial answer is kept (shown, and in the error).")
     if not request.repair:  # one request only (the skill's JSON mode): the caller decides what to do
         raise StructuredOutputError("the answer is not valid JSON" + (" for the schema" if call.schema else "")
                                     + ": " + "; ".join(errors[:3]), raw_text=response.text, errors=errors,
@@ -95,16 +101,6 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         raise StructuredOutputError(
             "the answer is not valid JSON for the schema, even after one retry: " + "; ".join(errors[:3]),
             raw_text=second.text, errors=errors, response=second)
-    return final
-
-
-def _final(events: Iterator[StreamEvent]) -> Response:
-    """The response a stream ends with (its deltas are dropped)."""
-    final = None
-    for event in events:
-        if event.type == "done":
-            final = event.response
-    assert final is not None
     return final
 
 
@@ -189,7 +185,7 @@ class Client(_Base):
     def send(self, call: Call) -> Response:
         """Send a planned call; with ``stream=True`` in the request the answer is streamed and assembled."""
         if call.request.stream:
-            return _final(self.send_stream(call))
+            return assembled(self.send_stream(call))
         first, retry = _check(call, self._complete(call))
         if retry is None:
             return first
@@ -269,11 +265,7 @@ class AsyncClient(_Base):
 
     async def send(self, call: Call) -> Response:
         if call.request.stream:
-            final = None
-            async for event in self.send_stream(call):
-                final = event.response if event.type == "done" else final
-            assert final is not None
-            return final
+            return await aassembled(self.send_stream(call))
         first, retry = _check(call, await self._complete(call))
         if retry is None:
             return first

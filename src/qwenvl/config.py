@@ -42,6 +42,8 @@ REGIONS: dict[str, str] = {
 REGION_ALIASES = {"beijing": "cn", "cn-beijing": "cn", "singapore": "intl", "ap-southeast-1": "intl",
                   "virginia": "us", "us-east-1": "us"}
 DEFAULT_REGION = "cn"
+# Environment variables that give a protocol's base URL (as the official SDK reads them); they win over a region.
+BASE_URL_ENV: dict[str, str] = {"compat": "DASHSCOPE_COMPATIBLE_BASE_URL", "native": "DASHSCOPE_HTTP_BASE_URL"}
 
 KEY_HELP = """No DashScope API key found. Set one of:
   export DASHSCOPE_API_KEY=sk-...                      (shell, or a line in ./.env)
@@ -93,7 +95,7 @@ def resolve_base_url(protocol: Protocol, *, region: str | None = None, base_url:
     wanted = COMPAT_PATH if protocol == "compat" else NATIVE_PATH
     if base_url:
         return _derive(base_url, wanted)
-    env_name = "DASHSCOPE_COMPATIBLE_BASE_URL" if protocol == "compat" else "DASHSCOPE_HTTP_BASE_URL"
+    env_name = BASE_URL_ENV[protocol]
     if env.get(env_name):
         return _derive(env[env_name], wanted)
     return REGIONS[normalize_region(region)] + wanted

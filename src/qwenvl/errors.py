@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 EXIT_OK = 0
@@ -82,7 +83,7 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    default_hint = "The service took too long; raise the time-out (timeout_s / --timeout) or retry later."
+    default_hint = "The service took too long; raise the time-out (--timeout) or retry later."
 
 
 class APIStatusError(APIError):
@@ -98,18 +99,20 @@ class APIStatusError(APIError):
         body: Any = None,
         retry_after: float | None = None,
         hint: str | None = None,
+        plain: bool = False,
     ) -> None:
         super().__init__(message, hint=hint, request_id=request_id)
         self.status = status
         self.code = code
         self.body = body
         self.retry_after = retry_after
+        self.plain = plain  # the message continues "HTTP 502" ("Bad Gateway (an HTML page ...)"), no colon
 
     def __str__(self) -> str:
         parts = [f"HTTP {self.status}"]
         if self.code:
             parts.append(self.code)
-        text = " ".join(parts) + f": {self.message}"
+        text = " ".join(parts) + (f" {self.message}" if self.plain else f": {self.message}")
         if self.request_id:
             text += f" (request_id {self.request_id})"
         return text
@@ -167,11 +170,11 @@ class MalformedResponseError(APIError):
 
 
 class StructuredOutputError(QwenVLError):
-    default_hint = "The model's answer is kept in .raw_text; loosen the schema or rephrase the prompt."
+    default_hint = "The model's answer is kept (shown, and in the error); loosen the schema or rephrase the prompt."
 
     def __init__(self, message: str, *, raw_text: str, errors: list[str] | None = None,
-                 response: Any = None) -> None:
-        super().__init__(message)
+                 response: Any = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.raw_text = raw_text
         self.errors = errors or []
         self.response = response
@@ -196,6 +199,20 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, QwenVLError):
         return exc.exit_code
     return EXIT_SERVICE
+
+
+# ANSI/VT escape sequences (CSI, OSC, single-character escapes), then any other C0/C1 control character and the
+# Unicode bidirectional overrides that can make text display differently from what it is.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` as one line that is safe to print on a terminal: escape sequences and control characters
+    removed, runs of white space (newlines, tabs) made one space. For every string the service provides."""
+    text = _ESCAPES.sub("", text)
+    text = _CONTROLS.sub(lambda m: " " if m.group() in "\t\n\r\x0b\x0c" else "", text)
+    return " ".join(text.split())
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -119,10 +119,10 @@ class ModelInfo:
     prices: Prices = field(default_factory=Prices)
     thinking: bool = False  # supports enable_thinking
     thinking_only: bool = False  # always thinks (QVQ)
+    stream_only: bool = False  # refuses stream=false ("This model only support stream mode"): QVQ
     tools: bool = False
     structured_output: bool = True  # response_format json_object is accepted (Qwen3-VL: non-thinking mode only)
     high_res: bool = True  # vl_high_resolution_images is supported
-    stream_only: bool = False  # answers only as a stream (QVQ)
     video: bool = True  # takes video (a file, a URL or a frame list)
     video_frame_tokens: int = 768  # per-frame token cap for sampled video
     video_total_tokens: int = 65536  # token cap over all frames of one video

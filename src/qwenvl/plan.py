@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenvl import structured
-from qwenvl.errors import UsageError
+from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.models import ModelInfo, model_info
 from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
@@ -130,6 +130,28 @@ def generation_params(request: Request, model: ModelInfo | None = None) -> dict[
     return params
 
 
+def check_context(items: list[PreparedItem], model: ModelInfo) -> None:
+    """Refuse media whose tokens alone exceed the model's context window (``ModelInfo.context_tokens``).
+
+    Every kind counts: images, PDF pages, frame lists and sampled videos, in every turn of the history; items of
+    unknown size (remote URLs) count 0, so this is a lower bound and never refuses what could fit. The service
+    would reject such a request after receiving (and, for large media, after the upload of) every byte.
+    Raises MediaError (CLI exit 3) before anything is sent."""
+    known = [i for i in items if i.tokens is not None]
+    total = sum(i.tokens or 0 for i in known)
+    if total <= model.context_tokens:
+        return
+    kinds: dict[str, int] = {}
+    for item in known:
+        kind = "video" if item.kind == "video" else "image"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    what = " and ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in kinds.items())
+    raise MediaError(f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
+                     f"{model.context_tokens:,} tokens", source=known[0].source,
+                     hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower "
+                          "--fps).")
+
+
 def plan(request: Request, protocol: str, *, estimate_only: bool = False) -> Call:
     """Validate, build the messages and prepare every media item. Raises before anything is sent.
 
@@ -144,6 +166,7 @@ def plan(request: Request, protocol: str, *, estimate_only: bool = False) -> Cal
                          hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
     history = build_messages(request, model)
     prepared = prepare_messages(history, media_options(request, model, protocol, estimate_only=estimate_only))
+    check_context(prepared.items, model)
     return Call(request=request, model=model, messages=prepared.messages, history=history,
                 params=generation_params(request, model), media=prepared.items, schema=request.schema,
                 estimate_only=estimate_only)

@@ -34,6 +34,7 @@ def estimate_text_tokens(call: Call) -> int:
 def preview(call: Call, *, protocol: str, base_url: str | None = None, region: str | None = None,
             stream: bool = False) -> dict[str, Any]:
     proto = get(protocol)
+    stream = stream or call.model.stream_only  # what the backend will send (see DashScopeBackend.complete)
     base = resolve_base_url(protocol, base_url=call.request.base_url or base_url, region=region)  # type: ignore[arg-type]
     headers = {"Authorization": "Bearer ***", "Content-Type": "application/json"}
     if proto is native:

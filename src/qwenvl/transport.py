@@ -294,8 +294,20 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIErr
     return err
 
 
+def _redirect_error(response: httpx.Response, url: str, api_key: str) -> APIError:
+    """A 3xx from the endpoint: never followed (the key would go wherever it points), never retried."""
+    location = response.headers.get("location") or "(no Location header)"
+    error = APIConnectionError(redact(f"{url} redirected to {location} (check --base-url)", api_key),
+                               hint="qwenvl does not follow redirects with your key: give the endpoint's real "
+                                    "address as the base URL (--base-url, or DASHSCOPE_*_BASE_URL).")
+    error.final = True  # type: ignore[attr-defined]  # the same request would be redirected again
+    return error
+
+
 def _backoff(error: APIError, attempt: int, policy: Policy, on_retry: RetryHook | None) -> float:
     """Seconds to wait before the next attempt (telling ``on_retry``); raises ``error`` when it is final."""
+    if getattr(error, "final", False):
+        raise error
     if attempt >= policy.max_retries or not should_retry(error):
         hint = give_up_hint(error)
         if hint:
@@ -402,6 +414,9 @@ class Transport:
             if transfer:
                 budget.allow(_length(request.headers))
             response = self._client.send(request, stream=True)
+            if response.is_redirect:
+                response.close()
+                raise _redirect_error(response, url, self._key)
             try:
                 if response.status_code < 400:
                     if not stream:
@@ -494,6 +509,9 @@ class AsyncTransport:
         try:
             request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
             response = await self._client.send(request, stream=True)
+            if response.is_redirect:
+                await response.aclose()
+                raise _redirect_error(response, url, self._key)
             try:
                 if response.status_code < 400:
                     if not stream:

@@ -222,6 +222,9 @@ with warnings.catch_warnings():
         reasoning: str | None = None
         json: Any = None  # set only when json_mode/schema and the answer is valid
         tool_calls: list[dict[str, Any]] | None = None
+        # content items that are not text, as the service sent them (e.g. {"result_image": ...}); native
+        # grounding items ({"box": "<ref>..</ref><box>..</box>"}) are part of ``text`` instead
+        other_content: list[dict[str, Any]] | None = None
         messages: list[Message] = Field(default_factory=list)  # the history including this answer
         protocol: str | None = None
         raw: dict[str, Any] | None = Field(default=None, repr=False, exclude=True)

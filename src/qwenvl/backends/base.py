@@ -5,8 +5,33 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Protocol, runtime_checkable
 
+from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call
 from qwenvl.types import Response, StreamEvent
+
+
+def assembled(events: Iterator[StreamEvent]) -> Response:
+    """The Response a stream ends with (its ``done`` event); the deltas are dropped.
+
+    Raises MalformedResponseError when the stream ends without one (a backend that broke the contract)."""
+    final = None
+    for event in events:
+        if event.type == "done":
+            final = event.response
+    if final is None:
+        raise MalformedResponseError("the stream ended without a final response")
+    return final
+
+
+async def aassembled(events: AsyncIterator[StreamEvent]) -> Response:
+    """``assembled`` for an async stream."""
+    final = None
+    async for event in events:
+        if event.type == "done":
+            final = event.response
+    if final is None:
+        raise MalformedResponseError("the stream ended without a final response")
+    return final
 
 
 @runtime_checkable

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl.backends import oss
+from qwenvl.backends.base import aassembled, assembled
 from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
-from qwenvl.errors import APIConnectionError
+from qwenvl.errors import APIConnectionError, MalformedResponseError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import compat, get, native
 from qwenvl.protocols.common import load_json
@@ -57,6 +58,7 @@ class _Wire:
         """Read a stream up to its first content (the transport retries an error raised before that)."""
         if "json" in stream.content_type:
             return _Started(self.non_sse(call, stream, stream.read()))
+        self.refuse_html(stream)
         driver = self.parser(call, stream)
         lines = iter(stream)
         for line in lines:
@@ -68,6 +70,7 @@ class _Wire:
     async def astart(self, call: Call, stream: AsyncLineStream) -> _Started:
         if "json" in stream.content_type:
             return _Started(self.non_sse(call, stream, await stream.aread()))
+        self.refuse_html(stream)
         driver = self.parser(call, stream)
         lines = stream.__aiter__()
         async for line in lines:
@@ -83,6 +86,12 @@ class _Wire:
         if response.text:
             events.append(StreamEvent(type="text", text=response.text))
         return [*events, StreamEvent(type="done", response=response)]
+
+    def refuse_html(self, stream: LineStream) -> None:
+        """A web page where an event stream should be (a proxy's or a captive portal's): say so at once."""
+        if "html" in stream.content_type.lower():
+            raise MalformedResponseError("the reply is an HTML page, not an event stream (from a proxy or a "
+                                         "login page, not the service)")
 
 
 @dataclass
@@ -139,6 +148,10 @@ class DashScopeBackend:
         return oss.upload(call, chosen, self.transport, native_base)
 
     def complete(self, call: Call) -> Response:
+        """One answer. A stream-only model (``ModelInfo.stream_only``, e.g. QVQ) is streamed on the wire and the
+        answer assembled: the one place that rule lives, so every verb and ``Client.complete`` obey it."""
+        if call.model.stream_only:
+            return assembled(self.stream(call))
         call = self.uploads(call)
         w = self._wire
         data, headers = self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
@@ -191,6 +204,9 @@ class AsyncDashScopeBackend:
         return await asyncio.to_thread(self._sync.uploads, call)
 
     async def complete(self, call: Call) -> Response:
+        """As ``DashScopeBackend.complete`` (stream-only models are streamed and assembled)."""
+        if call.model.stream_only:
+            return await aassembled(self.stream(call))
         call = await self.uploads(call)
         w = self._wire
         data, headers = await self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),

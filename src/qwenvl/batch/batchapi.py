@@ -21,10 +21,11 @@ only: any other region is refused before anything is sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -39,6 +40,7 @@ from qwenvl.errors import (
     APIError,
     MalformedResponseError,
     MediaError,
+    NotFoundError,
     QwenVLError,
     StructuredOutputError,
     UsageError,
@@ -129,10 +131,12 @@ class BatchAPI:
         return _object(reply, "id")
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
-        return _object(self.transport.get_json(self._url("batches", batch_id), self.policy), "status")
+        with _unknown_batch(batch_id):
+            return _object(self.transport.get_json(self._url("batches", batch_id), self.policy), "status")
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
-        reply, _ = self.transport.post_json(self._url("batches", batch_id, "cancel"), {}, self.policy)
+        with _unknown_batch(batch_id):
+            reply, _ = self.transport.post_json(self._url("batches", batch_id, "cancel"), {}, self.policy)
         return _object(reply, "status")
 
     def content(self, file_id: str) -> bytes:
@@ -197,12 +201,26 @@ def run_batch_api(batch: Batch, journal: Journal, pending: list[BatchItem], prog
         return ids
 
 
+@contextlib.contextmanager
+def _unknown_batch(batch_id: str) -> Iterator[None]:
+    """A 404 for a batch id means the job is unknown (not the model, as NotFoundError's default hint says)."""
+    try:
+        yield
+    except NotFoundError as exc:
+        exc.hint = (f"No Batch API job {batch_id!r} is visible to this key: check the id (a batch run prints its "
+                    "job ids).")
+        raise
+
+
 def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVLError, tuple[str, bool]]:
     try:
         call = batch.planner.plan(item.request)
     except (MediaError, UsageError) as exc:
         return item, exc, ("", False)
     ensure_sendable(call)
+    if call.model.stream_only:  # Batch API lines are never streamed
+        return item, UsageError(f"{call.request.model} answers only in stream mode, which the Batch API "
+                                "does not offer", hint="Run it with --mode realtime (the default)."), ("", False)
     body = compat.build_body(call, stream=False)
     line = json.dumps({"custom_id": item.id, "method": "POST", "url": ENDPOINT, "body": body},
                       ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"

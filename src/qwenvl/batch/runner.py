@@ -79,6 +79,7 @@ from qwenvl.errors import (
     UsageError,
 )
 from qwenvl.models import DEFAULT_MODEL, currency_of, estimate_cost
+from qwenvl.notes import answer_notes
 from qwenvl.plan import Call
 from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
@@ -422,6 +423,9 @@ class Batch:
                "usage": usage_record(response), "cost": None if cost is None else round(cost, 8),
                "currency": self.currency,
                "cached": response.cached, "attempts": attempts, "latency_s": round(latency_s, 3), **(extra or {})}
+        notes = answer_notes(response)  # cut off at max_tokens, empty, items not shown: said in the record
+        if notes:
+            rec["warnings"] = notes
         done = journal.finish(item.id, "ok", dumps(rec), input_tokens=u.input_tokens,
                               output_tokens=u.output_tokens, cost=cost, cached=response.cached)
         prog.done += 1

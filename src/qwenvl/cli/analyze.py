@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from qwenvl.cli.common import check_writable, err_console, make_client, pass_opts, print_json, service_options
+from qwenvl.cli.render import warn_answer
 from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
 from qwenvl.preview import preview
@@ -79,6 +80,7 @@ def analyze(opts: dict[str, Any]) -> None:
     try:
         response = client.send(call)
         result = response.result_object()
+        warn_answer(response, call.request.max_tokens)
     except StructuredOutputError as exc:
         err_console().print(f"[yellow]warning:[/] {exc}; the result has no \"json\"")
         result = exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}

@@ -20,7 +20,7 @@ from qwenvl.cli.common import (
     split_media,
     usage_line,
 )
-from qwenvl.cli.render import stream_to_terminal
+from qwenvl.cli.render import stream_to_terminal, warn_answer
 from qwenvl.preview import preview
 
 
@@ -57,14 +57,17 @@ def ask(opts: dict[str, Any]) -> None:
             response = client.send(call)
             if opts["as_json"]:
                 print_json(response_json(response))
+                warn_answer(response, call.request.max_tokens, items_shown=True)
                 return
             if response.reasoning and not opts["hide_reasoning"]:  # as in a stream: dimmed, on stderr
                 err_console().print(f"[dim]thinking…[/]\n[dim italic]{escape(response.reasoning)}[/]")
             if structured:
                 print_json(response.json)
-            else:
+            elif response.text:
                 click.echo(response.text)
+            warn_answer(response, call.request.max_tokens)
         else:
-            response = stream_to_terminal(client.send_stream(call), show_reasoning=not opts["hide_reasoning"])
+            response = stream_to_terminal(client.send_stream(call), show_reasoning=not opts["hide_reasoning"],
+                                          max_tokens=call.request.max_tokens)
     if err_console().is_terminal:
         err_console().print(f"[dim]{usage_line(response, client.region)}[/]")

@@ -20,20 +20,22 @@ from rich.markup import escape
 from qwenvl.batch.inputs import MEDIA_SUFFIXES, is_video
 from qwenvl.client import Client
 from qwenvl.config import PROTOCOLS, REGIONS
-from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
+from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
 from qwenvl.media.sources import classify
 from qwenvl.models import currency_of, estimate_cost, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
-from qwenvl.types import Response
+from qwenvl.types import Request, Response
 
 _ERR: Console | None = None
+_COMMAND_KEY = "qwenvl.command"
 
 
 def err_console() -> Console:
     global _ERR
     if _ERR is None:
-        _ERR = Console(stderr=True, highlight=False)
+        # not a terminal (a log, a pipe): no hard wrapping, so each message stays one line for grep and parsers
+        _ERR = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
     return _ERR
 
 
@@ -43,16 +45,52 @@ def out_console() -> Console:
 
 
 def report(exc: QwenVLError) -> None:
-    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr)."""
+    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr). Lines are
+    never hard-wrapped (the terminal wraps them), and control characters from the service are removed."""
     console = err_console()
-    console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
     if isinstance(exc, StreamInterruptedError) and exc.partial_text:
-        console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]")
+        console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]", soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and exc.raw_text:
         console.print("[dim]raw answer:[/]", highlight=False)
         console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
     if exc.hint:
-        console.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
+        hint = fit_hint(printable(exc.hint), current_command())
+        console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+
+
+def current_command() -> click.Command | None:
+    """The verb being run (recorded by ``pass_opts``; the innermost command otherwise), or None outside click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    return ctx.meta.get(_COMMAND_KEY) or ctx.command
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+_PAIR = re.compile(r"(--[a-z][a-z-]*) / ([A-Za-z_][\w.]*(?:=\w+)?)|([A-Za-z_][\w.]*(?:=\w+)?) / (--[a-z][a-z-]*)")
+
+
+def fit_hint(hint: str, command: click.Command | None) -> str:
+    """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
+    the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
+    flag is kept alone; for one that lacks it (``analyze`` takes a JSON request; ``batch --requests`` lines) the
+    request key of that name is given instead. Shell commands in backticks are left as they are."""
+    if command is None:
+        return hint
+    flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
+
+    def pair(m: re.Match[str]) -> str:
+        flag, other = (m[1], m[2]) if m[1] else (m[4], m[3])
+        return flag if flag in flags else other
+
+    def lone(m: re.Match[str]) -> str:
+        flag = m[0]
+        key = flag[2:].replace("-", "_")
+        return key if flag not in flags and key in Request.model_fields else flag
+
+    parts = re.split(r"(`[^`]*`)", hint)  # odd parts are in backticks
+    return "".join(p if i % 2 else _FLAG.sub(lone, _PAIR.sub(pair, p)) for i, p in enumerate(parts))
 
 
 def _options(*decorators: Callable) -> Callable:
@@ -340,6 +378,9 @@ def pass_opts(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(**opts: Any) -> Any:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:  # the verb, for fitting error hints to it (``report``)
+            ctx.meta[_COMMAND_KEY] = ctx.command
         return fn(opts)
 
     return wrapper

@@ -6,9 +6,10 @@ import os
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import out_console, pass_opts, print_json
-from qwenvl.config import find_api_key, normalize_protocol, normalize_region, resolve_base_url
+from qwenvl.config import BASE_URL_ENV, find_api_key, normalize_protocol, normalize_region, resolve_base_url
 from qwenvl.models import DEFAULT_MODEL, model_info
 
 
@@ -34,6 +35,11 @@ def config(opts: dict[str, Any]) -> None:
         "region": region,
         "endpoints": {p: resolve_base_url(p, region=region, base_url=opts["base_url"])  # type: ignore[arg-type]
                       for p in ("compat", "native")},
+        # where each endpoint comes from: "--base-url", an environment variable (which overrides the region), or
+        # "region"
+        "endpoint_sources": {p: "--base-url" if opts["base_url"] else
+                             BASE_URL_ENV[p] if os.environ.get(BASE_URL_ENV[p]) else "region"
+                             for p in ("compat", "native")},
         "model": {"name": model.name, "family": model.family, "pixels_per_token": f"{model.factor}x{model.factor}",
                   "image_tokens": model.image_tokens, "known": model.known},
         "data_folder": str(home()),
@@ -43,16 +49,25 @@ def config(opts: dict[str, Any]) -> None:
     if opts["as_json"]:
         print_json(info)
         return
-    console = out_console()
-    key = f"found in {found.source}" if found else "[red]not found[/] (see `qwenvl --help` for where to put it)"
+    console = out_console()  # every value is escaped: "[profile]" in a key source is text, not rich markup
+    key = f"found in {escape(found.source)}" if found else \
+        "[red]not found[/] (see `qwenvl --help` for where to put it)"
     console.print(f"API key      {key}")
-    console.print(f"protocol     {protocol}   region {region}")
+    console.print(f"protocol     {escape(protocol)}   region {escape(region)}", highlight=False)
+    overridden = [v for p, v in info["endpoint_sources"].items() if v not in ("region", "--base-url")]
     for name, url in info["endpoints"].items():
         marker = "  (in use)" if name == protocol else ""
-        console.print(f"{name:<12} {url}{marker}", highlight=False)
+        source = info["endpoint_sources"][name]
+        if source not in ("region", "--base-url"):
+            marker += f"  (from {source})"
+        console.print(f"{name:<12} {escape(url)}{marker}", highlight=False)
+    if overridden:
+        console.print(f"[yellow]note:[/] {escape(', '.join(overridden))} "
+                      f"{'overrides' if len(overridden) == 1 else 'override'} --region (--base-url overrides both)",
+                      highlight=False)
     known = "" if model.known else "  (not in the model table: rules guessed from the name)"
-    console.print(f"model        {model.name}: {model.family}, {model.factor}x{model.factor} px per token, "
+    console.print(f"model        {escape(model.name)}: {model.family}, {model.factor}x{model.factor} px per token, "
                   f"{model.image_tokens} tokens per image by default{known}", highlight=False)
-    console.print(f"data folder  {info['data_folder']}", highlight=False)
-    console.print(f"cache        {info['cache_folder']}", highlight=False)
-    console.print(f"usage log    {info['usage_log'] or 'off (QWENVL_LOG=0)'}", highlight=False)
+    console.print(f"data folder  {escape(info['data_folder'])}", highlight=False)
+    console.print(f"cache        {escape(info['cache_folder'])}", highlight=False)
+    console.print(f"usage log    {escape(info['usage_log'] or 'off (QWENVL_LOG=0)')}", highlight=False)

@@ -86,7 +86,7 @@ def events(opts: dict[str, Any]) -> None:
             err_console().print(f"[dim]wrote {sheet}[/]")
         else:
             warn(["no local frames to draw: the contact sheet was not written"])
-    show_usage(timeline.response, region=opts["region"])
+    show_usage(timeline.response, cut_off=False, region=opts["region"])
 
 
 def print_timeline(timeline: Timeline) -> None:

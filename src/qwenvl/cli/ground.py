@@ -86,7 +86,7 @@ def ground(opts: dict[str, Any]) -> None:
         annotate(result.picture or image, result, out)
         err_console().print(f"[dim]wrote {out}[/]")
     summary(result)
-    show_usage(response, region=opts["region"])
+    show_usage(response, cut_off=False, region=opts["region"])
 
 
 def print_table(result: Grounding) -> None:

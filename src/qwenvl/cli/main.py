@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from qwenvl import __version__
 from qwenvl.cli.common import err_console, report
-from qwenvl.errors import EXIT_SERVICE, QwenVLError
+from qwenvl.errors import EXIT_SERVICE, QwenVLError, printable
 
 EXIT_INTERRUPTED = 130
 
@@ -42,8 +42,8 @@ class QwenVLGroup(click.Group):
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("QWENVL_DEBUG"):
                 raise
-            err_console().print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}",
-                                highlight=False)
+            err_console().print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(printable(str(exc)))}",
+                                highlight=False, soft_wrap=True)
             err_console().print("[yellow]hint:[/] run again with QWENVL_DEBUG=1 for the traceback, "
                                 "and please report it.", highlight=False)
             ctx.exit(EXIT_SERVICE)

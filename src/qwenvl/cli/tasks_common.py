@@ -7,7 +7,8 @@ from typing import Any
 from rich.markup import escape
 
 from qwenvl.cli.common import err_console, print_json, usage_line
-from qwenvl.errors import UsageError
+from qwenvl.cli.render import warn_answer
+from qwenvl.errors import UsageError, printable
 from qwenvl.plan import Call
 from qwenvl.preview import preview
 from qwenvl.types import Response
@@ -25,7 +26,7 @@ def refuse_structured(opts: dict[str, Any], verb: str) -> None:
 def warn(messages: list[str], *, prefix: str = "warning") -> None:
     console = err_console()
     for message in messages:
-        console.print(f"[yellow]{prefix}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]{prefix}:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
@@ -36,7 +37,13 @@ def dry_run(client: Any, call: Call) -> None:
     print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region))
 
 
-def show_usage(*responses: Response | None, region: str | None = None) -> None:
+def show_usage(*responses: Response | None, cut_off: bool = True, max_tokens: int | None = None,
+               region: str | None = None) -> None:
+    """The notes on each answer (``cut_off=False`` where the task's own warnings already say it was cut off),
+    then, on a terminal, the usage line."""
+    for response in responses:
+        if response is not None:
+            warn_answer(response, max_tokens, include_cut_off=cut_off)
     console = err_console()
     if console.is_terminal:
         for response in responses:

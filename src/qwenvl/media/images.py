@@ -48,7 +48,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from qwenvl.errors import MediaError
-from qwenvl.media.sources import sniff
+from qwenvl.media.sources import AVIF_BRANDS, HEIF_BRANDS, ftyp_brands, sniff
 from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 
 # Formats the service documents (seed doc 002), with the Content-Type it lists for each.
@@ -76,9 +76,6 @@ _UPRIGHT = {
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
-                          b"msf1", b"mif2"})
-_AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _FORMAT_LIST = ", ".join(sorted(SERVICE_FORMATS))
 
 
@@ -336,19 +333,9 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _ftyp_brands(data: bytes) -> set[bytes]:
-    if len(data) < 16 or data[4:8] != b"ftyp":
-        return set()
-    size = int.from_bytes(data[:4], "big")
-    end = min(max(size, 16), len(data), 256)
-    brands = {data[8:12]}
-    brands.update(data[i:i + 4] for i in range(16, end - 3, 4))
-    return brands
-
-
 def _refuse_known_non_images(data: bytes, label: str) -> None:
-    brands = _ftyp_brands(data)
-    if brands & _HEIF_BRANDS and not brands & _AVIF_BRANDS:
+    brands = ftyp_brands(data)
+    if brands & HEIF_BRANDS and not brands & AVIF_BRANDS:
         raise MediaError(
             f"{label} is a HEIC/HEIF image, which qwenvl cannot read (Pillow needs the pillow-heif plug-in)",
             source=label,
@@ -370,7 +357,7 @@ def _not_an_image(data: bytes, label: str) -> MediaError:
                           hint="Pass it as a document: qwenvl renders PDF pages to images.")
     if kind and kind.startswith("video/"):
         return MediaError(f"{label} is a video ({kind}), not an image", source=label,
-                          hint="Pass it as a video (--video / VideoPart).")
+                          hint="Give it as the video, not as an image (in a request: \"video\").")
     if data[:3] == b"\xff\xd8\xff":
         return MediaError(f"{label} starts like a JPEG but its header is damaged or cut short", source=label,
                           hint="The file is truncated or corrupt; export or download it again.")

@@ -146,8 +146,7 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
         label = source.ref
     elif source.is_remote:
         return PreparedItem(part.image, "image", source.url or part.image,
-                            notes=["remote image: size and tokens unknown (the service fetches it; "
-                                   "--fetch-urls prepares it here)"])
+                            notes=["remote image: size and tokens unknown (the service fetches it)"])
     else:
         data = read_bytes(source)
         label = source.label
@@ -162,10 +161,10 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
         notes = _check_original(data, info, label, options)
         encoded, mime, (width, height) = data, info.mime, (info.width, info.height)
     h_bar, w_bar = _model_size(height, width, options.model.factor, service, label)
-    if encoded is data and source.kind == "data" and source.url and source.declared_mime == mime:
-        sent = source.url
-    else:
-        sent = to_data_url(encoded, mime)
+    # Always the canonical form of what was checked: a data: URL given with wrapped base64, parameters such as
+    # ;charset=utf-8 or another MIME type is re-emitted as data:<mime>;base64,<one line> (the service refuses
+    # the others with a 400 after the upload).
+    sent = to_data_url(encoded, mime)
     return PreparedItem(part.image, "image", sent, mime=mime, bytes_sent=len(sent), width=width, height=height,
                         tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor), notes=notes)
 

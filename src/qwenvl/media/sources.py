@@ -204,8 +204,26 @@ def to_data_url(data: bytes, mime: str) -> str:
 
 # --- identifying content by its bytes -----------------------------------------------------------------------
 
+# ISO-BMFF ("ftyp") brands of still images (HEIF: ISO/IEC 23008-12 and Apple's HEIC; AVIF: AV1 image file format).
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
+                         b"msf1", b"mif2"})
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+
+
+def ftyp_brands(data: bytes) -> set[bytes]:
+    """The major and compatible brands of an ISO-BMFF ``ftyp`` box at the start of ``data`` (empty if none)."""
+    if len(data) < 16 or data[4:8] != b"ftyp":
+        return set()
+    size = int.from_bytes(data[:4], "big")
+    end = min(max(size, 16), len(data), 256)
+    brands = {data[8:12]}
+    brands.update(data[i:i + 4] for i in range(16, end - 3, 4))
+    return brands
+
+
 def sniff(data: bytes) -> str | None:
     """A MIME type from magic numbers for the non-image kinds we handle (video, PDF, SVG, text); else None.
+    HEIF/HEIC and AVIF files share the ``ftyp`` box with MP4: they are named ``image/heif`` / ``image/avif``.
 
     Images are identified by Pillow (see ``qwenvl.media.images``), which knows every format the service
     accepts.
@@ -214,6 +232,11 @@ def sniff(data: bytes) -> str | None:
     if head.startswith(b"%PDF-"):
         return "application/pdf"
     if len(head) >= 12 and head[4:8] == b"ftyp":
+        brands = ftyp_brands(data)
+        if brands & AVIF_BRANDS:  # still images in an ISO-BMFF box, not videos
+            return "image/avif"
+        if brands & HEIF_BRANDS:
+            return "image/heif"
         brand = head[8:12]
         return "video/quicktime" if brand == b"qt  " else "video/mp4"
     if head.startswith(b"\x1a\x45\xdf\xa3"):

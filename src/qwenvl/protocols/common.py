@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
-from qwenvl.errors import APIStatusError, MalformedResponseError, StreamInterruptedError, status_error
+from pydantic import ValidationError
+
+from qwenvl.errors import APIStatusError, MalformedResponseError, StreamInterruptedError, printable, status_error
 from qwenvl.types import Message, Response, StreamEvent, Usage
+
+HTML_PAGE = "(an HTML page from a proxy, not the service)"
+PROXY_HINT = ("Something between you and DashScope answered (a proxy, gateway or firewall): check --base-url and "
+              "any HTTPS_PROXY setting, or retry later.")
 
 # Service error codes (both protocols' spellings) that arrive without an HTTP status, e.g. inside a stream.
 _CODE_STATUS = (
@@ -37,11 +44,15 @@ def parse_error_body(body: bytes | str | dict[str, Any] | None) -> tuple[str | N
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
         try:
             parsed = json.loads(text)
+        except RecursionError:
+            return None, "(an error body nested too deeply to read)", None, None
         except json.JSONDecodeError:
-            snippet = " ".join(text.split())[:300]
+            if looks_like_html(text):
+                return None, HTML_PAGE, None, text
+            snippet = printable(text)[:300]
             return None, snippet or "(empty body)", None, text
     if not isinstance(parsed, dict):
-        return None, str(parsed)[:300], None, parsed
+        return None, printable(str(parsed))[:300], None, parsed
     request_id = parsed.get("request_id") or parsed.get("id")
     err = parsed.get("error")
     if isinstance(err, dict):
@@ -51,7 +62,9 @@ def parse_error_body(body: bytes | str | dict[str, Any] | None) -> tuple[str | N
         code = parsed.get("code")
         message = parsed.get("message") or parsed.get("msg") or (err if isinstance(err, str) else None)
         message = message or "unknown error"
-    return (str(code) if code else None), str(message), request_id, parsed
+    code = printable(str(code))[:100] if code else None
+    request_id = printable(str(request_id))[:100] if request_id else None
+    return code, printable(str(message)), request_id, parsed
 
 
 def error_from_body(status: int | None, body: Any, *, retry_after: float | None = None,
@@ -61,16 +74,38 @@ def error_from_body(status: int | None, body: Any, *, retry_after: float | None 
     code, message, rid, parsed = parse_error_body(body)
     if in_stream or not status:
         status = status_for_code(code, default=status or 500)
+    if message == HTML_PAGE:  # "HTTP 502 Bad Gateway (an HTML page from a proxy, not the service)"
+        phrase = _phrase(status)
+        return status_error(status, f"{phrase} {message}".strip(), request_id=request_id, body=parsed,
+                            retry_after=retry_after, hint=PROXY_HINT, plain=True)
     return status_error(status, message, code=code, request_id=rid or request_id, body=parsed,
                         retry_after=retry_after)
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def looks_like_html(text: str) -> bool:
+    head = text.lstrip()[:200].lower()
+    return head.startswith(("<!doctype html", "<html", "<head", "<body")) or "<html" in head
+
+
 def load_json(data: str | bytes, what: str) -> Any:
+    """Parse a reply; MalformedResponseError (never a RecursionError or a decode error) when it cannot be."""
     try:
         return json.loads(data)
+    except RecursionError:
+        raise MalformedResponseError(f"{what} is JSON nested too deeply to read") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        snippet = " ".join(text.split())[:200]
+        if looks_like_html(text):
+            raise MalformedResponseError(f"{what} is an HTML page, not JSON (from a proxy or a login page, not the "
+                                         "service)") from None
+        snippet = printable(text)[:200]
         raise MalformedResponseError(f"{what} is not JSON: {snippet!r}") from None
 
 
@@ -86,39 +121,94 @@ def usage_from(raw: dict[str, Any] | None) -> Usage:
     total = _int(raw.get("total_tokens"))
     if total is None and inp is not None and out is not None:
         total = inp + out
-    in_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or {}
-    out_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details") or {}
+    in_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details")
+    out_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details")
+    in_details = in_details if isinstance(in_details, dict) else {}
+    out_details = out_details if isinstance(out_details, dict) else {}
     image = _int(raw.get("image_tokens")) or _int(in_details.get("image_tokens"))
     video = _int(raw.get("video_tokens")) or _int(in_details.get("video_tokens"))
     return Usage(input_tokens=inp, output_tokens=out, total_tokens=total, image_tokens=image,
                  video_tokens=video, reasoning_tokens=_int(out_details.get("reasoning_tokens")), raw=raw)
 
 
-def text_of(content: Any) -> str:
-    """The text of a message's content: a string, or a list of text items in either protocol's form."""
+def split_content(content: Any) -> tuple[str, list[dict[str, Any]]]:
+    """(text, other items) of a message's content: a string, or a list of items in either protocol's form.
+
+    Text items (``{"text"}``, ``{"type": "text", "text"}``) and native grounding items
+    (``{"box": "<ref>shirt</ref><box>(30,6),(994,996)</box>"}``, as qwen-vl-max answers grounding prompts) are
+    the text, in order; every other item (``{"result_image": ...}``, ...) is returned as it came, never dropped.
+    Raises MalformedResponseError for content that is neither (a number, a list of numbers, ...)."""
     if content is None:
-        return ""
+        return "", []
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for item in content:
-            if isinstance(item, dict) and isinstance(item.get("text"), str) and item.get("type", "text") == "text":
-                out.append(item["text"])
-            elif isinstance(item, str):
-                out.append(item)
-        return "".join(out)
-    return json.dumps(content, ensure_ascii=False)
+        return content, []
+    items = [content] if isinstance(content, dict) else content
+    if not isinstance(items, list):
+        raise MalformedResponseError(f"a message's content is a {type(content).__name__}, not text or items")
+    texts: list[str] = []
+    others: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+        elif not isinstance(item, dict):
+            raise MalformedResponseError(f"a content item is a {type(item).__name__}, not an object")
+        elif isinstance(item.get("text"), str) and item.get("type", "text") == "text":
+            texts.append(item["text"])
+        elif isinstance(item.get("box"), str) and item.get("type", "box") == "box":
+            texts.append(item["box"])
+        else:
+            others.append(item)
+    return "".join(texts), others
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content (see ``split_content``)."""
+    return split_content(content)[0]
+
+
+def optional_str(value: Any, what: str) -> str | None:
+    """A string field of a reply (None or "" -> None); anything else is a MalformedResponseError."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise MalformedResponseError(f"{what} is {json.dumps(value)[:40]}, not a string")
+    return value
+
+
+def optional_list(value: Any, what: str) -> list | None:
+    if value is None or value == []:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise MalformedResponseError(f"{what} is not a list of objects")
+    return value
+
+
+def as_object(value: Any, what: str) -> dict[str, Any]:
+    """A JSON object field of a reply (None -> {}); anything else is a MalformedResponseError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedResponseError(f"{what} is not a JSON object")
+    return value
 
 
 def make_response(*, text: str, model: str, usage: dict[str, Any] | None, request_id: str | None,
                   finish_reason: str | None, reasoning: str | None, tool_calls: list | None, protocol: str,
-                  raw: dict[str, Any] | None = None) -> Response:
-    """A Response whose history holds the assistant's answer (the client prepends the conversation)."""
-    return Response(text=text, model=model, usage=usage_from(usage), request_id=request_id,
-                    finish_reason=finish_reason, reasoning=reasoning, tool_calls=tool_calls, protocol=protocol,
-                    raw=raw, messages=[Message(role="assistant", content=text, reasoning=reasoning,
-                                               tool_calls=tool_calls)])
+                  raw: dict[str, Any] | None = None, other_content: list[dict[str, Any]] | None = None) -> Response:
+    """A Response whose history holds the assistant's answer (the client prepends the conversation).
+
+    Raises MalformedResponseError when a field has a type no reply of the service has (e.g. a numeric
+    ``finish_reason``): a reply we cannot read is the service's fault, not a bug here."""
+    try:
+        return Response(text=text, model=model, usage=usage_from(usage), request_id=request_id,
+                        finish_reason=finish_reason, reasoning=reasoning, tool_calls=tool_calls, protocol=protocol,
+                        raw=raw, other_content=other_content or None,
+                        messages=[Message(role="assistant", content=text, reasoning=reasoning,
+                                          tool_calls=tool_calls)])
+    except ValidationError as exc:
+        where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+        raise MalformedResponseError(f"the reply's {where or 'answer'} has the wrong type "
+                                     f"({exc.errors()[0]['msg']})") from None
 
 
 class StreamAccumulator:
@@ -133,9 +223,11 @@ class StreamAccumulator:
         self.finish_reason: str | None = None
         self.usage_raw: dict[str, Any] | None = None
         self.request_id: str | None = None
+        self.other_content: list[dict[str, Any]] = []  # non-text content items, as they came
         self.complete = False
 
-    def add(self, text: str | None, reasoning: str | None) -> list[StreamEvent]:
+    def add(self, text: str | None, reasoning: Any) -> list[StreamEvent]:
+        reasoning = optional_str(reasoning, "reasoning_content")
         events = []
         if reasoning:
             self.reasoning.append(reasoning)
@@ -145,7 +237,9 @@ class StreamAccumulator:
             events.append(StreamEvent(type="text", text=text))
         return events
 
-    def add_tool_call_delta(self, delta: dict[str, Any]) -> None:
+    def add_tool_call_delta(self, delta: Any) -> None:
+        if not isinstance(delta, dict) or not isinstance(delta.get("function") or {}, dict):
+            raise MalformedResponseError("a streamed tool call is not a JSON object")
         index = delta.get("index", len(self.tool_calls))
         call = self.tool_calls.setdefault(index, {"id": None, "type": "function",
                                                   "function": {"name": "", "arguments": ""}})
@@ -178,4 +272,4 @@ class StreamAccumulator:
                              request_id=self.request_id, finish_reason=self.finish_reason,
                              reasoning="".join(self.reasoning) or None,
                              tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
-                             protocol=self.protocol)
+                             protocol=self.protocol, other_content=self.other_content)

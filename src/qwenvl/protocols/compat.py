@@ -13,7 +13,16 @@ from typing import Any
 
 from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call
-from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, make_response, text_of
+from qwenvl.protocols.common import (
+    StreamAccumulator,
+    as_object,
+    error_from_body,
+    load_json,
+    make_response,
+    optional_list,
+    optional_str,
+    split_content,
+)
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart, VideoPart
 
@@ -77,11 +86,14 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise MalformedResponseError("the reply has no choices")
     choice = choices[0]
-    msg = choice.get("message") or {}
-    return make_response(text=text_of(msg.get("content")), model=data.get("model") or model,
+    msg = as_object(choice.get("message"), "the reply's message")
+    text, others = split_content(msg.get("content"))
+    return make_response(text=text, model=data.get("model") or model,
                          usage=data.get("usage"), request_id=data.get("request_id") or request_id or data.get("id"),
-                         finish_reason=choice.get("finish_reason"), reasoning=msg.get("reasoning_content") or None,
-                         tool_calls=msg.get("tool_calls") or None, protocol=NAME, raw=data)
+                         finish_reason=optional_str(choice.get("finish_reason"), "finish_reason"),
+                         reasoning=optional_str(msg.get("reasoning_content"), "reasoning_content"),
+                         tool_calls=optional_list(msg.get("tool_calls"), "tool_calls"), protocol=NAME, raw=data,
+                         other_content=others)
 
 
 class StreamParser:
@@ -114,13 +126,19 @@ class StreamParser:
         if chunk.get("usage"):
             acc.usage_raw = chunk["usage"]
         events: list[StreamEvent] = []
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            events += acc.add(text_of(delta.get("content")) or None, delta.get("reasoning_content"))
-            for tc in delta.get("tool_calls") or []:
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise MalformedResponseError("a stream chunk's choices are not a list")
+        for choice in choices:
+            delta = as_object(as_object(choice, "a stream choice").get("delta"), "a stream delta")
+            text, others = split_content(delta.get("content"))
+            acc.other_content += others
+            events += acc.add(text or None, delta.get("reasoning_content"))
+            for tc in optional_list(delta.get("tool_calls"), "tool_calls") or []:
                 acc.add_tool_call_delta(tc)
-            if choice.get("finish_reason"):
-                acc.finish_reason = choice["finish_reason"]
+            finish = optional_str(choice.get("finish_reason"), "finish_reason")
+            if finish:
+                acc.finish_reason = finish
         return events
 
     def finish(self) -> Response:

@@ -8,11 +8,21 @@ for with the ``X-DashScope-SSE: enable`` header and ``incremental_output`` in pa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call
-from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, make_response, text_of
+from qwenvl.protocols.common import (
+    StreamAccumulator,
+    as_object,
+    error_from_body,
+    load_json,
+    make_response,
+    optional_list,
+    optional_str,
+    split_content,
+)
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart
 
@@ -72,21 +82,34 @@ def build_body(call: Call, *, stream: bool) -> dict[str, Any]:
 
 
 def _finish(value: Any) -> str | None:
-    return None if value in (None, "", "null") else str(value)
+    value = optional_str(value, "finish_reason")
+    return None if value == "null" else value
 
 
-def _choice(data: dict[str, Any]) -> tuple[str, str | None, str | None, list | None]:
-    """(text, reasoning, finish_reason, tool_calls) from an ``output``, in message or text form."""
+@dataclass
+class _Choice:
+    text: str
+    reasoning: str | None
+    finish_reason: str | None
+    tool_calls: list | None
+    others: list[dict[str, Any]]
+
+
+def _choice(data: dict[str, Any]) -> _Choice:
+    """The answer in an ``output``, in message or text form; non-text content items kept in ``others``."""
     output = data.get("output")
     if not isinstance(output, dict):
         raise MalformedResponseError("the reply has no output")
     choices = output.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        msg = choices[0].get("message") or {}
-        return (text_of(msg.get("content")), msg.get("reasoning_content") or None,
-                _finish(choices[0].get("finish_reason")), msg.get("tool_calls") or None)
+        msg = as_object(choices[0].get("message"), "the reply's message")
+        text, others = split_content(msg.get("content"))
+        return _Choice(text, optional_str(msg.get("reasoning_content"), "reasoning_content"),
+                       _finish(choices[0].get("finish_reason")), optional_list(msg.get("tool_calls"), "tool_calls"),
+                       others)
     if "text" in output:  # result_format "text"
-        return str(output.get("text") or ""), None, _finish(output.get("finish_reason")), None
+        return _Choice(optional_str(output.get("text"), "the reply's text") or "", None,
+                       _finish(output.get("finish_reason")), None, [])
     raise MalformedResponseError("the reply's output has no choices")
 
 
@@ -95,10 +118,11 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
         raise MalformedResponseError("the reply is not a JSON object")
     if "output" not in data and data.get("code"):
         raise error_from_body(None, data, request_id=request_id)
-    text, reasoning, finish, tool_calls = _choice(data)
-    return make_response(text=text, model=data.get("model") or model, usage=data.get("usage"),
-                         request_id=data.get("request_id") or request_id, finish_reason=finish,
-                         reasoning=reasoning, tool_calls=tool_calls, protocol=NAME, raw=data)
+    c = _choice(data)
+    return make_response(text=c.text, model=data.get("model") or model, usage=data.get("usage"),
+                         request_id=data.get("request_id") or request_id, finish_reason=c.finish_reason,
+                         reasoning=c.reasoning, tool_calls=c.tool_calls, protocol=NAME, raw=data,
+                         other_content=c.others)
 
 
 def merge_tool_call(calls: dict[int, dict[str, Any]], tc: dict[str, Any], position: int) -> None:
@@ -114,6 +138,8 @@ def merge_tool_call(calls: dict[int, dict[str, Any]], tc: dict[str, Any], positi
     if tc.get("type"):
         call["type"] = tc["type"]
     fn = tc.get("function") or {}
+    if not isinstance(fn, dict):
+        raise MalformedResponseError("a streamed tool call's function is not a JSON object")
     for key in ("name", "arguments"):
         piece, have = fn.get(key), call["function"][key]
         if not isinstance(piece, str) or not piece:
@@ -149,12 +175,13 @@ class StreamParser:
         acc.request_id = data.get("request_id") or acc.request_id
         if data.get("usage"):
             acc.usage_raw = data["usage"]
-        text, reasoning, finish, tool_calls = _choice(data)
-        events = acc.add(text or None, reasoning)
-        for i, tc in enumerate(tool_calls or []):
+        c = _choice(data)
+        events = acc.add(c.text or None, c.reasoning)
+        acc.other_content += c.others
+        for i, tc in enumerate(c.tool_calls or []):
             merge_tool_call(acc.tool_calls, tc, i)
-        if finish:
-            acc.finish_reason = finish
+        if c.finish_reason:
+            acc.finish_reason = c.finish_reason
             acc.complete = True
         return events
 

@@ -135,12 +135,24 @@ class Grounding(BaseModel):
 
 @dataclass(frozen=True)
 class Geometry:
-    original: tuple[int, int] | None  # (width, height) as displayed (EXIF orientation applied)
+    original: tuple[int, int] | None  # (width, height) the coordinates are read in (see ``orientation``)
     seen: tuple[int, int] | None  # (width, height) the model saw
+    # EXIF orientation (2-8) of an image sent as stored (prepare=False): ``original`` is then the STORED size,
+    # and boxes read in it are turned to the upright image afterwards (``to_upright``). 1 otherwise.
+    orientation: int = 1
 
 
 def original_size(ref: str) -> tuple[int, int] | None:
     """(width, height) of a local image or data: URL as displayed (EXIF orientation applied); None if remote."""
+    info = stored_size(ref)
+    if info is None:
+        return None
+    width, height, orientation = info
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def stored_size(ref: str) -> tuple[int, int, int] | None:
+    """(width, height, EXIF orientation) of a local image or data: URL as stored; None if remote or unreadable."""
     from qwenvl.media.sources import classify, read_bytes
 
     source = classify(ref)
@@ -158,7 +170,31 @@ def original_size(ref: str) -> tuple[int, int] | None:
                     orientation = 1
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return width, height, orientation if orientation in range(1, 9) else 1
+
+
+def to_upright(x: float, y: float, stored: tuple[int, int], orientation: int) -> tuple[float, float]:
+    """A point in the stored pixels of an image with EXIF ``orientation``, in the upright image's pixels (what
+    every viewer shows: the orientation tag applied, as ``PIL.ImageOps.exif_transpose`` does)."""
+    w, h = stored
+    return {
+        2: (w - x, y), 3: (w - x, h - y), 4: (x, h - y), 5: (y, x),
+        6: (h - y, x), 7: (h - y, w - x), 8: (y, w - x),
+    }.get(orientation, (x, y))
+
+
+def _turn_upright(result: Grounding, stored: tuple[int, int], orientation: int) -> None:
+    """Boxes and points read in the stored orientation, in place, to the upright image."""
+    for box in result.boxes:
+        (ax, ay), (bx, by) = (to_upright(box.x1, box.y1, stored, orientation),
+                              to_upright(box.x2, box.y2, stored, orientation))
+        box.x1, box.x2 = sorted((round(ax), round(bx)))
+        box.y1, box.y2 = sorted((round(ay), round(by)))
+    for point in result.points:
+        px, py = to_upright(point.x, point.y, stored, orientation)
+        point.x, point.y = round(px), round(py)
+    if result.width and result.height and orientation in (5, 6, 7, 8):
+        result.width, result.height = result.height, result.width
 
 
 def seen_size(sent: tuple[int, int], call: Call) -> tuple[int, int]:
@@ -180,6 +216,12 @@ def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
         return Geometry(image_size, None)
     item = items[-1]
     original = image_size
+    if original is None and not call.request.prepare and item.width and item.height:
+        # sent as stored: the model sees the stored pixels, whatever the EXIF tag says
+        stored = stored_size(item.source)
+        if stored is not None and stored[2] != 1:
+            sent = (item.width, item.height)
+            return Geometry(sent, seen_size(sent, call), orientation=stored[2])
     if original is None:
         ow, oh = getattr(item, "original_width", None), getattr(item, "original_height", None)
         original = (ow, oh) if ow and oh else original_size(item.source)
@@ -351,6 +393,15 @@ def read_grounding(call: Call, response: Response, *, image_size: tuple[int, int
     expected = "absolute" if call.model.grounding == "absolute" else "relative-1000"
     result = interpret(parse_answer(response.text), expected=expected, geo=geo, model=call.request.model,
                        finish_reason=response.finish_reason, max_tokens=call.request.max_tokens)
+    if geo.orientation != 1 and geo.original is not None:
+        stored = geo.original
+        _turn_upright(result, stored, geo.orientation)
+        upright = (stored[1], stored[0]) if geo.orientation in (5, 6, 7, 8) else stored
+        result.warnings.append(
+            f"the image was sent as stored, without applying its EXIF orientation {geo.orientation} (no resizing: "
+            f"prepare=False / --no-resize), so the model saw it turned; the coordinates were read on the stored "
+            f"{_size(stored)} image and turned to the upright {_size(upright)} one, assuming the service does not "
+            "apply the tag either. Let qwenvl prepare the image to send it upright and avoid the assumption.")
     items = [m for m in call.media if m.kind == "image"]
     result.raw_text = response.text
     result.model = response.model or call.request.model
