@@ -49,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 
 from qwenvl.errors import MediaError
 from qwenvl.media.sources import sniff
-from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 
 # Formats the service documents (seed doc 002), with the Content-Type it lists for each.
 SERVICE_MIME: dict[str, str] = {
@@ -67,7 +67,14 @@ GRAPHIC_TOP_COLOURS = 16
 GRAPHIC_COVERAGE = 0.6  # share of the sample the top colours must cover for an image to count as a graphic
 PARALLEL_RESIZE_PIXELS = 1_000_000  # larger outputs are resized in horizontal bands, one thread per core
 
+# An in-budget image at most this many bytes per pixel passes through: a quality-90 JPEG of a photograph is
+# about 0.2-0.6 B/px and a PNG screenshot usually less, while a PNG photograph (2-3 B/px) or a quality-100
+# JPEG is worth the trial re-encoding that may halve it.
+PASSTHROUGH_BYTES_PER_PIXEL = 1.0
+
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+_PASSTHROUGH_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+_PASSTHROUGH_MODES = frozenset({"RGB", "L", "P"})
 _ANIMATABLE = frozenset({"GIF", "PNG", "WEBP"})
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the transposition that makes the image upright.
@@ -129,7 +136,7 @@ def identify(data: bytes, label: str) -> ImageInfo:
             width, height = img.size
             _check_pixels(width, height, label)
             mode = img.mode
-            orientation = _orientation(img)
+            orientation = _orientation(img, data)
             animated = bool(getattr(img, "is_animated", False)) and fmt in _ANIMATABLE
             frames = int(getattr(img, "n_frames", 1) or 1) if (animated or fmt == "TIFF") else 1
             transparency = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
@@ -193,6 +200,17 @@ def verify(data: bytes, info: ImageInfo, label: str) -> None:
                 img.load()
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise _corrupt(label, info, exc) from None
+
+
+def passes_through(info: ImageInfo, nbytes: int) -> bool:
+    """Whether an image within its pixel budget is sent as it is, decided from its header alone (no decode,
+    no trial encode): a still JPEG, PNG or WebP in a mode the service reads as it is (RGB, L, or a palette),
+    upright (EXIF orientation 1), without transparency, at most ``MAX_IMAGE_BYTES`` and already compact (at
+    most ``PASSTHROUGH_BYTES_PER_PIXEL``). Anything else is decoded and re-encoded, or kept only when a
+    re-encoding would not be smaller."""
+    return (info.format in _PASSTHROUGH_FORMATS and info.mode in _PASSTHROUGH_MODES and info.orientation == 1
+            and not info.transparency and not info.animated and info.frames == 1 and nbytes <= MAX_IMAGE_BYTES
+            and nbytes <= PASSTHROUGH_BYTES_PER_PIXEL * info.width * info.height)
 
 
 # --- decode, convert, resize --------------------------------------------------------------------------------
@@ -328,12 +346,36 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _orientation(img: Image.Image) -> int:
+def _orientation(img: Image.Image, data: bytes) -> int:
     try:
-        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if img.format == "PNG" and "exif" not in img.info and not _png_metadata_after_pixels(data):
+            # Pillow's PNG getexif decodes the whole image to look for an eXIf chunk after the pixel data;
+            # when the chunk list has none there, what was read at open is all there is.
+            exif = Image.Image.getexif(img)
+        else:
+            exif = img.getexif()
+        value = exif.get(_EXIF_ORIENTATION, 1)
     except Exception:  # a damaged EXIF block is ignored, as every viewer does
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+_PNG_METADATA_CHUNKS = frozenset({b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+
+
+def _png_metadata_after_pixels(data: bytes) -> bool:
+    """Whether a PNG has an EXIF or text chunk after its first IDAT (walks the chunk headers only)."""
+    pos, seen_idat = 8, False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            seen_idat = True
+        elif seen_idat and kind in _PNG_METADATA_CHUNKS:
+            return True
+        pos += 12 + length
+    return False
 
 
 def _ftyp_brands(data: bytes) -> set[bytes]:

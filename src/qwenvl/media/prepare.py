@@ -208,6 +208,10 @@ def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: 
     """(bytes, mime, (width, height) as sent, notes) for a local image, prepared to its budget."""
     factor = options.model.factor
     target, _, notes = _sent_image_size(info, label, part, options)
+    if target is None and images.passes_through(info, len(data)):
+        images.verify(data, info, label)  # the pixel data is complete (PNG: chunk CRCs; JPEG: a 1/8 decode)
+        notes.append("sent as given (within budget, nothing to convert)")
+        return data, info.mime, (info.width, info.height), notes
     decoded = images.decode(data, info, label, size=target)  # upright, exactly the target size when given
     notes.extend(decoded.notes)
     img = decoded.image
