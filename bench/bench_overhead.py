@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import base64
 import datetime
-import io
 import json
 import os
 import statistics
