@@ -462,3 +462,68 @@ def test_prepare_messages_reports_every_image(tmp_path: Path) -> None:
 
 
 BLUE = (0, 0, 255)
+
+
+# --- fidelity: never less faithful than qwen-vl-utils' q90 re-encode, never larger ---------------------------
+
+def _textured(width: int, height: int, *, seed: int, octaves: tuple[tuple[int, float], ...], noise: float,
+              tint: tuple[float, float, float]) -> Image.Image:
+    """Multi-scale texture (octaves of noise, ``(scale px, amplitude)``) with per-pixel sensor noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lum = np.full((height, width), 115, np.float32)
+    for scale, amp in octaves:
+        grain = rng.normal(0, 1, (height // scale + 1, width // scale + 1)).astype(np.float32)
+        if scale > 1:
+            grain = np.asarray(Image.fromarray(grain, "F").resize((width, height), Image.Resampling.BICUBIC))
+        lum += amp * grain[:height, :width]
+    rgb = np.stack([lum * t for t in tint], -1) + rng.normal(0, noise, (height, width, 3)).astype(np.float32)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    import numpy as np
+
+    diff = np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)
+    return float(10 * np.log10(255 ** 2 / max(float(np.mean(diff * diff)), 1e-12)))
+
+
+FIDELITY_IMAGES = {
+    "plain photo": lambda: Image.fromarray(corpus.photo_array(2400, 1800, seed=4)),
+    "foliage": lambda: _textured(2400, 1800, seed=2, octaves=((1, 14), (2, 22), (4, 26), (8, 22), (32, 30)),
+                                 noise=5, tint=(0.55, 0.95, 0.45)),
+    "high-ISO grain": lambda: _textured(2400, 1800, seed=3, octaves=((2, 28), (64, 40)), noise=10,
+                                        tint=(1.05, 1.0, 0.9)),
+    "soft texture": lambda: _textured(2400, 1800, seed=5, octaves=((4, 10), (16, 25), (128, 40)), noise=3,
+                                      tint=(1.0, 0.9, 0.8)),
+}
+
+
+@pytest.mark.parametrize("name", list(FIDELITY_IMAGES))
+def test_resized_photo_is_as_faithful_as_a_q90_reencode_and_no_larger(tmp_path: Path, name: str) -> None:
+    """What qwen-vl-utils sends: the exact resize (full decode, bicubic) re-encoded at JPEG quality 90. What we
+    send must score at least its PSNR against that exact resize, in no more bytes."""
+    path = tmp_path / "in.jpg"
+    FIDELITY_IMAGES[name]().save(path, "JPEG", quality=95)
+    item = prepare_image(ImagePart(image=str(path), max_pixels=1_000_000), MediaOptions(model=QWEN3))
+    assert item.mime == "image/jpeg" and item.width is not None and item.height is not None
+    exact = Image.open(path).convert("RGB").resize((item.width, item.height), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    exact.save(buf, "JPEG", quality=90)
+    reference = buf.getvalue()
+    ours = sent_bytes(item)
+    assert len(ours) <= len(reference)
+    assert _psnr(Image.open(io.BytesIO(ours)), exact) >= _psnr(Image.open(io.BytesIO(reference)), exact)
+
+
+def test_resized_screenshot_stays_lossless_or_visually_lossless(tmp_path: Path) -> None:
+    path = corpus.screenshot_png(tmp_path, size=(3000, 2000))
+    item = prepare_image(ImagePart(image=str(path), max_pixels=1_000_000), MediaOptions(model=QWEN3))
+    sent = Image.open(io.BytesIO(sent_bytes(item)))
+    assert sent.format == "PNG" or (sent.format == "JPEG" and sent.layer[0][1:3] == sent.layer[1][1:3])  # 4:4:4
+    assert item.width is not None and item.height is not None
+    exact = Image.open(path).convert("RGB").resize((item.width, item.height), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    exact.save(buf, "JPEG", quality=90)
+    assert _psnr(sent, exact) >= _psnr(Image.open(buf), exact)
