@@ -220,7 +220,8 @@ def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: 
     notes.extend(decoded.notes)
     img = decoded.image
     photo = info.format in ("JPEG", "MPO") or not images.looks_like_graphic(img)
-    encoded, mime = (images.encode_photo(img), "image/jpeg") if photo else images.encode_graphic(img)
+    encoded, mime = ((images.encode_photo(img, exact=decoded.exact), "image/jpeg") if photo
+                     else images.encode_graphic(img))
     if (target is None and not decoded.must_convert and info.accepted and info.frames == 1
             and len(data) <= MAX_IMAGE_BYTES and len(data) <= len(encoded)):
         notes.append("kept as given (a re-encoding would not be smaller)")
