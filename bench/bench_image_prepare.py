@@ -312,8 +312,9 @@ Anchor: {version} `fetch_image` (full decode, RGB, bicubic `resize` to `smart_re
 {MODEL}'s default budget, 2,621,440 px), then Pillow JPEG quality 90 and base64, in bench/.venv-ref (torch
 and torchvision installed, as the package needs). Ours: `qwenvl.media.prepare.prepare_image` (JPEG decoded
 at the smallest DCT scale giving at least 2x the target, bicubic resize in bands on both cores,
-then `images.encode_photo`: the most faithful of flat-table JPEG (dense texture), q91 and q90 with optimised
-Huffman tables that is smaller than a plain q90 of the same pixels; a screenshot as PNG or full-chroma JPEG
+then `images.encode_photo`: flat-table JPEG for dense texture when smaller than a plain q90 of the same
+pixels, else that plain q90 when the decode was full-scale, else q91/q90 with optimised Huffman tables; a
+screenshot as PNG or full-chroma JPEG
 q95/q90, by `images.encode_graphic`). Each way runs in its own worker process with the same allocator
 settings ({allocator}), so neither re-faults the memory it just freed;
 {args.repeat} interleaved rounds after a warm-up; times are medians, the speed-up is the median of per-round
