@@ -312,11 +312,77 @@ def test_prepare_false_keeps_the_bytes(tmp_path: Path) -> None:
     assert item.tokens == 1856 * 1376 // 1024 + 2  # what the service will make of it
 
 
-def test_small_jpeg_keeps_the_original_when_smaller(tmp_path: Path) -> None:
-    path = corpus.photo_jpeg(tmp_path, size=(640, 480), quality=75)
+def _no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any decode or encode fail the test: what follows must go by the header alone."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded or encoded an image that should pass through")
+
+    for name in ("decode", "encode_jpeg", "encode_png", "looks_like_graphic"):
+        monkeypatch.setattr(images, name, refuse)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "palette png", "grey png"])
+def test_small_image_passes_through_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     kind: str) -> None:
+    if kind == "jpeg":
+        path = corpus.photo_jpeg(tmp_path, size=(640, 480), quality=75)
+    elif kind == "png":
+        path = corpus.screenshot_png(tmp_path, size=(320, 240))
+    elif kind == "palette png":
+        path = corpus.palette_png(tmp_path)
+    else:
+        path = tmp_path / "grey.png"
+        Image.open(corpus.screenshot_png(tmp_path, size=(320, 240))).convert("L").save(path)
+    _no_pixels(monkeypatch)
     item = prepare(path)
     assert sent_bytes(item) == path.read_bytes()
-    assert any("kept as given" in n for n in item.notes)
+    assert item.mime == ("image/jpeg" if kind == "jpeg" else "image/png")
+    assert any("sent as given" in n for n in item.notes)
+
+
+@pytest.mark.parametrize("kind", ["rotated", "transparent", "cmyk", "16-bit", "bmp", "over budget", "loose"])
+def test_what_does_not_pass_through(tmp_path: Path, kind: str) -> None:
+    """Rotation, transparency, odd modes, a format worth re-encoding, an image over its budget, or one that
+    is not compact (over 1 byte per pixel) are decoded."""
+    path = {
+        "rotated": lambda: corpus.exif_rotated_jpeg(tmp_path),
+        "transparent": lambda: corpus.rgba_png(tmp_path),
+        "cmyk": lambda: corpus.cmyk_jpeg(tmp_path),
+        "16-bit": lambda: corpus.png16(tmp_path),
+        "over budget": lambda: corpus.photo_jpeg(tmp_path, size=(4000, 3000)),
+        "loose": lambda: corpus.photo_png(tmp_path),
+    }.get(kind, lambda: None)()
+    if kind == "bmp":
+        path = tmp_path / "shot.bmp"
+        Image.open(corpus.screenshot_png(tmp_path)).save(path)
+    info = images.identify(path.read_bytes(), "x")
+    assert not images.passes_through(info, path.stat().st_size) or kind == "over budget"
+    assert not any("sent as given" in n for n in prepare(path).notes)
+
+
+def test_truncated_png_within_budget_is_refused(tmp_path: Path) -> None:
+    """Passing through still checks the pixel data is complete (every chunk's CRC), so nothing broken is paid."""
+    data = corpus.screenshot_png(tmp_path, size=(320, 240)).read_bytes()
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) - 40])
+    assert "truncated or corrupt" in refused(path).message
+
+
+def test_png_exif_after_the_pixels_is_found_without_decoding(tmp_path: Path) -> None:
+    """An eXIf chunk after IDAT (where some writers put it) still gives the orientation; a PNG without one
+    is identified without decoding its pixels."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    plain = tmp_path / "plain.png"
+    Image.open(corpus.screenshot_png(tmp_path, size=(320, 240))).save(plain)
+    data = plain.read_bytes()
+    tail = data.rindex(b"IEND") - 4
+    rotated = tmp_path / "late_exif.png"
+    rotated.write_bytes(data[:tail] + corpus.png_chunk(b"eXIf", exif.tobytes()) + data[tail:])
+    assert images.identify(rotated.read_bytes(), "x").orientation == 6
+    item = prepare(rotated)
+    assert (item.width, item.height) == (240, 320) and any("orientation 6" in n for n in item.notes)
+    assert images.identify(data, "x").orientation == 1
 
 
 def test_in_budget_bmp_is_re_encoded_smaller(tmp_path: Path) -> None:
@@ -396,3 +462,68 @@ def test_prepare_messages_reports_every_image(tmp_path: Path) -> None:
 
 
 BLUE = (0, 0, 255)
+
+
+# --- fidelity: never less faithful than qwen-vl-utils' q90 re-encode, never larger ---------------------------
+
+def _textured(width: int, height: int, *, seed: int, octaves: tuple[tuple[int, float], ...], noise: float,
+              tint: tuple[float, float, float]) -> Image.Image:
+    """Multi-scale texture (octaves of noise, ``(scale px, amplitude)``) with per-pixel sensor noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lum = np.full((height, width), 115, np.float32)
+    for scale, amp in octaves:
+        grain = rng.normal(0, 1, (height // scale + 1, width // scale + 1)).astype(np.float32)
+        if scale > 1:
+            grain = np.asarray(Image.fromarray(grain, "F").resize((width, height), Image.Resampling.BICUBIC))
+        lum += amp * grain[:height, :width]
+    rgb = np.stack([lum * t for t in tint], -1) + rng.normal(0, noise, (height, width, 3)).astype(np.float32)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    import numpy as np
+
+    diff = np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)
+    return float(10 * np.log10(255 ** 2 / max(float(np.mean(diff * diff)), 1e-12)))
+
+
+FIDELITY_IMAGES = {
+    "plain photo": lambda: Image.fromarray(corpus.photo_array(2400, 1800, seed=4)),
+    "foliage": lambda: _textured(2400, 1800, seed=2, octaves=((1, 14), (2, 22), (4, 26), (8, 22), (32, 30)),
+                                 noise=5, tint=(0.55, 0.95, 0.45)),
+    "high-ISO grain": lambda: _textured(2400, 1800, seed=3, octaves=((2, 28), (64, 40)), noise=10,
+                                        tint=(1.05, 1.0, 0.9)),
+    "soft texture": lambda: _textured(2400, 1800, seed=5, octaves=((4, 10), (16, 25), (128, 40)), noise=3,
+                                      tint=(1.0, 0.9, 0.8)),
+}
+
+
+@pytest.mark.parametrize("name", list(FIDELITY_IMAGES))
+def test_resized_photo_is_as_faithful_as_a_q90_reencode_and_no_larger(tmp_path: Path, name: str) -> None:
+    """What qwen-vl-utils sends: the exact resize (full decode, bicubic) re-encoded at JPEG quality 90. What we
+    send must score at least its PSNR against that exact resize, in no more bytes."""
+    path = tmp_path / "in.jpg"
+    FIDELITY_IMAGES[name]().save(path, "JPEG", quality=95)
+    item = prepare_image(ImagePart(image=str(path), max_pixels=1_000_000), MediaOptions(model=QWEN3))
+    assert item.mime == "image/jpeg" and item.width is not None and item.height is not None
+    exact = Image.open(path).convert("RGB").resize((item.width, item.height), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    exact.save(buf, "JPEG", quality=90)
+    reference = buf.getvalue()
+    ours = sent_bytes(item)
+    assert len(ours) <= len(reference)
+    assert _psnr(Image.open(io.BytesIO(ours)), exact) >= _psnr(Image.open(io.BytesIO(reference)), exact)
+
+
+def test_resized_screenshot_stays_lossless_or_visually_lossless(tmp_path: Path) -> None:
+    path = corpus.screenshot_png(tmp_path, size=(3000, 2000))
+    item = prepare_image(ImagePart(image=str(path), max_pixels=1_000_000), MediaOptions(model=QWEN3))
+    sent = Image.open(io.BytesIO(sent_bytes(item)))
+    assert sent.format == "PNG" or (sent.format == "JPEG" and sent.layer[0][1:3] == sent.layer[1][1:3])  # 4:4:4
+    assert item.width is not None and item.height is not None
+    exact = Image.open(path).convert("RGB").resize((item.width, item.height), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    exact.save(buf, "JPEG", quality=90)
+    assert _psnr(sent, exact) >= _psnr(Image.open(buf), exact)

@@ -48,6 +48,7 @@ Resume and output: see ``journal``. Cache: see ``cache``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import stat
 import tempfile
@@ -311,8 +312,17 @@ class Batch:
 
         with ThreadPoolExecutor(self.plan_threads) as pool:
             media = [i for i in pending if _has_media(i.request)]
-            results = [one(i) for i in pending if not _has_media(i.request)]
-            results += pool.map(one, media)
+            # folded as they come, not kept per item: a list of every plan's result grew with the batch
+            results = itertools.chain((one(i) for i in pending if not _has_media(i.request)), pool.map(one, media))
+            self._fold_estimate(est, models, results, self.planner.region)
+        est.invalid = len(est.errors)
+        est.models = sorted(models)
+        self._estimate = est
+        return est
+
+    @staticmethod
+    def _fold_estimate(est: Estimate, models: set[str], results: Iterable[tuple[BatchItem, Any]],
+                       region: str | None) -> None:
         for item, res in results:
             if isinstance(res, QwenVLError):
                 est.errors[item.id] = res
@@ -327,17 +337,13 @@ class Batch:
             est.input_tokens += tokens
             est.max_output_tokens += max_tokens
             est.unknown_media += unknown
-            c_in = estimate_cost(model, tokens, 0, region=self.planner.region)
-            c_max = estimate_cost(model, tokens, max_tokens, region=self.planner.region)
+            c_in = estimate_cost(model, tokens, 0, region=region)
+            c_max = estimate_cost(model, tokens, max_tokens, region=region)
             if c_in is None or c_max is None:
                 est.unpriced += 1
             else:
                 est.cost_input = (est.cost_input or 0) + c_in * est.price_factor
                 est.cost_max = (est.cost_max or 0) + c_max * est.price_factor
-        est.invalid = len(est.errors)
-        est.models = sorted(models)
-        self._estimate = est
-        return est
 
     # --- running ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:

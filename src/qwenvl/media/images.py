@@ -22,19 +22,24 @@ Decisions:
   image. A palette becomes RGB, or RGBA when it has a transparent entry. Transparency is flattened onto
   white, which is what QwenLM's reference preprocessing does for RGBA. The model cannot see alpha, and
   flattening ourselves gives LA, PA and palette images the same white background as well.
-- **Encoding.** JPEG quality 90 for photographs and for anything that came as a JPEG. PNG for graphics:
-  screenshots, text, line art, charts, where JPEG would blur sharp edges. The test is cheap: in a
-  128x128 sample, the 16 most common colours cover at least 60% of the pixels. A PNG that would be over
-  the size limit is sent as a JPEG instead.
-- **Decoding and resampling.** A JPEG is decoded at the smallest DCT scale (1/8 to 1) that is still at
-  least the target size (libjpeg-turbo through simplejpeg, or Pillow's draft mode). Only then is it resized
-  to the exact size, bilinear because the DCT scaling has already low-passed it. Other sources are resized
-  bicubic from full resolution, with ``reducing_gap``. Large outputs are resized in bands on every core.
+- **Encoding.** Never less faithful than QwenLM's reference (its exact resize re-encoded at JPEG quality 90,
+  PSNR against that resize) and no larger. A photograph, or anything that came as a JPEG, goes as the most
+  faithful JPEG no larger than a plain quality-90 encoding of the same pixels (``encode_photo``): flat
+  quantisation for dense texture, quality 91 or 90 with optimised Huffman tables otherwise. Graphics
+  (screenshots, text, line art, charts) go as PNG or as full-chroma JPEG quality 95/90, visually lossless
+  (``encode_graphic``). The graphics test is cheap: in a 128x128 sample, the 16 most common colours cover at
+  least 60% of the pixels. A PNG that would be over the size limit is sent as a JPEG instead. An image
+  within its budget that needs no conversion passes through from its header (``passes_through``).
+- **Decoding and resampling.** A JPEG is decoded at the smallest DCT scale (1/8 to 1) that still gives at
+  least ``DCT_HEADROOM`` times the target size (libjpeg-turbo through simplejpeg, or Pillow's draft mode),
+  then resized to the exact size, bicubic with ``reducing_gap``. Large outputs are resized in bands on every
+  core.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import struct
@@ -49,7 +54,7 @@ from PIL import Image, UnidentifiedImageError
 
 from qwenvl.errors import MediaError
 from qwenvl.media.sources import AVIF_BRANDS, HEIF_BRANDS, ftyp_brands, sniff
-from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 
 # Formats the service documents (seed doc 002), with the Content-Type it lists for each.
 SERVICE_MIME: dict[str, str] = {
@@ -59,15 +64,38 @@ SERVICE_MIME: dict[str, str] = {
 }
 SERVICE_FORMATS = frozenset(SERVICE_MIME) - {"MPO"}
 
-JPEG_QUALITY = 90  # re-encoding quality for photographs
+JPEG_QUALITY = 90  # qwen-vl-utils' re-encoding quality: the fidelity and size reference; also video frames
+# A photograph is sent as the most faithful of these encodings that is no larger than a plain quality-90 JPEG
+# of the same pixels (see ``encode_photo``): flat quantisation (luma step 8, chroma 16) for dense texture,
+# whose detail the standard tables' coarse high-frequency steps blur; quality 91 with optimised Huffman tables;
+# quality 90 with optimised tables (never larger than the plain one).
+FLAT_QTABLES = ([8] * 64, [16] * 64)
+DENSE_TEXTURE_BYTES_PER_PIXEL = 0.3  # a plain q90 encoding this dense means texture, where flat tables pay off
+PHOTO_JPEG_QUALITY = 91
+# Our resize differs slightly from qwen-vl-utils' (DCT-scaled decode), so its plain q90 size can be a little
+# over theirs: a candidate must be 1% smaller than our plain q90 to count as no larger.
+YARDSTICK_MARGIN = 0.99
+GRAPHIC_JPEG_QUALITIES = (95, 90)  # visually lossless full-chroma JPEG for screenshots (``encode_graphic``)
 JPEG_FALLBACK_QUALITIES = (80, 70, 60)  # tried in turn when a JPEG is over the size limit
+# A JPEG is decoded at the smallest DCT scale that still gives this many times the target on each side, then
+# resized bicubic. Closer to the target (scale 1/2 or 5/8 for a 12 MP photo at the default budget) fine
+# texture loses 0.1-6 dB PSNR against the exact (full-decode) resize, more than any encoding wins back at the
+# same size on smooth photographs; at 2x the DCT scaling only helps reductions of 4x per side and more.
+DCT_HEADROOM = 2.0
 PNG_COMPRESS_LEVEL = 6
 GRAPHIC_SAMPLE_SIDE = 128  # the colour census looks at a sample this large
 GRAPHIC_TOP_COLOURS = 16
 GRAPHIC_COVERAGE = 0.6  # share of the sample the top colours must cover for an image to count as a graphic
 PARALLEL_RESIZE_PIXELS = 1_000_000  # larger outputs are resized in horizontal bands, one thread per core
 
+# An in-budget image at most this many bytes per pixel passes through: a quality-90 JPEG of a photograph is
+# about 0.2-0.6 B/px and a PNG screenshot usually less, while a PNG photograph (2-3 B/px) or a quality-100
+# JPEG is worth the trial re-encoding that may halve it.
+PASSTHROUGH_BYTES_PER_PIXEL = 1.0
+
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+_PASSTHROUGH_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+_PASSTHROUGH_MODES = frozenset({"RGB", "L", "P"})
 _ANIMATABLE = frozenset({"GIF", "PNG", "WEBP"})
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the transposition that makes the image upright.
@@ -126,7 +154,7 @@ def identify(data: bytes, label: str) -> ImageInfo:
             width, height = img.size
             _check_pixels(width, height, label)
             mode = img.mode
-            orientation = _orientation(img)
+            orientation = _orientation(img, data)
             animated = bool(getattr(img, "is_animated", False)) and fmt in _ANIMATABLE
             frames = int(getattr(img, "n_frames", 1) or 1) if (animated or fmt == "TIFF") else 1
             transparency = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
@@ -192,6 +220,17 @@ def verify(data: bytes, info: ImageInfo, label: str) -> None:
         raise _corrupt(label, info, exc) from None
 
 
+def passes_through(info: ImageInfo, nbytes: int) -> bool:
+    """Whether an image within its pixel budget is sent as it is, decided from its header alone (no decode,
+    no trial encode): a still JPEG, PNG or WebP in a mode the service reads as it is (RGB, L, or a palette),
+    upright (EXIF orientation 1), without transparency, at most ``MAX_IMAGE_BYTES`` and already compact (at
+    most ``PASSTHROUGH_BYTES_PER_PIXEL``). Anything else is decoded and re-encoded, or kept only when a
+    re-encoding would not be smaller."""
+    return (info.format in _PASSTHROUGH_FORMATS and info.mode in _PASSTHROUGH_MODES and info.orientation == 1
+            and not info.transparency and not info.animated and info.frames == 1 and nbytes <= MAX_IMAGE_BYTES
+            and nbytes <= PASSTHROUGH_BYTES_PER_PIXEL * info.width * info.height)
+
+
 # --- decode, convert, resize --------------------------------------------------------------------------------
 
 @dataclass
@@ -201,12 +240,14 @@ class Decoded:
     image: Image.Image
     notes: list[str]
     must_convert: bool  # the original's pixels would be misread as they are (CMYK, 16-bit, alpha, rotation)
+    exact: bool = True  # decoded at full scale (no DCT scaling): the resize is the exact one
 
 
 def decode(data: bytes, info: ImageInfo, label: str, *, size: tuple[int, int] | None = None) -> Decoded:
     """Decode ``data`` to an upright 8-bit RGB or L image, resized to exactly ``size`` (width, height,
-    upright) when given. JPEGs are decoded at the smallest DCT scale that is still at least ``size``
-    (libjpeg-turbo through simplejpeg, else Pillow's draft mode), so a large photo is never decoded whole."""
+    upright) when given. JPEGs are decoded at the smallest DCT scale that still gives ``DCT_HEADROOM`` times
+    ``size`` (libjpeg-turbo through simplejpeg, else Pillow's draft mode); ``Decoded.exact`` says whether the
+    decode was at full scale."""
     notes: list[str] = []
     stored_size = None
     if size is not None:
@@ -214,20 +255,17 @@ def decode(data: bytes, info: ImageInfo, label: str, *, size: tuple[int, int] | 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = _decode_stored(data, info, label, stored_size)
+        exact = img.size == (info.width, info.height)
         if info.frames > 1 and info.format == "TIFF":
             notes.append(f"multi-page TIFF: only the first of {info.frames} pages is sent")
         img, converted = _to_8bit(img, notes)
         img, flattened = _flatten(img, notes)
         if stored_size is not None and img.size != stored_size:
-            # After DCT scaling the image is already low-passed and at most 2x too large: bilinear is as
-            # close to an ideal (Lanczos, full decode) downscale as bicubic (46.6 vs 46.4 dB PSNR on the
-            # benchmark photo) at about half the cost. Full-resolution sources get bicubic.
-            reduced = img.width < info.width or img.height < info.height
-            img = resize(img, stored_size, Image.Resampling.BILINEAR if reduced else Image.Resampling.BICUBIC)
+            img = resize(img, stored_size)
         if info.orientation in _UPRIGHT:
             img = img.transpose(_UPRIGHT[info.orientation])
             notes.append(f"EXIF orientation {info.orientation} applied")
-    return Decoded(img, notes, converted or flattened or info.orientation in _UPRIGHT)
+    return Decoded(img, notes, converted or flattened or info.orientation in _UPRIGHT, exact)
 
 
 def resize(img: Image.Image, size: tuple[int, int],
@@ -267,21 +305,69 @@ def looks_like_graphic(img: Image.Image) -> bool:
     return sum(counts[:GRAPHIC_TOP_COLOURS]) >= GRAPHIC_COVERAGE * sample.width * sample.height
 
 
-def encode_jpeg(img: Image.Image, quality: int = JPEG_QUALITY) -> bytes:
-    """Baseline JPEG with 4:2:0 chroma (libjpeg-turbo through Pillow, which needs no array copy).
-
-    Optimised Huffman tables would make it about 7% smaller, but they cost about as much CPU time (8 ms on a
-    2.5 MP image) as the bytes they save take to upload at 20 Mbit/s, so they are left off.
-    """
+def encode_jpeg(img: Image.Image, quality: int = JPEG_QUALITY, *, subsampling: str = "4:2:0",
+                optimize: bool = False, qtables: tuple[list[int], list[int]] | None = None) -> bytes:
+    """Baseline JPEG (libjpeg-turbo through Pillow, no array copy), 4:2:0 chroma by default; ``optimize``
+    computes optimised Huffman tables (same pixels, 3-10% fewer bytes, a second pass); ``qtables`` replaces
+    the quality's quantisation tables."""
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality, subsampling="4:2:0")
+    if qtables is not None:
+        img.save(buf, "JPEG", qtables=list(qtables), subsampling=subsampling, optimize=optimize)
+    else:
+        img.save(buf, "JPEG", quality=quality, subsampling=subsampling, optimize=optimize)
     return buf.getvalue()
+
+
+def encode_photo(img: Image.Image, *, exact: bool = False) -> bytes:
+    """A photograph as JPEG, at least as faithful as qwen-vl-utils' quality-90 re-encode and no larger.
+
+    The yardstick is a plain quality-90 JPEG of ``img`` (what qwen-vl-utils sends, bar the resize). The first
+    of these that is no larger than it is sent: for dense texture (the yardstick over
+    ``DENSE_TEXTURE_BYTES_PER_PIXEL``), flat quantisation (``FLAT_QTABLES``), which spends the bits evenly
+    over all frequencies and so minimises squared error (+0.7 to +2 dB PSNR at equal size on foliage and
+    high-ISO grain); then quality ``PHOTO_JPEG_QUALITY`` with optimised Huffman tables; else quality 90 with
+    optimised tables, which is the yardstick's pixels in fewer bytes. With ``exact`` (``img`` is the exact
+    resize, as qwen-vl-utils makes it) the yardstick itself is the reference, so it is sent unless flat
+    tables beat it: one encoding instead of three, for the common case. Measured against the exact resize in
+    bench/bench_image_prepare.py (corpus) and tests/test_media_images.py (generated images).
+    """
+    plain = encode_jpeg(img)
+    limit = len(plain) * YARDSTICK_MARGIN
+    if len(plain) >= DENSE_TEXTURE_BYTES_PER_PIXEL * img.width * img.height:
+        flat = encode_jpeg(img, qtables=FLAT_QTABLES)
+        if len(flat) <= limit:
+            return flat
+    if exact:
+        return plain
+    finer = encode_jpeg(img, PHOTO_JPEG_QUALITY, optimize=True)
+    if len(finer) <= limit:
+        return finer
+    return encode_jpeg(img, optimize=True)
 
 
 def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
+    """(bytes, mime) of a screenshot or document: lossless or visually lossless, and when possible no larger
+    than a plain quality-90 JPEG of the same pixels (what qwen-vl-utils would send). The first of PNG and
+    full-chroma (4:4:4, so coloured text keeps its edges) JPEG at ``GRAPHIC_JPEG_QUALITIES`` that is no larger
+    than that yardstick; if none is, the smallest of them."""
+    png = encode_png(img)
+    yardstick = len(encode_jpeg(img)) * YARDSTICK_MARGIN
+    if len(png) <= yardstick:
+        return png, "image/png"
+    best = png, "image/png"
+    for quality in GRAPHIC_JPEG_QUALITIES:
+        jpeg = encode_jpeg(img, quality, subsampling="4:4:4")
+        if len(jpeg) <= yardstick:
+            return jpeg, "image/jpeg"
+        if len(jpeg) < len(best[0]):
+            best = jpeg, "image/jpeg"
+    return best
 
 
 # --- internals ----------------------------------------------------------------------------------------------
@@ -325,12 +411,36 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _orientation(img: Image.Image) -> int:
+def _orientation(img: Image.Image, data: bytes) -> int:
     try:
-        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+        if img.format == "PNG" and "exif" not in img.info and not _png_metadata_after_pixels(data):
+            # Pillow's PNG getexif decodes the whole image to look for an eXIf chunk after the pixel data;
+            # when the chunk list has none there, what was read at open is all there is.
+            exif = Image.Image.getexif(img)
+        else:
+            exif = img.getexif()
+        value = exif.get(_EXIF_ORIENTATION, 1)
     except Exception:  # a damaged EXIF block is ignored, as every viewer does
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+_PNG_METADATA_CHUNKS = frozenset({b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+
+
+def _png_metadata_after_pixels(data: bytes) -> bool:
+    """Whether a PNG has an EXIF or text chunk after its first IDAT (walks the chunk headers only)."""
+    pos, seen_idat = 8, False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            seen_idat = True
+        elif seen_idat and kind in _PNG_METADATA_CHUNKS:
+            return True
+        pos += 12 + length
+    return False
 
 
 def _refuse_known_non_images(data: bytes, label: str) -> None:
@@ -399,9 +509,15 @@ def _simplejpeg_colorspace(data: bytes) -> str | None:
 
 
 def _decode_stored(data: bytes, info: ImageInfo, label: str, stored_size: tuple[int, int] | None) -> Image.Image:
-    """Pixels as stored (no orientation applied); possibly reduced by DCT scaling, never below stored_size."""
+    """Pixels as stored (no orientation applied); possibly reduced by DCT scaling, never below
+    ``DCT_HEADROOM`` times stored_size (nor below the stored size when that is smaller)."""
     min_w, min_h = stored_size or (0, 0)
-    if info.format in _JPEG_FORMATS:
+    min_w = min(info.width, math.ceil(min_w * DCT_HEADROOM))
+    min_h = min(info.height, math.ceil(min_h * DCT_HEADROOM))
+    # simplejpeg only when a DCT scale below 1 will do: at full scale Pillow's own libjpeg-turbo decode is as
+    # fast and gives the image without the copy that Image.fromarray makes (about 0.1 s for 12 MP).
+    reducible = stored_size is not None and min_w * 8 <= info.width * 7 and min_h * 8 <= info.height * 7
+    if info.format in _JPEG_FORMATS and reducible:
         colorspace = _simplejpeg_colorspace(data)
         if colorspace is not None:
             try:
@@ -413,7 +529,7 @@ def _decode_stored(data: bytes, info: ImageInfo, label: str, stored_size: tuple[
     try:
         img = Image.open(io.BytesIO(data))
         if info.format in _JPEG_FORMATS and stored_size is not None:
-            img.draft("RGB" if img.mode == "RGB" else None, stored_size)
+            img.draft("RGB" if img.mode == "RGB" else None, (min_w, min_h))
         img.load()
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise _corrupt(label, info, exc) from None

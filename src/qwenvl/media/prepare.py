@@ -124,9 +124,13 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     its content and checked first: format, sides, aspect ratio, decompression bomb, animation. With
     ``options.prepare``, an image over its pixel budget (``resize.image_budget``) is decoded at reduced scale
     and resized to exactly the size ``smart_resize`` gives, so the service sees the same pixels and counts the
-    same tokens. It is also made upright and 8-bit, and re-encoded: JPEG quality 90 for photographs, PNG for
-    graphics. An image within its budget is sent as the smaller of the original and a re-encoding, unless its
-    pixels need converting (rotation, CMYK, 16-bit, transparency, a format the service does not take). What
+    same tokens. It is also made upright and 8-bit, and re-encoded no less faithfully than qwen-vl-utils'
+    quality-90 JPEG and no larger (``images.encode_photo``; graphics as PNG or visually lossless JPEG,
+    ``images.encode_graphic``). An image within its budget passes through from its header when
+    ``images.passes_through`` says so (JPEG/PNG/WebP, RGB/L/palette, upright, opaque, compact): its bytes are
+    only checked for integrity, never decoded whole. Otherwise it is sent as the smaller of the original and a
+    re-encoding, unless its pixels need converting (rotation, CMYK, 16-bit, transparency, a format the service
+    does not take). What
     is sent always fits ``MAX_IMAGE_BYTES``: a lower JPEG quality first, then a smaller size, with a note.
     With ``prepare=False`` the original bytes are sent after the same checks, plus an integrity check and
     the size limit.
@@ -207,11 +211,16 @@ def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: 
     """(bytes, mime, (width, height) as sent, notes) for a local image, prepared to its budget."""
     factor = options.model.factor
     target, _, notes = _sent_image_size(info, label, part, options)
+    if target is None and images.passes_through(info, len(data)):
+        images.verify(data, info, label)  # the pixel data is complete (PNG: chunk CRCs; JPEG: a 1/8 decode)
+        notes.append("sent as given (within budget, nothing to convert)")
+        return data, info.mime, (info.width, info.height), notes
     decoded = images.decode(data, info, label, size=target)  # upright, exactly the target size when given
     notes.extend(decoded.notes)
     img = decoded.image
     photo = info.format in ("JPEG", "MPO") or not images.looks_like_graphic(img)
-    encoded, mime = (images.encode_jpeg(img), "image/jpeg") if photo else (images.encode_png(img), "image/png")
+    encoded, mime = ((images.encode_photo(img, exact=decoded.exact), "image/jpeg") if photo
+                     else images.encode_graphic(img))
     if (target is None and not decoded.must_convert and info.accepted and info.frames == 1
             and len(data) <= MAX_IMAGE_BYTES and len(data) <= len(encoded)):
         notes.append("kept as given (a re-encoding would not be smaller)")
