@@ -33,6 +33,9 @@ def endpoint(client: Any, call: Call) -> str:
 
 
 def key_for(client: Any, call: Call) -> str:
+    backend = getattr(client, "_backend", None)
+    if backend is not None and hasattr(backend, "cache_key"):  # a backend that keys its own calls
+        return backend.cache_key(call)
     return cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qwenvl.client import Client
-from qwenvl.config import PROTOCOLS, REGIONS
+from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.errors import QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError
 from qwenvl.media.sources import classify, sniff
 from qwenvl.models import estimate_cost, model_info
@@ -68,7 +69,22 @@ service_options = _options(
     click.option("--timeout", "timeout_s", type=float, help="Seconds to wait for the service (default 120)."),
     click.option("--max-retries", type=int, help="Retries on 429/5xx/time-outs (default 2)."),
     click.option("--retry-backoff-s", type=float, help="Exponential backoff base in seconds (default 1.5)."),
+    # where the model runs: DashScope, an OpenAI-compatible server, or this process (qwenvl.backends)
+    click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False),
+                 help="dashscope (default, or $QWENVL_BACKEND), openai (vLLM, SGLang, llama.cpp, Ollama... at "
+                      "--base-url, default http://127.0.0.1:8000/v1) or transformers (in process; --model is a "
+                      "hub id or folder)."),
+    click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False),
+                 help="--backend openai: the server's engine (default auto: detected)."),
+    click.option("--family", type=click.Choice(FAMILIES, case_sensitive=False),
+                 help="A local model's family when its name does not say (pixel rule, budget, boxes)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                 help="--backend transformers: where the model runs (default auto)."),
+    click.option("--dtype", help="--backend transformers: auto (default), float32, bfloat16 or float16."),
+    click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2..."),
 )
+
+BACKEND_OPTIONS = ("backend", "engine", "family", "device", "dtype", "attn_implementation")
 
 
 def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -140,8 +156,19 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The --backend group's values that were given, plus the model for a local backend."""
+    backend = {k: opts[k] for k in BACKEND_OPTIONS if opts.get(k)}
+    if backend.get("backend", "").lower() not in ("", "dashscope") or os.environ.get("QWENVL_BACKEND"):
+        backend["model"] = opts.get("model")
+    return backend
+
+
 def make_client(opts: dict[str, Any]) -> Client:
-    return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"))
+    """The Client the options ask for (the model goes with the request, except for a local backend, where it
+    also tells the backend which model to load or use)."""
+    return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"),
+                  **backend_options(opts))
 
 
 _VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v")

@@ -9,7 +9,6 @@ from rich.markup import escape
 from qwenvl.cli.common import err_console, print_json, usage_line
 from qwenvl.errors import UsageError
 from qwenvl.plan import Call
-from qwenvl.preview import preview
 from qwenvl.types import Response
 
 
@@ -33,7 +32,7 @@ def note(message: str) -> None:
 
 
 def dry_run(client: Any, call: Call) -> None:
-    print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region))
+    print_json(client.preview(call))
 
 
 def show_usage(*responses: Response | None) -> None:
