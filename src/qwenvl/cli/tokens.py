@@ -16,7 +16,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.backends.family import family_model
+from qwenvl.cli.common import make_client, out_console, pass_opts, print_json
+from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
@@ -40,6 +42,13 @@ from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
 @click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False),
+              help="Count for a local model: openai (asks the server at --base-url which model) or transformers "
+                   "(--model is its folder or hub id).")
+@click.option("--base-url", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False), help="--backend openai: its engine.")
+@click.option("--family", type=click.Choice(FAMILIES, case_sensitive=False),
+              help="A local model's family when its name does not say (qwen2.5-vl: 28 px, qwen3-vl: 32 px).")
 @pass_opts
 def tokens(opts: dict[str, Any]) -> None:
     """Tokens and estimated cost of images, videos and PDFs, as they would be sent: qwenvl tokens *.jpg
@@ -47,8 +56,15 @@ def tokens(opts: dict[str, Any]) -> None:
     Nothing is sent. FILES are local files, https:// URLs (tokens unknown: the service fetches them),
     file:// or data: URLs.
     """
-    model_name = opts["model"] or os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL
-    model = model_info(model_name)
+    local = None
+    if opts["backend"] or opts["family"] or os.environ.get("QWENVL_BACKEND"):
+        local = make_client(opts)
+    if local is not None and local.is_local:
+        model = local.resolve_model(opts["model"])
+        model_name = model.name
+    else:
+        model_name = opts["model"] or os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL
+        model = family_model(model_name, opts["family"]) if opts["family"] else model_info(model_name)
     try:
         request = Request(prompt="tokens", model=model_name, detail=opts["detail"] or "auto",
                           vl_high_resolution_images=opts["vl_high_resolution_images"],
@@ -56,6 +72,8 @@ def tokens(opts: dict[str, Any]) -> None:
                           pages=opts["pages"], prepare=not opts["no_resize"])
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise UsageError(str(exc).splitlines()[-1] if str(exc) else "invalid options") from None
+    if local is not None and local.is_local and hasattr(local.backend, "adapt"):
+        request = local.backend.adapt(request)  # e.g. the local processor's own lower pixel bound
     options = media_options(request, model, "native", estimate_only=opts["fast"])
 
     rows: list[dict[str, Any]] = []
