@@ -460,6 +460,7 @@ class TransformersBackend:
                 raise UsageError("--backend transformers needs --model: a hub id or a model folder",
                                  hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct")
             request = request.model_copy(update={"model": self.model})
+        family_of(request.model, read_config(request.model))  # a Qwen-VL model, before anything else
         if request.min_pixels is None:  # count (and send) small images as the model's processor will see them
             low = processor_min_pixels(request.model)
             if low and (request.max_pixels is None or low <= request.max_pixels):
