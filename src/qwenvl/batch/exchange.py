@@ -47,6 +47,7 @@ class Exchange:
     def __init__(self, client: Any, call: Call, *, stream: bool = False) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
+        self.local = bool(getattr(client, "is_local", False))  # a local model costs no tokens
         self.model = call.request.model
         self.started = time.monotonic()
         self.finished = False
@@ -79,7 +80,8 @@ class Exchange:
     def _log(self, response: Response, outcome: str) -> None:
         self.finished = True
         u = response.usage
-        cost = 0.0 if outcome == "cached" else usagelog.cost_of(self.model, u.input_tokens, u.output_tokens)
+        free = outcome == "cached" or self.local
+        cost = 0.0 if free else usagelog.cost_of(self.model, u.input_tokens, u.output_tokens)
         usagelog.record(usagelog.Entry(
             model=self.model, protocol=self.protocol, outcome=outcome, input_tokens=u.input_tokens,
             output_tokens=u.output_tokens, image_tokens=u.image_tokens, cost=cost,

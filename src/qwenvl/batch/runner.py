@@ -404,8 +404,8 @@ class Batch:
                    attempts: int, latency_s: float, extra: dict[str, Any] | None = None,
                    price_factor: float = 1.0) -> None:
         u = response.usage
-        cost = 0.0 if response.cached else usagelog.cost_of(self.model_of(item), u.input_tokens, u.output_tokens,
-                                                            price_factor)
+        cost = 0.0 if response.cached or self.planner.is_local else usagelog.cost_of(
+            self.model_of(item), u.input_tokens, u.output_tokens, price_factor)  # local models cost no tokens
         rec = {"id": item.id, "input": item.input, "status": "ok", "result": result_record(response),
                "usage": usage_record(response), "cost": None if cost is None else round(cost, 8),
                "cached": response.cached, "attempts": attempts, "latency_s": round(latency_s, 3), **(extra or {})}

@@ -219,7 +219,7 @@ def usage_line(response: Response) -> str:
         parts.append(f"{u.input_tokens:,} in / {u.output_tokens or 0:,} out tokens")
     if u.image_tokens:
         parts.append(f"{u.image_tokens:,} image tokens")
-    if u.input_tokens is not None:
+    if u.input_tokens is not None and response.protocol not in ("openai", "transformers"):  # local: no price
         cost = estimate_cost(model_info(response.model), u.input_tokens, u.output_tokens or 0)
         if cost is not None:
             parts.append(f"≈¥{cost:.4f}")
