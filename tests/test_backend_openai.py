@@ -206,3 +206,20 @@ def test_frame_list_for_vllm_is_one_video_part(isolated_env: Path) -> None:
         assert len(payloads) == 4 and "frames=4" in r.text
         assert Image.open(io.BytesIO(base64.b64decode(payloads[1]))).getpixel((0, 0))[0] == 40
         assert srv.chats()[-1].json["mm_processor_kwargs"]["fps"] == 1.0
+
+
+def test_backend_by_instance_and_by_environment(monkeypatch) -> None:
+    from qwenvl.backends.openai import OpenAIBackend
+
+    with EngineServer(engine="vllm") as srv:
+        with qwenvl.Client(backend=OpenAIBackend(base_url=srv.base_url)) as client:
+            assert client.is_local and client.ask("hi").text.endswith("| hi")
+        monkeypatch.setenv("QWENVL_BACKEND", "openai")
+        monkeypatch.setenv("QWENVL_OPENAI_BASE_URL", srv.base_url)
+        with qwenvl.Client() as client:
+            assert client.backend_name == "openai" and client.ask("env").text.endswith("| env")
+        p = run_cli("ask", "from the environment",
+                    env={"QWENVL_BACKEND": "openai", "QWENVL_OPENAI_BASE_URL": srv.base_url})
+        assert p.returncode == 0 and "| from the environment" in p.stdout, p.stderr
+    with pytest.raises(UsageError, match="unknown backend"):
+        qwenvl.Client(backend="ollama")

@@ -154,14 +154,14 @@ class _Base:
         self.defaults = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
 
     def __repr__(self) -> str:
-        if self.backend_name != "dashscope":
+        if self.is_local:
             return f"{type(self).__name__}(backend={self.backend_name!r})"
         return f"{type(self).__name__}(protocol={self.protocol!r}, region={self.region!r})"
 
     @property
     def is_local(self) -> bool:
         """True for a backend other than DashScope (it is asked about models and media at planning time)."""
-        return self.backend_name != "dashscope"
+        return not self.backend_name.startswith("dashscope")  # "dashscope", or a DashScope backend instance
 
     def _local_options(self) -> dict[str, Any]:
         return dict(self._backend_options, base_url=self.base_url, api_key=self._api_key,
