@@ -215,7 +215,7 @@ def _decode_ref(ref: str) -> Any:
 
     if not ref.startswith("data:"):
         raise UsageError(f"the transformers backend takes local images only (got {ref[:80]})",
-                         hint="Download it first, or pass --fetch-urls to have qwenvl fetch and prepare it.")
+                         hint="Download it first (remote images are fetched with --fetch-urls, the default here).")
     data = base64.b64decode(ref.split(",", 1)[1])
     img = Image.open(io.BytesIO(data))
     img.load()
@@ -461,6 +461,8 @@ class TransformersBackend:
                                  hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct")
             request = request.model_copy(update={"model": self.model})
         family_of(request.model, read_config(request.model))  # a Qwen-VL model, before anything else
+        if not request.fetch_urls:  # the model cannot fetch: remote images are downloaded and prepared here
+            request = request.model_copy(update={"fetch_urls": True})
         if request.min_pixels is None:  # count (and send) small images as the model's processor will see them
             low = processor_min_pixels(request.model)
             if low and (request.max_pixels is None or low <= request.max_pixels):

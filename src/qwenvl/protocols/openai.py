@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qwenvl.errors import UsageError
+from qwenvl.errors import MalformedResponseError, UsageError
 from qwenvl.plan import Call
 from qwenvl.protocols import compat
-from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, text_of, usage_from
+from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, text_of
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart, Usage, VideoPart
 
@@ -235,8 +235,6 @@ class StreamParser:
             return []
         chunk = load_json(event.data, "a stream chunk")
         if not isinstance(chunk, dict):
-            from qwenvl.errors import MalformedResponseError
-
             raise MalformedResponseError("a stream chunk is not a JSON object")
         if "error" in chunk:
             raise self.acc.error(error_from_body(event.status, chunk, request_id=self.acc.request_id,
@@ -267,4 +265,4 @@ class StreamParser:
 
 
 __all__ = ["ENDPOINT", "ENGINE_TABLE", "NAME", "Engine", "StreamParser", "build_body", "engine", "fix_usage",
-           "headers", "load_json", "media_pad_tokens", "parse_response", "usage_from"]
+           "headers", "media_pad_tokens", "parse_response"]
