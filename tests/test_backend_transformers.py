@@ -184,3 +184,37 @@ def test_cli_verbs_and_errors(models, isolated_env):
     p = run_cli("ask", "a.png", "hi", *base, env=env)
     assert p.returncode == 2 and "qwenvl[local]" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert sys.executable
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inputs_equal_the_official_processor(models, family, isolated_env):
+    """Where torchvision is installed, AutoProcessor loads: qwenvl's inputs (built without it) must be its."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pytest.skip("torchvision is not installed: AutoProcessor cannot load a Qwen-VL folder")
+    from transformers.video_utils import VideoMetadata
+
+    from qwenvl.backends.transformers import build_inputs
+
+    img = write_image(isolated_env / "im.png", (300, 200))
+    frames = [str(write_image(isolated_env / f"f{i}.png", (96, 64), (i * 60, 10, 10))) for i in range(4)]
+    client = qwenvl.Client(backend="transformers", model=str(models[family]))
+    proc = transformers.AutoProcessor.from_pretrained(models[family])
+    loaded = client.backend.loaded(str(models[family]))
+    for kind, fields in (("image", {"image": str(img)}), ("video", {"video": frames, "fps": 1.0})):
+        call = client.plan(prompt="What is it?", **fields)
+        ours = build_inputs(loaded, call).tensors
+        text = proc.apply_chat_template([{"role": "user", "content": [{"type": kind}, {"type": "text",
+                                                                                        "text": "What is it?"}]}],
+                                        tokenize=False, add_generation_prompt=True)
+        pics = call.media[0].pixels
+        if kind == "image":
+            out = proc(text=[text], images=[pics], return_tensors="pt")
+        else:
+            meta = [VideoMetadata(total_num_frames=4, fps=1.0, frames_indices=[0, 1, 2, 3])]
+            out = proc(text=[text], videos=[pics], video_metadata=meta, do_sample_frames=False, return_tensors="pt")
+        assert out["input_ids"].tolist() == ours["input_ids"].tolist()
+        assert out["mm_token_type_ids"].tolist() == ours["mm_token_type_ids"].tolist()
+        key = "pixel_values" if kind == "image" else "pixel_values_videos"
+        assert torch.allclose(out[key], ours[key], atol=1e-5)

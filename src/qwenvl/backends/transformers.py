@@ -321,8 +321,6 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
                 placeholders.append("".join(pieces))
             else:
                 placeholders.append("<|video_pad|>" * (per_group * groups))
-        if loaded.family == "qwen3-vl":
-            text = text.replace("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>")
         text = _expand(text, "<|video_pad|>", placeholders)
         video_tokens = total
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
