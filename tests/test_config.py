@@ -76,6 +76,6 @@ def test_bad_region_protocol_and_url():
         normalize_region("eu")
     with pytest.raises(UsageError, match="unknown protocol"):
         normalize_protocol("grpc")
-    assert normalize_protocol("openai") == "compat" and normalize_protocol("DashScope") == "native"
+    assert normalize_protocol("openai") == "openai" and normalize_protocol("DashScope") == "native"
     with pytest.raises(UsageError, match="not an http"):
         resolve_base_url("compat", base_url="ftp://x", env={})

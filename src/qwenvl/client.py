@@ -21,8 +21,9 @@ from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.batch import exchange
 from qwenvl.batch.cache import ResponseCache, open_cache
-from qwenvl.config import effective_region, normalize_protocol, require_api_key
+from qwenvl.config import effective_region, normalize_backend, normalize_protocol, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
+from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
@@ -117,10 +118,19 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
 
 
 class _Base:
+    """``backend``: ``"dashscope"`` (default), ``"openai"`` (any OpenAI-compatible server at ``base_url``: vLLM,
+    SGLang, llama.cpp, Ollama; ``engine`` auto|vllm|sglang|llamacpp|ollama|generic, ``family``
+    qwen2.5-vl|qwen3-vl when the served name does not say), ``"transformers"`` (the model loaded in this
+    process from a hub id or folder given as ``model``; ``device``, ``dtype``, ``attn_implementation``), or a
+    backend instance. Default from ``QWENVL_BACKEND``; ``protocol="openai"`` alone also means the openai backend.
+    Local backends need no DashScope key (``api_key`` is then the server's key, optional)."""
+
     def __init__(self, *, api_key: str | None = None, protocol: str | None = None, region: str | None = None,
                  base_url: str | None = None, model: str | None = None, timeout_s: float | None = None,
                  max_retries: int | None = None, retry_backoff_s: float | None = None,
-                 http_client: Any = None, backend: Any = None,
+                 http_client: Any = None, backend: Any = None, engine: str | None = None,
+                 family: str | None = None, device: str | None = None, dtype: str | None = None,
+                 attn_implementation: str | None = None,
                  cache: bool | str | os.PathLike[str] | ResponseCache | None = None,
                  on_retry: RetryHook | None = None) -> None:
         self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
@@ -128,17 +138,59 @@ class _Base:
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
-        self._backend = backend
+        self._backend = None if isinstance(backend, str | None) else backend
+        self.backend_name = normalize_backend(backend, protocol=self.protocol) if isinstance(backend, str | None) \
+            else getattr(backend, "name", type(backend).__name__)
+        self._backend_options = {k: v for k, v in dict(engine=engine, family=family, device=device, dtype=dtype,
+                                                       attn_implementation=attn_implementation).items()
+                                 if v is not None}
+        if self.backend_name == "openai":
+            self.protocol = "openai"
+        if self.backend_name == "dashscope" and self.protocol == "openai":
+            raise UsageError("the dashscope backend speaks compat or native, not the plain openai protocol",
+                             hint="Use --backend openai for another OpenAI-compatible server.")
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
-        if backend is not None:
-            self.protocol = backend.protocol
+        if self._backend is not None:
+            self.protocol = self._backend.protocol
         model = model or os.environ.get("QWENVL_MODEL")
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
 
     def __repr__(self) -> str:
+        if self.is_local:
+            return f"{type(self).__name__}(backend={self.backend_name!r})"
         return f"{type(self).__name__}(protocol={self.protocol!r}, region={self.region!r})"
+
+    @property
+    def is_local(self) -> bool:
+        """True for a backend other than DashScope (it is asked about models and media at planning time)."""
+        return not self.backend_name.startswith("dashscope")  # "dashscope", or a DashScope backend instance
+
+    def _local_options(self) -> dict[str, Any]:
+        return dict(self._backend_options, base_url=self.base_url, api_key=self._api_key,
+                    model=self.defaults.get("model"))
+
+    def resolve_model(self, name: str | None = None) -> ModelInfo:
+        """The rules (family, pixel factor, budget, grounding convention) of the model a request would use:
+        ``name``, else the client's default model, else (local backends) the one the backend serves."""
+        name = name or self.defaults.get("model")
+        if not self.is_local:
+            return model_info(name or DEFAULT_MODEL)
+        backend = self.backend
+        fields = {"model": name} if name else {}
+        request = self.request(prompt="?", **fields)
+        if hasattr(backend, "adapt"):
+            request = backend.adapt(request)
+        return backend.model_info(request.model) if hasattr(backend, "model_info") else model_info(request.model)
+
+    def preview(self, call: Call, *, stream: bool = False) -> dict[str, Any]:
+        """The dry run of ``call`` (``qwenvl.preview``): what would be sent where, with estimates."""
+        from qwenvl.preview import preview
+
+        backend = self._backend if self.is_local else None
+        return preview(call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream,
+                       backend=backend)
 
     def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
         return make_request(request, fields, self.defaults)
@@ -149,7 +201,15 @@ class _Base:
 
         ``estimate_only=True``: media checked and sized from their headers, not prepared (fast); the Call
         gives sizes and tokens and cannot be sent."""
-        return plan(self.request(request, **fields), self.protocol, estimate_only=estimate_only)
+        req = self.request(request, **fields)
+        if not self.is_local:
+            return plan(req, self.protocol, estimate_only=estimate_only)
+        backend = self.backend
+        if hasattr(backend, "adapt"):
+            req = backend.adapt(req)
+        model = backend.model_info(req.model) if hasattr(backend, "model_info") else None
+        media_form = getattr(backend, "media_form", "data-url")
+        return plan(req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form)
 
     def _key(self) -> str:
         return require_api_key(self._api_key).key
@@ -161,6 +221,12 @@ class Client(_Base):
     @property
     def backend(self) -> Backend:
         if self._backend is None:
+            if self.is_local:
+                from qwenvl.backends import make_backend
+
+                self._backend = make_backend(self.backend_name, http_client=self._http_client,
+                                             **self._local_options())
+                return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
 
             self._backend = DashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,
@@ -238,6 +304,12 @@ class AsyncClient(_Base):
     @property
     def backend(self) -> AsyncBackend:
         if self._backend is None:
+            if self.is_local:
+                from qwenvl.backends import make_backend
+
+                self._backend = make_backend(self.backend_name, asynchronous=True, http_client=self._http_client,
+                                             **self._local_options())
+                return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
 
             self._backend = AsyncDashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,

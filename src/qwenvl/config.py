@@ -24,9 +24,21 @@ from dotenv import dotenv_values
 
 from qwenvl.errors import MissingAPIKeyError, UsageError
 
-Protocol = Literal["compat", "native"]
-PROTOCOLS: tuple[str, ...] = ("compat", "native")
+Protocol = Literal["compat", "native", "openai"]
+# compat and native: DashScope's two protocols; openai: plain OpenAI chat completions (no DashScope
+# extensions), spoken by the ``openai`` backend to any OpenAI-compatible engine (vLLM, llama.cpp, Ollama...).
+PROTOCOLS: tuple[str, ...] = ("compat", "native", "openai")
 DEFAULT_PROTOCOL: Protocol = "compat"
+
+# Where requests go: DashScope (default), any OpenAI-compatible server, or a model loaded in this process.
+BACKENDS: tuple[str, ...] = ("dashscope", "openai", "transformers")
+DEFAULT_BACKEND = "dashscope"
+# The engine behind an ``openai`` backend (its quirks differ); auto = detected from the server's replies.
+ENGINES: tuple[str, ...] = ("auto", "vllm", "sglang", "llamacpp", "ollama", "generic")
+# Model families a local model can be declared as (when its name does not say).
+FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+# The OpenAI-compatible server assumed when no --base-url is given (vLLM's default address).
+DEFAULT_OPENAI_BASE_URL = "http://127.0.0.1:8000/v1"
 
 COMPAT_PATH = "/compatible-mode/v1"
 NATIVE_PATH = "/api/v1"
@@ -75,11 +87,64 @@ def region_of_url(url: str | None) -> str | None:
 
 def normalize_protocol(protocol: str | None) -> Protocol:
     name = (protocol or DEFAULT_PROTOCOL).strip().lower()
-    aliases = {"openai": "compat", "compatible": "compat", "dashscope": "native"}
+    aliases = {"compatible": "compat", "dashscope": "native"}
     name = aliases.get(name, name)
     if name not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {protocol!r}: use compat (OpenAI-compatible) or native (DashScope)")
+        raise UsageError(f"unknown protocol {protocol!r}: use compat (DashScope's OpenAI-compatible mode), "
+                         "native (DashScope) or openai (plain OpenAI, for other servers)")
     return name  # type: ignore[return-value]
+
+
+def _choose(kind: str, value: str | None, choices: tuple[str, ...], default: str, hint: str | None = None) -> str:
+    name = (value or default).strip().lower()
+    if name not in choices:
+        raise UsageError(f"unknown {kind} {value!r}: use one of {', '.join(choices)}", hint=hint)
+    return name
+
+
+def normalize_backend(backend: str | None, *, protocol: str | None = None,
+                      env: Mapping[str, str] | None = None) -> str:
+    """The backend name: the argument, else ``QWENVL_BACKEND``, else ``openai`` when the protocol is
+    ``openai``, else ``dashscope``. Raises UsageError for an unknown name."""
+    env = os.environ if env is None else env
+    chosen = backend or env.get("QWENVL_BACKEND") or ("openai" if protocol == "openai" else None)
+    return _choose("backend", chosen, BACKENDS, DEFAULT_BACKEND,
+                   hint="dashscope (Model Studio), openai (vLLM, llama.cpp, Ollama...) or transformers (in process).")
+
+
+def normalize_engine(engine: str | None, env: Mapping[str, str] | None = None) -> str:
+    """``--engine`` / ``QWENVL_ENGINE`` (default auto)."""
+    env = os.environ if env is None else env
+    return _choose("engine", engine or env.get("QWENVL_ENGINE"), ENGINES, "auto")
+
+
+def normalize_family(family: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """``--family`` / ``QWENVL_FAMILY``, or None (then the model name decides). ``qwen2_5_vl`` style accepted."""
+    env = os.environ if env is None else env
+    value = family or env.get("QWENVL_FAMILY")
+    if not value:
+        return None
+    name = value.strip().lower().replace("_", "-").replace("qwen2-5", "qwen2.5")
+    return _choose("model family", name, FAMILIES, "", hint="qwen2.5-vl (28 px, absolute boxes) or qwen3-vl "
+                   "(32 px, boxes in 0-1000)")
+
+
+def openai_base_url(base_url: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """An OpenAI-compatible server's base URL, taken as given (no path appended), without a trailing slash:
+    the argument, else ``QWENVL_OPENAI_BASE_URL``, else vLLM's default ``http://127.0.0.1:8000/v1``."""
+    env = os.environ if env is None else env
+    url = (base_url or env.get("QWENVL_OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"base URL {url!r} is not an http(s) URL", hint="For example http://127.0.0.1:8000/v1")
+    return url
+
+
+def openai_api_key(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The key for an OpenAI-compatible server: optional (local engines take none). The argument, else
+    ``QWENVL_OPENAI_API_KEY``; never ``DASHSCOPE_API_KEY`` or ``OPENAI_API_KEY`` (they belong to clouds)."""
+    env = os.environ if env is None else env
+    return (explicit or env.get("QWENVL_OPENAI_API_KEY") or "").strip()
 
 
 def resolve_base_url(protocol: Protocol, *, region: str | None = None, base_url: str | None = None,
@@ -92,6 +157,8 @@ def resolve_base_url(protocol: Protocol, *, region: str | None = None, base_url:
     ``DASHSCOPE_HTTP_BASE_URL`` (as the official SDK reads them), then the region's host.
     """
     env = os.environ if env is None else env
+    if protocol == "openai":
+        return openai_base_url(base_url, env)
     wanted = COMPAT_PATH if protocol == "compat" else NATIVE_PATH
     if base_url:
         return _derive(base_url, wanted)

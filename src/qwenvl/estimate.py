@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from qwenvl.backends.family import family_model
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
@@ -23,7 +24,7 @@ from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
 def estimate_files(files: Sequence[str], *, fast: bool = False, region: str | None = None,
-                   client: Any = None, **fields: Any) -> dict[str, Any]:
+                   client: Any = None, family: str | None = None, **fields: Any) -> dict[str, Any]:
     """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
     ``vl_high_resolution_images``, ``min_pixels``, ``max_pixels``, ``fps``, ``pages``, ``prepare``); nothing is sent.
 
@@ -32,7 +33,9 @@ def estimate_files(files: Sequence[str], *, fast: bool = False, region: str | No
     "unknown", "failed"}}``; an item is ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent",
     "tokens", "cost", "notes"}`` (a PDF gives one item per page, a remote URL ``tokens: None``: the service
     fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot be sent (the others go on).
-    The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus. Raises
+    The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus; a local
+    ``client`` (``--backend openai|transformers``) gives its model's own rules, and ``family`` (qwen2.5-vl,
+    qwen3-vl) the rules of a model whose name does not say. Raises
     ``UsageError`` for invalid options or when no file is found.
     """
     from qwenvl.batch.inputs import expand_inputs
@@ -44,7 +47,12 @@ def estimate_files(files: Sequence[str], *, fast: bool = False, region: str | No
     except UsageError as exc:  # its hint names --base-url, which an estimate has no use for
         raise UsageError(exc.message) from None
     request = client.request(prompt="tokens", **fields)
-    info = model_info(request.model)
+    if getattr(client, "is_local", False):  # the local backend knows its model (and may adapt the budget)
+        info = client.resolve_model(request.model if "model" in fields else None)
+        if hasattr(client.backend, "adapt"):
+            request = client.backend.adapt(request)
+    else:
+        info = family_model(request.model, family) if family else model_info(request.model)
     options = media_options(request, info, "native", estimate_only=fast)
     refs = expand_inputs(list(files))
     if not refs:

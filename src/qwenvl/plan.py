@@ -6,7 +6,7 @@ only place these values where their wire format wants them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qwenvl import structured
@@ -152,12 +152,15 @@ def check_context(items: list[PreparedItem], model: ModelInfo) -> None:
                           "--fps).")
 
 
-def plan(request: Request, protocol: str, *, estimate_only: bool = False) -> Call:
+def plan(request: Request, protocol: str, *, estimate_only: bool = False, model: ModelInfo | None = None,
+         media_form: str = "data-url") -> Call:
     """Validate, build the messages and prepare every media item. Raises before anything is sent.
 
     ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
-    being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent."""
-    model = model_info(request.model)
+    being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent.
+    ``model``: the model's rules when the backend knows them better than the name does (a local model);
+    ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded)."""
+    model = model or model_info(request.model)
     if request.enable_thinking and not model.thinking and model.known:
         raise UsageError(f"{request.model} does not support thinking (enable_thinking)",
                          hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
@@ -165,7 +168,10 @@ def plan(request: Request, protocol: str, *, estimate_only: bool = False) -> Cal
         raise UsageError(f"{request.model} does not support tool calling (tools)",
                          hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
     history = build_messages(request, model)
-    prepared = prepare_messages(history, media_options(request, model, protocol, estimate_only=estimate_only))
+    options = media_options(request, model, protocol, estimate_only=estimate_only)
+    if media_form == "memory":
+        options = replace(options, keep_pixels=True)
+    prepared = prepare_messages(history, options)
     check_context(prepared.items, model)
     return Call(request=request, model=model, messages=prepared.messages, history=history,
                 params=generation_params(request, model), media=prepared.items, schema=request.schema,

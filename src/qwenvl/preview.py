@@ -32,15 +32,21 @@ def estimate_text_tokens(call: Call) -> int:
 
 
 def preview(call: Call, *, protocol: str, base_url: str | None = None, region: str | None = None,
-            stream: bool = False) -> dict[str, Any]:
-    proto = get(protocol)
+            stream: bool = False, backend: Any = None) -> dict[str, Any]:
+    """``backend``: a local backend with ``preview_body(call, stream) -> (url, body)`` (openai, transformers)."""
     stream = stream or call.model.stream_only  # what the backend will send (see DashScopeBackend.complete)
-    base = resolve_base_url(protocol, base_url=call.request.base_url or base_url, region=region)  # type: ignore[arg-type]
     headers = {"Authorization": "Bearer ***", "Content-Type": "application/json"}
-    if proto is native:
-        headers.update(native.headers(stream=stream, uses_oss=native.uses_oss(call)))
+    if backend is not None and hasattr(backend, "preview_body"):
+        url, body = backend.preview_body(call, stream)
+        headers = {"Content-Type": "application/json"}
     else:
-        headers.update(proto.headers(stream=stream))
+        proto = get(protocol)
+        base = resolve_base_url(protocol, base_url=call.request.base_url or base_url, region=region)  # type: ignore[arg-type]
+        if proto is native:
+            headers.update(native.headers(stream=stream, uses_oss=native.uses_oss(call)))
+        else:
+            headers.update(proto.headers(stream=stream))
+        url, body = base + proto.ENDPOINT, proto.build_body(call, stream=stream)
     media_tokens = [item.tokens for item in call.media]
     known_media = sum(t for t in media_tokens if t is not None)
     text_tokens = estimate_text_tokens(call)
@@ -55,10 +61,10 @@ def preview(call: Call, *, protocol: str, base_url: str | None = None, region: s
             "tokens": item.tokens, "notes": item.notes,
         })
     return {
-        "url": base + proto.ENDPOINT,
+        "url": url,
         "method": "POST",
         "headers": headers,
-        "body": shorten(proto.build_body(call, stream=stream)),
+        "body": shorten(body),
         "media": items,
         "estimate": {
             "model": call.model.name,

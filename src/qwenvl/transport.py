@@ -263,8 +263,9 @@ def with_deadlines(client: C) -> C:
 
 
 def _headers(api_key: str, extra: dict[str, str] | None) -> dict[str, str]:
-    out = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json",
-           "User-Agent": USER_AGENT}
+    out = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if api_key:  # local OpenAI-compatible engines take no key: send no Authorization header at all
+        out["Authorization"] = f"Bearer {api_key}"
     out.update(extra or {})
     return out
 

@@ -34,6 +34,9 @@ def endpoint(client: Any, call: Call) -> str:
 
 
 def key_for(client: Any, call: Call) -> str:
+    backend = getattr(client, "_backend", None)
+    if backend is not None and hasattr(backend, "cache_key"):  # a backend that keys its own calls
+        return backend.cache_key(call)
     return cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
 
 
@@ -45,6 +48,7 @@ class Exchange:
     def __init__(self, client: Any, call: Call, *, stream: bool = False) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
+        self.local = bool(getattr(client, "is_local", False))  # a local model costs no tokens
         self.model = call.request.model
         self.region: str | None = getattr(client, "region", None)
         self.started = time.monotonic()
@@ -78,8 +82,8 @@ class Exchange:
     def _log(self, response: Response, outcome: str) -> None:
         self.finished = True
         u = response.usage
-        cost = 0.0 if outcome == "cached" else estimate_cost(self.model, u.input_tokens, u.output_tokens,
-                                                             region=self.region)
+        free = outcome == "cached" or self.local  # local models cost no tokens
+        cost = 0.0 if free else estimate_cost(self.model, u.input_tokens, u.output_tokens, region=self.region)
         usagelog.record(usagelog.Entry(
             model=self.model, protocol=self.protocol, outcome=outcome, input_tokens=u.input_tokens,
             output_tokens=u.output_tokens, image_tokens=u.image_tokens, cost=cost,

@@ -215,7 +215,10 @@ class Batch:
                  fresh: bool = False, mode: str = "realtime", api_key: str | None = None,
                  protocol: str | None = None, region: str | None = None, base_url: str | None = None,
                  model: str | None = None, flush_interval_s: float = FLUSH_INTERVAL_S,
-                 poll_interval_s: float = 30.0, wait: bool = True, plan_threads: int = PLAN_THREADS) -> None:
+                 poll_interval_s: float = 30.0, wait: bool = True, plan_threads: int = PLAN_THREADS,
+                 backend: str | None = None, **backend_options: Any) -> None:
+        """``backend`` (dashscope|openai|transformers) and ``backend_options`` (engine, family, device, dtype,
+        attn_implementation) as for ``qwenvl.Client``."""
         self.items = list(items)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
@@ -234,9 +237,12 @@ class Batch:
         if mode == "batch-api":
             protocol = "compat"  # the Batch API takes OpenAI-compatible bodies
         self.client_options = {"api_key": api_key, "protocol": protocol, "region": region, "base_url": base_url,
-                               "model": model}
+                               "model": model, "backend": backend,
+                               **{k: v for k, v in backend_options.items() if v is not None}}
         self.planner = Client(**self.client_options, cache=self.cache)  # plans only; sends nothing
         self.currency = currency_of(self.planner.region)
+        if mode == "batch-api" and self.planner.is_local:
+            raise UsageError("--mode batch-api is DashScope's Batch API; a local backend runs realtime only")
         ids: dict[str, int] = {}
         for n, item in enumerate(self.items):
             if item.id in ids:
@@ -268,7 +274,8 @@ class Batch:
         return str(item.request.get("model") or self.planner.defaults.get("model") or DEFAULT_MODEL)
 
     def check_key(self) -> None:
-        require_api_key(self.client_options["api_key"])
+        if not self.planner.is_local:  # local backends need no DashScope key
+            require_api_key(self.client_options["api_key"])
 
     def _pending_items(self) -> list[BatchItem]:
         self._fingerprints = [fingerprint(item.request, self.planner.defaults) for item in self.items]
@@ -423,8 +430,8 @@ class Batch:
                    attempts: int, latency_s: float, extra: dict[str, Any] | None = None,
                    price_factor: float = 1.0) -> Future[None]:
         u = response.usage
-        cost = 0.0 if response.cached else estimate_cost(self.model_of(item), u.input_tokens, u.output_tokens,
-                                                         region=self.planner.region, factor=price_factor)
+        cost = 0.0 if response.cached or self.planner.is_local else estimate_cost(  # local models cost no tokens
+            self.model_of(item), u.input_tokens, u.output_tokens, region=self.planner.region, factor=price_factor)
         rec = {"id": item.id, "input": item.input, "status": "ok", "result": result_record(response),
                "usage": usage_record(response), "cost": None if cost is None else round(cost, 8),
                "currency": self.currency,

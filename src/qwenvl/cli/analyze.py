@@ -19,7 +19,6 @@ from qwenvl.cli.common import check_writable, err_console, make_client, pass_opt
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
-from qwenvl.preview import preview
 from qwenvl.structured import load_schema
 from qwenvl.types import Request
 
@@ -75,7 +74,7 @@ def analyze(opts: dict[str, Any]) -> None:
     client = make_client(opts)
     call = client.plan(data)
     if opts["dry_run"]:
-        print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region))
+        print_json(client.preview(call))
         return
     try:
         response = client.send(call)

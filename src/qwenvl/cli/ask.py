@@ -21,7 +21,6 @@ from qwenvl.cli.common import (
     usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal, warn_answer
-from qwenvl.preview import preview
 
 
 @click.command()
@@ -48,8 +47,7 @@ def ask(opts: dict[str, Any]) -> None:
     client = make_client(opts)
     call = client.plan(prompt=prompt, images=images, video=video, **fields)
     if opts["dry_run"]:
-        print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region,
-                           stream=not (opts["as_json"] or opts["no_stream"])))
+        print_json(client.preview(call, stream=not (opts["as_json"] or opts["no_stream"])))
         return
     structured = call.request.json_mode or call.schema is not None
     with client:

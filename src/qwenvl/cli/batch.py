@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from qwenvl.batch.inputs import expand_inputs, items_from_inputs, read_requests
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
+    backend_options,
     err_console,
     generation_options,
     pass_opts,
@@ -215,7 +216,8 @@ def run(opts: dict[str, Any]) -> None:
     job = Batch(items, opts["output"], csv=opts["csv_file"], concurrency=opts["concurrency"], rpm=opts["rpm"],
                 tpm=opts["tpm"], cache=not opts["no_cache"], retry_errors=opts["retry_errors"],
                 fresh=opts["fresh"], mode=opts["mode"], protocol=opts["protocol"], region=opts["region"],
-                base_url=opts["base_url"], poll_interval_s=opts["poll_interval"], wait=not opts["no_wait"])
+                base_url=opts["base_url"], poll_interval_s=opts["poll_interval"], wait=not opts["no_wait"],
+                **backend_options(opts))
     est = job.estimate()
     if opts["dry_run"]:
         print_json({"event": "estimate", **est.to_dict()}, indent=None)

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from qwenvl.batch.inputs import MEDIA_SUFFIXES, is_video
 from qwenvl.client import Client
-from qwenvl.config import PROTOCOLS, REGIONS
+from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
 from qwenvl.media.sources import classify
 from qwenvl.models import currency_of, estimate_cost, format_cost
@@ -123,7 +123,22 @@ service_options = _options(
                       "each wait is at most 20 s."),
     click.option("--retry-backoff-s", type=click.FloatRange(min=0),
                  help="Exponential backoff base in seconds (default 1.5; 0: retry at once)."),
+    # where the model runs: DashScope, an OpenAI-compatible server, or this process (qwenvl.backends)
+    click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False),
+                 help="dashscope (default, or $QWENVL_BACKEND), openai (vLLM, SGLang, llama.cpp, Ollama... at "
+                      "--base-url, default http://127.0.0.1:8000/v1) or transformers (in process; --model is a "
+                      "hub id or folder)."),
+    click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False),
+                 help="--backend openai: the server's engine (default auto: detected)."),
+    click.option("--family", type=click.Choice(FAMILIES, case_sensitive=False),
+                 help="A local model's family when its name does not say (pixel rule, budget, boxes)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                 help="--backend transformers: where the model runs (default auto)."),
+    click.option("--dtype", help="--backend transformers: auto (default), float32, bfloat16 or float16."),
+    click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2..."),
 )
+
+BACKEND_OPTIONS = ("backend", "engine", "family", "device", "dtype", "attn_implementation")
 
 
 def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -217,11 +232,21 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The --backend group's values that were given, plus the model for a local backend."""
+    backend = {k: opts[k] for k in BACKEND_OPTIONS if opts.get(k)}
+    if backend.get("backend", "").lower() not in ("", "dashscope") or os.environ.get("QWENVL_BACKEND"):
+        backend["model"] = opts.get("model")
+    return backend
+
+
 def make_client(opts: dict[str, Any]) -> Client:
+    """The Client the options ask for (the model goes with the request, except for a local backend, where it
+    also tells the backend which model to load or use)."""
     refuse_empty(opts)
     on_retry = show_retry if err_console().is_terminal else None
     return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"),
-                  on_retry=on_retry)
+                  on_retry=on_retry, **backend_options(opts))
 
 
 def show_retry(notice: RetryNotice) -> None:
@@ -356,7 +381,7 @@ def usage_line(response: Response, region: str | None = None) -> str:
         parts.append(f"{u.input_tokens:,} in / {u.output_tokens or 0:,} out tokens")
     if u.image_tokens:
         parts.append(f"{u.image_tokens:,} image tokens")
-    if u.input_tokens is not None:
+    if u.input_tokens is not None and response.protocol not in ("openai", "transformers"):  # local: no price
         cost = estimate_cost(response.model, u.input_tokens, u.output_tokens or 0, region=region)
         if cost is not None:
             parts.append("≈" + format_cost(cost, currency_of(region)))

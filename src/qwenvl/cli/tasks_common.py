@@ -10,7 +10,6 @@ from qwenvl.cli.common import err_console, print_json, usage_line
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import UsageError, printable
 from qwenvl.plan import Call
-from qwenvl.preview import preview
 from qwenvl.types import Response
 
 
@@ -34,7 +33,7 @@ def note(message: str) -> None:
 
 
 def dry_run(client: Any, call: Call) -> None:
-    print_json(preview(call, protocol=client.protocol, base_url=client.base_url, region=client.region))
+    print_json(client.preview(call))
 
 
 def show_usage(*responses: Response | None, cut_off: bool = True, max_tokens: int | None = None,

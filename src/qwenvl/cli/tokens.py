@@ -11,6 +11,7 @@ Virginia), every item at the price tier of the files' total. The estimate itself
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from qwenvl.cli.common import (
     err_console,
+    make_client,
     model_option,
     out_console,
     pass_opts,
@@ -26,6 +28,7 @@ from qwenvl.cli.common import (
     region_option,
     request_fields,
 )
+from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import EXIT_INPUT
 from qwenvl.estimate import estimate_files
 from qwenvl.models import format_cost
@@ -46,6 +49,13 @@ from qwenvl.models import format_cost
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
 @click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False),
+              help="Count for a local model: openai (asks the server at --base-url which model) or transformers "
+                   "(--model is its folder or hub id).")
+@click.option("--base-url", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False), help="--backend openai: its engine.")
+@click.option("--family", type=click.Choice(FAMILIES, case_sensitive=False),
+              help="A local model's family when its name does not say (qwen2.5-vl: 28 px, qwen3-vl: 32 px).")
 @pass_opts
 def tokens(opts: dict[str, Any]) -> None:
     """Tokens and estimated cost of images, videos and PDFs, as they would be sent: qwenvl tokens *.jpg
@@ -55,7 +65,11 @@ def tokens(opts: dict[str, Any]) -> None:
     cannot be sent is reported on its own row and the others go on; the exit status is then 3.
     """
     fields = request_fields(opts)  # the same options, model and region handling as every verb
-    result = estimate_files(opts["files"], fast=opts["fast"], region=opts["region"], **fields)
+    client = None
+    if opts["backend"] or os.environ.get("QWENVL_BACKEND"):  # a local model's own rules (asked of its backend)
+        client = make_client(opts)
+    result = estimate_files(opts["files"], fast=opts["fast"], region=opts["region"], client=client,
+                            family=opts["family"], **fields)
     if opts["as_json"]:
         print_json(result)
     else:

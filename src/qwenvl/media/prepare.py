@@ -23,7 +23,7 @@ import base64
 import binascii
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
@@ -53,6 +53,9 @@ class MediaOptions:
     fetch_timeout_s: float = 30.0
     # sizes and tokens from headers only; nothing decoded, encoded or rendered; the result cannot be sent
     estimate_only: bool = False
+    # an in-process model: local images are decoded and resized but not encoded; ``PreparedItem.pixels`` holds
+    # them and ``sent`` is a ``memory://sha256:...`` reference (set by qwenvl.plan for media_form="memory")
+    keep_pixels: bool = False
 
 ESTIMATE_SCHEME = "estimate://"  # the placeholder ``sent`` of an estimate-only item
 ESTIMATE_NOTE = "estimate only: size and tokens from the header; not decoded, resized or encoded"
@@ -74,6 +77,7 @@ class PreparedItem:
     frame_times: list[float] | None = None  # a video's frames: seconds from its start, as the model sees them
     fps: float | None = None  # a sampled video's actual frame rate, sent beside the frame list
     estimate: bool = False  # made by estimate-only preparation: ``sent`` is a placeholder, bytes_sent is 0
+    pixels: Any = None  # keep_pixels: the RGB PIL image as the model will see it (a frame list: one per frame)
 
 
 @dataclass
@@ -159,6 +163,8 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     if options.estimate_only:
         return _estimate_image(part, data, info, label, service, options)
+    if options.keep_pixels and options.prepare:
+        return _keep_image(part, data, info, label, service, options)
     if options.prepare:
         encoded, mime, (width, height), notes = _prepare_local_image(data, info, label, part, options)
     else:
@@ -171,6 +177,27 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     sent = to_data_url(encoded, mime)
     return PreparedItem(part.image, "image", sent, mime=mime, bytes_sent=len(sent), width=width, height=height,
                         tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor), notes=notes)
+
+
+MEMORY_SCHEME = "memory://"  # the ``sent`` of an image kept decoded for an in-process model
+
+
+def _keep_image(part: ImagePart, data: bytes, info: images.ImageInfo, label: str, service: tuple[int, int],
+                options: MediaOptions) -> PreparedItem:
+    """An image prepared like any other (upright, 8-bit, resized to its budget) but kept decoded: no encoding,
+    no base64. ``sent`` names its pixels by hash (so cache keys follow the content)."""
+    import hashlib
+
+    target, _, notes = _sent_image_size(info, label, part, options)
+    decoded = images.decode(data, info, label, size=target)
+    notes.extend(decoded.notes)
+    img = decoded.image if decoded.image.mode == "RGB" else decoded.image.convert("RGB")
+    h_bar, w_bar = _model_size(img.height, img.width, options.model.factor, service, label)
+    digest = hashlib.sha256(img.tobytes()).hexdigest()[:32]
+    return PreparedItem(part.image, "image", f"{MEMORY_SCHEME}sha256:{digest}", mime="image/x-raw-rgb",
+                        width=img.width, height=img.height, tokens=tokens.image_tokens(h_bar, w_bar,
+                                                                                       options.model.factor),
+                        notes=[*notes, "kept in memory for the local model (not encoded)"], pixels=img)
 
 
 def _estimate_image(part: ImagePart, data: bytes, info: images.ImageInfo, label: str,
@@ -422,7 +449,8 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
     return PreparedItem(f"{len(refs)} frames", "video", sent, mime=first.mime,
                         bytes_sent=sum(f.bytes_sent for f in frames), width=first.width, height=first.height,
                         tokens=estimate, notes=notes, frame_times=[i / rate for i in range(count)],
-                        estimate=any(f.estimate for f in frames))
+                        estimate=any(f.estimate for f in frames),
+                        pixels=[f.pixels for f in frames] if options.keep_pixels else None)
 
 
 def expand_documents(messages: list[Message], options: MediaOptions) -> list[Message]:

@@ -2,9 +2,9 @@
 
 from types import ModuleType
 
-from qwenvl.protocols import compat, native
+from qwenvl.protocols import compat, native, openai
 
-PROTOCOL_MODULES: dict[str, ModuleType] = {"compat": compat, "native": native}
+PROTOCOL_MODULES: dict[str, ModuleType] = {"compat": compat, "native": native, "openai": openai}
 
 
 def get(name: str) -> ModuleType:

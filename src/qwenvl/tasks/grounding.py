@@ -368,6 +368,8 @@ def interpret(parsed: ParsedAnswer, *, expected: str, geo: Geometry, model: str 
 # --- the task ------------------------------------------------------------------------------------------------
 
 def model_for(client: Any, fields: dict[str, Any]) -> ModelInfo:
+    if hasattr(client, "resolve_model"):  # a local backend knows its model's family
+        return client.resolve_model(fields.get("model"))
     name = fields.get("model") or getattr(client, "defaults", {}).get("model") or DEFAULT_MODEL
     return model_info(name)
 

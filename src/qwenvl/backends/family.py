@@ -1,0 +1,60 @@
+"""A local model's family: which pixel rule, budget and grounding convention apply to a name qwenvl's model
+table does not know (a served name such as ``tiny``, ``qwen2.5vl:7b`` or a folder).
+
+The family comes from ``--family`` when given, else from the names the model goes by (served name, the path it
+was loaded from, a config's ``model_type``). The numbers are the model table's (``qwenvl.models``): a Qwen3-VL
+model gets qwen3-vl-flash's rules (32 px per token side, boxes in 0-1000), a Qwen2.5-VL model
+qwen2.5-vl-7b-instruct's (28 px, boxes in pixels of the image as sent). Qwen2-VL has 28 px and boxes in 0-1000
+(Qwen2-VL's report, section 2.2: coordinates normalised to [0, 1000)).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from qwenvl.errors import UsageError
+from qwenvl.models import ModelInfo, Prices, model_info
+
+# family -> (model-table entry whose rules apply, overrides)
+_TEMPLATES: dict[str, tuple[str, dict]] = {
+    "qwen3-vl": ("qwen3-vl-flash", {}),
+    "qwen2.5-vl": ("qwen2.5-vl-7b-instruct", {}),
+    "qwen2-vl": ("qwen2.5-vl-7b-instruct", {"family": "qwen2-vl", "grounding": "relative-1000"}),
+}
+# transformers' model_type -> family
+MODEL_TYPES = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl",
+               "qwen3_vl_moe": "qwen3-vl"}
+
+
+def infer_family(*names: str | None) -> str | None:
+    """The family named in any of ``names`` (``Qwen/Qwen2.5-VL-7B-Instruct``, ``qwen2.5vl:7b``, ``qwen3_vl``...),
+    else None."""
+    for name in names:
+        if not name:
+            continue
+        if name in MODEL_TYPES:
+            return MODEL_TYPES[name]
+        key = re.sub(r"[^a-z0-9]", "", name.lower())
+        if "qwen3vl" in key:
+            return "qwen3-vl"
+        if "qwen25vl" in key or "qvq" in key:
+            return "qwen2.5-vl"
+        if "qwen2vl" in key:
+            return "qwen2-vl"
+    return None
+
+
+def family_model(name: str, family: str, **overrides: object) -> ModelInfo:
+    """The rules of ``family`` under the name ``name`` (no price: a local model costs no tokens)."""
+    base, extra = _TEMPLATES[family]
+    return replace(model_info(base), name=name, prices=Prices(), known=False, **{**extra, **overrides})
+
+
+def resolve(name: str, family: str | None, *also: str | None, where: str = "") -> ModelInfo:
+    """``family`` (declared) or the family inferred from ``name`` and ``also``; UsageError when neither."""
+    chosen = family or infer_family(name, *also)
+    if chosen is None:
+        raise UsageError(f"cannot tell the model family of {name!r}{where}",
+                         hint="Say it with --family qwen2.5-vl or --family qwen3-vl (QWENVL_FAMILY).")
+    return family_model(name, chosen)

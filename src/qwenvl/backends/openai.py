@@ -1,0 +1,348 @@
+"""The ``openai`` backend: any OpenAI-compatible server (vLLM first; SGLang, llama.cpp, Ollama, others).
+
+    client = qwenvl.Client(backend="openai", base_url="http://127.0.0.1:8000/v1")   # key optional
+    client.ask("What is this?", "photo.jpg")
+
+The base URL is taken as given (``/chat/completions`` and ``/models`` are appended, nothing else). The engine
+(``qwenvl.protocols.openai.ENGINE_TABLE``) is named or, with ``engine="auto"``, detected once from the server:
+``GET {base}/models`` (``owned_by``: vllm, sglang, llamacpp, ollama/library), then ``GET {root}/api/version``
+(Ollama), ``{root}/version`` (vLLM), ``{root}/props`` (llama.cpp); anything else is ``generic``. The same reply
+gives the served model names: the model defaults to the only one served, a name the server does not serve is
+refused before anything is sent, and the family (pixel rule, budget, grounding convention) comes from
+``family=`` or from the served name and the path it was loaded from (``root``).
+
+What the backend declares for the client (the seams of issue 11): ``media_form = "data-url"`` (local media go
+inline, prepared and resized by qwenvl), ``abilities``, ``model_info(name)``, ``adapt(request)`` (an engine that
+cannot fetch URLs gets them downloaded here) and ``cache_key(call)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from qwenvl.backends import family as families
+from qwenvl.backends.dashscope import policy_for
+from qwenvl.config import normalize_engine, normalize_family, openai_api_key, openai_base_url
+from qwenvl.errors import APIConnectionError, APIStatusError, QwenVLError, UsageError
+from qwenvl.models import ModelInfo
+from qwenvl.plan import Call, ensure_sendable
+from qwenvl.protocols import openai as proto
+from qwenvl.protocols.common import load_json
+from qwenvl.protocols.sse import SSEDecoder
+from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
+from qwenvl.types import Request, Response, StreamEvent
+
+DETECT_TIMEOUT_S = 10.0  # each probe of auto-detection
+_OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp", "llama.cpp": "llamacpp",
+             "ollama": "ollama", "library": "ollama"}
+DOWN_HINT = ("Is the engine running at that address? e.g. vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 "
+             "(then --base-url http://127.0.0.1:8000/v1), or give another --base-url.")
+
+
+@dataclass
+class ServerInfo:
+    """What the server said about itself: its engine and the models it serves (``/models`` entries)."""
+
+    engine: str
+    models: list[dict[str, Any]] = field(default_factory=list)
+    listed: bool = False  # /models answered (else the served names are unknown)
+
+    def names(self) -> list[str]:
+        return [str(m.get("id")) for m in self.models if m.get("id")]
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return next((m for m in self.models if m.get("id") == name), {})
+
+
+def _root(base_url: str) -> str:
+    return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+
+
+def detect(transport: Transport, base_url: str, engine: str, timeout_s: float) -> ServerInfo:
+    """Ask the server what it is (see the module doc). An engine that is down raises APIConnectionError."""
+    policy = Policy(timeout_s=min(timeout_s, DETECT_TIMEOUT_S), max_retries=0)
+    info = ServerInfo(engine=engine)
+    try:
+        data = transport.get_json(base_url + "/models", policy)
+    except APIConnectionError as exc:
+        raise type(exc)(f"{exc.message} (no OpenAI-compatible server answers there)", hint=DOWN_HINT) from exc
+    except APIStatusError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        info.models = [m for m in data["data"] if isinstance(m, dict)]
+        info.listed = True
+    if engine != "auto":
+        return info
+    for entry in info.models:
+        owner = str(entry.get("owned_by") or "").lower()
+        if owner in _OWNED_BY:
+            info.engine = _OWNED_BY[owner]
+            return info
+    root = _root(base_url)
+    for path, name, key in (("/api/version", "ollama", "version"), ("/version", "vllm", "version"),
+                            ("/props", "llamacpp", "default_generation_settings")):
+        try:
+            reply = transport.get_json(root + path, policy)
+        except QwenVLError:
+            continue
+        if isinstance(reply, dict) and key in reply:
+            info.engine = name
+            return info
+    info.engine = "generic"
+    return info
+
+
+class _Wire:
+    """What the sync and async backends share: detection state, names, bodies, usage completion."""
+
+    def __init__(self, base_url: str | None, engine: str | None, family: str | None, model: str | None) -> None:
+        self.base_url = openai_base_url(base_url)
+        self.requested_engine = normalize_engine(engine)
+        self.family = normalize_family(family)
+        self.model = model
+        self._info: ServerInfo | None = None
+        self._lock = threading.Lock()
+
+    def info(self, transport: Transport, timeout_s: float) -> ServerInfo:
+        with self._lock:
+            if self._info is None:
+                self._info = detect(transport, self.base_url, self.requested_engine, timeout_s)
+            return self._info
+
+    @property
+    def engine(self) -> str:
+        if self._info is not None:
+            return self._info.engine
+        return self.requested_engine
+
+    def served_default(self, info: ServerInfo) -> str:
+        names = info.names()
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise UsageError(f"the server at {self.base_url} does not list its models: give --model",
+                             hint="The served model name, as given to vllm serve --served-model-name.")
+        raise UsageError(f"the server at {self.base_url} serves several models ({', '.join(names[:6])}): "
+                         "give --model")
+
+    def check_model(self, info: ServerInfo, name: str) -> None:
+        names = info.names()
+        if info.listed and names and name not in names:
+            raise UsageError(f"the server at {self.base_url} does not serve {name!r} (it serves "
+                             f"{', '.join(names[:6])})", hint=f"Use --model {names[0]}.")
+
+    def model_info(self, name: str, info: ServerInfo | None) -> ModelInfo:
+        root = str((info.entry(name) if info else {}).get("root") or "")
+        return families.resolve(name, self.family, root, where=f" (served at {self.base_url})")
+
+    def adapt(self, request: Request, info: ServerInfo) -> Request:
+        update: dict[str, Any] = {}
+        if "model" not in request.model_fields_set:
+            update["model"] = self.model or self.served_default(info)
+        self.check_model(info, update.get("model", request.model))
+        eng = proto.engine(info.engine)
+        if not eng.image_urls and not request.fetch_urls:
+            update["fetch_urls"] = True  # Ollama takes data: URLs only: remote images are downloaded here
+        return request.model_copy(update=update) if update else request
+
+    def url(self) -> str:
+        return self.base_url + proto.ENDPOINT
+
+    def body(self, call: Call, stream: bool) -> dict[str, Any]:
+        ensure_sendable(call)
+        return proto.build_body(call, stream=stream, engine_name=self.engine)
+
+    def parse(self, data: Any, call: Call, headers: dict[str, str]) -> Response:
+        response = proto.parse_response(data, model=call.request.model, request_id=headers.get("x-request-id"))
+        proto.fix_usage(response.usage, call, self.engine)
+        return response
+
+    def non_sse(self, call: Call, stream: LineStream, body: bytes) -> list[StreamEvent]:
+        response = self.parse(load_json(body, "the reply"), call, dict(stream.headers))
+        events = [StreamEvent(type="reasoning", text=response.reasoning)] if response.reasoning else []
+        if response.text:
+            events.append(StreamEvent(type="text", text=response.text))
+        return [*events, StreamEvent(type="done", response=response)]
+
+    def cache_key(self, call: Call) -> str:
+        from qwenvl.batch.cache import cache_key
+
+        return cache_key(f"openai-{self.engine}", self.base_url, self.body(call, False))
+
+
+class _Driver:
+    def __init__(self, wire: _Wire, call: Call, request_id: str | None) -> None:
+        self.wire = wire
+        self.call = call
+        self.parser = proto.StreamParser(call.request.model, request_id)
+        self.decoder = SSEDecoder()
+
+    def line(self, line: str) -> list[StreamEvent]:
+        event = self.decoder.feed(line)
+        return self.parser.feed(event) if event is not None else []
+
+    def end(self) -> list[StreamEvent]:
+        event = self.decoder.flush()
+        events = self.parser.feed(event) if event is not None else []
+        response = self.parser.finish()
+        proto.fix_usage(response.usage, self.call, self.wire.engine, output_chunks=self.parser.content_chunks)
+        return [*events, StreamEvent(type="done", response=response)]
+
+    def broken(self, exc: APIConnectionError) -> Exception:
+        error = self.parser.acc.interrupted(str(exc))
+        error.__cause__ = exc
+        return error
+
+
+class OpenAIBackend:
+    """Synchronous ``openai`` backend. ``engine``: auto|vllm|sglang|llamacpp|ollama|generic (default auto, or
+    ``QWENVL_ENGINE``); ``family``: qwen2.5-vl|qwen3-vl|qwen2-vl (default: from the served name); ``model``: the
+    served name to use when a request names none (default: the only one served)."""
+
+    name = "openai"
+    protocol = "openai"
+    media_form = "data-url"
+    abilities = frozenset({"images", "video-frames", "stream", "tools", "json"})
+
+    def __init__(self, *, base_url: str | None = None, api_key: str | None = None, engine: str | None = None,
+                 family: str | None = None, model: str | None = None, http_client: Any = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self._wire = _Wire(base_url, engine, family, model)
+        self.base_url = self._wire.base_url
+        kw = {"sleep": sleep} if sleep else {}
+        self.transport = Transport(openai_api_key(api_key), http_client=http_client, **kw)
+
+    @property
+    def engine(self) -> str:
+        return self._wire.engine
+
+    @property
+    def family(self) -> str | None:
+        return self._wire.family
+
+    def server(self, timeout_s: float = DETECT_TIMEOUT_S) -> ServerInfo:
+        """The engine and served models (asked once, then cached)."""
+        return self._wire.info(self.transport, timeout_s)
+
+    def adapt(self, request: Request) -> Request:
+        """The request as this server needs it: its model (default: the one served, checked), URLs downloaded
+        for an engine that takes data: URLs only."""
+        return self._wire.adapt(request, self.server(request.timeout_s))
+
+    def model_info(self, name: str) -> ModelInfo:
+        return self._wire.model_info(name, self._wire._info)
+
+    def cache_key(self, call: Call) -> str:
+        return self._wire.cache_key(call)
+
+    def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
+        return self._wire.url(), self._wire.body(call, stream)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def complete(self, call: Call) -> Response:
+        self.server(call.request.timeout_s)
+        w = self._wire
+        data, headers = self.transport.post_json(w.url(), w.body(call, False), policy_for(call),
+                                                 proto.headers(stream=False))
+        return w.parse(data, call, headers)
+
+    def stream(self, call: Call) -> Iterator[StreamEvent]:
+        self.server(call.request.timeout_s)
+        w = self._wire
+        stream, _ = self.transport.open_stream(w.url(), w.body(call, True), policy_for(call),
+                                               proto.headers(stream=True))
+        try:
+            if "json" in stream.content_type:
+                yield from w.non_sse(call, stream, stream.read())
+                return
+            driver = _Driver(w, call, stream.headers.get("x-request-id"))
+            try:
+                for line in stream:
+                    yield from driver.line(line)
+            except APIConnectionError as exc:
+                raise driver.broken(exc) from exc
+            yield from driver.end()
+        finally:
+            stream.close()
+
+
+class AsyncOpenAIBackend:
+    """The asyncio twin of OpenAIBackend (detection runs once, on a worker thread)."""
+
+    name = "openai"
+    protocol = "openai"
+    media_form = "data-url"
+    abilities = OpenAIBackend.abilities
+
+    def __init__(self, *, base_url: str | None = None, api_key: str | None = None, engine: str | None = None,
+                 family: str | None = None, model: str | None = None, http_client: Any = None,
+                 sleep: Any = None) -> None:
+        self._sync = OpenAIBackend(base_url=base_url, api_key=api_key, engine=engine, family=family, model=model)
+        self._wire = self._sync._wire
+        self.base_url = self._wire.base_url
+        kw = {"sleep": sleep} if sleep else {}
+        self.transport = AsyncTransport(openai_api_key(api_key), http_client=http_client, **kw)
+
+    @property
+    def engine(self) -> str:
+        return self._wire.engine
+
+    @property
+    def family(self) -> str | None:
+        return self._wire.family
+
+    def adapt(self, request: Request) -> Request:
+        return self._sync.adapt(request)
+
+    def model_info(self, name: str) -> ModelInfo:
+        return self._sync.model_info(name)
+
+    def cache_key(self, call: Call) -> str:
+        return self._wire.cache_key(call)
+
+    def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
+        return self._sync.preview_body(call, stream)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+        self._sync.close()
+
+    async def _ready(self, call: Call) -> None:
+        if self._wire._info is None:
+            await asyncio.to_thread(self._sync.server, call.request.timeout_s)
+
+    async def complete(self, call: Call) -> Response:
+        await self._ready(call)
+        w = self._wire
+        data, headers = await self.transport.post_json(w.url(), w.body(call, False), policy_for(call),
+                                                       proto.headers(stream=False))
+        return w.parse(data, call, headers)
+
+    async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
+        await self._ready(call)
+        w = self._wire
+        stream: AsyncLineStream
+        stream, _ = await self.transport.open_stream(w.url(), w.body(call, True), policy_for(call),
+                                                     proto.headers(stream=True))
+        try:
+            if "json" in stream.content_type:
+                for event in w.non_sse(call, stream, await stream.aread()):
+                    yield event
+                return
+            driver = _Driver(w, call, stream.headers.get("x-request-id"))
+            try:
+                async for line in stream:
+                    for event in driver.line(line):
+                        yield event
+            except APIConnectionError as exc:
+                raise driver.broken(exc) from exc
+            for event in driver.end():
+                yield event
+        finally:
+            await stream.aclose()

@@ -1,0 +1,656 @@
+"""The ``transformers`` backend: a Qwen-VL model in this process (``pip install "qwenvl[local]"``).
+
+    client = qwenvl.Client(backend="transformers", model="Qwen/Qwen2.5-VL-3B-Instruct")   # or a folder
+    client.ask("What is this?", "photo.jpg")
+
+Families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3-VL-MoE (config ``model_type`` qwen2_vl, qwen2_5_vl, qwen3_vl,
+qwen3_vl_moe), loaded with ``AutoModelForImageTextToText.from_pretrained`` from a hub id or a folder, once per
+process (``load``; cached by model, device, dtype and attention implementation). Device ``auto`` picks cuda,
+then mps, then cpu; dtype ``auto`` is the checkpoint's on cuda, float32 on cpu, float16 on mps.
+
+Images go in memory (``media_form = "memory"``): qwenvl prepares them (upright, 8-bit, resized to the model's
+budget with the family's ``smart_resize``) and hands the decoded picture over, so the processor's own resize is
+the identity and nothing is encoded to base64 and back. The prompt is built as transformers' Qwen-VL
+processors build it, from the tokenizer and the image processor alone, so images work without torchvision
+(``AutoProcessor`` needs it for its video processor): the chat template, then each ``<|image_pad|>`` expanded to
+``grid_thw.prod() // merge_size**2`` copies, and ``mm_token_type_ids`` (1 on image tokens, 2 on video tokens).
+Video needs the video processor, hence torchvision; without it a clear error names the install.
+
+Generation: greedy when ``temperature`` is 0, else sampling with ``temperature``/``top_p``/``top_k``; ``seed`` seeds
+torch's generator; ``stop`` strings end the answer (and are cut from it, as OpenAI servers do); ``max_tokens``
+bounds it. ``enable_thinking`` goes to the chat template; a ``</think>`` in the answer splits reasoning from text.
+Usage: ``input_tokens`` is the prompt's length in tokens, ``image_tokens``/``video_tokens`` the placeholder counts
+from the processor's grids, ``output_tokens`` the generated tokens. One generation at a time per loaded model (a
+lock); streaming runs ``generate`` on a thread with a ``TextIteratorStreamer`` whose every wait has the request's
+``timeout_s`` as its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwenvl.backends import family as families
+from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, UsageError
+from qwenvl.models import ModelInfo
+from qwenvl.plan import Call, ensure_sendable
+from qwenvl.protocols.common import make_response
+from qwenvl.types import ImagePart, Request, Response, StreamEvent, TextPart, VideoPart
+
+INSTALL_HINT = 'pip install "qwenvl[local]"  (CPU: pip install torch==2.13.0 first; CUDA: the torch build for ' \
+               'your CUDA from pytorch.org)'
+VIDEO_HINT = ('Video needs torchvision (transformers\' Qwen-VL video processor): pip install torchvision, the build '
+              'matching your torch (e.g. torch==2.14.1 torchvision==0.29.1).')
+NAME = "transformers"
+
+
+def _imports() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise UsageError(f"--backend transformers needs torch and transformers ({exc.name} is not installed)",
+                         hint=INSTALL_HINT) from None
+    return torch, transformers
+
+
+# --- the model folder --------------------------------------------------------------------------------------
+
+def _is_folder(ref: str) -> bool:
+    return Path(ref).expanduser().is_dir()
+
+
+def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
+    """The model's config.json (a folder, or a hub id through the local cache / the hub). UsageError for a
+    folder that is not a model; APIConnectionError for a hub id that cannot be fetched."""
+    if _is_folder(ref):
+        path = Path(ref).expanduser() / filename
+        if not path.is_file():
+            raise UsageError(f"{ref} is not a model folder (no {filename})",
+                             hint="Give the folder of a Qwen-VL checkpoint (config.json, *.safetensors, tokenizer).")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path} cannot be read as JSON: {exc}") from None
+    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+        raise UsageError(f"{ref!r} is neither a model folder nor a Hugging Face hub id (owner/name)",
+                         hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct or --model ./my-model")
+    _imports()
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(ref, filename)
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+        raise APIConnectionError(f"cannot get {ref}: not in the local Hugging Face cache and {why}",
+                                 hint="Download it once with network (huggingface-cli download " + ref +
+                                      "), or give a local folder with --model PATH.") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise APIConnectionError(f"cannot get {ref} from the Hugging Face hub: {str(exc).splitlines()[0]}",
+                                 hint="Check the id, or give a local folder with --model PATH.") from None
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def family_of(ref: str, cfg: dict[str, Any]) -> str:
+    model_type = str(cfg.get("model_type") or "")
+    if model_type not in families.MODEL_TYPES:
+        raise UsageError(f"{ref} is not a Qwen-VL model (model_type {model_type or 'missing'!r}); the transformers "
+                         f"backend runs {', '.join(sorted(families.MODEL_TYPES))}")
+    return families.MODEL_TYPES[model_type]
+
+
+def processor_min_pixels(ref: str) -> int | None:
+    """The image processor's own lower pixel bound (``size.shortest_edge``, or ``min_pixels``): Qwen3-VL's is
+    65536 px (64 tokens), far above the 4-token floor, so small images are enlarged by the processor."""
+    cfg = read_config(ref, "preprocessor_config.json")
+    size = cfg.get("size") or {}
+    value = size.get("shortest_edge") if isinstance(size, dict) else None
+    value = value or cfg.get("min_pixels")
+    return int(value) if isinstance(value, int | float) and value > 0 else None
+
+
+def _factor(cfg: dict[str, Any]) -> int:
+    vision = cfg.get("vision_config") or {}
+    return int(vision.get("patch_size") or 14) * int(vision.get("spatial_merge_size") or 2)
+
+
+# --- loading, once per process -----------------------------------------------------------------------------
+
+@dataclass
+class Loaded:
+    ref: str
+    family: str
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    device: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _video: Any = None
+
+    def video_processor(self) -> Any:
+        if self._video is None:
+            try:
+                import torchvision  # noqa: F401
+                from transformers import AutoVideoProcessor
+            except ImportError:
+                raise UsageError("this model's video input needs torchvision, which is not installed",
+                                 hint=VIDEO_HINT) from None
+            self._video = AutoVideoProcessor.from_pretrained(self.ref)
+        return self._video
+
+
+_LOADED: dict[tuple[str, str, str, str], Loaded] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def pick_device(device: str, torch: Any) -> str:
+    if device != "auto":
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available to torch", hint="Use --device cpu.")
+        if device == "mps" and not torch.backends.mps.is_available():
+            raise UsageError("--device mps: MPS is not available to torch", hint="Use --device cpu.")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str, torch: Any) -> Any:
+    if dtype == "auto":
+        return "auto" if device == "cuda" else torch.float16 if device == "mps" else torch.float32
+    value = getattr(torch, dtype, None)
+    if not isinstance(value, torch.dtype):
+        raise UsageError(f"unknown dtype {dtype!r}: auto, float32, bfloat16 or float16")
+    return value
+
+
+def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementation: str | None = None) -> Loaded:
+    """The model, tokenizer and image processor of ``ref``, loaded once per process. Nothing is kept when
+    any part fails (no half-loaded model)."""
+    torch, transformers = _imports()
+    key = (ref, device, dtype, attn_implementation or "")
+    with _LOAD_LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        cfg = read_config(ref)
+        family = family_of(ref, cfg)
+        where = pick_device(device, torch)
+        kw: dict[str, Any] = {"dtype": pick_dtype(dtype, where, torch)}
+        if attn_implementation:
+            kw["attn_implementation"] = attn_implementation
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(ref)
+            image_processor = transformers.AutoImageProcessor.from_pretrained(ref)
+            model = transformers.AutoModelForImageTextToText.from_pretrained(ref, **kw)
+        except (OSError, ValueError, ImportError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"cannot load {ref}: {first}",
+                             hint="A Qwen-VL checkpoint needs config.json, the weights, the tokenizer and "
+                                  "preprocessor_config.json.") from None
+        model.to(where)
+        model.eval()
+        loaded = Loaded(ref=ref, family=family, model=model, tokenizer=tokenizer, image_processor=image_processor,
+                        device=where)
+        _LOADED[key] = loaded
+        return loaded
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+
+def _decode_ref(ref: str) -> Any:
+    from PIL import Image
+
+    if not ref.startswith("data:"):
+        raise UsageError(f"the transformers backend takes local images only (got {ref[:80]})",
+                         hint="Download it first (remote images are fetched with --fetch-urls, the default here).")
+    data = base64.b64decode(ref.split(",", 1)[1])
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")
+
+
+def _pixels(call: Call) -> dict[str, Any]:
+    """Sent reference -> picture: the prepared images in memory, else decoded from their data: URL."""
+    out: dict[str, Any] = {}
+    for item in call.media:
+        if item.kind == "image" and isinstance(item.sent, str) and item.pixels is not None:
+            out[item.sent] = item.pixels
+        elif item.kind == "video" and isinstance(item.sent, list) and isinstance(item.pixels, list):
+            for ref, pic in zip(item.sent, item.pixels, strict=False):
+                if pic is not None:
+                    out[ref] = pic
+    return out
+
+
+def hf_messages(call: Call) -> tuple[list[dict[str, Any]], list[Any], list[tuple[list[Any], float]]]:
+    """(chat-template messages, images in order, videos as (frames, fps) in order)."""
+    pictures = _pixels(call)
+    messages: list[dict[str, Any]] = []
+    images: list[Any] = []
+    videos: list[tuple[list[Any], float]] = []
+    for m in call.messages:
+        if m.tool_calls or m.role == "tool":
+            raise UsageError("the transformers backend does not run tool calls", hint="Use --backend openai.")
+        if isinstance(m.content, str):
+            messages.append({"role": m.role, "content": m.content})
+            continue
+        parts: list[dict[str, Any]] = []
+        for part in m.content:
+            if isinstance(part, TextPart):
+                parts.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                images.append(pictures.get(part.image) or _decode_ref(part.image))
+                parts.append({"type": "image"})
+            elif isinstance(part, VideoPart):
+                if not isinstance(part.video, list):
+                    raise UsageError("the transformers backend takes a local video (sampled here into frames), "
+                                     f"not {part.video[:80]}")
+                frames = [pictures.get(ref) or _decode_ref(ref) for ref in part.video]
+                videos.append((frames, part.fps or 2.0))
+                parts.append({"type": "video"})
+        if m.role == "assistant" or m.role == "system":
+            messages.append({"role": m.role, "content": "".join(p.get("text", "") for p in parts)})
+        else:
+            messages.append({"role": m.role, "content": parts})
+    return messages, images, videos
+
+
+@dataclass
+class Inputs:
+    tensors: dict[str, Any]
+    prompt_tokens: int
+    image_tokens: int | None
+    video_tokens: int | None
+
+
+def build_inputs(loaded: Loaded, call: Call) -> Inputs:
+    """The model inputs for ``call``: chat template, image processor, placeholders expanded (see module doc)."""
+    torch, _ = _imports()
+    messages, images, videos = hf_messages(call)
+    tok = loaded.tokenizer
+    kwargs: dict[str, Any] = {}
+    if call.request.enable_thinking is not None:
+        kwargs["enable_thinking"] = call.request.enable_thinking
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    tensors: dict[str, Any] = {}
+    image_tokens = video_tokens = None
+    proc = loaded.image_processor
+    merge = int(getattr(proc, "merge_size", 2))
+    if images:
+        _check_budget(proc, images, call)
+        out = proc(images=images, return_tensors="pt")
+        tensors["pixel_values"] = out["pixel_values"]
+        tensors["image_grid_thw"] = out["image_grid_thw"]
+        counts = [int(g.prod()) // merge**2 for g in out["image_grid_thw"]]
+        text = _expand(text, "<|image_pad|>", ["<|image_pad|>" * n for n in counts])
+        image_tokens = sum(counts)
+    if videos:
+        vproc = loaded.video_processor()
+        out = vproc(videos=[frames for frames, _ in videos], return_tensors="pt", do_sample_frames=False,
+                    return_metadata=True)
+        tensors["pixel_values_videos"] = out["pixel_values_videos"]
+        tensors["video_grid_thw"] = out["video_grid_thw"]
+        vmerge = int(getattr(vproc, "merge_size", 2))
+        placeholders = []
+        total = 0
+        for i, grid in enumerate(out["video_grid_thw"]):
+            per_group = int(grid[1:].prod()) // vmerge**2
+            groups = int(grid[0])
+            total += per_group * groups
+            if loaded.family == "qwen3-vl":  # timestamps per temporal group, as Qwen3VLProcessor writes them
+                fps = videos[i][1]
+                step = int(getattr(vproc, "temporal_patch_size", 2))
+                pieces = []
+                for g in range(groups):
+                    t = (g * step + (step - 1) / 2) / fps
+                    pieces.append(f"<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_group +
+                                  "<|vision_end|>")
+                placeholders.append("".join(pieces))
+            else:
+                placeholders.append("<|video_pad|>" * (per_group * groups))
+        text = _expand(text, "<|video_pad|>", placeholders)
+        video_tokens = total
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    ids = enc["input_ids"]
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    video_id = tok.convert_tokens_to_ids("<|video_pad|>")
+    types = torch.zeros_like(ids)
+    types[ids == image_id] = 1
+    types[ids == video_id] = 2
+    tensors.update(input_ids=ids, attention_mask=enc["attention_mask"], mm_token_type_ids=types)
+    tensors = {k: v.to(loaded.device) for k, v in tensors.items()}
+    if "pixel_values" in tensors and loaded.model.dtype != tensors["pixel_values"].dtype:
+        tensors["pixel_values"] = tensors["pixel_values"].to(loaded.model.dtype)
+    return Inputs(tensors, int(ids.shape[1]), image_tokens, video_tokens)
+
+
+def _expand(text: str, token: str, replacements: list[str]) -> str:
+    pieces = text.split(token)
+    if len(pieces) - 1 != len(replacements):
+        raise UsageError(f"the chat template placed {len(pieces) - 1} {token} for {len(replacements)} inputs")
+    out = [pieces[0]]
+    for rep, rest in zip(replacements, pieces[1:], strict=True):
+        out += [rep, rest]
+    return "".join(out)
+
+
+def _check_budget(proc: Any, images: list[Any], call: Call) -> None:
+    """Refuse an image over the model's own pixel budget (its processor would shrink it silently)."""
+    size = getattr(proc, "size", None)
+    hi = getattr(size, "longest_edge", None) if size is not None and not isinstance(size, dict) else \
+        (size or {}).get("longest_edge")
+    if not hi:
+        return
+    sources = [i.source for i in call.media if i.kind == "image"]
+    for n, img in enumerate(images):
+        if img.width * img.height > hi:
+            label = sources[n] if n < len(sources) else f"image {n + 1}"
+            raise MediaError(f"{label} is sent at {img.width}x{img.height} = {img.width * img.height:,} px, over "
+                             f"the local model's budget of {hi:,} px (its processor's longest_edge)",
+                             source=label, hint="Lower --max-pixels, or drop --no-resize / --high-res.")
+
+
+# --- generation ---------------------------------------------------------------------------------------------
+
+def generate_kwargs(call: Call, loaded: Loaded) -> dict[str, Any]:
+    r = call.request
+    if r.tools:
+        raise UsageError("the transformers backend does not run tool calls", hint="Use --backend openai.")
+    if r.thinking_budget is not None:
+        raise UsageError("thinking_budget is a DashScope parameter; the transformers backend does not take it",
+                         hint="Limit the whole answer with --max-tokens instead.")
+    kw: dict[str, Any] = {"max_new_tokens": r.max_tokens}
+    if r.temperature and r.temperature > 0:
+        kw.update(do_sample=True, temperature=r.temperature)
+        if r.top_p is not None:
+            kw["top_p"] = r.top_p
+        if r.top_k is not None:
+            kw["top_k"] = r.top_k
+    else:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if r.stop:
+        kw["stop_strings"] = [r.stop] if isinstance(r.stop, str) else list(r.stop)
+        kw["tokenizer"] = loaded.tokenizer
+    for key, value in r.extra.items():
+        kw[key] = value
+    return kw
+
+
+def split_answer(text: str, stops: list[str]) -> tuple[str, str | None, bool]:
+    """(answer, reasoning, stopped): cut at the first stop string; split reasoning at ``</think>``."""
+    stopped = False
+    for stop in stops:
+        at = text.find(stop)
+        if at >= 0:
+            text, stopped = text[:at], True
+    reasoning = None
+    if "</think>" in text:
+        head, _, text = text.partition("</think>")
+        reasoning = head.replace("<think>", "").strip() or None
+        text = text.lstrip("\n")
+    return text, reasoning, stopped
+
+
+def _stops(call: Call) -> list[str]:
+    stop = call.request.stop
+    return [] if not stop else [stop] if isinstance(stop, str) else list(stop)
+
+
+def _usage(inputs: Inputs, output_tokens: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": inputs.prompt_tokens, "completion_tokens": output_tokens,
+                             "total_tokens": inputs.prompt_tokens + output_tokens}
+    details = {k: v for k, v in (("image_tokens", inputs.image_tokens), ("video_tokens", inputs.video_tokens))
+               if v is not None}
+    if details:
+        usage["prompt_tokens_details"] = details
+    return usage
+
+
+def _finish(generated: list[int], eos: set[int], max_new: int, stopped: bool) -> str:
+    if stopped or (generated and generated[-1] in eos):
+        return "stop"
+    return "length" if len(generated) >= max_new else "stop"
+
+
+def _eos(loaded: Loaded) -> set[int]:
+    cfg = getattr(loaded.model, "generation_config", None)
+    eos = getattr(cfg, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return ids
+
+
+class TransformersBackend:
+    """In-process backend (see the module doc). ``model``: hub id or folder used when a request names none."""
+
+    name = NAME
+    protocol = "openai"  # the usage log and media checks treat it as a plain OpenAI-style backend
+    media_form = "memory"
+    abilities = frozenset({"images", "video-frames", "stream", "thinking", "json"})
+
+    def __init__(self, *, model: str | None = None, family: str | None = None, device: str | None = None,
+                 dtype: str | None = None, attn_implementation: str | None = None) -> None:
+        self.model = model
+        self.family = family
+        self.device = device or "auto"
+        self.dtype = dtype or "auto"
+        self.attn_implementation = attn_implementation
+        self.base_url = None
+
+    # -- planning (no weights loaded) --
+    def adapt(self, request: Request) -> Request:
+        if "model" not in request.model_fields_set:
+            if not self.model:
+                raise UsageError("--backend transformers needs --model: a hub id or a model folder",
+                                 hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct")
+            request = request.model_copy(update={"model": self.model})
+        family_of(request.model, read_config(request.model))  # a Qwen-VL model, before anything else
+        if not request.fetch_urls:  # the model cannot fetch: remote images are downloaded and prepared here
+            request = request.model_copy(update={"fetch_urls": True})
+        if request.min_pixels is None:  # count (and send) small images as the model's processor will see them
+            low = processor_min_pixels(request.model)
+            if low and (request.max_pixels is None or low <= request.max_pixels):
+                request = request.model_copy(update={"min_pixels": low})
+        return request
+
+    def model_info(self, name: str) -> ModelInfo:
+        cfg = read_config(name)
+        fam = self.family or family_of(name, cfg)
+        return families.family_model(name, fam, factor=_factor(cfg))
+
+    def loaded(self, name: str) -> Loaded:
+        return load(name, device=self.device, dtype=self.dtype, attn_implementation=self.attn_implementation)
+
+    def _body(self, call: Call) -> dict[str, Any]:
+        from qwenvl.protocols import openai as wire
+
+        eng = wire.Engine("transformers")
+        return {"model": call.request.model, "device": self.device, "dtype": self.dtype,
+                "attn_implementation": self.attn_implementation,
+                "messages": [wire.message(m, eng) for m in call.messages],
+                "generate": {k: v for k, v in call.params.items() if k != "response_format"}}
+
+    def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
+        return f"in-process:{call.request.model}", self._body(call)
+
+    def cache_key(self, call: Call) -> str:
+        from qwenvl.batch.cache import cache_key
+
+        return cache_key(NAME, str(Path(call.request.model).expanduser().resolve()) if _is_folder(call.request.model)
+                         else call.request.model, self._body(call))
+
+    def close(self) -> None:
+        pass  # the loaded model stays cached for the process
+
+    # -- answering --
+    def complete(self, call: Call) -> Response:
+        ensure_sendable(call)
+        torch, _ = _imports()
+        loaded = self.loaded(call.request.model)
+        gen = generate_kwargs(call, loaded)
+        with loaded.lock:
+            inputs = build_inputs(loaded, call)
+            if call.request.seed is not None:
+                torch.manual_seed(call.request.seed)
+            with torch.inference_mode():
+                out = loaded.model.generate(**inputs.tensors, **gen)
+        generated = out[0, inputs.prompt_tokens:].tolist()
+        raw = loaded.tokenizer.decode(generated, skip_special_tokens=True)
+        text, reasoning, stopped = split_answer(raw, _stops(call))
+        return self._response(call, text, reasoning, _usage(inputs, len(generated)),
+                              _finish(generated, _eos(loaded), gen["max_new_tokens"], stopped))
+
+    def _response(self, call: Call, text: str, reasoning: str | None, usage: dict[str, Any],
+                  finish: str) -> Response:
+        return make_response(text=text, model=call.request.model, usage=usage,
+                             request_id=f"local-{uuid.uuid4().hex[:12]}", finish_reason=finish, reasoning=reasoning,
+                             tool_calls=None, protocol=NAME)
+
+    def stream(self, call: Call) -> Iterator[StreamEvent]:
+        ensure_sendable(call)
+        torch, transformers = _imports()
+        loaded = self.loaded(call.request.model)
+        gen = generate_kwargs(call, loaded)
+        timeout = call.request.timeout_s
+        if not loaded.lock.acquire(timeout=timeout):
+            raise APITimeoutError(f"the local model stayed busy for {timeout:g} s (one generation at a time)")
+        cancel = threading.Event()
+        result: dict[str, Any] = {}
+        try:
+            inputs = build_inputs(loaded, call)
+            streamer = transformers.TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                                         timeout=timeout)
+
+            class _Cancel(transformers.StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
+                                      device=input_ids.device)
+
+            def run() -> None:
+                try:
+                    if call.request.seed is not None:
+                        torch.manual_seed(call.request.seed)
+                    with torch.inference_mode():
+                        result["out"] = loaded.model.generate(
+                            **inputs.tensors, **gen, streamer=streamer,
+                            stopping_criteria=transformers.StoppingCriteriaList([_Cancel()]))
+                except BaseException as exc:  # handed to the consumer below
+                    result["error"] = exc
+                    streamer.end()
+
+            worker = threading.Thread(target=run, name="qwenvl-generate", daemon=True)
+            worker.start()
+            yield from self._relay(call, streamer, worker, result, inputs, loaded, gen, cancel, timeout)
+        finally:
+            cancel.set()
+            loaded.lock.release()
+
+    def _relay(self, call: Call, streamer: Any, worker: threading.Thread, result: dict[str, Any], inputs: Inputs,
+               loaded: Loaded, gen: dict[str, Any], cancel: threading.Event, timeout: float) -> Iterator[StreamEvent]:
+        """Deltas as they come, holding back what may be the start of a stop string or of ``</think>``;
+        reasoning until ``</think>`` when thinking was asked for."""
+        import queue
+
+        stops = _stops(call)
+        marks = [*stops, "</think>"]
+        hold = max(len(m) for m in marks) - 1
+        kind = "reasoning" if call.request.enable_thinking else "text"
+        raw = ""
+        shown = 0  # characters of ``raw`` already handed out (or skipped, for </think>)
+        stopped = False
+        try:
+            for piece in streamer:
+                raw += piece
+                while True:
+                    think = raw.find("</think>", shown)
+                    cut = min((i for i in (raw.find(s, shown) for s in stops) if i >= 0), default=-1)
+                    if think >= 0 and (cut < 0 or think < cut):
+                        if think > shown:
+                            yield StreamEvent(type=kind, text=raw[shown:think])
+                        shown, kind = think + len("</think>"), "text"
+                        continue
+                    break
+                if cut >= 0:
+                    if cut > shown:
+                        yield StreamEvent(type=kind, text=raw[shown:cut])
+                    shown, stopped = cut, True
+                    cancel.set()
+                    break
+                safe = len(raw) - hold
+                if safe > shown:
+                    yield StreamEvent(type=kind, text=raw[shown:safe])
+                    shown = safe
+        except queue.Empty:
+            cancel.set()
+            raise APITimeoutError(f"the local model produced nothing for {timeout:g} s") from None
+        if not stopped and shown < len(raw):
+            yield StreamEvent(type=kind, text=raw[shown:])
+        worker.join(timeout)
+        if "error" in result:
+            raise UsageError(f"generation failed: {result['error']}") from result["error"]
+        out = result.get("out")
+        generated = out[0, inputs.prompt_tokens:].tolist() if out is not None else []
+        answer, reasoning, cut_here = split_answer(raw, stops)
+        response = self._response(call, answer, reasoning, _usage(inputs, len(generated)),
+                                  _finish(generated, _eos(loaded), gen["max_new_tokens"], stopped or cut_here))
+        yield StreamEvent(type="done", response=response)
+
+
+class AsyncTransformersBackend:
+    """The asyncio face of TransformersBackend: generation runs on worker threads."""
+
+    name = NAME
+    protocol = "openai"
+    media_form = "memory"
+    abilities = TransformersBackend.abilities
+
+    def __init__(self, **kw: Any) -> None:
+        self._sync = TransformersBackend(**kw)
+        self.base_url = None
+
+    def adapt(self, request: Request) -> Request:
+        return self._sync.adapt(request)
+
+    def model_info(self, name: str) -> ModelInfo:
+        return self._sync.model_info(name)
+
+    def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
+        return self._sync.preview_body(call, stream)
+
+    def cache_key(self, call: Call) -> str:
+        return self._sync.cache_key(call)
+
+    async def aclose(self) -> None:
+        pass
+
+    async def complete(self, call: Call) -> Response:
+        return await asyncio.to_thread(self._sync.complete, call)
+
+    async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
+        events = self._sync.stream(call)
+        done = object()
+        try:
+            while True:
+                event = await asyncio.to_thread(next, events, done)
+                if event is done:
+                    return
+                yield event  # type: ignore[misc]
+        finally:
+            await asyncio.to_thread(events.close)
+
+
+__all__ = ["AsyncTransformersBackend", "Loaded", "TransformersBackend", "build_inputs", "load"]
