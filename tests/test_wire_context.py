@@ -67,7 +67,7 @@ def test_a_long_video_is_refused(server, env, long_clip, protocol):
 
 
 def test_a_frame_list_is_refused(server, isolated_env):
-    frames = [str(_noise(isolated_env / f"f{i:02}.jpg", 960)) for i in range(96)]
+    frames = [str(_noise(isolated_env / f"f{i:02}.jpg", 960)) for i in range(112)]  # about 40,800 tokens: over 38,192
     with make_client(server) as c, pytest.raises(qwenvl.MediaError, match=r"1 video .* over qwen-vl-ocr's context"):
         c.complete(prompt="x", video=frames, model="qwen-vl-ocr")
     assert server.requests == []
