@@ -57,6 +57,8 @@ def test_vllm_service_has_the_gpu_settings(compose):
     assert any(v.endswith(":/root/.cache/huggingface") for v in vllm["volumes"])
     assert "/health" in " ".join(vllm["healthcheck"]["test"])
     assert vllm["ports"] == ["127.0.0.1:8000:8000"]  # vLLM has no key: loopback only
+    # qwenvl puts per-request budgets and fps in mm_processor_kwargs; recent vLLM refuses them without this flag
+    assert "--trust-request-mm-kwargs" in vllm["command"]
     assert compose["services"]["qwenvl"]["depends_on"]["vllm"]["condition"] == "service_healthy"
 
 
