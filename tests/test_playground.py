@@ -159,3 +159,26 @@ def test_dark_mode_is_readable(browser, site):
         context.close()
     assert colours["light"] != colours["dark"]
     assert colours["dark"][0] == "rgb(21, 21, 26)" and colours["dark"][1] == "rgb(236, 236, 241)"
+
+
+def test_a_wrong_key_then_the_right_one_and_a_file_that_is_not_media(browser, site, isolated_env):
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    pg.goto(site.url + "/")
+    pg.fill("#keyinput", "wrong-key")
+    pg.click("#keydialog button")
+    pg.wait_for_selector("#error:not([hidden])")
+    assert "Invalid API-key" in pg.inner_text("#error")
+    pg.fill("#prompt", "hello")
+    pg.press("#prompt", "Enter")  # asks for the key again: the right one this time
+    pg.fill("#keyinput", SERVE_KEY)
+    pg.click("#keydialog button")
+    pg.wait_for_function("document.querySelector('#model').options.length > 0")  # the list is fetched again
+    notes = isolated_env / "notes.txt"
+    notes.write_text("not a picture")
+    pg.set_input_files("#files", str(notes))
+    pg.wait_for_selector("#error:not([hidden])")
+    assert "notes.txt is not an image, a video or a PDF" in pg.inner_text("#error")
+    assert not pg.query_selector_all("#attachments li")
+    context.close()

@@ -545,3 +545,84 @@ def test_slots_are_given_back_after_every_kind_of_answer(server):
                 {"role": "user", "content": [{"text": "hi"}]}]}}).status_code == 400
             assert post(s, COMPAT, {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}).status_code == 400
+
+
+# --- in front of a local engine (the openai backend and a loopback vLLM double) ------------------------------
+
+def engine_gateway(srv: Any, **settings: Any) -> Served:
+    client = qwenvl.AsyncClient(backend="openai", base_url=srv.base_url, retry_backoff_s=0.01)
+    settings.setdefault("api_key", SERVE_KEY)
+    settings.setdefault("pass_model_names", False)
+    settings.setdefault("fetch_urls", True)
+    return Served(create_app(client, ServeSettings(**settings)))
+
+
+def test_sdks_run_unchanged_on_a_local_engine(png):
+    """The seed docs' code (model="qwen-vl-max") against a local vLLM: the served model answers."""
+    openai = pytest.importorskip("openai")
+    dashscope = pytest.importorskip("dashscope")
+    from engine_server import EngineServer
+
+    with EngineServer(engine="vllm", details=True, served="qwen2.5-vl-tiny") as srv, engine_gateway(srv) as s:
+        sdk = openai.OpenAI(base_url=s.url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0)
+        r = sdk.chat.completions.create(model="qwen-vl-max", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(png)}}, {"type": "text", "text": "What?"}]}])
+        assert r.choices[0].message.content.startswith("images=1 ") and r.model == "qwen-vl-max"
+        assert r.usage.prompt_tokens_details.model_extra.get("image_tokens") or r.usage.prompt_tokens > 0
+        assert srv.requests[-1].json["model"] == "qwen2.5-vl-tiny"  # the served model, whatever the name
+        chunks = sdk.chat.completions.create(model="qwen-vl-max", stream=True, stream_options={"include_usage": True},
+                                             messages=[{"role": "user", "content": "hello there"}])
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.endswith("hello there")
+        models = httpx.get(s.url + "/v1/models", headers={"Authorization": f"Bearer {SERVE_KEY}"}).json()
+        assert [m["id"] for m in models["data"]] == ["qwen2.5-vl-tiny"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(dashscope, "base_http_api_url", s.url + "/api/v1")
+            r = dashscope.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen-vl-max", messages=[
+                {"role": "user", "content": [{"image": f"file://{png}"}, {"text": "Local file?"}]}])
+        assert r.status_code == 200, (r.code, r.message)
+        assert r.output.choices[0].message.content[0]["text"].startswith("images=1 ")
+
+
+def test_a_local_backend_refuses_private_urls_and_names_not_served(png):
+    from engine_server import EngineServer
+
+    with EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as srv, \
+            engine_gateway(srv, model_map={"local-vl": None}) as s:
+        private = {"model": "local-vl", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}},
+            {"type": "text", "text": "x"}]}]}
+        r = post(s, COMPAT, private)
+        assert r.status_code == 400 and "private or reserved" in r.json()["error"]["message"]
+        r = post(s, COMPAT, {"model": "qwen-vl-max", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 404
+        assert not [q for q in srv.requests if q.path.endswith("/chat/completions")]
+
+
+def test_upstream_key_refused_is_the_servers_problem_not_the_callers(server):
+    client = qwenvl.AsyncClient(api_key="sk-wrong-upstream", base_url=server.url, retry_backoff_s=0.01)
+    with Served(create_app(client, ServeSettings(api_key=SERVE_KEY))) as s:
+        r = post(s, COMPAT, {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 502 and "this server's own credentials" in r.json()["error"]["message"]
+        r = post(s, NATIVE, {"model": "qwen3-vl-plus", "input": {"messages": [
+            {"role": "user", "content": [{"text": "hi"}]}]}})
+        assert r.status_code == 502 and r.json()["code"] != "InvalidApiKey"
+
+
+def test_errors_name_the_callers_reference_not_the_servers_folder(served, isolated_env):
+    dashscope = pytest.importorskip("dashscope")
+    notimg = isolated_env / "notimg.png"
+    notimg.write_text("this is not an image")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dashscope, "base_http_api_url", served.url + "/api/v1")
+        r = dashscope.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen3-vl-plus", messages=[
+            {"role": "user", "content": [{"image": f"file://{notimg}"}, {"text": "What?"}]}])
+    assert r.status_code == 400
+    assert "oss://" in r.message and "qwenvl-serve-uploads" not in r.message and "/tmp/" not in r.message
+
+
+def test_unknown_paths_answer_in_the_services_shape(served):
+    r = httpx.get(served.url + "/api/v1/nothing")
+    assert r.status_code == 404 and set(r.json()) == {"code", "message", "request_id"}
+    r = httpx.get(served.url + "/compatible-mode/v1/chat/completions")
+    assert r.status_code == 405 and "error" in r.json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import click
@@ -43,6 +44,10 @@ from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
               help="Seconds one request may take, streaming included.")
 @click.option("--upload-dir", help="Folder for the temporary uploads (default: a private temporary folder).")
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
+@click.option("--family", type=click.Choice(["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]),
+              help="A local model's family when its name does not say.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="--backend transformers.")
+@click.option("--dtype", help="--backend transformers: auto, float32, bfloat16 or float16.")
 @click.option("--region", help="Gateway: the DashScope region (cn, intl, us).")
 @pass_opts
 def serve(opts: dict[str, Any]) -> None:
@@ -78,16 +83,20 @@ def serve(opts: dict[str, Any]) -> None:
                                      ("base_url", opts["upstream"]), ("model", opts["backend_model"])) if v}
     else:
         options = {k: v for k, v in (("base_url", opts["upstream"]), ("model", opts["backend_model"]),
-                                     ("engine", opts["engine"])) if v}
+                                     ("engine", opts["engine"]), ("family", opts["family"]),
+                                     ("device", opts["device"]), ("dtype", opts["dtype"])) if v}
+        if backend == "transformers" and not opts["backend_model"]:
+            raise UsageError("--backend transformers needs --model: a hub id or a model folder")
         if opts["workers"] > 1 and backend == "transformers":
             raise UsageError("--workers must be 1 with --backend transformers (one model per process)")
-    names = list(opts["model_names"]) or ([] if backend == "dashscope" or not opts["backend_model"]
-                                          else [opts["backend_model"]])
-    target = opts["backend_model"]
+    # the names clients send: --model-name ones (mapped to the backend's model); none: any name, passed on to
+    # the cloud, or answered by a local backend's own model (so code written for Model Studio runs unchanged)
+    target = opts["backend_model"] if backend != "dashscope" else None
     config = {
         "backend": backend, "backend_options": options, "upload_dir": opts["upload_dir"],
         "settings": {
-            "api_key": api_key, "model_map": {n: target or n for n in names},
+            "api_key": api_key, "model_map": {n: target for n in opts["model_names"]},
+            "pass_model_names": backend == "dashscope",
             "fetch_urls": backend != "dashscope", "allow_private_urls": opts["allow_private_urls"],
             "max_body_bytes": opts["max_body_mb"] * 1024 * 1024, "max_media_items": opts["max_images"],
             "max_concurrent_per_key": opts["max_concurrent"], "request_timeout_s": opts["request_timeout"],
@@ -96,8 +105,29 @@ def serve(opts: dict[str, Any]) -> None:
     from qwenvl.server.main import CONFIG_ENV
 
     os.environ[CONFIG_ENV] = json.dumps(config)
-    where = f"http://{opts['host']}:{opts['port']}"
-    err_console().print(f"[dim]qwenvl serve ({backend}) on {where}: compatible {where}/compatible-mode/v1, "
-                        f"native {where}/api/v1[/]", highlight=False)
-    uvicorn.run("qwenvl.server.main:app_from_env", factory=True, host=opts["host"], port=opts["port"],
-                workers=opts["workers"], log_level="warning", timeout_graceful_shutdown=5)
+    sock = listen(opts["host"], opts["port"])  # bound before the banner: its port is real, clients may connect
+    host, port = sock.getsockname()[:2]
+    where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    err_console().print(f"qwenvl serve ({backend}) on {where}: compatible-mode {where}/compatible-mode/v1, "
+                        f"native {where}/api/v1, playground {where}/", highlight=False, soft_wrap=True)
+    try:
+        uvicorn.run("qwenvl.server.main:app_from_env", factory=True, fd=sock.fileno(), workers=opts["workers"],
+                    log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port`` (0: a free port); UsageError (exit 2) when it cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                         hint="Choose another --port (0 picks a free one) or stop what holds this one.") from None
+    sock.set_inheritable(True)  # uvicorn's worker processes take it over
+    return sock

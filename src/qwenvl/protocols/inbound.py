@@ -241,6 +241,7 @@ _KINDS: dict[str, tuple[int, str, str, str]] = {
     "forbidden": (403, "AccessDenied", "access_denied", "invalid_request_error"),
     "not_found": (404, "ModelNotFound", "model_not_found", "invalid_request_error"),
     "too_large": (413, "RequestTooLarge", "request_too_large", "invalid_request_error"),
+    "invalid_output": (422, "InvalidModelOutput", "invalid_model_output", "invalid_request_error"),
     "throttled": (429, "Throttling.RateQuota", "limit_requests", "requests"),
     "internal": (500, "InternalError", "internal_error", "internal_error"),
     "upstream": (502, "InternalError.Upstream", "upstream_error", "internal_error"),
@@ -250,8 +251,10 @@ _KINDS: dict[str, tuple[int, str, str, str]] = {
 
 def error_kind(exc: BaseException) -> tuple[int, str | None]:
     """(HTTP status, the service's own code when it sent one) for an exception raised while answering."""
-    from qwenvl.errors import APIConnectionError, APITimeoutError, MalformedResponseError
+    from qwenvl.errors import APIConnectionError, APITimeoutError, MalformedResponseError, StructuredOutputError
 
+    if isinstance(exc, StructuredOutputError):  # the model's answer does not fit the schema asked for
+        return 422, None
     if isinstance(exc, APIStatusError):
         return exc.status, exc.code
     if isinstance(exc, APITimeoutError):

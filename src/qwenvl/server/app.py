@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.errors import APIStatusError, MediaError, QwenVLError, UsageError
 from qwenvl.media.sources import to_data_url
 from qwenvl.protocols import inbound
 from qwenvl.server.security import bearer, fetch_public, key_matches
@@ -52,7 +52,9 @@ class ServeSettings:
     """Limits and rules of one server. Sizes in bytes, times in seconds."""
 
     api_key: str | None = None  # None: no authentication (the CLI allows it only on loopback)
-    model_map: dict[str, str] = field(default_factory=dict)  # name clients send -> backend model; {} = any
+    model_map: dict[str, str | None] = field(default_factory=dict)  # name clients send -> backend model
+    # (None: the backend's own); {} = any name: passed on to a cloud gateway, the backend's model for a local one
+    pass_model_names: bool = True
     fetch_urls: bool = False  # fetch http(s) media here (local backends); a cloud gateway passes URLs on
     allow_private_urls: bool = False
     max_body_bytes: int = 32 * 1024 * 1024
@@ -116,6 +118,17 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         store.close()
 
     app = FastAPI(title="qwenvl serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: HTTPRequest, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown paths and methods answer in the service's shape, not the framework's."""
+        proto = "native" if request.url.path.startswith("/api/") else "compat"
+        message = {404: f"no such endpoint: {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(error_body(proto, exc.status_code, message, None, str(uuid.uuid4())),
+                            status_code=exc.status_code)
     app.state.client, app.state.settings, app.state.uploads = client, settings, store
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -144,7 +157,7 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         except (ValueError, RecursionError):
             raise _Refused(400, "the request body is not valid JSON") from None
 
-    async def resolve_ref(ref: str, model: str, oss_ok: bool) -> str:
+    async def resolve_ref(ref: str, model: str, oss_ok: bool, aliases: dict[str, str] | None = None) -> str:
         lower = ref[:12].lower()
         if lower.startswith("data:"):
             return ref
@@ -161,12 +174,16 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
             if not oss_ok:
                 raise MediaError(f"{ref}: oss:// references need the header X-DashScope-OssResourceResolve: enable",
                                  source=ref)
-            return str(store.resolve(ref, model))
+            path = str(store.resolve(ref, model))
+            if aliases is not None:
+                aliases[path] = ref  # errors about the file name the caller's reference, not our folder
+            return path
         raise MediaError(f"{ref[:80]!r}: this server does not read local paths or file:// URLs", source=ref[:80],
                          hint="Send the file as a data: URL, or upload it (the dashscope SDK does this for "
                               "file:// paths).")
 
-    async def resolve_media(messages: list[Message], model: str, oss_ok: bool) -> list[Message]:
+    async def resolve_media(messages: list[Message], model: str, oss_ok: bool,
+                            aliases: dict[str, str]) -> list[Message]:
         items = 0
         out = []
         for m in messages:
@@ -177,34 +194,32 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
             for p in m.content:
                 if isinstance(p, ImagePart):
                     items += 1
-                    p = p.model_copy(update={"image": await resolve_ref(p.image, model, oss_ok)})
+                    p = p.model_copy(update={"image": await resolve_ref(p.image, model, oss_ok, aliases)})
                 elif isinstance(p, VideoPart):
                     items += 1
                     if isinstance(p.video, list):
                         if len(p.video) > settings.max_frames:
                             raise _Refused(400, f"a video has {len(p.video)} frames, over this server's limit "
                                                 f"of {settings.max_frames}")
-                        frames = [await resolve_ref(f, model, oss_ok) for f in p.video]
+                        frames = [await resolve_ref(f, model, oss_ok, aliases) for f in p.video]
                         p = p.model_copy(update={"video": frames})
                     else:
-                        p = p.model_copy(update={"video": await resolve_ref(p.video, model, oss_ok)})
+                        p = p.model_copy(update={"video": await resolve_ref(p.video, model, oss_ok, aliases)})
                 parts.append(p)
             if items > settings.max_media_items:
                 raise _Refused(400, f"the request has more than {settings.max_media_items} images or videos")
             out.append(m.model_copy(update={"content": parts}))
         return out
 
-    async def plan(parsed: inbound.Inbound, request: HTTPRequest) -> Any:
+    async def plan(parsed: inbound.Inbound, request: HTTPRequest, aliases: dict[str, str]) -> Any:
         req = parsed.request
-        model = req.model
-        if settings.model_map:
-            if model not in settings.model_map:
-                raise _Refused(404, f"Model not exist: {model} (this server serves "
-                                    f"{', '.join(sorted(settings.model_map))})")
-            model = settings.model_map[model]
+        target = served_model(req.model)
         oss_ok = request.headers.get(OSS_RESOLVE_HEADER, "").lower() == "enable"
-        messages = await resolve_media(req.messages, req.model, oss_ok)
-        fields = {**req.model_dump(exclude_unset=True), "messages": messages, "model": model}
+        messages = await resolve_media(req.messages, req.model, oss_ok, aliases)
+        fields = {**req.model_dump(exclude_unset=True), "messages": messages}
+        fields.pop("model", None)
+        if target:
+            fields["model"] = target
         if any(m.media() for m in messages):  # decoding and resizing: off the event loop
             call = await asyncio.to_thread(client.plan, fields)
         else:  # text only: planning is microseconds, a thread hop would cost more
@@ -213,26 +228,52 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         call.params = {k: v for k, v in call.params.items() if k in parsed.given}
         return call
 
+    def served_model(name: str) -> str | None:
+        """The backend's model for the name a client sent (None: the backend's own); 404 when not served."""
+        if settings.model_map:
+            if name not in settings.model_map:
+                raise _Refused(404, f"Model not exist: {name} (this server serves "
+                                    f"{', '.join(sorted(settings.model_map))})")
+            return settings.model_map[name]
+        return name if settings.pass_model_names else None
+
     def error_body(proto: str, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
         if proto == "native":
             return inbound.native_error(status, message, request_id=rid, code=code)
         return inbound.compat_error(status, message, request_id=rid, code=code)
 
-    def refuse(proto: str, exc: BaseException, rid: str) -> JSONResponse:
+    def describe(exc: BaseException, rid: str, aliases: dict[str, str] | None = None
+                 ) -> tuple[int, str, str | None, dict[str, str]]:
+        """(status, one-line message, service code, headers) for any failure; nothing internal leaks: no
+        traceback, no server path (an upload's path is named by its oss:// reference), no key."""
+        if isinstance(exc, TimeoutError):
+            exc = _Refused(504, "the request timed out on this server")
         if isinstance(exc, _Refused):
-            status, message, code, headers = exc.status, exc.message, exc.code, exc.headers
-        else:
-            status, code = inbound.error_kind(exc)
-            message = _message(exc)
-            hint = getattr(exc, "hint", None)
-            if hint and isinstance(exc, UsageError | MediaError):
-                message = f"{message} ({hint})"
-            headers = {}
-            retry_after = getattr(exc, "retry_after", None)
-            if status == 429 and retry_after:
-                headers["Retry-After"] = str(int(retry_after + 0.999))
-        if not isinstance(exc, QwenVLError | _Refused):
+            return exc.status, exc.message, exc.code, exc.headers
+        status, code = inbound.error_kind(exc)
+        message = _message(exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, APIStatusError) and status in (401, 403):  # the upstream refused *our* credentials
+            log.warning("the upstream refused this server's credentials (HTTP %s %s) answering %s", status,
+                        exc.code, rid)
+            status, code = 502, None
+            message = ("the upstream service refused this server's own credentials (HTTP "
+                       f"{exc.status}); the server's operator must fix its upstream key")
+        hint = getattr(exc, "hint", None)
+        if hint and isinstance(exc, UsageError | MediaError):
+            message = f"{message} ({hint})"
+        for path, ref in (aliases or {}).items():
+            message = message.replace(path, ref)
+        message = message.replace(str(store.folder), "(upload)")
+        retry_after = getattr(exc, "retry_after", None)
+        if status == 429 and retry_after:
+            headers["Retry-After"] = str(int(retry_after + 0.999))
+        if not isinstance(exc, QwenVLError):
             log.exception("internal error while answering %s", rid)
+        return status, message, code, headers
+
+    def refuse(proto: str, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
+        status, message, code, headers = describe(exc, rid, aliases)
         return JSONResponse(error_body(proto, status, message, code, rid), status_code=status, headers=headers)
 
     async def handle(request: HTTPRequest, proto: str) -> Any:
@@ -250,20 +291,19 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         except Exception as exc:
             return refuse(proto, exc, rid)
         streaming = False
+        aliases: dict[str, str] = {}
         try:
             async with asyncio.timeout(settings.request_timeout_s):
-                call = await plan(parsed, request)
+                call = await plan(parsed, request, aliases)
                 if not parsed.stream:
                     response = await client.send(call)
                     return JSONResponse(wire_response(proto, parsed, response, rid))
             streaming = True  # from here the stream owns the slot and gives it back when it ends
-            return _EventStream(stream_body(proto, parsed, call, rid), on_close=lambda: slots.give(key),
+            return _EventStream(stream_body(proto, parsed, call, rid, aliases), on_close=lambda: slots.give(key),
                                 media_type="text/event-stream",
                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        except TimeoutError:
-            return refuse(proto, _Refused(504, "the request timed out on this server"), rid)
         except Exception as exc:
-            return refuse(proto, exc, rid)
+            return refuse(proto, exc, rid, aliases)
         finally:
             if not streaming:
                 slots.give(key)
@@ -275,7 +315,8 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         return inbound.compat_response(response, completion_id=f"chatcmpl-{rid}", created=int(time.time()),
                                        model=parsed.request.model)
 
-    async def stream_body(proto: str, parsed: inbound.Inbound, call: Any, rid: str) -> AsyncIterator[bytes]:
+    async def stream_body(proto: str, parsed: inbound.Inbound, call: Any, rid: str,
+                          aliases: dict[str, str]) -> AsyncIterator[bytes]:
         created, cid, model = int(time.time()), f"chatcmpl-{rid}", parsed.request.model
         text, reasoning, n = [], [], 0
         deadline = time.monotonic() + settings.request_timeout_s
@@ -307,16 +348,8 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                         else "".join(reasoning)), event_id=n, event="result", status=200)
         except asyncio.CancelledError:  # the caller went away: stop generating, free the slot
             raise
-        except Exception as exc:
-            if isinstance(exc, TimeoutError):
-                exc = _Refused(504, "the request timed out on this server")
-            if isinstance(exc, _Refused):
-                status, message, code = exc.status, exc.message, exc.code
-            else:
-                status, code = inbound.error_kind(exc)
-                message = _message(exc)
-                if not isinstance(exc, QwenVLError):
-                    log.exception("internal error while streaming %s", rid)
+        except Exception as exc:  # an error inside a stream is an error event
+            status, message, code, _ = describe(exc, rid, aliases)
             body = error_body(proto, status, message, code, rid)
             if proto == "native":
                 yield _sse(body, event_id=n + 1, event="error", status=status)
@@ -360,7 +393,14 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
             authorize(request)
         except _Refused as exc:
             return refuse("compat", exc, str(uuid.uuid4()))
-        names = sorted(settings.model_map) or _known_models()
+        names = sorted(settings.model_map)
+        if not names and settings.pass_model_names:
+            names = _known_models()
+        elif not names:  # a local backend: the model it serves
+            try:
+                names = [(await asyncio.to_thread(client.resolve_model)).name]
+            except QwenVLError as exc:
+                return refuse("compat", exc, str(uuid.uuid4()))
         return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
                                                          "owned_by": "qwenvl"} for n in names]})
 
@@ -422,13 +462,6 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                 raise _Refused(400, "the body must be a JSON object")
             return body
 
-        def served_model(name: str) -> str:
-            if settings.model_map:
-                if name not in settings.model_map:
-                    raise _Refused(404, f"Model not exist: {name}")
-                return settings.model_map[name]
-            return name
-
         page.add_routes(app, client, guard=guard, resolve=lambda ref, model: resolve_ref(ref, model, False),
                         fail=lambda exc: refuse("compat", exc, str(uuid.uuid4())), model_for=served_model)
     return app
@@ -464,6 +497,8 @@ class _EventStream(StreamingResponse):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await self._run(scope, receive, send)
+        except asyncio.CancelledError:  # the server is shutting down mid-stream: end quietly, no traceback
+            log.info("a stream was cancelled by the server's shutdown")
         finally:
             await _aclose(self.body_iterator)
             self._on_close()

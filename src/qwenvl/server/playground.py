@@ -34,7 +34,7 @@ Resolve = Callable[[str, str], Awaitable[str]]  # a media reference under the se
 
 
 def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
-               fail: Callable[[BaseException], JSONResponse], model_for: Callable[[str], str]) -> None:
+               fail: Callable[[BaseException], JSONResponse], model_for: Callable[[str], str | None]) -> None:
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -52,7 +52,8 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
         return value
 
     def options(body: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": model_for(field(body, "model"))}
+        target = model_for(field(body, "model"))  # None: a local backend's own model
+        out: dict[str, Any] = {"model": target} if target else {}
         if body.get("detail") in ("auto", "low", "high"):
             out["detail"] = body["detail"]
         if isinstance(body.get("vl_high_resolution_images"), bool):
@@ -66,12 +67,12 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
             refs = body.get("images") or []
             if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
                 raise UsageError("images must be a list of data: URLs or https:// URLs")
-            images = [await resolve(r, opts["model"]) for r in refs]
+            images = [await resolve(r, opts.get("model", "")) for r in refs]
             video = body.get("video")
             if isinstance(video, str):
-                video = await resolve(video, opts["model"])
+                video = await resolve(video, opts.get("model", ""))
             elif isinstance(video, list):
-                video = [await resolve(v, opts["model"]) for v in video]
+                video = [await resolve(v, opts.get("model", "")) for v in video]
             call = await asyncio.to_thread(client.plan, prompt="estimate", images=images, video=video,
                                            estimate_only=True, **opts)
         except Exception as exc:
@@ -93,7 +94,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
         try:
             body = await guard(request)
             opts = options(body)
-            image = await resolve(field(body, "image"), opts["model"])
+            image = await resolve(field(body, "image"), opts.get("model", ""))
             call = await asyncio.to_thread(plan_ground, client, image, field(body, "query"),
                                            points=bool(body.get("points")), **opts)
             response = await client.send(call)
@@ -110,7 +111,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
         try:
             body = await guard(request)
             opts = options(body)
-            image = await resolve(field(body, "image"), opts["model"])
+            image = await resolve(field(body, "image"), opts.get("model", ""))
             call = await asyncio.to_thread(plan_ocr, client, image, **opts)
             response = await client.send(call)
         except Exception as exc:
@@ -123,7 +124,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
         try:
             body = await guard(request)
             opts = options(body)
-            image = await resolve(field(body, "image"), opts["model"])
+            image = await resolve(field(body, "image"), opts.get("model", ""))
             schema = field(body, "schema", dict)
             call = await asyncio.to_thread(plan_extract, client, image, schema, **opts)
             response = await client.send(call)

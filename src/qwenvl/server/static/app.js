@@ -35,6 +35,7 @@ function askKey() {
     dlg.addEventListener("close", () => {
       const v = $("keyinput").value.trim();
       if (v) sessionStorage.setItem(KEY, v);
+      if (v && !$("model").options.length) loadModels(load().model);  // the list failed with the old key
       resolve(Boolean(v));
     }, { once: true });
     dlg.showModal();
@@ -101,7 +102,12 @@ function kindOf(file) {
   return "image";
 }
 async function addFiles(files) {
+  showError("");
   for (const file of files) {
+    if (!/^(image|video)\//.test(file.type) && file.type !== "application/pdf") {
+      showError(`${file.name || "the file"} is not an image, a video or a PDF`);
+      continue;
+    }
     const url = await readAsDataURL(file);
     state.attachments.push({ name: file.name || "pasted image", kind: kindOf(file), url, estimate: null });
   }
@@ -153,6 +159,11 @@ async function estimate() {
   }));
   if (run !== estimateRun) return;
   renderAttachments();
+  const failed = state.attachments.filter((a) => a.estimate && a.estimate.error);
+  if (failed.length) {
+    total.textContent = `Cannot send ${failed.map((a) => a.name).join(", ")}: see the error next to it`;
+    return;
+  }
   const ok = state.attachments.map((a) => a.estimate).filter((e) => e && !e.error);
   const tokens = ok.reduce((s, e) => s + e.total_tokens, 0);
   const cost = ok.every((e) => e.cost !== null) ? ok.reduce((s, e) => s + e.cost, 0) : null;
@@ -207,6 +218,7 @@ function drawBoxes(canvas, url, result) {
       ctx.fillText(p.label, p.x + lw * 4, p.y);
     }
     canvas.dataset.drawn = String((result.boxes || []).length + (result.points || []).length);
+    scrollEnd();
   };
   img.src = url;
 }
@@ -218,7 +230,13 @@ function render(m) {
     const thumbs = document.createElement("div");
     thumbs.className = "thumbs";
     for (const p of media) {
-      if (p.type !== "image") { const s = document.createElement("span"); s.textContent = `[${p.type}: ${p.name || ""}]`; thumbs.append(s); continue; }
+      if (p.type !== "image" || (p.kind && p.kind !== "image")) {
+        const s = document.createElement("span");
+        s.className = "file";
+        s.textContent = `[${p.kind || p.type}: ${p.name || ""}]`;
+        thumbs.append(s);
+        continue;
+      }
       const img = document.createElement("img"); img.src = p.url; img.alt = p.name || "image"; thumbs.append(img);
     }
     div.append(thumbs);
@@ -248,10 +266,15 @@ function render(m) {
   if (m.meta) { const meta = document.createElement("div"); meta.className = "meta"; meta.textContent = m.meta; div.append(meta); }
   return div;
 }
+function scrollEnd() {
+  const log = $("log");
+  log.scrollTop = log.scrollHeight;
+}
 function renderLog() {
   const log = $("log");
   log.replaceChildren(...state.messages.map(render));
-  log.scrollTop = log.scrollHeight;
+  for (const img of log.querySelectorAll("img")) if (!img.complete) img.addEventListener("load", scrollEnd, { once: true });
+  scrollEnd();
 }
 function usageLine(u) {
   if (!u) return "";
@@ -297,14 +320,15 @@ async function send(event) {
   showError("");
   const prompt = $("prompt").value.trim();
   const m = mode();
-  const image = lastImage();
+  const image = lastImage();  // find, OCR and extract read one image (or a PDF's pages)
   if (!prompt && m !== "ocr" && m !== "extract") { showError("Write a question first."); return; }
   if (m !== "ask" && !image) { showError("Add an image first."); return; }
   let schema = null;
   if (m === "extract") {
     try { schema = JSON.parse($("schema").value || "{}"); } catch (e) { showError("The schema is not valid JSON: " + e.message); return; }
   }
-  const parts = state.attachments.map((a) => ({ type: a.kind === "video" ? "video" : "image", url: a.url, name: a.name }));
+  const parts = state.attachments.map((a) => ({ type: a.kind === "video" ? "video" : "image", kind: a.kind, url: a.url,
+                                                name: a.name }));
   const user = { role: "user", parts: [...parts, { type: "text", text: prompt || (m === "ocr" ? "Read the text" : "Extract the data") }] };
   state.messages.push(user);
   const answer = { role: "assistant", text: "", kind: m === "ask" ? undefined : m };
