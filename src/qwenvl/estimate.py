@@ -78,11 +78,16 @@ def estimate_files(files: Sequence[str], *, fast: bool = False, region: str | No
     total_tokens = sum(known)
     price = price_for(info, total_tokens, region=region or client.region)  # the tier of the whole request
     for row in counted:
-        row["cost"] = price.cost(row["tokens"]) if price and row["tokens"] is not None else None
+        row["cost"] = _money(price.cost(row["tokens"])) if price and row["tokens"] is not None else None
     return {"model": info.name, "factor": info.factor, "currency": currency_of(region or client.region),
             "price_tier": price.tier_label if price else None, "items": rows,
-            "total": {"tokens": total_tokens, "cost": price.cost(total_tokens) if price else None,
+            "total": {"tokens": total_tokens, "cost": _money(price.cost(total_tokens)) if price else None,
                       "items": len(counted), "unknown": len(counted) - len(known), "failed": failed}}
+
+
+def _money(amount: float) -> float:
+    """A cost as JSON shows it: 10 significant digits at most (no 0.0004992000000000001)."""
+    return float(f"{amount:.10g}")
 
 
 def _part(ref: str) -> ImagePart | VideoPart:

@@ -21,6 +21,7 @@ tokens on qwen3-vl-plus cost 1.5 / 15 CNY per 1M for every input and output toke
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -381,11 +382,16 @@ def estimate_cost(model: ModelInfo | str | None, input_tokens: int | None, outpu
 
 
 def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:
-    """``¥0.0018`` / ``$0.0003`` ("unknown" for None); amounts of 1 or more get 2 decimals."""
+    """``¥0.0018`` / ``$0.0003`` ("unknown" for None); amounts of 1 or more get 2 decimals, amounts too small for
+    ``digits`` decimals two significant digits (``$0.000031``, never a misleading ``$0.0000``)."""
     if amount is None:
         return "unknown"
     symbol = CURRENCY_SYMBOL.get(currency, currency + " ")
-    return f"{symbol}{amount:,.2f}" if amount >= 1 else f"{symbol}{amount:.{digits}f}"
+    if amount >= 1:
+        return f"{symbol}{amount:,.2f}"
+    if 0 < amount < 10 ** -digits:
+        digits = 1 - math.floor(math.log10(amount))
+    return f"{symbol}{amount:.{digits}f}"
 
 
 def format_price(value: float, currency: str) -> str:
