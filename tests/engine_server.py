@@ -49,6 +49,11 @@ class Seen:
     headers: dict[str, str]
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # the listen backlog: hundreds of clients may connect at once (load tests)
+    daemon_threads = True
+
+
 @dataclass
 class EngineServer:
     engine: str = "vllm"
@@ -63,7 +68,7 @@ class EngineServer:
 
     def __enter__(self) -> EngineServer:
         handler = type("Handler", (_Handler,), {"srv": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _Server(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
