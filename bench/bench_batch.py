@@ -49,7 +49,15 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, de
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            body = json.loads(await reader.readexactly(length))
+            raw = await reader.readexactly(length)
+            if head.startswith(b"GET"):  # an OpenAI-compatible engine's model list (bench_serve's openai backend)
+                reply = json.dumps({"object": "list", "data": [{"id": "qwen3-vl-plus", "object": "model",
+                                                                "owned_by": "vllm"}]}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(reply), reply))
+                await writer.drain()
+                continue
+            body = json.loads(raw)
             await asyncio.sleep(delay_s)
             text = "echo: " + body["messages"][-1]["content"][-1]["text"]
             reply = json.dumps({

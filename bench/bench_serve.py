@@ -56,7 +56,7 @@ class Serve:
         args = [sys.executable, "-m", "qwenvl", "serve", "--port", str(self.port), "--backend", backend,
                 "--upstream", upstream_url, "--max-concurrent", "256"]
         if backend != "dashscope":
-            args += ["--model", "qwen3-vl-plus", "--engine", "generic"]
+            args += ["--model", "qwen3-vl-plus", "--engine", "vllm"]
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
@@ -125,7 +125,8 @@ def main() -> None:
     with ServerProcess(0.0) as upstream:
         serve = Serve(upstream.url, args.backend)
         try:
-            direct, served = upstream.url + "/chat/completions", serve.url + "/compatible-mode/v1/chat/completions"
+            direct = upstream.url + ("/chat/completions" if args.backend == "dashscope" else "/v1/chat/completions")
+            served = serve.url + "/compatible-mode/v1/chat/completions"
             a, b = asyncio.run(latency(direct, served, args.requests))
             rates: dict[str, list[float]] = {"direct": [], "served": []}
             for _ in range(2):

@@ -110,9 +110,16 @@ def serve(opts: dict[str, Any]) -> None:
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     err_console().print(f"qwenvl serve ({backend}) on {where}: compatible-mode {where}/compatible-mode/v1, "
                         f"native {where}/api/v1, playground {where}/", highlight=False, soft_wrap=True)
-    try:
-        uvicorn.run("qwenvl.server.main:app_from_env", factory=True, fd=sock.fileno(), workers=opts["workers"],
-                    log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config("qwenvl.server.main:app_from_env", factory=True, workers=opts["workers"],
+                            log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
+        if opts["workers"] == 1:
+            server.run(sockets=[sock])
+        else:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
 
@@ -129,5 +136,4 @@ def listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                          hint="Choose another --port (0 picks a free one) or stop what holds this one.") from None
-    sock.set_inheritable(True)  # uvicorn's worker processes take it over
     return sock
