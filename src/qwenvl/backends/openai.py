@@ -125,7 +125,7 @@ class _Wire:
             return names[0]
         if not names:
             raise UsageError(f"the server at {self.base_url} does not list its models: give --model",
-                             hint="The served model name, as given to vllm serve --served-model-name.")
+                             hint="Give the name the server serves (vLLM's served-model-name option), or leave it out.")
         raise UsageError(f"the server at {self.base_url} serves several models ({', '.join(names[:6])}): "
                          "give --model")
 

@@ -31,7 +31,7 @@ def load_server_module() -> Any:
         except PackageNotFoundError:
             found = "unknown"
         raise UsageError(f"qwenvl mcp needs mcp 2.3 or later, below 3 (installed: {found})",  # e.g. mcp 1.x
-                         hint='Upgrade it: pip install "mcp>=2.3,<3"') from None
+                         hint=f"Upgrade it: {INSTALL_HINT} -U") from None
     return mcp_server
 
 
