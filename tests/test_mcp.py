@@ -467,3 +467,19 @@ def test_skill_commands_are_real():
         assert set(data) <= set(Request.model_fields), data
     for code in ("| 2 |", "| 3 |", "| 4 |", "| 5 |"):
         assert code in text
+
+
+def test_wrong_arguments_are_one_line_naming_each(env, isolated_env):
+    async def main() -> list[str]:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            out = []
+            for args in ({"prompt": "x", "media": "photo.png"}, {}):
+                r = await c.call_tool("ask", args)
+                assert r.is_error
+                out.append(text_of(r))
+            return out
+
+    wrong_type, missing = run(main)
+    assert wrong_type.splitlines()[0] == "error: invalid arguments for ask: media: Input should be a valid list"
+    assert missing.splitlines()[0] == "error: invalid arguments for ask: prompt: Field required"
+    assert "errors.pydantic.dev" not in wrong_type + missing and len(wrong_type.splitlines()) == 2

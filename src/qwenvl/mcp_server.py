@@ -590,7 +590,32 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
 
         return await guarded(body)
 
+    _one_line_argument_errors(server)
     return server
+
+
+def _one_line_argument_errors(server: MCPServer) -> None:
+    """Arguments that do not match a tool's schema come back as one line naming each wrong argument, not
+    pydantic's multi-line report with its documentation link (the SDK validates before the tool runs)."""
+    from mcp.server.mcpserver.exceptions import ToolError
+    from pydantic import ValidationError
+
+    for tool in server._tool_manager.list_tools():  # the SDK has no public hook for argument validation
+        run = tool.run
+
+        async def checked(arguments: dict[str, Any], *args: Any, _run: Any = run, _name: str = tool.name,
+                          **kwargs: Any) -> Any:
+            try:
+                return await _run(arguments, *args, **kwargs)
+            except ToolError as exc:
+                if not isinstance(exc.__cause__, ValidationError):
+                    raise
+                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                                     for e in exc.__cause__.errors()[:5])
+                raise ToolError(f"error: invalid arguments for {_name}: {problems}\n"
+                                "hint: see the tool's input schema (tools/list)") from None
+
+        object.__setattr__(tool, "run", checked)
 
 
 def _labels(files: Sequence[str], items: Sequence[dict[str, Any]], refs: Sequence[str]) -> list[str]:
