@@ -138,7 +138,7 @@ class _Base:
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
-        self._backend = None if isinstance(backend, str | None) else backend
+        self._backend: Any = None if isinstance(backend, str | None) else backend
         self.backend_name = normalize_backend(backend, protocol=self.protocol) if isinstance(backend, str | None) \
             else getattr(backend, "name", type(backend).__name__)
         self._backend_options = {k: v for k, v in dict(engine=engine, family=family, device=device, dtype=dtype,
@@ -155,7 +155,7 @@ class _Base:
             self.protocol = self._backend.protocol
         model = model or os.environ.get("QWENVL_MODEL")
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
-        self.defaults = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
+        self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
 
     def __repr__(self) -> str:
         if self.is_local:
@@ -166,6 +166,11 @@ class _Base:
     def is_local(self) -> bool:
         """True for a backend other than DashScope (it is asked about models and media at planning time)."""
         return not self.backend_name.startswith("dashscope")  # "dashscope", or a DashScope backend instance
+
+    @property
+    def backend(self) -> Any:
+        """The backend that answers (made on first use); ``Client`` and ``AsyncClient`` say which kind."""
+        raise NotImplementedError
 
     def _local_options(self) -> dict[str, Any]:
         return dict(self._backend_options, base_url=self.base_url, api_key=self._api_key,
@@ -178,7 +183,7 @@ class _Base:
         if not self.is_local:
             return model_info(name or DEFAULT_MODEL)
         backend = self.backend
-        fields = {"model": name} if name else {}
+        fields: dict[str, Any] = {"model": name} if name else {}
         request = self.request(prompt="?", **fields)
         if hasattr(backend, "adapt"):
             request = backend.adapt(request)

@@ -24,7 +24,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger("qwenvl")
 
@@ -160,7 +160,7 @@ def _qwen3vl(name: str, **kw) -> ModelInfo:
     # Qwen3-VL: 32 px per token [billing]; 2560-token default (max_pixels 2,621,440) [issue10, checked 2026-11];
     # context 256K, max output 32K [card qwen3-vl-plus/flash]; thinking, tools [vision, 2025-11-18];
     # remote video URL up to 2 GB [issue10, checked 2026-11].
-    base = dict(
+    base: dict[str, Any] = dict(
         family="qwen3-vl", factor=32, image_tokens=2560, low_detail_tokens=640,
         context_tokens=262_144, max_output_tokens=32_768, thinking=True, tools=True,
         video_frame_tokens=768, video_total_tokens=65536, video_url_max_bytes=2 * GB, grounding="relative-1000",
@@ -173,7 +173,7 @@ def _qwen25vl(name: str, **kw) -> ModelInfo:
     # Qwen2.5-VL class: 28 px per token, 1280-token default [billing; seed 004]; at most 512 frames per video
     # [issue10, checked 2026-11; billing example code "qwen2.5-vl: FPS_MAX_FRAMES 512"]; no
     # vl_high_resolution_images for the 28-px models [issue10, checked 2026-11]; remote video URL up to 1 GB.
-    base = dict(
+    base: dict[str, Any] = dict(
         family="qwen2.5-vl", factor=28, image_tokens=1280, low_detail_tokens=320,
         context_tokens=131_072, max_output_tokens=8_192, structured_output=False, high_res=False,
         video_frame_tokens=768, video_total_tokens=65536, video_max_frames=512, grounding="absolute",

@@ -94,8 +94,8 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
         max_pixels = request.max_pixels
         if max_pixels is None and request.detail == "low" and not high_resolution(request):
             max_pixels = model.low_detail_tokens * model.pixels_per_token  # so URLs get the low budget too
-        pixels = {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", max_pixels))
-                  if v is not None}
+        pixels: dict[str, Any] = {k: v for k, v in (("min_pixels", request.min_pixels),
+                                                    ("max_pixels", max_pixels)) if v is not None}
         for ref in request.image_list():
             parts.append(ImagePart(image=ref, **pixels))
         if request.video is not None:

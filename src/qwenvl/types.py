@@ -129,7 +129,7 @@ with warnings.catch_warnings():
         stop: str | list[str] | None = None
         detail: Detail = "auto"
         json_mode: bool = False
-        schema: dict[str, Any] | None = None
+        schema: dict[str, Any] | None = None  # type: ignore[assignment]  # the skill's name; shadows BaseModel.schema
         # structured output: an invalid answer is sent back once to be corrected (a second paid request);
         # False: one request only, and StructuredOutputError (with .response) when the answer is invalid
         repair: bool = True

@@ -27,6 +27,8 @@ def make_backend(name: str, *, asynchronous: bool = False, http_client: Any = No
             raise UsageError("--engine is for --backend openai (the server's engine)")
         from qwenvl.backends.transformers import AsyncTransformersBackend, TransformersBackend
 
-        cls = AsyncTransformersBackend if asynchronous else TransformersBackend
-        return cls(model=model, family=family, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        local: type[AsyncTransformersBackend] | type[TransformersBackend]
+        local = AsyncTransformersBackend if asynchronous else TransformersBackend
+        return local(model=model, family=family, device=device, dtype=dtype,
+                     attn_implementation=attn_implementation)
     raise UsageError(f"unknown backend {name!r}: use dashscope, openai or transformers")

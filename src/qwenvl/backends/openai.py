@@ -213,7 +213,7 @@ class OpenAIBackend:
                  sleep: Callable[[float], None] | None = None) -> None:
         self._wire = _Wire(base_url, engine, family, model)
         self.base_url = self._wire.base_url
-        kw = {"sleep": sleep} if sleep else {}
+        kw: dict[str, Any] = {"sleep": sleep} if sleep else {}
         self.transport = Transport(openai_api_key(api_key), http_client=http_client, **kw)
 
     @property

@@ -83,7 +83,7 @@ def _slots(messages: list[Message]) -> list[_Slot]:
                 slots.append(_Slot(mi, pi, None, p.image))
             elif isinstance(p, VideoPart) and isinstance(p.video, list):
                 slots += [_Slot(mi, pi, fi, u) for fi, u in enumerate(p.video) if u.startswith("data:")]
-            elif isinstance(p, VideoPart) and p.video.startswith("file://"):
+            elif isinstance(p, VideoPart) and isinstance(p.video, str) and p.video.startswith("file://"):
                 slots.append(_Slot(mi, pi, None, p.video, required=True))
     return slots
 

@@ -37,7 +37,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from qwenvl.backends import family as families
 from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, UsageError
@@ -89,7 +89,7 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        path = hf_hub_download(ref, filename)
+        downloaded = hf_hub_download(ref, filename)
     except LocalEntryNotFoundError:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
@@ -99,7 +99,7 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
     except (HfHubHTTPError, OSError) as exc:
         raise APIConnectionError(f"cannot get {ref} from the Hugging Face hub: {str(exc).splitlines()[0]}",
                                  hint="Check the id, or give a local folder with --model PATH.") from None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(Path(downloaded).read_text(encoding="utf-8"))
 
 
 def family_of(ref: str, cfg: dict[str, Any]) -> str:
@@ -535,7 +535,7 @@ class TransformersBackend:
             streamer = transformers.TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                                          timeout=timeout)
 
-            class _Cancel(transformers.StoppingCriteria):
+            class _Cancel(transformers.StoppingCriteria):  # type: ignore[name-defined,misc]
                 def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
                     return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
                                       device=input_ids.device)
@@ -568,7 +568,7 @@ class TransformersBackend:
         stops = _stops(call)
         marks = [*stops, "</think>"]
         hold = max(len(m) for m in marks) - 1
-        kind = "reasoning" if call.request.enable_thinking else "text"
+        kind: Literal["text", "reasoning"] = "reasoning" if call.request.enable_thinking else "text"
         raw = ""
         shown = 0  # characters of ``raw`` already handed out (or skipped, for </think>)
         stopped = False
@@ -650,7 +650,7 @@ class AsyncTransformersBackend:
                     return
                 yield event  # type: ignore[misc]
         finally:
-            await asyncio.to_thread(events.close)
+            await asyncio.to_thread(events.close)  # type: ignore[attr-defined]  # a generator
 
 
 __all__ = ["AsyncTransformersBackend", "Loaded", "TransformersBackend", "build_inputs", "load"]

@@ -174,7 +174,7 @@ class ResponseCache:
         _DB.run(self.path, lambda c: c.execute("DELETE FROM sources"))
 
 
-def open_cache(cache: bool | str | Path | ResponseCache | None) -> ResponseCache | None:
+def open_cache(cache: bool | str | os.PathLike[str] | ResponseCache | None) -> ResponseCache | None:
     """``Client(cache=...)``: None/False = off, True = the default location, a path, or a ResponseCache."""
     if cache is None or cache is False:
         return None
@@ -182,4 +182,4 @@ def open_cache(cache: bool | str | Path | ResponseCache | None) -> ResponseCache
         return ResponseCache()
     if isinstance(cache, ResponseCache):
         return cache
-    return ResponseCache(cache)
+    return ResponseCache(Path(cache))

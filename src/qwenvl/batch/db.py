@@ -12,6 +12,7 @@ the writer, and a commit costs tens of microseconds rather than an fsync.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import queue
@@ -167,7 +168,7 @@ class BackgroundWriter:
                 by_path.setdefault(path, []).append((sql, params))
             for path, statements in by_path.items():
                 try:
-                    self._shared.run(path, lambda c, s=statements: _write_all(c, s))
+                    self._shared.run(path, functools.partial(_write_all, statements=statements))
                 except (sqlite3.Error, OSError) as exc:
                     log.debug("cannot write %s: %s", path, exc)
             with self._cond:

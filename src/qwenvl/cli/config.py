@@ -29,7 +29,7 @@ def config(opts: dict[str, Any]) -> None:
     region = normalize_region(opts["region"] or os.environ.get("QWENVL_REGION"))
     found = find_api_key()
     model = model_info(os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL)
-    info = {
+    info: dict[str, Any] = {
         "api_key": found.source if found else None,
         "protocol": protocol,
         "region": region,

@@ -110,16 +110,16 @@ def serve(opts: dict[str, Any]) -> None:
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     err_console().print(f"qwenvl serve ({backend}) on {where}: compatible-mode {where}/compatible-mode/v1, "
                         f"native {where}/api/v1, playground {where}/", highlight=False, soft_wrap=True)
-    config = uvicorn.Config("qwenvl.server.main:app_from_env", factory=True, workers=opts["workers"],
-                            log_level="warning", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    uv_config = uvicorn.Config("qwenvl.server.main:app_from_env", factory=True, workers=opts["workers"],
+                               log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
         if opts["workers"] == 1:
             server.run(sockets=[sock])
         else:
             from uvicorn.supervisors import Multiprocess
 
-            Multiprocess(config, sockets=[sock]).run()
+            Multiprocess(uv_config, sockets=[sock]).run()
     finally:
         sock.close()
 

@@ -584,8 +584,10 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
         except ImportError:  # Pillow built without littlecms
             return img.convert("RGB")
         try:
-            return ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                             ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                                  ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:
+                return converted
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass
     return img.convert("RGB")

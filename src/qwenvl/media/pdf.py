@@ -159,7 +159,10 @@ def _page_sizes(doc: pdfium.PdfDocument, *, factor: int, min_pixels: int, max_pi
                 context_tokens: int | None, label: str) -> dict[int, tuple[int, int]]:
     """The selected pages (in the order given) and their sizes as sent; MediaError over the context window."""
     numbers = parse_pages(pages, len(doc), label)
-    sizes = {n: page_size(*doc.get_page_size(n - 1), factor, min_pixels, max_pixels, label, n) for n in numbers}
+    sizes = {}
+    for n in numbers:
+        width_pt, height_pt = doc.get_page_size(n - 1)[:2]
+        sizes[n] = page_size(width_pt, height_pt, factor, min_pixels, max_pixels, label, n)
     if context_tokens is not None:
         total = sum(image_tokens(h, w, factor) for h, w in sizes.values())
         if total > context_tokens:

@@ -111,7 +111,7 @@ def prepare_messages(messages: list[Message], options: MediaOptions) -> Prepared
             elif isinstance(part, VideoPart):
                 item = prepare_video(part, options)
                 items.append(item)
-                update = {"video": item.sent}
+                update: dict[str, Any] = {"video": item.sent}
                 if item.fps is not None:  # the rate the frames really have (clamping changes it)
                     update["fps"] = round(item.fps, 4)
                 parts.append(part.model_copy(update=update))
@@ -311,7 +311,7 @@ def _check_original(data: bytes, info: images.ImageInfo, label: str, options: Me
     return notes
 
 
-def _model_size(height: int, width: int, factor: int, budget: tuple[int, int], label: str) -> tuple[int, int]:
+def _model_size(height: int, width: int, factor: int, budget: tuple[float, float], label: str) -> tuple[int, int]:
     """``smart_resize`` under ``budget``, as a MediaError when the image cannot be sent at that budget."""
     lo, hi = budget
     try:
@@ -397,6 +397,7 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
     info, rate, plan = _video_plan(part, source.path, source.label, options, service_sampled=True)
     count, h_bar, w_bar = plan.nframes, plan.height, plan.width
     # Nothing is read here beyond the container, so estimate-only gives the same item (never sent anyway).
+    assert isinstance(part.video, str)  # a whole file, not a frame list
     return PreparedItem(
         part.video, "video", source.path.resolve().as_uri(), mime=mime, width=w_bar, height=h_bar,
         tokens=tokens.video_tokens(count, h_bar, w_bar, options.model.factor), fps=rate,

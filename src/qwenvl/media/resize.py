@@ -37,8 +37,8 @@ def ceil_by_factor(number: float, factor: int) -> int:
     return factor * math.ceil(number / factor)
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: int | None = None,
-                 max_pixels: int | None = None) -> tuple[int, int]:
+def smart_resize(height: int, width: int, factor: int, min_pixels: float | None = None,
+                 max_pixels: float | None = None) -> tuple[int, int]:
     """The size ``(h_bar, w_bar)`` the model sees for a ``height`` x ``width`` image.
 
     Both sides become multiples of ``factor``, the area stays within ``[min_pixels, max_pixels]`` (defaults:

@@ -106,7 +106,8 @@ def _parts(part: TextPart | ImagePart | VideoPart, eng: Engine) -> list[dict[str
 def message(m: Message, eng: Engine) -> dict[str, Any]:
     out = compat.message(m)  # roles, tool calls and plain-string turns are the same in both
     if isinstance(out.get("content"), list):
-        out["content"] = [p for part in m.content if not isinstance(m.content, str) for p in _parts(part, eng)]
+        parts = [] if isinstance(m.content, str) else m.content
+        out["content"] = [p for part in parts for p in _parts(part, eng)]
     return out
 
 

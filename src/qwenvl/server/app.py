@@ -318,7 +318,9 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
     async def stream_body(proto: str, parsed: inbound.Inbound, call: Any, rid: str,
                           aliases: dict[str, str]) -> AsyncIterator[bytes]:
         created, cid, model = int(time.time()), f"chatcmpl-{rid}", parsed.request.model
-        text, reasoning, n = [], [], 0
+        text: list[str] = []
+        reasoning: list[str] = []
+        n = 0
         deadline = time.monotonic() + settings.request_timeout_s
         events = client.send_stream(call)
         try:

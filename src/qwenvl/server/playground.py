@@ -47,7 +47,7 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
         value = body.get(name)
         if value is None and not required:
             return None
-        if not isinstance(value, kind) or (kind is str and not value.strip()):
+        if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
             raise UsageError(f"{name} is required" if value is None else f"{name} must be a {kind.__name__}")
         return value
 

@@ -60,7 +60,7 @@ def is_public(address: str) -> bool:
 
 async def system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 async def checked_address(host: str, port: int, *, allow_private: bool, resolver: Resolver) -> str:

@@ -220,12 +220,12 @@ def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
         # sent as stored: the model sees the stored pixels, whatever the EXIF tag says
         stored = stored_size(item.source)
         if stored is not None and stored[2] != 1:
-            sent = (item.width, item.height)
-            return Geometry(sent, seen_size(sent, call), orientation=stored[2])
+            stored_sent = (item.width, item.height)
+            return Geometry(stored_sent, seen_size(stored_sent, call), orientation=stored[2])
     if original is None:
         ow, oh = getattr(item, "original_width", None), getattr(item, "original_height", None)
         original = (ow, oh) if ow and oh else original_size(item.source)
-    sent = (item.width, item.height) if item.width and item.height else original
+    sent: tuple[int, int] | None = (item.width, item.height) if item.width and item.height else original
     if original is None and sent is not None:  # unreadable here, readable to the media step: as sent
         original = sent
     return Geometry(original, seen_size(sent, call) if sent else None)
