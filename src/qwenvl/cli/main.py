@@ -52,7 +52,8 @@ class QwenVLGroup(click.Group):
 @click.group(cls=QwenVLGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="qwenvl")
 def cli() -> None:
-    """Ask Qwen-VL models about images, documents and video (Alibaba Cloud Model Studio / DashScope).
+    """Ask Qwen-VL models about images, documents and video: in Alibaba Cloud Model Studio (DashScope), or
+    on your own hardware (--backend openai for vLLM and other engines, --backend transformers in process).
 
     \b
     Key: DASHSCOPE_API_KEY, ./.env, ~/.alibabacloud/credentials or ~/.dashscope/api_key.
