@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import qwenvl
 from conftest import API_KEY, run_cli, write_image
 from dashscope_server import Reply
 from qwenvl.batch import Batch, BatchItem
@@ -361,3 +362,50 @@ def test_resume_after_sigkill(server, isolated_env):
     assert [r["id"] for r in lines] == [f"q{i:03d}" for i in range(n)]  # each exactly once, in input order
     assert all(r["status"] == "ok" for r in lines)
     assert not list(isolated_env.glob(".out.jsonl.*.tmp"))
+
+
+class _EchoBackend:
+    """A custom in-memory backend: no HTTP, no key, its own answers (the seam a local model plugs into)."""
+
+    name = "echo"
+    protocol = "compat"
+    media_form = "data-url"
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        self.lock = __import__("threading").Lock()
+
+    def complete(self, call):
+        from qwenvl.protocols.common import make_response
+
+        text = call.messages[-1].text()
+        with self.lock:
+            self.prompts.append(text)
+        return make_response(text=f"echo {text}", model="echo", usage={"input_tokens": 2, "output_tokens": 1},
+                             request_id="r", finish_reason="stop", reasoning=None, tool_calls=None,
+                             protocol="compat")
+
+    def stream(self, call):
+        from qwenvl.types import StreamEvent
+
+        response = self.complete(call)
+        yield StreamEvent(type="text", text=response.text)
+        yield StreamEvent(type="done", response=response)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_batch_runs_on_a_given_client_with_a_custom_backend(isolated_env):
+    from qwenvl.batch import Batch, BatchItem
+
+    backend = _EchoBackend()
+    client = qwenvl.Client(backend=backend, cache=True)  # no DashScope key anywhere
+    items = [BatchItem(id=f"i{n}", request={"prompt": f"question {n}"}) for n in range(20)]
+    summary = Batch(items, isolated_env / "out.jsonl", client=client, concurrency=4).run()
+    assert summary.ok == 20 and sorted(backend.prompts) == sorted(f"question {n}" for n in range(20))
+    lines = read_jsonl(isolated_env / "out.jsonl")
+    assert {line["result"]["text"] for line in lines} == {f"echo question {n}" for n in range(20)}
+    again = Batch(items, isolated_env / "again.jsonl", client=client, concurrency=4).run()  # the client's cache
+    assert again.ok == 20 and len(backend.prompts) == 20
+    assert client.complete(prompt="question 3").text == "echo question 3"  # the client is still open

@@ -216,9 +216,11 @@ class Batch:
                  protocol: str | None = None, region: str | None = None, base_url: str | None = None,
                  model: str | None = None, flush_interval_s: float = FLUSH_INTERVAL_S,
                  poll_interval_s: float = 30.0, wait: bool = True, plan_threads: int = PLAN_THREADS,
-                 backend: str | None = None, **backend_options: Any) -> None:
+                 backend: str | None = None, client: Client | None = None, **backend_options: Any) -> None:
         """``backend`` (dashscope|openai|transformers) and ``backend_options`` (engine, family, device, dtype,
-        attn_implementation) as for ``qwenvl.Client``."""
+        attn_implementation) as for ``qwenvl.Client``; or ``client``: a ready Client (any backend, e.g. a custom
+        one) that plans and sends every item, with its own cache (``cache`` and the service options then
+        do not apply). Raises UsageError for invalid settings."""
         self.items = list(items)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
@@ -230,7 +232,10 @@ class Batch:
         if mode not in ("realtime", "batch-api"):
             raise UsageError(f"unknown mode {mode!r}: realtime or batch-api")
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
-        self.cache = open_cache(cache)
+        self._client = client
+        if client is not None and mode == "batch-api":
+            raise UsageError("--mode batch-api is DashScope's Batch API: it takes its settings, not a client")
+        self.cache = client.cache if client is not None else open_cache(cache)
         self.retry_errors, self.fresh, self.mode = retry_errors, fresh, mode
         self.flush_interval_s, self.poll_interval_s, self.wait = flush_interval_s, poll_interval_s, wait
         self.plan_threads = max(1, plan_threads)
@@ -239,7 +244,8 @@ class Batch:
         self.client_options = {"api_key": api_key, "protocol": protocol, "region": region, "base_url": base_url,
                                "model": model, "backend": backend,
                                **{k: v for k, v in backend_options.items() if v is not None}}
-        self.planner = Client(**self.client_options, cache=self.cache)  # plans only; sends nothing
+        # plans only (sends nothing), unless a client was given: it does both
+        self.planner = client if client is not None else Client(**self.client_options, cache=self.cache)
         self.currency = currency_of(self.planner.region)
         if mode == "batch-api" and self.planner.is_local:
             raise UsageError("--mode batch-api is DashScope's Batch API; a local backend runs realtime only")
@@ -405,7 +411,8 @@ class Batch:
         # Several small connection pools rather than one large one: httpcore's pool bookkeeping costs
         # O(connections^2) per request, which at 64 connections takes more CPU than the request itself.
         shards = math.ceil(self.concurrency / CONNECTIONS_PER_POOL)
-        clients = [Client(**self.client_options, cache=self.cache) for _ in range(shards)]
+        clients = [self._client] if self._client is not None else \
+            [Client(**self.client_options, cache=self.cache) for _ in range(shards)]
         limiter = AdaptiveLimiter(self.concurrency, rpm=self.rpm, tpm=self.tpm)
         runner = _Realtime(self, journal, clients, limiter, prog, progress)
         try:
@@ -414,7 +421,8 @@ class Batch:
             runner.run(pending)
         finally:
             for client in clients:
-                client.close()
+                if client is not self._client:  # a client given to the batch stays its owner's
+                    client.close()
 
     # --- recording --------------------------------------------------------------------------------
     def _record_error(self, journal: Journal, item: BatchItem, exc: BaseException, prog: Progress,
