@@ -370,24 +370,20 @@ def test_private_addresses_are_refused_after_resolution(files_server):
 
 
 def test_each_redirect_is_checked_again(files_server):
+    """The first hop is allowed (its address counts as public here), the redirect's target is not."""
     port = int(files_server.rsplit(":", 1)[1])
 
-    async def resolver(host: str, p: int) -> list[str]:  # the first host is "public", the redirect is not
-        return ["127.0.0.1"] if p == port else ["10.0.0.1"]
-
-    async def check_first_hop_only(host: str, p: int) -> list[str]:
-        return await resolver(host, p)
+    async def resolver(host: str, p: int) -> list[str]:
+        return ["127.0.0.1"] if p == port else ["10.0.0.1"]  # /redirect points at port 1
 
     import qwenvl.server.security as sec
 
-    real = sec.is_public
-    try:
-        sec.is_public = lambda a: a == "127.0.0.1"  # type: ignore[assignment]
-        with pytest.raises(MediaError, match="private or reserved"):
-            asyncio.run(fetch_public(files_server + "/redirect", max_bytes=1000, timeout_s=5,
-                                     resolver=check_first_hop_only))
-    finally:
-        sec.is_public = real  # type: ignore[assignment]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sec, "is_public", lambda a: a == "127.0.0.1")
+        assert asyncio.run(fetch_public(files_server + "/a.png", max_bytes=1000, timeout_s=5,
+                                        resolver=resolver)) == b"\x89PNG fake"  # the first hop alone passes
+        with pytest.raises(MediaError, match="10.0.0.1"):
+            asyncio.run(fetch_public(files_server + "/redirect", max_bytes=1000, timeout_s=5, resolver=resolver))
 
 
 # --- the protocols in reverse are the forward ones' inverse ----------------------------------------------

@@ -13,8 +13,7 @@ from qwenvl.config import Protocol, effective_region, region_of_url, resolve_bas
 from qwenvl.errors import APIConnectionError, MalformedResponseError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import compat, get, native
-from qwenvl.protocols.common import load_json
-from qwenvl.protocols.sse import SSEDecoder
+from qwenvl.protocols.common import StreamDriver, load_json
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Response, StreamEvent
@@ -51,8 +50,8 @@ class _Wire:
     def parse(self, data: Any, call: Call, headers: dict[str, str]) -> Response:
         return self.proto.parse_response(data, model=call.request.model, request_id=headers.get("x-request-id"))
 
-    def parser(self, call: Call, stream: LineStream) -> _StreamDriver:
-        return _StreamDriver(self.proto.StreamParser(call.request.model, stream.headers.get("x-request-id")))
+    def parser(self, call: Call, stream: LineStream) -> StreamDriver:
+        return StreamDriver(self.proto.StreamParser(call.request.model, stream.headers.get("x-request-id")))
 
     def start(self, call: Call, stream: LineStream) -> _Started:
         """Read a stream up to its first content (the transport retries an error raised before that)."""
@@ -99,28 +98,8 @@ class _Started:
     """A stream read up to its first content: the events so far and, unless it has ended, the rest."""
 
     events: list[StreamEvent]
-    driver: _StreamDriver | None = None
+    driver: StreamDriver | None = None
     lines: Any = None  # the line iterator to go on with (sync or async); None when the stream has ended
-
-
-class _StreamDriver:
-    def __init__(self, parser: Any) -> None:
-        self.parser = parser
-        self.decoder = SSEDecoder()
-
-    def line(self, line: str) -> list[StreamEvent]:
-        event = self.decoder.feed(line)
-        return self.parser.feed(event) if event is not None else []
-
-    def end(self) -> list[StreamEvent]:
-        event = self.decoder.flush()
-        events = self.parser.feed(event) if event is not None else []
-        return [*events, StreamEvent(type="done", response=self.parser.finish())]
-
-    def broken(self, exc: APIConnectionError) -> Exception:
-        error = self.parser.acc.interrupted(str(exc))
-        error.__cause__ = exc
-        return error
 
 
 class DashScopeBackend:

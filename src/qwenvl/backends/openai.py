@@ -31,8 +31,7 @@ from qwenvl.errors import APIConnectionError, APIStatusError, QwenVLError, Usage
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import openai as proto
-from qwenvl.protocols.common import load_json
-from qwenvl.protocols.sse import SSEDecoder
+from qwenvl.protocols.common import StreamDriver, load_json
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Request, Response, StreamEvent
 
@@ -174,28 +173,17 @@ class _Wire:
         return cache_key(f"openai-{self.engine}", self.base_url, self.body(call, False))
 
 
-class _Driver:
+class _Driver(StreamDriver):
+    """The shared stream driver, completing the usage an engine leaves out of a stream (``fix_usage``)."""
+
     def __init__(self, wire: _Wire, call: Call, request_id: str | None) -> None:
+        super().__init__(proto.StreamParser(call.request.model, request_id))
         self.wire = wire
         self.call = call
-        self.parser = proto.StreamParser(call.request.model, request_id)
-        self.decoder = SSEDecoder()
 
-    def line(self, line: str) -> list[StreamEvent]:
-        event = self.decoder.feed(line)
-        return self.parser.feed(event) if event is not None else []
-
-    def end(self) -> list[StreamEvent]:
-        event = self.decoder.flush()
-        events = self.parser.feed(event) if event is not None else []
-        response = self.parser.finish()
+    def finished(self, response: Response) -> Response:
         proto.fix_usage(response.usage, self.call, self.wire.engine, output_chunks=self.parser.content_chunks)
-        return [*events, StreamEvent(type="done", response=response)]
-
-    def broken(self, exc: APIConnectionError) -> Exception:
-        error = self.parser.acc.interrupted(str(exc))
-        error.__cause__ = exc
-        return error
+        return response
 
 
 class OpenAIBackend:

@@ -8,7 +8,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from qwenvl.errors import APIStatusError, MalformedResponseError, StreamInterruptedError, printable, status_error
+from qwenvl.errors import (
+    APIConnectionError,
+    APIStatusError,
+    MalformedResponseError,
+    StreamInterruptedError,
+    printable,
+    status_error,
+)
+from qwenvl.protocols.sse import SSEDecoder
 from qwenvl.types import Message, Response, StreamEvent, Usage
 
 HTML_PAGE = "(an HTML page from a proxy, not the service)"
@@ -273,3 +281,30 @@ class StreamAccumulator:
                              reasoning="".join(self.reasoning) or None,
                              tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
                              protocol=self.protocol, other_content=self.other_content)
+
+
+class StreamDriver:
+    """SSE lines of one stream through a protocol's StreamParser: deltas as they come, then ``done`` with the
+    response (``finished`` may complete it, e.g. usage an engine leaves out). Every backend's stream uses it."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.decoder = SSEDecoder()
+
+    def line(self, line: str) -> list[StreamEvent]:
+        event = self.decoder.feed(line)
+        return self.parser.feed(event) if event is not None else []
+
+    def end(self) -> list[StreamEvent]:
+        event = self.decoder.flush()
+        events = self.parser.feed(event) if event is not None else []
+        return [*events, StreamEvent(type="done", response=self.finished(self.parser.finish()))]
+
+    def finished(self, response: Response) -> Response:
+        return response
+
+    def broken(self, exc: APIConnectionError) -> Exception:
+        """The stream's connection broke: an interruption that keeps what arrived."""
+        error = self.parser.acc.interrupted(str(exc))
+        error.__cause__ = exc
+        return error

@@ -97,12 +97,20 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
 
 
 class StreamParser:
-    """Turns compat SSE events (``data: {chunk}`` ... ``data: [DONE]``) into deltas and a response."""
+    """Turns compat SSE events (``data: {chunk}`` ... ``data: [DONE]``) into deltas and a response.
+
+    The plain OpenAI protocol's parser is this one with its own name and reasoning field (``openai.py``)."""
+
+    protocol = NAME
 
     def __init__(self, model: str, request_id: str | None = None) -> None:
-        self.acc = StreamAccumulator(model, NAME)
+        self.acc = StreamAccumulator(model, self.protocol)
         self.acc.request_id = request_id
         self.started = time.monotonic()
+        self.content_chunks = 0  # deltas that carried text (engines without stream usage count output by them)
+
+    def reasoning_of(self, delta: dict[str, Any]) -> str | None:
+        return delta.get("reasoning_content")
 
     @property
     def complete(self) -> bool:
@@ -133,7 +141,9 @@ class StreamParser:
             delta = as_object(as_object(choice, "a stream choice").get("delta"), "a stream delta")
             text, others = split_content(delta.get("content"))
             acc.other_content += others
-            events += acc.add(text or None, delta.get("reasoning_content"))
+            if text:
+                self.content_chunks += 1
+            events += acc.add(text or None, self.reasoning_of(delta))
             for tc in optional_list(delta.get("tool_calls"), "tool_calls") or []:
                 acc.add_tool_call_delta(tc)
             finish = optional_str(choice.get("finish_reason"), "finish_reason")

@@ -25,12 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qwenvl.errors import MalformedResponseError, UsageError
+from qwenvl.errors import UsageError
 from qwenvl.plan import Call
 from qwenvl.protocols import compat
-from qwenvl.protocols.common import StreamAccumulator, error_from_body, load_json, text_of
-from qwenvl.protocols.sse import SSEEvent
-from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart, Usage, VideoPart
+from qwenvl.types import ImagePart, Message, Response, TextPart, Usage, VideoPart
 
 NAME = "openai"
 ENDPOINT = "/chat/completions"
@@ -220,49 +218,14 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
     return response
 
 
-class StreamParser:
-    """OpenAI SSE chunks (``data: {chunk}`` ... ``data: [DONE]``) into deltas and a response."""
+class StreamParser(compat.StreamParser):
+    """OpenAI SSE chunks (``data: {chunk}`` ... ``data: [DONE]``) into deltas and a response: the compat parser
+    (the same checks of every field) under this protocol's name, reading vLLM's ``reasoning`` field too."""
 
-    def __init__(self, model: str, request_id: str | None = None) -> None:
-        self.acc = StreamAccumulator(model, NAME)
-        self.acc.request_id = request_id
-        self.content_chunks = 0
+    protocol = NAME
 
-    def feed(self, event: SSEEvent) -> list[StreamEvent]:
-        if not event.data:
-            return []
-        if event.data.strip() == "[DONE]":
-            self.acc.complete = True
-            return []
-        chunk = load_json(event.data, "a stream chunk")
-        if not isinstance(chunk, dict):
-            raise MalformedResponseError("a stream chunk is not a JSON object")
-        if "error" in chunk:
-            raise self.acc.error(error_from_body(event.status, chunk, request_id=self.acc.request_id,
-                                                 in_stream=True))
-        acc = self.acc
-        acc.model = chunk.get("model") or acc.model
-        acc.request_id = acc.request_id or chunk.get("id")
-        if chunk.get("usage"):
-            acc.usage_raw = chunk["usage"]
-        events: list[StreamEvent] = []
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            text = text_of(delta.get("content")) or None
-            if text:
-                self.content_chunks += 1
-            events += acc.add(text, _reasoning(delta))
-            for tc in delta.get("tool_calls") or []:
-                acc.add_tool_call_delta(tc)
-            if choice.get("finish_reason"):
-                acc.finish_reason = choice["finish_reason"]
-        return events
-
-    def finish(self) -> Response:
-        if not self.acc.complete and self.acc.finish_reason is None:
-            raise self.acc.interrupted("no [DONE] and no finish_reason")
-        self.acc.complete = True
-        return self.acc.response()
+    def reasoning_of(self, delta: dict[str, Any]) -> str | None:
+        return _reasoning(delta)
 
 
 __all__ = ["ENDPOINT", "ENGINE_TABLE", "NAME", "Engine", "StreamParser", "build_body", "engine", "fix_usage",
