@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 # microseconds, so that the measured time is the client's: a ThreadingHTTPServer's own GIL contention adds
 # 3-4 ms to every 100 ms answer at 64 connections.
 
+
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
     try:
         while True:
@@ -51,22 +52,34 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, de
                     length = int(value)
             raw = await reader.readexactly(length)
             if head.startswith(b"GET"):  # an OpenAI-compatible engine's model list (bench_serve's openai backend)
-                reply = json.dumps({"object": "list", "data": [{"id": "qwen3-vl-plus", "object": "model",
-                                                                "owned_by": "vllm"}]}).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(reply), reply))
+                reply = json.dumps(
+                    {"object": "list", "data": [{"id": "qwen3-vl-plus", "object": "model", "owned_by": "vllm"}]}
+                ).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(reply), reply)
+                )
                 await writer.drain()
                 continue
             body = json.loads(raw)
             await asyncio.sleep(delay_s)
             text = "echo: " + body["messages"][-1]["content"][-1]["text"]
-            reply = json.dumps({
-                "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
-                "model": body["model"], "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            }).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(reply), reply))
+            reply = json.dumps(
+                {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                }
+            ).encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(reply), reply)
+            )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -85,8 +98,9 @@ def serve(delay_s: float) -> None:
 
 class ServerProcess:
     def __init__(self, delay_s: float) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(delay_s)], stdout=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(delay_s)], stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
 
@@ -99,6 +113,7 @@ class ServerProcess:
 
 
 # --- the client side ---------------------------------------------------------------------------------------
+
 
 def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
     from qwenvl.batch import Batch, BatchItem
@@ -113,9 +128,16 @@ def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
     t2 = time.perf_counter()
     lines = (folder / "out.jsonl").read_text().splitlines()
     assert summary.ok == n and len(lines) == n, (summary, len(lines))
-    return {"n": n, "estimate_s": t1 - t0, "run_s": t2 - t1, "send_s": summary.send_s, "sent": summary.sent,
-            "to_send": est.to_send,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "input_rss_mb": input_rss_mb}
+    return {
+        "n": n,
+        "estimate_s": t1 - t0,
+        "run_s": t2 - t1,
+        "send_s": summary.send_s,
+        "sent": summary.sent,
+        "to_send": est.to_send,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "input_rss_mb": input_rss_mb,
+    }
 
 
 def _rss_mb() -> float:
@@ -136,6 +158,7 @@ def child(url: str, n: int, concurrency: int) -> None:
 
 def wait_for_quiet(idle_pct: float = 90.0, max_wait_s: float = 180.0) -> bool:
     """Wait until the machine is idle (other benchmarks would skew the timing); False after max_wait_s."""
+
     def snap() -> list[int]:
         with open("/proc/stat") as fh:
             return [int(x) for x in fh.readline().split()[1:]]
@@ -155,8 +178,9 @@ def wait_for_quiet(idle_pct: float = 90.0, max_wait_s: float = 180.0) -> bool:
 
 
 def measure_in_child(url: str, n: int, concurrency: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", url, str(n), str(concurrency)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", url, str(n), str(concurrency)], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -183,8 +207,9 @@ def main() -> None:
         ratio = med["run_s"] / ideal
         print(f"throughput: {args.requests} requests at concurrency {args.concurrency}, server delay {args.delay} s")
         times = ", ".join(f"{r['run_s']:.3f}" for r in runs)
-        print(f"  runs: {times} s; median {med['run_s']:.3f} s; "
-              f"ideal {ideal:.3f} s; ratio {ratio:.3f} (target <= 1.15)")
+        print(
+            f"  runs: {times} s; median {med['run_s']:.3f} s; ideal {ideal:.3f} s; ratio {ratio:.3f} (target <= 1.15)"
+        )
         print(f"  planning pass (estimate) before it: {med['estimate_s']:.3f} s")
 
     n_small, n_large = (int(x) for x in args.memory.split(","))
@@ -194,10 +219,10 @@ def main() -> None:
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
     own = (large["peak_rss_mb"] - large["input_rss_mb"]) - (small["peak_rss_mb"] - small["input_rss_mb"])
     per_item = growth * 1e6 / (n_large - n_small)
-    memory_rows = f"""| peak RSS, {n_small:,} tiny text items (input items built: {small['input_rss_mb']:.1f} MB) | \
-{small['peak_rss_mb']:.1f} MB | |
-| peak RSS, {n_large:,} tiny text items (input items built: {large['input_rss_mb']:.1f} MB) | \
-{large['peak_rss_mb']:.1f} MB | |
+    memory_rows = f"""| peak RSS, {n_small:,} tiny text items (input items built: {small["input_rss_mb"]:.1f} MB) | \
+{small["peak_rss_mb"]:.1f} MB | |
+| peak RSS, {n_large:,} tiny text items (input items built: {large["input_rss_mb"]:.1f} MB) | \
+{large["peak_rss_mb"]:.1f} MB | |
 | growth {n_small:,} -> {n_large:,} (whole process) | **{growth:+.1f} MB** ({per_item:.0f} B per item) | <= +10 MB |
 | of which the runner's own (peak minus RSS with the input built) | **{own:+.1f} MB** | (info) |"""
     print(memory_rows)
@@ -205,8 +230,10 @@ def main() -> None:
         if not args.no_write:
             from results_md import machine, write_section
 
-            write_section("Batch memory", f"""Measured by `bench/bench_batch.py --memory-only --memory \
-{args.memory}` on {time.strftime('%Y-%m-%d')}. Machine: {machine()}; busy (shared with other engineers).
+            write_section(
+                "Batch memory",
+                f"""Measured by `bench/bench_batch.py --memory-only --memory \
+{args.memory}` on {time.strftime("%Y-%m-%d")}. Machine: {machine()}; busy (shared with other engineers).
 Each count runs in a fresh process against a loopback server that answers at once; journal, response
 cache and usage log on, as `qwenvl batch` runs.
 
@@ -215,7 +242,8 @@ cache and usage log on, as `qwenvl batch` runs.
 {memory_rows}
 
 Result: memory {"met" if growth <= 10 else "NOT MET"}.
-""")
+""",
+            )
         return
     if args.no_write:
         return
@@ -237,11 +265,11 @@ of 100 ms, so no client can finish in under ~3.2 s.
 | measure | result | target |
 | --- | --- | --- |
 | {args.requests:,} requests at concurrency {args.concurrency}: `Batch.run` (median of {args.repeat}) | \
-{med['run_s']:.3f} s | <= {1.15 * ideal:.3f} s (1.15 x ideal {ideal:.3f} s) |
+{med["run_s"]:.3f} s | <= {1.15 * ideal:.3f} s (1.15 x ideal {ideal:.3f} s) |
 | ratio to ideal | **{ratio:.3f}** | <= 1.15 |
 | of which first request sent -> last answer (median) | {sorted(sends)[len(sends) // 2] if sends else 0:.3f} s \
 | (info) |
-| planning pass before it (`Batch.estimate`, all {args.requests:,} items) | {med['estimate_s']:.3f} s | (info) |
+| planning pass before it (`Batch.estimate`, all {args.requests:,} items) | {med["estimate_s"]:.3f} s | (info) |
 {memory_rows}
 
 All runs: {times} s.

@@ -59,8 +59,11 @@ from qwenvl.models import model_info  # noqa: E402
 REF_PYTHON = ROOT / "bench" / ".venv-ref" / "bin" / "python"
 OUR_PYTHON = Path(sys.executable)
 MODEL = "qwen3-vl-plus"
-ALLOCATOR_ENV = {"PILLOW_BLOCKS_MAX": "64", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-                 "MALLOC_TRIM_THRESHOLD_": str(1 << 31)}
+ALLOCATOR_ENV = {
+    "PILLOW_BLOCKS_MAX": "64",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 31),
+}
 
 # A worker: argv = way ("ours" | "reference"), path, min_pixels, max_pixels, output file. The warm-up run
 # writes what is sent (and, for the reference, the exact resize as PNG beside it); then each line on stdin
@@ -109,9 +112,23 @@ class Worker:
         python = REF_PYTHON if way == "reference" else OUR_PYTHON
         self.output = path.with_suffix(f".{way}.out")
         env = {**os.environ, **ALLOCATOR_ENV}
-        self.proc = subprocess.Popen([str(python), "-c", WORKER_SCRIPT, way, str(path), str(min_pixels),
-                                      str(max_pixels), str(self.output), str(ROOT / "src")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [
+                str(python),
+                "-c",
+                WORKER_SCRIPT,
+                way,
+                str(path),
+                str(min_pixels),
+                str(max_pixels),
+                str(self.output),
+                str(ROOT / "src"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.name = json.loads(self._line())["name"]
 
     def _line(self) -> str:
@@ -133,8 +150,9 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def photo_like(width: int = 4000, height: int = 3000, *, noise: float = 6.0, texture: float = 0.05,
-               seed: int = 7) -> Image.Image:
+def photo_like(
+    width: int = 4000, height: int = 3000, *, noise: float = 6.0, texture: float = 0.05, seed: int = 7
+) -> Image.Image:
     """Smooth gradients and soft-edged shapes with sensor-like noise (per pixel) and some fine texture.
 
     ``texture`` scales a band of detail about 4 px across (foliage, fabric): that detail survives the
@@ -142,11 +160,14 @@ def photo_like(width: int = 4000, height: int = 3000, *, noise: float = 6.0, tex
     """
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([
-        120 + 80 * np.sin(x / 700 + 0.5) * np.cos(y / 900),
-        110 + 70 * np.cos(x / 1100 - y / 1300),
-        100 + 90 * (x + y) / (width + height) - 30 * np.sin(y / 500),
-    ], axis=-1)
+    base = np.stack(
+        [
+            120 + 80 * np.sin(x / 700 + 0.5) * np.cos(y / 900),
+            110 + 70 * np.cos(x / 1100 - y / 1300),
+            100 + 90 * (x + y) / (width + height) - 30 * np.sin(y / 500),
+        ],
+        axis=-1,
+    )
     img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(60):  # shapes of every size, then blurred so the edges look optical
@@ -203,11 +224,30 @@ def screenshot(width: int = 3840, height: int = 2160, *, seed: int = 3) -> Image
     draw.rectangle((0, 90, 560, height), fill="#e1e1e1")
     small, body, heading = (ImageFont.load_default(size=s) for s in (22, 30, 52))
     for i in range(40):
-        draw.text((30, 120 + 48 * i), f"Section {i + 1}: item {rng.integers(100, 999)}", font=small,
-                  fill="#333333")
+        draw.text((30, 120 + 48 * i), f"Section {i + 1}: item {rng.integers(100, 999)}", font=small, fill="#333333")
     draw.rectangle((700, 150, width - 140, height - 60), fill="white", outline="#c8c8c8", width=3)
-    words = ["revenue", "growth", "margin", "the", "of", "quarter", "customers", "increased", "and", "region",
-             "compared", "with", "last", "year", "costs", "operating", "net", "per", "cent", "market"]
+    words = [
+        "revenue",
+        "growth",
+        "margin",
+        "the",
+        "of",
+        "quarter",
+        "customers",
+        "increased",
+        "and",
+        "region",
+        "compared",
+        "with",
+        "last",
+        "year",
+        "costs",
+        "operating",
+        "net",
+        "per",
+        "cent",
+        "market",
+    ]
     top = 220
     draw.text((800, top), "Results for the third quarter", font=heading, fill="#1f1f1f")
     top += 110
@@ -218,10 +258,15 @@ def screenshot(width: int = 3840, height: int = 2160, *, seed: int = 3) -> Image
     for row in range(8):  # a table
         for col in range(5):
             x0, y0 = 800 + col * 300, top + 40 + row * 56
-            draw.rectangle((x0, y0, x0 + 300, y0 + 56), outline="#9a9a9a", width=2,
-                           fill="#dde7f3" if row == 0 else "white")
-            draw.text((x0 + 14, y0 + 12), f"{rng.integers(0, 99999):,}" if row else f"Column {col + 1}",
-                      font=small, fill="#111111")
+            draw.rectangle(
+                (x0, y0, x0 + 300, y0 + 56), outline="#9a9a9a", width=2, fill="#dde7f3" if row == 0 else "white"
+            )
+            draw.text(
+                (x0 + 14, y0 + 12),
+                f"{rng.integers(0, 99999):,}" if row else f"Column {col + 1}",
+                font=small,
+                fill="#111111",
+            )
     for i in range(12):  # a bar chart
         h = int(rng.integers(80, 520))
         draw.rectangle((2500 + i * 90, 1500 - h, 2560 + i * 90, 1500), fill=("#4472c4", "#ed7d31")[i % 2])
@@ -239,7 +284,7 @@ CORPUS = {  # name -> (generator, file format and options)
 def psnr(a: Image.Image, b: Image.Image) -> float:
     diff = np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)
     mse = float(np.mean(diff * diff))
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def measure(path: Path, repeat: int) -> dict:
@@ -259,15 +304,23 @@ def measure(path: Path, repeat: int) -> dict:
         ours.close()
         ref.close()
     exact = Image.open(str(ref.output) + ".exact.png")
-    result = {"raw": path.stat().st_size, "source": f"{width}x{height}", "target": f"{w_bar}x{h_bar}",
-              "reference": ref.name,
-              "speedup": statistics.median(r["seconds"] / o["seconds"] for o, r in rounds)}
+    result = {
+        "raw": path.stat().st_size,
+        "source": f"{width}x{height}",
+        "target": f"{w_bar}x{h_bar}",
+        "reference": ref.name,
+        "speedup": statistics.median(r["seconds"] / o["seconds"] for o, r in rounds),
+    }
     for key, worker, i in (("ours", ours, 0), ("ref", ref, 1)):
         sent = worker.output.read_bytes()
         with Image.open(io.BytesIO(sent)) as img:
-            result[key] = {"ms": statistics.median(r[i]["seconds"] for r in rounds) * 1e3,
-                           "bytes": len(sent), "psnr": psnr(img, exact), "format": img.format,
-                           "size": "x".join(map(str, rounds[-1][i]["size"]))}
+            result[key] = {
+                "ms": statistics.median(r[i]["seconds"] for r in rounds) * 1e3,
+                "bytes": len(sent),
+                "psnr": psnr(img, exact),
+                "format": img.format,
+                "size": "x".join(map(str, rounds[-1][i]["size"])),
+            }
     return result
 
 
@@ -293,13 +346,18 @@ def main() -> None:
                 f"| {name}: {m['source']} {fmt} {m['raw'] / 1e6:.1f} MB -> {m['target']} | {r['ms']:.0f} | "
                 f"{o['ms']:.0f} | **{m['speedup']:.2f}x** | {r['psnr']:.2f} | {o['psnr']:.2f} | "
                 f"{r['bytes'] / 1e3:,.0f} | {o['bytes'] / 1e3:,.0f} ({o['bytes'] / r['bytes']:.3f}) | "
-                f"{o['format']} | {'met' if ok else 'NOT MET'} |")
+                f"{o['format']} | {'met' if ok else 'NOT MET'} |"
+            )
             print(rows[-1], flush=True)
     load_after = os.getloadavg()[0]
-    table = "\n".join([
-        f"| image | {version} (ms) | qwenvl (ms) | speed-up | PSNR ref (dB) | PSNR ours (dB) | bytes ref (kB) "
-        "| bytes ours (kB, ratio) | ours sent as | targets |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
+    table = "\n".join(
+        [
+            f"| image | {version} (ms) | qwenvl (ms) | speed-up | PSNR ref (dB) | PSNR ours (dB) | bytes ref (kB) "
+            "| bytes ours (kB, ratio) | ours sent as | targets |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
     print(table)
     if args.no_write:
         return
@@ -323,7 +381,7 @@ the script: see its docstring.
 
 {table}
 
-Result: {'all targets met on every image' if met else 'NOT all targets met (see the last column)'}
+Result: {"all targets met on every image" if met else "NOT all targets met (see the last column)"}
 (targets: >= 2x faster, PSNR >= the reference's, bytes <= the reference's).
 """
     write_section("Image preparation (bench_image_prepare.py)", body)

@@ -49,8 +49,9 @@ def direct_setup(folder: Path):
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(folder)
-    proc = transformers.AutoImageProcessor.from_pretrained(folder, min_pixels=4 * FACTOR * FACTOR,
-                                                           max_pixels=BUDGET_TOKENS * FACTOR * FACTOR)
+    proc = transformers.AutoImageProcessor.from_pretrained(
+        folder, min_pixels=4 * FACTOR * FACTOR, max_pixels=BUDGET_TOKENS * FACTOR * FACTOR
+    )
     model = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     return tok, proc, model
 
@@ -59,14 +60,21 @@ def direct_prepare(tok, proc, photo: Path, prompt: str):
     from PIL import Image
 
     img = Image.open(photo).convert("RGB")  # qwen-vl-utils: PIL opens the whole photo
-    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     out = proc(images=[img], return_tensors="pt")
-    n = int(out["image_grid_thw"][0].prod()) // proc.merge_size ** 2
+    n = int(out["image_grid_thw"][0].prod()) // proc.merge_size**2
     enc = tok(text.replace("<|image_pad|>", "<|image_pad|>" * n), return_tensors="pt", add_special_tokens=False)
     types = (enc["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).long()
-    return {**enc, "pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"],
-            "mm_token_type_ids": types}
+    return {
+        **enc,
+        "pixel_values": out["pixel_values"],
+        "image_grid_thw": out["image_grid_thw"],
+        "mm_token_type_ids": types,
+    }
 
 
 def bench_transformers(repeat: int, work: Path) -> list[str]:
@@ -119,8 +127,11 @@ def bench_openai(repeat: int, work: Path) -> list[str]:
 
     png = work / "small.png"
     Image.new("RGB", (448, 336), (10, 120, 200)).save(png)
-    rows = ["| openai-compatible server (loopback vLLM double) | openai SDK (ms) | qwenvl openai backend (ms) | "
-            "added per request (ms) |", "|---|---|---|---|"]
+    rows = [
+        "| openai-compatible server (loopback vLLM double) | openai SDK (ms) | qwenvl openai backend (ms) | "
+        "added per request (ms) |",
+        "|---|---|---|---|",
+    ]
     with EngineServer(engine="vllm") as srv:
         sdk = openai.OpenAI(base_url=srv.base_url, api_key="none", max_retries=0)
         ours = qwenvl.Client(backend="openai", base_url=srv.base_url)
@@ -128,18 +139,35 @@ def bench_openai(repeat: int, work: Path) -> list[str]:
         sdk.chat.completions.create(model=srv.served, messages=[{"role": "user", "content": "warm up"}])
 
         def sdk_text():
-            return sdk.chat.completions.create(model=srv.served, max_tokens=16, temperature=0,
-                                               messages=[{"role": "user", "content": "Hello there"}])
+            return sdk.chat.completions.create(
+                model=srv.served, max_tokens=16, temperature=0, messages=[{"role": "user", "content": "Hello there"}]
+            )
 
         def sdk_image():
             url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-            return sdk.chat.completions.create(model=srv.served, max_tokens=16, temperature=0, messages=[
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": "What is it?"}]}])
+            return sdk.chat.completions.create(
+                model=srv.served,
+                max_tokens=16,
+                temperature=0,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": url}},
+                            {"type": "text", "text": "What is it?"},
+                        ],
+                    }
+                ],
+            )
 
-        for label, a, b in (("text only", sdk_text, lambda: ours.ask("Hello there", temperature=0, max_tokens=16)),
-                            ("448x336 PNG from a file", sdk_image,
-                             lambda: ours.ask("What is it?", str(png), temperature=0, max_tokens=16))):
+        for label, a, b in (
+            ("text only", sdk_text, lambda: ours.ask("Hello there", temperature=0, max_tokens=16)),
+            (
+                "448x336 PNG from a file",
+                sdk_image,
+                lambda: ours.ask("What is it?", str(png), temperature=0, max_tokens=16),
+            ),
+        ):
             ta, _ = timed(a, repeat * 4)
             tb, _ = timed(b, repeat * 4)
             rows.append(f"| {label} | {ta * 1e3:.2f} | {tb * 1e3:.2f} | {(tb - ta) * 1e3:+.2f} |")
@@ -155,16 +183,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         lines = [*bench_transformers(args.repeat, work), "", *bench_openai(args.repeat, work)]
-    note = ("Reading: qwenvl's preparation is faster than the cookbook path because it decodes the JPEG at reduced "
-            "DCT scale and resizes before the processor (same grid reaches the model); the whole request is "
-            "dominated by the vision encoder and generation. Against the openai SDK, qwenvl adds nothing measurable "
-            "on text; with an image it adds its media checks and preparation (identify, integrity decode, decode, a "
-            "PNG re-encoding to compare sizes: about 30 ms for this PNG in a profile, in `qwenvl.media`), which the "
-            "SDK caller skips by sending the file's base64 unchecked. The machine was shared (timings vary by about "
-            "2x between runs).")
+    note = (
+        "Reading: qwenvl's preparation is faster than the cookbook path because it decodes the JPEG at reduced "
+        "DCT scale and resizes before the processor (same grid reaches the model); the whole request is "
+        "dominated by the vision encoder and generation. Against the openai SDK, qwenvl adds nothing measurable "
+        "on text; with an image it adds its media checks and preparation (identify, integrity decode, decode, a "
+        "PNG re-encoding to compare sizes: about 30 ms for this PNG in a profile, in `qwenvl.media`), which the "
+        "SDK caller skips by sending the file's base64 unchecked. The machine was shared (timings vary by about "
+        "2x between runs)."
+    )
     lines.extend(["", note])
-    body = "\n".join([f"`bench/bench_local.py`, medians of {args.repeat} (openai: {args.repeat * 4}) runs, "
-                      f"{time.strftime('%Y-%m-%d', time.gmtime())}, {machine()}.", "", *lines])
+    body = "\n".join(
+        [
+            f"`bench/bench_local.py`, medians of {args.repeat} (openai: {args.repeat * 4}) runs, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}, {machine()}.",
+            "",
+            *lines,
+        ]
+    )
     print(body)
     if not args.no_write:
         write_section("Local backends: overhead vs direct transformers and the openai SDK", body)

@@ -47,6 +47,7 @@ PROMPT = "What is in this picture?"
 
 # --- the server (its own process: `bench_overhead.py --serve`) ----------------------------------------------
 
+
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -59,18 +60,37 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     length = int(value)
             body = json.loads(await reader.readexactly(length))
             if b"/compatible-mode/" in target:
-                reply = {"id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()),
-                         "model": body["model"],
-                         "usage": {"prompt_tokens": 90, "completion_tokens": 3, "total_tokens": 93},
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": "A test card."}}]}
+                reply = {
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": 90, "completion_tokens": 3, "total_tokens": 93},
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "A test card."},
+                        }
+                    ],
+                }
             else:
-                reply = {"request_id": "bench", "output": {"choices": [{"finish_reason": "stop", "message": {
-                    "role": "assistant", "content": [{"text": "A test card."}]}}]},
-                    "usage": {"input_tokens": 90, "output_tokens": 3, "total_tokens": 93, "image_tokens": 80}}
+                reply = {
+                    "request_id": "bench",
+                    "output": {
+                        "choices": [
+                            {
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": [{"text": "A test card."}]},
+                            }
+                        ]
+                    },
+                    "usage": {"input_tokens": 90, "output_tokens": 3, "total_tokens": 93, "image_tokens": 80},
+                }
             data = json.dumps(reply).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(data), data))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data)
+            )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -86,6 +106,7 @@ async def _serve() -> None:
 
 
 # --- the ways --------------------------------------------------------------------------------------------------
+
 
 def small_png(path: Path) -> None:
     """A 320x240 test card: flat colour bars and a few labels, as a small screenshot or icon sheet would be."""
@@ -116,38 +137,57 @@ def make_ways(base: str, image: Path) -> dict[str, tuple[object, object]]:
     oa = openai.OpenAI(api_key="sk-bench", base_url=f"{base}/compatible-mode/v1", max_retries=0)
 
     def openai_image():
-        r = oa.chat.completions.create(model=MODEL, max_tokens=512, messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": PROMPT}]}])
+        r = oa.chat.completions.create(
+            model=MODEL,
+            max_tokens=512,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_url(image)}},
+                        {"type": "text", "text": PROMPT},
+                    ],
+                }
+            ],
+        )
         assert r.choices[0].message.content
 
     def openai_text():
-        r = oa.chat.completions.create(model=MODEL, max_tokens=512,
-                                       messages=[{"role": "user", "content": PROMPT}])
+        r = oa.chat.completions.create(model=MODEL, max_tokens=512, messages=[{"role": "user", "content": PROMPT}])
         assert r.choices[0].message.content
 
     dashscope.base_http_api_url = f"{base}/api/v1"
 
     def dashscope_image():
-        r = dashscope.MultiModalConversation.call(api_key="sk-bench", model=MODEL, max_tokens=512, messages=[
-            {"role": "user", "content": [{"image": data_url(image)}, {"text": PROMPT}]}])
+        r = dashscope.MultiModalConversation.call(
+            api_key="sk-bench",
+            model=MODEL,
+            max_tokens=512,
+            messages=[{"role": "user", "content": [{"image": data_url(image)}, {"text": PROMPT}]}],
+        )
         assert r.status_code == 200, r
 
     def dashscope_text():
-        r = dashscope.MultiModalConversation.call(api_key="sk-bench", model=MODEL, max_tokens=512, messages=[
-            {"role": "user", "content": [{"text": PROMPT}]}])
+        r = dashscope.MultiModalConversation.call(
+            api_key="sk-bench", model=MODEL, max_tokens=512, messages=[{"role": "user", "content": [{"text": PROMPT}]}]
+        )
         assert r.status_code == 200, r
 
-    ours = {p: qwenvl.Client(api_key="sk-bench", protocol=p, base_url=base, model=MODEL, max_retries=0)
-            for p in ("compat", "native")}
+    ours = {
+        p: qwenvl.Client(api_key="sk-bench", protocol=p, base_url=base, model=MODEL, max_retries=0)
+        for p in ("compat", "native")
+    }
 
     def ours_image(protocol: str):
         def run():
             assert ours[protocol].complete(prompt=PROMPT, image=str(image)).text
+
         return run
 
     def ours_text(protocol: str):
         def run():
             assert ours[protocol].complete(prompt=PROMPT).text
+
         return run
 
     return {
@@ -210,15 +250,21 @@ def main() -> None:
     def ratio(name: str, kind: str) -> float:
         return statistics.median(a / b for a, b in zip(times[(name, kind)], times[(anchor, kind)], strict=True))
 
-    lines = ["| client | with the 2 kB PNG (ms/request) | vs openai | text only (ms/request) | vs openai |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| client | with the 2 kB PNG (ms/request) | vs openai | text only (ms/request) | vs openai |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name in ways:
-        lines.append(f"| {name} | {med(name, 'image') * 1e3:.2f} | {ratio(name, 'image'):.2f}x | "
-                     f"{med(name, 'text') * 1e3:.2f} | {ratio(name, 'text'):.2f}x |")
+        lines.append(
+            f"| {name} | {med(name, 'image') * 1e3:.2f} | {ratio(name, 'image'):.2f}x | "
+            f"{med(name, 'text') * 1e3:.2f} | {ratio(name, 'text'):.2f}x |"
+        )
     goal = ratio("qwenvl (compat)", "image")
     table = "\n".join(lines)
-    verdict = f"qwenvl (compat) with the image: **{goal:.2f}x** the openai SDK's time (target <= 1.2x: " \
-              f"{'met' if goal <= 1.2 else 'NOT MET'})."
+    verdict = (
+        f"qwenvl (compat) with the image: **{goal:.2f}x** the openai SDK's time (target <= 1.2x: "
+        f"{'met' if goal <= 1.2 else 'NOT MET'})."
+    )
     print(table, verdict, sep="\n\n")
     if args.no_write:
         return
@@ -229,8 +275,8 @@ timed rounds and {load_after:.1f} after (shared with other engineers' work: busy
 What is timed: one request from the caller's side, from the call to the parsed answer, against a loopback
 asyncio server in its own process that answers at once (so only client time counts). The image is a
 320x240 PNG of {size:,} bytes; the openai and dashscope callers read it and build the base64 data URL
-inside the timed call. Anchors: openai {version('openai')} (`OpenAI().chat.completions.create`,
-max_retries=0) and dashscope {version('dashscope')} (`MultiModalConversation.call`), both in the same process
+inside the timed call. Anchors: openai {version("openai")} (`OpenAI().chat.completions.create`,
+max_retries=0) and dashscope {version("dashscope")} (`MultiModalConversation.call`), both in the same process
 and run; qwenvl with its usage log on. {args.rounds} interleaved rounds of {args.per_round} requests per way;
 times are medians of the per-round means, ratios medians of the per-round ratios.
 

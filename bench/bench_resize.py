@@ -80,15 +80,15 @@ def make_cases(n: int, seed: int) -> list[dict]:
                 max_pixels = rng.randint(1, 20_000_000)
             if rng.random() < 0.05 and min_pixels is not None:  # min > max: both refuse
                 min_pixels, max_pixels = max_pixels + 1, max_pixels
-            cases.append({"height": height, "width": width, "factor": factor,
-                          "min_pixels": min_pixels, "max_pixels": max_pixels})
+            cases.append(
+                {"height": height, "width": width, "factor": factor, "min_pixels": min_pixels, "max_pixels": max_pixels}
+            )
     return cases
 
 
 def ours(case: dict) -> list[int] | str:
     try:
-        return list(smart_resize(case["height"], case["width"], case["factor"], case["min_pixels"],
-                                 case["max_pixels"]))
+        return list(smart_resize(case["height"], case["width"], case["factor"], case["min_pixels"], case["max_pixels"]))
     except ValueError:
         return "error"
 
@@ -103,8 +103,9 @@ def main() -> None:
         sys.exit(f"{REF_PYTHON} is missing: create bench/.venv-ref first (see the top of this script)")
 
     cases = make_cases(args.cases, args.seed)
-    proc = subprocess.run([str(REF_PYTHON), "-c", REFERENCE_SCRIPT], input=json.dumps(cases),
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [str(REF_PYTHON), "-c", REFERENCE_SCRIPT], input=json.dumps(cases), capture_output=True, text=True, check=True
+    )
     reference = json.loads(proc.stdout)
     t0 = time.perf_counter()
     mine = [ours(c) for c in cases]
@@ -118,25 +119,36 @@ def main() -> None:
         errors = sum(1 for i in idx if reference["results"][i] == "error")
         zero = sum(1 for i in idx if reference["results"][i] != "error" and 0 in reference["results"][i])
         total_mismatches += len(mismatches)
-        rows.append(f"| {factor} (patch {patch}) | {len(idx)} | {len(idx) - len(mismatches)} | {len(mismatches)} "
-                    f"| {errors} | {zero} |")
+        rows.append(
+            f"| {factor} (patch {patch}) | {len(idx)} | {len(idx) - len(mismatches)} | {len(mismatches)} "
+            f"| {errors} | {zero} |"
+        )
         for i in mismatches[:10]:
             print("MISMATCH", cases[i], "ours", mine[i], "reference", reference["results"][i])
     print("\n".join(rows))
-    print(f"qwen-vl-utils {reference['version']}: {total_mismatches} mismatches in {len(cases)} cases; "
-          f"ours {our_seconds * 1e6 / len(cases):.2f} us/call, reference "
-          f"{reference['seconds'] * 1e6 / len(cases):.2f} us/call")
+    print(
+        f"qwen-vl-utils {reference['version']}: {total_mismatches} mismatches in {len(cases)} cases; "
+        f"ours {our_seconds * 1e6 / len(cases):.2f} us/call, reference "
+        f"{reference['seconds'] * 1e6 / len(cases):.2f} us/call"
+    )
     if args.no_write:
         return
 
-    REFERENCE_JSON.write_text(json.dumps({
-        "source": f"qwen_vl_utils.vision_process.smart_resize, qwen-vl-utils {reference['version']}",
-        "made_by": "bench/bench_resize.py", "seed": args.seed,
-        "cases": [{**c, "expected": r} for c, r in zip(cases, reference["results"], strict=True)],
-    }, separators=(",", ":")) + "\n")
+    REFERENCE_JSON.write_text(
+        json.dumps(
+            {
+                "source": f"qwen_vl_utils.vision_process.smart_resize, qwen-vl-utils {reference['version']}",
+                "made_by": "bench/bench_resize.py",
+                "seed": args.seed,
+                "cases": [{**c, "expected": r} for c, r in zip(cases, reference["results"], strict=True)],
+            },
+            separators=(",", ":"),
+        )
+        + "\n"
+    )
     body = f"""Machine: {machine()}.
 Command: `.venv/bin/python bench/bench_resize.py --cases {args.cases} --seed {args.seed}` (the reference runs in
-bench/.venv-ref with qwen-vl-utils {reference['version']}).
+bench/.venv-ref with qwen-vl-utils {reference["version"]}).
 
 Sides are log-uniform from 1 to 30,000 px, with ratios up to about 250:1 and exact rounding ties. Budgets are
 the defaults, token budgets (4-256 min, 64-16384 max tokens), or arbitrary pixel counts; 5% have min > max.
@@ -148,7 +160,7 @@ a 0 px side (a tiny budget and an extreme ratio); ours reproduces those too, and
 {chr(10).join(rows)}
 
 Result: **{total_mismatches} mismatches** in {len(cases)} cases (target: 0 on at least 1,000 per factor). Speed:
-ours {our_seconds * 1e6 / len(cases):.2f} us per call, qwen-vl-utils {reference['seconds'] * 1e6 / len(cases):.2f} us.
+ours {our_seconds * 1e6 / len(cases):.2f} us per call, qwen-vl-utils {reference["seconds"] * 1e6 / len(cases):.2f} us.
 The cases and the reference answers are in `tests/data/smart_resize_reference.json`; `tests/test_resize.py`
 checks them in CI.
 """

@@ -50,11 +50,22 @@ def free_port() -> int:
 class Serve:
     def __init__(self, upstream: str, backend: str) -> None:
         self.port = free_port()
-        env = {**os.environ, "QWENVL_SERVE_API_KEY": KEY, "DASHSCOPE_API_KEY": "sk-upstream",
-               "QWENVL_LOG": "0"}
+        env = {**os.environ, "QWENVL_SERVE_API_KEY": KEY, "DASHSCOPE_API_KEY": "sk-upstream", "QWENVL_LOG": "0"}
         upstream_url = upstream if backend == "dashscope" else upstream + "/v1"
-        args = [sys.executable, "-m", "qwenvl", "serve", "--port", str(self.port), "--backend", backend,
-                "--upstream", upstream_url, "--max-concurrent", "256"]
+        args = [
+            sys.executable,
+            "-m",
+            "qwenvl",
+            "serve",
+            "--port",
+            str(self.port),
+            "--backend",
+            backend,
+            "--upstream",
+            upstream_url,
+            "--max-concurrent",
+            "256",
+        ]
         if backend != "dashscope":
             args += ["--model", "qwen3-vl-plus", "--engine", "vllm"]
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -76,8 +87,11 @@ class Serve:
 
 
 def body(i: int) -> dict:
-    return {"model": "qwen3-vl-plus", "max_tokens": 16,
-            "messages": [{"role": "user", "content": [{"type": "text", "text": f"question {i}"}]}]}
+    return {
+        "model": "qwen3-vl-plus",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": f"question {i}"}]}],
+    }
 
 
 async def latency(direct: str, served: str, n: int) -> tuple[list[float], list[float]]:
@@ -101,6 +115,7 @@ async def throughput(url: str, n: int, concurrency: int) -> float:
     queue = iter(range(n))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as h:
+
         async def worker() -> None:
             for i in queue:
                 r = await h.post(url, json=body(i), headers=headers)

@@ -19,7 +19,6 @@ Targets: (a) at least 2x faster than (b) with the identical frame indices, and b
 ``bench/RESULTS.md`` under "## Video sampling" (through ``bench/results_md.py``; other sections stay).
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -47,6 +46,7 @@ SAMPLES = 16
 
 # --- inputs ---------------------------------------------------------------------------------------------------
 
+
 def make_clip(path: Path, *, gop: int | None = None, noise: int = 26) -> None:
     """A moving gradient and checkerboard with fresh noise each frame (a pool of 64 noise frames, far more
     than the encoder's reference window), so the encoder sees camera-like texture."""
@@ -68,7 +68,7 @@ def make_clip(path: Path, *, gop: int | None = None, noise: int = 26) -> None:
             stream.codec_context.gop_size = gop
         for i in range(SECONDS * FPS):
             off = (i * 6) % period
-            frame = av.VideoFrame.from_ndarray(texture[:, off:off + WIDTH] + pool[i % len(pool)], format="rgb24")
+            frame = av.VideoFrame.from_ndarray(texture[:, off : off + WIDTH] + pool[i % len(pool)], format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -85,6 +85,7 @@ def clip(directory: Path, name: str, gop: int | None) -> Path:
 
 
 # --- the ways to read 16 frames ---------------------------------------------------------------------------------
+
 
 def floor_decode(path: Path) -> int:
     """(iii) decode every frame, convert none."""
@@ -116,11 +117,17 @@ class DecordWorker:
     def __init__(self, path: Path) -> None:
         python = HERE / ".venv-ref" / "bin" / "python"
         if not python.exists():
-            raise SystemExit("bench/.venv-ref is missing: python3 -m venv bench/.venv-ref && "
-                             "bench/.venv-ref/bin/pip install torch torchvision qwen-vl-utils decord")
-        self.proc = subprocess.Popen([str(python), "-c", DECORD_WORKER, str(path), str(SAMPLES)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+            raise SystemExit(
+                "bench/.venv-ref is missing: python3 -m venv bench/.venv-ref && "
+                "bench/.venv-ref/bin/pip install torch torchvision qwen-vl-utils decord"
+            )
+        self.proc = subprocess.Popen(
+            [str(python), "-c", DECORD_WORKER, str(path), str(SAMPLES)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         self.meta = json.loads(self._line())
 
     def _line(self) -> str:
@@ -143,6 +150,7 @@ class DecordWorker:
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
+
 
 def run(directory: Path, repeat: int) -> tuple[str, bool]:
     path = clip(directory, "clip_gop250.mp4", None)
@@ -193,16 +201,14 @@ def run(directory: Path, repeat: int) -> tuple[str, bool]:
         f"| (a') ours, 16 JPEG frames | {med['jpeg']:.3f} | {med['jpeg'] / med['ours']:.2f}x |",
         f"| (b) qwen-vl-utils `fetch_video`, decord backend (16 resized frames) | {med['decord']:.3f} | "
         f"{vs_decord:.2f}x |",
-        f"| (c) decode every frame, convert none (floor) | {med['floor']:.3f} | "
-        f"{med['floor'] / med['ours']:.2f}x |",
+        f"| (c) decode every frame, convert none (floor) | {med['floor']:.3f} | {med['floor'] / med['ours']:.2f}x |",
         "",
         f"- (a) vs (b): **{vs_decord:.2f}x faster** than qwen-vl-utils with decord (target >= 2x: "
         f"{'met' if vs_decord >= 2 else 'NOT met'}).",
         f"- (a) vs (c): **{vs_floor:.2f}x the decode-only floor** (target < 1: "
         f"{'met' if vs_floor < 1 else 'NOT met'}).",
         f"- Frame indices, ours: {sampled.indices}",
-        f"- Frame indices, qwen-vl-utils + decord: {decord.meta['indices']}: "
-        f"{'identical' if same else 'DIFFERENT'}.",
+        f"- Frame indices, qwen-vl-utils + decord: {decord.meta['indices']}: {'identical' if same else 'DIFFERENT'}.",
         f"- Strategy: {strategy}, from the keyframe positions (a seek plan decodes {seek_cost} frames, one pass "
         f"{seq_cost}); H.264 frames that nothing refers to are skipped unless sampled.",
     ]
@@ -236,9 +242,12 @@ def main() -> int:
             body, ok = run(Path(tmp), args.repeat)
     print(body)
     if not args.no_write:
-        write_section(HEADING, f"Measured by `bench/bench_video.py --repeat {args.repeat}` on "
-                               f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}; the machine was busy "
-                               f"(shared with other engineers' tests and benchmarks).\n\n{body}")
+        write_section(
+            HEADING,
+            f"Measured by `bench/bench_video.py --repeat {args.repeat}` on "
+            f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}; the machine was busy "
+            f"(shared with other engineers' tests and benchmarks).\n\n{body}",
+        )
     return 0 if ok else 1
 
 

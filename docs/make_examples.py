@@ -91,7 +91,7 @@ def clip(path: Path, seconds: int = 6, fps: int = 10) -> None:
         for i in range(seconds * fps):
             frame = np.full((180, 320, 3), (235, 225, 205), np.uint8)
             x = 20 + i * 4  # a box moving right, then a second one appearing
-            frame[100:150, x:x + 50] = (170, 120, 60)
+            frame[100:150, x : x + 50] = (170, 120, 60)
             if i >= 3 * fps:
                 frame[40:80, 240:280] = (40, 90, 200)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -108,48 +108,103 @@ def main() -> None:
     clip(work / "clip.mp4")
     for name in ("invoice-1.png", "invoice-2.png"):
         Image.new("RGB", (400, 300), "white").save(work / name)
-    (work / "invoice.schema.json").write_text(json.dumps({
-        "type": "object", "properties": {"title": {"type": "string"}, "invoice_no": {"type": "string"},
-                                         "amount": {"type": "number"}}, "required": ["title", "amount"]}))
+    (work / "invoice.schema.json").write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string"},
+                    "invoice_no": {"type": "string"},
+                    "amount": {"type": "number"},
+                },
+                "required": ["title", "amount"],
+            }
+        )
+    )
 
-    qwen3 = [{"bbox_2d": grid(boxes[k]), "label": "person" if k.startswith("person") else k}
-             for k in ("person 1", "person 2", "dog")]
+    qwen3 = [
+        {"bbox_2d": grid(boxes[k]), "label": "person" if k.startswith("person") else k}
+        for k in ("person 1", "person 2", "dog")
+    ]
     # Qwen2.5-VL points are pixels of the image as it saw it: 1204x812 for this 1280x853 photo
     bx, by = (boxes["ball"][0] + boxes["ball"][2]) / 2, (boxes["ball"][1] + boxes["ball"][3]) / 2
     points = f'<points x1="{round(bx * 1204 / W)}" y1="{round(by * 812 / H)}" alt="ball">ball</points>'
-    timeline = {"events": [
-        {"start_time": "00:00:00", "end_time": "00:00:03", "event": "A brown box slides to the right."},
-        {"start_time": "00:00:03", "end_time": "00:00:06", "event": "A blue box appears at the top right "
-                                                                     "while the brown one keeps moving."}]}
+    timeline = {
+        "events": [
+            {"start_time": "00:00:00", "end_time": "00:00:03", "event": "A brown box slides to the right."},
+            {
+                "start_time": "00:00:03",
+                "end_time": "00:00:06",
+                "event": "A blue box appears at the top right while the brown one keeps moving.",
+            },
+        ]
+    }
     steps: list[tuple[list[str], list[Reply]]] = [
-        (["ground", "beach.jpg", "every person and dog", "--out", str(DOCS / "ground-example.png")],
-         [Reply(text="```json\n" + json.dumps(qwen3) + "\n```")]),
-        (["ground", "beach.jpg", "every person and dog", "--json"],
-         [Reply(text=json.dumps(qwen3[:2]) + ', {"bbox_2d": [641, 70', finish_reason="length")]),
-        (["ground", "beach.jpg", "the ball", "--points", "--model", "qwen2.5-vl-72b-instruct", "--out",
-          str(DOCS / "ground-points-example.png")],
-         [Reply(text=points)]),
-        (["ocr", "receipt.png"],
-         [Reply(text="CAFE ALIBABA\n2 x Green tea   12.00\n1 x Bun          4.50\nTOTAL           16.50")]),
-        (["ocr", "receipt.png", "--format", "json"],
-         [Reply(text=json.dumps([{"bbox_2d": [83, 125, 350, 175], "text_content": "CAFE ALIBABA"},
-                                 {"bbox_2d": [83, 500, 560, 550], "text_content": "TOTAL 16.50"}]))]),
-        (["extract", "invoice-1.png", "invoice-2.png", "--schema", "invoice.schema.json"],
-         [Reply(text='{"title": "Cafe Alibaba", "invoice_no": "A-1021", "amount": 16.5}'),
-          Reply(text='```json\n{"title": "Book shop", "invoice_no": "B-77", "amount": 42}\n```')]),
-        (["events", "clip.mp4", "--sheet", str(DOCS / "events-sheet.png")],
-         [Reply(text=json.dumps(timeline))]),
-        (["ask", "receipt.png", "Is the total right?", "--thinking"],
-         [Reply(reasoning="12.00 + 4.50 = 16.50, and the receipt says 16.50.",
-                text="Yes: 12.00 + 4.50 = 16.50.")]),
+        (
+            ["ground", "beach.jpg", "every person and dog", "--out", str(DOCS / "ground-example.png")],
+            [Reply(text="```json\n" + json.dumps(qwen3) + "\n```")],
+        ),
+        (
+            ["ground", "beach.jpg", "every person and dog", "--json"],
+            [Reply(text=json.dumps(qwen3[:2]) + ', {"bbox_2d": [641, 70', finish_reason="length")],
+        ),
+        (
+            [
+                "ground",
+                "beach.jpg",
+                "the ball",
+                "--points",
+                "--model",
+                "qwen2.5-vl-72b-instruct",
+                "--out",
+                str(DOCS / "ground-points-example.png"),
+            ],
+            [Reply(text=points)],
+        ),
+        (
+            ["ocr", "receipt.png"],
+            [Reply(text="CAFE ALIBABA\n2 x Green tea   12.00\n1 x Bun          4.50\nTOTAL           16.50")],
+        ),
+        (
+            ["ocr", "receipt.png", "--format", "json"],
+            [
+                Reply(
+                    text=json.dumps(
+                        [
+                            {"bbox_2d": [83, 125, 350, 175], "text_content": "CAFE ALIBABA"},
+                            {"bbox_2d": [83, 500, 560, 550], "text_content": "TOTAL 16.50"},
+                        ]
+                    )
+                )
+            ],
+        ),
+        (
+            ["extract", "invoice-1.png", "invoice-2.png", "--schema", "invoice.schema.json"],
+            [
+                Reply(text='{"title": "Cafe Alibaba", "invoice_no": "A-1021", "amount": 16.5}'),
+                Reply(text='```json\n{"title": "Book shop", "invoice_no": "B-77", "amount": 42}\n```'),
+            ],
+        ),
+        (["events", "clip.mp4", "--sheet", str(DOCS / "events-sheet.png")], [Reply(text=json.dumps(timeline))]),
+        (
+            ["ask", "receipt.png", "Is the total right?", "--thinking"],
+            [Reply(reasoning="12.00 + 4.50 = 16.50, and the receipt says 16.50.", text="Yes: 12.00 + 4.50 = 16.50.")],
+        ),
     ]
     with DashScopeServer(api_key="sk-examples") as srv:
-        env = {**os.environ, "DASHSCOPE_API_KEY": "sk-examples", "DASHSCOPE_COMPATIBLE_BASE_URL": srv.compat_base,
-               "DASHSCOPE_HTTP_BASE_URL": srv.native_base, "COLUMNS": "110", "NO_COLOR": "1"}
+        env = {
+            **os.environ,
+            "DASHSCOPE_API_KEY": "sk-examples",
+            "DASHSCOPE_COMPATIBLE_BASE_URL": srv.compat_base,
+            "DASHSCOPE_HTTP_BASE_URL": srv.native_base,
+            "COLUMNS": "110",
+            "NO_COLOR": "1",
+        }
         for args, replies in steps:
             srv.enqueue(*replies)
-            p = subprocess.run([sys.executable, "-m", "qwenvl", *args], cwd=work, env=env, capture_output=True,
-                               text=True, timeout=120)
+            p = subprocess.run(
+                [sys.executable, "-m", "qwenvl", *args], cwd=work, env=env, capture_output=True, text=True, timeout=120
+            )
             shown = [a.replace(str(DOCS), "docs") for a in args]
             print(f"$ qwenvl {shlex.join(shown)}")
             print(p.stdout.rstrip("\n"))

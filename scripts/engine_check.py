@@ -61,10 +61,28 @@ def vllm_copy(src: Path, dst: Path) -> Path:
 
 def start_vllm(folder: Path, name: str, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
-           "--served-model-name", name, "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "2",
-           "--limit-mm-per-prompt", '{"image":1,"video":0}', "--enable-prompt-tokens-details",
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(folder),
+        "--served-model-name",
+        name,
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "2048",
+        "--max-num-seqs",
+        "2",
+        "--limit-mm-per-prompt",
+        '{"image":1,"video":0}',
+        "--enable-prompt-tokens-details",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -82,12 +100,14 @@ def wait_up(base: str, proc: subprocess.Popen) -> float:
     raise RuntimeError(f"vLLM did not answer within {START_TIMEOUT_S:.0f} s")
 
 
-NOTE = ('Text is compared as decoded: a random byte-level model emits invalid UTF-8, which transformers decod'
-        "es to U+FFFD while vLLM's incremental detokenizer holds back a tail ending in U+FFFD and drops it at"
-        " the end; where vLLM's text is ours up to that tail and the token counts agree, the row says so. An "
-        'earlier run with initializer_range 0.3 (larger activations) gave equal prompt, image and output toke'
-        "n counts but a different greedy text on qwen2.5-vl: numerical differences between vLLM's CPU kernels"
-        ' and transformers flip near-tied argmaxes on such weights.')
+NOTE = (
+    "Text is compared as decoded: a random byte-level model emits invalid UTF-8, which transformers decod"
+    "es to U+FFFD while vLLM's incremental detokenizer holds back a tail ending in U+FFFD and drops it at"
+    " the end; where vLLM's text is ours up to that tail and the token counts agree, the row says so. An "
+    "earlier run with initializer_range 0.3 (larger activations) gave equal prompt, image and output toke"
+    "n counts but a different greedy text on qwen2.5-vl: numerical differences between vLLM's CPU kernels"
+    " and transformers flip near-tied argmaxes on such weights."
+)
 INIT_RANGE = float(os.environ.get("ENGINE_CHECK_INIT_RANGE", "0.02"))  # the reference recipe's default
 
 
@@ -114,8 +134,10 @@ def check_family(family: str, work: Path, image: Path) -> dict:
         row["start_s"] = round(wait_up(base, proc), 1)
         fam = "qwen3-vl" if family.startswith("qwen3") else family
         ask = dict(temperature=0, max_tokens=MAX_NEW)
-        with qwenvl.Client(backend="transformers", model=str(tf_dir)) as local, \
-                qwenvl.Client(backend="openai", base_url=base, family=fam, timeout_s=300) as remote:
+        with (
+            qwenvl.Client(backend="transformers", model=str(tf_dir)) as local,
+            qwenvl.Client(backend="openai", base_url=base, family=fam, timeout_s=300) as remote,
+        ):
             a = local.ask("What is in the picture?", str(image), **ask)
             b = remote.ask("What is in the picture?", str(image), **ask)
             row["engine"] = remote.backend.engine
@@ -124,18 +146,33 @@ def check_family(family: str, work: Path, image: Path) -> dict:
             row["output_tokens"] = f"{a.usage.output_tokens} / {b.usage.output_tokens}"
             row["prompt_tokens"] = f"{a.usage.input_tokens} / {b.usage.input_tokens}"
             row["image_tokens"] = f"{a.usage.image_tokens} / {b.usage.image_tokens}"
-            row["equal"] = row["text_equal"] is not False and \
-                (a.usage.input_tokens, a.usage.image_tokens, a.usage.output_tokens) == \
-                (b.usage.input_tokens, b.usage.image_tokens, b.usage.output_tokens)
-            streamed = "".join(e.text for e in remote.stream(prompt="What is in the picture?", image=str(image),
-                                                             **ask) if e.type == "text")
+            row["equal"] = row["text_equal"] is not False and (
+                a.usage.input_tokens,
+                a.usage.image_tokens,
+                a.usage.output_tokens,
+            ) == (b.usage.input_tokens, b.usage.image_tokens, b.usage.output_tokens)
+            streamed = "".join(
+                e.text
+                for e in remote.stream(prompt="What is in the picture?", image=str(image), **ask)
+                if e.type == "text"
+            )
             row["stream_equal"] = streamed == b.text
             g = ground(remote, str(image), "the red square", temperature=0, max_tokens=32)
             row["ground"] = f"ok ({len(g.boxes)} boxes, {g.convention or 'no'} convention)"
         out = work / f"batch-{family}.jsonl"
-        items = [BatchItem(id=f"q{i}", input=str(image), request={"prompt": f"Question {i}: what is it?",
-                                                                  "image": str(image), "temperature": 0,
-                                                                  "max_tokens": 8}) for i in range(50)]
+        items = [
+            BatchItem(
+                id=f"q{i}",
+                input=str(image),
+                request={
+                    "prompt": f"Question {i}: what is it?",
+                    "image": str(image),
+                    "temperature": 0,
+                    "max_tokens": 8,
+                },
+            )
+            for i in range(50)
+        ]
         t = time.monotonic()
         summary = Batch(items, out, concurrency=8, backend="openai", base_url=base, family=fam, cache=False).run()
         row["batch_50"] = f"{summary.ok} ok / {summary.error} errors in {time.monotonic() - t:.1f} s"
@@ -172,20 +209,25 @@ def report(rows: list[dict]) -> None:
     import importlib.metadata as md
 
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("vllm-cpu", "torch", "transformers"))
-    lines = ["`scripts/engine-check` (one command from a clean checkout): tiny random Qwen-VL models served by",
-             f"vLLM on CPU vs qwenvl's transformers backend, greedy, {MAX_NEW} new tokens, one 224x224 image, "
-             f"weights drawn with initializer_range {INIT_RANGE}.",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}; {versions}.", "",
-             "| family | engine detected | vLLM start (s) | text equal | prompt tokens (transformers / vLLM) | "
-             "image tokens | output tokens | stream equal | ground | batch of 50 | texts (transformers / vLLM) "
-             "| error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "`scripts/engine-check` (one command from a clean checkout): tiny random Qwen-VL models served by",
+        f"vLLM on CPU vs qwenvl's transformers backend, greedy, {MAX_NEW} new tokens, one 224x224 image, "
+        f"weights drawn with initializer_range {INIT_RANGE}.",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}; {versions}.",
+        "",
+        "| family | engine detected | vLLM start (s) | text equal | prompt tokens (transformers / vLLM) | "
+        "image tokens | output tokens | stream equal | ground | batch of 50 | texts (transformers / vLLM) "
+        "| error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['family']} | {r.get('engine', '')} | {r.get('start_s', '')} | {r.get('text_equal', '')} "
-                     f"| {r.get('prompt_tokens', '')} | {r.get('image_tokens', '')} | {r.get('output_tokens', '')} "
-                     f"| {r.get('stream_equal', '')} "
-                     f"| {r.get('ground', '')} | {r.get('batch_50', '')} | {r.get('texts', '')} "
-                     f"| {r.get('error', '')} |")
+        lines.append(
+            f"| {r['family']} | {r.get('engine', '')} | {r.get('start_s', '')} | {r.get('text_equal', '')} "
+            f"| {r.get('prompt_tokens', '')} | {r.get('image_tokens', '')} | {r.get('output_tokens', '')} "
+            f"| {r.get('stream_equal', '')} "
+            f"| {r.get('ground', '')} | {r.get('batch_50', '')} | {r.get('texts', '')} "
+            f"| {r.get('error', '')} |"
+        )
     lines += ["", NOTE]
     write_section("engine-check (vLLM on CPU)", "\n".join(lines))
 

@@ -82,15 +82,22 @@ def _completion(body: dict, rid: str) -> dict:
     n_videos = sum(kind == "video" for kind, _ in media)
     text = f"echo: {_last_user_text('compat', body)} [images={n_images} videos={n_videos}]"
     ans = _Answer("compat", body["model"], text, None, None, "stop", n_images, None)
-    return {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"], "request_id": rid,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                         "logprobs": None}],
-            "usage": ans.usage()}
+    return {
+        "id": f"chatcmpl-{rid}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "request_id": rid,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
+        ],
+        "usage": ans.usage(),
+    }
 
 
 class _BatchHandler(_Handler):
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall per answer
+
     @property
     def srv(self) -> BatchServer:
         return self.server.fake  # type: ignore[attr-defined]
@@ -105,13 +112,19 @@ class _BatchHandler(_Handler):
             parsed = json.loads(body) if body and b"{" in body[:1] else None
         except ValueError:
             parsed = None
-        self.req = RecordedRequest(self.command, path, dict(parse_qsl(urlsplit(self.path).query)),
-                                   Headers((k.lower(), v) for k, v in self.headers.items()), body, parsed)
+        self.req = RecordedRequest(
+            self.command,
+            path,
+            dict(parse_qsl(urlsplit(self.path).query)),
+            Headers((k.lower(), v) for k, v in self.headers.items()),
+            body,
+            parsed,
+        )
         with self.srv._lock:
             self.srv._requests.append(self.req)
         if not self._authorized():
             return self._error("compat", 401, msg="Incorrect API key provided.")
-        parts = path[len(PREFIX):].strip("/").split("/")
+        parts = path[len(PREFIX) :].strip("/").split("/")
         try:
             if parts == ["files"] and self.command == "POST":
                 return self._upload()
@@ -139,7 +152,8 @@ class _BatchHandler(_Handler):
         if not ctype.startswith("multipart/form-data"):
             return self._bad("files must be uploaded as multipart/form-data")
         msg = BytesParser(policy=email_policy.default).parsebytes(
-            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + self.req.body)
+            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + self.req.body
+        )
         form: dict[str, str] = {}
         content, filename = None, None
         for part in msg.iter_parts():
@@ -154,8 +168,15 @@ class _BatchHandler(_Handler):
         if form.get("purpose") != "batch":
             return self._bad(f"purpose must be 'batch', got {form.get('purpose')!r}")
         file_id = f"file-batch-{uuid.uuid4().hex[:20]}"
-        meta = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
-                "filename": filename or "upload.jsonl", "purpose": "batch", "status": "processed"}
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename or "upload.jsonl",
+            "purpose": "batch",
+            "status": "processed",
+        }
         with self.srv._lock:
             self.srv.files[file_id] = content
             self.srv.file_meta[file_id] = meta
@@ -185,13 +206,29 @@ class _BatchHandler(_Handler):
         ok, errors, failure, total = self._process(self.srv.files[file_id])
         failure = failure or self.srv.fail_validation
         now = int(time.time())
-        job = {"id": f"batch_{uuid.uuid4()}", "object": "batch", "endpoint": LINE_URL, "errors": None,
-               "input_file_id": file_id, "completion_window": body["completion_window"], "status": "validating",
-               "output_file_id": None, "error_file_id": None, "created_at": now, "in_progress_at": None,
-               "expires_at": now + 86400, "finalizing_at": None, "completed_at": None, "failed_at": None,
-               "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-               "request_counts": {"total": total, "completed": 0, "failed": 0},
-               "metadata": body.get("metadata"), "_polls": 0}
+        job = {
+            "id": f"batch_{uuid.uuid4()}",
+            "object": "batch",
+            "endpoint": LINE_URL,
+            "errors": None,
+            "input_file_id": file_id,
+            "completion_window": body["completion_window"],
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 86400,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": total, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+            "_polls": 0,
+        }
         with self.srv._lock:
             self.srv.batches[job["id"]] = job
             self.srv._results[job["id"]] = (ok, errors, failure)
@@ -238,13 +275,28 @@ class _BatchHandler(_Handler):
             elif cid in self.srv.line_errors:
                 problem = self.srv.line_errors[cid]
             if problem is None:
-                ok.append({"id": f"batch_req_{rid}", "custom_id": cid, "error": None,
-                           "response": {"status_code": 200, "request_id": rid, "body": _completion(body, rid)}})
+                ok.append(
+                    {
+                        "id": f"batch_req_{rid}",
+                        "custom_id": cid,
+                        "error": None,
+                        "response": {"status_code": 200, "request_id": rid, "body": _completion(body, rid)},
+                    }
+                )
             else:
                 status, code, message = problem
-                errors.append({"id": f"batch_req_{rid}", "custom_id": cid, "error": {"code": code, "message": message},
-                               "response": {"status_code": status, "request_id": rid,
-                                            "body": error_body("compat", status, rid, code, message)}})
+                errors.append(
+                    {
+                        "id": f"batch_req_{rid}",
+                        "custom_id": cid,
+                        "error": {"code": code, "message": message},
+                        "response": {
+                            "status_code": status,
+                            "request_id": rid,
+                            "body": error_body("compat", status, rid, code, message),
+                        },
+                    }
+                )
         return ok, errors, None, len(lines)
 
     def _retrieve(self, batch_id: str) -> None:
@@ -263,8 +315,11 @@ class _BatchHandler(_Handler):
         now = int(time.time())
         ok, errors, failure = self.srv._results[job["id"]]
         if failure is not None:
-            job.update(status="failed", failed_at=now,
-                       errors={"object": "list", "data": [{"code": "invalid_file", "message": failure, "line": None}]})
+            job.update(
+                status="failed",
+                failed_at=now,
+                errors={"object": "list", "data": [{"code": "invalid_file", "message": failure, "line": None}]},
+            )
             return
         if job["status"] == "cancelling":
             job.update(status="cancelled", cancelled_at=now)
@@ -280,8 +335,14 @@ class _BatchHandler(_Handler):
             return
         out_id = self._store(ok) if ok else None
         err_id = self._store(errors) if errors else None
-        job.update(status="completed", finalizing_at=now, completed_at=now, output_file_id=out_id,
-                   error_file_id=err_id, request_counts={"total": total, "completed": len(ok), "failed": len(errors)})
+        job.update(
+            status="completed",
+            finalizing_at=now,
+            completed_at=now,
+            output_file_id=out_id,
+            error_file_id=err_id,
+            request_counts={"total": total, "completed": len(ok), "failed": len(errors)},
+        )
 
     def _store(self, lines: list[dict]) -> str:
         file_id = f"file-batch_output-{uuid.uuid4().hex[:16]}"

@@ -55,8 +55,11 @@ def make_client(server: DashScopeServer, protocol: str = "compat", **kw) -> qwen
 @pytest.fixture
 def env(server: DashScopeServer) -> dict[str, str]:
     """Environment for a CLI subprocess that talks to the loopback server (both protocols)."""
-    return {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
-            "DASHSCOPE_HTTP_BASE_URL": server.native_base}
+    return {
+        "DASHSCOPE_API_KEY": API_KEY,
+        "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base,
+        "DASHSCOPE_HTTP_BASE_URL": server.native_base,
+    }
 
 
 @pytest.fixture
@@ -65,8 +68,9 @@ def client(server: DashScopeServer, protocol: str) -> Iterator[qwenvl.Client]:
         yield c
 
 
-def write_image(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30),
-                fmt: str | None = None) -> Path:
+def write_image(
+    path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30), fmt: str | None = None
+) -> Path:
     Image.new("RGB", size, color).save(path, format=fmt)
     return path
 
@@ -81,11 +85,18 @@ def jpeg(isolated_env: Path) -> Path:
     return write_image(isolated_env / "blue.jpg", color=(20, 40, 220), fmt="JPEG")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m qwenvl ARGS` as a user would, in the current (temporary) folder."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "ALIBABA_CLOUD_"))}
     full_env.update(env or {})
     full_env.setdefault("COLUMNS", "200")
-    return subprocess.run([sys.executable, "-m", "qwenvl", *args], capture_output=True, text=True,
-                          env=full_env, input=input, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "qwenvl", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+    )

@@ -54,9 +54,19 @@ OSS_RESOLVE_HEADER = "X-DashScope-OssResourceResolve"
 NATIVE_SSE_HEADER = "X-DashScope-SSE"
 
 # Model allow-list: exact names, or any name "<known>-<suffix>" (snapshots, "-latest").
-KNOWN_MODELS = ("qwen3-vl-plus", "qwen3-vl-flash", "qwen-vl-max", "qwen-vl-plus", "qvq-max", "qvq-plus",
-                "qwen-vl-ocr", "qwen2.5-vl-72b-instruct", "qwen2.5-vl-32b-instruct", "qwen2.5-vl-7b-instruct",
-                "qwen2.5-vl-3b-instruct")
+KNOWN_MODELS = (
+    "qwen3-vl-plus",
+    "qwen3-vl-flash",
+    "qwen-vl-max",
+    "qwen-vl-plus",
+    "qvq-max",
+    "qvq-plus",
+    "qwen-vl-ocr",
+    "qwen2.5-vl-72b-instruct",
+    "qwen2.5-vl-32b-instruct",
+    "qwen2.5-vl-7b-instruct",
+    "qwen2.5-vl-3b-instruct",
+)
 # The live service has been seen answering an unknown model with 404 as well as 400; the
 # fake picks 400 for both protocols (compat code "model_not_found", native "InvalidParameter").
 MODEL_NOT_FOUND_STATUS = 400
@@ -105,27 +115,53 @@ def _closed(props: dict, required: tuple = ()) -> dict:
 
 def _tagged(tag: str, variants: dict[str, dict]) -> dict:
     """An object discriminated by `tag` (role/type); if/then per value gives precise errors."""
-    return {"type": "object", "required": [tag], "properties": {tag: {"enum": list(variants)}},
-            "allOf": [{"if": {"required": [tag], "properties": {tag: {"const": k}}}, "then": v}
-                      for k, v in variants.items()]}
+    return {
+        "type": "object",
+        "required": [tag],
+        "properties": {tag: {"enum": list(variants)}},
+        "allOf": [
+            {"if": {"required": [tag], "properties": {tag: {"const": k}}}, "then": v} for k, v in variants.items()
+        ],
+    }
 
 
-_TOOLS = {"type": "array", "items": _closed({
-    "type": {"const": "function"},
-    "function": _closed({"name": _STR, "description": _STR, "parameters": _OBJ, "strict": _BOOL}, ("name",)),
-}, ("type", "function"))}
-_TOOL_CHOICE = {"anyOf": [{"enum": ["auto", "none", "required"]}, _closed(
-    {"type": {"const": "function"}, "function": _closed({"name": _STR}, ("name",))}, ("type", "function"))]}
-_TOOL_CALLS = {"type": "array", "items": _closed({
-    "index": _INT, "id": _STR, "type": {"const": "function"},
-    "function": _closed({"name": _STR, "arguments": _STR}, ("name", "arguments")),
-}, ("id", "function"))}
+_TOOLS = {
+    "type": "array",
+    "items": _closed(
+        {
+            "type": {"const": "function"},
+            "function": _closed({"name": _STR, "description": _STR, "parameters": _OBJ, "strict": _BOOL}, ("name",)),
+        },
+        ("type", "function"),
+    ),
+}
+_TOOL_CHOICE = {
+    "anyOf": [
+        {"enum": ["auto", "none", "required"]},
+        _closed({"type": {"const": "function"}, "function": _closed({"name": _STR}, ("name",))}, ("type", "function")),
+    ]
+}
+_TOOL_CALLS = {
+    "type": "array",
+    "items": _closed(
+        {
+            "index": _INT,
+            "id": _STR,
+            "type": {"const": "function"},
+            "function": _closed({"name": _STR, "arguments": _STR}, ("name", "arguments")),
+        },
+        ("id", "function"),
+    ),
+}
 _RESPONSE_FORMAT = {
-    "type": "object", "required": ["type"], "additionalProperties": False,
+    "type": "object",
+    "required": ["type"],
+    "additionalProperties": False,
     "properties": {
         "type": {"enum": ["text", "json_object", "json_schema"]},
-        "json_schema": _closed({"name": _STR, "schema": _OBJ, "strict": _BOOL, "description": _STR},
-                               ("name", "schema")),
+        "json_schema": _closed(
+            {"name": _STR, "schema": _OBJ, "strict": _BOOL, "description": _STR}, ("name", "schema")
+        ),
     },
     "if": {"required": ["type"], "properties": {"type": {"const": "json_schema"}}},
     "then": {"required": ["json_schema"]},
@@ -136,91 +172,143 @@ _GENERATION_PARAMS = {
     "max_tokens": {"type": "integer", "minimum": 1},
     "temperature": {"type": "number", "minimum": 0, "exclusiveMaximum": 2},  # [0, 2)
     "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},  # (0, 1]
-    "top_k": _INT, "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+    "top_k": _INT,
+    "seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
     "stop": {"type": ["string", "array"], "items": _STR},
-    "enable_thinking": _BOOL, "thinking_budget": {"type": "integer", "minimum": 1},
-    "vl_high_resolution_images": _BOOL, "response_format": _RESPONSE_FORMAT,
+    "enable_thinking": _BOOL,
+    "thinking_budget": {"type": "integer", "minimum": 1},
+    "vl_high_resolution_images": _BOOL,
+    "response_format": _RESPONSE_FORMAT,
     "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
     "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
     "n": {"type": "integer", "minimum": 1, "maximum": 4},
-    "logprobs": _BOOL, "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
-    "tools": _TOOLS, "tool_choice": _TOOL_CHOICE, "parallel_tool_calls": _BOOL,
-    "enable_search": _BOOL, "search_options": _OBJ, "ocr_options": _OBJ,
+    "logprobs": _BOOL,
+    "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
+    "tools": _TOOLS,
+    "tool_choice": _TOOL_CHOICE,
+    "parallel_tool_calls": _BOOL,
+    "enable_search": _BOOL,
+    "search_options": _OBJ,
+    "ocr_options": _OBJ,
 }
 
 # --- OpenAI-compatible: content parts are {"type": ...}; min/max_pixels and fps sit BESIDE
 # image_url / video, never inside image_url (section 3).
-_COMPAT_PART = _tagged("type", {
-    "text": _closed({"type": True, "text": _STR}, ("text",)),
-    "image_url": _closed({
-        "type": True, "min_pixels": _PIXELS, "max_pixels": _PIXELS,
-        "image_url": _closed({"url": _MEDIA, "detail": {"enum": ["auto", "low", "high"]}}, ("url",)),
-    }, ("image_url",)),
-    "video": _closed({  # a video given as a list of frame images
-        "type": True, "video": {"type": "array", "minItems": 1, "items": _MEDIA},
-        "fps": _FPS, "min_pixels": _PIXELS, "max_pixels": _PIXELS,
-    }, ("video",)),
-    "video_url": _closed({"type": True, "video_url": _closed({"url": _MEDIA}, ("url",)), "fps": _FPS},
-                         ("video_url",)),
-})
+_COMPAT_PART = _tagged(
+    "type",
+    {
+        "text": _closed({"type": True, "text": _STR}, ("text",)),
+        "image_url": _closed(
+            {
+                "type": True,
+                "min_pixels": _PIXELS,
+                "max_pixels": _PIXELS,
+                "image_url": _closed({"url": _MEDIA, "detail": {"enum": ["auto", "low", "high"]}}, ("url",)),
+            },
+            ("image_url",),
+        ),
+        "video": _closed(
+            {  # a video given as a list of frame images
+                "type": True,
+                "video": {"type": "array", "minItems": 1, "items": _MEDIA},
+                "fps": _FPS,
+                "min_pixels": _PIXELS,
+                "max_pixels": _PIXELS,
+            },
+            ("video",),
+        ),
+        "video_url": _closed(
+            {"type": True, "video_url": _closed({"url": _MEDIA}, ("url",)), "fps": _FPS}, ("video_url",)
+        ),
+    },
+)
 _COMPAT_CONTENT = {"type": ["string", "array"], "minItems": 1, "items": _COMPAT_PART}
-_COMPAT_MESSAGE = _tagged("role", {
-    "system": _closed({"role": True, "content": _COMPAT_CONTENT, "name": _STR}, ("content",)),
-    "user": _closed({"role": True, "content": _COMPAT_CONTENT, "name": _STR}, ("content",)),
-    "assistant": _closed({
-        "role": True, "content": {**_COMPAT_CONTENT, "type": ["string", "array", "null"]}, "name": _STR,
-        "tool_calls": _TOOL_CALLS, "reasoning_content": _STR, "partial": _BOOL,
-    }),
-    "tool": _closed({"role": True, "content": _COMPAT_CONTENT, "tool_call_id": _STR},
-                    ("content", "tool_call_id")),
-})
+_COMPAT_MESSAGE = _tagged(
+    "role",
+    {
+        "system": _closed({"role": True, "content": _COMPAT_CONTENT, "name": _STR}, ("content",)),
+        "user": _closed({"role": True, "content": _COMPAT_CONTENT, "name": _STR}, ("content",)),
+        "assistant": _closed(
+            {
+                "role": True,
+                "content": {**_COMPAT_CONTENT, "type": ["string", "array", "null"]},
+                "name": _STR,
+                "tool_calls": _TOOL_CALLS,
+                "reasoning_content": _STR,
+                "partial": _BOOL,
+            }
+        ),
+        "tool": _closed({"role": True, "content": _COMPAT_CONTENT, "tool_call_id": _STR}, ("content", "tool_call_id")),
+    },
+)
 COMPAT_REQUEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "POST /compatible-mode/v1/chat/completions",
-    **_closed({
-        "model": {"type": "string", "minLength": 1},
-        "messages": {"type": "array", "minItems": 1, "items": _COMPAT_MESSAGE},
-        "stream": _BOOL, "stream_options": _closed({"include_usage": _BOOL}), "preserve_thinking": _BOOL,
-        **_GENERATION_PARAMS,
-    }, ("model", "messages")),
+    **_closed(
+        {
+            "model": {"type": "string", "minLength": 1},
+            "messages": {"type": "array", "minItems": 1, "items": _COMPAT_MESSAGE},
+            "stream": _BOOL,
+            "stream_options": _closed({"include_usage": _BOOL}),
+            "preserve_thinking": _BOOL,
+            **_GENERATION_PARAMS,
+        },
+        ("model", "messages"),
+    ),
     # stream_options is only allowed together with "stream": true
-    "dependentSchemas": {"stream_options": {"required": ["stream"],
-                                            "properties": {"stream": {"const": True}}}},
+    "dependentSchemas": {"stream_options": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
 }
 
 # --- DashScope-native: content items carry exactly one of text/image/video/audio, plus
 # optional per-item keys beside it (sections 2.1, 2.3).
 _NATIVE_ITEM = {
-    **_closed({
-        "text": _STR, "image": _MEDIA, "audio": _MEDIA,
-        "video": {"type": ["string", "array"], "format": "media-url", "minItems": 1, "items": _MEDIA},
-        "min_pixels": _PIXELS, "max_pixels": _PIXELS, "fps": _FPS, "enable_rotate": _BOOL,
-    }),
+    **_closed(
+        {
+            "text": _STR,
+            "image": _MEDIA,
+            "audio": _MEDIA,
+            "video": {"type": ["string", "array"], "format": "media-url", "minItems": 1, "items": _MEDIA},
+            "min_pixels": _PIXELS,
+            "max_pixels": _PIXELS,
+            "fps": _FPS,
+            "enable_rotate": _BOOL,
+        }
+    ),
     "oneOf": [{"required": [k]} for k in ("text", "image", "video", "audio")],
 }
 _NATIVE_CONTENT = {"type": ["string", "array"], "minItems": 1, "items": _NATIVE_ITEM}
-_NATIVE_MESSAGE = _tagged("role", {
-    "system": _closed({"role": True, "content": _NATIVE_CONTENT}, ("content",)),
-    "user": _closed({"role": True, "content": _NATIVE_CONTENT}, ("content",)),
-    "assistant": _closed({
-        "role": True, "content": {**_NATIVE_CONTENT, "type": ["string", "array", "null"]},
-        "tool_calls": _TOOL_CALLS, "reasoning_content": _STR, "partial": _BOOL,
-    }),
-    "tool": _closed({"role": True, "content": _NATIVE_CONTENT, "tool_call_id": _STR, "name": _STR},
-                    ("content",)),
-})
+_NATIVE_MESSAGE = _tagged(
+    "role",
+    {
+        "system": _closed({"role": True, "content": _NATIVE_CONTENT}, ("content",)),
+        "user": _closed({"role": True, "content": _NATIVE_CONTENT}, ("content",)),
+        "assistant": _closed(
+            {
+                "role": True,
+                "content": {**_NATIVE_CONTENT, "type": ["string", "array", "null"]},
+                "tool_calls": _TOOL_CALLS,
+                "reasoning_content": _STR,
+                "partial": _BOOL,
+            }
+        ),
+        "tool": _closed({"role": True, "content": _NATIVE_CONTENT, "tool_call_id": _STR, "name": _STR}, ("content",)),
+    },
+)
 NATIVE_REQUEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "POST /api/v1/services/aigc/multimodal-generation/generation",
-    **_closed({
-        "model": {"type": "string", "minLength": 1},
-        "input": _closed({"messages": {"type": "array", "minItems": 1, "items": _NATIVE_MESSAGE}},
-                         ("messages",)),
-        # Streaming is switched on by the X-DashScope-SSE header, so "stream" is NOT a
-        # parameter here (even though the official SDK also copies it in, see 2.1).
-        "parameters": _closed({"result_format": {"enum": ["message", "text"]}, "incremental_output": _BOOL,
-                               **_GENERATION_PARAMS}),
-    }, ("model", "input")),
+    **_closed(
+        {
+            "model": {"type": "string", "minLength": 1},
+            "input": _closed({"messages": {"type": "array", "minItems": 1, "items": _NATIVE_MESSAGE}}, ("messages",)),
+            # Streaming is switched on by the X-DashScope-SSE header, so "stream" is NOT a
+            # parameter here (even though the official SDK also copies it in, see 2.1).
+            "parameters": _closed(
+                {"result_format": {"enum": ["message", "text"]}, "incremental_output": _BOOL, **_GENERATION_PARAMS}
+            ),
+        },
+        ("model", "input"),
+    ),
 }
 
 _VALIDATORS = {
@@ -248,11 +336,19 @@ _ERROR_DEFAULTS = {  # status: (compat code, compat type, native code, message)
     401: ("invalid_api_key", "invalid_request_error", "InvalidApiKey", "Invalid API-key provided."),
     403: ("access_denied", "invalid_request_error", "AccessDenied", "Access denied."),
     404: ("model_not_found", "invalid_request_error", "ModelNotFound", "Model not exist."),
-    429: ("limit_requests", "limit_requests", "Throttling.RateQuota",
-          "Requests rate limit exceeded, please try again later."),
+    429: (
+        "limit_requests",
+        "limit_requests",
+        "Throttling.RateQuota",
+        "Requests rate limit exceeded, please try again later.",
+    ),
     500: ("internal_error", "internal_error", "InternalError", "An internal error has occurred."),
-    503: ("service_unavailable", "internal_error", "ServiceUnavailable",
-          "Service temporarily unavailable, possibly overloaded or not ready."),
+    503: (
+        "service_unavailable",
+        "internal_error",
+        "ServiceUnavailable",
+        "Service temporarily unavailable, possibly overloaded or not ready.",
+    ),
 }
 
 
@@ -357,7 +453,7 @@ def _split(text: str) -> list[str]:
     """Deterministic stream pieces of ~3 words; "".join(pieces) == text."""
     words = re.findall(r"\S+\s*|\s+", text)
     n = STREAM_WORDS_PER_CHUNK
-    return ["".join(words[i:i + n]) for i in range(0, len(words), n)]
+    return ["".join(words[i : i + n]) for i in range(0, len(words), n)]
 
 
 @dataclass
@@ -383,8 +479,12 @@ class _Answer:
         inp, r_tok = 10 + 100 * self.images, len(reasoning.split())
         out = len(text.split()) + r_tok
         if self.proto == "compat":
-            u = {"prompt_tokens": inp, "completion_tokens": out, "total_tokens": inp + out,
-                 "prompt_tokens_details": {"image_tokens": 100 * self.images}}
+            u = {
+                "prompt_tokens": inp,
+                "completion_tokens": out,
+                "total_tokens": inp + out,
+                "prompt_tokens_details": {"image_tokens": 100 * self.images},
+            }
             if self.reasoning is not None:
                 u["completion_tokens_details"] = {"reasoning_tokens": r_tok}
             return u
@@ -397,8 +497,10 @@ class _Answer:
 
 
 def _tool_calls(calls: list) -> list:
-    return [{"index": i, "id": c.get("id", f"call_{i}"), "type": "function", "function": dict(c["function"])}
-            for i, c in enumerate(calls)]
+    return [
+        {"index": i, "id": c.get("id", f"call_{i}"), "type": "function", "function": dict(c["function"])}
+        for i, c in enumerate(calls)
+    ]
 
 
 # == The server ==================================================================================
@@ -427,8 +529,9 @@ class DashScopeServer:
         self._stopping.clear()
         self._httpd = _Server(self._addr, _Handler)
         self._httpd.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                                        name="DashScopeServer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, name="DashScopeServer", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -545,7 +648,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             data = b""
-            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)):
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
                 data += self.rfile.read(size)
                 self.rfile.readline()
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
@@ -567,8 +670,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(length))
         self.end_headers()
 
-    def _send(self, status: int, body: bytes | dict, ctype: str = "application/json",
-              extra: dict | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes | dict, ctype: str = "application/json", extra: dict | None = None
+    ) -> None:
         if isinstance(body, dict):
             body = _dumps(body)
         self._head(status, ctype, extra or {}, len(body))
@@ -591,18 +695,28 @@ class _Handler(BaseHTTPRequestHandler):
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        self.req = RecordedRequest(self.command, parts.path, dict(parse_qsl(parts.query)),
-                                   Headers((k.lower(), v) for k, v in self.headers.items()), body, parsed)
+        self.req = RecordedRequest(
+            self.command,
+            parts.path,
+            dict(parse_qsl(parts.query)),
+            Headers((k.lower(), v) for k, v in self.headers.items()),
+            body,
+            parsed,
+        )
         with self.fake._lock:
             self.fake._requests.append(self.req)
-        route = {("POST", COMPAT_PATH): lambda: self._model_call("compat"),
-                 ("POST", NATIVE_PATH): lambda: self._model_call("native"),
-                 ("GET", UPLOADS_PATH): self._get_policy,
-                 ("POST", OSS_PATH): self._oss_upload}.get((self.command, parts.path.rstrip("/")))
+        route = {
+            ("POST", COMPAT_PATH): lambda: self._model_call("compat"),
+            ("POST", NATIVE_PATH): lambda: self._model_call("native"),
+            ("GET", UPLOADS_PATH): self._get_policy,
+            ("POST", OSS_PATH): self._oss_upload,
+        }.get((self.command, parts.path.rstrip("/")))
         try:
             if route is None:
-                self._send(404, {"code": "NotFound", "message": f"{self.command} {parts.path} not found",
-                                 "request_id": self.rid})
+                self._send(
+                    404,
+                    {"code": "NotFound", "message": f"{self.command} {parts.path} not found", "request_id": self.rid},
+                )
             else:
                 route()
         except _Abort:
@@ -615,8 +729,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorized(self) -> bool:
         return self.headers.get("Authorization", "") == f"Bearer {self.fake.api_key}"
 
-    def _error(self, proto: str, status: int, code: str | None = None, msg: str | None = None,
-               extra: dict | None = None) -> None:
+    def _error(
+        self, proto: str, status: int, code: str | None = None, msg: str | None = None, extra: dict | None = None
+    ) -> None:
         self._send(status, error_body(proto, status, self.rid, code, msg), extra=extra)
 
     # --- the two model endpoints -----------------------------------------------------------
@@ -635,8 +750,11 @@ class _Handler(BaseHTTPRequestHandler):
                 msg = f"The model `{body['model']}` does not exist or you do not have access to it."
                 return self._error(proto, MODEL_NOT_FOUND_STATUS, "model_not_found", msg)
             return self._error(proto, MODEL_NOT_FOUND_STATUS, "InvalidParameter", "Model not exist.")
-        streaming = bool(body.get("stream")) if proto == "compat" else \
-            self.headers.get(NATIVE_SSE_HEADER, "").lower() == "enable"
+        streaming = (
+            bool(body.get("stream"))
+            if proto == "compat"
+            else self.headers.get(NATIVE_SSE_HEADER, "").lower() == "enable"
+        )
         if not streaming and any(body["model"] == m or body["model"].startswith(m + "-") for m in STREAM_ONLY_MODELS):
             return self._error(proto, 400, bad, STREAM_ONLY_MESSAGE)
         media = _media(proto, body)
@@ -661,26 +779,39 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             text = f"echo: {_last_user_text(proto, body)} [images={n_images} videos={n_videos}]"
         tool_calls = _tool_calls(reply.tool_calls) if reply.tool_calls else None
-        ans = _Answer(proto, reply.model or body["model"], text, reply.reasoning, tool_calls,
-                      reply.finish_reason or ("tool_calls" if tool_calls else "stop"), n_images, reply.usage,
-                      reply.content)
+        ans = _Answer(
+            proto,
+            reply.model or body["model"],
+            text,
+            reply.reasoning,
+            tool_calls,
+            reply.finish_reason or ("tool_calls" if tool_calls else "stop"),
+            n_images,
+            reply.usage,
+            reply.content,
+        )
         if proto == "compat":
-            return self._compat_stream(body, ans, reply) if body.get("stream") else \
-                self._send(200, self._compat_completion(ans), extra=reply.headers)
+            return (
+                self._compat_stream(body, ans, reply)
+                if body.get("stream")
+                else self._send(200, self._compat_completion(ans), extra=reply.headers)
+            )
         params = body.get("parameters", {})
         if self.headers.get(NATIVE_SSE_HEADER, "").lower() == "enable":
             return self._native_stream(params, ans, reply)
-        self._send(200, self._native_payload(params, ans, text, ans.reasoning, tool_calls, ans.finish_reason,
-                                             content=ans.content), extra=reply.headers)
+        self._send(
+            200,
+            self._native_payload(params, ans, text, ans.reasoning, tool_calls, ans.finish_reason, content=ans.content),
+            extra=reply.headers,
+        )
 
     def _check_oss(self, media: list[tuple[str, list[str]]], model: str) -> str | None:
         """oss:// references need the resolve header, an existing upload, the same model (2.3)."""
         refs = [u for _, urls in media for u in urls if u.startswith("oss://")]
         if refs and self.headers.get(OSS_RESOLVE_HEADER, "").lower() != "enable":
-            return (f"{BAD_URL_MESSAGE} oss:// resources need the request header "
-                    f"'{OSS_RESOLVE_HEADER}: enable'.")
+            return f"{BAD_URL_MESSAGE} oss:// resources need the request header '{OSS_RESOLVE_HEADER}: enable'."
         for ref in refs:
-            key = ref[len("oss://"):]
+            key = ref[len("oss://") :]
             if key not in self.fake.uploads:
                 return f"{BAD_URL_MESSAGE} The object {ref} does not exist (not uploaded or expired)."
             if self.fake.upload_models.get(key) != model:
@@ -694,30 +825,66 @@ class _Handler(BaseHTTPRequestHandler):
             msg["reasoning_content"] = ans.reasoning
         if ans.tool_calls:
             msg["tool_calls"] = ans.tool_calls
-        return {"id": f"chatcmpl-{self.rid}", "object": "chat.completion", "created": int(time.time()),
-                "model": ans.model, "request_id": self.rid,
-                "choices": [{"index": 0, "message": msg, "finish_reason": ans.finish_reason,
-                             "logprobs": None}],
-                "usage": ans.usage(), "system_fingerprint": None}
+        return {
+            "id": f"chatcmpl-{self.rid}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": ans.model,
+            "request_id": self.rid,
+            "choices": [{"index": 0, "message": msg, "finish_reason": ans.finish_reason, "logprobs": None}],
+            "usage": ans.usage(),
+            "system_fingerprint": None,
+        }
 
     def _compat_stream(self, body: dict, ans: _Answer, reply: Reply) -> None:
         deltas: list[dict] = [{"reasoning_content": p} for p in _split(ans.reasoning or "")]
-        deltas += [{"content": p} for p in _split(ans.text)] if ans.content is None else \
-            [{"content": [item]} for item in ans.content]
+        deltas += (
+            [{"content": p} for p in _split(ans.text)]
+            if ans.content is None
+            else [{"content": [item]} for item in ans.content]
+        )
         for i, call in enumerate(ans.tool_calls or []):  # OpenAI-style tool-call deltas
             fn, args = call["function"], call["function"]["arguments"]
-            deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                           "function": {"name": fn["name"], "arguments": ""}}]})
-            deltas += [{"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 8]}}]}
-                       for j in range(0, len(args), 8)]
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": i,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": fn["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            deltas += [
+                {"tool_calls": [{"index": i, "function": {"arguments": args[j : j + 8]}}]}
+                for j in range(0, len(args), 8)
+            ]
         deltas = deltas or [{"content": ""}]
         deltas[0] = {"role": "assistant", **deltas[0]}
-        base = {"id": f"chatcmpl-{self.rid}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": ans.model}
-        events = [_sse_compat({**base, "choices": [{"index": 0, "delta": d, "logprobs": None,
-                                                    "finish_reason": ans.finish_reason if i == len(deltas) - 1
-                                                    else None}]})
-                  for i, d in enumerate(deltas)]
+        base = {
+            "id": f"chatcmpl-{self.rid}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": ans.model,
+        }
+        events = [
+            _sse_compat(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": d,
+                            "logprobs": None,
+                            "finish_reason": ans.finish_reason if i == len(deltas) - 1 else None,
+                        }
+                    ],
+                }
+            )
+            for i, d in enumerate(deltas)
+        ]
         tail = []
         if body.get("stream_options", {}).get("include_usage"):
             tail.append(_sse_compat({**base, "choices": [], "usage": ans.usage()}))
@@ -727,14 +894,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._stream("text/event-stream", events, tail, error, reply)
 
     # --- DashScope-native responses (sections 2.1, 2.2) ------------------------------------
-    def _native_payload(self, params: dict, ans: _Answer, text: str, reasoning: str | None,
-                        tool_calls: list | None, finish: str, usage: dict | None = None,
-                        content: list | None = None) -> dict:
+    def _native_payload(
+        self,
+        params: dict,
+        ans: _Answer,
+        text: str,
+        reasoning: str | None,
+        tool_calls: list | None,
+        finish: str,
+        usage: dict | None = None,
+        content: list | None = None,
+    ) -> dict:
         if params.get("result_format") == "text":
             output: dict[str, Any] = {"text": text, "finish_reason": finish}
         else:
-            msg: dict[str, Any] = {"role": "assistant",
-                                   "content": content if content is not None else [{"text": text}] if text else []}
+            msg: dict[str, Any] = {
+                "role": "assistant",
+                "content": content if content is not None else [{"text": text}] if text else [],
+            }
             if reasoning is not None:
                 msg["reasoning_content"] = reasoning
             if tool_calls:
@@ -745,8 +922,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _native_stream(self, params: dict, ans: _Answer, reply: Reply) -> None:
         incremental = bool(params.get("incremental_output"))
         steps = [("reasoning", p) for p in _split(ans.reasoning or "")]
-        steps += [("text", p) for p in _split(ans.text)] if ans.content is None else \
-            [("item", item) for item in ans.content]
+        steps += (
+            [("text", p) for p in _split(ans.text)] if ans.content is None else [("item", item) for item in ans.content]
+        )
         if ans.tool_calls or not steps:
             steps.append(("tools", ""))
         events, text_so_far, reasoning_so_far = [], "", ""
@@ -760,15 +938,23 @@ class _Handler(BaseHTTPRequestHandler):
             else:  # cumulative: every event carries everything so far (the service default)
                 text, reasoning = text_so_far, reasoning_so_far
             data = self._native_payload(
-                params, ans, text, reasoning if ans.reasoning is not None else None,
+                params,
+                ans,
+                text,
+                reasoning if ans.reasoning is not None else None,
                 ans.tool_calls if kind == "tools" else None,
                 ans.finish_reason if last else "null",  # the STRING "null" while streaming
-                ans.usage(text_so_far, reasoning_so_far), content=[piece] if kind == "item" else None)
+                ans.usage(text_so_far, reasoning_so_far),
+                content=[piece] if kind == "item" else None,
+            )
             events.append(b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:%s\n\n" % (i + 1, _dumps(data)))
         status = reply.status or 500
         error = b"id:%d\nevent:error\n:HTTP_STATUS/%d\nstatus:%d\ndata:%s\n\n" % (
-            (reply.stream_error_after or 0) + 1, status, status,
-            _dumps(error_body("native", status, self.rid, reply.error_code, reply.error_message)))
+            (reply.stream_error_after or 0) + 1,
+            status,
+            status,
+            _dumps(error_body("native", status, self.rid, reply.error_code, reply.error_message)),
+        )
         self._stream("text/event-stream;charset=UTF-8", events, [], error, reply)
 
     def _stream(self, ctype: str, events: list[bytes], tail: list[bytes], error: bytes, reply: Reply) -> None:
@@ -800,12 +986,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error("native", MODEL_NOT_FOUND_STATUS, "InvalidParameter", "Model not exist.")
         upload_dir = f"dashscope-instant/{uuid.uuid4().hex}/{time.strftime('%Y-%m-%d')}"
         policy = {
-            "upload_host": self.fake.url + OSS_PATH, "upload_dir": upload_dir,
+            "upload_host": self.fake.url + OSS_PATH,
+            "upload_dir": upload_dir,
             "oss_access_key_id": "FAKE-AK-" + uuid.uuid4().hex[:16],
             "signature": base64.b64encode(uuid.uuid4().bytes).decode(),
             "policy": base64.b64encode(json.dumps({"dir": upload_dir}).encode()).decode(),
-            "x_oss_object_acl": "private", "x_oss_forbid_overwrite": "true",
-            "expire_in_seconds": 300, "max_file_size_mb": 100,  # seen in live answers; unused here
+            "x_oss_object_acl": "private",
+            "x_oss_forbid_overwrite": "true",
+            "expire_in_seconds": 300,
+            "max_file_size_mb": 100,  # seen in live answers; unused here
         }
         with self.fake._lock:
             self.fake._policies[upload_dir] = {**policy, "model": q["model"]}
@@ -815,7 +1004,8 @@ class _Handler(BaseHTTPRequestHandler):
         """A PostObject form upload; OSS answers in XML, and 204 unless success_action_status says 200."""
         ctype = self.headers.get("Content-Type", "")
         msg = BytesParser(policy=email_policy.default).parsebytes(
-            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + self.req.body)
+            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + self.req.body
+        )
         form: dict[str, str] = {}
         file_bytes = None
         for part in msg.iter_parts() if msg.is_multipart() else []:
@@ -829,8 +1019,13 @@ class _Handler(BaseHTTPRequestHandler):
         pol = next((p for d, p in self.fake._policies.items() if key.startswith(d + "/")), None)
         if file_bytes is None or not key:
             return self._oss_error(400, "InvalidArgument", "multipart form needs 'key' and 'file' fields")
-        signed = {"OSSAccessKeyId": "oss_access_key_id", "Signature": "signature", "policy": "policy",
-                  "x-oss-object-acl": "x_oss_object_acl", "x-oss-forbid-overwrite": "x_oss_forbid_overwrite"}
+        signed = {
+            "OSSAccessKeyId": "oss_access_key_id",
+            "Signature": "signature",
+            "policy": "policy",
+            "x-oss-object-acl": "x_oss_object_acl",
+            "x-oss-forbid-overwrite": "x_oss_forbid_overwrite",
+        }
         if pol is None or any(form.get(f) != pol[p] for f, p in signed.items()):
             return self._oss_error(403, "AccessDenied", "Invalid according to Policy: Policy Condition")
         if key in self.fake.uploads:
@@ -841,8 +1036,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200 if form.get("success_action_status") == "200" else 204, b"", "application/xml")
 
     def _oss_error(self, status: int, code: str, message: str) -> None:
-        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}'
-               f"</Message><RequestId>{self.rid}</RequestId></Error>")
+        xml = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}'
+            f"</Message><RequestId>{self.rid}</RequestId></Error>"
+        )
         self._send(status, xml.encode(), "application/xml")
 
 

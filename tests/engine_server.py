@@ -34,10 +34,29 @@ from typing import Any
 
 from PIL import Image
 
-PLAIN_FIELDS = {"model", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "tools", "tool_choice",
-                "response_format", "stream", "stream_options", "n", "presence_penalty", "frequency_penalty"}
-EXTRA_FIELDS = {"vllm": {"top_k", "chat_template_kwargs", "mm_processor_kwargs"},
-                "llamacpp": {"top_k", "chat_template_kwargs"}, "ollama": set(), "generic": set()}
+PLAIN_FIELDS = {
+    "model",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "stream",
+    "stream_options",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+}
+EXTRA_FIELDS = {
+    "vllm": {"top_k", "chat_template_kwargs", "mm_processor_kwargs"},
+    "llamacpp": {"top_k", "chat_template_kwargs"},
+    "ollama": set(),
+    "generic": set(),
+}
 OWNED_BY = {"vllm": "vllm", "llamacpp": "llamacpp", "ollama": "library", "generic": None}
 OLLAMA_DATA = re.compile(r"data:(image/(jpeg|jpg|png|webp))?;base64,")
 
@@ -137,11 +156,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, message: str) -> None:
         if self.srv.engine == "ollama":
-            self._send(status, {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                          "code": None}})
+            self._send(
+                status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+            )
         else:
-            self._send(status, {"object": "error", "message": message, "type": "BadRequestError", "code": status,
-                                "error": {"message": message, "type": "BadRequestError", "code": status}})
+            self._send(
+                status,
+                {
+                    "object": "error",
+                    "message": message,
+                    "type": "BadRequestError",
+                    "code": status,
+                    "error": {"message": message, "type": "BadRequestError", "code": status},
+                },
+            )
 
     def do_GET(self) -> None:
         srv, path = self.srv, self.path.split("?")[0]
@@ -154,8 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
             if srv.root:
                 entry["root"] = srv.root
             return self._send(200, {"object": "list", "data": [entry]})
-        probes = {"vllm": ("/version", {"version": "0.11.0"}), "ollama": ("/api/version", {"version": "0.12.7"}),
-                  "llamacpp": ("/props", {"default_generation_settings": {}, "total_slots": 1})}
+        probes = {
+            "vllm": ("/version", {"version": "0.11.0"}),
+            "ollama": ("/api/version", {"version": "0.12.7"}),
+            "llamacpp": ("/props", {"default_generation_settings": {}, "total_slots": 1}),
+        }
         if srv.engine in probes and path == probes[srv.engine][0]:
             return self._send(200, probes[srv.engine][1])
         if path.startswith("/files/") and path[7:] in srv.files:
@@ -180,15 +211,25 @@ class _Handler(BaseHTTPRequestHandler):
             seen = self._check(body)
         except BadRequest as exc:
             return self._error(exc.status, str(exc))
-        answer = f"images={len(seen['images'])} sizes={','.join(seen['images'])} frames={seen['frames']} | " \
-                 f"{seen['text']}"
+        answer = (
+            f"images={len(seen['images'])} sizes={','.join(seen['images'])} frames={seen['frames']} | {seen['text']}"
+        )
         words = answer.split()[: body.get("max_tokens") or 10_000]
         usage = self._usage(seen, len(words))
         if body.get("stream"):
             return self._stream(body, words, usage)
-        self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": srv.served,
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
-                                      "finish_reason": "stop"}], "usage": usage})
+        self._send(
+            200,
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": srv.served,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": "stop"}
+                ],
+                "usage": usage,
+            },
+        )
 
     def _check(self, body: dict[str, Any]) -> dict[str, Any]:
         srv = self.srv
@@ -218,9 +259,12 @@ class _Handler(BaseHTTPRequestHandler):
                 elif kind == "image_url":
                     url = part["image_url"]["url"]
                     if srv.engine == "ollama" and not OLLAMA_DATA.match(url):
-                        raise BadRequest(400, "image URLs are not currently supported, please use base64 "
-                                              "encoded data instead" if url.startswith("http")
-                                         else "invalid image input")
+                        raise BadRequest(
+                            400,
+                            "image URLs are not currently supported, please use base64 encoded data instead"
+                            if url.startswith("http")
+                            else "invalid image input",
+                        )
                     if not url.startswith("data:"):
                         raise BadRequest(400, "this double only takes data: URLs")
                     img = _image(base64.b64decode(url.split(",", 1)[1]))
@@ -238,16 +282,18 @@ class _Handler(BaseHTTPRequestHandler):
                     media_tokens["video"] += math.ceil(len(payloads) / 2) * grid(first.width, first.height, f)
                 else:
                     raise BadRequest(400, f"unknown part type {kind!r}")
-        return {"images": sizes, "frames": frames, "text": last_text, "text_words": text_words,
-                "media": media_tokens}
+        return {"images": sizes, "frames": frames, "text": last_text, "text_words": text_words, "media": media_tokens}
 
     def _usage(self, seen: dict[str, Any], completion: int) -> dict[str, Any]:
         srv = self.srv
         media = seen["media"]["image"] + seen["media"]["video"]
         markers = 2 * (len(seen["images"]) + (1 if seen["frames"] else 0))
         prompt = seen["text_words"] + (0 if srv.engine == "llamacpp" else media + markers)
-        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                                 "total_tokens": prompt + completion}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         if srv.engine == "vllm" and srv.details:
             mm = {k: v for k, v in seen["media"].items() if v}
             usage["prompt_tokens_details"] = {"cached_tokens": 0, **({"multimodal_tokens": mm} if mm else {})}

@@ -28,8 +28,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-MODES = ("ok", "head-trickle", "body-trickle", "silent", "slow-read", "sse-comments", "sse-data-then-comments",
-         "sse-data-forever", "image-trickle", "file-steady")
+MODES = (
+    "ok",
+    "head-trickle",
+    "body-trickle",
+    "silent",
+    "slow-read",
+    "sse-comments",
+    "sse-data-then-comments",
+    "sse-data-forever",
+    "image-trickle",
+    "file-steady",
+)
 
 
 def _chunk(obj: dict[str, Any]) -> bytes:
@@ -37,8 +47,14 @@ def _chunk(obj: dict[str, Any]) -> bytes:
 
 
 def content_event(text: str) -> bytes:
-    return _chunk({"id": "x", "object": "chat.completion.chunk", "model": "qwen3-vl-plus",
-                   "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+    return _chunk(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "model": "qwen3-vl-plus",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        }
+    )
 
 
 class FaultServer:
@@ -54,8 +70,7 @@ class FaultServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.fault = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -113,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         for i in range(len(data)):
             if not self._wait():
                 return
-            self.wfile.write(data[i:i + 1])
+            self.wfile.write(data[i : i + 1])
 
     def _dispatch(self) -> None:
         path = urlsplit(self.path).path
@@ -136,11 +151,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         try:
             if mode == "ok":
-                body = json.dumps({"id": "x", "model": "qwen3-vl-plus", "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-                return self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                                 b"Connection: close\r\n\r\n%s" % (len(body), body))
+                body = json.dumps(
+                    {
+                        "id": "x",
+                        "model": "qwen3-vl-plus",
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }
+                ).encode()
+                return self._raw(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                    b"Connection: close\r\n\r\n%s" % (len(body), body)
+                )
             if mode == "head-trickle":
                 return self._drip(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Pad: " + b"a" * 10**6)
             if mode == "body-trickle":
@@ -150,8 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n")
                 return self._drip(b"\x89PNG\r\n\x1a\n" + b"\0" * 10**6)
             if mode == "file-steady":
-                self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                          b"Content-Length: 2000000\r\n\r\n")
+                self._raw(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2000000\r\n\r\n"
+                )
                 for _ in range(20):
                     if not self._wait():
                         return
@@ -174,8 +199,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _policy(self) -> None:
-        policy = {"upload_host": self.fault.url + "/oss", "upload_dir": "dir", "oss_access_key_id": "AK",
-                  "signature": "sig", "policy": "pol"}
+        policy = {
+            "upload_host": self.fault.url + "/oss",
+            "upload_dir": "dir",
+            "oss_access_key_id": "AK",
+            "signature": "sig",
+            "policy": "pol",
+        }
         body = json.dumps({"request_id": "r", "data": policy}).encode()
-        self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                  b"Connection: close\r\n\r\n%s" % (len(body), body))
+        self._raw(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (len(body), body)
+        )

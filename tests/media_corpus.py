@@ -38,8 +38,9 @@ def _photo_jpeg_bytes(size: tuple[int, int], quality: int) -> bytes:
     return buf.getvalue()
 
 
-def photo_jpeg(directory: Path, name: str = "photo.jpg", size: tuple[int, int] = (4000, 3000),
-               quality: int = 92) -> Path:
+def photo_jpeg(
+    directory: Path, name: str = "photo.jpg", size: tuple[int, int] = (4000, 3000), quality: int = 92
+) -> Path:
     """A photograph-like JPEG (made once per size and quality in a test run)."""
     path = directory / name
     path.write_bytes(_photo_jpeg_bytes(size, quality))
@@ -58,7 +59,7 @@ def screenshot_png(directory: Path, name: str = "screenshot.png", size: tuple[in
     px = np.asarray(img).copy()
     px[:60, :] = (30, 80, 160)
     for row in range(100, size[1] - 40, 24):
-        px[row:row + 10, 40:size[0] - 200:3] = 0
+        px[row : row + 10, 40 : size[0] - 200 : 3] = 0
     path = directory / name
     Image.fromarray(px).save(path, "PNG")
     return path
@@ -85,8 +86,10 @@ def text_named_png(directory: Path) -> Path:
 
 def svg(directory: Path) -> Path:
     path = directory / "drawing.svg"
-    path.write_text('<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100">'
-                    '<circle cx="50" cy="50" r="40" fill="red"/></svg>\n')
+    path.write_text(
+        '<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="100" height="100">'
+        '<circle cx="50" cy="50" r="40" fill="red"/></svg>\n'
+    )
     return path
 
 
@@ -117,8 +120,12 @@ def huge_file_png(directory: Path, megabytes: int = 60) -> Path:
 def bomb_png(directory: Path, side: int = 100_000) -> Path:
     """A PNG that declares side x side pixels: only a header, a token IDAT and IEND (a few bytes)."""
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + png_chunk(b"IEND", b""))
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
     path = directory / "bomb.png"
     path.write_bytes(data)
     return path

@@ -61,8 +61,10 @@ def media(tmp_path_factory) -> dict[str, dict]:
     """Four 24 MP photos; a 4 s 720p video sampled at 8 fps (the work must dwarf any one GIL hold)."""
     d = tmp_path_factory.mktemp("loop")
     clip = make_clip(d / "clip.mp4", frames=120, width=1280, height=720, codec="mpeg4", draw=bar)
-    return {"images": {"images": [str(big_photo(d / f"big{i}.jpg")) for i in range(4)]},
-            "video": {"video": str(clip), "fps": 8}}
+    return {
+        "images": {"images": [str(big_photo(d / f"big{i}.jpg")) for i in range(4)]},
+        "video": {"video": str(clip), "fps": 8},
+    }
 
 
 @pytest.mark.parametrize("kind", ["images", "video"])
@@ -123,6 +125,7 @@ def test_the_loop_keeps_ticking_during_a_fetch_urls_download(server):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
+
         async def main() -> tuple[float, object]:
             async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url) as c:
                 url = f"http://127.0.0.1:{httpd.server_address[1]}/a.png"

@@ -26,8 +26,9 @@ def make_video(path: Path, frames: int = 40, size: tuple[int, int] = (160, 96)) 
         s = c.add_stream("libx264", rate=10)
         s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
         for i in range(frames):
-            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), i * 6, np.uint8),
-                                                              format="rgb24")):
+            for packet in s.encode(
+                av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), i * 6, np.uint8), format="rgb24")
+            ):
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
@@ -65,8 +66,10 @@ def test_vllm_plain_parts_budget_in_mm_processor_kwargs_and_usage(isolated_env: 
 
 def test_vllm_details_and_frames(isolated_env: Path) -> None:
     clip = make_video(isolated_env / "clip.mp4")
-    with EngineServer(engine="vllm", details=True, served="qwen3-vl-tiny", family_factor=32) as srv, \
-            client_for(srv) as client:
+    with (
+        EngineServer(engine="vllm", details=True, served="qwen3-vl-tiny", family_factor=32) as srv,
+        client_for(srv) as client,
+    ):
         r = client.complete(prompt="What happens?", video=str(clip))
         body = srv.chats()[-1].json
         part = body["messages"][-1]["content"][0]
@@ -94,8 +97,10 @@ def test_ollama_urls_downloaded_and_video_as_frames(isolated_env: Path) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (70, 50), (1, 2, 3)).save(buf, "PNG")
     clip = make_video(isolated_env / "clip.mp4", frames=20)
-    with EngineServer(engine="ollama", served="qwen2.5vl:7b", files={"x.png": buf.getvalue()}) as srv, \
-            client_for(srv) as client:
+    with (
+        EngineServer(engine="ollama", served="qwen2.5vl:7b", files={"x.png": buf.getvalue()}) as srv,
+        client_for(srv) as client,
+    ):
         r = client.ask("What?", srv.root_url + "/files/x.png")
         url = srv.chats()[-1].json["messages"][-1]["content"][0]["image_url"]["url"]
         assert url.startswith("data:image/png;base64,") and "sizes=70x50" in r.text
@@ -126,15 +131,19 @@ def test_served_name_family_and_engine_down_errors() -> None:
             assert client.resolve_model().factor == 32 and client.ask("hi").text.endswith("| hi")
         with client_for(srv, family="qwen3-vl") as client, pytest.raises(UsageError, match="does not serve"):
             client.ask("hi", model="qwen3-vl-other")
-    with EngineServer(engine="vllm", served="tiny", root="/models/Qwen2.5-VL-3B-Instruct") as srv, \
-            client_for(srv) as client:
+    with (
+        EngineServer(engine="vllm", served="tiny", root="/models/Qwen2.5-VL-3B-Instruct") as srv,
+        client_for(srv) as client,
+    ):
         assert client.resolve_model().family == "qwen2.5-vl"  # from the path vLLM loaded it from
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    with qwenvl.Client(backend="openai", base_url=f"http://127.0.0.1:{port}/v1") as client, \
-            pytest.raises(APIConnectionError, match="cannot reach") as info:
+    with (
+        qwenvl.Client(backend="openai", base_url=f"http://127.0.0.1:{port}/v1") as client,
+        pytest.raises(APIConnectionError, match="cannot reach") as info,
+    ):
         client.ask("hi")
     assert "running" in (info.value.hint or "")
 
@@ -158,8 +167,7 @@ def test_cache_and_async(isolated_env: Path) -> None:
         async def run() -> tuple[str, list[str]]:
             async with qwenvl.AsyncClient(backend="openai", base_url=srv.base_url) as client:
                 r = await client.ask("Async?", str(img))
-                deltas = [e.text async for e in client.stream(prompt="Streamed", image=str(img))
-                          if e.type == "text"]
+                deltas = [e.text async for e in client.stream(prompt="Streamed", image=str(img)) if e.type == "text"]
                 return r.text, deltas
 
         text, deltas = asyncio.run(run())
@@ -218,8 +226,9 @@ def test_backend_by_instance_and_by_environment(monkeypatch) -> None:
         monkeypatch.setenv("QWENVL_OPENAI_BASE_URL", srv.base_url)
         with qwenvl.Client() as client:
             assert client.backend_name == "openai" and client.ask("env").text.endswith("| env")
-        p = run_cli("ask", "from the environment",
-                    env={"QWENVL_BACKEND": "openai", "QWENVL_OPENAI_BASE_URL": srv.base_url})
+        p = run_cli(
+            "ask", "from the environment", env={"QWENVL_BACKEND": "openai", "QWENVL_OPENAI_BASE_URL": srv.base_url}
+        )
         assert p.returncode == 0 and "| from the environment" in p.stdout, p.stderr
     with pytest.raises(UsageError, match="unknown backend"):
         qwenvl.Client(backend="ollama")

@@ -45,14 +45,14 @@ def direct_generate(folder: Path, image_path: Path | None, prompt: str) -> tuple
     extra = {}
     if image_path:
         out = proc(images=[Image.open(image_path).convert("RGB")], return_tensors="pt")
-        n = int(out["image_grid_thw"][0].prod()) // proc.merge_size ** 2
+        n = int(out["image_grid_thw"][0].prod()) // proc.merge_size**2
         text = text.replace("<|image_pad|>", "<|image_pad|>" * n)
         extra = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     types = (enc["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).long()
     with torch.inference_mode():
         ids = model.generate(**enc, **extra, mm_token_type_ids=types, do_sample=False, max_new_tokens=MAX_NEW)
-    new = ids[0, enc["input_ids"].shape[1]:]
+    new = ids[0, enc["input_ids"].shape[1] :]
     return tok.decode(new, skip_special_tokens=True), int(enc["input_ids"].shape[1]), int(new.shape[0])
 
 
@@ -65,8 +65,9 @@ def test_greedy_answer_and_prompt_tokens_equal_a_direct_generate(models, family,
         assert (r.text, r.usage.input_tokens, r.usage.output_tokens) == (expected_text, prompt_tokens, new_tokens)
         assert r.usage.image_tokens == 64  # 224x224: a 16x16 grid (28 px), or 14x14 raised to the 64-token floor
         assert client.plan(prompt="x", image=str(img)).media[0].pixels is not None  # in memory, not base64
-        events = list(client.stream(prompt="What is in the picture?", image=str(img), temperature=0,
-                                    max_tokens=MAX_NEW))
+        events = list(
+            client.stream(prompt="What is in the picture?", image=str(img), temperature=0, max_tokens=MAX_NEW)
+        )
         assert "".join(e.text for e in events if e.type == "text") == expected_text
         assert events[-1].response.usage.input_tokens == prompt_tokens
     text_only = direct_generate(models[family], None, "Hello there")
@@ -95,8 +96,9 @@ def test_sampling_seed_stop_and_async(models, isolated_env):
     async def run() -> str:
         async with qwenvl.AsyncClient(backend="transformers", model=folder) as client:
             r = await client.ask("Tell me", temperature=0, max_tokens=16)
-            deltas = [e.text async for e in client.stream(prompt="Tell me", temperature=0, max_tokens=16)
-                      if e.type == "text"]
+            deltas = [
+                e.text async for e in client.stream(prompt="Tell me", temperature=0, max_tokens=16) if e.type == "text"
+            ]
             assert "".join(deltas) == r.text
             return r.text
 
@@ -136,6 +138,7 @@ def test_cache_key_and_bad_input(models, isolated_env, monkeypatch):
 def test_video_without_torchvision_names_the_install(models, isolated_env):
     try:
         import torchvision  # noqa: F401
+
         pytest.skip("torchvision is installed here")
     except ImportError:
         pass
@@ -149,10 +152,19 @@ def test_cli_verbs_and_errors(models, isolated_env):
     write_image(isolated_env / "a.png", (112, 84))
     base = ["--backend", "transformers", "--model", str(models["qwen2.5-vl"]), "-t", "0", "--max-tokens", "8"]
     (isolated_env / "s.json").write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string"}}}))
-    analyze = ["analyze", "--request", '{"prompt": "Describe", "image": "a.png", "temperature": 0, "max_tokens": 8}',
-               *base[:4]]
-    for args in (["ask", "a.png", "What is it?", *base], ["ground", "a.png", "the cat", "--json", *base],
-                 ["ocr", "a.png", *base], analyze, ["extract", "a.png", "--schema", "s.json", *base]):
+    analyze = [
+        "analyze",
+        "--request",
+        '{"prompt": "Describe", "image": "a.png", "temperature": 0, "max_tokens": 8}',
+        *base[:4],
+    ]
+    for args in (
+        ["ask", "a.png", "What is it?", *base],
+        ["ground", "a.png", "the cat", "--json", *base],
+        ["ocr", "a.png", *base],
+        analyze,
+        ["extract", "a.png", "--schema", "s.json", *base],
+    ):
         p = run_cli(*args, timeout=300)
         assert p.returncode in (0, 5), (args, p.stderr)  # a random model's answer may not parse (exit 5)
         assert "Traceback" not in p.stderr
@@ -170,8 +182,7 @@ def test_cli_verbs_and_errors(models, isolated_env):
     assert json.loads(p.stdout)["factor"] == 32
     for n in range(3):
         write_image(isolated_env / f"b{n}.png", (56 + 28 * n, 56))
-    p = run_cli("batch", "run", "b0.png", "b1.png", "b2.png", "-p", "Describe", "-o", "out.jsonl", *base,
-                timeout=300)
+    p = run_cli("batch", "run", "b0.png", "b1.png", "b2.png", "-p", "Describe", "-o", "out.jsonl", *base, timeout=300)
     assert p.returncode == 0, p.stderr
     lines = [json.loads(x) for x in (isolated_env / "out.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in lines) == ["ok"] * 3
@@ -205,9 +216,11 @@ def test_inputs_equal_the_official_processor(models, family, isolated_env):
     for kind, fields in (("image", {"image": str(img)}), ("video", {"video": frames, "fps": 1.0})):
         call = client.plan(prompt="What is it?", **fields)
         ours = build_inputs(loaded, call).tensors
-        text = proc.apply_chat_template([{"role": "user", "content": [{"type": kind}, {"type": "text",
-                                                                                        "text": "What is it?"}]}],
-                                        tokenize=False, add_generation_prompt=True)
+        text = proc.apply_chat_template(
+            [{"role": "user", "content": [{"type": kind}, {"type": "text", "text": "What is it?"}]}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         pics = call.media[0].pixels
         if kind == "image":
             out = proc(text=[text], images=[pics], return_tensors="pt")

@@ -51,6 +51,7 @@ def batch(server, items, output="out.jsonl", **kw) -> Batch:
 
 # --- outputs -----------------------------------------------------------------------------------------------
 
+
 def test_files_folders_and_globs(server, env, isolated_env):
     photos = isolated_env / "photos"
     (photos / "sub").mkdir(parents=True)
@@ -60,8 +61,21 @@ def test_files_folders_and_globs(server, env, isolated_env):
     (photos / ".hidden.png").write_bytes(b"x")
     write_image(isolated_env / "c.png", color=(1, 2, 3))  # distinct: identical bytes could be a cache hit
     write_image(isolated_env / "d.png", color=(4, 5, 6))
-    p = run_cli("batch", "photos", "c.png", "d*.png", "-p", "Caption this", "-o", "out/caps.jsonl",
-                "--csv", "out/caps.csv", "--base-url", server.url, env=env)
+    p = run_cli(
+        "batch",
+        "photos",
+        "c.png",
+        "d*.png",
+        "-p",
+        "Caption this",
+        "-o",
+        "out/caps.jsonl",
+        "--csv",
+        "out/caps.csv",
+        "--base-url",
+        server.url,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     lines = read_jsonl(isolated_env / "out" / "caps.jsonl")
     assert [r["id"] for r in lines] == ["photos/a.png", "photos/sub/b.jpg", "c.png", "d.png"]
@@ -83,11 +97,27 @@ def test_files_folders_and_globs(server, env, isolated_env):
 def test_requests_file_flags_override_and_json_summary(server, env, isolated_env):
     write_image(isolated_env / "x.png")
     reqs = isolated_env / "reqs.jsonl"
-    reqs.write_text(json.dumps({"id": "one", "prompt": "first", "image": "x.png", "max_tokens": 50}) + "\n\n" +
-                    json.dumps({"id": 2, "prompt": "second", "model": "qwen3-vl-plus"}) + "\n" +
-                    json.dumps({"prompt": "third (no id)"}) + "\n")
-    p = run_cli("batch", "--requests", str(reqs), "-o", "res.jsonl", "-m", "qwen3-vl-flash", "--json",
-                "--base-url", server.url, env=env)
+    reqs.write_text(
+        json.dumps({"id": "one", "prompt": "first", "image": "x.png", "max_tokens": 50})
+        + "\n\n"
+        + json.dumps({"id": 2, "prompt": "second", "model": "qwen3-vl-plus"})
+        + "\n"
+        + json.dumps({"prompt": "third (no id)"})
+        + "\n"
+    )
+    p = run_cli(
+        "batch",
+        "--requests",
+        str(reqs),
+        "-o",
+        "res.jsonl",
+        "-m",
+        "qwen3-vl-flash",
+        "--json",
+        "--base-url",
+        server.url,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["ok"] == 3
     lines = read_jsonl(isolated_env / "res.jsonl")
@@ -99,12 +129,14 @@ def test_requests_file_flags_override_and_json_summary(server, env, isolated_env
 
 
 def test_schema_extraction(server, env, isolated_env):
-    (isolated_env / "s.json").write_text(json.dumps(
-        {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}))
+    (isolated_env / "s.json").write_text(
+        json.dumps({"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]})
+    )
     write_image(isolated_env / "inv.png")
     server.enqueue(Reply(text='{"total": 12.5}'))
-    p = run_cli("batch", "inv.png", "-p", "Extract", "--schema", "s.json", "-o", "o.jsonl", "--base-url",
-                server.url, env=env)
+    p = run_cli(
+        "batch", "inv.png", "-p", "Extract", "--schema", "s.json", "-o", "o.jsonl", "--base-url", server.url, env=env
+    )
     assert p.returncode == 0, p.stderr
     [line] = read_jsonl(isolated_env / "o.jsonl")
     assert line["result"]["json"] == {"total": 12.5}
@@ -118,17 +150,30 @@ def test_library_batch(server):
     assert est.items == est.pending == est.to_send == 10 and est.input_tokens > 0 and est.cost_max > est.cost_input
     summary = job.run()
     assert summary.ok == 10 and summary.sent == 10 and summary.total == 10 and summary.pending == 0
-    assert [r["result"]["text"] for r in read_jsonl(Path("out.jsonl"))] == [f"echo: text {i} [images=0 videos=0]"
-                                                                           for i in range(10)]
+    assert [r["result"]["text"] for r in read_jsonl(Path("out.jsonl"))] == [
+        f"echo: text {i} [images=0 videos=0]" for i in range(10)
+    ]
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
 
+
 def test_invalid_and_missing_files_are_item_errors(server, env, isolated_env):
     write_image(isolated_env / "good.png")
     (isolated_env / "bad.png").write_text("this is text, not a PNG")
-    p = run_cli("batch", "good.png", "bad.png", "missing.png", "-p", "Caption", "-o", "o.jsonl",
-                "--base-url", server.url, env=env)
+    p = run_cli(
+        "batch",
+        "good.png",
+        "bad.png",
+        "missing.png",
+        "-p",
+        "Caption",
+        "-o",
+        "o.jsonl",
+        "--base-url",
+        server.url,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     lines = {r["id"]: r for r in read_jsonl(isolated_env / "o.jsonl")}
     assert lines["good.png"]["status"] == "ok"
@@ -141,14 +186,25 @@ def test_invalid_and_missing_files_are_item_errors(server, env, isolated_env):
 
 def test_a_401_stops_the_batch_at_once(server, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl", 40)
-    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--concurrency", "2", "--base-url", server.url,
-                env={"DASHSCOPE_API_KEY": "sk-wrong-key-000000"})
+    p = run_cli(
+        "batch",
+        "--requests",
+        str(reqs),
+        "-o",
+        "o.jsonl",
+        "--concurrency",
+        "2",
+        "--base-url",
+        server.url,
+        env={"DASHSCOPE_API_KEY": "sk-wrong-key-000000"},
+    )
     assert p.returncode == 4, p.stderr
     assert "HTTP 401" in p.stderr and "stopped at once" in p.stderr and "resume" in p.stderr
     assert len(model_calls(server)) <= 2  # nothing after the first answers
     assert "Traceback" not in p.stderr
-    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--base-url", server.url,
-                env={"DASHSCOPE_API_KEY": API_KEY})
+    p = run_cli(
+        "batch", "--requests", str(reqs), "-o", "o.jsonl", "--base-url", server.url, env={"DASHSCOPE_API_KEY": API_KEY}
+    )
     assert p.returncode == 0, p.stderr
     assert len(read_jsonl(isolated_env / "o.jsonl")) == 40
 
@@ -170,13 +226,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_request(server, 
     assert server.requests == []
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ('{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": oops}\n', "r.jsonl line 2: not valid JSON"),
-    ('["a list"]\n', "r.jsonl line 1: expected a JSON object"),
-    ('{"id": "a", "prompt": "x", "colour": "red"}\n', "r.jsonl line 1: invalid request: colour"),
-    ('{"id": "a", "prompt": "x", "max_tokens": "many"}\n', "r.jsonl line 1: invalid request: max_tokens"),
-    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', "r.jsonl line 2: id 'a' is already used on line 1"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": oops}\n', "r.jsonl line 2: not valid JSON"),
+        ('["a list"]\n', "r.jsonl line 1: expected a JSON object"),
+        ('{"id": "a", "prompt": "x", "colour": "red"}\n', "r.jsonl line 1: invalid request: colour"),
+        ('{"id": "a", "prompt": "x", "max_tokens": "many"}\n', "r.jsonl line 1: invalid request: max_tokens"),
+        (
+            '{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n',
+            "r.jsonl line 2: id 'a' is already used on line 1",
+        ),
+    ],
+)
 def test_a_malformed_requests_file_names_the_line(server, env, isolated_env, line, message):
     (isolated_env / "r.jsonl").write_text(line)
     p = run_cli("batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--base-url", server.url, env=env)
@@ -202,23 +264,37 @@ def test_usage_errors(server, env, isolated_env):
 
 # --- cost guard --------------------------------------------------------------------------------------------
 
+
 def test_over_max_cost_is_refused_off_a_terminal_unless_yes(server, env, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl", 5, max_tokens=2000)
-    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--max-cost", "0.01", "--base-url", server.url,
-                env=env)
+    p = run_cli(
+        "batch", "--requests", str(reqs), "-o", "o.jsonl", "--max-cost", "0.01", "--base-url", server.url, env=env
+    )
     assert p.returncode == 2
     assert "above --max-cost" in p.stderr and "nothing was sent" in p.stderr and "--yes" in p.stderr
     assert server.requests == [] and not (isolated_env / "o.jsonl").exists()
-    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--max-cost", "0.01", "--yes", "--base-url",
-                server.url, env=env)
+    p = run_cli(
+        "batch",
+        "--requests",
+        str(reqs),
+        "-o",
+        "o.jsonl",
+        "--max-cost",
+        "0.01",
+        "--yes",
+        "--base-url",
+        server.url,
+        env=env,
+    )
     assert p.returncode == 0 and len(model_calls(server)) == 5
 
 
 def test_dry_run_prints_the_estimate_and_sends_nothing(server, env, isolated_env):
     write_image(isolated_env / "a.png", size=(640, 480))
     (isolated_env / "bad.png").write_text("nope")
-    p = run_cli("batch", "a.png", "bad.png", "-p", "Caption", "-o", "o.jsonl", "--dry-run", "--base-url",
-                server.url, env=env)
+    p = run_cli(
+        "batch", "a.png", "bad.png", "-p", "Caption", "-o", "o.jsonl", "--dry-run", "--base-url", server.url, env=env
+    )
     assert p.returncode == 0, p.stderr
     est = json.loads(p.stdout)
     assert est["event"] == "estimate" and est["items"] == 2 and est["invalid"] == 1 and est["to_send"] == 1
@@ -228,6 +304,7 @@ def test_dry_run_prints_the_estimate_and_sends_nothing(server, env, isolated_env
 
 
 # --- retries, 429 ------------------------------------------------------------------------------------------
+
 
 def test_429s_lower_concurrency_and_every_item_still_finishes(server):
     server.enqueue(Reply(delay_s=0.05, times=8), Reply(status=429, headers={"Retry-After": "0.2"}, times=6))
@@ -257,10 +334,12 @@ def test_5xx_after_the_retries_is_an_item_error(server):
 
 # --- cache, rerun, resume ----------------------------------------------------------------------------------
 
+
 def test_second_identical_run_sends_nothing(server, env, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl", 6)
-    assert run_cli("batch", "--requests", str(reqs), "-o", "one.jsonl", "--base-url", server.url,
-                   env=env).returncode == 0
+    assert (
+        run_cli("batch", "--requests", str(reqs), "-o", "one.jsonl", "--base-url", server.url, env=env).returncode == 0
+    )
     assert len(model_calls(server)) == 6
     p = run_cli("batch", "--requests", str(reqs), "-o", "two.jsonl", "--base-url", server.url, "--json", env=env)
     assert p.returncode == 0, p.stderr
@@ -270,8 +349,12 @@ def test_second_identical_run_sends_nothing(server, env, isolated_env):
     two = read_jsonl(isolated_env / "two.jsonl")
     assert all(r["cached"] and r["cost"] == 0 for r in two)
     assert [r["result"]["text"] for r in two] == [r["result"]["text"] for r in read_jsonl(isolated_env / "one.jsonl")]
-    assert run_cli("batch", "--requests", str(reqs), "-o", "three.jsonl", "--no-cache", "--base-url", server.url,
-                   env=env).returncode == 0
+    assert (
+        run_cli(
+            "batch", "--requests", str(reqs), "-o", "three.jsonl", "--no-cache", "--base-url", server.url, env=env
+        ).returncode
+        == 0
+    )
     assert len(model_calls(server)) == 12
 
 
@@ -287,8 +370,9 @@ def test_rerun_with_the_same_output_sends_only_what_is_unfinished(server):
     changed = [BatchItem(id=i.id, request={"prompt": "another question"}) for i in items[:2]]
     batch(server, changed, cache=False).run()  # the same ids asked something else: sent again
     assert len(model_calls(server)) == 7
-    assert [r["result"]["text"] for r in read_jsonl(Path("out.jsonl"))] == \
-        ["echo: another question [images=0 videos=0]"] * 2  # inputs no longer given leave the output
+    assert [r["result"]["text"] for r in read_jsonl(Path("out.jsonl"))] == [
+        "echo: another question [images=0 videos=0]"
+    ] * 2  # inputs no longer given leave the output
 
 
 def test_retry_errors(server, isolated_env):
@@ -322,8 +406,21 @@ def test_resume_after_sigkill(server, isolated_env):
     server.enqueue(Reply(delay_s=0.25, times=10_000))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}
     env["DASHSCOPE_API_KEY"] = API_KEY
-    cmd = [sys.executable, "-m", "qwenvl", "batch", "--requests", str(reqs), "-o", "out.jsonl", "--no-cache",
-           "--concurrency", "4", "--base-url", server.url]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qwenvl",
+        "batch",
+        "--requests",
+        str(reqs),
+        "-o",
+        "out.jsonl",
+        "--no-cache",
+        "--concurrency",
+        "4",
+        "--base-url",
+        server.url,
+    ]
     journal = journal_path(isolated_env / "out.jsonl")
 
     def done_ids() -> set[str]:
@@ -347,8 +444,9 @@ def test_resume_after_sigkill(server, isolated_env):
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL and 10 <= len(finished) < n
     finished = done_ids()  # what survived the kill (committed before it)
-    first_run = {r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server)
-                 if r.json}  # a body cut by the kill was never answered
+    first_run = {
+        r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server) if r.json
+    }  # a body cut by the kill was never answered
     if (isolated_env / "out.jsonl").exists():  # never half-written: whole JSON lines only
         assert all(json.loads(line)["status"] == "ok" for line in (isolated_env / "out.jsonl").read_text().splitlines())
     server.reset()
@@ -381,9 +479,16 @@ class _EchoBackend:
         text = call.messages[-1].text()
         with self.lock:
             self.prompts.append(text)
-        return make_response(text=f"echo {text}", model="echo", usage={"input_tokens": 2, "output_tokens": 1},
-                             request_id="r", finish_reason="stop", reasoning=None, tool_calls=None,
-                             protocol="compat")
+        return make_response(
+            text=f"echo {text}",
+            model="echo",
+            usage={"input_tokens": 2, "output_tokens": 1},
+            request_id="r",
+            finish_reason="stop",
+            reasoning=None,
+            tool_calls=None,
+            protocol="compat",
+        )
 
     def stream(self, call):
         from qwenvl.types import StreamEvent

@@ -27,8 +27,9 @@ def read_jsonl(path: Path | str) -> list[dict]:
 
 
 def uploads(srv: BatchServer) -> list[list[dict]]:
-    return [[json.loads(line) for line in data.splitlines()] for fid, data in srv.files.items()
-            if srv.file_meta.get(fid)]
+    return [
+        [json.loads(line) for line in data.splitlines()] for fid, data in srv.files.items() if srv.file_meta.get(fid)
+    ]
 
 
 def api_batch(srv, items, output="out.jsonl", **kw) -> Batch:
@@ -45,8 +46,10 @@ def test_end_to_end(bserver, isolated_env):
     (isolated_env / "bad.png").write_text("not an image")
     bserver.line_errors["t2"] = (400, "data_inspection_failed", "Input data may contain inappropriate content.")
     items = [BatchItem(id=f"t{i}", request={"prompt": f"question {i}"}) for i in range(4)]
-    items += [BatchItem(id="img", request={"prompt": "what is it", "image": "a.png"}, input="a.png"),
-              BatchItem(id="bad", request={"prompt": "x", "image": "bad.png"}, input="bad.png")]
+    items += [
+        BatchItem(id="img", request={"prompt": "what is it", "image": "a.png"}, input="a.png"),
+        BatchItem(id="bad", request={"prompt": "x", "image": "bad.png"}, input="bad.png"),
+    ]
     job = api_batch(bserver, items, csv="out.csv")
     est = job.estimate()
     assert est.price_factor == 0.5 and est.invalid == 1 and est.to_send == 5
@@ -58,8 +61,11 @@ def test_end_to_end(bserver, isolated_env):
     assert paths(bserver)[:2] == ["POST /files", "POST /batches"]
     assert paths(bserver).count("GET /batches/" + summary.batch_ids[0]) == bserver.polls_to_complete
     create = next(r for r in bserver.batch_requests() if r.path.endswith("/batches"))
-    assert create.json == {"input_file_id": create.json["input_file_id"], "endpoint": "/v1/chat/completions",
-                           "completion_window": "24h"}
+    assert create.json == {
+        "input_file_id": create.json["input_file_id"],
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
     upload = next(r for r in bserver.batch_requests() if r.path.endswith("/files"))
     assert upload.headers["Authorization"] == f"Bearer {API_KEY}"
     [lines] = uploads(bserver)
@@ -111,8 +117,7 @@ def test_split_by_model_and_by_size(bserver, monkeypatch):
 
 def test_a_line_over_the_size_limit_is_an_item_error(bserver, monkeypatch):
     monkeypatch.setattr(batchapi, "MAX_LINE_BYTES", 300)
-    items = [BatchItem(id="small", request={"prompt": "hi"}),
-             BatchItem(id="big", request={"prompt": "long " * 200})]
+    items = [BatchItem(id="small", request={"prompt": "hi"}), BatchItem(id="big", request={"prompt": "long " * 200})]
     summary = api_batch(bserver, items).run()
     out = {r["id"]: r for r in read_jsonl("out.jsonl")}
     assert summary.ok == 1 and out["big"]["error"]["type"] == "UsageError"
@@ -160,14 +165,22 @@ def test_bad_key_is_an_authentication_error(bserver):
         Batch(items, "out.jsonl", api_key="sk-wrong-000000", base_url=bserver.url, mode="batch-api").run()
 
 
-@pytest.mark.parametrize(("region", "base_url"), [("intl", None), ("us", None), ("singapore", None),
-                                                   (None, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1")])
+@pytest.mark.parametrize(
+    ("region", "base_url"),
+    [
+        ("intl", None),
+        ("us", None),
+        ("singapore", None),
+        (None, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"),
+    ],
+)
 def test_vl_batch_is_beijing_only(region, base_url):
     with pytest.raises(UsageError, match="Beijing"):
         check_region(region, base_url)
     with pytest.raises(UsageError, match="Beijing"):
-        Batch([BatchItem(id="i", request={"prompt": "q"})], "o.jsonl", region=region, base_url=base_url,
-              mode="batch-api").estimate()
+        Batch(
+            [BatchItem(id="i", request={"prompt": "q"})], "o.jsonl", region=region, base_url=base_url, mode="batch-api"
+        ).estimate()
     check_region("cn", None)
     check_region(None, "http://127.0.0.1:8000")
 
@@ -193,8 +206,23 @@ def test_cli_batch_api_mode(bserver, isolated_env):
     write_image(isolated_env / "a.png")
     write_image(isolated_env / "b.png", color=(0, 0, 250))
     env = {"DASHSCOPE_API_KEY": API_KEY}
-    p = run_cli("batch", "a.png", "b.png", "-p", "Caption", "-o", "o.jsonl", "--mode", "batch-api",
-                "--poll-interval", "0", "--base-url", bserver.url, "--json", env=env)
+    p = run_cli(
+        "batch",
+        "a.png",
+        "b.png",
+        "-p",
+        "Caption",
+        "-o",
+        "o.jsonl",
+        "--mode",
+        "batch-api",
+        "--poll-interval",
+        "0",
+        "--base-url",
+        bserver.url,
+        "--json",
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     assert summary["ok"] == 2 and len(summary["batch_ids"]) == 1
@@ -203,12 +231,17 @@ def test_cli_batch_api_mode(bserver, isolated_env):
 
 def test_batch_api_client_directly(bserver):
     with BatchAPI(API_KEY, base_url=bserver.url) as api:
-        f = api.upload("x.jsonl", b'{"custom_id":"1","method":"POST","url":"/v1/chat/completions",'
-                                  b'"body":{"model":"qwen3-vl-plus","messages":[{"role":"user","content":"hi"}]}}\n')
+        f = api.upload(
+            "x.jsonl",
+            b'{"custom_id":"1","method":"POST","url":"/v1/chat/completions",'
+            b'"body":{"model":"qwen3-vl-plus","messages":[{"role":"user","content":"hi"}]}}\n',
+        )
         job = api.create(f["id"])
         assert job["status"] == "validating" and job["request_counts"]["total"] == 1
         while job["status"] != "completed":
             job = api.retrieve(job["id"])
         [line] = [json.loads(x) for x in api.content(job["output_file_id"]).splitlines()]
-        assert line["custom_id"] == "1" and line["response"]["body"]["choices"][0]["message"]["content"] == \
-            "echo: hi [images=0 videos=0]"
+        assert (
+            line["custom_id"] == "1"
+            and line["response"]["body"]["choices"][0]["message"]["content"] == "echo: hi [images=0 videos=0]"
+        )

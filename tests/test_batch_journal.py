@@ -36,8 +36,10 @@ def asked(server) -> list[str]:
 
 
 def write_requests(path: Path, n: int = N) -> Path:
-    path.write_text("".join(json.dumps({"id": f"q{i:03d}", "prompt": f"question {i:03d}"}) + "\n"
-                            for i in range(n)), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"id": f"q{i:03d}", "prompt": f"question {i:03d}"}) + "\n" for i in range(n)),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -48,8 +50,20 @@ def cli_env(server) -> dict[str, str]:
 
 
 def batch_cmd(server, reqs: Path, output: str | Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "qwenvl", "batch", "--requests", str(reqs), "-o", str(output), "--no-cache",
-            "--base-url", server.url, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "qwenvl",
+        "batch",
+        "--requests",
+        str(reqs),
+        "-o",
+        str(output),
+        "--no-cache",
+        "--base-url",
+        server.url,
+        *extra,
+    ]
 
 
 def ok_ids(journal: Path) -> set[str]:
@@ -96,20 +110,26 @@ def tmpfs(path: Path, options: str) -> Iterator[None]:
 
 # --- one run per output ----------------------------------------------------------------------------------
 
+
 def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl")
     server.enqueue(Reply(times=3), Reply(delay_s=0.4, times=10_000))  # the first run lasts about 8 s
     env = cli_env(server)
     journal = journal_path(isolated_env / "out.jsonl")
-    first = subprocess.Popen(batch_cmd(server, reqs, "out.jsonl", "--concurrency", "1"), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        batch_cmd(server, reqs, "out.jsonl", "--concurrency", "1"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for(lambda: len(ok_ids(journal)) >= 3), "the first run did not start"
         for extra in ((), ("--fresh",)):
-            p = subprocess.run(batch_cmd(server, reqs, "out.jsonl", *extra), env=env, capture_output=True,
-                               text=True, timeout=60)
-            assert p.returncode == 2, (p.stderr, first.poll(), first.stderr.read() if first.poll() is not None
-                                       else "")
+            p = subprocess.run(
+                batch_cmd(server, reqs, "out.jsonl", *extra), env=env, capture_output=True, text=True, timeout=60
+            )
+            assert p.returncode == 2, (p.stderr, first.poll(), first.stderr.read() if first.poll() is not None else "")
             [line] = error_lines(p.stderr)
             assert f"pid {first.pid}" in line and "is writing" in line and "out.jsonl" in line, line
             assert "started 20" in line and "nothing was sent or deleted" in line
@@ -134,8 +154,12 @@ def test_the_lock_dies_with_its_process(server, isolated_env):
     server.enqueue(Reply(delay_s=0.15, times=10_000))
     env = cli_env(server)
     journal = journal_path(isolated_env / "out.jsonl")
-    proc = subprocess.Popen(batch_cmd(server, reqs, "out.jsonl", "--concurrency", "2"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        batch_cmd(server, reqs, "out.jsonl", "--concurrency", "2"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for(lambda: len(ok_ids(journal)) >= 2)
     finally:
@@ -151,6 +175,7 @@ def test_the_lock_dies_with_its_process(server, isolated_env):
 
 
 # --- damaged and foreign journals ------------------------------------------------------------------------
+
 
 def _foreign_sqlite(path: Path) -> None:
     conn = sqlite3.connect(path)
@@ -168,9 +193,14 @@ DAMAGE = {
     "another sqlite database": lambda p: (p.unlink(), _foreign_sqlite(p)),
     "a folder": lambda p: (p.unlink(), p.mkdir()),
 }
-SAYS = {"empty": "is empty while out.jsonl holds results", "truncated": "is damaged",
-        "random bytes": "not an SQLite database", "corrupt pages": "is damaged",
-        "another sqlite database": "is not a qwenvl journal (its tables: photos)", "a folder": "not a regular file"}
+SAYS = {
+    "empty": "is empty while out.jsonl holds results",
+    "truncated": "is damaged",
+    "random bytes": "not an SQLite database",
+    "corrupt pages": "is damaged",
+    "another sqlite database": "is not a qwenvl journal (its tables: photos)",
+    "a folder": "not a regular file",
+}
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
@@ -185,8 +215,9 @@ def test_a_damaged_or_foreign_journal_is_refused_and_left_alone(server, isolated
     DAMAGE[damage](journal)
     before = sorted((f.name, f.is_dir() or f.read_bytes()) for f in isolated_env.iterdir() if f.name != "r.jsonl")
     for extra in ((), ("--dry-run",), ("--retry-errors",)):
-        p = subprocess.run(batch_cmd(server, reqs, "out.jsonl", *extra), env=env, capture_output=True, text=True,
-                           timeout=60)
+        p = subprocess.run(
+            batch_cmd(server, reqs, "out.jsonl", *extra), env=env, capture_output=True, text=True, timeout=60
+        )
         assert p.returncode == 2, (extra, p.stderr)
         [line] = error_lines(p.stderr)
         assert str(journal.name) in line and SAYS[damage] in line, line
@@ -196,8 +227,9 @@ def test_a_damaged_or_foreign_journal_is_refused_and_left_alone(server, isolated
     assert after == before  # nothing modified, created or deleted
     if journal.is_dir():
         journal.rmdir()  # --fresh deletes files, not folders it did not make
-    p = subprocess.run(batch_cmd(server, reqs, "out.jsonl", "--fresh"), env=env, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        batch_cmd(server, reqs, "out.jsonl", "--fresh"), env=env, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert len(model_calls(server)) == 80  # the way out: start over, knowingly
 
@@ -206,16 +238,19 @@ def test_a_blank_journal_with_no_results_beside_it_is_a_new_batch(server, isolat
     """A run killed while creating its journal leaves a 0-byte file; with no results there is nothing to lose."""
     reqs = write_requests(isolated_env / "r.jsonl", 3)
     journal_path(isolated_env / "out.jsonl").write_bytes(b"")
-    p = subprocess.run(batch_cmd(server, reqs, "out.jsonl"), env=cli_env(server), capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        batch_cmd(server, reqs, "out.jsonl"), env=cli_env(server), capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert len(model_calls(server)) == 3
 
 
 # --- outputs and inputs ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["/proc/qwenvl-test.jsonl", "/proc/self/qwenvl/x.jsonl", "fifo", "read-only",
-                                   "file-as-folder"])
+
+@pytest.mark.parametrize(
+    "where", ["/proc/qwenvl-test.jsonl", "/proc/self/qwenvl/x.jsonl", "fifo", "read-only", "file-as-folder"]
+)
 def test_an_output_that_cannot_be_written_is_refused_before_anything_is_sent(server, env, isolated_env, where):
     if (where.startswith("/proc") and not Path("/proc/self").is_dir()) or (where == "fifo" and os.name != "posix"):
         pytest.skip(f"{where}: not on this system")
@@ -243,10 +278,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_anything_is_sent(ser
 
 def test_a_missing_folder_or_unmatched_glob_is_an_input_error(server, env, isolated_env):
     write_image(isolated_env / "x.png")
-    for args, message in ((["photos/"], "no such file or folder: photos/"),
-                          (["photos"], "no such file or folder: photos"),
-                          (["x.png", "holidays/"], "no such file or folder: holidays/"),
-                          (["nothing*.png"], "no file matches 'nothing*.png'")):
+    for args, message in (
+        (["photos/"], "no such file or folder: photos/"),
+        (["photos"], "no such file or folder: photos"),
+        (["x.png", "holidays/"], "no such file or folder: holidays/"),
+        (["nothing*.png"], "no file matches 'nothing*.png'"),
+    ):
         p = run_cli("batch", *args, "-p", "Caption", "-o", "o.jsonl", "--base-url", server.url, env=env)
         assert p.returncode == 3, (args, p.stderr)
         [line] = error_lines(p.stderr)
@@ -266,6 +303,7 @@ def test_a_fifo_inside_a_folder_is_skipped_not_read(server, env, isolated_env):
 
 # --- a full disk -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("concurrency", "size"), [(4, "8m"), (32, "12m")])  # reserves of 4 and 8 MB
 def test_a_full_disk_mid_batch_loses_no_paid_answer(server, isolated_env, concurrency, size):
     """Output and journal on a small filesystem (the reserve + 4 MB); 30 kB answers fill it mid-batch. The run
@@ -277,9 +315,13 @@ def test_a_full_disk_mid_batch_loses_no_paid_answer(server, isolated_env, concur
     env = cli_env(server)
     disk = isolated_env / "disk"
     with tmpfs(disk, f"size={size}"):
-        p = subprocess.run(batch_cmd(server, reqs, disk / "out.jsonl", "--concurrency", str(concurrency), "--yes"),
-                           env=env,
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            batch_cmd(server, reqs, disk / "out.jsonl", "--concurrency", str(concurrency), "--yes"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 2, p.stderr
         [line] = error_lines(p.stderr)
         assert "no space left" in line and "kept in the journal" in line, line
@@ -291,8 +333,9 @@ def test_a_full_disk_mid_batch_loses_no_paid_answer(server, isolated_env, concur
         assert {f"question {i[1:]}" for i in saved} == set(first)  # every paid answer is in the journal
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # the user makes room
         server.reset()
-        p = subprocess.run(batch_cmd(server, reqs, disk / "out.jsonl", "--yes"), env=env, capture_output=True,
-                           text=True, timeout=120)
+        p = subprocess.run(
+            batch_cmd(server, reqs, disk / "out.jsonl", "--yes"), env=env, capture_output=True, text=True, timeout=120
+        )
         assert p.returncode == 0, p.stderr
         second = asked(server)
         assert sorted(first + second) == [f"question {i:03d}" for i in range(n)]  # none lost, none paid twice
@@ -305,8 +348,9 @@ def test_a_disk_too_full_to_start_is_refused_before_anything_is_sent(server, iso
     reqs = write_requests(isolated_env / "r.jsonl", 5)
     disk = isolated_env / "disk"
     with tmpfs(disk, "size=2m"):
-        p = subprocess.run(batch_cmd(server, reqs, disk / "out.jsonl"), env=cli_env(server), capture_output=True,
-                           text=True, timeout=60)
+        p = subprocess.run(
+            batch_cmd(server, reqs, disk / "out.jsonl"), env=cli_env(server), capture_output=True, text=True, timeout=60
+        )
         assert p.returncode == 2, p.stderr
         [line] = error_lines(p.stderr)
         assert "not enough free space" in line and "4 MB" in line, line
@@ -316,14 +360,20 @@ def test_a_disk_too_full_to_start_is_refused_before_anything_is_sent(server, iso
 
 # --- Ctrl-C ----------------------------------------------------------------------------------------------
 
+
 def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
     """Requests in flight when Ctrl-C arrives are paid for: their answers are awaited (up to a grace period)
     and recorded, so the resumed run does not pay for them again."""
     reqs = write_requests(isolated_env / "r.jsonl", 16)
     server.enqueue(Reply(delay_s=1.5, times=10_000))
     env = cli_env(server)
-    proc = subprocess.Popen(batch_cmd(server, reqs, "out.jsonl", "--concurrency", "4"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        batch_cmd(server, reqs, "out.jsonl", "--concurrency", "4"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for(lambda: len(model_calls(server)) >= 4), "no request in flight"
         proc.send_signal(signal.SIGINT)
@@ -353,9 +403,11 @@ def test_a_full_disk_while_merging_batch_api_results_pays_nothing_twice(isolated
     items = [BatchItem(id=f"t{i:03d}", request={"prompt": f"{i:03d} " + "x" * 30_000}) for i in range(150)]
     disk = isolated_env / "disk"
     with BatchServer(api_key=API_KEY) as srv, tmpfs(disk, "size=3m"):
+
         def job() -> Batch:
-            return Batch(items, disk / "out.jsonl", api_key=API_KEY, base_url=srv.url, mode="batch-api",
-                         poll_interval_s=0.01)
+            return Batch(
+                items, disk / "out.jsonl", api_key=API_KEY, base_url=srv.url, mode="batch-api", poll_interval_s=0.01
+            )
 
         with pytest.raises(UsageError, match="no space left") as info:
             job().run()

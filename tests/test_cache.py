@@ -54,8 +54,16 @@ def test_key_follows_media_content_not_names(server, isolated_env):
     assert model_calls(server) == 3
 
 
-@pytest.mark.parametrize("change", [{"max_tokens": 99}, {"temperature": 0.7}, {"model": "qwen3-vl-flash"},
-                                    {"system": "be brief"}, {"json_mode": True}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_tokens": 99},
+        {"temperature": 0.7},
+        {"model": "qwen3-vl-flash"},
+        {"system": "be brief"},
+        {"json_mode": True},
+    ],
+)
 def test_any_parameter_change_misses(server, change):
     server.enqueue(Reply(text='{"ok": true}', times=2))
     with make_client(server, cache=True) as c:

@@ -19,8 +19,16 @@ def _texts(server) -> list[str]:
 
 
 def test_slash_commands_are_never_sent(server, env, png):
-    lines = ["/help", "/foo", "/image", "/image nothere.png", "/IMAGE   ", "/usr/bin holds programs?", "/exit",
-             "never read"]
+    lines = [
+        "/help",
+        "/foo",
+        "/image",
+        "/image nothere.png",
+        "/IMAGE   ",
+        "/usr/bin holds programs?",
+        "/exit",
+        "never read",
+    ]
     p = run_cli("chat", env=env, input="\n".join(lines) + "\n")
     assert p.returncode == 0, p.stderr
     for usage in ("/image PATH", "/reset", "/history", "/help", "/exit"):  # /help lists the commands
@@ -48,8 +56,9 @@ def test_chat_refuses_a_missing_file_before_starting(server, env):
     assert server.requests == []
 
 
-def test_session_resumes_from_any_folder_and_a_vanished_file_is_said_once(server, env, isolated_env,
-                                                                          monkeypatch: pytest.MonkeyPatch):
+def test_session_resumes_from_any_folder_and_a_vanished_file_is_said_once(
+    server, env, isolated_env, monkeypatch: pytest.MonkeyPatch
+):
     trip = isolated_env / "trip"
     trip.mkdir()
     photo = write_image(trip / "beach.png")

@@ -13,9 +13,15 @@ from dashscope_server import Reply
 
 def test_chat_line_editing_and_history(server, png, isolated_env):
     env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "120", "LINES": "30"}
-    child = pexpect.spawn(sys.executable, ["-m", "qwenvl", "chat", str(png), "--base-url", server.url,
-                                           "--session", "tty"], env=env, cwd=str(isolated_env),
-                          encoding="utf-8", timeout=30, dimensions=(30, 120))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "qwenvl", "chat", str(png), "--base-url", server.url, "--session", "tty"],
+        env=env,
+        cwd=str(isolated_env),
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(30, 120),
+    )
     try:
         child.expect("you>")
         child.send("hello wrld")
@@ -39,8 +45,15 @@ def test_chat_line_editing_and_history(server, png, isolated_env):
 
 def _spawn(server, isolated_env, *args: str) -> pexpect.spawn:
     env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "120", "LINES": "30"}
-    return pexpect.spawn(sys.executable, ["-m", "qwenvl", "chat", *args, "--base-url", server.url], env=env,
-                         cwd=str(isolated_env), encoding="utf-8", timeout=30, dimensions=(30, 120))
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "qwenvl", "chat", *args, "--base-url", server.url],
+        env=env,
+        cwd=str(isolated_env),
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(30, 120),
+    )
 
 
 def test_ctrl_c_cancels_the_answer_then_ends_the_chat_at_the_prompt(server, png, isolated_env):

@@ -12,6 +12,7 @@ from dashscope_server import Reply
 
 # --- analyze: the skill's interface ------------------------------------------------------------------------
 
+
 def test_analyze_prints_the_skills_result_shape(server, env, png):
     req = json.dumps({"prompt": "describe", "image": png.name})
     p = run_cli("analyze", "--request", req, "--print-response", env=env)
@@ -29,8 +30,9 @@ def test_analyze_prints_the_skills_result_shape(server, env, png):
 
 
 def test_analyze_file_json_mode_output(server, env, png, isolated_env):
-    (isolated_env / "req.json").write_text(json.dumps({"prompt": "fields", "image": str(png), "model":
-                                                       "qwen3-vl-flash", "max_tokens": 100}))
+    (isolated_env / "req.json").write_text(
+        json.dumps({"prompt": "fields", "image": str(png), "model": "qwen3-vl-flash", "max_tokens": 100})
+    )
     server.enqueue(Reply(text='```json\n{"title": "Bill", "amount": 3}\n```'))
     out = isolated_env / "deep" / "dir" / "result.json"
     p = run_cli("analyze", "--file", "req.json", "--json-mode", "--output", str(out), env=env)
@@ -43,11 +45,27 @@ def test_analyze_file_json_mode_output(server, env, png, isolated_env):
 
 def test_analyze_schema_and_native_protocol(server, env, png, isolated_env):
     schema = isolated_env / "invoice.schema.json"
-    schema.write_text(json.dumps({"type": "object", "properties": {"title": {"type": "string"},
-                                  "amount": {"type": "number"}}, "required": ["title", "amount"]}))
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"title": {"type": "string"}, "amount": {"type": "number"}},
+                "required": ["title", "amount"],
+            }
+        )
+    )
     server.enqueue(Reply(text='{"title": "T", "amount": 9.5}'))
-    p = run_cli("analyze", "--request", json.dumps({"prompt": "extract", "image": str(png)}), "--schema",
-                str(schema), "--protocol", "native", "--print-response", env=env)
+    p = run_cli(
+        "analyze",
+        "--request",
+        json.dumps({"prompt": "extract", "image": str(png)}),
+        "--schema",
+        str(schema),
+        "--protocol",
+        "native",
+        "--print-response",
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["json"] == {"title": "T", "amount": 9.5}
     assert server.requests[-1].path.endswith("/multimodal-generation/generation")
@@ -57,27 +75,40 @@ def test_analyze_schema_and_native_protocol(server, env, png, isolated_env):
 def test_analyze_json_mode_not_json_is_one_request(server, env, png, protocol, how):
     server.enqueue(Reply(text="not json at all"), Reply(text="a paid repair nobody asked for"))
     req = {"prompt": "x", "image": str(png), **({} if how else {"json_mode": True})}
-    p = run_cli("analyze", "--request", json.dumps(req), "--protocol", protocol, *how, "--print-response",
-                env=env)
+    p = run_cli("analyze", "--request", json.dumps(req), "--protocol", protocol, *how, "--print-response", env=env)
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout)
     assert "json" not in result and result["text"] == "not json at all"  # the first (and only) answer
-    assert "warning" in p.stderr and "no \"json\"" in p.stderr
+    assert "warning" in p.stderr and 'no "json"' in p.stderr
     assert len(server.requests) == 1  # as in the skill: no second paid request
 
 
 def test_analyze_schema_still_repairs_once(server, env, png, isolated_env):
     (isolated_env / "s.json").write_text(json.dumps({"type": "object", "required": ["a"]}))
     server.enqueue(Reply(text="nope"), Reply(text='{"a": 1}'))
-    p = run_cli("analyze", "--request", json.dumps({"prompt": "x", "image": str(png)}), "--schema", "s.json",
-                "--print-response", env=env)
+    p = run_cli(
+        "analyze",
+        "--request",
+        json.dumps({"prompt": "x", "image": str(png)}),
+        "--schema",
+        "s.json",
+        "--print-response",
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["json"] == {"a": 1} and len(server.requests) == 2
 
 
 def test_analyze_request_level_keys(server, env, png):
-    req = {"prompt": "x", "image": str(png), "base_url": server.compat_base, "timeout_s": 30,
-           "detail": "high", "max_retries": 0, "retry_backoff_s": 0.01}
+    req = {
+        "prompt": "x",
+        "image": str(png),
+        "base_url": server.compat_base,
+        "timeout_s": 30,
+        "detail": "high",
+        "max_retries": 0,
+        "retry_backoff_s": 0.01,
+    }
     server.enqueue(Reply(status=503, error_code="ServiceUnavailable", error_message="busy"))
     p = run_cli("analyze", "--request", json.dumps(req), env={"DASHSCOPE_API_KEY": API_KEY})
     assert p.returncode == 5  # max_retries 0 from the request: no retry
@@ -85,16 +116,19 @@ def test_analyze_request_level_keys(server, env, png):
     assert server.requests[0].json["vl_high_resolution_images"] is True
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["--request", "{not json"], 2, "not valid JSON"),
-    (["--request", '{"image": "a.png"}'], 2, "prompt"),
-    (["--request", '{"prompt": "x", "max_tokens": "lots"}'], 2, "max_tokens"),
-    (["--request", '{"prompt": "  "}'], 2, "empty"),
-    (["--request", '{"prompt": "x", "image": "missing.png"}'], 3, "not found"),
-    (["--request", '{"prompt": "x"}', "--region", "mars"], 2, "unknown region"),
-    (["--file", "nope.json"], 2, "not found"),
-    ([], 2, "exactly one"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["--request", "{not json"], 2, "not valid JSON"),
+        (["--request", '{"image": "a.png"}'], 2, "prompt"),
+        (["--request", '{"prompt": "x", "max_tokens": "lots"}'], 2, "max_tokens"),
+        (["--request", '{"prompt": "  "}'], 2, "empty"),
+        (["--request", '{"prompt": "x", "image": "missing.png"}'], 3, "not found"),
+        (["--request", '{"prompt": "x"}', "--region", "mars"], 2, "unknown region"),
+        (["--file", "nope.json"], 2, "not found"),
+        ([], 2, "exactly one"),
+    ],
+)
 def test_analyze_bad_input(server, env, args, code, needle):
     p = run_cli("analyze", *args, env=env)
     assert p.returncode == code, p.stderr
@@ -111,23 +145,33 @@ def test_text_file_named_png(server, env, isolated_env):
 
 
 def test_no_key_exit_4_with_help(server, png):
-    p = run_cli("analyze", "--request", json.dumps({"prompt": "x", "image": str(png)}),
-                env={"DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base})
+    p = run_cli(
+        "analyze",
+        "--request",
+        json.dumps({"prompt": "x", "image": str(png)}),
+        env={"DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base},
+    )
     assert p.returncode == 4
     assert "DASHSCOPE_API_KEY" in p.stderr and "credentials" in p.stderr
     assert server.requests == []
 
 
 def test_bad_key_exit_4_and_key_never_printed(server, png):
-    p = run_cli("ask", str(png), "-p", "x", env={"DASHSCOPE_API_KEY": "sk-bad-secret-value",
-                                                 "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base})
+    p = run_cli(
+        "ask",
+        str(png),
+        "-p",
+        "x",
+        env={"DASHSCOPE_API_KEY": "sk-bad-secret-value", "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base},
+    )
     assert p.returncode == 4
     assert "sk-bad-secret-value" not in p.stdout + p.stderr
 
 
 def test_dead_server_exit_5():
-    p = run_cli("ask", "-p", "x", "--base-url", "http://127.0.0.1:9", "--max-retries", "0",
-                env={"DASHSCOPE_API_KEY": API_KEY})
+    p = run_cli(
+        "ask", "-p", "x", "--base-url", "http://127.0.0.1:9", "--max-retries", "0", env={"DASHSCOPE_API_KEY": API_KEY}
+    )
     assert p.returncode == 5 and "cannot reach" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -138,6 +182,7 @@ def test_key_from_dotenv(server, png, isolated_env):
 
 
 # --- ask ----------------------------------------------------------------------------------------------------
+
 
 def test_ask_streams_text(server, env, png, protocol):
     p = run_cli("ask", str(png), "what is this", "--protocol", protocol, env=env)
@@ -176,9 +221,25 @@ def test_ask_dry_run_sends_nothing(server, env, png):
 
 
 def test_ask_param_passthrough_and_options(server, env):
-    p = run_cli("ask", "-p", "x", "--param", "repetition_penalty=1.1", "--param", "enable_search=true",
-                "--top-k", "5", "--seed", "3", "--stop", "###", "--thinking", "--thinking-budget", "100",
-                env=env)
+    p = run_cli(
+        "ask",
+        "-p",
+        "x",
+        "--param",
+        "repetition_penalty=1.1",
+        "--param",
+        "enable_search=true",
+        "--top-k",
+        "5",
+        "--seed",
+        "3",
+        "--stop",
+        "###",
+        "--thinking",
+        "--thinking-budget",
+        "100",
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     body = server.requests[-1].json
     assert body["repetition_penalty"] == 1.1 and body["enable_search"] is True and body["top_k"] == 5
@@ -196,8 +257,13 @@ def test_ask_shows_reasoning_on_stderr(server, env):
 
 
 def test_usage_errors_exit_2(server, env):
-    for args in (["ask"], ["ask", "-p", ""], ["ask", "-p", "x", "--temperature", "9"],
-                 ["ask", "-p", "x", "--protocol", "grpc"], ["nonsense"]):
+    for args in (
+        ["ask"],
+        ["ask", "-p", ""],
+        ["ask", "-p", "x", "--temperature", "9"],
+        ["ask", "-p", "x", "--protocol", "grpc"],
+        ["nonsense"],
+    ):
         p = run_cli(*args, env=env)
         assert p.returncode == 2, (args, p.stderr)
         assert "Traceback" not in p.stderr
@@ -215,6 +281,7 @@ def test_schema_file_not_json_is_usage_error(server, env, isolated_env):
 
 
 # --- chat ---------------------------------------------------------------------------------------------------
+
 
 def test_chat_session_saved_and_resumed(server, env, png, isolated_env):
     p = run_cli("chat", str(png), "--session", "trip", env=env, input="first question\nsecond one\n/exit\n")
@@ -275,8 +342,7 @@ def test_dry_run_and_tokens_on_video_and_pdf(server, env, isolated_env):
         s = c.add_stream("libx264", rate=10)
         s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
         for i in range(40):
-            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((96, 160, 3), i * 6, np.uint8),
-                                                              format="rgb24")):
+            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((96, 160, 3), i * 6, np.uint8), format="rgb24")):
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)

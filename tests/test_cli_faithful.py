@@ -36,8 +36,12 @@ EVENTS = json.dumps({"events": [{"start_time": "00:00:00", "end_time": "00:00:01
 def media(isolated_env: Path) -> dict[str, Any]:
     frames = [str(write_image(isolated_env / f"f{i}.png", color=(40 * i, 90, 30))) for i in range(4)]
     (isolated_env / "s.json").write_text(json.dumps(SCHEMA))
-    return {"photo": str(write_image(isolated_env / "photo.png", size=(96, 64))), "frames": frames,
-            "schema": str(isolated_env / "s.json"), "out": str(isolated_env / "out.jsonl")}
+    return {
+        "photo": str(write_image(isolated_env / "photo.png", size=(96, 64))),
+        "frames": frames,
+        "schema": str(isolated_env / "s.json"),
+        "out": str(isolated_env / "out.jsonl"),
+    }
 
 
 def invoke(args: list[str], env: dict[str, str], input: str | bytes | None = None) -> Any:
@@ -67,20 +71,34 @@ def _lib_ocr(client: Any, m: dict[str, Any], f: dict[str, Any]) -> None:
 
 VERBS: dict[str, tuple[Callable[[dict[str, Any]], list[str]], Lib, str]] = {
     "ask": (lambda m: ["ask", m["photo"], "describe"], _lib_stream, "fine"),
-    "ask --no-stream": (lambda m: ["ask", "describe", m["photo"], "--no-stream"],
-                        lambda c, m, f: c.complete(prompt="describe", images=[m["photo"]], **f), "fine"),
+    "ask --no-stream": (
+        lambda m: ["ask", "describe", m["photo"], "--no-stream"],
+        lambda c, m, f: c.complete(prompt="describe", images=[m["photo"]], **f),
+        "fine",
+    ),
     "chat": (lambda m: ["chat", m["photo"]], _lib_chat, "fine"),
     "analyze": (lambda m: ["analyze", "--print-response"], _lib_analyze, "fine"),
-    "ground": (lambda m: ["ground", "the dog", m["photo"]],
-               lambda c, m, f: c.send(plan_ground(c, m["photo"], "the dog", **f)),
-               '[{"bbox_2d": [10, 10, 500, 500], "label": "dog"}]'),
+    "ground": (
+        lambda m: ["ground", "the dog", m["photo"]],
+        lambda c, m, f: c.send(plan_ground(c, m["photo"], "the dog", **f)),
+        '[{"bbox_2d": [10, 10, 500, 500], "label": "dog"}]',
+    ),
     "ocr": (lambda m: ["ocr", m["photo"]], _lib_ocr, "TEXT"),
-    "extract": (lambda m: ["extract", m["photo"], "--schema", m["schema"]],
-                lambda c, m, f: c.send(plan_extract(c, m["photo"], SCHEMA, **f)), '{"a": 1}'),
-    "events": (lambda m: ["events", *m["frames"]],
-               lambda c, m, f: send_events(c, plan_events(c, m["frames"], **f)), EVENTS),
-    "batch": (lambda m: ["batch", m["photo"], "-p", "describe", "-o", m["out"], "--yes"],
-              lambda c, m, f: c.complete(prompt="describe", image=m["photo"], **f), "fine"),
+    "extract": (
+        lambda m: ["extract", m["photo"], "--schema", m["schema"]],
+        lambda c, m, f: c.send(plan_extract(c, m["photo"], SCHEMA, **f)),
+        '{"a": 1}',
+    ),
+    "events": (
+        lambda m: ["events", *m["frames"]],
+        lambda c, m, f: send_events(c, plan_events(c, m["frames"], **f)),
+        EVENTS,
+    ),
+    "batch": (
+        lambda m: ["batch", m["photo"], "-p", "describe", "-o", m["out"], "--yes"],
+        lambda c, m, f: c.complete(prompt="describe", image=m["photo"], **f),
+        "fine",
+    ),
 }
 
 # --- the options: (CLI arguments, the Request fields they stand for, the wire parameter and its value) ---------
@@ -97,8 +115,13 @@ OPTIONS: dict[str, tuple[list[str], dict[str, Any], str, Any]] = {
 def cli_args(verb: str, m: dict[str, Any], option: list[str], fields: dict[str, Any], protocol: str) -> list[str]:
     args = VERBS[verb][0](m)
     if verb == "analyze":  # the skill's interface: generation values are request keys
-        return [*args, "--request", json.dumps({"prompt": "describe", "image": m["photo"], **fields}),
-                "--protocol", protocol]
+        return [
+            *args,
+            "--request",
+            json.dumps({"prompt": "describe", "image": m["photo"], **fields}),
+            "--protocol",
+            protocol,
+        ]
     return [*args, *option, "--protocol", protocol]
 
 
@@ -163,8 +186,11 @@ def test_max_retries_0_and_backoff_0(server, env, media, protocol, verb):
     server.reset()
     server.enqueue(Reply(status=503, times=10))
     again = ["--fresh"] if verb == "batch" else []  # the batch would otherwise resume: nothing left to send
-    invoke([*_network_args(verb, media, protocol), "--max-retries", "2", "--retry-backoff-s", "0", *again], env,
-           input="describe\n")
+    invoke(
+        [*_network_args(verb, media, protocol), "--max-retries", "2", "--retry-backoff-s", "0", *again],
+        env,
+        input="describe\n",
+    )
     times = [r.received_at for r in server.requests]
     assert len(times) == 3
     # backoff 0: no wait. The default (1.5 s) would wait at least 0.75 * (1.5 + 3) = 3.4 s between them.
@@ -174,21 +200,24 @@ def test_max_retries_0_and_backoff_0(server, env, media, protocol, verb):
 @pytest.mark.parametrize("verb", list(VERBS))
 def test_timeout_is_used(server, env, media, verb):
     server.enqueue(Reply(text="late", delay_s=4))
-    result = invoke([*_network_args(verb, media, "compat"), "--max-retries", "0", "--timeout", "0.5"], env,
-                    input="describe\n")
+    result = invoke(
+        [*_network_args(verb, media, "compat"), "--max-retries", "0", "--timeout", "0.5"], env, input="describe\n"
+    )
     assert len(server.requests) == 1
-    assert "timed out" in result.output + result.stderr + (Path(media["out"]).read_text()
-                                                           if verb == "batch" else "")
+    assert "timed out" in result.output + result.stderr + (Path(media["out"]).read_text() if verb == "batch" else "")
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--timeout", "0"], "--timeout"),
-    (["--max-retries", "-1"], "--max-retries"),
-    (["--max-retries", "21"], "max_retries"),  # the Request's own bound
-    (["--model", ""], "--model is empty"),
-    (["--region", " "], "--region is empty"),
-    (["--pages", ""], "--pages is empty"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--timeout", "0"], "--timeout"),
+        (["--max-retries", "-1"], "--max-retries"),
+        (["--max-retries", "21"], "max_retries"),  # the Request's own bound
+        (["--model", ""], "--model is empty"),
+        (["--region", " "], "--region is empty"),
+        (["--pages", ""], "--pages is empty"),
+    ],
+)
 def test_a_given_value_is_never_replaced_by_the_default(server, env, media, args, needle):
     result = invoke(["ask", media["photo"], "-p", "describe", *args], env)
     assert result.exit_code == 2 and needle in result.stderr
@@ -202,8 +231,7 @@ def test_library_keeps_0_and_false(server, protocol, media):
             client.complete(prompt="x", temperature=0, seed=0, top_k=0, enable_thinking=False)
         assert len(server.requests) == 1  # Client(max_retries=0)
         params = wire_params(server.requests[0].json, protocol)
-        assert (params["temperature"], params["seed"], params["top_k"], params["enable_thinking"]) == (0, 0, 0,
-                                                                                                      False)
+        assert (params["temperature"], params["seed"], params["top_k"], params["enable_thinking"]) == (0, 0, 0, False)
 
 
 # --- arguments: a missing file never becomes the prompt -------------------------------------------------------
@@ -215,22 +243,25 @@ def _ask_texts(server) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["ask", "{photo}", "nothere.jpg"], 3, "file not found: nothere.jpg"),
-    (["ask", "nothere.jpg", "{photo}", "What is it?"], 3, "file not found: nothere.jpg"),
-    (["ask", "{photo}", "scans/page"], 3, "file not found: scans/page"),
-    (["ask", "{photo}", "clip.mp4", "-p", "x"], 3, "file not found: clip.mp4"),
-    (["ask", "{photo}", "what", "is", "this"], 2, "3 arguments are neither files nor URLs"),
-    (["ask", "{photo}"], 2, "no prompt"),
-    (["ground", "{photo}", "nothere.png"], 3, "file not found: nothere.png"),
-    (["ground", "beach.jpg", "dog"], 3, "file not found: beach.jpg"),
-    (["ground", "{photo}", "{photo}"], 2, "one image and a query"),
-    (["events", "nothere.mp4"], 3, "file not found: nothere.mp4"),
-    (["extract", "{photo}", "gone/invoice.pdf", "--schema", "{schema}"], 3, "file not found: gone/invoice.pdf"),
-    (["ocr", "nothere.png"], 3, "file not found: nothere.png"),
-    (["chat", "nothere.png"], 3, "file not found: nothere.png"),
-    (["ask", "-", "-p", "-"], 2, "not both"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["ask", "{photo}", "nothere.jpg"], 3, "file not found: nothere.jpg"),
+        (["ask", "nothere.jpg", "{photo}", "What is it?"], 3, "file not found: nothere.jpg"),
+        (["ask", "{photo}", "scans/page"], 3, "file not found: scans/page"),
+        (["ask", "{photo}", "clip.mp4", "-p", "x"], 3, "file not found: clip.mp4"),
+        (["ask", "{photo}", "what", "is", "this"], 2, "3 arguments are neither files nor URLs"),
+        (["ask", "{photo}"], 2, "no prompt"),
+        (["ground", "{photo}", "nothere.png"], 3, "file not found: nothere.png"),
+        (["ground", "beach.jpg", "dog"], 3, "file not found: beach.jpg"),
+        (["ground", "{photo}", "{photo}"], 2, "one image and a query"),
+        (["events", "nothere.mp4"], 3, "file not found: nothere.mp4"),
+        (["extract", "{photo}", "gone/invoice.pdf", "--schema", "{schema}"], 3, "file not found: gone/invoice.pdf"),
+        (["ocr", "nothere.png"], 3, "file not found: nothere.png"),
+        (["chat", "nothere.png"], 3, "file not found: nothere.png"),
+        (["ask", "-", "-p", "-"], 2, "not both"),
+    ],
+)
 def test_a_missing_file_is_never_the_prompt(server, env, media, args, code, needle):
     args = [a.format(**media) for a in args]
     result = invoke(args, env, input="x\n")
@@ -239,13 +270,16 @@ def test_a_missing_file_is_never_the_prompt(server, env, media, args, code, need
     assert server.requests == []
 
 
-@pytest.mark.parametrize("args", [
-    ["ask", "What is in this picture?", "{photo}"],
-    ["ask", "{photo}", "What is in this picture?"],
-    ["ask", "{photo}", "-p", "What is in this picture?"],
-    ["ground", "What is in this picture?", "{photo}"],
-    ["events", "What is in this picture?", "{frames}"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "What is in this picture?", "{photo}"],
+        ["ask", "{photo}", "What is in this picture?"],
+        ["ask", "{photo}", "-p", "What is in this picture?"],
+        ["ground", "What is in this picture?", "{photo}"],
+        ["events", "What is in this picture?", "{frames}"],
+    ],
+)
 def test_the_prompt_first_or_last(server, env, media, args):
     expanded: list[str] = []
     for a in args:
@@ -260,8 +294,9 @@ def test_the_prompt_first_or_last(server, env, media, args):
 def _piped(args: list[str], env: dict[str, str], data: bytes) -> subprocess.CompletedProcess[bytes]:
     """`cat FILE | qwenvl ARGS`, as a user runs it."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}
-    return subprocess.run([sys.executable, "-m", "qwenvl", *args], input=data, capture_output=True,
-                          env={**full, **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "qwenvl", *args], input=data, capture_output=True, env={**full, **env}, timeout=60
+    )
 
 
 def test_ask_reads_the_image_from_stdin(server, env, media):
@@ -288,6 +323,7 @@ def test_repair_false_makes_one_request(server, protocol, how):
     fields = {"prompt": "x", "json_mode": True, "repair": False}
     with pytest.raises(StructuredOutputError) as info:
         if how == "async":
+
             async def go() -> None:
                 async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as client:
                     await client.complete(**fields)

@@ -38,6 +38,7 @@ def user_content(srv, protocol: str) -> list[dict]:
 
 # --- basic answers -----------------------------------------------------------------------------------------
 
+
 def test_ask_with_local_image(client, server, protocol, png):
     r = client.ask("What colour?", str(png))
     assert r.text == "echo: What colour? [images=1 videos=0]"
@@ -85,9 +86,22 @@ def test_data_url_passes_when_it_decodes(client, server, protocol, png):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_fields_go_where_each_protocol_documents_them(client, server, protocol, png, stream):
-    fields = dict(prompt="hi", image=str(png), system="be brief", max_tokens=77, temperature=0.5, top_p=0.9,
-                  top_k=20, seed=7, stop=["END"], vl_high_resolution_images=True, max_pixels=1_000_000,
-                  min_pixels=4096, json_mode=True, extra={"repetition_penalty": 1.05})
+    fields = dict(
+        prompt="hi",
+        image=str(png),
+        system="be brief",
+        max_tokens=77,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=20,
+        seed=7,
+        stop=["END"],
+        vl_high_resolution_images=True,
+        max_pixels=1_000_000,
+        min_pixels=4096,
+        json_mode=True,
+        extra={"repetition_penalty": 1.05},
+    )
     server.enqueue(Reply(text='{"ok": true}'))
     if stream:
         events = list(client.stream(**fields))
@@ -130,6 +144,7 @@ def test_detail_high_means_high_resolution(client, server, protocol, png):
 
 # --- streaming -------------------------------------------------------------------------------------------
 
+
 def test_stream_yields_deltas_then_response(client, server, protocol, png):
     server.enqueue(Reply(text="one two three four five six seven", reasoning="let me think about it"))
     events = list(client.stream(prompt="go", image=str(png)))
@@ -157,8 +172,14 @@ def test_stream_cut_midway_keeps_partial_text(client, server, protocol):
 
 
 def test_stream_error_event_after_text(client, server, protocol):
-    server.enqueue(Reply(text="a b c d e f g h i", stream_error_after=1, error_code="DataInspectionFailed",
-                         error_message="Output data may contain inappropriate content."))
+    server.enqueue(
+        Reply(
+            text="a b c d e f g h i",
+            stream_error_after=1,
+            error_code="DataInspectionFailed",
+            error_message="Output data may contain inappropriate content.",
+        )
+    )
     with pytest.raises(StreamInterruptedError) as info:
         list(client.stream(prompt="go"))
     assert info.value.partial_text.startswith("a b c")
@@ -167,8 +188,14 @@ def test_stream_error_event_after_text(client, server, protocol):
 
 
 def test_stream_error_event_before_text_is_typed(client, server, protocol):
-    server.enqueue(Reply(text="a b c", stream_error_after=0, error_code="Throttling.RateQuota",
-                         error_message="Requests rate limit exceeded"))
+    server.enqueue(
+        Reply(
+            text="a b c",
+            stream_error_after=0,
+            error_code="Throttling.RateQuota",
+            error_message="Requests rate limit exceeded",
+        )
+    )
     with pytest.raises(RateLimitError) as info:
         list(client.stream(prompt="go", max_retries=0))
     assert info.value.code == "Throttling.RateQuota"
@@ -176,9 +203,9 @@ def test_stream_error_event_before_text_is_typed(client, server, protocol):
 
 # --- retries and errors ------------------------------------------------------------------------------------
 
+
 def test_retry_on_429_honours_retry_after(client, server, protocol):
-    server.enqueue(Reply(status=429, error_code="Throttling", error_message="slow down",
-                         headers={"Retry-After": "1"}))
+    server.enqueue(Reply(status=429, error_code="Throttling", error_message="slow down", headers={"Retry-After": "1"}))
     start = time.monotonic()
     r = client.ask("x")
     assert r.text.startswith("echo: x")
@@ -203,8 +230,9 @@ def test_gives_up_after_max_retries(client, server, protocol):
     assert info.value.request_id and info.value.hint
 
 
-@pytest.mark.parametrize("status,cls", [(400, BadRequestError), (401, AuthenticationError),
-                                        (403, PermissionDeniedError)])
+@pytest.mark.parametrize(
+    "status,cls", [(400, BadRequestError), (401, AuthenticationError), (403, PermissionDeniedError)]
+)
 def test_other_4xx_are_not_retried(client, server, protocol, status, cls):
     server.enqueue(Reply(status=status, error_code="Some.Code", error_message="nope", times=3))
     with pytest.raises(cls) as info:
@@ -215,8 +243,7 @@ def test_other_4xx_are_not_retried(client, server, protocol, status, cls):
 
 
 def test_wrong_key_is_authentication_error_without_the_key(server, protocol):
-    with make_client(server, protocol, api_key="sk-wrong-key-123456") as c, \
-            pytest.raises(AuthenticationError) as info:
+    with make_client(server, protocol, api_key="sk-wrong-key-123456") as c, pytest.raises(AuthenticationError) as info:
         c.ask("x")
     assert "sk-wrong-key-123456" not in str(info.value) + (info.value.hint or "")
     assert info.value.exit_code == 4
@@ -229,8 +256,7 @@ def test_malformed_body(client, server, protocol):
 
 
 def test_html_502_is_retried_then_reported(client, server, protocol):
-    server.enqueue(Reply(status=502, raw_body=b"<html>502 Bad Gateway</html>", content_type="text/html",
-                         times=3))
+    server.enqueue(Reply(status=502, raw_body=b"<html>502 Bad Gateway</html>", content_type="text/html", times=3))
     with pytest.raises(InternalServerError) as info:
         client.ask("x")
     assert "502 Bad Gateway" in str(info.value)
@@ -245,8 +271,10 @@ def test_slow_reply_times_out_and_retries(server, protocol):
 
 
 def test_dead_server_is_connection_error():
-    with qwenvl.Client(api_key=API_KEY, base_url="http://127.0.0.1:9", retry_backoff_s=0.01) as c, \
-            pytest.raises(APIConnectionError) as info:
+    with (
+        qwenvl.Client(api_key=API_KEY, base_url="http://127.0.0.1:9", retry_backoff_s=0.01) as c,
+        pytest.raises(APIConnectionError) as info,
+    ):
         c.ask("x")
     assert info.value.exit_code == 5 and "127.0.0.1:9" in str(info.value)
 
@@ -257,6 +285,7 @@ def test_unknown_model_is_a_bad_request(client, server, protocol):
 
 
 # --- bad input: a clear error and no request ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("make", ["missing", "directory", "text_as_png", "empty", "bad_data_url", "svg"])
 def test_bad_media_sends_nothing(client, server, isolated_env, make):
@@ -297,16 +326,19 @@ def test_file_that_fails_to_read(client, server):
     assert server.requests == []
 
 
-@pytest.mark.parametrize("fields,match", [
-    (dict(prompt="   "), "prompt is empty"),
-    (dict(), "prompt is required"),
-    (dict(prompt="x", max_tokens="many"), "max_tokens"),
-    (dict(prompt="x", temperature=5), "temperature"),
-    (dict(prompt="x", detail="ultra"), "detail"),
-    (dict(prompt="x", image=42), "image"),
-    (dict(prompt="x", colour="red"), "colour"),
-    (dict(prompt="x", json_mode=True, enable_thinking=True), "non-thinking"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        (dict(prompt="   "), "prompt is empty"),
+        (dict(), "prompt is required"),
+        (dict(prompt="x", max_tokens="many"), "max_tokens"),
+        (dict(prompt="x", temperature=5), "temperature"),
+        (dict(prompt="x", detail="ultra"), "detail"),
+        (dict(prompt="x", image=42), "image"),
+        (dict(prompt="x", colour="red"), "colour"),
+        (dict(prompt="x", json_mode=True, enable_thinking=True), "non-thinking"),
+    ],
+)
 def test_invalid_requests_are_usage_errors(client, server, fields, match):
     with pytest.raises(UsageError, match=match) as info:
         client.complete(**fields)
@@ -328,6 +360,7 @@ def test_no_key_explains_how_to_set_one(server, png):
 
 # --- multi-turn --------------------------------------------------------------------------------------------
 
+
 def test_history_is_returned_and_resent(client, server, protocol, png):
     first = client.ask("what is it?", str(png), system="be brief")
     assert [m.role for m in first.messages] == ["system", "user", "assistant"]
@@ -342,17 +375,27 @@ def test_history_is_returned_and_resent(client, server, protocol, png):
 
 
 def test_openai_style_history_is_accepted(client, server, protocol):
-    history = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://e.com/a.png"}},
-                                            {"type": "text", "text": "what?"}]},
-               {"role": "assistant", "content": "a cat"}]
+    history = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "https://e.com/a.png"}},
+                {"type": "text", "text": "what?"},
+            ],
+        },
+        {"role": "assistant", "content": "a cat"},
+    ]
     r = client.complete(prompt="sure?", messages=history)
     assert "[images=1" in r.text
 
 
 # --- structured output -------------------------------------------------------------------------------------
 
-SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}, "amount": {"type": "number"}},
-          "required": ["title", "amount"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "amount": {"type": "number"}},
+    "required": ["title", "amount"],
+}
 
 
 def test_json_mode_parses_fenced_json(client, server, protocol):
@@ -401,10 +444,12 @@ def test_schema_from_file(client, server, isolated_env):
 
 # --- async ------------------------------------------------------------------------------------------------
 
+
 def test_async_client_complete_and_stream(server, protocol, png):
     async def main() -> tuple[str, list[str], str]:
-        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url,
-                                      retry_backoff_s=0.01) as c:
+        async with qwenvl.AsyncClient(
+            api_key=API_KEY, protocol=protocol, base_url=server.url, retry_backoff_s=0.01
+        ) as c:
             server.enqueue(Reply(status=429, headers={"Retry-After": "0"}))
             r = await c.ask("hello", str(png))
             pieces = []

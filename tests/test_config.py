@@ -19,15 +19,18 @@ def test_key_lookup_order(tmp_path: Path):
     assert find_api_key(env={}, home=home, cwd=cwd).key == "sk-from-dashscope-file"
     (home / ".alibabacloud").mkdir()
     (home / ".alibabacloud" / "credentials").write_text(
-        "[default]\ndashscope_api_key = sk-default\n[work]\ndashscope_api_key = 'sk-work'\n")
+        "[default]\ndashscope_api_key = sk-default\n[work]\ndashscope_api_key = 'sk-work'\n"
+    )
     assert find_api_key(env={}, home=home, cwd=cwd).key == "sk-default"
     assert find_api_key(env={"ALICLOUD_PROFILE": "work"}, home=home, cwd=cwd).key == "sk-work"
-    assert find_api_key(env={"ALIBABA_CLOUD_PROFILE": "work", "ALICLOUD_PROFILE": "nope"}, home=home,
-                        cwd=cwd).key == "sk-work"
+    assert (
+        find_api_key(env={"ALIBABA_CLOUD_PROFILE": "work", "ALICLOUD_PROFILE": "nope"}, home=home, cwd=cwd).key
+        == "sk-work"
+    )
     (tmp_path / "keyfile").write_text("sk-keyfile")
     env = {"DASHSCOPE_API_KEY_FILE_PATH": str(tmp_path / "keyfile")}
     assert find_api_key(env=env, home=home, cwd=cwd).key == "sk-keyfile"
-    (cwd / ".env").write_text("# comment\nDASHSCOPE_API_KEY=\"sk-dotenv\"\n")
+    (cwd / ".env").write_text('# comment\nDASHSCOPE_API_KEY="sk-dotenv"\n')
     assert find_api_key(env=env, home=home, cwd=cwd).key == "sk-dotenv"
     found = find_api_key(env={"DASHSCOPE_API_KEY": "sk-env"}, home=home, cwd=cwd)
     assert found.key == "sk-env"  # .env never overrides the environment
@@ -52,20 +55,26 @@ def test_broken_credentials_file_is_ignored(tmp_path: Path):
     assert "DASHSCOPE_API_KEY" in info.value.hint
 
 
-@pytest.mark.parametrize("protocol,kw,expected", [
-    ("compat", {}, "https://dashscope.aliyuncs.com/compatible-mode/v1"),
-    ("native", {}, "https://dashscope.aliyuncs.com/api/v1"),
-    ("compat", {"region": "intl"}, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"),
-    ("native", {"region": "singapore"}, "https://dashscope-intl.aliyuncs.com/api/v1"),
-    ("compat", {"region": "us"}, "https://dashscope-us.aliyuncs.com/compatible-mode/v1"),
-    ("native", {"base_url": "http://127.0.0.1:8000"}, "http://127.0.0.1:8000/api/v1"),
-    ("native", {"base_url": "https://x.example/compatible-mode/v1/"}, "https://x.example/api/v1"),
-    ("compat", {"base_url": "https://x.example/api/v1"}, "https://x.example/compatible-mode/v1"),
-    ("compat", {"base_url": "https://proxy.example/openai/v1"}, "https://proxy.example/openai/v1"),
-    ("compat", {"env": {"DASHSCOPE_COMPATIBLE_BASE_URL": "http://h:1/compatible-mode/v1"}},
-     "http://h:1/compatible-mode/v1"),
-    ("native", {"env": {"DASHSCOPE_HTTP_BASE_URL": "http://h:1/api/v1"}, "region": "intl"}, "http://h:1/api/v1"),
-])
+@pytest.mark.parametrize(
+    "protocol,kw,expected",
+    [
+        ("compat", {}, "https://dashscope.aliyuncs.com/compatible-mode/v1"),
+        ("native", {}, "https://dashscope.aliyuncs.com/api/v1"),
+        ("compat", {"region": "intl"}, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"),
+        ("native", {"region": "singapore"}, "https://dashscope-intl.aliyuncs.com/api/v1"),
+        ("compat", {"region": "us"}, "https://dashscope-us.aliyuncs.com/compatible-mode/v1"),
+        ("native", {"base_url": "http://127.0.0.1:8000"}, "http://127.0.0.1:8000/api/v1"),
+        ("native", {"base_url": "https://x.example/compatible-mode/v1/"}, "https://x.example/api/v1"),
+        ("compat", {"base_url": "https://x.example/api/v1"}, "https://x.example/compatible-mode/v1"),
+        ("compat", {"base_url": "https://proxy.example/openai/v1"}, "https://proxy.example/openai/v1"),
+        (
+            "compat",
+            {"env": {"DASHSCOPE_COMPATIBLE_BASE_URL": "http://h:1/compatible-mode/v1"}},
+            "http://h:1/compatible-mode/v1",
+        ),
+        ("native", {"env": {"DASHSCOPE_HTTP_BASE_URL": "http://h:1/api/v1"}, "region": "intl"}, "http://h:1/api/v1"),
+    ],
+)
 def test_base_urls(protocol, kw, expected):
     kw.setdefault("env", {})
     assert resolve_base_url(protocol, **kw) == expected

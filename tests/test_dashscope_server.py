@@ -59,8 +59,11 @@ def compat(c, s, body, headers=None):
 
 
 def native(c, s, body, headers=None):
-    return c.post(s.native_base + "/services/aigc/multimodal-generation/generation", json=body,
-                  headers={**AUTH, **(headers or {})})
+    return c.post(
+        s.native_base + "/services/aigc/multimodal-generation/generation",
+        json=body,
+        headers={**AUTH, **(headers or {})},
+    )
 
 
 SSE = {"X-DashScope-SSE": "enable"}
@@ -74,7 +77,7 @@ def compat_events(text: str) -> list:
     for block in text.split("\n\n"):
         if block.strip():
             assert block.startswith("data: "), block
-            data = block[len("data: "):]
+            data = block[len("data: ") :]
             out.append(data if data == "[DONE]" else json.loads(data))
     return out
 
@@ -102,11 +105,20 @@ def test_schemas_are_valid_json_schema():
     jsonschema.Draft202012Validator.check_schema(NATIVE_REQUEST_SCHEMA)
 
 
-@pytest.mark.parametrize("name,ok", [
-    ("qwen3-vl-plus", True), ("qwen3-vl-plus-2025-12-19", True), ("qwen-vl-max-latest", True),
-    ("qvq-max", True), ("qwen-vl-ocr-latest", True), ("qwen3-vl-flash", True),
-    ("qwen-max", False), ("qwen3-vl-plusx", False), ("gpt-4o", False),
-])
+@pytest.mark.parametrize(
+    "name,ok",
+    [
+        ("qwen3-vl-plus", True),
+        ("qwen3-vl-plus-2025-12-19", True),
+        ("qwen-vl-max-latest", True),
+        ("qvq-max", True),
+        ("qwen-vl-ocr-latest", True),
+        ("qwen3-vl-flash", True),
+        ("qwen-max", False),
+        ("qwen3-vl-plusx", False),
+        ("gpt-4o", False),
+    ],
+)
 def test_model_allow_list(name, ok):
     assert model_exists(name) is ok
 
@@ -120,11 +132,16 @@ def test_compat_non_stream_shape(srv, http):
     assert d["id"] == f"chatcmpl-{rid}" and d["request_id"] == rid
     assert d["object"] == "chat.completion" and isinstance(d["created"], int)
     assert d["model"] == "qwen3-vl-plus" and d["system_fingerprint"] is None
-    assert d["choices"] == [{"index": 0, "message": {"role": "assistant", "content": ECHO},
-                             "finish_reason": "stop", "logprobs": None}]
+    assert d["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": ECHO}, "finish_reason": "stop", "logprobs": None}
+    ]
     words = len(ECHO.split())
-    assert d["usage"] == {"prompt_tokens": 110, "completion_tokens": words, "total_tokens": 110 + words,
-                          "prompt_tokens_details": {"image_tokens": 100}}
+    assert d["usage"] == {
+        "prompt_tokens": 110,
+        "completion_tokens": words,
+        "total_tokens": 110 + words,
+        "prompt_tokens_details": {"image_tokens": 100},
+    }
 
 
 def test_native_non_stream_shape(srv, http):
@@ -132,11 +149,11 @@ def test_native_non_stream_shape(srv, http):
     assert r.status_code == 200
     d = r.json()
     assert d["request_id"] == r.headers["x-request-id"]
-    assert d["output"] == {"choices": [{"finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": [{"text": ECHO}]}}]}
+    assert d["output"] == {
+        "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": [{"text": ECHO}]}}]
+    }
     words = len(ECHO.split())
-    assert d["usage"] == {"input_tokens": 110, "output_tokens": words, "total_tokens": 110 + words,
-                          "image_tokens": 100}
+    assert d["usage"] == {"input_tokens": 110, "output_tokens": words, "total_tokens": 110 + words, "image_tokens": 100}
 
 
 def test_native_text_only_has_no_image_tokens_and_result_format_text(srv, http):
@@ -149,16 +166,29 @@ def test_native_text_only_has_no_image_tokens_and_result_format_text(srv, http):
 def test_echo_counts_images_and_videos_over_whole_request(srv, http):
     messages = [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": IMG, "detail": "high"}, "min_pixels": 3136,
-             "max_pixels": 8388608},
-            {"type": "text", "text": "first"}]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "image_url",
+                    "image_url": {"url": IMG, "detail": "high"},
+                    "min_pixels": 3136,
+                    "max_pixels": 8388608,
+                },
+                {"type": "text", "text": "first"},
+            ],
+        },
         {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [
-            {"type": "video", "video": [IMG, IMG, IMG, IMG], "fps": 2},
-            {"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}, "fps": 1.5},
-            {"type": "image_url", "image_url": {"url": PNG_DATA_URL}},
-            {"type": "text", "text": "second"}, {"type": "text", "text": "part"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "video": [IMG, IMG, IMG, IMG], "fps": 2},
+                {"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}, "fps": 1.5},
+                {"type": "image_url", "image_url": {"url": PNG_DATA_URL}},
+                {"type": "text", "text": "second"},
+                {"type": "text", "text": "part"},
+            ],
+        },
     ]
     body = {"model": "qwen3-vl-flash-latest", "messages": messages, "vl_high_resolution_images": True}
     d = compat(http, srv, body).json()
@@ -168,12 +198,27 @@ def test_echo_counts_images_and_videos_over_whole_request(srv, http):
 
 
 def test_native_per_item_keys_and_video_forms_accepted(srv, http):
-    content = [{"image": IMG, "min_pixels": 3136, "max_pixels": 6422528, "enable_rotate": True},
-               {"video": [IMG, IMG, IMG, IMG], "fps": 2}, {"video": "https://example.com/v.mp4"},
-               {"audio": "https://example.com/a.mp3"}, {"text": "what"}]
-    params = {"max_tokens": 100, "temperature": 0.2, "top_p": 0.8, "top_k": 20, "seed": 1, "stop": ["x"],
-              "enable_thinking": False, "thinking_budget": 100, "vl_high_resolution_images": True,
-              "response_format": {"type": "json_object"}, "n": 1, "incremental_output": False}
+    content = [
+        {"image": IMG, "min_pixels": 3136, "max_pixels": 6422528, "enable_rotate": True},
+        {"video": [IMG, IMG, IMG, IMG], "fps": 2},
+        {"video": "https://example.com/v.mp4"},
+        {"audio": "https://example.com/a.mp3"},
+        {"text": "what"},
+    ]
+    params = {
+        "max_tokens": 100,
+        "temperature": 0.2,
+        "top_p": 0.8,
+        "top_k": 20,
+        "seed": 1,
+        "stop": ["x"],
+        "enable_thinking": False,
+        "thinking_budget": 100,
+        "vl_high_resolution_images": True,
+        "response_format": {"type": "json_object"},
+        "n": 1,
+        "incremental_output": False,
+    }
     r = native(http, srv, native_body(params, content))
     assert r.status_code == 200, r.text
     text = r.json()["output"]["choices"][0]["message"]["content"][0]["text"]
@@ -181,13 +226,30 @@ def test_native_per_item_keys_and_video_forms_accepted(srv, http):
 
 
 def test_compat_accepts_documented_extras(srv, http):
-    body = compat_body(max_tokens=512, temperature=0.0, top_p=1, top_k=5, seed=2**31 - 1, stop="END",
-                       enable_thinking=True, thinking_budget=81920, vl_high_resolution_images=False,
-                       response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
-                       presence_penalty=0.5, repetition_penalty=1.05, n=2, logprobs=True, top_logprobs=5,
-                       tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
-                       tool_choice="auto", parallel_tool_calls=False, enable_search=False, search_options={},
-                       ocr_options={"task": "table_parsing"}, preserve_thinking=True)
+    body = compat_body(
+        max_tokens=512,
+        temperature=0.0,
+        top_p=1,
+        top_k=5,
+        seed=2**31 - 1,
+        stop="END",
+        enable_thinking=True,
+        thinking_budget=81920,
+        vl_high_resolution_images=False,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+        presence_penalty=0.5,
+        repetition_penalty=1.05,
+        n=2,
+        logprobs=True,
+        top_logprobs=5,
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        tool_choice="auto",
+        parallel_tool_calls=False,
+        enable_search=False,
+        search_options={},
+        ocr_options={"task": "table_parsing"},
+        preserve_thinking=True,
+    )
     assert compat(http, srv, body).status_code == 200
 
 
@@ -198,16 +260,25 @@ def test_auth_failures(srv, headers):
         r = c.post(srv.compat_base + "/chat/completions", json=compat_body(), headers=headers)
         assert r.status_code == 401
         rid = r.headers["x-request-id"]
-        err = {"code": "invalid_api_key", "param": None, "message": "Incorrect API key provided.",
-               "type": "invalid_request_error"}
+        err = {
+            "code": "invalid_api_key",
+            "param": None,
+            "message": "Incorrect API key provided.",
+            "type": "invalid_request_error",
+        }
         assert r.json() == {"error": err, "id": f"chatcmpl-{rid}", "request_id": rid}
-        r = c.post(srv.native_base + "/services/aigc/multimodal-generation/generation", json=native_body(),
-                   headers=headers)
+        r = c.post(
+            srv.native_base + "/services/aigc/multimodal-generation/generation", json=native_body(), headers=headers
+        )
         assert r.status_code == 401
-        assert r.json() == {"code": "InvalidApiKey", "message": "Invalid API-key provided.",
-                            "request_id": r.headers["x-request-id"]}
-        r = c.get(srv.native_base + "/uploads", params={"action": "getPolicy", "model": "qwen3-vl-plus"},
-                  headers=headers)
+        assert r.json() == {
+            "code": "InvalidApiKey",
+            "message": "Invalid API-key provided.",
+            "request_id": r.headers["x-request-id"],
+        }
+        r = c.get(
+            srv.native_base + "/uploads", params={"action": "getPolicy", "model": "qwen3-vl-plus"}, headers=headers
+        )
         assert r.status_code == 401 and r.json()["code"] == "InvalidApiKey"
 
 
@@ -218,7 +289,9 @@ def _compat_part(part):
 
 COMPAT_BAD = {
     "min_pixels inside image_url": (
-        _compat_part({"type": "image_url", "image_url": {"url": IMG, "min_pixels": 1}}), "min_pixels"),
+        _compat_part({"type": "image_url", "image_url": {"url": IMG, "min_pixels": 1}}),
+        "min_pixels",
+    ),
     "native-style image part": (_compat_part({"image": IMG}), "'type' is a required property"),
     "native-style text part": (_compat_part({"text": "hi"}), "'type' is a required property"),
     "parameters at top level": (compat_body(parameters={"max_tokens": 5}), "parameters"),
@@ -228,13 +301,19 @@ COMPAT_BAD = {
     "n 5": (compat_body(n=5), "n"),
     "bad role": ({"model": "qwen3-vl-plus", "messages": [{"role": "bot", "content": "x"}]}, "role"),
     "empty messages": ({"model": "qwen3-vl-plus", "messages": []}, "messages"),
-    "bad data url": (_compat_part({"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}),
-                     "does not appear to be valid"),
-    "local path": (_compat_part({"type": "image_url", "image_url": {"url": "/tmp/dog.png"}}),
-                   "does not appear to be valid"),
+    "bad data url": (
+        _compat_part({"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}),
+        "does not appear to be valid",
+    ),
+    "local path": (
+        _compat_part({"type": "image_url", "image_url": {"url": "/tmp/dog.png"}}),
+        "does not appear to be valid",
+    ),
     "json_schema without schema": (compat_body(response_format={"type": "json_schema"}), "json_schema"),
-    "tool message without id": ({"model": "qwen3-vl-plus", "messages": [{"role": "tool", "content": "x"}]},
-                                "tool_call_id"),
+    "tool message without id": (
+        {"model": "qwen3-vl-plus", "messages": [{"role": "tool", "content": "x"}]},
+        "tool_call_id",
+    ),
 }
 
 
@@ -250,18 +329,20 @@ def test_compat_schema_violations(srv, http, case):
 
 NATIVE_BAD = {
     "max_tokens at top level": ({**native_body(), "max_tokens": 5}, "max_tokens"),
-    "messages at top level": ({"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": "x"}]},
-                              "messages"),
+    "messages at top level": ({"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": "x"}]}, "messages"),
     "openai-style part": (native_body(content=[{"type": "image_url", "image_url": {"url": IMG}}]), "type"),
     "two kinds in one item": (native_body(content=[{"image": IMG, "text": "x"}]), "valid under each"),
-    "stream_options in parameters": (native_body({"stream_options": {"include_usage": True}}),
-                                     "stream_options"),
+    "stream_options in parameters": (native_body({"stream_options": {"include_usage": True}}), "stream_options"),
     "stream in parameters": (native_body({"stream": True}), "stream"),
     "bad result_format": (native_body({"result_format": "json"}), "result_format"),
-    "bad data url": (native_body(content=[{"image": "data:image/png;base64,not base64!"}]),
-                     "does not appear to be valid"),
-    "data url without base64 marker": (native_body(content=[{"image": "data:image/png,abcd"}]),
-                                       "does not appear to be valid"),
+    "bad data url": (
+        native_body(content=[{"image": "data:image/png;base64,not base64!"}]),
+        "does not appear to be valid",
+    ),
+    "data url without base64 marker": (
+        native_body(content=[{"image": "data:image/png,abcd"}]),
+        "does not appear to be valid",
+    ),
     "file url": (native_body(content=[{"image": "file:///tmp/a.png"}]), "does not appear to be valid"),
 }
 
@@ -279,8 +360,7 @@ def test_native_schema_violations(srv, http, case):
 def test_body_that_is_not_json(srv, http):
     r = http.post(srv.compat_base + "/chat/completions", content=b"{not json", headers=AUTH)
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
-    r = http.post(srv.native_base + "/services/aigc/multimodal-generation/generation", content=b"",
-                    headers=AUTH)
+    r = http.post(srv.native_base + "/services/aigc/multimodal-generation/generation", content=b"", headers=AUTH)
     assert r.status_code == 400 and r.json()["code"] == "InvalidParameter"
 
 
@@ -350,8 +430,11 @@ def test_native_stream_needs_the_header(srv, http):
 def test_reasoning(srv, http):
     srv.enqueue(Reply(reasoning="let me think about it", text="final answer here"))
     d = compat(http, srv, compat_body()).json()
-    assert d["choices"][0]["message"] == {"role": "assistant", "content": "final answer here",
-                                          "reasoning_content": "let me think about it"}
+    assert d["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "final answer here",
+        "reasoning_content": "let me think about it",
+    }
     assert d["usage"]["completion_tokens_details"] == {"reasoning_tokens": 5}
     srv.enqueue(Reply(reasoning="let me think about it", text="final answer here"))
     chunks = compat_events(compat(http, srv, compat_body(stream=True)).text)[:-1]
@@ -369,8 +452,7 @@ def test_reasoning(srv, http):
 
 
 def test_tool_calls(srv, http):
-    call = {"id": "call_1", "type": "function",
-            "function": {"name": "zoom", "arguments": '{"x": 10, "y": 20}'}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "zoom", "arguments": '{"x": 10, "y": 20}'}}
     srv.enqueue(Reply(tool_calls=[call], times=3))
     d = compat(http, srv, compat_body()).json()
     assert d["choices"][0]["finish_reason"] == "tool_calls"
@@ -385,8 +467,7 @@ def test_tool_calls(srv, http):
 
 
 def test_finish_reason_usage_and_model_overrides(srv, http):
-    srv.enqueue(Reply(text="cut", finish_reason="length", usage={"total_tokens": 7},
-                      model="qwen3-vl-plus-2025-12-19"))
+    srv.enqueue(Reply(text="cut", finish_reason="length", usage={"total_tokens": 7}, model="qwen3-vl-plus-2025-12-19"))
     d = compat(http, srv, compat_body()).json()
     assert d["choices"][0]["finish_reason"] == "length" and d["usage"] == {"total_tokens": 7}
     assert d["model"] == "qwen3-vl-plus-2025-12-19"
@@ -402,14 +483,20 @@ def test_scripted_429_with_retry_after_and_times(srv, http):
     assert compat(http, srv, compat_body()).status_code == 200
     srv.enqueue(Reply(status=503, error_code="Custom", error_message="busy"))
     r = native(http, srv, native_body())
-    assert r.status_code == 503 and r.json() == {"code": "Custom", "message": "busy",
-                                                 "request_id": r.headers["x-request-id"]}
+    assert r.status_code == 503 and r.json() == {
+        "code": "Custom",
+        "message": "busy",
+        "request_id": r.headers["x-request-id"],
+    }
 
 
-@pytest.mark.parametrize("raw,status,ctype", [
-    (b"<html>502 Bad Gateway</html>", 502, "text/html"),
-    (b'{"choices": [{"message": {"content": "trunc', None, "application/json"),
-])
+@pytest.mark.parametrize(
+    "raw,status,ctype",
+    [
+        (b"<html>502 Bad Gateway</html>", 502, "text/html"),
+        (b'{"choices": [{"message": {"content": "trunc', None, "application/json"),
+    ],
+)
 def test_raw_malformed_bodies(srv, http, raw, status, ctype):
     srv.enqueue(Reply(raw_body=raw, status=status, content_type=ctype))
     r = compat(http, srv, compat_body())
@@ -450,10 +537,22 @@ def test_delay_causes_client_timeout_and_shutdown_interrupts_it():
 @pytest.mark.parametrize("proto", ["compat", "native"])
 def test_stream_cut(srv, http, proto):
     srv.enqueue(Reply(stream_cut_after=2))
-    call = (lambda: http.stream("POST", srv.compat_base + "/chat/completions",
-                                  json=compat_body(stream=True), headers=AUTH)) if proto == "compat" else \
-        (lambda: http.stream("POST", srv.native_base + "/services/aigc/multimodal-generation/generation",
-                               json=native_body(), headers={**AUTH, **SSE}))
+    call = (
+        (
+            lambda: http.stream(
+                "POST", srv.compat_base + "/chat/completions", json=compat_body(stream=True), headers=AUTH
+            )
+        )
+        if proto == "compat"
+        else (
+            lambda: http.stream(
+                "POST",
+                srv.native_base + "/services/aigc/multimodal-generation/generation",
+                json=native_body(),
+                headers={**AUTH, **SSE},
+            )
+        )
+    )
     got = b""
     with pytest.raises(httpx.RemoteProtocolError), call() as r:
         assert r.status_code == 200
@@ -465,12 +564,13 @@ def test_stream_cut(srv, http, proto):
 def test_chunk_delay(srv, http):
     srv.enqueue(Reply(text="one two three four five six seven", chunk_delay_s=0.15))
     t0 = time.monotonic()
-    with http.stream("POST", srv.compat_base + "/chat/completions", json=compat_body(stream=True),
-                       headers=AUTH) as r:
+    with http.stream("POST", srv.compat_base + "/chat/completions", json=compat_body(stream=True), headers=AUTH) as r:
         body = r.read().decode()
     assert time.monotonic() - t0 >= 0.25
-    assert "".join(c["choices"][0]["delta"]["content"] for c in compat_events(body)[:-1]) == \
-        "one two three four five six seven"
+    assert (
+        "".join(c["choices"][0]["delta"]["content"] for c in compat_events(body)[:-1])
+        == "one two three four five six seven"
+    )
 
 
 def test_stream_error_events(srv, http):
@@ -492,11 +592,17 @@ def _upload(c, s, model="qwen3-vl-plus", name="cat.png", data=b"\x89PNG-bytes", 
     assert r.status_code == 200
     pol = r.json()["data"]
     assert r.json()["output"] == pol and r.json()["request_id"] == r.headers["x-request-id"]
-    form = {"OSSAccessKeyId": pol["oss_access_key_id"], "Signature": pol["signature"],
-            "policy": pol["policy"],
-            "key": f"{pol['upload_dir']}/{name}", "x-oss-object-acl": pol["x_oss_object_acl"],
-            "x-oss-forbid-overwrite": pol["x_oss_forbid_overwrite"], "success_action_status": "200",
-            "x-oss-content-type": "image/png", **(tamper or {})}
+    form = {
+        "OSSAccessKeyId": pol["oss_access_key_id"],
+        "Signature": pol["signature"],
+        "policy": pol["policy"],
+        "key": f"{pol['upload_dir']}/{name}",
+        "x-oss-object-acl": pol["x_oss_object_acl"],
+        "x-oss-forbid-overwrite": pol["x_oss_forbid_overwrite"],
+        "success_action_status": "200",
+        "x-oss-content-type": "image/png",
+        **(tamper or {}),
+    }
     assert pol["upload_host"] == s.url + "/oss"
     up = c.post(pol["upload_host"], data=form, files={"file": (name, data, "image/png")})
     if twice:  # same key again: x-oss-forbid-overwrite makes OSS refuse
@@ -512,8 +618,10 @@ def test_upload_and_oss_resolution(srv, http):
     assert r.status_code == 400 and r.json()["code"] == "InvalidParameter"
     assert "X-DashScope-OssResourceResolve" in r.json()["message"]
     r = native(http, srv, body, headers=RESOLVE)
-    assert r.status_code == 200 and r.json()["output"]["choices"][0]["message"]["content"][0]["text"] == \
-        "echo: hi [images=1 videos=0]"
+    assert (
+        r.status_code == 200
+        and r.json()["output"]["choices"][0]["message"]["content"][0]["text"] == "echo: hi [images=1 videos=0]"
+    )
     missing = native_body(content=[{"image": f"oss://{key}.nope"}])
     assert native(http, srv, missing, headers=RESOLVE).status_code == 400
     other_model = {**body, "model": "qwen-vl-max"}
@@ -539,8 +647,11 @@ def test_requests_are_recorded_and_reset(srv, http):
     http.get(srv.native_base + "/uploads?action=getPolicy&model=qwen3-vl-plus", headers=AUTH)
     http.get(srv.url + "/nowhere")
     reqs = srv.requests
-    assert [(q.method, q.path) for q in reqs] == [("POST", "/compatible-mode/v1/chat/completions"),
-                                                  ("GET", "/api/v1/uploads"), ("GET", "/nowhere")]
+    assert [(q.method, q.path) for q in reqs] == [
+        ("POST", "/compatible-mode/v1/chat/completions"),
+        ("GET", "/api/v1/uploads"),
+        ("GET", "/nowhere"),
+    ]
     assert reqs[0].headers["x-custom"] == "yes" and reqs[0].headers["X-CUSTOM"] == "yes"
     assert "authorization" in reqs[0].headers and reqs[0].json == compat_body()
     assert json.loads(reqs[0].body) == compat_body()

@@ -48,6 +48,7 @@ class Clock:
 
 # --- plain requests ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["head-trickle", "body-trickle", "silent"])
 def test_a_trickling_reply_ends_at_the_deadline(fault, protocol, mode):
     fault.mode = mode
@@ -80,8 +81,7 @@ def test_async_trickle_ends_at_the_deadline(fault, protocol, mode):
 
 def test_a_given_http_client_gets_the_deadlines_too(fault):
     fault.mode = "head-trickle"
-    with httpx.Client() as http, client(fault, http_client=http) as c, Clock() as clock, \
-            pytest.raises(APITimeoutError):
+    with httpx.Client() as http, client(fault, http_client=http) as c, Clock() as clock, pytest.raises(APITimeoutError):
         c.complete(prompt="x", timeout_s=TIMEOUT, max_retries=0)
     assert clock.elapsed < BOUND
 
@@ -98,8 +98,9 @@ def test_a_slow_reader_cannot_hold_an_upload(fault, monkeypatch, chunk, message)
     body = b"\0" * (48 << 20)
     try:
         with Clock() as clock, pytest.raises(APITimeoutError, match=message):
-            transport.post_form(fault.url + "/oss", {"key": "k"}, {"file": ("f", body, "x/y")},
-                                Policy(timeout_s=TIMEOUT, max_retries=0))
+            transport.post_form(
+                fault.url + "/oss", {"key": "k"}, {"file": ("f", body, "x/y")}, Policy(timeout_s=TIMEOUT, max_retries=0)
+            )
     finally:
         transport.close()
     assert clock.elapsed < BOUND
@@ -135,6 +136,7 @@ def test_the_cli_timeout_is_a_deadline(fault):
 
 
 # --- streams -----------------------------------------------------------------------------------------------
+
 
 def test_keep_alive_comments_are_not_a_first_event(fault, protocol):
     fault.mode = "sse-comments"
@@ -183,8 +185,9 @@ def test_a_stream_that_never_ends_meets_its_cap(fault):
     lines = []
     try:
         with Clock() as clock, pytest.raises(APITimeoutError, match="ran past its 2 s limit"):
-            stream, _ = transport.open_stream(fault.url + "/chat/completions", {}, Policy(
-                timeout_s=1.0, max_retries=0, stream_cap_s=2.0))
+            stream, _ = transport.open_stream(
+                fault.url + "/chat/completions", {}, Policy(timeout_s=1.0, max_retries=0, stream_cap_s=2.0)
+            )
             lines.extend(stream)
     finally:
         transport.close()
@@ -218,6 +221,7 @@ def test_stream_cap_default():
 
 # --- downloads and uploads ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["image-trickle", "head-trickle", "silent"])
 def test_fetch_urls_download_has_a_deadline(fault, mode):
     fault.mode = mode
@@ -230,8 +234,17 @@ def test_fetch_urls_download_has_a_deadline(fault, mode):
 def test_fetch_urls_in_the_cli_dry_run(fault):
     fault.mode = "image-trickle"
     with Clock() as clock:
-        p = run_cli("ask", fault.url + "/photo.png", "-p", "x", "--fetch-urls", "--dry-run", "--timeout", "2",
-                    env={"DASHSCOPE_API_KEY": API_KEY})
+        p = run_cli(
+            "ask",
+            fault.url + "/photo.png",
+            "-p",
+            "x",
+            "--fetch-urls",
+            "--dry-run",
+            "--timeout",
+            "2",
+            env={"DASHSCOPE_API_KEY": API_KEY},
+        )
     assert p.returncode == 3 and "timed out" in p.stderr, p.stderr
     assert clock.elapsed < BOUND + 10
 
@@ -248,10 +261,12 @@ def test_temporary_storage_upload_has_a_deadline(fault, isolated_env):
 
 # --- a batch is never stalled ------------------------------------------------------------------------------
 
+
 def test_a_batch_is_not_stalled_by_trickling_connections(fault):
     fault.mode = "body-trickle"
-    items = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "timeout_s": TIMEOUT, "max_retries": 0})
-             for i in range(4)]
+    items = [
+        BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "timeout_s": TIMEOUT, "max_retries": 0}) for i in range(4)
+    ]
     with Clock() as clock:
         summary = Batch(items, "out.jsonl", api_key=API_KEY, base_url=fault.url, concurrency=2).run()
     assert summary.error == 4 and summary.pending == 0

@@ -87,8 +87,9 @@ def assert_same_numbers(full: list[PreparedItem], est: list[PreparedItem]) -> No
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("budget", BUDGETS, ids=["default", "low", "high", "max_pixels"])
-@pytest.mark.parametrize("name", ["large_jpeg", "small_png", "photo_png", "exif_jpeg", "cmyk_jpeg", "png16",
-                                  "static_gif"])
+@pytest.mark.parametrize(
+    "name", ["large_jpeg", "small_png", "photo_png", "exif_jpeg", "cmyk_jpeg", "png16", "static_gif"]
+)
 def test_images_match_the_full_path(files: dict[str, Path], model: str, budget: dict, name: str) -> None:
     options = MediaOptions(model=model_info(model), **budget)
     full, est = both(ImagePart(image=str(files[name])), options)
@@ -112,8 +113,10 @@ def test_part_pixels_and_data_urls_match(files: dict[str, Path]) -> None:
 
     options = MediaOptions(model=model_info("qwen3-vl-plus"))
     data_url = to_data_url(files["exif_jpeg"].read_bytes(), "image/jpeg")
-    for part in (ImagePart(image=str(files["large_jpeg"]), min_pixels=200_000, max_pixels=800_000),
-                 ImagePart(image=data_url)):
+    for part in (
+        ImagePart(image=str(files["large_jpeg"]), min_pixels=200_000, max_pixels=800_000),
+        ImagePart(image=data_url),
+    ):
         assert_same_numbers(*both(part, options))
 
 
@@ -130,14 +133,21 @@ def test_video_matches_the_full_path(files: dict[str, Path], model: str, fields:
 def test_frame_list_matches_the_full_path(files: dict[str, Path]) -> None:
     refs = [str(files["large_jpeg"]), str(files["large_jpeg"]), str(files["exif_jpeg"])]
     full, est = both(VideoPart(video=refs), MediaOptions(model=model_info("qwen3-vl-plus")))
-    assert (est[0].width, est[0].height, est[0].tokens, len(est[0].sent)) == \
-        (full[0].width, full[0].height, full[0].tokens, len(full[0].sent))
+    assert (est[0].width, est[0].height, est[0].tokens, len(est[0].sent)) == (
+        full[0].width,
+        full[0].height,
+        full[0].tokens,
+        len(full[0].sent),
+    )
     assert est[0].estimate and est[0].bytes_sent == 0
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("budget", [{}, {"detail": "low"}, {"max_pixels": 600_000}, {"pages": "3,1"}],
-                         ids=["default", "low", "max_pixels", "pages"])
+@pytest.mark.parametrize(
+    "budget",
+    [{}, {"detail": "low"}, {"max_pixels": 600_000}, {"pages": "3,1"}],
+    ids=["default", "low", "max_pixels", "pages"],
+)
 def test_pdf_matches_the_full_path(files: dict[str, Path], model: str, budget: dict) -> None:
     full, est = both(ImagePart(image=str(files["doc"])), MediaOptions(model=model_info(model), **budget))
     assert len(est) == (2 if "pages" in budget else 3)
@@ -145,14 +155,21 @@ def test_pdf_matches_the_full_path(files: dict[str, Path], model: str, budget: d
     assert str(est[0].sent).endswith("#page=3" if "pages" in budget else "#page=1")
 
 
-def test_nothing_is_decoded_encoded_sampled_or_rendered(files: dict[str, Path],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_is_decoded_encoded_sampled_or_rendered(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("estimate-only must not do this")
 
-    for module, name in ((images, "decode"), (images, "encode_jpeg"), (images, "encode_png"),
-                         (images, "verify"), (video, "sample_video"), (pdf, "render_pdf"),
-                         (pdf, "_render_page")):
+    for module, name in (
+        (images, "decode"),
+        (images, "encode_jpeg"),
+        (images, "encode_png"),
+        (images, "verify"),
+        (video, "sample_video"),
+        (pdf, "render_pdf"),
+        (pdf, "_render_page"),
+    ):
         monkeypatch.setattr(module, name, forbidden)
     for prepare_files in (True, False):
         options = MediaOptions(model=model_info("qwen3-vl-plus"), prepare=prepare_files, estimate_only=True)
@@ -162,8 +179,20 @@ def test_nothing_is_decoded_encoded_sampled_or_rendered(files: dict[str, Path],
     assert prepare(VideoPart(video=str(files["clip"])), options)[0].estimate
 
 
-@pytest.mark.parametrize("builder", ["tiny_png", "thin_png", "bomb_png", "animated_gif", "svg", "heic",
-                                     "zero_bytes", "text_named_png", "pdf_named_jpg"])
+@pytest.mark.parametrize(
+    "builder",
+    [
+        "tiny_png",
+        "thin_png",
+        "bomb_png",
+        "animated_gif",
+        "svg",
+        "heic",
+        "zero_bytes",
+        "text_named_png",
+        "pdf_named_jpg",
+    ],
+)
 def test_bad_images_raise_the_same_error(tmp_path: Path, builder: str) -> None:
     path = getattr(corpus, builder)(tmp_path)
     options = MediaOptions(model=model_info("qwen3-vl-plus"))
@@ -198,6 +227,7 @@ def test_bad_originals_pdfs_and_videos_raise_the_same_error(tmp_path: Path, file
 
 # --- plan, send, batch, tokens ----------------------------------------------------------------------------
 
+
 def test_an_estimate_only_call_is_never_sent(files: dict[str, Path]) -> None:
     client = Client(api_key=API_KEY, base_url="http://127.0.0.1:9")  # nothing listens: must fail before
     call = client.plan(prompt="caption", images=[str(files["large_jpeg"])], estimate_only=True)
@@ -214,10 +244,13 @@ def test_an_estimate_only_call_is_never_sent(files: dict[str, Path]) -> None:
     assert not full.estimate_only and full.media[0].tokens == call.media[0].tokens
 
 
-def test_batch_estimate_prepares_nothing(files: dict[str, Path], tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    items = [BatchItem(id=name, request={"prompt": "Caption", "image": str(files[name])})
-             for name in ("large_jpeg", "small_png", "exif_jpeg", "doc")]
+def test_batch_estimate_prepares_nothing(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [
+        BatchItem(id=name, request={"prompt": "Caption", "image": str(files[name])})
+        for name in ("large_jpeg", "small_png", "exif_jpeg", "doc")
+    ]
     items.append(BatchItem(id="clip", request={"prompt": "Describe", "video": str(files["clip"])}))
     items.append(BatchItem(id="bad", request={"prompt": "Caption", "image": str(corpus.tiny_png(tmp_path))}))
     client = Client(api_key=API_KEY)
@@ -233,8 +266,9 @@ def test_batch_estimate_prepares_nothing(files: dict[str, Path], tmp_path: Path,
     assert 0 < text_tokens < 200  # media tokens equal the full plans'; the rest is the prompts' estimate
 
 
-def test_batch_with_images_answered_from_the_cache_takes_no_request(server, files: dict[str, Path],
-                                                                    tmp_path: Path) -> None:
+def test_batch_with_images_answered_from_the_cache_takes_no_request(
+    server, files: dict[str, Path], tmp_path: Path
+) -> None:
     own = {name: tmp_path / files[name].name for name in ("small_png", "exif_jpeg")}  # this test edits one
     for name, path in own.items():
         path.write_bytes(files[name].read_bytes())

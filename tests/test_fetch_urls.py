@@ -81,8 +81,10 @@ def test_remote_image_without_fetch_passes_through(server, files):
     assert call.media[0].sent == f"{files}/photo.png" and call.media[0].tokens is None
 
 
-@pytest.mark.parametrize("path,needle", [("/huge.bin", "limit"), ("/loop0", "redirects"), ("/nope.png", "404"),
-                                         ("/page.html", "not an image")])
+@pytest.mark.parametrize(
+    "path,needle",
+    [("/huge.bin", "limit"), ("/loop0", "redirects"), ("/nope.png", "404"), ("/page.html", "not an image")],
+)
 def test_fetch_failures_are_media_errors(server, files, path, needle):
     with make_client(server) as c, pytest.raises(MediaError, match=needle):
         c.plan(prompt="x", image=files + path, fetch_urls=True)
@@ -95,7 +97,6 @@ def test_fetch_timeout(server, files):
 
 
 def test_fetch_urls_cli_dry_run(server, files):
-    p = run_cli("ask", f"{files}/photo.png", "-p", "x", "--fetch-urls", "--dry-run",
-                env={"DASHSCOPE_API_KEY": API_KEY})
+    p = run_cli("ask", f"{files}/photo.png", "-p", "x", "--fetch-urls", "--dry-run", env={"DASHSCOPE_API_KEY": API_KEY})
     assert p.returncode == 0, p.stderr
     assert '"tokens": ' in p.stdout and "data:image/" in p.stdout

@@ -31,8 +31,12 @@ from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
 DEADLINE_S = 120  # bounds a hang; never an assertion on speed
 TOOLS = {"ask", "ground", "ocr", "extract", "events", "estimate"}
-INVOICE_SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}, "amount": {"type": "number"}},
-                  "required": ["title", "amount"], "additionalProperties": False}
+INVOICE_SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "amount": {"type": "number"}},
+    "required": ["title", "amount"],
+    "additionalProperties": False,
+}
 
 
 def child_env(env: dict[str, str]) -> dict[str, str]:
@@ -43,16 +47,19 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def stdio_session(env: dict[str, str], *args: str, roots: list[Path] | None = None,
-                        mode: str = "auto") -> AsyncIterator[Client]:
+async def stdio_session(
+    env: dict[str, str], *args: str, roots: list[Path] | None = None, mode: str = "auto"
+) -> AsyncIterator[Client]:
     """`qwenvl mcp ARGS` started by the SDK's stdio client; ``roots`` are declared as the client's MCP roots."""
     callback = None
     if roots is not None:
+
         async def callback(ctx: Any) -> t.ListRootsResult:
             return t.ListRootsResult(roots=[t.Root(uri=p.as_uri()) for p in roots])
 
-    params = StdioServerParameters(command=sys.executable, args=["-m", "qwenvl", "mcp", *args],
-                                   env=child_env(env), cwd=os.getcwd())
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "qwenvl", "mcp", *args], env=child_env(env), cwd=os.getcwd()
+    )
     with anyio.fail_after(DEADLINE_S):
         async with Client(params, mode=mode, list_roots_callback=callback, read_timeout_seconds=DEADLINE_S) as c:
             yield c
@@ -75,6 +82,7 @@ def sent_images(server: Any) -> int:
 
 # == Tools and schemas ============================================================================================
 
+
 def test_lists_the_tools_with_their_schemas(env, isolated_env):
     async def main() -> None:
         async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
@@ -85,8 +93,14 @@ def test_lists_the_tools_with_their_schemas(env, isolated_env):
             assert tool.description and tool.output_schema is not None, tool.name
             assert "ctx" not in props and "roots" not in props, tool.name  # filled by the server, not the caller
         required = {name: set(tool.input_schema.get("required", [])) for name, tool in tools.items()}
-        assert required == {"ask": {"prompt"}, "ground": {"image", "query"}, "ocr": {"file"},
-                            "extract": {"file", "schema"}, "events": set(), "estimate": {"files"}}
+        assert required == {
+            "ask": {"prompt"},
+            "ground": {"image", "query"},
+            "ocr": {"file"},
+            "extract": {"file", "schema"},
+            "events": set(),
+            "estimate": {"files"},
+        }
         ask = tools["ask"]
         assert ask.input_schema["properties"]["media"]["type"] == "array"
         assert {"text", "reasoning", "json", "usage", "cost", "model"} <= set(ask.output_schema["properties"])
@@ -103,11 +117,13 @@ def test_lists_the_tools_with_their_schemas(env, isolated_env):
 
 # == ask ==========================================================================================================
 
+
 def test_ask_about_a_local_image(server, env, png):
     async def main() -> None:
         async with stdio_session(env, "--allow-dir", str(png.parent)) as c:
-            r = await c.call_tool("ask", {"prompt": "What is it?", "media": [png.name],
-                                          "options": {"max_tokens": 64, "temperature": 0.5}})
+            r = await c.call_tool(
+                "ask", {"prompt": "What is it?", "media": [png.name], "options": {"max_tokens": 64, "temperature": 0.5}}
+            )
             assert not r.is_error, text_of(r)
             data = r.structured_content
             assert data["text"] == "echo: What is it? [images=1 videos=0]"
@@ -130,6 +146,7 @@ def test_ask_about_a_local_image(server, env, png):
 
 def test_ask_with_a_schema_and_the_service_options_of_the_server(server, env, png):
     """--model and --protocol given to `qwenvl mcp` are every call's defaults; a tool's model overrides."""
+
     async def main() -> None:
         args = ("--allow-dir", str(png.parent), "--protocol", "native", "--model", "qwen3-vl-flash")
         async with stdio_session(env, *args) as c:
@@ -147,6 +164,7 @@ def test_ask_with_a_schema_and_the_service_options_of_the_server(server, env, pn
 
 # == ground =======================================================================================================
 
+
 def test_ground_in_original_pixels_with_the_annotated_image(server, env, isolated_env):
     photo = write_image(isolated_env / "photo.png", size=(640, 480))
     out = isolated_env / "out" / "boxes.png"
@@ -158,7 +176,8 @@ def test_ground_in_original_pixels_with_the_annotated_image(server, env, isolate
             assert not r.is_error, text_of(r)
             data = r.structured_content
             assert [(b["label"], b["x1"], b["y1"], b["x2"], b["y2"]) for b in data["boxes"]] == [
-                ("person", 64, 96, 320, 480)]
+                ("person", 64, 96, 320, 480)
+            ]
             assert (data["width"], data["height"], data["convention"]) == (640, 480, "relative-1000")
             assert data["annotated"] == str(out.resolve())
             images = [c for c in r.content if isinstance(c, t.ImageContent)]
@@ -170,8 +189,7 @@ def test_ground_in_original_pixels_with_the_annotated_image(server, env, isolate
 
             # points, no file written, the drawing only on request
             server.enqueue(Reply(text='[{"point_2d": [500, 500], "label": "dog"}]'))
-            r = await c.call_tool("ground", {"image": str(photo), "query": "dog", "points": True,
-                                             "return_image": True})
+            r = await c.call_tool("ground", {"image": str(photo), "query": "dog", "points": True, "return_image": True})
             assert [(p["x"], p["y"]) for p in r.structured_content["points"]] == [(320, 240)]
             assert r.structured_content["annotated"] is None
             assert any(isinstance(c, t.ImageContent) for c in r.content)
@@ -186,8 +204,7 @@ def test_ground_refuses_to_write_outside_the_allowed_folders(server, env, isolat
         async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
             r = await c.call_tool("ground", {"image": str(photo), "query": "x", "out": str(tmp_path / "o.png")})
             assert r.is_error and "outside the folders this server may write" in text_of(r)
-            r = await c.call_tool("ground", {"image": "https://example.com/a.jpg", "query": "x",
-                                             "return_image": True})
+            r = await c.call_tool("ground", {"image": "https://example.com/a.jpg", "query": "x", "return_image": True})
             assert r.is_error and "needs the image's pixels" in text_of(r)
         assert not (tmp_path / "o.png").exists()
         assert not server.requests  # refused before anything was paid for
@@ -196,6 +213,7 @@ def test_ground_refuses_to_write_outside_the_allowed_folders(server, env, isolat
 
 
 # == ocr ==========================================================================================================
+
 
 def test_ocr_reads_the_text(server, env, png):
     async def main() -> None:
@@ -211,6 +229,7 @@ def test_ocr_reads_the_text(server, env, png):
 
 
 # == extract ======================================================================================================
+
 
 def test_extract_gives_json_valid_for_the_schema(server, env, png):
     async def main() -> None:
@@ -236,6 +255,7 @@ def test_extract_gives_json_valid_for_the_schema(server, env, png):
 
 # == estimate =====================================================================================================
 
+
 def test_estimate_is_the_tokens_estimate_and_sends_nothing(server, env, isolated_env):
     photo = write_image(isolated_env / "photo.png", size=(1600, 1200))
     small = write_image(isolated_env / "small.jpg", size=(300, 200), fmt="JPEG")
@@ -256,6 +276,7 @@ def test_estimate_is_the_tokens_estimate_and_sends_nothing(server, env, isolated
 
 # == where files may be read ======================================================================================
 
+
 def test_paths_outside_the_allowed_folders_are_refused(server, env, isolated_env, tmp_path):
     allowed = isolated_env / "allowed"
     allowed.mkdir()
@@ -267,9 +288,12 @@ def test_paths_outside_the_allowed_folders_are_refused(server, env, isolated_env
     async def main() -> None:
         async with stdio_session(env, "--allow-dir", str(allowed)) as c:
             for ref in escapes:
-                for tool, args in (("ask", {"prompt": "?", "media": [ref]}), ("estimate", {"files": [ref]}),
-                                   ("extract", {"file": ref, "schema": INVOICE_SCHEMA}),
-                                   ("ground", {"image": ref, "query": "x"})):
+                for tool, args in (
+                    ("ask", {"prompt": "?", "media": [ref]}),
+                    ("estimate", {"files": [ref]}),
+                    ("extract", {"file": ref, "schema": INVOICE_SCHEMA}),
+                    ("ground", {"image": ref, "query": "x"}),
+                ):
                     r = await c.call_tool(tool, args)
                     assert r.is_error, (tool, ref)
                     text = text_of(r)
@@ -298,14 +322,17 @@ def test_the_clients_roots_allow_reading(server, env, isolated_env, tmp_path, mo
         async with stdio_session(env, mode=mode) as c:  # no roots, no --allow-dir: no local file at all
             r = await c.call_tool("ask", {"prompt": "?", "media": [str(photo)]})
             assert r.is_error and "(allowed: none)" in text_of(r)
-            r = await c.call_tool("ask", {"prompt": "?", "media": ["data:image/png;base64," + base64.b64encode(
-                photo.read_bytes()).decode()]})
+            r = await c.call_tool(
+                "ask",
+                {"prompt": "?", "media": ["data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()]},
+            )
             assert not r.is_error, text_of(r)  # data: URLs need no folder
 
     run(main)
 
 
 # == errors =======================================================================================================
+
 
 def test_errors_come_back_as_tool_errors_with_a_hint(server, env, isolated_env):
     write_image(isolated_env / "a.png")
@@ -328,6 +355,7 @@ def test_errors_come_back_as_tool_errors_with_a_hint(server, env, isolated_env):
 
 
 # == progress =====================================================================================================
+
 
 def test_events_reports_progress(server, env, isolated_env):
     from test_tasks_events import SEED_ANSWER, make_clip
@@ -356,11 +384,17 @@ def test_events_reports_progress(server, env, isolated_env):
 
 # == streamable HTTP ==============================================================================================
 
+
 @asynccontextmanager
 async def http_server(env: dict[str, str], *args: str) -> AsyncIterator[str]:
     """`qwenvl mcp --http 0 ARGS` in a subprocess; yields its URL (read from the line it prints)."""
-    proc = subprocess.Popen([sys.executable, "-m", "qwenvl", "mcp", "--http", "0", *args], env=child_env(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwenvl", "mcp", "--http", "0", *args],
+        env=child_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         line = await anyio.to_thread.run_sync(proc.stderr.readline)
@@ -382,8 +416,10 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 async def http_call(url: str, key: str | None) -> t.CallToolResult:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=DEADLINE_S) as hc, \
-            Client(streamable_http_client(url, http_client=hc), read_timeout_seconds=DEADLINE_S) as c:
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=DEADLINE_S) as hc,
+        Client(streamable_http_client(url, http_client=hc), read_timeout_seconds=DEADLINE_S) as c,
+    ):
         names = {tool.name for tool in (await c.list_tools()).tools}
         assert names == TOOLS
         return await c.call_tool("ask", {"prompt": "Hello"})
@@ -395,8 +431,16 @@ def test_http_needs_the_key(server, env):
             async with http_server({**env, "QWENVL_SERVE_API_KEY": "mcp-key-123"}) as url:
                 r = await http_call(url, "mcp-key-123")
                 assert r.structured_content["text"] == "echo: Hello [images=0 videos=0]"
-                init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+                init = {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
+                }
                 accept = {"Accept": "application/json, text/event-stream"}
                 for auth in (None, "Bearer wrong-key", "Bearer mcp-key-12", "Basic mcp-key-123", "mcp-key-123"):
                     headers = {**accept, **({"Authorization": auth} if auth else {})}
@@ -435,6 +479,7 @@ def test_missing_extra_names_the_install_command(env, hidden, says):
 
 
 # == the skill ====================================================================================================
+
 
 def test_skill_prints_and_installs(isolated_env):
     p = run_cli("skill")

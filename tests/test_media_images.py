@@ -48,6 +48,7 @@ def refused(path: Path, **kw) -> MediaError:
 
 # --- bad input: each a clear MediaError naming the file and the rule ----------------------------------------
 
+
 @pytest.mark.parametrize("prepare_first", [True, False])
 def test_truncated_jpeg(tmp_path: Path, prepare_first: bool) -> None:
     err = refused(corpus.truncated_jpeg(tmp_path), prepare=prepare_first)
@@ -145,6 +146,7 @@ def test_60mb_noise_png_is_downscaled(tmp_path: Path) -> None:
 
 # --- conversions ---------------------------------------------------------------------------------------------
 
+
 def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
     item = prepare(corpus.cmyk_jpeg(tmp_path))
     img = sent_image(item)
@@ -193,7 +195,8 @@ def test_other_orientations(tmp_path: Path, orientation: int) -> None:
     w, h = img.size
     for corner in ((10, 10), (w - 10, 10), (10, h - 10), (w - 10, h - 10)):
         assert (img.getpixel(corner)[0] > 200 and img.getpixel(corner)[1] < 60) == (
-            expected.getpixel(corner)[0] > 200 and expected.getpixel(corner)[1] < 60)
+            expected.getpixel(corner)[0] > 200 and expected.getpixel(corner)[1] < 60
+        )
 
 
 def test_exif_rotated_jpeg_without_preparation_keeps_bytes_and_warns(tmp_path: Path) -> None:
@@ -259,12 +262,12 @@ def test_static_gif_refused_without_preparation(tmp_path: Path) -> None:
 
 def test_identify_reads_only_the_header(tmp_path: Path) -> None:
     info = images.identify(corpus.exif_rotated_jpeg(tmp_path).read_bytes(), "x.jpg")
-    assert (info.format, info.mime, info.width, info.height, info.orientation) == ("JPEG", "image/jpeg", 400,
-                                                                                    200, 6)
+    assert (info.format, info.mime, info.width, info.height, info.orientation) == ("JPEG", "image/jpeg", 400, 200, 6)
     assert info.upright_size == (200, 400)
 
 
 # --- preparing to the budget ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", [QWEN3, QWEN25], ids=lambda m: m.name)
 def test_large_image_becomes_exactly_smart_resize_size(tmp_path: Path, model) -> None:
@@ -314,6 +317,7 @@ def test_prepare_false_keeps_the_bytes(tmp_path: Path) -> None:
 
 def _no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any decode or encode fail the test: what follows must go by the header alone."""
+
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded or encoded an image that should pass through")
 
@@ -322,8 +326,7 @@ def _no_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("kind", ["jpeg", "png", "palette png", "grey png"])
-def test_small_image_passes_through_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     kind: str) -> None:
+def test_small_image_passes_through_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     if kind == "jpeg":
         path = corpus.photo_jpeg(tmp_path, size=(640, 480), quality=75)
     elif kind == "png":
@@ -451,8 +454,7 @@ def test_tiny_budget_with_extreme_ratio_is_a_clear_error(tmp_path: Path) -> None
 def test_prepare_messages_reports_every_image(tmp_path: Path) -> None:
     a = corpus.photo_jpeg(tmp_path, "a.jpg", size=(1600, 1200))
     b = corpus.screenshot_png(tmp_path)
-    message = Message(role="user", content=[ImagePart(image=str(a)), ImagePart(image=str(b)),
-                                            TextPart(text="compare")])
+    message = Message(role="user", content=[ImagePart(image=str(a)), ImagePart(image=str(b)), TextPart(text="compare")])
     prepared = prepare_messages([message], MediaOptions(model=QWEN3))
     assert len(prepared.items) == 2
     assert prepared.estimated_media_tokens == sum(i.tokens or 0 for i in prepared.items)
@@ -466,8 +468,16 @@ BLUE = (0, 0, 255)
 
 # --- fidelity: never less faithful than qwen-vl-utils' q90 re-encode, never larger ---------------------------
 
-def _textured(width: int, height: int, *, seed: int, octaves: tuple[tuple[int, float], ...], noise: float,
-              tint: tuple[float, float, float]) -> Image.Image:
+
+def _textured(
+    width: int,
+    height: int,
+    *,
+    seed: int,
+    octaves: tuple[tuple[int, float], ...],
+    noise: float,
+    tint: tuple[float, float, float],
+) -> Image.Image:
     """Multi-scale texture (octaves of noise, ``(scale px, amplitude)``) with per-pixel sensor noise."""
     import numpy as np
 
@@ -486,17 +496,20 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
     import numpy as np
 
     diff = np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)
-    return float(10 * np.log10(255 ** 2 / max(float(np.mean(diff * diff)), 1e-12)))
+    return float(10 * np.log10(255**2 / max(float(np.mean(diff * diff)), 1e-12)))
 
 
 FIDELITY_IMAGES = {
     "plain photo": lambda: Image.fromarray(corpus.photo_array(2400, 1800, seed=4)),
-    "foliage": lambda: _textured(2400, 1800, seed=2, octaves=((1, 14), (2, 22), (4, 26), (8, 22), (32, 30)),
-                                 noise=5, tint=(0.55, 0.95, 0.45)),
-    "high-ISO grain": lambda: _textured(2400, 1800, seed=3, octaves=((2, 28), (64, 40)), noise=10,
-                                        tint=(1.05, 1.0, 0.9)),
-    "soft texture": lambda: _textured(2400, 1800, seed=5, octaves=((4, 10), (16, 25), (128, 40)), noise=3,
-                                      tint=(1.0, 0.9, 0.8)),
+    "foliage": lambda: _textured(
+        2400, 1800, seed=2, octaves=((1, 14), (2, 22), (4, 26), (8, 22), (32, 30)), noise=5, tint=(0.55, 0.95, 0.45)
+    ),
+    "high-ISO grain": lambda: _textured(
+        2400, 1800, seed=3, octaves=((2, 28), (64, 40)), noise=10, tint=(1.05, 1.0, 0.9)
+    ),
+    "soft texture": lambda: _textured(
+        2400, 1800, seed=5, octaves=((4, 10), (16, 25), (128, 40)), noise=3, tint=(1.0, 0.9, 0.8)
+    ),
 }
 
 

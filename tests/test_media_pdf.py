@@ -57,8 +57,12 @@ def _padded(password: str) -> bytes:
     return (password.encode("latin-1") + _PAD)[:32]
 
 
-def make_pdf(pages: list[tuple[float, float, tuple[float, float, float]]], *, user_password: str | None = None,
-             owner_password: str = "owner") -> bytes:
+def make_pdf(
+    pages: list[tuple[float, float, tuple[float, float, float]]],
+    *,
+    user_password: str | None = None,
+    owner_password: str = "owner",
+) -> bytes:
     """A PDF with one page per (width, height, fill colour), each filled with its colour and titled "Page N".
     With ``user_password`` (may be ""), it is encrypted with RC4-40 (standard security handler, R2)."""
     permissions = -4
@@ -67,11 +71,19 @@ def make_pdf(pages: list[tuple[float, float, tuple[float, float, float]]], *, us
     if user_password is not None:
         owner_key = hashlib.md5(_padded(owner_password)).digest()[:5]
         o_value = _rc4(owner_key, _padded(user_password))
-        encrypt_key = hashlib.md5(_padded(user_password) + o_value + struct.pack("<i", permissions)
-                                  + _FILE_ID).digest()[:5]
+        encrypt_key = hashlib.md5(
+            _padded(user_password) + o_value + struct.pack("<i", permissions) + _FILE_ID
+        ).digest()[:5]
         u_value = _rc4(encrypt_key, _PAD)
-        encrypt_dict = (b"<< /Filter /Standard /V 1 /R 2 /O <" + o_value.hex().encode() + b"> /U <"
-                        + u_value.hex().encode() + b"> /P " + str(permissions).encode() + b" >>")
+        encrypt_dict = (
+            b"<< /Filter /Standard /V 1 /R 2 /O <"
+            + o_value.hex().encode()
+            + b"> /U <"
+            + u_value.hex().encode()
+            + b"> /P "
+            + str(permissions).encode()
+            + b" >>"
+        )
 
     objects: dict[int, bytes] = {}
     font = 3
@@ -80,15 +92,17 @@ def make_pdf(pages: list[tuple[float, float, tuple[float, float, float]]], *, us
     for n, (width, height, (r, g, b)) in enumerate(pages, start=1):
         page_obj, content_obj = 2 + 2 * n, 3 + 2 * n
         kids.append(page_obj)
-        content = (f"{r} {g} {b} rg 0 0 {width} {height} re f 0 g BT /F1 24 Tf 36 {height - 60} Td "
-                   f"(Page {n}) Tj ET").encode()
+        content = (
+            f"{r} {g} {b} rg 0 0 {width} {height} re f 0 g BT /F1 24 Tf 36 {height - 60} Td (Page {n}) Tj ET"
+        ).encode()
         if encrypt_key is not None:
             object_key = hashlib.md5(encrypt_key + content_obj.to_bytes(3, "little") + b"\x00\x00").digest()[:10]
             content = _rc4(object_key, content)
-        objects[content_obj] = (b"<< /Length " + str(len(content)).encode() + b" >>\nstream\n" + content
-                                + b"\nendstream")
-        objects[page_obj] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] "
-                             f"/Resources << /Font << /F1 {font} 0 R >> >> /Contents {content_obj} 0 R >>").encode()
+        objects[content_obj] = b"<< /Length " + str(len(content)).encode() + b" >>\nstream\n" + content + b"\nendstream"
+        objects[page_obj] = (
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] "
+            f"/Resources << /Font << /F1 {font} 0 R >> >> /Contents {content_obj} 0 R >>"
+        ).encode()
     objects[1] = b"<< /Type /Catalog /Pages 2 0 R >>"
     objects[2] = (f"<< /Type /Pages /Kids [{' '.join(f'{k} 0 R' for k in kids)}] /Count {len(kids)} >>").encode()
     encrypt_obj = None
@@ -142,6 +156,7 @@ def close(colour: tuple[int, int, int], expected: tuple[float, float, float]) ->
 
 # --- the writer itself ------------------------------------------------------------------------------------------
 
+
 def test_hand_made_pdfs_are_valid() -> None:
     assert len(pdfium.PdfDocument(make_pdf(THREE_PAGES))) == 3
     locked = make_pdf(THREE_PAGES[:1], user_password="secret")
@@ -154,10 +169,20 @@ def test_hand_made_pdfs_are_valid() -> None:
 
 # --- page ranges ---------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    (None, [1, 2, 3, 4, 5]), ("", [1, 2, 3, 4, 5]), ("1-3,5", [1, 2, 3, 5]), ("2", [2]), ("4-", [4, 5]),
-    (" 5 , 1-2 ", [5, 1, 2]), ("1-3,2-4", [1, 2, 3, 4]), ("3-3", [3]),
-])
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (None, [1, 2, 3, 4, 5]),
+        ("", [1, 2, 3, 4, 5]),
+        ("1-3,5", [1, 2, 3, 5]),
+        ("2", [2]),
+        ("4-", [4, 5]),
+        (" 5 , 1-2 ", [5, 1, 2]),
+        ("1-3,2-4", [1, 2, 3, 4]),
+        ("3-3", [3]),
+    ],
+)
 def test_parse_pages(spec: str | None, expected: list[int]) -> None:
     assert parse_pages(spec, 5) == expected
 
@@ -177,6 +202,7 @@ def test_parse_pages_out_of_range() -> None:
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
+
 
 def test_page_size_fits_the_budget() -> None:
     low, high = image_budget(MediaOptions(model=PLUS))
@@ -222,6 +248,7 @@ def test_context_window_is_checked(doc: Path) -> None:
 
 # --- bad PDFs ---------------------------------------------------------------------------------------------------
 
+
 def test_encrypted_pdf(tmp_path: Path) -> None:
     locked = tmp_path / "locked.pdf"
     locked.write_bytes(make_pdf(THREE_PAGES, user_password="secret"))
@@ -246,8 +273,9 @@ def test_corrupt_pdf(tmp_path: Path) -> None:
     with pytest.raises(MediaError, match=r"broken\.pdf is not a readable PDF"):
         render_pdf(bad, factor=32, min_pixels=4096, max_pixels=500_000)
     with pytest.raises(MediaError, match=r"broken\.pdf is not a readable PDF"):
-        prepare_messages([Message(role="user", content=[{"type": "image", "image": str(bad)}])],
-                         MediaOptions(model=PLUS))
+        prepare_messages(
+            [Message(role="user", content=[{"type": "image", "image": str(bad)}])], MediaOptions(model=PLUS)
+        )
 
 
 def test_pdf_without_pages(tmp_path: Path) -> None:
@@ -260,10 +288,18 @@ def test_pdf_without_pages(tmp_path: Path) -> None:
 
 # --- the seam: a PDF given as an image becomes one image per page ------------------------------------------------
 
+
 def test_prepare_messages_expands_a_pdf(doc: Path) -> None:
-    messages = [Message(role="user", content=[{"type": "text", "text": "summarise"},
-                                              {"type": "image", "image": str(doc)},
-                                              {"type": "text", "text": "thanks"}])]
+    messages = [
+        Message(
+            role="user",
+            content=[
+                {"type": "text", "text": "summarise"},
+                {"type": "image", "image": str(doc)},
+                {"type": "text", "text": "thanks"},
+            ],
+        )
+    ]
     prepared = prepare_messages(messages, MediaOptions(model=PLUS))
     parts = prepared.messages[0].content
     assert [type(p).__name__ for p in parts] == ["TextPart", "ImagePart", "ImagePart", "ImagePart", "TextPart"]
@@ -293,8 +329,7 @@ def test_expand_documents_leaves_other_parts_alone(doc: Path, tmp_path: Path) ->
 def test_pages_option_and_data_url(doc: Path) -> None:
     url = "data:application/pdf;base64," + base64.b64encode(doc.read_bytes()).decode()
     undeclared = "data:application/octet-stream;base64," + base64.b64encode(doc.read_bytes()).decode()
-    messages = [Message(role="user", content=[{"type": "image", "image": url},
-                                              {"type": "image", "image": undeclared}])]
+    messages = [Message(role="user", content=[{"type": "image", "image": url}, {"type": "image", "image": undeclared}])]
     out = expand_documents(messages, MediaOptions(model=PLUS, pages="2"))
     parts = out[0].content
     assert isinstance(parts, list) and len(parts) == 2
@@ -308,8 +343,9 @@ def test_detail_low_and_part_max_pixels_lower_the_render_size(doc: Path) -> None
     assert isinstance(part, ImagePart) and part.max_pixels == 200_000
     width, height = size_of(part.image)
     assert width * height <= 200_000
-    low = expand_documents([Message(role="user", content=[ImagePart(image=str(doc))])],
-                           MediaOptions(model=PLUS, detail="low"))
+    low = expand_documents(
+        [Message(role="user", content=[ImagePart(image=str(doc))])], MediaOptions(model=PLUS, detail="low")
+    )
     low_part = low[0].content[0]
     assert isinstance(low_part, ImagePart)
     width, height = size_of(low_part.image)
@@ -320,8 +356,7 @@ def test_request_pages_reach_the_media_options(doc: Path) -> None:
     request = Request(prompt="read page 3", image=str(doc), pages="3")
     options = media_options(request, PLUS, "compat")
     assert options.pages == "3"
-    out = expand_documents([Message(role="user", content=[ImagePart(image=str(doc)), TextPart(text="x")])],
-                           options)
+    out = expand_documents([Message(role="user", content=[ImagePart(image=str(doc)), TextPart(text="x")])], options)
     parts = out[0].content
     assert isinstance(parts, list) and len(parts) == 2
     first = parts[0]

@@ -42,6 +42,7 @@ QWEN25 = model_info("qwen2.5-vl-7b-instruct")  # 28 px, 768 frames at most
 
 # --- clips ----------------------------------------------------------------------------------------------------
 
+
 def frame_array(i: int, width: int, height: int) -> np.ndarray:
     """Frame ``i``: its brightness encodes its index (so a decoded frame tells which it is) plus a gradient."""
     a = np.empty((height, width, 3), np.uint8)
@@ -51,11 +52,22 @@ def frame_array(i: int, width: int, height: int) -> np.ndarray:
     return a
 
 
-def make_clip(path: Path, *, frames: int = 120, fps: int = 30, width: int = 320, height: int = 240,
-              codec: str = "libx264", gop: int | None = None, rotation: int | None = None,
-              options: dict[str, str] | None = None, pix_fmt: str = "yuv420p",
-              draw=frame_array, container_options: dict[str, str] | None = None,
-              bit_rate: int | None = None) -> Path:
+def make_clip(
+    path: Path,
+    *,
+    frames: int = 120,
+    fps: int = 30,
+    width: int = 320,
+    height: int = 240,
+    codec: str = "libx264",
+    gop: int | None = None,
+    rotation: int | None = None,
+    options: dict[str, str] | None = None,
+    pix_fmt: str = "yuv420p",
+    draw=frame_array,
+    container_options: dict[str, str] | None = None,
+    bit_rate: int | None = None,
+) -> Path:
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -94,9 +106,12 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "mp4": make_clip(d / "a.mp4", options=ONE_KEYFRAME),  # 4 s, 120 frames, one keyframe
         "gop10": make_clip(d / "gop10.mp4", frames=240, gop=10),  # 8 s, a keyframe every 10 frames
-        "bframes": make_clip(d / "bframes.mp4", frames=90, draw=noisy_frame,
-                             options={"preset": "ultrafast",
-                                      "x264-params": "bframes=3:b-adapt=0:b-pyramid=none:keyint=30"}),
+        "bframes": make_clip(
+            d / "bframes.mp4",
+            frames=90,
+            draw=noisy_frame,
+            options={"preset": "ultrafast", "x264-params": "bframes=3:b-adapt=0:b-pyramid=none:keyint=30"},
+        ),
         "short3": make_clip(d / "three.mp4", frames=3),
         "one": make_clip(d / "one.mp4", frames=1),
         "rotated": make_clip(d / "rot.mp4", frames=30, rotation=90, draw=marked_frame),
@@ -123,6 +138,7 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
 
 # --- the rule -------------------------------------------------------------------------------------------------
 
+
 def reference_nframes(total: int, video_fps: float, fps: float, max_frames: int) -> int:
     """qwen-vl-utils ``smart_nframes`` (fps branch), written out from its documented behaviour."""
     min_frames = math.ceil(4 / 2) * 2
@@ -132,19 +148,22 @@ def reference_nframes(total: int, video_fps: float, fps: float, max_frames: int)
     return math.floor(n / 2) * 2
 
 
-@pytest.mark.parametrize(("total", "video_fps", "fps", "max_frames", "expected"), [
-    (120, 30, 2.0, 2000, 8),  # 4 s at 2 fps
-    (121, 30, 2.0, 2000, 8),  # 8.07 -> even floor
-    (90, 30, 2.0, 2000, 6),
-    (30, 30, 2.0, 2000, 4),  # 1 s gives 2, clamped up to 4
-    (5, 30, 2.0, 2000, 4),
-    (1800, 30, 2.0, 16, 16),  # max_frames clamp
-    (1800, 30, 2.0, 15, 14),  # an odd max goes down to even
-    (100_000, 30, 2.0, 2000, 2000),
-    (300, 25, 0.5, 2000, 6),
-    (240, 24, 30.0, 2000, 240),  # asking for more than the video has: every frame
-    (241, 24, 30.0, 2000, 240),
-])
+@pytest.mark.parametrize(
+    ("total", "video_fps", "fps", "max_frames", "expected"),
+    [
+        (120, 30, 2.0, 2000, 8),  # 4 s at 2 fps
+        (121, 30, 2.0, 2000, 8),  # 8.07 -> even floor
+        (90, 30, 2.0, 2000, 6),
+        (30, 30, 2.0, 2000, 4),  # 1 s gives 2, clamped up to 4
+        (5, 30, 2.0, 2000, 4),
+        (1800, 30, 2.0, 16, 16),  # max_frames clamp
+        (1800, 30, 2.0, 15, 14),  # an odd max goes down to even
+        (100_000, 30, 2.0, 2000, 2000),
+        (300, 25, 0.5, 2000, 6),
+        (240, 24, 30.0, 2000, 240),  # asking for more than the video has: every frame
+        (241, 24, 30.0, 2000, 240),
+    ],
+)
 def test_sample_count(total: int, video_fps: float, fps: float, max_frames: int, expected: int) -> None:
     assert sample_count(total, video_fps, fps, max_frames=max_frames) == expected
     assert reference_nframes(total, video_fps, fps, max_frames) == expected
@@ -214,6 +233,7 @@ def test_frame_list_count() -> None:
 
 
 # --- probing and sampling real clips ------------------------------------------------------------------------
+
 
 def test_probe_video(clips: dict[str, Path]) -> None:
     info = probe_video(clips["mp4"])
@@ -287,18 +307,20 @@ def test_skipping_unreferenced_frames_changes_nothing(clips: dict[str, Path]) ->
         stream = container.streams.video[0]
         every = sorted(container.decode(stream), key=lambda f: f.pts)
         types = {str(f.pict_type) for f in every}
-        plain = [every[i].to_ndarray(width=sampled.width, height=sampled.height, format="rgb24",
-                                     interpolation="BICUBIC") for i in sampled.indices]
+        plain = [
+            every[i].to_ndarray(width=sampled.width, height=sampled.height, format="rgb24", interpolation="BICUBIC")
+            for i in sampled.indices
+        ]
     assert "3" in types  # the clip really has B-frames (PictureType.B)
     assert sampled.decoded < len(every)  # some were skipped
     assert all(np.array_equal(a, b) for a, b in zip(sampled.frames, plain, strict=True))
 
 
-@pytest.mark.parametrize(("suffix", "codec"), [(".mkv", "libx264"), (".mov", "libx264"), (".avi", "mpeg4"),
-                                               (".webm", "libvpx-vp9")])
+@pytest.mark.parametrize(
+    ("suffix", "codec"), [(".mkv", "libx264"), (".mov", "libx264"), (".avi", "mpeg4"), (".webm", "libvpx-vp9")]
+)
 def test_other_containers(tmp_path: Path, suffix: str, codec: str) -> None:
-    clip = make_clip(tmp_path / f"c{suffix}", frames=60, width=160, height=120, codec=codec, gop=12,
-                     bit_rate=2_000_000)
+    clip = make_clip(tmp_path / f"c{suffix}", frames=60, width=160, height=120, codec=codec, gop=12, bit_rate=2_000_000)
     sampled = sample_video(clip, PLUS, output="array")
     assert sampled.nframes == 4
     assert sampled.indices == [0, 20, 39, 59]
@@ -315,7 +337,7 @@ def test_rotation_is_applied(clips: dict[str, Path]) -> None:
     frame = sampled.frames[0]
     h, w = frame.shape[:2]
     # rotated 90 degrees counter-clockwise for display: the top-left block is now bottom-left
-    assert frame[h - h // 10:, : w // 10].mean() > 200
+    assert frame[h - h // 10 :, : w // 10].mean() > 200
     assert frame[: h // 10, : w // 10].mean() < 80
 
 
@@ -330,6 +352,7 @@ def test_short_video_is_padded(clips: dict[str, Path]) -> None:
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
+
 
 def test_corrupt_mp4(tmp_path: Path, clips: dict[str, Path]) -> None:
     bad = tmp_path / "corrupt.mp4"
@@ -387,9 +410,14 @@ def test_bytes_input(clips: dict[str, Path]) -> None:
 
 # --- the prepare seam -----------------------------------------------------------------------------------------
 
+
 def test_prepare_messages_samples_a_local_video(clips: dict[str, Path]) -> None:
-    messages = [Message(role="user", content=[{"type": "video", "video": str(clips["mp4"])},
-                                              {"type": "text", "text": "what happens?"}])]
+    messages = [
+        Message(
+            role="user",
+            content=[{"type": "video", "video": str(clips["mp4"])}, {"type": "text", "text": "what happens?"}],
+        )
+    ]
     prepared = prepare_messages(messages, MediaOptions(model=PLUS))
     (item,) = prepared.items
     assert item.kind == "video" and item.mime == "image/jpeg"
@@ -415,8 +443,9 @@ def test_prepare_video_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x01" * 500)
     with pytest.raises(MediaError, match=r"broken\.mp4 is not a readable video"):
-        prepare_messages([Message(role="user", content=[{"type": "video", "video": str(bad)}])],
-                         MediaOptions(model=PLUS))
+        prepare_messages(
+            [Message(role="user", content=[{"type": "video", "video": str(bad)}])], MediaOptions(model=PLUS)
+        )
 
 
 def test_video_url_passes_through() -> None:

@@ -31,39 +31,43 @@ GB = 1024**3
 
 
 # --- the values, table-driven: (model, region, input tokens) -> price per 1M, currency, budget, factor ----------
-@pytest.mark.parametrize(("model", "region", "tokens", "price", "currency", "budget", "factor"), [
-    ("qwen3-vl-plus", "cn", 1_000, (1.0, 10.0), "CNY", 2560, 32),
-    ("qwen3-vl-plus", "cn", 32_768, (1.0, 10.0), "CNY", 2560, 32),  # 32K is still the first tier
-    ("qwen3-vl-plus", "cn", 32_769, (1.5, 15.0), "CNY", 2560, 32),
-    ("qwen3-vl-plus", "cn", 200_000, (3.0, 30.0), "CNY", 2560, 32),
-    ("qwen3-vl-flash", "cn", 1_000, (0.15, 1.5), "CNY", 2560, 32),
-    ("qwen3-vl-flash", "cn", 40_000, (0.3, 3.0), "CNY", 2560, 32),
-    ("qwen3-vl-flash", "cn", 150_000, (0.6, 6.0), "CNY", 2560, 32),
-    ("qwen3-vl-plus", "intl", 1_000, (0.20, 1.60), "USD", 2560, 32),
-    ("qwen3-vl-plus", "intl", 40_000, (0.30, 2.40), "USD", 2560, 32),
-    ("qwen3-vl-flash", "us", 1_000, (0.05, 0.40), "USD", 2560, 32),
-    ("qwen-vl-max", "cn", 1_000, (1.6, 4.0), "CNY", 2560, 32),
-    ("qwen-vl-max", "intl", 1_000, (0.80, 3.20), "USD", 2560, 32),
-    ("qwen-vl-plus", "intl", 50_000, (0.21, 0.63), "USD", 2560, 32),  # flat: no tiers
-    ("qwen-vl-max-latest", "cn", 1_000, (1.6, 4.0), "CNY", 2560, 32),
-    ("qwen-vl-max-2025-08-13", "cn", 1_000, (1.6, 4.0), "CNY", 2560, 32),
-    ("qwen-vl-plus-2025-08-15", "cn", 1_000, (0.8, 2.0), "CNY", 2560, 32),
-    ("qwen-vl-plus-2025-07-10", "cn", 1_000, (0.8, 2.0), "CNY", 2560, 32),
-    ("qwen-vl-max-2025-04-08", "cn", 1_000, (1.6, 4.0), "CNY", 1280, 28),
-    ("qwen-vl-max-2025-04-02", "cn", 1_000, (1.6, 4.0), "CNY", 1280, 28),
-    ("qwen-vl-max-2025-01-25", "cn", 1_000, (1.6, 4.0), "CNY", 1280, 28),
-    ("qwen-vl-plus-2025-05-07", "cn", 1_000, (0.8, 2.0), "CNY", 1280, 28),
-    ("qwen-vl-plus-2025-01-25", "cn", 1_000, (0.8, 2.0), "CNY", 1280, 28),
-    ("qvq-max", "cn", 1_000, (8.0, 32.0), "CNY", 1280, 28),
-    ("qvq-max", "intl", 1_000, (1.20, 4.80), "USD", 1280, 28),
-    ("qwen-vl-ocr", "cn", 1_000, (0.3, 0.5), "CNY", 8192, 32),
-    ("qwen-vl-ocr", "intl", 1_000, (0.07, 0.16), "USD", 8192, 32),
-    ("qwen-vl-ocr-2025-08-28", "cn", 1_000, (5.0, 5.0), "CNY", 8192, 28),
-    ("qwen-vl-ocr-2025-04-13", "cn", 1_000, (5.0, 5.0), "CNY", 8192, 28),
-    ("qwen-vl-ocr-2024-10-28", "cn", 1_000, (5.0, 5.0), "CNY", 8192, 28),
-])
-def test_model_table(model: str, region: str, tokens: int, price: tuple[float, float], currency: str, budget: int,
-                     factor: int) -> None:
+@pytest.mark.parametrize(
+    ("model", "region", "tokens", "price", "currency", "budget", "factor"),
+    [
+        ("qwen3-vl-plus", "cn", 1_000, (1.0, 10.0), "CNY", 2560, 32),
+        ("qwen3-vl-plus", "cn", 32_768, (1.0, 10.0), "CNY", 2560, 32),  # 32K is still the first tier
+        ("qwen3-vl-plus", "cn", 32_769, (1.5, 15.0), "CNY", 2560, 32),
+        ("qwen3-vl-plus", "cn", 200_000, (3.0, 30.0), "CNY", 2560, 32),
+        ("qwen3-vl-flash", "cn", 1_000, (0.15, 1.5), "CNY", 2560, 32),
+        ("qwen3-vl-flash", "cn", 40_000, (0.3, 3.0), "CNY", 2560, 32),
+        ("qwen3-vl-flash", "cn", 150_000, (0.6, 6.0), "CNY", 2560, 32),
+        ("qwen3-vl-plus", "intl", 1_000, (0.20, 1.60), "USD", 2560, 32),
+        ("qwen3-vl-plus", "intl", 40_000, (0.30, 2.40), "USD", 2560, 32),
+        ("qwen3-vl-flash", "us", 1_000, (0.05, 0.40), "USD", 2560, 32),
+        ("qwen-vl-max", "cn", 1_000, (1.6, 4.0), "CNY", 2560, 32),
+        ("qwen-vl-max", "intl", 1_000, (0.80, 3.20), "USD", 2560, 32),
+        ("qwen-vl-plus", "intl", 50_000, (0.21, 0.63), "USD", 2560, 32),  # flat: no tiers
+        ("qwen-vl-max-latest", "cn", 1_000, (1.6, 4.0), "CNY", 2560, 32),
+        ("qwen-vl-max-2025-08-13", "cn", 1_000, (1.6, 4.0), "CNY", 2560, 32),
+        ("qwen-vl-plus-2025-08-15", "cn", 1_000, (0.8, 2.0), "CNY", 2560, 32),
+        ("qwen-vl-plus-2025-07-10", "cn", 1_000, (0.8, 2.0), "CNY", 2560, 32),
+        ("qwen-vl-max-2025-04-08", "cn", 1_000, (1.6, 4.0), "CNY", 1280, 28),
+        ("qwen-vl-max-2025-04-02", "cn", 1_000, (1.6, 4.0), "CNY", 1280, 28),
+        ("qwen-vl-max-2025-01-25", "cn", 1_000, (1.6, 4.0), "CNY", 1280, 28),
+        ("qwen-vl-plus-2025-05-07", "cn", 1_000, (0.8, 2.0), "CNY", 1280, 28),
+        ("qwen-vl-plus-2025-01-25", "cn", 1_000, (0.8, 2.0), "CNY", 1280, 28),
+        ("qvq-max", "cn", 1_000, (8.0, 32.0), "CNY", 1280, 28),
+        ("qvq-max", "intl", 1_000, (1.20, 4.80), "USD", 1280, 28),
+        ("qwen-vl-ocr", "cn", 1_000, (0.3, 0.5), "CNY", 8192, 32),
+        ("qwen-vl-ocr", "intl", 1_000, (0.07, 0.16), "USD", 8192, 32),
+        ("qwen-vl-ocr-2025-08-28", "cn", 1_000, (5.0, 5.0), "CNY", 8192, 28),
+        ("qwen-vl-ocr-2025-04-13", "cn", 1_000, (5.0, 5.0), "CNY", 8192, 28),
+        ("qwen-vl-ocr-2024-10-28", "cn", 1_000, (5.0, 5.0), "CNY", 8192, 28),
+    ],
+)
+def test_model_table(
+    model: str, region: str, tokens: int, price: tuple[float, float], currency: str, budget: int, factor: int
+) -> None:
     info = model_info(model)
     assert info.known
     p = price_for(info, tokens, region=region)
@@ -83,18 +87,33 @@ def test_ocr_limits() -> None:
     assert (ocr.context_tokens, ocr.max_output_tokens, ocr.min_image_tokens, ocr.min_pixels) == (38_192, 8_192, 3, 3072)
 
 
-@pytest.mark.parametrize(("model", "frames"), [
-    ("qwen-vl-max", 512), ("qwen-vl-plus", 512), ("qwen2.5-vl-7b-instruct", 512), ("qvq-max", 512),
-    ("qvq-plus", 512), ("qwen3-vl-plus", 2000), ("qwen3-vl-flash", 2000),
-])
+@pytest.mark.parametrize(
+    ("model", "frames"),
+    [
+        ("qwen-vl-max", 512),
+        ("qwen-vl-plus", 512),
+        ("qwen2.5-vl-7b-instruct", 512),
+        ("qvq-max", 512),
+        ("qvq-plus", 512),
+        ("qwen3-vl-plus", 2000),
+        ("qwen3-vl-flash", 2000),
+    ],
+)
 def test_frame_limits(model: str, frames: int) -> None:
     assert model_info(model).video_max_frames == frames
 
 
-@pytest.mark.parametrize(("model", "url_limit"), [
-    ("qwen3-vl-plus", 2 * GB), ("qwen3-vl-flash", 2 * GB), ("qwen-vl-max", 2 * GB), ("qwen-vl-plus", GB),
-    ("qvq-max", GB), ("qwen2.5-vl-72b-instruct", GB),
-])
+@pytest.mark.parametrize(
+    ("model", "url_limit"),
+    [
+        ("qwen3-vl-plus", 2 * GB),
+        ("qwen3-vl-flash", 2 * GB),
+        ("qwen-vl-max", 2 * GB),
+        ("qwen-vl-plus", GB),
+        ("qvq-max", GB),
+        ("qwen2.5-vl-72b-instruct", GB),
+    ],
+)
 def test_video_url_limits(model: str, url_limit: int) -> None:
     assert model_info(model).video_url_max_bytes == url_limit
     assert MAX_VIDEO_FILE_BYTES == 100 * 1024 * 1024
@@ -102,7 +121,11 @@ def test_video_url_limits(model: str, url_limit: int) -> None:
 
 def test_currency_by_region(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (currency_of("cn"), currency_of("intl"), currency_of("us"), currency_of("singapore")) == (
-        "CNY", "USD", "USD", "USD")
+        "CNY",
+        "USD",
+        "USD",
+        "USD",
+    )
     assert currency_of(None) == "CNY"
     monkeypatch.setenv("QWENVL_REGION", "intl")
     assert currency_of(None) == "USD"
@@ -133,7 +156,8 @@ def test_latest_and_unlisted_snapshots(caplog: pytest.LogCaptureFixture) -> None
     assert not odd.known and odd.factor == 32 and odd.entry == "qwen3-vl-plus"
     assert [r.getMessage() for r in caplog.records] == [
         "qwen3-vl-plus-2031-01-01 is not in qwenvl's model table: estimates use a guessed family "
-        "(qwen3-vl, 32 px per token); see `qwenvl models`"]
+        "(qwen3-vl, 32 px per token); see `qwenvl models`"
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="qwenvl"):
         model_info("qwen3-vl-plus-2031-01-01")
@@ -170,8 +194,9 @@ def test_nine_page_request_over_32k_is_priced_at_the_second_tier(tmp_path: Path)
     assert data["total"]["cost"] == pytest.approx(total * 1.5 / 1e6)
     assert sum(i["cost"] for i in data["items"]) == pytest.approx(total * 1.5 / 1e6)  # every page at that tier
     # the dry run of the request itself (library): the same tier, prompt included
-    call = Client(api_key="sk-x").plan(prompt="summarize", images=[str(doc)], max_pixels=4096 * 1024,
-                                       estimate_only=True)
+    call = Client(api_key="sk-x").plan(
+        prompt="summarize", images=[str(doc)], max_pixels=4096 * 1024, estimate_only=True
+    )
     est = preview(call, protocol="compat", region="cn")["estimate"]
     assert est["price_tier"] == "32K-128K"
     assert est["cost_input"] == pytest.approx(est["input_tokens"] * 1.5 / 1e6)
@@ -205,8 +230,10 @@ def test_unknown_model_warns_once_on_one_line(tmp_path: Path) -> None:
     p = run_cli("tokens", str(photo), "--model", "qwen9-vl-future")
     assert p.returncode == 0
     warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == ["warning: qwen9-vl-future is not in qwenvl's model table: estimates use a guessed "
-                        "family (qwen3-vl, 32 px per token; cost unknown); see `qwenvl models`"]
+    assert warnings == [
+        "warning: qwen9-vl-future is not in qwenvl's model table: estimates use a guessed "
+        "family (qwen3-vl, 32 px per token; cost unknown); see `qwenvl models`"
+    ]
     assert run_cli("tokens", str(photo)).stderr.count("warning:") == 0
 
 
@@ -218,8 +245,9 @@ def test_dry_run_of_a_guessed_model_warns(tmp_path: Path) -> None:
 
 
 # --- high resolution: refused for the 28-px models and QVQ ---------------------------------------------------
-@pytest.mark.parametrize("model", ["qvq-max", "qwen2.5-vl-7b-instruct", "qwen-vl-max-2025-01-25",
-                                   "qwen-vl-ocr-2025-04-13"])
+@pytest.mark.parametrize(
+    "model", ["qvq-max", "qwen2.5-vl-7b-instruct", "qwen-vl-max-2025-01-25", "qwen-vl-ocr-2025-04-13"]
+)
 def test_high_res_is_refused_for_28_px_models(model: str, tmp_path: Path) -> None:
     photo = str(corpus.screenshot_png(tmp_path))
     client = Client(api_key="sk-x")
@@ -240,14 +268,20 @@ def test_high_res_is_kept_for_32_px_models(tmp_path: Path) -> None:
 
 
 # --- response_format only where the model takes it ------------------------------------------------------------
-@pytest.mark.parametrize(("model", "thinking", "sent"), [
-    ("qwen3-vl-plus", None, True), ("qwen3-vl-plus", False, True), ("qwen-vl-max", None, True),
-    ("qwen-vl-plus-latest", None, True), ("qwen2.5-vl-7b-instruct", None, False),
-    ("qwen-vl-max-2025-01-25", None, False), ("qvq-max", None, False),
-])
+@pytest.mark.parametrize(
+    ("model", "thinking", "sent"),
+    [
+        ("qwen3-vl-plus", None, True),
+        ("qwen3-vl-plus", False, True),
+        ("qwen-vl-max", None, True),
+        ("qwen-vl-plus-latest", None, True),
+        ("qwen2.5-vl-7b-instruct", None, False),
+        ("qwen-vl-max-2025-01-25", None, False),
+        ("qvq-max", None, False),
+    ],
+)
 def test_response_format_only_where_supported(model: str, thinking: bool | None, sent: bool) -> None:
-    call = Client(api_key="sk-x").plan(prompt="list the colours", model=model, json_mode=True,
-                                       enable_thinking=thinking)
+    call = Client(api_key="sk-x").plan(prompt="list the colours", model=model, json_mode=True, enable_thinking=thinking)
     assert ("response_format" in call.params) is sent
     assert "JSON" in call.messages[-1].text()  # the prompt asks for JSON either way
 
@@ -307,8 +341,21 @@ def test_no_upload_outside_beijing_async(server, isolated_env: Path) -> None:
 
 
 def test_no_upload_outside_beijing_from_the_cli(server, env, png) -> None:
-    p = run_cli("ask", str(png), "-p", "x", "--protocol", "native", "--upload", "oss", "--region", "us",
-                "--base-url", server.url, env=env)
+    p = run_cli(
+        "ask",
+        str(png),
+        "-p",
+        "x",
+        "--protocol",
+        "native",
+        "--upload",
+        "oss",
+        "--region",
+        "us",
+        "--base-url",
+        server.url,
+        env=env,
+    )
     assert p.returncode == 2 and "only in the Beijing region" in p.stderr and "hint:" in p.stderr
     assert not server.uploads
 

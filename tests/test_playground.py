@@ -31,10 +31,19 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this ma
 def browser() -> Iterator[object]:
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                    "--disable-background-networking", "--disable-component-update",
-                                    "--no-first-run", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 
@@ -80,8 +89,11 @@ def test_estimate_ask_stream_find_error_reload(page, site, server, isolated_env,
     page.set_input_files("#files", str(photo))
     page.wait_for_function("document.querySelector('#estimate').textContent.includes('before sending')")
     url = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
-    want = httpx.post(site.url + "/qwenvl/v1/estimate", json={"model": "qwen3-vl-plus", "images": [url]},
-                      headers={"Authorization": f"Bearer {SERVE_KEY}"}).json()
+    want = httpx.post(
+        site.url + "/qwenvl/v1/estimate",
+        json={"model": "qwen3-vl-plus", "images": [url]},
+        headers={"Authorization": f"Bearer {SERVE_KEY}"},
+    ).json()
     assert f"{want['total_tokens']:,} tokens" in page.inner_text("#estimate")
     assert "400×300" in page.inner_text("#attachments")
     assert not [r for r in server.requests if "chat" in r.path]  # nothing sent yet
@@ -154,8 +166,9 @@ def test_dark_mode_is_readable(browser, site):
         context = browser.new_context(color_scheme=scheme)
         pg = context.new_page()
         pg.goto(site.url + "/")
-        colours[scheme] = pg.evaluate("[getComputedStyle(document.body).backgroundColor, "
-                                      "getComputedStyle(document.body).color]")
+        colours[scheme] = pg.evaluate(
+            "[getComputedStyle(document.body).backgroundColor, getComputedStyle(document.body).color]"
+        )
         context.close()
     assert colours["light"] != colours["dark"]
     assert colours["dark"][0] == "rgb(21, 21, 26)" and colours["dark"][1] == "rgb(236, 236, 241)"

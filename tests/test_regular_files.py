@@ -167,8 +167,20 @@ def test_batch_folder_with_a_pipe_does_not_block(isolated_env, fifo):
 
 
 def test_cli_batch_item_that_is_a_pipe_is_an_item_error(server, env, fifo, png):
-    p = run_cli("batch", str(png), str(fifo), "-p", "x", "-o", "out.jsonl", "--base-url", server.url, "-y",
-                env={**env, "DASHSCOPE_API_KEY": API_KEY}, timeout=BOUND + 20)
+    p = run_cli(
+        "batch",
+        str(png),
+        str(fifo),
+        "-p",
+        "x",
+        "-o",
+        "out.jsonl",
+        "--base-url",
+        server.url,
+        "-y",
+        env={**env, "DASHSCOPE_API_KEY": API_KEY},
+        timeout=BOUND + 20,
+    )
     assert "Traceback" not in p.stderr
     lines = Path("out.jsonl").read_text().splitlines()
     assert len(lines) == 2 and sum('"named pipe' in line or "named pipe" in line for line in lines) == 1

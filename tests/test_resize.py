@@ -79,15 +79,18 @@ QWEN3 = model_info("qwen3-vl-plus")
 QWEN25 = model_info("qwen2.5-vl-7b-instruct")
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    (MediaOptions(model=QWEN3), (4 * 1024, 2560 * 1024)),
-    (MediaOptions(model=QWEN25), (4 * 784, 1280 * 784)),
-    (MediaOptions(model=QWEN3, detail="low"), (4 * 1024, 640 * 1024)),
-    (MediaOptions(model=QWEN3, detail="high", vl_high_resolution_images=True), (4 * 1024, 16384 * 1024)),
-    (MediaOptions(model=QWEN3, vl_high_resolution_images=True, max_pixels=1000), (4 * 1024, 16384 * 1024)),
-    (MediaOptions(model=QWEN3, max_pixels=1_000_000, min_pixels=50_000), (50_000, 1_000_000)),
-    (MediaOptions(model=QWEN3, detail="low", max_pixels=100_000), (4 * 1024, 100_000)),
-])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (MediaOptions(model=QWEN3), (4 * 1024, 2560 * 1024)),
+        (MediaOptions(model=QWEN25), (4 * 784, 1280 * 784)),
+        (MediaOptions(model=QWEN3, detail="low"), (4 * 1024, 640 * 1024)),
+        (MediaOptions(model=QWEN3, detail="high", vl_high_resolution_images=True), (4 * 1024, 16384 * 1024)),
+        (MediaOptions(model=QWEN3, vl_high_resolution_images=True, max_pixels=1000), (4 * 1024, 16384 * 1024)),
+        (MediaOptions(model=QWEN3, max_pixels=1_000_000, min_pixels=50_000), (50_000, 1_000_000)),
+        (MediaOptions(model=QWEN3, detail="low", max_pixels=100_000), (4 * 1024, 100_000)),
+    ],
+)
 def test_image_budget(options: MediaOptions, expected: tuple[int, int]) -> None:
     assert image_budget(options) == expected
 

@@ -19,13 +19,24 @@ from qwenvl.protocols.sse import SSEDecoder
 from qwenvl.retry import parse_retry_after, retry_delay, should_retry
 
 
-@pytest.mark.parametrize("exc,retry", [
-    (status_error(429, "x"), True), (status_error(500, "x"), True), (status_error(502, "x"), True),
-    (status_error(503, "x"), True), (status_error(504, "x"), True), (status_error(400, "x"), False),
-    (status_error(401, "x"), False), (status_error(403, "x"), False), (status_error(404, "x"), False),
-    (status_error(501, "x"), False), (APIConnectionError("x"), True), (APITimeoutError("x"), True),
-    (status_error(429, "x", retry_after=3600), False),
-])
+@pytest.mark.parametrize(
+    "exc,retry",
+    [
+        (status_error(429, "x"), True),
+        (status_error(500, "x"), True),
+        (status_error(502, "x"), True),
+        (status_error(503, "x"), True),
+        (status_error(504, "x"), True),
+        (status_error(400, "x"), False),
+        (status_error(401, "x"), False),
+        (status_error(403, "x"), False),
+        (status_error(404, "x"), False),
+        (status_error(501, "x"), False),
+        (APIConnectionError("x"), True),
+        (APITimeoutError("x"), True),
+        (status_error(429, "x", retry_after=3600), False),
+    ],
+)
 def test_should_retry(exc, retry):
     assert should_retry(exc) is retry
 
@@ -57,11 +68,23 @@ def test_parse_retry_after_forms():
 
 def test_sse_decoder_dashscope_native_block():
     d = SSEDecoder()
-    lines = ["id:1", "event:result", ":HTTP_STATUS/200", 'data:{"a":1}', "", "id:2", "event:error",
-             "status:429", 'data:{"code":"Throttling"}', ""]
+    lines = [
+        "id:1",
+        "event:result",
+        ":HTTP_STATUS/200",
+        'data:{"a":1}',
+        "",
+        "id:2",
+        "event:error",
+        "status:429",
+        'data:{"code":"Throttling"}',
+        "",
+    ]
     events = [e for e in (d.feed(line) for line in lines) if e]
     assert [(e.id, e.event, e.status, e.data) for e in events] == [
-        ("1", "result", None, '{"a":1}'), ("2", "error", 429, '{"code":"Throttling"}')]
+        ("1", "result", None, '{"a":1}'),
+        ("2", "error", 429, '{"code":"Throttling"}'),
+    ]
 
 
 def test_sse_decoder_multiline_and_flush():
@@ -74,13 +97,16 @@ def test_sse_decoder_multiline_and_flush():
     assert d.flush() is None
 
 
-@pytest.mark.parametrize("text,value", [
-    ('{"a": 1}', {"a": 1}),
-    ('```json\n{"a": 1}\n```', {"a": 1}),
-    ('```\n[1, 2]\n```', [1, 2]),
-    ('Sure! Here is the data: {"a": {"b": [1]}} Hope it helps.', {"a": {"b": [1]}}),
-    ('noise {"x": 1} and a longer {"y": [1, 2, 3]} tail', {"y": [1, 2, 3]}),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ('{"a": 1}', {"a": 1}),
+        ('```json\n{"a": 1}\n```', {"a": 1}),
+        ("```\n[1, 2]\n```", [1, 2]),
+        ('Sure! Here is the data: {"a": {"b": [1]}} Hope it helps.', {"a": {"b": [1]}}),
+        ('noise {"x": 1} and a longer {"y": [1, 2, 3]} tail', {"y": [1, 2, 3]}),
+    ],
+)
 def test_extract_json(text, value):
     assert structured.extract_json(text) == value
 
@@ -92,8 +118,11 @@ def test_extract_json_failures():
 
 
 def test_validate_reports_paths():
-    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "number"}}},
-              "required": ["items", "total"]}
+    schema = {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"type": "number"}}},
+        "required": ["items", "total"],
+    }
     errors = structured.validate({"items": [1, "two"]}, schema)
     assert any("items/1" in e for e in errors) and any("total" in e for e in errors)
 

@@ -36,8 +36,7 @@ class Served:
     """A qwenvl server on 127.0.0.1:<free port> in a thread."""
 
     def __init__(self, app: Any) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    lifespan="on"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.port = 0
 
@@ -82,6 +81,7 @@ def upstream_json(server: DashScopeServer) -> dict:
 
 # --- the openai SDK against the compatible-mode endpoint ---------------------------------------------
 
+
 @pytest.fixture
 def oai(served: Served):
     openai = pytest.importorskip("openai")
@@ -89,9 +89,18 @@ def oai(served: Served):
 
 
 def test_openai_sdk_one_image(oai, server, png):
-    r = oai.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url(png)}},
-        {"type": "text", "text": "What is this?"}]}])
+    r = oai.chat.completions.create(
+        model="qwen3-vl-plus",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": data_url(png)}},
+                    {"type": "text", "text": "What is this?"},
+                ],
+            }
+        ],
+    )
     assert r.choices[0].message.content == "echo: What is this? [images=1 videos=0]"
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
@@ -103,35 +112,56 @@ def test_openai_sdk_one_image(oai, server, png):
 
 
 def test_openai_sdk_values_of_zero_reach_upstream(oai, server, png):
-    oai.chat.completions.create(model="qwen3-vl-plus", temperature=0, seed=0, max_tokens=7,
-                                messages=[{"role": "user", "content": "hi"}],
-                                extra_body={"top_k": 0, "vl_high_resolution_images": False,
-                                            "enable_thinking": False})
+    oai.chat.completions.create(
+        model="qwen3-vl-plus",
+        temperature=0,
+        seed=0,
+        max_tokens=7,
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"top_k": 0, "vl_high_resolution_images": False, "enable_thinking": False},
+    )
     sent = upstream_json(server)
     assert sent["temperature"] == 0 and sent["seed"] == 0 and sent["max_tokens"] == 7
     assert sent["top_k"] == 0 and sent["vl_high_resolution_images"] is False and sent["enable_thinking"] is False
 
 
 def test_openai_sdk_several_images_and_multi_turn(oai, server, png, jpeg):
-    messages = [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": data_url(png)}},
-        {"type": "image_url", "image_url": {"url": data_url(jpeg, "image/jpeg")}},
-        {"type": "text", "text": "Compare"}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(png)}},
+                {"type": "image_url", "image_url": {"url": data_url(jpeg, "image/jpeg")}},
+                {"type": "text", "text": "Compare"},
+            ],
+        }
+    ]
     r = oai.chat.completions.create(model="qwen3-vl-plus", messages=messages)
     assert r.choices[0].message.content.endswith("[images=2 videos=0]")
-    messages += [{"role": "assistant", "content": r.choices[0].message.content},
-                 {"role": "user", "content": "And the colours?"}]
+    messages += [
+        {"role": "assistant", "content": r.choices[0].message.content},
+        {"role": "user", "content": "And the colours?"},
+    ]
     r2 = oai.chat.completions.create(model="qwen3-vl-plus", messages=messages)
     assert r2.choices[0].message.content.startswith("echo: And the colours?")
     assert len(upstream_json(server)["messages"]) == 3
 
 
 def test_openai_sdk_stream_with_usage(oai, server, png):
-    stream = oai.chat.completions.create(model="qwen3-vl-plus", stream=True,
-                                         stream_options={"include_usage": True},
-                                         messages=[{"role": "user", "content": [
-                                             {"type": "image_url", "image_url": {"url": data_url(png)}},
-                                             {"type": "text", "text": "Describe it"}]}])
+    stream = oai.chat.completions.create(
+        model="qwen3-vl-plus",
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": data_url(png)}},
+                    {"type": "text", "text": "Describe it"},
+                ],
+            }
+        ],
+    )
     text, usage, finish = [], None, None
     for chunk in stream:
         if chunk.usage:
@@ -145,9 +175,16 @@ def test_openai_sdk_stream_with_usage(oai, server, png):
 
 def test_openai_sdk_frame_list_video_and_high_res(oai, server, isolated_env):
     frames = [data_url(write_image(isolated_env / f"f{i}.png", color=(10 * i, 0, 0))) for i in range(4)]
-    r = oai.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": [
-        {"type": "video", "video": frames, "fps": 2}, {"type": "text", "text": "What happens?"}]}],
-        extra_body={"vl_high_resolution_images": True})
+    r = oai.chat.completions.create(
+        model="qwen3-vl-plus",
+        messages=[
+            {
+                "role": "user",
+                "content": [{"type": "video", "video": frames, "fps": 2}, {"type": "text", "text": "What happens?"}],
+            }
+        ],
+        extra_body={"vl_high_resolution_images": True},
+    )
     assert r.choices[0].message.content.endswith("[images=0 videos=1]")
     sent = upstream_json(server)
     assert sent["vl_high_resolution_images"] is True
@@ -156,14 +193,19 @@ def test_openai_sdk_frame_list_video_and_high_res(oai, server, isolated_env):
 
 def test_openai_sdk_thinking_shows_reasoning(oai, server):
     server.enqueue(Reply(text="Four.", reasoning="Two and two make four."))
-    r = oai.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": "2+2?"}],
-                                    extra_body={"enable_thinking": True})
+    r = oai.chat.completions.create(
+        model="qwen3-vl-plus", messages=[{"role": "user", "content": "2+2?"}], extra_body={"enable_thinking": True}
+    )
     msg = r.choices[0].message
     assert msg.content == "Four." and msg.model_extra["reasoning_content"] == "Two and two make four."
     server.enqueue(Reply(text="Four.", reasoning="Two and two make four."))
     reasoning = []
-    for chunk in oai.chat.completions.create(model="qwen3-vl-plus", stream=True, extra_body={"enable_thinking": True},
-                                             messages=[{"role": "user", "content": "2+2?"}]):
+    for chunk in oai.chat.completions.create(
+        model="qwen3-vl-plus",
+        stream=True,
+        extra_body={"enable_thinking": True},
+        messages=[{"role": "user", "content": "2+2?"}],
+    ):
         for choice in chunk.choices:
             reasoning.append((choice.delta.model_extra or {}).get("reasoning_content") or "")
     assert "".join(reasoning) == "Two and two make four."
@@ -173,8 +215,9 @@ def test_openai_sdk_tool_call(oai, server):
     call = {"id": "call_1", "type": "function", "function": {"name": "zoom", "arguments": '{"x": 1}'}}
     server.enqueue(Reply(tool_calls=[call], text=""))
     tools = [{"type": "function", "function": {"name": "zoom", "parameters": {"type": "object"}}}]
-    r = oai.chat.completions.create(model="qwen3-vl-plus", tools=tools,
-                                    messages=[{"role": "user", "content": "zoom in"}])
+    r = oai.chat.completions.create(
+        model="qwen3-vl-plus", tools=tools, messages=[{"role": "user", "content": "zoom in"}]
+    )
     assert r.choices[0].finish_reason == "tool_calls"
     got = r.choices[0].message.tool_calls[0]
     assert got.function.name == "zoom" and json.loads(got.function.arguments) == {"x": 1}
@@ -189,12 +232,32 @@ def test_openai_sdk_errors_in_its_own_format(served, server):
     assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"
     good = openai.OpenAI(base_url=served.url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
-        good.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "/etc/passwd"}}, {"type": "text", "text": "read"}]}])
+        good.chat.completions.create(
+            model="qwen3-vl-plus",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "/etc/passwd"}},
+                        {"type": "text", "text": "read"},
+                    ],
+                }
+            ],
+        )
     assert "does not read local paths" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError):
-        good.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}, {"type": "text", "text": "x"}]}])
+        good.chat.completions.create(
+            model="qwen3-vl-plus",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}},
+                        {"type": "text", "text": "x"},
+                    ],
+                }
+            ],
+        )
     server.enqueue(Reply(status=400, error_code="InvalidParameter", error_message="upstream says no"))
     with pytest.raises(openai.BadRequestError) as info:
         good.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": "hi"}])
@@ -203,6 +266,7 @@ def test_openai_sdk_errors_in_its_own_format(served, server):
 
 
 # --- the dashscope SDK against the native endpoint ---------------------------------------------------
+
 
 @pytest.fixture
 def ds(served: Served, monkeypatch):
@@ -213,14 +277,20 @@ def ds(served: Served, monkeypatch):
 
 
 def test_dashscope_sdk_one_image_and_local_file(ds, server, png):
-    r = ds.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen3-vl-plus", messages=[
-        {"role": "user", "content": [{"image": data_url(png)}, {"text": "What is this?"}]}])
+    r = ds.MultiModalConversation.call(
+        api_key=SERVE_KEY,
+        model="qwen3-vl-plus",
+        messages=[{"role": "user", "content": [{"image": data_url(png)}, {"text": "What is this?"}]}],
+    )
     assert r.status_code == 200, (r.code, r.message)
     assert r.output.choices[0].message.content[0]["text"] == "echo: What is this? [images=1 videos=0]"
     assert r.usage["input_tokens"] > 0
     # a local file as a file:// path: the SDK uploads it to the server's temporary storage first
-    r = ds.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen3-vl-plus", messages=[
-        {"role": "user", "content": [{"image": f"file://{png}"}, {"text": "And this?"}]}])
+    r = ds.MultiModalConversation.call(
+        api_key=SERVE_KEY,
+        model="qwen3-vl-plus",
+        messages=[{"role": "user", "content": [{"image": f"file://{png}"}, {"text": "And this?"}]}],
+    )
     assert r.status_code == 200, (r.code, r.message)
     assert r.output.choices[0].message.content[0]["text"] == "echo: And this? [images=1 videos=0]"
     sent = upstream_json(server)
@@ -230,8 +300,12 @@ def test_dashscope_sdk_one_image_and_local_file(ds, server, png):
 @pytest.mark.parametrize("incremental", [True, False])
 def test_dashscope_sdk_stream(ds, server, png, incremental):
     responses = ds.MultiModalConversation.call(
-        api_key=SERVE_KEY, model="qwen3-vl-plus", stream=True, incremental_output=incremental,
-        messages=[{"role": "user", "content": [{"image": data_url(png)}, {"text": "Describe it"}]}])
+        api_key=SERVE_KEY,
+        model="qwen3-vl-plus",
+        stream=True,
+        incremental_output=incremental,
+        messages=[{"role": "user", "content": [{"image": data_url(png)}, {"text": "Describe it"}]}],
+    )
     pieces, last = [], None
     for r in responses:
         assert r.status_code == 200, (r.code, r.message)
@@ -245,16 +319,22 @@ def test_dashscope_sdk_stream(ds, server, png, incremental):
 
 def test_dashscope_sdk_thinking_and_errors(ds, server):
     server.enqueue(Reply(text="Four.", reasoning="Two and two."))
-    r = ds.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen3-vl-plus", enable_thinking=True,
-                                       messages=[{"role": "user", "content": [{"text": "2+2?"}]}])
+    r = ds.MultiModalConversation.call(
+        api_key=SERVE_KEY,
+        model="qwen3-vl-plus",
+        enable_thinking=True,
+        messages=[{"role": "user", "content": [{"text": "2+2?"}]}],
+    )
     assert r.status_code == 200
     assert r.output.choices[0].message.reasoning_content == "Two and two."
-    r = ds.MultiModalConversation.call(api_key="sk-wrong", model="qwen3-vl-plus",
-                                       messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    r = ds.MultiModalConversation.call(
+        api_key="sk-wrong", model="qwen3-vl-plus", messages=[{"role": "user", "content": [{"text": "hi"}]}]
+    )
     assert r.status_code == 401 and r.code == "InvalidApiKey"
 
 
 # --- security and limits ------------------------------------------------------------------------------
+
 
 def post(served: Served, path: str, body: Any, key: str | None = SERVE_KEY, **kw: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -274,8 +354,11 @@ def test_caps_and_errors_in_each_protocol(server, png):
         r = post(s, NATIVE, {"model": "other", "input": {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}})
         assert r.status_code == 404 and r.json()["code"] == "ModelNotFound"
         three = [{"image": "https://example.com/a.png"}] * 3
-        r = post(s, NATIVE, {"model": "local-vl", "input": {"messages": [{"role": "user",
-                                                                           "content": [*three, {"text": "x"}]}]}})
+        r = post(
+            s,
+            NATIVE,
+            {"model": "local-vl", "input": {"messages": [{"role": "user", "content": [*three, {"text": "x"}]}]}},
+        )
         assert r.status_code == 400 and "more than 2" in r.json()["message"]
         r = post(s, COMPAT, {"model": "local-vl"})
         assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
@@ -293,9 +376,15 @@ def test_caps_and_errors_in_each_protocol(server, png):
 
 
 def test_oss_references_only_to_own_uploads(served, server):
-    r = post(served, NATIVE, {"model": "qwen3-vl-plus", "input": {"messages": [{"role": "user", "content": [
-        {"image": "oss://elsewhere/x.png"}, {"text": "x"}]}]}},
-        headers={"X-DashScope-OssResourceResolve": "enable"})
+    r = post(
+        served,
+        NATIVE,
+        {
+            "model": "qwen3-vl-plus",
+            "input": {"messages": [{"role": "user", "content": [{"image": "oss://elsewhere/x.png"}, {"text": "x"}]}]},
+        },
+        headers={"X-DashScope-OssResourceResolve": "enable"},
+    )
     assert r.status_code == 400 and "does not exist on this server" in r.json()["message"]
 
 
@@ -328,6 +417,7 @@ def test_no_key_in_any_output(server, capfd):
 
 
 # --- fetching URLs (local backends) ----------------------------------------------------------------------
+
 
 class _Files(BaseHTTPRequestHandler):
     def log_message(self, *a: Any) -> None:
@@ -363,8 +453,10 @@ def test_private_addresses_are_refused_after_resolution(files_server):
         asyncio.run(fetch_public(files_server + "/a.png", max_bytes=1000, timeout_s=5))
     with pytest.raises(MediaError, match="private or reserved"):
         asyncio.run(fetch_public("http://localhost:9/x", max_bytes=1000, timeout_s=5))
-    assert asyncio.run(fetch_public(files_server + "/a.png", max_bytes=1000, timeout_s=5,
-                                    allow_private=True)) == b"\x89PNG fake"
+    assert (
+        asyncio.run(fetch_public(files_server + "/a.png", max_bytes=1000, timeout_s=5, allow_private=True))
+        == b"\x89PNG fake"
+    )
     with pytest.raises(MediaError, match="larger than"):
         asyncio.run(fetch_public(files_server + "/a.png", max_bytes=3, timeout_s=5, allow_private=True))
 
@@ -380,27 +472,63 @@ def test_each_redirect_is_checked_again(files_server):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sec, "is_public", lambda a: a == "127.0.0.1")
-        assert asyncio.run(fetch_public(files_server + "/a.png", max_bytes=1000, timeout_s=5,
-                                        resolver=resolver)) == b"\x89PNG fake"  # the first hop alone passes
+        assert (
+            asyncio.run(fetch_public(files_server + "/a.png", max_bytes=1000, timeout_s=5, resolver=resolver))
+            == b"\x89PNG fake"
+        )  # the first hop alone passes
         with pytest.raises(MediaError, match=r"10\.0\.0\.1"):
             asyncio.run(fetch_public(files_server + "/redirect", max_bytes=1000, timeout_s=5, resolver=resolver))
 
 
 # --- the protocols in reverse are the forward ones' inverse ----------------------------------------------
 
-SEED_COMPAT = {"model": "qwen3-vl-plus", "messages": [
-    {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/dog_and_girl.jpeg"}},
-        {"type": "text", "text": "图中描绘的是什么景象?"}]}]}
-SEED_NATIVE = {"model": "qwen3-vl-plus", "input": {"messages": [
-    {"role": "user", "content": [{"image": "https://example.com/dog_and_girl.jpeg"},
-                                 {"text": "图中描绘的是什么景象?"}]}]},
-    "parameters": {"result_format": "message"}}
-SEED_VIDEO_NATIVE = {"model": "qwen3-vl-plus", "input": {"messages": [
-    {"role": "user", "content": [{"video": ["https://example.com/1.jpg", "https://example.com/2.jpg",
-                                            "https://example.com/3.jpg", "https://example.com/4.jpg"], "fps": 2},
-                                 {"text": "描述这个视频的具体过程"}]}]},
-    "parameters": {"result_format": "message", "vl_high_resolution_images": True, "temperature": 0}}
+SEED_COMPAT = {
+    "model": "qwen3-vl-plus",
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "https://example.com/dog_and_girl.jpeg"}},
+                {"type": "text", "text": "图中描绘的是什么景象?"},
+            ],
+        }
+    ],
+}
+SEED_NATIVE = {
+    "model": "qwen3-vl-plus",
+    "input": {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"image": "https://example.com/dog_and_girl.jpeg"}, {"text": "图中描绘的是什么景象?"}],
+            }
+        ]
+    },
+    "parameters": {"result_format": "message"},
+}
+SEED_VIDEO_NATIVE = {
+    "model": "qwen3-vl-plus",
+    "input": {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "video": [
+                            "https://example.com/1.jpg",
+                            "https://example.com/2.jpg",
+                            "https://example.com/3.jpg",
+                            "https://example.com/4.jpg",
+                        ],
+                        "fps": 2,
+                    },
+                    {"text": "描述这个视频的具体过程"},
+                ],
+            }
+        ]
+    },
+    "parameters": {"result_format": "message", "vl_high_resolution_images": True, "temperature": 0},
+}
 
 
 def _rebuilt(proto: str, body: dict) -> dict:
@@ -413,8 +541,9 @@ def _rebuilt(proto: str, body: dict) -> dict:
     return (compat if proto == "compat" else native).build_body(call, stream=False)
 
 
-@pytest.mark.parametrize(("proto", "body"), [("compat", SEED_COMPAT), ("native", SEED_NATIVE),
-                                             ("native", SEED_VIDEO_NATIVE)])
+@pytest.mark.parametrize(
+    ("proto", "body"), [("compat", SEED_COMPAT), ("native", SEED_NATIVE), ("native", SEED_VIDEO_NATIVE)]
+)
 def test_build_body_of_parse_body_is_identity(proto, body):
     assert _rebuilt(proto, body) == body
 
@@ -422,8 +551,13 @@ def test_build_body_of_parse_body_is_identity(proto, body):
 def test_response_round_trip_both_protocols():
     from qwenvl.protocols import compat, native
 
-    resp = qwenvl.Response(text="hi", model="m", finish_reason="stop", reasoning="think",
-                           usage=qwenvl.Usage(input_tokens=10, output_tokens=2, total_tokens=12, image_tokens=8))
+    resp = qwenvl.Response(
+        text="hi",
+        model="m",
+        finish_reason="stop",
+        reasoning="think",
+        usage=qwenvl.Usage(input_tokens=10, output_tokens=2, total_tokens=12, image_tokens=8),
+    )
     back = compat.parse_response(inbound.compat_response(resp, completion_id="c", created=1, model="m"), model="m")
     assert (back.text, back.reasoning, back.usage.image_tokens, back.usage.total_tokens) == ("hi", "think", 8, 12)
     back = native.parse_response(inbound.native_response(resp, request_id="r"), model="m")
@@ -431,6 +565,7 @@ def test_response_round_trip_both_protocols():
 
 
 # --- the command ---------------------------------------------------------------------------------------
+
 
 def test_serve_command_refuses_unsafe_or_incomplete_settings(env):
     from conftest import run_cli
@@ -453,10 +588,18 @@ def test_serve_command_answers_the_sdk_and_stops_on_ctrl_c(env, server, tmp_path
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}, **env,
-            "QWENVL_SERVE_API_KEY": SERVE_KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "qwenvl", "serve", "--port", str(port)], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    full = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")},
+        **env,
+        "QWENVL_SERVE_API_KEY": SERVE_KEY,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwenvl", "serve", "--port", str(port)],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -468,8 +611,7 @@ def test_serve_command_answers_the_sdk_and_stops_on_ctrl_c(env, server, tmp_path
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
             time.sleep(0.2)
         openai = pytest.importorskip("openai")
-        sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/compatible-mode/v1", api_key=SERVE_KEY,
-                            max_retries=0)
+        sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0)
         r = sdk.chat.completions.create(model="qwen3-vl-plus", messages=[{"role": "user", "content": "hi"}])
         assert r.choices[0].message.content.startswith("echo: hi")
     finally:
@@ -480,6 +622,7 @@ def test_serve_command_answers_the_sdk_and_stops_on_ctrl_c(env, server, tmp_path
 
 
 # --- under load -------------------------------------------------------------------------------------------
+
 
 def _rss_mb() -> float:
     import resource
@@ -494,11 +637,16 @@ def test_200_concurrent_streaming_clients_all_finish_with_memory_flat(server, ba
     backend, or the DashScope double behind the gateway), twice: every stream completes with the whole answer
     and no error, and the second round does not grow the process (no per-request leak)."""
     from engine_server import EngineServer
+
     clients = 200
 
     async def one(h: httpx.AsyncClient, url: str, i: int) -> str:
-        body = {"model": "qwen3-vl-plus", "stream": True, "stream_options": {"include_usage": True},
-                "messages": [{"role": "user", "content": f"question {i}"}]}
+        body = {
+            "model": "qwen3-vl-plus",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"question {i}"}],
+        }
         text, done = [], False
         async with h.stream("POST", url, json=body, headers={"Authorization": f"Bearer {SERVE_KEY}"}) as r:
             assert r.status_code == 200, await r.aread()
@@ -522,8 +670,11 @@ def test_200_concurrent_streaming_clients_all_finish_with_memory_flat(server, ba
 
     server.enqueue(Reply(chunk_delay_s=0.05, times=2 * clients))
     with EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as engine:
-        app = (engine_gateway(engine, max_concurrent_per_key=clients) if backend == "openai"
-               else gateway(server, max_concurrent_per_key=clients))
+        app = (
+            engine_gateway(engine, max_concurrent_per_key=clients)
+            if backend == "openai"
+            else gateway(server, max_concurrent_per_key=clients)
+        )
         with app as s:
             url = s.url + COMPAT
             first = asyncio.run(round_(url))
@@ -532,7 +683,7 @@ def test_200_concurrent_streaming_clients_all_finish_with_memory_flat(server, ba
             after = _rss_mb()
     for i, text in enumerate(first + second):
         want = f"question {i % clients}"
-        assert (text.endswith(want) if backend == "openai" else text == f"echo: {want} [images=0 videos=0]")
+        assert text.endswith(want) if backend == "openai" else text == f"echo: {want} [images=0 videos=0]"
     assert after - before < 40, f"memory grew {after - before:.1f} MB over 200 more streams"
 
 
@@ -544,13 +695,31 @@ def test_slots_are_given_back_after_every_kind_of_answer(server):
             assert post(s, COMPAT, ok).status_code == 200
             assert post(s, COMPAT, {**ok, "stream": True}).status_code == 200
             server.enqueue(Reply(status=400, error_code="InvalidParameter", error_message="no"))
-            assert post(s, NATIVE, {"model": "qwen3-vl-plus", "input": {"messages": [
-                {"role": "user", "content": [{"text": "hi"}]}]}}).status_code == 400
-            assert post(s, COMPAT, {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}).status_code == 400
+            assert (
+                post(
+                    s,
+                    NATIVE,
+                    {"model": "qwen3-vl-plus", "input": {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}},
+                ).status_code
+                == 400
+            )
+            assert (
+                post(
+                    s,
+                    COMPAT,
+                    {
+                        "model": "qwen3-vl-plus",
+                        "messages": [
+                            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}
+                        ],
+                    },
+                ).status_code
+                == 400
+            )
 
 
 # --- in front of a local engine (the openai backend and a loopback vLLM double) ------------------------------
+
 
 def engine_gateway(srv: Any, **settings: Any) -> Served:
     client = qwenvl.AsyncClient(backend="openai", base_url=srv.base_url, retry_backoff_s=0.01)
@@ -568,21 +737,38 @@ def test_sdks_run_unchanged_on_a_local_engine(png):
 
     with EngineServer(engine="vllm", details=True, served="qwen2.5-vl-tiny") as srv, engine_gateway(srv) as s:
         sdk = openai.OpenAI(base_url=s.url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0)
-        r = sdk.chat.completions.create(model="qwen-vl-max", messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_url(png)}}, {"type": "text", "text": "What?"}]}])
+        r = sdk.chat.completions.create(
+            model="qwen-vl-max",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_url(png)}},
+                        {"type": "text", "text": "What?"},
+                    ],
+                }
+            ],
+        )
         assert r.choices[0].message.content.startswith("images=1 ") and r.model == "qwen-vl-max"
         assert r.usage.prompt_tokens_details.image_tokens == 4  # 64x48 resized up to the 4-token floor (56x56)
         assert srv.requests[-1].json["model"] == "qwen2.5-vl-tiny"  # the served model, whatever the name
-        chunks = sdk.chat.completions.create(model="qwen-vl-max", stream=True, stream_options={"include_usage": True},
-                                             messages=[{"role": "user", "content": "hello there"}])
+        chunks = sdk.chat.completions.create(
+            model="qwen-vl-max",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "hello there"}],
+        )
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text.endswith("hello there")
         models = httpx.get(s.url + "/v1/models", headers={"Authorization": f"Bearer {SERVE_KEY}"}).json()
         assert [m["id"] for m in models["data"]] == ["qwen2.5-vl-tiny"]
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(dashscope, "base_http_api_url", s.url + "/api/v1")
-            r = dashscope.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen-vl-max", messages=[
-                {"role": "user", "content": [{"image": f"file://{png}"}, {"text": "Local file?"}]}])
+            r = dashscope.MultiModalConversation.call(
+                api_key=SERVE_KEY,
+                model="qwen-vl-max",
+                messages=[{"role": "user", "content": [{"image": f"file://{png}"}, {"text": "Local file?"}]}],
+            )
         assert r.status_code == 200, (r.code, r.message)
         assert r.output.choices[0].message.content[0]["text"].startswith("images=1 ")
 
@@ -590,11 +776,22 @@ def test_sdks_run_unchanged_on_a_local_engine(png):
 def test_a_local_backend_refuses_private_urls_and_names_not_served(png):
     from engine_server import EngineServer
 
-    with EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as srv, \
-            engine_gateway(srv, model_map={"local-vl": None}) as s:
-        private = {"model": "local-vl", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}},
-            {"type": "text", "text": "x"}]}]}
+    with (
+        EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as srv,
+        engine_gateway(srv, model_map={"local-vl": None}) as s,
+    ):
+        private = {
+            "model": "local-vl",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}},
+                        {"type": "text", "text": "x"},
+                    ],
+                }
+            ],
+        }
         r = post(s, COMPAT, private)
         assert r.status_code == 400 and "private or reserved" in r.json()["error"]["message"]
         r = post(s, COMPAT, {"model": "qwen-vl-max", "messages": [{"role": "user", "content": "x"}]})
@@ -607,8 +804,11 @@ def test_upstream_key_refused_is_the_servers_problem_not_the_callers(server):
     with Served(create_app(client, ServeSettings(api_key=SERVE_KEY))) as s:
         r = post(s, COMPAT, {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 502 and "this server's own credentials" in r.json()["error"]["message"]
-        r = post(s, NATIVE, {"model": "qwen3-vl-plus", "input": {"messages": [
-            {"role": "user", "content": [{"text": "hi"}]}]}})
+        r = post(
+            s,
+            NATIVE,
+            {"model": "qwen3-vl-plus", "input": {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}},
+        )
         assert r.status_code == 502 and r.json()["code"] != "InvalidApiKey"
 
 
@@ -618,8 +818,11 @@ def test_errors_name_the_callers_reference_not_the_servers_folder(served, isolat
     notimg.write_text("this is not an image")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dashscope, "base_http_api_url", served.url + "/api/v1")
-        r = dashscope.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen3-vl-plus", messages=[
-            {"role": "user", "content": [{"image": f"file://{notimg}"}, {"text": "What?"}]}])
+        r = dashscope.MultiModalConversation.call(
+            api_key=SERVE_KEY,
+            model="qwen3-vl-plus",
+            messages=[{"role": "user", "content": [{"image": f"file://{notimg}"}, {"text": "What?"}]}],
+        )
     assert r.status_code == 400
     assert "oss://" in r.message and "qwenvl-serve-uploads" not in r.message and "/tmp/" not in r.message
 

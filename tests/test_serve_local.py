@@ -33,24 +33,42 @@ def test_official_sdks_on_a_model_in_process(tiny, isolated_env):
     photo = write_image(isolated_env / "photo.png", size=(224, 224))
     url = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
     client = qwenvl.AsyncClient(backend="transformers", model=str(tiny), device="cpu")
-    with Served(create_app(client, ServeSettings(api_key=SERVE_KEY, pass_model_names=False,
-                                                 fetch_urls=True))) as s:
+    with Served(create_app(client, ServeSettings(api_key=SERVE_KEY, pass_model_names=False, fetch_urls=True))) as s:
         sdk = openai.OpenAI(base_url=s.url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0, timeout=120)
-        r = sdk.chat.completions.create(model="qwen-vl-max", max_tokens=6, temperature=0, messages=[
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": "What is this?"}]}])
+        r = sdk.chat.completions.create(
+            model="qwen-vl-max",
+            max_tokens=6,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "What is this?"},
+                    ],
+                }
+            ],
+        )
         assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens > 0
         assert r.usage.prompt_tokens_details.image_tokens == 64  # 224x224 on Qwen2.5-VL: [1,16,16]
         direct = qwenvl.Client(backend="transformers", model=str(tiny), device="cpu")
         same = direct.complete(prompt="What is this?", images=[str(photo)], max_tokens=6, temperature=0)
         assert r.choices[0].message.content == same.text  # the server adds nothing to the model's answer
-        chunks = sdk.chat.completions.create(model="qwen-vl-max", max_tokens=6, temperature=0, stream=True,
-                                             messages=[{"role": "user", "content": "hello"}])
+        chunks = sdk.chat.completions.create(
+            model="qwen-vl-max",
+            max_tokens=6,
+            temperature=0,
+            stream=True,
+            messages=[{"role": "user", "content": "hello"}],
+        )
         assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 1
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(dashscope, "base_http_api_url", s.url + "/api/v1")
-            r = dashscope.MultiModalConversation.call(api_key=SERVE_KEY, model="qwen-vl-max", max_tokens=6,
-                                                      messages=[{"role": "user", "content": [
-                                                          {"image": f"file://{photo}"}, {"text": "And this?"}]}])
+            r = dashscope.MultiModalConversation.call(
+                api_key=SERVE_KEY,
+                model="qwen-vl-max",
+                max_tokens=6,
+                messages=[{"role": "user", "content": [{"image": f"file://{photo}"}, {"text": "And this?"}]}],
+            )
         assert r.status_code == 200, (r.code, r.message)
         assert r.usage["image_tokens"] == 64

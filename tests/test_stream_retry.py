@@ -31,8 +31,14 @@ def model_calls(server) -> int:
 
 def first_event_error(protocol: str, status: int = 429, times: int = 1) -> Reply:
     code = THROTTLE[protocol] if status == 429 else "InternalError"
-    return Reply(text="a b c", stream_error_after=0, status=status, error_code=code,
-                 error_message="Requests rate limit exceeded" if status == 429 else "boom", times=times)
+    return Reply(
+        text="a b c",
+        stream_error_after=0,
+        status=status,
+        error_code=code,
+        error_message="Requests rate limit exceeded" if status == 429 else "boom",
+        times=times,
+    )
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])
@@ -59,8 +65,9 @@ def test_async_first_event_throttle_is_retried(server, protocol):
     server.enqueue(first_event_error(protocol, times=2))
 
     async def main() -> str:
-        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url,
-                                      retry_backoff_s=0.01) as c:
+        async with qwenvl.AsyncClient(
+            api_key=API_KEY, protocol=protocol, base_url=server.url, retry_backoff_s=0.01
+        ) as c:
             return (await c.complete(prompt="go", stream=True)).text
 
     assert asyncio.run(main()).startswith("echo: go")
@@ -99,6 +106,7 @@ def test_batch_limiter_sees_a_first_event_throttle_as_a_429(server):
 
 # --- the capped wait and what it says ----------------------------------------------------------------------
 
+
 def test_backoff_is_capped():
     assert retry_delay(19, 1.5, rng=lambda: 0.0) == MAX_RETRY_DELAY_S
     assert retry_delay(100, 1.5, rng=lambda: 0.0) == MAX_RETRY_DELAY_S
@@ -106,8 +114,9 @@ def test_backoff_is_capped():
 
 
 def test_a_retry_after_beyond_the_cap_ends_at_once_saying_when(server, protocol):
-    server.enqueue(Reply(status=429, error_code="Throttling", error_message="slow down",
-                         headers={"Retry-After": "45"}, times=3))
+    server.enqueue(
+        Reply(status=429, error_code="Throttling", error_message="slow down", headers={"Retry-After": "45"}, times=3)
+    )
     notices: list[RetryNotice] = []
     with make_client(server, protocol, on_retry=notices.append) as c, pytest.raises(RateLimitError) as info:
         c.complete(prompt="x", max_retries=5)
@@ -122,13 +131,19 @@ def test_give_up_hint_when_retries_are_used_up():
 
 
 def test_the_wait_is_shown_on_a_terminal(server, isolated_env: Path):
-    server.enqueue(Reply(status=429, error_code="Throttling", error_message="slow down",
-                         headers={"Retry-After": "1"}, times=2))
+    server.enqueue(
+        Reply(status=429, error_code="Throttling", error_message="slow down", headers={"Retry-After": "1"}, times=2)
+    )
     env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "120"}
-    child = pexpect.spawn(sys.executable, ["-m", "qwenvl", "ask", "-p", "hi", "--base-url", server.url,
-                                           "--max-retries", "3", "--retry-backoff-s", "0.5"],
-                          env=env, cwd=str(isolated_env),
-                          encoding="utf-8", timeout=30, dimensions=(30, 120))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "qwenvl", "ask", "-p", "hi", "--base-url", server.url, "--max-retries", "3", "--retry-backoff-s", "0.5"],
+        env=env,
+        cwd=str(isolated_env),
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(30, 120),
+    )
     try:
         child.expect(r"rate limited, retrying in 1 s \(1/3\)")
         child.expect(r"rate limited, retrying in 1 s \(2/3\)")
@@ -143,6 +158,7 @@ def test_no_retry_line_off_a_terminal(server):
     from conftest import run_cli
 
     server.enqueue(Reply(status=429, error_code="Throttling", error_message="slow down", times=1))
-    p = run_cli("ask", "-p", "hi", "--base-url", server.url, "--retry-backoff-s", "0.01",
-                env={"DASHSCOPE_API_KEY": API_KEY})
+    p = run_cli(
+        "ask", "-p", "hi", "--base-url", server.url, "--retry-backoff-s", "0.01", env={"DASHSCOPE_API_KEY": API_KEY}
+    )
     assert p.returncode == 0 and "retrying" not in p.stderr

@@ -13,11 +13,13 @@ from PIL import Image
 from conftest import run_cli, write_image
 from dashscope_server import Reply
 
-SEED_ANSWER = {"events": [  # the seed docs' example, in English
-    {"start_time": "00:00:00", "end_time": "00:00:01", "event": "A person carries a box to the table."},
-    {"start_time": "00:00:01", "end_time": "00:00:02", "event": "The person scans the label on the box."},
-    {"start_time": "00:00:02", "end_time": "00:00:03", "event": "The person writes in a notebook."},
-]}
+SEED_ANSWER = {
+    "events": [  # the seed docs' example, in English
+        {"start_time": "00:00:00", "end_time": "00:00:01", "event": "A person carries a box to the table."},
+        {"start_time": "00:00:01", "end_time": "00:00:02", "event": "The person scans the label on the box."},
+        {"start_time": "00:00:02", "end_time": "00:00:03", "event": "The person writes in a notebook."},
+    ]
+}
 
 
 def make_clip(path: Path, seconds: float = 3.0, fps: int = 10, size: tuple[int, int] = (96, 64)) -> Path:
@@ -90,17 +92,21 @@ def test_events_json_and_contact_sheet(server, env, clip, isolated_env):
 
 
 def test_events_out_of_range_unsorted_and_swapped(server, env, clip):
-    answer = {"events": [
-        {"start_time": "00:00:02", "end_time": "00:00:09", "event": "runs past the end"},
-        {"start_time": "00:00:01", "end_time": "00:00:00", "event": "backwards"},
-        {"start_time": "00:00:30", "end_time": "00:00:40", "event": "after the clip"},
-    ]}
+    answer = {
+        "events": [
+            {"start_time": "00:00:02", "end_time": "00:00:09", "event": "runs past the end"},
+            {"start_time": "00:00:01", "end_time": "00:00:00", "event": "backwards"},
+            {"start_time": "00:00:30", "end_time": "00:00:40", "event": "after the clip"},
+        ]
+    }
     server.enqueue(Reply(text=json.dumps(answer)))
     p = run(env, "events", "clip.mp4", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["events"] == [{"start": "00:00:00", "end": "00:00:01", "event": "backwards"},
-                             {"start": "00:00:02", "end": "00:00:03", "event": "runs past the end"}]
+    assert out["events"] == [
+        {"start": "00:00:00", "end": "00:00:01", "event": "backwards"},
+        {"start": "00:00:02", "end": "00:00:03", "event": "runs past the end"},
+    ]
     text = " | ".join(out["warnings"])
     assert "clipped" in text and "dropped" in text and "swapped" in text and "sorted" in text
 
@@ -121,8 +127,11 @@ def test_events_invalid_after_repair_keeps_what_it_can(server, env, clip):
 def test_events_from_frame_images_and_a_url(server, env, isolated_env):
     for i, colour in enumerate(["red", "green", "blue", "white"]):
         Image.new("RGB", (64, 48), colour).save(isolated_env / f"f{i}.png")
-    server.enqueue(Reply(text=json.dumps({"events": [
-        {"start_time": "00:00:00", "end_time": "00:00:04", "event": "colours change"}]})))
+    server.enqueue(
+        Reply(
+            text=json.dumps({"events": [{"start_time": "00:00:00", "end_time": "00:00:04", "event": "colours change"}]})
+        )
+    )
     p = run(env, "events", "f0.png", "f1.png", "f2.png", "f3.png", "--fps", "1", "--json", "--sheet", "s.png")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
@@ -137,13 +146,16 @@ def test_events_from_frame_images_and_a_url(server, env, isolated_env):
     assert video_part(server)["video_url"]["url"] == "https://example.com/clip.mp4"
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["clip.mp4", "--thinking"], 2, "needs enable_thinking off"),
-    (["clip.mp4", "--schema", "s.json"], 2, "--schema does not apply"),
-    (["https://example.com/a.mp4", "--sheet", "s.png"], 2, "--sheet needs the frames"),
-    (["clip.mp4", "photo.png"], 2, "not both"),
-    (["broken.mp4"], 3, "broken.mp4"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["clip.mp4", "--thinking"], 2, "needs enable_thinking off"),
+        (["clip.mp4", "--schema", "s.json"], 2, "--schema does not apply"),
+        (["https://example.com/a.mp4", "--sheet", "s.png"], 2, "--sheet needs the frames"),
+        (["clip.mp4", "photo.png"], 2, "not both"),
+        (["broken.mp4"], 3, "broken.mp4"),
+    ],
+)
 def test_events_bad_input(server, env, clip, isolated_env, args, code, needle):
     write_image(isolated_env / "photo.png")
     (isolated_env / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)

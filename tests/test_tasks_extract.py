@@ -11,9 +11,11 @@ from pydantic import BaseModel
 from conftest import run_cli, write_image
 from dashscope_server import Reply
 
-SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}, "amount": {"type": "number"},
-                                           "items": {"type": "array"}},
-          "required": ["title", "amount"]}
+SCHEMA = {
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "amount": {"type": "number"}, "items": {"type": "array"}},
+    "required": ["title", "amount"],
+}
 
 
 @pytest.fixture
@@ -40,9 +42,12 @@ def test_one_file_prints_its_json(server, env, files, protocol):
 
 
 def test_many_files_give_jsonl_and_a_failure_is_kept(server, env, files):
-    server.enqueue(Reply(text='{"title": "A", "amount": 1}'),
-                   Reply(text="no idea"), Reply(text='{"title": "still no amount"}'),  # invalid, even repaired
-                   Reply(text='{"title": "C", "amount": 3, "items": [{"n": 1}]}'))
+    server.enqueue(
+        Reply(text='{"title": "A", "amount": 1}'),
+        Reply(text="no idea"),
+        Reply(text='{"title": "still no amount"}'),  # invalid, even repaired
+        Reply(text='{"title": "C", "amount": 3, "items": [{"n": 1}]}'),
+    )
     p = extract(env, "inv0.png", "inv1.png", "inv2.png", "--schema", "invoice.schema.json")
     assert p.returncode == 5  # the first failure's exit code
     lines = [json.loads(line) for line in p.stdout.splitlines()]
@@ -55,15 +60,20 @@ def test_many_files_give_jsonl_and_a_failure_is_kept(server, env, files):
 
 
 def test_csv(server, env, files, isolated_env):
-    server.enqueue(Reply(text='{"title": "A", "amount": 1, "items": [{"n": 1}]}'),
-                   Reply(text='{"title": "B, \\"quoted\\"", "amount": 2.5}'))
+    server.enqueue(
+        Reply(text='{"title": "A", "amount": 1, "items": [{"n": 1}]}'),
+        Reply(text='{"title": "B, \\"quoted\\"", "amount": 2.5}'),
+    )
     p = extract(env, "inv0.png", "inv1.png", "--schema", "invoice.schema.json", "--csv", "out/table.csv")
     assert p.returncode == 0, p.stderr
     assert p.stdout == ""
     with open(isolated_env / "out" / "table.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
-    assert rows == [["file", "title", "amount", "items"], ["inv0.png", "A", "1", '[{"n": 1}]'],
-                    ["inv1.png", 'B, "quoted"', "2.5", ""]]
+    assert rows == [
+        ["file", "title", "amount", "items"],
+        ["inv0.png", "A", "1", '[{"n": 1}]'],
+        ["inv1.png", 'B, "quoted"', "2.5", ""],
+    ]
 
 
 def test_jsonl_for_one_file(server, env, files):
@@ -78,11 +88,14 @@ def test_one_file_invalid_after_repair_exits_5_with_the_raw_answer(server, env, 
     assert p.returncode == 5 and "still nope" in p.stderr and p.stdout == ""
 
 
-@pytest.mark.parametrize("schema_text,needle", [
-    ('{"type": "banana"}', "not a valid JSON Schema"),
-    ("{not json", "is not valid JSON"),
-    ("[1, 2]", "must be an object"),
-])
+@pytest.mark.parametrize(
+    "schema_text,needle",
+    [
+        ('{"type": "banana"}', "not a valid JSON Schema"),
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must be an object"),
+    ],
+)
 def test_bad_schema_file_exits_2(server, env, files, isolated_env, schema_text, needle):
     (isolated_env / "bad.json").write_text(schema_text)
     p = extract(env, "inv0.png", "--schema", "bad.json")
@@ -90,12 +103,15 @@ def test_bad_schema_file_exits_2(server, env, files, isolated_env, schema_text, 
     assert needle in p.stderr and server.requests == []
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["inv0.png"], 2, "needs --schema"),
-    (["inv0.png", "missing.png", "--schema", "invoice.schema.json"], 3, "not found"),
-    (["inv0.png", "--schema", "nowhere.json"], 2, "schema file not found"),
-    (["inv0.png", "--schema", "invoice.schema.json", "--thinking"], 2, "needs enable_thinking off"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["inv0.png"], 2, "needs --schema"),
+        (["inv0.png", "missing.png", "--schema", "invoice.schema.json"], 3, "not found"),
+        (["inv0.png", "--schema", "nowhere.json"], 2, "schema file not found"),
+        (["inv0.png", "--schema", "invoice.schema.json", "--thinking"], 2, "needs enable_thinking off"),
+    ],
+)
 def test_extract_bad_input(server, env, files, args, code, needle):
     p = extract(env, *args)
     assert p.returncode == code, p.stderr

@@ -35,14 +35,21 @@ def ground(env, *args):
 
 # --- Qwen3-VL: a 0-1000 grid ---------------------------------------------------------------------------------
 
+
 def test_qwen3_boxes_fenced_with_prose(server, env, photo, protocol):
-    server.enqueue(Reply(text='Here they are:\n```json\n[{"bbox_2d": [100, 200, 500, 1000], "label": "person"}, '
-                              '{"bbox_2d": [550, 600, 900, 950], "label": "dog"}]\n```\nTwo in total.'))
+    server.enqueue(
+        Reply(
+            text='Here they are:\n```json\n[{"bbox_2d": [100, 200, 500, 1000], "label": "person"}, '
+            '{"bbox_2d": [550, 600, 900, 950], "label": "dog"}]\n```\nTwo in total.'
+        )
+    )
     p = ground(env, "photo.jpg", "every person and dog", "--json", "--protocol", protocol)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["boxes"] == [{"label": "person", "x1": 128, "y1": 171, "x2": 640, "y2": 853},
-                            {"label": "dog", "x1": 704, "y1": 512, "x2": 1152, "y2": 810}]
+    assert out["boxes"] == [
+        {"label": "person", "x1": 128, "y1": 171, "x2": 640, "y2": 853},
+        {"label": "dog", "x1": 704, "y1": 512, "x2": 1152, "y2": 810},
+    ]
     assert (out["width"], out["height"], out["truncated"], out["warnings"]) == (1280, 853, False, [])
     assert out["convention"] == "relative-1000"
     assert "0-1000 grid" in prompt_of(server) and "every person and dog" in prompt_of(server)
@@ -51,8 +58,12 @@ def test_qwen3_boxes_fenced_with_prose(server, env, photo, protocol):
 
 
 def test_qwen3_table_output_and_annotated_image(server, env, photo, isolated_env):
-    server.enqueue(Reply(text='[{"bbox_2d": [100, 200, 500, 1000], "label": "person"}, '
-                              '{"bbox_2d": [550, 600, 900, 950], "label": "dog"}]'))
+    server.enqueue(
+        Reply(
+            text='[{"bbox_2d": [100, 200, 500, 1000], "label": "person"}, '
+            '{"bbox_2d": [550, 600, 900, 950], "label": "dog"}]'
+        )
+    )
     p = ground(env, "photo.jpg", "every person and dog", "--out", "out/boxes.png")
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["person    128   171   640   853", "dog       704   512  1152   810"]
@@ -83,6 +94,7 @@ def test_qwen3_answer_over_1000_breaks_the_convention(server, env, photo):
 
 # --- Qwen2.5-VL: pixels of the resized image, points as XML -------------------------------------------------------
 
+
 def test_qwen25_boxes_in_resized_pixels(server, env, photo, protocol):
     server.enqueue(Reply(text='[{"bbox_2d": [301, 203, 602, 609], "label": "dog"}]'))
     p = ground(env, "photo.jpg", "dog", "--json", "--model", QWEN25, "--protocol", protocol)
@@ -94,13 +106,20 @@ def test_qwen25_boxes_in_resized_pixels(server, env, photo, protocol):
 
 
 def test_qwen25_points_xml(server, env, photo):
-    server.enqueue(Reply(text='<points x1="602" y1="400" alt="dog">dog</points>\n'
-                              '<points x1="100" y1="100" x2="1204" y2="812" alt="ball">ball</points>'))
+    server.enqueue(
+        Reply(
+            text='<points x1="602" y1="400" alt="dog">dog</points>\n'
+            '<points x1="100" y1="100" x2="1204" y2="812" alt="ball">ball</points>'
+        )
+    )
     p = ground(env, "photo.jpg", "dog and ball", "--points", "--json", "--model", QWEN25)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["points"] == [{"label": "dog", "x": 640, "y": 420}, {"label": "ball", "x": 106, "y": 105},
-                             {"label": "ball", "x": 1280, "y": 853}]
+    assert out["points"] == [
+        {"label": "dog", "x": 640, "y": 420},
+        {"label": "ball", "x": 106, "y": 105},
+        {"label": "ball", "x": 1280, "y": 853},
+    ]
     assert "<points" in prompt_of(server)
 
 
@@ -116,6 +135,7 @@ def test_qwen25_answer_on_a_0_1000_grid(server, env, isolated_env):
 
 
 # --- malformed answers -----------------------------------------------------------------------------------------
+
 
 def test_truncated_answer_keeps_complete_boxes(server, env, photo, protocol):
     boxes = ", ".join(f'{{"bbox_2d": [{i * 10}, 10, {i * 10 + 5}, 20], "label": "bird"}}' for i in range(40))
@@ -136,8 +156,9 @@ def test_truncated_mid_list_without_length(server, env, photo):
 
 
 def test_out_of_range_and_label_less(server, env, photo):
-    server.enqueue(Reply(text='[{"bbox_2d": [-20, 10, 500, 1008]}, {"bbox_2d": [10, 10, 50, 50], "label": ""}]',
-                         times=2))
+    server.enqueue(
+        Reply(text='[{"bbox_2d": [-20, 10, 500, 1008]}, {"bbox_2d": [10, 10, 50, 50], "label": ""}]', times=2)
+    )
     p = ground(env, "photo.jpg", "things", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
@@ -161,12 +182,16 @@ def test_no_boxes_in_the_answer(server, env, photo):
 
 # --- bad input -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["photo.jpg", "dog", "--json-mode"], 2, "--json-mode does not apply"),
-    (["https://example.com/a.jpg", "dog", "--out", "x.png"], 2, "--out needs the image's pixels"),
-    (["missing.jpg", "dog"], 3, "not found"),
-    (["photo.jpg"], 2, "Missing argument"),
-])
+
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["photo.jpg", "dog", "--json-mode"], 2, "--json-mode does not apply"),
+        (["https://example.com/a.jpg", "dog", "--out", "x.png"], 2, "--out needs the image's pixels"),
+        (["missing.jpg", "dog"], 3, "not found"),
+        (["photo.jpg"], 2, "Missing argument"),
+    ],
+)
 def test_ground_bad_input(server, env, photo, args, code, needle):
     p = ground(env, *args)
     assert p.returncode == code, p.stderr
@@ -188,6 +213,7 @@ def test_dry_run_sends_nothing(server, env, photo):
 
 
 # --- the library ---------------------------------------------------------------------------------------------
+
 
 def test_library_ground(client, server, photo):
     from qwenvl import tasks

@@ -44,23 +44,42 @@ def test_markdown_unfenced(server, env, scan):
 
 
 def test_json_lines_with_boxes_qwen3(server, env, scan, protocol):
-    server.enqueue(Reply(text='```json\n[{"bbox_2d": [100, 100, 500, 200], "text_content": "INVOICE"},\n'
-                              ' {"bbox_2d": [100, 250, 900, 300], "text_content": "Total: 42.00"}]\n```'))
+    server.enqueue(
+        Reply(
+            text='```json\n[{"bbox_2d": [100, 100, 500, 200], "text_content": "INVOICE"},\n'
+            ' {"bbox_2d": [100, 250, 900, 300], "text_content": "Total: 42.00"}]\n```'
+        )
+    )
     p = ocr(env, "scan.png", "--format", "json", "--protocol", protocol)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["text"] == "INVOICE\nTotal: 42.00"
-    assert out["pages"][0]["lines"] == [{"text": "INVOICE", "x1": 64, "y1": 48, "x2": 320, "y2": 96},
-                                        {"text": "Total: 42.00", "x1": 64, "y1": 120, "x2": 576, "y2": 144}]
+    assert out["pages"][0]["lines"] == [
+        {"text": "INVOICE", "x1": 64, "y1": 48, "x2": 320, "y2": 96},
+        {"text": "Total: 42.00", "x1": 64, "y1": 120, "x2": 576, "y2": 144},
+    ]
     assert out["warnings"] == []
 
 
 def test_qwen_vl_ocr_task_and_options_pass_through(server, env, scan, protocol):
-    answer = {"words_info": [{"rotate_rect": [120, 40, 200, 40, 0], "location": [20, 20, 220, 20, 220, 60, 20, 60],
-                              "text": "HELLO"}]}
+    answer = {
+        "words_info": [
+            {"rotate_rect": [120, 40, 200, 40, 0], "location": [20, 20, 220, 20, 220, 60, 20, 60], "text": "HELLO"}
+        ]
+    }
     server.enqueue(Reply(text=json.dumps(answer)))
-    p = ocr(env, "scan.png", "--model", "qwen-vl-ocr-latest", "--task", "advanced_recognition", "--format", "json",
-            "--protocol", protocol)
+    p = ocr(
+        env,
+        "scan.png",
+        "--model",
+        "qwen-vl-ocr-latest",
+        "--task",
+        "advanced_recognition",
+        "--format",
+        "json",
+        "--protocol",
+        protocol,
+    )
     assert p.returncode == 0, p.stderr
     assert params(server)["ocr_options"] == {"task": "advanced_recognition"}
     out = json.loads(p.stdout)  # qwen-vl-ocr answers in pixels of the image as seen (640x480 here)
@@ -123,14 +142,17 @@ def test_pdf_one_request_per_page(server, env, isolated_env, protocol):
     assert (line["x2"], line["y2"]) == (out["pages"][0]["width"], out["pages"][0]["height"])
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["scan.png", "--ocr-options", "{task"], 2, "--ocr-options is not valid JSON"),
-    (["scan.png", "--ocr-options", "[1]"], 2, "must be a JSON object"),
-    (["scan.png", "--format", "xml"], 2, "Invalid value"),
-    (["scan.png", "--pages", "1"], 2, "PDFs only"),
-    (["scan.png", "--schema", "s.json"], 2, "--schema does not apply"),
-    (["nothing.png"], 3, "not found"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["scan.png", "--ocr-options", "{task"], 2, "--ocr-options is not valid JSON"),
+        (["scan.png", "--ocr-options", "[1]"], 2, "must be a JSON object"),
+        (["scan.png", "--format", "xml"], 2, "Invalid value"),
+        (["scan.png", "--pages", "1"], 2, "PDFs only"),
+        (["scan.png", "--schema", "s.json"], 2, "--schema does not apply"),
+        (["nothing.png"], 3, "not found"),
+    ],
+)
 def test_ocr_bad_input(server, env, scan, args, code, needle):
     p = ocr(env, *args)
     assert p.returncode == code, p.stderr

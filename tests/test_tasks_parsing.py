@@ -25,20 +25,23 @@ def items(text: str) -> list[tuple[str, list[float], str]]:
     return [(i.kind, i.coords, i.label) for i in parse_answer(text).items]
 
 
-@pytest.mark.parametrize("text", [
-    f"[{BOX}]",
-    f"```json\n[{BOX}]\n```",
-    f"Sure! Here is the dog:\n```json\n[{BOX}]\n```\nThe dog sits on the left.",
-    f"[{BOX}]\nThere is one dog in the picture.",
-    f'{{"objects": [{BOX}]}}',
-    "[{'bbox_2d': [10, 20, 300, 400], 'label': 'dog'}]",  # Python literal
-    f"[{BOX},]",  # trailing comma
-    '[{"bbox_2d": ["10", "20", "300", "400"], "label": "dog"}]',  # numbers as strings
-    '[{"bbox_2d": [[10, 20], [300, 400]], "label": "dog"}]',  # corner pairs
-    '{"dog": [10, 20, 300, 400]}',
-    '<ref>dog</ref><box>(10,20),(300,400)</box>',
-    '<|object_ref_start|>dog<|object_ref_end|><|box_start|>(10,20),(300,400)<|box_end|>',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"[{BOX}]",
+        f"```json\n[{BOX}]\n```",
+        f"Sure! Here is the dog:\n```json\n[{BOX}]\n```\nThe dog sits on the left.",
+        f"[{BOX}]\nThere is one dog in the picture.",
+        f'{{"objects": [{BOX}]}}',
+        "[{'bbox_2d': [10, 20, 300, 400], 'label': 'dog'}]",  # Python literal
+        f"[{BOX},]",  # trailing comma
+        '[{"bbox_2d": ["10", "20", "300", "400"], "label": "dog"}]',  # numbers as strings
+        '[{"bbox_2d": [[10, 20], [300, 400]], "label": "dog"}]',  # corner pairs
+        '{"dog": [10, 20, 300, 400]}',
+        "<ref>dog</ref><box>(10,20),(300,400)</box>",
+        "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(10,20),(300,400)<|box_end|>",
+    ],
+)
 def test_one_dog_in_many_dresses(text):
     parsed = parse_answer(text)
     assert items(text) == [("box", [10.0, 20.0, 300.0, 400.0], "dog")]
@@ -50,13 +53,16 @@ def test_json_lines_without_a_list():
     assert [i[2] for i in items(text)] == ["a", "b"]
 
 
-@pytest.mark.parametrize("text,labels", [
-    (f'[{BOX}, {{"bbox_2d": [5, 6, 7, 8], "label": "ca', ["dog"]),  # cut inside a string
-    (f'[{BOX}, {{"bbox_2d": [5, 6, 7, 8], "label": "cat"}}, {{"bbox_2d": [5, 6', ["dog", "cat"]),
-    (f'```json\n[{BOX}, {{"bbox_2d": [5, 6, 7, 8]', ["dog"]),  # an object whose end is missing is not kept
-    (f'{{"objects": [{BOX}, {{"bbox_2d"', ["dog"]),
-    ('[{"bbox_2d": [5, 6', []),
-])
+@pytest.mark.parametrize(
+    "text,labels",
+    [
+        (f'[{BOX}, {{"bbox_2d": [5, 6, 7, 8], "label": "ca', ["dog"]),  # cut inside a string
+        (f'[{BOX}, {{"bbox_2d": [5, 6, 7, 8], "label": "cat"}}, {{"bbox_2d": [5, 6', ["dog", "cat"]),
+        (f'```json\n[{BOX}, {{"bbox_2d": [5, 6, 7, 8]', ["dog"]),  # an object whose end is missing is not kept
+        (f'{{"objects": [{BOX}, {{"bbox_2d"', ["dog"]),
+        ('[{"bbox_2d": [5, 6', []),
+    ],
+)
 def test_truncated_lists_keep_every_complete_object(text, labels):
     parsed = parse_answer(text)
     assert parsed.truncated
@@ -70,10 +76,15 @@ def test_prose_with_a_stray_bracket_is_not_truncation():
 
 def test_points_json_and_xml():
     assert items('[{"point_2d": [100, 200], "label": "dog"}]') == [("point", [100.0, 200.0], "dog")]
-    xml = ('<points x1="100" y1="200" alt="dog">dog</points>\n'
-           '<points x1="1" y1="2" x2="3" y2="4" alt="two cats">two cats</points>')
-    assert items(xml) == [("point", [100.0, 200.0], "dog"), ("point", [1.0, 2.0], "two cats"),
-                          ("point", [3.0, 4.0], "two cats")]
+    xml = (
+        '<points x1="100" y1="200" alt="dog">dog</points>\n'
+        '<points x1="1" y1="2" x2="3" y2="4" alt="two cats">two cats</points>'
+    )
+    assert items(xml) == [
+        ("point", [100.0, 200.0], "dog"),
+        ("point", [1.0, 2.0], "two cats"),
+        ("point", [3.0, 4.0], "two cats"),
+    ]
     assert items('<points x1="5" y1="6" alt="ball"></points>') == [("point", [5.0, 6.0], "ball")]  # label from alt
     cut = parse_answer('<points x1="100" y1="200" alt="dog">dog</points><points x1="30" y1')
     assert cut.truncated and len(cut.items) == 1
@@ -82,8 +93,10 @@ def test_points_json_and_xml():
 def test_ocr_shapes():
     lines = parse_answer('[{"bbox_2d": [1, 2, 3, 4], "text_content": "Hello"}]').items
     assert lines[0].label == "Hello"
-    quad = parse_answer('{"words_info": [{"rotate_rect": [30, 20, 40, 20, 0], '
-                        '"location": [10, 10, 50, 12, 50, 30, 10, 28], "text": "World"}]}').items
+    quad = parse_answer(
+        '{"words_info": [{"rotate_rect": [30, 20, 40, 20, 0], '
+        '"location": [10, 10, 50, 12, 50, 30, 10, 28], "text": "World"}]}'
+    ).items
     assert [(q.kind, q.coords, q.label) for q in quad] == [("box", [10.0, 10.0, 50.0, 30.0], "World")]
 
 
@@ -128,16 +141,24 @@ def test_qwen3_coordinates_over_1000_are_read_as_pixels():
 
 
 def test_qwen25_coordinates_on_a_0_1000_grid_are_detected():
-    g = interpret(parse_answer('[{"bbox_2d": [100, 100, 950, 900], "label": "cat"}]'), expected="absolute",
-                  geo=Geometry((640, 480), (644, 476)), model="qwen2.5-vl-72b-instruct")
+    g = interpret(
+        parse_answer('[{"bbox_2d": [100, 100, 950, 900], "label": "cat"}]'),
+        expected="absolute",
+        geo=Geometry((640, 480), (644, 476)),
+        model="qwen2.5-vl-72b-instruct",
+    )
     assert g.convention == "relative-1000"
     assert g.boxes[0].plain() == {"label": "cat", "x1": 64, "y1": 48, "x2": 608, "y2": 432}
     assert "within 0-1000" in g.warnings[0] and "644x476" in g.warnings[0]
 
 
 def test_small_overshoot_is_clipped_not_reinterpreted():
-    g = interpret(parse_answer('[{"bbox_2d": [-12, 10, 660, 470], "label": "cat"}]'), expected="absolute",
-                  geo=Geometry((640, 480), (644, 476)), model="m")
+    g = interpret(
+        parse_answer('[{"bbox_2d": [-12, 10, 660, 470], "label": "cat"}]'),
+        expected="absolute",
+        geo=Geometry((640, 480), (644, 476)),
+        model="m",
+    )
     assert g.convention == "absolute"
     box = g.boxes[0]
     assert (box.x1, box.x2) == (0, 640)
@@ -145,8 +166,13 @@ def test_small_overshoot_is_clipped_not_reinterpreted():
 
 
 def test_swapped_corners_label_less_and_truncated():
-    g = ground('[{"bbox_2d": [500, 500, 100, 100]}, {"bbox_2d": [1, 2', "relative-1000", (1280, 864),
-               finish_reason="length", max_tokens=64)
+    g = ground(
+        '[{"bbox_2d": [500, 500, 100, 100]}, {"bbox_2d": [1, 2',
+        "relative-1000",
+        (1280, 864),
+        finish_reason="length",
+        max_tokens=64,
+    )
     assert len(g.boxes) == 1 and g.boxes[0].label == "" and g.boxes[0].x1 < g.boxes[0].x2
     assert g.truncated
     text = " | ".join(g.warnings)
@@ -166,20 +192,27 @@ def test_no_boxes_is_a_warning():
 
 # --- drawing -----------------------------------------------------------------------------------------------
 
+
 def test_annotate_and_contact_sheet(tmp_path):
     image = tmp_path / "a.png"
     Image.new("RGB", (320, 200), (250, 250, 250)).save(image)
-    answer = ('[{"bbox_2d": [100, 100, 500, 900], "label": "狗"}, {"bbox_2d": [600, 100, 900, 500]}]'
-              '<points x1="800" y1="800">ball</points>')
+    answer = (
+        '[{"bbox_2d": [100, 100, 500, 900], "label": "狗"}, {"bbox_2d": [600, 100, 900, 500]}]'
+        '<points x1="800" y1="800">ball</points>'
+    )
     g = interpret(parse_answer(answer), expected="relative-1000", geo=Geometry((320, 200), (320, 200)))
     out = annotate(image, g, tmp_path / "out" / "boxes.png")
     assert out.size == (320, 200) and (tmp_path / "out" / "boxes.png").exists()
     assert out.getpixel((100, 18)) == (230, 25, 75)  # the first label's colour, just outside the top edge
     assert out.getpixel((100, 20)) == (255, 255, 255)  # the light inner line
     assert out.getpixel((256, 160)) != (250, 250, 250)  # the point
-    sheet = contact_sheet([Image.new("RGB", (64, 48), c) for c in ("red", "green", "blue", "white")],
-                          [0, 0.5, 1.0, 1.5], tmp_path / "sheet.png", title="clip",
-                          events=[("00:00:00", "00:00:01", "a long description " * 10)])
+    sheet = contact_sheet(
+        [Image.new("RGB", (64, 48), c) for c in ("red", "green", "blue", "white")],
+        [0, 0.5, 1.0, 1.5],
+        tmp_path / "sheet.png",
+        title="clip",
+        events=[("00:00:00", "00:00:01", "a long description " * 10)],
+    )
     assert sheet.width > 64 and (tmp_path / "sheet.png").exists()
 
 
@@ -190,21 +223,37 @@ def test_contrast_and_times():
 
 # --- timelines -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,seconds", [("00:00:05", 5), ("0:01:05", 65), ("01:05", 65), ("00:00:02.5", 2.5),
-                                          ("7", 7), (4, 4), ("00:61:00", None), ("soon", None)])
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("00:00:05", 5),
+        ("0:01:05", 65),
+        ("01:05", 65),
+        ("00:00:02.5", 2.5),
+        ("7", 7),
+        (4, 4),
+        ("00:61:00", None),
+        ("soon", None),
+    ],
+)
 def test_parse_time(text, seconds):
     assert parse_time(text) == seconds
 
 
 def test_timeline_checks():
-    items = raw_events({"events": [
-        {"start_time": "00:00:05", "end_time": "00:00:15", "event": "scans the label"},
-        {"start_time": "00:00:00", "end_time": "00:00:05", "event": "carries a box"},
-        {"start_time": "00:00:21", "end_time": "00:00:15", "event": "backwards"},
-        {"start_time": "00:00:18", "end_time": "00:00:40", "event": "too long"},
-        {"start_time": "00:01:00", "end_time": "00:01:10", "event": "after the end"},
-        {"start_time": "later", "end_time": "00:00:10", "event": "unreadable"},
-    ]})
+    items = raw_events(
+        {
+            "events": [
+                {"start_time": "00:00:05", "end_time": "00:00:15", "event": "scans the label"},
+                {"start_time": "00:00:00", "end_time": "00:00:05", "event": "carries a box"},
+                {"start_time": "00:00:21", "end_time": "00:00:15", "event": "backwards"},
+                {"start_time": "00:00:18", "end_time": "00:00:40", "event": "too long"},
+                {"start_time": "00:01:00", "end_time": "00:01:10", "event": "after the end"},
+                {"start_time": "later", "end_time": "00:00:10", "event": "unreadable"},
+            ]
+        }
+    )
     events, warnings = build_timeline(items, duration=21.3)
     assert [e.plain() for e in events] == [
         {"start": "00:00:00", "end": "00:00:05", "event": "carries a box"},
@@ -220,6 +269,7 @@ def test_timeline_checks():
 
 # --- OCR and extraction helpers ------------------------------------------------------------------------------
 
+
 def test_clean_text_strips_a_wrapping_fence():
     assert clean_text("```markdown\n# Title\n\n- a\n```") == "# Title\n\n- a"
     assert clean_text("text with ``` inside") == "text with ``` inside"
@@ -227,8 +277,10 @@ def test_clean_text_strips_a_wrapping_fence():
 
 def test_csv_rows_flatten_top_level_keys():
     schema = {"type": "object", "properties": {"title": {}, "amount": {}, "items": {}}}
-    rows = [Extraction(file="a.png", json={"title": "A", "amount": 3.5, "items": [{"n": 1}], "paid": True}),
-            Extraction(file="b.png", error="not valid", exit_code=5)]
+    rows = [
+        Extraction(file="a.png", json={"title": "A", "amount": 3.5, "items": [{"n": 1}], "paid": True}),
+        Extraction(file="b.png", error="not valid", exit_code=5),
+    ]
     names = columns(schema, rows)
     assert names == ["file", "title", "amount", "items", "paid", "error"]
     assert to_row(rows[0], names) == ["a.png", "A", "3.5", '[{"n": 1}]', "true", ""]
@@ -237,24 +289,50 @@ def test_csv_rows_flatten_top_level_keys():
 
 # --- native streaming tool calls ------------------------------------------------------------------------------
 
+
 def _native_event(tool_calls, finish="null"):
     msg = {"role": "assistant", "content": [], "tool_calls": tool_calls}
-    return SSEEvent(data=json.dumps({"output": {"choices": [{"message": msg, "finish_reason": finish}]},
-                                     "request_id": "r"}), event="result")
+    return SSEEvent(
+        data=json.dumps({"output": {"choices": [{"message": msg, "finish_reason": finish}]}, "request_id": "r"}),
+        event="result",
+    )
 
 
 def test_native_stream_tool_calls_fragments_and_repeats():
     p = native.StreamParser("qwen3-vl-plus")
     fn = {"name": "get_weather", "arguments": '{"city":'}
     p.feed(_native_event([{"index": 0, "id": "call_1", "type": "function", "function": fn}]))
-    p.feed(_native_event([{"index": 0, "id": "", "type": "function",
-                           "function": {"name": "get_weather", "arguments": ' "Hangzhou"}'}}]))
-    p.feed(_native_event([{"index": 1, "id": "call_2", "type": "function",
-                           "function": {"name": "get_time", "arguments": "{}"}}]))
+    p.feed(
+        _native_event(
+            [
+                {
+                    "index": 0,
+                    "id": "",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ' "Hangzhou"}'},
+                }
+            ]
+        )
+    )
+    p.feed(
+        _native_event(
+            [{"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]
+        )
+    )
     # the last event repeats the whole calls (cumulative), with the finish_reason
-    p.feed(_native_event([{"index": 0, "id": "call_1", "type": "function",
-                           "function": {"name": "get_weather", "arguments": '{"city": "Hangzhou"}'}}],
-                         finish="tool_calls"))
+    p.feed(
+        _native_event(
+            [
+                {
+                    "index": 0,
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Hangzhou"}'},
+                }
+            ],
+            finish="tool_calls",
+        )
+    )
     calls = p.finish().tool_calls
     assert calls == [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Hangzhou"}'}},

@@ -10,11 +10,21 @@ from conftest import run_cli
 from dashscope_server import Reply
 from qwenvl import Message, UsageError
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
-CALL = {"id": "call_7", "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Hangzhou", "unit": "celsius"}'}}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+CALL = {
+    "id": "call_7",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Hangzhou", "unit": "celsius"}'},
+}
 
 
 def params(server, index: int = -1) -> dict:
@@ -37,6 +47,7 @@ def complete(client, stream: bool, **fields):
 
 # --- thinking ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_thinking_both_protocols(client, server, png, stream):
     server.enqueue(Reply(text="The answer is 4.", reasoning="Two plus two makes four."))
@@ -55,8 +66,7 @@ def test_thinking_both_protocols(client, server, png, stream):
 @pytest.mark.parametrize("stream_flag", [[], ["--no-stream"]])
 def test_cli_shows_reasoning_dimmed_on_stderr(server, env, png, protocol_name, stream_flag):
     server.enqueue(Reply(text="Four.", reasoning="Adding two and two.", times=2))
-    args = ["ask", str(png), "2+2?", "--thinking", "--thinking-budget", "64", "--protocol", protocol_name,
-            *stream_flag]
+    args = ["ask", str(png), "2+2?", "--thinking", "--thinking-budget", "64", "--protocol", protocol_name, *stream_flag]
     p = run_cli(*args, env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "Four.\n"
@@ -81,11 +91,13 @@ def test_library_structured_output_with_thinking_is_refused(client, png):
 
 # --- tools ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_round_trip(client, server, png, protocol, stream):
     server.enqueue(Reply(tool_calls=[CALL]))
-    out = complete(client, stream, prompt="Is it raining where this was taken?", image=str(png), tools=TOOLS,
-                   tool_choice="auto")
+    out = complete(
+        client, stream, prompt="Is it raining where this was taken?", image=str(png), tools=TOOLS, tool_choice="auto"
+    )
     first = out[0] if stream else out
     assert first.finish_reason == "tool_calls" and first.text == ""
     call = first.tool_calls[0]
@@ -93,11 +105,18 @@ def test_tool_round_trip(client, server, png, protocol, stream):
     assert json.loads(call["function"]["arguments"]) == {"city": "Hangzhou", "unit": "celsius"}
     assert params(server)["tools"] == TOOLS and params(server)["tool_choice"] == "auto"
 
-    history = [*first.messages, Message(role="tool", tool_call_id="call_7", name="get_weather",
-                                        content='{"sky": "rain", "temp": 18}')]
+    history = [
+        *first.messages,
+        Message(role="tool", tool_call_id="call_7", name="get_weather", content='{"sky": "rain", "temp": 18}'),
+    ]
     server.enqueue(Reply(text="Yes: it is raining, 18 °C."))
-    out = complete(client, stream, messages=history, tools=TOOLS,
-                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    out = complete(
+        client,
+        stream,
+        messages=history,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
     final = out[0] if stream else out
     assert final.text == "Yes: it is raining, 18 °C." and final.finish_reason == "stop"
     sent = messages(server)
@@ -113,8 +132,11 @@ def test_tool_round_trip(client, server, png, protocol, stream):
 
 
 def test_two_tool_calls_streamed(client, server, png):
-    second = {"id": "call_8", "type": "function",
-              "function": {"name": "get_weather", "arguments": '{"city": "Xi\'an"}'}}
+    second = {
+        "id": "call_8",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Xi\'an"}'},
+    }
     server.enqueue(Reply(tool_calls=[CALL, second]))
     response, _ = complete(client, True, prompt="both cities?", image=str(png), tools=TOOLS)
     assert [c["id"] for c in response.tool_calls] == ["call_7", "call_8"]

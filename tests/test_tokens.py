@@ -21,11 +21,14 @@ def test_image_tokens_formula() -> None:
     assert image_tokens(504, 504, 28) == 326
 
 
-@pytest.mark.parametrize(("size", "high_res", "expected"), [
-    ((512, 512), False, 326),  # seed doc 002's table for qwen-vl-max (28 px, 1280 tokens)
-    ((1280, 1280), False, 1227),
-    ((1280, 1280), True, 2118),
-])
+@pytest.mark.parametrize(
+    ("size", "high_res", "expected"),
+    [
+        ((512, 512), False, 326),  # seed doc 002's table for qwen-vl-max (28 px, 1280 tokens)
+        ((1280, 1280), False, 1227),
+        ((1280, 1280), True, 2118),
+    ],
+)
 def test_seed_doc_token_examples(size: tuple[int, int], high_res: bool, expected: int) -> None:
     budget = (16384 if high_res else 1280) * 784
     assert estimate_image_tokens(*size, 28, 4 * 784, budget) == expected
@@ -51,6 +54,7 @@ def test_cost_from_the_price_table() -> None:
 
 
 # --- the command -----------------------------------------------------------------------------------------------
+
 
 def run(*args: str) -> tuple[int, str, BaseException | None]:
     result = CliRunner().invoke(tokens_command, list(args))
@@ -114,12 +118,17 @@ def test_tokens_bad_file_is_its_row_and_the_others_go_on(tmp_path: Path) -> None
     tiny, shot = corpus.tiny_png(tmp_path), corpus.screenshot_png(tmp_path)
     code, out, _ = run(str(tiny), str(tmp_path / "gone.jpg"), str(shot), "--json")
     assert code == 3, out
-    data = json.JSONDecoder().raw_decode(out[out.index("{"):])[0]  # stderr follows in the output
+    data = json.JSONDecoder().raw_decode(out[out.index("{") :])[0]  # stderr follows in the output
     rows = {Path(r["source"]).name: r for r in data["items"]}
     assert "more than 10 px" in rows[tiny.name]["error"] and "not found" in rows["gone.jpg"]["error"]
     assert rows[shot.name]["tokens"] > 0  # the good file after the bad ones is still estimated
-    assert data["total"] == {"tokens": rows[shot.name]["tokens"], "cost": rows[shot.name]["cost"], "items": 1,
-                             "unknown": 0, "failed": 2}
+    assert data["total"] == {
+        "tokens": rows[shot.name]["tokens"],
+        "cost": rows[shot.name]["cost"],
+        "items": 1,
+        "unknown": 0,
+        "failed": 2,
+    }
     code, out, _ = run(str(tiny), str(shot))  # the table: the bad file on its own row, then the total
     assert code == 3 and "more than 10 px" in out and "1200x800 PNG" in out and "total (1 item)" in out
 

@@ -30,8 +30,8 @@ def test_upload_oss_sends_references_with_one_policy(server, isolated_env, png, 
     refs = [i["image"] for i in items[:2]]
     assert all(ref.startswith("oss://") for ref in refs)
     assert server.requests[-1].headers["X-DashScope-OssResourceResolve"] == "enable"
-    assert server.uploads[refs[0][len("oss://"):]] == png.read_bytes()
-    assert server.uploads[refs[1][len("oss://"):]] == jpeg.read_bytes()
+    assert server.uploads[refs[0][len("oss://") :]] == png.read_bytes()
+    assert server.uploads[refs[1][len("oss://") :]] == jpeg.read_bytes()
 
 
 def three_big(folder):
@@ -67,11 +67,24 @@ def test_compat_cannot_upload(server, isolated_env, png):
 def test_upload_cli_and_bad_file_never_uploaded(server, isolated_env, png):
     (isolated_env / "notes.png").write_text("text")
     env = {"DASHSCOPE_API_KEY": API_KEY}
-    p = run_cli("ask", str(png), "notes.png", "-p", "x", "--protocol", "native", "--upload", "oss",
-                "--base-url", server.url, env=env)
+    p = run_cli(
+        "ask",
+        str(png),
+        "notes.png",
+        "-p",
+        "x",
+        "--protocol",
+        "native",
+        "--upload",
+        "oss",
+        "--base-url",
+        server.url,
+        env=env,
+    )
     assert p.returncode == 3 and server.requests == []
-    p = run_cli("ask", str(png), "-p", "x", "--protocol", "native", "--upload", "oss", "--base-url", server.url,
-                env=env)
+    p = run_cli(
+        "ask", str(png), "-p", "x", "--protocol", "native", "--upload", "oss", "--base-url", server.url, env=env
+    )
     assert p.returncode == 0, p.stderr
     assert native_items(server)[0]["image"].startswith("oss://")
 
@@ -111,7 +124,7 @@ def test_whole_video_is_uploaded_for_the_service_to_sample(server, isolated_env)
     assert "videos=1" in r.text
     item = native_items(server)[0]
     assert item["video"].startswith("oss://") and item["fps"] == 1.0
-    assert server.uploads[item["video"][len("oss://"):]] == clip.read_bytes()
+    assert server.uploads[item["video"][len("oss://") :]] == clip.read_bytes()
     assert server.requests[-1].headers["X-DashScope-OssResourceResolve"] == "enable"
 
 

@@ -49,8 +49,12 @@ def test_errors_streams_and_cache_hits(server):
         c.ask("y")
         c.ask("y")
     outcomes = [(r["outcome"], r["status"], r["code"]) for r in rows()]
-    assert outcomes == [("BadRequestError", 400, "invalid_parameter_error"), ("ok", None, None),
-                        ("ok", None, None), ("cached", None, None)]
+    assert outcomes == [
+        ("BadRequestError", 400, "invalid_parameter_error"),
+        ("ok", None, None),
+        ("ok", None, None),
+        ("cached", None, None),
+    ]
     assert rows()[-1]["cost"] == 0
 
 
@@ -81,11 +85,22 @@ def test_summary_by_day_and_model(server):
         c.ask("b", model="qwen3-vl-flash")
         c.ask("c", model="qwen3-vl-flash")
     usagelog.record(usagelog.Entry(model="qwen3-vl-flash", protocol="compat", outcome="RateLimitError"))
-    usagelog.record(usagelog.Entry(model="qwen3-vl-plus", protocol="compat", outcome="ok", input_tokens=1000,
-                                   output_tokens=0, cost=0.001, time=time.time() - 10 * 86400))
+    usagelog.record(
+        usagelog.Entry(
+            model="qwen3-vl-plus",
+            protocol="compat",
+            outcome="ok",
+            input_tokens=1000,
+            output_tokens=0,
+            cost=0.001,
+            time=time.time() - 10 * 86400,
+        )
+    )
     recent = usagelog.summarize(days=3)
-    assert [(r["model"], r["requests"], r["errors"]) for r in recent] == [("qwen3-vl-flash", 3, 1),
-                                                                         ("qwen3-vl-plus", 1, 0)]
+    assert [(r["model"], r["requests"], r["errors"]) for r in recent] == [
+        ("qwen3-vl-flash", 3, 1),
+        ("qwen3-vl-plus", 1, 0),
+    ]
     assert recent[0]["input_tokens"] == 20 and recent[0]["cost"] > 0
     assert len({r["day"] for r in usagelog.summarize(days=30)}) == 2
 

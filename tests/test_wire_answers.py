@@ -18,6 +18,7 @@ ITEMS = [{"box": BOX}, {"result_image": "https://example.invalid/r.png"}]
 
 # --- non-text content items ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_native_box_and_other_items_are_kept(server, stream, png):
     server.enqueue(Reply(content=[{"text": "Found: "}, *ITEMS]))
@@ -86,10 +87,11 @@ def test_ask_thinking_that_used_every_token(server, env, protocol, mode):
 @pytest.mark.parametrize("verb", ["ground", "ocr", "extract", "events", "analyze"])
 def test_every_task_verb_says_cut_off(server, env, isolated_env, verb):
     png = write_image(isolated_env / "p.png", (200, 120))
-    text = {"ground": '[{"bbox_2d": [10, 10, 50, 50], "label": "x"}, {"bbox_2d": [1',
-            "extract": '{"name": "Bob"}',
-            "events": '{"events": [{"start_time": "00:00:00", "end_time": "00:00:01", "event": "red"}]}'
-            }.get(verb, "some text")
+    text = {
+        "ground": '[{"bbox_2d": [10, 10, 50, 50], "label": "x"}, {"bbox_2d": [1',
+        "extract": '{"name": "Bob"}',
+        "events": '{"events": [{"start_time": "00:00:00", "end_time": "00:00:01", "event": "red"}]}',
+    }.get(verb, "some text")
     server.enqueue(Reply(text=text, finish_reason="length"))
     if verb == "extract":
         (isolated_env / "s.json").write_text(json.dumps({"type": "object", "properties": {"name": {"type": "string"}}}))
@@ -109,11 +111,22 @@ def test_every_task_verb_says_cut_off(server, env, isolated_env, verb):
 
 # --- content null ------------------------------------------------------------------------------------------
 
+
 def test_content_null_is_reported_not_printed(server, env, protocol):
-    body = {"id": "x", "model": "qwen3-vl-plus", "choices": [{"index": 0, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": None}}], "usage": {}} if protocol == "compat" else \
-        {"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": None}}]},
-         "usage": {}, "request_id": "r"}
+    body = (
+        {
+            "id": "x",
+            "model": "qwen3-vl-plus",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": None}}],
+            "usage": {},
+        }
+        if protocol == "compat"
+        else {
+            "output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": None}}]},
+            "usage": {},
+            "request_id": "r",
+        }
+    )
     server.enqueue(Reply(raw_body=json.dumps(body).encode()), Reply(raw_body=json.dumps(body).encode()))
     p = run_cli("ask", "-p", "hi", "--no-stream", "--protocol", protocol, env=env)
     assert p.returncode == 0, p.stderr
@@ -125,9 +138,15 @@ def test_content_null_is_reported_not_printed(server, env, protocol):
 
 
 def test_library_content_null(server, protocol):
-    body = {"id": "x", "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
-            "message": {"role": "assistant", "content": None}}]} if protocol == "compat" else \
-        {"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": None}}]}}
+    body = (
+        {
+            "id": "x",
+            "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": None}}],
+        }
+        if protocol == "compat"
+        else {"output": {"choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": None}}]}}
+    )
     server.enqueue(Reply(raw_body=json.dumps(body).encode()))
     with make_client(server, protocol) as c:
         r = c.complete(prompt="hi")
@@ -158,8 +177,9 @@ def test_structured_answer_cut_off_is_not_repaired(server, env, isolated_env, pn
         with make_client(server, protocol) as c, pytest.raises(qwenvl.StructuredOutputError, match=CUT):
             c.complete(prompt="name?", json_mode=True, max_tokens=5)
     else:
-        args = ["ask", str(png), "name?", "--json-mode"] if verb == "ask" else ["extract", str(png), "--schema",
-                                                                              "s.json"]
+        args = (
+            ["ask", str(png), "name?", "--json-mode"] if verb == "ask" else ["extract", str(png), "--schema", "s.json"]
+        )
         p = run_cli(*args, "--max-tokens", "5", "--protocol", protocol, env=env)
         assert p.returncode == 5 and CUT in p.stderr and "--max-tokens" in p.stderr
     assert len(server.requests) == 1

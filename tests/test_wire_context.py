@@ -17,7 +17,8 @@ from test_tasks_events import make_clip
 def _noise(path: Path, side: int) -> Path:
     rng = np.random.default_rng(len(path.name))
     Image.fromarray(rng.integers(0, 255, (side // 10, side // 10, 3), dtype=np.uint8)).resize((side, side)).save(
-        path, quality=60)
+        path, quality=60
+    )
     return path
 
 
@@ -59,8 +60,9 @@ def test_other_paths_refuse_too(server, env, pages, verb, isolated_env):
 
 
 def test_a_long_video_is_refused(server, env, long_clip, protocol):
-    p = run_cli("ask", str(long_clip), "-p", "what happens", "-m", "qwen-vl-ocr", "--fps", "4", "--protocol",
-                protocol, env=env)
+    p = run_cli(
+        "ask", str(long_clip), "-p", "what happens", "-m", "qwen-vl-ocr", "--fps", "4", "--protocol", protocol, env=env
+    )
     assert p.returncode == 3, p.stderr
     assert "1 video" in p.stderr and "context" in p.stderr
     assert server.requests == []

@@ -18,8 +18,12 @@ def _wrapped(data: bytes, mime: str = "image/png", params: str = "") -> str:
 @pytest.mark.parametrize("variant", ["wrapped", "charset", "both", "prepare-false"])
 def test_data_urls_are_sent_canonically(server, protocol, png, variant):
     data = png.read_bytes()
-    url = {"wrapped": _wrapped(data), "charset": _wrapped(data, params=";charset=utf-8").replace("\n", ""),
-           "both": _wrapped(data, params=";charset=utf-8"), "prepare-false": _wrapped(data)}[variant]
+    url = {
+        "wrapped": _wrapped(data),
+        "charset": _wrapped(data, params=";charset=utf-8").replace("\n", ""),
+        "both": _wrapped(data, params=";charset=utf-8"),
+        "prepare-false": _wrapped(data),
+    }[variant]
     canonical = "data:image/png;base64," + base64.b64encode(data).decode()
     with make_client(server, protocol) as c:
         r = c.complete(prompt="what", image=url, prepare=variant != "prepare-false")

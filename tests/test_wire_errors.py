@@ -12,19 +12,30 @@ from conftest import API_KEY, make_client, run_cli
 from dashscope_server import Reply
 from qwenvl.errors import printable
 
-HTML = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><center><h1>502 Bad Gateway"
-        b"</h1></center><hr><center>nginx</center>" + b"<p>padding</p>" * 40 + b"</body></html>")
+HTML = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n<body><center><h1>502 Bad Gateway"
+    b"</h1></center><hr><center>nginx</center>" + b"<p>padding</p>" * 40 + b"</body></html>"
+)
 DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
 def _compat_reply(**choice) -> bytes:
-    return json.dumps({"id": "x", "model": "qwen3-vl-plus", "choices": [{"index": 0, "message": {
-        "role": "assistant", "content": "hi"}, **choice}]}).encode()
+    return json.dumps(
+        {
+            "id": "x",
+            "model": "qwen3-vl-plus",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, **choice}],
+        }
+    ).encode()
 
 
 def _native_reply(**choice) -> bytes:
-    return json.dumps({"output": {"choices": [{"message": {"role": "assistant", "content": [{"text": "hi"}]},
-                                               **choice}]}, "request_id": "r"}).encode()
+    return json.dumps(
+        {
+            "output": {"choices": [{"message": {"role": "assistant", "content": [{"text": "hi"}]}, **choice}]},
+            "request_id": "r",
+        }
+    ).encode()
 
 
 def test_printable_removes_escapes_and_controls():
@@ -103,11 +114,15 @@ def test_redirect_cli(server, env):
 MALFORMED = {
     "deep": (DEEP, DEEP),
     "finish_reason 7": (_compat_reply(finish_reason=7), _native_reply(finish_reason=7)),
-    "content 7": (_compat_reply(message={"role": "assistant", "content": 7}),
-                  _native_reply(message={"role": "assistant", "content": 7})),
+    "content 7": (
+        _compat_reply(message={"role": "assistant", "content": 7}),
+        _native_reply(message={"role": "assistant", "content": 7}),
+    ),
     "message list": (_compat_reply(message=[1]), _native_reply(message=[1])),
-    "reasoning number": (_compat_reply(message={"content": "x", "reasoning_content": 5}),
-                         _native_reply(message={"content": [{"text": "x"}], "reasoning_content": 5})),
+    "reasoning number": (
+        _compat_reply(message={"content": "x", "reasoning_content": 5}),
+        _native_reply(message={"content": [{"text": "x"}], "reasoning_content": 5}),
+    ),
 }
 
 
@@ -127,8 +142,9 @@ def test_malformed_stream_events(server, protocol, case):
     elif protocol == "compat":
         data = json.dumps({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": 7}]}).encode()
     else:
-        data = json.dumps({"output": {"choices": [{"message": {"content": [{"text": "a"}]},
-                                                   "finish_reason": 7}]}}).encode()
+        data = json.dumps(
+            {"output": {"choices": [{"message": {"content": [{"text": "a"}]}, "finish_reason": 7}]}}
+        ).encode()
     server.enqueue(Reply(raw_body=b"data: " + data + b"\n\n", content_type="text/event-stream"))
     with make_client(server, protocol) as c, pytest.raises(qwenvl.MalformedResponseError):
         list(c.stream(prompt="hi"))

@@ -23,11 +23,16 @@ def heic(request, isolated_env):
 @pytest.mark.parametrize("verb", ["ask", "ground", "ocr", "extract", "events", "tokens", "analyze", "batch"])
 def test_heic_gets_the_heic_hint_from_every_verb(server, env, isolated_env, heic, verb):
     (isolated_env / "s.json").write_text(json.dumps({"type": "object"}))
-    args = {"ask": ["ask", heic.name, "what"], "ground": ["ground", heic.name, "dog"], "ocr": ["ocr", heic.name],
-            "extract": ["extract", heic.name, "--schema", "s.json"], "events": ["events", heic.name],
-            "tokens": ["tokens", heic.name],
-            "analyze": ["analyze", "--request", json.dumps({"prompt": "x", "image": heic.name})],
-            "batch": ["batch", heic.name, "-p", "x", "-o", "out.jsonl"]}[verb]
+    args = {
+        "ask": ["ask", heic.name, "what"],
+        "ground": ["ground", heic.name, "dog"],
+        "ocr": ["ocr", heic.name],
+        "extract": ["extract", heic.name, "--schema", "s.json"],
+        "events": ["events", heic.name],
+        "tokens": ["tokens", heic.name],
+        "analyze": ["analyze", "--request", json.dumps({"prompt": "x", "image": heic.name})],
+        "batch": ["batch", heic.name, "-p", "x", "-o", "out.jsonl"],
+    }[verb]
     p = run_cli(*args, env=env)
     text = p.stdout + p.stderr + ((isolated_env / "out.jsonl").read_text() if verb == "batch" else "")
     assert "HEIC/HEIF" in text, text
@@ -86,8 +91,9 @@ def _hint_texts() -> list[tuple[str, str]]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             is_hint = isinstance(node, ast.keyword) and node.arg == "hint"
-            is_default = isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "default_hint"
-                                                              for t in node.targets)
+            is_default = isinstance(node, ast.Assign) and any(
+                getattr(t, "id", "") == "default_hint" for t in node.targets
+            )
             if not (is_hint or is_default):
                 continue
             value = node.value  # type: ignore[union-attr]
@@ -130,8 +136,9 @@ def test_hints_name_what_the_verb_takes(server, env, isolated_env, verb):
     if verb == "ask":
         p = run_cli("ask", "still.gif", "what", "--no-resize", env=env)
     else:
-        p = run_cli("analyze", "--request", json.dumps({"prompt": "what", "image": "still.gif", "prepare": False}),
-                    env=env)
+        p = run_cli(
+            "analyze", "--request", json.dumps({"prompt": "what", "image": "still.gif", "prepare": False}), env=env
+        )
     assert p.returncode == 3, p.stderr
     hint = p.stderr.split("hint:")[1]
     if verb == "ask":

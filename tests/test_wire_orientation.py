@@ -40,8 +40,10 @@ def red_box_upright(path) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("orientation", range(2, 9))
 def test_to_upright_matches_what_viewers_show(isolated_env, orientation):
     path = rotated_jpeg(isolated_env / "r.jpg", orientation)
-    (ax, ay), (bx, by) = to_upright(RED[0], RED[1], STORED, orientation), to_upright(RED[2], RED[3], STORED,
-                                                                                        orientation)
+    (ax, ay), (bx, by) = (
+        to_upright(RED[0], RED[1], STORED, orientation),
+        to_upright(RED[2], RED[3], STORED, orientation),
+    )
     got = (min(ax, bx), min(ay, by), max(ax, bx), max(ay, by))
     assert all(abs(g - e) <= 2 for g, e in zip(got, red_box_upright(path), strict=True))
 
@@ -77,8 +79,12 @@ def test_prepared_image_needs_no_turning(server, isolated_env):
     """Prepared (the default), the image is sent upright: boxes are read on it directly, with no warning."""
     path = rotated_jpeg(isolated_env / "r.jpg", 6)
     expected = red_box_upright(path)
-    answer = [round(expected[0] / 200 * 1000), round(expected[1] / 400 * 1000), round(expected[2] / 200 * 1000),
-              round(expected[3] / 400 * 1000)]
+    answer = [
+        round(expected[0] / 200 * 1000),
+        round(expected[1] / 400 * 1000),
+        round(expected[2] / 200 * 1000),
+        round(expected[3] / 400 * 1000),
+    ]
     server.enqueue(Reply(text=json.dumps([{"bbox_2d": answer, "label": "red"}])))
     with make_client(server) as c:
         g = ground(c, str(path), "red block")

@@ -72,13 +72,16 @@ def test_json_mode_repair_also_streams(server, protocol):
     assert _streamed(server) == [True, True]
 
 
-@pytest.mark.parametrize("verb", ["ask-json", "ask-no-stream", "ground", "ocr", "extract", "events", "analyze",
-                                  "batch"])
+@pytest.mark.parametrize(
+    "verb", ["ask-json", "ask-no-stream", "ground", "ocr", "extract", "events", "analyze", "batch"]
+)
 def test_every_verb_streams_for_qvq(server, env, isolated_env, verb, protocol):
     png = write_image(isolated_env / "p.png", (200, 120))
-    text = {"ground": '[{"bbox_2d": [10, 10, 50, 50], "label": "x"}]', "extract": '{"name": "Bob"}',
-            "events": '{"events": [{"start_time": "00:00:00", "end_time": "00:00:01", "event": "red"}]}'
-            }.get(verb, "the answer")
+    text = {
+        "ground": '[{"bbox_2d": [10, 10, 50, 50], "label": "x"}]',
+        "extract": '{"name": "Bob"}',
+        "events": '{"events": [{"start_time": "00:00:00", "end_time": "00:00:01", "event": "red"}]}',
+    }.get(verb, "the answer")
     server.enqueue(Reply(text=text, reasoning="thinking it over"))
     common = ["--protocol", protocol, "-m", "qvq-max"]
     if verb == "ask-json":
@@ -96,8 +99,13 @@ def test_every_verb_streams_for_qvq(server, env, isolated_env, verb, protocol):
         make_clip(isolated_env / "clip.mp4")
         args = ["events", "clip.mp4", *common]
     elif verb == "analyze":
-        args = ["analyze", "--request", json.dumps({"prompt": "what", "image": str(png), "model": "qvq-max"}),
-                "--protocol", protocol]
+        args = [
+            "analyze",
+            "--request",
+            json.dumps({"prompt": "what", "image": str(png), "model": "qvq-max"}),
+            "--protocol",
+            protocol,
+        ]
     else:
         args = ["batch", str(png), "-p", "what", "-o", "out.jsonl", *common]
     p = run_cli(*args, env=env)

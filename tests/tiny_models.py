@@ -10,9 +10,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-           "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-           "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 VOCAB = 256 + len(SPECIAL)
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -38,8 +51,9 @@ def tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL[1:])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIAL[1:]
+    )
     fast.add_special_tokens({"additional_special_tokens": SPECIAL[1:]})
     fast.add_tokens([SPECIAL[0]], special_tokens=True)
     fast.chat_template = CHAT_TEMPLATE
@@ -54,32 +68,81 @@ def config(family: str, tok, initializer_range: float = 0.02):
     import transformers as tf
 
     ids = _ids(tok)
-    text = dict(vocab_size=VOCAB + 8, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
-                initializer_range=initializer_range, tie_word_embeddings=False,
-                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    text = dict(
+        vocab_size=VOCAB + 8,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=4096,
+        initializer_range=initializer_range,
+        tie_word_embeddings=False,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    tokens = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
     if family in ("qwen2-vl", "qwen2.5-vl"):
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
         if family == "qwen2-vl":
-            vision = dict(depth=3, embed_dim=64, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                          spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+            vision = dict(
+                depth=3,
+                embed_dim=64,
+                hidden_size=64,
+                num_heads=2,
+                mlp_ratio=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                in_channels=3,
+            )
             cls = tf.Qwen2VLConfig
         else:
-            vision = dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=64,
-                          patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                          fullatt_block_indexes=[2], in_channels=3)
+            vision = dict(
+                depth=3,
+                hidden_size=64,
+                intermediate_size=128,
+                num_heads=2,
+                out_hidden_size=64,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                window_size=112,
+                fullatt_block_indexes=[2],
+                in_channels=3,
+            )
             cls = tf.Qwen2_5_VLConfig
         return cls(text_config=text, vision_config=vision, **tokens)
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [6, 5, 5],
-                               "mrope_interleaved": True}
-    vision = dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=64, patch_size=16,
-                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                  deepstack_visual_indexes=[1], in_channels=3)
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": [6, 5, 5],
+        "mrope_interleaved": True,
+    }
+    vision = dict(
+        depth=3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        out_hidden_size=64,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[1],
+        in_channels=3,
+    )
     if family == "qwen3-vl-moe":
-        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1,
-                    norm_topk_prob=True)
+        text.update(
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, decoder_sparse_step=1, norm_topk_prob=True
+        )
         return tf.Qwen3VLMoeConfig(text_config=text, vision_config=vision, **tokens)
     return tf.Qwen3VLConfig(text_config=text, vision_config=vision, **tokens)
 
@@ -95,9 +158,14 @@ def image_processor(family: str):
 def _qwen3_image_processor():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    return Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
-                                    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-                                    size={"shortest_edge": 65536, "longest_edge": 16777216})
+    return Qwen2VLImageProcessorPil(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        size={"shortest_edge": 65536, "longest_edge": 16777216},
+    )
 
 
 def build(family: str, folder: Path, *, seed: int = 0, initializer_range: float = 0.02) -> Path:

@@ -1,11 +1,11 @@
 """The public API: ``Client`` and ``AsyncClient``.
 
-    client = qwenvl.Client()                       # key from DASHSCOPE_API_KEY or the credentials files
-    r = client.ask("What is in this picture?", "photo.jpg")
-    print(r.text, r.usage.input_tokens)
-    for event in client.stream(prompt="Describe", image="photo.jpg"):
-        ...                                        # "reasoning"/"text" deltas, then "done" with r
-    r2 = client.complete(prompt="And the colours?", messages=r.messages)   # multi-turn
+client = qwenvl.Client()                       # key from DASHSCOPE_API_KEY or the credentials files
+r = client.ask("What is in this picture?", "photo.jpg")
+print(r.text, r.usage.input_tokens)
+for event in client.stream(prompt="Describe", image="photo.jpg"):
+    ...                                        # "reasoning"/"text" deltas, then "done" with r
+r2 = client.complete(prompt="And the colours?", messages=r.messages)   # multi-turn
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usag
 _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
 
 
-def make_request(request: Request | dict[str, Any] | None, fields: dict[str, Any],
-                 defaults: dict[str, Any] | None = None) -> Request:
+def make_request(
+    request: Request | dict[str, Any] | None, fields: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> Request:
     """One validated Request from a Request, a dict and/or keyword fields (UsageError when invalid)."""
     try:
         if isinstance(request, Request):
@@ -80,17 +81,31 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
         return response, None
     cut = cut_off(response, request.max_tokens)
     if cut is not None:  # a repair request would be cut off at the same place: say why, pay nothing more
-        raise StructuredOutputError(cut.replace("it is incomplete", "its JSON is incomplete"), raw_text=response.text,
-                                    errors=errors, response=response,
-                                    hint="Raise --max-tokens; the partial answer is kept (shown, and in the error).")
+        raise StructuredOutputError(
+            cut.replace("it is incomplete", "its JSON is incomplete"),
+            raw_text=response.text,
+            errors=errors,
+            response=response,
+            hint="Raise --max-tokens; the partial answer is kept (shown, and in the error).",
+        )
     if not request.repair:  # one request only (the skill's JSON mode): the caller decides what to do
-        raise StructuredOutputError("the answer is not valid JSON" + (" for the schema" if call.schema else "")
-                                    + ": " + "; ".join(errors[:3]), raw_text=response.text, errors=errors,
-                                    response=response)
+        raise StructuredOutputError(
+            "the answer is not valid JSON" + (" for the schema" if call.schema else "") + ": " + "; ".join(errors[:3]),
+            raw_text=response.text,
+            errors=errors,
+            response=response,
+        )
     repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors))])
     answer = Message(role="assistant", content=response.text)
-    retry = Call(request=request, model=call.model, messages=[*call.messages, answer, repair],
-                 history=call.history, params=call.params, media=call.media, schema=call.schema)
+    retry = Call(
+        request=request,
+        model=call.model,
+        messages=[*call.messages, answer, repair],
+        history=call.history,
+        params=call.params,
+        media=call.media,
+        schema=call.schema,
+    )
     return response, retry
 
 
@@ -101,7 +116,10 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         _, errors = structured.parse_answer(second.text, retry.schema)
         raise StructuredOutputError(
             "the answer is not valid JSON for the schema, even after one retry: " + "; ".join(errors[:3]),
-            raw_text=second.text, errors=errors, response=second)
+            raw_text=second.text,
+            errors=errors,
+            response=second,
+        )
     return final
 
 
@@ -109,12 +127,15 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
     def add(x: int | None, y: int | None) -> int | None:
         return None if x is None and y is None else (x or 0) + (y or 0)
 
-    return Usage(input_tokens=add(a.input_tokens, b.input_tokens),
-                 output_tokens=add(a.output_tokens, b.output_tokens),
-                 total_tokens=add(a.total_tokens, b.total_tokens),
-                 image_tokens=add(a.image_tokens, b.image_tokens),
-                 video_tokens=add(a.video_tokens, b.video_tokens),
-                 reasoning_tokens=add(a.reasoning_tokens, b.reasoning_tokens), raw=b.raw)
+    return Usage(
+        input_tokens=add(a.input_tokens, b.input_tokens),
+        output_tokens=add(a.output_tokens, b.output_tokens),
+        total_tokens=add(a.total_tokens, b.total_tokens),
+        image_tokens=add(a.image_tokens, b.image_tokens),
+        video_tokens=add(a.video_tokens, b.video_tokens),
+        reasoning_tokens=add(a.reasoning_tokens, b.reasoning_tokens),
+        raw=b.raw,
+    )
 
 
 class _Base:
@@ -125,30 +146,52 @@ class _Base:
     backend instance. Default from ``QWENVL_BACKEND``; ``protocol="openai"`` alone also means the openai backend.
     Local backends need no DashScope key (``api_key`` is then the server's key, optional)."""
 
-    def __init__(self, *, api_key: str | None = None, protocol: str | None = None, region: str | None = None,
-                 base_url: str | None = None, model: str | None = None, timeout_s: float | None = None,
-                 max_retries: int | None = None, retry_backoff_s: float | None = None,
-                 http_client: Any = None, backend: Any = None, engine: str | None = None,
-                 family: str | None = None, device: str | None = None, dtype: str | None = None,
-                 attn_implementation: str | None = None,
-                 cache: bool | str | os.PathLike[str] | ResponseCache | None = None,
-                 on_retry: RetryHook | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        protocol: str | None = None,
+        region: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        timeout_s: float | None = None,
+        max_retries: int | None = None,
+        retry_backoff_s: float | None = None,
+        http_client: Any = None,
+        backend: Any = None,
+        engine: str | None = None,
+        family: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+        cache: bool | str | os.PathLike[str] | ResponseCache | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
         self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
         self.region = effective_region(region)
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
         self._backend: Any = None if isinstance(backend, str | None) else backend
-        self.backend_name = normalize_backend(backend, protocol=self.protocol) if isinstance(backend, str | None) \
+        self.backend_name = (
+            normalize_backend(backend, protocol=self.protocol)
+            if isinstance(backend, str | None)
             else getattr(backend, "name", type(backend).__name__)
-        self._backend_options = {k: v for k, v in dict(engine=engine, family=family, device=device, dtype=dtype,
-                                                       attn_implementation=attn_implementation).items()
-                                 if v is not None}
+        )
+        self._backend_options = {
+            k: v
+            for k, v in dict(
+                engine=engine, family=family, device=device, dtype=dtype, attn_implementation=attn_implementation
+            ).items()
+            if v is not None
+        }
         if self.backend_name == "openai":
             self.protocol = "openai"
         if self.backend_name == "dashscope" and self.protocol == "openai":
-            raise UsageError("the dashscope backend speaks compat or native, not the plain openai protocol",
-                             hint="Use --backend openai for another OpenAI-compatible server.")
+            raise UsageError(
+                "the dashscope backend speaks compat or native, not the plain openai protocol",
+                hint="Use --backend openai for another OpenAI-compatible server.",
+            )
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
         if self._backend is not None:
@@ -173,8 +216,9 @@ class _Base:
         raise NotImplementedError
 
     def _local_options(self) -> dict[str, Any]:
-        return dict(self._backend_options, base_url=self.base_url, api_key=self._api_key,
-                    model=self.defaults.get("model"))
+        return dict(
+            self._backend_options, base_url=self.base_url, api_key=self._api_key, model=self.defaults.get("model")
+        )
 
     def resolve_model(self, name: str | None = None) -> ModelInfo:
         """The rules (family, pixel factor, budget, grounding convention) of the model a request would use:
@@ -194,14 +238,16 @@ class _Base:
         from qwenvl.preview import preview
 
         backend = self._backend if self.is_local else None
-        return preview(call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream,
-                       backend=backend)
+        return preview(
+            call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream, backend=backend
+        )
 
     def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
         return make_request(request, fields, self.defaults)
 
-    def plan(self, request: Request | dict[str, Any] | None = None, *, estimate_only: bool = False,
-             **fields: Any) -> Call:
+    def plan(
+        self, request: Request | dict[str, Any] | None = None, *, estimate_only: bool = False, **fields: Any
+    ) -> Call:
         """Everything up to the wire, without sending: validated request, messages, prepared media.
 
         ``estimate_only=True``: media checked and sized from their headers, not prepared (fast); the Call
@@ -229,14 +275,18 @@ class Client(_Base):
             if self.is_local:
                 from qwenvl.backends import make_backend
 
-                self._backend = make_backend(self.backend_name, http_client=self._http_client,
-                                             **self._local_options())
+                self._backend = make_backend(self.backend_name, http_client=self._http_client, **self._local_options())
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
 
-            self._backend = DashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,
-                                             region=self.region, http_client=self._http_client,
-                                             on_retry=self.on_retry)
+            self._backend = DashScopeBackend(
+                self._key(),
+                protocol=self.protocol,
+                base_url=self.base_url,
+                region=self.region,
+                http_client=self._http_client,
+                on_retry=self.on_retry,
+            )
         return self._backend
 
     def close(self) -> None:
@@ -312,14 +362,20 @@ class AsyncClient(_Base):
             if self.is_local:
                 from qwenvl.backends import make_backend
 
-                self._backend = make_backend(self.backend_name, asynchronous=True, http_client=self._http_client,
-                                             **self._local_options())
+                self._backend = make_backend(
+                    self.backend_name, asynchronous=True, http_client=self._http_client, **self._local_options()
+                )
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
 
-            self._backend = AsyncDashScopeBackend(self._key(), protocol=self.protocol, base_url=self.base_url,
-                                                  region=self.region, http_client=self._http_client,
-                                                  on_retry=self.on_retry)
+            self._backend = AsyncDashScopeBackend(
+                self._key(),
+                protocol=self.protocol,
+                base_url=self.base_url,
+                region=self.region,
+                http_client=self._http_client,
+                on_retry=self.on_retry,
+            )
         return self._backend
 
     async def _ready(self) -> AsyncBackend:
@@ -359,8 +415,9 @@ class AsyncClient(_Base):
             ex.failed(exc)
             raise
 
-    async def stream(self, request: Request | dict[str, Any] | None = None, /,
-                     **fields: Any) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, request: Request | dict[str, Any] | None = None, /, **fields: Any
+    ) -> AsyncIterator[StreamEvent]:
         call = await asyncio.to_thread(self.plan, request, **fields)
         async for event in self.send_stream(call):
             yield event

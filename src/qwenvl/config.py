@@ -51,8 +51,14 @@ REGIONS: dict[str, str] = {
     "intl": "https://dashscope-intl.aliyuncs.com",  # Singapore
     "us": "https://dashscope-us.aliyuncs.com",  # Virginia (native path UNVERIFIED)
 }
-REGION_ALIASES = {"beijing": "cn", "cn-beijing": "cn", "singapore": "intl", "ap-southeast-1": "intl",
-                  "virginia": "us", "us-east-1": "us"}
+REGION_ALIASES = {
+    "beijing": "cn",
+    "cn-beijing": "cn",
+    "singapore": "intl",
+    "ap-southeast-1": "intl",
+    "virginia": "us",
+    "us-east-1": "us",
+}
 DEFAULT_REGION = "cn"
 # Environment variables that give a protocol's base URL (as the official SDK reads them); they win over a region.
 BASE_URL_ENV: dict[str, str] = {"compat": "DASHSCOPE_COMPATIBLE_BASE_URL", "native": "DASHSCOPE_HTTP_BASE_URL"}
@@ -69,8 +75,10 @@ def normalize_region(region: str | None) -> str:
     name = (region or DEFAULT_REGION).strip().lower()
     name = REGION_ALIASES.get(name, name)
     if name not in REGIONS:
-        raise UsageError(f"unknown region {region!r}: use one of {', '.join(REGIONS)}",
-                         hint="Or give the endpoint itself with --base-url.")
+        raise UsageError(
+            f"unknown region {region!r}: use one of {', '.join(REGIONS)}",
+            hint="Or give the endpoint itself with --base-url.",
+        )
     return name
 
 
@@ -90,8 +98,10 @@ def normalize_protocol(protocol: str | None) -> Protocol:
     aliases = {"compatible": "compat", "dashscope": "native"}
     name = aliases.get(name, name)
     if name not in PROTOCOLS:
-        raise UsageError(f"unknown protocol {protocol!r}: use compat (DashScope's OpenAI-compatible mode), "
-                         "native (DashScope) or openai (plain OpenAI, for other servers)")
+        raise UsageError(
+            f"unknown protocol {protocol!r}: use compat (DashScope's OpenAI-compatible mode), "
+            "native (DashScope) or openai (plain OpenAI, for other servers)"
+        )
     return name  # type: ignore[return-value]
 
 
@@ -102,14 +112,18 @@ def _choose(kind: str, value: str | None, choices: tuple[str, ...], default: str
     return name
 
 
-def normalize_backend(backend: str | None, *, protocol: str | None = None,
-                      env: Mapping[str, str] | None = None) -> str:
+def normalize_backend(backend: str | None, *, protocol: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """The backend name: the argument, else ``QWENVL_BACKEND``, else ``openai`` when the protocol is
     ``openai``, else ``dashscope``. Raises UsageError for an unknown name."""
     env = os.environ if env is None else env
     chosen = backend or env.get("QWENVL_BACKEND") or ("openai" if protocol == "openai" else None)
-    return _choose("backend", chosen, BACKENDS, DEFAULT_BACKEND,
-                   hint="dashscope (Model Studio), openai (vLLM, llama.cpp, Ollama...) or transformers (in process).")
+    return _choose(
+        "backend",
+        chosen,
+        BACKENDS,
+        DEFAULT_BACKEND,
+        hint="dashscope (Model Studio), openai (vLLM, llama.cpp, Ollama...) or transformers (in process).",
+    )
 
 
 def normalize_engine(engine: str | None, env: Mapping[str, str] | None = None) -> str:
@@ -125,8 +139,13 @@ def normalize_family(family: str | None, env: Mapping[str, str] | None = None) -
     if not value:
         return None
     name = value.strip().lower().replace("_", "-").replace("qwen2-5", "qwen2.5")
-    return _choose("model family", name, FAMILIES, "", hint="qwen2.5-vl (28 px, absolute boxes) or qwen3-vl "
-                   "(32 px, boxes in 0-1000)")
+    return _choose(
+        "model family",
+        name,
+        FAMILIES,
+        "",
+        hint="qwen2.5-vl (28 px, absolute boxes) or qwen3-vl (32 px, boxes in 0-1000)",
+    )
 
 
 def openai_base_url(base_url: str | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -147,8 +166,9 @@ def openai_api_key(explicit: str | None = None, env: Mapping[str, str] | None = 
     return (explicit or env.get("QWENVL_OPENAI_API_KEY") or "").strip()
 
 
-def resolve_base_url(protocol: Protocol, *, region: str | None = None, base_url: str | None = None,
-                     env: Mapping[str, str] | None = None) -> str:
+def resolve_base_url(
+    protocol: Protocol, *, region: str | None = None, base_url: str | None = None, env: Mapping[str, str] | None = None
+) -> str:
     """The base URL for one protocol, without a trailing slash.
 
     An explicit ``base_url`` wins. One that ends in ``/compatible-mode/v1`` or ``/api/v1`` also gives the
@@ -172,8 +192,10 @@ def _derive(url: str, wanted: str) -> str:
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"base URL {url!r} is not an http(s) URL",
-                         hint="For example https://dashscope-intl.aliyuncs.com/compatible-mode/v1")
+        raise UsageError(
+            f"base URL {url!r} is not an http(s) URL",
+            hint="For example https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+        )
     root = f"{parts.scheme}://{parts.netloc}"
     for known in (COMPAT_PATH, NATIVE_PATH):
         if parts.path.endswith(known):
@@ -185,6 +207,7 @@ def _derive(url: str, wanted: str) -> str:
 
 
 # --- the API key -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class KeyFound:
@@ -216,8 +239,13 @@ def load_dotenv_files(cwd: Path | None = None) -> dict[str, str]:
     return found
 
 
-def find_api_key(explicit: str | None = None, *, env: Mapping[str, str] | None = None,
-                 home: Path | None = None, cwd: Path | None = None) -> KeyFound | None:
+def find_api_key(
+    explicit: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+    cwd: Path | None = None,
+) -> KeyFound | None:
     if explicit:
         return KeyFound(explicit.strip(), "argument")
     env = os.environ if env is None else env

@@ -1,22 +1,22 @@
 """The exception tree, one-line hints, and the CLI exit codes (mapped here and nowhere else).
 
-    QwenVLError
-     ├── UsageError                    bad arguments or request fields            exit 2
-     │    └── SchemaDefinitionError    a schema that is not valid JSON Schema
-     ├── MediaError                    a file or URL that cannot be sent          exit 3
-     ├── APIError                      the service or the network                 exit 5
-     │    ├── APIConnectionError       no connection (dead server, DNS, reset)
-     │    │    └── APITimeoutError
-     │    ├── APIStatusError           an HTTP error status; .status .code .request_id
-     │    │    ├── BadRequestError          400
-     │    │    ├── AuthenticationError      401 (and no key at all)            exit 4
-     │    │    ├── PermissionDeniedError    403                                exit 4
-     │    │    ├── NotFoundError            404
-     │    │    ├── RateLimitError           429
-     │    │    └── InternalServerError      5xx
-     │    ├── StreamInterruptedError   a stream that broke midway; .partial_text
-     │    └── MalformedResponseError   a reply we cannot read
-     └── StructuredOutputError         the answer is not valid JSON for the schema; .raw_text  exit 5
+QwenVLError
+ ├── UsageError                    bad arguments or request fields            exit 2
+ │    └── SchemaDefinitionError    a schema that is not valid JSON Schema
+ ├── MediaError                    a file or URL that cannot be sent          exit 3
+ ├── APIError                      the service or the network                 exit 5
+ │    ├── APIConnectionError       no connection (dead server, DNS, reset)
+ │    │    └── APITimeoutError
+ │    ├── APIStatusError           an HTTP error status; .status .code .request_id
+ │    │    ├── BadRequestError          400
+ │    │    ├── AuthenticationError      401 (and no key at all)            exit 4
+ │    │    ├── PermissionDeniedError    403                                exit 4
+ │    │    ├── NotFoundError            404
+ │    │    ├── RateLimitError           429
+ │    │    └── InternalServerError      5xx
+ │    ├── StreamInterruptedError   a stream that broke midway; .partial_text
+ │    └── MalformedResponseError   a reply we cannot read
+ └── StructuredOutputError         the answer is not valid JSON for the schema; .raw_text  exit 5
 """
 
 from __future__ import annotations
@@ -124,9 +124,7 @@ class BadRequestError(APIStatusError):
 
 class AuthenticationError(APIStatusError):
     exit_code = EXIT_AUTH
-    default_hint = (
-        "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
-    )
+    default_hint = "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
 
 
 class MissingAPIKeyError(AuthenticationError):
@@ -157,8 +155,15 @@ class InternalServerError(APIStatusError):
 class StreamInterruptedError(APIError):
     default_hint = "The stream broke before the answer was complete; the partial text is kept."
 
-    def __init__(self, message: str, *, partial_text: str = "", partial_reasoning: str = "",
-                 request_id: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        partial_text: str = "",
+        partial_reasoning: str = "",
+        request_id: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message, request_id=request_id)
         self.partial_text = partial_text
         self.partial_reasoning = partial_reasoning
@@ -172,8 +177,15 @@ class MalformedResponseError(APIError):
 class StructuredOutputError(QwenVLError):
     default_hint = "The model's answer is kept (shown, and in the error); loosen the schema or rephrase the prompt."
 
-    def __init__(self, message: str, *, raw_text: str, errors: list[str] | None = None,
-                 response: Any = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw_text: str,
+        errors: list[str] | None = None,
+        response: Any = None,
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.raw_text = raw_text
         self.errors = errors or []

@@ -23,8 +23,15 @@ from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
-def estimate_files(files: Sequence[str], *, fast: bool = False, region: str | None = None,
-                   client: Any = None, family: str | None = None, **fields: Any) -> dict[str, Any]:
+def estimate_files(
+    files: Sequence[str],
+    *,
+    fast: bool = False,
+    region: str | None = None,
+    client: Any = None,
+    family: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
     ``vl_high_resolution_images``, ``min_pixels``, ``max_pixels``, ``fps``, ``pages``, ``prepare``); nothing is sent.
 
@@ -79,10 +86,20 @@ def estimate_files(files: Sequence[str], *, fast: bool = False, region: str | No
     price = price_for(info, total_tokens, region=region or client.region)  # the tier of the whole request
     for row in counted:
         row["cost"] = _money(price.cost(row["tokens"])) if price and row["tokens"] is not None else None
-    return {"model": info.name, "factor": info.factor, "currency": currency_of(region or client.region),
-            "price_tier": price.tier_label if price else None, "items": rows,
-            "total": {"tokens": total_tokens, "cost": _money(price.cost(total_tokens)) if price else None,
-                      "items": len(counted), "unknown": len(counted) - len(known), "failed": failed}}
+    return {
+        "model": info.name,
+        "factor": info.factor,
+        "currency": currency_of(region or client.region),
+        "price_tier": price.tier_label if price else None,
+        "items": rows,
+        "total": {
+            "tokens": total_tokens,
+            "cost": _money(price.cost(total_tokens)) if price else None,
+            "items": len(counted),
+            "unknown": len(counted) - len(known),
+            "failed": failed,
+        },
+    }
 
 
 def _money(amount: float) -> float:
@@ -113,7 +130,14 @@ def _head(source: Any) -> bytes:
 def _row(label: str, item: PreparedItem) -> dict[str, Any]:
     frames = len(item.sent) if isinstance(item.sent, list) else None
     return {
-        "source": label, "kind": item.kind, "width": item.width, "height": item.height, "frames": frames,
-        "mime": item.mime, "bytes_sent": item.bytes_sent, "tokens": item.tokens, "cost": None,
+        "source": label,
+        "kind": item.kind,
+        "width": item.width,
+        "height": item.height,
+        "frames": frames,
+        "mime": item.mime,
+        "bytes_sent": item.bytes_sent,
+        "tokens": item.tokens,
+        "cost": None,
         "notes": list(item.notes),
     }

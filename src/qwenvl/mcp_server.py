@@ -57,6 +57,7 @@ Call estimate first for large videos or many PDF pages."""
 
 # == Arguments =====================================================================================================
 
+
 class Options(BaseModel):
     """Generation and media options (all optional; the library's defaults apply)."""
 
@@ -69,7 +70,8 @@ class Options(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     stop: list[str] | None = Field(None, description="Stop sequences.")
     detail: Literal["auto", "low", "high"] | None = Field(
-        None, description="Image detail: low = smaller token budget, high = vl_high_resolution_images.")
+        None, description="Image detail: low = smaller token budget, high = vl_high_resolution_images."
+    )
     high_res: bool | None = Field(None, description="vl_high_resolution_images: up to 16384 tokens per image.")
     min_pixels: int | None = Field(None, ge=1)
     max_pixels: int | None = Field(None, ge=1)
@@ -94,11 +96,14 @@ class Options(BaseModel):
 
 Model = Annotated[str | None, Field(description="Model name or snapshot (default: the server's, qwen3-vl-plus).")]
 Opts = Annotated[Options | None, Field(description="Generation and media options.")]
-MEDIA_HELP = ("local paths (absolute, or relative to the server's working folder; only under the allowed "
-              "folders), https:// URLs, file:// or data: URLs")
+MEDIA_HELP = (
+    "local paths (absolute, or relative to the server's working folder; only under the allowed "
+    "folders), https:// URLs, file:// or data: URLs"
+)
 
 
 # == Results (output schemas) ======================================================================================
+
 
 class UsageOut(BaseModel):
     input_tokens: int | None = None
@@ -195,6 +200,7 @@ class EstimateResult(BaseModel):
 
 # == Where local files may be read ==================================================================================
 
+
 @dataclass
 class Access:
     """The folders local paths may be under: ``--allow-dir`` folders plus the client's roots (per call)."""
@@ -224,9 +230,12 @@ class Access:
             return str(real)
         verb = "write" if write else "read"
         where = ", ".join(str(f) for f in folders) if folders else "none"
-        raise MediaError(f"{ref} is outside the folders this server may {verb} (allowed: {where})", source=ref,
-                         hint="Declare the folder as a root in the MCP client, or start the server with "
-                              "`qwenvl mcp --allow-dir DIR`.")
+        raise MediaError(
+            f"{ref} is outside the folders this server may {verb} (allowed: {where})",
+            source=ref,
+            hint="Declare the folder as a root in the MCP client, or start the server with "
+            "`qwenvl mcp --allow-dir DIR`.",
+        )
 
 
 def local_path(ref: str) -> Path | None:
@@ -243,6 +252,7 @@ def local_path(ref: str) -> Path | None:
 
 
 # == Results and errors =============================================================================================
+
 
 def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[UsageOut, float | None, str | None]:
     total = UsageOut()
@@ -268,8 +278,13 @@ def billed(*responses: Response | None, region: str | None = None) -> dict[str, 
     """Usage summed over ``responses`` and its cost in ``region``'s currency."""
     usage, cost, model = _usage(responses, region)
     last = next((r for r in reversed(responses) if r is not None), None)
-    return {"model": model, "usage": usage, "cost": cost, "currency": currency_of(region),
-            "request_id": last.request_id if last else None}
+    return {
+        "model": model,
+        "usage": usage,
+        "cost": cost,
+        "currency": currency_of(region),
+        "request_id": last.request_id if last else None,
+    }
 
 
 def result(value: BaseModel, *extra: ImageContent, exclude_unset: bool = False) -> CallToolResult:
@@ -287,8 +302,10 @@ def tool_error(exc: BaseException) -> CallToolResult:
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
         if os.environ.get("QWENVL_DEBUG"):
             traceback.print_exc()
-        text = (f"internal error: {type(exc).__name__}: {exc}\n"
-                "hint: run the server with QWENVL_DEBUG=1 for the traceback (on its stderr), and please report it.")
+        text = (
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "hint: run the server with QWENVL_DEBUG=1 for the traceback (on its stderr), and please report it."
+        )
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
@@ -347,8 +364,13 @@ def _preview(img: Any) -> ImageContent:
 
 # == The server =====================================================================================================
 
-def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str | os.PathLike[str]] = (),
-                 defaults: dict[str, Any] | None = None) -> MCPServer:
+
+def build_server(
+    client_factory: Callable[[], Any],
+    *,
+    allow_dirs: Iterable[str | os.PathLike[str]] = (),
+    defaults: dict[str, Any] | None = None,
+) -> MCPServer:
     """The MCP server with its six tools.
 
     ``client_factory`` makes the one client every tool uses (a ``qwenvl.Client`` or anything with its
@@ -364,8 +386,9 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
     client = client_factory()
     access = Access.of(allow_dirs)
     base = dict(defaults or {})
-    server = MCPServer("qwenvl", title="qwenvl: Qwen-VL vision", instructions=INSTRUCTIONS, version=__version__,
-                       log_level="WARNING")
+    server = MCPServer(
+        "qwenvl", title="qwenvl: Qwen-VL vision", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING"
+    )
     server.client = client  # type: ignore[attr-defined]  # closed by the runner
 
     def request_fields(model: str | None, options: Options | None, **more: Any) -> dict[str, Any]:
@@ -392,8 +415,7 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
         model: Model = None,
         json_mode: Annotated[bool, Field(description="Ask for a JSON answer and parse it.")] = False,
         schema: Annotated[dict[str, Any] | None, Field(description="A JSON Schema the answer must match.")] = None,
-        thinking: Annotated[bool, Field(description="Let the model reason first; the reasoning is returned.")]
-        = False,
+        thinking: Annotated[bool, Field(description="Let the model reason first; the reasoning is returned.")] = False,
         options: Opts = None,
     ) -> Annotated[CallToolResult, AskResult]:
         """Ask a Qwen-VL model about images, PDF pages or a video (or nothing: plain text). Returns the answer,
@@ -403,15 +425,27 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             folders = access.folders(roots)
             refs = [access.check(ref, folders) for ref in media]
             images, video = split_media(refs)
-            fields = request_fields(model, options, json_mode=json_mode or None, schema=schema,
-                                    enable_thinking=True if thinking else None)
-            call = await step(ctx, 0, 2, "preparing the media", lambda: client.plan(
-                prompt=prompt, images=images, video=video, **fields))
+            fields = request_fields(
+                model, options, json_mode=json_mode or None, schema=schema, enable_thinking=True if thinking else None
+            )
+            call = await step(
+                ctx,
+                0,
+                2,
+                "preparing the media",
+                lambda: client.plan(prompt=prompt, images=images, video=video, **fields),
+            )
             response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
             await _progress(ctx, 2, 2, "done")
-            return result(AskResult(text=response.text, reasoning=response.reasoning if thinking else None,
-                                    json=response.json, finish_reason=response.finish_reason,
-                                    **billed(response, region=client.region)))
+            return result(
+                AskResult(
+                    text=response.text,
+                    reasoning=response.reasoning if thinking else None,
+                    json=response.json,
+                    finish_reason=response.finish_reason,
+                    **billed(response, region=client.region),
+                )
+            )
 
         return await guarded(body)
 
@@ -422,10 +456,15 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
         ctx: Context,
         roots: Roots = None,
         points: Annotated[bool, Field(description="Points instead of boxes.")] = False,
-        out: Annotated[str | None, Field(description="Write the image with the boxes drawn here (a .png or .jpg "
-                                                     "path under the allowed folders).")] = None,
-        return_image: Annotated[bool | None, Field(description="Return the annotated image as image content "
-                                                               "(default: when out is given).")] = None,
+        out: Annotated[
+            str | None,
+            Field(
+                description="Write the image with the boxes drawn here (a .png or .jpg path under the allowed folders)."
+            ),
+        ] = None,
+        return_image: Annotated[
+            bool | None, Field(description="Return the annotated image as image content (default: when out is given).")
+        ] = None,
         page: Annotated[int | None, Field(ge=1, description="The page of a PDF (default 1).")] = None,
         model: Model = None,
         options: Opts = None,
@@ -439,8 +478,10 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             target = Path(access.check(out, folders, write=True)) if out else None
             want_image = return_image if return_image is not None else target is not None
             if (target is not None or want_image) and local_path(ref) is None and not ref.startswith("data:"):
-                raise UsageError("drawing the boxes needs the image's pixels: give a local file or a data: URL, "
-                                 "not a URL", hint="Or leave out and return_image unset to get the boxes only.")
+                raise UsageError(
+                    "drawing the boxes needs the image's pixels: give a local file or a data: URL, not a URL",
+                    hint="Or leave out and return_image unset to get the boxes only.",
+                )
             if target is not None:
                 check_writable(str(target))
             fields = request_fields(model, options)
@@ -449,8 +490,9 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
                 raise UsageError("page applies to PDFs only")
             if pdf:
                 fields["pages"] = str(page or 1)
-            call = await step(ctx, 0, 2, "preparing the image", lambda: plan_ground(
-                client, ref, query, points=points, **fields))
+            call = await step(
+                ctx, 0, 2, "preparing the image", lambda: plan_ground(client, ref, query, points=points, **fields)
+            )
             response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
             g = read_grounding(call, response, image=image)
             extra: list[ImageContent] = []
@@ -460,11 +502,21 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
                 if want_image:
                     extra.append(_preview(img))
             await _progress(ctx, 2, 2, "done")
-            return result(GroundResult(image=image, width=g.width, height=g.height, boxes=g.boxes, points=g.points,
-                                       truncated=g.truncated, warnings=g.warnings, convention=g.convention,
-                                       annotated=str(target) if target is not None else None,
-                                       **billed(response, region=client.region)),
-                          *extra)
+            return result(
+                GroundResult(
+                    image=image,
+                    width=g.width,
+                    height=g.height,
+                    boxes=g.boxes,
+                    points=g.points,
+                    truncated=g.truncated,
+                    warnings=g.warnings,
+                    convention=g.convention,
+                    annotated=str(target) if target is not None else None,
+                    **billed(response, region=client.region),
+                ),
+                *extra,
+            )
 
         return await guarded(body)
 
@@ -473,8 +525,10 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
         file: Annotated[str, Field(description=f"An image or a PDF (one request per page): {MEDIA_HELP}.")],
         ctx: Context,
         roots: Roots = None,
-        format: Annotated[Literal["text", "markdown", "json"], Field(
-            description="text, markdown, or json (lines with their boxes in original pixels).")] = "text",
+        format: Annotated[
+            Literal["text", "markdown", "json"],
+            Field(description="text, markdown, or json (lines with their boxes in original pixels)."),
+        ] = "text",
         pages: Annotated[str | None, Field(description='PDF pages, e.g. "1-3,5" (default: all).')] = None,
         task: Annotated[str | None, Field(description="ocr_options.task for the qwen-vl-ocr models.")] = None,
         ocr_options: Annotated[dict[str, Any] | None, Field(description="ocr_options, passed through.")] = None,
@@ -490,14 +544,20 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             chosen = pages or (options.pages if options else None)
 
             def run() -> Any:
-                plans = plan_pages(client, ref, format=format, task=task, options=ocr_options, pages=chosen,
-                                   **fields)
+                plans = plan_pages(client, ref, format=format, task=task, options=ocr_options, pages=chosen, **fields)
                 return send_pages(client, file, plans, format=format)
 
             r = await step(ctx, 0, 1, "reading the text", run)
             await _progress(ctx, 1, 1, "done")
-            return result(OCROut(source=file, text=r.text, pages=r.pages, warnings=r.warnings,
-                                 **billed(*r.responses, region=client.region)))
+            return result(
+                OCROut(
+                    source=file,
+                    text=r.text,
+                    pages=r.pages,
+                    warnings=r.warnings,
+                    **billed(*r.responses, region=client.region),
+                )
+            )
 
         return await guarded(body)
 
@@ -507,8 +567,9 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
         schema: Annotated[dict[str, Any], Field(description="A JSON Schema (draft 2020-12) for the data.")],
         ctx: Context,
         roots: Roots = None,
-        prompt: Annotated[str | None, Field(description="What to extract (default: the information in the "
-                                                        "document).")] = None,
+        prompt: Annotated[
+            str | None, Field(description="What to extract (default: the information in the document).")
+        ] = None,
         model: Model = None,
         options: Opts = None,
     ) -> Annotated[CallToolResult, ExtractResult]:
@@ -517,8 +578,9 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
         async def body() -> CallToolResult:
             ref = access.check(file, access.folders(roots))
             fields = request_fields(model, options)
-            call = await step(ctx, 0, 2, "preparing the file", lambda: plan_extract(
-                client, ref, schema, prompt=prompt, **fields))
+            call = await step(
+                ctx, 0, 2, "preparing the file", lambda: plan_extract(client, ref, schema, prompt=prompt, **fields)
+            )
             response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
             await _progress(ctx, 2, 2, "done")
             return result(ExtractResult(file=file, json=response.json, **billed(response, region=client.region)))
@@ -530,10 +592,8 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
         ctx: Context,
         roots: Roots = None,
         video: Annotated[str | None, Field(description=f"The video: {MEDIA_HELP}.")] = None,
-        frames: Annotated[list[str] | None, Field(description="Or frame images, in order (sampled at fps).")]
-        = None,
-        prompt: Annotated[str | None, Field(description="What to describe (default: the series of events).")]
-        = None,
+        frames: Annotated[list[str] | None, Field(description="Or frame images, in order (sampled at fps).")] = None,
+        prompt: Annotated[str | None, Field(description="What to describe (default: the series of events).")] = None,
         model: Model = None,
         options: Opts = None,
     ) -> Annotated[CallToolResult, EventsResult]:
@@ -544,18 +604,28 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
             if (video is None) == (not frames):
                 raise UsageError("give either video or frames")
             folders = access.folders(roots)
-            target: str | list[str] = (access.check(video, folders) if video is not None
-                                       else [access.check(f, folders) for f in frames or []])
+            target: str | list[str] = (
+                access.check(video, folders) if video is not None else [access.check(f, folders) for f in frames or []]
+            )
             fields = request_fields(model, options)
-            call = await step(ctx, 0, 2, "sampling the video's frames", lambda: plan_events(
-                client, target, prompt=prompt, **fields))
+            call = await step(
+                ctx, 0, 2, "sampling the video's frames", lambda: plan_events(client, target, prompt=prompt, **fields)
+            )
             frames_sent = sum(len(m.sent) if isinstance(m.sent, list) else 1 for m in call.media)
-            timeline = await step(ctx, 1, 2, f"asking {call.request.model} about {frames_sent} frames",
-                                  lambda: send_events(client, call))
+            timeline = await step(
+                ctx, 1, 2, f"asking {call.request.model} about {frames_sent} frames", lambda: send_events(client, call)
+            )
             await _progress(ctx, 2, 2, "done")
             name = video if video is not None else f"{len(frames or [])} frames"
-            return result(EventsResult(video=name, duration=timeline.duration, events=timeline.events,
-                                       warnings=timeline.warnings, **billed(timeline.response, region=client.region)))
+            return result(
+                EventsResult(
+                    video=name,
+                    duration=timeline.duration,
+                    events=timeline.events,
+                    warnings=timeline.warnings,
+                    **billed(timeline.response, region=client.region),
+                )
+            )
 
         return await guarded(body)
 
@@ -579,10 +649,25 @@ def build_server(client_factory: Callable[[], Any], *, allow_dirs: Iterable[str 
         async def body() -> CallToolResult:
             folders = access.folders(roots)
             refs = [access.check(f, folders) for f in files]
-            out = await step(ctx, 0, 1, "sizing the files", lambda: estimate_files(
-                refs, model=model or base.get("model"), detail=detail, vl_high_resolution_images=high_res,
-                min_pixels=min_pixels, max_pixels=max_pixels, fps=fps, pages=pages, fast=fast,
-                region=client.region, client=client))
+            out = await step(
+                ctx,
+                0,
+                1,
+                "sizing the files",
+                lambda: estimate_files(
+                    refs,
+                    model=model or base.get("model"),
+                    detail=detail,
+                    vl_high_resolution_images=high_res,
+                    min_pixels=min_pixels,
+                    max_pixels=max_pixels,
+                    fps=fps,
+                    pages=pages,
+                    fast=fast,
+                    region=client.region,
+                    client=client,
+                ),
+            )
             for item, ref in zip(out["items"], _labels(files, out["items"], refs), strict=True):
                 item["source"] = ref  # the caller's names, not the resolved paths
             await _progress(ctx, 1, 1, "done")
@@ -603,17 +688,21 @@ def _one_line_argument_errors(server: MCPServer) -> None:
     for tool in server._tool_manager.list_tools():  # the SDK has no public hook for argument validation
         run = tool.run
 
-        async def checked(arguments: dict[str, Any], *args: Any, _run: Any = run, _name: str = tool.name,
-                          **kwargs: Any) -> Any:
+        async def checked(
+            arguments: dict[str, Any], *args: Any, _run: Any = run, _name: str = tool.name, **kwargs: Any
+        ) -> Any:
             try:
                 return await _run(arguments, *args, **kwargs)
             except ToolError as exc:
                 if not isinstance(exc.__cause__, ValidationError):
                     raise
-                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
-                                     for e in exc.__cause__.errors()[:5])
-                raise ToolError(f"error: invalid arguments for {_name}: {problems}\n"
-                                "hint: see the tool's input schema (tools/list)") from None
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}"
+                    for e in exc.__cause__.errors()[:5]
+                )
+                raise ToolError(
+                    f"error: invalid arguments for {_name}: {problems}\nhint: see the tool's input schema (tools/list)"
+                ) from None
 
         object.__setattr__(tool, "run", checked)
 
@@ -626,13 +715,14 @@ def _labels(files: Sequence[str], items: Sequence[dict[str, Any]], refs: Sequenc
         source = item["source"]
         for ref in sorted(names, key=len, reverse=True):
             if source == ref or source.startswith(ref + " ["):
-                source = names[ref] + source[len(ref):]
+                source = names[ref] + source[len(ref) :]
                 break
         out.append(source)
     return out
 
 
 # == Transports =====================================================================================================
+
 
 class BearerAuth:
     """ASGI middleware: every HTTP request needs ``Authorization: Bearer <key>`` (compared in constant time)."""
@@ -652,14 +742,17 @@ class BearerAuth:
 
                 response = JSONResponse(
                     {"error": "unauthorized", "message": "a bearer API key is required: Authorization: Bearer KEY"},
-                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="qwenvl"'})
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="qwenvl"'},
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-async def serve_http(server: MCPServer, host: str, port: int, *, api_key: str | None,
-                     announce: Callable[[str], None] | None = None) -> None:
+async def serve_http(
+    server: MCPServer, host: str, port: int, *, api_key: str | None, announce: Callable[[str], None] | None = None
+) -> None:
     """Serve streamable HTTP at ``http://HOST:PORT/mcp`` until cancelled; ``api_key`` None means no auth (the
     caller has checked the host is loopback). ``announce`` gets the URL once the socket is bound (port 0: the
     port the system chose)."""

@@ -68,6 +68,7 @@ class PriceTier:
     def label(self, low: int) -> str:
         def k(n: int) -> str:
             return f"{n // 1024}K"
+
         if self.up_to is None:
             return f">{k(low)}" if low else "any"
         return f"≤{k(self.up_to)}" if not low else f"{k(low)}-{k(self.up_to)}"
@@ -161,9 +162,18 @@ def _qwen3vl(name: str, **kw) -> ModelInfo:
     # context 256K, max output 32K [card qwen3-vl-plus/flash]; thinking, tools [vision, 2025-11-18];
     # remote video URL up to 2 GB [issue10, checked 2026-11].
     base: dict[str, Any] = dict(
-        family="qwen3-vl", factor=32, image_tokens=2560, low_detail_tokens=640,
-        context_tokens=262_144, max_output_tokens=32_768, thinking=True, tools=True,
-        video_frame_tokens=768, video_total_tokens=65536, video_url_max_bytes=2 * GB, grounding="relative-1000",
+        family="qwen3-vl",
+        factor=32,
+        image_tokens=2560,
+        low_detail_tokens=640,
+        context_tokens=262_144,
+        max_output_tokens=32_768,
+        thinking=True,
+        tools=True,
+        video_frame_tokens=768,
+        video_total_tokens=65536,
+        video_url_max_bytes=2 * GB,
+        grounding="relative-1000",
     )
     base.update(kw)
     return ModelInfo(name=name, **base)
@@ -174,9 +184,18 @@ def _qwen25vl(name: str, **kw) -> ModelInfo:
     # [issue10, checked 2026-11; billing example code "qwen2.5-vl: FPS_MAX_FRAMES 512"]; no
     # vl_high_resolution_images for the 28-px models [issue10, checked 2026-11]; remote video URL up to 1 GB.
     base: dict[str, Any] = dict(
-        family="qwen2.5-vl", factor=28, image_tokens=1280, low_detail_tokens=320,
-        context_tokens=131_072, max_output_tokens=8_192, structured_output=False, high_res=False,
-        video_frame_tokens=768, video_total_tokens=65536, video_max_frames=512, grounding="absolute",
+        family="qwen2.5-vl",
+        factor=28,
+        image_tokens=1280,
+        low_detail_tokens=320,
+        context_tokens=131_072,
+        max_output_tokens=8_192,
+        structured_output=False,
+        high_res=False,
+        video_frame_tokens=768,
+        video_total_tokens=65536,
+        video_max_frames=512,
+        grounding="absolute",
     )
     base.update(kw)
     return ModelInfo(name=name, **base)
@@ -195,8 +214,13 @@ def _vl_old(name: str, alias: str, **kw) -> ModelInfo:
     # Older qwen-vl-max / qwen-vl-plus snapshots: 28 px, 1280 tokens [issue10, checked 2026-11]; no structured
     # output (only the stable and latest versions have it) [vision, 2025-11-18]. Price as the alias (UNVERIFIED
     # for the dated snapshot).
-    return _qwen25vl(name, prices=_BY_NAME[alias].prices, video_url_max_bytes=_BY_NAME[alias].video_url_max_bytes,
-                     resolution=f"older snapshot of {alias}: its own 28-px rules", **kw)
+    return _qwen25vl(
+        name,
+        prices=_BY_NAME[alias].prices,
+        video_url_max_bytes=_BY_NAME[alias].video_url_max_bytes,
+        resolution=f"older snapshot of {alias}: its own 28-px rules",
+        **kw,
+    )
 
 
 _BY_NAME: dict[str, ModelInfo] = {}
@@ -235,44 +259,97 @@ _add(
     _qwen25vl("qwen2.5-vl-3b-instruct", prices=_flat((1.2, 3.6))),
     # QVQ: 28 px, always thinks, streams only, no structured output, no high resolution [issue10, 2026-11];
     # qvq-max $1.20 / $4.80 [issue10, checked 2026-11].
-    _qwen25vl("qvq-max", family="qvq", thinking=True, thinking_only=True, stream_only=True,
-              prices=_flat((8.0, 32.0), (1.20, 4.80))),
-    _qwen25vl("qvq-plus", family="qvq", thinking=True, thinking_only=True, stream_only=True,
-              prices=_flat((2.0, 5.0))),
+    _qwen25vl(
+        "qvq-max",
+        family="qvq",
+        thinking=True,
+        thinking_only=True,
+        stream_only=True,
+        prices=_flat((8.0, 32.0), (1.20, 4.80)),
+    ),
+    _qwen25vl("qvq-plus", family="qvq", thinking=True, thinking_only=True, stream_only=True, prices=_flat((2.0, 5.0))),
     # qwen-vl-ocr (current, Qwen3-VL based): 32 px, context 38,192, max output 8,192, min 3 tokens (3,072 px)
     # [issue10, checked 2026-11]; default budget 8192 tokens (max_pixels 8,388,608); 0.3 / 0.5 CNY (model list),
     # $0.07 / $0.16 [issue10, checked 2026-11]; images only, no video (OCR page; UNVERIFIED copy).
-    _qwen25vl("qwen-vl-ocr", family="qwen-vl-ocr", factor=32, image_tokens=8192, low_detail_tokens=1280,
-              context_tokens=38_192, max_output_tokens=8_192, min_image_tokens=3, structured_output=True,
-              high_res=True, video=False, prices=_flat((0.3, 0.5), (0.07, 0.16))),
+    _qwen25vl(
+        "qwen-vl-ocr",
+        family="qwen-vl-ocr",
+        factor=32,
+        image_tokens=8192,
+        low_detail_tokens=1280,
+        context_tokens=38_192,
+        max_output_tokens=8_192,
+        min_image_tokens=3,
+        structured_output=True,
+        high_res=True,
+        video=False,
+        prices=_flat((0.3, 0.5), (0.07, 0.16)),
+    ),
 )
 _add(
     # Qwen3-VL snapshots: qwen3-vl-plus "functionally equals qwen3-vl-plus-2025-12-19" [card qwen3-vl-plus];
     # qwen3-vl-plus-2025-09-23 and qwen3-vl-flash-2025-10-15 from the model list (UNVERIFIED copy).
-    *(replace(_BY_NAME[alias], name=snap, resolution=f"snapshot of {alias}: same rules")
-      for alias, snap in (("qwen3-vl-plus", "qwen3-vl-plus-2025-12-19"), ("qwen3-vl-plus", "qwen3-vl-plus-2025-09-23"),
-                          ("qwen3-vl-flash", "qwen3-vl-flash-2025-10-15"))),
+    *(
+        replace(_BY_NAME[alias], name=snap, resolution=f"snapshot of {alias}: same rules")
+        for alias, snap in (
+            ("qwen3-vl-plus", "qwen3-vl-plus-2025-12-19"),
+            ("qwen3-vl-plus", "qwen3-vl-plus-2025-09-23"),
+            ("qwen3-vl-flash", "qwen3-vl-flash-2025-10-15"),
+        )
+    ),
     # Current snapshots of the 32-px aliases [issue10, checked 2026-11].
-    *(replace(_BY_NAME[alias], name=snap, resolution=f"current snapshot of {alias}: same 32-px rules")
-      for alias, snap in (("qwen-vl-max", "qwen-vl-max-2025-08-13"), ("qwen-vl-plus", "qwen-vl-plus-2025-08-15"),
-                          ("qwen-vl-plus", "qwen-vl-plus-2025-07-10"))),
+    *(
+        replace(_BY_NAME[alias], name=snap, resolution=f"current snapshot of {alias}: same 32-px rules")
+        for alias, snap in (
+            ("qwen-vl-max", "qwen-vl-max-2025-08-13"),
+            ("qwen-vl-plus", "qwen-vl-plus-2025-08-15"),
+            ("qwen-vl-plus", "qwen-vl-plus-2025-07-10"),
+        )
+    ),
     # Older snapshots: their own 28-px family [issue10, checked 2026-11].
-    *(_vl_old(snap, alias)
-      for alias, snap in (("qwen-vl-max", "qwen-vl-max-2025-04-08"), ("qwen-vl-max", "qwen-vl-max-2025-04-02"),
-                          ("qwen-vl-max", "qwen-vl-max-2025-01-25"), ("qwen-vl-plus", "qwen-vl-plus-2025-05-07"),
-                          ("qwen-vl-plus", "qwen-vl-plus-2025-01-25"))),
+    *(
+        _vl_old(snap, alias)
+        for alias, snap in (
+            ("qwen-vl-max", "qwen-vl-max-2025-04-08"),
+            ("qwen-vl-max", "qwen-vl-max-2025-04-02"),
+            ("qwen-vl-max", "qwen-vl-max-2025-01-25"),
+            ("qwen-vl-plus", "qwen-vl-plus-2025-05-07"),
+            ("qwen-vl-plus", "qwen-vl-plus-2025-01-25"),
+        )
+    ),
     # Older OCR snapshots: 28 px, 5 / 5 CNY per 1M [issue10, checked 2026-11]; context as the older OCR
     # model (34,096 / 4,096, model list before 2025-10).
-    *(_qwen25vl(snap, family="qwen-vl-ocr", image_tokens=8192, low_detail_tokens=1280, context_tokens=34_096,
-                max_output_tokens=4_096, structured_output=True, video=False, prices=_flat((5.0, 5.0)),
-                resolution="older snapshot of qwen-vl-ocr: its own 28-px rules and price")
-      for snap in ("qwen-vl-ocr-2025-08-28", "qwen-vl-ocr-2025-04-13", "qwen-vl-ocr-2024-10-28")),
+    *(
+        _qwen25vl(
+            snap,
+            family="qwen-vl-ocr",
+            image_tokens=8192,
+            low_detail_tokens=1280,
+            context_tokens=34_096,
+            max_output_tokens=4_096,
+            structured_output=True,
+            video=False,
+            prices=_flat((5.0, 5.0)),
+            resolution="older snapshot of qwen-vl-ocr: its own 28-px rules and price",
+        )
+        for snap in ("qwen-vl-ocr-2025-08-28", "qwen-vl-ocr-2025-04-13", "qwen-vl-ocr-2024-10-28")
+    ),
 )
 
 MODELS: dict[str, ModelInfo] = dict(_BY_NAME)
-ALIASES = ("qwen3-vl-plus", "qwen3-vl-flash", "qwen-vl-max", "qwen-vl-plus", "qwen2.5-vl-72b-instruct",
-           "qwen2.5-vl-32b-instruct", "qwen2.5-vl-7b-instruct", "qwen2.5-vl-3b-instruct", "qvq-max", "qvq-plus",
-           "qwen-vl-ocr")  # the entries that take "-latest" and unlisted dated snapshots
+ALIASES = (
+    "qwen3-vl-plus",
+    "qwen3-vl-flash",
+    "qwen-vl-max",
+    "qwen-vl-plus",
+    "qwen2.5-vl-72b-instruct",
+    "qwen2.5-vl-32b-instruct",
+    "qwen2.5-vl-7b-instruct",
+    "qwen2.5-vl-3b-instruct",
+    "qvq-max",
+    "qvq-plus",
+    "qwen-vl-ocr",
+)  # the entries that take "-latest" and unlisted dated snapshots
 DEFAULT_MODEL = "qwen3-vl-plus"
 
 _LATEST = "-latest"
@@ -291,18 +368,25 @@ def model_info(name: str) -> ModelInfo:
     """
     key = name.strip().lower()
     if key.startswith("qwen/"):  # Hugging Face ids of the open models, e.g. Qwen/Qwen2.5-VL-7B-Instruct
-        key = key[len("qwen/"):]
+        key = key[len("qwen/") :]
     if key in MODELS:
         info = MODELS[key]
         return info if info.name == name else replace(info, name=name, entry=key)
     for base in sorted(ALIASES, key=len, reverse=True):
         if key.startswith(base):
-            rest = key[len(base):]
+            rest = key[len(base) :]
             if rest == _LATEST:
                 return replace(MODELS[base], name=name, entry=base, resolution=f"-latest alias of {base}")
             if _DATED.match(rest):
-                return _warned(replace(MODELS[base], name=name, entry=base, known=False,
-                                       resolution=f"unlisted snapshot: rules of {base}"))
+                return _warned(
+                    replace(
+                        MODELS[base],
+                        name=name,
+                        entry=base,
+                        known=False,
+                        resolution=f"unlisted snapshot: rules of {base}",
+                    )
+                )
     return _guess(name, key)
 
 
@@ -317,9 +401,16 @@ def _guess(name: str, key: str) -> ModelInfo:
         proto = MODELS["qwen-vl-plus"]
     else:  # qwen3-vl-*, qwen3.5/3.6/3.7 series, and anything newer: the 32 px rule
         proto = MODELS["qwen3-vl-flash"]
-    return _warned(replace(proto, name=name, prices=Prices(), known=False, entry=proto.name,
-                           resolution=f"not in the table: guessed from the name as {proto.family} "
-                                      f"(rules of {proto.name}, no price)"))
+    return _warned(
+        replace(
+            proto,
+            name=name,
+            prices=Prices(),
+            known=False,
+            entry=proto.name,
+            resolution=f"not in the table: guessed from the name as {proto.family} (rules of {proto.name}, no price)",
+        )
+    )
 
 
 _WARNED: set[str] = set()
@@ -330,8 +421,10 @@ def guess_warning(info: ModelInfo) -> str | None:
     if info.known:
         return None
     priced = "" if info.has_price else "; cost unknown"
-    return (f"{info.name} is not in qwenvl's model table: estimates use a guessed family "
-            f"({info.family}, {info.factor} px per token{priced}); see `qwenvl models`")
+    return (
+        f"{info.name} is not in qwenvl's model table: estimates use a guessed family "
+        f"({info.family}, {info.factor} px per token{priced}); see `qwenvl models`"
+    )
 
 
 def _warned(info: ModelInfo) -> ModelInfo:
@@ -342,6 +435,7 @@ def _warned(info: ModelInfo) -> ModelInfo:
 
 
 # --- prices and costs: the one home ----------------------------------------------------------------------
+
 
 def currency_of(region: str | None) -> Currency:
     """The billing currency of a region (None: ``$QWENVL_REGION``, else ``cn``): CNY in Beijing, USD elsewhere."""
@@ -367,8 +461,14 @@ def price_for(model: ModelInfo | str, input_tokens: int, *, region: str | None =
     raise AssertionError("unreachable")
 
 
-def estimate_cost(model: ModelInfo | str | None, input_tokens: int | None, output_tokens: int | None = 0, *,
-                  region: str | None = None, factor: float = 1.0) -> float | None:
+def estimate_cost(
+    model: ModelInfo | str | None,
+    input_tokens: int | None,
+    output_tokens: int | None = 0,
+    *,
+    region: str | None = None,
+    factor: float = 1.0,
+) -> float | None:
     """Estimated cost of one request, in ``currency_of(region)`` (CNY when no region is given).
 
     The request's input length picks the tier (``price_for``). ``factor`` scales it (0.5 for the Batch API).
@@ -389,7 +489,7 @@ def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:
     symbol = CURRENCY_SYMBOL.get(currency, currency + " ")
     if amount >= 1:
         return f"{symbol}{amount:,.2f}"
-    if 0 < amount < 10 ** -digits:
+    if 0 < amount < 10**-digits:
         digits = 1 - math.floor(math.log10(amount))
     return f"{symbol}{amount:.{digits}f}"
 
@@ -411,20 +511,41 @@ def describe(info: ModelInfo, region: str | None = None) -> dict:
         tiers.append({"tier": t.label(low), "input_up_to": t.up_to, "input": t.input, "output": t.output})
         low = t.up_to or low
     return {
-        "name": info.name, "family": info.family, "known": info.known, "resolves_to": info.entry or info.name,
-        "resolution": info.resolution, "px_per_token": info.factor,
-        "image_tokens": {"default": info.image_tokens, "high_res": HIGH_RES_IMAGE_TOKENS if info.high_res else None,
-                         "low_detail": info.low_detail_tokens, "min": info.min_image_tokens},
+        "name": info.name,
+        "family": info.family,
+        "known": info.known,
+        "resolves_to": info.entry or info.name,
+        "resolution": info.resolution,
+        "px_per_token": info.factor,
+        "image_tokens": {
+            "default": info.image_tokens,
+            "high_res": HIGH_RES_IMAGE_TOKENS if info.high_res else None,
+            "low_detail": info.low_detail_tokens,
+            "min": info.min_image_tokens,
+        },
         "default_max_pixels": info.default_max_pixels,
-        "context_tokens": info.context_tokens, "max_output_tokens": info.max_output_tokens,
-        "abilities": {"thinking": "always" if info.thinking_only else info.thinking, "tools": info.tools,
-                      "structured_output": info.structured_output, "high_res": info.high_res, "video": info.video,
-                      "stream_only": info.stream_only},
-        "video": {"max_frames": info.video_max_frames, "frame_tokens": info.video_frame_tokens,
-                  "total_tokens": info.video_total_tokens, "url_max_bytes": info.video_url_max_bytes,
-                  "file_max_bytes": MAX_VIDEO_FILE_BYTES} if info.video else None,
+        "context_tokens": info.context_tokens,
+        "max_output_tokens": info.max_output_tokens,
+        "abilities": {
+            "thinking": "always" if info.thinking_only else info.thinking,
+            "tools": info.tools,
+            "structured_output": info.structured_output,
+            "high_res": info.high_res,
+            "video": info.video,
+            "stream_only": info.stream_only,
+        },
+        "video": {
+            "max_frames": info.video_max_frames,
+            "frame_tokens": info.video_frame_tokens,
+            "total_tokens": info.video_total_tokens,
+            "url_max_bytes": info.video_url_max_bytes,
+            "file_max_bytes": MAX_VIDEO_FILE_BYTES,
+        }
+        if info.video
+        else None,
         "grounding": info.grounding,
-        "currency": currency, "prices_per_1m": tiers,
+        "currency": currency,
+        "prices_per_1m": tiers,
     }
 
 

@@ -18,8 +18,10 @@ def cut_off(response: Response, max_tokens: int | None = None) -> str | None:
         return None
     budget = f" ({max_tokens} tokens)" if max_tokens else ""
     if response.reasoning and not response.text.strip():
-        return (f"the answer was cut off at max_tokens{budget} while the model was still thinking: no answer was "
-                "given; raise --max-tokens (or cap the thinking with --thinking-budget)")
+        return (
+            f"the answer was cut off at max_tokens{budget} while the model was still thinking: no answer was "
+            "given; raise --max-tokens (or cap the thinking with --thinking-budget)"
+        )
     thinking = " (or cap the thinking with --thinking-budget)" if response.reasoning else ""
     return f"the answer was cut off at max_tokens{budget}: it is incomplete; raise --max-tokens{thinking}"
 
@@ -31,8 +33,10 @@ def not_shown(response: Response) -> str | None:
         return None
     kinds = sorted({next(iter(item), "?") if item.get("type") is None else str(item["type"]) for item in items})
     n = len(items)
-    return (f"the answer also holds {n} item{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not text "
-            f"({', '.join(kinds)}), not shown here (`qwenvl ask --json` prints them)")
+    return (
+        f"the answer also holds {n} item{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} not text "
+        f"({', '.join(kinds)}), not shown here (`qwenvl ask --json` prints them)"
+    )
 
 
 def empty(response: Response) -> str | None:
@@ -43,10 +47,14 @@ def empty(response: Response) -> str | None:
     return f"the service sent no answer (empty content{why})"
 
 
-def answer_notes(response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True,
-                 items_shown: bool = False) -> list[str]:
+def answer_notes(
+    response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True, items_shown: bool = False
+) -> list[str]:
     """Every note for ``response``, in the order a user needs them (``items_shown``: the output already holds
     ``other_content``, e.g. ``--json``)."""
-    notes = [cut_off(response, max_tokens) if include_cut_off else None, empty(response),
-             None if items_shown else not_shown(response)]
+    notes = [
+        cut_off(response, max_tokens) if include_cut_off else None,
+        empty(response),
+        None if items_shown else not_shown(response),
+    ]
     return [n for n in notes if n]

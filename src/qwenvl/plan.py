@@ -16,8 +16,18 @@ from qwenvl.models import ModelInfo, model_info
 from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
 
 # Request fields sent as generation parameters under the same name in both protocols.
-GENERATION_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "enable_thinking",
-                     "thinking_budget", "tools", "tool_choice")
+GENERATION_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "enable_thinking",
+    "thinking_budget",
+    "tools",
+    "tool_choice",
+)
 
 
 @dataclass
@@ -35,12 +45,14 @@ class Call:
 def ensure_sendable(call: Call) -> None:
     """Refuse a call planned with ``estimate_only``: its media are ``estimate://`` placeholders, not files."""
     if call.estimate_only:
-        raise UsageError("this call was planned with estimate_only=True (sizes and tokens only, media not "
-                         "prepared) and cannot be sent", hint="Plan it again without estimate_only to send it.")
+        raise UsageError(
+            "this call was planned with estimate_only=True (sizes and tokens only, media not "
+            "prepared) and cannot be sent",
+            hint="Plan it again without estimate_only to send it.",
+        )
 
 
-def media_options(request: Request, model: ModelInfo, protocol: str, *,
-                  estimate_only: bool = False) -> MediaOptions:
+def media_options(request: Request, model: ModelInfo, protocol: str, *, estimate_only: bool = False) -> MediaOptions:
     """The media preparation a request asks for; ``estimate_only`` for sizes and tokens without preparing.
 
     UsageError when it asks for high-resolution images (``--high-res``, ``detail="high"``) from a model
@@ -48,11 +60,19 @@ def media_options(request: Request, model: ModelInfo, protocol: str, *,
     so that an estimate never counts a budget the service would not apply (``ModelInfo.high_res``)."""
     check_high_res(request, model)
     return MediaOptions(
-        model=model, protocol=protocol, detail=request.detail,
+        model=model,
+        protocol=protocol,
+        detail=request.detail,
         vl_high_resolution_images=high_resolution(request),
-        min_pixels=request.min_pixels, max_pixels=request.max_pixels, prepare=request.prepare, fps=request.fps,
-        pages=request.pages, fetch_urls=request.fetch_urls, fetch_timeout_s=min(request.timeout_s, 60.0),
-        video_as=request.video_as, estimate_only=estimate_only,
+        min_pixels=request.min_pixels,
+        max_pixels=request.max_pixels,
+        prepare=request.prepare,
+        fps=request.fps,
+        pages=request.pages,
+        fetch_urls=request.fetch_urls,
+        fetch_timeout_s=min(request.timeout_s, 60.0),
+        video_as=request.video_as,
+        estimate_only=estimate_only,
     )
 
 
@@ -60,10 +80,12 @@ def check_high_res(request: Request, model: ModelInfo) -> None:
     """Refuse high-resolution images for a (known) model that does not support them."""
     if high_resolution(request) and model.known and not model.high_res:
         how = "--detail high" if request.vl_high_resolution_images is None else "--high-res"
-        raise UsageError(f"{model.name} does not support high-resolution images ({how}, "
-                         f"vl_high_resolution_images): it is a {model.factor}-px {model.family} model",
-                         hint="Drop the option (images get the default budget of "
-                              f"{model.image_tokens} tokens), or use qwen3-vl-plus or qwen-vl-max.")
+        raise UsageError(
+            f"{model.name} does not support high-resolution images ({how}, "
+            f"vl_high_resolution_images): it is a {model.factor}-px {model.family} model",
+            hint="Drop the option (images get the default budget of "
+            f"{model.image_tokens} tokens), or use qwen3-vl-plus or qwen-vl-max.",
+        )
 
 
 def structured_output_supported(request: Request, model: ModelInfo) -> bool:
@@ -94,8 +116,9 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
         max_pixels = request.max_pixels
         if max_pixels is None and request.detail == "low" and not high_resolution(request):
             max_pixels = model.low_detail_tokens * model.pixels_per_token  # so URLs get the low budget too
-        pixels: dict[str, Any] = {k: v for k, v in (("min_pixels", request.min_pixels),
-                                                    ("max_pixels", max_pixels)) if v is not None}
+        pixels: dict[str, Any] = {
+            k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", max_pixels)) if v is not None
+        }
         for ref in request.image_list():
             parts.append(ImagePart(image=ref, **pixels))
         if request.video is not None:
@@ -146,14 +169,22 @@ def check_context(items: list[PreparedItem], model: ModelInfo) -> None:
         kind = "video" if item.kind == "video" else "image"
         kinds[kind] = kinds.get(kind, 0) + 1
     what = " and ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in kinds.items())
-    raise MediaError(f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
-                     f"{model.context_tokens:,} tokens", source=known[0].source,
-                     hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower "
-                          "--fps).")
+    raise MediaError(
+        f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
+        f"{model.context_tokens:,} tokens",
+        source=known[0].source,
+        hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower --fps).",
+    )
 
 
-def plan(request: Request, protocol: str, *, estimate_only: bool = False, model: ModelInfo | None = None,
-         media_form: str = "data-url") -> Call:
+def plan(
+    request: Request,
+    protocol: str,
+    *,
+    estimate_only: bool = False,
+    model: ModelInfo | None = None,
+    media_form: str = "data-url",
+) -> Call:
     """Validate, build the messages and prepare every media item. Raises before anything is sent.
 
     ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
@@ -162,17 +193,27 @@ def plan(request: Request, protocol: str, *, estimate_only: bool = False, model:
     ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded)."""
     model = model or model_info(request.model)
     if request.enable_thinking and not model.thinking and model.known:
-        raise UsageError(f"{request.model} does not support thinking (enable_thinking)",
-                         hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
+        raise UsageError(
+            f"{request.model} does not support thinking (enable_thinking)",
+            hint="Use a Qwen3-VL model such as qwen3-vl-plus.",
+        )
     if request.tools and model.known and not model.tools:
-        raise UsageError(f"{request.model} does not support tool calling (tools)",
-                         hint="Use a Qwen3-VL model such as qwen3-vl-plus.")
+        raise UsageError(
+            f"{request.model} does not support tool calling (tools)", hint="Use a Qwen3-VL model such as qwen3-vl-plus."
+        )
     history = build_messages(request, model)
     options = media_options(request, model, protocol, estimate_only=estimate_only)
     if media_form == "memory":
         options = replace(options, keep_pixels=True)
     prepared = prepare_messages(history, options)
     check_context(prepared.items, model)
-    return Call(request=request, model=model, messages=prepared.messages, history=history,
-                params=generation_params(request, model), media=prepared.items, schema=request.schema,
-                estimate_only=estimate_only)
+    return Call(
+        request=request,
+        model=model,
+        messages=prepared.messages,
+        history=history,
+        params=generation_params(request, model),
+        media=prepared.items,
+        schema=request.schema,
+        estimate_only=estimate_only,
+    )

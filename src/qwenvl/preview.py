@@ -31,8 +31,15 @@ def estimate_text_tokens(call: Call) -> int:
     return math.ceil(chars / CHARS_PER_TEXT_TOKEN)
 
 
-def preview(call: Call, *, protocol: str, base_url: str | None = None, region: str | None = None,
-            stream: bool = False, backend: Any = None) -> dict[str, Any]:
+def preview(
+    call: Call,
+    *,
+    protocol: str,
+    base_url: str | None = None,
+    region: str | None = None,
+    stream: bool = False,
+    backend: Any = None,
+) -> dict[str, Any]:
     """``backend``: a local backend with ``preview_body(call, stream) -> (url, body)`` (openai, transformers)."""
     stream = stream or call.model.stream_only  # what the backend will send (see DashScopeBackend.complete)
     headers = {"Authorization": "Bearer ***", "Content-Type": "application/json"}
@@ -54,12 +61,18 @@ def preview(call: Call, *, protocol: str, base_url: str | None = None, region: s
     max_out = call.request.max_tokens
     items = []
     for item in call.media:
-        items.append({
-            "source": item.source, "kind": item.kind,
-            "sent": shorten(item.sent) if isinstance(item.sent, str) else f"{len(item.sent)} frames",
-            "bytes_sent": item.bytes_sent, "width": item.width, "height": item.height,
-            "tokens": item.tokens, "notes": item.notes,
-        })
+        items.append(
+            {
+                "source": item.source,
+                "kind": item.kind,
+                "sent": shorten(item.sent) if isinstance(item.sent, str) else f"{len(item.sent)} frames",
+                "bytes_sent": item.bytes_sent,
+                "width": item.width,
+                "height": item.height,
+                "tokens": item.tokens,
+                "notes": item.notes,
+            }
+        )
     return {
         "url": url,
         "method": "POST",

@@ -41,8 +41,9 @@ def should_retry(exc: APIError) -> bool:
     return False
 
 
-def retry_delay(attempt: int, backoff_s: float, retry_after: float | None = None,
-                rng: Callable[[], float] = random.random) -> float:
+def retry_delay(
+    attempt: int, backoff_s: float, retry_after: float | None = None, rng: Callable[[], float] = random.random
+) -> float:
     """Seconds to wait before retry number ``attempt + 1``: ``backoff_s * 2**attempt`` with jitter, never
     less than the server's Retry-After, and at most ``MAX_RETRY_DELAY_S``."""
     delay = backoff_s * (2 ** min(attempt, 60)) * (1 - JITTER * rng())
@@ -78,8 +79,11 @@ def give_up_hint(exc: APIError, now: Callable[[], float] = time.time) -> str | N
     if not isinstance(exc, APIStatusError) or wait is None or wait <= 0:
         return None
     at = time.strftime("%H:%M:%S", time.localtime(now() + wait))
-    why = (f"more than the {MAX_RETRY_DELAY_S:g} s qwenvl waits between attempts" if wait > MAX_RETRY_AFTER_S
-           else "and the retries are used up")
+    why = (
+        f"more than the {MAX_RETRY_DELAY_S:g} s qwenvl waits between attempts"
+        if wait > MAX_RETRY_AFTER_S
+        else "and the retries are used up"
+    )
     return f"The service asks to wait {math.ceil(wait)} s ({why}): try again after {at}."
 
 

@@ -59,16 +59,22 @@ class Session:
             session.created = float(data.get("created", session.created))
             session.messages = [Message.model_validate(m) for m in data.get("messages", [])]
         except (OSError, ValueError, ValidationError) as exc:
-            raise UsageError(f"session file {session.path} is damaged: {exc}",
-                             hint="Move it away to start the session afresh.") from None
+            raise UsageError(
+                f"session file {session.path} is damaged: {exc}", hint="Move it away to start the session afresh."
+            ) from None
         return session
 
     def save(self) -> None:
         """Atomically: a crash leaves the previous version, never half a file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         messages = [absolute_media(m) for m in self.messages]
-        data = {"name": self.name, "model": self.model, "created": self.created, "updated": time.time(),
-                "messages": [m.model_dump(mode="json", exclude_none=True) for m in messages]}
+        data = {
+            "name": self.name,
+            "model": self.model,
+            "created": self.created,
+            "updated": time.time(),
+            "messages": [m.model_dump(mode="json", exclude_none=True) for m in messages],
+        }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -109,8 +115,9 @@ def absolute_media(message: Message) -> Message:
             part = part.model_copy(update={"image": absolute_ref(part.image)})
         elif isinstance(part, VideoPart):
             video = part.video
-            part = part.model_copy(update={"video": absolute_ref(video) if isinstance(video, str)
-                                           else [absolute_ref(v) for v in video]})
+            part = part.model_copy(
+                update={"video": absolute_ref(video) if isinstance(video, str) else [absolute_ref(v) for v in video]}
+            )
         parts.append(part)
     return message.model_copy(update={"content": parts})
 

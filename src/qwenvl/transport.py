@@ -85,8 +85,9 @@ class Budget:
     event) and moves to ``now + timeout_s`` after each data event (``progress``), never past the cap.
     """
 
-    def __init__(self, policy: Policy, *, stream: bool = False, what: str = "reply",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, policy: Policy, *, stream: bool = False, what: str = "reply", clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._clock = clock
         self.timeout_s = policy.timeout_s
         self.stream = stream
@@ -130,9 +131,12 @@ class Budget:
 
     def timeouts(self) -> dict[str, float]:
         """httpx's ``timeout`` request extension: each value carries this budget down to ``_Backend``."""
-        return {"connect": _Limited(min(CONNECT_TIMEOUT_S, self.timeout_s), self),
-                "read": _Limited(self.timeout_s, self), "write": _Limited(self.timeout_s, self),
-                "pool": max(0.001, self.remaining())}
+        return {
+            "connect": _Limited(min(CONNECT_TIMEOUT_S, self.timeout_s), self),
+            "read": _Limited(self.timeout_s, self),
+            "write": _Limited(self.timeout_s, self),
+            "pool": max(0.001, self.remaining()),
+        }
 
 
 class _Limited(float):
@@ -165,13 +169,14 @@ class _Stream(httpcore.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         for i in range(0, max(len(buffer), 1), WRITE_SLICE):
-            self._inner.write(buffer[i:i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
+            self._inner.write(buffer[i : i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
         self._inner.close()
 
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
         return _Stream(self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
 
     def get_extra_info(self, info: str) -> Any:
@@ -184,15 +189,22 @@ class _Backend(httpcore.NetworkBackend):
     def __init__(self, inner: httpcore.NetworkBackend) -> None:
         self._inner = inner
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Any = None) -> httpcore.NetworkStream:
-        return _Stream(self._inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
-                                               local_address, socket_options))
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        return _Stream(
+            self._inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options)
+        )
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Any = None) -> httpcore.NetworkStream:
-        return _Stream(self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout),
-                                                       socket_options))
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout), socket_options))
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -207,15 +219,17 @@ class _AsyncStream(httpcore.AsyncNetworkStream):
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         for i in range(0, max(len(buffer), 1), WRITE_SLICE):
-            await self._inner.write(buffer[i:i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
+            await self._inner.write(buffer[i : i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return _AsyncStream(await self._inner.start_tls(ssl_context, server_hostname,
-                                                        _left(timeout, httpcore.ConnectTimeout)))
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(
+            await self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -225,15 +239,26 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
         self._inner = inner
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None, socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        return _AsyncStream(await self._inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout),
-                                                          local_address, socket_options))
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(
+            await self._inner.connect_tcp(
+                host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
+            )
+        )
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        return _AsyncStream(await self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout),
-                                                                  socket_options))
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        return _AsyncStream(
+            await self._inner.connect_unix_socket(path, _left(timeout, httpcore.ConnectTimeout), socket_options)
+        )
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
@@ -270,14 +295,16 @@ def _headers(api_key: str, extra: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def map_exception(exc: httpx.HTTPError, url: str, api_key: str | None = None,
-                  budget: Budget | None = None) -> APIError:
+def map_exception(exc: httpx.HTTPError, url: str, api_key: str | None = None, budget: Budget | None = None) -> APIError:
     if isinstance(exc, httpx.TimeoutException):
         if budget is not None and budget.spent():
             return APITimeoutError(redact(f"timed out: {budget.describe()} ({url})", api_key))
-        kind = {httpx.ConnectTimeout: "connecting", httpx.ReadTimeout: "waiting for the reply",
-                httpx.WriteTimeout: "sending", httpx.PoolTimeout: "waiting for a connection"}.get(
-            type(exc), "talking to the service")
+        kind = {
+            httpx.ConnectTimeout: "connecting",
+            httpx.ReadTimeout: "waiting for the reply",
+            httpx.WriteTimeout: "sending",
+            httpx.PoolTimeout: "waiting for a connection",
+        }.get(type(exc), "talking to the service")
         return APITimeoutError(redact(f"timed out {kind} ({url})", api_key))
     detail = str(exc) or type(exc).__name__
     return APIConnectionError(redact(f"cannot reach {url}: {detail}", api_key))
@@ -289,8 +316,12 @@ def _length(headers: httpx.Headers) -> int:
 
 
 def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIError:
-    err = error_from_body(response.status_code, body, retry_after=parse_retry_after(response.headers),
-                          request_id=response.headers.get("x-request-id"))
+    err = error_from_body(
+        response.status_code,
+        body,
+        retry_after=parse_retry_after(response.headers),
+        request_id=response.headers.get("x-request-id"),
+    )
     err.message = redact(err.message, api_key)
     return err
 
@@ -298,9 +329,11 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIErr
 def _redirect_error(response: httpx.Response, url: str, api_key: str) -> APIError:
     """A 3xx from the endpoint: never followed (the key would go wherever it points), never retried."""
     location = response.headers.get("location") or "(no Location header)"
-    error = APIConnectionError(redact(f"{url} redirected to {location} (check --base-url)", api_key),
-                               hint="qwenvl does not follow redirects with your key: give the endpoint's real "
-                                    "address as the base URL (--base-url, or DASHSCOPE_*_BASE_URL).")
+    error = APIConnectionError(
+        redact(f"{url} redirected to {location} (check --base-url)", api_key),
+        hint="qwenvl does not follow redirects with your key: give the endpoint's real "
+        "address as the base URL (--base-url, or DASHSCOPE_*_BASE_URL).",
+    )
     error.final = True  # type: ignore[attr-defined]  # the same request would be redirected again
     return error
 
@@ -384,8 +417,14 @@ class Transport:
 
     ``on_retry`` is called with a ``RetryNotice`` before each wait (e.g. to show it on a terminal)."""
 
-    def __init__(self, api_key: str, *, http_client: httpx.Client | None = None,
-                 sleep: Callable[[float], None] = time.sleep, on_retry: RetryHook | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        http_client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: RetryHook | None = None,
+    ) -> None:
         self._key = api_key
         self._own = http_client is None
         self._client = with_deadlines(http_client or httpx.Client(follow_redirects=False, verify=tls_context()))
@@ -406,8 +445,9 @@ class Transport:
             self._sleep(delay)
             attempt += 1
 
-    def _request(self, method: str, url: str, budget: Budget, stream: bool, kw: dict[str, Any],
-                 transfer: bool = False) -> httpx.Response:
+    def _request(
+        self, method: str, url: str, budget: Budget, stream: bool, kw: dict[str, Any], transfer: bool = False
+    ) -> httpx.Response:
         """One attempt: the 2xx/3xx response (open when ``stream``, else read), or the error it maps to.
         ``transfer``: a file transfer, whose budget grows with the body sent and received (``Budget.allow``)."""
         try:
@@ -434,11 +474,11 @@ class Transport:
         raise _status_error(response, body, self._key)
 
     def _send(self, method: str, url: str, policy: Policy, *, transfer: bool = False, **kw: Any) -> httpx.Response:
-        return self._retrying(policy, False,
-                              lambda budget: self._request(method, url, budget, False, kw, transfer))
+        return self._retrying(policy, False, lambda budget: self._request(method, url, budget, False, kw, transfer))
 
-    def post_json(self, url: str, body: dict[str, Any], policy: Policy,
-                  headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+    def post_json(
+        self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None
+    ) -> tuple[Any, dict[str, str]]:
         response = self._send("POST", url, policy, json=body, headers=_headers(self._key, headers))
         return load_json(response.content, "the reply"), dict(response.headers)
 
@@ -452,22 +492,36 @@ class Transport:
 
     def post_files(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> Any:
         """A multipart upload to the service itself (with the key), e.g. a Batch API input file; the JSON reply."""
-        response = self._send("POST", url, policy, transfer=True, data=data, files=files,
-                              headers={"Authorization": f"Bearer {self._key}", "User-Agent": USER_AGENT})
+        response = self._send(
+            "POST",
+            url,
+            policy,
+            transfer=True,
+            data=data,
+            files=files,
+            headers={"Authorization": f"Bearer {self._key}", "User-Agent": USER_AGENT},
+        )
         return load_json(response.content, "the reply")
 
     def get_bytes(self, url: str, policy: Policy) -> bytes:
         """A GET whose body is not JSON (e.g. a Batch API result file)."""
         return self._send("GET", url, policy, transfer=True, headers=_headers(self._key, None)).content
 
-    def open_stream(self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None,
-                    start: Callable[[LineStream], T] | None = None) -> tuple[LineStream, T | None]:
+    def open_stream(
+        self,
+        url: str,
+        body: dict[str, Any],
+        policy: Policy,
+        headers: dict[str, str] | None = None,
+        start: Callable[[LineStream], T] | None = None,
+    ) -> tuple[LineStream, T | None]:
         """POST and return the open reply once its status is 2xx, with what ``start`` returned.
 
         ``start`` reads the stream up to its first content (the backend decodes the protocol); an APIError it
         raises before returning (an error event where the first content should be, a time-out waiting for the
         first event) counts as the attempt's failure and is retried like the same HTTP status. Once ``start``
         has returned nothing more is retried: the caller may already hold part of the answer."""
+
         def once(budget: Budget) -> tuple[LineStream, T | None]:
             response = self._request("POST", url, budget, True, {"json": body, "headers": _headers(self._key, headers)})
             lines = LineStream(response, url, self._key, budget)
@@ -483,8 +537,14 @@ class Transport:
 class AsyncTransport:
     """The asyncio twin of Transport."""
 
-    def __init__(self, api_key: str, *, http_client: httpx.AsyncClient | None = None,
-                 sleep: Callable[[float], Any] = asyncio.sleep, on_retry: RetryHook | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        on_retry: RetryHook | None = None,
+    ) -> None:
         self._key = api_key
         self._own = http_client is None
         self._client = with_deadlines(http_client or httpx.AsyncClient(follow_redirects=False, verify=tls_context()))
@@ -505,8 +565,7 @@ class AsyncTransport:
             await self._sleep(delay)
             attempt += 1
 
-    async def _request(self, method: str, url: str, budget: Budget, stream: bool,
-                       kw: dict[str, Any]) -> httpx.Response:
+    async def _request(self, method: str, url: str, budget: Budget, stream: bool, kw: dict[str, Any]) -> httpx.Response:
         try:
             request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
             response = await self._client.send(request, stream=True)
@@ -526,21 +585,27 @@ class AsyncTransport:
             raise map_exception(exc, url, self._key, budget) from exc
         raise _status_error(response, body, self._key)
 
-    async def post_json(self, url: str, body: dict[str, Any], policy: Policy,
-                        headers: dict[str, str] | None = None) -> tuple[Any, dict[str, str]]:
+    async def post_json(
+        self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None
+    ) -> tuple[Any, dict[str, str]]:
         kw = {"json": body, "headers": _headers(self._key, headers)}
-        response = await self._retrying(policy, False,
-                                        lambda budget: self._request("POST", url, budget, False, kw))
+        response = await self._retrying(policy, False, lambda budget: self._request("POST", url, budget, False, kw))
         return load_json(response.content, "the reply"), dict(response.headers)
 
-    async def open_stream(self, url: str, body: dict[str, Any], policy: Policy,
-                          headers: dict[str, str] | None = None,
-                          start: Callable[[AsyncLineStream], Awaitable[T]] | None = None,
-                          ) -> tuple[AsyncLineStream, T | None]:
+    async def open_stream(
+        self,
+        url: str,
+        body: dict[str, Any],
+        policy: Policy,
+        headers: dict[str, str] | None = None,
+        start: Callable[[AsyncLineStream], Awaitable[T]] | None = None,
+    ) -> tuple[AsyncLineStream, T | None]:
         """As ``Transport.open_stream``, with an async ``start``."""
+
         async def once(budget: Budget) -> tuple[AsyncLineStream, T | None]:
-            response = await self._request("POST", url, budget, True,
-                                           {"json": body, "headers": _headers(self._key, headers)})
+            response = await self._request(
+                "POST", url, budget, True, {"json": body, "headers": _headers(self._key, headers)}
+            )
             lines = AsyncLineStream(response, url, self._key, budget)
             try:
                 return lines, (await start(lines) if start is not None else None)
@@ -555,8 +620,9 @@ FETCH_TIMEOUT_S = 30.0
 FETCH_MAX_REDIRECTS = 5
 
 
-def fetch_url(url: str, *, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S,
-              max_redirects: int = FETCH_MAX_REDIRECTS) -> tuple[bytes, str]:
+def fetch_url(
+    url: str, *, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S, max_redirects: int = FETCH_MAX_REDIRECTS
+) -> tuple[bytes, str]:
     """Download a remote file for local preparation (``--fetch-urls``): (content, content type).
 
     No credentials are sent. The whole download (connect, headers, body, every redirect) must end within
@@ -566,8 +632,14 @@ def fetch_url(url: str, *, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S,
     """
     budget = Budget(Policy(timeout_s=timeout_s, max_retries=0), what="download")
     try:
-        with with_deadlines(httpx.Client(follow_redirects=True, max_redirects=max_redirects, verify=tls_context(),
-                                         headers={"User-Agent": USER_AGENT})) as client:
+        with with_deadlines(
+            httpx.Client(
+                follow_redirects=True,
+                max_redirects=max_redirects,
+                verify=tls_context(),
+                headers={"User-Agent": USER_AGENT},
+            )
+        ) as client:
             request = client.build_request("GET", url, extensions={"timeout": budget.timeouts()})
             response = client.send(request, stream=True)
             try:
@@ -578,8 +650,11 @@ def fetch_url(url: str, *, max_bytes: int, timeout_s: float = FETCH_TIMEOUT_S,
         raise MediaError(f"cannot fetch {url}: more than {max_redirects} redirects", source=url) from None
     except httpx.TimeoutException:
         why = budget.describe() if budget.spent() else f"no answer within {min(CONNECT_TIMEOUT_S, timeout_s):g} s"
-        raise MediaError(f"cannot fetch {url}: timed out ({why})", source=url,
-                         hint="Raise --timeout, or let the service fetch it (without --fetch-urls).") from None
+        raise MediaError(
+            f"cannot fetch {url}: timed out ({why})",
+            source=url,
+            hint="Raise --timeout, or let the service fetch it (without --fetch-urls).",
+        ) from None
     except httpx.HTTPError as exc:
         raise MediaError(f"cannot fetch {url}: {exc}", source=url) from None
 
@@ -589,8 +664,9 @@ def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> tuple[by
         raise MediaError(f"cannot fetch {url}: HTTP {response.status_code}", source=url)
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise MediaError(f"{url} is {int(declared) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB "
-                         "download limit", source=url)
+        raise MediaError(
+            f"{url} is {int(declared) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB download limit", source=url
+        )
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():

@@ -238,9 +238,11 @@ with warnings.catch_warnings():
 
         def result_object(self) -> dict[str, Any]:
             """The skill's result shape: ``{text, model, usage[, json]}`` (usage as the service sent it)."""
-            out: dict[str, Any] = {"text": self.text, "model": self.model,
-                                   "usage": self.usage.raw or self.usage.model_dump(exclude={"raw"},
-                                                                                    exclude_none=True)}
+            out: dict[str, Any] = {
+                "text": self.text,
+                "model": self.model,
+                "usage": self.usage.raw or self.usage.model_dump(exclude={"raw"}, exclude_none=True),
+            }
             if self.json is not None:
                 out["json"] = self.json
             return out

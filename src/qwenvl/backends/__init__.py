@@ -7,21 +7,34 @@ from typing import Any
 from qwenvl.errors import UsageError
 
 
-def make_backend(name: str, *, asynchronous: bool = False, http_client: Any = None, base_url: str | None = None,
-                 api_key: str | None = None, model: str | None = None, engine: str | None = None,
-                 family: str | None = None, device: str | None = None, dtype: str | None = None,
-                 attn_implementation: str | None = None) -> Any:
+def make_backend(
+    name: str,
+    *,
+    asynchronous: bool = False,
+    http_client: Any = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    engine: str | None = None,
+    family: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+) -> Any:
     """A local backend by name (``openai`` or ``transformers``); the DashScope backend is built by the client.
     Options that do not apply to the backend raise UsageError (a --device for a server, an --engine in process)."""
     if name == "openai":
         if device or dtype or attn_implementation:
-            raise UsageError("--device, --dtype and --attn-implementation are for --backend transformers",
-                             hint="The server decides them for --backend openai.")
+            raise UsageError(
+                "--device, --dtype and --attn-implementation are for --backend transformers",
+                hint="The server decides them for --backend openai.",
+            )
         from qwenvl.backends.openai import AsyncOpenAIBackend, OpenAIBackend
 
         cls = AsyncOpenAIBackend if asynchronous else OpenAIBackend
-        return cls(base_url=base_url, api_key=api_key, engine=engine, family=family, model=model,
-                   http_client=http_client)
+        return cls(
+            base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, http_client=http_client
+        )
     if name == "transformers":
         if engine and engine != "auto":
             raise UsageError("--engine is for --backend openai (the server's engine)")
@@ -29,6 +42,5 @@ def make_backend(name: str, *, asynchronous: bool = False, http_client: Any = No
 
         local: type[AsyncTransformersBackend] | type[TransformersBackend]
         local = AsyncTransformersBackend if asynchronous else TransformersBackend
-        return local(model=model, family=family, device=device, dtype=dtype,
-                     attn_implementation=attn_implementation)
+        return local(model=model, family=family, device=device, dtype=dtype, attn_implementation=attn_implementation)
     raise UsageError(f"unknown backend {name!r}: use dashscope, openai or transformers")

@@ -34,8 +34,9 @@ class _Wire:
         self.name = f"dashscope-{protocol}"
 
     def url(self, call: Call) -> str:
-        base = resolve_base_url(self.protocol, base_url=call.request.base_url) if call.request.base_url \
-            else self.base_url
+        base = (
+            resolve_base_url(self.protocol, base_url=call.request.base_url) if call.request.base_url else self.base_url
+        )
         return base + self.proto.ENDPOINT
 
     def body(self, call: Call, stream: bool) -> dict[str, Any]:
@@ -89,8 +90,9 @@ class _Wire:
     def refuse_html(self, stream: LineStream) -> None:
         """A web page where an event stream should be (a proxy's or a captive portal's): say so at once."""
         if "html" in stream.content_type.lower():
-            raise MalformedResponseError("the reply is an HTML page, not an event stream (from a proxy or a "
-                                         "login page, not the service)")
+            raise MalformedResponseError(
+                "the reply is an HTML page, not an event stream (from a proxy or a login page, not the service)"
+            )
 
 
 @dataclass
@@ -103,9 +105,17 @@ class _Started:
 
 
 class DashScopeBackend:
-    def __init__(self, api_key: str, *, protocol: Protocol = "compat", base_url: str | None = None,
-                 region: str | None = None, http_client: Any = None,
-                 sleep: Callable[[float], None] | None = None, on_retry: RetryHook | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        protocol: Protocol = "compat",
+        base_url: str | None = None,
+        region: str | None = None,
+        http_client: Any = None,
+        sleep: Callable[[float], None] | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
         self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
         self.protocol = protocol
         self.name = self._wire.name
@@ -133,15 +143,17 @@ class DashScopeBackend:
             return assembled(self.stream(call))
         call = self.uploads(call)
         w = self._wire
-        data, headers = self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
-                                                 w.headers(call, False))
+        data, headers = self.transport.post_json(
+            w.url(call), w.body(call, False), policy_for(call), w.headers(call, False)
+        )
         return w.parse(data, call, headers)
 
     def stream(self, call: Call) -> Iterator[StreamEvent]:
         call = self.uploads(call)
         w = self._wire
-        stream, started = self.transport.open_stream(w.url(call), w.body(call, True), policy_for(call),
-                                                     w.headers(call, True), start=lambda s: w.start(call, s))
+        stream, started = self.transport.open_stream(
+            w.url(call), w.body(call, True), policy_for(call), w.headers(call, True), start=lambda s: w.start(call, s)
+        )
         assert started is not None
         try:
             yield from started.events
@@ -159,9 +171,17 @@ class DashScopeBackend:
 
 
 class AsyncDashScopeBackend:
-    def __init__(self, api_key: str, *, protocol: Protocol = "compat", base_url: str | None = None,
-                 region: str | None = None, http_client: Any = None, sleep: Any = None,
-                 on_retry: RetryHook | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        protocol: Protocol = "compat",
+        base_url: str | None = None,
+        region: str | None = None,
+        http_client: Any = None,
+        sleep: Any = None,
+        on_retry: RetryHook | None = None,
+    ) -> None:
         self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
         self.protocol = protocol
         self.name = self._wire.name
@@ -169,8 +189,9 @@ class AsyncDashScopeBackend:
         kw = {"sleep": sleep} if sleep else {}
         self.transport = AsyncTransport(api_key, http_client=http_client, on_retry=on_retry, **kw)
         # uploads run in a worker thread through a synchronous transport
-        self._sync = DashScopeBackend(api_key, protocol=protocol, base_url=self.base_url, region=region,
-                                      on_retry=on_retry)
+        self._sync = DashScopeBackend(
+            api_key, protocol=protocol, base_url=self.base_url, region=region, on_retry=on_retry
+        )
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -188,15 +209,17 @@ class AsyncDashScopeBackend:
             return await aassembled(self.stream(call))
         call = await self.uploads(call)
         w = self._wire
-        data, headers = await self.transport.post_json(w.url(call), w.body(call, False), policy_for(call),
-                                                       w.headers(call, False))
+        data, headers = await self.transport.post_json(
+            w.url(call), w.body(call, False), policy_for(call), w.headers(call, False)
+        )
         return w.parse(data, call, headers)
 
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         call = await self.uploads(call)
         w = self._wire
-        stream, started = await self.transport.open_stream(w.url(call), w.body(call, True), policy_for(call),
-                                                           w.headers(call, True), start=lambda s: w.astart(call, s))
+        stream, started = await self.transport.open_stream(
+            w.url(call), w.body(call, True), policy_for(call), w.headers(call, True), start=lambda s: w.astart(call, s)
+        )
         assert started is not None
         try:
             for event in started.events:

@@ -23,8 +23,7 @@ _TEMPLATES: dict[str, tuple[str, dict]] = {
     "qwen2-vl": ("qwen2.5-vl-7b-instruct", {"family": "qwen2-vl", "grounding": "relative-1000"}),
 }
 # transformers' model_type -> family
-MODEL_TYPES = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl",
-               "qwen3_vl_moe": "qwen3-vl"}
+MODEL_TYPES = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen3_vl_moe": "qwen3-vl"}
 
 
 def infer_family(*names: str | None) -> str | None:
@@ -55,6 +54,8 @@ def resolve(name: str, family: str | None, *also: str | None, where: str = "") -
     """``family`` (declared) or the family inferred from ``name`` and ``also``; UsageError when neither."""
     chosen = family or infer_family(name, *also)
     if chosen is None:
-        raise UsageError(f"cannot tell the model family of {name!r}{where}",
-                         hint="Say it with --family qwen2.5-vl or --family qwen3-vl (QWENVL_FAMILY).")
+        raise UsageError(
+            f"cannot tell the model family of {name!r}{where}",
+            hint="Say it with --family qwen2.5-vl or --family qwen3-vl (QWENVL_FAMILY).",
+        )
     return family_model(name, chosen)

@@ -36,10 +36,18 @@ from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy
 from qwenvl.types import Request, Response, StreamEvent
 
 DETECT_TIMEOUT_S = 10.0  # each probe of auto-detection
-_OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llamacpp", "llama.cpp": "llamacpp",
-             "ollama": "ollama", "library": "ollama"}
-DOWN_HINT = ("Is the engine running at that address? e.g. vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 "
-             "(then --base-url http://127.0.0.1:8000/v1), or give another --base-url.")
+_OWNED_BY = {
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "llamacpp": "llamacpp",
+    "llama.cpp": "llamacpp",
+    "ollama": "ollama",
+    "library": "ollama",
+}
+DOWN_HINT = (
+    "Is the engine running at that address? e.g. vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 "
+    "(then --base-url http://127.0.0.1:8000/v1), or give another --base-url."
+)
 
 
 @dataclass
@@ -82,8 +90,11 @@ def detect(transport: Transport, base_url: str, engine: str, timeout_s: float) -
             info.engine = _OWNED_BY[owner]
             return info
     root = _root(base_url)
-    for path, name, key in (("/api/version", "ollama", "version"), ("/version", "vllm", "version"),
-                            ("/props", "llamacpp", "default_generation_settings")):
+    for path, name, key in (
+        ("/api/version", "ollama", "version"),
+        ("/version", "vllm", "version"),
+        ("/props", "llamacpp", "default_generation_settings"),
+    ):
         try:
             reply = transport.get_json(root + path, policy)
         except QwenVLError:
@@ -123,16 +134,19 @@ class _Wire:
         if len(names) == 1:
             return names[0]
         if not names:
-            raise UsageError(f"the server at {self.base_url} does not list its models: give --model",
-                             hint="Give the name the server serves (vLLM's served-model-name option), or leave it out.")
-        raise UsageError(f"the server at {self.base_url} serves several models ({', '.join(names[:6])}): "
-                         "give --model")
+            raise UsageError(
+                f"the server at {self.base_url} does not list its models: give --model",
+                hint="Give the name the server serves (vLLM's served-model-name option), or leave it out.",
+            )
+        raise UsageError(f"the server at {self.base_url} serves several models ({', '.join(names[:6])}): give --model")
 
     def check_model(self, info: ServerInfo, name: str) -> None:
         names = info.names()
         if info.listed and names and name not in names:
-            raise UsageError(f"the server at {self.base_url} does not serve {name!r} (it serves "
-                             f"{', '.join(names[:6])})", hint=f"Use --model {names[0]}.")
+            raise UsageError(
+                f"the server at {self.base_url} does not serve {name!r} (it serves {', '.join(names[:6])})",
+                hint=f"Use --model {names[0]}.",
+            )
 
     def model_info(self, name: str, info: ServerInfo | None) -> ModelInfo:
         root = str((info.entry(name) if info else {}).get("root") or "")
@@ -196,9 +210,17 @@ class OpenAIBackend:
     media_form = "data-url"
     abilities = frozenset({"images", "video-frames", "stream", "tools", "json"})
 
-    def __init__(self, *, base_url: str | None = None, api_key: str | None = None, engine: str | None = None,
-                 family: str | None = None, model: str | None = None, http_client: Any = None,
-                 sleep: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        engine: str | None = None,
+        family: str | None = None,
+        model: str | None = None,
+        http_client: Any = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
         self._wire = _Wire(base_url, engine, family, model)
         self.base_url = self._wire.base_url
         kw: dict[str, Any] = {"sleep": sleep} if sleep else {}
@@ -236,15 +258,17 @@ class OpenAIBackend:
     def complete(self, call: Call) -> Response:
         self.server(call.request.timeout_s)
         w = self._wire
-        data, headers = self.transport.post_json(w.url(), w.body(call, False), policy_for(call),
-                                                 proto.headers(stream=False))
+        data, headers = self.transport.post_json(
+            w.url(), w.body(call, False), policy_for(call), proto.headers(stream=False)
+        )
         return w.parse(data, call, headers)
 
     def stream(self, call: Call) -> Iterator[StreamEvent]:
         self.server(call.request.timeout_s)
         w = self._wire
-        stream, _ = self.transport.open_stream(w.url(), w.body(call, True), policy_for(call),
-                                               proto.headers(stream=True))
+        stream, _ = self.transport.open_stream(
+            w.url(), w.body(call, True), policy_for(call), proto.headers(stream=True)
+        )
         try:
             if "json" in stream.content_type:
                 yield from w.non_sse(call, stream, stream.read())
@@ -268,9 +292,17 @@ class AsyncOpenAIBackend:
     media_form = "data-url"
     abilities = OpenAIBackend.abilities
 
-    def __init__(self, *, base_url: str | None = None, api_key: str | None = None, engine: str | None = None,
-                 family: str | None = None, model: str | None = None, http_client: Any = None,
-                 sleep: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        engine: str | None = None,
+        family: str | None = None,
+        model: str | None = None,
+        http_client: Any = None,
+        sleep: Any = None,
+    ) -> None:
         self._sync = OpenAIBackend(base_url=base_url, api_key=api_key, engine=engine, family=family, model=model)
         self._wire = self._sync._wire
         self.base_url = self._wire.base_url
@@ -308,16 +340,18 @@ class AsyncOpenAIBackend:
     async def complete(self, call: Call) -> Response:
         await self._ready(call)
         w = self._wire
-        data, headers = await self.transport.post_json(w.url(), w.body(call, False), policy_for(call),
-                                                       proto.headers(stream=False))
+        data, headers = await self.transport.post_json(
+            w.url(), w.body(call, False), policy_for(call), proto.headers(stream=False)
+        )
         return w.parse(data, call, headers)
 
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         await self._ready(call)
         w = self._wire
         stream: AsyncLineStream
-        stream, _ = await self.transport.open_stream(w.url(), w.body(call, True), policy_for(call),
-                                                     proto.headers(stream=True))
+        stream, _ = await self.transport.open_stream(
+            w.url(), w.body(call, True), policy_for(call), proto.headers(stream=True)
+        )
         try:
             if "json" in stream.content_type:
                 for event in w.non_sse(call, stream, await stream.aread()):

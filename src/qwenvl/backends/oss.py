@@ -57,9 +57,11 @@ class UploadPolicy:
         needed = ("upload_host", "upload_dir", "oss_access_key_id", "signature", "policy")
         if not isinstance(data, dict) or not all(data.get(k) for k in needed):
             raise MalformedResponseError("the upload policy reply lacks " + ", ".join(needed))
-        return cls(**{k: str(data[k]) for k in needed},
-                   x_oss_object_acl=str(data.get("x_oss_object_acl", "private")),
-                   x_oss_forbid_overwrite=str(data.get("x_oss_forbid_overwrite", "true")))
+        return cls(
+            **{k: str(data[k]) for k in needed},
+            x_oss_object_acl=str(data.get("x_oss_object_acl", "private")),
+            x_oss_forbid_overwrite=str(data.get("x_oss_forbid_overwrite", "true")),
+        )
 
 
 @dataclass
@@ -89,8 +91,10 @@ def _slots(messages: list[Message]) -> list[_Slot]:
 
 
 def _no_storage(region: str, what: str, hint: str) -> UsageError:
-    return UsageError(f"{what} needs DashScope's temporary storage, which exists only in the Beijing region "
-                      f"(cn), not in {region}", hint=hint)
+    return UsageError(
+        f"{what} needs DashScope's temporary storage, which exists only in the Beijing region (cn), not in {region}",
+        hint=hint,
+    )
 
 
 def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> list[_Slot]:
@@ -104,15 +108,23 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
     slots = _slots(call.messages)
     required = [s for s in slots if s.required]
     if not storage and mode == "oss":
-        raise _no_storage(region or "this region", "upload=oss",
-                          "Use --upload auto (inline what fits), or --region cn with a Beijing key.")
+        raise _no_storage(
+            region or "this region",
+            "upload=oss",
+            "Use --upload auto (inline what fits), or --region cn with a Beijing key.",
+        )
     if not storage and required:
-        raise _no_storage(region or "this region", "a video sent whole (video_as=file)",
-                          "Send the video as frames (the default, --video-as frames), or use --region cn.")
+        raise _no_storage(
+            region or "this region",
+            "a video sent whole (video_as=file)",
+            "Send the video as frames (the default, --video-as frames), or use --region cn.",
+        )
     if required and (protocol != "native" or mode == "inline"):
-        raise UsageError("a video sent whole (video_as=file) must go through temporary storage, which needs "
-                         "the native protocol and an upload mode other than inline",
-                         hint="Add --protocol native, or send the video as frames (the default).")
+        raise UsageError(
+            "a video sent whole (video_as=file) must go through temporary storage, which needs "
+            "the native protocol and an upload mode other than inline",
+            hint="Add --protocol native, or send the video as frames (the default).",
+        )
     slots = [s for s in slots if not s.required]
     total = sum(len(s.url) for s in slots)
     if mode == "inline" or not slots:
@@ -130,21 +142,27 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             total -= len(s.url)
     if len(chosen) > len(required) and not storage:
         size = sum(len(s.url) for s in chosen) / 1e6
-        raise MediaError(f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64), and "
-                         f"temporary storage exists only in the Beijing region (cn), not in {region}",
-                         hint="Send fewer or smaller files (or lower --max-pixels), give public URLs, or use "
-                              "--region cn with a Beijing key.")
+        raise MediaError(
+            f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64), and "
+            f"temporary storage exists only in the Beijing region (cn), not in {region}",
+            hint="Send fewer or smaller files (or lower --max-pixels), give public URLs, or use "
+            "--region cn with a Beijing key.",
+        )
     if len(chosen) > len(required) and protocol != "native":
         if mode == "oss":
             raise UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")
         size = sum(len(s.url) for s in chosen) / 1e6
-        raise MediaError(f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64); only "
-                         "the native protocol can upload them to temporary storage",
-                         hint="Add --protocol native, or send fewer or smaller files.")
+        raise MediaError(
+            f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64); only "
+            "the native protocol can upload them to temporary storage",
+            hint="Add --protocol native, or send fewer or smaller files.",
+        )
     if mode == "inline" and total > MAX_INLINE_REQUEST_BYTES:
-        raise MediaError(f"the request carries {total / 1e6:.1f} MB of inline media, over the "
-                         f"{MAX_INLINE_REQUEST_BYTES / 1e6:.0f} MB request limit",
-                         hint="Use --upload auto with --protocol native, or send fewer files.")
+        raise MediaError(
+            f"the request carries {total / 1e6:.1f} MB of inline media, over the "
+            f"{MAX_INLINE_REQUEST_BYTES / 1e6:.0f} MB request limit",
+            hint="Use --upload auto with --protocol native, or send fewer files.",
+        )
     return chosen
 
 
@@ -165,19 +183,24 @@ def _upload_one(url: str, pol: UploadPolicy, transport: Transport, policy: Polic
             key = f"{pol.upload_dir}/{name}"
             transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (name, fh, mime)}, policy)
         return "oss://" + key
-    mime = url[5:url.index(";")] if ";" in url[:100] else "application/octet-stream"
+    mime = url[5 : url.index(";")] if ";" in url[:100] else "application/octet-stream"
     data = decode_data_url(url)
     key = f"{pol.upload_dir}/{object_name(data, mime)}"
-    transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (key.rsplit("/", 1)[-1], data, mime)},
-                        policy)
+    transport.post_form(pol.upload_host, _form(pol, key, mime), {"file": (key.rsplit("/", 1)[-1], data, mime)}, policy)
     return "oss://" + key
 
 
 def _form(pol: UploadPolicy, key: str, mime: str) -> dict[str, str]:
-    return {"OSSAccessKeyId": pol.oss_access_key_id, "Signature": pol.signature, "policy": pol.policy,
-            "key": key, "x-oss-object-acl": pol.x_oss_object_acl,
-            "x-oss-forbid-overwrite": pol.x_oss_forbid_overwrite, "success_action_status": "200",
-            "x-oss-content-type": mime}
+    return {
+        "OSSAccessKeyId": pol.oss_access_key_id,
+        "Signature": pol.signature,
+        "policy": pol.policy,
+        "key": key,
+        "x-oss-object-acl": pol.x_oss_object_acl,
+        "x-oss-forbid-overwrite": pol.x_oss_forbid_overwrite,
+        "success_action_status": "200",
+        "x-oss-content-type": mime,
+    }
 
 
 def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: str) -> Call:
@@ -186,8 +209,11 @@ def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: s
         return call
     r = call.request
     policy = Policy(timeout_s=r.timeout_s, max_retries=r.max_retries, backoff_s=r.retry_backoff_s)
-    pol = UploadPolicy.from_reply(transport.get_json(f"{native_base}/uploads", policy,
-                                                     params={"action": "getPolicy", "model": call.request.model}))
+    pol = UploadPolicy.from_reply(
+        transport.get_json(
+            f"{native_base}/uploads", policy, params={"action": "getPolicy", "model": call.request.model}
+        )
+    )
     done: dict[str, str] = {}  # the same content is uploaded once
     messages = [m.model_copy(deep=True) for m in call.messages]
     for slot in chosen:
@@ -200,5 +226,12 @@ def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: s
             part.video = done[slot.url]  # type: ignore[union-attr]
         else:
             part.video[slot.frame] = done[slot.url]  # type: ignore[union-attr,index]
-    return Call(request=call.request, model=call.model, messages=messages, history=call.history,
-                params=call.params, media=call.media, schema=call.schema)
+    return Call(
+        request=call.request,
+        model=call.model,
+        messages=messages,
+        history=call.history,
+        params=call.params,
+        media=call.media,
+        schema=call.schema,
+    )

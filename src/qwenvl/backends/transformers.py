@@ -46,10 +46,14 @@ from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols.common import make_response
 from qwenvl.types import ImagePart, Request, Response, StreamEvent, TextPart, VideoPart
 
-INSTALL_HINT = 'pip install "qwenvl[local]"  (CPU: pip install torch==2.13.0 first; CUDA: the torch build for ' \
-               'your CUDA from pytorch.org)'
-VIDEO_HINT = ('Video needs torchvision (transformers\' Qwen-VL video processor): pip install torchvision, the build '
-              'matching your torch (e.g. torch==2.14.1 torchvision==0.29.1).')
+INSTALL_HINT = (
+    'pip install "qwenvl[local]"  (CPU: pip install torch==2.13.0 first; CUDA: the torch build for '
+    "your CUDA from pytorch.org)"
+)
+VIDEO_HINT = (
+    "Video needs torchvision (transformers' Qwen-VL video processor): pip install torchvision, the build "
+    "matching your torch (e.g. torch==2.14.1 torchvision==0.29.1)."
+)
 NAME = "transformers"
 
 
@@ -58,12 +62,14 @@ def _imports() -> tuple[Any, Any]:
         import torch
         import transformers
     except ImportError as exc:
-        raise UsageError(f"--backend transformers needs torch and transformers ({exc.name} is not installed)",
-                         hint=INSTALL_HINT) from None
+        raise UsageError(
+            f"--backend transformers needs torch and transformers ({exc.name} is not installed)", hint=INSTALL_HINT
+        ) from None
     return torch, transformers
 
 
 # --- the model folder --------------------------------------------------------------------------------------
+
 
 def _is_folder(ref: str) -> bool:
     return Path(ref).expanduser().is_dir()
@@ -75,15 +81,19 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
     if _is_folder(ref):
         path = Path(ref).expanduser() / filename
         if not path.is_file():
-            raise UsageError(f"{ref} is not a model folder (no {filename})",
-                             hint="Give the folder of a Qwen-VL checkpoint (config.json, *.safetensors, tokenizer).")
+            raise UsageError(
+                f"{ref} is not a model folder (no {filename})",
+                hint="Give the folder of a Qwen-VL checkpoint (config.json, *.safetensors, tokenizer).",
+            )
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UsageError(f"{path} cannot be read as JSON: {exc}") from None
     if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
-        raise UsageError(f"{ref!r} is neither a model folder nor a Hugging Face hub id (owner/name)",
-                         hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct or --model ./my-model")
+        raise UsageError(
+            f"{ref!r} is neither a model folder nor a Hugging Face hub id (owner/name)",
+            hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct or --model ./my-model",
+        )
     _imports()
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -93,20 +103,27 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
     except LocalEntryNotFoundError:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
-        raise APIConnectionError(f"cannot get {ref}: not in the local Hugging Face cache and {why}",
-                                 hint="Download it once with network (huggingface-cli download " + ref +
-                                      "), or give a local folder with --model PATH.") from None
+        raise APIConnectionError(
+            f"cannot get {ref}: not in the local Hugging Face cache and {why}",
+            hint="Download it once with network (huggingface-cli download "
+            + ref
+            + "), or give a local folder with --model PATH.",
+        ) from None
     except (HfHubHTTPError, OSError) as exc:
-        raise APIConnectionError(f"cannot get {ref} from the Hugging Face hub: {str(exc).splitlines()[0]}",
-                                 hint="Check the id, or give a local folder with --model PATH.") from None
+        raise APIConnectionError(
+            f"cannot get {ref} from the Hugging Face hub: {str(exc).splitlines()[0]}",
+            hint="Check the id, or give a local folder with --model PATH.",
+        ) from None
     return json.loads(Path(downloaded).read_text(encoding="utf-8"))
 
 
 def family_of(ref: str, cfg: dict[str, Any]) -> str:
     model_type = str(cfg.get("model_type") or "")
     if model_type not in families.MODEL_TYPES:
-        raise UsageError(f"{ref} is not a Qwen-VL model (model_type {model_type or 'missing'!r}); the transformers "
-                         f"backend runs {', '.join(sorted(families.MODEL_TYPES))}")
+        raise UsageError(
+            f"{ref} is not a Qwen-VL model (model_type {model_type or 'missing'!r}); the transformers "
+            f"backend runs {', '.join(sorted(families.MODEL_TYPES))}"
+        )
     return families.MODEL_TYPES[model_type]
 
 
@@ -127,6 +144,7 @@ def _factor(cfg: dict[str, Any]) -> int:
 
 # --- loading, once per process -----------------------------------------------------------------------------
 
+
 @dataclass
 class Loaded:
     ref: str
@@ -144,8 +162,9 @@ class Loaded:
                 import torchvision  # noqa: F401
                 from transformers import AutoVideoProcessor
             except ImportError:
-                raise UsageError("this model's video input needs torchvision, which is not installed",
-                                 hint=VIDEO_HINT) from None
+                raise UsageError(
+                    "this model's video input needs torchvision, which is not installed", hint=VIDEO_HINT
+                ) from None
             self._video = AutoVideoProcessor.from_pretrained(self.ref)
         return self._video
 
@@ -197,25 +216,30 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
             model = transformers.AutoModelForImageTextToText.from_pretrained(ref, **kw)
         except (OSError, ValueError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"cannot load {ref}: {first}",
-                             hint="A Qwen-VL checkpoint needs config.json, the weights, the tokenizer and "
-                                  "preprocessor_config.json.") from None
+            raise UsageError(
+                f"cannot load {ref}: {first}",
+                hint="A Qwen-VL checkpoint needs config.json, the weights, the tokenizer and preprocessor_config.json.",
+            ) from None
         model.to(where)
         model.eval()
-        loaded = Loaded(ref=ref, family=family, model=model, tokenizer=tokenizer, image_processor=image_processor,
-                        device=where)
+        loaded = Loaded(
+            ref=ref, family=family, model=model, tokenizer=tokenizer, image_processor=image_processor, device=where
+        )
         _LOADED[key] = loaded
         return loaded
 
 
 # --- inputs -------------------------------------------------------------------------------------------------
 
+
 def _decode_ref(ref: str) -> Any:
     from PIL import Image
 
     if not ref.startswith("data:"):
-        raise UsageError(f"the transformers backend takes local images only (got {ref[:80]})",
-                         hint="Download it first (remote images are fetched with --fetch-urls, the default here).")
+        raise UsageError(
+            f"the transformers backend takes local images only (got {ref[:80]})",
+            hint="Download it first (remote images are fetched with --fetch-urls, the default here).",
+        )
     data = base64.b64decode(ref.split(",", 1)[1])
     img = Image.open(io.BytesIO(data))
     img.load()
@@ -256,8 +280,10 @@ def hf_messages(call: Call) -> tuple[list[dict[str, Any]], list[Any], list[tuple
                 parts.append({"type": "image"})
             elif isinstance(part, VideoPart):
                 if not isinstance(part.video, list):
-                    raise UsageError("the transformers backend takes a local video (sampled here into frames), "
-                                     f"not {part.video[:80]}")
+                    raise UsageError(
+                        "the transformers backend takes a local video (sampled here into frames), "
+                        f"not {part.video[:80]}"
+                    )
                 frames = [pictures.get(ref) or _decode_ref(ref) for ref in part.video]
                 videos.append((frames, part.fps or 2.0))
                 parts.append({"type": "video"})
@@ -299,8 +325,9 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
         image_tokens = sum(counts)
     if videos:
         vproc = loaded.video_processor()
-        out = vproc(videos=[frames for frames, _ in videos], return_tensors="pt", do_sample_frames=False,
-                    return_metadata=True)
+        out = vproc(
+            videos=[frames for frames, _ in videos], return_tensors="pt", do_sample_frames=False, return_metadata=True
+        )
         tensors["pixel_values_videos"] = out["pixel_values_videos"]
         tensors["video_grid_thw"] = out["video_grid_thw"]
         vmerge = int(getattr(vproc, "merge_size", 2))
@@ -316,8 +343,7 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
                 pieces = []
                 for g in range(groups):
                     t = (g * step + (step - 1) / 2) / fps
-                    pieces.append(f"<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_group +
-                                  "<|vision_end|>")
+                    pieces.append(f"<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_group + "<|vision_end|>")
                 placeholders.append("".join(pieces))
             else:
                 placeholders.append("<|video_pad|>" * (per_group * groups))
@@ -350,28 +376,37 @@ def _expand(text: str, token: str, replacements: list[str]) -> str:
 def _check_budget(proc: Any, images: list[Any], call: Call) -> None:
     """Refuse an image over the model's own pixel budget (its processor would shrink it silently)."""
     size = getattr(proc, "size", None)
-    hi = getattr(size, "longest_edge", None) if size is not None and not isinstance(size, dict) else \
-        (size or {}).get("longest_edge")
+    hi = (
+        getattr(size, "longest_edge", None)
+        if size is not None and not isinstance(size, dict)
+        else (size or {}).get("longest_edge")
+    )
     if not hi:
         return
     sources = [i.source for i in call.media if i.kind == "image"]
     for n, img in enumerate(images):
         if img.width * img.height > hi:
             label = sources[n] if n < len(sources) else f"image {n + 1}"
-            raise MediaError(f"{label} is sent at {img.width}x{img.height} = {img.width * img.height:,} px, over "
-                             f"the local model's budget of {hi:,} px (its processor's longest_edge)",
-                             source=label, hint="Lower --max-pixels, or drop --no-resize / --high-res.")
+            raise MediaError(
+                f"{label} is sent at {img.width}x{img.height} = {img.width * img.height:,} px, over "
+                f"the local model's budget of {hi:,} px (its processor's longest_edge)",
+                source=label,
+                hint="Lower --max-pixels, or drop --no-resize / --high-res.",
+            )
 
 
 # --- generation ---------------------------------------------------------------------------------------------
+
 
 def generate_kwargs(call: Call, loaded: Loaded) -> dict[str, Any]:
     r = call.request
     if r.tools:
         raise UsageError("the transformers backend does not run tool calls", hint="Use --backend openai.")
     if r.thinking_budget is not None:
-        raise UsageError("thinking_budget is a DashScope parameter; the transformers backend does not take it",
-                         hint="Limit the whole answer with --max-tokens instead.")
+        raise UsageError(
+            "thinking_budget is a DashScope parameter; the transformers backend does not take it",
+            hint="Limit the whole answer with --max-tokens instead.",
+        )
     kw: dict[str, Any] = {"max_new_tokens": r.max_tokens}
     if r.temperature and r.temperature > 0:
         kw.update(do_sample=True, temperature=r.temperature)
@@ -410,10 +445,14 @@ def _stops(call: Call) -> list[str]:
 
 
 def _usage(inputs: Inputs, output_tokens: int) -> dict[str, Any]:
-    usage: dict[str, Any] = {"prompt_tokens": inputs.prompt_tokens, "completion_tokens": output_tokens,
-                             "total_tokens": inputs.prompt_tokens + output_tokens}
-    details = {k: v for k, v in (("image_tokens", inputs.image_tokens), ("video_tokens", inputs.video_tokens))
-               if v is not None}
+    usage: dict[str, Any] = {
+        "prompt_tokens": inputs.prompt_tokens,
+        "completion_tokens": output_tokens,
+        "total_tokens": inputs.prompt_tokens + output_tokens,
+    }
+    details = {
+        k: v for k, v in (("image_tokens", inputs.image_tokens), ("video_tokens", inputs.video_tokens)) if v is not None
+    }
     if details:
         usage["prompt_tokens_details"] = details
     return usage
@@ -442,8 +481,15 @@ class TransformersBackend:
     media_form = "memory"
     abilities = frozenset({"images", "video-frames", "stream", "thinking", "json"})
 
-    def __init__(self, *, model: str | None = None, family: str | None = None, device: str | None = None,
-                 dtype: str | None = None, attn_implementation: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        family: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+    ) -> None:
         self.model = model
         self.family = family
         self.device = device or "auto"
@@ -455,8 +501,10 @@ class TransformersBackend:
     def adapt(self, request: Request) -> Request:
         if "model" not in request.model_fields_set:
             if not self.model:
-                raise UsageError("--backend transformers needs --model: a hub id or a model folder",
-                                 hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct")
+                raise UsageError(
+                    "--backend transformers needs --model: a hub id or a model folder",
+                    hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct",
+                )
             request = request.model_copy(update={"model": self.model})
         family_of(request.model, read_config(request.model))  # a Qwen-VL model, before anything else
         if not request.fetch_urls:  # the model cannot fetch: remote images are downloaded and prepared here
@@ -479,10 +527,14 @@ class TransformersBackend:
         from qwenvl.protocols import openai as wire
 
         eng = wire.Engine("transformers")
-        return {"model": call.request.model, "device": self.device, "dtype": self.dtype,
-                "attn_implementation": self.attn_implementation,
-                "messages": [wire.message(m, eng) for m in call.messages],
-                "generate": {k: v for k, v in call.params.items() if k != "response_format"}}
+        return {
+            "model": call.request.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "attn_implementation": self.attn_implementation,
+            "messages": [wire.message(m, eng) for m in call.messages],
+            "generate": {k: v for k, v in call.params.items() if k != "response_format"},
+        }
 
     def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
         return f"in-process:{call.request.model}", self._body(call)
@@ -490,8 +542,13 @@ class TransformersBackend:
     def cache_key(self, call: Call) -> str:
         from qwenvl.batch.cache import cache_key
 
-        return cache_key(NAME, str(Path(call.request.model).expanduser().resolve()) if _is_folder(call.request.model)
-                         else call.request.model, self._body(call))
+        return cache_key(
+            NAME,
+            str(Path(call.request.model).expanduser().resolve())
+            if _is_folder(call.request.model)
+            else call.request.model,
+            self._body(call),
+        )
 
     def close(self) -> None:
         pass  # the loaded model stays cached for the process
@@ -508,17 +565,28 @@ class TransformersBackend:
                 torch.manual_seed(call.request.seed)
             with torch.inference_mode():
                 out = loaded.model.generate(**inputs.tensors, **gen)
-        generated = out[0, inputs.prompt_tokens:].tolist()
+        generated = out[0, inputs.prompt_tokens :].tolist()
         raw = loaded.tokenizer.decode(generated, skip_special_tokens=True)
         text, reasoning, stopped = split_answer(raw, _stops(call))
-        return self._response(call, text, reasoning, _usage(inputs, len(generated)),
-                              _finish(generated, _eos(loaded), gen["max_new_tokens"], stopped))
+        return self._response(
+            call,
+            text,
+            reasoning,
+            _usage(inputs, len(generated)),
+            _finish(generated, _eos(loaded), gen["max_new_tokens"], stopped),
+        )
 
-    def _response(self, call: Call, text: str, reasoning: str | None, usage: dict[str, Any],
-                  finish: str) -> Response:
-        return make_response(text=text, model=call.request.model, usage=usage,
-                             request_id=f"local-{uuid.uuid4().hex[:12]}", finish_reason=finish, reasoning=reasoning,
-                             tool_calls=None, protocol=NAME)
+    def _response(self, call: Call, text: str, reasoning: str | None, usage: dict[str, Any], finish: str) -> Response:
+        return make_response(
+            text=text,
+            model=call.request.model,
+            usage=usage,
+            request_id=f"local-{uuid.uuid4().hex[:12]}",
+            finish_reason=finish,
+            reasoning=reasoning,
+            tool_calls=None,
+            protocol=NAME,
+        )
 
     def stream(self, call: Call) -> Iterator[StreamEvent]:
         ensure_sendable(call)
@@ -532,13 +600,13 @@ class TransformersBackend:
         result: dict[str, Any] = {}
         try:
             inputs = build_inputs(loaded, call)
-            streamer = transformers.TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                                         timeout=timeout)
+            streamer = transformers.TextIteratorStreamer(
+                loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout
+            )
 
             class _Cancel(transformers.StoppingCriteria):  # type: ignore[name-defined,misc]
                 def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
-                                      device=input_ids.device)
+                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
             def run() -> None:
                 try:
@@ -546,8 +614,11 @@ class TransformersBackend:
                         torch.manual_seed(call.request.seed)
                     with torch.inference_mode():
                         result["out"] = loaded.model.generate(
-                            **inputs.tensors, **gen, streamer=streamer,
-                            stopping_criteria=transformers.StoppingCriteriaList([_Cancel()]))
+                            **inputs.tensors,
+                            **gen,
+                            streamer=streamer,
+                            stopping_criteria=transformers.StoppingCriteriaList([_Cancel()]),
+                        )
                 except BaseException as exc:  # handed to the consumer below
                     result["error"] = exc
                     streamer.end()
@@ -559,8 +630,18 @@ class TransformersBackend:
             cancel.set()
             loaded.lock.release()
 
-    def _relay(self, call: Call, streamer: Any, worker: threading.Thread, result: dict[str, Any], inputs: Inputs,
-               loaded: Loaded, gen: dict[str, Any], cancel: threading.Event, timeout: float) -> Iterator[StreamEvent]:
+    def _relay(
+        self,
+        call: Call,
+        streamer: Any,
+        worker: threading.Thread,
+        result: dict[str, Any],
+        inputs: Inputs,
+        loaded: Loaded,
+        gen: dict[str, Any],
+        cancel: threading.Event,
+        timeout: float,
+    ) -> Iterator[StreamEvent]:
         """Deltas as they come, holding back what may be the start of a stop string or of ``</think>``;
         reasoning until ``</think>`` when thinking was asked for."""
         import queue
@@ -603,10 +684,15 @@ class TransformersBackend:
         if "error" in result:
             raise UsageError(f"generation failed: {result['error']}") from result["error"]
         out = result.get("out")
-        generated = out[0, inputs.prompt_tokens:].tolist() if out is not None else []
+        generated = out[0, inputs.prompt_tokens :].tolist() if out is not None else []
         answer, reasoning, cut_here = split_answer(raw, stops)
-        response = self._response(call, answer, reasoning, _usage(inputs, len(generated)),
-                                  _finish(generated, _eos(loaded), gen["max_new_tokens"], stopped or cut_here))
+        response = self._response(
+            call,
+            answer,
+            reasoning,
+            _usage(inputs, len(generated)),
+            _finish(generated, _eos(loaded), gen["max_new_tokens"], stopped or cut_here),
+        )
         yield StreamEvent(type="done", response=response)
 
 

@@ -14,10 +14,15 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "Batch": "qwenvl.batch.runner", "BatchItem": "qwenvl.batch.inputs", "Estimate": "qwenvl.batch.runner",
-    "Summary": "qwenvl.batch.runner", "AdaptiveLimiter": "qwenvl.batch.limiter",
-    "ResponseCache": "qwenvl.batch.cache", "BatchAPI": "qwenvl.batch.batchapi",
-    "expand_inputs": "qwenvl.batch.inputs", "read_requests": "qwenvl.batch.inputs",
+    "Batch": "qwenvl.batch.runner",
+    "BatchItem": "qwenvl.batch.inputs",
+    "Estimate": "qwenvl.batch.runner",
+    "Summary": "qwenvl.batch.runner",
+    "AdaptiveLimiter": "qwenvl.batch.limiter",
+    "ResponseCache": "qwenvl.batch.cache",
+    "BatchAPI": "qwenvl.batch.batchapi",
+    "expand_inputs": "qwenvl.batch.inputs",
+    "read_requests": "qwenvl.batch.inputs",
 }
 
 __all__ = sorted(_LAZY)

@@ -79,8 +79,9 @@ class BatchJobError(APIError):
 
     default_hint = "See the job with `qwenvl batch status ID`."
 
-    def __init__(self, message: str, *, code: str | None = None, request_id: str | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, request_id: str | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(message, hint=hint, request_id=request_id)
         self.code = code
 
@@ -92,17 +93,27 @@ def check_region(region: str | None, base_url: str | None = None) -> None:
     foreign = [r for r, url in REGIONS.items() if r != "cn" and urlsplit(url).hostname == host]
     if named != "cn" or foreign:
         where = foreign[0] if foreign else named
-        raise UsageError(f"the Batch API for Qwen-VL models exists only in the Beijing region, not in "
-                         f"{REGION_NAMES.get(where, where)} (--region {where})",
-                         hint="Use --region cn with a Beijing key, or run the batch in realtime (drop --mode).")
+        raise UsageError(
+            f"the Batch API for Qwen-VL models exists only in the Beijing region, not in "
+            f"{REGION_NAMES.get(where, where)} (--region {where})",
+            hint="Use --region cn with a Beijing key, or run the batch in realtime (drop --mode).",
+        )
 
 
 class BatchAPI:
     """The Batch API endpoints, synchronous, through ``qwenvl.transport``."""
 
-    def __init__(self, api_key: str | None = None, *, region: str | None = None, base_url: str | None = None,
-                 timeout_s: float = 300.0, max_retries: int = 2, retry_backoff_s: float = 1.5,
-                 http_client: Any = None) -> None:
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        region: str | None = None,
+        base_url: str | None = None,
+        timeout_s: float = 300.0,
+        max_retries: int = 2,
+        retry_backoff_s: float = 1.5,
+        http_client: Any = None,
+    ) -> None:
         check_region(region, base_url)
         self.base = resolve_base_url("compat", region=region, base_url=base_url)
         self.transport = Transport(require_api_key(api_key).key, http_client=http_client)
@@ -121,8 +132,9 @@ class BatchAPI:
         return self.base + "/" + "/".join(quote(p, safe="") for p in parts)
 
     def upload(self, name: str, data: bytes) -> dict[str, Any]:
-        reply = self.transport.post_files(self._url("files"), {"purpose": "batch"},
-                                          {"file": (name, data, "application/jsonl")}, self.policy)
+        reply = self.transport.post_files(
+            self._url("files"), {"purpose": "batch"}, {"file": (name, data, "application/jsonl")}, self.policy
+        )
         return _object(reply, "id")
 
     def create(self, input_file_id: str) -> dict[str, Any]:
@@ -161,8 +173,14 @@ def counts_text(job: dict[str, Any]) -> str:
 
 # --- the run -------------------------------------------------------------------------------------------
 
-def run_batch_api(batch: Batch, journal: Journal, pending: list[BatchItem], prog: Progress,
-                  progress: Callable[[Progress], None] | None) -> list[str]:
+
+def run_batch_api(
+    batch: Batch,
+    journal: Journal,
+    pending: list[BatchItem],
+    prog: Progress,
+    progress: Callable[[Progress], None] | None,
+) -> list[str]:
     """Submit the pending items (unless already in a job), wait for every job, merge. Returns the job ids."""
     report = (lambda: progress(prog)) if progress else (lambda: None)
     opts = batch.client_options
@@ -207,8 +225,9 @@ def _unknown_batch(batch_id: str) -> Iterator[None]:
     try:
         yield
     except NotFoundError as exc:
-        exc.hint = (f"No Batch API job {batch_id!r} is visible to this key: check the id (a batch run prints its "
-                    "job ids).")
+        exc.hint = (
+            f"No Batch API job {batch_id!r} is visible to this key: check the id (a batch run prints its job ids)."
+        )
         raise
 
 
@@ -219,16 +238,32 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
         return item, exc, ("", False)
     ensure_sendable(call)
     if call.model.stream_only:  # Batch API lines are never streamed
-        return item, UsageError(f"{call.request.model} answers only in stream mode, which the Batch API "
-                                "does not offer", hint="Run it with --mode realtime (the default)."), ("", False)
+        return (
+            item,
+            UsageError(
+                f"{call.request.model} answers only in stream mode, which the Batch API does not offer",
+                hint="Run it with --mode realtime (the default).",
+            ),
+            ("", False),
+        )
     body = compat.build_body(call, stream=False)
-    line = json.dumps({"custom_id": item.id, "method": "POST", "url": ENDPOINT, "body": body},
-                      ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    line = (
+        json.dumps(
+            {"custom_id": item.id, "method": "POST", "url": ENDPOINT, "body": body},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode("utf-8")
+        + b"\n"
+    )
     if len(line) > MAX_LINE_BYTES:
-        return item, UsageError(f"the request is {len(line) / 1e6:.1f} MB, over the Batch API's "
-                                f"{MAX_LINE_BYTES / 1e6:.0f} MB per line",
-                                hint="Send fewer or smaller images (--detail low, --max-pixels), or run it "
-                                     "in realtime mode."), ("", False)
+        return (
+            item,
+            UsageError(
+                f"the request is {len(line) / 1e6:.1f} MB, over the Batch API's {MAX_LINE_BYTES / 1e6:.0f} MB per line",
+                hint="Send fewer or smaller images (--detail low, --max-pixels), or run it in realtime mode.",
+            ),
+            ("", False),
+        )
     return item, line, (call.request.model, bool(call.request.enable_thinking))
 
 
@@ -242,8 +277,9 @@ class _File:
         return len(self.lines) < MAX_LINES and self.size + len(line) <= MAX_FILE_BYTES
 
 
-def _submit(batch: Batch, api: BatchAPI, journal: Journal, items: list[BatchItem], prog: Progress,
-            report: Callable[[], None]) -> None:
+def _submit(
+    batch: Batch, api: BatchAPI, journal: Journal, items: list[BatchItem], prog: Progress, report: Callable[[], None]
+) -> None:
     files: dict[tuple[str, bool], _File] = {}
 
     def send(group: tuple[str, bool], f: _File) -> None:
@@ -257,7 +293,7 @@ def _submit(batch: Batch, api: BatchAPI, journal: Journal, items: list[BatchItem
 
     with ThreadPoolExecutor(batch.plan_threads) as pool:
         for start in range(0, len(items), PLAN_CHUNK):
-            for item, res, group in pool.map(lambda i: _plan_line(batch, i), items[start:start + PLAN_CHUNK]):
+            for item, res, group in pool.map(lambda i: _plan_line(batch, i), items[start : start + PLAN_CHUNK]):
                 if isinstance(res, QwenVLError):
                     batch._record_error(journal, item, res, prog, attempts=0)
                     continue
@@ -287,8 +323,9 @@ def _lines(data: bytes) -> list[dict[str, Any]]:
     return out
 
 
-def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], by_id: dict[str, BatchItem],
-           prog: Progress) -> None:
+def _merge(
+    batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], by_id: dict[str, BatchItem], prog: Progress
+) -> None:
     job_id = job["id"]
     waiting = journal.batch_items(job_id)
     results: list[dict[str, Any]] = []
@@ -304,34 +341,51 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], b
         waiting.discard(item_id)
         outcome = _outcome(rec, item)
         if isinstance(outcome, Response):
-            batch._record_ok(journal, item, outcome, prog, attempts=1, latency_s=0.0, extra=extra,
-                             price_factor=PRICE_FACTOR)
+            batch._record_ok(
+                journal, item, outcome, prog, attempts=1, latency_s=0.0, extra=extra, price_factor=PRICE_FACTOR
+            )
             u = outcome.usage
-            usagelog.record(usagelog.Entry(
-                model=batch.model_of(item), protocol="batch-api", outcome="ok",
-                input_tokens=u.input_tokens, output_tokens=u.output_tokens, image_tokens=u.image_tokens,
-                cost=estimate_cost(batch.model_of(item), u.input_tokens, u.output_tokens, region=BATCH_REGION,
-                                   factor=PRICE_FACTOR), currency=currency_of(BATCH_REGION),
-                request_id=outcome.request_id))
+            usagelog.record(
+                usagelog.Entry(
+                    model=batch.model_of(item),
+                    protocol="batch-api",
+                    outcome="ok",
+                    input_tokens=u.input_tokens,
+                    output_tokens=u.output_tokens,
+                    image_tokens=u.image_tokens,
+                    cost=estimate_cost(
+                        batch.model_of(item), u.input_tokens, u.output_tokens, region=BATCH_REGION, factor=PRICE_FACTOR
+                    ),
+                    currency=currency_of(BATCH_REGION),
+                    request_id=outcome.request_id,
+                )
+            )
         else:
             batch._record_error(journal, item, outcome, prog, attempts=1)
-            usagelog.record(usagelog.Entry(model=batch.model_of(item), protocol="batch-api",
-                                           outcome=type(outcome).__name__,
-                                           request_id=getattr(outcome, "request_id", None),
-                                           status=getattr(outcome, "status", None),
-                                           code=getattr(outcome, "code", None)))
+            usagelog.record(
+                usagelog.Entry(
+                    model=batch.model_of(item),
+                    protocol="batch-api",
+                    outcome=type(outcome).__name__,
+                    request_id=getattr(outcome, "request_id", None),
+                    status=getattr(outcome, "status", None),
+                    code=getattr(outcome, "code", None),
+                )
+            )
     if not waiting:
         return
     if job["status"] == "failed":
         errors = (job.get("errors") or {}).get("data") or [{}]
         first = errors[0] if isinstance(errors[0], dict) else {}
-        exc = BatchJobError(f"the Batch API job {job_id} failed: {first.get('message') or 'no reason given'}",
-                            code=first.get("code"))
+        exc = BatchJobError(
+            f"the Batch API job {job_id} failed: {first.get('message') or 'no reason given'}", code=first.get("code")
+        )
         for item_id in waiting:
             batch._record_error(journal, by_id[item_id], exc, prog, attempts=1)
     else:  # expired, cancelled, or completed without an answer for some lines: send them again next time
-        journal.conn.executemany("UPDATE items SET status = NULL, batch_id = NULL WHERE id = ?",
-                                 ((i,) for i in waiting))
+        journal.conn.executemany(
+            "UPDATE items SET status = NULL, batch_id = NULL WHERE id = ?", ((i,) for i in waiting)
+        )
 
 
 def _outcome(rec: dict[str, Any], item: BatchItem) -> Response | QwenVLError:
@@ -349,8 +403,9 @@ def _outcome(rec: dict[str, Any], item: BatchItem) -> Response | QwenVLError:
     if isinstance(body, dict) and body.get("error"):
         return error_from_body(status if isinstance(status, int) else None, body, request_id=request_id)
     err = rec.get("error") or {}
-    return BatchJobError(str(err.get("message") or f"line failed (status {status})"), code=err.get("code"),
-                         request_id=request_id)
+    return BatchJobError(
+        str(err.get("message") or f"line failed (status {status})"), code=err.get("code"), request_id=request_id
+    )
 
 
 def _structured(response: Response, item: BatchItem) -> Response | QwenVLError:
@@ -359,8 +414,11 @@ def _structured(response: Response, item: BatchItem) -> Response | QwenVLError:
         return response
     value, errors = structured.parse_answer(response.text, request.schema)
     if errors:
-        return StructuredOutputError("the answer is not valid JSON for the schema (no repair in batch mode): "
-                                     + "; ".join(errors[:3]), raw_text=response.text, errors=errors,
-                                     response=response)
+        return StructuredOutputError(
+            "the answer is not valid JSON for the schema (no repair in batch mode): " + "; ".join(errors[:3]),
+            raw_text=response.text,
+            errors=errors,
+            response=response,
+        )
     response.json = value
     return response

@@ -69,8 +69,7 @@ _DB = SharedConnection(MIGRATIONS)
 def cache_key(protocol: str, endpoint: str, body: dict[str, Any]) -> str:
     """The key of one wire request (see the module docstring for what is in it)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint},
-                        sort_keys=True).encode())
+    h.update(json.dumps({"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint}, sort_keys=True).encode())
     h.update(b"\n")
     h.update(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     return h.hexdigest()
@@ -85,8 +84,13 @@ def source_key(protocol: str, endpoint: str, call: Call) -> str:
     content: computable without preparing the media, and different as soon as a file changes."""
     h = hashlib.sha256()
     asked = call.request.model_dump(mode="json", exclude=_NOT_ASKED)
-    h.update(json.dumps({"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint, "request": asked},
-                        sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    h.update(
+        json.dumps(
+            {"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint, "request": asked},
+            sort_keys=True,
+            ensure_ascii=False,
+        ).encode("utf-8")
+    )
     for message in call.history:
         for part in message.media():
             refs = part.image if isinstance(part, ImagePart) else part.video
@@ -118,8 +122,10 @@ class ResponseCache:
 
     def get(self, key: str) -> Response | None:
         try:
-            row = _DB.run(self.path, lambda c: c.execute(
-                "SELECT response, created FROM responses WHERE key = ?", (key,)).fetchone())
+            row = _DB.run(
+                self.path,
+                lambda c: c.execute("SELECT response, created FROM responses WHERE key = ?", (key,)).fetchone(),
+            )
             if row is None or (self.max_age_s is not None and time.time() - row["created"] > self.max_age_s):
                 return None
             response = Response.model_validate_json(row["response"])
@@ -131,8 +137,9 @@ class ResponseCache:
 
     def __contains__(self, key: object) -> bool:
         try:
-            row = _DB.run(self.path, lambda c: c.execute(
-                "SELECT created FROM responses WHERE key = ?", (key,)).fetchone())
+            row = _DB.run(
+                self.path, lambda c: c.execute("SELECT created FROM responses WHERE key = ?", (key,)).fetchone()
+            )
         except (sqlite3.Error, OSError):
             return False
         return row is not None and (self.max_age_s is None or time.time() - row["created"] <= self.max_age_s)
@@ -140,25 +147,34 @@ class ResponseCache:
     def put(self, key: str, response: Response) -> None:
         data = response.model_dump_json()
         try:
-            _DB.run(self.path, lambda c: c.execute(
-                "INSERT OR REPLACE INTO responses (key, model, created, response) VALUES (?, ?, ?, ?)",
-                (key, response.model, time.time(), data)))
+            _DB.run(
+                self.path,
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO responses (key, model, created, response) VALUES (?, ?, ?, ?)",
+                    (key, response.model, time.time(), data),
+                ),
+            )
         except (sqlite3.Error, OSError) as exc:
             log.debug("response cache not writable (%s): %s", self.path, exc)
 
     def link(self, source: str, key: str) -> None:
         """Remember that the request known by ``source`` (see ``source_key``) was answered under ``key``."""
         try:
-            _DB.run(self.path, lambda c: c.execute(
-                "INSERT OR REPLACE INTO sources (source, key, created) VALUES (?, ?, ?)", (source, key, time.time())))
+            _DB.run(
+                self.path,
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO sources (source, key, created) VALUES (?, ?, ?)", (source, key, time.time())
+                ),
+            )
         except (sqlite3.Error, OSError) as exc:
             log.debug("response cache not writable (%s): %s", self.path, exc)
 
     def has_source(self, source: str) -> bool:
         """Whether the request known by ``source`` has a (fresh) answer."""
         try:
-            row = _DB.run(self.path, lambda c: c.execute(
-                "SELECT key FROM sources WHERE source = ?", (source,)).fetchone())
+            row = _DB.run(
+                self.path, lambda c: c.execute("SELECT key FROM sources WHERE source = ?", (source,)).fetchone()
+            )
         except (sqlite3.Error, OSError):
             return False
         return row is not None and row["key"] in self

@@ -37,8 +37,9 @@ def connect(path: Path, migrations: Sequence[Migration], *, check_same_thread: b
     """Open (creating folder and file), configure and migrate a database. Autocommit mode: use ``with conn``
     or explicit BEGIN for transactions."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=check_same_thread)
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=check_same_thread
+    )
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")

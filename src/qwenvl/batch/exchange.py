@@ -1,12 +1,12 @@
 """What happens around one backend call: the response cache and the usage log (the client's only hook).
 
-    ex = exchange.begin(client, call)        # a cache hit is ready in ex.response
-    if ex.response is None:
-        try:
-            response = ex.done(backend.complete(call))   # stores in the cache, logs "ok"
-        except QwenVLError as exc:
-            ex.failed(exc)                                # logs the error type
-            raise
+ex = exchange.begin(client, call)        # a cache hit is ready in ex.response
+if ex.response is None:
+    try:
+        response = ex.done(backend.complete(call))   # stores in the cache, logs "ok"
+    except QwenVLError as exc:
+        ex.failed(exc)                                # logs the error type
+        raise
 """
 
 from __future__ import annotations
@@ -74,21 +74,37 @@ class Exchange:
             return
         self.finished = True
         status = getattr(exc, "status", None)
-        usagelog.record(usagelog.Entry(
-            model=self.model, protocol=self.protocol, outcome=type(exc).__name__,
-            latency_s=time.monotonic() - self.started, request_id=getattr(exc, "request_id", None),
-            status=status or None, code=getattr(exc, "code", None)))
+        usagelog.record(
+            usagelog.Entry(
+                model=self.model,
+                protocol=self.protocol,
+                outcome=type(exc).__name__,
+                latency_s=time.monotonic() - self.started,
+                request_id=getattr(exc, "request_id", None),
+                status=status or None,
+                code=getattr(exc, "code", None),
+            )
+        )
 
     def _log(self, response: Response, outcome: str) -> None:
         self.finished = True
         u = response.usage
         free = outcome == "cached" or self.local  # local models cost no tokens
         cost = 0.0 if free else estimate_cost(self.model, u.input_tokens, u.output_tokens, region=self.region)
-        usagelog.record(usagelog.Entry(
-            model=self.model, protocol=self.protocol, outcome=outcome, input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens, image_tokens=u.image_tokens, cost=cost,
-            currency=currency_of(self.region) if cost is not None else None,
-            latency_s=time.monotonic() - self.started, request_id=response.request_id))
+        usagelog.record(
+            usagelog.Entry(
+                model=self.model,
+                protocol=self.protocol,
+                outcome=outcome,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                image_tokens=u.image_tokens,
+                cost=cost,
+                currency=currency_of(self.region) if cost is not None else None,
+                latency_s=time.monotonic() - self.started,
+                request_id=response.request_id,
+            )
+        )
 
 
 def begin(client: Any, call: Call, *, stream: bool = False) -> Exchange:

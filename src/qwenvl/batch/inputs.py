@@ -19,11 +19,40 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media.sources import classify, open_regular, sniff
 
 # Files a folder walk picks up by name (anything else is picked up only when its bytes say video or PDF).
-MEDIA_SUFFIXES = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif",
-    ".avif", ".jp2", ".j2k", ".ico", ".icns", ".dib", ".tga", ".sgi", ".svg",
-    ".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v", ".pdf",
-})
+MEDIA_SUFFIXES = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".avif",
+        ".jp2",
+        ".j2k",
+        ".ico",
+        ".icns",
+        ".dib",
+        ".tga",
+        ".sgi",
+        ".svg",
+        ".mp4",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".flv",
+        ".wmv",
+        ".m4v",
+        ".pdf",
+    }
+)
 _VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v")
 _GLOB_CHARS = frozenset("*?[")
 
@@ -145,9 +174,10 @@ def _request_line(path: Path, n: int, raw: str, seen: dict[str, int], overrides:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
-                         hint="Each line must be one JSON object: {\"id\": ..., \"prompt\": ..., \"image\": ...}") \
-            from None
+        raise UsageError(
+            f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
+            hint='Each line must be one JSON object: {"id": ..., "prompt": ..., "image": ...}',
+        ) from None
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")
     raw_id = data.pop("id", n)

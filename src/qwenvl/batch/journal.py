@@ -67,14 +67,41 @@ WRITER_BATCH = 500  # finished items committed in one transaction at most
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _STOP = object()
 _TABLES = {"_migrations", "meta", "items", "batches"}
-_ITEM_COLUMNS = {"id", "seq", "fingerprint", "status", "line", "input_tokens", "output_tokens", "cost", "cached",
-                 "batch_id", "finished_at"}
-_FINISH = ("UPDATE items SET status = ?, line = ?, input_tokens = ?, output_tokens = ?, cost = ?, cached = ?, "
-           "finished_at = ? WHERE id = ?")
+_ITEM_COLUMNS = {
+    "id",
+    "seq",
+    "fingerprint",
+    "status",
+    "line",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "cached",
+    "batch_id",
+    "finished_at",
+}
+_FINISH = (
+    "UPDATE items SET status = ?, line = ?, input_tokens = ?, output_tokens = ?, cost = ?, cached = ?, "
+    "finished_at = ? WHERE id = ?"
+)
 # Request fields that do not change the answer: a resumed run may change them freely.
 NETWORK_FIELDS = frozenset({"max_retries", "retry_backoff_s", "timeout_s", "timeout", "base_url", "stream"})
-CSV_COLUMNS = ("id", "input", "status", "text", "json", "error_type", "error_message", "model", "input_tokens",
-               "output_tokens", "image_tokens", "cost", "cached", "request_id")
+CSV_COLUMNS = (
+    "id",
+    "input",
+    "status",
+    "text",
+    "json",
+    "error_type",
+    "error_message",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "image_tokens",
+    "cost",
+    "cached",
+    "request_id",
+)
 
 
 def m001_items(conn: sqlite3.Connection) -> None:
@@ -121,8 +148,12 @@ def lock_path(output: Path) -> Path:
 
 def _sidecars(path: Path) -> list[Path]:
     """The journal and the files SQLite keeps beside it (deleting one without the others corrupts the next)."""
-    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"),
-            path.with_name(path.name + "-journal")]
+    return [
+        path,
+        path.with_name(path.name + "-wal"),
+        path.with_name(path.name + "-shm"),
+        path.with_name(path.name + "-journal"),
+    ]
 
 
 def _ro(path: Path) -> sqlite3.Connection:
@@ -155,10 +186,13 @@ def _busy(output: Path) -> UsageError:
     who = "another qwenvl batch"
     if owner and owner.get("pid"):
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(owner["since"])) if owner.get("since") else None
-        who += f" (pid {owner['pid']} on {owner.get('host') or 'an unknown host'}" + \
-            (f", started {since})" if since else ")")
-    return UsageError(f"{who} is writing {output}: nothing was sent or deleted",
-                      hint="Wait for it to finish (or stop it), or choose another output file.")
+        who += f" (pid {owner['pid']} on {owner.get('host') or 'an unknown host'}" + (
+            f", started {since})" if since else ")"
+        )
+    return UsageError(
+        f"{who} is writing {output}: nothing was sent or deleted",
+        hint="Wait for it to finish (or stop it), or choose another output file.",
+    )
 
 
 def take_lock(output: Path) -> FileLock:
@@ -180,8 +214,10 @@ def check_free(output: Path) -> None:
 
 
 def _damaged(path: Path, what: str) -> UsageError:
-    return UsageError(f"{path} {what}: it cannot be resumed from",
-                      hint="Pass --fresh to start over (every item is sent again), or move the file away.")
+    return UsageError(
+        f"{path} {what}: it cannot be resumed from",
+        hint="Pass --fresh to start over (every item is sent again), or move the file away.",
+    )
 
 
 def inspect_journal(output: Path) -> bool:
@@ -214,8 +250,9 @@ def inspect_journal(output: Path) -> bool:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 columns = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
-                applied = ({r[0] for r in conn.execute("SELECT name FROM _migrations")}
-                           if "_migrations" in tables else set())
+                applied = (
+                    {r[0] for r in conn.execute("SELECT name FROM _migrations")} if "_migrations" in tables else set()
+                )
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
@@ -233,8 +270,7 @@ def inspect_journal(output: Path) -> bool:
         except OSError:
             results = False
         if results:
-            raise _damaged(path, f"is empty while {output.name} holds results (resuming would send every item "
-                                 "again)")
+            raise _damaged(path, f"is empty while {output.name} holds results (resuming would send every item again)")
         return False
     return True
 
@@ -264,12 +300,15 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def _io_error(path: Path, exc: BaseException) -> UsageError:
     if is_disk_full(exc):
-        return UsageError(f"no space left on the device of {path}: stopped; every answer received is kept in the "
-                          "journal",
-                          hint="Free some space and run the same command again: only unfinished items are sent.")
+        return UsageError(
+            f"no space left on the device of {path}: stopped; every answer received is kept in the journal",
+            hint="Free some space and run the same command again: only unfinished items are sent.",
+        )
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return UsageError(f"cannot write {path}: {reason}",
-                      hint="What was committed before is kept: fix the cause and run the same command again.")
+    return UsageError(
+        f"cannot write {path}: {reason}",
+        hint="What was committed before is kept: fix the cause and run the same command again.",
+    )
 
 
 class Journal:
@@ -364,30 +403,43 @@ class Journal:
         with self._io(), self._transaction():
             c = self.conn
             c.execute("UPDATE items SET seq = NULL WHERE seq IS NOT NULL")
-            c.executemany("""
+            c.executemany(
+                """
                 INSERT INTO items (id, seq, fingerprint) VALUES (?, ?, ?)
                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq,
                     status = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.status END,
                     line = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.line END,
                     batch_id = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.batch_id END,
                     fingerprint = excluded.fingerprint""",
-                          ((item_id, seq, fp) for seq, (item_id, fp) in enumerate(entries)))
+                ((item_id, seq, fp) for seq, (item_id, fp) in enumerate(entries)),
+            )
 
     def pending(self) -> set[str]:
         """The current items not finished (never sent, in flight when a run stopped, or in a Batch API job)."""
-        rows = self.conn.execute("SELECT id FROM items WHERE seq IS NOT NULL AND (status IS NULL OR status NOT IN "
-                                 "('ok', 'error'))").fetchall()
+        rows = self.conn.execute(
+            "SELECT id FROM items WHERE seq IS NOT NULL AND (status IS NULL OR status NOT IN ('ok', 'error'))"
+        ).fetchall()
         return {r["id"] for r in rows}
 
     def retry_errors(self) -> int:
         """Forget the errors of current items, so that they are sent again. Returns how many."""
         with self._io():
-            cur = self.conn.execute("UPDATE items SET status = NULL, line = NULL WHERE status = 'error' "
-                                    "AND seq IS NOT NULL")
+            cur = self.conn.execute(
+                "UPDATE items SET status = NULL, line = NULL WHERE status = 'error' AND seq IS NOT NULL"
+            )
         return cur.rowcount
 
-    def finish(self, item_id: str, status: str, line: str, *, input_tokens: int | None = None,
-               output_tokens: int | None = None, cost: float | None = None, cached: bool = False) -> Future[None]:
+    def finish(
+        self,
+        item_id: str,
+        status: str,
+        line: str,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost: float | None = None,
+        cached: bool = False,
+    ) -> Future[None]:
         """Record a finished item. Without the writer it is committed before returning (errors raised); while
         the writer runs it is queued, and the future returned is done once the row is committed (or holds the
         UsageError saying why it could not be). Wait for it before releasing the request's slot."""
@@ -414,14 +466,16 @@ class Journal:
             _allocate(self._reserve, size)
         except OSError as exc:
             if is_disk_full(exc):
-                raise UsageError(f"not enough free space beside {self.path} to run: {size // 2**20} MB are kept "
-                                 f"for the answers in flight ({RESERVE_PER_SLOT // 1024} kB per request)",
-                                 hint="Free some space, lower --concurrency, or write the output elsewhere.") \
-                    from None
+                raise UsageError(
+                    f"not enough free space beside {self.path} to run: {size // 2**20} MB are kept "
+                    f"for the answers in flight ({RESERVE_PER_SLOT // 1024} kB per request)",
+                    hint="Free some space, lower --concurrency, or write the output elsewhere.",
+                ) from None
             raise _io_error(self._reserve, exc) from None
         self._queue = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, args=(csv_path, flush_interval_s),
-                                        name="qwenvl-journal", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(csv_path, flush_interval_s), name="qwenvl-journal", daemon=True
+        )
         self._writer.start()
 
     def stop_writer(self) -> None:
@@ -507,10 +561,13 @@ class Journal:
     # --- Batch API jobs --------------------------------------------------------------------------
     def add_batch(self, batch_id: str, input_file_id: str, model: str, item_ids: list[str]) -> None:
         with self._transaction():
-            self.conn.execute("INSERT INTO batches (id, input_file_id, model, status, created_at) "
-                              "VALUES (?, ?, ?, 'submitted', ?)", (batch_id, input_file_id, model, time.time()))
-            self.conn.executemany("UPDATE items SET status = 'submitted', batch_id = ? WHERE id = ?",
-                                  ((batch_id, i) for i in item_ids))
+            self.conn.execute(
+                "INSERT INTO batches (id, input_file_id, model, status, created_at) VALUES (?, ?, ?, 'submitted', ?)",
+                (batch_id, input_file_id, model, time.time()),
+            )
+            self.conn.executemany(
+                "UPDATE items SET status = 'submitted', batch_id = ? WHERE id = ?", ((batch_id, i) for i in item_ids)
+            )
 
     def open_batches(self) -> list[dict[str, Any]]:
         """Submitted jobs that still have unfinished current items."""
@@ -521,8 +578,9 @@ class Journal:
         return [dict(r) for r in rows]
 
     def batch_items(self, batch_id: str) -> set[str]:
-        rows = self.conn.execute("SELECT id FROM items WHERE batch_id = ? AND status = 'submitted'",
-                                 (batch_id,)).fetchall()
+        rows = self.conn.execute(
+            "SELECT id FROM items WHERE batch_id = ? AND status = 'submitted'", (batch_id,)
+        ).fetchall()
         return {r["id"] for r in rows}
 
     def set_batch_status(self, batch_id: str, status: str, *, merged: bool = False) -> None:
@@ -531,8 +589,9 @@ class Journal:
     # --- outputs ---------------------------------------------------------------------------------
     def lines(self) -> Iterator[str]:
         """The finished items' output lines, in input order."""
-        cur = self.conn.execute("SELECT line FROM items WHERE seq IS NOT NULL AND status IN ('ok', 'error') "
-                                "ORDER BY seq")
+        cur = self.conn.execute(
+            "SELECT line FROM items WHERE seq IS NOT NULL AND status IN ('ok', 'error') ORDER BY seq"
+        )
         for (line,) in cur:
             yield line
 
@@ -559,7 +618,7 @@ def _allocate(path: Path, size: int) -> None:
         chunk = b"\0" * (1 << 20)
         os.lseek(fd, 0, os.SEEK_SET)
         for offset in range(0, size, len(chunk)):
-            os.write(fd, chunk[:size - offset])
+            os.write(fd, chunk[: size - offset])
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -606,12 +665,19 @@ def csv_record(rec: dict[str, Any]) -> list[Any]:
     usage = rec.get("usage") or {}
     inp = rec.get("input")
     values = {
-        "id": rec.get("id"), "input": inp if isinstance(inp, str) or inp is None else json.dumps(inp),
-        "status": rec.get("status"), "text": result.get("text"),
+        "id": rec.get("id"),
+        "input": inp if isinstance(inp, str) or inp is None else json.dumps(inp),
+        "status": rec.get("status"),
+        "text": result.get("text"),
         "json": json.dumps(result["json"], ensure_ascii=False) if result.get("json") is not None else None,
-        "error_type": error.get("type"), "error_message": error.get("message"), "model": result.get("model"),
-        "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
-        "image_tokens": usage.get("image_tokens"), "cost": rec.get("cost"),
-        "cached": rec.get("cached"), "request_id": result.get("request_id") or error.get("request_id"),
+        "error_type": error.get("type"),
+        "error_message": error.get("message"),
+        "model": result.get("model"),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "image_tokens": usage.get("image_tokens"),
+        "cost": rec.get("cost"),
+        "cached": rec.get("cached"),
+        "request_id": result.get("request_id") or error.get("request_id"),
     }
     return ["" if values[c] is None else values[c] for c in CSV_COLUMNS]

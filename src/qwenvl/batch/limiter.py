@@ -67,9 +67,18 @@ class Slot:
 
 
 class AdaptiveLimiter:
-    def __init__(self, max_concurrency: int = 8, *, min_concurrency: int = 1, rpm: float | None = None,
-                 tpm: float | None = None, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        max_concurrency: int = 8,
+        *,
+        min_concurrency: int = 1,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.max_concurrency = max_concurrency

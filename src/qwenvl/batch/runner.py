@@ -190,9 +190,14 @@ def input_tokens_of(call: Call) -> tuple[int, int]:
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": type(exc).__name__, "message": getattr(exc, "message", str(exc)),
-                           "code": getattr(exc, "code", None), "status": getattr(exc, "status", None) or None,
-                           "request_id": getattr(exc, "request_id", None), "hint": getattr(exc, "hint", None)}
+    out: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": getattr(exc, "message", str(exc)),
+        "code": getattr(exc, "code", None),
+        "status": getattr(exc, "status", None) or None,
+        "request_id": getattr(exc, "request_id", None),
+        "hint": getattr(exc, "hint", None),
+    }
     if isinstance(exc, StructuredOutputError):
         out["raw_text"] = exc.raw_text
     return out
@@ -209,14 +214,32 @@ def result_record(response: Response) -> dict[str, Any]:
 class Batch:
     """One batch of items writing one output (JSONL, plus CSV when asked)."""
 
-    def __init__(self, items: Iterable[BatchItem], output: str | Path, *, csv: str | Path | None = None,
-                 concurrency: int = DEFAULT_CONCURRENCY, rpm: float | None = None, tpm: float | None = None,
-                 cache: bool | str | Path | ResponseCache | None = True, retry_errors: bool = False,
-                 fresh: bool = False, mode: str = "realtime", api_key: str | None = None,
-                 protocol: str | None = None, region: str | None = None, base_url: str | None = None,
-                 model: str | None = None, flush_interval_s: float = FLUSH_INTERVAL_S,
-                 poll_interval_s: float = 30.0, wait: bool = True, plan_threads: int = PLAN_THREADS,
-                 backend: str | None = None, client: Client | None = None, **backend_options: Any) -> None:
+    def __init__(
+        self,
+        items: Iterable[BatchItem],
+        output: str | Path,
+        *,
+        csv: str | Path | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        cache: bool | str | Path | ResponseCache | None = True,
+        retry_errors: bool = False,
+        fresh: bool = False,
+        mode: str = "realtime",
+        api_key: str | None = None,
+        protocol: str | None = None,
+        region: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        poll_interval_s: float = 30.0,
+        wait: bool = True,
+        plan_threads: int = PLAN_THREADS,
+        backend: str | None = None,
+        client: Client | None = None,
+        **backend_options: Any,
+    ) -> None:
         """``backend`` (dashscope|openai|transformers) and ``backend_options`` (engine, family, device, dtype,
         attn_implementation) as for ``qwenvl.Client``; or ``client``: a ready Client (any backend, e.g. a custom
         one) that plans and sends every item, with its own cache (``cache`` and the service options then
@@ -241,9 +264,15 @@ class Batch:
         self.plan_threads = max(1, plan_threads)
         if mode == "batch-api":
             protocol = "compat"  # the Batch API takes OpenAI-compatible bodies
-        self.client_options = {"api_key": api_key, "protocol": protocol, "region": region, "base_url": base_url,
-                               "model": model, "backend": backend,
-                               **{k: v for k, v in backend_options.items() if v is not None}}
+        self.client_options = {
+            "api_key": api_key,
+            "protocol": protocol,
+            "region": region,
+            "base_url": base_url,
+            "model": model,
+            "backend": backend,
+            **{k: v for k, v in backend_options.items() if v is not None},
+        }
         # plans only (sends nothing), unless a client was given: it does both
         self.planner = client if client is not None else Client(**self.client_options, cache=self.cache)
         self.currency = currency_of(self.planner.region)
@@ -266,11 +295,17 @@ class Batch:
             if path is not None:
                 _check_writable(path)
         check_free(self.output)
-        if not self.fresh and self.output.exists() and self.output.stat().st_size and \
-                not journal_path(self.output).exists():
-            raise UsageError(f"{self.output} exists and is not the output of a qwenvl batch that can be resumed "
-                             f"(no {journal_path(self.output).name} beside it)",
-                             hint="Pass --fresh to overwrite it, or choose another output file.")
+        if (
+            not self.fresh
+            and self.output.exists()
+            and self.output.stat().st_size
+            and not journal_path(self.output).exists()
+        ):
+            raise UsageError(
+                f"{self.output} exists and is not the output of a qwenvl batch that can be resumed "
+                f"(no {journal_path(self.output).name} beside it)",
+                hint="Pass --fresh to overwrite it, or choose another output file.",
+            )
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region
 
@@ -291,9 +326,11 @@ class Batch:
         for item, fp in zip(self.items, self._fingerprints, strict=True):
             prev = finished.get(item.id)
             if prev is not None and prev[1] == "submitted" and prev[0] == fp and self.mode != "batch-api":
-                raise UsageError(f"some items of {self.output} are in a Batch API job that has not been collected",
-                                 hint="Run the same command with --mode batch-api to collect them first "
-                                      "(or pass --fresh to start over).")
+                raise UsageError(
+                    f"some items of {self.output} are in a Batch API job that has not been collected",
+                    hint="Run the same command with --mode batch-api to collect them first "
+                    "(or pass --fresh to start over).",
+                )
             if prev is None or prev[0] != fp or prev[1] not in done:
                 pending.append(item)
         return pending
@@ -303,8 +340,13 @@ class Batch:
         plan errors. Media are checked and sized from their headers, not prepared (see the module)."""
         self.check()
         pending = self._pending_items()
-        est = Estimate(items=len(self.items), pending=len(pending), finished=len(self.items) - len(pending),
-                       price_factor=0.5 if self.mode == "batch-api" else 1.0, currency=self.currency)
+        est = Estimate(
+            items=len(self.items),
+            pending=len(pending),
+            finished=len(self.items) - len(pending),
+            price_factor=0.5 if self.mode == "batch-api" else 1.0,
+            currency=self.currency,
+        )
         models: set[str] = set()
 
         def one(item: BatchItem) -> tuple[BatchItem, Any]:
@@ -334,8 +376,9 @@ class Batch:
         return est
 
     @staticmethod
-    def _fold_estimate(est: Estimate, models: set[str], results: Iterable[tuple[BatchItem, Any]],
-                       region: str | None) -> None:
+    def _fold_estimate(
+        est: Estimate, models: set[str], results: Iterable[tuple[BatchItem, Any]], region: str | None
+    ) -> None:
         for item, res in results:
             if isinstance(res, QwenVLError):
                 est.errors[item.id] = res
@@ -396,23 +439,38 @@ class Batch:
                 raise
             journal.write_outputs(self.csv)
             counts = journal.counts()
-        return Summary(output=str(self.output), total=counts["total"], ok=counts["ok"], error=counts["error"],
-                       pending=counts["pending"], this_run=prog.done, cached=prog.cached, sent=prog.sent,
-                       input_tokens=prog.input_tokens, output_tokens=prog.output_tokens, cost=round(prog.cost, 6),
-                       currency=self.currency,
-                       elapsed_s=round(time.monotonic() - started, 3), rate_limited=prog.rate_limited,
-                       send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done
-                       else None, batch_ids=batch_ids)
+        return Summary(
+            output=str(self.output),
+            total=counts["total"],
+            ok=counts["ok"],
+            error=counts["error"],
+            pending=counts["pending"],
+            this_run=prog.done,
+            cached=prog.cached,
+            sent=prog.sent,
+            input_tokens=prog.input_tokens,
+            output_tokens=prog.output_tokens,
+            cost=round(prog.cost, 6),
+            currency=self.currency,
+            elapsed_s=round(time.monotonic() - started, 3),
+            rate_limited=prog.rate_limited,
+            send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done else None,
+            batch_ids=batch_ids,
+        )
 
-    def _realtime(self, journal: Journal, pending: list[BatchItem], prog: Progress,
-                  progress: Callable[[Progress], None] | None) -> None:
+    def _realtime(
+        self, journal: Journal, pending: list[BatchItem], prog: Progress, progress: Callable[[Progress], None] | None
+    ) -> None:
         if not pending:
             return
         # Several small connection pools rather than one large one: httpcore's pool bookkeeping costs
         # O(connections^2) per request, which at 64 connections takes more CPU than the request itself.
         shards = math.ceil(self.concurrency / CONNECTIONS_PER_POOL)
-        clients = [self._client] if self._client is not None else \
-            [Client(**self.client_options, cache=self.cache) for _ in range(shards)]
+        clients = (
+            [self._client]
+            if self._client is not None
+            else [Client(**self.client_options, cache=self.cache) for _ in range(shards)]
+        )
         limiter = AdaptiveLimiter(self.concurrency, rpm=self.rpm, tpm=self.tpm)
         runner = _Realtime(self, journal, clients, limiter, prog, progress)
         try:
@@ -425,30 +483,60 @@ class Batch:
                     client.close()
 
     # --- recording --------------------------------------------------------------------------------
-    def _record_error(self, journal: Journal, item: BatchItem, exc: BaseException, prog: Progress,
-                      attempts: int) -> Future[None]:
-        rec = {"id": item.id, "input": item.input, "status": "error", "error": error_record(exc),
-               "attempts": attempts}
+    def _record_error(
+        self, journal: Journal, item: BatchItem, exc: BaseException, prog: Progress, attempts: int
+    ) -> Future[None]:
+        rec = {"id": item.id, "input": item.input, "status": "error", "error": error_record(exc), "attempts": attempts}
         done = journal.finish(item.id, "error", dumps(rec))
         prog.done += 1
         prog.failed += 1
         return done
 
-    def _record_ok(self, journal: Journal, item: BatchItem, response: Response, prog: Progress, *,
-                   attempts: int, latency_s: float, extra: dict[str, Any] | None = None,
-                   price_factor: float = 1.0) -> Future[None]:
+    def _record_ok(
+        self,
+        journal: Journal,
+        item: BatchItem,
+        response: Response,
+        prog: Progress,
+        *,
+        attempts: int,
+        latency_s: float,
+        extra: dict[str, Any] | None = None,
+        price_factor: float = 1.0,
+    ) -> Future[None]:
         u = response.usage
-        cost = 0.0 if response.cached or self.planner.is_local else estimate_cost(  # local models cost no tokens
-            self.model_of(item), u.input_tokens, u.output_tokens, region=self.planner.region, factor=price_factor)
-        rec = {"id": item.id, "input": item.input, "status": "ok", "result": result_record(response),
-               "usage": usage_record(response), "cost": None if cost is None else round(cost, 8),
-               "currency": self.currency,
-               "cached": response.cached, "attempts": attempts, "latency_s": round(latency_s, 3), **(extra or {})}
+        cost = (
+            0.0
+            if response.cached or self.planner.is_local
+            else estimate_cost(  # local models cost no tokens
+                self.model_of(item), u.input_tokens, u.output_tokens, region=self.planner.region, factor=price_factor
+            )
+        )
+        rec = {
+            "id": item.id,
+            "input": item.input,
+            "status": "ok",
+            "result": result_record(response),
+            "usage": usage_record(response),
+            "cost": None if cost is None else round(cost, 8),
+            "currency": self.currency,
+            "cached": response.cached,
+            "attempts": attempts,
+            "latency_s": round(latency_s, 3),
+            **(extra or {}),
+        }
         notes = answer_notes(response)  # cut off at max_tokens, empty, items not shown: said in the record
         if notes:
             rec["warnings"] = notes
-        done = journal.finish(item.id, "ok", dumps(rec), input_tokens=u.input_tokens,
-                              output_tokens=u.output_tokens, cost=cost, cached=response.cached)
+        done = journal.finish(
+            item.id,
+            "ok",
+            dumps(rec),
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cost=cost,
+            cached=response.cached,
+        )
         prog.done += 1
         prog.cached += response.cached
         if not response.cached:
@@ -487,8 +575,15 @@ def _check_writable(path: Path) -> None:
 class _Realtime:
     """The threads of a realtime run: workers pulling items through the limiter, one journal writer."""
 
-    def __init__(self, batch: Batch, journal: Journal, clients: list[Client], limiter: AdaptiveLimiter,
-                 prog: Progress, progress: Callable[[Progress], None] | None) -> None:
+    def __init__(
+        self,
+        batch: Batch,
+        journal: Journal,
+        clients: list[Client],
+        limiter: AdaptiveLimiter,
+        prog: Progress,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
         self.batch, self.journal, self.clients, self.limiter = batch, journal, clients, limiter
         self.prog, self.progress = prog, progress
         self.cached = batch._estimate.cached_ids if batch._estimate else set()
@@ -500,8 +595,15 @@ class _Realtime:
     def run(self, pending: list[BatchItem]) -> None:
         queue = iter(pending)
         n = min(self.batch.concurrency, len(pending))
-        workers = [threading.Thread(target=self._worker, args=(queue, self.clients[i % len(self.clients)]),
-                                    name=f"qwenvl-batch-{i}", daemon=True) for i in range(n)]
+        workers = [
+            threading.Thread(
+                target=self._worker,
+                args=(queue, self.clients[i % len(self.clients)]),
+                name=f"qwenvl-batch-{i}",
+                daemon=True,
+            )
+            for i in range(n)
+        ]
         self.journal.start_writer(self.batch.csv, self.batch.flush_interval_s, slots=n)
         with self.lock:
             self._report()
@@ -522,9 +624,11 @@ class _Realtime:
         if self.fatal is not None:
             error = self.fatal
             if isinstance(error, QwenVLError) and not isinstance(error, UsageError):  # journal errors say it
-                error.hint = (f"{error.hint + ' ' if error.hint else ''}The batch stopped at once; what "
-                              f"finished ({self.prog.done} of {self.prog.total} items) is kept in "
-                              f"{self.batch.output}: run the same command again to resume.")
+                error.hint = (
+                    f"{error.hint + ' ' if error.hint else ''}The batch stopped at once; what "
+                    f"finished ({self.prog.done} of {self.prog.total} items) is kept in "
+                    f"{self.batch.output}: run the same command again to resume."
+                )
             raise error
 
     @staticmethod
@@ -574,8 +678,9 @@ class _Realtime:
         with self.lock:
             if not self.accepting:
                 return
-            done = self.batch._record_ok(self.journal, item, response, self.prog, attempts=attempts,
-                                         latency_s=latency_s)
+            done = self.batch._record_ok(
+                self.journal, item, response, self.prog, attempts=attempts, latency_s=latency_s
+            )
             self.prog.last_done = time.monotonic()
             self._report()
         self._committed(done)
@@ -586,9 +691,12 @@ class _Realtime:
         try:
             done.result(COMMIT_TIMEOUT_S)
         except FutureTimeout:
-            raise _Fatal(UsageError(f"{self.journal.path} did not commit within {COMMIT_TIMEOUT_S:.0f} s",
-                                    hint="Is its disk very slow or hung? Run the same command again to resume.")) \
-                from None
+            raise _Fatal(
+                UsageError(
+                    f"{self.journal.path} did not commit within {COMMIT_TIMEOUT_S:.0f} s",
+                    hint="Is its disk very slow or hung? Run the same command again to resume.",
+                )
+            ) from None
         except QwenVLError as exc:
             raise _Fatal(exc) from exc
         if self.journal.write_error is not None:

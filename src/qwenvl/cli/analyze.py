@@ -34,12 +34,14 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{origin} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                         hint='For example --request \'{"prompt":"describe","image":"photo.png"}\'') from None
+        raise UsageError(
+            f"{origin} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            hint='For example --request \'{"prompt":"describe","image":"photo.png"}\'',
+        ) from None
     if not isinstance(data, dict):
         raise UsageError(f"{origin} must be a JSON object with at least a prompt")
     if "prompt" not in data:
-        raise UsageError(f"{origin} has no \"prompt\"", hint='For example {"prompt":"describe","image":"a.png"}')
+        raise UsageError(f'{origin} has no "prompt"', hint='For example {"prompt":"describe","image":"a.png"}')
     known = set(Request.model_fields) | {"timeout"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -51,7 +53,7 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
 @click.command()
 @click.option("--request", "request_json", metavar="JSON", help="The request as JSON (prompt, image, model, ...).")
 @click.option("--file", "request_file", metavar="FILE", help="The request as a JSON file.")
-@click.option("--json-mode", is_flag=True, help="Ask for JSON and parse it into \"json\".")
+@click.option("--json-mode", is_flag=True, help='Ask for JSON and parse it into "json".')
 @click.option("--schema", "schema_file", metavar="FILE", help="JSON Schema file for structured extraction.")
 @click.option("--output", metavar="FILE", help="Write the result JSON here (folders are created).")
 @click.option("--print-response", is_flag=True, help="Print the result as one line of JSON.")
@@ -81,7 +83,7 @@ def analyze(opts: dict[str, Any]) -> None:
         result = response.result_object()
         warn_answer(response, call.request.max_tokens)
     except StructuredOutputError as exc:
-        err_console().print(f"[yellow]warning:[/] {exc}; the result has no \"json\"")
+        err_console().print(f'[yellow]warning:[/] {exc}; the result has no "json"')
         result = exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}
     finally:
         client.close()

@@ -25,8 +25,9 @@ from qwenvl.cli.render import stream_to_terminal, warn_answer
 
 @click.command()
 @click.argument("media", nargs=-1)
-@click.option("-p", "--prompt", help="The question ('-' reads it from stdin). Or give it as an argument, first or "
-                                     "last.")
+@click.option(
+    "-p", "--prompt", help="The question ('-' reads it from stdin). Or give it as an argument, first or last."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON (no streaming).")
 @click.option("--no-stream", is_flag=True, help="Wait for the whole answer instead of streaming it.")
 @click.option("--hide-reasoning", is_flag=True, help="Do not show the model's thinking.")
@@ -65,7 +66,8 @@ def ask(opts: dict[str, Any]) -> None:
                 click.echo(response.text)
             warn_answer(response, call.request.max_tokens)
         else:
-            response = stream_to_terminal(client.send_stream(call), show_reasoning=not opts["hide_reasoning"],
-                                          max_tokens=call.request.max_tokens)
+            response = stream_to_terminal(
+                client.send_stream(call), show_reasoning=not opts["hide_reasoning"], max_tokens=call.request.max_tokens
+            )
     if err_console().is_terminal:
         err_console().print(f"[dim]{usage_line(response, client.region)}[/]")

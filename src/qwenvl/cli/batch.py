@@ -69,9 +69,11 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     if not est.to_send:
         return
     half = " at the Batch API's half price" if est.price_factor != 1 else ""
-    line = (f"{est.to_send:,} requests to send ({', '.join(est.models)}): ≈{est.input_tokens:,} input tokens, "
-            f"≈{_money(est.cost_input, est.currency)} input, up to {_money(est.cost_max, est.currency)} "
-            f"with every answer at max_tokens{half}")
+    line = (
+        f"{est.to_send:,} requests to send ({', '.join(est.models)}): ≈{est.input_tokens:,} input tokens, "
+        f"≈{_money(est.cost_input, est.currency)} input, up to {_money(est.cost_max, est.currency)} "
+        f"with every answer at max_tokens{half}"
+    )
     console.print(line)
     if est.unknown_media:
         console.print(f"[dim]{est.unknown_media:,} remote media of unknown size are not counted[/]")
@@ -88,8 +90,9 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
         if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
             return
         raise UsageError("not confirmed: nothing was sent")
-    raise UsageError(f"the estimated cost is {text}: nothing was sent",
-                     hint="Pass --yes to run it anyway, or raise --max-cost.")
+    raise UsageError(
+        f"the estimated cost is {text}: nothing was sent", hint="Pass --yes to run it anyway, or raise --max-cost."
+    )
 
 
 class _Bar:
@@ -98,13 +101,21 @@ class _Bar:
     def __init__(self, currency: str = "CNY") -> None:
         self.currency = currency
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("[red]{task.fields[failed]}[/] failed"), TextColumn("{task.fields[rate]}/s"),
-            TimeRemainingColumn(), TextColumn("{task.fields[tokens]} tokens · {task.fields[cost]}"),
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]}[/] failed"),
+            TextColumn("{task.fields[rate]}/s"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[tokens]} tokens · {task.fields[cost]}"),
             TextColumn("[dim]{task.fields[extra]}[/]"),
-            console=err_console(), transient=False)
-        self.task = self.progress.add_task("batch", total=None, failed=0, rate="0.0", tokens="0",
-                                           cost=_money(0.0, currency), extra="")
+            console=err_console(),
+            transient=False,
+        )
+        self.task = self.progress.add_task(
+            "batch", total=None, failed=0, rate="0.0", tokens="0", cost=_money(0.0, currency), extra=""
+        )
 
     def __enter__(self) -> _Bar:
         self.progress.start()
@@ -117,12 +128,22 @@ class _Bar:
         import time
 
         elapsed = max(time.monotonic() - p.started, 1e-6)
-        extra = p.detail if p.phase != "realtime" else f"concurrency {p.concurrency}" + (
-            f", {p.rate_limited} × 429" if p.rate_limited else "")
-        self.progress.update(self.task, total=p.total or None, completed=p.done, failed=p.failed,
-                             rate=f"{p.done / elapsed:.1f}", tokens=f"{p.input_tokens + p.output_tokens:,}",
-                             cost=_money(p.cost, self.currency), extra=extra,
-                             description="batch" if p.phase == "realtime" else p.phase)
+        extra = (
+            p.detail
+            if p.phase != "realtime"
+            else f"concurrency {p.concurrency}" + (f", {p.rate_limited} × 429" if p.rate_limited else "")
+        )
+        self.progress.update(
+            self.task,
+            total=p.total or None,
+            completed=p.done,
+            failed=p.failed,
+            rate=f"{p.done / elapsed:.1f}",
+            tokens=f"{p.input_tokens + p.output_tokens:,}",
+            cost=_money(p.cost, self.currency),
+            extra=extra,
+            description="batch" if p.phase == "realtime" else p.phase,
+        )
 
 
 def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
@@ -137,45 +158,82 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
         return
     status = "[green]done[/]" if not s.pending else f"[yellow]{s.pending:,} pending[/]"
     console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {s.output}")
-    line = (f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
-            f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{_money(s.cost, s.currency)}, "
-            f"{s.elapsed_s:.1f} s")
+    line = (
+        f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
+        f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{_money(s.cost, s.currency)}, "
+        f"{s.elapsed_s:.1f} s"
+    )
     if s.rate_limited:
         line += f", {s.rate_limited} × 429"
     console.print(f"[dim]{line}[/]")
     if s.batch_ids and s.pending:
-        console.print(f"[dim]Batch API jobs: {', '.join(s.batch_ids)}. Run the same command again to collect "
-                      "the results.[/]")
+        console.print(
+            f"[dim]Batch API jobs: {', '.join(s.batch_ids)}. Run the same command again to collect the results.[/]"
+        )
     if s.error:
-        console.print(f"[dim]failed items have \"status\": \"error\" in {s.output}; --retry-errors sends them "
-                      "again[/]")
+        console.print(f'[dim]failed items have "status": "error" in {s.output}; --retry-errors sends them again[/]')
 
 
 @batch.command("run")
 @click.argument("inputs", nargs=-1)
 @click.option("-p", "--prompt", help="The question, asked about every input ('-' reads it from stdin).")
-@click.option("--requests", "requests_file", metavar="FILE",
-              help="A JSONL file: one request per line, {\"id\": ..., \"prompt\": ..., \"image\": ...}.")
-@click.option("-o", "--output", required=True, metavar="FILE.jsonl",
-              help="Results, one JSON line per input (also the key for resuming: run again to continue).")
+@click.option(
+    "--requests",
+    "requests_file",
+    metavar="FILE",
+    help='A JSONL file: one request per line, {"id": ..., "prompt": ..., "image": ...}.',
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE.jsonl",
+    help="Results, one JSON line per input (also the key for resuming: run again to continue).",
+)
 @click.option("--csv", "csv_file", metavar="FILE", help="Also write the results as CSV.")
-@click.option("--concurrency", type=click.IntRange(1, 1024), default=DEFAULT_CONCURRENCY, show_default=True,
-              help="Most requests in flight (lowered on 429, then recovered).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 1024),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Most requests in flight (lowered on 429, then recovered).",
+)
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Ceiling in requests per minute.")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True),
-              help="Ceiling in tokens per minute (estimated input, corrected by the answers).")
-@click.option("--max-cost", type=float, default=DEFAULT_MAX_COST, show_default=True,
-              help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "
-                   "terminal) or refuse (elsewhere) unless --yes.")
+@click.option(
+    "--tpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Ceiling in tokens per minute (estimated input, corrected by the answers).",
+)
+@click.option(
+    "--max-cost",
+    type=float,
+    default=DEFAULT_MAX_COST,
+    show_default=True,
+    help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "
+    "terminal) or refuse (elsewhere) unless --yes.",
+)
 @click.option("-y", "--yes", is_flag=True, help="Run whatever the estimated cost.")
 @click.option("--no-cache", is_flag=True, help="Send every request, even one answered before.")
 @click.option("--retry-errors", is_flag=True, help="Send again the items that ended in an error last time.")
-@click.option("--fresh", is_flag=True,
-              help="Start over: delete this output and its journal (refused while another run writes them).")
-@click.option("--mode", type=click.Choice(["realtime", "batch-api"]), default="realtime", show_default=True,
-              help="batch-api: DashScope's Batch API, half price, results within 24 h (Beijing only).")
-@click.option("--poll-interval", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="batch-api: seconds between status checks.")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start over: delete this output and its journal (refused while another run writes them).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["realtime", "batch-api"]),
+    default="realtime",
+    show_default=True,
+    help="batch-api: DashScope's Batch API, half price, results within 24 h (Beijing only).",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="batch-api: seconds between status checks.",
+)
 @click.option("--no-wait", is_flag=True, help="batch-api: submit and exit; run the same command later to collect.")
 @click.option("--dry-run", is_flag=True, help="Print the estimate as JSON and send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON on stdout.")
@@ -208,16 +266,29 @@ def run(opts: dict[str, Any]) -> None:
         if not opts["inputs"]:
             raise UsageError("nothing to do: give files, folders or globs (with -p PROMPT), or --requests FILE")
         if prompt is None:
-            raise UsageError("no prompt: give one with -p \"...\"")
+            raise UsageError('no prompt: give one with -p "..."')
         refs = expand_inputs(opts["inputs"])
         if not refs:
             raise UsageError("no media files found in " + ", ".join(opts["inputs"]))
         items = items_from_inputs(refs, {"prompt": prompt, **fields})
-    job = Batch(items, opts["output"], csv=opts["csv_file"], concurrency=opts["concurrency"], rpm=opts["rpm"],
-                tpm=opts["tpm"], cache=not opts["no_cache"], retry_errors=opts["retry_errors"],
-                fresh=opts["fresh"], mode=opts["mode"], protocol=opts["protocol"], region=opts["region"],
-                base_url=opts["base_url"], poll_interval_s=opts["poll_interval"], wait=not opts["no_wait"],
-                **backend_options(opts))
+    job = Batch(
+        items,
+        opts["output"],
+        csv=opts["csv_file"],
+        concurrency=opts["concurrency"],
+        rpm=opts["rpm"],
+        tpm=opts["tpm"],
+        cache=not opts["no_cache"],
+        retry_errors=opts["retry_errors"],
+        fresh=opts["fresh"],
+        mode=opts["mode"],
+        protocol=opts["protocol"],
+        region=opts["region"],
+        base_url=opts["base_url"],
+        poll_interval_s=opts["poll_interval"],
+        wait=not opts["no_wait"],
+        **backend_options(opts),
+    )
     est = job.estimate()
     if opts["dry_run"]:
         print_json({"event": "estimate", **est.to_dict()}, indent=None)
@@ -235,8 +306,7 @@ def run(opts: dict[str, Any]) -> None:
         else:
             summary = job.run()
     except KeyboardInterrupt:
-        err_console().print(f"[dim]finished items are kept in {job.output}: run the same command again to "
-                            "resume[/]")
+        err_console().print(f"[dim]finished items are kept in {job.output}: run the same command again to resume[/]")
         raise
     _show_summary(summary, opts)
 

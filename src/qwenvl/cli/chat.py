@@ -122,11 +122,16 @@ class _Chat:
                 report(exc)
                 return True
             count = len(self.images) + (self.video is not None)
-            err.print(f"[dim]attached {escape(', '.join(refs))}: {count} file{'s' if count != 1 else ''} for "
-                      "your next message[/]", highlight=False)
+            err.print(
+                f"[dim]attached {escape(', '.join(refs))}: {count} file{'s' if count != 1 else ''} for "
+                "your next message[/]",
+                highlight=False,
+            )
         else:
-            err.print(f"[yellow]unknown command[/] /{escape(name)}: /help lists the commands (nothing was sent)",
-                      highlight=False)
+            err.print(
+                f"[yellow]unknown command[/] /{escape(name)}: /help lists the commands (nothing was sent)",
+                highlight=False,
+            )
         return True
 
     def ask(self, client: Any, text: str, fields: dict[str, Any]) -> None:
@@ -187,8 +192,10 @@ def chat(opts: dict[str, Any]) -> None:
             click.echo(name)
         return
     if STDIN in opts["media"]:
-        raise UsageError("chat reads your messages from standard input: give the file by its name",
-                         hint="Or attach it later with /image PATH.")
+        raise UsageError(
+            "chat reads your messages from standard input: give the file by its name",
+            hint="Or attach it later with /image PATH.",
+        )
     attachments = media_args(opts["media"])  # a missing file stops here, before the chat starts (exit 3)
     session = Session.load(opts["session_name"]) if opts["session_name"] else Session("unsaved")
     if opts.get("model") is None and session.model:

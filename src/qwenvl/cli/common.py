@@ -103,37 +103,63 @@ def _options(*decorators: Callable) -> Callable:
 
 
 model_option = click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
-region_option = click.option("--region", help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing, or "
-                                              "$QWENVL_REGION).")
+region_option = click.option(
+    "--region", help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing, or $QWENVL_REGION)."
+)
 
 # --model --protocol --region --base-url and network settings: every verb that talks to a model.
 service_options = _options(
     model_option,
-    click.option("--protocol", type=click.Choice(PROTOCOLS, case_sensitive=False),
-                 help="Wire protocol: compat (OpenAI-compatible, default) or native (DashScope)."),
+    click.option(
+        "--protocol",
+        type=click.Choice(PROTOCOLS, case_sensitive=False),
+        help="Wire protocol: compat (OpenAI-compatible, default) or native (DashScope).",
+    ),
     region_option,
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1."),
-    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
-                 help="Seconds per attempt (default 120): the whole reply must arrive within it, however slowly "
-                      "it trickles. A stream must send its first token within it and never pause longer, and "
-                      "ends after 10 times as long (at least 10 min). Also bounds each --fetch-urls download, "
-                      "and each upload to temporary storage (plus 1 s per 100 kB)."),
-    click.option("--max-retries", type=click.IntRange(min=0),
-                 help="Retries on 429/5xx/time-outs, also when a stream opens with one (default 2; 0: none); "
-                      "each wait is at most 20 s."),
-    click.option("--retry-backoff-s", type=click.FloatRange(min=0),
-                 help="Exponential backoff base in seconds (default 1.5; 0: retry at once)."),
+    click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Seconds per attempt (default 120): the whole reply must arrive within it, however slowly "
+        "it trickles. A stream must send its first token within it and never pause longer, and "
+        "ends after 10 times as long (at least 10 min). Also bounds each --fetch-urls download, "
+        "and each upload to temporary storage (plus 1 s per 100 kB).",
+    ),
+    click.option(
+        "--max-retries",
+        type=click.IntRange(min=0),
+        help="Retries on 429/5xx/time-outs, also when a stream opens with one (default 2; 0: none); "
+        "each wait is at most 20 s.",
+    ),
+    click.option(
+        "--retry-backoff-s",
+        type=click.FloatRange(min=0),
+        help="Exponential backoff base in seconds (default 1.5; 0: retry at once).",
+    ),
     # where the model runs: DashScope, an OpenAI-compatible server, or this process (qwenvl.backends)
-    click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False),
-                 help="dashscope (default, or $QWENVL_BACKEND), openai (vLLM, SGLang, llama.cpp, Ollama... at "
-                      "--base-url, default http://127.0.0.1:8000/v1) or transformers (in process; --model is a "
-                      "hub id or folder)."),
-    click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False),
-                 help="--backend openai: the server's engine (default auto: detected)."),
-    click.option("--family", type=click.Choice(FAMILIES, case_sensitive=False),
-                 help="A local model's family when its name does not say (pixel rule, budget, boxes)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
-                 help="--backend transformers: where the model runs (default auto)."),
+    click.option(
+        "--backend",
+        type=click.Choice(BACKENDS, case_sensitive=False),
+        help="dashscope (default, or $QWENVL_BACKEND), openai (vLLM, SGLang, llama.cpp, Ollama... at "
+        "--base-url, default http://127.0.0.1:8000/v1) or transformers (in process; --model is a "
+        "hub id or folder).",
+    ),
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES, case_sensitive=False),
+        help="--backend openai: the server's engine (default auto: detected).",
+    ),
+    click.option(
+        "--family",
+        type=click.Choice(FAMILIES, case_sensitive=False),
+        help="A local model's family when its name does not say (pixel rule, budget, boxes).",
+    ),
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+        help="--backend transformers: where the model runs (default auto).",
+    ),
     click.option("--dtype", help="--backend transformers: auto (default), float32, bfloat16 or float16."),
     click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2..."),
 )
@@ -158,42 +184,90 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 generation_options = _options(
     click.option("--system", help="System prompt."),
     click.option("--max-tokens", type=click.IntRange(min=1), help="Longest answer in tokens (default 512)."),
-    click.option("-t", "--temperature", type=click.FloatRange(0, 2, max_open=True),
-                 help="Sampling temperature (default 0.2)."),
+    click.option(
+        "-t", "--temperature", type=click.FloatRange(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
+    ),
     click.option("--top-p", type=click.FloatRange(0, 1, min_open=True)),
     click.option("--top-k", type=click.IntRange(min=0)),
     click.option("--seed", type=click.IntRange(0, 2**31 - 1)),
     click.option("--stop", multiple=True, help="Stop sequence (repeatable)."),
-    click.option("--detail", type=click.Choice(["auto", "low", "high"]),
-                 help="Image detail: low = smaller budget, high = vl_high_resolution_images."),
-    click.option("--high-res/--no-high-res", "vl_high_resolution_images", default=None,
-                 help="vl_high_resolution_images: up to 16384 tokens per image."),
+    click.option(
+        "--detail",
+        type=click.Choice(["auto", "low", "high"]),
+        help="Image detail: low = smaller budget, high = vl_high_resolution_images.",
+    ),
+    click.option(
+        "--high-res/--no-high-res",
+        "vl_high_resolution_images",
+        default=None,
+        help="vl_high_resolution_images: up to 16384 tokens per image.",
+    ),
     click.option("--min-pixels", type=click.IntRange(min=1)),
     click.option("--max-pixels", type=click.IntRange(min=1)),
     click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
     click.option("--pages", help='PDF pages to send, e.g. "1-3,5" (default: all).'),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
-    click.option("--fetch-urls", is_flag=True, help="Download remote images and prepare them here (large or "
-                 "private ones); time-out, size cap and redirects limited."),
-    click.option("--video-as", type=click.Choice(["frames", "file"]),
-                 help="A local video: sampled here into frames (default), or sent whole for the service to "
-                      "sample (uploaded; native protocol)."),
-    click.option("--upload", type=click.Choice(["auto", "inline", "oss"]),
-                 help="Local files via DashScope's temporary storage (native protocol): auto uploads what "
-                      "does not fit inline (default), oss always, inline never."),
+    click.option(
+        "--fetch-urls",
+        is_flag=True,
+        help="Download remote images and prepare them here (large or "
+        "private ones); time-out, size cap and redirects limited.",
+    ),
+    click.option(
+        "--video-as",
+        type=click.Choice(["frames", "file"]),
+        help="A local video: sampled here into frames (default), or sent whole for the service to "
+        "sample (uploaded; native protocol).",
+    ),
+    click.option(
+        "--upload",
+        type=click.Choice(["auto", "inline", "oss"]),
+        help="Local files via DashScope's temporary storage (native protocol): auto uploads what "
+        "does not fit inline (default), oss always, inline never.",
+    ),
     click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
     click.option("--schema", "schema_file", help="JSON Schema file: the answer is validated against it."),
-    click.option("--thinking/--no-thinking", "enable_thinking", default=None,
-                 help="enable_thinking (Qwen3-VL): reason before answering."),
+    click.option(
+        "--thinking/--no-thinking",
+        "enable_thinking",
+        default=None,
+        help="enable_thinking (Qwen3-VL): reason before answering.",
+    ),
     click.option("--thinking-budget", type=click.IntRange(min=1), help="Most tokens spent thinking."),
-    click.option("--param", "extra", multiple=True, callback=_param, metavar="KEY=VALUE",
-                 help="Any other service parameter (VALUE parsed as JSON when it can be)."),
+    click.option(
+        "--param",
+        "extra",
+        multiple=True,
+        callback=_param,
+        metavar="KEY=VALUE",
+        help="Any other service parameter (VALUE parsed as JSON when it can be).",
+    ),
 )
 
-_REQUEST_FROM_OPTIONS = ("model", "timeout_s", "max_retries", "retry_backoff_s", "system", "max_tokens",
-                         "temperature", "top_p", "top_k", "seed", "detail", "vl_high_resolution_images",
-                         "min_pixels", "max_pixels", "fps", "json_mode", "enable_thinking", "thinking_budget",
-                         "upload", "fetch_urls", "video_as", "pages")
+_REQUEST_FROM_OPTIONS = (
+    "model",
+    "timeout_s",
+    "max_retries",
+    "retry_backoff_s",
+    "system",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "detail",
+    "vl_high_resolution_images",
+    "min_pixels",
+    "max_pixels",
+    "fps",
+    "json_mode",
+    "enable_thinking",
+    "thinking_budget",
+    "upload",
+    "fetch_urls",
+    "video_as",
+    "pages",
+)
 # On/off flags (is_flag): False is only their default, never something the user said.
 _PLAIN_FLAGS = frozenset({"json_mode", "fetch_urls"})
 # Options whose empty value cannot mean anything: refused rather than silently replaced by the default.
@@ -245,8 +319,13 @@ def make_client(opts: dict[str, Any]) -> Client:
     also tells the backend which model to load or use)."""
     refuse_empty(opts)
     on_retry = show_retry if err_console().is_terminal else None
-    return Client(protocol=opts.get("protocol"), region=opts.get("region"), base_url=opts.get("base_url"),
-                  on_retry=on_retry, **backend_options(opts))
+    return Client(
+        protocol=opts.get("protocol"),
+        region=opts.get("region"),
+        base_url=opts.get("base_url"),
+        on_retry=on_retry,
+        **backend_options(opts),
+    )
 
 
 def show_retry(notice: RetryNotice) -> None:
@@ -293,8 +372,9 @@ def media_args(args: tuple[str, ...] | list[str]) -> list[str]:
     return _checked(with_stdin(list(args)))
 
 
-def prompt_and_media(args: tuple[str, ...] | list[str], prompt: str | None, *, required: bool = True,
-                     has_prompt_option: bool = True) -> tuple[str | None, list[str]]:
+def prompt_and_media(
+    args: tuple[str, ...] | list[str], prompt: str | None, *, required: bool = True, has_prompt_option: bool = True
+) -> tuple[str | None, list[str]]:
     """(prompt, media) from ``VERB MEDIA... [-p PROMPT]``, where the prompt may also be one of the arguments.
 
     Without ``-p``, the prompt is the one argument that is not a file, a URL or a data: URL, first, last or
@@ -318,16 +398,17 @@ def prompt_and_media(args: tuple[str, ...] | list[str], prompt: str | None, *, r
         prompt = words[0]
     elif len(words) > 1:
         shown = ", ".join(repr(w) for w in words[:4]) + (", ..." if len(words) > 4 else "")
-        raise UsageError(f"{len(words)} arguments are neither files nor URLs: {shown}",
-                         hint='Quote the prompt as one argument (or give it with -p "..."), and check the file '
-                              "names.")
+        raise UsageError(
+            f"{len(words)} arguments are neither files nor URLs: {shown}",
+            hint='Quote the prompt as one argument (or give it with -p "..."), and check the file names.',
+        )
     if prompt == STDIN:
         if STDIN in refs:
             raise UsageError("standard input can hold the prompt (-p -) or a file (-), not both")
         prompt = sys.stdin.read()
     if prompt is None:
         if required:
-            raise UsageError("no prompt: give one with -p \"...\" (or as an argument)")
+            raise UsageError('no prompt: give one with -p "..." (or as an argument)')
         return None, _checked(with_stdin(refs))
     if not prompt.strip():
         raise UsageError("the prompt is empty")
@@ -348,8 +429,10 @@ def with_stdin(refs: list[str]) -> list[str]:
     if refs.count(STDIN) > 1:
         raise UsageError("'-' (standard input) can be given only once")
     if sys.stdin.isatty():
-        raise UsageError("'-' reads a file from standard input, but standard input is a terminal",
-                         hint="Pipe the file in: cat photo.jpg | qwenvl ask - -p \"...\"")
+        raise UsageError(
+            "'-' reads a file from standard input, but standard input is a terminal",
+            hint='Pipe the file in: cat photo.jpg | qwenvl ask - -p "..."',
+        )
     data = sys.stdin.buffer.read()
     if not data:
         raise MediaError("standard input is empty: no file came through '-'", source=STDIN)

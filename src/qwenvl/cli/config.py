@@ -33,15 +33,23 @@ def config(opts: dict[str, Any]) -> None:
         "api_key": found.source if found else None,
         "protocol": protocol,
         "region": region,
-        "endpoints": {p: resolve_base_url(p, region=region, base_url=opts["base_url"])  # type: ignore[arg-type]
-                      for p in ("compat", "native")},
+        "endpoints": {
+            p: resolve_base_url(p, region=region, base_url=opts["base_url"])  # type: ignore[arg-type]
+            for p in ("compat", "native")
+        },
         # where each endpoint comes from: "--base-url", an environment variable (which overrides the region), or
         # "region"
-        "endpoint_sources": {p: "--base-url" if opts["base_url"] else
-                             BASE_URL_ENV[p] if os.environ.get(BASE_URL_ENV[p]) else "region"
-                             for p in ("compat", "native")},
-        "model": {"name": model.name, "family": model.family, "pixels_per_token": f"{model.factor}x{model.factor}",
-                  "image_tokens": model.image_tokens, "known": model.known},
+        "endpoint_sources": {
+            p: "--base-url" if opts["base_url"] else BASE_URL_ENV[p] if os.environ.get(BASE_URL_ENV[p]) else "region"
+            for p in ("compat", "native")
+        },
+        "model": {
+            "name": model.name,
+            "family": model.family,
+            "pixels_per_token": f"{model.factor}x{model.factor}",
+            "image_tokens": model.image_tokens,
+            "known": model.known,
+        },
         "data_folder": str(home()),
         "cache_folder": str(cache_dir()),
         "usage_log": str(log_path()) if enabled() else None,
@@ -50,8 +58,7 @@ def config(opts: dict[str, Any]) -> None:
         print_json(info)
         return
     console = out_console()  # every value is escaped: "[profile]" in a key source is text, not rich markup
-    key = f"found in {escape(found.source)}" if found else \
-        "[red]not found[/] (see `qwenvl --help` for where to put it)"
+    key = f"found in {escape(found.source)}" if found else "[red]not found[/] (see `qwenvl --help` for where to put it)"
     console.print(f"API key      {key}")
     console.print(f"protocol     {escape(protocol)}   region {escape(region)}", highlight=False)
     overridden = [v for p, v in info["endpoint_sources"].items() if v not in ("region", "--base-url")]
@@ -62,12 +69,17 @@ def config(opts: dict[str, Any]) -> None:
             marker += f"  (from {source})"
         console.print(f"{name:<12} {escape(url)}{marker}", highlight=False)
     if overridden:
-        console.print(f"[yellow]note:[/] {escape(', '.join(overridden))} "
-                      f"{'overrides' if len(overridden) == 1 else 'override'} --region (--base-url overrides both)",
-                      highlight=False)
+        console.print(
+            f"[yellow]note:[/] {escape(', '.join(overridden))} "
+            f"{'overrides' if len(overridden) == 1 else 'override'} --region (--base-url overrides both)",
+            highlight=False,
+        )
     known = "" if model.known else "  (not in the model table: rules guessed from the name)"
-    console.print(f"model        {escape(model.name)}: {model.family}, {model.factor}x{model.factor} px per token, "
-                  f"{model.image_tokens} tokens per image by default{known}", highlight=False)
+    console.print(
+        f"model        {escape(model.name)}: {model.family}, {model.factor}x{model.factor} px per token, "
+        f"{model.image_tokens} tokens per image by default{known}",
+        highlight=False,
+    )
     console.print(f"data folder  {escape(info['data_folder'])}", highlight=False)
     console.print(f"cache        {escape(info['cache_folder'])}", highlight=False)
     console.print(f"usage log    {escape(info['usage_log'] or 'off (QWENVL_LOG=0)')}", highlight=False)

@@ -29,10 +29,15 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 @click.command()
 @click.argument("media", nargs=-1, required=True)
 @click.option("-p", "--prompt", help="What to describe (default: the series of events, as in the docs' example).")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {video, duration, events: [{start, end, event}], warnings}.")
-@click.option("--sheet", "sheet_file", metavar="FILE.png",
-              help="Write a contact sheet: the frames the model saw, with their times, and the timeline.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {video, duration, events: [{start, end, event}], warnings}."
+)
+@click.option(
+    "--sheet",
+    "sheet_file",
+    metavar="FILE.png",
+    help="Write a contact sheet: the frames the model saw, with their times, and the timeline.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options
 @service_options
@@ -81,8 +86,9 @@ def events(opts: dict[str, Any]) -> None:
             total = len(timeline.frame_times)
             shown = f"{len(pictures)} of {total}" if total > len(pictures) else f"{len(pictures)}"
             title = f"{timeline.video} · {length}{shown} frames at {rate:g} fps"
-            contact_sheet(pictures, times, sheet, title=title,
-                          events=[(e.start, e.end, e.event) for e in timeline.events])
+            contact_sheet(
+                pictures, times, sheet, title=title, events=[(e.start, e.end, e.event) for e in timeline.events]
+            )
             err_console().print(f"[dim]wrote {sheet}[/]")
         else:
             warn(["no local frames to draw: the contact sheet was not written"])

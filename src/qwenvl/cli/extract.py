@@ -26,8 +26,8 @@ from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract
 
 @click.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("-p", "--prompt", help="What to extract (default: \"Extract the information in this document.\").")
-@click.option("--jsonl", is_flag=True, help="One JSON line per file, {\"file\", \"json\"}, even for one file.")
+@click.option("-p", "--prompt", help='What to extract (default: "Extract the information in this document.").')
+@click.option("--jsonl", is_flag=True, help='One JSON line per file, {"file", "json"}, even for one file.')
 @click.option("--csv", "csv_file", metavar="FILE", help="Write a CSV instead: a column per top-level key.")
 @click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
 @generation_options
@@ -42,8 +42,10 @@ def extract(opts: dict[str, Any]) -> None:
     then that of the first failure.
     """
     if not opts["schema_file"]:
-        raise UsageError("extract needs --schema FILE (a JSON Schema)",
-                         hint='For example {"type": "object", "properties": {"title": {"type": "string"}}}')
+        raise UsageError(
+            "extract needs --schema FILE (a JSON Schema)",
+            hint='For example {"type": "object", "properties": {"title": {"type": "string"}}}',
+        )
     fields = request_fields(opts)  # loads and checks the schema: a bad one stops here (exit 2)
     schema = fields.pop("schema")
     prompt, files = prompt_and_media(opts["files"], opts["prompt"], required=False)  # every file is found here

@@ -24,16 +24,23 @@ from qwenvl.tasks.draw import annotate
 from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
 from qwenvl.tasks.ocr import is_pdf
 
-READINGS = {"relative-1000": "a 0-1000 grid", "absolute": "pixels of the image as the model saw it",
-            "original-pixels": "pixels of the original image"}
+READINGS = {
+    "relative-1000": "a 0-1000 grid",
+    "absolute": "pixels of the image as the model saw it",
+    "original-pixels": "pixels of the original image",
+}
 
 
 @click.command()
 @click.argument("image")
 @click.argument("query")
 @click.option("--points", is_flag=True, help="Ask for points instead of boxes.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, truncated, warnings}.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, truncated, warnings}.",
+)
 @click.option("--out", "out_file", metavar="FILE.png", help="Write the image with the boxes and points drawn on it.")
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
@@ -53,8 +60,10 @@ def ground(opts: dict[str, Any]) -> None:
     refuse_structured(opts, "ground")
     query, refs = prompt_and_media((opts["image"], opts["query"]), None, required=False, has_prompt_option=False)
     if query is None or len(refs) != 1:
-        raise UsageError("ground takes one image and a query: qwenvl ground photo.jpg \"every dog\"",
-                         hint="Either order works; the query is the argument that is not a file or URL.")
+        raise UsageError(
+            'ground takes one image and a query: qwenvl ground photo.jpg "every dog"',
+            hint="Either order works; the query is the argument that is not a file or URL.",
+        )
     image = refs[0]
     out = None
     if opts["out_file"]:
@@ -106,5 +115,6 @@ def summary(result: Grounding) -> None:
         parts.append(f"{len(result.points)} point{'s' if len(result.points) != 1 else ''}")
     size = f" on {result.width}x{result.height} px" if result.width else ""
     reading = READINGS.get(result.convention, result.convention)
-    err_console().print(f"[dim]{' and '.join(parts)}{size} · {result.model}'s coordinates read as {reading}[/]",
-                        highlight=False)
+    err_console().print(
+        f"[dim]{' and '.join(parts)}{size} · {result.model}'s coordinates read as {reading}[/]", highlight=False
+    )

@@ -42,10 +42,15 @@ class QwenVLGroup(click.Group):
         except Exception as exc:  # a bug: one line, the traceback only on request
             if os.environ.get("QWENVL_DEBUG"):
                 raise
-            err_console().print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(printable(str(exc)))}",
-                                highlight=False, soft_wrap=True)
-            err_console().print("[yellow]hint:[/] run again with QWENVL_DEBUG=1 for the traceback, "
-                                "and please report it.", highlight=False)
+            err_console().print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(printable(str(exc)))}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            err_console().print(
+                "[yellow]hint:[/] run again with QWENVL_DEBUG=1 for the traceback, and please report it.",
+                highlight=False,
+            )
             ctx.exit(EXIT_SERVICE)
 
 
@@ -66,8 +71,7 @@ class _WarningLine(logging.Handler):
     """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console().print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False,
-                            soft_wrap=True)
+        err_console().print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
 
 
 def _warnings_to_stderr() -> None:
@@ -96,9 +100,23 @@ def _register() -> None:
         usage,
     )
 
-    for verb in (analyze.analyze, ask.ask, chat.chat, tokens.tokens, ground.ground, ocr.ocr, extract.extract,
-                 events.events, batch.batch, usage.usage, models.models, config.config, serve.serve, mcp.mcp,
-                 skill.skill):
+    for verb in (
+        analyze.analyze,
+        ask.ask,
+        chat.chat,
+        tokens.tokens,
+        ground.ground,
+        ocr.ocr,
+        extract.extract,
+        events.events,
+        batch.batch,
+        usage.usage,
+        models.models,
+        config.config,
+        serve.serve,
+        mcp.mcp,
+        skill.skill,
+    ):
         cli.add_command(verb)
 
 

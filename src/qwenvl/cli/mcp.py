@@ -24,23 +24,36 @@ def load_server_module() -> Any:
         from importlib.util import find_spec
 
         if find_spec("mcp") is None:
-            raise UsageError("qwenvl mcp needs the MCP SDK, which is not installed",
-                             hint=f"Install the extra: {INSTALL_HINT}") from None
+            raise UsageError(
+                "qwenvl mcp needs the MCP SDK, which is not installed", hint=f"Install the extra: {INSTALL_HINT}"
+            ) from None
         try:
             found = version("mcp")
         except PackageNotFoundError:
             found = "unknown"
-        raise UsageError(f"qwenvl mcp needs mcp 2.3 or later, below 3 (installed: {found})",  # e.g. mcp 1.x
-                         hint=f"Upgrade it: {INSTALL_HINT} -U") from None
+        raise UsageError(
+            f"qwenvl mcp needs mcp 2.3 or later, below 3 (installed: {found})",  # e.g. mcp 1.x
+            hint=f"Upgrade it: {INSTALL_HINT} -U",
+        ) from None
     return mcp_server
 
 
 @click.command("mcp")
-@click.option("--allow-dir", "allow_dirs", multiple=True, metavar="DIR",
-              type=click.Path(exists=True, file_okay=False, resolve_path=True),
-              help="A folder whose files the tools may read (repeatable), besides the roots the client declares.")
-@click.option("--http", "http_port", type=click.IntRange(0, 65535), metavar="PORT",
-              help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (0: any free port).")
+@click.option(
+    "--allow-dir",
+    "allow_dirs",
+    multiple=True,
+    metavar="DIR",
+    type=click.Path(exists=True, file_okay=False, resolve_path=True),
+    help="A folder whose files the tools may read (repeatable), besides the roots the client declares.",
+)
+@click.option(
+    "--http",
+    "http_port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (0: any free port).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (with --http).")
 @click.option("--api-key", help="The bearer key HTTP clients must send (default $QWENVL_SERVE_API_KEY).")
 @click.option("--no-auth", is_flag=True, help="Serve HTTP without a key (loopback hosts only).")
@@ -68,20 +81,27 @@ def mcp(opts: dict[str, Any]) -> None:
             if opts["api_key"]:
                 raise UsageError("--api-key and --no-auth contradict each other: give one")
             if not is_loopback(opts["host"]):
-                raise UsageError(f"--no-auth is allowed on a loopback host only, not {opts['host']}",
-                                 hint="Set a key with --api-key or QWENVL_SERVE_API_KEY to listen there.")
+                raise UsageError(
+                    f"--no-auth is allowed on a loopback host only, not {opts['host']}",
+                    hint="Set a key with --api-key or QWENVL_SERVE_API_KEY to listen there.",
+                )
             key = None
         elif not key:
-            raise UsageError("the HTTP transport needs an API key",
-                             hint="Give --api-key KEY or set QWENVL_SERVE_API_KEY (or --no-auth on a loopback "
-                                  "host); clients send it as Authorization: Bearer KEY.")
+            raise UsageError(
+                "the HTTP transport needs an API key",
+                hint="Give --api-key KEY or set QWENVL_SERVE_API_KEY (or --no-auth on a loopback "
+                "host); clients send it as Authorization: Bearer KEY.",
+            )
     fields = request_fields(opts)
     server = server_module.build_server(lambda: make_client(opts), allow_dirs=opts["allow_dirs"], defaults=fields)
     try:
         if opts["http_port"] is None:
             if sys.stdin.isatty():
-                err_console().print("qwenvl mcp: serving MCP on stdio, for an MCP host to start (Ctrl-C to stop; "
-                                    "--http PORT serves HTTP)", highlight=False)
+                err_console().print(
+                    "qwenvl mcp: serving MCP on stdio, for an MCP host to start (Ctrl-C to stop; "
+                    "--http PORT serves HTTP)",
+                    highlight=False,
+                )
             server.run("stdio")
         else:
             import anyio
@@ -90,7 +110,10 @@ def mcp(opts: dict[str, Any]) -> None:
                 guard = "bearer key required" if key else "no auth"
                 err_console().print(f"qwenvl mcp: listening on {url} ({guard})", highlight=False)
 
-            anyio.run(lambda: server_module.serve_http(server, opts["host"], opts["http_port"], api_key=key,
-                                                       announce=announce))
+            anyio.run(
+                lambda: server_module.serve_http(
+                    server, opts["host"], opts["http_port"], api_key=key, announce=announce
+                )
+            )
     finally:
         server.client.close()

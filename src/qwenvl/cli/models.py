@@ -50,8 +50,11 @@ def _prices(data: dict[str, Any], sep: str = "\n") -> str:
     cur = data["currency"]
     if not tiers:
         return "unknown"
-    return sep.join(f"{format_price(t['input'], cur)} / {format_price(t['output'], cur)}"
-                    + (f" {t['tier']}" if len(tiers) > 1 else "") for t in tiers)
+    return sep.join(
+        f"{format_price(t['input'], cur)} / {format_price(t['output'], cur)}"
+        + (f" {t['tier']}" if len(tiers) > 1 else "")
+        for t in tiers
+    )
 
 
 def _abilities(data: dict[str, Any]) -> str:
@@ -78,17 +81,35 @@ def _budget(data: dict[str, Any]) -> str:
 def _print_table(rows: list[dict[str, Any]]) -> None:
     cur = rows[0]["currency"] if rows else "CNY"
     table = Table(title=f"qwenvl models (prices per 1M tokens, input / output, {cur})", title_justify="left")
-    for name, justify in (("model", "left"), ("family", "left"), ("px/token", "right"),
-                          ("image tokens / high-res", "right"), ("context", "right"),
-                          ("max out", "right"), ("abilities", "left"), (f"price ({cur})", "left")):
+    for name, justify in (
+        ("model", "left"),
+        ("family", "left"),
+        ("px/token", "right"),
+        ("image tokens / high-res", "right"),
+        ("context", "right"),
+        ("max out", "right"),
+        ("abilities", "left"),
+        (f"price ({cur})", "left"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for d in rows:
-        table.add_row(d["name"], d["family"], f"{d['px_per_token']}", _budget(d), f"{d['context_tokens']:,}",
-                      f"{d['max_output_tokens']:,}", _abilities(d), _prices(d))
+        table.add_row(
+            d["name"],
+            d["family"],
+            f"{d['px_per_token']}",
+            _budget(d),
+            f"{d['context_tokens']:,}",
+            f"{d['max_output_tokens']:,}",
+            _abilities(d),
+            _prices(d),
+        )
     console = out_console()
     console.print(table)
-    console.print("[dim]A request is billed entirely at the tier of its input length. `qwenvl models NAME` for "
-                  "one model; --region intl for USD.[/]", highlight=False)
+    console.print(
+        "[dim]A request is billed entirely at the tier of its input length. `qwenvl models NAME` for "
+        "one model; --region intl for USD.[/]",
+        highlight=False,
+    )
 
 
 def _print_one(d: dict[str, Any]) -> None:
@@ -100,17 +121,25 @@ def _print_one(d: dict[str, Any]) -> None:
         ("resolves to", f"{d['resolves_to']} ({d['resolution']})"),
         ("family", d["family"]),
         ("pixels per token", f"{d['px_per_token']}x{d['px_per_token']}"),
-        ("image tokens", f"default {t['default']:,} (max_pixels {d['default_max_pixels']:,}), "
-                         f"high-res {high}, low detail {t['low_detail']:,}, "
-                         f"min {t['min']}"),
+        (
+            "image tokens",
+            f"default {t['default']:,} (max_pixels {d['default_max_pixels']:,}), "
+            f"high-res {high}, low detail {t['low_detail']:,}, "
+            f"min {t['min']}",
+        ),
         ("context", f"{d['context_tokens']:,} tokens, max output {d['max_output_tokens']:,}"),
         ("abilities", _abilities(d)),
     ]
     v = d["video"]
     if v:
-        lines.append(("video", f"up to {v['max_frames']:,} frames, {v['frame_tokens']:,} tokens per frame, "
-                               f"{v['total_tokens']:,} in all; local file < {v['file_max_bytes'] // 2**20} MB, "
-                               f"URL up to {v['url_max_bytes'] // 2**30} GB"))
+        lines.append(
+            (
+                "video",
+                f"up to {v['max_frames']:,} frames, {v['frame_tokens']:,} tokens per frame, "
+                f"{v['total_tokens']:,} in all; local file < {v['file_max_bytes'] // 2**20} MB, "
+                f"URL up to {v['url_max_bytes'] // 2**30} GB",
+            )
+        )
     lines.append((f"price ({d['currency']})", _prices(d, "; ") + (" per 1M tokens" if d["prices_per_1m"] else "")))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:

@@ -30,20 +30,33 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--ocr-options is not valid JSON: {exc.msg} (column {exc.colno})",
-                         hint='For example --ocr-options \'{"task": "table_parsing"}\'') from None
+        raise UsageError(
+            f"--ocr-options is not valid JSON: {exc.msg} (column {exc.colno})",
+            hint='For example --ocr-options \'{"task": "table_parsing"}\'',
+        ) from None
     if not isinstance(value, dict):
-        raise UsageError("--ocr-options must be a JSON object, e.g. '{\"task\": \"table_parsing\"}'")
+        raise UsageError('--ocr-options must be a JSON object, e.g. \'{"task": "table_parsing"}\'')
     return value
 
 
 @click.command()
 @click.argument("file")
-@click.option("-f", "--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="text, markdown, or json (lines with their boxes in original pixels).")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text, markdown, or json (lines with their boxes in original pixels).",
+)
 @click.option("--task", help=f"ocr_options.task for the qwen-vl-ocr models ({', '.join(OCR_TASKS)}).")
-@click.option("--ocr-options", "ocr_options_json", metavar="JSON",
-              help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).")
+@click.option(
+    "--ocr-options",
+    "ocr_options_json",
+    metavar="JSON",
+    help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).",
+)
 @click.option("-o", "--output", metavar="FILE", help="Write the result here instead of stdout.")
 @click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
 @generation_options
@@ -70,8 +83,7 @@ def ocr(opts: dict[str, Any]) -> None:
     pdf = not classify(source).is_remote and is_pdf(source)
     if opts["pages"] and not pdf:
         raise UsageError("--pages applies to PDFs only")
-    plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"],
-                       **fields)
+    plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"], **fields)
     if opts["dry_run"]:
         dry_run(client, next(iter(plans))[1])
         return

@@ -13,16 +13,18 @@ from qwenvl.notes import answer_notes
 from qwenvl.types import Response, StreamEvent
 
 
-def warn_answer(response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True,
-                items_shown: bool = False) -> None:
+def warn_answer(
+    response: Response, max_tokens: int | None = None, *, include_cut_off: bool = True, items_shown: bool = False
+) -> None:
     """The notes on an answer (``qwenvl.notes``: cut off at max_tokens, empty, items not shown), on stderr."""
     console = err_console()
     for note in answer_notes(response, max_tokens, include_cut_off=include_cut_off, items_shown=items_shown):
         console.print(f"[yellow]warning:[/] {escape(printable(note))}", highlight=False, soft_wrap=True)
 
 
-def stream_to_terminal(events: Iterator[StreamEvent], *, show_reasoning: bool = True,
-                       max_tokens: int | None = None) -> Response:
+def stream_to_terminal(
+    events: Iterator[StreamEvent], *, show_reasoning: bool = True, max_tokens: int | None = None
+) -> Response:
     """Print deltas as they come, then the notes on the answer (``warn_answer``); returns the final response.
     On a broken stream the partial answer stays printed and the error (which keeps it) is raised."""
     err = err_console()

@@ -15,37 +15,77 @@ from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
 
 
 @click.command()
-@click.option("--backend", type=click.Choice(["dashscope", "openai", "transformers"]), default="dashscope",
-              show_default=True, help="What answers: DashScope (a gateway to the cloud), an OpenAI-compatible "
-                                      "engine (--upstream), or a model in process (--model).")
-@click.option("--model", "backend_model", help="The backend's model: a DashScope model name, the engine's "
-                                                "served name, or a hub id / folder for transformers.")
-@click.option("--upstream", help="The OpenAI-compatible engine's base URL (--backend openai), or the DashScope "
-                                 "endpoint for the gateway (default: the region's).")
-@click.option("--engine", type=click.Choice(["auto", "vllm", "sglang", "llamacpp", "ollama", "generic"]),
-              help="The upstream engine (--backend openai; default auto).")
+@click.option(
+    "--backend",
+    type=click.Choice(["dashscope", "openai", "transformers"]),
+    default="dashscope",
+    show_default=True,
+    help="What answers: DashScope (a gateway to the cloud), an OpenAI-compatible "
+    "engine (--upstream), or a model in process (--model).",
+)
+@click.option(
+    "--model",
+    "backend_model",
+    help="The backend's model: a DashScope model name, the engine's "
+    "served name, or a hub id / folder for transformers.",
+)
+@click.option(
+    "--upstream",
+    help="The OpenAI-compatible engine's base URL (--backend openai), or the DashScope "
+    "endpoint for the gateway (default: the region's).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "vllm", "sglang", "llamacpp", "ollama", "generic"]),
+    help="The upstream engine (--backend openai; default auto).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--api-key", help=f"The key clients must send (Authorization: Bearer); or ${SERVE_KEY_ENV}.")
 @click.option("--no-auth", is_flag=True, help="Accept requests without a key (only on a loopback address).")
-@click.option("--model-name", "model_names", multiple=True,
-              help="A model name clients send (repeatable); default: any name for the DashScope gateway, "
-                   "else the --model.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Server processes (the gateway and engine backends; an in-process model takes 1).")
-@click.option("--allow-private-urls", is_flag=True,
-              help="Fetch media URLs that resolve to private, loopback or link-local addresses.")
+@click.option(
+    "--model-name",
+    "model_names",
+    multiple=True,
+    help="A model name clients send (repeatable); default: any name for the DashScope gateway, else the --model.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes (the gateway and engine backends; an in-process model takes 1).",
+)
+@click.option(
+    "--allow-private-urls",
+    is_flag=True,
+    help="Fetch media URLs that resolve to private, loopback or link-local addresses.",
+)
 @click.option("--max-body-mb", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images and videos in one request.")
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Concurrent requests per key (429 with Retry-After beyond).")
-@click.option("--request-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="Seconds one request may take, streaming included.")
+@click.option(
+    "--max-images", type=click.IntRange(min=1), default=64, show_default=True, help="Images and videos in one request."
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Concurrent requests per key (429 with Retry-After beyond).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds one request may take, streaming included.",
+)
 @click.option("--upload-dir", help="Folder for the temporary uploads (default: a private temporary folder).")
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
-@click.option("--family", type=click.Choice(["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]),
-              help="A local model's family when its name does not say.")
+@click.option(
+    "--family",
+    type=click.Choice(["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]),
+    help="A local model's family when its name does not say.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="--backend transformers.")
 @click.option("--dtype", help="--backend transformers: auto, float32, bfloat16 or float16.")
 @click.option("--region", help="Gateway: the DashScope region (cn, intl, us).")
@@ -67,24 +107,45 @@ def serve(opts: dict[str, Any]) -> None:
     api_key = opts["api_key"] or os.environ.get(SERVE_KEY_ENV)
     if opts["no_auth"]:
         if not is_loopback(opts["host"]):
-            raise UsageError(f"--no-auth serves only a loopback address, not {opts['host']}",
-                             hint="Set --api-key (or $QWENVL_SERVE_API_KEY) to listen on other addresses.")
+            raise UsageError(
+                f"--no-auth serves only a loopback address, not {opts['host']}",
+                hint="Set --api-key (or $QWENVL_SERVE_API_KEY) to listen on other addresses.",
+            )
         api_key = None
     elif not api_key:
-        raise UsageError("qwenvl serve needs an API key for its clients",
-                         hint=f"Pass --api-key KEY or set ${SERVE_KEY_ENV}; or --no-auth on a loopback address.")
+        raise UsageError(
+            "qwenvl serve needs an API key for its clients",
+            hint=f"Pass --api-key KEY or set ${SERVE_KEY_ENV}; or --no-auth on a loopback address.",
+        )
     backend = opts["backend"]
     options: dict[str, Any] = {}
     if backend == "dashscope":
         from qwenvl.config import require_api_key
 
         require_api_key()  # the gateway's own key for the cloud, checked before listening
-        options = {k: v for k, v in (("protocol", opts["protocol"]), ("region", opts["region"]),
-                                     ("base_url", opts["upstream"]), ("model", opts["backend_model"])) if v}
+        options = {
+            k: v
+            for k, v in (
+                ("protocol", opts["protocol"]),
+                ("region", opts["region"]),
+                ("base_url", opts["upstream"]),
+                ("model", opts["backend_model"]),
+            )
+            if v
+        }
     else:
-        options = {k: v for k, v in (("base_url", opts["upstream"]), ("model", opts["backend_model"]),
-                                     ("engine", opts["engine"]), ("family", opts["family"]),
-                                     ("device", opts["device"]), ("dtype", opts["dtype"])) if v}
+        options = {
+            k: v
+            for k, v in (
+                ("base_url", opts["upstream"]),
+                ("model", opts["backend_model"]),
+                ("engine", opts["engine"]),
+                ("family", opts["family"]),
+                ("device", opts["device"]),
+                ("dtype", opts["dtype"]),
+            )
+            if v
+        }
         if backend == "transformers" and not opts["backend_model"]:
             raise UsageError("--backend transformers needs --model: a hub id or a model folder")
         if opts["workers"] > 1 and backend == "transformers":
@@ -93,13 +154,19 @@ def serve(opts: dict[str, Any]) -> None:
     # the cloud, or answered by a local backend's own model (so code written for Model Studio runs unchanged)
     target = opts["backend_model"] if backend != "dashscope" else None
     config = {
-        "backend": backend, "backend_options": options, "upload_dir": opts["upload_dir"],
+        "backend": backend,
+        "backend_options": options,
+        "upload_dir": opts["upload_dir"],
         "settings": {
-            "api_key": api_key, "model_map": {n: target for n in opts["model_names"]},
+            "api_key": api_key,
+            "model_map": {n: target for n in opts["model_names"]},
             "pass_model_names": backend == "dashscope",
-            "fetch_urls": backend != "dashscope", "allow_private_urls": opts["allow_private_urls"],
-            "max_body_bytes": opts["max_body_mb"] * 1024 * 1024, "max_media_items": opts["max_images"],
-            "max_concurrent_per_key": opts["max_concurrent"], "request_timeout_s": opts["request_timeout"],
+            "fetch_urls": backend != "dashscope",
+            "allow_private_urls": opts["allow_private_urls"],
+            "max_body_bytes": opts["max_body_mb"] * 1024 * 1024,
+            "max_media_items": opts["max_images"],
+            "max_concurrent_per_key": opts["max_concurrent"],
+            "request_timeout_s": opts["request_timeout"],
         },
     }
     from qwenvl.server.main import CONFIG_ENV
@@ -108,10 +175,19 @@ def serve(opts: dict[str, Any]) -> None:
     sock = listen(opts["host"], opts["port"])  # bound before the banner: its port is real, clients may connect
     host, port = sock.getsockname()[:2]
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    err_console().print(f"qwenvl serve ({backend}) on {where}: compatible-mode {where}/compatible-mode/v1, "
-                        f"native {where}/api/v1, playground {where}/", highlight=False, soft_wrap=True)
-    uv_config = uvicorn.Config("qwenvl.server.main:app_from_env", factory=True, workers=opts["workers"],
-                               log_level="warning", timeout_graceful_shutdown=5)
+    err_console().print(
+        f"qwenvl serve ({backend}) on {where}: compatible-mode {where}/compatible-mode/v1, "
+        f"native {where}/api/v1, playground {where}/",
+        highlight=False,
+        soft_wrap=True,
+    )
+    uv_config = uvicorn.Config(
+        "qwenvl.server.main:app_from_env",
+        factory=True,
+        workers=opts["workers"],
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
         if opts["workers"] == 1:
@@ -134,6 +210,8 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="Choose another --port (0 picks a free one) or stop what holds this one.") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="Choose another --port (0 picks a free one) or stop what holds this one.",
+        ) from None
     return sock

@@ -18,8 +18,12 @@ def skill_text() -> str:
 
 
 @click.command()
-@click.option("--install", "folder", metavar="DIR",
-              help="Write DIR/SKILL.md (the folder is created), e.g. the skill folder the agent loads.")
+@click.option(
+    "--install",
+    "folder",
+    metavar="DIR",
+    help="Write DIR/SKILL.md (the folder is created), e.g. the skill folder the agent loads.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing DIR/SKILL.md.")
 @pass_opts
 def skill(opts: dict[str, Any]) -> None:

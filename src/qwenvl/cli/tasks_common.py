@@ -17,9 +17,10 @@ def refuse_structured(opts: dict[str, Any], verb: str) -> None:
     """The verbs that ask for their own answer format take neither --json-mode nor --schema."""
     for flag, key in (("--json-mode", "json_mode"), ("--schema", "schema_file")):
         if opts.get(key):
-            raise UsageError(f"{verb} asks for its own answer format; {flag} does not apply here",
-                             hint="Use `qwenvl extract --schema FILE` or `qwenvl ask --schema FILE` for your own "
-                                  "JSON.")
+            raise UsageError(
+                f"{verb} asks for its own answer format; {flag} does not apply here",
+                hint="Use `qwenvl extract --schema FILE` or `qwenvl ask --schema FILE` for your own JSON.",
+            )
 
 
 def warn(messages: list[str], *, prefix: str = "warning") -> None:
@@ -36,8 +37,9 @@ def dry_run(client: Any, call: Call) -> None:
     print_json(client.preview(call))
 
 
-def show_usage(*responses: Response | None, cut_off: bool = True, max_tokens: int | None = None,
-               region: str | None = None) -> None:
+def show_usage(
+    *responses: Response | None, cut_off: bool = True, max_tokens: int | None = None, region: str | None = None
+) -> None:
     """The notes on each answer (``cut_off=False`` where the task's own warnings already say it was cut off),
     then, on a terminal, the usage line."""
     for response in responses:

@@ -38,10 +38,17 @@ from qwenvl.models import format_cost
 @click.argument("files", nargs=-1, required=True)
 @model_option
 @region_option
-@click.option("--detail", type=click.Choice(["auto", "low", "high"]),
-              help="Image detail: low = smaller budget, high = vl_high_resolution_images.")
-@click.option("--high-res/--no-high-res", "vl_high_resolution_images", default=None,
-              help="vl_high_resolution_images: up to 16384 tokens per image.")
+@click.option(
+    "--detail",
+    type=click.Choice(["auto", "low", "high"]),
+    help="Image detail: low = smaller budget, high = vl_high_resolution_images.",
+)
+@click.option(
+    "--high-res/--no-high-res",
+    "vl_high_resolution_images",
+    default=None,
+    help="vl_high_resolution_images: up to 16384 tokens per image.",
+)
 @click.option("--min-pixels", type=click.IntRange(min=1))
 @click.option("--max-pixels", type=click.IntRange(min=1))
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2).")
@@ -49,13 +56,19 @@ from qwenvl.models import format_cost
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
 @click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--backend", type=click.Choice(BACKENDS, case_sensitive=False),
-              help="Count for a local model: openai (asks the server at --base-url which model) or transformers "
-                   "(--model is its folder or hub id).")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS, case_sensitive=False),
+    help="Count for a local model: openai (asks the server at --base-url which model) or transformers "
+    "(--model is its folder or hub id).",
+)
 @click.option("--base-url", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False), help="--backend openai: its engine.")
-@click.option("--family", type=click.Choice(FAMILIES, case_sensitive=False),
-              help="A local model's family when its name does not say (qwen2.5-vl: 28 px, qwen3-vl: 32 px).")
+@click.option(
+    "--family",
+    type=click.Choice(FAMILIES, case_sensitive=False),
+    help="A local model's family when its name does not say (qwen2.5-vl: 28 px, qwen3-vl: 32 px).",
+)
 @pass_opts
 def tokens(opts: dict[str, Any]) -> None:
     """Tokens and estimated cost of images, videos and PDFs, as they would be sent: qwenvl tokens *.jpg
@@ -68,16 +81,18 @@ def tokens(opts: dict[str, Any]) -> None:
     client = None
     if opts["backend"] or os.environ.get("QWENVL_BACKEND"):  # a local model's own rules (asked of its backend)
         client = make_client(opts)
-    result = estimate_files(opts["files"], fast=opts["fast"], region=opts["region"], client=client,
-                            family=opts["family"], **fields)
+    result = estimate_files(
+        opts["files"], fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
+    )
     if opts["as_json"]:
         print_json(result)
     else:
         _print_table(result)
     failed, files = result["total"]["failed"], len({r["source"].split(" [")[0] for r in result["items"]})
     if failed:
-        err_console().print(f"[bold red]{failed} of {files} file{'s' if files != 1 else ''} could not be "
-                            "estimated[/]", highlight=False)
+        err_console().print(
+            f"[bold red]{failed} of {files} file{'s' if files != 1 else ''} could not be estimated[/]", highlight=False
+        )
         click.get_current_context().exit(EXIT_INPUT)
 
 
@@ -107,8 +122,9 @@ def _print_table(result: dict[str, Any]) -> None:
 
     console = out_console()
     tier = f", {result['price_tier']} input tier" if result["price_tier"] not in (None, "any") else ""
-    table = Table(title=f"{result['model']} ({result['factor']}x{result['factor']} px per token{tier})",
-                  title_justify="left")
+    table = Table(
+        title=f"{result['model']} ({result['factor']}x{result['factor']} px per token{tier})", title_justify="left"
+    )
     table.add_column("file", overflow="fold")
     table.add_column("sent as")
     table.add_column("inline", justify="right")
@@ -118,13 +134,23 @@ def _print_table(result: dict[str, Any]) -> None:
         if "error" in row:
             table.add_row(escape(row["source"]), f"[red]error:[/] {escape(row['error'])}", "", "-", "-")
             continue
-        table.add_row(escape(row["source"]), _size(row), _bytes(row["bytes_sent"]),
-                      "unknown" if row["tokens"] is None else f"{row['tokens']:,}", _money(row["cost"]))
+        table.add_row(
+            escape(row["source"]),
+            _size(row),
+            _bytes(row["bytes_sent"]),
+            "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
+            _money(row["cost"]),
+        )
     counted = [r for r in rows if "error" not in r]
     suffix = f" + {unknown} unknown" if unknown else ""
     table.add_section()
-    table.add_row(f"total ({len(counted)} item{'s' if len(counted) != 1 else ''})", "", "",
-                  f"{total_tokens:,}{suffix}", _money(total_cost) if total_tokens or not unknown else "unknown")
+    table.add_row(
+        f"total ({len(counted)} item{'s' if len(counted) != 1 else ''})",
+        "",
+        "",
+        f"{total_tokens:,}{suffix}",
+        _money(total_cost) if total_tokens or not unknown else "unknown",
+    )
     console.print(table)
     estimated = False
     for row in counted:
@@ -137,6 +163,9 @@ def _print_table(result: dict[str, Any]) -> None:
         if "error" in row and row.get("hint"):
             console.print(f"[dim]{escape(row['source'])}: {escape(row['hint'])}[/]", highlight=False)
     if estimated:
-        console.print("[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "
-                      "the bytes sent are known when a request is prepared.[/]", highlight=False)
+        console.print(
+            "[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "
+            "the bytes sent are known when a request is prepared.[/]",
+            highlight=False,
+        )
     console.print("[dim]Media input tokens only; the prompt and the answer come on top.[/]", highlight=False)

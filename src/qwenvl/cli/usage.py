@@ -25,15 +25,15 @@ def usage(opts: dict[str, Any]) -> None:
     answers) in usage.db in the data folder. QWENVL_LOG=0 turns the log off.
     """
     rows = usagelog.summarize(opts["days"])
-    totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "cached", "input_tokens",
-                                                    "output_tokens")}
+    totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "cached", "input_tokens", "output_tokens")}
     # Costs are summed per currency, never across (CNY in Beijing, USD in Singapore and Virginia).
     costs: dict[str, float] = {}
     for r in rows:
         costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
     if opts["as_json"]:
-        print_json({"days": opts["days"], "rows": rows, "total": {**totals, "cost": costs},
-                    "log": str(usagelog.log_path())})
+        print_json(
+            {"days": opts["days"], "rows": rows, "total": {**totals, "cost": costs}, "log": str(usagelog.log_path())}
+        )
         return
     console = out_console()
     if not rows:
@@ -45,8 +45,14 @@ def usage(opts: dict[str, Any]) -> None:
         table.add_column(name, justify="left" if name in ("day", "model") else "right")
 
     def cells(r: dict[str, Any], cost: str) -> list[str]:
-        return [f"{r['requests']:,}", f"{r['errors']:,}", f"{r['cached']:,}", f"{r['input_tokens']:,}",
-                f"{r['output_tokens']:,}", cost]
+        return [
+            f"{r['requests']:,}",
+            f"{r['errors']:,}",
+            f"{r['cached']:,}",
+            f"{r['input_tokens']:,}",
+            f"{r['output_tokens']:,}",
+            cost,
+        ]
 
     for r in rows:
         table.add_row(r["day"], r["model"] or "?", *cells(r, format_cost(r["cost"], r["currency"])))

@@ -58,9 +58,17 @@ from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, M
 
 # Formats the service documents (seed doc 002), with the Content-Type it lists for each.
 SERVICE_MIME: dict[str, str] = {
-    "BMP": "image/bmp", "DIB": "image/bmp", "ICNS": "image/icns", "ICO": "image/x-icon",
-    "JPEG": "image/jpeg", "MPO": "image/jpeg", "JPEG2000": "image/jp2", "PNG": "image/png",
-    "SGI": "image/sgi", "TIFF": "image/tiff", "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "DIB": "image/bmp",
+    "ICNS": "image/icns",
+    "ICO": "image/x-icon",
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "JPEG2000": "image/jp2",
+    "PNG": "image/png",
+    "SGI": "image/sgi",
+    "TIFF": "image/tiff",
+    "WEBP": "image/webp",
 }
 SERVICE_FORMATS = frozenset(SERVICE_MIME) - {"MPO"}
 
@@ -100,8 +108,12 @@ _ANIMATABLE = frozenset({"GIF", "PNG", "WEBP"})
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the transposition that makes the image upright.
 _UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
 _FORMAT_LIST = ", ".join(sorted(SERVICE_FORMATS))
@@ -138,13 +150,17 @@ class ImageInfo:
 
 # --- identify and check -------------------------------------------------------------------------------------
 
+
 def identify(data: bytes, label: str) -> ImageInfo:
     """What image ``data`` holds, from its header only (fast). MediaError when it is not an image Pillow can
     read, when the format needs a plug-in (HEIC) or is a vector (SVG), and when the header declares more than
     ``MAX_IMAGE_PIXELS`` pixels (no pixel memory is allocated)."""
     if not data:
-        raise MediaError(f"{label} is empty (0 bytes)", source=label,
-                         hint="The file has no content; check that it was written completely.")
+        raise MediaError(
+            f"{label} is empty (0 bytes)",
+            source=label,
+            hint="The file has no content; check that it was written completely.",
+        )
     _refuse_known_non_images(data, label)
     try:
         with warnings.catch_warnings():
@@ -169,8 +185,17 @@ def identify(data: bytes, label: str) -> ImageInfo:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise _not_an_image(data, label) from exc
     mime = SERVICE_MIME.get(fmt) or Image.MIME.get(fmt) or "application/octet-stream"
-    return ImageInfo(fmt, mime, width, height, mode=mode, orientation=orientation, frames=frames,
-                     animated=animated, transparency=transparency)
+    return ImageInfo(
+        fmt,
+        mime,
+        width,
+        height,
+        mode=mode,
+        orientation=orientation,
+        frames=frames,
+        animated=animated,
+        transparency=transparency,
+    )
 
 
 def check(info: ImageInfo, label: str) -> None:
@@ -180,7 +205,8 @@ def check(info: ImageInfo, label: str) -> None:
             f"{label} is an animated {info.format} ({info.frames} frames); the service takes still images",
             source=label,
             hint="Send the frames as a video (a list of frame images), or extract the one frame you mean, "
-                 "e.g. `ffmpeg -i in.gif -frames:v 1 frame.png`.")
+            "e.g. `ffmpeg -i in.gif -frames:v 1 frame.png`.",
+        )
     w, h = info.upright_size
     broken = []
     if min(w, h) < MIN_IMAGE_SIDE:
@@ -189,8 +215,11 @@ def check(info: ImageInfo, label: str) -> None:
     if ratio > MAX_ASPECT_RATIO:
         broken.append(f"its aspect ratio {ratio:.0f}:1 is over the {MAX_ASPECT_RATIO}:1 the service allows")
     if broken:
-        hint = "Crop it, or split it into several images." if ratio > MAX_ASPECT_RATIO else (
-            "Use a larger image (upscale it if it really is this small).")
+        hint = (
+            "Crop it, or split it into several images."
+            if ratio > MAX_ASPECT_RATIO
+            else ("Use a larger image (upscale it if it really is this small).")
+        )
         raise MediaError(f"{label} is {w}x{h} px: {'; and '.join(broken)}", source=label, hint=hint)
 
 
@@ -226,12 +255,20 @@ def passes_through(info: ImageInfo, nbytes: int) -> bool:
     upright (EXIF orientation 1), without transparency, at most ``MAX_IMAGE_BYTES`` and already compact (at
     most ``PASSTHROUGH_BYTES_PER_PIXEL``). Anything else is decoded and re-encoded, or kept only when a
     re-encoding would not be smaller."""
-    return (info.format in _PASSTHROUGH_FORMATS and info.mode in _PASSTHROUGH_MODES and info.orientation == 1
-            and not info.transparency and not info.animated and info.frames == 1 and nbytes <= MAX_IMAGE_BYTES
-            and nbytes <= PASSTHROUGH_BYTES_PER_PIXEL * info.width * info.height)
+    return (
+        info.format in _PASSTHROUGH_FORMATS
+        and info.mode in _PASSTHROUGH_MODES
+        and info.orientation == 1
+        and not info.transparency
+        and not info.animated
+        and info.frames == 1
+        and nbytes <= MAX_IMAGE_BYTES
+        and nbytes <= PASSTHROUGH_BYTES_PER_PIXEL * info.width * info.height
+    )
 
 
 # --- decode, convert, resize --------------------------------------------------------------------------------
+
 
 @dataclass
 class Decoded:
@@ -268,8 +305,9 @@ def decode(data: bytes, info: ImageInfo, label: str, *, size: tuple[int, int] | 
     return Decoded(img, notes, converted or flattened or info.orientation in _UPRIGHT, exact)
 
 
-def resize(img: Image.Image, size: tuple[int, int],
-           resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+def resize(
+    img: Image.Image, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.BICUBIC
+) -> Image.Image:
     """``img`` resized to exactly ``size`` (width, height), antialiased (Pillow's convolution, bicubic by
     default, with ``reducing_gap`` for large reductions). A large output is made in horizontal bands on all cores:
     Pillow releases the GIL while it resamples, and each band reads the source rows around it, so there are
@@ -283,8 +321,9 @@ def resize(img: Image.Image, size: tuple[int, int],
 
     def band(i: int) -> Image.Image:
         top, bottom = bounds[i], bounds[i + 1]
-        return img.resize((width, bottom - top), resample, box=(0, top * scale, img.width, bottom * scale),
-                          reducing_gap=3.0)
+        return img.resize(
+            (width, bottom - top), resample, box=(0, top * scale, img.width, bottom * scale), reducing_gap=3.0
+        )
 
     out = Image.new(img.mode, size)
     for i, part in enumerate(_pool().map(band, range(workers))):
@@ -296,8 +335,9 @@ def looks_like_graphic(img: Image.Image) -> bool:
     """True for screenshots, text, line art and charts (few colours dominate), False for photographs."""
     sample = img
     if img.width > GRAPHIC_SAMPLE_SIDE or img.height > GRAPHIC_SAMPLE_SIDE:
-        sample = img.resize((min(img.width, GRAPHIC_SAMPLE_SIDE), min(img.height, GRAPHIC_SAMPLE_SIDE)),
-                            Image.Resampling.NEAREST)
+        sample = img.resize(
+            (min(img.width, GRAPHIC_SAMPLE_SIDE), min(img.height, GRAPHIC_SAMPLE_SIDE)), Image.Resampling.NEAREST
+        )
     colours = sample.getcolors(maxcolors=4096)
     if colours is None:  # thousands of distinct colours in a small sample: a photograph
         return False
@@ -305,8 +345,14 @@ def looks_like_graphic(img: Image.Image) -> bool:
     return sum(counts[:GRAPHIC_TOP_COLOURS]) >= GRAPHIC_COVERAGE * sample.width * sample.height
 
 
-def encode_jpeg(img: Image.Image, quality: int = JPEG_QUALITY, *, subsampling: str = "4:2:0",
-                optimize: bool = False, qtables: tuple[list[int], list[int]] | None = None) -> bytes:
+def encode_jpeg(
+    img: Image.Image,
+    quality: int = JPEG_QUALITY,
+    *,
+    subsampling: str = "4:2:0",
+    optimize: bool = False,
+    qtables: tuple[list[int], list[int]] | None = None,
+) -> bytes:
     """Baseline JPEG (libjpeg-turbo through Pillow, no array copy), 4:2:0 chroma by default; ``optimize``
     computes optimised Huffman tables (same pixels, 3-10% fewer bytes, a second pass); ``qtables`` replaces
     the quality's quantisation tables."""
@@ -399,9 +445,11 @@ def _check_pixels(width: int, height: int, label: str) -> None:
 def _bomb_error(label: str, declared: str) -> MediaError:
     return MediaError(
         f"{label} declares {declared}, over the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (decompression-bomb "
-        "guard); it was not decoded", source=label,
+        "guard); it was not decoded",
+        source=label,
         hint="If the image is genuine, downscale it first (e.g. `magick in.png -resize 50% out.png`); the "
-             "service would shrink it to at most 16384 tokens anyway.")
+        "service would shrink it to at most 16384 tokens anyway.",
+    )
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -432,7 +480,7 @@ def _png_metadata_after_pixels(data: bytes) -> bool:
     """Whether a PNG has an EXIF or text chunk after its first IDAT (walks the chunk headers only)."""
     pos, seen_idat = 8, False
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         if kind == b"IEND":
             return False
         if kind == b"IDAT":
@@ -450,33 +498,48 @@ def _refuse_known_non_images(data: bytes, label: str) -> None:
             f"{label} is a HEIC/HEIF image, which qwenvl cannot read (Pillow needs the pillow-heif plug-in)",
             source=label,
             hint="Convert it to JPEG first: `heif-convert in.heic out.jpg`, `sips -s format jpeg in.heic "
-                 "--out out.jpg` (macOS) or `magick in.heic out.jpg`; or set the camera to 'Most "
-                 "Compatible'.")
+            "--out out.jpg` (macOS) or `magick in.heic out.jpg`; or set the camera to 'Most "
+            "Compatible'.",
+        )
     kind = sniff(data)
     if kind == "image/svg+xml":
-        raise MediaError(f"{label} is an SVG drawing; the service takes raster images only", source=label,
-                         hint="Render it to PNG first, e.g. `rsvg-convert -w 1600 in.svg -o out.png` or "
-                              "`magick -density 200 in.svg out.png`.")
+        raise MediaError(
+            f"{label} is an SVG drawing; the service takes raster images only",
+            source=label,
+            hint="Render it to PNG first, e.g. `rsvg-convert -w 1600 in.svg -o out.png` or "
+            "`magick -density 200 in.svg out.png`.",
+        )
 
 
 def _not_an_image(data: bytes, label: str) -> MediaError:
     kind = sniff(data)
     hint = f"Supported images: {_FORMAT_LIST} (and any other still format Pillow reads, converted)."
     if kind == "application/pdf":
-        return MediaError(f"{label} is a PDF document, not an image", source=label,
-                          hint="Pass it as a document: qwenvl renders PDF pages to images.")
+        return MediaError(
+            f"{label} is a PDF document, not an image",
+            source=label,
+            hint="Pass it as a document: qwenvl renders PDF pages to images.",
+        )
     if kind and kind.startswith("video/"):
-        return MediaError(f"{label} is a video ({kind}), not an image", source=label,
-                          hint="Give it as the video, not as an image (in a request: \"video\").")
+        return MediaError(
+            f"{label} is a video ({kind}), not an image",
+            source=label,
+            hint='Give it as the video, not as an image (in a request: "video").',
+        )
     if data[:3] == b"\xff\xd8\xff":
-        return MediaError(f"{label} starts like a JPEG but its header is damaged or cut short", source=label,
-                          hint="The file is truncated or corrupt; export or download it again.")
+        return MediaError(
+            f"{label} starts like a JPEG but its header is damaged or cut short",
+            source=label,
+            hint="The file is truncated or corrupt; export or download it again.",
+        )
     if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return MediaError(f"{label} starts like a PNG but its header is damaged or cut short", source=label,
-                          hint="The file is truncated or corrupt; export or download it again.")
+        return MediaError(
+            f"{label} starts like a PNG but its header is damaged or cut short",
+            source=label,
+            hint="The file is truncated or corrupt; export or download it again.",
+        )
     if kind == "text/xml" or _is_text(data):
-        return MediaError(f"{label} is a text file, not an image (whatever its name says)", source=label,
-                          hint=hint)
+        return MediaError(f"{label} is a text file, not an image (whatever its name says)", source=label, hint=hint)
     return MediaError(f"{label} is not an image qwenvl can read (unknown format)", source=label, hint=hint)
 
 
@@ -493,8 +556,11 @@ def _is_text(data: bytes) -> bool:
 
 def _corrupt(label: str, info: ImageInfo, exc: BaseException) -> MediaError:
     detail = str(exc).strip() or type(exc).__name__
-    return MediaError(f"{label} is a {info.format} whose image data is truncated or corrupt ({detail})",
-                      source=label, hint="Export or download the file again.")
+    return MediaError(
+        f"{label} is a {info.format} whose image data is truncated or corrupt ({detail})",
+        source=label,
+        hint="Export or download the file again.",
+    )
 
 
 def _simplejpeg_colorspace(data: bytes) -> str | None:
@@ -584,8 +650,9 @@ def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
         except ImportError:  # Pillow built without littlecms
             return img.convert("RGB")
         try:
-            converted = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                                  ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(
+                img, ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"), outputMode="RGB"
+            )
             if converted is not None:
                 return converted
         except (ImageCms.PyCMSError, OSError, ValueError):

@@ -73,9 +73,12 @@ def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[in
         if first < 1 or last < first:
             raise UsageError(f"bad page range {chunk.strip()!r} in {spec!r}: pages count from 1, low to high")
         if last > count:
-            raise MediaError(f"{label} has {count} page{'s' if count != 1 else ''}; page {last} "
-                             f"(from --pages {spec.strip()}) is out of range", source=label,
-                             hint=f"Choose pages from 1 to {count}.")
+            raise MediaError(
+                f"{label} has {count} page{'s' if count != 1 else ''}; page {last} "
+                f"(from --pages {spec.strip()}) is out of range",
+                source=label,
+                hint=f"Choose pages from 1 to {count}.",
+            )
         pages.extend(p for p in range(first, last + 1) if p not in pages)
     return pages
 
@@ -86,9 +89,12 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
         doc = pdfium.PdfDocument(src if isinstance(src, bytes) else str(src))
     except pdfium.PdfiumError as exc:
         if getattr(exc, "err_code", None) == _PASSWORD_ERROR:
-            raise MediaError(f"{label} is encrypted: it needs a password to open", source=label,
-                             hint="Remove the password first (e.g. `qpdf --decrypt --password=... in.pdf "
-                                  "out.pdf`); qwenvl does not take PDF passwords.") from None
+            raise MediaError(
+                f"{label} is encrypted: it needs a password to open",
+                source=label,
+                hint="Remove the password first (e.g. `qpdf --decrypt --password=... in.pdf "
+                "out.pdf`); qwenvl does not take PDF passwords.",
+            ) from None
         reason = str(exc).split("(PDFium: ", 1)[-1].rstrip(".)") or "PDFium cannot read it"
         raise MediaError(f"{label} is not a readable PDF ({reason})", source=label) from None
     if len(doc) == 0:
@@ -106,8 +112,15 @@ def page_count(src: bytes | str | Path, label: str | None = None) -> int:
         doc.close()
 
 
-def page_size(width_pt: float, height_pt: float, factor: int, min_pixels: int, max_pixels: int,
-              label: str = "the PDF", number: int = 1) -> tuple[int, int]:
+def page_size(
+    width_pt: float,
+    height_pt: float,
+    factor: int,
+    min_pixels: int,
+    max_pixels: int,
+    label: str = "the PDF",
+    number: int = 1,
+) -> tuple[int, int]:
     """(height, width) in pixels a page is rendered and sent at: the page scaled to fill ``max_pixels``,
     then ``smart_resize`` (so the service keeps it as it is)."""
     if width_pt <= 0 or height_pt <= 0:
@@ -118,45 +131,82 @@ def page_size(width_pt: float, height_pt: float, factor: int, min_pixels: int, m
     try:
         h_bar, w_bar = smart_resize(height, width, factor, min_pixels, max_pixels)
     except ValueError as exc:
-        raise MediaError(f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt): {exc}",
-                         source=label) from None
+        raise MediaError(f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt): {exc}", source=label) from None
     if not (h_bar and w_bar):
-        raise MediaError(f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt) is too narrow for the "
-                         "pixel budget", source=label)
+        raise MediaError(
+            f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt) is too narrow for the pixel budget",
+            source=label,
+        )
     return h_bar, w_bar
 
 
-def render_pdf(src: bytes | str | Path, *, factor: int, min_pixels: int, max_pixels: int,
-               pages: str | None = None, context_tokens: int | None = None,
-               label: str | None = None) -> list[RenderedPage]:
+def render_pdf(
+    src: bytes | str | Path,
+    *,
+    factor: int,
+    min_pixels: int,
+    max_pixels: int,
+    pages: str | None = None,
+    context_tokens: int | None = None,
+    label: str | None = None,
+) -> list[RenderedPage]:
     """Render the selected pages of a PDF, each to the size the model sees under the pixel budget."""
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
     doc = open_pdf(src, name)
     try:
-        sizes = _page_sizes(doc, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, pages=pages,
-                            context_tokens=context_tokens, label=name)
+        sizes = _page_sizes(
+            doc,
+            factor=factor,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            pages=pages,
+            context_tokens=context_tokens,
+            label=name,
+        )
         doc.init_forms()
         return [_render_page(doc, n, h, w, name) for n, (h, w) in sizes.items()]
     finally:
         doc.close()
 
 
-def page_sizes(src: bytes | str | Path, *, factor: int, min_pixels: int, max_pixels: int,
-               pages: str | None = None, context_tokens: int | None = None,
-               label: str | None = None) -> dict[int, tuple[int, int]]:
+def page_sizes(
+    src: bytes | str | Path,
+    *,
+    factor: int,
+    min_pixels: int,
+    max_pixels: int,
+    pages: str | None = None,
+    context_tokens: int | None = None,
+    label: str | None = None,
+) -> dict[int, tuple[int, int]]:
     """{page number: (height, width)} each selected page would be rendered and sent at by ``render_pdf``,
     from the page sizes alone (nothing is rendered); the same checks and errors as ``render_pdf``."""
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
     doc = open_pdf(src, name)
     try:
-        return _page_sizes(doc, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, pages=pages,
-                           context_tokens=context_tokens, label=name)
+        return _page_sizes(
+            doc,
+            factor=factor,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            pages=pages,
+            context_tokens=context_tokens,
+            label=name,
+        )
     finally:
         doc.close()
 
 
-def _page_sizes(doc: pdfium.PdfDocument, *, factor: int, min_pixels: int, max_pixels: int, pages: str | None,
-                context_tokens: int | None, label: str) -> dict[int, tuple[int, int]]:
+def _page_sizes(
+    doc: pdfium.PdfDocument,
+    *,
+    factor: int,
+    min_pixels: int,
+    max_pixels: int,
+    pages: str | None,
+    context_tokens: int | None,
+    label: str,
+) -> dict[int, tuple[int, int]]:
     """The selected pages (in the order given) and their sizes as sent; MediaError over the context window."""
     numbers = parse_pages(pages, len(doc), label)
     sizes = {}
@@ -168,8 +218,10 @@ def _page_sizes(doc: pdfium.PdfDocument, *, factor: int, min_pixels: int, max_pi
         if total > context_tokens:
             raise MediaError(
                 f"{label}: {len(numbers)} pages at this budget are about {total} tokens, over the model's "
-                f"context of {context_tokens}", source=label,
-                hint="Choose fewer pages (--pages 1-10) or a smaller budget (--detail low, --max-pixels).")
+                f"context of {context_tokens}",
+                source=label,
+                hint="Choose fewer pages (--pages 1-10) or a smaller budget (--detail low, --max-pixels).",
+            )
     return sizes
 
 

@@ -57,6 +57,7 @@ class MediaOptions:
     # them and ``sent`` is a ``memory://sha256:...`` reference (set by qwenvl.plan for media_form="memory")
     keep_pixels: bool = False
 
+
 ESTIMATE_SCHEME = "estimate://"  # the placeholder ``sent`` of an estimate-only item
 ESTIMATE_NOTE = "estimate only: size and tokens from the header; not decoded, resized or encoded"
 
@@ -153,8 +154,12 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
         data, _ = fetch_url(source.url or part.image, max_bytes=MAX_FETCH_BYTES, timeout_s=options.fetch_timeout_s)
         label = source.ref
     elif source.is_remote:
-        return PreparedItem(part.image, "image", source.url or part.image,
-                            notes=["remote image: size and tokens unknown (the service fetches it)"])
+        return PreparedItem(
+            part.image,
+            "image",
+            source.url or part.image,
+            notes=["remote image: size and tokens unknown (the service fetches it)"],
+        )
     else:
         data = read_bytes(source)
         label = source.label
@@ -175,15 +180,25 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     # ;charset=utf-8 or another MIME type is re-emitted as data:<mime>;base64,<one line> (the service refuses
     # the others with a 400 after the upload).
     sent = to_data_url(encoded, mime)
-    return PreparedItem(part.image, "image", sent, mime=mime, bytes_sent=len(sent), width=width, height=height,
-                        tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor), notes=notes)
+    return PreparedItem(
+        part.image,
+        "image",
+        sent,
+        mime=mime,
+        bytes_sent=len(sent),
+        width=width,
+        height=height,
+        tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
+        notes=notes,
+    )
 
 
 MEMORY_SCHEME = "memory://"  # the ``sent`` of an image kept decoded for an in-process model
 
 
-def _keep_image(part: ImagePart, data: bytes, info: images.ImageInfo, label: str, service: tuple[int, int],
-                options: MediaOptions) -> PreparedItem:
+def _keep_image(
+    part: ImagePart, data: bytes, info: images.ImageInfo, label: str, service: tuple[int, int], options: MediaOptions
+) -> PreparedItem:
     """An image prepared like any other (upright, 8-bit, resized to its budget) but kept decoded: no encoding,
     no base64. ``sent`` names its pixels by hash (so cache keys follow the content)."""
     import hashlib
@@ -194,14 +209,22 @@ def _keep_image(part: ImagePart, data: bytes, info: images.ImageInfo, label: str
     img = decoded.image if decoded.image.mode == "RGB" else decoded.image.convert("RGB")
     h_bar, w_bar = _model_size(img.height, img.width, options.model.factor, service, label)
     digest = hashlib.sha256(img.tobytes()).hexdigest()[:32]
-    return PreparedItem(part.image, "image", f"{MEMORY_SCHEME}sha256:{digest}", mime="image/x-raw-rgb",
-                        width=img.width, height=img.height, tokens=tokens.image_tokens(h_bar, w_bar,
-                                                                                       options.model.factor),
-                        notes=[*notes, "kept in memory for the local model (not encoded)"], pixels=img)
+    return PreparedItem(
+        part.image,
+        "image",
+        f"{MEMORY_SCHEME}sha256:{digest}",
+        mime="image/x-raw-rgb",
+        width=img.width,
+        height=img.height,
+        tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
+        notes=[*notes, "kept in memory for the local model (not encoded)"],
+        pixels=img,
+    )
 
 
-def _estimate_image(part: ImagePart, data: bytes, info: images.ImageInfo, label: str,
-                    service: tuple[int, int], options: MediaOptions) -> PreparedItem:
+def _estimate_image(
+    part: ImagePart, data: bytes, info: images.ImageInfo, label: str, service: tuple[int, int], options: MediaOptions
+) -> PreparedItem:
     """An image's size as sent and its tokens from its header (already checked): the full path's rules."""
     if options.prepare:
         _, (width, height), notes = _sent_image_size(info, label, part, options)
@@ -210,13 +233,23 @@ def _estimate_image(part: ImagePart, data: bytes, info: images.ImageInfo, label:
         notes = _check_original(data, info, label, options, verify=False)
         mime, (width, height) = info.mime, (info.width, info.height)
     h_bar, w_bar = _model_size(height, width, options.model.factor, service, label)
-    return PreparedItem(part.image, "image", ESTIMATE_SCHEME + label, mime=mime, bytes_sent=0, width=width,
-                        height=height, tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
-                        notes=[*notes, ESTIMATE_NOTE], estimate=True)
+    return PreparedItem(
+        part.image,
+        "image",
+        ESTIMATE_SCHEME + label,
+        mime=mime,
+        bytes_sent=0,
+        width=width,
+        height=height,
+        tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
+        notes=[*notes, ESTIMATE_NOTE],
+        estimate=True,
+    )
 
 
-def _sent_image_size(info: images.ImageInfo, label: str, part: ImagePart,
-                     options: MediaOptions) -> tuple[tuple[int, int] | None, tuple[int, int], list[str]]:
+def _sent_image_size(
+    info: images.ImageInfo, label: str, part: ImagePart, options: MediaOptions
+) -> tuple[tuple[int, int] | None, tuple[int, int], list[str]]:
     """(resize target or None, (width, height) as sent, notes) of a local image prepared to its budget.
 
     The one size rule of preparation: upright, then ``smart_resize`` when over the budget, else as it is.
@@ -228,13 +261,19 @@ def _sent_image_size(info: images.ImageInfo, label: str, part: ImagePart,
     h_bar, w_bar = _model_size(height, width, factor, (lo, hi), label)
     if not resize.over_budget(height, width, factor, hi):
         return None, (width, height), []
-    return (w_bar, h_bar), (w_bar, h_bar), [
-        f"resized {width}x{height} -> {w_bar}x{h_bar} ({_budget_name(options, part)} budget, "
-        f"{hi // (factor * factor)} tokens)"]
+    return (
+        (w_bar, h_bar),
+        (w_bar, h_bar),
+        [
+            f"resized {width}x{height} -> {w_bar}x{h_bar} ({_budget_name(options, part)} budget, "
+            f"{hi // (factor * factor)} tokens)"
+        ],
+    )
 
 
-def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: ImagePart,
-                         options: MediaOptions) -> tuple[bytes, str, tuple[int, int], list[str]]:
+def _prepare_local_image(
+    data: bytes, info: images.ImageInfo, label: str, part: ImagePart, options: MediaOptions
+) -> tuple[bytes, str, tuple[int, int], list[str]]:
     """(bytes, mime, (width, height) as sent, notes) for a local image, prepared to its budget."""
     factor = options.model.factor
     target, _, notes = _sent_image_size(info, label, part, options)
@@ -246,10 +285,17 @@ def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: 
     notes.extend(decoded.notes)
     img = decoded.image
     photo = info.format in ("JPEG", "MPO") or not images.looks_like_graphic(img)
-    encoded, mime = ((images.encode_photo(img, exact=decoded.exact), "image/jpeg") if photo
-                     else images.encode_graphic(img))
-    if (target is None and not decoded.must_convert and info.accepted and info.frames == 1
-            and len(data) <= MAX_IMAGE_BYTES and len(data) <= len(encoded)):
+    encoded, mime = (
+        (images.encode_photo(img, exact=decoded.exact), "image/jpeg") if photo else images.encode_graphic(img)
+    )
+    if (
+        target is None
+        and not decoded.must_convert
+        and info.accepted
+        and info.frames == 1
+        and len(data) <= MAX_IMAGE_BYTES
+        and len(data) <= len(encoded)
+    ):
         notes.append("kept as given (a re-encoding would not be smaller)")
         return data, info.mime, (info.width, info.height), notes
     if not info.accepted:
@@ -259,8 +305,9 @@ def _prepare_local_image(data: bytes, info: images.ImageInfo, label: str, part: 
     return encoded, mime, img.size, notes
 
 
-def _fit_bytes(img: Image.Image, encoded: bytes, mime: str, factor: int,
-               notes: list[str]) -> tuple[bytes, str, Image.Image]:
+def _fit_bytes(
+    img: Image.Image, encoded: bytes, mime: str, factor: int, notes: list[str]
+) -> tuple[bytes, str, Image.Image]:
     """Make ``encoded`` fit MAX_IMAGE_BYTES: JPEG instead of PNG, then lower qualities, then smaller sizes."""
     if len(encoded) <= MAX_IMAGE_BYTES:
         return encoded, mime, img
@@ -275,26 +322,32 @@ def _fit_bytes(img: Image.Image, encoded: bytes, mime: str, factor: int,
         notes.append(f"JPEG quality lowered to {quality} to fit {_mb(MAX_IMAGE_BYTES)}")
     while len(encoded) > MAX_IMAGE_BYTES:
         area = img.width * img.height // 2
-        h_bar, w_bar = resize.smart_resize(img.height, img.width, factor,
-                                           min(area, MIN_IMAGE_TOKENS * factor * factor), area)
+        h_bar, w_bar = resize.smart_resize(
+            img.height, img.width, factor, min(area, MIN_IMAGE_TOKENS * factor * factor), area
+        )
         img = images.resize(img, (w_bar, h_bar))
         encoded = images.encode_jpeg(img, quality)
         notes.append(f"downscaled to {w_bar}x{h_bar} to fit {_mb(MAX_IMAGE_BYTES)} (fewer tokens than the budget)")
     return encoded, mime, img
 
 
-def _check_original(data: bytes, info: images.ImageInfo, label: str, options: MediaOptions, *,
-                    verify: bool = True) -> list[str]:
+def _check_original(
+    data: bytes, info: images.ImageInfo, label: str, options: MediaOptions, *, verify: bool = True
+) -> list[str]:
     """The extra rules for an image sent as it is (prepare=False), and notes on what the service may misread.
     ``verify=False`` (estimate-only) skips the integrity check, which reads the pixel data."""
     if not info.accepted:
-        raise MediaError(f"{label} is a {info.format} image; the service takes "
-                         f"{', '.join(sorted(images.SERVICE_FORMATS))}", source=label,
-                         hint="Let qwenvl convert it (drop --no-resize / prepare=False), or convert it to PNG.")
+        raise MediaError(
+            f"{label} is a {info.format} image; the service takes {', '.join(sorted(images.SERVICE_FORMATS))}",
+            source=label,
+            hint="Let qwenvl convert it (drop --no-resize / prepare=False), or convert it to PNG.",
+        )
     if len(data) > MAX_IMAGE_BYTES:
-        raise MediaError(f"{label} is {_mb(len(data))}; one image may be at most {_mb(MAX_IMAGE_BYTES)}",
-                         source=label, hint="Let qwenvl prepare it (drop --no-resize / prepare=False): it is "
-                                            "downscaled and re-encoded to fit.")
+        raise MediaError(
+            f"{label} is {_mb(len(data))}; one image may be at most {_mb(MAX_IMAGE_BYTES)}",
+            source=label,
+            hint="Let qwenvl prepare it (drop --no-resize / prepare=False): it is downscaled and re-encoded to fit.",
+        )
     if verify:
         images.verify(data, info, label)
     notes = ["original sent as is (prepare=False)"]
@@ -319,9 +372,11 @@ def _model_size(height: int, width: int, factor: int, budget: tuple[float, float
     except ValueError as exc:
         raise MediaError(f"{label} ({width}x{height} px): {exc}", source=label) from None
     if h_bar == 0 or w_bar == 0:
-        raise MediaError(f"{label} is {width}x{height} px: at a budget of {hi} px the model's resize rule "
-                         "would make one side 0 px", source=label,
-                         hint="Raise max_pixels (or use detail auto/high), or crop it to a less extreme shape.")
+        raise MediaError(
+            f"{label} is {width}x{height} px: at a budget of {hi} px the model's resize rule would make one side 0 px",
+            source=label,
+            hint="Raise max_pixels (or use detail auto/high), or crop it to a less extreme shape.",
+        )
     return h_bar, w_bar
 
 
@@ -353,8 +408,12 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
     source = classify(part.video)
     _check_remote(source, options)
     if source.is_remote:
-        return PreparedItem(part.video, "video", source.url or part.video,
-                            notes=["remote video: frames and tokens unknown (the service fetches and samples it)"])
+        return PreparedItem(
+            part.video,
+            "video",
+            source.url or part.video,
+            notes=["remote video: frames and tokens unknown (the service fetches and samples it)"],
+        )
     from qwenvl.media import video  # PyAV loads only when a local video is given
 
     if options.video_as == "file":
@@ -363,22 +422,39 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
     if options.estimate_only:
         info, rate, plan = _video_plan(part, src, source.label, options)
         return PreparedItem(
-            part.video, "video", [f"{ESTIMATE_SCHEME}{source.label}#frame={i}" for i in range(plan.nframes)],
-            mime="image/jpeg", bytes_sent=0, width=plan.width, height=plan.height,
+            part.video,
+            "video",
+            [f"{ESTIMATE_SCHEME}{source.label}#frame={i}" for i in range(plan.nframes)],
+            mime="image/jpeg",
+            bytes_sent=0,
+            width=plan.width,
+            height=plan.height,
             tokens=tokens.video_tokens(plan.nframes, plan.height, plan.width, options.model.factor),
-            notes=[*video.sampling_notes(info.frames, info.fps, info.duration, plan.nframes, rate, options.model),
-                   "estimate only: frame count and size from the container; no frame decoded"],
-            fps=plan.nframes / info.frames * info.fps, estimate=True)
+            notes=[
+                *video.sampling_notes(info.frames, info.fps, info.duration, plan.nframes, rate, options.model),
+                "estimate only: frame count and size from the container; no frame decoded",
+            ],
+            fps=plan.nframes / info.frames * info.fps,
+            estimate=True,
+        )
     fps = part.fps if part.fps is not None else options.fps
-    sampled = video.sample_video(src, options.model, fps=fps, min_pixels=part.min_pixels,
-                                 max_pixels=part.max_pixels, label=source.label)
+    sampled = video.sample_video(
+        src, options.model, fps=fps, min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=source.label
+    )
     sent = [to_data_url(frame, "image/jpeg") for frame in sampled.frames]
     return PreparedItem(
-        part.video, "video", sent, mime="image/jpeg", bytes_sent=sum(len(url) for url in sent),
-        width=sampled.width, height=sampled.height,
+        part.video,
+        "video",
+        sent,
+        mime="image/jpeg",
+        bytes_sent=sum(len(url) for url in sent),
+        width=sampled.width,
+        height=sampled.height,
         tokens=tokens.video_tokens(sampled.nframes, sampled.height, sampled.width, options.model.factor),
         notes=[*sampled.notes, f"decoded with {'a seek per sample' if sampled.strategy == 'seek' else 'one pass'}"],
-        frame_times=sampled.times, fps=sampled.sample_fps)
+        frame_times=sampled.times,
+        fps=sampled.sample_fps,
+    )
 
 
 def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> PreparedItem:
@@ -390,24 +466,37 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         raise MediaError("only a local video file can be sent whole", source=source.ref)
     size = source.path.stat().st_size
     if size >= MAX_VIDEO_FILE_BYTES:
-        raise MediaError(f"{source.label} is {size / 2**20:.1f} MB; a video sent as a local file must be under "
-                         f"{MAX_VIDEO_FILE_BYTES // 2**20} MB", source=source.ref,
-                         hint="Send it as sampled frames instead (--video-as frames), or give a public URL.")
+        raise MediaError(
+            f"{source.label} is {size / 2**20:.1f} MB; a video sent as a local file must be under "
+            f"{MAX_VIDEO_FILE_BYTES // 2**20} MB",
+            source=source.ref,
+            hint="Send it as sampled frames instead (--video-as frames), or give a public URL.",
+        )
     mime = video.check_video_content(source.path, source.label)
     info, rate, plan = _video_plan(part, source.path, source.label, options, service_sampled=True)
     count, h_bar, w_bar = plan.nframes, plan.height, plan.width
     # Nothing is read here beyond the container, so estimate-only gives the same item (never sent anyway).
     assert isinstance(part.video, str)  # a whole file, not a frame list
     return PreparedItem(
-        part.video, "video", source.path.resolve().as_uri(), mime=mime, width=w_bar, height=h_bar,
-        tokens=tokens.video_tokens(count, h_bar, w_bar, options.model.factor), fps=rate,
-        notes=[f"sent whole ({_mb(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "
-               f"at {rate:g} fps; uploaded to temporary storage (native protocol)"],
-        frame_times=[i / rate for i in range(count)])
+        part.video,
+        "video",
+        source.path.resolve().as_uri(),
+        mime=mime,
+        width=w_bar,
+        height=h_bar,
+        tokens=tokens.video_tokens(count, h_bar, w_bar, options.model.factor),
+        fps=rate,
+        notes=[
+            f"sent whole ({_mb(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "
+            f"at {rate:g} fps; uploaded to temporary storage (native protocol)"
+        ],
+        frame_times=[i / rate for i in range(count)],
+    )
 
 
-def _video_plan(part: VideoPart, src: Path | bytes, label: str, options: MediaOptions, *,
-                service_sampled: bool = False) -> tuple[video.VideoInfo, float, video.FramePlan]:
+def _video_plan(
+    part: VideoPart, src: Path | bytes, label: str, options: MediaOptions, *, service_sampled: bool = False
+) -> tuple[video.VideoInfo, float, video.FramePlan]:
     """(probe, sampling rate, frame count and size as the service samples it) of a local video, from its
     container and packets (only the first frame is decoded): ``video.frame_plan``, as ``sample_video`` uses."""
     from qwenvl.media import video
@@ -416,9 +505,18 @@ def _video_plan(part: VideoPart, src: Path | bytes, label: str, options: MediaOp
     if not rate > 0:
         raise MediaError(f"fps must be positive, got {rate}", source=label)
     info = video.probe_video(src, label)
-    plan = video.frame_plan(options.model, info.frames, info.fps, rate, info.width, info.height,
-                            min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label,
-                            service_sampled=service_sampled)
+    plan = video.frame_plan(
+        options.model,
+        info.frames,
+        info.fps,
+        rate,
+        info.width,
+        info.height,
+        min_pixels=part.min_pixels,
+        max_pixels=part.max_pixels,
+        label=label,
+        service_sampled=service_sampled,
+    )
     return info, rate, plan
 
 
@@ -429,14 +527,16 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
     count = video.frame_list_count(len(refs), options.model)
     lo, hi = video.frame_budget(options.model, count, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     # Frames follow the video budget, not the image one: no high-resolution mode and no detail=low for them.
-    frame_options = replace(options, vl_high_resolution_images=None, detail="auto", min_pixels=None,
-                            max_pixels=None)
-    frames = [prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options)
-              for ref in refs]  # estimate-only carries over: each frame from its header
+    frame_options = replace(options, vl_high_resolution_images=None, detail="auto", min_pixels=None, max_pixels=None)
+    frames = [
+        prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options) for ref in refs
+    ]  # estimate-only carries over: each frame from its header
     notes = [f"{len(refs)} frame images"]
     if count > len(refs):
-        notes.append(f"padded to {count} frames by repeating the last (the service needs at least "
-                     f"{video.VIDEO_MIN_FRAMES} and an even count)")
+        notes.append(
+            f"padded to {count} frames by repeating the last (the service needs at least "
+            f"{video.VIDEO_MIN_FRAMES} and an even count)"
+        )
         frames.extend([frames[-1]] * (count - len(refs)))
     first = frames[0]
     estimate = None
@@ -447,11 +547,20 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
             notes.append("frames differ in size: the estimate uses the first frame's")
     rate = part.fps if part.fps is not None else options.fps if options.fps is not None else video.VIDEO_FPS
     sent = [str(f.sent) for f in frames]
-    return PreparedItem(f"{len(refs)} frames", "video", sent, mime=first.mime,
-                        bytes_sent=sum(f.bytes_sent for f in frames), width=first.width, height=first.height,
-                        tokens=estimate, notes=notes, frame_times=[i / rate for i in range(count)],
-                        estimate=any(f.estimate for f in frames),
-                        pixels=[f.pixels for f in frames] if options.keep_pixels else None)
+    return PreparedItem(
+        f"{len(refs)} frames",
+        "video",
+        sent,
+        mime=first.mime,
+        bytes_sent=sum(f.bytes_sent for f in frames),
+        width=first.width,
+        height=first.height,
+        tokens=estimate,
+        notes=notes,
+        frame_times=[i / rate for i in range(count)],
+        estimate=any(f.estimate for f in frames),
+        pixels=[f.pixels for f in frames] if options.keep_pixels else None,
+    )
 
 
 def expand_documents(messages: list[Message], options: MediaOptions) -> list[Message]:
@@ -477,9 +586,15 @@ def expand_documents(messages: list[Message], options: MediaOptions) -> list[Mes
             assert isinstance(part, ImagePart)
             lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
             src = document.path if document.kind == "file" and document.path else read_bytes(document)
-            pages = pdf.render_pdf(src, factor=options.model.factor, min_pixels=lo,
-                                   max_pixels=hi, pages=options.pages,
-                                   context_tokens=options.model.context_tokens, label=document.label)
+            pages = pdf.render_pdf(
+                src,
+                factor=options.model.factor,
+                min_pixels=lo,
+                max_pixels=hi,
+                pages=options.pages,
+                context_tokens=options.model.context_tokens,
+                label=document.label,
+            )
             parts.extend(part.model_copy(update={"image": page.data_url}) for page in pages)
             changed = True
         out.append(message.model_copy(update={"content": parts}) if changed else message)
@@ -495,16 +610,33 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     src = document.path if document.kind == "file" and document.path else read_bytes(document)
     factor = options.model.factor
-    sizes = pdf.page_sizes(src, factor=factor, min_pixels=lo, max_pixels=hi, pages=options.pages,
-                           context_tokens=options.model.context_tokens, label=document.label)
+    sizes = pdf.page_sizes(
+        src,
+        factor=factor,
+        min_pixels=lo,
+        max_pixels=hi,
+        pages=options.pages,
+        context_tokens=options.model.context_tokens,
+        label=document.label,
+    )
     items = []
     for number, (height, width) in sizes.items():
         ref = f"{ESTIMATE_SCHEME}{document.label}#page={number}"
         h_bar, w_bar = _model_size(height, width, factor, service, ref)
-        items.append(PreparedItem(ref, "image", ref, mime="image/png", bytes_sent=0, width=width, height=height,
-                                  tokens=tokens.image_tokens(h_bar, w_bar, factor),
-                                  notes=[f"PDF page {number} of {document.label}, not rendered (estimate only)"],
-                                  estimate=True))
+        items.append(
+            PreparedItem(
+                ref,
+                "image",
+                ref,
+                mime="image/png",
+                bytes_sent=0,
+                width=width,
+                height=height,
+                tokens=tokens.image_tokens(h_bar, w_bar, factor),
+                notes=[f"PDF page {number} of {document.label}, not rendered (estimate only)"],
+                estimate=True,
+            )
+        )
     return items
 
 
@@ -532,5 +664,6 @@ def _pdf_source(ref: str) -> Source | None:
 
 def _check_remote(source: Source, options: MediaOptions) -> None:
     if source.kind == "oss" and options.protocol != "native":
-        raise UsageError(f"{source.ref}: oss:// references work only with the native protocol",
-                         hint="Add --protocol native.")
+        raise UsageError(
+            f"{source.ref}: oss:// references work only with the native protocol", hint="Add --protocol native."
+        )

@@ -37,8 +37,9 @@ def ceil_by_factor(number: float, factor: int) -> int:
     return factor * math.ceil(number / factor)
 
 
-def smart_resize(height: int, width: int, factor: int, min_pixels: float | None = None,
-                 max_pixels: float | None = None) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, factor: int, min_pixels: float | None = None, max_pixels: float | None = None
+) -> tuple[int, int]:
     """The size ``(h_bar, w_bar)`` the model sees for a ``height`` x ``width`` image.
 
     Both sides become multiples of ``factor``, the area stays within ``[min_pixels, max_pixels]`` (defaults:
@@ -69,8 +70,9 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: float | None 
     return h_bar, w_bar
 
 
-def service_budget(options: MediaOptions, *, min_pixels: int | None = None,
-                   max_pixels: int | None = None) -> tuple[int, int]:
+def service_budget(
+    options: MediaOptions, *, min_pixels: int | None = None, max_pixels: int | None = None
+) -> tuple[int, int]:
     """``(min_pixels, max_pixels)`` the service applies to an image sent with these options.
 
     ``min_pixels``/``max_pixels`` are the image part's own values (sent beside the image); they win over the
@@ -84,14 +86,17 @@ def service_budget(options: MediaOptions, *, min_pixels: int | None = None,
     else:
         hi = max_pixels or options.max_pixels or model.default_max_pixels
     if lo > hi:
-        raise UsageError(f"min_pixels ({lo}) is larger than max_pixels ({hi})",
-                         hint=f"For {model.name} one token is {model.factor}x{model.factor} px; "
-                              f"the default budget is {model.default_max_pixels} px.")
+        raise UsageError(
+            f"min_pixels ({lo}) is larger than max_pixels ({hi})",
+            hint=f"For {model.name} one token is {model.factor}x{model.factor} px; "
+            f"the default budget is {model.default_max_pixels} px.",
+        )
     return lo, hi
 
 
-def image_budget(options: MediaOptions, *, min_pixels: int | None = None,
-                 max_pixels: int | None = None) -> tuple[int, int]:
+def image_budget(
+    options: MediaOptions, *, min_pixels: int | None = None, max_pixels: int | None = None
+) -> tuple[int, int]:
     """``(min_pixels, max_pixels)`` a local image is prepared to.
 
     ``detail="low"`` caps it at the model's low-detail budget (``low_detail_tokens``); otherwise it is the

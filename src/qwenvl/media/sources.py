@@ -27,8 +27,9 @@ from qwenvl.errors import MediaError, QwenVLError
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<b64>.*)$",
-                       re.DOTALL | re.IGNORECASE)
+_DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<b64>.*)$", re.DOTALL | re.IGNORECASE
+)
 
 
 @dataclass
@@ -74,8 +75,11 @@ def classify(ref: str) -> Source:
             path = Path(str(path)[1:])
         return Source(ref, "file", path=_check_path(path, text))
     if re.match(r"^[a-z][a-z0-9+.-]*://", lower):
-        raise MediaError(f"unsupported URL scheme in {text!r}",
-                         source=text, hint="Use an https:// URL, a local path, file:// or a data: URL.")
+        raise MediaError(
+            f"unsupported URL scheme in {text!r}",
+            source=text,
+            hint="Use an https:// URL, a local path, file:// or a data: URL.",
+        )
     return Source(ref, "file", path=_check_path(Path(text).expanduser(), text))
 
 
@@ -88,8 +92,12 @@ def _check_path(path: Path, ref: str) -> Path:
 
 # --- regular files only --------------------------------------------------------------------------------------
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _fail(error: type[QwenVLError], message: str, ref: str | None, hint: str | None = None) -> QwenVLError:
@@ -110,8 +118,9 @@ def _os_error(path: Path, exc: OSError, what: str) -> str:
     return f"cannot read {path}: {exc.strerror or exc}"
 
 
-def check_regular(path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError,
-                  what: str = "file") -> os.stat_result:
+def check_regular(
+    path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError, what: str = "file"
+) -> os.stat_result:
     """The stat of ``path`` (symlinks followed) when it is a regular file; else ``error`` (MediaError, exit 3,
     unless told) saying what it is: missing, a broken symlink, a symlink loop, a directory, a named pipe, a
     device or a socket. Reads nothing."""
@@ -122,17 +131,23 @@ def check_regular(path: Path, ref: str | None = None, *, error: type[QwenVLError
     except ValueError:  # an embedded NUL
         raise _fail(error, f"{what} not found: {str(path)!r}", ref) from None
     if stat.S_ISDIR(st.st_mode):
-        raise _fail(error, f"{path} is a directory, not a file", ref,
-                    "Give the files inside it, e.g. a glob such as dir/*.jpg")
+        raise _fail(
+            error, f"{path} is a directory, not a file", ref, "Give the files inside it, e.g. a glob such as dir/*.jpg"
+        )
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
-        raise _fail(error, f"{path} is {kind}, not a regular file", ref,
-                    "Only regular files are read (reading this one may never end); save the data to a file.")
+        raise _fail(
+            error,
+            f"{path} is {kind}, not a regular file",
+            ref,
+            "Only regular files are read (reading this one may never end); save the data to a file.",
+        )
     return st
 
 
-def open_regular(path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError,
-                 what: str = "file") -> BinaryIO:
+def open_regular(
+    path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError, what: str = "file"
+) -> BinaryIO:
     """``path`` opened for reading in binary mode, when it is a regular file (``check_regular``). The open
     itself cannot block (``O_NONBLOCK``), and what was opened is checked again, so a file swapped for a pipe
     meanwhile is refused too."""
@@ -174,8 +189,9 @@ def read_bytes(source: Source, *, limit: int | None = None) -> bytes:
             try:
                 size = os.fstat(fh.fileno()).st_size
                 if limit is not None and size > limit:
-                    raise MediaError(f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit",
-                                     source=source.ref)
+                    raise MediaError(
+                        f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit", source=source.ref
+                    )
                 return fh.read()
             except OSError as exc:
                 raise MediaError(f"cannot read {source.path}: {exc.strerror or exc}", source=source.ref) from None
@@ -205,8 +221,9 @@ def to_data_url(data: bytes, mime: str) -> str:
 # --- identifying content by its bytes -----------------------------------------------------------------------
 
 # ISO-BMFF ("ftyp") brands of still images (HEIF: ISO/IEC 23008-12 and Apple's HEIC; AVIF: AV1 image file format).
-HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1",
-                         b"msf1", b"mif2"})
+HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
+)
 AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
@@ -217,7 +234,7 @@ def ftyp_brands(data: bytes) -> set[bytes]:
     size = int.from_bytes(data[:4], "big")
     end = min(max(size, 16), len(data), 256)
     brands = {data[8:12]}
-    brands.update(data[i:i + 4] for i in range(16, end - 3, 4))
+    brands.update(data[i : i + 4] for i in range(16, end - 3, 4))
     return brands
 
 

@@ -20,8 +20,9 @@ def image_tokens(height: int, width: int, factor: int) -> int:
     return (height * width) // (factor * factor) + VISION_MARKER_TOKENS
 
 
-def estimate_image_tokens(height: int, width: int, factor: int, min_pixels: int | None = None,
-                          max_pixels: int | None = None) -> int:
+def estimate_image_tokens(
+    height: int, width: int, factor: int, min_pixels: int | None = None, max_pixels: int | None = None
+) -> int:
     """Tokens for a ``height`` x ``width`` image under a pixel budget (the service resizes it first)."""
     h_bar, w_bar = smart_resize(height, width, factor, min_pixels, max_pixels)
     return image_tokens(h_bar, w_bar, factor)
@@ -33,4 +34,3 @@ def video_tokens(nframes: int, height: int, width: int, factor: int) -> int:
         return 0
     groups = math.ceil(nframes / VIDEO_FRAME_FACTOR)
     return groups * (height // factor) * (width // factor) + VISION_MARKER_TOKENS
-

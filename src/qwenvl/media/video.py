@@ -49,8 +49,17 @@ from qwenvl.models import VIDEO_FPS, VIDEO_FRAME_FACTOR, VIDEO_MIN_FRAME_TOKENS,
 
 # Containers we accept, identified by content (``sniff``). The issue names mp4, mov, mkv, webm and avi; the
 # older official doc also lists FLV and WMV, which PyAV reads just as well.
-VIDEO_MIMES = frozenset({"video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo",
-                         "video/x-flv", "video/x-ms-wmv"})
+VIDEO_MIMES = frozenset(
+    {
+        "video/mp4",
+        "video/quicktime",
+        "video/x-matroska",
+        "video/webm",
+        "video/x-msvideo",
+        "video/x-flv",
+        "video/x-ms-wmv",
+    }
+)
 SUPPORTED = "MP4, MOV, MKV, WebM, AVI, FLV, WMV"
 MIN_PIXELS_HEADROOM = 1.05  # the per-frame budget is never below min_pixels * 1.05 (the service's formula)
 # The fixed price of one seek, in decoded frames: the seek itself, the decoder flush and refilling the
@@ -141,6 +150,7 @@ class SampledVideo:
 
 # --- the rule (pure functions) ------------------------------------------------------------------------------
 
+
 def _ceil_even(x: float) -> int:
     return math.ceil(x / VIDEO_FRAME_FACTOR) * VIDEO_FRAME_FACTOR
 
@@ -149,8 +159,9 @@ def _floor_even(x: float) -> int:
     return math.floor(x / VIDEO_FRAME_FACTOR) * VIDEO_FRAME_FACTOR
 
 
-def sample_count(total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *, max_frames: int,
-                 min_frames: int = VIDEO_MIN_FRAMES) -> int:
+def sample_count(
+    total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *, max_frames: int, min_frames: int = VIDEO_MIN_FRAMES
+) -> int:
     """How many frames the service samples from a video (qwen-vl-utils ``smart_nframes`` with padding).
 
     ``total_frames / video_fps * fps``, clamped to ``[min_frames, min(max_frames, total_frames)]`` and floored
@@ -166,8 +177,9 @@ def sample_count(total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *,
     return max(_floor_even(min(max(wanted, low), high, total_frames)), low)
 
 
-def billed_frame_count(total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *, max_frames: int,
-                       min_frames: int = VIDEO_MIN_FRAMES) -> int:
+def billed_frame_count(
+    total_frames: int, video_fps: float, fps: float = VIDEO_FPS, *, max_frames: int, min_frames: int = VIDEO_MIN_FRAMES
+) -> int:
     """How many frames the service counts for a video it samples itself (a video sent whole).
 
     The billing page's rule (its video example code, ``smart_nframes`` in the official ``token_calculate``;
@@ -192,8 +204,9 @@ def sample_indices(total_frames: int, nframes: int) -> list[int]:
     return [min(round(i * step), total_frames - 1) for i in range(nframes)]
 
 
-def frame_budget(model: ModelInfo, nframes: int, *, min_pixels: int | None = None,
-                 max_pixels: int | None = None) -> tuple[int, float]:
+def frame_budget(
+    model: ModelInfo, nframes: int, *, min_pixels: int | None = None, max_pixels: int | None = None
+) -> tuple[int, float]:
     """(min_pixels, max_pixels) for each frame of an ``nframes`` video (the service's formula, §4.2).
 
     ``max(min(frame cap, total cap / nframes * 2), min_pixels * 1.05)``; a user's ``max_pixels`` can only
@@ -221,9 +234,19 @@ class FramePlan:
     width: int
 
 
-def frame_plan(model: ModelInfo, total_frames: int, video_fps: float, fps: float, width: int, height: int, *,
-               min_pixels: int | None = None, max_pixels: int | None = None,
-               label: str = "video", service_sampled: bool = False) -> FramePlan:
+def frame_plan(
+    model: ModelInfo,
+    total_frames: int,
+    video_fps: float,
+    fps: float,
+    width: int,
+    height: int,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    label: str = "video",
+    service_sampled: bool = False,
+) -> FramePlan:
     """The service's sampling and size rule for a ``width`` x ``height`` video of ``total_frames`` frames at
     ``video_fps``, sampled at ``fps``: ``sample_count``, then ``frame_budget``, then ``smart_resize``.
 
@@ -242,13 +265,15 @@ def frame_plan(model: ModelInfo, total_frames: int, video_fps: float, fps: float
     except ValueError as exc:
         raise MediaError(f"{label}: {exc}", source=label) from None
     if not (h_bar and w_bar):
-        raise MediaError(f"{label}: {width}x{height} frames do not fit the per-frame budget of {high:.0f} px",
-                         source=label)
+        raise MediaError(
+            f"{label}: {width}x{height} frames do not fit the per-frame budget of {high:.0f} px", source=label
+        )
     return FramePlan(nframes, low, high, h_bar, w_bar)
 
 
-def sampling_notes(total_frames: int, video_fps: float, duration: float, nframes: int, fps: float,
-                   model: ModelInfo) -> list[str]:
+def sampling_notes(
+    total_frames: int, video_fps: float, duration: float, nframes: int, fps: float, model: ModelInfo
+) -> list[str]:
     """The notes on how a video is sampled: the count and rate, and whether it was padded or clamped."""
     notes: list[str] = []
     sample_fps = nframes / total_frames * video_fps
@@ -257,8 +282,10 @@ def sampling_notes(total_frames: int, video_fps: float, duration: float, nframes
     else:
         notes.append(f"{nframes} frames at {fps:g} fps from {duration:.1f} s")
     if total_frames < nframes:
-        notes.append(f"padded: the video has {total_frames} frame{'s' if total_frames != 1 else ''}; the service "
-                     f"needs at least {nframes}, so frames repeat")
+        notes.append(
+            f"padded: the video has {total_frames} frame{'s' if total_frames != 1 else ''}; the service "
+            f"needs at least {nframes}, so frames repeat"
+        )
     elif nframes == _floor_even(model.video_max_frames) and total_frames / video_fps * fps > nframes:
         notes.append(f"clamped to {model.name}'s limit of {nframes} frames")
     return notes
@@ -275,14 +302,17 @@ def frame_list_count(count: int, model: ModelInfo) -> int:
         raise MediaError("a video frame list is empty", source="video")
     limit = _floor_even(model.video_max_frames)
     if count > limit:
-        raise MediaError(f"a video frame list has {count} frames; {model.name} takes at most {limit}",
-                         source="video", hint="Sample fewer frames, or send the video file and let qwenvl "
-                         "sample it at --fps.")
+        raise MediaError(
+            f"a video frame list has {count} frames; {model.name} takes at most {limit}",
+            source="video",
+            hint="Sample fewer frames, or send the video file and let qwenvl sample it at --fps.",
+        )
     return max(_ceil_even(count), _ceil_even(VIDEO_MIN_FRAMES))
 
 
-def choose_strategy(indices: Sequence[int], keyframes: Sequence[int], *,
-                    seek_cost: int = SEEK_COST_FRAMES) -> tuple[Literal["seek", "sequential"], int, int]:
+def choose_strategy(
+    indices: Sequence[int], keyframes: Sequence[int], *, seek_cost: int = SEEK_COST_FRAMES
+) -> tuple[Literal["seek", "sequential"], int, int]:
     """Seek per sample or decode once: (choice, frames a seek plan decodes, frames one pass decodes).
 
     One pass decodes every frame up to the last sample. A seek plan walks the samples in order and, for each,
@@ -351,8 +381,9 @@ def _open(src: VideoInput, name: str) -> Any:
     try:
         return av.open(io.BytesIO(src) if isinstance(src, bytes) else str(src), "r")
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-        raise MediaError(f"{name} is not a readable video ({_reason(exc)})", source=name,
-                         hint=f"Supported videos: {SUPPORTED}.") from None
+        raise MediaError(
+            f"{name} is not a readable video ({_reason(exc)})", source=name, hint=f"Supported videos: {SUPPORTED}."
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:
@@ -364,8 +395,11 @@ def _video_stream(container: Any, name: str) -> Any:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams})
         what = f"only {', '.join(kinds)}" if kinds else "no streams"
-        raise MediaError(f"{name} has no video stream ({what})", source=name,
-                         hint="Give a file with a video track; audio is not understood by Qwen-VL models.")
+        raise MediaError(
+            f"{name} has no video stream ({what})",
+            source=name,
+            hint="Give a file with a video track; audio is not understood by Qwen-VL models.",
+        )
     return container.streams.video[0]
 
 
@@ -389,8 +423,11 @@ def _index(container: Any, stream: Any, name: str) -> _Index:
         raise MediaError(f"{name} is not a readable video (its video stream has no frames)", source=name)
     declared = stream.frames or 0
     if declared > len(pts) + TRUNCATION_SLACK and len(pts) < declared * (1 - TRUNCATION_SHARE):
-        raise MediaError(f"{name} is truncated or damaged: its index lists {declared} frames but only {len(pts)} "
-                         "can be read", source=name, hint="Re-download or re-export the file.")
+        raise MediaError(
+            f"{name} is truncated or damaged: its index lists {declared} frames but only {len(pts)} can be read",
+            source=name,
+            hint="Re-download or re-export the file.",
+        )
     pts.sort()
     positions = sorted({bisect.bisect_left(pts, k) for k in key_pts}) or [0]
     time_base = stream.time_base or Fraction(1, 1)
@@ -408,8 +445,16 @@ def _info(index: _Index, rotation: int, width: int | None = None, height: int | 
     w, h = width or index.coded_width, height or index.coded_height
     if _quarter_turns(rotation) % 2:
         w, h = h, w
-    return VideoInfo(duration=round(index.duration, 6), fps=index.fps, frames=index.frames, width=w, height=h,
-                     codec=index.codec, keyframe_interval=index.keyframe_interval, rotation=rotation)
+    return VideoInfo(
+        duration=round(index.duration, 6),
+        fps=index.fps,
+        frames=index.frames,
+        width=w,
+        height=h,
+        codec=index.codec,
+        keyframe_interval=index.keyframe_interval,
+        rotation=rotation,
+    )
 
 
 def _quarter_turns(rotation: float) -> int:
@@ -444,9 +489,18 @@ def _first_frame(container: Any, stream: Any, name: str) -> Any:
 
 # --- sampling ---------------------------------------------------------------------------------------------------
 
-def sample_video(src: VideoInput, model: ModelInfo, *, fps: float | None = None, min_pixels: int | None = None,
-                 max_pixels: int | None = None, strategy: Strategy = "auto",
-                 output: Literal["jpeg", "array"] = "jpeg", label: str | None = None) -> SampledVideo:
+
+def sample_video(
+    src: VideoInput,
+    model: ModelInfo,
+    *,
+    fps: float | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    strategy: Strategy = "auto",
+    output: Literal["jpeg", "array"] = "jpeg",
+    label: str | None = None,
+) -> SampledVideo:
     """Sample a local video the way the service does and convert only the sampled frames.
 
     ``fps`` defaults to ``VIDEO_FPS``; the frame count is clamped to the model's limits (see ``sample_count``);
@@ -466,8 +520,17 @@ def sample_video(src: VideoInput, model: ModelInfo, *, fps: float | None = None,
     total = index.frames
     # The rule and its own checks (aspect ratio), before anything is decoded; the size as sent comes from the
     # first frame (its rotation decides), through the same budget.
-    plan = frame_plan(model, total, index.fps, rate, index.coded_width, index.coded_height,
-                      min_pixels=min_pixels, max_pixels=max_pixels, label=name)
+    plan = frame_plan(
+        model,
+        total,
+        index.fps,
+        rate,
+        index.coded_width,
+        index.coded_height,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        label=name,
+    )
     nframes, low, high = plan.nframes, plan.min_pixels, plan.max_pixels
     indices = sample_indices(total, nframes)
     notes: list[str] = []
@@ -507,12 +570,24 @@ def sample_video(src: VideoInput, model: ModelInfo, *, fps: float | None = None,
     times = [picked[i][1] for i in indices]
     stand_ins = sum(1 for i in set(indices) if abs(picked[i][1] - index.time(i)) > 0.5 / index.fps)
     if stand_ins:
-        notes.append(f"{stand_ins} sampled frame{'s' if stand_ins > 1 else ''} did not decode; the nearest frame "
-                     "that did stands in")
+        notes.append(
+            f"{stand_ins} sampled frame{'s' if stand_ins > 1 else ''} did not decode; the nearest frame "
+            "that did stands in"
+        )
     rotation = picked[indices[0]][2]
     info = _info(index, rotation)
-    sampled = SampledVideo(frames=frames, indices=indices, times=times, info=info, width=size[0],
-                           height=size[1], fps=rate, strategy=chosen, decoded=decoded, notes=notes)
+    sampled = SampledVideo(
+        frames=frames,
+        indices=indices,
+        times=times,
+        info=info,
+        width=size[0],
+        height=size[1],
+        fps=rate,
+        strategy=chosen,
+        decoded=decoded,
+        notes=notes,
+    )
     notes[:0] = sampling_notes(total, index.fps, info.duration, nframes, rate, model)
     return sampled
 
@@ -526,8 +601,9 @@ def _frame_time(frame: Any, index: _Index, fallback: int) -> float:
     return float((frame.pts - index.pts[0]) * index.time_base)
 
 
-def _decode_sequential(container: Any, stream: Any, index: _Index, indices: list[int],
-                       convert: Callable[[Any], Any]) -> tuple[Picked, int]:
+def _decode_sequential(
+    container: Any, stream: Any, index: _Index, indices: list[int], convert: Callable[[Any], Any]
+) -> tuple[Picked, int]:
     """One threaded pass; each sample takes the first decoded frame at or after its timestamp."""
     wanted = sorted(set(indices))
     picked: Picked = {}
@@ -551,8 +627,9 @@ def _decode_sequential(container: Any, stream: Any, index: _Index, indices: list
     return picked, n + 1
 
 
-def _decode_seeking(container: Any, stream: Any, index: _Index, indices: list[int],
-                    convert: Callable[[Any], Any]) -> tuple[Picked, int]:
+def _decode_seeking(
+    container: Any, stream: Any, index: _Index, indices: list[int], convert: Callable[[Any], Any]
+) -> tuple[Picked, int]:
     """Seek to the keyframe before each sample (or keep decoding when that is cheaper); the same frames as
     ``_decode_sequential``: each sample takes the first decoded frame at or after its timestamp."""
     wanted = sorted(set(indices))
@@ -586,8 +663,7 @@ def _decode_seeking(container: Any, stream: Any, index: _Index, indices: list[in
     return picked, decoded
 
 
-def _seek(container: Any, stream: Any, index: _Index, k: int, target: int,
-          wanted: set[int]) -> tuple[Any, Any, int]:
+def _seek(container: Any, stream: Any, index: _Index, k: int, target: int, wanted: set[int]) -> tuple[Any, Any, int]:
     """Seek so that decoding starts at or before ``target``: to the keyframe ``k``, stepping back a keyframe
     when the container lands after the target (an index of decode times, as in MP4 with B-frames).
     Returns the decode iterator, its first frame and how many frames were decoded."""
@@ -621,6 +697,7 @@ def _decoded(container: Any, stream: Any, wanted: set[int]) -> Iterator[Any]:
 
 # --- encoding ---------------------------------------------------------------------------------------------------
 
+
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """An RGB uint8 array as JPEG (libjpeg-turbo through simplejpeg; Pillow when it is missing)."""
     try:
@@ -631,5 +708,4 @@ def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
         return buf.getvalue()
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB",
-                                  colorsubsampling="420")
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB", colorsubsampling="420")

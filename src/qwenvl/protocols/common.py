@@ -20,16 +20,30 @@ from qwenvl.protocols.sse import SSEDecoder
 from qwenvl.types import Message, Response, StreamEvent, Usage
 
 HTML_PAGE = "(an HTML page from a proxy, not the service)"
-PROXY_HINT = ("Something between you and DashScope answered (a proxy, gateway or firewall): check --base-url and "
-              "any HTTPS_PROXY setting, or retry later.")
+PROXY_HINT = (
+    "Something between you and DashScope answered (a proxy, gateway or firewall): check --base-url and "
+    "any HTTPS_PROXY setting, or retry later."
+)
 
 # Service error codes (both protocols' spellings) that arrive without an HTTP status, e.g. inside a stream.
 _CODE_STATUS = (
     (("invalidapikey", "invalid_api_key", "unauthorized"), 401),
     (("accessdenied", "access_denied", "permission", "forbidden"), 403),
     (("throttling", "rate_limit", "ratelimit", "limit_requests", "quota"), 429),
-    (("invalidparameter", "invalid_parameter", "invalid_request", "datainspection", "data_inspection",
-      "badrequest", "invalid_value", "model_not_found", "modelnotfound"), 400),
+    (
+        (
+            "invalidparameter",
+            "invalid_parameter",
+            "invalid_request",
+            "datainspection",
+            "data_inspection",
+            "badrequest",
+            "invalid_value",
+            "model_not_found",
+            "modelnotfound",
+        ),
+        400,
+    ),
 )
 
 
@@ -75,8 +89,14 @@ def parse_error_body(body: bytes | str | dict[str, Any] | None) -> tuple[str | N
     return code, printable(str(message)), request_id, parsed
 
 
-def error_from_body(status: int | None, body: Any, *, retry_after: float | None = None,
-                    request_id: str | None = None, in_stream: bool = False) -> APIStatusError:
+def error_from_body(
+    status: int | None,
+    body: Any,
+    *,
+    retry_after: float | None = None,
+    request_id: str | None = None,
+    in_stream: bool = False,
+) -> APIStatusError:
     """The typed error for an error body. Inside a stream the HTTP status was already 200 and an event's
     own status is often a generic 500, so a recognised service code decides the type there."""
     code, message, rid, parsed = parse_error_body(body)
@@ -84,10 +104,16 @@ def error_from_body(status: int | None, body: Any, *, retry_after: float | None 
         status = status_for_code(code, default=status or 500)
     if message == HTML_PAGE:  # "HTTP 502 Bad Gateway (an HTML page from a proxy, not the service)"
         phrase = _phrase(status)
-        return status_error(status, f"{phrase} {message}".strip(), request_id=request_id, body=parsed,
-                            retry_after=retry_after, hint=PROXY_HINT, plain=True)
-    return status_error(status, message, code=code, request_id=rid or request_id, body=parsed,
-                        retry_after=retry_after)
+        return status_error(
+            status,
+            f"{phrase} {message}".strip(),
+            request_id=request_id,
+            body=parsed,
+            retry_after=retry_after,
+            hint=PROXY_HINT,
+            plain=True,
+        )
+    return status_error(status, message, code=code, request_id=rid or request_id, body=parsed, retry_after=retry_after)
 
 
 def _phrase(status: int) -> str:
@@ -111,8 +137,9 @@ def load_json(data: str | bytes, what: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         if looks_like_html(text):
-            raise MalformedResponseError(f"{what} is an HTML page, not JSON (from a proxy or a login page, not the "
-                                         "service)") from None
+            raise MalformedResponseError(
+                f"{what} is an HTML page, not JSON (from a proxy or a login page, not the service)"
+            ) from None
         snippet = printable(text)[:200]
         raise MalformedResponseError(f"{what} is not JSON: {snippet!r}") from None
 
@@ -135,8 +162,15 @@ def usage_from(raw: dict[str, Any] | None) -> Usage:
     out_details = out_details if isinstance(out_details, dict) else {}
     image = _int(raw.get("image_tokens")) or _int(in_details.get("image_tokens"))
     video = _int(raw.get("video_tokens")) or _int(in_details.get("video_tokens"))
-    return Usage(input_tokens=inp, output_tokens=out, total_tokens=total, image_tokens=image,
-                 video_tokens=video, reasoning_tokens=_int(out_details.get("reasoning_tokens")), raw=raw)
+    return Usage(
+        input_tokens=inp,
+        output_tokens=out,
+        total_tokens=total,
+        image_tokens=image,
+        video_tokens=video,
+        reasoning_tokens=_int(out_details.get("reasoning_tokens")),
+        raw=raw,
+    )
 
 
 def split_content(content: Any) -> tuple[str, list[dict[str, Any]]]:
@@ -200,23 +234,42 @@ def as_object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def make_response(*, text: str, model: str, usage: dict[str, Any] | None, request_id: str | None,
-                  finish_reason: str | None, reasoning: str | None, tool_calls: list | None, protocol: str,
-                  raw: dict[str, Any] | None = None, other_content: list[dict[str, Any]] | None = None) -> Response:
+def make_response(
+    *,
+    text: str,
+    model: str,
+    usage: dict[str, Any] | None,
+    request_id: str | None,
+    finish_reason: str | None,
+    reasoning: str | None,
+    tool_calls: list | None,
+    protocol: str,
+    raw: dict[str, Any] | None = None,
+    other_content: list[dict[str, Any]] | None = None,
+) -> Response:
     """A Response whose history holds the assistant's answer (the client prepends the conversation).
 
     Raises MalformedResponseError when a field has a type no reply of the service has (e.g. a numeric
     ``finish_reason``): a reply we cannot read is the service's fault, not a bug here."""
     try:
-        return Response(text=text, model=model, usage=usage_from(usage), request_id=request_id,
-                        finish_reason=finish_reason, reasoning=reasoning, tool_calls=tool_calls, protocol=protocol,
-                        raw=raw, other_content=other_content or None,
-                        messages=[Message(role="assistant", content=text, reasoning=reasoning,
-                                          tool_calls=tool_calls)])
+        return Response(
+            text=text,
+            model=model,
+            usage=usage_from(usage),
+            request_id=request_id,
+            finish_reason=finish_reason,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+            protocol=protocol,
+            raw=raw,
+            other_content=other_content or None,
+            messages=[Message(role="assistant", content=text, reasoning=reasoning, tool_calls=tool_calls)],
+        )
     except ValidationError as exc:
         where = ".".join(str(p) for p in exc.errors()[0]["loc"])
-        raise MalformedResponseError(f"the reply's {where or 'answer'} has the wrong type "
-                                     f"({exc.errors()[0]['msg']})") from None
+        raise MalformedResponseError(
+            f"the reply's {where or 'answer'} has the wrong type ({exc.errors()[0]['msg']})"
+        ) from None
 
 
 class StreamAccumulator:
@@ -249,8 +302,9 @@ class StreamAccumulator:
         if not isinstance(delta, dict) or not isinstance(delta.get("function") or {}, dict):
             raise MalformedResponseError("a streamed tool call is not a JSON object")
         index = delta.get("index", len(self.tool_calls))
-        call = self.tool_calls.setdefault(index, {"id": None, "type": "function",
-                                                  "function": {"name": "", "arguments": ""}})
+        call = self.tool_calls.setdefault(
+            index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
         if delta.get("id"):
             call["id"] = delta["id"]
         if delta.get("type"):
@@ -265,22 +319,35 @@ class StreamAccumulator:
         """An error event: typed when nothing arrived yet, else an interruption that keeps the text."""
         if not self.text and not self.reasoning:
             return exc
-        return StreamInterruptedError(f"the stream ended with an error: {exc}", partial_text="".join(self.text),
-                                      partial_reasoning="".join(self.reasoning),
-                                      request_id=exc.request_id or self.request_id, code=exc.code)
+        return StreamInterruptedError(
+            f"the stream ended with an error: {exc}",
+            partial_text="".join(self.text),
+            partial_reasoning="".join(self.reasoning),
+            request_id=exc.request_id or self.request_id,
+            code=exc.code,
+        )
 
     def interrupted(self, why: str) -> StreamInterruptedError:
         got = len("".join(self.text))
-        return StreamInterruptedError(f"the stream broke before the answer was complete ({why}; "
-                                      f"{got} characters received)", partial_text="".join(self.text),
-                                      partial_reasoning="".join(self.reasoning), request_id=self.request_id)
+        return StreamInterruptedError(
+            f"the stream broke before the answer was complete ({why}; {got} characters received)",
+            partial_text="".join(self.text),
+            partial_reasoning="".join(self.reasoning),
+            request_id=self.request_id,
+        )
 
     def response(self) -> Response:
-        return make_response(text="".join(self.text), model=self.model, usage=self.usage_raw,
-                             request_id=self.request_id, finish_reason=self.finish_reason,
-                             reasoning="".join(self.reasoning) or None,
-                             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
-                             protocol=self.protocol, other_content=self.other_content)
+        return make_response(
+            text="".join(self.text),
+            model=self.model,
+            usage=self.usage_raw,
+            request_id=self.request_id,
+            finish_reason=self.finish_reason,
+            reasoning="".join(self.reasoning) or None,
+            tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+            protocol=self.protocol,
+            other_content=self.other_content,
+        )
 
 
 class StreamDriver:

@@ -88,12 +88,18 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
     choice = choices[0]
     msg = as_object(choice.get("message"), "the reply's message")
     text, others = split_content(msg.get("content"))
-    return make_response(text=text, model=data.get("model") or model,
-                         usage=data.get("usage"), request_id=data.get("request_id") or request_id or data.get("id"),
-                         finish_reason=optional_str(choice.get("finish_reason"), "finish_reason"),
-                         reasoning=optional_str(msg.get("reasoning_content"), "reasoning_content"),
-                         tool_calls=optional_list(msg.get("tool_calls"), "tool_calls"), protocol=NAME, raw=data,
-                         other_content=others)
+    return make_response(
+        text=text,
+        model=data.get("model") or model,
+        usage=data.get("usage"),
+        request_id=data.get("request_id") or request_id or data.get("id"),
+        finish_reason=optional_str(choice.get("finish_reason"), "finish_reason"),
+        reasoning=optional_str(msg.get("reasoning_content"), "reasoning_content"),
+        tool_calls=optional_list(msg.get("tool_calls"), "tool_calls"),
+        protocol=NAME,
+        raw=data,
+        other_content=others,
+    )
 
 
 class StreamParser:
@@ -126,8 +132,7 @@ class StreamParser:
         if not isinstance(chunk, dict):
             raise MalformedResponseError("a stream chunk is not a JSON object")
         if "error" in chunk:
-            raise self.acc.error(error_from_body(event.status, chunk, request_id=self.acc.request_id,
-                                                    in_stream=True))
+            raise self.acc.error(error_from_body(event.status, chunk, request_id=self.acc.request_id, in_stream=True))
         acc = self.acc
         acc.model = chunk.get("model") or acc.model
         acc.request_id = acc.request_id or chunk.get("request_id") or chunk.get("id")

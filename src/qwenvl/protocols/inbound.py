@@ -33,8 +33,19 @@ from qwenvl.errors import APIStatusError, QwenVLError, UsageError
 from qwenvl.types import Message, Request, Response, Usage
 
 # Request fields a wire body may set directly (same name on the wire and in Request).
-_DIRECT = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "enable_thinking", "thinking_budget",
-           "tools", "tool_choice", "vl_high_resolution_images")
+_DIRECT = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "enable_thinking",
+    "thinking_budget",
+    "tools",
+    "tool_choice",
+    "vl_high_resolution_images",
+)
 # Wire-only keys that are about the exchange itself, not passed to the model.
 _COMPAT_CONTROL = ("model", "messages", "stream", "stream_options", "n", "user")
 _NATIVE_CONTROL = ("result_format", "incremental_output", "stream")
@@ -97,8 +108,12 @@ def _part_in(p: Any) -> Any:
     if isinstance(p, dict) and p.get("type") == "image_url" and isinstance(p.get("image_url"), str):
         return {**p, "image_url": {"url": p["image_url"]}}
     if isinstance(p, dict) and p.get("type") == "video_url":
-        out = {"type": "video", "video": (p.get("video_url") or {}).get("url")
-               if isinstance(p.get("video_url"), dict) else p.get("video_url")}
+        out = {
+            "type": "video",
+            "video": (p.get("video_url") or {}).get("url")
+            if isinstance(p.get("video_url"), dict)
+            else p.get("video_url"),
+        }
         for key in ("fps", "min_pixels", "max_pixels"):
             if key in p:
                 out[key] = p[key]
@@ -116,8 +131,12 @@ def parse_compat_body(body: Any) -> Inbound:
     request, given = _request(body.get("model"), body.get("messages"), params)
     options = body.get("stream_options") or {}
     stream = bool(body.get("stream"))
-    return Inbound(request=request, stream=stream, given=given,
-                   include_usage=stream and isinstance(options, dict) and bool(options.get("include_usage")))
+    return Inbound(
+        request=request,
+        stream=stream,
+        given=given,
+        include_usage=stream and isinstance(options, dict) and bool(options.get("include_usage")),
+    )
 
 
 def parse_native_body(body: Any, *, sse: bool = False) -> Inbound:
@@ -126,18 +145,20 @@ def parse_native_body(body: Any, *, sse: bool = False) -> Inbound:
         raise _invalid("the body must be a JSON object")
     inp = body.get("input")
     if not isinstance(inp, dict):
-        raise _invalid("input is required: {\"messages\": [...]}")
+        raise _invalid('input is required: {"messages": [...]}')
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise _invalid("parameters must be an object")
     params = {k: v for k, v in parameters.items() if k not in _NATIVE_CONTROL}
     request, given = _request(body.get("model"), inp.get("messages"), params)
     stream = sse or bool(parameters.get("stream"))
-    return Inbound(request=request, stream=stream, given=given,
-                   incremental_output=bool(parameters.get("incremental_output")))
+    return Inbound(
+        request=request, stream=stream, given=given, incremental_output=bool(parameters.get("incremental_output"))
+    )
 
 
 # --- Response -> wire -------------------------------------------------------------------------------
+
 
 def _total(usage: Usage) -> int:
     if usage.total_tokens is not None:
@@ -146,10 +167,14 @@ def _total(usage: Usage) -> int:
 
 
 def compat_usage(usage: Usage) -> dict[str, Any]:
-    out: dict[str, Any] = {"prompt_tokens": usage.input_tokens or 0, "completion_tokens": usage.output_tokens or 0,
-                           "total_tokens": _total(usage)}
-    details = {k: v for k, v in (("image_tokens", usage.image_tokens), ("video_tokens", usage.video_tokens))
-               if v is not None}
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.input_tokens or 0,
+        "completion_tokens": usage.output_tokens or 0,
+        "total_tokens": _total(usage),
+    }
+    details = {
+        k: v for k, v in (("image_tokens", usage.image_tokens), ("video_tokens", usage.video_tokens)) if v is not None
+    }
     if details:
         out["prompt_tokens_details"] = details
     if usage.reasoning_tokens is not None:
@@ -158,8 +183,11 @@ def compat_usage(usage: Usage) -> dict[str, Any]:
 
 
 def native_usage(usage: Usage) -> dict[str, Any]:
-    out: dict[str, Any] = {"input_tokens": usage.input_tokens or 0, "output_tokens": usage.output_tokens or 0,
-                           "total_tokens": _total(usage)}
+    out: dict[str, Any] = {
+        "input_tokens": usage.input_tokens or 0,
+        "output_tokens": usage.output_tokens or 0,
+        "total_tokens": _total(usage),
+    }
     for key in ("image_tokens", "video_tokens"):
         if getattr(usage, key) is not None:
             out[key] = getattr(usage, key)
@@ -179,15 +207,35 @@ def _compat_message(response: Response) -> dict[str, Any]:
 
 
 def compat_response(response: Response, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
-    return {"id": completion_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": _compat_message(response),
-                         "finish_reason": response.finish_reason or "stop", "logprobs": None}],
-            "usage": compat_usage(response.usage), "system_fingerprint": None}
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": _compat_message(response),
+                "finish_reason": response.finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": compat_usage(response.usage),
+        "system_fingerprint": None,
+    }
 
 
-def compat_chunk(*, completion_id: str, created: int, model: str, text: str | None = None,
-                 reasoning: str | None = None, role: bool = False, finish_reason: str | None = None,
-                 tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def compat_chunk(
+    *,
+    completion_id: str,
+    created: int,
+    model: str,
+    text: str | None = None,
+    reasoning: str | None = None,
+    role: bool = False,
+    finish_reason: str | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
@@ -198,29 +246,48 @@ def compat_chunk(*, completion_id: str, created: int, model: str, text: str | No
         delta["reasoning_content"] = reasoning
     if tool_calls:
         delta["tool_calls"] = [{"index": i, **tc} for i, tc in enumerate(tool_calls)]
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
 
 
 def compat_usage_chunk(usage: Usage, *, completion_id: str, created: int, model: str) -> dict[str, Any]:
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [], "usage": compat_usage(usage)}
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": compat_usage(usage),
+    }
 
 
-def native_response(response: Response, *, request_id: str, text: str | None = None,
-                    reasoning: str | None = None, finish_reason: str | None = "stop",
-                    usage: Usage | None = None) -> dict[str, Any]:
+def native_response(
+    response: Response,
+    *,
+    request_id: str,
+    text: str | None = None,
+    reasoning: str | None = None,
+    finish_reason: str | None = "stop",
+    usage: Usage | None = None,
+) -> dict[str, Any]:
     """The native reply; ``text``/``reasoning`` override the response's (stream events), ``finish_reason``
     None becomes the string "null" as the service sends while streaming."""
-    msg: dict[str, Any] = {"role": "assistant",
-                           "content": [{"text": response.text if text is None else text}]}
+    msg: dict[str, Any] = {"role": "assistant", "content": [{"text": response.text if text is None else text}]}
     thought = response.reasoning if reasoning is None else reasoning
     if thought:
         msg["reasoning_content"] = thought
     if response.tool_calls and finish_reason not in (None, "null"):
         msg["tool_calls"] = response.tool_calls
-    return {"output": {"choices": [{"finish_reason": finish_reason or "null", "message": msg}]},
-            "usage": native_usage(usage or response.usage), "request_id": request_id}
+    return {
+        "output": {"choices": [{"finish_reason": finish_reason or "null", "message": msg}]},
+        "usage": native_usage(usage or response.usage),
+        "request_id": request_id,
+    }
 
 
 def native_event(*, request_id: str, text: str, reasoning: str = "", usage: Usage | None = None) -> dict[str, Any]:
@@ -228,8 +295,11 @@ def native_event(*, request_id: str, text: str, reasoning: str = "", usage: Usag
     msg: dict[str, Any] = {"role": "assistant", "content": [{"text": text}] if text or not reasoning else []}
     if reasoning:
         msg["reasoning_content"] = reasoning
-    return {"output": {"choices": [{"finish_reason": "null", "message": msg}]},
-            "usage": native_usage(usage or Usage()), "request_id": request_id}
+    return {
+        "output": {"choices": [{"finish_reason": "null", "message": msg}]},
+        "usage": native_usage(usage or Usage()),
+        "request_id": request_id,
+    }
 
 
 # --- errors -> wire ---------------------------------------------------------------------------------
@@ -275,8 +345,10 @@ def _kind(status: int) -> tuple[int, str, str, str]:
 
 def compat_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
     _, _, wire_code, wire_type = _kind(status)
-    return {"error": {"code": code or wire_code, "param": None, "message": message, "type": wire_type},
-            "request_id": request_id}
+    return {
+        "error": {"code": code or wire_code, "param": None, "message": message, "type": wire_type},
+        "request_id": request_id,
+    }
 
 
 def native_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:

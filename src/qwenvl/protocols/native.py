@@ -77,8 +77,11 @@ def build_body(call: Call, *, stream: bool) -> dict[str, Any]:
     parameters: dict[str, Any] = {"result_format": "message", **call.params}
     if stream:
         parameters["incremental_output"] = True
-    return {"model": call.request.model, "input": {"messages": [message(m) for m in call.messages]},
-            "parameters": parameters}
+    return {
+        "model": call.request.model,
+        "input": {"messages": [message(m) for m in call.messages]},
+        "parameters": parameters,
+    }
 
 
 def _finish(value: Any) -> str | None:
@@ -104,12 +107,21 @@ def _choice(data: dict[str, Any]) -> _Choice:
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         msg = as_object(choices[0].get("message"), "the reply's message")
         text, others = split_content(msg.get("content"))
-        return _Choice(text, optional_str(msg.get("reasoning_content"), "reasoning_content"),
-                       _finish(choices[0].get("finish_reason")), optional_list(msg.get("tool_calls"), "tool_calls"),
-                       others)
+        return _Choice(
+            text,
+            optional_str(msg.get("reasoning_content"), "reasoning_content"),
+            _finish(choices[0].get("finish_reason")),
+            optional_list(msg.get("tool_calls"), "tool_calls"),
+            others,
+        )
     if "text" in output:  # result_format "text"
-        return _Choice(optional_str(output.get("text"), "the reply's text") or "", None,
-                       _finish(output.get("finish_reason")), None, [])
+        return _Choice(
+            optional_str(output.get("text"), "the reply's text") or "",
+            None,
+            _finish(output.get("finish_reason")),
+            None,
+            [],
+        )
     raise MalformedResponseError("the reply's output has no choices")
 
 
@@ -119,10 +131,18 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
     if "output" not in data and data.get("code"):
         raise error_from_body(None, data, request_id=request_id)
     c = _choice(data)
-    return make_response(text=c.text, model=data.get("model") or model, usage=data.get("usage"),
-                         request_id=data.get("request_id") or request_id, finish_reason=c.finish_reason,
-                         reasoning=c.reasoning, tool_calls=c.tool_calls, protocol=NAME, raw=data,
-                         other_content=c.others)
+    return make_response(
+        text=c.text,
+        model=data.get("model") or model,
+        usage=data.get("usage"),
+        request_id=data.get("request_id") or request_id,
+        finish_reason=c.finish_reason,
+        reasoning=c.reasoning,
+        tool_calls=c.tool_calls,
+        protocol=NAME,
+        raw=data,
+        other_content=c.others,
+    )
 
 
 def merge_tool_call(calls: dict[int, dict[str, Any]], tc: dict[str, Any], position: int) -> None:
@@ -161,16 +181,14 @@ class StreamParser:
     def feed(self, event: SSEEvent) -> list[StreamEvent]:
         if event.event == "error" or (event.status is not None and event.status >= 400):
             body = load_json(event.data, "a stream error") if event.data else {}
-            raise self.acc.error(error_from_body(event.status, body, request_id=self.acc.request_id,
-                                                    in_stream=True))
+            raise self.acc.error(error_from_body(event.status, body, request_id=self.acc.request_id, in_stream=True))
         if not event.data:
             return []
         data = load_json(event.data, "a stream event")
         if not isinstance(data, dict):
             raise MalformedResponseError("a stream event is not a JSON object")
         if "output" not in data and data.get("code"):
-            raise self.acc.error(error_from_body(event.status, data, request_id=self.acc.request_id,
-                                                    in_stream=True))
+            raise self.acc.error(error_from_body(event.status, data, request_id=self.acc.request_id, in_stream=True))
         acc = self.acc
         acc.request_id = data.get("request_id") or acc.request_id
         if data.get("usage"):

@@ -56,11 +56,13 @@ class Engine:
 
 
 ENGINE_TABLE: dict[str, Engine] = {
-    "vllm": Engine("vllm", top_k=True, chat_template_kwargs=True, mm_processor_kwargs=True, video_frames=True,
-                   video_urls=True),
+    "vllm": Engine(
+        "vllm", top_k=True, chat_template_kwargs=True, mm_processor_kwargs=True, video_frames=True, video_urls=True
+    ),
     "sglang": Engine("sglang", top_k=True, chat_template_kwargs=True, video_frames=True, video_urls=True),
-    "llamacpp": Engine("llamacpp", top_k=True, chat_template_kwargs=True, prompt_has_image_tokens=False,
-                       stream_usage=False),
+    "llamacpp": Engine(
+        "llamacpp", top_k=True, chat_template_kwargs=True, prompt_has_image_tokens=False, stream_usage=False
+    ),
     "ollama": Engine("ollama", image_urls=False),
     "generic": Engine("generic"),
 }
@@ -80,8 +82,10 @@ def _frames_url(frames: list[str]) -> str:
     for frame in frames:
         head, sep, data = frame.partition(";base64,")
         if not sep or not head.startswith("data:"):
-            raise UsageError("a frame list for vLLM must be local images (prepared as data: URLs)",
-                             hint="Give the frames as files, or let qwenvl sample a video file.")
+            raise UsageError(
+                "a frame list for vLLM must be local images (prepared as data: URLs)",
+                hint="Give the frames as files, or let qwenvl sample a video file.",
+            )
         payloads.append(data)
     return "data:video/jpeg;base64," + ",".join(payloads)
 
@@ -96,8 +100,10 @@ def _parts(part: TextPart | ImagePart | VideoPart, eng: Engine) -> list[dict[str
             return [{"type": "video_url", "video_url": {"url": _frames_url(part.video)}}]
         return [{"type": "image_url", "image_url": {"url": frame}} for frame in part.video]
     if not eng.video_urls:
-        raise UsageError(f"the {eng.name} engine takes no video file or URL ({part.video[:80]})",
-                         hint="Give a local video file: qwenvl samples it and sends the frames.")
+        raise UsageError(
+            f"the {eng.name} engine takes no video file or URL ({part.video[:80]})",
+            hint="Give a local video file: qwenvl samples it and sends the frames.",
+        )
     return [{"type": "video_url", "video_url": {"url": part.video}}]
 
 
@@ -142,18 +148,24 @@ def build_body(call: Call, *, stream: bool, engine_name: str = "generic") -> dic
     if "top_k" in params:
         value = params.pop("top_k")
         if not eng.top_k:
-            raise UsageError(f"top_k is not an OpenAI parameter and the {eng.name} engine does not take it",
-                             hint="Drop --top-k, or name the engine with --engine if it does take it.")
+            raise UsageError(
+                f"top_k is not an OpenAI parameter and the {eng.name} engine does not take it",
+                hint="Drop --top-k, or name the engine with --engine if it does take it.",
+            )
         body["top_k"] = value
     thinking = params.pop("enable_thinking", None)
     budget = params.pop("thinking_budget", None)
     if thinking is not None or budget is not None:
         if not eng.chat_template_kwargs:
-            raise UsageError(f"the {eng.name} engine has no way to switch thinking on or off (enable_thinking)",
-                             hint="Serve a thinking model (e.g. a Qwen3-VL ...-Thinking) and leave --thinking out.")
+            raise UsageError(
+                f"the {eng.name} engine has no way to switch thinking on or off (enable_thinking)",
+                hint="Serve a thinking model (e.g. a Qwen3-VL ...-Thinking) and leave --thinking out.",
+            )
         if budget is not None:
-            raise UsageError("thinking_budget is a DashScope parameter; OpenAI-compatible engines do not take it",
-                             hint="Limit the whole answer with --max-tokens instead.")
+            raise UsageError(
+                "thinking_budget is a DashScope parameter; OpenAI-compatible engines do not take it",
+                hint="Limit the whole answer with --max-tokens instead.",
+            )
         body["chat_template_kwargs"] = {"enable_thinking": thinking}
     if eng.mm_processor_kwargs:
         kwargs = mm_processor_kwargs(call)
@@ -169,6 +181,7 @@ def build_body(call: Call, *, stream: bool, engine_name: str = "generic") -> dic
 def media_pad_tokens(call: Call) -> tuple[int | None, int | None]:
     """(image, video) placeholder tokens of the call's prepared media, from qwenvl's own counts (the resized
     grid): each item's tokens less its two vision markers. None when a count is unknown (a remote URL)."""
+
     def total(kind: str) -> int | None:
         items = [i for i in call.media if i.kind == kind]
         if not items or any(i.tokens is None for i in items):
@@ -228,5 +241,16 @@ class StreamParser(compat.StreamParser):
         return _reasoning(delta)
 
 
-__all__ = ["ENDPOINT", "ENGINE_TABLE", "NAME", "Engine", "StreamParser", "build_body", "engine", "fix_usage",
-           "headers", "media_pad_tokens", "parse_response"]
+__all__ = [
+    "ENDPOINT",
+    "ENGINE_TABLE",
+    "NAME",
+    "Engine",
+    "StreamParser",
+    "build_body",
+    "engine",
+    "fix_usage",
+    "headers",
+    "media_pad_tokens",
+    "parse_response",
+]

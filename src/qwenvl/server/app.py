@@ -83,8 +83,9 @@ class _Slots:
 
     def take(self, key: str) -> None:
         if self.busy.get(key, 0) >= self.limit:
-            raise _Refused(429, f"too many concurrent requests for this key (limit {self.limit})",
-                           headers={"Retry-After": "1"})
+            raise _Refused(
+                429, f"too many concurrent requests for this key (limit {self.limit})", headers={"Retry-After": "1"}
+            )
         self.busy[key] = self.busy.get(key, 0) + 1
 
     def give(self, key: str) -> None:
@@ -103,8 +104,9 @@ def _sse(data: Any, *, event_id: int | None = None, event: str | None = None, st
     return ("\n".join(lines) + "\n\n").encode()
 
 
-def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: UploadStore | None = None,
-               playground: bool = True) -> FastAPI:
+def create_app(
+    client: Any, settings: ServeSettings | None = None, *, uploads: UploadStore | None = None, playground: bool = True
+) -> FastAPI:
     """The app around ``client`` (a ``qwenvl.AsyncClient``, whose backend answers). The app closes the
     client and the upload store when it shuts down."""
     settings = settings or ServeSettings()
@@ -125,10 +127,14 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
     async def http_error(request: HTTPRequest, exc: StarletteHTTPException) -> JSONResponse:
         """Unknown paths and methods answer in the service's shape, not the framework's."""
         proto = "native" if request.url.path.startswith("/api/") else "compat"
-        message = {404: f"no such endpoint: {request.url.path}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
-        return JSONResponse(error_body(proto, exc.status_code, message, None, str(uuid.uuid4())),
-                            status_code=exc.status_code)
+        message = {
+            404: f"no such endpoint: {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
+        return JSONResponse(
+            error_body(proto, exc.status_code, message, None, str(uuid.uuid4())), status_code=exc.status_code
+        )
+
     app.state.client, app.state.settings, app.state.uploads = client, settings, store
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -143,14 +149,20 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
     async def read_json(request: HTTPRequest) -> Any:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            raise _Refused(413, f"the request body is over this server's {settings.max_body_bytes // 2**20} MiB "
-                                "limit; upload large files instead of inlining them")
+            raise _Refused(
+                413,
+                f"the request body is over this server's {settings.max_body_bytes // 2**20} MiB "
+                "limit; upload large files instead of inlining them",
+            )
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > settings.max_body_bytes:
-                raise _Refused(413, f"the request body is over this server's {settings.max_body_bytes // 2**20} "
-                                    "MiB limit; upload large files instead of inlining them")
+                raise _Refused(
+                    413,
+                    f"the request body is over this server's {settings.max_body_bytes // 2**20} "
+                    "MiB limit; upload large files instead of inlining them",
+                )
             chunks.append(chunk)
         try:
             return json.loads(b"".join(chunks))
@@ -164,26 +176,33 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         if lower.startswith(("http://", "https://")):
             if not settings.fetch_urls:
                 return ref
-            data = await fetch_public(ref, max_bytes=settings.download_max_bytes,
-                                      timeout_s=settings.download_timeout_s,
-                                      allow_private=settings.allow_private_urls)
+            data = await fetch_public(
+                ref,
+                max_bytes=settings.download_max_bytes,
+                timeout_s=settings.download_timeout_s,
+                allow_private=settings.allow_private_urls,
+            )
             from qwenvl.media.sources import sniff
 
             return to_data_url(data, sniff(data) or "application/octet-stream")
         if lower.startswith("oss://"):
             if not oss_ok:
-                raise MediaError(f"{ref}: oss:// references need the header X-DashScope-OssResourceResolve: enable",
-                                 source=ref)
+                raise MediaError(
+                    f"{ref}: oss:// references need the header X-DashScope-OssResourceResolve: enable", source=ref
+                )
             path = str(store.resolve(ref, model))
             if aliases is not None:
                 aliases[path] = ref  # errors about the file name the caller's reference, not our folder
             return path
-        raise MediaError(f"{ref[:80]!r}: this server does not read local paths or file:// URLs", source=ref[:80],
-                         hint="Send the file as a data: URL, or upload it (the dashscope SDK does this for "
-                              "file:// paths).")
+        raise MediaError(
+            f"{ref[:80]!r}: this server does not read local paths or file:// URLs",
+            source=ref[:80],
+            hint="Send the file as a data: URL, or upload it (the dashscope SDK does this for file:// paths).",
+        )
 
-    async def resolve_media(messages: list[Message], model: str, oss_ok: bool,
-                            aliases: dict[str, str]) -> list[Message]:
+    async def resolve_media(
+        messages: list[Message], model: str, oss_ok: bool, aliases: dict[str, str]
+    ) -> list[Message]:
         items = 0
         out = []
         for m in messages:
@@ -199,8 +218,10 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                     items += 1
                     if isinstance(p.video, list):
                         if len(p.video) > settings.max_frames:
-                            raise _Refused(400, f"a video has {len(p.video)} frames, over this server's limit "
-                                                f"of {settings.max_frames}")
+                            raise _Refused(
+                                400,
+                                f"a video has {len(p.video)} frames, over this server's limit of {settings.max_frames}",
+                            )
                         frames = [await resolve_ref(f, model, oss_ok, aliases) for f in p.video]
                         p = p.model_copy(update={"video": frames})
                     else:
@@ -232,8 +253,9 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         """The backend's model for the name a client sent (None: the backend's own); 404 when not served."""
         if settings.model_map:
             if name not in settings.model_map:
-                raise _Refused(404, f"Model not exist: {name} (this server serves "
-                                    f"{', '.join(sorted(settings.model_map))})")
+                raise _Refused(
+                    404, f"Model not exist: {name} (this server serves {', '.join(sorted(settings.model_map))})"
+                )
             return settings.model_map[name]
         return name if settings.pass_model_names else None
 
@@ -242,8 +264,9 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
             return inbound.native_error(status, message, request_id=rid, code=code)
         return inbound.compat_error(status, message, request_id=rid, code=code)
 
-    def describe(exc: BaseException, rid: str, aliases: dict[str, str] | None = None
-                 ) -> tuple[int, str, str | None, dict[str, str]]:
+    def describe(
+        exc: BaseException, rid: str, aliases: dict[str, str] | None = None
+    ) -> tuple[int, str, str | None, dict[str, str]]:
         """(status, one-line message, service code, headers) for any failure; nothing internal leaks: no
         traceback, no server path (an upload's path is named by its oss:// reference), no key."""
         if isinstance(exc, TimeoutError):
@@ -254,11 +277,14 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         message = _message(exc)
         headers: dict[str, str] = {}
         if isinstance(exc, APIStatusError) and status in (401, 403):  # the upstream refused *our* credentials
-            log.warning("the upstream refused this server's credentials (HTTP %s %s) answering %s", status,
-                        exc.code, rid)
+            log.warning(
+                "the upstream refused this server's credentials (HTTP %s %s) answering %s", status, exc.code, rid
+            )
             status, code = 502, None
-            message = ("the upstream service refused this server's own credentials (HTTP "
-                       f"{exc.status}); the server's operator must fix its upstream key")
+            message = (
+                "the upstream service refused this server's own credentials (HTTP "
+                f"{exc.status}); the server's operator must fix its upstream key"
+            )
         hint = getattr(exc, "hint", None)
         if hint and isinstance(exc, UsageError | MediaError):
             message = f"{message} ({hint})"
@@ -284,7 +310,8 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
             body = await read_json(request)
             if proto == "native":
                 parsed = inbound.parse_native_body(
-                    body, sse=request.headers.get("x-dashscope-sse", "").lower() == "enable")
+                    body, sse=request.headers.get("x-dashscope-sse", "").lower() == "enable"
+                )
             else:
                 parsed = inbound.parse_compat_body(body)
             slots.take(key)
@@ -299,9 +326,12 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                     response = await client.send(call)
                     return JSONResponse(wire_response(proto, parsed, response, rid))
             streaming = True  # from here the stream owns the slot and gives it back when it ends
-            return _EventStream(stream_body(proto, parsed, call, rid, aliases), on_close=lambda: slots.give(key),
-                                media_type="text/event-stream",
-                                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _EventStream(
+                stream_body(proto, parsed, call, rid, aliases),
+                on_close=lambda: slots.give(key),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         except Exception as exc:
             return refuse(proto, exc, rid, aliases)
         finally:
@@ -310,13 +340,16 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
 
     def wire_response(proto: str, parsed: inbound.Inbound, response: Response, rid: str) -> dict[str, Any]:
         if proto == "native":
-            return inbound.native_response(response, request_id=response.request_id or rid,
-                                           finish_reason=response.finish_reason or "stop")
-        return inbound.compat_response(response, completion_id=f"chatcmpl-{rid}", created=int(time.time()),
-                                       model=parsed.request.model)
+            return inbound.native_response(
+                response, request_id=response.request_id or rid, finish_reason=response.finish_reason or "stop"
+            )
+        return inbound.compat_response(
+            response, completion_id=f"chatcmpl-{rid}", created=int(time.time()), model=parsed.request.model
+        )
 
-    async def stream_body(proto: str, parsed: inbound.Inbound, call: Any, rid: str,
-                          aliases: dict[str, str]) -> AsyncIterator[bytes]:
+    async def stream_body(
+        proto: str, parsed: inbound.Inbound, call: Any, rid: str, aliases: dict[str, str]
+    ) -> AsyncIterator[bytes]:
         created, cid, model = int(time.time()), f"chatcmpl-{rid}", parsed.request.model
         text: list[str] = []
         reasoning: list[str] = []
@@ -330,24 +363,37 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                 n += 1
                 if event.type == "done":
                     assert event.response is not None
-                    yield_final = final_events(proto, parsed, event.response, cid, created, model, rid, n,
-                                               "".join(text), "".join(reasoning))
+                    yield_final = final_events(
+                        proto, parsed, event.response, cid, created, model, rid, n, "".join(text), "".join(reasoning)
+                    )
                     for chunk in yield_final:
                         yield chunk
                     return
                 (text if event.type == "text" else reasoning).append(event.text)
                 if proto == "compat":
-                    yield _sse(inbound.compat_chunk(
-                        completion_id=cid, created=created, model=model,
-                        text=event.text if event.type == "text" else None,
-                        reasoning=event.text if event.type == "reasoning" else None))
+                    yield _sse(
+                        inbound.compat_chunk(
+                            completion_id=cid,
+                            created=created,
+                            model=model,
+                            text=event.text if event.type == "text" else None,
+                            reasoning=event.text if event.type == "reasoning" else None,
+                        )
+                    )
                 else:
                     incremental = parsed.incremental_output
-                    yield _sse(inbound.native_event(
-                        request_id=rid,
-                        text=(event.text if event.type == "text" else "") if incremental else "".join(text),
-                        reasoning=(event.text if event.type == "reasoning" else "") if incremental
-                        else "".join(reasoning)), event_id=n, event="result", status=200)
+                    yield _sse(
+                        inbound.native_event(
+                            request_id=rid,
+                            text=(event.text if event.type == "text" else "") if incremental else "".join(text),
+                            reasoning=(event.text if event.type == "reasoning" else "")
+                            if incremental
+                            else "".join(reasoning),
+                        ),
+                        event_id=n,
+                        event="result",
+                        status=200,
+                    )
         except asyncio.CancelledError:  # the caller went away: stop generating, free the slot
             raise
         except Exception as exc:  # an error inside a stream is an error event
@@ -360,22 +406,44 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
         finally:
             await _aclose(events)
 
-    def final_events(proto: str, parsed: inbound.Inbound, response: Response, cid: str, created: int, model: str,
-                     rid: str, n: int, text: str, reasoning: str) -> list[bytes]:
+    def final_events(
+        proto: str,
+        parsed: inbound.Inbound,
+        response: Response,
+        cid: str,
+        created: int,
+        model: str,
+        rid: str,
+        n: int,
+        text: str,
+        reasoning: str,
+    ) -> list[bytes]:
         out = []
         if proto == "compat":
-            out.append(_sse(inbound.compat_chunk(completion_id=cid, created=created, model=model,
-                                                 finish_reason=response.finish_reason or "stop",
-                                                 tool_calls=response.tool_calls)))
+            out.append(
+                _sse(
+                    inbound.compat_chunk(
+                        completion_id=cid,
+                        created=created,
+                        model=model,
+                        finish_reason=response.finish_reason or "stop",
+                        tool_calls=response.tool_calls,
+                    )
+                )
+            )
             if parsed.include_usage:
-                out.append(_sse(inbound.compat_usage_chunk(response.usage, completion_id=cid, created=created,
-                                                           model=model)))
+                out.append(
+                    _sse(inbound.compat_usage_chunk(response.usage, completion_id=cid, created=created, model=model))
+                )
             out.append(_sse("[DONE]"))
             return out
-        final = inbound.native_response(response, request_id=response.request_id or rid,
-                                        text="" if parsed.incremental_output else None,
-                                        reasoning="" if parsed.incremental_output else None,
-                                        finish_reason=response.finish_reason or "stop")
+        final = inbound.native_response(
+            response,
+            request_id=response.request_id or rid,
+            text="" if parsed.incremental_output else None,
+            reasoning="" if parsed.incremental_output else None,
+            finish_reason=response.finish_reason or "stop",
+        )
         out.append(_sse(final, event_id=n, event="result", status=200))
         return out
 
@@ -403,8 +471,12 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                 names = [(await asyncio.to_thread(client.resolve_model)).name]
             except QwenVLError as exc:
                 return refuse("compat", exc, str(uuid.uuid4()))
-        return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
-                                                         "owned_by": "qwenvl"} for n in names]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": n, "object": "model", "created": 0, "owned_by": "qwenvl"} for n in names],
+            }
+        )
 
     for path in ("/v1/models", "/compatible-mode/v1/models"):
         app.add_api_route(path, models, methods=["GET"])
@@ -444,14 +516,21 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                 if upload is None or isinstance(upload, str):
                     raise UsageError("the form has no file")
                 data = await upload.read()
-            store.save(policy=str(form.get("policy", "")), signature=str(form.get("Signature", "")),
-                       key=str(form.get("key", "")), data=data)
+            store.save(
+                policy=str(form.get("policy", "")),
+                signature=str(form.get("Signature", "")),
+                key=str(form.get("key", "")),
+                data=data,
+            )
         except QwenVLError as exc:
-            body = f"<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>{_xml(str(exc))}</Message></Error>"
+            body = f'<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>{_xml(str(exc))}</Message></Error>'
             return Plain(body, status_code=403, media_type="application/xml")
         except Exception:
-            return Plain("<?xml version=\"1.0\"?><Error><Code>InvalidArgument</Code></Error>", status_code=400,
-                         media_type="application/xml")
+            return Plain(
+                '<?xml version="1.0"?><Error><Code>InvalidArgument</Code></Error>',
+                status_code=400,
+                media_type="application/xml",
+            )
         return Plain(status_code=200)
 
     if playground:
@@ -464,8 +543,14 @@ def create_app(client: Any, settings: ServeSettings | None = None, *, uploads: U
                 raise _Refused(400, "the body must be a JSON object")
             return body
 
-        page.add_routes(app, client, guard=guard, resolve=lambda ref, model: resolve_ref(ref, model, False),
-                        fail=lambda exc: refuse("compat", exc, str(uuid.uuid4())), model_for=served_model)
+        page.add_routes(
+            app,
+            client,
+            guard=guard,
+            resolve=lambda ref, model: resolve_ref(ref, model, False),
+            fail=lambda exc: refuse("compat", exc, str(uuid.uuid4())),
+            model_for=served_model,
+        )
     return app
 
 
@@ -512,6 +597,7 @@ class _EventStream(StreamingResponse):
             await anyio.sleep_forever()
 
         async with anyio.create_task_group() as group:
+
             async def stream() -> None:
                 try:
                     await StreamingResponse.__call__(self, scope, never, send)
@@ -544,4 +630,3 @@ async def _aclose(events: Any) -> None:
     if close is not None:
         with contextlib.suppress(Exception):  # closing after an error must not raise a second one
             await close()
-

@@ -33,8 +33,15 @@ Guard = Callable[[HTTPRequest], Awaitable[dict[str, Any]]]  # auth + JSON body, 
 Resolve = Callable[[str, str], Awaitable[str]]  # a media reference under the server's rules
 
 
-def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
-               fail: Callable[[BaseException], JSONResponse], model_for: Callable[[str], str | None]) -> None:
+def add_routes(
+    app: FastAPI,
+    client: Any,
+    *,
+    guard: Guard,
+    resolve: Resolve,
+    fail: Callable[[BaseException], JSONResponse],
+    model_for: Callable[[str], str | None],
+) -> None:
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -73,20 +80,37 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
                 video = await resolve(video, opts.get("model", ""))
             elif isinstance(video, list):
                 video = [await resolve(v, opts.get("model", "")) for v in video]
-            call = await asyncio.to_thread(client.plan, prompt="estimate", images=images, video=video,
-                                           estimate_only=True, **opts)
+            call = await asyncio.to_thread(
+                client.plan, prompt="estimate", images=images, video=video, estimate_only=True, **opts
+            )
         except Exception as exc:
             return fail(exc)
         known = [m.tokens for m in call.media if m.tokens is not None]
         total = sum(known)
         price = price_for(call.model, total, region=client.region)  # the tier of the request carrying them all
-        items = [{"kind": m.kind, "width": m.width, "height": m.height,
-                  "frames": len(m.sent) if isinstance(m.sent, list) else None, "tokens": m.tokens,
-                  "cost": price.cost(m.tokens) if price and m.tokens is not None else None, "notes": m.notes}
-                 for m in call.media]
-        return JSONResponse({"model": call.model.name, "factor": call.model.factor, "items": items,
-                             "total_tokens": total, "unknown": len(items) - len(known),
-                             "cost": price.cost(total) if price else None, "currency": currency_of(client.region)})
+        items = [
+            {
+                "kind": m.kind,
+                "width": m.width,
+                "height": m.height,
+                "frames": len(m.sent) if isinstance(m.sent, list) else None,
+                "tokens": m.tokens,
+                "cost": price.cost(m.tokens) if price and m.tokens is not None else None,
+                "notes": m.notes,
+            }
+            for m in call.media
+        ]
+        return JSONResponse(
+            {
+                "model": call.model.name,
+                "factor": call.model.factor,
+                "items": items,
+                "total_tokens": total,
+                "unknown": len(items) - len(known),
+                "cost": price.cost(total) if price else None,
+                "currency": currency_of(client.region),
+            }
+        )
 
     async def ground(request: HTTPRequest) -> JSONResponse:
         from qwenvl.tasks.grounding import plan_ground, read_grounding
@@ -95,8 +119,9 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
             body = await guard(request)
             opts = options(body)
             image = await resolve(field(body, "image"), opts.get("model", ""))
-            call = await asyncio.to_thread(plan_ground, client, image, field(body, "query"),
-                                           points=bool(body.get("points")), **opts)
+            call = await asyncio.to_thread(
+                plan_ground, client, image, field(body, "query"), points=bool(body.get("points")), **opts
+            )
             response = await client.send(call)
             result = read_grounding(call, response)
         except Exception as exc:
@@ -130,8 +155,9 @@ def add_routes(app: FastAPI, client: Any, *, guard: Guard, resolve: Resolve,
             response = await client.send(call)
         except Exception as exc:
             return fail(exc)
-        return JSONResponse({"json": response.json, "text": response.text,
-                             "usage": response.usage.model_dump(exclude={"raw"})})
+        return JSONResponse(
+            {"json": response.json, "text": response.text, "usage": response.usage.model_dump(exclude={"raw"})}
+        )
 
     for path, route in (("estimate", estimate), ("ground", ground), ("ocr", ocr), ("extract", extract)):
         app.add_api_route(f"/qwenvl/v1/{path}", route, methods=["POST"])

@@ -74,16 +74,25 @@ async def checked_address(host: str, port: int, *, allow_private: bool, resolver
     if not allow_private:
         for address in addresses:
             if not is_public(address):
-                raise MediaError(f"{host} resolves to a private or reserved address ({address}); this server "
-                                 "does not fetch such URLs", source=host,
-                                 hint="Send the file as a data: URL, or start the server with "
-                                      "--allow-private-urls.")
+                raise MediaError(
+                    f"{host} resolves to a private or reserved address ({address}); this server "
+                    "does not fetch such URLs",
+                    source=host,
+                    hint="Send the file as a data: URL, or start the server with --allow-private-urls.",
+                )
     return addresses[0]
 
 
-async def fetch_public(url: str, *, max_bytes: int, timeout_s: float, max_redirects: int = 5,
-                       allow_private: bool = False, resolver: Resolver = system_resolver,
-                       client: httpx.AsyncClient | None = None) -> bytes:
+async def fetch_public(
+    url: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    max_redirects: int = 5,
+    allow_private: bool = False,
+    resolver: Resolver = system_resolver,
+    client: httpx.AsyncClient | None = None,
+) -> bytes:
     """Download ``url`` under the rules above within ``timeout_s`` in all (connect, redirects, body).
 
     Raises MediaError naming the URL for a refused address, a bad status, too many redirects, a body over
@@ -92,8 +101,10 @@ async def fetch_public(url: str, *, max_bytes: int, timeout_s: float, max_redire
     own = client is None
     client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
     try:
-        return await asyncio.wait_for(_fetch(client, url, max_bytes, max_redirects, allow_private, resolver),
-                                      timeout=max(0.0, deadline - time.monotonic()))
+        return await asyncio.wait_for(
+            _fetch(client, url, max_bytes, max_redirects, allow_private, resolver),
+            timeout=max(0.0, deadline - time.monotonic()),
+        )
     except TimeoutError:
         raise MediaError(f"cannot fetch {url}: timed out after {timeout_s:g} s", source=url) from None
     except httpx.HTTPError as exc:
@@ -103,8 +114,9 @@ async def fetch_public(url: str, *, max_bytes: int, timeout_s: float, max_redire
             await client.aclose()
 
 
-async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int, max_redirects: int, allow_private: bool,
-                 resolver: Resolver) -> bytes:
+async def _fetch(
+    client: httpx.AsyncClient, url: str, max_bytes: int, max_redirects: int, allow_private: bool, resolver: Resolver
+) -> bytes:
     original = url
     for _ in range(max_redirects + 1):
         parts = urlsplit(url)
@@ -114,8 +126,12 @@ async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int, max_redire
         address = await checked_address(parts.hostname, port, allow_private=allow_private, resolver=resolver)
         host = f"[{address}]" if ":" in address else address
         target = parts._replace(netloc=f"{host}:{port}").geturl()
-        request = client.build_request("GET", target, headers={"Host": parts.netloc.rpartition("@")[2]},
-                                       extensions={"sni_hostname": parts.hostname})
+        request = client.build_request(
+            "GET",
+            target,
+            headers={"Host": parts.netloc.rpartition("@")[2]},
+            extensions={"sni_hostname": parts.hostname},
+        )
         response = await client.send(request, stream=True)
         try:
             if response.is_redirect and response.headers.get("location"):
@@ -127,8 +143,9 @@ async def _fetch(client: httpx.AsyncClient, url: str, max_bytes: int, max_redire
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
-                    raise MediaError(f"{original} is larger than the {max_bytes / 1e6:.0f} MB download limit",
-                                     source=original)
+                    raise MediaError(
+                        f"{original} is larger than the {max_bytes / 1e6:.0f} MB download limit", source=original
+                    )
                 chunks.append(chunk)
             return b"".join(chunks)
         finally:

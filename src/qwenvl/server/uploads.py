@@ -46,8 +46,14 @@ class StoredFile:
 class UploadStore:
     """Uploaded files by OSS key. Thread-safe; expired files are removed on every access."""
 
-    def __init__(self, folder: str | os.PathLike[str] | None = None, *, ttl_s: float = 48 * 3600,
-                 max_file_bytes: int = 100 * 1024 * 1024, capacity_bytes: int = 2 * 1024 ** 3) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str] | None = None,
+        *,
+        ttl_s: float = 48 * 3600,
+        max_file_bytes: int = 100 * 1024 * 1024,
+        capacity_bytes: int = 2 * 1024**3,
+    ) -> None:
         self._own = folder is None
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="qwenvl-serve-uploads-"))
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -66,14 +72,21 @@ class UploadStore:
     def policy(self, model: str, upload_host: str) -> dict[str, object]:
         expires = int(time.time() + 3600)  # the policy itself: an hour to upload
         upload_dir = f"qwenvl-serve/{uuid.uuid4().hex}"
-        policy = base64.b64encode(json.dumps({"dir": upload_dir, "expires": expires, "model": model},
-                                             separators=(",", ":")).encode()).decode()
-        return {"policy": policy, "signature": self._sign(policy), "upload_dir": upload_dir,
-                "upload_host": upload_host, "expire_in_seconds": int(self.ttl_s),
-                "max_file_size_mb": self.max_file_bytes // (1024 * 1024),
-                "capacity_limit_mb": self.capacity_bytes // (1024 * 1024),
-                "oss_access_key_id": "qwenvl-serve", "x_oss_object_acl": "private",
-                "x_oss_forbid_overwrite": "true"}
+        policy = base64.b64encode(
+            json.dumps({"dir": upload_dir, "expires": expires, "model": model}, separators=(",", ":")).encode()
+        ).decode()
+        return {
+            "policy": policy,
+            "signature": self._sign(policy),
+            "upload_dir": upload_dir,
+            "upload_host": upload_host,
+            "expire_in_seconds": int(self.ttl_s),
+            "max_file_size_mb": self.max_file_bytes // (1024 * 1024),
+            "capacity_limit_mb": self.capacity_bytes // (1024 * 1024),
+            "oss_access_key_id": "qwenvl-serve",
+            "x_oss_object_acl": "private",
+            "x_oss_forbid_overwrite": "true",
+        }
 
     def _check_policy(self, policy: str, signature: str, key: str) -> str:
         if not hmac.compare_digest(self._sign(policy), signature or ""):
@@ -92,8 +105,11 @@ class UploadStore:
     def save(self, *, policy: str, signature: str, key: str, data: bytes) -> None:
         model = self._check_policy(policy, signature, key)
         if len(data) > self.max_file_bytes:
-            raise MediaError(f"the file is {len(data) / 1e6:.1f} MB, over this server's "
-                             f"{self.max_file_bytes / 1e6:.0f} MB upload limit", source=key)
+            raise MediaError(
+                f"the file is {len(data) / 1e6:.1f} MB, over this server's "
+                f"{self.max_file_bytes / 1e6:.0f} MB upload limit",
+                source=key,
+            )
         with self._lock:
             self._expire()
             if key in self._files:

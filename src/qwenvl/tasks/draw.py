@@ -21,9 +21,22 @@ if TYPE_CHECKING:
 
 # Distinct, saturated colours (Kelly's and Tableau's sets, reordered so neighbours differ most).
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (170, 110, 40),
-    (128, 0, 0), (170, 255, 195), (128, 128, 0), (0, 0, 128),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (255, 225, 25),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 190),
+    (0, 128, 128),
+    (170, 110, 40),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (0, 0, 128),
 )
 DARK = (0, 0, 0)
 LIGHT = (255, 255, 255)
@@ -61,6 +74,7 @@ def font(size: int) -> Any:
 
 def contrast_text(colour: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black or white, whichever reads better on ``colour`` (WCAG relative luminance)."""
+
     def channel(c: int) -> float:
         s = c / 255
         return s / 12.92 if s <= 0.03928 else ((s + 0.055) / 1.055) ** 2.4
@@ -91,8 +105,9 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _outline(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float], colour: tuple[int, int, int],
-             width: int) -> None:
+def _outline(
+    draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float], colour: tuple[int, int, int], width: int
+) -> None:
     """A ``width`` px stroke of ``colour`` just outside the box, a dark line outside it and a light one inside."""
     x1, y1, x2, y2 = box
     draw.rectangle((x1 - width - 2, y1 - width - 2, x2 + width + 2, y2 + width + 2), outline=DARK, width=2)
@@ -100,8 +115,16 @@ def _outline(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float], 
     draw.rectangle((x1, y1, x2, y2), outline=LIGHT, width=1)
 
 
-def _tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int],
-         fnt: Any, bounds: tuple[int, int], *, above: bool = True) -> None:
+def _tag(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    colour: tuple[int, int, int],
+    fnt: Any,
+    bounds: tuple[int, int],
+    *,
+    above: bool = True,
+) -> None:
     """A label on a filled box of ``colour``: above ``xy`` when it fits, else below; kept inside the image."""
     if not text:
         return
@@ -137,8 +160,7 @@ def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | P
     for i, box in enumerate(grounding.boxes, 1):
         _tag(draw, (box.x1 - width - 2, box.y1 - width - 2), box.label or f"#{i}", colours[box.label], fnt, (w, h))
     for i, point in enumerate(grounding.points, 1):
-        _tag(draw, (point.x + radius + 3, point.y - radius), point.label or f"#{i}", colours[point.label], fnt,
-             (w, h))
+        _tag(draw, (point.x + radius + 3, point.y - radius), point.label or f"#{i}", colours[point.label], fnt, (w, h))
     if out is not None:
         save(img, out)
     return img
@@ -166,9 +188,16 @@ def hms(seconds: float, *, decimals: bool = False) -> str:
     return f"{text}.{frac}" if decimals else text
 
 
-def contact_sheet(frames: Sequence[Image.Image], times: Sequence[float], out: str | Path | None = None, *,
-                  title: str | None = None, events: Sequence[tuple[str, str, str]] = (),
-                  thumb_width: int = 240, columns: int | None = None) -> Image.Image:
+def contact_sheet(
+    frames: Sequence[Image.Image],
+    times: Sequence[float],
+    out: str | Path | None = None,
+    *,
+    title: str | None = None,
+    events: Sequence[tuple[str, str, str]] = (),
+    thumb_width: int = 240,
+    columns: int | None = None,
+) -> Image.Image:
     """A grid of ``frames`` with each one's time under it, an optional title, and the events (``(start, end,
     text)`` with HH:mm:ss times) listed below in their colours; a bar under each frame marks its events."""
     if not frames:
@@ -198,8 +227,9 @@ def contact_sheet(frames: Sequence[Image.Image], times: Sequence[float], out: st
         inside = [k for k, (a, b) in enumerate(spans) if a is not None and b is not None and a <= t <= b]
         for n, k in enumerate(inside[:3]):  # a bar in the colour of each event the frame falls in
             width = thumb_width // len(inside[:3])
-            draw.rectangle((x + n * width, y + cell_h + 1, x + (n + 1) * width - 1, y + cell_h + 4),
-                           fill=PALETTE[k % len(PALETTE)])
+            draw.rectangle(
+                (x + n * width, y + cell_h + 1, x + (n + 1) * width - 1, y + cell_h + 4), fill=PALETTE[k % len(PALETTE)]
+            )
         label = f"#{i + 1}  {hms(t, decimals=True)}"
         _tag(draw, (x, y + cell_h + 7), label, (240, 240, 240), small, sheet.size, above=False)
     y = title_h + rows * (cell_h + caption + pad) + pad

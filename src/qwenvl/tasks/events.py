@@ -51,9 +51,11 @@ EVENTS_SCHEMA: dict[str, Any] = {
     },
     "required": ["events"],
 }
-EVENTS_PROMPT = ("Describe the series of events in the video, in order. For each event give its start time "
-                 "(start_time), end time (end_time) and what happens (event); write the timestamps as HH:mm:ss, "
-                 "counted from the start of the video.")
+EVENTS_PROMPT = (
+    "Describe the series of events in the video, in order. For each event give its start time "
+    "(start_time), end time (end_time) and what happens (event); write the timestamps as HH:mm:ss, "
+    "counted from the start of the video."
+)
 ROUNDING_ALLOWANCE_S = 1.0
 
 
@@ -79,8 +81,13 @@ class Timeline(BaseModel):
     response: Response | None = Field(default=None, exclude=True, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"video": self.video, "duration": self.duration, "model": self.model,
-                "events": [e.plain() for e in self.events], "warnings": self.warnings}
+        return {
+            "video": self.video,
+            "duration": self.duration,
+            "model": self.model,
+            "events": [e.plain() for e in self.events],
+            "warnings": self.warnings,
+        }
 
 
 def parse_time(value: Any) -> float | None:
@@ -104,6 +111,7 @@ def parse_time(value: Any) -> float | None:
 
 
 # --- planning ----------------------------------------------------------------------------------------------
+
 
 def plan_events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
     model = model_for(client, fields)
@@ -221,12 +229,16 @@ def build_timeline(items: list[dict[str, Any]], duration: float | None) -> tuple
             start, end = end, start
         if limit is not None and duration is not None:
             if start > limit:
-                warnings.append(f"event {n} ({text[:40]!r}) starts at {start_raw}, after the clip ends "
-                                f"({hms(duration, decimals=True)}): dropped")
+                warnings.append(
+                    f"event {n} ({text[:40]!r}) starts at {start_raw}, after the clip ends "
+                    f"({hms(duration, decimals=True)}): dropped"
+                )
                 continue
             if end > limit:
-                warnings.append(f"event {n} ({text[:40]!r}) ends at {end_raw}, after the clip ends "
-                                f"({hms(duration, decimals=True)}): clipped to the end")
+                warnings.append(
+                    f"event {n} ({text[:40]!r}) ends at {end_raw}, after the clip ends "
+                    f"({hms(duration, decimals=True)}): clipped to the end"
+                )
                 end = duration
         if not text:
             warnings.append(f"event {n} ({start_raw}–{end_raw}) has no description (kept)")
@@ -238,8 +250,9 @@ def build_timeline(items: list[dict[str, Any]], duration: float | None) -> tuple
     return ordered, warnings
 
 
-def read_timeline(call: Call, response: Response | None, *, text: str | None = None,
-                  duration: float | None = None) -> Timeline:
+def read_timeline(
+    call: Call, response: Response | None, *, text: str | None = None, duration: float | None = None
+) -> Timeline:
     """The timeline in an answer (``response.json`` when it validated, else ``text`` read leniently)."""
     warnings: list[str] = []
     if response is not None and response.json is not None:
@@ -261,10 +274,16 @@ def read_timeline(call: Call, response: Response | None, *, text: str | None = N
     if response is not None and response.finish_reason == "length":
         warnings.append(f"the answer was cut off at max_tokens ({call.request.max_tokens}); raise --max-tokens")
     video = call.request.video
-    return Timeline(video=video if isinstance(video, str) else f"{len(video or [])} frames", duration=duration,
-                    events=events, warnings=warnings, frame_times=frame_times(call),
-                    model=(response.model if response else None) or call.request.model,
-                    raw_text=text if text is not None else (response.text if response else ""), response=response)
+    return Timeline(
+        video=video if isinstance(video, str) else f"{len(video or [])} frames",
+        duration=duration,
+        events=events,
+        warnings=warnings,
+        frame_times=frame_times(call),
+        model=(response.model if response else None) or call.request.model,
+        raw_text=text if text is not None else (response.text if response else ""),
+        response=response,
+    )
 
 
 def events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Timeline:
@@ -281,7 +300,10 @@ def send_events(client: Any, call: Call) -> Timeline:
         if not timeline.events:
             raise
         timeline.response = exc.response
-        timeline.warnings.insert(0, f"the answer is not valid for the timeline schema even after a retry ({exc}); "
-                                    f"kept the {len(timeline.events)} events that could be read")
+        timeline.warnings.insert(
+            0,
+            f"the answer is not valid for the timeline schema even after a retry ({exc}); "
+            f"kept the {len(timeline.events)} events that could be read",
+        )
         return timeline
     return read_timeline(call, response)

@@ -37,8 +37,9 @@ def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
 def plan_extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Any:
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
-    return client.plan(prompt=EXTRACT_PROMPT if prompt is None else prompt, images=[file],
-                       **_schema_fields(schema, fields))
+    return client.plan(
+        prompt=EXTRACT_PROMPT if prompt is None else prompt, images=[file], **_schema_fields(schema, fields)
+    )
 
 
 def extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
@@ -83,20 +84,25 @@ class Extraction:
 FATAL = (UsageError, AuthenticationError, PermissionDeniedError)
 
 
-def extract_many(client: Any, files: Iterable[str], schema: Any, *, prompt: str | None = None,
-                 **fields: Any) -> Iterator[Extraction]:
+def extract_many(
+    client: Any, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
+) -> Iterator[Extraction]:
     """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
     goes on (usage and authentication errors stop it: they would fail every file)."""
     fields = _schema_fields(schema, fields)
     for file in files:
         try:
-            response = client.send(plan_extract(client, file, fields["schema"], prompt=prompt,
-                                                **{k: v for k, v in fields.items() if k != "schema"}))
+            response = client.send(
+                plan_extract(
+                    client, file, fields["schema"], prompt=prompt, **{k: v for k, v in fields.items() if k != "schema"}
+                )
+            )
         except FATAL:
             raise
         except StructuredOutputError as exc:
-            yield Extraction(file=file, error=str(exc), raw_text=exc.raw_text, exit_code=exc.exit_code,
-                             response=exc.response)
+            yield Extraction(
+                file=file, error=str(exc), raw_text=exc.raw_text, exit_code=exc.exit_code, response=exc.response
+            )
         except QwenVLError as exc:
             yield Extraction(file=file, error=str(exc), exit_code=exc.exit_code)
         else:
@@ -104,6 +110,7 @@ def extract_many(client: Any, files: Iterable[str], schema: Any, *, prompt: str 
 
 
 # --- CSV --------------------------------------------------------------------------------------------------
+
 
 def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[str]:
     """``file``, the schema's top-level properties in order, any other keys seen, and ``error`` if any failed."""

@@ -45,24 +45,36 @@ FIT_SLACK = 1.02  # how closely an alternative reading must fit to be chosen
 # Qwen2.5-VL's are its cookbook forms (JSON boxes, XML points), which it answers in resized-image pixels.
 PROMPTS: dict[str, dict[str, str]] = {
     "relative-1000": {
-        "box": ('Locate every instance of the following in the image: "{query}". Report them in JSON format as '
-                '[{{"bbox_2d": [x1, y1, x2, y2], "label": "<category>"}}, ...], with coordinates on a 0-1000 '
-                "grid relative to the image's width and height. Answer [] if there is none."),
-        "point": ('Point to every instance of the following in the image: "{query}". Report them in JSON format '
-                  'as [{{"point_2d": [x, y], "label": "<category>"}}, ...], with coordinates on a 0-1000 grid '
-                  "relative to the image's width and height. Answer [] if there is none."),
-        "text": ("Spot all the text in the image at line level, and output it in JSON format as "
-                 '[{{"bbox_2d": [x1, y1, x2, y2], "text_content": "<the line\'s text>"}}, ...], with coordinates '
-                 "on a 0-1000 grid relative to the image's width and height."),
+        "box": (
+            'Locate every instance of the following in the image: "{query}". Report them in JSON format as '
+            '[{{"bbox_2d": [x1, y1, x2, y2], "label": "<category>"}}, ...], with coordinates on a 0-1000 '
+            "grid relative to the image's width and height. Answer [] if there is none."
+        ),
+        "point": (
+            'Point to every instance of the following in the image: "{query}". Report them in JSON format '
+            'as [{{"point_2d": [x, y], "label": "<category>"}}, ...], with coordinates on a 0-1000 grid '
+            "relative to the image's width and height. Answer [] if there is none."
+        ),
+        "text": (
+            "Spot all the text in the image at line level, and output it in JSON format as "
+            '[{{"bbox_2d": [x1, y1, x2, y2], "text_content": "<the line\'s text>"}}, ...], with coordinates '
+            "on a 0-1000 grid relative to the image's width and height."
+        ),
     },
     "absolute": {
-        "box": ('Outline the position of every instance of the following: "{query}", and output all the '
-                'coordinates in JSON format as [{{"bbox_2d": [x1, y1, x2, y2], "label": "<category>"}}, ...]. '
-                "Answer [] if there is none."),
-        "point": ('Point to every instance of the following: "{query}", and output their coordinates in XML '
-                  'format as <points x1="x" y1="y" alt="<category>"><category></points>, one tag each.'),
-        "text": ("Spotting all the text in the image with line-level, and output in JSON format as "
-                 '[{{"bbox_2d": [x1, y1, x2, y2], "text_content": "<the line\'s text>"}}, ...].'),
+        "box": (
+            'Outline the position of every instance of the following: "{query}", and output all the '
+            'coordinates in JSON format as [{{"bbox_2d": [x1, y1, x2, y2], "label": "<category>"}}, ...]. '
+            "Answer [] if there is none."
+        ),
+        "point": (
+            'Point to every instance of the following: "{query}", and output their coordinates in XML '
+            'format as <points x1="x" y1="y" alt="<category>"><category></points>, one tag each.'
+        ),
+        "text": (
+            "Spotting all the text in the image with line-level, and output in JSON format as "
+            '[{{"bbox_2d": [x1, y1, x2, y2], "text_content": "<the line\'s text>"}}, ...].'
+        ),
     },
 }
 
@@ -122,7 +134,10 @@ class Grounding(BaseModel):
     def to_json(self) -> dict[str, Any]:
         """The CLI's ``--json`` object: boxes ``{label, x1, y1, x2, y2}`` in original pixels, plus warnings."""
         out: dict[str, Any] = {
-            "image": self.image, "width": self.width, "height": self.height, "model": self.model,
+            "image": self.image,
+            "width": self.width,
+            "height": self.height,
+            "model": self.model,
             "boxes": [b.plain() for b in self.boxes],
         }
         if self.points:
@@ -132,6 +147,7 @@ class Grounding(BaseModel):
 
 
 # --- image geometry ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -178,16 +194,23 @@ def to_upright(x: float, y: float, stored: tuple[int, int], orientation: int) ->
     every viewer shows: the orientation tag applied, as ``PIL.ImageOps.exif_transpose`` does)."""
     w, h = stored
     return {
-        2: (w - x, y), 3: (w - x, h - y), 4: (x, h - y), 5: (y, x),
-        6: (h - y, x), 7: (h - y, w - x), 8: (y, w - x),
+        2: (w - x, y),
+        3: (w - x, h - y),
+        4: (x, h - y),
+        5: (y, x),
+        6: (h - y, x),
+        7: (h - y, w - x),
+        8: (y, w - x),
     }.get(orientation, (x, y))
 
 
 def _turn_upright(result: Grounding, stored: tuple[int, int], orientation: int) -> None:
     """Boxes and points read in the stored orientation, in place, to the upright image."""
     for box in result.boxes:
-        (ax, ay), (bx, by) = (to_upright(box.x1, box.y1, stored, orientation),
-                              to_upright(box.x2, box.y2, stored, orientation))
+        (ax, ay), (bx, by) = (
+            to_upright(box.x1, box.y1, stored, orientation),
+            to_upright(box.x2, box.y2, stored, orientation),
+        )
         box.x1, box.x2 = sorted((round(ax), round(bx)))
         box.y1, box.y2 = sorted((round(ay), round(by)))
     for point in result.points:
@@ -233,6 +256,7 @@ def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
 
 # --- interpretation ------------------------------------------------------------------------------------------
 
+
 def _extent(items: list[RawItem]) -> tuple[float, float, float]:
     xs = [c for i in items for c in i.coords[0::2]]
     ys = [c for i in items for c in i.coords[1::2]]
@@ -257,24 +281,35 @@ def choose_convention(items: list[RawItem], expected: str, geo: Geometry, model:
     if expected == "relative-1000":
         if _fits(mx, my, grid, RELATIVE_SLACK):
             return expected, None
-        for name, size, what in (("absolute", geo.seen, "pixels of the {} image it was sent"),
-                                 ("original-pixels", geo.original, "pixels of the original {} image")):
+        for name, size, what in (
+            ("absolute", geo.seen, "pixels of the {} image it was sent"),
+            ("original-pixels", geo.original, "pixels of the original {} image"),
+        ):
             if size is not None and _fits(mx, my, size, FIT_SLACK):
-                return name, (f"{model} should answer on a 0-1000 grid, but gave {evidence} (over 1000): read as "
-                              + what.format(_size(size)))
+                return name, (
+                    f"{model} should answer on a 0-1000 grid, but gave {evidence} (over 1000): read as "
+                    + what.format(_size(size))
+                )
         fallback = "absolute" if geo.seen else expected
-        return fallback, (f"{model} should answer on a 0-1000 grid, but gave {evidence} (over 1000), which fits "
-                          "no reading of this image; read as " +
-                          ("pixels of the image it was sent" if geo.seen else "0-1000") + " and clipped")
+        return fallback, (
+            f"{model} should answer on a 0-1000 grid, but gave {evidence} (over 1000), which fits "
+            "no reading of this image; read as "
+            + ("pixels of the image it was sent" if geo.seen else "0-1000")
+            + " and clipped"
+        )
     if geo.seen is None or _fits(mx, my, geo.seen, ABSOLUTE_SLACK):
         return expected, None
     if _fits(mx, my, grid, RELATIVE_SLACK):
-        return "relative-1000", (f"{model} should answer in pixels of the {_size(geo.seen)} image it was sent, "
-                                 f"but gave {evidence}, beyond that image yet within 0-1000: read as a 0-1000 grid")
+        return "relative-1000", (
+            f"{model} should answer in pixels of the {_size(geo.seen)} image it was sent, "
+            f"but gave {evidence}, beyond that image yet within 0-1000: read as a 0-1000 grid"
+        )
     if geo.original is not None and _fits(mx, my, geo.original, FIT_SLACK):
-        return "original-pixels", (f"{model} should answer in pixels of the {_size(geo.seen)} image it was sent, "
-                                   f"but gave {evidence}: read as pixels of the original {_size(geo.original)} "
-                                   "image")
+        return "original-pixels", (
+            f"{model} should answer in pixels of the {_size(geo.seen)} image it was sent, "
+            f"but gave {evidence}: read as pixels of the original {_size(geo.original)} "
+            "image"
+        )
     return expected, None
 
 
@@ -293,8 +328,15 @@ def _label_text(label: str) -> str:
     return repr(label) if label else "(no label)"
 
 
-def interpret(parsed: ParsedAnswer, *, expected: str, geo: Geometry, model: str = "the model",
-              finish_reason: str | None = None, max_tokens: int | None = None) -> Grounding:
+def interpret(
+    parsed: ParsedAnswer,
+    *,
+    expected: str,
+    geo: Geometry,
+    model: str = "the model",
+    finish_reason: str | None = None,
+    max_tokens: int | None = None,
+) -> Grounding:
     """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``."""
     warnings = list(parsed.notes)
     convention, why = choose_convention(parsed.items, expected, geo, model)
@@ -303,8 +345,10 @@ def interpret(parsed: ParsedAnswer, *, expected: str, geo: Geometry, model: str 
     scale = _scale(convention, geo)
     if scale is None and parsed.items:
         grid = "the 0-1000 grid" if convention == "relative-1000" else "the model's pixels"
-        warnings.append(f"the image's size is unknown (a URL?): coordinates are left on {grid}; pass the image "
-                        "as a local file, or image_size=(width, height), to get pixels")
+        warnings.append(
+            f"the image's size is unknown (a URL?): coordinates are left on {grid}; pass the image "
+            "as a local file, or image_size=(width, height), to get pixels"
+        )
     sx, sy = scale or (1.0, 1.0)
     limit = geo.original if scale is not None else None
     clipped: list[str] = []
@@ -327,19 +371,34 @@ def interpret(parsed: ParsedAnswer, *, expected: str, geo: Geometry, model: str 
                 y1, y2 = sorted((y1, y2))
             w_lim, h_lim = limit if limit else (None, None)
             name = _label_text(item.label)
-            boxes.append(Box(label=item.label, x1=fix(x1 * sx, w_lim, f"{name} x1"),
-                             y1=fix(y1 * sy, h_lim, f"{name} y1"), x2=fix(x2 * sx, w_lim, f"{name} x2"),
-                             y2=fix(y2 * sy, h_lim, f"{name} y2"), raw=list(item.coords)))
+            boxes.append(
+                Box(
+                    label=item.label,
+                    x1=fix(x1 * sx, w_lim, f"{name} x1"),
+                    y1=fix(y1 * sy, h_lim, f"{name} y1"),
+                    x2=fix(x2 * sx, w_lim, f"{name} x2"),
+                    y2=fix(y2 * sy, h_lim, f"{name} y2"),
+                    raw=list(item.coords),
+                )
+            )
         else:
             x, y = item.coords
             w_lim, h_lim = limit if limit else (None, None)
             name = _label_text(item.label)
-            points.append(Point(label=item.label, x=fix(x * sx, w_lim, f"{name} x"),
-                                y=fix(y * sy, h_lim, f"{name} y"), raw=list(item.coords)))
+            points.append(
+                Point(
+                    label=item.label,
+                    x=fix(x * sx, w_lim, f"{name} x"),
+                    y=fix(y * sy, h_lim, f"{name} y"),
+                    raw=list(item.coords),
+                )
+            )
     if clipped and limit:
         shown = ", ".join(clipped[:4]) + (f" and {len(clipped) - 4} more" if len(clipped) > 4 else "")
-        warnings.append(f"{len(clipped)} coordinate{'s' if len(clipped) != 1 else ''} fell outside the "
-                        f"{_size(limit)} image ({shown}, in image pixels): clipped to its edges")
+        warnings.append(
+            f"{len(clipped)} coordinate{'s' if len(clipped) != 1 else ''} fell outside the "
+            f"{_size(limit)} image ({shown}, in image pixels): clipped to its edges"
+        )
     if swapped:
         warnings.append(f"{swapped} box{'es' if swapped != 1 else ''} had x1 > x2 or y1 > y2: corners swapped")
     unlabelled = sum(1 for b in boxes if not b.label) + sum(1 for p in points if not p.label)
@@ -348,7 +407,8 @@ def interpret(parsed: ParsedAnswer, *, expected: str, geo: Geometry, model: str 
     truncated = parsed.truncated or finish_reason == "length"
     if truncated:
         kept = f"kept the {len(boxes)} complete box{'es' if len(boxes) != 1 else ''}" + (
-            f" and {len(points)} point{'s' if len(points) != 1 else ''}" if points else "")
+            f" and {len(points)} point{'s' if len(points) != 1 else ''}" if points else ""
+        )
         if finish_reason == "length":
             budget = f" ({max_tokens} tokens)" if max_tokens else ""
             warnings.append(f"the answer was cut off at max_tokens{budget}: {kept}; raise --max-tokens for more")
@@ -361,11 +421,22 @@ def interpret(parsed: ParsedAnswer, *, expected: str, geo: Geometry, model: str 
             warnings.append("no boxes or points found in the answer (no bbox_2d/point_2d JSON, no <points> tags)")
     w, h = geo.original if geo.original and scale is not None else (None, None)
     sw, sh = geo.seen if geo.seen else (None, None)
-    return Grounding(boxes=boxes, points=points, truncated=truncated, warnings=warnings, width=w, height=h,
-                     seen_width=sw, seen_height=sh, convention=convention, expected_convention=expected)
+    return Grounding(
+        boxes=boxes,
+        points=points,
+        truncated=truncated,
+        warnings=warnings,
+        width=w,
+        height=h,
+        seen_width=sw,
+        seen_height=sh,
+        convention=convention,
+        expected_convention=expected,
+    )
 
 
 # --- the task ------------------------------------------------------------------------------------------------
+
 
 def model_for(client: Any, fields: dict[str, Any]) -> ModelInfo:
     if hasattr(client, "resolve_model"):  # a local backend knows its model's family
@@ -387,14 +458,21 @@ def plan_ground(client: Any, image: str, query: str, *, points: bool = False, **
     return client.plan(prompt=prompt, images=[image], **fields)
 
 
-def read_grounding(call: Call, response: Response, *, image_size: tuple[int, int] | None = None,
-                   image: str | None = None) -> Grounding:
+def read_grounding(
+    call: Call, response: Response, *, image_size: tuple[int, int] | None = None, image: str | None = None
+) -> Grounding:
     """Interpret a grounding answer to ``call`` (any answer text; the planned image gives the geometry).
     ``image`` is the reference to report (default: the planned one)."""
     geo = geometry(call, image_size)
     expected = "absolute" if call.model.grounding == "absolute" else "relative-1000"
-    result = interpret(parse_answer(response.text), expected=expected, geo=geo, model=call.request.model,
-                       finish_reason=response.finish_reason, max_tokens=call.request.max_tokens)
+    result = interpret(
+        parse_answer(response.text),
+        expected=expected,
+        geo=geo,
+        model=call.request.model,
+        finish_reason=response.finish_reason,
+        max_tokens=call.request.max_tokens,
+    )
     if geo.orientation != 1 and geo.original is not None:
         stored = geo.original
         _turn_upright(result, stored, geo.orientation)
@@ -403,7 +481,8 @@ def read_grounding(call: Call, response: Response, *, image_size: tuple[int, int
             f"the image was sent as stored, without applying its EXIF orientation {geo.orientation} (no resizing: "
             f"prepare=False / --no-resize), so the model saw it turned; the coordinates were read on the stored "
             f"{_size(stored)} image and turned to the upright {_size(upright)} one, assuming the service does not "
-            "apply the tag either. Let qwenvl prepare the image to send it upright and avoid the assumption.")
+            "apply the tag either. Let qwenvl prepare the image to send it upright and avoid the assumption."
+        )
     items = [m for m in call.media if m.kind == "image"]
     result.raw_text = response.text
     result.model = response.model or call.request.model
@@ -414,8 +493,15 @@ def read_grounding(call: Call, response: Response, *, image_size: tuple[int, int
     return result
 
 
-def ground(client: Any, image: str, query: str, *, points: bool = False,
-           image_size: tuple[int, int] | None = None, **fields: Any) -> Grounding:
+def ground(
+    client: Any,
+    image: str,
+    query: str,
+    *,
+    points: bool = False,
+    image_size: tuple[int, int] | None = None,
+    **fields: Any,
+) -> Grounding:
     """Boxes (or, with ``points=True``, points) of ``query`` in ``image``, in original-image pixels.
 
     ``fields`` are any Request fields (model, max_tokens, enable_thinking, ...). ``image_size`` gives the

@@ -37,13 +37,24 @@ NO_TEXT = "no text found"
 FORMATS: tuple[str, ...] = ("text", "markdown", "json")
 OCR_MAX_TOKENS = 4096  # default answer budget (a dense page is long); capped by the model's own limit
 # Tasks the qwen-vl-ocr models know (ocr_options.task); any other string is passed through too.
-OCR_TASKS = ("text_recognition", "key_information_extraction", "document_parsing", "table_parsing",
-             "formula_recognition", "multi_lan", "advanced_recognition")
+OCR_TASKS = (
+    "text_recognition",
+    "key_information_extraction",
+    "document_parsing",
+    "table_parsing",
+    "formula_recognition",
+    "multi_lan",
+    "advanced_recognition",
+)
 PROMPTS: dict[str, str] = {
-    "text": ("Read all the text in the image, in reading order, line by line. Output only the text itself, "
-             "with no commentary and no formatting."),
-    "markdown": ("Convert the image's content to Markdown in reading order: keep headings, paragraphs, lists, "
-                 "tables (as Markdown tables) and emphasis. Output only the Markdown, with no commentary."),
+    "text": (
+        "Read all the text in the image, in reading order, line by line. Output only the text itself, "
+        "with no commentary and no formatting."
+    ),
+    "markdown": (
+        "Convert the image's content to Markdown in reading order: keep headings, paragraphs, lists, "
+        "tables (as Markdown tables) and emphasis. Output only the Markdown, with no commentary."
+    ),
 }
 
 
@@ -83,8 +94,13 @@ class OCRResult(BaseModel):
         return not self.text.strip() and not any(p.lines for p in self.pages)
 
     def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "model": self.model, "text": self.text,
-                "pages": [p.model_dump() for p in self.pages], "warnings": self.warnings}
+        return {
+            "source": self.source,
+            "model": self.model,
+            "text": self.text,
+            "pages": [p.model_dump() for p in self.pages],
+            "warnings": self.warnings,
+        }
 
 
 _FENCED = re.compile(r"^\s*```[ \t]*[\w+-]*[ \t]*\n(.*?)\n?```\s*$", re.S)
@@ -111,8 +127,9 @@ def is_pdf(ref: str) -> bool:
         with source.path.open("rb") as fh:
             return sniff(fh.read(8)) == "application/pdf"
     if source.kind == "data":
-        return (source.declared_mime or "").lower() == "application/pdf" or \
-            sniff(read_bytes(source)[:8]) == "application/pdf"
+        return (source.declared_mime or "").lower() == "application/pdf" or sniff(
+            read_bytes(source)[:8]
+        ) == "application/pdf"
     return False
 
 
@@ -125,8 +142,16 @@ def pdf_pages(ref: str, pages: str | None) -> list[int]:
     return pdf.parse_pages(pages, pdf.page_count(src, source.label), source.label)
 
 
-def plan_ocr(client: Any, source: str, *, format: Format = "text", task: str | None = None,
-             options: dict[str, Any] | None = None, page: int | None = None, **fields: Any) -> Any:
+def plan_ocr(
+    client: Any,
+    source: str,
+    *,
+    format: Format = "text",
+    task: str | None = None,
+    options: dict[str, Any] | None = None,
+    page: int | None = None,
+    **fields: Any,
+) -> Any:
     """The request for one image (or one PDF page); nothing is sent."""
     if format not in FORMATS:
         from qwenvl.errors import UsageError
@@ -169,17 +194,27 @@ def read_page(call: Any, response: Response, *, format: Format, page: int | None
         text = clean_text(response.text)
         truncated = response.finish_reason == "length"
         if truncated:
-            warnings.append(f"the answer was cut off at max_tokens ({call.request.max_tokens} tokens): the text is "
-                            "incomplete; raise --max-tokens")
+            warnings.append(
+                f"the answer was cut off at max_tokens ({call.request.max_tokens} tokens): the text is "
+                "incomplete; raise --max-tokens"
+            )
     if not text.strip() and not lines:
         warnings.append(NO_TEXT)
-    return OCRPage(page=page, text=text, lines=lines, width=width, height=height, truncated=truncated,
-                   warnings=warnings)
+    return OCRPage(
+        page=page, text=text, lines=lines, width=width, height=height, truncated=truncated, warnings=warnings
+    )
 
 
-def plan_pages(client: Any, source: str, *, format: Format = "text", task: str | None = None,
-               options: dict[str, Any] | None = None, pages: str | None = None,
-               **fields: Any) -> Iterator[tuple[int | None, Any]]:
+def plan_pages(
+    client: Any,
+    source: str,
+    *,
+    format: Format = "text",
+    task: str | None = None,
+    options: dict[str, Any] | None = None,
+    pages: str | None = None,
+    **fields: Any,
+) -> Iterator[tuple[int | None, Any]]:
     """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time."""
     if pages and not is_pdf(source):
         from qwenvl.errors import UsageError
@@ -187,12 +222,12 @@ def plan_pages(client: Any, source: str, *, format: Format = "text", task: str |
         raise UsageError("pages apply to PDFs only")
     numbers: list[int | None] = list(pdf_pages(source, pages)) if is_pdf(source) else [None]
     for number in numbers:
-        yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number,
-                               **dict(fields))
+        yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number, **dict(fields))
 
 
-def send_pages(client: Any, source: str, plans: Iterable[tuple[int | None, Any]], *,
-               format: Format = "text") -> OCRResult:
+def send_pages(
+    client: Any, source: str, plans: Iterable[tuple[int | None, Any]], *, format: Format = "text"
+) -> OCRResult:
     result = OCRResult(source=source, format=format)
     for number, call in plans:
         response = client.send(call)
@@ -207,8 +242,16 @@ def send_pages(client: Any, source: str, plans: Iterable[tuple[int | None, Any]]
     return result
 
 
-def ocr(client: Any, source: str, *, format: Format = "text", task: str | None = None,
-        options: dict[str, Any] | None = None, pages: str | None = None, **fields: Any) -> OCRResult:
+def ocr(
+    client: Any,
+    source: str,
+    *,
+    format: Format = "text",
+    task: str | None = None,
+    options: dict[str, Any] | None = None,
+    pages: str | None = None,
+    **fields: Any,
+) -> OCRResult:
     """The text of an image or PDF (one request per page). ``task``/``options`` become ``ocr_options``."""
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
     return send_pages(client, source, plans, format=format)

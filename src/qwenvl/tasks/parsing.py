@@ -68,8 +68,9 @@ def parse_answer(text: str) -> ParsedAnswer:
     _xml_points(body, out)
     _box_tokens(body, out)
     if skipped[0]:
-        out.notes.append(f"skipped {skipped[0]} item{'s' if skipped[0] != 1 else ''} whose coordinates are "
-                         "not 2 or 4 numbers")
+        out.notes.append(
+            f"skipped {skipped[0]} item{'s' if skipped[0] != 1 else ''} whose coordinates are not 2 or 4 numbers"
+        )
     return out
 
 
@@ -88,7 +89,7 @@ def _unfence(text: str, out: ParsedAnswer) -> str:
     while i < len(marks):
         start = marks[i].end()
         if i + 1 < len(marks):
-            blocks.append(text[start:marks[i + 1].start()])
+            blocks.append(text[start : marks[i + 1].start()])
             i += 2
         else:  # an opening fence that never closes: the answer was cut inside it
             blocks.append(text[start:])
@@ -99,6 +100,7 @@ def _unfence(text: str, out: ParsedAnswer) -> str:
 
 
 # --- JSON ----------------------------------------------------------------------------------------------------
+
 
 def _brackets(text: str) -> Iterator[tuple[int, str, int]]:
     """``(index, bracket, depth after it)`` for every bracket outside double-quoted strings.
@@ -201,6 +203,7 @@ def _salvage(segment: str) -> Any:
 
 # --- walking a JSON value --------------------------------------------------------------------------------------
 
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -278,7 +281,7 @@ def _items_from_dict(obj: dict[str, Any], skipped: list[int]) -> list[RawItem] |
             if nums is not None and len(nums) == 2:
                 return [RawItem("point", nums, label)]
             if nums is not None and len(nums) > 2 and len(nums) % 2 == 0:
-                return [RawItem("point", nums[i:i + 2], label) for i in range(0, len(nums), 2)]
+                return [RawItem("point", nums[i : i + 2], label) for i in range(0, len(nums), 2)]
             skipped[0] += 1
             return []
     corners = [_number(obj.get(k)) for k in ("x1", "y1", "x2", "y2")]
@@ -316,8 +319,22 @@ def _walk(value: Any, items: list[RawItem], skipped: list[int], label: str | Non
 
 
 def _is_container_key(key: Any) -> bool:
-    return str(key).lower() in {"objects", "results", "result", "items", "boxes", "detections", "annotations",
-                                "points", "words_info", "lines", "data", "output", "predictions", "instances"}
+    return str(key).lower() in {
+        "objects",
+        "results",
+        "result",
+        "items",
+        "boxes",
+        "detections",
+        "annotations",
+        "points",
+        "words_info",
+        "lines",
+        "data",
+        "output",
+        "predictions",
+        "instances",
+    }
 
 
 # --- XML points (Qwen2.5-VL) -----------------------------------------------------------------------------------
@@ -332,8 +349,9 @@ def _xml_points(text: str, out: ParsedAnswer) -> None:
     for match in _POINTS_TAG.finditer(text):
         out.found_structure = True
         last_end = match.end()
-        attrs = {m.group(1).lower(): m.group(2) or m.group(3) or m.group(4) or "" for m in
-                 _ATTR.finditer(match.group(1))}
+        attrs = {
+            m.group(1).lower(): m.group(2) or m.group(3) or m.group(4) or "" for m in _ATTR.finditer(match.group(1))
+        }
         label = re.sub(r"\s+", " ", match.group(2)).strip() or attrs.get("alt", "").strip()
         pairs: list[list[float]] = []
         for k in sorted((k for k in attrs if re.fullmatch(r"x\d*", k)), key=lambda k: int(k[1:] or 0)):
@@ -352,7 +370,9 @@ def _xml_points(text: str, out: ParsedAnswer) -> None:
 _BOX_TOKENS = re.compile(
     r"(?:<ref>(?P<ref1>.*?)</ref>|<\|object_ref_start\|>(?P<ref2>.*?)<\|object_ref_end\|>)?\s*"
     r"(?:<box>|<\|box_start\|>)\s*\(\s*(?P<x1>-?[\d.]+)\s*,\s*(?P<y1>-?[\d.]+)\s*\)\s*,\s*"
-    r"\(\s*(?P<x2>-?[\d.]+)\s*,\s*(?P<y2>-?[\d.]+)\s*\)\s*(?:</box>|<\|box_end\|>)", re.S)
+    r"\(\s*(?P<x2>-?[\d.]+)\s*,\s*(?P<y2>-?[\d.]+)\s*\)\s*(?:</box>|<\|box_end\|>)",
+    re.S,
+)
 
 
 def _box_tokens(text: str, out: ParsedAnswer) -> None:
