@@ -65,6 +65,50 @@ def screenshot_png(directory: Path, name: str = "screenshot.png", size: tuple[in
     return path
 
 
+def document_png(directory: Path, name: str = "document.png", size: tuple[int, int] = (1920, 1080)) -> Path:
+    """A document window: title bar, side panel, anti-aliased text in three sizes, a coloured table header and
+    bars. Unlike ``screenshot_png`` its PNG is larger than a quality-90 JPEG once resized, like a real one."""
+    from PIL import ImageDraw, ImageFont
+
+    rng = np.random.default_rng(7)
+    width, height = size
+    img = Image.new("RGB", size, "#f3f3f3")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, width, 45), fill="#2b579a")
+    draw.text((20, 10), "Quarterly report - Document1.docx", font=ImageFont.load_default(size=20), fill="white")
+    draw.rectangle((0, 45, 280, height), fill="#e1e1e1")
+    small, body, heading = (ImageFont.load_default(size=s) for s in (11, 15, 26))
+    for i in range(40):
+        draw.text((15, 60 + 24 * i), f"Section {i + 1}: item {rng.integers(100, 999)}", font=small, fill="#333")
+    draw.rectangle((350, 75, width - 70, height - 30), fill="white", outline="#c8c8c8", width=2)
+    words = [
+        "revenue",
+        "growth",
+        "margin",
+        "the",
+        "of",
+        "quarter",
+        "customers",
+        "increased",
+        "and",
+        "region",
+        "compared",
+        "with",
+        "costs",
+        "net",
+    ]
+    draw.text((400, 110), "Results for the third quarter", font=heading, fill="#1f1f1f")
+    for line in range(30):
+        text = " ".join(str(rng.choice(words)) for _ in range(int(rng.integers(14, 22))))
+        draw.text((400, 165 + 23 * line), text.capitalize() + ".", font=body, fill="#202020")
+    for i in range(12):
+        h = int(rng.integers(40, 260))
+        draw.rectangle((1300 + i * 45, 1000 - h, 1330 + i * 45, 1000), fill=("#4472c4", "#ed7d31")[i % 2])
+    path = directory / name
+    img.save(path, "PNG")
+    return path
+
+
 def truncated_jpeg(directory: Path) -> Path:
     data = (photo_jpeg(directory, "whole.jpg", (800, 600))).read_bytes()
     path = directory / "truncated.jpg"

@@ -540,3 +540,26 @@ def test_resized_screenshot_stays_lossless_or_visually_lossless(tmp_path: Path) 
     buf = io.BytesIO()
     exact.save(buf, "JPEG", quality=90)
     assert _psnr(sent, exact) >= _psnr(Image.open(buf), exact)
+
+
+def test_screenshot_encoding_is_no_larger_and_no_less_faithful_than_q90(tmp_path: Path) -> None:
+    """A resized document screenshot: what is sent is at most a plain q90 JPEG's bytes (what qwen-vl-utils
+    sends) and at least its PSNR; a full-chroma JPEG with optimised tables gets there where PNG does not."""
+    path = corpus.document_png(tmp_path)
+    exact = Image.open(path).convert("RGB").resize((1344, 768), Image.Resampling.BICUBIC)
+    data, mime = images.encode_graphic(exact)
+    buf = io.BytesIO()
+    exact.save(buf, "JPEG", quality=90)
+    assert len(data) <= len(buf.getvalue())
+    sent = Image.open(io.BytesIO(data))
+    assert _psnr(sent, exact) >= _psnr(Image.open(buf), exact)
+    assert mime == "image/png" or sent.layer[0][1:3] == sent.layer[1][1:3]  # PNG or 4:4:4
+
+
+def test_png_size_estimate_is_close(tmp_path: Path) -> None:
+    for path in (corpus.document_png(tmp_path), corpus.photo_png(tmp_path, size=(1200, 900))):
+        img = Image.open(path).convert("RGB")
+        real = len(images.encode_png(img))
+        assert 0.85 * real <= images.png_size_estimate(img) <= 1.15 * real
+    tiny = Image.new("RGB", (50, 40), "white")
+    assert images.png_size_estimate(tiny) == len(images.encode_png(tiny))
