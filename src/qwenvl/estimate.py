@@ -16,6 +16,7 @@ from typing import Any
 
 from qwenvl.backends.family import family_model
 from qwenvl.errors import QwenVLError, UsageError
+from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
 from qwenvl.models import currency_of, model_info, price_for
@@ -28,7 +29,7 @@ def estimate_files(
     *,
     fast: bool = False,
     region: str | None = None,
-    client: Any = None,
+    client: SupportsEstimate | None = None,
     family: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:

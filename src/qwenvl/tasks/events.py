@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from qwenvl.errors import StructuredOutputError
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
 from qwenvl.structured import extract_json
@@ -113,7 +114,7 @@ def parse_time(value: Any) -> float | None:
 # --- planning ----------------------------------------------------------------------------------------------
 
 
-def plan_events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
+def plan_events(client: SupportsPlan, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EVENTS_MAX_TOKENS, model.max_output_tokens))
     return client.plan(prompt=EVENTS_PROMPT if prompt is None else prompt, video=video, schema=EVENTS_SCHEMA, **fields)
@@ -286,13 +287,13 @@ def read_timeline(
     )
 
 
-def events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Timeline:
+def events(client: SupportsComplete, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Timeline:
     """The clip's events, checked against its duration and sorted. ``video``: a file, a URL or frame images."""
     call = plan_events(client, video, prompt=prompt, **fields)
     return send_events(client, call)
 
 
-def send_events(client: Any, call: Call) -> Timeline:
+def send_events(client: SupportsComplete, call: Call) -> Timeline:
     try:
         response = client.send(call)
     except StructuredOutputError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.errors import AuthenticationError, PermissionDeniedError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.tasks.grounding import model_for
 from qwenvl.types import Response
 
@@ -34,7 +35,7 @@ def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "schema": schema}
 
 
-def plan_extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Any:
+def plan_extract(client: SupportsPlan, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Any:
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
     return client.plan(
@@ -42,7 +43,7 @@ def plan_extract(client: Any, file: str, schema: Any, *, prompt: str | None = No
     )
 
 
-def extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
+def extract(client: SupportsComplete, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
     """The file's data as JSON valid for ``schema`` (a dict, a schema file, or a pydantic model class).
 
     ``Response.json`` is the value; with a pydantic model, ``Response.parsed`` is the instance. Raises
@@ -85,7 +86,7 @@ FATAL = (UsageError, AuthenticationError, PermissionDeniedError)
 
 
 def extract_many(
-    client: Any, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
+    client: SupportsComplete, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
 ) -> Iterator[Extraction]:
     """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
     goes on (usage and authentication errors stop it: they would fail every file)."""

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from qwenvl.interfaces import Size, SupportsComplete, SupportsPlan
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.plan import Call, media_options
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
@@ -151,14 +152,14 @@ class Grounding(BaseModel):
 
 @dataclass(frozen=True)
 class Geometry:
-    original: tuple[int, int] | None  # (width, height) the coordinates are read in (see ``orientation``)
-    seen: tuple[int, int] | None  # (width, height) the model saw
+    original: Size | None  # (width, height) the coordinates are read in (see ``orientation``)
+    seen: Size | None  # (width, height) the model saw
     # EXIF orientation (2-8) of an image sent as stored (prepare=False): ``original`` is then the STORED size,
     # and boxes read in it are turned to the upright image afterwards (``to_upright``). 1 otherwise.
     orientation: int = 1
 
 
-def original_size(ref: str) -> tuple[int, int] | None:
+def original_size(ref: str) -> Size | None:
     """(width, height) of a local image or data: URL as displayed (EXIF orientation applied); None if remote."""
     info = stored_size(ref)
     if info is None:
@@ -189,7 +190,7 @@ def stored_size(ref: str) -> tuple[int, int, int] | None:
     return width, height, orientation if orientation in range(1, 9) else 1
 
 
-def to_upright(x: float, y: float, stored: tuple[int, int], orientation: int) -> tuple[float, float]:
+def to_upright(x: float, y: float, stored: Size, orientation: int) -> tuple[float, float]:
     """A point in the stored pixels of an image with EXIF ``orientation``, in the upright image's pixels (what
     every viewer shows: the orientation tag applied, as ``PIL.ImageOps.exif_transpose`` does)."""
     w, h = stored
@@ -204,7 +205,7 @@ def to_upright(x: float, y: float, stored: tuple[int, int], orientation: int) ->
     }.get(orientation, (x, y))
 
 
-def _turn_upright(result: Grounding, stored: tuple[int, int], orientation: int) -> None:
+def _turn_upright(result: Grounding, stored: Size, orientation: int) -> None:
     """Boxes and points read in the stored orientation, in place, to the upright image."""
     for box in result.boxes:
         (ax, ay), (bx, by) = (
@@ -220,7 +221,7 @@ def _turn_upright(result: Grounding, stored: tuple[int, int], orientation: int) 
         result.width, result.height = result.height, result.width
 
 
-def seen_size(sent: tuple[int, int], call: Call) -> tuple[int, int]:
+def seen_size(sent: Size, call: Call) -> Size:
     """The size the model sees for an image sent at ``sent`` (the service's smart_resize and budget)."""
     from qwenvl.media.resize import service_budget, smart_resize
 
@@ -232,7 +233,7 @@ def seen_size(sent: tuple[int, int], call: Call) -> tuple[int, int]:
     return (w, h) if h and w else sent
 
 
-def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
+def geometry(call: Call, image_size: Size | None = None) -> Geometry:
     """The original and seen sizes of the (last) image of a planned call."""
     items = [m for m in call.media if m.kind == "image"]
     if not items:
@@ -248,7 +249,7 @@ def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
     if original is None:
         ow, oh = getattr(item, "original_width", None), getattr(item, "original_height", None)
         original = (ow, oh) if ow and oh else original_size(item.source)
-    sent: tuple[int, int] | None = (item.width, item.height) if item.width and item.height else original
+    sent: Size | None = (item.width, item.height) if item.width and item.height else original
     if original is None and sent is not None:  # unreadable here, readable to the media step: as sent
         original = sent
     return Geometry(original, seen_size(sent, call) if sent else None)
@@ -263,11 +264,11 @@ def _extent(items: list[RawItem]) -> tuple[float, float, float]:
     return max(xs), max(ys), min(xs + ys)
 
 
-def _fits(mx: float, my: float, size: tuple[int, int] | None, slack: float) -> bool:
+def _fits(mx: float, my: float, size: Size | None, slack: float) -> bool:
     return size is not None and mx <= size[0] * slack + 1 and my <= size[1] * slack + 1
 
 
-def _size(size: tuple[int, int]) -> str:
+def _size(size: Size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
@@ -438,7 +439,7 @@ def interpret(
 # --- the task ------------------------------------------------------------------------------------------------
 
 
-def model_for(client: Any, fields: dict[str, Any]) -> ModelInfo:
+def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
     if hasattr(client, "resolve_model"):  # a local backend knows its model's family
         return client.resolve_model(fields.get("model"))
     name = fields.get("model") or getattr(client, "defaults", {}).get("model") or DEFAULT_MODEL
@@ -450,7 +451,7 @@ def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point",
     return PROMPTS[convention][kind].format(query=query.strip())
 
 
-def plan_ground(client: Any, image: str, query: str, *, points: bool = False, **fields: Any) -> Call:
+def plan_ground(client: SupportsPlan, image: str, query: str, *, points: bool = False, **fields: Any) -> Call:
     """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens."""
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
@@ -459,7 +460,7 @@ def plan_ground(client: Any, image: str, query: str, *, points: bool = False, **
 
 
 def read_grounding(
-    call: Call, response: Response, *, image_size: tuple[int, int] | None = None, image: str | None = None
+    call: Call, response: Response, *, image_size: Size | None = None, image: str | None = None
 ) -> Grounding:
     """Interpret a grounding answer to ``call`` (any answer text; the planned image gives the geometry).
     ``image`` is the reference to report (default: the planned one)."""
@@ -494,12 +495,12 @@ def read_grounding(
 
 
 def ground(
-    client: Any,
+    client: SupportsComplete,
     image: str,
     query: str,
     *,
     points: bool = False,
-    image_size: tuple[int, int] | None = None,
+    image_size: Size | None = None,
     **fields: Any,
 ) -> Grounding:
     """Boxes (or, with ``points=True``, points) of ``query`` in ``image``, in original-image pixels.

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.tasks.grounding import model_for, read_grounding
 from qwenvl.tasks.parsing import parse_answer
 from qwenvl.types import Response
@@ -143,7 +144,7 @@ def pdf_pages(ref: str, pages: str | None) -> list[int]:
 
 
 def plan_ocr(
-    client: Any,
+    client: SupportsPlan,
     source: str,
     *,
     format: Format = "text",
@@ -206,7 +207,7 @@ def read_page(call: Any, response: Response, *, format: Format, page: int | None
 
 
 def plan_pages(
-    client: Any,
+    client: SupportsPlan,
     source: str,
     *,
     format: Format = "text",
@@ -226,7 +227,7 @@ def plan_pages(
 
 
 def send_pages(
-    client: Any, source: str, plans: Iterable[tuple[int | None, Any]], *, format: Format = "text"
+    client: SupportsComplete, source: str, plans: Iterable[tuple[int | None, Any]], *, format: Format = "text"
 ) -> OCRResult:
     result = OCRResult(source=source, format=format)
     for number, call in plans:
@@ -243,7 +244,7 @@ def send_pages(
 
 
 def ocr(
-    client: Any,
+    client: SupportsComplete,
     source: str,
     *,
     format: Format = "text",
