@@ -66,10 +66,18 @@ def _members(cls: type) -> list[tuple[str, Any]]:
     return out
 
 
+def _exported() -> list[tuple[str, Any]]:
+    """``qwenvl.__all__``, ``qwenvl.tasks.__all__`` and the estimate behind ``qwenvl tokens``."""
+    from qwenvl import estimate, tasks
+
+    names = [(name, getattr(qwenvl, name)) for name in qwenvl.__all__]
+    names += [(f"tasks.{name}", getattr(tasks, name)) for name in tasks.__all__]
+    return [*names, ("estimate.estimate_files", estimate.estimate_files)]
+
+
 def public_api() -> list[Item]:
     items: list[Item] = []
-    for name in qwenvl.__all__:
-        obj = getattr(qwenvl, name)
+    for name, obj in _exported():
         if name == "__version__" or isinstance(obj, types.UnionType):  # a string; a type alias of listed types
             continue
         error = isinstance(obj, type) and issubclass(obj, Exception)
@@ -105,7 +113,7 @@ def test_every_public_callable_says_what_it_raises_and_every_error_when_it_is_ra
 
 def test_the_errors_a_docstring_names_exist():
     known = {n for n in dir(qwenvl) if n.endswith("Error")} | {n for n in dir(builtins) if n.endswith("Error")}
-    known |= {"ValidationError", "KeyboardInterrupt"}  # pydantic's, and Ctrl-C
+    known |= {"ValidationError", "KeyboardInterrupt", "UnidentifiedImageError"}  # pydantic, Ctrl-C, Pillow
     wrong = {f"{i.name}: {e}" for i in public_api() if i.doc for e in NAMED_ERROR.findall(i.doc) if e not in known}
     assert not wrong, f"docstrings name errors that do not exist: {sorted(wrong)}"
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from qwenvl.interfaces import Size
+
 if TYPE_CHECKING:
     from qwenvl.tasks.grounding import Grounding
 
@@ -121,7 +123,7 @@ def _tag(
     text: str,
     colour: tuple[int, int, int],
     fnt: Any,
-    bounds: tuple[int, int],
+    bounds: Size,
     *,
     above: bool = True,
 ) -> None:
@@ -140,7 +142,12 @@ def _tag(
 
 
 def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | Path | None = None) -> Image.Image:
-    """Draw ``grounding``'s boxes and points on ``image`` (the original); save to ``out`` when given."""
+    """Draw ``grounding``'s boxes and points on ``image`` (the original); save to ``out`` when given.
+
+    ``image``: a local path, a ``data:`` URL or a PIL image (EXIF orientation applied, as the boxes are);
+    ``out``: the format follows its suffix (PNG when unknown). Returns the drawn RGB image.
+    Raises MediaError for an image that cannot be read, PIL.UnidentifiedImageError for a file that is not an
+    image, OSError when ``out`` cannot be written."""
     img = load_image(image)
     w, h = img.size
     draw = ImageDraw.Draw(img)
@@ -199,7 +206,11 @@ def contact_sheet(
     columns: int | None = None,
 ) -> Image.Image:
     """A grid of ``frames`` with each one's time under it, an optional title, and the events (``(start, end,
-    text)`` with HH:mm:ss times) listed below in their colours; a bar under each frame marks its events."""
+    text)`` with HH:mm:ss times) listed below in their colours; a bar under each frame marks its events.
+
+    ``times`` are seconds, one per frame; ``thumb_width`` is pixels (default 240); ``columns`` defaults to about
+    the square root of the frame count, at most 6. Raises ValueError for no frames, OSError when ``out`` cannot
+    be written."""
     if not frames:
         raise ValueError("no frames to draw")
     cols = columns or min(6, max(1, math.ceil(math.sqrt(len(frames)))))

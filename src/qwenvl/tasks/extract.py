@@ -20,6 +20,7 @@ from typing import Any
 
 from qwenvl.errors import AuthenticationError, PermissionDeniedError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.plan import Call
 from qwenvl.tasks.grounding import model_for
 from qwenvl.types import Response
 
@@ -35,7 +36,13 @@ def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "schema": schema}
 
 
-def plan_extract(client: SupportsPlan, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Any:
+def plan_extract(client: SupportsPlan, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Call:
+    """The request ``extract`` sends (nothing is sent): the extraction prompt (or ``prompt``), ``file`` (an image,
+    or a PDF's pages with ``pages``), ``schema`` (a dict, a schema file path or a pydantic model class), and
+    ``max_tokens`` 2048 unless given (capped by the model's own limit).
+
+    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
+    ``Client.plan``."""
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
     return client.plan(
@@ -46,15 +53,21 @@ def plan_extract(client: SupportsPlan, file: str, schema: Any, *, prompt: str | 
 def extract(client: SupportsComplete, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
     """The file's data as JSON valid for ``schema`` (a dict, a schema file, or a pydantic model class).
 
-    ``Response.json`` is the value; with a pydantic model, ``Response.parsed`` is the instance. Raises
-    ``StructuredOutputError`` when the answer is not valid even after one repair.
+    ``Response.json`` is the value; with a pydantic model, ``Response.parsed`` is the instance. One request, and
+    one repair request when the first answer is invalid. ``fields`` are any Request fields.
+
+    Raises ``StructuredOutputError`` when the answer is not valid even after one repair (the answer is in
+    ``.raw_text`` and ``.response``), SchemaDefinitionError for an invalid schema, and what ``Client.complete``
+    raises (UsageError, MediaError, APIError and its subclasses).
     """
     return client.send(plan_extract(client, file, schema, prompt=prompt, **fields))
 
 
 @dataclass
 class Extraction:
-    """One file's result in a run over many files: ``json`` when it worked, ``error`` when not."""
+    """One file's result in a run over many files: ``json`` when it worked, ``error`` when not.
+
+    Made by ``extract_many``; building one raises nothing (the dataclass checks nothing)."""
 
     file: str
     json: Any = None
@@ -65,14 +78,16 @@ class Extraction:
 
     @property
     def parsed(self) -> Any:
+        """The pydantic instance when the schema was a model class and the file worked (else None)."""
         return self.response.parsed if self.response is not None else None
 
     @property
     def ok(self) -> bool:
+        """True when the file gave valid JSON (no ``error``)."""
         return self.error is None
 
     def line(self) -> dict[str, Any]:
-        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``."""
+        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``. Raises nothing."""
         if self.ok:
             return {"file": self.file, "json": self.json}
         out: dict[str, Any] = {"file": self.file, "error": self.error}
@@ -89,7 +104,11 @@ def extract_many(
     client: SupportsComplete, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
 ) -> Iterator[Extraction]:
     """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
-    goes on (usage and authentication errors stop it: they would fail every file)."""
+    goes on (usage and authentication errors stop it: they would fail every file). Files are sent one at a time,
+    as the iterator is read.
+
+    Raises UsageError (and SchemaDefinitionError), AuthenticationError (MissingAPIKeyError included) and
+    PermissionDeniedError, which would fail every file; every other QwenVLError is kept in its Extraction."""
     fields = _schema_fields(schema, fields)
     for file in files:
         try:

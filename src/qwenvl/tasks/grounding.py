@@ -81,7 +81,10 @@ PROMPTS: dict[str, dict[str, str]] = {
 
 
 class Box(BaseModel):
-    """A box in original-image pixels (``raw``: the model's own numbers)."""
+    """A box in original-image pixels (``raw``: the model's own numbers).
+
+    ``x1, y1`` is the top-left corner and ``x2, y2`` the bottom-right one, in pixels of the original image as
+    displayed (EXIF orientation applied), clipped to it. Raises pydantic.ValidationError for a wrong type."""
 
     model_config = ConfigDict(extra="forbid")
     label: str
@@ -92,11 +95,15 @@ class Box(BaseModel):
     raw: list[float] = Field(default_factory=list)
 
     def plain(self) -> dict[str, Any]:
+        """``{"label", "x1", "y1", "x2", "y2"}`` (the CLI's JSON). Raises nothing."""
         return {"label": self.label, "x1": self.x1, "y1": self.y1, "x2": self.x2, "y2": self.y2}
 
 
 class Point(BaseModel):
-    """A point in original-image pixels (``raw``: the model's own numbers)."""
+    """A point in original-image pixels (``raw``: the model's own numbers).
+
+    ``x`` from the left edge and ``y`` from the top, in pixels of the original image as displayed. Raises
+    pydantic.ValidationError for a wrong type."""
 
     model_config = ConfigDict(extra="forbid")
     label: str
@@ -105,11 +112,18 @@ class Point(BaseModel):
     raw: list[float] = Field(default_factory=list)
 
     def plain(self) -> dict[str, Any]:
+        """``{"label", "x", "y"}`` (the CLI's JSON). Raises nothing."""
         return {"label": self.label, "x": self.x, "y": self.y}
 
 
 class Grounding(BaseModel):
-    """What a grounding answer says, in the original image's pixels."""
+    """What a grounding answer says, in the original image's pixels.
+
+    ``width``/``height``: the original image in pixels (None when unknown, e.g. a URL without ``image_size``:
+    the coordinates then stay in the model's space, with a warning); ``seen_width``/``seen_height``: the image
+    as the model saw it; ``convention``: how the coordinates were read (``relative-1000``, ``absolute``);
+    ``truncated``: the answer was cut off (every complete item is kept); ``warnings``: every oddity, in words.
+    Raises pydantic.ValidationError when built with a wrong type."""
 
     boxes: list[Box] = Field(default_factory=list)
     points: list[Point] = Field(default_factory=list)
@@ -133,7 +147,8 @@ class Grounding(BaseModel):
         return self._picture or self.image
 
     def to_json(self) -> dict[str, Any]:
-        """The CLI's ``--json`` object: boxes ``{label, x1, y1, x2, y2}`` in original pixels, plus warnings."""
+        """The CLI's ``--json`` object: boxes ``{label, x1, y1, x2, y2}`` in original pixels, plus warnings.
+        Raises nothing."""
         out: dict[str, Any] = {
             "image": self.image,
             "width": self.width,
@@ -452,7 +467,11 @@ def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point",
 
 
 def plan_ground(client: SupportsPlan, image: str, query: str, *, points: bool = False, **fields: Any) -> Call:
-    """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens."""
+    """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens
+    (2048 unless given, capped by the model's own limit).
+
+    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
+    ``Client.plan``."""
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
     prompt = grounding_prompt(model, query, "point" if points else "box")
@@ -463,7 +482,11 @@ def read_grounding(
     call: Call, response: Response, *, image_size: Size | None = None, image: str | None = None
 ) -> Grounding:
     """Interpret a grounding answer to ``call`` (any answer text; the planned image gives the geometry).
-    ``image`` is the reference to report (default: the planned one)."""
+    ``image`` is the reference to report (default: the planned one); ``image_size`` is the original image's
+    ``(width, height)`` in pixels when it cannot be read here (a URL).
+
+    Raises nothing for an answer, whatever it holds (oddities become warnings); MediaError only when the planned
+    local image can no longer be read."""
     geo = geometry(call, image_size)
     expected = "absolute" if call.model.grounding == "absolute" else "relative-1000"
     result = interpret(
@@ -506,7 +529,12 @@ def ground(
     """Boxes (or, with ``points=True``, points) of ``query`` in ``image``, in original-image pixels.
 
     ``fields`` are any Request fields (model, max_tokens, enable_thinking, ...). ``image_size`` gives the
-    original size when the image is a URL (otherwise coordinates stay in the model's space, with a warning).
+    original ``(width, height)`` in pixels when the image is a URL (otherwise coordinates stay in the model's
+    space, with a warning). The model family's convention (``ModelInfo.grounding``: a 0-1000 grid for
+    Qwen3-VL, the seen image's pixels for Qwen2.5-VL; dashscope-api.md §4.4) is undone here.
+
+    Raises what ``plan_ground`` and ``Client.send`` raise: UsageError, MediaError, APIError and its subclasses.
+    An answer with no boxes is not an error (an empty Grounding with a warning).
     """
     call = plan_ground(client, image, query, points=points, **fields)
     return read_grounding(call, client.send(call), image_size=image_size, image=image)
