@@ -11,8 +11,6 @@ nothing at run time beyond ``typing``: the types it names are imported for the t
 - ``SupportsPreview``: the dry run of a planned call (``--dry-run``).
 - ``SupportsEstimate``: what ``qwenvl.estimate.estimate_files`` asks of a client.
 - ``ClientEndpoint``: where a client's calls go (the cache key and the usage log, ``batch.exchange``).
-
-``Size`` names the order of a two-integer size: ``(width, height)`` in pixels, as Pillow's ``Image.size``.
 """
 
 from __future__ import annotations
@@ -25,9 +23,6 @@ if TYPE_CHECKING:
     from qwenvl.models import ModelInfo
     from qwenvl.plan import Call
     from qwenvl.types import Request, Response, StreamEvent
-
-Size = tuple[int, int]
-"""An image size in pixels, ``(width, height)`` (the order of Pillow's ``Image.size``), never (height, width)."""
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from qwenvl.interfaces import Size
+from qwenvl.sizes import Size
 
 if TYPE_CHECKING:
     from qwenvl.tasks.grounding import Grounding

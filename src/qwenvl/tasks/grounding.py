@@ -29,9 +29,10 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from qwenvl.interfaces import Size, SupportsComplete, SupportsPlan
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.plan import Call, media_options
+from qwenvl.sizes import Size
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
 from qwenvl.types import Response
 
