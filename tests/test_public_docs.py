@@ -190,6 +190,59 @@ def test_a_double_that_subclasses_nothing_runs_a_task(server, protocol, isolated
     assert [(b.x1, b.y1, b.x2, b.y2) for b in result.boxes] == [(64, 96, 320, 384)]  # 0-1000 grid -> 640x480
 
 
+TYPED_USE = """
+from typing import Any
+
+import qwenvl
+from qwenvl import tasks
+
+
+class Wrapper:  # subclasses nothing: the members tasks.ground uses
+    def __init__(self, inner: qwenvl.Client) -> None:
+        self.inner = inner
+
+    def plan(self, request: Any = None, *, estimate_only: bool = False, **fields: Any) -> qwenvl.Call:
+        return self.inner.plan(request, estimate_only=estimate_only, **fields)
+
+    def resolve_model(self, name: str | None = None) -> qwenvl.ModelInfo:
+        return self.inner.resolve_model(name)
+
+    def send(self, call: qwenvl.Call) -> qwenvl.Response:
+        return self.inner.send(call)
+
+
+class PlanOnly:  # no send: fine for plan_ground, not for ground
+    def plan(self, request: Any = None, *, estimate_only: bool = False, **fields: Any) -> qwenvl.Call:
+        raise NotImplementedError
+
+    def resolve_model(self, name: str | None = None) -> qwenvl.ModelInfo:
+        raise NotImplementedError
+
+
+g: tasks.Grounding = tasks.ground(Wrapper(qwenvl.Client()), "a.png", "cat", image_size=(640, 480))
+tasks.ground(qwenvl.Client(), "a.png", "cat")
+tasks.plan_ground(qwenvl.AsyncClient(), "a.png", "cat")
+tasks.plan_ground(PlanOnly(), "a.png", "cat")
+tasks.ground(PlanOnly(), "a.png", "cat")  # line 34: the one error expected
+"""
+
+
+def test_a_type_checker_sees_the_types_and_the_protocols(tmp_path):
+    """qwenvl ships ``py.typed`` (PEP 561), so a user's mypy checks calls against its types: a wrapper that
+    subclasses nothing satisfies ``SupportsComplete``, and an object without ``send`` is refused, by name."""
+    pytest.importorskip("mypy")
+    import subprocess
+    import sys
+
+    (tmp_path / "use.py").write_text(TYPED_USE)
+    cmd = [sys.executable, "-m", "mypy", "--config-file=", "--python-version=3.11", "--follow-imports=silent"]
+    cmd += ["--cache-dir", str(tmp_path / "cache"), "use.py"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    errors = [line for line in p.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("use.py:34:"), p.stdout + p.stderr
+    assert '"PlanOnly"' in errors[0] and "SupportsComplete" in errors[0] and "send" in p.stdout
+
+
 if __name__ == "__main__":
     items = public_api()
     print(coverage(items))
