@@ -288,14 +288,15 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 def printable(text: str) -> str:
     """``text`` as one line that is safe to print on a terminal: escape sequences and control characters
-    removed, runs of white space (newlines, tabs) made one space. For every string the service provides."""
+    removed, runs of white space (newlines, tabs) made one space. For every string the service provides.
+    Raises nothing."""
     text = _ESCAPES.sub("", text)
     text = _CONTROLS.sub(lambda m: " " if m.group() in "\t\n\r\x0b\x0c" else "", text)
     return " ".join(text.split())
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Remove a secret (the API key) from text that may be shown to the user."""
+    """Remove a secret (the API key) from text that may be shown to the user. Raises nothing."""
     if secret and len(secret) >= 4 and secret in text:
         return text.replace(secret, "***")
     return text

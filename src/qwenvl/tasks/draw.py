@@ -62,6 +62,8 @@ FONT_CANDIDATES = (
 
 @lru_cache(maxsize=16)
 def font(size: int) -> Any:
+    """A TrueType font of ``size`` pixels, the first of ``FONT_CANDIDATES`` installed (CJK-capable ones first),
+    else Pillow's default font. Raises nothing."""
     for path in FONT_CANDIDATES:
         if Path(path).exists():
             try:
@@ -75,7 +77,7 @@ def font(size: int) -> Any:
 
 
 def contrast_text(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads better on ``colour`` (WCAG relative luminance)."""
+    """Black or white, whichever reads better on ``colour`` (WCAG relative luminance). Raises nothing."""
 
     def channel(c: int) -> float:
         s = c / 255
@@ -87,6 +89,7 @@ def contrast_text(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def colours_for(labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """One RGB colour per distinct label, from ``PALETTE`` in order of first appearance. Raises nothing."""
     out: dict[str, tuple[int, int, int]] = {}
     for label in labels:
         if label not in out:
@@ -95,7 +98,8 @@ def colours_for(labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
 
 
 def load_image(image: str | Path | Image.Image) -> Image.Image:
-    """An RGB copy of a local image, a data: URL or a PIL image, upright (EXIF orientation applied)."""
+    """An RGB copy of a local image, a data: URL or a PIL image, upright (EXIF orientation applied).
+    Raises MediaError (unreadable), PIL.UnidentifiedImageError (not an image)."""
     if isinstance(image, Image.Image):
         img = image
     else:
@@ -174,6 +178,8 @@ def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | P
 
 
 def save(img: Image.Image, out: str | Path) -> Path:
+    """Write ``img`` to ``out`` (folders made as needed), in the format its suffix names (PNG when unknown; JPEG
+    at quality 92). Returns the path. Raises OSError when it cannot be written."""
     path = Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -187,7 +193,8 @@ def save(img: Image.Image, out: str | Path) -> Path:
 
 
 def hms(seconds: float, *, decimals: bool = False) -> str:
-    """``HH:mm:ss`` (whole seconds, truncated), or ``HH:mm:ss.s`` (rounded to a tenth) with ``decimals``."""
+    """``HH:mm:ss`` (whole seconds, truncated), or ``HH:mm:ss.s`` (rounded to a tenth) with ``decimals``.
+    Raises nothing."""
     seconds = max(0.0, seconds)
     tenths = round(seconds * 10) if decimals else int(seconds) * 10
     whole, frac = divmod(tenths, 10)

@@ -103,7 +103,7 @@ class Timeline(BaseModel):
 
 
 def parse_time(value: Any) -> float | None:
-    """Seconds from "HH:mm:ss", "H:mm:ss.s", "mm:ss" or a number of seconds; None when unreadable."""
+    """Seconds from "HH:mm:ss", "H:mm:ss.s", "mm:ss" or a number of seconds; None when unreadable. Raises nothing."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value) if value >= 0 and math.isfinite(value) else None
     if not isinstance(value, str):
@@ -143,7 +143,8 @@ def _video_item(call: Call) -> Any:
 
 
 def video_duration(call: Call) -> float | None:
-    """The clip's length: probed for a local file; frames / fps for a frame list; None for a URL."""
+    """The clip's length: probed for a local file; frames / fps for a frame list; None for a URL.
+    Raises MediaError when a local video cannot be read."""
     video = call.request.video
     rate = call.request.fps or VIDEO_FPS
     if isinstance(video, list):
@@ -163,6 +164,8 @@ def video_duration(call: Call) -> float | None:
 
 
 def frame_times(call: Call) -> list[float]:
+    """Seconds from the clip's start at which each frame the model saw was taken ([] without a video; a frame
+    list is spaced 1 / fps apart, fps defaulting to 2.0). Raises nothing."""
     item = _video_item(call)
     if item is None:
         return []
@@ -177,7 +180,7 @@ SHEET_MAX_FRAMES = 48  # a contact sheet shows at most this many frames, evenly 
 
 def frames(call: Call, limit: int | None = SHEET_MAX_FRAMES) -> tuple[list[Image.Image], list[float]]:
     """The frames the model was sent (decoded from their data URLs) and their times, at most ``limit`` of them
-    evenly spread; remote frames are skipped."""
+    evenly spread; remote frames are skipped. Raises nothing for frames qwenvl prepared."""
     from qwenvl.media.sources import decode_data_url
 
     item = _video_item(call)
@@ -214,7 +217,8 @@ def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def raw_events(value: Any) -> list[dict[str, Any]]:
-    """The event objects in a parsed answer: ``{"events": [...]}``, a bare list, or one wrapper deeper."""
+    """The event objects in a parsed answer: ``{"events": [...]}``, a bare list, or one wrapper deeper.
+    Raises nothing."""
     if isinstance(value, dict):
         for key in ("events", "timeline", "segments", "results"):
             if isinstance(value.get(key), list):
@@ -230,7 +234,7 @@ def raw_events(value: Any) -> list[dict[str, Any]]:
 
 
 def build_timeline(items: list[dict[str, Any]], duration: float | None) -> tuple[list[Event], list[str]]:
-    """Checked, normalised and sorted events, and what was fixed on the way."""
+    """Checked, normalised and sorted events, and what was fixed on the way. Raises nothing: every fix is a warning."""
     warnings: list[str] = []
     events: list[Event] = []
     limit = duration + ROUNDING_ALLOWANCE_S if duration is not None else None

@@ -133,7 +133,8 @@ def extract_many(
 
 
 def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[str]:
-    """``file``, the schema's top-level properties in order, any other keys seen, and ``error`` if any failed."""
+    """``file``, the schema's top-level properties in order, any other keys seen, and ``error`` if any failed.
+    Raises nothing."""
     rows = list(rows)
     names: list[str] = ["file"]
     props = (schema or {}).get("properties") if isinstance(schema, dict) else None
@@ -152,6 +153,8 @@ def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[s
 
 
 def cell(value: Any) -> str:
+    """A CSV cell for a JSON value: "" for null, strings as they are, true/false, numbers and nested values as
+    JSON. Raises nothing for JSON values."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -164,6 +167,7 @@ def cell(value: Any) -> str:
 
 
 def to_row(row: Extraction, names: list[str]) -> list[str]:
+    """One CSV row for ``row``, its cells in the order of ``names`` (``columns``). Raises nothing."""
     value = row.json
     record = dict(value) if isinstance(value, dict) else ({"value": value} if row.ok else {})
     record["file"] = row.file

@@ -168,6 +168,8 @@ class Grounding(BaseModel):
 
 @dataclass(frozen=True)
 class Geometry:
+    """The sizes a grounding answer is read with, each ``(width, height)`` in pixels (``geometry``)."""
+
     original: Size | None  # (width, height) the coordinates are read in (see ``orientation``)
     seen: Size | None  # (width, height) the model saw
     # EXIF orientation (2-8) of an image sent as stored (prepare=False): ``original`` is then the STORED size,
@@ -176,7 +178,8 @@ class Geometry:
 
 
 def original_size(ref: str) -> Size | None:
-    """(width, height) of a local image or data: URL as displayed (EXIF orientation applied); None if remote."""
+    """(width, height) of a local image or data: URL as displayed (EXIF orientation applied); None if remote.
+    Raises MediaError when a local file cannot be read."""
     info = stored_size(ref)
     if info is None:
         return None
@@ -185,7 +188,8 @@ def original_size(ref: str) -> Size | None:
 
 
 def stored_size(ref: str) -> tuple[int, int, int] | None:
-    """(width, height, EXIF orientation) of a local image or data: URL as stored; None if remote or unreadable."""
+    """(width, height, EXIF orientation) of a local image or data: URL as stored; None if remote or unreadable.
+    Raises MediaError when a local file cannot be read."""
     from qwenvl.media.sources import classify, read_bytes
 
     source = classify(ref)
@@ -208,7 +212,7 @@ def stored_size(ref: str) -> tuple[int, int, int] | None:
 
 def to_upright(x: float, y: float, stored: Size, orientation: int) -> tuple[float, float]:
     """A point in the stored pixels of an image with EXIF ``orientation``, in the upright image's pixels (what
-    every viewer shows: the orientation tag applied, as ``PIL.ImageOps.exif_transpose`` does)."""
+    every viewer shows: the orientation tag applied, as ``PIL.ImageOps.exif_transpose`` does). Raises nothing."""
     w, h = stored
     return {
         2: (w - x, y),
@@ -238,7 +242,8 @@ def _turn_upright(result: Grounding, stored: Size, orientation: int) -> None:
 
 
 def seen_size(sent: Size, call: Call) -> Size:
-    """The size the model sees for an image sent at ``sent`` (the service's smart_resize and budget)."""
+    """The size the model sees for an image sent at ``sent`` (the service's smart_resize and budget).
+    Raises nothing for a call ``plan`` accepted."""
     from qwenvl.media.resize import service_budget, smart_resize
 
     lo, hi = service_budget(media_options(call.request, call.model, "compat"))
@@ -250,7 +255,8 @@ def seen_size(sent: Size, call: Call) -> Size:
 
 
 def geometry(call: Call, image_size: Size | None = None) -> Geometry:
-    """The original and seen sizes of the (last) image of a planned call."""
+    """The original and seen sizes of the (last) image of a planned call.
+    Raises MediaError only when the planned local image can no longer be read."""
     items = [m for m in call.media if m.kind == "image"]
     if not items:
         return Geometry(image_size, None)
@@ -289,7 +295,8 @@ def _size(size: Size) -> str:
 
 
 def choose_convention(items: list[RawItem], expected: str, geo: Geometry, model: str) -> tuple[str, str | None]:
-    """(convention to read the numbers in, a warning with the evidence when it is not the expected one)."""
+    """(convention to read the numbers in, a warning with the evidence when it is not the expected one).
+    Raises nothing."""
     if not items:
         return expected, None
     mx, my, _ = _extent(items)
@@ -354,7 +361,7 @@ def interpret(
     finish_reason: str | None = None,
     max_tokens: int | None = None,
 ) -> Grounding:
-    """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``."""
+    """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``. Raises nothing."""
     warnings = list(parsed.notes)
     convention, why = choose_convention(parsed.items, expected, geo, model)
     if why:
@@ -456,6 +463,8 @@ def interpret(
 
 
 def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
+    """The rules of the model ``fields`` name, else the client's (``client.resolve_model``).
+    Raises what ``resolve_model`` raises (UsageError; APIError for a local server)."""
     if hasattr(client, "resolve_model"):  # a local backend knows its model's family
         return client.resolve_model(fields.get("model"))
     name = fields.get("model") or getattr(client, "defaults", {}).get("model") or DEFAULT_MODEL
@@ -463,6 +472,8 @@ def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
 
 
 def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point", "text"] = "box") -> str:
+    """The prompt in the form ``model``'s family was trained on (``PROMPTS``): boxes, points or text lines.
+    Raises nothing."""
     convention = "absolute" if model.grounding == "absolute" else "relative-1000"
     return PROMPTS[convention][kind].format(query=query.strip())
 

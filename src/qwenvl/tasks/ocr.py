@@ -123,12 +123,14 @@ _FENCED = re.compile(r"^\s*```[ \t]*[\w+-]*[ \t]*\n(.*?)\n?```\s*$", re.S)
 
 
 def clean_text(text: str) -> str:
-    """The answer without a fence wrapped around all of it (models like ```markdown ... ```)."""
+    """The answer without a fence wrapped around all of it (models like ```markdown ... ```). Raises nothing."""
     match = _FENCED.match(text)
     return (match.group(1) if match else text).strip("\n")
 
 
 def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The qwen-vl-ocr ``ocr_options`` parameter: ``options`` with ``task`` (one of ``OCR_TASKS``, or any other
+    string, passed through) added; None when both are empty. Raises nothing."""
     merged = dict(options or {})
     if task:
         merged["task"] = task
@@ -150,6 +152,8 @@ def is_pdf(ref: str) -> bool:
 
 
 def pdf_pages(ref: str, pages: str | None) -> list[int]:
+    """The 1-based pages ``pages`` selects in the PDF ``ref`` (every page when None), in the order given.
+    Raises UsageError (bad range syntax), MediaError (a page out of range, an unreadable PDF)."""
     from qwenvl.media import pdf
     from qwenvl.media.sources import classify, read_bytes
 
@@ -195,6 +199,9 @@ def plan_ocr(
 
 
 def read_page(call: Call, response: Response, *, format: Format, page: int | None = None) -> OCRPage:
+    """The OCRPage in an answer to ``call``: its text (a fence around all of it removed), and for
+    ``format="json"`` its line boxes in original pixels (``read_grounding``). Raises nothing for an answer;
+    MediaError only when the planned local image can no longer be read."""
     warnings: list[str] = []
     lines: list[OCRLine] = []
     width = height = None
@@ -236,7 +243,9 @@ def plan_pages(
     pages: str | None = None,
     **fields: Any,
 ) -> Iterator[tuple[int | None, Call]]:
-    """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time."""
+    """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time.
+    Raises UsageError (``pages`` for an image, bad syntax), MediaError (a page out of range), and what
+    ``plan_ocr`` raises."""
     if pages and not is_pdf(source):
         from qwenvl.errors import UsageError
 
@@ -249,6 +258,8 @@ def plan_pages(
 def send_pages(
     client: SupportsComplete, source: str, plans: Iterable[tuple[int | None, Call]], *, format: Format = "text"
 ) -> OCRResult:
+    """Send each planned page in turn and read it (``read_page``): the OCRResult of ``source``.
+    Raises what ``plans`` and ``client.send`` raise (UsageError, MediaError, APIError and its subclasses)."""
     result = OCRResult(source=source, format=format)
     for number, call in plans:
         response = client.send(call)
