@@ -24,7 +24,8 @@ from qwenvl.errors import (
     UsageError,
 )
 from qwenvl.models import ModelInfo, model_info
-from qwenvl.types import Message, Request, Response, StreamEvent, Usage
+from qwenvl.plan import Call
+from qwenvl.types import ImagePart, Message, Part, Request, Response, StreamEvent, TextPart, Usage, VideoPart
 
 __all__ = [
     "APIConnectionError",
@@ -34,7 +35,9 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "Call",
     "Client",
+    "ImagePart",
     "InternalServerError",
     "MalformedResponseError",
     "MediaError",
@@ -42,6 +45,7 @@ __all__ = [
     "MissingAPIKeyError",
     "ModelInfo",
     "NotFoundError",
+    "Part",
     "PermissionDeniedError",
     "QwenVLError",
     "RateLimitError",
@@ -51,8 +55,10 @@ __all__ = [
     "StreamEvent",
     "StreamInterruptedError",
     "StructuredOutputError",
+    "TextPart",
     "Usage",
     "UsageError",
+    "VideoPart",
     "__version__",
     "model_info",
 ]

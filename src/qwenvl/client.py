@@ -36,7 +36,10 @@ _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
 def make_request(
     request: Request | dict[str, Any] | None, fields: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> Request:
-    """One validated Request from a Request, a dict and/or keyword fields (UsageError when invalid)."""
+    """One validated Request from a Request, a dict and/or keyword fields; ``fields`` win over ``request``, and
+    ``defaults`` (the client's) fill only what neither sets.
+
+    Raises UsageError (one line naming each invalid field) when the result is not a valid Request."""
     try:
         if isinstance(request, Request):
             data = {**request.model_dump(exclude_unset=True), **fields}
@@ -54,6 +57,7 @@ def make_request(
 
 
 def describe_validation_error(exc: ValidationError) -> str:
+    """pydantic's errors as one line, ``"invalid request: field: message; ..."`` (the first 6). Raises nothing."""
     lines = []
     for err in exc.errors()[:6]:
         where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
@@ -139,12 +143,7 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
 
 
 class _Base:
-    """``backend``: ``"dashscope"`` (default), ``"openai"`` (any OpenAI-compatible server at ``base_url``: vLLM,
-    SGLang, llama.cpp, Ollama; ``engine`` auto|vllm|sglang|llamacpp|ollama|generic, ``family``
-    qwen2.5-vl|qwen3-vl when the served name does not say), ``"transformers"`` (the model loaded in this
-    process from a hub id or folder given as ``model``; ``device``, ``dtype``, ``attn_implementation``), or a
-    backend instance. Default from ``QWENVL_BACKEND``; ``protocol="openai"`` alone also means the openai backend.
-    Local backends need no DashScope key (``api_key`` is then the server's key, optional)."""
+    """What ``Client`` and ``AsyncClient`` share: the options (see ``Client``), planning, dry runs, model rules."""
 
     def __init__(
         self,
@@ -207,12 +206,15 @@ class _Base:
 
     @property
     def is_local(self) -> bool:
-        """True for a backend other than DashScope (it is asked about models and media at planning time)."""
+        """True for a backend other than DashScope (it is asked about models and media at planning time).
+        Raises nothing."""
         return not self.backend_name.startswith("dashscope")  # "dashscope", or a DashScope backend instance
 
     @property
     def backend(self) -> Any:
-        """The backend that answers (made on first use); ``Client`` and ``AsyncClient`` say which kind."""
+        """The backend that answers (made on first use); ``Client`` and ``AsyncClient`` say which kind.
+
+        Raises NotImplementedError here: each client defines it."""
         raise NotImplementedError
 
     def _local_options(self) -> dict[str, Any]:
@@ -222,7 +224,11 @@ class _Base:
 
     def resolve_model(self, name: str | None = None) -> ModelInfo:
         """The rules (family, pixel factor, budget, grounding convention) of the model a request would use:
-        ``name``, else the client's default model, else (local backends) the one the backend serves."""
+        ``name``, else the client's default model, else (local backends) the one the backend serves.
+
+        DashScope models come from the table in ``qwenvl.models`` (an unknown name gets rules guessed from the
+        name, ``known=False``). Raises UsageError for invalid client defaults; a local backend may raise
+        APIError (its server cannot be asked) or UsageError (no model given)."""
         name = name or self.defaults.get("model")
         if not self.is_local:
             return model_info(name or DEFAULT_MODEL)
@@ -234,7 +240,11 @@ class _Base:
         return backend.model_info(request.model) if hasattr(backend, "model_info") else model_info(request.model)
 
     def preview(self, call: Call, *, stream: bool = False) -> dict[str, Any]:
-        """The dry run of ``call`` (``qwenvl.preview``): what would be sent where, with estimates."""
+        """The dry run of ``call`` (``qwenvl.preview``): what would be sent where, with estimates; nothing is sent.
+
+        Returns ``{"url", "method", "headers" (the key shown as ***), "body" (long strings shortened), "media"
+        (each item's size, bytes and tokens), "estimate" (input tokens, max output tokens, cost)}``.
+        Raises nothing for a planned call (no key is needed)."""
         from qwenvl.preview import preview
 
         backend = self._backend if self.is_local else None
@@ -243,6 +253,10 @@ class _Base:
         )
 
     def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
+        """A validated ``Request`` from ``request`` (a Request or a dict) and keyword ``fields`` (which win), with
+        the client's defaults (``model``, ``timeout_s``, ``max_retries``, ``retry_backoff_s``) where unset.
+
+        Raises UsageError (one line naming each invalid field), SchemaDefinitionError (an invalid ``schema``)."""
         return make_request(request, fields, self.defaults)
 
     def plan(
@@ -250,8 +264,14 @@ class _Base:
     ) -> Call:
         """Everything up to the wire, without sending: validated request, messages, prepared media.
 
+        Media are checked and prepared as the model's budget asks (resized, encoded, video frames sampled, PDF
+        pages rendered: ``qwenvl.media``); the ``Call`` is what ``send`` sends and ``preview`` shows.
         ``estimate_only=True``: media checked and sized from their headers, not prepared (fast); the Call
-        gives sizes and tokens and cannot be sent."""
+        gives sizes and tokens and cannot be sent (``send`` raises UsageError).
+
+        Raises UsageError (invalid fields, an ability the model lacks), SchemaDefinitionError, MediaError (a
+        file or URL that cannot be sent: missing, unreadable, too large, an unknown format), and for local
+        backends APIError when their server must be asked about the model."""
         req = self.request(request, **fields)
         if not self.is_local:
             return plan(req, self.protocol, estimate_only=estimate_only)
@@ -267,10 +287,54 @@ class _Base:
 
 
 class Client(_Base):
-    """Synchronous client. Thread-safe for concurrent requests (httpx pools connections)."""
+    """Synchronous client. Thread-safe for concurrent requests (httpx pools connections).
+
+    Options (all keyword-only, all optional):
+
+    - ``api_key``: the DashScope key; default: ``$DASHSCOPE_API_KEY``, then ``./.env``, the file named by
+      ``$DASHSCOPE_API_KEY_FILE_PATH``, ``~/.alibabacloud/credentials`` (``dashscope_api_key``) and
+      ``~/.dashscope/api_key`` (``qwenvl.config.find_api_key``; the official SDK's places, dashscope-api.md
+      §1.2, §2.5). Looked up when the first request is sent, not here.
+    - ``protocol``: ``"compat"`` (DashScope's OpenAI-compatible mode, default), ``"native"`` (DashScope's own
+      API) or ``"openai"`` (plain OpenAI, for other servers); default ``$QWENVL_PROTOCOL``.
+    - ``region``: ``"cn"`` (Beijing, default), ``"intl"`` (Singapore) or ``"us"`` (Virginia); default
+      ``$QWENVL_REGION``. Beijing and Singapore keys differ (dashscope-api.md §2.5). It also picks the currency
+      of cost estimates (CNY in Beijing, USD elsewhere: ``qwenvl.models``).
+    - ``base_url``: the endpoint itself (a proxy, a loopback test server); wins over ``region``.
+    - ``model``: the default model of every request (default ``$QWENVL_MODEL``, else ``qwen3-vl-plus``, the
+      skill's default, dashscope-api.md §1.2).
+    - ``timeout_s`` (seconds, default 120: a whole plain attempt, or a stream's wait for each event;
+      ``qwenvl.transport``), ``max_retries`` (default 2) and ``retry_backoff_s``
+      (seconds, the exponential base, default 1.5): defaults for the requests that do not set them (the skill's
+      ``multimodal.chat`` values; the retry policy is ``qwenvl.retry``: 429, 500, 502-504 and connection errors).
+    - ``http_client``: an ``httpx.Client`` (``httpx.AsyncClient`` for ``AsyncClient``) to send through.
+    - ``backend``: ``"dashscope"`` (default), ``"openai"`` (any OpenAI-compatible server at ``base_url``: vLLM,
+      SGLang, llama.cpp, Ollama; ``engine`` auto|vllm|sglang|llamacpp|ollama|generic, ``family``
+      qwen2.5-vl|qwen3-vl when the served name does not say), ``"transformers"`` (the model loaded in this
+      process from a hub id or folder given as ``model``; ``device``, ``dtype``, ``attn_implementation``), or a
+      backend instance. Default from ``QWENVL_BACKEND``; ``protocol="openai"`` alone also means the openai
+      backend. Local backends need no DashScope key (``api_key`` is then the server's key, optional).
+    - ``cache``: off by default; ``True`` (``responses.db`` in ``$QWENVL_CACHE_DIR``, else the user cache
+      folder, ``~/.cache/qwenvl`` on Linux), a path or a ``ResponseCache``: an identical non-streamed request
+      is answered from it, and not paid twice.
+    - ``on_retry``: called with a ``qwenvl.retry.RetryNotice`` before each retry's wait.
+
+    Attributes: ``protocol``, ``region``, ``base_url``, ``backend_name``, ``defaults`` (the request defaults
+    above that were given), ``cache``, ``on_retry``.
+
+    Use it as a context manager, or call ``close()``, to close its connections.
+
+    Raises UsageError for an unknown protocol, region or backend name, or the dashscope backend with
+    ``protocol="openai"``. A missing key is raised later, by the first request (MissingAPIKeyError).
+    """
 
     @property
     def backend(self) -> Backend:
+        """The backend that answers, made on first use: ``DashScopeBackend`` (the protocol's endpoint, with the
+        retry policy) unless another backend was chosen.
+
+        Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
+        ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
         if self._backend is None:
             if self.is_local:
                 from qwenvl.backends import make_backend
@@ -290,6 +354,7 @@ class Client(_Base):
         return self._backend
 
     def close(self) -> None:
+        """Close the backend's connections (a no-op when no request was made). Raises nothing."""
         if self._backend is not None:
             self._backend.close()
 
@@ -300,11 +365,32 @@ class Client(_Base):
         self.close()
 
     def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+        """Plan and send one request: ``client.complete(prompt="...", image="a.jpg")`` or ``complete(Request(...))``.
+
+        ``fields`` are ``Request`` fields and win over ``request``'s. Returns the ``Response`` (``text``, ``usage``
+        in tokens, ``json`` for structured output, ``messages`` for the next turn). With ``stream=True`` the
+        answer is streamed and assembled; a failed attempt is retried ``max_retries`` times (default 2) on 429,
+        500, 502-504 and connection errors (``qwenvl.retry``).
+
+        Raises UsageError (invalid fields), MediaError (media that cannot be sent; before any request),
+        MissingAPIKeyError (no key), AuthenticationError / PermissionDeniedError (401 / 403), BadRequestError
+        (400), NotFoundError (404), RateLimitError (429, after the retries), InternalServerError (5xx, after the
+        retries), APIConnectionError / APITimeoutError (no answer within ``timeout_s``, after the retries),
+        MalformedResponseError (an unreadable reply), StreamInterruptedError (a stream broken midway), and
+        StructuredOutputError (``json_mode``/``schema``: the answer is not valid JSON even after one repair
+        request, or ``repair=False``; the answer is in ``.response``)."""
         call = self.plan(request, **fields)
         return self.send(call)
 
     def send(self, call: Call) -> Response:
-        """Send a planned call; with ``stream=True`` in the request the answer is streamed and assembled."""
+        """Send a planned call; with ``stream=True`` in the request the answer is streamed and assembled.
+
+        Structured output (``json_mode``/``schema``) is parsed and checked; an invalid answer is sent back once
+        for repair (a second paid request) unless ``repair=False``. With ``Client(cache=...)`` an identical call
+        is answered from the cache (``Response.cached``). Every call is written to the usage log.
+
+        Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
+        subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``)."""
         if call.request.stream:
             return assembled(self.send_stream(call))
         first, retry = _check(call, self._complete(call))
@@ -325,10 +411,22 @@ class Client(_Base):
             raise
 
     def stream(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Iterator[StreamEvent]:
+        """Plan a request and stream its answer: ``StreamEvent``s of type ``"reasoning"`` and ``"text"`` (deltas,
+        in order), then one ``"done"`` event whose ``response`` is the whole ``Response`` (as ``complete``).
+
+        The request is planned (and planning errors raised) now; nothing is sent until the iterator is read.
+        Raises what ``plan`` raises now, then while iterating what ``send_stream`` raises."""
         call = self.plan(request, **fields)
         return self.send_stream(call)
 
     def send_stream(self, call: Call) -> Iterator[StreamEvent]:
+        """Stream a planned call: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
+        whole ``Response`` (structured output checked and, if need be, repaired as in ``send``). Never cached.
+
+        A failure before the first delta is retried as in ``send``; once text has arrived it is not.
+        Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
+        subclasses, StreamInterruptedError (the stream broke midway; ``.partial_text`` keeps what arrived),
+        StructuredOutputError."""
         ex, backend = exchange.begin(self, call, stream=True), self.backend
         try:
             for event in backend.stream(call):
@@ -345,7 +443,11 @@ class Client(_Base):
             raise
 
     def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
-        """One question about zero or more images: ``client.ask("What is this?", "a.jpg", "b.png")``."""
+        """One question about zero or more images: ``client.ask("What is this?", "a.jpg", "b.png")``.
+
+        Images are paths, ``file://``, ``data:``, ``http(s)://`` or ``oss://`` references; ``fields`` are any
+        other ``Request`` fields. Same as ``complete(prompt=prompt, images=[...], **fields)``, and raises what
+        ``complete`` raises (UsageError, MediaError, APIError and its subclasses, StructuredOutputError)."""
         return self.complete(prompt=prompt, images=list(images), **fields)
 
 
@@ -354,10 +456,21 @@ class AsyncClient(_Base):
 
     Media are prepared in a worker thread (``asyncio.to_thread``: decoding, resizing and encoding, video
     sampling, PDF rendering and ``fetch_urls`` downloads), so the event loop keeps running meanwhile; the
-    heavy parts (Pillow, PyAV, pdfium) release the GIL. ``plan()`` itself stays synchronous."""
+    heavy parts (Pillow, PyAV, pdfium) release the GIL. ``plan()`` itself stays synchronous.
+
+    ``AsyncClient(**options)``: the options of ``Client`` (``http_client`` is then an ``httpx.AsyncClient``). Use
+    ``async with``, or ``await aclose()``, to close its connections.
+
+    Raises UsageError for an unknown protocol, region or backend name; a missing key is raised by the first
+    request (MissingAPIKeyError)."""
 
     @property
     def backend(self) -> AsyncBackend:
+        """The asynchronous backend that answers, made on first use (``AsyncDashScopeBackend`` unless another
+        backend was chosen).
+
+        Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
+        ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
         if self._backend is None:
             if self.is_local:
                 from qwenvl.backends import make_backend
@@ -383,6 +496,7 @@ class AsyncClient(_Base):
         return self._backend or await asyncio.to_thread(lambda: self.backend)
 
     async def aclose(self) -> None:
+        """Close the backend's connections (a no-op when no request was made). Raises nothing."""
         if self._backend is not None:
             await self._backend.aclose()
 
@@ -393,10 +507,18 @@ class AsyncClient(_Base):
         await self.aclose()
 
     async def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+        """``Client.complete``, awaited: plan (in a worker thread) and send one request; returns the ``Response``.
+
+        Raises what ``Client.complete`` raises: UsageError, MediaError, MissingAPIKeyError, APIError and its
+        subclasses (after the retries: 429, 500, 502-504, connection errors), StructuredOutputError."""
         call = await asyncio.to_thread(self.plan, request, **fields)
         return await self.send(call)
 
     async def send(self, call: Call) -> Response:
+        """``Client.send``, awaited: send a planned call (streamed and assembled with ``stream=True``).
+
+        Raises UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its subclasses,
+        StructuredOutputError (as ``Client.send``)."""
         if call.request.stream:
             return await aassembled(self.send_stream(call))
         first, retry = _check(call, await self._complete(call))
@@ -418,11 +540,20 @@ class AsyncClient(_Base):
     async def stream(
         self, request: Request | dict[str, Any] | None = None, /, **fields: Any
     ) -> AsyncIterator[StreamEvent]:
+        """``Client.stream``, async: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
+        ``Response``. Planned when iteration starts (in a worker thread).
+
+        Raises (while iterating) what ``plan`` and ``send_stream`` raise: UsageError, MediaError,
+        MissingAPIKeyError, APIError and its subclasses, StreamInterruptedError, StructuredOutputError."""
         call = await asyncio.to_thread(self.plan, request, **fields)
         async for event in self.send_stream(call):
             yield event
 
     async def send_stream(self, call: Call) -> AsyncIterator[StreamEvent]:
+        """``Client.send_stream``, async: delta events, then one ``"done"`` event with the whole ``Response``.
+
+        Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
+        subclasses, StreamInterruptedError (``.partial_text`` keeps what arrived), StructuredOutputError."""
         ex, backend = exchange.begin(self, call, stream=True), await self._ready()
         try:
             async for event in backend.stream(call):
@@ -439,4 +570,8 @@ class AsyncClient(_Base):
             raise
 
     async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
+        """``Client.ask``, awaited: one question about zero or more images (paths or URLs).
+
+        Raises what ``complete`` raises (UsageError, MediaError, APIError and its subclasses,
+        StructuredOutputError)."""
         return await self.complete(prompt=prompt, images=list(images), **fields)

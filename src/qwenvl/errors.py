@@ -32,7 +32,11 @@ EXIT_SERVICE = 5
 
 
 class QwenVLError(Exception):
-    """Base of every error qwenvl raises on purpose."""
+    """Base of every error qwenvl raises on purpose: catch it to handle them all.
+
+    Raised only as one of the subclasses below. ``.message`` is the one-line message (``str(exc)``), ``.hint``
+    a suggestion for the user (or None), ``.exit_code`` the CLI's exit code (2 usage, 3 input, 4 auth,
+    5 service)."""
 
     exit_code = EXIT_SERVICE
     default_hint: str | None = None
@@ -47,15 +51,25 @@ class QwenVLError(Exception):
 
 
 class UsageError(QwenVLError):
+    """Raised for bad arguments or request fields, before anything is sent: an invalid ``Request`` field (through
+    ``Client``), an unknown protocol, region, backend or model option, an ability the model lacks (e.g.
+    high-resolution images on QVQ), or sending a call planned with ``estimate_only``. CLI exit code 2."""
+
     exit_code = EXIT_USAGE
 
 
 class SchemaDefinitionError(UsageError):
+    """Raised when a ``schema`` is not valid JSON Schema (draft 2020-12, checked with ``jsonschema``) or its file
+    cannot be read or parsed; before anything is sent. CLI exit code 2."""
+
     default_hint = "Check the schema with a JSON Schema validator (draft 2020-12)."
 
 
 class MediaError(QwenVLError):
-    """An image, video or document that cannot be sent; raised before any request."""
+    """Raised for an image, video or document that cannot be sent, before any request (nothing is paid): a
+    missing or unreadable file, an unknown or unsupported format, an image side of 10 px or less or an aspect
+    ratio over 200:1, a file over its size limit (10 MB an image as sent; ``qwenvl.models``), a PDF page out of
+    range, a URL that cannot be fetched (``fetch_urls``). ``.source`` names the file or URL. CLI exit code 3."""
 
     exit_code = EXIT_INPUT
 
@@ -65,6 +79,10 @@ class MediaError(QwenVLError):
 
 
 class APIError(QwenVLError):
+    """Raised (as one of its subclasses) when the service or the network fails a request, after the retries
+    (``qwenvl.retry``: 429, 500, 502-504, connection errors and time-outs are retried ``max_retries`` times).
+    ``.request_id`` is the service's id when it gave one. CLI exit code 5."""
+
     exit_code = EXIT_SERVICE
 
     def __init__(
@@ -79,14 +97,27 @@ class APIError(QwenVLError):
 
 
 class APIConnectionError(APIError):
+    """Raised when no answer could be had: connection refused or reset, DNS failure, TLS error; after the
+    retries. CLI exit code 5."""
+
     default_hint = "Check the network and the base URL (--base-url, --region); the service did not answer."
 
 
 class APITimeoutError(APIConnectionError):
+    """Raised when an attempt takes longer than the request's ``timeout_s`` (seconds, default 120; for a stream,
+    the wait for an event), after the retries (``qwenvl.transport``). CLI exit code 5."""
+
     default_hint = "The service took too long; raise the time-out (--timeout) or retry later."
 
 
 class APIStatusError(APIError):
+    """Raised for an HTTP error status (or the same error as the first event of a stream), as the subclass for
+    that status (``status_error``); this class itself for a status with no subclass (e.g. 409, 413).
+
+    ``.status`` (the HTTP status), ``.code`` (the service's error code, e.g. ``invalid_parameter_error``),
+    ``.request_id``, ``.body`` (the parsed error body), ``.retry_after`` (seconds, from ``Retry-After``, or
+    None). CLI exit code 5 unless a subclass says otherwise."""
+
     status: int = 0
 
     def __init__(
@@ -119,15 +150,25 @@ class APIStatusError(APIError):
 
 
 class BadRequestError(APIStatusError):
+    """Raised for HTTP 400: the service refused the request (a parameter, the model name, an image it cannot
+    read, context too long). Not retried. CLI exit code 5."""
+
     default_hint = "The service rejected the request: check the model name, parameters and images."
 
 
 class AuthenticationError(APIStatusError):
+    """Raised for HTTP 401: the key is wrong, or belongs to another region (Beijing and Singapore keys differ,
+    reference/dashscope-api.md §2.5). Not retried. CLI exit code 4."""
+
     exit_code = EXIT_AUTH
     default_hint = "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
 
 
 class MissingAPIKeyError(AuthenticationError):
+    """Raised by the first request that needs DashScope when no key is found (the argument,
+    ``$DASHSCOPE_API_KEY``, ``./.env``, ``~/.alibabacloud/credentials``, ``~/.dashscope/api_key``); nothing was
+    sent. ``.status`` is 0; the hint says where to put a key. CLI exit code 4."""
+
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, status=0, hint=hint)
 
@@ -136,23 +177,38 @@ class MissingAPIKeyError(AuthenticationError):
 
 
 class PermissionDeniedError(APIStatusError):
+    """Raised for HTTP 403: the key may not use this model or workspace. Not retried. CLI exit code 4."""
+
     exit_code = EXIT_AUTH
     default_hint = "The key has no access to this model or workspace; check the model's authorization."
 
 
 class NotFoundError(APIStatusError):
+    """Raised for HTTP 404: an unknown model or a wrong base URL. Not retried. CLI exit code 5."""
+
     default_hint = "Check the model name and the base URL."
 
 
 class RateLimitError(APIStatusError):
+    """Raised for HTTP 429 (rate limit or quota) after the retries, or at once when ``Retry-After`` asks for a
+    wait over 20 s (``qwenvl.retry.MAX_RETRY_AFTER_S``; the hint says when to try again). CLI exit code 5."""
+
     default_hint = "Rate limit or quota reached: retry later, lower concurrency, or raise --max-retries."
 
 
 class InternalServerError(APIStatusError):
+    """Raised for HTTP 5xx after the retries (500, 502, 503 and 504 are retried; others are not). CLI exit
+    code 5."""
+
     default_hint = "The service failed; retry later (qwenvl already retried with backoff)."
 
 
 class StreamInterruptedError(APIError):
+    """Raised when a stream breaks after content arrived (a dropped connection, an error event midway, a stall
+    longer than ``timeout_s``, an end without the final event); not retried, since that would pay twice.
+    ``.partial_text`` and ``.partial_reasoning`` keep what arrived, ``.code`` the service's error code if it
+    sent one. CLI exit code 5."""
+
     default_hint = "The stream broke before the answer was complete; the partial text is kept."
 
     def __init__(
@@ -171,10 +227,18 @@ class StreamInterruptedError(APIError):
 
 
 class MalformedResponseError(APIError):
+    """Raised when a reply cannot be read as the protocol's response: not JSON, missing fields, an HTML page from
+    a proxy, a backend's stream without its ``done`` event. CLI exit code 5."""
+
     default_hint = "The server's reply was not a DashScope response: check --base-url and any proxy."
 
 
 class StructuredOutputError(QwenVLError):
+    """Raised with ``json_mode``/``schema`` when the answer is not valid JSON (for the schema): after the one
+    repair request, at once with ``repair=False``, or when the answer was cut off at ``max_tokens`` (no repair:
+    it would be cut off again). ``.raw_text`` is the answer, ``.errors`` what is wrong (one line each),
+    ``.response`` the whole ``Response`` (usage included: it was paid). CLI exit code 5."""
+
     default_hint = "The model's answer is kept (shown, and in the error); loosen the schema or rephrase the prompt."
 
     def __init__(
@@ -202,12 +266,15 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
 
 
 def status_error(status: int, message: str, **kw: Any) -> APIStatusError:
-    """The one mapping from an HTTP status to an exception class."""
+    """The one mapping from an HTTP status to an exception class: 400 BadRequestError, 401 AuthenticationError,
+    403 PermissionDeniedError, 404 NotFoundError, 429 RateLimitError, 5xx InternalServerError, else
+    APIStatusError. Returns the error (it raises nothing itself); ``kw`` are APIStatusError's keywords."""
     cls = _STATUS_CLASSES.get(status) or (InternalServerError if status >= 500 else APIStatusError)
     return cls(message, status=status, **kw)
 
 
 def exit_code_for(exc: BaseException) -> int:
+    """The CLI exit code for an exception: its ``exit_code`` for a QwenVLError, else 5. Raises nothing."""
     if isinstance(exc, QwenVLError):
         return exc.exit_code
     return EXIT_SERVICE
@@ -221,14 +288,15 @@ _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 def printable(text: str) -> str:
     """``text`` as one line that is safe to print on a terminal: escape sequences and control characters
-    removed, runs of white space (newlines, tabs) made one space. For every string the service provides."""
+    removed, runs of white space (newlines, tabs) made one space. For every string the service provides.
+    Raises nothing."""
     text = _ESCAPES.sub("", text)
     text = _CONTROLS.sub(lambda m: " " if m.group() in "\t\n\r\x0b\x0c" else "", text)
     return " ".join(text.split())
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Remove a secret (the API key) from text that may be shown to the user."""
+    """Remove a secret (the API key) from text that may be shown to the user. Raises nothing."""
     if secret and len(secret) >= 4 and secret in text:
         return text.replace(secret, "***")
     return text

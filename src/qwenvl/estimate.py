@@ -16,6 +16,7 @@ from typing import Any
 
 from qwenvl.backends.family import family_model
 from qwenvl.errors import QwenVLError, UsageError
+from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
 from qwenvl.models import currency_of, model_info, price_for
@@ -28,7 +29,7 @@ def estimate_files(
     *,
     fast: bool = False,
     region: str | None = None,
-    client: Any = None,
+    client: SupportsEstimate | None = None,
     family: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
@@ -42,8 +43,13 @@ def estimate_files(
     fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot be sent (the others go on).
     The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus; a local
     ``client`` (``--backend openai|transformers``) gives its model's own rules, and ``family`` (qwen2.5-vl,
-    qwen3-vl) the rules of a model whose name does not say. Raises
-    ``UsageError`` for invalid options or when no file is found.
+    qwen3-vl) the rules of a model whose name does not say. ``client`` is a ``Client`` or anything with the
+    members of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in Beijing, USD
+    elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``); costs are
+    in the currency's units, rounded to 10 significant digits.
+
+    Raises ``UsageError`` for invalid options or an unknown region, or when no file is found; a file that
+    cannot be sent is a row with ``error`` instead (MediaError is never raised for it).
     """
     from qwenvl.batch.inputs import expand_inputs
     from qwenvl.client import Client

@@ -66,6 +66,9 @@ class PriceTier:
     output: float  # per 1M output tokens
 
     def label(self, low: int) -> str:
+        """The tier's range in K tokens (1K = 1024): ``"≤32K"``, ``"32K-128K"``, ``">128K"``, or ``"any"`` for a
+        flat price; ``low`` is the previous tier's bound (0 for the first). Raises nothing."""
+
         def k(n: int) -> str:
             return f"{n // 1024}K"
 
@@ -82,6 +85,7 @@ class Prices:
     usd: tuple[PriceTier, ...] = ()
 
     def tiers(self, currency: str) -> tuple[PriceTier, ...]:
+        """The tiers in ``currency`` (``"CNY"``; anything else means USD), lowest first. Raises nothing."""
         return self.cny if currency == "CNY" else self.usd
 
 
@@ -104,12 +108,20 @@ class Price:
     tiers: int = 1  # how many tiers the model has in this currency
 
     def cost(self, input_tokens: int, output_tokens: int = 0) -> float:
+        """The cost of that many tokens at this tier, in ``currency`` (prices are per 1M tokens). Raises nothing."""
         return (input_tokens * self.input + output_tokens * self.output) / PRICE_UNIT_TOKENS
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What qwenvl needs to know about one model."""
+    """What qwenvl needs to know about one model: one row of the table below (sources in the comments there and
+    in this module's docstring), from ``model_info(name)``.
+
+    Units: ``factor`` is pixels per token side (32 or 28: one token per factor × factor pixels, [billing]);
+    ``image_tokens``, ``low_detail_tokens``, ``min_image_tokens``, ``context_tokens``, ``max_output_tokens``,
+    ``video_frame_tokens`` and ``video_total_tokens`` are tokens; ``video_url_max_bytes`` is bytes; prices are
+    per 1M tokens (``prices``). ``known`` is False for a name the table does not list (its rules are guessed
+    from the name). Frozen; building one by hand raises nothing (the dataclass checks nothing)."""
 
     name: str
     family: str  # "qwen3-vl" | "qwen2.5-vl" | "qvq" | "qwen-vl-ocr"
@@ -138,22 +150,28 @@ class ModelInfo:
 
     @property
     def pixels_per_token(self) -> int:
+        """Pixels one image token covers: ``factor`` squared (1024 for 32 px, 784 for 28 px) [billing]."""
         return self.factor * self.factor
 
     @property
     def default_max_pixels(self) -> int:
+        """The default per-image pixel budget (``image_tokens`` × ``pixels_per_token``), e.g. 2,621,440 for
+        Qwen3-VL (2560 tokens × 32 × 32)."""
         return self.image_tokens * self.pixels_per_token
 
     @property
     def min_pixels(self) -> int:
+        """The fewest pixels an image is scaled to (``min_image_tokens`` tokens, 4 for most models) [billing]."""
         return self.min_image_tokens * self.pixels_per_token
 
     @property
     def high_res_max_pixels(self) -> int:
+        """The per-image pixel cap with ``vl_high_resolution_images``: 16384 tokens' worth [billing]."""
         return HIGH_RES_IMAGE_TOKENS * self.pixels_per_token
 
     @property
     def has_price(self) -> bool:
+        """True when the table has a price for the model in at least one currency."""
         return bool(self.prices.cny or self.prices.usd)
 
 
@@ -364,7 +382,8 @@ def model_info(name: str) -> ModelInfo:
     (``qwen3-vl-plus-2026-01-02``) takes the alias's rules but counts as unknown; anything else is classified
     from the name (the family decides the pixel rule) with no price. Unknown names are returned with
     ``known=False`` and logged once per name on the ``qwenvl`` logger (the CLI prints it as a one-line
-    warning; see ``guess_warning``).
+    warning; see ``guess_warning``). ``Qwen/...`` Hugging Face ids of the open models are looked up without the
+    prefix. Raises nothing: every name gets rules.
     """
     key = name.strip().lower()
     if key.startswith("qwen/"):  # Hugging Face ids of the open models, e.g. Qwen/Qwen2.5-VL-7B-Instruct
@@ -417,7 +436,7 @@ _WARNED: set[str] = set()
 
 
 def guess_warning(info: ModelInfo) -> str | None:
-    """The one-line warning for a model the table does not know (None for a known one)."""
+    """The one-line warning for a model the table does not know (None for a known one). Raises nothing."""
     if info.known:
         return None
     priced = "" if info.has_price else "; cost unknown"
@@ -438,7 +457,8 @@ def _warned(info: ModelInfo) -> ModelInfo:
 
 
 def currency_of(region: str | None) -> Currency:
-    """The billing currency of a region (None: ``$QWENVL_REGION``, else ``cn``): CNY in Beijing, USD elsewhere."""
+    """The billing currency of a region (None: ``$QWENVL_REGION``, else ``cn``): CNY in Beijing, USD elsewhere
+    [issue10]. Raises UsageError for an unknown region."""
     from qwenvl.config import effective_region
 
     return REGION_CURRENCY[effective_region(region)]
@@ -447,7 +467,8 @@ def currency_of(region: str | None) -> Currency:
 def price_for(model: ModelInfo | str, input_tokens: int, *, region: str | None = None) -> Price | None:
     """The price a request with ``input_tokens`` input tokens pays in ``region``: the tier its input length
     falls in (the whole request is billed at that tier). An input longer than the last tier's bound gets the
-    last tier. None when the table has no price in that region's currency."""
+    last tier. None when the table has no price in that region's currency. Raises UsageError for an unknown
+    region."""
     info = model_info(model) if isinstance(model, str) else model
     currency = currency_of(region)
     tiers = info.prices.tiers(currency)
@@ -472,7 +493,8 @@ def estimate_cost(
     """Estimated cost of one request, in ``currency_of(region)`` (CNY when no region is given).
 
     The request's input length picks the tier (``price_for``). ``factor`` scales it (0.5 for the Batch API).
-    None when the model, the input tokens or the price in that currency is unknown."""
+    None when the model, the input tokens or the price in that currency is unknown. Raises UsageError for an
+    unknown region."""
     if model is None or input_tokens is None:
         return None
     price = price_for(model, input_tokens, region=region)
@@ -483,7 +505,7 @@ def estimate_cost(
 
 def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:
     """``¥0.0018`` / ``$0.0003`` ("unknown" for None); amounts of 1 or more get 2 decimals, amounts too small for
-    ``digits`` decimals two significant digits (``$0.000031``, never a misleading ``$0.0000``)."""
+    ``digits`` decimals two significant digits (``$0.000031``, never a misleading ``$0.0000``). Raises nothing."""
     if amount is None:
         return "unknown"
     symbol = CURRENCY_SYMBOL.get(currency, currency + " ")
@@ -495,7 +517,7 @@ def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:
 
 
 def format_price(value: float, currency: str) -> str:
-    """A per-1M price: ``¥1.5``, ``$0.075``."""
+    """A per-1M price: ``¥1.5``, ``$0.075``. Raises nothing."""
     return f"{CURRENCY_SYMBOL.get(currency, currency + ' ')}{value:g}"
 
 
@@ -503,7 +525,7 @@ def describe(info: ModelInfo, region: str | None = None) -> dict:
     """Everything the table says about one model, as plain data (``qwenvl models --json``).
 
     Prices are per 1M tokens in ``currency_of(region)``, one entry per input tier (``input_up_to`` None = no
-    bound); an empty list means no known price in that currency."""
+    bound); an empty list means no known price in that currency. Raises UsageError for an unknown region."""
     currency = currency_of(region)
     tiers = []
     low = 0
@@ -550,7 +572,8 @@ def describe(info: ModelInfo, region: str | None = None) -> dict:
 
 
 def temp_storage_available(region: str | None) -> bool:
-    """Whether DashScope's temporary storage (oss:// uploads) exists in ``region`` (Beijing only)."""
+    """Whether DashScope's temporary storage (oss:// uploads) exists in ``region`` (Beijing only [tempstore]).
+    Raises UsageError for an unknown region."""
     from qwenvl.config import effective_region
 
     return effective_region(region) in TEMP_STORAGE_REGIONS

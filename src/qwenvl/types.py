@@ -1,7 +1,10 @@
 """The normalized request, message and response models, the same for every protocol and backend.
 
 Field names follow the skill's `multimodal.chat` interface (prompt, image, model, max_tokens, temperature,
-detail, json_mode, schema, max_retries, retry_backoff_s) and add what the service offers on top.
+detail, json_mode, schema, max_retries, retry_backoff_s), with its defaults (reference/dashscope-api.md §1.2),
+and add what the service offers on top. Every model refuses unknown fields and values of the wrong type
+(``strict``): constructing one raises ``pydantic.ValidationError``; ``Client`` turns that into a one-line
+``UsageError``.
 """
 
 from __future__ import annotations
@@ -28,13 +31,22 @@ Detail = Literal["auto", "low", "high"]
 
 
 class TextPart(BaseModel):
+    """Text in a message's content: ``TextPart(text="What is this?")``.
+
+    Raises pydantic.ValidationError when ``text`` is not a string or another field is given."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"] = "text"
     text: str
 
 
 class ImagePart(BaseModel):
-    """An image: an http(s) URL, a local path, ``file://``, ``data:`` or ``oss://`` reference."""
+    """An image: an http(s) URL, a local path, ``file://``, ``data:`` or ``oss://`` reference.
+
+    ``min_pixels``/``max_pixels`` (pixels, width × height) bound this image's size as the model sees it, instead
+    of the request's (DashScope puts them beside the image, reference/dashscope-api.md §2.1, §3).
+    Raises pydantic.ValidationError for a missing ``image``, a wrong type or an unknown field; the reference is
+    checked when the request is planned (MediaError)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["image"] = "image"
@@ -44,7 +56,13 @@ class ImagePart(BaseModel):
 
 
 class VideoPart(BaseModel):
-    """A video: a file or URL (str), or a list of frame images (sampled in order)."""
+    """A video: a file or URL (str), or a list of frame images (sampled in order).
+
+    ``fps``: frames per second to sample a video file at, or the rate a frame list was taken at (default: the
+    request's ``fps``, else 2.0, the billing page's ``FPS``, reference/dashscope-api.md §4.2).
+    ``min_pixels``/``max_pixels`` (pixels per frame) bound each frame. Raises pydantic.ValidationError for a
+    missing ``video``, a wrong type or an unknown field; the files are checked when the request is planned
+    (MediaError)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["video"] = "video"
@@ -79,6 +97,13 @@ def _coerce_part(item: Any) -> Any:
 
 
 class Message(BaseModel):
+    """One turn of a conversation: ``role`` (system, user, assistant, tool) and ``content``, a string or a list
+    of ``TextPart``/``ImagePart``/``VideoPart`` (OpenAI-style ``image_url``/``video_url`` parts and DashScope's
+    ``{"image": ...}`` items are accepted and converted). An assistant turn may carry ``reasoning`` (its
+    thinking, kept but never sent back) and ``tool_calls``; a tool turn ``tool_call_id`` and ``name``.
+
+    Raises pydantic.ValidationError for an unknown role, part or field, or a value of the wrong type."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Role
     content: str | list[TextPart | ImagePart | VideoPart] = ""
@@ -95,11 +120,13 @@ class Message(BaseModel):
         return value
 
     def text(self) -> str:
+        """The text of the content: the string, or its text parts joined (media left out). Raises nothing."""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
     def media(self) -> list[ImagePart | VideoPart]:
+        """The image and video parts of the content, in order ([] for a string). Raises nothing."""
         if isinstance(self.content, str):
             return []
         return [p for p in self.content if not isinstance(p, TextPart)]
@@ -110,48 +137,205 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
 
     class Request(BaseModel):
-        """One question about images or video. Unknown fields are refused: use ``extra`` to pass through."""
+        """One question about images or video. Unknown fields are refused: use ``extra`` to pass through.
+
+        Each field's description (``Request.model_fields[name].description``, also in the JSON schema) gives
+        its unit, default and source. ``schema`` may be given as a dict, a JSON Schema file path or a pydantic
+        model class (``timeout`` is accepted for ``timeout_s``).
+
+        Raises pydantic.ValidationError for an unknown field, a value of the wrong type or out of range, a blank
+        prompt, no prompt and no history, ``min_pixels`` above ``max_pixels``, or structured output with
+        ``enable_thinking``; SchemaDefinitionError for a ``schema`` file that cannot be read or a
+        ``schema`` that is not valid JSON Schema. ``Client`` methods raise UsageError instead of ValidationError.
+        """
 
         model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
-        prompt: str | None = None
-        image: str | list[str] | None = None
-        images: list[str] = Field(default_factory=list)
-        video: str | list[str] | None = None
-        fps: float | None = Field(default=None, gt=0)
-        pages: str | None = None  # PDF pages to send, e.g. "1-3,5" or "7-" (all when None)
-        model: str = DEFAULT_MODEL
-        max_tokens: int = Field(default=512, ge=1)
-        temperature: float = Field(default=0.2, ge=0, lt=2)
-        top_p: float | None = Field(default=None, gt=0, le=1)
-        top_k: int | None = Field(default=None, ge=0)
-        seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-        stop: str | list[str] | None = None
-        detail: Detail = "auto"
-        json_mode: bool = False
-        schema: dict[str, Any] | None = None  # type: ignore[assignment]  # the skill's name; shadows BaseModel.schema
-        # structured output: an invalid answer is sent back once to be corrected (a second paid request);
-        # False: one request only, and StructuredOutputError (with .response) when the answer is invalid
-        repair: bool = True
-        system: str | None = None
-        messages: list[Message] = Field(default_factory=list)
-        stream: bool = False
-        enable_thinking: bool | None = None
-        thinking_budget: int | None = Field(default=None, ge=1)
-        tools: list[dict[str, Any]] | None = None  # function definitions [{"type": "function", "function": {...}}]
-        tool_choice: str | dict[str, Any] | None = None  # "auto" | "none" | "required" | {"type": "function", ...}
-        vl_high_resolution_images: bool | None = None
-        min_pixels: int | None = Field(default=None, ge=1)
-        max_pixels: int | None = Field(default=None, ge=1)
-        max_retries: int = Field(default=2, ge=0, le=20)
-        retry_backoff_s: float = Field(default=1.5, ge=0, le=600)
-        timeout_s: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("timeout_s", "timeout"))
-        base_url: str | None = None
-        prepare: bool = True  # check and prepare media to the model's budget (False: send files as they are)
-        upload: Literal["auto", "inline", "oss"] = "auto"  # local files via DashScope's temporary storage
-        fetch_urls: bool = False  # download remote images (time-out, size cap, few redirects) and prepare them
-        video_as: Literal["frames", "file"] = "frames"  # a local video: sampled here, or sent whole (native upload)
-        extra: dict[str, Any] = Field(default_factory=dict)  # other service parameters, passed through
+        prompt: str | None = Field(
+            default=None,
+            description="The question or instruction (required unless `messages` ends in a user turn; not blank).",
+        )
+        image: str | list[str] | None = Field(
+            default=None,
+            description="An image or list of images: a local path, file://, data:, http(s):// or oss:// reference "
+            "(the skill's field). A PDF gives one image per page (see `pages`).",
+        )
+        images: list[str] = Field(
+            default_factory=list, description="More images, sent after `image`, in order (default: none)."
+        )
+        video: str | list[str] | None = Field(
+            default=None,
+            description="A video file or URL, or a list of frame images in order (sampled at `fps`, "
+            "reference/dashscope-api.md §4.2).",
+        )
+        fps: float | None = Field(
+            default=None,
+            gt=0,
+            description="Frames per second sampled from a video (default 2.0, the billing page's FPS; "
+            "reference/dashscope-api.md §4.2), or the rate a frame list was taken at.",
+        )
+        pages: str | None = Field(
+            default=None,
+            description='PDF pages to send, 1-based, e.g. "1-3,5" or "7-" (to the end); default: every page.',
+        )
+        model: str = Field(
+            default=DEFAULT_MODEL,
+            description="The model name (default qwen3-vl-plus, the skill's default; the client's `model` or "
+            "$QWENVL_MODEL first). Its rules come from qwenvl.models.",
+        )
+        max_tokens: int = Field(
+            default=512,
+            ge=1,
+            description="The most tokens the answer may have (default 512, the skill's default; the model's "
+            "own limit is in qwenvl.models). An answer cut off here has finish_reason 'length'.",
+        )
+        temperature: float = Field(
+            default=0.2,
+            ge=0,
+            lt=2,
+            description="Sampling temperature in [0, 2) (default 0.2, the skill's default; range from the "
+            "DashScope SDK, reference/dashscope-api.md §2.1). Lower is more deterministic.",
+        )
+        top_p: float | None = Field(
+            default=None,
+            gt=0,
+            le=1,
+            description="Nucleus sampling probability in (0, 1] (default: the service's; SDK range, §2.1).",
+        )
+        top_k: int | None = Field(
+            default=None, ge=0, description="Sample from the k most likely tokens (default: the service's)."
+        )
+        seed: int | None = Field(
+            default=None,
+            ge=0,
+            le=2**31 - 1,
+            description="Random seed in [0, 2**31 - 1] for repeatable sampling (reference/dashscope-api.md §3).",
+        )
+        stop: str | list[str] | None = Field(
+            default=None, description="A string, or strings, that end the answer when generated (not included)."
+        )
+        detail: Detail = Field(
+            default="auto",
+            description="Image detail (the skill's field): 'auto' (the model's default budget), 'low' (a quarter "
+            "of it, qwenvl's rule: fewer tokens) or 'high' (vl_high_resolution_images: up to 16384 tokens per "
+            "image, reference/dashscope-api.md §4.1).",
+        )
+        json_mode: bool = Field(
+            default=False,
+            description="Ask for a JSON answer (response_format json_object) and parse it into Response.json; "
+            "an answer that is not JSON is sent back once for repair (see `repair`).",
+        )
+        schema: dict[str, Any] | None = Field(  # type: ignore[assignment]  # the skill's name; shadows BaseModel.schema
+            default=None,
+            description="A JSON Schema (a dict, a schema file's path, or a pydantic model class) the answer "
+            "must be valid for; implies JSON output. Needs enable_thinking off (Qwen3-VL: structured output in "
+            "non-thinking mode only, reference/dashscope-api.md §3).",
+        )
+        repair: bool = Field(
+            default=True,
+            description="Structured output: an invalid answer is sent back once to be corrected (a second paid "
+            "request). False: one request only, and StructuredOutputError (with .response) when it is invalid.",
+        )
+        system: str | None = Field(
+            default=None,
+            description="A system prompt, put first (ignored when `messages` already begins with one).",
+        )
+        messages: list[Message] = Field(
+            default_factory=list,
+            description="The conversation so far (e.g. a previous Response.messages); the new turn is appended.",
+        )
+        stream: bool = Field(
+            default=False,
+            description="Stream the answer. Client.complete still returns the whole Response; Client.stream "
+            "gives the deltas.",
+        )
+        enable_thinking: bool | None = Field(
+            default=None,
+            description="Thinking mode on or off for models that have it (default: the model's own; "
+            "ModelInfo.thinking). The thinking arrives in Response.reasoning.",
+        )
+        thinking_budget: int | None = Field(
+            default=None,
+            ge=1,
+            description="The most tokens the thinking may use (must be below max_tokens, reference/"
+            "dashscope-api.md §2.4).",
+        )
+        tools: list[dict[str, Any]] | None = Field(
+            default=None,
+            description='Function definitions, [{"type": "function", "function": {"name", "description", '
+            '"parameters"}}] (OpenAI\'s form); calls come back in Response.tool_calls.',
+        )
+        tool_choice: str | dict[str, Any] | None = Field(
+            default=None,
+            description='"auto", "none", "required" or {"type": "function", "function": {"name": ...}}.',
+        )
+        vl_high_resolution_images: bool | None = Field(
+            default=None,
+            description="DashScope's high-resolution switch: up to 16384 tokens per image instead of the "
+            "model's default budget, and max_pixels ignored (reference/dashscope-api.md §4.1). Default: off, "
+            "or on with detail='high'.",
+        )
+        min_pixels: int | None = Field(
+            default=None,
+            ge=1,
+            description="The fewest pixels (width × height) an image is sent with; smaller ones are enlarged "
+            "(default: the model's 4-token minimum, qwenvl.models).",
+        )
+        max_pixels: int | None = Field(
+            default=None,
+            ge=1,
+            description="The most pixels (width × height) an image is sent with; larger ones are shrunk, "
+            "keeping the aspect ratio (default: the model's budget, e.g. 2560 tokens × 32 × 32 px for Qwen3-VL; "
+            "qwenvl.models).",
+        )
+        max_retries: int = Field(
+            default=2,
+            ge=0,
+            le=20,
+            description="Retries after a failed attempt on 429, 500, 502-504, connection errors and time-outs "
+            "(default 2, the skill's default; policy in qwenvl.retry).",
+        )
+        retry_backoff_s: float = Field(
+            default=1.5,
+            ge=0,
+            le=600,
+            description="Seconds: the base of the exponential wait between retries, backoff × 2**n with jitter, "
+            "at most 20 s (default 1.5, the skill's default; qwenvl.retry).",
+        )
+        timeout_s: float = Field(
+            default=120.0,
+            gt=0,
+            validation_alias=AliasChoices("timeout_s", "timeout"),
+            description="Seconds an attempt may take (a stream: the wait for each event); also accepted as "
+            "`timeout` (default 120; qwenvl.transport).",
+        )
+        base_url: str | None = Field(
+            default=None, description="The endpoint for this request only (default: the client's)."
+        )
+        prepare: bool = Field(
+            default=True,
+            description="Check and prepare media to the model's budget (resize, encode, sample frames). False: "
+            "send files as they are.",
+        )
+        upload: Literal["auto", "inline", "oss"] = Field(
+            default="auto",
+            description="Local files through DashScope's temporary storage (native protocol, Beijing only): "
+            "'inline' never, 'oss' always, 'auto' only what does not fit inline (qwenvl.backends.oss).",
+        )
+        fetch_urls: bool = Field(
+            default=False,
+            description="Download remote images (with a time-out, a size cap and few redirects) and prepare "
+            "them like local files, instead of sending the URL.",
+        )
+        video_as: Literal["frames", "file"] = Field(
+            default="frames",
+            description="A local video: 'frames' (sampled here at `fps`) or 'file' (sent whole through "
+            "temporary storage; native protocol, Beijing only).",
+        )
+        extra: dict[str, Any] = Field(
+            default_factory=dict,
+            description="Other service parameters, passed through to the request body as they are.",
+        )
 
         _schema_model: type[BaseModel] | None = PrivateAttr(default=None)
 
@@ -197,47 +381,98 @@ with warnings.catch_warnings():
             return self
 
         def image_list(self) -> list[str]:
+            """Every image reference, ``image`` first, then ``images``, in order. Raises nothing."""
             first = [self.image] if isinstance(self.image, str) else list(self.image or [])
             return first + list(self.images)
 
         @property
         def schema_model(self) -> type[BaseModel] | None:
+            """The pydantic model class given as ``schema`` (None when it was a dict or a file)."""
             return self._schema_model
 
     class Usage(BaseModel):
-        input_tokens: int | None = None
-        output_tokens: int | None = None
-        total_tokens: int | None = None
-        image_tokens: int | None = None
-        video_tokens: int | None = None
-        reasoning_tokens: int | None = None
-        raw: dict[str, Any] = Field(default_factory=dict, repr=False)  # exactly as the service sent it
+        """Token counts of one answer, as the service reported them (None: not reported).
+
+        Both protocols' names are mapped here: compat ``prompt_tokens``/``completion_tokens`` and
+        ``prompt_tokens_details``/``completion_tokens_details``, native ``input_tokens``/``output_tokens``/
+        ``image_tokens`` (reference/dashscope-api.md §2.2, §3). After a structured-output repair the counts are
+        the sum of both requests. Raises pydantic.ValidationError for a value of the wrong type."""
+
+        input_tokens: int | None = Field(
+            default=None, description="Tokens of the request: text, images and video together (billed as input)."
+        )
+        output_tokens: int | None = Field(
+            default=None, description="Tokens of the answer, thinking included (billed as output)."
+        )
+        total_tokens: int | None = Field(default=None, description="input_tokens + output_tokens, as reported.")
+        image_tokens: int | None = Field(
+            default=None, description="The part of input_tokens that images took (when the service says)."
+        )
+        video_tokens: int | None = Field(
+            default=None, description="The part of input_tokens that video took (when the service says)."
+        )
+        reasoning_tokens: int | None = Field(
+            default=None, description="The part of output_tokens that thinking took (when the service says)."
+        )
+        raw: dict[str, Any] = Field(
+            default_factory=dict, repr=False, description="The usage object exactly as the service sent it."
+        )
 
     class Response(BaseModel):
-        text: str
-        model: str
-        usage: Usage = Field(default_factory=Usage)
-        request_id: str | None = None
-        finish_reason: str | None = None
-        reasoning: str | None = None
-        json: Any = None  # set only when json_mode/schema and the answer is valid
-        tool_calls: list[dict[str, Any]] | None = None
-        # content items that are not text, as the service sent them (e.g. {"result_image": ...}); native
-        # grounding items ({"box": "<ref>..</ref><box>..</box>"}) are part of ``text`` instead
-        other_content: list[dict[str, Any]] | None = None
-        messages: list[Message] = Field(default_factory=list)  # the history including this answer
-        protocol: str | None = None
-        raw: dict[str, Any] | None = Field(default=None, repr=False, exclude=True)
-        cached: bool = Field(default=False, exclude=True)  # answered from the local cache (Client(cache=...))
+        """One answer, the same for every protocol and backend: ``text``, ``usage`` (tokens), ``json`` (structured
+        output), ``reasoning``, ``tool_calls``, ``request_id`` and the conversation in ``messages``.
+
+        Made by the client (``Client.complete``, ``send``, the ``done`` event of a stream); ``model_dump()``
+        leaves out ``raw`` and ``cached``. Raises pydantic.ValidationError when built with a missing ``text`` or
+        ``model`` or a value of the wrong type."""
+
+        text: str = Field(description="The answer's text (thinking excluded; see `reasoning`).")
+        model: str = Field(description="The model that answered, as the service named it.")
+        usage: Usage = Field(default_factory=Usage, description="Token counts (Usage); None where not reported.")
+        request_id: str | None = Field(
+            default=None, description="The service's request id (quote it to Alibaba Cloud support)."
+        )
+        finish_reason: str | None = Field(
+            default=None,
+            description="Why the answer ended: 'stop', 'length' (cut off at max_tokens), 'tool_calls', ...",
+        )
+        reasoning: str | None = Field(default=None, description="The model's thinking, when thinking was on.")
+        json: Any = Field(
+            default=None, description="The parsed JSON answer: set only with json_mode/schema and a valid answer."
+        )
+        tool_calls: list[dict[str, Any]] | None = Field(
+            default=None,
+            description='Function calls the model asks for, [{"id", "type": "function", "function": {"name", '
+            '"arguments"}}] (OpenAI\'s form).',
+        )
+        other_content: list[dict[str, Any]] | None = Field(
+            default=None,
+            description='Content items that are not text, as the service sent them (e.g. {"result_image": ...});'
+            ' native grounding items ({"box": "<ref>..</ref><box>..</box>"}) are part of `text` instead.',
+        )
+        messages: list[Message] = Field(
+            default_factory=list,
+            description="The conversation including this answer: pass it as Request.messages for the next turn.",
+        )
+        protocol: str | None = Field(default=None, description="The wire protocol: compat, native or openai.")
+        raw: dict[str, Any] | None = Field(
+            default=None, repr=False, exclude=True, description="The service's reply body (not serialized)."
+        )
+        cached: bool = Field(
+            default=False,
+            exclude=True,
+            description="True when answered from the local cache (Client(cache=...)); not serialized.",
+        )
         _parsed: Any = PrivateAttr(default=None)
 
         @property
         def parsed(self) -> Any:
-            """The answer as an instance of the pydantic model given as ``schema`` (else None)."""
+            """The answer as an instance of the pydantic model given as ``schema`` (else None). Raises nothing."""
             return self._parsed
 
         def result_object(self) -> dict[str, Any]:
-            """The skill's result shape: ``{text, model, usage[, json]}`` (usage as the service sent it)."""
+            """The skill's result shape: ``{text, model, usage[, json]}`` (usage as the service sent it;
+            reference/dashscope-api.md §1.2). Raises nothing."""
             out: dict[str, Any] = {
                 "text": self.text,
                 "model": self.model,
@@ -249,12 +484,16 @@ with warnings.catch_warnings():
 
 
 class StreamEvent(BaseModel):
-    """A piece of a streamed answer: ``text`` and ``reasoning`` deltas, then ``done`` with the response."""
+    """A piece of a streamed answer: ``text`` and ``reasoning`` deltas, then ``done`` with the response.
+
+    ``type`` is ``"text"`` or ``"reasoning"`` with the new characters in ``text``, or ``"done"`` (last, once) with
+    the whole ``Response`` in ``response``. Raises pydantic.ValidationError for an unknown type."""
 
     type: Literal["text", "reasoning", "done"]
-    text: str = ""
-    response: Response | None = None
+    text: str = ""  # the delta (text and reasoning events)
+    response: Response | None = None  # the whole answer (the done event)
 
 
 def dumps(obj: Any) -> str:
+    """JSON with non-ASCII characters kept as they are. Raises TypeError for a value JSON cannot hold."""
     return _json.dumps(obj, ensure_ascii=False)

@@ -12,18 +12,18 @@ if ex.response is None:
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from qwenvl.batch import usagelog
 from qwenvl.batch.cache import ResponseCache, cache_key, source_key
 from qwenvl.config import resolve_base_url
+from qwenvl.interfaces import ClientEndpoint
 from qwenvl.models import currency_of, estimate_cost
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.types import Response
 
 
-def endpoint(client: Any, call: Call) -> str:
+def endpoint(client: ClientEndpoint, call: Call) -> str:
     """The URL the call goes to (part of the cache key: a loopback test server never answers for the cloud)."""
     if call.request.base_url:
         return resolve_base_url(client.protocol, base_url=call.request.base_url)
@@ -33,19 +33,19 @@ def endpoint(client: Any, call: Call) -> str:
     return resolve_base_url(client.protocol, region=client.region, base_url=client.base_url)
 
 
-def key_for(client: Any, call: Call) -> str:
+def key_for(client: ClientEndpoint, call: Call) -> str:
     backend = getattr(client, "_backend", None)
     if backend is not None and hasattr(backend, "cache_key"):  # a backend that keys its own calls
         return backend.cache_key(call)
     return cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
 
 
-def source_key_for(client: Any, call: Call) -> str:
+def source_key_for(client: ClientEndpoint, call: Call) -> str:
     return source_key(client.protocol, endpoint(client, call), call)
 
 
 class Exchange:
-    def __init__(self, client: Any, call: Call, *, stream: bool = False) -> None:
+    def __init__(self, client: ClientEndpoint, call: Call, *, stream: bool = False) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
         self.local = bool(getattr(client, "is_local", False))  # a local model costs no tokens
@@ -107,5 +107,5 @@ class Exchange:
         )
 
 
-def begin(client: Any, call: Call, *, stream: bool = False) -> Exchange:
+def begin(client: ClientEndpoint, call: Call, *, stream: bool = False) -> Exchange:
     return Exchange(client, call, stream=stream)

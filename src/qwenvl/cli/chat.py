@@ -27,6 +27,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.tasks_common import warn
 from qwenvl.errors import APIError, MediaError, StreamInterruptedError, UsageError
+from qwenvl.interfaces import SupportsStream
 from qwenvl.sessions import Session, drop_unavailable_media, home, list_sessions
 from qwenvl.types import Message
 
@@ -134,7 +135,7 @@ class _Chat:
             )
         return True
 
-    def ask(self, client: Any, text: str, fields: dict[str, Any]) -> None:
+    def ask(self, client: SupportsStream, text: str, fields: dict[str, Any]) -> None:
         """One turn. Ctrl-C during the answer cancels it: nothing is added to the conversation."""
         err = self.err
         self.forget_gone_files()

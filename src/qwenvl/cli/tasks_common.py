@@ -9,6 +9,7 @@ from rich.markup import escape
 from qwenvl.cli.common import err_console, print_json, usage_line
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import UsageError, printable
+from qwenvl.interfaces import SupportsPreview
 from qwenvl.plan import Call
 from qwenvl.types import Response
 
@@ -33,7 +34,7 @@ def note(message: str) -> None:
     err_console().print(f"[cyan]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def dry_run(client: Any, call: Call) -> None:
+def dry_run(client: SupportsPreview, call: Call) -> None:
     print_json(client.preview(call))
 
 

@@ -55,6 +55,7 @@ from PIL import Image, UnidentifiedImageError
 from qwenvl.errors import MediaError
 from qwenvl.media.sources import AVIF_BRANDS, HEIF_BRANDS, ftyp_brands, sniff
 from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+from qwenvl.sizes import Size
 
 # Formats the service documents (seed doc 002), with the Content-Type it lists for each.
 SERVICE_MIME: dict[str, str] = {
@@ -143,7 +144,7 @@ class ImageInfo:
         return self.format in SERVICE_MIME
 
     @property
-    def upright_size(self) -> tuple[int, int]:
+    def upright_size(self) -> Size:
         """(width, height) once EXIF orientation is applied."""
         return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
 
@@ -284,7 +285,7 @@ class Decoded:
     exact: bool = True  # decoded at full scale (no DCT scaling): the resize is the exact one
 
 
-def decode(data: bytes, info: ImageInfo, label: str, *, size: tuple[int, int] | None = None) -> Decoded:
+def decode(data: bytes, info: ImageInfo, label: str, *, size: Size | None = None) -> Decoded:
     """Decode ``data`` to an upright 8-bit RGB or L image, resized to exactly ``size`` (width, height,
     upright) when given. JPEGs are decoded at the smallest DCT scale that still gives ``DCT_HEADROOM`` times
     ``size`` (libjpeg-turbo through simplejpeg, else Pillow's draft mode); ``Decoded.exact`` says whether the
@@ -309,9 +310,7 @@ def decode(data: bytes, info: ImageInfo, label: str, *, size: tuple[int, int] | 
     return Decoded(img, notes, converted or flattened or info.orientation in _UPRIGHT, exact)
 
 
-def resize(
-    img: Image.Image, size: tuple[int, int], resample: Image.Resampling = Image.Resampling.BICUBIC
-) -> Image.Image:
+def resize(img: Image.Image, size: Size, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
     """``img`` resized to exactly ``size`` (width, height), antialiased (Pillow's convolution, bicubic by
     default, with ``reducing_gap`` for large reductions). A large output is made in horizontal bands on all cores:
     Pillow releases the GIL while it resamples, and each band reads the source rows around it, so there are
@@ -481,7 +480,7 @@ def _bomb_error(label: str, declared: str) -> MediaError:
     )
 
 
-def _png_size(data: bytes) -> tuple[int, int] | None:
+def _png_size(data: bytes) -> Size | None:
     """(width, height) from a PNG's IHDR, for messages about images Pillow refuses to open."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
@@ -603,7 +602,7 @@ def _simplejpeg_colorspace(data: bytes) -> str | None:
     return "RGB" if colorspace in ("YCbCr", "RGB") else None
 
 
-def _decode_stored(data: bytes, info: ImageInfo, label: str, stored_size: tuple[int, int] | None) -> Image.Image:
+def _decode_stored(data: bytes, info: ImageInfo, label: str, stored_size: Size | None) -> Image.Image:
     """Pixels as stored (no orientation applied); possibly reduced by DCT scaling, never below
     ``DCT_HEADROOM`` times stored_size (nor below the stored size when that is smaller)."""
     min_w, min_h = stored_size or (0, 0)

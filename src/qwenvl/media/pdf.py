@@ -35,6 +35,7 @@ from qwenvl.media import images
 from qwenvl.media.resize import smart_resize
 from qwenvl.media.tokens import image_tokens
 from qwenvl.models import MAX_IMAGE_BYTES
+from qwenvl.sizes import HeightWidth
 
 PDF_MIME = "application/pdf"
 _PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
@@ -120,7 +121,7 @@ def page_size(
     max_pixels: int,
     label: str = "the PDF",
     number: int = 1,
-) -> tuple[int, int]:
+) -> HeightWidth:
     """(height, width) in pixels a page is rendered and sent at: the page scaled to fill ``max_pixels``,
     then ``smart_resize`` (so the service keeps it as it is)."""
     if width_pt <= 0 or height_pt <= 0:
@@ -178,7 +179,7 @@ def page_sizes(
     pages: str | None = None,
     context_tokens: int | None = None,
     label: str | None = None,
-) -> dict[int, tuple[int, int]]:
+) -> dict[int, HeightWidth]:
     """{page number: (height, width)} each selected page would be rendered and sent at by ``render_pdf``,
     from the page sizes alone (nothing is rendered); the same checks and errors as ``render_pdf``."""
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
@@ -206,7 +207,7 @@ def _page_sizes(
     pages: str | None,
     context_tokens: int | None,
     label: str,
-) -> dict[int, tuple[int, int]]:
+) -> dict[int, HeightWidth]:
     """The selected pages (in the order given) and their sizes as sent; MediaError over the context window."""
     numbers = parse_pages(pages, len(doc), label)
     sizes = {}

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from qwenvl.errors import UsageError
 from qwenvl.models import HIGH_RES_IMAGE_TOKENS, MAX_ASPECT_RATIO, MIN_IMAGE_TOKENS
+from qwenvl.sizes import HeightWidth, PixelRange
 
 if TYPE_CHECKING:
     from qwenvl.media.prepare import MediaOptions
@@ -39,7 +40,7 @@ def ceil_by_factor(number: float, factor: int) -> int:
 
 def smart_resize(
     height: int, width: int, factor: int, min_pixels: float | None = None, max_pixels: float | None = None
-) -> tuple[int, int]:
+) -> HeightWidth:
     """The size ``(h_bar, w_bar)`` the model sees for a ``height`` x ``width`` image.
 
     Both sides become multiples of ``factor``, the area stays within ``[min_pixels, max_pixels]`` (defaults:
@@ -72,7 +73,7 @@ def smart_resize(
 
 def service_budget(
     options: MediaOptions, *, min_pixels: int | None = None, max_pixels: int | None = None
-) -> tuple[int, int]:
+) -> PixelRange:
     """``(min_pixels, max_pixels)`` the service applies to an image sent with these options.
 
     ``min_pixels``/``max_pixels`` are the image part's own values (sent beside the image); they win over the
@@ -94,9 +95,7 @@ def service_budget(
     return lo, hi
 
 
-def image_budget(
-    options: MediaOptions, *, min_pixels: int | None = None, max_pixels: int | None = None
-) -> tuple[int, int]:
+def image_budget(options: MediaOptions, *, min_pixels: int | None = None, max_pixels: int | None = None) -> PixelRange:
     """``(min_pixels, max_pixels)`` a local image is prepared to.
 
     ``detail="low"`` caps it at the model's low-detail budget (``low_detail_tokens``); otherwise it is the

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenvl.errors import APIStatusError, MediaError, QwenVLError, UsageError
+from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.media.sources import to_data_url
 from qwenvl.protocols import inbound
 from qwenvl.server.security import bearer, fetch_public, key_matches
@@ -105,7 +106,11 @@ def _sse(data: Any, *, event_id: int | None = None, event: str | None = None, st
 
 
 def create_app(
-    client: Any, settings: ServeSettings | None = None, *, uploads: UploadStore | None = None, playground: bool = True
+    client: SupportsAsyncComplete,
+    settings: ServeSettings | None = None,
+    *,
+    uploads: UploadStore | None = None,
+    playground: bool = True,
 ) -> FastAPI:
     """The app around ``client`` (a ``qwenvl.AsyncClient``, whose backend answers). The app closes the
     client and the upload store when it shuts down."""

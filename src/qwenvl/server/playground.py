@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from qwenvl.errors import UsageError
+from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.models import currency_of, price_for
 
 STATIC = Path(__file__).parent / "static"
@@ -35,7 +36,7 @@ Resolve = Callable[[str, str], Awaitable[str]]  # a media reference under the se
 
 def add_routes(
     app: FastAPI,
-    client: Any,
+    client: SupportsAsyncComplete,
     *,
     guard: Guard,
     resolve: Resolve,

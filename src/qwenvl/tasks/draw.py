@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from qwenvl.sizes import Size
+
 if TYPE_CHECKING:
     from qwenvl.tasks.grounding import Grounding
 
@@ -60,6 +62,8 @@ FONT_CANDIDATES = (
 
 @lru_cache(maxsize=16)
 def font(size: int) -> Any:
+    """A TrueType font of ``size`` pixels, the first of ``FONT_CANDIDATES`` installed (CJK-capable ones first),
+    else Pillow's default font. Raises nothing."""
     for path in FONT_CANDIDATES:
         if Path(path).exists():
             try:
@@ -73,7 +77,7 @@ def font(size: int) -> Any:
 
 
 def contrast_text(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads better on ``colour`` (WCAG relative luminance)."""
+    """Black or white, whichever reads better on ``colour`` (WCAG relative luminance). Raises nothing."""
 
     def channel(c: int) -> float:
         s = c / 255
@@ -85,6 +89,7 @@ def contrast_text(colour: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def colours_for(labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
+    """One RGB colour per distinct label, from ``PALETTE`` in order of first appearance. Raises nothing."""
     out: dict[str, tuple[int, int, int]] = {}
     for label in labels:
         if label not in out:
@@ -93,7 +98,8 @@ def colours_for(labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
 
 
 def load_image(image: str | Path | Image.Image) -> Image.Image:
-    """An RGB copy of a local image, a data: URL or a PIL image, upright (EXIF orientation applied)."""
+    """An RGB copy of a local image, a data: URL or a PIL image, upright (EXIF orientation applied).
+    Raises MediaError (unreadable), PIL.UnidentifiedImageError (not an image)."""
     if isinstance(image, Image.Image):
         img = image
     else:
@@ -121,7 +127,7 @@ def _tag(
     text: str,
     colour: tuple[int, int, int],
     fnt: Any,
-    bounds: tuple[int, int],
+    bounds: Size,
     *,
     above: bool = True,
 ) -> None:
@@ -140,7 +146,12 @@ def _tag(
 
 
 def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | Path | None = None) -> Image.Image:
-    """Draw ``grounding``'s boxes and points on ``image`` (the original); save to ``out`` when given."""
+    """Draw ``grounding``'s boxes and points on ``image`` (the original); save to ``out`` when given.
+
+    ``image``: a local path, a ``data:`` URL or a PIL image (EXIF orientation applied, as the boxes are);
+    ``out``: the format follows its suffix (PNG when unknown). Returns the drawn RGB image.
+    Raises MediaError for an image that cannot be read, PIL.UnidentifiedImageError for a file that is not an
+    image, OSError when ``out`` cannot be written."""
     img = load_image(image)
     w, h = img.size
     draw = ImageDraw.Draw(img)
@@ -167,6 +178,8 @@ def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | P
 
 
 def save(img: Image.Image, out: str | Path) -> Path:
+    """Write ``img`` to ``out`` (folders made as needed), in the format its suffix names (PNG when unknown; JPEG
+    at quality 92). Returns the path. Raises OSError when it cannot be written."""
     path = Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -180,7 +193,8 @@ def save(img: Image.Image, out: str | Path) -> Path:
 
 
 def hms(seconds: float, *, decimals: bool = False) -> str:
-    """``HH:mm:ss`` (whole seconds, truncated), or ``HH:mm:ss.s`` (rounded to a tenth) with ``decimals``."""
+    """``HH:mm:ss`` (whole seconds, truncated), or ``HH:mm:ss.s`` (rounded to a tenth) with ``decimals``.
+    Raises nothing."""
     seconds = max(0.0, seconds)
     tenths = round(seconds * 10) if decimals else int(seconds) * 10
     whole, frac = divmod(tenths, 10)
@@ -199,7 +213,11 @@ def contact_sheet(
     columns: int | None = None,
 ) -> Image.Image:
     """A grid of ``frames`` with each one's time under it, an optional title, and the events (``(start, end,
-    text)`` with HH:mm:ss times) listed below in their colours; a bar under each frame marks its events."""
+    text)`` with HH:mm:ss times) listed below in their colours; a bar under each frame marks its events.
+
+    ``times`` are seconds, one per frame; ``thumb_width`` is pixels (default 240); ``columns`` defaults to about
+    the square root of the frame count, at most 6. Raises ValueError for no frames, OSError when ``out`` cannot
+    be written."""
     if not frames:
         raise ValueError("no frames to draw")
     cols = columns or min(6, max(1, math.ceil(math.sqrt(len(frames)))))

@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from qwenvl.errors import StructuredOutputError
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
 from qwenvl.structured import extract_json
@@ -60,6 +61,10 @@ ROUNDING_ALLOWANCE_S = 1.0
 
 
 class Event(BaseModel):
+    """One event of a timeline: ``start``/``end`` as ``HH:mm:ss`` (start rounded down, end up, to whole seconds),
+    ``start_s``/``end_s`` in seconds from the start of the clip (as the model gave them, after the checks), and
+    what happens (``event``). Raises pydantic.ValidationError when built with a wrong type."""
+
     start: str  # HH:mm:ss
     end: str
     event: str
@@ -67,10 +72,16 @@ class Event(BaseModel):
     end_s: float
 
     def plain(self) -> dict[str, Any]:
+        """``{"start", "end", "event"}`` (the CLI's JSON). Raises nothing."""
         return {"start": self.start, "end": self.end, "event": self.event}
 
 
 class Timeline(BaseModel):
+    """What ``events`` returns: the clip's ``events`` sorted by start, ``duration`` in seconds (None for a URL),
+    ``warnings`` (each fix made to the answer's times), ``frame_times`` (seconds: when each frame the model saw
+    was taken), the answering ``model``, the answer's ``raw_text`` and ``response``. Raises
+    pydantic.ValidationError when built with a wrong type."""
+
     video: str | None = None
     duration: float | None = None  # seconds (None when unknown, e.g. a video URL)
     events: list[Event] = Field(default_factory=list)
@@ -81,6 +92,7 @@ class Timeline(BaseModel):
     response: Response | None = Field(default=None, exclude=True, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        """``{"video", "duration", "model", "events": [{"start", "end", "event"}], "warnings"}``. Raises nothing."""
         return {
             "video": self.video,
             "duration": self.duration,
@@ -91,7 +103,7 @@ class Timeline(BaseModel):
 
 
 def parse_time(value: Any) -> float | None:
-    """Seconds from "HH:mm:ss", "H:mm:ss.s", "mm:ss" or a number of seconds; None when unreadable."""
+    """Seconds from "HH:mm:ss", "H:mm:ss.s", "mm:ss" or a number of seconds; None when unreadable. Raises nothing."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value) if value >= 0 and math.isfinite(value) else None
     if not isinstance(value, str):
@@ -113,7 +125,13 @@ def parse_time(value: Any) -> float | None:
 # --- planning ----------------------------------------------------------------------------------------------
 
 
-def plan_events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
+def plan_events(client: SupportsPlan, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
+    """The request ``events`` sends (nothing is sent): the timeline prompt (or ``prompt``), ``video``, the
+    timeline JSON Schema (``EVENTS_SCHEMA``), and ``max_tokens`` 2048 unless given (capped by the model's own
+    limit). ``fields`` are any Request fields (fps, model, ...).
+
+    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
+    ``Client.plan``."""
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EVENTS_MAX_TOKENS, model.max_output_tokens))
     return client.plan(prompt=EVENTS_PROMPT if prompt is None else prompt, video=video, schema=EVENTS_SCHEMA, **fields)
@@ -125,7 +143,8 @@ def _video_item(call: Call) -> Any:
 
 
 def video_duration(call: Call) -> float | None:
-    """The clip's length: probed for a local file; frames / fps for a frame list; None for a URL."""
+    """The clip's length: probed for a local file; frames / fps for a frame list; None for a URL.
+    Raises MediaError when a local video cannot be read."""
     video = call.request.video
     rate = call.request.fps or VIDEO_FPS
     if isinstance(video, list):
@@ -145,6 +164,8 @@ def video_duration(call: Call) -> float | None:
 
 
 def frame_times(call: Call) -> list[float]:
+    """Seconds from the clip's start at which each frame the model saw was taken ([] without a video; a frame
+    list is spaced 1 / fps apart, fps defaulting to 2.0). Raises nothing."""
     item = _video_item(call)
     if item is None:
         return []
@@ -159,7 +180,7 @@ SHEET_MAX_FRAMES = 48  # a contact sheet shows at most this many frames, evenly 
 
 def frames(call: Call, limit: int | None = SHEET_MAX_FRAMES) -> tuple[list[Image.Image], list[float]]:
     """The frames the model was sent (decoded from their data URLs) and their times, at most ``limit`` of them
-    evenly spread; remote frames are skipped."""
+    evenly spread; remote frames are skipped. Raises nothing for frames qwenvl prepared."""
     from qwenvl.media.sources import decode_data_url
 
     item = _video_item(call)
@@ -196,7 +217,8 @@ def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def raw_events(value: Any) -> list[dict[str, Any]]:
-    """The event objects in a parsed answer: ``{"events": [...]}``, a bare list, or one wrapper deeper."""
+    """The event objects in a parsed answer: ``{"events": [...]}``, a bare list, or one wrapper deeper.
+    Raises nothing."""
     if isinstance(value, dict):
         for key in ("events", "timeline", "segments", "results"):
             if isinstance(value.get(key), list):
@@ -212,7 +234,7 @@ def raw_events(value: Any) -> list[dict[str, Any]]:
 
 
 def build_timeline(items: list[dict[str, Any]], duration: float | None) -> tuple[list[Event], list[str]]:
-    """Checked, normalised and sorted events, and what was fixed on the way."""
+    """Checked, normalised and sorted events, and what was fixed on the way. Raises nothing: every fix is a warning."""
     warnings: list[str] = []
     events: list[Event] = []
     limit = duration + ROUNDING_ALLOWANCE_S if duration is not None else None
@@ -253,7 +275,11 @@ def build_timeline(items: list[dict[str, Any]], duration: float | None) -> tuple
 def read_timeline(
     call: Call, response: Response | None, *, text: str | None = None, duration: float | None = None
 ) -> Timeline:
-    """The timeline in an answer (``response.json`` when it validated, else ``text`` read leniently)."""
+    """The timeline in an answer (``response.json`` when it validated, else ``text`` read leniently).
+
+    ``duration`` (seconds) is the clip's length, probed from a local video when not given. Raises MediaError
+    only when the planned local video can no longer be read; an answer without events gives an empty timeline
+    with a warning."""
     warnings: list[str] = []
     if response is not None and response.json is not None:
         value = response.json
@@ -286,13 +312,24 @@ def read_timeline(
     )
 
 
-def events(client: Any, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Timeline:
-    """The clip's events, checked against its duration and sorted. ``video``: a file, a URL or frame images."""
+def events(client: SupportsComplete, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Timeline:
+    """The clip's events, checked against its duration and sorted. ``video``: a file, a URL or frame images.
+
+    One request; times are checked as the module docstring says (each fix a warning in ``Timeline.warnings``).
+    ``fields`` are any Request fields (``fps`` frames per second sampled, default 2.0; ``model``; ...).
+
+    Raises what ``plan_events`` and ``Client.send`` raise (UsageError, MediaError, APIError and its
+    subclasses), and StructuredOutputError only when the answer holds no readable event even after the repair
+    request."""
     call = plan_events(client, video, prompt=prompt, **fields)
     return send_events(client, call)
 
 
-def send_events(client: Any, call: Call) -> Timeline:
+def send_events(client: SupportsComplete, call: Call) -> Timeline:
+    """Send a call planned by ``plan_events`` and read its timeline (``read_timeline``).
+
+    Raises what ``Client.send`` raises (APIError and its subclasses), and StructuredOutputError only when the
+    answer holds no readable event; an answer invalid for the schema but with events is kept, with a warning."""
     try:
         response = client.send(call)
     except StructuredOutputError as exc:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.errors import AuthenticationError, PermissionDeniedError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.plan import Call
 from qwenvl.tasks.grounding import model_for
 from qwenvl.types import Response
 
@@ -34,7 +36,13 @@ def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "schema": schema}
 
 
-def plan_extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Any:
+def plan_extract(client: SupportsPlan, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Call:
+    """The request ``extract`` sends (nothing is sent): the extraction prompt (or ``prompt``), ``file`` (an image,
+    or a PDF's pages with ``pages``), ``schema`` (a dict, a schema file path or a pydantic model class), and
+    ``max_tokens`` 2048 unless given (capped by the model's own limit).
+
+    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
+    ``Client.plan``."""
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
     return client.plan(
@@ -42,18 +50,24 @@ def plan_extract(client: Any, file: str, schema: Any, *, prompt: str | None = No
     )
 
 
-def extract(client: Any, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
+def extract(client: SupportsComplete, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
     """The file's data as JSON valid for ``schema`` (a dict, a schema file, or a pydantic model class).
 
-    ``Response.json`` is the value; with a pydantic model, ``Response.parsed`` is the instance. Raises
-    ``StructuredOutputError`` when the answer is not valid even after one repair.
+    ``Response.json`` is the value; with a pydantic model, ``Response.parsed`` is the instance. One request, and
+    one repair request when the first answer is invalid. ``fields`` are any Request fields.
+
+    Raises ``StructuredOutputError`` when the answer is not valid even after one repair (the answer is in
+    ``.raw_text`` and ``.response``), SchemaDefinitionError for an invalid schema, and what ``Client.complete``
+    raises (UsageError, MediaError, APIError and its subclasses).
     """
     return client.send(plan_extract(client, file, schema, prompt=prompt, **fields))
 
 
 @dataclass
 class Extraction:
-    """One file's result in a run over many files: ``json`` when it worked, ``error`` when not."""
+    """One file's result in a run over many files: ``json`` when it worked, ``error`` when not.
+
+    Made by ``extract_many``; building one raises nothing (the dataclass checks nothing)."""
 
     file: str
     json: Any = None
@@ -64,14 +78,16 @@ class Extraction:
 
     @property
     def parsed(self) -> Any:
+        """The pydantic instance when the schema was a model class and the file worked (else None)."""
         return self.response.parsed if self.response is not None else None
 
     @property
     def ok(self) -> bool:
+        """True when the file gave valid JSON (no ``error``)."""
         return self.error is None
 
     def line(self) -> dict[str, Any]:
-        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``."""
+        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``. Raises nothing."""
         if self.ok:
             return {"file": self.file, "json": self.json}
         out: dict[str, Any] = {"file": self.file, "error": self.error}
@@ -85,10 +101,14 @@ FATAL = (UsageError, AuthenticationError, PermissionDeniedError)
 
 
 def extract_many(
-    client: Any, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
+    client: SupportsComplete, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
 ) -> Iterator[Extraction]:
     """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
-    goes on (usage and authentication errors stop it: they would fail every file)."""
+    goes on (usage and authentication errors stop it: they would fail every file). Files are sent one at a time,
+    as the iterator is read.
+
+    Raises UsageError (and SchemaDefinitionError), AuthenticationError (MissingAPIKeyError included) and
+    PermissionDeniedError, which would fail every file; every other QwenVLError is kept in its Extraction."""
     fields = _schema_fields(schema, fields)
     for file in files:
         try:
@@ -113,7 +133,8 @@ def extract_many(
 
 
 def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[str]:
-    """``file``, the schema's top-level properties in order, any other keys seen, and ``error`` if any failed."""
+    """``file``, the schema's top-level properties in order, any other keys seen, and ``error`` if any failed.
+    Raises nothing."""
     rows = list(rows)
     names: list[str] = ["file"]
     props = (schema or {}).get("properties") if isinstance(schema, dict) else None
@@ -132,6 +153,8 @@ def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[s
 
 
 def cell(value: Any) -> str:
+    """A CSV cell for a JSON value: "" for null, strings as they are, true/false, numbers and nested values as
+    JSON. Raises nothing for JSON values."""
     if value is None:
         return ""
     if isinstance(value, str):
@@ -144,6 +167,7 @@ def cell(value: Any) -> str:
 
 
 def to_row(row: Extraction, names: list[str]) -> list[str]:
+    """One CSV row for ``row``, its cells in the order of ``names`` (``columns``). Raises nothing."""
     value = row.json
     record = dict(value) if isinstance(value, dict) else ({"value": value} if row.ok else {})
     record["file"] = row.file

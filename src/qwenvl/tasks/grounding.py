@@ -29,8 +29,10 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.plan import Call, media_options
+from qwenvl.sizes import Size
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
 from qwenvl.types import Response
 
@@ -80,7 +82,10 @@ PROMPTS: dict[str, dict[str, str]] = {
 
 
 class Box(BaseModel):
-    """A box in original-image pixels (``raw``: the model's own numbers)."""
+    """A box in original-image pixels (``raw``: the model's own numbers).
+
+    ``x1, y1`` is the top-left corner and ``x2, y2`` the bottom-right one, in pixels of the original image as
+    displayed (EXIF orientation applied), clipped to it. Raises pydantic.ValidationError for a wrong type."""
 
     model_config = ConfigDict(extra="forbid")
     label: str
@@ -91,11 +96,15 @@ class Box(BaseModel):
     raw: list[float] = Field(default_factory=list)
 
     def plain(self) -> dict[str, Any]:
+        """``{"label", "x1", "y1", "x2", "y2"}`` (the CLI's JSON). Raises nothing."""
         return {"label": self.label, "x1": self.x1, "y1": self.y1, "x2": self.x2, "y2": self.y2}
 
 
 class Point(BaseModel):
-    """A point in original-image pixels (``raw``: the model's own numbers)."""
+    """A point in original-image pixels (``raw``: the model's own numbers).
+
+    ``x`` from the left edge and ``y`` from the top, in pixels of the original image as displayed. Raises
+    pydantic.ValidationError for a wrong type."""
 
     model_config = ConfigDict(extra="forbid")
     label: str
@@ -104,11 +113,18 @@ class Point(BaseModel):
     raw: list[float] = Field(default_factory=list)
 
     def plain(self) -> dict[str, Any]:
+        """``{"label", "x", "y"}`` (the CLI's JSON). Raises nothing."""
         return {"label": self.label, "x": self.x, "y": self.y}
 
 
 class Grounding(BaseModel):
-    """What a grounding answer says, in the original image's pixels."""
+    """What a grounding answer says, in the original image's pixels.
+
+    ``width``/``height``: the original image in pixels (None when unknown, e.g. a URL without ``image_size``:
+    the coordinates then stay in the model's space, with a warning); ``seen_width``/``seen_height``: the image
+    as the model saw it; ``convention``: how the coordinates were read (``relative-1000``, ``absolute``);
+    ``truncated``: the answer was cut off (every complete item is kept); ``warnings``: every oddity, in words.
+    Raises pydantic.ValidationError when built with a wrong type."""
 
     boxes: list[Box] = Field(default_factory=list)
     points: list[Point] = Field(default_factory=list)
@@ -132,7 +148,8 @@ class Grounding(BaseModel):
         return self._picture or self.image
 
     def to_json(self) -> dict[str, Any]:
-        """The CLI's ``--json`` object: boxes ``{label, x1, y1, x2, y2}`` in original pixels, plus warnings."""
+        """The CLI's ``--json`` object: boxes ``{label, x1, y1, x2, y2}`` in original pixels, plus warnings.
+        Raises nothing."""
         out: dict[str, Any] = {
             "image": self.image,
             "width": self.width,
@@ -151,15 +168,18 @@ class Grounding(BaseModel):
 
 @dataclass(frozen=True)
 class Geometry:
-    original: tuple[int, int] | None  # (width, height) the coordinates are read in (see ``orientation``)
-    seen: tuple[int, int] | None  # (width, height) the model saw
+    """The sizes a grounding answer is read with, each ``(width, height)`` in pixels (``geometry``)."""
+
+    original: Size | None  # (width, height) the coordinates are read in (see ``orientation``)
+    seen: Size | None  # (width, height) the model saw
     # EXIF orientation (2-8) of an image sent as stored (prepare=False): ``original`` is then the STORED size,
     # and boxes read in it are turned to the upright image afterwards (``to_upright``). 1 otherwise.
     orientation: int = 1
 
 
-def original_size(ref: str) -> tuple[int, int] | None:
-    """(width, height) of a local image or data: URL as displayed (EXIF orientation applied); None if remote."""
+def original_size(ref: str) -> Size | None:
+    """(width, height) of a local image or data: URL as displayed (EXIF orientation applied); None if remote.
+    Raises MediaError when a local file cannot be read."""
     info = stored_size(ref)
     if info is None:
         return None
@@ -168,7 +188,8 @@ def original_size(ref: str) -> tuple[int, int] | None:
 
 
 def stored_size(ref: str) -> tuple[int, int, int] | None:
-    """(width, height, EXIF orientation) of a local image or data: URL as stored; None if remote or unreadable."""
+    """(width, height, EXIF orientation) of a local image or data: URL as stored; None if remote or unreadable.
+    Raises MediaError when a local file cannot be read."""
     from qwenvl.media.sources import classify, read_bytes
 
     source = classify(ref)
@@ -189,9 +210,9 @@ def stored_size(ref: str) -> tuple[int, int, int] | None:
     return width, height, orientation if orientation in range(1, 9) else 1
 
 
-def to_upright(x: float, y: float, stored: tuple[int, int], orientation: int) -> tuple[float, float]:
+def to_upright(x: float, y: float, stored: Size, orientation: int) -> tuple[float, float]:
     """A point in the stored pixels of an image with EXIF ``orientation``, in the upright image's pixels (what
-    every viewer shows: the orientation tag applied, as ``PIL.ImageOps.exif_transpose`` does)."""
+    every viewer shows: the orientation tag applied, as ``PIL.ImageOps.exif_transpose`` does). Raises nothing."""
     w, h = stored
     return {
         2: (w - x, y),
@@ -204,7 +225,7 @@ def to_upright(x: float, y: float, stored: tuple[int, int], orientation: int) ->
     }.get(orientation, (x, y))
 
 
-def _turn_upright(result: Grounding, stored: tuple[int, int], orientation: int) -> None:
+def _turn_upright(result: Grounding, stored: Size, orientation: int) -> None:
     """Boxes and points read in the stored orientation, in place, to the upright image."""
     for box in result.boxes:
         (ax, ay), (bx, by) = (
@@ -220,8 +241,9 @@ def _turn_upright(result: Grounding, stored: tuple[int, int], orientation: int) 
         result.width, result.height = result.height, result.width
 
 
-def seen_size(sent: tuple[int, int], call: Call) -> tuple[int, int]:
-    """The size the model sees for an image sent at ``sent`` (the service's smart_resize and budget)."""
+def seen_size(sent: Size, call: Call) -> Size:
+    """The size the model sees for an image sent at ``sent`` (the service's smart_resize and budget).
+    Raises nothing for a call ``plan`` accepted."""
     from qwenvl.media.resize import service_budget, smart_resize
 
     lo, hi = service_budget(media_options(call.request, call.model, "compat"))
@@ -232,8 +254,9 @@ def seen_size(sent: tuple[int, int], call: Call) -> tuple[int, int]:
     return (w, h) if h and w else sent
 
 
-def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
-    """The original and seen sizes of the (last) image of a planned call."""
+def geometry(call: Call, image_size: Size | None = None) -> Geometry:
+    """The original and seen sizes of the (last) image of a planned call.
+    Raises MediaError only when the planned local image can no longer be read."""
     items = [m for m in call.media if m.kind == "image"]
     if not items:
         return Geometry(image_size, None)
@@ -248,7 +271,7 @@ def geometry(call: Call, image_size: tuple[int, int] | None = None) -> Geometry:
     if original is None:
         ow, oh = getattr(item, "original_width", None), getattr(item, "original_height", None)
         original = (ow, oh) if ow and oh else original_size(item.source)
-    sent: tuple[int, int] | None = (item.width, item.height) if item.width and item.height else original
+    sent: Size | None = (item.width, item.height) if item.width and item.height else original
     if original is None and sent is not None:  # unreadable here, readable to the media step: as sent
         original = sent
     return Geometry(original, seen_size(sent, call) if sent else None)
@@ -263,16 +286,17 @@ def _extent(items: list[RawItem]) -> tuple[float, float, float]:
     return max(xs), max(ys), min(xs + ys)
 
 
-def _fits(mx: float, my: float, size: tuple[int, int] | None, slack: float) -> bool:
+def _fits(mx: float, my: float, size: Size | None, slack: float) -> bool:
     return size is not None and mx <= size[0] * slack + 1 and my <= size[1] * slack + 1
 
 
-def _size(size: tuple[int, int]) -> str:
+def _size(size: Size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
 def choose_convention(items: list[RawItem], expected: str, geo: Geometry, model: str) -> tuple[str, str | None]:
-    """(convention to read the numbers in, a warning with the evidence when it is not the expected one)."""
+    """(convention to read the numbers in, a warning with the evidence when it is not the expected one).
+    Raises nothing."""
     if not items:
         return expected, None
     mx, my, _ = _extent(items)
@@ -337,7 +361,7 @@ def interpret(
     finish_reason: str | None = None,
     max_tokens: int | None = None,
 ) -> Grounding:
-    """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``."""
+    """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``. Raises nothing."""
     warnings = list(parsed.notes)
     convention, why = choose_convention(parsed.items, expected, geo, model)
     if why:
@@ -438,7 +462,9 @@ def interpret(
 # --- the task ------------------------------------------------------------------------------------------------
 
 
-def model_for(client: Any, fields: dict[str, Any]) -> ModelInfo:
+def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
+    """The rules of the model ``fields`` name, else the client's (``client.resolve_model``).
+    Raises what ``resolve_model`` raises (UsageError; APIError for a local server)."""
     if hasattr(client, "resolve_model"):  # a local backend knows its model's family
         return client.resolve_model(fields.get("model"))
     name = fields.get("model") or getattr(client, "defaults", {}).get("model") or DEFAULT_MODEL
@@ -446,12 +472,18 @@ def model_for(client: Any, fields: dict[str, Any]) -> ModelInfo:
 
 
 def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point", "text"] = "box") -> str:
+    """The prompt in the form ``model``'s family was trained on (``PROMPTS``): boxes, points or text lines.
+    Raises nothing."""
     convention = "absolute" if model.grounding == "absolute" else "relative-1000"
     return PROMPTS[convention][kind].format(query=query.strip())
 
 
-def plan_ground(client: Any, image: str, query: str, *, points: bool = False, **fields: Any) -> Call:
-    """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens."""
+def plan_ground(client: SupportsPlan, image: str, query: str, *, points: bool = False, **fields: Any) -> Call:
+    """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens
+    (2048 unless given, capped by the model's own limit).
+
+    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
+    ``Client.plan``."""
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
     prompt = grounding_prompt(model, query, "point" if points else "box")
@@ -459,10 +491,14 @@ def plan_ground(client: Any, image: str, query: str, *, points: bool = False, **
 
 
 def read_grounding(
-    call: Call, response: Response, *, image_size: tuple[int, int] | None = None, image: str | None = None
+    call: Call, response: Response, *, image_size: Size | None = None, image: str | None = None
 ) -> Grounding:
     """Interpret a grounding answer to ``call`` (any answer text; the planned image gives the geometry).
-    ``image`` is the reference to report (default: the planned one)."""
+    ``image`` is the reference to report (default: the planned one); ``image_size`` is the original image's
+    ``(width, height)`` in pixels when it cannot be read here (a URL).
+
+    Raises nothing for an answer, whatever it holds (oddities become warnings); MediaError only when the planned
+    local image can no longer be read."""
     geo = geometry(call, image_size)
     expected = "absolute" if call.model.grounding == "absolute" else "relative-1000"
     result = interpret(
@@ -494,18 +530,23 @@ def read_grounding(
 
 
 def ground(
-    client: Any,
+    client: SupportsComplete,
     image: str,
     query: str,
     *,
     points: bool = False,
-    image_size: tuple[int, int] | None = None,
+    image_size: Size | None = None,
     **fields: Any,
 ) -> Grounding:
     """Boxes (or, with ``points=True``, points) of ``query`` in ``image``, in original-image pixels.
 
     ``fields`` are any Request fields (model, max_tokens, enable_thinking, ...). ``image_size`` gives the
-    original size when the image is a URL (otherwise coordinates stay in the model's space, with a warning).
+    original ``(width, height)`` in pixels when the image is a URL (otherwise coordinates stay in the model's
+    space, with a warning). The model family's convention (``ModelInfo.grounding``: a 0-1000 grid for
+    Qwen3-VL, the seen image's pixels for Qwen2.5-VL; dashscope-api.md §4.4) is undone here.
+
+    Raises what ``plan_ground`` and ``Client.send`` raise: UsageError, MediaError, APIError and its subclasses.
+    An answer with no boxes is not an error (an empty Grounding with a warning).
     """
     call = plan_ground(client, image, query, points=points, **fields)
     return read_grounding(call, client.send(call), image_size=image_size, image=image)

@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.plan import Call
 from qwenvl.tasks.grounding import model_for, read_grounding
 from qwenvl.tasks.parsing import parse_answer
 from qwenvl.types import Response
@@ -59,6 +61,9 @@ PROMPTS: dict[str, str] = {
 
 
 class OCRLine(BaseModel):
+    """One line of text and its box, ``x1, y1`` top-left and ``x2, y2`` bottom-right, in pixels of the image (or
+    rendered PDF page) the page's ``width``/``height`` give. Raises pydantic.ValidationError for a wrong type."""
+
     text: str
     x1: int
     y1: int
@@ -67,6 +72,10 @@ class OCRLine(BaseModel):
 
 
 class OCRPage(BaseModel):
+    """The text of one image or PDF page: ``text``, ``lines`` with boxes (``format="json"`` only), ``width`` and
+    ``height`` in pixels, ``truncated`` (cut off at max_tokens) and ``warnings``. Raises pydantic.ValidationError
+    when built with a wrong type."""
+
     page: int | None = None  # 1-based page of a PDF; None for an image
     text: str = ""
     lines: list[OCRLine] = Field(default_factory=list)  # format="json" only
@@ -77,6 +86,10 @@ class OCRPage(BaseModel):
 
 
 class OCRResult(BaseModel):
+    """What ``ocr`` returns: one ``OCRPage`` per image or PDF page, the answering ``model``, the ``warnings`` of
+    every page (prefixed with its page), and the ``responses`` (one per page). Raises pydantic.ValidationError
+    when built with a wrong type."""
+
     source: str
     format: str
     model: str | None = None
@@ -86,14 +99,17 @@ class OCRResult(BaseModel):
 
     @property
     def text(self) -> str:
+        """Every page's text, pages separated by a blank line (Markdown: by a ``---`` rule)."""
         sep = "\n\n---\n\n" if self.format == "markdown" else "\n\n"
         return sep.join(p.text for p in self.pages if p.text)
 
     @property
     def empty(self) -> bool:
+        """True when no page has any text or line."""
         return not self.text.strip() and not any(p.lines for p in self.pages)
 
     def to_json(self) -> dict[str, Any]:
+        """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON). Raises nothing."""
         return {
             "source": self.source,
             "model": self.model,
@@ -107,12 +123,14 @@ _FENCED = re.compile(r"^\s*```[ \t]*[\w+-]*[ \t]*\n(.*?)\n?```\s*$", re.S)
 
 
 def clean_text(text: str) -> str:
-    """The answer without a fence wrapped around all of it (models like ```markdown ... ```)."""
+    """The answer without a fence wrapped around all of it (models like ```markdown ... ```). Raises nothing."""
     match = _FENCED.match(text)
     return (match.group(1) if match else text).strip("\n")
 
 
 def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The qwen-vl-ocr ``ocr_options`` parameter: ``options`` with ``task`` (one of ``OCR_TASKS``, or any other
+    string, passed through) added; None when both are empty. Raises nothing."""
     merged = dict(options or {})
     if task:
         merged["task"] = task
@@ -134,6 +152,8 @@ def is_pdf(ref: str) -> bool:
 
 
 def pdf_pages(ref: str, pages: str | None) -> list[int]:
+    """The 1-based pages ``pages`` selects in the PDF ``ref`` (every page when None), in the order given.
+    Raises UsageError (bad range syntax), MediaError (a page out of range, an unreadable PDF)."""
     from qwenvl.media import pdf
     from qwenvl.media.sources import classify, read_bytes
 
@@ -143,7 +163,7 @@ def pdf_pages(ref: str, pages: str | None) -> list[int]:
 
 
 def plan_ocr(
-    client: Any,
+    client: SupportsPlan,
     source: str,
     *,
     format: Format = "text",
@@ -151,8 +171,13 @@ def plan_ocr(
     options: dict[str, Any] | None = None,
     page: int | None = None,
     **fields: Any,
-) -> Any:
-    """The request for one image (or one PDF page); nothing is sent."""
+) -> Call:
+    """The request for one image (or one PDF page, 1-based ``page``); nothing is sent.
+
+    ``format``: ``"text"``, ``"markdown"`` or ``"json"`` (line boxes, asked in the family's grounding form);
+    ``task``/``options`` become the qwen-vl-ocr models' ``ocr_options``; ``max_tokens`` is 4096 unless given
+    (capped by the model's own limit). Raises UsageError for an unknown format, and what ``Client.plan``
+    raises (UsageError, SchemaDefinitionError, MediaError)."""
     if format not in FORMATS:
         from qwenvl.errors import UsageError
 
@@ -173,7 +198,10 @@ def plan_ocr(
     return client.plan(prompt=prompt, images=[source], **fields)
 
 
-def read_page(call: Any, response: Response, *, format: Format, page: int | None = None) -> OCRPage:
+def read_page(call: Call, response: Response, *, format: Format, page: int | None = None) -> OCRPage:
+    """The OCRPage in an answer to ``call``: its text (a fence around all of it removed), and for
+    ``format="json"`` its line boxes in original pixels (``read_grounding``). Raises nothing for an answer;
+    MediaError only when the planned local image can no longer be read."""
     warnings: list[str] = []
     lines: list[OCRLine] = []
     width = height = None
@@ -206,7 +234,7 @@ def read_page(call: Any, response: Response, *, format: Format, page: int | None
 
 
 def plan_pages(
-    client: Any,
+    client: SupportsPlan,
     source: str,
     *,
     format: Format = "text",
@@ -214,8 +242,10 @@ def plan_pages(
     options: dict[str, Any] | None = None,
     pages: str | None = None,
     **fields: Any,
-) -> Iterator[tuple[int | None, Any]]:
-    """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time."""
+) -> Iterator[tuple[int | None, Call]]:
+    """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time.
+    Raises UsageError (``pages`` for an image, bad syntax), MediaError (a page out of range), and what
+    ``plan_ocr`` raises."""
     if pages and not is_pdf(source):
         from qwenvl.errors import UsageError
 
@@ -226,8 +256,10 @@ def plan_pages(
 
 
 def send_pages(
-    client: Any, source: str, plans: Iterable[tuple[int | None, Any]], *, format: Format = "text"
+    client: SupportsComplete, source: str, plans: Iterable[tuple[int | None, Call]], *, format: Format = "text"
 ) -> OCRResult:
+    """Send each planned page in turn and read it (``read_page``): the OCRResult of ``source``.
+    Raises what ``plans`` and ``client.send`` raise (UsageError, MediaError, APIError and its subclasses)."""
     result = OCRResult(source=source, format=format)
     for number, call in plans:
         response = client.send(call)
@@ -243,7 +275,7 @@ def send_pages(
 
 
 def ocr(
-    client: Any,
+    client: SupportsComplete,
     source: str,
     *,
     format: Format = "text",
@@ -252,6 +284,13 @@ def ocr(
     pages: str | None = None,
     **fields: Any,
 ) -> OCRResult:
-    """The text of an image or PDF (one request per page). ``task``/``options`` become ``ocr_options``."""
+    """The text of an image or PDF (one request per page). ``task``/``options`` become ``ocr_options``.
+
+    ``format``: ``"text"`` (default), ``"markdown"`` or ``"json"`` (lines with boxes in original pixels);
+    ``pages``: PDF pages such as ``"1-3,5"`` (1-based; default every page); ``fields``: any Request fields.
+
+    Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax), MediaError (a page out of
+    range, media that cannot be sent), and what ``Client.send`` raises (APIError and its subclasses). A page
+    without text is not an error (a warning)."""
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
     return send_pages(client, source, plans, format=format)

@@ -34,7 +34,7 @@ LABEL_KEYS = ("label", "text_content", "text", "name", "category", "class", "obj
 
 @dataclass
 class RawItem:
-    """One box or point exactly as the model gave it (its own coordinate space)."""
+    """One box or point exactly as the model gave it (its own coordinate space); building one raises nothing."""
 
     kind: Literal["box", "point"]
     coords: list[float]  # box: [x1, y1, x2, y2]; point: [x, y]
@@ -43,6 +43,9 @@ class RawItem:
 
 @dataclass
 class ParsedAnswer:
+    """Every box and point found in an answer, in the model's own coordinates (``parse_answer``); building one
+    raises nothing."""
+
     items: list[RawItem] = field(default_factory=list)
     truncated: bool = False  # the answer ends inside an unfinished list/object/tag
     notes: list[str] = field(default_factory=list)  # what was odd about the answer's form
@@ -50,15 +53,18 @@ class ParsedAnswer:
 
     @property
     def boxes(self) -> list[RawItem]:
+        """The boxes, ``coords`` ``[x1, y1, x2, y2]``, in the answer's order."""
         return [i for i in self.items if i.kind == "box"]
 
     @property
     def points(self) -> list[RawItem]:
+        """The points, ``coords`` ``[x, y]``, in the answer's order."""
         return [i for i in self.items if i.kind == "point"]
 
 
 def parse_answer(text: str) -> ParsedAnswer:
-    """Every box and point in ``text`` (see the module docstring for the shapes understood)."""
+    """Every box and point in ``text`` (see the module docstring for the shapes understood). Raises nothing:
+    what cannot be read is left out and said in ``notes``."""
     out = ParsedAnswer()
     body = _unfence(text or "", out)
     skipped = [0]
