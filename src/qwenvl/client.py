@@ -19,14 +19,13 @@ from pydantic import ValidationError
 
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
-from qwenvl.batch import exchange
-from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.config import effective_region, normalize_backend, normalize_protocol, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
+from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
 
 # Client-level defaults that apply to requests that do not set the field themselves.
@@ -144,7 +143,12 @@ class _Base:
     qwen2.5-vl|qwen3-vl when the served name does not say), ``"transformers"`` (the model loaded in this
     process from a hub id or folder given as ``model``; ``device``, ``dtype``, ``attn_implementation``), or a
     backend instance. Default from ``QWENVL_BACKEND``; ``protocol="openai"`` alone also means the openai backend.
-    Local backends need no DashScope key (``api_key`` is then the server's key, optional)."""
+    Local backends need no DashScope key (``api_key`` is then the server's key, optional).
+
+    Stores (``qwenvl.store``): ``cache`` None/False (default: none), True (``responses.db`` in
+    ``$QWENVL_CACHE_DIR`` or the user cache folder), a path, or a ``ResponseCache``; ``usage_log`` None (default:
+    ``usage.db`` in the data folder unless ``$QWENVL_LOG=0``), True, False, a path, or a ``UsageLog``. A store
+    made from True/None/a path is the client's and is closed with it; a store object stays its owner's."""
 
     def __init__(
         self,
@@ -164,7 +168,8 @@ class _Base:
         device: str | None = None,
         dtype: str | None = None,
         attn_implementation: str | None = None,
-        cache: bool | str | os.PathLike[str] | ResponseCache | None = None,
+        cache: CacheArg = None,
+        usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
     ) -> None:
         self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
@@ -193,7 +198,16 @@ class _Base:
                 hint="Use --backend openai for another OpenAI-compatible server.",
             )
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
-        self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
+        # The client's stores (qwenvl.store): the cache is off unless asked for (True, a path or a ResponseCache);
+        # the usage log is on unless $QWENVL_LOG=0 or usage_log=False (True, a path or a UsageLog). Stores the
+        # client opened itself are closed with it; one passed in as an object stays its owner's.
+        self.cache = open_cache(cache)
+        self.usage_log = open_usage_log(usage_log)
+        self._own_stores = [
+            store
+            for store, arg in ((self.cache, cache), (self.usage_log, usage_log))
+            if store is not None and store is not arg
+        ]
         if self._backend is not None:
             self.protocol = self._backend.protocol
         model = model or os.environ.get("QWENVL_MODEL")
@@ -265,6 +279,11 @@ class _Base:
     def _key(self) -> str:
         return require_api_key(self._api_key).key
 
+    def _close_stores(self) -> None:
+        """Commit the usage log's queued rows and close the stores this client opened."""
+        for store in self._own_stores:
+            store.close()
+
 
 class Client(_Base):
     """Synchronous client. Thread-safe for concurrent requests (httpx pools connections)."""
@@ -290,8 +309,11 @@ class Client(_Base):
         return self._backend
 
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
+        try:
+            if self._backend is not None:
+                self._backend.close()
+        finally:
+            self._close_stores()
 
     def __enter__(self) -> Client:
         return self
@@ -383,8 +405,11 @@ class AsyncClient(_Base):
         return self._backend or await asyncio.to_thread(lambda: self.backend)
 
     async def aclose(self) -> None:
-        if self._backend is not None:
-            await self._backend.aclose()
+        try:
+            if self._backend is not None:
+                await self._backend.aclose()
+        finally:
+            await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -19,7 +19,7 @@ _LAZY = {
     "Estimate": "qwenvl.batch.runner",
     "Summary": "qwenvl.batch.runner",
     "AdaptiveLimiter": "qwenvl.batch.limiter",
-    "ResponseCache": "qwenvl.batch.cache",
+    "ResponseCache": "qwenvl.store.cache",
     "BatchAPI": "qwenvl.batch.batchapi",
     "expand_inputs": "qwenvl.batch.inputs",
     "read_requests": "qwenvl.batch.inputs",
