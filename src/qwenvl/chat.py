@@ -88,6 +88,7 @@ class Conversation:
     invalid name or a damaged file), a ``Session``, or None for a conversation that is not saved.
     ``fields``: request fields for every turn (``model``, ``max_tokens``, ``thinking``...; a turn's own
     keyword arguments override them); without a ``model``, a resumed session's model is used.
+    One turn at a time: a conversation is one line of messages (a server keeps one per user).
     """
 
     def __init__(
