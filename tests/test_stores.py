@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +171,25 @@ def test_an_idle_writer_holds_no_thread(tmp_path):
         time.sleep(0.05)
     log.record(Entry(model="m", protocol="compat", outcome="ok"))  # a new one starts for the next rows
     assert log.flush() and logged(log) == ["ok", "ok"]
+    log.close()
+
+
+def test_the_writer_queue_is_bounded(tmp_path):
+    """A writer far behind (here: stalled on its connection's lock) makes ``record`` wait for room instead of
+    queueing rows without end; nothing is dropped once it catches up."""
+    log = UsageLog(tmp_path / "bounded.db")
+    log._writer.MAX_QUEUED = 3
+    entry = Entry(model="m", protocol="compat", outcome="ok", time=1.0)
+    with log._db._lock:  # the writer cannot write
+        for _ in range(3):
+            log.record(entry)
+        fourth = threading.Thread(target=log.record, args=(entry,), daemon=True)
+        fourth.start()
+        fourth.join(0.5)
+        assert fourth.is_alive()  # waiting for room
+    fourth.join(30)
+    assert not fourth.is_alive()
+    assert logged(log) == ["ok"] * 4
     log.close()
 
 

@@ -133,11 +133,17 @@ class BackgroundWriter:
     ends after ``IDLE_S`` with nothing to write, so an idle or forgotten writer holds no thread. ``flush``
     waits until everything queued so far is committed; it also runs at exit while rows are pending. A process
     killed with SIGKILL can lose the rows of its last few milliseconds.
+
+    The queue is bounded: when ``MAX_QUEUED`` rows wait (the writer is far behind: a slow or hung disk, or
+    producers faster than any disk), ``submit`` waits for room, up to ``MAX_WAIT_S``, then queues anyway (a
+    row is never dropped; memory then grows only while the disk does not answer).
     """
 
     MAX_GROUP = 1000
     GROUP_WINDOW_S = 0.01
     IDLE_S = 1.0
+    MAX_QUEUED = 2 * MAX_GROUP  # about 150 B per row: 300 kB at most, whatever the number of requests
+    MAX_WAIT_S = 10.0
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -154,12 +160,14 @@ class BackgroundWriter:
         if self._pid != os.getpid():  # the writer thread does not survive a fork: start afresh
             self._reset()
         with self._cond:
-            self._queue.put((sql, params))
-            self._pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="qwenvl-log-writer", daemon=True)
                 atexit.register(self.flush)  # until the thread ends: rows queued at exit are still written
                 self._thread.start()
+            if self._pending >= self.MAX_QUEUED:  # (the thread cannot end meanwhile: its queue is not empty)
+                self._cond.wait_for(lambda: self._pending < self.MAX_QUEUED, self.MAX_WAIT_S)
+            self._queue.put((sql, params))
+            self._pending += 1
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait (at most ``timeout`` seconds) until every row submitted so far is committed; False on time-out."""
