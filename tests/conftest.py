@@ -14,6 +14,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 
 import qwenvl
+import qwenvl.store
 from dashscope_server import DashScopeServer
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -29,11 +30,22 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("QWENVL_HOME", str(home / ".qwenvl"))
-    monkeypatch.setenv("QWENVL_CACHE_DIR", str(tmp_path / "cache"))  # the response cache (qwenvl.batch.cache)
+    monkeypatch.setenv("QWENVL_CACHE_DIR", str(tmp_path / "cache"))  # the default response cache (qwenvl.store)
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[tuple[qwenvl.store.ResponseCache, qwenvl.store.UsageLog]]:
+    """A response cache and a usage log of this test's own, in temporary files, to pass to a client
+    (``Client(cache=cache, usage_log=log)``), a Batch or an app: nothing global is touched. Closed afterwards."""
+    cache = qwenvl.store.ResponseCache(tmp_path / "stores" / "responses.db")
+    log = qwenvl.store.UsageLog(tmp_path / "stores" / "usage.db")
+    yield cache, log
+    log.close()
+    cache.close()
 
 
 @pytest.fixture

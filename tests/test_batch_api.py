@@ -10,7 +10,7 @@ import pytest
 
 from batch_server import BatchServer
 from conftest import API_KEY, run_cli, write_image
-from qwenvl.batch import Batch, BatchItem, batchapi, usagelog
+from qwenvl.batch import Batch, BatchItem, batchapi
 from qwenvl.batch.batchapi import BatchAPI, check_region
 from qwenvl.errors import AuthenticationError, UsageError
 from qwenvl.models import estimate_cost
@@ -87,8 +87,7 @@ def test_end_to_end(bserver, isolated_env):
     full = estimate_cost("qwen3-vl-plus", u["input_tokens"], u["output_tokens"])
     assert out["img"]["cost"] == pytest.approx(full / 2)
     assert Path("out.csv").read_text().count("\n") == 7
-    usagelog.flush()
-    logged = usagelog.summarize(days=1)
+    logged = job.usage_log.summarize(days=1)  # the batch's own log (the default file)
     assert logged[0]["requests"] == 5 and logged[0]["errors"] == 1
 
 

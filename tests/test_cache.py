@@ -11,8 +11,9 @@ import pytest
 import qwenvl
 from conftest import API_KEY, make_client, write_image
 from dashscope_server import Reply
-from qwenvl.batch.cache import ResponseCache, cache_dir, cache_key
 from qwenvl.errors import MissingAPIKeyError
+from qwenvl.store import ResponseCache, default_cache_dir
+from qwenvl.store.cache import cache_key
 
 
 def model_calls(server) -> int:
@@ -37,7 +38,7 @@ def test_identical_request_is_answered_from_the_cache(server, protocol, png):
     assert second.usage.input_tokens == first.usage.input_tokens
     assert second.messages[-1].role == "assistant" and second.messages[0].role == "user"
     assert (Path(os.environ["QWENVL_CACHE_DIR"]) / "responses.db").exists()
-    assert cache_dir() == Path(os.environ["QWENVL_CACHE_DIR"])
+    assert default_cache_dir() == Path(os.environ["QWENVL_CACHE_DIR"])
 
 
 def test_key_follows_media_content_not_names(server, isolated_env):

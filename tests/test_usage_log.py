@@ -11,13 +11,13 @@ import pytest
 import qwenvl
 from conftest import API_KEY, make_client, run_cli
 from dashscope_server import Reply
-from qwenvl.batch import usagelog
-from qwenvl.batch.db import connect, migrate
+from qwenvl.store import Entry, UsageLog, default_usage_log_path
+from qwenvl.store.db import connect, migrate
 
 
 def rows() -> list[dict]:
-    usagelog.flush()
-    path = usagelog.log_path()
+    """The rows of the default log file, as a separate reader sees them (clients commit theirs at close)."""
+    path = default_usage_log_path()
     if not path.exists():
         return []
     conn = sqlite3.connect(path)
@@ -37,7 +37,7 @@ def test_every_request_is_logged(server, protocol, png):
     assert row["image_tokens"] == 100 and row["request_id"] == r.request_id
     assert row["cost"] == pytest.approx(110 / 1000 * 0.00015 + r.usage.output_tokens / 1000 * 0.0015)
     assert 0 <= row["latency_s"] < 10 and abs(row["time"] - time.time()) < 60
-    assert str(usagelog.log_path()).startswith(str(qwenvl.sessions.home()))
+    assert str(default_usage_log_path()).startswith(str(qwenvl.sessions.home()))
 
 
 def test_errors_streams_and_cache_hits(server):
@@ -84,9 +84,10 @@ def test_summary_by_day_and_model(server):
         c.ask("a")
         c.ask("b", model="qwen3-vl-flash")
         c.ask("c", model="qwen3-vl-flash")
-    usagelog.record(usagelog.Entry(model="qwen3-vl-flash", protocol="compat", outcome="RateLimitError"))
-    usagelog.record(
-        usagelog.Entry(
+    log = UsageLog()
+    log.record(Entry(model="qwen3-vl-flash", protocol="compat", outcome="RateLimitError"))
+    log.record(
+        Entry(
             model="qwen3-vl-plus",
             protocol="compat",
             outcome="ok",
@@ -96,13 +97,13 @@ def test_summary_by_day_and_model(server):
             time=time.time() - 10 * 86400,
         )
     )
-    recent = usagelog.summarize(days=3)
+    recent = log.summarize(days=3)
     assert [(r["model"], r["requests"], r["errors"]) for r in recent] == [
         ("qwen3-vl-flash", 3, 1),
         ("qwen3-vl-plus", 1, 0),
     ]
     assert recent[0]["input_tokens"] == 20 and recent[0]["cost"] > 0
-    assert len({r["day"] for r in usagelog.summarize(days=30)}) == 2
+    assert len({r["day"] for r in log.summarize(days=30)}) == 2
 
 
 def test_usage_command(server):

@@ -19,14 +19,13 @@ from pydantic import ValidationError
 
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
-from qwenvl.batch import exchange
-from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.config import effective_region, normalize_backend, normalize_protocol, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
+from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
 
 # Client-level defaults that apply to requests that do not set the field themselves.
@@ -163,7 +162,8 @@ class _Base:
         device: str | None = None,
         dtype: str | None = None,
         attn_implementation: str | None = None,
-        cache: bool | str | os.PathLike[str] | ResponseCache | None = None,
+        cache: CacheArg = None,
+        usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
     ) -> None:
         self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
@@ -192,7 +192,16 @@ class _Base:
                 hint="Use --backend openai for another OpenAI-compatible server.",
             )
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
-        self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
+        # The client's stores (qwenvl.store): the cache is off unless asked for (True, a path or a ResponseCache);
+        # the usage log is on unless $QWENVL_LOG=0 or usage_log=False (True, a path or a UsageLog). Stores the
+        # client opened itself are closed with it; one passed in as an object stays its owner's.
+        self.cache = open_cache(cache)
+        self.usage_log = open_usage_log(usage_log)
+        self._own_stores = [
+            store
+            for store, arg in ((self.cache, cache), (self.usage_log, usage_log))
+            if store is not None and store is not arg
+        ]
         if self._backend is not None:
             self.protocol = self._backend.protocol
         model = model or os.environ.get("QWENVL_MODEL")
@@ -285,6 +294,11 @@ class _Base:
     def _key(self) -> str:
         return require_api_key(self._api_key).key
 
+    def _close_stores(self) -> None:
+        """Commit the usage log's queued rows and close the stores this client opened."""
+        for store in self._own_stores:
+            store.close()
+
 
 class Client(_Base):
     """Synchronous client. Thread-safe for concurrent requests (httpx pools connections).
@@ -317,6 +331,10 @@ class Client(_Base):
     - ``cache``: off by default; ``True`` (``responses.db`` in ``$QWENVL_CACHE_DIR``, else the user cache
       folder, ``~/.cache/qwenvl`` on Linux), a path or a ``ResponseCache``: an identical non-streamed request
       is answered from it, and not paid twice.
+    - ``usage_log``: None (default: ``usage.db`` in ``$QWENVL_HOME``, else ``~/.local/share/qwenvl`` on Linux, unless
+      ``$QWENVL_LOG=0``), True (on even then), False, a path or a ``UsageLog``: each answered request's tokens
+      and cost, for ``qwenvl usage``. A store made from True, None or a path is the client's and is closed with
+      it; a store object given here stays its owner's (``qwenvl.store``).
     - ``on_retry``: called with a ``qwenvl.retry.RetryNotice`` before each retry's wait.
 
     Attributes: ``protocol``, ``region``, ``base_url``, ``backend_name``, ``defaults`` (the request defaults
@@ -354,9 +372,13 @@ class Client(_Base):
         return self._backend
 
     def close(self) -> None:
-        """Close the backend's connections (a no-op when no request was made). Raises nothing."""
-        if self._backend is not None:
-            self._backend.close()
+        """Close the backend's connections (a no-op when no request was made) and the stores this client
+        opened (its usage log's queued rows are written first). Raises nothing."""
+        try:
+            if self._backend is not None:
+                self._backend.close()
+        finally:
+            self._close_stores()
 
     def __enter__(self) -> Client:
         return self
@@ -496,9 +518,13 @@ class AsyncClient(_Base):
         return self._backend or await asyncio.to_thread(lambda: self.backend)
 
     async def aclose(self) -> None:
-        """Close the backend's connections (a no-op when no request was made). Raises nothing."""
-        if self._backend is not None:
-            await self._backend.aclose()
+        """Close the backend's connections (a no-op when no request was made) and the stores this client
+        opened (its usage log's queued rows are written first). Raises nothing."""
+        try:
+            if self._backend is not None:
+                await self._backend.aclose()
+        finally:
+            await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
 
     async def __aenter__(self) -> AsyncClient:
         return self

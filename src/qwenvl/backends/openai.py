@@ -182,7 +182,7 @@ class _Wire:
         return [*events, StreamEvent(type="done", response=response)]
 
     def cache_key(self, call: Call) -> str:
-        from qwenvl.batch.cache import cache_key
+        from qwenvl.store.cache import cache_key
 
         return cache_key(f"openai-{self.engine}", self.base_url, self.body(call, False))
 

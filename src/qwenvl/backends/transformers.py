@@ -540,7 +540,7 @@ class TransformersBackend:
         return f"in-process:{call.request.model}", self._body(call)
 
     def cache_key(self, call: Call) -> str:
-        from qwenvl.batch.cache import cache_key
+        from qwenvl.store.cache import cache_key
 
         return cache_key(
             NAME,

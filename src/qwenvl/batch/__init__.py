@@ -1,11 +1,11 @@
-"""Batches at scale: the runner, the adaptive limiter, the resume journal, the response cache, the usage
-log and the DashScope Batch API.
+"""Batches at scale: the runner, the adaptive limiter, the resume journal and the DashScope Batch API. The
+response cache and the usage log are ``qwenvl.store``'s (``ResponseCache`` is still named here).
 
     from qwenvl.batch import Batch, BatchItem
     items = [BatchItem(id=p.name, request={"prompt": "Caption this", "image": str(p)}) for p in photos]
     summary = Batch(items, "captions.jsonl", concurrency=16).run()
 
-The submodules load lazily: ``qwenvl.client`` imports only the cache and the usage log.
+The submodules load lazily.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ _LAZY = {
     "Estimate": "qwenvl.batch.runner",
     "Summary": "qwenvl.batch.runner",
     "AdaptiveLimiter": "qwenvl.batch.limiter",
-    "ResponseCache": "qwenvl.batch.cache",
+    "ResponseCache": "qwenvl.store.cache",
     "BatchAPI": "qwenvl.batch.batchapi",
     "expand_inputs": "qwenvl.batch.inputs",
     "read_requests": "qwenvl.batch.inputs",

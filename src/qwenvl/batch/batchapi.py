@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from qwenvl import structured
-from qwenvl.batch import usagelog
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal
 from qwenvl.client import make_request
@@ -49,6 +48,7 @@ from qwenvl.models import currency_of, estimate_cost
 from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
+from qwenvl.store.usage import Entry
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import Response
 
@@ -345,8 +345,9 @@ def _merge(
                 journal, item, outcome, prog, attempts=1, latency_s=0.0, extra=extra, price_factor=PRICE_FACTOR
             )
             u = outcome.usage
-            usagelog.record(
-                usagelog.Entry(
+            log_usage(
+                batch,
+                Entry(
                     model=batch.model_of(item),
                     protocol="batch-api",
                     outcome="ok",
@@ -358,19 +359,20 @@ def _merge(
                     ),
                     currency=currency_of(BATCH_REGION),
                     request_id=outcome.request_id,
-                )
+                ),
             )
         else:
             batch._record_error(journal, item, outcome, prog, attempts=1)
-            usagelog.record(
-                usagelog.Entry(
+            log_usage(
+                batch,
+                Entry(
                     model=batch.model_of(item),
                     protocol="batch-api",
                     outcome=type(outcome).__name__,
                     request_id=getattr(outcome, "request_id", None),
                     status=getattr(outcome, "status", None),
                     code=getattr(outcome, "code", None),
-                )
+                ),
             )
     if not waiting:
         return
@@ -386,6 +388,12 @@ def _merge(
         journal.conn.executemany(
             "UPDATE items SET status = NULL, batch_id = NULL WHERE id = ?", ((i,) for i in waiting)
         )
+
+
+def log_usage(batch: Batch, entry: Entry) -> None:
+    """One merged result in the batch's usage log (when it has one)."""
+    if batch.usage_log is not None:
+        batch.usage_log.record(entry)
 
 
 def _outcome(rec: dict[str, Any], item: BatchItem) -> Response | QwenVLError:

@@ -55,8 +55,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from qwenvl.batch.db import connect
 from qwenvl.errors import UsageError
+from qwenvl.store.db import connect
 
 SUFFIX = ".journal"
 LOCK_SUFFIX = ".lock"  # captions.jsonl.journal.lock: held by the run writing captions.jsonl

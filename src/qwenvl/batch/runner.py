@@ -62,8 +62,6 @@ from pathlib import Path
 from typing import Any
 
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
-from qwenvl.batch.cache import ResponseCache, open_cache
-from qwenvl.batch.exchange import key_for, source_key_for
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished
 from qwenvl.batch.limiter import AdaptiveLimiter
@@ -84,6 +82,8 @@ from qwenvl.notes import answer_notes
 from qwenvl.plan import Call
 from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
+from qwenvl.store import CacheArg, UsageLogArg, open_cache, open_usage_log
+from qwenvl.store.exchange import key_for, source_key_for
 from qwenvl.types import Response, dumps
 
 DEFAULT_CONCURRENCY = 8
@@ -223,7 +223,8 @@ class Batch:
         concurrency: int = DEFAULT_CONCURRENCY,
         rpm: float | None = None,
         tpm: float | None = None,
-        cache: bool | str | Path | ResponseCache | None = True,
+        cache: CacheArg = True,
+        usage_log: UsageLogArg = None,
         retry_errors: bool = False,
         fresh: bool = False,
         mode: str = "realtime",
@@ -242,8 +243,10 @@ class Batch:
     ) -> None:
         """``backend`` (dashscope|openai|transformers) and ``backend_options`` (engine, family, device, dtype,
         attn_implementation) as for ``qwenvl.Client``; or ``client``: a ready Client (any backend, e.g. a custom
-        one) that plans and sends every item, with its own cache (``cache`` and the service options then
-        do not apply). Raises UsageError for invalid settings."""
+        one) that plans and sends every item, with its own cache and usage log (``cache``, ``usage_log`` and the
+        service options then do not apply). ``cache`` and ``usage_log`` as for ``qwenvl.Client``, except that
+        the cache is on by default; one of each is shared by every request of the batch. Raises UsageError for
+        invalid settings."""
         self.items = list(items)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
@@ -259,6 +262,7 @@ class Batch:
         if client is not None and mode == "batch-api":
             raise UsageError("--mode batch-api is DashScope's Batch API: it takes its settings, not a client")
         self.cache = client.cache if client is not None else open_cache(cache)
+        self.usage_log = client.usage_log if client is not None else open_usage_log(usage_log)
         self.retry_errors, self.fresh, self.mode = retry_errors, fresh, mode
         self.flush_interval_s, self.poll_interval_s, self.wait = flush_interval_s, poll_interval_s, wait
         self.plan_threads = max(1, plan_threads)
@@ -274,7 +278,7 @@ class Batch:
             **{k: v for k, v in backend_options.items() if v is not None},
         }
         # plans only (sends nothing), unless a client was given: it does both
-        self.planner = client if client is not None else Client(**self.client_options, cache=self.cache)
+        self.planner = client if client is not None else self._new_client()
         self.currency = currency_of(self.planner.region)
         if mode == "batch-api" and self.planner.is_local:
             raise UsageError("--mode batch-api is DashScope's Batch API; a local backend runs realtime only")
@@ -285,6 +289,15 @@ class Batch:
             ids[item.id] = n
         self._estimate: Estimate | None = None
         self._fingerprints: list[str] = []
+
+    def _new_client(self) -> Client:
+        """A client with the batch's settings and its stores (shared: one cache and one log per batch)."""
+        cache, usage_log = self.cache, self.usage_log
+        return Client(
+            **self.client_options,
+            cache=False if cache is None else cache,  # (an empty cache is falsy: it has a length)
+            usage_log=False if usage_log is None else usage_log,
+        )
 
     # --- before anything is sent ----------------------------------------------------------------
     def check(self) -> None:
@@ -466,11 +479,7 @@ class Batch:
         # Several small connection pools rather than one large one: httpcore's pool bookkeeping costs
         # O(connections^2) per request, which at 64 connections takes more CPU than the request itself.
         shards = math.ceil(self.concurrency / CONNECTIONS_PER_POOL)
-        clients = (
-            [self._client]
-            if self._client is not None
-            else [Client(**self.client_options, cache=self.cache) for _ in range(shards)]
-        )
+        clients = [self._client] if self._client is not None else [self._new_client() for _ in range(shards)]
         limiter = AdaptiveLimiter(self.concurrency, rpm=self.rpm, tpm=self.tpm)
         runner = _Realtime(self, journal, clients, limiter, prog, progress)
         try:

@@ -21,9 +21,8 @@ from qwenvl.models import DEFAULT_MODEL, model_info
 @pass_opts
 def config(opts: dict[str, Any]) -> None:
     """Show the settings in force: key source, region, endpoints, default model, folders."""
-    from qwenvl.batch.cache import cache_dir
-    from qwenvl.batch.usagelog import enabled, log_path
     from qwenvl.sessions import home
+    from qwenvl.store import default_cache_dir, default_usage_log_path, usage_log_enabled
 
     protocol = normalize_protocol(opts["protocol"] or os.environ.get("QWENVL_PROTOCOL"))
     region = normalize_region(opts["region"] or os.environ.get("QWENVL_REGION"))
@@ -51,8 +50,8 @@ def config(opts: dict[str, Any]) -> None:
             "known": model.known,
         },
         "data_folder": str(home()),
-        "cache_folder": str(cache_dir()),
-        "usage_log": str(log_path()) if enabled() else None,
+        "cache_folder": str(default_cache_dir()),
+        "usage_log": str(default_usage_log_path()) if usage_log_enabled() else None,
     }
     if opts["as_json"]:
         print_json(info)

@@ -7,9 +7,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from qwenvl.batch import usagelog
 from qwenvl.cli.common import out_console, pass_opts, print_json
 from qwenvl.models import format_cost
+from qwenvl.store import UsageLog, usage_log_enabled
 
 
 @click.command()
@@ -24,20 +24,19 @@ def usage(opts: dict[str, Any]) -> None:
     Every request qwenvl sends is logged (time, model, tokens, cost, latency, outcome; never prompts or
     answers) in usage.db in the data folder. QWENVL_LOG=0 turns the log off.
     """
-    rows = usagelog.summarize(opts["days"])
+    log = UsageLog()  # the default file, read even when logging is off (what was logged before is shown)
+    rows = log.summarize(opts["days"])
     totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "cached", "input_tokens", "output_tokens")}
     # Costs are summed per currency, never across (CNY in Beijing, USD in Singapore and Virginia).
     costs: dict[str, float] = {}
     for r in rows:
         costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
     if opts["as_json"]:
-        print_json(
-            {"days": opts["days"], "rows": rows, "total": {**totals, "cost": costs}, "log": str(usagelog.log_path())}
-        )
+        print_json({"days": opts["days"], "rows": rows, "total": {**totals, "cost": costs}, "log": str(log.path)})
         return
     console = out_console()
     if not rows:
-        where = "off (QWENVL_LOG=0)" if not usagelog.enabled() else str(usagelog.log_path())
+        where = "off (QWENVL_LOG=0)" if not usage_log_enabled() else str(log.path)
         console.print(f"no requests in the last {opts['days']} days (usage log: {where})")
         return
     table = Table(title=f"qwenvl usage, last {opts['days']} days", title_justify="left")

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,9 +111,11 @@ def create_app(
     *,
     uploads: UploadStore | None = None,
     playground: bool = True,
+    stores: Sequence[Any] = (),
 ) -> FastAPI:
     """The app around ``client`` (a ``qwenvl.AsyncClient``, whose backend answers). The app closes the
-    client and the upload store when it shuts down."""
+    client, the upload store and ``stores`` (the app's response cache and usage log, given to the client by
+    ``main.app_from_config``) when it shuts down."""
     settings = settings or ServeSettings()
     store = uploads or UploadStore()
     slots = _Slots(settings.max_concurrent_per_key)
@@ -123,6 +125,8 @@ def create_app(
         yield
         await client.aclose()
         store.close()
+        for each in stores:
+            await asyncio.to_thread(each.close)  # the usage log commits its queued rows first
 
     app = FastAPI(title="qwenvl serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 

@@ -11,8 +11,11 @@ Sampling is not taken into account: a request with temperature > 0 is answered w
 
 Only successful answers are stored (the service's reply as a Response, before schema checking, which is
 repeated on every hit). The database is ``responses.db`` in ``$QWENVL_CACHE_DIR``, else the platform's user
-cache folder (``~/.cache/qwenvl`` on Linux). Deleting the file empties the cache. A cache that cannot be read
-or written is ignored: it never makes a request fail.
+cache folder (``~/.cache/qwenvl`` on Linux): ``qwenvl.store.default_cache_dir()``. Deleting the file empties
+the cache. A cache that cannot be read or written is ignored: it never makes a request fail.
+
+Each ``ResponseCache`` owns its connection (nothing is module-global): a client, a batch or a server app
+keeps one, and two caches on one file share it safely through SQLite (WAL, busy timeout).
 """
 
 from __future__ import annotations
@@ -20,30 +23,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
-from qwenvl.batch.db import SharedConnection
 from qwenvl.errors import MediaError
 from qwenvl.media.sources import classify
 from qwenvl.plan import Call
+from qwenvl.store.db import Database
 from qwenvl.types import ImagePart, Response
 
 log = logging.getLogger(__name__)
 
-ENV_DIR = "QWENVL_CACHE_DIR"
 FILENAME = "responses.db"
 KEY_VERSION = 1  # change when the key's inputs change, so that old entries are no longer found
-
-
-def cache_dir() -> Path:
-    env = os.environ.get(ENV_DIR)
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("qwenvl", appauthor=False))
 
 
 def m001_responses(conn: sqlite3.Connection) -> None:
@@ -63,7 +57,6 @@ def m002_sources(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS = [m001_responses, m002_sources]
-_DB = SharedConnection(MIGRATIONS)
 
 
 def cache_key(protocol: str, endpoint: str, body: dict[str, Any]) -> str:
@@ -111,19 +104,28 @@ def _identity(ref: str) -> str:
 
 
 class ResponseCache:
-    """A SQLite table of answers by request key. Safe to share between threads and processes."""
+    """A SQLite table of answers by request key. Safe to share between threads and processes.
+
+    ``path``: the database file (created with its folder at first use); default ``responses.db`` in
+    ``qwenvl.store.default_cache_dir()``. ``max_age_s``: older answers are not used (default: no limit)."""
 
     def __init__(self, path: str | Path | None = None, *, max_age_s: float | None = None) -> None:
-        self.path = Path(path).expanduser() if path is not None else cache_dir() / FILENAME
+        from qwenvl.store import default_cache_dir
+
+        self.path = Path(path).expanduser() if path is not None else default_cache_dir() / FILENAME
         self.max_age_s = max_age_s
+        self._db = Database(self.path, MIGRATIONS)
+
+    def close(self) -> None:
+        """Close the connection (a later use opens it again)."""
+        self._db.close()
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r})"
 
     def get(self, key: str) -> Response | None:
         try:
-            row = _DB.run(
-                self.path,
+            row = self._db.run(
                 lambda c: c.execute("SELECT response, created FROM responses WHERE key = ?", (key,)).fetchone(),
             )
             if row is None or (self.max_age_s is not None and time.time() - row["created"] > self.max_age_s):
@@ -137,9 +139,7 @@ class ResponseCache:
 
     def __contains__(self, key: object) -> bool:
         try:
-            row = _DB.run(
-                self.path, lambda c: c.execute("SELECT created FROM responses WHERE key = ?", (key,)).fetchone()
-            )
+            row = self._db.run(lambda c: c.execute("SELECT created FROM responses WHERE key = ?", (key,)).fetchone())
         except (sqlite3.Error, OSError):
             return False
         return row is not None and (self.max_age_s is None or time.time() - row["created"] <= self.max_age_s)
@@ -147,8 +147,7 @@ class ResponseCache:
     def put(self, key: str, response: Response) -> None:
         data = response.model_dump_json()
         try:
-            _DB.run(
-                self.path,
+            self._db.run(
                 lambda c: c.execute(
                     "INSERT OR REPLACE INTO responses (key, model, created, response) VALUES (?, ?, ?, ?)",
                     (key, response.model, time.time(), data),
@@ -160,8 +159,7 @@ class ResponseCache:
     def link(self, source: str, key: str) -> None:
         """Remember that the request known by ``source`` (see ``source_key``) was answered under ``key``."""
         try:
-            _DB.run(
-                self.path,
+            self._db.run(
                 lambda c: c.execute(
                     "INSERT OR REPLACE INTO sources (source, key, created) VALUES (?, ?, ?)", (source, key, time.time())
                 ),
@@ -172,30 +170,17 @@ class ResponseCache:
     def has_source(self, source: str) -> bool:
         """Whether the request known by ``source`` has a (fresh) answer."""
         try:
-            row = _DB.run(
-                self.path, lambda c: c.execute("SELECT key FROM sources WHERE source = ?", (source,)).fetchone()
-            )
+            row = self._db.run(lambda c: c.execute("SELECT key FROM sources WHERE source = ?", (source,)).fetchone())
         except (sqlite3.Error, OSError):
             return False
         return row is not None and row["key"] in self
 
     def __len__(self) -> int:
         try:
-            return int(_DB.run(self.path, lambda c: c.execute("SELECT count(*) FROM responses").fetchone()[0]))
+            return int(self._db.run(lambda c: c.execute("SELECT count(*) FROM responses").fetchone()[0]))
         except (sqlite3.Error, OSError):
             return 0
 
     def clear(self) -> None:
-        _DB.run(self.path, lambda c: c.execute("DELETE FROM responses"))
-        _DB.run(self.path, lambda c: c.execute("DELETE FROM sources"))
-
-
-def open_cache(cache: bool | str | os.PathLike[str] | ResponseCache | None) -> ResponseCache | None:
-    """``Client(cache=...)``: None/False = off, True = the default location, a path, or a ResponseCache."""
-    if cache is None or cache is False:
-        return None
-    if cache is True:
-        return ResponseCache()
-    if isinstance(cache, ResponseCache):
-        return cache
-    return ResponseCache(Path(cache))
+        self._db.run(lambda c: c.execute("DELETE FROM responses"))
+        self._db.run(lambda c: c.execute("DELETE FROM sources"))

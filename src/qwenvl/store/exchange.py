@@ -1,4 +1,4 @@
-"""What happens around one backend call: the response cache and the usage log (the client's only hook).
+"""What happens around one backend call: the client's response cache and usage log (the client's only hook).
 
 ex = exchange.begin(client, call)        # a cache hit is ready in ex.response
 if ex.response is None:
@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import time
 
-from qwenvl.batch import usagelog
-from qwenvl.batch.cache import ResponseCache, cache_key, source_key
 from qwenvl.config import resolve_base_url
 from qwenvl.interfaces import ClientEndpoint
 from qwenvl.models import currency_of, estimate_cost
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
+from qwenvl.store.cache import ResponseCache, cache_key, source_key
+from qwenvl.store.usage import Entry, UsageLog
 from qwenvl.types import Response
 
 
@@ -55,6 +55,7 @@ class Exchange:
         self.finished = False
         self.response: Response | None = None
         self.cache: ResponseCache | None = None if stream else getattr(client, "cache", None)
+        self.log: UsageLog | None = getattr(client, "usage_log", None)
         self.key: str | None = None
         if self.cache is not None:
             self.key = key_for(client, call)
@@ -74,8 +75,10 @@ class Exchange:
             return
         self.finished = True
         status = getattr(exc, "status", None)
-        usagelog.record(
-            usagelog.Entry(
+        if self.log is None:
+            return
+        self.log.record(
+            Entry(
                 model=self.model,
                 protocol=self.protocol,
                 outcome=type(exc).__name__,
@@ -88,11 +91,13 @@ class Exchange:
 
     def _log(self, response: Response, outcome: str) -> None:
         self.finished = True
+        if self.log is None:
+            return
         u = response.usage
         free = outcome == "cached" or self.local  # local models cost no tokens
         cost = 0.0 if free else estimate_cost(self.model, u.input_tokens, u.output_tokens, region=self.region)
-        usagelog.record(
-            usagelog.Entry(
+        self.log.record(
+            Entry(
                 model=self.model,
                 protocol=self.protocol,
                 outcome=outcome,

@@ -1,4 +1,4 @@
-"""SQLite plumbing shared by the journal, the response cache and the usage log.
+"""SQLite plumbing of the stores (the response cache, the usage log) and of the batch journal.
 
 Each database declares its schema as an ordered list of numbered migration functions; ``connect`` applies
 the ones not yet recorded in the ``_migrations`` table, each in its own transaction, so an old file is
@@ -19,6 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -76,102 +77,123 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[s
     return applied
 
 
-class SharedConnection:
-    """One lazily opened connection per database file, shared by threads behind a lock.
+class Database:
+    """One database file and its one connection, opened at first use and shared by threads behind a lock.
 
-    The path is resolved at each use (the data folder can change, e.g. between tests); a file that cannot be
-    opened is retried at the next use rather than remembered as broken.
+    Owned by one store (a ``ResponseCache``, a ``UsageLog``): nothing is shared between instances, so a
+    server keeps one per app and a test its own. A file that cannot be opened is retried at the next use
+    rather than remembered as broken. ``close()`` closes the connection (a later use opens it again); one that
+    is never closed is closed when the object is collected, or at exit. A child process made by ``fork``
+    opens its own connection: it never uses its parent's.
     """
 
-    KEEP_OPEN = 2  # connections kept per kind of database (the newest paths)
-
-    def __init__(self, migrations: Sequence[Migration]) -> None:
+    def __init__(self, path: Path | str, migrations: Sequence[Migration]) -> None:
+        self.path = Path(path)
         self._migrations = migrations
         self._lock = threading.Lock()
-        self._conns: dict[str, sqlite3.Connection] = {}
-        atexit.register(self.close)
-        if hasattr(os, "register_at_fork"):  # a child must not use its parent's connections
-            os.register_at_fork(after_in_child=self._forget)
+        self._conn: sqlite3.Connection | None = None
+        self._closer: weakref.finalize | None = None
+        self._pid = os.getpid()
 
-    def _forget(self) -> None:
-        self._lock = threading.Lock()
-        self._conns = {}
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r})"
 
-    def run(self, path: Path | str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        key = str(path)
+    def _after_fork(self) -> None:
+        if self._pid != os.getpid():  # the parent's connection and lock are not this process's to use
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            if self._closer is not None:
+                self._closer.detach()
+            self._conn = self._closer = None
+
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(connection)`` under the lock (opening, creating and migrating the file first if needed)."""
+        self._after_fork()
         with self._lock:
-            conn = self._conns.get(key)
+            conn = self._conn
             if conn is None:
-                conn = connect(Path(key), self._migrations, check_same_thread=False)
-                while len(self._conns) >= self.KEEP_OPEN:
-                    self._conns.pop(next(iter(self._conns))).close()
-                self._conns[key] = conn
+                conn = connect(self.path, self._migrations, check_same_thread=False)
+                self._conn, self._closer = conn, weakref.finalize(self, conn.close)
             return fn(conn)
 
     def close(self) -> None:
+        self._after_fork()
         with self._lock:
-            for conn in self._conns.values():
-                conn.close()
-            self._conns.clear()
+            if self._closer is not None:
+                self._closer()
+            self._conn = self._closer = None
 
 
 class BackgroundWriter:
     """Inserts that nobody waits for (the usage log), committed by one thread in groups.
 
-    ``submit`` only queues a statement. A daemon thread takes everything queued, runs it in one transaction per
-    database and commits: a row is on disk within milliseconds, and many threads logging at once cost one
-    commit instead of one each (and never wait on each other's commits). ``flush`` waits until everything
-    queued so far is committed; it runs at exit too. A process killed with SIGKILL can lose the rows of its
-    last few milliseconds.
+    ``submit`` only queues a statement. A thread takes everything queued, runs it in one transaction and
+    commits: a row is on disk within milliseconds, and many threads logging at once cost one commit instead of
+    one each (and never wait on each other's commits). The thread is started by the first ``submit`` and
+    ends after ``IDLE_S`` with nothing to write, so an idle or forgotten writer holds no thread. ``flush``
+    waits until everything queued so far is committed; it also runs at exit while rows are pending. A process
+    killed with SIGKILL can lose the rows of its last few milliseconds.
+
+    The queue is bounded: when ``MAX_QUEUED`` rows wait (the writer is far behind: a slow or hung disk, or
+    producers faster than any disk), ``submit`` waits for room, up to ``MAX_WAIT_S``, then queues anyway (a
+    row is never dropped; memory then grows only while the disk does not answer).
     """
 
     MAX_GROUP = 1000
     GROUP_WINDOW_S = 0.01
+    IDLE_S = 1.0
+    MAX_QUEUED = 2 * MAX_GROUP  # about 150 B per row: 300 kB at most, whatever the number of requests
+    MAX_WAIT_S = 10.0
 
-    def __init__(self, shared: SharedConnection) -> None:
-        self._shared = shared
-        self._queue: queue.SimpleQueue[tuple[str, str, tuple]] = queue.SimpleQueue()
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._queue: queue.SimpleQueue[tuple[str, tuple]] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending = 0
         self._thread: threading.Thread | None = None
-        atexit.register(self.flush)
-        if hasattr(os, "register_at_fork"):  # the writer thread does not survive a fork: start afresh
-            os.register_at_fork(after_in_child=self._forget)
 
-    def _forget(self) -> None:
-        self._queue = queue.SimpleQueue()
-        self._cond = threading.Condition()
-        self._pending = 0
-        self._thread = None
-
-    def submit(self, path: Path | str, sql: str, params: tuple) -> None:
+    def submit(self, sql: str, params: tuple) -> None:
+        if self._pid != os.getpid():  # the writer thread does not survive a fork: start afresh
+            self._reset()
         with self._cond:
-            self._pending += 1
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="qwenvl-log-writer", daemon=True)
+                atexit.register(self.flush)  # until the thread ends: rows queued at exit are still written
                 self._thread.start()
-        self._queue.put((str(path), sql, params))
+            if self._pending >= self.MAX_QUEUED:  # (the thread cannot end meanwhile: its queue is not empty)
+                self._cond.wait_for(lambda: self._pending < self.MAX_QUEUED, self.MAX_WAIT_S)
+            self._queue.put((sql, params))
+            self._pending += 1
 
     def flush(self, timeout: float = 10.0) -> bool:
+        """Wait (at most ``timeout`` seconds) until every row submitted so far is committed; False on time-out."""
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
     def _loop(self) -> None:
         while True:
-            group = [self._queue.get()]
+            try:
+                group = [self._queue.get(timeout=self.IDLE_S)]
+            except queue.Empty:
+                with self._cond:  # submit queues under this lock: nothing can slip in between
+                    if self._queue.empty():
+                        self._thread = None
+                        atexit.unregister(self.flush)
+                        return
+                continue
             while len(group) < self.MAX_GROUP:
                 try:
                     group.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            by_path: dict[str, list[tuple[str, tuple]]] = {}
-            for path, sql, params in group:
-                by_path.setdefault(path, []).append((sql, params))
-            for path, statements in by_path.items():
-                try:
-                    self._shared.run(path, functools.partial(_write_all, statements=statements))
-                except (sqlite3.Error, OSError) as exc:
-                    log.debug("cannot write %s: %s", path, exc)
+            try:
+                self._db.run(functools.partial(_write_all, statements=group))
+            except (sqlite3.Error, OSError) as exc:
+                log.debug("cannot write %s: %s", self._db.path, exc)
             with self._cond:
                 self._pending -= len(group)
                 self._cond.notify_all()

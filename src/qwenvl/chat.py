@@ -1,0 +1,238 @@
+"""A conversation about images and videos: the messages so far, the files for the next message, an optional
+saved session and what the chat commands mean. ``qwenvl chat`` is this plus a terminal; a server or the
+playground can hold one per user.
+
+    conv = Conversation(qwenvl.Client(), session="trip")   # resumes the saved session "trip", if there is one
+    conv.attach("beach.jpg")                                # checked now (MediaError), sent with the next message
+    print(conv.send("What is here?").text)
+    for event in conv.stream("And the colours?"):           # "reasoning"/"text" deltas, then "done"
+        ...
+    conv.command("reset")                                   # the /commands, without the terminal
+
+A turn changes the conversation only when it is answered: an error, an interrupted stream or a stream closed
+before its end (Ctrl-C in the chat) leave the messages as they were, and the attachments wait for a retry; an
+attachment that fails when the turn prepares it (MediaError) is dropped, the conversation kept. A named
+session is saved after every answered turn (``qwenvl.sessions``: JSON, media as absolute paths), so it
+resumes from any folder; files of earlier turns that have gone since are dropped before the next turn, each
+turn kept with its text (``drop_unavailable`` says which, for the caller to tell the user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shlex
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.media.sources import classify
+from qwenvl.plan import Call
+from qwenvl.sessions import Session, drop_unavailable_media
+from qwenvl.types import Message, Response, StreamEvent
+
+# The commands, by the name typed after "/" (lower case); "quit" is "exit".
+COMMANDS = ("image", "reset", "history", "help", "exit")
+# A command is a first word like /reset: a line starting with a path such as /home/me/x.jpg is a message.
+_COMMAND = re.compile(r"^/([A-Za-z][\w-]*)(?:\s+(.*))?$", re.DOTALL)
+
+Outcome = Literal["end", "cleared", "history", "help", "attached", "needs-path", "not-attached", "unknown"]
+
+
+def parse_command(line: str) -> tuple[str, str] | None:
+    """``(name, argument)`` of a command line such as ``/image a.jpg`` (name in lower case, argument stripped),
+    or None when the line is a message (``/usr/bin holds programs?`` is one: its first word is a path)."""
+    match = _COMMAND.match(line.strip())
+    if match is None:
+        return None
+    return match.group(1).lower(), (match.group(2) or "").strip()
+
+
+def image_refs(arg: str) -> list[str]:
+    """The references after /image: shell-like words, so quoted or escaped names with spaces work (an
+    unbalanced quote makes the rest of the line one name)."""
+    try:
+        words = shlex.split(arg)
+    except ValueError:
+        words = [arg.strip().strip("'\"")]
+    return [w for w in words if w]
+
+
+@dataclass
+class CommandResult:
+    """What a command did (nothing is ever sent to the model). ``outcome``: ``end`` (/exit, /quit), ``cleared``
+    (/reset), ``history`` (/history: ``messages``), ``help`` (/help: ``COMMANDS``), ``attached`` (/image:
+    ``attached`` refs, ``pending`` files now waiting for the next message), ``needs-path`` (/image without
+    one), ``not-attached`` (/image refused: ``error``, nothing attached), ``unknown`` (no such command)."""
+
+    name: str
+    outcome: Outcome
+    attached: list[str] = field(default_factory=list)
+    pending: int = 0
+    messages: list[Message] = field(default_factory=list)
+    error: QwenVLError | None = None
+
+    @property
+    def end(self) -> bool:
+        """True when the chat should end."""
+        return self.outcome == "end"
+
+
+class Conversation:
+    """One conversation through ``client`` (a ``qwenvl.Client`` for ``send``/``stream``, an
+    ``AsyncClient`` for ``asend``/``astream``).
+
+    ``session``: a name (loaded with ``Session.load``, created at the first answered turn; UsageError for an
+    invalid name or a damaged file), a ``Session``, or None for a conversation that is not saved.
+    ``fields``: request fields for every turn (``model``, ``max_tokens``, ``thinking``...; a turn's own
+    keyword arguments override them); without a ``model``, a resumed session's model is used.
+    One turn at a time: a conversation is one line of messages (a server keeps one per user).
+    """
+
+    def __init__(
+        self, client: Any, *, session: str | Session | None = None, fields: dict[str, Any] | None = None
+    ) -> None:
+        self.client = client
+        self.session = Session.load(session) if isinstance(session, str) else session
+        self.fields = dict(fields or {})
+        if self.session is not None and self.session.model and not self.fields.get("model"):
+            self.fields["model"] = self.session.model
+        self.messages: list[Message] = list(self.session.messages) if self.session is not None else []
+        self.images: list[str] = []
+        self.video: str | list[str] | None = None
+
+    def __repr__(self) -> str:
+        name = self.session.name if self.session is not None else None
+        return f"Conversation(session={name!r}, messages={len(self.messages)}, pending={self.pending})"
+
+    # --- attachments and history --------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """How many files wait for the next message."""
+        return len(self.images) + (self.video is not None)
+
+    def attach(self, *refs: str) -> None:
+        """Files or URLs for the next message, checked now: MediaError for one that is missing or unreadable
+        (``classify``), UsageError for a second video in one message. Nothing is attached when one fails."""
+        from qwenvl.cli.common import split_media  # (the one rule for a reference's kind; no terminal I/O)
+
+        for ref in refs:
+            classify(ref)
+        images, video = split_media(list(refs))
+        if video is not None and self.video is not None:
+            raise UsageError("one video per message: this one already has " + str(self.video))
+        self.images += images
+        self.video = video if video is not None else self.video
+
+    def reset(self) -> None:
+        """Forget the messages and the attachments (a saved session keeps its file until the next turn)."""
+        self.messages, self.images, self.video = [], [], None
+
+    def drop_unavailable(self) -> list[str]:
+        """Drop the files of earlier turns that can no longer be sent (gone, moved, unreadable), keeping each
+        turn's text; one line per dropped file says why (empty: nothing was dropped)."""
+        self.messages, gone = drop_unavailable_media(self.messages)
+        return gone
+
+    # --- commands -------------------------------------------------------------------------------------------
+    def command(self, name: str, arg: str = "") -> CommandResult:
+        """Run a command by name (``parse_command`` gives it from a typed line). Never sends anything."""
+        name = name.lower()
+        if name in ("exit", "quit"):
+            return CommandResult(name, "end")
+        if name == "reset":
+            self.reset()
+            return CommandResult(name, "cleared")
+        if name == "history":
+            return CommandResult(name, "history", messages=list(self.messages))
+        if name == "help":
+            return CommandResult(name, "help")
+        if name == "image":
+            refs = image_refs(arg)
+            if not refs:
+                return CommandResult(name, "needs-path")
+            try:
+                self.attach(*refs)
+            except (MediaError, UsageError) as exc:
+                return CommandResult(name, "not-attached", error=exc, pending=self.pending)
+            return CommandResult(name, "attached", attached=refs, pending=self.pending)
+        return CommandResult(name, "unknown")
+
+    # --- turns ------------------------------------------------------------------------------------------------
+    def plan(self, text: str, **fields: Any) -> Call:
+        """The next turn, planned (nothing sent): ``text`` with the attachments, after the messages so far.
+        MediaError drops the attachments (the conversation is kept) and is raised; UsageError for bad fields."""
+        self.drop_unavailable()
+        request = {**self.fields, **fields}
+        with self._media_checked():
+            return self.client.plan(
+                prompt=text, images=self.images, video=self.video, messages=self.messages, **request
+            )
+
+    @contextlib.contextmanager
+    def _media_checked(self) -> Iterator[None]:
+        """A MediaError in a turn (preparing, uploading) drops the attachments: a retry must not resend them."""
+        try:
+            yield
+        except MediaError:
+            self.images, self.video = [], None
+            raise
+
+    def send(self, text: str, **fields: Any) -> Response:
+        """One turn, answered whole (a ``Client``). The errors are the client's (``qwenvl.errors``)."""
+        call = self.plan(text, **fields)
+        with self._media_checked():
+            response = self.client.send(call)
+        return self._answered(call, response)
+
+    def stream(self, text: str, **fields: Any) -> Iterator[StreamEvent]:
+        """One turn, streamed (a ``Client``): the client's events; the conversation takes the answer when the
+        ``done`` event comes (before it is yielded). Closing the iterator early (``.close()``) closes the
+        connection and leaves the conversation as it was."""
+        call = self.plan(text, **fields)
+        events = self.client.send_stream(call)
+        try:
+            with self._media_checked():
+                for event in events:
+                    if event.type == "done" and event.response is not None:
+                        self._answered(call, event.response)
+                    yield event
+        finally:
+            close = getattr(events, "close", None)  # the connection goes with the stream
+            if close is not None:
+                close()
+
+    async def asend(self, text: str, **fields: Any) -> Response:
+        """``send`` through an ``AsyncClient`` (planning and saving in a worker thread)."""
+        call = await asyncio.to_thread(self.plan, text, **fields)
+        with self._media_checked():
+            response = await self.client.send(call)
+        return await asyncio.to_thread(self._answered, call, response)
+
+    async def astream(self, text: str, **fields: Any) -> AsyncIterator[StreamEvent]:
+        """``stream`` through an ``AsyncClient``."""
+        call = await asyncio.to_thread(self.plan, text, **fields)
+        events = self.client.send_stream(call)
+        try:
+            with self._media_checked():
+                async for event in events:
+                    if event.type == "done" and event.response is not None:
+                        await asyncio.to_thread(self._answered, call, event.response)
+                    yield event
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _answered(self, call: Call, response: Response) -> Response:
+        """The turn is in: attachments used, messages from the answer (which holds the whole history), the
+        session saved (atomically) when there is one."""
+        self.images, self.video = [], None
+        self.messages = list(response.messages)
+        if self.session is not None:
+            self.session.messages = self.messages
+            self.session.model = call.request.model
+            self.session.save()
+        return response

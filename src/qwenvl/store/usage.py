@@ -1,0 +1,140 @@
+"""The usage log: one row per request the library sends, in SQLite under the data folder.
+
+Written by the library (``Client``/``AsyncClient`` ``send`` and ``send_stream`` into the client's own
+``usage_log``, and the Batch API merge into the batch's), never by the CLI, so every verb and every program
+that uses qwenvl is counted. Each row: time, model,
+protocol, outcome (``ok``, ``cached`` for an answer from the local cache, or the error's type), HTTP status
+and service code of an error, input/output/image tokens, the estimated cost and its currency (CNY in
+Beijing, USD in Singapore and Virginia: ``qwenvl.models.estimate_cost``), latency and request id.
+Prompts and answers are not kept. Rows are committed by a background thread in groups, within
+milliseconds (``flush()`` waits for them; it also runs at exit): a hundred threads logging at once cost one
+commit, and a request never waits on the disk.
+
+``$QWENVL_LOG=0`` (or ``false``/``off``/``no``) turns the default log off (``qwenvl.store.usage_log_enabled``).
+The file is ``usage.db`` in qwenvl's data folder (``qwenvl.sessions.home()``). A log that cannot be written is
+skipped silently: it never fails a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from qwenvl.store.db import BackgroundWriter, Database
+
+log = logging.getLogger(__name__)
+
+FILENAME = "usage.db"
+
+
+def m001_requests(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE requests (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        model TEXT,
+        protocol TEXT,
+        outcome TEXT NOT NULL,
+        status INTEGER,
+        code TEXT,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        image_tokens INTEGER,
+        cost REAL,
+        latency_s REAL,
+        request_id TEXT)""")
+    conn.execute("CREATE INDEX requests_time ON requests (time)")
+
+
+def m002_currency(conn: sqlite3.Connection) -> None:
+    """The currency of ``cost`` (rows written before it are CNY: every cost was then)."""
+    conn.execute("ALTER TABLE requests ADD COLUMN currency TEXT")
+    conn.execute("UPDATE requests SET currency = 'CNY' WHERE cost IS NOT NULL")
+
+
+MIGRATIONS = [m001_requests, m002_currency]
+
+
+@dataclass
+class Entry:
+    model: str | None
+    protocol: str | None
+    outcome: str  # "ok" | "cached" | an error type such as "RateLimitError"
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    image_tokens: int | None = None
+    cost: float | None = None
+    latency_s: float | None = None
+    request_id: str | None = None
+    status: int | None = None
+    code: str | None = None
+    currency: str | None = None  # of cost: "CNY" | "USD"
+    time: float = 0.0
+
+
+_COLUMNS = tuple(f.name for f in fields(Entry))
+_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
+
+class UsageLog:
+    """The usage log in one SQLite file: ``record`` queues a row (committed in the background within
+    milliseconds), ``summarize`` reads them back. Safe to share between threads; each instance owns its
+    connection and writer thread (nothing is module-global).
+
+    ``path``: the database file (created with its folder at the first row); default ``usage.db`` in qwenvl's
+    data folder (``qwenvl.store.default_usage_log_path()``). Whether the library logs at all by default
+    (``$QWENVL_LOG``) is ``qwenvl.store.open_usage_log``'s business, not this class's."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        from qwenvl.store import default_usage_log_path
+
+        self.path = Path(path).expanduser() if path is not None else default_usage_log_path()
+        self._db = Database(self.path, MIGRATIONS)
+        self._writer = BackgroundWriter(self._db)
+
+    def __repr__(self) -> str:
+        return f"UsageLog({str(self.path)!r})"
+
+    def record(self, entry: Entry) -> None:
+        """Queue one row (``entry.time`` defaults to now). Never raises for a log that cannot be written."""
+        entry.time = entry.time or time.time()
+        self._writer.submit(_INSERT, tuple(getattr(entry, name) for name in _COLUMNS))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait (at most ``timeout`` seconds) until every row recorded so far is committed; False on time-out."""
+        return self._writer.flush(timeout)
+
+    def close(self) -> None:
+        """Commit what is queued and close the connection (a later use opens it again)."""
+        self.flush()
+        self._db.close()
+
+    def summarize(self, days: int = 30, *, now: float | None = None) -> list[dict[str, Any]]:
+        """Rows by local day, model and currency, newest day first: requests (sent), errors, cached answers,
+        tokens, cost (in that row's ``currency``; a model used in two regions gives a row per currency). An
+        absent file is an empty log (it is not created)."""
+        self.flush()
+        if not self.path.exists():
+            return []
+        now = time.time() if now is None else now
+        since = _local_midnight(now) - (max(days, 1) - 1) * 86400
+        query = """
+            SELECT date(time, 'unixepoch', 'localtime') AS day, model, coalesce(currency, 'CNY') AS currency,
+                   sum(outcome != 'cached') AS requests,
+                   sum(outcome NOT IN ('ok', 'cached')) AS errors,
+                   sum(outcome = 'cached') AS cached,
+                   coalesce(sum(CASE WHEN outcome = 'ok' THEN input_tokens END), 0) AS input_tokens,
+                   coalesce(sum(CASE WHEN outcome = 'ok' THEN output_tokens END), 0) AS output_tokens,
+                   coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) AS cost
+            FROM requests WHERE time >= ?
+            GROUP BY day, model, coalesce(currency, 'CNY') ORDER BY day DESC, requests DESC, model, currency"""
+        rows = self._db.run(lambda c: c.execute(query, (since,)).fetchall())
+        return [dict(r) for r in rows]
+
+
+def _local_midnight(ts: float) -> float:
+    t = time.localtime(ts)
+    return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))

@@ -1,0 +1,186 @@
+"""qwenvl.chat.Conversation: the chat's logic as a library class, against the loopback DashScope double.
+
+(The terminal around it: tests/test_chat.py and tests/test_chat_tty.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+import qwenvl
+from conftest import API_KEY, make_client, write_image
+from dashscope_server import Reply
+from qwenvl.chat import COMMANDS, Conversation, image_refs, parse_command
+from qwenvl.sessions import Session, sessions_dir
+
+
+def model_requests(server) -> list[dict]:
+    return [r.json for r in server.requests if r.json and r.path.endswith(("/chat/completions", "/generation"))]
+
+
+def test_turns_carry_the_history_and_the_attachments_once(server, protocol, png):
+    with make_client(server, protocol) as client:
+        conv = Conversation(client, fields={"max_tokens": 64})
+        conv.attach(str(png))
+        assert conv.pending == 1
+        first = conv.send("what colour?")
+        assert first.text == "echo: what colour? [images=1 videos=0]" and conv.pending == 0
+        second = conv.send("and the shape?", max_tokens=32)  # a turn's own fields override the conversation's
+    assert second.text == "echo: and the shape? [images=1 videos=0]"  # the image of the first turn, kept
+    assert [m.role for m in conv.messages] == ["user", "assistant", "user", "assistant"]
+    assert conv.messages[1].text() == first.text
+    bodies = model_requests(server)
+    assert len(bodies) == 2
+    if protocol == "compat":
+        assert bodies[0]["max_tokens"] == 64 and bodies[1]["max_tokens"] == 32
+        assert len(bodies[1]["messages"]) == 3  # user (with the image), assistant, user
+
+
+def test_stream_takes_the_answer_at_done_and_nothing_when_closed_early(server, png):
+    with make_client(server) as client:
+        conv = Conversation(client)
+        conv.attach(str(png))
+        events = []
+        for event in conv.stream("describe"):
+            events.append(event)
+            if event.type == "done":  # the conversation has the answer when "done" is seen
+                assert conv.messages[-1].text() == event.response.text
+                break
+        assert any(e.type == "text" for e in events)
+        assert conv.messages[-1].text() == "echo: describe [images=1 videos=0]" and conv.pending == 0
+
+        server.enqueue(Reply(text="a long answer " * 20, chunk_delay_s=0.01))
+        conv.attach(str(png))
+        stream = conv.stream("again")
+        assert next(stream).type in ("text", "reasoning")
+        stream.close()  # as Ctrl-C does in the chat
+    assert len(conv.messages) == 2 and conv.pending == 1  # unchanged; the attachment waits for a retry
+
+
+def test_an_error_changes_nothing_and_a_bad_file_is_dropped(server, isolated_env):
+    photo = write_image(isolated_env / "p.png")
+    with make_client(server, max_retries=0) as client:
+        conv = Conversation(client)
+        conv.send("hello")
+        conv.attach(str(photo))
+        server.enqueue(Reply(status=400, error_code="invalid_parameter_error", error_message="bad"))
+        with pytest.raises(qwenvl.BadRequestError):
+            conv.send("first try")
+        assert len(conv.messages) == 2 and conv.pending == 1  # kept for a retry
+        server.enqueue(Reply(stream_cut_after=1))
+        with pytest.raises(qwenvl.StreamInterruptedError):
+            list(conv.stream("second try"))
+        assert len(conv.messages) == 2 and conv.pending == 1
+        photo.write_bytes(b"not an image any more")  # attached when it was one
+        with pytest.raises(qwenvl.MediaError):
+            conv.send("third try")
+        assert len(conv.messages) == 2 and conv.pending == 0  # the bad attachment is dropped
+        assert conv.send("fine").text == "echo: fine [images=0 videos=0]"
+
+
+def test_session_is_saved_after_each_turn_and_resumes_from_anywhere(server, isolated_env, monkeypatch):
+    folder = isolated_env / "trip"
+    folder.mkdir()
+    photo = write_image(folder / "beach.png")
+    monkeypatch.chdir(folder)
+    with make_client(server) as client:
+        conv = Conversation(client, session="trip", fields={"model": "qwen3-vl-flash"})
+        conv.attach("beach.png")  # relative: stored absolute
+        conv.send("what is here?")
+    saved = json.loads((sessions_dir() / "trip.json").read_text())
+    assert saved["model"] == "qwen3-vl-flash"
+    assert saved["messages"][0]["content"][0]["image"] == str(photo)
+
+    monkeypatch.chdir(isolated_env)
+    with make_client(server) as client:
+        again = Conversation(client, session="trip")  # no model given: the session's
+        assert again.fields["model"] == "qwen3-vl-flash" and len(again.messages) == 2
+        assert again.send("and the colours?").text == "echo: and the colours? [images=1 videos=0]"
+        assert model_requests(server)[-1]["model"] == "qwen3-vl-flash"
+        assert len(Session.load("trip").messages) == 4
+
+        photo.unlink()
+        gone = Conversation(client, session=Session.load("trip"))
+        [why] = gone.drop_unavailable()
+        assert "beach.png" in why and gone.drop_unavailable() == []  # said once
+        assert gone.send("still there?").text == "echo: still there? [images=0 videos=0]"
+        assert [m.role for m in gone.messages][:2] == ["user", "assistant"]  # the turn is kept, without its file
+
+
+def test_an_unsaved_conversation_writes_no_file(server):
+    with make_client(server) as client:
+        Conversation(client).send("hi")
+    assert not sessions_dir().exists()
+
+
+def test_invalid_session_name():
+    with pytest.raises(qwenvl.UsageError, match="invalid session name"):
+        Conversation(None, session="../etc")
+
+
+def test_parse_command():
+    assert parse_command("/reset") == ("reset", "")
+    assert parse_command("/IMAGE   ") == ("image", "")
+    assert parse_command("/image 'my photo.jpg' b.png") == ("image", "'my photo.jpg' b.png")
+    assert parse_command("/usr/bin holds programs?") is None  # a path is a message
+    assert parse_command("hello") is None and parse_command("/") is None
+    assert image_refs("'my photo.jpg' b.png") == ["my photo.jpg", "b.png"]
+    assert image_refs("it's.png") == ["it's.png"]  # an unbalanced quote: the rest is one name
+    assert set(COMMANDS) == {"image", "reset", "history", "help", "exit"}
+
+
+def test_commands_never_send(server, png, isolated_env):
+    write_image(isolated_env / "my photo.jpg", fmt="JPEG")
+    with make_client(server) as client:
+        conv = Conversation(client)
+        assert conv.command("help").outcome == "help"
+        assert conv.command("foo").outcome == "unknown"
+        assert conv.command("image").outcome == "needs-path"
+        refused = conv.command("image", "nothere.png")
+        assert refused.outcome == "not-attached" and isinstance(refused.error, qwenvl.MediaError)
+        assert "file not found: nothere.png" in str(refused.error) and conv.pending == 0
+        both = conv.command("image", f"{png.name} 'my photo.jpg'")
+        assert both.outcome == "attached" and both.attached == [png.name, "my photo.jpg"] and both.pending == 2
+        part = conv.command("image", f"{png.name} nothere.png")  # one bad name: nothing of it attached
+        assert part.outcome == "not-attached" and conv.pending == 2
+        conv.send("what are these?")
+        history = conv.command("history")
+        assert [m.role for m in history.messages] == ["user", "assistant"]
+        assert conv.command("reset").outcome == "cleared" and conv.messages == [] and conv.pending == 0
+        assert conv.command("exit").end and conv.command("QUIT").end
+    assert len(model_requests(server)) == 1
+
+
+def test_one_video_per_message(server):
+    with make_client(server) as client:
+        conv = Conversation(client)
+        with pytest.raises(qwenvl.UsageError, match="one video"):
+            conv.attach("https://example.com/a.mp4", "https://example.com/b.mp4")
+        conv.attach("https://example.com/a.mp4")
+        result = conv.command("image", "https://example.com/b.mp4")
+        assert result.outcome == "not-attached" and "one video per message" in str(result.error)
+        assert conv.video == "https://example.com/a.mp4" and conv.images == []
+
+
+def test_async_turns(server, png, isolated_env):
+    async def main() -> Conversation:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, retry_backoff_s=0.01) as client:
+            conv = Conversation(client, session="async")
+            conv.attach(str(png))
+            r = await conv.asend("first")
+            assert r.text == "echo: first [images=1 videos=0]"
+            events = [e async for e in conv.astream("second")]
+            assert events[-1].type == "done"
+            return conv
+
+    conv = asyncio.run(main())
+    assert [m.text() for m in conv.messages if m.role == "assistant"] == [
+        "echo: first [images=1 videos=0]",
+        "echo: second [images=1 videos=0]",
+    ]
+    assert len(Session.load("async").messages) == 4
+    assert Path(sessions_dir() / "async.json").exists()
