@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from qwenvl.errors import MalformedResponseError
-from qwenvl.plan import Call
 from qwenvl.types import Response, StreamEvent
+
+if TYPE_CHECKING:
+    from qwenvl.plan import Call
 
 
 def assembled(events: Iterator[StreamEvent]) -> Response:

@@ -12,7 +12,7 @@ from qwenvl.backends.base import aassembled, assembled
 from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
 from qwenvl.errors import APIConnectionError, MalformedResponseError
 from qwenvl.plan import Call, ensure_sendable
-from qwenvl.protocols import compat, get, native
+from qwenvl.protocols import get
 from qwenvl.protocols.common import StreamDriver, load_json
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
@@ -37,22 +37,20 @@ class _Wire:
         base = (
             resolve_base_url(self.protocol, base_url=call.request.base_url) if call.request.base_url else self.base_url
         )
-        return base + self.proto.ENDPOINT
+        return base + self.proto.endpoint
 
     def body(self, call: Call, stream: bool) -> dict[str, Any]:
         ensure_sendable(call)
         return self.proto.build_body(call, stream=stream)
 
     def headers(self, call: Call, stream: bool) -> dict[str, str]:
-        if self.proto is native:
-            return native.headers(stream=stream, uses_oss=native.uses_oss(call))
-        return compat.headers(stream=stream)
+        return self.proto.headers(call, stream=stream)
 
     def parse(self, data: Any, call: Call, headers: dict[str, str]) -> Response:
         return self.proto.parse_response(data, model=call.request.model, request_id=headers.get("x-request-id"))
 
     def parser(self, call: Call, stream: LineStream) -> StreamDriver:
-        return StreamDriver(self.proto.StreamParser(call.request.model, stream.headers.get("x-request-id")))
+        return StreamDriver(self.proto.stream_parser(call.request.model, stream.headers.get("x-request-id")))
 
     def start(self, call: Call, stream: LineStream) -> _Started:
         """Read a stream up to its first content (the transport retries an error raised before that)."""

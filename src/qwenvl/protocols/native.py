@@ -9,10 +9,10 @@ for with the ``X-DashScope-SSE: enable`` header and ``incremental_output`` in pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenvl.errors import MalformedResponseError
-from qwenvl.plan import Call
+from qwenvl.protocols.base import ServerSide, StreamParserFactory
 from qwenvl.protocols.common import (
     StreamAccumulator,
     as_object,
@@ -23,8 +23,12 @@ from qwenvl.protocols.common import (
     optional_str,
     split_content,
 )
+from qwenvl.protocols.inbound import NativeServer
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart
+
+if TYPE_CHECKING:
+    from qwenvl.plan import Call
 
 NAME = "native"
 ENDPOINT = "/services/aigc/multimodal-generation/generation"
@@ -207,3 +211,25 @@ class StreamParser:
         if not self.acc.complete:
             raise self.acc.interrupted("no event with a finish_reason")
         return self.acc.response()
+
+
+class NativeWire:
+    """``native`` as a ``qwenvl.protocols.base.WireProtocol`` (registered in ``qwenvl.protocols``)."""
+
+    name = NAME
+    endpoint = ENDPOINT
+    oss_references = True  # with the X-DashScope-OssResourceResolve header (``headers``)
+    stream_parser: StreamParserFactory = StreamParser
+    server: ServerSide | None = NativeServer()
+
+    def headers(self, call: Call, *, stream: bool) -> dict[str, str]:
+        return headers(stream=stream, uses_oss=uses_oss(call))
+
+    def build_body(self, call: Call, *, stream: bool) -> dict[str, Any]:
+        return build_body(call, stream=stream)
+
+    def parse_response(self, data: Any, *, model: str, request_id: str | None = None) -> Response:
+        return parse_response(data, model=model, request_id=request_id)
+
+
+WIRE = NativeWire()
