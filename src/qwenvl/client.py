@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -138,7 +138,11 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
     )
 
 
-class _Base:
+# The backend a client holds: Backend for Client, AsyncBackend for AsyncClient (qwenvl.backends.base).
+B = TypeVar("B", Backend, AsyncBackend)
+
+
+class _Base(Generic[B]):
     """``backend``: ``"dashscope"`` (default), ``"openai"`` (any OpenAI-compatible server at ``base_url``: vLLM,
     SGLang, llama.cpp, Ollama; ``engine`` auto|vllm|sglang|llamacpp|ollama|generic, ``family``
     qwen2.5-vl|qwen3-vl when the served name does not say), ``"transformers"`` (the model loaded in this
@@ -158,7 +162,7 @@ class _Base:
         max_retries: int | None = None,
         retry_backoff_s: float | None = None,
         http_client: Any = None,
-        backend: Any = None,
+        backend: str | B | None = None,
         engine: str | None = None,
         family: str | None = None,
         device: str | None = None,
@@ -172,7 +176,7 @@ class _Base:
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
-        self._backend: Any = None if isinstance(backend, str | None) else backend
+        self._backend: B | None = None if isinstance(backend, str | None) else backend
         self.backend_name = (
             normalize_backend(backend, protocol=self.protocol)
             if isinstance(backend, str | None)
@@ -194,8 +198,8 @@ class _Base:
             )
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
-        if self._backend is not None:
-            self.protocol = self._backend.protocol
+        if self._backend is not None:  # the wire protocol's name, for the usage log (Backend's doc)
+            self.protocol = getattr(self._backend, "protocol", "openai")
         model = model or os.environ.get("QWENVL_MODEL")
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
@@ -211,7 +215,7 @@ class _Base:
         return not self.backend_name.startswith("dashscope")  # "dashscope", or a DashScope backend instance
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> B:
         """The backend that answers (made on first use); ``Client`` and ``AsyncClient`` say which kind."""
         raise NotImplementedError
 
@@ -266,7 +270,7 @@ class _Base:
         return require_api_key(self._api_key).key
 
 
-class Client(_Base):
+class Client(_Base[Backend]):
     """Synchronous client. Thread-safe for concurrent requests (httpx pools connections)."""
 
     @property
@@ -349,7 +353,7 @@ class Client(_Base):
         return self.complete(prompt=prompt, images=list(images), **fields)
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base[AsyncBackend]):
     """asyncio client with the same methods as Client (``await client.complete(...)``).
 
     Media are prepared in a worker thread (``asyncio.to_thread``: decoding, resizing and encoding, video
@@ -380,7 +384,9 @@ class AsyncClient(_Base):
 
     async def _ready(self) -> AsyncBackend:
         """The backend; made in a worker thread the first time (importing httpx takes a while)."""
-        return self._backend or await asyncio.to_thread(lambda: self.backend)
+        if self._backend is not None:
+            return self._backend
+        return await asyncio.to_thread(lambda: self.backend)
 
     async def aclose(self) -> None:
         if self._backend is not None:

@@ -149,28 +149,6 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
     )
 
 
-def merge_tool_call(calls: dict[int, dict[str, Any]], tc: dict[str, Any], position: int) -> None:
-    """Add one streamed tool call to ``calls``. Native events may carry a fragment of the arguments, or repeat
-    the call so far (the name in every event, or the whole call again with the finish_reason): a value that
-    extends what we have replaces it, anything else is appended."""
-    if not isinstance(tc, dict):
-        return
-    index = tc.get("index", position)
-    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-    if tc.get("id"):
-        call["id"] = tc["id"]
-    if tc.get("type"):
-        call["type"] = tc["type"]
-    fn = tc.get("function") or {}
-    if not isinstance(fn, dict):
-        raise MalformedResponseError("a streamed tool call's function is not a JSON object")
-    for key in ("name", "arguments"):
-        piece, have = fn.get(key), call["function"][key]
-        if not isinstance(piece, str) or not piece:
-            continue
-        call["function"][key] = piece if piece.startswith(have) else have + piece
-
-
 class StreamParser:
     """Turns native SSE events (``event:result`` with incremental output) into deltas and a response."""
 
@@ -201,7 +179,8 @@ class StreamParser:
         events = acc.add(c.text or None, c.reasoning)
         acc.other_content += c.others
         for i, tc in enumerate(c.tool_calls or []):
-            merge_tool_call(acc.tool_calls, tc, i)
+            # native events may repeat the call so far rather than send fragments
+            acc.add_tool_call_delta(tc, i, cumulative=True)
         if c.finish_reason:
             acc.finish_reason = c.finish_reason
             acc.complete = True
