@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Literal
 
 import pytest
 
@@ -26,6 +27,8 @@ from qwenvl.protocols.base import ServerSide, WireProtocol
 from qwenvl.protocols.common import StreamDriver, make_response
 from qwenvl.protocols.sse import SSEEvent, encode
 from qwenvl.types import Response, StreamEvent
+
+StreamEventType = Literal["text", "reasoning", "done"]
 
 # --- the protocol registry ---------------------------------------------------------------------------------
 
@@ -277,16 +280,18 @@ class AsyncMemoryBackend:
         pass
 
 
-def test_every_shipped_backend_satisfies_its_interface():
-    # mypy checks the same (qwenvl/backends/__init__.py, under TYPE_CHECKING); these lines are for a reader
+def test_every_shipped_backend_satisfies_its_interface() -> None:
+    import asyncio
+
+    # mypy checks these assignments (qwenvl/backends/__init__.py does the same under TYPE_CHECKING, in CI)
     sync: tuple[type[Backend], ...] = (DashScopeBackend, OpenAIBackend, TransformersBackend)
     asynchronous: tuple[type[AsyncBackend], ...] = (AsyncDashScopeBackend, AsyncOpenAIBackend, AsyncTransformersBackend)
-    made = [
+    made: list[Backend] = [
         DashScopeBackend(API_KEY, protocol="native"),
         OpenAIBackend(base_url="http://127.0.0.1:9/v1", engine="vllm"),
         TransformersBackend(model="m"),
     ]
-    amade = [
+    amade: list[AsyncBackend] = [
         AsyncDashScopeBackend(API_KEY),
         AsyncOpenAIBackend(base_url="http://127.0.0.1:9/v1", engine="vllm"),
         AsyncTransformersBackend(model="m"),
@@ -295,6 +300,7 @@ def test_every_shipped_backend_satisfies_its_interface():
         assert [type(b) for b in made] == list(sync) and [type(b) for b in amade] == list(asynchronous)
         for backend in made:
             assert isinstance(backend, Backend), backend
+            assert not isinstance(backend, AsyncBackend), backend
             assert backend.media_form in ("data-url", "memory") and backend.abilities <= _ABILITIES
         for abackend in amade:
             assert isinstance(abackend, AsyncBackend), abackend
@@ -302,29 +308,35 @@ def test_every_shipped_backend_satisfies_its_interface():
     finally:
         for backend in made:
             backend.close()
-        for abackend in amade:
-            abackend._sync.close()  # type: ignore[attr-defined]  # (their async transports were never used)
+
+        async def aclose() -> None:
+            for abackend in amade:
+                await abackend.aclose()
+
+        asyncio.run(aclose())
 
 
-def test_a_custom_backend_is_accepted_and_keys_its_own_cache(isolated_env):
+def test_a_custom_backend_is_accepted_and_keys_its_own_cache(isolated_env: object) -> None:
     backend = MemoryBackend()
-    assert isinstance(backend, Backend)
-    client = qwenvl.Client(backend=backend, cache=True)
+    typed: Backend = backend  # mypy-visible: the custom backend satisfies the interface
+    assert isinstance(typed, Backend)
+    client = qwenvl.Client(backend=typed, cache=True)
     assert client.backend is backend and client.is_local
     assert client.complete(prompt="hello").text == "HELLO"
     assert client.complete(prompt="hello").text == "HELLO"  # answered by the cache, keyed by the backend
     assert backend.answered == ["hello"] and backend.keyed == 2
     events = list(client.stream(prompt="again"))
-    assert [e.type for e in events] == ["text", "done"] and events[-1].response.text == "AGAIN"
+    final = events[-1].response
+    assert [e.type for e in events] == ["text", "done"] and final is not None and final.text == "AGAIN"
 
 
-def test_a_custom_async_backend_is_accepted(isolated_env):
+def test_a_custom_async_backend_is_accepted(isolated_env: object) -> None:
     import asyncio
 
-    backend = AsyncMemoryBackend()
+    backend: AsyncBackend = AsyncMemoryBackend()
     assert isinstance(backend, AsyncBackend)
 
-    async def run() -> tuple[str, list[str]]:
+    async def run() -> tuple[str, list[StreamEventType]]:
         async with qwenvl.AsyncClient(backend=backend) as client:
             answer = (await client.complete(prompt="hi")).text
             kinds = [e.type async for e in client.stream(prompt="yo")]
