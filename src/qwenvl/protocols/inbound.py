@@ -3,6 +3,8 @@ stream events -> wire chunks, error -> error body. Pure functions, no I/O.
 
 The forward direction (Request -> wire body, wire reply -> Response) lives in ``compat`` and ``native``;
 this module is its mirror, so ``qwenvl serve`` speaks exactly what the client side sends and parses.
+``CompatServer`` and ``NativeServer`` bundle each protocol's side (``WireProtocol.server``,
+``qwenvl.protocols.base.ServerSide``): the server calls them and never asks which protocol it speaks.
 Shapes, from the DashScope reference (``dashscope-api.md``) and the seed docs:
 
 - compat request: ``{"model", "messages": [...], "stream"?, "stream_options": {"include_usage"}?,
