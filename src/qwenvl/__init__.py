@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from qwenvl.client import AsyncClient, Client
+from typing import TYPE_CHECKING, Any
+
 from qwenvl.errors import (
     APIConnectionError,
     APIError,
@@ -24,8 +25,26 @@ from qwenvl.errors import (
     UsageError,
 )
 from qwenvl.models import ModelInfo, model_info
-from qwenvl.plan import Call
 from qwenvl.types import ImagePart, Message, Part, Request, Response, StreamEvent, TextPart, Usage, VideoPart
+
+if TYPE_CHECKING:
+    from qwenvl.client import AsyncClient, Client
+    from qwenvl.plan import Call
+
+# Names imported on first use: the client pulls in the media pipeline (Pillow, numpy), which the interface
+# modules (qwenvl.backends.base, qwenvl.protocols) must not (tests/test_seams.py).
+_LAZY = {"Client": "qwenvl.client", "AsyncClient": "qwenvl.client", "Call": "qwenvl.plan"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qwenvl' has no attribute {name!r}")
+
 
 __all__ = [
     "APIConnectionError",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -141,7 +141,11 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
     )
 
 
-class _Base:
+# The backend a client holds: Backend for Client, AsyncBackend for AsyncClient (qwenvl.backends.base).
+B = TypeVar("B", Backend, AsyncBackend)
+
+
+class _Base(Generic[B]):
     """What ``Client`` and ``AsyncClient`` share: the options (see ``Client``), planning, dry runs, model rules."""
 
     def __init__(
@@ -156,7 +160,7 @@ class _Base:
         max_retries: int | None = None,
         retry_backoff_s: float | None = None,
         http_client: Any = None,
-        backend: Any = None,
+        backend: str | B | None = None,
         engine: str | None = None,
         family: str | None = None,
         device: str | None = None,
@@ -171,7 +175,7 @@ class _Base:
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
-        self._backend: Any = None if isinstance(backend, str | None) else backend
+        self._backend: B | None = None if isinstance(backend, str | None) else backend
         self.backend_name = (
             normalize_backend(backend, protocol=self.protocol)
             if isinstance(backend, str | None)
@@ -202,8 +206,8 @@ class _Base:
             for store, arg in ((self.cache, cache), (self.usage_log, usage_log))
             if store is not None and store is not arg
         ]
-        if self._backend is not None:
-            self.protocol = self._backend.protocol
+        if self._backend is not None:  # the wire protocol's name, for the usage log (Backend's doc)
+            self.protocol = getattr(self._backend, "protocol", "openai")
         model = model or os.environ.get("QWENVL_MODEL")
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
@@ -220,7 +224,7 @@ class _Base:
         return not self.backend_name.startswith("dashscope")  # "dashscope", or a DashScope backend instance
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> B:
         """The backend that answers (made on first use); ``Client`` and ``AsyncClient`` say which kind.
 
         Raises NotImplementedError here: each client defines it."""
@@ -300,7 +304,7 @@ class _Base:
             store.close()
 
 
-class Client(_Base):
+class Client(_Base[Backend]):
     """Synchronous client. Thread-safe for concurrent requests (httpx pools connections).
 
     Options (all keyword-only, all optional):
@@ -473,7 +477,7 @@ class Client(_Base):
         return self.complete(prompt=prompt, images=list(images), **fields)
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base[AsyncBackend]):
     """asyncio client with the same methods as Client (``await client.complete(...)``).
 
     Media are prepared in a worker thread (``asyncio.to_thread``: decoding, resizing and encoding, video
@@ -515,7 +519,9 @@ class AsyncClient(_Base):
 
     async def _ready(self) -> AsyncBackend:
         """The backend; made in a worker thread the first time (importing httpx takes a while)."""
-        return self._backend or await asyncio.to_thread(lambda: self.backend)
+        if self._backend is not None:
+            return self._backend
+        return await asyncio.to_thread(lambda: self.backend)
 
     async def aclose(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client

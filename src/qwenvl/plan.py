@@ -63,6 +63,13 @@ def ensure_sendable(call: Call) -> None:
         )
 
 
+def _takes_oss(protocol: str) -> bool:
+    """Whether the protocol named ``protocol`` sends ``oss://`` references (False for one not registered)."""
+    from qwenvl import protocols
+
+    return protocol in protocols.names() and protocols.get(protocol).oss_references
+
+
 def media_options(request: Request, model: ModelInfo, protocol: str, *, estimate_only: bool = False) -> MediaOptions:
     """The media preparation a request asks for; ``estimate_only`` for sizes and tokens without preparing.
 
@@ -73,6 +80,7 @@ def media_options(request: Request, model: ModelInfo, protocol: str, *, estimate
     return MediaOptions(
         model=model,
         protocol=protocol,
+        oss_references=_takes_oss(protocol),
         detail=request.detail,
         vl_high_resolution_images=high_resolution(request),
         min_pixels=request.min_pixels,

@@ -9,7 +9,7 @@ from typing import Any
 from qwenvl.config import resolve_base_url
 from qwenvl.models import currency_of, estimate_cost, price_for
 from qwenvl.plan import Call
-from qwenvl.protocols import get, native
+from qwenvl.protocols import get
 
 SHORTEN_OVER = 80  # data: URLs longer than this are shown as their head and length
 CHARS_PER_TEXT_TOKEN = 3.0  # a rough average over Chinese and English text, for estimates only
@@ -49,11 +49,8 @@ def preview(
     else:
         proto = get(protocol)
         base = resolve_base_url(protocol, base_url=call.request.base_url or base_url, region=region)  # type: ignore[arg-type]
-        if proto is native:
-            headers.update(native.headers(stream=stream, uses_oss=native.uses_oss(call)))
-        else:
-            headers.update(proto.headers(stream=stream))
-        url, body = base + proto.ENDPOINT, proto.build_body(call, stream=stream)
+        headers.update(proto.headers(call, stream=stream))
+        url, body = base + proto.endpoint, proto.build_body(call, stream=stream)
     media_tokens = [item.tokens for item in call.media]
     known_media = sum(t for t in media_tokens if t is not None)
     text_tokens = estimate_text_tokens(call)

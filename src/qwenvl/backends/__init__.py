@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from qwenvl.errors import UsageError
+
+if TYPE_CHECKING:
+    from qwenvl.backends.base import AsyncBackend, Backend
+
+
+@overload
+def make_backend(
+    name: str,
+    *,
+    asynchronous: Literal[False] = False,
+    http_client: Any = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    engine: str | None = None,
+    family: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+) -> Backend: ...
+
+
+@overload
+def make_backend(
+    name: str,
+    *,
+    asynchronous: Literal[True],
+    http_client: Any = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    engine: str | None = None,
+    family: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+) -> AsyncBackend: ...
 
 
 def make_backend(
@@ -20,7 +57,7 @@ def make_backend(
     device: str | None = None,
     dtype: str | None = None,
     attn_implementation: str | None = None,
-) -> Any:
+) -> Backend | AsyncBackend:
     """A local backend by name (``openai`` or ``transformers``); the DashScope backend is built by the client.
     Options that do not apply to the backend raise UsageError (a --device for a server, an --engine in process)."""
     if name == "openai":
@@ -31,8 +68,11 @@ def make_backend(
             )
         from qwenvl.backends.openai import AsyncOpenAIBackend, OpenAIBackend
 
-        cls = AsyncOpenAIBackend if asynchronous else OpenAIBackend
-        return cls(
+        if asynchronous:
+            return AsyncOpenAIBackend(
+                base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, http_client=http_client
+            )
+        return OpenAIBackend(
             base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, http_client=http_client
         )
     if name == "transformers":
@@ -40,7 +80,17 @@ def make_backend(
             raise UsageError("--engine is for --backend openai (the server's engine)")
         from qwenvl.backends.transformers import AsyncTransformersBackend, TransformersBackend
 
-        local: type[AsyncTransformersBackend] | type[TransformersBackend]
-        local = AsyncTransformersBackend if asynchronous else TransformersBackend
-        return local(model=model, family=family, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        kw = dict(model=model, family=family, device=device, dtype=dtype, attn_implementation=attn_implementation)
+        if asynchronous:
+            return AsyncTransformersBackend(**kw)
+        return TransformersBackend(**kw)
     raise UsageError(f"unknown backend {name!r}: use dashscope, openai or transformers")
+
+
+if TYPE_CHECKING:  # mypy checks here that every shipped backend satisfies its interface (qwenvl.backends.base)
+    from qwenvl.backends.dashscope import AsyncDashScopeBackend, DashScopeBackend
+    from qwenvl.backends.openai import AsyncOpenAIBackend, OpenAIBackend
+    from qwenvl.backends.transformers import AsyncTransformersBackend, TransformersBackend
+
+    _SYNC: tuple[type[Backend], ...] = (DashScopeBackend, OpenAIBackend, TransformersBackend)
+    _ASYNC: tuple[type[AsyncBackend], ...] = (AsyncDashScopeBackend, AsyncOpenAIBackend, AsyncTransformersBackend)

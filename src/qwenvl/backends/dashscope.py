@@ -1,22 +1,28 @@
-"""The DashScope backend: a protocol module (compat | native) over the transport, sync and async."""
+"""The DashScope backend: a wire protocol (compat | native, ``qwenvl.protocols``) over the transport, sync and
+async. What the two share is here once (``_Wire``: URL, body, headers, cache key, reading a stream up to its
+first content; ``_Declared``: what the backend declares); each class keeps only its I/O."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from qwenvl.backends import oss
-from qwenvl.backends.base import aassembled, assembled
+from qwenvl.backends.base import MediaForm, aassembled, assembled
 from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
-from qwenvl.errors import APIConnectionError, MalformedResponseError
+from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call, ensure_sendable
-from qwenvl.protocols import compat, get, native
-from qwenvl.protocols.common import StreamDriver, load_json
+from qwenvl.protocols import get
+from qwenvl.protocols.common import StreamDriver, answer_events, load_json
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Response, StreamEvent
+
+# what DashScope's Qwen-VL models take (per model: qwenvl.models.ModelInfo)
+ABILITIES = frozenset({"images", "video-frames", "video-file", "stream", "tools", "json", "thinking"})
 
 
 def policy_for(call: Call) -> Policy:
@@ -33,26 +39,38 @@ class _Wire:
         self.base_url = base_url
         self.name = f"dashscope-{protocol}"
 
+    def base(self, call: Call) -> str:
+        """The base URL a call goes to: its own ``base_url`` when it sets one, else the backend's."""
+        if call.request.base_url:
+            return resolve_base_url(self.protocol, base_url=call.request.base_url)
+        return self.base_url
+
     def url(self, call: Call) -> str:
-        base = (
-            resolve_base_url(self.protocol, base_url=call.request.base_url) if call.request.base_url else self.base_url
-        )
-        return base + self.proto.ENDPOINT
+        return self.base(call) + self.proto.endpoint
 
     def body(self, call: Call, stream: bool) -> dict[str, Any]:
         ensure_sendable(call)
         return self.proto.build_body(call, stream=stream)
 
     def headers(self, call: Call, stream: bool) -> dict[str, str]:
-        if self.proto is native:
-            return native.headers(stream=stream, uses_oss=native.uses_oss(call))
-        return compat.headers(stream=stream)
+        return self.proto.headers(call, stream=stream)
+
+    def post(self, call: Call, stream: bool) -> tuple[str, dict[str, Any], Policy, dict[str, str]]:
+        """(url, body, policy, headers): the transport's arguments for one call."""
+        return self.url(call), self.body(call, stream), policy_for(call), self.headers(call, stream)
+
+    def cache_key(self, call: Call) -> str:
+        """The response cache's key: protocol, base URL (a loopback test server never answers for the cloud) and
+        the non-streamed body."""
+        from qwenvl.store.cache import cache_key
+
+        return cache_key(self.protocol, self.base(call), self.proto.build_body(call, stream=False))
 
     def parse(self, data: Any, call: Call, headers: dict[str, str]) -> Response:
         return self.proto.parse_response(data, model=call.request.model, request_id=headers.get("x-request-id"))
 
     def parser(self, call: Call, stream: LineStream) -> StreamDriver:
-        return StreamDriver(self.proto.StreamParser(call.request.model, stream.headers.get("x-request-id")))
+        return StreamDriver(self.proto.stream_parser(call.request.model, stream.headers.get("x-request-id")))
 
     def start(self, call: Call, stream: LineStream) -> _Started:
         """Read a stream up to its first content (the transport retries an error raised before that)."""
@@ -81,11 +99,7 @@ class _Wire:
 
     def non_sse(self, call: Call, stream: LineStream, body: bytes) -> list[StreamEvent]:
         """A streaming request answered with plain JSON (an error, or a server that does not stream)."""
-        response = self.parse(load_json(body, "the reply"), call, dict(stream.headers))
-        events = [StreamEvent(type="reasoning", text=response.reasoning)] if response.reasoning else []
-        if response.text:
-            events.append(StreamEvent(type="text", text=response.text))
-        return [*events, StreamEvent(type="done", response=response)]
+        return answer_events(self.parse(load_json(body, "the reply"), call, dict(stream.headers)))
 
     def refuse_html(self, stream: LineStream) -> None:
         """A web page where an event stream should be (a proxy's or a captive portal's): say so at once."""
@@ -104,7 +118,27 @@ class _Started:
     lines: Any = None  # the line iterator to go on with (sync or async); None when the stream has ended
 
 
-class DashScopeBackend:
+class _Declared:
+    """What both DashScope backends declare (``qwenvl.backends.base.Backend``)."""
+
+    _wire: _Wire
+    protocol: Protocol
+    name: str
+    base_url: str
+    media_form: MediaForm = "data-url"  # what does not fit inline goes to oss:// temporary storage (``oss``)
+    abilities: frozenset[str] = ABILITIES
+
+    def _declare(self, protocol: Protocol, base_url: str | None, region: str | None) -> None:
+        self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
+        self.protocol = protocol
+        self.name = self._wire.name
+        self.base_url = self._wire.base_url
+
+    def cache_key(self, call: Call) -> str:
+        return self._wire.cache_key(call)
+
+
+class DashScopeBackend(_Declared):
     def __init__(
         self,
         api_key: str,
@@ -116,10 +150,7 @@ class DashScopeBackend:
         sleep: Callable[[float], None] | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
-        self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
-        self.protocol = protocol
-        self.name = self._wire.name
-        self.base_url = self._wire.base_url
+        self._declare(protocol, base_url, region)
         self.region = region_of_url(self.base_url) or effective_region(region)  # decides temporary storage
         kw = {"sleep": sleep} if sleep else {}
         self.transport = Transport(api_key, http_client=http_client, on_retry=on_retry, **kw)
@@ -142,35 +173,23 @@ class DashScopeBackend:
         if call.model.stream_only:
             return assembled(self.stream(call))
         call = self.uploads(call)
-        w = self._wire
-        data, headers = self.transport.post_json(
-            w.url(call), w.body(call, False), policy_for(call), w.headers(call, False)
-        )
-        return w.parse(data, call, headers)
+        data, headers = self.transport.post_json(*self._wire.post(call, False))
+        return self._wire.parse(data, call, headers)
 
     def stream(self, call: Call) -> Iterator[StreamEvent]:
         call = self.uploads(call)
         w = self._wire
-        stream, started = self.transport.open_stream(
-            w.url(call), w.body(call, True), policy_for(call), w.headers(call, True), start=lambda s: w.start(call, s)
-        )
+        stream, started = self.transport.open_stream(*w.post(call, True), start=lambda s: w.start(call, s))
         assert started is not None
         try:
             yield from started.events
-            driver = started.driver
-            if started.lines is None or driver is None:
-                return
-            try:
-                for line in started.lines:
-                    yield from driver.line(line)
-            except APIConnectionError as exc:
-                raise driver.broken(exc) from exc
-            yield from driver.end()
+            if started.lines is not None and started.driver is not None:
+                yield from started.driver.run(started.lines)
         finally:
             stream.close()
 
 
-class AsyncDashScopeBackend:
+class AsyncDashScopeBackend(_Declared):
     def __init__(
         self,
         api_key: str,
@@ -182,10 +201,7 @@ class AsyncDashScopeBackend:
         sleep: Any = None,
         on_retry: RetryHook | None = None,
     ) -> None:
-        self._wire = _Wire(protocol, resolve_base_url(protocol, region=region, base_url=base_url))
-        self.protocol = protocol
-        self.name = self._wire.name
-        self.base_url = self._wire.base_url
+        self._declare(protocol, base_url, region)
         kw = {"sleep": sleep} if sleep else {}
         self.transport = AsyncTransport(api_key, http_client=http_client, on_retry=on_retry, **kw)
         # uploads run in a worker thread through a synchronous transport
@@ -208,32 +224,20 @@ class AsyncDashScopeBackend:
         if call.model.stream_only:
             return await aassembled(self.stream(call))
         call = await self.uploads(call)
-        w = self._wire
-        data, headers = await self.transport.post_json(
-            w.url(call), w.body(call, False), policy_for(call), w.headers(call, False)
-        )
-        return w.parse(data, call, headers)
+        data, headers = await self.transport.post_json(*self._wire.post(call, False))
+        return self._wire.parse(data, call, headers)
 
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         call = await self.uploads(call)
         w = self._wire
-        stream, started = await self.transport.open_stream(
-            w.url(call), w.body(call, True), policy_for(call), w.headers(call, True), start=lambda s: w.astart(call, s)
-        )
+        stream, started = await self.transport.open_stream(*w.post(call, True), start=lambda s: w.astart(call, s))
         assert started is not None
         try:
             for event in started.events:
                 yield event
-            driver = started.driver
-            if started.lines is None or driver is None:
-                return
-            try:
-                async for line in started.lines:
-                    for event in driver.line(line):
+            if started.lines is not None and started.driver is not None:
+                async with aclosing(started.driver.arun(started.lines)) as rest:
+                    async for event in rest:
                         yield event
-            except APIConnectionError as exc:
-                raise driver.broken(exc) from exc
-            for event in driver.end():
-                yield event
         finally:
             await stream.aclose()

@@ -21,17 +21,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 from qwenvl.backends import family as families
+from qwenvl.backends.base import MediaForm
 from qwenvl.backends.dashscope import policy_for
 from qwenvl.config import normalize_engine, normalize_family, openai_api_key, openai_base_url
 from qwenvl.errors import APIConnectionError, APIStatusError, QwenVLError, UsageError
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import openai as proto
-from qwenvl.protocols.common import StreamDriver, load_json
+from qwenvl.protocols.common import StreamDriver, answer_events, load_json
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Request, Response, StreamEvent
 
@@ -174,12 +176,16 @@ class _Wire:
         proto.fix_usage(response.usage, call, self.engine)
         return response
 
+    def post(self, call: Call, stream: bool) -> tuple[str, dict[str, Any], Policy, dict[str, str]]:
+        """(url, body, policy, headers): the transport's arguments for one call."""
+        return self.url(), self.body(call, stream), policy_for(call), proto.WIRE.headers(call, stream=stream)
+
     def non_sse(self, call: Call, stream: LineStream, body: bytes) -> list[StreamEvent]:
-        response = self.parse(load_json(body, "the reply"), call, dict(stream.headers))
-        events = [StreamEvent(type="reasoning", text=response.reasoning)] if response.reasoning else []
-        if response.text:
-            events.append(StreamEvent(type="text", text=response.text))
-        return [*events, StreamEvent(type="done", response=response)]
+        """A streaming request answered with plain JSON (an engine that does not stream, or an error)."""
+        return answer_events(self.parse(load_json(body, "the reply"), call, dict(stream.headers)))
+
+    def driver(self, call: Call, stream: LineStream) -> _Driver:
+        return _Driver(self, call, stream.headers.get("x-request-id"))
 
     def cache_key(self, call: Call) -> str:
         from qwenvl.store.cache import cache_key
@@ -191,24 +197,49 @@ class _Driver(StreamDriver):
     """The shared stream driver, completing the usage an engine leaves out of a stream (``fix_usage``)."""
 
     def __init__(self, wire: _Wire, call: Call, request_id: str | None) -> None:
-        super().__init__(proto.StreamParser(call.request.model, request_id))
+        self.openai_parser = proto.StreamParser(call.request.model, request_id)
+        super().__init__(self.openai_parser)
         self.wire = wire
         self.call = call
 
     def finished(self, response: Response) -> Response:
-        proto.fix_usage(response.usage, self.call, self.wire.engine, output_chunks=self.parser.content_chunks)
+        chunks = self.openai_parser.content_chunks
+        proto.fix_usage(response.usage, self.call, self.wire.engine, output_chunks=chunks)
         return response
 
 
-class OpenAIBackend:
-    """Synchronous ``openai`` backend. ``engine``: auto|vllm|sglang|llamacpp|ollama|generic (default auto, or
-    ``QWENVL_ENGINE``); ``family``: qwen2.5-vl|qwen3-vl|qwen2-vl (default: from the served name); ``model``: the
-    served name to use when a request names none (default: the only one served)."""
+class _Declared:
+    """What both ``openai`` backends declare (``qwenvl.backends.base.Backend``) and answer without I/O."""
 
     name = "openai"
     protocol = "openai"
-    media_form = "data-url"
-    abilities = frozenset({"images", "video-frames", "stream", "tools", "json"})
+    media_form: MediaForm = "data-url"
+    abilities: frozenset[str] = frozenset({"images", "video-frames", "stream", "tools", "json"})
+    _wire: _Wire
+
+    @property
+    def base_url(self) -> str:
+        return self._wire.base_url
+
+    @property
+    def engine(self) -> str:
+        return self._wire.engine
+
+    @property
+    def family(self) -> str | None:
+        return self._wire.family
+
+    def cache_key(self, call: Call) -> str:
+        return self._wire.cache_key(call)
+
+    def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
+        return self._wire.url(), self._wire.body(call, stream)
+
+
+class OpenAIBackend(_Declared):
+    """Synchronous ``openai`` backend. ``engine``: auto|vllm|sglang|llamacpp|ollama|generic (default auto, or
+    ``QWENVL_ENGINE``); ``family``: qwen2.5-vl|qwen3-vl|qwen2-vl (default: from the served name); ``model``: the
+    served name to use when a request names none (default: the only one served)."""
 
     def __init__(
         self,
@@ -222,17 +253,8 @@ class OpenAIBackend:
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._wire = _Wire(base_url, engine, family, model)
-        self.base_url = self._wire.base_url
         kw: dict[str, Any] = {"sleep": sleep} if sleep else {}
         self.transport = Transport(openai_api_key(api_key), http_client=http_client, **kw)
-
-    @property
-    def engine(self) -> str:
-        return self._wire.engine
-
-    @property
-    def family(self) -> str | None:
-        return self._wire.family
 
     def server(self, timeout_s: float = DETECT_TIMEOUT_S) -> ServerInfo:
         """The engine and served models (asked once, then cached)."""
@@ -246,51 +268,29 @@ class OpenAIBackend:
     def model_info(self, name: str) -> ModelInfo:
         return self._wire.model_info(name, self._wire._info)
 
-    def cache_key(self, call: Call) -> str:
-        return self._wire.cache_key(call)
-
-    def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
-        return self._wire.url(), self._wire.body(call, stream)
-
     def close(self) -> None:
         self.transport.close()
 
     def complete(self, call: Call) -> Response:
         self.server(call.request.timeout_s)
-        w = self._wire
-        data, headers = self.transport.post_json(
-            w.url(), w.body(call, False), policy_for(call), proto.headers(stream=False)
-        )
-        return w.parse(data, call, headers)
+        data, headers = self.transport.post_json(*self._wire.post(call, False))
+        return self._wire.parse(data, call, headers)
 
     def stream(self, call: Call) -> Iterator[StreamEvent]:
         self.server(call.request.timeout_s)
         w = self._wire
-        stream, _ = self.transport.open_stream(
-            w.url(), w.body(call, True), policy_for(call), proto.headers(stream=True)
-        )
+        stream, _ = self.transport.open_stream(*w.post(call, True))
         try:
             if "json" in stream.content_type:
                 yield from w.non_sse(call, stream, stream.read())
                 return
-            driver = _Driver(w, call, stream.headers.get("x-request-id"))
-            try:
-                for line in stream:
-                    yield from driver.line(line)
-            except APIConnectionError as exc:
-                raise driver.broken(exc) from exc
-            yield from driver.end()
+            yield from w.driver(call, stream).run(stream)
         finally:
             stream.close()
 
 
-class AsyncOpenAIBackend:
+class AsyncOpenAIBackend(_Declared):
     """The asyncio twin of OpenAIBackend (detection runs once, on a worker thread)."""
-
-    name = "openai"
-    protocol = "openai"
-    media_form = "data-url"
-    abilities = OpenAIBackend.abilities
 
     def __init__(
         self,
@@ -305,29 +305,14 @@ class AsyncOpenAIBackend:
     ) -> None:
         self._sync = OpenAIBackend(base_url=base_url, api_key=api_key, engine=engine, family=family, model=model)
         self._wire = self._sync._wire
-        self.base_url = self._wire.base_url
         kw = {"sleep": sleep} if sleep else {}
         self.transport = AsyncTransport(openai_api_key(api_key), http_client=http_client, **kw)
-
-    @property
-    def engine(self) -> str:
-        return self._wire.engine
-
-    @property
-    def family(self) -> str | None:
-        return self._wire.family
 
     def adapt(self, request: Request) -> Request:
         return self._sync.adapt(request)
 
     def model_info(self, name: str) -> ModelInfo:
         return self._sync.model_info(name)
-
-    def cache_key(self, call: Call) -> str:
-        return self._wire.cache_key(call)
-
-    def preview_body(self, call: Call, stream: bool = False) -> tuple[str, dict[str, Any]]:
-        return self._sync.preview_body(call, stream)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -339,32 +324,21 @@ class AsyncOpenAIBackend:
 
     async def complete(self, call: Call) -> Response:
         await self._ready(call)
-        w = self._wire
-        data, headers = await self.transport.post_json(
-            w.url(), w.body(call, False), policy_for(call), proto.headers(stream=False)
-        )
-        return w.parse(data, call, headers)
+        data, headers = await self.transport.post_json(*self._wire.post(call, False))
+        return self._wire.parse(data, call, headers)
 
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         await self._ready(call)
         w = self._wire
         stream: AsyncLineStream
-        stream, _ = await self.transport.open_stream(
-            w.url(), w.body(call, True), policy_for(call), proto.headers(stream=True)
-        )
+        stream, _ = await self.transport.open_stream(*w.post(call, True))
         try:
             if "json" in stream.content_type:
                 for event in w.non_sse(call, stream, await stream.aread()):
                     yield event
                 return
-            driver = _Driver(w, call, stream.headers.get("x-request-id"))
-            try:
-                async for line in stream:
-                    for event in driver.line(line):
-                        yield event
-            except APIConnectionError as exc:
-                raise driver.broken(exc) from exc
-            for event in driver.end():
-                yield event
+            async with aclosing(w.driver(call, stream).arun(stream)) as rest:
+                async for event in rest:
+                    yield event
         finally:
             await stream.aclose()

@@ -34,6 +34,7 @@ from qwenvl.errors import MalformedResponseError, MediaError, UsageError
 from qwenvl.media.sources import decode_data_url, open_regular, sniff
 from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES, temp_storage_available
 from qwenvl.plan import Call
+from qwenvl.protocols import get
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import ImagePart, Message, VideoPart
 
@@ -119,7 +120,8 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             "a video sent whole (video_as=file)",
             "Send the video as frames (the default, --video-as frames), or use --region cn.",
         )
-    if required and (protocol != "native" or mode == "inline"):
+    takes_oss = get(protocol).oss_references
+    if required and (not takes_oss or mode == "inline"):
         raise UsageError(
             "a video sent whole (video_as=file) must go through temporary storage, which needs "
             "the native protocol and an upload mode other than inline",
@@ -148,7 +150,7 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             hint="Send fewer or smaller files (or lower --max-pixels), give public URLs, or use "
             "--region cn with a Beijing key.",
         )
-    if len(chosen) > len(required) and protocol != "native":
+    if len(chosen) > len(required) and not takes_oss:
         if mode == "oss":
             raise UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")
         size = sum(len(s.url) for s in chosen) / 1e6

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qwenvl.backends import family as families
+from qwenvl.backends.base import MediaForm
 from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, UsageError
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
@@ -478,8 +479,8 @@ class TransformersBackend:
 
     name = NAME
     protocol = "openai"  # the usage log and media checks treat it as a plain OpenAI-style backend
-    media_form = "memory"
-    abilities = frozenset({"images", "video-frames", "stream", "thinking", "json"})
+    media_form: MediaForm = "memory"
+    abilities: frozenset[str] = frozenset({"images", "video-frames", "stream", "thinking", "json"})
 
     def __init__(
         self,
@@ -701,8 +702,8 @@ class AsyncTransformersBackend:
 
     name = NAME
     protocol = "openai"
-    media_form = "memory"
-    abilities = TransformersBackend.abilities
+    media_form: MediaForm = "memory"
+    abilities: frozenset[str] = TransformersBackend.abilities
 
     def __init__(self, **kw: Any) -> None:
         self._sync = TransformersBackend(**kw)

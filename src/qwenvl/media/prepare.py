@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 class MediaOptions:
     model: ModelInfo
     protocol: str = "compat"
+    oss_references: bool = False  # the protocol takes oss:// references (``WireProtocol.oss_references``)
     detail: Literal["auto", "low", "high"] = "auto"
     vl_high_resolution_images: bool | None = None
     min_pixels: int | None = None
@@ -663,7 +664,7 @@ def _pdf_source(ref: str) -> Source | None:
 
 
 def _check_remote(source: Source, options: MediaOptions) -> None:
-    if source.kind == "oss" and options.protocol != "native":
+    if source.kind == "oss" and not options.oss_references:
         raise UsageError(
             f"{source.ref}: oss:// references work only with the native protocol", hint="Add --protocol native."
         )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -18,6 +19,9 @@ from qwenvl.errors import (
 )
 from qwenvl.protocols.sse import SSEDecoder
 from qwenvl.types import Message, Response, StreamEvent, Usage
+
+if TYPE_CHECKING:
+    from qwenvl.protocols.base import StreamParser
 
 HTML_PAGE = "(an HTML page from a proxy, not the service)"
 PROXY_HINT = (
@@ -298,10 +302,20 @@ class StreamAccumulator:
             events.append(StreamEvent(type="text", text=text))
         return events
 
-    def add_tool_call_delta(self, delta: Any) -> None:
-        if not isinstance(delta, dict) or not isinstance(delta.get("function") or {}, dict):
+    def add_tool_call_delta(self, delta: Any, position: int | None = None, *, cumulative: bool = False) -> None:
+        """Merge one streamed tool call into ``tool_calls`` (both protocols; the one place this is done).
+
+        The call's ``index`` says which call it continues (default ``position``, else a new one). ``name`` and
+        ``arguments`` are fragments appended to what arrived. ``cumulative`` (native): an event may instead
+        repeat the call so far (the name in every event, or the whole call again with the finish_reason), so a
+        value that extends what we have replaces it. Raises MalformedResponseError for a call, function,
+        name or arguments of the wrong type."""
+        if not isinstance(delta, dict):
             raise MalformedResponseError("a streamed tool call is not a JSON object")
-        index = delta.get("index", len(self.tool_calls))
+        fn = delta.get("function") or {}
+        if not isinstance(fn, dict):
+            raise MalformedResponseError("a streamed tool call's function is not a JSON object")
+        index = delta.get("index", len(self.tool_calls) if position is None else position)
         call = self.tool_calls.setdefault(
             index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
         )
@@ -309,11 +323,10 @@ class StreamAccumulator:
             call["id"] = delta["id"]
         if delta.get("type"):
             call["type"] = delta["type"]
-        fn = delta.get("function") or {}
-        if fn.get("name"):
-            call["function"]["name"] += fn["name"]
-        if fn.get("arguments"):
-            call["function"]["arguments"] += fn["arguments"]
+        for key in ("name", "arguments"):
+            piece, have = optional_str(fn.get(key), f"a streamed tool call's {key}"), call["function"][key]
+            if piece:
+                call["function"][key] = piece if cumulative and piece.startswith(have) else have + piece
 
     def error(self, exc: APIStatusError) -> Exception:
         """An error event: typed when nothing arrived yet, else an interruption that keeps the text."""
@@ -354,7 +367,7 @@ class StreamDriver:
     """SSE lines of one stream through a protocol's StreamParser: deltas as they come, then ``done`` with the
     response (``finished`` may complete it, e.g. usage an engine leaves out). Every backend's stream uses it."""
 
-    def __init__(self, parser: Any) -> None:
+    def __init__(self, parser: StreamParser) -> None:
         self.parser = parser
         self.decoder = SSEDecoder()
 
@@ -375,3 +388,33 @@ class StreamDriver:
         error = self.parser.acc.interrupted(str(exc))
         error.__cause__ = exc
         return error
+
+    def run(self, lines: Iterable[str]) -> Iterator[StreamEvent]:
+        """The events of ``lines`` (the rest of a stream), then ``done``. A connection that breaks meanwhile
+        raises StreamInterruptedError with what arrived."""
+        try:
+            for line in lines:
+                yield from self.line(line)
+        except APIConnectionError as exc:
+            raise self.broken(exc) from exc
+        yield from self.end()
+
+    async def arun(self, lines: AsyncIterable[str]) -> AsyncGenerator[StreamEvent, None]:
+        """``run`` for an async stream."""
+        try:
+            async for line in lines:
+                for event in self.line(line):
+                    yield event
+        except APIConnectionError as exc:
+            raise self.broken(exc) from exc
+        for event in self.end():
+            yield event
+
+
+def answer_events(response: Response) -> list[StreamEvent]:
+    """A whole Response as the events of a stream: its reasoning, its text, then ``done`` (a streaming request
+    answered with plain JSON)."""
+    events = [StreamEvent(type="reasoning", text=response.reasoning)] if response.reasoning else []
+    if response.text:
+        events.append(StreamEvent(type="text", text=response.text))
+    return [*events, StreamEvent(type="done", response=response)]

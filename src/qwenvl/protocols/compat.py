@@ -9,10 +9,10 @@ fields (what the OpenAI SDK's ``extra_body`` produces).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenvl.errors import MalformedResponseError
-from qwenvl.plan import Call
+from qwenvl.protocols.base import ServerSide, StreamParserFactory
 from qwenvl.protocols.common import (
     StreamAccumulator,
     as_object,
@@ -23,8 +23,12 @@ from qwenvl.protocols.common import (
     optional_str,
     split_content,
 )
+from qwenvl.protocols.inbound import CompatServer
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart, VideoPart
+
+if TYPE_CHECKING:
+    from qwenvl.plan import Call
 
 NAME = "compat"
 ENDPOINT = "/chat/completions"
@@ -162,3 +166,25 @@ class StreamParser:
             raise self.acc.interrupted("no [DONE] and no finish_reason")
         self.acc.complete = True
         return self.acc.response()
+
+
+class CompatWire:
+    """``compat`` as a ``qwenvl.protocols.base.WireProtocol`` (registered in ``qwenvl.protocols``)."""
+
+    name = NAME
+    endpoint = ENDPOINT
+    oss_references = False  # oss:// references are resolved by the native endpoint only
+    stream_parser: StreamParserFactory = StreamParser
+    server: ServerSide | None = CompatServer()
+
+    def headers(self, call: Call, *, stream: bool) -> dict[str, str]:
+        return headers(stream=stream)
+
+    def build_body(self, call: Call, *, stream: bool) -> dict[str, Any]:
+        return build_body(call, stream=stream)
+
+    def parse_response(self, data: Any, *, model: str, request_id: str | None = None) -> Response:
+        return parse_response(data, model=model, request_id=request_id)
+
+
+WIRE = CompatWire()

@@ -3,6 +3,8 @@ stream events -> wire chunks, error -> error body. Pure functions, no I/O.
 
 The forward direction (Request -> wire body, wire reply -> Response) lives in ``compat`` and ``native``;
 this module is its mirror, so ``qwenvl serve`` speaks exactly what the client side sends and parses.
+``CompatServer`` and ``NativeServer`` bundle each protocol's side (``WireProtocol.server``,
+``qwenvl.protocols.base.ServerSide``): the server calls them and never asks which protocol it speaks.
 Shapes, from the DashScope reference (``dashscope-api.md``) and the seed docs:
 
 - compat request: ``{"model", "messages": [...], "stream"?, "stream_options": {"include_usage"}?,
@@ -24,13 +26,16 @@ Shapes, from the DashScope reference (``dashscope-api.md``) and the seed docs:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from qwenvl.errors import APIStatusError, QwenVLError, UsageError
-from qwenvl.types import Message, Request, Response, Usage
+from qwenvl.protocols.sse import encode
+from qwenvl.types import Message, Request, Response, StreamEvent, Usage
 
 # Request fields a wire body may set directly (same name on the wire and in Request).
 _DIRECT = (
@@ -354,3 +359,122 @@ def compat_error(status: int, message: str, *, request_id: str, code: str | None
 def native_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
     _, wire_code, _, _ = _kind(status)
     return {"code": code or wire_code, "message": message, "request_id": request_id}
+
+
+# --- the server side of each protocol (``WireProtocol.server``) ------------------------------------------
+
+
+@dataclass
+class StreamState:
+    """One answer being streamed back: ids, the event count (native ``id:``) and what was sent so far."""
+
+    parsed: Inbound
+    request_id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    n: int = 0  # events received from the backend (the ``done`` one included)
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+
+    @property
+    def completion_id(self) -> str:
+        return f"chatcmpl-{self.request_id}"
+
+    @property
+    def model(self) -> str:
+        return self.parsed.request.model
+
+    def note(self, event: StreamEvent) -> None:
+        """Count one backend event and keep its delta."""
+        self.n += 1
+        if event.type == "text":
+            self.text.append(event.text)
+        elif event.type == "reasoning":
+            self.reasoning.append(event.text)
+
+
+class CompatServer:
+    """The OpenAI-compatible side of ``qwenvl serve`` (``chat.completion`` bodies, ``data:`` chunks, ``[DONE]``)."""
+
+    def parse_body(self, body: Any, headers: Mapping[str, str]) -> Inbound:
+        return parse_compat_body(body)
+
+    def response_body(self, parsed: Inbound, response: Response, request_id: str) -> dict[str, Any]:
+        return compat_response(
+            response, completion_id=f"chatcmpl-{request_id}", created=int(time.time()), model=parsed.request.model
+        )
+
+    def error_body(self, status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
+        return compat_error(status, message, request_id=request_id, code=code)
+
+    def stream_open(self, state: StreamState) -> list[bytes]:
+        return [
+            encode(compat_chunk(completion_id=state.completion_id, created=state.created, model=state.model, role=True))
+        ]
+
+    def stream_delta(self, state: StreamState, event: StreamEvent) -> list[bytes]:
+        chunk = compat_chunk(
+            completion_id=state.completion_id,
+            created=state.created,
+            model=state.model,
+            text=event.text if event.type == "text" else None,
+            reasoning=event.text if event.type == "reasoning" else None,
+        )
+        return [encode(chunk)]
+
+    def stream_done(self, state: StreamState, response: Response) -> list[bytes]:
+        cid, created, model = state.completion_id, state.created, state.model
+        last = compat_chunk(
+            completion_id=cid,
+            created=created,
+            model=model,
+            finish_reason=response.finish_reason or "stop",
+            tool_calls=response.tool_calls,
+        )
+        out = [encode(last)]
+        if state.parsed.include_usage:
+            out.append(encode(compat_usage_chunk(response.usage, completion_id=cid, created=created, model=model)))
+        out.append(encode("[DONE]"))
+        return out
+
+    def stream_error(self, state: StreamState, status: int, body: dict[str, Any]) -> list[bytes]:
+        return [encode(body)]
+
+
+class NativeServer:
+    """The DashScope-native side of ``qwenvl serve`` (``output.choices``, ``event:result`` events with ids)."""
+
+    def parse_body(self, body: Any, headers: Mapping[str, str]) -> Inbound:
+        return parse_native_body(body, sse=headers.get("x-dashscope-sse", "").lower() == "enable")
+
+    def response_body(self, parsed: Inbound, response: Response, request_id: str) -> dict[str, Any]:
+        return native_response(
+            response, request_id=response.request_id or request_id, finish_reason=response.finish_reason or "stop"
+        )
+
+    def error_body(self, status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
+        return native_error(status, message, request_id=request_id, code=code)
+
+    def stream_open(self, state: StreamState) -> list[bytes]:
+        return []
+
+    def stream_delta(self, state: StreamState, event: StreamEvent) -> list[bytes]:
+        if state.parsed.incremental_output:  # each event carries its delta
+            text = event.text if event.type == "text" else ""
+            reasoning = event.text if event.type == "reasoning" else ""
+        else:  # each event carries the whole answer so far
+            text, reasoning = "".join(state.text), "".join(state.reasoning)
+        body = native_event(request_id=state.request_id, text=text, reasoning=reasoning)
+        return [encode(body, event_id=state.n, event="result", status=200)]
+
+    def stream_done(self, state: StreamState, response: Response) -> list[bytes]:
+        final = native_response(
+            response,
+            request_id=response.request_id or state.request_id,
+            text="" if state.parsed.incremental_output else None,
+            reasoning="" if state.parsed.incremental_output else None,
+            finish_reason=response.finish_reason or "stop",
+        )
+        return [encode(final, event_id=state.n, event="result", status=200)]
+
+    def stream_error(self, state: StreamState, status: int, body: dict[str, Any]) -> list[bytes]:
+        return [encode(body, event_id=state.n + 1, event="error", status=status)]

@@ -9,10 +9,10 @@ for with the ``X-DashScope-SSE: enable`` header and ``incremental_output`` in pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenvl.errors import MalformedResponseError
-from qwenvl.plan import Call
+from qwenvl.protocols.base import ServerSide, StreamParserFactory
 from qwenvl.protocols.common import (
     StreamAccumulator,
     as_object,
@@ -23,8 +23,12 @@ from qwenvl.protocols.common import (
     optional_str,
     split_content,
 )
+from qwenvl.protocols.inbound import NativeServer
 from qwenvl.protocols.sse import SSEEvent
 from qwenvl.types import ImagePart, Message, Response, StreamEvent, TextPart
+
+if TYPE_CHECKING:
+    from qwenvl.plan import Call
 
 NAME = "native"
 ENDPOINT = "/services/aigc/multimodal-generation/generation"
@@ -145,28 +149,6 @@ def parse_response(data: Any, *, model: str, request_id: str | None = None) -> R
     )
 
 
-def merge_tool_call(calls: dict[int, dict[str, Any]], tc: dict[str, Any], position: int) -> None:
-    """Add one streamed tool call to ``calls``. Native events may carry a fragment of the arguments, or repeat
-    the call so far (the name in every event, or the whole call again with the finish_reason): a value that
-    extends what we have replaces it, anything else is appended."""
-    if not isinstance(tc, dict):
-        return
-    index = tc.get("index", position)
-    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-    if tc.get("id"):
-        call["id"] = tc["id"]
-    if tc.get("type"):
-        call["type"] = tc["type"]
-    fn = tc.get("function") or {}
-    if not isinstance(fn, dict):
-        raise MalformedResponseError("a streamed tool call's function is not a JSON object")
-    for key in ("name", "arguments"):
-        piece, have = fn.get(key), call["function"][key]
-        if not isinstance(piece, str) or not piece:
-            continue
-        call["function"][key] = piece if piece.startswith(have) else have + piece
-
-
 class StreamParser:
     """Turns native SSE events (``event:result`` with incremental output) into deltas and a response."""
 
@@ -197,7 +179,8 @@ class StreamParser:
         events = acc.add(c.text or None, c.reasoning)
         acc.other_content += c.others
         for i, tc in enumerate(c.tool_calls or []):
-            merge_tool_call(acc.tool_calls, tc, i)
+            # native events may repeat the call so far rather than send fragments
+            acc.add_tool_call_delta(tc, i, cumulative=True)
         if c.finish_reason:
             acc.finish_reason = c.finish_reason
             acc.complete = True
@@ -207,3 +190,25 @@ class StreamParser:
         if not self.acc.complete:
             raise self.acc.interrupted("no event with a finish_reason")
         return self.acc.response()
+
+
+class NativeWire:
+    """``native`` as a ``qwenvl.protocols.base.WireProtocol`` (registered in ``qwenvl.protocols``)."""
+
+    name = NAME
+    endpoint = ENDPOINT
+    oss_references = True  # with the X-DashScope-OssResourceResolve header (``headers``)
+    stream_parser: StreamParserFactory = StreamParser
+    server: ServerSide | None = NativeServer()
+
+    def headers(self, call: Call, *, stream: bool) -> dict[str, str]:
+        return headers(stream=stream, uses_oss=uses_oss(call))
+
+    def build_body(self, call: Call, *, stream: bool) -> dict[str, Any]:
+        return build_body(call, stream=stream)
+
+    def parse_response(self, data: Any, *, model: str, request_id: str | None = None) -> Response:
+        return parse_response(data, model=model, request_id=request_id)
+
+
+WIRE = NativeWire()

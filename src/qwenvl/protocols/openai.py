@@ -23,12 +23,15 @@ field) are not sent. Where engines differ, an ``Engine`` says how (facts from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenvl.errors import UsageError
-from qwenvl.plan import Call
 from qwenvl.protocols import compat
+from qwenvl.protocols.base import ServerSide, StreamParserFactory
 from qwenvl.types import ImagePart, Message, Response, TextPart, Usage, VideoPart
+
+if TYPE_CHECKING:
+    from qwenvl.plan import Call
 
 NAME = "openai"
 ENDPOINT = "/chat/completions"
@@ -241,10 +244,33 @@ class StreamParser(compat.StreamParser):
         return _reasoning(delta)
 
 
+class OpenAIWire:
+    """``openai`` as a ``qwenvl.protocols.base.WireProtocol`` (registered in ``qwenvl.protocols``). ``qwenvl
+    serve`` speaks compat, a superset, so there is no server side here."""
+
+    name = NAME
+    endpoint = ENDPOINT
+    oss_references = False
+    stream_parser: StreamParserFactory = StreamParser
+    server: ServerSide | None = None
+
+    def headers(self, call: Call, *, stream: bool) -> dict[str, str]:
+        return headers(stream=stream)
+
+    def build_body(self, call: Call, *, stream: bool, engine_name: str = "generic") -> dict[str, Any]:
+        return build_body(call, stream=stream, engine_name=engine_name)
+
+    def parse_response(self, data: Any, *, model: str, request_id: str | None = None) -> Response:
+        return parse_response(data, model=model, request_id=request_id)
+
+
+WIRE = OpenAIWire()
+
 __all__ = [
     "ENDPOINT",
     "ENGINE_TABLE",
     "NAME",
+    "WIRE",
     "Engine",
     "StreamParser",
     "build_body",

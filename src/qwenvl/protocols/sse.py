@@ -6,7 +6,9 @@ are understood here (the comment is ignored like every comment).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def carries_data(line: str) -> bool:
@@ -62,3 +64,17 @@ class SSEDecoder:
         event = SSEEvent("\n".join(self._data), self._event, self._id, self._status)
         self._data, self._event, self._id, self._status, self._dirty = [], None, None, None, False
         return event
+
+
+def encode(data: Any, *, event_id: int | None = None, event: str | None = None, status: int | None = None) -> bytes:
+    """One event as a server sends it: ``id:``, ``event:``, DashScope's ``:HTTP_STATUS/200`` comment, then ``data:``
+    (a string as it is, anything else as JSON), ended by a blank line."""
+    lines = []
+    if event_id is not None:
+        lines.append(f"id:{event_id}")
+    if event:
+        lines.append(f"event:{event}")
+    if status is not None:
+        lines.append(f":HTTP_STATUS/{status}")
+    lines.append("data:" + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)))
+    return ("\n".join(lines) + "\n\n").encode()

@@ -29,10 +29,11 @@ from typing import Any
 from qwenvl.errors import APIStatusError, MediaError, QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.media.sources import to_data_url
-from qwenvl.protocols import inbound
+from qwenvl.protocols import get, inbound
+from qwenvl.protocols.base import ServerSide
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadStore
-from qwenvl.types import ImagePart, Message, Response, StreamEvent, VideoPart
+from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart
 
 try:
     from fastapi import FastAPI
@@ -93,16 +94,14 @@ class _Slots:
         self.busy[key] -= 1
 
 
-def _sse(data: Any, *, event_id: int | None = None, event: str | None = None, status: int | None = None) -> bytes:
-    lines = []
-    if event_id is not None:
-        lines.append(f"id:{event_id}")
-    if event:
-        lines.append(f"event:{event}")
-    if status is not None:
-        lines.append(f":HTTP_STATUS/{status}")
-    lines.append("data:" + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)))
-    return ("\n".join(lines) + "\n\n").encode()
+def _server(name: str) -> ServerSide:
+    side = get(name).server
+    assert side is not None, f"the {name} protocol has no server side"
+    return side
+
+
+COMPAT = _server("compat")  # what the OpenAI-compatible routes speak
+NATIVE = _server("native")  # what the DashScope-native routes speak
 
 
 def create_app(
@@ -135,7 +134,7 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: HTTPRequest, exc: StarletteHTTPException) -> JSONResponse:
         """Unknown paths and methods answer in the service's shape, not the framework's."""
-        proto = "native" if request.url.path.startswith("/api/") else "compat"
+        proto = NATIVE if request.url.path.startswith("/api/") else COMPAT
         message = {
             404: f"no such endpoint: {request.url.path}",
             405: f"{request.method} is not allowed on {request.url.path}",
@@ -268,10 +267,8 @@ def create_app(
             return settings.model_map[name]
         return name if settings.pass_model_names else None
 
-    def error_body(proto: str, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
-        if proto == "native":
-            return inbound.native_error(status, message, request_id=rid, code=code)
-        return inbound.compat_error(status, message, request_id=rid, code=code)
+    def error_body(proto: ServerSide, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
+        return proto.error_body(status, message, request_id=rid, code=code)
 
     def describe(
         exc: BaseException, rid: str, aliases: dict[str, str] | None = None
@@ -307,22 +304,17 @@ def create_app(
             log.exception("internal error while answering %s", rid)
         return status, message, code, headers
 
-    def refuse(proto: str, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
+    def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
         status, message, code, headers = describe(exc, rid, aliases)
         return JSONResponse(error_body(proto, status, message, code, rid), status_code=status, headers=headers)
 
-    async def handle(request: HTTPRequest, proto: str) -> Any:
+    async def handle(request: HTTPRequest, proto: ServerSide) -> Any:
         rid = str(uuid.uuid4())
         key = None
         try:
             key = authorize(request)
             body = await read_json(request)
-            if proto == "native":
-                parsed = inbound.parse_native_body(
-                    body, sse=request.headers.get("x-dashscope-sse", "").lower() == "enable"
-                )
-            else:
-                parsed = inbound.parse_compat_body(body)
+            parsed = proto.parse_body(body, request.headers)
             slots.take(key)
         except Exception as exc:
             return refuse(proto, exc, rid)
@@ -333,7 +325,7 @@ def create_app(
                 call = await plan(parsed, request, aliases)
                 if not parsed.stream:
                     response = await client.send(call)
-                    return JSONResponse(wire_response(proto, parsed, response, rid))
+                    return JSONResponse(proto.response_body(parsed, response, rid))
             streaming = True  # from here the stream owns the slot and gives it back when it ends
             return _EventStream(
                 stream_body(proto, parsed, call, rid, aliases),
@@ -347,121 +339,39 @@ def create_app(
             if not streaming:
                 slots.give(key)
 
-    def wire_response(proto: str, parsed: inbound.Inbound, response: Response, rid: str) -> dict[str, Any]:
-        if proto == "native":
-            return inbound.native_response(
-                response, request_id=response.request_id or rid, finish_reason=response.finish_reason or "stop"
-            )
-        return inbound.compat_response(
-            response, completion_id=f"chatcmpl-{rid}", created=int(time.time()), model=parsed.request.model
-        )
-
     async def stream_body(
-        proto: str, parsed: inbound.Inbound, call: Any, rid: str, aliases: dict[str, str]
+        proto: ServerSide, parsed: inbound.Inbound, call: Any, rid: str, aliases: dict[str, str]
     ) -> AsyncIterator[bytes]:
-        created, cid, model = int(time.time()), f"chatcmpl-{rid}", parsed.request.model
-        text: list[str] = []
-        reasoning: list[str] = []
-        n = 0
+        state = inbound.StreamState(parsed=parsed, request_id=rid)
         deadline = time.monotonic() + settings.request_timeout_s
         events = client.send_stream(call)
         try:
-            if proto == "compat":
-                yield _sse(inbound.compat_chunk(completion_id=cid, created=created, model=model, role=True))
+            for chunk in proto.stream_open(state):
+                yield chunk
             async for event in _bounded(events, deadline):
-                n += 1
+                state.note(event)
                 if event.type == "done":
                     assert event.response is not None
-                    yield_final = final_events(
-                        proto, parsed, event.response, cid, created, model, rid, n, "".join(text), "".join(reasoning)
-                    )
-                    for chunk in yield_final:
+                    for chunk in proto.stream_done(state, event.response):
                         yield chunk
                     return
-                (text if event.type == "text" else reasoning).append(event.text)
-                if proto == "compat":
-                    yield _sse(
-                        inbound.compat_chunk(
-                            completion_id=cid,
-                            created=created,
-                            model=model,
-                            text=event.text if event.type == "text" else None,
-                            reasoning=event.text if event.type == "reasoning" else None,
-                        )
-                    )
-                else:
-                    incremental = parsed.incremental_output
-                    yield _sse(
-                        inbound.native_event(
-                            request_id=rid,
-                            text=(event.text if event.type == "text" else "") if incremental else "".join(text),
-                            reasoning=(event.text if event.type == "reasoning" else "")
-                            if incremental
-                            else "".join(reasoning),
-                        ),
-                        event_id=n,
-                        event="result",
-                        status=200,
-                    )
+                for chunk in proto.stream_delta(state, event):
+                    yield chunk
         except asyncio.CancelledError:  # the caller went away: stop generating, free the slot
             raise
         except Exception as exc:  # an error inside a stream is an error event
             status, message, code, _ = describe(exc, rid, aliases)
-            body = error_body(proto, status, message, code, rid)
-            if proto == "native":
-                yield _sse(body, event_id=n + 1, event="error", status=status)
-            else:
-                yield _sse(body)
+            for chunk in proto.stream_error(state, status, error_body(proto, status, message, code, rid)):
+                yield chunk
         finally:
             await _aclose(events)
 
-    def final_events(
-        proto: str,
-        parsed: inbound.Inbound,
-        response: Response,
-        cid: str,
-        created: int,
-        model: str,
-        rid: str,
-        n: int,
-        text: str,
-        reasoning: str,
-    ) -> list[bytes]:
-        out = []
-        if proto == "compat":
-            out.append(
-                _sse(
-                    inbound.compat_chunk(
-                        completion_id=cid,
-                        created=created,
-                        model=model,
-                        finish_reason=response.finish_reason or "stop",
-                        tool_calls=response.tool_calls,
-                    )
-                )
-            )
-            if parsed.include_usage:
-                out.append(
-                    _sse(inbound.compat_usage_chunk(response.usage, completion_id=cid, created=created, model=model))
-                )
-            out.append(_sse("[DONE]"))
-            return out
-        final = inbound.native_response(
-            response,
-            request_id=response.request_id or rid,
-            text="" if parsed.incremental_output else None,
-            reasoning="" if parsed.incremental_output else None,
-            finish_reason=response.finish_reason or "stop",
-        )
-        out.append(_sse(final, event_id=n, event="result", status=200))
-        return out
-
     # --- routes ----------------------------------------------------------------------------------------
     async def compat_route(request: HTTPRequest) -> Any:
-        return await handle(request, "compat")
+        return await handle(request, COMPAT)
 
     async def native_route(request: HTTPRequest) -> Any:
-        return await handle(request, "native")
+        return await handle(request, NATIVE)
 
     for path in COMPAT_PATHS:
         app.add_api_route(path, compat_route, methods=["POST"])
@@ -471,7 +381,7 @@ def create_app(
         try:
             authorize(request)
         except _Refused as exc:
-            return refuse("compat", exc, str(uuid.uuid4()))
+            return refuse(COMPAT, exc, str(uuid.uuid4()))
         names = sorted(settings.model_map)
         if not names and settings.pass_model_names:
             names = _known_models()
@@ -479,7 +389,7 @@ def create_app(
             try:
                 names = [(await asyncio.to_thread(client.resolve_model)).name]
             except QwenVLError as exc:
-                return refuse("compat", exc, str(uuid.uuid4()))
+                return refuse(COMPAT, exc, str(uuid.uuid4()))
         return JSONResponse(
             {
                 "object": "list",
@@ -511,7 +421,7 @@ def create_app(
             if not model:
                 raise _Refused(400, "model is required")
         except _Refused as exc:
-            return refuse("native", exc, rid)
+            return refuse(NATIVE, exc, rid)
         host = str(request.base_url).rstrip("/") + FORM_PATH
         return JSONResponse({"request_id": rid, "data": store.policy(model, host)})
 
@@ -557,7 +467,7 @@ def create_app(
             client,
             guard=guard,
             resolve=lambda ref, model: resolve_ref(ref, model, False),
-            fail=lambda exc: refuse("compat", exc, str(uuid.uuid4())),
+            fail=lambda exc: refuse(COMPAT, exc, str(uuid.uuid4())),
             model_for=served_model,
         )
     return app
