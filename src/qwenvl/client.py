@@ -17,11 +17,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.batch import exchange
 from qwenvl.batch.cache import ResponseCache, open_cache
-from qwenvl.config import effective_region, normalize_backend, normalize_protocol, require_api_key
+from qwenvl.config import effective_protocol, effective_region, normalize_backend, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
@@ -167,7 +168,7 @@ class _Base:
         cache: bool | str | os.PathLike[str] | ResponseCache | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
-        self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
+        self.protocol = effective_protocol(protocol)
         self.region = effective_region(region)
         self.base_url = base_url
         self._api_key = api_key
@@ -196,7 +197,7 @@ class _Base:
         self.cache = open_cache(cache)  # off unless asked for: True, a path or a ResponseCache
         if self._backend is not None:
             self.protocol = self._backend.protocol
-        model = model or os.environ.get("QWENVL_MODEL")
+        model = model or qenv.model()
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
 

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S
 from qwenvl.models import DEFAULT_MODEL
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -143,9 +144,9 @@ with warnings.catch_warnings():
         vl_high_resolution_images: bool | None = None
         min_pixels: int | None = Field(default=None, ge=1)
         max_pixels: int | None = Field(default=None, ge=1)
-        max_retries: int = Field(default=2, ge=0, le=20)
-        retry_backoff_s: float = Field(default=1.5, ge=0, le=600)
-        timeout_s: float = Field(default=120.0, gt=0, validation_alias=AliasChoices("timeout_s", "timeout"))
+        max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0, le=20)
+        retry_backoff_s: float = Field(default=DEFAULT_RETRY_BACKOFF_S, ge=0, le=600)
+        timeout_s: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, validation_alias=AliasChoices("timeout_s", "timeout"))
         base_url: str | None = None
         prepare: bool = True  # check and prepare media to the model's budget (False: send files as they are)
         upload: Literal["auto", "inline", "oss"] = "auto"  # local files via DashScope's temporary storage

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
+from qwenvl._constants import DEFAULT_MAX_RETRIES
 from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.batch.exchange import key_for, source_key_for
 from qwenvl.batch.inputs import BatchItem
@@ -708,7 +709,7 @@ class _Realtime:
             call = client.plan(fields)
         except (MediaError, UsageError) as exc:
             return self._error(item, exc, 0)
-        retries = item.request.get("max_retries", client.defaults.get("max_retries", 2))
+        retries = item.request.get("max_retries", client.defaults.get("max_retries", DEFAULT_MAX_RETRIES))
         backoff = item.request.get("retry_backoff_s", call.request.retry_backoff_s)
         tokens, _ = input_tokens_of(call)
         # answered locally: no slot, no rate budget (the estimate knows only items without local media)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 from typing import Any
 
 import click
 
+from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, pass_opts
 from qwenvl.errors import UsageError
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
@@ -104,7 +103,7 @@ def serve(opts: dict[str, Any]) -> None:
         import uvicorn
     except ImportError:
         raise UsageError("qwenvl serve needs its extra", hint='pip install "qwenvl[serve]"') from None
-    api_key = opts["api_key"] or os.environ.get(SERVE_KEY_ENV)
+    api_key = opts["api_key"] or qenv.serve_api_key()
     if opts["no_auth"]:
         if not is_loopback(opts["host"]):
             raise UsageError(
@@ -169,9 +168,7 @@ def serve(opts: dict[str, Any]) -> None:
             "request_timeout_s": opts["request_timeout"],
         },
     }
-    from qwenvl.server.main import CONFIG_ENV
-
-    os.environ[CONFIG_ENV] = json.dumps(config)
+    qenv.set_serve_config(config)
     sock = listen(opts["host"], opts["port"])  # bound before the banner: its port is real, clients may connect
     host, port = sock.getsockname()[:2]
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

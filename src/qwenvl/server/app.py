@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import APIStatusError, MediaError, QwenVLError, UsageError
 from qwenvl.media.sources import to_data_url
 from qwenvl.protocols import inbound
@@ -61,7 +62,7 @@ class ServeSettings:
     max_media_items: int = 64  # images and videos in one request
     max_frames: int = 768  # frames in one frame-list video
     download_max_bytes: int = 20 * 1024 * 1024
-    download_timeout_s: float = 30.0
+    download_timeout_s: float = FETCH_TIMEOUT_S
     max_concurrent_per_key: int = 16
     request_timeout_s: float = 600.0
 
