@@ -57,7 +57,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "DASHSCOPE_API_KEY",
         "The DashScope (Model Studio) API key; also read from `./.env` (the environment wins).",
-        "the key files (see Configuration)",
+        "none: the files above are tried",
     ),
     Variable("DASHSCOPE_API_KEY_FILE_PATH", "A file whose first line is the API key.", "none"),
     Variable(
