@@ -282,6 +282,22 @@ def test_every_user_of_a_default_reads_the_one_home() -> None:
     assert ServeSettings().download_timeout_s == constants.FETCH_TIMEOUT_S
 
 
+def test_serve_and_batch_defaults_have_one_home() -> None:
+    from qwenvl.batch.runner import Batch
+    from qwenvl.cli.batch import run as batch_run
+    from qwenvl.cli.serve import serve
+    from qwenvl.server.app import ServeSettings
+
+    settings = ServeSettings()
+    options = {p.name: p.default for p in serve.params}
+    assert settings.max_body_bytes == constants.SERVE_MAX_BODY_BYTES == options["max_body_mb"] * 1024 * 1024
+    assert settings.max_media_items == constants.SERVE_MAX_MEDIA_ITEMS == options["max_images"]
+    assert settings.max_concurrent_per_key == constants.SERVE_MAX_CONCURRENT_PER_KEY == options["max_concurrent"]
+    assert settings.request_timeout_s == constants.SERVE_REQUEST_TIMEOUT_S == options["request_timeout"]
+    poll = inspect.signature(Batch).parameters["poll_interval_s"].default
+    assert poll == constants.BATCH_POLL_INTERVAL_S == {p.name: p.default for p in batch_run.params}["poll_interval"]
+
+
 def test_the_cli_help_tells_the_real_defaults() -> None:
     from qwenvl.cli.main import cli
 

@@ -21,3 +21,12 @@ DEFAULT_RETRY_BACKOFF_S = 1.5  # seconds: retry n (0-based) waits backoff * 2**n
 JITTER = 0.25  # a retry's wait (and the batch limiter's pause) is shortened by up to this fraction (ours)
 MAX_RETRY_DELAY_S = 20.0  # seconds: the longest wait between two attempts, backoff and Retry-After alike. Ours:
 # openai-python caps at 8 s; DashScope counts rate limits per minute, so 20 s lets three retries span a window.
+
+# --- batches (qwenvl.batch.runner, `qwenvl batch`) -----------------------------------------------------------
+BATCH_POLL_INTERVAL_S = 30.0  # seconds between two status checks of a Batch API job (ours: jobs take hours)
+
+# --- `qwenvl serve` (qwenvl.server.app.ServeSettings and the command's options) ------------------------------
+SERVE_MAX_BODY_BYTES = 32 * 1024 * 1024  # bytes of one request body (32 MiB: a few large base64 images)
+SERVE_MAX_MEDIA_ITEMS = 64  # images and videos in one request
+SERVE_MAX_CONCURRENT_PER_KEY = 16  # requests in flight per client key; beyond: 429 with Retry-After
+SERVE_REQUEST_TIMEOUT_S = 600.0  # seconds one served request may take, streaming included (= STREAM_CAP_MIN_S)

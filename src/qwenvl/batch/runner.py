@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
-from qwenvl._constants import DEFAULT_MAX_RETRIES
+from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.batch.cache import ResponseCache, open_cache
 from qwenvl.batch.exchange import key_for, source_key_for
 from qwenvl.batch.inputs import BatchItem
@@ -234,7 +234,7 @@ class Batch:
         base_url: str | None = None,
         model: str | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
-        poll_interval_s: float = 30.0,
+        poll_interval_s: float = BATCH_POLL_INTERVAL_S,
         wait: bool = True,
         plan_threads: int = PLAN_THREADS,
         backend: str | None = None,
