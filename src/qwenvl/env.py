@@ -59,7 +59,7 @@ VARIABLES: tuple[Variable, ...] = (
         "The DashScope (Model Studio) API key; also read from `./.env` (the environment wins).",
         "none: the files above are tried",
     ),
-    Variable("DASHSCOPE_API_KEY_FILE_PATH", "A file whose first line is the API key.", "none"),
+    Variable("DASHSCOPE_API_KEY_FILE_PATH", "A file whose first line is the API key; also read from `./.env`.", "none"),
     Variable(
         "DASHSCOPE_COMPATIBLE_BASE_URL",
         "Base URL of the OpenAI-compatible protocol (as the official SDK reads it); wins over the region.",
