@@ -11,15 +11,15 @@ r2 = client.complete(prompt="And the colours?", messages=r.messages)   # multi-t
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
+from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
-from qwenvl.config import effective_region, normalize_backend, normalize_protocol, require_api_key
+from qwenvl.config import effective_protocol, effective_region, normalize_backend, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
@@ -170,7 +170,7 @@ class _Base(Generic[B]):
         usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
     ) -> None:
-        self.protocol = normalize_protocol(protocol or os.environ.get("QWENVL_PROTOCOL"))
+        self.protocol = effective_protocol(protocol)
         self.region = effective_region(region)
         self.base_url = base_url
         self._api_key = api_key
@@ -208,7 +208,7 @@ class _Base(Generic[B]):
         ]
         if self._backend is not None:  # the wire protocol's name, for the usage log (Backend's doc)
             self.protocol = getattr(self._backend, "protocol", "openai")
-        model = model or os.environ.get("QWENVL_MODEL")
+        model = model or qenv.model()
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
 

@@ -13,7 +13,6 @@ A ``.env`` file never overrides the real environment.
 from __future__ import annotations
 
 import configparser
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from qwenvl import env as qenv
 from qwenvl.errors import MissingAPIKeyError, UsageError
 
 Protocol = Literal["compat", "native", "openai"]
@@ -60,8 +60,6 @@ REGION_ALIASES = {
     "us-east-1": "us",
 }
 DEFAULT_REGION = "cn"
-# Environment variables that give a protocol's base URL (as the official SDK reads them); they win over a region.
-BASE_URL_ENV: dict[str, str] = {"compat": "DASHSCOPE_COMPATIBLE_BASE_URL", "native": "DASHSCOPE_HTTP_BASE_URL"}
 
 KEY_HELP = """No DashScope API key found. Set one of:
   export DASHSCOPE_API_KEY=sk-...                      (shell, or a line in ./.env)
@@ -84,7 +82,12 @@ def normalize_region(region: str | None) -> str:
 
 def effective_region(region: str | None = None) -> str:
     """The region in force: the given one, else ``$QWENVL_REGION``, else ``cn`` (normalized)."""
-    return normalize_region(region or os.environ.get("QWENVL_REGION"))
+    return normalize_region(region) if region else qenv.region() or DEFAULT_REGION
+
+
+def effective_protocol(protocol: str | None = None) -> Protocol:
+    """The protocol in force: the given one, else ``$QWENVL_PROTOCOL``, else ``compat`` (normalized)."""
+    return normalize_protocol(protocol) if protocol else qenv.protocol() or DEFAULT_PROTOCOL
 
 
 def region_of_url(url: str | None) -> str | None:
@@ -112,33 +115,25 @@ def _choose(kind: str, value: str | None, choices: tuple[str, ...], default: str
     return name
 
 
-def normalize_backend(backend: str | None, *, protocol: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """The backend name: the argument, else ``QWENVL_BACKEND``, else ``openai`` when the protocol is
-    ``openai``, else ``dashscope``. Raises UsageError for an unknown name."""
-    env = os.environ if env is None else env
-    chosen = backend or env.get("QWENVL_BACKEND") or ("openai" if protocol == "openai" else None)
+def check_backend(name: str) -> str:
+    """A backend name, lower-cased; UsageError unless it is one of ``BACKENDS``."""
     return _choose(
         "backend",
-        chosen,
+        name,
         BACKENDS,
         DEFAULT_BACKEND,
         hint="dashscope (Model Studio), openai (vLLM, llama.cpp, Ollama...) or transformers (in process).",
     )
 
 
-def normalize_engine(engine: str | None, env: Mapping[str, str] | None = None) -> str:
-    """``--engine`` / ``QWENVL_ENGINE`` (default auto)."""
-    env = os.environ if env is None else env
-    return _choose("engine", engine or env.get("QWENVL_ENGINE"), ENGINES, "auto")
+def check_engine(name: str) -> str:
+    """An engine name, lower-cased; UsageError unless it is one of ``ENGINES``."""
+    return _choose("engine", name, ENGINES, "auto")
 
 
-def normalize_family(family: str | None, env: Mapping[str, str] | None = None) -> str | None:
-    """``--family`` / ``QWENVL_FAMILY``, or None (then the model name decides). ``qwen2_5_vl`` style accepted."""
-    env = os.environ if env is None else env
-    value = family or env.get("QWENVL_FAMILY")
-    if not value:
-        return None
-    name = value.strip().lower().replace("_", "-").replace("qwen2-5", "qwen2.5")
+def check_family(name: str) -> str:
+    """A model family, normalized (``qwen2_5_vl`` style accepted); UsageError unless it is one of ``FAMILIES``."""
+    name = name.strip().lower().replace("_", "-").replace("qwen2-5", "qwen2.5")
     return _choose(
         "model family",
         name,
@@ -148,22 +143,51 @@ def normalize_family(family: str | None, env: Mapping[str, str] | None = None) -
     )
 
 
+def check_http_url(url: str, example: str = "http://127.0.0.1:8000/v1") -> str:
+    """``url`` stripped, without a trailing slash; UsageError (with ``example`` as the hint) unless it is an
+    http(s) URL with a host."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"base URL {url!r} is not an http(s) URL", hint=f"For example {example}")
+    return url
+
+
+def check_dashscope_url(url: str) -> str:
+    """``check_http_url`` with a DashScope endpoint as the example."""
+    return check_http_url(url, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1")
+
+
+def normalize_backend(backend: str | None, *, protocol: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The backend name: the argument, else ``QWENVL_BACKEND``, else ``openai`` when the protocol is
+    ``openai``, else ``dashscope``. Raises UsageError for an unknown name."""
+    if backend:
+        return check_backend(backend)
+    return qenv.backend(env) or ("openai" if protocol == "openai" else DEFAULT_BACKEND)
+
+
+def normalize_engine(engine: str | None, env: Mapping[str, str] | None = None) -> str:
+    """``--engine`` / ``QWENVL_ENGINE`` (default auto)."""
+    return check_engine(engine) if engine else qenv.engine(env) or "auto"
+
+
+def normalize_family(family: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """``--family`` / ``QWENVL_FAMILY``, or None (then the model name decides). ``qwen2_5_vl`` style accepted."""
+    return check_family(family) if family else qenv.family(env)
+
+
 def openai_base_url(base_url: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """An OpenAI-compatible server's base URL, taken as given (no path appended), without a trailing slash:
     the argument, else ``QWENVL_OPENAI_BASE_URL``, else vLLM's default ``http://127.0.0.1:8000/v1``."""
-    env = os.environ if env is None else env
-    url = (base_url or env.get("QWENVL_OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"base URL {url!r} is not an http(s) URL", hint="For example http://127.0.0.1:8000/v1")
-    return url
+    if base_url:
+        return check_http_url(base_url)
+    return qenv.openai_base_url(env) or DEFAULT_OPENAI_BASE_URL
 
 
 def openai_api_key(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str:
     """The key for an OpenAI-compatible server: optional (local engines take none). The argument, else
     ``QWENVL_OPENAI_API_KEY``; never ``DASHSCOPE_API_KEY`` or ``OPENAI_API_KEY`` (they belong to clouds)."""
-    env = os.environ if env is None else env
-    return (explicit or env.get("QWENVL_OPENAI_API_KEY") or "").strip()
+    return (explicit or qenv.openai_api_key(env) or "").strip()
 
 
 def resolve_base_url(
@@ -176,26 +200,20 @@ def resolve_base_url(
     any other path is used as given (a proxy). Otherwise ``DASHSCOPE_COMPATIBLE_BASE_URL`` /
     ``DASHSCOPE_HTTP_BASE_URL`` (as the official SDK reads them), then the region's host.
     """
-    env = os.environ if env is None else env
     if protocol == "openai":
         return openai_base_url(base_url, env)
     wanted = COMPAT_PATH if protocol == "compat" else NATIVE_PATH
     if base_url:
         return _derive(base_url, wanted)
-    env_name = BASE_URL_ENV[protocol]
-    if env.get(env_name):
-        return _derive(env[env_name], wanted)
+    from_env = qenv.dashscope_base_url(protocol, env)
+    if from_env:
+        return _derive(from_env, wanted)
     return REGIONS[normalize_region(region)] + wanted
 
 
 def _derive(url: str, wanted: str) -> str:
-    url = url.strip().rstrip("/")
+    url = check_dashscope_url(url)
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(
-            f"base URL {url!r} is not an http(s) URL",
-            hint="For example https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
-        )
     root = f"{parts.scheme}://{parts.netloc}"
     for known in (COMPAT_PATH, NATIVE_PATH):
         if parts.path.endswith(known):
@@ -248,19 +266,20 @@ def find_api_key(
 ) -> KeyFound | None:
     if explicit:
         return KeyFound(explicit.strip(), "argument")
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME") or Path.home()) if home is None else home
-    if env.get("DASHSCOPE_API_KEY", "").strip():
-        return KeyFound(env["DASHSCOPE_API_KEY"].strip(), "environment DASHSCOPE_API_KEY")
+    home = qenv.user_home(env) if home is None else home
+    key = qenv.dashscope_api_key(env)
+    if key:
+        return KeyFound(key, "environment DASHSCOPE_API_KEY")
     dotenv = load_dotenv_files(cwd)
-    if dotenv.get("DASHSCOPE_API_KEY", "").strip():
-        return KeyFound(dotenv["DASHSCOPE_API_KEY"].strip(), ".env DASHSCOPE_API_KEY")
-    key_file = env.get("DASHSCOPE_API_KEY_FILE_PATH") or dotenv.get("DASHSCOPE_API_KEY_FILE_PATH")
+    key = qenv.dashscope_api_key(dotenv)  # .env files follow the environment's rules
+    if key:
+        return KeyFound(key, ".env DASHSCOPE_API_KEY")
+    key_file = qenv.dashscope_api_key_file(env) or qenv.dashscope_api_key_file(dotenv)
     if key_file:
         key = _read_key_file(Path(key_file).expanduser())
         if key:
             return KeyFound(key, f"file {key_file}")
-    profile = env.get("ALIBABA_CLOUD_PROFILE") or env.get("ALICLOUD_PROFILE") or "default"
+    profile = qenv.credentials_profile(env)
     key = _read_credentials(home / ".alibabacloud" / "credentials", profile)
     if key:
         return KeyFound(key, f"~/.alibabacloud/credentials [{profile}]")

@@ -35,6 +35,8 @@ from mcp.types import CallToolResult, ImageContent, ListRootsResult, TextContent
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl import __version__
+from qwenvl import env as qenv
+from qwenvl._constants import DEFAULT_TIMEOUT_S
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.estimate import estimate_files
 from qwenvl.models import currency_of, estimate_cost, model_info
@@ -80,7 +82,9 @@ class Options(BaseModel):
     no_resize: bool = Field(False, description="Send files as they are (still checked).")
     fetch_urls: bool = Field(False, description="Download remote images and prepare them here.")
     thinking_budget: int | None = Field(None, ge=1, description="Most tokens spent thinking (with thinking).")
-    timeout_s: float | None = Field(None, gt=0, description="Seconds to wait for the model (default 120).")
+    timeout_s: float | None = Field(
+        None, gt=0, description=f"Seconds to wait for the model (default {DEFAULT_TIMEOUT_S:g})."
+    )
 
     def fields(self) -> dict[str, Any]:
         """Request fields (``qwenvl.Request`` names) for the options that were given."""
@@ -300,7 +304,7 @@ def tool_error(exc: BaseException) -> CallToolResult:
         if exc.hint:
             text += f"\nhint: {exc.hint}"
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
-        if os.environ.get("QWENVL_DEBUG"):
+        if qenv.debug():
             traceback.print_exc()
         text = (
             f"internal error: {type(exc).__name__}: {exc}\n"

@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from qwenvl._constants import JITTER, MAX_RETRY_DELAY_S
 from qwenvl.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_DELAY_S = 20.0  # the longest wait between two attempts (backoff and Retry-After alike)
 MAX_RETRY_AFTER_S = MAX_RETRY_DELAY_S  # a longer Retry-After means "not now": give up with when to retry
-JITTER = 0.25  # the delay is shortened by up to this fraction, so that clients spread out
 
 
 def should_retry(exc: APIError) -> bool:

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
 from pydantic import ValidationError
 
+from qwenvl import env as qenv
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media.sources import classify, read_regular_text
 from qwenvl.types import ImagePart, Message, VideoPart
@@ -26,8 +26,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 def home() -> Path:
     """qwenvl's data folder: $QWENVL_HOME, else the platform's user data folder."""
-    env = os.environ.get("QWENVL_HOME")
-    return Path(env).expanduser() if env else Path(platformdirs.user_data_dir("qwenvl", appauthor=False))
+    return qenv.data_dir()
 
 
 def sessions_dir() -> Path:

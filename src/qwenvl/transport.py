@@ -41,6 +41,16 @@ import httpcore
 import httpx
 
 from qwenvl import __version__
+from qwenvl._constants import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_S,
+    DEFAULT_TIMEOUT_S,
+    FETCH_TIMEOUT_S,
+    MIN_TRANSFER_RATE,
+    STREAM_CAP_FACTOR,
+    STREAM_CAP_MIN_S,
+)
 from qwenvl.errors import APIConnectionError, APIError, APITimeoutError, MediaError, redact
 from qwenvl.protocols.common import error_from_body, load_json
 from qwenvl.protocols.sse import carries_data
@@ -49,11 +59,7 @@ from qwenvl.retry import RetryHook, RetryNotice, give_up_hint, parse_retry_after
 T = TypeVar("T")
 
 USER_AGENT = f"qwenvl/{__version__} httpx/{httpx.__version__} python/{platform.python_version()}"
-CONNECT_TIMEOUT_S = 10.0  # connecting (TCP and TLS) takes at most this, within the attempt's budget
-STREAM_CAP_FACTOR = 10.0  # a stream may last this many times the time-out...
-STREAM_CAP_MIN_S = 600.0  # ...and at least this long
 WRITE_SLICE = 16 * 1024  # a send is split so that a slow reader cannot stretch one write past the budget
-MIN_TRANSFER_RATE = 100_000  # bytes/s: a file transfer may take 1 s more per this many bytes of its body
 
 
 @functools.cache
@@ -66,9 +72,9 @@ def tls_context() -> ssl.SSLContext:
 class Policy:
     """Per-request network settings: seconds per attempt, retries and backoff base (see the module doc)."""
 
-    timeout_s: float = 120.0
-    max_retries: int = 2
-    backoff_s: float = 1.5
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff_s: float = DEFAULT_RETRY_BACKOFF_S
     stream_cap_s: float | None = None  # None: max(STREAM_CAP_FACTOR * timeout_s, STREAM_CAP_MIN_S)
 
     @property
@@ -616,7 +622,6 @@ class AsyncTransport:
         return await self._retrying(policy, True, once)
 
 
-FETCH_TIMEOUT_S = 30.0
 FETCH_MAX_REDIRECTS = 5
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S
 from qwenvl.models import DEFAULT_MODEL
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -289,21 +290,21 @@ with warnings.catch_warnings():
             "qwenvl.models).",
         )
         max_retries: int = Field(
-            default=2,
+            default=DEFAULT_MAX_RETRIES,
             ge=0,
             le=20,
             description="Retries after a failed attempt on 429, 500, 502-504, connection errors and time-outs "
             "(default 2, the skill's default; policy in qwenvl.retry).",
         )
         retry_backoff_s: float = Field(
-            default=1.5,
+            default=DEFAULT_RETRY_BACKOFF_S,
             ge=0,
             le=600,
             description="Seconds: the base of the exponential wait between retries, backoff × 2**n with jitter, "
             "at most 20 s (default 1.5, the skill's default; qwenvl.retry).",
         )
         timeout_s: float = Field(
-            default=120.0,
+            default=DEFAULT_TIMEOUT_S,
             gt=0,
             validation_alias=AliasChoices("timeout_s", "timeout"),
             description="Seconds an attempt may take (a stream: the wait for each event); also accepted as "

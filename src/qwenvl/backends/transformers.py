@@ -31,7 +31,6 @@ import asyncio
 import base64
 import io
 import json
-import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenvl import env as qenv
 from qwenvl.backends import family as families
 from qwenvl.backends.base import MediaForm
 from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, UsageError
@@ -102,7 +102,7 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
     try:
         downloaded = hf_hub_download(ref, filename)
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        offline = qenv.hf_hub_offline()
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
         raise APIConnectionError(
             f"cannot get {ref}: not in the local Hugging Face cache and {why}",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from qwenvl import structured
+from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal
 from qwenvl.client import make_request
@@ -110,8 +111,8 @@ class BatchAPI:
         region: str | None = None,
         base_url: str | None = None,
         timeout_s: float = 300.0,
-        max_retries: int = 2,
-        retry_backoff_s: float = 1.5,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
         http_client: Any = None,
     ) -> None:
         check_region(region, base_url)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-JITTER = 0.25
+from qwenvl._constants import JITTER
 
 
 class TokenBucket:

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
+from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished
 from qwenvl.batch.limiter import AdaptiveLimiter
@@ -234,7 +235,7 @@ class Batch:
         base_url: str | None = None,
         model: str | None = None,
         flush_interval_s: float = FLUSH_INTERVAL_S,
-        poll_interval_s: float = 30.0,
+        poll_interval_s: float = BATCH_POLL_INTERVAL_S,
         wait: bool = True,
         plan_threads: int = PLAN_THREADS,
         backend: str | None = None,
@@ -717,7 +718,7 @@ class _Realtime:
             call = client.plan(fields)
         except (MediaError, UsageError) as exc:
             return self._error(item, exc, 0)
-        retries = item.request.get("max_retries", client.defaults.get("max_retries", 2))
+        retries = item.request.get("max_retries", client.defaults.get("max_retries", DEFAULT_MAX_RETRIES))
         backoff = item.request.get("retry_backoff_s", call.request.retry_backoff_s)
         tokens, _ = input_tokens_of(call)
         # answered locally: no slot, no rate budget (the estimate knows only items without local media)

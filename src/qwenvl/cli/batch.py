@@ -17,6 +17,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
+from qwenvl._constants import BATCH_POLL_INTERVAL_S
 from qwenvl.batch.inputs import expand_inputs, items_from_inputs, read_requests
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
@@ -230,7 +231,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0),
-    default=30.0,
+    default=BATCH_POLL_INTERVAL_S,
     show_default=True,
     help="batch-api: seconds between status checks.",
 )

@@ -17,6 +17,16 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from qwenvl import env as qenv
+from qwenvl._constants import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_S,
+    DEFAULT_TIMEOUT_S,
+    MAX_RETRY_DELAY_S,
+    MIN_TRANSFER_RATE,
+    STREAM_CAP_FACTOR,
+    STREAM_CAP_MIN_S,
+)
 from qwenvl.batch.inputs import MEDIA_SUFFIXES, is_video
 from qwenvl.client import Client
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
@@ -121,21 +131,22 @@ service_options = _options(
         "--timeout",
         "timeout_s",
         type=click.FloatRange(min=0, min_open=True),
-        help="Seconds per attempt (default 120): the whole reply must arrive within it, however slowly "
-        "it trickles. A stream must send its first token within it and never pause longer, and "
-        "ends after 10 times as long (at least 10 min). Also bounds each --fetch-urls download, "
-        "and each upload to temporary storage (plus 1 s per 100 kB).",
+        help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
+        "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
+        f"ends after {STREAM_CAP_FACTOR:g} times as long (at least {STREAM_CAP_MIN_S / 60:g} min). Also bounds "
+        "each --fetch-urls download, and each upload to temporary storage "
+        f"(plus 1 s per {MIN_TRANSFER_RATE // 1000} kB).",
     ),
     click.option(
         "--max-retries",
         type=click.IntRange(min=0),
-        help="Retries on 429/5xx/time-outs, also when a stream opens with one (default 2; 0: none); "
-        "each wait is at most 20 s.",
+        help="Retries on 429/5xx/time-outs, also when a stream opens with one "
+        f"(default {DEFAULT_MAX_RETRIES}; 0: none); each wait is at most {MAX_RETRY_DELAY_S:g} s.",
     ),
     click.option(
         "--retry-backoff-s",
         type=click.FloatRange(min=0),
-        help="Exponential backoff base in seconds (default 1.5; 0: retry at once).",
+        help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
     ),
     # where the model runs: DashScope, an OpenAI-compatible server, or this process (qwenvl.backends)
     click.option(
@@ -309,7 +320,7 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
 def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The --backend group's values that were given, plus the model for a local backend."""
     backend = {k: opts[k] for k in BACKEND_OPTIONS if opts.get(k)}
-    if backend.get("backend", "").lower() not in ("", "dashscope") or os.environ.get("QWENVL_BACKEND"):
+    if backend.get("backend", "").lower() not in ("", "dashscope") or qenv.backend():
         backend["model"] = opts.get("model")
     return backend
 

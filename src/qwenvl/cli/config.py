@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 from rich.markup import escape
 
+from qwenvl import env as qenv
 from qwenvl.cli.common import out_console, pass_opts, print_json
-from qwenvl.config import BASE_URL_ENV, find_api_key, normalize_protocol, normalize_region, resolve_base_url
+from qwenvl.config import effective_protocol, effective_region, find_api_key, resolve_base_url
 from qwenvl.models import DEFAULT_MODEL, model_info
 
 
@@ -24,10 +24,10 @@ def config(opts: dict[str, Any]) -> None:
     from qwenvl.sessions import home
     from qwenvl.store import default_cache_dir, default_usage_log_path, usage_log_enabled
 
-    protocol = normalize_protocol(opts["protocol"] or os.environ.get("QWENVL_PROTOCOL"))
-    region = normalize_region(opts["region"] or os.environ.get("QWENVL_REGION"))
+    protocol = effective_protocol(opts["protocol"])
+    region = effective_region(opts["region"])
     found = find_api_key()
-    model = model_info(os.environ.get("QWENVL_MODEL") or DEFAULT_MODEL)
+    model = model_info(qenv.model() or DEFAULT_MODEL)
     info: dict[str, Any] = {
         "api_key": found.source if found else None,
         "protocol": protocol,
@@ -39,7 +39,7 @@ def config(opts: dict[str, Any]) -> None:
         # where each endpoint comes from: "--base-url", an environment variable (which overrides the region), or
         # "region"
         "endpoint_sources": {
-            p: "--base-url" if opts["base_url"] else BASE_URL_ENV[p] if os.environ.get(BASE_URL_ENV[p]) else "region"
+            p: "--base-url" if opts["base_url"] else qenv.BASE_URL_ENV[p] if qenv.dashscope_base_url(p) else "region"
             for p in ("compat", "native")
         },
         "model": {

@@ -7,7 +7,6 @@ Errors are turned into a message, a hint and an exit code here and nowhere else:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
@@ -15,6 +14,7 @@ import click
 from rich.markup import escape
 
 from qwenvl import __version__
+from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, report
 from qwenvl.errors import EXIT_SERVICE, QwenVLError, printable
 
@@ -40,7 +40,7 @@ class QwenVLGroup(click.Group):
             sys.stderr.close()
             ctx.exit(0)
         except Exception as exc:  # a bug: one line, the traceback only on request
-            if os.environ.get("QWENVL_DEBUG"):
+            if qenv.debug():
                 raise
             err_console().print(
                 f"[bold red]internal error:[/] {type(exc).__name__}: {escape(printable(str(exc)))}",

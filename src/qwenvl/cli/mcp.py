@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import click
 
+from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, make_client, pass_opts, request_fields, service_options
 from qwenvl.errors import UsageError
 from qwenvl.server.security import is_loopback
@@ -72,7 +72,7 @@ def mcp(opts: dict[str, Any]) -> None:
     service options are the defaults for every tool call. Needs the extra: pip install "qwenvl[mcp]".
     """
     server_module = load_server_module()
-    key = opts["api_key"] or os.environ.get(server_module.API_KEY_ENV) or None
+    key = opts["api_key"] or qenv.serve_api_key()
     if opts["http_port"] is None:
         if opts["no_auth"] or opts["api_key"]:
             raise UsageError("--api-key and --no-auth apply to --http only (stdio has no network to guard)")

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 from typing import Any
 
 import click
 
+from qwenvl import env as qenv
+from qwenvl._constants import (
+    SERVE_MAX_BODY_BYTES,
+    SERVE_MAX_CONCURRENT_PER_KEY,
+    SERVE_MAX_MEDIA_ITEMS,
+    SERVE_REQUEST_TIMEOUT_S,
+)
 from qwenvl.cli.common import err_console, pass_opts
 from qwenvl.errors import UsageError
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
+
+MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 
 
 @click.command()
@@ -61,21 +68,25 @@ from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
     is_flag=True,
     help="Fetch media URLs that resolve to private, loopback or link-local addresses.",
 )
-@click.option("--max-body-mb", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-body-mb", type=click.IntRange(min=1), default=SERVE_MAX_BODY_BYTES // MIB, show_default=True)
 @click.option(
-    "--max-images", type=click.IntRange(min=1), default=64, show_default=True, help="Images and videos in one request."
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=SERVE_MAX_MEDIA_ITEMS,
+    show_default=True,
+    help="Images and videos in one request.",
 )
 @click.option(
     "--max-concurrent",
     type=click.IntRange(min=1),
-    default=16,
+    default=SERVE_MAX_CONCURRENT_PER_KEY,
     show_default=True,
     help="Concurrent requests per key (429 with Retry-After beyond).",
 )
 @click.option(
     "--request-timeout",
     type=click.FloatRange(min=1),
-    default=600.0,
+    default=SERVE_REQUEST_TIMEOUT_S,
     show_default=True,
     help="Seconds one request may take, streaming included.",
 )
@@ -104,7 +115,7 @@ def serve(opts: dict[str, Any]) -> None:
         import uvicorn
     except ImportError:
         raise UsageError("qwenvl serve needs its extra", hint='pip install "qwenvl[serve]"') from None
-    api_key = opts["api_key"] or os.environ.get(SERVE_KEY_ENV)
+    api_key = opts["api_key"] or qenv.serve_api_key()
     if opts["no_auth"]:
         if not is_loopback(opts["host"]):
             raise UsageError(
@@ -163,15 +174,13 @@ def serve(opts: dict[str, Any]) -> None:
             "pass_model_names": backend == "dashscope",
             "fetch_urls": backend != "dashscope",
             "allow_private_urls": opts["allow_private_urls"],
-            "max_body_bytes": opts["max_body_mb"] * 1024 * 1024,
+            "max_body_bytes": opts["max_body_mb"] * MIB,
             "max_media_items": opts["max_images"],
             "max_concurrent_per_key": opts["max_concurrent"],
             "request_timeout_s": opts["request_timeout"],
         },
     }
-    from qwenvl.server.main import CONFIG_ENV
-
-    os.environ[CONFIG_ENV] = json.dumps(config)
+    qenv.set_serve_config(config)
     sock = listen(opts["host"], opts["port"])  # bound before the banner: its port is real, clients may connect
     host, port = sock.getsockname()[:2]
     where = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

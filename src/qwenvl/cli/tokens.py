@@ -11,13 +11,13 @@ Virginia), every item at the price tier of the files' total. The estimate itself
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
+from qwenvl import env as qenv
 from qwenvl.cli.common import (
     err_console,
     make_client,
@@ -79,7 +79,7 @@ def tokens(opts: dict[str, Any]) -> None:
     """
     fields = request_fields(opts)  # the same options, model and region handling as every verb
     client = None
-    if opts["backend"] or os.environ.get("QWENVL_BACKEND"):  # a local model's own rules (asked of its backend)
+    if opts["backend"] or qenv.backend():  # a local model's own rules (asked of its backend)
         client = make_client(opts)
     result = estimate_files(
         opts["files"], fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields

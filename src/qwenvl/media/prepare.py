@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
+from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
 from qwenvl.media.sources import Source, classify, read_bytes, sniff, to_data_url
@@ -51,7 +52,7 @@ class MediaOptions:
     pages: str | None = None  # PDF pages to send, e.g. "1-3,5" (all when None)
     fetch_urls: bool = False  # download remote images and prepare them like local files
     video_as: Literal["frames", "file"] = "frames"  # a local video: sampled here, or sent whole (upload)
-    fetch_timeout_s: float = 30.0
+    fetch_timeout_s: float = FETCH_TIMEOUT_S
     # sizes and tokens from headers only; nothing decoded, encoded or rendered; the result cannot be sent
     estimate_only: bool = False
     # an in-process model: local images are decoded and resized but not encoded; ``PreparedItem.pixels`` holds

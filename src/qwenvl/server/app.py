@@ -26,6 +26,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenvl._constants import (
+    FETCH_TIMEOUT_S,
+    SERVE_MAX_BODY_BYTES,
+    SERVE_MAX_CONCURRENT_PER_KEY,
+    SERVE_MAX_MEDIA_ITEMS,
+    SERVE_REQUEST_TIMEOUT_S,
+)
 from qwenvl.errors import APIStatusError, MediaError, QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.media.sources import to_data_url
@@ -59,13 +66,13 @@ class ServeSettings:
     pass_model_names: bool = True
     fetch_urls: bool = False  # fetch http(s) media here (local backends); a cloud gateway passes URLs on
     allow_private_urls: bool = False
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_media_items: int = 64  # images and videos in one request
+    max_body_bytes: int = SERVE_MAX_BODY_BYTES
+    max_media_items: int = SERVE_MAX_MEDIA_ITEMS  # images and videos in one request
     max_frames: int = 768  # frames in one frame-list video
     download_max_bytes: int = 20 * 1024 * 1024
-    download_timeout_s: float = 30.0
-    max_concurrent_per_key: int = 16
-    request_timeout_s: float = 600.0
+    download_timeout_s: float = FETCH_TIMEOUT_S
+    max_concurrent_per_key: int = SERVE_MAX_CONCURRENT_PER_KEY
+    request_timeout_s: float = SERVE_REQUEST_TIMEOUT_S
 
 
 class _Refused(Exception):

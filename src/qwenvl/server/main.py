@@ -10,14 +10,13 @@ Each app gets its own stores, made here (one per uvicorn worker process), never 
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
+from qwenvl import env as qenv
 from qwenvl.server.app import ServeSettings, create_app
 from qwenvl.server.uploads import UploadStore
 
-CONFIG_ENV = "QWENVL_SERVE_CONFIG"
+CONFIG_ENV = qenv.SERVE_CONFIG_ENV
 
 
 def make_client(backend: str, options: dict[str, Any]) -> Any:
@@ -48,4 +47,4 @@ def app_from_config(config: dict[str, Any]) -> Any:
 
 def app_from_env() -> Any:
     """uvicorn's factory for ``--workers N``: the configuration travels in $QWENVL_SERVE_CONFIG."""
-    return app_from_config(json.loads(os.environ[CONFIG_ENV]))
+    return app_from_config(qenv.serve_config())

@@ -22,10 +22,11 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from qwenvl import env as qenv
 from qwenvl.errors import MediaError
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-SERVE_KEY_ENV = "QWENVL_SERVE_API_KEY"  # the key clients of `qwenvl serve` and `qwenvl mcp --http` must send
+SERVE_KEY_ENV = qenv.SERVE_API_KEY_ENV  # the key clients of `qwenvl serve` and `qwenvl mcp --http` must send
 
 
 def key_matches(given: str | None, expected: str) -> bool:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
-
+from qwenvl import env
 from qwenvl.store.cache import ResponseCache
 from qwenvl.store.usage import Entry, UsageLog
 
@@ -31,10 +30,6 @@ __all__ = [
     "usage_log_enabled",
 ]
 
-CACHE_DIR_ENV = "QWENVL_CACHE_DIR"
-LOG_SWITCH_ENV = "QWENVL_LOG"
-_OFF = ("0", "false", "off", "no")
-
 CacheArg = bool | str | os.PathLike[str] | ResponseCache | None
 UsageLogArg = bool | str | os.PathLike[str] | UsageLog | None
 
@@ -42,13 +37,13 @@ UsageLogArg = bool | str | os.PathLike[str] | UsageLog | None
 def default_cache_dir() -> Path:
     """The response cache's folder: ``$QWENVL_CACHE_DIR``, else the platform's user cache folder
     (``~/.cache/qwenvl`` on Linux, from ``platformdirs``)."""
-    env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("qwenvl", appauthor=False))
+    return env.cache_dir()
 
 
 def usage_log_enabled() -> bool:
-    """Whether the library logs usage by default: yes unless ``$QWENVL_LOG`` is 0, false, off or no."""
-    return os.environ.get(LOG_SWITCH_ENV, "1").strip().lower() not in _OFF
+    """Whether the library logs usage by default: yes unless ``$QWENVL_LOG`` is 0, false, off or no (another
+    value is a UsageError naming the variable: ``qwenvl.env``)."""
+    return env.usage_log_enabled()
 
 
 def default_usage_log_path() -> Path:

@@ -1,0 +1,32 @@
+"""Numeric defaults used in more than one module: one home each (unit in the name, source in the comment).
+
+``qwenvl.transport`` and ``qwenvl.retry`` explain how they are applied; ``Request``, the transport's
+``Policy``, the CLI's option help, the Batch API and the batch limiter read them from here. Timeout, retries
+and backoff are those of the skill this project grew from (cinience/alicloud-skills
+``scripts/analyze_image.py``: ``DEFAULT_TIMEOUT_S = 120; DEFAULT_MAX_RETRIES = 2; DEFAULT_RETRY_BACKOFF_S =
+1.5``, reference/dashscope-api.md §1.3).
+"""
+
+# --- one attempt: deadlines (qwenvl.transport) --------------------------------------------------------------
+DEFAULT_TIMEOUT_S = 120.0  # seconds per attempt; a stream: to its first data event, then between two (skill)
+CONNECT_TIMEOUT_S = 10.0  # seconds for TCP and TLS, within the attempt's budget (ours: a dead host fails fast)
+STREAM_CAP_FACTOR = 10.0  # a whole stream may last this many times the time-out... (ours)
+STREAM_CAP_MIN_S = 600.0  # ...and at least this many seconds (ours: a long video description streams for minutes)
+MIN_TRANSFER_RATE = 100_000  # bytes/s: a file transfer may take 1 s more per this many bytes of its body (ours)
+FETCH_TIMEOUT_S = 30.0  # seconds for one media URL download (--fetch-urls, the server's downloads) (ours)
+
+# --- retries (qwenvl.retry) ---------------------------------------------------------------------------------
+DEFAULT_MAX_RETRIES = 2  # retries after the first attempt (skill; openai-python's default is also 2)
+DEFAULT_RETRY_BACKOFF_S = 1.5  # seconds: retry n (0-based) waits backoff * 2**n: 1.5 s, 3 s, 6 s... (skill)
+JITTER = 0.25  # a retry's wait (and the batch limiter's pause) is shortened by up to this fraction (ours)
+MAX_RETRY_DELAY_S = 20.0  # seconds: the longest wait between two attempts, backoff and Retry-After alike. Ours:
+# openai-python caps at 8 s; DashScope counts rate limits per minute, so 20 s lets three retries span a window.
+
+# --- batches (qwenvl.batch.runner, `qwenvl batch`) -----------------------------------------------------------
+BATCH_POLL_INTERVAL_S = 30.0  # seconds between two status checks of a Batch API job (ours: jobs take hours)
+
+# --- `qwenvl serve` (qwenvl.server.app.ServeSettings and the command's options) ------------------------------
+SERVE_MAX_BODY_BYTES = 32 * 1024 * 1024  # bytes of one request body (32 MiB: a few large base64 images)
+SERVE_MAX_MEDIA_ITEMS = 64  # images and videos in one request
+SERVE_MAX_CONCURRENT_PER_KEY = 16  # requests in flight per client key; beyond: 429 with Retry-After
+SERVE_REQUEST_TIMEOUT_S = 600.0  # seconds one served request may take, streaming included (= STREAM_CAP_MIN_S)
