@@ -378,7 +378,8 @@ def build_server(
     client's roots. ``defaults``: request fields every call starts from (``model``, ``timeout_s``,
     ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
     """
-    from qwenvl.cli.common import check_writable, split_media
+    from qwenvl.cli.common import split_media
+    from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.events import send_events
     from qwenvl.tasks.ocr import is_pdf, plan_pages, send_pages

@@ -477,10 +477,6 @@ def print_json(obj: Any, *, ascii_only: bool = False, indent: int | None = 2) ->
     click.echo(json.dumps(obj, ensure_ascii=ascii_only, indent=indent))
 
 
-def response_json(response: Response) -> dict[str, Any]:
-    return response.model_dump(mode="json", exclude={"messages"}, exclude_none=True)
-
-
 def pass_opts(fn: Callable) -> Callable:
     """Hand the verb all its options as one dict (keeps verb signatures short)."""
 
@@ -492,20 +488,3 @@ def pass_opts(fn: Callable) -> Callable:
         return fn(opts)
 
     return wrapper
-
-
-def check_writable(target: str) -> Path:
-    """Refuse an output path that cannot be written, before anything is paid for."""
-    import os
-
-    path = Path(target).expanduser()
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory; give a file name for the output")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {parent}: {exc.strerror or exc}") from None
-    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {path}: permission denied")
-    return path

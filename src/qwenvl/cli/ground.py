@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from qwenvl.cli.common import (
-    check_writable,
     err_console,
     generation_options,
     make_client,
@@ -20,6 +19,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError
 from qwenvl.media.sources import classify
+from qwenvl.outputs import check_writable
 from qwenvl.tasks.draw import annotate
 from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
 from qwenvl.tasks.ocr import is_pdf

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from qwenvl.cli.common import (
-    check_writable,
     err_console,
     generation_options,
     make_client,
@@ -20,6 +19,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import UsageError
 from qwenvl.media.sources import classify
+from qwenvl.outputs import check_writable
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, is_pdf, plan_pages, send_pages
 
