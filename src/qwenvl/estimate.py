@@ -18,7 +18,7 @@ from qwenvl.backends.family import family_model
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import classify, read_bytes, sniff
-from qwenvl.models import currency_of, model_info, price_for
+from qwenvl.models import currency_of, media_costs, model_info
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
@@ -83,9 +83,9 @@ def estimate_files(
     counted = [r for r in rows if "error" not in r]
     known = [r["tokens"] for r in counted if r["tokens"] is not None]
     total_tokens = sum(known)
-    price = price_for(info, total_tokens, region=region or client.region)  # the tier of the whole request
-    for row in counted:
-        row["cost"] = _money(price.cost(row["tokens"])) if price and row["tokens"] is not None else None
+    price, costs, total_cost = media_costs(info, [r["tokens"] for r in counted], region=region or client.region)
+    for row, cost in zip(counted, costs, strict=True):
+        row["cost"] = cost
     return {
         "model": info.name,
         "factor": info.factor,
@@ -94,17 +94,12 @@ def estimate_files(
         "items": rows,
         "total": {
             "tokens": total_tokens,
-            "cost": _money(price.cost(total_tokens)) if price else None,
+            "cost": total_cost,
             "items": len(counted),
             "unknown": len(counted) - len(known),
             "failed": failed,
         },
     }
-
-
-def _money(amount: float) -> float:
-    """A cost as JSON shows it: 10 significant digits at most (no 0.0004992000000000001)."""
-    return float(f"{amount:.10g}")
 
 
 def _part(ref: str) -> ImagePart | VideoPart:

@@ -52,10 +52,6 @@ def batch() -> None:
     """
 
 
-def _money(value: float | None, currency: str) -> str:
-    return format_cost(value, currency)
-
-
 def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     console = err_console()
     parts = [f"{est.items:,} items"]
@@ -71,7 +67,7 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     half = " at the Batch API's half price" if est.price_factor != 1 else ""
     line = (
         f"{est.to_send:,} requests to send ({', '.join(est.models)}): ≈{est.input_tokens:,} input tokens, "
-        f"≈{_money(est.cost_input, est.currency)} input, up to {_money(est.cost_max, est.currency)} "
+        f"≈{format_cost(est.cost_input, est.currency)} input, up to {format_cost(est.cost_max, est.currency)} "
         f"with every answer at max_tokens{half}"
     )
     console.print(line)
@@ -85,7 +81,7 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
     max_cost = opts["max_cost"]
     if opts["yes"] or within_budget(est, max_cost):
         return
-    text = f"up to {_money(est.cost_max, est.currency)}, above --max-cost {_money(max_cost, est.currency)}"
+    text = f"up to {format_cost(est.cost_max, est.currency)}, above --max-cost {format_cost(max_cost, est.currency)}"
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
             return
@@ -114,7 +110,7 @@ class _Bar:
             transient=False,
         )
         self.task = self.progress.add_task(
-            "batch", total=None, failed=0, rate="0.0", tokens="0", cost=_money(0.0, currency), extra=""
+            "batch", total=None, failed=0, rate="0.0", tokens="0", cost=format_cost(0.0, currency), extra=""
         )
 
     def __enter__(self) -> _Bar:
@@ -140,7 +136,7 @@ class _Bar:
             failed=p.failed,
             rate=f"{p.done / elapsed:.1f}",
             tokens=f"{p.input_tokens + p.output_tokens:,}",
-            cost=_money(p.cost, self.currency),
+            cost=format_cost(p.cost, self.currency),
             extra=extra,
             description="batch" if p.phase == "realtime" else p.phase,
         )
@@ -160,7 +156,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {s.output}")
     line = (
         f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
-        f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{_money(s.cost, s.currency)}, "
+        f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{format_cost(s.cost, s.currency)}, "
         f"{s.elapsed_s:.1f} s"
     )
     if s.rate_limited:
