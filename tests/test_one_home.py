@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
+import pytest
 
 from conftest import write_image
 from dashscope_server import DashScopeServer
@@ -38,3 +41,56 @@ def test_playground_estimate_costs_are_the_tokens_verbs(server: DashScopeServer,
     raw = [price.cost(i["tokens"]) for i in got["items"]] + [price.cost(got["total_tokens"])]
     assert any(len(repr(r)) > 14 for r in raw)  # the sizes give float noise: the test can fail
     assert all(len(repr(c).lstrip("0.")) <= 11 for c in [*(i["cost"] for i in got["items"]), got["cost"]])
+
+
+# --- the MCP server's usage object is Usage's token counts, its output schema unchanged ---------------------
+
+_COUNT = {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None}
+USAGE_OUT_SCHEMA = {  # as the hand-written copy of Usage's fields gave it (descriptions aside)
+    "properties": {
+        name: {**_COUNT, "title": name.replace("_", " ").title()}
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "total_tokens",
+            "image_tokens",
+            "video_tokens",
+            "reasoning_tokens",
+        )
+    },
+    "title": "UsageOut",
+    "type": "object",
+}
+
+
+def _no_descriptions(value: Any) -> Any:
+    """The schema without "description" keys (Usage's fields may gain descriptions: that is not a change)."""
+    if isinstance(value, dict):
+        return {k: _no_descriptions(v) for k, v in value.items() if k != "description"}
+    if isinstance(value, list):
+        return [_no_descriptions(v) for v in value]
+    return value
+
+
+def test_mcp_usage_is_usages_token_counts_with_the_same_schema(env: dict[str, str], isolated_env: Path) -> None:
+    pytest.importorskip("mcp")
+    from qwenvl.mcp_server import Billed, UsageOut, billed
+    from qwenvl.types import Response, Usage
+    from test_mcp import stdio_session
+
+    counts = [name for name in Usage.model_fields if name != "raw"]
+    assert list(UsageOut.model_json_schema()["properties"]) == counts  # derived: a new count appears in both
+    assert _no_descriptions(UsageOut.model_json_schema()) == USAGE_OUT_SCHEMA
+
+    async def main() -> dict[str, Any]:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            return {tool.name: tool.output_schema for tool in (await c.list_tools()).tools}
+
+    schemas = anyio.run(main)
+    for name in ("ask", "ground", "ocr", "extract", "events"):
+        assert _no_descriptions(schemas[name]["$defs"]["UsageOut"]) == USAGE_OUT_SCHEMA, name
+
+    usage = Usage(input_tokens=10, output_tokens=2, raw={"input_tokens": 10, "secret_shape": 1})
+    out = billed(Response(text="x", model="qwen3-vl-plus", usage=usage), Response(text="y", model="qwen3-vl-plus"))
+    sent = Billed(**out).model_dump(mode="json")["usage"]
+    assert sent == {name: {"input_tokens": 10, "output_tokens": 2}.get(name) for name in counts}  # no "raw"
