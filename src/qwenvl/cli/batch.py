@@ -23,6 +23,7 @@ from qwenvl.cli.common import (
     backend_options,
     err_console,
     generation_options,
+    option_group,
     pass_opts,
     print_json,
     request_fields,
@@ -313,17 +314,11 @@ def _api(opts: dict[str, Any]) -> Any:
     return BatchAPI(region=opts["region"], base_url=opts["base_url"])
 
 
-_api_options = [
+_with_api_options = option_group(
     click.option("--region", help="Service region (the Batch API for VL models: cn only)."),
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000."),
     click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
-]
-
-
-def _with_api_options(fn: Any) -> Any:
-    for deco in reversed(_api_options):
-        fn = deco(fn)
-    return fn
+)
 
 
 def _print_job(job: dict[str, Any], as_json: bool) -> None:

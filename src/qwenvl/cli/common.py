@@ -93,7 +93,9 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     return "".join(p if i % 2 else _FLAG.sub(lone, _PAIR.sub(pair, p)) for i, p in enumerate(parts))
 
 
-def _options(*decorators: Callable) -> Callable:
+def option_group(*decorators: Callable) -> Callable:
+    """One decorator applying ``decorators`` (click options) in the order given: the first is listed first."""
+
     def wrap(fn: Callable) -> Callable:
         for deco in reversed(decorators):
             fn = deco(fn)
@@ -108,7 +110,7 @@ region_option = click.option(
 )
 
 # --model --protocol --region --base-url and network settings: every verb that talks to a model.
-service_options = _options(
+service_options = option_group(
     model_option,
     click.option(
         "--protocol",
@@ -181,7 +183,7 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 
 
 # What the model is asked and how: ask, chat and the task verbs.
-generation_options = _options(
+generation_options = option_group(
     click.option("--system", help="System prompt."),
     click.option("--max-tokens", type=click.IntRange(min=1), help="Longest answer in tokens (default 512)."),
     click.option(
