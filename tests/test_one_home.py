@@ -9,11 +9,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from pydantic import BaseModel, field_validator
 
 from conftest import write_image
 from dashscope_server import DashScopeServer
+from qwenvl.batch import BatchItem, batchapi
+from qwenvl.errors import StructuredOutputError
 from qwenvl.estimate import estimate_files
 from qwenvl.models import price_for
+from qwenvl.types import Response
 from test_serve import SERVE_KEY, gateway
 
 SIZES = [(400, 300), (333, 217), (640, 480)]
@@ -94,3 +98,45 @@ def test_mcp_usage_is_usages_token_counts_with_the_same_schema(env: dict[str, st
     out = billed(Response(text="x", model="qwen3-vl-plus", usage=usage), Response(text="y", model="qwen3-vl-plus"))
     sent = Billed(**out).model_dump(mode="json")["usage"]
     assert sent == {name: {"input_tokens": 10, "output_tokens": 2}.get(name) for name in counts}  # no "raw"
+
+
+# --- one check of a structured answer, realtime and Batch API ------------------------------------------------
+
+
+class Count(BaseModel):
+    n: int
+
+    @field_validator("n")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("n must not be negative")
+        return value
+
+
+def _line(text: str) -> dict[str, Any]:
+    body = {
+        "id": "chatcmpl-1",
+        "model": "qwen3-vl-plus",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+    }
+    return {"custom_id": "s", "response": {"status_code": 200, "request_id": "r1", "body": body}}
+
+
+def test_batch_api_answers_are_checked_by_the_pydantic_model_too() -> None:
+    """The Batch API's copy of the check validated against the JSON Schema only: {"n": -3} passed there and
+    failed in realtime. Both now run ``client.check_structured``."""
+    item = BatchItem(id="s", request={"prompt": "count", "schema": Count})
+    bad = batchapi._outcome(_line('{"n": -3}'), item)
+    assert isinstance(bad, StructuredOutputError)
+    assert "n must not be negative" in str(bad) and "no repair in batch mode" in str(bad)
+    good = batchapi._outcome(_line('```json\n{"n": 3}\n```'), item)
+    assert isinstance(good, Response) and good.json == {"n": 3} and good.parsed == Count(n=3)
+
+
+def test_batch_api_json_mode_error_does_not_name_a_schema() -> None:
+    item = BatchItem(id="j", request={"prompt": "count", "json_mode": True})
+    bad = batchapi._outcome(_line("no JSON here"), item)
+    assert isinstance(bad, StructuredOutputError)
+    assert str(bad).startswith("the answer is not valid JSON (no repair in batch mode)")
