@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from click.testing import CliRunner
 from pydantic import BaseModel, field_validator
 
-from conftest import write_image
+from conftest import API_KEY, write_image
 from dashscope_server import DashScopeServer
 from qwenvl.batch import BatchItem, batchapi
+from qwenvl.cli.main import cli
 from qwenvl.errors import StructuredOutputError
 from qwenvl.estimate import estimate_files
 from qwenvl.models import price_for
@@ -140,3 +144,79 @@ def test_batch_api_json_mode_error_does_not_name_a_schema() -> None:
     bad = batchapi._outcome(_line("no JSON here"), item)
     assert isinstance(bad, StructuredOutputError)
     assert str(bad).startswith("the answer is not valid JSON (no repair in batch mode)")
+
+
+# --- one rule for a reference's media kind (media.sources.media_kind) -------------------------------------
+
+
+@pytest.fixture
+def media(isolated_env: Path) -> dict[str, str]:
+    from test_backend_openai import make_video
+    from test_media_pdf import THREE_PAGES, make_pdf
+
+    clip = make_video(isolated_env / "clip.mp4", frames=12)
+    (isolated_env / "movie.png").write_bytes(clip.read_bytes())  # a video named like an image
+    (isolated_env / "scan.jpg").write_bytes(make_pdf(THREE_PAGES))  # a PDF named like an image
+    write_image(isolated_env / "photo.png")
+    video_b64 = base64.b64encode(clip.read_bytes()).decode()
+    pdf_b64 = base64.b64encode(make_pdf(THREE_PAGES)).decode()
+    return {
+        "clip": str(clip),
+        "movie": str(isolated_env / "movie.png"),
+        "scan": str(isolated_env / "scan.jpg"),
+        "photo": str(isolated_env / "photo.png"),
+        "data_video": "data:video/mp4;base64," + video_b64,
+        "data_video_untyped": "data:application/octet-stream;base64," + video_b64,
+        "data_pdf": "data:application/octet-stream;base64," + pdf_b64,
+        "data_pdf_declared": "data:application/pdf;base64," + base64.b64encode(b"not really").decode(),
+    }
+
+
+def test_media_kind_by_bytes_then_declared_type_then_url_suffix(media: dict[str, str], isolated_env: Path) -> None:
+    from qwenvl.media.sources import media_kind
+
+    kinds = {name: media_kind(ref) for name, ref in media.items()}
+    assert kinds == {
+        "clip": "video",
+        "movie": "video",
+        "scan": "pdf",
+        "photo": "image",
+        "data_video": "video",
+        "data_video_untyped": "video",
+        "data_pdf": "pdf",
+        "data_pdf_declared": "pdf",
+    }
+    assert media_kind("https://example.com/v/clip.MP4?sig=1#t=3") == "video"
+    assert media_kind("oss://bucket/clip.webm") == "video"
+    assert media_kind("https://example.com/scan.pdf") == "image"  # remote bytes are not fetched
+    assert media_kind(str(isolated_env / "missing.mp4")) == "image"  # preparing it names what is wrong
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(isolated_env / "pipe.mp4")
+        assert media_kind(str(isolated_env / "pipe.mp4")) == "image"  # never read (it would block)
+
+
+def test_a_data_url_video_is_a_video_everywhere(media: dict[str, str], server: DashScopeServer) -> None:
+    """`ask`/`chat`/MCP split media with batch's is_video, which took a data: URL for an image (then refused
+    as "a video, not an image"); the estimate read its bytes and took a video. Now both: a video."""
+    from qwenvl.cli.common import split_media
+
+    assert split_media([media["photo"], media["data_video"]]) == ([media["photo"]], media["data_video"])
+    env = {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base}
+    result = CliRunner().invoke(cli, ["ask", media["data_video"], "-p", "what happens?", "--dry-run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert [m["kind"] for m in json.loads(result.output)["media"]] == ["video"]
+    assert not server.requests  # a dry run sends nothing
+    [row] = estimate_files([media["data_video"]], region="cn")["items"]
+    assert row["kind"] == "video" and row["frames"]
+
+
+def test_a_remote_video_url_is_a_video_in_the_estimate_too(isolated_env: Path) -> None:
+    """`ask` sent https://.../clip.mp4 as a video (by its suffix); `qwenvl tokens` and the MCP estimate
+    counted it as an image. Now the estimate says video too (tokens unknown: the service samples it)."""
+    from qwenvl.batch.inputs import items_from_inputs
+
+    url = "https://example.com/v/clip.mp4?sig=1"
+    [row] = estimate_files([url], region="cn")["items"]
+    assert row["kind"] == "video" and row["tokens"] is None
+    [item] = items_from_inputs([url], {"prompt": "x"})
+    assert item.request == {"prompt": "x", "video": url}

@@ -17,7 +17,7 @@ from typing import Any
 from qwenvl.backends.family import family_model
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import classify, read_bytes, sniff
+from qwenvl.media.sources import media_kind
 from qwenvl.models import currency_of, media_costs, model_info
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
@@ -103,23 +103,8 @@ def estimate_files(
 
 
 def _part(ref: str) -> ImagePart | VideoPart:
-    """A video part when the file's bytes say video, else an image part (PDFs are expanded into pages)."""
-    source = classify(ref)
-    if source.kind in ("file", "data"):
-        head = _head(source)
-        if (sniff(head) or "").startswith("video/"):
-            return VideoPart(video=ref)
-    return ImagePart(image=ref)
-
-
-def _head(source: Any) -> bytes:
-    if source.kind == "file" and source.path is not None:
-        try:
-            with source.path.open("rb") as fh:
-                return fh.read(4096)
-        except OSError:
-            return b""  # prepare_messages reports it
-    return read_bytes(source)[:4096]
+    """A video part for a video (``media_kind``), else an image part (PDFs are expanded into pages)."""
+    return VideoPart(video=ref) if media_kind(ref) == "video" else ImagePart(image=ref)
 
 
 def _row(label: str, item: PreparedItem) -> dict[str, Any]:

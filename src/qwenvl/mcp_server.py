@@ -378,10 +378,11 @@ def build_server(
     ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
     """
     from qwenvl.cli.common import split_media
+    from qwenvl.media.sources import classify, media_kind
     from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.events import send_events
-    from qwenvl.tasks.ocr import is_pdf, plan_pages, send_pages
+    from qwenvl.tasks.ocr import plan_pages, send_pages
 
     client = client_factory()
     access = Access.of(allow_dirs)
@@ -485,7 +486,7 @@ def build_server(
             if target is not None:
                 check_writable(str(target))
             fields = request_fields(model, options)
-            pdf = local_path(ref) is not None and is_pdf(ref)
+            pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
             if page is not None and not pdf:
                 raise UsageError("page applies to PDFs only")
             if pdf:

@@ -17,11 +17,10 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from qwenvl.batch.inputs import MEDIA_SUFFIXES, is_video
 from qwenvl.client import Client
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
-from qwenvl.media.sources import classify
+from qwenvl.media.sources import MEDIA_SUFFIXES, classify, media_kind
 from qwenvl.models import currency_of, estimate_cost, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -452,7 +451,7 @@ def split_media(refs: list[str]) -> tuple[list[str], str | list[str] | None]:
     images: list[str] = []
     videos: list[str] = []
     for ref in refs:
-        (videos if is_video(ref) else images).append(ref)
+        (videos if media_kind(ref) == "video" else images).append(ref)
     if len(videos) > 1:
         raise UsageError("one video per question: give the others in separate questions")
     return images, (videos[0] if videos else None)
