@@ -220,3 +220,46 @@ def test_a_remote_video_url_is_a_video_in_the_estimate_too(isolated_env: Path) -
     assert row["kind"] == "video" and row["tokens"] is None
     [item] = items_from_inputs([url], {"prompt": "x"})
     assert item.request == {"prompt": "x", "video": url}
+
+
+# --- one fence reader and one safe JSON parse for model answers ------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's JSON parser can go
+
+
+def test_json_nested_too_deep_is_no_json_not_a_crash() -> None:
+    """The box reader (tasks.parsing) caught RecursionError; structured output's finder did not, so such an
+    answer to --json-mode ended in a traceback. Both use ``structured.load_json`` now."""
+    from qwenvl import structured
+    from qwenvl.tasks import parse_answer as read_boxes
+
+    with pytest.raises(structured.NoJSONFound):
+        structured.extract_json(DEEP)
+    assert structured.parse_answer("prose " + DEEP, None)[1] == ["the JSON in the answer is nested too deeply to read"]
+    assert read_boxes(DEEP).items == []
+
+
+def test_a_deep_answer_to_json_mode_is_a_structured_output_error(server: DashScopeServer) -> None:
+    from conftest import make_client
+    from dashscope_server import Reply
+
+    server.enqueue(Reply(text=DEEP, times=2))
+    with make_client(server) as client, pytest.raises(StructuredOutputError, match="even after one retry"):
+        client.ask("give me JSON", json_mode=True)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        'Here you are:\n```json\n[{"bbox_2d": [1, 2, 30, 40], "label": "dog"}]\n```\nDone.',
+        '```JSON\n[{"bbox_2d": [1, 2, 30, 40], "label": "dog"}]',  # cut off inside the fence
+        '```json5\n[{"bbox_2d": [1, 2, 30, 40], "label": "dog"}]\n```',
+    ],
+)
+def test_both_readers_see_the_same_fenced_json(answer: str) -> None:
+    from qwenvl import structured
+    from qwenvl.tasks import parse_answer as read_boxes
+
+    assert structured.extract_json(answer) == [{"bbox_2d": [1, 2, 30, 40], "label": "dog"}]
+    [box] = read_boxes(answer).boxes
+    assert (box.coords, box.label) == ([1, 2, 30, 40], "dog")
