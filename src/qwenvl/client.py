@@ -65,13 +65,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(lines)
 
 
-def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
-    """Attach the history; for structured output parse and validate, or return the repair call."""
-    response.messages = [*call.history, *response.messages]
-    request = call.request
-    if not (request.json_mode or call.schema is not None):
-        return response, None
-    value, errors = structured.parse_answer(response.text, call.schema)
+def check_structured(response: Response, request: Request, schema: dict[str, Any] | None) -> list[str]:
+    """The one check of a structured answer (realtime and Batch API): the JSON found in ``response.text``
+    (``structured.extract_json``), validated against ``schema`` and, when the request's schema was a pydantic
+    model, by that model. Valid: sets ``response.json`` (and ``response.parsed``) and returns []; else returns
+    the errors as short lines, the response untouched."""
+    value, errors = structured.parse_answer(response.text, schema)
     if not errors and request.schema_model is not None:
         try:
             parsed = request.schema_model.model_validate(value)
@@ -81,6 +80,17 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
             response._parsed = parsed
     if not errors:
         response.json = value
+    return errors
+
+
+def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
+    """Attach the history; for structured output parse and validate, or return the repair call."""
+    response.messages = [*call.history, *response.messages]
+    request = call.request
+    if not (request.json_mode or call.schema is not None):
+        return response, None
+    errors = check_structured(response, request, call.schema)
+    if not errors:
         return response, None
     cut = cut_off(response, request.max_tokens)
     if cut is not None:  # a repair request would be cut off at the same place: say why, pay nothing more

@@ -18,8 +18,8 @@ from qwenvl.backends.family import family_model
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import classify, read_bytes, sniff
-from qwenvl.models import currency_of, model_info, price_for
+from qwenvl.media.sources import media_kind
+from qwenvl.models import currency_of, media_costs, model_info
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
@@ -89,9 +89,9 @@ def estimate_files(
     counted = [r for r in rows if "error" not in r]
     known = [r["tokens"] for r in counted if r["tokens"] is not None]
     total_tokens = sum(known)
-    price = price_for(info, total_tokens, region=region or client.region)  # the tier of the whole request
-    for row in counted:
-        row["cost"] = _money(price.cost(row["tokens"])) if price and row["tokens"] is not None else None
+    price, costs, total_cost = media_costs(info, [r["tokens"] for r in counted], region=region or client.region)
+    for row, cost in zip(counted, costs, strict=True):
+        row["cost"] = cost
     return {
         "model": info.name,
         "factor": info.factor,
@@ -100,7 +100,7 @@ def estimate_files(
         "items": rows,
         "total": {
             "tokens": total_tokens,
-            "cost": _money(price.cost(total_tokens)) if price else None,
+            "cost": total_cost,
             "items": len(counted),
             "unknown": len(counted) - len(known),
             "failed": failed,
@@ -108,29 +108,9 @@ def estimate_files(
     }
 
 
-def _money(amount: float) -> float:
-    """A cost as JSON shows it: 10 significant digits at most (no 0.0004992000000000001)."""
-    return float(f"{amount:.10g}")
-
-
 def _part(ref: str) -> ImagePart | VideoPart:
-    """A video part when the file's bytes say video, else an image part (PDFs are expanded into pages)."""
-    source = classify(ref)
-    if source.kind in ("file", "data"):
-        head = _head(source)
-        if (sniff(head) or "").startswith("video/"):
-            return VideoPart(video=ref)
-    return ImagePart(image=ref)
-
-
-def _head(source: Any) -> bytes:
-    if source.kind == "file" and source.path is not None:
-        try:
-            with source.path.open("rb") as fh:
-                return fh.read(4096)
-        except OSError:
-            return b""  # prepare_messages reports it
-    return read_bytes(source)[:4096]
+    """A video part for a video (``media_kind``), else an image part (PDFs are expanded into pages)."""
+    return VideoPart(video=ref) if media_kind(ref) == "video" else ImagePart(image=ref)
 
 
 def _row(label: str, item: PreparedItem) -> dict[str, Any]:

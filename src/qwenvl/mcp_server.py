@@ -33,6 +33,7 @@ import anyio.to_thread
 from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp.types import CallToolResult, ImageContent, ListRootsResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from qwenvl import __version__
 from qwenvl import env as qenv
@@ -42,7 +43,7 @@ from qwenvl.estimate import estimate_files
 from qwenvl.models import currency_of, estimate_cost, model_info
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches
 from qwenvl.tasks import Box, Event, OCRPage, Point
-from qwenvl.types import Response
+from qwenvl.types import Response, Usage
 
 HEARTBEAT_S = 2.0  # a progress notification at least this often while a step runs (keeps clients' timers alive)
 PREVIEW_MAX_SIDE = 1600  # the annotated image returned as MCP image content is at most this wide or high
@@ -109,13 +110,11 @@ MEDIA_HELP = (
 # == Results (output schemas) ======================================================================================
 
 
-class UsageOut(BaseModel):
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    total_tokens: int | None = None
-    image_tokens: int | None = None
-    video_tokens: int | None = None
-    reasoning_tokens: int | None = None
+class UsageOut(Usage):  # Usage's token counts; the service's raw usage object is neither in the schema nor sent
+    raw: SkipJsonSchema[dict[str, Any]] = Field(default_factory=dict, exclude=True, repr=False)
+
+
+_COUNTS = [name for name, info in UsageOut.model_fields.items() if not info.exclude]  # summed over answers
 
 
 class Billed(BaseModel):
@@ -266,7 +265,7 @@ def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[Us
         if r is None:
             continue
         model = r.model or model
-        for key in UsageOut.model_fields:
+        for key in _COUNTS:
             value = getattr(r.usage, key)
             if value is not None:
                 setattr(total, key, (getattr(total, key) or 0) + value)
@@ -382,10 +381,12 @@ def build_server(
     client's roots. ``defaults``: request fields every call starts from (``model``, ``timeout_s``,
     ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
     """
-    from qwenvl.cli.common import check_writable, split_media
+    from qwenvl.cli.common import split_media
+    from qwenvl.media.sources import classify, media_kind
+    from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.events import send_events
-    from qwenvl.tasks.ocr import is_pdf, plan_pages, send_pages
+    from qwenvl.tasks.ocr import plan_pages, send_pages
 
     client = client_factory()
     access = Access.of(allow_dirs)
@@ -489,7 +490,7 @@ def build_server(
             if target is not None:
                 check_writable(str(target))
             fields = request_fields(model, options)
-            pdf = local_path(ref) is not None and is_pdf(ref)
+            pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
             if page is not None and not pdf:
                 raise UsageError("page applies to PDFs only")
             if pdf:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -501,6 +502,26 @@ def estimate_cost(
     if price is None:
         return None
     return price.cost(input_tokens, output_tokens or 0) * factor
+
+
+def media_costs(
+    model: ModelInfo | str, tokens: Sequence[int | None], *, region: str | None = None
+) -> tuple[Price | None, list[float | None], float | None]:
+    """The input cost of media that one request carries: ``(price, per-item costs, total cost)``, every item at
+    the tier of the known tokens' sum (the request carrying them all; ``price_for``), in ``currency_of(region)``,
+    each amount rounded for JSON (``round_cost``). An item with unknown tokens (None: a remote URL) costs None;
+    every cost is None when the model has no price in that currency."""
+    total = sum(t for t in tokens if t is not None)
+    price = price_for(model, total, region=region)
+    if price is None:
+        return None, [None] * len(tokens), None
+    costs = [None if t is None else round_cost(price.cost(t)) for t in tokens]
+    return price, costs, round_cost(price.cost(total))
+
+
+def round_cost(amount: float) -> float:
+    """A cost as JSON shows it: 10 significant digits at most (0.0004992, not 0.0004992000000000001)."""
+    return float(f"{amount:.10g}")
 
 
 def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:

@@ -7,9 +7,7 @@ stays small, a resumed session re-reads (and re-prepares) its files, and it resu
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pydantic import ValidationError
 from qwenvl import env as qenv
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media.sources import classify, read_regular_text
+from qwenvl.outputs import write_atomic
 from qwenvl.types import ImagePart, Message, VideoPart
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -74,14 +73,7 @@ class Session:
             "updated": time.time(),
             "messages": [m.model_dump(mode="json", exclude_none=True) for m in messages],
         }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, ensure_ascii=False, indent=1)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, [json.dumps(data, ensure_ascii=False, indent=1)], mode=0o600)  # private chats
 
 
 def list_sessions() -> list[str]:

@@ -8,6 +8,7 @@ form every Qwen-VL model accepts; ``json_schema`` response formats are not docum
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,20 +79,48 @@ class NoJSONFound(ValueError):
     pass
 
 
+# --- finding JSON in a model's answer: the one home of the fence reader and the safe parse ---------------------
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?")
+
+
+def fenced_blocks(text: str) -> tuple[list[str], str]:
+    """``(blocks, before)``: the insides of the ``` fences in ``text`` (a language tag such as ``json`` left
+    out; an opening fence that never closes runs to the end, as in an answer cut off by ``max_tokens``) and
+    the prose before the first fence. ``([], text)`` when there is no fence. Used by ``extract_json`` and by
+    the box and point reader (``qwenvl.tasks.parsing``)."""
+    marks = list(_FENCE.finditer(text))
+    if not marks:
+        return [], text
+    blocks: list[str] = []
+    for i in range(0, len(marks), 2):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        blocks.append(text[marks[i].end() : end])
+    return blocks, text[: marks[0].start()]
+
+
+def load_json(text: str) -> tuple[bool, Any]:
+    """``(True, value)`` when ``text`` is one JSON value, else ``(False, None)``: also for JSON nested too deep
+    for Python's parser (a RecursionError is never raised)."""
+    try:
+        return True, json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False, None
+
+
 def extract_json(text: str) -> Any:
-    """The JSON value in a model's answer: bare, in a ```json fence, or with prose around it."""
+    """The JSON value in a model's answer: bare, in a ```json fence, or with prose around it (then the
+    longest value found). Raises NoJSONFound when there is none (nesting too deep to read counts as none)."""
     stripped = text.strip()
     if not stripped:
         raise NoJSONFound("the answer is empty")
-    try:
-        return json.loads(stripped)
-    except json.JSONDecodeError:
-        pass
-    for block in _fenced_blocks(stripped):
-        try:
-            return json.loads(block)
-        except json.JSONDecodeError:
-            continue
+    ok, value = load_json(stripped)
+    if ok:
+        return value
+    for block in fenced_blocks(stripped)[0]:
+        ok, value = load_json(block.strip())
+        if ok:
+            return value
     decoder = json.JSONDecoder()
     best: Any = None
     best_len = -1
@@ -101,23 +130,13 @@ def extract_json(text: str) -> Any:
                 value, end = decoder.raw_decode(stripped, i)
             except json.JSONDecodeError:
                 continue
+            except RecursionError:  # not a part of it either: its insides are as deep
+                raise NoJSONFound("the JSON in the answer is nested too deeply to read") from None
             if end - i > best_len:
                 best, best_len = value, end - i
     if best_len >= 0:
         return best
     raise NoJSONFound("no JSON value found in the answer")
-
-
-def _fenced_blocks(text: str) -> list[str]:
-    blocks = []
-    parts = text.split("```")
-    for i in range(1, len(parts), 2):
-        block = parts[i]
-        first, _, rest = block.partition("\n")
-        if first.strip().isalpha() or not first.strip():  # a language tag such as json
-            block = rest
-        blocks.append(block.strip())
-    return blocks
 
 
 def validate(value: Any, schema: dict[str, Any] | None) -> list[str]:

@@ -483,6 +483,11 @@ with warnings.catch_warnings():
                 out["json"] = self.json
             return out
 
+        def record(self) -> dict[str, Any]:
+            """The response as JSON shows it (``qwenvl ask --json``, a batch output's ``result``): every field
+            that is set, the message history left out."""
+            return self.model_dump(mode="json", exclude={"messages"}, exclude_none=True)
+
 
 class StreamEvent(BaseModel):
     """A piece of a streamed answer: ``text`` and ``reasoning`` deltas, then ``done`` with the response.

@@ -30,11 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from qwenvl import structured
 from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal
-from qwenvl.client import make_request
+from qwenvl.client import check_structured, make_request
 from qwenvl.config import REGIONS, normalize_region, require_api_key, resolve_base_url
 from qwenvl.errors import (
     APIError,
@@ -421,13 +420,15 @@ def _structured(response: Response, item: BatchItem) -> Response | QwenVLError:
     request = make_request(None, item.request)
     if not (request.json_mode or request.schema is not None):
         return response
-    value, errors = structured.parse_answer(response.text, request.schema)
+    errors = check_structured(response, request, request.schema)
     if errors:
         return StructuredOutputError(
-            "the answer is not valid JSON for the schema (no repair in batch mode): " + "; ".join(errors[:3]),
+            "the answer is not valid JSON"
+            + (" for the schema" if request.schema is not None else "")
+            + " (no repair in batch mode): "
+            + "; ".join(errors[:3]),
             raw_text=response.text,
             errors=errors,
             response=response,
         )
-    response.json = value
     return response

@@ -16,44 +16,8 @@ from typing import Any
 
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, UsageError
-from qwenvl.media.sources import classify, open_regular, sniff
+from qwenvl.media.sources import MEDIA_SUFFIXES, Source, media_kind, open_regular
 
-# Files a folder walk picks up by name (anything else is picked up only when its bytes say video or PDF).
-MEDIA_SUFFIXES = frozenset(
-    {
-        ".jpg",
-        ".jpeg",
-        ".jpe",
-        ".jfif",
-        ".png",
-        ".webp",
-        ".bmp",
-        ".gif",
-        ".tif",
-        ".tiff",
-        ".heic",
-        ".heif",
-        ".avif",
-        ".jp2",
-        ".j2k",
-        ".ico",
-        ".icns",
-        ".dib",
-        ".tga",
-        ".sgi",
-        ".svg",
-        ".mp4",
-        ".mov",
-        ".mkv",
-        ".webm",
-        ".avi",
-        ".flv",
-        ".wmv",
-        ".m4v",
-        ".pdf",
-    }
-)
-_VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -67,17 +31,9 @@ class BatchItem:
     line: int | None = field(default=None, repr=False)  # line in the requests file, for messages
 
 
-def _head(path: Path) -> bytes:
-    """The first bytes of a regular file; b"" for anything else (a pipe or device is never read)."""
-    try:
-        with open_regular(path) as fh:
-            return fh.read(4096)
-    except (OSError, MediaError):
-        return b""
-
-
 def _is_media_file(path: Path) -> bool:
-    return path.suffix.lower() in MEDIA_SUFFIXES or (sniff(_head(path)) or "").startswith(("video/", "application/pdf"))
+    """A folder walk's pick: a media file by its name, or by its bytes (a video or PDF named otherwise)."""
+    return path.suffix.lower() in MEDIA_SUFFIXES or media_kind(Source(str(path), "file", path=path)) != "image"
 
 
 def _walk(folder: Path) -> list[Path]:
@@ -127,21 +83,11 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(refs))
 
 
-def is_video(ref: str) -> bool:
-    try:
-        source = classify(ref)
-    except MediaError:  # missing or unreadable: the item's plan will say so
-        return False
-    if source.kind == "file" and source.path is not None:
-        return (sniff(_head(source.path)) or "").startswith("video/")
-    return source.is_remote and Path(ref.split("?")[0]).suffix.lower() in _VIDEO_SUFFIXES
-
-
 def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem]:
     """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref."""
     items = []
     for ref in refs:
-        key = "video" if is_video(ref) else "image"
+        key = "video" if media_kind(ref) == "video" else "image"
         items.append(BatchItem(id=ref, request={**fields, key: ref}, input=ref))
     return items
 

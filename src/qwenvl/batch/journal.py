@@ -56,6 +56,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from qwenvl.errors import UsageError
+from qwenvl.outputs import write_atomic
 from qwenvl.store.db import connect
 
 SUFFIX = ".journal"
@@ -629,22 +630,6 @@ def _allocate(path: Path, size: int) -> None:
     finally:
         if fd != -1:
             os.close(fd)
-
-
-def write_atomic(path: Path, chunks: Iterable[str]) -> None:
-    """Write a text file so that it is complete or absent: a temp file beside it, fsync, os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def csv_rows(lines: Iterable[str]) -> Iterator[str]:

@@ -50,8 +50,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -80,6 +78,7 @@ from qwenvl.errors import (
 )
 from qwenvl.models import DEFAULT_MODEL, currency_of, estimate_cost
 from qwenvl.notes import answer_notes
+from qwenvl.outputs import check_writable
 from qwenvl.plan import Call
 from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
@@ -208,10 +207,6 @@ def usage_record(response: Response) -> dict[str, Any]:
     return response.usage.model_dump(exclude={"raw"}, exclude_none=True)
 
 
-def result_record(response: Response) -> dict[str, Any]:
-    return response.model_dump(mode="json", exclude={"messages"}, exclude_none=True)
-
-
 class Batch:
     """One batch of items writing one output (JSONL, plus CSV when asked)."""
 
@@ -307,7 +302,7 @@ class Batch:
         journal itself is checked by ``estimate`` (``journal.inspect_journal``) unless ``fresh``."""
         for path in (self.output, self.csv):
             if path is not None:
-                _check_writable(path)
+                check_writable(path)
         check_free(self.output)
         if (
             not self.fresh
@@ -526,7 +521,7 @@ class Batch:
             "id": item.id,
             "input": item.input,
             "status": "ok",
-            "result": result_record(response),
+            "result": response.record(),
             "usage": usage_record(response),
             "cost": None if cost is None else round(cost, 8),
             "currency": self.currency,
@@ -554,32 +549,6 @@ class Batch:
             prog.output_tokens += u.output_tokens or 0
             prog.cost += cost or 0.0
         return done
-
-
-def _check_writable(path: Path) -> None:
-    """Refuse an output that is not (or cannot become) a regular file in a folder where files can be created:
-    a folder, a device (``/dev/null`` would be replaced by a file), a FIFO; a parent that is a file or cannot
-    be created; a folder that refuses new files (read-only, permissions, ``/proc``). Missing folders are
-    created. A probe file is created and deleted: access(2) says yes to root even where writing fails."""
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory; give a file name for the output")
-    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        raise UsageError(f"{path} is not a regular file (a device, pipe or socket); give a file name for the output")
-    parent = path.parent
-    for folder in (parent, *parent.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise UsageError(f"cannot write {path}: {folder} is a file, not a folder")
-            break
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the folder {parent}: {exc.strerror or exc}") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: cannot create files in {parent} ({exc.strerror or exc})") from None
 
 
 class _Realtime:

@@ -15,10 +15,11 @@ from typing import Any
 
 import click
 
-from qwenvl.cli.common import check_writable, err_console, make_client, pass_opts, print_json, service_options
+from qwenvl.cli.common import err_console, make_client, pass_opts, print_json, service_options
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
+from qwenvl.outputs import check_writable
 from qwenvl.structured import load_schema
 from qwenvl.types import Request
 

@@ -15,7 +15,6 @@ from qwenvl.cli.common import (
     print_json,
     prompt_and_media,
     request_fields,
-    response_json,
     service_options,
     split_media,
     usage_line,
@@ -55,7 +54,7 @@ def ask(opts: dict[str, Any]) -> None:
         if opts["as_json"] or opts["no_stream"] or structured:
             response = client.send(call)
             if opts["as_json"]:
-                print_json(response_json(response))
+                print_json(response.record())
                 warn_answer(response, call.request.max_tokens, items_shown=True)
                 return
             if response.reasoning and not opts["hide_reasoning"]:  # as in a stream: dimmed, on stderr

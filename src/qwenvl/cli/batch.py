@@ -24,6 +24,7 @@ from qwenvl.cli.common import (
     backend_options,
     err_console,
     generation_options,
+    option_group,
     pass_opts,
     print_json,
     request_fields,
@@ -53,10 +54,6 @@ def batch() -> None:
     """
 
 
-def _money(value: float | None, currency: str) -> str:
-    return format_cost(value, currency)
-
-
 def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     console = err_console()
     parts = [f"{est.items:,} items"]
@@ -72,7 +69,7 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     half = " at the Batch API's half price" if est.price_factor != 1 else ""
     line = (
         f"{est.to_send:,} requests to send ({', '.join(est.models)}): ≈{est.input_tokens:,} input tokens, "
-        f"≈{_money(est.cost_input, est.currency)} input, up to {_money(est.cost_max, est.currency)} "
+        f"≈{format_cost(est.cost_input, est.currency)} input, up to {format_cost(est.cost_max, est.currency)} "
         f"with every answer at max_tokens{half}"
     )
     console.print(line)
@@ -86,7 +83,7 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
     max_cost = opts["max_cost"]
     if opts["yes"] or within_budget(est, max_cost):
         return
-    text = f"up to {_money(est.cost_max, est.currency)}, above --max-cost {_money(max_cost, est.currency)}"
+    text = f"up to {format_cost(est.cost_max, est.currency)}, above --max-cost {format_cost(max_cost, est.currency)}"
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
             return
@@ -115,7 +112,7 @@ class _Bar:
             transient=False,
         )
         self.task = self.progress.add_task(
-            "batch", total=None, failed=0, rate="0.0", tokens="0", cost=_money(0.0, currency), extra=""
+            "batch", total=None, failed=0, rate="0.0", tokens="0", cost=format_cost(0.0, currency), extra=""
         )
 
     def __enter__(self) -> _Bar:
@@ -141,7 +138,7 @@ class _Bar:
             failed=p.failed,
             rate=f"{p.done / elapsed:.1f}",
             tokens=f"{p.input_tokens + p.output_tokens:,}",
-            cost=_money(p.cost, self.currency),
+            cost=format_cost(p.cost, self.currency),
             extra=extra,
             description="batch" if p.phase == "realtime" else p.phase,
         )
@@ -161,7 +158,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {s.output}")
     line = (
         f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
-        f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{_money(s.cost, s.currency)}, "
+        f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{format_cost(s.cost, s.currency)}, "
         f"{s.elapsed_s:.1f} s"
     )
     if s.rate_limited:
@@ -318,17 +315,11 @@ def _api(opts: dict[str, Any]) -> Any:
     return BatchAPI(region=opts["region"], base_url=opts["base_url"])
 
 
-_api_options = [
+_with_api_options = option_group(
     click.option("--region", help="Service region (the Batch API for VL models: cn only)."),
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000."),
     click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
-]
-
-
-def _with_api_options(fn: Any) -> Any:
-    for deco in reversed(_api_options):
-        fn = deco(fn)
-    return fn
+)
 
 
 def _print_job(job: dict[str, Any], as_json: bool) -> None:

@@ -27,11 +27,10 @@ from qwenvl._constants import (
     STREAM_CAP_FACTOR,
     STREAM_CAP_MIN_S,
 )
-from qwenvl.batch.inputs import MEDIA_SUFFIXES, is_video
 from qwenvl.client import Client
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
-from qwenvl.media.sources import classify
+from qwenvl.media.sources import MEDIA_SUFFIXES, classify, media_kind
 from qwenvl.models import currency_of, estimate_cost, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -103,7 +102,9 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     return "".join(p if i % 2 else _FLAG.sub(lone, _PAIR.sub(pair, p)) for i, p in enumerate(parts))
 
 
-def _options(*decorators: Callable) -> Callable:
+def option_group(*decorators: Callable) -> Callable:
+    """One decorator applying ``decorators`` (click options) in the order given: the first is listed first."""
+
     def wrap(fn: Callable) -> Callable:
         for deco in reversed(decorators):
             fn = deco(fn)
@@ -118,7 +119,7 @@ region_option = click.option(
 )
 
 # --model --protocol --region --base-url and network settings: every verb that talks to a model.
-service_options = _options(
+service_options = option_group(
     model_option,
     click.option(
         "--protocol",
@@ -192,7 +193,7 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 
 
 # What the model is asked and how: ask, chat and the task verbs.
-generation_options = _options(
+generation_options = option_group(
     click.option("--system", help="System prompt."),
     click.option("--max-tokens", type=click.IntRange(min=1), help="Longest answer in tokens (default 512)."),
     click.option(
@@ -461,7 +462,7 @@ def split_media(refs: list[str]) -> tuple[list[str], str | list[str] | None]:
     images: list[str] = []
     videos: list[str] = []
     for ref in refs:
-        (videos if is_video(ref) else images).append(ref)
+        (videos if media_kind(ref) == "video" else images).append(ref)
     if len(videos) > 1:
         raise UsageError("one video per question: give the others in separate questions")
     return images, (videos[0] if videos else None)
@@ -488,10 +489,6 @@ def print_json(obj: Any, *, ascii_only: bool = False, indent: int | None = 2) ->
     click.echo(json.dumps(obj, ensure_ascii=ascii_only, indent=indent))
 
 
-def response_json(response: Response) -> dict[str, Any]:
-    return response.model_dump(mode="json", exclude={"messages"}, exclude_none=True)
-
-
 def pass_opts(fn: Callable) -> Callable:
     """Hand the verb all its options as one dict (keeps verb signatures short)."""
 
@@ -503,20 +500,3 @@ def pass_opts(fn: Callable) -> Callable:
         return fn(opts)
 
     return wrapper
-
-
-def check_writable(target: str) -> Path:
-    """Refuse an output path that cannot be written, before anything is paid for."""
-    import os
-
-    path = Path(target).expanduser()
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory; give a file name for the output")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {parent}: {exc.strerror or exc}") from None
-    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write {path}: permission denied")
-    return path

@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from qwenvl.cli.common import (
-    check_writable,
     err_console,
     generation_options,
     make_client,
@@ -22,6 +21,7 @@ from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_u
 from qwenvl.errors import UsageError
 from qwenvl.media.sources import classify
 from qwenvl.models import VIDEO_FPS
+from qwenvl.outputs import check_writable
 from qwenvl.tasks.draw import contact_sheet, hms
 from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 

@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from qwenvl.cli.common import (
-    check_writable,
     err_console,
     generation_options,
     make_client,
@@ -21,6 +20,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import UsageError
+from qwenvl.outputs import check_writable
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
 
 

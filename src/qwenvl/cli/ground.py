@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from qwenvl.cli.common import (
-    check_writable,
     err_console,
     generation_options,
     make_client,
@@ -19,10 +18,10 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError
-from qwenvl.media.sources import classify
+from qwenvl.media.sources import classify, media_kind
+from qwenvl.outputs import check_writable
 from qwenvl.tasks.draw import annotate
 from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
-from qwenvl.tasks.ocr import is_pdf
 
 READINGS = {
     "relative-1000": "a 0-1000 grid",
@@ -71,7 +70,7 @@ def ground(opts: dict[str, Any]) -> None:
             raise UsageError("--out needs the image's pixels: give a local file (or a data: URL), not a URL")
         out = check_writable(opts["out_file"])
     fields = request_fields(opts)
-    pdf = not classify(image).is_remote and is_pdf(image)
+    pdf = media_kind(classify(image)) == "pdf"
     if opts["page"] is not None and not pdf:
         raise UsageError("--page applies to PDFs only")
     if pdf:

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from qwenvl.cli.common import (
-    check_writable,
     err_console,
     generation_options,
     make_client,
@@ -19,9 +18,10 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import UsageError
-from qwenvl.media.sources import classify
+from qwenvl.media.sources import classify, media_kind
+from qwenvl.outputs import check_writable
 from qwenvl.tasks.grounding import model_for
-from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, is_pdf, plan_pages, send_pages
+from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, plan_pages, send_pages
 
 
 def parse_options(text: str | None) -> dict[str, Any] | None:
@@ -80,7 +80,7 @@ def ocr(opts: dict[str, Any]) -> None:
     model = model_for(client, fields)
     if (options or opts["task"]) and model.family != "qwen-vl-ocr":
         note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
-    pdf = not classify(source).is_remote and is_pdf(source)
+    pdf = media_kind(classify(source)) == "pdf"
     if opts["pages"] and not pdf:
         raise UsageError("--pages applies to PDFs only")
     plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"], **fields)

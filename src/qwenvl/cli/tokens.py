@@ -117,9 +117,6 @@ def _print_table(result: dict[str, Any]) -> None:
     rows, currency = result["items"], result["currency"]
     total_tokens, total_cost, unknown = (result["total"][k] for k in ("tokens", "cost", "unknown"))
 
-    def _money(value: float | None) -> str:
-        return format_cost(value, currency, digits=5)
-
     console = out_console()
     tier = f", {result['price_tier']} input tier" if result["price_tier"] not in (None, "any") else ""
     table = Table(
@@ -139,7 +136,7 @@ def _print_table(result: dict[str, Any]) -> None:
             _size(row),
             _bytes(row["bytes_sent"]),
             "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
-            _money(row["cost"]),
+            format_cost(row["cost"], currency, digits=5),
         )
     counted = [r for r in rows if "error" not in r]
     suffix = f" + {unknown} unknown" if unknown else ""
@@ -149,7 +146,7 @@ def _print_table(result: dict[str, Any]) -> None:
         "",
         "",
         f"{total_tokens:,}{suffix}",
-        _money(total_cost) if total_tokens or not unknown else "unknown",
+        format_cost(total_cost, currency, digits=5) if total_tokens or not unknown else "unknown",
     )
     console.print(table)
     estimated = False

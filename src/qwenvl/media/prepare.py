@@ -19,8 +19,6 @@ JPEG rather than PNG: that choice needs the pixels).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +28,7 @@ from PIL import Image
 from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
-from qwenvl.media.sources import Source, classify, read_bytes, sniff, to_data_url
+from qwenvl.media.sources import Source, classify, media_kind, read_bytes, to_data_url
 from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_FILE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
@@ -643,25 +641,9 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
 
 
 def _pdf_source(ref: str) -> Source | None:
-    """The source of ``ref`` when it is a local file or data: URL holding a PDF (by its first bytes)."""
+    """The source of ``ref`` when it is a local file or data: URL holding a PDF (``media_kind``)."""
     source = classify(ref)
-    if source.kind == "file" and source.path is not None:
-        try:
-            with source.path.open("rb") as fh:
-                head = fh.read(8)
-        except OSError:
-            return None  # prepare_image reports it
-    elif source.kind == "data":
-        if (source.declared_mime or "").lower() == "application/pdf":
-            return source
-        payload = (source.url or "").partition("base64,")[2].lstrip()[:12]
-        try:
-            head = base64.b64decode(payload[: len(payload) // 4 * 4])
-        except (binascii.Error, ValueError):
-            return None
-    else:
-        return None
-    return source if sniff(head) == "application/pdf" else None
+    return source if media_kind(source) == "pdf" else None
 
 
 def _check_remote(source: Source, options: MediaOptions) -> None:

@@ -220,6 +220,60 @@ def to_data_url(data: bytes, mime: str) -> str:
 
 # --- identifying content by its bytes -----------------------------------------------------------------------
 
+# File-name endings of the media qwenvl takes. A local file's kind is told by its bytes (``media_kind``); these
+# serve where there are no bytes to read: a remote URL's path, a folder walk's first pick, a CLI argument that
+# names a file.
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".m4v"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+    | {".avif", ".jp2", ".j2k", ".ico", ".icns", ".dib", ".tga", ".sgi", ".svg"}
+)
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES | {".pdf"}
+
+MediaKind = Literal["image", "video", "pdf"]
+HEAD_BYTES = 4096  # enough for every magic number ``sniff`` reads
+
+
+def head_bytes(source: Source, size: int = HEAD_BYTES) -> bytes:
+    """The first ``size`` bytes of a local file (``open_regular``: a pipe or device is never read) or of a
+    data: URL (only the start of its payload is decoded); b"" for a remote source or one that cannot be read
+    (the request's own checks report that)."""
+    if source.kind == "file" and source.path is not None:
+        try:
+            with open_regular(source.path, source.ref) as fh:
+                return fh.read(size)
+        except (OSError, MediaError):
+            return b""
+    if source.kind == "data":
+        match = _DATA_URL.match((source.url or "").strip())
+        payload = re.sub(r"\s+", "", match.group("b64")[: size * 2]) if match else ""
+        payload = payload[: (size + 2) // 3 * 4]
+        try:
+            return base64.b64decode(payload[: len(payload) // 4 * 4])[:size]
+        except (binascii.Error, ValueError):
+            return b""
+    return b""
+
+
+def media_kind(ref: str | Source) -> MediaKind:
+    """What a media reference holds: ``"video"`` or ``"pdf"`` when its first bytes say so (``sniff``), else
+    ``"image"``. A data: URL whose bytes say nothing counts as its declared MIME type says (``video/...``,
+    ``application/pdf``); a remote URL is a video when its path ends like one (``VIDEO_SUFFIXES``; its
+    bytes are not fetched), else an image. A reference that cannot be classified or read is ``"image"``:
+    preparing it reports what is wrong. The one home of this rule: the CLI's and MCP server's split of
+    images from a video, batch items, estimates, PDF pages."""
+    try:
+        source = classify(ref) if isinstance(ref, str) else ref
+    except MediaError:
+        return "image"
+    if source.is_remote:
+        return "video" if Path(urlsplit(source.url or "").path).suffix.lower() in VIDEO_SUFFIXES else "image"
+    mime = sniff(head_bytes(source)) or (source.declared_mime or "").lower()
+    if mime.startswith("video/"):
+        return "video"
+    return "pdf" if mime == "application/pdf" else "image"
+
+
 # ISO-BMFF ("ftyp") brands of still images (HEIF: ISO/IEC 23008-12 and Apple's HEIC; AVIF: AV1 image file format).
 HEIF_BRANDS = frozenset(
     {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 
 from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
-from qwenvl.models import currency_of, price_for
+from qwenvl.models import currency_of, media_costs
 
 STATIC = Path(__file__).parent / "static"
 
@@ -88,7 +88,7 @@ def add_routes(
             return fail(exc)
         known = [m.tokens for m in call.media if m.tokens is not None]
         total = sum(known)
-        price = price_for(call.model, total, region=client.region)  # the tier of the request carrying them all
+        _, costs, total_cost = media_costs(call.model, [m.tokens for m in call.media], region=client.region)
         items = [
             {
                 "kind": m.kind,
@@ -96,10 +96,10 @@ def add_routes(
                 "height": m.height,
                 "frames": len(m.sent) if isinstance(m.sent, list) else None,
                 "tokens": m.tokens,
-                "cost": price.cost(m.tokens) if price and m.tokens is not None else None,
+                "cost": cost,
                 "notes": m.notes,
             }
-            for m in call.media
+            for m, cost in zip(call.media, costs, strict=True)
         ]
         return JSONResponse(
             {
@@ -108,7 +108,7 @@ def add_routes(
                 "items": items,
                 "total_tokens": total,
                 "unknown": len(items) - len(known),
-                "cost": price.cost(total) if price else None,
+                "cost": total_cost,
                 "currency": currency_of(client.region),
             }
         )

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.media.sources import classify, media_kind
 from qwenvl.plan import Call
 from qwenvl.tasks.grounding import model_for, read_grounding
 from qwenvl.tasks.parsing import parse_answer
@@ -137,20 +138,6 @@ def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) 
     return merged or None
 
 
-def is_pdf(ref: str) -> bool:
-    from qwenvl.media.sources import classify, read_bytes, sniff
-
-    source = classify(ref)
-    if source.kind == "file" and source.path is not None:
-        with source.path.open("rb") as fh:
-            return sniff(fh.read(8)) == "application/pdf"
-    if source.kind == "data":
-        return (source.declared_mime or "").lower() == "application/pdf" or sniff(
-            read_bytes(source)[:8]
-        ) == "application/pdf"
-    return False
-
-
 def pdf_pages(ref: str, pages: str | None) -> list[int]:
     """The 1-based pages ``pages`` selects in the PDF ``ref`` (every page when None), in the order given.
     Raises UsageError (bad range syntax), MediaError (a page out of range, an unreadable PDF)."""
@@ -244,13 +231,14 @@ def plan_pages(
     **fields: Any,
 ) -> Iterator[tuple[int | None, Call]]:
     """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time.
-    Raises UsageError (``pages`` for an image, bad syntax), MediaError (a page out of range), and what
-    ``plan_ocr`` raises."""
-    if pages and not is_pdf(source):
+    Raises UsageError (``pages`` for an image, bad syntax), MediaError (a page out of range, a missing file), and
+    what ``plan_ocr`` raises."""
+    pdf = media_kind(classify(source)) == "pdf"  # classify: a missing file is named as such
+    if pages and not pdf:
         from qwenvl.errors import UsageError
 
         raise UsageError("pages apply to PDFs only")
-    numbers: list[int | None] = list(pdf_pages(source, pages)) if is_pdf(source) else [None]
+    numbers: list[int | None] = list(pdf_pages(source, pages)) if pdf else [None]
     for number in numbers:
         yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number, **dict(fields))
 

@@ -19,12 +19,13 @@ list and the open brackets are closed, so an object whose end is missing never c
 from __future__ import annotations
 
 import ast
-import json
 import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from qwenvl.structured import fenced_blocks, load_json
 
 BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box", "bounding_box", "bndbox")
 QUAD_KEYS = ("location", "quad", "polygon", "points_2d")  # 8 numbers (or 4 [x, y] pairs): min/max is the box
@@ -82,27 +83,12 @@ def parse_answer(text: str) -> ParsedAnswer:
 
 # --- fences --------------------------------------------------------------------------------------------------
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?")
-
 
 def _unfence(text: str, out: ParsedAnswer) -> str:
-    """The fenced blocks' contents when there are fences (an unclosed last fence runs to the end), else text."""
-    marks = list(_FENCE.finditer(text))
-    if not marks:
-        return text
-    blocks: list[str] = []
-    i = 0
-    while i < len(marks):
-        start = marks[i].end()
-        if i + 1 < len(marks):
-            blocks.append(text[start : marks[i + 1].start()])
-            i += 2
-        else:  # an opening fence that never closes: the answer was cut inside it
-            blocks.append(text[start:])
-            i += 1
-    # prose outside the fences can carry XML points too; keep it, after the blocks
-    outside = _FENCE.split(text)[0]
-    return "\n".join([*blocks, outside])
+    """The fenced blocks' contents when there are fences (``structured.fenced_blocks``), then the prose before
+    them (it can carry XML points too); else the text."""
+    blocks, before = fenced_blocks(text)
+    return "\n".join([*blocks, before]) if blocks else text
 
 
 # --- JSON ----------------------------------------------------------------------------------------------------
@@ -153,10 +139,9 @@ def _segments(text: str) -> list[tuple[int, int, bool]]:
 
 
 def _load(segment: str) -> tuple[bool, Any]:
-    try:
-        return True, json.loads(segment)
-    except (json.JSONDecodeError, RecursionError):
-        pass
+    ok, value = load_json(segment)
+    if ok:
+        return True, value
     try:  # Python literals: {'bbox_2d': [1, 2, 3, 4], 'label': 'dog'}
         value = ast.literal_eval(segment)
     except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):

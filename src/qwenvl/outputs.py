@@ -1,0 +1,82 @@
+"""Files qwenvl writes on a user's behalf: the check of an output path before anything is paid for, and the
+one atomic write (a file is complete or absent, never half-written).
+
+Used by every verb that takes an output file (``ocr -o``, ``ground --out``, ``events --sheet``, ``extract
+--csv``, ``analyze --output``), the MCP server's drawings, the batch outputs and the chat sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from qwenvl.errors import UsageError
+
+
+def check_writable(target: str | Path) -> Path:
+    """``target`` (``~`` expanded) when it is, or can become, a regular file in a folder where files can be
+    created; missing folders are created. Raises UsageError (exit 2), before anything is sent or paid for,
+    for: a folder; an existing file that is not regular (a device such as ``/dev/null``, which an atomic
+    write would replace, or a FIFO, whose write would wait for a reader for ever); a parent that is a file or
+    cannot be created; a folder that refuses new files (read-only, permissions, ``/proc``). The last is tried
+    with a probe file, created and deleted, since access(2) says yes to root even where writing fails."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name for the output")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise UsageError(f"{path} is not a regular file (a device, pipe or socket); give a file name for the output")
+    parent = path.parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"cannot write {path}: {folder} is a file, not a folder")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder {parent}: {exc.strerror or exc}") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: cannot create files in {parent} ({exc.strerror or exc})") from None
+    return path
+
+
+def write_atomic(path: Path, chunks: Iterable[str], *, mode: int = 0o666) -> None:
+    """Write UTF-8 text (``chunks`` joined, newlines as given) so that ``path`` is complete or absent: a temp
+    file ``.{name}.{pid}.{random}.tmp`` beside it (created with ``mode``, less the umask), fsynced, moved over
+    ``path`` with ``os.replace``, then the folder fsynced so the move itself survives a power cut. On any
+    error the temp file is deleted and the error (OSError) raised; ``path`` is untouched."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync a folder (the entry of a file just moved in); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on a folder (EINVAL)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
