@@ -198,7 +198,7 @@ def test_media_kind_by_bytes_then_declared_type_then_url_suffix(media: dict[str,
 def test_a_data_url_video_is_a_video_everywhere(media: dict[str, str], server: DashScopeServer) -> None:
     """`ask`/`chat`/MCP split media with batch's is_video, which took a data: URL for an image (then refused
     as "a video, not an image"); the estimate read its bytes and took a video. Now both: a video."""
-    from qwenvl.cli.common import split_media
+    from qwenvl.media.sources import split_media
 
     assert split_media([media["photo"], media["data_video"]]) == ([media["photo"]], media["data_video"])
     env = {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base}
@@ -263,3 +263,44 @@ def test_both_readers_see_the_same_fenced_json(answer: str) -> None:
     assert structured.extract_json(answer) == [{"bbox_2d": [1, 2, 30, 40], "label": "dog"}]
     [box] = read_boxes(answer).boxes
     assert (box.coords, box.label) == ([1, 2, 30, 40], "dog")
+
+
+# --- the cost of one answer: one rule (models.answer_cost) for the usage log, batch, the CLI and MCP ----------
+
+
+def _answer(protocol: str, *, cached: bool = False) -> Response:
+    from qwenvl.types import Usage
+
+    return Response(
+        text="x",
+        model="qwen3-vl-plus",
+        protocol=protocol,
+        usage=Usage(input_tokens=1000, output_tokens=100),
+        cached=cached,
+    )
+
+
+def test_an_answer_costs_its_tokens_unless_cached_or_local() -> None:
+    from qwenvl.models import answer_cost, estimate_cost
+
+    paid = estimate_cost("qwen3-vl-plus", 1000, 100, region="cn")
+    assert paid and answer_cost(_answer("compat"), region="cn") == paid
+    assert answer_cost(_answer("native"), region="cn", factor=0.5) == paid * 0.5
+    assert answer_cost(_answer("compat", cached=True), region="cn") == 0.0
+    assert answer_cost(_answer("openai"), region="cn") == 0.0  # a local model
+    assert answer_cost(_answer("transformers"), region="cn") == 0.0
+    assert answer_cost(_answer("compat"), region="cn", local=True) == 0.0
+
+
+def test_mcp_and_the_usage_line_charge_nothing_for_cached_or_local_answers() -> None:
+    from qwenvl.cli.common import usage_line
+    from qwenvl.mcp_server import billed
+
+    assert billed(_answer("compat", cached=True), region="cn")["cost"] == 0.0  # was priced as if paid
+    assert billed(_answer("openai"), region="cn")["cost"] == 0.0  # a local model's answer: was priced too
+    assert (
+        billed(_answer("compat"), _answer("compat", cached=True), region="cn")["cost"]
+        == billed(_answer("compat"), region="cn")["cost"]
+    )
+    assert "not paid" in usage_line(_answer("compat", cached=True), "cn")
+    assert "≈" in usage_line(_answer("compat"), "cn") and "≈" not in usage_line(_answer("openai"), "cn")

@@ -116,7 +116,7 @@ class Conversation:
     def attach(self, *refs: str) -> None:
         """Files or URLs for the next message, checked now: MediaError for one that is missing or unreadable
         (``classify``), UsageError for a second video in one message. Nothing is attached when one fails."""
-        from qwenvl.cli.common import split_media  # (the one rule for a reference's kind; no terminal I/O)
+        from qwenvl.media.sources import split_media
 
         for ref in refs:
             classify(ref)

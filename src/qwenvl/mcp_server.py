@@ -40,7 +40,7 @@ from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.estimate import estimate_files
-from qwenvl.models import currency_of, estimate_cost, model_info
+from qwenvl.models import answer_cost, currency_of
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
@@ -272,7 +272,7 @@ def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[Us
         if r.usage.input_tokens is None or cost is None:
             cost = None
             continue
-        one = estimate_cost(model_info(r.model), r.usage.input_tokens, r.usage.output_tokens or 0, region=region)
+        one = answer_cost(r, region=region)
         cost = None if one is None else cost + one
     return total, (None if model is None else cost), model
 
@@ -381,8 +381,7 @@ def build_server(
     client's roots. ``defaults``: request fields every call starts from (``model``, ``timeout_s``,
     ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
     """
-    from qwenvl.cli.common import split_media
-    from qwenvl.media.sources import classify, media_kind
+    from qwenvl.media.sources import classify, media_kind, split_media
     from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.events import send_events

@@ -25,7 +25,10 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from qwenvl.types import Response
 
 log = logging.getLogger("qwenvl")
 
@@ -502,6 +505,33 @@ def estimate_cost(
     if price is None:
         return None
     return price.cost(input_tokens, output_tokens or 0) * factor
+
+
+# The protocols whose answers are paid for (DashScope's); an answer over any other (a local model behind the
+# openai or transformers backend) costs no tokens.
+PAID_PROTOCOLS = ("compat", "native")
+
+
+def answer_cost(
+    response: Response,
+    *,
+    region: str | None = None,
+    factor: float = 1.0,
+    model: ModelInfo | str | None = None,
+    local: bool | None = None,
+) -> float | None:
+    """What one answer cost, in ``currency_of(region)``: 0.0 when nothing was paid (it came from the response
+    cache, or from a local model: ``local``, by default judged from ``response.protocol`` not being one of
+    ``PAID_PROTOCOLS``), else ``estimate_cost`` of its tokens for ``model`` (default ``response.model``) at the
+    request's tier, times ``factor`` (0.5 for the Batch API). None when its tokens or the price are unknown.
+    The one rule for the usage log, batch records, the CLI's usage line and the MCP tools. Raises UsageError
+    for an unknown region."""
+    if local is None:
+        local = response.protocol not in PAID_PROTOCOLS
+    if response.cached or local:
+        return 0.0
+    u = response.usage
+    return estimate_cost(model or response.model, u.input_tokens, u.output_tokens or 0, region=region, factor=factor)
 
 
 def media_costs(

@@ -44,7 +44,7 @@ from qwenvl.errors import (
     StructuredOutputError,
     UsageError,
 )
-from qwenvl.models import currency_of, estimate_cost
+from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
@@ -354,8 +354,8 @@ def _merge(
                     input_tokens=u.input_tokens,
                     output_tokens=u.output_tokens,
                     image_tokens=u.image_tokens,
-                    cost=estimate_cost(
-                        batch.model_of(item), u.input_tokens, u.output_tokens, region=BATCH_REGION, factor=PRICE_FACTOR
+                    cost=answer_cost(
+                        outcome, region=BATCH_REGION, factor=PRICE_FACTOR, model=batch.model_of(item), local=False
                     ),
                     currency=currency_of(BATCH_REGION),
                     request_id=outcome.request_id,

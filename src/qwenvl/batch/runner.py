@@ -76,7 +76,7 @@ from qwenvl.errors import (
     StructuredOutputError,
     UsageError,
 )
-from qwenvl.models import DEFAULT_MODEL, currency_of, estimate_cost
+from qwenvl.models import DEFAULT_MODEL, answer_cost, currency_of, estimate_cost
 from qwenvl.notes import answer_notes
 from qwenvl.outputs import check_writable
 from qwenvl.plan import Call
@@ -510,12 +510,12 @@ class Batch:
         price_factor: float = 1.0,
     ) -> Future[None]:
         u = response.usage
-        cost = (
-            0.0
-            if response.cached or self.planner.is_local
-            else estimate_cost(  # local models cost no tokens
-                self.model_of(item), u.input_tokens, u.output_tokens, region=self.planner.region, factor=price_factor
-            )
+        cost = answer_cost(
+            response,
+            region=self.planner.region,
+            factor=price_factor,
+            model=self.model_of(item),
+            local=self.planner.is_local,
         )
         rec = {
             "id": item.id,

@@ -16,10 +16,10 @@ from qwenvl.cli.common import (
     prompt_and_media,
     request_fields,
     service_options,
-    split_media,
     usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal, warn_answer
+from qwenvl.media.sources import split_media
 
 
 @click.command()

@@ -30,8 +30,8 @@ from qwenvl._constants import (
 from qwenvl.client import Client
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
-from qwenvl.media.sources import MEDIA_SUFFIXES, classify, media_kind
-from qwenvl.models import currency_of, estimate_cost, format_cost
+from qwenvl.media.sources import MEDIA_SUFFIXES, classify
+from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import Request, Response
@@ -457,17 +457,6 @@ def with_stdin(refs: list[str]) -> list[str]:
     return [str(path) if ref == STDIN else ref for ref in refs]
 
 
-def split_media(refs: list[str]) -> tuple[list[str], str | list[str] | None]:
-    """(images, video): a local file is a video when its bytes say so; a URL when its path ends like one."""
-    images: list[str] = []
-    videos: list[str] = []
-    for ref in refs:
-        (videos if media_kind(ref) == "video" else images).append(ref)
-    if len(videos) > 1:
-        raise UsageError("one video per question: give the others in separate questions")
-    return images, (videos[0] if videos else None)
-
-
 def usage_line(response: Response, region: str | None = None) -> str:
     """model · tokens · ≈cost (in the region's currency, at the request's tier) · request id."""
     u = response.usage
@@ -476,8 +465,10 @@ def usage_line(response: Response, region: str | None = None) -> str:
         parts.append(f"{u.input_tokens:,} in / {u.output_tokens or 0:,} out tokens")
     if u.image_tokens:
         parts.append(f"{u.image_tokens:,} image tokens")
-    if u.input_tokens is not None and response.protocol not in ("openai", "transformers"):  # local: no price
-        cost = estimate_cost(response.model, u.input_tokens, u.output_tokens or 0, region=region)
+    if response.cached:
+        parts.append("from the cache: not paid")
+    elif u.input_tokens is not None and response.protocol in PAID_PROTOCOLS:  # a local model: no price
+        cost = answer_cost(response, region=region)
         if cost is not None:
             parts.append("≈" + format_cost(cost, currency_of(region)))
     if response.request_id:

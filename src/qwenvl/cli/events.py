@@ -15,11 +15,10 @@ from qwenvl.cli.common import (
     prompt_and_media,
     request_fields,
     service_options,
-    split_media,
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError
-from qwenvl.media.sources import classify
+from qwenvl.media.sources import classify, split_media
 from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.draw import contact_sheet, hms

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
-from qwenvl.errors import MediaError, QwenVLError
+from qwenvl.errors import MediaError, QwenVLError, UsageError
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
@@ -279,6 +279,19 @@ HEIF_BRANDS = frozenset(
     {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"mif2"}
 )
 AVIF_BRANDS = frozenset({b"avif", b"avis"})
+
+
+def split_media(refs: list[str]) -> tuple[list[str], str | None]:
+    """``(images, video)`` of a question's references, in order, by ``media_kind``: a local file is a video
+    when its bytes say so, a data: URL by its declared type, a remote URL by its path's suffix. A PDF counts
+    with the images (it is sent as its pages). Raises UsageError for more than one video (one per question)."""
+    images: list[str] = []
+    videos: list[str] = []
+    for ref in refs:
+        (videos if media_kind(ref) == "video" else images).append(ref)
+    if len(videos) > 1:
+        raise UsageError("one video per question: give the others in separate questions")
+    return images, (videos[0] if videos else None)
 
 
 def ftyp_brands(data: bytes) -> set[bytes]:

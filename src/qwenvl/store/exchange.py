@@ -15,7 +15,7 @@ import time
 
 from qwenvl.config import resolve_base_url
 from qwenvl.interfaces import ClientEndpoint
-from qwenvl.models import currency_of, estimate_cost
+from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.store.cache import ResponseCache, cache_key, source_key
@@ -94,8 +94,11 @@ class Exchange:
         if self.log is None:
             return
         u = response.usage
-        free = outcome == "cached" or self.local  # local models cost no tokens
-        cost = 0.0 if free else estimate_cost(self.model, u.input_tokens, u.output_tokens, region=self.region)
+        cost = (
+            0.0
+            if outcome == "cached"
+            else answer_cost(response, region=self.region, model=self.model, local=self.local)
+        )
         self.log.record(
             Entry(
                 model=self.model,
