@@ -15,11 +15,14 @@ Decisions (documented in the module so that callers and tests agree):
   2 frames for 2-3 frame videos and fails on 1; the service needs at least 4, so padding is the only way such a
   clip can be sent. A file with no decodable frame is an error.
 * **Decoding.** One demux pass (packets only, nothing decoded) gives every frame's timestamp and the keyframes.
-  From them ``choose_strategy`` counts the frames each way must decode: one threaded sequential pass (decodes
-  up to the last sample, converts only the samples) or a seek per sample (decodes from the keyframe before each
-  sample; wins when samples lie further apart than the keyframe interval). Both give the same frames. For
-  H.264, frames that no other frame refers to are not even decoded unless sampled (``skip_frame=NONREF``
-  per packet), which cannot change any other frame.
+  From them ``choose_strategy`` counts the frames each way must decode: one sequential pass (decodes up to the
+  last sample) or a seek plan (runs of samples, each decoded from the keyframe before it up to its last sample
+  and no further: the decoder is drained there; wins when samples lie further apart than the keyframe
+  interval). Both give the same frames, and only the sampled frames are converted (resized in swscale straight
+  from the decoder's YUV). The decoder runs FFmpeg's frame threads on all cores (``thread_type="AUTO"``,
+  automatic count: one per core plus one; a seek flushes them but keeps them). For H.264, frames that no other
+  frame refers to are not even decoded unless sampled (``skip_frame=NONREF`` per packet), which cannot change
+  any other frame.
 * **Damaged files.** An empty file, a file that is not a video by its bytes, one PyAV cannot open, an
   audio-only file, one with no frames, and one whose index lists over 5% more frames than it holds
   (truncated) are MediaErrors naming the file. A sample whose frame does not decode is replaced by the
