@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -17,7 +19,7 @@ import simplejpeg
 from PIL import Image
 
 from qwenvl.errors import MediaError
-from qwenvl.media import MediaOptions, prepare_messages
+from qwenvl.media import MediaOptions, prepare_messages, video
 from qwenvl.media.prepare import prepare_video
 from qwenvl.media.resize import smart_resize
 from qwenvl.media.sources import decode_data_url
@@ -314,6 +316,72 @@ def test_skipping_unreferenced_frames_changes_nothing(clips: dict[str, Path]) ->
     assert "3" in types  # the clip really has B-frames (PictureType.B)
     assert sampled.decoded < len(every)  # some were skipped
     assert all(np.array_equal(a, b) for a, b in zip(sampled.frames, plain, strict=True))
+
+
+def _full_decode(path: Path, indices: list[int], width: int, height: int) -> list[np.ndarray]:
+    """The frames at ``indices`` from a plain decode of every frame (no seek, no skip, no threads)."""
+    with av.open(str(path)) as container:
+        every = sorted(container.decode(container.streams.video[0]), key=lambda f: f.pts)
+        return [
+            every[i].to_ndarray(width=width, height=height, format="rgb24", interpolation="BICUBIC") for i in indices
+        ]
+
+
+def test_seek_runs_stop_at_their_last_sample_and_equal_a_full_decode(tmp_path: Path) -> None:
+    """The seek path feeds the decoder only up to each run's last sample and drains it (B-pyramid: decode
+    order differs from display order, B-frames are references); its frames equal a plain full decode's."""
+    clip = make_clip(
+        tmp_path / "pyramid.mp4",
+        frames=240,
+        draw=noisy_frame,
+        options={"preset": "ultrafast", "x264-params": "bframes=3:b-pyramid=normal:b-adapt=0:keyint=40:scenecut=0"},
+    )
+    sampled = sample_video(clip, PLUS, fps=2, strategy="seek", output="array")
+    index = probe_video(clip)
+    assert index.keyframe_interval == 40
+    runs = video._seek_segments(sampled.indices, list(range(0, 240, 40)), video.SEEK_COST_FRAMES)
+    assert len(runs) >= 2 and max(len(r) for r in runs) >= 3  # a drain, a seek, runs of several samples
+    # each run decodes from its keyframe to its last sample (plus at most the 3 B-frames' anchor after it):
+    # nothing is decoded twice
+    assert sampled.decoded <= sum(r[-1] - r[0] // 40 * 40 + 1 + 4 for r in runs)
+    assert sampled.strategy == "seek" and sampled.times == pytest.approx([i / 30 for i in sampled.indices])
+    plain = _full_decode(clip, sampled.indices, sampled.width, sampled.height)
+    assert all(np.array_equal(a, b) for a, b in zip(sampled.frames, plain, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("codec", "options"),
+    [
+        ("libx264", {"preset": "ultrafast", "x264-params": "bframes=3:b-pyramid=normal:b-adapt=0:keyint=20"}),
+        ("mpeg4", {"bf": "2", "g": "20"}),  # no frame is skipped: every B-frame decodes
+    ],
+)
+def test_a_sample_that_does_not_decode_gets_the_one_pass_stand_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, codec: str, options: dict[str, str]
+) -> None:
+    """When a sampled frame does not come out of the decoder, the seek path (which stops each run at its last
+    sample) gives the same stand-in as one pass: the first frame after it that decodes."""
+    clip = make_clip(tmp_path / f"{codec}.mp4", frames=120, codec=codec, draw=noisy_frame, options=options)
+    whole = sample_video(clip, PLUS, fps=2, strategy="sequential", output="array")
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(p.pts for p in container.demux(stream) if p.size)
+    lost = {pts[i] for i in whole.indices[1:]}  # every sample but the first is lost in decoding
+    real = video._decoded
+
+    def lossy(container: Any, stream: Any, wanted: set[int], stop: set[int] | None = None) -> Iterator[Any]:
+        return (f for f in real(container, stream, wanted, stop) if f.pts not in lost)
+
+    monkeypatch.setattr(video, "_decoded", lossy)
+    one_pass = sample_video(clip, PLUS, fps=2, strategy="sequential", output="array")
+    seek = sample_video(clip, PLUS, fps=2, strategy="seek", output="array")
+    assert seek.strategy == "seek"
+    assert seek.times == one_pass.times
+    # stand-ins: the next frame that decodes; for the last frame, the last one before it that decodes
+    assert all(t > i / 30 for t, i in zip(seek.times[1:-1], seek.indices[1:-1], strict=True))
+    assert seek.times[-1] < seek.indices[-1] / 30
+    assert all(np.array_equal(a, b) for a, b in zip(seek.frames, one_pass.frames, strict=True))
+    assert any("did not decode" in n for n in seek.notes)
 
 
 @pytest.mark.parametrize(

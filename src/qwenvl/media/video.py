@@ -15,11 +15,14 @@ Decisions (documented in the module so that callers and tests agree):
   2 frames for 2-3 frame videos and fails on 1; the service needs at least 4, so padding is the only way such a
   clip can be sent. A file with no decodable frame is an error.
 * **Decoding.** One demux pass (packets only, nothing decoded) gives every frame's timestamp and the keyframes.
-  From them ``choose_strategy`` counts the frames each way must decode: one threaded sequential pass (decodes
-  up to the last sample, converts only the samples) or a seek per sample (decodes from the keyframe before each
-  sample; wins when samples lie further apart than the keyframe interval). Both give the same frames. For
-  H.264, frames that no other frame refers to are not even decoded unless sampled (``skip_frame=NONREF``
-  per packet), which cannot change any other frame.
+  From them ``choose_strategy`` counts the frames each way must decode: one sequential pass (decodes up to the
+  last sample) or a seek plan (runs of samples, each decoded from the keyframe before it up to its last sample
+  and no further: the decoder is drained there; wins when samples lie further apart than the keyframe
+  interval). Both give the same frames, and only the sampled frames are converted (resized in swscale straight
+  from the decoder's YUV). The decoder runs FFmpeg's frame threads on all cores (``thread_type="AUTO"``,
+  automatic count: one per core plus one; a seek flushes them but keeps them). For H.264, frames that no other
+  frame refers to are not even decoded unless sampled (``skip_frame=NONREF`` per packet), which cannot change
+  any other frame.
 * **Damaged files.** An empty file, a file that is not a video by its bytes, one PyAV cannot open, an
   audio-only file, one with no frames, and one whose index lists over 5% more frames than it holds
   (truncated) are MediaErrors naming the file. A sample whose frame does not decode is replaced by the
@@ -331,15 +334,24 @@ def _keyframe_before(keyframes: list[int], i: int) -> int:
     return keyframes[pos] if pos >= 0 else 0
 
 
-def _seek_plan_cost(wanted: list[int], keyframes: list[int], seek_cost: int) -> int:
-    cost, cur = 0, None
+def _seek_segments(wanted: list[int], keyframes: list[int], seek_cost: int) -> list[list[int]]:
+    """The seek plan: the sorted samples split into runs, each decoded from one seek to the keyframe before its
+    first sample. A sample joins the run before it when decoding on from that run's last sample is no dearer
+    than a seek (``seek_cost`` frames on top of the frames from the keyframe)."""
+    segments: list[list[int]] = []
     for t in wanted:
         k = _keyframe_before(keyframes, t)
-        if cur is not None and cur < t and t - cur <= t - k + 1 + seek_cost:
-            cost += t - cur
+        if segments and segments[-1][-1] < t and t - segments[-1][-1] <= t - k + 1 + seek_cost:
+            segments[-1].append(t)
         else:
-            cost += t - k + 1 + seek_cost
-        cur = t
+            segments.append([t])
+    return segments
+
+
+def _seek_plan_cost(wanted: list[int], keyframes: list[int], seek_cost: int) -> int:
+    cost = 0
+    for run in _seek_segments(wanted, keyframes, seek_cost):
+        cost += run[0] - _keyframe_before(keyframes, run[0]) + 1 + seek_cost + run[-1] - run[0]
     return cost
 
 
@@ -630,49 +642,79 @@ def _decode_sequential(
 def _decode_seeking(
     container: Any, stream: Any, index: _Index, indices: list[int], convert: Callable[[Any], Any]
 ) -> tuple[Picked, int]:
-    """Seek to the keyframe before each sample (or keep decoding when that is cheaper); the same frames as
-    ``_decode_sequential``: each sample takes the first decoded frame at or after its timestamp."""
+    """Decode each run of the seek plan (``_seek_segments``) from the keyframe before it; the same frames as
+    ``_decode_sequential``: each sample takes the first decoded frame at or after its timestamp.
+
+    Within a run the decoder is fed only up to the packet of the run's last sample and then drained, so the
+    frame threads do not decode packets past it that the next seek would throw away. When a sample's own frame
+    does not decode, the run is decoded again without that stop, so the frame after it can stand in.
+    """
     wanted = sorted(set(indices))
     wanted_pts = {index.pts[i] for i in wanted}
     picked: Picked = {}
     decoded = 0
-    frames = None  # the current decode iterator
-    cur, prev = -1, None  # presentation index of the last frame taken from it, and that frame's result
-    for t in wanted:
-        if prev is not None and cur >= t:  # the frame taken for the previous sample is also this one's
-            picked[t] = prev
-            continue
-        k = index.keyframe_before(t)
-        target = index.pts[t]
-        if frames is None or t - cur > t - k + 1 + SEEK_COST_FRAMES:
-            frames, frame, n = _seek(container, stream, index, k, target, wanted_pts)
-            decoded += n
-        else:
-            frame = next(frames, None)
-            decoded += frame is not None
-        while frame is not None and frame.pts is not None and frame.pts < target:
-            frame = next(frames, None)
-            decoded += frame is not None
-        if frame is None:  # past the last frame that decodes: the last one taken stands in
-            if prev is None:
-                break
-            picked[t] = prev
-            continue
-        prev = picked[t] = (convert(frame), _frame_time(frame, index, t), frame.rotation)
-        cur = index.position(frame.pts) if frame.pts is not None else t
+    prev: tuple[Any, float, int] | None = None  # the last sample's result
+    cur = -1  # presentation index of the frame it took
+    for run in _seek_segments(wanted, index.keyframes, SEEK_COST_FRAMES):
+        k = index.keyframe_before(run[0])
+        stop = {index.pts[t] for t in run}
+        frames: Iterator[Any] | None = None
+        for t in run:
+            if prev is not None and cur >= t:  # the frame taken for the previous sample is also this one's
+                picked[t] = prev
+                continue
+            target = index.pts[t]
+            if frames is None:
+                frames, frame, n = _seek(container, stream, index, k, target, wanted_pts, stop)
+            else:
+                frame = next(frames, None)
+                n = int(frame is not None)
+            frame, before, more = _first_at(frames, frame, target)
+            decoded += n + more
+            if stop and (frame is None or (frame.pts is not None and frame.pts != target)):
+                # This sample's own frame did not decode, and the stop may have left out the frames after it:
+                # decode the run again without a stop, so the frame that stands in is the one-pass path's.
+                stop = set()
+                frames, frame, n = _seek(container, stream, index, k, target, wanted_pts, stop)
+                frame, before, more = _first_at(frames, frame, target)
+                decoded += n + more
+            if frame is None:  # past the last frame that decodes: the last one decoded stands in
+                if before is not None:
+                    frame = before
+                elif prev is not None:
+                    picked[t] = prev
+                    continue
+                else:
+                    return picked, decoded
+            prev = picked[t] = (convert(frame), _frame_time(frame, index, t), frame.rotation)
+            cur = index.position(frame.pts) if frame.pts is not None else t
     return picked, decoded
 
 
-def _seek(container: Any, stream: Any, index: _Index, k: int, target: int, wanted: set[int]) -> tuple[Any, Any, int]:
+def _first_at(frames: Iterator[Any], frame: Any, target: int) -> tuple[Any, Any, int]:
+    """From ``frame`` on, the first frame of ``frames`` at or after ``target`` (None past the last; a frame
+    without a timestamp is taken as it comes), the frame passed just before it (None if none was) and how
+    many more frames that decoded."""
+    before, more = None, 0
+    while frame is not None and frame.pts is not None and frame.pts < target:
+        before, frame = frame, next(frames, None)
+        more += frame is not None
+    return frame, before, more
+
+
+def _seek(
+    container: Any, stream: Any, index: _Index, k: int, target: int, wanted: set[int], stop: set[int]
+) -> tuple[Iterator[Any], Any, int]:
     """Seek so that decoding starts at or before ``target``: to the keyframe ``k``, stepping back a keyframe
     when the container lands after the target (an index of decode times, as in MP4 with B-frames).
-    Returns the decode iterator, its first frame and how many frames were decoded."""
+    Returns the decode iterator (``_decoded`` with ``stop``), its first frame and how many frames were
+    decoded."""
     pos = bisect.bisect_left(index.keyframes, k)
     decoded = 0
     while True:
         key = index.keyframes[pos] if pos >= 0 else 0
         container.seek(index.pts[key], stream=stream, backward=True, any_frame=False)
-        frames = _decoded(container, stream, wanted)
+        frames = _decoded(container, stream, wanted, stop)
         first = next(frames, None)
         decoded += first is not None
         if first is None or first.pts is None or first.pts <= target or pos <= 0:
@@ -680,19 +722,31 @@ def _seek(container: Any, stream: Any, index: _Index, k: int, target: int, wante
         pos -= 1
 
 
-def _decoded(container: Any, stream: Any, wanted: set[int]) -> Iterator[Any]:
-    """Decode the video stream from where the container is. For H.264, a frame that no other frame refers to
-    (``nal_ref_idc`` 0) is not decoded at all unless it is wanted: skipping it cannot change any other
-    frame, so the samples come out identical and the decoder does less work."""
+def _decoded(container: Any, stream: Any, wanted: set[int], stop: set[int] | None = None) -> Iterator[Any]:
+    """Decode the video stream from where the container is.
+
+    For H.264, a frame that no other frame refers to (``nal_ref_idc`` 0) is not decoded at all unless it is
+    wanted: skipping it cannot change any other frame, so the samples come out identical and the decoder does
+    less work. With ``stop`` (timestamps), once the packets of all those frames are sent the decoder is
+    drained and nothing further is read: every frame up to them in decode order comes out, and the frame
+    threads (which decode a few packets ahead of what they return) decode nothing past them.
+    """
     ctx = stream.codec_context
     can_skip = ctx.name == "h264"
     mode = None
+    left = set(stop) if stop else None
     for packet in container.demux(stream):
         if can_skip:
             skip = "DEFAULT" if packet.pts is None or packet.size == 0 or packet.pts in wanted else "NONREF"
             if skip != mode:
                 ctx.skip_frame = mode = skip
         yield from packet.decode()
+        ts = packet.pts if packet.pts is not None else packet.dts  # as the index has it (``_index``)
+        if left and packet.size and ts in left:
+            left.discard(ts)
+            if not left:
+                yield from ctx.decode(None)  # drain; the next seek's flush makes the decoder ready again
+                return
 
 
 # --- encoding ---------------------------------------------------------------------------------------------------
