@@ -5,9 +5,12 @@
    log on, as ``qwenvl batch`` runs; every prompt is different, so the cache never answers); the planning
    pass before it (``Batch.estimate``: every item planned, tokens and cost summed) is timed apart.
 2. **Memory**: the same tiny text requests, 10,000 and then 100,000 of them (``--memory``), each run in a
-   fresh process against a server that answers at once; peak RSS (``ru_maxrss``) of the whole process, and
-   the RSS once the input items are built, so that the runner's own growth is told apart from the caller's
-   list of items. Target (issue 15): at most +10 MB from 10,000 to 100,000.
+   fresh process against a server that answers at once; peak RSS (``ru_maxrss``) of the whole process.
+   The inputs are given as ``qwenvl batch --requests`` gives them: a JSONL file (written by the benchmark
+   before it measures) read lazily by ``read_requests``, so no list of items is built by the caller and what
+   is measured is the runner's memory. The RSS is also sampled after ``Batch(...)`` took the items, after
+   the estimate and after the run, to show where any growth is. Target (issue 15): at most +10 MB from
+   10,000 to 100,000.
 
 The server is a minimal stdlib asyncio HTTP/1.1 server (keep-alive, listen backlog 256) in a separate
 process, so that it does not share the client's GIL; it reads and parses each JSON body and answers with a
@@ -116,18 +119,28 @@ class ServerProcess:
 
 
 def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
-    from qwenvl.batch import Batch, BatchItem
+    from qwenvl.batch import Batch, read_requests
 
-    items = [BatchItem(id=f"item-{i}", request={"prompt": f"Caption item {i}", "max_tokens": 16}) for i in range(n)]
-    input_rss_mb = _rss_mb()
-    batch = Batch(items, folder / "out.jsonl", concurrency=concurrency, api_key="sk-bench", base_url=url)
+    requests = folder / "requests.jsonl"  # as `qwenvl batch --requests` takes them: one JSON line per item
+    with requests.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"item-{i}", "prompt": f"Caption item {i}", "max_tokens": 16}) + "\n")
+    input_rss_mb = _rss_mb()  # before the items are read (read_requests is lazy: Batch reads the file)
+    batch = Batch(
+        read_requests(requests), folder / "out.jsonl", concurrency=concurrency, api_key="sk-bench", base_url=url
+    )
+    taken_rss_mb = _rss_mb()
     t0 = time.perf_counter()
     est = batch.estimate()
     t1 = time.perf_counter()
+    estimate_rss_mb = _rss_mb()
     summary = batch.run()
     t2 = time.perf_counter()
-    lines = (folder / "out.jsonl").read_text().splitlines()
-    assert summary.ok == n and len(lines) == n, (summary, len(lines))
+    n_lines = 0
+    with (folder / "out.jsonl").open(encoding="utf-8") as out:
+        for _ in out:
+            n_lines += 1
+    assert summary.ok == n and n_lines == n, (summary, n_lines)
     return {
         "n": n,
         "estimate_s": t1 - t0,
@@ -137,6 +150,9 @@ def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
         "to_send": est.to_send,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "input_rss_mb": input_rss_mb,
+        "taken_rss_mb": taken_rss_mb,
+        "estimate_rss_mb": estimate_rss_mb,
+        "run_rss_mb": _rss_mb(),
     }
 
 
@@ -217,14 +233,19 @@ def main() -> None:
         small = measure_in_child(srv.url, n_small, args.concurrency)
         large = measure_in_child(srv.url, n_large, args.concurrency)
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
-    own = (large["peak_rss_mb"] - large["input_rss_mb"]) - (small["peak_rss_mb"] - small["input_rss_mb"])
     per_item = growth * 1e6 / (n_large - n_small)
-    memory_rows = f"""| peak RSS, {n_small:,} tiny text items (input items built: {small["input_rss_mb"]:.1f} MB) | \
-{small["peak_rss_mb"]:.1f} MB | |
-| peak RSS, {n_large:,} tiny text items (input items built: {large["input_rss_mb"]:.1f} MB) | \
-{large["peak_rss_mb"]:.1f} MB | |
-| growth {n_small:,} -> {n_large:,} (whole process) | **{growth:+.1f} MB** ({per_item:.0f} B per item) | <= +10 MB |
-| of which the runner's own (peak minus RSS with the input built) | **{own:+.1f} MB** | (info) |"""
+
+    def stages(r: dict) -> str:
+        return " / ".join(
+            f"{r[k]:.1f}" for k in ("input_rss_mb", "taken_rss_mb", "estimate_rss_mb", "run_rss_mb", "peak_rss_mb")
+        )
+
+    memory_rows = f"""| RSS, {n_small:,} tiny text items: before / items taken / estimated / run / peak (MB) | \
+{stages(small)} | |
+| RSS, {n_large:,} tiny text items: before / items taken / estimated / run / peak (MB) | \
+{stages(large)} | |
+| growth of peak RSS {n_small:,} -> {n_large:,} (whole process) | **{growth:+.1f} MB** \
+({per_item:.0f} B per item) | <= +10 MB |"""
     print(memory_rows)
     if args.memory_only:
         if not args.no_write:
@@ -235,7 +256,10 @@ def main() -> None:
                 f"""Measured by `bench/bench_batch.py --memory-only --memory \
 {args.memory}` on {time.strftime("%Y-%m-%d")}. Machine: {machine()}; busy (shared with other engineers).
 Each count runs in a fresh process against a loopback server that answers at once; journal, response
-cache and usage log on, as `qwenvl batch` runs.
+cache and usage log on, as `qwenvl batch` runs. The items come as `qwenvl batch --requests` takes them: a
+JSONL file written first and read lazily (`read_requests`) by `Batch`, so the caller holds no list of
+items and the growth measured is the runner's. "before" is the RSS once the file is written, before
+`Batch(...)` reads it.
 
 | measure | result | target |
 | --- | --- | --- |

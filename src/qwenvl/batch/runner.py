@@ -117,12 +117,12 @@ class Estimate:
     models: list[str] = field(default_factory=list)
     price_factor: float = 1.0  # 0.5 for the Batch API
     currency: str = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
-    # The plan errors and cache hits themselves are kept with the items (``spool``), not here: an estimate's
-    # size does not grow with the batch.
+    # plan errors by item id: the invalid items only (which items the cache answers is kept in the spool)
+    errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["errors"] = self.invalid  # the dry run's JSON has always had both
+        out["errors"] = len(self.errors)
         return out
 
 
@@ -348,11 +348,11 @@ class Batch:
         errors: list[tuple[int, dict[str, Any]]] = []
         cached: list[int] = []
 
-        def one(seq: int, item: BatchItem) -> tuple[int, Any]:
+        def one(seq: int, item: BatchItem) -> tuple[int, str, Any]:
             try:
                 call = self.planner.plan(item.request, estimate_only=True)
             except (MediaError, UsageError) as exc:
-                return seq, exc
+                return seq, item.id, exc
             tokens, unknown = input_tokens_of(call)
             # Without placeholders the estimate's body is the real one; with them the key is unknown until the
             # run prepares the item (it looks the cache up then).
@@ -362,11 +362,11 @@ class Batch:
                     hit = self.cache.has_source(source_key_for(self.planner, call))
                 else:
                     hit = key_for(self.planner, call) in self.cache
-            return seq, (call.model, call.request.max_tokens, tokens, unknown, hit)
+            return seq, item.id, (call.model, call.request.max_tokens, tokens, unknown, hit)
 
-        def fold(seq: int, res: Any) -> None:
+        def fold(seq: int, item_id: str, res: Any) -> None:
             if isinstance(res, QwenVLError):
-                est.invalid += 1
+                est.errors[item_id] = res
                 errors.append((seq, error_record(res)))
             elif self._fold_estimate(est, models, res, self.planner.region):
                 cached.append(seq)
@@ -378,7 +378,7 @@ class Batch:
         # folded as they come, not kept per item; media items in threads, at most `window` of them in flight
         window = 4 * self.plan_threads
         with ThreadPoolExecutor(self.plan_threads) as pool:
-            running: set[Future[tuple[int, Any]]] = set()
+            running: set[Future[tuple[int, str, Any]]] = set()
             for seq, item, media in self.spool.pending():
                 if not media:
                     fold(*one(seq, item))
@@ -391,6 +391,7 @@ class Batch:
             for f in running:
                 fold(*f.result())
         self.spool.set_estimates(errors, cached)
+        est.invalid = len(est.errors)
         est.models = sorted(models)
         self._estimate = est
         return est

@@ -197,7 +197,7 @@ class Spool:
         while True:
             with self.lock:
                 rows = self.conn.execute(
-                    "SELECT seq, id, fingerprint FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (last, CHUNK * 8)
+                    "SELECT seq, id, fingerprint FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (last, CHUNK)
                 ).fetchall()
             if not rows:
                 return
