@@ -124,3 +124,37 @@ def test_the_runner_keeps_no_python_state_per_item(isolated_env, monkeypatch):
     _traced_peak(isolated_env, 50)  # warm-up: imports, connections, caches
     small, large = _traced_peak(isolated_env, 600), _traced_peak(isolated_env, 3600)
     assert large - small < 40 * 3000, (small, large)
+
+
+def test_the_usage_log_queue_is_bounded(tmp_path: Path):
+    """A writer far behind (here: stalled on its connection's lock) makes ``submit`` wait for room instead of
+    queueing rows without end; nothing is dropped once it catches up."""
+    import contextlib
+    import sqlite3
+    import threading
+
+    from qwenvl.batch import usagelog
+    from qwenvl.batch.db import BackgroundWriter, SharedConnection
+
+    shared = SharedConnection(usagelog.MIGRATIONS)
+    writer = BackgroundWriter(shared)
+    writer.MAX_QUEUED = 3
+    path = tmp_path / "usage.db"
+    row = tuple(
+        getattr(usagelog.Entry(model="m", protocol="compat", outcome="ok", time=1.0), c) for c in usagelog._COLUMNS
+    )
+    try:
+        with shared._lock:  # the writer cannot write
+            for _ in range(3):
+                writer.submit(path, usagelog._INSERT, row)
+            fourth = threading.Thread(target=writer.submit, args=(path, usagelog._INSERT, row), daemon=True)
+            fourth.start()
+            fourth.join(0.5)
+            assert fourth.is_alive()  # waiting for room
+        fourth.join(30)
+        assert not fourth.is_alive()
+        assert writer.flush(30)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 4
+    finally:
+        shared.close()

@@ -123,10 +123,16 @@ class BackgroundWriter:
     commit instead of one each (and never wait on each other's commits). ``flush`` waits until everything
     queued so far is committed; it runs at exit too. A process killed with SIGKILL can lose the rows of its
     last few milliseconds.
+
+    The queue is bounded: when ``MAX_QUEUED`` rows wait (the writer is far behind: a slow or hung disk, or
+    producers faster than any disk), ``submit`` waits for room, up to ``MAX_WAIT_S``, then queues anyway (a
+    row is never dropped; memory then grows only while the disk does not answer).
     """
 
     MAX_GROUP = 1000
     GROUP_WINDOW_S = 0.01
+    MAX_QUEUED = 2 * MAX_GROUP  # about 150 B per row: 300 kB at most, whatever the number of requests
+    MAX_WAIT_S = 10.0
 
     def __init__(self, shared: SharedConnection) -> None:
         self._shared = shared
@@ -146,10 +152,12 @@ class BackgroundWriter:
 
     def submit(self, path: Path | str, sql: str, params: tuple) -> None:
         with self._cond:
-            self._pending += 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="qwenvl-log-writer", daemon=True)
                 self._thread.start()
+            if self._pending >= self.MAX_QUEUED:
+                self._cond.wait_for(lambda: self._pending < self.MAX_QUEUED, self.MAX_WAIT_S)
+            self._pending += 1
         self._queue.put((str(path), sql, params))
 
     def flush(self, timeout: float = 10.0) -> bool:
