@@ -19,6 +19,8 @@ chat.completion after ``--delay`` seconds, in one write.
 Run (from the repository root; not part of CI):
 
     .venv/bin/python bench/bench_batch.py [--requests 2000] [--concurrency 64] [--no-write]
+    .venv/bin/python bench/bench_batch.py --memory-only --memory 10000,100000
+    .venv/bin/python bench/bench_batch.py --against /tmp/ref/src --repeat 5   # throughput vs another tree
 """
 
 from __future__ import annotations
@@ -193,11 +195,43 @@ def wait_for_quiet(idle_pct: float = 90.0, max_wait_s: float = 180.0) -> bool:
     return False
 
 
-def measure_in_child(url: str, n: int, concurrency: int) -> dict:
+def measure_in_child(url: str, n: int, concurrency: int, src: str | None = None) -> dict:
+    """One run in a fresh process; with ``src``, that folder's ``qwenvl`` is imported instead of ours."""
+    env = {**os.environ, "PYTHONPATH": src} if src else None
     out = subprocess.run(
-        [sys.executable, __file__, "--child", url, str(n), str(concurrency)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", url, str(n), str(concurrency)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Throughput of this tree against another qwenvl source folder (``--against``), in interleaved rounds
+    (A-B, then B-A) on the same server, without waiting for an idle machine: per-round ratios and medians."""
+    ours: list[dict] = []
+    ref: list[dict] = []
+    with ServerProcess(args.delay) as srv:
+        for n in range(args.repeat):
+            for which in ("ours", "ref") if n % 2 == 0 else ("ref", "ours"):
+                load = os.getloadavg()[0]
+                r = measure_in_child(srv.url, args.requests, args.concurrency, args.against if which == "ref" else None)
+                (ours if which == "ours" else ref).append({**r, "load": load})
+                print(f"  {which}: run {r['run_s']:.3f} s, estimate {r['estimate_s']:.3f} s (load {load:.1f})")
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    ratios = [a["run_s"] / b["run_s"] for a, b in zip(ours, ref, strict=True)]
+    loads = [r["load"] for r in ours + ref]
+    print(
+        f"throughput, {args.requests} requests at concurrency {args.concurrency}, {args.repeat} interleaved rounds, "
+        f"1-min load {min(loads):.1f}-{max(loads):.1f}: ours {median([r['run_s'] for r in ours]):.3f} s, "
+        f"{args.against} {median([r['run_s'] for r in ref]):.3f} s; per-round ratio ours/ref median "
+        f"{median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in sorted(ratios))})"
+    )
 
 
 def main() -> None:
@@ -209,7 +243,16 @@ def main() -> None:
     ap.add_argument("--memory", default="10000,100000", help="item counts for the memory runs (two)")
     ap.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument(
+        "--against",
+        metavar="SRC",
+        help="compare throughput with another qwenvl source folder (e.g. `git archive REV src | tar -x -C DIR`, "
+        "then DIR/src), interleaved; prints only",
+    )
     args = ap.parse_args()
+    if args.against:
+        compare(args)
+        return
 
     ideal = args.requests / args.concurrency * args.delay
     runs: list[dict] = []

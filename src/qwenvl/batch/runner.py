@@ -42,6 +42,14 @@ items with local media are found through the cache's index by file identity (``c
 size, modification time), which every answered item records; a file copied or touched since counts as to
 send (an upper bound), and the run still looks it up by content once prepared (a hit takes no slot).
 
+**Memory does not grow with the batch.** The items (a list or any iterable) are taken once by the constructor
+into a temporary SQLite file (``spool``); the estimate, the journal's registration and the workers read
+them back in chunks, and what is found per item (its fingerprint, a plan error, a cache hit, whether it is
+still to do) is kept there or in the journal, not in Python objects. Queues are bounded: the workers take
+items as they need them, a worker waits for its answer's commit, the usage log's writer makes producers wait
+when far behind. What stays per item in memory: the estimate's plan errors (``Estimate.errors``, invalid
+items only) and items that cannot be pickled (see ``spool``). Measured: ``bench/bench_batch.py --memory``.
+
 Resume and output: see ``journal``. Cache: see ``cache``.
 """
 
