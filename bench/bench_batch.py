@@ -155,7 +155,20 @@ def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
         "taken_rss_mb": taken_rss_mb,
         "estimate_rss_mb": estimate_rss_mb,
         "run_rss_mb": _rss_mb(),
+        **{f"{k}_mb": v for k, v in _rss_parts().items()},  # at the end of the run: anonymous, file, shared
     }
+
+
+def _rss_parts() -> dict[str, float]:
+    """RssAnon (heap: Python objects, malloc, SQLite caches), RssFile (mapped files: libraries) and RssShmem
+    (shared mappings: SQLite's WAL indexes, the -shm files) from /proc/self/status, in MB."""
+    parts = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                name, value = line.split(":")
+                parts[name] = int(value.split()[0]) / 1024
+    return parts
 
 
 def _rss_mb() -> float:
@@ -288,7 +301,10 @@ def main() -> None:
 | RSS, {n_large:,} tiny text items: before / items taken / estimated / run / peak (MB) | \
 {stages(large)} | |
 | growth of peak RSS {n_small:,} -> {n_large:,} (whole process) | **{growth:+.1f} MB** \
-({per_item:.0f} B per item) | <= +10 MB |"""
+({per_item:.0f} B per item) | <= +10 MB |
+| RSS at the end of the run, anonymous / file-backed / shared (MB): {n_small:,} items -> {n_large:,} items | \
+{" / ".join(f"{small.get(k, 0):.1f} -> {large.get(k, 0):.1f}" for k in ("RssAnon_mb", "RssFile_mb", "RssShmem_mb"))} \
+| (info) |"""
     print(memory_rows)
     if args.memory_only:
         if not args.no_write:
@@ -309,6 +325,17 @@ items and the growth measured is the runner's. "before" is the RSS once the file
 {memory_rows}
 
 Result: memory {"met" if growth <= 10 else "NOT MET"}.
+
+How it is kept flat: `Batch` takes the items once into SQLite's temporary database (`qwenvl.batch.spool`:
+id, fingerprint, the pickled item, and what the estimate finds) and the estimate, the journal's
+registration and the workers read them back 256 at a time; the journal's pending items are streamed into
+the spool, not held in a set; the estimate folds results as they come (at most 4 x plan_threads media
+plans in flight); the usage log's writer queue is bounded (2,000 rows). What is left is anonymous memory
+(the heap; the last row), which varies by a few MB between runs of the same size, so it is not proportional
+to the items; it was not traced further (candidates: the glibc arenas of 64 worker threads, the queues'
+depth at the moment of the peak). No Python object is kept per item:
+`tests/test_batch_memory.py` checks with tracemalloc that the peak of Python allocations does not grow
+from 600 to 3,600 items.
 """,
             )
         return
