@@ -158,3 +158,23 @@ def test_the_usage_log_queue_is_bounded(tmp_path: Path):
             assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == 4
     finally:
         shared.close()
+
+
+def test_a_temporary_folder_without_room_is_one_line_and_sends_nothing(server, isolated_env):
+    """The spool goes to SQLite's temporary folder: when it is full, `qwenvl batch` says so in one line (exit 2)
+    with the way out, before any request."""
+    from conftest import API_KEY, run_cli
+    from test_batch_journal import tmpfs
+
+    reqs = isolated_env / "r.jsonl"
+    with reqs.open("w", encoding="utf-8") as fh:
+        for i in range(1500):  # about 6 MB of prompts: more than the 1 MB folder holds
+            fh.write(json.dumps({"id": f"q{i}", "prompt": f"{i} " + "x" * 4000}) + "\n")
+    small = isolated_env / "small-tmp"
+    with tmpfs(small, "size=1m"):
+        env = {"DASHSCOPE_API_KEY": API_KEY, "SQLITE_TMPDIR": str(small), "TMPDIR": str(small)}
+        p = run_cli("batch", "--requests", str(reqs), "-o", "out.jsonl", "--base-url", server.url, env=env)
+    assert p.returncode == 2, p.stderr
+    assert "cannot write the batch's temporary file: no space left" in p.stderr
+    assert "TMPDIR" in p.stderr and "Traceback" not in p.stderr
+    assert server.requests == []

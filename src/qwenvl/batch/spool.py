@@ -15,11 +15,13 @@ SQLite deletes as soon as it is opened, so nothing is left behind, even by a kil
 ``CACHE_KIB``; pages beyond it go to that file.
 
 Ids are unique: a repeated id is refused (``UsageError``) as soon as it is met, naming both items (their
-lines when they come from a requests file).
+lines when they come from a requests file). A temporary folder without room (or any other SQLite error on
+the spool) is a one-line ``UsageError`` naming ``$TMPDIR``; a Batch whose spool failed cannot be used again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import sqlite3
@@ -29,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from qwenvl.batch.inputs import BatchItem
+from qwenvl.batch.journal import is_disk_full
 from qwenvl.errors import UsageError
 
 CHUNK = 256  # rows read back at a time
@@ -49,6 +52,21 @@ _SCHEMA = """CREATE TABLE items (
     todo INTEGER NOT NULL DEFAULT 0)     -- the run's view: pending in the journal"""
 
 
+@contextlib.contextmanager
+def _io() -> Iterator[None]:
+    """SQLite errors of the spool as one-line UsageErrors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        why = "no space left" if is_disk_full(exc) else str(exc)
+        raise UsageError(
+            f"cannot write the batch's temporary file: {why}",
+            hint="It goes to $SQLITE_TMPDIR, else $TMPDIR, else /var/tmp or /tmp (about the size of the items): "
+            "free some space there or point TMPDIR to a folder with room. Nothing was sent for the items not "
+            "yet finished; run again to resume.",
+        ) from None
+
+
 class Spool:
     """The items of one batch (see the module). Methods are called by one thread at a time."""
 
@@ -65,14 +83,16 @@ class Spool:
         self.conn = conn
         self.lock = threading.Lock()
         self.kept: dict[int, BatchItem] = {}  # items that cannot be pickled, by seq
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        conn.execute("PRAGMA temp_store = FILE")
-        conn.execute("PRAGMA journal_mode = OFF")
-        conn.execute("PRAGMA synchronous = OFF")
-        conn.execute(_SCHEMA)
         self.count = 0
         try:
-            self._take(items, fingerprint, has_media)
+            with _io():
+                conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+                conn.execute("PRAGMA temp_store = FILE")
+                # no rollback journal: the spool is rebuilt rather than recovered (a failed Batch is not reused)
+                conn.execute("PRAGMA journal_mode = OFF")
+                conn.execute("PRAGMA synchronous = OFF")
+                conn.execute(_SCHEMA)
+                self._take(items, fingerprint, has_media)
         except BaseException:
             self.close()
             raise
@@ -104,11 +124,9 @@ class Spool:
                 if self.count % WRITE_CHUNK == 0:
                     c.execute("COMMIT")
                     c.execute("BEGIN")
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
+        finally:
+            if c.in_transaction:  # also after an error: the spool is closed then
+                c.execute("COMMIT")
 
     def _repeated(self, item: BatchItem, seq: int) -> UsageError:
         first_seq, blob = self.conn.execute("SELECT seq, item FROM items WHERE id = ?", (item.id,)).fetchone()
@@ -125,7 +143,8 @@ class Spool:
         return item
 
     def get(self, item_id: str) -> BatchItem | None:
-        row = self.conn.execute("SELECT seq, item FROM items WHERE id = ?", (item_id,)).fetchone()
+        with _io():
+            row = self.conn.execute("SELECT seq, item FROM items WHERE id = ?", (item_id,)).fetchone()
         return None if row is None else self._load(*row)
 
     def _chunks(self, where: str, columns: str = "") -> Iterator[list[tuple[Any, ...]]]:
@@ -133,9 +152,11 @@ class Spool:
         read by its own query, so rows may be updated between chunks."""
         last = -1
         while True:
-            rows = self.conn.execute(
-                f"SELECT seq, item{columns} FROM items WHERE seq > ? AND {where} ORDER BY seq LIMIT ?", (last, CHUNK)
-            ).fetchall()
+            with _io():
+                rows = self.conn.execute(
+                    f"SELECT seq, item{columns} FROM items WHERE seq > ? AND {where} ORDER BY seq LIMIT ?",
+                    (last, CHUNK),
+                ).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
@@ -147,34 +168,27 @@ class Spool:
         are pending: not found, changed (another fingerprint), or in a status not in ``done``. Forgets what
         an earlier estimate found. Returns whether an unchanged item is in an uncollected Batch API job."""
         c = self.conn
-        with self.lock:
-            c.execute("BEGIN")
-            try:
-                c.execute(
-                    "UPDATE items SET pending = 1, prev_fingerprint = NULL, prev_status = NULL, error = NULL, "
-                    "cached = 0"
-                )
-                c.executemany(
-                    "UPDATE items SET prev_fingerprint = ?, prev_status = ? WHERE id = ?",
-                    ((fp, status, item_id) for item_id, fp, status in finished),
-                )
-                marks = ",".join("?" * len(done))
-                c.execute(
-                    f"UPDATE items SET pending = 0 WHERE prev_fingerprint = fingerprint AND prev_status IN ({marks})",
-                    done,
-                )
-                c.execute("COMMIT")
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
+        with self.lock, _io(), self._transaction():
+            c.execute(
+                "UPDATE items SET pending = 1, prev_fingerprint = NULL, prev_status = NULL, error = NULL, cached = 0"
+            )
+            c.executemany(
+                "UPDATE items SET prev_fingerprint = ?, prev_status = ? WHERE id = ?",
+                ((fp, status, item_id) for item_id, fp, status in finished),
+            )
+            marks = ",".join("?" * len(done))
+            c.execute(
+                f"UPDATE items SET pending = 0 WHERE prev_fingerprint = fingerprint AND prev_status IN ({marks})",
+                done,
+            )
+        with self.lock, _io():
             row = c.execute(
                 "SELECT 1 FROM items WHERE prev_status = 'submitted' AND prev_fingerprint = fingerprint LIMIT 1"
             ).fetchone()
         return row is not None
 
     def count_where(self, where: str) -> int:
-        with self.lock:
+        with self.lock, _io():
             return int(self.conn.execute(f"SELECT count(*) FROM items WHERE {where}").fetchone()[0])
 
     def pending(self) -> Iterator[tuple[int, BatchItem, bool]]:
@@ -185,7 +199,7 @@ class Spool:
 
     def set_estimates(self, errors: list[tuple[int, dict[str, Any]]], cached: list[int]) -> None:
         """Record the estimate's plan errors (``error_record`` dicts) and cache hits, by seq."""
-        with self.lock:
+        with self.lock, _io():
             self.conn.executemany("UPDATE items SET error = ? WHERE seq = ?", ((json.dumps(e), s) for s, e in errors))
             self.conn.executemany("UPDATE items SET cached = 1 WHERE seq = ?", ((s,) for s in cached))
 
@@ -195,7 +209,7 @@ class Spool:
         position: the spool's seq)."""
         last = -1
         while True:
-            with self.lock:
+            with self.lock, _io():
                 rows = self.conn.execute(
                     "SELECT seq, id, fingerprint FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (last, CHUNK)
                 ).fetchall()
@@ -208,22 +222,15 @@ class Spool:
     def mark_todo(self, seqs: Iterable[int]) -> int:
         """Make exactly the items at ``seqs`` (the journal's pending ones) the run's to-do. Returns how many."""
         c = self.conn
-        with self.lock:
-            c.execute("BEGIN")
-            try:
-                c.execute("UPDATE items SET todo = 0 WHERE todo = 1")
-                c.executemany("UPDATE items SET todo = 1 WHERE seq = ?", ((s,) for s in seqs))
-                c.execute("COMMIT")
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
+        with self.lock, _io(), self._transaction():
+            c.execute("UPDATE items SET todo = 0 WHERE todo = 1")
+            c.executemany("UPDATE items SET todo = 1 WHERE seq = ?", ((s,) for s in seqs))
         return self.count_where("todo = 1")
 
     def todo_errors(self) -> Iterator[tuple[BatchItem, dict[str, Any]]]:
         """The to-do items with a plan error found by the estimate (their record), taken off the to-do."""
         for rows in self._locked(self._chunks("todo = 1 AND error IS NOT NULL", ", error")):
-            with self.lock:
+            with self.lock, _io():
                 self.conn.executemany("UPDATE items SET todo = 0 WHERE seq = ?", ((r[0],) for r in rows))
             for seq, blob, error in rows:
                 yield self._load(seq, blob), json.loads(error)
@@ -234,6 +241,17 @@ class Spool:
         for rows in self._locked(self._chunks("todo = 1", ", cached")):
             for seq, blob, cached in rows:
                 yield self._load(seq, blob), bool(cached)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction, committed even after an error (there is no rollback journal: each method that
+        writes recomputes its columns from the start, and a spool that failed is not used again)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
 
     def _locked(self, chunks: Iterator[list[tuple[Any, ...]]]) -> Iterator[list[tuple[Any, ...]]]:
         """``chunks`` with each query run under the spool's lock."""
