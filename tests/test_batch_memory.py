@@ -98,14 +98,14 @@ class _ForgetfulEcho(_EchoBackend):
         return response
 
 
-def _traced_peak(folder: Path, n: int) -> int:
+def _traced_peak(folder: Path, n: int, tag: str = "") -> int:
     """Peak Python memory (tracemalloc) of a batch of ``n`` items from a generator: constructor, estimate, run."""
     client = qwenvl.Client(backend=_ForgetfulEcho())
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
-        job = Batch(_items(n), folder / f"out{n}.jsonl", client=client, concurrency=4)
+        job = Batch(_items(n), folder / f"out{n}{tag}.jsonl", client=client, concurrency=4)
         job.estimate()
         summary = job.run()
         peak = tracemalloc.get_traced_memory()[1] - base
@@ -122,8 +122,10 @@ def test_the_runner_keeps_no_python_state_per_item(isolated_env, monkeypatch):
     chunks; the usage log is off here (its queue depth depends on the threads' timing: bounded, see below)."""
     monkeypatch.setenv("QWENVL_LOG", "0")
     _traced_peak(isolated_env, 50)  # warm-up: imports, connections, caches
-    small, large = _traced_peak(isolated_env, 600), _traced_peak(isolated_env, 3600)
-    assert large - small < 40 * 3000, (small, large)
+    # the lower of two runs each: what is in flight at the peak depends on the threads' timing
+    small = min(_traced_peak(isolated_env, 600, tag) for tag in "ab")
+    large = min(_traced_peak(isolated_env, 3600, tag) for tag in "ab")
+    assert large - small < 40 * 3000, f"peak of Python allocations: {small} B at 600 items, {large} B at 3600"
 
 
 def test_the_usage_log_queue_is_bounded(tmp_path: Path):
