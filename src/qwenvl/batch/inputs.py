@@ -10,7 +10,7 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,9 +139,14 @@ def is_video(ref: str) -> bool:
     return source.is_remote and Path(ref.split("?")[0]).suffix.lower() in _VIDEO_SUFFIXES
 
 
-def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> Iterator[BatchItem]:
-    """One item per media reference, made as it is taken: ``{**fields, "image": ref}`` (``"video"`` for a
-    video); id = the ref."""
+def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem]:
+    """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref.
+    ``iter_items_from_inputs`` makes them one at a time (what ``qwenvl batch`` gives ``Batch``)."""
+    return list(iter_items_from_inputs(refs, fields))
+
+
+def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Iterator[BatchItem]:
+    """``items_from_inputs``, each item made (and its file sniffed) as it is taken: no list of items."""
     for ref in refs:
         key = "video" if is_video(ref) else "image"
         yield BatchItem(id=ref, request={**fields, key: ref}, input=ref)
