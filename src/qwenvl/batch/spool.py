@@ -61,9 +61,9 @@ def _io() -> Iterator[None]:
         why = "no space left" if is_disk_full(exc) else str(exc)
         raise UsageError(
             f"cannot write the batch's temporary file: {why}",
-            hint="It goes to $SQLITE_TMPDIR, else $TMPDIR, else /var/tmp or /tmp (about the size of the items): "
-            "free some space there or point TMPDIR to a folder with room. Nothing was sent for the items not "
-            "yet finished; run again to resume.",
+            hint="It is written to $SQLITE_TMPDIR, else $TMPDIR, else /var/tmp or /tmp (about the size of the "
+            "items): free some space there or point TMPDIR to a folder with room, then run again (finished "
+            "items are kept).",
         ) from None
 
 
@@ -131,9 +131,8 @@ class Spool:
     def _repeated(self, item: BatchItem, seq: int) -> UsageError:
         first_seq, blob = self.conn.execute("SELECT seq, item FROM items WHERE id = ?", (item.id,)).fetchone()
         first = self._load(first_seq, blob)
-        source = getattr(item, "source", None)
-        if source and item.line is not None and first.line is not None:
-            return UsageError(f"{source} line {item.line}: id {item.id!r} is already used on line {first.line}")
+        if item.source and item.line is not None and first.line is not None:
+            return UsageError(f"{item.source} line {item.line}: id {item.id!r} is already used on line {first.line}")
         return UsageError(f"item id {item.id!r} is given twice (items {first_seq + 1} and {seq + 1})")
 
     def _load(self, seq: int, blob: bytes | None) -> BatchItem:
