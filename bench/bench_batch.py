@@ -5,9 +5,12 @@
    log on, as ``qwenvl batch`` runs; every prompt is different, so the cache never answers); the planning
    pass before it (``Batch.estimate``: every item planned, tokens and cost summed) is timed apart.
 2. **Memory**: the same tiny text requests, 10,000 and then 100,000 of them (``--memory``), each run in a
-   fresh process against a server that answers at once; peak RSS (``ru_maxrss``) of the whole process, and
-   the RSS once the input items are built, so that the runner's own growth is told apart from the caller's
-   list of items. Target (issue 15): at most +10 MB from 10,000 to 100,000.
+   fresh process against a server that answers at once; peak RSS (``ru_maxrss``) of the whole process.
+   The inputs are given as ``qwenvl batch --requests`` gives them: a JSONL file (written by the benchmark
+   before it measures) read lazily by ``read_requests``, so no list of items is built by the caller and what
+   is measured is the runner's memory. The RSS is also sampled after ``Batch(...)`` took the items, after
+   the estimate and after the run, to show where any growth is. Target (issue 15): at most +10 MB from
+   10,000 to 100,000.
 
 The server is a minimal stdlib asyncio HTTP/1.1 server (keep-alive, listen backlog 256) in a separate
 process, so that it does not share the client's GIL; it reads and parses each JSON body and answers with a
@@ -16,6 +19,8 @@ chat.completion after ``--delay`` seconds, in one write.
 Run (from the repository root; not part of CI):
 
     .venv/bin/python bench/bench_batch.py [--requests 2000] [--concurrency 64] [--no-write]
+    .venv/bin/python bench/bench_batch.py --memory-only --memory 10000,100000
+    .venv/bin/python bench/bench_batch.py --against /tmp/ref/src --repeat 5   # throughput vs another tree
 """
 
 from __future__ import annotations
@@ -116,18 +121,28 @@ class ServerProcess:
 
 
 def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
-    from qwenvl.batch import Batch, BatchItem
+    from qwenvl.batch import Batch, read_requests
 
-    items = [BatchItem(id=f"item-{i}", request={"prompt": f"Caption item {i}", "max_tokens": 16}) for i in range(n)]
-    input_rss_mb = _rss_mb()
-    batch = Batch(items, folder / "out.jsonl", concurrency=concurrency, api_key="sk-bench", base_url=url)
+    requests = folder / "requests.jsonl"  # as `qwenvl batch --requests` takes them: one JSON line per item
+    with requests.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"item-{i}", "prompt": f"Caption item {i}", "max_tokens": 16}) + "\n")
+    input_rss_mb = _rss_mb()  # before the items are read (read_requests is lazy: Batch reads the file)
+    batch = Batch(
+        read_requests(requests), folder / "out.jsonl", concurrency=concurrency, api_key="sk-bench", base_url=url
+    )
+    taken_rss_mb = _rss_mb()
     t0 = time.perf_counter()
     est = batch.estimate()
     t1 = time.perf_counter()
+    estimate_rss_mb = _rss_mb()
     summary = batch.run()
     t2 = time.perf_counter()
-    lines = (folder / "out.jsonl").read_text().splitlines()
-    assert summary.ok == n and len(lines) == n, (summary, len(lines))
+    n_lines = 0
+    with (folder / "out.jsonl").open(encoding="utf-8") as out:
+        for _ in out:
+            n_lines += 1
+    assert summary.ok == n and n_lines == n, (summary, n_lines)
     return {
         "n": n,
         "estimate_s": t1 - t0,
@@ -137,7 +152,23 @@ def run_batch(url: str, n: int, concurrency: int, folder: Path) -> dict:
         "to_send": est.to_send,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "input_rss_mb": input_rss_mb,
+        "taken_rss_mb": taken_rss_mb,
+        "estimate_rss_mb": estimate_rss_mb,
+        "run_rss_mb": _rss_mb(),
+        **{f"{k}_mb": v for k, v in _rss_parts().items()},  # at the end of the run: anonymous, file, shared
     }
+
+
+def _rss_parts() -> dict[str, float]:
+    """RssAnon (heap: Python objects, malloc, SQLite caches), RssFile (mapped files: libraries) and RssShmem
+    (shared mappings: SQLite's WAL indexes, the -shm files) from /proc/self/status, in MB."""
+    parts = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                name, value = line.split(":")
+                parts[name] = int(value.split()[0]) / 1024
+    return parts
 
 
 def _rss_mb() -> float:
@@ -177,11 +208,43 @@ def wait_for_quiet(idle_pct: float = 90.0, max_wait_s: float = 180.0) -> bool:
     return False
 
 
-def measure_in_child(url: str, n: int, concurrency: int) -> dict:
+def measure_in_child(url: str, n: int, concurrency: int, src: str | None = None) -> dict:
+    """One run in a fresh process; with ``src``, that folder's ``qwenvl`` is imported instead of ours."""
+    env = {**os.environ, "PYTHONPATH": src} if src else None
     out = subprocess.run(
-        [sys.executable, __file__, "--child", url, str(n), str(concurrency)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", url, str(n), str(concurrency)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Throughput of this tree against another qwenvl source folder (``--against``), in interleaved rounds
+    (A-B, then B-A) on the same server, without waiting for an idle machine: per-round ratios and medians."""
+    ours: list[dict] = []
+    ref: list[dict] = []
+    with ServerProcess(args.delay) as srv:
+        for n in range(args.repeat):
+            for which in ("ours", "ref") if n % 2 == 0 else ("ref", "ours"):
+                load = os.getloadavg()[0]
+                r = measure_in_child(srv.url, args.requests, args.concurrency, args.against if which == "ref" else None)
+                (ours if which == "ours" else ref).append({**r, "load": load})
+                print(f"  {which}: run {r['run_s']:.3f} s, estimate {r['estimate_s']:.3f} s (load {load:.1f})")
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    ratios = [a["run_s"] / b["run_s"] for a, b in zip(ours, ref, strict=True)]
+    loads = [r["load"] for r in ours + ref]
+    print(
+        f"throughput, {args.requests} requests at concurrency {args.concurrency}, {args.repeat} interleaved rounds, "
+        f"1-min load {min(loads):.1f}-{max(loads):.1f}: ours {median([r['run_s'] for r in ours]):.3f} s, "
+        f"{args.against} {median([r['run_s'] for r in ref]):.3f} s; per-round ratio ours/ref median "
+        f"{median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in sorted(ratios))})"
+    )
 
 
 def main() -> None:
@@ -193,7 +256,16 @@ def main() -> None:
     ap.add_argument("--memory", default="10000,100000", help="item counts for the memory runs (two)")
     ap.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    ap.add_argument(
+        "--against",
+        metavar="SRC",
+        help="compare throughput with another qwenvl source folder (e.g. `git archive REV src | tar -x -C DIR`, "
+        "then DIR/src), interleaved; prints only",
+    )
     args = ap.parse_args()
+    if args.against:
+        compare(args)
+        return
 
     ideal = args.requests / args.concurrency * args.delay
     runs: list[dict] = []
@@ -217,14 +289,22 @@ def main() -> None:
         small = measure_in_child(srv.url, n_small, args.concurrency)
         large = measure_in_child(srv.url, n_large, args.concurrency)
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
-    own = (large["peak_rss_mb"] - large["input_rss_mb"]) - (small["peak_rss_mb"] - small["input_rss_mb"])
     per_item = growth * 1e6 / (n_large - n_small)
-    memory_rows = f"""| peak RSS, {n_small:,} tiny text items (input items built: {small["input_rss_mb"]:.1f} MB) | \
-{small["peak_rss_mb"]:.1f} MB | |
-| peak RSS, {n_large:,} tiny text items (input items built: {large["input_rss_mb"]:.1f} MB) | \
-{large["peak_rss_mb"]:.1f} MB | |
-| growth {n_small:,} -> {n_large:,} (whole process) | **{growth:+.1f} MB** ({per_item:.0f} B per item) | <= +10 MB |
-| of which the runner's own (peak minus RSS with the input built) | **{own:+.1f} MB** | (info) |"""
+
+    def stages(r: dict) -> str:
+        return " / ".join(
+            f"{r[k]:.1f}" for k in ("input_rss_mb", "taken_rss_mb", "estimate_rss_mb", "run_rss_mb", "peak_rss_mb")
+        )
+
+    memory_rows = f"""| RSS, {n_small:,} tiny text items: before / items taken / estimated / run / peak (MB) | \
+{stages(small)} | |
+| RSS, {n_large:,} tiny text items: before / items taken / estimated / run / peak (MB) | \
+{stages(large)} | |
+| growth of peak RSS {n_small:,} -> {n_large:,} (whole process) | **{growth:+.1f} MB** \
+({per_item:.0f} B per item) | <= +10 MB |
+| RSS at the end of the run, anonymous / file-backed / shared (MB): {n_small:,} items -> {n_large:,} items | \
+{" / ".join(f"{small.get(k, 0):.1f} -> {large.get(k, 0):.1f}" for k in ("RssAnon_mb", "RssFile_mb", "RssShmem_mb"))} \
+| (info) |"""
     print(memory_rows)
     if args.memory_only:
         if not args.no_write:
@@ -235,13 +315,27 @@ def main() -> None:
                 f"""Measured by `bench/bench_batch.py --memory-only --memory \
 {args.memory}` on {time.strftime("%Y-%m-%d")}. Machine: {machine()}; busy (shared with other engineers).
 Each count runs in a fresh process against a loopback server that answers at once; journal, response
-cache and usage log on, as `qwenvl batch` runs.
+cache and usage log on, as `qwenvl batch` runs. The items come as `qwenvl batch --requests` takes them: a
+JSONL file written first and read lazily (`read_requests`) by `Batch`, so the caller holds no list of
+items and the growth measured is the runner's. "before" is the RSS once the file is written, before
+`Batch(...)` reads it.
 
 | measure | result | target |
 | --- | --- | --- |
 {memory_rows}
 
 Result: memory {"met" if growth <= 10 else "NOT MET"}.
+
+How it is kept flat: `Batch` takes the items once into SQLite's temporary database (`qwenvl.batch.spool`:
+id, fingerprint, the pickled item, and what the estimate finds) and the estimate, the journal's
+registration and the workers read them back 256 at a time; the journal's pending items are streamed into
+the spool, not held in a set; the estimate folds results as they come (at most 4 x plan_threads media
+plans in flight); the usage log's writer queue is bounded (2,000 rows). What is left is anonymous memory
+(the heap; the last row), which varies by a few MB between runs of the same size, so it is not proportional
+to the items; it was not traced further (candidates: the glibc arenas of 64 worker threads, the queues'
+depth at the moment of the peak). No Python object is kept per item:
+`tests/test_batch_memory.py` checks with tracemalloc that the peak of Python allocations does not grow
+from 600 to 3,600 items.
 """,
             )
         return

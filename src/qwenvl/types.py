@@ -485,7 +485,7 @@ with warnings.catch_warnings():
 
         def record(self) -> dict[str, Any]:
             """The response as JSON shows it (``qwenvl ask --json``, a batch output's ``result``): every field
-            that is set, the message history left out."""
+            that is set, the message history left out. Raises nothing."""
             return self.model_dump(mode="json", exclude={"messages"}, exclude_none=True)
 
 

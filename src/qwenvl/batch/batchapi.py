@@ -22,10 +22,11 @@ only: any other region is refused before anything is sent.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -177,16 +178,18 @@ def counts_text(job: dict[str, Any]) -> str:
 def run_batch_api(
     batch: Batch,
     journal: Journal,
-    pending: list[BatchItem],
+    pending: Iterable[BatchItem],
     prog: Progress,
     progress: Callable[[Progress], None] | None,
 ) -> list[str]:
-    """Submit the pending items (unless already in a job), wait for every job, merge. Returns the job ids."""
+    """Submit the pending items (unless already in a job), wait for every job, merge. Returns the job ids.
+    ``pending`` is read as it is planned (``PLAN_CHUNK`` items at a time); merged answers find their item in
+    the batch's spool by id."""
     report = (lambda: progress(prog)) if progress else (lambda: None)
     opts = batch.client_options
     with BatchAPI(opts["api_key"], region=opts["region"], base_url=opts["base_url"]) as api:
         submitted = {i for job in journal.open_batches() for i in journal.batch_items(job["id"])}
-        fresh = [item for item in pending if item.id not in submitted]
+        fresh = (item for item in pending if item.id not in submitted)
         prog.phase = "upload"
         report()
         _submit(batch, api, journal, fresh, prog, report)
@@ -194,7 +197,6 @@ def run_batch_api(
         ids = [job["id"] for job in jobs]
         if not batch.wait:
             return ids
-        by_id = {item.id: item for item in batch.items}
         prog.phase = "poll"
         open_ids = list(ids)
         while open_ids:
@@ -207,7 +209,7 @@ def run_batch_api(
                     prog.phase = "merge"
                     prog.detail = counts_text(job)
                     report()
-                    _merge(batch, api, journal, job, by_id, prog)
+                    _merge(batch, api, journal, job, prog)
                     journal.set_batch_status(job_id, job["status"], merged=True)
                     journal.write_outputs(batch.csv)
                     open_ids.remove(job_id)
@@ -278,7 +280,12 @@ class _File:
 
 
 def _submit(
-    batch: Batch, api: BatchAPI, journal: Journal, items: list[BatchItem], prog: Progress, report: Callable[[], None]
+    batch: Batch,
+    api: BatchAPI,
+    journal: Journal,
+    items: Iterable[BatchItem],
+    prog: Progress,
+    report: Callable[[], None],
 ) -> None:
     files: dict[tuple[str, bool], _File] = {}
 
@@ -291,9 +298,10 @@ def _submit(
         prog.detail = f"submitted {len(f.ids)} requests"
         report()
 
+    items = iter(items)
     with ThreadPoolExecutor(batch.plan_threads) as pool:
-        for start in range(0, len(items), PLAN_CHUNK):
-            for item, res, group in pool.map(lambda i: _plan_line(batch, i), items[start : start + PLAN_CHUNK]):
+        while chunk := list(itertools.islice(items, PLAN_CHUNK)):
+            for item, res, group in pool.map(lambda i: _plan_line(batch, i), chunk):
                 if isinstance(res, QwenVLError):
                     batch._record_error(journal, item, res, prog, attempts=0)
                     continue
@@ -323,9 +331,7 @@ def _lines(data: bytes) -> list[dict[str, Any]]:
     return out
 
 
-def _merge(
-    batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], by_id: dict[str, BatchItem], prog: Progress
-) -> None:
+def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], prog: Progress) -> None:
     job_id = job["id"]
     waiting = journal.batch_items(job_id)
     results: list[dict[str, Any]] = []
@@ -335,8 +341,10 @@ def _merge(
     extra = {"mode": "batch-api", "batch_id": job_id}
     for rec in results:
         item_id = str(rec.get("custom_id"))
-        item = by_id.get(item_id)
-        if item is None or item_id not in waiting:
+        if item_id not in waiting:
+            continue
+        item = batch.spool.get(item_id)
+        if item is None:
             continue
         waiting.discard(item_id)
         outcome = _outcome(rec, item)
@@ -383,7 +391,9 @@ def _merge(
             f"the Batch API job {job_id} failed: {first.get('message') or 'no reason given'}", code=first.get("code")
         )
         for item_id in waiting:
-            batch._record_error(journal, by_id[item_id], exc, prog, attempts=1)
+            item = batch.spool.get(item_id)
+            if item is not None:
+                batch._record_error(journal, item, exc, prog, attempts=1)
     else:  # expired, cancelled, or completed without an answer for some lines: send them again next time
         journal.conn.executemany(
             "UPDATE items SET status = NULL, batch_id = NULL WHERE id = ?", ((i,) for i in waiting)

@@ -10,13 +10,14 @@ import glob
 import io
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, UsageError
-from qwenvl.media.sources import MEDIA_SUFFIXES, Source, media_kind, open_regular
+from qwenvl.media.sources import MEDIA_SUFFIXES, Source, check_regular, media_kind, open_regular
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -29,6 +30,7 @@ class BatchItem:
     request: dict[str, Any]
     input: Any = None
     line: int | None = field(default=None, repr=False)  # line in the requests file, for messages
+    source: str | None = field(default=None, repr=False)  # the requests file's name, for messages
 
 
 def _is_media_file(path: Path) -> bool:
@@ -84,38 +86,49 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem]:
-    """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref."""
-    items = []
+    """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref.
+    ``iter_items_from_inputs`` makes them one at a time (what ``qwenvl batch`` gives ``Batch``)."""
+    return list(iter_items_from_inputs(refs, fields))
+
+
+def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Iterator[BatchItem]:
+    """``items_from_inputs``, each item made (and its file sniffed) as it is taken: no list of items."""
     for ref in refs:
         key = "video" if media_kind(ref) == "video" else "image"
-        items.append(BatchItem(id=ref, request={**fields, key: ref}, input=ref))
-    return items
+        yield BatchItem(id=ref, request={**fields, key: ref}, input=ref)
 
 
-def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> list[BatchItem]:
-    """Items from a JSONL file: one object per line with an ``id`` (else the line number) and the fields of
-    ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields. A line that is not
-    a JSON object, has an unknown or wrongly typed field, or repeats an id is a UsageError naming the line."""
+def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> Iterator[BatchItem]:
+    """Items from a JSONL file, read lazily (one line at a time, as the iterator is advanced: a batch of any
+    size costs no memory per line): one object per line with an ``id`` (else the line number) and the fields
+    of ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields.
+
+    Raises UsageError at once when the file is missing or not a regular file, and while iterating for a line
+    that is not a JSON object or has an unknown or wrongly typed field (naming the line), for text that is not
+    UTF-8, and at the end for a file without requests. A repeated id is refused by ``Batch`` (naming both
+    lines), which keeps the ids; this reader keeps nothing."""
     path = Path(path).expanduser()
     if not os.path.lexists(path):
         raise UsageError(f"cannot read the requests file {path}: no such file")
-    fh = io.TextIOWrapper(open_regular(path, error=UsageError, what="requests file"), encoding="utf-8")
-    items: list[BatchItem] = []
-    seen: dict[str, int] = {}
-    with fh:
+    check_regular(path, error=UsageError, what="requests file")
+    return _read_lines(path, overrides or {})
+
+
+def _read_lines(path: Path, overrides: dict[str, Any]) -> Iterator[BatchItem]:
+    found = False
+    with io.TextIOWrapper(open_regular(path, error=UsageError, what="requests file"), encoding="utf-8") as fh:
         try:
             for n, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                items.append(_request_line(path, n, raw, seen, overrides or {}))
+                if raw.strip():
+                    found = True
+                    yield _request_line(path, n, raw, overrides)
         except UnicodeDecodeError as exc:
             raise UsageError(f"{path} is not UTF-8 text ({exc.reason})") from None
-    if not items:
+    if not found:
         raise UsageError(f"{path} has no requests")
-    return items
 
 
-def _request_line(path: Path, n: int, raw: str, seen: dict[str, int], overrides: dict[str, Any]) -> BatchItem:
+def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> BatchItem:
     where = f"{path.name} line {n}"
     try:
         data = json.loads(raw)
@@ -130,9 +143,6 @@ def _request_line(path: Path, n: int, raw: str, seen: dict[str, int], overrides:
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id).strip():
         raise UsageError(f"{where}: id must be a non-empty string or an integer")
     item_id = str(raw_id)
-    if item_id in seen:
-        raise UsageError(f"{where}: id {item_id!r} is already used on line {seen[item_id]}")
-    seen[item_id] = n
     fields = {**data, **overrides}
     try:
         request = make_request(None, fields)
@@ -142,4 +152,4 @@ def _request_line(path: Path, n: int, raw: str, seen: dict[str, int], overrides:
     shown: Any = refs[0] if len(refs) == 1 else (refs or None)
     if request.video is not None:
         shown = request.video if not refs else [*refs, request.video]
-    return BatchItem(id=item_id, request=fields, input=shown, line=n)
+    return BatchItem(id=item_id, request=fields, input=shown, line=n, source=path.name)

@@ -276,20 +276,25 @@ def inspect_journal(output: Path) -> bool:
     return True
 
 
-def read_finished(output: Path) -> dict[str, tuple[str, str]]:
-    """{id: (fingerprint, status)} of the items a previous run finished or submitted, without taking the
-    journal (for estimates before anything is decided). Raises what ``inspect_journal`` raises."""
+def read_finished(output: Path) -> Iterator[tuple[str, str, str]]:
+    """(id, fingerprint, status) of the items a previous run finished or submitted, read as iterated (nothing
+    is kept per item), without taking the journal (for estimates before anything is decided). Raises what
+    ``inspect_journal`` raises, at once."""
     if not inspect_journal(output):
-        return {}
+        return iter(())
+    return _finished_rows(journal_path(output))
+
+
+def _finished_rows(path: Path) -> Iterator[tuple[str, str, str]]:
     try:
-        conn = _ro(journal_path(output))
+        conn = _ro(path)
         try:
-            rows = conn.execute("SELECT id, fingerprint, status FROM items WHERE status IS NOT NULL").fetchall()
+            for row in conn.execute("SELECT id, fingerprint, status FROM items WHERE status IS NOT NULL"):
+                yield row["id"], row["fingerprint"], row["status"]
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise _io_error(journal_path(output), exc) from None
-    return {r["id"]: (r["fingerprint"], r["status"]) for r in rows}
+        raise _io_error(path, exc) from None
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -415,12 +420,14 @@ class Journal:
                 ((item_id, seq, fp) for seq, (item_id, fp) in enumerate(entries)),
             )
 
-    def pending(self) -> set[str]:
-        """The current items not finished (never sent, in flight when a run stopped, or in a Batch API job)."""
-        rows = self.conn.execute(
-            "SELECT id FROM items WHERE seq IS NOT NULL AND (status IS NULL OR status NOT IN ('ok', 'error'))"
-        ).fetchall()
-        return {r["id"] for r in rows}
+    def pending_seqs(self) -> Iterator[int]:
+        """The seqs (input positions) of the current items not finished (never sent, in flight when a run
+        stopped, or in a Batch API job), read as iterated."""
+        cur = self.conn.execute(
+            "SELECT seq FROM items WHERE seq IS NOT NULL AND (status IS NULL OR status NOT IN ('ok', 'error'))"
+        )
+        for (seq,) in cur:
+            yield seq
 
     def retry_errors(self) -> int:
         """Forget the errors of current items, so that they are sent again. Returns how many."""

@@ -42,18 +42,25 @@ items with local media are found through the cache's index by file identity (``c
 size, modification time), which every answered item records; a file copied or touched since counts as to
 send (an upper bound), and the run still looks it up by content once prepared (a hit takes no slot).
 
+**Memory does not grow with the batch.** The items (a list or any iterable) are taken once by the constructor
+into a temporary SQLite file (``spool``); the estimate, the journal's registration and the workers read
+them back in chunks, and what is found per item (its fingerprint, a plan error, a cache hit, whether it is
+still to do) is kept there or in the journal, not in Python objects. Queues are bounded: the workers take
+items as they need them, a worker waits for its answer's commit, the usage log's writer makes producers wait
+when far behind. What stays per item in memory: the estimate's plan errors (``Estimate.errors``, invalid
+items only) and items that cannot be pickled (see ``spool``). Measured: ``bench/bench_batch.py --memory``.
+
 Resume and output: see ``journal``. Cache: see ``cache``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +71,7 @@ from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished
 from qwenvl.batch.limiter import AdaptiveLimiter
+from qwenvl.batch.spool import CHUNK, Spool
 from qwenvl.client import Client
 from qwenvl.config import require_api_key
 from qwenvl.errors import (
@@ -117,13 +125,12 @@ class Estimate:
     models: list[str] = field(default_factory=list)
     price_factor: float = 1.0  # 0.5 for the Batch API
     currency: str = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
-    errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)  # plan errors by item id
-    cached_ids: set[str] = field(default_factory=set, repr=False)  # items the cache answers
+    # plan errors by item id: the invalid items only (which items the cache answers is kept in the spool)
+    errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["errors"] = len(self.errors)
-        del out["cached_ids"]
         return out
 
 
@@ -241,9 +248,12 @@ class Batch:
         attn_implementation) as for ``qwenvl.Client``; or ``client``: a ready Client (any backend, e.g. a custom
         one) that plans and sends every item, with its own cache and usage log (``cache``, ``usage_log`` and the
         service options then do not apply). ``cache`` and ``usage_log`` as for ``qwenvl.Client``, except that
-        the cache is on by default; one of each is shared by every request of the batch. Raises UsageError for
-        invalid settings."""
-        self.items = list(items)
+        the cache is on by default; one of each is shared by every request of the batch.
+
+        ``items``: a list or any iterable, a generator included (``read_requests`` reads a file lazily); it is
+        taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
+        memory does not grow with the number of items. Raises UsageError for invalid settings and for an id
+        given twice, and whatever iterating ``items`` raises."""
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         if concurrency < 1:
@@ -278,13 +288,9 @@ class Batch:
         self.currency = currency_of(self.planner.region)
         if mode == "batch-api" and self.planner.is_local:
             raise UsageError("--mode batch-api is DashScope's Batch API; a local backend runs realtime only")
-        ids: dict[str, int] = {}
-        for n, item in enumerate(self.items):
-            if item.id in ids:
-                raise UsageError(f"item id {item.id!r} is given twice (items {ids[item.id] + 1} and {n + 1})")
-            ids[item.id] = n
+        defaults = self.planner.defaults
+        self.spool = Spool(items, lambda item: fingerprint(item.request, defaults), lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
-        self._fingerprints: list[str] = []
 
     def _new_client(self) -> Client:
         """A client with the batch's settings and its stores (shared: one cache and one log per batch)."""
@@ -327,88 +333,105 @@ class Batch:
         if not self.planner.is_local:  # local backends need no DashScope key
             require_api_key(self.client_options["api_key"])
 
-    def _pending_items(self) -> list[BatchItem]:
-        self._fingerprints = [fingerprint(item.request, self.planner.defaults) for item in self.items]
-        finished = {} if self.fresh else read_finished(self.output)
+    def _mark_pending(self) -> int:
+        """Mark, in the spool, the items this run has to do (not finished by an earlier run with the same
+        output and the same question); returns how many. Reads the journal without taking it."""
         done = ("ok",) if self.retry_errors else ("ok", "error")
-        pending = []
-        for item, fp in zip(self.items, self._fingerprints, strict=True):
-            prev = finished.get(item.id)
-            if prev is not None and prev[1] == "submitted" and prev[0] == fp and self.mode != "batch-api":
-                raise UsageError(
-                    f"some items of {self.output} are in a Batch API job that has not been collected",
-                    hint="Run the same command with --mode batch-api to collect them first "
-                    "(or pass --fresh to start over).",
-                )
-            if prev is None or prev[0] != fp or prev[1] not in done:
-                pending.append(item)
-        return pending
+        in_job = self.spool.mark_pending(() if self.fresh else read_finished(self.output), done)
+        if in_job and self.mode != "batch-api":
+            raise UsageError(
+                f"some items of {self.output} are in a Batch API job that has not been collected",
+                hint="Run the same command with --mode batch-api to collect them first "
+                "(or pass --fresh to start over).",
+            )
+        return self.spool.count_where("pending = 1")
 
     def estimate(self) -> Estimate:
         """Plan every pending item, estimate-only (in threads when it has media): tokens, cost, cache hits,
-        plan errors. Media are checked and sized from their headers, not prepared (see the module)."""
+        plan errors. Media are checked and sized from their headers, not prepared (see the module). Items are
+        read back from the spool in chunks and at most ``4 * plan_threads`` are planned at once; what is found
+        per item (an error, a cache hit) goes back to the spool."""
         self.check()
-        pending = self._pending_items()
+        pending = self._mark_pending()
         est = Estimate(
-            items=len(self.items),
-            pending=len(pending),
-            finished=len(self.items) - len(pending),
+            items=self.spool.count,
+            pending=pending,
+            finished=self.spool.count - pending,
             price_factor=0.5 if self.mode == "batch-api" else 1.0,
             currency=self.currency,
         )
         models: set[str] = set()
+        errors: list[tuple[int, dict[str, Any]]] = []
+        cached: list[int] = []
 
-        def one(item: BatchItem) -> tuple[BatchItem, Any]:
+        def one(seq: int, item: BatchItem) -> tuple[int, str, Any]:
             try:
                 call = self.planner.plan(item.request, estimate_only=True)
             except (MediaError, UsageError) as exc:
-                return item, exc
+                return seq, item.id, exc
             tokens, unknown = input_tokens_of(call)
             # Without placeholders the estimate's body is the real one; with them the key is unknown until the
             # run prepares the item (it looks the cache up then).
-            cached = False
+            hit = False
             if self.cache is not None and self.mode == "realtime":
                 if any(m.estimate for m in call.media):  # local media: known by file identity (see cache)
-                    cached = self.cache.has_source(source_key_for(self.planner, call))
+                    hit = self.cache.has_source(source_key_for(self.planner, call))
                 else:
-                    cached = key_for(self.planner, call) in self.cache
-            return item, (call.model, call.request.max_tokens, tokens, unknown, cached)
+                    hit = key_for(self.planner, call) in self.cache
+            return seq, item.id, (call.model, call.request.max_tokens, tokens, unknown, hit)
 
+        def fold(seq: int, item_id: str, res: Any) -> None:
+            if isinstance(res, QwenVLError):
+                est.errors[item_id] = res
+                errors.append((seq, error_record(res)))
+            elif self._fold_estimate(est, models, res, self.planner.region):
+                cached.append(seq)
+            if len(errors) + len(cached) >= CHUNK:
+                self.spool.set_estimates(errors, cached)
+                errors.clear()
+                cached.clear()
+
+        # folded as they come, not kept per item; media items in threads, at most `window` of them in flight
+        window = 4 * self.plan_threads
         with ThreadPoolExecutor(self.plan_threads) as pool:
-            media = [i for i in pending if _has_media(i.request)]
-            # folded as they come, not kept per item: a list of every plan's result grew with the batch
-            results = itertools.chain((one(i) for i in pending if not _has_media(i.request)), pool.map(one, media))
-            self._fold_estimate(est, models, results, self.planner.region)
+            running: set[Future[tuple[int, str, Any]]] = set()
+            for seq, item, media in self.spool.pending():
+                if not media:
+                    fold(*one(seq, item))
+                    continue
+                running.add(pool.submit(one, seq, item))
+                if len(running) >= window:
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        fold(*f.result())
+            for f in running:
+                fold(*f.result())
+        self.spool.set_estimates(errors, cached)
         est.invalid = len(est.errors)
         est.models = sorted(models)
         self._estimate = est
         return est
 
     @staticmethod
-    def _fold_estimate(
-        est: Estimate, models: set[str], results: Iterable[tuple[BatchItem, Any]], region: str | None
-    ) -> None:
-        for item, res in results:
-            if isinstance(res, QwenVLError):
-                est.errors[item.id] = res
-                continue
-            model, max_tokens, tokens, unknown, cached = res
-            if cached:
-                est.cached += 1
-                est.cached_ids.add(item.id)
-                continue
-            est.to_send += 1
-            models.add(model.name)
-            est.input_tokens += tokens
-            est.max_output_tokens += max_tokens
-            est.unknown_media += unknown
-            c_in = estimate_cost(model, tokens, 0, region=region)
-            c_max = estimate_cost(model, tokens, max_tokens, region=region)
-            if c_in is None or c_max is None:
-                est.unpriced += 1
-            else:
-                est.cost_input = (est.cost_input or 0) + c_in * est.price_factor
-                est.cost_max = (est.cost_max or 0) + c_max * est.price_factor
+    def _fold_estimate(est: Estimate, models: set[str], res: tuple[Any, ...], region: str | None) -> bool:
+        """Add one planned item to the estimate; returns whether the cache answers it."""
+        model, max_tokens, tokens, unknown, cached = res
+        if cached:
+            est.cached += 1
+            return True
+        est.to_send += 1
+        models.add(model.name)
+        est.input_tokens += tokens
+        est.max_output_tokens += max_tokens
+        est.unknown_media += unknown
+        c_in = estimate_cost(model, tokens, 0, region=region)
+        c_max = estimate_cost(model, tokens, max_tokens, region=region)
+        if c_in is None or c_max is None:
+            est.unpriced += 1
+        else:
+            est.cost_input = (est.cost_input or 0) + c_in * est.price_factor
+            est.cost_max = (est.cost_max or 0) + c_max * est.price_factor
+        return False
 
     # --- running ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
@@ -425,23 +448,22 @@ class Batch:
         prog = Progress(total=est.pending, phase=self.mode if self.mode == "realtime" else "upload")
         batch_ids: list[str] = []
         with Journal(self.output, fresh=self.fresh) as journal:  # takes the lock; fresh deletes under it
-            journal.register((item.id, fp) for item, fp in zip(self.items, self._fingerprints, strict=True))
+            # ids and fingerprints go from the spool to the journal, and the journal's pending seqs back: streamed
+            journal.register(self.spool.entries())
             if self.retry_errors:
                 journal.retry_errors()
-            todo = journal.pending()
-            for item in self.items:  # plan errors found by the estimate: recorded, not sent
-                if item.id in todo and item.id in est.errors:
-                    self._record_error(journal, item, est.errors[item.id], prog, attempts=0)
-                    todo.discard(item.id)
-            pending = [item for item in self.items if item.id in todo]
-            prog.total = len(pending) + prog.done
+            self.spool.mark_todo(journal.pending_seqs())
+            for item, record in self.spool.todo_errors():  # plan errors found by the estimate: recorded, not sent
+                self._record_error(journal, item, record, prog, attempts=0)
+            prog.total = self.spool.count_where("todo = 1") + prog.done
             try:
                 if self.mode == "batch-api":
                     from qwenvl.batch.batchapi import run_batch_api
 
+                    pending = (item for item, _ in self.spool.todo())
                     batch_ids = run_batch_api(self, journal, pending, prog, progress)  # synchronous
                 else:
-                    self._realtime(journal, pending, prog, progress)
+                    self._realtime(journal, prog, progress)
             except BaseException:
                 with contextlib.suppress(UsageError):  # e.g. no room for it either: the journal has everything
                     journal.write_outputs(self.csv)
@@ -467,10 +489,9 @@ class Batch:
             batch_ids=batch_ids,
         )
 
-    def _realtime(
-        self, journal: Journal, pending: list[BatchItem], prog: Progress, progress: Callable[[Progress], None] | None
-    ) -> None:
-        if not pending:
+    def _realtime(self, journal: Journal, prog: Progress, progress: Callable[[Progress], None] | None) -> None:
+        todo = prog.total - prog.done
+        if not todo:
             return
         # Several small connection pools rather than one large one: httpcore's pool bookkeeping costs
         # O(connections^2) per request, which at 64 connections takes more CPU than the request itself.
@@ -481,7 +502,7 @@ class Batch:
         try:
             for client in clients:  # before the threads share them; a missing key fails here, before any request
                 client.backend  # noqa: B018
-            runner.run(pending)
+            runner.run(self.spool.todo(), todo)
         finally:
             for client in clients:
                 if client is not self._client:  # a client given to the batch stays its owner's
@@ -489,9 +510,11 @@ class Batch:
 
     # --- recording --------------------------------------------------------------------------------
     def _record_error(
-        self, journal: Journal, item: BatchItem, exc: BaseException, prog: Progress, attempts: int
+        self, journal: Journal, item: BatchItem, exc: BaseException | dict[str, Any], prog: Progress, attempts: int
     ) -> Future[None]:
-        rec = {"id": item.id, "input": item.input, "status": "error", "error": error_record(exc), "attempts": attempts}
+        """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool)."""
+        error = exc if isinstance(exc, dict) else error_record(exc)
+        rec = {"id": item.id, "input": item.input, "status": "error", "error": error, "attempts": attempts}
         done = journal.finish(item.id, "error", dumps(rec))
         prog.done += 1
         prog.failed += 1
@@ -565,15 +588,16 @@ class _Realtime:
     ) -> None:
         self.batch, self.journal, self.clients, self.limiter = batch, journal, clients, limiter
         self.prog, self.progress = prog, progress
-        self.cached = batch._estimate.cached_ids if batch._estimate else set()
         self.lock = threading.Lock()  # the item iterator, the counters, the journal hand-off, progress
         self.stop = threading.Event()
         self.accepting = True  # False once the run is over: late answers (after Ctrl-C) are dropped
         self.fatal: BaseException | None = None
 
-    def run(self, pending: list[BatchItem]) -> None:
-        queue = iter(pending)
-        n = min(self.batch.concurrency, len(pending))
+    def run(self, pending: Iterator[tuple[BatchItem, bool]], count: int) -> None:
+        """Send the ``count`` items of ``pending`` ((item, the estimate found it cached), read from the spool as
+        the workers take them)."""
+        queue = pending
+        n = min(self.batch.concurrency, count)
         workers = [
             threading.Thread(
                 target=self._worker,
@@ -622,14 +646,15 @@ class _Realtime:
         except KeyboardInterrupt:
             pass
 
-    def _worker(self, queue: Any, client: Client) -> None:
+    def _worker(self, queue: Iterator[tuple[BatchItem, bool]], client: Client) -> None:
         try:
             while not self.stop.is_set():
                 with self.lock:
-                    item = next(queue, None)
-                if item is None:
+                    nxt = next(queue, None)
+                if nxt is None:
                     return
-                self._item(item, client)
+                item, cached = nxt
+                self._item(item, cached, client)
         except BaseException as exc:  # a 401/403, or a bug: stop every worker and report it
             with self.lock:
                 if self.fatal is None:
@@ -681,7 +706,7 @@ class _Realtime:
         if self.journal.write_error is not None:
             raise _Fatal(self.journal.write_error)
 
-    def _item(self, item: BatchItem, client: Client) -> None:
+    def _item(self, item: BatchItem, cached: bool, client: Client) -> None:
         fields = {**item.request, "max_retries": 0}  # the batch owns retries: the limiter must see every 429
         try:
             call = client.plan(fields)
@@ -691,7 +716,7 @@ class _Realtime:
         backoff = item.request.get("retry_backoff_s", call.request.retry_backoff_s)
         tokens, _ = input_tokens_of(call)
         # answered locally: no slot, no rate budget (the estimate knows only items without local media)
-        cached = item.id in self.cached or (client.cache is not None and key_for(client, call) in client.cache)
+        cached = cached or (client.cache is not None and key_for(client, call) in client.cache)
         attempt = attempts = rate_limited = 0
         while True:
             slot = None

@@ -18,7 +18,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S
-from qwenvl.batch.inputs import expand_inputs, items_from_inputs, read_requests
+from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
     backend_options,
@@ -268,7 +268,7 @@ def run(opts: dict[str, Any]) -> None:
         refs = expand_inputs(opts["inputs"])
         if not refs:
             raise UsageError("no media files found in " + ", ".join(opts["inputs"]))
-        items = items_from_inputs(refs, {"prompt": prompt, **fields})
+        items = iter_items_from_inputs(refs, {"prompt": prompt, **fields})  # made as Batch takes them
     job = Batch(
         items,
         opts["output"],
