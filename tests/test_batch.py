@@ -514,3 +514,17 @@ def test_a_batch_runs_on_a_given_client_with_a_custom_backend(isolated_env):
     again = Batch(items, isolated_env / "again.jsonl", client=client, concurrency=4).run()  # the client's cache
     assert again.ok == 20 and len(backend.prompts) == 20
     assert client.complete(prompt="question 3").text == "echo question 3"  # the client is still open
+
+
+def test_a_batch_runs_on_a_given_backend_without_a_key(isolated_env, monkeypatch):
+    """``Batch(backend=instance)``: the batch's own clients (one per shard) share the caller's backend."""
+    from qwenvl.batch import Batch, BatchItem
+
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    backend = _EchoBackend()
+    items = (BatchItem(id=f"i{n}", request={"prompt": f"question {n}"}) for n in range(30))  # a generator
+    summary = Batch(items, isolated_env / "out.jsonl", backend=backend, concurrency=16, cache=False).run()
+    assert summary.ok == 30 and sorted(backend.prompts) == sorted(f"question {n}" for n in range(30))
+    assert {line["result"]["text"] for line in read_jsonl(isolated_env / "out.jsonl")} == {
+        f"echo question {n}" for n in range(30)
+    }

@@ -68,6 +68,7 @@ from typing import Any
 
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
+from qwenvl.backends.base import Backend
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished
 from qwenvl.batch.limiter import AdaptiveLimiter
@@ -240,11 +241,12 @@ class Batch:
         poll_interval_s: float = BATCH_POLL_INTERVAL_S,
         wait: bool = True,
         plan_threads: int = PLAN_THREADS,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
         client: Client | None = None,
         **backend_options: Any,
     ) -> None:
-        """``backend`` (dashscope|openai|transformers) and ``backend_options`` (engine, family, device, dtype,
+        """``backend`` (dashscope|openai|transformers, or a backend instance: ``qwenvl.backends.base.Backend``,
+        shared by the batch's clients) and ``backend_options`` (engine, family, device, dtype,
         attn_implementation) as for ``qwenvl.Client``; or ``client``: a ready Client (any backend, e.g. a custom
         one) that plans and sends every item, with its own cache and usage log (``cache``, ``usage_log`` and the
         service options then do not apply). ``cache`` and ``usage_log`` as for ``qwenvl.Client``, except that
