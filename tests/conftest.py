@@ -123,7 +123,9 @@ def cli_env(env: dict[str, str] | None) -> dict[str, str | None]:
     return changes
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60) -> CliRun:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | bytes | None = None, timeout: float = 60
+) -> CliRun:
     """Run ``qwenvl ARGS`` in this process (click's CliRunner on ``qwenvl.cli.main.cli``, as ``main`` runs it), in the
     current (temporary) folder, with ``env`` added to the environment and ``input`` (default: nothing) on stdin.
 
