@@ -5,6 +5,8 @@ smoke tests (exit codes 2 to 5 as the shell sees them, no traceback, ``python -m
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sysconfig
 from importlib.metadata import entry_points
@@ -178,6 +180,24 @@ def test_dead_server_exit_5():
         "ask", "-p", "x", "--base-url", "http://127.0.0.1:9", "--max-retries", "0", env={"DASHSCOPE_API_KEY": API_KEY}
     )
     assert p.returncode == 5 and "cannot reach" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_an_escaped_exception_is_a_traceback_in_process_too(server, env, monkeypatch):
+    """What escapes the CLI (a bug) is one line and exit 5; with QWENVL_DEBUG the traceback, exit 1: in the
+    tests' in-process runner as in a process, so "no Traceback" assertions mean the same in both."""
+
+    def broken(opts):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("qwenvl.cli.ask.make_client", broken)
+    p = run_cli("ask", "-p", "x", env=env)
+    assert p.returncode == 5 and "internal error: RuntimeError: boom" in p.stderr and "Traceback" not in p.stderr
+    assert p.exception is None
+    p = run_cli("ask", "-p", "x", env={**env, "QWENVL_DEBUG": "1"})
+    assert p.returncode == 1 and "Traceback (most recent call last)" in p.stderr and "RuntimeError: boom" in p.stderr
+    assert isinstance(p.exception, RuntimeError)
+    assert "QWENVL_DEBUG" not in os.environ and logging.getLogger("qwenvl").propagate  # nothing left behind
+    assert server.requests == []
 
 
 def test_key_from_dotenv(server, png, isolated_env):
