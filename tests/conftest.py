@@ -114,7 +114,7 @@ class _Hung(BaseException):  # not an Exception: passes the CLI's own handlers a
     pass
 
 
-def cli_env(env: dict[str, str] | None) -> dict[str, str | None]:
+def in_process_env(env: dict[str, str] | None) -> dict[str, str | None]:
     """The environment changes for a CLI run: DASHSCOPE_*/ALIBABA_CLOUD_* dropped, then ``env``; COLUMNS 200."""
     changes: dict[str, str | None] = {k: None for k in os.environ if k.startswith(CHILD_ENV_DROPPED)}
     changes.update(env or {})
@@ -151,7 +151,7 @@ def run_cli(
         previous = signal.signal(signal.SIGALRM, hung)
         signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        result = runner.invoke(cli, list(args), input=input, env=cli_env(env), prog_name="qwenvl")
+        result = runner.invoke(cli, list(args), input=input, env=in_process_env(env), prog_name="qwenvl")
     except _Hung:
         pytest.fail(f"qwenvl {' '.join(args)} did not end within {timeout} s", pytrace=False)
     finally:
