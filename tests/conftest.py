@@ -1,14 +1,21 @@
-"""Shared fixtures: an isolated user environment, the fake DashScope server, images, the CLI runner."""
+"""Shared fixtures: an isolated user environment, the fake DashScope server, images, the CLI runners (in process,
+and in a process of its own for the smoke tests)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -97,11 +104,92 @@ def jpeg(isolated_env: Path) -> Path:
     return write_image(isolated_env / "blue.jpg", color=(20, 40, 220), fmt="JPEG")
 
 
+CHILD_ENV_DROPPED = ("DASHSCOPE_", "ALIBABA_CLOUD_")  # never inherited by a CLI run: each test gives its own
+
+
+@dataclass
+class CliRun:
+    """A finished ``qwenvl`` run, shaped like ``subprocess.CompletedProcess``: exit code, stdout, stderr.
+
+    ``exception`` is what escaped the command other than its exit (a bug; None otherwise): as in a real process, its
+    traceback is also at the end of ``stderr`` and the exit code is 1, so "no Traceback in stderr" means the same in
+    and out of process."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None = None
+
+
+class _Hung(BaseException):  # not an Exception: passes the CLI's own handlers and click's
+    pass
+
+
+def in_process_env(env: dict[str, str] | None) -> dict[str, str | None]:
+    """The environment changes for a CLI run: DASHSCOPE_*/ALIBABA_CLOUD_* dropped, then ``env``; COLUMNS 200."""
+    changes: dict[str, str | None] = {k: None for k in os.environ if k.startswith(CHILD_ENV_DROPPED)}
+    changes.update(env or {})
+    if changes.get("COLUMNS") is None and "COLUMNS" not in os.environ:
+        changes["COLUMNS"] = "200"
+    return changes
+
+
 def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | bytes | None = None, timeout: float = 60
+) -> CliRun:
+    """Run ``qwenvl ARGS`` in this process (click's CliRunner on ``qwenvl.cli.main.cli``, as ``main`` runs it), in the
+    current (temporary) folder, with ``env`` added to the environment and ``input`` (default: nothing) on stdin.
+
+    What a separate process would not carry over is put back afterwards: the environment, the working folder and
+    the ``qwenvl`` logger (the CLI routes its warnings to stderr). A run still going after ``timeout`` seconds is
+    stopped (SIGALRM) and fails the test. For what needs a real process (a terminal, signals, the installed
+    entry point, the interpreter's own start-up) use ``run_cli_process``."""
+    from qwenvl.cli.main import cli
+
+    try:
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click 8.1
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2: stderr is always apart
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    logger = logging.getLogger("qwenvl")
+    saved_log = (list(logger.handlers), logger.propagate, logger.level)
+    alarm = threading.current_thread() is threading.main_thread()
+    if alarm:
+
+        def hung(signum: int, frame: object) -> None:
+            raise _Hung
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        result = runner.invoke(cli, list(args), input=input, env=in_process_env(env), prog_name="qwenvl")
+    except _Hung:
+        pytest.fail(f"qwenvl {' '.join(args)} did not end within {timeout} s", pytrace=False)
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        logger.handlers[:], logger.propagate, logger.level = saved_log
+        os.chdir(saved_cwd)
+        for name in set(os.environ) - set(saved_env):
+            del os.environ[name]
+        os.environ.update(saved_env)
+    stderr, exception = result.stderr, None
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        exception = result.exception
+        stderr += "".join(traceback.format_exception(exception))
+    return CliRun(tuple(args), result.exit_code, result.stdout, stderr, exception)
+
+
+def run_cli_process(
     *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m qwenvl ARGS` as a user would, in the current (temporary) folder."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "ALIBABA_CLOUD_"))}
+    """Run ``python -m qwenvl ARGS`` as a user would, in a separate process in the current (temporary) folder.
+
+    Slower than ``run_cli`` (an interpreter and every import per run): for the smoke tests that need a process
+    of their own (exit codes as the shell sees them, no traceback from the interpreter, start-up)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_ENV_DROPPED)}
     full_env.update(env or {})
     full_env.setdefault("COLUMNS", "200")
     return subprocess.run(

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import qwenvl
-from conftest import run_cli, write_image
+from conftest import run_cli_process as run_cli  # a model per process; PYTHONPATH blocks torch below
+from conftest import write_image
 from qwenvl.errors import APIConnectionError, MediaError, UsageError
 
 try:

@@ -450,7 +450,7 @@ def test_resume_after_sigkill(server, isolated_env):
     if (isolated_env / "out.jsonl").exists():  # never half-written: whole JSON lines only
         assert all(json.loads(line)["status"] == "ok" for line in (isolated_env / "out.jsonl").read_text().splitlines())
     server.reset()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    p = run_cli(*cmd[3:], env={"DASHSCOPE_API_KEY": API_KEY})  # the resumed run: in this process
     assert p.returncode == 0, p.stderr
     resent = [r.json["messages"][-1]["content"][-1]["text"] for r in model_calls(server)]
     assert len(resent) == n - len(finished)  # only the unfinished ones

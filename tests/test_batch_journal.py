@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, run_cli, write_image
+from conftest import API_KEY, CliRun, run_cli, write_image
 from dashscope_server import Reply
 from qwenvl.batch.journal import journal_path, lock_path
 
@@ -49,21 +49,19 @@ def cli_env(server) -> dict[str, str]:
     return env
 
 
+def batch_args(server, reqs: Path, output: str | Path, *extra: str) -> list[str]:
+    return ["batch", "--requests", str(reqs), "-o", str(output), "--no-cache", "--base-url", server.url, *extra]
+
+
 def batch_cmd(server, reqs: Path, output: str | Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "qwenvl",
-        "batch",
-        "--requests",
-        str(reqs),
-        "-o",
-        str(output),
-        "--no-cache",
-        "--base-url",
-        server.url,
-        *extra,
-    ]
+    """The batch as a process of its own: for the runs that are killed, interrupted or run beside another."""
+    return [sys.executable, "-m", "qwenvl", *batch_args(server, reqs, output, *extra)]
+
+
+def run_batch(server, reqs: Path, output: str | Path, *extra: str, timeout: float = 60) -> CliRun:
+    """The batch in this process (the runs that nothing kills or interrupts)."""
+    env = {"DASHSCOPE_API_KEY": API_KEY, "COLUMNS": "1000"}  # long temporary paths: no wrapping
+    return run_cli(*batch_args(server, reqs, output, *extra), env=env, timeout=timeout)
 
 
 def ok_ids(journal: Path) -> set[str]:
@@ -126,9 +124,7 @@ def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_
     try:
         assert wait_for(lambda: len(ok_ids(journal)) >= 3), "the first run did not start"
         for extra in ((), ("--fresh",)):
-            p = subprocess.run(
-                batch_cmd(server, reqs, "out.jsonl", *extra), env=env, capture_output=True, text=True, timeout=60
-            )
+            p = run_batch(server, reqs, "out.jsonl", *extra)
             assert p.returncode == 2, (p.stderr, first.poll(), first.stderr.read() if first.poll() is not None else "")
             [line] = error_lines(p.stderr)
             assert f"pid {first.pid}" in line and "is writing" in line and "out.jsonl" in line, line
@@ -143,7 +139,7 @@ def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_
     assert sorted(asked(server)) == [f"question {i:03d}" for i in range(N)]  # each paid once
     lines = [json.loads(x) for x in (isolated_env / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in lines] == [f"q{i:03d}" for i in range(N)]
-    p = subprocess.run(batch_cmd(server, reqs, "out.jsonl"), env=env, capture_output=True, text=True, timeout=60)
+    p = run_batch(server, reqs, "out.jsonl")
     assert p.returncode == 0, p.stderr
     assert len(model_calls(server)) == N  # the lock is gone with its process: the rerun runs and sends nothing
 
@@ -168,7 +164,7 @@ def test_the_lock_dies_with_its_process(server, isolated_env):
     assert lock_path(isolated_env / "out.jsonl").exists()
     done = ok_ids(journal)
     server.reset()
-    p = subprocess.run(batch_cmd(server, reqs, "out.jsonl"), env=env, capture_output=True, text=True, timeout=60)
+    p = run_batch(server, reqs, "out.jsonl")
     assert p.returncode == 0, p.stderr
     assert not {f"question {i[1:]}" for i in done} & set(asked(server))
     assert len(asked(server)) == N - len(done)
@@ -206,8 +202,7 @@ SAYS = {
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_or_foreign_journal_is_refused_and_left_alone(server, isolated_env, damage):
     reqs = write_requests(isolated_env / "r.jsonl", 40)
-    env = cli_env(server)
-    p = subprocess.run(batch_cmd(server, reqs, "out.jsonl"), env=env, capture_output=True, text=True, timeout=60)
+    p = run_batch(server, reqs, "out.jsonl")
     assert p.returncode == 0, p.stderr
     assert len(model_calls(server)) == 40
     journal = journal_path(isolated_env / "out.jsonl")
@@ -215,9 +210,7 @@ def test_a_damaged_or_foreign_journal_is_refused_and_left_alone(server, isolated
     DAMAGE[damage](journal)
     before = sorted((f.name, f.is_dir() or f.read_bytes()) for f in isolated_env.iterdir() if f.name != "r.jsonl")
     for extra in ((), ("--dry-run",), ("--retry-errors",)):
-        p = subprocess.run(
-            batch_cmd(server, reqs, "out.jsonl", *extra), env=env, capture_output=True, text=True, timeout=60
-        )
+        p = run_batch(server, reqs, "out.jsonl", *extra)
         assert p.returncode == 2, (extra, p.stderr)
         [line] = error_lines(p.stderr)
         assert str(journal.name) in line and SAYS[damage] in line, line
@@ -227,9 +220,7 @@ def test_a_damaged_or_foreign_journal_is_refused_and_left_alone(server, isolated
     assert after == before  # nothing modified, created or deleted
     if journal.is_dir():
         journal.rmdir()  # --fresh deletes files, not folders it did not make
-    p = subprocess.run(
-        batch_cmd(server, reqs, "out.jsonl", "--fresh"), env=env, capture_output=True, text=True, timeout=60
-    )
+    p = run_batch(server, reqs, "out.jsonl", "--fresh")
     assert p.returncode == 0, p.stderr
     assert len(model_calls(server)) == 80  # the way out: start over, knowingly
 
@@ -238,9 +229,7 @@ def test_a_blank_journal_with_no_results_beside_it_is_a_new_batch(server, isolat
     """A run killed while creating its journal leaves a 0-byte file; with no results there is nothing to lose."""
     reqs = write_requests(isolated_env / "r.jsonl", 3)
     journal_path(isolated_env / "out.jsonl").write_bytes(b"")
-    p = subprocess.run(
-        batch_cmd(server, reqs, "out.jsonl"), env=cli_env(server), capture_output=True, text=True, timeout=60
-    )
+    p = run_batch(server, reqs, "out.jsonl")
     assert p.returncode == 0, p.stderr
     assert len(model_calls(server)) == 3
 
@@ -312,16 +301,9 @@ def test_a_full_disk_mid_batch_loses_no_paid_answer(server, isolated_env, concur
     n = 200
     reqs = write_requests(isolated_env / "r.jsonl", n)
     server.enqueue(Reply(text="x" * 30_000, delay_s=0.02, times=100_000))
-    env = cli_env(server)
     disk = isolated_env / "disk"
     with tmpfs(disk, f"size={size}"):
-        p = subprocess.run(
-            batch_cmd(server, reqs, disk / "out.jsonl", "--concurrency", str(concurrency), "--yes"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        p = run_batch(server, reqs, disk / "out.jsonl", "--concurrency", str(concurrency), "--yes", timeout=120)
         assert p.returncode == 2, p.stderr
         [line] = error_lines(p.stderr)
         assert "no space left" in line and "kept in the journal" in line, line
@@ -333,9 +315,7 @@ def test_a_full_disk_mid_batch_loses_no_paid_answer(server, isolated_env, concur
         assert {f"question {i[1:]}" for i in saved} == set(first)  # every paid answer is in the journal
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # the user makes room
         server.reset()
-        p = subprocess.run(
-            batch_cmd(server, reqs, disk / "out.jsonl", "--yes"), env=env, capture_output=True, text=True, timeout=120
-        )
+        p = run_batch(server, reqs, disk / "out.jsonl", "--yes", timeout=120)
         assert p.returncode == 0, p.stderr
         second = asked(server)
         assert sorted(first + second) == [f"question {i:03d}" for i in range(n)]  # none lost, none paid twice
@@ -348,9 +328,7 @@ def test_a_disk_too_full_to_start_is_refused_before_anything_is_sent(server, iso
     reqs = write_requests(isolated_env / "r.jsonl", 5)
     disk = isolated_env / "disk"
     with tmpfs(disk, "size=2m"):
-        p = subprocess.run(
-            batch_cmd(server, reqs, disk / "out.jsonl"), env=cli_env(server), capture_output=True, text=True, timeout=60
-        )
+        p = run_batch(server, reqs, disk / "out.jsonl")
         assert p.returncode == 2, p.stderr
         [line] = error_lines(p.stderr)
         assert "not enough free space" in line and "4 MB" in line, line
@@ -388,7 +366,7 @@ def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
     assert 4 <= len(first) < 16
     assert {f"question {i[1:]}" for i in ok_ids(journal_path(isolated_env / "out.jsonl"))} == set(first)
     server.reset()
-    p = subprocess.run(batch_cmd(server, reqs, "out.jsonl"), env=env, capture_output=True, text=True, timeout=120)
+    p = run_batch(server, reqs, "out.jsonl", timeout=120)
     assert p.returncode == 0, p.stderr
     assert sorted(first + asked(server)) == [f"question {i:03d}" for i in range(16)]  # each paid once
 

@@ -1,13 +1,20 @@
-"""The CLI as a user runs it: a subprocess against the loopback DashScope server."""
+"""The CLI as a user runs it, against the loopback DashScope server: in this process (``run_cli``), and for the
+smoke tests (exit codes 2 to 5 as the shell sees them, no traceback, ``python -m qwenvl`` and the installed
+``qwenvl`` command) in a process of its own (``run_cli_process``)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import subprocess
+import sysconfig
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, run_cli
+from conftest import API_KEY, run_cli, run_cli_process
 from dashscope_server import Reply
 
 # --- analyze: the skill's interface ------------------------------------------------------------------------
@@ -139,13 +146,13 @@ def test_analyze_bad_input(server, env, args, code, needle):
 
 def test_text_file_named_png(server, env, isolated_env):
     (isolated_env / "fake.png").write_text("hello")
-    p = run_cli("ask", "fake.png", "-p", "what?", env=env)
+    p = run_cli_process("ask", "fake.png", "-p", "what?", env=env)
     assert p.returncode == 3 and "fake.png" in p.stderr and "Traceback" not in p.stderr
     assert server.requests == []
 
 
 def test_no_key_exit_4_with_help(server, png):
-    p = run_cli(
+    p = run_cli_process(
         "analyze",
         "--request",
         json.dumps({"prompt": "x", "image": str(png)}),
@@ -169,10 +176,28 @@ def test_bad_key_exit_4_and_key_never_printed(server, png):
 
 
 def test_dead_server_exit_5():
-    p = run_cli(
+    p = run_cli_process(
         "ask", "-p", "x", "--base-url", "http://127.0.0.1:9", "--max-retries", "0", env={"DASHSCOPE_API_KEY": API_KEY}
     )
     assert p.returncode == 5 and "cannot reach" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_an_escaped_exception_is_a_traceback_in_process_too(server, env, monkeypatch):
+    """What escapes the CLI (a bug) is one line and exit 5; with QWENVL_DEBUG the traceback, exit 1: in the
+    tests' in-process runner as in a process, so "no Traceback" assertions mean the same in both."""
+
+    def broken(opts):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("qwenvl.cli.ask.make_client", broken)
+    p = run_cli("ask", "-p", "x", env=env)
+    assert p.returncode == 5 and "internal error: RuntimeError: boom" in p.stderr and "Traceback" not in p.stderr
+    assert p.exception is None
+    p = run_cli("ask", "-p", "x", env={**env, "QWENVL_DEBUG": "1"})
+    assert p.returncode == 1 and "Traceback (most recent call last)" in p.stderr and "RuntimeError: boom" in p.stderr
+    assert isinstance(p.exception, RuntimeError)
+    assert "QWENVL_DEBUG" not in os.environ and logging.getLogger("qwenvl").propagate  # nothing left behind
+    assert server.requests == []
 
 
 def test_key_from_dotenv(server, png, isolated_env):
@@ -267,6 +292,8 @@ def test_usage_errors_exit_2(server, env):
         p = run_cli(*args, env=env)
         assert p.returncode == 2, (args, p.stderr)
         assert "Traceback" not in p.stderr
+    p = run_cli_process("ask", "-p", "x", "--temperature", "9", env=env)  # as the shell sees it
+    assert p.returncode == 2 and "Traceback" not in p.stderr
     assert server.requests == []
 
 
@@ -314,8 +341,19 @@ def test_chat_survives_a_bad_attachment_and_service_errors(server, env):
 
 
 def test_python_m_and_version():
-    p = run_cli("--version")
+    p = run_cli_process("--version")
     assert p.returncode == 0 and "qwenvl" in p.stdout
+
+
+def test_the_installed_command():
+    """The ``qwenvl`` console script the package installs runs ``qwenvl.cli.main:main``."""
+    [entry] = entry_points(group="console_scripts", name="qwenvl")
+    assert entry.value == "qwenvl.cli.main:main"
+    script = Path(sysconfig.get_path("scripts")) / "qwenvl"
+    p = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and p.stdout.startswith("qwenvl"), p.stderr
+    p = subprocess.run([str(script), "nonsense"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "No such command" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_ask_pdf_pages(server, env, isolated_env):

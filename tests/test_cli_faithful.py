@@ -7,9 +7,6 @@ body it sends is compared with the body the library sends for the same Request, 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import make_client, write_image
+from conftest import make_client, run_cli, write_image
 from dashscope_server import Reply
 from qwenvl.cli.main import cli
 from qwenvl.preview import preview
@@ -291,22 +288,14 @@ def test_the_prompt_first_or_last(server, env, media, args):
     assert "What is in this picture?" in _ask_texts(server)[0]
 
 
-def _piped(args: list[str], env: dict[str, str], data: bytes) -> subprocess.CompletedProcess[bytes]:
-    """`cat FILE | qwenvl ARGS`, as a user runs it."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "qwenvl", *args], input=data, capture_output=True, env={**full, **env}, timeout=60
-    )
-
-
 def test_ask_reads_the_image_from_stdin(server, env, media):
-    p = _piped(["ask", "-", "-p", "What colour?"], env, Path(media["photo"]).read_bytes())
+    p = run_cli("ask", "-", "-p", "What colour?", env=env, input=Path(media["photo"]).read_bytes())  # cat FILE |
     assert p.returncode == 0, p.stderr
-    assert len(server.requests) == 1 and b"images=1" in p.stdout
+    assert len(server.requests) == 1 and "images=1" in p.stdout
     part = server.requests[0].json["messages"][-1]["content"][0]
     assert part["image_url"]["url"].startswith("data:image/png;base64,")
-    p = _piped(["ask", "What colour?", "-"], env, b"")
-    assert p.returncode == 3 and b"standard input is empty" in p.stderr
+    p = run_cli("ask", "What colour?", "-", env=env, input=b"")
+    assert p.returncode == 3 and "standard input is empty" in p.stderr
     assert len(server.requests) == 1
     assert not list(Path(tempfile.gettempdir()).glob("qwenvl-stdin-*/stdin"))  # the copy is removed
 

@@ -124,6 +124,17 @@ def test_a_file_transfer_gets_time_for_its_size(fault, monkeypatch):
         transport.close()
 
 
+def test_an_in_process_cli_run_that_hangs_fails_its_test(fault):
+    """The tests' in-process runner has a deadline of its own, as the process runs have (a silent server and
+    --timeout 600 would hold the run for ten minutes)."""
+    fault.mode = "silent"
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    args = ("ask", "-p", "x", "--base-url", fault.url, "--timeout", "600", "--max-retries", "0")
+    with Clock() as clock, pytest.raises(pytest.fail.Exception, match="did not end within 2 s"):
+        run_cli(*args, env=env, timeout=2)
+    assert clock.elapsed < BOUND
+
+
 def test_the_cli_timeout_is_a_deadline(fault):
     fault.mode = "body-trickle"
     env = {"DASHSCOPE_API_KEY": API_KEY}

@@ -11,7 +11,7 @@ import pypdfium2 as pdfium
 import pytest
 
 import media_corpus as corpus
-from conftest import make_client, run_cli
+from conftest import make_client, run_cli, run_cli_process
 from qwenvl import Client
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media.video import billed_frame_count, frame_plan, sample_count
@@ -227,7 +227,7 @@ def test_qwen_vl_max_on_a_4000x3000_photo_is_about_2500_tokens(tmp_path: Path) -
 
 def test_unknown_model_warns_once_on_one_line(tmp_path: Path) -> None:
     photo = corpus.screenshot_png(tmp_path)
-    p = run_cli("tokens", str(photo), "--model", "qwen9-vl-future")
+    p = run_cli_process("tokens", str(photo), "--model", "qwen9-vl-future")  # once per process: a fresh one
     assert p.returncode == 0
     warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
@@ -414,7 +414,7 @@ def test_models_one_name_shows_how_it_resolves() -> None:
     assert p.returncode == 0 and "-latest alias of qwen-vl-max" in p.stdout and "32x32" in p.stdout
     old = json.loads(run_cli("models", "qwen-vl-plus-2025-01-25", "--json").stdout)
     assert old["px_per_token"] == 28 and old["image_tokens"]["high_res"] is None
-    guessed = run_cli("models", "qwen9-vl-future")
+    guessed = run_cli("models", "qwen9-vl-someday")  # a name no other test warned about (once per process)
     assert guessed.returncode == 0 and guessed.stderr.count("warning:") == 1 and "unknown" in guessed.stdout
     bad = run_cli("models", "--region", "mars")
     assert bad.returncode == 2 and "unknown region" in bad.stderr

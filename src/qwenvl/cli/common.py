@@ -41,10 +41,12 @@ _COMMAND_KEY = "qwenvl.command"
 
 
 def err_console() -> Console:
+    """stderr's console, made again when ``sys.stderr`` is another stream (a run in process, e.g. the tests'
+    ``CliRunner``), so that each run's terminal, width and colours are its own, as in a process of its own."""
     global _ERR
-    if _ERR is None:
+    if _ERR is None or _ERR.file is not sys.stderr:
         # not a terminal (a log, a pipe): no hard wrapping, so each message stays one line for grep and parsers
-        _ERR = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
+        _ERR = Console(file=sys.stderr, highlight=False, soft_wrap=not sys.stderr.isatty())
     return _ERR
 
 
