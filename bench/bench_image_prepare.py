@@ -391,12 +391,12 @@ def main() -> None:
 Anchor: {version} `fetch_image` (full decode, RGB, bicubic `resize` to `smart_resize`'s size at
 {MODEL}'s default budget, 2,621,440 px), then Pillow JPEG quality 90 and base64, in bench/.venv-ref (torch
 and torchvision installed, as the package needs). Ours: `qwenvl.media.prepare.prepare_image` (JPEG decoded
-at the smallest DCT scale giving at least 2x the target, bicubic resize in bands on both cores,
+at full scale unless the DCT scale giving at least 2x the target is below 1/2, bicubic resize in bands on both cores,
 then `images.encode_photo`: when the decode was full-scale (the reference's pixels), q90 with optimised
 Huffman tables, or flat-table JPEG for dense texture when smaller still; else flat tables, q91 or q90 with
 optimised tables, whichever is first no larger than a plain q90; a screenshot as PNG (tried only when a banded
-sample says it may fit) or full-chroma JPEG q95/q90 with optimised tables, by `images.encode_graphic`). Each way runs in its own worker process with the same allocator
-settings ({allocator}), so neither re-faults the memory it just freed;
+sample says it may fit) or full-chroma JPEG q95/q90 with optimised tables, by `images.encode_graphic`).
+Each way runs in its own worker process with the same allocator settings ({allocator}), so neither re-faults the memory it just freed;
 {args.repeat} interleaved rounds after a warm-up; times are medians, the speed-up is the median of per-round
 ratios. PSNR is against the exact resize (qwen-vl-utils' image before its JPEG encode). The corpus is made by
 the script: see its docstring.

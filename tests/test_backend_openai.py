@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import qwenvl
-from conftest import run_cli, run_cli_process, write_image
+from conftest import run_cli, write_image
 from engine_server import EngineServer, grid
 from qwenvl.errors import APIConnectionError, UsageError
 
@@ -175,19 +175,19 @@ def test_cache_and_async(isolated_env: Path) -> None:
 
 
 def test_cli_verbs_on_the_openai_backend(isolated_env: Path) -> None:
-    # in a process of its own: a verb that ends early (--dry-run, a refused model) leaves the client that probed
-    # the engine unclosed (no leak for a process that exits; ResourceWarning in this one)
+    # in process: a verb that ends early (--dry-run, a refused model) closes the client that probed the engine
+    # too (an unclosed one is a ResourceWarning, an error under the project's pytest settings)
     write_image(isolated_env / "a.png", (112, 84))
     with EngineServer(engine="vllm", served="Qwen/Qwen2.5-VL-3B-Instruct") as srv:
         base = ["--backend", "openai", "--base-url", srv.base_url]
-        p = run_cli_process("ask", "a.png", "What is it?", *base)
+        p = run_cli("ask", "a.png", "What is it?", *base)
         assert p.returncode == 0, p.stderr
         assert "images=1 sizes=112x84" in p.stdout
-        p = run_cli_process("ask", "a.png", "What is it?", *base, "--dry-run")
+        p = run_cli("ask", "a.png", "What is it?", *base, "--dry-run")
         assert p.returncode == 0, p.stderr
         preview = json.loads(p.stdout)
         assert preview["url"] == srv.base_url + "/chat/completions" and "mm_processor_kwargs" not in preview["body"]
-        p = run_cli_process("ground", "a.png", "the cat", *base, "--json")
+        p = run_cli("ground", "a.png", "the cat", *base, "--json")
         assert p.returncode == 0, p.stderr
         from qwenvl.backends.family import family_model
         from qwenvl.tasks.grounding import grounding_prompt
@@ -197,13 +197,15 @@ def test_cli_verbs_on_the_openai_backend(isolated_env: Path) -> None:
         assert json.loads(p.stdout)["convention"] == "absolute"
         for n in range(3):
             write_image(isolated_env / f"b{n}.png", (56 + 28 * n, 56))
-        p = run_cli_process("batch", "run", "b0.png", "b1.png", "b2.png", "-p", "Describe", "-o", "out.jsonl", *base)
+        p = run_cli("batch", "run", "b0.png", "b1.png", "-p", "Describe", "-o", "dry.jsonl", "--dry-run", *base)
+        assert p.returncode == 0 and '"event": "estimate"' in p.stdout  # the planning client is closed too
+        p = run_cli("batch", "run", "b0.png", "b1.png", "b2.png", "-p", "Describe", "-o", "out.jsonl", *base)
         assert p.returncode == 0, p.stderr
         lines = [json.loads(x) for x in (isolated_env / "out.jsonl").read_text().splitlines()]
         assert sorted(r["status"] for r in lines) == ["ok"] * 3
-        p = run_cli_process("ask", "a.png", "hi", *base, "--model", "other")
+        p = run_cli("ask", "a.png", "hi", *base, "--model", "other")
         assert p.returncode == 2 and "does not serve 'other'" in p.stderr and "Traceback" not in p.stderr
-    p = run_cli_process("ask", "a.png", "hi", *base)  # the server is gone
+    p = run_cli("ask", "a.png", "hi", *base)  # the server is gone
     assert p.returncode == 5 and "cannot reach" in p.stderr and "Traceback" not in p.stderr
 
 

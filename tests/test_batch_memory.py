@@ -131,7 +131,7 @@ def test_the_runner_keeps_no_python_state_per_item(isolated_env, monkeypatch):
 def test_a_temporary_folder_without_room_is_one_line_and_sends_nothing(server, isolated_env):
     """The spool goes to SQLite's temporary folder: when it is full, `qwenvl batch` says so in one line (exit 2)
     with the way out, before any request."""
-    from conftest import API_KEY, run_cli
+    from conftest import API_KEY, run_cli_process  # SQLite reads its temporary folder once per process
     from test_batch_journal import tmpfs
 
     reqs = isolated_env / "r.jsonl"
@@ -141,7 +141,7 @@ def test_a_temporary_folder_without_room_is_one_line_and_sends_nothing(server, i
     small = isolated_env / "small-tmp"
     with tmpfs(small, "size=1m"):
         env = {"DASHSCOPE_API_KEY": API_KEY, "SQLITE_TMPDIR": str(small), "TMPDIR": str(small)}
-        p = run_cli("batch", "--requests", str(reqs), "-o", "out.jsonl", "--base-url", server.url, env=env)
+        p = run_cli_process("batch", "--requests", str(reqs), "-o", "out.jsonl", "--base-url", server.url, env=env)
     assert p.returncode == 2, p.stderr
     assert "cannot write the batch's temporary file: no space left" in p.stderr
     assert "TMPDIR" in p.stderr and "Traceback" not in p.stderr

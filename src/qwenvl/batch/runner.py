@@ -294,6 +294,20 @@ class Batch:
         self.spool = Spool(items, lambda item: fingerprint(item.request, defaults), lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
 
+    def close(self) -> None:
+        """Close what the batch opened for planning: its own planning client (not a ``client`` given to it) and
+        the spool of items. Use the batch as a context manager, or call this, when done with it (after ``run``,
+        or after ``estimate`` alone). Raises nothing."""
+        if self._client is None:
+            self.planner.close()
+        self.spool.close()
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _new_client(self) -> Client:
         """A client with the batch's settings and its stores (shared: one cache and one log per batch)."""
         cache, usage_log = self.cache, self.usage_log

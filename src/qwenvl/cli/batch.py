@@ -287,6 +287,7 @@ def run(opts: dict[str, Any]) -> None:
         wait=not opts["no_wait"],
         **backend_options(opts),
     )
+    click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
     est = job.estimate()
     if opts["dry_run"]:
         print_json({"event": "estimate", **est.to_dict()}, indent=None)

@@ -330,16 +330,21 @@ def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
 
 def make_client(opts: dict[str, Any]) -> Client:
     """The Client the options ask for (the model goes with the request, except for a local backend, where it
-    also tells the backend which model to load or use)."""
+    also tells the backend which model to load or use). Inside a click command it is closed when the command
+    ends, whatever way (its connections, and a local engine's probe, are not left open)."""
     refuse_empty(opts)
     on_retry = show_retry if err_console().is_terminal else None
-    return Client(
+    client = Client(
         protocol=opts.get("protocol"),
         region=opts.get("region"),
         base_url=opts.get("base_url"),
         on_retry=on_retry,
         **backend_options(opts),
     )
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # closed when the verb ends, however it ends (a dry run, an error while planning)
+        ctx.call_on_close(client.close)
+    return client
 
 
 def show_retry(notice: RetryNotice) -> None:
