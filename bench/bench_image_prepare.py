@@ -396,7 +396,8 @@ then `images.encode_photo`: when the decode was full-scale (the reference's pixe
 Huffman tables, or flat-table JPEG for dense texture when smaller still; else flat tables, q91 or q90 with
 optimised tables, whichever is first no larger than a plain q90; a screenshot as PNG (tried only when a banded
 sample says it may fit) or full-chroma JPEG q95/q90 with optimised tables, by `images.encode_graphic`).
-Each way runs in its own worker process with the same allocator settings ({allocator}), so neither re-faults the memory it just freed;
+Each way runs in its own worker process with the same allocator settings ({allocator}),
+so neither re-faults the memory it just freed;
 {args.repeat} interleaved rounds after a warm-up; times are medians, the speed-up is the median of per-round
 ratios. PSNR is against the exact resize (qwen-vl-utils' image before its JPEG encode). The corpus is made by
 the script: see its docstring.
