@@ -345,6 +345,18 @@ def test_a_custom_async_backend_is_accepted(isolated_env: object) -> None:
     assert asyncio.run(run()) == ("HI", ["text", "done"])
 
 
+def test_an_object_that_is_not_a_backend_is_refused_when_the_client_is_made(isolated_env: object) -> None:
+    """Not an AttributeError at the first request: a UsageError naming what is missing, at once."""
+    for bad in (123, object()):
+        with pytest.raises(UsageError, match="has no complete, stream, close") as info:
+            qwenvl.Client(backend=bad)  # type: ignore[arg-type]
+        assert info.value.hint is not None and "qwenvl.backends.base.Backend" in info.value.hint
+    with pytest.raises(UsageError, match="MemoryBackend has no aclose: AsyncClient needs"):
+        qwenvl.AsyncClient(backend=MemoryBackend())  # type: ignore[arg-type]  # a sync backend
+    with pytest.raises(UsageError, match="AsyncMemoryBackend has no close: Client needs"):
+        qwenvl.Client(backend=AsyncMemoryBackend())  # type: ignore[arg-type]  # an async one
+
+
 @pytest.mark.parametrize("protocol", ["compat", "native"])
 def test_the_dashscope_backend_keys_a_call_as_the_client_did_before_the_backend_existed(server, protocol):
     client = make_client(server, protocol, cache=True)

@@ -185,6 +185,8 @@ class _Base(Generic[B]):
         self.base_url = base_url
         self._api_key = api_key
         self._http_client = http_client
+        if not isinstance(backend, str | None):
+            self._check_backend(backend)
         self._backend: B | None = None if isinstance(backend, str | None) else backend
         self.backend_name = (
             normalize_backend(backend, protocol=self.protocol)
@@ -221,6 +223,20 @@ class _Base(Generic[B]):
         model = model or qenv.model()
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
+
+    # What this client calls on a backend instance (the rest of Backend / AsyncBackend is optional at run time).
+    _BACKEND_METHODS: tuple[str, ...] = ("complete", "stream", "close")
+
+    def _check_backend(self, backend: object) -> None:
+        missing = [m for m in self._BACKEND_METHODS if not callable(getattr(backend, m, None))]
+        if missing:
+            kind = "an AsyncBackend" if "aclose" in self._BACKEND_METHODS else "a Backend"
+            raise UsageError(
+                f"backend {type(backend).__name__} has no {', '.join(missing)}: "
+                f"{type(self).__name__} needs a backend name or {kind} object",
+                hint=f"A backend name (dashscope, openai, transformers), or an object with what "
+                f"qwenvl.backends.base.{kind.split()[1]} declares.",
+            )
 
     def __repr__(self) -> str:
         if self.is_local:
@@ -356,8 +372,9 @@ class Client(_Base[Backend]):
 
     Use it as a context manager, or call ``close()``, to close its connections.
 
-    Raises UsageError for an unknown protocol, region or backend name, or the dashscope backend with
-    ``protocol="openai"``. A missing key is raised later, by the first request (MissingAPIKeyError).
+    Raises UsageError for an unknown protocol, region or backend name, a backend object without ``complete``,
+    ``stream`` and ``close``, or the dashscope backend with ``protocol="openai"``. A missing key is raised
+    later, by the first request (MissingAPIKeyError).
     """
 
     @property
@@ -497,8 +514,10 @@ class AsyncClient(_Base[AsyncBackend]):
     ``AsyncClient(**options)``: the options of ``Client`` (``http_client`` is then an ``httpx.AsyncClient``). Use
     ``async with``, or ``await aclose()``, to close its connections.
 
-    Raises UsageError for an unknown protocol, region or backend name; a missing key is raised by the first
-    request (MissingAPIKeyError)."""
+    Raises UsageError for an unknown protocol, region or backend name, or a backend object without
+    ``complete``, ``stream`` and ``aclose``; a missing key is raised by the first request (MissingAPIKeyError)."""
+
+    _BACKEND_METHODS = ("complete", "stream", "aclose")
 
     @property
     def backend(self) -> AsyncBackend:
