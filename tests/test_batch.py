@@ -516,6 +516,26 @@ def test_a_batch_runs_on_a_given_client_with_a_custom_backend(isolated_env):
     assert client.complete(prompt="question 3").text == "echo question 3"  # the client is still open
 
 
+def test_a_batch_refuses_what_it_would_ignore_or_cannot_take(isolated_env):
+    """Settings beside client= (the client's win: they would be ignored), items that are not BatchItems, and a
+    closed batch: each a UsageError that says so, not a silent choice or an AttributeError or a disk-space hint."""
+    items = [BatchItem(id="a", request={"prompt": "hi"})]
+    with qwenvl.Client(backend=_EchoBackend()) as client:
+        for extra in ({"backend": "openai"}, {"model": "qwen3-vl-flash"}, {"engine": "vllm"}):
+            with pytest.raises(UsageError, match=f"takes its settings from the client: {next(iter(extra))}"):
+                Batch(items, isolated_env / "out.jsonl", client=client, **extra)
+        for bad in ({"id": "a", "request": {"prompt": "hi"}}, "photo.jpg"):
+            with pytest.raises(UsageError, match=f"batch item 2 is a {type(bad).__name__}, not a BatchItem"):
+                Batch([*items, bad], isolated_env / "out.jsonl", client=client)
+        job = Batch(items, isolated_env / "out.jsonl", client=client)
+        assert job.run().ok == 1
+        job.close()
+        job.close()  # twice is fine
+        for again in (job.run, job.estimate):
+            with pytest.raises(UsageError, match="this Batch is closed"):
+                again()
+
+
 def test_a_batch_runs_on_a_given_backend_without_a_key(isolated_env, monkeypatch):
     """``Batch(backend=instance)``: the batch's own clients (one per shard) share the caller's backend."""
     from qwenvl.batch import Batch, BatchItem

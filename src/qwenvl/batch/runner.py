@@ -254,8 +254,9 @@ class Batch:
 
         ``items``: a list or any iterable, a generator included (``read_requests`` reads a file lazily); it is
         taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
-        memory does not grow with the number of items. Raises UsageError for invalid settings and for an id
-        given twice, and whatever iterating ``items`` raises."""
+        memory does not grow with the number of items. Raises UsageError for invalid settings (service or
+        backend options beside ``client``), for an item that is not a ``BatchItem`` and for an id given twice,
+        and whatever iterating ``items`` raises."""
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         if concurrency < 1:
@@ -267,6 +268,14 @@ class Batch:
             raise UsageError(f"unknown mode {mode!r}: realtime or batch-api")
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
         self._client = client
+        if client is not None:
+            service = dict(api_key=api_key, protocol=protocol, region=region, base_url=base_url, model=model)
+            ignored = [k for k, v in {**service, "backend": backend, **backend_options}.items() if v is not None]
+            if ignored:
+                raise UsageError(
+                    f"Batch(client=...) takes its settings from the client: {', '.join(ignored)} would be ignored",
+                    hint="Give them to the Client, or to Batch without client=.",
+                )
         if client is not None and mode == "batch-api":
             raise UsageError("--mode batch-api is DashScope's Batch API: it takes its settings, not a client")
         self.cache = client.cache if client is not None else open_cache(cache)
@@ -293,14 +302,23 @@ class Batch:
         defaults = self.planner.defaults
         self.spool = Spool(items, lambda item: fingerprint(item.request, defaults), lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
+        self._closed = False
 
     def close(self) -> None:
         """Close what the batch opened for planning: its own planning client (not a ``client`` given to it) and
         the spool of items. Use the batch as a context manager, or call this, when done with it (after ``run``,
         or after ``estimate`` alone). Raises nothing."""
+        self._closed = True
         if self._client is None:
             self.planner.close()
         self.spool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(
+                "this Batch is closed: its items are gone",
+                hint="Make a new Batch with the same items and output to run it again (finished items are kept).",
+            )
 
     def __enter__(self) -> Batch:
         return self
@@ -366,7 +384,8 @@ class Batch:
         """Plan every pending item, estimate-only (in threads when it has media): tokens, cost, cache hits,
         plan errors. Media are checked and sized from their headers, not prepared (see the module). Items are
         read back from the spool in chunks and at most ``4 * plan_threads`` are planned at once; what is found
-        per item (an error, a cache hit) goes back to the spool."""
+        per item (an error, a cache hit) goes back to the spool. Raises UsageError once the batch is closed."""
+        self._check_open()
         self.check()
         pending = self._mark_pending()
         est = Estimate(
@@ -458,7 +477,8 @@ class Batch:
         Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
         included), when the journal is damaged or foreign, or when the output cannot be written; and during
         the run when the journal cannot be written (a full disk: every answer received is kept, and the same
-        call resumes once there is room)."""
+        call resumes once there is room), and once the batch is closed."""
+        self._check_open()
         est = self._estimate or self.estimate()
         started = time.monotonic()
         prog = Progress(total=est.pending, phase=self.mode if self.mode == "realtime" else "upload")

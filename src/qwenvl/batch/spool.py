@@ -76,8 +76,9 @@ class Spool:
         fingerprint: Callable[[BatchItem], str],
         has_media: Callable[[BatchItem], bool],
     ) -> None:
-        """Take every item of ``items`` (once, in order). Raises UsageError for a repeated id, and whatever
-        iterating ``items`` raises (e.g. ``read_requests``' UsageError for a malformed line)."""
+        """Take every item of ``items`` (once, in order). Raises UsageError for an item that is not a
+        ``BatchItem`` and for a repeated id, and whatever iterating ``items`` raises (e.g. ``read_requests``'
+        UsageError for a malformed line)."""
         conn = sqlite3.connect("", isolation_level=None, check_same_thread=False)
         self._close = weakref.finalize(self, conn.close)
         self.conn = conn
@@ -111,6 +112,11 @@ class Spool:
         c.execute("BEGIN")
         try:
             for seq, item in enumerate(items):
+                if not isinstance(item, BatchItem):
+                    raise UsageError(
+                        f"batch item {seq + 1} is a {type(item).__name__}, not a BatchItem",
+                        hint='Make each one with qwenvl.batch.BatchItem(id=..., request={"prompt": ..., ...}).',
+                    )
                 try:
                     blob: bytes | None = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
                 except Exception:  # e.g. a class defined in a function
