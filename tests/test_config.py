@@ -88,3 +88,17 @@ def test_bad_region_protocol_and_url():
     assert normalize_protocol("openai") == "openai" and normalize_protocol("DashScope") == "native"
     with pytest.raises(UsageError, match="not an http"):
         resolve_base_url("compat", base_url="ftp://x", env={})
+
+
+def test_the_missing_key_hint_reads_as_one_line_and_does_not_repeat_the_error(tmp_path: Path):
+    """Hints are printed as one line (``printable``): a hint laid out in lines and columns came out as one jumbled
+    run ("Set one of: export ... (shell, ...) ~/.alibabacloud/credentials: [default] dashscope_api_key = ...")."""
+    from qwenvl.errors import printable
+
+    with pytest.raises(MissingAPIKeyError) as info:
+        require_api_key(env={}, home=tmp_path, cwd=tmp_path)
+    hint = info.value.hint
+    assert hint is not None and printable(hint) == hint  # printed as written
+    assert str(info.value).lower() not in hint.lower()
+    for place in ("DASHSCOPE_API_KEY", "./.env", "~/.alibabacloud/credentials", "~/.dashscope/api_key"):
+        assert place in hint

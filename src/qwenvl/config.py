@@ -61,12 +61,13 @@ REGION_ALIASES = {
 }
 DEFAULT_REGION = "cn"
 
-KEY_HELP = """No DashScope API key found. Set one of:
-  export DASHSCOPE_API_KEY=sk-...                      (shell, or a line in ./.env)
-  ~/.alibabacloud/credentials:   [default]
-                                 dashscope_api_key = sk-...
-  ~/.dashscope/api_key            (the key alone, as the official SDK keeps it)
-Get a key at https://help.aliyun.com/zh/model-studio/get-api-key (Beijing and Singapore keys differ)."""
+# One line (hints are printed as one line: ``qwenvl.errors.printable``), after "no DashScope API key found".
+KEY_HELP = (
+    "Set DASHSCOPE_API_KEY=sk-... (in the shell, or a line in ./.env), or put dashscope_api_key = sk-... under "
+    "[default] in ~/.alibabacloud/credentials, or the key alone in ~/.dashscope/api_key (as the official SDK "
+    "keeps it). Get a key at https://help.aliyun.com/zh/model-studio/get-api-key (Beijing and Singapore keys "
+    "differ)."
+)
 
 
 def normalize_region(region: str | None) -> str:
