@@ -117,6 +117,19 @@ def test_usage_command(server):
     assert p.returncode == 0 and "qwen3-vl-plus" in p.stdout and "total" in p.stdout
 
 
+def test_usage_json_costs_are_rounded_sums_not_float_noise():
+    """0.1 + 0.2 is 0.30000000000000004 in floats: the JSON gives the sum as the table does, to 10 digits."""
+    log = UsageLog()
+    for cost in (0.1, 0.2):
+        log.record(Entry(model="qwen3-vl-plus", protocol="compat", outcome="ok", input_tokens=1, cost=cost))
+    log.close()
+    p = run_cli("usage", "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["rows"][0]["cost"] == 0.3 and data["total"]["cost"] == {"CNY": 0.3}
+    assert "0.30000000000000004" not in p.stdout
+
+
 def test_usage_command_with_no_log():
     p = run_cli("usage")
     assert p.returncode == 0 and "no requests" in p.stdout

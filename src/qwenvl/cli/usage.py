@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from qwenvl.cli.common import out_console, pass_opts, print_json
-from qwenvl.models import format_cost
+from qwenvl.models import format_cost, round_cost
 from qwenvl.store import UsageLog, usage_log_enabled
 
 
@@ -31,8 +31,10 @@ def usage(opts: dict[str, Any]) -> None:
     costs: dict[str, float] = {}
     for r in rows:
         costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
-    if opts["as_json"]:
-        print_json({"days": opts["days"], "rows": rows, "total": {**totals, "cost": costs}, "log": str(log.path)})
+    if opts["as_json"]:  # sums of floats: 0.01974, not 0.01974000000000005
+        rows = [{**r, "cost": round_cost(r["cost"])} for r in rows]
+        total = {**totals, "cost": {c: round_cost(v) for c, v in costs.items()}}
+        print_json({"days": opts["days"], "rows": rows, "total": total, "log": str(log.path)})
         return
     console = out_console()
     if not rows:
