@@ -548,3 +548,15 @@ def test_a_batch_runs_on_a_given_backend_without_a_key(isolated_env, monkeypatch
     assert {line["result"]["text"] for line in read_jsonl(isolated_env / "out.jsonl")} == {
         f"echo question {n}" for n in range(30)
     }
+
+
+def test_a_typo_in_a_batch_subcommand_is_named_not_taken_for_a_missing_file(isolated_env):
+    for typo, meant in (("stauts", "status"), ("cancle", "cancel")):
+        p = run_cli("batch", typo, "batch_123")
+        assert p.returncode == 2 and f"Did you mean 'qwenvl batch {meant}'?" in p.stderr, p.stderr
+    p = run_cli("batch", "photso/", "-p", "x", "-o", "out.jsonl")  # a missing input, not like a subcommand
+    assert p.returncode == 3 and "no such file or folder: photso/" in p.stderr
+    (isolated_env / "stat").mkdir()  # a folder named like a subcommand is an input all the same
+    write_image(isolated_env / "stat" / "a.png")
+    p = run_cli("batch", "stat", "-p", "x", "-o", "out.jsonl", "--dry-run", env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 0 and json.loads(p.stdout)["items"] == 1, p.stderr

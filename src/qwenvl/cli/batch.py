@@ -11,6 +11,8 @@ The work is done by ``qwenvl.batch``; this module parses flags, asks about the c
 
 from __future__ import annotations
 
+import difflib
+import os
 import sys
 from typing import Any
 
@@ -39,6 +41,14 @@ class BatchGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args or args[0] not in self.commands:
+            first = args[0] if args else "-"
+            if not first.startswith("-") and not any(c in first for c in "*?[") and not os.path.lexists(first):
+                # `qwenvl batch stauts ID`: a typo'd subcommand, not an input file that is missing
+                near = difflib.get_close_matches(first, [c for c in self.commands if c != "run"], n=1)
+                if near:
+                    raise click.UsageError(
+                        f"No such command or file '{first}'. Did you mean 'qwenvl batch {near[0]}'?", ctx
+                    )
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
