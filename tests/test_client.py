@@ -518,3 +518,29 @@ def test_stream_field_streams_and_returns_the_assembled_answer(server, protocol,
         assert body["stream"] is True
     else:
         assert server.requests[-1].headers["X-DashScope-SSE"] == "enable"
+
+
+def test_a_misspelt_request_field_gets_the_field_it_is_near(server, isolated_env):
+    """Library, async library and a batch requests line: the one-line error, and a hint naming the field meant."""
+    from conftest import run_cli
+
+    with make_client(server) as c, pytest.raises(qwenvl.UsageError) as info:
+        c.complete(prompt="x", imag="a.png", max_token=3, zzz=1)
+    assert "imag: Extra inputs are not permitted" in str(info.value)
+    assert info.value.hint == "Did you mean 'image' (not 'imag'), 'max_tokens' (not 'max_token')?"
+
+    async def run() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url) as ac:
+            await ac.complete(prompt="x", tempreature=0.1)
+
+    with pytest.raises(qwenvl.UsageError) as info:
+        asyncio.run(run())
+    assert info.value.hint == "Did you mean 'temperature' (not 'tempreature')?"
+    with make_client(server) as c, pytest.raises(qwenvl.UsageError) as info:
+        c.complete(prompt="x", zzz=1)
+    assert info.value.hint is None  # nothing near: no guess
+    (isolated_env / "r.jsonl").write_text('{"id": "a", "prompt": "x", "imag": "a.png"}\n')
+    p = run_cli("batch", "--requests", "r.jsonl", "-o", "out.jsonl", env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 2 and "r.jsonl line 1: invalid request: imag" in p.stderr
+    assert "hint: Did you mean 'image' (not 'imag')?" in p.stderr
+    assert server.requests == []

@@ -11,6 +11,7 @@ r2 = client.complete(prompt="And the colours?", messages=r.messages)   # multi-t
 from __future__ import annotations
 
 import asyncio
+import difflib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -52,7 +53,19 @@ def make_request(
             data["schema"] = schema_model
         return Request(**data)
     except ValidationError as exc:
-        raise UsageError(describe_validation_error(exc)) from None
+        raise UsageError(describe_validation_error(exc), hint=_unknown_field_hint(exc)) from None
+
+
+def _unknown_field_hint(exc: ValidationError) -> str | None:
+    """``Did you mean 'image' (not 'imag')?`` for unknown fields that are near a Request field; else None."""
+    guesses = []
+    for err in exc.errors():
+        if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            name = str(err["loc"][0])
+            near = difflib.get_close_matches(name, list(Request.model_fields), n=1)
+            if near:
+                guesses.append(f"'{near[0]}' (not '{name}')")
+    return f"Did you mean {', '.join(guesses)}?" if guesses else None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
