@@ -560,3 +560,19 @@ def test_a_typo_in_a_batch_subcommand_is_named_not_taken_for_a_missing_file(isol
     write_image(isolated_env / "stat" / "a.png")
     p = run_cli("batch", "stat", "-p", "x", "-o", "out.jsonl", "--dry-run", env={"DASHSCOPE_API_KEY": API_KEY})
     assert p.returncode == 0 and json.loads(p.stdout)["items"] == 1, p.stderr
+
+
+def test_requests_on_standard_input(server, env, isolated_env):
+    """`--requests -` as `-` everywhere else (it was "cannot read the requests file -: no such file")."""
+    png = write_image(isolated_env / "a.png")
+    lines = "".join(json.dumps({"id": f"r{n}", "prompt": f"q{n}", "image": str(png)}) + "\n" for n in range(3))
+    url = server.url
+    p = run_cli("batch", "--requests", "-", "-o", "out.jsonl", "--base-url", url, env=env, input=lines)
+    assert p.returncode == 0, p.stderr
+    assert [line["id"] for line in read_jsonl(isolated_env / "out.jsonl")] == ["r0", "r1", "r2"]
+    bad = '{"id": "a", "prompt": "x"}\nnope\n'
+    p = run_cli("batch", "--requests", "-", "-o", "bad.jsonl", "--base-url", url, env=env, input=bad)
+    assert p.returncode == 2 and "stdin line 2: not valid JSON" in p.stderr
+    p = run_cli("batch", "--requests", "-", "-p", "-", "-o", "both.jsonl", "--base-url", url, env=env, input=lines)
+    assert p.returncode == 2 and "not both" in p.stderr
+    assert len(model_calls(server)) == 3

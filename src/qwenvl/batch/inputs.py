@@ -10,10 +10,11 @@ import glob
 import io
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, UsageError
@@ -106,7 +107,9 @@ def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     Raises UsageError at once when the file is missing or not a regular file, and while iterating for a line
     that is not a JSON object or has an unknown or wrongly typed field (naming the line), for text that is not
     UTF-8, and at the end for a file without requests. A repeated id is refused by ``Batch`` (naming both
-    lines), which keeps the ids; this reader keeps nothing."""
+    lines), which keeps the ids; this reader keeps nothing. ``"-"`` reads standard input (named ``stdin``)."""
+    if str(path) == "-":
+        return _read_lines(Path("stdin"), overrides or {}, sys.stdin.buffer)
     path = Path(path).expanduser()
     if not os.path.lexists(path):
         raise UsageError(f"cannot read the requests file {path}: no such file")
@@ -114,16 +117,22 @@ def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     return _read_lines(path, overrides or {})
 
 
-def _read_lines(path: Path, overrides: dict[str, Any]) -> Iterator[BatchItem]:
+def _read_lines(path: Path, overrides: dict[str, Any], stream: IO[bytes] | None = None) -> Iterator[BatchItem]:
     found = False
-    with io.TextIOWrapper(open_regular(path, error=UsageError, what="requests file"), encoding="utf-8") as fh:
-        try:
-            for n, raw in enumerate(fh, 1):
-                if raw.strip():
-                    found = True
-                    yield _request_line(path, n, raw, overrides)
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    raw = stream if stream is not None else open_regular(path, error=UsageError, what="requests file")
+    fh = io.TextIOWrapper(raw, encoding="utf-8")
+    try:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                found = True
+                yield _request_line(path, n, line, overrides)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    finally:
+        if stream is None:
+            fh.close()
+        else:
+            fh.detach()  # standard input stays open
     if not found:
         raise UsageError(f"{path} has no requests")
 

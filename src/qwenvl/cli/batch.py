@@ -189,7 +189,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     "--requests",
     "requests_file",
     metavar="FILE",
-    help='A JSONL file: one request per line, {"id": ..., "prompt": ..., "image": ...}.',
+    help='A JSONL file: one request per line, {"id": ..., "prompt": ..., "image": ...} (\'-\' reads stdin).',
 )
 @click.option(
     "-o",
@@ -262,6 +262,8 @@ def run(opts: dict[str, Any]) -> None:
     """
     fields = request_fields(opts)
     prompt = opts["prompt"]
+    if prompt == "-" and opts["requests_file"] == "-":
+        raise UsageError("standard input can give the prompt (-p -) or the requests (--requests -), not both")
     if prompt == "-":
         prompt = sys.stdin.read()
     if prompt is not None and not prompt.strip():
