@@ -246,3 +246,38 @@ def test_the_stores_left_batch(name):
     from qwenvl.batch import ResponseCache as exported  # the batch package still names the cache class
 
     assert exported is ResponseCache
+
+
+def test_a_store_argument_of_the_wrong_kind_is_a_usage_error() -> None:
+    with pytest.raises(qwenvl.UsageError, match="cache=123"):
+        qwenvl.Client(cache=123)  # type: ignore[arg-type]
+    with pytest.raises(qwenvl.UsageError, match=r"usage_log=1\.5"):
+        qwenvl.Client(usage_log=1.5)  # type: ignore[arg-type]
+
+
+def test_stores_that_cannot_be_written_are_said_once_and_the_answers_kept(
+    server: DashScopeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    caplog.set_level("WARNING", logger="qwenvl")
+    with qwenvl.Client(
+        api_key=API_KEY, base_url=server.url, cache=blocker / "c.db", usage_log=blocker / "u.db"
+    ) as client:
+        for n in range(3):
+            assert client.complete(prompt=f"hi {n}").text
+        client.usage_log.flush()  # type: ignore[union-attr]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("response cache" in w and "cannot be written" in w for w in warnings) == 1
+    assert sum("usage is not logged" in w for w in warnings) == 1
+
+
+def test_the_cli_says_once_that_the_usage_log_cannot_be_written(server: DashScopeServer, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    env = {"DASHSCOPE_API_KEY": API_KEY, "QWENVL_HOME": str(blocker / "home")}
+    p = run_cli("ask", "-p", "hi", "--base-url", server.url, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("usage is not logged") == 1 and "Traceback" not in p.stderr

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from qwenvl import env
+from qwenvl.errors import UsageError
 from qwenvl.store.cache import ResponseCache
 from qwenvl.store.usage import Entry, UsageLog
 
@@ -56,20 +57,24 @@ def default_usage_log_path() -> Path:
 
 def open_cache(cache: CacheArg) -> ResponseCache | None:
     """``Client(cache=...)``: None or False = no cache, True = ``responses.db`` in ``default_cache_dir()``, a
-    path = that file, a ``ResponseCache`` = that cache (shared with whoever else holds it)."""
+    path = that file, a ``ResponseCache`` = that cache (shared with whoever else holds it). Raises UsageError
+    for anything else. A cache that cannot be written is said once (a ``qwenvl`` warning) and skipped."""
     if cache is None or cache is False:
         return None
     if cache is True:
         return ResponseCache()
     if isinstance(cache, ResponseCache):
         return cache
+    if not isinstance(cache, str | os.PathLike):
+        raise UsageError(f"cache={cache!r}: give True, False, a path or a ResponseCache")
     return ResponseCache(Path(cache))
 
 
 def open_usage_log(usage_log: UsageLogArg) -> UsageLog | None:
     """``Client(usage_log=...)``: None = the default (``default_usage_log_path()``, unless
     ``usage_log_enabled()`` says off), True = the default file whatever the environment says, False = no log,
-    a path = that file, a ``UsageLog`` = that log (shared with whoever else holds it)."""
+    a path = that file, a ``UsageLog`` = that log (shared with whoever else holds it). Raises UsageError for
+    anything else. A log that cannot be written is said once (a ``qwenvl`` warning) and skipped."""
     if usage_log is None:
         return UsageLog() if usage_log_enabled() else None
     if usage_log is False:
@@ -78,4 +83,6 @@ def open_usage_log(usage_log: UsageLogArg) -> UsageLog | None:
         return UsageLog()
     if isinstance(usage_log, UsageLog):
         return usage_log
+    if not isinstance(usage_log, str | os.PathLike):
+        raise UsageError(f"usage_log={usage_log!r}: give True, False, None, a path or a UsageLog")
     return UsageLog(Path(usage_log))

@@ -115,6 +115,13 @@ class ResponseCache:
         self.path = Path(path).expanduser() if path is not None else default_cache_dir() / FILENAME
         self.max_age_s = max_age_s
         self._db = Database(self.path, MIGRATIONS)
+        self._warned = False
+
+    def _unwritable(self, exc: BaseException) -> None:
+        """Said once per cache (a warning: the CLI shows it on stderr); the answers are kept, not cached."""
+        if not self._warned:
+            self._warned = True
+            log.warning("the response cache %s cannot be written (%s): answers are not cached", self.path, exc)
 
     def close(self) -> None:
         """Close the connection (a later use opens it again)."""
@@ -154,7 +161,7 @@ class ResponseCache:
                 ),
             )
         except (sqlite3.Error, OSError) as exc:
-            log.debug("response cache not writable (%s): %s", self.path, exc)
+            self._unwritable(exc)
 
     def link(self, source: str, key: str) -> None:
         """Remember that the request known by ``source`` (see ``source_key``) was answered under ``key``."""
@@ -165,7 +172,7 @@ class ResponseCache:
                 ),
             )
         except (sqlite3.Error, OSError) as exc:
-            log.debug("response cache not writable (%s): %s", self.path, exc)
+            self._unwritable(exc)
 
     def has_source(self, source: str) -> bool:
         """Whether the request known by ``source`` has a (fresh) answer."""

@@ -155,6 +155,7 @@ class BackgroundWriter:
         self._cond = threading.Condition()
         self._pending = 0
         self._thread: threading.Thread | None = None
+        self._warned = False
 
     def submit(self, sql: str, params: tuple) -> None:
         if self._pid != os.getpid():  # the writer thread does not survive a fork: start afresh
@@ -192,8 +193,10 @@ class BackgroundWriter:
                     break
             try:
                 self._db.run(functools.partial(_write_all, statements=group))
-            except (sqlite3.Error, OSError) as exc:
-                log.debug("cannot write %s: %s", self._db.path, exc)
+            except (sqlite3.Error, OSError) as exc:  # said once per writer; the requests go on
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot write %s (%s): usage is not logged there", self._db.path, exc)
             with self._cond:
                 self._pending -= len(group)
                 self._cond.notify_all()
