@@ -83,3 +83,11 @@ def test_session_resumes_from_any_folder_and_a_vanished_file_is_said_once(
     last = server.requests[-1].json["messages"]
     assert last[0]["content"][-1]["text"] == "what is here?"  # the turn is kept, without the file
     assert len(last) == 7
+
+
+def test_piped_chat_exits_with_the_last_failed_turns_code(server, env):
+    """A script feeding the chat learns that a turn failed (at a terminal the user sees each error)."""
+    p = run_cli("chat", "--base-url", "http://127.0.0.1:9", "--max-retries", "0", env=env, input="hello\nagain\n")
+    assert p.returncode == 5 and p.stderr.count("error:") == 2 and "Traceback" not in p.stderr
+    p = run_cli("chat", env=env, input="hello\n/exit\n")
+    assert p.returncode == 0 and "echo: hello" in p.stdout

@@ -97,8 +97,9 @@ def _show(result: CommandResult) -> None:
         )
 
 
-def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> None:
-    """One turn, streamed to the terminal. Ctrl-C during the answer cancels it: nothing is added."""
+def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
+    """One turn, streamed to the terminal; 0, or the exit code of the error that ended it (reported here).
+    Ctrl-C during the answer cancels it: nothing is added."""
     err = err_console()
     _forget_gone_files(conv)
     events: Any = None
@@ -111,21 +112,22 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> None:
         sys.stdout.write("\n")
         sys.stdout.flush()
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
-        return
+        return 0
     except MediaError as exc:  # the bad attachment is dropped, the conversation kept
         report(exc)
-        return
+        return exc.exit_code
     except StreamInterruptedError as exc:
         report(exc)
         err.print("[dim](not added to the conversation)[/]")
-        return
+        return exc.exit_code
     except APIError as exc:
         if getattr(exc, "exit_code", 5) == 4:
             raise
         report(exc)
-        return
+        return exc.exit_code
     if err.is_terminal:
         err.print(f"[dim]{usage_line(response, conv.client.region)}[/]")
+    return 0
 
 
 @click.command()
@@ -141,6 +143,7 @@ def chat(opts: dict[str, Any]) -> None:
 
     Commands: /image PATH, /reset, /history, /help, /exit. Ctrl-C cancels an answer; at the prompt, Ctrl-C or
     Ctrl-D ends the chat. A saved session keeps its files as absolute paths, so it resumes from any folder.
+    With messages piped in, the exit status is that of the last turn that failed (0 when none did).
     """
     if opts["list_sessions"]:
         for name in list_sessions():
@@ -164,13 +167,14 @@ def chat(opts: dict[str, Any]) -> None:
             err.print(f"[dim]resumed session {session.name!r}: {len(conv.messages)} messages[/]")
             _forget_gone_files(conv)
         err.print(f"[dim]{WELCOME}[/]")
+        failed = 0  # the exit code of the last turn that failed: a script feeding the chat learns of it
         for line in _lines("you> "):
             text = line.strip()
             if not text:
                 continue
             command = parse_command(text)
             if command is None:
-                _ask(conv, text, opts["hide_reasoning"])
+                failed = _ask(conv, text, opts["hide_reasoning"]) or failed
                 continue
             name, arg = command
             if name == "image" and STDIN in image_refs(arg):  # standard input is where the messages come from
@@ -182,3 +186,5 @@ def chat(opts: dict[str, Any]) -> None:
             _show(result)
     if session is not None and conv.messages:
         err.print(f"[dim]saved session {session.name!r} ({len(conv.messages)} messages)[/]")
+    if failed and not sys.stdin.isatty():  # at a terminal the user saw each error; a script gets the code
+        raise SystemExit(failed)
