@@ -10,24 +10,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qwenvl import structured
+from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.models import ModelInfo, model_info
-from qwenvl.types import ImagePart, Message, Request, TextPart, VideoPart
-
-# Request fields sent as generation parameters under the same name in both protocols.
-GENERATION_FIELDS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "enable_thinking",
-    "thinking_budget",
-    "tools",
-    "tool_choice",
-)
+from qwenvl.types import GENERATION_FIELDS, ImagePart, Message, Request, TextPart, VideoPart
 
 
 @dataclass
@@ -89,7 +76,7 @@ def media_options(request: Request, model: ModelInfo, protocol: str, *, estimate
         fps=request.fps,
         pages=request.pages,
         fetch_urls=request.fetch_urls,
-        fetch_timeout_s=min(request.timeout_s, 60.0),
+        fetch_timeout_s=min(request.timeout_s, FETCH_TIMEOUT_MAX_S),
         video_as=request.video_as,
         estimate_only=estimate_only,
     )

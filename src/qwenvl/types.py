@@ -133,6 +133,21 @@ class Message(BaseModel):
         return [p for p in self.content if not isinstance(p, TextPart)]
 
 
+# Request fields sent as generation parameters under the same name in both protocols (and read back from a
+# wire body by ``protocols.inbound``).
+GENERATION_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "enable_thinking",
+    "thinking_budget",
+    "tools",
+    "tool_choice",
+)
+
 with warnings.catch_warnings():
     # `schema` and `json` are the skill's names; they shadow deprecated BaseModel methods on purpose.
     warnings.simplefilter("ignore")

@@ -35,22 +35,10 @@ from pydantic import ValidationError
 
 from qwenvl.errors import APIStatusError, QwenVLError, UsageError
 from qwenvl.protocols.sse import encode
-from qwenvl.types import Message, Request, Response, StreamEvent, Usage
+from qwenvl.types import GENERATION_FIELDS, Message, Request, Response, StreamEvent, Usage
 
 # Request fields a wire body may set directly (same name on the wire and in Request).
-_DIRECT = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "stop",
-    "enable_thinking",
-    "thinking_budget",
-    "tools",
-    "tool_choice",
-    "vl_high_resolution_images",
-)
+_DIRECT = (*GENERATION_FIELDS, "vl_high_resolution_images")
 # Wire-only keys that are about the exchange itself, not passed to the model.
 _COMPAT_CONTROL = ("model", "messages", "stream", "stream_options", "n", "user")
 _NATIVE_CONTROL = ("result_format", "incremental_output", "stream")
