@@ -27,15 +27,39 @@ SPECIAL = [
     "<|video_pad|>",
 ]
 VOCAB = 256 + len(SPECIAL)
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]  # added tokens that are not special, as in Qwen's tokenizers
+# The tools part follows Qwen's templates in shape (written for these tests): the functions as JSON lines inside
+# <tools></tools> in the system turn, an assistant's calls as <tool_call> blocks, tool results inside
+# <tool_response> in one user turn per run of tool messages. Without tools the prompt is what it always was.
 CHAT_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% else %}You are a helpful assistant."
+    "{% endif %}{{ '\\n\\n' }}# Tools\n\nCall functions when they help. Their signatures, inside "
+    "<tools></tools>:\n<tools>"
+    "{% for tool in tools %}{{ '\\n' }}{{ tool | tojson }}{% endfor %}{{ '\\n' }}</tools>\n\n"
+    "Write each call as JSON inside <tool_call></tool_call>:\n"
+    '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+    "{% endif %}"
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|im_start|>user{% endif %}"
+    "{{ '\\n' }}<tool_response>\n{{ message['content'] }}\n</tool_response>"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>\n{% endif %}"
+    "{% else %}"
+    "{% if loop.first and message['role'] != 'system' and not tools %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    '<tool_call>\n{"name": "{{ call[\'function\'][\'name\'] }}", "arguments": '
+    "{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}"
+    "{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}}\n</tool_call>"
     "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
@@ -56,6 +80,7 @@ def tokenizer():
     )
     fast.add_special_tokens({"additional_special_tokens": SPECIAL[1:]})
     fast.add_tokens([SPECIAL[0]], special_tokens=True)
+    fast.add_tokens(TOOL_TOKENS, special_tokens=False)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

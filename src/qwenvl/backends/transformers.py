@@ -19,6 +19,9 @@ Video needs the video processor, hence torchvision; without it a clear error nam
 Generation: greedy when ``temperature`` is 0, else sampling with ``temperature``/``top_p``/``top_k``; ``seed`` seeds
 torch's generator; ``stop`` strings end the answer (and are cut from it, as OpenAI servers do); ``max_tokens``
 bounds it. ``enable_thinking`` goes to the chat template; a ``</think>`` in the answer splits reasoning from text.
+Tools as vLLM runs them for Qwen models (hermes parser): ``tools`` go to the chat template (``render_prompt``), the
+answer's ``<tool_call>`` blocks become ``Response.tool_calls`` (``qwenvl.protocols.toolcalls``; ``parse_tools`` for
+``tool_choice``).
 Usage: ``input_tokens`` is the prompt's length in tokens, ``image_tokens``/``video_tokens`` the placeholder counts
 from the processor's grids, ``output_tokens`` the generated tokens. One generation at a time per loaded model (a
 lock); streaming runs ``generate`` on a thread with a ``TextIteratorStreamer`` whose every wait has the request's
@@ -44,6 +47,7 @@ from qwenvl.backends.base import MediaForm
 from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, UsageError
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
+from qwenvl.protocols import toolcalls
 from qwenvl.protocols.common import make_response
 from qwenvl.types import ImagePart, Request, Response, StreamEvent, TextPart, VideoPart
 
@@ -154,6 +158,7 @@ class Loaded:
     tokenizer: Any
     image_processor: Any
     device: str
+    processor_template: str | None = None  # chat_template.json's template (the processor's), when there is one
     lock: threading.Lock = field(default_factory=threading.Lock)
     _video: Any = None
 
@@ -224,10 +229,38 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
         model.to(where)
         model.eval()
         loaded = Loaded(
-            ref=ref, family=family, model=model, tokenizer=tokenizer, image_processor=image_processor, device=where
+            ref=ref,
+            family=family,
+            model=model,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            device=where,
+            processor_template=processor_template(ref),
         )
         _LOADED[key] = loaded
         return loaded
+
+
+def processor_template(ref: str) -> str | None:
+    """The chat template in the model's ``chat_template.json`` (None when it has none): the template transformers'
+    ``AutoProcessor`` uses before the tokenizer's (transformers/processing_utils.py reads this legacy file first).
+    Qwen2.5-VL checkpoints have both: this one renders images but no tools, the tokenizer's (tokenizer_config.json)
+    is Qwen2.5's text template, which renders tools but no images."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(
+            ref,
+            "chat_template.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+        if path is None:
+            return None
+        value = json.loads(Path(path).read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UsageError(f"cannot read {ref}'s chat_template.json: {exc}") from None
+    return value if isinstance(value, str) and value else None
 
 
 # --- inputs -------------------------------------------------------------------------------------------------
@@ -260,17 +293,46 @@ def _pixels(call: Call) -> dict[str, Any]:
     return out
 
 
+def _template_call(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as chat templates take it: ``arguments`` a mapping (Qwen2.5's template always writes
+    ``arguments | tojson``; Qwen3-VL's writes a string as it is and a mapping as JSON), kept a string when it is not
+    a JSON object."""
+    fn: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else call
+    args = fn.get("arguments")
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args)
+        except ValueError:
+            parsed = None
+        args = parsed if isinstance(parsed, dict) else args
+    out: dict[str, Any] = {"type": "function", "function": {"name": fn.get("name"), "arguments": args}}
+    if call.get("id"):
+        out["id"] = call["id"]
+    return out
+
+
 def hf_messages(call: Call) -> tuple[list[dict[str, Any]], list[Any], list[tuple[list[Any], float]]]:
-    """(chat-template messages, images in order, videos as (frames, fps) in order)."""
+    """(chat-template messages, images in order, videos as (frames, fps) in order).
+
+    Messages have the shape transformers' chat templates take (its chat-templating docs): a turn that is text only
+    has a string ``content``; an assistant turn keeps its ``tool_calls`` (``arguments`` as a mapping); a ``tool``
+    turn keeps ``tool_call_id`` and ``name``. Qwen's templates put tool results in a user turn inside
+    ``<tool_response>``; the template does that, not this code."""
     pictures = _pixels(call)
     messages: list[dict[str, Any]] = []
     images: list[Any] = []
     videos: list[tuple[list[Any], float]] = []
     for m in call.messages:
-        if m.tool_calls or m.role == "tool":
-            raise UsageError("the transformers backend does not run tool calls", hint="Use --backend openai.")
+        extra: dict[str, Any] = {}
+        if m.tool_calls:
+            extra["tool_calls"] = [_template_call(c) for c in m.tool_calls]
+        if m.role == "tool":
+            extra.update({k: v for k, v in (("tool_call_id", m.tool_call_id), ("name", m.name)) if v})
         if isinstance(m.content, str):
-            messages.append({"role": m.role, "content": m.content})
+            messages.append({"role": m.role, "content": m.content, **extra})
+            continue
+        if not m.media():
+            messages.append({"role": m.role, "content": m.text(), **extra})
             continue
         parts: list[dict[str, Any]] = []
         for part in m.content:
@@ -289,10 +351,61 @@ def hf_messages(call: Call) -> tuple[list[dict[str, Any]], list[Any], list[tuple
                 videos.append((frames, part.fps or 2.0))
                 parts.append({"type": "video"})
         if m.role == "assistant" or m.role == "system":
-            messages.append({"role": m.role, "content": "".join(p.get("text", "") for p in parts)})
+            messages.append({"role": m.role, "content": "".join(p.get("text", "") for p in parts), **extra})
         else:
-            messages.append({"role": m.role, "content": parts})
+            messages.append({"role": m.role, "content": parts, **extra})
     return messages, images, videos
+
+
+def _tokenizer_template(tok: Any, tools: list[dict[str, Any]] | None) -> str | None:
+    try:
+        return tok.get_chat_template(None, tools=tools)  # a tokenizer may name a "tool_use" template
+    except ValueError:
+        return None
+
+
+def render_prompt(loaded: Loaded, messages: list[dict[str, Any]], request: Request) -> str:
+    """The prompt text: ``messages`` through the model's chat template, with ``request.tools`` and
+    ``enable_thinking`` as template variables, and the assistant's turn opened.
+
+    The template is the processor's (``chat_template.json``) when the model has one, else the tokenizer's, as
+    ``AutoProcessor`` chooses. With tools, a template that renders nothing of them is passed over for the next (as
+    vLLM passes over the processor's template when a request has tools): Qwen2.5-VL's processor template has no
+    tools section, its tokenizer's has. UsageError when no template renders the tools, or the template cannot
+    render the conversation."""
+    tok = loaded.tokenizer
+    tools = request.tools or None
+    kwargs: dict[str, Any] = {}
+    if request.enable_thinking is not None:
+        kwargs["enable_thinking"] = request.enable_thinking
+    templates = [t for t in (loaded.processor_template, _tokenizer_template(tok, tools)) if t]
+    if not templates:
+        raise UsageError(f"{loaded.ref} has no chat template (neither chat_template.json nor the tokenizer's)")
+
+    def render(template: str, with_tools: list[dict[str, Any]] | None) -> str:
+        try:
+            return tok.apply_chat_template(
+                messages,
+                tools=with_tools,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=True,
+                **kwargs,
+            )
+        except Exception as exc:  # jinja's TemplateError, or a TypeError/KeyError inside the template
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{loaded.ref}'s chat template cannot render this conversation: {first}") from None
+
+    if not tools:
+        return render(templates[0], None)
+    for template in templates:
+        text = render(template, tools)
+        if text != render(template, None):
+            return text
+    raise UsageError(
+        f"{loaded.ref}'s chat template does not render tools, so the model would never see them",
+        hint="Use a model whose chat template has a tools section (Qwen3-VL), or leave out the tools.",
+    )
 
 
 @dataclass
@@ -308,10 +421,7 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
     torch, _ = _imports()
     messages, images, videos = hf_messages(call)
     tok = loaded.tokenizer
-    kwargs: dict[str, Any] = {}
-    if call.request.enable_thinking is not None:
-        kwargs["enable_thinking"] = call.request.enable_thinking
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    text = render_prompt(loaded, messages, call.request)
     tensors: dict[str, Any] = {}
     image_tokens = video_tokens = None
     proc = loaded.image_processor
@@ -399,10 +509,25 @@ def _check_budget(proc: Any, images: list[Any], call: Call) -> None:
 # --- generation ---------------------------------------------------------------------------------------------
 
 
+def parse_tools(request: Request) -> bool:
+    """Whether the answer is read for tool calls, as vLLM does for Qwen models (``--tool-call-parser hermes``,
+    vllm/entrypoints/openai/serving_chat.py): with tools and ``tool_choice`` "auto" or unset. ``"none"``: the tools
+    are still in the prompt (vLLM's default, without --exclude-tools-when-tool-choice-none) and the answer is text.
+    ``"required"`` and a named function are refused (UsageError): vLLM honours them with constrained decoding
+    (structured outputs), which this backend does not do."""
+    choice = request.tool_choice
+    if choice is not None and choice not in ("auto", "none"):
+        what = "tool_choice 'required'" if choice == "required" else f"tool_choice {json.dumps(choice)[:80]}"
+        raise UsageError(
+            f"{what} needs constrained decoding, which the transformers backend does not do",
+            hint="Use tool_choice 'auto' (the model decides) or 'none'; vLLM (--backend openai) honours it.",
+        )
+    return bool(request.tools) and choice != "none"
+
+
 def generate_kwargs(call: Call, loaded: Loaded) -> dict[str, Any]:
     r = call.request
-    if r.tools:
-        raise UsageError("the transformers backend does not run tool calls", hint="Use --backend openai.")
+    parse_tools(r)
     if r.thinking_budget is not None:
         raise UsageError(
             "thinking_budget is a DashScope parameter; the transformers backend does not take it",
@@ -480,7 +605,7 @@ class TransformersBackend:
     name = NAME
     protocol = "openai"  # the usage log and media checks treat it as a plain OpenAI-style backend
     media_form: MediaForm = "memory"
-    abilities: frozenset[str] = frozenset({"images", "video-frames", "stream", "thinking", "json"})
+    abilities: frozenset[str] = frozenset({"images", "video-frames", "stream", "thinking", "json", "tools"})
 
     def __init__(
         self,
@@ -578,6 +703,13 @@ class TransformersBackend:
         )
 
     def _response(self, call: Call, text: str, reasoning: str | None, usage: dict[str, Any], finish: str) -> Response:
+        """The Response; with tools (``parse_tools``) the answer's ``<tool_call>`` blocks become ``tool_calls``,
+        the text outside them ``text``, and the finish reason "tool_calls" (as vLLM's hermes parser)."""
+        calls = None
+        if parse_tools(call.request):
+            parsed = toolcalls.parse(text)
+            if parsed.tool_calls:
+                text, calls, finish = parsed.content, parsed.tool_calls, "tool_calls"
         return make_response(
             text=text,
             model=call.request.model,
@@ -585,7 +717,7 @@ class TransformersBackend:
             request_id=f"local-{uuid.uuid4().hex[:12]}",
             finish_reason=finish,
             reasoning=reasoning,
-            tool_calls=None,
+            tool_calls=calls,
             protocol=NAME,
         )
 
@@ -644,8 +776,18 @@ class TransformersBackend:
         timeout: float,
     ) -> Iterator[StreamEvent]:
         """Deltas as they come, holding back what may be the start of a stop string or of ``</think>``;
-        reasoning until ``</think>`` when thinking was asked for."""
+        reasoning until ``</think>`` when thinking was asked for. With tools (``parse_tools``) the text goes
+        through ``toolcalls.StreamSplitter``: it stops at the first ``<tool_call>``, the calls arrive whole in the
+        ``done`` response (the stream shape every backend gives), and the text deltas joined equal its ``text``."""
         import queue
+
+        splitter = toolcalls.StreamSplitter() if parse_tools(call.request) else None
+
+        def delta(kind: Literal["text", "reasoning"], text: str) -> Iterator[StreamEvent]:
+            if splitter is not None and kind == "text":
+                text = splitter.feed(text)
+            if text:
+                yield StreamEvent(type=kind, text=text)
 
         stops = _stops(call)
         marks = [*stops, "</think>"]
@@ -662,25 +804,25 @@ class TransformersBackend:
                     cut = min((i for i in (raw.find(s, shown) for s in stops) if i >= 0), default=-1)
                     if think >= 0 and (cut < 0 or think < cut):
                         if think > shown:
-                            yield StreamEvent(type=kind, text=raw[shown:think])
+                            yield from delta(kind, raw[shown:think])
                         shown, kind = think + len("</think>"), "text"
                         continue
                     break
                 if cut >= 0:
                     if cut > shown:
-                        yield StreamEvent(type=kind, text=raw[shown:cut])
+                        yield from delta(kind, raw[shown:cut])
                     shown, stopped = cut, True
                     cancel.set()
                     break
                 safe = len(raw) - hold
                 if safe > shown:
-                    yield StreamEvent(type=kind, text=raw[shown:safe])
+                    yield from delta(kind, raw[shown:safe])
                     shown = safe
         except queue.Empty:
             cancel.set()
             raise APITimeoutError(f"the local model produced nothing for {timeout:g} s") from None
         if not stopped and shown < len(raw):
-            yield StreamEvent(type=kind, text=raw[shown:])
+            yield from delta(kind, raw[shown:])
         worker.join(timeout)
         if "error" in result:
             raise UsageError(f"generation failed: {result['error']}") from result["error"]
@@ -694,6 +836,8 @@ class TransformersBackend:
             _usage(inputs, len(generated)),
             _finish(generated, _eos(loaded), gen["max_new_tokens"], stopped or cut_here),
         )
+        if splitter is not None and splitter.rest(response.text):
+            yield StreamEvent(type="text", text=splitter.rest(response.text))
         yield StreamEvent(type="done", response=response)
 
 
