@@ -142,6 +142,8 @@ def test_tool_choice_none_malformed_calls_and_refusals(models, steer, isolated_e
                 client.complete(prompt="Weather?", tools=TOOLS, tool_choice=choice, max_tokens=8)
             with pytest.raises(UsageError, match="constrained decoding"):
                 list(client.stream(prompt="Weather?", tools=TOOLS, tool_choice=choice, max_tokens=8))
+        with pytest.raises(UsageError, match="unknown tool_choice 'autoo'"):
+            client.complete(prompt="Weather?", tools=TOOLS, tool_choice="autoo", max_tokens=8)
 
 
 VL_ONLY_TEMPLATE = (  # a processor template with no tools section, as Qwen2.5-VL's chat_template.json
@@ -221,3 +223,38 @@ def test_serve_tools_round_trip_with_the_openai_sdk(models, steer, isolated_env)
         assert final.choices[0].message.content == ANSWER and final.choices[0].finish_reason == "stop"
         assert "<tool_response>\nsunny, 21 C\n</tool_response>" in seen[-1].prompt
         assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in seen[-1].prompt
+        with pytest.raises(openai.BadRequestError, match="constrained decoding"):
+            sdk.chat.completions.create(
+                model="qwen3-vl-plus", messages=messages, tools=TOOLS, tool_choice="required", max_tokens=8
+            )
+
+
+def test_serve_tools_round_trip_with_the_dashscope_sdk(models, steer, isolated_env):
+    dashscope = pytest.importorskip("dashscope")
+    from qwenvl.server.app import ServeSettings, create_app
+    from test_serve import SERVE_KEY, Served
+
+    seen = steer(call_then_answer)
+    client = qwenvl.AsyncClient(backend="transformers", model=str(models["qwen3-vl"]), device="cpu")
+    app = create_app(client, ServeSettings(api_key=SERVE_KEY, pass_model_names=False))
+    with Served(app) as s, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dashscope, "base_http_api_url", s.url + "/api/v1")
+        messages: list[dict[str, Any]] = [{"role": "user", "content": [{"text": "Weather in Paris?"}]}]
+        r = dashscope.MultiModalConversation.call(
+            api_key=SERVE_KEY, model="qwen3-vl-plus", messages=messages, tools=TOOLS, max_tokens=80
+        )
+        assert r.status_code == 200, (r.code, r.message)
+        choice = r.output.choices[0]
+        assert choice.finish_reason == "tool_calls" and "<tools>" in seen[-1].prompt
+        calls = choice.message.tool_calls
+        assert args_of(calls) == [("get_weather", {"city": "Paris"})]
+        messages += [
+            {"role": "assistant", "content": [{"text": ""}], "tool_calls": calls},
+            {"role": "tool", "content": "sunny, 21 C", "tool_call_id": calls[0]["id"], "name": "get_weather"},
+        ]
+        final = dashscope.MultiModalConversation.call(
+            api_key=SERVE_KEY, model="qwen3-vl-plus", messages=messages, tools=TOOLS, max_tokens=80
+        )
+        assert final.status_code == 200, (final.code, final.message)
+        assert final.output.choices[0].message.content == [{"text": ANSWER}]
+        assert "<tool_response>\nsunny, 21 C\n</tool_response>" in seen[-1].prompt

@@ -516,6 +516,11 @@ def parse_tools(request: Request) -> bool:
     ``"required"`` and a named function are refused (UsageError): vLLM honours them with constrained decoding
     (structured outputs), which this backend does not do."""
     choice = request.tool_choice
+    if isinstance(choice, str) and choice not in ("auto", "none", "required"):
+        raise UsageError(
+            f"unknown tool_choice {choice!r}",
+            hint='Use "auto", "none", "required" or {"type": "function", "function": {"name": ...}}.',
+        )
     if choice is not None and choice not in ("auto", "none"):
         what = "tool_choice 'required'" if choice == "required" else f"tool_choice {json.dumps(choice)[:80]}"
         raise UsageError(
@@ -633,6 +638,7 @@ class TransformersBackend:
                 )
             request = request.model_copy(update={"model": self.model})
         family_of(request.model, read_config(request.model))  # a Qwen-VL model, before anything else
+        parse_tools(request)  # a tool_choice this backend cannot honour is refused before the model loads
         if not request.fetch_urls:  # the model cannot fetch: remote images are downloaded and prepared here
             request = request.model_copy(update={"fetch_urls": True})
         if request.min_pixels is None:  # count (and send) small images as the model's processor will see them
