@@ -155,6 +155,7 @@ class Progress:
     last_done: float | None = None  # when the last item finished
     phase: str = "realtime"  # realtime | upload | poll | merge
     detail: str = ""  # e.g. the Batch API job's status
+    notes: list[str] = field(default_factory=list)  # what the user must know (e.g. a Batch API job that expired)
 
 
 @dataclass
@@ -175,6 +176,7 @@ class Summary:
     send_s: float | None = None  # from the first request sent to the last item finished (realtime runs)
     batch_ids: list[str] = field(default_factory=list)
     currency: str = "CNY"
+    notes: list[str] = field(default_factory=list)  # e.g. items a Batch API job did not run (now pending)
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": "summary", **asdict(self)}
@@ -523,6 +525,7 @@ class Batch:
             rate_limited=prog.rate_limited,
             send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done else None,
             batch_ids=batch_ids,
+            notes=prog.notes,
         )
 
     def _realtime(self, journal: Journal, prog: Progress, progress: Callable[[Progress], None] | None) -> None:
