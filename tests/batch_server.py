@@ -201,6 +201,8 @@ def validate_file(data: bytes) -> tuple[list[dict], str | None, int | None]:
 
 class _BatchHandler(_Handler):
     disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall per answer
+    cut = False  # this reply is sent half, then the connection closed
+    lost = False  # this request is done, and no reply sent (the connection closed)
 
     @property
     def srv(self) -> BatchServer:
@@ -211,7 +213,6 @@ class _BatchHandler(_Handler):
         if not path.startswith((PREFIX + "/files", PREFIX + "/batches")):
             return super()._dispatch()
         self.rid = str(uuid.uuid4())
-        self.cut = False
         body = self._read_body()
         try:
             parsed = json.loads(body) if body and b"{" in body[:1] else None
@@ -228,14 +229,11 @@ class _BatchHandler(_Handler):
         if fault is not None and fault.status:
             return self._bad("injected fault", fault.status, "internal_error" if fault.status >= 500 else None)
         self.cut = fault is not None and fault.cut
-        lost = fault is not None and fault.lost
+        self.lost = fault is not None and fault.lost
         if not self._authorized():
             return self._error("compat", 401, msg="Incorrect API key provided.")
         parts = sub.strip("/").split("/")
         try:
-            if lost:  # the work is done, the reply never arrives
-                self.wfile = _Discard()  # type: ignore[assignment]
-                self.close_connection = True
             if parts == ["files"] and self.command == "POST":
                 return self._upload()
             if len(parts) == 2 and parts[0] == "files" and self.command == "GET":
@@ -254,9 +252,6 @@ class _BatchHandler(_Handler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             return None
-        finally:
-            if lost:
-                self._abort()
         return self._error("compat", 404, "not_found", f"{self.command} {path} not found")
 
     do_GET = do_POST = _dispatch
@@ -264,6 +259,8 @@ class _BatchHandler(_Handler):
     def _send(
         self, status: int, body: bytes | dict, ctype: str = "application/json", extra: dict | None = None
     ) -> None:
+        if self.lost:  # the work is done, the reply never arrives
+            return self._abort()
         if not self.cut:
             return super()._send(status, body, ctype, extra)
         data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -524,13 +521,3 @@ class _BatchHandler(_Handler):
                 job.update(status="cancelling", cancelling_at=int(time.time()))
             snapshot = json.loads(json.dumps(job))
         self._send(200, snapshot)
-
-
-class _Discard:
-    """A reply that is never sent (the connection is closed instead)."""
-
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-    def flush(self) -> None:
-        pass

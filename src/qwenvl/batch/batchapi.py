@@ -234,8 +234,9 @@ def run_batch_api(
     are spent) and BatchJobError for a job still running ``OVERDUE_GRACE_S`` past its expiry; each with a hint
     that the jobs are kept (in the journal, and running on the service) and the same call collects them."""
     report = (lambda: progress(prog)) if progress else (lambda: None)
-    opts = batch.client_options
-    with BatchAPI(opts["api_key"], region=opts["region"], base_url=opts["base_url"]) as api:
+    opts, defaults = batch.client_options, batch.planner.defaults
+    network = {k: defaults[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if k in defaults}
+    with BatchAPI(opts["api_key"], region=opts["region"], base_url=opts["base_url"], **network) as api:
         try:
             _adopt_uploads(api, journal)
             submitted = {i for job in journal.open_batches() for i in journal.batch_items(job["id"])}
@@ -252,12 +253,18 @@ def run_batch_api(
                     "again to collect them."
                 )
         except APIError as exc:
-            open_ids = [job["id"] for job in journal.open_batches()]
-            if open_ids:
+            kept = journal.open_batches()
+            jobs = [job["id"] for job in kept if not job["id"].startswith(UPLOAD_PREFIX)]
+            said = exc.hint + " " if exc.hint else ""
+            if jobs:
                 exc.hint = (
-                    f"{exc.hint + ' ' if exc.hint else ''}The Batch API jobs {', '.join(open_ids)} are kept in "
-                    f"{journal.path.name} and keep running on the service: run the same command again to collect "
-                    "them (nothing is submitted twice)."
+                    f"{said}The Batch API jobs {', '.join(jobs)} are kept in {journal.path.name} and keep running "
+                    "on the service: run the same command again to collect them (nothing is submitted twice)."
+                )
+            elif kept:
+                exc.hint = (
+                    f"{said}The uploaded input files are kept in {journal.path.name}: run the same command again "
+                    "(their jobs are looked up before any is created, so nothing is submitted twice)."
                 )
             raise
         return ids

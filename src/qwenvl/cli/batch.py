@@ -297,6 +297,8 @@ def run(opts: dict[str, Any]) -> None:
         base_url=opts["base_url"],
         poll_interval_s=opts["poll_interval"],
         wait=not opts["no_wait"],
+        # the Batch API's own calls (upload, create, poll, download) take the network settings from here
+        **{k: opts[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if opts.get(k) is not None},
         **backend_options(opts),
     )
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
