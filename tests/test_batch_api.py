@@ -509,3 +509,17 @@ def test_interrupted_process_resumes_without_submitting_twice(bserver, isolated_
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["ok"] == 3
     assert bserver.created() == 1 and len(bserver.file_meta) == 1
+
+
+def test_fresh_is_refused_while_a_job_is_not_collected(bserver, isolated_env):
+    write_requests(isolated_env / "reqs.jsonl", 2)
+    p = run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV)
+    [job_id] = json.loads(p.stdout)["batch_ids"]
+    for mode in ("batch-api", "realtime"):
+        args = [a if a != "batch-api" else mode for a in cli_args(bserver, "--fresh")]
+        p = run_cli(*args, env=ENV)
+        assert p.returncode == 2 and job_id in p.stderr and "without --fresh" in p.stderr, p.stderr
+    assert bserver.created() == 1 and len(bserver.chat_requests()) == 0
+    assert run_cli(*cli_args(bserver), env=ENV).returncode == 0  # collected
+    p = run_cli(*cli_args(bserver, "--fresh", "--json"), env=ENV)
+    assert p.returncode == 0 and json.loads(p.stdout)["ok"] == 2 and bserver.created() == 2

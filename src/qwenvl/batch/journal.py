@@ -295,7 +295,8 @@ def read_open_jobs(output: Path) -> list[str]:
         conn = _ro(journal_path(output))
         try:
             rows = conn.execute(
-                "SELECT id FROM batches WHERE merged = 0 AND id NOT LIKE ? ORDER BY created_at", (UPLOAD_PREFIX + "%",)
+                "SELECT id FROM batches WHERE merged = 0 AND id NOT LIKE ? AND status != 'failed' ORDER BY created_at",
+                (UPLOAD_PREFIX + "%",),
             ).fetchall()
         finally:
             conn.close()
@@ -589,7 +590,7 @@ class Journal:
     def add_batch(
         self, batch_id: str, input_file_id: str, model: str, item_ids: list[str], status: str = "submitted"
     ) -> None:
-        with self._transaction():
+        with self._io(), self._transaction():
             self.conn.execute(
                 "INSERT INTO batches (id, input_file_id, model, status, created_at) VALUES (?, ?, ?, ?, ?)",
                 (batch_id, input_file_id, model, status, time.time()),
@@ -608,14 +609,14 @@ class Journal:
 
     def attach_job(self, placeholder: str, batch_id: str) -> None:
         """The job created for an upload recorded by ``add_upload``: it takes the placeholder's place."""
-        with self._transaction():
+        with self._io(), self._transaction():
             self.conn.execute("UPDATE batches SET id = ?, status = 'submitted' WHERE id = ?", (batch_id, placeholder))
             self.conn.execute("UPDATE items SET batch_id = ? WHERE batch_id = ?", (batch_id, placeholder))
 
     def release_items(self, item_ids: Iterable[str]) -> None:
         """Items of a job that were not run (it expired, was cancelled, or its input file is gone): pending
         again, for the next run to submit."""
-        with self._transaction():
+        with self._io(), self._transaction():
             self.conn.executemany(
                 "UPDATE items SET status = NULL, batch_id = NULL WHERE id = ? AND status = 'submitted'",
                 ((i,) for i in item_ids),
@@ -636,7 +637,8 @@ class Journal:
         return {r["id"] for r in rows}
 
     def set_batch_status(self, batch_id: str, status: str, *, merged: bool = False) -> None:
-        self.conn.execute("UPDATE batches SET status = ?, merged = ? WHERE id = ?", (status, int(merged), batch_id))
+        with self._io():
+            self.conn.execute("UPDATE batches SET status = ?, merged = ? WHERE id = ?", (status, int(merged), batch_id))
 
     # --- outputs ---------------------------------------------------------------------------------
     def lines(self) -> Iterator[str]:

@@ -70,7 +70,7 @@ import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
 from qwenvl.batch.inputs import BatchItem
-from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished
+from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished, read_open_jobs
 from qwenvl.batch.limiter import AdaptiveLimiter
 from qwenvl.batch.spool import CHUNK, Spool
 from qwenvl.client import Client
@@ -340,7 +340,8 @@ class Batch:
     # --- before anything is sent ----------------------------------------------------------------
     def check(self) -> None:
         """Refuse, before any request: an output that cannot be written, one that belongs to no journal, an
-        output another run is writing (its lock is held); and (Batch API) a region without VL batch. The
+        output another run is writing (its lock is held), ``fresh`` while the output's journal has Batch API jobs
+        not collected (their answers are billed); and (Batch API) a region without VL batch. The
         journal itself is checked by ``estimate`` (``journal.inspect_journal``) unless ``fresh``."""
         for path in (self.output, self.csv):
             if path is not None:
@@ -356,6 +357,14 @@ class Batch:
                 f"{self.output} exists and is not the output of a qwenvl batch that can be resumed "
                 f"(no {journal_path(self.output).name} beside it)",
                 hint="Pass --fresh to overwrite it, or choose another output file.",
+            )
+        jobs = read_open_jobs(self.output) if self.fresh else []
+        if jobs:  # their answers are (or will be) paid for: --fresh would drop them and send every item again
+            raise UsageError(
+                f"--fresh would drop the Batch API jobs {', '.join(jobs)} of {self.output}, whose answers are billed: "
+                "nothing was sent or deleted",
+                hint="Collect them first: run the same command with --mode batch-api, without --fresh (to stop a "
+                f"job now: qwenvl batch cancel {jobs[0]}, then collect it).",
             )
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region
