@@ -523,3 +523,15 @@ def test_fresh_is_refused_while_a_job_is_not_collected(bserver, isolated_env):
     assert run_cli(*cli_args(bserver), env=ENV).returncode == 0  # collected
     p = run_cli(*cli_args(bserver, "--fresh", "--json"), env=ENV)
     assert p.returncode == 0 and json.loads(p.stdout)["ok"] == 2 and bserver.created() == 2
+
+
+def test_resume_estimates_nothing_for_items_already_in_a_job(bserver, isolated_env):
+    """A resumed run sends nothing new: its estimate is zero (so --max-cost does not stop the collection)."""
+    write_requests(isolated_env / "reqs.jsonl", 3)
+    assert run_cli(*cli_args(bserver, "--no-wait"), env=ENV).returncode == 0
+    job = api_batch(bserver, [BatchItem(id=f"r{i}", request={"prompt": f"q{i}"}) for i in range(3)])
+    est = job.estimate()
+    assert (est.submitted, est.to_send, est.pending, est.finished, est.cost_max) == (3, 0, 0, 0, 0)
+    p = run_cli(*cli_args(bserver, "--max-cost", "0", "--json"), env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["ok"] == 3 and bserver.created() == 1

@@ -113,6 +113,7 @@ class Estimate:
 
     items: int = 0  # current items
     finished: int = 0  # finished by an earlier run with the same output (skipped)
+    submitted: int = 0  # in Batch API jobs of an earlier run: collected by this one, not sent again nor counted
     pending: int = 0  # to do in this run
     invalid: int = 0  # pending items whose plan failed (recorded as errors, not sent)
     cached: int = 0  # pending items the cache will answer (free)
@@ -382,6 +383,8 @@ class Batch:
         """Mark, in the spool, the items this run has to do (not finished by an earlier run with the same
         output and the same question); returns how many. Reads the journal without taking it."""
         done = ("ok",) if self.retry_errors else ("ok", "error")
+        if self.mode == "batch-api":  # in a job already: collected, not sent again (nor estimated)
+            done += ("submitted",)
         in_job = self.spool.mark_pending(() if self.fresh else read_finished(self.output), done)
         if in_job and self.mode != "batch-api":
             raise UsageError(
@@ -399,10 +402,12 @@ class Batch:
         self._check_open()
         self.check()
         pending = self._mark_pending()
+        submitted = self.spool.count_where("pending = 0 AND prev_status = 'submitted'")
         est = Estimate(
             items=self.spool.count,
             pending=pending,
-            finished=self.spool.count - pending,
+            finished=self.spool.count - pending - submitted,
+            submitted=submitted,
             price_factor=0.5 if self.mode == "batch-api" else 1.0,
             currency=self.currency,
         )

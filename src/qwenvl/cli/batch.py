@@ -71,6 +71,8 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     parts = [f"{est.items:,} items"]
     if est.finished:
         parts.append(f"{est.finished:,} already finished in {opts['output']}")
+    if est.submitted:
+        parts.append(f"{est.submitted:,} in Batch API jobs already (collected, not sent again)")
     if est.invalid:
         parts.append(f"[yellow]{est.invalid:,} invalid (recorded as errors, not sent)[/]")
     if est.cached:
