@@ -382,7 +382,7 @@ class Batch:
     def _mark_pending(self) -> int:
         """Mark, in the spool, the items this run has to do (not finished by an earlier run with the same
         output and the same question); returns how many. Reads the journal without taking it."""
-        done = ("ok",) if self.retry_errors else ("ok", "error")
+        done: tuple[str, ...] = ("ok",) if self.retry_errors else ("ok", "error")
         if self.mode == "batch-api":  # in a job already: collected, not sent again (nor estimated)
             done += ("submitted",)
         in_job = self.spool.mark_pending(() if self.fresh else read_finished(self.output), done)
