@@ -259,7 +259,12 @@ class Batch:
         taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
         memory does not grow with the number of items. Raises UsageError for invalid settings (service or
         backend options beside ``client``), for an item that is not a ``BatchItem`` and for an id given twice,
-        and whatever iterating ``items`` raises."""
+        and whatever iterating ``items`` raises.
+
+        ``mode="batch-api"``: DashScope's Batch API (``qwenvl.batch.batchapi``: half price, within 24 h, Beijing
+        only), checking each job every ``poll_interval_s`` seconds (default ``BATCH_POLL_INTERVAL_S``, 30);
+        ``wait=False`` submits, looks at each job once and returns (the same call later collects). The Batch
+        API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options."""
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         if concurrency < 1:
@@ -488,7 +493,10 @@ class Batch:
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
         """Run to the end. A 401/403 stops it at once (raised, after the outputs are written); Ctrl-C leaves
         a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
-        kept). ``progress`` is called (from worker threads, one at a time) after every finished item.
+        kept). ``progress`` is called (from worker threads, one at a time) after every finished item. In
+        ``batch-api`` mode Ctrl-C (or any error) stops the waiting only: the jobs keep running on the service and
+        are in the journal, and the same call collects them; ``Summary.notes`` says what is left (jobs still
+        running, items a job expired or was cancelled before running: pending, submitted by the next run).
 
         Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
         included), when the journal is damaged or foreign, or when the output cannot be written; and during
