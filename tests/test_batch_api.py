@@ -535,3 +535,14 @@ def test_resume_estimates_nothing_for_items_already_in_a_job(bserver, isolated_e
     p = run_cli(*cli_args(bserver, "--max-cost", "0", "--json"), env=ENV)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["ok"] == 3 and bserver.created() == 1
+
+
+def test_a_job_the_service_refuses_is_each_items_error(bserver):
+    bserver.fault("POST", "/batches", status=400)
+    summary = api_batch(bserver, items_of(2)).run()
+    assert (summary.ok, summary.error, summary.pending) == (0, 2, 0) and bserver.created() == 0
+    assert "refused" in summary.notes[0]
+    out = read_jsonl("out.jsonl")
+    assert all(r["error"]["type"] == "BadRequestError" and r["error"]["status"] == 400 for r in out)
+    again = api_batch(bserver, items_of(2), retry_errors=True).run()  # nothing is stuck in the journal
+    assert again.ok == 2 and bserver.created() == 1

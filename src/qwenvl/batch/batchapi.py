@@ -46,6 +46,7 @@ from qwenvl.client import check_structured, make_request
 from qwenvl.config import REGIONS, normalize_region, require_api_key, resolve_base_url
 from qwenvl.errors import (
     APIError,
+    BadRequestError,
     MalformedResponseError,
     MediaError,
     NotFoundError,
@@ -238,7 +239,7 @@ def run_batch_api(
     network = {k: defaults[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if k in defaults}
     with BatchAPI(opts["api_key"], region=opts["region"], base_url=opts["base_url"], **network) as api:
         try:
-            _adopt_uploads(api, journal)
+            _adopt_uploads(batch, api, journal, prog)
             submitted = {i for job in journal.open_batches() for i in journal.batch_items(job["id"])}
             fresh = (item for item in pending if item.id not in submitted)
             prog.phase = "upload"
@@ -270,21 +271,42 @@ def run_batch_api(
         return ids
 
 
-def _adopt_uploads(api: BatchAPI, journal: Journal) -> None:
+def _adopt_uploads(batch: Batch, api: BatchAPI, journal: Journal, prog: Progress) -> None:
     """Jobs of files uploaded by a run that stopped before it knew the job: found by their input file, or
     created now (an input file that is gone leaves its items pending)."""
     for job in journal.open_batches():
         if not job["id"].startswith(UPLOAD_PREFIX):
             continue
         found = api.find(job["input_file_id"])
-        if found is None:
-            try:
-                found = api.create(job["input_file_id"])
-            except NotFoundError:  # the file is gone: its items are sent again
-                journal.release_items(journal.batch_items(job["id"]))
-                journal.set_batch_status(job["id"], "gone", merged=True)
-                continue
-        journal.attach_job(job["id"], found["id"])
+        if found is not None:
+            journal.attach_job(job["id"], found["id"])
+            continue
+        try:
+            _create(batch, api, journal, job["id"], job["input_file_id"], prog)
+        except NotFoundError:  # the file is gone: its items are sent again
+            journal.release_items(journal.batch_items(job["id"]))
+            journal.set_batch_status(job["id"], "gone", merged=True)
+
+
+def _create(
+    batch: Batch, api: BatchAPI, journal: Journal, placeholder: str, file_id: str, prog: Progress
+) -> dict[str, Any] | None:
+    """Create the job of a journaled upload and journal it. A job the service refuses for what it is (a 400:
+    e.g. a model without batch inference) is the error of each of its items (nothing was run or billed;
+    ``--retry-errors`` submits them again); the key's and the service's errors are raised (the upload stays
+    journaled: the next run looks its job up, then creates it)."""
+    try:
+        job = api.create(file_id)
+    except BadRequestError as exc:
+        for item_id in journal.batch_items(placeholder):
+            item = batch.spool.get(item_id)
+            if item is not None:
+                batch._record_error(journal, item, exc, prog, attempts=1)
+        journal.set_batch_status(placeholder, "refused", merged=True)
+        prog.notes.append(f"the Batch API refused a job ({exc.message}): its items are errors in {batch.output}")
+        return None
+    journal.attach_job(placeholder, job["id"])
+    return job
 
 
 def _wait(
@@ -401,8 +423,9 @@ def _submit(
         name = f"qwenvl-batch-{uuid.uuid4().hex[:12]}.jsonl"
         uploaded = api.upload(name, b"".join(f.lines))
         placeholder = journal.add_upload(uploaded["id"], group[0], f.ids)  # before the job exists: see _adopt_uploads
-        job = api.create(uploaded["id"])
-        journal.attach_job(placeholder, job["id"])
+        job = _create(batch, api, journal, placeholder, uploaded["id"], prog)
+        if job is None:
+            return
         prog.sent += len(f.ids)
         prog.detail = f"submitted {len(f.ids)} requests"
         report()
