@@ -103,6 +103,7 @@ class BatchServer(DashScopeServer):
         self.line_errors: dict[str, tuple[int, str, str]] = {}  # custom_id -> (status, code, message)
         self.fail_validation: str | None = None  # make the next jobs fail validation with this message
         self.faults: list[Fault] = []
+        self.corrupt_results = False  # result files end with a line that is not JSON
         self.polled = threading.Event()  # set at every GET of a job
 
     def start(self) -> BatchServer:
@@ -509,7 +510,8 @@ class _BatchHandler(_Handler):
 
     def _store(self, lines: list[dict]) -> str:
         file_id = f"file-batch_output-{uuid.uuid4().hex[:16]}"
-        self.srv.files[file_id] = b"".join(json.dumps(x, ensure_ascii=False).encode() + b"\n" for x in lines)
+        data = b"".join(json.dumps(x, ensure_ascii=False).encode() + b"\n" for x in lines)
+        self.srv.files[file_id] = data + (b'{"custom_id": "x", "respo\n' if self.srv.corrupt_results else b"")
         return file_id
 
     def _cancel(self, batch_id: str) -> None:

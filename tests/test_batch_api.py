@@ -17,7 +17,7 @@ from batch_server import BatchServer
 from conftest import API_KEY, run_cli, write_image
 from qwenvl.batch import Batch, BatchItem, batchapi
 from qwenvl.batch.batchapi import BatchAPI, check_region
-from qwenvl.errors import APIError, AuthenticationError, UsageError
+from qwenvl.errors import APIError, AuthenticationError, MalformedResponseError, UsageError
 from qwenvl.models import estimate_cost
 
 
@@ -548,3 +548,18 @@ def test_a_job_the_service_refuses_is_each_items_error(bserver):
     assert all(r["error"]["type"] == "BadRequestError" and r["error"]["status"] == 400 for r in out)
     again = api_batch(bserver, items_of(2), retry_errors=True).run()  # nothing is stuck in the journal
     assert again.ok == 2 and bserver.created() == 1
+
+
+def test_a_malformed_result_line_stops_the_merge_and_nothing_is_paid_twice(bserver):
+    bserver.corrupt_results = True
+    with pytest.raises(MalformedResponseError, match="not a JSON object") as info:
+        api_batch(bserver, items_of(2)).run()
+    assert "run the same command again" in info.value.hint
+    assert not Path("out.jsonl").read_text()  # nothing merged from a file that cannot be read whole
+    [job_id] = bserver.batches
+    for key in ("output_file_id", "error_file_id"):
+        if bserver.batches[job_id][key]:  # the service mends its file
+            fid = bserver.batches[job_id][key]
+            bserver.files[fid] = bserver.files[fid].rsplit(b"\n", 2)[0] + b"\n"
+    summary = api_batch(bserver, items_of(2)).run()
+    assert summary.ok == 2 and bserver.created() == 1
