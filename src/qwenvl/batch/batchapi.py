@@ -77,7 +77,9 @@ MAX_LINE_BYTES = 6_000_000  # per line: 6 MB [batch]
 MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB), so that memory stays bounded
 # Batch API calls cost half the realtime price (of the request's tier) [batch page, alibabacloud.com/help/en/
 # model-studio/batch-interfaces-compatible-with-openai, Dec 2025; "Model Studio pricing page, checked 2026-11
-# (issue 10)"].
+# (issue 10)"]; the model cards' batch prices are exactly half their realtime ones (reference/dashscope-api.md
+# section 4.3: qwen-vl-max 0.0008 / 0.002 against 0.0016 / 0.004 CNY per 1K tokens). Applied by
+# models.answer_cost(factor=...), the one pricing rule.
 PRICE_FACTOR = 0.5
 # VL batch exists in Beijing only [same batch page; reference/dashscope-api.md §5]: its costs are in CNY.
 BATCH_REGION = "cn"

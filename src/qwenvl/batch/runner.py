@@ -125,7 +125,7 @@ class Estimate:
     cost_max: float | None = 0.0  # input + every answer at max_tokens (the ceiling compared to max_cost)
     unpriced: int = 0  # requests whose model has no known price (not counted in the costs)
     models: list[str] = field(default_factory=list)
-    price_factor: float = 1.0  # 0.5 for the Batch API
+    price_factor: float = 1.0  # batchapi.PRICE_FACTOR (0.5) for the Batch API
     currency: str = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
     # plan errors by item id: the invalid items only (which items the cache answers is kept in the spool)
     errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)
@@ -413,7 +413,7 @@ class Batch:
             pending=pending,
             finished=self.spool.count - pending - submitted,
             submitted=submitted,
-            price_factor=0.5 if self.mode == "batch-api" else 1.0,
+            price_factor=batch_price_factor() if self.mode == "batch-api" else 1.0,
             currency=self.currency,
         )
         models: set[str] = set()
@@ -823,6 +823,13 @@ class _Realtime:
                     self.limiter.release(slot, actual_tokens=actual)
                     with self.lock:
                         self.prog.sent += 1
+
+
+def batch_price_factor() -> float:
+    """The Batch API's price factor (``batchapi.PRICE_FACTOR``, its one home)."""
+    from qwenvl.batch.batchapi import PRICE_FACTOR
+
+    return PRICE_FACTOR
 
 
 def within_budget(est: Estimate, max_cost: float | None) -> bool:
