@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +17,7 @@ from batch_server import BatchServer
 from conftest import API_KEY, run_cli, write_image
 from qwenvl.batch import Batch, BatchItem, batchapi
 from qwenvl.batch.batchapi import BatchAPI, check_region
-from qwenvl.errors import AuthenticationError, UsageError
+from qwenvl.errors import APIError, AuthenticationError, MalformedResponseError, UsageError
 from qwenvl.models import estimate_cost
 
 
@@ -139,14 +144,22 @@ def test_no_wait_then_resume_collects_the_same_job(bserver):
     assert third.this_run == 0 and paths(bserver).count("POST /files") == 1
 
 
-def test_expired_job_leaves_items_pending_for_the_next_run(bserver):
-    bserver.final_status = "expired"
-    items = [BatchItem(id=f"i{i}", request={"prompt": f"q{i}"}) for i in range(2)]
+def test_expired_job_keeps_its_answers_and_the_rest_is_sent_next_time(bserver):
+    bserver.final_status, bserver.expire_after = "expired", 2
+    items = [BatchItem(id=f"i{i}", request={"prompt": f"q{i}"}) for i in range(5)]
     first = api_batch(bserver, items).run()
-    assert first.pending == 2 and first.ok == 0
+    assert (first.ok, first.error, first.pending) == (2, 0, 3)
+    [note] = first.notes
+    assert "3 items" in note and "expired" in note and first.batch_ids[0] in note
+    out = read_jsonl("out.jsonl")
+    assert [r["id"] for r in out] == ["i0", "i1"] and all(r["status"] == "ok" for r in out)
+    assert out[0]["cost"] > 0  # answered before the window ended: billed, kept
     bserver.final_status = "completed"
     second = api_batch(bserver, items).run()
-    assert second.ok == 2 and paths(bserver).count("POST /batches") == 2
+    assert (second.ok, second.pending, second.this_run) == (5, 0, 3) and not second.notes
+    assert bserver.created() == 2
+    assert [line["custom_id"] for line in uploads(bserver)[1]] == ["i2", "i3", "i4"]  # only the unanswered
+    assert [r["id"] for r in read_jsonl("out.jsonl")] == [f"i{i}" for i in range(5)]
 
 
 def test_failed_validation_is_each_items_error(bserver):
@@ -185,6 +198,7 @@ def test_vl_batch_is_beijing_only(region, base_url):
 
 
 def test_status_and_cancel_commands(bserver, isolated_env):
+    bserver.polls_to_complete = 4
     items = [BatchItem(id="i", request={"prompt": "q"})]
     [job_id] = api_batch(bserver, items, wait=False).run().batch_ids
     env = {"DASHSCOPE_API_KEY": API_KEY}
@@ -236,11 +250,316 @@ def test_batch_api_client_directly(bserver):
             b'"body":{"model":"qwen3-vl-plus","messages":[{"role":"user","content":"hi"}]}}\n',
         )
         job = api.create(f["id"])
-        assert job["status"] == "validating" and job["request_counts"]["total"] == 1
+        assert job["status"] == "validating" and job["request_counts"]["total"] == 0  # counted when validated
         while job["status"] != "completed":
             job = api.retrieve(job["id"])
+        assert job["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
         [line] = [json.loads(x) for x in api.content(job["output_file_id"]).splitlines()]
         assert (
             line["custom_id"] == "1"
             and line["response"]["body"]["choices"][0]["message"]["content"] == "echo: hi [images=0 videos=0]"
         )
+
+
+# --- the service's life cycle, faults and interruptions -------------------------------------------------------
+
+
+def items_of(n: int, prefix: str = "i") -> list[BatchItem]:
+    return [BatchItem(id=f"{prefix}{i}", request={"prompt": f"q{i}"}) for i in range(n)]
+
+
+def write_requests(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"q{i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def cli_args(srv: BatchServer, *extra: str) -> list[str]:
+    return [
+        "batch",
+        "--requests",
+        "reqs.jsonl",
+        "-o",
+        "out.jsonl",
+        "--mode",
+        "batch-api",
+        "--poll-interval",
+        "0.02",
+        "--retry-backoff-s",
+        "0.01",
+        "--base-url",
+        srv.url,
+        "--no-cache",
+        *extra,
+    ]
+
+
+ENV = {"DASHSCOPE_API_KEY": API_KEY}
+
+
+def test_statuses_in_order_with_request_counts(bserver):
+    bserver.polls_to_complete = 4
+    seen: list[str] = []
+    summary = api_batch(bserver, items_of(4)).run(progress=lambda p: seen.append(p.detail))
+    assert summary.ok == 4
+    statuses = [d.split()[0] for d in seen if d and d.split()[0] in batchapi.TERMINAL | {"in_progress", "finalizing"}]
+    assert statuses[:3] == ["in_progress", "in_progress", "finalizing"] and statuses[-1] == "completed"
+    assert "in_progress 2/4" in seen and "finalizing 4/4" in seen
+
+
+def test_output_has_the_realtime_shape_at_half_the_cost(bserver, isolated_env):
+    write_image(isolated_env / "a.png")
+    items = [
+        BatchItem(id="t", request={"prompt": "hello"}),
+        BatchItem(id="img", request={"prompt": "what", "image": "a.png"}, input="a.png"),
+    ]
+    Batch(items, "rt.jsonl", api_key=API_KEY, base_url=bserver.url, cache=False).run()
+    summary = api_batch(bserver, items, output="ba.jsonl", cache=False).run()
+    rt = {r["id"]: r for r in read_jsonl("rt.jsonl")}
+    ba = {r["id"]: r for r in read_jsonl("ba.jsonl")}
+    for key in rt:
+        assert set(ba[key]) == set(rt[key]) | {"mode", "batch_id"}
+        assert set(ba[key]["result"]) == set(rt[key]["result"])
+        assert ba[key]["result"]["text"] == rt[key]["result"]["text"]
+        assert ba[key]["usage"] == rt[key]["usage"] and ba[key]["currency"] == rt[key]["currency"] == "CNY"
+        assert ba[key]["cost"] == pytest.approx(rt[key]["cost"] / 2)  # batchapi.PRICE_FACTOR [batch]
+        assert ba[key]["result"]["request_id"]  # the line's request id, for support
+    assert summary.cost == pytest.approx(sum(r["cost"] for r in ba.values()), abs=1e-6)
+    # the usage log (the default one, shared by both runs) has the realtime price and the batch's half
+    logged = sum(r["cost"] for r in api_batch(bserver, [], output="x.jsonl").usage_log.summarize(days=1))
+    assert logged == pytest.approx(sum(r["cost"] for r in rt.values()) + summary.cost, abs=1e-6)
+
+
+def test_failed_lines_keep_their_error_and_the_rest_is_kept(bserver):
+    bserver.line_errors["i1"] = (400, "data_inspection_failed", "Input data may contain inappropriate content.")
+    bserver.line_errors["i3"] = (500, "internal_error", "An internal error has occurred.")
+    summary = api_batch(bserver, items_of(4)).run()
+    assert (summary.ok, summary.error, summary.pending) == (2, 2, 0)
+    out = {r["id"]: r for r in read_jsonl("out.jsonl")}
+    assert out["i1"]["error"]["code"] == "data_inspection_failed" and out["i1"]["error"]["status"] == 400
+    assert out["i1"]["error"]["request_id"]
+    assert out["i3"]["error"]["status"] == 500
+    # --retry-errors sends exactly the failed lines again, in a new job
+    bserver.line_errors.clear()
+    again = api_batch(bserver, items_of(4), retry_errors=True).run()
+    assert again.ok == 4 and [x["custom_id"] for x in uploads(bserver)[1]] == ["i1", "i3"]
+
+
+def test_validation_failure_names_the_line(bserver, monkeypatch):
+    bserver.fail_validation = None
+    original = batchapi._plan_line
+
+    def bad_url(batch, item):  # a line the service refuses: the job fails validation as a whole
+        it, line, group = original(batch, item)
+        if item.id == "i1" and isinstance(line, bytes):
+            line = line.replace(b'"url":"/v1/chat/completions"', b'"url":"/v1/chat/nope"')
+        return it, line, group
+
+    monkeypatch.setattr(batchapi, "_plan_line", bad_url)
+    summary = api_batch(bserver, items_of(3)).run()
+    assert summary.error == 3
+    out = read_jsonl("out.jsonl")
+    assert all("(line 2)" in r["error"]["message"] and r["error"]["code"] == "invalid_file" for r in out)
+
+
+def test_split_by_file_size(bserver, monkeypatch):
+    monkeypatch.setattr(batchapi, "MAX_FILE_BYTES", 1500)
+    items = [BatchItem(id=f"i{i}", request={"prompt": f"{i} " + "x" * 400}) for i in range(7)]
+    summary = api_batch(bserver, items).run()
+    assert summary.ok == 7 and len(summary.batch_ids) == len(uploads(bserver)) > 1
+    assert all(meta["bytes"] <= 1500 for meta in bserver.file_meta.values())
+    assert sorted(x["custom_id"] for f in uploads(bserver) for x in f) == sorted(i.id for i in items)
+
+
+def test_the_files_limits_are_the_services(bserver):
+    """50,000 lines and 6 MB per line (reference/dashscope-api.md section 5, [batch]); the file cap is ours, under
+    the service's 500 MB."""
+    assert batchapi.MAX_LINES == 50_000 and batchapi.MAX_LINE_BYTES == 6_000_000
+    assert batchapi.MAX_FILE_BYTES <= 500_000_000
+
+
+def test_a_5xx_on_a_poll_and_a_dropped_download_are_retried(bserver):
+    bserver.fault("GET", "/batches/", status=500)
+    bserver.fault("GET", "/content", cut=True)
+    summary = api_batch(bserver, items_of(3), retry_backoff_s=0.01).run()
+    assert summary.ok == 3 and bserver.created() == 1
+    content = [r for r in bserver.batch_requests() if r.path.endswith("/content")]
+    assert len(content) == 2 and content[0].path == content[1].path  # the cut one, then again
+
+
+def test_a_lost_create_reply_does_not_create_a_second_job(bserver):
+    bserver.fault("POST", "/batches", lost=True)
+    summary = api_batch(bserver, items_of(2), retry_backoff_s=0.01).run()
+    assert summary.ok == 2 and bserver.created() == 1
+    assert bserver.count("POST", "/batches") == 1 and bserver.count("GET", "/batches") == 1  # found by its file
+    lookup = next(r for r in bserver.batch_requests() if r.method == "GET" and r.path.endswith("/batches"))
+    assert lookup.query["input_file_ids"] == next(iter(bserver.file_meta))
+
+
+def test_a_run_stopped_between_upload_and_job_resumes_with_that_upload(bserver):
+    # the create is lost and the service cannot be asked about it: the run stops with the upload journaled
+    bserver.fault("POST", "/batches", lost=True)
+    bserver.fault("GET", "/batches", status=503, times=3)
+    with pytest.raises(APIError) as info:
+        api_batch(bserver, items_of(2), retry_backoff_s=0.01).run()
+    assert "run the same command again" in info.value.hint and "upload:" not in info.value.hint
+    assert bserver.created() == 1 and len(bserver.file_meta) == 1
+    # the next run finds the job the lost reply created: nothing uploaded or created again
+    summary = api_batch(bserver, items_of(2), retry_backoff_s=0.01).run()
+    assert summary.ok == 2 and bserver.created() == 1 and len(bserver.file_meta) == 1
+
+
+def test_an_upload_without_a_job_gets_one_on_resume(bserver):
+    bserver.fault("POST", "/batches", status=503, times=3)
+    with pytest.raises(APIError):
+        api_batch(bserver, items_of(2), retry_backoff_s=0.01).run()
+    assert bserver.created() == 0 and len(bserver.file_meta) == 1
+    summary = api_batch(bserver, items_of(2), retry_backoff_s=0.01).run()
+    assert summary.ok == 2 and bserver.created() == 1 and len(bserver.file_meta) == 1  # the same file
+
+
+def test_polls_failing_past_the_retries_exit_5_and_the_next_run_collects(bserver, isolated_env):
+    write_requests(isolated_env / "reqs.jsonl", 3)
+    bserver.fault("GET", "/batches/", status=503, times=100)
+    p = run_cli(*cli_args(bserver), env=ENV)
+    assert p.returncode == 5 and "Traceback" not in p.stderr
+    [job_id] = bserver.batches
+    assert job_id in p.stderr and "run the same command again" in p.stderr
+    bserver.faults.clear()
+    p = run_cli(*cli_args(bserver, "--json"), env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["ok"] == 3 and bserver.created() == 1
+
+
+def test_a_401_while_waiting_stops_with_exit_4_and_keeps_the_job(bserver, isolated_env):
+    write_requests(isolated_env / "reqs.jsonl", 2)
+    p = run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["pending"] == 2
+    bserver.api_key = "sk-rotated-0000000000"
+    p = run_cli(*cli_args(bserver), env=ENV)
+    assert p.returncode == 4 and "Traceback" not in p.stderr and "run the same command again" in p.stderr
+    bserver.api_key = API_KEY
+    p = run_cli(*cli_args(bserver, "--json"), env=ENV)
+    assert p.returncode == 0 and json.loads(p.stdout)["ok"] == 2 and bserver.created() == 1
+
+
+def test_no_wait_again_collects_what_is_done(bserver, isolated_env):
+    write_requests(isolated_env / "reqs.jsonl", 2)
+    first = json.loads(run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV).stdout)
+    assert first["pending"] == 2 and "running" in first["notes"][0]
+    second = json.loads(run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV).stdout)  # one look: finalizing
+    assert second["pending"] == 2 and bserver.created() == 1
+    third = json.loads(run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV).stdout)  # completed: merged
+    assert third["ok"] == 2 and third["pending"] == 0 and not third["notes"] and bserver.created() == 1
+
+
+def test_cancel_keeps_what_was_answered_and_reports_the_rest(bserver, isolated_env):
+    write_requests(isolated_env / "reqs.jsonl", 4)
+    bserver.polls_to_complete = 4
+    p = run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV)
+    [job_id] = json.loads(p.stdout)["batch_ids"]
+    p = run_cli("batch", "status", job_id, "--base-url", bserver.url, "--json", env=ENV)  # in_progress: 2 of 4 done
+    assert json.loads(p.stdout)["request_counts"]["completed"] == 2
+    p = run_cli("batch", "cancel", job_id, "--base-url", bserver.url, env=ENV)
+    assert p.returncode == 0 and p.stdout.startswith(f"{job_id}: cancelling")
+    p = run_cli(*cli_args(bserver, "--json"), env=ENV)
+    summary = json.loads(p.stdout)
+    assert (summary["ok"], summary["pending"]) == (2, 2) and "cancelled" in summary["notes"][0]
+    assert [r["id"] for r in read_jsonl(isolated_env / "out.jsonl")] == ["r0", "r1"]
+    p = run_cli(*cli_args(bserver, "--json"), env=ENV)  # the rest, in a new job
+    assert json.loads(p.stdout)["ok"] == 4 and bserver.created() == 2
+
+
+def test_a_job_overdue_past_its_window_stops_the_wait(bserver):
+    bserver.hold = True
+    job = api_batch(bserver, items_of(1), wait=False)
+    [job_id] = job.run().batch_ids
+    bserver.batches[job_id]["expires_at"] = int(time.time()) - 2 * 3600
+    with pytest.raises(batchapi.BatchJobError, match="still validating") as info:
+        api_batch(bserver, items_of(1)).run()
+    assert job_id in info.value.hint and bserver.created() == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_process_resumes_without_submitting_twice(bserver, isolated_env, sig):
+    """Ctrl-C (or a kill) while the job runs: after Ctrl-C the process says the job keeps running (and how to
+    cancel it); the same command later collects that job, with nothing uploaded or created again."""
+    write_requests(isolated_env / "reqs.jsonl", 3)
+    bserver.hold = True
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE_")} | ENV
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwenvl", *cli_args(bserver)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert bserver.polled.wait(60), "the job was never polled"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    [job_id] = bserver.batches
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "Traceback" not in err
+        assert f"{job_id} keep running" in err and f"qwenvl batch cancel {job_id}" in err
+    bserver.hold = False
+    p = run_cli(*cli_args(bserver, "--json"), env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["ok"] == 3
+    assert bserver.created() == 1 and len(bserver.file_meta) == 1
+
+
+def test_fresh_is_refused_while_a_job_is_not_collected(bserver, isolated_env):
+    write_requests(isolated_env / "reqs.jsonl", 2)
+    p = run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV)
+    [job_id] = json.loads(p.stdout)["batch_ids"]
+    for mode in ("batch-api", "realtime"):
+        args = [a if a != "batch-api" else mode for a in cli_args(bserver, "--fresh")]
+        p = run_cli(*args, env=ENV)
+        assert p.returncode == 2 and job_id in p.stderr and "without --fresh" in p.stderr, p.stderr
+    assert bserver.created() == 1 and len(bserver.chat_requests()) == 0
+    assert run_cli(*cli_args(bserver), env=ENV).returncode == 0  # collected
+    p = run_cli(*cli_args(bserver, "--fresh", "--json"), env=ENV)
+    assert p.returncode == 0 and json.loads(p.stdout)["ok"] == 2 and bserver.created() == 2
+
+
+def test_resume_estimates_nothing_for_items_already_in_a_job(bserver, isolated_env):
+    """A resumed run sends nothing new: its estimate is zero (so --max-cost does not stop the collection)."""
+    write_requests(isolated_env / "reqs.jsonl", 3)
+    assert run_cli(*cli_args(bserver, "--no-wait"), env=ENV).returncode == 0
+    job = api_batch(bserver, [BatchItem(id=f"r{i}", request={"prompt": f"q{i}"}) for i in range(3)])
+    est = job.estimate()
+    assert (est.submitted, est.to_send, est.pending, est.finished, est.cost_max) == (3, 0, 0, 0, 0)
+    p = run_cli(*cli_args(bserver, "--max-cost", "0", "--json"), env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["ok"] == 3 and bserver.created() == 1
+
+
+def test_a_job_the_service_refuses_is_each_items_error(bserver):
+    bserver.fault("POST", "/batches", status=400)
+    summary = api_batch(bserver, items_of(2)).run()
+    assert (summary.ok, summary.error, summary.pending) == (0, 2, 0) and bserver.created() == 0
+    assert "refused" in summary.notes[0]
+    out = read_jsonl("out.jsonl")
+    assert all(r["error"]["type"] == "BadRequestError" and r["error"]["status"] == 400 for r in out)
+    again = api_batch(bserver, items_of(2), retry_errors=True).run()  # nothing is stuck in the journal
+    assert again.ok == 2 and bserver.created() == 1
+
+
+def test_a_malformed_result_line_stops_the_merge_and_nothing_is_paid_twice(bserver):
+    bserver.corrupt_results = True
+    with pytest.raises(MalformedResponseError, match="not a JSON object") as info:
+        api_batch(bserver, items_of(2)).run()
+    assert "run the same command again" in info.value.hint
+    assert not Path("out.jsonl").read_text()  # nothing merged from a file that cannot be read whole
+    [job_id] = bserver.batches
+    for key in ("output_file_id", "error_file_id"):
+        if bserver.batches[job_id][key]:  # the service mends its file
+            fid = bserver.batches[job_id][key]
+            bserver.files[fid] = bserver.files[fid].rsplit(b"\n", 2)[0] + b"\n"
+    summary = api_batch(bserver, items_of(2)).run()
+    assert summary.ok == 2 and bserver.created() == 1

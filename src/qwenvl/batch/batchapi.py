@@ -7,21 +7,29 @@ Flow (``qwenvl batch ... --mode batch-api``):
    "body": <the OpenAI-compatible body>}``;
 2. lines are grouped into files of one model and one thinking mode each, at most 50,000 lines and
    ``MAX_FILE_BYTES`` per file; a line over 6 MB is that item's error;
-3. each file is uploaded (``POST {base}/files``, ``purpose=batch``) and a job created (``POST
-   {base}/batches``, ``completion_window: 24h``); the job id is committed to the journal at once, so a run
-   killed while waiting resumes polling the same job instead of paying twice;
-4. the jobs are polled (``GET {base}/batches/{id}``) with progress from ``request_counts``;
+3. each file is uploaded (``POST {base}/files``, ``purpose=batch``) and recorded in the journal, then a job is
+   created for it (``POST {base}/batches``, ``completion_window: 24h``) and its id committed to the journal
+   at once. A run stopped between the two (or a create whose reply was lost) finds the job by its input file
+   (``GET {base}/batches?input_file_ids=...``) before it creates one: a job is never created, nor paid for,
+   twice;
+4. the jobs are polled (``GET {base}/batches/{id}``) every ``poll_interval_s`` with progress from
+   ``request_counts``, until each is over or past its ``expires_at`` by ``OVERDUE_GRACE_S`` (then the run
+   stops with an error; the job stays in the journal);
 5. the output and error files are downloaded (``GET {base}/files/{id}/content``) and merged into the same
-   output lines as realtime results (``"mode": "batch-api"``, cost at half price).
+   output lines as realtime results (plus ``"mode": "batch-api"`` and ``"batch_id"``; cost at half price).
 
-A job that expires or is cancelled leaves its unanswered items pending: the next run submits them again. A
-job that fails validation records its error for each of its items. VL batch exists in the Beijing region
-only: any other region is refused before anything is sent.
+A job that expires or is cancelled keeps what it answered; the lines it did not run (``batch_expired`` /
+``batch_cancelled`` in its error file, or in neither file) are left pending, said in ``Summary.notes``, and
+the next run submits them again. A job that fails validation records its error for each of its items. A
+failed line (its error in the error file) is that item's error. Ctrl-C, a kill, a 401 or a failed poll leave
+the jobs running on the service: the same command collects them. VL batch exists in the Beijing region only:
+any other region is refused before anything is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import time
@@ -33,11 +41,12 @@ from urllib.parse import quote, urlsplit
 
 from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
 from qwenvl.batch.inputs import BatchItem
-from qwenvl.batch.journal import Journal
+from qwenvl.batch.journal import UPLOAD_PREFIX, Journal
 from qwenvl.client import check_structured, make_request
 from qwenvl.config import REGIONS, normalize_region, require_api_key, resolve_base_url
 from qwenvl.errors import (
     APIError,
+    BadRequestError,
     MalformedResponseError,
     MediaError,
     NotFoundError,
@@ -49,6 +58,7 @@ from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
+from qwenvl.retry import retry_delay, should_retry
 from qwenvl.store.usage import Entry
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import Response
@@ -58,7 +68,8 @@ if TYPE_CHECKING:
 
 # Sources: [batch] alibabacloud.com/help/en/model-studio/batch-interfaces-compatible-with-openai (Dec 2025) and
 # help.aliyun.com/zh/model-studio/batch-inference (2025-11-06), reference/dashscope-api.md §5; checked against
-# Model Studio's batch page 2026-11 (issue 10).
+# Model Studio's batch page 2026-11 (issue 10). [list]: the list endpoint and its input_file_ids filter,
+# platform.qianwenai.com/docs/api-reference/platform-api/batch/list-batches.
 ENDPOINT = "/v1/chat/completions"  # [batch]
 COMPLETION_WINDOW = "24h"  # [batch]
 MAX_LINES = 50_000  # per input file [batch]
@@ -66,11 +77,20 @@ MAX_LINE_BYTES = 6_000_000  # per line: 6 MB [batch]
 MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB), so that memory stays bounded
 # Batch API calls cost half the realtime price (of the request's tier) [batch page, alibabacloud.com/help/en/
 # model-studio/batch-interfaces-compatible-with-openai, Dec 2025; "Model Studio pricing page, checked 2026-11
-# (issue 10)"].
+# (issue 10)"]; the model cards' batch prices are exactly half their realtime ones (reference/dashscope-api.md
+# section 4.3: qwen-vl-max 0.0008 / 0.002 against 0.0016 / 0.004 CNY per 1K tokens). Applied by
+# models.answer_cost(factor=...), the one pricing rule.
 PRICE_FACTOR = 0.5
 # VL batch exists in Beijing only [same batch page; reference/dashscope-api.md §5]: its costs are in CNY.
 BATCH_REGION = "cn"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# The codes of lines a job did not run (OpenAI's BatchRequestOutput.error.code, which the compatible API keeps):
+# not the item's error, the item is pending again.
+NOT_RUN = frozenset({"batch_expired", "batch_cancelled"})
+# Seconds past a job's expires_at (created_at + 24 h when it gives none) after which the run stops waiting for a
+# job the service still calls running (ours: the service expires a job at the end of its window [batch]).
+OVERDUE_GRACE_S = 3600.0
+WINDOW_S = 24 * 3600.0  # COMPLETION_WINDOW in seconds
 PLAN_CHUNK = 64  # items planned at a time (bounded memory for prepared media)
 REGION_NAMES = {"cn": "Beijing", "intl": "Singapore", "us": "Virginia"}
 
@@ -139,9 +159,35 @@ class BatchAPI:
         return _object(reply, "id")
 
     def create(self, input_file_id: str) -> dict[str, Any]:
+        """Create the job for an uploaded file, never twice: the create is sent without the transport's
+        retries, and before it is sent again (a 5xx, a time-out, a lost reply) the job is looked up by its
+        input file, since the service may have created it. Raises what the last attempt raised."""
         body = {"input_file_id": input_file_id, "endpoint": ENDPOINT, "completion_window": COMPLETION_WINDOW}
-        reply, _ = self.transport.post_json(self._url("batches"), body, self.policy)
-        return _object(reply, "id")
+        once = dataclasses.replace(self.policy, max_retries=0)
+        attempt = 0
+        while True:
+            try:
+                reply, _ = self.transport.post_json(self._url("batches"), body, once)
+                return _object(reply, "id")
+            except APIError as exc:
+                if attempt >= self.policy.max_retries or not should_retry(exc):
+                    raise
+                time.sleep(retry_delay(attempt, self.policy.backoff_s, getattr(exc, "retry_after", None)))
+                attempt += 1
+            found = self.find(input_file_id)
+            if found is not None:
+                return found
+
+    def find(self, input_file_id: str) -> dict[str, Any] | None:
+        """The newest job whose input is this file, or None (``GET /batches?input_file_ids=``, [list])."""
+        reply = self.transport.get_json(
+            self._url("batches"), self.policy, params={"input_file_ids": input_file_id, "limit": "100"}
+        )
+        data = reply.get("data") if isinstance(reply, dict) else None
+        if not isinstance(data, list):
+            raise MalformedResponseError(f"the Batch API's list of jobs has no 'data': {str(reply)[:200]}")
+        jobs = [j for j in data if isinstance(j, dict) and j.get("input_file_id") == input_file_id and j.get("id")]
+        return max(jobs, key=lambda j: j.get("created_at") or 0) if jobs else None
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         with _unknown_batch(batch_id):
@@ -182,43 +228,129 @@ def run_batch_api(
     prog: Progress,
     progress: Callable[[Progress], None] | None,
 ) -> list[str]:
-    """Submit the pending items (unless already in a job), wait for every job, merge. Returns the job ids.
+    """Submit the pending items (unless already in a job), then wait for every job and merge it; with
+    ``batch.wait`` False, look at each job once and merge those that are over. Returns the job ids.
     ``pending`` is read as it is planned (``PLAN_CHUNK`` items at a time); merged answers find their item in
-    the batch's spool by id."""
+    the batch's spool by id.
+
+    Raises what the service raises (a 401 at once; a 5xx or a connection error once the transport's retries
+    are spent) and BatchJobError for a job still running ``OVERDUE_GRACE_S`` past its expiry; each with a hint
+    that the jobs are kept (in the journal, and running on the service) and the same call collects them."""
     report = (lambda: progress(prog)) if progress else (lambda: None)
-    opts = batch.client_options
-    with BatchAPI(opts["api_key"], region=opts["region"], base_url=opts["base_url"]) as api:
-        submitted = {i for job in journal.open_batches() for i in journal.batch_items(job["id"])}
-        fresh = (item for item in pending if item.id not in submitted)
-        prog.phase = "upload"
-        report()
-        _submit(batch, api, journal, fresh, prog, report)
-        jobs = journal.open_batches()
-        ids = [job["id"] for job in jobs]
-        if not batch.wait:
-            return ids
-        prog.phase = "poll"
-        open_ids = list(ids)
-        while open_ids:
-            details = []
-            for job_id in list(open_ids):
-                job = api.retrieve(job_id)
-                details.append(counts_text(job))
-                journal.set_batch_status(job_id, job["status"])
-                if job["status"] in TERMINAL:
-                    prog.phase = "merge"
-                    prog.detail = counts_text(job)
-                    report()
-                    _merge(batch, api, journal, job, prog)
-                    journal.set_batch_status(job_id, job["status"], merged=True)
-                    journal.write_outputs(batch.csv)
-                    open_ids.remove(job_id)
-                    prog.phase = "poll"
-            prog.detail = "; ".join(details)
+    opts, defaults = batch.client_options, batch.planner.defaults
+    network = {k: defaults[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if k in defaults}
+    with BatchAPI(opts["api_key"], region=opts["region"], base_url=opts["base_url"], **network) as api:
+        try:
+            _adopt_uploads(batch, api, journal, prog)
+            submitted = {i for job in journal.open_batches() for i in journal.batch_items(job["id"])}
+            fresh = (item for item in pending if item.id not in submitted)
+            prog.phase = "upload"
             report()
-            if open_ids:
-                time.sleep(batch.poll_interval_s)
+            _submit(batch, api, journal, fresh, prog, report)
+            ids = [job["id"] for job in journal.open_batches()]
+            _wait(batch, api, journal, ids, prog, report)
+            running = [job["id"] for job in journal.open_batches()]
+            if running:  # --no-wait
+                prog.notes.append(
+                    f"Batch API jobs {', '.join(running)} are running (results within 24 h): run the same command "
+                    "again to collect them."
+                )
+        except APIError as exc:
+            kept = journal.open_batches()
+            jobs = [job["id"] for job in kept if not job["id"].startswith(UPLOAD_PREFIX)]
+            said = exc.hint + " " if exc.hint else ""
+            if jobs:
+                exc.hint = (
+                    f"{said}The Batch API jobs {', '.join(jobs)} are kept in {journal.path.name} and keep running "
+                    "on the service: run the same command again to collect them (nothing is submitted twice)."
+                )
+            elif kept:
+                exc.hint = (
+                    f"{said}The uploaded input files are kept in {journal.path.name}: run the same command again "
+                    "(their jobs are looked up before any is created, so nothing is submitted twice)."
+                )
+            raise
         return ids
+
+
+def _adopt_uploads(batch: Batch, api: BatchAPI, journal: Journal, prog: Progress) -> None:
+    """Jobs of files uploaded by a run that stopped before it knew the job: found by their input file, or
+    created now (an input file that is gone leaves its items pending)."""
+    for job in journal.open_batches():
+        if not job["id"].startswith(UPLOAD_PREFIX):
+            continue
+        found = api.find(job["input_file_id"])
+        if found is not None:
+            journal.attach_job(job["id"], found["id"])
+            continue
+        try:
+            _create(batch, api, journal, job["id"], job["input_file_id"], prog)
+        except NotFoundError:  # the file is gone: its items are sent again
+            journal.release_items(journal.batch_items(job["id"]))
+            journal.set_batch_status(job["id"], "gone", merged=True)
+
+
+def _create(
+    batch: Batch, api: BatchAPI, journal: Journal, placeholder: str, file_id: str, prog: Progress
+) -> dict[str, Any] | None:
+    """Create the job of a journaled upload and journal it. A job the service refuses for what it is (a 400:
+    e.g. a model without batch inference) is the error of each of its items (nothing was run or billed;
+    ``--retry-errors`` submits them again); the key's and the service's errors are raised (the upload stays
+    journaled: the next run looks its job up, then creates it)."""
+    try:
+        job = api.create(file_id)
+    except BadRequestError as exc:
+        for item_id in journal.batch_items(placeholder):
+            item = batch.spool.get(item_id)
+            if item is not None:
+                batch._record_error(journal, item, exc, prog, attempts=1)
+        journal.set_batch_status(placeholder, "refused", merged=True)
+        prog.notes.append(f"the Batch API refused a job ({exc.message}): its items are errors in {batch.output}")
+        return None
+    journal.attach_job(placeholder, job["id"])
+    return job
+
+
+def _wait(
+    batch: Batch, api: BatchAPI, journal: Journal, ids: list[str], prog: Progress, report: Callable[[], None]
+) -> None:
+    prog.phase = "poll"
+    open_ids = list(ids)
+    while open_ids:
+        details = []
+        for job_id in list(open_ids):
+            job = api.retrieve(job_id)
+            details.append(counts_text(job))
+            journal.set_batch_status(job_id, job["status"])
+            if job["status"] in TERMINAL:
+                prog.phase = "merge"
+                prog.detail = counts_text(job)
+                report()
+                _merge(batch, api, journal, job, prog)
+                journal.set_batch_status(job_id, job["status"], merged=True)
+                journal.write_outputs(batch.csv)
+                open_ids.remove(job_id)
+                prog.phase = "poll"
+            else:
+                _check_overdue(job)
+        prog.detail = "; ".join(details)
+        report()
+        if open_ids and not batch.wait:
+            return
+        if open_ids:
+            time.sleep(batch.poll_interval_s)
+
+
+def _check_overdue(job: dict[str, Any]) -> None:
+    """A job the service still calls running ``OVERDUE_GRACE_S`` after its expiry: the wait ends here."""
+    expires = job.get("expires_at") or ((job.get("created_at") or time.time()) + WINDOW_S)
+    if isinstance(expires, int | float) and time.time() > expires + OVERDUE_GRACE_S:
+        late = (time.time() - expires) / 3600
+        raise BatchJobError(
+            f"the Batch API job {job['id']} is still {job['status']} {late:.1f} h after its completion window "
+            "ended: stopped waiting",
+            hint="See it with `qwenvl batch status ID`; cancel it with `qwenvl batch cancel ID`.",
+        )
 
 
 @contextlib.contextmanager
@@ -292,8 +424,10 @@ def _submit(
     def send(group: tuple[str, bool], f: _File) -> None:
         name = f"qwenvl-batch-{uuid.uuid4().hex[:12]}.jsonl"
         uploaded = api.upload(name, b"".join(f.lines))
-        job = api.create(uploaded["id"])
-        journal.add_batch(job["id"], uploaded["id"], group[0], f.ids)
+        placeholder = journal.add_upload(uploaded["id"], group[0], f.ids)  # before the job exists: see _adopt_uploads
+        job = _create(batch, api, journal, placeholder, uploaded["id"], prog)
+        if job is None:
+            return
         prog.sent += len(f.ids)
         prog.detail = f"submitted {len(f.ids)} requests"
         report()
@@ -318,16 +452,24 @@ def _submit(
             send(group, f)
 
 
-def _lines(data: bytes) -> list[dict[str, Any]]:
+def _lines(data: bytes, file_id: str) -> list[dict[str, Any]]:
+    """The JSON lines of a result file; one that is not a JSON object is the service's fault (MalformedResponseError:
+    the job stays unmerged, so the next run downloads it again rather than paying for its items twice)."""
     out = []
-    for raw in data.decode("utf-8", "replace").splitlines():
-        if raw.strip():
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
+    for n, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise MalformedResponseError(
+                f"line {n} of the Batch API result file {file_id} is not a JSON object: {raw[:120]!r}",
+                hint="Run the same command again to download it again; if it persists, see the file with "
+                "`qwenvl batch status ID`.",
+            )
+        out.append(obj)
     return out
 
 
@@ -335,10 +477,11 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
     job_id = job["id"]
     waiting = journal.batch_items(job_id)
     results: list[dict[str, Any]] = []
-    for key in ("output_file_id", "error_file_id"):
+    for key in ("output_file_id", "error_file_id"):  # both downloaded before anything is recorded
         if job.get(key):
-            results += _lines(api.content(job[key]))
+            results += _lines(api.content(job[key]), job[key])
     extra = {"mode": "batch-api", "batch_id": job_id}
+    not_run: list[str] = []
     for rec in results:
         item_id = str(rec.get("custom_id"))
         if item_id not in waiting:
@@ -347,6 +490,9 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
         if item is None:
             continue
         waiting.discard(item_id)
+        if rec.get("response") is None and (rec.get("error") or {}).get("code") in NOT_RUN:
+            not_run.append(item_id)
+            continue
         outcome = _outcome(rec, item)
         if isinstance(outcome, Response):
             batch._record_ok(
@@ -382,21 +528,28 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
                     code=getattr(outcome, "code", None),
                 ),
             )
-    if not waiting:
-        return
-    if job["status"] == "failed":
+    if job["status"] == "failed" and waiting:
         errors = (job.get("errors") or {}).get("data") or [{}]
         first = errors[0] if isinstance(errors[0], dict) else {}
+        where = f" (line {first['line']})" if first.get("line") else ""
         exc = BatchJobError(
-            f"the Batch API job {job_id} failed: {first.get('message') or 'no reason given'}", code=first.get("code")
+            f"the Batch API job {job_id} failed: {first.get('message') or 'no reason given'}{where}",
+            code=first.get("code"),
         )
         for item_id in waiting:
             item = batch.spool.get(item_id)
             if item is not None:
                 batch._record_error(journal, item, exc, prog, attempts=1)
-    else:  # expired, cancelled, or completed without an answer for some lines: send them again next time
-        journal.conn.executemany(
-            "UPDATE items SET status = NULL, batch_id = NULL WHERE id = ?", ((i,) for i in waiting)
+        return
+    # not run (expired, cancelled), or in neither file: pending again, submitted by the next run
+    unanswered = not_run + sorted(waiting)
+    if unanswered:
+        journal.release_items(unanswered)
+        why = {"expired": "expired before running them", "cancelled": "was cancelled before running them"}
+        prog.notes.append(
+            f"{len(unanswered):,} items of the Batch API job {job_id} were not answered (the job "
+            f"{why.get(job['status'], 'returned no line for them')}): they are pending; run the same command again "
+            "to submit them again."
         )
 
 

@@ -67,6 +67,7 @@ RESERVE_MIN, RESERVE_MAX = 4 * 1024 * 1024, 64 * 1024 * 1024
 WRITER_BATCH = 500  # finished items committed in one transaction at most
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _STOP = object()
+UPLOAD_PREFIX = "upload:"  # the placeholder id of a Batch API input file whose job is not known yet
 _TABLES = {"_migrations", "meta", "items", "batches"}
 _ITEM_COLUMNS = {
     "id",
@@ -283,6 +284,25 @@ def read_finished(output: Path) -> Iterator[tuple[str, str, str]]:
     if not inspect_journal(output):
         return iter(())
     return _finished_rows(journal_path(output))
+
+
+def read_open_jobs(output: Path) -> list[str]:
+    """The ids of the Batch API jobs of ``output`` that are not merged yet, read without taking the journal
+    (e.g. to name them after Ctrl-C); [] when there is no readable journal."""
+    try:
+        if not inspect_journal(output):
+            return []
+        conn = _ro(journal_path(output))
+        try:
+            rows = conn.execute(
+                "SELECT id FROM batches WHERE merged = 0 AND id NOT LIKE ? AND status != 'failed' ORDER BY created_at",
+                (UPLOAD_PREFIX + "%",),
+            ).fetchall()
+        finally:
+            conn.close()
+    except (UsageError, sqlite3.Error, OSError):
+        return []
+    return [r["id"] for r in rows]
 
 
 def _finished_rows(path: Path) -> Iterator[tuple[str, str, str]]:
@@ -567,14 +587,39 @@ class Journal:
         return out
 
     # --- Batch API jobs --------------------------------------------------------------------------
-    def add_batch(self, batch_id: str, input_file_id: str, model: str, item_ids: list[str]) -> None:
-        with self._transaction():
+    def add_batch(
+        self, batch_id: str, input_file_id: str, model: str, item_ids: list[str], status: str = "submitted"
+    ) -> None:
+        with self._io(), self._transaction():
             self.conn.execute(
-                "INSERT INTO batches (id, input_file_id, model, status, created_at) VALUES (?, ?, ?, 'submitted', ?)",
-                (batch_id, input_file_id, model, time.time()),
+                "INSERT INTO batches (id, input_file_id, model, status, created_at) VALUES (?, ?, ?, ?, ?)",
+                (batch_id, input_file_id, model, status, time.time()),
             )
             self.conn.executemany(
                 "UPDATE items SET status = 'submitted', batch_id = ? WHERE id = ?", ((batch_id, i) for i in item_ids)
+            )
+
+    def add_upload(self, input_file_id: str, model: str, item_ids: list[str]) -> str:
+        """Record an uploaded input file before its job is created (so that a run stopped between the two finds
+        the job by its file instead of creating, and paying for, a second one). Its items are 'submitted' under
+        the placeholder job id returned (``UPLOAD_PREFIX`` + the file id) until ``attach_job``."""
+        placeholder = UPLOAD_PREFIX + input_file_id
+        self.add_batch(placeholder, input_file_id, model, item_ids, status="uploaded")
+        return placeholder
+
+    def attach_job(self, placeholder: str, batch_id: str) -> None:
+        """The job created for an upload recorded by ``add_upload``: it takes the placeholder's place."""
+        with self._io(), self._transaction():
+            self.conn.execute("UPDATE batches SET id = ?, status = 'submitted' WHERE id = ?", (batch_id, placeholder))
+            self.conn.execute("UPDATE items SET batch_id = ? WHERE batch_id = ?", (batch_id, placeholder))
+
+    def release_items(self, item_ids: Iterable[str]) -> None:
+        """Items of a job that were not run (it expired, was cancelled, or its input file is gone): pending
+        again, for the next run to submit."""
+        with self._io(), self._transaction():
+            self.conn.executemany(
+                "UPDATE items SET status = NULL, batch_id = NULL WHERE id = ? AND status = 'submitted'",
+                ((i,) for i in item_ids),
             )
 
     def open_batches(self) -> list[dict[str, Any]]:
@@ -592,7 +637,8 @@ class Journal:
         return {r["id"] for r in rows}
 
     def set_batch_status(self, batch_id: str, status: str, *, merged: bool = False) -> None:
-        self.conn.execute("UPDATE batches SET status = ?, merged = ? WHERE id = ?", (status, int(merged), batch_id))
+        with self._io():
+            self.conn.execute("UPDATE batches SET status = ?, merged = ? WHERE id = ?", (status, int(merged), batch_id))
 
     # --- outputs ---------------------------------------------------------------------------------
     def lines(self) -> Iterator[str]:

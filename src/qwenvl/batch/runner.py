@@ -70,7 +70,7 @@ import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
 from qwenvl.batch.inputs import BatchItem
-from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished
+from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished, read_open_jobs
 from qwenvl.batch.limiter import AdaptiveLimiter
 from qwenvl.batch.spool import CHUNK, Spool
 from qwenvl.client import Client
@@ -113,6 +113,7 @@ class Estimate:
 
     items: int = 0  # current items
     finished: int = 0  # finished by an earlier run with the same output (skipped)
+    submitted: int = 0  # in Batch API jobs of an earlier run: collected by this one, not sent again nor counted
     pending: int = 0  # to do in this run
     invalid: int = 0  # pending items whose plan failed (recorded as errors, not sent)
     cached: int = 0  # pending items the cache will answer (free)
@@ -124,7 +125,7 @@ class Estimate:
     cost_max: float | None = 0.0  # input + every answer at max_tokens (the ceiling compared to max_cost)
     unpriced: int = 0  # requests whose model has no known price (not counted in the costs)
     models: list[str] = field(default_factory=list)
-    price_factor: float = 1.0  # 0.5 for the Batch API
+    price_factor: float = 1.0  # batchapi.PRICE_FACTOR (0.5) for the Batch API
     currency: str = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
     # plan errors by item id: the invalid items only (which items the cache answers is kept in the spool)
     errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)
@@ -155,6 +156,7 @@ class Progress:
     last_done: float | None = None  # when the last item finished
     phase: str = "realtime"  # realtime | upload | poll | merge
     detail: str = ""  # e.g. the Batch API job's status
+    notes: list[str] = field(default_factory=list)  # what the user must know (e.g. a Batch API job that expired)
 
 
 @dataclass
@@ -175,6 +177,7 @@ class Summary:
     send_s: float | None = None  # from the first request sent to the last item finished (realtime runs)
     batch_ids: list[str] = field(default_factory=list)
     currency: str = "CNY"
+    notes: list[str] = field(default_factory=list)  # e.g. items a Batch API job did not run (now pending)
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": "summary", **asdict(self)}
@@ -256,7 +259,12 @@ class Batch:
         taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
         memory does not grow with the number of items. Raises UsageError for invalid settings (service or
         backend options beside ``client``), for an item that is not a ``BatchItem`` and for an id given twice,
-        and whatever iterating ``items`` raises."""
+        and whatever iterating ``items`` raises.
+
+        ``mode="batch-api"``: DashScope's Batch API (``qwenvl.batch.batchapi``: half price, within 24 h, Beijing
+        only), checking each job every ``poll_interval_s`` seconds (default ``BATCH_POLL_INTERVAL_S``, 30);
+        ``wait=False`` submits, looks at each job once and returns (the same call later collects). The Batch
+        API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options."""
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         if concurrency < 1:
@@ -338,7 +346,8 @@ class Batch:
     # --- before anything is sent ----------------------------------------------------------------
     def check(self) -> None:
         """Refuse, before any request: an output that cannot be written, one that belongs to no journal, an
-        output another run is writing (its lock is held); and (Batch API) a region without VL batch. The
+        output another run is writing (its lock is held), ``fresh`` while the output's journal has Batch API jobs
+        not collected (their answers are billed); and (Batch API) a region without VL batch. The
         journal itself is checked by ``estimate`` (``journal.inspect_journal``) unless ``fresh``."""
         for path in (self.output, self.csv):
             if path is not None:
@@ -355,6 +364,14 @@ class Batch:
                 f"(no {journal_path(self.output).name} beside it)",
                 hint="Pass --fresh to overwrite it, or choose another output file.",
             )
+        jobs = read_open_jobs(self.output) if self.fresh else []
+        if jobs:  # their answers are (or will be) paid for: --fresh would drop them and send every item again
+            raise UsageError(
+                f"--fresh would drop the Batch API jobs {', '.join(jobs)} of {self.output}, whose answers are billed: "
+                "nothing was sent or deleted",
+                hint="Collect them first: run the same command with --mode batch-api, without --fresh (to stop a "
+                f"job now: qwenvl batch cancel {jobs[0]}, then collect it).",
+            )
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region
 
@@ -370,7 +387,9 @@ class Batch:
     def _mark_pending(self) -> int:
         """Mark, in the spool, the items this run has to do (not finished by an earlier run with the same
         output and the same question); returns how many. Reads the journal without taking it."""
-        done = ("ok",) if self.retry_errors else ("ok", "error")
+        done: tuple[str, ...] = ("ok",) if self.retry_errors else ("ok", "error")
+        if self.mode == "batch-api":  # in a job already: collected, not sent again (nor estimated)
+            done += ("submitted",)
         in_job = self.spool.mark_pending(() if self.fresh else read_finished(self.output), done)
         if in_job and self.mode != "batch-api":
             raise UsageError(
@@ -388,11 +407,13 @@ class Batch:
         self._check_open()
         self.check()
         pending = self._mark_pending()
+        submitted = self.spool.count_where("pending = 0 AND prev_status = 'submitted'")
         est = Estimate(
             items=self.spool.count,
             pending=pending,
-            finished=self.spool.count - pending,
-            price_factor=0.5 if self.mode == "batch-api" else 1.0,
+            finished=self.spool.count - pending - submitted,
+            submitted=submitted,
+            price_factor=batch_price_factor() if self.mode == "batch-api" else 1.0,
             currency=self.currency,
         )
         models: set[str] = set()
@@ -472,7 +493,10 @@ class Batch:
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
         """Run to the end. A 401/403 stops it at once (raised, after the outputs are written); Ctrl-C leaves
         a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
-        kept). ``progress`` is called (from worker threads, one at a time) after every finished item.
+        kept). ``progress`` is called (from worker threads, one at a time) after every finished item. In
+        ``batch-api`` mode Ctrl-C (or any error) stops the waiting only: the jobs keep running on the service and
+        are in the journal, and the same call collects them; ``Summary.notes`` says what is left (jobs still
+        running, items a job expired or was cancelled before running: pending, submitted by the next run).
 
         Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
         included), when the journal is damaged or foreign, or when the output cannot be written; and during
@@ -523,6 +547,7 @@ class Batch:
             rate_limited=prog.rate_limited,
             send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done else None,
             batch_ids=batch_ids,
+            notes=prog.notes,
         )
 
     def _realtime(self, journal: Journal, prog: Progress, progress: Callable[[Progress], None] | None) -> None:
@@ -798,6 +823,13 @@ class _Realtime:
                     self.limiter.release(slot, actual_tokens=actual)
                     with self.lock:
                         self.prog.sent += 1
+
+
+def batch_price_factor() -> float:
+    """The Batch API's price factor (``batchapi.PRICE_FACTOR``, its one home)."""
+    from qwenvl.batch.batchapi import PRICE_FACTOR
+
+    return PRICE_FACTOR
 
 
 def within_budget(est: Estimate, max_cost: float | None) -> bool:

@@ -17,10 +17,12 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S
 from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
+from qwenvl.batch.journal import read_open_jobs
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
     backend_options,
@@ -69,6 +71,8 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     parts = [f"{est.items:,} items"]
     if est.finished:
         parts.append(f"{est.finished:,} already finished in {opts['output']}")
+    if est.submitted:
+        parts.append(f"{est.submitted:,} in Batch API jobs already (collected, not sent again)")
     if est.invalid:
         parts.append(f"[yellow]{est.invalid:,} invalid (recorded as errors, not sent)[/]")
     if est.cached:
@@ -174,10 +178,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     if s.rate_limited:
         line += f", {s.rate_limited} × 429"
     console.print(f"[dim]{line}[/]")
-    if s.batch_ids and s.pending:
-        console.print(
-            f"[dim]Batch API jobs: {', '.join(s.batch_ids)}. Run the same command again to collect the results.[/]"
-        )
+    for note in s.notes:
+        console.print(f"[yellow]{escape(note)}[/]")
     if s.error:
         console.print(f'[dim]failed items have "status": "error" in {s.output}; --retry-errors sends them again[/]')
 
@@ -297,6 +299,8 @@ def run(opts: dict[str, Any]) -> None:
         base_url=opts["base_url"],
         poll_interval_s=opts["poll_interval"],
         wait=not opts["no_wait"],
+        # the Batch API's own calls (upload, create, poll, download) take the network settings from here
+        **{k: opts[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if opts.get(k) is not None},
         **backend_options(opts),
     )
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
@@ -317,7 +321,17 @@ def run(opts: dict[str, Any]) -> None:
         else:
             summary = job.run()
     except KeyboardInterrupt:
-        err_console().print(f"[dim]finished items are kept in {job.output}: run the same command again to resume[/]")
+        jobs = read_open_jobs(job.output) if job.mode == "batch-api" else []
+        if jobs:
+            err_console().print(
+                f"[dim]stopped waiting: the Batch API jobs {escape(', '.join(jobs))} keep running on the service "
+                "(their answers are billed): run the same command again to collect them, or cancel them with "
+                f"`qwenvl batch cancel {escape(jobs[0])}`[/]"
+            )
+        else:
+            err_console().print(
+                f"[dim]finished items are kept in {escape(str(job.output))}: run the same command again to resume[/]"
+            )
         raise
     _show_summary(summary, opts)
 
