@@ -28,6 +28,16 @@ API_KEY = "sk-test-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
+def restored_logger() -> Iterator[None]:
+    """The ``qwenvl`` logger as it was: a CLI invoked in process (``CliRunner`` in a test, not ``run_cli``) routes
+    the library's warnings to stderr and stops their propagation, which would change later tests' logging."""
+    logger = logging.getLogger("qwenvl")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate, logger.level = saved
+
+
+@pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No real key, config or .env can leak into a test: HOME, QWENVL_HOME and the cwd are temporary."""
     for name in list(os.environ):
