@@ -13,10 +13,9 @@ from typing import Any
 from qwenvl.backends import oss
 from qwenvl.backends.base import MediaForm, aassembled, assembled
 from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
-from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
-from qwenvl.protocols.common import StreamDriver, answer_events, load_json
+from qwenvl.protocols.common import StreamDriver, answer_events, load_json, read_whole
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Response, StreamEvent
@@ -74,9 +73,8 @@ class _Wire:
 
     def start(self, call: Call, stream: LineStream) -> _Started:
         """Read a stream up to its first content (the transport retries an error raised before that)."""
-        if "json" in stream.content_type:
+        if read_whole(stream.content_type):
             return _Started(self.non_sse(call, stream, stream.read()))
-        self.refuse_html(stream)
         driver = self.parser(call, stream)
         lines = iter(stream)
         for line in lines:
@@ -86,9 +84,8 @@ class _Wire:
         return _Started(driver.end())
 
     async def astart(self, call: Call, stream: AsyncLineStream) -> _Started:
-        if "json" in stream.content_type:
+        if read_whole(stream.content_type):
             return _Started(self.non_sse(call, stream, await stream.aread()))
-        self.refuse_html(stream)
         driver = self.parser(call, stream)
         lines = stream.__aiter__()
         async for line in lines:
@@ -98,15 +95,8 @@ class _Wire:
         return _Started(driver.end())
 
     def non_sse(self, call: Call, stream: LineStream, body: bytes) -> list[StreamEvent]:
-        """A streaming request answered with plain JSON (an error, or a server that does not stream)."""
+        """A streaming request answered with a whole body (``read_whole``): JSON, or an error for anything else."""
         return answer_events(self.parse(load_json(body, "the reply"), call, dict(stream.headers)))
-
-    def refuse_html(self, stream: LineStream) -> None:
-        """A web page where an event stream should be (a proxy's or a captive portal's): say so at once."""
-        if "html" in stream.content_type.lower():
-            raise MalformedResponseError(
-                "the reply is an HTML page, not an event stream (from a proxy or a login page, not the service)"
-            )
 
 
 @dataclass

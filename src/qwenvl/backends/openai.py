@@ -33,7 +33,7 @@ from qwenvl.errors import APIConnectionError, APIStatusError, QwenVLError, Usage
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import openai as proto
-from qwenvl.protocols.common import StreamDriver, answer_events, load_json
+from qwenvl.protocols.common import StreamDriver, answer_events, load_json, read_whole
 from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Request, Response, StreamEvent
 
@@ -281,7 +281,7 @@ class OpenAIBackend(_Declared):
         w = self._wire
         stream, _ = self.transport.open_stream(*w.post(call, True))
         try:
-            if "json" in stream.content_type:
+            if read_whole(stream.content_type):
                 yield from w.non_sse(call, stream, stream.read())
                 return
             yield from w.driver(call, stream).run(stream)
@@ -333,7 +333,7 @@ class AsyncOpenAIBackend(_Declared):
         stream: AsyncLineStream
         stream, _ = await self.transport.open_stream(*w.post(call, True))
         try:
-            if "json" in stream.content_type:
+            if read_whole(stream.content_type):
                 for event in w.non_sse(call, stream, await stream.aread()):
                     yield event
                 return
