@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 HTML_PAGE = "(an HTML page from a proxy, not the service)"
 PROXY_HINT = (
-    "Something between you and DashScope answered (a proxy, gateway or firewall): check --base-url and "
+    "Something between you and the service answered (a proxy, gateway or firewall): check --base-url and "
     "any HTTPS_PROXY setting, or retry later."
 )
 
