@@ -193,8 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if mode == "cut":
                 return self._raw(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
-                    b'{"choices": ['
+                    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"choices": ['
                 )
             if mode == "silent":
                 fault.stopping.wait()
