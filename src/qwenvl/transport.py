@@ -138,9 +138,12 @@ class Budget:
         self.cap_s = self.timeout_s + extra
         self.cap_at = self.at = max(self.at, self.start + self.cap_s)
 
-    def describe(self) -> str:
-        """Which bound was reached, for the error message."""
+    def describe(self, answered: bool = True) -> str:
+        """Which bound was reached, for the error message. ``answered``: the status line had arrived; before it,
+        a plain request and a stream meet the same bound and say the same ("no reply within 2 s")."""
         t = f"{self.cap_s:g} s"
+        if not answered:
+            return f"no {self.what} within {t if not self.stream else f'{self.timeout_s:g} s'}"
         if not self.stream:
             return f"no complete {self.what} within {t}"
         t = f"{self.timeout_s:g} s"
@@ -381,7 +384,8 @@ def map_exception(
     error: APIError
     if isinstance(exc, httpx.TimeoutException):
         if budget is not None and budget.spent():
-            error = APITimeoutError(redact(f"timed out: {budget.describe()} ({url})", api_key))
+            why = budget.describe(answered=status is not None)
+            error = APITimeoutError(redact(f"timed out: {why} ({url})", api_key))
         else:
             kind = {
                 httpx.ConnectTimeout: "connecting",
