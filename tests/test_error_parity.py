@@ -42,6 +42,7 @@ from qwenvl.errors import (
     printable,
 )
 from qwenvl.protocols.common import PROXY_HINT
+from qwenvl.retry import RetryNotice
 from qwenvl.transport import CUT_OFF_HINT, TLS_HINT
 
 TIMEOUT_S = 0.3
@@ -68,7 +69,8 @@ class Outcome:
     cls: type[QwenVLError]
     text: str
     hint: str | None
-    attempts: int | None
+    attempts: int | None  # seen by the server (None: no server sees them)
+    tries: int  # made by the client: the retries it announced (``on_retry``) plus one
 
 
 def _closed_port() -> int:
@@ -127,7 +129,7 @@ class Failure:
     site: Callable[[DashScopeServer, FaultServer], Site]
     cls: type[QwenVLError]
     says: str  # the masked message
-    attempts: int | None  # with max_retries=1
+    attempts: int | None  # seen by the server, with max_retries=1 (None: no server sees them)
     streams_only: bool = False
     hint: str | None = None  # when the hint is the cause's own, not the class's default
 
@@ -249,23 +251,29 @@ def servers() -> Iterator[tuple[DashScopeServer, FaultServer]]:
 # --- one call, three ways -----------------------------------------------------------------------------------------
 
 
-def _client_kw(protocol: str, base_url: str) -> dict:
+def _client_kw(protocol: str, base_url: str, on_retry: Callable[[RetryNotice], None] | None) -> dict:
     if protocol == "openai":
-        return {"backend": "openai", "api_key": API_KEY, "base_url": base_url, "model": ENGINE_MODEL}
-    return {"api_key": API_KEY, "protocol": protocol, "base_url": base_url}
+        return {
+            "backend": "openai",
+            "api_key": API_KEY,
+            "base_url": base_url,
+            "model": ENGINE_MODEL,
+            "on_retry": on_retry,
+        }
+    return {"api_key": API_KEY, "protocol": protocol, "base_url": base_url, "on_retry": on_retry}
 
 
-def _sync(protocol: str, stream: bool, base_url: str) -> None:
-    with qwenvl.Client(**_client_kw(protocol, base_url)) as c:
+def _sync(protocol: str, stream: bool, base_url: str, on_retry: Callable[[RetryNotice], None] | None = None) -> None:
+    with qwenvl.Client(**_client_kw(protocol, base_url, on_retry)) as c:
         if stream:
             list(c.stream(prompt="hi", **REQUEST))
         else:
             c.complete(prompt="hi", **REQUEST)
 
 
-def _async(protocol: str, stream: bool, base_url: str) -> None:
+def _async(protocol: str, stream: bool, base_url: str, on_retry: Callable[[RetryNotice], None] | None = None) -> None:
     async def go() -> None:
-        async with qwenvl.AsyncClient(**_client_kw(protocol, base_url)) as c:
+        async with qwenvl.AsyncClient(**_client_kw(protocol, base_url, on_retry)) as c:
             if stream:
                 async for _ in c.stream(prompt="hi", **REQUEST):
                     pass
@@ -278,10 +286,11 @@ def _async(protocol: str, stream: bool, base_url: str) -> None:
 def library(site: Site, kind: str, protocol: str, stream: bool) -> Outcome:
     backend = "openai" if protocol == "openai" else "dashscope"
     site.before(backend)
+    notices: list[RetryNotice] = []
     with pytest.raises(QwenVLError) as info:
-        (_sync if kind == "sync" else _async)(protocol, stream, site.url(backend))
+        (_sync if kind == "sync" else _async)(protocol, stream, site.url(backend), notices.append)
     exc = info.value
-    return Outcome(type(exc), masked(str(exc)), exc.hint, site.attempts())
+    return Outcome(type(exc), masked(str(exc)), exc.hint, site.attempts(), len(notices) + 1)
 
 
 def cli(site: Site, protocol: str, stream: bool) -> tuple[int, list[str], int | None]:
@@ -327,12 +336,13 @@ def test_the_same_failure_is_the_same_error_everywhere(servers, failure: Failure
     assert isinstance(cloud, Outcome)
     assert (cloud.cls, cloud.text) == (failure.cls, failure.says)
     assert cloud.hint == (failure.hint or failure.cls.default_hint)
-    assert cloud.attempts == failure.attempts, "attempts (max_retries=1)"
+    assert cloud.attempts == failure.attempts, "attempts the server saw (max_retries=1)"
+    assert cloud.tries == (failure.attempts or 2), "attempts the client made (max_retries=1)"
 
     engine = _same({w: library(site, *w) for w in engine_ways}, "the engine backend's errors")
     assert isinstance(engine, Outcome)
     own = ENGINE_HINTS.get(failure.cls) if cloud.hint == failure.cls.default_hint else None
-    assert engine == Outcome(cloud.cls, cloud.text, own or cloud.hint, cloud.attempts)
+    assert engine == Outcome(cloud.cls, cloud.text, own or cloud.hint, cloud.attempts, cloud.tries)
 
     exit_code = failure.cls.exit_code
     for backend, ways, hint in (("dashscope", cloud_ways, cloud.hint), ("openai", engine_ways, engine.hint)):

@@ -42,6 +42,7 @@ from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import openai as proto
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
+from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Request, Response, StreamEvent
 
@@ -282,10 +283,11 @@ class OpenAIBackend(_Declared):
         model: str | None = None,
         http_client: Any = None,
         sleep: Callable[[float], None] | None = None,
+        on_retry: RetryHook | None = None,
     ) -> None:
         self._wire = _Wire(base_url, engine, family, model)
         kw: dict[str, Any] = {"sleep": sleep} if sleep else {}
-        self.transport = Transport(openai_api_key(api_key), http_client=http_client, **kw)
+        self.transport = Transport(openai_api_key(api_key), http_client=http_client, on_retry=on_retry, **kw)
 
     def server(self, policy: Policy | None = None) -> ServerInfo:
         """The engine and served models (asked once, then cached); ``policy``: the time-out (at most
@@ -334,11 +336,14 @@ class AsyncOpenAIBackend(_Declared):
         model: str | None = None,
         http_client: Any = None,
         sleep: Any = None,
+        on_retry: RetryHook | None = None,
     ) -> None:
-        self._sync = OpenAIBackend(base_url=base_url, api_key=api_key, engine=engine, family=family, model=model)
+        self._sync = OpenAIBackend(
+            base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, on_retry=on_retry
+        )
         self._wire = self._sync._wire
         kw = {"sleep": sleep} if sleep else {}
-        self.transport = AsyncTransport(openai_api_key(api_key), http_client=http_client, **kw)
+        self.transport = AsyncTransport(openai_api_key(api_key), http_client=http_client, on_retry=on_retry, **kw)
 
     def adapt(self, request: Request) -> Request:
         return self._sync.adapt(request)
