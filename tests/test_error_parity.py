@@ -217,6 +217,22 @@ FAILURES = [
         ]
     ],
     Failure(
+        "429 as a stream's first event",
+        lambda ds, fs: _dashscope(ds, Reply(status=429, stream_error_after=0, times=2)),
+        RateLimitError,
+        "HTTP 429 <code>: Requests rate limit exceeded, please try again later.",
+        2,  # as the same HTTP status is: nothing had come
+        streams_only=True,
+    ),
+    Failure(
+        "500 as an event after content",
+        lambda ds, fs: _dashscope(ds, Reply(text="one two three four five six", status=500, stream_error_after=1)),
+        StreamInterruptedError,
+        "the stream ended with an error: HTTP 500 <code>: An internal error has occurred.",
+        1,  # content had come: never sent again
+        streams_only=True,
+    ),
+    Failure(
         "HTTP 400 as an HTML page",
         lambda ds, fs: _dashscope(ds, Reply(status=400, raw_body=HTML, content_type="text/html", times=2)),
         BadRequestError,
