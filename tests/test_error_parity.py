@@ -389,3 +389,26 @@ def test_partial_text_is_kept_the_same_way(servers) -> None:
             (_sync if kind == "sync" else _async)(protocol, True, base)
         kept.add(info.value.partial_text)
     assert kept == {"one two three "}
+
+
+def test_a_download_that_cannot_connect_says_so_in_the_same_words(servers) -> None:
+    """--fetch-urls downloads (sync, and in a worker thread for AsyncClient) word a refused connection as a
+    request does, not in httpx's words."""
+    ds, _ = servers
+    url = f"http://127.0.0.1:{_closed_port()}/a.png"
+    said = set()
+    for kind in ("sync", "async"):
+        with pytest.raises(qwenvl.MediaError) as info:
+            if kind == "sync":
+                with qwenvl.Client(api_key=API_KEY, base_url=ds.url) as c:
+                    c.complete(prompt="hi", image=url, fetch_urls=True)
+            else:
+
+                async def go() -> None:
+                    async with qwenvl.AsyncClient(api_key=API_KEY, base_url=ds.url) as c:
+                        await c.complete(prompt="hi", image=url, fetch_urls=True)
+
+                asyncio.run(go())
+        said.add(str(info.value))
+    assert said == {f"cannot fetch {url}: the connection was refused (nothing listens at that address)"}
+    assert ds.requests == []  # nothing was sent

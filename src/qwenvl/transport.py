@@ -732,6 +732,7 @@ def fetch_url(
     MediaErrors naming the URL. Blocking: AsyncClient runs it in a worker thread.
     """
     budget = Budget(Policy(timeout_s=timeout_s, max_retries=0), what="download")
+    answered = False
     try:
         with with_deadlines(
             httpx.Client(
@@ -743,6 +744,7 @@ def fetch_url(
         ) as client:
             request = client.build_request("GET", url, extensions={"timeout": budget.timeouts()})
             response = client.send(request, stream=True)
+            answered = True
             try:
                 return _read_capped(response, url, max_bytes)
             finally:
@@ -757,7 +759,8 @@ def fetch_url(
             hint="Raise --timeout, or let the service fetch it (without --fetch-urls).",
         ) from None
     except httpx.HTTPError as exc:
-        raise MediaError(f"cannot fetch {url}: {exc}", source=url) from None
+        why, hint = describe_failure(exc, answered)  # the words of a request's failure, sync or async
+        raise MediaError(f"cannot fetch {url}: {why}", source=url, hint=hint) from None
 
 
 def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> tuple[bytes, str]:
