@@ -13,8 +13,12 @@ answered at once with an upload host on this server, so that the upload itself c
 - ``sse-data-forever``        content events, one per interval, never a final one
 - ``image-trickle``  for ``--fetch-urls``: a PNG's headers at once, then its body one byte per interval
 - ``file-steady``    a 2 MB body at 100 kB per interval: slow but steady (a legitimate large download)
+- ``drop``           the request is read, then the connection is closed without a byte of reply
+- ``cut``            a 200 whose headers promise 1000 bytes of JSON, then a few of them and the connection closes
 
-``requests`` counts requests per path. ``stop()`` ends every trickle and closes the connections.
+``only``: when set, only requests whose path ends with it misbehave; the others are answered as in ``ok`` (e.g. an
+engine's ``/models`` probe, so that the chat request itself meets the fault). ``requests`` counts requests per
+path. ``stop()`` ends every trickle and closes the connections.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ MODES = (
     "sse-data-forever",
     "image-trickle",
     "file-steady",
+    "drop",
+    "cut",
 )
 
 
@@ -63,6 +69,7 @@ class FaultServer:
         self.mode = mode
         self.interval = interval
         self.read_chunk = 1
+        self.only: str | None = None
         self.requests: Counter[str] = Counter()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -135,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.fault
         with fault._lock:
             fault.requests[path] += 1
-        mode = fault.mode
+        mode = fault.mode if fault.only is None or path.endswith(fault.only) else "ok"
         length = int(self.headers.get("Content-Length") or 0)
         if path.endswith("/uploads"):
             return self._policy()
@@ -182,6 +189,12 @@ class _Handler(BaseHTTPRequestHandler):
                         return
                     self._raw(b"x" * 100_000)
                 return
+            if mode == "drop":
+                return
+            if mode == "cut":
+                return self._raw(
+                    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"choices": ['
+                )
             if mode == "silent":
                 fault.stopping.wait()
                 return

@@ -55,7 +55,8 @@ def test_a_trickling_reply_ends_at_the_deadline(fault, protocol, mode):
     with client(fault, protocol) as c, Clock() as clock, pytest.raises(APITimeoutError) as info:
         c.complete(prompt="x", timeout_s=TIMEOUT, max_retries=0)
     assert clock.elapsed < BOUND
-    assert f"no complete reply within {TIMEOUT:g} s" in str(info.value)
+    said = "no complete reply" if mode == "body-trickle" else "no reply"  # the status line had come, or not
+    assert f"{said} within {TIMEOUT:g} s" in str(info.value)
     assert fault.total() == 1
 
 
@@ -74,7 +75,10 @@ def test_async_trickle_ends_at_the_deadline(fault, protocol, mode):
         async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=fault.url) as c:
             await c.complete(prompt="x", timeout_s=TIMEOUT, max_retries=0)
 
-    with Clock() as clock, pytest.raises(APITimeoutError, match="no complete reply"):
+    with (
+        Clock() as clock,
+        pytest.raises(APITimeoutError, match="no complete reply" if mode == "body-trickle" else "no reply"),
+    ):
         asyncio.run(main())
     assert clock.elapsed < BOUND
 
@@ -86,7 +90,7 @@ def test_a_given_http_client_gets_the_deadlines_too(fault):
     assert clock.elapsed < BOUND
 
 
-@pytest.mark.parametrize("chunk,message", [(1, "timed out sending"), (20_000, r"no complete reply within 6\.5\d* s")])
+@pytest.mark.parametrize("chunk,message", [(1, "timed out sending"), (20_000, r"no reply within 6\.5\d* s")])
 def test_a_slow_reader_cannot_hold_an_upload(fault, monkeypatch, chunk, message):
     """The send side: the server reads the body one byte per 0.2 s (each send stalls: the per-operation
     time-out ends it), or 20 kB per 0.2 s (every send progresses: the deadline ends it). A file transfer's
@@ -171,7 +175,7 @@ def test_keep_alive_comments_after_data_are_a_gap(fault):
 
 def test_a_stream_whose_headers_trickle(fault):
     fault.mode = "head-trickle"
-    with client(fault) as c, Clock() as clock, pytest.raises(APITimeoutError, match="no first event"):
+    with client(fault) as c, Clock() as clock, pytest.raises(APITimeoutError, match=f"no reply within {TIMEOUT:g} s"):
         c.complete(prompt="x", stream=True, timeout_s=TIMEOUT, max_retries=0)
     assert clock.elapsed < BOUND
 

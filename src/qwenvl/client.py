@@ -401,7 +401,9 @@ class Client(_Base[Backend]):
             if self.is_local:
                 from qwenvl.backends import make_backend
 
-                self._backend = make_backend(self.backend_name, http_client=self._http_client, **self._local_options())
+                self._backend = make_backend(
+                    self.backend_name, http_client=self._http_client, on_retry=self.on_retry, **self._local_options()
+                )
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
 
@@ -544,7 +546,11 @@ class AsyncClient(_Base[AsyncBackend]):
                 from qwenvl.backends import make_backend
 
                 self._backend = make_backend(
-                    self.backend_name, asynchronous=True, http_client=self._http_client, **self._local_options()
+                    self.backend_name,
+                    asynchronous=True,
+                    http_client=self._http_client,
+                    on_retry=self.on_retry,
+                    **self._local_options(),
                 )
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend

@@ -98,7 +98,9 @@ class APIError(QwenVLError):
 
 class APIConnectionError(APIError):
     """Raised when no answer could be had: connection refused or reset, DNS failure, TLS error; after the
-    retries. CLI exit code 5."""
+    retries. Also when a reply broke off after its status line; a POST answered 200 is then not sent again
+    (``qwenvl.retry.may_resend``). The words are qwenvl's, the same sync and async (``qwenvl.transport``).
+    CLI exit code 5."""
 
     default_hint = "Check the network and the base URL (--base-url, --region); the service did not answer."
 

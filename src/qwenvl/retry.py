@@ -3,6 +3,10 @@
 - **Retried**: connection errors and time-outs, and HTTP 429, 500, 502, 503 and 504 — also when the status
   arrives as the first event of a 200 stream, before any content (``qwenvl.transport`` treats that event
   like the same HTTP status).
+- **Never re-sent once answered**: a POST whose status line arrived with a status that is not retried (a 200
+  whose body or stream then broke or stalled) is not sent again, since the service may have done, and charged
+  for, the work (``may_resend``). A failure before any status line (refused, reset, closed without a reply,
+  a time-out waiting for the headers) is retried as a connection error.
 - **Delay** before retry ``n`` (0-based): ``backoff_s * 2**n``, shortened by up to 25 % of jitter so that
   clients spread out, never less than the service's ``Retry-After``, and never more than
   ``MAX_RETRY_DELAY_S`` (20 s). openai-python caps its backoff at 8 s; DashScope counts its rate limits per
@@ -38,6 +42,12 @@ def should_retry(exc: APIError) -> bool:
             return False
         return exc.retry_after is None or exc.retry_after <= MAX_RETRY_AFTER_S
     return False
+
+
+def may_resend(method: str, status: int | None) -> bool:
+    """Whether a request whose reply failed midway may be sent again: always before any status line arrived
+    (``status`` None), and for a GET; a POST only when its status is itself retried (``RETRYABLE_STATUS``)."""
+    return status is None or method.upper() != "POST" or status in RETRYABLE_STATUS
 
 
 def retry_delay(

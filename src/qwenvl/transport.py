@@ -22,8 +22,14 @@ Not bounded by the budget: name resolution (``getaddrinfo`` has no time-out in t
 
 **Retries** follow ``qwenvl.retry`` (the policy): a 429/5xx reply, a connection error or a time-out is
 retried ``max_retries`` times; so is an error that arrives as the first event of a 200 stream, before any
-content (the backend's ``start`` callback raises it; see ``Transport.open_stream``). Before each wait the
-``on_retry`` hook is told (the CLI prints it on a terminal).
+content (the backend's ``start`` callback raises it; see ``Transport.open_stream``). A POST whose 2xx status
+line arrived is never sent again when its body or stream then breaks off or stalls (``qwenvl.retry.may_resend``:
+the service may have done and charged for the work). Before each wait the ``on_retry`` hook is told (the CLI
+prints it on a terminal).
+
+**Errors** are mapped here once for both transports (``map_exception``): the same failure is the same class,
+message and hint in the sync and async clients, streaming or not, whatever the protocol or backend;
+``tests/test_error_parity.py`` holds the matrix.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import platform
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -51,10 +58,18 @@ from qwenvl._constants import (
     STREAM_CAP_FACTOR,
     STREAM_CAP_MIN_S,
 )
-from qwenvl.errors import APIConnectionError, APIError, APITimeoutError, MediaError, redact
+from qwenvl.errors import APIConnectionError, APIError, APITimeoutError, MediaError, printable, redact
 from qwenvl.protocols.common import error_from_body, load_json
 from qwenvl.protocols.sse import carries_data
-from qwenvl.retry import RetryHook, RetryNotice, give_up_hint, parse_retry_after, retry_delay, should_retry
+from qwenvl.retry import (
+    RetryHook,
+    RetryNotice,
+    give_up_hint,
+    may_resend,
+    parse_retry_after,
+    retry_delay,
+    should_retry,
+)
 
 T = TypeVar("T")
 
@@ -123,9 +138,12 @@ class Budget:
         self.cap_s = self.timeout_s + extra
         self.cap_at = self.at = max(self.at, self.start + self.cap_s)
 
-    def describe(self) -> str:
-        """Which bound was reached, for the error message."""
+    def describe(self, answered: bool = True) -> str:
+        """Which bound was reached, for the error message. ``answered``: the status line had arrived; before it,
+        a plain request and a stream meet the same bound and say the same ("no reply within 2 s")."""
         t = f"{self.cap_s:g} s"
+        if not answered:
+            return f"no {self.what} within {t if not self.stream else f'{self.timeout_s:g} s'}"
         if not self.stream:
             return f"no complete {self.what} within {t}"
         t = f"{self.timeout_s:g} s"
@@ -301,19 +319,90 @@ def _headers(api_key: str, extra: dict[str, str] | None) -> dict[str, str]:
     return out
 
 
-def map_exception(exc: httpx.HTTPError, url: str, api_key: str | None = None, budget: Budget | None = None) -> APIError:
+CUT_OFF_HINT = (
+    "The service answered, then the reply broke off; qwenvl did not send it again, since the service may have "
+    "done (and charged for) the work. Run it again if that is acceptable."
+)
+TLS_HINT = (
+    "Check the base URL's scheme (the cloud is https://; a local engine is usually http://), the system's CA "
+    "certificates and any HTTPS proxy."
+)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what lies beneath it: its causes, contexts and the members of exception groups."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo.extend(getattr(e, "exceptions", None) or ())
+        todo += [e.__cause__, e.__context__]
+    return seen
+
+
+def describe_failure(exc: httpx.HTTPError, answered: bool = False) -> tuple[str, str | None]:
+    """(why, hint): why a connection failed, in qwenvl's own words, and a hint when the cause calls for its own.
+
+    httpx words the same failure differently in its sync and asyncio backends (a refused connection is
+    "[Errno 111] Connection refused" in one, "All connection attempts failed" in the other), so the words come
+    from the cause (``ssl.SSLError``, ``socket.gaierror``, ``ConnectionRefusedError``...), never from httpx.
+    ``answered``: the status line had arrived (the reply broke off after it). Raises nothing."""
+    for e in _causes(exc):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"the server's TLS certificate was refused ({e.verify_message or e.reason})", TLS_HINT
+        if isinstance(e, ssl.SSLError):
+            return f"the TLS handshake failed ({e.reason or e.strerror or type(e).__name__})", TLS_HINT
+        if isinstance(e, socket.gaierror):
+            return "the host name does not resolve", None
+        if isinstance(e, ConnectionRefusedError):
+            return "the connection was refused (nothing listens at that address)", None
+    if answered:
+        return "the connection closed before the reply was complete", None
+    if any(isinstance(e, ConnectionResetError | BrokenPipeError) for e in _causes(exc)):
+        return "the connection was reset", None
+    if isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
+        return "the server closed the connection without a reply", None
+    return printable(str(exc)) or type(exc).__name__, None
+
+
+def map_exception(
+    exc: httpx.HTTPError,
+    url: str,
+    api_key: str | None = None,
+    budget: Budget | None = None,
+    *,
+    method: str = "POST",
+    status: int | None = None,
+) -> APIError:
+    """The qwenvl error for an httpx failure of one attempt, the same for the sync and async transports.
+
+    ``status``: the status line had arrived when it failed (the body or stream broke off or stalled). Such an
+    error is final (never retried: ``qwenvl.retry.may_resend``) unless the status is itself retried."""
+    error: APIError
     if isinstance(exc, httpx.TimeoutException):
         if budget is not None and budget.spent():
-            return APITimeoutError(redact(f"timed out: {budget.describe()} ({url})", api_key))
-        kind = {
-            httpx.ConnectTimeout: "connecting",
-            httpx.ReadTimeout: "waiting for the reply",
-            httpx.WriteTimeout: "sending",
-            httpx.PoolTimeout: "waiting for a connection",
-        }.get(type(exc), "talking to the service")
-        return APITimeoutError(redact(f"timed out {kind} ({url})", api_key))
-    detail = str(exc) or type(exc).__name__
-    return APIConnectionError(redact(f"cannot reach {url}: {detail}", api_key))
+            why = budget.describe(answered=status is not None)
+            error = APITimeoutError(redact(f"timed out: {why} ({url})", api_key))
+        else:
+            kind = {
+                httpx.ConnectTimeout: "connecting",
+                httpx.ReadTimeout: "waiting for the reply",
+                httpx.WriteTimeout: "sending",
+                httpx.PoolTimeout: "waiting for a connection",
+            }.get(type(exc), "talking to the service")
+            error = APITimeoutError(redact(f"timed out {kind} ({url})", api_key))
+    else:
+        why, hint = describe_failure(exc, answered=status is not None)
+        text = f"{url} answered HTTP {status}, then {why}" if status is not None else f"cannot reach {url}: {why}"
+        error = APIConnectionError(redact(text, api_key), hint=hint)
+    if not may_resend(method, status):
+        error.final = True  # type: ignore[attr-defined]
+        if not isinstance(error, APITimeoutError):
+            error.hint = CUT_OFF_HINT
+    return error
 
 
 def _length(headers: httpx.Headers) -> int:
@@ -374,7 +463,8 @@ class LineStream:
         self.content_type = response.headers.get("content-type", "")
 
     def _error(self, exc: httpx.HTTPError) -> APIError:
-        return map_exception(exc, self._url, self._key, self._budget)
+        status = self._response.status_code  # the reply had begun: a POST's is not sent again (``may_resend``)
+        return map_exception(exc, self._url, self._key, self._budget, status=status)
 
     def __iter__(self) -> Iterator[str]:
         try:
@@ -456,11 +546,13 @@ class Transport:
     ) -> httpx.Response:
         """One attempt: the 2xx/3xx response (open when ``stream``, else read), or the error it maps to.
         ``transfer``: a file transfer, whose budget grows with the body sent and received (``Budget.allow``)."""
+        status = None
         try:
             request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
             if transfer:
                 budget.allow(_length(request.headers))
             response = self._client.send(request, stream=True)
+            status = response.status_code
             if response.is_redirect:
                 response.close()
                 raise _redirect_error(response, url, self._key)
@@ -476,7 +568,7 @@ class Transport:
                 if response.status_code >= 400 or not stream:
                     response.close()
         except httpx.HTTPError as exc:
-            raise map_exception(exc, url, self._key, budget) from exc
+            raise map_exception(exc, url, self._key, budget, method=method, status=status) from exc
         raise _status_error(response, body, self._key)
 
     def _send(self, method: str, url: str, policy: Policy, *, transfer: bool = False, **kw: Any) -> httpx.Response:
@@ -523,10 +615,11 @@ class Transport:
     ) -> tuple[LineStream, T | None]:
         """POST and return the open reply once its status is 2xx, with what ``start`` returned.
 
-        ``start`` reads the stream up to its first content (the backend decodes the protocol); an APIError it
-        raises before returning (an error event where the first content should be, a time-out waiting for the
-        first event) counts as the attempt's failure and is retried like the same HTTP status. Once ``start``
-        has returned nothing more is retried: the caller may already hold part of the answer."""
+        ``start`` reads the stream up to its first content (the backend decodes the protocol); an error event
+        it raises before returning (where the first content should be) counts as the attempt's failure and is
+        retried like the same HTTP status. A connection that breaks or stalls after the 2xx status is not
+        retried (``qwenvl.retry.may_resend``), nor is anything once ``start`` has returned: the caller may
+        already hold part of the answer."""
 
         def once(budget: Budget) -> tuple[LineStream, T | None]:
             response = self._request("POST", url, budget, True, {"json": body, "headers": _headers(self._key, headers)})
@@ -572,9 +665,12 @@ class AsyncTransport:
             attempt += 1
 
     async def _request(self, method: str, url: str, budget: Budget, stream: bool, kw: dict[str, Any]) -> httpx.Response:
+        """As ``Transport._request``."""
+        status = None
         try:
             request = self._client.build_request(method, url, extensions={"timeout": budget.timeouts()}, **kw)
             response = await self._client.send(request, stream=True)
+            status = response.status_code
             if response.is_redirect:
                 await response.aclose()
                 raise _redirect_error(response, url, self._key)
@@ -588,7 +684,7 @@ class AsyncTransport:
                 if response.status_code >= 400 or not stream:
                     await response.aclose()
         except httpx.HTTPError as exc:
-            raise map_exception(exc, url, self._key, budget) from exc
+            raise map_exception(exc, url, self._key, budget, method=method, status=status) from exc
         raise _status_error(response, body, self._key)
 
     async def post_json(
@@ -636,6 +732,7 @@ def fetch_url(
     MediaErrors naming the URL. Blocking: AsyncClient runs it in a worker thread.
     """
     budget = Budget(Policy(timeout_s=timeout_s, max_retries=0), what="download")
+    answered = False
     try:
         with with_deadlines(
             httpx.Client(
@@ -647,6 +744,7 @@ def fetch_url(
         ) as client:
             request = client.build_request("GET", url, extensions={"timeout": budget.timeouts()})
             response = client.send(request, stream=True)
+            answered = True
             try:
                 return _read_capped(response, url, max_bytes)
             finally:
@@ -661,7 +759,8 @@ def fetch_url(
             hint="Raise --timeout, or let the service fetch it (without --fetch-urls).",
         ) from None
     except httpx.HTTPError as exc:
-        raise MediaError(f"cannot fetch {url}: {exc}", source=url) from None
+        why, hint = describe_failure(exc, answered)  # the words of a request's failure, sync or async
+        raise MediaError(f"cannot fetch {url}: {why}", source=url, hint=hint) from None
 
 
 def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> tuple[bytes, str]:

@@ -8,6 +8,7 @@ from qwenvl.errors import UsageError
 
 if TYPE_CHECKING:
     from qwenvl.backends.base import AsyncBackend, Backend
+    from qwenvl.retry import RetryHook
 
 
 @overload
@@ -16,6 +17,7 @@ def make_backend(
     *,
     asynchronous: Literal[False] = False,
     http_client: Any = None,
+    on_retry: RetryHook | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
     model: str | None = None,
@@ -33,6 +35,7 @@ def make_backend(
     *,
     asynchronous: Literal[True],
     http_client: Any = None,
+    on_retry: RetryHook | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
     model: str | None = None,
@@ -49,6 +52,7 @@ def make_backend(
     *,
     asynchronous: bool = False,
     http_client: Any = None,
+    on_retry: RetryHook | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
     model: str | None = None,
@@ -59,7 +63,8 @@ def make_backend(
     attn_implementation: str | None = None,
 ) -> Backend | AsyncBackend:
     """A local backend by name (``openai`` or ``transformers``); the DashScope backend is built by the client.
-    Options that do not apply to the backend raise UsageError (a --device for a server, an --engine in process)."""
+    Options that do not apply to the backend raise UsageError (a --device for a server, an --engine in process).
+    ``on_retry``: told before each retry's wait (``qwenvl.retry.RetryNotice``), as the DashScope backend does."""
     if name == "openai":
         if device or dtype or attn_implementation:
             raise UsageError(
@@ -68,13 +73,12 @@ def make_backend(
             )
         from qwenvl.backends.openai import AsyncOpenAIBackend, OpenAIBackend
 
-        if asynchronous:
-            return AsyncOpenAIBackend(
-                base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, http_client=http_client
-            )
-        return OpenAIBackend(
-            base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, http_client=http_client
+        kw: dict[str, Any] = dict(
+            base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, on_retry=on_retry
         )
+        if asynchronous:
+            return AsyncOpenAIBackend(**kw, http_client=http_client)
+        return OpenAIBackend(**kw, http_client=http_client)
     if name == "transformers":
         if engine and engine != "auto":
             raise UsageError("--engine is for --backend openai (the server's engine)")

@@ -5,14 +5,19 @@ This module imports no media code (no Pillow, no numpy)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from qwenvl.errors import MalformedResponseError
+from qwenvl.protocols.common import read_whole
 from qwenvl.types import Response, StreamEvent
 
 if TYPE_CHECKING:
     from qwenvl.plan import Call
+    from qwenvl.protocols.common import StreamDriver
+    from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Transport
 
 
 def assembled(events: Iterator[StreamEvent]) -> Response:
@@ -37,6 +42,78 @@ async def aassembled(events: AsyncIterator[StreamEvent]) -> Response:
     if final is None:
         raise MalformedResponseError("the stream ended without a final response")
     return final
+
+
+@dataclass
+class Started:
+    """A stream read up to its first content: the events so far and, unless it has ended, the rest."""
+
+    events: list[StreamEvent]
+    driver: StreamDriver | None = None
+    lines: Any = None  # the line iterator to go on with (sync or async); None when the stream has ended
+
+
+Driver = Callable[["LineStream"], "StreamDriver"]  # the protocol's stream driver for an open reply
+Whole = Callable[["LineStream", bytes], list[StreamEvent]]  # a reply read whole (``read_whole``) as events
+
+
+def _start(stream: LineStream, driver: Driver, whole: Whole) -> Started:
+    """Read a stream up to its first content: an error raised before that is the attempt's, and the transport
+    retries it when its status is retried (``Transport.open_stream``)."""
+    if read_whole(stream.content_type):
+        return Started(whole(stream, stream.read()))
+    drive = driver(stream)
+    lines = iter(stream)
+    for line in lines:
+        events = drive.line(line)
+        if events:
+            return Started(events, drive, lines)
+    return Started(drive.end())
+
+
+async def _astart(stream: AsyncLineStream, driver: Driver, whole: Whole) -> Started:
+    if read_whole(stream.content_type):
+        return Started(whole(stream, await stream.aread()))
+    drive = driver(stream)
+    lines = stream.__aiter__()
+    async for line in lines:
+        events = drive.line(line)
+        if events:
+            return Started(events, drive, lines)
+    return Started(drive.end())
+
+
+def stream_events(
+    transport: Transport, post: tuple[str, dict[str, Any], Any, dict[str, str]], driver: Driver, whole: Whole
+) -> Iterator[StreamEvent]:
+    """The events of one streamed call, the same for every HTTP backend (so a failure is the same error, and
+    retried the same, whichever backend streams): ``post`` is the transport's (url, body, policy, headers),
+    ``driver`` decodes the protocol, ``whole`` reads a reply that is not an event stream (``read_whole``)."""
+    stream, started = transport.open_stream(*post, start=lambda s: _start(s, driver, whole))
+    assert started is not None
+    try:
+        yield from started.events
+        if started.lines is not None and started.driver is not None:
+            yield from started.driver.run(started.lines)
+    finally:
+        stream.close()
+
+
+async def astream_events(
+    transport: AsyncTransport, post: tuple[str, dict[str, Any], Any, dict[str, str]], driver: Driver, whole: Whole
+) -> AsyncGenerator[StreamEvent, None]:
+    """``stream_events`` for the async backends."""
+    stream, started = await transport.open_stream(*post, start=lambda s: _astart(s, driver, whole))
+    assert started is not None
+    try:
+        for event in started.events:
+            yield event
+        if started.lines is not None and started.driver is not None:
+            async with aclosing(started.driver.arun(started.lines)) as rest:
+                async for event in rest:
+                    yield event
+    finally:
+        await stream.aclose()
 
 
 # What a backend takes as media (``qwenvl.plan.plan``): ``data-url`` (local media prepared and sent inline as

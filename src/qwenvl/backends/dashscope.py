@@ -7,26 +7,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 from qwenvl.backends import oss
-from qwenvl.backends.base import MediaForm, aassembled, assembled
+from qwenvl.backends.base import MediaForm, aassembled, assembled, astream_events, stream_events
 from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
-from qwenvl.errors import MalformedResponseError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
 from qwenvl.retry import RetryHook
-from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
-from qwenvl.types import Response, StreamEvent
+from qwenvl.transport import AsyncTransport, LineStream, Policy, Transport
+from qwenvl.types import Request, Response, StreamEvent
 
 # what DashScope's Qwen-VL models take (per model: qwenvl.models.ModelInfo)
 ABILITIES = frozenset({"images", "video-frames", "video-file", "stream", "tools", "json", "thinking"})
 
 
 def policy_for(call: Call) -> Policy:
-    r = call.request
+    return request_policy(call.request)
+
+
+def request_policy(r: Request) -> Policy:
+    """The transport's policy for a request: its time-out, retries and backoff."""
     return Policy(timeout_s=r.timeout_s, max_retries=r.max_retries, backoff_s=r.retry_backoff_s)
 
 
@@ -72,50 +74,9 @@ class _Wire:
     def parser(self, call: Call, stream: LineStream) -> StreamDriver:
         return StreamDriver(self.proto.stream_parser(call.request.model, stream.headers.get("x-request-id")))
 
-    def start(self, call: Call, stream: LineStream) -> _Started:
-        """Read a stream up to its first content (the transport retries an error raised before that)."""
-        if "json" in stream.content_type:
-            return _Started(self.non_sse(call, stream, stream.read()))
-        self.refuse_html(stream)
-        driver = self.parser(call, stream)
-        lines = iter(stream)
-        for line in lines:
-            events = driver.line(line)
-            if events:
-                return _Started(events, driver, lines)
-        return _Started(driver.end())
-
-    async def astart(self, call: Call, stream: AsyncLineStream) -> _Started:
-        if "json" in stream.content_type:
-            return _Started(self.non_sse(call, stream, await stream.aread()))
-        self.refuse_html(stream)
-        driver = self.parser(call, stream)
-        lines = stream.__aiter__()
-        async for line in lines:
-            events = driver.line(line)
-            if events:
-                return _Started(events, driver, lines)
-        return _Started(driver.end())
-
     def non_sse(self, call: Call, stream: LineStream, body: bytes) -> list[StreamEvent]:
-        """A streaming request answered with plain JSON (an error, or a server that does not stream)."""
+        """A streaming request answered with a whole body (``read_whole``): JSON, or an error for anything else."""
         return answer_events(self.parse(load_json(body, "the reply"), call, dict(stream.headers)))
-
-    def refuse_html(self, stream: LineStream) -> None:
-        """A web page where an event stream should be (a proxy's or a captive portal's): say so at once."""
-        if "html" in stream.content_type.lower():
-            raise MalformedResponseError(
-                "the reply is an HTML page, not an event stream (from a proxy or a login page, not the service)"
-            )
-
-
-@dataclass
-class _Started:
-    """A stream read up to its first content: the events so far and, unless it has ended, the rest."""
-
-    events: list[StreamEvent]
-    driver: StreamDriver | None = None
-    lines: Any = None  # the line iterator to go on with (sync or async); None when the stream has ended
 
 
 class _Declared:
@@ -179,14 +140,9 @@ class DashScopeBackend(_Declared):
     def stream(self, call: Call) -> Iterator[StreamEvent]:
         call = self.uploads(call)
         w = self._wire
-        stream, started = self.transport.open_stream(*w.post(call, True), start=lambda s: w.start(call, s))
-        assert started is not None
-        try:
-            yield from started.events
-            if started.lines is not None and started.driver is not None:
-                yield from started.driver.run(started.lines)
-        finally:
-            stream.close()
+        yield from stream_events(
+            self.transport, w.post(call, True), lambda s: w.parser(call, s), lambda s, body: w.non_sse(call, s, body)
+        )
 
 
 class AsyncDashScopeBackend(_Declared):
@@ -230,14 +186,9 @@ class AsyncDashScopeBackend(_Declared):
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         call = await self.uploads(call)
         w = self._wire
-        stream, started = await self.transport.open_stream(*w.post(call, True), start=lambda s: w.astart(call, s))
-        assert started is not None
-        try:
-            for event in started.events:
+        events = astream_events(
+            self.transport, w.post(call, True), lambda s: w.parser(call, s), lambda s, body: w.non_sse(call, s, body)
+        )
+        async with aclosing(events) as rest:
+            async for event in rest:
                 yield event
-            if started.lines is not None and started.driver is not None:
-                async with aclosing(started.driver.arun(started.lines)) as rest:
-                    async for event in rest:
-                        yield event
-        finally:
-            await stream.aclose()

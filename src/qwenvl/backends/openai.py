@@ -21,20 +21,29 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qwenvl.backends import family as families
-from qwenvl.backends.base import MediaForm
-from qwenvl.backends.dashscope import policy_for
+from qwenvl.backends.base import MediaForm, astream_events, stream_events
+from qwenvl.backends.dashscope import policy_for, request_policy
 from qwenvl.config import normalize_engine, normalize_family, openai_api_key, openai_base_url
-from qwenvl.errors import APIConnectionError, APIStatusError, QwenVLError, UsageError
+from qwenvl.errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    MalformedResponseError,
+    PermissionDeniedError,
+    QwenVLError,
+    UsageError,
+)
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import openai as proto
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
-from qwenvl.transport import AsyncLineStream, AsyncTransport, LineStream, Policy, Transport
+from qwenvl.retry import RetryHook
+from qwenvl.transport import AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Request, Response, StreamEvent
 
 DETECT_TIMEOUT_S = 10.0  # each probe of auto-detection
@@ -50,6 +59,27 @@ DOWN_HINT = (
     "Is the engine running at that address? e.g. vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 "
     "(then --base-url http://127.0.0.1:8000/v1), or give another --base-url."
 )
+# The hints of this backend where the class's own (``qwenvl.errors``) names DashScope; only a class's default hint
+# is replaced (a hint for the very cause, e.g. a TLS failure or a reply cut off, stays).
+ENGINE_HINTS: dict[type[QwenVLError], str] = {
+    APIConnectionError: DOWN_HINT,
+    AuthenticationError: "The server wants another key: give the one it was started with (QWENVL_OPENAI_API_KEY).",
+    PermissionDeniedError: "The server refused this key for this model: check the key (QWENVL_OPENAI_API_KEY).",
+    MalformedResponseError: "The reply was not an OpenAI-compatible response: check --base-url and any proxy.",
+}
+
+
+@contextmanager
+def engine_hints() -> Iterator[None]:
+    """Errors raised inside get this backend's hint (``ENGINE_HINTS``) in place of their class's default one;
+    class, message and exit code stay as they are, the same as the DashScope backend's."""
+    try:
+        yield
+    except QwenVLError as exc:
+        hint = ENGINE_HINTS.get(type(exc))
+        if hint is not None and exc.hint == type(exc).default_hint:
+            exc.hint = hint
+        raise
 
 
 @dataclass
@@ -71,16 +101,18 @@ def _root(base_url: str) -> str:
     return base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
 
 
-def detect(transport: Transport, base_url: str, engine: str, timeout_s: float) -> ServerInfo:
-    """Ask the server what it is (see the module doc). An engine that is down raises APIConnectionError."""
-    policy = Policy(timeout_s=min(timeout_s, DETECT_TIMEOUT_S), max_retries=0)
+def detect(transport: Transport, base_url: str, engine: str, policy: Policy) -> ServerInfo:
+    """Ask the server what it is (see the module doc). Each probe has ``policy``'s time-out, at most
+    ``DETECT_TIMEOUT_S``. The first (``GET /models``) is retried as the request itself would be (``policy``'s
+    retries and backoff), so an engine that is down raises the same APIConnectionError, after the same number of
+    attempts, as a request to it would; the others are tried once, and only their answers count."""
+    first = replace(policy, timeout_s=min(policy.timeout_s, DETECT_TIMEOUT_S), stream_cap_s=None)
     info = ServerInfo(engine=engine)
     try:
-        data = transport.get_json(base_url + "/models", policy)
-    except APIConnectionError as exc:
-        raise type(exc)(f"{exc.message} (no OpenAI-compatible server answers there)", hint=DOWN_HINT) from exc
+        data = transport.get_json(base_url + "/models", first)
     except APIStatusError:
         data = None
+    policy = replace(first, max_retries=0)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         info.models = [m for m in data["data"] if isinstance(m, dict)]
         info.listed = True
@@ -119,10 +151,10 @@ class _Wire:
         self._info: ServerInfo | None = None
         self._lock = threading.Lock()
 
-    def info(self, transport: Transport, timeout_s: float) -> ServerInfo:
-        with self._lock:
+    def info(self, transport: Transport, policy: Policy) -> ServerInfo:
+        with self._lock, engine_hints():
             if self._info is None:
-                self._info = detect(transport, self.base_url, self.requested_engine, timeout_s)
+                self._info = detect(transport, self.base_url, self.requested_engine, policy)
             return self._info
 
     @property
@@ -251,19 +283,21 @@ class OpenAIBackend(_Declared):
         model: str | None = None,
         http_client: Any = None,
         sleep: Callable[[float], None] | None = None,
+        on_retry: RetryHook | None = None,
     ) -> None:
         self._wire = _Wire(base_url, engine, family, model)
         kw: dict[str, Any] = {"sleep": sleep} if sleep else {}
-        self.transport = Transport(openai_api_key(api_key), http_client=http_client, **kw)
+        self.transport = Transport(openai_api_key(api_key), http_client=http_client, on_retry=on_retry, **kw)
 
-    def server(self, timeout_s: float = DETECT_TIMEOUT_S) -> ServerInfo:
-        """The engine and served models (asked once, then cached)."""
-        return self._wire.info(self.transport, timeout_s)
+    def server(self, policy: Policy | None = None) -> ServerInfo:
+        """The engine and served models (asked once, then cached); ``policy``: the time-out (at most
+        ``DETECT_TIMEOUT_S``) and retries of the first probe (``detect``), default a request's defaults."""
+        return self._wire.info(self.transport, policy or Policy(timeout_s=DETECT_TIMEOUT_S))
 
     def adapt(self, request: Request) -> Request:
         """The request as this server needs it: its model (default: the one served, checked), URLs downloaded
         for an engine that takes data: URLs only."""
-        return self._wire.adapt(request, self.server(request.timeout_s))
+        return self._wire.adapt(request, self.server(request_policy(request)))
 
     def model_info(self, name: str) -> ModelInfo:
         return self._wire.model_info(name, self._wire._info)
@@ -272,21 +306,21 @@ class OpenAIBackend(_Declared):
         self.transport.close()
 
     def complete(self, call: Call) -> Response:
-        self.server(call.request.timeout_s)
-        data, headers = self.transport.post_json(*self._wire.post(call, False))
-        return self._wire.parse(data, call, headers)
+        self.server(policy_for(call))
+        with engine_hints():
+            data, headers = self.transport.post_json(*self._wire.post(call, False))
+            return self._wire.parse(data, call, headers)
 
     def stream(self, call: Call) -> Iterator[StreamEvent]:
-        self.server(call.request.timeout_s)
+        self.server(policy_for(call))
         w = self._wire
-        stream, _ = self.transport.open_stream(*w.post(call, True))
-        try:
-            if "json" in stream.content_type:
-                yield from w.non_sse(call, stream, stream.read())
-                return
-            yield from w.driver(call, stream).run(stream)
-        finally:
-            stream.close()
+        with engine_hints():
+            yield from stream_events(
+                self.transport,
+                w.post(call, True),
+                lambda s: w.driver(call, s),
+                lambda s, body: w.non_sse(call, s, body),
+            )
 
 
 class AsyncOpenAIBackend(_Declared):
@@ -302,11 +336,14 @@ class AsyncOpenAIBackend(_Declared):
         model: str | None = None,
         http_client: Any = None,
         sleep: Any = None,
+        on_retry: RetryHook | None = None,
     ) -> None:
-        self._sync = OpenAIBackend(base_url=base_url, api_key=api_key, engine=engine, family=family, model=model)
+        self._sync = OpenAIBackend(
+            base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, on_retry=on_retry
+        )
         self._wire = self._sync._wire
         kw = {"sleep": sleep} if sleep else {}
-        self.transport = AsyncTransport(openai_api_key(api_key), http_client=http_client, **kw)
+        self.transport = AsyncTransport(openai_api_key(api_key), http_client=http_client, on_retry=on_retry, **kw)
 
     def adapt(self, request: Request) -> Request:
         return self._sync.adapt(request)
@@ -320,25 +357,21 @@ class AsyncOpenAIBackend(_Declared):
 
     async def _ready(self, call: Call) -> None:
         if self._wire._info is None:
-            await asyncio.to_thread(self._sync.server, call.request.timeout_s)
+            await asyncio.to_thread(self._sync.server, policy_for(call))
 
     async def complete(self, call: Call) -> Response:
         await self._ready(call)
-        data, headers = await self.transport.post_json(*self._wire.post(call, False))
-        return self._wire.parse(data, call, headers)
+        with engine_hints():
+            data, headers = await self.transport.post_json(*self._wire.post(call, False))
+            return self._wire.parse(data, call, headers)
 
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
         await self._ready(call)
         w = self._wire
-        stream: AsyncLineStream
-        stream, _ = await self.transport.open_stream(*w.post(call, True))
-        try:
-            if "json" in stream.content_type:
-                for event in w.non_sse(call, stream, await stream.aread()):
-                    yield event
-                return
-            async with aclosing(w.driver(call, stream).arun(stream)) as rest:
+        events = astream_events(
+            self.transport, w.post(call, True), lambda s: w.driver(call, s), lambda s, body: w.non_sse(call, s, body)
+        )
+        with engine_hints():
+            async with aclosing(events) as rest:
                 async for event in rest:
                     yield event
-        finally:
-            await stream.aclose()

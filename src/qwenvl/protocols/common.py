@@ -17,7 +17,7 @@ from qwenvl.errors import (
     printable,
     status_error,
 )
-from qwenvl.protocols.sse import SSEDecoder
+from qwenvl.protocols.sse import SSEDecoder, carries_data
 from qwenvl.types import Message, Response, StreamEvent, Usage
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 HTML_PAGE = "(an HTML page from a proxy, not the service)"
 PROXY_HINT = (
-    "Something between you and DashScope answered (a proxy, gateway or firewall): check --base-url and "
+    "Something between you and the service answered (a proxy, gateway or firewall): check --base-url and "
     "any HTTPS_PROXY setting, or retry later."
 )
 
@@ -140,12 +140,25 @@ def load_json(data: str | bytes, what: str) -> Any:
         raise MalformedResponseError(f"{what} is JSON nested too deeply to read") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        if looks_like_html(text):
-            raise MalformedResponseError(
-                f"{what} is an HTML page, not JSON (from a proxy or a login page, not the service)"
-            ) from None
-        snippet = printable(text)[:200]
-        raise MalformedResponseError(f"{what} is not JSON: {snippet!r}") from None
+        raise unreadable(text, what) from None
+
+
+def unreadable(text: str, what: str) -> MalformedResponseError:
+    """The error for a reply that is not JSON (nor, for a stream, an event stream): the same words whether the
+    request streamed or not."""
+    if looks_like_html(text):
+        return MalformedResponseError(
+            f"{what} is an HTML page, not JSON (from a proxy or a login page, not the service)"
+        )
+    return MalformedResponseError(f"{what} is not JSON: {printable(text)[:200]!r}")
+
+
+def read_whole(content_type: str) -> bool:
+    """Whether a streaming request's 2xx reply is read whole, like a non-streaming one, instead of as events:
+    JSON (an error, or a server that does not stream) and HTML (a proxy's or a login page). Every backend's
+    stream asks here, so both say the same as a non-streaming request about the same reply."""
+    kind = content_type.lower()
+    return "json" in kind or "html" in kind
 
 
 def _int(value: Any) -> int | None:
@@ -367,15 +380,28 @@ class StreamDriver:
     """SSE lines of one stream through a protocol's StreamParser: deltas as they come, then ``done`` with the
     response (``finished`` may complete it, e.g. usage an engine leaves out). Every backend's stream uses it."""
 
+    HEAD_LINES = 20  # lines kept while no data line came, to say what the reply was instead
+
     def __init__(self, parser: StreamParser) -> None:
         self.parser = parser
         self.decoder = SSEDecoder()
+        self.data_seen = False
+        self._head: list[str] = []
 
     def line(self, line: str) -> list[StreamEvent]:
+        if not self.data_seen:
+            if carries_data(line):
+                self.data_seen = True
+            elif line.strip() and not line.startswith(":") and len(self._head) < self.HEAD_LINES:
+                self._head.append(line)
         event = self.decoder.feed(line)
         return self.parser.feed(event) if event is not None else []
 
     def end(self) -> list[StreamEvent]:
+        """The last events and ``done``. A reply with text but not one data line was no event stream at all:
+        MalformedResponseError in the words of a non-streaming reply that is not JSON (``unreadable``)."""
+        if not self.data_seen and self._head:
+            load_json("\n".join(self._head), "the reply")  # raises unless it is JSON (then the parser decides)
         event = self.decoder.flush()
         events = self.parser.feed(event) if event is not None else []
         return [*events, StreamEvent(type="done", response=self.finished(self.parser.finish()))]
