@@ -132,7 +132,7 @@ def test_analyze_request_level_keys(server, env, png):
         (["--request", '{"prompt": "  "}'], 2, "empty"),
         (["--request", '{"prompt": "x", "image": "missing.png"}'], 3, "not found"),
         (["--request", '{"prompt": "x"}', "--region", "mars"], 2, "unknown region"),
-        (["--file", "nope.json"], 2, "not found"),
+        (["--file", "nope.json"], 3, "request file not found"),  # a file named by an option: an input error
         ([], 2, "exactly one"),
     ],
 )

@@ -30,7 +30,7 @@ from qwenvl._constants import (
 from qwenvl.client import Client
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
-from qwenvl.media.sources import MEDIA_SUFFIXES, classify
+from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -328,10 +328,14 @@ def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
     return backend
 
 
-def make_client(opts: dict[str, Any]) -> Client:
+def make_client(opts: dict[str, Any], *, will_send: bool | None = None) -> Client:
     """The Client the options ask for (the model goes with the request, except for a local backend, where it
     also tells the backend which model to load or use). Inside a click command it is closed when the command
-    ends, whatever way (its connections, and a local engine's probe, are not left open)."""
+    ends, whatever way (its connections, and a local engine's probe, are not left open).
+
+    ``will_send`` (default: unless ``opts["dry_run"]``): the verb is going to send, so a missing DashScope key
+    is raised here (MissingAPIKeyError, exit 4), before any slow or interactive work (planning, sampling a
+    video, the chat's banner); local backends need no key (``Client.check_key``)."""
     refuse_empty(opts)
     on_retry = show_retry if err_console().is_terminal else None
     client = Client(
@@ -344,6 +348,8 @@ def make_client(opts: dict[str, Any]) -> Client:
     ctx = click.get_current_context(silent=True)
     if ctx is not None:  # closed when the verb ends, however it ends (a dry run, an error while planning)
         ctx.call_on_close(client.close)
+    if will_send if will_send is not None else not opts.get("dry_run"):
+        client.check_key()
     return client
 
 
@@ -377,7 +383,7 @@ def looks_like_file(arg: str) -> bool:
 
 
 def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
-    hint = 'If this is the prompt, give it with -p "...".' if prompt_hint else None
+    hint = 'If this is the prompt, give it with -p "...".' if prompt_hint else path_hint(Path(arg).expanduser())
     return MediaError(f"file not found: {arg}", source=arg, hint=hint)
 
 
@@ -408,7 +414,9 @@ def prompt_and_media(
         if _is_reference(arg):
             refs.append(arg)
         elif looks_like_file(arg):
-            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option)
+            # "is this the prompt?" only when no other argument can be: else the hint is about the path
+            others = [a for a in args if a != arg and not _is_reference(a) and not looks_like_file(a)]
+            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option and not others)
         else:
             words.append(arg)
     if prompt is not None and words:
