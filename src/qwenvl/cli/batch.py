@@ -58,7 +58,7 @@ def batch() -> None:
     """Ask one question about many files, or run a requests file: qwenvl batch photos/ -p "Caption" -o out.jsonl
 
     \b
-    qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (see `qwenvl batch run --help`)
+    qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (short for `qwenvl batch run`: see its --help)
     qwenvl batch --requests requests.jsonl -o OUT.jsonl
     qwenvl batch status ID | qwenvl batch cancel ID   (Batch API jobs)
     """
