@@ -575,3 +575,19 @@ def test_requests_on_standard_input(server, env, isolated_env):
     p = run_cli("batch", "--requests", "-", "-p", "-", "-o", "both.jsonl", "--base-url", url, env=env, input=lines)
     assert p.returncode == 2 and "not both" in p.stderr
     assert len(model_calls(server)) == 3
+
+
+def test_batch_help_and_readme_name_the_same_subcommands():
+    """`qwenvl batch --help` is `qwenvl batch run --help` (its usage line says run): the help says that `batch
+    ARGS` is short for `batch run ARGS`, and names status and cancel; the README names each subcommand."""
+    from qwenvl.cli.batch import batch
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    p = run_cli("batch", "--help")
+    assert p.returncode == 0 and "Usage: qwenvl batch run" in p.stdout
+    help_text = " ".join(p.stdout.split())
+    assert "`qwenvl batch ARGS` is short for `qwenvl batch run ARGS`" in help_text
+    for name in batch.commands:
+        assert f"qwenvl batch {name}" in readme, name
+        assert name == "run" or f"qwenvl batch {name}" in help_text, name
+    assert "`qwenvl batch ARGS` is short for `qwenvl batch run ARGS`" in readme

@@ -259,6 +259,7 @@ def run(opts: dict[str, Any]) -> None:
     Killed or interrupted? Run the same command again: only unfinished items are sent.
     Each output line: {"id", "input", "status": "ok"|"error", "result"|"error", "usage", "cost", ...}.
     Batch API jobs: qwenvl batch status ID · qwenvl batch cancel ID.
+    `qwenvl batch ARGS` is short for `qwenvl batch run ARGS` (this command).
     """
     fields = request_fields(opts)
     prompt = opts["prompt"]
