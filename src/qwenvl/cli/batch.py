@@ -298,6 +298,7 @@ def run(opts: dict[str, Any]) -> None:
         base_url=opts["base_url"],
         poll_interval_s=opts["poll_interval"],
         wait=not opts["no_wait"],
+        key_first=not opts["dry_run"],  # no key, nothing finished or cached: said before the input is read
         **backend_options(opts),
     )
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
