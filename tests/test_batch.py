@@ -253,7 +253,6 @@ def test_usage_errors(server, env, isolated_env):
         (["x.png", "-o", "o.jsonl"], "no prompt"),
         (["-p", "hi", "-o", "o.jsonl"], "nothing to do"),
         (["x.png", "-p", "hi", "--requests", "r.jsonl", "-o", "o.jsonl"], "not both"),
-        (["--requests", "absent.jsonl", "-o", "o.jsonl"], "cannot read the requests file"),
         (["x.png", "-p", "hi", "-o", "o.jsonl", "--mode", "batch-api", "--region", "intl"], "Beijing"),
     ]
     for args, message in cases:
@@ -576,3 +575,41 @@ def test_requests_on_standard_input(server, env, isolated_env):
     p = run_cli("batch", "--requests", "-", "-p", "-", "-o", "both.jsonl", "--base-url", url, env=env, input=lines)
     assert p.returncode == 2 and "not both" in p.stderr
     assert len(model_calls(server)) == 3
+
+
+def test_batch_help_and_readme_name_the_same_subcommands():
+    """`qwenvl batch --help` is `qwenvl batch run --help` (its usage line says run): the help says that `batch
+    ARGS` is short for `batch run ARGS`, and names status and cancel; the README names each subcommand."""
+    from qwenvl.cli.batch import batch
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    p = run_cli("batch", "--help")
+    assert p.returncode == 0 and "Usage: qwenvl batch run" in p.stdout
+    help_text = " ".join(p.stdout.split())
+    assert "`qwenvl batch ARGS` is short for `qwenvl batch run ARGS`" in help_text
+    for name in batch.commands:
+        assert f"qwenvl batch {name}" in readme, name
+        assert name == "run" or f"qwenvl batch {name}" in help_text, name
+    assert "`qwenvl batch ARGS` is short for `qwenvl batch run ARGS`" in readme
+
+
+def test_no_key_fails_before_the_input_is_read_unless_something_may_be_answered_without_one(server, env, isolated_env):
+    """Without a key a batch with nothing finished and nothing cached fails at once (exit 4), before its input
+    is read (a bad line further down is not reached); one whose output holds finished items is estimated first
+    (it may need no request: here it needs none), as is a dry run."""
+    reqs = write_requests(isolated_env / "r.jsonl", 3)
+    with reqs.open("a") as fh:
+        fh.write("not json\n")
+    no_key = {k: v for k, v in env.items() if k != "DASHSCOPE_API_KEY"}
+    p = run_cli("batch", "--requests", "r.jsonl", "-o", "o.jsonl", env=no_key)
+    assert p.returncode == 4 and "no DashScope API key found" in p.stderr and "line 4" not in p.stderr, p.stderr
+    assert not (isolated_env / "o.jsonl").exists()
+    p = run_cli("batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--dry-run", env=no_key)
+    assert p.returncode == 2 and "line 4" in p.stderr, p.stderr  # a dry run reads it: needs no key
+    good = write_requests(isolated_env / "good.jsonl", 3)
+    p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", "-y", env=env)
+    assert p.returncode == 0, p.stderr
+    sent = len(server.requests)
+    p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", env=no_key)  # all finished: no key needed
+    assert p.returncode == 0, p.stderr
+    assert len(server.requests) == sent

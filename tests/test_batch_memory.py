@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 import qwenvl
 from qwenvl.batch import Batch, BatchItem, read_requests
-from qwenvl.errors import UsageError
+from qwenvl.errors import MediaError, UsageError
 from test_batch import _EchoBackend, read_jsonl
 
 
@@ -81,7 +81,7 @@ def test_read_requests_reads_as_it_is_iterated(tmp_path: Path):
     assert [next(it).id for _ in range(3)] == ["q0", "q1", "q2"]  # line 4 not read yet
     with pytest.raises(UsageError, match=r"r\.jsonl line 4: not valid JSON"):
         next(it)
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(MediaError, match="requests file not found"):  # an input error (exit 3)
         read_requests(tmp_path / "absent.jsonl")  # at once, not when iterated
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(UsageError, match="has no requests"):

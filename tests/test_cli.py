@@ -11,10 +11,11 @@ import subprocess
 import sysconfig
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conftest import API_KEY, run_cli, run_cli_process
+from conftest import API_KEY, run_cli, run_cli_process, write_image
 from dashscope_server import Reply
 
 # --- analyze: the skill's interface ------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_analyze_request_level_keys(server, env, png):
         (["--request", '{"prompt": "  "}'], 2, "empty"),
         (["--request", '{"prompt": "x", "image": "missing.png"}'], 3, "not found"),
         (["--request", '{"prompt": "x"}', "--region", "mars"], 2, "unknown region"),
-        (["--file", "nope.json"], 2, "not found"),
+        (["--file", "nope.json"], 3, "request file not found"),  # a file named by an option: an input error
         ([], 2, "exactly one"),
     ],
 )
@@ -415,3 +416,233 @@ def test_config_shows_where_the_key_comes_from_never_the_key(isolated_env):
     assert data["api_key"] == ".env DASHSCOPE_API_KEY"
     assert data["endpoints"]["compat"] == "http://127.0.0.1:8000/compatible-mode/v1"
     assert run_cli("config", "--region", "mars").returncode == 2
+
+
+# --- files named by options, and the key: the same answer on every verb -------------------------------------------
+
+# Every option that names a file or folder qwenvl READS, as (verb..., option). A new FILE/DIR option must be
+# listed here or in _WRITTEN, so that its missing/folder cases are tested (test_every_file_option_is_classified).
+_READ = {
+    ("ask", "--schema"),
+    ("chat", "--schema"),
+    ("extract", "--schema"),
+    ("batch run", "--schema"),
+    ("batch run", "--requests"),
+    ("analyze", "--schema"),
+    ("analyze", "--file"),
+    ("mcp", "--allow-dir"),
+}
+_WRITTEN = {  # output files: unwritable is a usage error (exit 2), not this kind
+    ("ground", "--out"),
+    ("ocr", "--output"),
+    ("extract", "--csv"),
+    ("events", "--sheet"),
+    ("batch run", "--output"),
+    ("batch run", "--csv"),
+    ("analyze", "--output"),
+    ("skill", "--install"),
+    ("serve", "--upload-dir"),
+}
+_REFUSED = {("ground", "--schema"), ("ocr", "--schema"), ("events", "--schema")}  # take no schema: exit 2
+
+
+def _verbs() -> dict[str, Any]:
+    import click
+
+    from qwenvl.cli.main import cli
+
+    out: dict[str, click.Command] = {}
+
+    def walk(cmd: click.Command, name: str) -> None:
+        for sub_name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{name} {sub_name}".strip())
+        if not getattr(cmd, "commands", None):
+            out[name] = cmd
+
+    walk(cli, "")
+    return out
+
+
+def test_every_file_option_is_classified():
+    """Options whose value is a file or folder (metavar FILE/DIR, or a path-taking name) are each either read
+    (tested below for missing and folder paths) or written."""
+    found = set()
+    for name, cmd in _verbs().items():
+        for p in cmd.params:
+            metavar = (p.metavar or "").upper()
+            long = next((o for o in p.opts if o.startswith("--")), None)
+            if long and ("FILE" in metavar or "DIR" in metavar or long in ("--schema", "--upload-dir")):
+                found.add((name, long))
+    assert found == _READ | _WRITTEN | _REFUSED
+
+
+def _read_case(verb_option: tuple[str, str], path: str, png: Path) -> tuple[list[str], str | None]:
+    """argv for a run where the file named by the option is ``path``, everything else valid; stdin text."""
+    request = json.dumps({"prompt": "x", "image": str(png)})
+    return {
+        ("ask", "--schema"): (["ask", str(png), "-p", "x", "--schema", path], None),
+        ("chat", "--schema"): (["chat", "--schema", path], "hello\n"),
+        ("extract", "--schema"): (["extract", str(png), "--schema", path], None),
+        ("batch run", "--schema"): (["batch", str(png), "-p", "x", "-o", "o.jsonl", "--schema", path], None),
+        ("batch run", "--requests"): (["batch", "--requests", path, "-o", "o.jsonl"], None),
+        ("analyze", "--schema"): (["analyze", "--request", request, "--schema", path], None),
+        ("analyze", "--file"): (["analyze", "--file", path], None),
+        ("mcp", "--allow-dir"): (["mcp", "--allow-dir", path], ""),
+    }[verb_option]
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "fifo"])
+def test_a_file_named_by_an_option_that_cannot_be_read_is_an_input_error(server, env, png, isolated_env, kind):
+    """Every option that reads a file (and a schema named inside a request or a requests line, and a saved session):
+    missing, a folder, a pipe -> exit 3, one error line naming the path, a hint, nothing sent, nothing written."""
+    import os
+
+    if kind == "fifo" and os.name != "posix":
+        pytest.skip("named pipes are POSIX")
+    target = isolated_env / f"the-{kind}.json"
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    runs = []
+    for verb_option in sorted(_READ):
+        if verb_option == ("mcp", "--allow-dir") and kind != "missing":
+            continue  # a folder is what it takes (a file instead: below)
+        runs.append(_read_case(verb_option, target.name, png))
+    runs.append((["mcp", "--allow-dir", str(png)], ""))  # a file where a folder is named
+    request = {"prompt": "x", "image": str(png), "schema": target.name}  # a schema file named inside a request
+    runs.append((["analyze", "--request", json.dumps(request)], None))
+    (isolated_env / "r.jsonl").write_text(json.dumps({"id": 1, **request}) + "\n")
+    runs.append((["batch", "--requests", "r.jsonl", "-o", "o.jsonl"], None))
+    sessions = Path.home() / ".qwenvl" / "sessions"  # a saved session that is not a file (the user named it)
+    sessions.mkdir(parents=True, exist_ok=True)
+    if kind != "missing":  # a missing session is a new one
+        (sessions / "trip.json").mkdir() if kind == "folder" else os.mkfifo(sessions / "trip.json")
+        runs.append((["chat", "--session", "trip"], "hello\n"))
+    for args, stdin in runs:
+        p = run_cli(*args, env=env, input=stdin, timeout=60)
+        named = (
+            str(png) if args[:3] == ["mcp", "--allow-dir", str(png)] else "trip.json" if "trip" in args else target.name
+        )
+        assert p.returncode == 3, (args, p.stderr)
+        errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and named in errors[0], (args, p.stderr)
+        assert "hint:" in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+        assert "JSON Schema validator" not in p.stderr, (args, p.stderr)  # not a content problem
+        assert "Type a message" not in p.stderr  # chat stopped before its banner
+    assert server.requests == [] and not (isolated_env / "o.jsonl").exists()
+
+
+def test_a_schema_whose_content_is_wrong_stays_a_usage_error(server, env, png, isolated_env):
+    """The file could be read, its content is the problem: exit 2 with the schema hint, as before."""
+    (isolated_env / "bad.json").write_text('{"type": "object"')
+    (isolated_env / "invalid.json").write_text('{"type": "objekt"}')
+    for name in ("bad.json", "invalid.json"):
+        for args in (["ask", str(png), "-p", "x", "--schema", name], ["extract", str(png), "--schema", name]):
+            p = run_cli(*args, env=env)
+            assert p.returncode == 2 and "JSON Schema validator" in p.stderr, (args, p.stderr)
+    assert server.requests == []
+
+
+def test_missing_file_hints_name_the_near_file_or_the_folder(server, env, png, isolated_env):
+    (isolated_env / "invoice.schema.json").write_text('{"type": "object"}')
+    p = run_cli("ask", str(png), "-p", "x", "--schema", "invoice.shema.json", env=env)
+    assert p.returncode == 3 and "hint: Did you mean invoice.schema.json?" in p.stderr, p.stderr
+    p = run_cli("batch", "--requests", "nothing.jsonl", "-o", "o.jsonl", env=env)
+    assert p.returncode == 3 and "requests file not found: nothing.jsonl" in p.stderr, p.stderr
+    assert f"current folder ({isolated_env})" in p.stderr
+    write_image(isolated_env / "photo.png")
+    p = run_cli("ask", "phot.png", "what is it?", env=env)  # the prompt is elsewhere: the hint is about the path
+    assert p.returncode == 3 and "Did you mean photo.png?" in p.stderr, p.stderr
+    assert server.requests == []
+
+
+# Verbs that send to the model (a missing key is certain failure), and those that never need a key.
+_SENDS = {
+    "ask": ["ask", "{png}", "-p", "x"],
+    "chat": ["chat"],
+    "ground": ["ground", "{png}", "the dog"],
+    "ocr": ["ocr", "{png}"],
+    "extract": ["extract", "{png}", "--schema", "s.json"],
+    "events": ["events", "{png}", "{png}"],
+    "analyze": ["analyze", "--request", '{"prompt": "x", "image": "{png}"}'],
+    "batch run": ["batch", "ok.png", "-p", "x", "-o", "o.jsonl"],  # (a tiny image would be an invalid item, not sent)
+    "batch status": ["batch", "status", "batch_1"],
+    "batch cancel": ["batch", "cancel", "batch_1"],
+    "serve": ["serve", "--no-auth", "--port", "0"],  # checked before listening
+}
+_NO_KEY = {"tokens", "usage", "models", "config", "skill", "mcp"}  # mcp: the estimate tool needs none; calls say it
+
+
+def test_no_key_fails_at_once_on_every_verb_that_sends(server, isolated_env):
+    """No key anywhere: every verb that would send says so first (exit 4), before planning (a 5 px image, which
+    planning refuses with exit 3, is never reached) and before the chat's banner; dry runs and tokens need none."""
+    assert set(_verbs()) == set(_SENDS) | _NO_KEY  # a new verb must be placed in one of them
+    from PIL import Image
+
+    Image.new("RGB", (5, 5), "red").save(isolated_env / "tiny.png")  # refused when planned (side of 10 px or less)
+    write_image(isolated_env / "ok.png")
+    (isolated_env / "s.json").write_text('{"type": "object"}')
+    no_key = {"DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base, "DASHSCOPE_HTTP_BASE_URL": server.native_base}
+    for verb, argv in _SENDS.items():
+        args = [a.replace("{png}", "tiny.png") for a in argv]
+        p = run_cli(*args, env=no_key, input="hello\n", timeout=60)
+        assert p.returncode == 4, (verb, p.stderr)
+        assert "no DashScope API key found" in p.stderr and "DASHSCOPE_API_KEY" in p.stderr, (verb, p.stderr)
+        assert "Type a message" not in p.stderr and "Traceback" not in p.stderr, (verb, p.stderr)
+    for verb in ("ask", "ground", "ocr", "extract", "events", "analyze", "batch run"):  # a dry run needs no key
+        args = [a.replace("{png}", "ok.png") for a in _SENDS[verb]]
+        p = run_cli(*args, "--dry-run", env=no_key)
+        assert p.returncode == 0, (verb, p.stderr)
+    p = run_cli("tokens", "tiny.png", env=no_key)
+    assert "no DashScope API key" not in p.stderr
+    assert server.requests == []
+
+
+def test_no_key_is_not_needed_by_a_local_backend(isolated_env, png):
+    from engine_server import EngineServer
+
+    with EngineServer(engine="vllm") as engine:
+        local = ["--backend", "openai", "--base-url", engine.base_url]
+        p = run_cli("chat", *local, input="hello\n")
+        assert p.returncode == 0 and "Type a message" in p.stderr, p.stderr
+        p = run_cli("ask", str(png), "-p", "x", *local)
+        assert p.returncode == 0, p.stderr
+        assert len(engine.chats()) == 2
+
+
+def test_region_hint_names_only_what_the_verb_takes(isolated_env):
+    """models has no --base-url: its unknown-region error names no base_url (a request key) nor the flag; verbs
+    with the flag keep the hint."""
+    p = run_cli("models", "--region", "mars")
+    assert p.returncode == 2 and "unknown region 'mars'" in p.stderr
+    assert "base_url" not in p.stderr and "--base-url" not in p.stderr and "hint:" not in p.stderr, p.stderr
+    p = run_cli("ask", "-p", "x", "--region", "mars")
+    assert p.returncode == 2 and "hint: Or give the endpoint itself with --base-url." in p.stderr, p.stderr
+    p = run_cli("analyze", "--request", '{"prompt": "x"}', "--region", "mars")
+    assert p.returncode == 2 and "--base-url" in p.stderr, p.stderr
+
+
+def test_every_hint_on_every_verb_names_only_what_the_verb_takes():
+    """Each hint in the package, fitted to each verb: every flag it names is one that verb has; a verb that takes
+    JSON requests may be given request keys instead, others the flag's environment variable."""
+    import re
+
+    from qwenvl.cli.common import fit_hint
+    from test_wire_hints import _hint_texts
+
+    hints = _hint_texts()
+    for name, cmd in _verbs().items():
+        flags = {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]}
+        for where, text in hints:
+            fitted = re.sub(r"`[^`]*`", "", fit_hint(text, cmd))
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]*", fitted):
+                assert flag in flags, (name, where, text, fitted)
+    verbs = _verbs()
+    timeout = "The service took too long; raise the time-out (--timeout) or retry later."
+    assert fit_hint(timeout, verbs["ask"]) == timeout
+    assert fit_hint(timeout, verbs["batch status"]) == "The service took too long; raise the time-out or retry later."
+    rate = "Rate limit or quota reached: retry later, lower concurrency, or raise --max-retries."
+    assert fit_hint(rate, verbs["models"]) == "Rate limit or quota reached: retry later, lower concurrency."
+    backend = "Use --backend openai for another OpenAI-compatible server."
+    assert fit_hint(backend, verbs["models"]) == "Use QWENVL_BACKEND=openai for another OpenAI-compatible server."

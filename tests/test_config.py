@@ -102,3 +102,21 @@ def test_the_missing_key_hint_reads_as_one_line_and_does_not_repeat_the_error(tm
     assert str(info.value).lower() not in hint.lower()
     for place in ("DASHSCOPE_API_KEY", "./.env", "~/.alibabacloud/credentials", "~/.dashscope/api_key"):
         assert place in hint
+
+
+def test_a_key_file_that_cannot_be_read_is_named_in_the_missing_key_error(tmp_path: Path):
+    """$DASHSCOPE_API_KEY_FILE_PATH naming a missing file, a folder or an empty file: still no key (exit 4), but
+    the error says what is wrong with the file it names, with a hint about it."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "empty").write_text("\n")
+    for name, needle, hint in (
+        ("missing", "key file not found", "Check the path"),
+        ("folder", "is a directory", "not a folder"),
+        ("empty", "holds no key", "first line"),
+    ):
+        env = {"DASHSCOPE_API_KEY_FILE_PATH": str(tmp_path / name)}
+        with pytest.raises(MissingAPIKeyError) as info:
+            require_api_key(env=env, home=tmp_path, cwd=tmp_path)
+        assert info.value.exit_code == 4
+        assert needle in str(info.value) and str(tmp_path / name) in str(info.value), str(info.value)
+        assert hint in (info.value.hint or ""), info.value.hint

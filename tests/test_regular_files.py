@@ -19,7 +19,7 @@ import pytest
 
 from conftest import API_KEY, make_client, run_cli
 from qwenvl.batch.inputs import expand_inputs, items_from_inputs, read_requests
-from qwenvl.errors import MediaError, SchemaDefinitionError, UsageError
+from qwenvl.errors import MediaError
 from qwenvl.media.sources import classify, open_regular, read_bytes
 from qwenvl.sessions import Session
 from qwenvl.structured import load_schema
@@ -139,22 +139,23 @@ def test_cli_dev_zero_and_symlink_loop(server, env, loop):
 
 
 def test_other_files_read_for_the_user(fifo, isolated_env, monkeypatch):
-    with pytest.raises(SchemaDefinitionError, match="named pipe"):
+    """A schema, requests or session file that is a pipe is an input error (MediaError, exit 3), as media are."""
+    with pytest.raises(MediaError, match="named pipe"):
         bounded(lambda: load_schema(str(fifo)))
-    with pytest.raises(UsageError, match="named pipe"):
+    with pytest.raises(MediaError, match="named pipe"):
         bounded(lambda: read_requests(fifo))
     session = Session("pipe")
     session.path.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(session.path)
-    with pytest.raises(UsageError, match="named pipe"):
+    with pytest.raises(MediaError, match="named pipe"):
         bounded(lambda: Session.load("pipe"))
 
 
 def test_cli_schema_and_request_files(server, env, fifo, png):
     p = run_cli("ask", str(png), "-p", "x", "--schema", str(fifo), "--base-url", server.url, env=env, timeout=BOUND)
-    assert p.returncode == 2 and "named pipe" in p.stderr, p.stderr
+    assert p.returncode == 3 and "named pipe" in p.stderr, p.stderr
     p = run_cli("analyze", "--file", str(fifo), "--base-url", server.url, env=env, timeout=BOUND)
-    assert p.returncode == 2 and "named pipe" in p.stderr, p.stderr
+    assert p.returncode == 3 and "named pipe" in p.stderr, p.stderr
     assert server.requests == []
 
 

@@ -11,6 +11,7 @@ from qwenvl.errors import (
     APIConnectionError,
     APITimeoutError,
     BadRequestError,
+    MediaError,
     RateLimitError,
     SchemaDefinitionError,
     status_error,
@@ -132,7 +133,7 @@ def test_load_schema_rejects_bad_schemas(tmp_path):
         structured.load_schema("{nope")
     with pytest.raises(SchemaDefinitionError, match="JSON Schema"):
         structured.load_schema({"type": "objekt"})
-    with pytest.raises(SchemaDefinitionError, match="not found"):
+    with pytest.raises(MediaError, match="not found"):  # a file that cannot be read: an input error (exit 3)
         structured.load_schema(tmp_path / "missing.json")
     assert structured.load_schema('{"type": "object"}') == {"type": "object"}
     assert "JSON" in structured.instruction(json_mode=True, schema=None)

@@ -108,7 +108,7 @@ def test_bad_schema_file_exits_2(server, env, files, isolated_env, schema_text, 
     [
         (["inv0.png"], 2, "needs --schema"),
         (["inv0.png", "missing.png", "--schema", "invoice.schema.json"], 3, "not found"),
-        (["inv0.png", "--schema", "nowhere.json"], 2, "schema file not found"),
+        (["inv0.png", "--schema", "nowhere.json"], 3, "schema file not found"),  # an input file: exit 3
         (["inv0.png", "--schema", "invoice.schema.json", "--thinking"], 2, "needs enable_thinking off"),
     ],
 )

@@ -166,3 +166,42 @@ def test_a_failed_migration_leaves_nothing_half_done(tmp_path):
     conn = sqlite3.connect(tmp_path / "m.db")
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchone() is None
     conn.close()
+
+
+def test_local_models_answers_show_as_local_not_as_money(server, png):
+    """Answers of a local model (a real openai-backend call to an engine on loopback, and a transformers-style
+    row) are "local" in the table and null in --json, not ¥0; the totals count only DashScope's money. Cached
+    answers are counted, never paid."""
+    from engine_server import EngineServer
+
+    with EngineServer(engine="vllm") as engine:
+        p = run_cli("ask", str(png), "-p", "x", "--no-stream", "--backend", "openai", "--base-url", engine.base_url)
+        assert p.returncode == 0, p.stderr
+    env = {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base}
+    assert run_cli("ask", "-p", "hello", "--no-stream", env=env).returncode == 0
+    p = run_cli("usage", "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    by_local = {r["local"]: r for r in data["rows"]}
+    assert set(by_local) == {True, False}
+    assert by_local[True]["cost"] is None and by_local[True]["currency"] is None
+    assert by_local[True]["requests"] == 1 and by_local[True]["input_tokens"] > 0  # tokens still counted
+    assert by_local[False]["cost"] > 0 and list(data["total"]["cost"]) == ["CNY"]
+    table = run_cli("usage").stdout
+    local_line = next(line for line in table.splitlines() if "Qwen2.5-VL" in line)
+    assert "local" in local_line and "¥" not in local_line, table
+    total_line = next(line for line in table.splitlines() if line.strip("│ ").startswith("total"))
+    assert "¥" in total_line and "local" not in total_line  # only money in the total
+
+
+def test_usage_with_only_local_rows_totals_no_money():
+    log = UsageLog()
+    log.record(Entry(model="my-local", protocol="openai", outcome="ok", input_tokens=5, output_tokens=2))
+    log.record(Entry(model="qwen3-vl-plus", protocol="compat", outcome="cached", input_tokens=5, cost=0.0))
+    log.close()
+    data = json.loads(run_cli("usage", "--json").stdout)
+    local = next(r for r in data["rows"] if r["model"] == "my-local")
+    assert local["cost"] is None and local["local"] is True
+    assert data["total"]["cost"] == {"CNY": 0.0}  # the cached row: nothing paid
+    table = run_cli("usage").stdout
+    assert "¥" not in next(line for line in table.splitlines() if "my-local" in line)

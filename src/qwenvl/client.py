@@ -337,6 +337,14 @@ class _Base(Generic[B]):
     def _key(self) -> str:
         return require_api_key(self._api_key).key
 
+    def check_key(self) -> None:
+        """Raises MissingAPIKeyError now (nothing is sent, nothing is read but the key's places) when requests
+        will go to DashScope and no key is found (``qwenvl.config.find_api_key``); a no-op for local backends
+        (they need no DashScope key) and once the backend is made. For callers about to do slow or interactive
+        work before their first request (the CLI's verbs, ``qwenvl chat``'s banner)."""
+        if not self.is_local and self._backend is None:
+            self._key()
+
     def _close_stores(self) -> None:
         """Commit the usage log's queued rows and close the stores this client opened."""
         for store in self._own_stores:

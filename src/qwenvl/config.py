@@ -291,10 +291,33 @@ def find_api_key(
 
 
 def require_api_key(explicit: str | None = None, **kw) -> KeyFound:
+    """The key ``find_api_key`` finds (same arguments). Raises MissingAPIKeyError when there is none; when
+    ``$DASHSCOPE_API_KEY_FILE_PATH`` names a file that is missing, not a regular file, unreadable or empty, the
+    message says so (with a hint about the path) instead of only "no key"."""
     found = find_api_key(explicit, **kw)
     if found is None:
-        raise MissingAPIKeyError("no DashScope API key found", hint=KEY_HELP)
+        message, hint = _key_file_problem(kw.get("env"), kw.get("cwd"))
+        raise MissingAPIKeyError(message, hint=hint)
     return found
+
+
+def _key_file_problem(env: Mapping[str, str] | None, cwd: Path | None) -> tuple[str, str]:
+    """(message, hint) for no key: what is wrong with the file ``$DASHSCOPE_API_KEY_FILE_PATH`` names,
+    if it names one."""
+    from qwenvl.errors import MediaError
+    from qwenvl.media.sources import check_regular
+
+    named = qenv.dashscope_api_key_file(env) or qenv.dashscope_api_key_file(load_dotenv_files(cwd))
+    if not named:
+        return "no DashScope API key found", KEY_HELP
+    path = Path(named).expanduser()
+    try:
+        check_regular(path, what="key file")
+    except MediaError as exc:
+        return f"no DashScope API key found: DASHSCOPE_API_KEY_FILE_PATH: {exc.message}", exc.hint or KEY_HELP
+    return f"no DashScope API key found: {path} (DASHSCOPE_API_KEY_FILE_PATH) holds no key", (
+        "Put the key alone on its first line (UTF-8 text)."
+    )
 
 
 def _read_key_file(path: Path) -> str | None:

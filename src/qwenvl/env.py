@@ -53,6 +53,17 @@ USAGE_LOG_ENV = "QWENVL_LOG"
 CACHE_DIR_ENV = "QWENVL_CACHE_DIR"
 HOME_ENV = "QWENVL_HOME"
 
+# The variable that stands for a command-line flag (its default), for hints on a verb that lacks the flag. None
+# for --base-url: its variable depends on the backend and the protocol.
+FLAG_VARIABLES: dict[str, str] = {
+    "--model": "QWENVL_MODEL",
+    "--region": "QWENVL_REGION",
+    "--protocol": "QWENVL_PROTOCOL",
+    "--backend": "QWENVL_BACKEND",
+    "--engine": "QWENVL_ENGINE",
+    "--family": "QWENVL_FAMILY",
+}
+
 VARIABLES: tuple[Variable, ...] = (
     Variable(
         "DASHSCOPE_API_KEY",

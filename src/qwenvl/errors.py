@@ -3,7 +3,7 @@
 QwenVLError
  ├── UsageError                    bad arguments or request fields            exit 2
  │    └── SchemaDefinitionError    a schema that is not valid JSON Schema
- ├── MediaError                    a file or URL that cannot be sent          exit 3
+ ├── MediaError                    a file or URL that cannot be read or sent  exit 3
  ├── APIError                      the service or the network                 exit 5
  │    ├── APIConnectionError       no connection (dead server, DNS, reset)
  │    │    └── APITimeoutError
@@ -59,8 +59,9 @@ class UsageError(QwenVLError):
 
 
 class SchemaDefinitionError(UsageError):
-    """Raised when a ``schema`` is not valid JSON Schema (draft 2020-12, checked with ``jsonschema``) or its file
-    cannot be read or parsed; before anything is sent. CLI exit code 2."""
+    """Raised when a ``schema`` is not valid JSON Schema (draft 2020-12, checked with ``jsonschema``) or its
+    file's content is not JSON (UTF-8); before anything is sent. A schema file that is missing or cannot be
+    read is a MediaError. CLI exit code 2."""
 
     default_hint = "Check the schema with a JSON Schema validator (draft 2020-12)."
 
@@ -69,7 +70,10 @@ class MediaError(QwenVLError):
     """Raised for an image, video or document that cannot be sent, before any request (nothing is paid): a
     missing or unreadable file, an unknown or unsupported format, an image side of 10 px or less or an aspect
     ratio over 200:1, a file over its size limit (10 MB an image as sent; ``qwenvl.models``), a PDF page out of
-    range, a URL that cannot be fetched (``fetch_urls``). ``.source`` names the file or URL. CLI exit code 3."""
+    range, a URL that cannot be fetched (``fetch_urls``). Also raised for any other file qwenvl reads on a
+    user's behalf (a schema, a request file, a requests JSONL, a session) that is missing, a folder, not a
+    regular file or unreadable (``qwenvl.media.sources.check_regular``). ``.source`` names the file or URL.
+    CLI exit code 3."""
 
     exit_code = EXIT_INPUT
 

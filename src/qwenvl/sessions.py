@@ -45,14 +45,20 @@ class Session:
 
     @classmethod
     def load(cls, name: str) -> Session:
-        """The saved session, or a new empty one."""
+        """The saved session, or a new empty one. Raises UsageError for an invalid name or a damaged file,
+        MediaError (CLI exit code 3) for a session file that cannot be read (a folder, a pipe, no
+        permission)."""
         if not _NAME.match(name):
             raise UsageError(f"invalid session name {name!r}: use letters, digits, '.', '_' or '-'")
         session = cls(name)
         if not session.path.exists():
             return session
         try:
-            data = json.loads(read_regular_text(session.path, error=UsageError, what="session file"))
+            text = read_regular_text(session.path, error=UsageError, what="session file")
+        except MediaError as exc:
+            raise MediaError(exc.message, source=exc.source, hint="Move it away to start the session afresh.") from None
+        try:
+            data = json.loads(text)
             session.model = data.get("model")
             session.created = float(data.get("created", session.created))
             session.messages = [Message.model_validate(m) for m in data.get("messages", [])]

@@ -31,7 +31,12 @@ MAX_REPORTED_ERRORS = 5
 
 
 def load_schema(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A JSON Schema from a dict, a file path, or JSON text; checked against the meta-schema."""
+    """A JSON Schema from a dict, a file path, or JSON text (a string starting with ``{``); checked against the
+    meta-schema (draft 2020-12).
+
+    Raises MediaError (CLI exit code 3) for a schema file that is missing, a folder, not a regular file or
+    unreadable (``qwenvl.media.sources.read_regular_text``); SchemaDefinitionError (exit 2) for content that is
+    not UTF-8, not JSON, or not a valid JSON Schema."""
     if isinstance(source, dict):
         schema = source
     else:

@@ -161,8 +161,9 @@ with warnings.catch_warnings():
 
         Raises pydantic.ValidationError for an unknown field, a value of the wrong type or out of range, a blank
         prompt, no prompt and no history, ``min_pixels`` above ``max_pixels``, or structured output with
-        ``enable_thinking``; SchemaDefinitionError for a ``schema`` file that cannot be read or a
-        ``schema`` that is not valid JSON Schema. ``Client`` methods raise UsageError instead of ValidationError.
+        ``enable_thinking``; MediaError for a ``schema`` file that is missing or cannot be read;
+        SchemaDefinitionError for a ``schema`` that is not valid JSON Schema (or a file that is not JSON).
+        ``Client`` methods raise UsageError instead of ValidationError.
         """
 
         model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)

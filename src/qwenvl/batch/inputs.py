@@ -104,22 +104,22 @@ def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     size costs no memory per line): one object per line with an ``id`` (else the line number) and the fields
     of ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields.
 
-    Raises UsageError at once when the file is missing or not a regular file, and while iterating for a line
-    that is not a JSON object or has an unknown or wrongly typed field (naming the line), for text that is not
-    UTF-8, and at the end for a file without requests. A repeated id is refused by ``Batch`` (naming both
-    lines), which keeps the ids; this reader keeps nothing. ``"-"`` reads standard input (named ``stdin``)."""
+    Raises MediaError (CLI exit code 3) at once when the file is missing, a folder, not a regular file or
+    unreadable (``check_regular``), and while iterating for a line whose ``schema`` file is (naming the line).
+    Raises UsageError while iterating for a line that is not a JSON object or has an unknown or wrongly typed
+    field (naming the line), for text that is not UTF-8, and at the end for a file without requests. A
+    repeated id is refused by ``Batch`` (naming both lines), which keeps the ids; this reader keeps nothing.
+    ``"-"`` reads standard input (named ``stdin``)."""
     if str(path) == "-":
         return _read_lines(Path("stdin"), overrides or {}, sys.stdin.buffer)
     path = Path(path).expanduser()
-    if not os.path.lexists(path):
-        raise UsageError(f"cannot read the requests file {path}: no such file")
-    check_regular(path, error=UsageError, what="requests file")
+    check_regular(path, what="requests file")
     return _read_lines(path, overrides or {})
 
 
 def _read_lines(path: Path, overrides: dict[str, Any], stream: IO[bytes] | None = None) -> Iterator[BatchItem]:
     found = False
-    raw = stream if stream is not None else open_regular(path, error=UsageError, what="requests file")
+    raw = stream if stream is not None else open_regular(path, what="requests file")
     fh = io.TextIOWrapper(raw, encoding="utf-8")
     try:
         for n, line in enumerate(fh, 1):
@@ -157,6 +157,8 @@ def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> Ba
         request = make_request(None, fields)
     except UsageError as exc:
         raise UsageError(f"{where}: {exc.message}", hint=exc.hint) from None
+    except MediaError as exc:  # a schema file the line names, missing or unreadable
+        raise MediaError(f"{where}: {exc.message}", source=exc.source, hint=exc.hint) from None
     refs: list[str] = request.image_list()
     shown: Any = refs[0] if len(refs) == 1 else (refs or None)
     if request.video is not None:

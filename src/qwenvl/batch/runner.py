@@ -246,6 +246,7 @@ class Batch:
         plan_threads: int = PLAN_THREADS,
         backend: str | Backend | None = None,
         client: Client | None = None,
+        key_first: bool = False,
         **backend_options: Any,
     ) -> None:
         """``backend`` (dashscope|openai|transformers, or a backend instance: ``qwenvl.backends.base.Backend``,
@@ -257,9 +258,11 @@ class Batch:
 
         ``items``: a list or any iterable, a generator included (``read_requests`` reads a file lazily); it is
         taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
-        memory does not grow with the number of items. Raises UsageError for invalid settings (service or
-        backend options beside ``client``), for an item that is not a ``BatchItem`` and for an id given twice,
-        and whatever iterating ``items`` raises.
+        memory does not grow with the number of items. ``key_first=True`` (the CLI, unless a dry run): raise
+        MissingAPIKeyError before ``items`` is taken when DashScope's key is missing and certain to be needed
+        (nothing finished in ``output``, nothing in the cache), so that a big batch without a key fails at once.
+        Raises UsageError for invalid settings (service or backend options beside ``client``), for an item that
+        is not a ``BatchItem`` and for an id given twice, and whatever iterating ``items`` raises.
 
         ``mode="batch-api"``: DashScope's Batch API (``qwenvl.batch.batchapi``: half price, within 24 h, Beijing
         only), checking each job every ``poll_interval_s`` seconds (default ``BATCH_POLL_INTERVAL_S``, 30);
@@ -307,6 +310,8 @@ class Batch:
         self.currency = currency_of(self.planner.region)
         if mode == "batch-api" and self.planner.is_local:
             raise UsageError("--mode batch-api is DashScope's Batch API; a local backend runs realtime only")
+        if key_first and client is None:
+            self._check_key_first()
         defaults = self.planner.defaults
         self.spool = Spool(items, lambda item: fingerprint(item.request, defaults), lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
@@ -381,8 +386,18 @@ class Batch:
         return str(item.request.get("model") or self.planner.defaults.get("model") or DEFAULT_MODEL)
 
     def check_key(self) -> None:
+        """Raises MissingAPIKeyError when requests go to DashScope and no key is found; local backends need none."""
         if not self.planner.is_local:  # local backends need no DashScope key
             require_api_key(self.client_options["api_key"])
+
+    def _check_key_first(self) -> None:
+        """``check_key`` when the key is certain to be needed before any item is read: nothing finished in the
+        output and no cached answer that could serve an item (every valid item will be sent). Otherwise the
+        estimate says whether anything is left to send."""
+        finished = not self.fresh and self.output.exists() and self.output.stat().st_size > 0
+        cached = self.mode == "realtime" and self.cache is not None and len(self.cache) > 0
+        if not (finished or cached):
+            self.check_key()
 
     def _mark_pending(self) -> int:
         """Mark, in the spool, the items this run has to do (not finished by an earlier run with the same

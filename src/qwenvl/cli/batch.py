@@ -60,7 +60,7 @@ def batch() -> None:
     """Ask one question about many files, or run a requests file: qwenvl batch photos/ -p "Caption" -o out.jsonl
 
     \b
-    qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (see `qwenvl batch run --help`)
+    qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (short for `qwenvl batch run`: see its --help)
     qwenvl batch --requests requests.jsonl -o OUT.jsonl
     qwenvl batch status ID | qwenvl batch cancel ID   (Batch API jobs)
     """
@@ -261,6 +261,7 @@ def run(opts: dict[str, Any]) -> None:
     Killed or interrupted? Run the same command again: only unfinished items are sent.
     Each output line: {"id", "input", "status": "ok"|"error", "result"|"error", "usage", "cost", ...}.
     Batch API jobs: qwenvl batch status ID · qwenvl batch cancel ID.
+    `qwenvl batch ARGS` is short for `qwenvl batch run ARGS` (this command).
     """
     fields = request_fields(opts)
     prompt = opts["prompt"]
@@ -301,6 +302,7 @@ def run(opts: dict[str, Any]) -> None:
         wait=not opts["no_wait"],
         # the Batch API's own calls (upload, create, poll, download) take the network settings from here
         **{k: opts[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if opts.get(k) is not None},
+        key_first=not opts["dry_run"],  # no key, nothing finished or cached: said before the input is read
         **backend_options(opts),
     )
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)

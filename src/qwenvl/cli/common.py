@@ -30,7 +30,7 @@ from qwenvl._constants import (
 from qwenvl.client import Client
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
-from qwenvl.media.sources import MEDIA_SUFFIXES, classify
+from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -65,8 +65,8 @@ def report(exc: QwenVLError) -> None:
     if isinstance(exc, StructuredOutputError) and exc.raw_text:
         console.print("[dim]raw answer:[/]", highlight=False)
         console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
-    if exc.hint:
-        hint = fit_hint(printable(exc.hint), current_command())
+    hint = fit_hint(printable(exc.hint), current_command()) if exc.hint else ""
+    if hint:
         console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
@@ -80,28 +80,70 @@ def current_command() -> click.Command | None:
 
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 _PAIR = re.compile(r"(--[a-z][a-z-]*) / ([A-Za-z_][\w.]*(?:=\w+)?)|([A-Za-z_][\w.]*(?:=\w+)?) / (--[a-z][a-z-]*)")
+_FLAGS_ONLY = re.compile(r" ?\((?:--[a-z][a-z-]*(?:, )?)+\)")  # "(--timeout)", "(--base-url, --region)"
+_SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
+_OR_CLAUSE = re.compile(r",? or [^,.;:()`]*--[a-z][^,.;:()`]*")
+# The options through which a verb takes whole requests (JSON): a flag it lacks is a request key there.
+_REQUEST_PARAMS = frozenset({"request_json", "request_file", "requests_file"})
+# The values a flag's variable takes, written VAR=value in a hint (``--region cn`` -> ``QWENVL_REGION=cn``).
+_FLAG_VALUES: dict[str, tuple[str, ...]] = {
+    "--region": tuple(REGIONS),
+    "--protocol": PROTOCOLS,
+    "--backend": BACKENDS,
+    "--engine": ENGINES,
+    "--family": FAMILIES,
+}
 
 
 def fit_hint(hint: str, command: click.Command | None) -> str:
     """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
     the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
-    flag is kept alone; for one that lacks it (``analyze`` takes a JSON request; ``batch --requests`` lines) the
-    request key of that name is given instead. Shell commands in backticks are left as they are."""
+    flag is kept alone. For one that lacks it: a verb that takes JSON requests (``analyze``, ``batch
+    --requests``) gets the request key of that name; else the environment variable that stands for the flag
+    (``--region cn`` -> ``QWENVL_REGION=cn``: ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone
+    is left out, and a sentence that still names a flag the verb lacks is dropped (no hint when none is left).
+    Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
     if command is None:
         return hint
     flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
+    takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
+
+    def mapped(flag: str) -> str | None:  # the flag as this verb can take it, or None
+        key = flag[2:].replace("-", "_")
+        if flag in flags:
+            return flag
+        if takes_requests and key in Request.model_fields:
+            return key
+        return qenv.FLAG_VARIABLES.get(flag)
 
     def pair(m: re.Match[str]) -> str:
         flag, other = (m[1], m[2]) if m[1] else (m[4], m[3])
         return flag if flag in flags else other
 
-    def lone(m: re.Match[str]) -> str:
-        flag = m[0]
-        key = flag[2:].replace("-", "_")
-        return key if flag not in flags and key in Request.model_fields else flag
+    def with_value(m: re.Match[str]) -> str:  # "--region cn" on a verb without it: "QWENVL_REGION=cn"
+        name = mapped(m[1])
+        return m[0] if name is None or name.startswith("--") else f"{name}={m[2]}"
 
-    parts = re.split(r"(`[^`]*`)", hint)  # odd parts are in backticks
-    return "".join(p if i % 2 else _FLAG.sub(lone, _PAIR.sub(pair, p)) for i, p in enumerate(parts))
+    def fit(text: str) -> str:
+        text = _PAIR.sub(pair, text)
+        text = _FLAGS_ONLY.sub(lambda m: m[0] if all(mapped(f) for f in _FLAG.findall(m[0])) else "", text)
+        for flag, values in _FLAG_VALUES.items():
+            alternatives = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+            text = re.sub(rf"(?<![\w-])({re.escape(flag)}) ({alternatives})(?![\w-]|\.\w)", with_value, text)
+        return _FLAG.sub(lambda m: mapped(m[0]) or m[0], text)
+
+    def foreign(text: str) -> bool:
+        return any(f not in flags for f in _FLAG.findall(re.sub(r"`[^`]*`", "", text)))
+
+    parts = re.split(r"(`[^`]*`)", hint)  # odd parts are in backticks: kept as they are, never split
+    quoted = parts[1::2]
+    fitted = "".join(f"\0{i // 2}\0" if i % 2 else fit(p) for i, p in enumerate(parts))
+    fitted = _OR_CLAUSE.sub(lambda m: "" if foreign(m[0]) else m[0], fitted)  # ", or raise --max-retries"
+    sentences = _SENTENCE.split(fitted)
+    kept = " ".join(s for s in sentences if not foreign(s))
+    if sentences and foreign(sentences[0]):  # the hint now starts mid-way: as a sentence
+        kept = kept[:1].upper() + kept[1:]
+    return re.sub(r"\0(\d+)\0", lambda m: quoted[int(m[1])], kept).strip()
 
 
 def option_group(*decorators: Callable) -> Callable:
@@ -328,10 +370,14 @@ def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
     return backend
 
 
-def make_client(opts: dict[str, Any]) -> Client:
+def make_client(opts: dict[str, Any], *, will_send: bool | None = None) -> Client:
     """The Client the options ask for (the model goes with the request, except for a local backend, where it
     also tells the backend which model to load or use). Inside a click command it is closed when the command
-    ends, whatever way (its connections, and a local engine's probe, are not left open)."""
+    ends, whatever way (its connections, and a local engine's probe, are not left open).
+
+    ``will_send`` (default: unless ``opts["dry_run"]``): the verb is going to send, so a missing DashScope key
+    is raised here (MissingAPIKeyError, exit 4), before any slow or interactive work (planning, sampling a
+    video, the chat's banner); local backends need no key (``Client.check_key``)."""
     refuse_empty(opts)
     on_retry = show_retry if err_console().is_terminal else None
     client = Client(
@@ -344,6 +390,8 @@ def make_client(opts: dict[str, Any]) -> Client:
     ctx = click.get_current_context(silent=True)
     if ctx is not None:  # closed when the verb ends, however it ends (a dry run, an error while planning)
         ctx.call_on_close(client.close)
+    if will_send if will_send is not None else not opts.get("dry_run"):
+        client.check_key()
     return client
 
 
@@ -377,7 +425,7 @@ def looks_like_file(arg: str) -> bool:
 
 
 def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
-    hint = 'If this is the prompt, give it with -p "...".' if prompt_hint else None
+    hint = 'If this is the prompt, give it with -p "...".' if prompt_hint else path_hint(Path(arg).expanduser())
     return MediaError(f"file not found: {arg}", source=arg, hint=hint)
 
 
@@ -408,7 +456,9 @@ def prompt_and_media(
         if _is_reference(arg):
             refs.append(arg)
         elif looks_like_file(arg):
-            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option)
+            # "is this the prompt?" only when no other argument can be: else the hint is about the path
+            others = [a for a in args if a != arg and not _is_reference(a) and not looks_like_file(a)]
+            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option and not others)
         else:
             words.append(arg)
     if prompt is not None and words:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,6 +11,7 @@ import click
 from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, make_client, pass_opts, request_fields, service_options
 from qwenvl.errors import UsageError
+from qwenvl.media.sources import check_folder
 from qwenvl.server.security import is_loopback
 
 INSTALL_HINT = 'pip install "qwenvl[mcp]"'
@@ -44,7 +46,6 @@ def load_server_module() -> Any:
     "allow_dirs",
     multiple=True,
     metavar="DIR",
-    type=click.Path(exists=True, file_okay=False, resolve_path=True),
     help="A folder whose files the tools may read (repeatable), besides the roots the client declares.",
 )
 @click.option(
@@ -92,8 +93,12 @@ def mcp(opts: dict[str, Any]) -> None:
                 hint="Give --api-key KEY or set QWENVL_SERVE_API_KEY (or --no-auth on a loopback "
                 "host); clients send it as Authorization: Bearer KEY.",
             )
+    allow_dirs = [check_folder(Path(d), what="--allow-dir folder") for d in opts["allow_dirs"]]  # exit 3
     fields = request_fields(opts)
-    server = server_module.build_server(lambda: make_client(opts), allow_dirs=opts["allow_dirs"], defaults=fields)
+    # the tools need no key to start (estimates need none): a missing key is each call's error
+    server = server_module.build_server(
+        lambda: make_client(opts, will_send=False), allow_dirs=allow_dirs, defaults=fields
+    )
     try:
         if opts["http_port"] is None:
             if sys.stdin.isatty():

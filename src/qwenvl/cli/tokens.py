@@ -80,7 +80,7 @@ def tokens(opts: dict[str, Any]) -> None:
     fields = request_fields(opts)  # the same options, model and region handling as every verb
     client = None
     if opts["backend"] or qenv.backend():  # a local model's own rules (asked of its backend)
-        client = make_client(opts)
+        client = make_client(opts, will_send=False)  # nothing is sent: no key needed
     result = estimate_files(
         opts["files"], fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
     )

@@ -20,6 +20,8 @@ def usage(opts: dict[str, Any]) -> None:
     """Requests, errors, tokens and estimated cost by day and model, from the local usage log.
 
     Costs carry their currency (¥ for Beijing, $ for Singapore and Virginia) and are totalled per currency.
+    Answers of local models (--backend openai or transformers) cost nothing: their cost reads "local" (null in
+    --json, with "local": true) and is not in the totals. Cached answers are counted, never paid.
 
     Every request qwenvl sends is logged (time, model, tokens, cost, latency, outcome; never prompts or
     answers) in usage.db in the data folder. QWENVL_LOG=0 turns the log off.
@@ -28,11 +30,13 @@ def usage(opts: dict[str, Any]) -> None:
     rows = log.summarize(opts["days"])
     totals = {k: sum(r[k] for r in rows) for k in ("requests", "errors", "cached", "input_tokens", "output_tokens")}
     # Costs are summed per currency, never across (CNY in Beijing, USD in Singapore and Virginia).
+    # A local model's rows (the openai and transformers backends) have no cost: shown as "local", never money.
     costs: dict[str, float] = {}
     for r in rows:
-        costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
-    if opts["as_json"]:  # sums of floats: 0.01974, not 0.01974000000000005
-        rows = [{**r, "cost": round_cost(r["cost"])} for r in rows]
+        if r["cost"] is not None:
+            costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
+    if opts["as_json"]:  # sums of floats: 0.01974, not 0.01974000000000005; a local row's cost is null
+        rows = [{**r, "cost": None if r["cost"] is None else round_cost(r["cost"])} for r in rows]
         total = {**totals, "cost": {c: round_cost(v) for c, v in costs.items()}}
         print_json({"days": opts["days"], "rows": rows, "total": total, "log": str(log.path)})
         return
@@ -56,7 +60,9 @@ def usage(opts: dict[str, Any]) -> None:
         ]
 
     for r in rows:
-        table.add_row(r["day"], r["model"] or "?", *cells(r, format_cost(r["cost"], r["currency"])))
+        cost = "local" if r["cost"] is None else format_cost(r["cost"], r["currency"])
+        table.add_row(r["day"], r["model"] or "?", *cells(r, cost))
     table.add_section()
-    table.add_row("total", "", *cells(totals, " + ".join(format_cost(v, c) for c, v in sorted(costs.items()))))
+    paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items())) or "local"  # only local rows: no money
+    table.add_row("total", "", *cells(totals, paid))
     console.print(table)

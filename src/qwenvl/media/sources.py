@@ -7,13 +7,16 @@ a socket or a directory given as a file is refused at once, before anything is r
 reading it could block for ever or never end; symlinks are followed, and a loop of them is named as such.
 ``check_regular`` (a stat) and ``open_regular`` (an open that cannot block, then a check of what was
 opened) are the one home of that rule, for media and for every other file qwenvl reads on a user's behalf
-(schemas, request files, batch inputs, sessions).
+(schemas, request files, batch inputs, sessions): a file that is missing, a folder, not a regular file or
+unreadable is a MediaError (an input error, CLI exit code 3) with a hint about the path, whatever option
+named it. What is wrong with a file's content (bad JSON, an invalid schema) is its reader's to say.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import errno
 import os
 import re
@@ -86,7 +89,7 @@ def classify(ref: str) -> Source:
 def _check_path(path: Path, ref: str) -> Path:
     check_regular(path, ref)
     if not os.access(path, os.R_OK):
-        raise MediaError(f"cannot read {path}: permission denied", source=ref)
+        raise _fail(f"cannot read {path}: permission denied", ref, PERMISSION_HINT)
     return path
 
 
@@ -100,44 +103,69 @@ _NOT_REGULAR = (
 )
 
 
-def _fail(error: type[QwenVLError], message: str, ref: str | None, hint: str | None = None) -> QwenVLError:
-    if issubclass(error, MediaError):
-        return error(message, source=ref, hint=hint)  # type: ignore[call-arg]
-    return error(message, hint=hint)
+PERMISSION_HINT = "Check the file's permissions (`ls -l`): it must be readable by you."
 
 
-def _os_error(path: Path, exc: OSError, what: str) -> str:
+def _fail(message: str, ref: str | None, hint: str | None = None) -> MediaError:
+    return MediaError(message, source=ref, hint=hint)
+
+
+def path_hint(path: Path) -> str:
+    """A hint for a path that names nothing: the closest name in its folder (``Did you mean ...?``), else where
+    a relative path starts (the current folder). Raises nothing."""
+    folder = path.parent
+    try:  # names compared by their stems: a shared suffix (.json) makes any two names look alike
+        stems = {p.stem: p.name for p in folder.iterdir()} if folder.is_dir() else {}
+    except OSError:
+        stems = {}
+    near = difflib.get_close_matches(path.stem, list(stems), n=1, cutoff=0.75)
+    if near:
+        name = stems[near[0]]
+        return f"Did you mean {folder / name if str(folder) != '.' else name}?"
+    if not path.is_absolute():
+        try:
+            return f"Check the path: a relative path starts at the current folder ({Path.cwd()})."
+        except OSError:  # the current folder was removed
+            pass
+    return "Check the path."
+
+
+def _os_error(path: Path, exc: OSError, what: str, ref: str | None = None) -> MediaError:
+    ref = str(path) if ref is None else ref
     if exc.errno == errno.ELOOP:
-        return f"cannot read {path}: symlink loop"
+        return _fail(f"cannot read {path}: symlink loop", ref, "Point the symlink at a file.")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         if path.is_symlink():
-            return f"{what} not found: {path} is a broken symlink (to {os.readlink(path)})"
-        return f"{what} not found: {path}"
+            return _fail(
+                f"{what} not found: {path} is a broken symlink (to {os.readlink(path)})",
+                ref,
+                "Point the symlink at a file that exists.",
+            )
+        return _fail(f"{what} not found: {path}", ref, path_hint(path))
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"cannot read {path}: permission denied"
-    return f"cannot read {path}: {exc.strerror or exc}"
+        return _fail(f"cannot read {path}: permission denied", ref, PERMISSION_HINT)
+    return _fail(f"cannot read {path}: {exc.strerror or exc}", ref)
 
 
-def check_regular(
-    path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError, what: str = "file"
-) -> os.stat_result:
-    """The stat of ``path`` (symlinks followed) when it is a regular file; else ``error`` (MediaError, exit 3,
-    unless told) saying what it is: missing, a broken symlink, a symlink loop, a directory, a named pipe, a
-    device or a socket. Reads nothing."""
+def check_regular(path: Path, ref: str | None = None, *, what: str = "file") -> os.stat_result:
+    """The stat of ``path`` (symlinks followed) when it is a regular file; else MediaError (exit 3, with a hint
+    about the path) saying what it is: missing, a broken symlink, a symlink loop, a directory, a named pipe, a
+    device or a socket. ``what`` names the file in the message (``"schema file"``, ``"requests file"``...);
+    ``ref`` is the error's ``.source`` (default: the path). Reads nothing. The one check of every file qwenvl
+    reads on a user's behalf: media, and the files named by options (schemas, request files, sessions)."""
+    ref = str(path) if ref is None else ref
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise _fail(error, _os_error(path, exc, what), ref) from None
+        raise _os_error(path, exc, what, ref) from None
     except ValueError:  # an embedded NUL
-        raise _fail(error, f"{what} not found: {str(path)!r}", ref) from None
+        raise _fail(f"{what} not found: {str(path)!r}", ref) from None
     if stat.S_ISDIR(st.st_mode):
-        raise _fail(
-            error, f"{path} is a directory, not a file", ref, "Give the files inside it, e.g. a glob such as dir/*.jpg"
-        )
+        hint = "Give the files inside it, e.g. a glob such as dir/*.jpg" if what == "file" else None
+        raise _fail(f"{path} is a directory, not a file", ref, hint or f"Give the {what} itself, not a folder.")
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
         raise _fail(
-            error,
             f"{path} is {kind}, not a regular file",
             ref,
             "Only regular files are read (reading this one may never end); save the data to a file.",
@@ -145,21 +173,39 @@ def check_regular(
     return st
 
 
-def open_regular(
-    path: Path, ref: str | None = None, *, error: type[QwenVLError] = MediaError, what: str = "file"
-) -> BinaryIO:
-    """``path`` opened for reading in binary mode, when it is a regular file (``check_regular``). The open
-    itself cannot block (``O_NONBLOCK``), and what was opened is checked again, so a file swapped for a pipe
-    meanwhile is refused too."""
-    check_regular(path, ref, error=error, what=what)
+def check_folder(path: Path, *, what: str = "folder") -> Path:
+    """``path`` (``~`` expanded, made absolute and resolved) when it is a folder that can be listed; else
+    MediaError (exit 3, with a hint about the path): missing, a file, not listable. For folders the user names
+    for qwenvl to read from (``qwenvl mcp --allow-dir``). Reads nothing."""
+    path = Path(path).expanduser()
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise _fail(f"{what} not found: {path}", str(path), path_hint(path)) from None
+        raise _os_error(path, exc, what) from None
+    except ValueError:  # an embedded NUL
+        raise _fail(f"{what} not found: {str(path)!r}", str(path)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _fail(f"{path} is not a folder", str(path), f"Give the {what} that holds the files.")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise _fail(f"cannot read {path}: permission denied", str(path), PERMISSION_HINT)
+    return path.resolve()
+
+
+def open_regular(path: Path, ref: str | None = None, *, what: str = "file") -> BinaryIO:
+    """``path`` opened for reading in binary mode, when it is a regular file (``check_regular``: MediaError
+    otherwise, or when it cannot be opened). The open itself cannot block (``O_NONBLOCK``), and what was
+    opened is checked again, so a file swapped for a pipe meanwhile is refused too."""
+    check_regular(path, ref, what=what)
     nonblock = getattr(os, "O_NONBLOCK", 0)
     try:
         fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))
     except OSError as exc:
-        raise _fail(error, _os_error(path, exc, what), ref) from None
+        raise _os_error(path, exc, what, ref) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _fail(error, f"{path} is not a regular file", ref)
+            raise _fail(f"{path} is not a regular file", ref)
         if nonblock:
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -168,17 +214,19 @@ def open_regular(
         raise
 
 
-def read_regular_text(path: Path, *, error: type[QwenVLError], what: str = "file") -> str:
-    """The UTF-8 text of a regular file (``open_regular``); ``error`` when it cannot be read or decoded."""
-    with open_regular(path, error=error, what=what) as fh:
+def read_regular_text(path: Path, *, error: type[QwenVLError] = UsageError, what: str = "file") -> str:
+    """The UTF-8 text of a regular file (``open_regular``). Raises MediaError (exit 3) when it is missing, not
+    a regular file or cannot be read; ``error`` (default UsageError) when its bytes are not UTF-8 text (its
+    content, as bad JSON in it would be)."""
+    with open_regular(path, what=what) as fh:
         try:
             data = fh.read()
         except OSError as exc:
-            raise _fail(error, _os_error(path, exc, what), None) from None
+            raise _os_error(path, exc, what) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _fail(error, f"{path} is not UTF-8 text ({exc.reason})", None) from None
+        raise error(f"{path} is not UTF-8 text ({exc.reason})") from None
 
 
 def read_bytes(source: Source, *, limit: int | None = None) -> bytes:

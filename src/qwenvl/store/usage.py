@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from qwenvl.models import PAID_PROTOCOLS
 from qwenvl.store.db import BackgroundWriter, Database
 
 log = logging.getLogger(__name__)
@@ -114,25 +115,33 @@ class UsageLog:
 
     def summarize(self, days: int = 30, *, now: float | None = None) -> list[dict[str, Any]]:
         """Rows by local day, model and currency, newest day first: requests (sent), errors, cached answers,
-        tokens, cost (in that row's ``currency``; a model used in two regions gives a row per currency). An
+        tokens, cost (in that row's ``currency``; a model used in two regions gives a row per currency), and
+        ``local``. A local model's answers (a protocol outside ``qwenvl.models.PAID_PROTOCOLS``: the openai and
+        transformers backends) cost no money: their rows have ``local`` True and ``cost`` and ``currency``
+        None. Cached answers are counted in ``cached`` and never in ``cost`` (nothing was paid for them). An
         absent file is an empty log (it is not created)."""
         self.flush()
         if not self.path.exists():
             return []
         now = time.time() if now is None else now
         since = _local_midnight(now) - (max(days, 1) - 1) * 86400
-        query = """
-            SELECT date(time, 'unixepoch', 'localtime') AS day, model, coalesce(currency, 'CNY') AS currency,
+        paid = ", ".join("?" for _ in PAID_PROTOCOLS)
+        query = f"""
+            SELECT day, model, currency,
                    sum(outcome != 'cached') AS requests,
                    sum(outcome NOT IN ('ok', 'cached')) AS errors,
                    sum(outcome = 'cached') AS cached,
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN input_tokens END), 0) AS input_tokens,
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN output_tokens END), 0) AS output_tokens,
-                   coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) AS cost
-            FROM requests WHERE time >= ?
-            GROUP BY day, model, coalesce(currency, 'CNY') ORDER BY day DESC, requests DESC, model, currency"""
-        rows = self._db.run(lambda c: c.execute(query, (since,)).fetchall())
-        return [dict(r) for r in rows]
+                   CASE WHEN currency IS NOT NULL
+                        THEN coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) END AS cost
+            FROM (SELECT date(time, 'unixepoch', 'localtime') AS day, model, outcome, input_tokens, output_tokens,
+                         cost, CASE WHEN coalesce(protocol, 'compat') IN ({paid})
+                                    THEN coalesce(currency, 'CNY') END AS currency
+                  FROM requests WHERE time >= ?)
+            GROUP BY day, model, currency ORDER BY day DESC, requests DESC, model, currency"""
+        rows = self._db.run(lambda c: c.execute(query, (*PAID_PROTOCOLS, since)).fetchall())
+        return [{**dict(r), "local": r["currency"] is None} for r in rows]
 
 
 def _local_midnight(ts: float) -> float:
