@@ -507,9 +507,9 @@ def estimate_cost(
     return price.cost(input_tokens, output_tokens or 0) * factor
 
 
-# The protocols whose answers are paid for (DashScope's); an answer over any other (a local model behind the
-# openai or transformers backend) costs no tokens.
-PAID_PROTOCOLS = ("compat", "native")
+# The protocols whose answers are paid for (DashScope's two, and its Batch API, as the usage log names it); an
+# answer over any other (a local model behind the openai or transformers backend) costs no money.
+PAID_PROTOCOLS = ("compat", "native", "batch-api")
 
 
 def answer_cost(
