@@ -79,6 +79,7 @@ from qwenvl.errors import (
     APIError,
     AuthenticationError,
     MediaError,
+    MissingAPIKeyError,
     PermissionDeniedError,
     QwenVLError,
     RateLimitError,
@@ -577,7 +578,12 @@ class Batch:
         runner = _Realtime(self, journal, clients, limiter, prog, progress)
         try:
             for client in clients:  # before the threads share them; a missing key fails here, before any request
-                client.backend  # noqa: B018
+                try:
+                    client.backend  # noqa: B018
+                except MissingAPIKeyError:
+                    if self.spool.count_where("todo = 1 AND cached = 0"):
+                        raise
+                    break  # the cache answers every item: no request is made, no key is needed
             runner.run(self.spool.todo(), todo)
         finally:
             for client in clients:
