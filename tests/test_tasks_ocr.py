@@ -142,6 +142,39 @@ def test_pdf_one_request_per_page(server, env, isolated_env, protocol):
     assert (line["x2"], line["y2"]) == (out["pages"][0]["width"], out["pages"][0]["height"])
 
 
+def test_a_failed_page_keeps_the_pages_read_before_it(server, env, isolated_env, client):
+    """A PDF's page 3 fails after pages 1-2 were read (and paid for): their text is printed (or written to -o,
+    with ``stopped_at`` in JSON), a note names the failed page, and the exit code is the error's. The library
+    keeps them too, in the OCRResult given to ``send_pages``."""
+    pages = [Image.new("RGB", (400, 560), c) for c in ("white", "lightgray", "white", "white")]
+    pages[0].save(isolated_env / "doc.pdf", save_all=True, append_images=pages[1:])
+    failure = Reply(status=500, error_code="InternalError", error_message="boom", times=10)
+    server.enqueue(Reply(text="page one"), Reply(text="page two"), failure)
+    p = ocr(env, "doc.pdf", "--max-retries", "0")
+    assert p.returncode == 5 and p.stdout == "page one\n\npage two\n", p.stderr
+    assert "page 3 failed: only pages 1, 2 shown" in p.stderr and "error:" in p.stderr
+    assert len(server.requests) == 3  # page 4 is not sent after the failure
+    server.reset()
+    server.enqueue(Reply(text="page one"), failure)
+    p = ocr(env, "doc.pdf", "--max-retries", "0", "--format", "json", "-o", "out.json")
+    out = json.loads((isolated_env / "out.json").read_text())
+    assert p.returncode == 5 and out["stopped_at"] == 2 and [pg["page"] for pg in out["pages"]] == [1]
+    server.reset()
+    server.enqueue(failure)
+    p = ocr(env, "doc.pdf", "--max-retries", "0", "-o", "none.txt")
+    assert p.returncode == 5 and not (isolated_env / "none.txt").exists()  # nothing read: nothing written
+
+    from qwenvl.errors import APIError
+    from qwenvl.tasks.ocr import OCRResult, plan_pages, send_pages
+
+    server.reset()
+    server.enqueue(Reply(text="one"), failure)
+    result = OCRResult(source="doc.pdf", format="text")
+    with pytest.raises(APIError):
+        send_pages(client, "doc.pdf", plan_pages(client, "doc.pdf", max_retries=0), result=result)
+    assert result.text == "one" and result.stopped_at == 2 and len(result.responses) == 1
+
+
 @pytest.mark.parametrize(
     "args,code,needle",
     [

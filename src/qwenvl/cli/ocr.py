@@ -17,11 +17,11 @@ from qwenvl.cli.common import (
     service_options,
 )
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
-from qwenvl.errors import UsageError
+from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.grounding import model_for
-from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, plan_pages, send_pages
+from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, plan_pages, send_pages
 
 
 def parse_options(text: str | None) -> dict[str, Any] | None:
@@ -87,8 +87,15 @@ def ocr(opts: dict[str, Any]) -> None:
     if opts["dry_run"]:
         dry_run(client, next(iter(plans))[1])
         return
-    with client:
-        result = send_pages(client, source, plans, format=fmt)
+    result = OCRResult(source=source, format=fmt)
+    stopped: BaseException | None = None
+    try:
+        with client:
+            send_pages(client, source, plans, format=fmt, result=result)
+    except (QwenVLError, KeyboardInterrupt) as exc:
+        if not result.pages:
+            raise
+        stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
     text = json.dumps(result.to_json(), ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
@@ -103,3 +110,8 @@ def ocr(opts: dict[str, Any]) -> None:
         if blank:
             note(f"no text found on page{'s' if len(blank) > 1 else ''} {', '.join(blank)}")
     show_usage(*result.responses, cut_off=False, region=opts["region"])
+    if stopped is not None:
+        read = ", ".join(str(p.page) for p in result.pages)
+        why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
+        note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
+        raise stopped

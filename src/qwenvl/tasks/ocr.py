@@ -88,8 +88,10 @@ class OCRPage(BaseModel):
 
 class OCRResult(BaseModel):
     """What ``ocr`` returns: one ``OCRPage`` per image or PDF page, the answering ``model``, the ``warnings`` of
-    every page (prefixed with its page), and the ``responses`` (one per page). Raises pydantic.ValidationError
-    when built with a wrong type."""
+    every page (prefixed with its page), and the ``responses`` (one per page). ``stopped_at``: the page (1-based;
+    0 for an image) whose request failed or was interrupted, when ``send_pages`` was given this result to fill
+    and stopped there (the pages before it are kept); None when every page was read. Raises
+    pydantic.ValidationError when built with a wrong type."""
 
     source: str
     format: str
@@ -97,6 +99,7 @@ class OCRResult(BaseModel):
     pages: list[OCRPage] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # every page's warnings, prefixed with its page
     responses: list[Response] = Field(default_factory=list, exclude=True, repr=False)
+    stopped_at: int | None = None
 
     @property
     def text(self) -> str:
@@ -110,14 +113,18 @@ class OCRResult(BaseModel):
         return not self.text.strip() and not any(p.lines for p in self.pages)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON). Raises nothing."""
-        return {
+        """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON), and ``"stopped_at"``
+        when the reading stopped before the last page. Raises nothing."""
+        out: dict[str, Any] = {
             "source": self.source,
             "model": self.model,
             "text": self.text,
             "pages": [p.model_dump() for p in self.pages],
             "warnings": self.warnings,
         }
+        if self.stopped_at is not None:
+            out["stopped_at"] = self.stopped_at
+        return out
 
 
 _FENCED = re.compile(r"^\s*```[ \t]*[\w+-]*[ \t]*\n(.*?)\n?```\s*$", re.S)
@@ -244,19 +251,38 @@ def plan_pages(
 
 
 def send_pages(
-    client: SupportsComplete, source: str, plans: Iterable[tuple[int | None, Call]], *, format: Format = "text"
+    client: SupportsComplete,
+    source: str,
+    plans: Iterable[tuple[int | None, Call]],
+    *,
+    format: Format = "text",
+    result: OCRResult | None = None,
 ) -> OCRResult:
     """Send each planned page in turn and read it (``read_page``): the OCRResult of ``source``.
-    Raises what ``plans`` and ``client.send`` raise (UsageError, MediaError, APIError and its subclasses)."""
-    result = OCRResult(source=source, format=format)
-    for number, call in plans:
-        response = client.send(call)
-        page = read_page(call, response, format=format, page=number)
-        result.pages.append(page)
-        result.responses.append(response)
-        result.model = response.model or call.request.model
-        where = f"page {number}: " if number is not None else ""
-        result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
+
+    ``result``: an OCRResult to fill as the pages are read, so that a caller keeps the pages already paid for
+    when a later page fails or Ctrl-C stops the reading (its ``stopped_at`` then names the page). Raises what
+    ``plans`` and ``client.send`` raise (UsageError, MediaError, APIError and its subclasses), and lets
+    KeyboardInterrupt through."""
+    if result is None:
+        result = OCRResult(source=source, format=format)
+    reading: int | None = None  # the page whose request is under way (0: an image)
+    try:
+        for number, call in plans:
+            reading = number if number is not None else 0
+            response = client.send(call)
+            page = read_page(call, response, format=format, page=number)
+            result.pages.append(page)
+            result.responses.append(response)
+            result.model = response.model or call.request.model
+            where = f"page {number}: " if number is not None else ""
+            result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
+            reading = None
+    except BaseException:  # the pages read are kept in ``result``; Ctrl-C included
+        if reading is None:  # planning the next page failed (it could not be rendered)
+            reading = (result.pages[-1].page or 0) + 1 if result.pages else 1
+        result.stopped_at = reading
+        raise
     if result.empty:
         result.warnings.append(NO_TEXT)
     return result
