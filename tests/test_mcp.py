@@ -470,6 +470,31 @@ def test_http_without_auth_on_loopback_only(server, env):
     assert p.returncode == 2 and "--http only" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_http_accepts_connections_as_soon_as_it_announces(server):
+    """The URL is announced once the socket listens: a client that connects at that very moment (before the
+    server's start-up has run) waits in the backlog instead of being refused (on a busy machine the start-up
+    takes long enough for a host to try; a refusal there was a flaky "connection refused")."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from conftest import make_client
+    from qwenvl.mcp_server import build_server, serve_http
+
+    class Announced(Exception):
+        pass
+
+    def announce(url: str) -> None:
+        with socket.create_connection(("127.0.0.1", urlsplit(url).port), timeout=DEADLINE_S):
+            raise Announced(url)  # connected while serve_http had not yet started uvicorn
+
+    mcp_server = build_server(lambda: make_client(server))
+    try:
+        with pytest.raises(Announced, match=r"^http://127\.0\.0\.1:\d+/mcp$"):
+            run(lambda: serve_http(mcp_server, "127.0.0.1", 0, api_key=None, announce=announce))
+    finally:
+        mcp_server.client.close()
+
+
 @pytest.mark.parametrize(("hidden", "says"), [("mcp", "not installed"), ("mcp.server.mcpserver", "needs mcp 2.3")])
 def test_missing_extra_names_the_install_command(env, hidden, says):
     code = f"import sys; sys.modules[{hidden!r}] = None; from qwenvl.cli.main import main; main(['mcp'])"
