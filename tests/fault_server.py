@@ -14,6 +14,9 @@ answered at once with an upload host on this server, so that the upload itself c
 - ``image-trickle``  for ``--fetch-urls``: a PNG's headers at once, then its body one byte per interval
 - ``file-steady``    a 2 MB body at 100 kB per interval: slow but steady (a legitimate large download)
 
+Every complete answer says ``Connection: close`` (the handler closes the connection after it: a client that
+reused it would race the close and see "disconnected without a response" on a busy machine).
+
 ``requests`` counts requests per path. ``stop()`` ends every trickle and closes the connections.
 """
 
@@ -168,14 +171,21 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "head-trickle":
                 return self._drip(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Pad: " + b"a" * 10**6)
             if mode == "body-trickle":
-                self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+                self._raw(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
                 return self._drip(b'{"choices": [' + b" " * 10**6)
             if mode == "image-trickle":
-                self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n")
+                self._raw(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
                 return self._drip(b"\x89PNG\r\n\x1a\n" + b"\0" * 10**6)
             if mode == "file-steady":
                 self._raw(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2000000\r\n\r\n"
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2000000\r\n"
+                    b"Connection: close\r\n\r\n"
                 )
                 for _ in range(20):
                     if not self._wait():

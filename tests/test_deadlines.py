@@ -107,15 +107,15 @@ def test_a_slow_reader_cannot_hold_an_upload(fault, monkeypatch, chunk, message)
 
 
 def test_a_file_transfer_gets_time_for_its_size(fault, monkeypatch):
-    """A 2 MB download at 1 MB/s outlasts a 1 s time-out but not 1 s + 2 MB at MIN_TRANSFER_RATE; a trickle
-    still ends at that deadline."""
-    monkeypatch.setattr(transport_module, "MIN_TRANSFER_RATE", 500_000)
-    fault.mode, fault.interval = "file-steady", 0.1
+    """A 2 MB download at 1 MB/s outlasts a 1 s time-out but not 1 s + 2 MB at MIN_TRANSFER_RATE (21 s: room for
+    a busy machine); a trickle still ends at that deadline (MIN_TRANSFER_RATE raised: 1 s + 1 MB = 3 s)."""
+    fault.mode, fault.interval = "file-steady", 0.1  # 20 waits of 0.1 s: never less than 2 s
     transport = Transport(API_KEY)
     try:
         with Clock() as clock:
             data = transport.get_bytes(fault.url + "/files/x/content", Policy(timeout_s=1.0, max_retries=0))
         assert len(data) == 2_000_000 and clock.elapsed > 1.0
+        monkeypatch.setattr(transport_module, "MIN_TRANSFER_RATE", 500_000)
         fault.mode, fault.interval = "body-trickle", 0.2  # declares 1 MB: 1 s + 2 s
         with Clock() as clock, pytest.raises(APITimeoutError, match="no complete reply within 3 s"):
             transport.get_bytes(fault.url + "/files/y/content", Policy(timeout_s=1.0, max_retries=0))
