@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, CliRun, run_cli, write_image
+from conftest import API_KEY, CliRun, ctrl_c_reaches_children, run_cli, write_image
 from dashscope_server import Reply
 from qwenvl.batch.journal import journal_path, lock_path
 
@@ -345,13 +345,14 @@ def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl", 16)
     server.enqueue(Reply(delay_s=1.5, times=10_000))
     env = cli_env(server)
-    proc = subprocess.Popen(
-        batch_cmd(server, reqs, "out.jsonl", "--concurrency", "4"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(
+            batch_cmd(server, reqs, "out.jsonl", "--concurrency", "4"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
         assert wait_for(lambda: len(model_calls(server)) >= 4), "no request in flight"
         proc.send_signal(signal.SIGINT)
