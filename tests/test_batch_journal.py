@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,7 +112,8 @@ def tmpfs(path: Path, options: str) -> Iterator[None]:
 
 def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl")
-    server.enqueue(Reply(times=3), Reply(delay_s=0.4, times=10_000))  # the first run lasts about 8 s
+    gate = threading.Event()  # the first run's 4th request is in flight until the test has tried the others
+    server.enqueue(Reply(times=3), Reply(hold=gate, times=10_000))
     env = cli_env(server)
     journal = journal_path(isolated_env / "out.jsonl")
     first = subprocess.Popen(
@@ -130,8 +132,10 @@ def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_
             assert f"pid {first.pid}" in line and "is writing" in line and "out.jsonl" in line, line
             assert "started 20" in line and "nothing was sent or deleted" in line
             assert journal.exists() and first.poll() is None  # the first run's journal is untouched
+        gate.set()
         _, err = first.communicate(timeout=120)
     finally:
+        gate.set()
         if first.poll() is None:
             first.kill()
             first.wait(10)
@@ -147,7 +151,8 @@ def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_
 def test_the_lock_dies_with_its_process(server, isolated_env):
     """A run killed with SIGKILL leaves no lock behind: the kernel releases it."""
     reqs = write_requests(isolated_env / "r.jsonl")
-    server.enqueue(Reply(delay_s=0.15, times=10_000))
+    gate = threading.Event()  # two answers, then the next two requests are in flight until the kill
+    server.enqueue(Reply(times=2), Reply(hold=gate, times=10_000))
     env = cli_env(server)
     journal = journal_path(isolated_env / "out.jsonl")
     proc = subprocess.Popen(
@@ -156,11 +161,12 @@ def test_the_lock_dies_with_its_process(server, isolated_env):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        assert wait_for(lambda: len(ok_ids(journal)) >= 2)
+    try:  # both workers wait on a held request: nothing more is sent, so nothing arrives after the reset below
+        assert wait_for(lambda: len(ok_ids(journal)) == 2 and len(model_calls(server)) == 4)
     finally:
         proc.kill()
         proc.wait(10)
+        gate.set()
     assert lock_path(isolated_env / "out.jsonl").exists()
     done = ok_ids(journal)
     server.reset()
