@@ -378,6 +378,38 @@ def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
     assert sorted(first + asked(server)) == [f"question {i:03d}" for i in range(16)]  # each paid once
 
 
+def test_ctrl_c_while_the_run_waits_for_its_last_worker_keeps_that_workers_answer(server, isolated_env):
+    """One worker, its request held at the server when Ctrl-C arrives: the run's main thread is waiting for that
+    very worker then. Its answer, released a moment later, is awaited and recorded (Python's Thread.join, cut by
+    KeyboardInterrupt, marks a live thread as ended: a run that trusted it left at once and lost the answer)."""
+    reqs = write_requests(isolated_env / "r.jsonl", 6)
+    gate = threading.Event()
+    server.enqueue(Reply(hold=gate), Reply(delay_s=0.5, times=10_000))
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(
+            batch_cmd(server, reqs, "out.jsonl", "--concurrency", "1"),
+            env=cli_env(server),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        assert wait_for(lambda: len(model_calls(server)) >= 1), "no request in flight"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1)  # for the signal to be handled; were it later, the answer is recorded all the same
+        gate.set()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    first = asked(server)
+    assert first[0] == "question 000" and len(first) < 6
+    assert {f"question {i[1:]}" for i in ok_ids(journal_path(isolated_env / "out.jsonl"))} == set(first)
+
+
 def test_a_full_disk_while_merging_batch_api_results_pays_nothing_twice(isolated_env):
     """The Batch API's answers are paid when the job runs: a disk that fills while they are merged stops the run
     with one error (no traceback), and the next run merges the same job again instead of submitting another."""
