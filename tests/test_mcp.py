@@ -444,7 +444,9 @@ def test_http_needs_the_key(server, env):
                 accept = {"Accept": "application/json, text/event-stream"}
                 for auth in (None, "Bearer wrong-key", "Bearer mcp-key-12", "Basic mcp-key-123", "mcp-key-123"):
                     headers = {**accept, **({"Authorization": auth} if auth else {})}
-                    resp = await anyio.to_thread.run_sync(lambda h=headers: httpx.post(url, json=init, headers=h))
+                    resp = await anyio.to_thread.run_sync(
+                        lambda h=headers: httpx.post(url, json=init, headers=h, timeout=DEADLINE_S)
+                    )
                     assert resp.status_code == 401, auth
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
                 with pytest.raises(BaseException) as info:  # the SDK's client fails on the 401
