@@ -3,6 +3,7 @@ and in a process of its own for the smoke tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -210,3 +211,22 @@ def run_cli_process(
         input=input,
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Processes started inside get SIGINT at its default (Python turns it into KeyboardInterrupt), whatever this
+    process inherited: a shell's background job (``pytest ... &`` in a script, CI runners, nohup) starts with SIGINT
+    ignored, a child inherits "ignored", and a Ctrl-C test then waits for an interruption that never comes. A
+    handler (unlike "ignored") is reset to the default in a child at exec, so one is set for the duration."""
+    if (
+        signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

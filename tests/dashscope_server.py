@@ -403,6 +403,7 @@ class Reply:
     raw_body: bytes | None = None  # send exactly these bytes (status defaults to 200)
     content_type: str = "application/json"  # for raw_body
     delay_s: float = 0.0  # sleep before sending the status line
+    hold: threading.Event | None = None  # answer only once the test sets it (or the server stops): "in flight"
     stream_cut_after: int | None = None  # streams: drop the connection after N chunks
     stream_error_after: int | None = None  # streams: send an SSE error event after N chunks
     chunk_delay_s: float = 0.0  # streams: pause between chunks
@@ -605,6 +606,13 @@ class DashScopeServer:
         """Sleep; False when the server is shutting down meanwhile."""
         return seconds <= 0 or not self._stopping.wait(seconds)
 
+    def _hold(self, gate: threading.Event | None) -> bool:
+        """Wait until ``gate`` is set; False when the server is shutting down first."""
+        while gate is not None and not gate.wait(0.05):
+            if self._stopping.is_set():
+                return False
+        return True
+
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 512  # the listen backlog: hundreds of clients may connect at once (load tests)
@@ -763,7 +771,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(proto, 400, bad, problem)
 
         reply = self.fake._next_reply()
-        if not self.fake._sleep(reply.delay_s):
+        if not self.fake._sleep(reply.delay_s) or not self.fake._hold(reply.hold):
             raise _Abort
         if reply.raw_body is not None:
             return self._send(reply.status or 200, reply.raw_body, reply.content_type, reply.headers)

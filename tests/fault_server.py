@@ -16,6 +16,9 @@ answered at once with an upload host on this server, so that the upload itself c
 - ``drop``           the request is read, then the connection is closed without a byte of reply
 - ``cut``            a 200 whose headers promise 1000 bytes of JSON, then a few of them and the connection closes
 
+Every complete answer says ``Connection: close`` (the handler closes the connection after it: a client that
+reused it would race the close and see "disconnected without a response" on a busy machine).
+
 ``only``: when set, only requests whose path ends with it misbehave; the others are answered as in ``ok`` (e.g. an
 engine's ``/models`` probe, so that the chat request itself meets the fault). ``requests`` counts requests per
 path. ``stop()`` ends every trickle and closes the connections.
@@ -175,14 +178,21 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "head-trickle":
                 return self._drip(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b"X-Pad: " + b"a" * 10**6)
             if mode == "body-trickle":
-                self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n")
+                self._raw(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
                 return self._drip(b'{"choices": [' + b" " * 10**6)
             if mode == "image-trickle":
-                self._raw(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n")
+                self._raw(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
                 return self._drip(b"\x89PNG\r\n\x1a\n" + b"\0" * 10**6)
             if mode == "file-steady":
                 self._raw(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2000000\r\n\r\n"
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 2000000\r\n"
+                    b"Connection: close\r\n\r\n"
                 )
                 for _ in range(20):
                     if not self._wait():

@@ -12,13 +12,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import API_KEY, CliRun, run_cli, write_image
+from conftest import API_KEY, CliRun, ctrl_c_reaches_children, run_cli, write_image
 from dashscope_server import Reply
 from qwenvl.batch.journal import journal_path, lock_path
 
@@ -111,7 +112,8 @@ def tmpfs(path: Path, options: str) -> Iterator[None]:
 
 def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl")
-    server.enqueue(Reply(times=3), Reply(delay_s=0.4, times=10_000))  # the first run lasts about 8 s
+    gate = threading.Event()  # the first run's 4th request is in flight until the test has tried the others
+    server.enqueue(Reply(times=3), Reply(hold=gate, times=10_000))
     env = cli_env(server)
     journal = journal_path(isolated_env / "out.jsonl")
     first = subprocess.Popen(
@@ -130,8 +132,10 @@ def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_
             assert f"pid {first.pid}" in line and "is writing" in line and "out.jsonl" in line, line
             assert "started 20" in line and "nothing was sent or deleted" in line
             assert journal.exists() and first.poll() is None  # the first run's journal is untouched
+        gate.set()
         _, err = first.communicate(timeout=120)
     finally:
+        gate.set()
         if first.poll() is None:
             first.kill()
             first.wait(10)
@@ -147,7 +151,8 @@ def test_a_second_run_and_fresh_are_refused_while_a_run_writes(server, isolated_
 def test_the_lock_dies_with_its_process(server, isolated_env):
     """A run killed with SIGKILL leaves no lock behind: the kernel releases it."""
     reqs = write_requests(isolated_env / "r.jsonl")
-    server.enqueue(Reply(delay_s=0.15, times=10_000))
+    gate = threading.Event()  # two answers, then the next two requests are in flight until the kill
+    server.enqueue(Reply(times=2), Reply(hold=gate, times=10_000))
     env = cli_env(server)
     journal = journal_path(isolated_env / "out.jsonl")
     proc = subprocess.Popen(
@@ -156,11 +161,12 @@ def test_the_lock_dies_with_its_process(server, isolated_env):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        assert wait_for(lambda: len(ok_ids(journal)) >= 2)
+    try:  # both workers wait on a held request: nothing more is sent, so nothing arrives after the reset below
+        assert wait_for(lambda: len(ok_ids(journal)) == 2 and len(model_calls(server)) == 4)
     finally:
         proc.kill()
         proc.wait(10)
+        gate.set()
     assert lock_path(isolated_env / "out.jsonl").exists()
     done = ok_ids(journal)
     server.reset()
@@ -345,13 +351,14 @@ def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
     reqs = write_requests(isolated_env / "r.jsonl", 16)
     server.enqueue(Reply(delay_s=1.5, times=10_000))
     env = cli_env(server)
-    proc = subprocess.Popen(
-        batch_cmd(server, reqs, "out.jsonl", "--concurrency", "4"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(
+            batch_cmd(server, reqs, "out.jsonl", "--concurrency", "4"),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
         assert wait_for(lambda: len(model_calls(server)) >= 4), "no request in flight"
         proc.send_signal(signal.SIGINT)
@@ -369,6 +376,38 @@ def test_ctrl_c_records_the_answers_already_in_flight(server, isolated_env):
     p = run_batch(server, reqs, "out.jsonl", timeout=120)
     assert p.returncode == 0, p.stderr
     assert sorted(first + asked(server)) == [f"question {i:03d}" for i in range(16)]  # each paid once
+
+
+def test_ctrl_c_while_the_run_waits_for_its_last_worker_keeps_that_workers_answer(server, isolated_env):
+    """One worker, its request held at the server when Ctrl-C arrives: the run's main thread is waiting for that
+    very worker then. Its answer, released a moment later, is awaited and recorded (Python's Thread.join, cut by
+    KeyboardInterrupt, marks a live thread as ended: a run that trusted it left at once and lost the answer)."""
+    reqs = write_requests(isolated_env / "r.jsonl", 6)
+    gate = threading.Event()
+    server.enqueue(Reply(hold=gate), Reply(delay_s=0.5, times=10_000))
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(
+            batch_cmd(server, reqs, "out.jsonl", "--concurrency", "1"),
+            env=cli_env(server),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        assert wait_for(lambda: len(model_calls(server)) >= 1), "no request in flight"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1)  # for the signal to be handled; were it later, the answer is recorded all the same
+        gate.set()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    first = asked(server)
+    assert first[0] == "question 000" and len(first) < 6
+    assert {f"question {i[1:]}" for i in ok_ids(journal_path(isolated_env / "out.jsonl"))} == set(first)
 
 
 def test_a_full_disk_while_merging_batch_api_results_pays_nothing_twice(isolated_env):

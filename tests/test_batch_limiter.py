@@ -201,12 +201,12 @@ def test_blocking_acquire_waits_for_a_release_and_gives_up_on_stop():
     time.sleep(0.05)
     assert got == []
     lim.release(held)
-    t.join(2)
+    t.join(60)
     assert got and got[0] is not None
     stop = threading.Event()
     t = threading.Thread(target=lambda: got.append(lim.acquire(stop=stop)))
     t.start()
     stop.set()
     lim.wake()
-    t.join(2)
+    t.join(60)
     assert got[-1] is None

@@ -7,7 +7,7 @@ import sys
 
 import pexpect
 
-from conftest import API_KEY
+from conftest import API_KEY, ctrl_c_reaches_children
 from dashscope_server import Reply
 
 
@@ -45,15 +45,16 @@ def test_chat_line_editing_and_history(server, png, isolated_env):
 
 def _spawn(server, isolated_env, *args: str) -> pexpect.spawn:
     env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "120", "LINES": "30"}
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "qwenvl", "chat", *args, "--base-url", server.url],
-        env=env,
-        cwd=str(isolated_env),
-        encoding="utf-8",
-        timeout=30,
-        dimensions=(30, 120),
-    )
+    with ctrl_c_reaches_children():
+        return pexpect.spawn(
+            sys.executable,
+            ["-m", "qwenvl", "chat", *args, "--base-url", server.url],
+            env=env,
+            cwd=str(isolated_env),
+            encoding="utf-8",
+            timeout=30,
+            dimensions=(30, 120),
+        )
 
 
 def test_ctrl_c_cancels_the_answer_then_ends_the_chat_at_the_prompt(server, png, isolated_env):

@@ -18,6 +18,8 @@ from PIL import Image
 
 from conftest import make_client, run_cli, write_image
 from dashscope_server import Reply
+from qwenvl import retry, transport
+from qwenvl.batch import runner
 from qwenvl.cli.main import cli
 from qwenvl.preview import preview
 from qwenvl.tasks.events import plan_events, send_events
@@ -174,7 +176,15 @@ def _network_args(verb: str, m: dict[str, Any], protocol: str) -> list[str]:
 
 
 @pytest.mark.parametrize("verb", list(VERBS))
-def test_max_retries_0_and_backoff_0(server, env, media, protocol, verb):
+def test_max_retries_0_and_backoff_0(server, env, media, protocol, verb, monkeypatch):
+    waits: list[float] = []  # each wait before a retry, as computed (the transport's, or the batch's own)
+
+    def recorded(*args: Any, **kw: Any) -> float:
+        waits.append(retry.retry_delay(*args, **kw))
+        return waits[-1]
+
+    monkeypatch.setattr(transport, "retry_delay", recorded)
+    monkeypatch.setattr(runner, "retry_delay", recorded)
     server.enqueue(Reply(status=503, times=10))
     result = invoke([*_network_args(verb, media, protocol), "--max-retries", "0"], env, input="describe\n")
     assert len(server.requests) == 1  # --max-retries 0: no retry
@@ -188,10 +198,8 @@ def test_max_retries_0_and_backoff_0(server, env, media, protocol, verb):
         env,
         input="describe\n",
     )
-    times = [r.received_at for r in server.requests]
-    assert len(times) == 3
-    # backoff 0: no wait. The default (1.5 s) would wait at least 0.75 * (1.5 + 3) = 3.4 s between them.
-    assert times[-1] - times[0] < 3.0
+    assert len(server.requests) == 3
+    assert waits == [0.0, 0.0]  # backoff 0: no wait (the default, 1.5 s, would wait 1.1-1.5 s, then 2.3-3 s)
 
 
 @pytest.mark.parametrize("verb", list(VERBS))

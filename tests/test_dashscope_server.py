@@ -507,13 +507,13 @@ def test_raw_malformed_bodies(srv, http, raw, status, ctype):
 
 def test_delay_causes_client_timeout_and_shutdown_interrupts_it():
     s = DashScopeServer(api_key=KEY).start()
-    s.enqueue(Reply(delay_s=0.6), Reply(delay_s=0.6), Reply(delay_s=30))
+    s.enqueue(Reply(delay_s=0.6), Reply(delay_s=0.6), Reply(delay_s=600))
     with httpx.Client(timeout=0.2) as c, pytest.raises(httpx.ReadTimeout):
         compat(c, s, compat_body())
-    with httpx.Client(timeout=5) as c:
+    with httpx.Client(timeout=60) as c:
         t0 = time.monotonic()
         assert compat(c, s, compat_body()).status_code == 200
-        assert 0.5 < time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 > 0.5  # the delay was kept (no upper bound: a busy machine is slow)
     outcome = []
 
     def slow_call():
@@ -528,9 +528,9 @@ def test_delay_causes_client_timeout_and_shutdown_interrupts_it():
     while len(s.requests) < 3:
         time.sleep(0.01)
     t0 = time.monotonic()
-    s.stop()  # wakes the 30 s sleeper and drops its connection
-    t.join(10)
-    assert time.monotonic() - t0 < 5
+    s.stop()  # wakes the 600 s sleeper and drops its connection
+    t.join(60)
+    assert time.monotonic() - t0 < 60  # far below the 600 s sleep: it was interrupted
     assert outcome and isinstance(outcome[0], type) and issubclass(outcome[0], httpx.TransportError)
 
 

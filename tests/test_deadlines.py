@@ -111,15 +111,15 @@ def test_a_slow_reader_cannot_hold_an_upload(fault, monkeypatch, chunk, message)
 
 
 def test_a_file_transfer_gets_time_for_its_size(fault, monkeypatch):
-    """A 2 MB download at 1 MB/s outlasts a 1 s time-out but not 1 s + 2 MB at MIN_TRANSFER_RATE; a trickle
-    still ends at that deadline."""
-    monkeypatch.setattr(transport_module, "MIN_TRANSFER_RATE", 500_000)
-    fault.mode, fault.interval = "file-steady", 0.1
+    """A 2 MB download at 1 MB/s outlasts a 1 s time-out but not 1 s + 2 MB at MIN_TRANSFER_RATE (21 s: room for
+    a busy machine); a trickle still ends at that deadline (MIN_TRANSFER_RATE raised: 1 s + 1 MB = 3 s)."""
+    fault.mode, fault.interval = "file-steady", 0.1  # 20 waits of 0.1 s: never less than 2 s
     transport = Transport(API_KEY)
     try:
         with Clock() as clock:
             data = transport.get_bytes(fault.url + "/files/x/content", Policy(timeout_s=1.0, max_retries=0))
         assert len(data) == 2_000_000 and clock.elapsed > 1.0
+        monkeypatch.setattr(transport_module, "MIN_TRANSFER_RATE", 500_000)
         fault.mode, fault.interval = "body-trickle", 0.2  # declares 1 MB: 1 s + 2 s
         with Clock() as clock, pytest.raises(APITimeoutError, match="no complete reply within 3 s"):
             transport.get_bytes(fault.url + "/files/y/content", Policy(timeout_s=1.0, max_retries=0))
@@ -210,19 +210,20 @@ def test_a_stream_that_never_ends_meets_its_cap(fault):
 
 
 def test_the_callers_time_between_events_is_not_a_gap(fault):
-    """A slow consumer is not the server's silence: only the time waiting for data counts."""
+    """A slow consumer is not the server's silence: only the time waiting for data counts. (The time-out is 2 s,
+    not less: the server's own events must come within it on a busy machine.)"""
     fault.mode = "sse-data-forever"
     fault.interval = 0.1
     transport = Transport(API_KEY)
     try:
-        stream, _ = transport.open_stream(fault.url + "/chat/completions", {}, Policy(timeout_s=0.5, max_retries=0))
+        stream, _ = transport.open_stream(fault.url + "/chat/completions", {}, Policy(timeout_s=2.0, max_retries=0))
         seen = 0
         for line in stream:
             if line.startswith("data:"):
                 seen += 1
-                time.sleep(0.7)  # longer than the time-out, between two events
                 if seen == 3:
                     break
+                time.sleep(2.5)  # longer than the time-out, between two events
         stream.close()
     finally:
         transport.close()

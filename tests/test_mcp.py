@@ -444,7 +444,9 @@ def test_http_needs_the_key(server, env):
                 accept = {"Accept": "application/json, text/event-stream"}
                 for auth in (None, "Bearer wrong-key", "Bearer mcp-key-12", "Basic mcp-key-123", "mcp-key-123"):
                     headers = {**accept, **({"Authorization": auth} if auth else {})}
-                    resp = await anyio.to_thread.run_sync(lambda h=headers: httpx.post(url, json=init, headers=h))
+                    resp = await anyio.to_thread.run_sync(
+                        lambda h=headers: httpx.post(url, json=init, headers=h, timeout=DEADLINE_S)
+                    )
                     assert resp.status_code == 401, auth
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
                 with pytest.raises(BaseException) as info:  # the SDK's client fails on the 401
@@ -468,6 +470,31 @@ def test_http_without_auth_on_loopback_only(server, env):
     assert p.returncode == 2 and "loopback host only" in p.stderr
     p = run_cli("mcp", "--api-key", "k", env=env)
     assert p.returncode == 2 and "--http only" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_http_accepts_connections_as_soon_as_it_announces(server):
+    """The URL is announced once the socket listens: a client that connects at that very moment (before the
+    server's start-up has run) waits in the backlog instead of being refused (on a busy machine the start-up
+    takes long enough for a host to try; a refusal there was a flaky "connection refused")."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from conftest import make_client
+    from qwenvl.mcp_server import build_server, serve_http
+
+    class Announced(Exception):
+        pass
+
+    def announce(url: str) -> None:
+        with socket.create_connection(("127.0.0.1", urlsplit(url).port), timeout=DEADLINE_S):
+            raise Announced(url)  # connected while serve_http had not yet started uvicorn
+
+    mcp_server = build_server(lambda: make_client(server))
+    try:
+        with pytest.raises(Announced, match=r"^http://127\.0\.0\.1:\d+/mcp$"):
+            run(lambda: serve_http(mcp_server, "127.0.0.1", 0, api_key=None, announce=announce))
+    finally:
+        mcp_server.client.close()
 
 
 @pytest.mark.parametrize(("hidden", "says"), [("mcp", "not installed"), ("mcp.server.mcpserver", "needs mcp 2.3")])

@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -41,7 +42,7 @@ from qwenvl._constants import DEFAULT_TIMEOUT_S
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.estimate import estimate_files
 from qwenvl.models import answer_cost, currency_of
-from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches
+from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
 
@@ -758,26 +759,20 @@ async def serve_http(
     server: MCPServer, host: str, port: int, *, api_key: str | None, announce: Callable[[str], None] | None = None
 ) -> None:
     """Serve streamable HTTP at ``http://HOST:PORT/mcp`` until cancelled; ``api_key`` None means no auth (the
-    caller has checked the host is loopback). ``announce`` gets the URL once the socket is bound (port 0: the
-    port the system chose)."""
-    import socket
-
+    caller has checked the host is loopback). ``announce`` gets the URL once the socket listens (port 0: the
+    port the system chose): a client may connect at once. UsageError when the address cannot be had."""
     import uvicorn
 
     app: Any = server.streamable_http_app(host=host)
     if api_key is not None:
         app = BearerAuth(app, api_key)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock = listen(host, port)
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    shown = f"[{host.strip('[]')}]" if sock.family == socket.AF_INET6 else host
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    if announce is not None:
-        announce(f"http://{shown}:{bound}/mcp")
-    await uvicorn.Server(config).serve(sockets=[sock])
+    try:
+        if announce is not None:
+            announce(f"http://{shown}:{bound}/mcp")
+        await uvicorn.Server(config).serve(sockets=[sock])
+    finally:
+        sock.close()

@@ -680,10 +680,14 @@ class _Realtime:
         the workers take them)."""
         queue = pending
         n = min(self.batch.concurrency, count)
+        # each worker's own "ended" event, never Thread.join/is_alive: a join cut by Ctrl-C (KeyboardInterrupt)
+        # marks the thread it waited for as ended while it still runs (CPython's bpo-45274 handling), and its
+        # answer, paid for, would be dropped
+        ended = [threading.Event() for _ in range(n)]
         workers = [
             threading.Thread(
                 target=self._worker,
-                args=(queue, self.clients[i % len(self.clients)]),
+                args=(queue, self.clients[i % len(self.clients)], ended[i]),
                 name=f"qwenvl-batch-{i}",
                 daemon=True,
             )
@@ -692,16 +696,18 @@ class _Realtime:
         self.journal.start_writer(self.batch.csv, self.batch.flush_interval_s, slots=n)
         with self.lock:
             self._report()
+        started = 0
         try:
             for w in workers:
+                started += 1  # counted before: a start cut by Ctrl-C may have started the thread
                 w.start()
-            for w in workers:
-                while w.is_alive():
-                    w.join(0.25)  # in slices, so that Ctrl-C reaches this thread
+            for done in ended:
+                while not done.wait(0.25):  # in slices, so that Ctrl-C reaches this thread
+                    pass
         finally:
             self.stop.set()
             self.limiter.wake()
-            self._drain(workers)
+            self._drain(ended[:started])
             with self.lock:
                 self.accepting = False
                 self._report()
@@ -717,18 +723,19 @@ class _Realtime:
             raise error
 
     @staticmethod
-    def _drain(workers: list[threading.Thread]) -> None:
-        """After a stop (Ctrl-C included), wait up to ``INTERRUPT_GRACE_S`` for the requests in flight: their
-        answers are paid for, so they are recorded rather than dropped. A second Ctrl-C leaves at once."""
+    def _drain(ended: list[threading.Event]) -> None:
+        """After a stop (Ctrl-C included), wait up to ``INTERRUPT_GRACE_S`` for the workers' requests in flight
+        (each worker sets its event when it ends): their answers are paid for, so they are recorded rather than
+        dropped. A second Ctrl-C leaves at once."""
         deadline = time.monotonic() + INTERRUPT_GRACE_S
         try:
-            for w in workers:
-                while w.is_alive() and time.monotonic() < deadline:
-                    w.join(0.1)
+            for done in ended:
+                while not done.is_set() and (left := deadline - time.monotonic()) > 0:
+                    done.wait(min(left, 0.1))
         except KeyboardInterrupt:
             pass
 
-    def _worker(self, queue: Iterator[tuple[BatchItem, bool]], client: Client) -> None:
+    def _worker(self, queue: Iterator[tuple[BatchItem, bool]], client: Client, ended: threading.Event) -> None:
         try:
             while not self.stop.is_set():
                 with self.lock:
@@ -743,6 +750,8 @@ class _Realtime:
                     self.fatal = exc.error if isinstance(exc, _Fatal) else exc
             self.stop.set()
             self.limiter.wake()
+        finally:
+            ended.set()
 
     def _report(self) -> None:
         self.prog.concurrency = self.limiter.concurrency

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import click
@@ -16,7 +15,7 @@ from qwenvl._constants import (
 )
 from qwenvl.cli.common import err_console, pass_opts
 from qwenvl.errors import UsageError
-from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
+from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, listen
 
 MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 
@@ -207,20 +206,3 @@ def serve(opts: dict[str, Any]) -> None:
             Multiprocess(uv_config, sockets=[sock]).run()
     finally:
         sock.close()
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host``:``port`` (0: a free port); UsageError (exit 2) when it cannot be had."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="Choose another --port (0 picks a free one) or stop what holds this one.",
-        ) from None
-    return sock

@@ -23,10 +23,31 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from qwenvl import env as qenv
-from qwenvl.errors import MediaError
+from qwenvl.errors import MediaError, UsageError
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 SERVE_KEY_ENV = qenv.SERVE_API_KEY_ENV  # the key clients of `qwenvl serve` and `qwenvl mcp --http` must send
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host``:``port`` (0: a free port), for ``qwenvl serve`` and ``qwenvl mcp --http``.
+
+    It listens before it is returned: a client that connects as soon as the port is announced waits in the
+    backlog (2048) until the server accepts, instead of being refused. UsageError (exit 2) when the address
+    cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="Choose another port (0 picks a free one) or stop what holds this one.",
+        ) from None
+    return sock
 
 
 def key_matches(given: str | None, expected: str) -> bool:
