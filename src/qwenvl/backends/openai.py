@@ -56,7 +56,7 @@ _OWNED_BY = {
     "library": "ollama",
 }
 DOWN_HINT = (
-    "Is the engine running at that address? e.g. vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000 "
+    "Is the engine running at that address? e.g. `vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000` "
     "(then --base-url http://127.0.0.1:8000/v1), or give another --base-url."
 )
 # The hints of this backend where the class's own (``qwenvl.errors``) names DashScope; only a class's default hint
