@@ -24,11 +24,12 @@ from qwenvl.cli.common import (
     report,
     request_fields,
     service_options,
+    shown,
     usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.tasks_common import warn
-from qwenvl.errors import APIError, MediaError, StreamInterruptedError, UsageError, printable
+from qwenvl.errors import APIError, MediaError, StreamInterruptedError, UsageError
 from qwenvl.sessions import Session, home, list_sessions
 
 COMMANDS = (
@@ -75,7 +76,7 @@ def _show(result: CommandResult) -> None:
         err.print("[dim]conversation cleared[/]")
     elif result.outcome == "history":
         for m in result.messages:
-            err.print(f"[bold]{m.role}:[/] {escape(m.text()[:200])}", highlight=False)
+            err.print(f"[bold]{m.role}:[/] {escape(shown(m.text()[:200], sys.stderr))}", highlight=False)
     elif result.outcome == "help":
         for usage, what in COMMANDS:
             err.print(f"  [bold]{escape(usage)}[/]  {escape(what)}", highlight=False)
@@ -89,9 +90,9 @@ def _show(result: CommandResult) -> None:
         )
     elif result.outcome == "attached":
         count = result.pending
+        names = escape(shown(", ".join(result.attached), sys.stderr))
         err.print(
-            f"[dim]attached {escape(', '.join(result.attached))}: {count} file{'s' if count != 1 else ''} for "
-            "your next message[/]",
+            f"[dim]attached {names}: {count} file{'s' if count != 1 else ''} for your next message[/]",
             highlight=False,
         )
     elif result.outcome == "unknown":
@@ -126,7 +127,7 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         return 0
     except MediaError as exc:  # the bad attachment is dropped, the conversation and the others kept
         report(exc)
-        dropped = ", ".join(printable(ref) for ref in conv.dropped)
+        dropped = shown(", ".join(conv.dropped), sys.stderr)
         err.print(f"[dim](not sent; dropped {escape(dropped)}{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
     except StreamInterruptedError as exc:
