@@ -9,8 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import run_cli, write_image
+from dashscope_server import Reply
 
 
 def _texts(server) -> list[str]:
@@ -30,7 +32,7 @@ def test_slash_commands_are_never_sent(server, env, png):
         "never read",
     ]
     p = run_cli("chat", env=env, input="\n".join(lines) + "\n")
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 3, p.stderr  # the refused /image nothere.png (a file: exit 3)
     for usage in ("/image PATH", "/reset", "/history", "/help", "/exit"):  # /help lists the commands
         assert usage in p.stderr
     assert "unknown command /foo" in p.stderr and "nothing was sent" in p.stderr
@@ -91,3 +93,53 @@ def test_piped_chat_exits_with_the_last_failed_turns_code(server, env):
     assert p.returncode == 5 and p.stderr.count("error:") == 2 and "Traceback" not in p.stderr
     p = run_cli("chat", env=env, input="hello\n/exit\n")
     assert p.returncode == 0 and "echo: hello" in p.stdout
+
+
+def bad_media(folder: Path) -> dict[str, str]:
+    """Files that exist but that sending refuses, by name: what the error says about each."""
+    (folder / "text.jpg").write_text("just some text, not a picture\n")
+    write_image(folder / "one.png", size=(1, 1))
+    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    (folder / "empty.png").write_bytes(b"")
+    return {"text.jpg": "text.jpg", "one.png": "one.png", "anim.gif": "anim.gif", "empty.png": "empty.png"}
+
+
+def test_image_refuses_at_once_what_sending_would_refuse(server, env, isolated_env):
+    """/image runs the checks of sending: a bad file is refused with sending's one-line error, the files attached
+    before stay, and a piped chat exits 3 whether the file is missing or bad."""
+    write_image(isolated_env / "beach.jpg", fmt="JPEG")
+    names = bad_media(isolated_env)
+    lines = ["/image beach.jpg", *[f"/image {n}" for n in names], "/image beach.jpg text.jpg", "hi"]
+    p = run_cli("chat", env=env, input="\n".join(lines) + "\n")
+    assert p.returncode == 3 and "Traceback" not in p.stderr
+    assert p.stderr.count("error:") == len(names) + 1
+    for name in names:
+        assert f"attached {name}" not in p.stderr
+    assert p.stderr.count("attached beach.jpg: 1 file") == 1
+    assert "echo: hi [images=1 videos=0]" in p.stdout  # only beach.jpg, once
+    for name in names:  # the same error as sending gives
+        q = run_cli("ask", "x", name, env=env)
+        assert q.returncode == 3
+        assert q.stderr.splitlines()[0] in p.stderr
+    p = run_cli("chat", env=env, input="/image nothere.png\nhi\n")
+    assert p.returncode == 3 and "echo: hi" in p.stdout
+
+
+def test_a_failed_turn_keeps_its_attachments_for_the_retry(server, env, isolated_env):
+    write_image(isolated_env / "beach.jpg", fmt="JPEG")
+    server.enqueue(Reply(status=500, error_code="InternalError", error_message="boom"))
+    p = run_cli("chat", "--max-retries", "0", env=env, input="/image beach.jpg\nhi\nhi again\n")
+    assert "1 file still attached: send your message again" in p.stderr
+    assert "echo: hi again [images=1 videos=0]" in p.stdout
+    assert p.returncode == 5
+
+
+def test_a_damaged_session_file_is_a_usage_error_not_an_internal_one(server, env, isolated_env):
+    folder = isolated_env.parent / "home" / ".qwenvl" / "sessions"
+    folder.mkdir(parents=True)
+    (folder / "trip.json").write_text('{"messages": 5}')
+    p = run_cli("chat", "--session", "trip", env=env, input="hi\n")
+    assert p.returncode == 2 and "internal error" not in p.stderr
+    assert f"session file {folder / 'trip.json'} is damaged: messages: Input should be a valid list" in p.stderr
+    assert server.requests == []

@@ -6,9 +6,11 @@ import os
 import sys
 
 import pexpect
+import pytest
 
-from conftest import API_KEY, ctrl_c_reaches_children
+from conftest import API_KEY, ctrl_c_reaches_children, run_cli
 from dashscope_server import Reply
+from qwenvl.errors import terminal_safe
 
 
 def test_chat_line_editing_and_history(server, png, isolated_env):
@@ -88,3 +90,66 @@ def test_ctrl_c_cancels_the_answer_then_ends_the_chat_at_the_prompt(server, png,
     assert [m["role"] for m in second] == ["user"]  # the cancelled turn is not in the conversation
     assert second[0]["content"][-1]["text"] == "short one"
     assert second[0]["content"][0]["type"] == "image_url"  # the attachment stayed for the next try
+
+
+# An answer that would clear the screen, retitle the window and colour what follows, with a bidi override.
+HOSTILE = "one\x1b[2J two\x1b]0;pwned\x07 three\x1b[31m four\u202e five\rsix\tseven\nnext line"
+RAW = ("\x1b[2J", "\x1b]0;pwned", "\x1b[31m four", "\u202e", "five\rsix")
+
+
+def _run_on_terminal(server, isolated_env, *args: str, send: str = "") -> str:
+    env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "200", "LINES": "30"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "qwenvl", *args, "--base-url", server.url],
+        env=env,
+        cwd=str(isolated_env),
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(30, 200),
+    )
+    try:
+        if send:
+            child.expect("you>")
+            child.send(send)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    return child.before
+
+
+def _is_safe(seen: str) -> None:
+    for raw in RAW:
+        assert raw not in seen
+    for escaped in (r"\x1b[2J", r"\x1b]0;pwned\x07", r"\x1b[31m four", r"\u202e", r"five\rsix"):
+        assert escaped in seen  # shown, escaped, not lost
+    assert "six\tseven" in seen.replace("\r\n", "\n") or "six    seven" in seen  # tabs and lines kept
+
+
+@pytest.mark.parametrize("verb", [("ask", "x"), ("ask", "x", "--no-stream"), ("ocr",)])
+def test_model_text_is_made_safe_on_a_terminal(server, png, isolated_env, verb):
+    """Answers and reasoning, streamed or whole, printed to a terminal cannot drive it (every verb prints through
+    ``shown``)."""
+    server.enqueue(Reply(text=HOSTILE, reasoning="think\x1b[2J hard" if verb[0] == "ask" else None))
+    seen = _run_on_terminal(server, isolated_env, *verb, str(png))
+    _is_safe(seen)
+    if verb[0] == "ask":
+        assert r"think\x1b[2J hard" in seen
+
+
+def test_chat_answers_and_history_are_made_safe_on_a_terminal(server, png, isolated_env):
+    server.enqueue(Reply(text=HOSTILE))
+    seen = _run_on_terminal(server, isolated_env, "chat", send="hi\r/history\r\x04")
+    _is_safe(seen)
+    assert seen.count(r"\x1b[2J") == 2  # the answer, then the history
+
+
+def test_a_piped_answer_stays_byte_exact(server, png, env):
+    server.enqueue(Reply(text=HOSTILE))
+    p = run_cli("ask", "x", str(png), env=env)
+    assert p.returncode == 0 and p.stdout == HOSTILE + "\n"
+
+
+def test_terminal_safe_keeps_lines_and_tabs_and_shows_every_other_control():
+    assert terminal_safe("a\r\nb\tc\x1b[0m\x07\x9b\u2066") == "a\nb\tc\\x1b[0m\\x07\\x9b\\u2066"
+    assert terminal_safe("plain, ünïcode ✓") == "plain, ünïcode ✓"

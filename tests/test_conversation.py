@@ -184,3 +184,56 @@ def test_async_turns(server, png, isolated_env):
     ]
     assert len(Session.load("async").messages) == 4
     assert Path(sessions_dir() / "async.json").exists()
+
+
+def test_attach_checks_as_sending_would_and_keeps_the_others(server, isolated_env):
+    from test_chat import bad_media
+
+    good = write_image(isolated_env / "beach.jpg", fmt="JPEG")
+    with make_client(server) as client:
+        conv = Conversation(client)
+        conv.attach(str(good))
+        for name in bad_media(isolated_env):
+            with pytest.raises(qwenvl.MediaError, match=name.replace(".", r"\.")):
+                conv.attach(name)
+            with pytest.raises(qwenvl.MediaError):
+                conv.attach(str(good), name)  # nothing of one failing call is attached
+            assert conv.images == [str(good)]
+        assert model_requests(server) == []
+        assert conv.send("hi").text == "echo: hi [images=1 videos=0]"
+
+
+def test_a_file_damaged_after_attaching_is_dropped_alone(server, isolated_env):
+    good, bad = write_image(isolated_env / "a.png"), write_image(isolated_env / "b.png")
+    with make_client(server) as client:
+        conv = Conversation(client)
+        conv.attach(str(good), str(bad))
+        bad.write_bytes(b"not an image any more")
+        with pytest.raises(qwenvl.MediaError):
+            conv.send("first")
+        assert conv.dropped == [str(bad)] and conv.images == [str(good)]
+        assert conv.send("again").text == "echo: again [images=1 videos=0]"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ('{"messages": 5}', "messages: Input should be a valid list"),
+        ("[1, 2]", "valid dictionary"),
+        ('{"messages": [5]}', "messages.0: Input should be a valid dictionary"),
+        ('{"messages": [{"role": "bot", "content": "x"}]}', "messages.0.role"),
+        ('{"messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
+        ('{"messages": [{"role": "user", "content": [{"image": 3}]}]}', "messages.0.content"),
+        ('{"model": 3, "messages": []}', "model: Input should be a valid string"),
+        ('{"created": "yesterday", "messages": []}', "created"),
+        ("{nope", "Expecting property name"),
+    ],
+)
+def test_a_session_file_of_the_wrong_shape_is_a_one_line_error(content, says):
+    path = sessions_dir() / "bad.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    with pytest.raises(qwenvl.UsageError) as caught:
+        Session.load("bad")
+    message = str(caught.value)
+    assert f"session file {path} is damaged" in message and says in message and "\n" not in message

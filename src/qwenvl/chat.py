@@ -10,8 +10,10 @@ playground can hold one per user.
     conv.command("reset")                                   # the /commands, without the terminal
 
 A turn changes the conversation only when it is answered: an error, an interrupted stream or a stream closed
-before its end (Ctrl-C in the chat) leave the messages as they were, and the attachments wait for a retry; an
-attachment that fails when the turn prepares it (MediaError) is dropped, the conversation kept. A named
+before its end (Ctrl-C in the chat) leave the messages as they were, and the attachments wait for a retry.
+Attachments are checked when attached (``attach``: the same checks as sending, from the headers); one that
+still fails when the turn prepares it (MediaError: changed or damaged since) is dropped (``dropped``), the
+conversation and the other attachments kept. A named
 session is saved after every answered turn (``qwenvl.sessions``: JSON, media as absolute paths), so it
 resumes from any folder; files of earlier turns that have gone since are dropped before the next turn, each
 turn kept with its text (``drop_unavailable`` says which, for the caller to tell the user).
@@ -25,6 +27,7 @@ import re
 import shlex
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from qwenvl.errors import MediaError, QwenVLError, UsageError
@@ -102,6 +105,7 @@ class Conversation:
         self.messages: list[Message] = list(self.session.messages) if self.session is not None else []
         self.images: list[str] = []
         self.video: str | list[str] | None = None
+        self.dropped: list[str] = []  # the attachments the last failed turn dropped (a MediaError)
 
     def __repr__(self) -> str:
         name = self.session.name if self.session is not None else None
@@ -114,17 +118,26 @@ class Conversation:
         return len(self.images) + (self.video is not None)
 
     def attach(self, *refs: str) -> None:
-        """Files or URLs for the next message, checked now: MediaError for one that is missing or unreadable
-        (``classify``), UsageError for a second video in one message. Nothing is attached when one fails."""
+        """Files or URLs for the next message, checked now as sending would check them (``check``): MediaError
+        for one that is missing, unreadable, not an image or video, too small or large, animated...; UsageError
+        for a second video in one message or a file the model cannot take. Nothing of ``refs`` is attached when
+        one fails; the files attached before stay."""
         from qwenvl.media.sources import split_media
 
-        for ref in refs:
-            classify(ref)
         images, video = split_media(list(refs))
         if video is not None and self.video is not None:
             raise UsageError("one video per message: this one already has " + str(self.video))
+        self.check(images, video)
         self.images += images
         self.video = video if video is not None else self.video
+
+    def check(self, images: list[str], video: str | list[str] | None = None) -> None:
+        """Check media as the next turn will prepare them, from their headers (the client's estimate-only
+        planning, ``qwenvl.media.prepare``: format, sides, aspect ratio, pixel and size limits, the model's
+        rules), nothing sent. Raises MediaError, UsageError; for a local backend, APIError when its server
+        must be asked about the model. Not found here: damaged pixel data behind a sound header."""
+        request = {k: v for k, v in self.fields.items() if k not in ("prompt", "messages", "image", "images")}
+        self.client.plan(prompt="check", images=images, video=video, estimate_only=True, **request)
 
     def reset(self) -> None:
         """Forget the messages and the attachments (a saved session keeps its file until the next turn)."""
@@ -155,7 +168,7 @@ class Conversation:
                 return CommandResult(name, "needs-path")
             try:
                 self.attach(*refs)
-            except (MediaError, UsageError) as exc:
+            except QwenVLError as exc:
                 return CommandResult(name, "not-attached", error=exc, pending=self.pending)
             return CommandResult(name, "attached", attached=refs, pending=self.pending)
         return CommandResult(name, "unknown")
@@ -163,7 +176,9 @@ class Conversation:
     # --- turns ------------------------------------------------------------------------------------------------
     def plan(self, text: str, **fields: Any) -> Call:
         """The next turn, planned (nothing sent): ``text`` with the attachments, after the messages so far.
-        MediaError drops the attachments (the conversation is kept) and is raised; UsageError for bad fields."""
+        MediaError drops the bad attachments (``dropped``; the conversation and the others are kept) and is
+        raised; UsageError for bad fields."""
+        self.dropped = []
         self.drop_unavailable()
         request = {**self.fields, **fields}
         with self._media_checked():
@@ -173,12 +188,31 @@ class Conversation:
 
     @contextlib.contextmanager
     def _media_checked(self) -> Iterator[None]:
-        """A MediaError in a turn (preparing, uploading) drops the attachments: a retry must not resend them."""
+        """A MediaError in a turn (preparing, uploading: a file changed or damaged since it was attached) drops
+        the attachments that fail ``check`` now or that the error names, the others wait for a retry (all are
+        dropped when none can be told apart): a retry must not resend a bad file. ``dropped`` lists them."""
         try:
             yield
-        except MediaError:
-            self.images, self.video = [], None
+        except MediaError as exc:
+            self.dropped = self._bad_attachments(exc)
+            self.images = [ref for ref in self.images if ref not in self.dropped]
+            if self.video is not None and _refs_of(self.video)[0] in self.dropped:
+                self.video = None
             raise
+
+    def _bad_attachments(self, exc: MediaError) -> list[str]:
+        pending = [*self.images, *([_refs_of(self.video)[0]] if self.video is not None else [])]
+        bad = []
+        for ref in pending:
+            try:
+                self.check([ref]) if ref in self.images else self.check([], self.video)
+            except QwenVLError:
+                bad.append(ref)
+        if not bad and exc.source:
+            bad = [
+                ref for ref in pending if exc.source in (ref, _label(ref)) or Path(exc.source).name == Path(ref).name
+            ]
+        return bad or pending
 
     def send(self, text: str, **fields: Any) -> Response:
         """One turn, answered whole (a ``Client``). The errors are the client's (``qwenvl.errors``)."""
@@ -236,3 +270,14 @@ class Conversation:
             self.session.model = call.request.model
             self.session.save()
         return response
+
+
+def _refs_of(media: str | list[str]) -> list[str]:
+    return [media] if isinstance(media, str) else list(media)
+
+
+def _label(ref: str) -> str:
+    try:
+        return classify(ref).label
+    except QwenVLError:
+        return ref

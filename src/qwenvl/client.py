@@ -68,14 +68,14 @@ def _unknown_field_hint(exc: ValidationError) -> str | None:
     return f"Did you mean {', '.join(guesses)}?" if guesses else None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """pydantic's errors as one line, ``"invalid request: field: message; ..."`` (the first 6). Raises nothing."""
+def describe_validation_error(exc: ValidationError, what: str = "invalid request") -> str:
+    """pydantic's errors as one line, ``"<what>: field: message; ..."`` (the first 6). Raises nothing."""
     lines = []
     for err in exc.errors()[:6]:
         where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{where}: {msg}" if where else msg)
-    return "invalid request: " + "; ".join(lines)
+    return f"{what}: " + "; ".join(lines)
 
 
 def check_structured(response: Response, request: Request, schema: dict[str, Any] | None) -> list[str]:

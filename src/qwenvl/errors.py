@@ -301,6 +301,20 @@ def printable(text: str) -> str:
     return " ".join(text.split())
 
 
+# What ``terminal_safe`` shows escaped: every control character but newline and tab, and the bidi overrides.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` made safe to print on a terminal, its lines kept: a CRLF line end becomes LF, and every other
+    control character but newline and tab (ESC, so no escape sequence can clear the screen, change the title or
+    colour what follows; CR, BEL, backspace, C1 codes) and the Unicode bidirectional overrides are shown escaped
+    as Python writes them (``\\x1b``, ``\\r``, ``\\u202e``). For every text from the model or the service that
+    is printed to a terminal (``qwenvl.cli.common.shown``); ``printable`` is the one-line form for error
+    messages. Raises nothing."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text.replace("\r\n", "\n"))
+
+
 def redact(text: str, secret: str | None) -> str:
     """Remove a secret (the API key) from text that may be shown to the user. Raises nothing."""
     if secret and len(secret) >= 4 and secret in text:

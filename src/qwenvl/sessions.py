@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qwenvl import env as qenv
 from qwenvl.errors import MediaError, UsageError
@@ -30,6 +30,18 @@ def home() -> Path:
 
 def sessions_dir() -> Path:
     return home() / "sessions"
+
+
+class SessionFile(BaseModel):
+    """The shape of a session file (what ``Session.save`` writes): an object with ``model`` (a string or null),
+    ``created`` (seconds since the epoch) and ``messages`` (a list of ``Message`` objects: a known role, content
+    a string or a list of parts); other keys (``name``, ``updated``) are ignored. pydantic.ValidationError for
+    any other shape."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    model: str | None = None
+    created: float | None = None
+    messages: list[Message] = []
 
 
 @dataclass
@@ -57,15 +69,19 @@ class Session:
             text = read_regular_text(session.path, error=UsageError, what="session file")
         except MediaError as exc:
             raise MediaError(exc.message, source=exc.source, hint="Move it away to start the session afresh.") from None
+        damaged = f"session file {session.path} is damaged"
+        hint = "Move it away to start the session afresh."
         try:
-            data = json.loads(text)
-            session.model = data.get("model")
-            session.created = float(data.get("created", session.created))
-            session.messages = [Message.model_validate(m) for m in data.get("messages", [])]
-        except (OSError, ValueError, ValidationError) as exc:
-            raise UsageError(
-                f"session file {session.path} is damaged: {exc}", hint="Move it away to start the session afresh."
-            ) from None
+            saved = SessionFile.model_validate(json.loads(text))
+        except ValidationError as exc:
+            from qwenvl.client import describe_validation_error
+
+            raise UsageError(describe_validation_error(exc, damaged), hint=hint) from None
+        except ValueError as exc:  # not JSON
+            raise UsageError(f"{damaged}: {exc}", hint=hint) from None
+        session.model = saved.model
+        session.created = saved.created if saved.created is not None else session.created
+        session.messages = saved.messages
         return session
 
     def save(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -16,6 +17,7 @@ from qwenvl.cli.common import (
     prompt_and_media,
     request_fields,
     service_options,
+    shown,
     usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal, warn_answer
@@ -58,11 +60,13 @@ def ask(opts: dict[str, Any]) -> None:
                 warn_answer(response, call.request.max_tokens, items_shown=True)
                 return
             if response.reasoning and not opts["hide_reasoning"]:  # as in a stream: dimmed, on stderr
-                err_console().print(f"[dim]thinking…[/]\n[dim italic]{escape(response.reasoning)}[/]")
+                err_console().print(
+                    f"[dim]thinking…[/]\n[dim italic]{escape(shown(response.reasoning, sys.stderr))}[/]"
+                )
             if structured:
                 print_json(response.json)
             elif response.text:
-                click.echo(response.text)
+                click.echo(shown(response.text))
             warn_answer(response, call.request.max_tokens)
         else:
             response = stream_to_terminal(

@@ -33,6 +33,7 @@ from qwenvl.cli.common import (
     print_json,
     request_fields,
     service_options,
+    shown,
 )
 from qwenvl.errors import UsageError
 from qwenvl.models import format_cost
@@ -153,7 +154,7 @@ class _Bar:
             rate=f"{p.done / elapsed:.1f}",
             tokens=f"{p.input_tokens + p.output_tokens:,}",
             cost=format_cost(p.cost, self.currency),
-            extra=extra,
+            extra=escape(shown(extra, sys.stderr)),  # a Batch API job's status text comes from the service
             description="batch" if p.phase == "realtime" else p.phase,
         )
 
@@ -179,7 +180,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
         line += f", {s.rate_limited} × 429"
     console.print(f"[dim]{line}[/]")
     for note in s.notes:
-        console.print(f"[yellow]{escape(note)}[/]")
+        console.print(f"[yellow]{escape(shown(note, sys.stderr))}[/]")
     if s.error:
         console.print(f'[dim]failed items have "status": "error" in {s.output}; --retry-errors sends them again[/]')
 
@@ -357,14 +358,14 @@ def _print_job(job: dict[str, Any], as_json: bool) -> None:
         return
     from qwenvl.batch.batchapi import counts_text
 
-    click.echo(f"{job.get('id')}: {counts_text(job)}")
+    click.echo(shown(f"{job.get('id')}: {counts_text(job)}"))  # the job is the service's
     for key in ("input_file_id", "output_file_id", "error_file_id", "created_at", "completed_at", "expires_at"):
         if job.get(key):
-            click.echo(f"  {key}: {job[key]}")
+            click.echo(shown(f"  {key}: {job[key]}"))
     errors = (job.get("errors") or {}).get("data") or []
     for err in errors[:5]:
         if isinstance(err, dict):
-            click.echo(f"  error: {err.get('code')}: {err.get('message')}")
+            click.echo(shown(f"  error: {err.get('code')}: {err.get('message')}"))
 
 
 @batch.command("status")

@@ -24,6 +24,7 @@ from qwenvl.cli.common import (
     report,
     request_fields,
     service_options,
+    shown,
     usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal
@@ -75,7 +76,7 @@ def _show(result: CommandResult) -> None:
         err.print("[dim]conversation cleared[/]")
     elif result.outcome == "history":
         for m in result.messages:
-            err.print(f"[bold]{m.role}:[/] {escape(m.text()[:200])}", highlight=False)
+            err.print(f"[bold]{m.role}:[/] {escape(shown(m.text()[:200], sys.stderr))}", highlight=False)
     elif result.outcome == "help":
         for usage, what in COMMANDS:
             err.print(f"  [bold]{escape(usage)}[/]  {escape(what)}", highlight=False)
@@ -83,11 +84,15 @@ def _show(result: CommandResult) -> None:
         err.print("[yellow]usage:[/] /image PATH (a file or URL; quote names with spaces)")
     elif result.outcome == "not-attached" and result.error is not None:  # nothing attached; the chat goes on
         report(result.error)
-    elif result.outcome == "attached":
         count = result.pending
         err.print(
-            f"[dim]attached {escape(', '.join(result.attached))}: {count} file{'s' if count != 1 else ''} for "
-            "your next message[/]",
+            f"[dim](nothing of this /image attached; {count} file{'s' if count != 1 else ''} for your next message)[/]"
+        )
+    elif result.outcome == "attached":
+        count = result.pending
+        names = escape(shown(", ".join(result.attached), sys.stderr))
+        err.print(
+            f"[dim]attached {names}: {count} file{'s' if count != 1 else ''} for your next message[/]",
             highlight=False,
         )
     elif result.outcome == "unknown":
@@ -95,6 +100,13 @@ def _show(result: CommandResult) -> None:
             f"[yellow]unknown command[/] /{escape(result.name)}: /help lists the commands (nothing was sent)",
             highlight=False,
         )
+
+
+def _kept(conv: Conversation) -> str:
+    """What waits for the retry of a failed turn: its attachments (the message is to be sent again)."""
+    count = conv.pending
+    files = f"{count} file{'s' if count != 1 else ''} still attached" if count else "nothing attached"
+    return f"; {files}: send your message again to retry"
 
 
 def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
@@ -113,17 +125,20 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         sys.stdout.flush()
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
         return 0
-    except MediaError as exc:  # the bad attachment is dropped, the conversation kept
+    except MediaError as exc:  # the bad attachment is dropped, the conversation and the others kept
         report(exc)
+        dropped = shown(", ".join(conv.dropped), sys.stderr)
+        err.print(f"[dim](not sent; dropped {escape(dropped)}{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
     except StreamInterruptedError as exc:
         report(exc)
-        err.print("[dim](not added to the conversation)[/]")
+        err.print(f"[dim](not added to the conversation{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
     except APIError as exc:
         if getattr(exc, "exit_code", 5) == 4:
             raise
         report(exc)
+        err.print(f"[dim](not added to the conversation{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
     if err.is_terminal:
         err.print(f"[dim]{usage_line(response, conv.client.region)}[/]")
@@ -143,7 +158,7 @@ def chat(opts: dict[str, Any]) -> None:
 
     Commands: /image PATH, /reset, /history, /help, /exit. Ctrl-C cancels an answer; at the prompt, Ctrl-C or
     Ctrl-D ends the chat. A saved session keeps its files as absolute paths, so it resumes from any folder.
-    With messages piped in, the exit status is that of the last turn that failed (0 when none did).
+    With messages piped in, the exit status is that of the last turn or /image that failed (0 when none did).
     """
     if opts["list_sessions"]:
         for name in list_sessions():
@@ -178,12 +193,16 @@ def chat(opts: dict[str, Any]) -> None:
                 continue
             name, arg = command
             if name == "image" and STDIN in image_refs(arg):  # standard input is where the messages come from
-                report(UsageError("chat reads your messages from standard input: give the file by its name"))
+                refused = UsageError("chat reads your messages from standard input: give the file by its name")
+                report(refused)
+                failed = refused.exit_code
                 continue
             result = conv.command(name, arg)
             if result.end:
                 break
             _show(result)
+            if result.error is not None:  # a refused /image counts as a failed turn, whatever the reason
+                failed = result.error.exit_code
     if session is not None and conv.messages:
         err.print(f"[dim]saved session {session.name!r} ({len(conv.messages)} messages)[/]")
     if failed and not sys.stdin.isatty():  # at a terminal the user saw each error; a script gets the code

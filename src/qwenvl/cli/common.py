@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from rich.console import Console
@@ -29,7 +29,15 @@ from qwenvl._constants import (
 )
 from qwenvl.client import Client
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
-from qwenvl.errors import MediaError, QwenVLError, StreamInterruptedError, StructuredOutputError, UsageError, printable
+from qwenvl.errors import (
+    MediaError,
+    QwenVLError,
+    StreamInterruptedError,
+    StructuredOutputError,
+    UsageError,
+    printable,
+    terminal_safe,
+)
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
@@ -55,6 +63,18 @@ def out_console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
+def shown(text: str, stream: IO[str] | None = None) -> str:
+    """``text`` from the model or the service as it may be written to ``stream`` (default: stdout): made safe
+    (``qwenvl.errors.terminal_safe``: control characters shown escaped, newlines and tabs kept) when the stream
+    is a terminal, byte-exact otherwise (a pipe or a file gets the answer as it came). Raises nothing."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        is_terminal = stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        is_terminal = False
+    return terminal_safe(text) if is_terminal else text
+
+
 def report(exc: QwenVLError) -> None:
     """An error as the user sees it: one line, then what was kept, then the hint (all on stderr). Lines are
     never hard-wrapped (the terminal wraps them), and control characters from the service are removed."""
@@ -64,7 +84,7 @@ def report(exc: QwenVLError) -> None:
         console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]", soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and exc.raw_text:
         console.print("[dim]raw answer:[/]", highlight=False)
-        console.print(exc.raw_text, highlight=False, markup=False, soft_wrap=True)
+        console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
     hint = fit_hint(printable(exc.hint), current_command()) if exc.hint else ""
     if hint:
         console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
@@ -397,7 +417,7 @@ def make_client(opts: dict[str, Any], *, will_send: bool | None = None) -> Clien
 
 def show_retry(notice: RetryNotice) -> None:
     """A retry's wait, on a terminal: "rate limited, retrying in 4 s (2/3)"."""
-    err_console().print(f"[dim]{escape(notice.describe())}[/]", highlight=False)
+    err_console().print(f"[dim]{escape(shown(notice.describe(), sys.stderr))}[/]", highlight=False)
 
 
 STDIN = "-"  # as a MEDIA argument: the file comes on standard input
@@ -530,7 +550,7 @@ def usage_line(response: Response, region: str | None = None) -> str:
             parts.append("≈" + format_cost(cost, currency_of(region)))
     if response.request_id:
         parts.append(f"request {response.request_id}")
-    return " · ".join(parts)
+    return shown(" · ".join(parts), sys.stderr)  # the model and the request id come from the service
 
 
 def print_json(obj: Any, *, ascii_only: bool = False, indent: int | None = 2) -> None:

@@ -15,6 +15,7 @@ from qwenvl.cli.common import (
     prompt_and_media,
     request_fields,
     service_options,
+    shown,
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError
@@ -96,4 +97,4 @@ def events(opts: dict[str, Any]) -> None:
 
 def print_timeline(timeline: Timeline) -> None:
     for e in timeline.events:
-        click.echo(f"{e.start}–{e.end}  {e.event}")
+        click.echo(f"{e.start}–{e.end}  {shown(e.event)}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import (
     err_console,
@@ -15,6 +17,7 @@ from qwenvl.cli.common import (
     prompt_and_media,
     request_fields,
     service_options,
+    shown,
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError
@@ -98,12 +101,13 @@ def ground(opts: dict[str, Any]) -> None:
 
 
 def print_table(result: Grounding) -> None:
-    names = [b.label or "(no label)" for b in result.boxes] + [p.label or "(no label)" for p in result.points]
-    width = max((len(n) for n in names), default=0)
-    for box in result.boxes:
-        click.echo(f"{box.label or '(no label)':<{width}}  {box.x1:>5} {box.y1:>5} {box.x2:>5} {box.y2:>5}")
-    for point in result.points:
-        click.echo(f"{point.label or '(no label)':<{width}}  {point.x:>5} {point.y:>5}")
+    boxes = [shown(b.label or "(no label)") for b in result.boxes]  # labels are the model's text
+    points = [shown(p.label or "(no label)") for p in result.points]
+    width = max((len(n) for n in boxes + points), default=0)
+    for label, box in zip(boxes, result.boxes, strict=True):
+        click.echo(f"{label:<{width}}  {box.x1:>5} {box.y1:>5} {box.x2:>5} {box.y2:>5}")
+    for label, point in zip(points, result.points, strict=True):
+        click.echo(f"{label:<{width}}  {point.x:>5} {point.y:>5}")
 
 
 def summary(result: Grounding) -> None:
@@ -114,6 +118,8 @@ def summary(result: Grounding) -> None:
         parts.append(f"{len(result.points)} point{'s' if len(result.points) != 1 else ''}")
     size = f" on {result.width}x{result.height} px" if result.width else ""
     reading = READINGS.get(result.convention, result.convention)
+    model = escape(shown(str(result.model), sys.stderr))
     err_console().print(
-        f"[dim]{' and '.join(parts)}{size} · {result.model}'s coordinates read as {reading}[/]", highlight=False
+        f"[dim]{' and '.join(parts)}{size} · {model}'s coordinates read as {reading}[/]",
+        highlight=False,
     )

@@ -15,6 +15,7 @@ from qwenvl.cli.common import (
     pass_opts,
     request_fields,
     service_options,
+    shown,
 )
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError
@@ -101,7 +102,7 @@ def ocr(opts: dict[str, Any]) -> None:
         output.write_text(text + "\n", encoding="utf-8")
         err_console().print(f"[dim]wrote {output}[/]")
     elif text:
-        click.echo(text)
+        click.echo(shown(text))
     warn([w for w in result.warnings if w != NO_TEXT])
     if result.empty:
         note(f"no text found in {source}")

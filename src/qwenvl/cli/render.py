@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from rich.markup import escape
 
-from qwenvl.cli.common import err_console
+from qwenvl.cli.common import err_console, shown
 from qwenvl.errors import StreamInterruptedError, printable
 from qwenvl.notes import answer_notes
 from qwenvl.types import Response, StreamEvent
@@ -37,12 +37,12 @@ def stream_to_terminal(
                 if not in_reasoning:
                     err.print("[dim]thinking…[/]")
                     in_reasoning = True
-                err.print(f"[dim italic]{_escape(event.text)}[/]", end="")
+                err.print(f"[dim italic]{_escape(shown(event.text, sys.stderr))}[/]", end="")
             elif event.type == "text":
                 if in_reasoning:
                     err.print()
                     in_reasoning = False
-                sys.stdout.write(event.text)
+                sys.stdout.write(shown(event.text))  # byte-exact when piped
                 sys.stdout.flush()
                 wrote_text = True
             elif event.type == "done":

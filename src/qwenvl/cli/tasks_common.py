@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.markup import escape
 
-from qwenvl.cli.common import err_console, print_json, usage_line
+from qwenvl.cli.common import err_console, print_json, shown, usage_line
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import UsageError, printable
 from qwenvl.interfaces import SupportsPreview
@@ -31,7 +32,7 @@ def warn(messages: list[str], *, prefix: str = "warning") -> None:
 
 
 def note(message: str) -> None:
-    err_console().print(f"[cyan]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console().print(f"[cyan]note:[/] {escape(shown(message, sys.stderr))}", highlight=False, soft_wrap=True)
 
 
 def dry_run(client: SupportsPreview, call: Call) -> None:
@@ -57,4 +58,6 @@ def show_raw(text: str) -> None:
     """The model's answer on stderr (when nothing could be read from it), dimmed."""
     console = err_console()
     console.print("[dim]the answer was:[/]", highlight=False)
-    console.print(text.strip() or "(empty)", markup=False, highlight=False, soft_wrap=True, style="dim")
+    console.print(
+        shown(text.strip(), sys.stderr) or "(empty)", markup=False, highlight=False, soft_wrap=True, style="dim"
+    )

@@ -27,6 +27,7 @@ from qwenvl.cli.common import (
     print_json,
     region_option,
     request_fields,
+    shown,
 )
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import EXIT_INPUT
@@ -129,10 +130,10 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column(f"cost ({currency})", justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(escape(row["source"]), f"[red]error:[/] {escape(row['error'])}", "", "-", "-")
+            table.add_row(escape(shown(row["source"])), f"[red]error:[/] {escape(shown(row['error']))}", "", "-", "-")
             continue
         table.add_row(
-            escape(row["source"]),
+            escape(shown(row["source"])),
             _size(row),
             _bytes(row["bytes_sent"]),
             "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
@@ -155,10 +156,10 @@ def _print_table(result: dict[str, Any]) -> None:
             if note.startswith("estimate only"):  # said once, below
                 estimated = True
                 continue
-            console.print(f"[dim]{escape(row['source'])}: {escape(note)}[/]", highlight=False)
+            console.print(f"[dim]{escape(shown(row['source']))}: {escape(shown(note))}[/]", highlight=False)
     for row in rows:
         if "error" in row and row.get("hint"):
-            console.print(f"[dim]{escape(row['source'])}: {escape(row['hint'])}[/]", highlight=False)
+            console.print(f"[dim]{escape(shown(row['source']))}: {escape(shown(row['hint']))}[/]", highlight=False)
     if estimated:
         console.print(
             "[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.cli.common import out_console, pass_opts, print_json, shown
 from qwenvl.models import format_cost, round_cost
 from qwenvl.store import UsageLog, usage_log_enabled
 
@@ -61,7 +62,7 @@ def usage(opts: dict[str, Any]) -> None:
 
     for r in rows:
         cost = "local" if r["cost"] is None else format_cost(r["cost"], r["currency"])
-        table.add_row(r["day"], r["model"] or "?", *cells(r, cost))
+        table.add_row(r["day"], escape(shown(r["model"] or "?")), *cells(r, cost))
     table.add_section()
     paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items())) or "local"  # only local rows: no money
     table.add_row("total", "", *cells(totals, paid))
