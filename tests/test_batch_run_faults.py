@@ -52,10 +52,14 @@ def test_a_rerun_with_another_model_or_prompt_is_refused_and_loses_nothing(serve
     assert run_cli(*base, "-p", "jr", env=env).returncode == 0
     before = (isolated_env / "jr.jsonl").read_bytes()
     assert len(model_calls(server)) == 3
-    for change in (("-p", "jr", "--model", "qwen3-vl-flash"), ("-p", "jr fixed"), ("-p", "jr", "--max-tokens", "9")):
+    for change, named in (
+        (("-p", "jr", "--model", "qwen3-vl-flash"), "(model changed)"),
+        (("-p", "jr fixed"), "(prompt changed)"),
+        (("-p", "jr fixed", "--max-tokens", "9"), "(max_tokens, prompt changed)"),
+    ):
         p = run_cli(*base, *change, env=env)
         assert p.returncode == 2, p.stderr
-        assert "another question" in p.stderr and "3 of its 3 answered items" in p.stderr, p.stderr
+        assert f"another question {named}" in p.stderr and "3 of its 3 answered items" in p.stderr, p.stderr
         assert "--fresh" in p.stderr and "-o another.jsonl" in p.stderr
         assert len(model_calls(server)) == 3 and (isolated_env / "jr.jsonl").read_bytes() == before
     # --fresh says what it replaces and, off a terminal, needs --yes

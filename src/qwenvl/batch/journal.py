@@ -139,11 +139,38 @@ def journal_path(output: Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
+def _asked(fields: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in {**(defaults or {}), **fields}.items() if k not in NETWORK_FIELDS}
+
+
 def fingerprint(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
     """What identifies an item's question: its request fields (network settings aside) and client defaults."""
-    data = {k: v for k, v in {**(defaults or {}), **fields}.items() if k not in NETWORK_FIELDS}
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps(_asked(fields, defaults), sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def question(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``fingerprint`` hashes, as JSON values (to name the fields that changed: ``changed_fields``)."""
+    return json.loads(json.dumps(_asked(fields, defaults), ensure_ascii=False, default=str))
+
+
+def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The names of the fields whose value differs between two ``question``s, sorted."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def read_meta(output: Path, key: str) -> Any:
+    """A JSON value the last run of ``output`` recorded in its journal's ``meta`` table (``Journal.set_meta``),
+    read without taking the journal; None when absent or unreadable. Raises nothing."""
+    try:
+        conn = _ro(journal_path(output))
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        finally:
+            conn.close()
+        return json.loads(row["value"]) if row is not None else None
+    except (sqlite3.Error, OSError, ValueError, TypeError):
+        return None
 
 
 def lock_path(output: Path) -> Path:
@@ -449,6 +476,11 @@ class Journal:
                     self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Record a JSON value in the ``meta`` table (read back by ``read_meta``)."""
+        with self._io():
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # --- items -----------------------------------------------------------------------------------
     def register(self, entries: Iterable[tuple[str, str]]) -> None:

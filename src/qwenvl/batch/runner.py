@@ -72,11 +72,14 @@ from qwenvl.backends.base import Backend
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
     Journal,
+    changed_fields,
     check_free,
     count_answered,
     fingerprint,
     journal_path,
+    question,
     read_finished,
+    read_meta,
     read_open_jobs,
 )
 from qwenvl.batch.limiter import AdaptiveLimiter
@@ -417,6 +420,19 @@ class Batch:
 
             check_region(self.planner.region, self.client_options["base_url"])
 
+    def _question(self, item: BatchItem) -> dict[str, Any]:
+        return question(item.request, self.planner.defaults)
+
+    def _what_changed(self) -> str:
+        """Which fields of the question changed since the last run ("prompt, model"), from the sample it recorded
+        (``question`` in the journal's meta); a generic phrase when that item is not an input any more."""
+        sample = read_meta(self.output, "question")
+        item = self.spool.get(sample["id"]) if isinstance(sample, dict) and isinstance(sample.get("id"), str) else None
+        names = changed_fields(sample.get("fields") or {}, self._question(item)) if item is not None else []
+        if names:
+            return f"{', '.join(names)} changed"
+        return "another prompt, model, schema or option"
+
     def model_of(self, item: BatchItem) -> str:
         return str(item.request.get("model") or self.planner.defaults.get("model") or DEFAULT_MODEL)
 
@@ -449,9 +465,9 @@ class Batch:
             if changed:
                 answered = self.spool.count_where("prev_status IN ('ok', 'submitted')")
                 raise UsageError(
-                    f"{self.output} holds answers to another question: {changed:,} of its {answered:,} answered "
-                    "items were asked with another prompt, model, schema or option (the items' fingerprint): "
-                    "nothing was sent or deleted",
+                    f"{self.output} holds answers to another question ({self._what_changed()}): {changed:,} of "
+                    f"its {answered:,} answered items would be replaced and paid for again: nothing was sent or "
+                    "deleted",
                     hint="Write to a new output (-o another.jsonl) to keep both, or pass --fresh to start over "
                     "(every answer of this output is deleted, and paid for again).",
                 )
@@ -575,6 +591,11 @@ class Batch:
         with Journal(self.output, fresh=self.fresh) as journal:  # takes the lock; fresh deletes under it
             # ids and fingerprints go from the spool to the journal, and the journal's pending seqs back: streamed
             journal.register(self.spool.entries())
+            first = next(self.spool.entries(), None)
+            if first is not None:  # a sample of the question, to name what changed if a rerun asks another
+                sample = self.spool.get(first[0])
+                if sample is not None:
+                    journal.set_meta("question", {"id": sample.id, "fields": self._question(sample)})
             if self.retry_errors:
                 journal.retry_errors()
             self.spool.mark_todo(journal.pending_seqs())
@@ -854,7 +875,8 @@ class _Realtime:
         error = type(exc)(
             f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
             f"({exc.message})",
-            hint=exc.hint,
+            hint=f"{exc.hint + ' ' if exc.hint else ''}Once it answers, add --retry-errors to send the failed items "
+            "again.",
         )
         raise _Fatal(error)
 
