@@ -483,7 +483,10 @@ class Batch:
         """Plan every pending item, estimate-only (in threads when it has media): tokens, cost, cache hits,
         plan errors. Media are checked and sized from their headers, not prepared (see the module). Items are
         read back from the spool in chunks and at most ``4 * plan_threads`` are planned at once; what is found
-        per item (an error, a cache hit) goes back to the spool. Raises UsageError once the batch is closed."""
+        per item (an error, a cache hit) goes back to the spool. Raises UsageError once the batch is closed, for what
+        ``check`` refuses, and, unless ``fresh``, when items the output holds answers for are asked another question
+        (another prompt, model, schema or option: their fingerprint changed), naming the fields that changed;
+        with ``fresh``, ``Estimate.replaced`` says how many answers the run deletes."""
         self._check_open()
         self.check()
         pending = self._mark_pending()
@@ -572,7 +575,10 @@ class Batch:
 
     # --- running ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
-        """Run to the end. A 401/403 stops it at once (raised, after the outputs are written); Ctrl-C leaves
+        """Run to the end. A 401/403 stops it at once (raised, after the outputs are written), as does a service
+        that cannot be reached (the first ``UNREACHABLE_ITEMS`` items fail to connect on every attempt before it
+        answered anything: ``APIConnectionError``/``APITimeoutError``); ``Summary.service_errors`` counts the items
+        that failed for the service's reasons (``SERVICE_ERROR_TYPES``; the CLI exits 5). Ctrl-C leaves
         a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
         kept). ``progress`` is called (from worker threads, one at a time) after every finished item. In
         ``batch-api`` mode Ctrl-C (or any error) stops the waiting only: the jobs keep running on the service and
@@ -580,7 +586,8 @@ class Batch:
         running, items a job expired or was cancelled before running: pending, submitted by the next run).
 
         Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
-        included), when the journal is damaged or foreign, or when the output cannot be written; and during
+        included), when the journal is damaged or foreign, when the output cannot be written, or when the
+        output's answers were asked another question (see ``estimate``); and during
         the run when the journal cannot be written (a full disk: every answer received is kept, and the same
         call resumes once there is room), and once the batch is closed."""
         self._check_open()
