@@ -368,7 +368,10 @@ def test_rerun_with_the_same_output_sends_only_what_is_unfinished(server):
     batch(server, items, cache=False).run()
     assert len(model_calls(server)) == 5
     changed = [BatchItem(id=i.id, request={"prompt": "another question"}) for i in items[:2]]
-    batch(server, changed, cache=False).run()  # the same ids asked something else: sent again
+    with pytest.raises(UsageError, match="another question"):  # their answers are not silently replaced
+        batch(server, changed, cache=False).run()
+    assert len(model_calls(server)) == 5
+    batch(server, changed, cache=False, fresh=True).run()  # the same ids asked something else: sent again
     assert len(model_calls(server)) == 7
     assert [r["result"]["text"] for r in read_jsonl(Path("out.jsonl"))] == [
         "echo: another question [images=0 videos=0]"
@@ -612,7 +615,7 @@ def test_no_key_fails_before_the_input_is_read_unless_something_may_be_answered_
     p = run_cli("batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--dry-run", env=no_key)
     assert p.returncode == 2 and "line 4" in p.stderr, p.stderr  # a dry run reads it: needs no key
     good = write_requests(isolated_env / "good.jsonl", 3)
-    p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", "-y", env=env)
+    p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", "-y", "--base-url", server.url, env=env)
     assert p.returncode == 0, p.stderr
     sent = len(server.requests)
     p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", env=no_key)  # all finished: no key needed
@@ -625,7 +628,7 @@ def test_a_batch_the_cache_answers_whole_needs_no_key(server, isolated_env):
     backend up front, for the threads, and that asked for the key)."""
     env = {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base}
     good = write_requests(isolated_env / "good.jsonl", 3)
-    p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", "-y", env=env)
+    p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", "-y", "--base-url", server.url, env=env)
     assert p.returncode == 0, p.stderr
     sent = len(server.requests)
     no_key = {k: v for k, v in env.items() if k != "DASHSCOPE_API_KEY"}

@@ -523,7 +523,9 @@ def test_fresh_is_refused_while_a_job_is_not_collected(bserver, isolated_env):
         assert p.returncode == 2 and job_id in p.stderr and "without --fresh" in p.stderr, p.stderr
     assert bserver.created() == 1 and len(bserver.chat_requests()) == 0
     assert run_cli(*cli_args(bserver), env=ENV).returncode == 0  # collected
-    p = run_cli(*cli_args(bserver, "--fresh", "--json"), env=ENV)
+    p = run_cli(*cli_args(bserver, "--fresh", "--json"), env=ENV)  # it would replace 2 answers: --yes
+    assert p.returncode == 2 and "--fresh replaces the 2 answers" in p.stderr and bserver.created() == 1, p.stderr
+    p = run_cli(*cli_args(bserver, "--fresh", "--yes", "--json"), env=ENV)
     assert p.returncode == 0 and json.loads(p.stdout)["ok"] == 2 and bserver.created() == 2
 
 

@@ -641,7 +641,8 @@ def test_every_hint_on_every_verb_names_only_what_the_verb_takes():
     verbs = _verbs()
     timeout = "The service took too long; raise the time-out (--timeout) or retry later."
     assert fit_hint(timeout, verbs["ask"]) == timeout
-    assert fit_hint(timeout, verbs["batch status"]) == "The service took too long; raise the time-out or retry later."
+    assert fit_hint(timeout, verbs["batch status"]) == timeout  # it takes --timeout (a hanging service)
+    assert fit_hint(timeout, verbs["models"]) == "The service took too long; raise the time-out or retry later."
     rate = "Rate limit or quota reached: retry later, lower concurrency, or raise --max-retries."
     assert fit_hint(rate, verbs["models"]) == "Rate limit or quota reached: retry later, lower concurrency."
     backend = "Use --backend openai for another OpenAI-compatible server."

@@ -9,8 +9,10 @@ are generous (the machine is shared): they catch a hang, they do not measure spe
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -283,7 +285,10 @@ def test_a_batch_is_not_stalled_by_trickling_connections(fault):
     items = [
         BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "timeout_s": TIMEOUT, "max_retries": 0}) for i in range(4)
     ]
-    with Clock() as clock:
-        summary = Batch(items, "out.jsonl", api_key=API_KEY, base_url=fault.url, concurrency=2).run()
-    assert summary.error == 4 and summary.pending == 0
+    with Clock() as clock, pytest.raises(APITimeoutError, match="cannot be reached") as info:
+        Batch(items, "out.jsonl", api_key=API_KEY, base_url=fault.url, concurrency=2).run()
     assert clock.elapsed < 2 * BOUND
+    # a service timing out on every attempt of the first items stops the batch (exit 5), what ended is kept
+    assert "stopped at once" in (info.value.hint or "")
+    lines = [json.loads(line) for line in Path("out.jsonl").read_text().splitlines()]
+    assert len(lines) >= 3 and {r["error"]["type"] for r in lines} == {"APITimeoutError"}

@@ -121,6 +121,9 @@ def check_region(region: str | None, base_url: str | None = None) -> None:
         )
 
 
+BATCH_API_TIMEOUT_S = 300.0  # seconds per attempt of a Batch API call (file transfers get more: transport)
+
+
 class BatchAPI:
     """The Batch API endpoints, synchronous, through ``qwenvl.transport``."""
 
@@ -130,7 +133,7 @@ class BatchAPI:
         *,
         region: str | None = None,
         base_url: str | None = None,
-        timeout_s: float = 300.0,
+        timeout_s: float = BATCH_API_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
         http_client: Any = None,

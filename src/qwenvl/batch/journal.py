@@ -12,14 +12,16 @@ the same folder, fsynced and moved over the old one with ``os.replace``, periodi
 reader, or a crash, sees either the previous complete file or the new one, never half a line.
 
 Started again with the same output, a run registers its items again: an item whose id and fingerprint are
-both found finished is skipped, one whose request changed (another prompt, model or file list) is sent
-again, and items no longer among the inputs are left out of the output.
+both found finished is skipped, one whose request changed (another prompt, model, schema or option) is sent
+again when it ended in an error, and refused by the runner when it holds an answer (``Batch.estimate``: a
+UsageError unless ``fresh``), and items no longer among the inputs are left out of the output.
 
 **One writer at a time.** A run (``--fresh`` included) holds an operating-system file lock on
 ``captions.jsonl.journal.lock`` (``filelock``: ``flock`` on POSIX, ``LockFileEx`` on Windows) from before it
 reads or deletes anything until it ends; the kernel drops it when the process dies, SIGKILL included, so a
-stale lock cannot exist. A second run on the same output is refused at once, naming the other (pid, host and
-start time, from the journal's ``meta`` table), and deletes nothing.
+stale lock cannot exist; a run that
+ends (anything short of a kill) deletes the file. A second run on the same output is refused at once,
+naming the other (pid, host and start time, from the journal's ``meta`` table), and deletes nothing.
 
 **A journal is never misread.** Before it is used, a journal must be a regular file holding an intact
 (``PRAGMA quick_check``) SQLite database with this module's tables. A 0-byte or table-less one (a run killed
@@ -137,11 +139,38 @@ def journal_path(output: Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
+def _asked(fields: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in {**(defaults or {}), **fields}.items() if k not in NETWORK_FIELDS}
+
+
 def fingerprint(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
     """What identifies an item's question: its request fields (network settings aside) and client defaults."""
-    data = {k: v for k, v in {**(defaults or {}), **fields}.items() if k not in NETWORK_FIELDS}
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps(_asked(fields, defaults), sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def question(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``fingerprint`` hashes, as JSON values (to name the fields that changed: ``changed_fields``)."""
+    return json.loads(json.dumps(_asked(fields, defaults), ensure_ascii=False, default=str))
+
+
+def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The names of the fields whose value differs between two ``question``s, sorted."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def read_meta(output: Path, key: str) -> Any:
+    """A JSON value the last run of ``output`` recorded in its journal's ``meta`` table (``Journal.set_meta``),
+    read without taking the journal; None when absent or unreadable. Raises nothing."""
+    try:
+        conn = _ro(journal_path(output))
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        finally:
+            conn.close()
+        return json.loads(row["value"]) if row is not None else None
+    except (sqlite3.Error, OSError, ValueError, TypeError):
+        return None
 
 
 def lock_path(output: Path) -> Path:
@@ -199,7 +228,7 @@ def _busy(output: Path) -> UsageError:
 
 def take_lock(output: Path) -> FileLock:
     """Take the output's run lock, or raise a UsageError naming the run that holds it (or why it cannot be
-    taken). The lock is released by ``release()`` or by the process ending, however it ends."""
+    taken). The lock is released by ``release_lock`` or by the process ending, however it ends."""
     lock = FileLock(str(lock_path(output)), timeout=0)
     try:
         lock.acquire()
@@ -210,9 +239,19 @@ def take_lock(output: Path) -> FileLock:
     return lock
 
 
+def release_lock(lock: FileLock) -> None:
+    """Release a lock taken by ``take_lock`` and delete its file, so that no run leaves one behind. The file is
+    unlinked while still held: a run that opened it meanwhile finds, once it gets the lock, that its inode has no
+    name any more, and filelock makes it try again on the new file (or refuse, with ``timeout=0``). Raises
+    nothing."""
+    with contextlib.suppress(OSError):
+        Path(lock.lock_file).unlink(missing_ok=True)
+    lock.release()
+
+
 def check_free(output: Path) -> None:
-    """Raise the ``take_lock`` refusal if a run holds ``output``'s lock now (nothing is left held)."""
-    take_lock(output).release()
+    """Raise the ``take_lock`` refusal if a run holds ``output``'s lock now (nothing is left held, no file left)."""
+    release_lock(take_lock(output))
 
 
 def _damaged(path: Path, what: str) -> UsageError:
@@ -305,6 +344,22 @@ def read_open_jobs(output: Path) -> list[str]:
     return [r["id"] for r in rows]
 
 
+def count_answered(output: Path) -> int:
+    """How many current items of ``output``'s journal hold an answer (status ``ok``): what ``--fresh`` deletes.
+    0 when there is no journal, and when it cannot be read (a damaged one: ``--fresh`` is how to replace it)."""
+    try:
+        if not inspect_journal(output):
+            return 0
+        conn = _ro(journal_path(output))
+        try:
+            row = conn.execute("SELECT count(*) FROM items WHERE status = 'ok' AND seq IS NOT NULL").fetchone()
+        finally:
+            conn.close()
+    except (UsageError, sqlite3.Error, OSError):
+        return 0
+    return int(row[0])
+
+
 def _finished_rows(path: Path) -> Iterator[tuple[str, str, str]]:
     try:
         conn = _ro(path)
@@ -393,7 +448,7 @@ class Journal:
             self._conn = None
         self._release_reserve()
         if self._lock is not None:
-            self._lock.release()
+            release_lock(self._lock)
             self._lock = None
 
     def __enter__(self) -> Journal:
@@ -421,6 +476,11 @@ class Journal:
                     self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Record a JSON value in the ``meta`` table (read back by ``read_meta``)."""
+        with self._io():
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # --- items -----------------------------------------------------------------------------------
     def register(self, entries: Iterable[tuple[str, str]]) -> None:
@@ -585,6 +645,18 @@ class Journal:
         out = {k: row[k] or 0 for k in row.keys()}  # noqa: SIM118 - sqlite3.Row needs keys()
         out["pending"] = out["total"] - out["ok"] - out["error"]
         return out
+
+    def count_errors(self, types: Iterable[str]) -> int:
+        """How many current items ended in an error of one of these types (the output line's ``error.type``)."""
+        names = list(types)
+        marks = ",".join("?" * len(names))
+        with self._io():
+            row = self.conn.execute(
+                f"SELECT count(*) FROM items WHERE seq IS NOT NULL AND status = 'error' "
+                f"AND json_extract(line, '$.error.type') IN ({marks})",
+                names,
+            ).fetchone()
+        return int(row[0])
 
     # --- Batch API jobs --------------------------------------------------------------------------
     def add_batch(

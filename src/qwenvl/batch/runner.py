@@ -70,23 +70,40 @@ import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
 from qwenvl.batch.inputs import BatchItem
-from qwenvl.batch.journal import Journal, check_free, fingerprint, journal_path, read_finished, read_open_jobs
+from qwenvl.batch.journal import (
+    Journal,
+    changed_fields,
+    check_free,
+    count_answered,
+    fingerprint,
+    journal_path,
+    question,
+    read_finished,
+    read_meta,
+    read_open_jobs,
+)
 from qwenvl.batch.limiter import AdaptiveLimiter
 from qwenvl.batch.spool import CHUNK, Spool
 from qwenvl.client import Client
 from qwenvl.config import require_api_key
 from qwenvl.errors import (
+    APIConnectionError,
     APIError,
+    APIStatusError,
+    APITimeoutError,
     AuthenticationError,
+    InternalServerError,
+    MalformedResponseError,
     MediaError,
     MissingAPIKeyError,
     PermissionDeniedError,
     QwenVLError,
     RateLimitError,
+    StreamInterruptedError,
     StructuredOutputError,
     UsageError,
 )
-from qwenvl.models import DEFAULT_MODEL, answer_cost, currency_of, estimate_cost
+from qwenvl.models import DEFAULT_MODEL, answer_cost, currency_of, estimate_cost, round_cost
 from qwenvl.notes import answer_notes
 from qwenvl.outputs import check_writable
 from qwenvl.plan import Call
@@ -105,6 +122,19 @@ FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarel
 PLAN_THREADS = 4
 CONNECTIONS_PER_POOL = 8
 INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long the answers already in flight are awaited (and recorded)
+UNREACHABLE_ITEMS = 3  # items failing to connect on every attempt, before any answer, that stop the run (exit 5)
+# Errors of the service or the network, not of the item's input: a batch with such failed items exits 5 (CLI).
+SERVICE_ERROR_TYPES = tuple(
+    cls.__name__
+    for cls in (
+        APIConnectionError,
+        APITimeoutError,
+        InternalServerError,
+        RateLimitError,
+        StreamInterruptedError,
+        MalformedResponseError,
+    )
+)
 COMMIT_TIMEOUT_S = 120.0  # the longest a worker waits for its answer's commit (SQLite's busy timeout is 10 s)
 
 
@@ -116,6 +146,7 @@ class Estimate:
     finished: int = 0  # finished by an earlier run with the same output (skipped)
     submitted: int = 0  # in Batch API jobs of an earlier run: collected by this one, not sent again nor counted
     pending: int = 0  # to do in this run
+    replaced: int = 0  # fresh=True: the answered items of the output (its journal) that this run deletes
     invalid: int = 0  # pending items whose plan failed (recorded as errors, not sent)
     cached: int = 0  # pending items the cache will answer (free)
     to_send: int = 0  # requests to the service
@@ -132,8 +163,12 @@ class Estimate:
     errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """The estimate as JSON shows it: costs rounded (``models.round_cost``), ``errors`` as a count."""
         out = asdict(self)
         out["errors"] = len(self.errors)
+        for key in ("cost_input", "cost_max"):
+            if out[key] is not None:
+                out[key] = round_cost(out[key])
         return out
 
 
@@ -175,13 +210,15 @@ class Summary:
     cost: float  # this run, in ``currency``
     elapsed_s: float
     rate_limited: int = 0
+    service_errors: int = 0  # items of ``error`` that failed for the service's reasons (SERVICE_ERROR_TYPES)
     send_s: float | None = None  # from the first request sent to the last item finished (realtime runs)
     batch_ids: list[str] = field(default_factory=list)
     currency: str = "CNY"
     notes: list[str] = field(default_factory=list)  # e.g. items a Batch API job did not run (now pending)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"event": "summary", **asdict(self)}
+        """The summary as JSON shows it (``"event": "summary"``), its cost rounded (``models.round_cost``)."""
+        return {"event": "summary", **asdict(self), "cost": round_cost(self.cost)}
 
 
 class _Fatal(Exception):
@@ -383,6 +420,19 @@ class Batch:
 
             check_region(self.planner.region, self.client_options["base_url"])
 
+    def _question(self, item: BatchItem) -> dict[str, Any]:
+        return question(item.request, self.planner.defaults)
+
+    def _what_changed(self) -> str:
+        """Which fields of the question changed since the last run ("prompt, model"), from the sample it recorded
+        (``question`` in the journal's meta); a generic phrase when that item is not an input any more."""
+        sample = read_meta(self.output, "question")
+        item = self.spool.get(sample["id"]) if isinstance(sample, dict) and isinstance(sample.get("id"), str) else None
+        names = changed_fields(sample.get("fields") or {}, self._question(item)) if item is not None else []
+        if names:
+            return f"{', '.join(names)} changed"
+        return "another prompt, model, schema or option"
+
     def model_of(self, item: BatchItem) -> str:
         return str(item.request.get("model") or self.planner.defaults.get("model") or DEFAULT_MODEL)
 
@@ -407,6 +457,20 @@ class Batch:
         if self.mode == "batch-api":  # in a job already: collected, not sent again (nor estimated)
             done += ("submitted",)
         in_job = self.spool.mark_pending(() if self.fresh else read_finished(self.output), done)
+        if not self.fresh:
+            # one question per output: answers asked otherwise are not silently thrown away (and paid again)
+            changed = self.spool.count_where(
+                "prev_status IN ('ok', 'submitted') AND prev_fingerprint IS NOT fingerprint"
+            )
+            if changed:
+                answered = self.spool.count_where("prev_status IN ('ok', 'submitted')")
+                raise UsageError(
+                    f"{self.output} holds answers to another question ({self._what_changed()}): {changed:,} of "
+                    f"its {answered:,} answered items would be replaced and paid for again: nothing was sent or "
+                    "deleted",
+                    hint="Write to a new output (-o another.jsonl) to keep both, or pass --fresh to start over "
+                    "(every answer of this output is deleted, and paid for again).",
+                )
         if in_job and self.mode != "batch-api":
             raise UsageError(
                 f"some items of {self.output} are in a Batch API job that has not been collected",
@@ -419,7 +483,10 @@ class Batch:
         """Plan every pending item, estimate-only (in threads when it has media): tokens, cost, cache hits,
         plan errors. Media are checked and sized from their headers, not prepared (see the module). Items are
         read back from the spool in chunks and at most ``4 * plan_threads`` are planned at once; what is found
-        per item (an error, a cache hit) goes back to the spool. Raises UsageError once the batch is closed."""
+        per item (an error, a cache hit) goes back to the spool. Raises UsageError once the batch is closed, for what
+        ``check`` refuses, and, unless ``fresh``, when items the output holds answers for are asked another question
+        (another prompt, model, schema or option: their fingerprint changed), naming the fields that changed;
+        with ``fresh``, ``Estimate.replaced`` says how many answers the run deletes."""
         self._check_open()
         self.check()
         pending = self._mark_pending()
@@ -429,6 +496,7 @@ class Batch:
             pending=pending,
             finished=self.spool.count - pending - submitted,
             submitted=submitted,
+            replaced=count_answered(self.output) if self.fresh else 0,
             price_factor=batch_price_factor() if self.mode == "batch-api" else 1.0,
             currency=self.currency,
         )
@@ -507,7 +575,10 @@ class Batch:
 
     # --- running ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
-        """Run to the end. A 401/403 stops it at once (raised, after the outputs are written); Ctrl-C leaves
+        """Run to the end. A 401/403 stops it at once (raised, after the outputs are written), as does a service
+        that cannot be reached (the first ``UNREACHABLE_ITEMS`` items fail to connect on every attempt before it
+        answered anything: ``APIConnectionError``/``APITimeoutError``); ``Summary.service_errors`` counts the items
+        that failed for the service's reasons (``SERVICE_ERROR_TYPES``; the CLI exits 5). Ctrl-C leaves
         a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
         kept). ``progress`` is called (from worker threads, one at a time) after every finished item. In
         ``batch-api`` mode Ctrl-C (or any error) stops the waiting only: the jobs keep running on the service and
@@ -515,7 +586,8 @@ class Batch:
         running, items a job expired or was cancelled before running: pending, submitted by the next run).
 
         Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
-        included), when the journal is damaged or foreign, or when the output cannot be written; and during
+        included), when the journal is damaged or foreign, when the output cannot be written, or when the
+        output's answers were asked another question (see ``estimate``); and during
         the run when the journal cannot be written (a full disk: every answer received is kept, and the same
         call resumes once there is room), and once the batch is closed."""
         self._check_open()
@@ -526,6 +598,11 @@ class Batch:
         with Journal(self.output, fresh=self.fresh) as journal:  # takes the lock; fresh deletes under it
             # ids and fingerprints go from the spool to the journal, and the journal's pending seqs back: streamed
             journal.register(self.spool.entries())
+            first = next(self.spool.entries(), None)
+            if first is not None:  # a sample of the question, to name what changed if a rerun asks another
+                sample = self.spool.get(first[0])
+                if sample is not None:
+                    journal.set_meta("question", {"id": sample.id, "fields": self._question(sample)})
             if self.retry_errors:
                 journal.retry_errors()
             self.spool.mark_todo(journal.pending_seqs())
@@ -546,6 +623,7 @@ class Batch:
                 raise
             journal.write_outputs(self.csv)
             counts = journal.counts()
+            service_errors = journal.count_errors(SERVICE_ERROR_TYPES)
         return Summary(
             output=str(self.output),
             total=counts["total"],
@@ -557,10 +635,11 @@ class Batch:
             sent=prog.sent,
             input_tokens=prog.input_tokens,
             output_tokens=prog.output_tokens,
-            cost=round(prog.cost, 6),
+            cost=round_cost(prog.cost),
             currency=self.currency,
             elapsed_s=round(time.monotonic() - started, 3),
             rate_limited=prog.rate_limited,
+            service_errors=service_errors,
             send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done else None,
             batch_ids=batch_ids,
             notes=prog.notes,
@@ -628,7 +707,7 @@ class Batch:
             "status": "ok",
             "result": response.record(),
             "usage": usage_record(response),
-            "cost": None if cost is None else round(cost, 8),
+            "cost": None if cost is None else round_cost(cost),
             "currency": self.currency,
             "cached": response.cached,
             "attempts": attempts,
@@ -674,6 +753,8 @@ class _Realtime:
         self.stop = threading.Event()
         self.accepting = True  # False once the run is over: late answers (after Ctrl-C) are dropped
         self.fatal: BaseException | None = None
+        self.reached = False  # the service answered something (an answer or an HTTP status)
+        self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
 
     def run(self, pending: Iterator[tuple[BatchItem, bool]], count: int) -> None:
         """Send the ``count`` items of ``pending`` ((item, the estimate found it cached), read from the spool as
@@ -797,6 +878,24 @@ class _Realtime:
         if self.journal.write_error is not None:
             raise _Fatal(self.journal.write_error)
 
+    def _unreachable(self, exc: APIConnectionError) -> None:
+        """An item could not connect on any attempt (refused, DNS, TLS, time-outs): once ``UNREACHABLE_ITEMS``
+        have, before the service answered anything, the service is taken for unreachable and the run stops, as
+        for a 401 (raises _Fatal, exit 5): every other item would only wait for its time-outs and fail the same."""
+        with self.lock:
+            if self.reached:
+                return
+            self.unreached += 1
+            if self.unreached < UNREACHABLE_ITEMS:
+                return
+        error = type(exc)(
+            f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
+            f"({exc.message})",
+            hint=f"{exc.hint + ' ' if exc.hint else ''}Once it answers, add --retry-errors to send the failed items "
+            "again.",
+        )
+        raise _Fatal(error)
+
     def _item(self, item: BatchItem, cached: bool, client: Client) -> None:
         fields = {**item.request, "max_retries": 0}  # the batch owns retries: the limiter must see every 429
         try:
@@ -825,6 +924,7 @@ class _Realtime:
                 u = response.usage
                 actual = (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
                 if not response.cached:
+                    self.reached = True
                     self.limiter.on_success()
                 if client.cache is not None and call.media:  # the next estimate sees this answer unprepared
                     client.cache.link(source_key_for(client, call), key_for(client, call))
@@ -840,12 +940,17 @@ class _Realtime:
             except (AuthenticationError, PermissionDeniedError) as exc:
                 raise _Fatal(exc) from exc
             except APIError as exc:
+                if isinstance(exc, APIStatusError):
+                    self.reached = True
                 if should_retry(exc) and attempt < retries:
                     if self.stop.wait(retry_delay(attempt, backoff, getattr(exc, "retry_after", None))):
                         return None
                     attempt += 1
                     continue
-                return self._error(item, exc, attempts)
+                self._error(item, exc, attempts)
+                if isinstance(exc, APIConnectionError):
+                    self._unreachable(exc)
+                return None
             except QwenVLError as exc:  # StructuredOutputError, a MediaError met late...
                 return self._error(item, exc, attempts)
             finally:

@@ -20,7 +20,8 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-from qwenvl._constants import BATCH_POLL_INTERVAL_S
+from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
+from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S
 from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
 from qwenvl.batch.journal import read_open_jobs
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
@@ -35,7 +36,7 @@ from qwenvl.cli.common import (
     service_options,
     shown,
 )
-from qwenvl.errors import UsageError
+from qwenvl.errors import APIError, UsageError
 from qwenvl.models import format_cost
 
 
@@ -105,6 +106,25 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
         raise UsageError("not confirmed: nothing was sent")
     raise UsageError(
         f"the estimated cost is {text}: nothing was sent", hint="Pass --yes to run it anyway, or raise --max-cost."
+    )
+
+
+def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
+    """--fresh over answered items deletes results that were paid for: said, then asked (on a terminal) or
+    refused (elsewhere) unless --yes, as ``_confirm_cost`` does."""
+    if not est.replaced:
+        return
+    text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted, and paid for again)"
+    if opts["yes"]:
+        err_console().print(f"[yellow]{escape(text)}[/]")
+        return
+    if sys.stdin.isatty() and err_console().is_terminal:
+        if click.confirm(f"{text}. Go on?", default=False, err=True):
+            return
+        raise UsageError("not confirmed: nothing was sent or deleted")
+    raise UsageError(
+        f"{text}: nothing was sent or deleted",
+        hint="Pass --yes to replace them, or write to another output (-o another.jsonl).",
     )
 
 
@@ -316,6 +336,7 @@ def run(opts: dict[str, Any]) -> None:
         _show_estimate(est, opts)
     if est.to_send or job.mode == "batch-api":
         job.check_key()
+    _confirm_fresh(est, opts)
     _confirm_cost(est, opts)
     try:
         if terminal:
@@ -337,17 +358,40 @@ def run(opts: dict[str, Any]) -> None:
             )
         raise
     _show_summary(summary, opts)
+    if summary.service_errors:  # the items are not at fault: the run did not succeed (exit 5)
+        raise APIError(
+            f"{summary.service_errors:,} items of {summary.output} failed for the service's reasons "
+            "(unreachable, time-outs, 5xx, rate limits)",
+            hint="Run the same command with --retry-errors to send them again.",
+        )
 
 
 def _api(opts: dict[str, Any]) -> Any:
     from qwenvl.batch.batchapi import BatchAPI
 
-    return BatchAPI(region=opts["region"], base_url=opts["base_url"])
+    network = {k: opts[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if opts.get(k) is not None}
+    return BatchAPI(region=opts["region"], base_url=opts["base_url"], **network)
 
 
 _with_api_options = option_group(
     click.option("--region", help="Service region (the Batch API for VL models: cn only)."),
     click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000."),
+    click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0, min_open=True),
+        help=f"Seconds per attempt (default {BATCH_API_TIMEOUT_S:g}).",
+    ),
+    click.option(
+        "--max-retries",
+        type=click.IntRange(min=0),
+        help=f"Retries on 429/5xx/time-outs (default {DEFAULT_MAX_RETRIES}; 0: none).",
+    ),
+    click.option(
+        "--retry-backoff-s",
+        type=click.FloatRange(min=0),
+        help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
 )
 

@@ -1,0 +1,239 @@
+"""`qwenvl batch` faults a new user met: a rerun asking another question on the same output, a dead or hanging
+service, a lock file left behind by an early exit, unrounded costs, Batch API calls without a deadline."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, run_cli, write_image
+from dashscope_server import Reply
+from fault_server import FaultServer
+from qwenvl.batch import Batch, BatchItem
+from qwenvl.batch.journal import lock_path
+from qwenvl.errors import UsageError
+from qwenvl.models import round_cost
+
+
+def model_calls(server) -> list:
+    return [r for r in server.requests if r.path.endswith("/chat/completions")]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def write_requests(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed): connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- one question per output ---------------------------------------------------------------------------------
+
+
+def test_a_rerun_with_another_model_or_prompt_is_refused_and_loses_nothing(server, isolated_env):
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    (isolated_env / "many").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(isolated_env / "many" / name)
+    base = ("batch", "many", "-o", "jr.jsonl", "--base-url", server.url, "--no-cache")
+    assert run_cli(*base, "-p", "jr", env=env).returncode == 0
+    before = (isolated_env / "jr.jsonl").read_bytes()
+    assert len(model_calls(server)) == 3
+    for change, named in (
+        (("-p", "jr", "--model", "qwen3-vl-flash"), "(model changed)"),
+        (("-p", "jr fixed"), "(prompt changed)"),
+        (("-p", "jr fixed", "--max-tokens", "9"), "(max_tokens, prompt changed)"),
+    ):
+        p = run_cli(*base, *change, env=env)
+        assert p.returncode == 2, p.stderr
+        assert f"another question {named}" in p.stderr and "3 of its 3 answered items" in p.stderr, p.stderr
+        assert "--fresh" in p.stderr and "-o another.jsonl" in p.stderr
+        assert len(model_calls(server)) == 3 and (isolated_env / "jr.jsonl").read_bytes() == before
+    # --fresh says what it replaces and, off a terminal, needs --yes
+    p = run_cli(*base, "-p", "jr", "--model", "qwen3-vl-flash", "--fresh", env=env)
+    assert p.returncode == 2 and "--fresh replaces the 3 answers" in p.stderr and "--yes" in p.stderr, p.stderr
+    assert len(model_calls(server)) == 3 and (isolated_env / "jr.jsonl").read_bytes() == before
+    p = run_cli(*base, "-p", "jr", "--model", "qwen3-vl-flash", "--fresh", "--yes", env=env)
+    assert p.returncode == 0, p.stderr
+    assert len(model_calls(server)) == 6
+    assert {r["result"]["model"] for r in read_jsonl(isolated_env / "jr.jsonl")} == {"qwen3-vl-flash"}
+    # the network settings are not the question: changing them resumes
+    assert run_cli(*base, "-p", "jr", "--model", "qwen3-vl-flash", "--timeout", "30", env=env).returncode == 0
+    assert len(model_calls(server)) == 6
+    # a dry run with --fresh shows what would be replaced
+    p = run_cli(*base, "-p", "other", "--fresh", "--dry-run", env=env)
+    assert p.returncode == 0 and json.loads(p.stdout)["replaced"] == 3, p.stderr
+
+
+def test_the_library_refuses_another_question_unless_fresh(server, isolated_env):
+    items = [BatchItem(id=f"i{i}", request={"prompt": "p"}) for i in range(3)]
+    Batch(items, "o.jsonl", api_key=API_KEY, base_url=server.url, cache=False).run()
+    other = [BatchItem(id=f"i{i}", request={"prompt": "p", "model": "qwen3-vl-flash"}) for i in range(3)]
+    with Batch(other, "o.jsonl", api_key=API_KEY, base_url=server.url, cache=False) as job:
+        with pytest.raises(UsageError, match="3 of its 3 answered items"):
+            job.estimate()
+        with pytest.raises(UsageError, match="another question"):
+            job.run()
+    assert len(model_calls(server)) == 3
+    with Batch(other, "o.jsonl", api_key=API_KEY, base_url=server.url, cache=False, fresh=True) as job:
+        assert job.estimate().replaced == 3
+        assert job.run().ok == 3
+    assert len(model_calls(server)) == 6
+
+
+def test_failed_items_whose_request_changed_are_sent_again(server, isolated_env):
+    """Only answers are protected: an item that ended in an error is simply re-done with its new request."""
+    server.enqueue(Reply(status=400, times=1))
+    items = [BatchItem(id="x", request={"prompt": "p", "max_retries": 0})]
+    Batch(items, "o.jsonl", api_key=API_KEY, base_url=server.url, cache=False).run()
+    assert read_jsonl(Path("o.jsonl"))[0]["status"] == "error"
+    fixed = [BatchItem(id="x", request={"prompt": "p fixed", "max_retries": 0})]
+    assert Batch(fixed, "o.jsonl", api_key=API_KEY, base_url=server.url, cache=False).run().ok == 1
+
+
+# --- a service that cannot be reached ----------------------------------------------------------------------
+
+
+def test_a_dead_server_stops_the_batch_early_with_exit_5(isolated_env):
+    (isolated_env / "photos").mkdir()
+    for i in range(13):
+        write_image(isolated_env / "photos" / f"p{i}.png")
+    url = f"http://127.0.0.1:{closed_port()}"
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    p = run_cli(
+        "batch", "photos", "-p", "hi", "-o", "dead.jsonl", "--base-url", url, "--retry-backoff-s", "0.01", env=env
+    )
+    assert p.returncode == 5, p.stderr
+    assert "cannot be reached" in p.stderr and "stopped at once" in p.stderr and "Traceback" not in p.stderr
+    lines = read_jsonl(isolated_env / "dead.jsonl")  # what finished (errors) is kept; the rest is pending
+    assert 3 <= len(lines) < 13 and all(r["error"]["type"] == "APIConnectionError" for r in lines)
+    assert not lock_path(isolated_env / "dead.jsonl").exists()
+
+
+def test_a_hanging_server_stops_the_batch_by_its_deadline(isolated_env):
+    with FaultServer("silent") as fault:
+        reqs = write_requests(isolated_env / "r.jsonl", 20)
+        started = time.monotonic()
+        p = run_cli(
+            "batch",
+            "--requests",
+            str(reqs),
+            "-o",
+            "o.jsonl",
+            "--base-url",
+            fault.url,
+            "--timeout",
+            "1",
+            "--max-retries",
+            "0",
+            "--concurrency",
+            "2",
+            env={"DASHSCOPE_API_KEY": API_KEY},
+            timeout=90,
+        )
+        assert p.returncode == 5 and "cannot be reached" in p.stderr, p.stderr
+        assert fault.total() < 20 and time.monotonic() - started < 80
+
+
+def test_items_failed_by_the_service_exit_5_and_items_failed_by_their_input_exit_0(server, isolated_env):
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    write_image(isolated_env / "a.png")
+    (isolated_env / "bad.png").write_text("not an image")
+    p = run_cli("batch", "a.png", "bad.png", "-p", "x", "-o", "in.jsonl", "--base-url", server.url, env=env)
+    assert p.returncode == 0, p.stderr  # the file is at fault, not the service
+    server.enqueue(Reply(status=503, times=100))
+    reqs = write_requests(isolated_env / "r.jsonl", 2)
+    args = ("batch", "--requests", str(reqs), "-o", "svc.jsonl", "--base-url", server.url, "--max-retries", "0")
+    p = run_cli(*args, env=env)
+    assert p.returncode == 5, p.stderr
+    assert "2 items of svc.jsonl failed for the service's reasons" in p.stderr and "--retry-errors" in p.stderr
+    summary = json.loads(p.stderr.splitlines()[0])
+    assert summary["service_errors"] == 2 and summary["error"] == 2
+    server.reset()
+    assert run_cli(*args, "--retry-errors", env=env).returncode == 0
+
+
+# --- no lock file left behind ------------------------------------------------------------------------------
+
+
+def test_no_early_exit_leaves_the_lock_file(server, isolated_env, monkeypatch):
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    reqs = write_requests(isolated_env / "r.jsonl", 2)
+    lock = lock_path(isolated_env / "o.jsonl")
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--dry-run", env={})
+    assert p.returncode == 0 and not lock.exists(), p.stderr
+    (isolated_env / "bad.jsonl").write_text("not json\n")
+    p = run_cli("batch", "--requests", "bad.jsonl", "-o", "o.jsonl", "--dry-run", env=env)
+    assert p.returncode == 2 and not lock.exists(), p.stderr
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--base-url", server.url, "--max-cost", "0", env=env)
+    assert p.returncode == 2 and "--max-cost" in p.stderr and not lock.exists(), p.stderr
+    assert run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--base-url", server.url, env=env).returncode == 0
+    assert not lock.exists()  # a run that ends deletes it
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "-p", "other", env={})  # a refusal
+    assert p.returncode == 2 and not lock.exists(), p.stderr
+    p = run_cli("batch", "--requests", str(reqs), "-o", "n.jsonl", env={})  # no key
+    assert p.returncode == 4 and not lock_path(isolated_env / "n.jsonl").exists(), p.stderr
+    # Ctrl-C during the estimate
+    job = Batch([BatchItem(id="a", request={"prompt": "p"})], "c.jsonl", api_key=API_KEY, base_url=server.url)
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job.planner, "plan", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        job.estimate()
+    job.close()
+    assert not lock_path(isolated_env / "c.jsonl").exists()
+
+
+# --- costs rounded -----------------------------------------------------------------------------------------
+
+
+def _rounded(value: float | None) -> bool:
+    return value is None or value == round_cost(value)
+
+
+def test_every_cost_of_batch_json_is_rounded(server, isolated_env):
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    reqs = write_requests(isolated_env / "r.jsonl", 7)
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--dry-run", env=env)
+    est = json.loads(p.stdout)
+    assert est["cost_input"] > 0 and _rounded(est["cost_input"]) and _rounded(est["cost_max"]), p.stdout
+    assert not re.search(r"\d{11,}", p.stdout)
+    p = run_cli("batch", "--requests", str(reqs), "-o", "o.jsonl", "--base-url", server.url, "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["cost"] > 0 and _rounded(summary["cost"]) and not re.search(r"\d{11,}", p.stdout)
+    assert all(_rounded(r["cost"]) for r in read_jsonl(isolated_env / "o.jsonl"))
+
+
+# --- Batch API calls have deadlines ------------------------------------------------------------------------
+
+
+def test_batch_api_calls_give_up_by_their_deadline_on_a_hanging_server(isolated_env):
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    reqs = write_requests(isolated_env / "r.jsonl", 2)
+    with FaultServer("silent") as fault:
+        net = ("--base-url", fault.url, "--timeout", "2", "--max-retries", "0")
+        for args in (
+            ("batch", "--requests", str(reqs), "-o", "o.jsonl", "--mode", "batch-api", "--region", "cn", *net),
+            ("batch", "status", "batch_x", "--region", "cn", *net),
+            ("batch", "cancel", "batch_x", "--region", "cn", *net),
+        ):
+            started = time.monotonic()
+            p = run_cli(*args, env=env, timeout=90)
+            assert p.returncode == 5, (args, p.stderr)
+            assert "Traceback" not in p.stderr and time.monotonic() - started < 80
