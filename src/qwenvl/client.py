@@ -27,7 +27,7 @@ from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
-from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
+from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage, reserved_extra, reserved_extra_hint
 
 # Client-level defaults that apply to requests that do not set the field themselves.
 _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
@@ -57,9 +57,14 @@ def make_request(
 
 
 def _unknown_field_hint(exc: ValidationError) -> str | None:
-    """``Did you mean 'image' (not 'imag')?`` for unknown fields that are near a Request field; else None."""
+    """``Did you mean 'image' (not 'imag')?`` for unknown fields near a Request field; the option to use for a
+    reserved ``extra`` key (``types.reserved_extra_hint``); else None."""
     guesses = []
     for err in exc.errors():
+        if err["loc"] == ("extra",) and isinstance(err.get("input"), dict):
+            keys = [k for k in err["input"] if reserved_extra(k, Request.model_fields)]
+            if keys:
+                return reserved_extra_hint(keys)
         if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
             name = str(err["loc"][0])
             near = difflib.get_close_matches(name, list(Request.model_fields), n=1)
@@ -415,8 +420,10 @@ class Client(_Base[Backend]):
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
 
+            found = require_api_key(self._api_key)
             self._backend = DashScopeBackend(
-                self._key(),
+                found.key,
+                key_source=found.source,
                 protocol=self.protocol,
                 base_url=self.base_url,
                 region=self.region,
@@ -563,8 +570,10 @@ class AsyncClient(_Base[AsyncBackend]):
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
 
+            found = require_api_key(self._api_key)
             self._backend = AsyncDashScopeBackend(
-                self._key(),
+                found.key,
+                key_source=found.source,
                 protocol=self.protocol,
                 base_url=self.base_url,
                 region=self.region,

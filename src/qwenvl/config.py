@@ -302,13 +302,21 @@ def require_api_key(explicit: str | None = None, **kw) -> KeyFound:
 
 
 def _key_file_problem(env: Mapping[str, str] | None, cwd: Path | None) -> tuple[str, str]:
-    """(message, hint) for no key: what is wrong with the file ``$DASHSCOPE_API_KEY_FILE_PATH`` names,
-    if it names one."""
+    """(message, hint) for no key: what is wrong with the file ``$DASHSCOPE_API_KEY_FILE_PATH`` names, if it
+    names one; else the credentials profile asked for (``$ALIBABA_CLOUD_PROFILE``), if not ``default``."""
     from qwenvl.errors import MediaError
     from qwenvl.media.sources import check_regular
 
     named = qenv.dashscope_api_key_file(env) or qenv.dashscope_api_key_file(load_dotenv_files(cwd))
     if not named:
+        profile, variable = qenv.credentials_profile(env), qenv.credentials_profile_variable(env)
+        if variable is not None:  # the profile asked for, not the generic [default] advice
+            return (
+                f"no DashScope API key found: profile [{profile}] ({variable}) of ~/.alibabacloud/credentials "
+                "has no dashscope_api_key",
+                f"Put dashscope_api_key = sk-... under [{profile}] in ~/.alibabacloud/credentials, or unset "
+                f"{variable} to use [default]; or set DASHSCOPE_API_KEY=sk-...",
+            )
         return "no DashScope API key found", KEY_HELP
     path = Path(named).expanduser()
     try:

@@ -170,6 +170,20 @@ class AuthenticationError(APIStatusError):
     default_hint = "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
 
 
+def key_refused_hint(source: str) -> str:
+    """A 401's hint naming where the refused key came from (``config.KeyFound.source``, e.g. ``~/.alibabacloud/
+    credentials [other]``), so the user fixes that place and not ``$DASHSCOPE_API_KEY``. Raises nothing."""
+    label = {
+        "argument": "the api_key argument",
+        "environment DASHSCOPE_API_KEY": "DASHSCOPE_API_KEY (in the environment)",
+        ".env DASHSCOPE_API_KEY": "DASHSCOPE_API_KEY in .env",
+    }.get(source, source)
+    return (
+        f"Check {label}: the key in use came from there. Beijing (--region cn) and Singapore (--region intl) "
+        "keys are different."
+    )
+
+
 class MissingAPIKeyError(AuthenticationError):
     """Raised by the first request that needs DashScope when no key is found (the argument,
     ``$DASHSCOPE_API_KEY``, ``./.env``, ``~/.alibabacloud/credentials``, ``~/.dashscope/api_key``); nothing was

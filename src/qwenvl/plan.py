@@ -13,7 +13,7 @@ from qwenvl import structured
 from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
-from qwenvl.models import ModelInfo, model_info
+from qwenvl.models import PAID_PROTOCOLS, ModelInfo, model_info
 from qwenvl.types import GENERATION_FIELDS, ImagePart, Message, Request, TextPart, VideoPart
 
 
@@ -191,7 +191,9 @@ def plan(
     model: ModelInfo | None = None,
     media_form: str = "data-url",
 ) -> Call:
-    """Validate, build the messages and prepare every media item. Raises before anything is sent.
+    """Validate, build the messages and prepare every media item. Raises before anything is sent: UsageError for
+    thinking or tools on a model without them, or ``max_tokens`` above a listed model's ``max_output_tokens``
+    (DashScope's protocols; a local server's limit is its own); MediaError for media that cannot be sent.
 
     ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
     being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent.
@@ -202,6 +204,12 @@ def plan(
         raise UsageError(
             f"{request.model} does not support thinking (enable_thinking)",
             hint="Use a Qwen3-VL model such as qwen3-vl-plus.",
+        )
+    if model.known and protocol in PAID_PROTOCOLS and request.max_tokens > model.max_output_tokens:
+        raise UsageError(
+            f"max_tokens {request.max_tokens:,} is above {request.model}'s limit of {model.max_output_tokens:,} "
+            "output tokens",
+            hint=f"Give --max-tokens / max_tokens of at most {model.max_output_tokens:,} (see `qwenvl models`).",
         )
     if request.tools and model.known and not model.tools:
         raise UsageError(
