@@ -165,3 +165,79 @@ def test_a_401_names_where_the_key_came_from(server, image, isolated_env, protoc
     with pytest.raises(qwenvl.errors.AuthenticationError) as info:
         asyncio.run(main())
     assert "~/.alibabacloud/credentials [other]" in (info.value.hint or "")
+
+
+# --- smaller ones -------------------------------------------------------------------------------------------
+
+
+def test_argument_hints_name_only_options_the_verb_has(env, image):
+    p = run_cli("ground", "nofile", "a dog", env=env)
+    assert p.returncode == 2 and "neither files nor URLs" in p.stderr, p.stderr
+    assert "-p" not in p.stderr.split("hint:")[1]  # ground has no -p
+    p = run_cli("ask", "nofile", "a dog", env=env)
+    assert p.returncode == 2 and '-p "..."' in p.stderr, p.stderr
+
+
+def test_a_second_prompt_beside_p_is_a_usage_error(server, env, image):
+    p = run_cli("ask", str(image), "-p", "x", "another prompt", env=env)
+    assert p.returncode == 2, p.stderr
+    assert "'another prompt'" in p.stderr and "file not found" not in p.stderr
+    p = run_cli("ask", str(image), "-p", "x", "missing.png", env=env)  # a path-looking one is still an input error
+    assert p.returncode == 3 and "file not found: missing.png" in p.stderr
+    assert model_calls(server) == []
+
+
+def test_tokens_reads_a_file_on_standard_input(image):
+    p = run_cli("tokens", "-", "--json", input=image.read_bytes())
+    assert p.returncode == 0, p.stderr
+    (row,) = json.loads(p.stdout)["items"]
+    assert row["tokens"] and row["width"] == 64
+    p = run_cli("tokens", "-")
+    assert p.returncode == 3 and "standard input is empty" in p.stderr
+
+
+def test_prompt_from_stdin_loses_one_trailing_newline(server, env, image):
+    p = run_cli("ask", str(image), "-p", "-", "--dry-run", env=env, input="What is it?\n")
+    assert p.returncode == 0, p.stderr
+    texts = [part["text"] for part in json.loads(p.stdout)["body"]["messages"][-1]["content"] if "text" in part]
+    assert texts == ["What is it?"]
+
+
+def test_stdin_on_a_terminal_names_the_verb_and_what_is_awaited(image, isolated_env):
+    import os
+    import sys
+
+    pexpect = pytest.importorskip("pexpect")
+    env = {**os.environ, "TERM": "dumb", "COLUMNS": "200", "DASHSCOPE_API_KEY": "sk-x"}
+    child = pexpect.spawn(
+        sys.executable, ["-m", "qwenvl", "ocr", "-"], env=env, cwd=str(isolated_env), encoding="utf-8", timeout=30
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
+    assert "qwenvl ocr -" in child.before and "qwenvl ask" not in child.before, child.before
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "qwenvl", "ask", str(image), "-p", "-", "--dry-run"],
+        env=env,
+        cwd=str(isolated_env),
+        encoding="utf-8",
+        timeout=30,
+    )
+    child.expect("reading the prompt from standard input")
+    child.sendline("hello")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_encoded_note_says_file_bytes_and_base64(isolated_env):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(isolated_env / "noise.png")
+    p = run_cli("tokens", "noise.png")
+    assert p.returncode == 0, p.stderr
+    assert "file bytes" in p.stdout + p.stderr and "inline as base64" in p.stdout + p.stderr

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
-from qwenvl.config import effective_protocol, effective_region, normalize_backend, require_api_key
+from qwenvl.config import effective_protocol, effective_region, find_api_key, normalize_backend, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
@@ -299,15 +299,19 @@ class _Base(Generic[B]):
     def preview(self, call: Call, *, stream: bool = False) -> dict[str, Any]:
         """The dry run of ``call`` (``qwenvl.preview``): what would be sent where, with estimates; nothing is sent.
 
-        Returns ``{"url", "method", "headers" (the key shown as ***), "body" (long strings shortened), "media"
-        (each item's size, bytes and tokens), "estimate" (input tokens, max output tokens, cost)}``.
+        Returns ``{"url", "method", "headers" (the key shown as ***, or that none was found), "body" (long
+        strings shortened), "media" (each item's size, bytes and tokens), "estimate" (input tokens, max output
+        tokens, cost)}``.
         Raises nothing for a planned call (no key is needed)."""
         from qwenvl.preview import preview
 
         backend = self._backend if self.is_local else None
-        return preview(
+        shown = preview(
             call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream, backend=backend
         )
+        if backend is None and find_api_key(self._api_key) is None:  # "Bearer ***" would say a key was found
+            shown["headers"]["Authorization"] = "(no DashScope API key found: it would not be sent)"
+        return shown
 
     def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
         """A validated ``Request`` from ``request`` (a Request or a dict) and keyword ``fields`` (which win), with

@@ -25,6 +25,7 @@ from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requ
 from qwenvl.batch.journal import read_open_jobs
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
+    awaiting_stdin,
     backend_options,
     err_console,
     generation_options,
@@ -33,6 +34,7 @@ from qwenvl.cli.common import (
     print_json,
     request_fields,
     service_options,
+    stdin_text,
 )
 from qwenvl.errors import UsageError
 from qwenvl.models import format_cost
@@ -268,7 +270,9 @@ def run(opts: dict[str, Any]) -> None:
     if prompt == "-" and opts["requests_file"] == "-":
         raise UsageError("standard input can give the prompt (-p -) or the requests (--requests -), not both")
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = stdin_text("the prompt")
+    if opts["requests_file"] == "-":
+        awaiting_stdin("the requests (JSONL)")
     if prompt is not None and not prompt.strip():
         raise UsageError("the prompt is empty")
     if opts["requests_file"]:

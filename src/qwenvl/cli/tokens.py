@@ -27,6 +27,7 @@ from qwenvl.cli.common import (
     print_json,
     region_option,
     request_fields,
+    with_stdin,
 )
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import EXIT_INPUT
@@ -81,8 +82,9 @@ def tokens(opts: dict[str, Any]) -> None:
     client = None
     if opts["backend"] or qenv.backend():  # a local model's own rules (asked of its backend)
         client = make_client(opts, will_send=False)  # nothing is sent: no key needed
+    paths = with_stdin(list(opts["files"]))  # "-": the file on standard input, as for every verb
     result = estimate_files(
-        opts["files"], fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
+        paths, fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
     )
     if opts["as_json"]:
         print_json(result)
