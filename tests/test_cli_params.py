@@ -241,3 +241,49 @@ def test_encoded_note_says_file_bytes_and_base64(isolated_env):
     p = run_cli("tokens", "noise.png")
     assert p.returncode == 0, p.stderr
     assert "file bytes" in p.stdout + p.stderr and "inline as base64" in p.stdout + p.stderr
+
+
+def test_budget_options_that_contradict_are_usage_errors(server, env, image):
+    p = run_cli("ask", str(image), "-p", "x", "--max-pixels", "100", env=env)
+    assert p.returncode == 2, p.stderr
+    assert "max_pixels (--max-pixels) 100 is below" in p.stderr and "4,096" in p.stderr
+    assert "min_pixels (4096)" not in p.stderr  # not a value the user never set
+    p = run_cli("ground", str(image), "dog", "--detail", "low", "--high-res", env=env)
+    assert p.returncode == 2 and "contradict" in p.stderr, p.stderr
+    with make_client(server) as client, pytest.raises(UsageError, match="below"):
+        client.plan(prompt="x", image=str(image), max_pixels=100)
+    assert model_calls(server) == []
+
+
+def test_analyze_refuses_an_unknown_request_key_as_batch_does(server, env, image):
+    req = json.dumps({"prompt": "x", "image": str(image), "max_token": 5})
+    p = run_cli("analyze", "--request", req, env=env)
+    assert p.returncode == 2, p.stderr
+    assert "Did you mean 'max_tokens' (not 'max_token')?" in p.stderr
+    assert model_calls(server) == []
+
+
+def test_ground_points_with_none_found_is_not_cut_off(server, env, image):
+    from dashscope_server import Reply
+
+    server.enqueue(Reply(text="There is no cat in the image, so no <points> can be given."))
+    p = run_cli("ground", str(image), "cat", "--points", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["truncated"] is False and not any("cut off" in w for w in out["warnings"]), out
+
+
+@pytest.mark.parametrize(
+    ("protocol", "url"),
+    [
+        ("compat", "/compatible-mode/v1/chat/completions"),
+        ("native", "/api/v1/services/aigc/multimodal-generation/generation"),
+    ],
+)
+def test_a_full_endpoint_as_base_url_is_refused_with_the_base(server, env, image, protocol, url):
+    full = server.url + url
+    p = run_cli("ask", str(image), "-p", "x", "--protocol", protocol, "--base-url", full, env=env)
+    assert p.returncode == 2, p.stderr
+    base = server.url + ("/compatible-mode/v1" if protocol == "compat" else "/api/v1")
+    assert "full endpoint" in p.stderr and f"without it: {base}\n" in p.stderr, p.stderr
+    assert model_calls(server) == []

@@ -146,11 +146,21 @@ def check_family(name: str) -> str:
 
 def check_http_url(url: str, example: str = "http://127.0.0.1:8000/v1") -> str:
     """``url`` stripped, without a trailing slash; UsageError (with ``example`` as the hint) unless it is an
-    http(s) URL with a host."""
+    http(s) URL with a host, and UsageError for a full endpoint (ending in a protocol's ``endpoint``), the hint
+    giving the base."""
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"base URL {url!r} is not an http(s) URL", hint=f"For example {example}")
+    from qwenvl import protocols  # the paths they append (protocols do not import this module at load time)
+
+    for endpoint in {protocols.get(name).endpoint for name in protocols.names()}:  # a full one would be doubled
+        if parts.path.endswith(endpoint):
+            base = url[: url.rindex(endpoint)]
+            raise UsageError(
+                f"base URL {url!r} is a full endpoint; qwenvl appends {endpoint} itself",
+                hint=f"Give the base URL without it: {base}",
+            )
     return url
 
 

@@ -64,6 +64,7 @@ def media_options(request: Request, model: ModelInfo, protocol: str, *, estimate
     that has no ``vl_high_resolution_images`` (QVQ and the other 28-px models): refused rather than ignored,
     so that an estimate never counts a budget the service would not apply (``ModelInfo.high_res``)."""
     check_high_res(request, model)
+    check_budget(request, model)
     return MediaOptions(
         model=model,
         protocol=protocol,
@@ -91,6 +92,26 @@ def check_high_res(request: Request, model: ModelInfo) -> None:
             f"vl_high_resolution_images): it is a {model.factor}-px {model.family} model",
             hint="Drop the option (images get the default budget of "
             f"{model.image_tokens} tokens), or use qwen3-vl-plus or qwen-vl-max.",
+        )
+
+
+def check_budget(request: Request, model: ModelInfo) -> None:
+    """Refuse contradictory budget options (UsageError, exit 2), in the user's own terms: ``detail="low"`` with
+    ``vl_high_resolution_images`` on, and a ``max_pixels`` below the model's minimum image
+    (``ModelInfo.min_pixels``, 4 tokens) when ``min_pixels`` is not given (an explicit min above max is the
+    Request's own check). ``max_pixels`` is ignored with high resolution, as the service does."""
+    if request.detail == "low" and request.vl_high_resolution_images:
+        raise UsageError(
+            "--detail low and --high-res contradict each other (a smaller budget, and the high-resolution one)",
+            hint="Keep one: --detail low for fewer tokens, or --high-res for up to 16384 tokens per image.",
+        )
+    given = request.max_pixels
+    if given is not None and request.min_pixels is None and not high_resolution(request) and given < model.min_pixels:
+        raise UsageError(
+            f"max_pixels (--max-pixels) {given:,} is below {model.name}'s smallest image of {model.min_pixels:,} "
+            f"pixels ({model.min_image_tokens} tokens of {model.factor}x{model.factor} px)",
+            hint=f"Give --max-pixels / max_pixels of at least {model.min_pixels:,} (the default budget is "
+            f"{model.default_max_pixels:,}).",
         )
 
 
