@@ -428,7 +428,7 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str, key_sourc
     )
     err.message = redact(err.message, api_key)
     if isinstance(err, AuthenticationError) and key_source:  # the hint names where the refused key came from
-        err.hint = key_refused_hint(key_source)
+        err.hint = key_refused_hint(key_source) or err.hint
     return err
 
 
