@@ -191,7 +191,7 @@ def test_tokens_reads_a_file_on_standard_input(image):
     p = run_cli("tokens", "-", "--json", input=image.read_bytes())
     assert p.returncode == 0, p.stderr
     (row,) = json.loads(p.stdout)["items"]
-    assert row["tokens"] and row["width"] == 64
+    assert row["tokens"] and row["width"] == 64 and row["source"] == "-"
     p = run_cli("tokens", "-")
     assert p.returncode == 3 and "standard input is empty" in p.stderr
 

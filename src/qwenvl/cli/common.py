@@ -296,7 +296,8 @@ generation_options = option_group(
         multiple=True,
         callback=_param,
         metavar="KEY=VALUE",
-        help="Any other service parameter (VALUE parsed as JSON when it can be).",
+        help="Any other service parameter (VALUE parsed as JSON when it can be); not one qwenvl sets itself "
+        "(model, messages, temperature...: use their options).",
     ),
 )
 
