@@ -239,6 +239,8 @@ def test_ask_stream_cut_exit_5_keeps_partial(server, env):
 def test_ask_dry_run_sends_nothing(server, env, png):
     p = run_cli("ask", str(png), "-p", "x", "--dry-run", env={})
     assert p.returncode == 0, p.stderr
+    assert "no DashScope API key found" in json.loads(p.stdout)["headers"]["Authorization"]  # not "Bearer ***"
+    p = run_cli("ask", str(png), "-p", "x", "--dry-run", env={"DASHSCOPE_API_KEY": "sk-x"})
     data = json.loads(p.stdout)
     assert data["headers"]["Authorization"] == "Bearer ***"
     url = data["body"]["messages"][0]["content"][0]["image_url"]["url"]

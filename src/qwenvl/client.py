@@ -20,14 +20,14 @@ from pydantic import ValidationError
 from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
-from qwenvl.config import effective_protocol, effective_region, normalize_backend, require_api_key
+from qwenvl.config import effective_protocol, effective_region, find_api_key, normalize_backend, require_api_key
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
-from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage
+from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage, reserved_extra, reserved_extra_hint
 
 # Client-level defaults that apply to requests that do not set the field themselves.
 _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
@@ -57,9 +57,14 @@ def make_request(
 
 
 def _unknown_field_hint(exc: ValidationError) -> str | None:
-    """``Did you mean 'image' (not 'imag')?`` for unknown fields that are near a Request field; else None."""
+    """``Did you mean 'image' (not 'imag')?`` for unknown fields near a Request field; the option to use for a
+    reserved ``extra`` key (``types.reserved_extra_hint``); else None."""
     guesses = []
     for err in exc.errors():
+        if err["loc"] == ("extra",) and isinstance(err.get("input"), dict):
+            keys = [k for k in err["input"] if reserved_extra(k, Request.model_fields)]
+            if keys:
+                return reserved_extra_hint(keys)
         if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
             name = str(err["loc"][0])
             near = difflib.get_close_matches(name, list(Request.model_fields), n=1)
@@ -294,15 +299,19 @@ class _Base(Generic[B]):
     def preview(self, call: Call, *, stream: bool = False) -> dict[str, Any]:
         """The dry run of ``call`` (``qwenvl.preview``): what would be sent where, with estimates; nothing is sent.
 
-        Returns ``{"url", "method", "headers" (the key shown as ***), "body" (long strings shortened), "media"
-        (each item's size, bytes and tokens), "estimate" (input tokens, max output tokens, cost)}``.
+        Returns ``{"url", "method", "headers" (the key shown as ***, or that none was found), "body" (long
+        strings shortened), "media" (each item's size, bytes and tokens), "estimate" (input tokens, max output
+        tokens, cost)}``.
         Raises nothing for a planned call (no key is needed)."""
         from qwenvl.preview import preview
 
         backend = self._backend if self.is_local else None
-        return preview(
+        shown = preview(
             call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream, backend=backend
         )
+        if backend is None and find_api_key(self._api_key) is None:  # "Bearer ***" would say a key was found
+            shown["headers"]["Authorization"] = "(no DashScope API key found: it would not be sent)"
+        return shown
 
     def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
         """A validated ``Request`` from ``request`` (a Request or a dict) and keyword ``fields`` (which win), with
@@ -415,8 +424,10 @@ class Client(_Base[Backend]):
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
 
+            found = require_api_key(self._api_key)
             self._backend = DashScopeBackend(
-                self._key(),
+                found.key,
+                key_source=found.source,
                 protocol=self.protocol,
                 base_url=self.base_url,
                 region=self.region,
@@ -563,8 +574,10 @@ class AsyncClient(_Base[AsyncBackend]):
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
 
+            found = require_api_key(self._api_key)
             self._backend = AsyncDashScopeBackend(
-                self._key(),
+                found.key,
+                key_source=found.source,
                 protocol=self.protocol,
                 base_url=self.base_url,
                 region=self.region,

@@ -146,11 +146,21 @@ def check_family(name: str) -> str:
 
 def check_http_url(url: str, example: str = "http://127.0.0.1:8000/v1") -> str:
     """``url`` stripped, without a trailing slash; UsageError (with ``example`` as the hint) unless it is an
-    http(s) URL with a host."""
+    http(s) URL with a host, and UsageError for a full endpoint (ending in a protocol's ``endpoint``), the hint
+    giving the base."""
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"base URL {url!r} is not an http(s) URL", hint=f"For example {example}")
+    from qwenvl import protocols  # the paths they append (protocols do not import this module at load time)
+
+    for endpoint in {protocols.get(name).endpoint for name in protocols.names()}:  # a full one would be doubled
+        if parts.path.endswith(endpoint):
+            base = url[: url.rindex(endpoint)]
+            raise UsageError(
+                f"base URL {url!r} is a full endpoint; qwenvl appends {endpoint} itself",
+                hint=f"Give the base URL without it: {base}",
+            )
     return url
 
 
@@ -302,13 +312,21 @@ def require_api_key(explicit: str | None = None, **kw) -> KeyFound:
 
 
 def _key_file_problem(env: Mapping[str, str] | None, cwd: Path | None) -> tuple[str, str]:
-    """(message, hint) for no key: what is wrong with the file ``$DASHSCOPE_API_KEY_FILE_PATH`` names,
-    if it names one."""
+    """(message, hint) for no key: what is wrong with the file ``$DASHSCOPE_API_KEY_FILE_PATH`` names, if it
+    names one; else the credentials profile asked for (``$ALIBABA_CLOUD_PROFILE``), if not ``default``."""
     from qwenvl.errors import MediaError
     from qwenvl.media.sources import check_regular
 
     named = qenv.dashscope_api_key_file(env) or qenv.dashscope_api_key_file(load_dotenv_files(cwd))
     if not named:
+        profile, variable = qenv.credentials_profile(env), qenv.credentials_profile_variable(env)
+        if variable is not None:  # the profile asked for, not the generic [default] advice
+            return (
+                f"no DashScope API key found: profile [{profile}] ({variable}) of ~/.alibabacloud/credentials "
+                "has no dashscope_api_key",
+                f"Put dashscope_api_key = sk-... under [{profile}] in ~/.alibabacloud/credentials, or unset "
+                f"{variable} to use [default]; or set DASHSCOPE_API_KEY=sk-...",
+            )
         return "no DashScope API key found", KEY_HELP
     path = Path(named).expanduser()
     try:

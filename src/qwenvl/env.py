@@ -179,6 +179,11 @@ def credentials_profile(env: Env | None = None) -> str:
     return _text("ALIBABA_CLOUD_PROFILE", env) or _text("ALICLOUD_PROFILE", env) or "default"
 
 
+def credentials_profile_variable(env: Env | None = None) -> str | None:
+    """The variable ``credentials_profile`` took the profile from, or None for ``default`` (neither set)."""
+    return next((n for n in ("ALIBABA_CLOUD_PROFILE", "ALICLOUD_PROFILE") if _text(n, env)), None)
+
+
 def dashscope_base_url(protocol: str, env: Env | None = None) -> str | None:
     """``$DASHSCOPE_COMPATIBLE_BASE_URL`` (compat) or ``$DASHSCOPE_HTTP_BASE_URL`` (native), checked to be an
     http(s) URL, or None. ``KeyError`` for another protocol (it has no such variable)."""

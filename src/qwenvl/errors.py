@@ -170,6 +170,19 @@ class AuthenticationError(APIStatusError):
     default_hint = "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
 
 
+def key_refused_hint(source: str) -> str | None:
+    """A 401's hint naming where the refused key came from (``config.KeyFound.source``, e.g. ``~/.alibabacloud/
+    credentials [other]``), so the user fixes that place; None for the ``api_key`` argument and
+    ``$DASHSCOPE_API_KEY``, which ``AuthenticationError.default_hint`` already names. Raises nothing."""
+    if source in ("argument", "environment DASHSCOPE_API_KEY"):
+        return None
+    label = "DASHSCOPE_API_KEY in .env" if source == ".env DASHSCOPE_API_KEY" else source
+    return (
+        f"Check {label}: the key in use came from there. Beijing (--region cn) and Singapore (--region intl) "
+        "keys are different."
+    )
+
+
 class MissingAPIKeyError(AuthenticationError):
     """Raised by the first request that needs DashScope when no key is found (the argument,
     ``$DASHSCOPE_API_KEY``, ``./.env``, ``~/.alibabacloud/credentials``, ``~/.dashscope/api_key``); nothing was

@@ -13,7 +13,7 @@ from qwenvl import structured
 from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
-from qwenvl.models import ModelInfo, model_info
+from qwenvl.models import PAID_PROTOCOLS, ModelInfo, model_info
 from qwenvl.types import GENERATION_FIELDS, ImagePart, Message, Request, TextPart, VideoPart
 
 
@@ -64,6 +64,7 @@ def media_options(request: Request, model: ModelInfo, protocol: str, *, estimate
     that has no ``vl_high_resolution_images`` (QVQ and the other 28-px models): refused rather than ignored,
     so that an estimate never counts a budget the service would not apply (``ModelInfo.high_res``)."""
     check_high_res(request, model)
+    check_budget(request, model)
     return MediaOptions(
         model=model,
         protocol=protocol,
@@ -91,6 +92,26 @@ def check_high_res(request: Request, model: ModelInfo) -> None:
             f"vl_high_resolution_images): it is a {model.factor}-px {model.family} model",
             hint="Drop the option (images get the default budget of "
             f"{model.image_tokens} tokens), or use qwen3-vl-plus or qwen-vl-max.",
+        )
+
+
+def check_budget(request: Request, model: ModelInfo) -> None:
+    """Refuse contradictory budget options (UsageError, exit 2), in the user's own terms: ``detail="low"`` with
+    ``vl_high_resolution_images`` on, and a ``max_pixels`` below the model's minimum image
+    (``ModelInfo.min_pixels``, 4 tokens) when ``min_pixels`` is not given (an explicit min above max is the
+    Request's own check). ``max_pixels`` is ignored with high resolution, as the service does."""
+    if request.detail == "low" and request.vl_high_resolution_images:
+        raise UsageError(
+            "--detail low and --high-res contradict each other (a smaller budget, and the high-resolution one)",
+            hint="Keep one: --detail low for fewer tokens, or --high-res for up to 16384 tokens per image.",
+        )
+    given = request.max_pixels
+    if given is not None and request.min_pixels is None and not high_resolution(request) and given < model.min_pixels:
+        raise UsageError(
+            f"max_pixels (--max-pixels) {given:,} is below {model.name}'s smallest image of {model.min_pixels:,} "
+            f"pixels ({model.min_image_tokens} tokens of {model.factor}x{model.factor} px)",
+            hint=f"Give --max-pixels / max_pixels of at least {model.min_pixels:,} (the default budget is "
+            f"{model.default_max_pixels:,}).",
         )
 
 
@@ -191,7 +212,9 @@ def plan(
     model: ModelInfo | None = None,
     media_form: str = "data-url",
 ) -> Call:
-    """Validate, build the messages and prepare every media item. Raises before anything is sent.
+    """Validate, build the messages and prepare every media item. Raises before anything is sent: UsageError for
+    thinking or tools on a model without them, or ``max_tokens`` above a listed model's ``max_output_tokens``
+    (DashScope's protocols; a local server's limit is its own); MediaError for media that cannot be sent.
 
     ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
     being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent.
@@ -202,6 +225,12 @@ def plan(
         raise UsageError(
             f"{request.model} does not support thinking (enable_thinking)",
             hint="Use a Qwen3-VL model such as qwen3-vl-plus.",
+        )
+    if model.known and protocol in PAID_PROTOCOLS and request.max_tokens > model.max_output_tokens:
+        raise UsageError(
+            f"max_tokens {request.max_tokens:,} is above {request.model}'s limit of {model.max_output_tokens:,} "
+            "output tokens",
+            hint=f"Give --max-tokens / max_tokens of at most {model.max_output_tokens:,} (see `qwenvl models`).",
         )
     if request.tools and model.known and not model.tools:
         raise UsageError(

@@ -58,7 +58,16 @@ from qwenvl._constants import (
     STREAM_CAP_FACTOR,
     STREAM_CAP_MIN_S,
 )
-from qwenvl.errors import APIConnectionError, APIError, APITimeoutError, MediaError, printable, redact
+from qwenvl.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    MediaError,
+    key_refused_hint,
+    printable,
+    redact,
+)
 from qwenvl.protocols.common import error_from_body, load_json
 from qwenvl.protocols.sse import carries_data
 from qwenvl.retry import (
@@ -410,7 +419,7 @@ def _length(headers: httpx.Headers) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIError:
+def _status_error(response: httpx.Response, body: bytes, api_key: str, key_source: str | None = None) -> APIError:
     err = error_from_body(
         response.status_code,
         body,
@@ -418,6 +427,8 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str) -> APIErr
         request_id=response.headers.get("x-request-id"),
     )
     err.message = redact(err.message, api_key)
+    if isinstance(err, AuthenticationError) and key_source:  # the hint names where the refused key came from
+        err.hint = key_refused_hint(key_source) or err.hint
     return err
 
 
@@ -517,11 +528,13 @@ class Transport:
         self,
         api_key: str,
         *,
+        key_source: str | None = None,
         http_client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: RetryHook | None = None,
     ) -> None:
         self._key = api_key
+        self._key_source = key_source  # where the key came from (config.KeyFound.source), for a 401's hint
         self._own = http_client is None
         self._client = with_deadlines(http_client or httpx.Client(follow_redirects=False, verify=tls_context()))
         self._sleep = sleep
@@ -569,7 +582,7 @@ class Transport:
                     response.close()
         except httpx.HTTPError as exc:
             raise map_exception(exc, url, self._key, budget, method=method, status=status) from exc
-        raise _status_error(response, body, self._key)
+        raise _status_error(response, body, self._key, self._key_source)
 
     def _send(self, method: str, url: str, policy: Policy, *, transfer: bool = False, **kw: Any) -> httpx.Response:
         return self._retrying(policy, False, lambda budget: self._request(method, url, budget, False, kw, transfer))
@@ -640,11 +653,13 @@ class AsyncTransport:
         self,
         api_key: str,
         *,
+        key_source: str | None = None,
         http_client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         on_retry: RetryHook | None = None,
     ) -> None:
         self._key = api_key
+        self._key_source = key_source  # where the key came from (config.KeyFound.source), for a 401's hint
         self._own = http_client is None
         self._client = with_deadlines(http_client or httpx.AsyncClient(follow_redirects=False, verify=tls_context()))
         self._sleep = sleep
@@ -685,7 +700,7 @@ class AsyncTransport:
                     await response.aclose()
         except httpx.HTTPError as exc:
             raise map_exception(exc, url, self._key, budget, method=method, status=status) from exc
-        raise _status_error(response, body, self._key)
+        raise _status_error(response, body, self._key, self._key_source)
 
     async def post_json(
         self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None

@@ -148,6 +148,52 @@ GENERATION_FIELDS = (
     "tool_choice",
 )
 
+# Wire keys qwenvl builds itself, beside the Request's own fields: ``extra`` (``--param``) may not set them, or
+# the body would disagree with what was prepared, priced and checked. Each names the Request field to use instead
+# (None: qwenvl always sets it the same way).
+BUILT_WIRE_KEYS: dict[str, str | None] = {
+    "input": "messages",  # native: {"input": {"messages": ...}}
+    "parameters": None,  # native: the generation parameters' object
+    "stream_options": "stream",
+    "incremental_output": "stream",
+    "result_format": None,
+    "max_completion_tokens": "max_tokens",
+    "timeout": "timeout_s",
+}
+# The CLI option that sets a Request field, where it is not ``--`` + the field's name with dashes.
+FIELD_FLAGS: dict[str, str] = {
+    "timeout_s": "--timeout",
+    "vl_high_resolution_images": "--high-res",
+    "enable_thinking": "--thinking",
+    "prepare": "--no-resize",
+    "extra": "--param",
+}
+
+
+def reserved_extra(key: str, fields: Any) -> str | None:
+    """Why ``extra[key]`` (``--param KEY=...``) cannot be passed through, or None when it can: a key that is a
+    Request field (in ``fields``) or a wire key qwenvl builds (``BUILT_WIRE_KEYS``). Raises nothing."""
+    if key in fields:
+        return f"'{key}' is a request field of its own, not a pass-through parameter (extra, --param)"
+    if key in BUILT_WIRE_KEYS:
+        return f"'{key}' is built by qwenvl, not a pass-through parameter (extra, --param)"
+    return None
+
+
+def reserved_extra_hint(keys: list[str]) -> str:
+    """``Use --temperature / temperature ...`` for reserved ``extra`` keys (the CLI keeps the flag, or the request
+    key for a verb without it: ``cli.common.fit_hint``). Raises nothing."""
+    uses = []
+    for key in keys:
+        field = BUILT_WIRE_KEYS.get(key, key)
+        if field is None or field in ("messages", "extra", "stream"):
+            continue
+        flag = FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+        uses.append(f"{flag} / {field}")
+    tail = "--param / extra is only for service parameters qwenvl has no option for."
+    return f"Use {', '.join(uses)}; {tail}" if uses else f"qwenvl builds the request body itself; {tail}"
+
+
 with warnings.catch_warnings():
     # `schema` and `json` are the skill's names; they shadow deprecated BaseModel methods on purpose.
     warnings.simplefilter("ignore")
@@ -351,7 +397,8 @@ with warnings.catch_warnings():
         )
         extra: dict[str, Any] = Field(
             default_factory=dict,
-            description="Other service parameters, passed through to the request body as they are.",
+            description="Other service parameters, passed through to the request body as they are. A Request "
+            "field's name or a wire key qwenvl builds (``BUILT_WIRE_KEYS``: input, stream_options, ...) is refused.",
         )
 
         _schema_model: type[BaseModel] | None = PrivateAttr(default=None)
@@ -382,6 +429,15 @@ with warnings.catch_warnings():
         def _prompt_not_blank(cls, value: str | None) -> str | None:
             if value is not None and not value.strip():
                 raise ValueError("prompt is empty")
+            return value
+
+        @field_validator("extra")
+        @classmethod
+        def _extra_not_built(cls, value: dict[str, Any]) -> dict[str, Any]:
+            for key in value:
+                why = reserved_extra(key, cls.model_fields)
+                if why:
+                    raise ValueError(why)
             return value
 
         @model_validator(mode="after")

@@ -104,6 +104,7 @@ class DashScopeBackend(_Declared):
         self,
         api_key: str,
         *,
+        key_source: str | None = None,
         protocol: Protocol = "compat",
         base_url: str | None = None,
         region: str | None = None,
@@ -114,7 +115,7 @@ class DashScopeBackend(_Declared):
         self._declare(protocol, base_url, region)
         self.region = region_of_url(self.base_url) or effective_region(region)  # decides temporary storage
         kw = {"sleep": sleep} if sleep else {}
-        self.transport = Transport(api_key, http_client=http_client, on_retry=on_retry, **kw)
+        self.transport = Transport(api_key, key_source=key_source, http_client=http_client, on_retry=on_retry, **kw)
 
     def close(self) -> None:
         self.transport.close()
@@ -150,6 +151,7 @@ class AsyncDashScopeBackend(_Declared):
         self,
         api_key: str,
         *,
+        key_source: str | None = None,
         protocol: Protocol = "compat",
         base_url: str | None = None,
         region: str | None = None,
@@ -159,10 +161,12 @@ class AsyncDashScopeBackend(_Declared):
     ) -> None:
         self._declare(protocol, base_url, region)
         kw = {"sleep": sleep} if sleep else {}
-        self.transport = AsyncTransport(api_key, http_client=http_client, on_retry=on_retry, **kw)
+        self.transport = AsyncTransport(
+            api_key, key_source=key_source, http_client=http_client, on_retry=on_retry, **kw
+        )
         # uploads run in a worker thread through a synchronous transport
         self._sync = DashScopeBackend(
-            api_key, protocol=protocol, base_url=self.base_url, region=region, on_retry=on_retry
+            api_key, key_source=key_source, protocol=protocol, base_url=self.base_url, region=region, on_retry=on_retry
         )
 
     async def aclose(self) -> None:

@@ -140,7 +140,8 @@ class BatchAPI:
     ) -> None:
         check_region(region, base_url)
         self.base = resolve_base_url("compat", region=region, base_url=base_url)
-        self.transport = Transport(require_api_key(api_key).key, http_client=http_client)
+        found = require_api_key(api_key)
+        self.transport = Transport(found.key, key_source=found.source, http_client=http_client)
         self.policy = Policy(timeout_s=timeout_s, max_retries=max_retries, backoff_s=retry_backoff_s)
 
     def close(self) -> None:

@@ -21,7 +21,6 @@ from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
 from qwenvl.outputs import check_writable
 from qwenvl.structured import load_schema
-from qwenvl.types import Request
 
 
 def load_request(request_json: str | None, request_file: str | None) -> dict[str, Any]:
@@ -43,12 +42,7 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
         raise UsageError(f"{origin} must be a JSON object with at least a prompt")
     if "prompt" not in data:
         raise UsageError(f'{origin} has no "prompt"', hint='For example {"prompt":"describe","image":"a.png"}')
-    known = set(Request.model_fields) | {"timeout"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        err_console().print(f"[yellow]warning:[/] ignoring unknown request keys: {', '.join(unknown)}")
-        data = {k: v for k, v in data.items() if k in known}
-    return data
+    return data  # unknown keys are refused with the Request's "Did you mean" (client.plan), as batch --requests does
 
 
 @click.command()

@@ -26,6 +26,7 @@ from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requ
 from qwenvl.batch.journal import read_open_jobs
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
+    awaiting_stdin,
     backend_options,
     err_console,
     generation_options,
@@ -35,6 +36,7 @@ from qwenvl.cli.common import (
     request_fields,
     service_options,
     shown,
+    stdin_text,
 )
 from qwenvl.errors import APIError, UsageError
 from qwenvl.models import format_cost
@@ -289,7 +291,9 @@ def run(opts: dict[str, Any]) -> None:
     if prompt == "-" and opts["requests_file"] == "-":
         raise UsageError("standard input can give the prompt (-p -) or the requests (--requests -), not both")
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = stdin_text("the prompt")
+    if opts["requests_file"] == "-":
+        awaiting_stdin("the requests (JSONL)")
     if prompt is not None and not prompt.strip():
         raise UsageError("the prompt is empty")
     if opts["requests_file"]:

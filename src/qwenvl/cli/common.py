@@ -316,7 +316,8 @@ generation_options = option_group(
         multiple=True,
         callback=_param,
         metavar="KEY=VALUE",
-        help="Any other service parameter (VALUE parsed as JSON when it can be).",
+        help="Any other service parameter (VALUE parsed as JSON when it can be); not one qwenvl sets itself "
+        "(model, messages, temperature...: use their options).",
     ),
 )
 
@@ -467,7 +468,8 @@ def prompt_and_media(
     Without ``-p``, the prompt is the one argument that is not a file, a URL or a data: URL, first, last or
     anywhere (``ask photo.jpg "What is this?"``, ``ask "What is this?" photo.jpg``). An argument that looks like
     a file (an image, video or PDF name, a path with a separator) and does not exist is never the prompt: it
-    is an input error (MediaError, exit 3). Several candidates are a usage error (exit 2). ``-p -`` reads the
+    is an input error (MediaError, exit 3). Several candidates, or one beside ``-p``, are a usage error (exit 2);
+    the hint names ``-p`` only when the verb has it (``has_prompt_option``). ``-p -`` reads the
     prompt from standard input, ``-`` as MEDIA the file; both at once is a usage error. Nothing is sent here.
     """
     refs: list[str] = []
@@ -481,20 +483,28 @@ def prompt_and_media(
             raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option and not others)
         else:
             words.append(arg)
-    if prompt is not None and words:
-        raise _not_found(words[0], prompt_hint=False)
+    shown = ", ".join(repr(w) for w in words[:4]) + (", ..." if len(words) > 4 else "")
+    if prompt is not None and words:  # -p gave the prompt: an argument that is not a path is a second one
+        raise UsageError(
+            f"-p gave the prompt, and {len(words)} other argument{'s are' if len(words) > 1 else ' is'} neither a "
+            f"file nor a URL: {shown}",
+            hint="Give the prompt once (-p, or as the one argument that is not a file), and check the file names.",
+        )
     if prompt is None and len(words) == 1:
         prompt = words[0]
     elif len(words) > 1:
-        shown = ", ".join(repr(w) for w in words[:4]) + (", ..." if len(words) > 4 else "")
+        how = (
+            'Quote the prompt as one argument (or give it with -p "...")'
+            if has_prompt_option
+            else ("Quote the query as one argument")
+        )
         raise UsageError(
-            f"{len(words)} arguments are neither files nor URLs: {shown}",
-            hint='Quote the prompt as one argument (or give it with -p "..."), and check the file names.',
+            f"{len(words)} arguments are neither files nor URLs: {shown}", hint=f"{how}, and check the file names."
         )
     if prompt == STDIN:
         if STDIN in refs:
             raise UsageError("standard input can hold the prompt (-p -) or a file (-), not both")
-        prompt = sys.stdin.read()
+        prompt = stdin_text("the prompt")
     if prompt is None:
         if required:
             raise UsageError('no prompt: give one with -p "..." (or as an argument)')
@@ -502,6 +512,20 @@ def prompt_and_media(
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     return prompt, _checked(with_stdin(refs))
+
+
+def awaiting_stdin(what: str) -> None:
+    """On a terminal, say what standard input is awaited for (else the verb seems to hang). Raises nothing."""
+    if sys.stdin.isatty():
+        err_console().print(f"[dim]reading {what} from standard input: type it, then Ctrl-D on a line of its own[/]")
+
+
+def stdin_text(what: str) -> str:
+    """Standard input's text (``-p -``), less one trailing newline (``echo`` adds it); on a terminal, what is
+    awaited is said first (``awaiting_stdin``). Raises nothing of its own."""
+    awaiting_stdin(what)
+    text = sys.stdin.read()
+    return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
 
 
 def _checked(refs: list[str]) -> list[str]:
@@ -518,9 +542,11 @@ def with_stdin(refs: list[str]) -> list[str]:
     if refs.count(STDIN) > 1:
         raise UsageError("'-' (standard input) can be given only once")
     if sys.stdin.isatty():
+        command = current_command()
+        verb = command.name if command is not None and command.name else "ask"
         raise UsageError(
             "'-' reads a file from standard input, but standard input is a terminal",
-            hint='Pipe the file in: cat photo.jpg | qwenvl ask - -p "..."',
+            hint=f"Pipe the file in: cat photo.jpg | qwenvl {verb} -" + (' -p "..."' if verb == "ask" else ""),
         )
     data = sys.stdin.buffer.read()
     if not data:

@@ -28,6 +28,7 @@ from qwenvl.cli.common import (
     region_option,
     request_fields,
     shown,
+    with_stdin,
 )
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import EXIT_INPUT
@@ -75,16 +76,22 @@ def tokens(opts: dict[str, Any]) -> None:
     """Tokens and estimated cost of images, videos and PDFs, as they would be sent: qwenvl tokens *.jpg
 
     Nothing is sent. FILES are local files, folders (walked for images, videos and PDFs, as `batch` does),
-    globs, https:// URLs (tokens unknown: the service fetches them), file:// or data: URLs. A file that
+    globs, https:// URLs (tokens unknown: the service fetches them), file:// or data: URLs, or - (a file on
+    standard input). A file that
     cannot be sent is reported on its own row and the others go on; the exit status is then 3.
     """
     fields = request_fields(opts)  # the same options, model and region handling as every verb
     client = None
     if opts["backend"] or qenv.backend():  # a local model's own rules (asked of its backend)
         client = make_client(opts, will_send=False)  # nothing is sent: no key needed
+    paths = with_stdin(list(opts["files"]))  # "-": the file on standard input, as for every verb
     result = estimate_files(
-        opts["files"], fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
+        paths, fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
     )
+    stdin_file = {p for p in paths if p not in opts["files"]}  # "-" was replaced by a temporary file
+    for row in result["items"] if stdin_file else []:
+        for path in stdin_file:
+            row["source"] = row["source"].replace(path, "-")
     if opts["as_json"]:
         print_json(result)
     else:

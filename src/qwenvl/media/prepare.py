@@ -301,7 +301,11 @@ def _prepare_local_image(
     if not info.accepted:
         notes.append(f"{info.format} converted to {mime.split('/')[1].upper()}")
     encoded, mime, img = _fit_bytes(img, encoded, mime, factor, notes)
-    notes.append(f"encoded {mime.split('/')[1].upper()}: {_mb(len(data))} -> {_mb(len(encoded))}")
+    inline = 4 * -(-len(encoded) // 3)  # base64, as a data: URL carries it (the size `tokens` shows as inline)
+    notes.append(
+        f"encoded {mime.split('/')[1].upper()}: {_mb(len(data))} -> {_mb(len(encoded))} file bytes "
+        f"({_mb(inline)} inline as base64)"
+    )
     return encoded, mime, img.size, notes
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from qwenvl.errors import StructuredOutputError
+from qwenvl.errors import MediaError, StructuredOutputError, UsageError
 from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
@@ -125,16 +125,44 @@ def parse_time(value: Any) -> float | None:
 # --- planning ----------------------------------------------------------------------------------------------
 
 
+def _one_still(video: str | list[str]) -> bool:
+    """One still image where a video or a sequence of frames is needed: a one-item frame list (not a PDF), or
+    a local image given as the video (a URL without a video suffix may be one: not refused)."""
+    from qwenvl.media.sources import classify, media_kind
+
+    if isinstance(video, list):
+        return len(video) == 1 and media_kind(video[0]) != "pdf"
+    try:
+        remote = classify(video).is_remote
+    except MediaError:
+        return False  # preparing it says what is wrong
+    return not remote and media_kind(video) == "image"
+
+
+def _still_refused() -> UsageError:
+    return UsageError(
+        "events needs a video or a sequence of frames; one still image has no events in time",
+        hint="Give a video file or URL, or several frame images in order; for one image use "
+        '`qwenvl ask IMAGE -p "..."`.',
+    )
+
+
 def plan_events(client: SupportsPlan, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
     """The request ``events`` sends (nothing is sent): the timeline prompt (or ``prompt``), ``video``, the
     timeline JSON Schema (``EVENTS_SCHEMA``), and ``max_tokens`` 2048 unless given (capped by the model's own
     limit). ``fields`` are any Request fields (fps, model, ...).
 
-    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
-    ``Client.plan``."""
+    Raises UsageError (invalid fields, or one still image: a single frame, or a still image given as
+    ``video``; a frame list's frames are checked first), SchemaDefinitionError,
+    MediaError (media that cannot be sent), as ``Client.plan``."""
+    if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
+        raise _still_refused()
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EVENTS_MAX_TOKENS, model.max_output_tokens))
-    return client.plan(prompt=EVENTS_PROMPT if prompt is None else prompt, video=video, schema=EVENTS_SCHEMA, **fields)
+    call = client.plan(prompt=EVENTS_PROMPT if prompt is None else prompt, video=video, schema=EVENTS_SCHEMA, **fields)
+    if isinstance(video, list) and _one_still(video):  # after planning: an unreadable frame is told as such
+        raise _still_refused()
+    return call
 
 
 def _video_item(call: Call) -> Any:

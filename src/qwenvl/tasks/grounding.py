@@ -428,7 +428,8 @@ def interpret(
     unlabelled = sum(1 for b in boxes if not b.label) + sum(1 for p in points if not p.label)
     if unlabelled:
         warnings.append(f"{unlabelled} item{'s have' if unlabelled != 1 else ' has'} no label (kept)")
-    truncated = parsed.truncated or finish_reason == "length"
+    # an answer that ended by itself ("stop") with nothing in it was not cut off, whatever its prose looks like
+    truncated = finish_reason == "length" or (parsed.truncated and bool(parsed.items or finish_reason != "stop"))
     if truncated:
         kept = f"kept the {len(boxes)} complete box{'es' if len(boxes) != 1 else ''}" + (
             f" and {len(points)} point{'s' if len(points) != 1 else ''}" if points else ""

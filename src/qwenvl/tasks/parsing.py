@@ -331,7 +331,9 @@ def _is_container_key(key: Any) -> bool:
 # --- XML points (Qwen2.5-VL) -----------------------------------------------------------------------------------
 
 _POINTS_TAG = re.compile(r"<points?\b([^<>]*)>(.*?)</points?\s*>", re.S | re.I)
-_OPEN_POINTS = re.compile(r"<points?\b", re.I)
+# A <points> tag left open: one that never gets its ">" or that has coordinates (x1=...) but no closing tag. A
+# "<points>" named in prose ("no <points> can be given") is not a cut-off answer.
+_OPEN_POINTS = re.compile(r"<points?\b(?:[^<>]*$|[^<>]*\bx\d*\s*=)", re.I)
 _ATTR = re.compile(r"([A-Za-z_][\w-]*)\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))")
 
 
