@@ -368,6 +368,10 @@ with warnings.catch_warnings():
                     from qwenvl.structured import load_schema
 
                     data = {**data, "schema": load_schema(value)}
+                elif value is not None:  # a dict (or a wrong type): checked before anything is planned or sent
+                    from qwenvl.structured import check_schema
+
+                    check_schema(value)
             return data
 
         def __init__(self, **data: Any) -> None:

@@ -1,0 +1,99 @@
+"""Every schema, however it arrives, is checked before anything is sent (SchemaDefinitionError, exit 2), and an
+answer that cannot be validated never raises jsonschema's own exception; a failed structured answer keeps what
+it cost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import qwenvl
+from conftest import API_KEY, make_client, run_cli, write_image
+from dashscope_server import Reply
+from qwenvl import structured
+from qwenvl.errors import SchemaDefinitionError
+
+BAD_SCHEMAS = {
+    "unknown type": {"type": "objectx"},
+    "nested unknown type": {"type": "object", "properties": {"a": {"type": "strin"}}},
+    "bad $ref": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+    "bad regex": {"type": "string", "pattern": "(unclosed"},
+    "bad patternProperties": {"type": "object", "patternProperties": {"[": {}}},
+    "format not a string": {"type": "string", "format": 5},
+    "not an object": [{"type": "object"}],
+}
+GOOD = {
+    "type": "object",
+    "properties": {"a": {"$ref": "#/$defs/name"}, "b": {"type": "string", "pattern": "^[0-9]+$"}},
+    "$defs": {"name": {"type": "string"}},
+    "required": ["a"],
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_SCHEMAS))
+def test_library_sync_sends_nothing_for_a_bad_schema(server, protocol, png, name):
+    with make_client(server, protocol) as c:
+        with pytest.raises(SchemaDefinitionError) as info:
+            c.complete(prompt="extract", image=str(png), schema=BAD_SCHEMAS[name])
+        with pytest.raises(SchemaDefinitionError):  # as JSON text
+            c.complete(prompt="extract", schema=json.dumps(BAD_SCHEMAS[name]))
+    assert "\n" not in str(info.value) and info.value.hint
+    assert server.requests == []
+
+
+def test_library_async_and_request_object_send_nothing(server, protocol, png):
+    async def main() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as c:
+            with pytest.raises(SchemaDefinitionError, match="does not resolve"):
+                await c.complete(prompt="x", image=str(png), schema=BAD_SCHEMAS["bad $ref"])
+            with pytest.raises(SchemaDefinitionError, match="objectx"):
+                await c.complete(prompt="x", schema={"type": "objectx"})
+
+    asyncio.run(main())
+    with pytest.raises(SchemaDefinitionError):
+        qwenvl.Request(prompt="x", schema={"type": "objectx"})
+    assert server.requests == []
+
+
+def test_a_good_schema_with_refs_and_patterns_works(client, server):
+    server.enqueue(Reply(text='{"a": "x", "b": "12"}'))
+    assert client.complete(prompt="x", schema=GOOD).json == {"a": "x", "b": "12"}
+    assert len(server.requests) == 1
+
+
+def test_validating_an_answer_never_raises_jsonschemas_own_errors():
+    for schema in ({"type": "objectx"}, {"$ref": "#/nowhere"}, {"properties": {"a": {"type": "nope"}}}):
+        with pytest.raises(SchemaDefinitionError) as info:
+            structured.validate({"a": 1}, schema)
+        assert "\n" not in str(info.value)
+    assert structured.validate({"a": 1}, GOOD)  # the real errors are still reported as lines
+
+
+def test_cli_ask_extract_analyze_send_nothing_for_a_bad_schema(server, env, png, isolated_env):
+    (isolated_env / "ref.json").write_text(json.dumps(BAD_SCHEMAS["bad $ref"]))
+    for args in (
+        ("ask", str(png), "-p", "x", "--schema", "ref.json"),
+        ("extract", str(png), "--schema", "ref.json"),
+        ("analyze", "--request", json.dumps({"prompt": "x", "image": str(png), "schema": {"type": "objectx"}})),
+        ("analyze", "--request", json.dumps({"prompt": "x", "image": str(png)}), "--schema", "ref.json"),
+    ):
+        p = run_cli(*args, "--base-url", server.url, env=env)
+        assert p.returncode == 2, (args, p.stderr)
+        assert "error: not a valid JSON Schema" in p.stderr and "Traceback" not in p.stderr
+    assert server.requests == []
+
+
+def test_batch_request_line_with_a_bad_schema_sends_nothing(server, env, isolated_env):
+    write_image(isolated_env / "x.png")
+    reqs = isolated_env / "reqs.jsonl"
+    reqs.write_text(
+        json.dumps({"id": "bad", "prompt": "x", "image": "x.png", "schema": {"type": "objectx"}})
+        + "\n"
+        + json.dumps({"id": "good", "prompt": "y", "schema": GOOD})
+        + "\n"
+    )
+    p = run_cli("batch", "--requests", str(reqs), "-o", "res.jsonl", "--base-url", server.url, env=env)
+    assert p.returncode == 2 and "reqs.jsonl line 1: not a valid JSON Schema" in p.stderr, p.stderr
+    assert server.requests == []  # the file is refused before anything is sent
