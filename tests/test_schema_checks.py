@@ -13,7 +13,7 @@ import qwenvl
 from conftest import API_KEY, make_client, run_cli, write_image
 from dashscope_server import Reply
 from qwenvl import structured
-from qwenvl.errors import SchemaDefinitionError
+from qwenvl.errors import SchemaDefinitionError, StructuredOutputError
 
 BAD_SCHEMAS = {
     "unknown type": {"type": "objectx"},
@@ -97,3 +97,91 @@ def test_batch_request_line_with_a_bad_schema_sends_nothing(server, env, isolate
     p = run_cli("batch", "--requests", str(reqs), "-o", "res.jsonl", "--base-url", server.url, env=env)
     assert p.returncode == 2 and "reqs.jsonl line 1: not a valid JSON Schema" in p.stderr, p.stderr
     assert server.requests == []  # the file is refused before anything is sent
+
+
+# --- what a failed structured answer paid ---------------------------------------------------------------------
+
+STRICT = {"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}
+
+
+def test_the_error_carries_both_paid_requests_sync_and_async(server, protocol):
+    server.enqueue(Reply(text="no idea"), Reply(text='{"total": "x"}'))
+    with make_client(server, protocol) as c:
+        with pytest.raises(StructuredOutputError) as info:
+            c.complete(prompt="extract", schema=STRICT)
+        one = c.complete(prompt="extract")  # one request's usage, for comparison (no schema)
+    exc = info.value
+    assert exc.requests == 2 and len(exc.request_ids) == 2 and len(set(exc.request_ids)) == 2
+    assert exc.request_ids[-1] == exc.response.request_id
+    assert exc.response.usage.input_tokens > one.usage.input_tokens  # both requests counted
+
+    async def main() -> StructuredOutputError:
+        server.enqueue(Reply(text="no idea"), Reply(text="still none"))
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as ac:
+            with pytest.raises(StructuredOutputError) as ainfo:
+                await ac.complete(prompt="extract", schema=STRICT)
+        return ainfo.value
+
+    aexc = asyncio.run(main())
+    assert aexc.requests == 2 and len(aexc.request_ids) == 2
+
+
+def test_ask_extract_and_analyze_say_what_a_failed_answer_paid(server, env, png, isolated_env):
+    (isolated_env / "s.json").write_text(json.dumps(STRICT))
+    for args in (
+        ("ask", str(png), "-p", "x", "--schema", "s.json"),
+        ("extract", str(png), "--schema", "s.json"),
+        ("analyze", "--request", json.dumps({"prompt": "x", "image": str(png)}), "--schema", "s.json"),
+    ):
+        server.reset()
+        server.enqueue(Reply(text="no idea"), Reply(text='{"total": "x"}'))
+        p = run_cli(*args, "--base-url", server.url, env=env)
+        assert p.returncode == 5, (args, p.stdout, p.stderr)
+        assert "error: the answer is not valid JSON for the schema, even after one retry" in p.stderr
+        paid = [line for line in p.stderr.splitlines() if line.startswith("paid: ")]
+        assert len(paid) == 1 and "out tokens" in paid[0] and "2 requests" in paid[0], p.stderr
+        assert "≈" in paid[0]  # priced
+        assert all(r.json and r.json.get("model") for r in server.requests) and len(server.requests) == 2
+
+
+def test_analyze_json_mode_stays_lenient_as_the_skill(server, env, png):
+    server.enqueue(Reply(text="not json"))
+    p = run_cli(
+        "analyze",
+        "--request",
+        json.dumps({"prompt": "x", "image": str(png)}),
+        "--json-mode",
+        "--base-url",
+        server.url,
+        env=env,
+    )
+    assert p.returncode == 0 and 'no "json"' in p.stderr and len(server.requests) == 1
+
+
+def test_batch_record_and_summary_count_a_failed_structured_item(server, env, isolated_env):
+    (isolated_env / "s.json").write_text(json.dumps(STRICT))
+    write_image(isolated_env / "inv.png")
+    server.enqueue(Reply(text="no idea"), Reply(text='{"total": "x"}'))
+    p = run_cli(
+        "batch",
+        "inv.png",
+        "-p",
+        "Extract",
+        "--schema",
+        "s.json",
+        "-o",
+        "o.jsonl",
+        "--json",
+        "--base-url",
+        server.url,
+        env=env,
+    )
+    assert len(server.requests) == 2, p.stderr
+    [line] = [json.loads(x) for x in (isolated_env / "o.jsonl").read_text().splitlines()]
+    assert line["status"] == "error" and line["error"]["type"] == "StructuredOutputError"
+    assert line["attempts"] == 2 and len(line["request_ids"]) == 2
+    assert line["error"]["request_id"] == line["request_ids"][-1]
+    assert line["usage"]["input_tokens"] > 0 and line["cost"] > 0 and line["currency"] == "CNY"
+    summary = json.loads(p.stdout)
+    assert summary["cost"] == pytest.approx(line["cost"], abs=1e-6) and summary["cost"] > 0
+    assert summary["input_tokens"] == line["usage"]["input_tokens"]
