@@ -517,13 +517,14 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
             )
         else:
             batch._record_error(journal, item, outcome, prog, attempts=1, price_factor=PRICE_FACTOR)
-            paid = outcome.response if isinstance(outcome, StructuredOutputError) else None  # an answer: paid
+            # an answer not valid for the schema was still answered and paid (the exchange itself was ok)
+            paid = outcome.response if isinstance(outcome, StructuredOutputError) else None
             log_usage(
                 batch,
                 Entry(
                     model=batch.model_of(item),
                     protocol="batch-api",
-                    outcome=type(outcome).__name__,
+                    outcome="ok" if paid else type(outcome).__name__,  # an answer, logged as realtime logs it
                     input_tokens=paid.usage.input_tokens if paid else None,
                     output_tokens=paid.usage.output_tokens if paid else None,
                     image_tokens=paid.usage.image_tokens if paid else None,
