@@ -140,6 +140,7 @@ def test_ask_extract_and_analyze_say_what_a_failed_answer_paid(server, env, png,
         assert "error: the answer is not valid JSON for the schema, even after one retry" in p.stderr
         paid = [line for line in p.stderr.splitlines() if line.startswith("paid: ")]
         assert len(paid) == 1 and "out tokens" in paid[0] and "2 requests" in paid[0], p.stderr
+        assert paid[0].count(" request") == 1  # each id said once
         assert "≈" in paid[0]  # priced
         assert all(r.json and r.json.get("model") for r in server.requests) and len(server.requests) == 2
 
@@ -183,5 +184,6 @@ def test_batch_record_and_summary_count_a_failed_structured_item(server, env, is
     assert line["error"]["request_id"] == line["request_ids"][-1]
     assert line["usage"]["input_tokens"] > 0 and line["cost"] > 0 and line["currency"] == "CNY"
     summary = json.loads(p.stdout)
+    assert summary["sent"] == 2 and summary["error"] == 1
     assert summary["cost"] == pytest.approx(line["cost"], abs=1e-6) and summary["cost"] > 0
     assert summary["input_tokens"] == line["usage"]["input_tokens"]

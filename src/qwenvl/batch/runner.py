@@ -603,7 +603,7 @@ class Batch:
         """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool). A
         StructuredOutputError's answers were paid: the record carries their ``usage``, ``cost`` (times
         ``price_factor``), ``currency`` and ``request_ids``, ``attempts`` counts the repair request, and the run's
-        tokens and cost include them."""
+        requests sent, tokens and cost include them."""
         error = exc if isinstance(exc, dict) else error_record(exc)
         rec = {"id": item.id, "input": item.input, "status": "error", "error": error, "attempts": attempts}
         paid = exc.response if isinstance(exc, StructuredOutputError) else None
@@ -617,6 +617,7 @@ class Batch:
                 local=self.planner.is_local,
             )
             rec["attempts"] = attempts + exc.requests - 1
+            prog.sent += exc.requests - 1  # the repair request (the worker counted the first)
             rec["usage"] = usage_record(paid)
             rec["cost"] = None if cost is None else round(cost, 8)
             rec["currency"] = self.currency

@@ -543,6 +543,7 @@ def paid_line(exc: StructuredOutputError) -> str:
     region = effective_region(ctx.meta.get(_REGION_KEY) if ctx is not None else None)
     line = usage_line(exc.response, region)
     if exc.requests > 1:
+        line = line.removesuffix(f" · request {exc.response.request_id}")  # the last id: listed below with the first
         ids = f": {', '.join(exc.request_ids)}" if exc.request_ids else ""
         line += f" · {exc.requests} requests (the repair included){ids}"
     return line
