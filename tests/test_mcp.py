@@ -248,7 +248,8 @@ def test_extract_gives_json_valid_for_the_schema(server, env, png):
             assert r.is_error
             lines = text_of(r).splitlines()
             assert lines[0].startswith("error: the answer is not valid JSON for the schema")
-            assert lines[1].startswith("hint: ") and len(lines) == 2
+            assert re.fullmatch(r"paid: 2 requests, [1-9]\d* in / \d+ out tokens, cost ¥[\d.]+", lines[1]), lines
+            assert lines[2].startswith("hint: ") and len(lines) == 3
 
     run(main)
 
