@@ -69,6 +69,24 @@ def check_schema(schema: Any) -> None:
     if not isinstance(schema, dict):
         raise SchemaDefinitionError(f"a JSON Schema must be an object, not {type(schema).__name__}")
     try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):  # not JSON data (e.g. a set inside): checked below, not kept
+        key = None
+    if key is not None and key in _CHECKED:  # a batch's items share one schema: checked once (it takes ms)
+        return
+    _check_schema(schema)
+    if key is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED.add(key)
+
+
+_CHECKED: set[str] = set()  # schemas that passed ``check_schema``, as canonical JSON
+_CHECKED_MAX = 256
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
+    try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
