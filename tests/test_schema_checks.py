@@ -187,3 +187,32 @@ def test_batch_record_and_summary_count_a_failed_structured_item(server, env, is
     assert summary["sent"] == 2 and summary["error"] == 1
     assert summary["cost"] == pytest.approx(line["cost"], abs=1e-6) and summary["cost"] > 0
     assert summary["input_tokens"] == line["usage"]["input_tokens"]
+
+
+def test_a_repaired_answer_counts_both_requests(server, env, isolated_env, protocol):
+    server.enqueue(Reply(text="no idea"), Reply(text='{"total": 1}'))
+    with make_client(server, protocol) as c:
+        r = c.complete(prompt="extract", schema=STRICT)
+        assert r.json == {"total": 1} and r.requests == 2 and len(set(r.request_ids)) == 2
+        assert c.complete(prompt="plain").requests == 1
+    (isolated_env / "s.json").write_text(json.dumps(STRICT))
+    write_image(isolated_env / "inv.png")
+    server.reset()
+    server.enqueue(Reply(text="no idea"), Reply(text='{"total": 1}'))
+    p = run_cli(
+        "batch",
+        "inv.png",
+        "-p",
+        "x",
+        "--schema",
+        "s.json",
+        "-o",
+        "o.jsonl",
+        "--json",
+        "--base-url",
+        server.url,
+        env=env,
+    )
+    [line] = [json.loads(x) for x in (isolated_env / "o.jsonl").read_text().splitlines()]
+    assert line["status"] == "ok" and line["attempts"] == 2 and len(line["request_ids"]) == 2, p.stderr
+    assert json.loads(p.stdout)["sent"] == 2 == len(server.requests)

@@ -154,6 +154,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
             requests=2,
             request_ids=paid,
         )
+    final._requests, final._request_ids = 2, paid
     return final
 
 

@@ -671,10 +671,13 @@ class Batch:
             "cost": None if cost is None else round(cost, 8),
             "currency": self.currency,
             "cached": response.cached,
-            "attempts": attempts,
+            "attempts": attempts + response.requests - 1,  # a structured-output repair request included
             "latency_s": round(latency_s, 3),
             **(extra or {}),
         }
+        if response.requests > 1:
+            rec["request_ids"] = response.request_ids
+            prog.sent += response.requests - 1
         notes = answer_notes(response)  # cut off at max_tokens, empty, items not shown: said in the record
         if notes:
             rec["warnings"] = notes
