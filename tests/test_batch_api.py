@@ -99,10 +99,18 @@ def test_end_to_end(bserver, isolated_env):
 def test_structured_output_is_checked_without_repair(bserver):
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     items = [BatchItem(id="s", request={"prompt": "count", "schema": schema})]
-    api_batch(bserver, items).run()
+    job = api_batch(bserver, items)
+    summary = job.run()
     [line] = read_jsonl("out.jsonl")
     assert line["error"]["type"] == "StructuredOutputError"  # the echo reply is not JSON
     assert line["error"]["raw_text"].startswith("echo: count")
+    # the answer was paid (at half price): the record, the summary and the usage log say so
+    u = line["usage"]
+    assert line["attempts"] == 1 and len(line["request_ids"]) == 1
+    full = estimate_cost("qwen3-vl-plus", u["input_tokens"], u["output_tokens"])
+    assert line["cost"] == pytest.approx(full / 2) and summary.cost == pytest.approx(line["cost"], abs=1e-6)
+    [logged] = job.usage_log.summarize(days=1)
+    assert logged["cost"] == pytest.approx(line["cost"], abs=1e-6)
     [body] = [x["body"] for x in uploads(bserver)[0]]
     assert body["response_format"] == {"type": "json_object"}
 

@@ -248,7 +248,8 @@ def test_extract_gives_json_valid_for_the_schema(server, env, png):
             assert r.is_error
             lines = text_of(r).splitlines()
             assert lines[0].startswith("error: the answer is not valid JSON for the schema")
-            assert lines[1].startswith("hint: ") and len(lines) == 2
+            assert re.fullmatch(r"paid: 2 requests, [1-9]\d* in / \d+ out tokens, cost ¥[\d.]+", lines[1]), lines
+            assert lines[2].startswith("hint: ") and len(lines) == 3
 
     run(main)
 
@@ -555,3 +556,20 @@ def test_wrong_arguments_are_one_line_naming_each(env, isolated_env):
     assert wrong_type.splitlines()[0] == "error: invalid arguments for ask: media: Input should be a valid list"
     assert missing.splitlines()[0] == "error: invalid arguments for ask: prompt: Field required"
     assert "errors.pydantic.dev" not in wrong_type + missing and len(wrong_type.splitlines()) == 2
+
+
+def test_extract_and_ask_with_an_invalid_schema_send_nothing(server, env, png):
+    async def main() -> None:
+        async with stdio_session(env, "--allow-dir", str(png.parent)) as c:
+            for tool, args in (
+                ("extract", {"file": str(png), "schema": {"type": "objectx"}}),
+                ("ask", {"prompt": "x", "media": [str(png)], "schema": {"$ref": "#/$defs/nope"}}),
+            ):
+                r = await c.call_tool(tool, args)
+                assert r.is_error
+                lines = text_of(r).splitlines()
+                assert lines[0].startswith("error: not a valid JSON Schema"), lines
+                assert lines[1].startswith("hint: ") and len(lines) == 2
+        assert server.requests == []
+
+    run(main)

@@ -141,8 +141,14 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
 
 
 def _after_repair(first: Response, retry: Call, second: Response) -> Response:
+    """The repaired answer; else StructuredOutputError carrying both paid requests (usage summed, both ids)."""
     second.usage = _add_usage(first.usage, second.usage)
-    final, again = _check(retry, second)
+    paid = [rid for rid in (first.request_id, second.request_id) if rid]
+    try:
+        final, again = _check(retry, second)
+    except StructuredOutputError as exc:  # the repair's answer was cut off: both requests were still paid
+        exc.requests, exc.request_ids = 2, paid
+        raise
     if again is not None:
         _, errors = structured.parse_answer(second.text, retry.schema)
         raise StructuredOutputError(
@@ -150,7 +156,10 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
             raw_text=second.text,
             errors=errors,
             response=second,
+            requests=2,
+            request_ids=paid,
         )
+    final._requests, final._request_ids = 2, paid
     return final
 
 

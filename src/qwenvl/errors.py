@@ -256,7 +256,10 @@ class StructuredOutputError(QwenVLError):
     """Raised with ``json_mode``/``schema`` when the answer is not valid JSON (for the schema): after the one
     repair request, at once with ``repair=False``, or when the answer was cut off at ``max_tokens`` (no repair:
     it would be cut off again). ``.raw_text`` is the answer, ``.errors`` what is wrong (one line each),
-    ``.response`` the whole ``Response`` (usage included: it was paid). CLI exit code 5."""
+    ``.response`` the last ``Response``, whose ``usage`` counts every request of the call (the repair request
+    included: all were paid), ``.requests`` how many requests were paid (1, or 2 after a repair) and
+    ``.request_ids`` the service's ids of those requests, in order (ids the service did not give left out).
+    CLI exit code 5."""
 
     default_hint = "The model's answer is kept (shown, and in the error); loosen the schema or rephrase the prompt."
 
@@ -268,11 +271,16 @@ class StructuredOutputError(QwenVLError):
         errors: list[str] | None = None,
         response: Any = None,
         hint: str | None = None,
+        requests: int = 1,
+        request_ids: list[str] | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
         self.raw_text = raw_text
         self.errors = errors or []
         self.response = response
+        self.requests = requests
+        rid = getattr(response, "request_id", None)
+        self.request_ids: list[str] = list(request_ids) if request_ids is not None else ([rid] if rid else [])
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

@@ -39,9 +39,9 @@ from pydantic.json_schema import SkipJsonSchema
 from qwenvl import __version__
 from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S
-from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.estimate import estimate_files
-from qwenvl.models import answer_cost, currency_of
+from qwenvl.models import answer_cost, currency_of, format_cost
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
@@ -297,10 +297,19 @@ def result(value: BaseModel, *extra: ImageContent, exclude_unset: bool = False) 
     return CallToolResult(content=[TextContent(type="text", text=text), *extra], structured_content=data)
 
 
-def tool_error(exc: BaseException) -> CallToolResult:
-    """The error as the model reads it: one line, then the hint; never a traceback."""
+def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
+    """The error as the model reads it: one line, then the hint; never a traceback. An answer that was not valid
+    for the schema was paid: a ``paid:`` line between them says for how many requests, tokens and cost (in
+    ``region``'s currency)."""
     if isinstance(exc, QwenVLError):
         text = f"error: {exc}"
+        if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
+            b = billed(exc.response, region=region)
+            u = b["usage"]
+            text += (
+                f"\npaid: {exc.requests} request{'s' if exc.requests > 1 else ''}, {u.input_tokens or 0} in / "
+                f"{u.output_tokens or 0} out tokens, cost {format_cost(b['cost'], b['currency'])}"
+            )
         if exc.hint:
             text += f"\nhint: {exc.hint}"
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
@@ -407,7 +416,7 @@ def build_server(
         try:
             return await body()
         except Exception as exc:
-            return tool_error(exc)
+            return tool_error(exc, region=client.region)
 
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=True)
 

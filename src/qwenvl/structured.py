@@ -12,8 +12,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema.exceptions
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema_specifications import REGISTRY as META_SCHEMAS
+from referencing import Resource
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from qwenvl.errors import SchemaDefinitionError
 from qwenvl.media.sources import read_regular_text
@@ -31,7 +36,7 @@ MAX_REPORTED_ERRORS = 5
 
 
 def load_schema(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """A JSON Schema from a dict, a file path, or JSON text (a string starting with ``{``); checked against the
+    """A JSON Schema from a dict, a file path, or JSON text (a string starting with ``{`` or ``[``); checked against the
     meta-schema (draft 2020-12).
 
     Raises MediaError (CLI exit code 3) for a schema file that is missing, a folder, not a regular file or
@@ -41,7 +46,7 @@ def load_schema(source: str | Path | dict[str, Any]) -> dict[str, Any]:
         schema = source
     else:
         text = str(source)
-        if text.lstrip().startswith("{"):
+        if text.lstrip().startswith(("{", "[")):  # JSON text (a list: to say it is not an object)
             origin, raw = "schema", text
         else:
             path = Path(text).expanduser()
@@ -56,13 +61,57 @@ def load_schema(source: str | Path | dict[str, Any]) -> dict[str, Any]:
 
 
 def check_schema(schema: Any) -> None:
+    """Raise SchemaDefinitionError (one line) unless ``schema`` is a JSON Schema the validator can use: an object,
+    valid for the draft 2020-12 meta-schema (types, keywords, and ``pattern``/``patternProperties`` that compile
+    as regexes: ``jsonschema``'s format check), every ``$ref`` resolvable within the schema or to a published
+    meta-schema (nothing is fetched), and usable on sample values. Called wherever a schema enters (``Request``,
+    ``load_schema``), so a bad one stops before anything is sent or uploaded."""
     if not isinstance(schema, dict):
         raise SchemaDefinitionError(f"a JSON Schema must be an object, not {type(schema).__name__}")
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):  # not JSON data (e.g. a set inside): checked below, not kept
+        key = None
+    if key is not None and key in _CHECKED:  # a batch's items share one schema: checked once (it takes ms)
+        return
+    _check_schema(schema)
+    if key is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED.add(key)
+
+
+_CHECKED: set[str] = set()  # schemas that passed ``check_schema``, as canonical JSON
+_CHECKED_MAX = 256
+
+
+def _check_schema(schema: dict[str, Any]) -> None:
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise SchemaDefinitionError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+    except RecursionError:
+        raise SchemaDefinitionError("not a valid JSON Schema: it is nested too deeply to check") from None
+    root = DRAFT202012.create_resource(schema)
+    _check_refs(META_SCHEMAS.with_resource("", root).resolver(), root)
+    samples: tuple[Any, ...] = (None, {}, [], "", 0)
+    for sample in samples:  # what the validator compiles lazily (a keyword's code) fails here
+        validate(sample, schema)
+
+
+def _check_refs(resolver: Any, resource: Resource[Any]) -> None:
+    ref = resource.contents.get("$ref") if isinstance(resource.contents, dict) else None
+    if isinstance(ref, str):
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            raise SchemaDefinitionError(
+                f"not a valid JSON Schema: $ref {ref!r} does not resolve",
+                hint="Point $ref at a definition inside the schema (#/$defs/name); remote schemas are not fetched.",
+            ) from None
+    for sub in resource.subresources():
+        _check_refs(resolver.in_subresource(sub), sub)
 
 
 def instruction(*, json_mode: bool, schema: dict[str, Any] | None) -> str | None:
@@ -145,11 +194,24 @@ def extract_json(text: str) -> Any:
 
 
 def validate(value: Any, schema: dict[str, Any] | None) -> list[str]:
-    """Validation errors as short lines (empty when valid)."""
+    """Validation errors as short lines (empty when valid). Raises SchemaDefinitionError (one line) when the
+    validator cannot apply ``schema`` (any ``jsonschema``/``referencing`` failure: an unknown type, a ``$ref``
+    that does not resolve, a bad regex), never the library's own exception; ``check_schema`` finds these before
+    anything is sent."""
     if schema is None:
         return []
-    validator = Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    try:
+        validator = Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    except (jsonschema.exceptions.ValidationError, SchemaError) as exc:  # raised, not yielded: the schema's fault
+        raise SchemaDefinitionError(f"the schema cannot be used: {exc.message}") from None
+    except (re.error, RecursionError) as exc:
+        raise SchemaDefinitionError(f"the schema cannot be used: {exc}") from None
+    except Exception as exc:  # UnknownType, an unresolvable $ref (jsonschema wraps referencing's errors)...
+        if not type(exc).__module__.startswith(("jsonschema", "referencing")):
+            raise
+        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SchemaDefinitionError(f"the schema cannot be used: {type(exc).__name__}: {message[:200]}") from None
     lines = []
     for err in errors[:MAX_REPORTED_ERRORS]:
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"

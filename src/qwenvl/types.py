@@ -415,6 +415,10 @@ with warnings.catch_warnings():
                     from qwenvl.structured import load_schema
 
                     data = {**data, "schema": load_schema(value)}
+                elif value is not None:  # a dict (or a wrong type): checked before anything is planned or sent
+                    from qwenvl.structured import check_schema
+
+                    check_schema(value)
             return data
 
         def __init__(self, **data: Any) -> None:
@@ -537,11 +541,26 @@ with warnings.catch_warnings():
             description="True when answered from the local cache (Client(cache=...)); not serialized.",
         )
         _parsed: Any = PrivateAttr(default=None)
+        _requests: int = PrivateAttr(default=1)
+        _request_ids: list[str] | None = PrivateAttr(default=None)
 
         @property
         def parsed(self) -> Any:
             """The answer as an instance of the pydantic model given as ``schema`` (else None). Raises nothing."""
             return self._parsed
+
+        @property
+        def requests(self) -> int:
+            """How many requests this answer took: 2 after a structured-output repair (``usage`` counts both),
+            else 1. Raises nothing."""
+            return self._requests
+
+        @property
+        def request_ids(self) -> list[str]:
+            """The service's ids of those requests, in order (ids it did not give left out). Raises nothing."""
+            if self._request_ids is not None:
+                return list(self._request_ids)
+            return [self.request_id] if self.request_id else []
 
         def result_object(self) -> dict[str, Any]:
             """The skill's result shape: ``{text, model, usage[, json]}`` (usage as the service sent it;

@@ -520,14 +520,25 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
                 ),
             )
         else:
-            batch._record_error(journal, item, outcome, prog, attempts=1)
+            batch._record_error(journal, item, outcome, prog, attempts=1, price_factor=PRICE_FACTOR)
+            # an answer not valid for the schema was still answered and paid (the exchange itself was ok)
+            paid = outcome.response if isinstance(outcome, StructuredOutputError) else None
             log_usage(
                 batch,
                 Entry(
                     model=batch.model_of(item),
                     protocol="batch-api",
-                    outcome=type(outcome).__name__,
-                    request_id=getattr(outcome, "request_id", None),
+                    outcome="ok" if paid else type(outcome).__name__,  # an answer, logged as realtime logs it
+                    input_tokens=paid.usage.input_tokens if paid else None,
+                    output_tokens=paid.usage.output_tokens if paid else None,
+                    image_tokens=paid.usage.image_tokens if paid else None,
+                    cost=answer_cost(
+                        paid, region=BATCH_REGION, factor=PRICE_FACTOR, model=batch.model_of(item), local=False
+                    )
+                    if paid
+                    else None,
+                    currency=currency_of(BATCH_REGION) if paid else None,
+                    request_id=paid.request_id if paid else getattr(outcome, "request_id", None),
                     status=getattr(outcome, "status", None),
                     code=getattr(outcome, "code", None),
                 ),

@@ -671,14 +671,54 @@ class Batch:
 
     # --- recording --------------------------------------------------------------------------------
     def _record_error(
-        self, journal: Journal, item: BatchItem, exc: BaseException | dict[str, Any], prog: Progress, attempts: int
+        self,
+        journal: Journal,
+        item: BatchItem,
+        exc: BaseException | dict[str, Any],
+        prog: Progress,
+        attempts: int,
+        price_factor: float = 1.0,
     ) -> Future[None]:
-        """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool)."""
+        """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool). A
+        StructuredOutputError's answers were paid: the record carries their ``usage``, ``cost`` (times
+        ``price_factor``), ``currency`` and ``request_ids``, ``attempts`` counts the repair request, and the run's
+        requests sent, tokens and cost include them."""
         error = exc if isinstance(exc, dict) else error_record(exc)
         rec = {"id": item.id, "input": item.input, "status": "error", "error": error, "attempts": attempts}
-        done = journal.finish(item.id, "error", dumps(rec))
+        paid = exc.response if isinstance(exc, StructuredOutputError) else None
+        cost = None
+        if isinstance(exc, StructuredOutputError) and isinstance(paid, Response):
+            cost = answer_cost(
+                paid,
+                region=self.planner.region,
+                factor=price_factor,
+                model=self.model_of(item),
+                local=self.planner.is_local,
+            )
+            rec["attempts"] = attempts + exc.requests - 1
+            prog.sent += exc.requests - 1  # the repair request (the worker counted the first)
+            rec["usage"] = usage_record(paid)
+            rec["cost"] = None if cost is None else round(cost, 8)
+            rec["currency"] = self.currency
+            rec["cached"] = paid.cached
+            rec["request_ids"] = exc.request_ids
+            error["request_id"] = error["request_id"] or (exc.request_ids[-1] if exc.request_ids else None)
+        u = paid.usage if isinstance(paid, Response) else None
+        done = journal.finish(
+            item.id,
+            "error",
+            dumps(rec),
+            input_tokens=u.input_tokens if u else None,
+            output_tokens=u.output_tokens if u else None,
+            cost=cost,
+            cached=bool(paid is not None and paid.cached),
+        )
         prog.done += 1
         prog.failed += 1
+        if u is not None and isinstance(paid, Response) and not paid.cached:
+            prog.input_tokens += u.input_tokens or 0
+            prog.output_tokens += u.output_tokens or 0
+            prog.cost += cost or 0.0
         return done
 
     def _record_ok(
@@ -710,10 +750,13 @@ class Batch:
             "cost": None if cost is None else round_cost(cost),
             "currency": self.currency,
             "cached": response.cached,
-            "attempts": attempts,
+            "attempts": attempts + response.requests - 1,  # a structured-output repair request included
             "latency_s": round(latency_s, 3),
             **(extra or {}),
         }
+        if response.requests > 1:
+            rec["request_ids"] = response.request_ids
+            prog.sent += response.requests - 1
         notes = answer_notes(response)  # cut off at max_tokens, empty, items not shown: said in the record
         if notes:
             rec["warnings"] = notes

@@ -4,7 +4,8 @@ Same flags (--request JSON | --file req.json, --json-mode, --schema FILE, --outp
 --retry-backoff-s, --print-response), same request keys and the same result object
 ``{text, model, usage[, json]}``. As in the skill, an answer that is not valid JSON in JSON mode gives a
 result without ``json`` (with a warning on stderr) rather than a failure, after ONE request (no repair
-request); with a schema, an invalid answer is sent back once to be corrected.
+request); with a schema, an invalid answer is sent back once to be corrected, and one still invalid fails as
+``ask --schema`` does (StructuredOutputError, exit 5: the skill says nothing of this case).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def analyze(opts: dict[str, Any]) -> None:
         result = response.result_object()
         warn_answer(response, call.request.max_tokens)
     except StructuredOutputError as exc:
+        if call.schema is not None:  # as `ask --schema`: exit 5, the raw answer and what was paid shown
+            raise
         err_console().print(f'[yellow]warning:[/] {exc}; the result has no "json"')
         result = exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}
     finally:

@@ -28,7 +28,7 @@ from qwenvl._constants import (
     STREAM_CAP_MIN_S,
 )
 from qwenvl.client import Client
-from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
+from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS, effective_region
 from qwenvl.errors import (
     MediaError,
     QwenVLError,
@@ -46,6 +46,7 @@ from qwenvl.types import Request, Response
 
 _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
+_REGION_KEY = "qwenvl.region"  # the verb's --region, for pricing what an error paid for
 
 
 def err_console() -> Console:
@@ -85,6 +86,8 @@ def report(exc: QwenVLError) -> None:
     if isinstance(exc, StructuredOutputError) and exc.raw_text:
         console.print("[dim]raw answer:[/]", highlight=False)
         console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
+    if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
+        console.print(f"[dim]paid: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
     hint = fit_hint(printable(exc.hint), current_command()) if exc.hint else ""
     if hint:
         console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
@@ -579,6 +582,19 @@ def usage_line(response: Response, region: str | None = None) -> str:
     return shown(" · ".join(parts), sys.stderr)  # the model and the request id come from the service
 
 
+def paid_line(exc: StructuredOutputError) -> str:
+    """What a call that failed on its structured answer paid: ``usage_line`` of its last response (whose usage
+    counts every request), priced in the verb's region, and the requests' ids when a repair request was sent."""
+    ctx = click.get_current_context(silent=True)
+    region = effective_region(ctx.meta.get(_REGION_KEY) if ctx is not None else None)
+    line = usage_line(exc.response, region)
+    if exc.requests > 1:
+        line = line.removesuffix(f" · request {exc.response.request_id}")  # the last id: listed below with the first
+        ids = f": {', '.join(exc.request_ids)}" if exc.request_ids else ""
+        line += f" · {exc.requests} requests (the repair included){ids}"
+    return line
+
+
 def print_json(obj: Any, *, ascii_only: bool = False, indent: int | None = 2) -> None:
     click.echo(json.dumps(obj, ensure_ascii=ascii_only, indent=indent))
 
@@ -591,6 +607,7 @@ def pass_opts(fn: Callable) -> Callable:
         ctx = click.get_current_context(silent=True)
         if ctx is not None:  # the verb, for fitting error hints to it (``report``)
             ctx.meta[_COMMAND_KEY] = ctx.command
+            ctx.meta[_REGION_KEY] = opts.get("region")
         return fn(opts)
 
     return wrapper

@@ -72,11 +72,11 @@ def extract(opts: dict[str, Any]) -> None:
     if csv_path is not None:
         write_csv(csv_path, schema, rows)
         err_console().print(f"[dim]wrote {csv_path} ({len(rows)} row{'s' if len(rows) != 1 else ''})[/]")
+    show_usage(*(r.response for r in rows), region=opts["region"])  # a failed answer was paid too
     failed = [r for r in rows if not r.ok]
     if failed:
         err_console().print(f"[bold red]{len(failed)} of {len(rows)} files failed[/]")
         click.get_current_context().exit(failed[0].exit_code)
-    show_usage(*(r.response for r in rows), region=opts["region"])
 
 
 def write_csv(path: Any, schema: Any, rows: list[Extraction]) -> None:
