@@ -7,15 +7,20 @@ end a verb the way Ctrl-C does (qwenvl.cli.signals), so a batch keeps the answer
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pytest
+
 from conftest import API_KEY, CHILD_ENV_DROPPED, write_image
-from dashscope_server import DashScopeServer
+from dashscope_server import DashScopeServer, Reply
 
 CALLS = 4
 RUNS = 30  # the crash was seen in 3 of ~35 runs, and lost rows in most
@@ -138,3 +143,130 @@ def test_an_unclosed_async_client_logs_every_request(tmp_path: Path, server: Das
 
 def test_an_unclosed_batch_logs_every_request(tmp_path: Path, server: DashScopeServer) -> None:
     _run_scripts(tmp_path, server, BATCH_SCRIPT, 6, cache=True)
+
+
+# --- SIGTERM and SIGHUP end a CLI verb as Ctrl-C does ---------------------------------------------------------
+
+
+def _start_cli(*args: str, env: dict[str, str], cwd: Path, stdin: int | None = None) -> subprocess.Popen[str]:
+    """``python -m qwenvl ARGS`` in a process of its own (as ``run_cli_process``, but started, not waited for)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_ENV_DROPPED)}
+    full.update(env, COLUMNS="200")
+    return subprocess.Popen(
+        [sys.executable, "-m", "qwenvl", *args],
+        cwd=cwd,
+        env=full,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(condition: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def _model_calls(server: DashScopeServer) -> int:
+    return sum(1 for r in server.requests if r.path.endswith(("/chat/completions", "/generation")))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_batch_keeps_its_answers_in_flight(
+    sig: signal.Signals, isolated_env: Path, server: DashScopeServer, env: dict[str, str]
+) -> None:
+    n = 40
+    server.enqueue(Reply(delay_s=1.0, times=10 * n))  # answers held: 4 are in flight when the signal comes
+    (isolated_env / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i:02d}", "prompt": f"question {i}"}) + "\n" for i in range(n))
+    )
+    args = ("batch", "--requests", "in.jsonl", "-o", "out.jsonl", "--concurrency", "4", "--yes")
+    proc = _start_cli(*args, env=env, cwd=isolated_env)
+    try:
+        _wait_for(lambda: _model_calls(server) >= 6, "requests")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, stderr
+    assert "Traceback" not in stderr and "run the same command again" in stderr
+    sent = _model_calls(server)
+    kept = [json.loads(line) for line in (isolated_env / "out.jsonl").read_text().splitlines()]
+    assert len(kept) == sent and all(r["status"] == "ok" for r in kept)  # every request paid for is written
+    assert _count(isolated_env.parent / "home" / ".qwenvl" / "usage.db", "requests") == sent
+    server.reset()
+    rerun = _start_cli(*args, env=env, cwd=isolated_env)
+    _, stderr = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, stderr
+    assert sent + _model_calls(server) == n  # nothing paid twice
+    assert len((isolated_env / "out.jsonl").read_text().splitlines()) == n
+
+
+def test_a_terminated_chat_ends_with_the_signal_code(
+    isolated_env: Path, server: DashScopeServer, env: dict[str, str]
+) -> None:
+    server.enqueue(Reply(delay_s=30.0))  # an answer that has not come when the signal does
+    proc = _start_cli("chat", env=env, cwd=isolated_env, stdin=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("hello\n")
+        proc.stdin.flush()  # and stdin stays open: the chat would wait for the next message
+        _wait_for(lambda: _model_calls(server) >= 1, "request")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "terminated (SIGTERM)" in stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_server_answers_what_it_was_asked(
+    sig: signal.Signals, isolated_env: Path, server: DashScopeServer, env: dict[str, str]
+) -> None:
+    import socket
+    import threading
+
+    import httpx
+
+    server.enqueue(Reply(delay_s=2.0))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = _start_cli("serve", "--port", str(port), env={**env, "QWENVL_SERVE_API_KEY": "k"}, cwd=isolated_env)
+    answer: dict[str, object] = {}
+
+    def ask() -> None:
+        try:
+            answer["status"] = httpx.post(
+                f"http://127.0.0.1:{port}/compatible-mode/v1/chat/completions",
+                headers={"Authorization": "Bearer k"},
+                json={"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=30,
+            ).status_code
+        except httpx.HTTPError as exc:
+            answer["error"] = repr(exc)
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    asking = threading.Thread(target=ask)
+    try:
+        _wait_for(up, "server")
+        asking.start()
+        _wait_for(lambda: _model_calls(server) >= 1, "request")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        if asking.is_alive():
+            asking.join(60)
+    assert answer == {"status": 200}  # the request in flight was answered before the server stopped
+    assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr
+    assert _count(isolated_env.parent / "home" / ".qwenvl" / "usage.db", "requests") == 1
