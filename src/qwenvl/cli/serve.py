@@ -15,7 +15,6 @@ from qwenvl._constants import (
     SERVE_REQUEST_TIMEOUT_S,
 )
 from qwenvl.cli.common import err_console, pass_opts
-from qwenvl.cli.signals import hangup_stops
 from qwenvl.errors import UsageError
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback
 
@@ -201,6 +200,8 @@ def serve(opts: dict[str, Any]) -> None:
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
         if opts["workers"] == 1:
+            from qwenvl.cli.signals import hangup_stops
+
             with hangup_stops(server.handle_exit):  # a closed terminal stops it as SIGTERM does (cli.signals)
                 server.run(sockets=[sock])
         else:
