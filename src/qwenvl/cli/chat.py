@@ -28,6 +28,7 @@ from qwenvl.cli.common import (
     usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal
+from qwenvl.cli.signals import Terminated
 from qwenvl.cli.tasks_common import warn
 from qwenvl.errors import APIError, MediaError, StreamInterruptedError, UsageError
 from qwenvl.sessions import Session, home, list_sessions
@@ -54,12 +55,16 @@ def _lines(prompt: str) -> Iterator[str]:
         while True:
             try:
                 yield session.prompt(prompt)
+            except Terminated:  # SIGTERM, SIGHUP: the chat ends, with the signal's exit code
+                raise
             except (KeyboardInterrupt, EOFError):
                 return
     else:
         try:
             for line in sys.stdin:
                 yield line.rstrip("\n")
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             return
 
@@ -118,12 +123,14 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     try:
         events = conv.stream(text)
         response = stream_to_terminal(events, show_reasoning=not hide_reasoning)
-    except KeyboardInterrupt:  # the connection is closed with the stream; the attachments stay for a retry
+    except KeyboardInterrupt as exc:  # the connection is closed with the stream; the attachments stay for a retry
         if events is not None:
             events.close()
         sys.stdout.write("\n")
         sys.stdout.flush()
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
+        if isinstance(exc, Terminated):  # SIGTERM, SIGHUP: the chat ends too (qwenvl.cli.signals)
+            raise
         return 0
     except MediaError as exc:  # the bad attachment is dropped, the conversation and the others kept
         report(exc)

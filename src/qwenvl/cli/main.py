@@ -16,9 +16,8 @@ from rich.markup import escape
 from qwenvl import __version__
 from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, report
+from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
 from qwenvl.errors import EXIT_SERVICE, QwenVLError, printable
-
-EXIT_INTERRUPTED = 130
 
 
 class QwenVLGroup(click.Group):
@@ -26,13 +25,15 @@ class QwenVLGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with terminate_like_ctrl_c():  # SIGTERM, SIGHUP: as Ctrl-C, exit 128 + the signal (qwenvl.cli.signals)
+                return super().invoke(ctx)
         except QwenVLError as exc:
             report(exc)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err_console().print("[dim]interrupted[/]")
-            ctx.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
+            err_console().print(f"[dim]{said}[/]")
+            ctx.exit(exit_code(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except BrokenPipeError:

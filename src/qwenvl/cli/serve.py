@@ -199,7 +199,10 @@ def serve(opts: dict[str, Any]) -> None:
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
         if opts["workers"] == 1:
-            server.run(sockets=[sock])
+            from qwenvl.cli.signals import hangup_stops
+
+            with hangup_stops(server.handle_exit):  # a closed terminal stops it as SIGTERM does (cli.signals)
+                server.run(sockets=[sock])
         else:
             from uvicorn.supervisors import Multiprocess
 

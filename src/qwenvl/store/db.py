@@ -4,6 +4,14 @@ Each database declares its schema as an ordered list of numbered migration funct
 the ones not yet recorded in the ``_migrations`` table, each in its own transaction, so an old file is
 brought up to date and a new one is built the same way. Never edit a released migration: add the next.
 
+**At exit.** Stores that nobody closed (a script that never calls ``Client.close()``) lose nothing: one
+``atexit`` hook (``_at_exit``, registered when this module is imported) first commits every ``BackgroundWriter``'s
+queued rows and waits for its thread to end, then closes every open ``Database`` under its lock. Connections are
+never closed by ``weakref.finalize``'s own exit hook, whose place among the ``atexit`` hooks depends on when the
+first finalizer of the process was made (it used to run before the writers' flush: rows were lost, and a
+connection could be closed under a thread still writing to it). After the hook, a row submitted late (a daemon
+thread still answering) is written in the caller's thread before ``submit`` returns.
+
 Every database runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives the process
 being killed (SIGKILL included; only an operating-system crash can lose the last few), readers never block
 the writer, and a commit costs tens of microseconds rather than an fsync.
@@ -32,6 +40,7 @@ BUSY_TIMEOUT_MS = 10_000
 # small cache costs no speed (bench/bench_batch.py) and keeps a long batch's memory from growing with it.
 CACHE_KIB = 256
 T = TypeVar("T")
+_WAKE: tuple[str, tuple] = ("", ())  # put in a writer's queue to wake its thread (not a row)
 
 
 def connect(path: Path, migrations: Sequence[Migration], *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -94,6 +103,7 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         self._closer: weakref.finalize | None = None
         self._pid = os.getpid()
+        _databases.add(self)
 
     def __repr__(self) -> str:
         return f"Database({str(self.path)!r})"
@@ -114,14 +124,22 @@ class Database:
             if conn is None:
                 conn = connect(self.path, self._migrations, check_same_thread=False)
                 self._conn, self._closer = conn, weakref.finalize(self, conn.close)
+                self._closer.atexit = False  # at exit, _at_exit closes it (after the writers' rows are in)
             return fn(conn)
 
-    def close(self) -> None:
+    def close(self, timeout: float = -1) -> bool:
+        """Close the connection (a later use opens it again). ``timeout``: seconds to wait for a use in progress
+        (default: as long as it takes); False when it did not end in time (the connection is then left open)."""
         self._after_fork()
-        with self._lock:
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
             if self._closer is not None:
                 self._closer()
             self._conn = self._closer = None
+        finally:
+            self._lock.release()
+        return True
 
 
 class BackgroundWriter:
@@ -131,8 +149,9 @@ class BackgroundWriter:
     commits: a row is on disk within milliseconds, and many threads logging at once cost one commit instead of
     one each (and never wait on each other's commits). The thread is started by the first ``submit`` and
     ends after ``IDLE_S`` with nothing to write, so an idle or forgotten writer holds no thread. ``flush``
-    waits until everything queued so far is committed; it also runs at exit while rows are pending. A process
-    killed with SIGKILL can lose the rows of its last few milliseconds.
+    waits until everything queued so far is committed. At exit (``_at_exit``) ``stop`` commits what is queued
+    and ends the thread before any database is closed; a row submitted after that is written by ``submit``
+    itself. A process killed with SIGKILL can lose the rows of its last few milliseconds.
 
     The queue is bounded: when ``MAX_QUEUED`` rows wait (the writer is far behind: a slow or hung disk, or
     producers faster than any disk), ``submit`` waits for room, up to ``MAX_WAIT_S``, then queues anyway (a
@@ -148,12 +167,14 @@ class BackgroundWriter:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._reset()
+        _writers.add(self)
 
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._queue: queue.SimpleQueue[tuple[str, tuple]] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending = 0
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self._warned = False
 
@@ -161,9 +182,11 @@ class BackgroundWriter:
         if self._pid != os.getpid():  # the writer thread does not survive a fork: start afresh
             self._reset()
         with self._cond:
+            if self._stopping and self._thread is None:  # after the exit hook: written here, now
+                self._write([(sql, params)])
+                return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="qwenvl-log-writer", daemon=True)
-                atexit.register(self.flush)  # until the thread ends: rows queued at exit are still written
                 self._thread.start()
             if self._pending >= self.MAX_QUEUED:  # (the thread cannot end meanwhile: its queue is not empty)
                 self._cond.wait_for(lambda: self._pending < self.MAX_QUEUED, self.MAX_WAIT_S)
@@ -175,32 +198,54 @@ class BackgroundWriter:
         with self._cond:
             return self._cond.wait_for(lambda: self._pending == 0, timeout)
 
+    def stop(self, timeout: float = 10.0) -> bool:
+        """At exit: commit what is queued and end the thread (waiting at most ``timeout`` seconds in all);
+        False on time-out. Rows submitted afterwards are written by ``submit`` itself."""
+        if self._pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            thread = self._thread
+            self._stopping = True  # the thread ends as soon as its queue is empty
+        if thread is None:
+            return True
+        self._queue.put(_WAKE)  # the thread may be waiting for a row: wake it now, not after IDLE_S
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return not thread.is_alive()
+
+    def _write(self, group: list[tuple[str, tuple]]) -> None:
+        try:
+            self._db.run(functools.partial(_write_all, statements=group))
+        except (sqlite3.Error, OSError) as exc:  # said once per writer; the requests go on
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot write %s (%s): usage is not logged there", self._db.path, exc)
+
     def _loop(self) -> None:
         while True:
             try:
-                group = [self._queue.get(timeout=self.IDLE_S)]
+                group = [self._queue.get(timeout=0.0 if self._stopping else self.IDLE_S)]
+                if group[0] is _WAKE:
+                    continue
             except queue.Empty:
                 with self._cond:  # submit queues under this lock: nothing can slip in between
                     if self._queue.empty():
                         self._thread = None
-                        atexit.unregister(self.flush)
                         return
                 continue
             while len(group) < self.MAX_GROUP:
                 try:
-                    group.append(self._queue.get_nowait())
+                    row = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            try:
-                self._db.run(functools.partial(_write_all, statements=group))
-            except (sqlite3.Error, OSError) as exc:  # said once per writer; the requests go on
-                if not self._warned:
-                    self._warned = True
-                    log.warning("cannot write %s (%s): usage is not logged there", self._db.path, exc)
+                if row is not _WAKE:
+                    group.append(row)
+            self._write(group)
             with self._cond:
                 self._pending -= len(group)
                 self._cond.notify_all()
-            time.sleep(self.GROUP_WINDOW_S)  # let the next group gather: fewer wake-ups and commits
+            if not self._stopping:
+                time.sleep(self.GROUP_WINDOW_S)  # let the next group gather: fewer wake-ups and commits
 
 
 def _write_all(conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> None:
@@ -212,3 +257,24 @@ def _write_all(conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) ->
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+# Every live store object of this process, for the exit hook (weak: a collected one is closed by its finalizer).
+_writers: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+EXIT_TIMEOUT_S = 10.0  # the longest the exit hook waits for a writer, and for a database in use
+
+
+def _at_exit() -> None:
+    """Commit every writer's queued rows and end its thread, then close every database (see the module doc)."""
+    for writer in list(_writers):
+        if not writer.stop(EXIT_TIMEOUT_S):
+            log.warning(
+                "usage rows still queued for %s after %.0f s at exit: not logged", writer._db.path, EXIT_TIMEOUT_S
+            )
+    for db in list(_databases):
+        if db._pid == os.getpid():
+            db.close(timeout=EXIT_TIMEOUT_S)
+
+
+atexit.register(_at_exit)

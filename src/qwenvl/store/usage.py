@@ -7,8 +7,9 @@ protocol, outcome (``ok``, ``cached`` for an answer from the local cache, or the
 and service code of an error, input/output/image tokens, the estimated cost and its currency (CNY in
 Beijing, USD in Singapore and Virginia: ``qwenvl.models.estimate_cost``), latency and request id.
 Prompts and answers are not kept. Rows are committed by a background thread in groups, within
-milliseconds (``flush()`` waits for them; it also runs at exit): a hundred threads logging at once cost one
-commit, and a request never waits on the disk.
+milliseconds (``flush()`` waits for them): a hundred threads logging at once cost one commit, and a request
+never waits on the disk. A log nobody closed (a script that never closes its client) is committed at exit,
+before its connection is closed (``qwenvl.store.db``).
 
 ``$QWENVL_LOG=0`` (or ``false``/``off``/``no``) turns the default log off (``qwenvl.store.usage_log_enabled``).
 The file is ``usage.db`` in qwenvl's data folder (``qwenvl.sessions.home()``). A log that cannot be written is
