@@ -621,6 +621,9 @@ class Batch:
                 with contextlib.suppress(UsageError):  # e.g. no room for it either: the journal has everything
                     journal.write_outputs(self.csv)
                 raise
+            finally:  # the run's usage rows are in the log when it returns (a reader may look at once)
+                if self.usage_log is not None:
+                    self.usage_log.flush()
             journal.write_outputs(self.csv)
             counts = journal.counts()
             service_errors = journal.count_errors(SERVICE_ERROR_TYPES)
