@@ -20,7 +20,15 @@ from pydantic import ValidationError
 from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
-from qwenvl.config import effective_protocol, effective_region, normalize_backend, require_api_key
+from qwenvl.config import (
+    effective_protocol,
+    effective_region,
+    find_api_key,
+    needs_dashscope_key,
+    normalize_backend,
+    require_api_key,
+    resolve_base_url,
+)
 from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
@@ -335,6 +343,13 @@ class _Base(Generic[B]):
         return plan(req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form)
 
     def _key(self) -> str:
+        """The DashScope key; MissingAPIKeyError when none is found and the endpoint is DashScope's own. Another
+        server (``base_url``, e.g. a ``qwenvl serve --no-auth``) without a key found: "" (no Authorization
+        header is sent; ``qwenvl.config.needs_dashscope_key``)."""
+        url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
+        if not needs_dashscope_key(url):
+            found = find_api_key(self._api_key)
+            return found.key if found else ""
         return require_api_key(self._api_key).key
 
     def check_key(self) -> None:

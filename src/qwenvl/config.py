@@ -212,6 +212,17 @@ def resolve_base_url(
     return REGIONS[normalize_region(region)] + wanted
 
 
+DASHSCOPE_HOST_SUFFIX = ".aliyuncs.com"  # the hosts of DashScope's own endpoints (REGIONS)
+
+
+def needs_dashscope_key(base_url: str) -> bool:
+    """Whether requests to ``base_url`` need a DashScope key: DashScope's own endpoints (an ``*.aliyuncs.com``
+    host) do. Another server (a ``qwenvl serve --no-auth``, a proxy) gets the key when one is found and no
+    Authorization header when none is; if it wants a key it answers 401 (AuthenticationError, exit 4)."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    return host.endswith(DASHSCOPE_HOST_SUFFIX)
+
+
 def _derive(url: str, wanted: str) -> str:
     url = check_dashscope_url(url)
     parts = urlsplit(url)
