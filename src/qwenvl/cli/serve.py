@@ -55,7 +55,8 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     "--model-name",
     "model_names",
     multiple=True,
-    help="A model name clients send (repeatable); default: any name for the DashScope gateway, else the --model.",
+    help="A model name clients send (repeatable); default: any name for the DashScope gateway, else the "
+    "backend's model (--model, or the engine's served name). Other names get 404 model_not_found.",
 )
 @click.option(
     "--workers",
