@@ -99,9 +99,7 @@ def config(opts: dict[str, Any]) -> None:
         f"{model.image_tokens} tokens per image by default{known}",
         highlight=False,
     )
-    console.print(f"data folder  {escape(info['data_folder'])}", highlight=False)
-    console.print(f"cache        {escape(info['cache_folder'])}", highlight=False)
-    console.print(f"usage log    {escape(info['usage_log'] or 'off (QWENVL_LOG=0)')}", highlight=False)
+    _print_folders(console, info)
 
 
 def _local(backend: str, opts: dict[str, Any]) -> None:
@@ -144,6 +142,10 @@ def _local(backend: str, opts: dict[str, Any]) -> None:
     console.print(f"model        {shown}", highlight=False)
     if info["family"]:
         console.print(f"family       {escape(info['family'])}", highlight=False)
+    _print_folders(console, info)
+
+
+def _print_folders(console: Any, info: dict[str, Any]) -> None:
     console.print(f"data folder  {escape(info['data_folder'])}", highlight=False)
     console.print(f"cache        {escape(info['cache_folder'])}", highlight=False)
     console.print(f"usage log    {escape(info['usage_log'] or 'off (QWENVL_LOG=0)')}", highlight=False)
