@@ -227,27 +227,32 @@ def test_transformers_ready_stays_503_with_the_reason_when_loading_fails(isolate
 # --- no DashScope key for another server ----------------------------------------------------------------------
 
 
-def test_a_key_is_needed_only_for_dashscopes_own_endpoints(isolated_env):
+def test_a_keyless_local_server_gets_a_hint_that_any_key_will_do(isolated_env):
+    """A key is asked for before anything is sent (tests and proxies stand in for DashScope on other hosts);
+    for an endpoint that is not DashScope's the hint says a server that takes no key accepts any."""
     photo = write_image(isolated_env / "beach.png", size=(64, 48))
     with EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as srv:
         client = qwenvl.AsyncClient(backend="openai", base_url=srv.base_url)
         settings = ServeSettings(model_map={"qwen3-vl-plus": None}, pass_model_names=False, fetch_urls=True)
         with Served(create_app(client, settings)) as s:
-            for protocol in ("compat", "native"):
-                p = run_cli("ask", str(photo), "hello", "--base-url", s.url, "--protocol", protocol)
-                assert p.returncode == 0 and p.stdout.startswith("images=1 "), p.stderr
+            host = s.url.removeprefix("http://")
+            p = run_cli("ask", str(photo), "hello", "--base-url", s.url)
+            assert p.returncode == 4 and "no DashScope API key found" in p.stderr
+            assert f"hint: {host} is not a DashScope endpoint" in p.stderr and "DASHSCOPE_API_KEY=local" in p.stderr
+            assert not srv.chats()  # nothing was sent
             p = run_cli("config", "--base-url", s.url)
-            assert "not needed" in p.stdout and "not found" not in p.stdout
-        client = qwenvl.AsyncClient(backend="openai", base_url=srv.base_url)
-        with Served(create_app(client, ServeSettings(api_key="sk-local-1", pass_model_names=False))) as s:
-            p = run_cli("ask", str(photo), "hello", "--base-url", s.url)  # a server that wants a key: 401
-            assert p.returncode == 4 and "No API-key provided" in p.stderr, p.stderr
-    with pytest.raises(MissingAPIKeyError):
-        qwenvl.Client().check_key()  # DashScope's own endpoint: still asked for, early
-    with pytest.raises(MissingAPIKeyError):
+            assert "is not DashScope's" in p.stdout and "DASHSCOPE_API_KEY=local" in p.stdout
+            for protocol in ("compat", "native"):  # what the hint says works
+                p = run_cli(
+                    "ask", str(photo), "hello", "--base-url", s.url, "--protocol", protocol,
+                    env={"DASHSCOPE_API_KEY": "local"},
+                )  # fmt: skip
+                assert p.returncode == 0 and p.stdout.startswith("images=1 "), p.stderr
+    p = run_cli("ask", str(photo), "hello")  # DashScope's own endpoint: the plain hint
+    assert p.returncode == 4 and "no DashScope API key found" in p.stderr and "DASHSCOPE_API_KEY=local" not in p.stderr
+    with pytest.raises(MissingAPIKeyError) as info:
         qwenvl.Client(base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1").check_key()
-    p = run_cli("ask", str(photo), "hello")
-    assert p.returncode == 4 and "no DashScope API key found" in p.stderr
+    assert "not a DashScope endpoint" not in (info.value.hint or "")
 
 
 # --- qwenvl config -------------------------------------------------------------------------------------------

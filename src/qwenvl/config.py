@@ -216,9 +216,9 @@ DASHSCOPE_HOST_SUFFIX = ".aliyuncs.com"  # the hosts of DashScope's own endpoint
 
 
 def needs_dashscope_key(base_url: str) -> bool:
-    """Whether requests to ``base_url`` need a DashScope key: DashScope's own endpoints (an ``*.aliyuncs.com``
-    host) do. Another server (a ``qwenvl serve --no-auth``, a proxy) gets the key when one is found and no
-    Authorization header when none is; if it wants a key it answers 401 (AuthenticationError, exit 4)."""
+    """Whether ``base_url`` is one of DashScope's own endpoints (an ``*.aliyuncs.com`` host), which need a DashScope
+    key. A key is still asked for with another server (tests and proxies stand in for DashScope there), but the
+    missing-key hint says that a server taking no key (``qwenvl serve --no-auth``) accepts any."""
     host = (urlsplit(base_url).hostname or "").lower()
     return host.endswith(DASHSCOPE_HOST_SUFFIX)
 

@@ -77,7 +77,10 @@ def config(opts: dict[str, Any]) -> None:
     console = out_console()  # every value is escaped: "[profile]" in a key source is text, not rich markup
     key = f"found in {escape(found.source)}" if found else "[red]not found[/] (see `qwenvl --help` for where to put it)"
     if not found and not needs_dashscope_key(info["endpoints"][protocol]):
-        key = "none (not needed: the endpoint is not DashScope's; no Authorization header is sent)"
+        key = (
+            "[red]not found[/] (the endpoint is not DashScope's: if it takes no key, any will do, "
+            "e.g. DASHSCOPE_API_KEY=local)"
+        )
     console.print(f"API key      {key}")
     console.print(f"protocol     {escape(protocol)}   region {escape(region)}", highlight=False)
     overridden = [v for p, v in info["endpoint_sources"].items() if v not in ("region", "--base-url")]
