@@ -356,7 +356,7 @@ class _Base(Generic[B]):
             raise MissingAPIKeyError(
                 exc.message,
                 hint=f"{host} is not a DashScope endpoint: if it takes no key (a `qwenvl serve --no-auth`), any "
-                "key will do, e.g. DASHSCOPE_API_KEY=local; if it does, set the key it expects.",
+                f"key will do, e.g. DASHSCOPE_API_KEY=local. Otherwise: {exc.hint}",
             ) from None
 
     def check_key(self) -> None:

@@ -212,7 +212,7 @@ def resolve_base_url(
     return REGIONS[normalize_region(region)] + wanted
 
 
-DASHSCOPE_HOST_SUFFIX = ".aliyuncs.com"  # the hosts of DashScope's own endpoints (REGIONS)
+CLOUD_HOST_SUFFIX = ".aliyuncs.com"  # the hosts of DashScope's own endpoints (REGIONS)
 
 
 def needs_dashscope_key(base_url: str) -> bool:
@@ -220,7 +220,7 @@ def needs_dashscope_key(base_url: str) -> bool:
     key. A key is still asked for with another server (tests and proxies stand in for DashScope there), but the
     missing-key hint says that a server taking no key (``qwenvl serve --no-auth``) accepts any."""
     host = (urlsplit(base_url).hostname or "").lower()
-    return host.endswith(DASHSCOPE_HOST_SUFFIX)
+    return host.endswith(CLOUD_HOST_SUFFIX)
 
 
 def _derive(url: str, wanted: str) -> str:

@@ -387,12 +387,9 @@ class Batch:
         return str(item.request.get("model") or self.planner.defaults.get("model") or DEFAULT_MODEL)
 
     def check_key(self) -> None:
-        """Raises MissingAPIKeyError when requests go to DashScope and no key is found; local backends, and another
-        server named by ``base_url`` (``Client.check_key``), need none; the Batch API always does."""
-        if self.mode == "batch-api":
+        """Raises MissingAPIKeyError when requests go to DashScope and no key is found; local backends need none."""
+        if not self.planner.is_local:  # local backends need no DashScope key
             require_api_key(self.client_options["api_key"])
-        elif not self.planner.is_local:  # local backends need no DashScope key
-            self.planner.check_key()
 
     def _check_key_first(self) -> None:
         """``check_key`` when the key is certain to be needed before any item is read: nothing finished in the
