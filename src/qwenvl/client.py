@@ -14,14 +14,23 @@ import asyncio
 import difflib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
-from qwenvl.config import effective_protocol, effective_region, find_api_key, normalize_backend, require_api_key
-from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
+from qwenvl.config import (
+    effective_protocol,
+    effective_region,
+    find_api_key,
+    needs_dashscope_key,
+    normalize_backend,
+    require_api_key,
+    resolve_base_url,
+)
+from qwenvl.errors import MissingAPIKeyError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
@@ -353,7 +362,21 @@ class _Base(Generic[B]):
         return plan(req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form)
 
     def _key(self) -> str:
-        return require_api_key(self._api_key).key
+        """The DashScope key (``qwenvl.config.require_api_key``). MissingAPIKeyError when none is found; when the
+        endpoint is not DashScope's own (``needs_dashscope_key``: e.g. a ``qwenvl serve --no-auth``), its hint
+        says that such a server takes any key."""
+        try:
+            return require_api_key(self._api_key).key
+        except MissingAPIKeyError as exc:
+            url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
+            if needs_dashscope_key(url):
+                raise
+            host = urlsplit(url).netloc
+            raise MissingAPIKeyError(
+                exc.message,
+                hint=f"{host} is not a DashScope endpoint: if it takes no key (a `qwenvl serve --no-auth`), any "
+                f"key will do, e.g. DASHSCOPE_API_KEY=local. Otherwise: {exc.hint}",
+            ) from None
 
     def check_key(self) -> None:
         """Raises MissingAPIKeyError now (nothing is sent, nothing is read but the key's places) when requests

@@ -222,6 +222,17 @@ def resolve_base_url(
     return REGIONS[normalize_region(region)] + wanted
 
 
+CLOUD_HOST_SUFFIX = ".aliyuncs.com"  # the hosts of DashScope's own endpoints (REGIONS)
+
+
+def needs_dashscope_key(base_url: str) -> bool:
+    """Whether ``base_url`` is one of DashScope's own endpoints (an ``*.aliyuncs.com`` host), which need a DashScope
+    key. A key is still asked for with another server (tests and proxies stand in for DashScope there), but the
+    missing-key hint says that a server taking no key (``qwenvl serve --no-auth``) accepts any."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    return host.endswith(CLOUD_HOST_SUFFIX)
+
+
 def _derive(url: str, wanted: str) -> str:
     url = check_dashscope_url(url)
     parts = urlsplit(url)

@@ -149,6 +149,7 @@ class ModelInfo:
     min_image_tokens: int = MIN_IMAGE_TOKENS
     grounding: str = "relative-1000"  # "relative-1000" (Qwen3-VL) | "absolute" (Qwen2.5-VL pixels)
     known: bool = True  # False when inferred from the name only
+    local_family: bool = False  # a local model's rules, from its known family (qwenvl.backends.family)
     entry: str = ""  # the table entry the name resolved to ("" = itself)
     resolution: str = "in the table"  # how the name resolved, for `qwenvl models NAME`
 

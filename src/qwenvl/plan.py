@@ -85,7 +85,7 @@ def media_options(request: Request, model: ModelInfo, protocol: str, *, estimate
 
 def check_high_res(request: Request, model: ModelInfo) -> None:
     """Refuse high-resolution images for a (known) model that does not support them."""
-    if high_resolution(request) and model.known and not model.high_res:
+    if high_resolution(request) and (model.known or model.local_family) and not model.high_res:
         how = "--detail high" if request.vl_high_resolution_images is None else "--high-res"
         raise UsageError(
             f"{model.name} does not support high-resolution images ({how}, "
@@ -221,10 +221,10 @@ def plan(
     ``model``: the model's rules when the backend knows them better than the name does (a local model);
     ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded)."""
     model = model or model_info(request.model)
-    if request.enable_thinking and not model.thinking and model.known:
+    if request.enable_thinking and not model.thinking and (model.known or model.local_family):
         raise UsageError(
-            f"{request.model} does not support thinking (enable_thinking)",
-            hint="Use a Qwen3-VL model such as qwen3-vl-plus.",
+            f"{request.model} does not support thinking (enable_thinking): it is a {model.family} model",
+            hint="Use a Qwen3-VL model (qwen3-vl-plus on DashScope), or leave out --thinking.",
         )
     if model.known and protocol in PAID_PROTOCOLS and request.max_tokens > model.max_output_tokens:
         raise UsageError(

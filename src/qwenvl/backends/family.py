@@ -47,7 +47,8 @@ def infer_family(*names: str | None) -> str | None:
 def family_model(name: str, family: str, **overrides: object) -> ModelInfo:
     """The rules of ``family`` under the name ``name`` (no price: a local model costs no tokens)."""
     base, extra = _TEMPLATES[family]
-    return replace(model_info(base), name=name, prices=Prices(), known=False, **{**extra, **overrides})
+    fields = {"resolution": f"a local {family} model: the rules of {base}", **extra, **overrides}
+    return replace(model_info(base), name=name, prices=Prices(), known=False, local_family=True, **fields)
 
 
 def resolve(name: str, family: str | None, *also: str | None, where: str = "") -> ModelInfo:

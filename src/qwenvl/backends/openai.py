@@ -302,6 +302,12 @@ class OpenAIBackend(_Declared):
     def model_info(self, name: str) -> ModelInfo:
         return self._wire.model_info(name, self._wire._info)
 
+    def ping(self, timeout_s: float = DETECT_TIMEOUT_S) -> None:
+        """Ask the engine now whether it answers (``GET {base}/models``, once, ``timeout_s`` seconds): returns
+        when it answers, else raises its APIError (APIConnectionError when it is down). ``qwenvl serve`` uses it
+        for ``/ready``."""
+        self.transport.get_json(self._wire.base_url + "/models", Policy(timeout_s=timeout_s, max_retries=0))
+
     def close(self) -> None:
         self.transport.close()
 
@@ -350,6 +356,14 @@ class AsyncOpenAIBackend(_Declared):
 
     def model_info(self, name: str) -> ModelInfo:
         return self._sync.model_info(name)
+
+    async def ready(self) -> str | None:
+        """None when the engine answers now (``OpenAIBackend.ping``), else why not (one line)."""
+        try:
+            await asyncio.to_thread(self._sync.ping)
+        except QwenVLError as exc:
+            return f"the engine at {self._wire.base_url} does not answer: {exc}"
+        return None
 
     async def aclose(self) -> None:
         await self.transport.aclose()

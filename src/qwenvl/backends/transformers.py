@@ -44,7 +44,7 @@ from typing import Any, Literal
 from qwenvl import env as qenv
 from qwenvl.backends import family as families
 from qwenvl.backends.base import MediaForm
-from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, UsageError
+from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, QwenVLError, UsageError
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import toolcalls
@@ -56,10 +56,15 @@ INSTALL_HINT = (
     "your CUDA from pytorch.org)"
 )
 VIDEO_HINT = (
-    "Video needs torchvision (transformers' Qwen-VL video processor): pip install torchvision, the build "
-    "matching your torch (e.g. torch==2.14.1 torchvision==0.29.1)."
+    "Video needs torchvision (transformers' Qwen-VL video processor), in the build made for your torch: on CPU "
+    "`pip install torch==2.14.1 torchvision==0.29.1` (the torchvision beside the CPU torch 2.13.0 fails on import)."
 )
 NAME = "transformers"
+
+
+def check_installed() -> None:
+    """Raise UsageError (exit 2, naming ``qwenvl[local]``) when torch or transformers cannot be imported."""
+    _imports()
 
 
 def _imports() -> tuple[Any, Any]:
@@ -502,8 +507,27 @@ def _check_budget(proc: Any, images: list[Any], call: Call) -> None:
                 f"{label} is sent at {img.width}x{img.height} = {img.width * img.height:,} px, over "
                 f"the local model's budget of {hi:,} px (its processor's longest_edge)",
                 source=label,
-                hint="Lower --max-pixels, or drop --no-resize / --high-res.",
+                hint=_budget_hint(call.request),
             )
+
+
+def _budget_hint(request: Request) -> str:
+    """What to change when an image is over a local model's budget: drop the option that made it so (the one the
+    caller gave: ``--no-resize``, ``--high-res``, ``--detail high``), else lower ``--max-pixels``."""
+    from qwenvl.plan import high_resolution
+
+    given = [
+        flag
+        for flag, on in (
+            ("--no-resize", request.prepare is False),
+            ("--high-res", bool(request.vl_high_resolution_images)),
+            ("--detail high", request.vl_high_resolution_images is None and high_resolution(request)),
+        )
+        if on
+    ]
+    if given:
+        return f"Leave out {' and '.join(given)}: without it qwenvl resizes images to the model's budget."
+    return "Lower --max-pixels (or leave it out: the default fits the model's budget)."
 
 
 # --- generation ---------------------------------------------------------------------------------------------
@@ -654,6 +678,11 @@ class TransformersBackend:
 
     def loaded(self, name: str) -> Loaded:
         return load(name, device=self.device, dtype=self.dtype, attn_implementation=self.attn_implementation)
+
+    def is_loaded(self, name: str | None = None) -> bool:
+        """Whether ``name`` (default: this backend's model) is loaded in this process (``load``'s cache)."""
+        ref = name or self.model
+        return bool(ref) and (ref, self.device, self.dtype, self.attn_implementation or "") in _LOADED
 
     def _body(self, call: Call) -> dict[str, Any]:
         from qwenvl.protocols import openai as wire
@@ -858,6 +887,26 @@ class AsyncTransformersBackend:
     def __init__(self, **kw: Any) -> None:
         self._sync = TransformersBackend(**kw)
         self.base_url = None
+        self._load_error: str | None = None
+
+    async def warm(self) -> None:
+        """Load the backend's model now, on a worker thread (``qwenvl serve`` does at start, so that ``/ready``
+        turns true once it can answer). A failure is kept for ``ready`` and raised again by the first request."""
+        if not self._sync.model:
+            return
+        try:
+            await asyncio.to_thread(self._sync.loaded, self._sync.model)
+        except Exception as exc:  # kept, not raised: the server goes on answering /health and /ready
+            why = str(exc).strip().splitlines()[0] if isinstance(exc, QwenVLError) and str(exc).strip() else ""
+            self._load_error = why or f"cannot load {self._sync.model}: {type(exc).__name__}"
+
+    async def ready(self) -> str | None:
+        """None when the backend's model is loaded (a request can be answered), else why not (one line)."""
+        if self._sync.is_loaded():
+            return None
+        if not self._sync.model:
+            return "no model given (--model)"
+        return self._load_error or f"loading {self._sync.model}"
 
     def adapt(self, request: Request) -> Request:
         return self._sync.adapt(request)

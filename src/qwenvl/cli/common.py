@@ -102,7 +102,11 @@ def current_command() -> click.Command | None:
 
 
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
-_PAIR = re.compile(r"(--[a-z][a-z-]*) / ([A-Za-z_][\w.]*(?:=\w+)?)|([A-Za-z_][\w.]*(?:=\w+)?) / (--[a-z][a-z-]*)")
+# "--no-resize / prepare=False": a flag beside the library's name (never part of a flag: "--no-resize / --high-res")
+_PAIR = re.compile(
+    r"(--[a-z][a-z-]*) / ((?<![\w-])[A-Za-z_][\w.]*(?:=\w+)?)(?![\w-])"
+    r"|((?<![\w-])[A-Za-z_][\w.]*(?:=\w+)?) / (--[a-z][a-z-]*)"
+)
 _FLAGS_ONLY = re.compile(r" ?\((?:--[a-z][a-z-]*(?:, )?)+\)")  # "(--timeout)", "(--base-url, --region)"
 _SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
 _OR_CLAUSE = re.compile(r",? or [^,.;:()`]*--[a-z][^,.;:()`]*")

@@ -9,7 +9,17 @@ from rich.markup import escape
 
 from qwenvl import env as qenv
 from qwenvl.cli.common import out_console, pass_opts, print_json
-from qwenvl.config import effective_protocol, effective_region, find_api_key, resolve_base_url
+from qwenvl.config import (
+    BACKENDS,
+    effective_protocol,
+    effective_region,
+    find_api_key,
+    needs_dashscope_key,
+    normalize_backend,
+    openai_api_key,
+    openai_base_url,
+    resolve_base_url,
+)
 from qwenvl.models import DEFAULT_MODEL, model_info
 
 
@@ -17,6 +27,11 @@ from qwenvl.models import DEFAULT_MODEL, model_info
 @click.option("--protocol", help="As for the other verbs (default compat, or $QWENVL_PROTOCOL).")
 @click.option("--region", help="As for the other verbs (default cn, or $QWENVL_REGION).")
 @click.option("--base-url", help="As for the other verbs.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS, case_sensitive=False),
+    help="As for the other verbs (default dashscope, or $QWENVL_BACKEND).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_opts
 def config(opts: dict[str, Any]) -> None:
@@ -25,6 +40,9 @@ def config(opts: dict[str, Any]) -> None:
     from qwenvl.store import default_cache_dir, default_usage_log_path, usage_log_enabled
 
     protocol = effective_protocol(opts["protocol"])
+    backend = normalize_backend(opts["backend"], protocol=protocol)
+    if backend != "dashscope":
+        return _local(backend, opts)
     region = effective_region(opts["region"])
     found = find_api_key()
     model = model_info(qenv.model() or DEFAULT_MODEL)
@@ -58,6 +76,11 @@ def config(opts: dict[str, Any]) -> None:
         return
     console = out_console()  # every value is escaped: "[profile]" in a key source is text, not rich markup
     key = f"found in {escape(found.source)}" if found else "[red]not found[/] (see `qwenvl --help` for where to put it)"
+    if not found and not needs_dashscope_key(info["endpoints"][protocol]):
+        key = (
+            "[red]not found[/] (the endpoint is not DashScope's: if it takes no key, any will do, "
+            "e.g. DASHSCOPE_API_KEY=local)"
+        )
     console.print(f"API key      {key}")
     console.print(f"protocol     {escape(protocol)}   region {escape(region)}", highlight=False)
     overridden = [v for p, v in info["endpoint_sources"].items() if v not in ("region", "--base-url")]
@@ -79,6 +102,53 @@ def config(opts: dict[str, Any]) -> None:
         f"{model.image_tokens} tokens per image by default{known}",
         highlight=False,
     )
+    _print_folders(console, info)
+
+
+def _local(backend: str, opts: dict[str, Any]) -> None:
+    """``qwenvl config`` for a local backend: the engine's URL and key (``openai``) or the model in process
+    (``transformers``); no DashScope key is needed by either."""
+    from qwenvl.sessions import home
+    from qwenvl.store import default_cache_dir, default_usage_log_path, usage_log_enabled
+
+    info: dict[str, Any] = {"backend": backend, "protocol": "openai", "dashscope_api_key_needed": False}
+    if backend == "openai":
+        info["endpoint"] = openai_base_url(opts["base_url"])
+        from_env = "QWENVL_OPENAI_BASE_URL" if qenv.openai_base_url() else "default"
+        info["endpoint_source"] = "--base-url" if opts["base_url"] else from_env
+        info["api_key"] = "QWENVL_OPENAI_API_KEY" if openai_api_key() else None
+        info["engine"] = qenv.engine() or "auto"
+    info["model"] = qenv.model()
+    info["family"] = qenv.family()
+    info.update(
+        data_folder=str(home()),
+        cache_folder=str(default_cache_dir()),
+        usage_log=str(default_usage_log_path()) if usage_log_enabled() else None,
+    )
+    if opts["as_json"]:
+        print_json(info)
+        return
+    console = out_console()
+    console.print(f"backend      {backend}", highlight=False)
+    if backend == "openai":
+        source = info["endpoint_source"]
+        marker = "  (in use)" + (f"  (from {source})" if source == "QWENVL_OPENAI_BASE_URL" else "")
+        console.print(f"openai       {escape(info['endpoint'])}{marker}", highlight=False)
+        key = "from QWENVL_OPENAI_API_KEY" if info["api_key"] else "none (local engines take none)"
+        console.print(f"API key      {key}   (no DashScope key needed)", highlight=False)
+        console.print(f"engine       {escape(info['engine'])}", highlight=False)
+        model = info["model"] or "the one the server serves (asked at the first request)"
+    else:
+        console.print("API key      none needed (the model runs in this process)", highlight=False)
+        model = info["model"] or "[red]none[/]: give --model (a hub id or a folder) or set QWENVL_MODEL"
+    shown = escape(model) if info["model"] else model
+    console.print(f"model        {shown}", highlight=False)
+    if info["family"]:
+        console.print(f"family       {escape(info['family'])}", highlight=False)
+    _print_folders(console, info)
+
+
+def _print_folders(console: Any, info: dict[str, Any]) -> None:
     console.print(f"data folder  {escape(info['data_folder'])}", highlight=False)
     console.print(f"cache        {escape(info['cache_folder'])}", highlight=False)
     console.print(f"usage log    {escape(info['usage_log'] or 'off (QWENVL_LOG=0)')}", highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl import env as qenv
 from qwenvl._constants import (
@@ -53,7 +54,8 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     "--model-name",
     "model_names",
     multiple=True,
-    help="A model name clients send (repeatable); default: any name for the DashScope gateway, else the --model.",
+    help="A model name clients send (repeatable); default: any name for the DashScope gateway, else the "
+    "backend's model (--model, or the engine's served name). Other names get 404 model_not_found.",
 )
 @click.option(
     "--workers",
@@ -160,16 +162,23 @@ def serve(opts: dict[str, Any]) -> None:
             raise UsageError("--backend transformers needs --model: a hub id or a model folder")
         if opts["workers"] > 1 and backend == "transformers":
             raise UsageError("--workers must be 1 with --backend transformers (one model per process)")
-    # the names clients send: --model-name ones (mapped to the backend's model); none: any name, passed on to
-    # the cloud, or answered by a local backend's own model (so code written for Model Studio runs unchanged)
+    # a local backend is checked before listening (exit 2: torch missing, not a model, a name not served)
+    from qwenvl.server.main import check_backend
+
+    served, warning = check_backend(backend, options)
+    if warning:
+        err_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    # the names clients send: --model-name ones (mapped to the backend's model); none: any name passed on to the
+    # cloud, or for a local backend the name of the model it serves (another name: 404 model_not_found)
     target = opts["backend_model"] if backend != "dashscope" else None
+    names = opts["model_names"] or ((served,) if served else ())
     config = {
         "backend": backend,
         "backend_options": options,
         "upload_dir": opts["upload_dir"],
         "settings": {
             "api_key": api_key,
-            "model_map": {n: target for n in opts["model_names"]},
+            "model_map": {n: target for n in names},
             "pass_model_names": backend == "dashscope",
             "fetch_urls": backend != "dashscope",
             "allow_private_urls": opts["allow_private_urls"],

@@ -126,9 +126,16 @@ def create_app(
     store = uploads or UploadStore()
     slots = _Slots(settings.max_concurrent_per_key)
 
+    # a local backend (made now: its readiness is asked of it); None: the DashScope cloud, made on first use
+    backend = getattr(client, "backend", None) if getattr(client, "is_local", False) else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warm = getattr(backend, "warm", None)  # an in-process model starts loading now (/ready: 503 until it has)
+        warming = asyncio.create_task(warm()) if warm is not None else None
         yield
+        if warming is not None and not warming.done():
+            warming.cancel()
         await client.aclose()
         store.close()
         for each in stores:
@@ -413,9 +420,14 @@ def create_app(
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        backend = getattr(client, "_backend", None)
-        loaded = bool(getattr(backend, "loaded", True)) if backend is not None else True
-        return JSONResponse({"ready": loaded, "model_loaded": loaded}, status_code=200 if loaded else 503)
+        """200 when a request could be answered now: the local model is loaded, the engine answers (the
+        backend's ``ready()``: None, else why not); else 503 with the reason. The cloud gateway is ready."""
+        check = getattr(backend, "ready", None)
+        why = await check() if check is not None else None
+        body: dict[str, Any] = {"ready": why is None, "model_loaded": why is None}
+        if why is not None:
+            body["reason"] = why
+        return JSONResponse(body, status_code=200 if why is None else 503)
 
     @app.get(UPLOAD_PATH)
     async def get_policy(request: HTTPRequest) -> JSONResponse:
