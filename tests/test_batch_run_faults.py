@@ -52,6 +52,11 @@ def test_a_rerun_with_another_model_or_prompt_is_refused_and_loses_nothing(serve
     assert run_cli(*base, "-p", "jr", env=env).returncode == 0
     before = (isolated_env / "jr.jsonl").read_bytes()
     assert len(model_calls(server)) == 3
+    # the same question with its defaults given explicitly (as options or QWENVL_MODEL) is the same question
+    same = ("-p", "jr", "-m", "qwen3-vl-plus", "--max-tokens", "512", "-t", "0.2", "--detail", "auto")
+    assert run_cli(*base, *same, env=env).returncode == 0
+    assert run_cli(*base, "-p", "jr", env={**env, "QWENVL_MODEL": "qwen3-vl-plus"}).returncode == 0
+    assert len(model_calls(server)) == 3 and (isolated_env / "jr.jsonl").read_bytes() == before
     for change, named in (
         (("-p", "jr", "--model", "qwen3-vl-flash"), "(model changed)"),
         (("-p", "jr fixed"), "(prompt changed)"),

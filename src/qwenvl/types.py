@@ -9,6 +9,7 @@ and add what the service offers on top. Every model refuses unknown fields and v
 
 from __future__ import annotations
 
+import functools
 import json as _json
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticUndefined
 
 from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S
 from qwenvl.models import DEFAULT_MODEL
@@ -594,3 +596,10 @@ class StreamEvent(BaseModel):
 def dumps(obj: Any) -> str:
     """JSON with non-ASCII characters kept as they are. Raises TypeError for a value JSON cannot hold."""
     return _json.dumps(obj, ensure_ascii=False)
+
+
+@functools.cache
+def request_field_defaults() -> dict[str, Any]:
+    """``Request``'s fields that have a plain default value, with that value (``max_tokens`` 512, ``temperature``
+    0.2, ``model`` ``DEFAULT_MODEL``...): what a request that does not set them asks. Raises nothing."""
+    return {name: f.default for name, f in Request.model_fields.items() if f.default is not PydanticUndefined}

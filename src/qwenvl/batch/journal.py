@@ -140,7 +140,17 @@ def journal_path(output: Path) -> Path:
 
 
 def _asked(fields: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in {**(defaults or {}), **fields}.items() if k not in NETWORK_FIELDS}
+    """The request fields that make the question: network settings aside, and a field given at its ``Request``
+    default (``-m qwen3-vl-plus``, ``--max-tokens 512``, ``QWENVL_MODEL`` set to the default model) counts as not
+    given, as it asks the same thing."""
+    from qwenvl.types import request_field_defaults
+
+    plain = request_field_defaults()
+    return {
+        k: v
+        for k, v in {**(defaults or {}), **fields}.items()
+        if k not in NETWORK_FIELDS and not (k in plain and type(v) is type(plain[k]) and v == plain[k])
+    }
 
 
 def fingerprint(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
