@@ -143,3 +143,15 @@ def test_a_damaged_session_file_is_a_usage_error_not_an_internal_one(server, env
     assert p.returncode == 2 and "internal error" not in p.stderr
     assert f"session file {folder / 'trip.json'} is damaged: messages: Input should be a valid list" in p.stderr
     assert server.requests == []
+
+
+@pytest.mark.parametrize("home", ["a file", "/proc/no/such"])
+def test_a_sessions_folder_that_cannot_be_made_is_said_before_sending(server, env, isolated_env, home):
+    """$QWENVL_HOME naming a file (or a place no folder can be made) ended a chat with an internal error after
+    the answer was paid for; now the session is refused at once, naming the variable, and nothing is sent."""
+    if home == "a file":
+        (isolated_env / "homefile").write_text("x")
+        home = str(isolated_env / "homefile")
+    p = run_cli("chat", "--session", "z", env={**env, "QWENVL_HOME": home}, input="hi\n")
+    assert p.returncode == 2 and "cannot keep session 'z'" in p.stderr and "QWENVL_HOME" in p.stderr, p.stderr
+    assert "internal error" not in p.stderr and not server.requests

@@ -7,6 +7,7 @@ stays small, a resumed session re-reads (and re-prepares) its files, and it resu
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Session:
             raise UsageError(f"invalid session name {name!r}: use letters, digits, '.', '_' or '-'")
         session = cls(name)
         if not session.path.exists():
+            session._folder()  # a folder it cannot be saved in is said now, before anything is sent
             return session
         try:
             text = read_regular_text(session.path, error=UsageError, what="session file")
@@ -84,9 +86,23 @@ class Session:
         session.messages = saved.messages
         return session
 
+    def _folder(self) -> None:
+        """Make the sessions folder; UsageError (naming ``$QWENVL_HOME``) when it cannot be made or written."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.path.parent, os.W_OK):
+                raise PermissionError(f"no permission to write in {self.path.parent}")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot keep session {self.name!r} in {self.path.parent}: {exc.strerror or exc}",
+                hint=f"Sessions are kept under ${qenv.HOME_ENV} (or the user data folder): point it at a folder "
+                "you can write, or chat without --session.",
+            ) from None
+
     def save(self) -> None:
-        """Atomically: a crash leaves the previous version, never half a file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Atomically: a crash leaves the previous version, never half a file. Raises UsageError when the
+        sessions folder cannot be made or written (``$QWENVL_HOME``)."""
+        self._folder()
         messages = [absolute_media(m) for m in self.messages]
         data = {
             "name": self.name,
