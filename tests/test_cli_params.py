@@ -287,3 +287,19 @@ def test_a_full_endpoint_as_base_url_is_refused_with_the_base(server, env, image
     base = server.url + ("/compatible-mode/v1" if protocol == "compat" else "/api/v1")
     assert "full endpoint" in p.stderr and f"without it: {base}\n" in p.stderr, p.stderr
     assert model_calls(server) == []
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_param_response_format_may_not_override_json_mode_or_a_schema(server, env, image, protocol, isolated_env):
+    """--param response_format beside --schema/--json-mode silently replaced what qwenvl builds from them; alone it
+    still passes through (qwenvl serve relays a client's response_format that way)."""
+    (isolated_env / "s.json").write_text('{"type": "object"}')
+    fmt = 'response_format={"type": "text"}'
+    for structured in (("--schema", "s.json"), ("--json-mode",)):
+        p = run_cli("ask", str(image), "-p", "q", *structured, "--protocol", protocol, "--param", fmt, env=env)
+        assert p.returncode == 2 and "'response_format' is built by qwenvl" in p.stderr, p.stderr
+    assert model_calls(server) == []
+    p = run_cli("ask", str(image), "-p", "q", "--protocol", protocol, "--param", fmt, env=env)
+    assert p.returncode == 0, p.stderr
+    body = model_calls(server)[-1].json
+    assert body.get("parameters", body)["response_format"] == {"type": "text"}

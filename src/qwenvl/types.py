@@ -452,6 +452,11 @@ with warnings.catch_warnings():
                 raise ValueError("a prompt is required (or a message history ending in a user turn)")
             if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
                 raise ValueError("min_pixels is larger than max_pixels")
+            if "response_format" in self.extra and (self.json_mode or self.schema is not None):
+                raise ValueError(
+                    "'response_format' is built by qwenvl from json_mode/schema, not a pass-through parameter "
+                    "(extra, --param) beside them"
+                )
             if self.enable_thinking and (self.json_mode or self.schema is not None):
                 raise ValueError(
                     "structured output (json_mode/schema) needs enable_thinking off: "
