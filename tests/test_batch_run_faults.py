@@ -242,3 +242,31 @@ def test_batch_api_calls_give_up_by_their_deadline_on_a_hanging_server(isolated_
             p = run_cli(*args, env=env, timeout=90)
             assert p.returncode == 5, (args, p.stderr)
             assert "Traceback" not in p.stderr and time.monotonic() - started < 80
+
+
+def test_a_flag_no_item_can_take_is_a_usage_error_not_an_error_on_every_item(server, isolated_env):
+    """Flags apply to every item: --max-tokens over the model's limit, a --param that overrides a built field, or
+    --thinking with --json-mode made every item an error and the run exit 0; now exit 2 before anything is sent
+    (a dry run too), as ask does."""
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    (isolated_env / "imgs").mkdir()
+    for name in ("a.png", "b.png"):
+        write_image(isolated_env / "imgs" / name)
+    base = ("batch", "imgs", "-p", "q", "-o", "out.jsonl", "--base-url", server.url)
+    for flags, words in (
+        (("--max-tokens", "100000"), "is above qwen3-vl-plus's limit"),
+        (("--param", "model=x"), "'model' is a request field of its own"),
+        (("--thinking", "--json-mode"), "needs enable_thinking off"),
+    ):
+        for dry in ((), ("--dry-run",)):
+            p = run_cli(*base, *flags, *dry, env=env)
+            assert p.returncode == 2 and words in p.stderr, (flags, p.stderr)
+    assert model_calls(server) == [] and not (isolated_env / "out.jsonl").exists()
+    # a requests file whose lines choose the model: the model's rules stay per line
+    (isolated_env / "r.jsonl").write_text(
+        json.dumps({"id": "a", "prompt": "q", "model": "qwen3-vl-plus"}) + "\n", encoding="utf-8"
+    )
+    p = run_cli(
+        "batch", "--requests", "r.jsonl", "-o", "r.out", "--max-tokens", "1000", "--base-url", server.url, env=env
+    )
+    assert p.returncode == 0, p.stderr

@@ -204,6 +204,28 @@ def check_context(items: list[PreparedItem], model: ModelInfo) -> None:
     )
 
 
+def check_model_rules(request: Request, protocol: str, model: ModelInfo | None = None) -> None:
+    """The model's rules that do not depend on the media: UsageError for thinking or tools on a model without them,
+    or ``max_tokens`` above a listed model's ``max_output_tokens`` (DashScope's protocols; a local server's limit
+    is its own). ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
+    model = model or model_info(request.model)
+    if request.enable_thinking and not model.thinking and (model.known or model.local_family):
+        raise UsageError(
+            f"{request.model} does not support thinking (enable_thinking): it is a {model.family} model",
+            hint="Use a Qwen3-VL model (qwen3-vl-plus on DashScope), or leave out --thinking.",
+        )
+    if model.known and protocol in PAID_PROTOCOLS and request.max_tokens > model.max_output_tokens:
+        raise UsageError(
+            f"max_tokens {request.max_tokens:,} is above {request.model}'s limit of {model.max_output_tokens:,} "
+            "output tokens",
+            hint=f"Give --max-tokens / max_tokens of at most {model.max_output_tokens:,} (see `qwenvl models`).",
+        )
+    if request.tools and model.known and not model.tools:
+        raise UsageError(
+            f"{request.model} does not support tool calling (tools)", hint="Use a Qwen3-VL model such as qwen3-vl-plus."
+        )
+
+
 def plan(
     request: Request,
     protocol: str,
@@ -221,21 +243,7 @@ def plan(
     ``model``: the model's rules when the backend knows them better than the name does (a local model);
     ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded)."""
     model = model or model_info(request.model)
-    if request.enable_thinking and not model.thinking and (model.known or model.local_family):
-        raise UsageError(
-            f"{request.model} does not support thinking (enable_thinking): it is a {model.family} model",
-            hint="Use a Qwen3-VL model (qwen3-vl-plus on DashScope), or leave out --thinking.",
-        )
-    if model.known and protocol in PAID_PROTOCOLS and request.max_tokens > model.max_output_tokens:
-        raise UsageError(
-            f"max_tokens {request.max_tokens:,} is above {request.model}'s limit of {model.max_output_tokens:,} "
-            "output tokens",
-            hint=f"Give --max-tokens / max_tokens of at most {model.max_output_tokens:,} (see `qwenvl models`).",
-        )
-    if request.tools and model.known and not model.tools:
-        raise UsageError(
-            f"{request.model} does not support tool calling (tools)", hint="Use a Qwen3-VL model such as qwen3-vl-plus."
-        )
+    check_model_rules(request, protocol, model)
     history = build_messages(request, model)
     options = media_options(request, model, protocol, estimate_only=estimate_only)
     if media_form == "memory":

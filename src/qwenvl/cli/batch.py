@@ -40,6 +40,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.errors import APIError, UsageError
 from qwenvl.models import format_cost
+from qwenvl.plan import check_model_rules
 
 
 class BatchGroup(click.Group):
@@ -68,6 +69,16 @@ def batch() -> None:
     qwenvl batch --requests requests.jsonl -o OUT.jsonl
     qwenvl batch status ID | qwenvl batch cancel ID   (Batch API jobs)
     """
+
+
+def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> None:
+    """The flags apply to every item (they override a requests file's lines): one that no item can take is a usage
+    error now (exit 2), not the same error recorded on every item with exit 0. UsageError: an invalid field or
+    ``--param``, options that contradict each other, and, when the model is the same for every item
+    (``model_known``: not left to the lines of a requests file), its rules (``plan.check_model_rules``)."""
+    request = job.planner.request(fields)
+    if model_known and not job.planner.is_local:
+        check_model_rules(request, job.planner.protocol)
 
 
 def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
@@ -331,6 +342,7 @@ def run(opts: dict[str, Any]) -> None:
         **backend_options(opts),
     )
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
+    _check_flags(job, {"prompt": prompt or "?", **fields}, model_known=not opts["requests_file"] or "model" in fields)
     est = job.estimate()
     if opts["dry_run"]:
         print_json({"event": "estimate", **est.to_dict()}, indent=None)
