@@ -842,12 +842,20 @@ class _Realtime:
         if self.fatal is not None:
             error = self.fatal
             if isinstance(error, QwenVLError) and not isinstance(error, UsageError):  # journal errors say it
-                error.hint = (
-                    f"{error.hint + ' ' if error.hint else ''}The batch stopped at once; what "
-                    f"finished ({self.prog.done} of {self.prog.total} items) is kept in "
-                    f"{self.batch.output}: run the same command again to resume."
-                )
+                error.hint = f"{error.hint + ' ' if error.hint else ''}{self._stopped_hint()}"
             raise error
+
+    def _stopped_hint(self) -> str:
+        """What a run stopped at once left, in this run's items: answered (kept), failed (recorded: sent again with
+        --retry-errors), not sent (the same command sends them)."""
+        prog = self.prog
+        answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done
+        parts = [f"{answered} answered (kept in {self.batch.output})"] if answered else []
+        if failed:
+            parts.append(f"{failed} failed (recorded: --retry-errors sends them again)")
+        if left:
+            parts.append(f"{left} not sent (the same command sends them)")
+        return f"The batch stopped at once, of this run's {prog.total} items: {', '.join(parts) or 'none done'}."
 
     @staticmethod
     def _drain(ended: list[threading.Event]) -> None:
