@@ -177,6 +177,7 @@ def test_failed_validation_is_each_items_error(bserver):
     assert summary.error == 2
     [line, _] = read_jsonl("out.jsonl")
     assert line["error"]["type"] == "BatchJobError" and "not valid JSONL" in line["error"]["message"]
+    assert f"qwenvl batch status {summary.batch_ids[0]}" in line["error"]["hint"]  # the job's own id, not "ID"
 
 
 def test_bad_key_is_an_authentication_error(bserver):

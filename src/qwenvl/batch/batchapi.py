@@ -98,7 +98,7 @@ REGION_NAMES = {"cn": "Beijing", "intl": "Singapore", "us": "Virginia"}
 class BatchJobError(APIError):
     """A Batch API job that failed, or a line it could not process."""
 
-    default_hint = "See the job with `qwenvl batch status ID`."
+    default_hint = "See the job with `qwenvl batch status` and its id (the record's batch_id)."
 
     def __init__(
         self, message: str, *, code: str | None = None, request_id: str | None = None, hint: str | None = None
@@ -353,7 +353,7 @@ def _check_overdue(job: dict[str, Any]) -> None:
         raise BatchJobError(
             f"the Batch API job {job['id']} is still {job['status']} {late:.1f} h after its completion window "
             "ended: stopped waiting",
-            hint="See it with `qwenvl batch status ID`; cancel it with `qwenvl batch cancel ID`.",
+            hint=f"See it with `qwenvl batch status {job['id']}`; cancel it with `qwenvl batch cancel {job['id']}`.",
         )
 
 
@@ -470,8 +470,8 @@ def _lines(data: bytes, file_id: str) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             raise MalformedResponseError(
                 f"line {n} of the Batch API result file {file_id} is not a JSON object: {raw[:120]!r}",
-                hint="Run the same command again to download it again; if it persists, see the file with "
-                "`qwenvl batch status ID`.",
+                hint="Run the same command again to download it again; if it persists, see its job with "
+                "`qwenvl batch status` and the job's id.",
             )
         out.append(obj)
     return out
@@ -550,6 +550,7 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
         exc = BatchJobError(
             f"the Batch API job {job_id} failed: {first.get('message') or 'no reason given'}{where}",
             code=first.get("code"),
+            hint=f"See the job with `qwenvl batch status {job_id}`.",
         )
         for item_id in waiting:
             item = batch.spool.get(item_id)
