@@ -544,3 +544,25 @@ def test_a_misspelt_request_field_gets_the_field_it_is_near(server, isolated_env
     assert p.returncode == 2 and "r.jsonl line 1: invalid request: imag" in p.stderr
     assert "hint: Did you mean 'image' (not 'imag')?" in p.stderr
     assert server.requests == []
+
+
+def test_a_request_that_is_neither_a_request_nor_a_dict_is_a_usage_error():
+    """``client.stream("hi")`` (the prompt where the request goes) was a raw TypeError; every method that takes a
+    request, sync and async, says it in one line before anything is sent."""
+    import asyncio
+
+    client = qwenvl.Client(api_key="sk-x", base_url="http://127.0.0.1:9")
+    for call in (lambda: list(client.stream("hi")), lambda: client.complete("hi"), lambda: client.plan(5)):
+        with pytest.raises(qwenvl.UsageError, match=r"a request is a qwenvl\.Request or a dict"):
+            call()
+
+    async def go() -> None:
+        async with qwenvl.AsyncClient(api_key="sk-x", base_url="http://127.0.0.1:9") as ac:
+            with pytest.raises(qwenvl.UsageError, match="not str") as info:
+                await ac.complete("hi")
+            assert 'prompt="..."' in (info.value.hint or "")
+            with pytest.raises(qwenvl.UsageError, match="not str"):
+                async for _ in ac.stream("hi"):
+                    pass
+
+    asyncio.run(go())

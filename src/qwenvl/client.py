@@ -48,7 +48,11 @@ def make_request(
     """One validated Request from a Request, a dict and/or keyword fields; ``fields`` win over ``request``, and
     ``defaults`` (the client's) fill only what neither sets.
 
-    Raises UsageError (one line naming each invalid field) when the result is not a valid Request."""
+    Raises UsageError (one line naming each invalid field) when the result is not a valid Request, or when
+    ``request`` is neither a Request, a dict nor None (``client.stream("hi")``: the prompt is ``prompt=``)."""
+    if request is not None and not isinstance(request, Request | dict):
+        hint = 'Give the prompt as prompt="..." (only ask() takes it first).' if isinstance(request, str) else None
+        raise UsageError(f"a request is a qwenvl.Request or a dict, not {type(request).__name__}", hint=hint)
     try:
         if isinstance(request, Request):
             data = {**request.model_dump(exclude_unset=True), **fields}
