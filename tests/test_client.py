@@ -566,3 +566,12 @@ def test_a_request_that_is_neither_a_request_nor_a_dict_is_a_usage_error():
                     pass
 
     asyncio.run(go())
+
+
+def test_a_dashscope_protocol_with_a_local_backend_is_refused():
+    """``--backend openai --protocol native`` ignored the protocol silently (the reverse was refused)."""
+    for cls in (qwenvl.Client, qwenvl.AsyncClient):
+        for protocol in ("compat", "native"):
+            with pytest.raises(qwenvl.UsageError, match=f"not DashScope's {protocol}"):
+                cls(backend="openai", protocol=protocol)
+        assert cls(backend="openai", protocol="openai").protocol == "openai"

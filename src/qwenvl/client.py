@@ -240,6 +240,11 @@ class _Base(Generic[B]):
             ).items()
             if v is not None
         }
+        if self.backend_name != "dashscope" and protocol not in (None, "openai"):
+            raise UsageError(
+                f"the {self.backend_name} backend speaks the plain openai protocol, not DashScope's {protocol}",
+                hint="Leave out --protocol (or use --backend dashscope for DashScope's compat and native).",
+            )
         if self.backend_name == "openai":
             self.protocol = "openai"
         if self.backend_name == "dashscope" and self.protocol == "openai":
