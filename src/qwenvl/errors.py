@@ -219,7 +219,7 @@ class InternalServerError(APIStatusError):
     """Raised for HTTP 5xx after the retries (500, 502, 503 and 504 are retried; others are not). CLI exit
     code 5."""
 
-    default_hint = "The service failed; retry later (qwenvl already retried with backoff)."
+    default_hint = "The service failed; retry later (--max-retries sets how often qwenvl retries it with backoff)."
 
 
 class StreamInterruptedError(APIError):
