@@ -63,7 +63,8 @@ def cli() -> None:
 
     \b
     Key: DASHSCOPE_API_KEY, ./.env, ~/.alibabacloud/credentials or ~/.dashscope/api_key.
-    Exit codes: 0 ok, 2 usage error, 3 input error, 4 authentication, 5 service or network error.
+    Exit codes: 0 ok, 2 usage error, 3 input error, 4 authentication, 5 service or network error,
+    130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (what was paid for is kept).
     """
     _warnings_to_stderr()
 
