@@ -274,3 +274,14 @@ def test_a_flag_no_item_can_take_is_a_usage_error_not_an_error_on_every_item(ser
         "batch", "--requests", "r.jsonl", "-o", "r.out", "--max-tokens", "1000", "--base-url", server.url, env=env
     )
     assert p.returncode == 0, p.stderr
+
+
+def test_batch_without_a_key_has_the_same_hint_as_every_verb(server, isolated_env):
+    """For an endpoint that is not DashScope's (a qwenvl serve --no-auth), the missing-key hint says any key will
+    do; batch used the plain hint."""
+    (isolated_env / "imgs").mkdir()
+    write_image(isolated_env / "imgs" / "a.png")
+    for verb in (("batch", "imgs", "-p", "q", "-o", "o.jsonl"), ("ask", "imgs/a.png", "-p", "q")):
+        p = run_cli(*verb, "--base-url", server.url, env={})
+        assert p.returncode == 4 and "any key will do" in p.stderr, (verb, p.stderr)
+    assert model_calls(server) == []

@@ -85,7 +85,6 @@ from qwenvl.batch.journal import (
 from qwenvl.batch.limiter import AdaptiveLimiter
 from qwenvl.batch.spool import CHUNK, Spool
 from qwenvl.client import Client
-from qwenvl.config import require_api_key
 from qwenvl.errors import (
     APIConnectionError,
     APIError,
@@ -439,7 +438,7 @@ class Batch:
     def check_key(self) -> None:
         """Raises MissingAPIKeyError when requests go to DashScope and no key is found; local backends need none."""
         if not self.planner.is_local:  # local backends need no DashScope key
-            require_api_key(self.client_options["api_key"])
+            self.planner.check_key()  # the planner has the batch's key and endpoint: the same words as every verb
 
     def _check_key_first(self) -> None:
         """``check_key`` when the key is certain to be needed before any item is read: nothing finished in the
