@@ -155,3 +155,10 @@ def test_a_sessions_folder_that_cannot_be_made_is_said_before_sending(server, en
     p = run_cli("chat", "--session", "z", env={**env, "QWENVL_HOME": home}, input="hi\n")
     assert p.returncode == 2 and "cannot keep session 'z'" in p.stderr and "QWENVL_HOME" in p.stderr, p.stderr
     assert "internal error" not in p.stderr and not server.requests
+
+
+def test_a_piped_unknown_command_exits_2(server, env):
+    """A script that feeds the chat a mistyped command learns of it (exit 2, as a usage error); nothing is sent."""
+    p = run_cli("chat", env=env, input="/bogus\n")
+    assert p.returncode == 2 and "unknown command /bogus" in p.stderr, p.stderr
+    assert not server.requests

@@ -30,7 +30,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.signals import Terminated
 from qwenvl.cli.tasks_common import warn
-from qwenvl.errors import APIError, MediaError, StreamInterruptedError, UsageError
+from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError
 from qwenvl.sessions import Session, home, list_sessions
 
 COMMANDS = (
@@ -210,6 +210,8 @@ def chat(opts: dict[str, Any]) -> None:
             _show(result)
             if result.error is not None:  # a refused /image counts as a failed turn, whatever the reason
                 failed = result.error.exit_code
+            elif result.outcome == "unknown":  # a mistyped command: a usage error for a script feeding the chat
+                failed = EXIT_USAGE
     if session is not None and conv.messages:
         err.print(f"[dim]saved session {session.name!r} ({len(conv.messages)} messages)[/]")
     if failed and not sys.stdin.isatty():  # at a terminal the user saw each error; a script gets the code
