@@ -307,3 +307,9 @@ def test_hints_keep_flags_whole():
     ask = cli.commands["ask"]
     assert fit_hint("Drop --no-resize / --high-res.", ask) == "Drop --no-resize / --high-res."
     assert fit_hint("Use --no-resize / prepare=False.", ask) == "Use --no-resize."
+
+
+def test_an_empty_model_name_is_refused(isolated_env):
+    """``--model-name ""`` was accepted (then no client name could ever match it)."""
+    p = run_cli("serve", "--model-name", " ", "--port", "0", "--no-auth", env={"DASHSCOPE_API_KEY": "sk-x"})
+    assert p.returncode == 2 and "--model-name is empty" in p.stderr, p.stderr

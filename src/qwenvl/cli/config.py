@@ -140,7 +140,7 @@ def _local(backend: str, opts: dict[str, Any]) -> None:
         model = info["model"] or "the one the server serves (asked at the first request)"
     else:
         console.print("API key      none needed (the model runs in this process)", highlight=False)
-        model = info["model"] or "[red]none[/]: give --model (a hub id or a folder) or set QWENVL_MODEL"
+        model = info["model"] or "[red]none[/]: set QWENVL_MODEL (a hub id or a folder), or give --model to the verbs"
     shown = escape(model) if info["model"] else model
     console.print(f"model        {shown}", highlight=False)
     if info["family"]:

@@ -171,6 +171,8 @@ def serve(opts: dict[str, Any]) -> None:
     # the names clients send: --model-name ones (mapped to the backend's model); none: any name passed on to the
     # cloud, or for a local backend the name of the model it serves (another name: 404 model_not_found)
     target = opts["backend_model"] if backend != "dashscope" else None
+    if any(not name.strip() for name in opts["model_names"]):
+        raise UsageError("--model-name is empty: give the name clients send as their model")
     names = opts["model_names"] or ((served,) if served else ())
     config = {
         "backend": backend,
