@@ -285,3 +285,21 @@ def test_batch_without_a_key_has_the_same_hint_as_every_verb(server, isolated_en
         p = run_cli(*verb, "--base-url", server.url, env={})
         assert p.returncode == 4 and "any key will do" in p.stderr, (verb, p.stderr)
     assert model_calls(server) == []
+
+
+def test_a_rerun_on_fewer_inputs_says_where_the_other_answers_are(server, isolated_env):
+    """A rerun on a subset rewrote the output without the other items' answers and said nothing; they are kept
+    in the journal (the full input brings them back, nothing re-sent), and now the run says so."""
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    (isolated_env / "imgs").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(isolated_env / "imgs" / name)
+    base = ("-p", "q", "-o", "sub.jsonl", "--base-url", server.url)
+    assert run_cli("batch", "imgs", *base, env=env).returncode == 0
+    sent = len(model_calls(server))
+    p = run_cli("batch", "imgs/a.png", *base, env=env)
+    assert p.returncode == 0 and len(read_jsonl(isolated_env / "sub.jsonl")) == 1
+    assert "2 answers of earlier runs are for items not in this input" in " ".join(p.stderr.split()), p.stderr
+    p = run_cli("batch", "imgs", *base, "--json", env=env)
+    assert p.returncode == 0 and len(read_jsonl(isolated_env / "sub.jsonl")) == 3
+    assert len(model_calls(server)) == sent and json.loads(p.stdout.splitlines()[-1])["notes"] == []

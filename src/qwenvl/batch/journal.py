@@ -656,6 +656,13 @@ class Journal:
         out["pending"] = out["total"] - out["ok"] - out["error"]
         return out
 
+    def count_set_aside(self) -> int:
+        """Answers (``ok``) of items that are not current (an earlier run's input had them, this one has not): kept
+        here, not written to the output."""
+        with self._io():
+            row = self.conn.execute("SELECT count(*) FROM items WHERE seq IS NULL AND status = 'ok'").fetchone()
+        return int(row[0])
+
     def count_errors(self, types: Iterable[str]) -> int:
         """How many current items ended in an error of one of these types (the output line's ``error.type``)."""
         names = list(types)

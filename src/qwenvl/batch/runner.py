@@ -597,6 +597,12 @@ class Batch:
         with Journal(self.output, fresh=self.fresh) as journal:  # takes the lock; fresh deletes under it
             # ids and fingerprints go from the spool to the journal, and the journal's pending seqs back: streamed
             journal.register(self.spool.entries())
+            aside = journal.count_set_aside()
+            if aside:  # a rerun on fewer inputs: their answers are not lost, but not in the output either
+                prog.notes.append(
+                    f"{aside:,} answers of earlier runs are for items not in this input: they are kept in the journal, "
+                    f"not written to {self.output} (give those inputs again to have them back, nothing re-sent)"
+                )
             first = next(self.spool.entries(), None)
             if first is not None:  # a sample of the question, to name what changed if a rerun asks another
                 sample = self.spool.get(first[0])
