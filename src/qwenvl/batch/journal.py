@@ -60,6 +60,7 @@ from filelock import FileLock, Timeout
 from qwenvl.errors import UsageError
 from qwenvl.outputs import write_atomic
 from qwenvl.store.db import connect
+from qwenvl.types import request_field_defaults
 
 SUFFIX = ".journal"
 LOCK_SUFFIX = ".lock"  # captions.jsonl.journal.lock: held by the run writing captions.jsonl
@@ -143,8 +144,6 @@ def _asked(fields: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str,
     """The request fields that make the question: network settings aside, and a field given at its ``Request``
     default (``-m qwen3-vl-plus``, ``--max-tokens 512``, ``QWENVL_MODEL`` set to the default model) counts as not
     given, as it asks the same thing."""
-    from qwenvl.types import request_field_defaults
-
     plain = request_field_defaults()
     return {
         k: v
