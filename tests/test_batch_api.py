@@ -157,14 +157,20 @@ def test_expired_job_keeps_its_answers_and_the_rest_is_sent_next_time(bserver):
     items = [BatchItem(id=f"i{i}", request={"prompt": f"q{i}"}) for i in range(5)]
     first = api_batch(bserver, items).run()
     assert (first.ok, first.error, first.pending) == (2, 0, 3)
-    [note] = first.notes
-    assert "3 items" in note and "expired" in note and first.batch_ids[0] in note
+    [failure] = first.job_failures
+    note = failure["message"]
+    assert "3 of its 5 items" in note and "expired" in note and first.batch_ids[0] in note
+    assert "completion window expired" in note  # the service's own words (its error file)
+    error = first.service_failure()  # exit 5: the service did not answer everything
+    assert error is not None and error.exit_code == 5 and str(error).startswith(note)
+    assert "run the same command again" in (error.hint or "")
     out = read_jsonl("out.jsonl")
     assert [r["id"] for r in out] == ["i0", "i1"] and all(r["status"] == "ok" for r in out)
     assert out[0]["cost"] > 0  # answered before the window ended: billed, kept
     bserver.final_status = "completed"
     second = api_batch(bserver, items).run()
     assert (second.ok, second.pending, second.this_run) == (5, 0, 3) and not second.notes
+    assert not second.job_failures and second.service_failure() is None
     assert bserver.created() == 2
     assert [line["custom_id"] for line in uploads(bserver)[1]] == ["i2", "i3", "i4"]  # only the unanswered
     assert [r["id"] for r in read_jsonl("out.jsonl")] == [f"i{i}" for i in range(5)]
@@ -176,8 +182,9 @@ def test_failed_validation_is_each_items_error(bserver):
     summary = api_batch(bserver, items).run()
     assert summary.error == 2
     [line, _] = read_jsonl("out.jsonl")
-    assert line["error"]["type"] == "BatchJobError" and "not valid JSONL" in line["error"]["message"]
+    assert line["error"]["type"] == "BatchJobFailedError" and "not valid JSONL" in line["error"]["message"]
     assert f"qwenvl batch status {summary.batch_ids[0]}" in line["error"]["hint"]  # the job's own id, not "ID"
+    assert summary.service_errors == 2  # the service failed the job: exit 5
 
 
 def test_bad_key_is_an_authentication_error(bserver):
@@ -473,10 +480,12 @@ def test_cancel_keeps_what_was_answered_and_reports_the_rest(bserver, isolated_e
     assert p.returncode == 0 and p.stdout.startswith(f"{job_id}: cancelling")
     p = run_cli(*cli_args(bserver, "--json"), env=ENV)
     summary = json.loads(p.stdout)
-    assert (summary["ok"], summary["pending"]) == (2, 2) and "cancelled" in summary["notes"][0]
+    assert (summary["ok"], summary["pending"]) == (2, 2)
+    assert "was cancelled without answering 2 of its 4 items" in summary["job_failures"][0]["message"]
+    assert p.returncode == 5 and job_id in p.stderr.splitlines()[-2]  # the error line names the job
     assert [r["id"] for r in read_jsonl(isolated_env / "out.jsonl")] == ["r0", "r1"]
     p = run_cli(*cli_args(bserver, "--json"), env=ENV)  # the rest, in a new job
-    assert json.loads(p.stdout)["ok"] == 4 and bserver.created() == 2
+    assert json.loads(p.stdout)["ok"] == 4 and bserver.created() == 2 and p.returncode == 0
 
 
 def test_a_job_overdue_past_its_window_stops_the_wait(bserver):
@@ -554,23 +563,27 @@ def test_a_job_the_service_refuses_is_each_items_error(bserver):
     bserver.fault("POST", "/batches", status=400)
     summary = api_batch(bserver, items_of(2)).run()
     assert (summary.ok, summary.error, summary.pending) == (0, 2, 0) and bserver.created() == 0
-    assert "refused" in summary.notes[0]
+    assert "refused the job" in summary.job_failures[0]["message"] and "HTTP 400" in summary.job_failures[0]["message"]
     out = read_jsonl("out.jsonl")
-    assert all(r["error"]["type"] == "BadRequestError" and r["error"]["status"] == 400 for r in out)
+    assert all(r["error"]["type"] == "BatchJobFailedError" and "HTTP 400" in r["error"]["message"] for r in out)
+    assert summary.service_failure() is not None
     again = api_batch(bserver, items_of(2), retry_errors=True).run()  # nothing is stuck in the journal
     assert again.ok == 2 and bserver.created() == 1
 
 
 def test_a_malformed_result_line_stops_the_merge_and_nothing_is_paid_twice(bserver):
     bserver.corrupt_results = True
+    bserver.line_errors["i1"] = (500, "internal_error", "boom")  # the error file too is read, and stops at its end
     with pytest.raises(MalformedResponseError, match="not a JSON object") as info:
         api_batch(bserver, items_of(2)).run()
-    assert "run the same command again" in info.value.hint
-    assert not Path("out.jsonl").read_text()  # nothing merged from a file that cannot be read whole
     [job_id] = bserver.batches
+    assert "Run the same command again" in info.value.hint and f"qwenvl batch status {job_id}" in info.value.hint
+    assert [r["id"] for r in read_jsonl("out.jsonl")] == ["i0"]  # the lines before the bad one are kept
+    bserver.line_errors.clear()
     for key in ("output_file_id", "error_file_id"):
         if bserver.batches[job_id][key]:  # the service mends its file
             fid = bserver.batches[job_id][key]
             bserver.files[fid] = bserver.files[fid].rsplit(b"\n", 2)[0] + b"\n"
     summary = api_batch(bserver, items_of(2)).run()
-    assert summary.ok == 2 and bserver.created() == 1
+    assert (summary.ok, summary.error, summary.this_run) == (1, 1, 1) and bserver.created() == 1  # i0 not again
+    assert [r["status"] for r in read_jsonl("out.jsonl")] == ["ok", "error"]

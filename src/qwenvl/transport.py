@@ -571,9 +571,9 @@ class Transport:
                 raise _redirect_error(response, url, self._key)
             try:
                 if response.status_code < 400:
+                    if transfer:
+                        budget.allow(_length(response.headers))
                     if not stream:
-                        if transfer:
-                            budget.allow(_length(response.headers))
                         response.read()
                     return response
                 body = response.read()
@@ -617,6 +617,18 @@ class Transport:
     def get_bytes(self, url: str, policy: Policy) -> bytes:
         """A GET whose body is not JSON (e.g. a Batch API result file)."""
         return self._send("GET", url, policy, transfer=True, headers=_headers(self._key, None)).content
+
+    def open_lines(self, url: str, policy: Policy) -> LineStream:
+        """A GET whose body is read line by line as it arrives (e.g. a Batch API result file): the open reply once
+        its status is 2xx (retried as any GET until then), the whole body within a file transfer's deadline
+        (``timeout_s`` plus a second per ``MIN_TRANSFER_RATE`` bytes of its Content-Length). The caller closes it;
+        a failure while reading it raises APIConnectionError and is not retried here."""
+
+        def once(budget: Budget) -> LineStream:
+            response = self._request("GET", url, budget, True, {"headers": _headers(self._key, None)}, transfer=True)
+            return LineStream(response, url, self._key, budget)
+
+        return self._retrying(policy, False, once)
 
     def open_stream(
         self,

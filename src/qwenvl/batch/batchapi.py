@@ -46,7 +46,7 @@ from qwenvl.client import check_structured, make_request
 from qwenvl.config import REGIONS, normalize_region, require_api_key, resolve_base_url
 from qwenvl.errors import (
     APIError,
-    BadRequestError,
+    APIStatusError,
     MalformedResponseError,
     MediaError,
     NotFoundError,
@@ -91,12 +91,20 @@ NOT_RUN = frozenset({"batch_expired", "batch_cancelled"})
 # job the service still calls running (ours: the service expires a job at the end of its window [batch]).
 OVERDUE_GRACE_S = 3600.0
 WINDOW_S = 24 * 3600.0  # COMPLETION_WINDOW in seconds
+# Statuses by which the service refuses an input file or a job for what it is (not the key, the rate or a missing
+# file): its items are errors (BatchJobFailedError), recorded, so that a rerun does not upload them again.
+REFUSED = frozenset({400, 413, 415, 422})
+# Finding a job by its input file (GET /batches?input_file_ids=..., [list]): pages of LIST_PAGE jobs, newest
+# first, followed by ``after`` while ``has_more``; at most LIST_PAGES pages and LIST_DEADLINE_S seconds (ours).
+LIST_PAGE = 100  # the most the list endpoint returns at once [list]
+LIST_PAGES = 100
+LIST_DEADLINE_S = 600.0
 PLAN_CHUNK = 64  # items planned at a time (bounded memory for prepared media)
 REGION_NAMES = {"cn": "Beijing", "intl": "Singapore", "us": "Virginia"}
 
 
 class BatchJobError(APIError):
-    """A Batch API job that failed, or a line it could not process."""
+    """A line a Batch API job could not process, or a job the run stopped waiting for."""
 
     default_hint = "See the job with `qwenvl batch status` and its id (the record's batch_id)."
 
@@ -105,6 +113,18 @@ class BatchJobError(APIError):
     ) -> None:
         super().__init__(message, hint=hint, request_id=request_id)
         self.code = code
+
+
+class BatchJobOverdueError(BatchJobError):
+    """A job the service still calls running ``OVERDUE_GRACE_S`` past its window: the run stops waiting (the job
+    stays in the journal); its hint says how to end it."""
+
+
+class BatchJobFailedError(BatchJobError):
+    """The error of each item of a Batch API job that failed as a whole (status ``failed``, validation
+    included: the job's ``errors`` or its error file say why), or whose input file or job the service refused
+    (HTTP 400, 413, 415, 422). The service's failure, not the item's: counted by ``runner.SERVICE_ERROR_TYPES``
+    (the CLI exits 5); ``--retry-errors`` submits the items again."""
 
 
 def check_region(region: str | None, base_url: str | None = None) -> None:
@@ -183,15 +203,43 @@ class BatchAPI:
                 return found
 
     def find(self, input_file_id: str) -> dict[str, Any] | None:
-        """The newest job whose input is this file, or None (``GET /batches?input_file_ids=``, [list])."""
-        reply = self.transport.get_json(
-            self._url("batches"), self.policy, params={"input_file_ids": input_file_id, "limit": "100"}
+        """The newest job whose input is this file, or None when the service has none.
+
+        ``GET /batches?input_file_ids=...&limit=LIST_PAGE`` ([list]: newest first), then the next page (``after``
+        = the page's ``last_id``) while ``has_more``, until a page holds one (a service that ignores the filter
+        is read through too). Raises BatchJobError when ``LIST_PAGES`` pages or ``LIST_DEADLINE_S`` seconds were
+        not enough (the run cannot tell whether the job exists, so it creates none: nothing is paid twice),
+        MalformedResponseError for a page without ``data`` or one that says ``has_more`` without a next page,
+        and what the transport raises."""
+        deadline = time.monotonic() + LIST_DEADLINE_S
+        params = {"input_file_ids": input_file_id, "limit": str(LIST_PAGE)}
+        seen = 0
+        for _ in range(LIST_PAGES):
+            reply = self.transport.get_json(self._url("batches"), self.policy, params=params)
+            data = reply.get("data") if isinstance(reply, dict) else None
+            if not isinstance(data, list):
+                raise MalformedResponseError(f"the Batch API's list of jobs has no 'data': {str(reply)[:200]}")
+            seen += len(data)
+            jobs = [j for j in data if isinstance(j, dict) and j.get("input_file_id") == input_file_id and j.get("id")]
+            if jobs:
+                return max(jobs, key=lambda j: j.get("created_at") or 0)
+            if not reply.get("has_more"):
+                return None
+            last = reply.get("last_id") or (data[-1].get("id") if data and isinstance(data[-1], dict) else None)
+            if not isinstance(last, str) or not last or last == params.get("after"):
+                raise MalformedResponseError(
+                    f"the Batch API's list of jobs says has_more but gives no next page (last_id {last!r})"
+                )
+            params["after"] = last
+            if time.monotonic() > deadline:
+                break
+        raise BatchJobError(
+            f"looked through {seen:,} Batch API jobs for the job of the input file {input_file_id} without finding "
+            f"it (stopped after {LIST_PAGES} pages or {LIST_DEADLINE_S:g} s): no job was created for it, so that "
+            "none is paid for twice",
+            hint=f"Run the same command again to look again. If Model Studio's console shows no job with input file "
+            f"{input_file_id}, pass --fresh to start over (it deletes this output's answers).",
         )
-        data = reply.get("data") if isinstance(reply, dict) else None
-        if not isinstance(data, list):
-            raise MalformedResponseError(f"the Batch API's list of jobs has no 'data': {str(reply)[:200]}")
-        jobs = [j for j in data if isinstance(j, dict) and j.get("input_file_id") == input_file_id and j.get("id")]
-        return max(jobs, key=lambda j: j.get("created_at") or 0) if jobs else None
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         with _unknown_batch(batch_id):
@@ -203,7 +251,35 @@ class BatchAPI:
         return _object(reply, "status")
 
     def content(self, file_id: str) -> bytes:
+        """A file's content, whole (``GET /files/{id}/content``). A result file is better read with
+        ``content_lines``."""
         return self.transport.get_bytes(self._url("files", file_id, "content"), self.policy)
+
+    def content_lines(self, file_id: str) -> Iterator[str]:
+        """A file's lines (without their line ends), streamed: one line in memory at a time, however large the
+        file (a result file has up to ``MAX_LINES`` lines). Each download has the transport's deadline for a
+        file transfer (``--timeout`` plus a second per ``MIN_TRANSFER_RATE`` bytes). A download cut off or
+        failing for the service's reasons (``should_retry``) is opened again, up to ``max_retries`` times, and
+        goes on after the lines already given (a result file does not change). Raises what the last attempt
+        raised."""
+        url = self._url("files", file_id, "content")
+        given = attempt = 0
+        while True:
+            lines = self.transport.open_lines(url, self.policy)  # a failure before the 2xx is retried there
+            try:
+                for n, line in enumerate(lines):
+                    if n < given:
+                        continue
+                    given += 1
+                    yield line
+                return
+            except APIError as exc:
+                if attempt >= self.policy.max_retries or not should_retry(exc):
+                    raise
+            finally:
+                lines.close()
+            time.sleep(retry_delay(attempt, self.policy.backoff_s, None))
+            attempt += 1
 
 
 def _object(reply: Any, key: str) -> dict[str, Any]:
@@ -259,6 +335,8 @@ def run_batch_api(
                     f"Batch API jobs {', '.join(running)} are running (results within 24 h): run the same command "
                     "again to collect them."
                 )
+        except BatchJobOverdueError:
+            raise  # its hint says what works (running again would stop at the same job)
         except APIError as exc:
             kept = journal.open_batches()
             jobs = [job["id"] for job in kept if not job["id"].startswith(UPLOAD_PREFIX)]
@@ -297,19 +375,17 @@ def _adopt_uploads(batch: Batch, api: BatchAPI, journal: Journal, prog: Progress
 def _create(
     batch: Batch, api: BatchAPI, journal: Journal, placeholder: str, file_id: str, prog: Progress
 ) -> dict[str, Any] | None:
-    """Create the job of a journaled upload and journal it. A job the service refuses for what it is (a 400:
-    e.g. a model without batch inference) is the error of each of its items (nothing was run or billed;
-    ``--retry-errors`` submits them again); the key's and the service's errors are raised (the upload stays
-    journaled: the next run looks its job up, then creates it)."""
+    """Create the job of a journaled upload and journal it. A job the service refuses for what it is
+    (``REFUSED``: e.g. a model without batch inference) is the error of each of its items (``_refuse``); the key's
+    and the service's errors are raised (the upload stays journaled: the next run looks its job up, then creates
+    it)."""
     try:
         job = api.create(file_id)
-    except BadRequestError as exc:
-        for item_id in journal.batch_items(placeholder):
-            item = batch.spool.get(item_id)
-            if item is not None:
-                batch._record_error(journal, item, exc, prog, attempts=1)
+    except APIStatusError as exc:
+        if exc.status not in REFUSED:
+            raise
+        _refuse(batch, journal, journal.batch_items(placeholder), exc, f"the job of the input file {file_id}", prog)
         journal.set_batch_status(placeholder, "refused", merged=True)
-        prog.notes.append(f"the Batch API refused a job ({exc.message}): its items are errors in {batch.output}")
         return None
     journal.attach_job(placeholder, job["id"])
     return job
@@ -350,10 +426,12 @@ def _check_overdue(job: dict[str, Any]) -> None:
     expires = job.get("expires_at") or ((job.get("created_at") or time.time()) + WINDOW_S)
     if isinstance(expires, int | float) and time.time() > expires + OVERDUE_GRACE_S:
         late = (time.time() - expires) / 3600
-        raise BatchJobError(
+        raise BatchJobOverdueError(
             f"the Batch API job {job['id']} is still {job['status']} {late:.1f} h after its completion window "
             "ended: stopped waiting",
-            hint=f"See it with `qwenvl batch status {job['id']}`; cancel it with `qwenvl batch cancel {job['id']}`.",
+            hint=f"Cancel it with `qwenvl batch cancel {job['id']}`, then run the same command again: it collects "
+            "what the job answered and submits the rest in a new job. See it with "
+            f"`qwenvl batch status {job['id']}`.",
         )
 
 
@@ -427,7 +505,13 @@ def _submit(
 
     def send(group: tuple[str, bool], f: _File) -> None:
         name = f"qwenvl-batch-{uuid.uuid4().hex[:12]}.jsonl"
-        uploaded = api.upload(name, b"".join(f.lines))
+        try:
+            uploaded = api.upload(name, b"".join(f.lines))
+        except APIStatusError as exc:
+            if exc.status not in REFUSED:
+                raise
+            _refuse(batch, journal, f.ids, exc, f"the input file {name}", prog)  # not uploaded again by a rerun
+            return
         placeholder = journal.add_upload(uploaded["id"], group[0], f.ids)  # before the job exists: see _adopt_uploads
         job = _create(batch, api, journal, placeholder, uploaded["id"], prog)
         if job is None:
@@ -456,11 +540,11 @@ def _submit(
             send(group, f)
 
 
-def _lines(data: bytes, file_id: str) -> list[dict[str, Any]]:
-    """The JSON lines of a result file; one that is not a JSON object is the service's fault (MalformedResponseError:
-    the job stays unmerged, so the next run downloads it again rather than paying for its items twice)."""
-    out = []
-    for n, raw in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+def _records(api: BatchAPI, file_id: str, job_id: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a result file, streamed line by line (``BatchAPI.content_lines``). A line that is not a
+    JSON object is the service's fault: MalformedResponseError when it is reached (what came before it is recorded;
+    the job stays unmerged, so the next run reads the file again and records the rest: nothing is paid twice)."""
+    for n, raw in enumerate(api.content_lines(file_id), 1):
         if not raw.strip():
             continue
         try:
@@ -469,104 +553,166 @@ def _lines(data: bytes, file_id: str) -> list[dict[str, Any]]:
             obj = None
         if not isinstance(obj, dict):
             raise MalformedResponseError(
-                f"line {n} of the Batch API result file {file_id} is not a JSON object: {raw[:120]!r}",
-                hint="Run the same command again to download it again; if it persists, see its job with "
-                "`qwenvl batch status` and the job's id.",
+                f"line {n} of the Batch API result file {file_id} (job {job_id}) is not a JSON object: {raw[:120]!r}",
+                hint=f"Run the same command again to read it again; if it persists, see the job with "
+                f"`qwenvl batch status {job_id}`.",
             )
-        out.append(obj)
-    return out
+        yield obj
+
+
+def _job_reason(job: dict[str, Any], said: str | None) -> tuple[str, str | None]:
+    """(the service's reason for a job that ended without answering items, its code): the first of the job's
+    ``errors`` (with its line), else what its error file said first (``said``)."""
+    errors = job.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    first = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+    if first.get("message"):
+        where = f" (line {first['line']})" if first.get("line") else ""
+        return f"{first['message']}{where}", first.get("code")
+    return said or "the service gave no reason", None
 
 
 def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], prog: Progress) -> None:
-    job_id = job["id"]
+    """Record what a job that is over answered: its output file, then its error file, read line by line. A job
+    that failed (validation included) makes each of its items a BatchJobFailedError; lines a job did not run
+    (``NOT_RUN``, or in neither file) leave their items pending. Either way the job is in ``prog.job_failures``
+    with the service's reason (the CLI exits 5)."""
+    job_id, status = job["id"], job["status"]
     waiting = journal.batch_items(job_id)
-    results: list[dict[str, Any]] = []
-    for key in ("output_file_id", "error_file_id"):  # both downloaded before anything is recorded
-        if job.get(key):
-            results += _lines(api.content(job[key]), job[key])
+    total = len(waiting)
     extra = {"mode": "batch-api", "batch_id": job_id}
     not_run: list[str] = []
-    for rec in results:
-        item_id = str(rec.get("custom_id"))
-        if item_id not in waiting:
+    said: str | None = None  # the error file's first word on the job's failure
+    for key in ("output_file_id", "error_file_id"):
+        if not job.get(key):
             continue
-        item = batch.spool.get(item_id)
-        if item is None:
-            continue
-        waiting.discard(item_id)
-        if rec.get("response") is None and (rec.get("error") or {}).get("code") in NOT_RUN:
-            not_run.append(item_id)
-            continue
-        outcome = _outcome(rec, item)
-        if isinstance(outcome, Response):
-            batch._record_ok(
-                journal, item, outcome, prog, attempts=1, latency_s=0.0, extra=extra, price_factor=PRICE_FACTOR
-            )
-            u = outcome.usage
-            log_usage(
-                batch,
-                Entry(
-                    model=batch.model_of(item),
-                    protocol="batch-api",
-                    outcome="ok",
-                    input_tokens=u.input_tokens,
-                    output_tokens=u.output_tokens,
-                    image_tokens=u.image_tokens,
-                    cost=answer_cost(
-                        outcome, region=BATCH_REGION, factor=PRICE_FACTOR, model=batch.model_of(item), local=False
-                    ),
-                    currency=currency_of(BATCH_REGION),
-                    request_id=outcome.request_id,
-                ),
-            )
-        else:
-            batch._record_error(journal, item, outcome, prog, attempts=1, price_factor=PRICE_FACTOR)
-            # an answer not valid for the schema was still answered and paid (the exchange itself was ok)
-            paid = outcome.response if isinstance(outcome, StructuredOutputError) else None
-            log_usage(
-                batch,
-                Entry(
-                    model=batch.model_of(item),
-                    protocol="batch-api",
-                    outcome="ok" if paid else type(outcome).__name__,  # an answer, logged as realtime logs it
-                    input_tokens=paid.usage.input_tokens if paid else None,
-                    output_tokens=paid.usage.output_tokens if paid else None,
-                    image_tokens=paid.usage.image_tokens if paid else None,
-                    cost=answer_cost(
-                        paid, region=BATCH_REGION, factor=PRICE_FACTOR, model=batch.model_of(item), local=False
-                    )
-                    if paid
-                    else None,
-                    currency=currency_of(BATCH_REGION) if paid else None,
-                    request_id=paid.request_id if paid else getattr(outcome, "request_id", None),
-                    status=getattr(outcome, "status", None),
+        for rec in _records(api, job[key], job_id):
+            item_id = str(rec.get("custom_id"))
+            item = batch.spool.get(item_id) if item_id in waiting else None
+            if item is None:
+                continue
+            waiting.discard(item_id)
+            err: dict[str, Any] = rec["error"] if isinstance(rec.get("error"), dict) else {}
+            if rec.get("response") is None and err.get("code") in NOT_RUN:
+                not_run.append(item_id)
+                said = said or err.get("message")
+                continue
+            outcome = _outcome(rec, item)
+            if status == "failed" and not isinstance(outcome, Response):  # e.g. a validation error file
+                said = said or outcome.message
+                outcome = BatchJobFailedError(
+                    f"the Batch API job {job_id} failed: {outcome.message}",
                     code=getattr(outcome, "code", None),
-                ),
-            )
-    if job["status"] == "failed" and waiting:
-        errors = (job.get("errors") or {}).get("data") or [{}]
-        first = errors[0] if isinstance(errors[0], dict) else {}
-        where = f" (line {first['line']})" if first.get("line") else ""
-        exc = BatchJobError(
-            f"the Batch API job {job_id} failed: {first.get('message') or 'no reason given'}{where}",
-            code=first.get("code"),
-            hint=f"See the job with `qwenvl batch status {job_id}`.",
-        )
+                    request_id=getattr(outcome, "request_id", None),
+                    hint=_failed_hint(job_id),
+                )
+            _record(batch, journal, item, outcome, prog, extra)
+    reason, code = _job_reason(job, said)
+    if status == "failed":
+        message = f"the Batch API job {job_id} failed: {reason}"
+        exc = BatchJobFailedError(message, code=code, hint=_failed_hint(job_id))
         for item_id in waiting:
             item = batch.spool.get(item_id)
             if item is not None:
                 batch._record_error(journal, item, exc, prog, attempts=1)
+        prog.job_failures.append({"batch_id": job_id, "status": status, "message": message, "hint": exc.hint})
         return
     # not run (expired, cancelled), or in neither file: pending again, submitted by the next run
     unanswered = not_run + sorted(waiting)
     if unanswered:
         journal.release_items(unanswered)
-        why = {"expired": "expired before running them", "cancelled": "was cancelled before running them"}
-        prog.notes.append(
-            f"{len(unanswered):,} items of the Batch API job {job_id} were not answered (the job "
-            f"{why.get(job['status'], 'returned no line for them')}): they are pending; run the same command again "
-            "to submit them again."
+        how = {"expired": "expired", "cancelled": "was cancelled"}.get(status, f"ended ({status})")
+        if reason == "the service gave no reason" and not not_run:
+            reason = "its result files have no line for them"
+        prog.job_failures.append(
+            {
+                "batch_id": job_id,
+                "status": status,
+                "message": f"the Batch API job {job_id} {how} without answering {len(unanswered):,} of its "
+                f"{total:,} items: {reason}",
+                "hint": "Those items are pending (not billed): run the same command again to submit them in a new job.",
+            }
         )
+
+
+def _failed_hint(job_id: str) -> str:
+    return (
+        f"A failed job is not billed: see why with `qwenvl batch status {job_id}`; run the same command with "
+        "--retry-errors to submit its items again in a new job."
+    )
+
+
+def _refuse(
+    batch: Batch, journal: Journal, item_ids: Iterable[str], exc: APIStatusError, what: str, prog: Progress
+) -> None:
+    """The service refused an input file or a job for what it is (``REFUSED``): each of its items is a
+    BatchJobFailedError, recorded (nothing was run or billed), so that the next run does not send them again
+    unless their question changed or ``--retry-errors`` is given; said in ``prog.job_failures`` (the CLI
+    exits 5)."""
+    ids = list(item_ids)
+    message = f"the Batch API refused {what} ({len(ids):,} requests): {exc}"
+    error = BatchJobFailedError(
+        message,
+        code=exc.code,
+        request_id=exc.request_id,
+        hint=f"Nothing was run or billed, and a rerun does not send them again: change what was refused (a "
+        f"changed prompt, model or option is sent again), or run the same command with --retry-errors to "
+        f"send them as they are. The items are errors in {batch.output}.",
+    )
+    for item_id in ids:
+        item = batch.spool.get(item_id)
+        if item is not None:
+            batch._record_error(journal, item, error, prog, attempts=1)
+    prog.job_failures.append({"batch_id": None, "status": "refused", "message": message, "hint": error.hint})
+
+
+def _record(
+    batch: Batch, journal: Journal, item: BatchItem, outcome: Response | QwenVLError, prog: Progress, extra: dict
+) -> None:
+    """One merged result line: the item's answer or error, in the journal and the usage log."""
+    if isinstance(outcome, Response):
+        batch._record_ok(
+            journal, item, outcome, prog, attempts=1, latency_s=0.0, extra=extra, price_factor=PRICE_FACTOR
+        )
+        u = outcome.usage
+        log_usage(
+            batch,
+            Entry(
+                model=batch.model_of(item),
+                protocol="batch-api",
+                outcome="ok",
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                image_tokens=u.image_tokens,
+                cost=answer_cost(
+                    outcome, region=BATCH_REGION, factor=PRICE_FACTOR, model=batch.model_of(item), local=False
+                ),
+                currency=currency_of(BATCH_REGION),
+                request_id=outcome.request_id,
+            ),
+        )
+        return
+    batch._record_error(journal, item, outcome, prog, attempts=1, price_factor=PRICE_FACTOR)
+    # an answer not valid for the schema was still answered and paid (the exchange itself was ok)
+    paid = outcome.response if isinstance(outcome, StructuredOutputError) else None
+    log_usage(
+        batch,
+        Entry(
+            model=batch.model_of(item),
+            protocol="batch-api",
+            outcome="ok" if paid else type(outcome).__name__,  # an answer, logged as realtime logs it
+            input_tokens=paid.usage.input_tokens if paid else None,
+            output_tokens=paid.usage.output_tokens if paid else None,
+            image_tokens=paid.usage.image_tokens if paid else None,
+            cost=answer_cost(paid, region=BATCH_REGION, factor=PRICE_FACTOR, model=batch.model_of(item), local=False)
+            if paid
+            else None,
+            currency=currency_of(BATCH_REGION) if paid else None,
+            request_id=paid.request_id if paid else getattr(outcome, "request_id", None),
+            status=getattr(outcome, "status", None),
+            code=getattr(outcome, "code", None),
+        ),
+    )
 
 
 def log_usage(batch: Batch, entry: Entry) -> None:

@@ -674,6 +674,18 @@ class Journal:
             ).fetchone()
         return int(row[0])
 
+    def first_error(self, types: Iterable[str]) -> str | None:
+        """The message of the first current item (in input order) that ended in an error of one of these types."""
+        names = list(types)
+        marks = ",".join("?" * len(names))
+        with self._io():
+            row = self.conn.execute(
+                f"SELECT json_extract(line, '$.error.message') FROM items WHERE seq IS NOT NULL AND status = 'error' "
+                f"AND json_extract(line, '$.error.type') IN ({marks}) ORDER BY seq LIMIT 1",
+                names,
+            ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     # --- Batch API jobs --------------------------------------------------------------------------
     def add_batch(
         self, batch_id: str, input_file_id: str, model: str, item_ids: list[str], status: str = "submitted"

@@ -69,6 +69,7 @@ from typing import Any
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
+from qwenvl.batch.batchapi import BatchJobFailedError
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
     Journal,
@@ -132,6 +133,7 @@ SERVICE_ERROR_TYPES = tuple(
         RateLimitError,
         StreamInterruptedError,
         MalformedResponseError,
+        BatchJobFailedError,  # a Batch API job that failed as a whole, or its input the service refused
     )
 )
 COMMIT_TIMEOUT_S = 120.0  # the longest a worker waits for its answer's commit (SQLite's busy timeout is 10 s)
@@ -191,7 +193,10 @@ class Progress:
     last_done: float | None = None  # when the last item finished
     phase: str = "realtime"  # realtime | upload | poll | merge
     detail: str = ""  # e.g. the Batch API job's status
-    notes: list[str] = field(default_factory=list)  # what the user must know (e.g. a Batch API job that expired)
+    notes: list[str] = field(default_factory=list)  # what the user must know (e.g. Batch API jobs still running)
+    # Batch API jobs (or input files) this run found ended without answering items: failed, refused, expired or
+    # cancelled; each {"batch_id", "status", "message", "hint"}, the message naming the job and the service's reason
+    job_failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -210,14 +215,35 @@ class Summary:
     elapsed_s: float
     rate_limited: int = 0
     service_errors: int = 0  # items of ``error`` that failed for the service's reasons (SERVICE_ERROR_TYPES)
+    first_service_error: str | None = None  # the message of the first of them (in input order)
     send_s: float | None = None  # from the first request sent to the last item finished (realtime runs)
     batch_ids: list[str] = field(default_factory=list)
     currency: str = "CNY"
-    notes: list[str] = field(default_factory=list)  # e.g. items a Batch API job did not run (now pending)
+    notes: list[str] = field(default_factory=list)  # e.g. Batch API jobs still running (--no-wait)
+    # Batch API jobs (or input files) this run found ended without answering items (``Progress.job_failures``)
+    job_failures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON shows it (``"event": "summary"``), its cost rounded (``models.round_cost``)."""
         return {"event": "summary", **asdict(self), "cost": round_cost(self.cost)}
+
+    def service_failure(self) -> APIError | None:
+        """The one rule, in both modes, for a run that did not succeed for the service's reasons (the CLI exits 5
+        with this error; None: it did). Its one-line message names the first Batch API job this run found ended
+        without answering items (failed, refused, expired, cancelled) with the service's reason, and how many
+        more there are (``job_failures``); else how many items of the output ended in a service error
+        (``SERVICE_ERROR_TYPES``: unreachable, time-outs, 5xx, rate limits, a failed job), quoting the first."""
+        if self.job_failures:
+            first, more = self.job_failures[0], len(self.job_failures) - 1
+            also = f" (and {more} more Batch API failure{'s' if more > 1 else ''}: see the summary)" if more else ""
+            return APIError(first["message"] + also, hint=first["hint"])
+        if self.service_errors:
+            return APIError(
+                f"{self.service_errors:,} items of {self.output} failed for the service's reasons; the first: "
+                f"{self.first_service_error or 'no message'}",
+                hint="Run the same command with --retry-errors to send them again.",
+            )
+        return None
 
 
 class _Fatal(Exception):
@@ -632,6 +658,7 @@ class Batch:
             journal.write_outputs(self.csv)
             counts = journal.counts()
             service_errors = journal.count_errors(SERVICE_ERROR_TYPES)
+            first_service_error = journal.first_error(SERVICE_ERROR_TYPES) if service_errors else None
         return Summary(
             output=str(self.output),
             total=counts["total"],
@@ -648,9 +675,11 @@ class Batch:
             elapsed_s=round(time.monotonic() - started, 3),
             rate_limited=prog.rate_limited,
             service_errors=service_errors,
+            first_service_error=first_service_error,
             send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done else None,
             batch_ids=batch_ids,
             notes=prog.notes,
+            job_failures=prog.job_failures,
         )
 
     def _realtime(self, journal: Journal, prog: Progress, progress: Callable[[Progress], None] | None) -> None:

@@ -38,7 +38,7 @@ from qwenvl.cli.common import (
     shown,
     stdin_text,
 )
-from qwenvl.errors import APIError, UsageError
+from qwenvl.errors import UsageError
 from qwenvl.models import format_cost
 from qwenvl.plan import check_model_rules
 
@@ -374,12 +374,9 @@ def run(opts: dict[str, Any]) -> None:
             )
         raise
     _show_summary(summary, opts)
-    if summary.service_errors:  # the items are not at fault: the run did not succeed (exit 5)
-        raise APIError(
-            f"{summary.service_errors:,} items of {summary.output} failed for the service's reasons "
-            "(unreachable, time-outs, 5xx, rate limits)",
-            hint="Run the same command with --retry-errors to send them again.",
-        )
+    failure = summary.service_failure()
+    if failure is not None:  # the items are not at fault: the run did not succeed (exit 5)
+        raise failure
 
 
 def _api(opts: dict[str, Any]) -> Any:
