@@ -9,6 +9,9 @@
         srv.fault("GET", "/batches/", status=500)      # the next matching request gets a 500
         srv.fault("GET", "/content", cut=True)         # ...or its reply is cut off half-way (connection dropped)
         srv.fault("POST", "/batches", lost=True)       # ...or the job is created and the reply lost
+        srv.validation_error_file = True    # a job failing validation says why in an error file, not in ``errors``
+        srv.list_ignores_filter = True      # GET /batches ignores input_file_ids (every job, page after page)
+        srv.content_gate = threading.Event()  # file contents stop after their first line until it is set
         srv.batches["batch_..."]            # the job objects; srv.files: file id -> bytes
 
 Endpoints (under /compatible-mode/v1; every one needs the key, else 401 in the compat envelope)
@@ -105,6 +108,11 @@ class BatchServer(DashScopeServer):
         self.faults: list[Fault] = []
         self.corrupt_results = False  # result files end with a line that is not JSON
         self.polled = threading.Event()  # set at every GET of a job
+        self.validation_error_file = False  # a failed validation: an error file naming the lines, ``errors`` null
+        self.list_ignores_filter = False  # the list endpoint returns every job whatever input_file_ids says
+        self.content_gate: threading.Event | None = None  # set: contents pause after their first line until set
+        self.content_gate_timeout = 30.0  # ...or until this many seconds have passed (then ``gate_gave_up``)
+        self.gate_gave_up = False
 
     def start(self) -> BatchServer:
         super().start()
@@ -198,6 +206,19 @@ def validate_file(data: bytes) -> tuple[list[dict], str | None, int | None]:
             return [], f"one model per file: found {', '.join(sorted(models))}", n
         lines.append(line)
     return lines, None, None
+
+
+def _custom_ids(data: bytes) -> list[str]:
+    """The custom_id of each line of an input file that has one (whatever else is wrong with the file)."""
+    out = []
+    for raw in data.decode("utf-8", "replace").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
+            out.append(line["custom_id"])
+    return out
 
 
 class _BatchHandler(_Handler):
@@ -315,7 +336,20 @@ class _BatchHandler(_Handler):
         data = self.srv.files.get(file_id)
         if data is None:
             return self._bad(f"file {file_id} not found", 404, "not_found")
-        self._send(200, data, "application/octet-stream")
+        gate = self.srv.content_gate
+        if gate is None or self.cut or self.lost or b"\n" not in data:
+            return self._send(200, data, "application/octet-stream")
+        first = data.index(b"\n") + 1  # the first line, then a pause (a slow download)
+        self._head(200, "application/octet-stream", {}, len(data))
+        self.wfile.write(data[:first])
+        self.wfile.flush()
+        if not gate.wait(self.srv.content_gate_timeout):
+            self.srv.gate_gave_up = True
+        try:
+            self.wfile.write(data[first:])
+            self.wfile.flush()
+        except OSError:  # the client gave up meanwhile
+            self.close_connection = True
 
     # --- jobs ------------------------------------------------------------------------------------
     def _create(self) -> None:
@@ -369,7 +403,7 @@ class _BatchHandler(_Handler):
         with self.srv._lock:
             jobs = sorted(self.srv.batches.values(), key=lambda j: j["created_at"], reverse=True)
             jobs = [dict(j) for j in jobs]
-        if query.get("input_file_ids"):
+        if query.get("input_file_ids") and not self.srv.list_ignores_filter:
             wanted = set(query["input_file_ids"].split(","))
             if len(wanted) > 20:
                 return self._bad("input_file_ids: at most 20")
@@ -457,6 +491,19 @@ class _BatchHandler(_Handler):
             if failure is not None:
                 error = {"code": "invalid_file", "message": failure, "param": None, "line": at}
                 job.update(status="failed", failed_at=now, errors={"object": "list", "data": [error]})
+                if self.srv.validation_error_file:  # the reason is in an error file, one line per input line
+                    job["errors"] = None
+                    job["error_file_id"] = self._store(
+                        [
+                            {
+                                "id": f"batch_req_{uuid.uuid4()}",
+                                "custom_id": cid,
+                                "response": None,
+                                "error": {"code": "invalid_file", "message": failure},
+                            }
+                            for cid in _custom_ids(self.srv.files[job["input_file_id"]])
+                        ]
+                    )
                 return None
             state["lines"] = lines
             job["request_counts"]["total"] = len(lines)

@@ -437,8 +437,8 @@ class Batch:
             raise UsageError(
                 f"--fresh would drop the Batch API jobs {', '.join(jobs)} of {self.output}, whose answers are billed: "
                 "nothing was sent or deleted",
-                hint="Collect them first: run the same command with --mode batch-api, without --fresh (to stop a "
-                f"job now: qwenvl batch cancel {jobs[0]}, then collect it).",
+                hint="Collect them first: run the same command with --mode batch-api, without --fresh (to stop them "
+                f"sooner: qwenvl batch cancel {' '.join(jobs)}, then collect them the same way).",
             )
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region
@@ -488,19 +488,34 @@ class Batch:
                 "prev_status IN ('ok', 'submitted') AND prev_fingerprint IS NOT fingerprint"
             )
             if changed:
-                answered = self.spool.count_where("prev_status IN ('ok', 'submitted')")
+                answered = self.spool.count_where("prev_status = 'ok'")
+                in_jobs = self.spool.count_where("prev_status = 'submitted'")
+                held = f"{answered:,} answered items" + (
+                    f" and {in_jobs:,} items in Batch API jobs not collected yet" if in_jobs else ""
+                )
+                jobs = read_open_jobs(self.output)
                 raise UsageError(
                     f"{self.output} holds answers to another question ({self._what_changed()}): {changed:,} of "
-                    f"its {answered:,} answered items would be replaced and paid for again: nothing was sent or "
-                    "deleted",
+                    f"its {held} would be replaced and paid for again: nothing was sent or deleted",
                     hint="Write to a new output (-o another.jsonl) to keep both, or pass --fresh to start over "
-                    "(every answer of this output is deleted, and paid for again).",
+                    "(every answer of this output is deleted, and paid for again)."
+                    if not jobs
+                    else "Write to a new output (-o another.jsonl) to keep both. To start over in this one, first "
+                    f"collect its Batch API jobs {', '.join(jobs)} with the command that submitted them (its prompt "
+                    "and options, --mode batch-api), then pass --fresh (every answer is deleted, and paid for again).",
                 )
         if in_job and self.mode != "batch-api":
+            jobs = read_open_jobs(self.output)
+            named = f" ({', '.join(jobs)})" if jobs else ""
             raise UsageError(
-                f"some items of {self.output} are in a Batch API job that has not been collected",
-                hint="Run the same command with --mode batch-api to collect them first "
-                "(or pass --fresh to start over).",
+                f"some items of {self.output} are in Batch API jobs that have not been collected{named}",
+                hint="Run the same command with --mode batch-api to collect them first; then this command sends "
+                "the rest in realtime"
+                + (
+                    f" (to stop the jobs sooner: qwenvl batch cancel {' '.join(jobs)}, then collect them)."
+                    if jobs
+                    else "."
+                ),
             )
         return self.spool.count_where("pending = 1")
 

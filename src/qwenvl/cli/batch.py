@@ -4,7 +4,7 @@
     qwenvl batch --requests requests.jsonl -o results.jsonl --csv results.csv
     qwenvl batch scans/*.png -p "Extract the fields" --schema invoice.schema.json -o invoices.jsonl
     qwenvl batch photos/ -p "Caption" -o captions.jsonl --mode batch-api     # half price, within 24 h
-    qwenvl batch status BATCH_ID | qwenvl batch cancel BATCH_ID
+    qwenvl batch status BATCH_ID | qwenvl batch cancel BATCH_ID [BATCH_ID...]
 
 The work is done by ``qwenvl.batch``; this module parses flags, asks about the cost and renders progress.
 """
@@ -33,12 +33,13 @@ from qwenvl.cli.common import (
     option_group,
     pass_opts,
     print_json,
+    report,
     request_fields,
     service_options,
     shown,
     stdin_text,
 )
-from qwenvl.errors import UsageError
+from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError
 from qwenvl.models import format_cost
 from qwenvl.plan import check_model_rules
 
@@ -67,7 +68,7 @@ def batch() -> None:
     \b
     qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (short for `qwenvl batch run`: see its --help)
     qwenvl batch --requests requests.jsonl -o OUT.jsonl
-    qwenvl batch status ID | qwenvl batch cancel ID   (Batch API jobs)
+    qwenvl batch status ID | qwenvl batch cancel ID...   (Batch API jobs)
     """
 
 
@@ -87,7 +88,7 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     if est.finished:
         parts.append(f"{est.finished:,} already finished in {opts['output']}")
     if est.submitted:
-        parts.append(f"{est.submitted:,} in Batch API jobs already (collected, not sent again)")
+        parts.append(f"{est.submitted:,} in Batch API jobs already (not sent again: collected once the jobs are over)")
     if est.invalid:
         parts.append(f"[yellow]{est.invalid:,} invalid (recorded as errors, not sent)[/]")
     if est.cached:
@@ -214,6 +215,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     console.print(f"[dim]{line}[/]")
     for note in s.notes:
         console.print(f"[yellow]{escape(shown(note, sys.stderr))}[/]")
+    for failure in s.job_failures:  # the service's words (the exit-5 error repeats the first)
+        console.print(f"[red]{escape(shown(failure['message'], sys.stderr))}[/]")
     if s.error:
         console.print(f'[dim]failed items have "status": "error" in {s.output}; --retry-errors sends them again[/]')
 
@@ -294,7 +297,7 @@ def run(opts: dict[str, Any]) -> None:
     \b
     Killed or interrupted? Run the same command again: only unfinished items are sent.
     Each output line: {"id", "input", "status": "ok"|"error", "result"|"error", "usage", "cost", ...}.
-    Batch API jobs: qwenvl batch status ID · qwenvl batch cancel ID.
+    Batch API jobs: qwenvl batch status ID · qwenvl batch cancel ID [ID...].
     `qwenvl batch ARGS` is short for `qwenvl batch run ARGS` (this command).
     """
     fields = request_fields(opts)
@@ -366,7 +369,7 @@ def run(opts: dict[str, Any]) -> None:
             err_console().print(
                 f"[dim]stopped waiting: the Batch API jobs {escape(', '.join(jobs))} keep running on the service "
                 "(their answers are billed): run the same command again to collect them, or cancel them with "
-                f"`qwenvl batch cancel {escape(jobs[0])}`[/]"
+                f"`qwenvl batch cancel {escape(' '.join(jobs))}`[/]"
             )
         else:
             err_console().print(
@@ -435,11 +438,49 @@ def status(opts: dict[str, Any]) -> None:
         _print_job(api.retrieve(opts["batch_id"]), opts["as_json"])
 
 
+# What a cancel did, by the status the service answered with (OpenAI's Batch object, which DashScope keeps).
+_CANCEL_SAID = {
+    "cancelling": "cancel requested (answers given so far are billed)",
+    "cancelled": "cancelled",
+    "completed": "already over: nothing to cancel",
+    "failed": "already over: nothing to cancel",
+    "expired": "already over: nothing to cancel",
+}
+
+
 @batch.command("cancel")
-@click.argument("batch_id")
+@click.argument("batch_ids", nargs=-1, required=True, metavar="BATCH_ID...")
 @_with_api_options
 @pass_opts
 def cancel(opts: dict[str, Any]) -> None:
-    """Cancel a Batch API job (requests already answered are still billed)."""
+    """Cancel Batch API jobs: qwenvl batch cancel BATCH_ID [BATCH_ID...] (answers already given are billed).
+
+    Says for each job what happened (one line each on stdout; --json: the jobs as JSON, one per line; a job that
+    could not be cancelled: an error line on stderr). The exit code is the worst result's: 0 when every job was
+    cancelled or was already over; a key refused (exit 4) stops at once."""
+    ids = list(dict.fromkeys(opts["batch_ids"]))  # each job once
+    worst: QwenVLError | None = None
     with _api(opts) as api:
-        _print_job(api.cancel(opts["batch_id"]), opts["as_json"])
+        for n, batch_id in enumerate(ids):
+            try:
+                job = api.cancel(batch_id)
+            except AuthenticationError as exc:  # every id would meet the same key
+                if len(ids) > n + 1:
+                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(ids[n + 1 :])}.".strip()
+                raise
+            except APIError as exc:
+                failed = APIError(f"{batch_id}: not cancelled: {exc}", hint=exc.hint)
+                failed.exit_code = exc.exit_code
+                report(failed)
+                if worst is None or failed.exit_code > worst.exit_code:
+                    worst = failed
+                continue
+            if opts["as_json"]:
+                print_json(job, indent=None)
+                continue
+            from qwenvl.batch.batchapi import counts_text
+
+            said = _CANCEL_SAID.get(str(job.get("status")), "the service has not confirmed the cancel yet")
+            click.echo(shown(f"{job.get('id') or batch_id}: {counts_text(job)}: {said}"))  # the job is the service's
+    if worst is not None:
+        click.get_current_context().exit(worst.exit_code)
