@@ -10,20 +10,23 @@ Flow (``qwenvl batch ... --mode batch-api``):
 3. each file is uploaded (``POST {base}/files``, ``purpose=batch``) and recorded in the journal, then a job is
    created for it (``POST {base}/batches``, ``completion_window: 24h``) and its id committed to the journal
    at once. A run stopped between the two (or a create whose reply was lost) finds the job by its input file
-   (``GET {base}/batches?input_file_ids=...``) before it creates one: a job is never created, nor paid for,
-   twice;
+   (``GET {base}/batches?input_file_ids=...``, page after page, bounded) before it creates one: a job is never
+   created, nor paid for, twice. An input file or a job the service refuses (``REFUSED``) makes its items
+   errors (``BatchJobFailedError``), so that a rerun does not upload them again unasked;
 4. the jobs are polled (``GET {base}/batches/{id}``) every ``poll_interval_s`` with progress from
    ``request_counts``, until each is over or past its ``expires_at`` by ``OVERDUE_GRACE_S`` (then the run
    stops with an error; the job stays in the journal);
-5. the output and error files are downloaded (``GET {base}/files/{id}/content``) and merged into the same
-   output lines as realtime results (plus ``"mode": "batch-api"`` and ``"batch_id"``; cost at half price).
+5. the output and error files are streamed (``GET {base}/files/{id}/content``, line by line) and merged into
+   the same output lines as realtime results (plus ``"mode": "batch-api"`` and ``"batch_id"``; cost at half
+   price).
 
 A job that expires or is cancelled keeps what it answered; the lines it did not run (``batch_expired`` /
-``batch_cancelled`` in its error file, or in neither file) are left pending, said in ``Summary.notes``, and
-the next run submits them again. A job that fails validation records its error for each of its items. A
-failed line (its error in the error file) is that item's error. Ctrl-C, a kill, a 401 or a failed poll leave
-the jobs running on the service: the same command collects them. VL batch exists in the Beijing region only:
-any other region is refused before anything is sent.
+``batch_cancelled`` in its error file, or in neither file) are left pending and the next run submits them
+again. A job that fails (validation included) records its error for each of its items (``BatchJobFailedError``).
+Either way the job is in ``Summary.job_failures`` with the service's reason, and the CLI exits 5
+(``Summary.service_failure``). A failed line (its error in the error file) is that item's error. Ctrl-C, a
+kill, a 401 or a failed poll leave the jobs running on the service: the same command collects them. VL batch
+exists in the Beijing region only: any other region is refused before anything is sent.
 """
 
 from __future__ import annotations
