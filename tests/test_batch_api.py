@@ -319,7 +319,7 @@ def test_statuses_in_order_with_request_counts(bserver):
     assert summary.ok == 4
     statuses = [d.split()[0] for d in seen if d and d.split()[0] in batchapi.TERMINAL | {"in_progress", "finalizing"}]
     assert statuses[:3] == ["in_progress", "in_progress", "finalizing"] and statuses[-1] == "completed"
-    assert "in_progress 2/4" in seen and "finalizing 4/4" in seen
+    assert "in_progress (2 of 4 requests answered)" in seen and "finalizing (4 of 4 requests answered)" in seen
 
 
 def test_output_has_the_realtime_shape_at_half_the_cost(bserver, isolated_env):

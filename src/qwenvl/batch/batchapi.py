@@ -292,12 +292,14 @@ def _object(reply: Any, key: str) -> dict[str, Any]:
 
 
 def counts_text(job: dict[str, Any]) -> str:
-    c = job.get("request_counts") or {}
+    """A job's status and what its ``request_counts`` count: "in_progress (2 of 4 requests answered, 1 failed)"
+    (``completed`` counts the lines answered, ``failed`` those that failed: OpenAI's BatchRequestCounts)."""
+    counts = job.get("request_counts")
+    c: dict[str, Any] = counts if isinstance(counts, dict) else {}
     text = str(job.get("status"))
     if c.get("total"):
-        text += f" {c.get('completed', 0)}/{c['total']}"
-        if c.get("failed"):
-            text += f" ({c['failed']} failed)"
+        text += f" ({c.get('completed') or 0:,} of {c['total']:,} requests answered"
+        text += f", {c['failed']:,} failed)" if c.get("failed") else ")"
     return text
 
 

@@ -408,7 +408,7 @@ _with_api_options = option_group(
         type=click.FloatRange(min=0),
         help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
     ),
-    click.option("--json", "as_json", is_flag=True, help="Print the job as JSON."),
+    click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (cancel: one line per job)."),
 )
 
 
