@@ -397,3 +397,27 @@ def test_an_overdue_job_is_told_to_be_cancelled_and_that_works(bserver, isolated
     assert p.returncode == 5 and "was cancelled without answering" in error_line(p.stderr)
     p = run_cli(*cli_args(bserver, "--json"), env=ENV)  # ... and submits the rest in a new job
     assert p.returncode == 0 and json.loads(p.stdout)["ok"] == 2
+
+
+def test_status_takes_several_ids_too(bserver, isolated_env):
+    with BatchAPI(API_KEY, base_url=bserver.url) as api:
+        done = completed_job(api, bserver, 2)["id"]
+    p = run_cli("batch", "status", done, "batch_nope", done, "--base-url", bserver.url, env=ENV)
+    assert p.returncode == 5 and "batch_nope: not shown" in p.stderr
+    assert p.stdout.startswith(f"{done}: completed (2 of 2 requests answered)") and p.stdout.count(done + ":") == 1
+    p = run_cli("batch", "status", done, "--base-url", bserver.url, "--json", env=ENV)
+    assert p.returncode == 0 and json.loads(p.stdout)["id"] == done
+
+
+def test_an_input_file_gone_before_its_job_was_created_is_said(bserver):
+    items = [BatchItem(id=f"i{i}", request={"prompt": f"q{i}"}) for i in range(2)]
+    bserver.fault("POST", "/batches", status=503, times=3)
+    with pytest.raises(APIError):
+        Batch(items, "out.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", retry_backoff_s=0.01).run()
+    bserver.files.clear()
+    bserver.file_meta.clear()  # the service dropped the upload
+    summary = Batch(
+        items, "out.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", poll_interval_s=0.01
+    ).run()
+    assert summary.ok == 2 and bserver.created() == 1 and len(bserver.file_meta) == 1  # in a new file, this run
+    assert "is gone from the service" in summary.notes[0] and "uploaded again" in summary.notes[0]

@@ -373,8 +373,13 @@ def _adopt_uploads(batch: Batch, api: BatchAPI, journal: Journal, prog: Progress
         try:
             _create(batch, api, journal, job["id"], job["input_file_id"], prog)
         except NotFoundError:  # the file is gone: its items are sent again
-            journal.release_items(journal.batch_items(job["id"]))
+            gone = journal.batch_items(job["id"])
+            journal.release_items(gone)
             journal.set_batch_status(job["id"], "gone", merged=True)
+            prog.notes.append(
+                f"the input file {job['input_file_id']} of an earlier run is gone from the service, with no job: its "
+                f"{len(gone):,} items were uploaded again in a new file"
+            )
 
 
 def _create(

@@ -4,7 +4,7 @@
     qwenvl batch --requests requests.jsonl -o results.jsonl --csv results.csv
     qwenvl batch scans/*.png -p "Extract the fields" --schema invoice.schema.json -o invoices.jsonl
     qwenvl batch photos/ -p "Caption" -o captions.jsonl --mode batch-api     # half price, within 24 h
-    qwenvl batch status BATCH_ID | qwenvl batch cancel BATCH_ID [BATCH_ID...]
+    qwenvl batch status BATCH_ID [BATCH_ID...] | qwenvl batch cancel BATCH_ID [BATCH_ID...]
 
 The work is done by ``qwenvl.batch``; this module parses flags, asks about the cost and renders progress.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -68,7 +69,7 @@ def batch() -> None:
     \b
     qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (short for `qwenvl batch run`: see its --help)
     qwenvl batch --requests requests.jsonl -o OUT.jsonl
-    qwenvl batch status ID | qwenvl batch cancel ID...   (Batch API jobs)
+    qwenvl batch status ID... | qwenvl batch cancel ID...   (Batch API jobs)
     """
 
 
@@ -297,7 +298,7 @@ def run(opts: dict[str, Any]) -> None:
     \b
     Killed or interrupted? Run the same command again: only unfinished items are sent.
     Each output line: {"id", "input", "status": "ok"|"error", "result"|"error", "usage", "cost", ...}.
-    Batch API jobs: qwenvl batch status ID · qwenvl batch cancel ID [ID...].
+    Batch API jobs: qwenvl batch status ID [ID...] · qwenvl batch cancel ID [ID...].
     `qwenvl batch ARGS` is short for `qwenvl batch run ARGS` (this command).
     """
     fields = request_fields(opts)
@@ -408,34 +409,66 @@ _with_api_options = option_group(
         type=click.FloatRange(min=0),
         help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
     ),
-    click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (cancel: one line per job)."),
+    click.option("--json", "as_json", is_flag=True, help="Print each job as JSON, one line per job."),
 )
 
 
-def _print_job(job: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(job)
-        return
+def _print_job(job: dict[str, Any]) -> None:
     from qwenvl.batch.batchapi import counts_text
 
     click.echo(shown(f"{job.get('id')}: {counts_text(job)}"))  # the job is the service's
     for key in ("input_file_id", "output_file_id", "error_file_id", "created_at", "completed_at", "expires_at"):
         if job.get(key):
             click.echo(shown(f"  {key}: {job[key]}"))
-    errors = (job.get("errors") or {}).get("data") or []
-    for err in errors[:5]:
+    errors = job.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    for err in (data if isinstance(data, list) else [])[:5]:
         if isinstance(err, dict):
             click.echo(shown(f"  error: {err.get('code')}: {err.get('message')}"))
 
 
+def _each_job(
+    opts: dict[str, Any], act: Callable[[Any, str], dict[str, Any]], show: Callable[[dict[str, Any]], None], verb: str
+) -> None:
+    """``act`` on each of ``opts["batch_ids"]`` (each once, in order): its job shown (``--json``: one JSON line per
+    job on stdout), or an error line on stderr naming the id ("ID: not VERB: ..."), and on to the next. Exits
+    with the worst result's code (0: every job went well); a key refused (exit 4) stops at once, naming the ids
+    not tried."""
+    ids = list(dict.fromkeys(opts["batch_ids"]))
+    worst: QwenVLError | None = None
+    with _api(opts) as api:
+        for n, batch_id in enumerate(ids):
+            try:
+                job = act(api, batch_id)
+            except AuthenticationError as exc:  # every id would meet the same key
+                if len(ids) > n + 1:
+                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(ids[n + 1 :])}.".strip()
+                raise
+            except APIError as exc:
+                failed = APIError(f"{batch_id}: not {verb}: {exc}", hint=exc.hint)
+                failed.exit_code = exc.exit_code
+                report(failed)
+                if worst is None or failed.exit_code > worst.exit_code:
+                    worst = failed
+                continue
+            if opts["as_json"]:
+                print_json(job, indent=None)
+            else:
+                show(job)
+    if worst is not None:
+        click.get_current_context().exit(worst.exit_code)
+
+
 @batch.command("status")
-@click.argument("batch_id")
+@click.argument("batch_ids", nargs=-1, required=True, metavar="BATCH_ID...")
 @_with_api_options
 @pass_opts
 def status(opts: dict[str, Any]) -> None:
-    """Show a Batch API job: status, request counts, files."""
-    with _api(opts) as api:
-        _print_job(api.retrieve(opts["batch_id"]), opts["as_json"])
+    """Show Batch API jobs: status, request counts, files, errors: qwenvl batch status BATCH_ID [BATCH_ID...]
+
+    --json: each job as JSON, one per line. A job that cannot be shown is an error line on stderr naming it; the
+    exit code is the worst result's."""
+    _each_job(opts, lambda api, batch_id: api.retrieve(batch_id), _print_job, "shown")
 
 
 # What a cancel did, by the status the service answered with (OpenAI's Batch object, which DashScope keeps).
@@ -448,6 +481,13 @@ _CANCEL_SAID = {
 }
 
 
+def _print_cancel(job: dict[str, Any]) -> None:
+    from qwenvl.batch.batchapi import counts_text
+
+    said = _CANCEL_SAID.get(str(job.get("status")), "the service has not confirmed the cancel yet")
+    click.echo(shown(f"{job.get('id')}: {counts_text(job)}: {said}"))  # the job is the service's
+
+
 @batch.command("cancel")
 @click.argument("batch_ids", nargs=-1, required=True, metavar="BATCH_ID...")
 @_with_api_options
@@ -456,31 +496,6 @@ def cancel(opts: dict[str, Any]) -> None:
     """Cancel Batch API jobs: qwenvl batch cancel BATCH_ID [BATCH_ID...] (answers already given are billed).
 
     Says for each job what happened (one line each on stdout; --json: the jobs as JSON, one per line; a job that
-    could not be cancelled: an error line on stderr). The exit code is the worst result's: 0 when every job was
-    cancelled or was already over; a key refused (exit 4) stops at once."""
-    ids = list(dict.fromkeys(opts["batch_ids"]))  # each job once
-    worst: QwenVLError | None = None
-    with _api(opts) as api:
-        for n, batch_id in enumerate(ids):
-            try:
-                job = api.cancel(batch_id)
-            except AuthenticationError as exc:  # every id would meet the same key
-                if len(ids) > n + 1:
-                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(ids[n + 1 :])}.".strip()
-                raise
-            except APIError as exc:
-                failed = APIError(f"{batch_id}: not cancelled: {exc}", hint=exc.hint)
-                failed.exit_code = exc.exit_code
-                report(failed)
-                if worst is None or failed.exit_code > worst.exit_code:
-                    worst = failed
-                continue
-            if opts["as_json"]:
-                print_json(job, indent=None)
-                continue
-            from qwenvl.batch.batchapi import counts_text
-
-            said = _CANCEL_SAID.get(str(job.get("status")), "the service has not confirmed the cancel yet")
-            click.echo(shown(f"{job.get('id') or batch_id}: {counts_text(job)}: {said}"))  # the job is the service's
-    if worst is not None:
-        click.get_current_context().exit(worst.exit_code)
+    could not be cancelled: an error line on stderr naming it). The exit code is the worst result's: 0 when every
+    job was cancelled or was already over; a key refused (exit 4) stops at once."""
+    _each_job(opts, lambda api, batch_id: api.cancel(batch_id), _print_cancel, "cancelled")
