@@ -618,12 +618,15 @@ class Batch:
         """Run to the end. A 401/403 stops it at once (raised, after the outputs are written), as does a service
         that cannot be reached (the first ``UNREACHABLE_ITEMS`` items fail to connect on every attempt before it
         answered anything: ``APIConnectionError``/``APITimeoutError``); ``Summary.service_errors`` counts the items
-        that failed for the service's reasons (``SERVICE_ERROR_TYPES``; the CLI exits 5). Ctrl-C leaves
+        that failed for the service's reasons (``SERVICE_ERROR_TYPES``), ``Summary.job_failures`` the Batch API
+        jobs that ended without answering items; ``Summary.service_failure()`` is the error the CLI exits 5 with
+        when either is not empty. Ctrl-C leaves
         a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
         kept). ``progress`` is called (from worker threads, one at a time) after every finished item. In
         ``batch-api`` mode Ctrl-C (or any error) stops the waiting only: the jobs keep running on the service and
         are in the journal, and the same call collects them; ``Summary.notes`` says what is left (jobs still
-        running, items a job expired or was cancelled before running: pending, submitted by the next run).
+        running), ``Summary.job_failures`` which jobs failed, were refused, expired or were cancelled (the items
+        they did not run are pending, submitted by the next run; those of a failed or refused job are errors).
 
         Raises UsageError before anything is sent when another run holds the output's lock (``--fresh``
         included), when the journal is damaged or foreign, when the output cannot be written, or when the
