@@ -216,7 +216,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     console.print(f"[dim]{line}[/]")
     for note in s.notes:
         console.print(f"[yellow]{escape(shown(note, sys.stderr))}[/]")
-    for failure in s.job_failures:  # the service's words (the exit-5 error repeats the first)
+    for failure in s.job_failures[1:]:  # the service's words; the first is the exit-5 error's line
         console.print(f"[red]{escape(shown(failure['message'], sys.stderr))}[/]")
     if s.error:
         console.print(f'[dim]failed items have "status": "error" in {s.output}; --retry-errors sends them again[/]')
