@@ -421,3 +421,16 @@ def test_an_input_file_gone_before_its_job_was_created_is_said(bserver):
     ).run()
     assert summary.ok == 2 and bserver.created() == 1 and len(bserver.file_meta) == 1  # in a new file, this run
     assert "is gone from the service" in summary.notes[0] and "uploaded again" in summary.notes[0]
+
+
+def test_several_failed_jobs_are_all_in_the_summary_and_the_error_counts_the_rest(bserver):
+    bserver.fail_validation = "no quota"
+    items = [BatchItem(id=f"{m}-{i}", request={"prompt": f"q{i}", "model": m}) for m in ("qwen3-vl-plus", "qwen-vl-max")
+             for i in range(2)]  # fmt: skip
+    summary = Batch(
+        items, "out.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", poll_interval_s=0.01
+    ).run()
+    assert bserver.created() == 2 and len(summary.job_failures) == 2
+    assert {f["batch_id"] for f in summary.job_failures} == set(bserver.batches)
+    error = summary.service_failure()
+    assert error is not None and "(and 1 more Batch API failure: see the summary)" in str(error)
