@@ -16,6 +16,13 @@ both found finished is skipped, one whose request changed (another prompt, model
 again when it ended in an error, and refused by the runner when it holds an answer (``Batch.estimate``: a
 UsageError unless ``fresh``), and items no longer among the inputs are left out of the output.
 
+**The fingerprint is the question** (``fingerprint``): a hash of ``qwenvl.plan.question``, the request as the
+service would get it, by field, so that an option at the value the request has anyway (a default given,
+``--no-thinking`` where thinking is off by default, ``--fps`` for images, a budget equal to the model's) asks the
+same question. Fingerprints carry ``FINGERPRINT_PREFIX``; a journal's unprefixed ones were written by earlier
+versions (``legacy_fingerprints``: the raw fields), and an item whose legacy fingerprint matches keeps its
+answer and takes the new fingerprint when registered.
+
 **One writer at a time.** A run (``--fresh`` included) holds an operating-system file lock on
 ``captions.jsonl.journal.lock`` (``filelock``: ``flock`` on POSIX, ``LockFileEx`` on Windows) from before it
 reads or deletes anything until it ends; the kernel drops it when the process dies, SIGKILL included, so a
