@@ -226,6 +226,26 @@ def test_the_library_reuses_answers_to_the_same_question(server, isolated_env, p
     assert model_calls(server) == 3
 
 
+def test_the_batch_api_collects_once_and_reuses_answers_to_the_same_question(isolated_env):
+    from batch_server import BatchServer
+
+    image = str(write_image(isolated_env / "x.png"))
+    items = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "image": image}) for i in range(2)]
+    same = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "image": image, "fps": 3.0}) for i in range(2)]
+    with BatchServer(api_key=API_KEY) as srv:
+        kw = dict(api_key=API_KEY, base_url=srv.url, mode="batch-api", poll_interval_s=0.01)
+        with Batch(items, "o.jsonl", **kw) as job:
+            assert job.run().ok == 2
+        jobs = len(srv.batch_requests())
+        with Batch(same, "o.jsonl", **kw) as job:  # nothing to upload, no job created
+            assert job.estimate().finished == 2 and job.run().ok == 2
+        assert len(srv.batch_requests()) == jobs
+        other = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "image": image, "max_tokens": 9}) for i in range(2)]
+        with Batch(other, "o.jsonl", **kw) as job, pytest.raises(UsageError, match=r"\(max_tokens changed\)"):
+            job.estimate()
+        assert len(srv.batch_requests()) == jobs
+
+
 def test_a_local_model_keeps_thinking_as_given():
     """A local model's defaults are its server's, not the table's: thinking given is a question of its own (the
     media rules, which are qwenvl's, still apply)."""
