@@ -175,6 +175,13 @@ class ModelInfo:
         return HIGH_RES_IMAGE_TOKENS * self.pixels_per_token
 
     @property
+    def thinking_default(self) -> bool:
+        """Whether the model thinks when a request does not send ``enable_thinking``: the thinking-only models
+        (QVQ) always do; the hybrid Qwen3-VL plus and flash models do not ("false: default for qwen3-vl-plus,
+        qwen3-vl-flash series", alibabacloud.com/help/en/model-studio/visual-reasoning); the others cannot."""
+        return self.thinking_only
+
+    @property
     def has_price(self) -> bool:
         """True when the table has a price for the model in at least one currency."""
         return bool(self.prices.cny or self.prices.usd)

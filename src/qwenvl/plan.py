@@ -13,7 +13,8 @@ from qwenvl import structured
 from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
-from qwenvl.models import PAID_PROTOCOLS, ModelInfo, model_info
+from qwenvl.media.resize import image_budget, service_budget
+from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info
 from qwenvl.types import GENERATION_FIELDS, ImagePart, Message, Request, TextPart, VideoPart
 
 
@@ -131,6 +132,17 @@ def high_resolution(request: Request) -> bool | None:
     return True if request.detail == "high" else None
 
 
+def image_pixels(request: Request, model: ModelInfo) -> dict[str, int]:
+    """The ``min_pixels``/``max_pixels`` put beside each image of the request's new turn (pixels; only those
+    that are set): the request's own, and for ``detail="low"`` without a ``max_pixels`` and without high
+    resolution the model's low-detail budget (``low_detail_tokens``), so that URLs get the low budget too.
+    Raises nothing."""
+    max_pixels = request.max_pixels
+    if max_pixels is None and request.detail == "low" and not high_resolution(request):
+        max_pixels = model.low_detail_tokens * model.pixels_per_token
+    return {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", max_pixels)) if v is not None}
+
+
 def build_messages(request: Request, model: ModelInfo | None = None) -> list[Message]:
     """System prompt, history, then the new user turn (media first, then the prompt, as the skill does)."""
     model = model or model_info(request.model)
@@ -140,12 +152,7 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
     messages.extend(request.messages)
     if request.prompt is not None:
         parts: list[TextPart | ImagePart | VideoPart] = []
-        max_pixels = request.max_pixels
-        if max_pixels is None and request.detail == "low" and not high_resolution(request):
-            max_pixels = model.low_detail_tokens * model.pixels_per_token  # so URLs get the low budget too
-        pixels: dict[str, Any] = {
-            k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", max_pixels)) if v is not None
-        }
+        pixels: dict[str, Any] = dict(image_pixels(request, model))
         for ref in request.image_list():
             parts.append(ImagePart(image=ref, **pixels))
         if request.video is not None:
@@ -260,3 +267,104 @@ def plan(
         schema=request.schema,
         estimate_only=estimate_only,
     )
+
+
+# Request fields that say how a request travels, not what it asks: a batch rerun may change them freely.
+TRANSPORT_FIELDS = frozenset({"max_retries", "retry_backoff_s", "timeout_s", "base_url", "stream"})
+
+
+def question(request: Request, model: ModelInfo | None = None) -> dict[str, Any]:
+    """What ``request`` asks the model, by Request field name: two requests with equal questions send the service
+    the same request (the model as named, the messages as built, the generation parameters, the media budgets),
+    so a batch rerun reuses the answers of an equal one (``qwenvl.batch.journal.fingerprint``) and names the
+    fields of an unequal one. Nothing is read or prepared: the media are their references.
+
+    Every field is at its effective value (a default given explicitly, ``max_tokens=512``, asks the same as
+    leaving it out), the transport settings (``TRANSPORT_FIELDS``) are left out, and so is what asks nothing:
+
+    - media options without the media they apply to: ``fps`` and ``video_as`` without a video; ``min_pixels``,
+      ``max_pixels``, ``detail``, ``pages`` and ``fetch_urls`` without an image; ``prepare`` and ``upload``
+      without either. ``fps`` at ``VIDEO_FPS`` (2, the service's and the sampler's default) is left out.
+    - ``system`` when the history begins with its own system turn (it is not sent); an assistant turn's
+      ``reasoning`` (never sent back); ``json_mode`` beside a ``schema`` (the same instruction and
+      ``response_format``), ``repair`` without structured output; ``vl_high_resolution_images`` off (the
+      service's default; ``detail="high"`` is it on); a ``stop`` string is the one-string list.
+    - with ``model`` (a listed DashScope model's rules; None for a local one, or a name the table does not
+      list, whose defaults are not facts): ``enable_thinking`` at the model's own default
+      (``ModelInfo.thinking_default``); the images' pixel bounds as the service applies them and as they are
+      prepared (``media.resize.service_budget``, ``image_budget``): each equal to the model's default is left
+      out (``max_pixels`` under high resolution, which ignores it), and ``detail`` stays only when it lowers
+      what is prepared below that. Images in the history (bounds of their own) keep the fields as given.
+
+    The model's name is as given: a ``-latest`` alias or a dated snapshot is another name to the service, so
+    another question. Raises nothing."""
+    history_media = [p for m in request.messages for p in m.media()]
+    refs = request.image_list()
+    has_images = bool(refs) or any(isinstance(p, ImagePart) for p in history_media)
+    has_video = request.video is not None or any(isinstance(p, VideoPart) for p in history_media)
+    q: dict[str, Any] = {"model": request.model}
+    if request.prompt is not None:
+        q["prompt"] = request.prompt
+    if request.system is not None and not (request.messages and request.messages[0].role == "system"):
+        q["system"] = request.system
+    if request.messages:
+        q["messages"] = [m.model_dump(mode="json", exclude_none=True, exclude={"reasoning"}) for m in request.messages]
+    if refs:
+        q["image"] = refs
+    if request.video is not None:
+        q["video"] = request.video
+    for name in GENERATION_FIELDS:
+        value = getattr(request, name)
+        if value is not None:
+            q[name] = [value] if name == "stop" and isinstance(value, str) else value
+    if model is not None and model.known and request.enable_thinking == model.thinking_default:
+        q.pop("enable_thinking", None)
+    if request.schema is not None:
+        q["schema"] = request.schema
+    elif request.json_mode:
+        q["json_mode"] = True
+    if "schema" in q or "json_mode" in q:
+        q["repair"] = request.repair
+    high = high_resolution(request)
+    if high:
+        q["vl_high_resolution_images"] = True
+    if request.extra:
+        q["extra"] = request.extra
+    if has_images or has_video:
+        q["prepare"], q["upload"] = request.prepare, request.upload
+    if has_video:
+        q["video_as"] = request.video_as
+        if request.fps is not None and request.fps != VIDEO_FPS:
+            q["fps"] = request.fps
+    if has_images:
+        q.update(_image_budget(request, model, history_images=any(isinstance(p, ImagePart) for p in history_media)))
+        if request.pages is not None:
+            q["pages"] = request.pages
+        if request.fetch_urls:
+            q["fetch_urls"] = True
+    return q
+
+
+def _image_budget(request: Request, model: ModelInfo | None, *, history_images: bool) -> dict[str, Any]:
+    """``question``'s pixel fields: the bounds the service applies to the new turn's images and ``detail`` where
+    it lowers what is prepared, each left out at the model's default; as given without a listed model, with
+    images in the history, or for bounds the plan refuses."""
+    given = {"min_pixels": request.min_pixels, "max_pixels": request.max_pixels, "detail": request.detail}
+    raw = {k: v for k, v in given.items() if v is not None and v != "auto"}
+    if model is None or not model.known or history_images:
+        return raw
+    try:
+        options = media_options(request, model, "compat")
+        part = image_pixels(request, model)
+        lo, hi = service_budget(options, **part)
+        prepared = image_budget(options, **part)[1] if request.prepare else hi
+    except UsageError:  # the plan refuses these bounds: the item fails before anything is sent
+        return raw
+    out: dict[str, Any] = {}
+    if lo != model.min_pixels:
+        out["min_pixels"] = lo
+    if hi != (model.high_res_max_pixels if options.vl_high_resolution_images else model.default_max_pixels):
+        out["max_pixels"] = hi
+    if prepared != hi:
+        out["detail"] = request.detail
+    return out

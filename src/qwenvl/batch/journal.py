@@ -16,6 +16,13 @@ both found finished is skipped, one whose request changed (another prompt, model
 again when it ended in an error, and refused by the runner when it holds an answer (``Batch.estimate``: a
 UsageError unless ``fresh``), and items no longer among the inputs are left out of the output.
 
+**The fingerprint is the question** (``fingerprint``): a hash of ``qwenvl.plan.question``, the request as the
+service would get it, by field, so that an option at the value the request has anyway (a default given,
+``--no-thinking`` where thinking is off by default, ``--fps`` for images, a budget equal to the model's) asks the
+same question. Fingerprints carry ``FINGERPRINT_PREFIX``; a journal's unprefixed ones were written by earlier
+versions (``legacy_fingerprints``: the raw fields), and an item whose legacy fingerprint matches keeps its
+answer and takes the new fingerprint when registered.
+
 **One writer at a time.** A run (``--fresh`` included) holds an operating-system file lock on
 ``captions.jsonl.journal.lock`` (``filelock``: ``flock`` on POSIX, ``LockFileEx`` on Windows) from before it
 reads or deletes anything until it ends; the kernel drops it when the process dies, SIGKILL included, so a
@@ -42,6 +49,7 @@ import csv
 import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import queue
@@ -57,8 +65,12 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from qwenvl.errors import UsageError
+from qwenvl.client import make_request
+from qwenvl.errors import QwenVLError, UsageError
+from qwenvl.models import model_info
 from qwenvl.outputs import write_atomic
+from qwenvl.plan import TRANSPORT_FIELDS as PLAN_TRANSPORT_FIELDS
+from qwenvl.plan import question as plan_question
 from qwenvl.store.db import connect
 from qwenvl.types import request_field_defaults
 
@@ -68,6 +80,7 @@ RESERVE_SUFFIX = ".reserve"  # captions.jsonl.journal.reserve: space kept for th
 RESERVE_PER_SLOT = 256 * 1024  # bytes kept per request in flight (an answer's row and its WAL pages, with margin)
 RESERVE_MIN, RESERVE_MAX = 4 * 1024 * 1024, 64 * 1024 * 1024
 WRITER_BATCH = 500  # finished items committed in one transaction at most
+REGISTER_CHUNK = 256  # items registered per statement (a bounded list: memory does not grow with the batch)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 _STOP = object()
 UPLOAD_PREFIX = "upload:"  # the placeholder id of a Batch API input file whose job is not known yet
@@ -89,8 +102,9 @@ _FINISH = (
     "UPDATE items SET status = ?, line = ?, input_tokens = ?, output_tokens = ?, cost = ?, cached = ?, "
     "finished_at = ? WHERE id = ?"
 )
-# Request fields that do not change the answer: a resumed run may change them freely.
-NETWORK_FIELDS = frozenset({"max_retries", "retry_backoff_s", "timeout_s", "timeout", "base_url", "stream"})
+# Request fields that do not change the answer (``timeout``: ``timeout_s``'s other name): a resumed run may
+# change them freely.
+TRANSPORT_FIELDS = PLAN_TRANSPORT_FIELDS | {"timeout"}
 CSV_COLUMNS = (
     "id",
     "input",
@@ -140,27 +154,61 @@ def journal_path(output: Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
-def _asked(fields: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
-    """The request fields that make the question: network settings aside, and a field given at its ``Request``
-    default (``-m qwen3-vl-plus``, ``--max-tokens 512``, ``QWENVL_MODEL`` set to the default model) counts as not
-    given, as it asks the same thing."""
+FINGERPRINT_PREFIX = "q2:"  # this version's fingerprints (``question``); a journal's unprefixed ones are older
+
+
+def _legacy_fields(fields: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in {**(defaults or {}), **fields}.items() if k not in TRANSPORT_FIELDS}
+
+
+def _legacy_asked(fields: dict[str, Any], defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """The question as qwenvl 2026-11-30 13:34 to this version hashed it: the raw fields, a field at its
+    ``Request`` default left out."""
     plain = request_field_defaults()
     return {
         k: v
-        for k, v in {**(defaults or {}), **fields}.items()
-        if k not in NETWORK_FIELDS and not (k in plain and type(v) is type(plain[k]) and v == plain[k])
+        for k, v in _legacy_fields(fields, defaults).items()
+        if not (k in plain and type(v) is type(plain[k]) and v == plain[k])
     }
 
 
-def fingerprint(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
-    """What identifies an item's question: its request fields (network settings aside) and client defaults."""
-    text = json.dumps(_asked(fields, defaults), sort_keys=True, ensure_ascii=False, default=str)
+def _hash(data: dict[str, Any]) -> str:
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def question(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What ``fingerprint`` hashes, as JSON values (to name the fields that changed: ``changed_fields``)."""
-    return json.loads(json.dumps(_asked(fields, defaults), ensure_ascii=False, default=str))
+def legacy_fingerprints(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> tuple[str, str]:
+    """The fingerprints earlier versions gave the same item, to recognise their journals' answers: the raw request
+    fields with the client defaults (until 2026-11-30 13:34), and the same with each field at its ``Request``
+    default left out (until this version). An answer under either was asked exactly these fields."""
+    return _hash(_legacy_fields(fields, defaults)), _hash(_legacy_asked(fields, defaults))
+
+
+def legacy_question(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the last of the earlier formulas compared (``legacy_fingerprints``), as JSON values: to name what
+    changed from a sample an earlier version recorded. Raises nothing."""
+    return json.loads(json.dumps(_legacy_asked(fields, defaults), ensure_ascii=False, default=str))
+
+
+def question(fields: dict[str, Any], defaults: dict[str, Any] | None = None, *, local: bool = False) -> dict[str, Any]:
+    """What an item asks (``qwenvl.plan.question``: the request as the service would get it, by field), as JSON
+    values. ``defaults``: the client's (model, ...), for the fields the item does not set; ``local``: the model
+    runs on a local backend (its defaults are not the table's). Fields that do not make a valid request are
+    taken as given (the item fails before anything is sent). Raises nothing."""
+    try:
+        request = make_request(None, fields, defaults)
+    except QwenVLError:
+        asked = _legacy_asked(fields, defaults)
+    else:
+        asked = plan_question(request, None if local else model_info(request.model))
+    return json.loads(json.dumps(asked, ensure_ascii=False, default=str))
+
+
+def fingerprint(fields: dict[str, Any], defaults: dict[str, Any] | None = None, *, local: bool = False) -> str:
+    """What identifies an item's question: a hash of ``question`` (``FINGERPRINT_PREFIX`` + 32 hex digits). Two
+    items with equal fingerprints send the same request; network settings and values that ask nothing
+    different (see ``qwenvl.plan.question``) do not count. Raises nothing."""
+    return FINGERPRINT_PREFIX + _hash(question(fields, defaults, local=local))
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -492,22 +540,34 @@ class Journal:
             self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # --- items -----------------------------------------------------------------------------------
-    def register(self, entries: Iterable[tuple[str, str]]) -> None:
-        """Make (id, fingerprint) pairs, in input order, the current items; a changed fingerprint makes an
-        item pending again."""
+    def register(self, entries: Iterable[tuple[str, str, str | None, str | None]]) -> None:
+        """Make (id, fingerprint, legacy0, legacy1) entries, in input order, the current items; a changed
+        fingerprint makes an item pending again. A row an earlier version wrote under one of the item's legacy
+        fingerprints (``legacy_fingerprints``: the same fields asked) keeps its answer and takes the new one."""
         with self._io(), self._transaction():
             c = self.conn
             c.execute("UPDATE items SET seq = NULL WHERE seq IS NOT NULL")
-            c.executemany(
-                """
-                INSERT INTO items (id, seq, fingerprint) VALUES (?, ?, ?)
-                ON CONFLICT (id) DO UPDATE SET seq = excluded.seq,
-                    status = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.status END,
-                    line = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.line END,
-                    batch_id = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.batch_id END,
-                    fingerprint = excluded.fingerprint""",
-                ((item_id, seq, fp) for seq, (item_id, fp) in enumerate(entries)),
-            )
+            legacy = c.execute(
+                "SELECT 1 FROM items WHERE substr(fingerprint, 1, ?) != ? LIMIT 1",
+                (len(FINGERPRINT_PREFIX), FINGERPRINT_PREFIX),
+            ).fetchone()
+            numbered = enumerate(entries)
+            while chunk := list(itertools.islice(numbered, REGISTER_CHUNK)):
+                if legacy:
+                    c.executemany(
+                        "UPDATE items SET fingerprint = ? WHERE id = ? AND fingerprint IN (?, ?)",
+                        ((fp, item_id, old0, old1) for _, (item_id, fp, old0, old1) in chunk if old0 or old1),
+                    )
+                c.executemany(
+                    """
+                    INSERT INTO items (id, seq, fingerprint) VALUES (?, ?, ?)
+                    ON CONFLICT (id) DO UPDATE SET seq = excluded.seq,
+                        status = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.status END,
+                        line = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.line END,
+                        batch_id = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.batch_id END,
+                        fingerprint = excluded.fingerprint""",
+                    ((item_id, seq, fp) for seq, (item_id, fp, _, _) in chunk),
+                )
 
     def pending_seqs(self) -> Iterator[int]:
         """The seqs (input positions) of the current items not finished (never sent, in flight when a run

@@ -78,6 +78,8 @@ from qwenvl.batch.journal import (
     count_answered,
     fingerprint,
     journal_path,
+    legacy_fingerprints,
+    legacy_question,
     question,
     read_finished,
     read_meta,
@@ -375,8 +377,12 @@ class Batch:
             raise UsageError("--mode batch-api is DashScope's Batch API; a local backend runs realtime only")
         if key_first and client is None:
             self._check_key_first()
-        defaults = self.planner.defaults
-        self.spool = Spool(items, lambda item: fingerprint(item.request, defaults), lambda i: _has_media(i.request))
+        # an output's journal written before this version may hold fingerprints of an earlier formula
+        try:
+            self._legacy = not fresh and journal_path(self.output).exists()
+        except (ValueError, OSError):  # no file name ("."): ``check`` refuses such an output before anything is read
+            self._legacy = False
+        self.spool = Spool(items, self._fingerprints, lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
         self._closed = False
 
@@ -446,14 +452,27 @@ class Batch:
             check_region(self.planner.region, self.client_options["base_url"])
 
     def _question(self, item: BatchItem) -> dict[str, Any]:
-        return question(item.request, self.planner.defaults)
+        return question(item.request, self.planner.defaults, local=self.planner.is_local)
+
+    def _fingerprints(self, item: BatchItem) -> tuple[str, str | None, str | None]:
+        """The item's fingerprint, and those earlier versions gave it when its output's journal may hold them."""
+        defaults = self.planner.defaults
+        fp = fingerprint(item.request, defaults, local=self.planner.is_local)
+        return (fp, *legacy_fingerprints(item.request, defaults)) if self._legacy else (fp, None, None)
 
     def _what_changed(self) -> str:
         """Which fields of the question changed since the last run ("prompt, model"), from the sample it recorded
         (``question`` in the journal's meta); a generic phrase when that item is not an input any more."""
         sample = read_meta(self.output, "question")
         item = self.spool.get(sample["id"]) if isinstance(sample, dict) and isinstance(sample.get("id"), str) else None
-        names = changed_fields(sample.get("fields") or {}, self._question(item)) if item is not None else []
+        names: list[str] = []
+        if item is not None:  # a sample an earlier version recorded holds the fields as it compared them
+            now = (
+                self._question(item)
+                if sample.get("version") == 2
+                else legacy_question(item.request, self.planner.defaults)
+            )
+            names = changed_fields(sample.get("fields") or {}, now)
         if names:
             return f"{', '.join(names)} changed"
         return "another prompt, model, schema or option"
@@ -651,7 +670,7 @@ class Batch:
             if first is not None:  # a sample of the question, to name what changed if a rerun asks another
                 sample = self.spool.get(first[0])
                 if sample is not None:
-                    journal.set_meta("question", {"id": sample.id, "fields": self._question(sample)})
+                    journal.set_meta("question", {"id": sample.id, "fields": self._question(sample), "version": 2})
             if self.retry_errors:
                 journal.retry_errors()
             self.spool.mark_todo(journal.pending_seqs())

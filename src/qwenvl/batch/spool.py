@@ -42,6 +42,8 @@ _SCHEMA = """CREATE TABLE items (
     seq INTEGER PRIMARY KEY,     -- position among the inputs, from 0 (the journal's seq)
     id TEXT NOT NULL UNIQUE,
     fingerprint TEXT NOT NULL,
+    legacy0 TEXT,                -- the fingerprints earlier versions gave the item (journal.legacy_fingerprints)
+    legacy1 TEXT,
     media INTEGER NOT NULL,      -- has images, video or messages (planned in threads by the estimate)
     item BLOB,                   -- the pickled BatchItem (NULL: kept in memory, see Spool.kept)
     pending INTEGER NOT NULL DEFAULT 1,  -- the estimate's view: not finished by an earlier run
@@ -73,7 +75,7 @@ class Spool:
     def __init__(
         self,
         items: Iterable[BatchItem],
-        fingerprint: Callable[[BatchItem], str],
+        fingerprint: Callable[[BatchItem], tuple[str, str | None, str | None]],
         has_media: Callable[[BatchItem], bool],
     ) -> None:
         """Take every item of ``items`` (once, in order). Raises UsageError for an item that is not a
@@ -104,11 +106,11 @@ class Spool:
     def _take(
         self,
         items: Iterable[BatchItem],
-        fingerprint: Callable[[BatchItem], str],
+        fingerprint: Callable[[BatchItem], tuple[str, str | None, str | None]],
         has_media: Callable[[BatchItem], bool],
     ) -> None:
         c = self.conn
-        insert = "INSERT INTO items (seq, id, fingerprint, media, item) VALUES (?, ?, ?, ?, ?)"
+        insert = "INSERT INTO items (seq, id, fingerprint, legacy0, legacy1, media, item) VALUES (?, ?, ?, ?, ?, ?, ?)"
         c.execute("BEGIN")
         try:
             for seq, item in enumerate(items):
@@ -123,7 +125,7 @@ class Spool:
                     blob = None
                     self.kept[seq] = item
                 try:
-                    c.execute(insert, (seq, item.id, fingerprint(item), int(has_media(item)), blob))
+                    c.execute(insert, (seq, item.id, *fingerprint(item), int(has_media(item)), blob))
                 except sqlite3.IntegrityError:
                     raise self._repeated(item, seq) from None
                 self.count = seq + 1
@@ -170,8 +172,9 @@ class Spool:
     # --- the estimate -------------------------------------------------------------------------------
     def mark_pending(self, finished: Iterable[tuple[str, str, str]], done: tuple[str, ...]) -> bool:
         """Decide, from an earlier run's finished (or submitted) items ``(id, fingerprint, status)``, which items
-        are pending: not found, changed (another fingerprint), or in a status not in ``done``. Forgets what
-        an earlier estimate found. Returns whether an unchanged item is in an uncollected Batch API job."""
+        are pending: not found, changed (another fingerprint), or in a status not in ``done``. A fingerprint an
+        earlier version gave the item (``legacy0``/``legacy1``) counts as its own. Forgets what an earlier
+        estimate found. Returns whether an unchanged item is in an uncollected Batch API job."""
         c = self.conn
         with self.lock, _io(), self._transaction():
             c.execute(
@@ -180,6 +183,10 @@ class Spool:
             c.executemany(
                 "UPDATE items SET prev_fingerprint = ?, prev_status = ? WHERE id = ?",
                 ((fp, status, item_id) for item_id, fp, status in finished),
+            )
+            c.execute(
+                "UPDATE items SET prev_fingerprint = fingerprint WHERE prev_fingerprint IS NOT fingerprint "
+                "AND prev_fingerprint IN (legacy0, legacy1)"
             )
             marks = ",".join("?" * len(done))
             c.execute(
@@ -209,20 +216,21 @@ class Spool:
             self.conn.executemany("UPDATE items SET cached = 1 WHERE seq = ?", ((s,) for s in cached))
 
     # --- the run ------------------------------------------------------------------------------------
-    def entries(self) -> Iterator[tuple[str, str]]:
-        """(id, fingerprint) of every item in input order (for ``Journal.register``, whose seq is the
-        position: the spool's seq)."""
+    def entries(self) -> Iterator[tuple[str, str, str | None, str | None]]:
+        """(id, fingerprint, legacy0, legacy1) of every item in input order (for ``Journal.register``, whose seq
+        is the position: the spool's seq)."""
         last = -1
         while True:
             with self.lock, _io():
                 rows = self.conn.execute(
-                    "SELECT seq, id, fingerprint FROM items WHERE seq > ? ORDER BY seq LIMIT ?", (last, CHUNK)
+                    "SELECT seq, id, fingerprint, legacy0, legacy1 FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, CHUNK),
                 ).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
-            for _, item_id, fp in rows:
-                yield item_id, fp
+            for _, item_id, fp, legacy0, legacy1 in rows:
+                yield item_id, fp, legacy0, legacy1
 
     def mark_todo(self, seqs: Iterable[int]) -> int:
         """Make exactly the items at ``seqs`` (the journal's pending ones) the run's to-do. Returns how many."""
