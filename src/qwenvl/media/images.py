@@ -23,28 +23,31 @@ Decisions:
   white, which is what QwenLM's reference preprocessing does for RGBA. The model cannot see alpha, and
   flattening ourselves gives LA, PA and palette images the same white background as well.
 - **Encoding.** Never less faithful than QwenLM's reference (its exact resize re-encoded at JPEG quality 90,
-  PSNR against that resize) and no larger. A photograph, or anything that came as a JPEG, goes as the most
-  faithful JPEG no larger than a plain quality-90 encoding of the same pixels (``encode_photo``): flat
-  quantisation for dense texture, quality 91 or 90 with optimised Huffman tables otherwise. Graphics
+  PSNR against that resize) and no larger. A photograph, or anything that came as a JPEG, goes as JPEG
+  (``encode_photo``): the reference's own pixels at quality 90 with optimised Huffman tables, or flat
+  quantisation for dense texture when that is smaller still. Graphics
   (screenshots, text, line art, charts) go as PNG or as full-chroma JPEG quality 95/90, visually lossless
   (``encode_graphic``). The graphics test is cheap: in a 128x128 sample, the 16 most common colours cover at
   least 60% of the pixels. A PNG that would be over the size limit is sent as a JPEG instead. An image
   within its budget that needs no conversion passes through from its header (``passes_through``).
-- **Decoding and resampling.** A JPEG is decoded at the smallest DCT scale (1/8 to 1) that still gives at
-  least ``DCT_HEADROOM`` times the target size (libjpeg-turbo through simplejpeg, or Pillow's draft mode),
-  then resized to the exact size, bicubic with ``reducing_gap``. Large outputs are resized in bands on every
-  core.
+- **Decoding and resampling.** Exactly as QwenLM's reference: decoded at full scale, then resized to the
+  exact size with Pillow's bicubic convolution (no DCT-scaled decode, no ``reducing_gap``), so the pixels
+  are the reference's and the encodings above are at least as faithful by construction. A DCT-scaled decode
+  or a ``reducing_gap`` is 3-5x faster on large reductions but gives pixels 49-55 dB from the exact resize:
+  quality 90 then scored 0.01-0.09 dB under the reference, and on smooth photographs no encoding within its
+  bytes won that back (tests/test_media_images.py has the cases). Large outputs are resized in two bands on
+  every core, which gives the same pixels.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import struct
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -81,17 +84,8 @@ JPEG_QUALITY = 90  # qwen-vl-utils' re-encoding quality: the fidelity and size r
 FLAT_QTABLES = ([8] * 64, [16] * 64)
 DENSE_TEXTURE_BYTES_PER_PIXEL = 0.3  # a plain q90 encoding this dense means texture, where flat tables pay off
 OPTIMIZED_HUFFMAN_RATIO = 0.93  # optimised Huffman tables save 3-10% of a q90 JPEG (7% on the bench photo)
-PHOTO_JPEG_QUALITY = 91
-# Our resize differs slightly from qwen-vl-utils' (DCT-scaled decode), so its plain q90 size can be a little
-# over theirs: a candidate must be 1% smaller than our plain q90 to count as no larger.
-YARDSTICK_MARGIN = 0.99
 GRAPHIC_JPEG_QUALITIES = (95, 90)  # visually lossless full-chroma JPEG for screenshots (``encode_graphic``)
 JPEG_FALLBACK_QUALITIES = (80, 70, 60)  # tried in turn when a JPEG is over the size limit
-# A JPEG is decoded at the smallest DCT scale that still gives this many times the target on each side, then
-# resized bicubic. Closer to the target (scale 1/2 or 5/8 for a 12 MP photo at the default budget) fine
-# texture loses 0.1-6 dB PSNR against the exact (full-decode) resize, more than any encoding wins back at the
-# same size on smooth photographs; at 2x the DCT scaling only helps reductions of 4x per side and more.
-DCT_HEADROOM = 2.0
 PNG_COMPRESS_LEVEL = 6
 PNG_SAMPLE_BANDS = 16  # ``png_size_estimate`` encodes this many evenly spaced bands ...
 PNG_SAMPLE_FRACTION = 8  # ... holding 1/8 of the rows
@@ -282,22 +276,18 @@ class Decoded:
     image: Image.Image
     notes: list[str]
     must_convert: bool  # the original's pixels would be misread as they are (CMYK, 16-bit, alpha, rotation)
-    exact: bool = True  # decoded at full scale (no DCT scaling): the resize is the exact one
 
 
 def decode(data: bytes, info: ImageInfo, label: str, *, size: Size | None = None) -> Decoded:
-    """Decode ``data`` to an upright 8-bit RGB or L image, resized to exactly ``size`` (width, height,
-    upright) when given. JPEGs are decoded at the smallest DCT scale that still gives ``DCT_HEADROOM`` times
-    ``size`` (libjpeg-turbo through simplejpeg, else Pillow's draft mode); ``Decoded.exact`` says whether the
-    decode was at full scale."""
+    """Decode ``data`` at full scale to an upright 8-bit RGB or L image, resized to exactly ``size`` (width,
+    height, upright) when given, as QwenLM's reference resizes (``resize``)."""
     notes: list[str] = []
     stored_size = None
     if size is not None:
         stored_size = (size[1], size[0]) if info.orientation in (5, 6, 7, 8) else size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        img = _decode_stored(data, info, label, stored_size)
-        exact = img.size == (info.width, info.height)
+        img = _decode_stored(data, info, label)
         if info.frames > 1 and info.format == "TIFF":
             notes.append(f"multi-page TIFF: only the first of {info.frames} pages is sent")
         img, converted = _to_8bit(img, notes)
@@ -307,30 +297,46 @@ def decode(data: bytes, info: ImageInfo, label: str, *, size: Size | None = None
         if info.orientation in _UPRIGHT:
             img = img.transpose(_UPRIGHT[info.orientation])
             notes.append(f"EXIF orientation {info.orientation} applied")
-    return Decoded(img, notes, converted or flattened or info.orientation in _UPRIGHT, exact)
+    return Decoded(img, notes, converted or flattened or info.orientation in _UPRIGHT)
 
 
 def resize(img: Image.Image, size: Size, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
-    """``img`` resized to exactly ``size`` (width, height), antialiased (Pillow's convolution, bicubic by
-    default, with ``reducing_gap`` for large reductions). A large output is made in horizontal bands on all cores:
-    Pillow releases the GIL while it resamples, and each band reads the source rows around it, so there are
-    no seams."""
+    """``img`` resized to exactly ``size`` (width, height) by Pillow's antialiased convolution (bicubic by
+    default), the pixels one ``Image.resize`` call without ``reducing_gap`` gives (what qwen-vl-utils calls).
+
+    A large output is made on every core, Pillow's two passes done apart: the horizontal pass in bands of
+    rows, then the vertical pass in bands of columns. Pillow releases the GIL while it resamples, and each band
+    spans the whole of the axis it resamples, so its filter weights are those of the one call: the same pixels,
+    bit for bit (tests/test_media_images.py). Bands of the output with a box would not be: Pillow computes a
+    band's filter positions from its own top, and a rounding there changes a pixel by one level now and then.
+    """
     width, height = size
     workers = _cpu_count()
     if workers < 2 or width * height < PARALLEL_RESIZE_PIXELS:
-        return img.resize(size, resample, reducing_gap=3.0)
-    bounds = [height * i // workers for i in range(workers + 1)]
-    scale = img.height / height
+        return img.resize(size, resample)
 
-    def band(i: int) -> Image.Image:
-        top, bottom = bounds[i], bounds[i + 1]
-        return img.resize(
-            (width, bottom - top), resample, box=(0, top * scale, img.width, bottom * scale), reducing_gap=3.0
-        )
+    def horizontal(top: int, bottom: int) -> Image.Image:
+        return img.crop((0, top, img.width, bottom)).resize((width, bottom - top), resample)
 
-    out = Image.new(img.mode, size)
-    for i, part in enumerate(_pool().map(band, range(workers))):
-        out.paste(part, (0, bounds[i]))
+    wide = _joined(horizontal, img.height, workers, (width, img.height), rows=True)
+
+    def vertical(left: int, right: int) -> Image.Image:
+        return wide.crop((left, 0, right, wide.height)).resize((right - left, height), resample)
+
+    return _joined(vertical, width, workers, size, rows=False)
+
+
+def _joined(
+    part: Callable[[int, int], Image.Image], extent: int, workers: int, size: Size, *, rows: bool
+) -> Image.Image:
+    """``part(start, end)`` for ``workers`` equal spans of ``extent`` rows (or columns), run on the pool and
+    pasted together into an image of ``size``."""
+    bounds = [extent * i // workers for i in range(workers + 1)]
+    spans = [(bounds[i], bounds[i + 1]) for i in range(workers) if bounds[i + 1] > bounds[i]]
+    parts = list(_pool().map(lambda span: part(*span), spans))
+    out = Image.new(parts[0].mode, size)
+    for (start, _), piece in zip(spans, parts, strict=True):
+        out.paste(piece, (0, start) if rows else (start, 0))
     return out
 
 
@@ -367,37 +373,23 @@ def encode_jpeg(
     return buf.getvalue()
 
 
-def encode_photo(img: Image.Image, *, exact: bool = False) -> bytes:
+def encode_photo(img: Image.Image) -> bytes:
     """A photograph as JPEG, at least as faithful as qwen-vl-utils' quality-90 re-encode and no larger.
 
-    The yardstick is a plain quality-90 JPEG of ``img`` (what qwen-vl-utils sends, bar the resize). The first
-    of these that is no larger than it is sent: for dense texture (the yardstick over
-    ``DENSE_TEXTURE_BYTES_PER_PIXEL``), flat quantisation (``FLAT_QTABLES``), which spends the bits evenly
-    over all frequencies and so minimises squared error (+0.7 to +2 dB PSNR at equal size on foliage and
-    high-ISO grain); then quality ``PHOTO_JPEG_QUALITY`` with optimised Huffman tables; else quality 90 with
-    optimised tables, which is the yardstick's pixels in fewer bytes. With ``exact`` (``img`` is the exact
-    resize, as qwen-vl-utils makes it) the yardstick's pixels are the reference's, so quality 90 with
-    optimised tables is sent (the same pixels, 3-10% fewer bytes) unless flat tables are smaller still: one
-    or two encodings instead of three. Measured against the exact resize in
-    bench/bench_image_prepare.py (corpus) and tests/test_media_images.py (generated images).
+    ``img`` is the exact resize, the reference's own pixels (``decode``), so quality 90 with optimised Huffman
+    tables is as faithful as the reference in 3-10% fewer bytes (the same coefficients, better codes). For
+    dense texture (that encoding over ``DENSE_TEXTURE_BYTES_PER_PIXEL`` less the Huffman saving) flat
+    quantisation (``FLAT_QTABLES``) is tried too and sent when no larger: it spends the bits evenly over all
+    frequencies and so minimises squared error (+0.6 to +2.7 dB PSNR on foliage and high-ISO grain). Measured
+    against the exact resize in bench/bench_image_prepare.py (corpus) and tests/test_media_images.py
+    (generated images).
     """
-    if exact:  # the reference's own pixels: its quality in fewer bytes, unless flat tables do better still
-        same = encode_jpeg(img, optimize=True)
-        if len(same) >= DENSE_TEXTURE_BYTES_PER_PIXEL * OPTIMIZED_HUFFMAN_RATIO * img.width * img.height:
-            flat = encode_jpeg(img, qtables=FLAT_QTABLES, optimize=True)
-            if len(flat) <= len(same):
-                return flat
-        return same
-    plain = encode_jpeg(img)
-    limit = len(plain) * YARDSTICK_MARGIN
-    if len(plain) >= DENSE_TEXTURE_BYTES_PER_PIXEL * img.width * img.height:
-        flat = encode_jpeg(img, qtables=FLAT_QTABLES)
-        if len(flat) <= limit:
+    same = encode_jpeg(img, optimize=True)
+    if len(same) >= DENSE_TEXTURE_BYTES_PER_PIXEL * OPTIMIZED_HUFFMAN_RATIO * img.width * img.height:
+        flat = encode_jpeg(img, qtables=FLAT_QTABLES, optimize=True)
+        if len(flat) <= len(same):
             return flat
-    finer = encode_jpeg(img, PHOTO_JPEG_QUALITY, optimize=True)
-    if len(finer) <= limit:
-        return finer
-    return encode_jpeg(img, optimize=True)
+    return same
 
 
 def encode_png(img: Image.Image) -> bytes:
@@ -415,7 +407,7 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
 
     The PNG is encoded only when a sample of it (``png_size_estimate``) says it may fit: on a 4K document
     screenshot the PNG was 1.4x the yardstick and cost five times a JPEG encoding."""
-    yardstick = len(encode_jpeg(img)) * YARDSTICK_MARGIN
+    yardstick = len(encode_jpeg(img))
     candidates: list[tuple[bytes, str]] = []
     if png_size_estimate(img) <= PNG_ESTIMATE_SLACK * yardstick:
         png = encode_png(img)
@@ -602,28 +594,10 @@ def _simplejpeg_colorspace(data: bytes) -> str | None:
     return "RGB" if colorspace in ("YCbCr", "RGB") else None
 
 
-def _decode_stored(data: bytes, info: ImageInfo, label: str, stored_size: Size | None) -> Image.Image:
-    """Pixels as stored (no orientation applied); possibly reduced by DCT scaling, never below
-    ``DCT_HEADROOM`` times stored_size (nor below the stored size when that is smaller)."""
-    min_w, min_h = stored_size or (0, 0)
-    min_w = min(info.width, math.ceil(min_w * DCT_HEADROOM))
-    min_h = min(info.height, math.ceil(min_h * DCT_HEADROOM))
-    # simplejpeg only when a DCT scale below 1 will do: at full scale Pillow's own libjpeg-turbo decode is as
-    # fast and gives the image without the copy that Image.fromarray makes (about 0.1 s for 12 MP).
-    reducible = stored_size is not None and min_w * 8 <= info.width * 7 and min_h * 8 <= info.height * 7
-    if info.format in _JPEG_FORMATS and reducible:
-        colorspace = _simplejpeg_colorspace(data)
-        if colorspace is not None:
-            try:
-                arr = simplejpeg.decode_jpeg(data, colorspace=colorspace, min_height=min_h, min_width=min_w)
-            except ValueError:
-                pass  # damaged but perhaps recoverable: Pillow decides below
-            else:
-                return Image.fromarray(arr[:, :, 0] if colorspace == "GRAY" else arr)
+def _decode_stored(data: bytes, info: ImageInfo, label: str) -> Image.Image:
+    """The pixels as stored (no orientation applied), decoded at full scale by Pillow."""
     try:
         img = Image.open(io.BytesIO(data))
-        if info.format in _JPEG_FORMATS and stored_size is not None:
-            img.draft("RGB" if img.mode == "RGB" else None, (min_w, min_h))
         img.load()
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise _corrupt(label, info, exc) from None

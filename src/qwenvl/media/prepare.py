@@ -285,9 +285,7 @@ def _prepare_local_image(
     notes.extend(decoded.notes)
     img = decoded.image
     photo = info.format in ("JPEG", "MPO") or not images.looks_like_graphic(img)
-    encoded, mime = (
-        (images.encode_photo(img, exact=decoded.exact), "image/jpeg") if photo else images.encode_graphic(img)
-    )
+    encoded, mime = (images.encode_photo(img), "image/jpeg") if photo else images.encode_graphic(img)
     if (
         target is None
         and not decoded.must_convert
