@@ -5,7 +5,8 @@ Corpus (generated here, written to a temporary folder):
 - **photo**: 4000x3000 photo-like JPEG q95 (gradients, soft shapes, sensor noise, light grain);
 - **foliage**: 4000x3000 JPEG q95 of fine multi-scale texture (1-32 px, leaves and twigs) with sensor noise;
 - **gravel**: 4032x3024 JPEG q92 of 1-3 px grain under strong sensor noise (a high-ISO shot);
-- **screenshot**: 3840x2160 PNG of a document window (text in several sizes, flat panels, a chart).
+- **screenshot**: 3840x2160 PNG of a document window (text in several sizes, flat panels, a chart);
+- **photo (48 MP)**: 8000x6000 photo-like JPEG q92 (a phone's full-resolution mode), reduced 3.7x per side.
 
 Ways, each timed end to end from the file on disk to the data URL:
 
@@ -294,6 +295,8 @@ CORPUS = {  # name -> (generator, file format and options)
     "foliage (12 MP)": (foliage, ("JPEG", {"quality": 95})),
     "gravel, high ISO (12 MP)": (gravel, ("JPEG", {"quality": 92})),
     "screenshot (document, 4K)": (screenshot, ("PNG", {})),
+    # a 48 MP phone photo: 3.7x per side to the default budget, a reduction that once took a DCT-scaled decode
+    "photo (48 MP)": (lambda: photo_like(8000, 6000, noise=6.0, texture=0.05, seed=21), ("JPEG", {"quality": 92})),
 }
 
 
@@ -390,12 +393,12 @@ def main() -> None:
 
 Anchor: {version} `fetch_image` (full decode, RGB, bicubic `resize` to `smart_resize`'s size at
 {MODEL}'s default budget, 2,621,440 px), then Pillow JPEG quality 90 and base64, in bench/.venv-ref (torch
-and torchvision installed, as the package needs). Ours: `qwenvl.media.prepare.prepare_image` (JPEG decoded
-at full scale unless the DCT scale giving at least 2x the target is below 1/2, bicubic resize in bands on both cores,
-then `images.encode_photo`: when the decode was full-scale (the reference's pixels), q90 with optimised
-Huffman tables, or flat-table JPEG for dense texture when smaller still; else flat tables, q91 or q90 with
-optimised tables, whichever is first no larger than a plain q90; a screenshot as PNG (tried only when a banded
-sample says it may fit) or full-chroma JPEG q95/q90 with optimised tables, by `images.encode_graphic`).
+and torchvision installed, as the package needs). Ours: `qwenvl.media.prepare.prepare_image` (decoded at full
+scale by Pillow and resized by Pillow's bicubic convolution as one call would, without `reducing_gap`, its two
+passes split in bands over both cores: the reference's pixels, bit for bit; then `images.encode_photo`: q90
+with optimised Huffman tables, or flat-table JPEG for dense texture when smaller still; a screenshot as PNG
+(tried only when a banded sample says it may fit) or full-chroma JPEG q95/q90 with optimised tables, by
+`images.encode_graphic`).
 Each way runs in its own worker process with the same allocator settings ({allocator}),
 so neither re-faults the memory it just freed;
 {args.repeat} interleaved rounds after a warm-up; times are medians, the speed-up is the median of per-round
@@ -410,8 +413,10 @@ Result: {"all targets met on every image" if met else "NOT all targets met (see 
 The decode-only floor is a third worker that decodes the file at full scale and does nothing else (simplejpeg,
 i.e. libjpeg-turbo, for a JPEG; Pillow otherwise), timed in the same rounds. "reference / floor" is the most
 that any preparation which decodes at full scale, as the reference does, could gain over it on one core: where
-it is under 2, the speed target can only be met by decoding at reduced scale (the DCT scaling that lost
-0.05-6 dB on texture) or by decoding on more than one core.
+it is under 2, the speed target can only be met by decoding at reduced scale (a DCT-scaled decode, whose
+pixels are not the reference's: up to 6 dB lost on texture, and 0.01-0.09 dB under the reference after
+encoding even at reductions of 4x per side and more, so it is no longer used) or by decoding on more than one
+core.
 """
     write_section("Image preparation (bench_image_prepare.py)", body)
     print("wrote bench/RESULTS.md")

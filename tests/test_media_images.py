@@ -576,12 +576,25 @@ def test_png_size_estimate_is_close(tmp_path: Path) -> None:
     assert images.png_size_estimate(tiny) == len(images.encode_png(tiny))
 
 
-@pytest.mark.parametrize("size", [(1856, 1376), (1344, 1024), (1281, 963), (2144, 1185), (1152, 1536)])
-def test_banded_resize_gives_the_pixels_of_one_call(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("source", "size"),
+    [
+        ((3000, 2250), (1856, 1376)),
+        ((3000, 2250), (1344, 1024)),
+        ((3000, 2250), (1281, 963)),
+        ((3000, 2250), (2144, 1185)),
+        ((3000, 2250), (1152, 1536)),
+        # sizes where bands of output rows (what qwenvl did before) differed from one call on a third of the
+        # pixels, by up to 2 levels
+        ((1559, 2042), (1024, 1088)),
+        ((1840, 2393), (960, 1216)),
+    ],
+)
+def test_banded_resize_gives_the_pixels_of_one_call(source: tuple[int, int], size: tuple[int, int]) -> None:
     """``images.resize`` makes a large output in bands on every core: the same pixels as one ``Image.resize``
     (what qwen-vl-utils calls), so the encodings sent are the reference's by construction."""
     import numpy as np
 
-    src = Image.fromarray(corpus.photo_array(3000, 2250, seed=8))
+    src = Image.fromarray(corpus.photo_array(*source, seed=8))
     one = np.asarray(src.resize(size, Image.Resampling.BICUBIC))
     assert np.array_equal(np.asarray(images.resize(src, size)), one)

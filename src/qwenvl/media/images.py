@@ -334,7 +334,7 @@ def _joined(
     bounds = [extent * i // workers for i in range(workers + 1)]
     spans = [(bounds[i], bounds[i + 1]) for i in range(workers) if bounds[i + 1] > bounds[i]]
     parts = list(_pool().map(lambda span: part(*span), spans))
-    out = Image.new(parts[0].mode, size)
+    out = Image.new(parts[0].mode, size, None)  # not filled: the parts cover it
     for (start, _), piece in zip(spans, parts, strict=True):
         out.paste(piece, (0, start) if rows else (start, 0))
     return out
