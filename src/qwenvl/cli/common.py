@@ -42,7 +42,8 @@ from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
-from qwenvl.types import Request, Response
+from qwenvl.types import DuplicateKeyError, Request, Response
+from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
@@ -250,16 +251,34 @@ service_options = option_group(
 BACKEND_OPTIONS = ("backend", "engine", "family", "device", "dtype", "attn_implementation")
 
 
+_PYTHON_WORDS = {"true": True, "false": False}  # --param enable_search=False: the bool, not the string "False"
+
+
+def param_value(raw: str) -> Any:
+    """A ``--param`` VALUE: JSON when it parses (``1`` an int, ``0.5`` a float, ``false`` a bool, ``["a"]`` a list,
+    ``{...}`` an object, ``null`` None), ``True``/``False`` in any case as the bools, else the text as given (``""``
+    included). Raises DuplicateKeyError (a ValueError) for a JSON object that gives a key twice."""
+    try:
+        return qloads(raw)
+    except json.JSONDecodeError:
+        return _PYTHON_WORDS.get(raw.strip().lower(), raw)
+
+
 def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """``--param KEY=VALUE``s as a dict (values: ``param_value``). click.BadParameter (exit 2) for an item that is
+    not KEY=VALUE, a key given twice, or a JSON value that gives a key twice: never the last one silently."""
     out: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+        if key in out:
+            raise click.BadParameter(f"'{key}' is given twice: give each parameter once", ctx=ctx, param=param)
         try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
+            out[key] = param_value(raw)
+        except DuplicateKeyError as exc:
+            raise click.BadParameter(f"{key}: {exc}", ctx=ctx, param=param) from None
     return out
 
 
