@@ -42,7 +42,7 @@ from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
-from qwenvl.types import DuplicateKeyError, Request, Response
+from qwenvl.types import FIELD_FLAGS, DuplicateKeyError, Request, Response
 from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
@@ -123,13 +123,19 @@ _FLAG_VALUES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The Request field a flag sets where it is not the flag's name (``types.FIELD_FLAGS``: --param -> extra, --timeout
+# -> timeout_s), for verbs that take whole requests; not --no-resize (its field takes the opposite, prepare=False).
+_FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
+
+
 def fit_hint(hint: str, command: click.Command | None) -> str:
     """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
     the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
     flag is kept alone. For one that lacks it: a verb that takes JSON requests (``analyze``, ``batch
-    --requests``) gets the request key of that name; else the environment variable that stands for the flag
-    (``--region cn`` -> ``QWENVL_REGION=cn``: ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone
-    is left out, and a sentence that still names a flag the verb lacks is dropped (no hint when none is left).
+    --requests``) gets the request key it sets (``types.FIELD_FLAGS``: ``--param`` -> ``extra``); else the
+    environment variable that stands for the flag (``--region cn`` -> ``QWENVL_REGION=cn``:
+    ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone is left out, and a sentence that still
+    names a flag the verb lacks is dropped (no hint when none is left).
     Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
     if command is None:
         return hint
@@ -137,7 +143,7 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
 
     def mapped(flag: str) -> str | None:  # the flag as this verb can take it, or None
-        key = flag[2:].replace("-", "_")
+        key = _FLAG_FIELDS.get(flag, flag[2:].replace("-", "_"))
         if flag in flags:
             return flag
         if takes_requests and key in Request.model_fields:
