@@ -223,10 +223,13 @@ def reserved_extra(key: str, fields: Any) -> str | None:
 def reserved_extra_hint(keys: list[str]) -> str:
     """``Use --temperature / temperature ...`` for reserved ``extra`` keys (the CLI keeps the flag, or the request
     key for a verb without it: ``cli.common.fit_hint``). Raises nothing."""
-    uses, in_request = [], []
+    uses, in_request, arguments = [], [], False
     for key in keys:
         field = BUILT_WIRE_KEYS.get(key, key)
         if field is None or field in ("messages", "extra", "stream"):
+            continue
+        if field in ("prompt", "image", "images", "video"):
+            arguments = True
             continue
         flag = FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
         if flag is None:
@@ -235,6 +238,11 @@ def reserved_extra_hint(keys: list[str]) -> str:
             uses.append(f"{flag} / {field}")
     tail = "--param / extra is only for service parameters qwenvl has no option for."
     said = [f"Use {', '.join(uses)}"] if uses else []
+    if arguments:
+        said.append(
+            f"{'the' if uses else 'The'} prompt and the media are the command's arguments (Request(prompt=..., "
+            "image=...))"
+        )
     if in_request:
         names, are = ", ".join(in_request), "is a field" if len(in_request) == 1 else "are fields"
         said.append(

@@ -150,9 +150,11 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
             return key
         return qenv.FLAG_VARIABLES.get(flag)
 
-    def pair(m: re.Match[str]) -> str:
+    def pair(m: re.Match[str]) -> str:  # the library's name only where the verb takes requests: never "Use tools"
         flag, other = (m[1], m[2]) if m[1] else (m[4], m[3])
-        return flag if flag in flags else other
+        if flag in flags:
+            return flag
+        return other if takes_requests else qenv.FLAG_VARIABLES.get(flag, flag)
 
     def with_value(m: re.Match[str]) -> str:  # "--region cn" on a verb without it: "QWENVL_REGION=cn"
         name = mapped(m[1])
