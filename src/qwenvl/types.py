@@ -455,8 +455,11 @@ with warnings.catch_warnings():
         )
         extra: dict[str, Any] = Field(
             default_factory=dict,
-            description="Other service parameters, passed through to the request body as they are. A Request "
-            "field's name or a wire key qwenvl builds (``BUILT_WIRE_KEYS``: input, stream_options, ...) is refused.",
+            description="Other service parameters, passed through to the request body as they are (compat: top "
+            "level; native: in `parameters`), 0, False and '' included. A Request field's name or a wire key qwenvl "
+            "builds (``BUILT_WIRE_KEYS``: input, stream_options, ...) is refused here; when planned, a name spelled "
+            "like a known one but not it (temprature, top-p) is refused with 'Did you mean', and one qwenvl does not "
+            "know for the protocol (``PASS_THROUGH_PARAMS``) is sent with a warning (qwenvl.plan.check_extra).",
         )
 
         _schema_model: type[BaseModel] | None = PrivateAttr(default=None)
