@@ -18,6 +18,7 @@ import pytest
 import qwenvl
 import qwenvl.plan
 from conftest import API_KEY, make_client, run_cli, write_image
+from qwenvl.cli.common import param_value
 from qwenvl.cli.main import cli
 from qwenvl.errors import UsageError
 from qwenvl.plan import check_extra
@@ -308,3 +309,53 @@ def test_request_verbs_hints_name_request_keys(server, env, media):
         assert p.returncode == 2 and shown in p.stderr, p.stderr
         assert hint_flags(p.stderr) <= flags_of(command("analyze")), p.stderr
     assert model_calls(server) == []
+
+
+# --- 4. how a --param VALUE is read ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("1", 1),
+        ("0", 0),
+        ("1.5", 1.5),
+        ("false", False),
+        ("False", False),
+        ("TRUE", True),
+        ("null", None),
+        ('["a"]', ["a"]),
+        ('{"forced_search": false}', {"forced_search": False}),
+        ("", ""),
+        ("abc", "abc"),
+        ('"1"', "1"),
+        ("none", "none"),  # a word, not Python's None: a parameter may take the text "none"
+    ],
+)
+def test_param_values_are_read_as_json_else_as_text(raw, value):
+    got = param_value(raw)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_param_values_reach_the_dry_run_body_as_read(env, media, protocol):
+    p = run_cli(
+        "ask",
+        media["image"],
+        "-p",
+        "Describe",
+        "--dry-run",
+        "--protocol",
+        protocol,
+        "--param",
+        "top_logprobs=1",
+        "--param",
+        'x_list=["a"]',
+        "--param",
+        "enable_search=false",
+        "--param",
+        "x_empty=",
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr
+    sent = wire(json.loads(p.stdout)["body"], protocol)
+    assert sent["top_logprobs"] == 1 and type(sent["top_logprobs"]) is int
+    assert sent["x_list"] == ["a"] and sent["enable_search"] is False and sent["x_empty"] == ""

@@ -350,8 +350,9 @@ generation_options = option_group(
         multiple=True,
         callback=_param,
         metavar="KEY=VALUE",
-        help="Any other service parameter (VALUE parsed as JSON when it can be); not one qwenvl sets itself "
-        "(model, messages, temperature...: use their options).",
+        help="Any other service parameter (VALUE read as JSON when it can be, True/False as bools, else as "
+        "text); not one qwenvl sets itself (model, messages, temperature...: use their options). A misspelt "
+        "name or a key given twice is refused; a name qwenvl does not know is sent with a warning.",
     ),
 )
 
