@@ -311,7 +311,8 @@ def plan(
 ) -> Call:
     """Validate, build the messages and prepare every media item. Raises before anything is sent: UsageError for
     thinking or tools on a model without them, or ``max_tokens`` above a listed model's ``max_output_tokens``
-    (DashScope's protocols; a local server's limit is its own); MediaError for media that cannot be sent.
+    (DashScope's protocols; a local server's limit is its own), or a misspelt ``extra`` name (``check_extra``,
+    which also warns of names it does not know); MediaError for media that cannot be sent.
 
     ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
     being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent.
