@@ -108,6 +108,15 @@ OPTIONS: dict[str, tuple[list[str], dict[str, Any], str, Any]] = {
     "no-thinking": (["--no-thinking"], {"enable_thinking": False}, "enable_thinking", False),
     "no-high-res": (["--no-high-res"], {"vl_high_resolution_images": False}, "vl_high_resolution_images", False),
     "param =0": (["--param", "presence_penalty=0"], {"extra": {"presence_penalty": 0}}, "presence_penalty", 0),
+    # --param values: JSON when they parse (a bool false, a list), Python's False too, "" as given; never dropped
+    "param =false": (["--param", "enable_search=false"], {"extra": {"enable_search": False}}, "enable_search", False),
+    "param =False": (["--param", "enable_search=False"], {"extra": {"enable_search": False}}, "enable_search", False),
+    "param object": (
+        ["--param", 'search_options={"forced_search": false}'],
+        {"extra": {"search_options": {"forced_search": False}}},
+        "search_options",
+        {"forced_search": False},
+    ),
 }
 
 

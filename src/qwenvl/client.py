@@ -357,7 +357,8 @@ class _Base(Generic[B]):
         ``estimate_only=True``: media checked and sized from their headers, not prepared (fast); the Call
         gives sizes and tokens and cannot be sent (``send`` raises UsageError).
 
-        Raises UsageError (invalid fields, an ability the model lacks), SchemaDefinitionError, MediaError (a
+        Raises UsageError (invalid fields, an ability the model lacks, a misspelt ``extra`` name:
+        ``qwenvl.plan.check_extra``), SchemaDefinitionError, MediaError (a
         file or URL that cannot be sent: missing, unreadable, too large, an unknown format), and for local
         backends APIError when their server must be asked about the model."""
         req = self.request(request, **fields)

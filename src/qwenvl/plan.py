@@ -6,6 +6,9 @@ only place these values where their wire format wants them.
 
 from __future__ import annotations
 
+import difflib
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,7 +18,19 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.resize import image_budget, service_budget
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info
-from qwenvl.types import GENERATION_FIELDS, ImagePart, Message, Request, TextPart, VideoPart
+from qwenvl.types import (
+    BUILT_WIRE_KEYS,
+    GENERATION_FIELDS,
+    PASS_THROUGH_PARAMS,
+    ImagePart,
+    Message,
+    Request,
+    TextPart,
+    VideoPart,
+    reserved_extra_hint,
+)
+
+log = logging.getLogger("qwenvl")
 
 
 @dataclass
@@ -233,6 +248,66 @@ def check_model_rules(request: Request, protocol: str, model: ModelInfo | None =
         )
 
 
+_NOTED: set[tuple[str, str]] = set()  # (protocol, key): each unknown parameter is noted once per process
+_CLOSE = 0.8  # difflib ratio at or above which a key is taken for a misspelling (temprature, top-p, topk, maxtokens)
+
+
+def _spelling(key: str) -> str:
+    return key.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def check_extra(extra: Mapping[str, Any], protocol: str) -> list[str]:
+    """Check the names of pass-through parameters (``Request.extra``, the CLI's ``--param``) for ``protocol``.
+
+    A key that ``PASS_THROUGH_PARAMS`` (``qwenvl.types``, with its sources) lists for the protocol passes. A key
+    that is not listed but is spelled like a listed one, a Request field or a wire key qwenvl builds (the same
+    name in other case or with dashes, or a difflib ratio of 0.8 or more: ``temprature``, ``top-p``,
+    ``presence_penality``) is a misspelling the service would ignore while the request is paid: UsageError whose
+    hint says ``Did you mean ...?``. ``n`` other than 1 is refused too (qwenvl reads one answer, the service
+    would bill every one). Any other key is sent as given: the returned notes (also logged once per process and
+    key as a warning on the ``qwenvl`` logger, which the CLI prints on stderr) say that qwenvl does not know
+    it, and name the other DashScope protocol when it is one of that protocol's. The plain ``openai`` protocol
+    (local engines, each with parameters of its own) is checked only against Request fields and built keys, and
+    gets no notes. Raises UsageError as said; nothing is sent."""
+    known = PASS_THROUGH_PARAMS.get(protocol)
+    names = set(Request.model_fields) | set(BUILT_WIRE_KEYS) | (known or set())
+    where = f" of the {protocol} protocol" if known is not None else " qwenvl takes"
+    notes = []
+    for key in extra:
+        if key == "n" or key in names:  # listed; or a Request field or built key, which Request refused already
+            continue
+        elsewhere = sorted(name for name, listed in PASS_THROUGH_PARAMS.items() if key in listed)
+        spelled = _spelling(key)
+        near = [n for n in sorted(names) if _spelling(n) == spelled] or difflib.get_close_matches(
+            spelled, sorted(names), n=1, cutoff=_CLOSE
+        )
+        if near and not elsewhere:
+            hint = f"Did you mean '{near[0]}'?"
+            if near[0] in Request.model_fields or near[0] in BUILT_WIRE_KEYS:
+                hint += " " + reserved_extra_hint([near[0]])
+            raise UsageError(
+                f"'{key}' is not a parameter{where} (extra, --param): it would be ignored; nothing was sent",
+                hint=hint,
+            )
+        if known is None:
+            continue
+        also = f" (it is one of the {' and '.join(elsewhere)} protocol's)" if elsewhere else ""
+        note = (
+            f"'{key}' is not a parameter qwenvl knows for the {protocol} protocol{also}: sent as given; the service "
+            "may ignore it"
+        )
+        notes.append(note)
+        if (protocol, key) not in _NOTED:
+            _NOTED.add((protocol, key))
+            log.warning("%s", note)
+    if "n" in extra and extra["n"] != 1:
+        raise UsageError(
+            f"n={extra['n']!r}: qwenvl reads one answer per request, and the service would bill every one",
+            hint="Leave out n (or give n=1); send the request again for another answer.",
+        )
+    return notes
+
+
 def plan(
     request: Request,
     protocol: str,
@@ -243,7 +318,8 @@ def plan(
 ) -> Call:
     """Validate, build the messages and prepare every media item. Raises before anything is sent: UsageError for
     thinking or tools on a model without them, or ``max_tokens`` above a listed model's ``max_output_tokens``
-    (DashScope's protocols; a local server's limit is its own); MediaError for media that cannot be sent.
+    (DashScope's protocols; a local server's limit is its own), or a misspelt ``extra`` name (``check_extra``,
+    which also warns of names it does not know); MediaError for media that cannot be sent.
 
     ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
     being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent.
@@ -251,6 +327,7 @@ def plan(
     ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded)."""
     model = model or model_info(request.model)
     check_model_rules(request, protocol, model)
+    check_extra(request.extra, protocol)
     history = build_messages(request, model)
     options = media_options(request, model, protocol, estimate_only=estimate_only)
     if media_form == "memory":

@@ -162,13 +162,51 @@ BUILT_WIRE_KEYS: dict[str, str | None] = {
     "max_completion_tokens": "max_tokens",
     "timeout": "timeout_s",
 }
-# The CLI option that sets a Request field, where it is not ``--`` + the field's name with dashes.
-FIELD_FLAGS: dict[str, str] = {
+# The CLI option that sets a Request field, where it is not ``--`` + the field's name with dashes; None: no verb
+# has an option for it (it is set in a request: the library's Request, a line of ``qwenvl batch --requests``, or
+# ``qwenvl analyze --request``).
+FIELD_FLAGS: dict[str, str | None] = {
     "timeout_s": "--timeout",
     "vl_high_resolution_images": "--high-res",
     "enable_thinking": "--thinking",
     "prepare": "--no-resize",
     "extra": "--param",
+    "tools": None,
+    "tool_choice": None,
+    "repair": None,
+}
+
+# Service parameters that qwenvl has no Request field for and that ``extra`` (``--param``) passes through, by
+# protocol: their names as they go on the wire (compat: top-level body fields, what the OpenAI SDK's
+# ``extra_body`` produces; native: inside ``parameters``). Sources, reference/dashscope-api.md:
+# - both: the DashScope SDK's named arguments of ``MultiModalConversation.call`` (§2.1: repetition_penalty,
+#   presence_penalty, enable_search, n, ocr_options, logprobs, top_logprobs; response_format passes through its
+#   kwargs), the DashScope parameters compat takes in ``extra_body`` (§3: repetition_penalty, enable_search,
+#   search_options, enable_code_interpreter, preserve_thinking, logprobs, top_logprobs, n), ``ocr_options`` of the
+#   OCR skill (§1.5), and ``parallel_tool_calls`` (DashScope's function-calling parameter; 3rd-party: the
+#   async-dashscope crate's ``Parameters``, koog's ``DashscopeParams``);
+# - compat only: the OpenAI chat-completions fields ``frequency_penalty`` and ``user`` (3rd-party: koog's
+#   ``DashscopeParams`` for DashScope's compatible mode).
+# The plain openai protocol (vLLM, SGLang, llama.cpp, Ollama) has no list: each engine takes its own parameters.
+_DASHSCOPE_PARAMS = frozenset(
+    {
+        "repetition_penalty",
+        "presence_penalty",
+        "enable_search",
+        "search_options",
+        "enable_code_interpreter",
+        "preserve_thinking",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "ocr_options",
+        "response_format",
+        "parallel_tool_calls",
+    }
+)
+PASS_THROUGH_PARAMS: dict[str, frozenset[str]] = {
+    "compat": _DASHSCOPE_PARAMS | {"frequency_penalty", "user"},
+    "native": _DASHSCOPE_PARAMS,
 }
 
 
@@ -185,15 +223,33 @@ def reserved_extra(key: str, fields: Any) -> str | None:
 def reserved_extra_hint(keys: list[str]) -> str:
     """``Use --temperature / temperature ...`` for reserved ``extra`` keys (the CLI keeps the flag, or the request
     key for a verb without it: ``cli.common.fit_hint``). Raises nothing."""
-    uses = []
+    uses, in_request, arguments = [], [], False
     for key in keys:
         field = BUILT_WIRE_KEYS.get(key, key)
         if field is None or field in ("messages", "extra", "stream"):
             continue
+        if field in ("prompt", "image", "images", "video"):
+            arguments = True
+            continue
         flag = FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
-        uses.append(f"{flag} / {field}")
+        if flag is None:
+            in_request.append(field)
+        else:
+            uses.append(f"{flag} / {field}")
     tail = "--param / extra is only for service parameters qwenvl has no option for."
-    return f"Use {', '.join(uses)}; {tail}" if uses else f"qwenvl builds the request body itself; {tail}"
+    said = [f"Use {', '.join(uses)}"] if uses else []
+    if arguments:
+        said.append(
+            f"{'the' if uses else 'The'} prompt and the media are the command's arguments (Request(prompt=..., "
+            "image=...))"
+        )
+    if in_request:
+        names, are = ", ".join(in_request), "is a field" if len(in_request) == 1 else "are fields"
+        said.append(
+            f"{names} {are} of the request itself (Request({in_request[0]}=...), or a request line of "
+            "`qwenvl batch --requests` or `qwenvl analyze --request`)"
+        )
+    return f"{'; '.join(said)}; {tail}" if said else f"qwenvl builds the request body itself; {tail}"
 
 
 with warnings.catch_warnings():
@@ -399,8 +455,11 @@ with warnings.catch_warnings():
         )
         extra: dict[str, Any] = Field(
             default_factory=dict,
-            description="Other service parameters, passed through to the request body as they are. A Request "
-            "field's name or a wire key qwenvl builds (``BUILT_WIRE_KEYS``: input, stream_options, ...) is refused.",
+            description="Other service parameters, passed through to the request body as they are (compat: top "
+            "level; native: in `parameters`), 0, False and '' included. A Request field's name or a wire key qwenvl "
+            "builds (``BUILT_WIRE_KEYS``: input, stream_options, ...) is refused here; when planned, a name spelled "
+            "like a known one but not it (temprature, top-p) is refused with 'Did you mean', and one qwenvl does not "
+            "know for the protocol (``PASS_THROUGH_PARAMS``) is sent with a warning (qwenvl.plan.check_extra).",
         )
 
         _schema_model: type[BaseModel] | None = PrivateAttr(default=None)
@@ -601,6 +660,30 @@ class StreamEvent(BaseModel):
 def dumps(obj: Any) -> str:
     """JSON with non-ASCII characters kept as they are. Raises TypeError for a value JSON cannot hold."""
     return _json.dumps(obj, ensure_ascii=False)
+
+
+class DuplicateKeyError(ValueError):
+    """JSON text whose object gives one key twice (``.key``): ``loads`` refuses it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the key '{key}' is given twice")
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON text -> value, as ``json.loads``, except that an object giving a key twice is refused instead of
+    keeping the last value silently (``{"seed": 1, "seed": 2}``), at any depth. Raises DuplicateKeyError (a
+    ValueError) for that, json.JSONDecodeError for text that is not JSON."""
+    return _json.loads(text, object_pairs_hook=_no_duplicates)
 
 
 @functools.cache

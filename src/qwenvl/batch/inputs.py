@@ -19,6 +19,7 @@ from typing import IO, Any
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media.sources import MEDIA_SUFFIXES, Source, check_regular, media_kind, open_regular
+from qwenvl.types import DuplicateKeyError, loads
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -102,13 +103,15 @@ def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Itera
 def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> Iterator[BatchItem]:
     """Items from a JSONL file, read lazily (one line at a time, as the iterator is advanced: a batch of any
     size costs no memory per line): one object per line with an ``id`` (else the line number) and the fields
-    of ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields.
+    of ``qwenvl.Request``. ``overrides`` (the command line's flags) replace the lines' fields, except ``extra``
+    (``--param``), whose keys are added to a line's own (the flag's value wins for a key both give).
 
     Raises MediaError (CLI exit code 3) at once when the file is missing, a folder, not a regular file or
     unreadable (``check_regular``), and while iterating for a line whose ``schema`` file is (naming the line).
-    Raises UsageError while iterating for a line that is not a JSON object or has an unknown or wrongly typed
-    field (naming the line), for text that is not UTF-8, and at the end for a file without requests. A
-    repeated id is refused by ``Batch`` (naming both lines), which keeps the ids; this reader keeps nothing.
+    Raises UsageError while iterating for a line that is not a JSON object, gives a key twice (at any depth:
+    ``types.loads``) or has an unknown or wrongly typed field (naming the line), for text that is not UTF-8,
+    and at the end for a file without requests. A repeated id is refused by ``Batch`` (naming both lines), which
+    keeps the ids; this reader keeps nothing.
     ``"-"`` reads standard input (named ``stdin``)."""
     if str(path) == "-":
         return _read_lines(Path("stdin"), overrides or {}, sys.stdin.buffer)
@@ -140,12 +143,14 @@ def _read_lines(path: Path, overrides: dict[str, Any], stream: IO[bytes] | None 
 def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> BatchItem:
     where = f"{path.name} line {n}"
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
             hint='Each line must be one JSON object: {"id": ..., "prompt": ..., "image": ...}',
         ) from None
+    except DuplicateKeyError as exc:  # {"extra": {"seed": 1, "seed": 2}}: never the last one silently
+        raise UsageError(f"{where}: {exc}", hint="Give each key once.") from None
     if not isinstance(data, dict):
         raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")
     raw_id = data.pop("id", n)
@@ -153,6 +158,8 @@ def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> Ba
         raise UsageError(f"{where}: id must be a non-empty string or an integer")
     item_id = str(raw_id)
     fields = {**data, **overrides}
+    if isinstance(data.get("extra"), dict) and "extra" in overrides:  # --param adds to a line's extra, key by key
+        fields["extra"] = {**data["extra"], **overrides["extra"]}
     try:
         request = make_request(None, fields)
     except UsageError as exc:

@@ -22,6 +22,7 @@ from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
 from qwenvl.outputs import check_writable
 from qwenvl.structured import load_schema
+from qwenvl.types import DuplicateKeyError, loads
 
 
 def load_request(request_json: str | None, request_file: str | None) -> dict[str, Any]:
@@ -33,12 +34,14 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
     else:
         text, origin = request_json or "", "--request"
     try:
-        data = json.loads(text)
+        data = loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"{origin} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
             hint='For example --request \'{"prompt":"describe","image":"photo.png"}\'',
         ) from None
+    except DuplicateKeyError as exc:  # {"extra": {"seed": 1, "seed": 2}}: never the last one silently
+        raise UsageError(f"{origin}: {exc}", hint="Give each key once.") from None
     if not isinstance(data, dict):
         raise UsageError(f"{origin} must be a JSON object with at least a prompt")
     if "prompt" not in data:

@@ -42,7 +42,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError
 from qwenvl.models import format_cost
-from qwenvl.plan import check_model_rules
+from qwenvl.plan import check_extra, check_model_rules
 
 
 class BatchGroup(click.Group):
@@ -76,9 +76,11 @@ def batch() -> None:
 def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> None:
     """The flags apply to every item (they override a requests file's lines): one that no item can take is a usage
     error now (exit 2), not the same error recorded on every item with exit 0. UsageError: an invalid field or
-    ``--param``, options that contradict each other, and, when the model is the same for every item
-    (``model_known``: not left to the lines of a requests file), its rules (``plan.check_model_rules``)."""
+    ``--param`` (a misspelt name too: ``plan.check_extra``), options that contradict each other, and, when the
+    model is the same for every item (``model_known``: not left to the lines of a requests file), its rules
+    (``plan.check_model_rules``)."""
     request = job.planner.request(fields)
+    check_extra(request.extra, job.planner.protocol)  # a misspelt --param: refused now, not on every item
     if model_known and not job.planner.is_local:
         check_model_rules(request, job.planner.protocol)
 

@@ -42,7 +42,8 @@ from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
-from qwenvl.types import Request, Response
+from qwenvl.types import FIELD_FLAGS, DuplicateKeyError, Request, Response
+from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
@@ -122,13 +123,19 @@ _FLAG_VALUES: dict[str, tuple[str, ...]] = {
 }
 
 
+# The Request field a flag sets where it is not the flag's name (``types.FIELD_FLAGS``: --param -> extra, --timeout
+# -> timeout_s), for verbs that take whole requests; not --no-resize (its field takes the opposite, prepare=False).
+_FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
+
+
 def fit_hint(hint: str, command: click.Command | None) -> str:
     """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
     the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
     flag is kept alone. For one that lacks it: a verb that takes JSON requests (``analyze``, ``batch
-    --requests``) gets the request key of that name; else the environment variable that stands for the flag
-    (``--region cn`` -> ``QWENVL_REGION=cn``: ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone
-    is left out, and a sentence that still names a flag the verb lacks is dropped (no hint when none is left).
+    --requests``) gets the request key it sets (``types.FIELD_FLAGS``: ``--param`` -> ``extra``); else the
+    environment variable that stands for the flag (``--region cn`` -> ``QWENVL_REGION=cn``:
+    ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone is left out, and a sentence that still
+    names a flag the verb lacks is dropped (no hint when none is left).
     Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
     if command is None:
         return hint
@@ -136,16 +143,18 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
 
     def mapped(flag: str) -> str | None:  # the flag as this verb can take it, or None
-        key = flag[2:].replace("-", "_")
+        key = _FLAG_FIELDS.get(flag, flag[2:].replace("-", "_"))
         if flag in flags:
             return flag
         if takes_requests and key in Request.model_fields:
             return key
         return qenv.FLAG_VARIABLES.get(flag)
 
-    def pair(m: re.Match[str]) -> str:
+    def pair(m: re.Match[str]) -> str:  # the library's name only where the verb takes requests: never "Use tools"
         flag, other = (m[1], m[2]) if m[1] else (m[4], m[3])
-        return flag if flag in flags else other
+        if flag in flags:
+            return flag
+        return other if takes_requests else qenv.FLAG_VARIABLES.get(flag, flag)
 
     def with_value(m: re.Match[str]) -> str:  # "--region cn" on a verb without it: "QWENVL_REGION=cn"
         name = mapped(m[1])
@@ -250,16 +259,34 @@ service_options = option_group(
 BACKEND_OPTIONS = ("backend", "engine", "family", "device", "dtype", "attn_implementation")
 
 
+_PYTHON_WORDS = {"true": True, "false": False}  # --param enable_search=False: the bool, not the string "False"
+
+
+def param_value(raw: str) -> Any:
+    """A ``--param`` VALUE: JSON when it parses (``1`` an int, ``0.5`` a float, ``false`` a bool, ``["a"]`` a list,
+    ``{...}`` an object, ``null`` None), ``True``/``False`` in any case as the bools, else the text as given (``""``
+    included). Raises DuplicateKeyError (a ValueError) for a JSON object that gives a key twice."""
+    try:
+        return qloads(raw)
+    except json.JSONDecodeError:
+        return _PYTHON_WORDS.get(raw.strip().lower(), raw)
+
+
 def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """``--param KEY=VALUE``s as a dict (values: ``param_value``). click.BadParameter (exit 2) for an item that is
+    not KEY=VALUE, a key given twice, or a JSON value that gives a key twice: never the last one silently."""
     out: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+        if key in out:
+            raise click.BadParameter(f"'{key}' is given twice: give each parameter once", ctx=ctx, param=param)
         try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
+            out[key] = param_value(raw)
+        except DuplicateKeyError as exc:
+            raise click.BadParameter(f"{key}: {exc}", ctx=ctx, param=param) from None
     return out
 
 
@@ -323,8 +350,9 @@ generation_options = option_group(
         multiple=True,
         callback=_param,
         metavar="KEY=VALUE",
-        help="Any other service parameter (VALUE parsed as JSON when it can be); not one qwenvl sets itself "
-        "(model, messages, temperature...: use their options).",
+        help="Any other service parameter (VALUE read as JSON when it can be, True/False as bools, else as "
+        "text); not one qwenvl sets itself (model, messages, temperature...: use their options). A misspelt "
+        "name or a key given twice is refused; a name qwenvl does not know is sent with a warning.",
     ),
 )
 

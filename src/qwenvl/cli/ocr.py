@@ -23,18 +23,21 @@ from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, plan_pages, send_pages
+from qwenvl.types import DuplicateKeyError, loads
 
 
 def parse_options(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        value = loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"--ocr-options is not valid JSON: {exc.msg} (column {exc.colno})",
             hint='For example --ocr-options \'{"task": "table_parsing"}\'',
         ) from None
+    except DuplicateKeyError as exc:
+        raise UsageError(f"--ocr-options: {exc}", hint="Give each key once.") from None
     if not isinstance(value, dict):
         raise UsageError('--ocr-options must be a JSON object, e.g. \'{"task": "table_parsing"}\'')
     return value

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.plan import Call
@@ -170,16 +171,20 @@ def plan_ocr(
 
     ``format``: ``"text"``, ``"markdown"`` or ``"json"`` (line boxes, asked in the family's grounding form);
     ``task``/``options`` become the qwen-vl-ocr models' ``ocr_options``; ``max_tokens`` is 4096 unless given
-    (capped by the model's own limit). Raises UsageError for an unknown format, and what ``Client.plan``
-    raises (UsageError, SchemaDefinitionError, MediaError)."""
+    (capped by the model's own limit). Raises UsageError for an unknown format, ``ocr_options`` both from
+    ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError, SchemaDefinitionError,
+    MediaError)."""
     if format not in FORMATS:
-        from qwenvl.errors import UsageError
-
         raise UsageError(f"unknown OCR format {format!r}: use one of {', '.join(FORMATS)}")
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(OCR_MAX_TOKENS, model.max_output_tokens))
     opts = ocr_options(task, options)
     if opts is not None:
+        if "ocr_options" in (fields.get("extra") or {}):  # never one of the two silently
+            raise UsageError(
+                "ocr_options is given twice: by task/options (--task, --ocr-options) and in extra (--param)",
+                hint="Give it once: --ocr-options / options with the whole object, or --task / task alone.",
+            )
         fields["extra"] = {**fields.get("extra", {}), "ocr_options": opts}
     if page is not None:
         fields["pages"] = str(page)
@@ -242,8 +247,6 @@ def plan_pages(
     what ``plan_ocr`` raises."""
     pdf = media_kind(classify(source)) == "pdf"  # classify: a missing file is named as such
     if pages and not pdf:
-        from qwenvl.errors import UsageError
-
         raise UsageError("pages apply to PDFs only")
     numbers: list[int | None] = list(pdf_pages(source, pages)) if pdf else [None]
     for number in numbers:
