@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,14 @@ def test_async_turns(server, png, isolated_env):
     async def main() -> Conversation:
         async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, retry_backoff_s=0.01) as client:
             conv = Conversation(client, session="async")
-            conv.attach(str(png))
+            with pytest.raises(qwenvl.MediaError):
+                await conv.aattach(str(png.with_name("missing.png")))
+            loop_thread = threading.get_ident()
+            checked_in: list[int] = []
+            check = conv.check
+            conv.check = lambda *a, **k: (checked_in.append(threading.get_ident()), check(*a, **k))[1]  # type: ignore[method-assign]
+            await conv.aattach(str(png))
+            assert conv.images == [str(png)] and checked_in and checked_in[0] != loop_thread  # off the loop
             r = await conv.asend("first")
             assert r.text == "echo: first [images=1 videos=0]"
             events = [e async for e in conv.astream("second")]

@@ -85,7 +85,7 @@ class CommandResult:
 
 class Conversation:
     """One conversation through ``client`` (a ``qwenvl.Client`` for ``send``/``stream``, an
-    ``AsyncClient`` for ``asend``/``astream``).
+    ``AsyncClient`` for ``aattach``/``asend``/``astream``).
 
     ``session``: a name (loaded with ``Session.load``, created at the first answered turn; UsageError for an
     invalid name or a damaged file), a ``Session``, or None for a conversation that is not saved.
@@ -130,6 +130,12 @@ class Conversation:
         self.check(images, video)
         self.images += images
         self.video = video if video is not None else self.video
+
+    async def aattach(self, *refs: str) -> None:
+        """``attach`` for async code (an ``AsyncClient``): the check reads file headers, and a local backend may
+        ask its server, so it runs in a worker thread and the event loop goes on meanwhile. Raises as
+        ``attach``."""
+        await asyncio.to_thread(self.attach, *refs)
 
     def check(self, images: list[str], video: str | list[str] | None = None) -> None:
         """Check media as the next turn will prepare them, from their headers (the client's estimate-only
