@@ -551,7 +551,9 @@ class Client(_Base[Backend]):
         """Stream a planned call: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
         whole ``Response`` (structured output checked and, if need be, repaired as in ``send``). Never cached.
 
-        A failure before the first delta is retried as in ``send``; once text has arrived it is not.
+        A failure before the first delta is retried as in ``send``; once text has arrived it is not. A stream the
+        caller stops reading (closes it, or an exception such as Ctrl-C ends the loop) is still in the usage log,
+        as outcome ``cancelled`` (its tokens unknown).
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
         subclasses, StreamInterruptedError (the stream broke midway; ``.partial_text`` keeps what arrived),
         StructuredOutputError."""
@@ -568,6 +570,9 @@ class Client(_Base[Backend]):
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)
+            raise
+        except BaseException:  # the reader stopped (closed the stream, Ctrl-C, a closed stdout): still logged
+            ex.failed(outcome=exchange.CANCELLED)
             raise
 
     def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
@@ -709,6 +714,9 @@ class AsyncClient(_Base[AsyncBackend]):
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)
+            raise
+        except BaseException:  # the reader stopped (closed the stream, cancelled the task): still logged
+            ex.failed(outcome=exchange.CANCELLED)
             raise
 
     async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
