@@ -30,7 +30,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.signals import Terminated
 from qwenvl.cli.tasks_common import warn
-from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError
+from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError, safe_line
 from qwenvl.sessions import Session, home, list_sessions
 
 COMMANDS = (
@@ -95,7 +95,7 @@ def _show(result: CommandResult) -> None:
         )
     elif result.outcome == "attached":
         count = result.pending
-        names = escape(shown(", ".join(result.attached), sys.stderr))
+        names = escape(safe_line(", ".join(result.attached)))  # the user's file names and URLs
         err.print(
             f"[dim]attached {names}: {count} file{'s' if count != 1 else ''} for your next message[/]",
             highlight=False,
@@ -134,7 +134,7 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         return 0
     except MediaError as exc:  # the bad attachment is dropped, the conversation and the others kept
         report(exc)
-        dropped = shown(", ".join(conv.dropped), sys.stderr)
+        dropped = safe_line(", ".join(conv.dropped))
         err.print(f"[dim](not sent; dropped {escape(dropped)}{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
     except StreamInterruptedError as exc:

@@ -18,7 +18,7 @@ from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, report
 from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
 from qwenvl.cli.streams import OutputClosed, guarded_streams
-from qwenvl.errors import EXIT_SERVICE, QwenVLError, printable
+from qwenvl.errors import EXIT_SERVICE, QwenVLError, safe_line
 
 
 class QwenVLGroup(click.Group):
@@ -71,7 +71,7 @@ class QwenVLGroup(click.Group):
             if qenv.debug():
                 raise
             err_console().print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(printable(str(exc)))}",
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(safe_line(str(exc)))}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -100,7 +100,8 @@ class _WarningLine(logging.Handler):
     """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console().print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+        message = escape(safe_line(record.getMessage()))  # a model name, a path: as the user gave it, escaped
+        err_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _warnings_to_stderr() -> None:
