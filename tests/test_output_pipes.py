@@ -215,3 +215,34 @@ def test_head_stops_a_streamed_answer_at_once_and_the_request_is_logged(server, 
     while outcomes(qwenvl_home(media)) != ["cancelled"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert outcomes(qwenvl_home(media)) == ["cancelled"]
+
+
+@pytest.mark.parametrize("how", ["closed", "interrupted"])
+def test_a_stream_its_reader_stops_is_in_the_usage_log_as_cancelled(server, protocol, how):
+    """The library: a stream closed by its reader (``close()``, or an exception out of the loop, as Ctrl-C or a
+    closed stdout) was in no log at all; it is now a ``cancelled`` row (its tokens unknown), in both clients."""
+    import asyncio
+
+    import qwenvl
+    from conftest import make_client
+
+    server.enqueue(Reply(text="a b c d e f g h", chunk_delay_s=0.05, times=2))
+    with make_client(server, protocol) as client:
+        events = client.stream(prompt="hi")
+        next(events)
+        if how == "closed":
+            events.close()
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                for _ in events:
+                    raise KeyboardInterrupt
+            events.close()
+
+    async def in_async() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as aclient:
+            stream = aclient.stream(prompt="hi")
+            await stream.__anext__()
+            await stream.aclose()
+
+    asyncio.run(in_async())
+    assert outcomes(qwenvl.sessions.home()) == ["cancelled", "cancelled"]

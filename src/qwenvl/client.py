@@ -11,8 +11,9 @@ r2 = client.complete(prompt="And the colours?", messages=r.messages)   # multi-t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -693,10 +694,12 @@ class AsyncClient(_Base[AsyncBackend]):
         Raises (while iterating) what ``plan`` and ``send_stream`` raise: UsageError, MediaError,
         MissingAPIKeyError, APIError and its subclasses, StreamInterruptedError, StructuredOutputError."""
         call = await asyncio.to_thread(self.plan, request, **fields)
-        async for event in self.send_stream(call):
-            yield event
+        # closed with this one (a reader that stops): its connection at once, and its usage log row
+        async with contextlib.aclosing(self.send_stream(call)) as events:
+            async for event in events:
+                yield event
 
-    async def send_stream(self, call: Call) -> AsyncIterator[StreamEvent]:
+    async def send_stream(self, call: Call) -> AsyncGenerator[StreamEvent, None]:
         """``Client.send_stream``, async: delta events, then one ``"done"`` event with the whole ``Response``.
 
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
