@@ -32,6 +32,7 @@ class QwenVLGroup(click.Group):
         try:
             return super().make_context(*args, **kwargs)
         except OutputClosed as exc:  # `qwenvl --help | head -1`: as in a verb (click would say "Aborted!")
+            _say_closed(exc)
             raise click.exceptions.Exit(exit_code(exc)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -47,13 +48,8 @@ class QwenVLGroup(click.Group):
                     stdout.finish()  # the last bytes may be what finds the reader gone
                     return result
             except KeyboardInterrupt as exc:
-                if isinstance(exc, OutputClosed):  # the reader left (`| head`): no word, as SIGPIPE would
-                    if not exc.reader_left:
-                        err_console().print(
-                            "[bold red]error:[/] standard output is closed: nothing more could be written",
-                            highlight=False,
-                            soft_wrap=True,
-                        )
+                if isinstance(exc, OutputClosed):
+                    _say_closed(exc)
                 else:
                     said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
                     err_console().print(f"[dim]{said}[/]")
@@ -80,6 +76,16 @@ class QwenVLGroup(click.Group):
                 highlight=False,
             )
             ctx.exit(EXIT_SERVICE)
+
+
+def _say_closed(exc: OutputClosed) -> None:
+    """A reader that left (``| head``): no word, as SIGPIPE would end the process; a closed stdout: one line."""
+    if not exc.reader_left:
+        err_console().print(
+            "[bold red]error:[/] standard output is closed: nothing more could be written",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @click.group(cls=QwenVLGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
