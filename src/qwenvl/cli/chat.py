@@ -29,6 +29,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.signals import Terminated
+from qwenvl.cli.streams import OutputClosed
 from qwenvl.cli.tasks_common import warn
 from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError, safe_line
 from qwenvl.sessions import Session, home, list_sessions
@@ -126,6 +127,8 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     except KeyboardInterrupt as exc:  # the connection is closed with the stream; the attachments stay for a retry
         if events is not None:
             events.close()
+        if isinstance(exc, OutputClosed):  # the reader left (`| head`): the chat ends without a word
+            raise
         sys.stdout.write("\n")
         sys.stdout.flush()
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
