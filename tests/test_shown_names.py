@@ -73,3 +73,11 @@ def test_a_note_names_the_file_it_wrote_escaped(server, env, named):
 def test_safe_line_escapes_every_control_character_and_keeps_the_rest():
     assert safe_line(NAME) == SHOWN
     assert safe_line("a\r\u202eb\x07c\x9b ü ✓ C:\\dir") == "a\\r\\u202eb\\x07c\\x9b ü ✓ C:\\dir"
+
+
+def test_names_from_the_environment_are_escaped(server, env, named):
+    p = run_cli("config", env={**env, "QWENVL_MODEL": NAME, "QWENVL_HOME": str(named / NAME)})
+    said = p.stdout + p.stderr
+    assert p.returncode == 0 and "\x1b" not in said
+    assert f"model        {SHOWN}:" in said and f"data folder  {named}/{SHOWN}" in said
+    assert "unknown command /x\\x1b[2Jy" in p.stderr

@@ -103,7 +103,8 @@ def _show(result: CommandResult) -> None:
         )
     elif result.outcome == "unknown":
         err.print(
-            f"[yellow]unknown command[/] /{escape(result.name)}: /help lists the commands (nothing was sent)",
+            f"[yellow]unknown command[/] /{escape(safe_line(result.name))}: "
+            "/help lists the commands (nothing was sent)",
             highlight=False,
         )
 

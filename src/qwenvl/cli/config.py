@@ -99,7 +99,7 @@ def config(opts: dict[str, Any]) -> None:
         )
     known = "" if model.known else "  (not in the model table: rules guessed from the name)"
     console.print(
-        f"model        {escape(model.name)}: {model.family}, {model.factor}x{model.factor} px per token, "
+        f"model        {escape(safe_line(model.name))}: {model.family}, {model.factor}x{model.factor} px per token, "
         f"{model.image_tokens} tokens per image by default{known}",
         highlight=False,
     )
