@@ -80,4 +80,3 @@ def test_names_from_the_environment_are_escaped(server, env, named):
     said = p.stdout + p.stderr
     assert p.returncode == 0 and "\x1b" not in said
     assert f"model        {SHOWN}:" in said and f"data folder  {named}/{SHOWN}" in said
-    assert "unknown command /x\\x1b[2Jy" in p.stderr
