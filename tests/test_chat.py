@@ -145,6 +145,33 @@ def test_a_damaged_session_file_is_a_usage_error_not_an_internal_one(server, env
     assert server.requests == []
 
 
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ('{"role": "user"}', "messages[1] (user) has no content"),
+        ('{"role": "user", "content": null}', "messages[1] (user) has no content (null)"),
+        ('{"content": "hi"}', "messages[1] has no role"),
+        ('{"role": "robot", "content": "hi"}', "messages[1] has the unknown role 'robot'"),
+        ('{"role": "assistant", "content": 42}', "messages[1] (assistant): its content is a number"),
+    ],
+)
+def test_a_session_message_without_content_or_role_is_one_line_naming_file_and_index(
+    server, env, isolated_env, message, says
+):
+    """A message with no content (or null) was loaded and sent as an empty turn; now the file is refused as the
+    other damaged session files are (exit 2), by the message's index, before anything is sent."""
+    folder = isolated_env.parent / "home" / ".qwenvl" / "sessions"
+    folder.mkdir(parents=True)
+    (folder / "trip.json").write_text(f'{{"messages": [{{"role": "user", "content": "hi"}}, {message}]}}')
+    p = run_cli("chat", "--session", "trip", env=env, input="hi\n")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    [line] = [x for x in p.stderr.splitlines() if x.startswith("error:")]
+    assert line == f"error: session file {folder / 'trip.json'} is damaged: {says}" or line.startswith(
+        f"error: session file {folder / 'trip.json'} is damaged: {says}"
+    )
+    assert server.requests == []
+
+
 @pytest.mark.parametrize("home", ["a file", "/proc/no/such"])
 def test_a_sessions_folder_that_cannot_be_made_is_said_before_sending(server, env, isolated_env, home):
     """$QWENVL_HOME naming a file (or a place no folder can be made) ended a chat with an internal error after

@@ -11,8 +11,9 @@ r2 = client.complete(prompt="And the colours?", messages=r.messages)   # multi-t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
@@ -552,7 +553,9 @@ class Client(_Base[Backend]):
         """Stream a planned call: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
         whole ``Response`` (structured output checked and, if need be, repaired as in ``send``). Never cached.
 
-        A failure before the first delta is retried as in ``send``; once text has arrived it is not.
+        A failure before the first delta is retried as in ``send``; once text has arrived it is not. A stream the
+        caller stops reading (closes it, or an exception such as Ctrl-C ends the loop) is still in the usage log,
+        as outcome ``cancelled`` (its tokens unknown).
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
         subclasses, StreamInterruptedError (the stream broke midway; ``.partial_text`` keeps what arrived),
         StructuredOutputError."""
@@ -569,6 +572,9 @@ class Client(_Base[Backend]):
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)
+            raise
+        except BaseException:  # the reader stopped (closed the stream, Ctrl-C, a closed stdout): still logged
+            ex.failed(outcome=exchange.CANCELLED)
             raise
 
     def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
@@ -689,10 +695,12 @@ class AsyncClient(_Base[AsyncBackend]):
         Raises (while iterating) what ``plan`` and ``send_stream`` raise: UsageError, MediaError,
         MissingAPIKeyError, APIError and its subclasses, StreamInterruptedError, StructuredOutputError."""
         call = await asyncio.to_thread(self.plan, request, **fields)
-        async for event in self.send_stream(call):
-            yield event
+        # closed with this one (a reader that stops): its connection at once, and its usage log row
+        async with contextlib.aclosing(self.send_stream(call)) as events:
+            async for event in events:
+                yield event
 
-    async def send_stream(self, call: Call) -> AsyncIterator[StreamEvent]:
+    async def send_stream(self, call: Call) -> AsyncGenerator[StreamEvent, None]:
         """``Client.send_stream``, async: delta events, then one ``"done"`` event with the whole ``Response``.
 
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
@@ -710,6 +718,9 @@ class AsyncClient(_Base[AsyncBackend]):
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)
+            raise
+        except BaseException:  # the reader stopped (closed the stream, cancelled the task): still logged
+            ex.failed(outcome=exchange.CANCELLED)
             raise
 
     async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:

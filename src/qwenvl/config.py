@@ -146,10 +146,15 @@ def check_family(name: str) -> str:
 
 def check_http_url(url: str, example: str = "http://127.0.0.1:8000/v1") -> str:
     """``url`` stripped, without a trailing slash; UsageError (with ``example`` as the hint) unless it is an
-    http(s) URL with a host, and UsageError for a full endpoint (ending in a protocol's ``endpoint``), the hint
-    giving the base."""
+    http(s) URL with a host (and no control character), and UsageError for a full endpoint (ending in a
+    protocol's ``endpoint``), the hint giving the base."""
     url = url.strip().rstrip("/")
-    parts = urlsplit(url)
+    try:
+        if not url.isprintable():  # a tab, a newline, ESC: httpx refused them later, as a crash
+            raise ValueError("it holds a control character")
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[bad": an IPv6 host not closed
+        raise UsageError(f"base URL {url!r} is not a valid URL ({exc})", hint=f"For example {example}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"base URL {url!r} is not an http(s) URL", hint=f"For example {example}")
     from qwenvl import protocols  # the paths they append (protocols do not import this module at load time)

@@ -326,6 +326,20 @@ def printable(text: str) -> str:
 _UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")  # as Python writes it: \x1b, \n, \u202e
+
+
+def safe_line(text: object) -> str:
+    """``text`` as one line that shows exactly what it holds, safe on a terminal: every control character (ESC,
+    newline, tab, CR, BEL, C1 codes) and the Unicode bidirectional overrides shown escaped as Python writes them
+    (``\\x1b[2J``, ``\\n``, ``\\t``, ``\\u202e``), everything else as it is. For the CLI's messages (errors, hints,
+    warnings, notes) and for every name a user gave (a path, a URL, a key, a model name) shown in one: the user
+    sees which file is meant, and a name cannot clear the screen or split a message in two. Service text in
+    messages is ``printable`` already (its escape sequences removed). Raises nothing."""
+    return _CONTROLS.sub(_escaped, str(text))
+
+
 def terminal_safe(text: str) -> str:
     """``text`` made safe to print on a terminal, its lines kept: a CRLF line end becomes LF, and every other
     control character but newline and tab (ESC, so no escape sequence can clear the screen, change the title or
@@ -333,7 +347,7 @@ def terminal_safe(text: str) -> str:
     as Python writes them (``\\x1b``, ``\\r``, ``\\u202e``). For every text from the model or the service that
     is printed to a terminal (``qwenvl.cli.common.shown``); ``printable`` is the one-line form for error
     messages. Raises nothing."""
-    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text.replace("\r\n", "\n"))
+    return _UNSAFE.sub(_escaped, text.replace("\r\n", "\n"))
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -19,7 +20,7 @@ from qwenvl import env as qenv
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media.sources import classify, read_regular_text
 from qwenvl.outputs import write_atomic
-from qwenvl.types import ImagePart, Message, VideoPart
+from qwenvl.types import ImagePart, Message, Role, VideoPart
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -43,6 +44,67 @@ class SessionFile(BaseModel):
     model: str | None = None
     created: float | None = None
     messages: list[Message] = []
+
+
+_ROLES: tuple[str, ...] = get_args(Role)
+_JSON_TYPES = {
+    bool: "true or false",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def message_fault(data: object) -> str | None:
+    """What is wrong with the messages of a session file's JSON ``data``, as one phrase naming the message by its
+    index (``messages[2] has no content``), or None when each message has a known ``role`` and a ``content``
+    that is a string or a list (a user's not empty). A message with no content, or content null, would be sent
+    as an empty turn (the model answers an empty question, or the service refuses the whole conversation).
+    The parts of a list and every other field are ``SessionFile``'s to check. Raises nothing."""
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(messages, list):
+        return None  # not a list of messages at all: SessionFile says so
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            return f"{where} is {_JSON_TYPES.get(type(message), 'not an object')}, not a message object"
+        role = message.get("role")
+        if role is None:
+            return f"{where} has no role ({', '.join(_ROLES)})"
+        if role not in _ROLES:
+            shown = repr(role) if isinstance(role, str) else json.dumps(role)
+            return f"{where} has the unknown role {shown} (one of {', '.join(_ROLES)})"
+        content = message.get("content")
+        if content is None:
+            return f"{where} ({role}) has no content" + (" (null)" if "content" in message else "")
+        if not isinstance(content, str | list):
+            kind = _JSON_TYPES.get(type(content), "of the wrong type")
+            return f"{where} ({role}): its content is {kind}, not a string or a list of parts"
+        if role == "user" and not (content.strip() if isinstance(content, str) else content):
+            return f"{where} (user) has empty content"
+        try:
+            Message.model_validate(message)
+        except ValidationError as exc:
+            return f"{where} ({role}): {_first_fault(exc, content)}"
+    return None
+
+
+def _first_fault(exc: ValidationError, content: object) -> str:
+    """The first of a message's validation errors, in words: a part of its content by index, or the field."""
+    errors = exc.errors()
+    if isinstance(content, list):  # not the union's other branch ("content.str: should be a valid string")
+        errors = [e for e in errors if e["loc"][:1] != ("content",) or "str" not in e["loc"]] or errors
+    err = errors[0]
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("list[", "union[", "function-")))]
+    if len(loc) >= 2 and loc[0] == "content" and isinstance(loc[1], int) and isinstance(content, list):
+        part = json.dumps(content[loc[1]], ensure_ascii=False)
+        part = part if len(part) <= 60 else part[:57] + "..."
+        return f"content part {loc[1]} is not a text, image or video part: {part}"
+    field = ".".join(str(p) for p in loc)
+    return f"{field}: {err['msg']}" if field else err["msg"]
 
 
 @dataclass
@@ -74,13 +136,18 @@ class Session:
         damaged = f"session file {session.path} is damaged"
         hint = "Move it away to start the session afresh."
         try:
-            saved = SessionFile.model_validate(json.loads(text))
+            data = json.loads(text)
+        except ValueError as exc:  # not JSON
+            raise UsageError(f"{damaged}: {exc}", hint=hint) from None
+        fault = message_fault(data)
+        if fault is not None:
+            raise UsageError(f"{damaged}: {fault}", hint=hint)
+        try:
+            saved = SessionFile.model_validate(data)
         except ValidationError as exc:
             from qwenvl.client import describe_validation_error
 
             raise UsageError(describe_validation_error(exc, damaged), hint=hint) from None
-        except ValueError as exc:  # not JSON
-            raise UsageError(f"{damaged}: {exc}", hint=hint) from None
         session.model = saved.model
         session.created = saved.created if saved.created is not None else session.created
         session.messages = saved.messages

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import err_console, make_client, pass_opts, print_json, service_options
 from qwenvl.cli.render import warn_answer
-from qwenvl.errors import StructuredOutputError, UsageError
+from qwenvl.errors import StructuredOutputError, UsageError, safe_line
 from qwenvl.media.sources import read_regular_text
 from qwenvl.outputs import check_writable
 from qwenvl.structured import load_schema
@@ -84,7 +85,7 @@ def analyze(opts: dict[str, Any]) -> None:
     except StructuredOutputError as exc:
         if call.schema is not None:  # as `ask --schema`: exit 5, the raw answer and what was paid shown
             raise
-        err_console().print(f'[yellow]warning:[/] {exc}; the result has no "json"')
+        err_console().print(f'[yellow]warning:[/] {escape(safe_line(exc))}; the result has no "json"', highlight=False)
         result = exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}
     finally:
         client.close()

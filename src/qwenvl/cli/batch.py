@@ -40,7 +40,7 @@ from qwenvl.cli.common import (
     shown,
     stdin_text,
 )
-from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError
+from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
 from qwenvl.models import format_cost
 from qwenvl.plan import check_extra, check_model_rules
 
@@ -133,7 +133,7 @@ def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
         return
     text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted, and paid for again)"
     if opts["yes"]:
-        err_console().print(f"[yellow]{escape(text)}[/]")
+        err_console().print(f"[yellow]{escape(safe_line(text))}[/]", highlight=False)
         return
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"{text}. Go on?", default=False, err=True):
@@ -207,7 +207,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
             click.echo(json.dumps(s.to_dict(), ensure_ascii=False), err=True)
         return
     status = "[green]done[/]" if not s.pending else f"[yellow]{s.pending:,} pending[/]"
-    console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {s.output}")
+    output = escape(safe_line(s.output))  # the user's file name
+    console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {output}", highlight=False)
     line = (
         f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
         f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{format_cost(s.cost, s.currency)}, "
@@ -217,11 +218,11 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
         line += f", {s.rate_limited} × 429"
     console.print(f"[dim]{line}[/]")
     for note in s.notes:
-        console.print(f"[yellow]{escape(shown(note, sys.stderr))}[/]")
+        console.print(f"[yellow]{escape(safe_line(note))}[/]", highlight=False)
     for failure in s.job_failures[1:]:  # the service's words; the first is the exit-5 error's line
-        console.print(f"[red]{escape(shown(failure['message'], sys.stderr))}[/]")
+        console.print(f"[red]{escape(safe_line(failure['message']))}[/]", highlight=False)
     if s.error:
-        console.print(f'[dim]failed items have "status": "error" in {s.output}; --retry-errors sends them again[/]')
+        console.print(f'[dim]failed items have "status": "error" in {output}; --retry-errors sends them again[/]')
 
 
 @batch.command("run")
@@ -376,7 +377,8 @@ def run(opts: dict[str, Any]) -> None:
             )
         else:
             err_console().print(
-                f"[dim]finished items are kept in {escape(str(job.output))}: run the same command again to resume[/]"
+                f"[dim]finished items are kept in {escape(safe_line(job.output))}: "
+                "run the same command again to resume[/]"
             )
         raise
     _show_summary(summary, opts)

@@ -29,8 +29,9 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.signals import Terminated
+from qwenvl.cli.streams import OutputClosed
 from qwenvl.cli.tasks_common import warn
-from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError
+from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError, safe_line
 from qwenvl.sessions import Session, home, list_sessions
 
 COMMANDS = (
@@ -95,14 +96,15 @@ def _show(result: CommandResult) -> None:
         )
     elif result.outcome == "attached":
         count = result.pending
-        names = escape(shown(", ".join(result.attached), sys.stderr))
+        names = escape(safe_line(", ".join(result.attached)))  # the user's file names and URLs
         err.print(
             f"[dim]attached {names}: {count} file{'s' if count != 1 else ''} for your next message[/]",
             highlight=False,
         )
     elif result.outcome == "unknown":
         err.print(
-            f"[yellow]unknown command[/] /{escape(result.name)}: /help lists the commands (nothing was sent)",
+            f"[yellow]unknown command[/] /{escape(safe_line(result.name))}: "
+            "/help lists the commands (nothing was sent)",
             highlight=False,
         )
 
@@ -126,6 +128,8 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     except KeyboardInterrupt as exc:  # the connection is closed with the stream; the attachments stay for a retry
         if events is not None:
             events.close()
+        if isinstance(exc, OutputClosed):  # the reader left (`| head`): the chat ends without a word
+            raise
         sys.stdout.write("\n")
         sys.stdout.flush()
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
@@ -134,7 +138,7 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         return 0
     except MediaError as exc:  # the bad attachment is dropped, the conversation and the others kept
         report(exc)
-        dropped = shown(", ".join(conv.dropped), sys.stderr)
+        dropped = safe_line(", ".join(conv.dropped))
         err.print(f"[dim](not sent; dropped {escape(dropped)}{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
     except StreamInterruptedError as exc:

@@ -35,7 +35,7 @@ from qwenvl.errors import (
     StreamInterruptedError,
     StructuredOutputError,
     UsageError,
-    printable,
+    safe_line,
     terminal_safe,
 )
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
@@ -79,9 +79,11 @@ def shown(text: str, stream: IO[str] | None = None) -> str:
 
 def report(exc: QwenVLError) -> None:
     """An error as the user sees it: one line, then what was kept, then the hint (all on stderr). Lines are
-    never hard-wrapped (the terminal wraps them), and control characters from the service are removed."""
+    never hard-wrapped (the terminal wraps them); control characters left in the message or the hint (a file
+    name, a URL or a key the user gave: the service's text is ``printable`` already) are shown escaped
+    (``qwenvl.errors.safe_line``)."""
     console = err_console()
-    console.print(f"[bold red]error:[/] {escape(printable(str(exc)))}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(safe_line(str(exc)))}", highlight=False, soft_wrap=True)
     if isinstance(exc, StreamInterruptedError) and exc.partial_text:
         console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]", soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and exc.raw_text:
@@ -89,7 +91,7 @@ def report(exc: QwenVLError) -> None:
         console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
         console.print(f"[dim]paid: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
-    hint = fit_hint(printable(exc.hint), current_command()) if exc.hint else ""
+    hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
     if hint:
         console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 

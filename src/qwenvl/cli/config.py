@@ -20,6 +20,7 @@ from qwenvl.config import (
     openai_base_url,
     resolve_base_url,
 )
+from qwenvl.errors import safe_line
 from qwenvl.models import DEFAULT_MODEL, model_info
 
 
@@ -89,7 +90,7 @@ def config(opts: dict[str, Any]) -> None:
         source = info["endpoint_sources"][name]
         if source not in ("region", "--base-url"):
             marker += f"  (from {source})"
-        console.print(f"{name:<12} {escape(url)}{marker}", highlight=False)
+        console.print(f"{name:<12} {escape(safe_line(url))}{marker}", highlight=False)
     if overridden:
         console.print(
             f"[yellow]note:[/] {escape(', '.join(overridden))} "
@@ -98,7 +99,7 @@ def config(opts: dict[str, Any]) -> None:
         )
     known = "" if model.known else "  (not in the model table: rules guessed from the name)"
     console.print(
-        f"model        {escape(model.name)}: {model.family}, {model.factor}x{model.factor} px per token, "
+        f"model        {escape(safe_line(model.name))}: {model.family}, {model.factor}x{model.factor} px per token, "
         f"{model.image_tokens} tokens per image by default{known}",
         highlight=False,
     )
@@ -133,7 +134,7 @@ def _local(backend: str, opts: dict[str, Any]) -> None:
     if backend == "openai":
         source = info["endpoint_source"]
         marker = "  (in use)" + (f"  (from {source})" if source == "QWENVL_OPENAI_BASE_URL" else "")
-        console.print(f"openai       {escape(info['endpoint'])}{marker}", highlight=False)
+        console.print(f"openai       {escape(safe_line(info['endpoint']))}{marker}", highlight=False)
         key = "from QWENVL_OPENAI_API_KEY" if info["api_key"] else "none (local engines take none)"
         console.print(f"API key      {key}   (no DashScope key needed)", highlight=False)
         console.print(f"engine       {escape(info['engine'])}", highlight=False)
@@ -141,7 +142,7 @@ def _local(backend: str, opts: dict[str, Any]) -> None:
     else:
         console.print("API key      none needed (the model runs in this process)", highlight=False)
         model = info["model"] or "[red]none[/]: set QWENVL_MODEL (a hub id or a folder), or give --model to the verbs"
-    shown = escape(model) if info["model"] else model
+    shown = escape(safe_line(model)) if info["model"] else model
     console.print(f"model        {shown}", highlight=False)
     if info["family"]:
         console.print(f"family       {escape(info['family'])}", highlight=False)
@@ -149,6 +150,6 @@ def _local(backend: str, opts: dict[str, Any]) -> None:
 
 
 def _print_folders(console: Any, info: dict[str, Any]) -> None:
-    console.print(f"data folder  {escape(info['data_folder'])}", highlight=False)
-    console.print(f"cache        {escape(info['cache_folder'])}", highlight=False)
-    console.print(f"usage log    {escape(info['usage_log'] or 'off (QWENVL_LOG=0)')}", highlight=False)
+    console.print(f"data folder  {escape(safe_line(info['data_folder']))}", highlight=False)
+    console.print(f"cache        {escape(safe_line(info['cache_folder']))}", highlight=False)
+    console.print(f"usage log    {escape(safe_line(info['usage_log'] or 'off (QWENVL_LOG=0)'))}", highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import (
     err_console,
@@ -18,7 +19,7 @@ from qwenvl.cli.common import (
     shown,
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, split_media
 from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_writable
@@ -89,7 +90,7 @@ def events(opts: dict[str, Any]) -> None:
             contact_sheet(
                 pictures, times, sheet, title=title, events=[(e.start, e.end, e.event) for e in timeline.events]
             )
-            err_console().print(f"[dim]wrote {sheet}[/]")
+            err_console().print(f"[dim]wrote {escape(safe_line(sheet))}[/]", highlight=False)
         else:
             warn(["no local frames to draw: the contact sheet was not written"])
     show_usage(timeline.response, cut_off=False, region=opts["region"])

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import (
     err_console,
@@ -19,7 +20,7 @@ from qwenvl.cli.common import (
     service_options,
 )
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, safe_line
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
 
@@ -71,7 +72,9 @@ def extract(opts: dict[str, Any]) -> None:
                 warn([f"{row.file}: {row.error}"], prefix="error")
     if csv_path is not None:
         write_csv(csv_path, schema, rows)
-        err_console().print(f"[dim]wrote {csv_path} ({len(rows)} row{'s' if len(rows) != 1 else ''})[/]")
+        err_console().print(
+            f"[dim]wrote {escape(safe_line(csv_path))} ({len(rows)} row{'s' if len(rows) != 1 else ''})[/]"
+        )
     show_usage(*(r.response for r in rows), region=opts["region"])  # a failed answer was paid too
     failed = [r for r in rows if not r.ok]
     if failed:

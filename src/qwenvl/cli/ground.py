@@ -20,7 +20,7 @@ from qwenvl.cli.common import (
     shown,
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.draw import annotate
@@ -95,7 +95,7 @@ def ground(opts: dict[str, Any]) -> None:
         show_raw(result.raw_text)
     if out is not None:
         annotate(result.picture or image, result, out)
-        err_console().print(f"[dim]wrote {out}[/]")
+        err_console().print(f"[dim]wrote {escape(safe_line(out))}[/]", highlight=False)
     summary(result)
     show_usage(response, cut_off=False, region=opts["region"])
 

@@ -1,13 +1,13 @@
 """The `qwenvl` command: a click group whose verbs live in one module each.
 
 Errors are turned into a message, a hint and an exit code here and nowhere else:
-0 ok, 2 usage error, 3 input error, 4 authentication or permission, 5 service or network error.
+0 ok, 2 usage error, 3 input error, 4 authentication or permission, 5 service or network error; 130, 143, 129
+for Ctrl-C, SIGTERM, SIGHUP (``qwenvl.cli.signals``), 141 for a stdout that closed (``qwenvl.cli.streams``).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import click
@@ -17,34 +17,57 @@ from qwenvl import __version__
 from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, report
 from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
-from qwenvl.errors import EXIT_SERVICE, QwenVLError, printable
+from qwenvl.cli.streams import OutputClosed, guarded_streams
+from qwenvl.errors import EXIT_SERVICE, QwenVLError, safe_line
 
 
 class QwenVLGroup(click.Group):
     """Maps qwenvl errors to exit codes; never shows a traceback unless QWENVL_DEBUG is set."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with guarded_streams():  # also for what click writes itself: --help, --version, usage errors
+            return super().main(*args, **kwargs)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
-            with terminate_like_ctrl_c():  # SIGTERM, SIGHUP: as Ctrl-C, exit 128 + the signal (qwenvl.cli.signals)
-                return super().invoke(ctx)
+            return super().make_context(*args, **kwargs)
+        except OutputClosed as exc:  # `qwenvl --help | head -1`: as in a verb (click would say "Aborted!")
+            _say_closed(exc)
+            raise click.exceptions.Exit(exit_code(exc)) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with guarded_streams() as stdout:  # a closed stdout ends the verb as SIGPIPE; a closed stderr changes nothing
+            try:
+                # SIGTERM, SIGHUP: as Ctrl-C, exit 128 + the signal (qwenvl.cli.signals)
+                with terminate_like_ctrl_c():
+                    try:
+                        result = self._invoke(ctx)
+                    except click.exceptions.Exit as exc:
+                        stdout.finish(quietly=exc.exit_code != 0)  # a failure's own exit code is kept
+                        raise
+                    stdout.finish()  # the last bytes may be what finds the reader gone
+                    return result
+            except KeyboardInterrupt as exc:
+                if isinstance(exc, OutputClosed):
+                    _say_closed(exc)
+                else:
+                    said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
+                    err_console().print(f"[dim]{said}[/]")
+                ctx.exit(exit_code(exc))
+
+    def _invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
         except QwenVLError as exc:
             report(exc)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:
-            said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
-            err_console().print(f"[dim]{said}[/]")
-            ctx.exit(exit_code(exc))
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except BrokenPipeError:
-            # the reader went away (e.g. `qwenvl ask ... | head`): not an error worth a message
-            sys.stderr.close()
-            ctx.exit(0)
         except Exception as exc:  # a bug: one line, the traceback only on request
             if qenv.debug():
                 raise
             err_console().print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(printable(str(exc)))}",
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(safe_line(str(exc)))}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -53,6 +76,16 @@ class QwenVLGroup(click.Group):
                 highlight=False,
             )
             ctx.exit(EXIT_SERVICE)
+
+
+def _say_closed(exc: OutputClosed) -> None:
+    """A reader that left (``| head``): no word, as SIGPIPE would end the process; a closed stdout: one line."""
+    if not exc.reader_left:
+        err_console().print(
+            "[bold red]error:[/] standard output is closed: nothing more could be written",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @click.group(cls=QwenVLGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -64,7 +97,7 @@ def cli() -> None:
     \b
     Key: DASHSCOPE_API_KEY, ./.env, ~/.alibabacloud/credentials or ~/.dashscope/api_key.
     Exit codes: 0 ok, 2 usage error, 3 input error, 4 authentication, 5 service or network error,
-    130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (what was paid for is kept).
+    130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, 141 stdout closed, e.g. by | head (what was paid for is kept).
     """
     _warnings_to_stderr()
 
@@ -73,7 +106,8 @@ class _WarningLine(logging.Handler):
     """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console().print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+        message = escape(safe_line(record.getMessage()))  # a model name, a path: as the user gave it, escaped
+        err_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _warnings_to_stderr() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, make_client, pass_opts, request_fields, service_options
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import check_folder
 from qwenvl.server.security import is_loopback
 
@@ -113,7 +114,7 @@ def mcp(opts: dict[str, Any]) -> None:
 
             def announce(url: str) -> None:
                 guard = "bearer key required" if key else "no auth"
-                err_console().print(f"qwenvl mcp: listening on {url} ({guard})", highlight=False)
+                err_console().print(f"qwenvl mcp: listening on {escape(safe_line(url))} ({guard})", highlight=False)
 
             anyio.run(
                 lambda: server_module.serve_http(

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.errors import safe_line
 from qwenvl.models import MODELS, currency_of, describe, format_price, model_info
 
 
@@ -143,4 +144,4 @@ def _print_one(d: dict[str, Any]) -> None:
     lines.append((f"price ({d['currency']})", _prices(d, "; ") + (" per 1M tokens" if d["prices_per_1m"] else "")))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        console.print(f"[bold]{key.ljust(width)}[/]  {escape(str(value))}", highlight=False)
+        console.print(f"[bold]{key.ljust(width)}[/]  {escape(safe_line(value))}", highlight=False)  # a name given

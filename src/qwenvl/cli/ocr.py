@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import (
     err_console,
@@ -18,7 +19,7 @@ from qwenvl.cli.common import (
     shown,
 )
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
-from qwenvl.errors import QwenVLError, UsageError
+from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.grounding import model_for
@@ -103,7 +104,7 @@ def ocr(opts: dict[str, Any]) -> None:
     text = json.dumps(result.to_json(), ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
-        err_console().print(f"[dim]wrote {output}[/]")
+        err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif text:
         click.echo(shown(text))
     warn([w for w in result.warnings if w != NO_TEXT])

@@ -52,6 +52,11 @@ def stream_to_terminal(
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
+    except BaseException:  # Ctrl-C, a closed stdout: the stream is closed now, while its usage log is open
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+        raise
     if in_reasoning:
         err.print()
     if wrote_text:

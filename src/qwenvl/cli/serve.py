@@ -15,7 +15,7 @@ from qwenvl._constants import (
     SERVE_REQUEST_TIMEOUT_S,
 )
 from qwenvl.cli.common import err_console, pass_opts
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, safe_line
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, listen
 
 MIB = 1024 * 1024  # --max-body-mb counts mebibytes
@@ -167,7 +167,7 @@ def serve(opts: dict[str, Any]) -> None:
 
     served, warning = check_backend(backend, options)
     if warning:
-        err_console().print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
     # the names clients send: --model-name ones (mapped to the backend's model); none: any name passed on to the
     # cloud, or for a local backend the name of the model it serves (another name: 404 model_not_found)
     target = opts["backend_model"] if backend != "dashscope" else None

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from qwenvl.cli.common import err_console, pass_opts
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, safe_line
 
 
 def skill_text() -> str:
@@ -49,4 +50,4 @@ def skill(opts: dict[str, Any]) -> None:
         target.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
-    err_console().print(f"wrote {target}", highlight=False)
+    err_console().print(f"wrote {escape(safe_line(target))}", highlight=False)

@@ -27,11 +27,10 @@ from qwenvl.cli.common import (
     print_json,
     region_option,
     request_fields,
-    shown,
     with_stdin,
 )
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES
-from qwenvl.errors import EXIT_INPUT
+from qwenvl.errors import EXIT_INPUT, safe_line
 from qwenvl.estimate import estimate_files
 from qwenvl.models import format_cost
 
@@ -137,10 +136,12 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column(f"cost ({currency})", justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(escape(shown(row["source"])), f"[red]error:[/] {escape(shown(row['error']))}", "", "-", "-")
+            table.add_row(
+                escape(safe_line(row["source"])), f"[red]error:[/] {escape(safe_line(row['error']))}", "", "-", "-"
+            )
             continue
         table.add_row(
-            escape(shown(row["source"])),
+            escape(safe_line(row["source"])),
             _size(row),
             _bytes(row["bytes_sent"]),
             "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
@@ -163,10 +164,12 @@ def _print_table(result: dict[str, Any]) -> None:
             if note.startswith("estimate only"):  # said once, below
                 estimated = True
                 continue
-            console.print(f"[dim]{escape(shown(row['source']))}: {escape(shown(note))}[/]", highlight=False)
+            console.print(f"[dim]{escape(safe_line(row['source']))}: {escape(safe_line(note))}[/]", highlight=False)
     for row in rows:
         if "error" in row and row.get("hint"):
-            console.print(f"[dim]{escape(shown(row['source']))}: {escape(shown(row['hint']))}[/]", highlight=False)
+            console.print(
+                f"[dim]{escape(safe_line(row['source']))}: {escape(safe_line(row['hint']))}[/]", highlight=False
+            )
     if estimated:
         console.print(
             "[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "

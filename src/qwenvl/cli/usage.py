@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from qwenvl.cli.common import out_console, pass_opts, print_json, shown
+from qwenvl.errors import safe_line
 from qwenvl.models import format_cost, round_cost
 from qwenvl.store import UsageLog, usage_log_enabled
 
@@ -43,8 +44,8 @@ def usage(opts: dict[str, Any]) -> None:
         return
     console = out_console()
     if not rows:
-        where = "off (QWENVL_LOG=0)" if not usage_log_enabled() else str(log.path)
-        console.print(f"no requests in the last {opts['days']} days (usage log: {where})")
+        where = "off (QWENVL_LOG=0)" if not usage_log_enabled() else safe_line(log.path)
+        console.print(f"no requests in the last {opts['days']} days (usage log: {escape(where)})", highlight=False)
         return
     table = Table(title=f"qwenvl usage, last {opts['days']} days", title_justify="left")
     for name in ("day", "model", "requests", "errors", "cached", "input tokens", "output tokens", "≈ cost"):

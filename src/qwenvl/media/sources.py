@@ -61,7 +61,12 @@ def classify(ref: str) -> Source:
     text = ref.strip()
     lower = text[:12].lower()
     if lower.startswith(("http://", "https://")):
-        parts = urlsplit(text)
+        try:
+            if not text.isprintable():  # a tab, a newline, ESC
+                raise ValueError("it holds a control character")
+            parts = urlsplit(text)
+        except ValueError as exc:  # "https://[bad": an IPv6 host not closed
+            raise MediaError(f"{text!r} is not a valid URL ({exc})", source=text) from None
         if not parts.netloc:
             raise MediaError(f"{text!r} is not a valid URL (no host)", source=text)
         return Source(ref, "url", url=text)

@@ -22,6 +22,8 @@ from qwenvl.store.cache import ResponseCache, cache_key, source_key
 from qwenvl.store.usage import Entry, UsageLog
 from qwenvl.types import Response
 
+CANCELLED = "cancelled"  # the outcome of a stream its reader stopped reading (tokens unknown)
+
 
 def endpoint(client: ClientEndpoint, call: Call) -> str:
     """The URL the call goes to (part of the cache key: a loopback test server never answers for the cloud)."""
@@ -70,7 +72,8 @@ class Exchange:
         self._log(response, "ok")
         return response
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException | None = None, *, outcome: str | None = None) -> None:
+        """Log a call that gave no response: the error ``exc`` (its type is the outcome), or ``outcome``."""
         if self.finished:
             return
         self.finished = True
@@ -81,7 +84,7 @@ class Exchange:
             Entry(
                 model=self.model,
                 protocol=self.protocol,
-                outcome=type(exc).__name__,
+                outcome=outcome or type(exc).__name__,
                 latency_s=time.monotonic() - self.started,
                 request_id=getattr(exc, "request_id", None),
                 status=status or None,

@@ -3,7 +3,8 @@
 Written by the library (``Client``/``AsyncClient`` ``send`` and ``send_stream`` into the client's own
 ``usage_log``, and the Batch API merge into the batch's), never by the CLI, so every verb and every program
 that uses qwenvl is counted. Each row: time, model,
-protocol, outcome (``ok``, ``cached`` for an answer from the local cache, or the error's type), HTTP status
+protocol, outcome (``ok``, ``cached`` for an answer from the local cache, ``cancelled`` for a stream its reader
+stopped, or the error's type), HTTP status
 and service code of an error, input/output/image tokens, the estimated cost and its currency (CNY in
 Beijing, USD in Singapore and Virginia: ``qwenvl.models.estimate_cost``), latency and request id.
 Prompts and answers are not kept. Rows are committed by a background thread in groups, within
@@ -64,7 +65,7 @@ MIGRATIONS = [m001_requests, m002_currency]
 class Entry:
     model: str | None
     protocol: str | None
-    outcome: str  # "ok" | "cached" | an error type such as "RateLimitError"
+    outcome: str  # "ok" | "cached" | "cancelled" (a stream its reader stopped) | an error type ("RateLimitError")
     input_tokens: int | None = None
     output_tokens: int | None = None
     image_tokens: int | None = None
