@@ -510,7 +510,22 @@ FIDELITY_IMAGES = {
     "soft texture": lambda: _textured(
         2400, 1800, seed=5, octaves=((4, 10), (16, 25), (128, 40)), noise=3, tint=(1.0, 0.9, 0.8)
     ),
+    # texture over part of a smooth photo, near where flat tables stop paying (the dense-texture rule's edge:
+    # 30% foliage stays under the threshold, where flat tables would lose 0.02 dB; 40% is over it and gains)
+    "30% foliage": lambda: _mixed("foliage", 0.3),
+    "40% foliage": lambda: _mixed("foliage", 0.4),
+    "40% grain": lambda: _mixed("high-ISO grain", 0.4),
 }
+
+
+def _mixed(texture: str, share: float) -> Image.Image:
+    """The plain photo with its top ``share`` of rows replaced by ``texture``."""
+    import numpy as np
+
+    mixed = corpus.photo_array(2400, 1800, seed=4).copy()
+    rows = int(1800 * share)
+    mixed[:rows] = np.asarray(FIDELITY_IMAGES[texture]())[:rows]
+    return Image.fromarray(mixed)
 
 
 # 2.1x per side (the default budget of a 12 MP photo), 4.3x (a DCT-scaled decode used to apply from 4x) and
