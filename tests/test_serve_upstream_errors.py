@@ -431,3 +431,17 @@ def test_the_openai_sdk_never_resends_what_the_upstream_may_have_charged(upstrea
                 sdk.chat.completions.create(model=MODEL, messages=_ask(False))
             seen[name] = site.attempts()
     assert seen == {name: attempts for name, (_, attempts) in sites.items()}
+
+
+def test_a_gateway_without_its_own_key_is_a_bad_gateway_not_the_callers_auth(upstreams):
+    ds, _ = upstreams
+    client = qwenvl.AsyncClient(base_url=ds.url, **REQUEST)  # no key anywhere (the test's environment is isolated)
+    with Served(create_app(client, ServeSettings(api_key=SERVE_KEY))) as served:
+        for way in ("httpx-compat", "httpx-native"):
+            for stream in (False, True):
+                seen = WAYS[way](served.url, stream)
+                assert (seen.status, seen.code) == (502, "upstream_error" if way == "httpx-compat" else UPSTREAM[0])
+                assert seen.message == (
+                    "this server has no API key for its upstream service; the server's operator must set one"
+                )
+    assert ds.requests == []

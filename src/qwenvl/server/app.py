@@ -41,6 +41,7 @@ from qwenvl.errors import (
     APITimeoutError,
     MalformedResponseError,
     MediaError,
+    MissingAPIKeyError,
     QwenVLError,
     StreamInterruptedError,
     UsageError,
@@ -544,7 +545,10 @@ def upstream_failure(exc: APIError) -> tuple[int, str, str | None, dict[str, str
     code: str | None = None
     if isinstance(exc, APIStatusError):
         status, code, message = exc.status, exc.code, exc.message
-        if exc.status in (401, 403):  # the upstream refused *our* credentials
+        if isinstance(exc, MissingAPIKeyError):  # nothing was sent: this server has no key for its upstream
+            status, code = 502, None
+            message = "this server has no API key for its upstream service; the server's operator must set one"
+        elif exc.status in (401, 403):  # the upstream refused *our* credentials
             status, code = 502, None
             message = (
                 f"the upstream service refused this server's own credentials (HTTP {exc.status}); the server's "
