@@ -3,7 +3,7 @@ more), met by the serve's own clients, in each protocol, streaming or not.
 
 For each failure and each backend of the serve (the DashScope gateway speaking compat or native to the loopback
 DashScope double, and the ``openai`` engine backend), a real serve is started on loopback in front of the failing
-upstream, with the parity matrix's settings (``max_retries=1``, backoff 0.01 s, a 0.3 s time-out), and is asked by
+upstream, with the parity matrix's settings (``max_retries=1``, backoff 0.01 s; a 1 s time-out), and is asked by
 each of its clients: the official ``openai`` SDK (compatible mode), the official ``dashscope`` SDK (native) and plain
 ``httpx`` (both protocols), each streaming and not. Every way must see the same answer (``Expect``): the HTTP
 status (or, for an error that comes after content, an error event that ends the stream: no silent truncation),
@@ -32,13 +32,15 @@ from conftest import API_KEY
 from dashscope_server import DashScopeServer, Reply
 from fault_server import FaultServer
 from qwenvl.server.app import ServeSettings, create_app
-from test_error_parity import ENGINE_MODEL, FAILURES, REQUEST, TIMEOUT_S, Site, _dashscope, _fault
+from test_error_parity import ENGINE_MODEL, FAILURES, REQUEST, Site, _dashscope, _fault
 from test_serve import COMPAT, NATIVE, SERVE_KEY, Served
 
 openai = pytest.importorskip("openai")
 dashscope = pytest.importorskip("dashscope")
 
 MODEL = "qwen3-vl-plus"
+TIMEOUT_S = 1.0  # the parity matrix's 0.3 s, made longer: a serve and its clients add their own work to a busy machine
+UPSTREAM_REQUEST = {**REQUEST, "timeout_s": TIMEOUT_S}
 UPSTREAM = ("InternalError.Upstream", "upstream_error")  # (native code, compat code) of a serve-made 502
 TIMEOUT = ("RequestTimeOut", "request_timeout")
 INTERNAL = ("InternalError", "internal_error")
@@ -355,12 +357,14 @@ def upstreams() -> Iterator[tuple[DashScopeServer, FaultServer]]:
 def serve_in_front(site: Site, backend: str) -> Served:
     if backend == "engine":
         client = qwenvl.AsyncClient(
-            backend="openai", api_key=API_KEY, base_url=site.url("openai"), model=ENGINE_MODEL, **REQUEST
+            backend="openai", api_key=API_KEY, base_url=site.url("openai"), model=ENGINE_MODEL, **UPSTREAM_REQUEST
         )
         settings = ServeSettings(api_key=SERVE_KEY, pass_model_names=False)
     else:
         protocol = backend.removeprefix("gateway-")
-        client = qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=site.url("dashscope"), **REQUEST)
+        client = qwenvl.AsyncClient(
+            api_key=API_KEY, protocol=protocol, base_url=site.url("dashscope"), **UPSTREAM_REQUEST
+        )
         settings = ServeSettings(api_key=SERVE_KEY)
     return Served(create_app(client, settings))
 
@@ -435,7 +439,7 @@ def test_the_openai_sdk_never_resends_what_the_upstream_may_have_charged(upstrea
 
 def test_a_gateway_without_its_own_key_is_a_bad_gateway_not_the_callers_auth(upstreams):
     ds, _ = upstreams
-    client = qwenvl.AsyncClient(base_url=ds.url, **REQUEST)  # no key anywhere (the test's environment is isolated)
+    client = qwenvl.AsyncClient(base_url=ds.url, **UPSTREAM_REQUEST)  # no key anywhere: the environment is isolated
     with Served(create_app(client, ServeSettings(api_key=SERVE_KEY))) as served:
         for way in ("httpx-compat", "httpx-native"):
             for stream in (False, True):
