@@ -7,6 +7,7 @@ end a verb the way Ctrl-C does (qwenvl.cli.signals), so a batch keeps the answer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -223,10 +224,23 @@ def test_a_terminated_chat_ends_with_the_signal_code(
     assert "Traceback" not in stderr and "terminated (SIGTERM)" in stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize(
+    ("sig", "workers", "to"),
+    [
+        (signal.SIGTERM, 1, "process"),
+        (signal.SIGHUP, 1, "process"),
+        (signal.SIGTERM, 2, "process"),
+        (signal.SIGHUP, 2, "process"),  # e.g. kill -HUP of the supervisor: it stops its workers, gracefully
+        (signal.SIGHUP, 2, "group"),  # a closed terminal: the supervisor and every worker get it at once
+        (signal.SIGTERM, 2, "group"),
+    ],
+)
 def test_a_terminated_server_answers_what_it_was_asked(
-    sig: signal.Signals, isolated_env: Path, server: DashScopeServer, env: dict[str, str]
+    sig: signal.Signals, workers: int, to: str, isolated_env: Path, server: DashScopeServer, env: dict[str, str]
 ) -> None:
+    """SIGTERM and SIGHUP stop ``qwenvl serve`` gracefully, with one process or ``--workers 2`` (uvicorn's
+    supervisor would restart its workers on SIGHUP, and a worker left SIGHUP at its default: it died with its
+    requests in flight): the request in flight is answered, then the server exits with 128 + the signal."""
     import socket
     import threading
 
@@ -236,7 +250,18 @@ def test_a_terminated_server_answers_what_it_was_asked(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = _start_cli("serve", "--port", str(port), env={**env, "QWENVL_SERVE_API_KEY": "k"}, cwd=isolated_env)
+    args = ("serve", "--port", str(port), "--workers", str(workers))
+    full = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_ENV_DROPPED)}
+    full.update(env, QWENVL_SERVE_API_KEY="k", COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwenvl", *args],
+        cwd=isolated_env,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
     answer: dict[str, object] = {}
 
     def ask() -> None:
@@ -261,10 +286,14 @@ def test_a_terminated_server_answers_what_it_was_asked(
         _wait_for(up, "server")
         asking.start()
         _wait_for(lambda: _model_calls(server) >= 1, "request")
-        proc.send_signal(sig)
+        if to == "group":
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and any worker left behind
         if asking.is_alive():
             asking.join(60)
     assert answer == {"status": 200}  # the request in flight was answered before the server stopped

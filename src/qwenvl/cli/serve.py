@@ -214,9 +214,9 @@ def serve(opts: dict[str, Any]) -> None:
 
             with hangup_stops(server.handle_exit):  # a closed terminal stops it as SIGTERM does (cli.signals)
                 server.run(sockets=[sock])
-        else:
-            from uvicorn.supervisors import Multiprocess
+        else:  # SIGTERM and SIGHUP stop every worker gracefully, then exit 128 + the signal (server.main)
+            from qwenvl.server.main import run_workers
 
-            Multiprocess(uv_config, sockets=[sock]).run()
+            run_workers(uv_config, [sock])
     finally:
         sock.close()

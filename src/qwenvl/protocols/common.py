@@ -345,13 +345,15 @@ class StreamAccumulator:
         """An error event: typed when nothing arrived yet, else an interruption that keeps the text."""
         if not self.text and not self.reasoning:
             return exc
-        return StreamInterruptedError(
+        error = StreamInterruptedError(
             f"the stream ended with an error: {exc}",
             partial_text="".join(self.text),
             partial_reasoning="".join(self.reasoning),
             request_id=exc.request_id or self.request_id,
             code=exc.code,
         )
+        error.__cause__ = exc  # the service's own error (status, code, words): ``qwenvl serve`` passes it on
+        return error
 
     def interrupted(self, why: str) -> StreamInterruptedError:
         got = len("".join(self.text))

@@ -308,6 +308,7 @@ _KINDS: dict[str, tuple[int, str, str, str]] = {
     "throttled": (429, "Throttling.RateQuota", "limit_requests", "requests"),
     "internal": (500, "InternalError", "internal_error", "internal_error"),
     "upstream": (502, "InternalError.Upstream", "upstream_error", "internal_error"),
+    "unavailable": (503, "ServiceUnavailable", "service_unavailable", "internal_error"),
     "timeout": (504, "RequestTimeOut", "request_timeout", "internal_error"),
 }
 
@@ -336,17 +337,30 @@ def _kind(status: int) -> tuple[int, str, str, str]:
     return (status, *(_KINDS["invalid"][1:] if 400 <= status < 500 else _KINDS["internal"][1:]))
 
 
+# a kind's code in either protocol's spelling (lower case) -> the kind
+_BY_CODE = {spelling.lower(): kind for kind in _KINDS.values() for spelling in kind[1:3]}
+
+
+def _wire_code(code: str | None, status: int, column: int) -> str:
+    """The code a body of one protocol carries (``column`` 1 native, 2 compat): a code of the other protocol's
+    spelling for a known kind is given in this one's (an upstream's ``internal_error`` is ``InternalError`` to a
+    native caller); a code that is only a number (vLLM's ``"code": 400``) or none is the status's own."""
+    if code and not code.strip().isdigit():
+        kind = _BY_CODE.get(code.lower())
+        return str(kind[column]) if kind is not None else code
+    return str(_kind(status)[column])
+
+
 def compat_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
-    _, _, wire_code, wire_type = _kind(status)
+    wire_type = _kind(status)[3]
     return {
-        "error": {"code": code or wire_code, "param": None, "message": message, "type": wire_type},
+        "error": {"code": _wire_code(code, status, 2), "param": None, "message": message, "type": wire_type},
         "request_id": request_id,
     }
 
 
 def native_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
-    _, wire_code, _, _ = _kind(status)
-    return {"code": code or wire_code, "message": message, "request_id": request_id}
+    return {"code": _wire_code(code, status, 1), "message": message, "request_id": request_id}
 
 
 # --- the server side of each protocol (``WireProtocol.server``) ------------------------------------------

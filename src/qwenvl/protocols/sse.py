@@ -76,5 +76,7 @@ def encode(data: Any, *, event_id: int | None = None, event: str | None = None, 
         lines.append(f"event:{event}")
     if status is not None:
         lines.append(f":HTTP_STATUS/{status}")
+        if event == "error":  # the dashscope SDK reads an error event's status from this field (else says 400)
+            lines.append(f"status:{status}")
     lines.append("data:" + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)))
     return ("\n".join(lines) + "\n\n").encode()

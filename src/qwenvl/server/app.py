@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,11 +35,22 @@ from qwenvl._constants import (
     SERVE_MAX_MEDIA_ITEMS,
     SERVE_REQUEST_TIMEOUT_S,
 )
-from qwenvl.errors import APIStatusError, MediaError, QwenVLError, UsageError
+from qwenvl.errors import (
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    MalformedResponseError,
+    MediaError,
+    MissingAPIKeyError,
+    QwenVLError,
+    StreamInterruptedError,
+    UsageError,
+)
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.media.sources import to_data_url
 from qwenvl.protocols import get, inbound
 from qwenvl.protocols.base import ServerSide
+from qwenvl.retry import RETRYABLE_STATUS, should_retry
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadStore
 from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart
@@ -288,35 +301,26 @@ def create_app(
         exc: BaseException, rid: str, aliases: dict[str, str] | None = None
     ) -> tuple[int, str, str | None, dict[str, str]]:
         """(status, one-line message, service code, headers) for any failure; nothing internal leaks: no
-        traceback, no server path (an upload's path is named by its oss:// reference), no key."""
+        traceback, no server path (an upload's path is named by its oss:// reference), no key, no upstream URL.
+        A failure of the upstream is told as ``upstream_failure`` says."""
         if isinstance(exc, TimeoutError):
             exc = _Refused(504, "the request timed out on this server")
         if isinstance(exc, _Refused):
             return exc.status, exc.message, exc.code, exc.headers
+        if isinstance(exc, APIError):
+            log.warning("the upstream failed answering %s: %s", rid, exc)  # the operator's log names the URL
+            return upstream_failure(exc)
         status, code = inbound.error_kind(exc)
         message = _message(exc)
-        headers: dict[str, str] = {}
-        if isinstance(exc, APIStatusError) and status in (401, 403):  # the upstream refused *our* credentials
-            log.warning(
-                "the upstream refused this server's credentials (HTTP %s %s) answering %s", status, exc.code, rid
-            )
-            status, code = 502, None
-            message = (
-                "the upstream service refused this server's own credentials (HTTP "
-                f"{exc.status}); the server's operator must fix its upstream key"
-            )
         hint = getattr(exc, "hint", None)
         if hint and isinstance(exc, UsageError | MediaError):
             message = f"{message} ({hint})"
         for path, ref in (aliases or {}).items():
             message = message.replace(path, ref)
         message = message.replace(str(store.folder), "(upload)")
-        retry_after = getattr(exc, "retry_after", None)
-        if status == 429 and retry_after:
-            headers["Retry-After"] = str(int(retry_after + 0.999))
         if not isinstance(exc, QwenVLError):
             log.exception("internal error while answering %s", rid)
-        return status, message, code, headers
+        return status, message, code, {}
 
     def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
         status, message, code, headers = describe(exc, rid, aliases)
@@ -324,6 +328,7 @@ def create_app(
 
     async def handle(request: HTTPRequest, proto: ServerSide) -> Any:
         rid = str(uuid.uuid4())
+        deadline = time.monotonic() + settings.request_timeout_s
         key = None
         try:
             key = authorize(request)
@@ -334,15 +339,20 @@ def create_app(
             return refuse(proto, exc, rid)
         streaming = False
         aliases: dict[str, str] = {}
+        events: AsyncIterator[StreamEvent] | None = None
         try:
-            async with asyncio.timeout(settings.request_timeout_s):
+            async with asyncio.timeout(deadline - time.monotonic()):
                 call = await plan(parsed, request, aliases)
                 if not parsed.stream:
                     response = await client.send(call)
                     return JSONResponse(proto.response_body(parsed, response, rid))
+                # the status line waits for the upstream's first event: a failure before it (a refusal, a 429
+                # with its Retry-After, a time-out) is an HTTP error in the protocol's shape, not a 200 stream
+                events = client.send_stream(call)
+                first = await anext(events, None)
             streaming = True  # from here the stream owns the slot and gives it back when it ends
             return _EventStream(
-                stream_body(proto, parsed, call, rid, aliases),
+                stream_body(proto, parsed, events, first, deadline, rid, aliases),
                 on_close=lambda: slots.give(key),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -352,17 +362,33 @@ def create_app(
         finally:
             if not streaming:
                 slots.give(key)
+                if events is not None:
+                    await _aclose(events)
 
     async def stream_body(
-        proto: ServerSide, parsed: inbound.Inbound, call: Any, rid: str, aliases: dict[str, str]
+        proto: ServerSide,
+        parsed: inbound.Inbound,
+        events: AsyncIterator[StreamEvent],
+        first: StreamEvent | None,
+        deadline: float,
+        rid: str,
+        aliases: dict[str, str],
     ) -> AsyncIterator[bytes]:
+        """The stream's wire chunks: ``first`` (the backend's first event, already had), then the rest of
+        ``events`` until ``deadline`` (monotonic seconds); a failure on the way is the protocol's error event,
+        which ends the stream (never a silent truncation)."""
         state = inbound.StreamState(parsed=parsed, request_id=rid)
-        deadline = time.monotonic() + settings.request_timeout_s
-        events = client.send_stream(call)
+
+        async def all_events() -> AsyncIterator[StreamEvent]:
+            if first is not None:
+                yield first
+            async for event in _bounded(events, deadline):
+                yield event
+
         try:
             for chunk in proto.stream_open(state):
                 yield chunk
-            async for event in _bounded(events, deadline):
+            async for event in all_events():
                 state.note(event)
                 if event.type == "done":
                     assert event.response is not None
@@ -371,6 +397,7 @@ def create_app(
                     return
                 for chunk in proto.stream_delta(state, event):
                     yield chunk
+            raise MalformedResponseError("the upstream's stream ended without its final event")
         except asyncio.CancelledError:  # the caller went away: stop generating, free the slot
             raise
         except Exception as exc:  # an error inside a stream is an error event
@@ -490,6 +517,58 @@ def create_app(
             model_for=served_model,
         )
     return app
+
+
+_URL = re.compile(r"https?://[^\s;)]*[^\s;):]")
+
+
+def upstream_failure(exc: APIError) -> tuple[int, str, str | None, dict[str, str]]:
+    """(status, message, code, headers) with which the server answers a failure of its upstream (the backend).
+
+    - An error status passes on with the service's code (given in the caller's protocol's spelling) and words,
+      and its ``Retry-After``: 429 stays 429, a 503 stays 503 (after this server's own retries, ``qwenvl.retry``).
+    - The upstream refusing this server's key (401, 403) is 502: the caller's key is fine, the operator's is not.
+    - An HTML page from a proxy is 502 (429 and 5xx keep their status), "the upstream answered HTTP 400 Bad
+      Request (an HTML page from a proxy, not the service)".
+    - No answer: 502, or 504 for a time-out, in qwenvl's words (``qwenvl.transport.describe_failure``) with each
+      upstream URL named "the upstream" (the URL is in this server's log). A reply that is not the protocol's:
+      502. A stream that broke after content: the status of its cause (502, 504, or the service's error event's).
+    - ``x-should-retry: false`` (read by the openai SDK) on a 5xx when a retry cannot help or could pay twice:
+      the upstream answered 200 and then failed (``qwenvl.retry.may_resend``), or its failure is not retried
+      (``qwenvl.retry.should_retry``)."""
+    if isinstance(exc, StreamInterruptedError) and isinstance(exc.__cause__, APIError):
+        told = upstream_failure(exc.__cause__)
+        if isinstance(exc.__cause__, APIStatusError):  # the service's error event: its status, code and words
+            return told
+        return told[0], _URL.sub("the upstream", exc.message), *told[2:]  # a broken connection: the stream's words
+    headers: dict[str, str] = {}
+    code: str | None = None
+    if isinstance(exc, APIStatusError):
+        status, code, message = exc.status, exc.code, exc.message
+        if isinstance(exc, MissingAPIKeyError):  # nothing was sent: this server has no key for its upstream
+            status, code = 502, None
+            message = "this server has no API key for its upstream service; the server's operator must set one"
+        elif exc.status in (401, 403):  # the upstream refused *our* credentials
+            status, code = 502, None
+            message = (
+                f"the upstream service refused this server's own credentials (HTTP {exc.status}); the server's "
+                "operator must fix its upstream key"
+            )
+        elif exc.plain:  # a proxy's page, not the service's error
+            status = exc.status if exc.status in RETRYABLE_STATUS else 502
+            message = f"the upstream answered HTTP {exc.status} {exc.message}"
+        if exc.retry_after:
+            headers["Retry-After"] = str(math.ceil(exc.retry_after))
+    elif isinstance(exc, MalformedResponseError):
+        status, message = 502, exc.message
+        message = "the upstream's reply" + message[9:] if message.startswith("the reply") else message
+    else:
+        status = 504 if isinstance(exc, APITimeoutError) else 502
+        message = _URL.sub("the upstream", exc.message)
+    paid = getattr(exc, "final", False) or isinstance(exc, MalformedResponseError | StreamInterruptedError)
+    if status >= 500 and (paid or not should_retry(exc)):
+        headers["x-should-retry"] = "false"
+    return status, message, code, headers
 
 
 def _message(exc: BaseException) -> str:

@@ -10,6 +10,9 @@ Each app gets its own stores, made here (one per uvicorn worker process), never 
 
 from __future__ import annotations
 
+import signal
+import socket
+import threading
 from typing import Any
 
 from qwenvl import env as qenv
@@ -83,5 +86,58 @@ def app_from_config(config: dict[str, Any]) -> Any:
 
 
 def app_from_env() -> Any:
-    """uvicorn's factory for ``--workers N``: the configuration travels in $QWENVL_SERVE_CONFIG."""
+    """uvicorn's factory for ``--workers N``: the configuration travels in $QWENVL_SERVE_CONFIG. In a worker
+    process, SIGHUP stops the worker gracefully as SIGTERM does (``run_workers``)."""
+    _hangup_stops_worker()
     return app_from_config(qenv.serve_config())
+
+
+def _hangup_stops_worker() -> None:
+    """In a worker (uvicorn calls the factory in its main thread, its SIGTERM handler already set), SIGHUP gets
+    the SIGTERM handler: a closed terminal reaches every process of its group, and a worker left at the default
+    died at once with its requests in flight. A SIGHUP that is ignored (``nohup``, inherited) or already handled
+    (one process: ``qwenvl.cli.signals.hangup_stops``) is left alone."""
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(hup) is signal.SIG_DFL and callable(term := signal.getsignal(signal.SIGTERM)):
+        signal.signal(hup, term)
+
+
+def run_workers(config: Any, sockets: list[socket.socket]) -> None:
+    """Run ``config.workers`` server processes (uvicorn's supervisor) until SIGINT, SIGTERM or SIGHUP, which stop
+    every worker gracefully (each answers what it was asked, within ``timeout_graceful_shutdown``); then the signal
+    is raised again with the handlers of before, so the caller ends as that signal says (the CLI: exit 128 + its
+    number). uvicorn's own supervisor restarts its workers on SIGHUP instead, and exits 0 after a SIGTERM. A SIGHUP
+    ignored when it starts (``nohup``) stays ignored, in the supervisor and (inherited) in its workers."""
+    from uvicorn.supervisors.multiprocess import SIGNALS, Multiprocess, logger
+
+    class Workers(Multiprocess):
+        stopped_by: int | None = None
+
+        def _stop(self, signum: int) -> None:
+            logger.info("Received %s, stopping the workers.", signal.Signals(signum).name)
+            self.stopped_by = signum
+            self.should_exit.set()
+
+        def handle_int(self) -> None:
+            self._stop(signal.SIGINT)
+
+        def handle_term(self) -> None:
+            self._stop(signal.SIGTERM)
+
+        def handle_hup(self) -> None:
+            self._stop(signal.SIGHUP)
+
+    before = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    workers = Workers(config, sockets=sockets)  # sets a handler for each of SIGNALS
+    for sig, handler in before.items():
+        if handler is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_IGN)
+    try:
+        workers.run()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if workers.stopped_by is not None:
+        signal.raise_signal(workers.stopped_by)
