@@ -57,7 +57,7 @@ from qwenvl.errors import (
     StructuredOutputError,
     UsageError,
 )
-from qwenvl.models import answer_cost, currency_of
+from qwenvl.models import ModelInfo, answer_cost, currency_of
 from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
@@ -457,21 +457,39 @@ def _unknown_batch(batch_id: str) -> Iterator[None]:
         raise
 
 
+class NotBatchableError(UsageError):
+    """An item the Batch API cannot run (its model answers only in stream mode, which Batch API lines never are):
+    recorded as that item's error, or, when it is every pending item's (the run's own flags), the run is refused
+    before anything is written or sent (``Batch.estimate``)."""
+
+    # the item is recorded as an error: --retry-errors sends it again, in realtime once the jobs are collected
+    default_hint = (
+        "Those items are recorded as errors: once this output's Batch API jobs are collected, run the same command "
+        "with --mode realtime --retry-errors to send them in realtime."
+    )
+    # nothing was recorded (the whole run was refused): the same command in realtime sends them
+    refused_hint = "Run it with --mode realtime (the default): nothing was sent or written."
+
+
+def not_batchable(model: ModelInfo, name: str) -> NotBatchableError | None:
+    """Why a request for ``model`` (named ``name`` as the request names it) cannot be a Batch API line (None: it
+    can): the model is stream-only
+    (``ModelInfo.stream_only``, QVQ), and the Batch API does not stream ([batch]). The one home of the rule: the
+    run's lines, the estimate and the CLI's check of its flags use it. Raises nothing."""
+    if model.stream_only:
+        return NotBatchableError(f"{name} answers only in stream mode, which the Batch API does not offer")
+    return None
+
+
 def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVLError, tuple[str, bool]]:
     try:
         call = batch.planner.plan(item.request)
     except (MediaError, UsageError) as exc:
         return item, exc, ("", False)
     ensure_sendable(call)
-    if call.model.stream_only:  # Batch API lines are never streamed
-        return (
-            item,
-            UsageError(
-                f"{call.request.model} answers only in stream mode, which the Batch API does not offer",
-                hint="Run it with --mode realtime (the default).",
-            ),
-            ("", False),
-        )
+    refused = not_batchable(call.model, call.request.model)
+    if refused is not None:
+        return item, refused, ("", False)
     body = compat.build_body(call, stream=False)
     line = (
         json.dumps(

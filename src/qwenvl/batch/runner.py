@@ -568,6 +568,12 @@ class Batch:
                 call = self.planner.plan(item.request, estimate_only=True)
             except (MediaError, UsageError) as exc:
                 return seq, item.id, exc
+            if self.mode == "batch-api":
+                from qwenvl.batch.batchapi import not_batchable
+
+                refused = not_batchable(call.model, call.request.model)
+                if refused is not None:
+                    return seq, item.id, refused
             tokens, unknown = input_tokens_of(call)
             # Without placeholders the estimate's body is the real one; with them the key is unknown until the
             # run prepares the item (it looks the cache up then).
@@ -608,8 +614,28 @@ class Batch:
         self.spool.set_estimates(errors, cached)
         est.invalid = len(est.errors)
         est.models = sorted(models)
+        self._refuse_all_invalid(est)
         self._estimate = est
         return est
+
+    @staticmethod
+    def _refuse_all_invalid(est: Estimate) -> None:
+        """A rule that makes every pending item fail the same way (one UsageError message for all: the run's own
+        settings, e.g. a stream-only model in batch-api mode, a field no model takes) refuses the run now, before
+        anything is written or sent, rather than recording it as every item's error (exit 0 and nothing done). An
+        item's own faults (a missing file, errors that differ) are recorded as its error as before."""
+        errors = list(est.errors.values())
+        if not errors or len(errors) != est.pending or not all(type(e) is type(errors[0]) for e in errors):
+            return
+        first = errors[0]
+        if not isinstance(first, UsageError) or any(e.message != first.message for e in errors):
+            return
+        from qwenvl.batch.batchapi import NotBatchableError
+
+        every = "the only pending item" if len(errors) == 1 else f"every one of the {len(errors):,} pending items"
+        hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.hint
+        refused = type(first)(f"{first.message} ({every}): nothing was sent or written", hint=hint)
+        raise refused
 
     @staticmethod
     def _fold_estimate(est: Estimate, models: set[str], res: tuple[Any, ...], region: str | None) -> bool:

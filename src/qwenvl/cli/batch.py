@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
-from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S
+from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, not_batchable
 from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
 from qwenvl.batch.journal import read_open_jobs
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
@@ -41,7 +41,7 @@ from qwenvl.cli.common import (
     stdin_text,
 )
 from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
-from qwenvl.models import format_cost
+from qwenvl.models import format_cost, model_info
 from qwenvl.plan import check_extra, check_model_rules
 
 
@@ -83,6 +83,10 @@ def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> No
     check_extra(request.extra, job.planner.protocol)  # a misspelt --param: refused now, not on every item
     if model_known and not job.planner.is_local:
         check_model_rules(request, job.planner.protocol)
+        if job.mode == "batch-api":  # a model the Batch API cannot run (stream-only): refused, not every item's error
+            refused = not_batchable(model_info(request.model), request.model)
+            if refused is not None:
+                raise UsageError(refused.message + ": nothing was sent or written", hint=refused.refused_hint)
 
 
 def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:

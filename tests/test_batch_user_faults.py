@@ -1,0 +1,83 @@
+"""Faults a new user met running `qwenvl batch` against the loopback doubles, each fixed as a kind (realtime and
+Batch API modes, CLI and library): refusals before anything is sent, one JSON line per job id, options named as
+the user gave them, notes in every output mode, Batch API messages, interrupts, a refused key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batch_server import BatchServer
+from conftest import API_KEY, run_cli, write_image
+from qwenvl.batch import Batch, BatchItem
+from qwenvl.errors import UsageError
+
+ENV = {"DASHSCOPE_API_KEY": API_KEY}
+
+
+@pytest.fixture
+def bserver() -> Iterator[BatchServer]:
+    with BatchServer(api_key=API_KEY) as srv:
+        yield srv
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def images(folder: Path, n: int) -> list[str]:
+    names = []
+    for i in range(n):
+        write_image(folder / f"i{i}.png", color=(i * 40 % 256, 10, 10))
+        names.append(f"i{i}.png")
+    return names
+
+
+# --- 1. a rule every item fails: refused before anything is written or sent ---------------------------------
+
+
+def test_stream_only_model_in_batch_api_is_refused_before_anything(bserver, isolated_env):
+    names = images(isolated_env, 3)
+    p = run_cli(
+        "batch", *names, "-p", "x", "-o", "q.jsonl", "--mode", "batch-api", "-m", "qvq-max",
+        "--base-url", bserver.url, env=ENV,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    assert "qvq-max answers only in stream mode" in p.stderr and "--mode realtime" in p.stderr
+    assert not (isolated_env / "q.jsonl").exists() and not (isolated_env / "q.jsonl.journal").exists()
+    assert bserver.requests == []
+    # the hint works: the same command in realtime sends every item (streamed)
+    p = run_cli("batch", *names, "-p", "x", "-o", "q.jsonl", "-m", "qvq-max", "--base-url", bserver.url, env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert [r["status"] for r in read_jsonl(isolated_env / "q.jsonl")] == ["ok"] * 3
+    assert len(bserver.chat_requests()) == 3
+
+
+def test_library_batch_refuses_a_rule_every_item_fails(bserver, isolated_env):
+    items = [BatchItem(id=f"t{i}", request={"prompt": "q", "model": "qvq-max"}) for i in range(3)]
+    job = Batch(items, "o.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", poll_interval_s=0.01)
+    with pytest.raises(UsageError, match=r"stream mode.*every one of the 3 pending items.*nothing was sent") as exc:
+        job.run()
+    assert "--mode realtime" in (exc.value.hint or "")
+    job.close()
+    assert not (isolated_env / "o.jsonl").exists() and not (isolated_env / "o.jsonl.journal").exists()
+    assert bserver.requests == []
+
+
+def test_mixed_requests_record_the_stream_only_items_with_a_hint_that_works(bserver, isolated_env):
+    lines = [{"id": "a", "prompt": "q"}, {"id": "v", "prompt": "q", "model": "qvq-max"}]
+    (isolated_env / "r.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    args = ["batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--base-url", bserver.url]
+    p = run_cli(*args, "--mode", "batch-api", "--poll-interval", "0", env=ENV)
+    assert p.returncode == 0, p.stderr
+    recs = {r["id"]: r for r in read_jsonl(isolated_env / "o.jsonl")}
+    assert recs["a"]["status"] == "ok" and recs["v"]["status"] == "error"
+    hint = recs["v"]["error"]["hint"]
+    assert "--mode realtime --retry-errors" in hint
+    p = run_cli(*args, "--mode", "realtime", "--retry-errors", env=ENV)  # what the hint says
+    assert p.returncode == 0, p.stderr
+    assert {r["id"]: r["status"] for r in read_jsonl(isolated_env / "o.jsonl")} == {"a": "ok", "v": "ok"}
+    assert len(bserver.chat_requests()) == 1  # only the stream-only item, in realtime
