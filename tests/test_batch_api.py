@@ -226,7 +226,7 @@ def test_status_and_cancel_commands(bserver, isolated_env):
     p = run_cli("batch", "status", job_id, "--base-url", bserver.url, "--json", env=env)
     assert json.loads(p.stdout)["status"] == "cancelled"
     p = run_cli("batch", "status", "batch_nope", "--base-url", bserver.url, env=env)
-    assert p.returncode == 5 and "HTTP 404" in p.stderr
+    assert p.returncode == 3 and "HTTP 404" in p.stderr and "batch_nope" in p.stderr  # the user's input
     p = run_cli("batch", "status", job_id, "--region", "intl", env=env)
     assert p.returncode == 2 and "Beijing" in p.stderr
 

@@ -81,3 +81,33 @@ def test_mixed_requests_record_the_stream_only_items_with_a_hint_that_works(bser
     assert p.returncode == 0, p.stderr
     assert {r["id"]: r["status"] for r in read_jsonl(isolated_env / "o.jsonl")} == {"a": "ok", "v": "ok"}
     assert len(bserver.chat_requests()) == 1  # only the stream-only item, in realtime
+
+
+# --- 2. batch status / cancel: one JSON line per id, an unknown id is the user's input, a malformed one usage ---
+
+
+@pytest.mark.parametrize("verb", ["status", "cancel"])
+def test_status_and_cancel_give_one_json_line_per_id(bserver, isolated_env, verb):
+    bserver.hold = True
+    [job_id] = Batch(
+        [BatchItem(id="i", request={"prompt": "q"})], "o.jsonl", api_key=API_KEY, base_url=bserver.url,
+        mode="batch-api", wait=False,
+    ).run().batch_ids  # fmt: skip
+    p = run_cli("batch", verb, job_id, "batch_unknown", "--base-url", bserver.url, "--json", env=ENV)
+    assert p.returncode == 3, p.stderr  # an unknown id is an input error, not the service's (5)
+    lines = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [line["id"] for line in lines] == [job_id, "batch_unknown"]
+    assert "error" not in lines[0] and lines[1]["error"]["exit_code"] == 3
+    assert "batch_unknown" in lines[1]["error"]["message"] and "batch_unknown" in p.stderr
+    p = run_cli("batch", verb, "batch_unknown", "--base-url", bserver.url, env=ENV)
+    assert p.returncode == 3 and "batch_unknown" in p.stderr
+
+
+@pytest.mark.parametrize("verb", ["status", "cancel"])
+@pytest.mark.parametrize("bad", ["x/../y", "a b", "", "batch_1?x=2"])
+def test_a_malformed_batch_id_is_a_usage_error_before_any_request(bserver, isolated_env, verb, bad):
+    before = len(bserver.requests)
+    p = run_cli("batch", verb, "batch_ok", bad, "--base-url", bserver.url, "--json", env=ENV)
+    assert p.returncode == 2, p.stderr
+    assert "is not a Batch API job id" in p.stderr and "Traceback" not in p.stderr
+    assert len(bserver.requests) == before and p.stdout == ""

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ from qwenvl.batch.journal import UPLOAD_PREFIX, Journal
 from qwenvl.client import check_structured, make_request
 from qwenvl.config import REGIONS, normalize_region, require_api_key, resolve_base_url
 from qwenvl.errors import (
+    EXIT_INPUT,
     APIError,
     APIStatusError,
     MalformedResponseError,
@@ -56,6 +58,7 @@ from qwenvl.errors import (
     QwenVLError,
     StructuredOutputError,
     UsageError,
+    safe_line,
 )
 from qwenvl.models import ModelInfo, answer_cost, currency_of
 from qwenvl.plan import ensure_sendable
@@ -445,16 +448,47 @@ def _check_overdue(job: dict[str, Any]) -> None:
         )
 
 
+class UnknownBatchError(NotFoundError):
+    """A well-formed Batch API job id the service does not know (HTTP 404 for ``/batches/{id}``): the user's input,
+    not the service's failure (CLI exit code 3). ``.batch_id`` is the id."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, message: str, *, batch_id: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.batch_id = batch_id
+
+
+# A Batch API job id as the service gives them ("batch_" + a UUID): letters, digits, "_" and "-" (ours: anything
+# else, a "/" or "..", would change the URL's path rather than name a job).
+_BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
+
+
+def check_batch_id(batch_id: str) -> None:
+    """UsageError (nothing sent) for a string that cannot be a Batch API job id (``_BATCH_ID``), naming it."""
+    if not _BATCH_ID.fullmatch(batch_id):
+        raise UsageError(
+            f"{safe_line(batch_id)!r} is not a Batch API job id (letters, digits, '_' and '-', like batch_0a1b...)",
+            hint="A batch run prints its job ids (the summary's batch_ids); `qwenvl batch status` takes them.",
+        )
+
+
 @contextlib.contextmanager
 def _unknown_batch(batch_id: str) -> Iterator[None]:
-    """A 404 for a batch id means the job is unknown (not the model, as NotFoundError's default hint says)."""
+    """A 404 for a batch id means the job is unknown (not the model, as NotFoundError's default hint says): raised
+    as UnknownBatchError naming the id. A malformed id is refused before any request (``check_batch_id``)."""
+    check_batch_id(batch_id)
     try:
         yield
     except NotFoundError as exc:
-        exc.hint = (
-            f"No Batch API job {batch_id!r} is visible to this key: check the id (a batch run prints its job ids)."
-        )
-        raise
+        raise UnknownBatchError(
+            f"no Batch API job {batch_id} is visible to this key ({exc.message})",
+            batch_id=batch_id,
+            status=exc.status,
+            code=exc.code,
+            request_id=exc.request_id,
+            hint="Check the id (a batch run prints its job ids), and that the key is the one that created the job.",
+        ) from exc
 
 
 class NotBatchableError(UsageError):

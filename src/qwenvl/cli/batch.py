@@ -435,27 +435,54 @@ def _print_job(job: dict[str, Any]) -> None:
             click.echo(shown(f"  error: {err.get('code')}: {err.get('message')}"))
 
 
+def _failed_job(batch_id: str, exc: QwenVLError, verb: str, *, tried: bool = True) -> dict[str, Any]:
+    """The JSON line of an id that could not be shown or cancelled (``--json``): ``{"id", "error": {...}}``."""
+    return {
+        "id": batch_id,
+        "error": {
+            "type": type(exc).__name__,
+            "message": f"not {verb}: {exc}" if tried else f"not tried: {exc}",
+            "status": getattr(exc, "status", None) or None,
+            "hint": exc.hint,
+            "exit_code": exc.exit_code,
+        },
+    }
+
+
 def _each_job(
     opts: dict[str, Any], act: Callable[[Any, str], dict[str, Any]], show: Callable[[dict[str, Any]], None], verb: str
 ) -> None:
     """``act`` on each of ``opts["batch_ids"]`` (each once, in order): its job shown (``--json``: one JSON line per
-    job on stdout), or an error line on stderr naming the id ("ID: not VERB: ..."), and on to the next. Exits
-    with the worst result's code (0: every job went well); a key refused (exit 4) stops at once, naming the ids
-    not tried."""
+    id on stdout, ``{"id", "error": {...}}`` for one that failed), or an error line on stderr naming the id ("ID: not
+    VERB: ..."), and on to the next. An id that cannot be a job id is a usage error (exit 2) before any request
+    (``batchapi.check_batch_id``); an unknown one an input error (exit 3, ``UnknownBatchError``). Exits with the
+    worst result's code (0: every job went well); a key refused (exit 4) stops at once, naming the ids not tried
+    (with ``--json``, each of them an error line too)."""
+    from qwenvl.batch.batchapi import check_batch_id
+
     ids = list(dict.fromkeys(opts["batch_ids"]))
+    for batch_id in ids:
+        check_batch_id(batch_id)
     worst: QwenVLError | None = None
     with _api(opts) as api:
         for n, batch_id in enumerate(ids):
             try:
                 job = act(api, batch_id)
             except AuthenticationError as exc:  # every id would meet the same key
-                if len(ids) > n + 1:
-                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(ids[n + 1 :])}.".strip()
+                rest = ids[n + 1 :]
+                if opts["as_json"]:
+                    print_json(_failed_job(batch_id, exc, verb), indent=None)
+                    for other in rest:
+                        print_json(_failed_job(other, exc, verb, tried=False), indent=None)
+                if rest:
+                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(rest)}.".strip()
                 raise
             except APIError as exc:
                 failed = APIError(f"{batch_id}: not {verb}: {exc}", hint=exc.hint)
                 failed.exit_code = exc.exit_code
                 report(failed)
+                if opts["as_json"]:
+                    print_json(_failed_job(batch_id, exc, verb), indent=None)
                 if worst is None or failed.exit_code > worst.exit_code:
                     worst = failed
                 continue
@@ -474,8 +501,9 @@ def _each_job(
 def status(opts: dict[str, Any]) -> None:
     """Show Batch API jobs: status, request counts, files, errors: qwenvl batch status BATCH_ID [BATCH_ID...]
 
-    --json: each job as JSON, one per line. A job that cannot be shown is an error line on stderr naming it; the
-    exit code is the worst result's."""
+    --json: each job as JSON, one line per id ({"id", "error": {...}} for one that cannot be shown). A job that
+    cannot be shown is also an error line on stderr naming it; the exit code is the worst result's (3: an unknown
+    id; 2: a string that is not a job id, refused before any request)."""
     _each_job(opts, lambda api, batch_id: api.retrieve(batch_id), _print_job, "shown")
 
 
@@ -503,7 +531,8 @@ def _print_cancel(job: dict[str, Any]) -> None:
 def cancel(opts: dict[str, Any]) -> None:
     """Cancel Batch API jobs: qwenvl batch cancel BATCH_ID [BATCH_ID...] (answers already given are billed).
 
-    Says for each job what happened (one line each on stdout; --json: the jobs as JSON, one per line; a job that
-    could not be cancelled: an error line on stderr naming it). The exit code is the worst result's: 0 when every
-    job was cancelled or was already over; a key refused (exit 4) stops at once."""
+    Says for each job what happened (one line each on stdout; --json: the jobs as JSON, one line per id, {"id",
+    "error": {...}} for one that could not be cancelled; such a job is also an error line on stderr naming it). The
+    exit code is the worst result's: 0 when every job was cancelled or was already over, 3 for an unknown id, 2 for
+    a string that is not a job id (refused before any request); a key refused (exit 4) stops at once."""
     _each_job(opts, lambda api, batch_id: api.cancel(batch_id), _print_cancel, "cancelled")
