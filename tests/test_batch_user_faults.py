@@ -111,3 +111,37 @@ def test_a_malformed_batch_id_is_a_usage_error_before_any_request(bserver, isola
     assert p.returncode == 2, p.stderr
     assert "is not a Batch API job id" in p.stderr and "Traceback" not in p.stderr
     assert len(bserver.requests) == before and p.stdout == ""
+
+
+# --- 7. a key refused: the requests sent were refused, not "not sent" ----------------------------------------
+
+
+def test_a_refused_key_says_which_requests_were_sent_and_refused(bserver, isolated_env):
+    names = images(isolated_env, 30)
+    p = run_cli(
+        "batch", *names, "-p", "x", "-o", "o.jsonl", "--concurrency", "4", "--base-url", bserver.url,
+        env={"DASHSCOPE_API_KEY": "sk-wrong"},
+    )  # fmt: skip
+    assert p.returncode == 4, p.stderr
+    said = " ".join(p.stderr.split())
+    sent = len(bserver.chat_requests())
+    assert 1 <= sent <= 4  # what was in flight when the first 401 came: no new request after it
+    assert f"{sent} sent and refused by the service (authentication" in said
+    assert f"{30 - sent} not sent" in said and "30 not sent" not in said
+
+
+# --- 4. a rerun on fewer inputs: the note is on stderr in every output mode ------------------------------------
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"]])
+def test_a_rerun_on_fewer_inputs_says_so_on_stderr(bserver, isolated_env, mode):
+    names = images(isolated_env, 5)
+    args = ["-p", "x", "-o", "o.jsonl", "--base-url", bserver.url, *mode]
+    assert run_cli("batch", *names, *args, env=ENV).returncode == 0
+    assert len(read_jsonl(isolated_env / "o.jsonl")) == 5
+    p = run_cli("batch", *names[:2], *args, env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert len(read_jsonl(isolated_env / "o.jsonl")) == 2
+    notes = [line for line in p.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "3 answers of earlier runs are for items not in this input" in notes[0]
+    assert len(bserver.chat_requests()) == 5  # nothing sent again

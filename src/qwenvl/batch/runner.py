@@ -896,6 +896,7 @@ class _Realtime:
         self.stop = threading.Event()
         self.accepting = True  # False once the run is over: late answers (after Ctrl-C) are dropped
         self.fatal: BaseException | None = None
+        self.refused: list[BaseException] = []  # requests the service refused for the key (401/403): not recorded
         self.reached = False  # the service answered something (an answer or an HTTP status)
         self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
 
@@ -946,10 +947,17 @@ class _Realtime:
         """What a run stopped at once left, in this run's items: answered (kept), failed (recorded: sent again with
         --retry-errors), not sent (the same command sends them)."""
         prog = self.prog
-        answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done
+        refused = len(self.refused)
+        answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done - refused
         parts = [f"{answered} answered (kept in {self.batch.output})"] if answered else []
         if failed:
             parts.append(f"{failed} failed (recorded: --retry-errors sends them again)")
+        if refused:
+            why = "permission" if isinstance(self.refused[0], PermissionDeniedError) else "authentication"
+            parts.append(
+                f"{refused} sent and refused by the service ({why}: not answered nor billed, not recorded: the same "
+                "command sends them again)"
+            )
         if left:
             parts.append(f"{left} not sent (the same command sends them)")
         return f"The batch stopped at once, of this run's {prog.total} items: {', '.join(parts) or 'none done'}."
@@ -1089,6 +1097,9 @@ class _Realtime:
                     continue
                 return self._error(item, exc, attempts)
             except (AuthenticationError, PermissionDeniedError) as exc:
+                if not isinstance(exc, MissingAPIKeyError):  # sent, and refused: not "not sent"
+                    with self.lock:
+                        self.refused.append(exc)
                 raise _Fatal(exc) from exc
             except APIError as exc:
                 if isinstance(exc, APIStatusError):

@@ -200,6 +200,18 @@ class _Bar:
         )
 
 
+def _show_notes(notes: list[str]) -> None:
+    """What the user must know about the run (``Summary.notes``: answers set aside, jobs still running...), one line
+    each on stderr in every output mode: on a terminal in yellow, elsewhere as ``note: ...`` (beside the JSON
+    summary, which has them too, a reader of stderr sees them)."""
+    console = err_console()
+    for note in notes:
+        if console.is_terminal:
+            console.print(f"[yellow]{escape(safe_line(note))}[/]", highlight=False)
+        else:
+            click.echo(f"note: {safe_line(note)}", err=True)
+
+
 def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     console = err_console()
     if opts["as_json"]:
@@ -209,6 +221,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
             import json
 
             click.echo(json.dumps(s.to_dict(), ensure_ascii=False), err=True)
+        _show_notes(s.notes)
         return
     status = "[green]done[/]" if not s.pending else f"[yellow]{s.pending:,} pending[/]"
     output = escape(safe_line(s.output))  # the user's file name
@@ -221,8 +234,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     if s.rate_limited:
         line += f", {s.rate_limited} × 429"
     console.print(f"[dim]{line}[/]")
-    for note in s.notes:
-        console.print(f"[yellow]{escape(safe_line(note))}[/]", highlight=False)
+    _show_notes(s.notes)
     for failure in s.job_failures[1:]:  # the service's words; the first is the exit-5 error's line
         console.print(f"[red]{escape(safe_line(failure['message']))}[/]", highlight=False)
     if s.error:
