@@ -145,3 +145,78 @@ def test_a_rerun_on_fewer_inputs_says_so_on_stderr(bserver, isolated_env, mode):
     notes = [line for line in p.stderr.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and "3 answers of earlier runs are for items not in this input" in notes[0]
     assert len(bserver.chat_requests()) == 5  # nothing sent again
+
+
+# --- 5. Batch API messages ---------------------------------------------------------------------------------
+
+
+def submit_held(bserver: BatchServer, n: int = 2, **kw) -> str:
+    bserver.hold = True
+    items = [BatchItem(id=f"t{i}", request={"prompt": f"q{i}"}) for i in range(n)]
+    with Batch(items, "o.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", wait=False, **kw) as job:
+        [job_id] = job.run().batch_ids
+    return job_id
+
+
+def test_status_shows_times_as_iso_and_keeps_them_raw_in_json(bserver, isolated_env):
+    job_id = submit_held(bserver)
+    created = bserver.batches[job_id]["created_at"]
+    p = run_cli("batch", "status", job_id, "--base-url", bserver.url, env=ENV)
+    assert p.returncode == 0, p.stderr
+    from datetime import UTC, datetime
+
+    iso = datetime.fromtimestamp(created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"  created_at: {iso}" in p.stdout and str(created) not in p.stdout
+    assert "  expires_at: " in p.stdout and "Z\n" in p.stdout
+    p = run_cli("batch", "status", job_id, "--base-url", bserver.url, "--json", env=ENV)
+    assert json.loads(p.stdout)["created_at"] == created
+
+
+def test_one_running_job_is_singular_and_commands_reach_the_same_service(bserver, isolated_env):
+    (isolated_env / "r.jsonl").write_text('{"id": "a", "prompt": "q"}\n')
+    bserver.hold = True
+    args = ["batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--mode", "batch-api", "--base-url", bserver.url]
+    p = run_cli(*args, "--no-wait", env=ENV)
+    assert p.returncode == 0, p.stderr
+    [job_id] = bserver.batches
+    said = " ".join(p.stderr.split())
+    assert f"The Batch API job {job_id} keeps running" in said and "jobs" not in said.split("note:")[1]
+    cancel = f"qwenvl batch cancel {job_id} --base-url {bserver.url}"
+    assert cancel in said
+    # the suggested command works as given (it reaches the same service)
+    p = run_cli(*cancel.split()[1:], env=ENV)
+    assert p.returncode == 0 and "cancel requested" in p.stdout
+    # the collecting run now knows the job is being cancelled: it does not say it keeps running, nor to cancel it
+    p = run_cli(*args, "--no-wait", env=ENV)
+    said = " ".join(p.stderr.split())
+    assert f"job {job_id} is being cancelled" in said
+    assert "keeps running" not in said and "qwenvl batch cancel" not in said
+
+
+def test_a_realtime_hint_over_a_job_names_the_base_url(bserver, isolated_env):
+    job_id = submit_held(bserver, 1)
+    with pytest.raises(UsageError) as exc:
+        Batch([BatchItem(id="t0", request={"prompt": "q0"})], "o.jsonl", api_key=API_KEY, base_url=bserver.url).run()
+    assert f"qwenvl batch cancel {job_id} --base-url {bserver.url}" in (exc.value.hint or "")
+    assert "jobs" not in (exc.value.hint or "")
+
+
+def test_an_item_failed_inside_a_job_has_its_batch_id(bserver, isolated_env):
+    bserver.line_errors["t1"] = (400, "invalid_parameter_error", "bad image")
+    items = [BatchItem(id=f"t{i}", request={"prompt": f"q{i}"}) for i in range(2)]
+    with Batch(items, "o.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", poll_interval_s=0.01) as job:
+        summary = job.run()
+    [job_id] = summary.batch_ids
+    recs = {r["id"]: r for r in read_jsonl(isolated_env / "o.jsonl")}
+    assert recs["t1"]["status"] == "error" and recs["t1"]["batch_id"] == job_id and recs["t1"]["mode"] == "batch-api"
+    assert recs["t0"]["batch_id"] == job_id
+
+
+def test_items_of_a_failed_job_have_its_batch_id(bserver, isolated_env):
+    bserver.fail_validation = "no quota"
+    items = [BatchItem(id=f"t{i}", request={"prompt": f"q{i}"}) for i in range(2)]
+    with Batch(items, "o.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", poll_interval_s=0.01) as job:
+        [job_id] = job.run().batch_ids
+    recs = read_jsonl(isolated_env / "o.jsonl")
+    assert [r["status"] for r in recs] == ["error", "error"] and {r["batch_id"] for r in recs} == {job_id}
+    assert f"qwenvl batch status {job_id} --base-url {bserver.url}" in recs[0]["error"]["hint"]

@@ -385,20 +385,27 @@ def read_finished(output: Path) -> Iterator[tuple[str, str, str]]:
 def read_open_jobs(output: Path) -> list[str]:
     """The ids of the Batch API jobs of ``output`` that are not merged yet, read without taking the journal
     (e.g. to name them after Ctrl-C); [] when there is no readable journal."""
+    return list(read_open_job_statuses(output))
+
+
+def read_open_job_statuses(output: Path) -> dict[str, str | None]:
+    """``read_open_jobs`` with each job's status as the last run saw it (``cancelling`` once a cancel was asked), in
+    the order the jobs were created; {} when there is no readable journal. Raises nothing."""
     try:
         if not inspect_journal(output):
-            return []
+            return {}
         conn = _ro(journal_path(output))
         try:
             rows = conn.execute(
-                "SELECT id FROM batches WHERE merged = 0 AND id NOT LIKE ? AND status != 'failed' ORDER BY created_at",
+                "SELECT id, status FROM batches WHERE merged = 0 AND id NOT LIKE ? AND status != 'failed' "
+                "ORDER BY created_at",
                 (UPLOAD_PREFIX + "%",),
             ).fetchall()
         finally:
             conn.close()
     except (UsageError, sqlite3.Error, OSError):
-        return []
-    return [r["id"] for r in rows]
+        return {}
+    return {r["id"]: r["status"] for r in rows}
 
 
 def count_answered(output: Path) -> int:

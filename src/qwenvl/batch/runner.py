@@ -69,7 +69,7 @@ from typing import Any
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
-from qwenvl.batch.batchapi import BatchJobFailedError
+from qwenvl.batch.batchapi import BatchJobFailedError, batch_command, jobs_named
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
     Journal,
@@ -440,16 +440,21 @@ class Batch:
             )
         jobs = read_open_jobs(self.output) if self.fresh else []
         if jobs:  # their answers are (or will be) paid for: --fresh would drop them and send every item again
+            them = "it" if len(jobs) == 1 else "them"
             raise UsageError(
-                f"--fresh would drop the Batch API jobs {', '.join(jobs)} of {self.output}, whose answers are billed: "
+                f"--fresh would drop {jobs_named(jobs)} of {self.output}, whose answers are billed: "
                 "nothing was sent or deleted",
-                hint="Collect them first: run the same command with --mode batch-api, without --fresh (to stop them "
-                f"sooner: qwenvl batch cancel {' '.join(jobs)}, then collect them the same way).",
+                hint=f"Collect {them} first: run the same command with --mode batch-api, without --fresh (to stop "
+                f"{them} sooner: `{self._batch_command('cancel', jobs)}`, then collect {them} the same way).",
             )
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region
 
             check_region(self.planner.region, self.client_options["base_url"])
+
+    def _batch_command(self, verb: str, ids: list[str]) -> str:
+        """``qwenvl batch VERB ID...`` reaching this batch's service (``batchapi.batch_command``)."""
+        return batch_command(verb, ids, region=self.client_options["region"], base_url=self.client_options["base_url"])
 
     def _question(self, item: BatchItem) -> dict[str, Any]:
         return question(item.request, self.planner.defaults, local=self.planner.is_local)
@@ -520,8 +525,9 @@ class Batch:
                     "(every answer of this output is deleted, and paid for again)."
                     if not jobs
                     else "Write to a new output (-o another.jsonl) to keep both. To start over in this one, first "
-                    f"collect its Batch API jobs {', '.join(jobs)} with the command that submitted them (its prompt "
-                    "and options, --mode batch-api), then pass --fresh (every answer is deleted, and paid for again).",
+                    f"collect {jobs_named(jobs)} with the command that submitted "
+                    f"{'it' if len(jobs) == 1 else 'them'} (its prompt and options, --mode batch-api), then pass "
+                    "--fresh (every answer is deleted, and paid for again).",
                 )
         if in_job and self.mode != "batch-api":
             jobs = read_open_jobs(self.output)
@@ -531,7 +537,8 @@ class Batch:
                 hint="Run the same command with --mode batch-api to collect them first; then this command sends "
                 "the rest in realtime"
                 + (
-                    f" (to stop the jobs sooner: qwenvl batch cancel {' '.join(jobs)}, then collect them)."
+                    f" (to stop {'it' if len(jobs) == 1 else 'them'} sooner: "
+                    f"`{self._batch_command('cancel', jobs)}`, then collect {'it' if len(jobs) == 1 else 'them'})."
                     if jobs
                     else "."
                 ),
@@ -778,13 +785,22 @@ class Batch:
         prog: Progress,
         attempts: int,
         price_factor: float = 1.0,
+        extra: dict[str, Any] | None = None,
     ) -> Future[None]:
-        """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool). A
+        """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool), with
+        ``extra`` fields in its line (a Batch API job's ``mode`` and ``batch_id``, as an answer's line has them). A
         StructuredOutputError's answers were paid: the record carries their ``usage``, ``cost`` (times
         ``price_factor``), ``currency`` and ``request_ids``, ``attempts`` counts the repair request, and the run's
         requests sent, tokens and cost include them."""
         error = exc if isinstance(exc, dict) else error_record(exc)
-        rec = {"id": item.id, "input": item.input, "status": "error", "error": error, "attempts": attempts}
+        rec = {
+            "id": item.id,
+            "input": item.input,
+            "status": "error",
+            "error": error,
+            "attempts": attempts,
+            **(extra or {}),
+        }
         paid = exc.response if isinstance(exc, StructuredOutputError) else None
         cost = None
         if isinstance(exc, StructuredOutputError) and isinstance(paid, Response):

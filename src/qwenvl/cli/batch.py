@@ -22,9 +22,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
-from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, not_batchable
+from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, jobs_left, not_batchable
 from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
-from qwenvl.batch.journal import read_open_jobs
+from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
     awaiting_stdin,
@@ -384,13 +384,10 @@ def run(opts: dict[str, Any]) -> None:
         else:
             summary = job.run()
     except KeyboardInterrupt:
-        jobs = read_open_jobs(job.output) if job.mode == "batch-api" else []
+        jobs = read_open_job_statuses(job.output) if job.mode == "batch-api" else {}
         if jobs:
-            err_console().print(
-                f"[dim]stopped waiting: the Batch API jobs {escape(', '.join(jobs))} keep running on the service "
-                "(their answers are billed): run the same command again to collect them, or cancel them with "
-                f"`qwenvl batch cancel {escape(' '.join(jobs))}`[/]"
-            )
+            said = jobs_left(jobs, region=opts["region"], base_url=opts["base_url"])
+            err_console().print(f"[dim]stopped waiting: {escape(safe_line(said))}[/]", highlight=False)
         else:
             err_console().print(
                 f"[dim]finished items are kept in {escape(safe_line(job.output))}: "
@@ -434,12 +431,14 @@ _with_api_options = option_group(
 
 
 def _print_job(job: dict[str, Any]) -> None:
-    from qwenvl.batch.batchapi import counts_text
+    from qwenvl.batch.batchapi import counts_text, job_times
 
     click.echo(shown(f"{job.get('id')}: {counts_text(job)}"))  # the job is the service's
-    for key in ("input_file_id", "output_file_id", "error_file_id", "created_at", "completed_at", "expires_at"):
+    for key in ("input_file_id", "output_file_id", "error_file_id"):
         if job.get(key):
             click.echo(shown(f"  {key}: {job[key]}"))
+    for key, value in job_times(job):  # ISO-8601 UTC; --json keeps the service's Unix seconds
+        click.echo(shown(f"  {key}: {value}"))
     errors = job.get("errors")
     data = errors.get("data") if isinstance(errors, dict) else None
     for err in (data if isinstance(data, list) else [])[:5]:
