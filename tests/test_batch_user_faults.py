@@ -220,3 +220,88 @@ def test_items_of_a_failed_job_have_its_batch_id(bserver, isolated_env):
     recs = read_jsonl(isolated_env / "o.jsonl")
     assert [r["status"] for r in recs] == ["error", "error"] and {r["batch_id"] for r in recs} == {job_id}
     assert f"qwenvl batch status {job_id} --base-url {bserver.url}" in recs[0]["error"]["hint"]
+
+
+# --- 6. interrupts: said off a terminal, a second one says what it gives up, the JSON summary line -------------
+
+
+def interrupted_run(server, isolated_env, *, second: bool, extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
+    """A realtime batch of 12 requests at concurrency 4 as a process off a terminal, its requests held by the
+    server; SIGINT once 4 are in flight (and, with ``second``, again once the first is said)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from conftest import ctrl_c_reaches_children
+    from dashscope_server import Reply
+
+    (isolated_env / "r.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i:02d}", "prompt": f"q{i}"}) + "\n" for i in range(12))
+    )
+    gate = threading.Event()
+    server.enqueue(Reply(hold=gate, times=10_000))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "ALIBABA_CLOUD_"))}
+    env.update(DASHSCOPE_API_KEY=API_KEY, COLUMNS="1000")
+    cmd = [sys.executable, "-m", "qwenvl", "batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--no-cache",
+           "--concurrency", "4", "--base-url", server.url, *extra]  # fmt: skip
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(server.chat_requests()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.chat_requests()) == 4, "no requests in flight"
+        proc.send_signal(signal.SIGINT)
+        if second:
+            while not any("waiting up to" in line for line in err_lines) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+        else:
+            time.sleep(0.5)
+            gate.set()  # the answers in flight come: awaited and recorded
+        proc.wait(60)  # stderr is the reader thread's alone (communicate would read it too)
+        out = proc.stdout.read()
+    finally:
+        gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    reader.join(10)
+    proc.stdout.close()
+    proc.stderr.close()
+    return proc.returncode, out, "".join(err_lines)
+
+
+def test_an_interrupt_off_a_terminal_says_it_waits_and_prints_the_summary_line(bserver, isolated_env):
+    code, _, err = interrupted_run(bserver, isolated_env, second=False)
+    assert code == 130, err
+    assert err.count("interrupted: waiting up to 10 s for the 4 requests in flight") == 1
+    [summary] = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "summary"')]
+    assert summary["interrupted"] is True and summary["ok"] == 4 and summary["pending"] == 8
+    assert len(read_jsonl(isolated_env / "o.jsonl")) == 4 and len(bserver.chat_requests()) == 4
+
+
+def test_an_interrupted_run_with_json_prints_its_summary_on_stdout(bserver, isolated_env):
+    code, out, err = interrupted_run(bserver, isolated_env, second=False, extra=("--json",))
+    assert code == 130, err
+    summary = json.loads(out)
+    assert summary["event"] == "summary" and summary["interrupted"] is True and summary["ok"] == 4
+
+
+def test_a_second_interrupt_says_what_it_gives_up(bserver, isolated_env):
+    code, _, err = interrupted_run(bserver, isolated_env, second=True)
+    assert code == 130, err
+    said = " ".join(err.split())
+    assert "at a second interrupt, the run stopped without the answers of 4 requests in flight" in said
+    assert "paid for again" in said
+    assert err.count("interrupted: waiting up to") == 1  # the first message is not repeated
+    [summary] = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "summary"')]
+    assert (
+        summary["interrupted"] is True and summary["ok"] == 0 and any("second interrupt" in n for n in summary["notes"])
+    )

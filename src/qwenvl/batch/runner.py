@@ -72,6 +72,7 @@ from qwenvl.backends.base import Backend
 from qwenvl.batch.batchapi import BatchJobFailedError, batch_command, jobs_named
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
+    UPLOAD_PREFIX,
     Journal,
     changed_fields,
     check_free,
@@ -224,6 +225,8 @@ class Summary:
     notes: list[str] = field(default_factory=list)  # e.g. Batch API jobs still running (--no-wait)
     # Batch API jobs (or input files) this run found ended without answering items (``Progress.job_failures``)
     job_failures: list[dict[str, Any]] = field(default_factory=list)
+    # the run was stopped by Ctrl-C (or SIGTERM/SIGHUP): ``Batch.summary`` holds this, the interrupt is raised
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON shows it (``"event": "summary"``), its cost rounded (``models.round_cost``)."""
@@ -385,6 +388,9 @@ class Batch:
         self.spool = Spool(items, self._fingerprints, lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
         self._closed = False
+        # the last run's summary: what ``run`` returns, or, when an interrupt (KeyboardInterrupt) ended it, what it
+        # left (``Summary.interrupted``); None before a run, or when the run stopped before its journal was open
+        self.summary: Summary | None = None
 
     def close(self) -> None:
         """Close what the batch opened for planning: its own planning client (not a ``client`` given to it) and
@@ -674,7 +680,10 @@ class Batch:
         jobs that ended without answering items; ``Summary.service_failure()`` is the error the CLI exits 5 with
         when either is not empty. Ctrl-C leaves
         a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
-        kept). ``progress`` is called (from worker threads, one at a time) after every finished item. In
+        kept; the progress callback is told first, ``phase`` "stopping"; a second Ctrl-C gives them up, said in
+        ``Summary.notes``): the KeyboardInterrupt is raised, and ``Batch.summary`` holds what the run left
+        (``interrupted=True``).
+        ``progress`` is called (from worker threads, one at a time) after every finished item. In
         ``batch-api`` mode Ctrl-C (or any error) stops the waiting only: the jobs keep running on the service and
         are in the journal, and the same call collects them; ``Summary.notes`` says what is left (jobs still
         running), ``Summary.job_failures`` which jobs failed, were refused, expired or were cancelled (the items
@@ -718,17 +727,30 @@ class Batch:
                     batch_ids = run_batch_api(self, journal, pending, prog, progress)  # synchronous
                 else:
                     self._realtime(journal, prog, progress)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(UsageError):  # e.g. no room for it either: the journal has everything
                     journal.write_outputs(self.csv)
+                if isinstance(exc, KeyboardInterrupt):  # what the run left, for the caller to show (the CLI does)
+                    with contextlib.suppress(Exception):  # the interrupt is what the caller must get
+                        if self.mode == "batch-api":
+                            jobs = journal.open_batches()
+                            batch_ids = [j["id"] for j in jobs if not j["id"].startswith(UPLOAD_PREFIX)]
+                        self.summary = self._summary(journal, prog, started, batch_ids, interrupted=True)
                 raise
             finally:  # the run's usage rows are in the log when it returns (a reader may look at once)
                 if self.usage_log is not None:
                     self.usage_log.flush()
             journal.write_outputs(self.csv)
-            counts = journal.counts()
-            service_errors = journal.count_errors(SERVICE_ERROR_TYPES)
-            first_service_error = journal.first_error(SERVICE_ERROR_TYPES) if service_errors else None
+            self.summary = self._summary(journal, prog, started, batch_ids)
+        return self.summary
+
+    def _summary(
+        self, journal: Journal, prog: Progress, started: float, batch_ids: list[str], *, interrupted: bool = False
+    ) -> Summary:
+        """The run's Summary, from the journal's counts and the run's ``prog``."""
+        counts = journal.counts()
+        service_errors = journal.count_errors(SERVICE_ERROR_TYPES)
+        first_service_error = journal.first_error(SERVICE_ERROR_TYPES) if service_errors else None
         return Summary(
             output=str(self.output),
             total=counts["total"],
@@ -750,6 +772,7 @@ class Batch:
             batch_ids=batch_ids,
             notes=prog.notes,
             job_failures=prog.job_failures,
+            interrupted=interrupted,
         )
 
     def _realtime(self, journal: Journal, prog: Progress, progress: Callable[[Progress], None] | None) -> None:
@@ -938,6 +961,7 @@ class _Realtime:
         with self.lock:
             self._report()
         started = 0
+        interrupted = False
         try:
             for w in workers:
                 started += 1  # counted before: a start cut by Ctrl-C may have started the thread
@@ -945,10 +969,13 @@ class _Realtime:
             for done in ended:
                 while not done.wait(0.25):  # in slices, so that Ctrl-C reaches this thread
                     pass
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             self.stop.set()
             self.limiter.wake()
-            self._drain(ended[:started])
+            self._drain(ended[:started], interrupted=interrupted)
             with self.lock:
                 self.accepting = False
                 self._report()
@@ -978,18 +1005,46 @@ class _Realtime:
             parts.append(f"{left} not sent (the same command sends them)")
         return f"The batch stopped at once, of this run's {prog.total} items: {', '.join(parts) or 'none done'}."
 
-    @staticmethod
-    def _drain(ended: list[threading.Event]) -> None:
+    def _stopping(self) -> None:
+        """Ctrl-C (or SIGTERM/SIGHUP) came: said once, through the progress callback (``phase`` "stopping", the
+        words in ``detail``), when requests are in flight and will be awaited."""
+        with self.lock:
+            n = self.limiter.in_flight
+            if not n:
+                return
+            self.prog.phase = "stopping"
+            self.prog.detail = (
+                f"interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the {n} request{'s' if n > 1 else ''} in "
+                "flight, whose answers are paid for, to record them; interrupt again to leave without them"
+            )
+            self._report()
+
+    def _drain(self, ended: list[threading.Event], *, interrupted: bool = False) -> None:
         """After a stop (Ctrl-C included), wait up to ``INTERRUPT_GRACE_S`` for the workers' requests in flight
         (each worker sets its event when it ends): their answers are paid for, so they are recorded rather than
-        dropped. A second Ctrl-C leaves at once."""
+        dropped. A second Ctrl-C leaves at once; then, or past the grace period, the requests still in flight are
+        said in ``Progress.notes`` (their answers are not recorded: the same command sends them again).
+        ``interrupted``: said first (``_stopping``), inside the wait, so that an interrupt while it is said counts as
+        the second."""
         deadline = time.monotonic() + INTERRUPT_GRACE_S
+        why = f"after {INTERRUPT_GRACE_S:g} s"
         try:
+            if interrupted:
+                self._stopping()
             for done in ended:
                 while not done.is_set() and (left := deadline - time.monotonic()) > 0:
                     done.wait(min(left, 0.1))
         except KeyboardInterrupt:
-            pass
+            why = "at a second interrupt"
+        with self.lock:
+            self.accepting = False  # what comes in now is not recorded: counted as given up
+            n = self.limiter.in_flight
+        if n:
+            self.prog.notes.append(
+                f"{why}, the run stopped without the answers of {n} request{'s' if n > 1 else ''} in flight: "
+                f"{'they are' if n > 1 else 'it is'} not recorded, and the same command sends "
+                f"{'them' if n > 1 else 'it'} again (paid for again unless the cache has the answer)"
+            )
 
     def _worker(self, queue: Iterator[tuple[BatchItem, bool]], client: Client, ended: threading.Event) -> None:
         try:

@@ -200,6 +200,20 @@ class _Bar:
         )
 
 
+def _say_stopping() -> Callable[[Any], None]:
+    """The progress callback off a terminal (no bar): it says once on stderr that an interrupted run waits for its
+    requests in flight (``Progress.phase`` "stopping", the words in ``detail``); a bar shows it on a terminal."""
+    said = False
+
+    def progress(p: Any) -> None:
+        nonlocal said
+        if p.phase == "stopping" and not said:
+            said = True
+            click.echo(safe_line(p.detail), err=True)
+
+    return progress
+
+
 def _show_notes(notes: list[str]) -> None:
     """What the user must know about the run (``Summary.notes``: answers set aside, jobs still running...), one line
     each on stderr in every output mode: on a terminal in yellow, elsewhere as ``note: ...`` (beside the JSON
@@ -224,6 +238,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
         _show_notes(s.notes)
         return
     status = "[green]done[/]" if not s.pending else f"[yellow]{s.pending:,} pending[/]"
+    if s.interrupted:
+        status = f"[yellow]interrupted[/] ({s.pending:,} pending: the same command resumes)"
     output = escape(safe_line(s.output))  # the user's file name
     console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {output}", highlight=False)
     line = (
@@ -382,8 +398,10 @@ def run(opts: dict[str, Any]) -> None:
             with _Bar(est.currency) as bar:
                 summary = job.run(progress=bar)
         else:
-            summary = job.run()
+            summary = job.run(progress=_say_stopping())
     except KeyboardInterrupt:
+        if job.summary is not None:  # what the run left, as a run that ended shows it (the JSON line included)
+            _show_summary(job.summary, opts)
         jobs = read_open_job_statuses(job.output) if job.mode == "batch-api" else {}
         if jobs:
             said = jobs_left(jobs, region=opts["region"], base_url=opts["base_url"])
