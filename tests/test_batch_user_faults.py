@@ -305,3 +305,49 @@ def test_a_second_interrupt_says_what_it_gives_up(bserver, isolated_env):
     assert (
         summary["interrupted"] is True and summary["ok"] == 0 and any("second interrupt" in n for n in summary["notes"])
     )
+
+
+# --- 3. a refused rerun names the user's options, and the item when it is one item's own request --------------
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "named"),
+    [
+        ((), ("--detail", "low"), "(--detail or --max-pixels / max_pixels changed)"),
+        ((), ("--schema", "s.json"), "(--schema / schema changed)"),
+        ((), ("--json-mode",), "(--json-mode / json_mode changed)"),
+        (
+            ("--param", "enable_search=true"),
+            ("--param", "enable_search=false"),
+            "(--param enable_search / extra changed)",
+        ),
+    ],
+)
+def test_a_refused_rerun_names_the_options_given(bserver, isolated_env, first, then, named):
+    (isolated_env / "s.json").write_text('{"type": "object"}')
+    names = images(isolated_env, 2)
+    args = ["batch", *names, "-p", "x", "-o", "o.jsonl", "--base-url", bserver.url]
+    assert run_cli(*args, *first, env=ENV).returncode == 0
+    p = run_cli(*args, *then, env=ENV)
+    assert p.returncode == 2, p.stderr
+    said = " ".join(p.stderr.split())
+    assert f"holds answers to another question {named}" in said
+    assert "repair" not in said and "item " not in said  # every item changed: the options did, no item to name
+    assert len(bserver.chat_requests()) == 2
+
+
+def test_a_refused_rerun_names_the_item_whose_line_changed(bserver, isolated_env):
+    lines = [{"id": "a", "prompt": "qa"}, {"id": "b", "prompt": "qb"}, {"id": "c", "prompt": "qc"}]
+    write = lambda rows: (isolated_env / "r.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))  # noqa: E731
+    write(lines)
+    args = ["batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--base-url", bserver.url]
+    assert run_cli(*args, env=ENV).returncode == 0
+    write([lines[0], {"id": "b", "prompt": "qb edited"}, lines[2]])
+    p = run_cli(*args, env=ENV)
+    assert p.returncode == 2, p.stderr
+    said = " ".join(p.stderr.split())
+    assert "item 'b' asks another question: its own request changed" in said and "1 of its 3 answered items" in said
+    write([{"id": "a", "prompt": "qa edited"}, *lines[1:]])  # the first line (the recorded sample): its field named
+    p = run_cli(*args, env=ENV)
+    assert p.returncode == 2 and "(item 'a': --prompt / prompt changed)" in " ".join(p.stderr.split()), p.stderr
+    assert len(bserver.chat_requests()) == 3

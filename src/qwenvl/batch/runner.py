@@ -74,7 +74,7 @@ from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
     UPLOAD_PREFIX,
     Journal,
-    changed_fields,
+    changed_options,
     check_free,
     count_answered,
     fingerprint,
@@ -472,20 +472,38 @@ class Batch:
         return (fp, *legacy_fingerprints(item.request, defaults)) if self._legacy else (fp, None, None)
 
     def _what_changed(self) -> str:
-        """Which fields of the question changed since the last run ("prompt, model"), from the sample it recorded
-        (``question`` in the journal's meta); a generic phrase when that item is not an input any more."""
+        """Which item's question changed since the last run and what of it, in the user's words ("item 'a.png':
+        --schema / schema changed", ``journal.changed_options``), from the sample the last run recorded (``question``
+        in the journal's meta). The first changed item is named; its fields are named when it is that sample (a
+        run-wide option changed the sample too). When the sample did not change, the run's options did not: the
+        changed item's own request (its line of a requests file) did, and is named as such."""
         sample = read_meta(self.output, "question")
-        item = self.spool.get(sample["id"]) if isinstance(sample, dict) and isinstance(sample.get("id"), str) else None
+        sample_id = sample.get("id") if isinstance(sample, dict) and isinstance(sample.get("id"), str) else None
+        changed = self.spool.first_where("prev_status IN ('ok', 'submitted') AND prev_fingerprint IS NOT fingerprint")
+        item = self.spool.get(sample_id) if sample_id is not None else None
         names: list[str] = []
-        if item is not None:  # a sample an earlier version recorded holds the fields as it compared them
+        if item is not None and isinstance(sample, dict):  # a sample an earlier version recorded: its fields as then
             now = (
                 self._question(item)
                 if sample.get("version") == 2
                 else legacy_question(item.request, self.planner.defaults)
             )
-            names = changed_fields(sample.get("fields") or {}, now)
+            names = changed_options(sample.get("fields") or {}, now)
         if names:
-            return f"{', '.join(names)} changed"
+            held = "prev_status IN ('ok', 'submitted')"
+            every = self.spool.count_where(f"{held} AND prev_fingerprint IS NOT fingerprint") == self.spool.count_where(
+                held
+            )
+            # every answered item changed: the run's options did (no item to name); else the sample's own request
+            where = "" if every or item is None else f"item {item.id!r}: "
+            return f"{where}{', '.join(names)} changed"
+        if changed is not None and item is not None:  # the sample asks the same: the run's options did not change
+            return (
+                f"item {changed.id!r} asks another question: its own request changed (its line's prompt, media, model "
+                "or another key), not the run's options"
+            )
+        if changed is not None:
+            return f"item {changed.id!r} asks another question: another prompt, media, model, schema or option"
         return "another prompt, model, schema or option"
 
     def model_of(self, item: BatchItem) -> str:
