@@ -356,9 +356,9 @@ def test_a_refused_rerun_names_the_item_whose_line_changed(bserver, isolated_env
 def test_library_realtime_batch_refuses_a_model_rule_every_item_fails(bserver, isolated_env):
     items = [BatchItem(id=f"t{i}", request={"prompt": "q", "model": "qwen-vl-max", "enable_thinking": True})
              for i in range(3)]  # fmt: skip
-    with Batch(items, "o.jsonl", api_key=API_KEY, base_url=bserver.url) as job:
-        with pytest.raises(UsageError, match=r"does not support thinking.*every one of the 3 pending items"):
-            job.estimate()
+    refused = pytest.raises(UsageError, match=r"does not support thinking.*every one of the 3 pending items")
+    with Batch(items, "o.jsonl", api_key=API_KEY, base_url=bserver.url) as job, refused:
+        job.estimate()
     assert not (isolated_env / "o.jsonl").exists() and bserver.requests == []
     # items failing each for its own reason are recorded, and the others sent, as before
     mixed = [*items[:1], BatchItem(id="ok", request={"prompt": "q"})]

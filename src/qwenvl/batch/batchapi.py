@@ -588,7 +588,7 @@ class NotBatchableError(UsageError):
         "with --mode realtime --retry-errors to send them in realtime."
     )
     # nothing was recorded (the whole run was refused): the same command in realtime sends them
-    refused_hint = "Run it with --mode realtime (the default): nothing was sent or written."
+    refused_hint = "Run it with --mode realtime (the default)."
 
 
 def not_batchable(model: ModelInfo, name: str) -> NotBatchableError | None:

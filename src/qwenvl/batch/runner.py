@@ -654,16 +654,19 @@ class Batch:
         """A rule that makes every pending item fail the same way (one UsageError message for all: the run's own
         settings, e.g. a stream-only model in batch-api mode, a field no model takes) refuses the run now, before
         anything is written or sent, rather than recording it as every item's error (exit 0 and nothing done). An
-        item's own faults (a missing file, errors that differ) are recorded as its error as before."""
+        item's own faults (a missing file, errors that differ, a batch of one item) are recorded as its error as
+        before."""
         errors = list(est.errors.values())
-        if not errors or len(errors) != est.pending or not all(type(e) is type(errors[0]) for e in errors):
+        # one item alone failing is its own fault as much as the run's: recorded, as any item's (its line in the
+        # output); the CLI refuses its flags' rules itself (cli.batch._check_flags)
+        if len(errors) < 2 or len(errors) != est.pending or not all(type(e) is type(errors[0]) for e in errors):
             return
         first = errors[0]
         if not isinstance(first, UsageError) or any(e.message != first.message for e in errors):
             return
         from qwenvl.batch.batchapi import NotBatchableError
 
-        every = "the only pending item" if len(errors) == 1 else f"every one of the {len(errors):,} pending items"
+        every = f"every one of the {len(errors):,} pending items"
         hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.hint
         refused = type(first)(f"{first.message} ({every}): nothing was sent or written", hint=hint)
         raise refused

@@ -78,7 +78,9 @@ def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> No
     error now (exit 2), not the same error recorded on every item with exit 0. UsageError: an invalid field or
     ``--param`` (a misspelt name too: ``plan.check_extra``), options that contradict each other, and, when the
     model is the same for every item (``model_known``: not left to the lines of a requests file), its rules
-    (``plan.check_model_rules``)."""
+    (``plan.check_model_rules``) and, with ``--mode batch-api``, whether the Batch API can run it
+    (``batchapi.not_batchable``: a stream-only model cannot). When the model is left to the lines, the library's
+    estimate refuses a rule that every pending item fails the same way (``Batch.estimate``)."""
     request = job.planner.request(fields)
     check_extra(request.extra, job.planner.protocol)  # a misspelt --param: refused now, not on every item
     if model_known and not job.planner.is_local:
