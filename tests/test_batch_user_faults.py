@@ -365,3 +365,39 @@ def test_library_realtime_batch_refuses_a_model_rule_every_item_fails(bserver, i
     with Batch(mixed, "o.jsonl", api_key=API_KEY, base_url=bserver.url) as job:
         summary = job.run()
     assert summary.ok == 1 and summary.error == 1 and len(bserver.chat_requests()) == 1
+
+
+def test_a_waiting_run_interrupted_after_a_cancel_says_the_job_is_being_cancelled(bserver, isolated_env):
+    """The user cancels the job from another terminal while the run waits between two polls, then presses Ctrl-C:
+    the run looks once more and says the job is being cancelled; it does not tell them to cancel it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ctrl_c_reaches_children
+    from qwenvl.batch.batchapi import BatchAPI
+
+    (isolated_env / "r.jsonl").write_text('{"id": "a", "prompt": "q"}\n')
+    bserver.hold = True
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "ALIBABA_CLOUD_"))}
+    env.update(DASHSCOPE_API_KEY=API_KEY, COLUMNS="1000")
+    cmd = [sys.executable, "-m", "qwenvl", "batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--mode", "batch-api",
+           "--poll-interval", "600", "--base-url", bserver.url]  # fmt: skip
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert bserver.polled.wait(60), "the job was never polled"
+        [job_id] = bserver.batches
+        with BatchAPI(API_KEY, base_url=bserver.url) as api:
+            assert api.cancel(job_id)["status"] == "cancelling"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    said = " ".join(err.split())
+    assert f"job {job_id} is being cancelled" in said
+    assert "keeps running" not in said and "qwenvl batch cancel" not in said

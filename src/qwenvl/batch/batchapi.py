@@ -107,6 +107,7 @@ REFUSED = frozenset({400, 413, 415, 422})
 LIST_PAGE = 100  # the most the list endpoint returns at once [list]
 LIST_PAGES = 100
 LIST_DEADLINE_S = 600.0
+LAST_LOOK_S = 5.0  # after Ctrl-C, the one look at each job's status (ours: short, the user is leaving)
 PLAN_CHUNK = 64  # items planned at a time (bounded memory for prepared media)
 REGION_NAMES = {"cn": "Beijing", "intl": "Singapore", "us": "Virginia"}
 
@@ -303,9 +304,10 @@ class BatchAPI:
             f"{input_file_id}, pass --fresh to start over (it deletes this output's answers).",
         )
 
-    def retrieve(self, batch_id: str) -> dict[str, Any]:
+    def retrieve(self, batch_id: str, *, policy: Policy | None = None) -> dict[str, Any]:
+        """The job (``GET /batches/{id}``), with this API's network settings unless ``policy`` is given."""
         with _unknown_batch(batch_id):
-            return _object(self.transport.get_json(self._url("batches", batch_id), self.policy), "status")
+            return _object(self.transport.get_json(self._url("batches", batch_id), policy or self.policy), "status")
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
         with _unknown_batch(batch_id):
@@ -517,7 +519,25 @@ def _wait(
         if open_ids and not batch.wait:
             return
         if open_ids:
-            time.sleep(batch.poll_interval_s)
+            try:
+                time.sleep(batch.poll_interval_s)
+            except KeyboardInterrupt:  # the jobs' last word, so that what is said of them is true (a cancel)
+                _last_look(api, journal, open_ids)
+                raise
+
+
+def _last_look(api: BatchAPI, journal: Journal, ids: list[str]) -> None:
+    """After Ctrl-C between two polls: each job's status looked at once more (one attempt of ``LAST_LOOK_S``
+    seconds, no retries) and journaled, so that a job cancelled meanwhile (``batch cancel``) is said to be being
+    cancelled, not running. A failure, or a second Ctrl-C, ends it at once; raises nothing but the interrupt."""
+    quick = dataclasses.replace(api.policy, timeout_s=LAST_LOOK_S, max_retries=0)
+    for job_id in ids:
+        try:
+            job = api.retrieve(job_id, policy=quick)
+        except QwenVLError:
+            return
+        with contextlib.suppress(QwenVLError):
+            journal.set_batch_status(job_id, job["status"])
 
 
 def _check_overdue(job: dict[str, Any], api: BatchAPI) -> None:
