@@ -593,7 +593,8 @@ def _unknown_batch(batch_id: str) -> Iterator[None]:
             status=exc.status,
             code=exc.code,
             request_id=exc.request_id,
-            hint="Check the id (a batch run prints its job ids), and that the key is the one that created the job.",
+            hint=f"Check the id {batch_id} (a batch run prints its job ids), and that the key is the one that "
+            "created the job.",
         ) from exc
 
 
