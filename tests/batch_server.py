@@ -102,7 +102,7 @@ class BatchServer(DashScopeServer):
         self.polls_to_complete = 3  # GETs after which a job is completed
         self.final_status = "completed"  # or "expired": how a job that runs to its end finishes
         self.expire_after: int | None = None  # lines answered before a job expires (None: half)
-        self.hold = False  # jobs do not move on while set
+        self.hold = False  # jobs do not move on while set (a cancelled one stays cancelling)
         self.line_errors: dict[str, tuple[int, str, str]] = {}  # custom_id -> (status, code, message)
         self.fail_validation: str | None = None  # make the next jobs fail validation with this message
         self.faults: list[Fault] = []
@@ -483,6 +483,8 @@ class _BatchHandler(_Handler):
         now = int(time.time())
         state = self.srv._results[job["id"]]
         if job["status"] == "cancelling":
+            if self.srv.hold:  # a service slow to cancel: cancelling until released
+                return None
             return self._close(job, state, "cancelled", now)
         state["polls"] += 1
         if state["lines"] is None:  # validation, at the first look

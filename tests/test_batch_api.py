@@ -226,7 +226,7 @@ def test_status_and_cancel_commands(bserver, isolated_env):
     p = run_cli("batch", "status", job_id, "--base-url", bserver.url, "--json", env=env)
     assert json.loads(p.stdout)["status"] == "cancelled"
     p = run_cli("batch", "status", "batch_nope", "--base-url", bserver.url, env=env)
-    assert p.returncode == 5 and "HTTP 404" in p.stderr
+    assert p.returncode == 3 and "HTTP 404" in p.stderr and "batch_nope" in p.stderr  # the user's input
     p = run_cli("batch", "status", job_id, "--region", "intl", env=env)
     assert p.returncode == 2 and "Beijing" in p.stderr
 
@@ -523,7 +523,8 @@ def test_interrupted_process_resumes_without_submitting_twice(bserver, isolated_
     [job_id] = bserver.batches
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "Traceback" not in err
-        assert f"{job_id} keep running" in err and f"qwenvl batch cancel {job_id}" in err
+        assert f"job {job_id} keeps running" in err  # one job: singular
+        assert f"qwenvl batch cancel {job_id} --base-url {bserver.url}" in err  # what reaches the same service
     bserver.hold = False
     p = run_cli(*cli_args(bserver, "--json"), env=ENV)
     assert p.returncode == 0, p.stderr

@@ -338,8 +338,9 @@ def test_cancel_takes_several_ids_and_says_what_happened_to_each(bserver, isolat
     assert lines[2].startswith(f"{done}: completed") and "nothing to cancel" in lines[2]
     # an unknown id among them: the others are still cancelled, the exit code is the worst result's
     p = run_cli("batch", "cancel", "batch_nope", running[0], "--base-url", bserver.url, "--json", env=ENV)
-    assert p.returncode == 5 and "batch_nope: not cancelled" in p.stderr and "Traceback" not in p.stderr
-    [job] = [json.loads(x) for x in p.stdout.splitlines()]
+    assert p.returncode == 3 and "batch_nope: not cancelled" in p.stderr and "Traceback" not in p.stderr
+    unknown, job = [json.loads(x) for x in p.stdout.splitlines()]  # one JSON line per id, in order
+    assert unknown["id"] == "batch_nope" and unknown["error"]["exit_code"] == 3
     assert job["id"] == running[0] and job["status"] == "cancelling"  # asked twice: still on its way
     p = run_cli("batch", "cancel", running[0], "--base-url", bserver.url, env={"DASHSCOPE_API_KEY": "sk-wrong-0000"})
     assert p.returncode == 4
@@ -403,7 +404,7 @@ def test_status_takes_several_ids_too(bserver, isolated_env):
     with BatchAPI(API_KEY, base_url=bserver.url) as api:
         done = completed_job(api, bserver, 2)["id"]
     p = run_cli("batch", "status", done, "batch_nope", done, "--base-url", bserver.url, env=ENV)
-    assert p.returncode == 5 and "batch_nope: not shown" in p.stderr
+    assert p.returncode == 3 and "batch_nope: not shown" in p.stderr  # an unknown id: the user's input
     assert p.stdout.startswith(f"{done}: completed (2 of 2 requests answered)") and p.stdout.count(done + ":") == 1
     p = run_cli("batch", "status", done, "--base-url", bserver.url, "--json", env=ENV)
     assert p.returncode == 0 and json.loads(p.stdout)["id"] == done

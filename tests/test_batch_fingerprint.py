@@ -81,15 +81,15 @@ def test_no_thinking_where_thinking_is_off_by_default_asks_the_same(server, imag
     out.first()
     out.same("--no-thinking")  # qwen3-vl-plus does not think unless asked
     out.same("-m", "qwen3-vl-plus", "--no-thinking")
-    out.other(("--thinking", "--max-tokens", "2048"), "enable_thinking, max_tokens")
-    out.other(("--thinking",), "enable_thinking")
+    out.other(("--thinking", "--max-tokens", "2048"), "--thinking / enable_thinking, --max-tokens / max_tokens")
+    out.other(("--thinking",), "--thinking / enable_thinking")
 
 
 def test_without_no_thinking_after_a_run_with_it_asks_the_same(server, images):
     out = Output(server, images, "-p", "Caption")
     out.first("--no-thinking")
     out.same()
-    out.other(("--thinking",), "enable_thinking")
+    out.other(("--thinking",), "--thinking / enable_thinking")
 
 
 def test_no_thinking_on_a_model_that_cannot_think_asks_the_same(server, images):
@@ -102,7 +102,7 @@ def test_thinking_where_it_is_the_only_mode_asks_the_same(server, images):
     out = Output(server, images, "-p", "Caption", "-m", "qvq-max")
     out.first()
     out.same("--thinking")
-    out.other(("--no-thinking",), "enable_thinking")  # the service refuses it: another request
+    out.other(("--no-thinking",), "--thinking / enable_thinking")  # the service refuses it: another request
 
 
 # --- media options without their media -----------------------------------------------------------------------
@@ -121,7 +121,7 @@ def test_fps_of_a_video_is_its_question(server, isolated_env):
     out.first()
     out.same("--fps", "2")  # the default rate, given
     out.same("--min-pixels", "4096", "--detail", "low")  # image budgets: a video's frames follow their own
-    out.other(("--fps", "1"), "fps")
+    out.other(("--fps", "1"), "--fps / fps")
 
 
 # --- model names ---------------------------------------------------------------------------------------------
@@ -132,13 +132,13 @@ def test_an_alias_or_a_snapshot_is_another_model_name(server, images):
     another name is another question, even where qwenvl's table gives both the same rules."""
     out = Output(server, images, "-p", "Caption")
     out.first()
-    out.other(("-m", "qwen3-vl-plus-latest"), "model")
-    out.other(("-m", "qwen3-vl-plus-2025-12-19"), "model")
+    out.other(("-m", "qwen3-vl-plus-latest"), "--model / model")
+    out.other(("-m", "qwen3-vl-plus-2025-12-19"), "--model / model")
     back = Output(server, images, "-p", "Caption", "-m", "qwen3-vl-plus-latest")
     back.out = Path("latest.jsonl")
     back.base = tuple(str(back.out) if a == "fp.jsonl" else a for a in back.base)
     back.first()
-    back.other(("-m", "qwen3-vl-plus"), "model")
+    back.other(("-m", "qwen3-vl-plus"), "--model / model")
 
 
 # --- values the planning turns into the same request ---------------------------------------------------------
@@ -151,17 +151,19 @@ def test_values_that_plan_the_same_request_ask_the_same(server, images):
     out.same("--min-pixels", "4096", "--max-pixels", "2621440")  # qwen3-vl-plus's own bounds
     out.same("--no-high-res")  # the service's default
     out.same("-t", "0.2", "--max-tokens", "512", "--max-retries", "0", "--timeout", "30")
-    out.other(("--max-pixels", "1000000"), "max_pixels")  # a smaller budget: smaller images sent
-    out.other(("--detail", "low"), "max_pixels")
-    out.other(("--high-res",), "vl_high_resolution_images")
-    out.other(("--min-pixels", "8192"), "min_pixels")
+    # a smaller budget: smaller images sent
+    out.other(("--max-pixels", "1000000"), "--detail or --max-pixels / max_pixels")
+    out.other(("--detail", "low"), "--detail or --max-pixels / max_pixels")
+    out.other(("--high-res",), "--detail or --high-res / vl_high_resolution_images")
+    out.other(("--min-pixels", "8192"), "--detail or --min-pixels / min_pixels")
 
 
 def test_detail_low_is_its_budget(server, images):
     out = Output(server, images, "-p", "Caption")
     out.first("--detail", "low")
     out.same("--max-pixels", "655360")  # 640 tokens of 32x32 px: qwen3-vl-plus's low-detail budget
-    out.other(("--detail", "low", "--max-pixels", "2621440"), "detail, max_pixels")  # URLs would get more
+    # URLs would get more
+    out.other(("--detail", "low", "--max-pixels", "2621440"), "--detail / detail, --max-pixels / max_pixels")
 
 
 def test_high_resolution_ignores_max_pixels(server, images):
@@ -169,7 +171,7 @@ def test_high_resolution_ignores_max_pixels(server, images):
     out.first("--high-res")
     out.same("--detail", "high")
     out.same("--high-res", "--max-pixels", "1000000")  # ignored with high resolution, by qwenvl and the service
-    out.other(("--high-res", "--min-pixels", "8192"), "min_pixels")
+    out.other(("--high-res", "--min-pixels", "8192"), "--detail or --min-pixels / min_pixels")
 
 
 def test_a_schema_with_or_without_json_mode_asks_the_same(server, images, isolated_env):
@@ -180,20 +182,20 @@ def test_a_schema_with_or_without_json_mode_asks_the_same(server, images, isolat
     out = Output(server, images, "-p", "Caption")
     out.first("--schema", str(schema))
     out.same("--schema", str(schema), "--json-mode")
-    out.other(("--schema", str(other)), "schema")
-    out.other(("--json-mode",), "json_mode, schema")
+    out.other(("--schema", str(other)), "--schema / schema")
+    out.other(("--json-mode",), "--json-mode / json_mode, --schema / schema")
 
 
 def test_real_changes_are_refused_and_fresh_starts_over(server, images):
     out = Output(server, images, "-p", "Caption")
     out.first("--seed", "3")
     for args, named in (
-        (("--seed", "3", "-t", "0.5"), "temperature"),
-        (("--seed", "4"), "seed"),
-        (("--seed", "3", "--max-tokens", "64"), "max_tokens"),
-        (("--seed", "3", "--system", "Be brief."), "system"),
-        (("--seed", "3", "--param", "enable_search=true"), "extra"),
-        ((), "seed"),
+        (("--seed", "3", "-t", "0.5"), "--temperature / temperature"),
+        (("--seed", "4"), "--seed / seed"),
+        (("--seed", "3", "--max-tokens", "64"), "--max-tokens / max_tokens"),
+        (("--seed", "3", "--system", "Be brief."), "--system / system"),
+        (("--seed", "3", "--param", "enable_search=true"), "--param enable_search / extra"),
+        ((), "--seed / seed"),
     ):
         out.other(args, named)
     p = run_cli(*out.base, "--seed", "4", "--fresh", "--yes", env=out.env)
@@ -221,7 +223,8 @@ def test_the_library_reuses_answers_to_the_same_question(server, isolated_env, p
         assert job.estimate().finished == 3
         assert job.run().sent == 0
     other = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "image": image, "seed": 1}) for i in range(3)]
-    with Batch(other, "o.jsonl", **kw) as job, pytest.raises(UsageError, match=r"another question \(seed changed\)"):
+    changed = r"another question \(--seed / seed changed\)"
+    with Batch(other, "o.jsonl", **kw) as job, pytest.raises(UsageError, match=changed):
         job.estimate()
     assert model_calls(server) == 3
 
@@ -241,7 +244,8 @@ def test_the_batch_api_collects_once_and_reuses_answers_to_the_same_question(iso
             assert job.estimate().finished == 2 and job.run().ok == 2
         assert len(srv.batch_requests()) == jobs
         other = [BatchItem(id=f"i{i}", request={"prompt": f"p{i}", "image": image, "max_tokens": 9}) for i in range(2)]
-        with Batch(other, "o.jsonl", **kw) as job, pytest.raises(UsageError, match=r"\(max_tokens changed\)"):
+        changed = r"\(--max-tokens / max_tokens changed\)"
+        with Batch(other, "o.jsonl", **kw) as job, pytest.raises(UsageError, match=changed):
             job.estimate()
         assert len(srv.batch_requests()) == jobs
 
@@ -270,7 +274,7 @@ def test_a_journal_of_an_earlier_version_keeps_its_answers(server, isolated_env,
     base = ("batch", "--requests", "requests.jsonl", "-o", "out.jsonl", "--base-url", server.url, "--no-cache")
     env = {"DASHSCOPE_API_KEY": API_KEY}
     p = run_cli(*base, "--max-tokens", "16", "-t", "0", "--max-tokens", "8", env=env)
-    assert p.returncode == 2 and "another question (max_tokens changed)" in p.stderr, p.stderr
+    assert p.returncode == 2 and "another question (--max-tokens / max_tokens changed)" in p.stderr, p.stderr
     p = run_cli(*base, "--max-tokens", "16", "-t", "0", env=env)
     assert p.returncode == 0, p.stderr
     assert model_calls(server) == 0 and Path("out.jsonl").read_bytes() == before
@@ -280,5 +284,5 @@ def test_a_journal_of_an_earlier_version_keeps_its_answers(server, isolated_env,
     p = run_cli(*base, "--max-tokens", "16", "-t", "0", "--no-thinking", env=env)
     assert p.returncode == 0 and model_calls(server) == 0, p.stderr
     p = run_cli(*base, "--max-tokens", "16", "-t", "0.5", env=env)
-    assert p.returncode == 2 and "another question (temperature changed)" in p.stderr, p.stderr
+    assert p.returncode == 2 and "another question (--temperature / temperature changed)" in p.stderr, p.stderr
     assert model_calls(server) == 0 and Path("out.jsonl").read_bytes() == before

@@ -58,9 +58,9 @@ def test_a_rerun_with_another_model_or_prompt_is_refused_and_loses_nothing(serve
     assert run_cli(*base, "-p", "jr", env={**env, "QWENVL_MODEL": "qwen3-vl-plus"}).returncode == 0
     assert len(model_calls(server)) == 3 and (isolated_env / "jr.jsonl").read_bytes() == before
     for change, named in (
-        (("-p", "jr", "--model", "qwen3-vl-flash"), "(model changed)"),
-        (("-p", "jr fixed"), "(prompt changed)"),
-        (("-p", "jr fixed", "--max-tokens", "9"), "(max_tokens, prompt changed)"),
+        (("-p", "jr", "--model", "qwen3-vl-flash"), "(--model / model changed)"),
+        (("-p", "jr fixed"), "(--prompt / prompt changed)"),
+        (("-p", "jr fixed", "--max-tokens", "9"), "(--max-tokens / max_tokens, --prompt / prompt changed)"),
     ):
         p = run_cli(*base, *change, env=env)
         assert p.returncode == 2, p.stderr

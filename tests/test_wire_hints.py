@@ -59,7 +59,7 @@ def test_unknown_batch_id_is_not_blamed_on_the_model(isolated_env):
     with BatchServer(api_key=API_KEY) as bserver:
         for verb in ("status", "cancel"):
             p = run_cli("batch", verb, "batch_nope", "--base-url", bserver.url, env={"DASHSCOPE_API_KEY": API_KEY})
-            assert p.returncode == 5 and "HTTP 404" in p.stderr
+            assert p.returncode == 3 and "HTTP 404" in p.stderr  # an unknown id is the user's input
             assert "model" not in p.stderr.lower() and "batch_nope" in p.stderr.split("hint:")[1]
 
 

@@ -35,10 +35,13 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import re
+import shlex
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -48,6 +51,7 @@ from qwenvl.batch.journal import UPLOAD_PREFIX, Journal
 from qwenvl.client import check_structured, make_request
 from qwenvl.config import REGIONS, normalize_region, require_api_key, resolve_base_url
 from qwenvl.errors import (
+    EXIT_INPUT,
     APIError,
     APIStatusError,
     MalformedResponseError,
@@ -56,8 +60,9 @@ from qwenvl.errors import (
     QwenVLError,
     StructuredOutputError,
     UsageError,
+    safe_line,
 )
-from qwenvl.models import answer_cost, currency_of
+from qwenvl.models import ModelInfo, answer_cost, currency_of
 from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
@@ -102,6 +107,7 @@ REFUSED = frozenset({400, 413, 415, 422})
 LIST_PAGE = 100  # the most the list endpoint returns at once [list]
 LIST_PAGES = 100
 LIST_DEADLINE_S = 600.0
+LAST_LOOK_S = 5.0  # after Ctrl-C, the one look at each job's status (ours: short, the user is leaving)
 PLAN_CHUNK = 64  # items planned at a time (bounded memory for prepared media)
 REGION_NAMES = {"cn": "Beijing", "intl": "Singapore", "us": "Virginia"}
 
@@ -144,6 +150,55 @@ def check_region(region: str | None, base_url: str | None = None) -> None:
         )
 
 
+# A job being cancelled (asked by `qwenvl batch cancel` or the console): it is not "running" any more, and to cancel
+# it again is no advice (OpenAI's Batch statuses, which DashScope keeps [batch]).
+CANCELLING = frozenset({"cancelling", "cancelled"})
+
+
+def jobs_named(ids: Sequence[str]) -> str:
+    """ "the Batch API job X" or "the Batch API jobs X, Y": the words for a list of job ids. Raises nothing."""
+    return f"the Batch API job{'' if len(ids) == 1 else 's'} {', '.join(ids)}"
+
+
+def batch_command(verb: str, ids: Sequence[str], *, region: str | None = None, base_url: str | None = None) -> str:
+    """The shell command ``qwenvl batch VERB ID...`` that reaches the same service as the run: with ``--base-url``
+    when the run was given one, else ``--region`` when it was given one (what comes from the environment is there
+    for the command too). Raises nothing."""
+    where = f" --base-url {shlex.quote(base_url)}" if base_url else f" --region {shlex.quote(region)}" if region else ""
+    return f"qwenvl batch {verb} {' '.join(shlex.quote(i) for i in ids)}{where}"
+
+
+def jobs_left(
+    jobs: Mapping[str, str | None], *, region: str | None = None, base_url: str | None = None, kept: str = ""
+) -> str:
+    """What jobs not collected yet are doing and what to do about them, one sentence: "the Batch API job X keeps
+    running on the service (its answers are billed): run the same command again to collect it, or cancel it with
+    `qwenvl batch cancel X`." A job whose last known status is ``CANCELLING`` is said to be being cancelled, and no
+    cancel is suggested for it. ``jobs``: id -> status (``journal.read_open_job_statuses``); ``kept``: where they
+    are kept (" are kept in out.jsonl.journal and"), put after the ids. Raises nothing."""
+    running = [i for i, status in jobs.items() if status not in CANCELLING]
+    stopping = [i for i, status in jobs.items() if status in CANCELLING]
+    said = []
+    if running:
+        one = len(running) == 1
+        said.append(
+            f"{jobs_named(running)}{kept} {'keeps' if one else 'keep'} running on the service (answers are billed)"
+        )
+    if stopping:
+        one = len(stopping) == 1
+        said.append(
+            f"{jobs_named(stopping)} {'is' if one else 'are'} being cancelled (the answers given before the cancel are "
+            "billed)"
+        )
+    them = "it" if len(jobs) == 1 else "them"
+    text = "; ".join(said) + f": run the same command again to collect {them} (nothing is submitted twice)"
+    if running:
+        text += f", or cancel {'it' if len(running) == 1 else 'them'} with " + (
+            f"`{batch_command('cancel', running, region=region, base_url=base_url)}`"
+        )
+    return text + "."
+
+
 BATCH_API_TIMEOUT_S = 300.0  # seconds per attempt of a Batch API call (file transfers get more: transport)
 
 
@@ -162,6 +217,7 @@ class BatchAPI:
         http_client: Any = None,
     ) -> None:
         check_region(region, base_url)
+        self.region, self.base_url = region, base_url  # as given: what a suggested command must repeat
         self.base = resolve_base_url("compat", region=region, base_url=base_url)
         found = require_api_key(api_key)
         self.transport = Transport(found.key, key_source=found.source, http_client=http_client)
@@ -175,6 +231,10 @@ class BatchAPI:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def command(self, verb: str, ids: Sequence[str]) -> str:
+        """``batch_command`` for this endpoint: ``qwenvl batch VERB ID... [--base-url URL | --region R]``."""
+        return batch_command(verb, ids, region=self.region, base_url=self.base_url)
 
     def _url(self, *parts: str) -> str:
         return self.base + "/" + "/".join(quote(p, safe="") for p in parts)
@@ -244,9 +304,10 @@ class BatchAPI:
             f"{input_file_id}, pass --fresh to start over (it deletes this output's answers).",
         )
 
-    def retrieve(self, batch_id: str) -> dict[str, Any]:
+    def retrieve(self, batch_id: str, *, policy: Policy | None = None) -> dict[str, Any]:
+        """The job (``GET /batches/{id}``), with this API's network settings unless ``policy`` is given."""
         with _unknown_batch(batch_id):
-            return _object(self.transport.get_json(self._url("batches", batch_id), self.policy), "status")
+            return _object(self.transport.get_json(self._url("batches", batch_id), policy or self.policy), "status")
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
         with _unknown_batch(batch_id):
@@ -303,6 +364,39 @@ def counts_text(job: dict[str, Any]) -> str:
     return text
 
 
+# A job's times, in the order they happen (OpenAI's Batch object, which DashScope keeps [batch]): Unix seconds.
+JOB_TIMES = (
+    "created_at",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "cancelling_at",
+    "cancelled_at",
+    "failed_at",
+    "expired_at",
+    "expires_at",
+)
+
+
+def job_times(job: dict[str, Any]) -> list[tuple[str, str]]:
+    """The times a job gives (``JOB_TIMES``), each as ISO-8601 UTC to the second ("2026-11-30T15:20:00Z"); a value
+    that is not a number of seconds is given as it is. Raises nothing."""
+    out = []
+    for key in JOB_TIMES:
+        value = job.get(key)
+        if value is None or value == "":
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                stamp = datetime.fromtimestamp(value, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            except (OverflowError, OSError, ValueError):
+                stamp = str(value)
+            out.append((key, stamp))
+        else:
+            out.append((key, str(value)))
+    return out
+
+
 # --- the run -------------------------------------------------------------------------------------------
 
 
@@ -334,23 +428,20 @@ def run_batch_api(
             _submit(batch, api, journal, fresh, prog, report)
             ids = [job["id"] for job in journal.open_batches()]
             _wait(batch, api, journal, ids, prog, report)
-            running = [job["id"] for job in journal.open_batches()]
+            running = {job["id"]: job["status"] for job in journal.open_batches()}
             if running:  # --no-wait
-                prog.notes.append(
-                    f"Batch API jobs {', '.join(running)} are running (results within 24 h): run the same command "
-                    "again to collect them."
-                )
+                said = jobs_left(running, region=opts["region"], base_url=opts["base_url"])
+                prog.notes.append(said[:1].upper() + said[1:])
         except BatchJobOverdueError:
             raise  # its hint says what works (running again would stop at the same job)
         except APIError as exc:
             kept = journal.open_batches()
-            jobs = [job["id"] for job in kept if not job["id"].startswith(UPLOAD_PREFIX)]
+            jobs = {job["id"]: job["status"] for job in kept if not job["id"].startswith(UPLOAD_PREFIX)}
             said = exc.hint + " " if exc.hint else ""
             if jobs:
-                exc.hint = (
-                    f"{said}The Batch API jobs {', '.join(jobs)} are kept in {journal.path.name} and keep running "
-                    "on the service: run the same command again to collect them (nothing is submitted twice)."
-                )
+                where = f" ({'it is' if len(jobs) == 1 else 'they are'} kept in {journal.path.name})"
+                left = jobs_left(jobs, region=opts["region"], base_url=opts["base_url"], kept=where)
+                exc.hint = said + left[:1].upper() + left[1:]
             elif kept:
                 exc.hint = (
                     f"{said}The uploaded input files are kept in {journal.path.name}: run the same command again "
@@ -422,16 +513,34 @@ def _wait(
                 open_ids.remove(job_id)
                 prog.phase = "poll"
             else:
-                _check_overdue(job)
+                _check_overdue(job, api)
         prog.detail = "; ".join(details)
         report()
         if open_ids and not batch.wait:
             return
         if open_ids:
-            time.sleep(batch.poll_interval_s)
+            try:
+                time.sleep(batch.poll_interval_s)
+            except KeyboardInterrupt:  # the jobs' last word, so that what is said of them is true (a cancel)
+                _last_look(api, journal, open_ids)
+                raise
 
 
-def _check_overdue(job: dict[str, Any]) -> None:
+def _last_look(api: BatchAPI, journal: Journal, ids: list[str]) -> None:
+    """After Ctrl-C between two polls: each job's status looked at once more (one attempt of ``LAST_LOOK_S``
+    seconds, no retries) and journaled, so that a job cancelled meanwhile (``batch cancel``) is said to be being
+    cancelled, not running. A failure, or a second Ctrl-C, ends it at once; raises nothing but the interrupt."""
+    quick = dataclasses.replace(api.policy, timeout_s=LAST_LOOK_S, max_retries=0)
+    for job_id in ids:
+        try:
+            job = api.retrieve(job_id, policy=quick)
+        except QwenVLError:
+            return
+        with contextlib.suppress(QwenVLError):
+            journal.set_batch_status(job_id, job["status"])
+
+
+def _check_overdue(job: dict[str, Any], api: BatchAPI) -> None:
     """A job the service still calls running ``OVERDUE_GRACE_S`` after its expiry: the wait ends here."""
     expires = job.get("expires_at") or ((job.get("created_at") or time.time()) + WINDOW_S)
     if isinstance(expires, int | float) and time.time() > expires + OVERDUE_GRACE_S:
@@ -439,22 +548,78 @@ def _check_overdue(job: dict[str, Any]) -> None:
         raise BatchJobOverdueError(
             f"the Batch API job {job['id']} is still {job['status']} {late:.1f} h after its completion window "
             "ended: stopped waiting",
-            hint=f"Cancel it with `qwenvl batch cancel {job['id']}`, then run the same command again: it collects "
-            "what the job answered and submits the rest in a new job. See it with "
-            f"`qwenvl batch status {job['id']}`.",
+            hint=f"Cancel it with `{api.command('cancel', [job['id']])}`, then run the same command again: it "
+            "collects what the job answered and submits the rest in a new job. See it with "
+            f"`{api.command('status', [job['id']])}`.",
+        )
+
+
+class UnknownBatchError(NotFoundError):
+    """A well-formed Batch API job id the service does not know (HTTP 404 for ``/batches/{id}``): the user's input,
+    not the service's failure (CLI exit code 3). ``.batch_id`` is the id."""
+
+    exit_code = EXIT_INPUT
+
+    def __init__(self, message: str, *, batch_id: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.batch_id = batch_id
+
+
+# A Batch API job id as the service gives them ("batch_" + a UUID): letters, digits, "_" and "-" (ours: anything
+# else, a "/" or "..", would change the URL's path rather than name a job).
+_BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
+
+
+def check_batch_id(batch_id: str) -> None:
+    """UsageError (nothing sent) for a string that cannot be a Batch API job id (``_BATCH_ID``), naming it."""
+    if not _BATCH_ID.fullmatch(batch_id):
+        raise UsageError(
+            f"{safe_line(batch_id)!r} is not a Batch API job id (letters, digits, '_' and '-', like batch_0a1b...)",
+            hint="A batch run prints its job ids (the summary's batch_ids); `qwenvl batch status` takes them.",
         )
 
 
 @contextlib.contextmanager
 def _unknown_batch(batch_id: str) -> Iterator[None]:
-    """A 404 for a batch id means the job is unknown (not the model, as NotFoundError's default hint says)."""
+    """A 404 for a batch id means the job is unknown (not the model, as NotFoundError's default hint says): raised
+    as UnknownBatchError naming the id. A malformed id is refused before any request (``check_batch_id``)."""
+    check_batch_id(batch_id)
     try:
         yield
     except NotFoundError as exc:
-        exc.hint = (
-            f"No Batch API job {batch_id!r} is visible to this key: check the id (a batch run prints its job ids)."
-        )
-        raise
+        raise UnknownBatchError(
+            f"no Batch API job {batch_id} is visible to this key ({exc.message})",
+            batch_id=batch_id,
+            status=exc.status,
+            code=exc.code,
+            request_id=exc.request_id,
+            hint=f"Check the id {batch_id} (a batch run prints its job ids), and that the key is the one that "
+            "created the job.",
+        ) from exc
+
+
+class NotBatchableError(UsageError):
+    """An item the Batch API cannot run (its model answers only in stream mode, which Batch API lines never are):
+    recorded as that item's error, or, when it is every pending item's (the run's own flags), the run is refused
+    before anything is written or sent (``Batch.estimate``)."""
+
+    # the item is recorded as an error: --retry-errors sends it again, in realtime once the jobs are collected
+    default_hint = (
+        "Those items are recorded as errors: once this output's Batch API jobs are collected, run the same command "
+        "with --mode realtime --retry-errors to send them in realtime."
+    )
+    # nothing was recorded (the whole run was refused): the same command in realtime sends them
+    refused_hint = "Run it with --mode realtime (the default)."
+
+
+def not_batchable(model: ModelInfo, name: str) -> NotBatchableError | None:
+    """Why a request for ``model`` (named ``name`` as the request names it) cannot be a Batch API line (None: it
+    can): the model is stream-only
+    (``ModelInfo.stream_only``, QVQ), and the Batch API does not stream ([batch]). The one home of the rule: the
+    run's lines, the estimate and the CLI's check of its flags use it. Raises nothing."""
+    if model.stream_only:
+        return NotBatchableError(f"{name} answers only in stream mode, which the Batch API does not offer")
+    return None
 
 
 def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVLError, tuple[str, bool]]:
@@ -463,15 +628,9 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
     except (MediaError, UsageError) as exc:
         return item, exc, ("", False)
     ensure_sendable(call)
-    if call.model.stream_only:  # Batch API lines are never streamed
-        return (
-            item,
-            UsageError(
-                f"{call.request.model} answers only in stream mode, which the Batch API does not offer",
-                hint="Run it with --mode realtime (the default).",
-            ),
-            ("", False),
-        )
+    refused = not_batchable(call.model, call.request.model)
+    if refused is not None:
+        return item, refused, ("", False)
     body = compat.build_body(call, stream=False)
     line = (
         json.dumps(
@@ -565,7 +724,7 @@ def _records(api: BatchAPI, file_id: str, job_id: str) -> Iterator[dict[str, Any
             raise MalformedResponseError(
                 f"line {n} of the Batch API result file {file_id} (job {job_id}) is not a JSON object: {raw[:120]!r}",
                 hint=f"Run the same command again to read it again; if it persists, see the job with "
-                f"`qwenvl batch status {job_id}`.",
+                f"`{api.command('status', [job_id])}`.",
             )
         yield obj
 
@@ -614,17 +773,17 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
                     f"the Batch API job {job_id} failed: {outcome.message}",
                     code=getattr(outcome, "code", None),
                     request_id=getattr(outcome, "request_id", None),
-                    hint=_failed_hint(job_id),
+                    hint=_failed_hint(job_id, api),
                 )
             _record(batch, journal, item, outcome, prog, extra)
     reason, code = _job_reason(job, said)
     if status == "failed":
         message = f"the Batch API job {job_id} failed: {reason}"
-        exc = BatchJobFailedError(message, code=code, hint=_failed_hint(job_id))
+        exc = BatchJobFailedError(message, code=code, hint=_failed_hint(job_id, api))
         for item_id in waiting:
             item = batch.spool.get(item_id)
             if item is not None:
-                batch._record_error(journal, item, exc, prog, attempts=1)
+                batch._record_error(journal, item, exc, prog, attempts=1, extra=extra)
         prog.job_failures.append({"batch_id": job_id, "status": status, "message": message, "hint": exc.hint})
         return
     # not run (expired, cancelled), or in neither file: pending again, submitted by the next run
@@ -645,9 +804,9 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
         )
 
 
-def _failed_hint(job_id: str) -> str:
+def _failed_hint(job_id: str, api: BatchAPI) -> str:
     return (
-        f"A failed job is not billed: see why with `qwenvl batch status {job_id}`; run the same command with "
+        f"A failed job is not billed: see why with `{api.command('status', [job_id])}`; run the same command with "
         "--retry-errors to submit its items again in a new job."
     )
 
@@ -702,7 +861,7 @@ def _record(
             ),
         )
         return
-    batch._record_error(journal, item, outcome, prog, attempts=1, price_factor=PRICE_FACTOR)
+    batch._record_error(journal, item, outcome, prog, attempts=1, price_factor=PRICE_FACTOR, extra=extra)
     # an answer not valid for the schema was still answered and paid (the exchange itself was ok)
     paid = outcome.response if isinstance(outcome, StructuredOutputError) else None
     log_usage(

@@ -72,7 +72,7 @@ from qwenvl.outputs import write_atomic
 from qwenvl.plan import TRANSPORT_FIELDS as PLAN_TRANSPORT_FIELDS
 from qwenvl.plan import question as plan_question
 from qwenvl.store.db import connect
-from qwenvl.types import request_field_defaults
+from qwenvl.types import FIELD_FLAGS, request_field_defaults
 
 SUFFIX = ".journal"
 LOCK_SUFFIX = ".lock"  # captions.jsonl.journal.lock: held by the run writing captions.jsonl
@@ -214,6 +214,40 @@ def fingerprint(fields: dict[str, Any], defaults: dict[str, Any] | None = None, 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """The names of the fields whose value differs between two ``question``s, sorted."""
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+# Question fields that other options set too (the question holds their effect: ``--detail low`` is a lower
+# ``max_pixels``, ``--detail high`` is high resolution; ``plan.question``), and fields set with another (``repair``
+# comes with ``--schema`` and ``--json-mode``), for ``changed_options``.
+_ALSO_SET_BY = {"max_pixels": "--detail", "min_pixels": "--detail", "vl_high_resolution_images": "--detail"}
+_COMES_WITH = {"repair": ("schema", "json_mode")}
+# Fields a batch takes as its arguments, not as options: named as the request key alone.
+_ARGUMENT_FIELDS = frozenset({"image", "images", "video", "messages"})
+
+
+def changed_options(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What changed between two ``question``s in the user's words: each changed field as ``"--flag / key"`` (the
+    CLI option, ``types.FIELD_FLAGS``, beside the request key or library field; ``--param NAME / extra`` for each
+    pass-through parameter that changed), an option that also sets it first (``--detail or --max-pixels /
+    max_pixels``), a key no option sets alone (``tools``, ``image``) as the key. Fields that follow another
+    (``repair`` with ``schema``) are left out when that one changed. Sorted by key. Raises nothing."""
+    fields = changed_fields(before, after)
+    names: list[str] = []
+    for key in fields:
+        if any(other in fields for other in _COMES_WITH.get(key, ())):
+            continue
+        if key == "extra":
+            old, new = before.get(key) or {}, after.get(key) or {}
+            params = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            names.extend(f"--param {k} / extra" for k in params)
+            continue
+        flag = None if key in _ARGUMENT_FIELDS else FIELD_FLAGS.get(key, "--" + key.replace("_", "-"))
+        also = _ALSO_SET_BY.get(key) if _ALSO_SET_BY.get(key, "")[2:] not in fields else None
+        if flag is None:
+            names.append(key)
+        else:
+            names.append(f"{also + ' or ' if also else ''}{flag} / {key}")
+    return names
 
 
 def read_meta(output: Path, key: str) -> Any:
@@ -385,20 +419,27 @@ def read_finished(output: Path) -> Iterator[tuple[str, str, str]]:
 def read_open_jobs(output: Path) -> list[str]:
     """The ids of the Batch API jobs of ``output`` that are not merged yet, read without taking the journal
     (e.g. to name them after Ctrl-C); [] when there is no readable journal."""
+    return list(read_open_job_statuses(output))
+
+
+def read_open_job_statuses(output: Path) -> dict[str, str | None]:
+    """``read_open_jobs`` with each job's status as the last run saw it (``cancelling`` once a cancel was asked), in
+    the order the jobs were created; {} when there is no readable journal. Raises nothing."""
     try:
         if not inspect_journal(output):
-            return []
+            return {}
         conn = _ro(journal_path(output))
         try:
             rows = conn.execute(
-                "SELECT id FROM batches WHERE merged = 0 AND id NOT LIKE ? AND status != 'failed' ORDER BY created_at",
+                "SELECT id, status FROM batches WHERE merged = 0 AND id NOT LIKE ? AND status != 'failed' "
+                "ORDER BY created_at",
                 (UPLOAD_PREFIX + "%",),
             ).fetchall()
         finally:
             conn.close()
     except (UsageError, sqlite3.Error, OSError):
-        return []
-    return [r["id"] for r in rows]
+        return {}
+    return {r["id"]: r["status"] for r in rows}
 
 
 def count_answered(output: Path) -> int:

@@ -69,11 +69,12 @@ from typing import Any
 import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by the first request of a run
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
-from qwenvl.batch.batchapi import BatchJobFailedError
+from qwenvl.batch.batchapi import BatchJobFailedError, batch_command, jobs_named
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
+    UPLOAD_PREFIX,
     Journal,
-    changed_fields,
+    changed_options,
     check_free,
     count_answered,
     fingerprint,
@@ -224,6 +225,8 @@ class Summary:
     notes: list[str] = field(default_factory=list)  # e.g. Batch API jobs still running (--no-wait)
     # Batch API jobs (or input files) this run found ended without answering items (``Progress.job_failures``)
     job_failures: list[dict[str, Any]] = field(default_factory=list)
+    # the run was stopped by Ctrl-C (or SIGTERM/SIGHUP): ``Batch.summary`` holds this, the interrupt is raised
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON shows it (``"event": "summary"``), its cost rounded (``models.round_cost``)."""
@@ -385,6 +388,9 @@ class Batch:
         self.spool = Spool(items, self._fingerprints, lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
         self._closed = False
+        # the last run's summary: what ``run`` returns, or, when an interrupt (KeyboardInterrupt) ended it, what it
+        # left (``Summary.interrupted``); None before a run, or when the run stopped before its journal was open
+        self.summary: Summary | None = None
 
     def close(self) -> None:
         """Close what the batch opened for planning: its own planning client (not a ``client`` given to it) and
@@ -440,16 +446,21 @@ class Batch:
             )
         jobs = read_open_jobs(self.output) if self.fresh else []
         if jobs:  # their answers are (or will be) paid for: --fresh would drop them and send every item again
+            them = "it" if len(jobs) == 1 else "them"
             raise UsageError(
-                f"--fresh would drop the Batch API jobs {', '.join(jobs)} of {self.output}, whose answers are billed: "
+                f"--fresh would drop {jobs_named(jobs)} of {self.output}, whose answers are billed: "
                 "nothing was sent or deleted",
-                hint="Collect them first: run the same command with --mode batch-api, without --fresh (to stop them "
-                f"sooner: qwenvl batch cancel {' '.join(jobs)}, then collect them the same way).",
+                hint=f"Collect {them} first: run the same command with --mode batch-api, without --fresh (to stop "
+                f"{them} sooner: `{self._batch_command('cancel', jobs)}`, then collect {them} the same way).",
             )
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region
 
             check_region(self.planner.region, self.client_options["base_url"])
+
+    def _batch_command(self, verb: str, ids: list[str]) -> str:
+        """``qwenvl batch VERB ID...`` reaching this batch's service (``batchapi.batch_command``)."""
+        return batch_command(verb, ids, region=self.client_options["region"], base_url=self.client_options["base_url"])
 
     def _question(self, item: BatchItem) -> dict[str, Any]:
         return question(item.request, self.planner.defaults, local=self.planner.is_local)
@@ -461,20 +472,38 @@ class Batch:
         return (fp, *legacy_fingerprints(item.request, defaults)) if self._legacy else (fp, None, None)
 
     def _what_changed(self) -> str:
-        """Which fields of the question changed since the last run ("prompt, model"), from the sample it recorded
-        (``question`` in the journal's meta); a generic phrase when that item is not an input any more."""
+        """Which item's question changed since the last run and what of it, in the user's words ("item 'a.png':
+        --schema / schema changed", ``journal.changed_options``), from the sample the last run recorded (``question``
+        in the journal's meta). The first changed item is named; its fields are named when it is that sample (a
+        run-wide option changed the sample too). When the sample did not change, the run's options did not: the
+        changed item's own request (its line of a requests file) did, and is named as such."""
         sample = read_meta(self.output, "question")
-        item = self.spool.get(sample["id"]) if isinstance(sample, dict) and isinstance(sample.get("id"), str) else None
+        sample_id = sample.get("id") if isinstance(sample, dict) and isinstance(sample.get("id"), str) else None
+        changed = self.spool.first_where("prev_status IN ('ok', 'submitted') AND prev_fingerprint IS NOT fingerprint")
+        item = self.spool.get(sample_id) if sample_id is not None else None
         names: list[str] = []
-        if item is not None:  # a sample an earlier version recorded holds the fields as it compared them
+        if item is not None and isinstance(sample, dict):  # a sample an earlier version recorded: its fields as then
             now = (
                 self._question(item)
                 if sample.get("version") == 2
                 else legacy_question(item.request, self.planner.defaults)
             )
-            names = changed_fields(sample.get("fields") or {}, now)
+            names = changed_options(sample.get("fields") or {}, now)
         if names:
-            return f"{', '.join(names)} changed"
+            held = "prev_status IN ('ok', 'submitted')"
+            every = self.spool.count_where(f"{held} AND prev_fingerprint IS NOT fingerprint") == self.spool.count_where(
+                held
+            )
+            # every answered item changed: the run's options did (no item to name); else the sample's own request
+            where = "" if every or item is None else f"item {item.id!r}: "
+            return f"{where}{', '.join(names)} changed"
+        if changed is not None and item is not None:  # the sample asks the same: the run's options did not change
+            return (
+                f"item {changed.id!r} asks another question: its own request changed (its line's prompt, media, model "
+                "or another key), not the run's options"
+            )
+        if changed is not None:
+            return f"item {changed.id!r} asks another question: another prompt, media, model, schema or option"
         return "another prompt, model, schema or option"
 
     def model_of(self, item: BatchItem) -> str:
@@ -520,8 +549,9 @@ class Batch:
                     "(every answer of this output is deleted, and paid for again)."
                     if not jobs
                     else "Write to a new output (-o another.jsonl) to keep both. To start over in this one, first "
-                    f"collect its Batch API jobs {', '.join(jobs)} with the command that submitted them (its prompt "
-                    "and options, --mode batch-api), then pass --fresh (every answer is deleted, and paid for again).",
+                    f"collect {jobs_named(jobs)} with the command that submitted "
+                    f"{'it' if len(jobs) == 1 else 'them'} (its prompt and options, --mode batch-api), then pass "
+                    "--fresh (every answer is deleted, and paid for again).",
                 )
         if in_job and self.mode != "batch-api":
             jobs = read_open_jobs(self.output)
@@ -531,7 +561,8 @@ class Batch:
                 hint="Run the same command with --mode batch-api to collect them first; then this command sends "
                 "the rest in realtime"
                 + (
-                    f" (to stop the jobs sooner: qwenvl batch cancel {' '.join(jobs)}, then collect them)."
+                    f" (to stop {'it' if len(jobs) == 1 else 'them'} sooner: "
+                    f"`{self._batch_command('cancel', jobs)}`, then collect {'it' if len(jobs) == 1 else 'them'})."
                     if jobs
                     else "."
                 ),
@@ -568,6 +599,12 @@ class Batch:
                 call = self.planner.plan(item.request, estimate_only=True)
             except (MediaError, UsageError) as exc:
                 return seq, item.id, exc
+            if self.mode == "batch-api":
+                from qwenvl.batch.batchapi import not_batchable
+
+                refused = not_batchable(call.model, call.request.model)
+                if refused is not None:
+                    return seq, item.id, refused
             tokens, unknown = input_tokens_of(call)
             # Without placeholders the estimate's body is the real one; with them the key is unknown until the
             # run prepares the item (it looks the cache up then).
@@ -608,8 +645,31 @@ class Batch:
         self.spool.set_estimates(errors, cached)
         est.invalid = len(est.errors)
         est.models = sorted(models)
+        self._refuse_all_invalid(est)
         self._estimate = est
         return est
+
+    @staticmethod
+    def _refuse_all_invalid(est: Estimate) -> None:
+        """A rule that makes every pending item fail the same way (one UsageError message for all: the run's own
+        settings, e.g. a stream-only model in batch-api mode, a field no model takes) refuses the run now, before
+        anything is written or sent, rather than recording it as every item's error (exit 0 and nothing done). An
+        item's own faults (a missing file, errors that differ, a batch of one item) are recorded as its error as
+        before."""
+        errors = list(est.errors.values())
+        # one item alone failing is its own fault as much as the run's: recorded, as any item's (its line in the
+        # output); the CLI refuses its flags' rules itself (cli.batch._check_flags)
+        if len(errors) < 2 or len(errors) != est.pending or not all(type(e) is type(errors[0]) for e in errors):
+            return
+        first = errors[0]
+        if not isinstance(first, UsageError) or any(e.message != first.message for e in errors):
+            return
+        from qwenvl.batch.batchapi import NotBatchableError
+
+        every = f"every one of the {len(errors):,} pending items"
+        hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.hint
+        refused = type(first)(f"{first.message} ({every}): nothing was sent or written", hint=hint)
+        raise refused
 
     @staticmethod
     def _fold_estimate(est: Estimate, models: set[str], res: tuple[Any, ...], region: str | None) -> bool:
@@ -641,7 +701,10 @@ class Batch:
         jobs that ended without answering items; ``Summary.service_failure()`` is the error the CLI exits 5 with
         when either is not empty. Ctrl-C leaves
         a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
-        kept). ``progress`` is called (from worker threads, one at a time) after every finished item. In
+        kept; the progress callback is told first, ``phase`` "stopping"; a second Ctrl-C gives them up, said in
+        ``Summary.notes``): the KeyboardInterrupt is raised, and ``Batch.summary`` holds what the run left
+        (``interrupted=True``).
+        ``progress`` is called (from worker threads, one at a time) after every finished item. In
         ``batch-api`` mode Ctrl-C (or any error) stops the waiting only: the jobs keep running on the service and
         are in the journal, and the same call collects them; ``Summary.notes`` says what is left (jobs still
         running), ``Summary.job_failures`` which jobs failed, were refused, expired or were cancelled (the items
@@ -685,17 +748,30 @@ class Batch:
                     batch_ids = run_batch_api(self, journal, pending, prog, progress)  # synchronous
                 else:
                     self._realtime(journal, prog, progress)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(UsageError):  # e.g. no room for it either: the journal has everything
                     journal.write_outputs(self.csv)
+                if isinstance(exc, KeyboardInterrupt):  # what the run left, for the caller to show (the CLI does)
+                    with contextlib.suppress(Exception):  # the interrupt is what the caller must get
+                        if self.mode == "batch-api":
+                            jobs = journal.open_batches()
+                            batch_ids = [j["id"] for j in jobs if not j["id"].startswith(UPLOAD_PREFIX)]
+                        self.summary = self._summary(journal, prog, started, batch_ids, interrupted=True)
                 raise
             finally:  # the run's usage rows are in the log when it returns (a reader may look at once)
                 if self.usage_log is not None:
                     self.usage_log.flush()
             journal.write_outputs(self.csv)
-            counts = journal.counts()
-            service_errors = journal.count_errors(SERVICE_ERROR_TYPES)
-            first_service_error = journal.first_error(SERVICE_ERROR_TYPES) if service_errors else None
+            self.summary = self._summary(journal, prog, started, batch_ids)
+        return self.summary
+
+    def _summary(
+        self, journal: Journal, prog: Progress, started: float, batch_ids: list[str], *, interrupted: bool = False
+    ) -> Summary:
+        """The run's Summary, from the journal's counts and the run's ``prog``."""
+        counts = journal.counts()
+        service_errors = journal.count_errors(SERVICE_ERROR_TYPES)
+        first_service_error = journal.first_error(SERVICE_ERROR_TYPES) if service_errors else None
         return Summary(
             output=str(self.output),
             total=counts["total"],
@@ -717,6 +793,7 @@ class Batch:
             batch_ids=batch_ids,
             notes=prog.notes,
             job_failures=prog.job_failures,
+            interrupted=interrupted,
         )
 
     def _realtime(self, journal: Journal, prog: Progress, progress: Callable[[Progress], None] | None) -> None:
@@ -752,13 +829,22 @@ class Batch:
         prog: Progress,
         attempts: int,
         price_factor: float = 1.0,
+        extra: dict[str, Any] | None = None,
     ) -> Future[None]:
-        """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool). A
+        """Record an item's error: an exception, or its ``error_record`` (an estimate's, kept in the spool), with
+        ``extra`` fields in its line (a Batch API job's ``mode`` and ``batch_id``, as an answer's line has them). A
         StructuredOutputError's answers were paid: the record carries their ``usage``, ``cost`` (times
         ``price_factor``), ``currency`` and ``request_ids``, ``attempts`` counts the repair request, and the run's
         requests sent, tokens and cost include them."""
         error = exc if isinstance(exc, dict) else error_record(exc)
-        rec = {"id": item.id, "input": item.input, "status": "error", "error": error, "attempts": attempts}
+        rec = {
+            "id": item.id,
+            "input": item.input,
+            "status": "error",
+            "error": error,
+            "attempts": attempts,
+            **(extra or {}),
+        }
         paid = exc.response if isinstance(exc, StructuredOutputError) else None
         cost = None
         if isinstance(exc, StructuredOutputError) and isinstance(paid, Response):
@@ -870,6 +956,7 @@ class _Realtime:
         self.stop = threading.Event()
         self.accepting = True  # False once the run is over: late answers (after Ctrl-C) are dropped
         self.fatal: BaseException | None = None
+        self.refused: list[BaseException] = []  # requests the service refused for the key (401/403): not recorded
         self.reached = False  # the service answered something (an answer or an HTTP status)
         self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
 
@@ -895,6 +982,7 @@ class _Realtime:
         with self.lock:
             self._report()
         started = 0
+        interrupted = False
         try:
             for w in workers:
                 started += 1  # counted before: a start cut by Ctrl-C may have started the thread
@@ -902,10 +990,13 @@ class _Realtime:
             for done in ended:
                 while not done.wait(0.25):  # in slices, so that Ctrl-C reaches this thread
                     pass
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             self.stop.set()
             self.limiter.wake()
-            self._drain(ended[:started])
+            self._drain(ended[:started], interrupted=interrupted)
             with self.lock:
                 self.accepting = False
                 self._report()
@@ -920,26 +1011,61 @@ class _Realtime:
         """What a run stopped at once left, in this run's items: answered (kept), failed (recorded: sent again with
         --retry-errors), not sent (the same command sends them)."""
         prog = self.prog
-        answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done
+        refused = len(self.refused)
+        answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done - refused
         parts = [f"{answered} answered (kept in {self.batch.output})"] if answered else []
         if failed:
             parts.append(f"{failed} failed (recorded: --retry-errors sends them again)")
+        if refused:
+            why = "permission" if isinstance(self.refused[0], PermissionDeniedError) else "authentication"
+            parts.append(
+                f"{refused} sent and refused by the service ({why}: not answered nor billed, not recorded: the same "
+                "command sends them again)"
+            )
         if left:
             parts.append(f"{left} not sent (the same command sends them)")
         return f"The batch stopped at once, of this run's {prog.total} items: {', '.join(parts) or 'none done'}."
 
-    @staticmethod
-    def _drain(ended: list[threading.Event]) -> None:
+    def _stopping(self) -> None:
+        """Ctrl-C (or SIGTERM/SIGHUP) came: said once, through the progress callback (``phase`` "stopping", the
+        words in ``detail``), when requests are in flight and will be awaited."""
+        with self.lock:
+            n = self.limiter.in_flight
+            if not n:
+                return
+            self.prog.phase = "stopping"
+            self.prog.detail = (
+                f"interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the {n} request{'s' if n > 1 else ''} in "
+                "flight, whose answers are paid for, to record them; interrupt again to leave without them"
+            )
+            self._report()
+
+    def _drain(self, ended: list[threading.Event], *, interrupted: bool = False) -> None:
         """After a stop (Ctrl-C included), wait up to ``INTERRUPT_GRACE_S`` for the workers' requests in flight
         (each worker sets its event when it ends): their answers are paid for, so they are recorded rather than
-        dropped. A second Ctrl-C leaves at once."""
+        dropped. A second Ctrl-C leaves at once; then, or past the grace period, the requests still in flight are
+        said in ``Progress.notes`` (their answers are not recorded: the same command sends them again).
+        ``interrupted``: said first (``_stopping``), inside the wait, so that an interrupt while it is said counts as
+        the second."""
         deadline = time.monotonic() + INTERRUPT_GRACE_S
+        why = f"after {INTERRUPT_GRACE_S:g} s"
         try:
+            if interrupted:
+                self._stopping()
             for done in ended:
                 while not done.is_set() and (left := deadline - time.monotonic()) > 0:
                     done.wait(min(left, 0.1))
         except KeyboardInterrupt:
-            pass
+            why = "at a second interrupt"
+        with self.lock:
+            self.accepting = False  # what comes in now is not recorded: counted as given up
+            n = self.limiter.in_flight
+        if n:
+            self.prog.notes.append(
+                f"{why}, the run stopped without the answers of {n} request{'s' if n > 1 else ''} in flight: "
+                f"{'they are' if n > 1 else 'it is'} not recorded, and the same command sends "
+                f"{'them' if n > 1 else 'it'} again (paid for again unless the cache has the answer)"
+            )
 
     def _worker(self, queue: Iterator[tuple[BatchItem, bool]], client: Client, ended: threading.Event) -> None:
         try:
@@ -1063,6 +1189,9 @@ class _Realtime:
                     continue
                 return self._error(item, exc, attempts)
             except (AuthenticationError, PermissionDeniedError) as exc:
+                if not isinstance(exc, MissingAPIKeyError):  # sent, and refused: not "not sent"
+                    with self.lock:
+                        self.refused.append(exc)
                 raise _Fatal(exc) from exc
             except APIError as exc:
                 if isinstance(exc, APIStatusError):

@@ -199,6 +199,12 @@ class Spool:
             ).fetchone()
         return row is not None
 
+    def first_where(self, where: str) -> BatchItem | None:
+        """The first item (in input order) matching ``where``, or None."""
+        with self.lock, _io():
+            row = self.conn.execute(f"SELECT seq, item FROM items WHERE {where} ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else self._load(*row)
+
     def count_where(self, where: str) -> int:
         with self.lock, _io():
             return int(self.conn.execute(f"SELECT count(*) FROM items WHERE {where}").fetchone()[0])

@@ -22,9 +22,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
-from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S
+from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, jobs_left, not_batchable
 from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
-from qwenvl.batch.journal import read_open_jobs
+from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
     awaiting_stdin,
@@ -41,7 +41,7 @@ from qwenvl.cli.common import (
     stdin_text,
 )
 from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
-from qwenvl.models import format_cost
+from qwenvl.models import format_cost, model_info
 from qwenvl.plan import check_extra, check_model_rules
 
 
@@ -78,11 +78,17 @@ def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> No
     error now (exit 2), not the same error recorded on every item with exit 0. UsageError: an invalid field or
     ``--param`` (a misspelt name too: ``plan.check_extra``), options that contradict each other, and, when the
     model is the same for every item (``model_known``: not left to the lines of a requests file), its rules
-    (``plan.check_model_rules``)."""
+    (``plan.check_model_rules``) and, with ``--mode batch-api``, whether the Batch API can run it
+    (``batchapi.not_batchable``: a stream-only model cannot). When the model is left to the lines, the library's
+    estimate refuses a rule that every pending item fails the same way (``Batch.estimate``)."""
     request = job.planner.request(fields)
     check_extra(request.extra, job.planner.protocol)  # a misspelt --param: refused now, not on every item
     if model_known and not job.planner.is_local:
         check_model_rules(request, job.planner.protocol)
+        if job.mode == "batch-api":  # a model the Batch API cannot run (stream-only): refused, not every item's error
+            refused = not_batchable(model_info(request.model), request.model)
+            if refused is not None:
+                raise UsageError(refused.message + ": nothing was sent or written", hint=refused.refused_hint)
 
 
 def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
@@ -196,6 +202,32 @@ class _Bar:
         )
 
 
+def _say_stopping() -> Callable[[Any], None]:
+    """The progress callback off a terminal (no bar): it says once on stderr that an interrupted run waits for its
+    requests in flight (``Progress.phase`` "stopping", the words in ``detail``); a bar shows it on a terminal."""
+    said = False
+
+    def progress(p: Any) -> None:
+        nonlocal said
+        if p.phase == "stopping" and not said:
+            said = True
+            click.echo(safe_line(p.detail), err=True)
+
+    return progress
+
+
+def _show_notes(notes: list[str]) -> None:
+    """What the user must know about the run (``Summary.notes``: answers set aside, jobs still running...), one line
+    each on stderr in every output mode: on a terminal in yellow, elsewhere as ``note: ...`` (beside the JSON
+    summary, which has them too, a reader of stderr sees them)."""
+    console = err_console()
+    for note in notes:
+        if console.is_terminal:
+            console.print(f"[yellow]{escape(safe_line(note))}[/]", highlight=False)
+        else:
+            click.echo(f"note: {safe_line(note)}", err=True)
+
+
 def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     console = err_console()
     if opts["as_json"]:
@@ -205,8 +237,11 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
             import json
 
             click.echo(json.dumps(s.to_dict(), ensure_ascii=False), err=True)
+        _show_notes(s.notes)
         return
     status = "[green]done[/]" if not s.pending else f"[yellow]{s.pending:,} pending[/]"
+    if s.interrupted:
+        status = f"[yellow]interrupted[/] ({s.pending:,} pending: the same command resumes)"
     output = escape(safe_line(s.output))  # the user's file name
     console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {output}", highlight=False)
     line = (
@@ -217,8 +252,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     if s.rate_limited:
         line += f", {s.rate_limited} × 429"
     console.print(f"[dim]{line}[/]")
-    for note in s.notes:
-        console.print(f"[yellow]{escape(safe_line(note))}[/]", highlight=False)
+    _show_notes(s.notes)
     for failure in s.job_failures[1:]:  # the service's words; the first is the exit-5 error's line
         console.print(f"[red]{escape(safe_line(failure['message']))}[/]", highlight=False)
     if s.error:
@@ -366,15 +400,14 @@ def run(opts: dict[str, Any]) -> None:
             with _Bar(est.currency) as bar:
                 summary = job.run(progress=bar)
         else:
-            summary = job.run()
+            summary = job.run(progress=_say_stopping())
     except KeyboardInterrupt:
-        jobs = read_open_jobs(job.output) if job.mode == "batch-api" else []
+        if job.summary is not None:  # what the run left, as a run that ended shows it (the JSON line included)
+            _show_summary(job.summary, opts)
+        jobs = read_open_job_statuses(job.output) if job.mode == "batch-api" else {}
         if jobs:
-            err_console().print(
-                f"[dim]stopped waiting: the Batch API jobs {escape(', '.join(jobs))} keep running on the service "
-                "(their answers are billed): run the same command again to collect them, or cancel them with "
-                f"`qwenvl batch cancel {escape(' '.join(jobs))}`[/]"
-            )
+            said = jobs_left(jobs, region=opts["region"], base_url=opts["base_url"])
+            err_console().print(f"[dim]stopped waiting: {escape(safe_line(said))}[/]", highlight=False)
         else:
             err_console().print(
                 f"[dim]finished items are kept in {escape(safe_line(job.output))}: "
@@ -418,12 +451,14 @@ _with_api_options = option_group(
 
 
 def _print_job(job: dict[str, Any]) -> None:
-    from qwenvl.batch.batchapi import counts_text
+    from qwenvl.batch.batchapi import counts_text, job_times
 
     click.echo(shown(f"{job.get('id')}: {counts_text(job)}"))  # the job is the service's
-    for key in ("input_file_id", "output_file_id", "error_file_id", "created_at", "completed_at", "expires_at"):
+    for key in ("input_file_id", "output_file_id", "error_file_id"):
         if job.get(key):
             click.echo(shown(f"  {key}: {job[key]}"))
+    for key, value in job_times(job):  # ISO-8601 UTC; --json keeps the service's Unix seconds
+        click.echo(shown(f"  {key}: {value}"))
     errors = job.get("errors")
     data = errors.get("data") if isinstance(errors, dict) else None
     for err in (data if isinstance(data, list) else [])[:5]:
@@ -431,27 +466,54 @@ def _print_job(job: dict[str, Any]) -> None:
             click.echo(shown(f"  error: {err.get('code')}: {err.get('message')}"))
 
 
+def _failed_job(batch_id: str, exc: QwenVLError, verb: str, *, tried: bool = True) -> dict[str, Any]:
+    """The JSON line of an id that could not be shown or cancelled (``--json``): ``{"id", "error": {...}}``."""
+    return {
+        "id": batch_id,
+        "error": {
+            "type": type(exc).__name__,
+            "message": f"not {verb}: {exc}" if tried else f"not tried: {exc}",
+            "status": getattr(exc, "status", None) or None,
+            "hint": exc.hint,
+            "exit_code": exc.exit_code,
+        },
+    }
+
+
 def _each_job(
     opts: dict[str, Any], act: Callable[[Any, str], dict[str, Any]], show: Callable[[dict[str, Any]], None], verb: str
 ) -> None:
     """``act`` on each of ``opts["batch_ids"]`` (each once, in order): its job shown (``--json``: one JSON line per
-    job on stdout), or an error line on stderr naming the id ("ID: not VERB: ..."), and on to the next. Exits
-    with the worst result's code (0: every job went well); a key refused (exit 4) stops at once, naming the ids
-    not tried."""
+    id on stdout, ``{"id", "error": {...}}`` for one that failed), or an error line on stderr naming the id ("ID: not
+    VERB: ..."), and on to the next. An id that cannot be a job id is a usage error (exit 2) before any request
+    (``batchapi.check_batch_id``); an unknown one an input error (exit 3, ``UnknownBatchError``). Exits with the
+    worst result's code (0: every job went well); a key refused (exit 4) stops at once, naming the ids not tried
+    (with ``--json``, each of them an error line too)."""
+    from qwenvl.batch.batchapi import check_batch_id
+
     ids = list(dict.fromkeys(opts["batch_ids"]))
+    for batch_id in ids:
+        check_batch_id(batch_id)
     worst: QwenVLError | None = None
     with _api(opts) as api:
         for n, batch_id in enumerate(ids):
             try:
                 job = act(api, batch_id)
             except AuthenticationError as exc:  # every id would meet the same key
-                if len(ids) > n + 1:
-                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(ids[n + 1 :])}.".strip()
+                rest = ids[n + 1 :]
+                if opts["as_json"]:
+                    print_json(_failed_job(batch_id, exc, verb), indent=None)
+                    for other in rest:
+                        print_json(_failed_job(other, exc, verb, tried=False), indent=None)
+                if rest:
+                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(rest)}.".strip()
                 raise
             except APIError as exc:
                 failed = APIError(f"{batch_id}: not {verb}: {exc}", hint=exc.hint)
                 failed.exit_code = exc.exit_code
                 report(failed)
+                if opts["as_json"]:
+                    print_json(_failed_job(batch_id, exc, verb), indent=None)
                 if worst is None or failed.exit_code > worst.exit_code:
                     worst = failed
                 continue
@@ -470,8 +532,9 @@ def _each_job(
 def status(opts: dict[str, Any]) -> None:
     """Show Batch API jobs: status, request counts, files, errors: qwenvl batch status BATCH_ID [BATCH_ID...]
 
-    --json: each job as JSON, one per line. A job that cannot be shown is an error line on stderr naming it; the
-    exit code is the worst result's."""
+    --json: each job as JSON, one line per id ({"id", "error": {...}} for one that cannot be shown). A job that
+    cannot be shown is also an error line on stderr naming it; the exit code is the worst result's (3: an unknown
+    id; 2: a string that is not a job id, refused before any request)."""
     _each_job(opts, lambda api, batch_id: api.retrieve(batch_id), _print_job, "shown")
 
 
@@ -499,7 +562,8 @@ def _print_cancel(job: dict[str, Any]) -> None:
 def cancel(opts: dict[str, Any]) -> None:
     """Cancel Batch API jobs: qwenvl batch cancel BATCH_ID [BATCH_ID...] (answers already given are billed).
 
-    Says for each job what happened (one line each on stdout; --json: the jobs as JSON, one per line; a job that
-    could not be cancelled: an error line on stderr naming it). The exit code is the worst result's: 0 when every
-    job was cancelled or was already over; a key refused (exit 4) stops at once."""
+    Says for each job what happened (one line each on stdout; --json: the jobs as JSON, one line per id, {"id",
+    "error": {...}} for one that could not be cancelled; such a job is also an error line on stderr naming it). The
+    exit code is the worst result's: 0 when every job was cancelled or was already over, 3 for an unknown id, 2 for
+    a string that is not a job id (refused before any request); a key refused (exit 4) stops at once."""
     _each_job(opts, lambda api, batch_id: api.cancel(batch_id), _print_cancel, "cancelled")
