@@ -29,6 +29,7 @@ from dashscope_server import COMPAT_PATH, NATIVE_PATH, DashScopeServer, Reply
 from fault_server import FaultServer
 from qwenvl.backends.openai import ENGINE_HINTS
 from qwenvl.errors import (
+    OTHER_SERVER_KEY_HINT,
     APIConnectionError,
     APITimeoutError,
     AuthenticationError,
@@ -205,6 +206,8 @@ FAILURES = [
             cls,
             f"HTTP {status} <code>: {message}",
             attempts,
+            # the loopback server is not DashScope's own: a refused key is that server's (no regions there)
+            hint=OTHER_SERVER_KEY_HINT if status == 401 else None,
         )
         for status, cls, message, attempts in [
             (500, InternalServerError, "An internal error has occurred.", 2),

@@ -344,7 +344,7 @@ def test_errors_come_back_as_tool_errors_with_a_hint(server, env, isolated_env):
             r = await c.call_tool("ask", {"prompt": "?", "media": ["a.png"]})
             assert r.is_error
             first, hint = text_of(r).splitlines()
-            assert first.startswith("error: HTTP 401") and hint.startswith("hint: Check DASHSCOPE_API_KEY")
+            assert first.startswith("error: HTTP 401") and hint.startswith("hint: This server is not DashScope's")
             r = await c.call_tool("ask", {"prompt": "?", "media": ["missing.png"]})
             assert r.is_error and text_of(r).startswith("error: file not found")
             r = await c.call_tool("ask", {"prompt": "?", "options": {"pages": "x-y"}, "media": ["a.png"]})

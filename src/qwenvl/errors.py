@@ -170,13 +170,29 @@ class AuthenticationError(APIStatusError):
     default_hint = "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
 
 
-def key_refused_hint(source: str) -> str | None:
+# A 401 from a server that is not DashScope's own (a proxy, ``qwenvl serve``): regions do not apply there.
+OTHER_SERVER_KEY_HINT = (
+    "This server is not DashScope's: give the key it expects (for `qwenvl serve`, its QWENVL_SERVE_API_KEY)."
+)
+
+
+def key_refused_hint(source: str | None, *, dashscope: bool = True) -> str | None:
     """A 401's hint naming where the refused key came from (``config.KeyFound.source``, e.g. ``~/.alibabacloud/
     credentials [other]``), so the user fixes that place; None for the ``api_key`` argument and
-    ``$DASHSCOPE_API_KEY``, which ``AuthenticationError.default_hint`` already names. Raises nothing."""
-    if source in ("argument", "environment DASHSCOPE_API_KEY"):
+    ``$DASHSCOPE_API_KEY`` at DashScope, which ``AuthenticationError.default_hint`` already names. With
+    ``dashscope=False`` (the server is another one: ``config.needs_dashscope_key``) the region sentence is left
+    out and the hint says to give that server's key. Raises nothing."""
+    label = None
+    if source is not None and source not in ("argument", "environment DASHSCOPE_API_KEY"):
+        label = "DASHSCOPE_API_KEY in .env" if source == ".env DASHSCOPE_API_KEY" else source
+    if not dashscope:
+        return (
+            f"Check {label}: the key in use came from there. {OTHER_SERVER_KEY_HINT}"
+            if label
+            else (OTHER_SERVER_KEY_HINT)
+        )
+    if label is None:
         return None
-    label = "DASHSCOPE_API_KEY in .env" if source == ".env DASHSCOPE_API_KEY" else source
     return (
         f"Check {label}: the key in use came from there. Beijing (--region cn) and Singapore (--region intl) "
         "keys are different."

@@ -58,6 +58,7 @@ from qwenvl._constants import (
     STREAM_CAP_FACTOR,
     STREAM_CAP_MIN_S,
 )
+from qwenvl.config import needs_dashscope_key
 from qwenvl.errors import (
     APIConnectionError,
     APIError,
@@ -427,8 +428,9 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str, key_sourc
         request_id=response.headers.get("x-request-id"),
     )
     err.message = redact(err.message, api_key)
-    if isinstance(err, AuthenticationError) and key_source:  # the hint names where the refused key came from
-        err.hint = key_refused_hint(key_source) or err.hint
+    if isinstance(err, AuthenticationError):  # the hint names where the refused key came from, and whose server
+        dashscope = needs_dashscope_key(str(response.request.url))
+        err.hint = key_refused_hint(key_source, dashscope=dashscope) or err.hint
     return err
 
 
