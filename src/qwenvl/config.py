@@ -76,7 +76,7 @@ def normalize_region(region: str | None) -> str:
     if name not in REGIONS:
         raise UsageError(
             f"unknown region {region!r}: use one of {', '.join(REGIONS)}",
-            hint="Or give the endpoint itself with --base-url.",
+            hint="Leave it out for cn (Beijing), or give the endpoint itself with --base-url.",
         )
     return name
 

@@ -257,7 +257,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 )
 @click.option(
     "--max-cost",
-    type=float,
+    type=click.FloatRange(min=0),
     default=DEFAULT_MAX_COST,
     show_default=True,
     help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "

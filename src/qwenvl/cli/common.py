@@ -47,6 +47,7 @@ from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
+_GIVEN_KEY = "qwenvl.given"  # the flags given on the verb's command line (``given_flags``)
 _REGION_KEY = "qwenvl.region"  # the verb's --region, for pricing what an error paid for
 
 
@@ -78,7 +79,8 @@ def shown(text: str, stream: IO[str] | None = None) -> str:
 
 
 def report(exc: QwenVLError) -> None:
-    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr). Lines are
+    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr; ``help_hint``
+    when the error has none that fits the verb, so every error has one). Lines are
     never hard-wrapped (the terminal wraps them); control characters left in the message or the hint (a file
     name, a URL or a key the user gave: the service's text is ``printable`` already) are shown escaped
     (``qwenvl.errors.safe_line``)."""
@@ -92,8 +94,15 @@ def report(exc: QwenVLError) -> None:
     if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
         console.print(f"[dim]paid: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
     hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
-    if hint:
-        console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
+
+
+def help_hint() -> str:
+    """The hint of last resort, for an error whose own hint is missing or names nothing this verb takes: where
+    the verb's options are listed (``qwenvl batch run --help``), an action that works on every verb."""
+    ctx = click.get_current_context(silent=True)
+    path = ctx.command_path if ctx is not None and ctx.command_path else "qwenvl"
+    return f"`{path} --help` lists the options."
 
 
 def current_command() -> click.Command | None:
@@ -130,6 +139,31 @@ _FLAG_VALUES: dict[str, tuple[str, ...]] = {
 _FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
 
 
+# "give it with --base-url", "or give --model", "set --api-key": a flag suggested bare (no value, no "raise"/"lower")
+_ASKS_FOR = re.compile(
+    r"(?i)\b(?:give|with|use|pass|set)\b(?:(?!\b(?:raise|lower)\b)[^.;,(])*?(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))"
+)
+
+
+def given_flags() -> set[str]:
+    """The long flags the user gave on the command line to the verb at hand (none outside click): a hint never
+    asks for one of them again (``fit_hint``)."""
+    ctx = click.get_current_context(silent=True)
+    return set(ctx.meta.get(_GIVEN_KEY, ())) if ctx is not None else set()
+
+
+def _record_given(ctx: click.Context) -> None:
+    """The verb's flags given on its command line, kept in ``ctx.meta`` (shared with the group's context, where
+    errors are reported after the verb's context has closed)."""
+    given: set[str] = set()
+    for param in ctx.command.params:
+        if param.name and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
+            # an on/off pair (--thinking/--no-thinking): only the side given
+            said = param.secondary_opts if param.secondary_opts and ctx.params.get(param.name) is False else param.opts
+            given.update(o for o in said if o.startswith("--"))
+    ctx.meta[_GIVEN_KEY] = given
+
+
 def fit_hint(hint: str, command: click.Command | None) -> str:
     """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
     the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
@@ -137,7 +171,8 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     --requests``) gets the request key it sets (``types.FIELD_FLAGS``: ``--param`` -> ``extra``); else the
     environment variable that stands for the flag (``--region cn`` -> ``QWENVL_REGION=cn``:
     ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone is left out, and a sentence that still
-    names a flag the verb lacks is dropped (no hint when none is left).
+    names a flag the verb lacks is dropped (no hint when none is left), and so is one that asks for a flag
+    the user already gave (``--base-url`` given: never "give the endpoint itself with --base-url").
     Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
     if command is None:
         return hint
@@ -170,8 +205,11 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
             text = re.sub(rf"(?<![\w-])({re.escape(flag)}) ({alternatives})(?![\w-]|\.\w)", with_value, text)
         return _FLAG.sub(lambda m: mapped(m[0]) or m[0], text)
 
-    def foreign(text: str) -> bool:
-        return any(f not in flags for f in _FLAG.findall(re.sub(r"`[^`]*`", "", text)))
+    given = given_flags()
+
+    def foreign(text: str) -> bool:  # names a flag the verb lacks, or asks for one the user already gave
+        bare = re.sub(r"`[^`]*`", "", text)
+        return any(f not in flags for f in _FLAG.findall(bare)) or any(m[1] in given for m in _ASKS_FOR.finditer(bare))
 
     parts = re.split(r"(`[^`]*`)", hint)  # odd parts are in backticks: kept as they are, never split
     quoted = parts[1::2]
@@ -483,7 +521,11 @@ def looks_like_file(arg: str) -> bool:
 
 
 def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
-    hint = 'If this is the prompt, give it with -p "...".' if prompt_hint else path_hint(Path(arg).expanduser())
+    """A MEDIA argument that names nothing: the path hint on every verb (``path_hint``), and, only where the verb
+    needs a prompt and has none (``ask``), that the argument may be the prompt (``-p``)."""
+    hint = path_hint(Path(arg).expanduser())
+    if prompt_hint:
+        hint += ' If it is the prompt, give it with -p "...".'
     return MediaError(f"file not found: {arg}", source=arg, hint=hint)
 
 
@@ -517,7 +559,8 @@ def prompt_and_media(
         elif looks_like_file(arg):
             # "is this the prompt?" only when no other argument can be: else the hint is about the path
             others = [a for a in args if a != arg and not _is_reference(a) and not looks_like_file(a)]
-            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option and not others)
+            needs_prompt = prompt is None and required and has_prompt_option and not others
+            raise _not_found(arg, prompt_hint=needs_prompt)
         else:
             words.append(arg)
     shown = ", ".join(repr(w) for w in words[:4]) + (", ..." if len(words) > 4 else "")
@@ -641,6 +684,7 @@ def pass_opts(fn: Callable) -> Callable:
         ctx = click.get_current_context(silent=True)
         if ctx is not None:  # the verb, for fitting error hints to it (``report``)
             ctx.meta[_COMMAND_KEY] = ctx.command
+            _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
         return fn(opts)
 
