@@ -179,7 +179,10 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
         parts.append(TextPart(text=prompt))
         messages.append(Message(role="user", content=parts))
     elif not messages or messages[-1].role not in ("user", "tool"):
-        raise UsageError("the message history must end with a user (or tool) turn when no prompt is given")
+        raise UsageError(
+            "the message history must end with a user (or tool) turn when no prompt is given",
+            hint="End the history with a user message, or give a prompt.",
+        )
     return messages
 
 

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
 from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S
-from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
+from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, no_media_found, read_requests
 from qwenvl.batch.journal import read_open_jobs
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
@@ -307,25 +307,37 @@ def run(opts: dict[str, Any]) -> None:
     fields = request_fields(opts)
     prompt = opts["prompt"]
     if prompt == "-" and opts["requests_file"] == "-":
-        raise UsageError("standard input can give the prompt (-p -) or the requests (--requests -), not both")
+        raise UsageError(
+            "standard input can give the prompt (-p -) or the requests (--requests -), not both",
+            hint='Give the prompt with -p "..." and the requests from a file, or put the prompt in each request.',
+        )
     if prompt == "-":
         prompt = stdin_text("the prompt")
     if opts["requests_file"] == "-":
         awaiting_stdin("the requests (JSONL)")
     if prompt is not None and not prompt.strip():
-        raise UsageError("the prompt is empty")
+        raise UsageError("the prompt is empty", hint='Give the question as words, e.g. -p "Describe the picture".')
     if opts["requests_file"]:
         if opts["inputs"]:
-            raise UsageError("give either INPUTS with -p, or --requests FILE, not both")
+            raise UsageError(
+                "give either INPUTS with -p, or --requests FILE, not both",
+                hint="Leave out the files (put each file in its request), or leave out --requests.",
+            )
         items = read_requests(opts["requests_file"], {**fields, **({"prompt": prompt} if prompt else {})})
     else:
         if not opts["inputs"]:
-            raise UsageError("nothing to do: give files, folders or globs (with -p PROMPT), or --requests FILE")
+            raise UsageError(
+                "nothing to do: give files, folders or globs (with -p PROMPT), or --requests FILE",
+                hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
+            )
         if prompt is None:
-            raise UsageError('no prompt: give one with -p "..."')
+            raise UsageError(
+                'no prompt: give one with -p "..."',
+                hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
+            )
         refs = expand_inputs(opts["inputs"])
         if not refs:
-            raise UsageError("no media files found in " + ", ".join(opts["inputs"]))
+            raise no_media_found(opts["inputs"])
         items = iter_items_from_inputs(refs, {"prompt": prompt, **fields})  # made as Batch takes them
     job = Batch(
         items,

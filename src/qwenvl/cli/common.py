@@ -47,6 +47,7 @@ from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
+_PATH_KEY = "qwenvl.command_path"  # "qwenvl batch run": for the help hint
 _GIVEN_KEY = "qwenvl.given"  # the flags given on the verb's command line (``given_flags``)
 _REGION_KEY = "qwenvl.region"  # the verb's --region, for pricing what an error paid for
 
@@ -101,7 +102,7 @@ def help_hint() -> str:
     """The hint of last resort, for an error whose own hint is missing or names nothing this verb takes: where
     the verb's options are listed (``qwenvl batch run --help``), an action that works on every verb."""
     ctx = click.get_current_context(silent=True)
-    path = ctx.command_path if ctx is not None and ctx.command_path else "qwenvl"
+    path = (ctx.meta.get(_PATH_KEY) or ctx.command_path) if ctx is not None else "qwenvl"
     return f"`{path} --help` lists the options."
 
 
@@ -116,8 +117,8 @@ def current_command() -> click.Command | None:
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 # "--no-resize / prepare=False": a flag beside the library's name (never part of a flag: "--no-resize / --high-res")
 _PAIR = re.compile(
-    r"(--[a-z][a-z-]*) / ((?<![\w-])[A-Za-z_][\w.]*(?:=\w+)?)(?![\w-])"
-    r"|((?<![\w-])[A-Za-z_][\w.]*(?:=\w+)?) / (--[a-z][a-z-]*)"
+    r"(--[a-z][a-z-]*) / ((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?)(?![\w-])"
+    r"|((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?) / (--[a-z][a-z-]*)"
 )
 _FLAGS_ONLY = re.compile(r" ?\((?:--[a-z][a-z-]*(?:, )?)+\)")  # "(--timeout)", "(--base-url, --region)"
 _SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
@@ -139,10 +140,8 @@ _FLAG_VALUES: dict[str, tuple[str, ...]] = {
 _FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
 
 
-# "give it with --base-url", "or give --model", "set --api-key": a flag suggested bare (no value, no "raise"/"lower")
-_ASKS_FOR = re.compile(
-    r"(?i)\b(?:give|with|use|pass|set)\b(?:(?!\b(?:raise|lower)\b)[^.;,(])*?(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))"
-)
+# "give it with --base-url", "or give --model", "set --api-key": a flag asked for bare (no value after it)
+_ASKS_FOR = re.compile(r"(?i)\b(?:give|with|use|pass|set)\s+(?:[a-z]+\s+){0,3}?(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))")
 
 
 def given_flags() -> set[str]:
@@ -583,14 +582,20 @@ def prompt_and_media(
         )
     if prompt == STDIN:
         if STDIN in refs:
-            raise UsageError("standard input can hold the prompt (-p -) or a file (-), not both")
+            raise UsageError(
+                "standard input can hold the prompt (-p -) or a file (-), not both",
+                hint='Give the prompt as an argument or with -p "...", and the file through -.',
+            )
         prompt = stdin_text("the prompt")
     if prompt is None:
         if required:
-            raise UsageError('no prompt: give one with -p "..." (or as an argument)')
+            raise UsageError(
+                'no prompt: give one with -p "..." (or as an argument)',
+                hint='For example: qwenvl ask photo.jpg "What is in this picture?"',
+            )
         return None, _checked(with_stdin(refs))
     if not prompt.strip():
-        raise UsageError("the prompt is empty")
+        raise UsageError("the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".')
     return prompt, _checked(with_stdin(refs))
 
 
@@ -620,7 +625,9 @@ def with_stdin(refs: list[str]) -> list[str]:
     if STDIN not in refs:
         return refs
     if refs.count(STDIN) > 1:
-        raise UsageError("'-' (standard input) can be given only once")
+        raise UsageError(
+            "'-' (standard input) can be given only once", hint="Pipe one file through -, and give the others by name."
+        )
     if sys.stdin.isatty():
         command = current_command()
         verb = command.name if command is not None and command.name else "ask"
@@ -630,7 +637,13 @@ def with_stdin(refs: list[str]) -> list[str]:
         )
     data = sys.stdin.buffer.read()
     if not data:
-        raise MediaError("standard input is empty: no file came through '-'", source=STDIN)
+        command = current_command()
+        verb = command.name if command is not None and command.name else "ask"
+        raise MediaError(
+            "standard input is empty: no file came through '-'",
+            source=STDIN,
+            hint=f"Pipe the file in: cat photo.jpg | qwenvl {verb} -",
+        )
     folder = Path(tempfile.mkdtemp(prefix="qwenvl-stdin-"))
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
@@ -684,6 +697,7 @@ def pass_opts(fn: Callable) -> Callable:
         ctx = click.get_current_context(silent=True)
         if ctx is not None:  # the verb, for fitting error hints to it (``report``)
             ctx.meta[_COMMAND_KEY] = ctx.command
+            ctx.meta[_PATH_KEY] = ctx.command_path
             _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
         return fn(opts)

@@ -77,11 +77,17 @@ def mcp(opts: dict[str, Any]) -> None:
     key = opts["api_key"] or qenv.serve_api_key()
     if opts["http_port"] is None:
         if opts["no_auth"] or opts["api_key"]:
-            raise UsageError("--api-key and --no-auth apply to --http only (stdio has no network to guard)")
+            raise UsageError(
+                "--api-key and --no-auth apply to --http only (stdio has no network to guard)",
+                hint="Add --http HOST:PORT, or leave them out for stdio.",
+            )
     else:
         if opts["no_auth"]:
             if opts["api_key"]:
-                raise UsageError("--api-key and --no-auth contradict each other: give one")
+                raise UsageError(
+                    "--api-key and --no-auth contradict each other: give one",
+                    hint="Keep --api-key to require a key, or --no-auth for none.",
+                )
             if not is_loopback(opts["host"]):
                 raise UsageError(
                     f"--no-auth is allowed on a loopback host only, not {opts['host']}",

@@ -159,9 +159,15 @@ def serve(opts: dict[str, Any]) -> None:
             if v
         }
         if backend == "transformers" and not opts["backend_model"]:
-            raise UsageError("--backend transformers needs --model: a hub id or a model folder")
+            raise UsageError(
+                "--backend transformers needs --model: a hub id or a model folder",
+                hint="For example --model Qwen/Qwen3-VL-2B-Instruct, or a local folder.",
+            )
         if opts["workers"] > 1 and backend == "transformers":
-            raise UsageError("--workers must be 1 with --backend transformers (one model per process)")
+            raise UsageError(
+                "--workers must be 1 with --backend transformers (one model per process)",
+                hint="Leave out --workers, or run several servers on different ports.",
+            )
     # a local backend is checked before listening (exit 2: torch missing, not a model, a name not served)
     from qwenvl.server.main import check_backend
 
@@ -172,7 +178,10 @@ def serve(opts: dict[str, Any]) -> None:
     # cloud, or for a local backend the name of the model it serves (another name: 404 model_not_found)
     target = opts["backend_model"] if backend != "dashscope" else None
     if any(not name.strip() for name in opts["model_names"]):
-        raise UsageError("--model-name is empty: give the name clients send as their model")
+        raise UsageError(
+            "--model-name is empty: give the name clients send as their model",
+            hint="Give a name, e.g. --model-name qwen3-vl, or leave it out.",
+        )
     names = opts["model_names"] or ((served,) if served else ())
     config = {
         "backend": backend,

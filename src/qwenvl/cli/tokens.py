@@ -32,6 +32,7 @@ from qwenvl.cli.common import (
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import EXIT_INPUT, safe_line
 from qwenvl.estimate import estimate_files
+from qwenvl.media.prepare import format_bytes
 from qwenvl.models import format_cost
 
 
@@ -115,9 +116,7 @@ def _size(row: dict[str, Any]) -> str:
 
 
 def _bytes(n: int) -> str:
-    if not n:
-        return "-"
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+    return format_bytes(n) if n else "-"
 
 
 def _print_table(result: dict[str, Any]) -> None:
@@ -136,9 +135,7 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column(f"cost ({currency})", justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(
-                escape(safe_line(row["source"])), f"[red]error:[/] {escape(safe_line(row['error']))}", "", "-", "-"
-            )
+            table.add_row(escape(safe_line(row["source"])), "[red]error[/] (below)", "", "-", "-")
             continue
         table.add_row(
             escape(safe_line(row["source"])),
@@ -165,11 +162,12 @@ def _print_table(result: dict[str, Any]) -> None:
                 estimated = True
                 continue
             console.print(f"[dim]{escape(safe_line(row['source']))}: {escape(safe_line(note))}[/]", highlight=False)
-    for row in rows:
-        if "error" in row and row.get("hint"):
-            console.print(
-                f"[dim]{escape(safe_line(row['source']))}: {escape(safe_line(row['hint']))}[/]", highlight=False
-            )
+    for row in rows:  # an error in full below the table, where it does not stretch the "sent as" column
+        if "error" in row:
+            source = escape(safe_line(row["source"]))
+            console.print(f"[red]{source}: error:[/] {escape(safe_line(row['error']))}", highlight=False)
+            if row.get("hint"):
+                console.print(f"[dim]{source}: hint: {escape(safe_line(row['hint']))}[/]", highlight=False)
     if estimated:
         console.print(
             "[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "
