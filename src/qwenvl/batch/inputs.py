@@ -11,7 +11,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -87,7 +87,7 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(refs))
 
 
-def no_media_found(inputs: list[str] | tuple[str, ...]) -> MediaError:
+def no_media_found(inputs: Sequence[str]) -> MediaError:
     """The error for INPUTS that exist but hold no media file (an empty folder, one of text files): an input
     error (exit 3), as a missing folder or a glob that matches nothing is (``expand_inputs``)."""
     return MediaError(
