@@ -120,7 +120,7 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
             return
-        raise UsageError("not confirmed: nothing was sent")
+        raise UsageError("not confirmed: nothing was sent", hint="Raise --max-cost, or pass --yes to run it anyway.")
     raise UsageError(
         f"the estimated cost is {text}: nothing was sent", hint="Pass --yes to run it anyway, or raise --max-cost."
     )
@@ -138,7 +138,10 @@ def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"{text}. Go on?", default=False, err=True):
             return
-        raise UsageError("not confirmed: nothing was sent or deleted")
+        raise UsageError(
+            "not confirmed: nothing was sent or deleted",
+            hint="Run without --fresh to continue, or write to another output (-o another.jsonl).",
+        )
     raise UsageError(
         f"{text}: nothing was sent or deleted",
         hint="Pass --yes to replace them, or write to another output (-o another.jsonl).",
@@ -269,7 +272,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 @click.option(
     "--fresh",
     is_flag=True,
-    help="Start over: delete this output and its journal (refused while another run writes them).",
+    help="Start over: delete this output and its journal (refused while another run writes them). Answers "
+    "already paid for are deleted only when confirmed: asked on a terminal, else only with --yes.",
 )
 @click.option(
     "--mode",
@@ -407,8 +411,8 @@ def _api(opts: dict[str, Any]) -> Any:
 
 
 _with_api_options = option_group(
-    click.option("--region", help="Service region (the Batch API for VL models: cn only)."),
-    click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000."),
+    click.option("--region", metavar="REGION", help="Service region (the Batch API for VL models: cn only)."),
+    click.option("--base-url", metavar="URL", help="Endpoint, e.g. http://127.0.0.1:8000."),
     click.option(
         "--timeout",
         "timeout_s",

@@ -232,9 +232,13 @@ def option_group(*decorators: Callable) -> Callable:
     return wrap
 
 
-model_option = click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
+model_option = click.option(
+    "-m", "--model", metavar="NAME", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL)."
+)
 region_option = click.option(
-    "--region", help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing, or $QWENVL_REGION)."
+    "--region",
+    metavar="REGION",
+    help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing, or $QWENVL_REGION).",
 )
 
 # --model --protocol --region --base-url and network settings: every verb that talks to a model.
@@ -243,14 +247,21 @@ service_options = option_group(
     click.option(
         "--protocol",
         type=click.Choice(PROTOCOLS, case_sensitive=False),
-        help="Wire protocol: compat (OpenAI-compatible, default) or native (DashScope).",
+        help="Wire protocol: compat (DashScope's OpenAI-compatible mode, default, or $QWENVL_PROTOCOL), native "
+        "(DashScope's own) or openai (plain OpenAI for other servers; implies --backend openai).",
     ),
     region_option,
-    click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1."),
+    click.option(
+        "--base-url",
+        metavar="URL",
+        help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1 (wins over --region for the "
+        "endpoint; the region still sets prices and currency).",
+    ),
     click.option(
         "--timeout",
         "timeout_s",
         type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
         help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
         "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
         f"ends after {STREAM_CAP_FACTOR:g} times as long (at least {STREAM_CAP_MIN_S / 60:g} min). Also bounds "
@@ -336,9 +347,11 @@ generation_options = option_group(
     click.option(
         "-t", "--temperature", type=click.FloatRange(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
     ),
-    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True)),
-    click.option("--top-k", type=click.IntRange(min=0)),
-    click.option("--seed", type=click.IntRange(0, 2**31 - 1)),
+    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
+    click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k likeliest tokens (0 or more)."),
+    click.option(
+        "--seed", type=click.IntRange(0, 2**31 - 1), help="Random seed in [0, 2^31-1], for repeatable answers."
+    ),
     click.option("--stop", multiple=True, help="Stop sequence (repeatable)."),
     click.option(
         "--detail",
@@ -351,8 +364,10 @@ generation_options = option_group(
         default=None,
         help="vl_high_resolution_images: up to 16384 tokens per image.",
     ),
-    click.option("--min-pixels", type=click.IntRange(min=1)),
-    click.option("--max-pixels", type=click.IntRange(min=1)),
+    click.option("--min-pixels", type=click.IntRange(min=1), help="Smallest pixel count an image is resized to."),
+    click.option(
+        "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
+    ),
     click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
     click.option("--pages", help='PDF pages to send, e.g. "1-3,5" (default: all).'),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
@@ -375,14 +390,20 @@ generation_options = option_group(
         "does not fit inline (default), oss always, inline never.",
     ),
     click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
-    click.option("--schema", "schema_file", help="JSON Schema file: the answer is validated against it."),
+    click.option(
+        "--schema", "schema_file", metavar="FILE", help="JSON Schema file: the answer is validated against it."
+    ),
     click.option(
         "--thinking/--no-thinking",
         "enable_thinking",
         default=None,
         help="enable_thinking (Qwen3-VL): reason before answering.",
     ),
-    click.option("--thinking-budget", type=click.IntRange(min=1), help="Most tokens spent thinking."),
+    click.option(
+        "--thinking-budget",
+        type=click.IntRange(min=1),
+        help="Most tokens spent thinking; needs --thinking (or a model that always thinks).",
+    ),
     click.option(
         "--param",
         "extra",

@@ -56,8 +56,10 @@ def load_server_module() -> Any:
     metavar="PORT",
     help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (0: any free port).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (with --http).")
-@click.option("--api-key", help="The bearer key HTTP clients must send (default $QWENVL_SERVE_API_KEY).")
+@click.option(
+    "--host", metavar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on (with --http)."
+)
+@click.option("--api-key", metavar="KEY", help="The bearer key HTTP clients must send (default $QWENVL_SERVE_API_KEY).")
 @click.option("--no-auth", is_flag=True, help="Serve HTTP without a key (loopback hosts only).")
 @service_options
 @pass_opts

@@ -51,8 +51,10 @@ from qwenvl.models import format_cost
     default=None,
     help="vl_high_resolution_images: up to 16384 tokens per image.",
 )
-@click.option("--min-pixels", type=click.IntRange(min=1))
-@click.option("--max-pixels", type=click.IntRange(min=1))
+@click.option("--min-pixels", type=click.IntRange(min=1), help="Smallest pixel count an image is resized to.")
+@click.option(
+    "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
+)
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2).")
 @click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all).')
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
@@ -64,7 +66,7 @@ from qwenvl.models import format_cost
     help="Count for a local model: openai (asks the server at --base-url which model) or transformers "
     "(--model is its folder or hub id).",
 )
-@click.option("--base-url", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--base-url", metavar="URL", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False), help="--backend openai: its engine.")
 @click.option(
     "--family",
