@@ -356,7 +356,7 @@ generation_options = option_group(
     click.option(
         "--detail",
         type=click.Choice(["auto", "low", "high"]),
-        help="Image detail: low = smaller budget, high = vl_high_resolution_images.",
+        help="Image detail: auto = the model's default budget, low = smaller budget, high = vl_high_resolution_images.",
     ),
     click.option(
         "--high-res/--no-high-res",

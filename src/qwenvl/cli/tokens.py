@@ -43,7 +43,7 @@ from qwenvl.models import format_cost
 @click.option(
     "--detail",
     type=click.Choice(["auto", "low", "high"]),
-    help="Image detail: low = smaller budget, high = vl_high_resolution_images.",
+    help="Image detail: auto = the model's default budget, low = smaller budget, high = vl_high_resolution_images.",
 )
 @click.option(
     "--high-res/--no-high-res",
@@ -63,7 +63,8 @@ from qwenvl.models import format_cost
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS, case_sensitive=False),
-    help="Count for a local model: openai (asks the server at --base-url which model) or transformers "
+    help="dashscope (default, or $QWENVL_BACKEND); for a local model: openai (asks the server at --base-url "
+    "which model) or transformers "
     "(--model is its folder or hub id).",
 )
 @click.option("--base-url", metavar="URL", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
@@ -71,7 +72,7 @@ from qwenvl.models import format_cost
 @click.option(
     "--family",
     type=click.Choice(FAMILIES, case_sensitive=False),
-    help="A local model's family when its name does not say (qwen2.5-vl: 28 px, qwen3-vl: 32 px).",
+    help="A local model's family when its name does not say (qwen2-vl, qwen2.5-vl: 28 px; qwen3-vl: 32 px).",
 )
 @pass_opts
 def tokens(opts: dict[str, Any]) -> None:
