@@ -140,8 +140,13 @@ _FLAG_VALUES: dict[str, tuple[str, ...]] = {
 _FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
 
 
-# "give it with --base-url", "or give --model", "set --api-key": a flag asked for bare (no value after it)
-_ASKS_FOR = re.compile(r"(?i)\b(?:give|with|use|pass|set)\s+(?:[a-z]+\s+){0,3}?(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))")
+# "give it with --base-url", "or give --model", "set --api-key": a flag asked for bare (no value after it); not
+# "give another --base-url", "use a higher --max-tokens", which ask for a change of what was given
+_ASKS_FOR = re.compile(
+    r"(?i)\b(?:give|with|use|pass|set)\s+"
+    r"(?:(?!(?:another|other|different|new|higher|lower|larger|smaller|more|less)\b)[a-z]+\s+){0,3}?"
+    r"(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))"
+)
 
 
 def given_flags() -> set[str]:
