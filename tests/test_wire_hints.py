@@ -46,7 +46,8 @@ def test_tokens_min_larger_than_max_is_one_line(env, png):
     p = run_cli("tokens", "--min-pixels", "2000000", "--max-pixels", "100000", str(png), env=env)
     assert p.returncode == 2
     assert "min_pixels is larger than max_pixels" in p.stderr
-    assert "pydantic" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    lines = p.stderr.strip().splitlines()  # one error line and its hint
+    assert "pydantic" not in p.stderr and len(lines) == 2 and lines[1].startswith("hint: Give --min-pixels"), lines
 
 
 def test_tokens_does_not_suggest_flags_it_lacks(env):

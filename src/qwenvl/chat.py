@@ -126,7 +126,10 @@ class Conversation:
 
         images, video = split_media(list(refs))
         if video is not None and self.video is not None:
-            raise UsageError("one video per message: this one already has " + str(self.video))
+            raise UsageError(
+                "one video per message: this one already has " + str(self.video),
+                hint="Send the other video in a message of its own.",
+            )
         self.check(images, video)
         self.images += images
         self.video = video if video is not None else self.video

@@ -67,7 +67,29 @@ def make_request(
             data["schema"] = schema_model
         return Request(**data)
     except ValidationError as exc:
-        raise UsageError(describe_validation_error(exc), hint=_unknown_field_hint(exc)) from None
+        raise UsageError(describe_validation_error(exc), hint=_unknown_field_hint(exc) or _rule_hint(exc)) from None
+
+
+# What to do about each rule of ``Request._check`` (keyed by the start of its message); flags beside the library's
+# names, fitted to each verb by the CLI (``qwenvl.cli.common.fit_hint``).
+_RULE_HINTS = {
+    "a prompt is required": 'Give a prompt (-p "...", prompt="...").',
+    "min_pixels is larger than max_pixels": "Give --min-pixels / min_pixels no larger than --max-pixels / max_pixels, "
+    "or leave one of them out.",
+    "'response_format' is built": "Leave response_format out: --json-mode / json_mode and --schema / schema build it.",
+    "structured output (json_mode/schema) needs": "Leave out --thinking / enable_thinking, or the JSON mode and "
+    "schema.",
+}
+
+
+def _rule_hint(exc: ValidationError) -> str | None:
+    """The hint for the first broken rule of ``Request._check`` (``_RULE_HINTS``), or None."""
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        hint = next((h for start, h in _RULE_HINTS.items() if msg.startswith(start)), None)
+        if hint:
+            return hint
+    return None
 
 
 def _unknown_field_hint(exc: ValidationError) -> str | None:

@@ -70,13 +70,16 @@ KEY_HELP = (
 )
 
 
+UNKNOWN_REGION_HINT = "Leave it out for cn (Beijing)"  # the hint of an unknown region, less the endpoint
+
+
 def normalize_region(region: str | None) -> str:
     name = (region or DEFAULT_REGION).strip().lower()
     name = REGION_ALIASES.get(name, name)
     if name not in REGIONS:
         raise UsageError(
             f"unknown region {region!r}: use one of {', '.join(REGIONS)}",
-            hint="Or give the endpoint itself with --base-url.",
+            hint=f"{UNKNOWN_REGION_HINT}, or give the endpoint itself with --base-url.",
         )
     return name
 
@@ -104,7 +107,8 @@ def normalize_protocol(protocol: str | None) -> Protocol:
     if name not in PROTOCOLS:
         raise UsageError(
             f"unknown protocol {protocol!r}: use compat (DashScope's OpenAI-compatible mode), "
-            "native (DashScope) or openai (plain OpenAI, for other servers)"
+            "native (DashScope) or openai (plain OpenAI, for other servers)",
+            hint="Use --protocol compat, native or openai.",
         )
     return name  # type: ignore[return-value]
 

@@ -158,7 +158,10 @@ def _switch(value: str) -> bool:
         return True
     if word in _FALSE:
         return False
-    raise UsageError(f"{value!r} is not a switch: use 1 or 0 (true/false, on/off, yes/no)")
+    raise UsageError(
+        f"{value!r} is not a switch: use 1 or 0 (true/false, on/off, yes/no)",
+        hint="Set the variable to 1 or 0, or unset it.",
+    )
 
 
 # --- the DashScope key and endpoints ----------------------------------------------------------------------------

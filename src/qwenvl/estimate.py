@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwenvl.backends.family import family_model
+from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
@@ -48,17 +49,19 @@ def estimate_files(
     elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``); costs are
     in the currency's units, rounded to 10 significant digits.
 
-    Raises ``UsageError`` for invalid options or an unknown region, or when no file is found; a file that
-    cannot be sent is a row with ``error`` instead (MediaError is never raised for it).
+    Raises ``UsageError`` for invalid options or an unknown region; ``MediaError`` (exit 3) when ``files`` name
+    no media file (an empty folder: ``batch.inputs.no_media_found``), a missing folder or a glob that matches
+    nothing (``batch.inputs.expand_inputs``); a file that cannot be sent is a row with ``error`` instead.
     """
-    from qwenvl.batch.inputs import expand_inputs
+    from qwenvl.batch.inputs import expand_inputs, no_media_found
     from qwenvl.client import Client
 
     fields = {k: v for k, v in fields.items() if v is not None}
     try:
         client = client or Client(region=region)
     except UsageError as exc:  # its hint names --base-url, which an estimate has no use for
-        raise UsageError(exc.message) from None
+        hint = f"{UNKNOWN_REGION_HINT}." if "unknown region" in exc.message else None
+        raise UsageError(exc.message, hint=hint) from None
     request = client.request(prompt="tokens", **fields)
     if getattr(client, "is_local", False):  # the local backend knows its model (and may adapt the budget)
         info = client.resolve_model(request.model if "model" in fields else None)
@@ -69,7 +72,7 @@ def estimate_files(
     options = media_options(request, info, "native", estimate_only=fast)
     refs = expand_inputs(list(files))
     if not refs:
-        raise UsageError("no media files found in " + ", ".join(files))
+        raise no_media_found(files)
 
     rows: list[dict[str, Any]] = []
     failed = 0

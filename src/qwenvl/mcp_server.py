@@ -501,7 +501,7 @@ def build_server(
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
             if page is not None and not pdf:
-                raise UsageError("page applies to PDFs only")
+                raise UsageError("page applies to PDFs only", hint="Leave out page for an image.")
             if pdf:
                 fields["pages"] = str(page or 1)
             call = await step(
@@ -616,7 +616,9 @@ def build_server(
 
         async def body() -> CallToolResult:
             if (video is None) == (not frames):
-                raise UsageError("give either video or frames")
+                raise UsageError(
+                    "give either video or frames", hint="Give the video alone, or the frames alone (in order)."
+                )
             folders = access.folders(roots)
             target: str | list[str] = (
                 access.check(video, folders) if video is not None else [access.check(f, folders) for f in frames or []]

@@ -27,24 +27,39 @@ def check_writable(target: str | Path) -> Path:
     with a probe file, created and deleted, since access(2) says yes to root even where writing fails."""
     path = Path(target).expanduser()
     if path.is_dir():
-        raise UsageError(f"{path} is a directory; give a file name for the output")
+        raise UsageError(
+            f"{path} is a directory; give a file name for the output",
+            hint=f"Name a file inside it ({path}/NAME).",
+        )
     if path.exists() and not stat.S_ISREG(path.stat().st_mode):
-        raise UsageError(f"{path} is not a regular file (a device, pipe or socket); give a file name for the output")
+        raise UsageError(
+            f"{path} is not a regular file (a device, pipe or socket); give a file name for the output",
+            hint="Name a regular file for the output, or leave the option out (nothing is then written).",
+        )
     parent = path.parent
     for folder in (parent, *parent.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise UsageError(f"cannot write {path}: {folder} is a file, not a folder")
+                raise UsageError(
+                    f"cannot write {path}: {folder} is a file, not a folder",
+                    hint="Check the path: a file stands where a folder is needed.",
+                )
             break
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the folder {parent}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"cannot create the folder {parent}: {exc.strerror or exc}",
+            hint="Check the path and its permissions, or write elsewhere.",
+        ) from None
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: cannot create files in {parent} ({exc.strerror or exc})") from None
+        raise UsageError(
+            f"cannot write {path}: cannot create files in {parent} ({exc.strerror or exc})",
+            hint="Check the folder's permissions, or write elsewhere.",
+        ) from None
     return path
 
 

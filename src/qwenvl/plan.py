@@ -179,7 +179,10 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
         parts.append(TextPart(text=prompt))
         messages.append(Message(role="user", content=parts))
     elif not messages or messages[-1].role not in ("user", "tool"):
-        raise UsageError("the message history must end with a user (or tool) turn when no prompt is given")
+        raise UsageError(
+            "the message history must end with a user (or tool) turn when no prompt is given",
+            hint="End the history with a user message, or give a prompt.",
+        )
     return messages
 
 
@@ -226,11 +229,38 @@ def check_context(items: list[PreparedItem], model: ModelInfo) -> None:
     )
 
 
+def check_thinking_budget(request: Request, model: ModelInfo) -> None:
+    """The one rule for ``thinking_budget`` (every protocol, library and CLI): the budget bounds the model's
+    thinking, and DashScope documents it only beside ``enable_thinking: true`` (reference/dashscope-api.md §3,
+    the qwen3-vl-flash card: ``"enable_thinking":true,"thinking_budget":81920``). So a budget beside
+    ``enable_thinking=False`` contradicts it, and a budget alone on a model that does not think by default
+    (``ModelInfo.thinking_default``: the hybrid Qwen3-VL models) bounds nothing while the user may believe
+    thinking is on: both are a UsageError (exit 2), nothing is sent. Thinking is never turned on by
+    implication (it changes the answer, its length and the price). A thinking-only model (QVQ) takes a budget
+    alone."""
+    if request.thinking_budget is None:
+        return
+    if request.enable_thinking is False:
+        raise UsageError(
+            f"thinking_budget {request.thinking_budget:,} with thinking turned off (enable_thinking=False): "
+            "the budget applies only while the model thinks",
+            hint="Leave the budget out, or turn thinking on (--thinking / enable_thinking=True) to think within it.",
+        )
+    if request.enable_thinking is None and not model.thinking_default:
+        raise UsageError(
+            f"thinking_budget {request.thinking_budget:,} without thinking: {request.model} does not think unless "
+            "asked, and the budget applies only while it thinks",
+            hint="Add --thinking / enable_thinking=True to think within the budget, or leave the budget out.",
+        )
+
+
 def check_model_rules(request: Request, protocol: str, model: ModelInfo | None = None) -> None:
-    """The model's rules that do not depend on the media: UsageError for thinking or tools on a model without them,
+    """The model's rules that do not depend on the media: UsageError for a thinking budget without thinking
+    (``check_thinking_budget``), thinking or tools on a model without them,
     or ``max_tokens`` above a listed model's ``max_output_tokens`` (DashScope's protocols; a local server's limit
     is its own). ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
     model = model or model_info(request.model)
+    check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):
         raise UsageError(
             f"{request.model} does not support thinking (enable_thinking): it is a {model.family} model",

@@ -53,6 +53,7 @@ def preview(
         url, body = base + proto.endpoint, proto.build_body(call, stream=stream)
     media_tokens = [item.tokens for item in call.media]
     known_media = sum(t for t in media_tokens if t is not None)
+    media_exact = all(t is not None for t in media_tokens)
     text_tokens = estimate_text_tokens(call)
     input_tokens = known_media + text_tokens
     max_out = call.request.max_tokens
@@ -79,7 +80,9 @@ def preview(
         "estimate": {
             "model": call.model.name,
             "input_tokens": input_tokens,
-            "input_tokens_exact": all(t is not None for t in media_tokens),
+            # exact only when every part is: the media's counts are (billing rules), the text's never is (approx)
+            "input_tokens_exact": media_exact and not text_tokens,
+            "media_tokens_exact": media_exact,
             "media_tokens": known_media,
             "text_tokens_approx": text_tokens,
             "max_output_tokens": max_out,

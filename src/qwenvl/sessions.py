@@ -124,7 +124,10 @@ class Session:
         MediaError (CLI exit code 3) for a session file that cannot be read (a folder, a pipe, no
         permission)."""
         if not _NAME.match(name):
-            raise UsageError(f"invalid session name {name!r}: use letters, digits, '.', '_' or '-'")
+            raise UsageError(
+                f"invalid session name {name!r}: use letters, digits, '.', '_' or '-'",
+                hint="Use a name such as my-chat_1.",
+            )
         session = cls(name)
         if not session.path.exists():
             session._folder()  # a folder it cannot be saved in is said now, before anything is sent

@@ -779,7 +779,11 @@ def fetch_url(
             finally:
                 response.close()
     except httpx.TooManyRedirects:
-        raise MediaError(f"cannot fetch {url}: more than {max_redirects} redirects", source=url) from None
+        raise MediaError(
+            f"cannot fetch {url}: more than {max_redirects} redirects",
+            source=url,
+            hint="Give the final URL, or download the file and give it by path.",
+        ) from None
     except httpx.TimeoutException:
         why = budget.describe() if budget.spent() else f"no answer within {min(CONNECT_TIMEOUT_S, timeout_s):g} s"
         raise MediaError(
@@ -794,17 +798,27 @@ def fetch_url(
 
 def _read_capped(response: httpx.Response, url: str, max_bytes: int) -> tuple[bytes, str]:
     if response.status_code >= 400:
-        raise MediaError(f"cannot fetch {url}: HTTP {response.status_code}", source=url)
+        raise MediaError(
+            f"cannot fetch {url}: HTTP {response.status_code}",
+            source=url,
+            hint="Check the URL in a browser, or download the file and give it by path.",
+        )
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise MediaError(
-            f"{url} is {int(declared) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB download limit", source=url
+            f"{url} is {int(declared) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB download limit",
+            source=url,
+            hint="Download a smaller file and give it by path.",
         )
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            raise MediaError(f"{url} is larger than the {max_bytes / 1e6:.0f} MB download limit", source=url)
+            raise MediaError(
+                f"{url} is larger than the {max_bytes / 1e6:.0f} MB download limit",
+                source=url,
+                hint="Download a smaller file and give it by path.",
+            )
         chunks.append(chunk)
     return b"".join(chunks), response.headers.get("content-type", "")

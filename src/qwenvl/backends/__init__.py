@@ -81,14 +81,19 @@ def make_backend(
         return OpenAIBackend(**kw, http_client=http_client)
     if name == "transformers":
         if engine and engine != "auto":
-            raise UsageError("--engine is for --backend openai (the server's engine)")
+            raise UsageError(
+                "--engine is for --backend openai (the server's engine)",
+                hint="Add --backend openai, or leave out --engine.",
+            )
         from qwenvl.backends.transformers import AsyncTransformersBackend, TransformersBackend
 
         kw = dict(model=model, family=family, device=device, dtype=dtype, attn_implementation=attn_implementation)
         if asynchronous:
             return AsyncTransformersBackend(**kw)
         return TransformersBackend(**kw)
-    raise UsageError(f"unknown backend {name!r}: use dashscope, openai or transformers")
+    raise UsageError(
+        f"unknown backend {name!r}: use dashscope, openai or transformers", hint="Leave out --backend for DashScope."
+    )
 
 
 if TYPE_CHECKING:  # mypy checks here that every shipped backend satisfies its interface (qwenvl.backends.base)

@@ -172,7 +172,10 @@ class _Wire:
                 f"the server at {self.base_url} does not list its models: give --model",
                 hint="Give the name the server serves (vLLM's served-model-name option), or leave it out.",
             )
-        raise UsageError(f"the server at {self.base_url} serves several models ({', '.join(names[:6])}): give --model")
+        raise UsageError(
+            f"the server at {self.base_url} serves several models ({', '.join(names[:6])}): give --model",
+            hint="Name one of them with --model NAME.",
+        )
 
     def check_model(self, info: ServerInfo, name: str) -> None:
         names = info.names()

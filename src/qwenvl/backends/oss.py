@@ -104,7 +104,9 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
     ``region`` (None: ``$QWENVL_REGION``, else cn) decides whether temporary storage exists (Beijing only);
     where it does not, anything that would need it is refused here, before any upload."""
     if mode not in UPLOAD_MODES:
-        raise UsageError(f"upload must be one of {', '.join(UPLOAD_MODES)}, not {mode!r}")
+        raise UsageError(
+            f"upload must be one of {', '.join(UPLOAD_MODES)}, not {mode!r}", hint="Use --upload auto, inline or oss."
+        )
     storage = temp_storage_available(region)
     slots = _slots(call.messages)
     required = [s for s in slots if s.required]

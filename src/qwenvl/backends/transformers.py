@@ -98,7 +98,9 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise UsageError(f"{path} cannot be read as JSON: {exc}") from None
+            raise UsageError(
+                f"{path} cannot be read as JSON: {exc}", hint="Check the file's JSON, or download the checkpoint again."
+            ) from None
     if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
         raise UsageError(
             f"{ref!r} is neither a model folder nor a Hugging Face hub id (owner/name)",
@@ -132,7 +134,8 @@ def family_of(ref: str, cfg: dict[str, Any]) -> str:
     if model_type not in families.MODEL_TYPES:
         raise UsageError(
             f"{ref} is not a Qwen-VL model (model_type {model_type or 'missing'!r}); the transformers "
-            f"backend runs {', '.join(sorted(families.MODEL_TYPES))}"
+            f"backend runs {', '.join(sorted(families.MODEL_TYPES))}",
+            hint="Give a Qwen-VL checkpoint with --model (a hub id or a folder).",
         )
     return families.MODEL_TYPES[model_type]
 
@@ -203,7 +206,10 @@ def pick_dtype(dtype: str, device: str, torch: Any) -> Any:
         return "auto" if device == "cuda" else torch.float16 if device == "mps" else torch.float32
     value = getattr(torch, dtype, None)
     if not isinstance(value, torch.dtype):
-        raise UsageError(f"unknown dtype {dtype!r}: auto, float32, bfloat16 or float16")
+        raise UsageError(
+            f"unknown dtype {dtype!r}: auto, float32, bfloat16 or float16",
+            hint="Use --dtype auto, float32, bfloat16 or float16.",
+        )
     return value
 
 
@@ -264,7 +270,10 @@ def processor_template(ref: str) -> str | None:
             return None
         value = json.loads(Path(path).read_text(encoding="utf-8")).get("chat_template")
     except (OSError, ValueError, AttributeError) as exc:
-        raise UsageError(f"cannot read {ref}'s chat_template.json: {exc}") from None
+        raise UsageError(
+            f"cannot read {ref}'s chat_template.json: {exc}",
+            hint="Check the file's JSON, or download the checkpoint again.",
+        ) from None
     return value if isinstance(value, str) and value else None
 
 
@@ -350,7 +359,8 @@ def hf_messages(call: Call) -> tuple[list[dict[str, Any]], list[Any], list[tuple
                 if not isinstance(part.video, list):
                     raise UsageError(
                         "the transformers backend takes a local video (sampled here into frames), "
-                        f"not {part.video[:80]}"
+                        f"not {part.video[:80]}",
+                        hint="Download the video first and give the file.",
                     )
                 frames = [pictures.get(ref) or _decode_ref(ref) for ref in part.video]
                 videos.append((frames, part.fps or 2.0))
@@ -385,7 +395,10 @@ def render_prompt(loaded: Loaded, messages: list[dict[str, Any]], request: Reque
         kwargs["enable_thinking"] = request.enable_thinking
     templates = [t for t in (loaded.processor_template, _tokenizer_template(tok, tools)) if t]
     if not templates:
-        raise UsageError(f"{loaded.ref} has no chat template (neither chat_template.json nor the tokenizer's)")
+        raise UsageError(
+            f"{loaded.ref} has no chat template (neither chat_template.json nor the tokenizer's)",
+            hint="Use a checkpoint that ships chat_template.json (the Qwen-VL instruct models do).",
+        )
 
     def render(template: str, with_tools: list[dict[str, Any]] | None) -> str:
         try:
@@ -399,7 +412,10 @@ def render_prompt(loaded: Loaded, messages: list[dict[str, Any]], request: Reque
             )
         except Exception as exc:  # jinja's TemplateError, or a TypeError/KeyError inside the template
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"{loaded.ref}'s chat template cannot render this conversation: {first}") from None
+            raise UsageError(
+                f"{loaded.ref}'s chat template cannot render this conversation: {first}",
+                hint="Use the checkpoint's own chat template (an instruct Qwen-VL model).",
+            ) from None
 
     if not tools:
         return render(templates[0], None)
@@ -482,7 +498,10 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
 def _expand(text: str, token: str, replacements: list[str]) -> str:
     pieces = text.split(token)
     if len(pieces) - 1 != len(replacements):
-        raise UsageError(f"the chat template placed {len(pieces) - 1} {token} for {len(replacements)} inputs")
+        raise UsageError(
+            f"the chat template placed {len(pieces) - 1} {token} for {len(replacements)} inputs",
+            hint="Use the checkpoint's own chat template (an instruct Qwen-VL model).",
+        )
     out = [pieces[0]]
     for rep, rest in zip(replacements, pieces[1:], strict=True):
         out += [rep, rest]
@@ -860,7 +879,10 @@ class TransformersBackend:
             yield from delta(kind, raw[shown:])
         worker.join(timeout)
         if "error" in result:
-            raise UsageError(f"generation failed: {result['error']}") from result["error"]
+            raise UsageError(
+                f"generation failed: {result['error']}",
+                hint="Run again with QWENVL_DEBUG=1 for the details; if memory ran out, lower --max-pixels.",
+            ) from result["error"]
         out = result.get("out")
         generated = out[0, inputs.prompt_tokens :].tolist() if out is not None else []
         answer, reasoning, cut_here = split_answer(raw, stops)

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +87,16 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(refs))
 
 
+def no_media_found(inputs: Sequence[str]) -> MediaError:
+    """The error for INPUTS that exist but hold no media file (an empty folder, one of text files): an input
+    error (exit 3), as a missing folder or a glob that matches nothing is (``expand_inputs``)."""
+    return MediaError(
+        "no media files found in " + ", ".join(inputs),
+        source=", ".join(inputs),
+        hint="Point at images, videos or PDFs (a folder is searched recursively; hidden files are skipped).",
+    )
+
+
 def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem]:
     """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref.
     ``iter_items_from_inputs`` makes them one at a time (what ``qwenvl batch`` gives ``Batch``)."""
@@ -130,14 +140,16 @@ def _read_lines(path: Path, overrides: dict[str, Any], stream: IO[bytes] | None 
                 found = True
                 yield _request_line(path, n, line, overrides)
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 text ({exc.reason})") from None
+        raise UsageError(f"{path} is not UTF-8 text ({exc.reason})", hint="Save the file as UTF-8.") from None
     finally:
         if stream is None:
             fh.close()
         else:
             fh.detach()  # standard input stays open
     if not found:
-        raise UsageError(f"{path} has no requests")
+        raise UsageError(
+            f"{path} has no requests", hint='Write one JSON request per line, e.g. {"prompt": "...", "image": "a.png"}.'
+        )
 
 
 def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> BatchItem:
@@ -152,10 +164,16 @@ def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> Ba
     except DuplicateKeyError as exc:  # {"extra": {"seed": 1, "seed": 2}}: never the last one silently
         raise UsageError(f"{where}: {exc}", hint="Give each key once.") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        raise UsageError(
+            f"{where}: expected a JSON object, got {type(data).__name__}",
+            hint='Write one JSON object per line, e.g. {"prompt": "...", "image": "a.png"}.',
+        )
     raw_id = data.pop("id", n)
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or not str(raw_id).strip():
-        raise UsageError(f"{where}: id must be a non-empty string or an integer")
+        raise UsageError(
+            f"{where}: id must be a non-empty string or an integer",
+            hint="Give each request an id that is a non-empty string or an integer, or leave it out.",
+        )
     item_id = str(raw_id)
     fields = {**data, **overrides}
     if isinstance(data.get("extra"), dict) and "extra" in overrides:  # --param adds to a line's extra, key by key

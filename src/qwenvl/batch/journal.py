@@ -326,7 +326,10 @@ def take_lock(output: Path) -> FileLock:
     except Timeout:
         raise _busy(output) from None
     except OSError as exc:
-        raise UsageError(f"cannot write {lock.lock_file}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"cannot write {lock.lock_file}: {exc.strerror or exc}",
+            hint="Check the output folder's permissions, or write elsewhere (-o).",
+        ) from None
     return lock
 
 
@@ -364,7 +367,9 @@ def inspect_journal(output: Path) -> bool:
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"cannot read {path}: {exc.strerror or exc}", hint="Check the file's permissions, or write elsewhere (-o)."
+        ) from None
     if not stat.S_ISREG(st.st_mode):
         raise _damaged(path, "is not a regular file")
     blank = st.st_size == 0
@@ -373,7 +378,10 @@ def inspect_journal(output: Path) -> bool:
             with path.open("rb") as fh:
                 head = fh.read(len(SQLITE_MAGIC))
         except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise UsageError(
+                f"cannot read {path}: {exc.strerror or exc}",
+                hint="Check the file's permissions, or write elsewhere (-o).",
+            ) from None
         if head != SQLITE_MAGIC:
             raise _damaged(path, "is not a qwenvl journal (not an SQLite database)")
         try:
@@ -521,7 +529,10 @@ class Journal:
                     try:
                         path.unlink(missing_ok=True)
                     except OSError as exc:
-                        raise UsageError(f"cannot delete {path}: {exc.strerror or exc}") from None
+                        raise UsageError(
+                            f"cannot delete {path}: {exc.strerror or exc}",
+                            hint="Check the folder's permissions, or write elsewhere (-o).",
+                        ) from None
             inspect_journal(self.output)
             with self._io():
                 self._conn = connect(self.path, MIGRATIONS, check_same_thread=False)  # the writer thread uses it

@@ -339,12 +339,16 @@ class Batch:
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         if concurrency < 1:
-            raise UsageError("concurrency must be at least 1")
+            raise UsageError("concurrency must be at least 1", hint="Give --concurrency 1 or more.")
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value <= 0:
-                raise UsageError(f"{name} must be positive")
+                raise UsageError(
+                    f"{name} must be positive", hint="Give a positive value, or leave it out for the default."
+                )
         if mode not in ("realtime", "batch-api"):
-            raise UsageError(f"unknown mode {mode!r}: realtime or batch-api")
+            raise UsageError(
+                f"unknown mode {mode!r}: realtime or batch-api", hint="Use --mode realtime or --mode batch-api."
+            )
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
         self._client = client
         if client is not None:
@@ -356,7 +360,10 @@ class Batch:
                     hint="Give them to the Client, or to Batch without client=.",
                 )
         if client is not None and mode == "batch-api":
-            raise UsageError("--mode batch-api is DashScope's Batch API: it takes its settings, not a client")
+            raise UsageError(
+                "--mode batch-api is DashScope's Batch API: it takes its settings, not a client",
+                hint="Leave out client= with mode='batch-api' (give region and key).",
+            )
         self.cache = client.cache if client is not None else open_cache(cache)
         self.usage_log = client.usage_log if client is not None else open_usage_log(usage_log)
         self.retry_errors, self.fresh, self.mode = retry_errors, fresh, mode
@@ -377,7 +384,10 @@ class Batch:
         self.planner = client if client is not None else self._new_client()
         self.currency = currency_of(self.planner.region)
         if mode == "batch-api" and self.planner.is_local:
-            raise UsageError("--mode batch-api is DashScope's Batch API; a local backend runs realtime only")
+            raise UsageError(
+                "--mode batch-api is DashScope's Batch API; a local backend runs realtime only",
+                hint="Use --mode realtime with a local backend.",
+            )
         if key_first and client is None:
             self._check_key_first()
         # an output's journal written before this version may hold fingerprints of an earlier formula

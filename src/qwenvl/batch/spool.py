@@ -140,8 +140,14 @@ class Spool:
         first_seq, blob = self.conn.execute("SELECT seq, item FROM items WHERE id = ?", (item.id,)).fetchone()
         first = self._load(first_seq, blob)
         if item.source and item.line is not None and first.line is not None:
-            return UsageError(f"{item.source} line {item.line}: id {item.id!r} is already used on line {first.line}")
-        return UsageError(f"item id {item.id!r} is given twice (items {first_seq + 1} and {seq + 1})")
+            return UsageError(
+                f"{item.source} line {item.line}: id {item.id!r} is already used on line {first.line}",
+                hint="Give each request its own id (or leave ids out: the line number is used).",
+            )
+        return UsageError(
+            f"item id {item.id!r} is given twice (items {first_seq + 1} and {seq + 1})",
+            hint="Give each item its own id.",
+        )
 
     def _load(self, seq: int, blob: bytes | None) -> BatchItem:
         if blob is None:

@@ -28,7 +28,10 @@ from qwenvl.types import DuplicateKeyError, loads
 
 def load_request(request_json: str | None, request_file: str | None) -> dict[str, Any]:
     if bool(request_json) == bool(request_file):
-        raise UsageError("give exactly one of --request JSON or --file req.json")
+        raise UsageError(
+            "give exactly one of --request JSON or --file req.json",
+            hint='Use --request \'{"prompt": "..."}\' or --file req.json.',
+        )
     if request_file:
         text = read_regular_text(Path(request_file).expanduser(), error=UsageError, what="request file")
         origin = request_file
@@ -44,7 +47,10 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
     except DuplicateKeyError as exc:  # {"extra": {"seed": 1, "seed": 2}}: never the last one silently
         raise UsageError(f"{origin}: {exc}", hint="Give each key once.") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{origin} must be a JSON object with at least a prompt")
+        raise UsageError(
+            f"{origin} must be a JSON object with at least a prompt",
+            hint='For example {"prompt": "What is this?", "image": "photo.jpg"}.',
+        )
     if "prompt" not in data:
         raise UsageError(f'{origin} has no "prompt"', hint='For example {"prompt":"describe","image":"a.png"}')
     return data  # unknown keys are refused with the Request's "Did you mean" (client.plan), as batch --requests does
@@ -93,6 +99,9 @@ def analyze(opts: dict[str, Any]) -> None:
         try:
             output.write_text(json.dumps(result, ensure_ascii=True, indent=2), encoding="utf-8")
         except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+            raise UsageError(
+                f"cannot write {output}: {exc.strerror or exc}",
+                hint="Check the folder's permissions, or give another file with -o.",
+            ) from None
     if opts["print_response"] or output is None:
         print_json(result, ascii_only=True, indent=None)

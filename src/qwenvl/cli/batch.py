@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
 from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, jobs_left, not_batchable
-from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, read_requests
+from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, no_media_found, read_requests
 from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
@@ -126,7 +126,7 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
             return
-        raise UsageError("not confirmed: nothing was sent")
+        raise UsageError("not confirmed: nothing was sent", hint="Raise --max-cost, or pass --yes to run it anyway.")
     raise UsageError(
         f"the estimated cost is {text}: nothing was sent", hint="Pass --yes to run it anyway, or raise --max-cost."
     )
@@ -144,7 +144,10 @@ def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"{text}. Go on?", default=False, err=True):
             return
-        raise UsageError("not confirmed: nothing was sent or deleted")
+        raise UsageError(
+            "not confirmed: nothing was sent or deleted",
+            hint="Run without --fresh to continue, or write to another output (-o another.jsonl).",
+        )
     raise UsageError(
         f"{text}: nothing was sent or deleted",
         hint="Pass --yes to replace them, or write to another output (-o another.jsonl).",
@@ -291,7 +294,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 )
 @click.option(
     "--max-cost",
-    type=float,
+    type=click.FloatRange(min=0),
     default=DEFAULT_MAX_COST,
     show_default=True,
     help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "
@@ -303,7 +306,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 @click.option(
     "--fresh",
     is_flag=True,
-    help="Start over: delete this output and its journal (refused while another run writes them).",
+    help="Start over: delete this output and its journal (refused while another run writes them). Answers "
+    "already paid for are deleted only when confirmed: asked on a terminal, else only with --yes.",
 )
 @click.option(
     "--mode",
@@ -341,25 +345,37 @@ def run(opts: dict[str, Any]) -> None:
     fields = request_fields(opts)
     prompt = opts["prompt"]
     if prompt == "-" and opts["requests_file"] == "-":
-        raise UsageError("standard input can give the prompt (-p -) or the requests (--requests -), not both")
+        raise UsageError(
+            "standard input can give the prompt (-p -) or the requests (--requests -), not both",
+            hint='Give the prompt with -p "..." and the requests from a file, or put the prompt in each request.',
+        )
     if prompt == "-":
         prompt = stdin_text("the prompt")
     if opts["requests_file"] == "-":
         awaiting_stdin("the requests (JSONL)")
     if prompt is not None and not prompt.strip():
-        raise UsageError("the prompt is empty")
+        raise UsageError("the prompt is empty", hint='Give the question as words, e.g. -p "Describe the picture".')
     if opts["requests_file"]:
         if opts["inputs"]:
-            raise UsageError("give either INPUTS with -p, or --requests FILE, not both")
+            raise UsageError(
+                "give either INPUTS with -p, or --requests FILE, not both",
+                hint="Leave out the files (put each file in its request), or leave out --requests.",
+            )
         items = read_requests(opts["requests_file"], {**fields, **({"prompt": prompt} if prompt else {})})
     else:
         if not opts["inputs"]:
-            raise UsageError("nothing to do: give files, folders or globs (with -p PROMPT), or --requests FILE")
+            raise UsageError(
+                "nothing to do: give files, folders or globs (with -p PROMPT), or --requests FILE",
+                hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
+            )
         if prompt is None:
-            raise UsageError('no prompt: give one with -p "..."')
+            raise UsageError(
+                'no prompt: give one with -p "..."',
+                hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
+            )
         refs = expand_inputs(opts["inputs"])
         if not refs:
-            raise UsageError("no media files found in " + ", ".join(opts["inputs"]))
+            raise no_media_found(opts["inputs"])
         items = iter_items_from_inputs(refs, {"prompt": prompt, **fields})  # made as Batch takes them
     job = Batch(
         items,
@@ -428,8 +444,8 @@ def _api(opts: dict[str, Any]) -> Any:
 
 
 _with_api_options = option_group(
-    click.option("--region", help="Service region (the Batch API for VL models: cn only)."),
-    click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000."),
+    click.option("--region", metavar="REGION", help="Service region (the Batch API for VL models: cn only)."),
+    click.option("--base-url", metavar="URL", help="Endpoint, e.g. http://127.0.0.1:8000."),
     click.option(
         "--timeout",
         "timeout_s",

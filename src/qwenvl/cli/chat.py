@@ -158,7 +158,9 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
 
 @click.command()
 @click.argument("media", nargs=-1)
-@click.option("--session", "session_name", help="Save the conversation under NAME and resume it next time.")
+@click.option(
+    "--session", "session_name", metavar="NAME", help="Save the conversation under NAME and resume it next time."
+)
 @click.option("--list-sessions", is_flag=True, help="List saved sessions and exit.")
 @click.option("--hide-reasoning", is_flag=True, help="Do not show the model's thinking.")
 @generation_options

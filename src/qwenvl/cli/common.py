@@ -47,6 +47,8 @@ from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
+_PATH_KEY = "qwenvl.command_path"  # "qwenvl batch run": for the help hint
+_GIVEN_KEY = "qwenvl.given"  # the flags given on the verb's command line (``given_flags``)
 _REGION_KEY = "qwenvl.region"  # the verb's --region, for pricing what an error paid for
 
 
@@ -78,7 +80,8 @@ def shown(text: str, stream: IO[str] | None = None) -> str:
 
 
 def report(exc: QwenVLError) -> None:
-    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr). Lines are
+    """An error as the user sees it: one line, then what was kept, then the hint (all on stderr; ``help_hint``
+    when the error has none that fits the verb, so every error has one). Lines are
     never hard-wrapped (the terminal wraps them); control characters left in the message or the hint (a file
     name, a URL or a key the user gave: the service's text is ``printable`` already) are shown escaped
     (``qwenvl.errors.safe_line``)."""
@@ -92,8 +95,15 @@ def report(exc: QwenVLError) -> None:
     if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
         console.print(f"[dim]paid: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
     hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
-    if hint:
-        console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
+
+
+def help_hint() -> str:
+    """The hint of last resort, for an error whose own hint is missing or names nothing this verb takes: where
+    the verb's options are listed (``qwenvl batch run --help``), an action that works on every verb."""
+    ctx = click.get_current_context(silent=True)
+    path = (ctx.meta.get(_PATH_KEY) or ctx.command_path) if ctx is not None else "qwenvl"
+    return f"`{path} --help` lists the options."
 
 
 def current_command() -> click.Command | None:
@@ -107,8 +117,8 @@ def current_command() -> click.Command | None:
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 # "--no-resize / prepare=False": a flag beside the library's name (never part of a flag: "--no-resize / --high-res")
 _PAIR = re.compile(
-    r"(--[a-z][a-z-]*) / ((?<![\w-])[A-Za-z_][\w.]*(?:=\w+)?)(?![\w-])"
-    r"|((?<![\w-])[A-Za-z_][\w.]*(?:=\w+)?) / (--[a-z][a-z-]*)"
+    r"(--[a-z][a-z-]*) / ((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?)(?![\w-])"
+    r"|((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?) / (--[a-z][a-z-]*)"
 )
 _FLAGS_ONLY = re.compile(r" ?\((?:--[a-z][a-z-]*(?:, )?)+\)")  # "(--timeout)", "(--base-url, --region)"
 _SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
@@ -130,6 +140,34 @@ _FLAG_VALUES: dict[str, tuple[str, ...]] = {
 _FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
 
 
+# "give it with --base-url", "or give --model", "set --api-key": a flag asked for bare (no value after it); not
+# "give another --base-url", "use a higher --max-tokens", which ask for a change of what was given
+_ASKS_FOR = re.compile(
+    r"(?i)\b(?:give|with|use|pass|set)\s+"
+    r"(?:(?!(?:another|other|different|new|higher|lower|larger|smaller|more|less)\b)[a-z]+\s+){0,3}?"
+    r"(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))"
+)
+
+
+def given_flags() -> set[str]:
+    """The long flags the user gave on the command line to the verb at hand (none outside click): a hint never
+    asks for one of them again (``fit_hint``)."""
+    ctx = click.get_current_context(silent=True)
+    return set(ctx.meta.get(_GIVEN_KEY, ())) if ctx is not None else set()
+
+
+def _record_given(ctx: click.Context) -> None:
+    """The verb's flags given on its command line, kept in ``ctx.meta`` (shared with the group's context, where
+    errors are reported after the verb's context has closed)."""
+    given: set[str] = set()
+    for param in ctx.command.params:
+        if param.name and ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE:
+            # an on/off pair (--thinking/--no-thinking): only the side given
+            said = param.secondary_opts if param.secondary_opts and ctx.params.get(param.name) is False else param.opts
+            given.update(o for o in said if o.startswith("--"))
+    ctx.meta[_GIVEN_KEY] = given
+
+
 def fit_hint(hint: str, command: click.Command | None) -> str:
     """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
     the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
@@ -137,7 +175,8 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     --requests``) gets the request key it sets (``types.FIELD_FLAGS``: ``--param`` -> ``extra``); else the
     environment variable that stands for the flag (``--region cn`` -> ``QWENVL_REGION=cn``:
     ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone is left out, and a sentence that still
-    names a flag the verb lacks is dropped (no hint when none is left).
+    names a flag the verb lacks is dropped (no hint when none is left), and so is one that asks for a flag
+    the user already gave (``--base-url`` given: never "give the endpoint itself with --base-url").
     Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
     if command is None:
         return hint
@@ -170,8 +209,11 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
             text = re.sub(rf"(?<![\w-])({re.escape(flag)}) ({alternatives})(?![\w-]|\.\w)", with_value, text)
         return _FLAG.sub(lambda m: mapped(m[0]) or m[0], text)
 
-    def foreign(text: str) -> bool:
-        return any(f not in flags for f in _FLAG.findall(re.sub(r"`[^`]*`", "", text)))
+    given = given_flags()
+
+    def foreign(text: str) -> bool:  # names a flag the verb lacks, or asks for one the user already gave
+        bare = re.sub(r"`[^`]*`", "", text)
+        return any(f not in flags for f in _FLAG.findall(bare)) or any(m[1] in given for m in _ASKS_FOR.finditer(bare))
 
     parts = re.split(r"(`[^`]*`)", hint)  # odd parts are in backticks: kept as they are, never split
     quoted = parts[1::2]
@@ -195,9 +237,13 @@ def option_group(*decorators: Callable) -> Callable:
     return wrap
 
 
-model_option = click.option("-m", "--model", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL).")
+model_option = click.option(
+    "-m", "--model", metavar="NAME", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL)."
+)
 region_option = click.option(
-    "--region", help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing, or $QWENVL_REGION)."
+    "--region",
+    metavar="REGION",
+    help=f"Service region: {', '.join(REGIONS)} (default cn = Beijing, or $QWENVL_REGION).",
 )
 
 # --model --protocol --region --base-url and network settings: every verb that talks to a model.
@@ -206,14 +252,21 @@ service_options = option_group(
     click.option(
         "--protocol",
         type=click.Choice(PROTOCOLS, case_sensitive=False),
-        help="Wire protocol: compat (OpenAI-compatible, default) or native (DashScope).",
+        help="Wire protocol: compat (DashScope's OpenAI-compatible mode, default, or $QWENVL_PROTOCOL), native "
+        "(DashScope's own) or openai (plain OpenAI for other servers; implies --backend openai).",
     ),
     region_option,
-    click.option("--base-url", help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1."),
+    click.option(
+        "--base-url",
+        metavar="URL",
+        help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1 (wins over --region for the "
+        "endpoint; the region still sets prices and currency).",
+    ),
     click.option(
         "--timeout",
         "timeout_s",
         type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
         help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
         "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
         f"ends after {STREAM_CAP_FACTOR:g} times as long (at least {STREAM_CAP_MIN_S / 60:g} min). Also bounds "
@@ -299,14 +352,16 @@ generation_options = option_group(
     click.option(
         "-t", "--temperature", type=click.FloatRange(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
     ),
-    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True)),
-    click.option("--top-k", type=click.IntRange(min=0)),
-    click.option("--seed", type=click.IntRange(0, 2**31 - 1)),
+    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
+    click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k likeliest tokens (0 or more)."),
+    click.option(
+        "--seed", type=click.IntRange(0, 2**31 - 1), help="Random seed in [0, 2^31-1], for repeatable answers."
+    ),
     click.option("--stop", multiple=True, help="Stop sequence (repeatable)."),
     click.option(
         "--detail",
         type=click.Choice(["auto", "low", "high"]),
-        help="Image detail: low = smaller budget, high = vl_high_resolution_images.",
+        help="Image detail: auto = the model's default budget, low = smaller budget, high = vl_high_resolution_images.",
     ),
     click.option(
         "--high-res/--no-high-res",
@@ -314,8 +369,10 @@ generation_options = option_group(
         default=None,
         help="vl_high_resolution_images: up to 16384 tokens per image.",
     ),
-    click.option("--min-pixels", type=click.IntRange(min=1)),
-    click.option("--max-pixels", type=click.IntRange(min=1)),
+    click.option("--min-pixels", type=click.IntRange(min=1), help="Smallest pixel count an image is resized to."),
+    click.option(
+        "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
+    ),
     click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
     click.option("--pages", help='PDF pages to send, e.g. "1-3,5" (default: all).'),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
@@ -338,14 +395,20 @@ generation_options = option_group(
         "does not fit inline (default), oss always, inline never.",
     ),
     click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
-    click.option("--schema", "schema_file", help="JSON Schema file: the answer is validated against it."),
+    click.option(
+        "--schema", "schema_file", metavar="FILE", help="JSON Schema file: the answer is validated against it."
+    ),
     click.option(
         "--thinking/--no-thinking",
         "enable_thinking",
         default=None,
         help="enable_thinking (Qwen3-VL): reason before answering.",
     ),
-    click.option("--thinking-budget", type=click.IntRange(min=1), help="Most tokens spent thinking."),
+    click.option(
+        "--thinking-budget",
+        type=click.IntRange(min=1),
+        help="Most tokens spent thinking; needs --thinking (or a model that always thinks).",
+    ),
     click.option(
         "--param",
         "extra",
@@ -483,7 +546,11 @@ def looks_like_file(arg: str) -> bool:
 
 
 def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
-    hint = 'If this is the prompt, give it with -p "...".' if prompt_hint else path_hint(Path(arg).expanduser())
+    """A MEDIA argument that names nothing: the path hint on every verb (``path_hint``), and, only where the verb
+    needs a prompt and has none (``ask``), that the argument may be the prompt (``-p``)."""
+    hint = path_hint(Path(arg).expanduser())
+    if prompt_hint:
+        hint += ' If it is the prompt, give it with -p "...".'
     return MediaError(f"file not found: {arg}", source=arg, hint=hint)
 
 
@@ -517,7 +584,8 @@ def prompt_and_media(
         elif looks_like_file(arg):
             # "is this the prompt?" only when no other argument can be: else the hint is about the path
             others = [a for a in args if a != arg and not _is_reference(a) and not looks_like_file(a)]
-            raise _not_found(arg, prompt_hint=prompt is None and has_prompt_option and not others)
+            needs_prompt = prompt is None and required and has_prompt_option and not others
+            raise _not_found(arg, prompt_hint=needs_prompt)
         else:
             words.append(arg)
     shown = ", ".join(repr(w) for w in words[:4]) + (", ..." if len(words) > 4 else "")
@@ -540,14 +608,20 @@ def prompt_and_media(
         )
     if prompt == STDIN:
         if STDIN in refs:
-            raise UsageError("standard input can hold the prompt (-p -) or a file (-), not both")
+            raise UsageError(
+                "standard input can hold the prompt (-p -) or a file (-), not both",
+                hint='Give the prompt as an argument or with -p "...", and the file through -.',
+            )
         prompt = stdin_text("the prompt")
     if prompt is None:
         if required:
-            raise UsageError('no prompt: give one with -p "..." (or as an argument)')
+            raise UsageError(
+                'no prompt: give one with -p "..." (or as an argument)',
+                hint='For example: qwenvl ask photo.jpg "What is in this picture?"',
+            )
         return None, _checked(with_stdin(refs))
     if not prompt.strip():
-        raise UsageError("the prompt is empty")
+        raise UsageError("the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".')
     return prompt, _checked(with_stdin(refs))
 
 
@@ -577,7 +651,9 @@ def with_stdin(refs: list[str]) -> list[str]:
     if STDIN not in refs:
         return refs
     if refs.count(STDIN) > 1:
-        raise UsageError("'-' (standard input) can be given only once")
+        raise UsageError(
+            "'-' (standard input) can be given only once", hint="Pipe one file through -, and give the others by name."
+        )
     if sys.stdin.isatty():
         command = current_command()
         verb = command.name if command is not None and command.name else "ask"
@@ -587,7 +663,13 @@ def with_stdin(refs: list[str]) -> list[str]:
         )
     data = sys.stdin.buffer.read()
     if not data:
-        raise MediaError("standard input is empty: no file came through '-'", source=STDIN)
+        command = current_command()
+        verb = command.name if command is not None and command.name else "ask"
+        raise MediaError(
+            "standard input is empty: no file came through '-'",
+            source=STDIN,
+            hint=f"Pipe the file in: cat photo.jpg | qwenvl {verb} -",
+        )
     folder = Path(tempfile.mkdtemp(prefix="qwenvl-stdin-"))
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
@@ -641,6 +723,8 @@ def pass_opts(fn: Callable) -> Callable:
         ctx = click.get_current_context(silent=True)
         if ctx is not None:  # the verb, for fitting error hints to it (``report``)
             ctx.meta[_COMMAND_KEY] = ctx.command
+            ctx.meta[_PATH_KEY] = ctx.command_path
+            _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
         return fn(opts)
 

@@ -25,9 +25,15 @@ from qwenvl.models import DEFAULT_MODEL, model_info
 
 
 @click.command()
-@click.option("--protocol", help="As for the other verbs (default compat, or $QWENVL_PROTOCOL).")
-@click.option("--region", help="As for the other verbs (default cn, or $QWENVL_REGION).")
-@click.option("--base-url", help="As for the other verbs.")
+@click.option(
+    "--protocol",
+    metavar="PROTOCOL",
+    help="compat, native or openai, as for the other verbs (default compat, or $QWENVL_PROTOCOL).",
+)
+@click.option(
+    "--region", metavar="REGION", help="cn, intl or us, as for the other verbs (default cn, or $QWENVL_REGION)."
+)
+@click.option("--base-url", metavar="URL", help="As for the other verbs.")
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS, case_sensitive=False),

@@ -54,15 +54,23 @@ def events(opts: dict[str, Any]) -> None:
     refuse_structured(opts, "events")
     prompt, refs = prompt_and_media(opts["media"], opts["prompt"], required=False)
     if not refs:
-        raise UsageError("events needs a video (a file or URL) or frame images")
+        raise UsageError(
+            "events needs a video (a file or URL) or frame images", hint="For example: qwenvl events clip.mp4"
+        )
     images, video = split_media(refs)
     if video is not None and images:
-        raise UsageError("give one video, or frame images only, not both")
+        raise UsageError(
+            "give one video, or frame images only, not both",
+            hint="Give the video alone, or the frames alone (in order).",
+        )
     target: str | list[str] = video if video is not None else images
     sheet = None
     if opts["sheet_file"]:
         if isinstance(target, str) and classify(target).is_remote:
-            raise UsageError("--sheet needs the frames: give a local video file (or frame images), not a URL")
+            raise UsageError(
+                "--sheet needs the frames: give a local video file (or frame images), not a URL",
+                hint="Download the video first, or leave out --sheet.",
+            )
         sheet = check_writable(opts["sheet_file"])
     fields = request_fields(opts)
     client = make_client(opts)

@@ -51,7 +51,10 @@ def extract(opts: dict[str, Any]) -> None:
     schema = fields.pop("schema")
     prompt, files = prompt_and_media(opts["files"], opts["prompt"], required=False)  # every file is found here
     if not files:
-        raise UsageError("extract needs at least one file")
+        raise UsageError(
+            "extract needs at least one file",
+            hint="For example: qwenvl extract invoice.png --schema invoice.schema.json",
+        )
     csv_path = check_writable(opts["csv_file"]) if opts["csv_file"] else None
     client = make_client(opts)
     if opts["dry_run"]:

@@ -70,12 +70,15 @@ def ground(opts: dict[str, Any]) -> None:
     out = None
     if opts["out_file"]:
         if classify(image).is_remote:
-            raise UsageError("--out needs the image's pixels: give a local file (or a data: URL), not a URL")
+            raise UsageError(
+                "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
+                hint="Download the image first, or leave out --out.",
+            )
         out = check_writable(opts["out_file"])
     fields = request_fields(opts)
     pdf = media_kind(classify(image)) == "pdf"
     if opts["page"] is not None and not pdf:
-        raise UsageError("--page applies to PDFs only")
+        raise UsageError("--page applies to PDFs only", hint="Leave out --page for an image.")
     if pdf:
         fields["pages"] = str(opts["page"] or 1)
     client = make_client(opts)

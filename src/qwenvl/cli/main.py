@@ -8,6 +8,7 @@ for Ctrl-C, SIGTERM, SIGHUP (``qwenvl.cli.signals``), 141 for a stdout that clos
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import click
@@ -31,6 +32,9 @@ class QwenVLGroup(click.Group):
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
             return super().make_context(*args, **kwargs)
+        except click.ClickException as exc:  # a bad flag of the group itself: one line and a hint, exit 2
+            _say_click_error(exc)
+            raise click.exceptions.Exit(exc.exit_code) from None
         except OutputClosed as exc:  # `qwenvl --help | head -1`: as in a verb (click would say "Aborted!")
             _say_closed(exc)
             raise click.exceptions.Exit(exit_code(exc)) from None
@@ -61,7 +65,10 @@ class QwenVLGroup(click.Group):
         except QwenVLError as exc:
             report(exc)
             ctx.exit(exc.exit_code)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except click.ClickException as exc:  # click's own usage errors (a bad value, an unknown option or verb)
+            _say_click_error(exc)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # a bug: one line, the traceback only on request
             if qenv.debug():
@@ -76,6 +83,27 @@ class QwenVLGroup(click.Group):
                 highlight=False,
             )
             ctx.exit(EXIT_SERVICE)
+
+
+_DID_YOU_MEAN = re.compile(r"\s*\(?((?:Possible options|Did you mean)[^()]*?)\)?$")
+
+
+def _say_click_error(exc: click.ClickException) -> None:
+    """click's own errors (a bad flag value, an unknown option or verb, a missing argument) as every other error
+    is shown: one ``error:`` line, then a ``hint:`` line (click's "Did you mean ..." when it has one, and where
+    the verb's options are listed), instead of click's Usage/Try/Error block. The exit code stays click's (2)."""
+    message = safe_line(exc.format_message())
+    command_path = "qwenvl"
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        command_path = exc.ctx.command_path
+    hint = f"`{command_path} --help` lists the options."
+    near = _DID_YOU_MEAN.search(message)
+    if near:
+        message = message[: near.start()].rstrip()
+        hint = f"{near[1].strip()} {hint}"
+    console = err_console()
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
 
 
 def _say_closed(exc: OutputClosed) -> None:

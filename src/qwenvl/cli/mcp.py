@@ -56,8 +56,10 @@ def load_server_module() -> Any:
     metavar="PORT",
     help="Serve streamable HTTP at http://HOST:PORT/mcp instead of stdio (0: any free port).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (with --http).")
-@click.option("--api-key", help="The bearer key HTTP clients must send (default $QWENVL_SERVE_API_KEY).")
+@click.option(
+    "--host", metavar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on (with --http)."
+)
+@click.option("--api-key", metavar="KEY", help="The bearer key HTTP clients must send (default $QWENVL_SERVE_API_KEY).")
 @click.option("--no-auth", is_flag=True, help="Serve HTTP without a key (loopback hosts only).")
 @service_options
 @pass_opts
@@ -77,11 +79,17 @@ def mcp(opts: dict[str, Any]) -> None:
     key = opts["api_key"] or qenv.serve_api_key()
     if opts["http_port"] is None:
         if opts["no_auth"] or opts["api_key"]:
-            raise UsageError("--api-key and --no-auth apply to --http only (stdio has no network to guard)")
+            raise UsageError(
+                "--api-key and --no-auth apply to --http only (stdio has no network to guard)",
+                hint="Add --http HOST:PORT, or leave them out for stdio.",
+            )
     else:
         if opts["no_auth"]:
             if opts["api_key"]:
-                raise UsageError("--api-key and --no-auth contradict each other: give one")
+                raise UsageError(
+                    "--api-key and --no-auth contradict each other: give one",
+                    hint="Keep --api-key to require a key, or --no-auth for none.",
+                )
             if not is_loopback(opts["host"]):
                 raise UsageError(
                     f"--no-auth is allowed on a loopback host only, not {opts['host']}",

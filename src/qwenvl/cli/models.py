@@ -15,7 +15,9 @@ from qwenvl.models import MODELS, currency_of, describe, format_price, model_inf
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--region", help="Prices of this region: cn (CNY, default, or $QWENVL_REGION), intl or us (USD).")
+@click.option(
+    "--region", metavar="REGION", help="Prices of this region: cn (CNY, default, or $QWENVL_REGION), intl or us (USD)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @pass_opts
 def models(opts: dict[str, Any]) -> None:

@@ -40,7 +40,10 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     except DuplicateKeyError as exc:
         raise UsageError(f"--ocr-options: {exc}", hint="Give each key once.") from None
     if not isinstance(value, dict):
-        raise UsageError('--ocr-options must be a JSON object, e.g. \'{"task": "table_parsing"}\'')
+        raise UsageError(
+            '--ocr-options must be a JSON object, e.g. \'{"task": "table_parsing"}\'',
+            hint='Quote the object for the shell: --ocr-options \'{"task": "table_parsing"}\'',
+        )
     return value
 
 
@@ -87,7 +90,7 @@ def ocr(opts: dict[str, Any]) -> None:
         note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
     pdf = media_kind(classify(source)) == "pdf"
     if opts["pages"] and not pdf:
-        raise UsageError("--pages applies to PDFs only")
+        raise UsageError("--pages applies to PDFs only", hint="Leave out --pages for an image.")
     plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"], **fields)
     if opts["dry_run"]:
         dry_run(client, next(iter(plans))[1])

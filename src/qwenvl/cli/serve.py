@@ -33,11 +33,13 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 @click.option(
     "--model",
     "backend_model",
+    metavar="NAME",
     help="The backend's model: a DashScope model name, the engine's "
     "served name, or a hub id / folder for transformers.",
 )
 @click.option(
     "--upstream",
+    metavar="URL",
     help="The OpenAI-compatible engine's base URL (--backend openai), or the DashScope "
     "endpoint for the gateway (default: the region's).",
 )
@@ -46,14 +48,19 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     type=click.Choice(["auto", "vllm", "sglang", "llamacpp", "ollama", "generic"]),
     help="The upstream engine (--backend openai; default auto).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--api-key", help=f"The key clients must send (Authorization: Bearer); or ${SERVE_KEY_ENV}.")
+@click.option("--host", metavar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", metavar="PORT", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
+@click.option(
+    "--api-key", metavar="KEY", help=f"The key clients must send (Authorization: Bearer); or ${SERVE_KEY_ENV}."
+)
 @click.option("--no-auth", is_flag=True, help="Accept requests without a key (only on a loopback address).")
 @click.option(
     "--model-name",
     "model_names",
     multiple=True,
+    metavar="NAME",
     help="A model name clients send (repeatable); default: any name for the DashScope gateway, else the "
     "backend's model (--model, or the engine's served name). Other names get 404 model_not_found.",
 )
@@ -69,7 +76,13 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     is_flag=True,
     help="Fetch media URLs that resolve to private, loopback or link-local addresses.",
 )
-@click.option("--max-body-mb", type=click.IntRange(min=1), default=SERVE_MAX_BODY_BYTES // MIB, show_default=True)
+@click.option(
+    "--max-body-mb",
+    type=click.IntRange(min=1),
+    default=SERVE_MAX_BODY_BYTES // MIB,
+    show_default=True,
+    help="Largest request body, in MiB.",
+)
 @click.option(
     "--max-images",
     type=click.IntRange(min=1),
@@ -91,7 +104,9 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     show_default=True,
     help="Seconds one request may take, streaming included.",
 )
-@click.option("--upload-dir", help="Folder for the temporary uploads (default: a private temporary folder).")
+@click.option(
+    "--upload-dir", metavar="DIR", help="Folder for the temporary uploads (default: a private temporary folder)."
+)
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
 @click.option(
     "--family",
@@ -100,7 +115,7 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="--backend transformers.")
 @click.option("--dtype", help="--backend transformers: auto, float32, bfloat16 or float16.")
-@click.option("--region", help="Gateway: the DashScope region (cn, intl, us).")
+@click.option("--region", metavar="REGION", help="Gateway: the DashScope region (cn, intl, us).")
 @pass_opts
 def serve(opts: dict[str, Any]) -> None:
     """Serve the DashScope API (both protocols) so the official SDKs run unchanged against any backend.
@@ -159,9 +174,15 @@ def serve(opts: dict[str, Any]) -> None:
             if v
         }
         if backend == "transformers" and not opts["backend_model"]:
-            raise UsageError("--backend transformers needs --model: a hub id or a model folder")
+            raise UsageError(
+                "--backend transformers needs --model: a hub id or a model folder",
+                hint="For example --model Qwen/Qwen3-VL-2B-Instruct, or a local folder.",
+            )
         if opts["workers"] > 1 and backend == "transformers":
-            raise UsageError("--workers must be 1 with --backend transformers (one model per process)")
+            raise UsageError(
+                "--workers must be 1 with --backend transformers (one model per process)",
+                hint="Leave out --workers, or run several servers on different ports.",
+            )
     # a local backend is checked before listening (exit 2: torch missing, not a model, a name not served)
     from qwenvl.server.main import check_backend
 
@@ -172,7 +193,10 @@ def serve(opts: dict[str, Any]) -> None:
     # cloud, or for a local backend the name of the model it serves (another name: 404 model_not_found)
     target = opts["backend_model"] if backend != "dashscope" else None
     if any(not name.strip() for name in opts["model_names"]):
-        raise UsageError("--model-name is empty: give the name clients send as their model")
+        raise UsageError(
+            "--model-name is empty: give the name clients send as their model",
+            hint="Give a name, e.g. --model-name qwen3-vl, or leave it out.",
+        )
     names = opts["model_names"] or ((served,) if served else ())
     config = {
         "backend": backend,

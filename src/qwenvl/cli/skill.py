@@ -36,7 +36,7 @@ def skill(opts: dict[str, Any]) -> None:
     text = skill_text()
     if opts["folder"] is None:
         if opts["force"]:
-            raise UsageError("--force applies to --install only")
+            raise UsageError("--force applies to --install only", hint="Add --install DIR, or leave out --force.")
         click.echo(text, nl=False)
         return
     folder = Path(opts["folder"]).expanduser()
@@ -49,5 +49,8 @@ def skill(opts: dict[str, Any]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"cannot write {target}: {exc.strerror or exc}",
+            hint="Check the folder's permissions, or give another folder with --install.",
+        ) from None
     err_console().print(f"wrote {escape(safe_line(target))}", highlight=False)

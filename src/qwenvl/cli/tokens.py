@@ -32,6 +32,7 @@ from qwenvl.cli.common import (
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import EXIT_INPUT, safe_line
 from qwenvl.estimate import estimate_files
+from qwenvl.media.prepare import format_bytes
 from qwenvl.models import format_cost
 
 
@@ -42,7 +43,7 @@ from qwenvl.models import format_cost
 @click.option(
     "--detail",
     type=click.Choice(["auto", "low", "high"]),
-    help="Image detail: low = smaller budget, high = vl_high_resolution_images.",
+    help="Image detail: auto = the model's default budget, low = smaller budget, high = vl_high_resolution_images.",
 )
 @click.option(
     "--high-res/--no-high-res",
@@ -50,8 +51,10 @@ from qwenvl.models import format_cost
     default=None,
     help="vl_high_resolution_images: up to 16384 tokens per image.",
 )
-@click.option("--min-pixels", type=click.IntRange(min=1))
-@click.option("--max-pixels", type=click.IntRange(min=1))
+@click.option("--min-pixels", type=click.IntRange(min=1), help="Smallest pixel count an image is resized to.")
+@click.option(
+    "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
+)
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2).")
 @click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all).')
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
@@ -60,15 +63,16 @@ from qwenvl.models import format_cost
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS, case_sensitive=False),
-    help="Count for a local model: openai (asks the server at --base-url which model) or transformers "
+    help="dashscope (default, or $QWENVL_BACKEND); for a local model: openai (asks the server at --base-url "
+    "which model) or transformers "
     "(--model is its folder or hub id).",
 )
-@click.option("--base-url", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--base-url", metavar="URL", help="--backend openai: the server, e.g. http://127.0.0.1:8000/v1.")
 @click.option("--engine", type=click.Choice(ENGINES, case_sensitive=False), help="--backend openai: its engine.")
 @click.option(
     "--family",
     type=click.Choice(FAMILIES, case_sensitive=False),
-    help="A local model's family when its name does not say (qwen2.5-vl: 28 px, qwen3-vl: 32 px).",
+    help="A local model's family when its name does not say (qwen2-vl, qwen2.5-vl: 28 px; qwen3-vl: 32 px).",
 )
 @pass_opts
 def tokens(opts: dict[str, Any]) -> None:
@@ -115,9 +119,7 @@ def _size(row: dict[str, Any]) -> str:
 
 
 def _bytes(n: int) -> str:
-    if not n:
-        return "-"
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+    return format_bytes(n) if n else "-"
 
 
 def _print_table(result: dict[str, Any]) -> None:
@@ -136,9 +138,7 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column(f"cost ({currency})", justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(
-                escape(safe_line(row["source"])), f"[red]error:[/] {escape(safe_line(row['error']))}", "", "-", "-"
-            )
+            table.add_row(escape(safe_line(row["source"])), "[red]error[/] (below)", "", "-", "-")
             continue
         table.add_row(
             escape(safe_line(row["source"])),
@@ -165,11 +165,12 @@ def _print_table(result: dict[str, Any]) -> None:
                 estimated = True
                 continue
             console.print(f"[dim]{escape(safe_line(row['source']))}: {escape(safe_line(note))}[/]", highlight=False)
-    for row in rows:
-        if "error" in row and row.get("hint"):
-            console.print(
-                f"[dim]{escape(safe_line(row['source']))}: {escape(safe_line(row['hint']))}[/]", highlight=False
-            )
+    for row in rows:  # an error in full below the table, where it does not stretch the "sent as" column
+        if "error" in row:
+            source = escape(safe_line(row["source"]))
+            console.print(f"[red]{source}: error:[/] {escape(safe_line(row['error']))}", highlight=False)
+            if row.get("hint"):
+                console.print(f"[dim]{source}: hint: {escape(safe_line(row['hint']))}[/]", highlight=False)
     if estimated:
         console.print(
             "[dim]Estimate only: sizes and tokens from the file headers (nothing decoded or encoded); "

@@ -422,6 +422,20 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
     return min(candidates, key=lambda c: len(c[0]))
 
 
+def encode_converted(img: Image.Image, *, photo: bool) -> tuple[bytes, str]:
+    """(bytes, mime) of an image whose pixels had to be converted (transparency flattened, CMYK, 16-bit, a
+    palette, a rotation) but that keeps its size: the encoding the rules above choose (``encode_photo`` when
+    ``photo``, else ``encode_graphic``), or PNG when PNG is smaller. PNG is lossless, so it is never less
+    faithful; e.g. a 1.5 kB PNG icon with transparency would otherwise go as a 6.7 kB JPEG. The PNG is encoded
+    only when ``png_size_estimate`` says it may be smaller (within ``PNG_ESTIMATE_SLACK``)."""
+    encoded, mime = (encode_photo(img), "image/jpeg") if photo else encode_graphic(img)
+    if mime != "image/png" and png_size_estimate(img) <= PNG_ESTIMATE_SLACK * len(encoded):
+        png = encode_png(img)
+        if len(png) < len(encoded):
+            return png, "image/png"
+    return encoded, mime
+
+
 def png_size_estimate(img: Image.Image) -> float:
     """The bytes a PNG of ``img`` would take, from a PNG of ``PNG_SAMPLE_BANDS`` evenly spaced full-width
     bands (1/``PNG_SAMPLE_FRACTION`` of the rows), scaled up. Within 10% of the real size on the corpus of

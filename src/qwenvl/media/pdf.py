@@ -68,11 +68,17 @@ def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[in
     for chunk in spec.split(","):
         match = _RANGE.match(chunk)
         if not match:
-            raise UsageError(f"bad page range {spec!r}: use page numbers and ranges such as 1-3,5 or 7-")
+            raise UsageError(
+                f"bad page range {spec!r}: use page numbers and ranges such as 1-3,5 or 7-",
+                hint="For example --pages 1-3,5 or --pages 7-.",
+            )
         first = int(match.group(1))
         last = (int(match.group(3)) if match.group(3) else count) if match.group(2) else first
         if first < 1 or last < first:
-            raise UsageError(f"bad page range {chunk.strip()!r} in {spec!r}: pages count from 1, low to high")
+            raise UsageError(
+                f"bad page range {chunk.strip()!r} in {spec!r}: pages count from 1, low to high",
+                hint="For example --pages 1-3,5 or --pages 7-.",
+            )
         if last > count:
             raise MediaError(
                 f"{label} has {count} page{'s' if count != 1 else ''}; page {last} "
@@ -97,10 +103,14 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
                 "out.pdf`); qwenvl does not take PDF passwords.",
             ) from None
         reason = str(exc).split("(PDFium: ", 1)[-1].rstrip(".)") or "PDFium cannot read it"
-        raise MediaError(f"{label} is not a readable PDF ({reason})", source=label) from None
+        raise MediaError(
+            f"{label} is not a readable PDF ({reason})",
+            source=label,
+            hint="Check the file: open it in a PDF viewer, or export it again.",
+        ) from None
     if len(doc) == 0:
         doc.close()
-        raise MediaError(f"{label} has no pages", source=label)
+        raise MediaError(f"{label} has no pages", source=label, hint="Check the PDF: it may be empty or damaged.")
     return doc
 
 
@@ -125,18 +135,27 @@ def page_size(
     """(height, width) in pixels a page is rendered and sent at: the page scaled to fill ``max_pixels``,
     then ``smart_resize`` (so the service keeps it as it is)."""
     if width_pt <= 0 or height_pt <= 0:
-        raise MediaError(f"{label}: page {number} has no area ({width_pt}x{height_pt} pt)", source=label)
+        raise MediaError(
+            f"{label}: page {number} has no area ({width_pt}x{height_pt} pt)",
+            source=label,
+            hint="Choose other pages with --pages.",
+        )
     scale = math.sqrt(max_pixels / (width_pt * height_pt))
     height = max(1, math.floor(height_pt * scale))
     width = max(1, math.floor(width_pt * scale))
     try:
         h_bar, w_bar = smart_resize(height, width, factor, min_pixels, max_pixels)
     except ValueError as exc:
-        raise MediaError(f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt): {exc}", source=label) from None
+        raise MediaError(
+            f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt): {exc}",
+            source=label,
+            hint="Raise --max-pixels, or choose other pages with --pages.",
+        ) from None
     if not (h_bar and w_bar):
         raise MediaError(
             f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt) is too narrow for the pixel budget",
             source=label,
+            hint="Raise --max-pixels, or choose other pages with --pages.",
         )
     return h_bar, w_bar
 
@@ -234,7 +253,11 @@ def _render_page(doc: pdfium.PdfDocument, number: int, height: int, width: int, 
         try:
             img = page.render(scale=scale, may_draw_forms=True).to_pil()
         except pdfium.PdfiumError as exc:
-            raise MediaError(f"{label}: page {number} does not render ({exc})", source=label) from None
+            raise MediaError(
+                f"{label}: page {number} does not render ({exc})",
+                source=label,
+                hint="Choose other pages with --pages, or export the PDF again.",
+            ) from None
     finally:
         page.close()
     if img.mode != "RGB":

@@ -284,8 +284,12 @@ def _prepare_local_image(
     decoded = images.decode(data, info, label, size=target)  # upright, exactly the target size when given
     notes.extend(decoded.notes)
     img = decoded.image
-    photo = info.format in ("JPEG", "MPO") or not images.looks_like_graphic(img)
-    encoded, mime = (images.encode_photo(img), "image/jpeg") if photo else images.encode_graphic(img)
+    from_jpeg = info.format in ("JPEG", "MPO")  # a JPEG stays a JPEG (images.py, "Encoding")
+    photo = from_jpeg or not images.looks_like_graphic(img)
+    if target is None and decoded.must_convert and not from_jpeg:  # same size, other pixels: PNG when smaller
+        encoded, mime = images.encode_converted(img, photo=photo)
+    else:
+        encoded, mime = (images.encode_photo(img), "image/jpeg") if photo else images.encode_graphic(img)
     if (
         target is None
         and not decoded.must_convert
@@ -301,8 +305,8 @@ def _prepare_local_image(
     encoded, mime, img = _fit_bytes(img, encoded, mime, factor, notes)
     inline = 4 * -(-len(encoded) // 3)  # base64, as a data: URL carries it (the size `tokens` shows as inline)
     notes.append(
-        f"encoded {mime.split('/')[1].upper()}: {_mb(len(data))} -> {_mb(len(encoded))} file bytes "
-        f"({_mb(inline)} inline as base64)"
+        f"encoded {mime.split('/')[1].upper()}: {format_bytes(len(data))} -> {format_bytes(len(encoded))} file bytes "
+        f"({format_bytes(inline)} inline as base64)"
     )
     return encoded, mime, img.size, notes
 
@@ -314,14 +318,16 @@ def _fit_bytes(
     if len(encoded) <= MAX_IMAGE_BYTES:
         return encoded, mime, img
     if mime == "image/png":
-        notes.append(f"PNG would be {_mb(len(encoded))}, over the {_mb(MAX_IMAGE_BYTES)} limit: sent as JPEG")
+        notes.append(
+            f"PNG would be {format_bytes(len(encoded))}, over the {format_bytes(MAX_IMAGE_BYTES)} limit: sent as JPEG"
+        )
         encoded, mime = images.encode_jpeg(img), "image/jpeg"
     quality = images.JPEG_QUALITY
     for quality in images.JPEG_FALLBACK_QUALITIES:
         if len(encoded) <= MAX_IMAGE_BYTES:
             return encoded, mime, img
         encoded = images.encode_jpeg(img, quality)
-        notes.append(f"JPEG quality lowered to {quality} to fit {_mb(MAX_IMAGE_BYTES)}")
+        notes.append(f"JPEG quality lowered to {quality} to fit {format_bytes(MAX_IMAGE_BYTES)}")
     while len(encoded) > MAX_IMAGE_BYTES:
         area = img.width * img.height // 2
         h_bar, w_bar = resize.smart_resize(
@@ -329,7 +335,9 @@ def _fit_bytes(
         )
         img = images.resize(img, (w_bar, h_bar))
         encoded = images.encode_jpeg(img, quality)
-        notes.append(f"downscaled to {w_bar}x{h_bar} to fit {_mb(MAX_IMAGE_BYTES)} (fewer tokens than the budget)")
+        notes.append(
+            f"downscaled to {w_bar}x{h_bar} to fit {format_bytes(MAX_IMAGE_BYTES)} (fewer tokens than the budget)"
+        )
     return encoded, mime, img
 
 
@@ -346,7 +354,7 @@ def _check_original(
         )
     if len(data) > MAX_IMAGE_BYTES:
         raise MediaError(
-            f"{label} is {_mb(len(data))}; one image may be at most {_mb(MAX_IMAGE_BYTES)}",
+            f"{label} is {format_bytes(len(data))}; one image may be at most {format_bytes(MAX_IMAGE_BYTES)}",
             source=label,
             hint="Let qwenvl prepare it (drop --no-resize / prepare=False): it is downscaled and re-encoded to fit.",
         )
@@ -372,7 +380,11 @@ def _model_size(height: int, width: int, factor: int, budget: tuple[float, float
     try:
         h_bar, w_bar = resize.smart_resize(height, width, factor, lo, hi)
     except ValueError as exc:
-        raise MediaError(f"{label} ({width}x{height} px): {exc}", source=label) from None
+        raise MediaError(
+            f"{label} ({width}x{height} px): {exc}",
+            source=label,
+            hint="Check the image: open it in a viewer, or save it again as PNG or JPEG.",
+        ) from None
     if h_bar == 0 or w_bar == 0:
         raise MediaError(
             f"{label} is {width}x{height} px: at a budget of {hi} px the model's resize rule would make one side 0 px",
@@ -392,8 +404,13 @@ def _budget_name(options: MediaOptions, part: ImagePart) -> str:
     return f"{options.model.name} default"
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.1f} kB"
+def format_bytes(size: int) -> str:
+    """A byte count for people (decimal units, as the service's limits are given): MB from 1 MB up
+    (``10.5 MB``), kB below (``136 kB``; one decimal under 10 kB: ``1.5 kB``), so that two sizes side by side
+    never round to the same words when they differ by more than a few percent. Raises nothing."""
+    if size >= 1_000_000:
+        return f"{size / 1e6:.1f} MB"
+    return f"{size / 1e3:.1f} kB" if size < 10_000 else f"{size / 1e3:.0f} kB"
 
 
 def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
@@ -465,7 +482,11 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
     from qwenvl.media import video
 
     if source.kind != "file" or source.path is None:
-        raise MediaError("only a local video file can be sent whole", source=source.ref)
+        raise MediaError(
+            "only a local video file can be sent whole",
+            source=source.ref,
+            hint="Download it first, or send it as sampled frames (--video-as frames).",
+        )
     size = source.path.stat().st_size
     if size >= MAX_VIDEO_FILE_BYTES:
         raise MediaError(
@@ -489,7 +510,7 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         tokens=tokens.video_tokens(count, h_bar, w_bar, options.model.factor),
         fps=rate,
         notes=[
-            f"sent whole ({_mb(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "
+            f"sent whole ({format_bytes(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "
             f"at {rate:g} fps; uploaded to temporary storage (native protocol)"
         ],
         frame_times=[i / rate for i in range(count)],
@@ -505,7 +526,7 @@ def _video_plan(
 
     rate = part.fps if part.fps is not None else options.fps if options.fps is not None else video.VIDEO_FPS
     if not rate > 0:
-        raise MediaError(f"fps must be positive, got {rate}", source=label)
+        raise MediaError(f"fps must be positive, got {rate}", source=label, hint="Give a positive --fps, e.g. --fps 2.")
     info = video.probe_video(src, label)
     plan = video.frame_plan(
         options.model,

@@ -57,7 +57,7 @@ class Source:
 def classify(ref: str) -> Source:
     """Decide what kind of reference ``ref`` is. A local path must exist; nothing is read yet."""
     if not isinstance(ref, str) or not ref.strip():
-        raise MediaError("empty media reference", source=str(ref))
+        raise MediaError("empty media reference", source=str(ref), hint="Give a file path or a URL.")
     text = ref.strip()
     lower = text[:12].lower()
     if lower.startswith(("http://", "https://")):
@@ -66,16 +66,28 @@ def classify(ref: str) -> Source:
                 raise ValueError("it holds a control character")
             parts = urlsplit(text)
         except ValueError as exc:  # "https://[bad": an IPv6 host not closed
-            raise MediaError(f"{text!r} is not a valid URL ({exc})", source=text) from None
+            raise MediaError(
+                f"{text!r} is not a valid URL ({exc})",
+                source=text,
+                hint="Check the URL, e.g. https://example.com/photo.jpg.",
+            ) from None
         if not parts.netloc:
-            raise MediaError(f"{text!r} is not a valid URL (no host)", source=text)
+            raise MediaError(
+                f"{text!r} is not a valid URL (no host)",
+                source=text,
+                hint="Check the URL, e.g. https://example.com/photo.jpg.",
+            )
         return Source(ref, "url", url=text)
     if lower.startswith("oss://"):
         return Source(ref, "oss", url=text)
     if lower.startswith("data:"):
         match = _DATA_URL.match(text)
         if not match:
-            raise MediaError("a data: URL must look like data:<mime>;base64,<payload>", source=text[:40])
+            raise MediaError(
+                "a data: URL must look like data:<mime>;base64,<payload>",
+                source=text[:40],
+                hint="Give a data: URL such as data:image/png;base64,iVBOR..., or the file itself.",
+            )
         return Source(ref, "data", url=text, declared_mime=(match.group("mime") or None))
     if lower.startswith("file://"):
         path = Path(unquote(urlsplit(text).path))
@@ -243,27 +255,49 @@ def read_bytes(source: Source, *, limit: int | None = None) -> bytes:
                 size = os.fstat(fh.fileno()).st_size
                 if limit is not None and size > limit:
                     raise MediaError(
-                        f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit", source=source.ref
+                        f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit",
+                        source=source.ref,
+                        hint="Send a smaller file (shorter, or lower resolution).",
                     )
                 return fh.read()
             except OSError as exc:
-                raise MediaError(f"cannot read {source.path}: {exc.strerror or exc}", source=source.ref) from None
+                raise MediaError(
+                    f"cannot read {source.path}: {exc.strerror or exc}",
+                    source=source.ref,
+                    hint="Check the file's permissions.",
+                ) from None
     if source.kind == "data":
         return decode_data_url(source.url or "", source.ref)
-    raise MediaError(f"{source.ref} is remote; it has no local bytes", source=source.ref)
+    raise MediaError(
+        f"{source.ref} is remote; it has no local bytes",
+        source=source.ref,
+        hint="Download it first, or let qwenvl fetch it (--fetch-urls).",
+    )
 
 
 def decode_data_url(url: str, ref: str | None = None) -> bytes:
     match = _DATA_URL.match(url.strip())
     if not match:
-        raise MediaError("a data: URL must look like data:<mime>;base64,<payload>", source=(ref or url)[:40])
+        raise MediaError(
+            "a data: URL must look like data:<mime>;base64,<payload>",
+            source=(ref or url)[:40],
+            hint="Give a data: URL such as data:image/png;base64,iVBOR..., or the file itself.",
+        )
     payload = re.sub(r"\s+", "", match.group("b64"))
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise MediaError("the data: URL's base64 payload does not decode", source=(ref or url)[:40]) from None
+        raise MediaError(
+            "the data: URL's base64 payload does not decode",
+            source=(ref or url)[:40],
+            hint="Encode the file again (base64), or give the file itself.",
+        ) from None
     if not data:
-        raise MediaError("the data: URL is empty", source=(ref or url)[:40])
+        raise MediaError(
+            "the data: URL is empty",
+            source=(ref or url)[:40],
+            hint="Give a data: URL with its payload, or the file itself.",
+        )
     return data
 
 
@@ -343,7 +377,10 @@ def split_media(refs: list[str]) -> tuple[list[str], str | None]:
     for ref in refs:
         (videos if media_kind(ref) == "video" else images).append(ref)
     if len(videos) > 1:
-        raise UsageError("one video per question: give the others in separate questions")
+        raise UsageError(
+            "one video per question: give the others in separate questions",
+            hint="Ask about the other videos in separate questions.",
+        )
     return images, (videos[0] if videos else None)
 
 

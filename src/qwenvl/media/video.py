@@ -266,10 +266,12 @@ def frame_plan(
     try:
         h_bar, w_bar = smart_resize(height, width, factor=model.factor, min_pixels=low, max_pixels=high)
     except ValueError as exc:
-        raise MediaError(f"{label}: {exc}", source=label) from None
+        raise MediaError(f"{label}: {exc}", source=label, hint="Raise --max-pixels, or lower --fps.") from None
     if not (h_bar and w_bar):
         raise MediaError(
-            f"{label}: {width}x{height} frames do not fit the per-frame budget of {high:.0f} px", source=label
+            f"{label}: {width}x{height} frames do not fit the per-frame budget of {high:.0f} px",
+            source=label,
+            hint="Raise --max-pixels, or lower --fps.",
         )
     return FramePlan(nframes, low, high, h_bar, w_bar)
 
@@ -302,7 +304,9 @@ def frame_list_count(count: int, model: ModelInfo) -> int:
     dropping some would change what the model is told about the timeline.
     """
     if count <= 0:
-        raise MediaError("a video frame list is empty", source="video")
+        raise MediaError(
+            "a video frame list is empty", source="video", hint="Give the frames as image files, in order."
+        )
     limit = _floor_even(model.video_max_frames)
     if count > limit:
         raise MediaError(
@@ -373,7 +377,9 @@ def _head(src: VideoInput, label: str) -> bytes:
         with open(src, "rb") as fh:
             return fh.read(4096)
     except OSError as exc:
-        raise MediaError(f"cannot read {label}: {exc.strerror or exc}", source=label) from None
+        raise MediaError(
+            f"cannot read {label}: {exc.strerror or exc}", source=label, hint="Check the file's permissions."
+        ) from None
 
 
 def check_video_content(src: VideoInput, label: str | None = None) -> str:
@@ -381,7 +387,7 @@ def check_video_content(src: VideoInput, label: str | None = None) -> str:
     name = _label(src, label)
     head = _head(src, name)
     if not head:
-        raise MediaError(f"{name} is empty (0 bytes)", source=name)
+        raise MediaError(f"{name} is empty (0 bytes)", source=name, hint="Check the file: it has no content.")
     mime = sniff(head)
     if mime in VIDEO_MIMES:
         return mime or ""
@@ -430,9 +436,17 @@ def _index(container: Any, stream: Any, name: str) -> _Index:
             if packet.is_keyframe:
                 key_pts.append(ts)
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-        raise MediaError(f"{name} is not a readable video ({_reason(exc)})", source=name) from None
+        raise MediaError(
+            f"{name} is not a readable video ({_reason(exc)})",
+            source=name,
+            hint="Check the video: play it, or convert it again (e.g. to H.264 MP4).",
+        ) from None
     if not pts:
-        raise MediaError(f"{name} is not a readable video (its video stream has no frames)", source=name)
+        raise MediaError(
+            f"{name} is not a readable video (its video stream has no frames)",
+            source=name,
+            hint="Check the video: play it, or convert it again (e.g. to H.264 MP4).",
+        )
     declared = stream.frames or 0
     if declared > len(pts) + TRUNCATION_SLACK and len(pts) < declared * (1 - TRUNCATION_SHARE):
         raise MediaError(
@@ -495,8 +509,16 @@ def _first_frame(container: Any, stream: Any, name: str) -> Any:
         for frame in container.decode(stream):
             return frame
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-        raise MediaError(f"{name} is not a readable video ({_reason(exc)})", source=name) from None
-    raise MediaError(f"{name} is not a readable video (no frame decodes)", source=name)
+        raise MediaError(
+            f"{name} is not a readable video ({_reason(exc)})",
+            source=name,
+            hint="Check the video: play it, or convert it again (e.g. to H.264 MP4).",
+        ) from None
+    raise MediaError(
+        f"{name} is not a readable video (no frame decodes)",
+        source=name,
+        hint="Check the video: play it, or convert it again (e.g. to H.264 MP4).",
+    )
 
 
 # --- sampling ---------------------------------------------------------------------------------------------------
@@ -524,7 +546,7 @@ def sample_video(
     name = _label(src, label)
     rate = fps if fps is not None else VIDEO_FPS
     if not rate > 0:
-        raise MediaError(f"fps must be positive, got {rate}", source=name)
+        raise MediaError(f"fps must be positive, got {rate}", source=name, hint="Give a positive --fps, e.g. --fps 2.")
     check_video_content(src, name)
     with _open(src, name) as container:
         index = _index(container, _video_stream(container, name), name)
@@ -575,9 +597,17 @@ def sample_video(
                 chosen = "sequential"
                 picked, decoded = _decode_sequential(container, stream, index, indices, convert)
         except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-            raise MediaError(f"{name} is not a readable video ({_reason(exc)})", source=name) from None
+            raise MediaError(
+                f"{name} is not a readable video ({_reason(exc)})",
+                source=name,
+                hint="Check the video: play it, or convert it again (e.g. to H.264 MP4).",
+            ) from None
     if not picked:
-        raise MediaError(f"{name} is not a readable video (no frame decodes)", source=name)
+        raise MediaError(
+            f"{name} is not a readable video (no frame decodes)",
+            source=name,
+            hint="Check the video: play it, or convert it again (e.g. to H.264 MP4).",
+        )
     frames = [picked[i][0] for i in indices]
     times = [picked[i][1] for i in indices]
     stand_ins = sum(1 for i in set(indices) if abs(picked[i][1] - index.time(i)) > 0.5 / index.fps)

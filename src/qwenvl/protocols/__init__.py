@@ -20,7 +20,9 @@ def get(name: str) -> WireProtocol:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UsageError(f"unknown protocol {name!r}: use {', '.join(names())}") from None
+        raise UsageError(
+            f"unknown protocol {name!r}: use {', '.join(names())}", hint="Use --protocol compat, native or openai."
+        ) from None
 
 
 def names() -> tuple[str, ...]:

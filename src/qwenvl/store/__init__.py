@@ -66,7 +66,10 @@ def open_cache(cache: CacheArg) -> ResponseCache | None:
     if isinstance(cache, ResponseCache):
         return cache
     if not isinstance(cache, str | os.PathLike):
-        raise UsageError(f"cache={cache!r}: give True, False, a path or a ResponseCache")
+        raise UsageError(
+            f"cache={cache!r}: give True, False, a path or a ResponseCache",
+            hint="Give cache=True, False, a path or a ResponseCache.",
+        )
     return ResponseCache(Path(cache))
 
 
@@ -84,5 +87,8 @@ def open_usage_log(usage_log: UsageLogArg) -> UsageLog | None:
     if isinstance(usage_log, UsageLog):
         return usage_log
     if not isinstance(usage_log, str | os.PathLike):
-        raise UsageError(f"usage_log={usage_log!r}: give True, False, None, a path or a UsageLog")
+        raise UsageError(
+            f"usage_log={usage_log!r}: give True, False, None, a path or a UsageLog",
+            hint="Give usage_log=True, False, None, a path or a UsageLog.",
+        )
     return UsageLog(Path(usage_log))

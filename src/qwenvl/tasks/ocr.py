@@ -175,7 +175,10 @@ def plan_ocr(
     ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError, SchemaDefinitionError,
     MediaError)."""
     if format not in FORMATS:
-        raise UsageError(f"unknown OCR format {format!r}: use one of {', '.join(FORMATS)}")
+        raise UsageError(
+            f"unknown OCR format {format!r}: use one of {', '.join(FORMATS)}",
+            hint="Use --format with one of the formats listed.",
+        )
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(OCR_MAX_TOKENS, model.max_output_tokens))
     opts = ocr_options(task, options)
@@ -247,7 +250,7 @@ def plan_pages(
     what ``plan_ocr`` raises."""
     pdf = media_kind(classify(source)) == "pdf"  # classify: a missing file is named as such
     if pages and not pdf:
-        raise UsageError("pages apply to PDFs only")
+        raise UsageError("pages apply to PDFs only", hint="Leave out --pages / pages for an image.")
     numbers: list[int | None] = list(pdf_pages(source, pages)) if pdf else [None]
     for number in numbers:
         yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number, **dict(fields))
