@@ -247,3 +247,25 @@ def test_a_stream_its_reader_stops_is_in_the_usage_log_as_cancelled(server, prot
 
     asyncio.run(in_async())
     assert outcomes(qwenvl.sessions.home()) == ["cancelled", "cancelled"]
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_reader_leaving_during_one_large_write_is_141_not_a_silent_cut(server, media, dry_run):
+    """One write larger than the pipe (a 125 kB JSON answer) that the reader leaves part-way: CPython's buffered
+    write reported success and dropped the rest (exit 0, output cut without a word); every byte is now written
+    through the descriptor, so the next write finds the reader gone: 141."""
+    if dry_run:  # the request shown holds the prompt
+        args = ["ask", "red.png", "-p", "word " * 25_000, "--json", "--dry-run"]
+    else:  # the answer is the large part
+        server.enqueue(Reply(text="word " * 25_000))
+        args = ["ask", "red.png", "-p", "a long answer", "--json"]
+    read, write = os.pipe()
+    head = subprocess.Popen(["head", "-c10"], stdin=read, stdout=subprocess.PIPE)
+    os.close(read)
+    try:
+        p = run(args, server, stdout=write)
+    finally:
+        os.close(write)
+        head.communicate(timeout=30)
+    assert p.returncode == EXIT_OUTPUT_CLOSED, p.stderr.decode()
+    assert "Traceback" not in p.stderr.decode()

@@ -60,6 +60,9 @@ class _Guarded:
         self._output = output
         self.failed: OutputClosed | None = None  # stdout: why it can no longer be written
         self.dropped = stream is None  # nothing more reaches the stream
+        # stdout's descriptor, written whole by ``_write_all``: a buffered write that a reader leaving cuts short
+        # (a 64 kB pipe, then EPIPE) reports success in CPython and drops the rest without an error
+        self._fd = _descriptor(stream) if output else None
 
     def __getattr__(self, name: str) -> Any:
         if self._stream is None:
@@ -81,7 +84,11 @@ class _Guarded:
         if not self.dropped:
             try:
                 assert self._stream is not None
-                return self._stream.write(text)
+                if self._fd is None:
+                    return self._stream.write(text)
+                self._stream.flush()  # what went into the buffer before goes first
+                _write_all(self._fd, text.encode(self.encoding, self.errors))
+                return len(text)
             except (OSError, ValueError) as exc:  # ValueError: "I/O operation on closed file"
                 if isinstance(exc, OSError) and exc.errno not in _GONE:
                     raise
@@ -131,6 +138,22 @@ class _Guarded:
     @property
     def errors(self) -> str:
         return getattr(self._stream, "errors", None) or "strict"
+
+
+def _descriptor(stream: IO[str] | None) -> int | None:
+    """The file descriptor under ``stream``, or None (closed, or not a real file: a test's in-memory stream)."""
+    try:
+        return stream.fileno() if stream is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte of ``data`` to ``fd``, write after write: a write cut short is followed by another, which
+    raises BrokenPipeError (EPIPE) when the reader has left."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _point_at_devnull(stream: IO[str] | None) -> None:
