@@ -161,6 +161,7 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
             raw_text=response.text,
             errors=errors,
             response=response,
+            hint=_structured_hint(call),
         )
     repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors))])
     answer = Message(role="assistant", content=response.text)
@@ -176,6 +177,14 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
     return response, retry
 
 
+def _structured_hint(call: Call) -> str | None:
+    """The hint of an invalid structured answer: the class's (loosen the schema, rephrase) with a schema; without
+    one (``json_mode``) there is no schema to loosen."""
+    if call.schema is not None:
+        return None
+    return "The model's answer is kept (shown, and in the error); rephrase the prompt to ask for JSON only."
+
+
 def _after_repair(first: Response, retry: Call, second: Response) -> Response:
     """The repaired answer; else StructuredOutputError carrying both paid requests (usage summed, both ids)."""
     second.usage = _add_usage(first.usage, second.usage)
@@ -188,12 +197,16 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
     if again is not None:
         _, errors = structured.parse_answer(second.text, retry.schema)
         raise StructuredOutputError(
-            "the answer is not valid JSON for the schema, even after one retry: " + "; ".join(errors[:3]),
+            "the answer is not valid JSON"
+            + (" for the schema" if retry.schema else "")
+            + ", even after one retry: "
+            + "; ".join(errors[:3]),
             raw_text=second.text,
             errors=errors,
             response=second,
             requests=2,
             request_ids=paid,
+            hint=_structured_hint(retry),
         )
     final._requests, final._request_ids = 2, paid
     return final

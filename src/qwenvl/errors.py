@@ -172,7 +172,8 @@ class AuthenticationError(APIStatusError):
 
 # A 401 from a server that is not DashScope's own (a proxy, ``qwenvl serve``): regions do not apply there.
 OTHER_SERVER_KEY_HINT = (
-    "This server is not DashScope's: give the key it expects (for `qwenvl serve`, its QWENVL_SERVE_API_KEY)."
+    "This server is not DashScope's: give the key it takes as DASHSCOPE_API_KEY (for `qwenvl serve`, the key "
+    "set in its QWENVL_SERVE_API_KEY)."
 )
 
 

@@ -117,7 +117,20 @@ def error_from_body(
             hint=PROXY_HINT,
             plain=True,
         )
-    return status_error(status, message, code=code, request_id=rid or request_id, body=parsed, retry_after=retry_after)
+    hint = MODEL_NOT_FOUND_HINT if _model_not_found(code) else None
+    return status_error(
+        status, message, code=code, request_id=rid or request_id, body=parsed, retry_after=retry_after, hint=hint
+    )
+
+
+# The service's (and ``qwenvl serve``'s) code for a model name it does not serve: 404 model_not_found (compat),
+# ModelNotFound (native); DashScope also answers 400 with such a code.
+MODEL_NOT_FOUND_HINT = "Check the model name (--model): `qwenvl models` lists the models qwenvl knows."
+
+
+def _model_not_found(code: str | None) -> bool:
+    low = (code or "").lower().replace(".", "_")
+    return "model_not_found" in low or "modelnotfound" in low
 
 
 def _phrase(status: int) -> str:

@@ -1,0 +1,43 @@
+"""Hints that fit the case: a structured answer without a schema has no schema to loosen; a model the server
+does not serve points at `qwenvl models`; a refused key at a server that is not DashScope's names the variable
+to set, without regions."""
+
+from __future__ import annotations
+
+import pytest
+
+import qwenvl
+from conftest import make_client
+from dashscope_server import Reply
+
+
+@pytest.mark.parametrize("repair", [True, False])
+def test_invalid_json_without_a_schema_is_not_told_to_loosen_one(server, protocol, repair):
+    server.enqueue(Reply(text="not json at all", times=2))
+    with make_client(server, protocol) as client, pytest.raises(qwenvl.StructuredOutputError) as info:
+        client.complete(prompt="give json", json_mode=True, repair=repair)
+    assert "schema" not in str(info.value.message) and "schema" not in (info.value.hint or "")
+    assert "JSON only" in (info.value.hint or "")
+
+
+def test_invalid_json_for_a_schema_keeps_the_schema_hint(server, protocol):
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    server.enqueue(Reply(text='{"m": 1}', times=2))
+    with make_client(server, protocol) as client, pytest.raises(qwenvl.StructuredOutputError) as info:
+        client.complete(prompt="give json", schema=schema)
+    assert "for the schema" in info.value.message and "loosen the schema" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize(("status", "code"), [(404, "model_not_found"), (400, "InvalidParameter.ModelNotFound")])
+def test_an_unknown_model_points_at_qwenvl_models(server, protocol, status, code):
+    server.enqueue(Reply(status=status, error_code=code))
+    with make_client(server, protocol) as client, pytest.raises(qwenvl.APIStatusError) as info:
+        client.complete(prompt="hi")
+    assert "`qwenvl models`" in (info.value.hint or "")
+
+
+def test_a_refused_key_at_another_server_says_which_variable(server, protocol):
+    with make_client(server, protocol, api_key="sk-wrong") as client, pytest.raises(qwenvl.AuthenticationError) as info:
+        client.complete(prompt="hi")
+    hint = info.value.hint or ""
+    assert "DASHSCOPE_API_KEY" in hint and "Singapore" not in hint
