@@ -4,6 +4,9 @@ to set, without regions."""
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 import qwenvl
@@ -41,3 +44,28 @@ def test_a_refused_key_at_another_server_says_which_variable(server, protocol):
         client.complete(prompt="hi")
     hint = info.value.hint or ""
     assert "DASHSCOPE_API_KEY" in hint and "Singapore" not in hint
+
+
+@pytest.mark.parametrize(
+    ("err", "says"),
+    [
+        (errno.ENOENT, "does not exist"),
+        (errno.EACCES, "permissions"),
+        (errno.EROFS, "read-only"),
+        (errno.ENOSPC, "disk is full"),
+        (errno.EIO, "Check the path"),
+    ],
+)
+def test_a_write_failure_hint_gives_its_cause(err, says):
+    from qwenvl.outputs import write_failure_hint
+
+    hint = write_failure_hint(OSError(err, os.strerror(err)), "give another file with -o")
+    assert says in hint and hint.endswith("give another file with -o.")
+
+
+def test_a_missing_folder_is_not_called_a_permissions_problem(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "file.txt").write_text("x")
+    r = run_cli("skill", "--install", str(tmp_path / "file.txt" / "sub"), env={})
+    assert r.returncode == 2 and "permissions" not in r.stderr and "hint: A file stands where a folder" in r.stderr

@@ -8,6 +8,7 @@ Used by every verb that takes an output file (``ocr -o``, ``ground --out``, ``ev
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -16,6 +17,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from qwenvl.errors import UsageError
+
+
+def write_failure_hint(exc: OSError, elsewhere: str = "write elsewhere") -> str:
+    """The hint for a file or folder that could not be written, by the error's cause (``errno``): a missing
+    folder, permissions, a read-only or full file system; ``elsewhere`` says how to write elsewhere on the verb
+    (e.g. "give another file with -o"). Raises nothing."""
+    reasons = {
+        errno.ENOENT: "The folder does not exist: create it first, or ",
+        errno.ENOTDIR: "A file stands where a folder is needed: check the path, or ",
+        errno.EACCES: "Check the folder's permissions, or ",
+        errno.EPERM: "Check the folder's permissions, or ",
+        errno.EROFS: "That file system is read-only: ",
+        errno.ENOSPC: "The disk is full: free some space, or ",
+        errno.EDQUOT: "The disk quota is used up: free some space, or ",
+    }
+    return reasons.get(exc.errno or 0, "Check the path, or ") + elsewhere + "."
 
 
 def check_writable(target: str | Path) -> Path:
@@ -50,7 +67,7 @@ def check_writable(target: str | Path) -> Path:
     except OSError as exc:
         raise UsageError(
             f"cannot create the folder {parent}: {exc.strerror or exc}",
-            hint="Check the path and its permissions, or write elsewhere.",
+            hint=write_failure_hint(exc),
         ) from None
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.name}.", suffix=".probe"):
@@ -58,7 +75,7 @@ def check_writable(target: str | Path) -> Path:
     except OSError as exc:
         raise UsageError(
             f"cannot write {path}: cannot create files in {parent} ({exc.strerror or exc})",
-            hint="Check the folder's permissions, or write elsewhere.",
+            hint=write_failure_hint(exc),
         ) from None
     return path
 

@@ -68,7 +68,7 @@ from filelock import FileLock, Timeout
 from qwenvl.client import make_request
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.models import model_info
-from qwenvl.outputs import write_atomic
+from qwenvl.outputs import write_atomic, write_failure_hint
 from qwenvl.plan import TRANSPORT_FIELDS as PLAN_TRANSPORT_FIELDS
 from qwenvl.plan import question as plan_question
 from qwenvl.store.db import connect
@@ -328,7 +328,7 @@ def take_lock(output: Path) -> FileLock:
     except OSError as exc:
         raise UsageError(
             f"cannot write {lock.lock_file}: {exc.strerror or exc}",
-            hint="Check the output folder's permissions, or write elsewhere (-o).",
+            hint=write_failure_hint(exc, "write elsewhere (-o)"),
         ) from None
     return lock
 
@@ -531,7 +531,7 @@ class Journal:
                     except OSError as exc:
                         raise UsageError(
                             f"cannot delete {path}: {exc.strerror or exc}",
-                            hint="Check the folder's permissions, or write elsewhere (-o).",
+                            hint=write_failure_hint(exc, "write elsewhere (-o)"),
                         ) from None
             inspect_journal(self.output)
             with self._io():

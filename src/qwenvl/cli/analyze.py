@@ -21,7 +21,7 @@ from qwenvl.cli.common import err_console, make_client, pass_opts, print_json, s
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import StructuredOutputError, UsageError, safe_line
 from qwenvl.media.sources import read_regular_text
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_writable, write_failure_hint
 from qwenvl.structured import load_schema
 from qwenvl.types import DuplicateKeyError, loads
 
@@ -101,7 +101,7 @@ def analyze(opts: dict[str, Any]) -> None:
         except OSError as exc:
             raise UsageError(
                 f"cannot write {output}: {exc.strerror or exc}",
-                hint="Check the folder's permissions, or give another file with -o.",
+                hint=write_failure_hint(exc, "give another file with -o"),
             ) from None
     if opts["print_response"] or output is None:
         print_json(result, ascii_only=True, indent=None)

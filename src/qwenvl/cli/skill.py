@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from qwenvl.cli.common import err_console, pass_opts
 from qwenvl.errors import UsageError, safe_line
+from qwenvl.outputs import write_failure_hint
 
 
 def skill_text() -> str:
@@ -51,6 +52,6 @@ def skill(opts: dict[str, Any]) -> None:
     except OSError as exc:
         raise UsageError(
             f"cannot write {target}: {exc.strerror or exc}",
-            hint="Check the folder's permissions, or give another folder with --install.",
+            hint=write_failure_hint(exc, "give another folder with --install"),
         ) from None
     err_console().print(f"wrote {escape(safe_line(target))}", highlight=False)
