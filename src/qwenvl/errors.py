@@ -106,7 +106,10 @@ class APIConnectionError(APIError):
     (``qwenvl.retry.may_resend``). The words are qwenvl's, the same sync and async (``qwenvl.transport``).
     CLI exit code 5."""
 
-    default_hint = "Check the network and the base URL (--base-url, --region); the service did not answer."
+    default_hint = (
+        "Check the network, and that a server listens at that URL; it comes from --base-url, else "
+        "DASHSCOPE_COMPATIBLE_BASE_URL or DASHSCOPE_HTTP_BASE_URL, else the region (--region)."
+    )
 
 
 class APITimeoutError(APIConnectionError):
