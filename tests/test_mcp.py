@@ -349,6 +349,8 @@ def test_errors_come_back_as_tool_errors_with_a_hint(server, env, isolated_env):
             assert r.is_error and text_of(r).startswith("error: file not found")
             r = await c.call_tool("ask", {"prompt": "?", "options": {"pages": "x-y"}, "media": ["a.png"]})
             assert r.is_error and text_of(r).startswith("error: ")
+            r = await c.call_tool("ask", {"prompt": "?", "options": {"temprature": 1}, "media": ["a.png"]})
+            assert r.is_error and "Did you mean 'temperature'?" in text_of(r)  # as the CLI and library say
             r = await c.call_tool("events", {})
             assert r.is_error and text_of(r).splitlines()[0] == "error: give either video or frames"
             assert "hint: Give the video alone, or the frames alone" in text_of(r)

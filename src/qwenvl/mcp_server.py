@@ -17,6 +17,7 @@ a traceback.
 
 import base64
 import contextlib
+import difflib
 import io
 import json
 import os
@@ -33,7 +34,7 @@ import anyio
 import anyio.to_thread
 from mcp.server.mcpserver import Context, ListRoots, MCPServer, Resolve
 from mcp.types import CallToolResult, ImageContent, ListRootsResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from qwenvl import __version__
@@ -87,6 +88,20 @@ class Options(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, description=f"Seconds to wait for the model (default {DEFAULT_TIMEOUT_S:g})."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, data: Any) -> Any:
+        """An unknown option is refused naming the closest known one (``temprature``: "Did you mean
+        'temperature'?"), as the CLI and the library do; pydantic alone says "Extra inputs are not permitted"."""
+        if isinstance(data, dict):
+            for name in data:
+                if name not in cls.model_fields:
+                    near = difflib.get_close_matches(str(name), list(cls.model_fields), n=1)
+                    guess = f" Did you mean '{near[0]}'?" if near else ""
+                    known = ", ".join(cls.model_fields)
+                    raise ValueError(f"unknown option '{name}'.{guess} The options are: {known}.")
+        return data
 
     def fields(self) -> dict[str, Any]:
         """Request fields (``qwenvl.Request`` names) for the options that were given."""
