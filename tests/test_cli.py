@@ -357,6 +357,7 @@ def test_the_installed_command():
     assert p.returncode == 0 and p.stdout.startswith("qwenvl"), p.stderr
     p = subprocess.run([str(script), "nonsense"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "No such command" in p.stderr and "Traceback" not in p.stderr
+    assert "`qwenvl --help` lists the commands." in p.stderr  # not "the options"
 
 
 def test_ask_pdf_pages(server, env, isolated_env):

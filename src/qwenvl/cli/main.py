@@ -96,7 +96,8 @@ def _say_click_error(exc: click.ClickException) -> None:
     command_path = "qwenvl"
     if isinstance(exc, click.UsageError) and exc.ctx is not None:
         command_path = exc.ctx.command_path
-    hint = f"`{command_path} --help` lists the options."
+    listed = "commands" if "No such command" in message else "options"  # `qwenvl asks`: the commands are listed
+    hint = f"`{command_path} --help` lists the {listed}."
     near = _DID_YOU_MEAN.search(message)
     if near:
         message = message[: near.start()].rstrip()
