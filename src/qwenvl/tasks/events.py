@@ -353,6 +353,11 @@ def events(client: SupportsComplete, video: str | list[str], *, prompt: str | No
     return send_events(client, call)
 
 
+NO_EVENTS_HINT = (
+    "The model's answer held no readable event (it is kept, in the error); ask again, or another model (--model)."
+)
+
+
 def send_events(client: SupportsComplete, call: Call) -> Timeline:
     """Send a call planned by ``plan_events`` and read its timeline (``read_timeline``).
 
@@ -362,7 +367,8 @@ def send_events(client: SupportsComplete, call: Call) -> Timeline:
         response = client.send(call)
     except StructuredOutputError as exc:
         timeline = read_timeline(call, None, text=exc.raw_text or "")
-        if not timeline.events:
+        if not timeline.events:  # the schema is qwenvl's own: there is none to loosen
+            exc.hint = NO_EVENTS_HINT
             raise
         timeline.response = exc.response
         timeline.warnings.insert(
