@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import qwenvl
 import qwenvl.store
+from batch_server import BatchServer
 from dashscope_server import DashScopeServer
 
 API_KEY = "sk-test-0123456789abcdef"
@@ -69,6 +70,13 @@ def stores(tmp_path: Path) -> Iterator[tuple[qwenvl.store.ResponseCache, qwenvl.
 @pytest.fixture
 def server() -> Iterator[DashScopeServer]:
     with DashScopeServer(api_key=API_KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def bserver() -> Iterator[BatchServer]:
+    """The Batch API double (/files + /batches, tests/batch_server.py) on loopback."""
+    with BatchServer(api_key=API_KEY) as srv:
         yield srv
 
 

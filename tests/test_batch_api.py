@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ from qwenvl.batch import Batch, BatchItem, batchapi
 from qwenvl.batch.batchapi import BatchAPI, check_region
 from qwenvl.errors import APIError, AuthenticationError, MalformedResponseError, UsageError
 from qwenvl.models import estimate_cost
-
-
-@pytest.fixture
-def bserver() -> Iterator[BatchServer]:
-    with BatchServer(api_key=API_KEY) as srv:
-        yield srv
 
 
 def read_jsonl(path: Path | str) -> list[dict]:
@@ -284,8 +277,8 @@ def items_of(n: int, prefix: str = "i") -> list[BatchItem]:
     return [BatchItem(id=f"{prefix}{i}", request={"prompt": f"q{i}"}) for i in range(n)]
 
 
-def write_requests(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"q{i}"}) + "\n" for i in range(n)))
+def write_requests(path: Path, n: int, prompt: str = "q") -> Path:
+    path.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"{prompt}{i}"}) + "\n" for i in range(n)))
     return path
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,49 +16,15 @@ from conftest import API_KEY, run_cli
 from qwenvl.batch import Batch, BatchItem, batchapi
 from qwenvl.batch.batchapi import BatchAPI
 from qwenvl.errors import APIError, MalformedResponseError
+from test_batch_api import cli_args, read_jsonl, write_requests
 
 ENV = {"DASHSCOPE_API_KEY": API_KEY}
-
-
-@pytest.fixture
-def bserver() -> Iterator[BatchServer]:
-    with BatchServer(api_key=API_KEY) as srv:
-        yield srv
-
-
-def write_requests(path: Path, n: int, prompt: str = "q") -> Path:
-    path.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"{prompt}{i}"}) + "\n" for i in range(n)))
-    return path
-
-
-def cli_args(srv: BatchServer, *extra: str) -> list[str]:
-    return [
-        "batch",
-        "--requests",
-        "reqs.jsonl",
-        "-o",
-        "out.jsonl",
-        "--mode",
-        "batch-api",
-        "--poll-interval",
-        "0.01",
-        "--retry-backoff-s",
-        "0.01",
-        "--base-url",
-        srv.url,
-        "--no-cache",
-        *extra,
-    ]
 
 
 def error_line(stderr: str) -> str:
     """The one-line reason of a failed run (the line that starts with "error:")."""
     [line] = [x for x in stderr.splitlines() if x.startswith("error:")]
     return line
-
-
-def read_jsonl(path: Path | str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 def count(srv: BatchServer, method: str, path: str) -> int:

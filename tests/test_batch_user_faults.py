@@ -5,7 +5,6 @@ the user gave them, notes in every output mode, Batch API messages, interrupts, 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,9 @@ from batch_server import BatchServer
 from conftest import API_KEY, run_cli, write_image
 from qwenvl.batch import Batch, BatchItem
 from qwenvl.errors import UsageError
+from test_batch_api import read_jsonl
 
 ENV = {"DASHSCOPE_API_KEY": API_KEY}
-
-
-@pytest.fixture
-def bserver() -> Iterator[BatchServer]:
-    with BatchServer(api_key=API_KEY) as srv:
-        yield srv
-
-
-def read_jsonl(path: Path | str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 def images(folder: Path, n: int) -> list[str]:

@@ -776,27 +776,23 @@ class Journal:
 
     def count_errors(self, types: Iterable[str]) -> int:
         """How many current items ended in an error of one of these types (the output line's ``error.type``)."""
-        names = list(types)
-        marks = ",".join("?" * len(names))
-        with self._io():
-            row = self.conn.execute(
-                f"SELECT count(*) FROM items WHERE seq IS NOT NULL AND status = 'error' "
-                f"AND json_extract(line, '$.error.type') IN ({marks})",
-                names,
-            ).fetchone()
-        return int(row[0])
+        return int(self._errors_of("count(*)", types, "")[0])
 
     def first_error(self, types: Iterable[str]) -> str | None:
         """The message of the first current item (in input order) that ended in an error of one of these types."""
+        row = self._errors_of("json_extract(line, '$.error.message')", types, "ORDER BY seq LIMIT 1")
+        return None if row is None or row[0] is None else str(row[0])
+
+    def _errors_of(self, what: str, types: Iterable[str], tail: str) -> Any:
+        """``SELECT what`` over the current items that ended in an error of one of ``types``: the first row."""
         names = list(types)
         marks = ",".join("?" * len(names))
         with self._io():
-            row = self.conn.execute(
-                f"SELECT json_extract(line, '$.error.message') FROM items WHERE seq IS NOT NULL AND status = 'error' "
-                f"AND json_extract(line, '$.error.type') IN ({marks}) ORDER BY seq LIMIT 1",
+            return self.conn.execute(
+                f"SELECT {what} FROM items WHERE seq IS NOT NULL AND status = 'error' "
+                f"AND json_extract(line, '$.error.type') IN ({marks}) {tail}",
                 names,
             ).fetchone()
-        return None if row is None or row[0] is None else str(row[0])
 
     # --- Batch API jobs --------------------------------------------------------------------------
     def add_batch(

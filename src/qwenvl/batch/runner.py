@@ -858,13 +858,7 @@ class Batch:
         paid = exc.response if isinstance(exc, StructuredOutputError) else None
         cost = None
         if isinstance(exc, StructuredOutputError) and isinstance(paid, Response):
-            cost = answer_cost(
-                paid,
-                region=self.planner.region,
-                factor=price_factor,
-                model=self.model_of(item),
-                local=self.planner.is_local,
-            )
+            cost = self._cost(paid, item, price_factor)
             rec["attempts"] = attempts + exc.requests - 1
             prog.sent += exc.requests - 1  # the repair request (the worker counted the first)
             rec["usage"] = usage_record(paid)
@@ -891,6 +885,16 @@ class Batch:
             prog.cost += cost or 0.0
         return done
 
+    def _cost(self, response: Response, item: BatchItem, price_factor: float) -> float | None:
+        """What ``response`` cost (``models.answer_cost``, at the run's region and ``price_factor``), or None."""
+        return answer_cost(
+            response,
+            region=self.planner.region,
+            factor=price_factor,
+            model=self.model_of(item),
+            local=self.planner.is_local,
+        )
+
     def _record_ok(
         self,
         journal: Journal,
@@ -904,13 +908,7 @@ class Batch:
         price_factor: float = 1.0,
     ) -> Future[None]:
         u = response.usage
-        cost = answer_cost(
-            response,
-            region=self.planner.region,
-            factor=price_factor,
-            model=self.model_of(item),
-            local=self.planner.is_local,
-        )
+        cost = self._cost(response, item, price_factor)
         rec = {
             "id": item.id,
             "input": item.input,

@@ -21,7 +21,7 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
-from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
+from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, jobs_left, not_batchable
 from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, no_media_found, read_requests
 from qwenvl.batch.journal import read_open_job_statuses
@@ -36,6 +36,7 @@ from qwenvl.cli.common import (
     print_json,
     report,
     request_fields,
+    retry_backoff_option,
     service_options,
     shown,
     stdin_text,
@@ -457,11 +458,7 @@ _with_api_options = option_group(
         type=click.IntRange(min=0),
         help=f"Retries on 429/5xx/time-outs (default {DEFAULT_MAX_RETRIES}; 0: none).",
     ),
-    click.option(
-        "--retry-backoff-s",
-        type=click.FloatRange(min=0),
-        help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
-    ),
+    retry_backoff_option,
     click.option("--json", "as_json", is_flag=True, help="Print each job as JSON, one line per job."),
 )
 

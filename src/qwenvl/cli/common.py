@@ -237,6 +237,11 @@ def option_group(*decorators: Callable) -> Callable:
     return wrap
 
 
+retry_backoff_option = click.option(
+    "--retry-backoff-s",
+    type=click.FloatRange(min=0),
+    help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
+)
 model_option = click.option(
     "-m", "--model", metavar="NAME", help="Model name or snapshot (default qwen3-vl-plus, or $QWENVL_MODEL)."
 )
@@ -279,11 +284,7 @@ service_options = option_group(
         help="Retries on 429/5xx/time-outs, also when a stream opens with one "
         f"(default {DEFAULT_MAX_RETRIES}; 0: none); each wait is at most {MAX_RETRY_DELAY_S:g} s.",
     ),
-    click.option(
-        "--retry-backoff-s",
-        type=click.FloatRange(min=0),
-        help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
-    ),
+    retry_backoff_option,
     # where the model runs: DashScope, an OpenAI-compatible server, or this process (qwenvl.backends)
     click.option(
         "--backend",
