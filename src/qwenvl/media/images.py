@@ -35,8 +35,8 @@ Decisions:
   are the reference's and the encodings above are at least as faithful by construction. A DCT-scaled decode
   or a ``reducing_gap`` is 3-5x faster on large reductions but gives pixels 49-55 dB from the exact resize:
   quality 90 then scored 0.01-0.09 dB under the reference, and on smooth photographs no encoding within its
-  bytes won that back (tests/test_media_images.py has the cases). Large outputs are resized in two bands on
-  every core, which gives the same pixels.
+  bytes won that back (tests/test_media_images.py has the cases). A large output is resized on every core,
+  Pillow's two passes split apart (``resize``), which gives the same pixels bit for bit.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ PNG_ESTIMATE_SLACK = 1.3  # a PNG estimated over 1.3x the yardstick is not tried
 GRAPHIC_SAMPLE_SIDE = 128  # the colour census looks at a sample this large
 GRAPHIC_TOP_COLOURS = 16
 GRAPHIC_COVERAGE = 0.6  # share of the sample the top colours must cover for an image to count as a graphic
-PARALLEL_RESIZE_PIXELS = 1_000_000  # larger outputs are resized in horizontal bands, one thread per core
+PARALLEL_RESIZE_PIXELS = 1_000_000  # larger outputs are resized on every core (``resize``: rows, then columns)
 
 # An in-budget image at most this many bytes per pixel passes through: a quality-90 JPEG of a photograph is
 # about 0.2-0.6 B/px and a PNG screenshot usually less, while a PNG photograph (2-3 B/px) or a quality-100
