@@ -259,7 +259,7 @@ def test_a_flag_no_item_can_take_is_a_usage_error_not_an_error_on_every_item(ser
     base = ("batch", "imgs", "-p", "q", "-o", "out.jsonl", "--base-url", server.url)
     for flags, words in (
         (("--max-tokens", "100000"), "is above qwen3-vl-plus's limit"),
-        (("--param", "model=x"), "'model' is a request field of its own"),
+        (("--param", "model=x"), "'model' cannot be given with --param"),
         (("--thinking", "--json-mode"), "needs enable_thinking off"),
     ):
         for dry in ((), ("--dry-run",)):

@@ -124,6 +124,50 @@ def test_click_errors_keep_did_you_mean(files):
     assert "Did you mean" in hint and "--model" in hint and "`qwenvl ask --help`" in hint
 
 
+@pytest.mark.parametrize(
+    ("verb", "given", "meant", "not_offered"),
+    [
+        (["ask", "a.png", "x"], "--max-token", "Did you mean --max-tokens?", "--backend"),  # difflib's far match
+        (["ask", "a.png", "x"], "--temp", "Did you mean --temperature?", "--stop"),  # a prefix click misses
+        (["ocr", "a.png"], "--tmperature", "Did you mean --temperature?", "--help"),
+        (["batch", "run", "a.png", "-p", "x"], "--concurency", "Did you mean --concurrency?", "--currency"),
+    ],
+)
+def test_did_you_mean_offers_the_close_options_only(files, verb, given, meant, not_offered):
+    p = run_cli(*verb, given, "1")
+    assert p.returncode == 2, p.stderr
+    _, hint = _one_error_and_hint(p.stderr)
+    assert hint.startswith("hint: " + meant), hint
+    assert not_offered not in hint.split("?")[0], hint
+
+
+@pytest.mark.parametrize(
+    ("param", "error", "hint"),
+    [
+        ("noequals", "'noequals' is not KEY=VALUE", "Give it as --param KEY=VALUE"),
+        ("temperature=1", "'temperature' cannot be given with --param", "Use --temperature"),
+        ("max_tokens=9", "'max_tokens' cannot be given with --param", "Use --max-tokens"),
+        ('search_options={"a":1,"a":2}', "the key 'a' is given twice", "Give each key of a JSON object once"),
+    ],
+)
+def test_param_errors_have_hints_of_their_own(files, param, error, hint):
+    """A bad --param is said in the CLI's words (no "extra", no "request field") with a hint for it, not the
+    generic "--help lists the options"."""
+    for verb in (["ask", "a.png", "x"], ["ocr", "a.png"], ["batch", "run", "a.png", "-p", "x", "-o", "o.jsonl"]):
+        p = run_cli(*verb, "--param", param, env={"DASHSCOPE_API_KEY": API_KEY})
+        assert p.returncode == 2, p.stderr
+        said, told = _one_error_and_hint(p.stderr)
+        assert error in said and "extra" not in said and "request field" not in said, said
+        assert told.startswith("hint: " + hint), told
+
+
+def test_a_repeated_param_hint_names_the_key(files):
+    p = run_cli("ask", "a.png", "x", "--param", "enable_search=true", "--param", "enable_search=false")
+    assert p.returncode == 2
+    said, told = _one_error_and_hint(p.stderr)
+    assert "'enable_search' is given twice" in said and told.startswith("hint: Keep one --param enable_search=")
+
+
 def test_missing_file_hint_is_one_rule_on_every_verb(files):
     """A missing file: "Check the path" on every verb; "-p" only where the verb needs a prompt and has none."""
     for args in (

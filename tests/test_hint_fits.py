@@ -69,3 +69,19 @@ def test_a_missing_folder_is_not_called_a_permissions_problem(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     r = run_cli("skill", "--install", str(tmp_path / "file.txt" / "sub"), env={})
     assert r.returncode == 2 and "permissions" not in r.stderr and "hint: A file stands where a folder" in r.stderr
+
+
+def test_a_folder_that_exists_but_refuses_new_files_is_not_called_missing(tmp_path):
+    """procfs answers ENOENT for a file it will not create: the folder is there, so it is not "missing"."""
+    from conftest import run_cli
+    from qwenvl.outputs import write_failure_hint
+
+    gone = OSError(errno.ENOENT, os.strerror(errno.ENOENT), str(tmp_path / "no" / "x.txt"))
+    assert write_failure_hint(gone).startswith("The folder does not exist")
+    there = OSError(errno.ENOENT, os.strerror(errno.ENOENT), str(tmp_path / "x.txt"))
+    assert write_failure_hint(there).startswith(f"{tmp_path} exists but takes no new files")
+    if os.path.isdir("/proc/self"):
+        (tmp_path / "a.png").write_bytes(b"")
+        r = run_cli("ocr", str(tmp_path / "a.png"), "-o", "/proc/self/x.txt", env={"DASHSCOPE_API_KEY": "sk-x"})
+        assert r.returncode == 2 and "does not exist" not in r.stderr, r.stderr
+        assert "hint: /proc/self exists but takes no new files" in r.stderr, r.stderr

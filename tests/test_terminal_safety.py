@@ -122,3 +122,30 @@ def test_usage_shows_a_logged_model_name_escaped(isolated_env):
     seen = on_terminal(isolated_env, "usage")
     _short_is_safe(seen)
     assert "qwen3-vl-plus" in seen
+
+
+def test_the_usage_line_keeps_the_request_id_whole_on_an_80_column_terminal(server, isolated_env):
+    """ask's and ocr's usage line is longer than 80 columns: the terminal wraps it (soft wrap), rich never breaks
+    it, so the request id is one piece when copied; a model name that looks like rich markup is shown as given."""
+    write_image(isolated_env / "a.png", (200, 100))
+    env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "80", "LINES": "40"}
+    for verb in (["ask", "a.png", "what is this?"], ["ocr", "a.png"]):
+        server.enqueue(Reply(text="an answer", model="qwen3-vl-plus[bold]x[/bold]"))
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "qwenvl", *verb, "--base-url", server.url],
+            env=env,
+            cwd=str(isolated_env),
+            encoding="utf-8",
+            timeout=60,
+            dimensions=(40, 80),
+        )
+        try:
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+        lines = [line for line in child.before.splitlines() if "request " in line]
+        assert len(lines) == 1, child.before  # one line (the terminal wraps it), the id after its label
+        assert "qwen3-vl-plus[bold]x[/bold]" in lines[0], lines[0]
+        request_id = lines[0].split("request ")[1].split("\x1b")[0].strip()
+        assert len(request_id) >= 16 and " " not in request_id, lines[0]

@@ -32,6 +32,10 @@ def write_failure_hint(exc: OSError, elsewhere: str = "write elsewhere") -> str:
         errno.ENOSPC: "The disk is full: free some space, or ",
         errno.EDQUOT: "The disk quota is used up: free some space, or ",
     }
+    if exc.errno == errno.ENOENT and isinstance(exc.filename, (str, bytes)):
+        folder = Path(os.fsdecode(exc.filename)).expanduser().parent
+        if folder.is_dir():  # procfs and sysfs answer ENOENT for a name they will not create
+            return f"{folder} exists but takes no new files (a virtual file system, such as /proc): " + elsewhere + "."
     return reasons.get(exc.errno or 0, "Check the path, or ") + elsewhere + "."
 
 

@@ -14,11 +14,11 @@ from qwenvl.cli.common import (
     make_client,
     pass_opts,
     print_json,
+    print_usage_line,
     prompt_and_media,
     request_fields,
     service_options,
     shown,
-    usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal, warn_answer
 from qwenvl.media.sources import split_media
@@ -73,4 +73,4 @@ def ask(opts: dict[str, Any]) -> None:
                 client.send_stream(call), show_reasoning=not opts["hide_reasoning"], max_tokens=call.request.max_tokens
             )
     if err_console().is_terminal:
-        err_console().print(f"[dim]{usage_line(response, client.region)}[/]")
+        print_usage_line(response, client.region)

@@ -21,11 +21,11 @@ from qwenvl.cli.common import (
     make_client,
     media_args,
     pass_opts,
+    print_usage_line,
     report,
     request_fields,
     service_options,
     shown,
-    usage_line,
 )
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.signals import Terminated
@@ -152,7 +152,7 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         err.print(f"[dim](not added to the conversation{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
     if err.is_terminal:
-        err.print(f"[dim]{usage_line(response, conv.client.region)}[/]")
+        print_usage_line(response, conv.client.region, err)
     return 0
 
 

@@ -42,7 +42,7 @@ from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
-from qwenvl.types import FIELD_FLAGS, DuplicateKeyError, Request, Response
+from qwenvl.types import FIELD_FLAGS, DuplicateKeyError, Request, Response, reserved_extra, reserved_extra_hint
 from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
@@ -328,21 +328,37 @@ def param_value(raw: str) -> Any:
         return _PYTHON_WORDS.get(raw.strip().lower(), raw)
 
 
+class HintedBadParameter(click.BadParameter):
+    """click.BadParameter (exit 2) with the ``hint:`` line to show for it (``main._say_click_error``)."""
+
+    def __init__(self, message: str, hint: str, ctx: click.Context, param: click.Parameter) -> None:
+        super().__init__(message, ctx=ctx, param=param)
+        self.hint = hint
+
+
 def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
-    """``--param KEY=VALUE``s as a dict (values: ``param_value``). click.BadParameter (exit 2) for an item that is
-    not KEY=VALUE, a key given twice, or a JSON value that gives a key twice: never the last one silently."""
+    """``--param KEY=VALUE``s as a dict (values: ``param_value``). HintedBadParameter (exit 2) for an item that
+    is not KEY=VALUE, a key given twice, a JSON value that gives a key twice (never the last one silently), or
+    a key that is a request field or a wire key qwenvl builds (``types.reserved_extra``: the hint names the
+    verb's own option for it)."""
     out: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+            hint = "Give it as --param KEY=VALUE, e.g. --param enable_search=true (VALUE is JSON or text)."
+            raise HintedBadParameter(f"{item!r} is not KEY=VALUE", hint, ctx, param)
         if key in out:
-            raise click.BadParameter(f"'{key}' is given twice: give each parameter once", ctx=ctx, param=param)
+            hint = f"Keep one --param {key}=...; the value of each is sent as given, so two would be ambiguous."
+            raise HintedBadParameter(f"'{key}' is given twice: give each parameter once", hint, ctx, param)
+        if reserved_extra(key, Request.model_fields) is not None:
+            hint = fit_hint(reserved_extra_hint([key]), ctx.command) or help_hint()
+            raise HintedBadParameter(f"'{key}' cannot be given with --param", hint, ctx, param)
         try:
             out[key] = param_value(raw)
         except DuplicateKeyError as exc:
-            raise click.BadParameter(f"{key}: {exc}", ctx=ctx, param=param) from None
+            hint = "Give each key of a JSON object once."
+            raise HintedBadParameter(f"{key}: {exc}", hint, ctx, param) from None
     return out
 
 
@@ -697,6 +713,13 @@ def usage_line(response: Response, region: str | None = None) -> str:
     if response.request_id:
         parts.append(f"request {response.request_id}")
     return shown(" · ".join(parts), sys.stderr)  # the model and the request id come from the service
+
+
+def print_usage_line(response: Response, region: str | None = None, console: Console | None = None) -> None:
+    """``usage_line`` dimmed on stderr (or ``console``), escaped (a model name is the service's text, never
+    markup) and soft-wrapped: never broken by rich at the terminal's width, so the request id stays whole when
+    copied from an 80-column terminal."""
+    (console or err_console()).print(f"[dim]{escape(usage_line(response, region))}[/]", highlight=False, soft_wrap=True)
 
 
 def paid_line(exc: StructuredOutputError) -> str:

@@ -7,6 +7,7 @@ for Ctrl-C, SIGTERM, SIGHUP (``qwenvl.cli.signals``), 141 for a stdout that clos
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from typing import Any
@@ -88,6 +89,24 @@ class QwenVLGroup(click.Group):
 _DID_YOU_MEAN = re.compile(r"\s*\(?((?:Possible options|Did you mean)[^()]*?)\)?$")
 
 
+def _closest_options(given: str, possibilities: Any, ctx: click.Context | None) -> str:
+    """click's "Did you mean" for an unknown option, the closest first and the far ones left out. An option the
+    given name begins (``--temp``: ``--temperature``) comes first, as click offers only difflib's matches
+    (``--system, --stop, --help``). Otherwise difflib's cutoff (0.6) lets ``--backend`` through for
+    ``--max-token`` beside ``--max-tokens``: kept are the options within 0.1 of the best one's similarity."""
+    name = given.lstrip("-")
+    options = [o for p in ctx.command.params for o in [*p.opts, *p.secondary_opts]] if ctx is not None else []
+    kept = [o for o in options if len(name) >= 3 and o.startswith("--") and o[2:].startswith(name)]
+    if not kept:
+        scored = sorted(
+            ((difflib.SequenceMatcher(None, name, p.lstrip("-")).ratio(), p) for p in possibilities), reverse=True
+        )
+        kept = [p for score, p in scored if score >= scored[0][0] - 0.1]
+    if len(kept) == 1:
+        return f"Did you mean {kept[0]}?"
+    return "Did you mean one of: " + ", ".join(kept) + "?"
+
+
 def _say_click_error(exc: click.ClickException) -> None:
     """click's own errors (a bad flag value, an unknown option or verb, a missing argument) as every other error
     is shown: one ``error:`` line, then a ``hint:`` line (click's "Did you mean ..." when it has one, and where
@@ -101,7 +120,13 @@ def _say_click_error(exc: click.ClickException) -> None:
     near = _DID_YOU_MEAN.search(message)
     if near:
         message = message[: near.start()].rstrip()
-        hint = f"{near[1].strip()} {hint}"
+        said = near[1].strip()
+        if isinstance(exc, click.NoSuchOption) and exc.possibilities:
+            said = _closest_options(exc.option_name, exc.possibilities, exc.ctx)
+        hint = f"{said} {hint}"
+    own = getattr(exc, "hint", None)  # cli.common.HintedBadParameter: the hint of the fault itself
+    if isinstance(own, str) and own:
+        hint = own
     console = err_console()
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)

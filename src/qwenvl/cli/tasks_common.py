@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from qwenvl.cli.common import err_console, print_json, shown, usage_line
+from qwenvl.cli.common import err_console, print_json, print_usage_line, shown
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.interfaces import SupportsPreview
@@ -51,7 +51,7 @@ def show_usage(
     if console.is_terminal:
         for response in responses:
             if response is not None:
-                console.print(f"[dim]{escape(usage_line(response, region))}[/]")
+                print_usage_line(response, region, console)
 
 
 def show_raw(text: str) -> None:
