@@ -59,8 +59,13 @@ def test_upload_inline_keeps_everything_inline(server, png):
 def test_compat_cannot_upload(server, isolated_env, png):
     with make_client(server, "compat") as c, pytest.raises(UsageError, match="native"):
         c.complete(prompt="x", image=str(png), upload="oss")
-    with make_client(server, "compat") as c, pytest.raises(MediaError, match="too large"):
+    with make_client(server, "compat") as c, pytest.raises(MediaError) as info:
         c.complete(prompt="x", images=three_big(isolated_env), prepare=False)
+    # the request's total is over the limit, not any one item: the message says so (it blamed "1 item")
+    message = str(info.value)
+    assert "the request's inline media take" in message and "(3 items)" in message, message
+    assert "20 MiB limit of one request" in message and "1 of them would have to go" in message, message
+    assert "only the native protocol" in message
     assert server.requests == []
 
 

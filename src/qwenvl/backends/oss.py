@@ -145,29 +145,41 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             chosen.append(s)
             total -= len(s.url)
     if len(chosen) > len(required) and not storage:
-        size = sum(len(s.url) for s in chosen) / 1e6
         raise MediaError(
-            f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64), and "
-            f"temporary storage exists only in the Beijing region (cn), not in {region}",
+            f"{_too_large(chosen, slots)}, and temporary storage exists only in the Beijing region (cn), not in "
+            f"{region}",
             hint="Send fewer or smaller files (or lower --max-pixels), give public URLs, or use "
             "--region cn with a Beijing key.",
         )
     if len(chosen) > len(required) and not takes_oss:
         if mode == "oss":
             raise UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")
-        size = sum(len(s.url) for s in chosen) / 1e6
         raise MediaError(
-            f"{len(chosen)} item(s) are too large to send inline ({size:.1f} MB as base64); only "
-            "the native protocol can upload them to temporary storage",
+            f"{_too_large(chosen, slots)}; only the native protocol can upload to temporary storage",
             hint="Add --protocol native, or send fewer or smaller files.",
         )
     if mode == "inline" and total > MAX_INLINE_REQUEST_BYTES:
         raise MediaError(
             f"the request carries {total / 1e6:.1f} MB of inline media, over the "
-            f"{MAX_INLINE_REQUEST_BYTES / 1e6:.0f} MB request limit",
+            f"{MAX_INLINE_REQUEST_BYTES / 2**20:.0f} MiB request limit",
             hint="Use --upload auto with --protocol native, or send fewer files.",
         )
     return chosen
+
+
+def _too_large(chosen: list[_Slot], slots: list[_Slot]) -> str:
+    """Why ``chosen`` cannot go inline: an item over ``MAX_IMAGE_BYTES`` by itself, or the request's inline
+    total over ``MAX_INLINE_REQUEST_BYTES`` (then the total is named, not the items that would have moved)."""
+    alone = [s for s in chosen if len(s.url) * 3 // 4 > MAX_IMAGE_BYTES]
+    if alone:
+        size = max(len(s.url) * 3 // 4 for s in alone) / 1e6
+        return f"{len(alone)} item(s) are over the {MAX_IMAGE_BYTES / 1e6:.0f} MB limit of one file ({size:.1f} MB)"
+    total = sum(len(s.url) for s in slots) / 1e6
+    return (
+        f"the request's inline media take {total:.1f} MB as base64 ({len(slots)} items), over the "
+        f"{MAX_INLINE_REQUEST_BYTES / 2**20:.0f} MiB limit of one request; {len(chosen)} of them would have to go "
+        "through temporary storage"
+    )
 
 
 def object_name(data: bytes, mime: str) -> str:
