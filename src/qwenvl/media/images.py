@@ -230,7 +230,9 @@ def verify(data: bytes, info: ImageInfo, label: str) -> None:
     """
     if info.format in _JPEG_FORMATS and _simplejpeg_colorspace(data) in ("RGB", "GRAY"):
         try:
-            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8)
+            # simplejpeg scales only when asked for a minimum output size: 1x1 gives the smallest, 1/8
+            # (``min_factor`` alone decodes at full scale)
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1)
             return
         except ValueError:
             pass  # Pillow decides: it tolerates some recoverable damage that simplejpeg's strict mode refuses
