@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -134,7 +135,7 @@ def test_jpeg_integrity_check_decodes_at_one_eighth(tmp_path: Path, monkeypatch:
         shapes.append(out.shape)
         return out
 
-    monkeypatch.setattr(images.simplejpeg, "decode_jpeg", spy)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy)
     images.verify(data, images.identify(data, "x"), "x")
     assert shapes and shapes[0][:2] == (480 // 8, 640 // 8)
 
@@ -309,15 +310,24 @@ def test_without_a_cache_nothing_is_kept(tmp_path: Path, monkeypatch: pytest.Mon
 HEAVY = ("torch", "transformers", "av", "pypdfium2", "fastapi", "uvicorn", "starlette", "mcp")
 
 
-def _imported(code: str) -> set[str]:
+def _imported(code: str, env: dict[str, str] | None = None) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
+        env={**os.environ, **(env or {})},
     ).stdout
     return {name.split(".")[0] for name in json.loads(out.splitlines()[-1])}
+
+
+def _cli(args: list[str]) -> str:
+    return (
+        "from qwenvl.cli.main import cli\n"
+        f"try:\n    cli.main({args!r}, prog_name='qwenvl', standalone_mode=False)\n"
+        "except SystemExit:\n    pass\n"
+    )
 
 
 def test_import_qwenvl_loads_no_media_or_model_stack() -> None:
@@ -325,13 +335,27 @@ def test_import_qwenvl_loads_no_media_or_model_stack() -> None:
     assert not loaded & {*HEAVY, "PIL", "numpy", "simplejpeg", "httpx", "rich", "click", "jsonschema"}, loaded
 
 
-def test_cli_help_and_ask_load_no_model_stack() -> None:
-    """``qwenvl ask --help`` (the command group and the verb, as a shell user starts it) loads no local-model,
-    video, PDF or server stack, nor the media stack it only needs to read a file."""
-    code = (
-        "import sys\nfrom qwenvl.cli.main import cli\n"
-        "try:\n    cli.main(['ask', '--help'], prog_name='qwenvl', standalone_mode=False)\n"
-        "except SystemExit:\n    pass\n"
+def test_cli_loads_only_the_verb_it_runs(server, env, png) -> None:
+    """``qwenvl ask --help`` and a one-shot ``qwenvl ask photo.png "..."`` (as a shell user starts them) load
+    no local-model, video, PDF or server stack, no other verb's modules, and neither numpy (JPEG checks and
+    16-bit images need it) nor jsonschema (only with --schema)."""
+    unneeded = {*HEAVY, "numpy", "simplejpeg", "jsonschema", "referencing", "filelock"}
+    loaded = _imported(_cli(["ask", "--help"]))
+    assert not loaded & unneeded, loaded & unneeded
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _cli(["ask", str(png), "what is it?", "--no-stream"])
+            + "import sys\nprint(sorted(m for m in sys.modules if m.startswith('qwenvl.cli.')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
     )
-    loaded = _imported(code)
-    assert not loaded & {*HEAVY, "PIL", "numpy", "simplejpeg", "jsonschema"}, loaded & {*HEAVY, "PIL", "numpy"}
+    assert "echo: what is it?" in out.stdout, out.stderr
+    verbs = {m.split(".")[2] for m in json.loads(out.stdout.splitlines()[-1].replace("'", '"'))}
+    assert verbs <= {"main", "ask", "common", "signals", "streams", "render", "tasks_common"}, verbs
+    loaded = _imported(_cli(["ask", str(png), "what is it?"]), env)
+    assert not loaded & unneeded, loaded & unneeded
