@@ -277,7 +277,7 @@ def test_prepared_cache_is_bounded() -> None:
     cache.get(5)  # used: kept over 6
     cache.put("new", "x", 200)
     assert cache.get(5) == 5 and cache.get(6) is None
-    cache.put("huge", "y", 300)  # over a quarter of the bound: not kept
+    cache.put("huge", "y", 600)  # over half of the bound: not kept
     assert cache.get("huge") is None
     cache.clear()
     assert len(cache) == 0

@@ -108,8 +108,8 @@ class PreparedCache:
     key and is prepared anew) with everything that shapes the result (``MediaOptions``, the part's budget), so a
     hit is what preparing again would give, checks included; a file that fails them is never stored. Nothing
     estimate-only or kept decoded is stored. At most ``max_bytes`` of prepared data (data: URLs) is kept, the
-    least recently used dropped first; one entry larger than a quarter of it is not kept. Thread-safe (an
-    ``AsyncClient`` prepares in worker threads, a batch in several)."""
+    least recently used dropped first; one entry larger than half of it (a long video's frames) is not kept.
+    Thread-safe (an ``AsyncClient`` prepares in worker threads, a batch in several)."""
 
     def __init__(self, max_bytes: int = PREPARED_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -131,7 +131,7 @@ class PreparedCache:
 
     def put(self, key: Hashable, value: Any, size: int) -> None:
         """Keep ``value`` (``size`` bytes) under ``key``, dropping the least recently used to stay in bounds."""
-        if size > self.max_bytes // 4:
+        if size > self.max_bytes // 2:
             return
         with self._lock:
             old = self._entries.pop(key, None)
