@@ -127,6 +127,11 @@ def main() -> None:
     if args.no_write:
         return
     against = f" --against {args.against}" if args.against else ""
+    if args.against:
+        commit = subprocess.run(
+            ["git", "-C", str(args.against), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        against += f" (that tree at commit {commit or 'unknown'})"
     body = f"""Measured by `bench/bench_cold_start.py --rounds {args.rounds}{against}` on \
 {datetime.date.today().isoformat()}. Machine: {machine()}; 1-minute load average {load_before:.1f} before the \
 timed rounds and {load_after:.1f} after (shared with other engineers' work: busy).
