@@ -481,7 +481,9 @@ class Client(_Base[Backend]):
     - ``on_retry``: called with a ``qwenvl.retry.RetryNotice`` before each retry's wait.
 
     Attributes: ``protocol``, ``region``, ``base_url``, ``backend_name``, ``defaults`` (the request defaults
-    above that were given), ``cache``, ``on_retry``.
+    above that were given), ``cache``, ``on_retry``, ``prepared`` (the media this client prepared, by content,
+    at most 32 MB: ``qwenvl.media.prepare.PreparedCache``; a history's images, videos and PDFs are not prepared
+    again on each turn, only read and hashed; ``prepared.clear()`` empties it).
 
     Use it as a context manager, or call ``close()``, to close its connections.
 
