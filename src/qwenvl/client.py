@@ -32,6 +32,7 @@ from qwenvl.config import (
     resolve_base_url,
 )
 from qwenvl.errors import MissingAPIKeyError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.media.prepare import PreparedCache
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
@@ -289,6 +290,8 @@ class _Base(Generic[B]):
                 hint="Use --backend openai for another OpenAI-compatible server.",
             )
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
+        # media this client prepared, by content: a conversation's earlier turns are not decoded again per turn
+        self.prepared = PreparedCache()
         # The client's stores (qwenvl.store): the cache is off unless asked for (True, a path or a ResponseCache);
         # the usage log is on unless $QWENVL_LOG=0 or usage_log=False (True, a path or a UsageLog). Stores the
         # client opened itself are closed with it; one passed in as an object stays its owner's.
@@ -399,13 +402,15 @@ class _Base(Generic[B]):
         backends APIError when their server must be asked about the model."""
         req = self.request(request, **fields)
         if not self.is_local:
-            return plan(req, self.protocol, estimate_only=estimate_only)
+            return plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
         backend = self.backend
         if hasattr(backend, "adapt"):
             req = backend.adapt(req)
         model = backend.model_info(req.model) if hasattr(backend, "model_info") else None
         media_form = getattr(backend, "media_form", "data-url")
-        return plan(req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form)
+        return plan(
+            req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form, prepared=self.prepared
+        )
 
     def _key(self) -> str:
         """The DashScope key (``qwenvl.config.require_api_key``). MissingAPIKeyError when none is found; when the
@@ -476,7 +481,9 @@ class Client(_Base[Backend]):
     - ``on_retry``: called with a ``qwenvl.retry.RetryNotice`` before each retry's wait.
 
     Attributes: ``protocol``, ``region``, ``base_url``, ``backend_name``, ``defaults`` (the request defaults
-    above that were given), ``cache``, ``on_retry``.
+    above that were given), ``cache``, ``on_retry``, ``prepared`` (the media this client prepared, by content,
+    at most 32 MB: ``qwenvl.media.prepare.PreparedCache``; a history's images, videos and PDFs are not prepared
+    again on each turn, only read and hashed; ``prepared.clear()`` empties it).
 
     Use it as a context manager, or call ``close()``, to close its connections.
 

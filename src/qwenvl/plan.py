@@ -16,6 +16,7 @@ from qwenvl import structured
 from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
+from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info
 from qwenvl.types import (
@@ -345,6 +346,7 @@ def plan(
     estimate_only: bool = False,
     model: ModelInfo | None = None,
     media_form: str = "data-url",
+    prepared: PreparedCache | None = None,
 ) -> Call:
     """Validate, build the messages and prepare every media item. Raises before anything is sent: UsageError for
     thinking or tools on a model without them, or ``max_tokens`` above a listed model's ``max_output_tokens``
@@ -354,7 +356,9 @@ def plan(
     ``estimate_only``: the media are checked and their sizes and tokens computed from their headers, without
     being prepared (see ``qwenvl.media.prepare``); the Call is for estimates and can never be sent.
     ``model``: the model's rules when the backend knows them better than the name does (a local model);
-    ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded)."""
+    ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded);
+    ``prepared``: media prepared before are taken from it and what is prepared is kept in it (a client's own,
+    ``qwenvl.media.prepare.PreparedCache``: a conversation's earlier turns are not prepared again)."""
     model = model or model_info(request.model)
     check_model_rules(request, protocol, model)
     check_extra(request.extra, protocol)
@@ -362,15 +366,15 @@ def plan(
     options = media_options(request, model, protocol, estimate_only=estimate_only)
     if media_form == "memory":
         options = replace(options, keep_pixels=True)
-    prepared = prepare_messages(history, options)
-    check_context(prepared.items, model)
+    media = prepare_messages(history, options, prepared)
+    check_context(media.items, model)
     return Call(
         request=request,
         model=model,
-        messages=prepared.messages,
+        messages=media.messages,
         history=history,
         params=generation_params(request, model),
-        media=prepared.items,
+        media=media.items,
         schema=request.schema,
         estimate_only=estimate_only,
     )

@@ -10,18 +10,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
-
-import jsonschema.exceptions
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from jsonschema_specifications import REGISTRY as META_SCHEMAS
-from referencing import Resource
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
+from typing import TYPE_CHECKING, Any
 
 from qwenvl.errors import SchemaDefinitionError
 from qwenvl.media.sources import read_regular_text
+
+if TYPE_CHECKING:  # jsonschema and referencing load when a schema is first checked or applied, not per command
+    from referencing import Resource
 
 JSON_INSTRUCTION = "Return ONLY valid JSON."
 SCHEMA_INSTRUCTION = (
@@ -86,6 +81,11 @@ _CHECKED_MAX = 256
 
 
 def _check_schema(schema: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+    from jsonschema_specifications import REGISTRY as META_SCHEMAS
+    from referencing.jsonschema import DRAFT202012
+
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
@@ -101,6 +101,8 @@ def _check_schema(schema: dict[str, Any]) -> None:
 
 
 def _check_refs(resolver: Any, resource: Resource[Any]) -> None:
+    from referencing.exceptions import Unresolvable
+
     ref = resource.contents.get("$ref") if isinstance(resource.contents, dict) else None
     if isinstance(ref, str):
         try:
@@ -200,6 +202,10 @@ def validate(value: Any, schema: dict[str, Any] | None) -> list[str]:
     anything is sent."""
     if schema is None:
         return []
+    import jsonschema.exceptions
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
     try:
         validator = Draft202012Validator(schema)
         errors = sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])

@@ -7,9 +7,10 @@ for Ctrl-C, SIGTERM, SIGHUP (``qwenvl.cli.signals``), 141 for a stdout that clos
 
 from __future__ import annotations
 
-import difflib
+import importlib
 import logging
 import re
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import click
@@ -94,6 +95,8 @@ def _closest_options(given: str, possibilities: Any, ctx: click.Context | None) 
     given name begins (``--temp``: ``--temperature``) comes first, as click offers only difflib's matches
     (``--system, --stop, --help``). Otherwise difflib's cutoff (0.6) lets ``--backend`` through for
     ``--max-token`` beside ``--max-tokens``: kept are the options within 0.1 of the best one's similarity."""
+    import difflib  # only on this error: the CLI's start-up stays lean
+
     name = given.lstrip("-")
     options = [o for p in ctx.command.params for o in [*p.opts, *p.secondary_opts]] if ctx is not None else []
     kept = [o for o in options if len(name) >= 3 and o.startswith("--") and o[2:].startswith(name)]
@@ -142,7 +145,65 @@ def _say_closed(exc: OutputClosed) -> None:
         )
 
 
-@click.group(cls=QwenVLGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# The verbs, in the order they were registered; each lives in ``qwenvl.cli.<verb>`` as the function ``<verb>``.
+VERBS = (
+    "analyze",
+    "ask",
+    "chat",
+    "tokens",
+    "ground",
+    "ocr",
+    "extract",
+    "events",
+    "batch",
+    "usage",
+    "models",
+    "config",
+    "serve",
+    "mcp",
+    "skill",
+)
+
+
+class _Verbs(MutableMapping[str, click.Command]):
+    """The group's commands by name, each verb's module imported when the verb is first looked up: ``qwenvl
+    ask`` loads ask's modules, not those of batch, serve or mcp (``qwenvl --help`` lists, so loads, them all).
+    Listing the names imports nothing (click's ``list_commands``, its "Did you mean" hints)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = list(names)
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            if name not in self._names:
+                raise KeyError(name)
+            command = getattr(importlib.import_module(f"qwenvl.cli.{name}"), name)
+            assert isinstance(command, click.Command) and command.name == name, name
+            self._loaded[name] = command
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        if name not in self._names:
+            self._names.append(name)
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        self._names.remove(name)
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+@click.group(
+    cls=QwenVLGroup,
+    commands=_Verbs(VERBS),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "-V", "--version", prog_name="qwenvl")
 def cli() -> None:
     """Ask Qwen-VL models about images, documents and video: in Alibaba Cloud Model Studio (DashScope), or
@@ -169,48 +230,6 @@ def _warnings_to_stderr() -> None:
     if not any(isinstance(h, _WarningLine) for h in logger.handlers):
         logger.addHandler(_WarningLine(logging.WARNING))
         logger.propagate = False
-
-
-def _register() -> None:
-    from qwenvl.cli import (
-        analyze,
-        ask,
-        batch,
-        chat,
-        config,
-        events,
-        extract,
-        ground,
-        mcp,
-        models,
-        ocr,
-        serve,
-        skill,
-        tokens,
-        usage,
-    )
-
-    for verb in (
-        analyze.analyze,
-        ask.ask,
-        chat.chat,
-        tokens.tokens,
-        ground.ground,
-        ocr.ocr,
-        extract.extract,
-        events.events,
-        batch.batch,
-        usage.usage,
-        models.models,
-        config.config,
-        serve.serve,
-        mcp.mcp,
-        skill.skill,
-    ):
-        cli.add_command(verb)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:

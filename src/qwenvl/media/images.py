@@ -51,8 +51,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from qwenvl.errors import MediaError
@@ -229,8 +227,12 @@ def verify(data: bytes, info: ImageInfo, label: str) -> None:
     every chunk's CRC and the closing IEND. Other formats: a full decode.
     """
     if info.format in _JPEG_FORMATS and _simplejpeg_colorspace(data) in ("RGB", "GRAY"):
+        import simplejpeg  # with numpy, loaded when a JPEG is first checked (not by `import qwenvl` or a PNG)
+
         try:
-            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8)
+            # simplejpeg scales only when asked for a minimum output size: 1x1 gives the smallest, 1/8
+            # (``min_factor`` alone decodes at full scale)
+            simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1)
             return
         except ValueError:
             pass  # Pillow decides: it tolerates some recoverable damage that simplejpeg's strict mode refuses
@@ -599,6 +601,8 @@ def _corrupt(label: str, info: ImageInfo, exc: BaseException) -> MediaError:
 
 def _simplejpeg_colorspace(data: bytes) -> str | None:
     """'RGB' or 'GRAY' when simplejpeg can decode ``data`` directly; None for CMYK/YCCK or a bad header."""
+    import simplejpeg
+
     try:
         _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError:
@@ -647,6 +651,8 @@ def _bits(mode: str) -> str:
 
 
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    import numpy as np
+
     arr = np.asarray(img)
     if img.mode.startswith("I;16") or (arr.dtype.kind in "iu" and arr.min() >= 0 and arr.max() <= 0xFFFF):
         out = (arr.astype(np.uint32) >> 8).astype(np.uint8)

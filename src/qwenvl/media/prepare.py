@@ -19,6 +19,10 @@ JPEG rather than PNG: that choice needs the pixels).
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,7 +32,7 @@ from PIL import Image
 from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
-from qwenvl.media.sources import Source, classify, media_kind, read_bytes, to_data_url
+from qwenvl.media.sources import Source, classify, media_kind, open_regular, read_bytes, to_data_url
 from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_FILE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
@@ -92,9 +96,107 @@ class PreparedMessages:
         return sum(known) if len(known) == len(self.items) else None
 
 
-def prepare_messages(messages: list[Message], options: MediaOptions) -> PreparedMessages:
+PREPARED_CACHE_BYTES = 32_000_000  # what one client keeps of media it prepared (``PreparedCache``), in bytes
+
+
+class PreparedCache:
+    """Media prepared before, by content, so that what is sent again is not prepared again: the images and
+    videos of a conversation's earlier turns (each turn sends the whole history), an image that every item of
+    a batch shares, a PDF asked about twice. A ``Client`` keeps one; ``prepare_messages`` takes it.
+
+    The key is the SHA-256 of the bytes (a file is read, or hashed, every time: a file changed since is a new
+    key and is prepared anew) with everything that shapes the result (``MediaOptions``, the part's budget), so a
+    hit is what preparing again would give, checks included; a file that fails them is never stored. Nothing
+    estimate-only or kept decoded is stored. At most ``max_bytes`` of prepared data (data: URLs) is kept, the
+    least recently used dropped first; one entry larger than half of it (a long video's frames) is not kept.
+    Thread-safe (an ``AsyncClient`` prepares in worker threads, a batch in several)."""
+
+    def __init__(self, max_bytes: int = PREPARED_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable) -> Any:
+        """The value stored under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: Hashable, value: Any, size: int) -> None:
+        """Keep ``value`` (``size`` bytes) under ``key``, dropping the least recently used to stay in bounds."""
+        if size > self.max_bytes // 2:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._entries[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+
+def _digest(src: bytes | Path) -> bytes:
+    """SHA-256 of bytes, or of a file's content (read in blocks; a video is not held in memory for this)."""
+    if isinstance(src, bytes):
+        return hashlib.sha256(src).digest()
+    digest = hashlib.sha256()
+    with open_regular(src) as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+def _item_size(item: PreparedItem) -> int:
+    sent = [item.sent] if isinstance(item.sent, str) else item.sent
+    return sum(len(url) for url in sent) + 512
+
+
+def _copy(item: PreparedItem, **changes: Any) -> PreparedItem:
+    """A copy of ``item`` whose lists are its own (a caller may change what it was given)."""
+    lists: dict[str, Any] = {"notes": list(item.notes)}
+    if isinstance(item.sent, list):
+        lists["sent"] = list(item.sent)
+    if item.frame_times is not None:
+        lists["frame_times"] = list(item.frame_times)
+    return replace(item, **lists, **changes)
+
+
+def _cached_item(
+    cache: PreparedCache | None, key: tuple[Hashable, ...] | None, ref: str, make: Callable[[], PreparedItem]
+) -> PreparedItem:
+    """``make()``, or a copy of what it gave before for ``key`` (with ``ref`` as its source)."""
+    if cache is None or key is None:
+        return make()
+    hit = cache.get(key)
+    if hit is None:
+        item = make()
+        cache.put(key, _copy(item), _item_size(item))
+        return item
+    return _copy(hit, source=ref)
+
+
+def prepare_messages(
+    messages: list[Message], options: MediaOptions, cache: PreparedCache | None = None
+) -> PreparedMessages:
+    """Every image and video of ``messages`` prepared (``prepare_image``, ``prepare_video``; a local PDF first
+    rendered to page images, ``expand_documents``). ``cache``: media prepared before are taken from it
+    (``PreparedCache``), and what is prepared now is kept in it. Raises MediaError, UsageError (as those)."""
     if not options.estimate_only:
-        messages = expand_documents(messages, options)
+        messages = expand_documents(messages, options, cache)
     out: list[Message] = []
     items: list[PreparedItem] = []
     for message in messages:
@@ -106,11 +208,11 @@ def prepare_messages(messages: list[Message], options: MediaOptions) -> Prepared
             if isinstance(part, ImagePart):
                 document = _pdf_source(part.image) if options.estimate_only else None
                 pages = _estimate_document(part, document, options) if document is not None else None
-                for item in pages if pages is not None else [prepare_image(part, options)]:
+                for item in pages if pages is not None else [prepare_image(part, options, cache)]:
                     items.append(item)
                     parts.append(part.model_copy(update={"image": item.sent}))
             elif isinstance(part, VideoPart):
-                item = prepare_video(part, options)
+                item = prepare_video(part, options, cache)
                 items.append(item)
                 update: dict[str, Any] = {"video": item.sent}
                 if item.fps is not None:  # the rate the frames really have (clamping changes it)
@@ -122,7 +224,7 @@ def prepare_messages(messages: list[Message], options: MediaOptions) -> Prepared
     return PreparedMessages(out, items)
 
 
-def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
+def prepare_image(part: ImagePart, options: MediaOptions, cache: PreparedCache | None = None) -> PreparedItem:
     """Check one image and make it what the service will see (the rules are in ``qwenvl.media.images``).
 
     A remote URL passes through (its size and tokens stay unknown). A local file or data: URL is identified by
@@ -145,6 +247,9 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     ``bytes_sent`` 0. Not checked then: damaged pixel data (the integrity check and the decode find it), and
     the ``MAX_IMAGE_BYTES`` fitting, which can shrink a huge PNG-like image below its budget (the estimate
     then counts the budget's tokens, an overestimate).
+
+    ``cache``: an image with the same bytes, options and budget prepared before is taken from it, not checked,
+    decoded or verified again (``PreparedCache``; not for estimate-only or kept pixels).
     """
     source = classify(part.image)
     _check_remote(source, options)
@@ -163,6 +268,14 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
     else:
         data = read_bytes(source)
         label = source.label
+    if options.estimate_only or (options.keep_pixels and options.prepare):
+        return _check_image(part, data, label, options)
+    key = ("image", _digest(data), options, part.min_pixels, part.max_pixels) if cache is not None else None
+    return _cached_item(cache, key, part.image, lambda: _check_image(part, data, label, options))
+
+
+def _check_image(part: ImagePart, data: bytes, label: str, options: MediaOptions) -> PreparedItem:
+    """``prepare_image`` once the bytes are read: identify, check, then estimate, keep or prepare them."""
     info = images.identify(data, label)
     images.check(info, label)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
@@ -413,7 +526,7 @@ def format_bytes(size: int) -> str:
     return f"{size / 1e3:.1f} kB" if size < 10_000 else f"{size / 1e3:.0f} kB"
 
 
-def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
+def prepare_video(part: VideoPart, options: MediaOptions, cache: PreparedCache | None = None) -> PreparedItem:
     """Make one video what the service will see (the rules are in ``qwenvl.media.video``).
 
     A remote URL passes through for the service to fetch and sample. A local file (identified by content) is
@@ -421,9 +534,12 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
     sampled frames, each resized to the per-frame budget and sent as JPEG in a frame list; ``frame_times``
     says when each frame was taken. A list of frame images is checked and prepared image by image to the
     per-frame budget, padded to at least 4 frames and an even count by repeating the last one.
+
+    ``cache``: a sampled video (or a frame image) with the same content, options and budget prepared before is
+    taken from it, not decoded again (``PreparedCache``).
     """
     if isinstance(part.video, list):
-        return _prepare_frame_list(part, options)
+        return _prepare_frame_list(part, options, cache)
     source = classify(part.video)
     _check_remote(source, options)
     if source.is_remote:
@@ -456,13 +572,24 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
             fps=plan.nframes / info.frames * info.fps,
             estimate=True,
         )
+    key = None
+    if cache is not None:
+        key = ("video", _digest(src), options, part.fps, part.min_pixels, part.max_pixels)
+    ref = str(part.video)  # a file or data: URL here (a frame list went above)
+    return _cached_item(cache, key, ref, lambda: _sample(part, ref, src, source.label, options))
+
+
+def _sample(part: VideoPart, ref: str, src: Path | bytes, label: str, options: MediaOptions) -> PreparedItem:
+    """A local video sampled into a list of JPEG frames (``prepare_video``)."""
+    from qwenvl.media import video
+
     fps = part.fps if part.fps is not None else options.fps
     sampled = video.sample_video(
-        src, options.model, fps=fps, min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=source.label
+        src, options.model, fps=fps, min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label
     )
     sent = [to_data_url(frame, "image/jpeg") for frame in sampled.frames]
     return PreparedItem(
-        part.video,
+        ref,
         "video",
         sent,
         mime="image/jpeg",
@@ -543,7 +670,7 @@ def _video_plan(
     return info, rate, plan
 
 
-def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
+def _prepare_frame_list(part: VideoPart, options: MediaOptions, cache: PreparedCache | None = None) -> PreparedItem:
     from qwenvl.media import video
 
     refs = list(part.video)
@@ -552,7 +679,7 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
     # Frames follow the video budget, not the image one: no high-resolution mode and no detail=low for them.
     frame_options = replace(options, vl_high_resolution_images=None, detail="auto", min_pixels=None, max_pixels=None)
     frames = [
-        prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options) for ref in refs
+        prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options, cache) for ref in refs
     ]  # estimate-only carries over: each frame from its header
     notes = [f"{len(refs)} frame images"]
     if count > len(refs):
@@ -586,11 +713,14 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
     )
 
 
-def expand_documents(messages: list[Message], options: MediaOptions) -> list[Message]:
+def expand_documents(
+    messages: list[Message], options: MediaOptions, cache: PreparedCache | None = None
+) -> list[Message]:
     """Replace every image part that is a local PDF (by content) with one image part per rendered page.
 
     The models cannot read PDF files, so each selected page (``options.pages``) is rendered to the image
     budget (``resize.image_budget``) and sent as a data URL, in page order (see ``qwenvl.media.pdf``).
+    ``cache``: a PDF with the same content, pages and budget rendered before is not rendered again.
     """
     out: list[Message] = []
     for message in messages:
@@ -609,16 +739,24 @@ def expand_documents(messages: list[Message], options: MediaOptions) -> list[Mes
             assert isinstance(part, ImagePart)
             lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
             src = document.path if document.kind == "file" and document.path else read_bytes(document)
-            pages = pdf.render_pdf(
-                src,
-                factor=options.model.factor,
-                min_pixels=lo,
-                max_pixels=hi,
-                pages=options.pages,
-                context_tokens=options.model.context_tokens,
-                label=document.label,
-            )
-            parts.extend(part.model_copy(update={"image": page.data_url}) for page in pages)
+            key = None
+            if cache is not None:
+                key = ("pdf", _digest(src), options.model.factor, lo, hi, options.pages, options.model.context_tokens)
+            urls = cache.get(key) if cache is not None else None
+            if urls is None:
+                pages = pdf.render_pdf(
+                    src,
+                    factor=options.model.factor,
+                    min_pixels=lo,
+                    max_pixels=hi,
+                    pages=options.pages,
+                    context_tokens=options.model.context_tokens,
+                    label=document.label,
+                )
+                urls = [page.data_url for page in pages]
+                if cache is not None:
+                    cache.put(key, urls, sum(len(url) for url in urls))
+            parts.extend(part.model_copy(update={"image": url}) for url in urls)
             changed = True
         out.append(message.model_copy(update={"content": parts}) if changed else message)
     return out
