@@ -492,11 +492,7 @@ def _textured(
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
 
 
-def _psnr(a: Image.Image, b: Image.Image) -> float:
-    import numpy as np
-
-    diff = np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)
-    return float(10 * np.log10(255**2 / max(float(np.mean(diff * diff)), 1e-12)))
+_psnr = corpus.psnr
 
 
 FIDELITY_IMAGES = {
