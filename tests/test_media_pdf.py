@@ -13,7 +13,6 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pypdfium2 as pdfium
 import pytest
 from PIL import Image
@@ -492,25 +491,21 @@ def rendered_with_pixels(
 
 
 @pytest.mark.parametrize("detail", ["auto", "low"])
-def test_text_page_is_lossless_or_full_chroma_and_never_a_bloated_png(
+def test_text_page_is_lossless_or_full_chroma_and_no_larger_than_q90(
     report: bytes, monkeypatch: pytest.MonkeyPatch, detail: str
 ) -> None:
-    """A document page stays lossless or visually lossless (PNG, or a 4:4:4 JPEG at least as faithful as the
-    plain q90 JPEG); PNG only when it is no larger than that JPEG, else the smaller full-chroma JPEG. qwenvl used
-    to send the PNG whenever it fitted 10 MB: here 1.6x the plain JPEG."""
+    """A document page stays lossless or visually lossless (PNG, or a 4:4:4 JPEG: coloured text keeps its
+    edges), at least as faithful as the plain q90 JPEG of the same pixels and no larger. qwenvl used to send the
+    PNG whenever it fitted 10 MB: here 1.6-1.9x the plain JPEG."""
     (page, exact), _ = rendered_with_pixels(report, monkeypatch, MediaOptions(model=PLUS, detail=detail))
     assert images.looks_like_graphic(exact)
     reference = corpus.plain_q90(exact)
-    png = images.encode_png(exact)
     sent = Image.open(io.BytesIO(page.data))
     assert (sent.width, sent.height) == (page.width, page.height) == exact.size
-    if page.mime == "image/png":
-        assert len(page.data) <= len(reference)
-        assert np.array_equal(np.asarray(sent.convert("RGB")), np.asarray(exact))
-    else:
-        assert page.mime == "image/jpeg" and corpus.full_chroma(sent)
-        assert len(page.data) < len(png)
-        assert corpus.psnr(sent, exact) >= corpus.psnr(Image.open(io.BytesIO(reference)), exact) + 3  # text edges
+    assert page.mime == f"image/{(sent.format or '').lower()}"
+    assert sent.format == "PNG" or corpus.full_chroma(sent)
+    assert len(page.data) <= len(reference)
+    assert corpus.psnr(sent, exact) >= corpus.psnr(Image.open(io.BytesIO(reference)), exact)
 
 
 @pytest.mark.parametrize("detail", ["auto", "low"])

@@ -85,6 +85,12 @@ FLAT_QTABLES = ([8] * 64, [16] * 64)
 DENSE_TEXTURE_BYTES_PER_PIXEL = 0.3  # a plain q90 encoding this dense means texture, where flat tables pay off
 OPTIMIZED_HUFFMAN_RATIO = 0.93  # optimised Huffman tables save 3-10% of a q90 JPEG (7% on the bench photo)
 GRAPHIC_JPEG_QUALITIES = (95, 90)  # visually lossless full-chroma JPEG for screenshots (``encode_graphic``)
+# Then the highest full-chroma quality of these that fits the yardstick's bytes, sent only when its PSNR is
+# measured at least the yardstick's: on dense coloured text (a rendered report page, a screen recording's frame)
+# 4:4:4 q90 was 6-10% over a plain q90 JPEG, and 4:4:4 q85 7-9% under it and 0.2-3.2 dB more faithful (the
+# plain JPEG's 4:2:0 chroma blurs coloured text); on grey text 4:4:4 q90 was 0.4-2% over and q85 0.9-2.6 dB
+# less faithful, so the quality in between that just fits is the one to measure.
+GRAPHIC_CHECKED_QUALITIES = (85, 86, 87, 88, 89)  # ascending: a binary search, at most 3 encodings
 JPEG_FALLBACK_QUALITIES = (80, 70, 60)  # tried in turn when a JPEG is over the size limit
 PNG_COMPRESS_LEVEL = 6
 PNG_SAMPLE_BANDS = 16  # ``png_size_estimate`` encodes this many evenly spaced bands ...
@@ -402,12 +408,16 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
     """(bytes, mime) of a screenshot or document: lossless or visually lossless, and when possible no larger
     than a plain quality-90 JPEG of the same pixels (what qwen-vl-utils would send). The first of PNG and
     full-chroma (4:4:4, so coloured text keeps its edges) JPEG at ``GRAPHIC_JPEG_QUALITIES`` with optimised
-    Huffman tables that is no larger than that yardstick; if none is, the smallest of them. A full-chroma JPEG
-    has the yardstick's luma quantisation and unsubsampled chroma, so it is at least as faithful.
+    Huffman tables that is no larger than that yardstick; then the highest full-chroma quality of
+    ``GRAPHIC_CHECKED_QUALITIES`` that is no larger, when its PSNR against ``img`` is at least the yardstick's
+    (both decoded and measured); if none of these is, the smallest of PNG and the q95/q90 JPEGs. A full-chroma
+    JPEG at quality 90 or more has the yardstick's luma quantisation or finer and unsubsampled chroma, so it is
+    at least as faithful without measuring. Raises nothing of its own.
 
     The PNG is encoded only when a sample of it (``png_size_estimate``) says it may fit: on a 4K document
     screenshot the PNG was 1.4x the yardstick and cost five times a JPEG encoding."""
-    yardstick = len(encode_jpeg(img))
+    plain = encode_jpeg(img)
+    yardstick = len(plain)
     candidates: list[tuple[bytes, str]] = []
     if png_size_estimate(img) <= PNG_ESTIMATE_SLACK * yardstick:
         png = encode_png(img)
@@ -419,7 +429,36 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
         if len(jpeg) <= yardstick:
             return jpeg, "image/jpeg"
         candidates.append((jpeg, "image/jpeg"))
+    fitting = _highest_fitting(img, GRAPHIC_CHECKED_QUALITIES, yardstick)
+    if fitting is not None:
+        exact = np.asarray(img)
+        if _squared_error(fitting, exact) <= _squared_error(plain, exact):
+            return fitting, "image/jpeg"
     return min(candidates, key=lambda c: len(c[0]))
+
+
+def _highest_fitting(img: Image.Image, qualities: tuple[int, ...], limit: int) -> bytes | None:
+    """The full-chroma JPEG (optimised tables) at the highest of ``qualities`` (ascending) that is at most
+    ``limit`` bytes, by binary search (bytes grow with quality); None when even the lowest is larger."""
+    best, lo, hi = None, 0, len(qualities) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        jpeg = encode_jpeg(img, qualities[mid], subsampling="4:4:4", optimize=True)
+        if len(jpeg) <= limit:
+            best, lo = jpeg, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _squared_error(jpeg: bytes, exact: np.ndarray) -> float:
+    """Sum of squared differences between a JPEG (decoded by libjpeg-turbo, as Pillow would) and ``exact``
+    (an RGB or L array of the same size): the PSNR comparison without the logarithm."""
+    colorspace = "GRAY" if exact.ndim == 2 else "RGB"
+    decoded = simplejpeg.decode_jpeg(jpeg, colorspace=colorspace)
+    diff = decoded.reshape(exact.shape).astype(np.int64) - exact
+    flat = diff.ravel()
+    return float(np.dot(flat, flat))
 
 
 def encode_image(img: Image.Image, *, photo: bool | None = None) -> tuple[bytes, str]:
