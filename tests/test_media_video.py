@@ -644,3 +644,23 @@ def test_frames_go_on_the_wire_under_their_own_type(recordings: dict[str, Path],
     mixed = prepare_video(VideoPart(video=[str(shot), str(photo), str(photo), str(shot)]), MediaOptions(model=PLUS))
     assert mixed.mime == "image/png, image/jpeg"
     assert frames_mime(["image/jpeg"] * 3) == "image/jpeg"
+
+
+def test_an_in_process_model_gets_the_exact_frames(
+    recordings: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a local model (``keep_pixels``) a sampled video's frames are its exact pixels, never encoded: no JPEG
+    round trip between the decoder and the model. Each frame is named by its content."""
+    exact = sample_video(recordings["camera"], PLUS, output="array")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a frame kept in memory must not be encoded")
+
+    monkeypatch.setattr(images, "encode_image", refuse)
+    item = prepare_video(VideoPart(video=str(recordings["camera"])), MediaOptions(model=PLUS, keep_pixels=True))
+    assert isinstance(item.sent, list) and isinstance(item.pixels, list) and len(item.pixels) == exact.nframes
+    assert all(np.array_equal(np.asarray(p), a) for p, a in zip(item.pixels, exact.frames, strict=True))
+    assert all(ref.startswith("memory://sha256:") for ref in item.sent) and len(set(item.sent)) == exact.nframes
+    assert item.bytes_sent == 0 and item.mime == "image/x-raw-rgb"
+    assert (item.width, item.height) == (exact.width, exact.height)
+    assert item.tokens == video_tokens(exact.nframes, exact.height, exact.width, 32)

@@ -53,8 +53,9 @@ class MediaOptions:
     fetch_timeout_s: float = FETCH_TIMEOUT_S
     # sizes and tokens from headers only; nothing decoded, encoded or rendered; the result cannot be sent
     estimate_only: bool = False
-    # an in-process model: local images are decoded and resized but not encoded; ``PreparedItem.pixels`` holds
-    # them and ``sent`` is a ``memory://sha256:...`` reference (set by qwenvl.plan for media_form="memory")
+    # an in-process model: local images and sampled video frames are decoded and resized but not encoded;
+    # ``PreparedItem.pixels`` holds them and ``sent`` is a ``memory://sha256:...`` reference per image or frame
+    # (set by qwenvl.plan for media_form="memory")
     keep_pixels: bool = False
 
 
@@ -202,18 +203,15 @@ def _keep_image(
 ) -> PreparedItem:
     """An image prepared like any other (upright, 8-bit, resized to its budget) but kept decoded: no encoding,
     no base64. ``sent`` names its pixels by hash (so cache keys follow the content)."""
-    import hashlib
-
     target, _, notes = _sent_image_size(info, label, part, options)
     decoded = images.decode(data, info, label, size=target)
     notes.extend(decoded.notes)
     img = decoded.image if decoded.image.mode == "RGB" else decoded.image.convert("RGB")
     h_bar, w_bar = _model_size(img.height, img.width, options.model.factor, service, label)
-    digest = hashlib.sha256(img.tobytes()).hexdigest()[:32]
     return PreparedItem(
         part.image,
         "image",
-        f"{MEMORY_SCHEME}sha256:{digest}",
+        _memory_ref(img),
         mime="image/x-raw-rgb",
         width=img.width,
         height=img.height,
@@ -221,6 +219,13 @@ def _keep_image(
         notes=[*notes, "kept in memory for the local model (not encoded)"],
         pixels=img,
     )
+
+
+def _memory_ref(img: Image.Image) -> str:
+    """``memory://sha256:<32 hex>`` naming an image kept decoded by its pixels (so cache keys follow content)."""
+    import hashlib
+
+    return f"{MEMORY_SCHEME}sha256:{hashlib.sha256(img.tobytes()).hexdigest()[:32]}"
 
 
 def _estimate_image(
@@ -422,7 +427,8 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
     A remote URL passes through for the service to fetch and sample. A local file (identified by content) is
     sampled at ``fps`` (the part's, the request's, else 2) by the service's rule, converting only the
     sampled frames, each resized to the per-frame budget and encoded by the images' rule (JPEG; a screen frame
-    PNG or full-chroma JPEG: ``images.encode_image``) in a frame list; ``frame_times``
+    PNG or full-chroma JPEG: ``images.encode_image``) in a frame list, or kept as exact pixels for an
+    in-process model (``options.keep_pixels``: ``PreparedItem.pixels``, ``memory://`` references); ``frame_times``
     says when each frame was taken. A list of frame images is checked and prepared image by image to the
     per-frame budget, padded to at least 4 frames and an even count by repeating the last one.
     """
@@ -462,21 +468,39 @@ def prepare_video(part: VideoPart, options: MediaOptions) -> PreparedItem:
         )
     fps = part.fps if part.fps is not None else options.fps
     sampled = video.sample_video(
-        src, options.model, fps=fps, min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=source.label
+        src,
+        options.model,
+        fps=fps,
+        min_pixels=part.min_pixels,
+        max_pixels=part.max_pixels,
+        label=source.label,
+        output="array" if options.keep_pixels else "encoded",
     )
-    sent = [to_data_url(frame, mime) for frame, mime in zip(sampled.frames, sampled.mimes, strict=True)]
+    pixels = None
+    if options.keep_pixels:  # an in-process model: the exact frames, not encoded (as ``_keep_image``)
+        pixels = [Image.fromarray(frame) for frame in sampled.frames]
+        sent = [_memory_ref(frame) for frame in pixels]
+        mime = "image/x-raw-rgb"
+    else:
+        sent = [to_data_url(frame, mime) for frame, mime in zip(sampled.frames, sampled.mimes, strict=True)]
+        mime = frames_mime(sampled.mimes)
     return PreparedItem(
         part.video,
         "video",
         sent,
-        mime=frames_mime(sampled.mimes),
-        bytes_sent=sum(len(url) for url in sent),
+        mime=mime,
+        bytes_sent=0 if options.keep_pixels else sum(len(url) for url in sent),
         width=sampled.width,
         height=sampled.height,
         tokens=tokens.video_tokens(sampled.nframes, sampled.height, sampled.width, options.model.factor),
-        notes=[*sampled.notes, f"decoded with {'a seek per sample' if sampled.strategy == 'seek' else 'one pass'}"],
+        notes=[
+            *sampled.notes,
+            f"decoded with {'a seek per sample' if sampled.strategy == 'seek' else 'one pass'}",
+            *(["kept in memory for the local model (not encoded)"] if options.keep_pixels else []),
+        ],
         frame_times=sampled.times,
         fps=sampled.sample_fps,
+        pixels=pixels,
     )
 
 
