@@ -603,14 +603,15 @@ def test_screenshot_encoding_is_no_larger_and_no_less_faithful_than_q90(tmp_path
     assert mime == "image/png" or sent.layer[0][1:3] == sent.layer[1][1:3]  # PNG or 4:4:4
 
 
-@pytest.mark.parametrize("checked", [images.GRAPHIC_CHECKED_QUALITIES, (30, 35, 40)])
-def test_full_chroma_below_q90_is_sent_only_when_measured_as_faithful(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checked: tuple[int, ...]
+@pytest.mark.parametrize(("chroma", "shipped"), [(images.GRAPHIC_CHROMA_QUALITIES, True), ((5, 10, 15), False)])
+def test_coarser_chroma_is_sent_only_when_measured_as_faithful(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chroma: tuple[int, ...], shipped: bool
 ) -> None:
-    """A document where PNG and 4:4:4 q95/q90 are all larger than a plain q90 JPEG (q90 by 2%): the highest
-    4:4:4 quality under q90 that fits is measured at least as faithful, so it is sent; a quality whose PSNR is
-    under the reference's never is (then the smallest visually lossless candidate goes)."""
-    monkeypatch.setattr(images, "GRAPHIC_CHECKED_QUALITIES", checked)
+    """A document where PNG and 4:4:4 q95/q90 are all larger than a plain q90 JPEG (q90 by 2%): full chroma with
+    the yardstick's luma table and a coarser chroma table fits and is measured at least as faithful, so it is
+    sent; chroma so coarse that the PSNR falls under the reference's never is (then the smallest visually lossless
+    candidate goes: PNG or 4:4:4 q90)."""
+    monkeypatch.setattr(images, "GRAPHIC_CHROMA_QUALITIES", chroma)
     doc = Image.open(corpus.document_png(tmp_path, size=(2400, 1600))).convert("RGB")
     exact = doc.resize((960, 640), Image.Resampling.BICUBIC)
     reference = corpus.plain_q90(exact)
@@ -618,9 +619,8 @@ def test_full_chroma_below_q90_is_sent_only_when_measured_as_faithful(
     data, mime = images.encode_graphic(exact)
     sent = Image.open(io.BytesIO(data))
     assert mime == "image/jpeg" and corpus.full_chroma(sent)
-    assert _psnr(sent, exact) >= _psnr(Image.open(io.BytesIO(reference)), exact)  # never the quality-40 JPEG
-    if checked[0] >= 85:  # the shipped qualities
-        assert len(data) <= len(reference)
+    assert _psnr(sent, exact) >= _psnr(Image.open(io.BytesIO(reference)), exact)  # never the coarse one
+    assert (len(data) <= len(reference)) is shipped
 
 
 def test_png_size_estimate_is_close(tmp_path: Path) -> None:

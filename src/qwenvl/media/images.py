@@ -45,6 +45,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -57,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from qwenvl.errors import MediaError
 from qwenvl.media.sources import AVIF_BRANDS, HEIF_BRANDS, ftyp_brands, sniff
@@ -89,12 +90,12 @@ FLAT_QTABLES = ([8] * 64, [16] * 64)
 DENSE_TEXTURE_BYTES_PER_PIXEL = 0.3  # a plain q90 encoding this dense means texture, where flat tables pay off
 OPTIMIZED_HUFFMAN_RATIO = 0.93  # optimised Huffman tables save 3-10% of a q90 JPEG (7% on the bench photo)
 GRAPHIC_JPEG_QUALITIES = (95, 90)  # visually lossless full-chroma JPEG for screenshots (``encode_graphic``)
-# Then the highest full-chroma quality of these that fits the yardstick's bytes, sent only when its PSNR is
-# measured at least the yardstick's: on dense coloured text (a rendered report page, a screen recording's frame)
-# 4:4:4 q90 was 6-10% over a plain q90 JPEG, and 4:4:4 q85 7-9% under it and 0.2-3.2 dB more faithful (the
-# plain JPEG's 4:2:0 chroma blurs coloured text); on grey text 4:4:4 q90 was 0.4-2% over and q85 0.9-2.6 dB
-# less faithful, so the quality in between that just fits is the one to measure.
-GRAPHIC_CHECKED_QUALITIES = (85, 86, 87, 88, 89)  # ascending: a binary search, at most 3 encodings
+# Then full chroma with the yardstick's own luma table (quality 90: the luma is coded coefficient for coefficient
+# as the yardstick's) and the chroma table of the highest of these qualities that fits the yardstick's bytes, sent
+# only when its PSNR is measured at least the yardstick's. On dense coloured text (a rendered report page, a screen
+# recording's frame) 4:4:4 q90 was 5-18% over a plain q90 JPEG; chroma at quality 60-70 fitted and was 0.3-0.9 dB
+# more faithful, where a uniform quality that fitted (85) was up to 0.1 dB less faithful than the yardstick.
+GRAPHIC_CHROMA_QUALITIES = (50, 55, 60, 65, 70, 75, 80, 85)  # ascending: a binary search, at most 4 encodings
 JPEG_FALLBACK_QUALITIES = (80, 70, 60)  # tried in turn when a JPEG is over the size limit
 PNG_COMPRESS_LEVEL = 6
 PNG_SAMPLE_BANDS = 16  # ``png_size_estimate`` encodes this many evenly spaced bands ...
@@ -412,11 +413,11 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
     """(bytes, mime) of a screenshot or document: lossless or visually lossless, and when possible no larger
     than a plain quality-90 JPEG of the same pixels (what qwen-vl-utils would send). The first of PNG and
     full-chroma (4:4:4, so coloured text keeps its edges) JPEG at ``GRAPHIC_JPEG_QUALITIES`` with optimised
-    Huffman tables that is no larger than that yardstick; then the highest full-chroma quality of
-    ``GRAPHIC_CHECKED_QUALITIES`` that is no larger, when its PSNR against ``img`` is at least the yardstick's
-    (both decoded and measured); if none of these is, the smallest of PNG and the q95/q90 JPEGs. A full-chroma
-    JPEG at quality 90 or more has the yardstick's luma quantisation or finer and unsubsampled chroma, so it is
-    at least as faithful without measuring. Raises nothing of its own.
+    Huffman tables that is no larger than that yardstick; then a full-chroma JPEG with the yardstick's luma
+    table and the chroma table of the highest of ``GRAPHIC_CHROMA_QUALITIES`` that is no larger, when its PSNR
+    against ``img`` is at least the yardstick's (both decoded and measured); if none of these is, the smaller of
+    PNG and the q90 JPEG. A full-chroma JPEG at quality 90 or more has the yardstick's luma quantisation or finer
+    and unsubsampled chroma, so it is at least as faithful without measuring. Raises nothing of its own.
 
     The PNG is encoded only when a sample of it (``png_size_estimate``) says it may fit: on a 4K document
     screenshot the PNG was 1.4x the yardstick and cost five times a JPEG encoding."""
@@ -428,12 +429,16 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
         if len(png) <= yardstick:
             return png, "image/png"
         candidates.append((png, "image/png"))
-    for quality in GRAPHIC_JPEG_QUALITIES:
+    fitted: bytes | None = None
+    for quality in sorted(GRAPHIC_JPEG_QUALITIES):  # ascending: a quality that does not fit, no higher one will
         jpeg = encode_jpeg(img, quality, subsampling="4:4:4", optimize=True)
-        if len(jpeg) <= yardstick:
-            return jpeg, "image/jpeg"
-        candidates.append((jpeg, "image/jpeg"))
-    fitting = _highest_fitting(img, GRAPHIC_CHECKED_QUALITIES, yardstick)
+        if len(jpeg) > yardstick:
+            candidates.append((jpeg, "image/jpeg"))
+            break
+        fitted = jpeg
+    if fitted is not None:
+        return fitted, "image/jpeg"
+    fitting = _coarser_chroma_fitting(img, yardstick)
     if fitting is not None:
         exact = np.asarray(img)
         if _squared_error(fitting, exact) <= _squared_error(plain, exact):
@@ -441,18 +446,32 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
     return min(candidates, key=lambda c: len(c[0]))
 
 
-def _highest_fitting(img: Image.Image, qualities: tuple[int, ...], limit: int) -> bytes | None:
-    """The full-chroma JPEG (optimised tables) at the highest of ``qualities`` (ascending) that is at most
-    ``limit`` bytes, by binary search (bytes grow with quality); None when even the lowest is larger."""
+def _coarser_chroma_fitting(img: Image.Image, limit: int) -> bytes | None:
+    """The full-chroma JPEG (optimised Huffman tables) with the quality-90 luma table and the chroma table of the
+    highest of ``GRAPHIC_CHROMA_QUALITIES`` that is at most ``limit`` bytes, by binary search (bytes grow with
+    quality); None when even the lowest is larger."""
+    qualities = GRAPHIC_CHROMA_QUALITIES
     best, lo, hi = None, 0, len(qualities) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        jpeg = encode_jpeg(img, qualities[mid], subsampling="4:4:4", optimize=True)
+        tables = (list(_standard_table(JPEG_QUALITY, 0)), list(_standard_table(qualities[mid], 1)))
+        jpeg = encode_jpeg(img, qtables=tables, subsampling="4:4:4", optimize=True)
         if len(jpeg) <= limit:
             best, lo = jpeg, mid + 1
         else:
             hi = mid - 1
     return best
+
+
+@functools.lru_cache(maxsize=32)
+def _standard_table(quality: int, index: int) -> tuple[int, ...]:
+    """libjpeg's standard quantisation table at ``quality`` (``index`` 0 luma, 1 chroma), as Pillow reads it back
+    from a JPEG it wrote (the form ``encode_jpeg``'s ``qtables`` takes)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG", quality=quality)
+    with Image.open(buf) as jpeg:
+        assert isinstance(jpeg, JpegImagePlugin.JpegImageFile)
+        return tuple(jpeg.quantization[index])
 
 
 def _squared_error(jpeg: bytes, exact: np.ndarray) -> float:
