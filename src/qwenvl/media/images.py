@@ -27,10 +27,11 @@ Decisions:
   (``encode_photo``): the reference's own pixels at quality 90 with optimised Huffman tables, or flat
   quantisation for dense texture when that is smaller still. Graphics
   (screenshots, text, line art, charts) go as PNG or as full-chroma JPEG quality 95/90, visually lossless,
-  else full chroma at the highest quality from 89 to 85 that fits a plain q90 JPEG's bytes when measured at
-  least as faithful (``encode_graphic``). The graphics test is cheap: in a 128x128 sample, the 16 most common
-  colours cover at least 60% of the pixels. ``encode_image`` makes that choice, the one home for every encoder:
-  images, rendered PDF pages and sampled video frames (a screen recording's frames are screenshots). An image
+  else full chroma with quality 90's luma table and the finest chroma table that fits a plain q90 JPEG's bytes,
+  when measured at least as faithful (``encode_graphic``). The graphics test is cheap: in a 128x128 sample, the
+  16 most common colours cover at least 60% of the pixels. ``encode_image`` makes that choice, the one home for
+  every encoder: images, rendered PDF pages and sampled video frames (a screen recording's frames are
+  screenshots). An image
   over the size limit goes as ``encode_photo``'s JPEG, then at lower qualities, all with optimised Huffman
   tables (``qwenvl.media.prepare``). An image within its budget that needs no conversion passes through from
   its header (``passes_through``).
