@@ -93,9 +93,10 @@ OPTIMIZED_HUFFMAN_RATIO = 0.93  # optimised Huffman tables save 3-10% of a q90 J
 GRAPHIC_JPEG_QUALITIES = (95, 90)  # visually lossless full-chroma JPEG for screenshots (``encode_graphic``)
 # Then full chroma with the yardstick's own luma table (quality 90: the luma is coded coefficient for coefficient
 # as the yardstick's) and the chroma table of the highest of these qualities that fits the yardstick's bytes, sent
-# only when its PSNR is measured at least the yardstick's. On dense coloured text (a rendered report page, a screen
-# recording's frame) 4:4:4 q90 was 5-18% over a plain q90 JPEG; chroma at quality 60-70 fitted and was 0.3-0.9 dB
-# more faithful, where a uniform quality that fitted (85) was up to 0.1 dB less faithful than the yardstick.
+# only when its PSNR is measured at least the yardstick's. On a rendered report page, a screen recording's frames
+# and document screenshots (tests/, bench/bench_video.py) 4:4:4 q90 was 0.4-18% over a plain q90 JPEG; the JPEG
+# this gives fitted and was 0.6-4.0 dB more faithful, where the uniform 4:4:4 quality that fitted was up to 2.6 dB
+# less faithful than the yardstick.
 GRAPHIC_CHROMA_QUALITIES = (50, 55, 60, 65, 70, 75, 80, 85)  # ascending: a binary search, at most 4 encodings
 JPEG_FALLBACK_QUALITIES = (80, 70, 60)  # tried in turn when a JPEG is over the size limit
 PNG_COMPRESS_LEVEL = 6
