@@ -10,10 +10,10 @@ Qwen-VL models cannot read PDF files, so a PDF given where an image is expected 
   large pages smaller: either way each page uses the whole per-image budget (``image_budget``: detail,
   ``vl_high_resolution_images``, the part's and the request's min/max_pixels).
 * **Encoding.** The images' rule (``images.encode_image``), the rendered page being the exact pixels: a page
-  that looks like a graphic (text, line art, charts) goes as PNG or full-chroma JPEG at quality 95/90, the first
-  no larger than a plain quality-90 JPEG of the page, else the smallest (``images.encode_graphic``); a scan or
-  photograph as JPEG at least as faithful as that plain quality-90 JPEG and no larger
-  (``images.encode_photo``). Each page then goes through ``qwenvl.media.prepare.prepare_image`` like any
+  that looks like a graphic (text, line art, charts) goes lossless or visually lossless, as PNG or full-chroma
+  JPEG, when possible no larger and no less faithful than a plain quality-90 JPEG of the page
+  (``images.encode_graphic``); a scan or photograph as JPEG at least as faithful as that plain quality-90 JPEG
+  and no larger (``images.encode_photo``). Each page then goes through ``qwenvl.media.prepare.prepare_image`` like any
   image, which passes it through from its header, or brings a page over ``MAX_IMAGE_BYTES`` under it.
 * **Pages.** ``pages="1-3,5"`` (1-based; ``7-`` means 7 to the end) selects pages, in the order given.
   A page outside the document is an error that names the page count. The selected pages together must fit
