@@ -664,3 +664,22 @@ def test_an_in_process_model_gets_the_exact_frames(
     assert item.bytes_sent == 0 and item.mime == "image/x-raw-rgb"
     assert (item.width, item.height) == (exact.width, exact.height)
     assert item.tokens == video_tokens(exact.nframes, exact.height, exact.width, 32)
+
+
+def test_a_clip_whose_frames_change_kind_names_both_types(isolated_env: Path) -> None:
+    """Flat title cards (graphics: PNG) then camera footage (JPEG): each frame goes under its own type, the item
+    names both, and `qwenvl tokens` shows both."""
+    from conftest import run_cli
+
+    def cards_then_camera(i: int, width: int, height: int) -> np.ndarray:
+        return np.full((height, width, 3), 90, np.uint8) if i < 60 else noisy_frame(i, width, height)
+
+    clip = make_clip(isolated_env / "mixed.mp4", draw=cards_then_camera)
+    item = prepare_video(VideoPart(video=str(clip)), MediaOptions(model=PLUS))
+    assert isinstance(item.sent, list)
+    kinds = [u.split(";", 1)[0].removeprefix("data:") for u in item.sent]
+    assert kinds == ["image/png"] * 4 + ["image/jpeg"] * 4
+    assert item.mime == "image/png, image/jpeg"
+    p = run_cli("tokens", "mixed.mp4", "--model", "qwen3-vl-plus")
+    assert p.returncode == 0, p.stderr
+    assert "8 frames of 320x256 PNG+JPEG" in p.stdout
