@@ -268,3 +268,24 @@ def rgb_trns_png(directory: Path) -> Path:
     path = directory / "rgb-trns.png"
     img.save(path, transparency=(0, 0, 0))
     return path
+
+
+# --- fidelity yardsticks (the rule in qwenvl.media.images, "Encoding") ------------------------------------------
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """PSNR in dB of ``a`` against ``b`` (RGB, 8 bits); identical images score 120."""
+    diff = np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)
+    return float(10 * np.log10(255**2 / max(float(np.mean(diff * diff)), 1e-12)))
+
+
+def plain_q90(img: Image.Image) -> bytes:
+    """What qwen-vl-utils sends for these pixels: Pillow's JPEG at quality 90, standard tables, 4:2:0."""
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def full_chroma(img: Image.Image) -> bool:
+    """Whether a decoded-from-file JPEG keeps every chroma sample (4:4:4: each component sampled alike)."""
+    return img.format == "JPEG" and img.layer[0][1:3] == img.layer[1][1:3]

@@ -421,6 +421,31 @@ def test_size_limit_lowers_quality_then_downscales(tmp_path: Path, monkeypatch: 
     assert item.width % 32 == 0 and item.height % 32 == 0  # still on the grid after downscaling
 
 
+def test_size_limit_fallback_keeps_the_highest_quality_that_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the size limit each lower quality is encoded with optimised Huffman tables: the pixels of a plain
+    encoding at that quality in fewer bytes, so a limit between the two sizes stops at quality 80 (qwenvl used to
+    go on to 70)."""
+    import numpy as np
+
+    import qwenvl.media.prepare as prepare_module
+
+    path = corpus.photo_png(tmp_path, size=(900, 700))
+    img = Image.open(path).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    plain = buf.getvalue()
+    limit = len(plain) - 1
+    monkeypatch.setattr(prepare_module, "MAX_IMAGE_BYTES", limit)
+    item = prepare(path)
+    data = sent_bytes(item)
+    assert len(data) <= limit and item.mime == "image/jpeg" and (item.width, item.height) == img.size
+    assert any("quality lowered to 80" in n for n in item.notes)
+    assert not any("quality lowered to 70" in n or "downscaled" in n for n in item.notes)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(Image.open(io.BytesIO(plain))))
+
+
 def test_data_url_input(tmp_path: Path) -> None:
     raw = corpus.photo_jpeg(tmp_path, size=(640, 480), quality=75).read_bytes()
     url = "data:image/jpeg;base64," + base64.b64encode(raw).decode()
@@ -492,11 +517,7 @@ def _textured(
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
 
 
-def _psnr(a: Image.Image, b: Image.Image) -> float:
-    import numpy as np
-
-    diff = np.asarray(a.convert("RGB"), np.float64) - np.asarray(b.convert("RGB"), np.float64)
-    return float(10 * np.log10(255**2 / max(float(np.mean(diff * diff)), 1e-12)))
+_psnr = corpus.psnr
 
 
 FIDELITY_IMAGES = {
@@ -580,6 +601,26 @@ def test_screenshot_encoding_is_no_larger_and_no_less_faithful_than_q90(tmp_path
     sent = Image.open(io.BytesIO(data))
     assert _psnr(sent, exact) >= _psnr(Image.open(buf), exact)
     assert mime == "image/png" or sent.layer[0][1:3] == sent.layer[1][1:3]  # PNG or 4:4:4
+
+
+@pytest.mark.parametrize(("chroma", "shipped"), [(images.GRAPHIC_CHROMA_QUALITIES, True), ((5, 10, 15), False)])
+def test_coarser_chroma_is_sent_only_when_measured_as_faithful(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chroma: tuple[int, ...], shipped: bool
+) -> None:
+    """A document where PNG and 4:4:4 q95/q90 are all larger than a plain q90 JPEG (q90 by 2%): full chroma with
+    the yardstick's luma table and a coarser chroma table fits and is measured at least as faithful, so it is
+    sent; chroma so coarse that the PSNR falls under the reference's never is (then the smallest visually lossless
+    candidate goes: PNG or 4:4:4 q90)."""
+    monkeypatch.setattr(images, "GRAPHIC_CHROMA_QUALITIES", chroma)
+    doc = Image.open(corpus.document_png(tmp_path, size=(2400, 1600))).convert("RGB")
+    exact = doc.resize((960, 640), Image.Resampling.BICUBIC)
+    reference = corpus.plain_q90(exact)
+    assert len(images.encode_jpeg(exact, 90, subsampling="4:4:4", optimize=True)) > len(reference)
+    data, mime = images.encode_graphic(exact)
+    sent = Image.open(io.BytesIO(data))
+    assert mime == "image/jpeg" and corpus.full_chroma(sent)
+    assert _psnr(sent, exact) >= _psnr(Image.open(io.BytesIO(reference)), exact)  # never the coarse one
+    assert (len(data) <= len(reference)) is shipped
 
 
 def test_png_size_estimate_is_close(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_a_small_image_cut_short_is_still_refused(tmp_path: Path, kind: str, kee
     data = _small(tmp_path, kind).read_bytes()
     cut = tmp_path / "cut"
     cut.write_bytes(data[: max(64, int(len(data) * keep))])
-    with pytest.raises(qwenvl.MediaError, match="truncated or corrupt|cut short"):
+    with pytest.raises(qwenvl.MediaError, match=r"truncated or corrupt|cut short"):
         prepare_image(ImagePart(image=str(cut)), MediaOptions(model=QWEN3))
 
 

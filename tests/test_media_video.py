@@ -18,9 +18,10 @@ import pytest
 import simplejpeg
 from PIL import Image
 
+import media_corpus as corpus
 from qwenvl.errors import MediaError
-from qwenvl.media import MediaOptions, prepare_messages, video
-from qwenvl.media.prepare import prepare_video
+from qwenvl.media import MediaOptions, images, prepare_messages, video
+from qwenvl.media.prepare import frames_mime, prepare_video
 from qwenvl.media.resize import smart_resize
 from qwenvl.media.sources import decode_data_url
 from qwenvl.media.tokens import video_tokens
@@ -566,3 +567,119 @@ def test_jpeg_frames_decode(clips: dict[str, Path]) -> None:
     sampled = sample_video(clips["mp4"], PLUS)
     arr = simplejpeg.decode_jpeg(sampled.frames[0])
     assert arr.shape == (256, 320, 3)
+
+
+# --- fidelity: frames follow the images' encoding rule (qwenvl.media.images, "Encoding") -------------------------
+
+
+def screen_frame(i: int, width: int, height: int) -> np.ndarray:
+    """A screen recording's frame ``i``: a title bar, a build log in three colours scrolling by, a moving box."""
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, height), "#f3f3f3")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, width, 40), fill="#2b579a")
+    draw.text((16, 10), "Terminal - build log", font=ImageFont.load_default(size=18), fill="white")
+    font = ImageFont.load_default(size=13)
+    for row in range(12):
+        colour = ("#c00000", "#1a7f37", "#222222")[(row + i) % 3]
+        draw.text(
+            (16, 60 + row * 20), f"[{i + row:04d}] compiling module_{(i + row) % 17} ... ok", font=font, fill=colour
+        )
+    draw.rectangle((16 + 10 * i, height - 30, 40 + 10 * i, height - 10), fill="#ff8800")
+    return np.asarray(img)
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("recordings")
+    return {
+        "camera": make_clip(d / "camera.mp4", frames=40, fps=10, width=960, height=540, draw=noisy_frame),
+        "screen": make_clip(d / "screen.mp4", frames=40, fps=10, width=960, height=540, draw=screen_frame),
+    }
+
+
+def test_camera_frames_are_as_faithful_as_q90_in_fewer_bytes(recordings: dict[str, Path]) -> None:
+    """Each frame is a JPEG at least as faithful as the plain q90 JPEG of its exact pixels (the resized frame),
+    in fewer bytes. qwenvl used to send that plain JPEG (simplejpeg, standard tables)."""
+    exact = sample_video(recordings["camera"], PLUS, output="array")
+    sent = sample_video(recordings["camera"], PLUS)
+    assert sent.mimes == ["image/jpeg"] * sent.nframes and sent.indices == exact.indices
+    for data, pixels in zip(sent.frames, exact.frames, strict=True):
+        frame = Image.fromarray(pixels)
+        reference = corpus.plain_q90(frame)
+        assert len(data) < len(reference)
+        assert corpus.psnr(Image.open(io.BytesIO(data)), frame) >= corpus.psnr(Image.open(io.BytesIO(reference)), frame)
+
+
+def test_screen_recording_frames_stay_visually_lossless_and_no_larger(recordings: dict[str, Path]) -> None:
+    """A screen recording's frames are screenshots: each goes as PNG or full-chroma JPEG (coloured text keeps its
+    edges), at least as faithful as the plain q90 JPEG and no larger. qwenvl used to send 4:2:0 q90."""
+    exact = sample_video(recordings["screen"], PLUS, output="array")
+    sent = sample_video(recordings["screen"], PLUS)
+    for data, mime, pixels in zip(sent.frames, sent.mimes, exact.frames, strict=True):
+        frame = Image.fromarray(pixels)
+        assert images.looks_like_graphic(frame)
+        reference = corpus.plain_q90(frame)
+        decoded = Image.open(io.BytesIO(data))
+        assert mime == f"image/{decoded.format.lower()}"
+        assert decoded.format == "PNG" or corpus.full_chroma(decoded)
+        assert len(data) <= len(reference)
+        assert corpus.psnr(decoded, frame) >= corpus.psnr(Image.open(io.BytesIO(reference)), frame)
+
+
+def test_frames_go_on_the_wire_under_their_own_type(recordings: dict[str, Path], tmp_path: Path) -> None:
+    """Each data URL says what its frame is; the item's mime names every type its frames use."""
+    item = prepare_video(VideoPart(video=str(recordings["screen"])), MediaOptions(model=PLUS))
+    assert isinstance(item.sent, list)
+    kinds = [u.split(";", 1)[0].removeprefix("data:") for u in item.sent]
+    for url, kind in zip(item.sent, kinds, strict=True):
+        with Image.open(io.BytesIO(decode_data_url(url))) as img:
+            assert kind == f"image/{(img.format or '').lower()}"
+    assert item.mime == frames_mime(kinds)
+    shot = tmp_path / "shot.png"
+    Image.fromarray(screen_frame(0, 320, 240)).save(shot)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(noisy_frame(0, 320, 240)).save(photo, quality=85)
+    mixed = prepare_video(VideoPart(video=[str(shot), str(photo), str(photo), str(shot)]), MediaOptions(model=PLUS))
+    assert mixed.mime == "image/png, image/jpeg"
+    assert frames_mime(["image/jpeg"] * 3) == "image/jpeg"
+
+
+def test_an_in_process_model_gets_the_exact_frames(
+    recordings: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a local model (``keep_pixels``) a sampled video's frames are its exact pixels, never encoded: no JPEG
+    round trip between the decoder and the model. Each frame is named by its content."""
+    exact = sample_video(recordings["camera"], PLUS, output="array")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a frame kept in memory must not be encoded")
+
+    monkeypatch.setattr(images, "encode_image", refuse)
+    item = prepare_video(VideoPart(video=str(recordings["camera"])), MediaOptions(model=PLUS, keep_pixels=True))
+    assert isinstance(item.sent, list) and isinstance(item.pixels, list) and len(item.pixels) == exact.nframes
+    assert all(np.array_equal(np.asarray(p), a) for p, a in zip(item.pixels, exact.frames, strict=True))
+    assert all(ref.startswith("memory://sha256:") for ref in item.sent) and len(set(item.sent)) == exact.nframes
+    assert item.bytes_sent == 0 and item.mime == "image/x-raw-rgb"
+    assert (item.width, item.height) == (exact.width, exact.height)
+    assert item.tokens == video_tokens(exact.nframes, exact.height, exact.width, 32)
+
+
+def test_a_clip_whose_frames_change_kind_names_both_types(isolated_env: Path) -> None:
+    """Flat title cards (graphics: PNG) then camera footage (JPEG): each frame goes under its own type, the item
+    names both, and `qwenvl tokens` shows both."""
+    from conftest import run_cli
+
+    def cards_then_camera(i: int, width: int, height: int) -> np.ndarray:
+        return np.full((height, width, 3), 90, np.uint8) if i < 60 else noisy_frame(i, width, height)
+
+    clip = make_clip(isolated_env / "mixed.mp4", draw=cards_then_camera)
+    item = prepare_video(VideoPart(video=str(clip)), MediaOptions(model=PLUS))
+    assert isinstance(item.sent, list)
+    kinds = [u.split(";", 1)[0].removeprefix("data:") for u in item.sent]
+    assert kinds == ["image/png"] * 4 + ["image/jpeg"] * 4
+    assert item.mime == "image/png, image/jpeg"
+    p = run_cli("tokens", "mixed.mp4", "--model", "qwen3-vl-plus")
+    assert p.returncode == 0, p.stderr
+    assert "8 frames of 320x256 PNG+JPEG" in p.stdout

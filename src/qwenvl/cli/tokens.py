@@ -114,7 +114,7 @@ def _size(row: dict[str, Any]) -> str:
     if row["frames"]:
         size = f"{row['frames']} frames of {size}"
     if row["mime"]:
-        size += f" {row['mime'].split('/')[-1].upper()}"
+        size += " " + "+".join(m.split("/")[-1].upper() for m in row["mime"].split(", "))  # frames may differ
     return size
 
 

@@ -9,9 +9,12 @@ Qwen-VL models cannot read PDF files, so a PDF given where an image is expected 
   so the service never resizes it again and the token estimate is exact. Small pages are rendered larger,
   large pages smaller: either way each page uses the whole per-image budget (``image_budget``: detail,
   ``vl_high_resolution_images``, the part's and the request's min/max_pixels).
-* **Encoding.** The same rule as for images (``qwenvl.media.images``): PNG for pages that look like
-  graphics (text, line art, charts), JPEG for scans and photographs; a PNG over the inline size limit is
-  sent as JPEG.
+* **Encoding.** The images' rule (``images.encode_image``), the rendered page being the exact pixels: a page
+  that looks like a graphic (text, line art, charts) goes lossless or visually lossless, as PNG or full-chroma
+  JPEG, when possible no larger and no less faithful than a plain quality-90 JPEG of the page
+  (``images.encode_graphic``); a scan or photograph as JPEG at least as faithful as that plain quality-90 JPEG
+  and no larger (``images.encode_photo``). Each page then goes through ``qwenvl.media.prepare.prepare_image`` like any
+  image, which passes it through from its header, or brings a page over ``MAX_IMAGE_BYTES`` under it.
 * **Pages.** ``pages="1-3,5"`` (1-based; ``7-`` means 7 to the end) selects pages, in the order given.
   A page outside the document is an error that names the page count. The selected pages together must fit
   the model's context window; otherwise the error suggests a page range.
@@ -34,7 +37,6 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images
 from qwenvl.media.resize import smart_resize
 from qwenvl.media.tokens import image_tokens
-from qwenvl.models import MAX_IMAGE_BYTES
 from qwenvl.sizes import HeightWidth
 
 PDF_MIME = "application/pdf"
@@ -269,8 +271,6 @@ def _render_page(doc: pdfium.PdfDocument, number: int, height: int, width: int, 
 
 
 def _encode(img: Image.Image) -> tuple[str, bytes]:
-    if images.looks_like_graphic(img):
-        data = images.encode_png(img)
-        if len(data) <= MAX_IMAGE_BYTES:
-            return "image/png", data
-    return "image/jpeg", images.encode_jpeg(img)
+    """(mime, bytes) of a rendered page by the images' rule (``images.encode_image``)."""
+    data, mime = images.encode_image(img)
+    return mime, data

@@ -12,9 +12,9 @@ from the same function as in the full path (``_sent_image_size``, ``video.frame_
 width, height and tokens are equal, with two limits: a file whose header is sound but whose pixel data is
 damaged passes here and fails when prepared; and an image the full path must shrink further to fit
 ``MAX_IMAGE_BYTES`` (``_fit_bytes``: rare, huge PNG-like content only) is estimated at its budget size, so its
-tokens are overestimated. ``mime`` is exact for JPEG sources, sampled video frames and ``prepare=False``;
-otherwise it is the likely one (a photograph-like non-JPEG image may in fact go as JPEG, a scanned PDF page as
-JPEG rather than PNG: that choice needs the pixels).
+tokens are overestimated. ``mime`` is exact for JPEG sources and ``prepare=False``; otherwise it is the likely
+one, as the choice needs the pixels (``images.encode_image``): a photograph-like non-JPEG image may in fact go as
+JPEG, a PDF page as JPEG rather than PNG, a video frame of a screen recording as PNG rather than JPEG.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class MediaOptions:
     fetch_timeout_s: float = FETCH_TIMEOUT_S
     # sizes and tokens from headers only; nothing decoded, encoded or rendered; the result cannot be sent
     estimate_only: bool = False
-    # an in-process model: local images are decoded and resized but not encoded; ``PreparedItem.pixels`` holds
-    # them and ``sent`` is a ``memory://sha256:...`` reference (set by qwenvl.plan for media_form="memory")
+    # an in-process model: local images and sampled video frames are decoded and resized but not encoded;
+    # ``PreparedItem.pixels`` holds them and ``sent`` is a ``memory://sha256:...`` reference per image or frame
+    # (set by qwenvl.plan for media_form="memory")
     keep_pixels: bool = False
 
 
@@ -73,7 +74,7 @@ class PreparedItem:
     source: str  # the reference the user gave
     kind: Literal["image", "video"]
     sent: str | list[str]  # URL(s) on the wire
-    mime: str | None = None
+    mime: str | None = None  # a frame list's: ``frames_mime`` (several, comma-separated, when frames differ)
     bytes_sent: int = 0  # size of inline data (0 for URLs)
     width: int | None = None  # as sent (None when unknown, e.g. a remote URL)
     height: int | None = None
@@ -229,16 +230,17 @@ def prepare_image(part: ImagePart, options: MediaOptions, cache: PreparedCache |
 
     A remote URL passes through (its size and tokens stay unknown). A local file or data: URL is identified by
     its content and checked first: format, sides, aspect ratio, decompression bomb, animation. With
-    ``options.prepare``, an image over its pixel budget (``resize.image_budget``) is decoded at reduced scale
-    and resized to exactly the size ``smart_resize`` gives, so the service sees the same pixels and counts the
-    same tokens. It is also made upright and 8-bit, and re-encoded no less faithfully than qwen-vl-utils'
-    quality-90 JPEG and no larger (``images.encode_photo``; graphics as PNG or visually lossless JPEG,
-    ``images.encode_graphic``). An image within its budget passes through from its header when
+    ``options.prepare``, an image over its pixel budget (``resize.image_budget``) is decoded at full scale and
+    resized to exactly the size ``smart_resize`` gives (bicubic, as QwenLM's reference), so the service sees the
+    same pixels and counts the same tokens. It is also made upright and 8-bit, and re-encoded no less faithfully
+    than qwen-vl-utils' quality-90 JPEG and no larger (``images.encode_photo``; graphics as PNG or visually
+    lossless JPEG, ``images.encode_graphic``). An image within its budget passes through from its header when
     ``images.passes_through`` says so (JPEG/PNG/WebP, RGB/L/palette, upright, opaque, compact): its bytes are
     only checked for integrity, never decoded whole. Otherwise it is sent as the smaller of the original and a
     re-encoding, unless its pixels need converting (rotation, CMYK, 16-bit, transparency, a format the service
     does not take). What
-    is sent always fits ``MAX_IMAGE_BYTES``: a lower JPEG quality first, then a smaller size, with a note.
+    is sent always fits ``MAX_IMAGE_BYTES``: JPEG for a PNG, then a lower JPEG quality, then a smaller size,
+    with a note (``_fit_bytes``).
     With ``prepare=False`` the original bytes are sent after the same checks, plus an integrity check and
     the size limit.
 
@@ -314,18 +316,15 @@ def _keep_image(
 ) -> PreparedItem:
     """An image prepared like any other (upright, 8-bit, resized to its budget) but kept decoded: no encoding,
     no base64. ``sent`` names its pixels by hash (so cache keys follow the content)."""
-    import hashlib
-
     target, _, notes = _sent_image_size(info, label, part, options)
     decoded = images.decode(data, info, label, size=target)
     notes.extend(decoded.notes)
     img = decoded.image if decoded.image.mode == "RGB" else decoded.image.convert("RGB")
     h_bar, w_bar = _model_size(img.height, img.width, options.model.factor, service, label)
-    digest = hashlib.sha256(img.tobytes()).hexdigest()[:32]
     return PreparedItem(
         part.image,
         "image",
-        f"{MEMORY_SCHEME}sha256:{digest}",
+        _memory_ref(img),
         mime="image/x-raw-rgb",
         width=img.width,
         height=img.height,
@@ -333,6 +332,13 @@ def _keep_image(
         notes=[*notes, "kept in memory for the local model (not encoded)"],
         pixels=img,
     )
+
+
+def _memory_ref(img: Image.Image) -> str:
+    """``memory://sha256:<32 hex>`` naming an image kept decoded by its pixels (so cache keys follow content)."""
+    import hashlib
+
+    return f"{MEMORY_SCHEME}sha256:{hashlib.sha256(img.tobytes()).hexdigest()[:32]}"
 
 
 def _estimate_image(
@@ -427,19 +433,21 @@ def _prepare_local_image(
 def _fit_bytes(
     img: Image.Image, encoded: bytes, mime: str, factor: int, notes: list[str]
 ) -> tuple[bytes, str, Image.Image]:
-    """Make ``encoded`` fit MAX_IMAGE_BYTES: JPEG instead of PNG, then lower qualities, then smaller sizes."""
+    """Make ``encoded`` fit MAX_IMAGE_BYTES: JPEG instead of PNG (``images.encode_photo``: the fidelity of a plain
+    quality-90 JPEG in fewer bytes), then lower qualities, then smaller sizes, every JPEG with optimised Huffman
+    tables (the same pixels in 3-10% fewer bytes, so a higher quality fits)."""
     if len(encoded) <= MAX_IMAGE_BYTES:
         return encoded, mime, img
     if mime == "image/png":
         notes.append(
             f"PNG would be {format_bytes(len(encoded))}, over the {format_bytes(MAX_IMAGE_BYTES)} limit: sent as JPEG"
         )
-        encoded, mime = images.encode_jpeg(img), "image/jpeg"
+        encoded, mime = images.encode_photo(img), "image/jpeg"
     quality = images.JPEG_QUALITY
     for quality in images.JPEG_FALLBACK_QUALITIES:
         if len(encoded) <= MAX_IMAGE_BYTES:
             return encoded, mime, img
-        encoded = images.encode_jpeg(img, quality)
+        encoded = images.encode_jpeg(img, quality, optimize=True)
         notes.append(f"JPEG quality lowered to {quality} to fit {format_bytes(MAX_IMAGE_BYTES)}")
     while len(encoded) > MAX_IMAGE_BYTES:
         area = img.width * img.height // 2
@@ -447,7 +455,7 @@ def _fit_bytes(
             img.height, img.width, factor, min(area, MIN_IMAGE_TOKENS * factor * factor), area
         )
         img = images.resize(img, (w_bar, h_bar))
-        encoded = images.encode_jpeg(img, quality)
+        encoded = images.encode_jpeg(img, quality, optimize=True)
         notes.append(
             f"downscaled to {w_bar}x{h_bar} to fit {format_bytes(MAX_IMAGE_BYTES)} (fewer tokens than the budget)"
         )
@@ -531,7 +539,9 @@ def prepare_video(part: VideoPart, options: MediaOptions, cache: PreparedCache |
 
     A remote URL passes through for the service to fetch and sample. A local file (identified by content) is
     sampled at ``fps`` (the part's, the request's, else 2) by the service's rule, converting only the
-    sampled frames, each resized to the per-frame budget and sent as JPEG in a frame list; ``frame_times``
+    sampled frames, each resized to the per-frame budget and encoded by the images' rule (JPEG; a screen frame
+    PNG or full-chroma JPEG: ``images.encode_image``) in a frame list, or kept as exact pixels for an
+    in-process model (``options.keep_pixels``: ``PreparedItem.pixels``, ``memory://`` references); ``frame_times``
     says when each frame was taken. A list of frame images is checked and prepared image by image to the
     per-frame budget, padded to at least 4 frames and an even count by repeating the last one.
 
@@ -573,7 +583,7 @@ def prepare_video(part: VideoPart, options: MediaOptions, cache: PreparedCache |
             estimate=True,
         )
     key = None
-    if cache is not None:
+    if cache is not None and not options.keep_pixels:  # frames kept decoded are not cached (their size is pixels)
         key = ("video", _digest(src), options, part.fps, part.min_pixels, part.max_pixels)
     ref = str(part.video)  # a file or data: URL here (a frame list went above)
     return _cached_item(cache, key, ref, lambda: _sample(part, ref, src, source.label, options))
@@ -585,22 +595,46 @@ def _sample(part: VideoPart, ref: str, src: Path | bytes, label: str, options: M
 
     fps = part.fps if part.fps is not None else options.fps
     sampled = video.sample_video(
-        src, options.model, fps=fps, min_pixels=part.min_pixels, max_pixels=part.max_pixels, label=label
+        src,
+        options.model,
+        fps=fps,
+        min_pixels=part.min_pixels,
+        max_pixels=part.max_pixels,
+        label=label,
+        output="array" if options.keep_pixels else "encoded",
     )
-    sent = [to_data_url(frame, "image/jpeg") for frame in sampled.frames]
+    pixels = None
+    if options.keep_pixels:  # an in-process model: the exact frames, not encoded (as ``_keep_image``)
+        pixels = [Image.fromarray(frame) for frame in sampled.frames]
+        sent = [_memory_ref(frame) for frame in pixels]
+        mime = "image/x-raw-rgb"
+    else:
+        sent = [to_data_url(frame, mime) for frame, mime in zip(sampled.frames, sampled.mimes, strict=True)]
+        mime = frames_mime(sampled.mimes)
     return PreparedItem(
         ref,
         "video",
         sent,
-        mime="image/jpeg",
-        bytes_sent=sum(len(url) for url in sent),
+        mime=mime,
+        bytes_sent=0 if options.keep_pixels else sum(len(url) for url in sent),
         width=sampled.width,
         height=sampled.height,
         tokens=tokens.video_tokens(sampled.nframes, sampled.height, sampled.width, options.model.factor),
-        notes=[*sampled.notes, f"decoded with {'a seek per sample' if sampled.strategy == 'seek' else 'one pass'}"],
+        notes=[
+            *sampled.notes,
+            f"decoded with {'a seek per sample' if sampled.strategy == 'seek' else 'one pass'}",
+            *(["kept in memory for the local model (not encoded)"] if options.keep_pixels else []),
+        ],
         frame_times=sampled.times,
         fps=sampled.sample_fps,
+        pixels=pixels,
     )
+
+
+def frames_mime(mimes: list[str]) -> str:
+    """A frame list's ``PreparedItem.mime``: the frames' Content-Type when they share one (``image/jpeg``), else
+    each that occurs, in order of first use, joined by ", " (``image/jpeg, image/png``)."""
+    return ", ".join(dict.fromkeys(mimes))
 
 
 def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> PreparedItem:
@@ -701,7 +735,7 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions, cache: PreparedC
         f"{len(refs)} frames",
         "video",
         sent,
-        mime=first.mime,
+        mime=frames_mime([f.mime for f in frames if f.mime]) or None,
         bytes_sent=sum(f.bytes_sent for f in frames),
         width=first.width,
         height=first.height,

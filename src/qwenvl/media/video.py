@@ -6,7 +6,7 @@ The sampling rule (qwen-vl-utils ``smart_nframes`` and the billing page; dashsco
   ``[VIDEO_MIN_FRAMES, min(max_frames, total_frames)]`` and floored to an even count (``VIDEO_FRAME_FACTOR``);
 * sample ``i`` is source frame ``round(linspace(0, total_frames - 1, nframes)[i])`` (round half to even);
 * every frame is resized with ``smart_resize`` to the per-frame budget
-  ``max_pixels = max(min(frame cap, total cap / nframes * 2), min_pixels * 1.05)`` and encoded as JPEG.
+  ``max_pixels = max(min(frame cap, total cap / nframes * 2), min_pixels * 1.05)`` and encoded.
 
 Decisions (documented in the module so that callers and tests agree):
 
@@ -28,6 +28,10 @@ Decisions (documented in the module so that callers and tests agree):
   (truncated) are MediaErrors naming the file. A sample whose frame does not decode is replaced by the
   nearest frame that does, with a note.
 * **Rotation.** A display matrix (phone videos) is applied, so the model sees the video upright.
+* **Encoding.** Each sampled frame (the exact pixels of the resize) is encoded by the images' rule
+  (``images.encode_image``), decided per frame: a camera frame as JPEG at least as faithful as a plain
+  quality-90 JPEG of it and no larger; a screen recording's frame, which is a screenshot, as PNG or full-chroma
+  JPEG (visually lossless). The cost, against the plain quality-90 encoding it replaces, is in bench/bench_video.py.
 * ``prepare=False`` does not apply: a local video is always sampled (sending it whole needs an upload).
 """
 
@@ -44,9 +48,10 @@ from typing import Any, Literal
 
 import av
 import numpy as np
+from PIL import Image
 
 from qwenvl.errors import MediaError
-from qwenvl.media.images import JPEG_QUALITY
+from qwenvl.media import images
 from qwenvl.media.sources import sniff
 from qwenvl.models import VIDEO_FPS, VIDEO_FRAME_FACTOR, VIDEO_MIN_FRAME_TOKENS, VIDEO_MIN_FRAMES, ModelInfo
 
@@ -129,7 +134,8 @@ class _Index:
 class SampledVideo:
     """A video as the service will see it: the sampled frames, their times and the size they were sent at."""
 
-    frames: list[Any]  # JPEG bytes (output="jpeg") or RGB uint8 arrays (output="array"), one per sample
+    frames: list[Any]  # encoded bytes (output="encoded") or RGB uint8 arrays (output="array"), one per sample
+    mimes: list[str]  # each frame's Content-Type (output="encoded"; empty for arrays)
     indices: list[int]  # source frame index of each sample (the rule's)
     times: list[float]  # presentation time of each sent frame, seconds from the first frame
     info: VideoInfo
@@ -532,13 +538,14 @@ def sample_video(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     strategy: Strategy = "auto",
-    output: Literal["jpeg", "array"] = "jpeg",
+    output: Literal["encoded", "array"] = "encoded",
     label: str | None = None,
 ) -> SampledVideo:
     """Sample a local video the way the service does and convert only the sampled frames.
 
     ``fps`` defaults to ``VIDEO_FPS``; the frame count is clamped to the model's limits (see ``sample_count``);
-    each frame is resized to ``frame_budget`` with ``smart_resize`` and, with ``output="jpeg"``, JPEG-encoded.
+    each frame is resized to ``frame_budget`` with ``smart_resize`` and, with ``output="encoded"``, encoded by
+    ``images.encode_image`` (JPEG, or PNG/full-chroma JPEG for a screen frame; ``SampledVideo.mimes`` says which).
     Every failure is a MediaError naming the file.
     """
     from qwenvl.media.resize import smart_resize
@@ -585,7 +592,7 @@ def sample_video(
         rgb = frame.to_ndarray(width=dst_w, height=dst_h, format="rgb24", interpolation="BICUBIC", **kwargs)
         if turns:
             rgb = np.ascontiguousarray(np.rot90(rgb, turns))
-        return encode_jpeg(rgb) if output == "jpeg" else rgb
+        return images.encode_image(Image.fromarray(rgb)) if output == "encoded" else (rgb, None)
 
     with _open(src, name) as container:
         stream = _video_stream(container, name)
@@ -608,7 +615,8 @@ def sample_video(
             source=name,
             hint="Check the video: play it, or convert it again (e.g. to H.264 MP4).",
         )
-    frames = [picked[i][0] for i in indices]
+    frames = [picked[i][0][0] for i in indices]
+    mimes = [picked[i][0][1] for i in indices] if output == "encoded" else []
     times = [picked[i][1] for i in indices]
     stand_ins = sum(1 for i in set(indices) if abs(picked[i][1] - index.time(i)) > 0.5 / index.fps)
     if stand_ins:
@@ -620,6 +628,7 @@ def sample_video(
     info = _info(index, rotation)
     sampled = SampledVideo(
         frames=frames,
+        mimes=mimes,
         indices=indices,
         times=times,
         info=info,
@@ -634,7 +643,7 @@ def sample_video(
     return sampled
 
 
-Picked = dict[int, tuple[Any, float, int]]  # source index -> (converted frame, time, rotation)
+Picked = dict[int, tuple[Any, float, int]]  # source index -> ((converted frame, mime or None), time, rotation)
 
 
 def _frame_time(frame: Any, index: _Index, fallback: int) -> float:
@@ -777,19 +786,3 @@ def _decoded(container: Any, stream: Any, wanted: set[int], stop: set[int] | Non
             if not left:
                 yield from ctx.decode(None)  # drain; the next seek's flush makes the decoder ready again
                 return
-
-
-# --- encoding ---------------------------------------------------------------------------------------------------
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """An RGB uint8 array as JPEG (libjpeg-turbo through simplejpeg; Pillow when it is missing)."""
-    try:
-        import simplejpeg
-    except ImportError:  # pragma: no cover - simplejpeg is a dependency; Pillow is the fallback
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
-        return buf.getvalue()
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB", colorsubsampling="420")
