@@ -369,7 +369,7 @@ class _Base(Generic[B]):
         ``Authorization`` header shown)."""
         from qwenvl.preview import preview
 
-        backend = self._backend if self.is_local else None
+        backend = self.backend if self.is_local else None  # made by plan() already
         shown = preview(
             call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream, backend=backend
         )
