@@ -68,13 +68,30 @@ def test_the_ask_footer_says_local(engine: EngineServer, png: Path) -> None:
 def test_batch_summary_and_lines_carry_no_money(engine: EngineServer, png: Path) -> None:
     """`qwenvl batch --backend openai` reported "cost": 0.0, "currency": "CNY" in its summary. And --max-cost
     cannot be exceeded by a model with no price: it is said not to apply, and the run goes on."""
-    p = run_cli("batch", *local(engine), str(png), "-p", "hi", "-o", "out.jsonl", "--json", "--max-cost", "0.0001")
+    p = run_cli(
+        "batch",
+        *local(engine),
+        str(png),
+        "-p",
+        "hi",
+        "-o",
+        "out.jsonl",
+        "--json",
+        "--max-cost",
+        "0.0001",
+        "--csv",
+        "out.csv",
+    )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout)
     assert (summary["cost"], summary["currency"], summary["local"]) == (None, None, True)
     assert "--max-cost does not apply: a local model has no price" in p.stderr
     line = json.loads(Path("out.jsonl").read_text().splitlines()[0])
     assert line["status"] == "ok" and (line["cost"], line["currency"], line["local"]) == (None, None, True)
+    import csv
+
+    (row,) = csv.DictReader(Path("out.csv").read_text().splitlines())
+    assert row["cost"] == "local"
     dry = run_cli("batch", *local(engine), str(png), "-p", "other", "-o", "dry.jsonl", "--dry-run")
     estimate = json.loads(dry.stdout)
     assert (estimate["cost_max"], estimate["currency"], estimate["local"], estimate["unpriced"]) == (

@@ -20,7 +20,7 @@ from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import media_kind
-from qwenvl.models import cost_fields, currency_of, media_costs, model_info
+from qwenvl.models import currency_of, media_costs, model_info
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
@@ -102,9 +102,8 @@ def estimate_files(
     return {
         "model": info.name,
         "factor": info.factor,
-        **{
-            k: v for k, v in cost_fields(None, currency_of(region or client.region), local=local).items() if k != "cost"
-        },
+        "currency": None if local else currency_of(region or client.region),
+        "local": local,
         "price_tier": price.tier_label if price else None,
         "items": rows,
         "total": {
