@@ -292,8 +292,12 @@ def _read_config_text(path: Path, what: str) -> str | None:
     that are not UTF-8 text."""
     from qwenvl.media.sources import read_regular_text  # media imports this module's callers
 
-    if not path.exists() and not path.is_symlink():
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except (OSError, ValueError):  # a folder that cannot be searched, a NUL: read_regular_text says which
+        pass
     try:
         text = read_regular_text(path, what=what)
     except UsageError as exc:  # not UTF-8: a binary file, or another encoding
