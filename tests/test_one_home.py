@@ -287,9 +287,11 @@ def test_an_answer_costs_its_tokens_unless_cached_or_local() -> None:
     assert paid and answer_cost(_answer("compat"), region="cn") == paid
     assert answer_cost(_answer("native"), region="cn", factor=0.5) == paid * 0.5
     assert answer_cost(_answer("compat", cached=True), region="cn") == 0.0
-    assert answer_cost(_answer("openai"), region="cn") == 0.0  # a local model
-    assert answer_cost(_answer("transformers"), region="cn") == 0.0
-    assert answer_cost(_answer("compat"), region="cn", local=True) == 0.0
+    # a local model has no price: None (shown as "local"), never 0.0 in a currency (models.LOCAL)
+    assert answer_cost(_answer("openai"), region="cn") is None
+    assert answer_cost(_answer("transformers"), region="cn") is None
+    assert answer_cost(_answer("openai", cached=True), region="cn") is None
+    assert answer_cost(_answer("compat"), region="cn", local=True) is None
 
 
 def test_mcp_and_the_usage_line_charge_nothing_for_cached_or_local_answers() -> None:
@@ -297,7 +299,8 @@ def test_mcp_and_the_usage_line_charge_nothing_for_cached_or_local_answers() -> 
     from qwenvl.mcp_server import billed
 
     assert billed(_answer("compat", cached=True), region="cn")["cost"] == 0.0  # was priced as if paid
-    assert billed(_answer("openai"), region="cn")["cost"] == 0.0  # a local model's answer: was priced too
+    local = billed(_answer("openai"), region="cn")  # a local model's answer: was priced, then 0.0 in CNY
+    assert (local["cost"], local["currency"], local["local"]) == (None, None, True)
     assert (
         billed(_answer("compat"), _answer("compat", cached=True), region="cn")["cost"]
         == billed(_answer("compat"), region="cn")["cost"]

@@ -368,15 +368,22 @@ class _Base(Generic[B]):
         Returns ``{"url", "method", "headers" (the key shown as ***, or that none was found), "body" (long
         strings shortened), "media" (each item's size, bytes and tokens), "estimate" (input tokens, max output
         tokens, cost)}``.
-        Raises nothing for a planned call (no key is needed)."""
+        Raises nothing for a planned call (no key is needed; a key's place that cannot be read is said in the
+        ``Authorization`` header shown)."""
         from qwenvl.preview import preview
 
-        backend = self._backend if self.is_local else None
+        backend = self.backend if self.is_local else None  # made by plan() already
         shown = preview(
             call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream, backend=backend
         )
-        if backend is None and find_api_key(self._api_key) is None:  # "Bearer ***" would say a key was found
-            shown["headers"]["Authorization"] = "(no DashScope API key found: it would not be sent)"
+        if backend is None:  # "Bearer ***" would say a key was found
+            try:
+                found = find_api_key(self._api_key)
+            except QwenVLError as exc:  # a damaged key file: the dry run needs no key, but says so
+                shown["headers"]["Authorization"] = f"(the key cannot be read: {exc.message})"
+            else:
+                if found is None:
+                    shown["headers"]["Authorization"] = "(no DashScope API key found: it would not be sent)"
         return shown
 
     def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:

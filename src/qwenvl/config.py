@@ -3,23 +3,23 @@
 Lookup order for the key (the first found wins):
   1. the ``api_key`` argument (``--api-key`` is deliberately not offered: keys in argv leak to `ps`)
   2. ``DASHSCOPE_API_KEY`` in the environment, then in ``.env`` (working folder, then the repository root)
-  3. the file named by ``DASHSCOPE_API_KEY_FILE_PATH``
+  3. the file named by ``DASHSCOPE_API_KEY_FILE_PATH`` (the key alone in it)
   4. ``~/.alibabacloud/credentials`` (INI; profile ``$ALIBABA_CLOUD_PROFILE``, ``$ALICLOUD_PROFILE`` or
      ``default``; option ``dashscope_api_key``)
   5. ``~/.dashscope/api_key`` (the official SDK's key file)
-A ``.env`` file never overrides the real environment.
+A ``.env`` file never overrides the real environment. A place that is there but cannot be used (a damaged file, an
+empty key file, a key with a space in it) is an error naming it (``find_api_key``), never skipped for the next.
 """
 
 from __future__ import annotations
 
 import configparser
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
-
-from dotenv import dotenv_values
 
 from qwenvl import env as qenv
 from qwenvl.errors import MissingAPIKeyError, UsageError
@@ -256,6 +256,25 @@ def _derive(url: str, wanted: str) -> str:
 
 
 # --- the API key -------------------------------------------------------------------------------------------
+#
+# Each place is read as the tool that writes it reads it, and a place that is there but cannot be used is refused
+# (UsageError, exit 2, naming the file, the line and what is wrong; MediaError, exit 3, for a file that cannot be
+# read at all), never skipped for the next place: the user would be sent with another key, or told "no key".
+#   .env: python-dotenv's syntax (``export``, quotes, comments, CRLF, a BOM).
+#   a key file (DASHSCOPE_API_KEY_FILE_PATH, ~/.dashscope/api_key): the whole file, stripped, as the official SDK
+#     reads it (dashscope/common/api_key.py ``get_default_api_key``: ``f.read().strip()``).
+#   ~/.alibabacloud/credentials: INI as configparser reads it, the way Alibaba Cloud's credentials SDK does
+#     (alibabacloud_credentials provider/profile.py ``_load_ini``: an inline ``#`` comment is cut from a value;
+#     a duplicated profile or option is an error), option ``dashscope_api_key`` (cinience/alicloud-skills).
+# A place that is absent, or a profile that has no ``dashscope_api_key``, is simply not a key: the next is tried.
+
+KEY_FILE_HINT = "Put the key alone in the file (sk-...), or delete the file."
+CREDENTIALS_HINT = (
+    "Each line is a [profile] header, name = value, or a # comment; e.g. [default] then dashscope_api_key = sk-..."
+)
+REPEAT_HINT = "Keep one of them: configparser, as Alibaba Cloud's SDKs use it, refuses a repeat."
+DOTENV_HINT = "Write KEY=VALUE on each line (quotes and `export` allowed), or start the line with # to comment it out."
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -267,8 +286,49 @@ class KeyFound:
         return f"KeyFound(source={self.source!r})"
 
 
+def _read_config_text(path: Path, what: str) -> str | None:
+    """The text of a configuration file qwenvl reads on the user's behalf, its BOM removed; None when there is no
+    such file. MediaError (exit 3) for a folder, a pipe, a file that cannot be read; UsageError (exit 2) for bytes
+    that are not UTF-8 text."""
+    from qwenvl.media.sources import read_regular_text  # media imports this module's callers
+
+    try:
+        path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError):  # a folder that cannot be searched, a NUL: read_regular_text says which
+        pass
+    try:
+        text = read_regular_text(path, what=what)
+    except UsageError as exc:  # not UTF-8: a binary file, or another encoding
+        raise UsageError(exc.message, hint=f"Save {path} as UTF-8 text.") from None
+    return text.removeprefix("\ufeff")
+
+
+def checked_key(raw: str, source: str) -> str:
+    """``raw`` stripped, when it can be a key: printable ASCII with no space inside (it is sent in an HTTP header);
+    UsageError naming ``source`` (never the key) otherwise."""
+    key = raw.strip()
+    bad = next((c for c in key if not (c.isascii() and c.isprintable()) or c.isspace()), None)
+    if bad is not None:
+        what = "a line break" if bad in "\r\n" else "a space" if bad.isspace() else f"the character {bad!r}"
+        raise UsageError(
+            f"{source}: the key holds {what}, which no key has",
+            hint="A DashScope key is one word (sk-...): check for a pasted space, line break or quote.",
+        )
+    return key
+
+
 def load_dotenv_files(cwd: Path | None = None) -> dict[str, str]:
-    """Values from ``.env`` in the working folder, then the repository root (the first file wins)."""
+    """Values from ``.env`` in the working folder, then the repository root (the first file wins), read as
+    python-dotenv reads them (``export``, quotes, comments, CRLF; a BOM is dropped). UsageError naming the file and
+    the line for a line python-dotenv cannot parse (it would skip it: the key may be on it) or a file that is not
+    UTF-8; MediaError when ``.env`` is a folder or cannot be read."""
+    import io
+
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
     cwd = Path.cwd() if cwd is None else cwd
     found: dict[str, str] = {}
     candidates = [cwd / ".env"]
@@ -276,15 +336,21 @@ def load_dotenv_files(cwd: Path | None = None) -> dict[str, str]:
         if (parent / ".git").exists():
             candidates.append(parent / ".env")
             break
-    for path in candidates:
-        if path.is_file():
-            try:
-                values = dotenv_values(path)
-            except (OSError, UnicodeDecodeError):
-                continue
-            for k, v in values.items():
-                if v is not None:
-                    found.setdefault(k, v)
+    for path in dict.fromkeys(candidates):
+        text = _read_config_text(path, ".env file")
+        if text is None:
+            continue
+        for binding in parse_stream(io.StringIO(text)):
+            if binding.error:
+                start = _NAME.match(binding.original.string.strip().removeprefix("export").strip())
+                starts = f" (it starts {start.group()!r})" if start else ""  # never the rest: a key may be in it
+                raise UsageError(
+                    f"{path} line {binding.original.line}: not KEY=VALUE{starts}",
+                    hint=DOTENV_HINT,
+                )
+        for k, v in dotenv_values(stream=io.StringIO(text), interpolate=True).items():
+            if v is not None:
+                found.setdefault(k, v)
     return found
 
 
@@ -295,19 +361,29 @@ def find_api_key(
     home: Path | None = None,
     cwd: Path | None = None,
 ) -> KeyFound | None:
+    """The DashScope key and where it came from, trying the places in the module's order; None when none holds one.
+
+    Raises UsageError (exit 2) naming the place, the line and what is wrong when a place that is read cannot be
+    used: a key with a space, line break or non-ASCII character in it; a ``.env`` line python-dotenv cannot parse;
+    a credentials file that is not INI (``[default`` with no ``]``, a line that is neither a header nor
+    ``name = value``, a profile or option given twice) or whose profile has an empty ``dashscope_api_key``; a key
+    file that is empty or holds more than one line; a file that is not UTF-8. Raises MediaError (exit 3) when
+    ``$DASHSCOPE_API_KEY_FILE_PATH`` names a file that is missing, a folder or unreadable, or another place is a
+    folder or unreadable. Places after the one that holds a key are not read."""
     if explicit:
-        return KeyFound(explicit.strip(), "argument")
+        return KeyFound(checked_key(explicit, "the api_key argument"), "argument")
     home = qenv.user_home(env) if home is None else home
     key = qenv.dashscope_api_key(env)
     if key:
-        return KeyFound(key, "environment DASHSCOPE_API_KEY")
+        return KeyFound(checked_key(key, "$DASHSCOPE_API_KEY"), "environment DASHSCOPE_API_KEY")
     dotenv = load_dotenv_files(cwd)
     key = qenv.dashscope_api_key(dotenv)  # .env files follow the environment's rules
     if key:
-        return KeyFound(key, ".env DASHSCOPE_API_KEY")
+        return KeyFound(checked_key(key, "DASHSCOPE_API_KEY in .env"), ".env DASHSCOPE_API_KEY")
     key_file = qenv.dashscope_api_key_file(env) or qenv.dashscope_api_key_file(dotenv)
     if key_file:
-        key = _read_key_file(Path(key_file).expanduser())
+        path = Path(key_file.strip()).expanduser()
+        key = _read_key_file(path, named_by="DASHSCOPE_API_KEY_FILE_PATH")
         if key:
             return KeyFound(key, f"file {key_file}")
     profile = qenv.credentials_profile(env)
@@ -320,64 +396,98 @@ def find_api_key(
     return None
 
 
-def require_api_key(explicit: str | None = None, **kw) -> KeyFound:
-    """The key ``find_api_key`` finds (same arguments). Raises MissingAPIKeyError when there is none; when
-    ``$DASHSCOPE_API_KEY_FILE_PATH`` names a file that is missing, not a regular file, unreadable or empty, the
-    message says so (with a hint about the path) instead of only "no key"."""
+def require_api_key(explicit: str | None = None, **kw: Any) -> KeyFound:
+    """The key ``find_api_key`` finds (same arguments, same errors for a place that cannot be used). Raises
+    MissingAPIKeyError (exit 4) when there is none; when ``$ALIBABA_CLOUD_PROFILE`` (or ``$ALICLOUD_PROFILE``)
+    names a profile, the message says that profile has no key."""
     found = find_api_key(explicit, **kw)
     if found is None:
-        message, hint = _key_file_problem(kw.get("env"), kw.get("cwd"))
+        message, hint = _no_key(kw.get("env"))
         raise MissingAPIKeyError(message, hint=hint)
     return found
 
 
-def _key_file_problem(env: Mapping[str, str] | None, cwd: Path | None) -> tuple[str, str]:
-    """(message, hint) for no key: what is wrong with the file ``$DASHSCOPE_API_KEY_FILE_PATH`` names, if it
-    names one; else the credentials profile asked for (``$ALIBABA_CLOUD_PROFILE``), if not ``default``."""
+def _no_key(env: Mapping[str, str] | None) -> tuple[str, str]:
+    """(message, hint) for no key: the credentials profile asked for (``$ALIBABA_CLOUD_PROFILE``), if not
+    ``default``; else the places to put one."""
+    profile, variable = qenv.credentials_profile(env), qenv.credentials_profile_variable(env)
+    if variable is not None:  # the profile asked for, not the generic [default] advice
+        return (
+            f"no DashScope API key found: profile [{profile}] ({variable}) of ~/.alibabacloud/credentials "
+            "has no dashscope_api_key",
+            f"Put dashscope_api_key = sk-... under [{profile}] in ~/.alibabacloud/credentials, or unset "
+            f"{variable} to use [default]; or set DASHSCOPE_API_KEY=sk-...",
+        )
+    return "no DashScope API key found", KEY_HELP
+
+
+def _read_key_file(path: Path, *, named_by: str | None = None) -> str | None:
+    """The key in a key file: the whole file stripped (as the official SDK reads it). None when the file does not
+    exist, unless a variable (``named_by``) names it: then MediaError, as for a folder or an unreadable file;
+    UsageError when it is empty, holds more than one line, or what it holds cannot be a key."""
     from qwenvl.errors import MediaError
     from qwenvl.media.sources import check_regular
 
-    named = qenv.dashscope_api_key_file(env) or qenv.dashscope_api_key_file(load_dotenv_files(cwd))
-    if not named:
-        profile, variable = qenv.credentials_profile(env), qenv.credentials_profile_variable(env)
-        if variable is not None:  # the profile asked for, not the generic [default] advice
-            return (
-                f"no DashScope API key found: profile [{profile}] ({variable}) of ~/.alibabacloud/credentials "
-                "has no dashscope_api_key",
-                f"Put dashscope_api_key = sk-... under [{profile}] in ~/.alibabacloud/credentials, or unset "
-                f"{variable} to use [default]; or set DASHSCOPE_API_KEY=sk-...",
-            )
-        return "no DashScope API key found", KEY_HELP
-    path = Path(named).expanduser()
+    label = f"{path} ({named_by})" if named_by else str(path)
     try:
-        check_regular(path, what="key file")
+        if named_by:
+            check_regular(path, what="key file")  # missing too: the variable asks for this file
+        text = _read_config_text(path, "key file")
     except MediaError as exc:
-        return f"no DashScope API key found: DASHSCOPE_API_KEY_FILE_PATH: {exc.message}", exc.hint or KEY_HELP
-    return f"no DashScope API key found: {path} (DASHSCOPE_API_KEY_FILE_PATH) holds no key", (
-        "Put the key alone on its first line (UTF-8 text)."
-    )
-
-
-def _read_key_file(path: Path) -> str | None:
-    if not path.is_file():  # a pipe or device is never read
+        raise MediaError(
+            f"{named_by}: {exc.message}" if named_by else exc.message, source=exc.source, hint=exc.hint
+        ) from None
+    if text is None:
         return None
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text.splitlines()[0].strip() if text else None
+    lines = [n for n, line in enumerate(text.strip().splitlines(), 1) if line.strip()]
+    if not lines:
+        raise UsageError(f"{label} is empty: it holds no key", hint=KEY_FILE_HINT)
+    if len(lines) > 1:
+        raise UsageError(
+            f"{label} holds {len(lines)} lines; a key file holds the key alone (line {lines[1]} is more)",
+            hint=KEY_FILE_HINT,
+        )
+    return checked_key(text, label)
 
 
 def _read_credentials(path: Path, profile: str) -> str | None:
+    """``dashscope_api_key`` of ``[profile]`` in the INI file ``path`` (quotes and an inline ``#`` comment
+    removed); None when the file, the profile or the option is absent. UsageError naming the line for a file
+    configparser cannot read (as Alibaba Cloud's SDKs would fail on it), or an empty value."""
+    text = _read_config_text(path, "credentials file")
+    if text is None:
+        return None
     parser = configparser.ConfigParser(interpolation=None)
-    if not path.is_file():  # a pipe or device is never read
-        return None
     try:
-        if not parser.read(path, encoding="utf-8"):
-            return None
-    except (configparser.Error, OSError, UnicodeDecodeError):
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
+        fault = _ini_fault(exc)
+        repeated = "a second time" in fault
+        raise UsageError(f"{path} {fault}", hint=REPEAT_HINT if repeated else CREDENTIALS_HINT) from None
+    if not parser.has_option(profile, "dashscope_api_key"):
         return None
-    if not parser.has_section(profile):
-        return None
-    value = parser.get(profile, "dashscope_api_key", fallback="").strip().strip("'\"")
-    return value or None
+    value = parser.get(profile, "dashscope_api_key").split("#")[0].strip().strip("'\"")
+    if not value:
+        raise UsageError(f"{path} [{profile}]: dashscope_api_key is empty", hint="Give it the key: sk-...")
+    return checked_key(value, f"{path} [{profile}] dashscope_api_key")
+
+
+def _ini_fault(exc: configparser.Error) -> str:
+    """What configparser found wrong, as "line N: ..." (never a value: it may hold a key)."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        line = exc.line.strip()
+        if line.startswith("[") and "]" not in line:
+            name = _NAME.match(line[1:].strip())
+            shown = f" [{name.group()}" if name else ""
+            return f"line {exc.lineno}: the profile header{shown} has no closing ]"
+        return f"line {exc.lineno}: a setting before any [profile] header"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"line {exc.lineno}: profile [{exc.section}] is given a second time"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"line {exc.lineno}: {exc.option} is given a second time in [{exc.section}]"
+    if isinstance(exc, configparser.ParsingError) and exc.errors:
+        lineno, raw = exc.errors[0][0], str(exc.errors[0][1]).strip("'\"")
+        if raw.strip().startswith("["):
+            return f"line {lineno}: a profile header with no closing ]"
+        return f"line {lineno}: neither a [profile] header nor name = value"
+    return f"cannot be read as INI ({type(exc).__name__})"

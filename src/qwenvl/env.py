@@ -70,7 +70,12 @@ VARIABLES: tuple[Variable, ...] = (
         "The DashScope (Model Studio) API key; also read from `./.env` (the environment wins).",
         "none: the files above are tried",
     ),
-    Variable("DASHSCOPE_API_KEY_FILE_PATH", "A file whose first line is the API key; also read from `./.env`.", "none"),
+    Variable(
+        "DASHSCOPE_API_KEY_FILE_PATH",
+        "A file holding the API key alone (read whole and stripped, as the official SDK does); also read from "
+        "`./.env`.",
+        "none",
+    ),
     Variable(
         "DASHSCOPE_COMPATIBLE_BASE_URL",
         "Base URL of the OpenAI-compatible protocol (as the official SDK reads it); wins over the region.",
@@ -162,6 +167,18 @@ def _switch(value: str) -> bool:
         f"{value!r} is not a switch: use 1 or 0 (true/false, on/off, yes/no)",
         hint="Set the variable to 1 or 0, or unset it.",
     )
+
+
+def unknown_variables(env: Env | None = None) -> list[tuple[str, str | None]]:
+    """Variables named ``QWENVL_...`` that are set (not blank) but that qwenvl does not read (a typo, or a
+    setting that has only a flag, such as a time-out): each with the closest variable it does read (difflib), or
+    None. Sorted by name. Raises nothing."""
+    import difflib
+
+    known = [v.name for v in VARIABLES]
+    source = os.environ if env is None else env
+    names = sorted(n for n in source if n.startswith("QWENVL_") and n not in known and _raw(n, env) is not None)
+    return [(n, next(iter(difflib.get_close_matches(n, known, n=1, cutoff=0.8)), None)) for n in names]
 
 
 # --- the DashScope key and endpoints ----------------------------------------------------------------------------

@@ -35,24 +35,25 @@ def estimate_files(
     **fields: Any,
 ) -> dict[str, Any]:
     """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
-    ``vl_high_resolution_images``, ``min_pixels``, ``max_pixels``, ``fps``, ``pages``, ``prepare``); nothing is sent.
+    ``vl_high_resolution_images``, ``min_pixels``, ``max_pixels``, ``fps``, ``pages``, ``prepare``); nothing is
+    sent.
 
     ``files`` are local files, folders (walked for media as ``qwenvl batch`` does), globs, https/file/data URLs.
-    Returns ``{"model", "factor", "currency", "price_tier", "items": [...], "total": {"tokens", "cost", "items",
-    "unknown", "failed"}}``; an item is ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent",
-    "tokens", "cost", "notes"}`` (a PDF gives one item per page, a remote URL ``tokens: None``: the service
-    fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot be sent (the others go on).
-    The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus; a local
-    ``client`` (``--backend openai|transformers``) gives its model's own rules, and ``family`` (qwen2.5-vl,
-    qwen3-vl) the rules of a model whose name does not say. ``client`` is a ``Client`` or anything with the
-    members of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in Beijing, USD
-    elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``); costs are
-    in the currency's units, rounded to 10 significant digits.
+    Returns ``{"model", "factor", "currency", "local", "price_tier", "items": [...], "total": {"tokens", "cost",
+    "items", "unknown", "failed"}}``; with a local ``client`` (a local model has no price: ``qwenvl.models.LOCAL``)
+    ``local`` is True and ``currency`` and every ``cost`` None. An item is ``{"source", "kind", "width", "height",
+    "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}`` (a PDF gives one item per page, a remote URL
+    ``tokens: None``: the service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot
+    be sent (the others go on). The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else
+    qwen3-vl-plus; a local ``client`` (``--backend openai|transformers``) gives its model's own rules, and
+    ``family`` (qwen2.5-vl, qwen3-vl) the rules of a model whose name does not say. ``client`` is a ``Client`` or
+    anything with the members of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in
+    Beijing, USD elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``);
+    costs are in the currency's units, rounded to 10 significant digits.
 
-    Raises ``UsageError`` for invalid options or an unknown region; ``MediaError`` (exit 3) when ``files`` name
-    no media file (an empty folder: ``batch.inputs.no_media_found``), a missing folder or a glob that matches
-    nothing (``batch.inputs.expand_inputs``); a file that cannot be sent is a row with ``error`` instead.
-    """
+    Raises ``UsageError`` for invalid options or an unknown region; ``MediaError`` (exit 3) when ``files`` name no
+    media file (an empty folder: ``batch.inputs.no_media_found``), a missing folder or a glob that matches nothing
+    (``batch.inputs.expand_inputs``); a file that cannot be sent is a row with ``error`` instead."""
     from qwenvl.batch.inputs import expand_inputs, no_media_found
     from qwenvl.client import Client
 
@@ -92,13 +93,17 @@ def estimate_files(
     counted = [r for r in rows if "error" not in r]
     known = [r["tokens"] for r in counted if r["tokens"] is not None]
     total_tokens = sum(known)
+    local = bool(getattr(client, "is_local", False))  # a local model has no price: no cost, no currency
     price, costs, total_cost = media_costs(info, [r["tokens"] for r in counted], region=region or client.region)
+    if local:
+        price, costs, total_cost = None, [None] * len(counted), None
     for row, cost in zip(counted, costs, strict=True):
         row["cost"] = cost
     return {
         "model": info.name,
         "factor": info.factor,
-        "currency": currency_of(region or client.region),
+        "currency": None if local else currency_of(region or client.region),
+        "local": local,
         "price_tier": price.tier_label if price else None,
         "items": rows,
         "total": {

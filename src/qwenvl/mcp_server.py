@@ -42,7 +42,7 @@ from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S
 from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.estimate import estimate_files
-from qwenvl.models import answer_cost, currency_of, format_cost
+from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
@@ -136,8 +136,13 @@ _COUNTS = [name for name, info in UsageOut.model_fields.items() if not info.excl
 class Billed(BaseModel):
     model: str | None = Field(None, description="The model that answered.")
     usage: UsageOut = Field(default_factory=UsageOut, description="Tokens as the service counted them.")
-    cost: float | None = Field(None, description="Estimated cost from the model table (None: price unknown).")
-    currency: str = Field("CNY", description="The cost's currency: CNY in Beijing, USD in Singapore and Virginia.")
+    cost: float | None = Field(
+        None, description="Estimated cost from the model table (None: price unknown, or a local model: see local)."
+    )
+    currency: str | None = Field(
+        "CNY", description="The cost's currency: CNY in Beijing, USD in Singapore and Virginia (None: local)."
+    )
+    local: bool = Field(False, description="A local model answered: it has no price (cost and currency are None).")
     request_id: str | None = None
 
 
@@ -211,7 +216,8 @@ class EstimateTotal(BaseModel):
 class EstimateResult(BaseModel):
     model: str
     factor: int = Field(description="Pixels per token side (32 for Qwen3-VL).")
-    currency: str = Field(description="CNY in Beijing, USD in Singapore and Virginia.")
+    currency: str | None = Field(description="CNY in Beijing, USD in Singapore and Virginia (None: local).")
+    local: bool = Field(False, description="A local model: it has no price (every cost is None).")
     price_tier: str | None = Field(None, description="The input-length price tier of a request carrying them all.")
     items: list[EstimateItem]
     total: EstimateTotal
@@ -273,14 +279,16 @@ def local_path(ref: str) -> Path | None:
 # == Results and errors =============================================================================================
 
 
-def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[UsageOut, float | None, str | None]:
+def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[UsageOut, float | None, str | None, bool]:
     total = UsageOut()
     cost: float | None = 0.0
     model = None
+    local = False
     for r in responses:
         if r is None:
             continue
         model = r.model or model
+        local = local or not is_paid(r.protocol)
         for key in _COUNTS:
             value = getattr(r.usage, key)
             if value is not None:
@@ -290,18 +298,18 @@ def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[Us
             continue
         one = answer_cost(r, region=region)
         cost = None if one is None else cost + one
-    return total, (None if model is None else cost), model
+    return total, (None if model is None else cost), model, local
 
 
 def billed(*responses: Response | None, region: str | None = None) -> dict[str, Any]:
-    """Usage summed over ``responses`` and its cost in ``region``'s currency."""
-    usage, cost, model = _usage(responses, region)
+    """Usage summed over ``responses`` and its cost in ``region``'s currency (``models.cost_fields``: a local
+    model's is ``cost`` None, ``currency`` None, ``local`` True)."""
+    usage, cost, model, local = _usage(responses, region)
     last = next((r for r in reversed(responses) if r is not None), None)
     return {
         "model": model,
         "usage": usage,
-        "cost": cost,
-        "currency": currency_of(region),
+        **cost_fields(cost, currency_of(region), local=local),
         "request_id": last.request_id if last else None,
     }
 
@@ -323,7 +331,7 @@ def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
             u = b["usage"]
             text += (
                 f"\npaid: {exc.requests} request{'s' if exc.requests > 1 else ''}, {u.input_tokens or 0} in / "
-                f"{u.output_tokens or 0} out tokens, cost {format_cost(b['cost'], b['currency'])}"
+                f"{u.output_tokens or 0} out tokens, cost {format_cost(b['cost'], b['currency'], local=b['local'])}"
             )
         if exc.hint:
             text += f"\nhint: {exc.hint}"

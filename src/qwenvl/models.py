@@ -519,6 +519,27 @@ def estimate_cost(
 # answer over any other (a local model behind the openai or transformers backend) costs no money.
 PAID_PROTOCOLS = ("compat", "native", "batch-api")
 
+# A local model (the openai and transformers backends, and `qwenvl serve` in front of them) has no price: its cost
+# is never 0 in a currency. In text it reads LOCAL; in JSON it is ``cost_fields(..., local=True)``:
+# ``{"cost": null, "currency": null, "local": true}``. The one rule for every place a cost is computed, shown or
+# stored (tokens, --dry-run, ask/chat, batch, --max-cost, usage, serve's usage log, the playground, MCP).
+LOCAL = "local"
+
+
+def is_paid(protocol: str | None) -> bool:
+    """Whether answers over ``protocol`` are paid for (``PAID_PROTOCOLS``); False for a local model's. Raises
+    nothing."""
+    return protocol in PAID_PROTOCOLS
+
+
+def cost_fields(cost: float | None, currency: str | None, *, local: bool) -> dict[str, Any]:
+    """A cost as JSON gives it: ``{"cost", "currency", "local"}``. For a local model ``{"cost": None, "currency":
+    None, "local": True}`` (no price, not 0.0); else the cost rounded (``round_cost``; None when unknown) in
+    ``currency`` and ``"local": False``. Raises nothing."""
+    if local:
+        return {"cost": None, "currency": None, "local": True}
+    return {"cost": None if cost is None else round_cost(cost), "currency": currency, "local": False}
+
 
 def answer_cost(
     response: Response,
@@ -528,15 +549,17 @@ def answer_cost(
     model: ModelInfo | str | None = None,
     local: bool | None = None,
 ) -> float | None:
-    """What one answer cost, in ``currency_of(region)``: 0.0 when nothing was paid (it came from the response
-    cache, or from a local model: ``local``, by default judged from ``response.protocol`` not being one of
-    ``PAID_PROTOCOLS``), else ``estimate_cost`` of its tokens for ``model`` (default ``response.model``) at the
-    request's tier, times ``factor`` (0.5 for the Batch API). None when its tokens or the price are unknown.
-    The one rule for the usage log, batch records, the CLI's usage line and the MCP tools. Raises UsageError
-    for an unknown region."""
+    """What one answer cost, in ``currency_of(region)``: None for a local model (``local``, by default judged from
+    ``response.protocol`` not being one of ``PAID_PROTOCOLS``: it has no price, shown as ``LOCAL``), 0.0 when
+    nothing was paid (it came from the response cache), else ``estimate_cost`` of its tokens for ``model`` (default
+    ``response.model``) at the request's tier, times ``factor`` (0.5 for the Batch API). None when its tokens or the
+    price are unknown. The one rule for the usage log, batch records, the CLI's usage line and the MCP tools. Raises
+    UsageError for an unknown region."""
     if local is None:
         local = response.protocol not in PAID_PROTOCOLS
-    if response.cached or local:
+    if local:
+        return None
+    if response.cached:
         return 0.0
     u = response.usage
     return estimate_cost(model or response.model, u.input_tokens, u.output_tokens or 0, region=region, factor=factor)
@@ -562,10 +585,13 @@ def round_cost(amount: float) -> float:
     return float(f"{amount:.10g}")
 
 
-def format_cost(amount: float | None, currency: str, digits: int = 4) -> str:
-    """``¥0.0018`` / ``$0.0003`` ("unknown" for None); amounts of 1 or more get 2 decimals, amounts too small for
-    ``digits`` decimals two significant digits (``$0.000031``, never a misleading ``$0.0000``). Raises nothing."""
-    if amount is None:
+def format_cost(amount: float | None, currency: str | None, digits: int = 4, *, local: bool = False) -> str:
+    """``¥0.0018`` / ``$0.0003`` ("unknown" for None; ``LOCAL`` for a local model's, whatever the amount); amounts
+    of 1 or more get 2 decimals, amounts too small for ``digits`` decimals two significant digits (``$0.000031``,
+    never a misleading ``$0.0000``). Raises nothing."""
+    if local:
+        return LOCAL
+    if amount is None or currency is None:
         return "unknown"
     symbol = CURRENCY_SYMBOL.get(currency, currency + " ")
     if amount >= 1:

@@ -40,8 +40,11 @@ def preview(
     stream: bool = False,
     backend: Any = None,
 ) -> dict[str, Any]:
-    """``backend``: a local backend with ``preview_body(call, stream) -> (url, body)`` (openai, transformers)."""
+    """``backend``: a local backend with ``preview_body(call, stream) -> (url, body)`` (openai, transformers); its
+    model has no price, so the estimate's ``cost_input``, ``cost_max`` and ``currency`` are None and ``local``
+    True."""
     stream = stream or call.model.stream_only  # what the backend will send (see DashScopeBackend.complete)
+    local = backend is not None
     headers = {"Authorization": "Bearer ***", "Content-Type": "application/json"}
     if backend is not None and hasattr(backend, "preview_body"):
         url, body = backend.preview_body(call, stream)
@@ -86,9 +89,15 @@ def preview(
             "media_tokens": known_media,
             "text_tokens_approx": text_tokens,
             "max_output_tokens": max_out,
-            "cost_input": estimate_cost(call.model, input_tokens, 0, region=region),
-            "cost_max": estimate_cost(call.model, input_tokens, max_out, region=region),
-            "currency": currency_of(region),
-            "price_tier": tier.tier_label if (tier := price_for(call.model, input_tokens, region=region)) else None,
+            # a local model (a backend given) has no price: costs and currency None, "local" True (models.LOCAL)
+            "cost_input": None if local else estimate_cost(call.model, input_tokens, 0, region=region),
+            "cost_max": None if local else estimate_cost(call.model, input_tokens, max_out, region=region),
+            "currency": None if local else currency_of(region),
+            "local": local,
+            "price_tier": None
+            if local
+            else tier.tier_label
+            if (tier := price_for(call.model, input_tokens, region=region))
+            else None,
         },
     }

@@ -67,7 +67,7 @@ from filelock import FileLock, Timeout
 
 from qwenvl.client import make_request
 from qwenvl.errors import QwenVLError, UsageError
-from qwenvl.models import model_info
+from qwenvl.models import LOCAL, model_info
 from qwenvl.outputs import write_atomic, write_failure_hint
 from qwenvl.plan import TRANSPORT_FIELDS as PLAN_TRANSPORT_FIELDS
 from qwenvl.plan import question as plan_question
@@ -922,7 +922,7 @@ def csv_record(rec: dict[str, Any]) -> list[Any]:
         "input_tokens": usage.get("input_tokens"),
         "output_tokens": usage.get("output_tokens"),
         "image_tokens": usage.get("image_tokens"),
-        "cost": rec.get("cost"),
+        "cost": LOCAL if rec.get("local") else rec.get("cost"),  # a local model has no price: "local", not 0
         "cached": rec.get("cached"),
         "request_id": result.get("request_id") or error.get("request_id"),
     }

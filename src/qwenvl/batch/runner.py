@@ -106,7 +106,7 @@ from qwenvl.errors import (
     StructuredOutputError,
     UsageError,
 )
-from qwenvl.models import DEFAULT_MODEL, answer_cost, currency_of, estimate_cost, round_cost
+from qwenvl.models import DEFAULT_MODEL, answer_cost, cost_fields, currency_of, estimate_cost, round_cost
 from qwenvl.notes import answer_notes
 from qwenvl.outputs import check_writable
 from qwenvl.plan import Call
@@ -162,7 +162,10 @@ class Estimate:
     unpriced: int = 0  # requests whose model has no known price (not counted in the costs)
     models: list[str] = field(default_factory=list)
     price_factor: float = 1.0  # batchapi.PRICE_FACTOR (0.5) for the Batch API
-    currency: str = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
+    currency: str | None = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
+    # a local model (the openai or transformers backend): no price, so the costs and the currency are None
+    # (qwenvl.models.LOCAL) and ``max_cost`` cannot be exceeded
+    local: bool = False
     # plan errors by item id: the invalid items only (which items the cache answers is kept in the spool)
     errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)
 
@@ -221,7 +224,8 @@ class Summary:
     first_service_error: str | None = None  # the message of the first of them (in input order)
     send_s: float | None = None  # from the first request sent to the last item finished (realtime runs)
     batch_ids: list[str] = field(default_factory=list)
-    currency: str = "CNY"
+    currency: str | None = "CNY"  # None for a local model
+    local: bool = False  # a local model answered: it has no price (``cost`` is None in ``to_dict``)
     notes: list[str] = field(default_factory=list)  # e.g. Batch API jobs still running (--no-wait)
     # Batch API jobs (or input files) this run found ended without answering items (``Progress.job_failures``)
     job_failures: list[dict[str, Any]] = field(default_factory=list)
@@ -229,8 +233,9 @@ class Summary:
     interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary as JSON shows it (``"event": "summary"``), its cost rounded (``models.round_cost``)."""
-        return {"event": "summary", **asdict(self), "cost": round_cost(self.cost)}
+        """The summary as JSON shows it (``"event": "summary"``), its cost rounded (``models.round_cost``); a local
+        model's run has ``"cost": null, "currency": null, "local": true`` (``models.cost_fields``)."""
+        return {"event": "summary", **asdict(self), **cost_fields(self.cost, self.currency, local=self.local)}
 
     def service_failure(self) -> APIError | None:
         """The one rule, in both modes, for a run that did not succeed for the service's reasons (the CLI exits 5
@@ -598,8 +603,11 @@ class Batch:
             submitted=submitted,
             replaced=count_answered(self.output) if self.fresh else 0,
             price_factor=batch_price_factor() if self.mode == "batch-api" else 1.0,
-            currency=self.currency,
+            currency=None if self.planner.is_local else self.currency,
+            local=self.planner.is_local,
         )
+        if est.local:
+            est.cost_input = est.cost_max = None
         models: set[str] = set()
         errors: list[tuple[int, dict[str, Any]]] = []
         cached: list[int] = []
@@ -693,6 +701,8 @@ class Batch:
         est.input_tokens += tokens
         est.max_output_tokens += max_tokens
         est.unknown_media += unknown
+        if est.local:  # no price: nothing to add, and not "unpriced" either
+            return False
         c_in = estimate_cost(model, tokens, 0, region=region)
         c_max = estimate_cost(model, tokens, max_tokens, region=region)
         if c_in is None or c_max is None:
@@ -794,7 +804,8 @@ class Batch:
             input_tokens=prog.input_tokens,
             output_tokens=prog.output_tokens,
             cost=round_cost(prog.cost),
-            currency=self.currency,
+            currency=None if self.planner.is_local else self.currency,
+            local=self.planner.is_local,
             elapsed_s=round(time.monotonic() - started, 3),
             rate_limited=prog.rate_limited,
             service_errors=service_errors,
@@ -863,7 +874,8 @@ class Batch:
             prog.sent += exc.requests - 1  # the repair request (the worker counted the first)
             rec["usage"] = usage_record(paid)
             rec["cost"] = None if cost is None else round(cost, 8)
-            rec["currency"] = self.currency
+            rec["currency"] = None if self.planner.is_local else self.currency
+            rec["local"] = self.planner.is_local
             rec["cached"] = paid.cached
             rec["request_ids"] = exc.request_ids
             error["request_id"] = error["request_id"] or (exc.request_ids[-1] if exc.request_ids else None)
@@ -915,8 +927,7 @@ class Batch:
             "status": "ok",
             "result": response.record(),
             "usage": usage_record(response),
-            "cost": None if cost is None else round_cost(cost),
-            "currency": self.currency,
+            **cost_fields(cost, self.currency, local=self.planner.is_local),
             "cached": response.cached,
             "attempts": attempts + response.requests - 1,  # a structured-output repair request included
             "latency_s": round(latency_s, 3),
@@ -1230,4 +1241,6 @@ def batch_price_factor() -> float:
 
 
 def within_budget(est: Estimate, max_cost: float | None) -> bool:
-    return max_cost is None or math.isinf(max_cost) or (est.cost_max or 0.0) <= max_cost
+    """Whether ``est`` stays within ``max_cost`` (None or infinite: no limit). Always True for a local model's
+    run: it has no price, so no budget can be exceeded."""
+    return est.local or max_cost is None or math.isinf(max_cost) or (est.cost_max or 0.0) <= max_cost

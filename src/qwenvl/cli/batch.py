@@ -107,6 +107,13 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     if not est.to_send:
         return
     half = " at the Batch API's half price" if est.price_factor != 1 else ""
+    if est.local:  # a local model has no price (models.LOCAL): tokens only
+        console.print(
+            f"{est.to_send:,} requests to send ({escape(', '.join(est.models))}): ≈{est.input_tokens:,} input "
+            f"tokens, cost: {format_cost(None, None, local=True)} (a local model has no price)",
+            highlight=False,
+        )
+        return
     line = (
         f"{est.to_send:,} requests to send ({', '.join(est.models)}): ≈{est.input_tokens:,} input tokens, "
         f"≈{format_cost(est.cost_input, est.currency)} input, up to {format_cost(est.cost_max, est.currency)} "
@@ -121,6 +128,11 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
 
 def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
     max_cost = opts["max_cost"]
+    if est.local:  # no price: the budget cannot be exceeded; a --max-cost given is said not to apply, not refused
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source("max_cost") not in (None, click.core.ParameterSource.DEFAULT):
+            click.echo("note: --max-cost does not apply: a local model has no price, so the run goes on", err=True)
+        return
     if opts["yes"] or within_budget(est, max_cost):
         return
     text = f"up to {format_cost(est.cost_max, est.currency)}, above --max-cost {format_cost(max_cost, est.currency)}"
@@ -158,8 +170,8 @@ def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
 class _Bar:
     """A rich progress bar on stderr: done, failed, rate, ETA, tokens and cost so far."""
 
-    def __init__(self, currency: str = "CNY") -> None:
-        self.currency = currency
+    def __init__(self, currency: str | None = "CNY", *, local: bool = False) -> None:
+        self.currency, self.local = currency, local
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -174,7 +186,13 @@ class _Bar:
             transient=False,
         )
         self.task = self.progress.add_task(
-            "batch", total=None, failed=0, rate="0.0", tokens="0", cost=format_cost(0.0, currency), extra=""
+            "batch",
+            total=None,
+            failed=0,
+            rate="0.0",
+            tokens="0",
+            cost=format_cost(0.0, currency, local=local),
+            extra="",
         )
 
     def __enter__(self) -> _Bar:
@@ -200,7 +218,7 @@ class _Bar:
             failed=p.failed,
             rate=f"{p.done / elapsed:.1f}",
             tokens=f"{p.input_tokens + p.output_tokens:,}",
-            cost=format_cost(p.cost, self.currency),
+            cost=format_cost(p.cost, self.currency, local=self.local),
             extra=escape(shown(extra, sys.stderr)),  # a Batch API job's status text comes from the service
             description="batch" if p.phase == "realtime" else p.phase,
         )
@@ -248,10 +266,14 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
         status = f"[yellow]interrupted[/] ({s.pending:,} pending: the same command resumes)"
     output = escape(safe_line(s.output))  # the user's file name
     console.print(f"{status}: {s.ok:,} ok, {s.error:,} failed of {s.total:,} → {output}", highlight=False)
+    cost = (
+        f"cost: {format_cost(None, None, local=True)} (a local model has no price)"
+        if s.local
+        else "≈" + format_cost(s.cost, s.currency)
+    )
     line = (
         f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
-        f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, ≈{format_cost(s.cost, s.currency)}, "
-        f"{s.elapsed_s:.1f} s"
+        f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, {cost}, {s.elapsed_s:.1f} s"
     )
     if s.rate_limited:
         line += f", {s.rate_limited} × 429"
@@ -414,7 +436,7 @@ def run(opts: dict[str, Any]) -> None:
     _confirm_cost(est, opts)
     try:
         if terminal:
-            with _Bar(est.currency) as bar:
+            with _Bar(est.currency, local=est.local) as bar:
                 summary = job.run(progress=bar)
         else:
             summary = job.run(progress=_say_stopping())

@@ -39,7 +39,7 @@ from qwenvl.errors import (
     terminal_safe,
 )
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
-from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
+from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import FIELD_FLAGS, DuplicateKeyError, Request, Response, reserved_extra, reserved_extra_hint
@@ -697,7 +697,8 @@ def with_stdin(refs: list[str]) -> list[str]:
 
 
 def usage_line(response: Response, region: str | None = None) -> str:
-    """model · tokens · ≈cost (in the region's currency, at the request's tier) · request id."""
+    """model · tokens · ≈cost (in the region's currency, at the request's tier; ``cost: local`` for a local
+    model's answer, which has no price) · request id."""
     u = response.usage
     parts = [response.model]
     if u.input_tokens is not None:
@@ -706,7 +707,9 @@ def usage_line(response: Response, region: str | None = None) -> str:
         parts.append(f"{u.image_tokens:,} image tokens")
     if response.cached:
         parts.append("from the cache: not paid")
-    elif u.input_tokens is not None and response.protocol in PAID_PROTOCOLS:  # a local model: no price
+    elif not is_paid(response.protocol):  # a local model: no price, never "¥0"
+        parts.append("cost: " + format_cost(None, None, local=True))
+    elif u.input_tokens is not None:
         cost = answer_cost(response, region=region)
         if cost is not None:
             parts.append("≈" + format_cost(cost, currency_of(region)))

@@ -20,7 +20,7 @@ from qwenvl.config import (
     openai_base_url,
     resolve_base_url,
 )
-from qwenvl.errors import safe_line
+from qwenvl.errors import QwenVLError, safe_line
 from qwenvl.models import DEFAULT_MODEL, model_info
 
 
@@ -51,10 +51,14 @@ def config(opts: dict[str, Any]) -> None:
     if backend != "dashscope":
         return _local(backend, opts)
     region = effective_region(opts["region"])
-    found = find_api_key()
+    try:
+        found, key_error = find_api_key(), None
+    except QwenVLError as exc:  # a damaged key file: shown where the key would be, and the exit code says it
+        found, key_error = None, exc
     model = model_info(qenv.model() or DEFAULT_MODEL)
     info: dict[str, Any] = {
         "api_key": found.source if found else None,
+        "api_key_error": key_error.message if key_error else None,
         "protocol": protocol,
         "region": region,
         "endpoints": {
@@ -80,6 +84,7 @@ def config(opts: dict[str, Any]) -> None:
     }
     if opts["as_json"]:
         print_json(info)
+        _fail_with(key_error)
         return
     console = out_console()  # every value is escaped: "[profile]" in a key source is text, not rich markup
     key = f"found in {escape(found.source)}" if found else "[red]not found[/] (see `qwenvl --help` for where to put it)"
@@ -88,7 +93,9 @@ def config(opts: dict[str, Any]) -> None:
             "[red]not found[/] (the endpoint is not DashScope's: if it takes no key, any will do, "
             "e.g. DASHSCOPE_API_KEY=local)"
         )
-    console.print(f"API key      {key}")
+    if key_error is not None:
+        key = f"[red]cannot be read[/]: {escape(safe_line(key_error.message))}"
+    console.print(f"API key      {key}", highlight=False)
     console.print(f"protocol     {escape(protocol)}   region {escape(region)}", highlight=False)
     overridden = [v for p, v in info["endpoint_sources"].items() if v not in ("region", "--base-url")]
     for name, url in info["endpoints"].items():
@@ -110,6 +117,14 @@ def config(opts: dict[str, Any]) -> None:
         highlight=False,
     )
     _print_folders(console, info)
+    _fail_with(key_error)
+
+
+def _fail_with(error: QwenVLError | None) -> None:
+    """After the settings were shown: the key's place that cannot be read, as the error it is (its hint, its exit
+    code), so scripts see it too."""
+    if error is not None:
+        raise error
 
 
 def _local(backend: str, opts: dict[str, Any]) -> None:

@@ -215,6 +215,24 @@ def cli() -> None:
     130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, 141 stdout closed, e.g. by | head (what was paid for is kept).
     """
     _warnings_to_stderr()
+    _warn_unknown_variables()
+
+
+def _warn_unknown_variables() -> None:
+    """One warning per ``QWENVL_...`` variable that is set but not read (``qwenvl.env.unknown_variables``): never
+    ignored silently. It names the variable meant, or the verb's flag of that name when it has one."""
+    ctx = click.get_current_context()
+    verb = cli.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+    flags = {o for p in (verb.params if verb else []) for o in getattr(p, "opts", [])}
+    for name, close in qenv.unknown_variables():
+        flag = "--" + name.removeprefix("QWENVL_").lower().replace("_", "-")
+        if close:
+            instead = f"did you mean ${close}?"
+        elif flag in flags:
+            instead = f"give {flag} instead"
+        else:
+            instead = "see `qwenvl --help` and the README's list of variables"
+        logging.getLogger("qwenvl").warning("$%s is not a variable qwenvl reads; it is ignored (%s)", name, instead)
 
 
 class _WarningLine(logging.Handler):

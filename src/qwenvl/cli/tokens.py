@@ -123,7 +123,7 @@ def _bytes(n: int) -> str:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    rows, currency = result["items"], result["currency"]
+    rows, currency, local = result["items"], result["currency"], result["local"]
     total_tokens, total_cost, unknown = (result["total"][k] for k in ("tokens", "cost", "unknown"))
 
     console = out_console()
@@ -135,7 +135,7 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column("sent as")
     table.add_column("inline", justify="right")
     table.add_column("tokens", justify="right")
-    table.add_column(f"cost ({currency})", justify="right")
+    table.add_column("cost" if local else f"cost ({currency})", justify="right")
     for row in rows:
         if "error" in row:
             table.add_row(escape(safe_line(row["source"])), "[red]error[/] (below)", "", "-", "-")
@@ -145,7 +145,7 @@ def _print_table(result: dict[str, Any]) -> None:
             _size(row),
             _bytes(row["bytes_sent"]),
             "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
-            format_cost(row["cost"], currency, digits=5),
+            format_cost(row["cost"], currency, digits=5, local=local),
         )
     counted = [r for r in rows if "error" not in r]
     suffix = f" + {unknown} unknown" if unknown else ""
@@ -155,7 +155,7 @@ def _print_table(result: dict[str, Any]) -> None:
         "",
         "",
         f"{total_tokens:,}{suffix}",
-        format_cost(total_cost, currency, digits=5) if total_tokens or not unknown else "unknown",
+        format_cost(total_cost, currency, digits=5, local=local) if total_tokens or not unknown or local else "unknown",
     )
     console.print(table)
     estimated = False

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from qwenvl.cli.common import out_console, pass_opts, print_json, shown
 from qwenvl.errors import safe_line
-from qwenvl.models import format_cost, round_cost
+from qwenvl.models import LOCAL, format_cost, round_cost
 from qwenvl.store import UsageLog, usage_log_enabled
 
 
@@ -62,9 +62,9 @@ def usage(opts: dict[str, Any]) -> None:
         ]
 
     for r in rows:
-        cost = "local" if r["cost"] is None else format_cost(r["cost"], r["currency"])
+        cost = format_cost(r["cost"], r["currency"], local=r["local"])
         table.add_row(r["day"], escape(shown(r["model"] or "?")), *cells(r, cost))
     table.add_section()
-    paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items())) or "local"  # only local rows: no money
+    paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items())) or LOCAL  # only local rows: no money
     table.add_row("total", "", *cells(totals, paid))
     console.print(table)

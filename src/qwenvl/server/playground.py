@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 
 from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
-from qwenvl.models import currency_of, media_costs
+from qwenvl.models import cost_fields, currency_of, media_costs
 
 STATIC = Path(__file__).parent / "static"
 
@@ -89,6 +89,9 @@ def add_routes(
         known = [m.tokens for m in call.media if m.tokens is not None]
         total = sum(known)
         _, costs, total_cost = media_costs(call.model, [m.tokens for m in call.media], region=client.region)
+        local = bool(getattr(client, "is_local", False))  # a local model has no price (qwenvl.models.LOCAL)
+        if local:
+            costs, total_cost = [None] * len(costs), None
         items = [
             {
                 "kind": m.kind,
@@ -108,8 +111,7 @@ def add_routes(
                 "items": items,
                 "total_tokens": total,
                 "unknown": len(items) - len(known),
-                "cost": total_cost,
-                "currency": currency_of(client.region),
+                **cost_fields(total_cost, currency_of(client.region), local=local),
             }
         )
 

@@ -97,9 +97,11 @@ class Exchange:
         if self.log is None:
             return
         u = response.usage
+        # a local model's answer has no price (None, no currency: models.LOCAL), cached or not; a cached one from
+        # DashScope was not paid (0.0)
         cost = (
             0.0
-            if outcome == "cached"
+            if outcome == "cached" and not self.local
             else answer_cost(response, region=self.region, model=self.model, local=self.local)
         )
         self.log.record(

@@ -114,7 +114,8 @@ async function addFiles(files) {
   renderAttachments();
   estimate();
 }
-function money(cost, currency) {
+function money(cost, currency, local) {
+  if (local) return "local model: no cost"; // the server's rule (qwenvl.models.LOCAL): no price, not ¥0
   if (cost === null || cost === undefined) return "cost unknown";
   const sign = currency === "USD" ? "$" : "¥";
   return sign + cost.toFixed(cost < 0.01 ? 5 : 4);
@@ -124,7 +125,7 @@ function describe(est) {
   if (est.error) return est.error;
   const sizes = est.items.map((i) => (i.width ? `${i.frames ? i.frames + " frames of " : ""}${i.width}×${i.height}` : "remote"));
   const pages = est.items.length > 1 && !est.items[0].frames ? `${est.items.length} pages, ` : "";
-  return `${pages}${sizes[0] || ""} · ${est.total_tokens.toLocaleString()} tokens · ${money(est.cost, est.currency)}`;
+  return `${pages}${sizes[0] || ""} · ${est.total_tokens.toLocaleString()} tokens · ${money(est.cost, est.currency, est.local)}`;
 }
 function renderAttachments() {
   const ul = $("attachments");
@@ -167,7 +168,9 @@ async function estimate() {
   const ok = state.attachments.map((a) => a.estimate).filter((e) => e && !e.error);
   const tokens = ok.reduce((s, e) => s + e.total_tokens, 0);
   const cost = ok.every((e) => e.cost !== null) ? ok.reduce((s, e) => s + e.cost, 0) : null;
-  total.textContent = `Media: ${tokens.toLocaleString()} tokens, about ${money(cost, ok[0] && ok[0].currency)} before sending`;
+  const local = ok.some((e) => e.local);
+  const said = local ? money(null, null, true) : `about ${money(cost, ok[0] && ok[0].currency)}`;
+  total.textContent = `Media: ${tokens.toLocaleString()} tokens, ${said} before sending`;
 }
 
 // ---- the conversation --------------------------------------------------------------------------------
