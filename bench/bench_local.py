@@ -4,8 +4,8 @@
    photo, the processor resizes it to the budget, then ``generate``), on the same tiny Qwen2.5-VL model and a
    12 MP photo, greedy, 8 new tokens. Measured: the preparation (photo file -> model inputs) and the whole
    request. Both use the same budget (1280 tokens, qwenvl's default for the family), so both give the model the
-   same grid. qwenvl decodes the JPEG at reduced DCT scale and resizes before the processor, which then has
-   nothing to resize; the cookbook path decodes 12 MP and lets the processor resize.
+   same grid. qwenvl decodes the JPEG at full scale and resizes it exactly as qwen-vl-utils does before the
+   processor, which then has nothing to resize; the cookbook path decodes 12 MP and lets the processor resize.
 2. **openai backend vs the openai SDK** against the same loopback vLLM double (tests/engine_server.py): the
    added latency per request, text only (nothing to prepare) and with a small PNG (the SDK caller base64-encodes
    the file by hand, qwenvl checks and prepares it).
@@ -184,13 +184,13 @@ def main() -> None:
         work = Path(tmp)
         lines = [*bench_transformers(args.repeat, work), "", *bench_openai(args.repeat, work)]
     note = (
-        "Reading: qwenvl's preparation is faster than the cookbook path because it decodes the JPEG at reduced "
-        "DCT scale and resizes before the processor (same grid reaches the model); the whole request is "
-        "dominated by the vision encoder and generation. Against the openai SDK, qwenvl adds nothing measurable "
-        "on text; with an image it adds its media checks and preparation (identify, integrity decode, decode, a "
-        "PNG re-encoding to compare sizes: about 30 ms for this PNG in a profile, in `qwenvl.media`), which the "
-        "SDK caller skips by sending the file's base64 unchecked. The machine was shared (timings vary by about "
-        "2x between runs)."
+        "Reading: qwenvl decodes the JPEG at full scale and resizes it to the budget exactly as qwen-vl-utils "
+        "does (Pillow's bicubic, its two passes split over the cores) before the processor, which then has "
+        "nothing to resize; the cookbook path has the processor resize the 12 MP photo. The whole request is "
+        "dominated by the vision encoder and generation. Against the openai SDK: a PNG within its budget that "
+        "needs nothing done is sent as it is after a structural check (its chunks' CRCs, no decode), so qwenvl "
+        "adds nothing measurable with or without the image (the SDK caller builds the data URL by hand, "
+        "unchecked). Times vary with the machine's load; the ratios are from one run."
     )
     lines.extend(["", note])
     body = "\n".join(
