@@ -165,6 +165,8 @@ def test_a_jpeg_with_restart_markers_or_a_trailer_passes() -> None:
     photo.save(buf, "JPEG", quality=85, restart_marker_blocks=4)
     assert images.jpeg_complete(buf.getvalue()) and images.jpeg_complete(buf.getvalue() + b"maker trailer")
     assert not images.jpeg_complete(buf.getvalue()[:-40])
+    filled = buf.getvalue()[:-2] + b"\xff\xff\xff\xd9"  # fill bytes before the EOI (T.81 B.1.1.2)
+    assert images.jpeg_complete(filled)
     buf = io.BytesIO()
     photo.save(buf, "JPEG", quality=85, progressive=True)
     assert images.jpeg_complete(buf.getvalue()) and not images.jpeg_complete(buf.getvalue()[:-3])
