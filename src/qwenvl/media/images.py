@@ -50,13 +50,14 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from qwenvl.errors import MediaError
-from qwenvl.media.sources import AVIF_BRANDS, HEIF_BRANDS, ftyp_brands, sniff
+from qwenvl.media.sources import AVIF_BRANDS, HEAD_BYTES, HEIF_BRANDS, ftyp_brands, sniff
 from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from qwenvl.sizes import Size
 
@@ -150,10 +151,16 @@ class ImageInfo:
 # --- identify and check -------------------------------------------------------------------------------------
 
 
-def identify(data: bytes, label: str) -> ImageInfo:
-    """What image ``data`` holds, from its header only (fast). MediaError when it is not an image Pillow can
-    read, when the format needs a plug-in (HEIC) or is a vector (SVG), and when the header declares more than
-    ``MAX_IMAGE_PIXELS`` pixels (no pixel memory is allocated)."""
+def identify(data: bytes | BinaryIO, label: str) -> ImageInfo:
+    """What image ``data`` holds, from its header only (fast). ``data`` is the bytes, or a file open for reading
+    (``sources.open_source``): then only what Pillow needs is read (a header, an offset, frame headers), so a
+    huge file that is no image fails at once. MediaError when it is not an image Pillow can read, when the
+    format needs a plug-in (HEIC) or is a vector (SVG), and when the header declares more than ``MAX_IMAGE_PIXELS``
+    pixels (no pixel memory is allocated)."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    head = stream.read(HEAD_BYTES)
+    stream.seek(0)
+    data = data if isinstance(data, bytes) else head  # what the messages and EXIF walk look at
     if not data:
         raise MediaError(
             f"{label} is empty (0 bytes)",
@@ -164,7 +171,7 @@ def identify(data: bytes, label: str) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, corrupt EXIF, ...: handled below
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(stream)
             fmt = img.format or ""
             width, height = img.size
             _check_pixels(width, height, label)

@@ -28,8 +28,15 @@ from PIL import Image
 from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
-from qwenvl.media.sources import Source, classify, media_kind, read_bytes, to_data_url
-from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_FILE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
+from qwenvl.media.sources import Source, check_size, classify, media_kind, open_source, read_bytes, to_data_url
+from qwenvl.models import (
+    MAX_FETCH_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_FILE_BYTES,
+    MAX_VIDEO_FILE_BYTES,
+    MIN_IMAGE_TOKENS,
+    ModelInfo,
+)
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 if TYPE_CHECKING:
@@ -153,6 +160,7 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
 
         data, _ = fetch_url(source.url or part.image, max_bytes=MAX_FETCH_BYTES, timeout_s=options.fetch_timeout_s)
         label = source.ref
+        info = images.identify(data, label)
     elif source.is_remote:
         return PreparedItem(
             part.image,
@@ -161,9 +169,8 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
             notes=["remote image: size and tokens unknown (the service fetches it)"],
         )
     else:
-        data = read_bytes(source)
         label = source.label
-    info = images.identify(data, label)
+        data, info = read_image(source, options)
     images.check(info, label)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     if options.estimate_only:
@@ -191,6 +198,31 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
         tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
         notes=notes,
     )
+
+
+def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.ImageInfo]:
+    """(bytes, header) of a local image or data: URL, reading no more than needed: refused from its size before
+    anything is read when over what an image may weigh (``MAX_IMAGE_FILE_BYTES`` before preparation;
+    ``MAX_IMAGE_BYTES`` with ``prepare=False``, sent as it is), identified from its header (a file that is no
+    image fails having read only its first bytes), then read whole, except estimate-only with ``prepare=True``,
+    which needs only the header (``b""`` returned). Raises MediaError (exit 3)."""
+    if options.prepare:
+        check_size(source, MAX_IMAGE_FILE_BYTES, what="an image file", hint=_SMALLER)
+    else:
+        check_size(source, MAX_IMAGE_BYTES, what="one image sent as it is", hint=_PREPARE_IT)
+    if source.kind == "data":  # in memory already: decoded once
+        data = read_bytes(source)
+        return data, images.identify(data, source.label)
+    with open_source(source) as fh:
+        info = images.identify(fh, source.label)
+    if options.estimate_only and options.prepare:
+        return b"", info
+    data = read_bytes(source)
+    return data, images.identify(data, source.label)
+
+
+_SMALLER = "Downscale it first (e.g. `magick in.tif -resize 50% out.jpg`), or send a smaller file."
+_PREPARE_IT = "Let qwenvl prepare it (drop --no-resize / prepare=False): it is downscaled and re-encoded to fit."
 
 
 MEMORY_SCHEME = "memory://"  # the ``sent`` of an image kept decoded for an in-process model
@@ -356,7 +388,7 @@ def _check_original(
         raise MediaError(
             f"{label} is {format_bytes(len(data))}; one image may be at most {format_bytes(MAX_IMAGE_BYTES)}",
             source=label,
-            hint="Let qwenvl prepare it (drop --no-resize / prepare=False): it is downscaled and re-encoded to fit.",
+            hint=_PREPARE_IT,
         )
     if verify:
         images.verify(data, info, label)

@@ -21,7 +21,6 @@ convention that fits, and reported in ``warnings`` with the evidence.
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -190,16 +189,15 @@ def original_size(ref: str) -> Size | None:
 def stored_size(ref: str) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) of a local image or data: URL as stored; None if remote or unreadable.
     Raises MediaError when a local file cannot be read."""
-    from qwenvl.media.sources import classify, read_bytes
+    from qwenvl.media.sources import classify, open_source
 
     source = classify(ref)
     if source.is_remote:
         return None
-    data = read_bytes(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # large images: only the header is read here
-            with Image.open(io.BytesIO(data)) as img:
+            with open_source(source) as fh, Image.open(fh) as img:
                 width, height = img.size
                 try:
                     orientation = img.getexif().get(0x0112, 1)
