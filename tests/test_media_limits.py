@@ -172,3 +172,51 @@ def test_read_bytes_with_a_limit_reads_nothing_over_it(isolated_env, peak):
         sources.read_bytes(source, limit=MB)
     assert peak() < READ_WHOLE
     assert os.path.getsize(isolated_env / "f.bin") == 200 * MB
+
+
+# --- what a refused file is, in the words of what was given ------------------------------------------------------
+
+
+def _animated(path: Path, fmt: str) -> Path:
+    frames = [Image.new("RGB", (64, 64), (i * 60, 0, 0)) for i in range(3)]
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "command"),
+    [
+        ("my anim.png", "PNG", "ffmpeg -i 'my anim.png' -frames:v 1 frame.png"),
+        ("clip.gif", "GIF", "ffmpeg -i clip.gif -frames:v 1 frame.png"),
+        ("sticker.webp", "WEBP", "magick 'sticker.webp[0]' frame.png"),
+    ],
+)
+def test_an_animated_image_hint_names_the_real_file(isolated_env, name, fmt, command):
+    _animated(isolated_env / name, fmt)
+    p = run_cli("tokens", name, "--fast")
+    said = p.stdout + p.stderr
+    assert p.returncode == 3 and "animated" in said and command in said.replace("\n", " "), said
+    assert "in.gif" not in said
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["events", "bad.mp4"], ["events", "notes.txt"], ["ask", "bad.mp4", "-p", "what?"], ["tokens", "bad.mp4"]],
+    ids=["events-mp4", "events-txt", "ask", "tokens"],
+)
+def test_a_text_file_given_as_a_video_is_named_as_neither(isolated_env, env, server, args):
+    (isolated_env / "bad.mp4").write_text("hello, I am text\n")
+    (isolated_env / "notes.txt").write_text("hello, I am text\n")
+    p = run_cli(*args, env=env)
+    said = (p.stdout + p.stderr).replace("\n", " ")
+    assert p.returncode == 3, said
+    assert "is neither a video nor an image qwenvl can read (it holds text" in said, said
+    assert "Supported videos: MP4" in said and "images: BMP" in said
+    assert not [r for r in server.requests if "completions" in r.path or "generation" in r.path]
+
+
+def test_a_library_frame_list_of_one_text_file_is_named_as_neither(isolated_env, server):
+    (isolated_env / "clip.bin").write_text("text\n")
+    with make_client(server) as client, pytest.raises(MediaError, match="neither a video nor an image") as info:
+        client.plan(prompt="what happens?", video=["clip.bin"], estimate_only=True)
+    assert "Supported videos" in (info.value.hint or "")

@@ -44,6 +44,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import struct
 import threading
 import warnings
@@ -211,7 +212,7 @@ def check(info: ImageInfo, label: str) -> None:
             f"{label} is an animated {info.format} ({info.frames} frames); the service takes still images",
             source=label,
             hint="Send the frames as a video (a list of frame images), or extract the one frame you mean, "
-            "e.g. `ffmpeg -i in.gif -frames:v 1 frame.png`.",
+            f"e.g. {_first_frame_command(info, label)}.",
         )
     w, h = info.upright_size
     broken = []
@@ -227,6 +228,15 @@ def check(info: ImageInfo, label: str) -> None:
             else ("Use a larger image (upscale it if it really is this small).")
         )
         raise MediaError(f"{label} is {w}x{h} px: {'; and '.join(broken)}", source=label, hint=hint)
+
+
+def _first_frame_command(info: ImageInfo, label: str) -> str:
+    """A command that saves the first frame of the animated image ``label``: ffmpeg reads GIF and APNG, but not
+    every build reads animated WebP, which ImageMagick does. Raises nothing."""
+    name = label if os.path.splitext(label)[1] else f"in.{info.format.lower()}"  # a data: URL has no file name
+    if info.format == "WEBP":
+        return f"`magick {shlex.quote(name + '[0]')} frame.png`"
+    return f"`ffmpeg -i {shlex.quote(name)} -frames:v 1 frame.png`"
 
 
 def verify(data: bytes, info: ImageInfo, label: str) -> None:

@@ -28,7 +28,16 @@ from PIL import Image
 from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
-from qwenvl.media.sources import Source, check_size, classify, media_kind, open_source, read_bytes, to_data_url
+from qwenvl.media.sources import (
+    VIDEO_SUFFIXES,
+    Source,
+    check_size,
+    classify,
+    media_kind,
+    open_source,
+    read_bytes,
+    to_data_url,
+)
 from qwenvl.models import (
     MAX_FETCH_BYTES,
     MAX_IMAGE_BYTES,
@@ -129,7 +138,7 @@ def prepare_messages(messages: list[Message], options: MediaOptions) -> Prepared
     return PreparedMessages(out, items)
 
 
-def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
+def prepare_image(part: ImagePart, options: MediaOptions, *, video_expected: bool = False) -> PreparedItem:
     """Check one image and make it what the service will see (the rules are in ``qwenvl.media.images``).
 
     A remote URL passes through (its size and tokens stay unknown). A local file or data: URL is identified by
@@ -170,7 +179,13 @@ def prepare_image(part: ImagePart, options: MediaOptions) -> PreparedItem:
         )
     else:
         label = source.label
-        data, info = read_image(source, options)
+        try:
+            data, info = read_image(source, options)
+        except MediaError as exc:
+            video_expected = video_expected or (
+                source.path is not None and source.path.suffix.lower() in VIDEO_SUFFIXES
+            )
+            raise _not_media(exc, label) if video_expected else exc from None
     images.check(info, label)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     if options.estimate_only:
@@ -219,6 +234,23 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
         return b"", info
     data = read_bytes(source)
     return data, images.identify(data, source.label)
+
+
+def _not_media(exc: MediaError, label: str) -> MediaError:
+    """``exc`` in the words of a reference meant as a video (named like one, or given alone where a video is
+    taken) whose content is neither a video (``media_kind`` said so) nor an image Pillow reads: what was given,
+    and every kind that is taken. Other errors (too large, a damaged header, a bomb) are ``exc`` itself."""
+    if not (exc.hint or "").startswith("Supported images:"):  # images._not_an_image: text, or an unknown format
+        return exc
+    from qwenvl.media.video import SUPPORTED  # PyAV loads here only on this error path
+
+    what = "it holds text, whatever its name says" if "text file" in exc.message else "unknown format"
+    return MediaError(
+        f"{label} is neither a video nor an image qwenvl can read ({what})",
+        source=exc.source or label,
+        hint=f"Supported videos: {SUPPORTED}; images: {', '.join(sorted(images.SERVICE_FORMATS))} (or frame images "
+        "in order).",
+    )
 
 
 _SMALLER = "Downscale it first (e.g. `magick in.tif -resize 50% out.jpg`), or send a smaller file."
@@ -583,9 +615,12 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions) -> PreparedItem:
     lo, hi = video.frame_budget(options.model, count, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     # Frames follow the video budget, not the image one: no high-resolution mode and no detail=low for them.
     frame_options = replace(options, vl_high_resolution_images=None, detail="auto", min_pixels=None, max_pixels=None)
-    frames = [
-        prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options) for ref in refs
-    ]  # estimate-only carries over: each frame from its header
+    frames = [  # estimate-only carries over: each frame from its header; one frame alone was meant as a video
+        prepare_image(
+            ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options, video_expected=len(refs) == 1
+        )
+        for ref in refs
+    ]
     notes = [f"{len(refs)} frame images"]
     if count > len(refs):
         notes.append(
