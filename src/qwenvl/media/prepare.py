@@ -29,6 +29,8 @@ from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
 from qwenvl.media.sources import (
+    HEAD_BYTES,
+    PERMISSION_HINT,
     VIDEO_SUFFIXES,
     Source,
     check_size,
@@ -229,6 +231,13 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
         data = read_bytes(source)
         return data, images.identify(data, source.label)
     with open_source(source) as fh:
+        try:
+            fh.read(HEAD_BYTES)  # a file that cannot be read says so (not "not an image")
+            fh.seek(0)
+        except OSError as exc:
+            raise MediaError(
+                f"cannot read {source.label}: {exc.strerror or exc}", source=source.ref, hint=PERMISSION_HINT
+            ) from None
         info = images.identify(fh, source.label)
     if options.estimate_only and options.prepare:
         return b"", info
