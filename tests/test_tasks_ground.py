@@ -241,3 +241,55 @@ def test_ground_a_pdf_page(server, env, isolated_env):
     write_image(isolated_env / "a.png")
     p = ground(env, "a.png", "x", "--page", "1")
     assert p.returncode == 2 and "PDFs only" in p.stderr
+
+
+# --- boxes and points outside the image, and boxes with no area: dropped, named and counted -----------------
+
+
+def test_box_wholly_outside_or_flat_is_dropped_not_printed(server, env, photo, protocol):
+    """Qwen2.5-VL answers in the 1204x812 image it saw: y 815 is below the photo's bottom edge (853 px once
+    scaled); a box as wide as a line is no box."""
+    server.enqueue(
+        Reply(
+            text='[{"bbox_2d": [1130, 815, 1204, 880], "label": "dog"}, {"bbox_2d": [100, 100, 100, 300], '
+            '"label": "pole"}, {"bbox_2d": [10, 10, 50, 50], "label": "cat"}]'
+        )
+    )
+    p = ground(env, "photo.jpg", "animals", "--model", QWEN25, "--json", "--protocol", protocol)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [b["label"] for b in out["boxes"]] == ["cat"] and out["dropped"] == 2
+    text = " | ".join(out["warnings"])
+    assert "1 item wholly outside the 1280x853 image dropped ('dog'" in text, text
+    assert "1 box with no area in the 1280x853 image dropped ('pole'" in text, text
+    server.enqueue(Reply(text='[{"bbox_2d": [1130, 815, 1204, 880], "label": "dog"}]'))
+    p = ground(env, "photo.jpg", "dog", "--model", QWEN25, "--protocol", protocol, "--out", "boxes.png")
+    assert "dog" not in p.stdout  # the table prints no zero-area box
+    assert "wholly outside" in p.stderr and "0 boxes and 1 dropped" in p.stderr, p.stderr
+
+
+def test_point_wholly_outside_is_dropped(server, env, photo):
+    server.enqueue(
+        Reply(text='<points x1="1300" y1="400" alt="dog">dog</points><points x1="600" y1="400">cat</points>')
+    )
+    p = ground(env, "photo.jpg", "animals", "--model", QWEN25, "--points", "--json")
+    out = json.loads(p.stdout)
+    assert [pt["label"] for pt in out["points"]] == ["cat"] and out["dropped"] == 1, out
+    assert any("wholly outside the 1280x853 image dropped ('dog' at 1382,420" in w for w in out["warnings"]), out
+
+
+def test_library_and_ocr_lines_drop_them_too(client, server, photo):
+    from qwenvl import tasks
+
+    answer = (
+        '[{"bbox_2d": [0, 1000, 300, 1000], "text_content": "gone"}, '
+        '{"bbox_2d": [0, 0, 300, 90], "text_content": "kept"}]'
+    )
+    server.enqueue(Reply(text=answer))
+    g = tasks.ground(client, str(photo), "text")
+    assert [b.label for b in g.boxes] == ["kept"] and g.dropped == 1
+    assert all(b.x1 < b.x2 and b.y1 < b.y2 for b in g.boxes)
+    server.enqueue(Reply(text=answer))
+    page = tasks.ocr(client, str(photo), format="json").pages[0]
+    assert [line.text for line in page.lines] == ["kept"]
+    assert any("dropped" in w for w in page.warnings), page.warnings

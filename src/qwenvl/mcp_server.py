@@ -161,6 +161,7 @@ class GroundResult(Billed):
     height: int | None
     boxes: list[Box] = Field(description="Boxes in the original image's pixels (raw: the model's numbers).")
     points: list[Point]
+    dropped: int = Field(0, description="Boxes and points left out: wholly outside the image, or boxes with no area.")
     truncated: bool
     warnings: list[str]
     convention: str = Field(description="How the model's coordinates were read.")
@@ -546,6 +547,7 @@ def build_server(
                     height=g.height,
                     boxes=g.boxes,
                     points=g.points,
+                    dropped=g.dropped,
                     truncated=g.truncated,
                     warnings=g.warnings,
                     convention=g.convention,

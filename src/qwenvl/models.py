@@ -44,7 +44,11 @@ MAX_INLINE_REQUEST_BYTES = 20 * 1024 * 1024  # whole request body with inline me
 # the "1 GB" of temporary storage in older 3rd-party summaries does not exist.
 MAX_VIDEO_FILE_BYTES = 100 * 1024 * 1024
 GB = 1024 * 1024 * 1024
-MAX_FETCH_BYTES = 64 * 1024 * 1024  # --fetch-urls: the most a remote image may weigh before preparation (ours)
+# The most an image may weigh before preparation (ours): a local file or data: URL is refused from its size before
+# it is read (``prepare.read_image``), a remote one fetched with --fetch-urls is cut off there. Room for a 150 MP
+# JPEG or a large uncompressed scan; what is sent is at most MAX_IMAGE_BYTES whatever the source weighed.
+MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024
+MAX_FETCH_BYTES = MAX_IMAGE_FILE_BYTES  # --fetch-urls: a fetched image is an image file like any other
 MAX_IMAGE_PIXELS = 150_000_000  # decompression-bomb guard: larger images are refused from the header (ours)
 VIDEO_FPS = 2.0  # default sampling rate [billing]
 VIDEO_MIN_FRAMES = 4  # [billing]

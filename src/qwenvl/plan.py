@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -206,28 +207,108 @@ def generation_params(request: Request, model: ModelInfo | None = None) -> dict[
     return params
 
 
-def check_context(items: list[PreparedItem], model: ModelInfo) -> None:
-    """Refuse media whose tokens alone exceed the model's context window (``ModelInfo.context_tokens``).
+# --- the context window ----------------------------------------------------------------------------------------
+# Text tokens without the tokenizer (none ships with qwenvl): approximate, and said so wherever shown.
+CHARS_PER_TEXT_TOKEN = 3.0  # the likely count: a rough average over Chinese and English text (estimates, warnings)
+# The fewest tokens text can be (ours, for refusals: never refuse what could fit): Qwen's BPE tokenizer averages
+# about 4-4.5 characters a token on English prose and 1-1.5 on Chinese; 8 and 4 are bounds no ordinary text beats.
+MAX_ASCII_CHARS_PER_TOKEN = 8.0
+MAX_OTHER_CHARS_PER_TOKEN = 4.0
+# The service's largest input is the context less 2K tokens, less 4K when thinking [card: qwen-vl-max 128K context,
+# max input 126K; qwen3-vl-flash 256K, max input 254K, 252K when thinking; the error "Range of input length should
+# be [1, 129024]" on a 128K model]; qwenvl keeps room for the answer's max_tokens too, when larger.
+CONTEXT_RESERVE_TOKENS = 2048
+CONTEXT_RESERVE_THINKING_TOKENS = 4096
+CONTEXT_WARN_SHARE = 0.9  # a request likely over 90% of the window is warned of (the text count is approximate)
 
-    Every kind counts: images, PDF pages, frame lists and sampled videos, in every turn of the history; items of
-    unknown size (remote URLs) count 0, so this is a lower bound and never refuses what could fit. The service
-    would reject such a request after receiving (and, for large media, after the upload of) every byte.
-    Raises MediaError (CLI exit 3) before anything is sent."""
+
+def estimate_text_tokens(call: Call) -> int:
+    """The likely tokens of the text of ``call``'s messages (every turn: system, history, the prompt):
+    characters / ``CHARS_PER_TEXT_TOKEN``, approximate (no tokenizer). Raises nothing."""
+    return text_tokens(call.messages)[0]
+
+
+def text_tokens(messages: list[Message]) -> tuple[int, int]:
+    """(likely, fewest) tokens of the messages' text (``CHARS_PER_TEXT_TOKEN``; ``MAX_ASCII_CHARS_PER_TOKEN`` and
+    ``MAX_OTHER_CHARS_PER_TOKEN`` for the lower bound). Approximate: no tokenizer, the chat template's few tokens
+    per turn and tool definitions left out. Raises nothing."""
+    chars = other = 0
+    for message in messages:
+        text = message.text()
+        chars += len(text)
+        other += len(text) - len(text.encode("ascii", "ignore"))
+    likely = math.ceil(chars / CHARS_PER_TEXT_TOKEN)
+    fewest = math.ceil((chars - other) / MAX_ASCII_CHARS_PER_TOKEN + other / MAX_OTHER_CHARS_PER_TOKEN)
+    return likely, fewest
+
+
+def answer_room(request: Request, model: ModelInfo) -> int:
+    """The tokens of the window kept for the answer: ``max_tokens``, and at least the service's reserve
+    (``CONTEXT_RESERVE_TOKENS``, ``CONTEXT_RESERVE_THINKING_TOKENS`` when the model thinks). Raises nothing."""
+    thinking = request.enable_thinking or (request.enable_thinking is None and model.thinking_default)
+    reserve = CONTEXT_RESERVE_THINKING_TOKENS if thinking else CONTEXT_RESERVE_TOKENS
+    return max(request.max_tokens, reserve)
+
+
+def check_context(
+    items: list[PreparedItem],
+    model: ModelInfo,
+    request: Request | None = None,
+    messages: list[Message] | None = None,
+) -> list[str]:
+    """Refuse a request that cannot fit the model's context window (``ModelInfo.context_tokens``), before
+    anything is sent (the service would refuse it after receiving, for large media after uploading, every byte).
+
+    Media: every kind counts (images, PDF pages, frame lists, sampled videos, in every turn); items of unknown
+    size (remote URLs) count 0. Their tokens alone over the window: MediaError (exit 3), what to send fewer of.
+    With ``request`` and ``messages`` (``plan`` gives them), for a model whose window is known (listed, or a
+    local model's family): the text of every turn counts too (``text_tokens``), with the answer's room
+    (``answer_room``). When even the fewest tokens the text can be, with the media and that room, exceed the
+    window: UsageError (exit 2) saying how much text to cut. When the likely count passes ``CONTEXT_WARN_SHARE``
+    of the window: a warning (returned, and logged on the ``qwenvl`` logger, which the CLI prints on stderr),
+    since the text count is approximate. Returns the warnings ([] when it fits well)."""
     known = [i for i in items if i.tokens is not None]
     total = sum(i.tokens or 0 for i in known)
-    if total <= model.context_tokens:
-        return
-    kinds: dict[str, int] = {}
-    for item in known:
-        kind = "video" if item.kind == "video" else "image"
-        kinds[kind] = kinds.get(kind, 0) + 1
-    what = " and ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in kinds.items())
-    raise MediaError(
-        f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
-        f"{model.context_tokens:,} tokens",
-        source=known[0].source,
-        hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower --fps).",
-    )
+    if total > model.context_tokens:
+        kinds: dict[str, int] = {}
+        for item in known:
+            kind = "video" if item.kind == "video" else "image"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        what = " and ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in kinds.items())
+        raise MediaError(
+            f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
+            f"{model.context_tokens:,} tokens",
+            source=known[0].source,
+            hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower --fps).",
+        )
+    if request is None or messages is None or not (model.known or model.local_family):
+        return []
+    likely, fewest = text_tokens(messages)
+    room = answer_room(request, model)
+    window = model.context_tokens
+    media = f", the media {total:,}" if total else ""
+    if total + fewest + room > window:
+        chars = sum(len(m.text()) for m in messages)
+        spare = window - total - room
+        keep = max(0, int(spare * chars / likely)) if likely else 0  # at the likely rate: what should fit
+        turns = " and the conversation so far" if len(messages) > 1 else ""
+        raise UsageError(
+            f"too long for {model.name}'s context of {window:,} tokens: the text{turns} is {chars:,} characters, "
+            f"at least {fewest:,} tokens (likely about {likely:,}){media}, and {room:,} are kept for the answer "
+            "(max_tokens or the service's reserve); nothing was sent",
+            hint=f"Cut the text to under about {keep:,} characters"
+            + (" (or start a new conversation: /reset in the chat)" if len(messages) > 1 else "")
+            + (", or send fewer media" if total else "")
+            + "; token counts of text are approximate (no tokenizer).",
+        )
+    if total + likely + room > CONTEXT_WARN_SHARE * window:
+        note = (
+            f"the request is likely about {total + likely:,} input tokens (text approximate: {likely:,}{media}) "
+            f"with {room:,} kept for the answer, near or over {model.name}'s context of {window:,}: it may be refused"
+        )
+        log.warning("%s", note)
+        return [note]
+    return []
 
 
 def check_thinking_budget(request: Request, model: ModelInfo) -> None:
@@ -367,7 +448,7 @@ def plan(
     if media_form == "memory":
         options = replace(options, keep_pixels=True)
     media = prepare_messages(history, options, prepared)
-    check_context(media.items, model)
+    check_context(media.items, model, request, history)
     return Call(
         request=request,
         model=model,

@@ -3,16 +3,14 @@ estimates. Needs no key and sends nothing."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from qwenvl.config import resolve_base_url
 from qwenvl.models import currency_of, estimate_cost, price_for
-from qwenvl.plan import Call
+from qwenvl.plan import Call, estimate_text_tokens
 from qwenvl.protocols import get
 
 SHORTEN_OVER = 80  # data: URLs longer than this are shown as their head and length
-CHARS_PER_TEXT_TOKEN = 3.0  # a rough average over Chinese and English text, for estimates only
 
 
 def shorten(value: Any) -> Any:
@@ -24,11 +22,6 @@ def shorten(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: shorten(v) for k, v in value.items()}
     return value
-
-
-def estimate_text_tokens(call: Call) -> int:
-    chars = sum(len(m.text()) for m in call.messages)
-    return math.ceil(chars / CHARS_PER_TEXT_TOKEN)
 
 
 def preview(

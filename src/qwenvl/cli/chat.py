@@ -145,6 +145,10 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         report(exc)
         err.print(f"[dim](not added to the conversation{_kept(conv)})[/]", highlight=False)
         return exc.exit_code
+    except UsageError as exc:  # refused before sending (a conversation past the model's context): the chat goes on
+        report(exc)
+        err.print(f"[dim](not sent; the conversation is unchanged{_kept(conv)})[/]", highlight=False)
+        return exc.exit_code
     except APIError as exc:
         if getattr(exc, "exit_code", 5) == 4:
             raise

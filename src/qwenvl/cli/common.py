@@ -663,8 +663,12 @@ def _checked(refs: list[str]) -> list[str]:
     return refs
 
 
+STDIN_CHUNK_BYTES = 1 << 20  # standard input is spooled to its temporary file 1 MiB at a time
+
+
 def with_stdin(refs: list[str]) -> list[str]:
-    """``-`` replaced by a temporary file holding standard input's bytes (removed when the command ends)."""
+    """``-`` replaced by a temporary file holding standard input's bytes (removed when the command ends), copied
+    in chunks (never whole in memory); the file is then checked and read like any other (its size first)."""
     if STDIN not in refs:
         return refs
     if refs.count(STDIN) > 1:
@@ -678,8 +682,15 @@ def with_stdin(refs: list[str]) -> list[str]:
             "'-' reads a file from standard input, but standard input is a terminal",
             hint=f"Pipe the file in: cat photo.jpg | qwenvl {verb} -" + (' -p "..."' if verb == "ask" else ""),
         )
-    data = sys.stdin.buffer.read()
-    if not data:
+    folder = Path(tempfile.mkdtemp(prefix="qwenvl-stdin-"))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(lambda: shutil.rmtree(folder, ignore_errors=True))
+    path = folder / "stdin"
+    with path.open("wb") as out:  # copied in chunks: a large file never sits in memory
+        shutil.copyfileobj(sys.stdin.buffer, out, STDIN_CHUNK_BYTES)
+        empty = out.tell() == 0
+    if empty:
         command = current_command()
         verb = command.name if command is not None and command.name else "ask"
         raise MediaError(
@@ -687,12 +698,6 @@ def with_stdin(refs: list[str]) -> list[str]:
             source=STDIN,
             hint=f"Pipe the file in: cat photo.jpg | qwenvl {verb} -",
         )
-    folder = Path(tempfile.mkdtemp(prefix="qwenvl-stdin-"))
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        ctx.call_on_close(lambda: shutil.rmtree(folder, ignore_errors=True))
-    path = folder / "stdin"
-    path.write_bytes(data)
     return [str(path) if ref == STDIN else ref for ref in refs]
 
 

@@ -41,7 +41,7 @@ READINGS = {
     "--json",
     "as_json",
     is_flag=True,
-    help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, truncated, warnings}.",
+    help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, dropped, truncated, warnings}.",
 )
 @click.option("--out", "out_file", metavar="FILE.png", help="Write the image with the boxes and points drawn on it.")
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
@@ -56,8 +56,9 @@ def ground(opts: dict[str, Any]) -> None:
 
     The model is asked in its family's trained format (Qwen3-VL: a 0-1000 grid; Qwen2.5-VL: pixels of the
     resized image, points as XML) and every box is converted to the ORIGINAL image's pixels. Prints one line
-    per box: label x1 y1 x2 y2. Answers that break the family's convention, boxes outside the image and
-    answers cut off at --max-tokens (default 2048 here) are read as well as they can be, with a warning.
+    per box: label x1 y1 x2 y2. Boxes crossing an edge are clipped to it; a box or point wholly outside the
+    image, or a box with no area, is dropped. Answers that break the family's convention and answers cut off
+    at --max-tokens (default 2048 here) are read as well as they can be, with a warning.
     """
     refuse_structured(opts, "ground")
     query, refs = prompt_and_media((opts["image"], opts["query"]), None, required=False, has_prompt_option=False)
@@ -119,6 +120,8 @@ def summary(result: Grounding) -> None:
         parts.append(f"{len(result.boxes)} box{'es' if len(result.boxes) != 1 else ''}")
     if result.points:
         parts.append(f"{len(result.points)} point{'s' if len(result.points) != 1 else ''}")
+    if result.dropped:
+        parts.append(f"{result.dropped} dropped (see the warning)")
     size = f" on {result.width}x{result.height} px" if result.width else ""
     reading = READINGS.get(result.convention, result.convention)
     model = escape(shown(str(result.model), sys.stderr))

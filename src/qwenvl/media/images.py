@@ -50,17 +50,19 @@ import functools
 import io
 import os
 import re
+import shlex
 import struct
 import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from qwenvl.errors import MediaError
-from qwenvl.media.sources import AVIF_BRANDS, HEIF_BRANDS, ftyp_brands, sniff
+from qwenvl.media.sources import AVIF_BRANDS, HEAD_BYTES, HEIF_BRANDS, ftyp_brands, sniff
 from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from qwenvl.sizes import Size
 
@@ -161,10 +163,16 @@ class ImageInfo:
 # --- identify and check -------------------------------------------------------------------------------------
 
 
-def identify(data: bytes, label: str) -> ImageInfo:
-    """What image ``data`` holds, from its header only (fast). MediaError when it is not an image Pillow can
-    read, when the format needs a plug-in (HEIC) or is a vector (SVG), and when the header declares more than
-    ``MAX_IMAGE_PIXELS`` pixels (no pixel memory is allocated)."""
+def identify(data: bytes | BinaryIO, label: str) -> ImageInfo:
+    """What image ``data`` holds, from its header only (fast). ``data`` is the bytes, or a file open for reading
+    (``sources.open_source``): then only what Pillow needs is read (a header, an offset, frame headers), so a
+    huge file that is no image fails at once. MediaError when it is not an image Pillow can read, when the
+    format needs a plug-in (HEIC) or is a vector (SVG), and when the header declares more than ``MAX_IMAGE_PIXELS``
+    pixels (no pixel memory is allocated)."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    head = stream.read(HEAD_BYTES)
+    stream.seek(0)
+    data = data if isinstance(data, bytes) else head  # what the messages and EXIF walk look at
     if not data:
         raise MediaError(
             f"{label} is empty (0 bytes)",
@@ -175,7 +183,7 @@ def identify(data: bytes, label: str) -> ImageInfo:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, corrupt EXIF, ...: handled below
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(stream)
             fmt = img.format or ""
             width, height = img.size
             _check_pixels(width, height, label)
@@ -215,7 +223,7 @@ def check(info: ImageInfo, label: str) -> None:
             f"{label} is an animated {info.format} ({info.frames} frames); the service takes still images",
             source=label,
             hint="Send the frames as a video (a list of frame images), or extract the one frame you mean, "
-            "e.g. `ffmpeg -i in.gif -frames:v 1 frame.png`.",
+            f"e.g. {_first_frame_command(info, label)}.",
         )
     w, h = info.upright_size
     broken = []
@@ -231,6 +239,15 @@ def check(info: ImageInfo, label: str) -> None:
             else ("Use a larger image (upscale it if it really is this small).")
         )
         raise MediaError(f"{label} is {w}x{h} px: {'; and '.join(broken)}", source=label, hint=hint)
+
+
+def _first_frame_command(info: ImageInfo, label: str) -> str:
+    """A command that saves the first frame of the animated image ``label``: ffmpeg reads GIF and APNG, but not
+    every build reads animated WebP, which ImageMagick does. Raises nothing."""
+    name = label if os.path.splitext(label)[1] else f"in.{info.format.lower()}"  # a data: URL has no file name
+    if info.format == "WEBP":
+        return f"`magick {shlex.quote(name + '[0]')} frame.png`"
+    return f"`ffmpeg -i {shlex.quote(name)} -frames:v 1 frame.png`"
 
 
 def verify(data: bytes, info: ImageInfo, label: str) -> None:

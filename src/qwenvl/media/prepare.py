@@ -32,8 +32,27 @@ from PIL import Image
 from qwenvl._constants import FETCH_TIMEOUT_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images, resize, tokens
-from qwenvl.media.sources import Source, classify, media_kind, open_regular, read_bytes, to_data_url
-from qwenvl.models import MAX_FETCH_BYTES, MAX_IMAGE_BYTES, MAX_VIDEO_FILE_BYTES, MIN_IMAGE_TOKENS, ModelInfo
+from qwenvl.media.sources import (
+    HEAD_BYTES,
+    PERMISSION_HINT,
+    VIDEO_SUFFIXES,
+    Source,
+    check_size,
+    classify,
+    media_kind,
+    open_regular,
+    open_source,
+    read_bytes,
+    to_data_url,
+)
+from qwenvl.models import (
+    MAX_FETCH_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_FILE_BYTES,
+    MAX_VIDEO_FILE_BYTES,
+    MIN_IMAGE_TOKENS,
+    ModelInfo,
+)
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 if TYPE_CHECKING:
@@ -225,7 +244,9 @@ def prepare_messages(
     return PreparedMessages(out, items)
 
 
-def prepare_image(part: ImagePart, options: MediaOptions, cache: PreparedCache | None = None) -> PreparedItem:
+def prepare_image(
+    part: ImagePart, options: MediaOptions, cache: PreparedCache | None = None, *, video_expected: bool = False
+) -> PreparedItem:
     """Check one image and make it what the service will see (the rules are in ``qwenvl.media.images``).
 
     A remote URL passes through (its size and tokens stay unknown). A local file or data: URL is identified by
@@ -260,6 +281,7 @@ def prepare_image(part: ImagePart, options: MediaOptions, cache: PreparedCache |
 
         data, _ = fetch_url(source.url or part.image, max_bytes=MAX_FETCH_BYTES, timeout_s=options.fetch_timeout_s)
         label = source.ref
+        info = images.identify(data, label)
     elif source.is_remote:
         return PreparedItem(
             part.image,
@@ -268,17 +290,24 @@ def prepare_image(part: ImagePart, options: MediaOptions, cache: PreparedCache |
             notes=["remote image: size and tokens unknown (the service fetches it)"],
         )
     else:
-        data = read_bytes(source)
         label = source.label
+        try:
+            data, info = read_image(source, options)
+        except MediaError as exc:
+            video_expected = video_expected or (
+                source.path is not None and source.path.suffix.lower() in VIDEO_SUFFIXES
+            )
+            raise _not_media(exc, label) if video_expected else exc from None
     if options.estimate_only or (options.keep_pixels and options.prepare):
-        return _check_image(part, data, label, options)
+        return _check_image(part, data, info, label, options)
     key = ("image", _digest(data), options, part.min_pixels, part.max_pixels) if cache is not None else None
-    return _cached_item(cache, key, part.image, lambda: _check_image(part, data, label, options))
+    return _cached_item(cache, key, part.image, lambda: _check_image(part, data, info, label, options))
 
 
-def _check_image(part: ImagePart, data: bytes, label: str, options: MediaOptions) -> PreparedItem:
-    """``prepare_image`` once the bytes are read: identify, check, then estimate, keep or prepare them."""
-    info = images.identify(data, label)
+def _check_image(
+    part: ImagePart, data: bytes, info: images.ImageInfo, label: str, options: MediaOptions
+) -> PreparedItem:
+    """``prepare_image`` once the image is read and identified: check, then estimate, keep or prepare it."""
     images.check(info, label)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     if options.estimate_only:
@@ -306,6 +335,55 @@ def _check_image(part: ImagePart, data: bytes, label: str, options: MediaOptions
         tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
         notes=notes,
     )
+
+
+def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.ImageInfo]:
+    """(bytes, header) of a local image or data: URL, reading no more than needed: refused from its size before
+    anything is read when over what an image may weigh (``MAX_IMAGE_FILE_BYTES`` before preparation;
+    ``MAX_IMAGE_BYTES`` with ``prepare=False``, sent as it is), identified from its header (a file that is no
+    image fails having read only its first bytes), then read whole, except estimate-only with ``prepare=True``,
+    which needs only the header (``b""`` returned). Raises MediaError (exit 3)."""
+    if options.prepare:
+        check_size(source, MAX_IMAGE_FILE_BYTES, what="an image file", hint=_SMALLER)
+    else:
+        check_size(source, MAX_IMAGE_BYTES, what="one image sent as it is", hint=_PREPARE_IT)
+    if source.kind == "data":  # in memory already: decoded once
+        data = read_bytes(source)
+        return data, images.identify(data, source.label)
+    with open_source(source) as fh:
+        try:
+            fh.read(HEAD_BYTES)  # a file that cannot be read says so (not "not an image")
+            fh.seek(0)
+        except OSError as exc:
+            raise MediaError(
+                f"cannot read {source.label}: {exc.strerror or exc}", source=source.ref, hint=PERMISSION_HINT
+            ) from None
+        info = images.identify(fh, source.label)
+    if options.estimate_only and options.prepare:
+        return b"", info
+    data = read_bytes(source)
+    return data, images.identify(data, source.label)
+
+
+def _not_media(exc: MediaError, label: str) -> MediaError:
+    """``exc`` in the words of a reference meant as a video (named like one, or given alone where a video is
+    taken) whose content is neither a video (``media_kind`` said so) nor an image Pillow reads: what was given,
+    and every kind that is taken. Other errors (too large, a damaged header, a bomb) are ``exc`` itself."""
+    if not (exc.hint or "").startswith("Supported images:"):  # images._not_an_image: text, or an unknown format
+        return exc
+    from qwenvl.media.video import SUPPORTED  # PyAV loads here only on this error path
+
+    what = "it holds text, whatever its name says" if "text file" in exc.message else "unknown format"
+    return MediaError(
+        f"{label} is neither a video nor an image qwenvl can read ({what})",
+        source=exc.source or label,
+        hint=f"Supported videos: {SUPPORTED}; images: {', '.join(sorted(images.SERVICE_FORMATS))} (or frame images "
+        "in order).",
+    )
+
+
+_SMALLER = "Downscale it first (e.g. `magick in.tif -resize 50% out.jpg`), or send a smaller file."
+_PREPARE_IT = "Let qwenvl prepare it (drop --no-resize / prepare=False): it is downscaled and re-encoded to fit."
 
 
 MEMORY_SCHEME = "memory://"  # the ``sent`` of an image kept decoded for an in-process model
@@ -477,7 +555,7 @@ def _check_original(
         raise MediaError(
             f"{label} is {format_bytes(len(data))}; one image may be at most {format_bytes(MAX_IMAGE_BYTES)}",
             source=label,
-            hint="Let qwenvl prepare it (drop --no-resize / prepare=False): it is downscaled and re-encoded to fit.",
+            hint=_PREPARE_IT,
         )
     if verify:
         images.verify(data, info, label)
@@ -712,9 +790,15 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions, cache: PreparedC
     lo, hi = video.frame_budget(options.model, count, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     # Frames follow the video budget, not the image one: no high-resolution mode and no detail=low for them.
     frame_options = replace(options, vl_high_resolution_images=None, detail="auto", min_pixels=None, max_pixels=None)
-    frames = [
-        prepare_image(ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)), frame_options, cache) for ref in refs
-    ]  # estimate-only carries over: each frame from its header
+    frames = [  # estimate-only carries over: each frame from its header; one frame alone was meant as a video
+        prepare_image(
+            ImagePart(image=ref, min_pixels=lo, max_pixels=int(hi)),
+            frame_options,
+            cache,
+            video_expected=len(refs) == 1,
+        )
+        for ref in refs
+    ]
     notes = [f"{len(refs)} frame images"]
     if count > len(refs):
         notes.append(

@@ -18,6 +18,7 @@ import base64
 import binascii
 import difflib
 import errno
+import io
 import os
 import re
 import stat
@@ -246,19 +247,57 @@ def read_regular_text(path: Path, *, error: type[QwenVLError] = UsageError, what
         raise error(f"{path} is not UTF-8 text ({exc.reason})") from None
 
 
-def read_bytes(source: Source, *, limit: int | None = None) -> bytes:
-    """The content of a local file or a data: URL (remote sources are not fetched here)."""
+def source_size(source: Source) -> int | None:
+    """The size in bytes of a local file (a stat: nothing is read) or of a data: URL's decoded payload (from its
+    length: nothing is decoded); None for a remote source.
+    Raises MediaError (exit 3) for a file that is missing or not a regular file (``check_regular``)."""
+    if source.kind == "file" and source.path is not None:
+        return check_regular(source.path, source.ref).st_size
+    if source.kind == "data":
+        match = _DATA_URL.match((source.url or "").strip())
+        if match is None:
+            return None
+        payload = match.group("b64")
+        chars = len(payload) - sum(c.isspace() for c in payload)
+        return chars * 3 // 4 - payload.rstrip()[-2:].count("=")
+    return None
+
+
+def check_size(
+    source: Source, limit: int, *, size: int | None = None, what: str = "a file", hint: str | None = None
+) -> int | None:
+    """Refuse ``source`` when it is larger than ``limit`` bytes, from its size alone (``source_size``, or ``size``
+    when the caller has it): nothing is read or decoded. ``what`` names the limit in the message (``"one image
+    sent as it is"``: "... is 500.0 MB; {what} may be at most 10.0 MB"). Returns the size (None for a remote
+    source). Raises MediaError (exit 3) with ``hint`` (a default that says to send a smaller file)."""
+    size = source_size(source) if size is None else size
+    if size is not None and size > limit:
+        raise MediaError(
+            f"{source.label} is {_mb(size)}; {what} may be at most {_mb(limit)} (nothing was read)",
+            source=source.ref,
+            hint=hint or "Send a smaller file (lower resolution, or shorter).",
+        )
+    return size
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB" if size >= 1_000_000 else f"{size / 1e3:.1f} kB"
+
+
+def read_bytes(source: Source, *, limit: int | None = None, what: str = "a file", hint: str | None = None) -> bytes:
+    """The content of a local file or a data: URL (remote sources are not fetched here). With ``limit`` (bytes),
+    a larger one is refused before anything is read or decoded (``check_size``, with ``what`` and ``hint``).
+
+    **Every reader of a user's media calls this with a limit** (or ``open_source`` to read only what it needs,
+    or ``head_bytes`` for the first bytes): a file is never read whole before its size is known to be one a
+    limit allows. Raises MediaError (exit 3): missing, not a regular file, unreadable, over the limit, a data:
+    URL that does not decode."""
+    if limit is not None:
+        check_size(source, limit, what=what, hint=hint)
     if source.kind == "file":
         assert source.path is not None
         with open_regular(source.path, source.ref) as fh:
             try:
-                size = os.fstat(fh.fileno()).st_size
-                if limit is not None and size > limit:
-                    raise MediaError(
-                        f"{source.path} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB limit",
-                        source=source.ref,
-                        hint="Send a smaller file (shorter, or lower resolution).",
-                    )
                 return fh.read()
             except OSError as exc:
                 raise MediaError(
@@ -273,6 +312,15 @@ def read_bytes(source: Source, *, limit: int | None = None) -> bytes:
         source=source.ref,
         hint="Download it first, or let qwenvl fetch it (--fetch-urls).",
     )
+
+
+def open_source(source: Source) -> BinaryIO:
+    """A local file opened for reading (``open_regular``: a pipe or device is refused), or a data: URL's
+    payload as an in-memory file, for readers that take only what they need (an image's header through
+    ``Image.open``). The caller closes it. Raises MediaError as ``read_bytes``; for a remote source too."""
+    if source.kind == "file" and source.path is not None:
+        return open_regular(source.path, source.ref)
+    return io.BytesIO(read_bytes(source))
 
 
 def decode_data_url(url: str, ref: str | None = None) -> bytes:

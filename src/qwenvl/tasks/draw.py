@@ -104,8 +104,10 @@ def load_image(image: str | Path | Image.Image) -> Image.Image:
         img = image
     else:
         from qwenvl.media.sources import classify, read_bytes
+        from qwenvl.models import MAX_IMAGE_FILE_BYTES
 
-        img = Image.open(io.BytesIO(read_bytes(classify(str(image)))))
+        data = read_bytes(classify(str(image)), limit=MAX_IMAGE_FILE_BYTES, what="an image file")
+        img = Image.open(io.BytesIO(data))
         img.load()
     img = ImageOps.exif_transpose(img) or img
     return img.convert("RGB")

@@ -21,7 +21,6 @@ convention that fits, and reported in ``warnings`` with the evidence.
 
 from __future__ import annotations
 
-import io
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -85,7 +84,8 @@ class Box(BaseModel):
     """A box in original-image pixels (``raw``: the model's own numbers).
 
     ``x1, y1`` is the top-left corner and ``x2, y2`` the bottom-right one, in pixels of the original image as
-    displayed (EXIF orientation applied), clipped to it. Raises pydantic.ValidationError for a wrong type."""
+    displayed (EXIF orientation applied), clipped to it; never empty (``x1 < x2`` and ``y1 < y2``: ``interpret``
+    drops a box wholly outside the image or with no area). Raises pydantic.ValidationError for a wrong type."""
 
     model_config = ConfigDict(extra="forbid")
     label: str
@@ -123,11 +123,14 @@ class Grounding(BaseModel):
     ``width``/``height``: the original image in pixels (None when unknown, e.g. a URL without ``image_size``:
     the coordinates then stay in the model's space, with a warning); ``seen_width``/``seen_height``: the image
     as the model saw it; ``convention``: how the coordinates were read (``relative-1000``, ``absolute``);
-    ``truncated``: the answer was cut off (every complete item is kept); ``warnings``: every oddity, in words.
+    ``dropped``: how many of the answer's boxes and points were left out (wholly outside the image, or a box
+    with no area once clipped: each named in ``warnings``); ``truncated``: the answer was cut off (every
+    complete item is kept); ``warnings``: every oddity, in words.
     Raises pydantic.ValidationError when built with a wrong type."""
 
     boxes: list[Box] = Field(default_factory=list)
     points: list[Point] = Field(default_factory=list)
+    dropped: int = 0  # boxes and points in the answer left out: wholly outside the image, or boxes with no area
     truncated: bool = False  # the answer was cut off (max_tokens or mid-list); every complete item is kept
     warnings: list[str] = Field(default_factory=list)
     raw_text: str = ""
@@ -159,7 +162,7 @@ class Grounding(BaseModel):
         }
         if self.points:
             out["points"] = [p.plain() for p in self.points]
-        out.update(truncated=self.truncated, warnings=self.warnings, convention=self.convention)
+        out.update(dropped=self.dropped, truncated=self.truncated, warnings=self.warnings, convention=self.convention)
         return out
 
 
@@ -190,16 +193,15 @@ def original_size(ref: str) -> Size | None:
 def stored_size(ref: str) -> tuple[int, int, int] | None:
     """(width, height, EXIF orientation) of a local image or data: URL as stored; None if remote or unreadable.
     Raises MediaError when a local file cannot be read."""
-    from qwenvl.media.sources import classify, read_bytes
+    from qwenvl.media.sources import classify, open_source
 
     source = classify(ref)
     if source.is_remote:
         return None
-    data = read_bytes(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # large images: only the header is read here
-            with Image.open(io.BytesIO(data)) as img:
+            with open_source(source) as fh, Image.open(fh) as img:
                 width, height = img.size
                 try:
                     orientation = img.getexif().get(0x0112, 1)
@@ -348,6 +350,14 @@ def _scale(convention: str, geo: Geometry) -> tuple[float, float] | None:
     return 1.0, 1.0
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
 def _label_text(label: str) -> str:
     return repr(label) if label else "(no label)"
 
@@ -361,7 +371,9 @@ def interpret(
     finish_reason: str | None = None,
     max_tokens: int | None = None,
 ) -> Grounding:
-    """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``. Raises nothing."""
+    """Boxes and points in original pixels from a parsed answer, with every oddity in ``warnings``: coordinates
+    past an edge are clipped to it; a box or point wholly outside the image, and a box with no area (once
+    clipped), are dropped, named in a warning and counted in ``Grounding.dropped``. Raises nothing."""
     warnings = list(parsed.notes)
     convention, why = choose_convention(parsed.items, expected, geo, model)
     if why:
@@ -379,49 +391,70 @@ def interpret(
     swapped = 0
     boxes: list[Box] = []
     points: list[Point] = []
+    outside: list[str] = []  # items wholly outside the image: dropped
+    flat: list[str] = []  # boxes with no area once clipped: dropped
 
-    def fix(value: float, side: int | None, what: str) -> int:
+    def fix(value: float, side: int | None, what: str, notes: list[str]) -> int:
         if side is not None and (value < -0.5 or value > side + 0.5):
-            clipped.append(f"{what}={value:.0f}")
+            notes.append(f"{what}={value:.0f}")
             value = min(max(value, 0.0), float(side))
         return round(value)
 
+    w_lim, h_lim = limit if limit else (None, None)
     for item in parsed.items:
+        name = _label_text(item.label)
+        notes: list[str] = []
         if item.kind == "box":
             x1, y1, x2, y2 = item.coords
             if x1 > x2 or y1 > y2:
                 swapped += 1
                 x1, x2 = sorted((x1, x2))
                 y1, y2 = sorted((y1, y2))
-            w_lim, h_lim = limit if limit else (None, None)
-            name = _label_text(item.label)
-            boxes.append(
-                Box(
-                    label=item.label,
-                    x1=fix(x1 * sx, w_lim, f"{name} x1"),
-                    y1=fix(y1 * sy, h_lim, f"{name} y1"),
-                    x2=fix(x2 * sx, w_lim, f"{name} x2"),
-                    y2=fix(y2 * sy, h_lim, f"{name} y2"),
-                    raw=list(item.coords),
-                )
+            x1, y1, x2, y2 = x1 * sx, y1 * sy, x2 * sx, y2 * sy
+            if limit and (x1 >= limit[0] or y1 >= limit[1] or x2 <= 0 or y2 <= 0):
+                outside.append(f"{name} at {x1:.0f},{y1:.0f}-{x2:.0f},{y2:.0f}")
+                continue
+            box = Box(
+                label=item.label,
+                x1=fix(x1, w_lim, f"{name} x1", notes),
+                y1=fix(y1, h_lim, f"{name} y1", notes),
+                x2=fix(x2, w_lim, f"{name} x2", notes),
+                y2=fix(y2, h_lim, f"{name} y2", notes),
+                raw=list(item.coords),
             )
+            if box.x1 >= box.x2 or box.y1 >= box.y2:  # a line or a dot: nothing to show, nothing to crop
+                flat.append(f"{name} at {box.x1},{box.y1}-{box.x2},{box.y2}")
+                continue
+            boxes.append(box)
         else:
-            x, y = item.coords
-            w_lim, h_lim = limit if limit else (None, None)
-            name = _label_text(item.label)
+            x, y = item.coords[0] * sx, item.coords[1] * sy
+            if limit and (x < -0.5 or y < -0.5 or x > limit[0] + 0.5 or y > limit[1] + 0.5):
+                outside.append(f"{name} at {x:.0f},{y:.0f}")
+                continue
             points.append(
                 Point(
                     label=item.label,
-                    x=fix(x * sx, w_lim, f"{name} x"),
-                    y=fix(y * sy, h_lim, f"{name} y"),
+                    x=fix(x, w_lim, f"{name} x", notes),
+                    y=fix(y, h_lim, f"{name} y", notes),
                     raw=list(item.coords),
                 )
             )
+        clipped.extend(notes)
     if clipped and limit:
-        shown = ", ".join(clipped[:4]) + (f" and {len(clipped) - 4} more" if len(clipped) > 4 else "")
         warnings.append(
-            f"{len(clipped)} coordinate{'s' if len(clipped) != 1 else ''} fell outside the "
-            f"{_size(limit)} image ({shown}, in image pixels): clipped to its edges"
+            f"{_count(len(clipped), 'coordinate')} fell outside the {_size(limit)} image ({_some(clipped)}, in "
+            "image pixels): clipped to its edges"
+        )
+    if outside and limit:
+        warnings.append(
+            f"{_count(len(outside), 'item')} wholly outside the {_size(limit)} image dropped ({_some(outside)}, in "
+            "image pixels)"
+        )
+    if flat:
+        where = f"the {_size(limit)} image" if limit else "the model's space"
+        warnings.append(
+            f"{_count(len(flat), 'box', 'boxes')} with no area in {where} dropped ({_some(flat)}: x1 = x2 or y1 = y2"
+            f"{' once clipped' if limit else ''})"
         )
     if swapped:
         warnings.append(f"{swapped} box{'es' if swapped != 1 else ''} had x1 > x2 or y1 > y2: corners swapped")
@@ -449,6 +482,7 @@ def interpret(
     return Grounding(
         boxes=boxes,
         points=points,
+        dropped=len(outside) + len(flat),
         truncated=truncated,
         warnings=warnings,
         width=w,
