@@ -176,8 +176,11 @@ def create_app(
             404: f"no such endpoint: {request.url.path}",
             405: f"{request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, str(exc.detail))
+        rid = str(uuid.uuid4())
         return JSONResponse(
-            error_body(proto, exc.status_code, message, None, str(uuid.uuid4())), status_code=exc.status_code
+            error_body(proto, exc.status_code, message, None, rid),
+            status_code=exc.status_code,
+            headers={REQUEST_ID_HEADER: rid},
         )
 
     app.state.client, app.state.settings, app.state.uploads = client, settings, store
@@ -508,7 +511,7 @@ def create_app(
     async def backend_ready() -> str | None:
         """The backend's own check: a local model loaded, an engine or the DashScope service answering (with
         this server's key). The gateway's backend is made here the first time (no key: not ready)."""
-        answering = backend if backend is not None else await asyncio.to_thread(lambda: client.backend)  # type: ignore[attr-defined]
+        answering = backend if backend is not None else await asyncio.to_thread(getattr, client, "backend", None)
         check = getattr(answering, "ready", None)
         if check is None:  # a backend that cannot be asked (a custom one): ready when it exists
             return None
@@ -553,7 +556,7 @@ def create_app(
         except _Refused as exc:
             return refuse(NATIVE, exc, rid)
         host = str(request.base_url).rstrip("/") + FORM_PATH
-        return JSONResponse({"request_id": rid, "data": store.policy(model, host)})
+        return JSONResponse({"request_id": rid, "data": store.policy(model, host)}, headers={REQUEST_ID_HEADER: rid})
 
     @app.post(FORM_PATH)
     async def form_upload(request: HTTPRequest) -> Any:
