@@ -23,7 +23,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -72,6 +72,7 @@ OSS_RESOLVE_HEADER = "x-dashscope-ossresourceresolve"
 REQUEST_ID_HEADER = "x-request-id"  # the request's one id, as DashScope sends it (also in every body and event)
 SHUTTING_DOWN = "server_shutting_down"  # the code of a request the server's shutdown cut (503, either spelling)
 SHUTDOWN_MESSAGE = "the server is shutting down; send the request again"
+DRAIN_S = 3.0  # seconds the app's shutdown waits for the requests uvicorn cancelled to send their 503
 GONE = 499  # the status logged for a request whose client went away before its answer (nginx's spelling)
 
 T = TypeVar("T")
@@ -148,6 +149,7 @@ def create_app(
     settings = settings or ServeSettings()
     store = uploads or UploadStore()
     slots = _Slots(settings.max_concurrent_per_key)
+    inflight = _InFlight()
 
     # a local backend (made now: its readiness is asked of it); None: the DashScope cloud, made on first use
     backend = getattr(client, "backend", None) if getattr(client, "is_local", False) else None
@@ -157,6 +159,8 @@ def create_app(
         warm = getattr(backend, "warm", None)  # an in-process model starts loading now (/ready: 503 until it has)
         warming = asyncio.create_task(warm()) if warm is not None else None
         yield
+        # uvicorn has cancelled what its grace period left: each of those sends its 503 before the worker ends
+        await inflight.drained(DRAIN_S)
         if warming is not None and not warming.done():
             warming.cancel()
         await client.aclose()
@@ -359,16 +363,17 @@ def create_app(
         """``work()`` while its client is connected: a client that goes away cancels it at once (its upstream
         request, its slot); the server's shutdown cancelling it is a 503 ``server_shutting_down``; an error is
         the protocol's error body (``refuse``)."""
-        try:
-            return await _unless_gone(request, work())
-        except _Gone:
-            log.info("the client of request %s went away; its work was cancelled", rid)
-            return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
-        except asyncio.CancelledError:
-            _uncancel()
-            return shutting_down(proto, rid)
-        except Exception as exc:
-            return refuse(proto, exc, rid, kw.get("aliases"))
+        with inflight.one():
+            try:
+                return await _unless_gone(request, work())
+            except _Gone:
+                log.info("the client of request %s went away; its work was cancelled", rid)
+                return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
+            except asyncio.CancelledError:
+                _uncancel()
+                return shutting_down(proto, rid)
+            except Exception as exc:
+                return refuse(proto, exc, rid, kw.get("aliases"))
 
     async def handle(request: HTTPRequest, proto: ServerSide) -> Any:
         rid = str(uuid.uuid4())
@@ -400,9 +405,15 @@ def create_app(
                     events = client.send_stream(call)
                     first = await anext(events, None)
                 state = inbound.StreamState(parsed=parsed, request_id=rid)
+                inflight.n += 1  # until the stream ends (its shutdown event sent, if the shutdown cut it)
+
+                def closed() -> None:
+                    inflight.n -= 1
+                    slots.give(key)
+
                 stream = _EventStream(
                     stream_body(proto, state, events, first, deadline, aliases),
-                    on_close=lambda: slots.give(key),
+                    on_close=closed,
                     on_shutdown=lambda: shutdown_event(proto, state),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", REQUEST_ID_HEADER: rid},
@@ -733,6 +744,29 @@ class _EventStream(StreamingResponse):
 
             group.start_soon(stream)
             group.start_soon(watch)
+
+
+class _InFlight:
+    """How many requests are being answered (handlers, and streams until they end). uvicorn cancels what its grace
+    period left, then shuts the app down, and a worker ends (re-raising the signal) as soon as that returns: the app's
+    shutdown waits (``drained``) so that each cancelled request sends its 503 first."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        self.n += 1
+        try:
+            yield
+        finally:
+            self.n -= 1
+
+    async def drained(self, timeout_s: float) -> None:
+        """Return once no request is in flight, or after ``timeout_s`` seconds."""
+        deadline = time.monotonic() + timeout_s
+        while self.n > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
 
 class _Gone(Exception):
