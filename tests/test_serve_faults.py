@@ -240,6 +240,27 @@ def test_a_playground_client_that_gives_up_cancels_the_upstream(route, png):
         assert up.wait("closed", 1), "the serve kept waiting on the upstream after its client left"
 
 
+@pytest.mark.parametrize("path", [COMPAT, NATIVE, "/qwenvl/v1/ocr"])
+def test_a_client_that_leaves_while_sending_its_body_is_not_an_internal_error(server, path, caplog):
+    """A client that closes its connection halfway through its body: no slot is kept, nothing is logged as an
+    internal error (before: a traceback, ``internal error while answering``)."""
+    with gateway_to(server.url, max_concurrent_per_key=1) as s, caplog.at_level("INFO", logger="qwenvl.serve"):
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\nAuthorization: Bearer {SERVE_KEY}"
+            conn.sendall(head.encode() + b"\r\nContent-Type: application/json\r\n\r\n" + b'{"model": "qwen')
+            time.sleep(0.5)
+        path_, body, headers = request_for("compat", False)
+        deadline = time.monotonic() + 10
+        while True:
+            r = httpx.post(s.url + path_, json=body, headers=headers, timeout=30)
+            if r.status_code != 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+    assert not [rec for rec in caplog.records if rec.levelno >= 40], [rec.getMessage() for rec in caplog.records]
+
+
 # --- 2. the server's shutdown with requests in flight -------------------------------------------------------------
 
 

@@ -206,16 +206,21 @@ def create_app(
                 f"the request body is over this server's {settings.max_body_bytes // 2**20} MiB "
                 "limit; upload large files instead of inlining them",
             )
+        from starlette.requests import ClientDisconnect
+
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise _Refused(
-                    413,
-                    f"the request body is over this server's {settings.max_body_bytes // 2**20} "
-                    "MiB limit; upload large files instead of inlining them",
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise _Refused(
+                        413,
+                        f"the request body is over this server's {settings.max_body_bytes // 2**20} "
+                        "MiB limit; upload large files instead of inlining them",
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client left while sending its body: nothing to answer, nothing to log
+            raise _Gone from None
         try:
             return json.loads(b"".join(chunks))
         except (ValueError, RecursionError):
@@ -384,6 +389,8 @@ def create_app(
             body = await read_json(request)  # read whole before answer() watches the connection for its end
             parsed = proto.parse_body(body, request.headers)
             slots.take(key)
+        except _Gone:
+            return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
         except Exception as exc:
             return refuse(proto, exc, rid)
         aliases: dict[str, str] = {}
@@ -607,6 +614,8 @@ def create_app(
                 if not isinstance(body, dict):
                     raise _Refused(400, "the body must be a JSON object")
                 inbound.check_text(body)
+            except _Gone:
+                return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
             except Exception as exc:
                 return refuse(COMPAT, exc, rid)
             return await answer(request, COMPAT, rid, lambda: work(body))
