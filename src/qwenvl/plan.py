@@ -37,16 +37,16 @@ log = logging.getLogger("qwenvl")
 class Call:
     """A planned request, everything up to the wire (``Client.plan``): what ``send`` sends and ``preview`` shows.
 
-        ``request`` is the validated Request, ``model`` the model's rules (``qwenvl.models.ModelInfo``),
-        ``messages`` the turns ready for the wire (every media reference prepared: resized, encoded, sampled),
-        ``history`` the same turns with the user's own references (for ``Response.messages``), ``params`` the
-        generation parameters under protocol-neutral names, ``media`` one ``PreparedItem`` per image, video or PDF
-        page (width × height in pixels as sent, bytes, estimated tokens), ``schema`` the JSON Schema of structured
-        output. A Call planned with ``estimate_only=True`` has placeholder media and cannot be sent (UsageError).
+    ``request`` is the validated Request, ``model`` the model's rules (``qwenvl.models.ModelInfo``),
+    ``messages`` the turns ready for the wire (every media reference prepared: resized, encoded, sampled),
+    ``history`` the same turns with the user's own references (for ``Response.messages``), ``params`` the
+    generation parameters under protocol-neutral names, ``media`` one ``PreparedItem`` per image, video or PDF
+    page (width × height in pixels as sent, bytes, estimated tokens), ``schema`` the JSON Schema of structured
+    output. A Call planned with ``estimate_only=True`` has placeholder media and cannot be sent (UsageError).
     ``request_id`` (default None) is the id a server in front gave the request (``qwenvl serve``): the usage log
     records it instead of the service's, so the log and the server's caller name the request alike.
 
-        Made by ``Client.plan`` rather than by hand; building one raises nothing (the dataclass checks nothing)."""
+    Made by ``Client.plan`` rather than by hand; building one raises nothing (the dataclass checks nothing)."""
 
     request: Request
     model: ModelInfo
