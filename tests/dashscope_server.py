@@ -15,6 +15,7 @@ cut midway, SSE error events.
 Endpoints
   POST /compatible-mode/v1/chat/completions                  OpenAI-compatible (section 3)
   POST /api/v1/services/aigc/multimodal-generation/generation  DashScope-native (2.1, 2.2)
+  GET  /compatible-mode/v1/models                            the models (OpenAI-compatible list; auth checked)
   GET  /api/v1/uploads?action=getPolicy&model=M              temporary-upload policy (2.3)
   POST /oss                                                  fake OSS form upload (2.3)
 
@@ -49,6 +50,7 @@ import jsonschema
 COMPAT_PATH = "/compatible-mode/v1/chat/completions"
 NATIVE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 UPLOADS_PATH = "/api/v1/uploads"
+MODELS_PATH = "/compatible-mode/v1/models"
 OSS_PATH = "/oss"
 OSS_RESOLVE_HEADER = "X-DashScope-OssResourceResolve"
 NATIVE_SSE_HEADER = "X-DashScope-SSE"
@@ -717,6 +719,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", COMPAT_PATH): lambda: self._model_call("compat"),
             ("POST", NATIVE_PATH): lambda: self._model_call("native"),
             ("GET", UPLOADS_PATH): self._get_policy,
+            ("GET", MODELS_PATH): self._models,
             ("POST", OSS_PATH): self._oss_upload,
         }.get((self.command, parts.path.rstrip("/")))
         try:
@@ -733,6 +736,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     do_GET = do_POST = _dispatch
+
+    def _models(self) -> None:
+        if not self._authorized():
+            return self._error("compat", 401, msg="Incorrect API key provided.")
+        data = [{"id": name, "object": "model", "owned_by": "system"} for name in ("qwen3-vl-plus", "qwen-vl-max")]
+        self._send(200, {"object": "list", "data": data})
 
     def _authorized(self) -> bool:
         return self.headers.get("Authorization", "") == f"Bearer {self.fake.api_key}"

@@ -45,6 +45,8 @@ class Call:
     generation parameters under protocol-neutral names, ``media`` one ``PreparedItem`` per image, video or PDF
     page (width × height in pixels as sent, bytes, estimated tokens), ``schema`` the JSON Schema of structured
     output. A Call planned with ``estimate_only=True`` has placeholder media and cannot be sent (UsageError).
+    ``request_id`` (default None) is the id a server in front gave the request (``qwenvl serve``): the usage log
+    records it instead of the service's, so the log and the server's caller name the request alike.
 
     Made by ``Client.plan`` rather than by hand; building one raises nothing (the dataclass checks nothing)."""
 
@@ -56,6 +58,7 @@ class Call:
     media: list[PreparedItem] = field(default_factory=list)
     schema: dict[str, Any] | None = None
     estimate_only: bool = False  # planned for an estimate: media are placeholders; never sent (ensure_sendable)
+    request_id: str | None = None  # the id its own caller knows it by (qwenvl serve's): the usage log records it
 
 
 def ensure_sendable(call: Call) -> None:

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from typing import Any
 
+from qwenvl._constants import SERVE_READY_TIMEOUT_S
 from qwenvl.backends import oss
 from qwenvl.backends.base import MediaForm, aassembled, assembled, astream_events, stream_events
 from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
+from qwenvl.errors import APIError, APIStatusError, MalformedResponseError, QwenVLError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
@@ -172,6 +174,27 @@ class AsyncDashScopeBackend(_Declared):
     async def aclose(self) -> None:
         await self.transport.aclose()
         self._sync.close()
+
+    async def ready(self, timeout_s: float = SERVE_READY_TIMEOUT_S) -> str | None:
+        """None when the service answers this backend's key now, else why not (one line). One probe, not
+        retried, ``timeout_s`` seconds: ``GET {compatible-mode base}/models`` with the key (``qwenvl serve``'s
+        ``/ready``). Any answer but these is "answers": no connection or no reply in time, a 5xx (the service is
+        down or overloaded), 401/403 (the key is refused: every request would fail). A 404 (a proxy or a double
+        that does not list models) still answers. Raises nothing."""
+        url = resolve_base_url("compat", base_url=self.base_url) + "/models"
+        try:
+            await asyncio.to_thread(self._sync.transport.get_json, url, Policy(timeout_s=timeout_s, max_retries=0))
+        except APIStatusError as exc:
+            if exc.status in (401, 403):
+                return f"the upstream service refuses this server's own key (HTTP {exc.status})"
+            if exc.status >= 500:
+                return f"the upstream service answers HTTP {exc.status}: {exc.message}"
+        except APIError as exc:
+            if not isinstance(exc, MalformedResponseError):  # a reply that is not JSON still came
+                return f"the upstream service does not answer: {exc}"
+        except QwenVLError as exc:
+            return f"the upstream service cannot be asked: {exc}"
+        return None
 
     async def uploads(self, call: Call) -> Call:
         ensure_sendable(call)

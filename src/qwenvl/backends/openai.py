@@ -365,7 +365,7 @@ class AsyncOpenAIBackend(_Declared):
         try:
             await asyncio.to_thread(self._sync.ping)
         except QwenVLError as exc:
-            return f"the engine at {self._wire.base_url} does not answer: {exc}"
+            return f"the engine does not answer: {exc}"
         return None
 
     async def aclose(self) -> None:

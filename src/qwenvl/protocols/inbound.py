@@ -26,6 +26,7 @@ Shapes, from the DashScope reference (``dashscope-api.md``) and the seed docs:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,31 @@ class Inbound:
 
 def _invalid(message: str) -> UsageError:
     return UsageError(message)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(body: Any, path: str = "") -> None:
+    """Refuse a wire body holding a lone surrogate (JSON ``"\\udce9"``, or bytes decoded with surrogateescape) in
+    any string or key: no UTF-8 can carry it upstream, and it is the caller's to fix (400, not 500). Raises
+    UsageError naming the field (``messages[0].content[1].text``) and the code point; the text is not echoed."""
+    if isinstance(body, str):
+        found = _SURROGATE.search(body)
+        if found:
+            raise _invalid(
+                f"{path or 'the body'} holds a lone surrogate (U+{ord(found.group()):04X}), which is not a "
+                "character: send valid Unicode text (UTF-8)"
+            )
+    elif isinstance(body, dict):
+        for key, value in body.items():
+            name = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _SURROGATE.search(key):
+                check_text(key, f"a key in {path or 'the body'}")
+            check_text(value, name)
+    elif isinstance(body, list):
+        for i, value in enumerate(body):
+            check_text(value, f"{path}[{i}]")
 
 
 def _request(model: Any, messages: Any, params: dict[str, Any]) -> tuple[Request, set[str]]:
@@ -118,6 +144,7 @@ def parse_compat_body(body: Any) -> Inbound:
     """An OpenAI-compatible chat-completions body -> Inbound. Raises UsageError on a malformed body."""
     if not isinstance(body, dict):
         raise _invalid("the body must be a JSON object")
+    check_text(body)
     if body.get("n") not in (None, 1):
         raise _invalid("n must be 1")
     params = {k: v for k, v in body.items() if k not in _COMPAT_CONTROL}
@@ -136,6 +163,7 @@ def parse_native_body(body: Any, *, sse: bool = False) -> Inbound:
     """A native generation body (and whether ``X-DashScope-SSE: enable`` was sent) -> Inbound."""
     if not isinstance(body, dict):
         raise _invalid("the body must be a JSON object")
+    check_text(body)
     inp = body.get("input")
     if not isinstance(inp, dict):
         raise _invalid('input is required: {"messages": [...]}')
@@ -309,6 +337,8 @@ _KINDS: dict[str, tuple[int, str, str, str]] = {
     "internal": (500, "InternalError", "internal_error", "internal_error"),
     "upstream": (502, "InternalError.Upstream", "upstream_error", "internal_error"),
     "unavailable": (503, "ServiceUnavailable", "service_unavailable", "internal_error"),
+    # a request cut by the shutdown of the server in front (qwenvl serve)
+    "shutting_down": (503, "ServiceUnavailable.ShuttingDown", "server_shutting_down", "internal_error"),
     "timeout": (504, "RequestTimeOut", "request_timeout", "internal_error"),
 }
 
@@ -449,9 +479,7 @@ class NativeServer:
         return parse_native_body(body, sse=headers.get("x-dashscope-sse", "").lower() == "enable")
 
     def response_body(self, parsed: Inbound, response: Response, request_id: str) -> dict[str, Any]:
-        return native_response(
-            response, request_id=response.request_id or request_id, finish_reason=response.finish_reason or "stop"
-        )
+        return native_response(response, request_id=request_id, finish_reason=response.finish_reason or "stop")
 
     def error_body(self, status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
         return native_error(status, message, request_id=request_id, code=code)
@@ -471,7 +499,7 @@ class NativeServer:
     def stream_done(self, state: StreamState, response: Response) -> list[bytes]:
         final = native_response(
             response,
-            request_id=response.request_id or state.request_id,
+            request_id=state.request_id,  # the request's one id, not the upstream's (every event carries it)
             text="" if state.parsed.incremental_output else None,
             reasoning="" if state.parsed.incremental_output else None,
             finish_reason=response.finish_reason or "stop",

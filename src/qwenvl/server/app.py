@@ -23,16 +23,18 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from qwenvl._constants import (
     FETCH_TIMEOUT_S,
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENT_PER_KEY,
     SERVE_MAX_MEDIA_ITEMS,
+    SERVE_READY_CACHE_S,
+    SERVE_READY_TIMEOUT_S,
     SERVE_REQUEST_TIMEOUT_S,
 )
 from qwenvl.errors import (
@@ -58,7 +60,7 @@ from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart
 try:
     from fastapi import FastAPI
     from fastapi import Request as HTTPRequest
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
 except ImportError as exc:  # pragma: no cover - the CLI checks first and names the extra
     raise ImportError('qwenvl serve needs its extra: pip install "qwenvl[serve]"') from exc
 
@@ -67,6 +69,13 @@ log = logging.getLogger("qwenvl.serve")
 COMPAT_PATHS = ("/compatible-mode/v1/chat/completions", "/v1/chat/completions")
 NATIVE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 OSS_RESOLVE_HEADER = "x-dashscope-ossresourceresolve"
+REQUEST_ID_HEADER = "x-request-id"  # the request's one id, as DashScope sends it (also in every body and event)
+SHUTTING_DOWN = "server_shutting_down"  # the code of a request the server's shutdown cut (503, either spelling)
+SHUTDOWN_MESSAGE = "the server is shutting down; send the request again"
+DRAIN_S = 3.0  # seconds the app's shutdown waits for the requests uvicorn cancelled to send their 503
+GONE = 499  # the status logged for a request whose client went away before its answer (nginx's spelling)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -86,6 +95,8 @@ class ServeSettings:
     download_timeout_s: float = FETCH_TIMEOUT_S
     max_concurrent_per_key: int = SERVE_MAX_CONCURRENT_PER_KEY
     request_timeout_s: float = SERVE_REQUEST_TIMEOUT_S
+    ready_timeout_s: float = SERVE_READY_TIMEOUT_S  # one /ready check's deadline
+    ready_cache_s: float = SERVE_READY_CACHE_S  # how long a /ready answer is reused
 
 
 class _Refused(Exception):
@@ -138,6 +149,7 @@ def create_app(
     settings = settings or ServeSettings()
     store = uploads or UploadStore()
     slots = _Slots(settings.max_concurrent_per_key)
+    inflight = _InFlight()
 
     # a local backend (made now: its readiness is asked of it); None: the DashScope cloud, made on first use
     backend = getattr(client, "backend", None) if getattr(client, "is_local", False) else None
@@ -147,6 +159,8 @@ def create_app(
         warm = getattr(backend, "warm", None)  # an in-process model starts loading now (/ready: 503 until it has)
         warming = asyncio.create_task(warm()) if warm is not None else None
         yield
+        # uvicorn has cancelled what its grace period left: each of those sends its 503 before the worker ends
+        await inflight.drained(DRAIN_S)
         if warming is not None and not warming.done():
             warming.cancel()
         await client.aclose()
@@ -166,8 +180,11 @@ def create_app(
             404: f"no such endpoint: {request.url.path}",
             405: f"{request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, str(exc.detail))
+        rid = str(uuid.uuid4())
         return JSONResponse(
-            error_body(proto, exc.status_code, message, None, str(uuid.uuid4())), status_code=exc.status_code
+            error_body(proto, exc.status_code, message, None, rid),
+            status_code=exc.status_code,
+            headers={REQUEST_ID_HEADER: rid},
         )
 
     app.state.client, app.state.settings, app.state.uploads = client, settings, store
@@ -189,16 +206,21 @@ def create_app(
                 f"the request body is over this server's {settings.max_body_bytes // 2**20} MiB "
                 "limit; upload large files instead of inlining them",
             )
+        from starlette.requests import ClientDisconnect
+
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_body_bytes:
-                raise _Refused(
-                    413,
-                    f"the request body is over this server's {settings.max_body_bytes // 2**20} "
-                    "MiB limit; upload large files instead of inlining them",
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise _Refused(
+                        413,
+                        f"the request body is over this server's {settings.max_body_bytes // 2**20} "
+                        "MiB limit; upload large files instead of inlining them",
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client left while sending its body: nothing to answer, nothing to log
+            raise _Gone from None
         try:
             return json.loads(b"".join(chunks))
         except (ValueError, RecursionError):
@@ -324,7 +346,39 @@ def create_app(
 
     def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
         status, message, code, headers = describe(exc, rid, aliases)
-        return JSONResponse(error_body(proto, status, message, code, rid), status_code=status, headers=headers)
+        return JSONResponse(
+            error_body(proto, status, message, code, rid),
+            status_code=status,
+            headers={**headers, REQUEST_ID_HEADER: rid},
+        )
+
+    def shutting_down(proto: ServerSide, rid: str) -> JSONResponse:
+        """The answer to a request still waiting when the server's shutdown ran out of time (uvicorn cancels it)."""
+        status, message = 503, SHUTDOWN_MESSAGE
+        log.warning("request %s was cut by the server's shutdown (%d %s)", rid, status, SHUTTING_DOWN)
+        return JSONResponse(
+            error_body(proto, status, message, SHUTTING_DOWN, rid),
+            status_code=status,
+            headers={"Retry-After": "1", REQUEST_ID_HEADER: rid},
+        )
+
+    async def answer(
+        request: HTTPRequest, proto: ServerSide, rid: str, work: Callable[[], Awaitable[Any]], **kw: Any
+    ) -> Any:
+        """``work()`` while its client is connected: a client that goes away cancels it at once (its upstream
+        request, its slot); the server's shutdown cancelling it is a 503 ``server_shutting_down``; an error is
+        the protocol's error body (``refuse``)."""
+        with inflight.one():
+            try:
+                return await _unless_gone(request, work())
+            except _Gone:
+                log.info("the client of request %s went away; its work was cancelled", rid)
+                return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
+            except asyncio.CancelledError:
+                _uncancel()
+                return shutting_down(proto, rid)
+            except Exception as exc:
+                return refuse(proto, exc, rid, kw.get("aliases"))
 
     async def handle(request: HTTPRequest, proto: ServerSide) -> Any:
         rid = str(uuid.uuid4())
@@ -332,52 +386,76 @@ def create_app(
         key = None
         try:
             key = authorize(request)
-            body = await read_json(request)
+            body = await read_json(request)  # read whole before answer() watches the connection for its end
             parsed = proto.parse_body(body, request.headers)
             slots.take(key)
+        except _Gone:
+            return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
         except Exception as exc:
             return refuse(proto, exc, rid)
-        streaming = False
         aliases: dict[str, str] = {}
-        events: AsyncIterator[StreamEvent] | None = None
-        try:
-            async with asyncio.timeout(deadline - time.monotonic()):
-                call = await plan(parsed, request, aliases)
-                if not parsed.stream:
-                    response = await client.send(call)
-                    return JSONResponse(proto.response_body(parsed, response, rid))
-                # the status line waits for the upstream's first event: a failure before it (a refusal, a 429
-                # with its Retry-After, a time-out) is an HTTP error in the protocol's shape, not a 200 stream
-                events = client.send_stream(call)
-                first = await anext(events, None)
-            streaming = True  # from here the stream owns the slot and gives it back when it ends
-            return _EventStream(
-                stream_body(proto, parsed, events, first, deadline, rid, aliases),
-                on_close=lambda: slots.give(key),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        except Exception as exc:
-            return refuse(proto, exc, rid, aliases)
-        finally:
-            if not streaming:
-                slots.give(key)
+        owner: list[Any] = []  # the stream that took over the slot, if any
+
+        async def work() -> Any:
+            events: AsyncIterator[StreamEvent] | None = None
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    call = await plan(parsed, request, aliases)
+                    call.request_id = rid  # the usage log names the request as its caller knows it
+                    if not parsed.stream:
+                        response = await client.send(call)
+                        return JSONResponse(
+                            proto.response_body(parsed, response, rid), headers={REQUEST_ID_HEADER: rid}
+                        )
+                    # the status line waits for the upstream's first event: a failure before it (a refusal, a 429
+                    # with its Retry-After, a time-out) is an HTTP error in the protocol's shape, not a 200 stream
+                    events = client.send_stream(call)
+                    first = await anext(events, None)
+                state = inbound.StreamState(parsed=parsed, request_id=rid)
+                inflight.n += 1  # until the stream ends (its shutdown event sent, if the shutdown cut it)
+
+                def closed() -> None:
+                    inflight.n -= 1
+                    slots.give(key)
+
+                stream = _EventStream(
+                    stream_body(proto, state, events, first, deadline, aliases),
+                    on_close=closed,
+                    on_shutdown=lambda: shutdown_event(proto, state),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", REQUEST_ID_HEADER: rid},
+                )
+                owner.append(stream)  # from here the stream owns the slot and gives it back when it ends
+                events = None
+                return stream
+            finally:
                 if events is not None:
                     await _aclose(events)
 
+        try:
+            return await answer(request, proto, rid, work, aliases=aliases)
+        finally:
+            if not owner:
+                slots.give(key)
+
+    def shutdown_event(proto: ServerSide, state: inbound.StreamState) -> bytes:
+        """The last event of a stream the server's shutdown cut: the protocol's error event, 503."""
+        log.warning("a stream (request %s) was cut by the server's shutdown", state.request_id)
+        body = error_body(proto, 503, SHUTDOWN_MESSAGE, SHUTTING_DOWN, state.request_id)
+        return b"".join(proto.stream_error(state, 503, body))
+
     async def stream_body(
         proto: ServerSide,
-        parsed: inbound.Inbound,
+        state: inbound.StreamState,
         events: AsyncIterator[StreamEvent],
         first: StreamEvent | None,
         deadline: float,
-        rid: str,
         aliases: dict[str, str],
     ) -> AsyncIterator[bytes]:
         """The stream's wire chunks: ``first`` (the backend's first event, already had), then the rest of
         ``events`` until ``deadline`` (monotonic seconds); a failure on the way is the protocol's error event,
-        which ends the stream (never a silent truncation)."""
-        state = inbound.StreamState(parsed=parsed, request_id=rid)
+        which ends the stream (never a silent truncation). Every event carries ``state.request_id``."""
+        rid = state.request_id
 
         async def all_events() -> AsyncIterator[StreamEvent]:
             if first is not None:
@@ -445,16 +523,43 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    readiness: dict[str, Any] = {"at": -math.inf, "why": None}
+    ready_lock = asyncio.Lock()
+
+    async def backend_ready() -> str | None:
+        """The backend's own check: a local model loaded, an engine or the DashScope service answering (with
+        this server's key). The gateway's backend is made here the first time (no key: not ready)."""
+        answering = backend if backend is not None else await asyncio.to_thread(getattr, client, "backend", None)
+        check = getattr(answering, "ready", None)
+        if check is None:  # a backend that cannot be asked (a custom one): ready when it exists
+            return None
+        return await check()
+
     @app.get("/ready")
     async def ready() -> JSONResponse:
-        """200 when a request could be answered now: the local model is loaded, the engine answers (the
-        backend's ``ready()``: None, else why not); else 503 with the reason. The cloud gateway is ready."""
-        check = getattr(backend, "ready", None)
-        why = await check() if check is not None else None
+        """200 when a request could be answered now, else 503 with the reason (one line, upstream URLs named
+        "the upstream": this endpoint takes no key). One rule for every backend: its check (``backend_ready``),
+        at most once per ``settings.ready_cache_s`` seconds (callers in between get the last answer), and
+        bounded by ``settings.ready_timeout_s`` seconds (past it: not ready)."""
+        async with ready_lock:  # one check at a time: callers meanwhile wait for it, then reuse its answer
+            if time.monotonic() - readiness["at"] >= settings.ready_cache_s:
+                try:
+                    async with asyncio.timeout(settings.ready_timeout_s):
+                        why = await backend_ready()
+                except TimeoutError:
+                    why = f"the backend did not answer the readiness check within {settings.ready_timeout_s:g} s"
+                except MissingAPIKeyError:
+                    why = "this server has no API key for its upstream service; the server's operator must set one"
+                except QwenVLError as exc:
+                    why = f"the backend cannot be made: {_message(exc)}"
+                if why is not None:
+                    why = _URL.sub("the upstream", why.strip().splitlines()[0] if why.strip() else "not ready")
+                readiness.update(at=time.monotonic(), why=why)
+            why = readiness["why"]
         body: dict[str, Any] = {"ready": why is None, "model_loaded": why is None}
         if why is not None:
             body["reason"] = why
-        return JSONResponse(body, status_code=200 if why is None else 503)
+        return JSONResponse(body, status_code=200 if why is None else 503, headers={"Cache-Control": "no-store"})
 
     @app.get(UPLOAD_PATH)
     async def get_policy(request: HTTPRequest) -> JSONResponse:
@@ -469,7 +574,7 @@ def create_app(
         except _Refused as exc:
             return refuse(NATIVE, exc, rid)
         host = str(request.base_url).rstrip("/") + FORM_PATH
-        return JSONResponse({"request_id": rid, "data": store.policy(model, host)})
+        return JSONResponse({"request_id": rid, "data": store.policy(model, host)}, headers={REQUEST_ID_HEADER: rid})
 
     @app.post(FORM_PATH)
     async def form_upload(request: HTTPRequest) -> Any:
@@ -501,19 +606,25 @@ def create_app(
     if playground:
         from qwenvl.server import playground as page
 
-        async def guard(request: HTTPRequest) -> dict[str, Any]:
-            authorize(request)
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                raise _Refused(400, "the body must be a JSON object")
-            return body
+        async def run(request: HTTPRequest, work: page.Work) -> Any:
+            rid = str(uuid.uuid4())
+            try:
+                authorize(request)
+                body = await read_json(request)  # read whole before answer() watches the connection for its end
+                if not isinstance(body, dict):
+                    raise _Refused(400, "the body must be a JSON object")
+                inbound.check_text(body)
+            except _Gone:
+                return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
+            except Exception as exc:
+                return refuse(COMPAT, exc, rid)
+            return await answer(request, COMPAT, rid, lambda: work(body))
 
         page.add_routes(
             app,
             client,
-            guard=guard,
+            run=run,
             resolve=lambda ref, model: resolve_ref(ref, model, False),
-            fail=lambda exc: refuse(COMPAT, exc, str(uuid.uuid4())),
             model_for=served_model,
         )
     return app
@@ -592,17 +703,31 @@ def _known_models() -> list[str]:
 
 class _EventStream(StreamingResponse):
     """A stream that stops the moment its client disconnects: generation is cancelled and the slot freed
-    at once, not at the next write (Starlette notices a disconnect only on write for ASGI spec 2.4)."""
+    at once, not at the next write (Starlette notices a disconnect only on write for ASGI spec 2.4). When the
+    server's shutdown cancels it, the client gets ``on_shutdown()`` (the protocol's error event) as its last."""
 
-    def __init__(self, content: Any, *, on_close: Callable[[], None], **kw: Any) -> None:
+    def __init__(
+        self, content: Any, *, on_close: Callable[[], None], on_shutdown: Callable[[], bytes], **kw: Any
+    ) -> None:
         super().__init__(content, **kw)
-        self._on_close = on_close
+        self._on_close, self._on_shutdown = on_close, on_shutdown
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self._run(scope, receive, send)
-        except asyncio.CancelledError:  # the server is shutting down mid-stream: end quietly, no traceback
-            log.info("a stream was cancelled by the server's shutdown")
+            await self._run(scope, receive, sending)
+        except asyncio.CancelledError:  # the server is shutting down mid-stream: a last error event, no traceback
+            _uncancel()
+            with contextlib.suppress(Exception):  # the connection may be gone too
+                if not started:
+                    await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": self._on_shutdown(), "more_body": False})
         finally:
             await _aclose(self.body_iterator)
             self._on_close()
@@ -628,6 +753,70 @@ class _EventStream(StreamingResponse):
 
             group.start_soon(stream)
             group.start_soon(watch)
+
+
+class _InFlight:
+    """How many requests are being answered (handlers, and streams until they end). uvicorn cancels what its grace
+    period left, then shuts the app down, and a worker ends (re-raising the signal) as soon as that returns: the app's
+    shutdown waits (``drained``) so that each cancelled request sends its 503 first."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[None]:
+        self.n += 1
+        try:
+            yield
+        finally:
+            self.n -= 1
+
+    async def drained(self, timeout_s: float) -> None:
+        """Return once no request is in flight, or after ``timeout_s`` seconds."""
+        deadline = time.monotonic() + timeout_s
+        while self.n > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
+class _Gone(Exception):
+    """The client closed its connection before its answer."""
+
+
+async def _unless_gone(request: HTTPRequest, work: Awaitable[T]) -> T:
+    """``await work``, unless the client of ``request`` disconnects first: then ``work`` is cancelled (its
+    upstream request closed at once) and _Gone raised. The request's body must have been read already (the
+    watch reads the connection's next message, which is then its end). A cancellation from outside (a
+    time-out, the server's shutdown) cancels ``work`` too and is raised."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for each in (watch, task):
+            if not each.done():
+                each.cancel()
+        # the cancelled work ends at its next await (its connection closed); bounded all the same
+        await asyncio.wait((watch, task), timeout=10)
+    left = watch.done() and not watch.cancelled() and watch.exception() is None
+    if task.done() and not task.cancelled():
+        if not left:
+            return task.result()
+        task.exception()  # retrieved: what the cancelled work raised on its way out is no one's answer
+    if not left and not task.done():  # pragma: no cover - a work that ignores its cancellation for 10 s
+        log.warning("a cancelled request did not end within 10 s")
+    raise _Gone
+
+
+def _uncancel() -> None:
+    """This task's cancellation is handled (answered): later awaits (sending the answer) run as usual."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 async def _bounded(events: AsyncIterator[StreamEvent], deadline: float) -> AsyncIterator[StreamEvent]:

@@ -72,6 +72,7 @@ def check_backend(backend: str, options: dict[str, Any]) -> tuple[str | None, st
 def app_from_config(config: dict[str, Any]) -> Any:
     from qwenvl.store import open_cache, open_usage_log
 
+    _one_line_per_cut_request()
     settings = ServeSettings(**config.get("settings", {}))
     uploads = UploadStore(config.get("upload_dir"), ttl_s=float(config.get("upload_ttl_s", 48 * 3600)))
     cache, usage_log = open_cache(config.get("cache")), open_usage_log(config.get("usage_log"))
@@ -83,6 +84,21 @@ def app_from_config(config: dict[str, Any]) -> Any:
     }
     client = make_client(config.get("backend", "dashscope"), options)
     return create_app(client, settings, uploads=uploads, stores=stores)
+
+
+def _one_line_per_cut_request() -> None:
+    """uvicorn's "Cancel N running task(s), timeout graceful shutdown exceeded" is left out: each request the
+    shutdown cuts is answered 503 and logged once, with its id, by the app (``qwenvl.server.app``)."""
+    import logging
+
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropCancelLine) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_DropCancelLine())
+
+
+class _DropCancelLine:
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).startswith("Cancel %s running task(s)")
 
 
 def app_from_env() -> Any:

@@ -30,7 +30,9 @@ from qwenvl.models import cost_fields, currency_of, media_costs
 
 STATIC = Path(__file__).parent / "static"
 
-Guard = Callable[[HTTPRequest], Awaitable[dict[str, Any]]]  # auth + JSON body, or raises
+Work = Callable[[dict[str, Any]], Awaitable[JSONResponse]]  # a JSON body -> the answer, or raises
+# auth and the JSON body, then the work while the client is connected; its errors in the compat shape
+Run = Callable[[HTTPRequest, Work], Awaitable[Any]]
 Resolve = Callable[[str, str], Awaitable[str]]  # a media reference under the server's rules
 
 
@@ -38,9 +40,8 @@ def add_routes(
     app: FastAPI,
     client: SupportsAsyncComplete,
     *,
-    guard: Guard,
+    run: Run,
     resolve: Resolve,
-    fail: Callable[[BaseException], JSONResponse],
     model_for: Callable[[str], str | None],
 ) -> None:
     if (STATIC / "index.html").is_file():
@@ -68,24 +69,20 @@ def add_routes(
             out["vl_high_resolution_images"] = body["vl_high_resolution_images"]
         return out
 
-    async def estimate(request: HTTPRequest) -> JSONResponse:
-        try:
-            body = await guard(request)
-            opts = options(body)
-            refs = body.get("images") or []
-            if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-                raise UsageError("images must be a list of data: URLs or https:// URLs")
-            images = [await resolve(r, opts.get("model", "")) for r in refs]
-            video = body.get("video")
-            if isinstance(video, str):
-                video = await resolve(video, opts.get("model", ""))
-            elif isinstance(video, list):
-                video = [await resolve(v, opts.get("model", "")) for v in video]
-            call = await asyncio.to_thread(
-                client.plan, prompt="estimate", images=images, video=video, estimate_only=True, **opts
-            )
-        except Exception as exc:
-            return fail(exc)
+    async def estimate(body: dict[str, Any]) -> JSONResponse:
+        opts = options(body)
+        refs = body.get("images") or []
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise UsageError("images must be a list of data: URLs or https:// URLs")
+        images = [await resolve(r, opts.get("model", "")) for r in refs]
+        video = body.get("video")
+        if isinstance(video, str):
+            video = await resolve(video, opts.get("model", ""))
+        elif isinstance(video, list):
+            video = [await resolve(v, opts.get("model", "")) for v in video]
+        call = await asyncio.to_thread(
+            client.plan, prompt="estimate", images=images, video=video, estimate_only=True, **opts
+        )
         known = [m.tokens for m in call.media if m.tokens is not None]
         total = sum(known)
         _, costs, total_cost = media_costs(call.model, [m.tokens for m in call.media], region=client.region)
@@ -115,52 +112,46 @@ def add_routes(
             }
         )
 
-    async def ground(request: HTTPRequest) -> JSONResponse:
+    async def ground(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.grounding import plan_ground, read_grounding
 
-        try:
-            body = await guard(request)
-            opts = options(body)
-            image = await resolve(field(body, "image"), opts.get("model", ""))
-            call = await asyncio.to_thread(
-                plan_ground, client, image, field(body, "query"), points=bool(body.get("points")), **opts
-            )
-            response = await client.send(call)
-            result = read_grounding(call, response)
-        except Exception as exc:
-            return fail(exc)
+        opts = options(body)
+        image = await resolve(field(body, "image"), opts.get("model", ""))
+        call = await asyncio.to_thread(
+            plan_ground, client, image, field(body, "query"), points=bool(body.get("points")), **opts
+        )
+        response = await client.send(call)
+        result = read_grounding(call, response)
         out = result.to_json()
         out.update(image=None, text=response.text, usage=response.usage.model_dump(exclude={"raw"}))
         return JSONResponse(out)
 
-    async def ocr(request: HTTPRequest) -> JSONResponse:
+    async def ocr(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.ocr import clean_text, plan_ocr
 
-        try:
-            body = await guard(request)
-            opts = options(body)
-            image = await resolve(field(body, "image"), opts.get("model", ""))
-            call = await asyncio.to_thread(plan_ocr, client, image, **opts)
-            response = await client.send(call)
-        except Exception as exc:
-            return fail(exc)
+        opts = options(body)
+        image = await resolve(field(body, "image"), opts.get("model", ""))
+        call = await asyncio.to_thread(plan_ocr, client, image, **opts)
+        response = await client.send(call)
         return JSONResponse({"text": clean_text(response.text), "usage": response.usage.model_dump(exclude={"raw"})})
 
-    async def extract(request: HTTPRequest) -> JSONResponse:
+    async def extract(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.extract import plan_extract
 
-        try:
-            body = await guard(request)
-            opts = options(body)
-            image = await resolve(field(body, "image"), opts.get("model", ""))
-            schema = field(body, "schema", dict)
-            call = await asyncio.to_thread(plan_extract, client, image, schema, **opts)
-            response = await client.send(call)
-        except Exception as exc:
-            return fail(exc)
+        opts = options(body)
+        image = await resolve(field(body, "image"), opts.get("model", ""))
+        schema = field(body, "schema", dict)
+        call = await asyncio.to_thread(plan_extract, client, image, schema, **opts)
+        response = await client.send(call)
         return JSONResponse(
             {"json": response.json, "text": response.text, "usage": response.usage.model_dump(exclude={"raw"})}
         )
 
-    for path, route in (("estimate", estimate), ("ground", ground), ("ocr", ocr), ("extract", extract)):
-        app.add_api_route(f"/qwenvl/v1/{path}", route, methods=["POST"])
+    def route(work: Work) -> Callable[[HTTPRequest], Awaitable[Any]]:
+        async def answer(request: HTTPRequest) -> Any:
+            return await run(request, work)
+
+        return answer
+
+    for path, work in (("estimate", estimate), ("ground", ground), ("ocr", ocr), ("extract", extract)):
+        app.add_api_route(f"/qwenvl/v1/{path}", route(work), methods=["POST"])

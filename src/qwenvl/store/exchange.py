@@ -52,6 +52,7 @@ class Exchange:
         self.protocol: str = client.protocol
         self.local = bool(getattr(client, "is_local", False))  # a local model costs no tokens
         self.model = call.request.model
+        self.request_id = call.request_id  # a server's own id for the request (qwenvl serve), else the service's
         self.region: str | None = getattr(client, "region", None)
         self.started = time.monotonic()
         self.finished = False
@@ -86,7 +87,7 @@ class Exchange:
                 protocol=self.protocol,
                 outcome=outcome or type(exc).__name__,
                 latency_s=time.monotonic() - self.started,
-                request_id=getattr(exc, "request_id", None),
+                request_id=self.request_id or getattr(exc, "request_id", None),
                 status=status or None,
                 code=getattr(exc, "code", None),
             )
@@ -115,7 +116,7 @@ class Exchange:
                 cost=cost,
                 currency=currency_of(self.region) if cost is not None else None,
                 latency_s=time.monotonic() - self.started,
-                request_id=response.request_id,
+                request_id=self.request_id or response.request_id,
             )
         )
 
