@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
     err_console,
     generation_options,
     make_client,
@@ -25,7 +26,7 @@ from qwenvl.media.sources import split_media
 
 
 @click.command()
-@click.argument("media", nargs=-1)
+@click.argument("media", type=FILE_NAME, nargs=-1)
 @click.option(
     "-p", "--prompt", help="The question ('-' reads it from stdin). Or give it as an argument, first or last."
 )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -226,6 +227,79 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     return re.sub(r"\0(\d+)\0", lambda m: quoted[int(m[1])], kept).strip()
 
 
+class FiniteFloat(click.FloatRange):
+    """click.FloatRange for every float option of the CLI (one home): also refuses ``inf`` and ``nan`` while
+    parsing (exit 2, the option named), which Python's ``float()`` accepts and FloatRange lets through (``nan``
+    fails no comparison; ``inf`` has no maximum to pass). No option takes ``inf`` for "no limit": where there is
+    none, the option is left out (``--max-cost``: ``--yes``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if isinstance(number, float) and not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number: give digits, e.g. 30 or 0.5.", param, ctx)
+        return number
+
+
+class FileName(click.types.StringParamType):
+    """A file name, folder or URL argument/option: kept as the system gave it (a name that is not UTF-8 still
+    names a real file, ``os.fsencode`` gives its bytes back), so never checked as text (``refuse_non_utf8``).
+    Every other text option or argument is request text, and must be UTF-8."""
+
+    name = "text"  # as click.STRING in --help
+
+
+FILE_NAME = FileName()
+
+
+def utf8_text(value: str, what: str) -> str:
+    """``value`` as given when it is UTF-8 text. A command line, an environment variable or standard input that
+    is not UTF-8 reaches Python with each bad byte kept as a lone surrogate (PEP 383 ``surrogateescape``), which
+    no request can carry (JSON over HTTP is UTF-8): UsageError (exit 2) naming ``what`` ("-p/--prompt",
+    "standard input (-p -)"), the value shown with its bad bytes escaped (``\\udce9`` for byte 0xe9)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{what} is not UTF-8 text: {safe_line(value)[:80]}",
+            hint="Give it as UTF-8 (convert it with e.g. `iconv -f latin1 -t utf-8`), or set a UTF-8 locale "
+            "in the terminal.",
+        ) from None
+    return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in an option's value: itself, a tuple's items (``--stop``), a dict's keys and values
+    (``--param``), nested."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+
+
+def param_label(param: click.Parameter) -> str:
+    """How the user names a parameter: its flags (``-p/--prompt``), or an argument's metavar (``QUERY``)."""
+    if isinstance(param, click.Option):
+        return "/".join(param.opts)
+    return param.human_readable_name
+
+
+def refuse_non_utf8(ctx: click.Context, opts: dict[str, Any]) -> None:
+    """The one check that every text option and argument of a verb is UTF-8 (``utf8_text``), run for every verb
+    by ``pass_opts`` before the verb starts; file names (``FileName``) are left as they are. A prompt among the
+    MEDIA arguments is checked where it is told from the files (``prompt_and_media``), standard input where it
+    is read (``stdin_text``)."""
+    for param in ctx.command.params:
+        if param.name is None or isinstance(param.type, FileName):
+            continue
+        for text in _strings(opts.get(param.name)):
+            utf8_text(text, param_label(param))
+
+
 def option_group(*decorators: Callable) -> Callable:
     """One decorator applying ``decorators`` (click options) in the order given: the first is listed first."""
 
@@ -239,7 +313,7 @@ def option_group(*decorators: Callable) -> Callable:
 
 retry_backoff_option = click.option(
     "--retry-backoff-s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
 )
 model_option = click.option(
@@ -270,7 +344,7 @@ service_options = option_group(
     click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloat(min=0, min_open=True),
         metavar="SECONDS",
         help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
         "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
@@ -367,9 +441,9 @@ generation_options = option_group(
     click.option("--system", help="System prompt."),
     click.option("--max-tokens", type=click.IntRange(min=1), help="Longest answer in tokens (default 512)."),
     click.option(
-        "-t", "--temperature", type=click.FloatRange(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
+        "-t", "--temperature", type=FiniteFloat(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
     ),
-    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
+    click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
     click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k likeliest tokens (0 or more)."),
     click.option(
         "--seed", type=click.IntRange(0, 2**31 - 1), help="Random seed in [0, 2^31-1], for repeatable answers."
@@ -390,7 +464,7 @@ generation_options = option_group(
     click.option(
         "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
     ),
-    click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
+    click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2)."),
     click.option("--pages", help='PDF pages to send, e.g. "1-3,5" (default: all).'),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
     click.option(
@@ -413,7 +487,11 @@ generation_options = option_group(
     ),
     click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
     click.option(
-        "--schema", "schema_file", metavar="FILE", help="JSON Schema file: the answer is validated against it."
+        "--schema",
+        "schema_file",
+        type=FILE_NAME,
+        metavar="FILE",
+        help="JSON Schema file: the answer is validated against it.",
     ),
     click.option(
         "--thinking/--no-thinking",
@@ -613,7 +691,7 @@ def prompt_and_media(
             hint="Give the prompt once (-p, or as the one argument that is not a file), and check the file names.",
         )
     if prompt is None and len(words) == 1:
-        prompt = words[0]
+        prompt = utf8_text(words[0], "the prompt" if has_prompt_option else "the query")
     elif len(words) > 1:
         how = (
             'Quote the prompt as one argument (or give it with -p "...")'
@@ -650,9 +728,14 @@ def awaiting_stdin(what: str) -> None:
 
 def stdin_text(what: str) -> str:
     """Standard input's text (``-p -``), less one trailing newline (``echo`` adds it); on a terminal, what is
-    awaited is said first (``awaiting_stdin``). Raises nothing of its own."""
+    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``)."""
     awaiting_stdin(what)
-    text = sys.stdin.read()
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        utf8_text(data.decode("utf-8", "surrogateescape"), f"standard input ({what})")
+        raise  # (utf8_text raised)
     return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
 
 
@@ -750,6 +833,7 @@ def pass_opts(fn: Callable) -> Callable:
             ctx.meta[_PATH_KEY] = ctx.command_path
             _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
+            refuse_non_utf8(ctx, opts)
         return fn(opts)
 
     return wrapper

@@ -8,6 +8,7 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
     err_console,
     generation_options,
     make_client,
@@ -28,7 +29,7 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 
 
 @click.command()
-@click.argument("media", nargs=-1, required=True)
+@click.argument("media", type=FILE_NAME, nargs=-1, required=True)
 @click.option("-p", "--prompt", help="What to describe (default: the series of events, as in the docs' example).")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print {video, duration, events: [{start, end, event}], warnings}."
@@ -36,6 +37,7 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 @click.option(
     "--sheet",
     "sheet_file",
+    type=FILE_NAME,
     metavar="FILE.png",
     help="Write a contact sheet: the frames the model saw, with their times, and the timeline.",
 )

@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
     err_console,
     generation_options,
     make_client,
@@ -26,10 +27,12 @@ from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", type=FILE_NAME, nargs=-1, required=True)
 @click.option("-p", "--prompt", help='What to extract (default: "Extract the information in this document.").')
 @click.option("--jsonl", is_flag=True, help='One JSON line per file, {"file", "json"}, even for one file.')
-@click.option("--csv", "csv_file", metavar="FILE", help="Write a CSV instead: a column per top-level key.")
+@click.option(
+    "--csv", "csv_file", type=FILE_NAME, metavar="FILE", help="Write a CSV instead: a column per top-level key."
+)
 @click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
 @generation_options
 @service_options

@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
     err_console,
     generation_options,
     make_client,
@@ -34,7 +35,7 @@ READINGS = {
 
 
 @click.command()
-@click.argument("image")
+@click.argument("image", type=FILE_NAME)
 @click.argument("query")
 @click.option("--points", is_flag=True, help="Ask for points instead of boxes.")
 @click.option(
@@ -43,7 +44,13 @@ READINGS = {
     is_flag=True,
     help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, truncated, warnings}.",
 )
-@click.option("--out", "out_file", metavar="FILE.png", help="Write the image with the boxes and points drawn on it.")
+@click.option(
+    "--out",
+    "out_file",
+    type=FILE_NAME,
+    metavar="FILE.png",
+    help="Write the image with the boxes and points drawn on it.",
+)
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options

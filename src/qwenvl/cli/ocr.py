@@ -9,6 +9,7 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
     err_console,
     generation_options,
     make_client,
@@ -48,7 +49,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
 
 
 @click.command()
-@click.argument("file")
+@click.argument("file", type=FILE_NAME)
 @click.option(
     "-f",
     "--format",
@@ -65,7 +66,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     metavar="JSON",
     help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).",
 )
-@click.option("-o", "--output", metavar="FILE", help="Write the result here instead of stdout.")
+@click.option("-o", "--output", type=FILE_NAME, metavar="FILE", help="Write the result here instead of stdout.")
 @click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
 @generation_options
 @service_options

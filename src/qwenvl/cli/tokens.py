@@ -19,6 +19,8 @@ from rich.table import Table
 
 from qwenvl import env as qenv
 from qwenvl.cli.common import (
+    FILE_NAME,
+    FiniteFloat,
     err_console,
     make_client,
     model_option,
@@ -37,7 +39,7 @@ from qwenvl.models import format_cost
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", type=FILE_NAME, nargs=-1, required=True)
 @model_option
 @region_option
 @click.option(
@@ -55,7 +57,7 @@ from qwenvl.models import format_cost
 @click.option(
     "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
 )
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2).")
+@click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2).")
 @click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all).')
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
 @click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")

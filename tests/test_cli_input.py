@@ -1,0 +1,174 @@
+"""What a new user types that is not quite right: text that is not UTF-8 (a Latin-1 terminal, a file piped in),
+a number that is not finite, an empty name, a quoted glob or a folder, an option given twice. Each is refused at
+once with one ``error:`` line naming the argument and a ``hint:`` line (exit 2 usage, 3 input), on every verb
+where it can occur, before anything is sent; or, where the input means something, it works the same everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+import qwenvl
+from conftest import API_KEY, make_client, run_cli, write_image
+from qwenvl.errors import UsageError
+
+BAD = "caf\udce9"  # b"caf\xe9" (Latin-1) as Python decodes a command line: the byte kept as a lone surrogate (PEP 383)
+
+
+def _one_error_and_hint(stderr: str) -> tuple[str, str]:
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), stderr
+    assert "Traceback" not in stderr and "internal error" not in stderr, stderr
+    return lines[0], lines[1]
+
+
+@pytest.fixture
+def files(isolated_env: Path) -> Path:
+    write_image(isolated_env / "a.png")
+    (isolated_env / "s.json").write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    return isolated_env
+
+
+@pytest.fixture
+def cli_env(server) -> dict[str, str]:
+    return {"DASHSCOPE_API_KEY": API_KEY}
+
+
+NOT_UTF8 = [  # (arguments, the argument the error names)
+    (["ask", "a.png", "-p", BAD], "-p/--prompt"),
+    (["ask", "a.png", BAD], "the prompt"),
+    (["ask", BAD, "a.png"], "the prompt"),
+    (["ask", "a.png", "-p", "x", "--system", BAD], "--system"),
+    (["ask", "a.png", "-p", "x", "--stop", "ok", "--stop", BAD], "--stop"),
+    (["ask", "a.png", "-p", "x", "--param", f"enable_search={BAD}"], "--param"),
+    (["ask", "a.png", "-p", "x", "--param", f"{BAD}=1"], "--param"),
+    (["ask", "a.png", "-p", "x", "-m", BAD], "-m/--model"),
+    (["ask", "a.png", "-p", "x", "--pages", BAD], "--pages"),
+    (["chat", "a.png", "--system", BAD], "--system"),
+    (["ground", "a.png", BAD], "QUERY"),
+    (["extract", "a.png", "--schema", "s.json", "-p", BAD], "-p/--prompt"),
+    (["events", "a.png", "-p", BAD], "-p/--prompt"),
+    (["ocr", "a.png", "--task", BAD], "--task"),
+    (["batch", "run", "a.png", "-p", BAD, "-o", "o.jsonl"], "-p/--prompt"),
+    (["analyze", "--request", '{"prompt": "' + BAD + '", "image": "a.png"}'], "--request"),
+    (["models", BAD], "NAME"),
+]
+
+
+@pytest.mark.parametrize(("args", "named"), NOT_UTF8, ids=[" ".join(a[:4]) for a, _ in NOT_UTF8])
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_text_that_is_not_utf8_is_refused_naming_the_argument(files, server, args, named, protocol):
+    base = server.compat_base if protocol == "compat" else server.native_base
+    verb_takes_service = args[0] not in ("models",)
+    extra = ["--base-url", base, "--protocol", protocol] if verb_takes_service else []
+    p = run_cli(*args, *extra, env={"DASHSCOPE_API_KEY": API_KEY}, input="")
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    error, hint = _one_error_and_hint(p.stderr)
+    assert f"error: {named} is not UTF-8 text" in error
+    assert "\\udce9" in error  # the bad byte shown escaped, as Python writes it
+    assert "UTF-8" in hint
+    assert server.requests == []  # refused before anything is sent
+
+
+@pytest.mark.parametrize(
+    "args", [["ask", "a.png", "-p", "-"], ["batch", "run", "a.png", "-p", "-", "-o", "o.jsonl"]], ids=["ask", "batch"]
+)
+def test_a_prompt_on_stdin_that_is_not_utf8_is_refused(files, server, args):
+    p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input=b"caf\xe9\n")
+    assert p.returncode == 2, p.stderr
+    error, _ = _one_error_and_hint(p.stderr)
+    assert "error: standard input (the prompt) is not UTF-8 text: caf\\udce9" in error
+    assert server.requests == []
+
+
+def test_a_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(files, server):
+    p = run_cli(
+        "chat", "a.png", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input=b"caf\xe9\nhello\n"
+    )
+    assert p.returncode == 2, p.stderr  # the last failure's code, as for every failed turn of a piped chat
+    assert "error: the message is not UTF-8 text: caf\\udce9" in p.stderr
+    assert "Traceback" not in p.stderr and "internal error" not in p.stderr
+    assert len(server.requests) == 1 and "hello" in p.stdout  # the next line was asked
+
+
+def test_a_file_name_that_is_not_utf8_still_names_its_file(files, server):
+    name = os.fsdecode(b"na\xefve.png")  # "na\udcefve.png": any bytes are a valid file name
+    write_image(files / name)
+    p = run_cli("ask", name, "-p", "x", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 0, p.stderr
+    assert len(server.requests) == 1
+
+
+def test_the_library_refuses_text_that_is_not_utf8_as_a_usage_error(server, protocol):
+    with make_client(server, protocol) as client:
+        for fields in ({"system": BAD}, {"stop": ["a", BAD]}, {"extra": {"k": BAD}}, {"model": BAD}):
+            with pytest.raises(UsageError, match=r"is not UTF-8 text"):
+                client.ask("x", **fields)
+        with pytest.raises(UsageError, match=r"prompt is not UTF-8 text"):
+            client.ask(BAD)
+        messages = [qwenvl.Message(role="user", content=BAD)]
+        with pytest.raises(UsageError, match=r"messages\[0\] is not UTF-8 text"):
+            client.complete(messages=messages)
+
+    async def in_async() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as client:
+            with pytest.raises(UsageError, match=r"prompt is not UTF-8 text"):
+                await client.ask(BAD)
+
+    asyncio.run(in_async())
+    assert server.requests == []
+
+
+FLOATS = [  # every float option of every verb
+    ["ask", "a.png", "-p", "x", "--timeout"],
+    ["ask", "a.png", "-p", "x", "--retry-backoff-s"],
+    ["ask", "a.png", "-p", "x", "--temperature"],
+    ["ask", "a.png", "-p", "x", "--top-p"],
+    ["ask", "a.png", "-p", "x", "--fps"],
+    ["chat", "a.png", "--timeout"],
+    ["tokens", "a.png", "--fps"],
+    ["batch", "run", "a.png", "-p", "x", "-o", "o.jsonl", "--rpm"],
+    ["batch", "run", "a.png", "-p", "x", "-o", "o.jsonl", "--tpm"],
+    ["batch", "run", "a.png", "-p", "x", "-o", "o.jsonl", "--max-cost"],
+    ["batch", "run", "a.png", "-p", "x", "-o", "o.jsonl", "--poll-interval"],
+    ["batch", "status", "b1", "--timeout"],
+    ["serve", "--request-timeout"],
+]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "Infinity"])
+@pytest.mark.parametrize("args", FLOATS, ids=[" ".join((a[0], a[-1])) for a in FLOATS])
+def test_a_float_option_refuses_what_is_not_a_finite_number(files, server, args, value):
+    p = run_cli(*args, value, env={"DASHSCOPE_API_KEY": API_KEY}, input="")
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    error, _ = _one_error_and_hint(p.stderr)
+    assert f"'{args[-1]}'" in error, error
+    assert "not a finite number" in error or "not in the range" in error, error  # (a bounded range says so)
+    assert server.requests == []
+
+
+def test_every_float_option_is_a_finite_float():
+    """The one home: no float option of any verb is a plain float or a FloatRange that lets inf/nan through."""
+    import click
+
+    from qwenvl.cli.common import FiniteFloat
+    from qwenvl.cli.main import cli
+
+    def commands(group: click.Group):
+        for command in group.commands.values():
+            if isinstance(command, click.Group):
+                yield from commands(command)
+            else:
+                yield command
+
+    loose = [
+        (command.name, param.name)
+        for command in commands(cli)
+        for param in command.params
+        if isinstance(param.type, click.types.FloatParamType | click.FloatRange)
+        and not isinstance(param.type, FiniteFloat)
+    ]
+    assert loose == []
