@@ -46,7 +46,7 @@ NOT_UTF8 = [  # (arguments, the argument the error names)
     (["ask", "a.png", "-p", "x", "--param", f"enable_search={BAD}"], "--param"),
     (["ask", "a.png", "-p", "x", "--param", f"{BAD}=1"], "--param"),
     (["ask", "a.png", "-p", "x", "-m", BAD], "-m/--model"),
-    (["ask", "a.png", "-p", "x", "--pages", BAD], "--pages"),
+    (["chat", "a.png", "--session", BAD], "--session"),
     (["chat", "a.png", "--system", BAD], "--system"),
     (["ground", "a.png", BAD], "QUERY"),
     (["extract", "a.png", "--schema", "s.json", "-p", BAD], "-p/--prompt"),

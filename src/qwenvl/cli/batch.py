@@ -29,6 +29,7 @@ from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Es
 from qwenvl.cli.common import (
     FILE_NAME,
     FiniteFloat,
+    Verb,
     awaiting_stdin,
     backend_options,
     err_console,
@@ -49,11 +50,14 @@ from qwenvl.plan import check_extra, check_model_rules
 
 
 class BatchGroup(click.Group):
-    """`qwenvl batch ARGS` runs a batch; `qwenvl batch status|cancel ID` are subcommands."""
+    """`qwenvl batch ARGS` runs a batch; `qwenvl batch status|cancel ID` are subcommands; `qwenvl batch` alone
+    shows this group's help, as `qwenvl` alone does."""
+
+    command_class = Verb
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands:
-            first = args[0] if args else "-"
+        if args and args[0] not in self.commands:
+            first = args[0]
             if not first.startswith("-") and not any(c in first for c in "*?[") and not os.path.lexists(first):
                 # `qwenvl batch stauts ID`: a typo'd subcommand, not an input file that is missing
                 near = difflib.get_close_matches(first, [c for c in self.commands if c != "run"], n=1)

@@ -17,6 +17,7 @@ from qwenvl.chat import CommandResult, Conversation, image_refs, parse_command
 from qwenvl.cli.common import (
     FILE_NAME,
     STDIN,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -158,7 +159,7 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     return 0
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.argument("media", type=FILE_NAME, nargs=-1)
 @click.option(
     "--session", "session_name", metavar="NAME", help="Save the conversation under NAME and resume it next time."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from qwenvl.errors import (
     safe_line,
     terminal_safe,
 )
+from qwenvl.media.pdf import check_page_spec
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import PAID_PROTOCOLS, answer_cost, currency_of, format_cost
 from qwenvl.retry import RetryNotice
@@ -300,6 +302,52 @@ def refuse_non_utf8(ctx: click.Context, opts: dict[str, Any]) -> None:
             utf8_text(text, param_label(param))
 
 
+def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
+    """The one rule for an option given as "" or only spaces (``--session ""``, ``--model " "``, ``-o ""``): a
+    usage error (exit 2) naming it, never silently the default or nothing. No text option of the CLI means
+    anything when blank (a name, a path, a URL, a prompt, a stop sequence); ``--param KEY=`` is a value (JSON or
+    text, "" included) and stays one. Run for every verb by ``pass_opts``; only what was given on the command
+    line is checked."""
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None or param.is_flag or param.name == "extra":
+            continue
+        if ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        if any(isinstance(v, str) and not v.strip() for v in _strings(opts.get(param.name))):
+            if param.name == "prompt":
+                raise UsageError(
+                    "the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".'
+                )
+            flag = max(param.opts, key=len)
+            raise UsageError(
+                f"{param_label(param)} is empty", hint=f"Give a value, or leave {flag} out for the default."
+            )
+
+
+class Verb(click.Command):
+    """Every verb's command class: an option that takes one value given twice (``-p hi -p again``,
+    ``--thinking --no-thinking``) is a usage error (exit 2) naming it, where click would keep the last one
+    silently. Repeatable options (``--stop``, ``--param``) and plain flags said twice (``--json --json``, which
+    mean the same) are not refused."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not ctx.resilient_parsing:
+            _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # click's own errors: raised as click's
+            seen: set[str] = set()
+            for param in order:
+                if not isinstance(param, click.Option) or param.multiple or param.count or param.name is None:
+                    continue
+                if param.is_flag and not param.secondary_opts:
+                    continue
+                if param.name in seen:
+                    label = "/".join([*param.opts, *param.secondary_opts])
+                    twice = HintedUsageError(f"{label} is given twice: it takes one value", ctx)
+                    twice.hint = f"Give {label} once (no value is picked silently)."
+                    raise twice
+                seen.add(param.name)
+        return super().parse_args(ctx, args)
+
+
 def option_group(*decorators: Callable) -> Callable:
     """One decorator applying ``decorators`` (click options) in the order given: the first is listed first."""
 
@@ -402,6 +450,12 @@ def param_value(raw: str) -> Any:
         return _PYTHON_WORDS.get(raw.strip().lower(), raw)
 
 
+class HintedUsageError(click.UsageError):
+    """click.UsageError (exit 2) with the ``hint:`` line to show for it (``main._say_click_error``)."""
+
+    hint = ""
+
+
 class HintedBadParameter(click.BadParameter):
     """click.BadParameter (exit 2) with the ``hint:`` line to show for it (``main._say_click_error``)."""
 
@@ -436,6 +490,17 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return out
 
 
+def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--pages`` checked while parsing, whatever the files (``qwenvl.media.pdf.check_page_spec``: bad syntax,
+    page 0, a reversed range such as ``3-1``): HintedBadParameter (exit 2). "" is left to ``refuse_blank``."""
+    if value is not None and value.strip():
+        try:
+            check_page_spec(value)
+        except UsageError as exc:
+            raise HintedBadParameter(str(exc), exc.hint or "", ctx, param) from None
+    return value
+
+
 # What the model is asked and how: ask, chat and the task verbs.
 generation_options = option_group(
     click.option("--system", help="System prompt."),
@@ -465,7 +530,7 @@ generation_options = option_group(
         "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
     ),
     click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2)."),
-    click.option("--pages", help='PDF pages to send, e.g. "1-3,5" (default: all).'),
+    click.option("--pages", callback=check_pages, help='PDF pages to send, e.g. "1-3,5" (default: all).'),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
     click.option(
         "--fetch-urls",
@@ -542,16 +607,6 @@ _REQUEST_FROM_OPTIONS = (
 )
 # On/off flags (is_flag): False is only their default, never something the user said.
 _PLAIN_FLAGS = frozenset({"json_mode", "fetch_urls"})
-# Options whose empty value cannot mean anything: refused rather than silently replaced by the default.
-_NOT_EMPTY = {"model": "--model", "pages": "--pages", "region": "--region", "base_url": "--base-url"}
-
-
-def refuse_empty(opts: dict[str, Any]) -> None:
-    """A given but empty --model/--pages/--region/--base-url is a usage error, not "use the default"."""
-    for key, flag in _NOT_EMPTY.items():
-        value = opts.get(key)
-        if isinstance(value, str) and not value.strip():
-            raise UsageError(f"{flag} is empty", hint=f"Give a value, or leave {flag} out for the default.")
 
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
@@ -560,7 +615,6 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
     A value of 0 or False is a value (``--temperature 0``, ``--seed 0``, ``--top-k 0``, ``--max-retries 0``,
     ``--retry-backoff-s 0``, ``--no-thinking``, ``--no-high-res``) and reaches the Request as given; the
     options' ranges and the Request decide what is valid (``--timeout 0`` is a usage error, exit 2)."""
-    refuse_empty(opts)
     fields = {}
     for key in _REQUEST_FROM_OPTIONS:
         value = opts.get(key)
@@ -594,7 +648,6 @@ def make_client(opts: dict[str, Any], *, will_send: bool | None = None) -> Clien
     ``will_send`` (default: unless ``opts["dry_run"]``): the verb is going to send, so a missing DashScope key
     is raised here (MissingAPIKeyError, exit 4), before any slow or interactive work (planning, sampling a
     video, the chat's banner); local backends need no key (``Client.check_key``)."""
-    refuse_empty(opts)
     on_retry = show_retry if err_console().is_terminal else None
     client = Client(
         protocol=opts.get("protocol"),
@@ -649,10 +702,52 @@ def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
     return MediaError(f"file not found: {arg}", source=arg, hint=hint)
 
 
-def media_args(args: tuple[str, ...] | list[str]) -> list[str]:
-    """MEDIA arguments that must all be files, URLs or data: URLs (``-``: a file on standard input).
+_GLOB_CHARS = frozenset("*?[")
+
+
+def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, single: bool = False) -> list[str]:
+    """MEDIA arguments with quoted globs expanded, the one rule of every verb (as the shell would expand them
+    unquoted, and as ``batch`` and ``tokens`` do: ``qwenvl.batch.inputs.expand_inputs``): an argument that is
+    not a file and has ``*``, ``?`` or ``[`` is replaced by the files it matches (sorted; ``**`` recursive;
+    a matched folder walked). One that matches nothing and looks like a file (``photos/*.jpg``) is a
+    MediaError (exit 3); else it is left as it is (a prompt may hold a "?"). ``folders``: a folder is walked
+    for its media files too (verbs that treat each file on its own: ``extract``); elsewhere a folder stays
+    one argument, refused as a folder with the hint to give a glob. ``single`` (a verb that takes one file:
+    ``ground``, ``ocr``): a glob that matches several files is a UsageError (exit 2) naming how many."""
+    from qwenvl.batch.inputs import expand_inputs, no_media_found
+
+    out: list[str] = []
+    for arg in args:
+        if _is_reference(arg) and not (folders and Path(arg).expanduser().is_dir()):  # a file, a URL, "-"
+            out.append(arg)
+            continue
+        is_glob = bool(_GLOB_CHARS & set(arg))
+        if is_glob and (looks_like_file(arg) or glob.glob(os.path.expanduser(arg), recursive=True)):
+            found = expand_inputs([arg])  # MediaError when it matches nothing
+        elif folders and os.path.isdir(os.path.expanduser(arg)):
+            found = expand_inputs([arg])
+        else:
+            out.append(arg)
+            continue
+        if not found:
+            raise no_media_found([arg])
+        if single and len(found) > 1:
+            command = current_command()
+            verb = command.name if command is not None else "this command"
+            raise UsageError(
+                f"{arg!r} matches {len(found)} files, and {verb} takes one",
+                hint=f"Give one file, e.g. {found[0]}, or a pattern that matches only it.",
+            )
+        out.extend(found)
+    return list(dict.fromkeys(out))
+
+
+def media_args(args: tuple[str, ...] | list[str], *, single: bool = False) -> list[str]:
+    """MEDIA arguments that must all be files, URLs or data: URLs (``-``: a file on standard input); quoted
+    globs expanded (``expand_media``; ``single``: the verb takes one file).
 
     Raises MediaError (exit 3) for the first one that is none of them, before anything is sent."""
+    args = expand_media(args, single=single)
     for arg in args:
         if not _is_reference(arg):
             raise _not_found(arg, prompt_hint=False)
@@ -660,7 +755,13 @@ def media_args(args: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def prompt_and_media(
-    args: tuple[str, ...] | list[str], prompt: str | None, *, required: bool = True, has_prompt_option: bool = True
+    args: tuple[str, ...] | list[str],
+    prompt: str | None,
+    *,
+    required: bool = True,
+    has_prompt_option: bool = True,
+    folders: bool = False,
+    single: bool = False,
 ) -> tuple[str | None, list[str]]:
     """(prompt, media) from ``VERB MEDIA... [-p PROMPT]``, where the prompt may also be one of the arguments.
 
@@ -669,8 +770,11 @@ def prompt_and_media(
     a file (an image, video or PDF name, a path with a separator) and does not exist is never the prompt: it
     is an input error (MediaError, exit 3). Several candidates, or one beside ``-p``, are a usage error (exit 2);
     the hint names ``-p`` only when the verb has it (``has_prompt_option``). ``-p -`` reads the
-    prompt from standard input, ``-`` as MEDIA the file; both at once is a usage error. Nothing is sent here.
+    prompt from standard input, ``-`` as MEDIA the file; both at once is a usage error. Quoted globs (and, with
+    ``folders``, folders) are expanded first, and ``single`` refuses a glob matching several files
+    (``expand_media``). Nothing is sent here.
     """
+    args = expand_media(args, folders=folders, single=single)
     refs: list[str] = []
     words: list[str] = []
     for arg in args:
@@ -834,6 +938,7 @@ def pass_opts(fn: Callable) -> Callable:
             _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
             refuse_non_utf8(ctx, opts)
+            refuse_blank(ctx, opts)
         return fn(opts)
 
     return wrapper

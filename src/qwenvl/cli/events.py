@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from qwenvl.cli.common import (
     FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -28,7 +29,7 @@ from qwenvl.tasks.draw import contact_sheet, hms
 from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.argument("media", type=FILE_NAME, nargs=-1, required=True)
 @click.option("-p", "--prompt", help="What to describe (default: the series of events, as in the docs' example).")
 @click.option(

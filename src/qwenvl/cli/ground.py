@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from qwenvl.cli.common import (
     FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -34,7 +35,7 @@ READINGS = {
 }
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.argument("image", type=FILE_NAME)
 @click.argument("query")
 @click.option("--points", is_flag=True, help="Ask for points instead of boxes.")
@@ -67,7 +68,9 @@ def ground(opts: dict[str, Any]) -> None:
     answers cut off at --max-tokens (default 2048 here) are read as well as they can be, with a warning.
     """
     refuse_structured(opts, "ground")
-    query, refs = prompt_and_media((opts["image"], opts["query"]), None, required=False, has_prompt_option=False)
+    query, refs = prompt_and_media(
+        (opts["image"], opts["query"]), None, required=False, has_prompt_option=False, single=True
+    )
     if query is None or len(refs) != 1:
         raise UsageError(
             'ground takes one image and a query: qwenvl ground photo.jpg "every dog"',

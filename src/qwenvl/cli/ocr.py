@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from qwenvl.cli.common import (
     FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -48,7 +49,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.argument("file", type=FILE_NAME)
 @click.option(
     "-f",
@@ -79,7 +80,7 @@ def ocr(opts: dict[str, Any]) -> None:
     the output is empty, a note says so on stderr, and the exit status is still 0.
     """
     refuse_structured(opts, "ocr")
-    source = media_args([opts["file"]])[0]
+    source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
     output = check_writable(opts["output"]) if opts["output"] else None

@@ -14,14 +14,14 @@ from qwenvl._constants import (
     SERVE_MAX_MEDIA_ITEMS,
     SERVE_REQUEST_TIMEOUT_S,
 )
-from qwenvl.cli.common import FILE_NAME, FiniteFloat, err_console, pass_opts
+from qwenvl.cli.common import FILE_NAME, FiniteFloat, Verb, err_console, pass_opts
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, listen
 
 MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.option(
     "--backend",
     type=click.Choice(["dashscope", "openai", "transformers"]),
