@@ -172,3 +172,166 @@ def test_every_float_option_is_a_finite_float():
         and not isinstance(param.type, FiniteFloat)
     ]
     assert loose == []
+
+
+@pytest.mark.parametrize("args", [[], ["batch"]], ids=["qwenvl", "qwenvl batch"])
+def test_a_group_given_no_verb_shows_its_help_whole(args):
+    p = run_cli(*args)
+    assert p.returncode == 2  # as click: no command was run
+    assert "error:" not in p.stderr and "\\n" not in p.stderr
+    lines = p.stderr.splitlines()
+    assert lines[0].startswith(f"Usage: qwenvl {' '.join(args)}".replace("  ", " ").rstrip() + " [OPTIONS] COMMAND")
+    assert "Commands:" in lines and any(line.strip().startswith("run ") or "ask " in line for line in lines)
+
+
+BLANK = [  # (arguments, the option the error names)
+    (["chat", "a.png", "--session", ""], "--session"),
+    (["chat", "a.png", "--session", "  "], "--session"),
+    (["ask", "a.png", "-p", "x", "--schema", ""], "--schema"),
+    (["ask", "a.png", "-p", "x", "--system", ""], "--system"),
+    (["ask", "a.png", "-p", "x", "--stop", ""], "--stop"),
+    (["ask", "a.png", "-p", "x", "--base-url", " "], "--base-url"),
+    (["ask", "a.png", "-p", "x", "--region", ""], "--region"),
+    (["ask", "a.png", "-p", "x", "--dtype", ""], "--dtype"),
+    (["ocr", "a.png", "-o", ""], "--output"),
+    (["ground", "a.png", "cat", "--out", ""], "--out"),
+    (["extract", "a.png", "--schema", "s.json", "--csv", ""], "--csv"),
+    (["events", "a.png", "--sheet", ""], "--sheet"),
+    (["batch", "run", "a.png", "-p", "x", "-o", ""], "--output"),
+    (["batch", "run", "a.png", "-p", "x", "-o", "o.jsonl", "--csv", ""], "--csv"),
+    (["analyze", "--file", ""], "--file"),
+    (["tokens", "a.png", "--model", ""], "--model"),
+    (["skill", "--install", ""], "--install"),
+    (["serve", "--api-key", ""], "--api-key"),
+    (["mcp", "--allow-dir", ""], "--allow-dir"),
+]
+
+
+@pytest.mark.parametrize(("args", "flag"), BLANK, ids=[" ".join(a) for a, _ in BLANK])
+def test_an_option_given_blank_is_refused_never_ignored(files, server, args, flag):
+    p = run_cli(*args, env={"DASHSCOPE_API_KEY": API_KEY}, input="hello\n")
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    error, hint = _one_error_and_hint(p.stderr)
+    assert error.startswith("error: ") and error.endswith(f"{flag} is empty"), error
+    assert flag in hint
+    assert server.requests == []
+
+
+TWICE = [
+    (["ask", "a.png", "-p", "hi", "-p", "again"], "-p/--prompt"),
+    (["ask", "a.png", "-p", "hi", "--prompt", "again"], "-p/--prompt"),
+    (["ask", "a.png", "-p", "hi", "-m", "a", "--model", "b"], "-m/--model"),
+    (["ask", "a.png", "-p", "hi", "--thinking", "--no-thinking"], "--thinking/--no-thinking"),
+    (["ask", "a.png", "-p", "hi", "--timeout", "5", "--timeout", "9"], "--timeout"),
+    (["ocr", "a.png", "-o", "a.txt", "-o", "b.txt"], "-o/--output"),
+    (["ground", "a.png", "cat", "--out", "a.png", "--out", "b.png"], "--out"),
+    (["batch", "run", "a.png", "-p", "x", "-o", "a.jsonl", "-o", "b.jsonl"], "-o/--output"),
+    (["tokens", "a.png", "--fps", "1", "--fps", "2"], "--fps"),
+    (["usage", "--days", "1", "--days", "2"], "--days"),
+    (["chat", "a.png", "--session", "a", "--session", "b"], "--session"),
+]
+
+
+@pytest.mark.parametrize(("args", "label"), TWICE, ids=[" ".join(a) for a, _ in TWICE])
+def test_an_option_that_takes_one_value_given_twice_is_refused(files, server, args, label):
+    p = (
+        run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+        if args[0]
+        in (
+            "ask",
+            "ocr",
+            "ground",
+            "chat",
+        )
+        else run_cli(*args, env={"DASHSCOPE_API_KEY": API_KEY})
+    )
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    error, hint = _one_error_and_hint(p.stderr)
+    assert error == f"error: {label} is given twice: it takes one value"
+    assert label in hint
+    assert server.requests == []
+
+
+def test_repeatable_options_and_repeated_flags_are_still_taken(files, server):
+    p = run_cli(
+        "ask", "a.png", "-p", "hi", "--stop", "a", "--stop", "b",
+        "--no-stream", "--no-stream", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert server.requests[0].json["stop"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "words", "hint"),
+    [
+        ("3-1", "page range '3-1' is reversed", "Write it as 1-3"),
+        ("1,5-2", "page range '5-2' is reversed", "Write it as 2-5"),
+        ("0-2", "has page 0", "--pages 1-3,5"),
+        ("1-x", "bad page range '1-x'", "--pages 1-3,5"),
+    ],
+)
+@pytest.mark.parametrize("verb", [["ask", "a.png", "-p", "x"], ["tokens", "a.png"], ["ocr", "a.png"]])
+def test_a_page_range_is_checked_while_parsing_whatever_the_files(files, server, verb, spec, words, hint):
+    p = run_cli(*verb, "--pages", spec, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 2, p.stderr
+    error, said = _one_error_and_hint(p.stderr)
+    assert words in error and hint in said
+    assert server.requests == []
+
+
+@pytest.fixture
+def photos(files: Path) -> Path:
+    (files / "photos").mkdir()
+    write_image(files / "photos" / "1.jpg", fmt="JPEG")
+    write_image(files / "photos" / "2.jpg", fmt="JPEG", color=(0, 200, 0))
+    (files / "one").mkdir()
+    write_image(files / "one" / "only.png")
+    return files
+
+
+@pytest.mark.parametrize(
+    ("args", "sent"),
+    [
+        (["ask", "photos/*.jpg", "-p", "Compare"], 1),  # one request with both images
+        (["ask", "Compare these?", "photos/*.jpg"], 1),  # a "?" in the prompt is no glob
+        (["chat", "photos/*.jpg"], 1),  # (the message on standard input)
+        (["extract", "photos/*.jpg", "--schema", "s.json"], 2),  # one request per file
+        (["extract", "photos", "--schema", "s.json"], 2),  # a folder, walked as batch and tokens do
+        (["ground", "one/*.png", "cat"], 1),  # a glob matching one file, where the verb takes one
+        (["ocr", "one/*"], 1),
+    ],
+)
+def test_a_quoted_glob_is_expanded_on_every_verb(photos, server, args, sent):
+    p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input="hi\n")
+    assert p.returncode == 0, p.stderr
+    assert len(server.requests) == sent
+    if args[0] in ("ask", "chat"):
+        assert "images=2" in p.stdout  # the double echoes how many images it got
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["ground", "photos/*.jpg", "cat"], 2, "'photos/*.jpg' matches 2 files, and ground takes one"),
+        (["ocr", "photos/*.jpg"], 2, "'photos/*.jpg' matches 2 files, and ocr takes one"),
+        (["extract", "nothing/*.jpg", "--schema", "s.json"], 3, "no file matches 'nothing/*.jpg'"),
+        (["ask", "photos/*.gif", "-p", "x"], 3, "no file matches 'photos/*.gif'"),
+    ],
+)
+def test_a_glob_that_cannot_be_used_says_why(photos, server, args, code, words):
+    p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == code, p.stderr
+    error, _ = _one_error_and_hint(p.stderr)
+    assert words in error
+    assert server.requests == []
+
+
+def test_a_folder_hint_names_what_then_works(photos, server):
+    p = run_cli("ask", "photos", "-p", "x", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 3
+    _, hint = _one_error_and_hint(p.stderr)
+    assert "photos/*.jpg" in hint or "dir/*.jpg" in hint
+    again = run_cli(
+        "ask", "photos/*.jpg", "-p", "x", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}
+    )
+    assert again.returncode == 0, again.stderr  # what the hint suggests works
