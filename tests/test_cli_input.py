@@ -335,3 +335,107 @@ def test_a_folder_hint_names_what_then_works(photos, server):
         "ask", "photos/*.jpg", "-p", "x", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}
     )
     assert again.returncode == 0, again.stderr  # what the hint suggests works
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed when the block ends: nothing listens there
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "URL", "-p", "x", "--fetch-urls"],
+        ["ocr", "URL", "--fetch-urls"],
+        ["analyze", "--request", '{"prompt": "x", "image": "URL", "fetch_urls": true}'],
+    ],
+)
+def test_a_fetch_urls_failure_has_a_hint_of_its_own(files, server, args):
+    url = f"http://127.0.0.1:{_closed_port()}/photo.png"
+    args = [a.replace("URL", url) for a in args]
+    p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 3, p.stderr
+    error, hint = _one_error_and_hint(p.stderr)
+    assert f"cannot fetch {url}: the connection was refused" in error
+    assert "Check the URL" in hint and "--help" not in hint
+    assert server.requests == []
+
+
+def test_history_of_an_empty_chat_says_it_is_empty(files, server):
+    p = run_cli("chat", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input="/history\n")
+    assert p.returncode == 0, p.stderr
+    assert "the conversation is empty" in p.stderr
+    p = run_cli("chat", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input="hi\n/history\n")
+    assert "the conversation is empty" not in p.stderr and "user: hi" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "name"),
+    [
+        (["ground", "a.png", "cat", "--out"], "--out", "g.txt"),
+        (["ground", "a.png", "cat", "--out"], "--out", "boxes"),
+        (["events", "a.png", "--sheet"], "--sheet", "sheet.json"),
+    ],
+)
+def test_a_picture_output_whose_suffix_is_no_picture_format_is_refused(files, server, args, flag, name):
+    p = run_cli(*args, name, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 2, p.stderr
+    error, hint = _one_error_and_hint(p.stderr)
+    assert error.startswith(f"error: {flag} {name}: ") and "picture format" in error
+    assert ".png" in hint
+    assert server.requests == [] and not (files / name).exists()
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("g.png", "PNG"), ("g.JPG", "JPEG"), ("g.webp", "WEBP")])
+def test_a_picture_output_is_written_in_the_format_its_suffix_names(files, server, name, fmt):
+    from PIL import Image
+
+    p = run_cli(
+        "ground", "a.png", "cat", "--out", name, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}
+    )
+    assert p.returncode == 0, p.stderr
+    with Image.open(files / name) as img:
+        assert img.format == fmt
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_the_same_escaped_way_everywhere(files, server):
+    name = os.fsdecode(b"na\xefve.png")
+    write_image(files / name)
+    missing = os.fsdecode(b"gone\xef.png")
+    table = run_cli("tokens", name, env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    assert "na\\udcefve.png" in table.stdout and "\ufffd" not in table.stdout
+    p = run_cli("ask", missing, "-p", "x", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    error, _ = _one_error_and_hint(p.stderr)
+    assert "gone\\udcef.png" in error and "\ufffd" not in p.stderr
+
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def _keys(text: str) -> list[str]:
+    """The top-level keys of an indented JSON object, in order, as printed (2 spaces)."""
+    import re
+
+    return re.findall(r'^  "(\w+)":', text, flags=re.M)
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("$ qwenvl ocr receipt.png --format json", ["ocr", "receipt.png", "--format", "json"]),
+        ('$ qwenvl ground beach.jpg "every person and dog" --json', ["ground", "receipt.png", "cat", "--json"]),
+    ],
+)
+def test_the_readme_shows_json_output_as_it_is_printed(files, server, command, args):
+    readme = README.read_text(encoding="utf-8")
+    start = readme.index(command)
+    block = readme[readme.index("\n", start) + 1 : readme.index("```", start)]
+    write_image(files / "receipt.png")
+    p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("{\n  ") and block.startswith("{\n  ")  # indented, not one line
+    assert _keys(block) == _keys(p.stdout)

@@ -84,6 +84,8 @@ def _show(result: CommandResult) -> None:
     if result.outcome == "cleared":
         err.print("[dim]conversation cleared[/]")
     elif result.outcome == "history":
+        if not result.messages:
+            err.print("[dim](the conversation is empty: nothing was asked yet)[/]")
         for m in result.messages:
             err.print(f"[bold]{m.role}:[/] {escape(shown(m.text()[:200], sys.stderr))}", highlight=False)
     elif result.outcome == "help":

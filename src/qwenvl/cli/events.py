@@ -25,7 +25,7 @@ from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, split_media
 from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_writable
-from qwenvl.tasks.draw import contact_sheet, hms
+from qwenvl.tasks.draw import contact_sheet, hms, image_format
 from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 
 
@@ -40,7 +40,8 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
     "sheet_file",
     type=FILE_NAME,
     metavar="FILE.png",
-    help="Write a contact sheet: the frames the model saw, with their times, and the timeline.",
+    help="Write a contact sheet: the frames the model saw, with their times, and the timeline (its format follows "
+    "the suffix: .png, .jpg...).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options
@@ -74,6 +75,7 @@ def events(opts: dict[str, Any]) -> None:
                 "--sheet needs the frames: give a local video file (or frame images), not a URL",
                 hint="Download the video first, or leave out --sheet.",
             )
+        image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
         sheet = check_writable(opts["sheet_file"])
     fields = request_fields(opts)
     client = make_client(opts)

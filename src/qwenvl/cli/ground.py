@@ -25,7 +25,7 @@ from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_u
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_writable
-from qwenvl.tasks.draw import annotate
+from qwenvl.tasks.draw import annotate, image_format
 from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
 
 READINGS = {
@@ -50,7 +50,7 @@ READINGS = {
     "out_file",
     type=FILE_NAME,
     metavar="FILE.png",
-    help="Write the image with the boxes and points drawn on it.",
+    help="Write the image with the boxes and points drawn on it, in the format its suffix names (.png, .jpg...).",
 )
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
@@ -84,6 +84,7 @@ def ground(opts: dict[str, Any]) -> None:
                 "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
                 hint="Download the image first, or leave out --out.",
             )
+        image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
         out = check_writable(opts["out_file"])
     fields = request_fields(opts)
     pdf = media_kind(classify(image)) == "pdf"
