@@ -439,3 +439,14 @@ def test_the_readme_shows_json_output_as_it_is_printed(files, server, command, a
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("{\n  ") and block.startswith("{\n  ")  # indented, not one line
     assert _keys(block) == _keys(p.stdout)
+
+
+@pytest.mark.parametrize(
+    "args", [["tokens", ""], ["tokens", "a.png", " "], ["batch", "run", "", "-p", "x", "-o", "o.jsonl"]]
+)
+def test_an_empty_file_argument_is_refused_never_the_current_folder(files, server, args):
+    p = run_cli(*args, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 2, p.stderr
+    error, _ = _one_error_and_hint(p.stderr)
+    assert error == "error: an argument is empty: it names no file, folder or glob"
+    assert "a.png" not in p.stdout and not (files / "o.jsonl").exists()
