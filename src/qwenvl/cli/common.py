@@ -739,7 +739,7 @@ def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, si
                 hint=f"Give one file, e.g. {found[0]}, or a pattern that matches only it.",
             )
         out.extend(found)
-    return list(dict.fromkeys(out))
+    return out  # a file given twice stays twice, as the shell gives it (the frames of a sequence may repeat)
 
 
 def media_args(args: tuple[str, ...] | list[str], *, single: bool = False) -> list[str]:

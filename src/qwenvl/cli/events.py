@@ -75,8 +75,8 @@ def events(opts: dict[str, Any]) -> None:
                 "--sheet needs the frames: give a local video file (or frame images), not a URL",
                 hint="Download the video first, or leave out --sheet.",
             )
-        image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
         sheet = check_writable(opts["sheet_file"])
+        image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
     fields = request_fields(opts)
     client = make_client(opts)
     call = plan_events(client, target, prompt=prompt, **fields)

@@ -84,8 +84,8 @@ def ground(opts: dict[str, Any]) -> None:
                 "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
                 hint="Download the image first, or leave out --out.",
             )
-        image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
         out = check_writable(opts["out_file"])
+        image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
     pdf = media_kind(classify(image)) == "pdf"
     if opts["page"] is not None and not pdf:
