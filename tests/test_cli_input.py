@@ -450,3 +450,15 @@ def test_an_empty_file_argument_is_refused_never_the_current_folder(files, serve
     error, _ = _one_error_and_hint(p.stderr)
     assert error == "error: an argument is empty: it names no file, folder or glob"
     assert "a.png" not in p.stdout and not (files / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "[1, NaN]", '{"a": Infinity}'])
+def test_a_param_value_that_is_not_a_finite_number_is_refused(files, server, value):
+    p = run_cli(
+        "ask", "a.png", "-p", "x", "--param", f"k={value}", "--base-url", server.compat_base,
+        env={"DASHSCOPE_API_KEY": API_KEY},
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    error, hint = _one_error_and_hint(p.stderr)
+    assert "is not a finite number" in error and "--param k=" in hint
+    assert server.requests == []

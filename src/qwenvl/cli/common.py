@@ -450,6 +450,17 @@ def param_value(raw: str) -> Any:
         return _PYTHON_WORDS.get(raw.strip().lower(), raw)
 
 
+def _finite(value: Any) -> bool:
+    """Whether no float in ``value`` (nested in lists and dicts) is NaN or infinite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 class HintedUsageError(click.UsageError):
     """click.UsageError (exit 2) with the ``hint:`` line to show for it (``main._say_click_error``)."""
 
@@ -466,7 +477,8 @@ class HintedBadParameter(click.BadParameter):
 
 def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
     """``--param KEY=VALUE``s as a dict (values: ``param_value``). HintedBadParameter (exit 2) for an item that
-    is not KEY=VALUE, a key given twice, a JSON value that gives a key twice (never the last one silently), or
+    is not KEY=VALUE, a key given twice, a JSON value that gives a key twice (never the last one silently), a
+    value holding NaN or Infinity (no JSON request can carry them), or
     a key that is a request field or a wire key qwenvl builds (``types.reserved_extra``: the hint names the
     verb's own option for it)."""
     out: dict[str, Any] = {}
@@ -487,6 +499,9 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
         except DuplicateKeyError as exc:
             hint = "Give each key of a JSON object once."
             raise HintedBadParameter(f"{key}: {exc}", hint, ctx, param) from None
+        if not _finite(out[key]):  # Python's JSON reads NaN and Infinity; no JSON request can carry them
+            hint = f"Give a number, e.g. --param {key}=0.5 (JSON has no NaN or Infinity)."
+            raise HintedBadParameter(f"{key}: {raw!r} is not a finite number", hint, ctx, param)
     return out
 
 
