@@ -238,7 +238,8 @@ class FiniteFloat(click.FloatRange):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
         if isinstance(number, float) and not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number: give digits, e.g. 30 or 0.5.", param, ctx)
+            hint = "Give digits (e.g. 0.5 or 30), or leave the option out for its default."
+            raise HintedBadParameter(f"{value!r} is not a finite number", hint, ctx, param)
         return number
 
 
@@ -470,7 +471,7 @@ class HintedUsageError(click.UsageError):
 class HintedBadParameter(click.BadParameter):
     """click.BadParameter (exit 2) with the ``hint:`` line to show for it (``main._say_click_error``)."""
 
-    def __init__(self, message: str, hint: str, ctx: click.Context, param: click.Parameter) -> None:
+    def __init__(self, message: str, hint: str, ctx: click.Context | None, param: click.Parameter | None) -> None:
         super().__init__(message, ctx=ctx, param=param)
         self.hint = hint
 
