@@ -330,7 +330,8 @@ def exit_code_for(exc: BaseException) -> int:
 # ANSI/VT escape sequences (CSI, OSC, single-character escapes), then any other C0/C1 control character and the
 # Unicode bidirectional overrides that can make text display differently from what it is.
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Lone surrogates too: a byte of a name that is not UTF-8 (PEP 383), which no stream can write as it is.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
@@ -343,7 +344,7 @@ def printable(text: str) -> str:
 
 
 # What ``terminal_safe`` shows escaped: every control character but newline and tab, and the bidi overrides.
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _escaped(match: re.Match[str]) -> str:
@@ -353,10 +354,11 @@ def _escaped(match: re.Match[str]) -> str:
 def safe_line(text: object) -> str:
     """``text`` as one line that shows exactly what it holds, safe on a terminal: every control character (ESC,
     newline, tab, CR, BEL, C1 codes) and the Unicode bidirectional overrides shown escaped as Python writes them
-    (``\\x1b[2J``, ``\\n``, ``\\t``, ``\\u202e``), everything else as it is. For the CLI's messages (errors, hints,
-    warnings, notes) and for every name a user gave (a path, a URL, a key, a model name) shown in one: the user
-    sees which file is meant, and a name cannot clear the screen or split a message in two. Service text in
-    messages is ``printable`` already (its escape sequences removed). Raises nothing."""
+    (``\\x1b[2J``, ``\\n``, ``\\t``, ``\\u202e``), and so is each byte of a name that is not UTF-8 (a lone
+    surrogate, PEP 383: ``na\\udcefve.jpg``, the same on every stream), everything else as it is. For the CLI's
+    messages (errors, hints, warnings, notes) and for every name a user gave (a path, a URL, a key, a model name)
+    shown in one: the user sees which file is meant, and a name cannot clear the screen or split a message in
+    two. Service text in messages is ``printable`` already (its escape sequences removed). Raises nothing."""
     return _CONTROLS.sub(_escaped, str(text))
 
 

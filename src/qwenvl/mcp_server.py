@@ -418,6 +418,7 @@ def build_server(
     from qwenvl.media.sources import classify, media_kind, split_media
     from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
+    from qwenvl.tasks.draw import image_format
     from qwenvl.tasks.events import send_events
     from qwenvl.tasks.ocr import plan_pages, send_pages
 
@@ -521,6 +522,7 @@ def build_server(
                     hint="Or leave out and return_image unset to get the boxes only.",
                 )
             if target is not None:
+                image_format(target, "out")  # the drawing's format follows the suffix: refused before it is paid
                 check_writable(str(target))
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named

@@ -793,6 +793,7 @@ def fetch_url(
         ) from None
     except httpx.HTTPError as exc:
         why, hint = describe_failure(exc, answered)  # the words of a request's failure, sync or async
+        hint = hint or "Check the URL (open it in a browser), or download the file and give it by path."
         raise MediaError(f"cannot fetch {url}: {why}", source=url, hint=hint) from None
 
 

@@ -507,6 +507,14 @@ with warnings.catch_warnings():
 
         @model_validator(mode="after")
         def _check(self) -> Request:
+            for name in _TEXT_FIELDS:
+                if not _is_utf8(getattr(self, name)):
+                    raise ValueError(f"{name} is not UTF-8 text (bytes kept as surrogates, PEP 383)")
+            for i, message in enumerate(self.messages):
+                texts = [message.content] if isinstance(message.content, str) else []
+                texts += [part.text for part in message.content if isinstance(part, TextPart)]
+                if not _is_utf8(texts):
+                    raise ValueError(f"messages[{i}] is not UTF-8 text (bytes kept as surrogates, PEP 383)")
             if self.prompt is None and not self.messages:
                 raise ValueError("a prompt is required (or a message history ending in a user turn)")
             if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
@@ -660,6 +668,27 @@ class StreamEvent(BaseModel):
 def dumps(obj: Any) -> str:
     """JSON with non-ASCII characters kept as they are. Raises TypeError for a value JSON cannot hold."""
     return _json.dumps(obj, ensure_ascii=False)
+
+
+# The Request fields that are sent as text (JSON is UTF-8): a lone surrogate in one (a non-UTF-8 byte of a command
+# line, an environment variable or a file read with ``surrogateescape``, PEP 383) cannot be encoded. Not the media
+# references: a file name may be any bytes (``os.fsencode`` gives them back).
+_TEXT_FIELDS = ("prompt", "system", "model", "stop", "schema", "extra", "tools", "tool_choice", "pages", "base_url")
+
+
+def _is_utf8(value: Any) -> bool:
+    """Whether every string in ``value`` (nested in lists, tuples and dicts, keys included) encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_utf8(k) and _is_utf8(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_is_utf8(v) for v in value)
+    return True
 
 
 class DuplicateKeyError(ValueError):

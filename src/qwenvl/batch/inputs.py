@@ -60,11 +60,17 @@ def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
     become item errors); folders walked recursively for media files (hidden ones skipped); globs expanded
     (``**`` included). Duplicates are dropped, order is kept.
 
-    Raises MediaError (an input error, exit 3) for a glob that matches nothing and for a missing folder: an
+    Raises UsageError (exit 2) for an empty argument (``""`` is no name for the current folder), MediaError
+    (an input error, exit 3) for a glob that matches nothing and for a missing folder: an
     argument that does not exist and ends with a path separator or has no extension (``photos/``,
     ``photos``), which cannot be meant as one media file."""
     refs: list[str] = []
     for arg in inputs:
+        if not arg.strip():  # never "." (the current folder, walked): an unset shell variable, most likely
+            raise UsageError(
+                "an argument is empty: it names no file, folder or glob",
+                hint='Remove it, or check the variable that gave it (an unset "$DIR" is empty).',
+            )
         if arg[:12].lower().startswith(_URL_PREFIXES):
             refs.append(arg)
             continue

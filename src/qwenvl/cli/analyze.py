@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from qwenvl.cli.common import err_console, make_client, pass_opts, print_json, service_options
+from qwenvl.cli.common import FILE_NAME, Verb, err_console, make_client, pass_opts, print_json, service_options
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import StructuredOutputError, UsageError, safe_line
 from qwenvl.media.sources import read_regular_text
@@ -56,12 +56,14 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
     return data  # unknown keys are refused with the Request's "Did you mean" (client.plan), as batch --requests does
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.option("--request", "request_json", metavar="JSON", help="The request as JSON (prompt, image, model, ...).")
-@click.option("--file", "request_file", metavar="FILE", help="The request as a JSON file.")
+@click.option("--file", "request_file", type=FILE_NAME, metavar="FILE", help="The request as a JSON file.")
 @click.option("--json-mode", is_flag=True, help='Ask for JSON and parse it into "json".')
-@click.option("--schema", "schema_file", metavar="FILE", help="JSON Schema file for structured extraction.")
-@click.option("--output", metavar="FILE", help="Write the result JSON here (folders are created).")
+@click.option(
+    "--schema", "schema_file", type=FILE_NAME, metavar="FILE", help="JSON Schema file for structured extraction."
+)
+@click.option("--output", type=FILE_NAME, metavar="FILE", help="Write the result JSON here (folders are created).")
 @click.option("--print-response", is_flag=True, help="Print the result as one line of JSON.")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent, with estimates; send nothing.")
 @service_options

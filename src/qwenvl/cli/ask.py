@@ -9,6 +9,8 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -24,8 +26,8 @@ from qwenvl.cli.render import stream_to_terminal, warn_answer
 from qwenvl.media.sources import split_media
 
 
-@click.command()
-@click.argument("media", nargs=-1)
+@click.command(cls=Verb)
+@click.argument("media", type=FILE_NAME, nargs=-1)
 @click.option(
     "-p", "--prompt", help="The question ('-' reads it from stdin). Or give it as an argument, first or last."
 )

@@ -27,6 +27,9 @@ from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, no_media_
 from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
+    FILE_NAME,
+    FiniteFloat,
+    Verb,
     awaiting_stdin,
     backend_options,
     err_console,
@@ -47,11 +50,14 @@ from qwenvl.plan import check_extra, check_model_rules
 
 
 class BatchGroup(click.Group):
-    """`qwenvl batch ARGS` runs a batch; `qwenvl batch status|cancel ID` are subcommands."""
+    """`qwenvl batch ARGS` runs a batch; `qwenvl batch status|cancel ID` are subcommands; `qwenvl batch` alone
+    shows this group's help, as `qwenvl` alone does."""
+
+    command_class = Verb
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands:
-            first = args[0] if args else "-"
+        if args and args[0] not in self.commands:
+            first = args[0]
             if not first.startswith("-") and not any(c in first for c in "*?[") and not os.path.lexists(first):
                 # `qwenvl batch stauts ID`: a typo'd subcommand, not an input file that is missing
                 near = difflib.get_close_matches(first, [c for c in self.commands if c != "run"], n=1)
@@ -286,11 +292,12 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 
 
 @batch.command("run")
-@click.argument("inputs", nargs=-1)
+@click.argument("inputs", type=FILE_NAME, nargs=-1)
 @click.option("-p", "--prompt", help="The question, asked about every input ('-' reads it from stdin).")
 @click.option(
     "--requests",
     "requests_file",
+    type=FILE_NAME,
     metavar="FILE",
     help='A JSONL file: one request per line, {"id": ..., "prompt": ..., "image": ...} (\'-\' reads stdin).',
 )
@@ -298,10 +305,11 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     "-o",
     "--output",
     required=True,
+    type=FILE_NAME,
     metavar="FILE.jsonl",
     help="Results, one JSON line per input (also the key for resuming: run again to continue).",
 )
-@click.option("--csv", "csv_file", metavar="FILE", help="Also write the results as CSV.")
+@click.option("--csv", "csv_file", type=FILE_NAME, metavar="FILE", help="Also write the results as CSV.")
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 1024),
@@ -309,15 +317,15 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     show_default=True,
     help="Most requests in flight (lowered on 429, then recovered).",
 )
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Ceiling in requests per minute.")
+@click.option("--rpm", type=FiniteFloat(min=0, min_open=True), help="Ceiling in requests per minute.")
 @click.option(
     "--tpm",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     help="Ceiling in tokens per minute (estimated input, corrected by the answers).",
 )
 @click.option(
     "--max-cost",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=DEFAULT_MAX_COST,
     show_default=True,
     help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "
@@ -341,7 +349,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=BATCH_POLL_INTERVAL_S,
     show_default=True,
     help="batch-api: seconds between status checks.",
@@ -472,7 +480,7 @@ _with_api_options = option_group(
     click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloat(min=0, min_open=True),
         help=f"Seconds per attempt (default {BATCH_API_TIMEOUT_S:g}).",
     ),
     click.option(

@@ -15,7 +15,9 @@ from rich.markup import escape
 
 from qwenvl.chat import CommandResult, Conversation, image_refs, parse_command
 from qwenvl.cli.common import (
+    FILE_NAME,
     STDIN,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -26,6 +28,7 @@ from qwenvl.cli.common import (
     request_fields,
     service_options,
     shown,
+    utf8_text,
 )
 from qwenvl.cli.render import stream_to_terminal
 from qwenvl.cli.signals import Terminated
@@ -61,9 +64,9 @@ def _lines(prompt: str) -> Iterator[str]:
             except (KeyboardInterrupt, EOFError):
                 return
     else:
-        try:
-            for line in sys.stdin:
-                yield line.rstrip("\n")
+        try:  # bytes, so that a line that is not UTF-8 is refused alone (``utf8_text``), never ending the chat
+            for raw in sys.stdin.buffer:
+                yield raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
         except Terminated:
             raise
         except KeyboardInterrupt:
@@ -81,6 +84,8 @@ def _show(result: CommandResult) -> None:
     if result.outcome == "cleared":
         err.print("[dim]conversation cleared[/]")
     elif result.outcome == "history":
+        if not result.messages:
+            err.print("[dim](the conversation is empty: nothing was asked yet)[/]")
         for m in result.messages:
             err.print(f"[bold]{m.role}:[/] {escape(shown(m.text()[:200], sys.stderr))}", highlight=False)
     elif result.outcome == "help":
@@ -160,8 +165,8 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     return 0
 
 
-@click.command()
-@click.argument("media", nargs=-1)
+@click.command(cls=Verb)
+@click.argument("media", type=FILE_NAME, nargs=-1)
 @click.option(
     "--session", "session_name", metavar="NAME", help="Save the conversation under NAME and resume it next time."
 )
@@ -206,6 +211,12 @@ def chat(opts: dict[str, Any]) -> None:
                 continue
             command = parse_command(text)
             if command is None:
+                try:
+                    utf8_text(text, "the message")
+                except UsageError as exc:  # not sent; the chat goes on (a file name after /image may be any bytes)
+                    report(exc)
+                    failed = exc.exit_code
+                    continue
                 failed = _ask(conv, text, opts["hide_reasoning"]) or failed
                 continue
             name, arg = command

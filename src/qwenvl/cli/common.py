@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import glob
 import json
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +40,7 @@ from qwenvl.errors import (
     safe_line,
     terminal_safe,
 )
+from qwenvl.media.pdf import check_page_spec
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
 from qwenvl.retry import RetryNotice
@@ -226,6 +229,126 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     return re.sub(r"\0(\d+)\0", lambda m: quoted[int(m[1])], kept).strip()
 
 
+class FiniteFloat(click.FloatRange):
+    """click.FloatRange for every float option of the CLI (one home): also refuses ``inf`` and ``nan`` while
+    parsing (exit 2, the option named), which Python's ``float()`` accepts and FloatRange lets through (``nan``
+    fails no comparison; ``inf`` has no maximum to pass). No option takes ``inf`` for "no limit": where there is
+    none, the option is left out (``--max-cost``: ``--yes``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if isinstance(number, float) and not math.isfinite(number):
+            hint = "Give digits (e.g. 0.5 or 30), or leave the option out for its default."
+            raise HintedBadParameter(f"{value!r} is not a finite number", hint, ctx, param)
+        return number
+
+
+class FileName(click.types.StringParamType):
+    """A file name, folder or URL argument/option: kept as the system gave it (a name that is not UTF-8 still
+    names a real file, ``os.fsencode`` gives its bytes back), so never checked as text (``refuse_non_utf8``).
+    Every other text option or argument is request text, and must be UTF-8."""
+
+    name = "text"  # as click.STRING in --help
+
+
+FILE_NAME = FileName()
+
+
+def utf8_text(value: str, what: str) -> str:
+    """``value`` as given when it is UTF-8 text. A command line, an environment variable or standard input that
+    is not UTF-8 reaches Python with each bad byte kept as a lone surrogate (PEP 383 ``surrogateescape``), which
+    no request can carry (JSON over HTTP is UTF-8): UsageError (exit 2) naming ``what`` ("-p/--prompt",
+    "standard input (-p -)"), the value shown with its bad bytes escaped (``\\udce9`` for byte 0xe9)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{what} is not UTF-8 text: {safe_line(value)[:80]}",
+            hint="Give it as UTF-8 (convert it with e.g. `iconv -f latin1 -t utf-8`), or set a UTF-8 locale "
+            "in the terminal.",
+        ) from None
+    return value
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in an option's value: itself, a tuple's items (``--stop``), a dict's keys and values
+    (``--param``), nested."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+
+
+def param_label(param: click.Parameter) -> str:
+    """How the user names a parameter: its flags (``-p/--prompt``), or an argument's metavar (``QUERY``)."""
+    if isinstance(param, click.Option):
+        return "/".join(param.opts)
+    return param.human_readable_name
+
+
+def refuse_non_utf8(ctx: click.Context, opts: dict[str, Any]) -> None:
+    """The one check that every text option and argument of a verb is UTF-8 (``utf8_text``), run for every verb
+    by ``pass_opts`` before the verb starts; file names (``FileName``) are left as they are. A prompt among the
+    MEDIA arguments is checked where it is told from the files (``prompt_and_media``), standard input where it
+    is read (``stdin_text``)."""
+    for param in ctx.command.params:
+        if param.name is None or isinstance(param.type, FileName):
+            continue
+        for text in _strings(opts.get(param.name)):
+            utf8_text(text, param_label(param))
+
+
+def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
+    """The one rule for an option given as "" or only spaces (``--session ""``, ``--model " "``, ``-o ""``): a
+    usage error (exit 2) naming it, never silently the default or nothing. No text option of the CLI means
+    anything when blank (a name, a path, a URL, a prompt, a stop sequence); ``--param KEY=`` is a value (JSON or
+    text, "" included) and stays one. Run for every verb by ``pass_opts``; only what was given on the command
+    line is checked."""
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None or param.is_flag or param.name == "extra":
+            continue
+        if ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        if any(isinstance(v, str) and not v.strip() for v in _strings(opts.get(param.name))):
+            if param.name == "prompt":
+                raise UsageError(
+                    "the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".'
+                )
+            flag = max(param.opts, key=len)
+            raise UsageError(
+                f"{param_label(param)} is empty", hint=f"Give a value, or leave {flag} out for the default."
+            )
+
+
+class Verb(click.Command):
+    """Every verb's command class: an option that takes one value given twice (``-p hi -p again``,
+    ``--thinking --no-thinking``) is a usage error (exit 2) naming it, where click would keep the last one
+    silently. Repeatable options (``--stop``, ``--param``) and plain flags said twice (``--json --json``, which
+    mean the same) are not refused."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not ctx.resilient_parsing:
+            _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # click's own errors: raised as click's
+            seen: set[str] = set()
+            for param in order:
+                if not isinstance(param, click.Option) or param.multiple or param.count or param.name is None:
+                    continue
+                if param.is_flag and not param.secondary_opts:
+                    continue
+                if param.name in seen:
+                    label = "/".join([*param.opts, *param.secondary_opts])
+                    twice = HintedUsageError(f"{label} is given twice: it takes one value", ctx)
+                    twice.hint = f"Give {label} once (no value is picked silently)."
+                    raise twice
+                seen.add(param.name)
+        return super().parse_args(ctx, args)
+
+
 def option_group(*decorators: Callable) -> Callable:
     """One decorator applying ``decorators`` (click options) in the order given: the first is listed first."""
 
@@ -239,7 +362,7 @@ def option_group(*decorators: Callable) -> Callable:
 
 retry_backoff_option = click.option(
     "--retry-backoff-s",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     help=f"Exponential backoff base in seconds (default {DEFAULT_RETRY_BACKOFF_S:g}; 0: retry at once).",
 )
 model_option = click.option(
@@ -270,7 +393,7 @@ service_options = option_group(
     click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(min=0, min_open=True),
+        type=FiniteFloat(min=0, min_open=True),
         metavar="SECONDS",
         help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
         "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
@@ -328,17 +451,35 @@ def param_value(raw: str) -> Any:
         return _PYTHON_WORDS.get(raw.strip().lower(), raw)
 
 
+def _finite(value: Any) -> bool:
+    """Whether no float in ``value`` (nested in lists and dicts) is NaN or infinite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+class HintedUsageError(click.UsageError):
+    """click.UsageError (exit 2) with the ``hint:`` line to show for it (``main._say_click_error``)."""
+
+    hint = ""
+
+
 class HintedBadParameter(click.BadParameter):
     """click.BadParameter (exit 2) with the ``hint:`` line to show for it (``main._say_click_error``)."""
 
-    def __init__(self, message: str, hint: str, ctx: click.Context, param: click.Parameter) -> None:
+    def __init__(self, message: str, hint: str, ctx: click.Context | None, param: click.Parameter | None) -> None:
         super().__init__(message, ctx=ctx, param=param)
         self.hint = hint
 
 
 def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
     """``--param KEY=VALUE``s as a dict (values: ``param_value``). HintedBadParameter (exit 2) for an item that
-    is not KEY=VALUE, a key given twice, a JSON value that gives a key twice (never the last one silently), or
+    is not KEY=VALUE, a key given twice, a JSON value that gives a key twice (never the last one silently), a
+    value holding NaN or Infinity (no JSON request can carry them), or
     a key that is a request field or a wire key qwenvl builds (``types.reserved_extra``: the hint names the
     verb's own option for it)."""
     out: dict[str, Any] = {}
@@ -359,7 +500,21 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
         except DuplicateKeyError as exc:
             hint = "Give each key of a JSON object once."
             raise HintedBadParameter(f"{key}: {exc}", hint, ctx, param) from None
+        if not _finite(out[key]):  # Python's JSON reads NaN and Infinity; no JSON request can carry them
+            hint = f"Give a number, e.g. --param {key}=0.5 (JSON has no NaN or Infinity)."
+            raise HintedBadParameter(f"{key}: {raw!r} is not a finite number", hint, ctx, param)
     return out
+
+
+def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--pages`` checked while parsing, whatever the files (``qwenvl.media.pdf.check_page_spec``: bad syntax,
+    page 0, a reversed range such as ``3-1``): HintedBadParameter (exit 2). "" is left to ``refuse_blank``."""
+    if value is not None and value.strip():
+        try:
+            check_page_spec(value)
+        except UsageError as exc:
+            raise HintedBadParameter(str(exc), exc.hint or "", ctx, param) from None
+    return value
 
 
 # What the model is asked and how: ask, chat and the task verbs.
@@ -367,9 +522,9 @@ generation_options = option_group(
     click.option("--system", help="System prompt."),
     click.option("--max-tokens", type=click.IntRange(min=1), help="Longest answer in tokens (default 512)."),
     click.option(
-        "-t", "--temperature", type=click.FloatRange(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
+        "-t", "--temperature", type=FiniteFloat(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
     ),
-    click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
+    click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
     click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k likeliest tokens (0 or more)."),
     click.option(
         "--seed", type=click.IntRange(0, 2**31 - 1), help="Random seed in [0, 2^31-1], for repeatable answers."
@@ -390,8 +545,8 @@ generation_options = option_group(
     click.option(
         "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
     ),
-    click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2)."),
-    click.option("--pages", help='PDF pages to send, e.g. "1-3,5" (default: all).'),
+    click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2)."),
+    click.option("--pages", callback=check_pages, help='PDF pages to send, e.g. "1-3,5" (default: all).'),
     click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
     click.option(
         "--fetch-urls",
@@ -413,7 +568,11 @@ generation_options = option_group(
     ),
     click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
     click.option(
-        "--schema", "schema_file", metavar="FILE", help="JSON Schema file: the answer is validated against it."
+        "--schema",
+        "schema_file",
+        type=FILE_NAME,
+        metavar="FILE",
+        help="JSON Schema file: the answer is validated against it.",
     ),
     click.option(
         "--thinking/--no-thinking",
@@ -464,16 +623,6 @@ _REQUEST_FROM_OPTIONS = (
 )
 # On/off flags (is_flag): False is only their default, never something the user said.
 _PLAIN_FLAGS = frozenset({"json_mode", "fetch_urls"})
-# Options whose empty value cannot mean anything: refused rather than silently replaced by the default.
-_NOT_EMPTY = {"model": "--model", "pages": "--pages", "region": "--region", "base_url": "--base-url"}
-
-
-def refuse_empty(opts: dict[str, Any]) -> None:
-    """A given but empty --model/--pages/--region/--base-url is a usage error, not "use the default"."""
-    for key, flag in _NOT_EMPTY.items():
-        value = opts.get(key)
-        if isinstance(value, str) and not value.strip():
-            raise UsageError(f"{flag} is empty", hint=f"Give a value, or leave {flag} out for the default.")
 
 
 def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
@@ -482,7 +631,6 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
     A value of 0 or False is a value (``--temperature 0``, ``--seed 0``, ``--top-k 0``, ``--max-retries 0``,
     ``--retry-backoff-s 0``, ``--no-thinking``, ``--no-high-res``) and reaches the Request as given; the
     options' ranges and the Request decide what is valid (``--timeout 0`` is a usage error, exit 2)."""
-    refuse_empty(opts)
     fields = {}
     for key in _REQUEST_FROM_OPTIONS:
         value = opts.get(key)
@@ -516,7 +664,6 @@ def make_client(opts: dict[str, Any], *, will_send: bool | None = None) -> Clien
     ``will_send`` (default: unless ``opts["dry_run"]``): the verb is going to send, so a missing DashScope key
     is raised here (MissingAPIKeyError, exit 4), before any slow or interactive work (planning, sampling a
     video, the chat's banner); local backends need no key (``Client.check_key``)."""
-    refuse_empty(opts)
     on_retry = show_retry if err_console().is_terminal else None
     client = Client(
         protocol=opts.get("protocol"),
@@ -571,10 +718,52 @@ def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
     return MediaError(f"file not found: {arg}", source=arg, hint=hint)
 
 
-def media_args(args: tuple[str, ...] | list[str]) -> list[str]:
-    """MEDIA arguments that must all be files, URLs or data: URLs (``-``: a file on standard input).
+_GLOB_CHARS = frozenset("*?[")
+
+
+def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, single: bool = False) -> list[str]:
+    """MEDIA arguments with quoted globs expanded, the one rule of every verb (as the shell would expand them
+    unquoted, and as ``batch`` and ``tokens`` do: ``qwenvl.batch.inputs.expand_inputs``): an argument that is
+    not a file and has ``*``, ``?`` or ``[`` is replaced by the files it matches (sorted; ``**`` recursive;
+    a matched folder walked). One that matches nothing and looks like a file (``photos/*.jpg``) is a
+    MediaError (exit 3); else it is left as it is (a prompt may hold a "?"). ``folders``: a folder is walked
+    for its media files too (verbs that treat each file on its own: ``extract``); elsewhere a folder stays
+    one argument, refused as a folder with the hint to give a glob. ``single`` (a verb that takes one file:
+    ``ground``, ``ocr``): a glob that matches several files is a UsageError (exit 2) naming how many."""
+    from qwenvl.batch.inputs import expand_inputs, no_media_found
+
+    out: list[str] = []
+    for arg in args:
+        if _is_reference(arg) and not (folders and Path(arg).expanduser().is_dir()):  # a file, a URL, "-"
+            out.append(arg)
+            continue
+        is_glob = bool(_GLOB_CHARS & set(arg))
+        if is_glob and (looks_like_file(arg) or glob.glob(os.path.expanduser(arg), recursive=True)):
+            found = expand_inputs([arg])  # MediaError when it matches nothing
+        elif folders and os.path.isdir(os.path.expanduser(arg)):
+            found = expand_inputs([arg])
+        else:
+            out.append(arg)
+            continue
+        if not found:
+            raise no_media_found([arg])
+        if single and len(found) > 1:
+            command = current_command()
+            verb = command.name if command is not None else "this command"
+            raise UsageError(
+                f"{arg!r} matches {len(found)} files, and {verb} takes one",
+                hint=f"Give one file, e.g. {found[0]}, or a pattern that matches only it.",
+            )
+        out.extend(found)
+    return out  # a file given twice stays twice, as the shell gives it (the frames of a sequence may repeat)
+
+
+def media_args(args: tuple[str, ...] | list[str], *, single: bool = False) -> list[str]:
+    """MEDIA arguments that must all be files, URLs or data: URLs (``-``: a file on standard input); quoted
+    globs expanded (``expand_media``; ``single``: the verb takes one file).
 
     Raises MediaError (exit 3) for the first one that is none of them, before anything is sent."""
+    args = expand_media(args, single=single)
     for arg in args:
         if not _is_reference(arg):
             raise _not_found(arg, prompt_hint=False)
@@ -582,7 +771,13 @@ def media_args(args: tuple[str, ...] | list[str]) -> list[str]:
 
 
 def prompt_and_media(
-    args: tuple[str, ...] | list[str], prompt: str | None, *, required: bool = True, has_prompt_option: bool = True
+    args: tuple[str, ...] | list[str],
+    prompt: str | None,
+    *,
+    required: bool = True,
+    has_prompt_option: bool = True,
+    folders: bool = False,
+    single: bool = False,
 ) -> tuple[str | None, list[str]]:
     """(prompt, media) from ``VERB MEDIA... [-p PROMPT]``, where the prompt may also be one of the arguments.
 
@@ -591,8 +786,11 @@ def prompt_and_media(
     a file (an image, video or PDF name, a path with a separator) and does not exist is never the prompt: it
     is an input error (MediaError, exit 3). Several candidates, or one beside ``-p``, are a usage error (exit 2);
     the hint names ``-p`` only when the verb has it (``has_prompt_option``). ``-p -`` reads the
-    prompt from standard input, ``-`` as MEDIA the file; both at once is a usage error. Nothing is sent here.
+    prompt from standard input, ``-`` as MEDIA the file; both at once is a usage error. Quoted globs (and, with
+    ``folders``, folders) are expanded first, and ``single`` refuses a glob matching several files
+    (``expand_media``). Nothing is sent here.
     """
+    args = expand_media(args, folders=folders, single=single)
     refs: list[str] = []
     words: list[str] = []
     for arg in args:
@@ -613,7 +811,7 @@ def prompt_and_media(
             hint="Give the prompt once (-p, or as the one argument that is not a file), and check the file names.",
         )
     if prompt is None and len(words) == 1:
-        prompt = words[0]
+        prompt = utf8_text(words[0], "the prompt" if has_prompt_option else "the query")
     elif len(words) > 1:
         how = (
             'Quote the prompt as one argument (or give it with -p "...")'
@@ -650,9 +848,14 @@ def awaiting_stdin(what: str) -> None:
 
 def stdin_text(what: str) -> str:
     """Standard input's text (``-p -``), less one trailing newline (``echo`` adds it); on a terminal, what is
-    awaited is said first (``awaiting_stdin``). Raises nothing of its own."""
+    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``)."""
     awaiting_stdin(what)
-    text = sys.stdin.read()
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        utf8_text(data.decode("utf-8", "surrogateescape"), f"standard input ({what})")
+        raise  # (utf8_text raised)
     return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
 
 
@@ -758,6 +961,8 @@ def pass_opts(fn: Callable) -> Callable:
             ctx.meta[_PATH_KEY] = ctx.command_path
             _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
+            refuse_non_utf8(ctx, opts)
+            refuse_blank(ctx, opts)
         return fn(opts)
 
     return wrapper

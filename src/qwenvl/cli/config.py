@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from qwenvl import env as qenv
-from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.cli.common import Verb, out_console, pass_opts, print_json
 from qwenvl.config import (
     BACKENDS,
     effective_protocol,
@@ -24,7 +24,7 @@ from qwenvl.errors import QwenVLError, safe_line
 from qwenvl.models import DEFAULT_MODEL, model_info
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.option(
     "--protocol",
     metavar="PROTOCOL",

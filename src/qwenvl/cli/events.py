@@ -8,6 +8,8 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -23,12 +25,12 @@ from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, split_media
 from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_writable
-from qwenvl.tasks.draw import contact_sheet, hms
+from qwenvl.tasks.draw import contact_sheet, hms, image_format
 from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 
 
-@click.command()
-@click.argument("media", nargs=-1, required=True)
+@click.command(cls=Verb)
+@click.argument("media", type=FILE_NAME, nargs=-1, required=True)
 @click.option("-p", "--prompt", help="What to describe (default: the series of events, as in the docs' example).")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print {video, duration, events: [{start, end, event}], warnings}."
@@ -36,8 +38,10 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
 @click.option(
     "--sheet",
     "sheet_file",
+    type=FILE_NAME,
     metavar="FILE.png",
-    help="Write a contact sheet: the frames the model saw, with their times, and the timeline.",
+    help="Write a contact sheet: the frames the model saw, with their times, and the timeline (its format follows "
+    "the suffix: .png, .jpg...).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options
@@ -72,6 +76,7 @@ def events(opts: dict[str, Any]) -> None:
                 hint="Download the video first, or leave out --sheet.",
             )
         sheet = check_writable(opts["sheet_file"])
+        image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
     fields = request_fields(opts)
     client = make_client(opts)
     call = plan_events(client, target, prompt=prompt, **fields)

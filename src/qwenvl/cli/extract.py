@@ -10,6 +10,8 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -25,11 +27,13 @@ from qwenvl.outputs import check_writable
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
 
 
-@click.command()
-@click.argument("files", nargs=-1, required=True)
+@click.command(cls=Verb)
+@click.argument("files", type=FILE_NAME, nargs=-1, required=True)
 @click.option("-p", "--prompt", help='What to extract (default: "Extract the information in this document.").')
 @click.option("--jsonl", is_flag=True, help='One JSON line per file, {"file", "json"}, even for one file.')
-@click.option("--csv", "csv_file", metavar="FILE", help="Write a CSV instead: a column per top-level key.")
+@click.option(
+    "--csv", "csv_file", type=FILE_NAME, metavar="FILE", help="Write a CSV instead: a column per top-level key."
+)
 @click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
 @generation_options
 @service_options
@@ -49,7 +53,9 @@ def extract(opts: dict[str, Any]) -> None:
         )
     fields = request_fields(opts)  # loads and checks the schema: a bad one stops here (exit 2)
     schema = fields.pop("schema")
-    prompt, files = prompt_and_media(opts["files"], opts["prompt"], required=False)  # every file is found here
+    prompt, files = prompt_and_media(
+        opts["files"], opts["prompt"], required=False, folders=True
+    )  # every file is found here
     if not files:
         raise UsageError(
             "extract needs at least one file",

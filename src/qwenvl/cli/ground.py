@@ -9,6 +9,8 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -23,7 +25,7 @@ from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_u
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_writable
-from qwenvl.tasks.draw import annotate
+from qwenvl.tasks.draw import annotate, image_format
 from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
 
 READINGS = {
@@ -33,8 +35,8 @@ READINGS = {
 }
 
 
-@click.command()
-@click.argument("image")
+@click.command(cls=Verb)
+@click.argument("image", type=FILE_NAME)
 @click.argument("query")
 @click.option("--points", is_flag=True, help="Ask for points instead of boxes.")
 @click.option(
@@ -43,7 +45,13 @@ READINGS = {
     is_flag=True,
     help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, dropped, truncated, warnings}.",
 )
-@click.option("--out", "out_file", metavar="FILE.png", help="Write the image with the boxes and points drawn on it.")
+@click.option(
+    "--out",
+    "out_file",
+    type=FILE_NAME,
+    metavar="FILE.png",
+    help="Write the image with the boxes and points drawn on it, in the format its suffix names (.png, .jpg...).",
+)
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options
@@ -61,7 +69,9 @@ def ground(opts: dict[str, Any]) -> None:
     at --max-tokens (default 2048 here) are read as well as they can be, with a warning.
     """
     refuse_structured(opts, "ground")
-    query, refs = prompt_and_media((opts["image"], opts["query"]), None, required=False, has_prompt_option=False)
+    query, refs = prompt_and_media(
+        (opts["image"], opts["query"]), None, required=False, has_prompt_option=False, single=True
+    )
     if query is None or len(refs) != 1:
         raise UsageError(
             'ground takes one image and a query: qwenvl ground photo.jpg "every dog"',
@@ -76,6 +86,7 @@ def ground(opts: dict[str, Any]) -> None:
                 hint="Download the image first, or leave out --out.",
             )
         out = check_writable(opts["out_file"])
+        image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
     pdf = media_kind(classify(image)) == "pdf"
     if opts["page"] is not None and not pdf:

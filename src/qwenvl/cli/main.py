@@ -113,7 +113,12 @@ def _closest_options(given: str, possibilities: Any, ctx: click.Context | None) 
 def _say_click_error(exc: click.ClickException) -> None:
     """click's own errors (a bad flag value, an unknown option or verb, a missing argument) as every other error
     is shown: one ``error:`` line, then a ``hint:`` line (click's "Did you mean ..." when it has one, and where
-    the verb's options are listed), instead of click's Usage/Try/Error block. The exit code stays click's (2)."""
+    the verb's options are listed), instead of click's Usage/Try/Error block. The exit code stays click's (2).
+    A group given no verb (``qwenvl``, ``qwenvl batch``) is the exception: its help is shown whole, as click
+    shows it (on stderr, exit 2: no command was run), never folded into one line."""
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        exc.show()
+        return
     message = safe_line(exc.format_message())
     command_path = "qwenvl"
     if isinstance(exc, click.UsageError) and exc.ctx is not None:

@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 
 from qwenvl import env as qenv
-from qwenvl.cli.common import err_console, make_client, pass_opts, request_fields, service_options
+from qwenvl.cli.common import FILE_NAME, Verb, err_console, make_client, pass_opts, request_fields, service_options
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import check_folder
 from qwenvl.server.security import is_loopback
@@ -41,11 +41,12 @@ def load_server_module() -> Any:
     return mcp_server
 
 
-@click.command("mcp")
+@click.command("mcp", cls=Verb)
 @click.option(
     "--allow-dir",
     "allow_dirs",
     multiple=True,
+    type=FILE_NAME,
     metavar="DIR",
     help="A folder whose files the tools may read (repeatable), besides the roots the client declares.",
 )

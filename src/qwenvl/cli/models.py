@@ -8,12 +8,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from qwenvl.cli.common import out_console, pass_opts, print_json
+from qwenvl.cli.common import Verb, out_console, pass_opts, print_json
 from qwenvl.errors import safe_line
 from qwenvl.models import MODELS, currency_of, describe, format_price, model_info
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.argument("name", required=False)
 @click.option(
     "--region", metavar="REGION", help="Prices of this region: cn (CNY, default, or $QWENVL_REGION), intl or us (USD)."

@@ -9,6 +9,8 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    FILE_NAME,
+    Verb,
     err_console,
     generation_options,
     make_client,
@@ -47,8 +49,8 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-@click.command()
-@click.argument("file")
+@click.command(cls=Verb)
+@click.argument("file", type=FILE_NAME)
 @click.option(
     "-f",
     "--format",
@@ -65,7 +67,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     metavar="JSON",
     help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).",
 )
-@click.option("-o", "--output", metavar="FILE", help="Write the result here instead of stdout.")
+@click.option("-o", "--output", type=FILE_NAME, metavar="FILE", help="Write the result here instead of stdout.")
 @click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
 @generation_options
 @service_options
@@ -78,7 +80,7 @@ def ocr(opts: dict[str, Any]) -> None:
     the output is empty, a note says so on stderr, and the exit status is still 0.
     """
     refuse_structured(opts, "ocr")
-    source = media_args([opts["file"]])[0]
+    source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
     output = check_writable(opts["output"]) if opts["output"] else None

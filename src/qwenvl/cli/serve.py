@@ -14,14 +14,14 @@ from qwenvl._constants import (
     SERVE_MAX_MEDIA_ITEMS,
     SERVE_REQUEST_TIMEOUT_S,
 )
-from qwenvl.cli.common import err_console, pass_opts
+from qwenvl.cli.common import FILE_NAME, FiniteFloat, Verb, err_console, pass_opts
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, listen
 
 MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.option(
     "--backend",
     type=click.Choice(["dashscope", "openai", "transformers"]),
@@ -99,13 +99,16 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 )
 @click.option(
     "--request-timeout",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=SERVE_REQUEST_TIMEOUT_S,
     show_default=True,
     help="Seconds one request may take, streaming included.",
 )
 @click.option(
-    "--upload-dir", metavar="DIR", help="Folder for the temporary uploads (default: a private temporary folder)."
+    "--upload-dir",
+    type=FILE_NAME,
+    metavar="DIR",
+    help="Folder for the temporary uploads (default: a private temporary folder).",
 )
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
 @click.option(

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from qwenvl.cli.common import err_console, pass_opts
+from qwenvl.cli.common import FILE_NAME, Verb, err_console, pass_opts
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.outputs import write_failure_hint
 
@@ -19,10 +19,11 @@ def skill_text() -> str:
     return resources.files("qwenvl").joinpath("data", "SKILL.md").read_text(encoding="utf-8")
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.option(
     "--install",
     "folder",
+    type=FILE_NAME,
     metavar="DIR",
     help="Write DIR/SKILL.md (the folder is created), e.g. the skill folder the agent loads.",
 )

@@ -19,6 +19,10 @@ from rich.table import Table
 
 from qwenvl import env as qenv
 from qwenvl.cli.common import (
+    FILE_NAME,
+    FiniteFloat,
+    Verb,
+    check_pages,
     err_console,
     make_client,
     model_option,
@@ -36,8 +40,8 @@ from qwenvl.media.prepare import format_bytes
 from qwenvl.models import format_cost
 
 
-@click.command()
-@click.argument("files", nargs=-1, required=True)
+@click.command(cls=Verb)
+@click.argument("files", type=FILE_NAME, nargs=-1, required=True)
 @model_option
 @region_option
 @click.option(
@@ -55,8 +59,8 @@ from qwenvl.models import format_cost
 @click.option(
     "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
 )
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), help="Video sampling rate (default 2).")
-@click.option("--pages", help='PDF pages, e.g. "1-3,5" (default: all).')
+@click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2).")
+@click.option("--pages", callback=check_pages, help='PDF pages, e.g. "1-3,5" (default: all).')
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
 @click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

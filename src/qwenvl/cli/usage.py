@@ -8,13 +8,13 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from qwenvl.cli.common import out_console, pass_opts, print_json, shown
+from qwenvl.cli.common import Verb, out_console, pass_opts, print_json, shown
 from qwenvl.errors import safe_line
 from qwenvl.models import LOCAL, format_cost, round_cost
 from qwenvl.store import UsageLog, usage_log_enabled
 
 
-@click.command()
+@click.command(cls=Verb)
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="How many days back.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @pass_opts

@@ -60,13 +60,11 @@ class RenderedPage:
         return image_tokens(self.height, self.width, factor)
 
 
-def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[int]:
-    """1-based page numbers from a range such as ``"1-3,5"`` or ``"7-"``, in the order given, without
-    repeats. None or an empty string means every page. UsageError for bad syntax, MediaError (with the page
-    count) for a page the document does not have."""
-    if spec is None or not spec.strip():
-        return list(range(1, count + 1))
-    pages: list[int] = []
+def check_page_spec(spec: str) -> list[tuple[int, int | None]]:
+    """The ranges of a ``--pages`` spec (``"1-3,5,7-"``: ``[(1, 3), (5, 5), (7, None)]``, None: to the last
+    page), checked without the document (the CLI checks ``--pages`` while parsing). UsageError for bad syntax,
+    a page 0, or a range written high to low (``3-1``: the message says how to write it)."""
+    ranges: list[tuple[int, int | None]] = []
     for chunk in spec.split(","):
         match = _RANGE.match(chunk)
         if not match:
@@ -75,15 +73,33 @@ def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[in
                 hint="For example --pages 1-3,5 or --pages 7-.",
             )
         first = int(match.group(1))
-        last = (int(match.group(3)) if match.group(3) else count) if match.group(2) else first
-        if first < 1 or last < first:
+        last = (int(match.group(3)) if match.group(3) else None) if match.group(2) else first
+        if first < 1 or last == 0:
             raise UsageError(
-                f"bad page range {chunk.strip()!r} in {spec!r}: pages count from 1, low to high",
+                f"page range {chunk.strip()!r} in {spec!r} has page 0: pages count from 1",
                 hint="For example --pages 1-3,5 or --pages 7-.",
             )
-        if last > count:
+        if last is not None and last < first:
+            raise UsageError(
+                f"page range {chunk.strip()!r} is reversed: ranges go from low to high",
+                hint=f"Write it as {last}-{first} (the pages are sent in the order the ranges are given).",
+            )
+        ranges.append((first, last))
+    return ranges
+
+
+def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[int]:
+    """1-based page numbers from a range such as ``"1-3,5"`` or ``"7-"``, in the order given, without
+    repeats. None or an empty string means every page. UsageError for bad syntax, MediaError (with the page
+    count) for a page the document does not have."""
+    if spec is None or not spec.strip():
+        return list(range(1, count + 1))
+    pages: list[int] = []
+    for first, last in check_page_spec(spec):
+        last = count if last is None else last
+        if max(first, last) > count:  # "7-" of a 5-page document: page 7
             raise MediaError(
-                f"{label} has {count} page{'s' if count != 1 else ''}; page {last} "
+                f"{label} has {count} page{'s' if count != 1 else ''}; page {max(first, last)} "
                 f"(from --pages {spec.strip()}) is out of range",
                 source=label,
                 hint=f"Choose pages from 1 to {count}.",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from qwenvl.errors import UsageError, safe_line
 from qwenvl.sizes import Size
 
 if TYPE_CHECKING:
@@ -179,14 +180,30 @@ def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | P
     return img
 
 
+def image_format(out: str | Path, what: str = "the output") -> str:
+    """The Pillow format an output picture named ``out`` is written in, from its suffix as Pillow reads it
+    (``.png`` PNG, ``.jpg``/``.jpeg`` JPEG, ``.webp`` WEBP...: ``Image.registered_extensions``). UsageError
+    (exit 2) for no suffix, or one that is not a picture format Pillow can write (``boxes.txt``): never a PNG
+    under another name. ``what`` names the output in the message (``"--out"``). Checked before anything is
+    sent (``qwenvl ground --out``, ``qwenvl events --sheet``) and again when saving (``save``)."""
+    suffix = Path(out).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        said = f"{suffix!r} is not a picture format" if suffix else "it has no suffix to name a picture format"
+        raise UsageError(
+            f"{what} {safe_line(out)}: {said} (the format follows the suffix)",
+            hint=f"Name it {Path(out).stem or 'boxes'}.png (or .jpg, .webp).",
+        )
+    return fmt
+
+
 def save(img: Image.Image, out: str | Path) -> Path:
-    """Write ``img`` to ``out`` (folders made as needed), in the format its suffix names (PNG when unknown; JPEG
-    at quality 92). Returns the path. Raises OSError when it cannot be written."""
+    """Write ``img`` to ``out`` (folders made as needed), in the format its suffix names (``image_format``: JPEG
+    at quality 92). Returns the path. Raises UsageError for a suffix that names no picture format Pillow
+    writes, OSError when it cannot be written."""
+    fmt = image_format(out)
     path = Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        fmt = "PNG"
     if fmt == "JPEG":
         img.convert("RGB").save(path, fmt, quality=92)
     else:
