@@ -181,6 +181,13 @@ def _flat(measure: Callable[[int, str], int], small_n: int, large_n: int, per_it
     )
 
 
+def _interned(names: Iterator[str]) -> list[str]:
+    """The file names a test will use, interned and held: Python 3.11's pathlib interns every part of every path it
+    parses (``sys.intern``), so the interpreter's table of interned strings grows, in steps of a whole new table,
+    as new names come; holding them from the start keeps that table, which is CPython's, out of the measure."""
+    return [sys.intern(name) for name in names]
+
+
 def _png_folder(folder: Path, n: int) -> Path:
     """``n`` small PNGs (the same bytes each: the walk is measured, not the pictures) in ``folder``, two levels."""
     from conftest import write_image
@@ -199,6 +206,7 @@ def test_a_folder_is_walked_without_a_list_of_its_files(isolated_env):
     from qwenvl.batch import iter_inputs
 
     folders = {n: _png_folder(isolated_env / f"photos{n}", n) for n in (150, 600, 3600)}
+    held = _interned(f"p{i:05d}.png" for i in range(3600))
 
     def measure(n: int, tag: str) -> int:
         count = 0
@@ -213,6 +221,7 @@ def test_a_folder_is_walked_without_a_list_of_its_files(isolated_env):
         return peak
 
     _flat(measure, 600, 3600)
+    assert len(held) == 3600  # (held until here)
 
 
 def test_iter_inputs_keeps_the_walk_order(isolated_env):
@@ -254,6 +263,7 @@ def test_a_dry_run_over_a_folder_keeps_no_list_of_paths(isolated_env):
     from conftest import run_cli
 
     folders = {n: _png_folder(isolated_env / f"photos{n}", n) for n in (150, 600, 3600)}
+    held = _interned(f"p{i:05d}.png" for i in range(3600))
 
     def measure(n: int, tag: str) -> int:
         result: list[Any] = []
@@ -268,6 +278,7 @@ def test_a_dry_run_over_a_folder_keeps_no_list_of_paths(isolated_env):
         return peak
 
     _flat(measure, 600, 3600)
+    assert len(held) == 3600  # (held until here)
 
 
 @contextlib.contextmanager
@@ -349,3 +360,36 @@ def test_a_rerun_over_a_complete_output_keeps_no_python_state_per_item(isolated_
         return peak
 
     _flat(measure, 600, 3600)
+
+
+def test_invalid_items_are_counted_not_kept(isolated_env, monkeypatch):
+    """The estimate kept every invalid item's error (with its traceback: the frames, the item, its plan), ~10 kB
+    per item: a requests file naming images that are not there cost hundreds of MB. Now the first
+    ``ERRORS_KEPT`` are kept, the others counted; each is still recorded in the output."""
+    from qwenvl.batch.runner import ERRORS_KEPT
+
+    monkeypatch.setenv("QWENVL_LOG", "0")
+    client = qwenvl.Client(backend=_ForgetfulEcho())
+    held = _interned(f"gone{i}.png" for i in range(3600))
+
+    def missing(n: int) -> Iterator[BatchItem]:
+        for i in range(n):
+            yield BatchItem(id=f"m{i:05d}", request={"prompt": "x", "image": str(isolated_env / f"gone{i}.png")})
+
+    def measure(n: int, tag: str) -> int:
+        done = []
+
+        def run() -> None:
+            with Batch(missing(n), isolated_env / f"m{n}{tag}.jsonl", client=client, concurrency=4) as job:
+                est = job.estimate()
+                done.append((est, job.run()))
+
+        peak = _peak(run)
+        [(est, summary)] = done
+        assert est.invalid == n and len(est.errors) == min(n, ERRORS_KEPT) and summary.error == n
+        return peak
+
+    _flat(measure, 600, 3600)
+    assert len(held) == 3600
+    lines = read_jsonl(isolated_env / "m3600a.jsonl")
+    assert len(lines) == 3600 and lines[-1]["error"]["type"] == "MediaError" and "gone3599.png" in str(lines[-1])

@@ -62,6 +62,7 @@ from qwenvl.errors import (
     QwenVLError,
     StructuredOutputError,
     UsageError,
+    detached,
     safe_line,
 )
 from qwenvl.models import ModelInfo, answer_cost, currency_of
@@ -630,7 +631,7 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
     try:
         call = batch.planner.plan(item.request)
     except (MediaError, UsageError) as exc:
-        return item, exc, ("", False)
+        return item, detached(exc), ("", False)  # kept as data (its future would hold its frames)
     ensure_sendable(call)
     refused = not_batchable(call.model, call.request.model)
     if refused is not None:
