@@ -10,7 +10,10 @@
    before it measures) read lazily by ``read_requests``, so no list of items is built by the caller and what
    is measured is the runner's memory. The RSS is also sampled after ``Batch(...)`` took the items, after
    the estimate and after the run, to show where any growth is. Target (issue 15): at most +10 MB from
-   10,000 to 100,000.
+   10,000 to 100,000. ``--case KIND`` (repeatable) measures other kinds of batch the same way: items naming
+   one image or each its own (``image``, ``images``), a folder walked as ``qwenvl batch FOLDER`` does
+   (``folder``), the Batch API mode (``:batch-api``, against the tests' Batch API double in its own process),
+   a second run over a complete output writing a CSV too (``:rerun``), through the CLI (``:cli``).
 
 The server is a minimal stdlib asyncio HTTP/1.1 server (keep-alive, listen backlog 256) in a separate
 process, so that it does not share the client's GIL; it reads and parses each JSON body and answers with a
@@ -20,6 +23,8 @@ Run (from the repository root; not part of CI):
 
     .venv/bin/python bench/bench_batch.py [--requests 2000] [--concurrency 64] [--no-write]
     .venv/bin/python bench/bench_batch.py --memory-only --memory 10000,100000
+    .venv/bin/python bench/bench_batch.py --memory-only --case text:batch-api --case folder --case images:rerun
+    .venv/bin/python bench/bench_batch.py --cases-only --case folder:cli@5000,50000    # print only
     .venv/bin/python bench/bench_batch.py --against /tmp/ref/src --repeat 5   # throughput vs another tree
 """
 
@@ -521,14 +526,24 @@ def main() -> None:
 {" / ".join(f"{small.get(k, 0):.1f} -> {large.get(k, 0):.1f}" for k in ("RssAnon_mb", "RssFile_mb", "RssShmem_mb"))} \
 | (info) |"""
     print(memory_rows)
+    case_rows = [case_row(spec, args.memory, args.concurrency)[0] for spec in args.case]
+    for row in case_rows:
+        print(row)
+    cases_table = (
+        "\n\nOther kinds of batch (`--case`), each count in a fresh process (peak RSS of the whole process):\n\n"
+        "| kind: counts | peak RSS (time of the larger run) | growth |\n| --- | --- | --- |\n" + "\n".join(case_rows)
+        if case_rows
+        else ""
+    )
     if args.memory_only:
+        cases_flags = "".join(f" --case {c}" for c in args.case)
         if not args.no_write:
             from results_md import machine, write_section
 
             write_section(
                 "Batch memory",
-                f"""Measured by `bench/bench_batch.py --memory-only --memory \
-{args.memory}` on {time.strftime("%Y-%m-%d")}. Machine: {machine()}; busy (shared with other engineers).
+                f"""Measured by `bench/bench_batch.py --memory-only --memory {args.memory}{cases_flags}` on \
+{time.strftime("%Y-%m-%d")}. Machine: {machine()}; busy (shared with other engineers).
 Each count runs in a fresh process against a loopback server that answers at once; journal, response
 cache and usage log on, as `qwenvl batch` runs. The items come as `qwenvl batch --requests` takes them: a
 JSONL file written first and read lazily (`read_requests`) by `Batch`, so the caller holds no list of
@@ -537,9 +552,9 @@ items and the growth measured is the runner's. "before" is the RSS once the file
 
 | measure | result | target |
 | --- | --- | --- |
-{memory_rows}
+{memory_rows}{cases_table}
 
-Result: memory {"met" if growth <= 10 else "NOT MET"}.
+Result: memory {"met" if growth <= 10 else "NOT MET"} (tiny text items).
 
 How it is kept flat: `Batch` takes the items once into SQLite's temporary database (`qwenvl.batch.spool`:
 id, fingerprint, the pickled item, and what the estimate finds) and the estimate, the journal's

@@ -6,7 +6,9 @@ Flow (``qwenvl batch ... --mode batch-api``):
    budget) and becomes one JSONL line ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
    "body": <the OpenAI-compatible body>}``;
 2. lines are grouped into files of one model and one thinking mode each, at most 50,000 lines and
-   ``MAX_FILE_BYTES`` per file; a line over 6 MB is that item's error;
+   ``MAX_FILE_BYTES`` per file; a line over 6 MB is that item's error. Each file is written to a temporary
+   file (``$TMPDIR``) and streamed from it to the upload; which file each item's line is in is kept in the
+   batch's spool, so memory does not grow with the items (``bench/bench_batch.py --case text:batch-api``);
 3. each file is uploaded (``POST {base}/files``, ``purpose=batch``) and recorded in the journal, then a job is
    created for it (``POST {base}/batches``, ``completion_window: 24h``) and its id committed to the journal
    at once. A run stopped between the two (or a create whose reply was lost) finds the job by its input file
@@ -85,7 +87,7 @@ ENDPOINT = "/v1/chat/completions"  # [batch]
 COMPLETION_WINDOW = "24h"  # [batch]
 MAX_LINES = 50_000  # per input file [batch]
 MAX_LINE_BYTES = 6_000_000  # per line: 6 MB [batch]
-MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB), so that memory stays bounded
+MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB): sooner uploaded, and retried
 # Batch API calls cost half the realtime price (of the request's tier) [batch page, alibabacloud.com/help/en/
 # model-studio/batch-interfaces-compatible-with-openai, Dec 2025; "Model Studio pricing page, checked 2026-11
 # (issue 10)"]; the model cards' batch prices are exactly half their realtime ones (reference/dashscope-api.md

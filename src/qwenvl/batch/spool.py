@@ -4,7 +4,8 @@
 passes over the items several times (the estimate, registering them in the journal, sending the pending
 ones), so the items are written once, as they come, to a private temporary SQLite database: one row per item
 with its position, id, fingerprint (``journal.fingerprint``), whether it has media, the item itself
-(pickled) and what the estimate found (a plan error, a cache hit). Every later pass reads rows back
+(pickled), what the estimate found (a plan error, a cache hit) and, in Batch API mode, which input file its
+line was written to. Every later pass reads rows back
 ``CHUNK`` at a time, so a batch's memory does not grow with its number of items (``bench/bench_batch.py
 --memory``). An item that cannot be pickled (e.g. a ``schema`` given as a pydantic class defined inside a
 function) is kept in memory instead, and only that one.
