@@ -4,15 +4,22 @@ state per item. Run on an in-memory backend (no HTTP), with the real journal, sp
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 import qwenvl
+from conftest import API_KEY
 from qwenvl.batch import Batch, BatchItem, read_requests
 from qwenvl.errors import MediaError, UsageError
 from test_batch import _EchoBackend, read_jsonl
@@ -146,3 +153,243 @@ def test_a_temporary_folder_without_room_is_one_line_and_sends_nothing(server, i
     assert "cannot write the batch's temporary file: no space left" in p.stderr
     assert "TMPDIR" in p.stderr and "Traceback" not in p.stderr
     assert server.requests == []
+
+
+# --- every kind of batch: folders, the Batch API, reruns -------------------------------------------------------
+
+
+def _peak(fn: Callable[[], object]) -> int:
+    """Peak Python memory (tracemalloc) while ``fn`` runs, above what was traced when it began."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def _flat(measure: Callable[[int, str], int], small_n: int, large_n: int, per_item: int = 40) -> None:
+    """The lower of two peaks at each size (what is in flight at the peak depends on timing) must not grow by
+    ``per_item`` bytes per added item."""
+    measure(small_n // 4, "w")  # warm-up: imports, connections, caches
+    small = min(measure(small_n, tag) for tag in "ab")
+    large = min(measure(large_n, tag) for tag in "ab")
+    assert large - small < per_item * (large_n - small_n), (
+        f"peak of Python allocations: {small} B at {small_n} items, {large} B at {large_n}"
+    )
+
+
+def _interned(names: Iterator[str]) -> list[str]:
+    """The file names a test will use, interned and held: Python 3.11's pathlib interns every part of every path it
+    parses (``sys.intern``), so the interpreter's table of interned strings grows, in steps of a whole new table,
+    as new names come; holding them from the start keeps that table, which is CPython's, out of the measure."""
+    return [sys.intern(name) for name in names]
+
+
+def _png_folder(folder: Path, n: int) -> Path:
+    """``n`` small PNGs (the same bytes each: the walk is measured, not the pictures) in ``folder``, two levels."""
+    from conftest import write_image
+
+    data = write_image(folder.parent / f"{folder.name}.src.png").read_bytes()
+    for i in range(n):
+        sub = folder / f"d{i % 7}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"p{i:05d}.png").write_bytes(data)
+    return folder
+
+
+def test_a_folder_is_walked_without_a_list_of_its_files(isolated_env):
+    """A folder given as input was read into a list of every path (and a dict to drop duplicates), held while the
+    batch ran: ~200 B per file. ``iter_inputs`` walks it through a temporary database."""
+    from qwenvl.batch import iter_inputs
+
+    folders = {n: _png_folder(isolated_env / f"photos{n}", n) for n in (150, 600, 3600)}
+    held = _interned(f"p{i:05d}.png" for i in range(3600))
+
+    def measure(n: int, tag: str) -> int:
+        count = 0
+
+        def walk() -> None:
+            nonlocal count
+            for _ in iter_inputs([str(folders[n]), str(folders[n] / "d0")]):  # d0 again: its files are dropped
+                count += 1
+
+        peak = _peak(walk)
+        assert count == n
+        return peak
+
+    _flat(measure, 600, 3600)
+    assert len(held) == 3600  # (held until here)
+
+
+def test_iter_inputs_keeps_the_walk_order(isolated_env):
+    """The order is ``os.walk``'s with sorted names (a folder's files, then its subfolders), globs sorted, hidden
+    entries and links to folders skipped, duplicates dropped at their second mention: as before the walk went
+    through a temporary database."""
+    from conftest import write_image
+    from qwenvl.batch import expand_inputs
+
+    root = isolated_env / "tree"
+    names = ["a", "ab", "a b", "a.b", "B", "é", "z"]
+    for sub in ["", "a", "ab", "a b", "a/b", "é", ".hidden", "a/ab", "Z"]:
+        for name in names:
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            write_image(root / sub / f"{name}.png")
+        (root / sub / "notes.txt").write_text("not media")
+    (root / "link").symlink_to(root / "a", target_is_directory=True)
+
+    def walked(folder: Path) -> list[str]:  # the reference: os.walk, names sorted, hidden ones skipped
+        out = []
+        for where, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            out += [str(Path(where) / f) for f in sorted(files) if not f.startswith(".") and f.endswith(".png")]
+        return out
+
+    assert expand_inputs([str(root)]) == walked(root)
+    assert expand_inputs([str(root / "a"), str(root)]) == list(dict.fromkeys(walked(root / "a") + walked(root)))
+    matches = sorted(glob.glob(str(root / "*")))  # a file a glob matches is taken as given (notes.txt too)
+    expected = [r for m in matches for r in (walked(Path(m)) if Path(m).is_dir() else [m])]
+    assert expand_inputs([str(root / "*")]) == list(dict.fromkeys(expected))
+    url, one = "https://example.com/x.png", str(root / "a.png")
+    pngs = sorted(glob.glob(str(root / "*.png")))
+    assert expand_inputs([one, url, one, str(root / "*.png")]) == [one, url, *(p for p in pngs if p != one)]
+
+
+def test_a_dry_run_over_a_folder_keeps_no_list_of_paths(isolated_env):
+    """``qwenvl batch FOLDER`` (here a dry run: no key, nothing sent) made a list of every path before the batch
+    took its items, and held it to the end."""
+    from conftest import run_cli
+
+    folders = {n: _png_folder(isolated_env / f"photos{n}", n) for n in (150, 600, 3600)}
+    held = _interned(f"p{i:05d}.png" for i in range(3600))
+
+    def measure(n: int, tag: str) -> int:
+        result: list[Any] = []
+
+        def cli() -> None:
+            result.append(run_cli("batch", str(folders[n]), "-p", "x", "-o", f"out{n}{tag}.jsonl", "--dry-run"))
+
+        peak = _peak(cli)
+        [p] = result
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["items"] == n
+        return peak
+
+    _flat(measure, 600, 3600)
+    assert len(held) == 3600  # (held until here)
+
+
+@contextlib.contextmanager
+def batch_api_process() -> Iterator[str]:
+    """The Batch API double (tests/batch_server.py) in a process of its own, every job completed at its first poll:
+    tracemalloc measures this whole process, and the double keeps every file it is sent. Yields its URL; it ends
+    when its standard input is closed."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from batch_server import BatchServer; "
+        "srv = BatchServer(api_key=sys.argv[2]).start(); srv.polls_to_complete = 1; print(srv.url, flush=True); "
+        "sys.stdin.read(); srv.stop()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(Path(__file__).parent), API_KEY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        url = proc.stdout.readline().strip()  # "" if it died: then Batch fails to connect, and says so
+        yield url
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+
+
+def test_the_batch_api_mode_keeps_no_python_state_per_item(isolated_env, monkeypatch):
+    """``--mode batch-api`` held each input file's lines in memory (up to 50,000 of them, then joined into one
+    bytes), every submitted id in a set, and each job's ids again while merging its results: ~300 B per item.
+    The lines now go to a temporary file, the ids to the spool and the journal."""
+    monkeypatch.setenv("QWENVL_LOG", "0")
+    with batch_api_process() as url:
+
+        def measure(n: int, tag: str) -> int:
+            summaries = []
+
+            def run() -> None:
+                with Batch(
+                    _items(n),
+                    isolated_env / f"api{n}{tag}.jsonl",
+                    api_key=API_KEY,
+                    base_url=url,
+                    mode="batch-api",
+                    poll_interval_s=0.01,
+                ) as job:
+                    summaries.append(job.run())
+
+            peak = _peak(run)
+            assert summaries[0].ok == n and len(summaries[0].batch_ids) == 1
+            return peak
+
+        _flat(measure, 600, 3600)
+
+
+def test_a_rerun_over_a_complete_output_keeps_no_python_state_per_item(isolated_env, monkeypatch):
+    """Running a finished batch again (nothing to send: the journal holds every answer) reads the journal and
+    rewrites the outputs, JSONL and CSV, streamed."""
+    monkeypatch.setenv("QWENVL_LOG", "0")
+    client = qwenvl.Client(backend=_ForgetfulEcho())
+    for n in (150, 600, 3600):
+        Batch(_items(n), isolated_env / f"out{n}.jsonl", client=client, concurrency=4).run()
+
+    def measure(n: int, tag: str) -> int:
+        summaries = []
+
+        def rerun() -> None:
+            out = isolated_env / f"out{n}.jsonl"
+            with Batch(_items(n), out, csv=isolated_env / f"out{n}{tag}.csv", client=client) as job:
+                summaries.append(job.run())
+
+        peak = _peak(rerun)
+        assert summaries[0].ok == n and summaries[0].this_run == 0
+        return peak
+
+    _flat(measure, 600, 3600)
+
+
+def test_invalid_items_are_counted_not_kept(isolated_env, monkeypatch):
+    """The estimate kept every invalid item's error (with its traceback: the frames, the item, its plan), ~10 kB
+    per item: a requests file naming images that are not there cost hundreds of MB. Now the first
+    ``ERRORS_KEPT`` are kept, the others counted; each is still recorded in the output."""
+    from qwenvl.batch.runner import ERRORS_KEPT
+
+    monkeypatch.setenv("QWENVL_LOG", "0")
+    client = qwenvl.Client(backend=_ForgetfulEcho())
+    held = _interned(f"gone{i}.png" for i in range(3600))
+
+    def missing(n: int) -> Iterator[BatchItem]:
+        for i in range(n):
+            yield BatchItem(id=f"m{i:05d}", request={"prompt": "x", "image": str(isolated_env / f"gone{i}.png")})
+
+    def measure(n: int, tag: str) -> int:
+        done = []
+
+        def run() -> None:
+            with Batch(missing(n), isolated_env / f"m{n}{tag}.jsonl", client=client, concurrency=4) as job:
+                est = job.estimate()
+                done.append((est, job.run()))
+
+        peak = _peak(run)
+        [(est, summary)] = done
+        assert est.invalid == n and len(est.errors) == min(n, ERRORS_KEPT) and summary.error == n
+        return peak
+
+    _flat(measure, 600, 3600)
+    assert len(held) == 3600
+    lines = read_jsonl(isolated_env / "m3600a.jsonl")
+    assert len(lines) == 3600 and lines[-1]["error"]["type"] == "MediaError" and "gone3599.png" in str(lines[-1])

@@ -22,7 +22,7 @@ QwenVLError
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -325,6 +325,23 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, QwenVLError):
         return exc.exit_code
     return EXIT_SERVICE
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def detached(exc: E) -> E:
+    """``exc`` without its tracebacks (its own, and those of its ``__cause__`` and ``__context__`` chain), for an
+    error kept as data after it was caught (a batch item's plan error, handed back from a worker thread): a
+    traceback holds every frame up to the thread's top, with their locals, and through a ``Future`` that holds the
+    error they make a reference cycle, freed only by a full garbage collection. Returns ``exc``; raises nothing."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.__traceback__ = None
+        err = err.__cause__ or err.__context__
+    return exc
 
 
 # ANSI/VT escape sequences (CSI, OSC, single-character escapes), then any other C0/C1 control character and the

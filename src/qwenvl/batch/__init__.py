@@ -22,6 +22,7 @@ _LAZY = {
     "ResponseCache": "qwenvl.store.cache",
     "BatchAPI": "qwenvl.batch.batchapi",
     "expand_inputs": "qwenvl.batch.inputs",
+    "iter_inputs": "qwenvl.batch.inputs",
     "read_requests": "qwenvl.batch.inputs",
 }
 

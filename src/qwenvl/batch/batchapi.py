@@ -6,7 +6,9 @@ Flow (``qwenvl batch ... --mode batch-api``):
    budget) and becomes one JSONL line ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
    "body": <the OpenAI-compatible body>}``;
 2. lines are grouped into files of one model and one thinking mode each, at most 50,000 lines and
-   ``MAX_FILE_BYTES`` per file; a line over 6 MB is that item's error;
+   ``MAX_FILE_BYTES`` per file; a line over 6 MB is that item's error. Each file is written to a temporary
+   file (``$TMPDIR``) and streamed from it to the upload; which file each item's line is in is kept in the
+   batch's spool, so memory does not grow with the items (``bench/bench_batch.py --case text:batch-api``);
 3. each file is uploaded (``POST {base}/files``, ``purpose=batch``) and recorded in the journal, then a job is
    created for it (``POST {base}/batches``, ``completion_window: 24h``) and its id committed to the journal
    at once. A run stopped between the two (or a create whose reply was lost) finds the job by its input file
@@ -37,17 +39,19 @@ import itertools
 import json
 import re
 import shlex
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import UPLOAD_PREFIX, Journal
+from qwenvl.batch.spool import temporary_error
 from qwenvl.client import check_structured, make_request
 from qwenvl.config import REGIONS, normalize_region, require_api_key, resolve_base_url
 from qwenvl.errors import (
@@ -60,6 +64,7 @@ from qwenvl.errors import (
     QwenVLError,
     StructuredOutputError,
     UsageError,
+    detached,
     safe_line,
 )
 from qwenvl.models import ModelInfo, answer_cost, currency_of
@@ -82,7 +87,7 @@ ENDPOINT = "/v1/chat/completions"  # [batch]
 COMPLETION_WINDOW = "24h"  # [batch]
 MAX_LINES = 50_000  # per input file [batch]
 MAX_LINE_BYTES = 6_000_000  # per line: 6 MB [batch]
-MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB), so that memory stays bounded
+MAX_FILE_BYTES = 100_000_000  # per input file: ours (the service takes 500 MB): sooner uploaded, and retried
 # Batch API calls cost half the realtime price (of the request's tier) [batch page, alibabacloud.com/help/en/
 # model-studio/batch-interfaces-compatible-with-openai, Dec 2025; "Model Studio pricing page, checked 2026-11
 # (issue 10)"]; the model cards' batch prices are exactly half their realtime ones (reference/dashscope-api.md
@@ -239,7 +244,10 @@ class BatchAPI:
     def _url(self, *parts: str) -> str:
         return self.base + "/" + "/".join(quote(p, safe="") for p in parts)
 
-    def upload(self, name: str, data: bytes) -> dict[str, Any]:
+    def upload(self, name: str, data: bytes | IO[bytes]) -> dict[str, Any]:
+        """Upload a Batch API input file (``POST /files``, ``purpose=batch``): ``data`` as bytes, or a binary file
+        open for reading, streamed from its start (read again from the start by a retry). Returns the file
+        object; raises what the transport raises."""
         reply = self.transport.post_files(
             self._url("files"), {"purpose": "batch"}, {"file": (name, data, "application/jsonl")}, self.policy
         )
@@ -421,8 +429,7 @@ def run_batch_api(
     with BatchAPI(opts["api_key"], region=opts["region"], base_url=opts["base_url"], **network) as api:
         try:
             _adopt_uploads(batch, api, journal, prog)
-            submitted = {i for job in journal.open_batches() for i in journal.batch_items(job["id"])}
-            fresh = (item for item in pending if item.id not in submitted)
+            fresh = (item for item in pending if not journal.in_open_batch(item.id))  # not in a job already
             prog.phase = "upload"
             report()
             _submit(batch, api, journal, fresh, prog, report)
@@ -464,12 +471,11 @@ def _adopt_uploads(batch: Batch, api: BatchAPI, journal: Journal, prog: Progress
         try:
             _create(batch, api, journal, job["id"], job["input_file_id"], prog)
         except NotFoundError:  # the file is gone: its items are sent again
-            gone = journal.batch_items(job["id"])
-            journal.release_items(gone)
+            gone = journal.release_batch(job["id"])
             journal.set_batch_status(job["id"], "gone", merged=True)
             prog.notes.append(
                 f"the input file {job['input_file_id']} of an earlier run is gone from the service, with no job: its "
-                f"{len(gone):,} items were uploaded again in a new file"
+                f"{gone:,} items were uploaded again in a new file"
             )
 
 
@@ -485,7 +491,8 @@ def _create(
     except APIStatusError as exc:
         if exc.status not in REFUSED:
             raise
-        _refuse(batch, journal, journal.batch_items(placeholder), exc, f"the job of the input file {file_id}", prog)
+        count, ids = journal.count_batch_items(placeholder), journal.batch_item_ids(placeholder)
+        _refuse(batch, journal, count, ids, exc, f"the job of the input file {file_id}", prog)
         journal.set_batch_status(placeholder, "refused", merged=True)
         return None
     journal.attach_job(placeholder, job["id"])
@@ -626,7 +633,7 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
     try:
         call = batch.planner.plan(item.request)
     except (MediaError, UsageError) as exc:
-        return item, exc, ("", False)
+        return item, detached(exc), ("", False)  # kept as data (its future would hold its frames)
     ensure_sendable(call)
     refused = not_batchable(call.model, call.request.model)
     if refused is not None:
@@ -653,13 +660,29 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
 
 
 class _File:
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.ids: list[str] = []
+    """One input file being written: its lines go to a temporary file (``tempfile``: the temporary folder, deleted
+    once closed, by the system if the run is killed), its items' ids to the spool (``Spool.set_upload``), so that
+    nothing is kept in memory per line."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.fh: IO[bytes] = tempfile.TemporaryFile(prefix="qwenvl-batch-")  # noqa: SIM115 - _submit closes it
+        self.lines = 0
         self.size = 0
+        self.ids: list[str] = []  # the ids of lines written since the last ``flush_ids`` (at most PLAN_CHUNK)
 
     def fits(self, line: bytes) -> bool:
-        return len(self.lines) < MAX_LINES and self.size + len(line) <= MAX_FILE_BYTES
+        return self.lines < MAX_LINES and self.size + len(line) <= MAX_FILE_BYTES
+
+    def write(self, item_id: str, line: bytes) -> None:
+        self.fh.write(line)
+        self.ids.append(item_id)
+        self.lines += 1
+        self.size += len(line)
+
+    def flush_ids(self, batch: Batch) -> None:
+        batch.spool.set_upload(self.ids, self.number)
+        self.ids.clear()
 
 
 def _submit(
@@ -671,42 +694,62 @@ def _submit(
     report: Callable[[], None],
 ) -> None:
     files: dict[tuple[str, bool], _File] = {}
+    numbers = itertools.count()
 
     def send(group: tuple[str, bool], f: _File) -> None:
         name = f"qwenvl-batch-{uuid.uuid4().hex[:12]}.jsonl"
+        f.flush_ids(batch)
         try:
-            uploaded = api.upload(name, b"".join(f.lines))
+            with contextlib.closing(f.fh):
+                try:
+                    f.fh.flush()
+                except OSError as exc:
+                    raise temporary_error(exc) from None
+                uploaded = api.upload(name, f.fh)
         except APIStatusError as exc:
             if exc.status not in REFUSED:
                 raise
-            _refuse(batch, journal, f.ids, exc, f"the input file {name}", prog)  # not uploaded again by a rerun
+            # not uploaded again by a rerun
+            _refuse(batch, journal, f.lines, batch.spool.upload_ids(f.number), exc, f"the input file {name}", prog)
             return
-        placeholder = journal.add_upload(uploaded["id"], group[0], f.ids)  # before the job exists: see _adopt_uploads
+        # before the job exists: see _adopt_uploads
+        placeholder = journal.add_upload(uploaded["id"], group[0], batch.spool.upload_ids(f.number))
         job = _create(batch, api, journal, placeholder, uploaded["id"], prog)
         if job is None:
             return
-        prog.sent += len(f.ids)
-        prog.detail = f"submitted {len(f.ids)} requests"
+        prog.sent += f.lines
+        prog.detail = f"submitted {f.lines} requests"
         report()
 
     items = iter(items)
-    with ThreadPoolExecutor(batch.plan_threads) as pool:
-        while chunk := list(itertools.islice(items, PLAN_CHUNK)):
-            for item, res, group in pool.map(lambda i: _plan_line(batch, i), chunk):
-                if isinstance(res, QwenVLError):
-                    batch._record_error(journal, item, res, prog, attempts=0)
-                    continue
-                f = files.setdefault(group, _File())
-                if not f.fits(res):
-                    send(group, f)
-                    f = files[group] = _File()
-                f.lines.append(res)
-                f.ids.append(item.id)
-                f.size += len(res)
-            report()
-    for group, f in files.items():
-        if f.lines:
-            send(group, f)
+    try:
+        with ThreadPoolExecutor(batch.plan_threads) as pool:
+            while chunk := list(itertools.islice(items, PLAN_CHUNK)):
+                for item, res, group in pool.map(lambda i: _plan_line(batch, i), chunk):
+                    if isinstance(res, QwenVLError):
+                        batch._record_error(journal, item, res, prog, attempts=0)
+                        continue
+                    f = files.get(group)
+                    if f is None or not f.fits(res):
+                        if f is not None:
+                            send(group, f)
+                        try:
+                            f = files[group] = _File(next(numbers))
+                        except OSError as exc:
+                            raise temporary_error(exc) from None
+                    try:
+                        f.write(item.id, res)
+                    except OSError as exc:
+                        raise temporary_error(exc) from None
+                for f in files.values():
+                    f.flush_ids(batch)
+                report()
+        for group, f in files.items():
+            if f.lines:
+                send(group, f)
+    finally:
+        for f in files.values():
+            f.fh.close()  # (a file sent is closed already)
 
 
 def _records(api: BatchAPI, file_id: str, job_id: str) -> Iterator[dict[str, Any]]:
@@ -742,29 +785,34 @@ def _job_reason(job: dict[str, Any], said: str | None) -> tuple[str, str | None]
 
 
 def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], prog: Progress) -> None:
-    """Record what a job that is over answered: its output file, then its error file, read line by line. A job
-    that failed (validation included) makes each of its items a BatchJobFailedError; lines a job did not run
-    (``NOT_RUN``, or in neither file) leave their items pending. Either way the job is in ``prog.job_failures``
-    with the service's reason (the CLI exits 5)."""
+    """Record what a job that is over answered: its output file, then its error file, read line by line, each
+    line's item looked up in the journal and the spool (nothing is kept per item). A job that failed (validation
+    included) makes each of its items a BatchJobFailedError; lines a job did not run (``NOT_RUN``, or in neither
+    file) leave their items pending. Either way the job is in ``prog.job_failures`` with the service's reason (the
+    CLI exits 5)."""
     job_id, status = job["id"], job["status"]
-    waiting = journal.batch_items(job_id)
-    total = len(waiting)
+    total = journal.count_batch_items(job_id)
     extra = {"mode": "batch-api", "batch_id": job_id}
-    not_run: list[str] = []
+    not_run: list[str] = []  # released PLAN_CHUNK at a time
+    released = 0
     said: str | None = None  # the error file's first word on the job's failure
     for key in ("output_file_id", "error_file_id"):
         if not job.get(key):
             continue
         for rec in _records(api, job[key], job_id):
             item_id = str(rec.get("custom_id"))
-            item = batch.spool.get(item_id) if item_id in waiting else None
+            item = batch.spool.get(item_id) if journal.in_batch(item_id, job_id) else None
             if item is None:
                 continue
-            waiting.discard(item_id)
             err: dict[str, Any] = rec["error"] if isinstance(rec.get("error"), dict) else {}
             if rec.get("response") is None and err.get("code") in NOT_RUN:
-                not_run.append(item_id)
                 said = said or err.get("message")
+                if status != "failed":  # pending again (a failed job's items are all its errors, below)
+                    not_run.append(item_id)
+                    if len(not_run) >= PLAN_CHUNK:
+                        journal.release_items(not_run)
+                        released += len(not_run)
+                        not_run.clear()
                 continue
             outcome = _outcome(rec, item)
             if status == "failed" and not isinstance(outcome, Response):  # e.g. a validation error file
@@ -780,24 +828,25 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
     if status == "failed":
         message = f"the Batch API job {job_id} failed: {reason}"
         exc = BatchJobFailedError(message, code=code, hint=_failed_hint(job_id, api))
-        for item_id in waiting:
+        for item_id in journal.batch_item_ids(job_id):  # what its files did not answer
             item = batch.spool.get(item_id)
             if item is not None:
                 batch._record_error(journal, item, exc, prog, attempts=1, extra=extra)
         prog.job_failures.append({"batch_id": job_id, "status": status, "message": message, "hint": exc.hint})
         return
-    # not run (expired, cancelled), or in neither file: pending again, submitted by the next run
-    unanswered = not_run + sorted(waiting)
+    # not run (expired, cancelled: released above), or in neither file: pending again, submitted by the next run
+    journal.release_items(not_run)
+    released += len(not_run)
+    unanswered = released + journal.release_batch(job_id)
     if unanswered:
-        journal.release_items(unanswered)
         how = {"expired": "expired", "cancelled": "was cancelled"}.get(status, f"ended ({status})")
-        if reason == "the service gave no reason" and not not_run:
+        if reason == "the service gave no reason" and not released:
             reason = "its result files have no line for them"
         prog.job_failures.append(
             {
                 "batch_id": job_id,
                 "status": status,
-                "message": f"the Batch API job {job_id} {how} without answering {len(unanswered):,} of its "
+                "message": f"the Batch API job {job_id} {how} without answering {unanswered:,} of its "
                 f"{total:,} items: {reason}",
                 "hint": "Those items are pending (not billed): run the same command again to submit them in a new job.",
             }
@@ -812,14 +861,19 @@ def _failed_hint(job_id: str, api: BatchAPI) -> str:
 
 
 def _refuse(
-    batch: Batch, journal: Journal, item_ids: Iterable[str], exc: APIStatusError, what: str, prog: Progress
+    batch: Batch,
+    journal: Journal,
+    count: int,
+    item_ids: Iterable[str],
+    exc: APIStatusError,
+    what: str,
+    prog: Progress,
 ) -> None:
     """The service refused an input file or a job for what it is (``REFUSED``): each of its items is a
     BatchJobFailedError, recorded (nothing was run or billed), so that the next run does not send them again
     unless their question changed or ``--retry-errors`` is given; said in ``prog.job_failures`` (the CLI
-    exits 5)."""
-    ids = list(item_ids)
-    message = f"the Batch API refused {what} ({len(ids):,} requests): {exc}"
+    exits 5). ``item_ids`` (``count`` of them) are read as they are recorded."""
+    message = f"the Batch API refused {what} ({count:,} requests): {exc}"
     error = BatchJobFailedError(
         message,
         code=exc.code,
@@ -828,7 +882,7 @@ def _refuse(
         f"changed prompt, model or option is sent again), or run the same command with --retry-errors to "
         f"send them as they are. The items are errors in {batch.output}.",
     )
-    for item_id in ids:
+    for item_id in item_ids:
         item = batch.spool.get(item_id)
         if item is not None:
             batch._record_error(journal, item, error, prog, attempts=1)

@@ -6,10 +6,13 @@ Nothing here reads more than a file's first bytes: media are checked and prepare
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
+import itertools
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,57 +43,181 @@ def _is_media_file(path: Path) -> bool:
     return path.suffix.lower() in MEDIA_SUFFIXES or media_kind(Source(str(path), "file", path=path)) != "image"
 
 
-def _walk(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                path = Path(root) / name
-                if path.is_file() and _is_media_file(path):  # not a pipe, socket or device (reading one blocks)
-                    found.append(path)
-    return found
-
-
 _URL_PREFIXES = ("http://", "https://", "oss://", "data:", "file://")
+SORT_CHUNK = 256  # names read back at a time from a sort (``_Sorter``)
 
 
 def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
-    """Media references from arguments: URLs as given; files as given (even missing or invalid ones: they
-    become item errors); folders walked recursively for media files (hidden ones skipped); globs expanded
-    (``**`` included). Duplicates are dropped, order is kept.
+    """Media references from arguments, as a list: ``iter_inputs``' (see it for the order and the errors)."""
+    return list(iter_inputs(inputs))
 
-    Raises UsageError (exit 2) for an empty argument (``""`` is no name for the current folder), MediaError
-    (an input error, exit 3) for a glob that matches nothing and for a missing folder: an
-    argument that does not exist and ends with a path separator or has no extension (``photos/``,
-    ``photos``), which cannot be meant as one media file."""
-    refs: list[str] = []
-    for arg in inputs:
+
+def iter_inputs(inputs: Iterable[str]) -> Iterator[str]:
+    """Media references from arguments, made as they are taken: URLs as given; files as given (even missing or
+    invalid ones: they become item errors); folders walked recursively for media files (hidden ones skipped; in
+    ``os.walk``'s order: a folder's files by name, then its subfolders by name); globs expanded (``**``
+    included) in sorted order. Duplicates are dropped, order is kept. The walks, the sorts and the set of
+    references already given are kept in a temporary SQLite database (``spool.temporary_db``), not in memory, so
+    a folder of any size costs no memory per file (``bench/bench_batch.py --case folder``).
+
+    Raises UsageError (exit 2) at once for an empty argument (``""`` is no name for the current folder), MediaError
+    (an input error, exit 3) at once for a glob that matches nothing and for a missing folder:
+    an argument that does not exist and ends with a path separator or has no extension (``photos/``,
+    ``photos``), which cannot be meant as one media file; and, while iterated, UsageError when the temporary
+    database cannot be written (``spool.temporary_error``)."""
+    args = list(inputs)
+    for arg in args:
         if not arg.strip():  # never "." (the current folder, walked): an unset shell variable, most likely
             raise UsageError(
                 "an argument is empty: it names no file, folder or glob",
                 hint='Remove it, or check the variable that gave it (an unset "$DIR" is empty).',
             )
         if arg[:12].lower().startswith(_URL_PREFIXES):
-            refs.append(arg)
             continue
         path = Path(arg).expanduser()
         if path.is_dir():
-            refs.extend(str(p) for p in _walk(path))
-        elif not path.exists() and _GLOB_CHARS & set(arg):
-            matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
-            if not matches:
+            continue
+        if not path.exists() and _GLOB_CHARS & set(arg):
+            if next(glob.iglob(os.path.expanduser(arg), recursive=True), None) is None:
                 raise MediaError(f"no file matches {arg!r}", hint="Check the pattern and the current folder.")
-            for match in matches:
-                if Path(match).is_dir():
-                    refs.extend(str(q) for q in _walk(Path(match)))
-                else:
-                    refs.append(match)
         elif not path.exists() and (arg.endswith(("/", os.sep)) or not path.suffix):
             raise MediaError(f"no such file or folder: {arg}", hint="Check the path: nothing was sent.")
-        else:
-            refs.append(arg)
-    return list(dict.fromkeys(refs))
+    return _unique(args)
+
+
+def _unique(args: list[str]) -> Iterator[str]:
+    from qwenvl.batch.spool import temporary_db  # (the spool imports this module)
+
+    sorter = _Sorter(temporary_db())
+    try:
+        with sorter.io():
+            sorter.conn.execute("CREATE TABLE seen (ref BLOB PRIMARY KEY) WITHOUT ROWID")
+        for arg in args:
+            for ref in _expand(arg, sorter):
+                with sorter.io():
+                    new = sorter.conn.execute("INSERT OR IGNORE INTO seen VALUES (?)", (_key(ref),)).rowcount
+                if new:
+                    yield ref
+    finally:
+        sorter.conn.close()
+
+
+def _expand(arg: str, sorter: _Sorter) -> Iterator[str]:
+    """The references one argument stands for (``iter_inputs``), duplicates included."""
+    if arg[:12].lower().startswith(_URL_PREFIXES):
+        yield arg
+        return
+    path = Path(arg).expanduser()
+    if path.is_dir():
+        yield from _walk(path, sorter)
+    elif not path.exists() and _GLOB_CHARS & set(arg):
+        matches = glob.iglob(os.path.expanduser(arg), recursive=True)
+        for match in sorter.sorted((_key(m), m) for m in matches):
+            if Path(match).is_dir():
+                yield from _walk(Path(match), sorter)
+            else:
+                yield match
+    else:
+        yield arg
+
+
+def _key(name: str) -> bytes:
+    """A name as bytes that sort as Python sorts the string (UTF-8 keeps code point order; ``surrogatepass``
+    takes the lone surrogates that stand for a file name's undecodable bytes)."""
+    return name.encode("utf-8", "surrogatepass")
+
+
+def _walk(folder: Path, sorter: _Sorter) -> Iterator[str]:
+    """The media files under ``folder`` (hidden files and folders skipped, symbolic links to folders not followed,
+    folders that cannot be read skipped: as ``os.walk`` does), in ``os.walk``'s order with each folder's names
+    sorted: its files, then each subfolder. Every file is keyed by its path from ``folder``, each folder on the
+    way as ``\\x02 name \\x00`` and the file as ``\\x01 name`` (so that a folder's files come before its
+    subfolders', and a name before the longer names it begins), and read back sorted by that key."""
+
+    def found() -> Iterator[tuple[bytes, str]]:
+        stack: list[tuple[Path, bytes]] = [(folder, b"")]
+        while stack:
+            where, prefix = stack.pop()
+            try:
+                entries = os.scandir(where)
+            except OSError:
+                continue
+            with entries:
+                while True:
+                    try:
+                        entry = next(entries, None)
+                    except OSError:  # a folder that cannot be read further (os.walk stops there too)
+                        break
+                    if entry is None:
+                        break
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    path = where / entry.name
+                    if is_dir:
+                        if not entry.is_symlink():
+                            stack.append((path, prefix + b"\x02" + _key(entry.name) + b"\x00"))
+                    elif path.is_file() and _is_media_file(path):  # not a pipe, socket or device (reading one blocks)
+                        yield prefix + b"\x01" + _key(entry.name), str(path)
+
+    return sorter.sorted(found())
+
+
+class _Sorter:
+    """Sorts of (key, value) pairs through one temporary database: each sort is written whole, then read back by
+    key ``SORT_CHUNK`` rows at a time (sorts may nest: a glob's matches, then a folder among them)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.runs = itertools.count()
+        try:
+            with self.io():
+                conn.execute("CREATE TABLE sorting (run INTEGER, key BLOB, value TEXT, PRIMARY KEY (run, key))")
+        except BaseException:
+            conn.close()
+            raise
+
+    @staticmethod
+    @contextlib.contextmanager
+    def io() -> Iterator[None]:
+        from qwenvl.batch.spool import temporary_error
+
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise temporary_error(exc) from None
+
+    def sorted(self, pairs: Iterable[tuple[bytes, str]]) -> Iterator[str]:
+        run = next(self.runs)
+        insert = "INSERT OR IGNORE INTO sorting VALUES (?, ?, ?)"
+        with self.io():
+            self.conn.execute("BEGIN")
+            try:
+                self.conn.executemany(insert, ((run, key, value) for key, value in pairs))
+            finally:
+                self.conn.execute("COMMIT")
+        return self._read(run)
+
+    def _read(self, run: int) -> Iterator[str]:
+        last = b""
+        try:
+            while True:
+                with self.io():
+                    rows = self.conn.execute(
+                        "SELECT key, value FROM sorting WHERE run = ? AND key > ? ORDER BY key LIMIT ?",
+                        (run, last, SORT_CHUNK),
+                    ).fetchall()
+                if not rows:
+                    return
+                last = rows[-1][0]
+                for _, value in rows:
+                    yield value
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("DELETE FROM sorting WHERE run = ?", (run,))
 
 
 def no_media_found(inputs: Sequence[str]) -> MediaError:

@@ -796,8 +796,10 @@ class Journal:
 
     # --- Batch API jobs --------------------------------------------------------------------------
     def add_batch(
-        self, batch_id: str, input_file_id: str, model: str, item_ids: list[str], status: str = "submitted"
+        self, batch_id: str, input_file_id: str, model: str, item_ids: Iterable[str], status: str = "submitted"
     ) -> None:
+        """Record a job (or, ``status="uploaded"``, an input file: ``add_upload``) and make its items (read as
+        iterated) 'submitted' in it, in one transaction."""
         with self._io(), self._transaction():
             self.conn.execute(
                 "INSERT INTO batches (id, input_file_id, model, status, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -807,7 +809,7 @@ class Journal:
                 "UPDATE items SET status = 'submitted', batch_id = ? WHERE id = ?", ((batch_id, i) for i in item_ids)
             )
 
-    def add_upload(self, input_file_id: str, model: str, item_ids: list[str]) -> str:
+    def add_upload(self, input_file_id: str, model: str, item_ids: Iterable[str]) -> str:
         """Record an uploaded input file before its job is created (so that a run stopped between the two finds
         the job by its file instead of creating, and paying for, a second one). Its items are 'submitted' under
         the placeholder job id returned (``UPLOAD_PREFIX`` + the file id) until ``attach_job``."""
@@ -838,11 +840,57 @@ class Journal:
             WHERE b.merged = 0 GROUP BY b.id ORDER BY b.created_at""").fetchall()
         return [dict(r) for r in rows]
 
-    def batch_items(self, batch_id: str) -> set[str]:
-        rows = self.conn.execute(
-            "SELECT id FROM items WHERE batch_id = ? AND status = 'submitted'", (batch_id,)
-        ).fetchall()
-        return {r["id"] for r in rows}
+    def count_batch_items(self, batch_id: str) -> int:
+        """How many items wait in the job (or upload) ``batch_id``: 'submitted' in it."""
+        with self._io():
+            row = self.conn.execute(
+                "SELECT count(*) FROM items WHERE batch_id = ? AND status = 'submitted'", (batch_id,)
+            ).fetchone()
+        return int(row[0])
+
+    def batch_item_ids(self, batch_id: str) -> Iterator[str]:
+        """The ids of the items waiting in ``batch_id`` (``count_batch_items``), read ``REGISTER_CHUNK`` at a time
+        by their id (nothing is kept per item), each chunk by its own query: the caller may record them meanwhile
+        (an item that leaves the job is not met again)."""
+        last = ""
+        while True:
+            with self._io():
+                rows = self.conn.execute(
+                    "SELECT id FROM items WHERE id > ? AND batch_id = ? AND status = 'submitted' ORDER BY id LIMIT ?",
+                    (last, batch_id, REGISTER_CHUNK),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for (item_id,) in rows:
+                yield item_id
+
+    def in_batch(self, item_id: str, batch_id: str) -> bool:
+        """Whether the item waits in the job ``batch_id`` (a result line for it is to be recorded)."""
+        with self._io():
+            row = self.conn.execute(
+                "SELECT 1 FROM items WHERE id = ? AND batch_id = ? AND status = 'submitted'", (item_id, batch_id)
+            ).fetchone()
+        return row is not None
+
+    def in_open_batch(self, item_id: str) -> bool:
+        """Whether the item waits in a job (or upload) not merged yet (``open_batches``): not to be submitted again."""
+        with self._io():
+            row = self.conn.execute(
+                "SELECT 1 FROM items i JOIN batches b ON b.id = i.batch_id WHERE i.id = ? AND i.status = 'submitted' "
+                "AND i.seq IS NOT NULL AND b.merged = 0",
+                (item_id,),
+            ).fetchone()
+        return row is not None
+
+    def release_batch(self, batch_id: str) -> int:
+        """The items still waiting in ``batch_id`` (``release_items``: pending again). Returns how many."""
+        with self._io():
+            cur = self.conn.execute(
+                "UPDATE items SET status = NULL, batch_id = NULL WHERE batch_id = ? AND status = 'submitted'",
+                (batch_id,),
+            )
+        return cur.rowcount
 
     def set_batch_status(self, batch_id: str, status: str, *, merged: bool = False) -> None:
         with self._io():

@@ -47,8 +47,8 @@ into a temporary SQLite file (``spool``); the estimate, the journal's registrati
 them back in chunks, and what is found per item (its fingerprint, a plan error, a cache hit, whether it is
 still to do) is kept there or in the journal, not in Python objects. Queues are bounded: the workers take
 items as they need them, a worker waits for its answer's commit, the usage log's writer makes producers wait
-when far behind. What stays per item in memory: the estimate's plan errors (``Estimate.errors``, invalid
-items only) and items that cannot be pickled (see ``spool``). Measured: ``bench/bench_batch.py --memory``.
+when far behind. What stays per item in memory: items that cannot be pickled (see ``spool``); an estimate
+keeps the first ``ERRORS_KEPT`` plan errors and counts the others. Measured: ``bench/bench_batch.py --memory``.
 
 Resume and output: see ``journal``. Cache: see ``cache``.
 """
@@ -105,6 +105,7 @@ from qwenvl.errors import (
     StreamInterruptedError,
     StructuredOutputError,
     UsageError,
+    detached,
 )
 from qwenvl.models import DEFAULT_MODEL, answer_cost, cost_fields, currency_of, estimate_cost, round_cost
 from qwenvl.notes import answer_notes
@@ -139,6 +140,7 @@ SERVICE_ERROR_TYPES = tuple(
         BatchJobFailedError,  # a Batch API job that failed as a whole, or its input the service refused
     )
 )
+ERRORS_KEPT = 20  # plan errors an Estimate holds (``Estimate.errors``): the rest are counted, not kept in memory
 COMMIT_TIMEOUT_S = 120.0  # the longest a worker waits for its answer's commit (SQLite's busy timeout is 10 s)
 
 
@@ -166,7 +168,8 @@ class Estimate:
     # a local model (the openai or transformers backend): no price, so the costs and the currency are None
     # (qwenvl.models.LOCAL) and ``max_cost`` cannot be exceeded
     local: bool = False
-    # plan errors by item id: the invalid items only (which items the cache answers is kept in the spool)
+    # plan errors by item id: the first ERRORS_KEPT invalid items' (``invalid`` counts them all; each one's error is
+    # kept in the spool, and recorded in the output by the run; which items the cache answers is in the spool too)
     errors: dict[str, QwenVLError] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -611,12 +614,14 @@ class Batch:
         models: set[str] = set()
         errors: list[tuple[int, dict[str, Any]]] = []
         cached: list[int] = []
+        first: list[QwenVLError] = []  # the first plan error, and whether every later one is the same (one rule)
+        same = True
 
         def one(seq: int, item: BatchItem) -> tuple[int, str, Any]:
             try:
                 call = self.planner.plan(item.request, estimate_only=True)
             except (MediaError, UsageError) as exc:
-                return seq, item.id, exc
+                return seq, item.id, detached(exc)  # kept as data (its future would hold its frames)
             if self.mode == "batch-api":
                 from qwenvl.batch.batchapi import not_batchable
 
@@ -635,8 +640,15 @@ class Batch:
             return seq, item.id, (call.model, call.request.max_tokens, tokens, unknown, hit)
 
         def fold(seq: int, item_id: str, res: Any) -> None:
+            nonlocal same
             if isinstance(res, QwenVLError):
-                est.errors[item_id] = res
+                est.invalid += 1
+                if len(est.errors) < ERRORS_KEPT:
+                    est.errors[item_id] = res
+                if not first:
+                    first.append(res)
+                elif same:
+                    same = type(res) is type(first[0]) and getattr(res, "message", None) == first[0].message
                 errors.append((seq, error_record(res)))
             elif self._fold_estimate(est, models, res, self.planner.region):
                 cached.append(seq)
@@ -661,30 +673,26 @@ class Batch:
             for f in running:
                 fold(*f.result())
         self.spool.set_estimates(errors, cached)
-        est.invalid = len(est.errors)
         est.models = sorted(models)
-        self._refuse_all_invalid(est)
+        if first and same:
+            self._refuse_all_invalid(est, first[0])
         self._estimate = est
         return est
 
     @staticmethod
-    def _refuse_all_invalid(est: Estimate) -> None:
+    def _refuse_all_invalid(est: Estimate, first: QwenVLError) -> None:
         """A rule that makes every pending item fail the same way (one UsageError message for all: the run's own
         settings, e.g. a stream-only model in batch-api mode, a field no model takes) refuses the run now, before
         anything is written or sent, rather than recording it as every item's error (exit 0 and nothing done). An
         item's own faults (a missing file, errors that differ, a batch of one item) are recorded as its error as
-        before."""
-        errors = list(est.errors.values())
+        before. Called when every plan error of ``est`` was of the type and message of ``first``."""
         # one item alone failing is its own fault as much as the run's: recorded, as any item's (its line in the
         # output); the CLI refuses its flags' rules itself (cli.batch._check_flags)
-        if len(errors) < 2 or len(errors) != est.pending or not all(type(e) is type(errors[0]) for e in errors):
-            return
-        first = errors[0]
-        if not isinstance(first, UsageError) or any(e.message != first.message for e in errors):
+        if est.invalid < 2 or est.invalid != est.pending or not isinstance(first, UsageError):
             return
         from qwenvl.batch.batchapi import NotBatchableError
 
-        every = f"every one of the {len(errors):,} pending items"
+        every = f"every one of the {est.invalid:,} pending items"
         hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.hint
         refused = type(first)(f"{first.message} ({every}): nothing was sent or written", hint=hint)
         raise refused

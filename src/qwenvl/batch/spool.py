@@ -4,7 +4,8 @@
 passes over the items several times (the estimate, registering them in the journal, sending the pending
 ones), so the items are written once, as they come, to a private temporary SQLite database: one row per item
 with its position, id, fingerprint (``journal.fingerprint``), whether it has media, the item itself
-(pickled) and what the estimate found (a plan error, a cache hit). Every later pass reads rows back
+(pickled), what the estimate found (a plan error, a cache hit) and, in Batch API mode, which input file its
+line was written to. Every later pass reads rows back
 ``CHUNK`` at a time, so a batch's memory does not grow with its number of items (``bench/bench_batch.py
 --memory``). An item that cannot be pickled (e.g. a ``schema`` given as a pydantic class defined inside a
 function) is kept in memory instead, and only that one.
@@ -51,22 +52,49 @@ _SCHEMA = """CREATE TABLE items (
     prev_status TEXT,
     error TEXT,                  -- the estimate's plan error (JSON, as in the output's "error")
     cached INTEGER NOT NULL DEFAULT 0,   -- the estimate found it answered by the cache
-    todo INTEGER NOT NULL DEFAULT 0)     -- the run's view: pending in the journal"""
+    todo INTEGER NOT NULL DEFAULT 0,     -- the run's view: pending in the journal
+    upload INTEGER)              -- the Batch API input file its line was written to (batchapi: one per file)"""
+
+
+def temporary_error(exc: sqlite3.Error | OSError) -> UsageError:
+    """The one-line error for a batch's temporary file that cannot be written (the spool; the Batch API's input
+    files, written before they are uploaded): why, and the folder it goes to."""
+    if is_disk_full(exc):
+        why = "no space left"
+    else:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UsageError(
+        f"cannot write the batch's temporary file: {why}",
+        hint="It is written to $SQLITE_TMPDIR, else $TMPDIR, else /var/tmp or /tmp (about the size of the "
+        "items): free some space there or point TMPDIR to a folder with room, then run again (finished "
+        "items are kept).",
+    )
 
 
 @contextlib.contextmanager
 def _io() -> Iterator[None]:
-    """SQLite errors of the spool as one-line UsageErrors."""
+    """SQLite errors of the spool as one-line UsageErrors (``temporary_error``)."""
     try:
         yield
     except sqlite3.Error as exc:
-        why = "no space left" if is_disk_full(exc) else str(exc)
-        raise UsageError(
-            f"cannot write the batch's temporary file: {why}",
-            hint="It is written to $SQLITE_TMPDIR, else $TMPDIR, else /var/tmp or /tmp (about the size of the "
-            "items): free some space there or point TMPDIR to a folder with room, then run again (finished "
-            "items are kept).",
-        ) from None
+        raise temporary_error(exc) from None
+
+
+def temporary_db() -> sqlite3.Connection:
+    """A new private temporary database (see the module: deleted by SQLite, nothing left behind), in autocommit
+    mode, shareable between threads (the caller serialises its uses), with a page cache of ``CACHE_KIB`` and no
+    rollback journal (what is written is rebuilt rather than recovered). Raises UsageError (``temporary_error``)."""
+    conn = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+    try:
+        with _io():
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            conn.execute("PRAGMA temp_store = FILE")
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class Spool:
@@ -81,7 +109,7 @@ class Spool:
         """Take every item of ``items`` (once, in order). Raises UsageError for an item that is not a
         ``BatchItem`` and for a repeated id, and whatever iterating ``items`` raises (e.g. ``read_requests``'
         UsageError for a malformed line)."""
-        conn = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+        conn = temporary_db()
         self._close = weakref.finalize(self, conn.close)
         self.conn = conn
         self.lock = threading.Lock()
@@ -89,11 +117,6 @@ class Spool:
         self.count = 0
         try:
             with _io():
-                conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-                conn.execute("PRAGMA temp_store = FILE")
-                # no rollback journal: the spool is rebuilt rather than recovered (a failed Batch is not reused)
-                conn.execute("PRAGMA journal_mode = OFF")
-                conn.execute("PRAGMA synchronous = OFF")
                 conn.execute(_SCHEMA)
                 self._take(items, fingerprint, has_media)
         except BaseException:
@@ -266,6 +289,27 @@ class Spool:
         for rows in self._locked(self._chunks("todo = 1", ", cached")):
             for seq, blob, cached in rows:
                 yield self._load(seq, blob), bool(cached)
+
+    # --- the Batch API's input files ------------------------------------------------------------------
+    def set_upload(self, item_ids: Iterable[str], upload: int) -> None:
+        """Record that the lines of ``item_ids`` were written to the Batch API input file numbered ``upload``."""
+        with self.lock, _io():
+            self.conn.executemany("UPDATE items SET upload = ? WHERE id = ?", ((upload, i) for i in item_ids))
+
+    def upload_ids(self, upload: int) -> Iterator[str]:
+        """The ids of the items whose lines are in the input file ``upload`` (``set_upload``), in input order,
+        read ``CHUNK`` at a time."""
+        last = -1
+        while True:
+            with self.lock, _io():
+                rows = self.conn.execute(
+                    "SELECT seq, id FROM items WHERE seq > ? AND upload = ? ORDER BY seq LIMIT ?", (last, upload, CHUNK)
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for _, item_id in rows:
+                yield item_id
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -12,6 +12,7 @@ The work is done by ``qwenvl.batch``; this module parses flags, asks about the c
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, jobs_left, not_batchable
-from qwenvl.batch.inputs import expand_inputs, iter_items_from_inputs, no_media_found, read_requests
+from qwenvl.batch.inputs import iter_inputs, iter_items_from_inputs, no_media_found, read_requests
 from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
 from qwenvl.cli.common import (
@@ -404,10 +405,11 @@ def run(opts: dict[str, Any]) -> None:
                 'no prompt: give one with -p "..."',
                 hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
             )
-        refs = expand_inputs(opts["inputs"])
-        if not refs:
+        refs = iter_inputs(opts["inputs"])  # walked as Batch takes them: no list of paths
+        first = next(refs, None)
+        if first is None:
             raise no_media_found(opts["inputs"])
-        items = iter_items_from_inputs(refs, {"prompt": prompt, **fields})  # made as Batch takes them
+        items = iter_items_from_inputs(itertools.chain((first,), refs), {"prompt": prompt, **fields})
     job = Batch(
         items,
         opts["output"],
