@@ -382,3 +382,58 @@ def test_cli_loads_only_the_verb_it_runs(server, env, png) -> None:
     assert verbs <= {"main", "ask", "common", "signals", "streams", "render", "tasks_common"}, verbs
     loaded = _imported(_cli(["ask", str(png), "what is it?"]), env)
     assert not loaded & unneeded, loaded & unneeded
+
+
+def test_a_batch_prepares_a_shared_image_once_in_one_bounded_cache(server, tmp_path, monkeypatch) -> None:
+    """Every shard's client of a batch shares one cache of prepared media: an image every item names is prepared
+    once (not once per shard), and a batch keeps at most one cache's bound (a cache per client kept up to
+    PREPARED_CACHE_BYTES per shard: 8 shards at concurrency 64)."""
+    from qwenvl.batch import Batch, BatchItem
+
+    photo = corpus.photo_jpeg(tmp_path, "shared.jpg", (2400, 1800))  # over the budget: prepared, not passed
+    checked: list[str] = []
+    real = prepare_module._check_image
+
+    def spy(part: Any, data: Any, info: Any, label: str, options: MediaOptions) -> Any:
+        if not options.estimate_only:  # the estimate reads headers only, and is not cached
+            checked.append(part.image)
+        return real(part, data, info, label, options)
+
+    monkeypatch.setattr(prepare_module, "_check_image", spy)
+    items = [BatchItem(id=f"i{n}", request={"prompt": f"question {n}", "image": str(photo)}) for n in range(24)]
+    with Batch(items, tmp_path / "out.jsonl", base_url=server.url, api_key=API_KEY, concurrency=24) as batch:
+        summary = batch.run()
+        clients = {id(c.prepared) for c in [batch.planner, batch._new_client()]}
+    assert summary.ok == 24
+    assert len(clients) == 1  # one cache for the planner and every shard
+    assert checked.count(str(photo)) == 1, checked  # prepared once (24 workers at once), sent 24 times
+
+
+def test_threads_asking_for_what_another_prepares_wait_for_it() -> None:
+    """``get_or_make``: one make per key at a time; a failed make is not stored, and the waiters make their own."""
+    import threading
+    import time
+
+    cache = PreparedCache(max_bytes=10_000)
+    made: list[int] = []
+
+    def slow() -> str:
+        made.append(1)
+        time.sleep(0.2)
+        return "v"
+
+    results: list[tuple[Any, bool]] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_make("k", slow, len))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(made) == 1 and len(results) == 8 and {v for v, _ in results} == {"v"}
+    assert sorted(hit for _, hit in results) == [False] + [True] * 7
+
+    def failing() -> str:
+        raise ValueError("bad file")
+
+    for _ in range(2):  # nothing stored, nothing left waiting
+        with pytest.raises(ValueError):
+            cache.get_or_make("bad", failing, len)

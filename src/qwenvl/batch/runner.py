@@ -107,6 +107,7 @@ from qwenvl.errors import (
     UsageError,
     detached,
 )
+from qwenvl.media.prepare import PreparedCache
 from qwenvl.models import DEFAULT_MODEL, answer_cost, cost_fields, currency_of, estimate_cost, round_cost
 from qwenvl.notes import answer_notes
 from qwenvl.outputs import check_writable
@@ -388,6 +389,9 @@ class Batch:
             "backend": backend,
             **{k: v for k, v in backend_options.items() if v is not None},
         }
+        # media prepared once per batch, whichever shard's client prepares it: one bounded cache for all of them
+        # (a client each would keep up to PREPARED_CACHE_BYTES per shard: 8 shards at concurrency 64)
+        self.prepared = client.prepared if client is not None else PreparedCache()
         # plans only (sends nothing), unless a client was given: it does both
         self.planner = client if client is not None else self._new_client()
         self.currency = currency_of(self.planner.region)
@@ -433,13 +437,16 @@ class Batch:
         self.close()
 
     def _new_client(self) -> Client:
-        """A client with the batch's settings and its stores (shared: one cache and one log per batch)."""
+        """A client with the batch's settings and its stores (shared: one response cache, one usage log and one
+        cache of prepared media per batch)."""
         cache, usage_log = self.cache, self.usage_log
-        return Client(
+        client = Client(
             **self.client_options,
             cache=False if cache is None else cache,  # (an empty cache is falsy: it has a length)
             usage_log=False if usage_log is None else usage_log,
         )
+        client.prepared = self.prepared
+        return client
 
     # --- before anything is sent ----------------------------------------------------------------
     def check(self) -> None:

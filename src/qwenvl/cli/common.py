@@ -40,7 +40,6 @@ from qwenvl.errors import (
     safe_line,
     terminal_safe,
 )
-from qwenvl.media.pdf import check_page_spec
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
 from qwenvl.retry import RetryNotice
@@ -510,6 +509,8 @@ def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -
     """``--pages`` checked while parsing, whatever the files (``qwenvl.media.pdf.check_page_spec``: bad syntax,
     page 0, a reversed range such as ``3-1``): HintedBadParameter (exit 2). "" is left to ``refuse_blank``."""
     if value is not None and value.strip():
+        from qwenvl.media.pdf import check_page_spec  # pypdfium2 loads only when --pages is given
+
         try:
             check_page_spec(value)
         except UsageError as exc:

@@ -117,6 +117,7 @@ class PreparedMessages:
 
 
 PREPARED_CACHE_BYTES = 32_000_000  # what one client keeps of media it prepared (``PreparedCache``), in bytes
+PREPARED_WAIT_S = 120.0  # the longest a thread waits for another preparing the same media (``PreparedCache``)
 
 
 class PreparedCache:
@@ -129,13 +130,47 @@ class PreparedCache:
     hit is what preparing again would give, checks included; a file that fails them is never stored. Nothing
     estimate-only or kept decoded is stored. At most ``max_bytes`` of prepared data (data: URLs) is kept, the
     least recently used dropped first; one entry larger than half of it (a long video's frames) is not kept.
-    Thread-safe (an ``AsyncClient`` prepares in worker threads, a batch in several)."""
+    Thread-safe (an ``AsyncClient`` prepares in worker threads, a batch in several), and one preparation per
+    key at a time (``get_or_make``): threads that ask for what another is preparing wait for it (at most
+    ``PREPARED_WAIT_S``, then prepare it themselves), so the 64 workers of a batch whose items share an image
+    prepare it once, not 64 times at once."""
 
     def __init__(self, max_bytes: int = PREPARED_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._making: dict[Hashable, threading.Event] = {}
+
+    def get_or_make(self, key: Hashable, make: Callable[[], Any], size: Callable[[Any], int]) -> tuple[Any, bool]:
+        """(value, True) stored under ``key``, else (``make()``, False), kept with ``size(value)`` bytes. While
+        one thread makes a key's value, the others wait for it (up to ``PREPARED_WAIT_S``) instead of making it
+        too; when it was not stored (``make`` raised, or the value was too large to keep) each makes its own.
+        Raises what ``make`` raises."""
+        while True:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    return entry[0], True
+                making = self._making.get(key)
+                if making is None:
+                    making = self._making[key] = threading.Event()
+                    break
+            if not making.wait(PREPARED_WAIT_S):
+                return make(), False  # the other is slow: do not wait for ever
+            with self._lock:
+                if key not in self._entries:  # it failed or was too large: each makes its own
+                    break
+        try:
+            value = make()
+            self.put(key, value, size(value))
+            return value, False
+        finally:
+            with self._lock:
+                if self._making.get(key) is making:
+                    del self._making[key]
+            making.set()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -201,12 +236,8 @@ def _cached_item(
     """``make()``, or a copy of what it gave before for ``key`` (with ``ref`` as its source)."""
     if cache is None or key is None:
         return make()
-    hit = cache.get(key)
-    if hit is None:
-        item = make()
-        cache.put(key, _copy(item), _item_size(item))
-        return item
-    return _copy(hit, source=ref)
+    item, hit = cache.get_or_make(key, make, _item_size)
+    return _copy(item, source=ref) if hit else _copy(item)
 
 
 def prepare_messages(
