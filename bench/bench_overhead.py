@@ -403,7 +403,7 @@ def check_costs(card: Path, media: dict[str, tuple[Path, str]], n: int = 100) ->
     for case, (path, mime) in {"PNG test card, RGB": (card, "image/png"), **media}.items():
         data = path.read_bytes()
         info = images.identify(data, case)
-        how = {"PNG": "every chunk's CRC", "JPEG": "entropy decode at 1/8 scale", "WEBP": "full decode"}[info.format]
+        how = {"PNG": "every chunk's CRC", "JPEG": "segments walked to the EOI", "WEBP": "RIFF chunks walked"}[info.format]
         rows.append(
             f"| {case} | {len(data):,} | {median_us(images.identify, data, case):.0f} | "
             f"{median_us(images.verify, data, info, case):.0f} | {how} | {median_us(data_url, path, mime):.0f} |"
@@ -535,9 +535,10 @@ openai caller builds each data URL in the timed call, the Conversation's caller 
 
 A file's rows differ from the first table's PNG row only in the file sent (a Conversation's, in the turns
 before), so what one costs more is its own checks. Those checks alone, for a file new to the client (medians
-of 100 calls, after the timed rounds): `verify` reads all of the pixel data so that a truncated or damaged
-file is refused before it is paid for; a PNG passing through costs a CRC walk, a JPEG a 1/8-scale entropy
-decode (progressive: every scan), a WebP a full decode (Pillow has no cheaper one).
+of 100 calls, after the timed rounds): `verify` checks that the pixel data is complete, so that a file cut
+short is refused before it is paid for, without decoding anything: a PNG's chunk CRCs, a JPEG's segments
+and scans walked to its EOI, a WebP's RIFF chunks walked to the declared end (`qwenvl.media.images.verify`).
+A file of at most 1 MiB is read in one read and identified once (`prepare.read_image`).
 
 {table3}
 """

@@ -368,12 +368,16 @@ def _check_image(
     )
 
 
+SMALL_IMAGE_BYTES = 1 << 20  # a file this small is read whole at once and identified once (``read_image``)
+
+
 def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.ImageInfo]:
     """(bytes, header) of a local image or data: URL, reading no more than needed: refused from its size before
     anything is read when over what an image may weigh (``MAX_IMAGE_FILE_BYTES`` before preparation;
     ``MAX_IMAGE_BYTES`` with ``prepare=False``, sent as it is), identified from its header (a file that is no
     image fails having read only its first bytes), then read whole, except estimate-only with ``prepare=True``,
-    which needs only the header (``b""`` returned). Raises MediaError (exit 3)."""
+    which needs only the header (``b""`` returned). A file of at most ``SMALL_IMAGE_BYTES`` is read whole in one
+    read and identified once (the per-request cost of a small image). Raises MediaError (exit 3)."""
     if options.prepare:
         check_size(source, MAX_IMAGE_FILE_BYTES, what="an image file", hint=_SMALLER)
     else:
@@ -381,16 +385,19 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
     if source.kind == "data":  # in memory already: decoded once
         data = read_bytes(source)
         return data, images.identify(data, source.label)
+    header_only = options.estimate_only and options.prepare
     with open_source(source) as fh:
-        try:
-            fh.read(HEAD_BYTES)  # a file that cannot be read says so (not "not an image")
-            fh.seek(0)
+        try:  # a file that cannot be read says so (not "not an image")
+            head = fh.read(HEAD_BYTES if header_only else SMALL_IMAGE_BYTES + 1)
         except OSError as exc:
             raise MediaError(
                 f"cannot read {source.label}: {exc.strerror or exc}", source=source.ref, hint=PERMISSION_HINT
             ) from None
+        if not header_only and len(head) <= SMALL_IMAGE_BYTES:  # all of it: one read, one identify
+            return head, images.identify(head, source.label)
+        fh.seek(0)
         info = images.identify(fh, source.label)
-    if options.estimate_only and options.prepare:
+    if header_only:
         return b"", info
     data = read_bytes(source)
     return data, images.identify(data, source.label)
