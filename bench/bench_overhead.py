@@ -403,7 +403,8 @@ def check_costs(card: Path, media: dict[str, tuple[Path, str]], n: int = 100) ->
     for case, (path, mime) in {"PNG test card, RGB": (card, "image/png"), **media}.items():
         data = path.read_bytes()
         info = images.identify(data, case)
-        how = {"PNG": "every chunk's CRC", "JPEG": "segments walked to the EOI", "WEBP": "RIFF chunks walked"}[info.format]
+        how = {"PNG": "every chunk's CRC", "JPEG": "segments walked to the EOI", "WEBP": "RIFF chunks walked"}
+        how = how[info.format]
         rows.append(
             f"| {case} | {len(data):,} | {median_us(images.identify, data, case):.0f} | "
             f"{median_us(images.verify, data, info, case):.0f} | {how} | {median_us(data_url, path, mime):.0f} |"
