@@ -50,21 +50,27 @@ def serving(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.communicate(timeout=10)[1]
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_healthy(url, proc)
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert "Traceback" not in err, err
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Wait until the server ``proc`` started answers ``url``/health (at most ``timeout_s``); fail with its stderr
+    if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.communicate(timeout=10)[1]
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)
 
 
 def wait_ready(url: str, timeout_s: float = 120) -> dict:

@@ -34,6 +34,7 @@ from dashscope_server import DashScopeServer, Reply
 from fault_server import FaultServer
 from qwenvl.server.app import ServeSettings, create_app
 from test_serve import COMPAT, NATIVE, SERVE_KEY, Served, data_url
+from test_serve_checks import wait_healthy
 
 MODEL = "qwen3-vl-plus"
 HEADERS = {"Authorization": f"Bearer {SERVE_KEY}"}
@@ -298,15 +299,7 @@ def test_shutdown_answers_the_requests_in_flight_in_their_protocol(workers):
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.2)
+            wait_healthy(url, proc)
             ways = [(p, s) for p in ("compat", "native") for s in (False, True)]
             seen: dict[tuple[str, bool], dict[str, Any]] = {w: {} for w in ways}
             readers = [threading.Thread(target=_read, args=(url, *w, seen[w]), daemon=True) for w in ways]

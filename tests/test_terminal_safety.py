@@ -20,9 +20,9 @@ from test_chat_tty import HOSTILE, RAW, _is_safe
 SHORT = "cat\x1b[2J\x1b]0;pwned\x07\x1b[31m red\u202e"  # one line: a label, a model name, a status
 
 
-def on_terminal(cwd, *args: str) -> str:
-    """What ``qwenvl ARGS`` shows on a terminal (stdout and stderr both are the pseudo-terminal)."""
-    env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "250", "LINES": "40"}
+def on_terminal(cwd, *args: str, columns: int = 250) -> str:
+    """What ``qwenvl ARGS`` shows on a terminal ``columns`` wide (stdout and stderr both are the pseudo-terminal)."""
+    env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": str(columns), "LINES": "40"}
     child = pexpect.spawn(
         sys.executable,
         ["-m", "qwenvl", *args],
@@ -30,7 +30,7 @@ def on_terminal(cwd, *args: str) -> str:
         cwd=str(cwd),
         encoding="utf-8",
         timeout=60,
-        dimensions=(40, 250),
+        dimensions=(40, columns),
     )
     try:
         child.expect(pexpect.EOF)
@@ -128,24 +128,11 @@ def test_the_usage_line_keeps_the_request_id_whole_on_an_80_column_terminal(serv
     """ask's and ocr's usage line is longer than 80 columns: the terminal wraps it (soft wrap), rich never breaks
     it, so the request id is one piece when copied; a model name that looks like rich markup is shown as given."""
     write_image(isolated_env / "a.png", (200, 100))
-    env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "80", "LINES": "40"}
     for verb in (["ask", "a.png", "what is this?"], ["ocr", "a.png"]):
         server.enqueue(Reply(text="an answer", model="qwen3-vl-plus[bold]x[/bold]"))
-        child = pexpect.spawn(
-            sys.executable,
-            ["-m", "qwenvl", *verb, "--base-url", server.url],
-            env=env,
-            cwd=str(isolated_env),
-            encoding="utf-8",
-            timeout=60,
-            dimensions=(40, 80),
-        )
-        try:
-            child.expect(pexpect.EOF)
-        finally:
-            child.close()
-        lines = [line for line in child.before.splitlines() if "request " in line]
-        assert len(lines) == 1, child.before  # one line (the terminal wraps it), the id after its label
+        seen = on_terminal(isolated_env, *verb, "--base-url", server.url, columns=80)
+        lines = [line for line in seen.splitlines() if "request " in line]
+        assert len(lines) == 1, seen  # one line (the terminal wraps it), the id after its label
         assert "qwen3-vl-plus[bold]x[/bold]" in lines[0], lines[0]
         request_id = lines[0].split("request ")[1].split("\x1b")[0].strip()
         assert len(request_id) >= 16 and " " not in request_id, lines[0]
