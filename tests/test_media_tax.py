@@ -409,6 +409,22 @@ def test_a_batch_prepares_a_shared_image_once_in_one_bounded_cache(server, tmp_p
     assert checked.count(str(photo)) == 1, checked  # prepared once (24 workers at once), sent 24 times
 
 
+def test_a_batch_does_not_keep_images_sent_as_they_are(tmp_path: Path) -> None:
+    """What passes through (checked, nothing decoded) is cheap to check again: a batch's cache keeps only what cost
+    a decode, a sampling or a rendering, so items naming distinct small images do not fill it; a client's (a
+    conversation's) keeps both."""
+    from qwenvl.batch import Batch, BatchItem
+
+    small = _small(tmp_path, "baseline jpeg")
+    large = corpus.photo_jpeg(tmp_path, "large.jpg", (3000, 2000))
+    with Batch([BatchItem(id="x", request={"prompt": "x"})], tmp_path / "o.jsonl", api_key=API_KEY) as batch:
+        kinds = [(batch.prepared, 1), (PreparedCache(), 2)]
+        for cache, kept in kinds:
+            for path in (small, large):
+                prepare_image(ImagePart(image=str(path)), MediaOptions(model=QWEN3), cache)
+            assert len(cache) == kept
+
+
 def test_threads_asking_for_what_another_prepares_wait_for_it() -> None:
     """``get_or_make``: one make per key at a time; a failed make is not stored, and the waiters make their own."""
     import threading

@@ -391,7 +391,7 @@ class Batch:
         }
         # media prepared once per batch, whichever shard's client prepares it: one bounded cache for all of them
         # (a client each would keep up to PREPARED_CACHE_BYTES per shard: 8 shards at concurrency 64)
-        self.prepared = client.prepared if client is not None else PreparedCache()
+        self.prepared = client.prepared if client is not None else PreparedCache(keep_as_given=False)
         # plans only (sends nothing), unless a client was given: it does both
         self.planner = client if client is not None else self._new_client()
         self.currency = currency_of(self.planner.region)

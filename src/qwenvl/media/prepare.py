@@ -103,6 +103,9 @@ class PreparedItem:
     fps: float | None = None  # a sampled video's actual frame rate, sent beside the frame list
     estimate: bool = False  # made by estimate-only preparation: ``sent`` is a placeholder, bytes_sent is 0
     pixels: Any = None  # keep_pixels: the RGB PIL image as the model will see it (a frame list: one per frame)
+    # the file's own bytes are sent (nothing decoded or encoded): cheap to check again, so a batch's
+    # ``PreparedCache`` does not keep it (items naming distinct small images would fill it for nothing)
+    as_given: bool = False
 
 
 @dataclass
@@ -135,15 +138,21 @@ class PreparedCache:
     ``PREPARED_WAIT_S``, then prepare it themselves), so the 64 workers of a batch whose items share an image
     prepare it once, not 64 times at once."""
 
-    def __init__(self, max_bytes: int = PREPARED_CACHE_BYTES) -> None:
+    def __init__(self, max_bytes: int = PREPARED_CACHE_BYTES, *, keep_as_given: bool = True) -> None:
         self.max_bytes = max_bytes
+        # keep_as_given=False: an image sent as it is (``PreparedItem.as_given``) is not kept: a batch's cache, where
+        # items that name distinct small images would fill it for nothing (a conversation's keeps them)
+        self.keep_as_given = keep_as_given
         self._entries: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._making: dict[Hashable, threading.Event] = {}
 
-    def get_or_make(self, key: Hashable, make: Callable[[], Any], size: Callable[[Any], int]) -> tuple[Any, bool]:
-        """(value, True) stored under ``key``, else (``make()``, False), kept with ``size(value)`` bytes. While
+    def get_or_make(
+        self, key: Hashable, make: Callable[[], Any], size: Callable[[Any], int | None]
+    ) -> tuple[Any, bool]:
+        """(value, True) stored under ``key``, else (``make()``, False), kept with ``size(value)`` bytes (not kept
+        when that is None: a value not worth keeping). While
         one thread makes a key's value, the others wait for it (up to ``PREPARED_WAIT_S``) instead of making it
         too; when it was not stored (``make`` raised, or the value was too large to keep) each makes its own.
         Raises what ``make`` raises."""
@@ -164,7 +173,9 @@ class PreparedCache:
                     break
         try:
             value = make()
-            self.put(key, value, size(value))
+            nbytes = size(value)
+            if nbytes is not None and (self.keep_as_given or not getattr(value, "as_given", False)):
+                self.put(key, value, nbytes)
             return value, False
         finally:
             with self._lock:
@@ -216,6 +227,7 @@ def _digest(src: bytes | Path) -> bytes:
 
 
 def _item_size(item: PreparedItem) -> int:
+    """What keeping ``item`` costs in bytes (its data URLs, and a little for the rest)."""
     sent = [item.sent] if isinstance(item.sent, str) else item.sent
     return sum(len(url) for url in sent) + 512
 
@@ -365,9 +377,11 @@ def _check_image(
         height=height,
         tokens=tokens.image_tokens(h_bar, w_bar, options.model.factor),
         notes=notes,
+        as_given=encoded is data and (not options.prepare or SENT_AS_GIVEN in notes),  # checked, nothing decoded
     )
 
 
+SENT_AS_GIVEN = "sent as given (within budget, nothing to convert)"  # the note of an image passed through
 SMALL_IMAGE_BYTES = 1 << 20  # a file this small is read whole at once and identified once (``read_image``)
 
 
@@ -514,7 +528,7 @@ def _prepare_local_image(
     target, _, notes = _sent_image_size(info, label, part, options)
     if target is None and images.passes_through(info, len(data)):
         images.verify(data, info, label)  # the pixel data is complete (PNG: chunk CRCs; JPEG: a 1/8 decode)
-        notes.append("sent as given (within budget, nothing to convert)")
+        notes.append(SENT_AS_GIVEN)
         return data, info.mime, (info.width, info.height), notes
     decoded = images.decode(data, info, label, size=target)  # upright, exactly the target size when given
     notes.extend(decoded.notes)
