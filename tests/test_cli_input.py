@@ -6,6 +6,7 @@ where it can occur, before anything is sent; or, where the input means something
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -462,3 +463,30 @@ def test_a_param_value_that_is_not_a_finite_number_is_refused(files, server, val
     error, hint = _one_error_and_hint(p.stderr)
     assert "is not a finite number" in error and "--param k=" in hint
     assert server.requests == []
+
+
+def test_a_file_name_that_is_not_utf8_works_in_folders_globs_batch_and_sessions(files, server, isolated_env):
+    """Found by a new user: folder walks, quoted globs, batch items and chat sessions crashed (exit 5) on a name
+    holding bytes that are not UTF-8; `ask` on the file itself worked. Every one works now, the name escaped."""
+    folder = files / "nf"
+    folder.mkdir()
+    name = os.fsdecode(b"na\xefve.png")
+    write_image(folder / name)
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    base = ["--base-url", server.compat_base]
+    assert run_cli("tokens", "nf", env=env).returncode == 0
+    p = run_cli("ask", "nf/*.png", "-p", "x", *base, env=env)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("batch", "nf", "-p", "x", "-o", "out.jsonl", "--yes", *base, env=env)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in (files / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["status"] for r in rows if "id" in r] == ["ok"] and rows[-1]["id"] == "nf/na\\udcefve.png"
+    p = run_cli("batch", "nf", "-p", "x", "-o", "out.jsonl", "--yes", *base, env=env)  # a rerun: nothing sent
+    assert p.returncode == 0, p.stderr
+    before = len(server.requests)
+    p = run_cli("chat", f"nf/{name}", "--session", "nu8", *base, env=env, input="hello\n")
+    assert p.returncode == 0, p.stderr
+    p = run_cli("chat", "--session", "nu8", *base, env=env, input="again\n")
+    assert p.returncode == 0, p.stderr
+    assert len(server.requests) == before + 2  # both turns sent, the second with the saved session's image
+    assert json.dumps(server.requests[-1].json).count('"data:image/png') == 1

@@ -167,6 +167,9 @@ def test_a_jpeg_with_restart_markers_or_a_trailer_passes() -> None:
     assert not images.jpeg_complete(buf.getvalue()[:-40])
     filled = buf.getvalue()[:-2] + b"\xff\xff\xff\xd9"  # fill bytes before the EOI (T.81 B.1.1.2)
     assert images.jpeg_complete(filled)
+    data = buf.getvalue()
+    no_scan = data[: data.index(b"\xff\xda")] + b"\xff\xd9"  # headers, then the EOI: no pixel data at all
+    assert not images.jpeg_complete(no_scan)
     buf = io.BytesIO()
     photo.save(buf, "JPEG", quality=85, progressive=True)
     assert images.jpeg_complete(buf.getvalue()) and not images.jpeg_complete(buf.getvalue()[:-3])

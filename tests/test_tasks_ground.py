@@ -243,6 +243,28 @@ def test_ground_a_pdf_page(server, env, isolated_env):
     assert p.returncode == 2 and "PDFs only" in p.stderr
 
 
+def test_ground_takes_pages_as_one_page_or_refuses_it(server, env, isolated_env):
+    """`--pages` (every verb's option) was accepted and ignored: page 1 was read whatever it said."""
+    sizes = [(400, 560), (560, 400)]
+    pages = [Image.new("RGB", size, "white") for size in sizes]
+    pages[0].save(isolated_env / "doc.pdf", save_all=True, append_images=pages[1:])
+    server.enqueue(Reply(text='[{"bbox_2d": [0, 0, 500, 500], "label": "table"}]'))
+    p = ground(env, "doc.pdf", "table", "--pages", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["width"] > out["height"]  # page 2 is the landscape one
+    for args, words in (
+        (["--pages", "1-2"], "ground reads one page"),
+        (["--pages", "2", "--page", "1"], "not both"),
+    ):
+        p = ground(env, "doc.pdf", "table", *args)
+        assert p.returncode == 2 and words in p.stderr, p.stderr
+    write_image(isolated_env / "a.png")
+    for verb in (["ground", "a.png", "x"], ["ask", "a.png", "-p", "x"], ["ocr", "a.png"]):
+        p = run_cli(*verb, "--pages", "2", env=env)
+        assert p.returncode == 2 and "--pages applies to PDFs only" in p.stderr, (verb, p.stderr)
+
+
 # --- boxes and points outside the image, and boxes with no area: dropped, named and counted -----------------
 
 

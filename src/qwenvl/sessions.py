@@ -181,7 +181,12 @@ class Session:
             "updated": time.time(),
             "messages": [m.model_dump(mode="json", exclude_none=True) for m in messages],
         }
-        write_atomic(self.path, [json.dumps(data, ensure_ascii=False, indent=1)], mode=0o600)  # private chats
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8: its lone surrogates as \u escapes (read back so)
+            text = json.dumps(data, ensure_ascii=True, indent=1)
+        write_atomic(self.path, [text], mode=0o600)  # private chats
 
 
 def list_sessions() -> list[str]:

@@ -196,7 +196,9 @@ class _Sorter:
         with self.io():
             self.conn.execute("BEGIN")
             try:
-                self.conn.executemany(insert, ((run, key, value) for key, value in pairs))
+                # the value as bytes too: a file name that is not UTF-8 holds lone surrogates, which sqlite3
+                # cannot store as text
+                self.conn.executemany(insert, ((run, key, _key(value)) for key, value in pairs))
             finally:
                 self.conn.execute("COMMIT")
         return self._read(run)
@@ -214,7 +216,7 @@ class _Sorter:
                     return
                 last = rows[-1][0]
                 for _, value in rows:
-                    yield value
+                    yield value.decode("utf-8", "surrogatepass")
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("DELETE FROM sorting WHERE run = ?", (run,))
@@ -231,7 +233,8 @@ def no_media_found(inputs: Sequence[str]) -> MediaError:
 
 
 def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem]:
-    """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref.
+    """One item per media reference: ``{**fields, "image": ref}`` (``"video"`` for a video); id = the ref (a name
+    that is not UTF-8 escaped, ``na\\udcefve.jpg``).
     ``iter_items_from_inputs`` makes them one at a time (what ``qwenvl batch`` gives ``Batch``)."""
     return list(iter_items_from_inputs(refs, fields))
 
@@ -240,7 +243,11 @@ def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Itera
     """``items_from_inputs``, each item made (and its file sniffed) as it is taken: no list of items."""
     for ref in refs:
         key = "video" if media_kind(ref) == "video" else "image"
-        yield BatchItem(id=ref, request={**fields, key: ref}, input=ref)
+        # a file name that is not UTF-8 (lone surrogates) is the item's id and input as text, escaped as every
+        # message shows it (``na\udcefve.jpg``, ``errors.safe_line``): journals, outputs and logs are UTF-8; the
+        # request keeps the real name to read it
+        shown = ref.encode("utf-8", "backslashreplace").decode("utf-8")
+        yield BatchItem(id=shown, request={**fields, key: ref}, input=shown)
 
 
 def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> Iterator[BatchItem]:

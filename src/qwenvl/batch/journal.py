@@ -174,7 +174,8 @@ def _legacy_asked(fields: dict[str, Any], defaults: dict[str, Any] | None) -> di
 
 def _hash(data: dict[str, Any]) -> str:
     text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    # surrogatepass: a file name that is not UTF-8 holds lone surrogates (the same bytes as before for all else)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def legacy_fingerprints(fields: dict[str, Any], defaults: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    check_pages_apply,
     err_console,
     generation_options,
     make_client,
@@ -46,6 +47,7 @@ def ask(opts: dict[str, Any]) -> None:
     last); a missing file is an error (exit 3), never the prompt.
     """
     prompt, refs = prompt_and_media(opts["media"], opts["prompt"])
+    check_pages_apply(opts, refs)
     images, video = split_media(refs)
     fields = request_fields(opts)
     client = make_client(opts)

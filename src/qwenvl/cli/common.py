@@ -505,6 +505,24 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return out
 
 
+def check_pages_apply(opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages") -> None:
+    """``--pages`` (ground's ``--page``) selects pages of a PDF: given where no MEDIA is a PDF, or might be one (a
+    URL's kind is not known here), a UsageError (exit 2) rather than silently nothing. A file that cannot be
+    read is left to the checks that name it."""
+    if not opts.get(option.lstrip("-")):
+        return
+    from qwenvl.media.sources import media_kind
+
+    for ref in refs:
+        try:
+            source = classify(ref)
+            if source.is_remote or media_kind(source) == "pdf":
+                return
+        except MediaError:
+            return
+    raise UsageError(f"{option} applies to PDFs only", hint=f"Leave out {option} for an image or a video.")
+
+
 def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--pages`` checked while parsing, whatever the files (``qwenvl.media.pdf.check_page_spec``: bad syntax,
     page 0, a reversed range such as ``3-1``): HintedBadParameter (exit 2). "" is left to ``refuse_blank``."""

@@ -12,6 +12,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    check_pages_apply,
     err_console,
     generation_options,
     make_client,
@@ -61,6 +62,7 @@ def extract(opts: dict[str, Any]) -> None:
             "extract needs at least one file",
             hint="For example: qwenvl extract invoice.png --schema invoice.schema.json",
         )
+    check_pages_apply(opts, files)
     csv_path = check_writable(opts["csv_file"]) if opts["csv_file"] else None
     client = make_client(opts)
     if opts["dry_run"]:

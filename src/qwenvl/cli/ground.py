@@ -11,6 +11,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    check_pages_apply,
     err_console,
     generation_options,
     make_client,
@@ -88,11 +89,18 @@ def ground(opts: dict[str, Any]) -> None:
         out = check_writable(opts["out_file"])
         image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
+    page = opts["page"]
+    given = fields.pop("pages", None)  # --pages, of the options every verb shares: ground reads one page
+    if given is not None:
+        if page is not None:
+            raise UsageError("give --page or --pages, not both", hint="ground reads one page: give --page N.")
+        if not given.strip().isdigit():
+            raise UsageError(f"ground reads one page, not --pages {given}", hint="Give one page: --page N.")
+        page = int(given)
+    check_pages_apply({"page": page, "pages": page}, [image], "--pages" if given is not None else "--page")
     pdf = media_kind(classify(image)) == "pdf"
-    if opts["page"] is not None and not pdf:
-        raise UsageError("--page applies to PDFs only", hint="Leave out --page for an image.")
     if pdf:
-        fields["pages"] = str(opts["page"] or 1)
+        fields["pages"] = str(page or 1)
     client = make_client(opts)
     call = plan_ground(client, image, query, points=opts["points"], **fields)
     if opts["dry_run"]:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    check_pages_apply,
     err_console,
     generation_options,
     make_client,
@@ -90,9 +91,8 @@ def ocr(opts: dict[str, Any]) -> None:
     model = model_for(client, fields)
     if (options or opts["task"]) and model.family != "qwen-vl-ocr":
         note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
+    check_pages_apply(opts, [source])
     pdf = media_kind(classify(source)) == "pdf"
-    if opts["pages"] and not pdf:
-        raise UsageError("--pages applies to PDFs only", hint="Leave out --pages for an image.")
     plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"], **fields)
     if opts["dry_run"]:
         dry_run(client, next(iter(plans))[1])

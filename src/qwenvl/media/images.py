@@ -289,20 +289,21 @@ _JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def jpeg_complete(data: bytes) -> bool:
-    """True when ``data`` is a JPEG whose segments (each with its declared length) and scans (entropy-coded data
-    up to the next marker) run from SOI to an EOI, as in ITU T.81 B.1; trailing bytes after the EOI (an MPO's
-    other images, a maker's trailer) are allowed. False for a file cut short anywhere. Raises nothing."""
+    """True when ``data`` is a JPEG whose segments (each with its declared length) and at least one scan
+    (entropy-coded data up to the next marker) run from SOI to an EOI, as in ITU T.81 B.1; trailing bytes after
+    the EOI (an MPO's other images, a maker's trailer) are allowed. False for a file cut short anywhere. Raises
+    nothing."""
     if data[:2] != b"\xff\xd8":
         return False
-    pos, end = 2, len(data)
+    pos, end, scans = 2, len(data), 0
     while pos + 2 <= end:
         if data[pos] != 0xFF:
             return False
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte before a marker
             pos += 1
-        elif marker == 0xD9:  # EOI
-            return True
+        elif marker == 0xD9:  # EOI: complete only after a scan (an image with no pixel data is not)
+            return scans > 0
         elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn, TEM: no length
             pos += 2
         else:
@@ -314,6 +315,7 @@ def jpeg_complete(data: bytes) -> bool:
             if marker != 0xDA:  # SOS: its entropy-coded data runs to the next marker
                 pos = stop
                 continue
+            scans += 1
             found = _JPEG_NEXT_MARKER.search(data, stop)
             if found is None:
                 return False

@@ -64,7 +64,8 @@ def cache_key(protocol: str, endpoint: str, body: dict[str, Any]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint}, sort_keys=True).encode())
     h.update(b"\n")
-    h.update(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    h.update(text.encode("utf-8", "surrogatepass"))  # a file name that is not UTF-8 holds lone surrogates
     return h.hexdigest()
 
 
@@ -82,7 +83,7 @@ def source_key(protocol: str, endpoint: str, call: Call) -> str:
             {"v": KEY_VERSION, "protocol": protocol, "endpoint": endpoint, "request": asked},
             sort_keys=True,
             ensure_ascii=False,
-        ).encode("utf-8")
+        ).encode("utf-8", "surrogatepass")  # a file name that is not UTF-8 holds lone surrogates
     )
     for message in call.history:
         for part in message.media():
