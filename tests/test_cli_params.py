@@ -250,8 +250,12 @@ def test_budget_options_that_contradict_are_usage_errors(server, env, image):
     assert p.returncode == 2, p.stderr
     assert "max_pixels (--max-pixels) 100 is below" in p.stderr and "4,096" in p.stderr
     assert "min_pixels (4096)" not in p.stderr  # not a value the user never set
-    p = run_cli("ground", str(image), "dog", "--detail", "low", "--high-res", env=env)
-    assert p.returncode == 2 and "contradict" in p.stderr, p.stderr
+    for flags in (["--detail", "low", "--high-res"], ["--detail", "high", "--no-high-res"]):  # both directions
+        p = run_cli("ground", str(image), "dog", *flags, env=env)
+        assert p.returncode == 2 and "contradict" in p.stderr, (flags, p.stderr)
+        with make_client(server) as client, pytest.raises(UsageError, match="contradict"):
+            detail = flags[1]
+            client.plan(prompt="x", image=str(image), detail=detail, vl_high_resolution_images=detail == "low")
     with make_client(server) as client, pytest.raises(UsageError, match="below"):
         client.plan(prompt="x", image=str(image), max_pixels=100)
     assert model_calls(server) == []

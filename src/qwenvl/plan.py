@@ -118,13 +118,18 @@ def check_high_res(request: Request, model: ModelInfo) -> None:
 
 def check_budget(request: Request, model: ModelInfo) -> None:
     """Refuse contradictory budget options (UsageError, exit 2), in the user's own terms: ``detail="low"`` with
-    ``vl_high_resolution_images`` on, and a ``max_pixels`` below the model's minimum image
-    (``ModelInfo.min_pixels``, 4 tokens) when ``min_pixels`` is not given (an explicit min above max is the
-    Request's own check). ``max_pixels`` is ignored with high resolution, as the service does."""
+    ``vl_high_resolution_images`` on, ``detail="high"`` with it off (False, not None), and a ``max_pixels`` below
+    the model's minimum image (``ModelInfo.min_pixels``, 4 tokens) when ``min_pixels`` is not given (an explicit
+    min above max is the Request's own check). ``max_pixels`` is ignored with high resolution, as the service does."""
     if request.detail == "low" and request.vl_high_resolution_images:
         raise UsageError(
             "--detail low and --high-res contradict each other (a smaller budget, and the high-resolution one)",
             hint="Keep one: --detail low for fewer tokens, or --high-res for up to 16384 tokens per image.",
+        )
+    if request.detail == "high" and request.vl_high_resolution_images is False:
+        raise UsageError(
+            "--detail high and --no-high-res contradict each other (detail high is the high-resolution budget)",
+            hint="Keep one: --detail high for up to 16384 tokens per image, or --no-high-res for the default.",
         )
     given = request.max_pixels
     if given is not None and request.min_pixels is None and not high_resolution(request) and given < model.min_pixels:
