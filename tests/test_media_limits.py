@@ -220,3 +220,14 @@ def test_a_library_frame_list_of_one_text_file_is_named_as_neither(isolated_env,
     with make_client(server) as client, pytest.raises(MediaError, match="neither a video nor an image") as info:
         client.plan(prompt="what happens?", video=["clip.bin"], estimate_only=True)
     assert "Supported videos" in (info.value.hint or "")
+
+
+def test_a_file_just_over_the_limit_is_said_in_bytes_and_the_hint_fits(isolated_env, env):
+    """One byte over: "67.1 MB; ... at most 67.1 MB" read as no fault at all; the sizes are said in bytes then.
+    With --no-resize, a file too large for preparation too is not told to let qwenvl prepare it."""
+    sparse(isolated_env / "over.png", MAX_IMAGE_FILE_BYTES + 1)
+    said = run_cli("tokens", "over.png", env=env)
+    assert f"is {MAX_IMAGE_FILE_BYTES + 1:,} bytes" in said.stdout + said.stderr
+    assert f"at most {MAX_IMAGE_FILE_BYTES:,} bytes" in said.stdout + said.stderr
+    p = run_cli("ask", "over.png", "-p", "x", "--no-resize", "--dry-run", env=env)
+    assert p.returncode == 3 and "drop --no-resize" not in p.stderr and "smaller file" in p.stderr, p.stderr

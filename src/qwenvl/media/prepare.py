@@ -43,6 +43,7 @@ from qwenvl.media.sources import (
     open_regular,
     open_source,
     read_bytes,
+    source_size,
     to_data_url,
 )
 from qwenvl.models import (
@@ -394,8 +395,10 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
     read and identified once (the per-request cost of a small image). Raises MediaError (exit 3)."""
     if options.prepare:
         check_size(source, MAX_IMAGE_FILE_BYTES, what="an image file", hint=_SMALLER)
-    else:
-        check_size(source, MAX_IMAGE_BYTES, what="one image sent as it is", hint=_PREPARE_IT)
+    else:  # preparing would help only a file that preparation takes at all
+        size = source_size(source)
+        hint = _PREPARE_IT if size is None or size <= MAX_IMAGE_FILE_BYTES else _SMALLER
+        check_size(source, MAX_IMAGE_BYTES, size=size, what="one image sent as it is", hint=hint)
     if source.kind == "data":  # in memory already: decoded once
         data = read_bytes(source)
         return data, images.identify(data, source.label)

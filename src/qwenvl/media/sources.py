@@ -272,8 +272,11 @@ def check_size(
     source). Raises MediaError (exit 3) with ``hint`` (a default that says to send a smaller file)."""
     size = source_size(source) if size is None else size
     if size is not None and size > limit:
+        said, most = _mb(size), _mb(limit)
+        if said == most:  # just over: the rounded sizes would read the same
+            said, most = f"{size:,} bytes", f"{limit:,} bytes"
         raise MediaError(
-            f"{source.label} is {_mb(size)}; {what} may be at most {_mb(limit)} (nothing was read)",
+            f"{source.label} is {said}; {what} may be at most {most} (nothing was read)",
             source=source.ref,
             hint=hint or "Send a smaller file (lower resolution, or shorter).",
         )
