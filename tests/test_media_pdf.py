@@ -305,6 +305,9 @@ def test_prepare_messages_expands_a_pdf(doc: Path) -> None:
     prepared = prepare_messages(messages, MediaOptions(model=PLUS))
     parts = prepared.messages[0].content
     assert [type(p).__name__ for p in parts] == ["TextPart", "ImagePart", "ImagePart", "ImagePart", "TextPart"]
+    for item in prepared.items:  # a rendered page is not "sent as given": it was rendered and encoded
+        assert any("rendered from the PDF" in n for n in item.notes), item.notes
+        assert not any("sent as given" in n for n in item.notes), item.notes
     images = [p for p in parts if isinstance(p, ImagePart)]
     assert [close(centre(p.image), c) for p, (_, _, c) in zip(images, THREE_PAGES, strict=True)] == [True] * 3
     assert len(prepared.items) == 3

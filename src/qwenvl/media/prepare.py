@@ -259,8 +259,9 @@ def prepare_messages(
     """Every image and video of ``messages`` prepared (``prepare_image``, ``prepare_video``; a local PDF first
     rendered to page images, ``expand_documents``). ``cache``: media prepared before are taken from it
     (``PreparedCache``), and what is prepared now is kept in it. Raises MediaError, UsageError (as those)."""
+    rendered: set[str] = set()  # the data URLs of rendered PDF pages (their notes say so, not "sent as given")
     if not options.estimate_only:
-        messages = expand_documents(messages, options, cache)
+        messages = expand_documents(messages, options, cache, rendered)
     out: list[Message] = []
     items: list[PreparedItem] = []
     for message in messages:
@@ -273,6 +274,9 @@ def prepare_messages(
                 document = _pdf_source(part.image) if options.estimate_only else None
                 pages = _estimate_document(part, document, options) if document is not None else None
                 for item in pages if pages is not None else [prepare_image(part, options, cache)]:
+                    if part.image in rendered and SENT_AS_GIVEN in item.notes:
+                        page = "rendered from the PDF and encoded (PNG or JPEG by the images' rule)"
+                        item.notes = [page if note == SENT_AS_GIVEN else note for note in item.notes]
                     items.append(item)
                     parts.append(part.model_copy(update={"image": item.sent}))
             elif isinstance(part, VideoPart):
@@ -887,7 +891,10 @@ def _prepare_frame_list(part: VideoPart, options: MediaOptions, cache: PreparedC
 
 
 def expand_documents(
-    messages: list[Message], options: MediaOptions, cache: PreparedCache | None = None
+    messages: list[Message],
+    options: MediaOptions,
+    cache: PreparedCache | None = None,
+    rendered: set[str] | None = None,
 ) -> list[Message]:
     """Replace every image part that is a local PDF (by content) with one image part per rendered page.
 
@@ -930,6 +937,8 @@ def expand_documents(
                 if cache is not None:
                     cache.put(key, urls, sum(len(url) for url in urls))
             parts.extend(part.model_copy(update={"image": url}) for url in urls)
+            if rendered is not None:
+                rendered.update(urls)
             changed = True
         out.append(message.model_copy(update={"content": parts}) if changed else message)
     return out
