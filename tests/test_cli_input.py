@@ -443,13 +443,24 @@ def test_the_readme_shows_json_output_as_it_is_printed(files, server, command, a
 
 
 @pytest.mark.parametrize(
-    "args", [["tokens", ""], ["tokens", "a.png", " "], ["batch", "run", "", "-p", "x", "-o", "o.jsonl"]]
+    "args",
+    [
+        ["tokens", ""],
+        ["tokens", "a.png", " "],
+        ["batch", "run", "", "-p", "x", "-o", "o.jsonl"],
+        ["ground", "a.png", ""],  # the query: was "empty media reference", exit 3
+        ["ask", "", "-p", "x"],
+        ["ocr", ""],
+        ["extract", "a.png", "", "--schema", "s.json"],
+        ["models", ""],  # printed the whole table
+    ],
 )
-def test_an_empty_file_argument_is_refused_never_the_current_folder(files, server, args):
+def test_an_empty_argument_is_refused_never_the_current_folder(files, server, args):
+    """One rule for a blank argument on every verb: exit 2, one line (it was exit 3 on some verbs, 0 on others)."""
     p = run_cli(*args, env={"DASHSCOPE_API_KEY": API_KEY})
     assert p.returncode == 2, p.stderr
     error, _ = _one_error_and_hint(p.stderr)
-    assert error == "error: an argument is empty: it names no file, folder or glob"
+    assert error == "error: an argument is empty: it names no file, URL or text"
     assert "a.png" not in p.stdout and not (files / "o.jsonl").exists()
 
 

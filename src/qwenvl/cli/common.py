@@ -303,12 +303,20 @@ def refuse_non_utf8(ctx: click.Context, opts: dict[str, Any]) -> None:
 
 
 def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
-    """The one rule for an option given as "" or only spaces (``--session ""``, ``--model " "``, ``-o ""``): a
-    usage error (exit 2) naming it, never silently the default or nothing. No text option of the CLI means
+    """The one rule for an option or argument given as "" or only spaces (``--session ""``, ``--model " "``,
+    ``-o ""``, ``qwenvl ground photo.jpg ""``): a usage error (exit 2) naming it, never silently the default,
+    nothing, or an input error. No text option of the CLI means
     anything when blank (a name, a path, a URL, a prompt, a stop sequence); ``--param KEY=`` is a value (JSON or
     text, "" included) and stays one. Run for every verb by ``pass_opts``; only what was given on the command
     line is checked."""
     for param in ctx.command.params:
+        if isinstance(param, click.Argument) and param.name is not None:  # a blank argument: one rule, every verb
+            if any(isinstance(v, str) and not v.strip() for v in _strings(opts.get(param.name))):
+                raise UsageError(
+                    "an argument is empty: it names no file, URL or text",
+                    hint='Remove it, or check the variable that gave it (an unset "$FILE" is empty).',
+                )
+            continue
         if not isinstance(param, click.Option) or param.name is None or param.is_flag or param.name == "extra":
             continue
         if ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
