@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import qwenvl
 from conftest import API_KEY, make_client, write_image
@@ -221,6 +222,24 @@ def test_a_file_damaged_after_attaching_is_dropped_alone(server, isolated_env):
             conv.send("first")
         assert conv.dropped == [str(bad)] and conv.images == [str(good)]
         assert conv.send("again").text == "echo: again [images=1 videos=0]"
+
+
+def test_a_file_of_an_earlier_turn_damaged_since_is_dropped_from_its_turn(server, isolated_env):
+    """Found by a new user: every later turn failed for good ("dropped" named nothing); now the earlier turn keeps
+    its text without the file, and the next turn goes."""
+    photo = isolated_env / "c3.jpg"
+    Image.new("RGB", (400, 300), (10, 120, 200)).save(photo, quality=85)
+    with make_client(server) as client:
+        conv = Conversation(client)
+        conv.attach(str(photo))
+        conv.send("first")
+        photo.write_bytes(photo.read_bytes()[:300])  # cut short since
+        with pytest.raises(qwenvl.MediaError):
+            conv.send("second")
+        assert conv.dropped == [str(photo)]
+        assert conv.send("third").text == "echo: third [images=0 videos=0]"
+        first = conv.messages[0]
+        assert first.media() == [] and "first" in json.dumps(first.model_dump())  # its text kept, not the file
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.media.sources import classify
 from qwenvl.plan import Call
-from qwenvl.sessions import Session, drop_unavailable_media
+from qwenvl.sessions import Session, drop_media, drop_unavailable_media
 from qwenvl.types import Message, Response, StreamEvent
 
 # The commands, by the name typed after "/" (lower case); "quit" is "exit".
@@ -207,6 +207,9 @@ class Conversation:
             self.images = [ref for ref in self.images if ref not in self.dropped]
             if self.video is not None and _refs_of(self.video)[0] in self.dropped:
                 self.video = None
+            source = exc.source  # a file of an earlier turn (changed or damaged since): its turn kept without it
+            self.messages, earlier = drop_media(self.messages, lambda ref: _names(source, ref))
+            self.dropped += [ref for ref in earlier if ref not in self.dropped]
             raise
 
     def _bad_attachments(self, exc: MediaError) -> list[str]:
@@ -218,9 +221,11 @@ class Conversation:
             except QwenVLError:
                 bad.append(ref)
         if not bad and exc.source:
-            bad = [
-                ref for ref in pending if exc.source in (ref, _label(ref)) or Path(exc.source).name == Path(ref).name
-            ]
+            bad = [ref for ref in pending if _names(exc.source, ref)]
+        if not bad and any(
+            _names(exc.source, ref) for m in self.messages for part in m.media() for ref in _part_refs(part)
+        ):
+            return []  # an earlier turn's file: ``_media_checked`` drops it from the history
         return bad or pending
 
     def send(self, text: str, **fields: Any) -> Response:
@@ -283,6 +288,16 @@ class Conversation:
 
 def _refs_of(media: str | list[str]) -> list[str]:
     return [media] if isinstance(media, str) else list(media)
+
+
+def _names(source: str | None, ref: str) -> bool:
+    """Whether a MediaError's ``source`` names the media reference ``ref`` (as given, labelled, or by file name)."""
+    return bool(source) and (source in (ref, _label(ref)) or Path(str(source)).name == Path(ref).name)
+
+
+def _part_refs(part: Any) -> list[str]:
+    value = part.image if hasattr(part, "image") else part.video
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _label(ref: str) -> str:

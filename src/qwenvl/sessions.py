@@ -10,6 +10,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -251,3 +252,22 @@ def drop_unavailable_media(messages: list[Message]) -> tuple[list[Message], list
             parts.append(part)
         out.append(message.model_copy(update={"content": parts}))
     return out, gone
+
+
+def drop_media(messages: list[Message], named: Callable[[str], bool]) -> tuple[list[Message], list[str]]:
+    """(messages, the refs dropped): the history without the media items for which ``named(ref)`` is true (a file
+    of an earlier turn that a turn could not send: changed or damaged since), each turn kept with its text."""
+    out: list[Message] = []
+    dropped: list[str] = []
+    for message in messages:
+        if isinstance(message.content, str) or not message.media():
+            out.append(message)
+            continue
+        parts = []
+        for part in message.content:
+            if isinstance(part, ImagePart | VideoPart) and any(named(ref) for ref in _refs(part)):
+                dropped.extend(ref for ref in _refs(part) if ref not in dropped)
+                continue
+            parts.append(part)
+        out.append(message.model_copy(update={"content": parts}))
+    return out, dropped
