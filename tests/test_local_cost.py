@@ -112,6 +112,8 @@ def test_the_usage_log_stores_no_price_for_a_local_answer(engine: EngineServer, 
         rows = conn.execute("SELECT protocol, cost, currency FROM requests").fetchall()
     log.close()
     assert rows == [("openai", None, None)]
+    total = json.loads(run_cli("usage", "--json").stdout)["total"]  # the totals say what they leave out
+    assert total["cost"] == {} and total["local_requests"] == 1
 
 
 def test_serve_and_the_playground_estimate_in_front_of_a_local_model(engine: EngineServer, png: Path) -> None:

@@ -39,7 +39,9 @@ def usage(opts: dict[str, Any]) -> None:
             costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
     if opts["as_json"]:  # sums of floats: 0.01974, not 0.01974000000000005; a local row's cost is null
         rows = [{**r, "cost": None if r["cost"] is None else round_cost(r["cost"])} for r in rows]
-        total = {**totals, "cost": {c: round_cost(v) for c, v in costs.items()}}
+        # "local_requests": the requests answered by local models, which have no price and are in no cost
+        local = sum(r["requests"] for r in rows if r.get("local"))
+        total = {**totals, "cost": {c: round_cost(v) for c, v in costs.items()}, "local_requests": local}
         print_json({"days": opts["days"], "rows": rows, "total": total, "log": str(log.path)})
         return
     console = out_console()
