@@ -111,6 +111,19 @@ def test_a_misspelt_param_is_refused_on_every_verb(server, env, media, protocol,
     assert model_calls(server) == []
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "abc", '"1"', "true", "[1]"])
+def test_a_numeric_param_that_is_not_a_number_is_refused_unsent(server, env, media, value):
+    """Found by a new user: `presence_penalty=nan` went as the text "nan" and came back a 400 (exit 5)."""
+    for key in ("presence_penalty", "repetition_penalty"):
+        p = run_cli("ask", media["image"], "-p", "x", "--param", f"{key}={value}", env=env)
+        assert p.returncode == 2 and f"{key}=" in p.stderr and "is not a number" in p.stderr, p.stderr
+    with qwenvl.Client(api_key="sk-x", base_url=server.url) as client, pytest.raises(qwenvl.UsageError):
+        client.plan(prompt="x", extra={"frequency_penalty": "0.5"})
+    assert model_calls(server) == []
+    p = run_cli("ask", media["image"], "-p", "x", "--param", "presence_penalty=0.5", env=env)
+    assert p.returncode == 0, p.stderr
+
+
 @pytest.mark.parametrize("protocol", ["compat", "native"])
 def test_an_unknown_param_is_sent_as_given_with_a_note(server, env, media, protocol):
     p = run_cli("ask", media["image"], "-p", "Describe", "--protocol", protocol, "--param", "x_house_flag=", env=env)

@@ -376,6 +376,11 @@ def _spelling(key: str) -> str:
     return key.strip().lower().replace("-", "_").replace(" ", "_")
 
 
+# The pass-through parameters whose value is a number (DashScope's API reference: ``dashscope-api.md``), checked
+# as such by ``check_extra`` ("nan", "inf" and quoted numbers were sent as text and refused by the service).
+NUMERIC_PARAMS = frozenset({"repetition_penalty", "presence_penalty", "frequency_penalty", "top_logprobs", "n"})
+
+
 def check_extra(extra: Mapping[str, Any], protocol: str) -> list[str]:
     """Check the names of pass-through parameters (``Request.extra``, the CLI's ``--param``) for ``protocol``.
 
@@ -420,6 +425,13 @@ def check_extra(extra: Mapping[str, Any], protocol: str) -> list[str]:
         if (protocol, key) not in _NOTED:
             _NOTED.add((protocol, key))
             log.warning("%s", note)
+    for key in sorted(NUMERIC_PARAMS & set(extra)):  # a number the service would refuse after the upload
+        value = extra[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UsageError(
+                f"{key}={value!r} is not a number (extra, --param): the service takes a number; nothing was sent",
+                hint=f'Give a number, e.g. --param {key}=1.1 (a quoted "1" is text).',
+            )
     if "n" in extra and extra["n"] != 1:
         raise UsageError(
             f"n={extra['n']!r}: qwenvl reads one answer per request, and the service would bill every one",
