@@ -327,6 +327,18 @@ def test_a_glob_that_cannot_be_used_says_why(photos, server, args, code, words):
     assert server.requests == []
 
 
+def test_a_quoted_glob_that_matches_a_folder_leaves_it_a_folder_as_the_shell_does(photos, server):
+    """Found by a new user: `ask 'g/*'` walked a matched subfolder where the shell's `ask g/*` refuses it."""
+    (photos / "photos" / "sub").mkdir()
+    write_image(photos / "photos" / "sub" / "c.png")
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    p = run_cli("ask", "photos/*", "-p", "x", "--base-url", server.compat_base, env=env)
+    assert p.returncode == 3 and "is a directory" in p.stderr, p.stderr
+    assert server.requests == []
+    p = run_cli("ask", "photos/**/*.png", "-p", "x", "--base-url", server.compat_base, env=env)
+    assert p.returncode == 0 and "images=1" in p.stdout, p.stderr  # the file in the subfolder, by the pattern
+
+
 def test_a_folder_hint_names_what_then_works(photos, server):
     p = run_cli("ask", "photos", "-p", "x", "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
     assert p.returncode == 3

@@ -765,7 +765,10 @@ def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, si
             out.append(arg)
             continue
         is_glob = bool(_GLOB_CHARS & set(arg))
-        if is_glob and (looks_like_file(arg) or glob.glob(os.path.expanduser(arg), recursive=True)):
+        matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True)) if is_glob else []
+        if is_glob and matches and not folders:  # as the shell expands it: a matched folder stays a folder
+            found = matches
+        elif is_glob and (looks_like_file(arg) or matches):
             found = expand_inputs([arg])  # MediaError when it matches nothing
         elif folders and os.path.isdir(os.path.expanduser(arg)):
             found = expand_inputs([arg])
