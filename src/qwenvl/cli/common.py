@@ -754,9 +754,10 @@ def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, si
     not a file and has ``*``, ``?`` or ``[`` is replaced by the files it matches (sorted; ``**`` recursive;
     a matched folder walked). One that matches nothing and looks like a file (``photos/*.jpg``) is a
     MediaError (exit 3); else it is left as it is (a prompt may hold a "?"). ``folders``: a folder is walked
-    for its media files too (verbs that treat each file on its own: ``extract``); elsewhere a folder stays
-    one argument, refused as a folder with the hint to give a glob. ``single`` (a verb that takes one file:
-    ``ground``, ``ocr``): a glob that matches several files is a UsageError (exit 2) naming how many."""
+    for its images and PDFs too, its videos left out (verbs that treat each file on its own: ``extract``);
+    elsewhere a folder stays one argument, refused as a folder with the hint to give a glob. ``single`` (a verb
+    that takes one file: ``ground``, ``ocr``): a glob that matches several files is a UsageError (exit 2) naming
+    how many."""
     from qwenvl.batch.inputs import expand_inputs, no_media_found
 
     out: list[str] = []
@@ -770,8 +771,10 @@ def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, si
             found = matches
         elif is_glob and (looks_like_file(arg) or matches):
             found = expand_inputs([arg])  # MediaError when it matches nothing
-        elif folders and os.path.isdir(os.path.expanduser(arg)):
-            found = expand_inputs([arg])
+        elif folders and os.path.isdir(os.path.expanduser(arg)):  # images and PDFs (the verbs that walk: no video)
+            from qwenvl.media.sources import media_kind
+
+            found = [ref for ref in expand_inputs([arg]) if media_kind(ref) != "video"]
         else:
             out.append(arg)
             continue
