@@ -528,3 +528,13 @@ def test_extract_walks_a_folder_for_images_and_pdfs_not_videos(files, server):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert [json.loads(line)["file"] for line in p.stdout.splitlines()] == ["g/a.png"]
+
+
+def test_a_bad_file_on_standard_input_is_named_as_standard_input(files, server):
+    """Found by a new user: the error named the temporary copy (/tmp/qwenvl-stdin-.../stdin)."""
+    data = (files / "a.png").read_bytes()
+    for verb in (["ask", "-", "-p", "x"], ["ocr", "-"]):
+        p = run_cli(*verb, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input=data[:60])
+        assert p.returncode == 3, p.stderr
+        error, _ = _one_error_and_hint(p.stderr)
+        assert "standard input (-)" in error and "qwenvl-stdin" not in p.stderr, p.stderr

@@ -88,7 +88,12 @@ def report(exc: QwenVLError) -> None:
     name, a URL or a key the user gave: the service's text is ``printable`` already) are shown escaped
     (``qwenvl.errors.safe_line``)."""
     console = err_console()
-    console.print(f"[bold red]error:[/] {escape(safe_line(str(exc)))}", highlight=False, soft_wrap=True)
+    message = str(exc)
+    ctx = click.get_current_context(silent=True)
+    stdin_file = ctx.meta.get(_STDIN_KEY) if ctx is not None else None
+    if stdin_file:  # the temporary copy of '-' is named as the user gave it
+        message = message.replace(stdin_file, "standard input (-)")
+    console.print(f"[bold red]error:[/] {escape(safe_line(message))}", highlight=False, soft_wrap=True)
     if isinstance(exc, StreamInterruptedError) and exc.partial_text:
         console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]", soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and exc.raw_text:
@@ -934,7 +939,12 @@ def with_stdin(refs: list[str]) -> list[str]:
             source=STDIN,
             hint=f"Pipe the file in: cat photo.jpg | qwenvl {verb} -",
         )
+    if ctx is not None:
+        ctx.meta[_STDIN_KEY] = str(path)
     return [str(path) if ref == STDIN else ref for ref in refs]
+
+
+_STDIN_KEY = "qwenvl.stdin_file"  # ctx.meta: the temporary file that stands for '-' (``with_stdin``, ``report``)
 
 
 def usage_line(response: Response, region: str | None = None) -> str:

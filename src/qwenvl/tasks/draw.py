@@ -192,7 +192,7 @@ def image_format(out: str | Path, what: str = "the output") -> str:
         said = f"{suffix!r} is not a picture format" if suffix else "it has no suffix to name a picture format"
         raise UsageError(
             f"{what} {safe_line(out)}: {said} (the format follows the suffix)",
-            hint=f"Name it {Path(out).stem or 'boxes'}.png (or .jpg, .webp).",
+            hint=f"Name it {Path(out).stem.rstrip('.') or 'boxes'}.png (or .jpg, .webp).",
         )
     return fmt
 
