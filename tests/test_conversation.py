@@ -224,6 +224,21 @@ def test_a_file_damaged_after_attaching_is_dropped_alone(server, isolated_env):
         assert conv.send("again").text == "echo: again [images=1 videos=0]"
 
 
+def test_attaching_a_file_cut_short_is_refused_at_once(server, isolated_env):
+    """Found by a new user: `/image trunc.jpg` attached it and the turn failed later; attaching now runs the
+    completeness check that sending runs (the README says so)."""
+    photo = isolated_env / "cut.jpg"
+    Image.new("RGB", (400, 300), (10, 120, 200)).save(photo, quality=85)
+    data = photo.read_bytes()
+    photo.write_bytes(data[: len(data) * 9 // 10])  # the header whole, the scan cut
+    with make_client(server) as client:
+        conv = Conversation(client)
+        with pytest.raises(qwenvl.MediaError, match="truncated or corrupt"):
+            conv.attach(str(photo))
+        assert conv.images == []
+    assert model_requests(server) == []
+
+
 def test_a_file_of_an_earlier_turn_damaged_since_is_dropped_from_its_turn(server, isolated_env):
     """Found by a new user: every later turn failed for good ("dropped" named nothing); now the earlier turn keeps
     its text without the file, and the next turn goes."""

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qwenvl.errors import MediaError, QwenVLError, UsageError
-from qwenvl.media.sources import classify
+from qwenvl.media import images as media_images
+from qwenvl.media.sources import classify, media_kind, read_bytes
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
 from qwenvl.types import Message, Response, StreamEvent
@@ -143,10 +144,18 @@ class Conversation:
     def check(self, images: list[str], video: str | list[str] | None = None) -> None:
         """Check media as the next turn will prepare them, from their headers (the client's estimate-only
         planning, ``qwenvl.media.prepare``: format, sides, aspect ratio, pixel and size limits, the model's
-        rules), nothing sent. Raises MediaError, UsageError; for a local backend, APIError when its server
-        must be asked about the model. Not found here: damaged pixel data behind a sound header."""
+        rules), and a local image's data for completeness (``images.verify``: a file cut short), nothing sent.
+        Raises MediaError, UsageError; for a local backend, APIError when its server must be asked about the
+        model. Not found here: damage inside complete pixel data, which only a decode finds."""
         request = {k: v for k, v in self.fields.items() if k not in ("prompt", "messages", "image", "images")}
         self.client.plan(prompt="check", images=images, video=video, estimate_only=True, **request)
+        for ref in images:
+            source = classify(ref)
+            if source.is_remote or media_kind(source) != "image":  # a URL, a PDF: checked when sent
+                continue
+            data = read_bytes(source)
+            info = media_images.identify(data, source.label)
+            media_images.verify(data, info, source.label)
 
     def reset(self) -> None:
         """Forget the messages and the attachments (a saved session keeps its file until the next turn)."""
