@@ -538,3 +538,12 @@ def test_a_bad_file_on_standard_input_is_named_as_standard_input(files, server):
         assert p.returncode == 3, p.stderr
         error, _ = _one_error_and_hint(p.stderr)
         assert "standard input (-)" in error and "qwenvl-stdin" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize(("url", "says"), [("http://127.0.0.1:99999", "Port out of range"), ("http://h:abc", "Port")])
+def test_a_base_url_whose_port_is_no_port_is_a_usage_error(files, url, says):
+    """Found by a new user: port 99999 was tried and "refused" (exit 5); it is no port at all."""
+    p = run_cli("ask", "a.png", "-p", "x", "--base-url", url, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 2, p.stderr
+    error, _ = _one_error_and_hint(p.stderr)
+    assert "is not a valid URL" in error and says in error

@@ -157,7 +157,8 @@ def check_http_url(url: str, example: str = "http://127.0.0.1:8000/v1") -> str:
         if not url.isprintable():  # a tab, a newline, ESC: httpx refused them later, as a crash
             raise ValueError("it holds a control character")
         parts = urlsplit(url)
-    except ValueError as exc:  # "http://[bad": an IPv6 host not closed
+        parts.port  # noqa: B018  # "Port out of range 0-65535", "Port could not be cast to integer value"
+    except ValueError as exc:  # "http://[bad": an IPv6 host not closed; a port that is no port
         raise UsageError(f"base URL {url!r} is not a valid URL ({exc})", hint=f"For example {example}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"base URL {url!r} is not an http(s) URL", hint=f"For example {example}")
