@@ -107,3 +107,17 @@ def test_a_chat_that_grows_past_the_window_says_so_before_sending(server, env):
 def test_text_tokens_bounds():
     likely, fewest = text_tokens([Message(role="user", content="abc" * 100), Message(role="user", content="图" * 40)])
     assert likely == 114 and fewest == 38 + 10
+
+
+def test_a_short_message_after_a_long_history_is_told_to_start_anew(server):
+    """Found by a new user: a 5-character message after a long history was told to cut "the text" to 780,287
+    characters; it is the earlier turns that do not fit."""
+    history = [
+        Message(role="user", content="word " * 40_000),
+        Message(role="assistant", content="ok"),
+        Message(role="user", content="word " * 40_000),
+        Message(role="assistant", content="ok"),
+    ]
+    with make_client(server) as client, pytest.raises(UsageError) as info:
+        client.plan(prompt="hello", messages=history, model="qwen-vl-ocr")
+    assert "start a new conversation" in (info.value.hint or "") and "Cut the text" not in (info.value.hint or "")

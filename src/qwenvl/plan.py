@@ -300,14 +300,24 @@ def check_context(
         spare = window - total - room
         keep = max(0, int(spare * chars / likely)) if likely else 0  # at the likely rate: what should fit
         turns = " and the conversation so far" if len(messages) > 1 else ""
+        earlier = chars - len(messages[-1].text())
+        if len(messages) > 1 and earlier > keep:  # no cut of the new message can make it fit: the history is long
+            hint = (
+                f"The earlier turns alone are {earlier:,} characters, more than fits: start a new conversation "
+                "(/reset in the chat, or send fewer earlier messages); token counts of text are approximate."
+            )
+        else:
+            hint = (
+                f"Cut the text to under about {keep:,} characters"
+                + (" (or start a new conversation: /reset in the chat)" if len(messages) > 1 else "")
+                + (", or send fewer media" if total else "")
+                + "; token counts of text are approximate (no tokenizer)."
+            )
         raise UsageError(
             f"too long for {model.name}'s context of {window:,} tokens: the text{turns} is {chars:,} characters, "
             f"at least {fewest:,} tokens (likely about {likely:,}){media}, and {room:,} are kept for the answer "
             "(max_tokens or the service's reserve); nothing was sent",
-            hint=f"Cut the text to under about {keep:,} characters"
-            + (" (or start a new conversation: /reset in the chat)" if len(messages) > 1 else "")
-            + (", or send fewer media" if total else "")
-            + "; token counts of text are approximate (no tokenizer).",
+            hint=hint,
         )
     if total + likely + room > CONTEXT_WARN_SHARE * window:
         note = (
