@@ -231,8 +231,42 @@ def drop_unavailable_media(messages: list[Message]) -> tuple[list[Message], list
     """(messages, what was dropped): the history without the media items that can no longer be sent (a file
     that has gone, moved or become unreadable), each turn kept with its text. Nothing is read but the file
     system's entries; one line per dropped item says why."""
+
+    def gone(part: ImagePart | VideoPart) -> list[str]:
+        problems = []
+        for ref in _refs(part):
+            try:
+                classify(ref)
+            except MediaError as exc:
+                problems.append(exc.message)
+        return problems[:1]
+
+    return _without_media(messages, gone)
+
+
+def drop_media(messages: list[Message], named: Callable[[str], bool]) -> tuple[list[Message], list[str]]:
+    """(messages, the refs dropped): the history without the media items for which ``named(ref)`` is true (a file
+    of an earlier turn that a turn could not send: changed or damaged since), each turn kept with its text."""
+    dropped: list[str] = []
+
+    def bad(part: ImagePart | VideoPart) -> list[str]:
+        refs = _refs(part)
+        return [ref for ref in refs if ref not in dropped] if any(named(ref) for ref in refs) else []
+
+    out, said = _without_media(messages, bad)
+    for ref in said:
+        if ref not in dropped:
+            dropped.append(ref)
+    return out, dropped
+
+
+def _without_media(
+    messages: list[Message], why: Callable[[ImagePart | VideoPart], list[str]]
+) -> tuple[list[Message], list[str]]:
+    """(messages, reasons): each media item for which ``why`` gives reasons left out of its turn (the turn kept
+    with its text), and every reason given."""
     out: list[Message] = []
-    gone: list[str] = []
+    reasons: list[str] = []
     for message in messages:
         if isinstance(message.content, str) or not message.media():
             out.append(message)
@@ -240,34 +274,10 @@ def drop_unavailable_media(messages: list[Message]) -> tuple[list[Message], list
         parts = []
         for part in message.content:
             if isinstance(part, ImagePart | VideoPart):
-                problems = []
-                for ref in _refs(part):
-                    try:
-                        classify(ref)
-                    except MediaError as exc:
-                        problems.append(exc.message)
-                if problems:
-                    gone.append(problems[0])
+                said = why(part)
+                if said:
+                    reasons.extend(said)
                     continue
             parts.append(part)
         out.append(message.model_copy(update={"content": parts}))
-    return out, gone
-
-
-def drop_media(messages: list[Message], named: Callable[[str], bool]) -> tuple[list[Message], list[str]]:
-    """(messages, the refs dropped): the history without the media items for which ``named(ref)`` is true (a file
-    of an earlier turn that a turn could not send: changed or damaged since), each turn kept with its text."""
-    out: list[Message] = []
-    dropped: list[str] = []
-    for message in messages:
-        if isinstance(message.content, str) or not message.media():
-            out.append(message)
-            continue
-        parts = []
-        for part in message.content:
-            if isinstance(part, ImagePart | VideoPart) and any(named(ref) for ref in _refs(part)):
-                dropped.extend(ref for ref in _refs(part) if ref not in dropped)
-                continue
-            parts.append(part)
-        out.append(message.model_copy(update={"content": parts}))
-    return out, dropped
+    return out, reasons
