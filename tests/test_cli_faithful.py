@@ -176,7 +176,9 @@ def test_tokens_no_high_res_is_a_value(media):
 
     Image.new("RGB", (3000, 3000), (9, 9, 9)).save(media["photo"])
     high = tokens("--detail", "high")
-    assert tokens("--detail", "high", "--no-high-res") == tokens() < high  # False overrides detail=high
+    assert tokens("--no-high-res") == tokens() < high == tokens("--high-res")  # False is a value, not dropped
+    both = CliRunner().invoke(cli, ["tokens", media["photo"], "--detail", "high", "--no-high-res"])
+    assert both.exit_code == 2 and "contradict" in both.output  # as --detail low --high-res is
 
 
 # --- client-level settings: seen as requests at the server ----------------------------------------------------
