@@ -108,6 +108,7 @@ class BatchServer(DashScopeServer):
         self.faults: list[Fault] = []
         self.corrupt_results = False  # result files end with a line that is not JSON
         self.polled = threading.Event()  # set at every GET of a job
+        self.poll_delay_s = 0.0  # a GET of a job answers this long after ``polled`` is set (a slow poll)
         self.validation_error_file = False  # a failed validation: an error file naming the lines, ``errors`` null
         self.list_ignores_filter = False  # the list endpoint returns every job whatever input_file_ids says
         self.content_gate: threading.Event | None = None  # set: contents pause after their first line until set
@@ -435,6 +436,8 @@ class _BatchHandler(_Handler):
                 self._advance(job)
             snapshot = json.loads(json.dumps(job))
         self.srv.polled.set()
+        if self.srv.poll_delay_s:
+            time.sleep(self.srv.poll_delay_s)
         self._send(200, snapshot)
 
     def _answer(self, state: dict[str, Any], upto: int) -> None:

@@ -504,37 +504,38 @@ def _wait(
 ) -> None:
     prog.phase = "poll"
     open_ids = list(ids)
-    while open_ids:
-        details = []
-        for job_id in list(open_ids):
-            job = api.retrieve(job_id)
-            details.append(counts_text(job))
-            journal.set_batch_status(job_id, job["status"])
-            if job["status"] in TERMINAL:
-                prog.phase = "merge"
-                prog.detail = counts_text(job)
-                report()
-                _merge(batch, api, journal, job, prog)
-                journal.set_batch_status(job_id, job["status"], merged=True)
-                journal.write_outputs(batch.csv)
-                open_ids.remove(job_id)
-                prog.phase = "poll"
-            else:
-                _check_overdue(job, api)
-        prog.detail = "; ".join(details)
-        report()
-        if open_ids and not batch.wait:
-            return
-        if open_ids:
-            try:
+    try:
+        while open_ids:
+            details = []
+            for job_id in list(open_ids):
+                job = api.retrieve(job_id)
+                details.append(counts_text(job))
+                journal.set_batch_status(job_id, job["status"])
+                if job["status"] in TERMINAL:
+                    prog.phase = "merge"
+                    prog.detail = counts_text(job)
+                    report()
+                    _merge(batch, api, journal, job, prog)
+                    journal.set_batch_status(job_id, job["status"], merged=True)
+                    journal.write_outputs(batch.csv)
+                    open_ids.remove(job_id)
+                    prog.phase = "poll"
+                else:
+                    _check_overdue(job, api)
+            prog.detail = "; ".join(details)
+            report()
+            if open_ids and not batch.wait:
+                return
+            if open_ids:
                 time.sleep(batch.poll_interval_s)
-            except KeyboardInterrupt:  # the jobs' last word, so that what is said of them is true (a cancel)
-                _last_look(api, journal, open_ids)
-                raise
+    except KeyboardInterrupt:  # the jobs' last word, so that what is said of them is true (a cancel meanwhile)
+        _last_look(api, journal, open_ids)
+        raise
 
 
 def _last_look(api: BatchAPI, journal: Journal, ids: list[str]) -> None:
-    """After Ctrl-C between two polls: each job's status looked at once more (one attempt of ``LAST_LOOK_S``
+    """After Ctrl-C while the run waits on its jobs (between two polls, or during one: the interrupt may come
+    while a poll's answer is read or journaled): each job's status looked at once more (one attempt of ``LAST_LOOK_S``
     seconds, no retries) and journaled, so that a job cancelled meanwhile (``batch cancel``) is said to be being
     cancelled, not running. A failure, or a second Ctrl-C, ends it at once; raises nothing but the interrupt."""
     quick = dataclasses.replace(api.policy, timeout_s=LAST_LOOK_S, max_retries=0)
