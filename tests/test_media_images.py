@@ -654,3 +654,81 @@ def test_banded_resize_gives_the_pixels_of_one_call(source: tuple[int, int], siz
     src = Image.fromarray(corpus.photo_array(*source, seed=8))
     one = np.asarray(src.resize(size, Image.Resampling.BICUBIC))
     assert np.array_equal(np.asarray(images.resize(src, size)), one)
+
+
+def _jpeg(img: Image.Image, **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **params)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "kind", ["4:2:0", "4:4:4", "progressive", "grey", "rotated 6", "odd size", "restart markers", "small"]
+)
+def test_jpeg_decodes_to_pillows_pixels(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """A large RGB or grey JPEG is decoded by simplejpeg (faster), a small one by Pillow: either way the pixels,
+    upright and resized, are Pillow's own, bit for bit (what qwen-vl-utils resizes)."""
+    import numpy as np
+
+    width, height = (1601, 1203) if kind == "odd size" else (200, 150) if kind == "small" else (1800, 1350)
+    src = Image.fromarray(corpus.photo_array(width, height, seed=11))
+    params: dict[str, object] = {"quality": 92, "subsampling": "4:2:0"}
+    if kind == "4:4:4":
+        params["subsampling"] = "4:4:4"
+    if kind == "progressive":
+        params["progressive"] = True
+    if kind == "grey":
+        src = src.convert("L")
+    if kind == "rotated 6":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        params["exif"] = exif.tobytes()
+    if kind == "restart markers":
+        params["restart_marker_rows"] = 2
+    data = _jpeg(src, **params)
+    info = images.identify(data, "in.jpg")
+    size = (info.upright_size[0] // 2, info.upright_size[1] // 2)
+    ours = images.decode(data, info, "in.jpg", size=size).image
+    monkeypatch.setattr(images, "FAST_JPEG_PIXELS", 10**12)  # every JPEG by Pillow, as before
+    by_pillow = images.decode(data, info, "in.jpg", size=size).image
+    assert ours.mode == by_pillow.mode and ours.size == by_pillow.size
+    assert np.array_equal(np.asarray(ours), np.asarray(by_pillow))
+    if kind != "rotated 6":
+        with Image.open(io.BytesIO(data)) as pillow:
+            assert np.array_equal(np.asarray(ours), np.asarray(pillow.resize(size, Image.Resampling.BICUBIC)))
+
+
+def test_large_truncated_jpeg_decode_is_refused() -> None:
+    """simplejpeg refuses what it has to guess (strict); Pillow then names the damage as before."""
+    data = _jpeg(Image.fromarray(corpus.photo_array(1800, 1350, seed=12)), quality=90)
+    cut = data[: len(data) // 2]
+    with pytest.raises(MediaError, match="truncated or corrupt"):
+        images.decode(cut, images.identify(data, "cut.jpg"), "cut.jpg")
+
+
+@pytest.mark.parametrize("memfd", [True, False])
+def test_encode_jpeg_gives_pillows_bytes(monkeypatch: pytest.MonkeyPatch, memfd: bool) -> None:
+    """Encoded through an in-memory file (so the GIL is released) or a BytesIO: the bytes Pillow writes."""
+    monkeypatch.setattr(images, "_MEMFD", memfd and images._MEMFD)
+    img = Image.fromarray(corpus.photo_array(640, 480, seed=13))
+    assert images.encode_jpeg(img) == _jpeg(img, quality=90, subsampling="4:2:0", optimize=False)
+    flat = images.encode_jpeg(img, qtables=images.FLAT_QTABLES, optimize=True, subsampling="4:4:4")
+    assert flat == _jpeg(img, qtables=list(images.FLAT_QTABLES), optimize=True, subsampling="4:4:4")
+
+
+@pytest.mark.parametrize("name", ["plain photo", "foliage", "40% grain"])
+def test_encode_photo_does_not_depend_on_the_density_guess(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The sample that starts the flat-table encoding early only decides when it is encoded, never what is sent:
+    a wrong guess either way gives the same bytes."""
+    img = FIDELITY_IMAGES[name]().resize((1400, 1050), Image.Resampling.BICUBIC)
+    monkeypatch.setattr(images, "_cpu_count", lambda: 2)
+    sent = {}
+    for guess in (True, False):
+        monkeypatch.setattr(images, "_looks_dense", lambda _img, guess=guess: guess)
+        sent[guess] = images.encode_photo(img)
+    assert sent[True] == sent[False]
+    monkeypatch.undo()
+    dense = len(images.encode_jpeg(img, optimize=True)) >= (
+        images.DENSE_TEXTURE_BYTES_PER_PIXEL * images.OPTIMIZED_HUFFMAN_RATIO * img.width * img.height
+    )
+    assert images._looks_dense(img) == dense  # and on these the guess is right

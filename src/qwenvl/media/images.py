@@ -41,7 +41,11 @@ Decisions:
   or a ``reducing_gap`` is 3-5x faster on large reductions but gives pixels 49-55 dB from the exact resize:
   quality 90 then scored 0.01-0.09 dB under the reference, and on smooth photographs no encoding within its
   bytes won that back (tests/test_media_images.py has the cases). A large output is resized on every core,
-  Pillow's two passes split apart (``resize``), which gives the same pixels bit for bit.
+  Pillow's two passes split apart (``resize``), which gives the same pixels bit for bit. A large RGB or grey JPEG
+  is decoded by simplejpeg, the same libjpeg-turbo and settings as Pillow's (the same pixels) in less CPU.
+- **Encoding on every core.** JPEGs are encoded through an in-memory file, where Pillow releases the GIL
+  (``_saved``), so a large image's candidate encodings run at once (``_jpeg_job``) and a batch's workers encode
+  side by side. Which candidate is sent never depends on that.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
@@ -90,6 +94,7 @@ JPEG_QUALITY = 90  # qwen-vl-utils' re-encoding quality: the fidelity and size r
 FLAT_QTABLES = ([8] * 64, [16] * 64)
 DENSE_TEXTURE_BYTES_PER_PIXEL = 0.3  # a plain q90 encoding this dense means texture, where flat tables pay off
 OPTIMIZED_HUFFMAN_RATIO = 0.93  # optimised Huffman tables save 3-10% of a q90 JPEG (7% on the bench photo)
+DENSE_SAMPLE_MARGIN = 0.8  # a sample this near the dense-texture line starts the flat-table encoding at once
 GRAPHIC_JPEG_QUALITIES = (95, 90)  # visually lossless full-chroma JPEG for screenshots (``encode_graphic``)
 # Then full chroma with the yardstick's own luma table (quality 90: the luma is coded coefficient for coefficient
 # as the yardstick's) and the chroma table of the highest of these qualities that fits the yardstick's bytes, sent
@@ -107,6 +112,7 @@ GRAPHIC_SAMPLE_SIDE = 128  # the colour census looks at a sample this large
 GRAPHIC_TOP_COLOURS = 16
 GRAPHIC_COVERAGE = 0.6  # share of the sample the top colours must cover for an image to count as a graphic
 PARALLEL_RESIZE_PIXELS = 1_000_000  # larger outputs are resized on every core (``resize``: rows, then columns)
+FAST_JPEG_PIXELS = 2_000_000  # larger RGB/grey JPEGs are decoded by simplejpeg (``_decode_jpeg``)
 
 # An in-budget image at most this many bytes per pixel passes through: a quality-90 JPEG of a photograph is
 # about 0.2-0.6 B/px and a PNG screenshot usually less, while a PNG photograph (2-3 B/px) or a quality-100
@@ -454,13 +460,29 @@ def encode_jpeg(
 ) -> bytes:
     """Baseline JPEG (libjpeg-turbo through Pillow, no array copy), 4:2:0 chroma by default; ``optimize``
     computes optimised Huffman tables (same pixels, 3-10% fewer bytes, a second pass); ``qtables`` replaces
-    the quality's quantisation tables."""
-    buf = io.BytesIO()
+    the quality's quantisation tables. Encoded without holding the GIL (``_saved``)."""
     if qtables is not None:
-        img.save(buf, "JPEG", qtables=list(qtables), subsampling=subsampling, optimize=optimize)
-    else:
-        img.save(buf, "JPEG", quality=quality, subsampling=subsampling, optimize=optimize)
-    return buf.getvalue()
+        return _saved(img, "JPEG", qtables=list(qtables), subsampling=subsampling, optimize=optimize)
+    return _saved(img, "JPEG", quality=quality, subsampling=subsampling, optimize=optimize)
+
+
+def _saved(img: Image.Image, fmt: str, **params: object) -> bytes:
+    """``img`` saved by Pillow as ``fmt``, through an anonymous in-memory file where the system has them (Linux
+    ``memfd_create``), else a ``BytesIO``.
+
+    Why a file: Pillow releases the GIL while it encodes only into a real file (its ``ImageFile._save`` hands the
+    file descriptor to the encoder, ``encode_to_file``); into a ``BytesIO`` it encodes holding the GIL. So two
+    encodings (``encode_photo``'s candidates), or a batch's workers, each encode on their own core. The
+    round trip through the file costs about 0.1 ms for a 300 kB JPEG."""
+    if not _MEMFD:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **params)
+        return buf.getvalue()
+    fd = os.memfd_create("qwenvl-encode", os.MFD_CLOEXEC)
+    with open(fd, "w+b") as file:
+        img.save(file, fmt, **params)
+        file.flush()
+        return os.pread(fd, os.fstat(fd).st_size, 0)
 
 
 def encode_photo(img: Image.Image) -> bytes:
@@ -474,12 +496,45 @@ def encode_photo(img: Image.Image) -> bytes:
     against the exact resize in bench/bench_image_prepare.py (corpus) and tests/test_media_images.py
     (generated images).
     """
+    # likely texture: the flat-table candidate is encoded on another core meanwhile (the same result, less wait)
+    flat = _jpeg_job(img, _parallel(img) and _looks_dense(img), qtables=FLAT_QTABLES, optimize=True)
     same = encode_jpeg(img, optimize=True)
     if len(same) >= DENSE_TEXTURE_BYTES_PER_PIXEL * OPTIMIZED_HUFFMAN_RATIO * img.width * img.height:
-        flat = encode_jpeg(img, qtables=FLAT_QTABLES, optimize=True)
-        if len(flat) <= len(same):
-            return flat
+        flat_jpeg = flat()
+        if len(flat_jpeg) <= len(same):
+            return flat_jpeg
     return same
+
+
+def _parallel(img: Image.Image) -> bool:
+    """Whether ``img`` is large enough that its encodings run on several cores at once (``_jpeg_job``)."""
+    return img.width * img.height >= PARALLEL_RESIZE_PIXELS and _cpu_count() > 1
+
+
+def _jpeg_job(img: Image.Image, start: bool, **params: Any) -> Callable[[], bytes]:
+    """``encode_jpeg(img, **params)`` as a call that gives its bytes: started now on the pool when ``start`` (the
+    caller encodes something else meanwhile; JPEG encoding releases the GIL, ``_saved``), else encoded when
+    called. A started job encodes a copy: Pillow keeps a save's parameters on the image object while it saves
+    (``encoderinfo``), so two saves of one object at once would mix them (the quantisation tables)."""
+    if not start:
+        return functools.partial(encode_jpeg, img, **params)
+    return _pool().submit(encode_jpeg, img.copy(), **params).result
+
+
+def _looks_dense(img: Image.Image) -> bool:
+    """Whether ``encode_photo``'s quality-90 encoding of ``img`` will likely be dense texture, from a plain q90
+    JPEG of evenly spaced bands of 16 rows (one MCU row each) holding 1/``PNG_SAMPLE_FRACTION`` of the image,
+    with ``DENSE_SAMPLE_MARGIN`` to spare. Only decides what is encoded at once, never what is sent."""
+    bands = img.height // (_MCU_ROWS * PNG_SAMPLE_FRACTION)
+    if bands < 2:
+        return False
+    sample = Image.new(img.mode, (img.width, bands * _MCU_ROWS))
+    for i in range(bands):
+        top = (img.height - _MCU_ROWS) * i // (bands - 1)
+        sample.paste(img.crop((0, top, img.width, top + _MCU_ROWS)), (0, i * _MCU_ROWS))
+    return (
+        len(encode_jpeg(sample)) >= DENSE_SAMPLE_MARGIN * DENSE_TEXTURE_BYTES_PER_PIXEL * sample.width * sample.height
+    )
 
 
 def encode_png(img: Image.Image) -> bytes:
@@ -500,17 +555,26 @@ def encode_graphic(img: Image.Image) -> tuple[bytes, str]:
 
     The PNG is encoded only when a sample of it (``png_size_estimate``) says it may fit: on a 4K document
     screenshot the PNG was 1.4x the yardstick and cost five times a JPEG encoding."""
-    plain = encode_jpeg(img)
+    parallel = _parallel(img)
+    plain_job = _jpeg_job(img, parallel)  # on another core while the PNG's size is estimated
+    png_estimate = png_size_estimate(img)
+    plain = plain_job()
     yardstick = len(plain)
     candidates: list[tuple[bytes, str]] = []
-    if png_size_estimate(img) <= PNG_ESTIMATE_SLACK * yardstick:
+    if png_estimate <= PNG_ESTIMATE_SLACK * yardstick:
         png = encode_png(img)
         if len(png) <= yardstick:
             return png, "image/png"
         candidates.append((png, "image/png"))
     fitted: bytes | None = None
-    for quality in sorted(GRAPHIC_JPEG_QUALITIES):  # ascending: a quality that does not fit, no higher one will
-        jpeg = encode_jpeg(img, quality, subsampling="4:4:4", optimize=True)
+    qualities = sorted(GRAPHIC_JPEG_QUALITIES)  # ascending: a quality that does not fit, no higher one will
+    # the next quality starts on another core while one is encoded: needed whenever this one fits (the usual case)
+    jobs = [
+        _jpeg_job(img, parallel and i > 0, quality=q, subsampling="4:4:4", optimize=True)
+        for i, q in enumerate(qualities)
+    ]
+    for job in jobs:
+        jpeg = job()
         if len(jpeg) > yardstick:
             candidates.append((jpeg, "image/jpeg"))
             break
@@ -608,6 +672,8 @@ def png_size_estimate(img: Image.Image) -> float:
 
 # --- internals ----------------------------------------------------------------------------------------------
 
+_MEMFD = hasattr(os, "memfd_create")
+_MCU_ROWS = 16  # a 4:2:0 JPEG's rows per MCU
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -760,13 +826,37 @@ def _corrupt(label: str, info: ImageInfo, exc: BaseException) -> MediaError:
 
 
 def _decode_stored(data: bytes, info: ImageInfo, label: str) -> Image.Image:
-    """The pixels as stored (no orientation applied), decoded at full scale by Pillow."""
+    """The pixels as stored (no orientation applied), decoded at full scale: by Pillow, or a large RGB or grey
+    JPEG by simplejpeg (``_decode_jpeg``)."""
+    if info.format in _JPEG_FORMATS and info.mode in ("RGB", "L") and info.width * info.height >= FAST_JPEG_PIXELS:
+        img = _decode_jpeg(data, info.mode)
+        if img is not None:
+            return img
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise _corrupt(label, info, exc) from None
     return img
+
+
+def _decode_jpeg(data: bytes, mode: str) -> Image.Image | None:
+    """An RGB or grey (``mode``) JPEG decoded by simplejpeg into an image sharing its array, or None when
+    simplejpeg refuses it (then Pillow decodes it and names what is wrong).
+
+    Why not Pillow: both are libjpeg-turbo with the same defaults (accurate integer IDCT, fancy upsampling), so the
+    pixels are the same bit for bit (tests/test_media_images.py), but Pillow decodes in 64 kB steps and copies
+    each row into its own blocks; simplejpeg decodes in one call without the GIL, 12-27% less CPU on the 12 MP
+    photographs of bench/bench_image_prepare.py (45 against 62 ms, 65 against 83 ms, 55 against 66 ms).
+    ``strict`` makes a warning (a truncated scan, a bad marker) a refusal, as Pillow refuses a truncated file."""
+    import simplejpeg  # loads numpy: only when a large JPEG is decoded (not by `import qwenvl` or the CLI's start)
+
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if mode == "L" else "RGB", strict=True)
+    except ValueError:
+        return None
+    height, width = pixels.shape[:2]
+    return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
 
 
 def _to_8bit(img: Image.Image, notes: list[str]) -> tuple[Image.Image, bool]:
