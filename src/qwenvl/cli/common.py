@@ -40,7 +40,7 @@ from qwenvl.errors import (
     safe_line,
     terminal_safe,
 )
-from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
+from qwenvl.media.sources import MEDIA_SUFFIXES, classify, first_names, path_hint
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -789,7 +789,7 @@ def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, si
             command = current_command()
             verb = command.name if command is not None else "this command"
             raise UsageError(
-                f"{arg!r} matches {len(found)} files, and {verb} takes one",
+                f"{arg!r} matches {len(found)} files ({first_names(found)}), and {verb} takes one",
                 hint=f"Give one file, e.g. {found[0]}, or a pattern that matches only it.",
             )
         out.extend(found)

@@ -24,7 +24,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
-from qwenvl.media.sources import classify, media_kind
+from qwenvl.media.sources import classify, first_names, media_kind
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.draw import annotate, image_format
 from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
@@ -74,8 +74,9 @@ def ground(opts: dict[str, Any]) -> None:
         (opts["image"], opts["query"]), None, required=False, has_prompt_option=False, single=True
     )
     if query is None or len(refs) != 1:
+        given = f"{len(refs)} files given ({first_names(refs)}) and no query; " if len(refs) > 1 else ""
         raise UsageError(
-            'ground takes one image and a query: qwenvl ground photo.jpg "every dog"',
+            f'{given}ground takes one image and a query: qwenvl ground photo.jpg "every dog"',
             hint="Either order works; the query is the argument that is not a file or URL.",
         )
     image = refs[0]

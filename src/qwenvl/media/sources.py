@@ -419,18 +419,28 @@ HEIF_BRANDS = frozenset(
 AVIF_BRANDS = frozenset({b"avif", b"avis"})
 
 
+def first_names(refs: list[str] | tuple[str, ...], shown: int = 2) -> str:
+    """The first ``shown`` references of ``refs`` for a one-line message, a data: URL by its ``label``, and how
+    many more: ``"g/a.mp4, g/b.mp4 and 3 more"``. The one way a message names the files a glob or a list gave
+    (a reference's control characters are escaped where the message is shown). Raises nothing."""
+    names = [Source(r, "data", url=r).label if r[:5].lower() == "data:" else r for r in refs[:shown]]
+    more = len(refs) - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
 def split_media(refs: list[str]) -> tuple[list[str], str | None]:
     """``(images, video)`` of a question's references, in order, by ``media_kind``: a local file is a video
     when its bytes say so, a data: URL by its declared type, a remote URL by its path's suffix. A PDF counts
-    with the images (it is sent as its pages). Raises UsageError for more than one video (one per question)."""
+    with the images (it is sent as its pages). Raises UsageError for more than one video (one per question),
+    saying how many there are and naming the first (``first_names``)."""
     images: list[str] = []
     videos: list[str] = []
     for ref in refs:
         (videos if media_kind(ref) == "video" else images).append(ref)
     if len(videos) > 1:
         raise UsageError(
-            "one video per question: give the others in separate questions",
-            hint="Ask about the other videos in separate questions.",
+            f"{len(videos)} videos given ({first_names(videos)}), and one question takes one video",
+            hint="Ask about each video in a question of its own.",
         )
     return images, (videos[0] if videos else None)
 

@@ -1,0 +1,101 @@
+"""Faults a new user found and the last session left: each fixed as a kind, on every verb where it occurs.
+
+A glob or a list that gives several files where one is taken says how many and which; every ``--help`` fits an
+80-column terminal; a picture format that cannot hold the picture is refused before anything is sent; ``--pages``
+with no PDF is refused on ``tokens`` as elsewhere; ``tokens --fast`` guesses a PDF page's encoding by the rule
+that sends it; files read whole have a size bound, a fake PDF is refused fast, a huge non-video named .mp4 is
+named a video; the blank-argument message has one wording."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+
+from conftest import API_KEY, run_cli, write_image
+
+
+def _video(path: Path, frames: int = 6) -> Path:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=2)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(frames):
+            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 30, np.uint8), "rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
+def _one_error_and_hint(stderr: str) -> tuple[str, str]:
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0], lines[1]
+
+
+@pytest.fixture
+def clips(isolated_env: Path) -> Path:
+    (isolated_env / "g").mkdir()
+    for name in ("a", "b", "c"):
+        _video(isolated_env / "g" / f"{name}.mp4")
+    write_image(isolated_env / "g" / "x.png")
+    write_image(isolated_env / "g" / "y.png")
+    return isolated_env
+
+
+# -- 1. several files where one is taken: how many, and which -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["events", "g/*.mp4"], "3 videos given (g/a.mp4, g/b.mp4 and 1 more), and one question takes one video"),
+        (["ask", "g/*.mp4", "-p", "x"], "3 videos given (g/a.mp4, g/b.mp4 and 1 more)"),
+        (["ask", "g/a.mp4", "g/c.mp4", "-p", "x"], "2 videos given (g/a.mp4, g/c.mp4)"),
+        (["chat", "g/a.mp4", "g/b.mp4"], "2 videos given (g/a.mp4, g/b.mp4)"),
+        (["events", "g/a.mp4", "g/*.png"], "a video (g/a.mp4) and 2 images (g/x.png, g/y.png) given"),
+        (["ground", "g/*.mp4", "cat"], "'g/*.mp4' matches 3 files (g/a.mp4, g/b.mp4 and 1 more), and ground takes one"),
+        (["ocr", "g/*.png"], "'g/*.png' matches 2 files (g/x.png, g/y.png), and ocr takes one"),
+        (["ground", "g/x.png", "g/y.png"], "2 files given (g/x.png, g/y.png) and no query"),
+    ],
+)
+def test_several_files_where_one_is_taken_are_counted_and_named(clips, server, args, words):
+    p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input="")
+    assert p.returncode == 2, p.stderr
+    error, _ = _one_error_and_hint(p.stderr)
+    assert words in error
+    assert server.requests == []
+
+
+# -- 2. every --help fits 80 columns ------------------------------------------------------------------------------
+
+
+def _command_paths() -> list[tuple[str, ...]]:
+    from qwenvl.cli.main import cli
+
+    paths: list[tuple[str, ...]] = [()]
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
+        paths.append((name,))
+        if isinstance(cmd, click.Group):
+            paths += [(name, sub) for sub in cmd.list_commands(click.Context(cmd))]
+    return paths
+
+
+def test_every_help_fits_80_columns(isolated_env):
+    paths = _command_paths()
+    assert ("batch", "status") in paths and ("serve",) in paths  # the walk finds subcommands too
+    long: list[str] = []
+    for path in paths:
+        p = run_cli(*path, "--help", env={"COLUMNS": "80"})
+        assert p.returncode == 0, (path, p.stderr)
+        long += [
+            f"{' '.join(path) or 'qwenvl'} ({len(line)}): {line}" for line in p.stdout.splitlines() if len(line) > 80
+        ]
+    assert not long, "\n".join(long)
