@@ -99,3 +99,78 @@ def test_every_help_fits_80_columns(isolated_env):
             f"{' '.join(path) or 'qwenvl'} ({len(line)}): {line}" for line in p.stdout.splitlines() if len(line) > 80
         ]
     assert not long, "\n".join(long)
+
+
+# -- 3. a picture format that cannot hold the picture at its size -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["ground", "big.png", "cat", "--out", "x.ico"], "--out x.ico: an ICO picture is at most 256 px a side"),
+        (["ground", "big.png", "cat", "--out", "x.icns"], "--out x.icns: an ICNS icon holds only squares"),
+        (["events", "g/a.mp4", "--sheet", "s.ico"], "--sheet s.ico: an ICO picture is at most 256 px a side"),
+    ],
+)
+def test_a_picture_format_too_small_for_the_picture_is_refused_before_sending(clips, server, args, words):
+    write_image(clips / "big.png", size=(1024, 768))
+    p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 2, p.stderr
+    error, hint = _one_error_and_hint(p.stderr)
+    assert words in error and "1024x768" in error if args[0] == "ground" else words in error
+    assert ".png" in hint
+    assert server.requests == []
+    assert not any(clips.glob(args[-1]))
+
+
+def test_an_icon_that_holds_the_picture_is_written_full_size(clips, server):
+    from PIL import Image
+
+    from dashscope_server import Reply
+
+    write_image(clips / "small.png", size=(200, 100))
+    server.enqueue(Reply(text='[{"bbox_2d": [100, 200, 500, 1000], "label": "cat"}]'))
+    p = run_cli(
+        "ground",
+        "small.png",
+        "cat",
+        "--out",
+        "x.ico",
+        "--base-url",
+        server.compat_base,
+        env={"DASHSCOPE_API_KEY": API_KEY},
+    )
+    assert p.returncode == 0, p.stderr
+    with Image.open(clips / "x.ico") as written:
+        assert written.size == (200, 100)  # Pillow's default would be 64x32, the picture shrunk into a square
+
+
+def test_the_library_never_writes_a_picture_smaller_than_drawn(isolated_env):
+    from PIL import Image
+
+    from qwenvl.errors import UsageError
+    from qwenvl.tasks.draw import contact_sheet, save
+
+    with pytest.raises(UsageError, match="at most 256 px"):
+        save(Image.new("RGB", (300, 200)), isolated_env / "a.ico")
+    with pytest.raises(UsageError, match="WEBP picture is at most 16,383 px"):
+        contact_sheet([Image.new("RGB", (8, 8))] * 80, [0.0] * 80, isolated_env / "s.webp", thumb_width=3000)
+    assert not list(isolated_env.iterdir())
+
+
+def test_the_mcp_ground_tool_refuses_an_icon_too_small_before_sending(server, env, isolated_env):
+    pytest.importorskip("mcp")
+    import anyio
+
+    from test_mcp import stdio_session, text_of
+
+    write_image(isolated_env / "big.png", size=(1024, 768))
+
+    async def main() -> None:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            r = await c.call_tool("ground", {"image": "big.png", "query": "x", "out": str(isolated_env / "o.ico")})
+            assert r.is_error and "at most 256 px a side" in text_of(r), text_of(r)
+
+    anyio.run(main)
+    assert not (isolated_env / "o.ico").exists()
+    assert not server.requests

@@ -25,8 +25,8 @@ from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, first_names, split_media
 from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_writable
-from qwenvl.tasks.draw import contact_sheet, hms, image_format
-from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
+from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
+from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, sheet_frame_count
 
 
 @click.command(cls=Verb)
@@ -81,6 +81,8 @@ def events(opts: dict[str, Any]) -> None:
     fields = request_fields(opts)
     client = make_client(opts)
     call = plan_events(client, target, prompt=prompt, **fields)
+    if sheet is not None:  # a format too small for the sheet (.ico: 256 px) is refused before it is paid
+        check_fits(opts["sheet_file"], sheet_size_at_least(sheet_frame_count(call)), "--sheet", at_least=True)
     if opts["dry_run"]:
         dry_run(client, call)
         return

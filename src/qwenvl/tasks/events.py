@@ -206,6 +206,15 @@ def frame_times(call: Call) -> list[float]:
 SHEET_MAX_FRAMES = 48  # a contact sheet shows at most this many frames, evenly spread
 
 
+def sheet_frame_count(call: Call, limit: int = SHEET_MAX_FRAMES) -> int:
+    """How many frames a contact sheet of ``call`` shows (``frames``), at most: the local frames sent, at most
+    ``limit``; nothing is decoded. Raises nothing."""
+    item = _video_item(call)
+    if item is None or not isinstance(item.sent, list):
+        return 0
+    return min(limit, sum(url.startswith("data:") for url in item.sent))
+
+
 def frames(call: Call, limit: int | None = SHEET_MAX_FRAMES) -> tuple[list[Image.Image], list[float]]:
     """The frames the model was sent (decoded from their data URLs) and their times, at most ``limit`` of them
     evenly spread; remote frames are skipped. Raises nothing for frames qwenvl prepared."""
