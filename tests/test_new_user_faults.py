@@ -8,6 +8,7 @@ named a video; the blank-argument message has one wording."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -174,3 +175,35 @@ def test_the_mcp_ground_tool_refuses_an_icon_too_small_before_sending(server, en
     anyio.run(main)
     assert not (isolated_env / "o.ico").exists()
     assert not server.requests
+
+
+# -- 4. tokens --pages with no PDF among what it counted ----------------------------------------------------------
+
+
+def _pdf(path: Path, pages: int = 2) -> Path:
+    from PIL import Image
+
+    sheets = [Image.new("RGB", (600, 800), "white") for _ in range(pages)]
+    sheets[0].save(path, save_all=True, append_images=sheets[1:])
+    return path
+
+
+def test_tokens_refuses_pages_when_no_pdf_was_counted(clips):
+    for args in (["g"], ["g/x.png", "g/a.mp4"], ["g/*.png"]):
+        p = run_cli("tokens", *args, "--pages", "1", "--fast")
+        assert p.returncode == 2, (args, p.stderr)
+        error, hint = _one_error_and_hint(p.stderr)
+        assert error == "error: --pages applies to PDFs only" and "Leave out --pages" in hint
+    _pdf(clips / "g" / "doc.pdf")
+    p = run_cli("tokens", "g", "--pages", "2", "--json")  # the folder walked: its PDF takes the pages
+    assert p.returncode == 0, p.stderr
+    assert any(row["source"].endswith("doc.pdf") for row in json.loads(p.stdout)["items"])
+
+
+def test_estimate_files_refuses_pages_without_a_pdf_in_the_library(clips):
+    from qwenvl.errors import UsageError
+    from qwenvl.estimate import estimate_files
+
+    with pytest.raises(UsageError, match=r"^pages applies to PDFs only"):
+        estimate_files(["g/x.png"], fast=True, pages="1")
+    assert estimate_files([str(_pdf(clips / "d.pdf"))], fast=True, pages="2")["total"]["items"] == 1

@@ -519,21 +519,11 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 
 
 def check_pages_apply(opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages") -> None:
-    """``--pages`` (ground's ``--page``) selects pages of a PDF: given where no MEDIA is a PDF, or might be one (a
-    URL's kind is not known here), a UsageError (exit 2) rather than silently nothing. A file that cannot be
-    read is left to the checks that name it."""
-    if not opts.get(option.lstrip("-")):
-        return
-    from qwenvl.media.sources import media_kind
+    """``--pages`` (ground's ``--page``) given where no MEDIA is a PDF, or might be one: a UsageError (exit 2)
+    naming the option (``qwenvl.media.sources.check_pages_apply``, the rule's home)."""
+    from qwenvl.media.sources import check_pages_apply as check
 
-    for ref in refs:
-        try:
-            source = classify(ref)
-            if source.is_remote or media_kind(source) == "pdf":
-                return
-        except MediaError:
-            return
-    raise UsageError(f"{option} applies to PDFs only", hint=f"Leave out {option} for an image or a video.")
+    check(opts.get(option.lstrip("-")), refs, option)
 
 
 def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

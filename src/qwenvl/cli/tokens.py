@@ -93,7 +93,13 @@ def tokens(opts: dict[str, Any]) -> None:
         client = make_client(opts, will_send=False)  # nothing is sent: no key needed
     paths = with_stdin(list(opts["files"]))  # "-": the file on standard input, as for every verb
     result = estimate_files(
-        paths, fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
+        paths,
+        fast=opts["fast"],
+        region=opts["region"],
+        client=client,
+        family=opts["family"],
+        pages_option="--pages",
+        **fields,
     )
     stdin_file = {p for p in paths if p not in opts["files"]}  # "-" was replaced by a temporary file
     for row in result["items"] if stdin_file else []:

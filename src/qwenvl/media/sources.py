@@ -445,6 +445,25 @@ def split_media(refs: list[str]) -> tuple[list[str], str | None]:
     return images, (videos[0] if videos else None)
 
 
+def check_pages_apply(pages: object, refs: list[str] | tuple[str, ...], option: str = "pages") -> None:
+    """``pages`` (a PDF's page selection; None or "" means not given) where no reference is a PDF, or might be
+    one (a remote URL's kind is not known here): a UsageError (exit 2) naming ``option`` (``"--pages"`` on the
+    CLI, ``"--page"`` for ``ground``), rather than silently nothing. A reference that cannot be classified or
+    read is left to the checks that name it. The one home of the rule: ``ask``, ``extract``, ``ocr``,
+    ``ground`` (through ``qwenvl.cli.common.check_pages_apply``) and ``tokens`` (``estimate_files``, on the
+    files it counted after walking folders)."""
+    if not pages:
+        return
+    for ref in refs:
+        try:
+            source = classify(ref)
+            if source.is_remote or media_kind(source) == "pdf":
+                return
+        except MediaError:
+            return
+    raise UsageError(f"{option} applies to PDFs only", hint=f"Leave out {option} for an image or a video.")
+
+
 def ftyp_brands(data: bytes) -> set[bytes]:
     """The major and compatible brands of an ISO-BMFF ``ftyp`` box at the start of ``data`` (empty if none)."""
     if len(data) < 16 or data[4:8] != b"ftyp":
