@@ -207,3 +207,51 @@ def test_estimate_files_refuses_pages_without_a_pdf_in_the_library(clips):
     with pytest.raises(UsageError, match=r"^pages applies to PDFs only"):
         estimate_files(["g/x.png"], fast=True, pages="1")
     assert estimate_files([str(_pdf(clips / "d.pdf"))], fast=True, pages="2")["total"]["items"] == 1
+
+
+# -- 5. tokens --fast guesses a PDF page's format by the rule that encodes it -------------------------------------
+
+
+def _text_pdf(path: Path) -> Path:
+    """A page of text (a raster page, as a scan or a Pillow-made PDF is): the encoding rule sends it as JPEG."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    from qwenvl.tasks.draw import font
+
+    rng = random.Random(1)
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "model",
+        "vision",
+        "token",
+        "budget",
+        "page",
+        "render",
+    ]
+    img = Image.new("RGB", (1240, 1754), "white")
+    draw = ImageDraw.Draw(img)
+    for y in range(100, 1650, 34):
+        draw.text((100, y), " ".join(rng.choice(words) for _ in range(12)), fill="black", font=font(22))
+    img.save(path, resolution=150)
+    return path
+
+
+def test_tokens_fast_guesses_a_pdf_pages_format_as_it_would_be_sent(isolated_env):
+    _text_pdf(isolated_env / "text.pdf")
+    full = json.loads(run_cli("tokens", "text.pdf", "--json").stdout)["items"]
+    fast = json.loads(run_cli("tokens", "text.pdf", "--json", "--fast").stdout)["items"]
+    assert [r["mime"] for r in full] == ["image/jpeg"]  # the page as it would be sent
+    assert [r["mime"] for r in fast] == [r["mime"] for r in full]
+    assert [(r["width"], r["height"], r["tokens"]) for r in fast] == [
+        (r["width"], r["height"], r["tokens"]) for r in full
+    ]

@@ -3,10 +3,11 @@
 Each file is checked and prepared exactly as `ask` would prepare it (``qwenvl.media.prepare``), so the sizes,
 formats, bytes and token counts are those of the request that would be sent. ``--fast`` works from the headers
 instead (estimate-only mode: nothing decoded, encoded or rendered): the same sizes and tokens, without the
-bytes ("-"), and the likely format for images other than JPEG. The cost covers the media's input tokens only:
-the prompt and the answer come on top, in the region's currency (``--region``: ¥ in Beijing, $ in Singapore and
-Virginia), every item at the price tier of the files' total. The estimate itself is
-``qwenvl.estimate.estimate_files`` (shared with the MCP ``estimate`` tool); this module renders it.
+bytes ("-"), and the likely format for images other than JPEG and for PDF pages (``images.likely_mime``). The
+cost covers the media's input tokens only: the prompt and the answer come on top, in the region's currency
+(``--region``: ¥ in Beijing, $ in Singapore and Virginia), every item at the price tier of the files' total.
+The estimate itself is ``qwenvl.estimate.estimate_files`` (shared with the MCP ``estimate`` tool); this module
+renders it.
 """
 
 from __future__ import annotations

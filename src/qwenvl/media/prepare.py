@@ -484,7 +484,7 @@ def _estimate_image(
     """An image's size as sent and its tokens from its header (already checked): the full path's rules."""
     if options.prepare:
         _, (width, height), notes = _sent_image_size(info, label, part, options)
-        mime = "image/jpeg" if info.format in ("JPEG", "MPO") else info.mime if info.accepted else "image/png"
+        mime = images.likely_mime(info)  # the encoding rule's guess without the pixels
     else:
         notes = _check_original(data, info, label, options, verify=False)
         mime, (width, height) = info.mime, (info.width, info.height)
@@ -971,7 +971,7 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
                 ref,
                 "image",
                 ref,
-                mime="image/png",
+                mime=images.likely_mime(),  # a rendered page's likely encoding (nothing is rendered)
                 bytes_sent=0,
                 width=width,
                 height=height,
