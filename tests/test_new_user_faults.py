@@ -9,6 +9,7 @@ named a video; the blank-argument message has one wording."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -25,7 +26,7 @@ def _video(path: Path, frames: int = 6) -> Path:
         s = c.add_stream("libx264", rate=2)
         s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
         for i in range(frames):
-            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 30, np.uint8), "rgb24")):
+            for packet in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 30 % 256, np.uint8), "rgb24")):
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
@@ -255,3 +256,112 @@ def test_tokens_fast_guesses_a_pdf_pages_format_as_it_would_be_sent(isolated_env
     assert [(r["width"], r["height"], r["tokens"]) for r in fast] == [
         (r["width"], r["height"], r["tokens"]) for r in full
     ]
+
+
+# -- 6. files read whole have a bound; a fake PDF is refused fast; a huge non-video .mp4 is named so --------------
+
+
+def _sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` bytes that takes no disk space (a hole): refused from its size, it is never read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+def test_text_files_over_the_limit_are_refused_unread(isolated_env, server):
+    from qwenvl._constants import MAX_TEXT_FILE_BYTES
+
+    over = MAX_TEXT_FILE_BYTES + 1
+    write_image(isolated_env / "a.png")
+    _sparse(isolated_env / "s.json", over)
+    _sparse(isolated_env / "req.json", over)
+    _sparse(Path(os.environ["QWENVL_HOME"]) / "sessions" / "big.json", over)
+    base = ["--base-url", server.compat_base]
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    for args, what in [
+        (["extract", "a.png", "--schema", "s.json", *base], "a schema file may be at most"),
+        (["analyze", "--file", "req.json", *base], "a request file may be at most"),
+        (["chat", "a.png", "--session", "big", *base], "a session file may be at most"),
+    ]:
+        p = run_cli(*args, env=env, input="hi\n")
+        assert p.returncode == 3, (args, p.stderr)
+        error, _ = _one_error_and_hint(p.stderr)
+        assert what in error and "(nothing was read)" in error, error
+    _sparse(isolated_env / ".env", over)  # a configuration file: the same bound
+    p = run_cli("ask", "a.png", "-p", "x", *base)
+    assert p.returncode == 3 and "a .env file may be at most" in p.stderr, p.stderr
+    assert server.requests == []
+
+
+def test_a_requests_file_line_has_the_bound_too(isolated_env, monkeypatch):
+    import qwenvl.batch.inputs as inputs
+    from qwenvl.errors import MediaError
+
+    monkeypatch.setattr(inputs, "MAX_TEXT_FILE_BYTES", 1000)  # the rule, at a size a test writes quickly
+    path = isolated_env / "r.jsonl"
+    path.write_text('{"prompt": "a", "image": "a.png"}\n' + "x" * 5000)  # the second line never ends
+    items = inputs.read_requests(path)
+    assert next(items).request["prompt"] == "a"
+    with pytest.raises(MediaError, match=r"r\.jsonl line 2 is longer than 1,000 characters"):
+        next(items)
+
+
+def test_a_file_that_only_starts_like_a_pdf_is_refused_without_a_scan(isolated_env):
+    import time
+
+    from qwenvl.media import pdf
+
+    fake = isolated_env / "fake.pdf"
+    with fake.open("wb") as fh:
+        fh.write(b"%PDF-1.4\n")
+        fh.truncate(300_000_000)  # zeros after the header: pdfium scans all of it (seconds) to rebuild a table
+    start = time.monotonic()
+    p = run_cli("tokens", "fake.pdf", "--fast")
+    assert p.returncode == 3
+    assert "fake.pdf is not a readable PDF (it starts like one, but has no trailer and no object)" in p.stdout
+    assert time.monotonic() - start < 120  # bounds a hang only
+    assert not pdf.looks_like_pdf(fake)
+    real = _text_pdf(isolated_env / "real.pdf")
+    with_garbage = isolated_env / "garbage.pdf"  # a real PDF followed by 2 MB of garbage: pdfium still opens it
+    with_garbage.write_bytes(real.read_bytes() + os.urandom(2_000_000))
+    assert pdf.looks_like_pdf(real) and pdf.looks_like_pdf(with_garbage)
+    assert pdf.looks_like_pdf(with_garbage.read_bytes())  # as a data: URL's bytes
+    p = run_cli("tokens", "garbage.pdf", "--json")
+    assert p.returncode == 0, p.stdout
+    assert json.loads(p.stdout)["total"]["items"] == 1
+
+
+def test_a_huge_file_named_like_a_video_that_is_none_is_named_so(isolated_env):
+    from qwenvl.models import MAX_IMAGE_FILE_BYTES
+
+    _sparse(isolated_env / "huge.mp4", MAX_IMAGE_FILE_BYTES + 1)
+    for args in (["ask", "huge.mp4", "-p", "x", "--dry-run"], ["events", "huge.mp4", "--dry-run"]):
+        p = run_cli(*args, env={"DASHSCOPE_API_KEY": API_KEY})
+        assert p.returncode == 3, p.stderr
+        error, hint = _one_error_and_hint(p.stderr)
+        assert "huge.mp4 is neither a video nor an image" in error, error
+        assert "Supported videos" in hint
+
+
+def test_data_url_videos_and_pdfs_are_bounded_before_decoding(isolated_env, monkeypatch):
+    import base64
+
+    import qwenvl
+    import qwenvl.media.prepare as prepare
+    import qwenvl.media.sources as sources
+    from qwenvl.errors import MediaError
+
+    monkeypatch.setattr(prepare, "MAX_DATA_URL_BYTES", 100_000)  # the rule, at a size a test builds quickly
+    video = base64.b64encode(_video(isolated_env / "c.mp4").read_bytes() + b"\0" * 100_000).decode()
+    pdf = base64.b64encode(_pdf(isolated_env / "d.pdf").read_bytes() + b"\0" * 100_000).decode()
+
+    def never(*args: object) -> bytes:
+        raise AssertionError("a data: URL over the limit was decoded")
+
+    monkeypatch.setattr(sources, "decode_data_url", never)  # refused from the base64 text's length alone
+    client = qwenvl.Client(api_key=API_KEY)
+    with pytest.raises(MediaError, match=r"a video given as a data: URL may be at most 100\.0 kB"):
+        client.plan(prompt="x", video=f"data:video/mp4;base64,{video}")
+    with pytest.raises(MediaError, match=r"a PDF given as a data: URL may be at most 100\.0 kB"):
+        client.plan(prompt="x", images=[f"data:application/pdf;base64,{pdf}"])

@@ -185,9 +185,9 @@ def video_duration(call: Call) -> float | None:
     if source.is_remote:
         return None
     from qwenvl.media import video as video_mod
-    from qwenvl.media.sources import read_bytes
+    from qwenvl.media.prepare import video_content
 
-    src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    src = video_content(source)
     return video_mod.probe_video(src, source.label).duration
 
 
