@@ -365,3 +365,18 @@ def test_data_url_videos_and_pdfs_are_bounded_before_decoding(isolated_env, monk
         client.plan(prompt="x", video=f"data:video/mp4;base64,{video}")
     with pytest.raises(MediaError, match=r"a PDF given as a data: URL may be at most 100\.0 kB"):
         client.plan(prompt="x", images=[f"data:application/pdf;base64,{pdf}"])
+
+
+# -- 7. one wording for a blank argument, library and CLI ---------------------------------------------------------
+
+
+def test_a_blank_argument_is_one_error_in_the_library_and_the_cli(isolated_env):
+    from qwenvl.batch.inputs import iter_inputs
+    from qwenvl.errors import UsageError
+
+    with pytest.raises(UsageError) as library:
+        iter_inputs(["a.png", " "])
+    p = run_cli("batch", "run", " ", "-p", "x", "-o", "o.jsonl")
+    error, hint = _one_error_and_hint(p.stderr)
+    assert (error, hint) == (f"error: {library.value.message}", f"hint: {library.value.hint}")
+    assert p.returncode == library.value.exit_code == 2

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
 from qwenvl.client import make_request
-from qwenvl.errors import MediaError, UsageError
+from qwenvl.errors import MediaError, UsageError, empty_argument
 from qwenvl.media.sources import MEDIA_SUFFIXES, Source, check_regular, media_kind, open_regular
 from qwenvl.types import DuplicateKeyError, loads
 
@@ -69,10 +69,7 @@ def iter_inputs(inputs: Iterable[str]) -> Iterator[str]:
     args = list(inputs)
     for arg in args:
         if not arg.strip():  # never "." (the current folder, walked): an unset shell variable, most likely
-            raise UsageError(
-                "an argument is empty: it names no file, folder or glob",
-                hint='Remove it, or check the variable that gave it (an unset "$DIR" is empty).',
-            )
+            raise empty_argument()
         if arg[:12].lower().startswith(_URL_PREFIXES):
             continue
         path = Path(arg).expanduser()

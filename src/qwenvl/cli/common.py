@@ -37,6 +37,7 @@ from qwenvl.errors import (
     StreamInterruptedError,
     StructuredOutputError,
     UsageError,
+    empty_argument,
     safe_line,
     terminal_safe,
 )
@@ -317,10 +318,7 @@ def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
     for param in ctx.command.params:
         if isinstance(param, click.Argument) and param.name is not None:  # a blank argument: one rule, every verb
             if any(isinstance(v, str) and not v.strip() for v in _strings(opts.get(param.name))):
-                raise UsageError(
-                    "an argument is empty: it names no file, URL or text",
-                    hint='Remove it, or check the variable that gave it (an unset "$FILE" is empty).',
-                )
+                raise empty_argument()
             continue
         if not isinstance(param, click.Option) or param.name is None or param.is_flag or param.name == "extra":
             continue
