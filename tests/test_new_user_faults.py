@@ -294,6 +294,16 @@ def test_text_files_over_the_limit_are_refused_unread(isolated_env, server):
     assert server.requests == []
 
 
+def test_a_local_models_configuration_file_has_the_bound_too(isolated_env):
+    from qwenvl._constants import MAX_TEXT_FILE_BYTES
+    from qwenvl.backends.transformers import read_config
+    from qwenvl.errors import MediaError
+
+    _sparse(isolated_env / "model" / "config.json", MAX_TEXT_FILE_BYTES + 1)
+    with pytest.raises(MediaError, match=r"a model configuration file may be at most .*\(nothing was read\)"):
+        read_config(str(isolated_env / "model"))
+
+
 def test_a_requests_file_line_has_the_bound_too(isolated_env, monkeypatch):
     import qwenvl.batch.inputs as inputs
     from qwenvl.errors import MediaError
@@ -380,3 +390,16 @@ def test_a_blank_argument_is_one_error_in_the_library_and_the_cli(isolated_env):
     error, hint = _one_error_and_hint(p.stderr)
     assert (error, hint) == (f"error: {library.value.message}", f"hint: {library.value.hint}")
     assert p.returncode == library.value.exit_code == 2
+
+
+def test_a_prompt_on_standard_input_has_the_bound_too(isolated_env, server, monkeypatch):
+    import qwenvl.cli.common as common
+
+    monkeypatch.setattr(common, "MAX_TEXT_FILE_BYTES", 1000)  # the rule, at a size a test pipes quickly
+    write_image(isolated_env / "a.png")
+    for args in (["ask", "a.png", "-p", "-"], ["batch", "run", "a.png", "-p", "-", "-o", "o.jsonl"]):
+        p = run_cli(*args, "--base-url", server.compat_base, env={"DASHSCOPE_API_KEY": API_KEY}, input="x" * 5000)
+        assert p.returncode == 3, p.stderr
+        error, _ = _one_error_and_hint(p.stderr)
+        assert "standard input (the prompt) is longer than 1,000 bytes" in error
+    assert server.requests == []

@@ -25,6 +25,7 @@ from qwenvl._constants import (
     DEFAULT_RETRY_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
     MAX_RETRY_DELAY_S,
+    MAX_TEXT_FILE_BYTES,
     MIN_TRANSFER_RATE,
     STREAM_CAP_FACTOR,
     STREAM_CAP_MIN_S,
@@ -874,9 +875,16 @@ def awaiting_stdin(what: str) -> None:
 
 def stdin_text(what: str) -> str:
     """Standard input's text (``-p -``), less one trailing newline (``echo`` adds it); on a terminal, what is
-    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``)."""
+    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``);
+    MediaError (exit 3) when it is longer than ``MAX_TEXT_FILE_BYTES`` (no more than that is read)."""
     awaiting_stdin(what)
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read(MAX_TEXT_FILE_BYTES + 1)
+    if len(data) > MAX_TEXT_FILE_BYTES:
+        raise MediaError(
+            f"standard input ({what}) is longer than {MAX_TEXT_FILE_BYTES:,} bytes: it is no {what.split()[-1]}",
+            source="-",
+            hint="Pipe the text alone; give files as arguments.",
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
