@@ -403,3 +403,16 @@ def test_a_prompt_on_standard_input_has_the_bound_too(isolated_env, server, monk
         error, _ = _one_error_and_hint(p.stderr)
         assert "standard input (the prompt) is longer than 1,000 bytes" in error
     assert server.requests == []
+
+
+def test_a_session_saved_over_the_bound_is_warned_of(isolated_env, monkeypatch, caplog):
+    import qwenvl.sessions as sessions
+    from qwenvl.types import Message
+
+    monkeypatch.setattr(sessions, "MAX_TEXT_FILE_BYTES", 500)
+    session = sessions.Session("long")
+    session.messages.append(Message(role="user", content="x" * 1000))
+    with caplog.at_level("WARNING", logger="qwenvl"):
+        session.save()
+    assert session.path.stat().st_size > 500  # kept whole: nothing is lost
+    assert "session 'long' is now" in caplog.text and "start a new session" in caplog.text
