@@ -313,8 +313,12 @@ def test_a_quoted_glob_is_expanded_on_every_verb(photos, server, args, sent):
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
-        (["ground", "photos/*.jpg", "cat"], 2, "'photos/*.jpg' matches 2 files, and ground takes one"),
-        (["ocr", "photos/*.jpg"], 2, "'photos/*.jpg' matches 2 files, and ocr takes one"),
+        (
+            ["ground", "photos/*.jpg", "cat"],
+            2,
+            "'photos/*.jpg' matches 2 files (photos/1.jpg, photos/2.jpg), and ground takes one",
+        ),
+        (["ocr", "photos/*.jpg"], 2, "'photos/*.jpg' matches 2 files (photos/1.jpg, photos/2.jpg), and ocr takes one"),
         (["extract", "nothing/*.jpg", "--schema", "s.json"], 3, "no file matches 'nothing/*.jpg'"),
         (["ask", "photos/*.gif", "-p", "x"], 3, "no file matches 'photos/*.gif'"),
     ],
@@ -472,7 +476,7 @@ def test_an_empty_argument_is_refused_never_the_current_folder(files, server, ar
     p = run_cli(*args, env={"DASHSCOPE_API_KEY": API_KEY})
     assert p.returncode == 2, p.stderr
     error, _ = _one_error_and_hint(p.stderr)
-    assert error == "error: an argument is empty: it names no file, URL or text"
+    assert error == "error: an argument is empty: it names nothing"
     assert "a.png" not in p.stdout and not (files / "o.jsonl").exists()
 
 

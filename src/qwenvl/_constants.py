@@ -33,3 +33,8 @@ SERVE_MAX_CONCURRENT_PER_KEY = 16  # requests in flight per client key; beyond: 
 SERVE_REQUEST_TIMEOUT_S = 600.0  # seconds one served request may take, streaming included (= STREAM_CAP_MIN_S)
 SERVE_READY_TIMEOUT_S = 5.0  # seconds one /ready check may take (the backend's probe); past it: not ready
 SERVE_READY_CACHE_S = 3.0  # seconds a /ready answer is reused (a probe per load balancer poll would load the upstream)
+
+# --- files qwenvl reads whole on a user's behalf (qwenvl.media.sources.read_regular_text) --------------------
+MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024  # bytes of a schema, session, request or configuration file, and of one
+# line of a requests file (ours: thousands of times any real one; a session keeps data: URLs as given, so it gets
+# room for a few). A larger one is refused unread: a file named by mistake (a video, a disk image) is not loaded.

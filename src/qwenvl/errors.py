@@ -58,6 +58,16 @@ class UsageError(QwenVLError):
     exit_code = EXIT_USAGE
 
 
+def empty_argument() -> UsageError:
+    """The one error for an argument given as "" or only spaces, wherever one is read (every CLI verb's arguments:
+    ``qwenvl.cli.common.refuse_blank``; the library's inputs: ``qwenvl.batch.inputs.iter_inputs``): it names
+    nothing, never the current folder, the default or the prompt. Exit code 2."""
+    return UsageError(
+        "an argument is empty: it names nothing",
+        hint='Remove it, or check the variable that gave it (an unset "$FILE" is empty).',
+    )
+
+
 class SchemaDefinitionError(UsageError):
     """Raised when a ``schema`` is not valid JSON Schema (draft 2020-12, checked with ``jsonschema``) or its
     file's content is not JSON (UTF-8); before anything is sent. A schema file that is missing or cannot be

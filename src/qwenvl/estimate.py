@@ -19,7 +19,7 @@ from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import media_kind
+from qwenvl.media.sources import check_pages_apply, media_kind
 from qwenvl.models import currency_of, media_costs, model_info
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
@@ -32,6 +32,7 @@ def estimate_files(
     region: str | None = None,
     client: SupportsEstimate | None = None,
     family: str | None = None,
+    pages_option: str = "pages",
     **fields: Any,
 ) -> dict[str, Any]:
     """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
@@ -51,9 +52,11 @@ def estimate_files(
     Beijing, USD elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``);
     costs are in the currency's units, rounded to 10 significant digits.
 
-    Raises ``UsageError`` for invalid options or an unknown region; ``MediaError`` (exit 3) when ``files`` name no
-    media file (an empty folder: ``batch.inputs.no_media_found``), a missing folder or a glob that matches nothing
-    (``batch.inputs.expand_inputs``); a file that cannot be sent is a row with ``error`` instead."""
+    Raises ``UsageError`` for invalid options, an unknown region, or ``pages`` when no file counted is a PDF
+    (``qwenvl.media.sources.check_pages_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI);
+    ``MediaError`` (exit 3) when ``files`` name no media file (an empty folder: ``batch.inputs.no_media_found``),
+    a missing folder or a glob that matches nothing (``batch.inputs.expand_inputs``); a file that cannot be sent
+    is a row with ``error`` instead."""
     from qwenvl.batch.inputs import expand_inputs, no_media_found
     from qwenvl.client import Client
 
@@ -74,6 +77,7 @@ def estimate_files(
     refs = expand_inputs(list(files))
     if not refs:
         raise no_media_found(files)
+    check_pages_apply(fields.get("pages"), refs, pages_option)  # what it counted: no PDF, no pages to pick
 
     rows: list[dict[str, Any]] = []
     failed = 0

@@ -418,8 +418,9 @@ def build_server(
     from qwenvl.media.sources import classify, media_kind, split_media
     from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
-    from qwenvl.tasks.draw import image_format
+    from qwenvl.tasks.draw import check_fits, image_format
     from qwenvl.tasks.events import send_events
+    from qwenvl.tasks.grounding import original_size, planned_picture
     from qwenvl.tasks.ocr import plan_pages, send_pages
 
     client = client_factory()
@@ -533,6 +534,8 @@ def build_server(
             call = await step(
                 ctx, 0, 2, "preparing the image", lambda: plan_ground(client, ref, query, points=points, **fields)
             )
+            if target is not None:  # a format that cannot hold the picture at its size (.ico): before it is paid
+                check_fits(target, original_size(planned_picture(call) or ref), "out")
             response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
             g = read_grounding(call, response, image=image)
             extra: list[ImageContent] = []

@@ -49,6 +49,10 @@ GB = 1024 * 1024 * 1024
 # JPEG or a large uncompressed scan; what is sent is at most MAX_IMAGE_BYTES whatever the source weighed.
 MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024
 MAX_FETCH_BYTES = MAX_IMAGE_FILE_BYTES  # --fetch-urls: a fetched image is an image file like any other
+# A video or PDF given as a data: URL sits in memory whole (a file is read from disk as its reader needs): refused
+# from the length of its base64 text, before it is decoded, over the size of the largest video file the service
+# takes (ours; an image data: URL has MAX_IMAGE_FILE_BYTES, as an image file).
+MAX_DATA_URL_BYTES = MAX_VIDEO_FILE_BYTES
 MAX_IMAGE_PIXELS = 150_000_000  # decompression-bomb guard: larger images are refused from the header (ours)
 VIDEO_FPS = 2.0  # default sampling rate [billing]
 VIDEO_MIN_FRAMES = 4  # [billing]

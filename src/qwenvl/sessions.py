@@ -7,6 +7,7 @@ stays small, a resumed session re-reads (and re-prepares) its files, and it resu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -18,6 +19,7 @@ from typing import get_args
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qwenvl import env as qenv
+from qwenvl._constants import MAX_TEXT_FILE_BYTES
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media.sources import classify, read_regular_text
 from qwenvl.outputs import write_atomic
@@ -172,7 +174,8 @@ class Session:
 
     def save(self) -> None:
         """Atomically: a crash leaves the previous version, never half a file. Raises UsageError when the
-        sessions folder cannot be made or written (``$QWENVL_HOME``)."""
+        sessions folder cannot be made or written (``$QWENVL_HOME``). A file over ``MAX_TEXT_FILE_BYTES`` (which
+        ``load`` refuses) is still written, with a warning to start a new session."""
         self._folder()
         messages = [absolute_media(m) for m in self.messages]
         data = {
@@ -188,6 +191,15 @@ class Session:
         except UnicodeEncodeError:  # a file name that is not UTF-8: its lone surrogates as \u escapes (read back so)
             text = json.dumps(data, ensure_ascii=True, indent=1)
         write_atomic(self.path, [text], mode=0o600)  # private chats
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_TEXT_FILE_BYTES:  # saved whole, but no session file this large is read back
+            logging.getLogger("qwenvl").warning(
+                "session %r is now %s bytes, over the %s a session file may be when it is read back: start a new "
+                "session (media given as data: URLs are kept in it as given; files and URLs take a line)",
+                self.name,
+                f"{size:,}",
+                f"{MAX_TEXT_FILE_BYTES:,}",
+            )
 
 
 def list_sessions() -> list[str]:

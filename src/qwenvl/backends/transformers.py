@@ -45,6 +45,7 @@ from qwenvl import env as qenv
 from qwenvl.backends import family as families
 from qwenvl.backends.base import MediaForm
 from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, QwenVLError, UsageError
+from qwenvl.media.sources import read_regular_text
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import toolcalls
@@ -96,7 +97,7 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
                 hint="Give the folder of a Qwen-VL checkpoint (config.json, *.safetensors, tokenizer).",
             )
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(read_regular_text(path, what="model configuration file"))
         except (OSError, ValueError) as exc:
             raise UsageError(
                 f"{path} cannot be read as JSON: {exc}", hint="Check the file's JSON, or download the checkpoint again."
@@ -126,7 +127,7 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
             f"cannot get {ref} from the Hugging Face hub: {str(exc).splitlines()[0]}",
             hint="Check the id, or give a local folder with --model PATH.",
         ) from None
-    return json.loads(Path(downloaded).read_text(encoding="utf-8"))
+    return json.loads(read_regular_text(Path(downloaded), what="model configuration file"))
 
 
 def family_of(ref: str, cfg: dict[str, Any]) -> str:
@@ -268,7 +269,7 @@ def processor_template(ref: str) -> str | None:
         )
         if path is None:
             return None
-        value = json.loads(Path(path).read_text(encoding="utf-8")).get("chat_template")
+        value = json.loads(read_regular_text(Path(path), what="chat template file")).get("chat_template")
     except (OSError, ValueError, AttributeError) as exc:
         raise UsageError(
             f"cannot read {ref}'s chat_template.json: {exc}",

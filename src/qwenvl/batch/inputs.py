@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from qwenvl._constants import MAX_TEXT_FILE_BYTES
 from qwenvl.client import make_request
-from qwenvl.errors import MediaError, UsageError
+from qwenvl.errors import MediaError, UsageError, empty_argument
 from qwenvl.media.sources import MEDIA_SUFFIXES, Source, check_regular, media_kind, open_regular
 from qwenvl.types import DuplicateKeyError, loads
 
@@ -68,10 +69,7 @@ def iter_inputs(inputs: Iterable[str]) -> Iterator[str]:
     args = list(inputs)
     for arg in args:
         if not arg.strip():  # never "." (the current folder, walked): an unset shell variable, most likely
-            raise UsageError(
-                "an argument is empty: it names no file, folder or glob",
-                hint='Remove it, or check the variable that gave it (an unset "$DIR" is empty).',
-            )
+            raise empty_argument()
         if arg[:12].lower().startswith(_URL_PREFIXES):
             continue
         path = Path(arg).expanduser()
@@ -271,11 +269,20 @@ def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> 
 
 
 def _read_lines(path: Path, overrides: dict[str, Any], stream: IO[bytes] | None = None) -> Iterator[BatchItem]:
+    """The items of a requests file, one line read at a time, each of at most ``MAX_TEXT_FILE_BYTES`` characters
+    (a longer one, or a file with no line ends, is refused once that much is read: MediaError, exit 3, naming
+    the line)."""
     found = False
     raw = stream if stream is not None else open_regular(path, what="requests file")
     fh = io.TextIOWrapper(raw, encoding="utf-8")
     try:
-        for n, line in enumerate(fh, 1):
+        for n, line in enumerate(iter(lambda: fh.readline(MAX_TEXT_FILE_BYTES + 1), ""), 1):
+            if len(line) > MAX_TEXT_FILE_BYTES:
+                raise MediaError(
+                    f"{path.name} line {n} is longer than {MAX_TEXT_FILE_BYTES:,} characters: it is no request line",
+                    source=str(path),
+                    hint="Write one JSON request per line; give large media as files or URLs, not inline.",
+                )
             if line.strip():
                 found = True
                 yield _request_line(path, n, line, overrides)

@@ -75,7 +75,8 @@ def batch() -> None:
     """Ask one question about many files, or run a requests file: qwenvl batch photos/ -p "Caption" -o out.jsonl
 
     \b
-    qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl     (short for `qwenvl batch run`: see its --help)
+    qwenvl batch INPUTS... -p PROMPT -o OUT.jsonl
+        (short for `qwenvl batch run`: see its --help)
     qwenvl batch --requests requests.jsonl -o OUT.jsonl
     qwenvl batch status ID... | qwenvl batch cancel ID...   (Batch API jobs)
     """
@@ -369,9 +370,12 @@ def run(opts: dict[str, Any]) -> None:
     (prompt, image/images, video, model, max_tokens, schema, ...); flags override them.
 
     \b
-    Killed or interrupted? Run the same command again: only unfinished items are sent.
-    Each output line: {"id", "input", "status": "ok"|"error", "result"|"error", "usage", "cost", ...}.
-    Batch API jobs: qwenvl batch status ID [ID...] · qwenvl batch cancel ID [ID...].
+    Killed or interrupted? Run the same command again: only unfinished items
+    are sent.
+    Each output line: {"id", "input", "status": "ok"|"error",
+                       "result"|"error", "usage", "cost", ...}.
+    Batch API jobs: qwenvl batch status ID [ID...]
+                    qwenvl batch cancel ID [ID...]
     `qwenvl batch ARGS` is short for `qwenvl batch run ARGS` (this command).
     """
     fields = request_fields(opts)

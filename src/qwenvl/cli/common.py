@@ -25,6 +25,7 @@ from qwenvl._constants import (
     DEFAULT_RETRY_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
     MAX_RETRY_DELAY_S,
+    MAX_TEXT_FILE_BYTES,
     MIN_TRANSFER_RATE,
     STREAM_CAP_FACTOR,
     STREAM_CAP_MIN_S,
@@ -37,10 +38,11 @@ from qwenvl.errors import (
     StreamInterruptedError,
     StructuredOutputError,
     UsageError,
+    empty_argument,
     safe_line,
     terminal_safe,
 )
-from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
+from qwenvl.media.sources import MEDIA_SUFFIXES, classify, first_names, path_hint
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -317,10 +319,7 @@ def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
     for param in ctx.command.params:
         if isinstance(param, click.Argument) and param.name is not None:  # a blank argument: one rule, every verb
             if any(isinstance(v, str) and not v.strip() for v in _strings(opts.get(param.name))):
-                raise UsageError(
-                    "an argument is empty: it names no file, URL or text",
-                    hint='Remove it, or check the variable that gave it (an unset "$FILE" is empty).',
-                )
+                raise empty_argument()
             continue
         if not isinstance(param, click.Option) or param.name is None or param.is_flag or param.name == "extra":
             continue
@@ -519,21 +518,11 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
 
 
 def check_pages_apply(opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages") -> None:
-    """``--pages`` (ground's ``--page``) selects pages of a PDF: given where no MEDIA is a PDF, or might be one (a
-    URL's kind is not known here), a UsageError (exit 2) rather than silently nothing. A file that cannot be
-    read is left to the checks that name it."""
-    if not opts.get(option.lstrip("-")):
-        return
-    from qwenvl.media.sources import media_kind
+    """``--pages`` (ground's ``--page``) given where no MEDIA is a PDF, or might be one: a UsageError (exit 2)
+    naming the option (``qwenvl.media.sources.check_pages_apply``, the rule's home)."""
+    from qwenvl.media.sources import check_pages_apply as check
 
-    for ref in refs:
-        try:
-            source = classify(ref)
-            if source.is_remote or media_kind(source) == "pdf":
-                return
-        except MediaError:
-            return
-    raise UsageError(f"{option} applies to PDFs only", hint=f"Leave out {option} for an image or a video.")
+    check(opts.get(option.lstrip("-")), refs, option)
 
 
 def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -789,7 +778,7 @@ def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, si
             command = current_command()
             verb = command.name if command is not None else "this command"
             raise UsageError(
-                f"{arg!r} matches {len(found)} files, and {verb} takes one",
+                f"{arg!r} matches {len(found)} files ({first_names(found)}), and {verb} takes one",
                 hint=f"Give one file, e.g. {found[0]}, or a pattern that matches only it.",
             )
         out.extend(found)
@@ -886,9 +875,16 @@ def awaiting_stdin(what: str) -> None:
 
 def stdin_text(what: str) -> str:
     """Standard input's text (``-p -``), less one trailing newline (``echo`` adds it); on a terminal, what is
-    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``)."""
+    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``);
+    MediaError (exit 3) when it is longer than ``MAX_TEXT_FILE_BYTES`` (no more than that is read)."""
     awaiting_stdin(what)
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read(MAX_TEXT_FILE_BYTES + 1)
+    if len(data) > MAX_TEXT_FILE_BYTES:
+        raise MediaError(
+            f"standard input ({what}) is longer than {MAX_TEXT_FILE_BYTES:,} bytes: it is no {what.split()[-1]}",
+            source="-",
+            hint="Pipe the text alone; give files as arguments.",
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -22,11 +22,11 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
-from qwenvl.media.sources import classify, split_media
+from qwenvl.media.sources import classify, first_names, split_media
 from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_writable
-from qwenvl.tasks.draw import contact_sheet, hms, image_format
-from qwenvl.tasks.events import Timeline, frames, plan_events, send_events
+from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
+from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, sheet_frame_count
 
 
 @click.command(cls=Verb)
@@ -63,8 +63,9 @@ def events(opts: dict[str, Any]) -> None:
         )
     images, video = split_media(refs)
     if video is not None and images:
+        stills = f"{len(images)} image{'s' if len(images) > 1 else ''}"
         raise UsageError(
-            "give one video, or frame images only, not both",
+            f"a video ({video}) and {stills} ({first_names(images)}) given: give one video or frame images, not both",
             hint="Give the video alone, or the frames alone (in order).",
         )
     target: str | list[str] = video if video is not None else images
@@ -80,6 +81,8 @@ def events(opts: dict[str, Any]) -> None:
     fields = request_fields(opts)
     client = make_client(opts)
     call = plan_events(client, target, prompt=prompt, **fields)
+    if sheet is not None:  # a format too small for the sheet (.ico: 256 px) is refused before it is paid
+        check_fits(opts["sheet_file"], sheet_size_at_least(sheet_frame_count(call)), "--sheet", at_least=True)
     if opts["dry_run"]:
         dry_run(client, call)
         return

@@ -24,10 +24,10 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
-from qwenvl.media.sources import classify, media_kind
+from qwenvl.media.sources import classify, first_names, media_kind
 from qwenvl.outputs import check_writable
-from qwenvl.tasks.draw import annotate, image_format
-from qwenvl.tasks.grounding import Grounding, plan_ground, read_grounding
+from qwenvl.tasks.draw import annotate, check_fits, image_format
+from qwenvl.tasks.grounding import Grounding, original_size, plan_ground, planned_picture, read_grounding
 
 READINGS = {
     "relative-1000": "a 0-1000 grid",
@@ -74,8 +74,9 @@ def ground(opts: dict[str, Any]) -> None:
         (opts["image"], opts["query"]), None, required=False, has_prompt_option=False, single=True
     )
     if query is None or len(refs) != 1:
+        given = f"{len(refs)} files given ({first_names(refs)}) and no query; " if len(refs) > 1 else ""
         raise UsageError(
-            'ground takes one image and a query: qwenvl ground photo.jpg "every dog"',
+            f'{given}ground takes one image and a query: qwenvl ground photo.jpg "every dog"',
             hint="Either order works; the query is the argument that is not a file or URL.",
         )
     image = refs[0]
@@ -103,6 +104,8 @@ def ground(opts: dict[str, Any]) -> None:
         fields["pages"] = str(page or 1)
     client = make_client(opts)
     call = plan_ground(client, image, query, points=opts["points"], **fields)
+    if out is not None:  # a format that cannot hold the picture at its size (.ico: 256 px): before it is paid
+        check_fits(opts["out_file"], original_size(planned_picture(call) or image), "--out")
     if opts["dry_run"]:
         dry_run(client, call)
         return

@@ -215,9 +215,11 @@ def cli() -> None:
     on your own hardware (--backend openai for vLLM and other engines, --backend transformers in process).
 
     \b
-    Key: DASHSCOPE_API_KEY, ./.env, ~/.alibabacloud/credentials or ~/.dashscope/api_key.
-    Exit codes: 0 ok, 2 usage error, 3 input error, 4 authentication, 5 service or network error,
-    130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, 141 stdout closed, e.g. by | head (what was paid for is kept).
+    Key: DASHSCOPE_API_KEY, ./.env, ~/.alibabacloud/credentials
+         or ~/.dashscope/api_key.
+    Exit codes: 0 ok, 2 usage error, 3 input error, 4 authentication,
+    5 service or network error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP,
+    141 stdout closed, e.g. by | head (what was paid for is kept).
     """
     _warnings_to_stderr()
     _warn_unknown_variables()

@@ -70,8 +70,9 @@ def mcp(opts: dict[str, Any]) -> None:
     \b
     stdio (the default) for MCP hosts that start the server themselves:
       {"command": "qwenvl", "args": ["mcp", "--allow-dir", "/path/to/files"]}
-    --http PORT for streamable HTTP at /mcp; a bearer key is required (--api-key or $QWENVL_SERVE_API_KEY)
-    unless --no-auth, which only a loopback --host accepts.
+    --http PORT for streamable HTTP at /mcp; a bearer key is required
+    (--api-key or $QWENVL_SERVE_API_KEY) unless --no-auth, which only a
+    loopback --host accepts.
 
     Local files are read only under the client's MCP roots and the --allow-dir folders. --model and the
     service options are the defaults for every tool call. Needs the extra: pip install "qwenvl[mcp]".

@@ -24,9 +24,12 @@ def models(opts: dict[str, Any]) -> None:
     """The models qwenvl knows, with their pixel rule, budgets, limits, abilities and prices.
 
     \b
-    qwenvl models                      every model, prices per 1M tokens in CNY (Beijing)
-    qwenvl models --region intl        the same in USD (Singapore; us = Virginia)
-    qwenvl models qwen-vl-max-latest   one model, and how its name resolves (snapshot, -latest, guess)
+    qwenvl models                     every model, prices per 1M tokens
+                                      in CNY (Beijing)
+    qwenvl models --region intl       the same in USD (Singapore;
+                                      us = Virginia)
+    qwenvl models qwen-vl-max-latest  one model, and how its name resolves
+                                      (snapshot, -latest, guess)
 
     A request is billed entirely at the tier of its input length (e.g. qwen3-vl-plus: ≤32K, 32K-128K, >128K).
     A name the table does not know gets a warning: its rules are guessed from the name.

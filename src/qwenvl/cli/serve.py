@@ -124,9 +124,13 @@ def serve(opts: dict[str, Any]) -> None:
     """Serve the DashScope API (both protocols) so the official SDKs run unchanged against any backend.
 
     \b
-    qwenvl serve --api-key sk-local-123                        # a gateway to DashScope (cache, usage log)
-    qwenvl serve --backend openai --upstream http://127.0.0.1:8001/v1 --model qwen2.5-vl --no-auth
-    Then: OpenAI(base_url="http://127.0.0.1:8000/compatible-mode/v1", api_key="sk-local-123")
+    A gateway to DashScope (cache, usage log):
+      qwenvl serve --api-key sk-local-123
+    In front of a local engine:
+      qwenvl serve --backend openai --upstream http://127.0.0.1:8001/v1 \\
+          --model qwen2.5-vl --no-auth
+    Then: OpenAI(base_url="http://127.0.0.1:8000/compatible-mode/v1",
+                 api_key="sk-local-123")
     or:   dashscope.base_http_api_url = "http://127.0.0.1:8000/api/v1"
     """
     try:

@@ -3,10 +3,11 @@
 Each file is checked and prepared exactly as `ask` would prepare it (``qwenvl.media.prepare``), so the sizes,
 formats, bytes and token counts are those of the request that would be sent. ``--fast`` works from the headers
 instead (estimate-only mode: nothing decoded, encoded or rendered): the same sizes and tokens, without the
-bytes ("-"), and the likely format for images other than JPEG. The cost covers the media's input tokens only:
-the prompt and the answer come on top, in the region's currency (``--region``: ¥ in Beijing, $ in Singapore and
-Virginia), every item at the price tier of the files' total. The estimate itself is
-``qwenvl.estimate.estimate_files`` (shared with the MCP ``estimate`` tool); this module renders it.
+bytes ("-"), and the likely format for images other than JPEG and for PDF pages (``images.likely_mime``). The
+cost covers the media's input tokens only: the prompt and the answer come on top, in the region's currency
+(``--region``: ¥ in Beijing, $ in Singapore and Virginia), every item at the price tier of the files' total.
+The estimate itself is ``qwenvl.estimate.estimate_files`` (shared with the MCP ``estimate`` tool); this module
+renders it.
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ def tokens(opts: dict[str, Any]) -> None:
         client = make_client(opts, will_send=False)  # nothing is sent: no key needed
     paths = with_stdin(list(opts["files"]))  # "-": the file on standard input, as for every verb
     result = estimate_files(
-        paths, fast=opts["fast"], region=opts["region"], client=client, family=opts["family"], **fields
+        paths,
+        fast=opts["fast"],
+        region=opts["region"],
+        client=client,
+        family=opts["family"],
+        pages_option="--pages",
+        **fields,
     )
     stdin_file = {p for p in paths if p not in opts["files"]}  # "-" was replaced by a temporary file
     for row in result["items"] if stdin_file else []:

@@ -39,6 +39,8 @@ from qwenvl.media.sources import (
     Source,
     check_size,
     classify,
+    head_bytes,
+    local_content,
     media_kind,
     open_regular,
     open_source,
@@ -47,6 +49,7 @@ from qwenvl.media.sources import (
     to_data_url,
 )
 from qwenvl.models import (
+    MAX_DATA_URL_BYTES,
     MAX_FETCH_BYTES,
     MAX_IMAGE_BYTES,
     MAX_IMAGE_FILE_BYTES,
@@ -345,7 +348,7 @@ def prepare_image(
             video_expected = video_expected or (
                 source.path is not None and source.path.suffix.lower() in VIDEO_SUFFIXES
             )
-            raise _not_media(exc, label) if video_expected else exc from None
+            raise _not_media(_what_it_holds(exc, source, label), label) if video_expected else exc from None
     if options.estimate_only or (options.keep_pixels and options.prepare):
         return _check_image(part, data, info, label, options)
     key = ("image", _digest(data), options, part.min_pixels, part.max_pixels) if cache is not None else None
@@ -424,11 +427,29 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
     return data, images.identify(data, source.label)
 
 
+def _not_an_image(exc: MediaError) -> bool:
+    return (exc.hint or "").startswith("Supported images:")  # images._not_an_image: text, or an unknown format
+
+
+def _what_it_holds(exc: MediaError, source: Source, label: str) -> MediaError:
+    """For a reference meant as a video that is no video, refused as an image before its content was looked at
+    (too large for an image file: ``read_image`` checks the size first): the error of its first bytes when they
+    are no image either (a huge file named .mp4 is then "neither a video nor an image", not an image too large),
+    else ``exc``. Reads at most ``SMALL_IMAGE_BYTES``."""
+    if _not_an_image(exc):
+        return exc
+    try:
+        images.identify(head_bytes(source, SMALL_IMAGE_BYTES), label)
+    except MediaError as first:
+        return first if _not_an_image(first) else exc
+    return exc
+
+
 def _not_media(exc: MediaError, label: str) -> MediaError:
     """``exc`` in the words of a reference meant as a video (named like one, or given alone where a video is
     taken) whose content is neither a video (``media_kind`` said so) nor an image Pillow reads: what was given,
     and every kind that is taken. Other errors (too large, a damaged header, a bomb) are ``exc`` itself."""
-    if not (exc.hint or "").startswith("Supported images:"):  # images._not_an_image: text, or an unknown format
+    if not _not_an_image(exc):
         return exc
     from qwenvl.media.video import SUPPORTED  # PyAV loads here only on this error path
 
@@ -484,7 +505,7 @@ def _estimate_image(
     """An image's size as sent and its tokens from its header (already checked): the full path's rules."""
     if options.prepare:
         _, (width, height), notes = _sent_image_size(info, label, part, options)
-        mime = "image/jpeg" if info.format in ("JPEG", "MPO") else info.mime if info.accepted else "image/png"
+        mime = images.likely_mime(info)  # the encoding rule's guess without the pixels
     else:
         notes = _check_original(data, info, label, options, verify=False)
         mime, (width, height) = info.mime, (info.width, info.height)
@@ -700,7 +721,7 @@ def prepare_video(part: VideoPart, options: MediaOptions, cache: PreparedCache |
 
     if options.video_as == "file":
         return _whole_video(part, source, options)
-    src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    src = video_content(source)
     if options.estimate_only:
         info, rate, plan = _video_plan(part, src, source.label, options)
         return PreparedItem(
@@ -918,7 +939,7 @@ def expand_documents(
 
             assert isinstance(part, ImagePart)
             lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
-            src = document.path if document.kind == "file" and document.path else read_bytes(document)
+            src = pdf_content(document)
             key = None
             if cache is not None:
                 key = ("pdf", _digest(src), options.model.factor, lo, hi, options.pages, options.model.context_tokens)
@@ -951,7 +972,7 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
 
     lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
-    src = document.path if document.kind == "file" and document.path else read_bytes(document)
+    src = pdf_content(document)
     factor = options.model.factor
     sizes = pdf.page_sizes(
         src,
@@ -971,7 +992,7 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
                 ref,
                 "image",
                 ref,
-                mime="image/png",
+                mime=images.likely_mime(),  # a rendered page's likely encoding (nothing is rendered)
                 bytes_sent=0,
                 width=width,
                 height=height,
@@ -981,6 +1002,18 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
             )
         )
     return items
+
+
+def video_content(source: Source) -> Path | bytes:
+    """A local video for its reader: the file's path, or a data: URL's bytes, refused before decoding over
+    ``MAX_DATA_URL_BYTES`` (``sources.local_content``). Raises MediaError (exit 3)."""
+    return local_content(source, MAX_DATA_URL_BYTES, "a video given as a data: URL")
+
+
+def pdf_content(source: Source) -> Path | bytes:
+    """A local PDF for its reader: the file's path, or a data: URL's bytes, refused before decoding over
+    ``MAX_DATA_URL_BYTES`` (``sources.local_content``). Raises MediaError (exit 3)."""
+    return local_content(source, MAX_DATA_URL_BYTES, "a PDF given as a data: URL")
 
 
 def _pdf_source(ref: str) -> Source | None:

@@ -197,15 +197,58 @@ def image_format(out: str | Path, what: str = "the output") -> str:
     return fmt
 
 
+# The largest side, in pixels, of a picture each output format holds, where it is less than any picture qwenvl
+# draws may be (Pillow 13, measured: past it Pillow writes the picture smaller, or fails once the answer is paid):
+# ICO 256 (IcoImagePlugin writes sizes up to 256x256; ``save`` asks for the picture's own), WebP 16,383
+# (libwebp's WEBP_MAX_DIMENSION), JPEG, MPO and PDF 65,500 (libjpeg's JPEG_MAX_DIMENSION; Pillow's PDF holds a
+# JPEG), AVIF 32,768 (libavif's default dimension limit: a wider one is written but cannot be read), GIF, TGA,
+# SGI and MSP 65,535 (16-bit fields), PCX 65,534 (its 16-bit bytes-per-line is even). ICNS holds only squares of
+# ICNS_SIDES_PX (IcnsImagePlugin resizes the picture to each of them).
+MAX_SIDE_PX: dict[str, int] = {"ICO": 256, "WEBP": 16_383, "AVIF": 32_768, "PCX": 65_534}
+MAX_SIDE_PX |= dict.fromkeys(("JPEG", "MPO", "PDF"), 65_500) | dict.fromkeys(("GIF", "TGA", "SGI", "MSP"), 65_535)
+ICNS_SIDES_PX = (32, 64, 128, 256, 512, 1024)
+
+
+def check_fits(out: str | Path, size: Size | None, what: str = "the output", *, at_least: bool = False) -> str:
+    """The Pillow format of ``out`` (``image_format``), when it can hold a picture of ``size`` (``(width,
+    height)`` in pixels; None: not known, not checked) at that size; else UsageError (exit 2), one line naming the
+    format's limit and the picture's size, with the hint to name it .png (PNG holds any size): never a picture
+    written smaller than drawn (an .ico is capped at 256 px) or a failure after the answer is paid. ``at_least``:
+    ``size`` is a lower bound (a contact sheet before its events are known), said so. The limits are
+    ``MAX_SIDE_PX`` and ``ICNS_SIDES_PX``. Called before anything is sent (``ground --out``, ``events --sheet``,
+    the MCP ground tool) and again when saving (``save``)."""
+    fmt = image_format(out, what)
+    if size is None:
+        return fmt
+    width, height = size
+    if fmt == "ICNS":
+        if width == height and width in ICNS_SIDES_PX:
+            return fmt
+        limit = f"an ICNS icon holds only squares of {', '.join(map(str, ICNS_SIDES_PX))} px"
+    else:
+        side = MAX_SIDE_PX.get(fmt)
+        if side is None or max(width, height) <= side:
+            return fmt
+        limit = f"{'an' if fmt[0] in 'AIMS' else 'a'} {fmt} picture is at most {side:,} px a side"
+    said = f"at least {width}x{height}" if at_least else f"{width}x{height}"
+    raise UsageError(
+        f"{what} {safe_line(out)}: {limit}, and the picture is {said} px (nothing was written)",
+        hint=f"Name it {Path(out).stem.rstrip('.') or 'boxes'}.png (PNG holds any size).",
+    )
+
+
 def save(img: Image.Image, out: str | Path) -> Path:
     """Write ``img`` to ``out`` (folders made as needed), in the format its suffix names (``image_format``: JPEG
     at quality 92). Returns the path. Raises UsageError for a suffix that names no picture format Pillow
-    writes, OSError when it cannot be written."""
-    fmt = image_format(out)
+    writes, or a format that cannot hold ``img`` at its size (``check_fits``), OSError when it cannot be
+    written."""
+    fmt = check_fits(out, img.size)
     path = Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "JPEG":
         img.convert("RGB").save(path, fmt, quality=92)
+    elif fmt == "ICO":  # the picture's own size (Pillow's default: squares up to 256, the picture shrunk into them)
+        img.save(path, fmt, sizes=[img.size])
     else:
         img.save(path, fmt)
     return path
@@ -239,17 +282,15 @@ def contact_sheet(
     be written."""
     if not frames:
         raise ValueError("no frames to draw")
-    cols = columns or min(6, max(1, math.ceil(math.sqrt(len(frames)))))
-    rows = math.ceil(len(frames) / cols)
+    cols, rows, text_w = _grid(len(frames), thumb_width, columns)
     thumbs = [ImageOps.contain(f.convert("RGB"), (thumb_width, thumb_width)) for f in frames]
     cell_h = max(t.height for t in thumbs)
     fnt = font(14)
     small = font(13)
-    pad = 8
-    caption = 28
+    pad = _PAD
+    caption = _CAPTION
     spans = [(_seconds(a), _seconds(b)) for a, b, _ in events]
     title_h = 30 if title else 0
-    text_w = cols * (thumb_width + pad) + pad
     event_lines = _wrap_events(events, small, text_w - 2 * pad)
     events_h = (len(event_lines) * 19 + pad) if event_lines else 0
     sheet = Image.new("RGB", (text_w, title_h + rows * (cell_h + caption + pad) + pad + events_h), (24, 24, 24))
@@ -276,6 +317,24 @@ def contact_sheet(
     if out is not None:
         save(sheet, out)
     return sheet
+
+
+_PAD = 8  # pixels around and between a contact sheet's cells
+_CAPTION = 28  # pixels under a frame for its number and time
+
+
+def _grid(count: int, thumb_width: int, columns: int | None) -> tuple[int, int, int]:
+    """``(columns, rows, width in pixels)`` of a contact sheet of ``count`` frames. Raises nothing."""
+    cols = columns or min(6, max(1, math.ceil(math.sqrt(count))))
+    return cols, math.ceil(count / cols), cols * (thumb_width + _PAD) + _PAD
+
+
+def sheet_size_at_least(count: int, thumb_width: int = 240, columns: int | None = None) -> Size:
+    """``(width, height)`` in pixels a ``contact_sheet`` of ``count`` frames is at least: its width exactly, its
+    height without the frames, title and event lines (known only once drawn). For ``check_fits`` before the
+    request is sent. Raises nothing."""
+    _, rows, width = _grid(max(1, count), thumb_width, columns)
+    return width, rows * (_CAPTION + _PAD) + _PAD
 
 
 def _seconds(text: str) -> float | None:

@@ -185,9 +185,9 @@ def video_duration(call: Call) -> float | None:
     if source.is_remote:
         return None
     from qwenvl.media import video as video_mod
-    from qwenvl.media.sources import read_bytes
+    from qwenvl.media.prepare import video_content
 
-    src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    src = video_content(source)
     return video_mod.probe_video(src, source.label).duration
 
 
@@ -204,6 +204,15 @@ def frame_times(call: Call) -> list[float]:
 
 
 SHEET_MAX_FRAMES = 48  # a contact sheet shows at most this many frames, evenly spread
+
+
+def sheet_frame_count(call: Call, limit: int = SHEET_MAX_FRAMES) -> int:
+    """How many frames a contact sheet of ``call`` shows (``frames``), at most: the local frames sent, at most
+    ``limit``; nothing is decoded. Raises nothing."""
+    item = _video_item(call)
+    if item is None or not isinstance(item.sent, list):
+        return 0
+    return min(limit, sum(url.startswith("data:") for url in item.sent))
 
 
 def frames(call: Call, limit: int | None = SHEET_MAX_FRAMES) -> tuple[list[Image.Image], list[float]]:

@@ -525,6 +525,13 @@ def plan_ground(client: SupportsPlan, image: str, query: str, *, points: bool = 
     return client.plan(prompt=prompt, images=[image], **fields)
 
 
+def planned_picture(call: Call) -> str | None:
+    """The picture a grounding answer to ``call`` refers to (and ``annotate`` draws on): the planned image's
+    reference, a PDF page's as its rendered data: URL. None when the call has no image. Raises nothing."""
+    items = [m for m in call.media if m.kind == "image"]
+    return items[-1].source if items else None
+
+
 def read_grounding(
     call: Call, response: Response, *, image_size: Size | None = None, image: str | None = None
 ) -> Grounding:
@@ -554,10 +561,9 @@ def read_grounding(
             f"{_size(stored)} image and turned to the upright {_size(upright)} one, assuming the service does not "
             "apply the tag either. Let qwenvl prepare the image to send it upright and avoid the assumption."
         )
-    items = [m for m in call.media if m.kind == "image"]
     result.raw_text = response.text
     result.model = response.model or call.request.model
-    picture = items[-1].source if items else None
+    picture = planned_picture(call)
     result.image = image or (picture if picture and not picture.startswith("data:") else None)
     result._picture = picture
     result.response = response

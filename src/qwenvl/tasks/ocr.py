@@ -150,10 +150,11 @@ def pdf_pages(ref: str, pages: str | None) -> list[int]:
     """The 1-based pages ``pages`` selects in the PDF ``ref`` (every page when None), in the order given.
     Raises UsageError (bad range syntax), MediaError (a page out of range, an unreadable PDF)."""
     from qwenvl.media import pdf
-    from qwenvl.media.sources import classify, read_bytes
+    from qwenvl.media.prepare import pdf_content
+    from qwenvl.media.sources import classify
 
     source = classify(ref)
-    src = source.path if source.kind == "file" and source.path is not None else read_bytes(source)
+    src = pdf_content(source)
     return pdf.parse_pages(pages, pdf.page_count(src, source.label), source.label)
 
 
