@@ -536,3 +536,48 @@ def test_encoded_pages_go_through_as_encoded(report: bytes) -> None:
     )
     assert [item.mime for item in prepared.items] == [page.mime for page in pages]
     assert [decode_data_url(str(item.sent)) for item in prepared.items] == [page.data for page in pages]
+
+
+def test_pdfium_is_never_called_from_two_threads_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PDFium is not thread-safe (pypdfium2's documentation), and a batch's workers render PDFs side by side: each
+    PDFium entry point is watched (with a pause inside, so an overlap cannot slip by) and none may overlap; the
+    pages are still right."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    inside = 0
+    overlaps = 0
+    guard = threading.Lock()
+
+    def watched(original):
+        def call(*args, **kwargs):
+            nonlocal inside, overlaps
+            with guard:
+                inside += 1
+                overlaps += inside > 1
+            try:
+                time.sleep(0.005)
+                return original(*args, **kwargs)
+            finally:
+                with guard:
+                    inside -= 1
+
+        return call
+
+    monkeypatch.setattr(pdfium.PdfDocument, "__init__", watched(pdfium.PdfDocument.__init__))
+    monkeypatch.setattr(pdfium.PdfPage, "render", watched(pdfium.PdfPage.render))
+    monkeypatch.setattr(pdfium.PdfDocument, "get_page_size", watched(pdfium.PdfDocument.get_page_size))
+    colours = [RED, GREEN, BLUE, (0.5, 0.5, 0.5)]
+    pdfs = [make_pdf([(*A4, colour)] * 2) for colour in colours]
+
+    def render(i: int) -> tuple[int, int, int]:
+        pages = render_pdf(pdfs[i % 4], factor=32, min_pixels=4096, max_pixels=200_000)
+        assert len(pages) == 2 and page_count(pdfs[i % 4]) == 2
+        return centre(pages[1].data)
+
+    with ThreadPoolExecutor(8) as pool:
+        centres = list(pool.map(render, range(16)))
+    assert overlaps == 0
+    for i, colour in enumerate(centres):
+        assert close(colour, colours[i % 4])

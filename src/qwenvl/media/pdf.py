@@ -20,6 +20,10 @@ Qwen-VL models cannot read PDF files, so a PDF given where an image is expected 
   the model's context window; otherwise the error suggests a page range.
 * **Passwords.** A PDF that needs a password to open is refused (qwenvl never asks for one). A PDF
   encrypted only with an owner password (printing/copying restrictions) opens and renders as usual.
+* **Threads.** PDFium is not thread-safe: no two of its calls may run at once, even on different documents
+  (pypdfium2's documentation, "Thread incompatibility"). Every PDFium call here holds ``_PDFIUM`` (a batch's
+  workers, the async client's threads); a page's resize and encoding run outside it, so only the rendering is
+  one at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import contextlib
 import math
 import mmap
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +48,8 @@ from qwenvl.sizes import HeightWidth
 
 PDF_MIME = "application/pdf"
 _PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
+_PDFIUM = threading.RLock()  # held around every PDFium call (see "Threads")
+_SHARED_MODES = frozenset({"RGBA", "RGBX", "L"})  # pypdfium2's to_pil shares the bitmap's buffer in these
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:(-)\s*(\d+)?\s*)?$")
 
 
@@ -148,9 +155,13 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
             source=label,
             hint="Check the file: open it in a PDF viewer, or export it again.",
         )
-    _reset_last_error()
     try:
-        doc = pdfium.PdfDocument(src if isinstance(src, bytes) else str(src))
+        with _PDFIUM:
+            _reset_last_error()
+            doc = pdfium.PdfDocument(src if isinstance(src, bytes) else str(src))
+            pages = len(doc)
+            if pages == 0:
+                doc.close()
     except pdfium.PdfiumError as exc:
         if getattr(exc, "err_code", None) == _PASSWORD_ERROR:
             raise MediaError(
@@ -165,8 +176,7 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
             source=label,
             hint="Check the file: open it in a PDF viewer, or export it again.",
         ) from None
-    if len(doc) == 0:
-        doc.close()
+    if pages == 0:
         raise MediaError(f"{label} has no pages", source=label, hint="Check the PDF: it may be empty or damaged.")
     return doc
 
@@ -174,10 +184,11 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
 def page_count(src: bytes | str | Path, label: str | None = None) -> int:
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
     doc = open_pdf(src, name)
-    try:
-        return len(doc)
-    finally:
-        doc.close()
+    with _PDFIUM:
+        try:
+            return len(doc)
+        finally:
+            doc.close()
 
 
 def page_size(
@@ -231,19 +242,21 @@ def render_pdf(
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
     doc = open_pdf(src, name)
     try:
-        sizes = _page_sizes(
-            doc,
-            factor=factor,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            pages=pages,
-            context_tokens=context_tokens,
-            label=name,
-        )
-        doc.init_forms()
+        with _PDFIUM:
+            sizes = _page_sizes(
+                doc,
+                factor=factor,
+                min_pixels=min_pixels,
+                max_pixels=max_pixels,
+                pages=pages,
+                context_tokens=context_tokens,
+                label=name,
+            )
+            doc.init_forms()
         return [_render_page(doc, n, h, w, name) for n, (h, w) in sizes.items()]
     finally:
-        doc.close()
+        with _PDFIUM:
+            doc.close()
 
 
 def page_sizes(
@@ -260,18 +273,19 @@ def page_sizes(
     from the page sizes alone (nothing is rendered); the same checks and errors as ``render_pdf``."""
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
     doc = open_pdf(src, name)
-    try:
-        return _page_sizes(
-            doc,
-            factor=factor,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            pages=pages,
-            context_tokens=context_tokens,
-            label=name,
-        )
-    finally:
-        doc.close()
+    with _PDFIUM:
+        try:
+            return _page_sizes(
+                doc,
+                factor=factor,
+                min_pixels=min_pixels,
+                max_pixels=max_pixels,
+                pages=pages,
+                context_tokens=context_tokens,
+                label=name,
+            )
+        finally:
+            doc.close()
 
 
 def _page_sizes(
@@ -303,20 +317,27 @@ def _page_sizes(
 
 
 def _render_page(doc: pdfium.PdfDocument, number: int, height: int, width: int, label: str) -> RenderedPage:
-    page = doc[number - 1]
-    try:
-        width_pt, height_pt = page.get_size()
-        scale = max(width / width_pt, height / height_pt)
+    with _PDFIUM:  # rendered one page at a time in the process; resized and encoded outside
+        page = doc[number - 1]
         try:
-            img = page.render(scale=scale, may_draw_forms=True).to_pil()
-        except pdfium.PdfiumError as exc:
-            raise MediaError(
-                f"{label}: page {number} does not render ({exc})",
-                source=label,
-                hint="Choose other pages with --pages, or export the PDF again.",
-            ) from None
-    finally:
-        page.close()
+            width_pt, height_pt = page.get_size()
+            scale = max(width / width_pt, height / height_pt)
+            try:
+                bitmap = page.render(scale=scale, may_draw_forms=True)
+            except pdfium.PdfiumError as exc:
+                raise MediaError(
+                    f"{label}: page {number} does not render ({exc})",
+                    source=label,
+                    hint="Choose other pages with --pages, or export the PDF again.",
+                ) from None
+            try:
+                img = bitmap.to_pil()
+                if bitmap.mode in _SHARED_MODES:  # the image shares PDFium's buffer: copied before it is freed
+                    img = img.copy()
+            finally:
+                bitmap.close()
+        finally:
+            page.close()
     if img.mode != "RGB":
         img = img.convert("RGB")
     if img.size != (width, height):
