@@ -54,7 +54,7 @@ from qwenvl.protocols import get, inbound
 from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
 from qwenvl.server.security import bearer, fetch_public, key_matches
-from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadStore
+from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
 from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart
 
 try:
@@ -593,8 +593,9 @@ def create_app(
                 data=data,
             )
         except QwenVLError as exc:
-            body = f'<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>{_xml(str(exc))}</Message></Error>'
-            return Plain(body, status_code=403, media_type="application/xml")
+            status, code = (409, "FileAlreadyExists") if isinstance(exc, UploadConflict) else (403, "AccessDenied")
+            body = f'<?xml version="1.0"?><Error><Code>{code}</Code><Message>{_xml(str(exc))}</Message></Error>'
+            return Plain(body, status_code=status, media_type="application/xml")
         except Exception:
             return Plain(
                 '<?xml version="1.0"?><Error><Code>InvalidArgument</Code></Error>',
