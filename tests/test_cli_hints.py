@@ -95,7 +95,7 @@ BAD = [  # (arguments, exit code, words in the error line)
     (["ocr", "a.png", "-o", "/dev/null", "--dry-run"], 2, "not a regular file"),
     (["ground", "a.png", "cat", "--out", "emptydir"], 2, "is a directory"),
     (["extract", "a.png", "--schema", "s.json", "--csv", "/dev/null"], 2, "not a regular file"),
-    (["analyze", "--request", "{}", "--file", "req.json"], 2, "give exactly one of"),
+    (["analyze", "--request", "{}", "--file", "req.json"], 2, 'has no "prompt"'),  # --request used, as the skill
     (["ask", "a.png", "x", "y", "z"], 2, "neither files nor URLs"),
     (["ask", "a.png", "-p", "  "], 2, "the prompt is empty"),
     (["events"], 2, "Missing argument"),
