@@ -41,7 +41,7 @@ from qwenvl.errors import (
     terminal_safe,
 )
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
-from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
+from qwenvl.models import answer_cost, currency_of, format_cost, is_paid, spent_label
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import FIELD_FLAGS, DuplicateKeyError, Request, Response, reserved_extra, reserved_extra_hint
@@ -100,7 +100,8 @@ def report(exc: QwenVLError) -> None:
         console.print("[dim]raw answer:[/]", highlight=False)
         console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
-        console.print(f"[dim]paid: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
+        label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
+        console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
     hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
     console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
 
@@ -977,8 +978,9 @@ def print_usage_line(response: Response, region: str | None = None, console: Con
 
 
 def paid_line(exc: StructuredOutputError) -> str:
-    """What a call that failed on its structured answer paid: ``usage_line`` of its last response (whose usage
-    counts every request), priced in the verb's region, and the requests' ids when a repair request was sent."""
+    """What a call that failed on its structured answer paid (a local model's: used): ``usage_line`` of its last
+    response (whose usage counts every request), priced in the verb's region, and the requests' ids when a repair
+    request was sent."""
     ctx = click.get_current_context(silent=True)
     region = effective_region(ctx.meta.get(_REGION_KEY) if ctx is not None else None)
     line = usage_line(exc.response, region)
