@@ -72,7 +72,7 @@ def make_request(
 
 
 # What to do about each rule of ``Request._check`` (keyed by the start of its message); flags beside the library's
-# names, fitted to each verb by the CLI (``qwenvl.cli.common.fit_hint``).
+# names, fitted to each surface (``qwenvl.wording``: a CLI verb, or the request fields of a serve client).
 _RULE_HINTS = {
     "a prompt is required": 'Give a prompt (-p "...", prompt="...").',
     "min_pixels is larger than max_pixels": "Give --min-pixels / min_pixels no larger than --max-pixels / max_pixels, "
