@@ -134,7 +134,7 @@ def test_analyze_request_level_keys(server, env, png):
         (["--request", '{"prompt": "x", "image": "missing.png"}'], 3, "not found"),
         (["--request", '{"prompt": "x"}', "--region", "mars"], 2, "unknown region"),
         (["--file", "nope.json"], 3, "request file not found"),  # a file named by an option: an input error
-        ([], 2, "exactly one"),
+        ([], 2, "give one of --request JSON or --file"),
     ],
 )
 def test_analyze_bad_input(server, env, args, code, needle):

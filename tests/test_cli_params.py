@@ -261,12 +261,22 @@ def test_budget_options_that_contradict_are_usage_errors(server, env, image):
     assert model_calls(server) == []
 
 
-def test_analyze_refuses_an_unknown_request_key_as_batch_does(server, env, image):
-    req = json.dumps({"prompt": "x", "image": str(image), "max_token": 5})
-    p = run_cli("analyze", "--request", req, env=env)
-    assert p.returncode == 2, p.stderr
-    assert "Did you mean 'max_tokens' (not 'max_token')?" in p.stderr
-    assert model_calls(server) == []
+def test_analyze_ignores_unknown_request_keys_as_the_skill_does(server, env, image, isolated_env):
+    """The skill's analyze_image.py reads the keys it knows and ignores the rest: the drop-in sends the request
+    without them and names them in one warning line (with the field a misspelt one was likely meant to be).
+    With --request and --file both, the skill reads --request: so does the drop-in, and says so."""
+    req = json.dumps({"prompt": "x", "image": str(image), "max_token": 5, "callback": "https://x", "max_tokens": 7})
+    p = run_cli("analyze", "--request", req, "--file", "other.json", env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["text"]
+    warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: --request and --file both given: --request is used, other.json is not read",
+        "warning: --request: ignored unknown keys max_token (did you mean max_tokens?), callback",
+    ], p.stderr
+    sent = model_calls(server)
+    assert len(sent) == 1 and sent[0].json["max_tokens"] == 7
+    assert "max_token" not in sent[0].json and "callback" not in sent[0].json
 
 
 def test_ground_points_with_none_found_is_not_cut_off(server, env, image):

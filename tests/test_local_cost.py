@@ -150,3 +150,16 @@ def test_the_mcp_tools_cost_fields(engine: EngineServer, png: Path) -> None:
 
     said = tool_error(StructuredOutputError("not JSON", raw_text="x", response=response))
     assert "cost local" in said.content[0].text  # type: ignore[union-attr]
+
+
+def test_a_local_models_answers_are_never_said_to_be_paid(engine: EngineServer, png: Path) -> None:
+    """A local call is not paid: a batch output holding a local model's answers to another question says they
+    would be sent again (not "paid for again"), and --fresh says they are asked again."""
+    p = run_cli("batch", *local(engine), str(png), "-p", "hi", "-o", "out.jsonl")
+    assert p.returncode == 0, p.stderr
+    again = run_cli("batch", *local(engine), str(png), "-p", "another question", "-o", "out.jsonl")
+    assert again.returncode == 2 and "would be replaced and sent again" in again.stderr, again.stderr
+    assert "paid" not in again.stderr
+    fresh = run_cli("batch", *local(engine), str(png), "-p", "another question", "-o", "out.jsonl", "--fresh", "--yes")
+    assert fresh.returncode == 0 and "they are deleted, and asked again" in fresh.stderr, fresh.stderr
+    assert "paid" not in fresh.stderr

@@ -145,6 +145,30 @@ def test_ask_extract_and_analyze_say_what_a_failed_answer_paid(server, env, png,
         assert all(r.json and r.json.get("model") for r in server.requests) and len(server.requests) == 2
 
 
+def test_a_local_models_failed_answer_is_used_not_paid(png, isolated_env):
+    """A local model's answer costs no money: the line that says what a failed structured answer took reads
+    ``used:`` (``cost: local``), never ``paid:``, in the CLI and in the MCP tool error."""
+    from engine_server import EngineServer
+    from qwenvl.mcp_server import tool_error
+
+    (isolated_env / "s.json").write_text(json.dumps(STRICT))
+    with EngineServer(engine="vllm") as engine:  # it answers what it saw: never JSON for the schema
+        p = run_cli(
+            "ask", str(png), "-p", "x", "--schema", "s.json", "--backend", "openai", "--base-url", engine.base_url
+        )
+        assert p.returncode == 5, p.stderr
+        used = [line for line in p.stderr.splitlines() if line.startswith("used: ")]
+        assert len(used) == 1 and "cost: local" in used[0] and "2 requests" in used[0], p.stderr
+        assert "paid" not in p.stderr
+        with (
+            qwenvl.Client(backend="openai", base_url=engine.base_url, retry_backoff_s=0.01) as client,
+            pytest.raises(StructuredOutputError) as caught,
+        ):
+            client.complete(prompt="x", image=str(png), schema=STRICT)
+    said = tool_error(caught.value).content[0].text
+    assert "\nused: 2 requests" in said and "cost local" in said and "paid" not in said, said
+
+
 def test_analyze_json_mode_stays_lenient_as_the_skill(server, env, png):
     server.enqueue(Reply(text="not json"))
     p = run_cli(

@@ -297,6 +297,43 @@ def test_dashscope_sdk_one_image_and_local_file(ds, server, png):
     assert sent["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/")
 
 
+def test_dashscope_sdk_files_sharing_a_base_name(ds, server, isolated_env):
+    """The SDK (>= 1.25.2) asks for one upload policy per call and keys each file ``upload_dir/basename``: two copies
+    of a frame in two folders, or one file twice in a frame list, post one key twice. The same bytes again are
+    accepted (the key still names them); other bytes under the key are refused, saying why, since one
+    ``oss://`` reference cannot stand for two files."""
+    for cam in ("cam1", "cam2", "cam3"):
+        (isolated_env / cam).mkdir()
+    a = write_image(isolated_env / "cam1" / "0001.png", color=(10, 200, 10))
+    b = isolated_env / "cam2" / "0001.png"
+    b.write_bytes(a.read_bytes())
+    r = ds.MultiModalConversation.call(
+        api_key=SERVE_KEY,
+        model="qwen3-vl-plus",
+        messages=[{"role": "user", "content": [{"image": f"file://{a}"}, {"image": f"file://{b}"}, {"text": "same?"}]}],
+    )
+    assert r.status_code == 200, (r.code, r.message)
+    sent = upstream_json(server)["messages"][0]["content"]
+    assert sent[0]["image_url"]["url"] == sent[1]["image_url"]["url"] == data_url(a)
+    frames = [f"file://{a}", f"file://{write_image(isolated_env / '0002.png', color=(9, 9, 9))}", f"file://{a}"]
+    r = ds.MultiModalConversation.call(
+        api_key=SERVE_KEY,
+        model="qwen3-vl-plus",
+        messages=[{"role": "user", "content": [{"video": frames}, {"text": "what happens?"}]}],
+    )
+    assert r.status_code == 200, (r.code, r.message)
+    assert r.output.choices[0].message.content[0]["text"] == "echo: what happens? [images=0 videos=1]"
+    c = write_image(isolated_env / "cam3" / "0001.png", color=(200, 10, 10))  # other bytes, the same base name
+    with pytest.raises(ds.common.error.UploadFileException) as caught:
+        ds.MultiModalConversation.call(
+            api_key=SERVE_KEY,
+            model="qwen3-vl-plus",
+            messages=[{"role": "user", "content": [{"image": f"file://{a}"}, {"image": f"file://{c}"}, {"text": "x"}]}],
+        )
+    said = str(caught.value)
+    assert "FileAlreadyExists" in said and "another file named 0001.png" in said and "rename one" in said, said
+
+
 @pytest.mark.parametrize("incremental", [True, False])
 def test_dashscope_sdk_stream(ds, server, png, incremental):
     responses = ds.MultiModalConversation.call(

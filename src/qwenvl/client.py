@@ -72,7 +72,7 @@ def make_request(
 
 
 # What to do about each rule of ``Request._check`` (keyed by the start of its message); flags beside the library's
-# names, fitted to each verb by the CLI (``qwenvl.cli.common.fit_hint``).
+# names, fitted to each surface (``qwenvl.wording``: a CLI verb, or the request fields of a serve client).
 _RULE_HINTS = {
     "a prompt is required": 'Give a prompt (-p "...", prompt="...").',
     "min_pixels is larger than max_pixels": "Give --min-pixels / min_pixels no larger than --max-pixels / max_pixels, "
@@ -104,10 +104,17 @@ def _unknown_field_hint(exc: ValidationError) -> str | None:
                 return reserved_extra_hint(keys)
         if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
             name = str(err["loc"][0])
-            near = difflib.get_close_matches(name, list(Request.model_fields), n=1)
+            near = near_field(name)
             if near:
-                guesses.append(f"'{near[0]}' (not '{name}')")
+                guesses.append(f"'{near}' (not '{name}')")
     return f"Did you mean {', '.join(guesses)}?" if guesses else None
+
+
+def near_field(name: str) -> str | None:
+    """The ``Request`` field an unknown key ``name`` was most likely meant to be (``difflib``'s closest match,
+    e.g. ``max_tokens`` for ``max_token``), or None when none is close. Raises nothing."""
+    near = difflib.get_close_matches(name, list(Request.model_fields), n=1)
+    return near[0] if near else None
 
 
 def describe_validation_error(exc: ValidationError, what: str = "invalid request") -> str:

@@ -42,7 +42,7 @@ from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S
 from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.estimate import estimate_files
-from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid
+from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid, spent_label
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
@@ -324,14 +324,15 @@ def result(value: BaseModel, *extra: ImageContent, exclude_unset: bool = False) 
 def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
     """The error as the model reads it: one line, then the hint; never a traceback. An answer that was not valid
     for the schema was paid: a ``paid:`` line between them says for how many requests, tokens and cost (in
-    ``region``'s currency)."""
+    ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``)."""
     if isinstance(exc, QwenVLError):
         text = f"error: {exc}"
         if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
             b = billed(exc.response, region=region)
             u = b["usage"]
+            requests = f"{exc.requests} request{'s' if exc.requests > 1 else ''}"
             text += (
-                f"\npaid: {exc.requests} request{'s' if exc.requests > 1 else ''}, {u.input_tokens or 0} in / "
+                f"\n{spent_label(exc.response.protocol)}: {requests}, {u.input_tokens or 0} in / "
                 f"{u.output_tokens or 0} out tokens, cost {format_cost(b['cost'], b['currency'], local=b['local'])}"
             )
         if exc.hint:

@@ -540,6 +540,12 @@ def is_paid(protocol: str | None) -> bool:
     return protocol in PAID_PROTOCOLS
 
 
+def spent_label(protocol: str | None) -> str:
+    """The word a line uses for what a call took: ``"paid"`` for an answer over a paid protocol (``is_paid``),
+    ``"used"`` for a local model's, which costs no money and is never said to be paid. Raises nothing."""
+    return "paid" if is_paid(protocol) else "used"
+
+
 def cost_fields(cost: float | None, currency: str | None, *, local: bool) -> dict[str, Any]:
     """A cost as JSON gives it: ``{"cost", "currency", "local"}``. For a local model ``{"cost": None, "currency":
     None, "local": True}`` (no price, not 0.0); else the cost rounded (``round_cost``; None when unknown) in

@@ -567,16 +567,17 @@ class Batch:
                     f" and {in_jobs:,} items in Batch API jobs not collected yet" if in_jobs else ""
                 )
                 jobs = read_open_jobs(self.output)
+                again = "sent again" if self.planner.is_local else "paid for again"  # a local model costs nothing
                 raise UsageError(
                     f"{self.output} holds answers to another question ({self._what_changed()}): {changed:,} of "
-                    f"its {held} would be replaced and paid for again: nothing was sent or deleted",
+                    f"its {held} would be replaced and {again}: nothing was sent or deleted",
                     hint="Write to a new output (-o another.jsonl) to keep both, or pass --fresh to start over "
-                    "(every answer of this output is deleted, and paid for again)."
+                    f"(every answer of this output is deleted, and {again})."
                     if not jobs
                     else "Write to a new output (-o another.jsonl) to keep both. To start over in this one, first "
                     f"collect {jobs_named(jobs)} with the command that submitted "
                     f"{'it' if len(jobs) == 1 else 'them'} (its prompt and options, --mode batch-api), then pass "
-                    "--fresh (every answer is deleted, and paid for again).",
+                    "--fresh (every answer is deleted, and paid for again).",  # Batch API jobs: DashScope's
                 )
         if in_job and self.mode != "batch-api":
             jobs = read_open_jobs(self.output)
@@ -1068,9 +1069,14 @@ class _Realtime:
             if not n:
                 return
             self.prog.phase = "stopping"
+            why = (
+                "to record their answers"
+                if self.batch.planner.is_local
+                else "whose answers are paid for, to record them"
+            )
             self.prog.detail = (
                 f"interrupted: waiting up to {INTERRUPT_GRACE_S:g} s for the {n} request{'s' if n > 1 else ''} in "
-                "flight, whose answers are paid for, to record them; interrupt again to leave without them"
+                f"flight, {why}; interrupt again to leave without them"
             )
             self._report()
 
@@ -1098,7 +1104,8 @@ class _Realtime:
             self.prog.notes.append(
                 f"{why}, the run stopped without the answers of {n} request{'s' if n > 1 else ''} in flight: "
                 f"{'they are' if n > 1 else 'it is'} not recorded, and the same command sends "
-                f"{'them' if n > 1 else 'it'} again (paid for again unless the cache has the answer)"
+                f"{'them' if n > 1 else 'it'} again"
+                + ("" if self.batch.planner.is_local else " (paid for again unless the cache has the answer)")
             )
 
     def _worker(self, queue: Iterator[tuple[BatchItem, bool]], client: Client, ended: threading.Event) -> None:

@@ -6,6 +6,12 @@ Same flags (--request JSON | --file req.json, --json-mode, --schema FILE, --outp
 result without ``json`` (with a warning on stderr) rather than a failure, after ONE request (no repair
 request); with a schema, an invalid answer is sent back once to be corrected, and one still invalid fails as
 ``ask --schema`` does (StructuredOutputError, exit 5: the skill says nothing of this case).
+
+Accepted as the skill accepts it: keys it does not know are ignored (a warning names them), and with both
+--request and --file, --request is used. Where it differs on purpose (README, "qwenvl analyze"): qwenvl's exit
+codes (2 usage, 3 input, 4 key, 5 service; the skill exits 1), the result printed when neither --output nor
+--print-response is given, a request's max_retries / retry_backoff_s honoured unless the flag is given, a
+request without an image accepted, a local image that is missing refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -15,23 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.markup import escape
 
-from qwenvl.cli.common import FILE_NAME, Verb, err_console, make_client, pass_opts, print_json, service_options
+from qwenvl.cli.common import FILE_NAME, Verb, make_client, pass_opts, print_json, service_options
 from qwenvl.cli.render import warn_answer
-from qwenvl.errors import StructuredOutputError, UsageError, safe_line
+from qwenvl.cli.tasks_common import warn
+from qwenvl.client import near_field
+from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
 from qwenvl.outputs import check_writable, write_failure_hint
 from qwenvl.structured import load_schema
-from qwenvl.types import DuplicateKeyError, loads
+from qwenvl.types import DuplicateKeyError, Request, loads
 
 
 def load_request(request_json: str | None, request_file: str | None) -> dict[str, Any]:
-    if bool(request_json) == bool(request_file):
+    """The request object of ``--request`` or ``--file``. As the skill does, ``--request`` wins when both are
+    given (``--file`` is then not read; a warning says so). Unknown keys are dropped with a warning
+    (``drop_unknown_keys``). Raises UsageError (exit 2) for neither, JSON that is not an object with a
+    ``prompt``, or a key given twice; MediaError (exit 3) for a request file that cannot be read."""
+    if not request_json and not request_file:
         raise UsageError(
-            "give exactly one of --request JSON or --file req.json",
+            "give one of --request JSON or --file req.json",
             hint='Use --request \'{"prompt": "..."}\' or --file req.json.',
         )
+    if request_json and request_file:  # the skill reads --request and never looks at --file
+        warn([f"--request and --file both given: --request is used, {request_file} is not read"])
+        request_file = None
     if request_file:
         text = read_regular_text(Path(request_file).expanduser(), error=UsageError, what="request file")
         origin = request_file
@@ -53,7 +67,21 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
         )
     if "prompt" not in data:
         raise UsageError(f'{origin} has no "prompt"', hint='For example {"prompt":"describe","image":"a.png"}')
-    return data  # unknown keys are refused with the Request's "Did you mean" (client.plan), as batch --requests does
+    return drop_unknown_keys(data, origin)
+
+
+def drop_unknown_keys(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    """``data`` without the keys that are no ``Request`` field, each named in one warning line on stderr (with
+    the field it was likely meant to be: ``max_token (did you mean max_tokens?)``). The skill's
+    ``analyze_image.py`` reads the keys it knows and ignores the rest, so a drop-in must not refuse them."""
+    unknown = [key for key in data if key not in Request.model_fields]
+    if unknown:
+        names = []
+        for key in unknown:
+            near = near_field(key)
+            names.append(f"{key} (did you mean {near}?)" if near else key)
+        warn([f"{origin}: ignored unknown key{'s' if len(unknown) > 1 else ''} {', '.join(names)}"])
+    return {key: value for key, value in data.items() if key in Request.model_fields}
 
 
 @click.command(cls=Verb)
@@ -93,7 +121,7 @@ def analyze(opts: dict[str, Any]) -> None:
     except StructuredOutputError as exc:
         if call.schema is not None:  # as `ask --schema`: exit 5, the raw answer and what was paid shown
             raise
-        err_console().print(f'[yellow]warning:[/] {escape(safe_line(exc))}; the result has no "json"', highlight=False)
+        warn([f'{exc}; the result has no "json"'])
         result = exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}
     finally:
         client.close()

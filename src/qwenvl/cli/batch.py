@@ -158,7 +158,8 @@ def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
     refused (elsewhere) unless --yes, as ``_confirm_cost`` does."""
     if not est.replaced:
         return
-    text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted, and paid for again)"
+    again = "asked again" if est.local else "paid for again"  # a local model's answers cost no money
+    text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted, and {again})"
     if opts["yes"]:
         err_console().print(f"[yellow]{escape(safe_line(text))}[/]", highlight=False)
         return

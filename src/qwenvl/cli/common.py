@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qwenvl import env as qenv
+from qwenvl import wording
 from qwenvl._constants import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF_S,
@@ -43,10 +44,10 @@ from qwenvl.errors import (
     terminal_safe,
 )
 from qwenvl.media.sources import MEDIA_SUFFIXES, classify, first_names, path_hint
-from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
+from qwenvl.models import answer_cost, currency_of, format_cost, is_paid, spent_label
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
-from qwenvl.types import FIELD_FLAGS, DuplicateKeyError, Request, Response, reserved_extra, reserved_extra_hint
+from qwenvl.types import DuplicateKeyError, Request, Response, reserved_extra, reserved_extra_hint
 from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
@@ -102,7 +103,8 @@ def report(exc: QwenVLError) -> None:
         console.print("[dim]raw answer:[/]", highlight=False)
         console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
     if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
-        console.print(f"[dim]paid: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
+        label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
+        console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
     hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
     console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
 
@@ -123,39 +125,8 @@ def current_command() -> click.Command | None:
     return ctx.meta.get(_COMMAND_KEY) or ctx.command
 
 
-_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
-# "--no-resize / prepare=False": a flag beside the library's name (never part of a flag: "--no-resize / --high-res")
-_PAIR = re.compile(
-    r"(--[a-z][a-z-]*) / ((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?)(?![\w-])"
-    r"|((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?) / (--[a-z][a-z-]*)"
-)
-_FLAGS_ONLY = re.compile(r" ?\((?:--[a-z][a-z-]*(?:, )?)+\)")  # "(--timeout)", "(--base-url, --region)"
-_SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
-_OR_CLAUSE = re.compile(r",? or [^,.;:()`]*--[a-z][^,.;:()`]*")
 # The options through which a verb takes whole requests (JSON): a flag it lacks is a request key there.
 _REQUEST_PARAMS = frozenset({"request_json", "request_file", "requests_file"})
-# The values a flag's variable takes, written VAR=value in a hint (``--region cn`` -> ``QWENVL_REGION=cn``).
-_FLAG_VALUES: dict[str, tuple[str, ...]] = {
-    "--region": tuple(REGIONS),
-    "--protocol": PROTOCOLS,
-    "--backend": BACKENDS,
-    "--engine": ENGINES,
-    "--family": FAMILIES,
-}
-
-
-# The Request field a flag sets where it is not the flag's name (``types.FIELD_FLAGS``: --param -> extra, --timeout
-# -> timeout_s), for verbs that take whole requests; not --no-resize (its field takes the opposite, prepare=False).
-_FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
-
-
-# "give it with --base-url", "or give --model", "set --api-key": a flag asked for bare (no value after it); not
-# "give another --base-url", "use a higher --max-tokens", which ask for a change of what was given
-_ASKS_FOR = re.compile(
-    r"(?i)\b(?:give|with|use|pass|set)\s+"
-    r"(?:(?!(?:another|other|different|new|higher|lower|larger|smaller|more|less)\b)[a-z]+\s+){0,3}?"
-    r"(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))"
-)
 
 
 def given_flags() -> set[str]:
@@ -178,61 +149,38 @@ def _record_given(ctx: click.Context) -> None:
 
 
 def fit_hint(hint: str, command: click.Command | None) -> str:
-    """A library hint in the words of the verb at hand. Hints name flags (``--max-pixels``), sometimes beside
-    the library's name for the same thing (``--no-resize / prepare=False``). For a verb that has the flag the
-    flag is kept alone. For one that lacks it: a verb that takes JSON requests (``analyze``, ``batch
-    --requests``) gets the request key it sets (``types.FIELD_FLAGS``: ``--param`` -> ``extra``); else the
-    environment variable that stands for the flag (``--region cn`` -> ``QWENVL_REGION=cn``:
-    ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone is left out, and a sentence that still
-    names a flag the verb lacks is dropped (no hint when none is left), and so is one that asks for a flag
-    the user already gave (``--base-url`` given: never "give the endpoint itself with --base-url").
-    Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
+    """A library hint in the words of the verb at hand (``qwenvl.wording``: the one home of the rules). Hints name
+    flags (``--max-pixels``), sometimes beside the library's name for the same thing (``--no-resize /
+    prepare=False``). For a verb that has the flag the flag is kept alone. For one that lacks it: a verb that takes
+    JSON requests (``analyze``, ``batch --requests``) gets the request key it sets (``types.FIELD_FLAGS``:
+    ``--param`` -> ``extra``); else the environment variable that stands for the flag (``--region cn`` ->
+    ``QWENVL_REGION=cn``: ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone is left out, and a
+    sentence that still names a flag the verb lacks is dropped (no hint when none is left), and so is one that
+    asks for a flag the user already gave (``--base-url`` given: never "give the endpoint itself with
+    --base-url"). Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
     if command is None:
         return hint
     flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
     takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
 
-    def mapped(flag: str) -> str | None:  # the flag as this verb can take it, or None
-        key = _FLAG_FIELDS.get(flag, flag[2:].replace("-", "_"))
+    def name(flag: str) -> str | None:  # the flag as this verb can take it, or None
         if flag in flags:
             return flag
-        if takes_requests and key in Request.model_fields:
-            return key
+        if takes_requests and wording.field_of(flag) in Request.model_fields:
+            return wording.field_of(flag)
         return qenv.FLAG_VARIABLES.get(flag)
 
-    def pair(m: re.Match[str]) -> str:  # the library's name only where the verb takes requests: never "Use tools"
-        flag, other = (m[1], m[2]) if m[1] else (m[4], m[3])
+    def pair(flag: str, other: str) -> str:  # the library's name only where the verb takes requests: never "Use tools"
         if flag in flags:
             return flag
         return other if takes_requests else qenv.FLAG_VARIABLES.get(flag, flag)
 
-    def with_value(m: re.Match[str]) -> str:  # "--region cn" on a verb without it: "QWENVL_REGION=cn"
-        name = mapped(m[1])
-        return m[0] if name is None or name.startswith("--") else f"{name}={m[2]}"
+    def with_value(flag: str, value: str) -> str | None:  # "--region cn" on a verb without it: "QWENVL_REGION=cn"
+        said = name(flag)
+        return None if said is None or said.startswith("--") else f"{said}={value}"
 
-    def fit(text: str) -> str:
-        text = _PAIR.sub(pair, text)
-        text = _FLAGS_ONLY.sub(lambda m: m[0] if all(mapped(f) for f in _FLAG.findall(m[0])) else "", text)
-        for flag, values in _FLAG_VALUES.items():
-            alternatives = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
-            text = re.sub(rf"(?<![\w-])({re.escape(flag)}) ({alternatives})(?![\w-]|\.\w)", with_value, text)
-        return _FLAG.sub(lambda m: mapped(m[0]) or m[0], text)
-
-    given = given_flags()
-
-    def foreign(text: str) -> bool:  # names a flag the verb lacks, or asks for one the user already gave
-        bare = re.sub(r"`[^`]*`", "", text)
-        return any(f not in flags for f in _FLAG.findall(bare)) or any(m[1] in given for m in _ASKS_FOR.finditer(bare))
-
-    parts = re.split(r"(`[^`]*`)", hint)  # odd parts are in backticks: kept as they are, never split
-    quoted = parts[1::2]
-    fitted = "".join(f"\0{i // 2}\0" if i % 2 else fit(p) for i, p in enumerate(parts))
-    fitted = _OR_CLAUSE.sub(lambda m: "" if foreign(m[0]) else m[0], fitted)  # ", or raise --max-retries"
-    sentences = _SENTENCE.split(fitted)
-    kept = " ".join(s for s in sentences if not foreign(s))
-    if sentences and foreign(sentences[0]):  # the hint now starts mid-way: as a sentence
-        kept = kept[:1].upper() + kept[1:]
-    return re.sub(r"\0(\d+)\0", lambda m: quoted[int(m[1])], kept).strip()
+    surface = wording.Surface(name=name, pair=pair, with_value=with_value, keeps=flags, given=given_flags())
+    return wording.fit_hint(hint, surface)
 
 
 class FiniteFloat(click.FloatRange):
@@ -973,8 +921,9 @@ def print_usage_line(response: Response, region: str | None = None, console: Con
 
 
 def paid_line(exc: StructuredOutputError) -> str:
-    """What a call that failed on its structured answer paid: ``usage_line`` of its last response (whose usage
-    counts every request), priced in the verb's region, and the requests' ids when a repair request was sent."""
+    """What a call that failed on its structured answer paid (a local model's: used): ``usage_line`` of its last
+    response (whose usage counts every request), priced in the verb's region, and the requests' ids when a repair
+    request was sent."""
     ctx = click.get_current_context(silent=True)
     region = effective_region(ctx.meta.get(_REGION_KEY) if ctx is not None else None)
     line = usage_line(exc.response, region)

@@ -50,7 +50,11 @@ class StreamParserFactory(Protocol):
 @runtime_checkable
 class ServerSide(Protocol):
     """The protocol in reverse, for ``qwenvl serve``: wire body -> Inbound, Response -> wire body, stream
-    events -> SSE chunks (bytes, framed as the service frames them), error -> error body. Pure."""
+    events -> SSE chunks (bytes, framed as the service frames them), error -> error body. Pure. ``name``: the
+    protocol it speaks (``compat`` or ``native``), whose field names its error messages use
+    (``qwenvl.wording.api_surface``)."""
+
+    name: str
 
     def parse_body(self, body: Any, headers: Mapping[str, str]) -> Inbound:
         """A request body (and its headers: native streams are asked for by one) -> Inbound.

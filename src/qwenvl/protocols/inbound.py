@@ -427,6 +427,8 @@ class StreamState:
 class CompatServer:
     """The OpenAI-compatible side of ``qwenvl serve`` (``chat.completion`` bodies, ``data:`` chunks, ``[DONE]``)."""
 
+    name = "compat"
+
     def parse_body(self, body: Any, headers: Mapping[str, str]) -> Inbound:
         return parse_compat_body(body)
 
@@ -474,6 +476,8 @@ class CompatServer:
 
 class NativeServer:
     """The DashScope-native side of ``qwenvl serve`` (``output.choices``, ``event:result`` events with ids)."""
+
+    name = "native"
 
     def parse_body(self, body: Any, headers: Mapping[str, str]) -> Inbound:
         return parse_native_body(body, sse=headers.get("x-dashscope-sse", "").lower() == "enable")

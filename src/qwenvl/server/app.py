@@ -54,8 +54,9 @@ from qwenvl.protocols import get, inbound
 from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
 from qwenvl.server.security import bearer, fetch_public, key_matches
-from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadStore
+from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
 from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart
+from qwenvl.wording import api_surface, fit_hint, fit_message
 
 try:
     from fastapi import FastAPI
@@ -320,11 +321,13 @@ def create_app(
         return proto.error_body(status, message, request_id=rid, code=code)
 
     def describe(
-        exc: BaseException, rid: str, aliases: dict[str, str] | None = None
+        proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None
     ) -> tuple[int, str, str | None, dict[str, str]]:
         """(status, one-line message, service code, headers) for any failure; nothing internal leaks: no
         traceback, no server path (an upload's path is named by its oss:// reference), no key, no upstream URL.
-        A failure of the upstream is told as ``upstream_failure`` says."""
+        A failure of the upstream is told as ``upstream_failure`` says. The library's message and hint are in
+        the words of ``proto``'s requests (``wording.api_surface``: ``parameters.top_k``, never ``--top-k``; a
+        hint sentence about the server's own options is left out)."""
         if isinstance(exc, TimeoutError):
             exc = _Refused(504, "the request timed out on this server")
         if isinstance(exc, _Refused):
@@ -333,10 +336,12 @@ def create_app(
             log.warning("the upstream failed answering %s: %s", rid, exc)  # the operator's log names the URL
             return upstream_failure(exc)
         status, code = inbound.error_kind(exc)
-        message = _message(exc)
+        surface = api_surface(proto.name)
+        message = fit_message(_message(exc), surface)
         hint = getattr(exc, "hint", None)
         if hint and isinstance(exc, UsageError | MediaError):
-            message = f"{message} ({hint})"
+            hint = fit_hint(hint, surface)
+            message = f"{message} ({hint})" if hint else message
         for path, ref in (aliases or {}).items():
             message = message.replace(path, ref)
         message = message.replace(str(store.folder), "(upload)")
@@ -345,7 +350,7 @@ def create_app(
         return status, message, code, {}
 
     def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
-        status, message, code, headers = describe(exc, rid, aliases)
+        status, message, code, headers = describe(proto, exc, rid, aliases)
         return JSONResponse(
             error_body(proto, status, message, code, rid),
             status_code=status,
@@ -479,7 +484,7 @@ def create_app(
         except asyncio.CancelledError:  # the caller went away: stop generating, free the slot
             raise
         except Exception as exc:  # an error inside a stream is an error event
-            status, message, code, _ = describe(exc, rid, aliases)
+            status, message, code, _ = describe(proto, exc, rid, aliases)
             for chunk in proto.stream_error(state, status, error_body(proto, status, message, code, rid)):
                 yield chunk
         finally:
@@ -593,8 +598,9 @@ def create_app(
                 data=data,
             )
         except QwenVLError as exc:
-            body = f'<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>{_xml(str(exc))}</Message></Error>'
-            return Plain(body, status_code=403, media_type="application/xml")
+            status, code = (409, "FileAlreadyExists") if isinstance(exc, UploadConflict) else (403, "AccessDenied")
+            body = f'<?xml version="1.0"?><Error><Code>{code}</Code><Message>{_xml(str(exc))}</Message></Error>'
+            return Plain(body, status_code=status, media_type="application/xml")
         except Exception:
             return Plain(
                 '<?xml version="1.0"?><Error><Code>InvalidArgument</Code></Error>',

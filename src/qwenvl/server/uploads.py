@@ -7,6 +7,13 @@ The SDK's flow (reference §2.3, ``dashscope/utils/oss_utils.py``): ``GET /api/v
 ``upload_host`` with those fields and ``key = upload_dir + "/" + basename``, then names it
 ``oss://<key>`` in the request with ``X-DashScope-OssResourceResolve: enable``.
 
+The SDK asks for one policy per call (since dashscope 1.25.2, ``feat(oss): reuse upload certificate``; before,
+one per file) and names each object by its base name alone, so one call's files share one folder: the same file
+twice (a frame repeated in a list), or two copies of it under one name, post one key twice. The same bytes again
+are accepted (nothing changes: the key still names those bytes). Other bytes under a key already uploaded are
+refused (409 ``FileAlreadyExists``, OSS's answer to ``x-oss-forbid-overwrite``): two files named ``0001.png`` in
+one call become one ``oss://`` reference, and no answer could tell which bytes each place meant.
+
 Here the policy is an HMAC of (upload dir, expiry, model) with a per-process secret, so only a policy this
 server issued (to a caller holding its API key) can upload. Files live in a private folder, bounded in
 size per file and in total, bound to the model named in the policy, and deleted when they expire.
@@ -41,6 +48,11 @@ class StoredFile:
     path: Path
     model: str
     expires: float
+
+
+class UploadConflict(UsageError):
+    """Other bytes posted under a key that already names an upload (``UploadStore.save``): answered 409
+    ``FileAlreadyExists``, as OSS answers an overwrite that ``x-oss-forbid-overwrite`` forbids."""
 
 
 class UploadStore:
@@ -112,8 +124,17 @@ class UploadStore:
             )
         with self._lock:
             self._expire()
-            if key in self._files:
-                raise UsageError("the object already exists (x-oss-forbid-overwrite)")
+            stored = self._files.get(key)
+            if stored is not None:
+                if stored.model == model and _same_bytes(stored.path, data):
+                    return  # the same file again (the SDK reuses one policy per call): the key still names it
+                name = key.rpartition("/")[2]
+                raise UploadConflict(
+                    f"another file named {name} was already uploaded with this upload policy, with other content: "
+                    "the dashscope SDK names an upload by its base name and uses one policy for all the files of a "
+                    f"call, so both would be the one reference oss://{key}; rename one of the files (or send it "
+                    "inline, base64 or a data: URL) so that no two files of one call share a base name"
+                )
             used = sum(f.path.stat().st_size for f in self._files.values() if f.path.exists())
             if used + len(data) > self.capacity_bytes:
                 raise MediaError("this server's temporary storage is full; try again later", source=key)
@@ -148,3 +169,11 @@ class UploadStore:
             self._files.clear()
         if self._own:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    """Whether the file at ``path`` holds exactly ``data`` (False when it is gone)."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False

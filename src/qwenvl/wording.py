@@ -1,0 +1,225 @@
+"""Messages and hints in the words of the surface that shows them: one home for each message, the words chosen
+by the caller.
+
+The library writes each error once, naming what to change by its CLI flag (``--max-tokens``), sometimes beside
+the library's name for it (``--min-pixels / min_pixels``). A surface says how it names each flag:
+
+- the CLI (``qwenvl.cli.common.fit_hint``): a verb keeps the flags it has; one without a flag gets the request
+  key it sets (``analyze``, ``batch --requests``) or the environment variable that stands for it
+  (``QWENVL_REGION=cn``);
+- ``qwenvl serve`` (``api_surface``): an HTTP client gets the request field in its protocol's spelling
+  (``top_k`` in an OpenAI-compatible body, ``parameters.top_k`` in a native one); a flag with no field (the
+  server's ``--engine``, ``--base-url``, ``--timeout``), a qwenvl command and an environment variable name
+  nothing the client can change, so a hint sentence naming one is left out.
+
+``fit_hint`` keeps what applies: a parenthesis of flags the surface lacks is left out, and so is an "or ..."
+clause or a sentence that still names one (no hint when none is left), or one that asks for a flag the user
+already gave. ``fit_message`` changes only the words of a message, never drops any of it. Shell commands in
+backticks are left as they are.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
+from qwenvl.types import FIELD_FLAGS, GENERATION_FIELDS
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+# "--no-resize / prepare=False": a flag beside the library's name (never part of a flag: "--no-resize / --high-res")
+_PAIR = re.compile(
+    r"(--[a-z][a-z-]*) / ((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?)(?![\w-])"
+    r"|((?<![\w-])[A-Za-z_]\w*(?:\.\w+)*(?:=\w+)?) / (--[a-z][a-z-]*)"
+)
+_FLAGS_ONLY = re.compile(r" ?\((?:--[a-z][a-z-]*(?:, )?)+\)")  # "(--timeout)", "(--base-url, --region)"
+# "(extra, --param)": names beside a flag, restating what the sentence says
+_NAMES_WITH_FLAG = re.compile(r" ?\((?:[A-Za-z_][\w.]*, )+--[a-z][a-z-]*\)")
+# "(vl_high_resolution_images, vl_high_resolution_images)": a list of names, once a flag became its field
+_NAME_LIST = re.compile(r"\(((?:[A-Za-z_][\w.]*(?:=\w+)?, )+[A-Za-z_][\w.]*(?:=\w+)?)\)")
+_VARIABLE = re.compile(r"\b(?:QWENVL|DASHSCOPE)_[A-Z_]+\b")  # qwenvl's environment (qwenvl.env.VARIABLES)
+# "(see `qwenvl models`)", "`qwenvl models` lists ...": a qwenvl command
+_COMMAND = re.compile(r"`qwenvl\b[^`]*`")
+_SEE_COMMAND = re.compile(r" ?\((?:see )?`qwenvl\b[^`]*`\)")
+_SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
+_OR_CLAUSE = re.compile(r",? or [^,.;:()`]*--[a-z][^,.;:()`]*")
+# "--param repetition_penalty=1.1": a pass-through parameter with its value
+_PARAM_VALUE = re.compile(r"(?<![\w-])--param ([A-Za-z_]\w*)=")
+# The values a flag takes, written after it in a hint (``--region cn``): a surface may name the pair together.
+FLAG_VALUES: dict[str, tuple[str, ...]] = {
+    "--region": tuple(REGIONS),
+    "--protocol": PROTOCOLS,
+    "--backend": BACKENDS,
+    "--engine": ENGINES,
+    "--family": FAMILIES,
+}
+# The Request field a flag sets where it is not the flag's name (``types.FIELD_FLAGS``: --param -> extra, --timeout
+# -> timeout_s); not --no-resize (its field takes the opposite, prepare=False).
+FLAG_FIELDS = {flag: name for name, flag in FIELD_FLAGS.items() if flag and flag != "--no-resize"}
+# "give it with --base-url", "or give --model", "set --api-key": a flag asked for bare (no value after it); not
+# "give another --base-url", "use a higher --max-tokens", which ask for a change of what was given
+_ASKS_FOR = re.compile(
+    r"(?i)\b(?:give|with|use|pass|set)\s+"
+    r"(?:(?!(?:another|other|different|new|higher|lower|larger|smaller|more|less)\b)[a-z]+\s+){0,3}?"
+    r"(--[a-z][a-z-]*)(?=\s*(?:[.;,)]|$))"
+)
+
+
+def field_of(flag: str) -> str:
+    """The Request field ``flag`` sets: ``FLAG_FIELDS``, else the flag's name with underscores (``--max-tokens``
+    -> ``max_tokens``; not necessarily a field). Raises nothing."""
+    return FLAG_FIELDS.get(flag, flag[2:].replace("-", "_"))
+
+
+@dataclass(frozen=True)
+class Surface:
+    """How one surface names a flag. ``name(flag)``: its word for the flag (the flag itself where the surface has
+    it), None when it has none. ``pair(flag, other)``: its word for ``--flag / other``. ``with_value(flag,
+    value)``: its words for ``--region cn``, or None to name the flag alone. ``keeps``: the flags it shows as
+    flags (a sentence naming another flag is not for it). ``given``: flags the user gave (never asked for
+    again). ``restate``: a parenthesis of flags whose words it has is kept (else always left out: it restates
+    what the sentence says)."""
+
+    name: Callable[[str], str | None]
+    pair: Callable[[str, str], str] | None = None
+    with_value: Callable[[str, str], str | None] | None = None
+    param: Callable[[str], str] | None = None  # ``--param KEY=`` -> the surface's words for KEY
+    keeps: Collection[str] = ()
+    given: Collection[str] = ()
+    restate: bool = True
+    commands: bool = True  # a qwenvl command (in backticks) is something its user can run
+    variables: bool = True  # an environment variable (QWENVL_DEBUG=1) is something its user can set
+
+
+def _words(text: str, surface: Surface) -> str:
+    """``text`` (no backticks) with each flag in the surface's words."""
+
+    def pair(m: re.Match[str]) -> str:
+        flag, other = (m[1], m[2]) if m[1] else (m[4], m[3])
+        if surface.pair is not None:
+            return surface.pair(flag, other)
+        return surface.name(flag) or flag
+
+    def parens(m: re.Match[str]) -> str:
+        if surface.restate and all(surface.name(f) for f in FLAG.findall(m[0])):
+            return m[0]
+        return ""
+
+    if surface.param is not None:
+        param = surface.param
+        text = _PARAM_VALUE.sub(lambda m: param(m[1]) + "=", text)
+    text = _PAIR.sub(pair, text)
+    text = _FLAGS_ONLY.sub(parens, text)
+    if not surface.restate:
+        text = _NAMES_WITH_FLAG.sub("", text)
+    if surface.with_value is not None:
+        with_value = surface.with_value
+        for flag, values in FLAG_VALUES.items():
+            alternatives = "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+            text = re.sub(
+                rf"(?<![\w-])({re.escape(flag)}) ({alternatives})(?![\w-]|\.\w)",
+                lambda m: with_value(m[1], m[2]) or m[0],
+                text,
+            )
+    text = FLAG.sub(lambda m: surface.name(m[0]) or m[0], text)
+    return _NAME_LIST.sub(_once, text)
+
+
+def _once(m: re.Match[str]) -> str:
+    """A parenthesis of names with each said once (``parameters.x`` stands for ``x`` too)."""
+    names = m[1].split(", ")
+    kept = [n for i, n in enumerate(names) if n not in names[:i] and f"parameters.{n}" not in names]
+    return f"({', '.join(kept)})"
+
+
+def _split_quoted(text: str) -> tuple[list[str], list[str]]:
+    parts = re.split(r"(`[^`]*`)", text)  # odd parts are in backticks: kept as they are, never split
+    return parts, parts[1::2]
+
+
+def fit_message(message: str, surface: Surface) -> str:
+    """``message`` with each flag in ``surface``'s words; nothing dropped (a flag it has no word for stays) but a
+    parenthesis that only restates names in CLI words. Raises nothing."""
+    if not surface.commands:
+        message = _SEE_COMMAND.sub("", message)
+    parts, _ = _split_quoted(message)
+    return "".join(p if i % 2 else _words(p, surface) for i, p in enumerate(parts))
+
+
+def fit_hint(hint: str, surface: Surface) -> str:
+    """``hint`` in ``surface``'s words, keeping only what applies to it (see the module doc). Returns "" when
+    nothing of the hint applies. Raises nothing."""
+    if not surface.commands:
+        hint = _SEE_COMMAND.sub("", hint)
+    parts, quoted = _split_quoted(hint)
+
+    def foreign(text: str) -> bool:  # names a flag the surface lacks, or asks for one the user already gave
+        if not surface.commands and any(_COMMAND.fullmatch(quoted[int(i)]) for i in re.findall(r"\0(\d+)\0", text)):
+            return True
+        bare = re.sub(r"`[^`]*`", "", text)
+        if not surface.variables and _VARIABLE.search(bare):
+            return True
+        return any(f not in surface.keeps for f in FLAG.findall(bare)) or any(
+            m[1] in surface.given for m in _ASKS_FOR.finditer(bare)
+        )
+
+    fitted = "".join(f"\0{i // 2}\0" if i % 2 else _words(p, surface) for i, p in enumerate(parts))
+    fitted = _OR_CLAUSE.sub(lambda m: "" if foreign(m[0]) else m[0], fitted)  # ", or raise --max-retries"
+    sentences = _SENTENCE.split(fitted)
+    kept = " ".join(s for s in sentences if not foreign(s))
+    if sentences and foreign(sentences[0]):  # the hint now starts mid-way: as a sentence
+        kept = kept[:1].upper() + kept[1:]
+    kept = re.sub(r"[;,]\s*$", ".", kept.rstrip())  # the clause after it was dropped: "Use top_k;" -> "Use top_k."
+    return re.sub(r"\0(\d+)\0", lambda m: quoted[int(m[1])], kept).strip()
+
+
+# --- the API of `qwenvl serve` ------------------------------------------------------------------------------
+
+# Request fields a wire body sets under the same name (``protocols.inbound``): top level in an OpenAI-compatible
+# body, inside ``parameters`` in a native one.
+WIRE_PARAMETERS = (*GENERATION_FIELDS, "vl_high_resolution_images")
+# Flags whose field is a key of an image or video part, in both protocols (beside ``image_url`` / in the item).
+_PART_KEYS = {"--min-pixels": "min_pixels", "--max-pixels": "max_pixels", "--fps": "fps"}
+# Flags whose request field is another one on the wire.
+_WIRE_SAME = {"--model": "model", "--json-mode": "response_format", "--schema": "response_format"}
+
+
+def api_name(flag: str, protocol: str) -> str | None:
+    """The field of a request in ``protocol`` (``compat`` or ``native``, as ``qwenvl serve`` speaks them) that
+    does what ``flag`` does: ``--top-k`` -> ``top_k`` (compat) or ``parameters.top_k`` (native); a media part's
+    ``max_pixels``; ``model``; None for a flag no request field stands for (``--engine``, ``--timeout``, the
+    server's own options). Raises nothing."""
+    if flag in _WIRE_SAME:
+        return _WIRE_SAME[flag]
+    if flag in _PART_KEYS:
+        return _PART_KEYS[flag]
+    name = field_of(flag)
+    if name in WIRE_PARAMETERS:
+        return f"parameters.{name}" if protocol == "native" else name
+    return None
+
+
+def api_surface(protocol: str) -> Surface:
+    """The words of ``qwenvl serve``'s answers to a client speaking ``protocol`` (``compat`` or ``native``):
+    request fields (``api_name``), a pass-through parameter as a field of the body (compat) or of
+    ``parameters`` (native); never a flag, a qwenvl command or an environment variable."""
+
+    def param(key: str) -> str:
+        return f"parameters.{key}" if protocol == "native" else key
+
+    def pair(flag: str, other: str) -> str:  # "--thinking / enable_thinking=True" -> "enable_thinking=true"
+        name = api_name(flag, protocol)
+        if name is None:
+            return flag
+        _, eq, value = other.partition("=")
+        return f"{name}={value.lower() if value in ('True', 'False') else value}" if eq else name
+
+    return Surface(
+        name=lambda flag: api_name(flag, protocol),
+        pair=pair,
+        param=param,
+        restate=False,
+        commands=False,
+        variables=False,
+    )
