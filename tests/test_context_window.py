@@ -121,3 +121,16 @@ def test_a_short_message_after_a_long_history_is_told_to_start_anew(server):
     with make_client(server) as client, pytest.raises(UsageError) as info:
         client.plan(prompt="hello", messages=history, model="qwen-vl-ocr")
     assert "start a new conversation" in (info.value.hint or "") and "Cut the text" not in (info.value.hint or "")
+
+
+def test_a_max_tokens_too_large_for_the_text_says_to_lower_it(server, env):
+    """When the text would fit but max_tokens leaves it no room, the hint says to lower max_tokens (it used to
+    say to cut the text to under 0 characters)."""
+    model = model_info("qwen3-vl-plus")
+    text = "x" * int((model.context_tokens - 20_000) * MAX_ASCII_CHARS_PER_TOKEN)
+    with make_client(server) as client, pytest.raises(UsageError) as info:
+        client.plan(prompt=text, max_tokens=32_768, estimate_only=True)
+    hint = info.value.hint or ""
+    assert "Lower --max-tokens (32,768) to at most about" in hint and "Cut the text" not in hint, hint
+    p = run_cli("ask", "-p", "-", "--max-tokens", "32768", "--dry-run", env=env, input=text)
+    assert p.returncode == 2 and "Lower --max-tokens (32,768)" in p.stderr, p.stderr

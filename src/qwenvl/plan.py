@@ -253,9 +253,14 @@ def text_tokens(messages: list[Message]) -> tuple[int, int]:
 def answer_room(request: Request, model: ModelInfo) -> int:
     """The tokens of the window kept for the answer: ``max_tokens``, and at least the service's reserve
     (``CONTEXT_RESERVE_TOKENS``, ``CONTEXT_RESERVE_THINKING_TOKENS`` when the model thinks). Raises nothing."""
+    return max(request.max_tokens, answer_reserve(request, model))
+
+
+def answer_reserve(request: Request, model: ModelInfo) -> int:
+    """The service's reserve for the answer, whatever ``max_tokens`` is: ``CONTEXT_RESERVE_THINKING_TOKENS`` when
+    the model thinks, else ``CONTEXT_RESERVE_TOKENS``. Raises nothing."""
     thinking = request.enable_thinking or (request.enable_thinking is None and model.thinking_default)
-    reserve = CONTEXT_RESERVE_THINKING_TOKENS if thinking else CONTEXT_RESERVE_TOKENS
-    return max(request.max_tokens, reserve)
+    return CONTEXT_RESERVE_THINKING_TOKENS if thinking else CONTEXT_RESERVE_TOKENS
 
 
 def check_context(
@@ -301,7 +306,16 @@ def check_context(
         keep = max(0, int(spare * chars / likely)) if likely else 0  # at the likely rate: what should fit
         turns = " and the conversation so far" if len(messages) > 1 else ""
         earlier = chars - len(messages[-1].text())
-        if len(messages) > 1 and earlier > keep:  # no cut of the new message can make it fit: the history is long
+        reserve = answer_reserve(request, model)
+        if request.max_tokens > reserve and total + fewest + reserve <= window:
+            # the answer's room is what leaves too little: the text fits with a smaller max_tokens
+            lower = max(window - total - likely, reserve)
+            hint = (
+                f"Lower --max-tokens ({request.max_tokens:,}) to at most about {lower:,}"
+                + (", or cut the text" if window - total - likely < reserve else "")
+                + "; token counts of text are approximate (no tokenizer)."
+            )
+        elif len(messages) > 1 and earlier > keep:  # no cut of the new message can make it fit: the history is long
             hint = (
                 f"The earlier turns alone are {earlier:,} characters, more than fits: start a new conversation "
                 "(/reset in the chat, or send fewer earlier messages); token counts of text are approximate."
