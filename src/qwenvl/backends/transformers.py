@@ -701,12 +701,6 @@ def _number(low: float, high: float | None, *, low_open: bool = False) -> Callab
     return check
 
 
-def _count(value: Any, request: Request) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return "it takes a whole number >= 0"
-    return None if value <= request.max_tokens else f"it takes at most max_tokens ({request.max_tokens})"
-
-
 def _falsy(what: str) -> Callable[[Any, Request], str | None]:
     def check(value: Any, request: Request) -> str | None:
         return None if value in (None, False, 0) else what
@@ -760,11 +754,6 @@ PARAMS: dict[str, Param] = {
         "generate(min_p) when sampling (vLLM's min_p); greedy decoding already keeps the likeliest token",
         _number(0, 1),
         lambda v, sampling: {"min_p": float(v)} if sampling and v else {},
-    ),
-    "min_tokens": Param(
-        "generate(min_new_tokens): no end of the answer before that many tokens (vLLM's min_tokens)",
-        _count,
-        lambda v, sampling: {"min_new_tokens": v} if v else {},
     ),
     "response_format": Param(
         "text: the default; json_object and json_schema: json_mode / schema (``adapt``), the answer checked and "
