@@ -117,6 +117,12 @@ def test_the_cli_names_the_param_and_exits_2(tiny, isolated_env):
         name = param.split("=")[0]
         assert p.returncode == 2 and f"--param {name}" in p.stderr and "memory" not in p.stderr, p.stderr
         assert "not supported by the local transformers backend" in p.stderr and "Traceback" not in p.stderr
+    (isolated_env / "photos").mkdir()
+    write_image(isolated_env / "photos" / "a.png", (64, 64))
+    p = run_cli("batch", "photos", "-p", "Describe", "-o", "out.jsonl", "--backend", "transformers", "--model", model,
+                "--param", "logprobs=true")  # fmt: skip
+    assert p.returncode == 2 and "--param logprobs" in p.stderr, p.stderr  # refused at once, not on every item
+    assert not list(isolated_env.glob("out.jsonl*"))
 
 
 def _post(url: str, protocol: str, params: dict[str, Any], model: str, stream: bool = False) -> httpx.Response:

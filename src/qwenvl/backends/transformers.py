@@ -918,6 +918,10 @@ class TransformersBackend:
                 request = request.model_copy(update={"min_pixels": low})
         return request
 
+    def check_params(self, request: Request) -> None:
+        """Refuse the request parameters this backend cannot honour (module function ``check_params``)."""
+        check_params(request)
+
     def model_info(self, name: str) -> ModelInfo:
         cfg = read_config(name)
         fam = self.family or family_of(name, cfg)
@@ -1160,6 +1164,9 @@ class AsyncTransformersBackend:
 
     def adapt(self, request: Request) -> Request:
         return self._sync.adapt(request)
+
+    def check_params(self, request: Request) -> None:
+        self._sync.check_params(request)
 
     def model_info(self, name: str) -> ModelInfo:
         return self._sync.model_info(name)
