@@ -60,7 +60,13 @@ def test_vllm_plain_parts_budget_in_mm_processor_kwargs_and_usage(isolated_env: 
         assert "vl_high_resolution_images" not in body and "Authorization" not in srv.chats()[-1].headers
         assert r.text.startswith("images=1 sizes=100x60") and r.protocol == "openai"
         expected = grid(100, 60, 28)
-        assert r.usage.image_tokens == expected  # computed from the resized grid (no details from the server)
+        # computed from the resized grid (no details from the server), with the image's two vision markers as the
+        # service counts them: the estimate's count
+        assert (
+            r.usage.image_tokens
+            == expected + 2
+            == client.plan(prompt="x", image=str(img), max_pixels=200_000).media[0].tokens
+        )
         assert r.usage.input_tokens == 3 + expected + 2
 
 
@@ -77,7 +83,8 @@ def test_vllm_details_and_frames(isolated_env: Path) -> None:
         frames = len(part["video_url"]["url"].split(",")) - 1
         assert f"frames={frames}" in r.text and frames >= 4
         assert body["mm_processor_kwargs"]["fps"] > 0
-        assert r.usage.video_tokens == r.usage.raw["prompt_tokens_details"]["multimodal_tokens"]["video"]
+        # vLLM's count is the placeholders alone: the video's two vision markers are added, as the service counts
+        assert r.usage.video_tokens == r.usage.raw["prompt_tokens_details"]["multimodal_tokens"]["video"] + 2
 
 
 def test_llamacpp_adds_image_tokens_and_counts_a_stream(isolated_env: Path) -> None:
@@ -85,12 +92,12 @@ def test_llamacpp_adds_image_tokens_and_counts_a_stream(isolated_env: Path) -> N
     with EngineServer(engine="llamacpp", served="qwen2.5-vl-7b-q4") as srv, client_for(srv) as client:
         r = client.ask("Describe it", str(img))
         seen = grid(56, 84, 28)
-        assert r.usage.image_tokens == seen
+        assert r.usage.image_tokens == seen + 2  # the grid and the two vision markers, as the service counts
         assert r.usage.input_tokens == 2 + seen + 2  # the server's text tokens + the image's it left out
         events = list(client.stream(prompt="Describe it", image=str(img)))
         done = events[-1].response
         assert done.usage.raw == {} and done.usage.output_tokens == len(done.text.split())
-        assert done.usage.image_tokens == seen and "".join(e.text for e in events[:-1]) == done.text
+        assert done.usage.image_tokens == seen + 2 and "".join(e.text for e in events[:-1]) == done.text
 
 
 def test_ollama_urls_downloaded_and_video_as_frames(isolated_env: Path) -> None:

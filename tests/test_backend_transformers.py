@@ -64,7 +64,8 @@ def test_greedy_answer_and_prompt_tokens_equal_a_direct_generate(models, family,
     with qwenvl.Client(backend="transformers", model=str(models[family])) as client:
         r = client.ask("What is in the picture?", str(img), temperature=0, max_tokens=MAX_NEW)
         assert (r.text, r.usage.input_tokens, r.usage.output_tokens) == (expected_text, prompt_tokens, new_tokens)
-        assert r.usage.image_tokens == 64  # 224x224: a 16x16 grid (28 px), or 14x14 raised to the 64-token floor
+        # 224x224: a 16x16 grid (28 px), or 14x14 raised to the 64-token floor; + 2 vision markers (the service counts)
+        assert r.usage.image_tokens == 64 + 2
         assert client.plan(prompt="x", image=str(img)).media[0].pixels is not None  # in memory, not base64
         events = list(
             client.stream(prompt="What is in the picture?", image=str(img), temperature=0, max_tokens=MAX_NEW)

@@ -787,7 +787,8 @@ def test_sdks_run_unchanged_on_a_local_engine(png):
             ],
         )
         assert r.choices[0].message.content.startswith("images=1 ") and r.model == "qwen-vl-max"
-        assert r.usage.prompt_tokens_details.image_tokens == 4  # 64x48 resized up to the 4-token floor (56x56)
+        # 64x48 resized up to the 4-token floor (56x56), + its 2 vision markers as the service counts them
+        assert r.usage.prompt_tokens_details.image_tokens == 4 + 2
         assert srv.requests[-1].json["model"] == "qwen2.5-vl-tiny"  # the served model, whatever the name
         chunks = sdk.chat.completions.create(
             model="qwen-vl-max",

@@ -50,7 +50,7 @@ def test_official_sdks_on_a_model_in_process(tiny, isolated_env):
             ],
         )
         assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens > 0
-        assert r.usage.prompt_tokens_details.image_tokens == 64  # 224x224 on Qwen2.5-VL: [1,16,16]
+        assert r.usage.prompt_tokens_details.image_tokens == 64 + 2  # 224x224 on Qwen2.5-VL: [1,16,16], 2 markers
         direct = qwenvl.Client(backend="transformers", model=str(tiny), device="cpu")
         same = direct.complete(prompt="What is this?", images=[str(photo)], max_tokens=6, temperature=0)
         assert r.choices[0].message.content == same.text  # the server adds nothing to the model's answer
@@ -71,4 +71,4 @@ def test_official_sdks_on_a_model_in_process(tiny, isolated_env):
                 messages=[{"role": "user", "content": [{"image": f"file://{photo}"}, {"text": "And this?"}]}],
             )
         assert r.status_code == 200, (r.code, r.message)
-        assert r.usage["image_tokens"] == 64
+        assert r.usage["image_tokens"] == 64 + 2

@@ -22,6 +22,7 @@ from qwenvl.errors import (
     SchemaDefinitionError,
     StreamInterruptedError,
     StructuredOutputError,
+    UnsupportedParameterError,
     UsageError,
 )
 from qwenvl.models import ModelInfo, model_info
@@ -75,6 +76,7 @@ __all__ = [
     "StreamInterruptedError",
     "StructuredOutputError",
     "TextPart",
+    "UnsupportedParameterError",
     "Usage",
     "UsageError",
     "VideoPart",

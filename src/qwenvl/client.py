@@ -289,8 +289,8 @@ class _Base(Generic[B]):
                 f"the {self.backend_name} backend speaks the plain openai protocol, not DashScope's {protocol}",
                 hint="Leave out --protocol (or use --backend dashscope for DashScope's compat and native).",
             )
-        if self.backend_name == "openai":
-            self.protocol = "openai"
+        if self.backend_name != "dashscope":  # every local backend by name speaks the plain openai protocol: its
+            self.protocol = "openai"  # answers are logged as local (qwenvl.models.PAID_PROTOCOLS), never priced
         if self.backend_name == "dashscope" and self.protocol == "openai":
             raise UsageError(
                 "the dashscope backend speaks compat or native, not the plain openai protocol",

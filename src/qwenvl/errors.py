@@ -76,6 +76,18 @@ class SchemaDefinitionError(UsageError):
     default_hint = "Check the schema with a JSON Schema validator (draft 2020-12)."
 
 
+class UnsupportedParameterError(UsageError):
+    """Raised when a backend cannot honour a request parameter (``Request.extra``, the CLI's ``--param``, a field of a
+    request to ``qwenvl serve``), or a value of one, before anything is generated: e.g. ``presence_penalty`` out of
+    range or ``logprobs`` true for the transformers backend (``qwenvl.backends.transformers.PARAMS``). ``.param``
+    names the parameter as the caller gave it; the message names it and the backend, the hint the CLI's
+    ``--param NAME``. ``qwenvl serve`` answers it 400 in the caller's protocol. CLI exit code 2."""
+
+    def __init__(self, message: str, *, param: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.param = param
+
+
 class MediaError(QwenVLError):
     """Raised for an image, video or document that cannot be sent, before any request (nothing is paid): a
     missing or unreadable file, an unknown or unsupported format, an image side of 10 px or less or an aspect

@@ -557,10 +557,18 @@ with warnings.catch_warnings():
         )
         total_tokens: int | None = Field(default=None, description="input_tokens + output_tokens, as reported.")
         image_tokens: int | None = Field(
-            default=None, description="The part of input_tokens that images took (when the service says)."
+            default=None,
+            description="The part of input_tokens that images took (when the service says), as the service counts "
+            "it: each image's grid tokens plus its two vision markers, <vision_bos> and <vision_eos> "
+            "(reference/dashscope-api.md §4.1), the count `qwenvl tokens` estimates. Local backends count the same: "
+            "transformers in the prompt (the placeholders and the markers around them), openai from the engine's "
+            "placeholder count or the resized grid, plus the markers.",
         )
         video_tokens: int | None = Field(
-            default=None, description="The part of input_tokens that video took (when the service says)."
+            default=None,
+            description="The part of input_tokens that video took (when the service says), counted as image_tokens "
+            "is (grid tokens + 2). Locally a Qwen3-VL video has a marker pair per temporal group (2 frames), so the "
+            "transformers backend's count is above the estimate by 2 per group after the first.",
         )
         reasoning_tokens: int | None = Field(
             default=None, description="The part of output_tokens that thinking took (when the service says)."

@@ -18,25 +18,31 @@ Video needs the video processor, hence torchvision; without it a clear error nam
 
 Generation: greedy when ``temperature`` is 0, else sampling with ``temperature``/``top_p``/``top_k``; ``seed`` seeds
 torch's generator; ``stop`` strings end the answer (and are cut from it, as OpenAI servers do); ``max_tokens``
-bounds it. ``enable_thinking`` goes to the chat template; a ``</think>`` in the answer splits reasoning from text.
+bounds it. Other request parameters (``extra``, ``--param``) mean what ``PARAMS`` says (``repetition_penalty``,
+``presence_penalty``/``frequency_penalty``, ``response_format`` as structured output, ...); any other is refused
+before the model loads (UnsupportedParameterError), never passed to ``generate()`` unchecked. ``enable_thinking``
+goes to the chat template; a ``</think>`` in the answer splits reasoning from text.
 Tools as vLLM runs them for Qwen models (hermes parser): ``tools`` go to the chat template (``render_prompt``), the
 answer's ``<tool_call>`` blocks become ``Response.tool_calls`` (``qwenvl.protocols.toolcalls``; ``parse_tools`` for
 ``tool_choice``).
-Usage: ``input_tokens`` is the prompt's length in tokens, ``image_tokens``/``video_tokens`` the placeholder counts
-from the processor's grids, ``output_tokens`` the generated tokens. One generation at a time per loaded model (a
-lock); streaming runs ``generate`` on a thread with a ``TextIteratorStreamer`` whose every wait has the request's
-``timeout_s`` as its deadline.
+Usage: ``input_tokens`` is the prompt's length in tokens, ``image_tokens``/``video_tokens`` counted in the prompt
+as the service counts them (``Usage.image_tokens``: the placeholders, from the processor's grids, plus the vision
+markers around them: the estimate's count), ``output_tokens`` the generated tokens. One generation at a time per
+loaded model (a lock); streaming runs ``generate`` on a thread with a ``TextIteratorStreamer`` whose every wait has
+the request's ``timeout_s`` as its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
+import math
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +50,14 @@ from typing import Any, Literal
 from qwenvl import env as qenv
 from qwenvl.backends import family as families
 from qwenvl.backends.base import MediaForm
-from qwenvl.errors import APIConnectionError, APITimeoutError, MediaError, QwenVLError, UsageError
+from qwenvl.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    MediaError,
+    QwenVLError,
+    UnsupportedParameterError,
+    UsageError,
+)
 from qwenvl.media.sources import read_regular_text
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
@@ -86,6 +99,12 @@ def _is_folder(ref: str) -> bool:
     return Path(ref).expanduser().is_dir()
 
 
+def served_name(ref: str) -> str:
+    """The name ``qwenvl serve`` serves ``ref`` under unless ``--served-model-name`` says: a hub id as it is, a
+    folder by its own name (``./models/Qwen2.5-VL-3B-Instruct/`` -> ``Qwen2.5-VL-3B-Instruct``). Raises nothing."""
+    return Path(ref).expanduser().resolve().name if _is_folder(ref) else ref
+
+
 def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
     """The model's config.json (a folder, or a hub id through the local cache / the hub). UsageError for a
     folder that is not a model; APIConnectionError for a hub id that cannot be fetched."""
@@ -107,12 +126,13 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
             f"{ref!r} is neither a model folder nor a Hugging Face hub id (owner/name)",
             hint="For example --model Qwen/Qwen2.5-VL-3B-Instruct or --model ./my-model",
         )
-    _imports()
+    _, transformers = _imports()
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        downloaded = hf_hub_download(ref, filename)
+        with quiet_loading(transformers):
+            downloaded = hf_hub_download(ref, filename)
     except LocalEntryNotFoundError:
         offline = qenv.hf_hub_offline()
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
@@ -229,9 +249,10 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
         if attn_implementation:
             kw["attn_implementation"] = attn_implementation
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(ref)
-            image_processor = transformers.AutoImageProcessor.from_pretrained(ref)
-            model = transformers.AutoModelForImageTextToText.from_pretrained(ref, **kw)
+            with quiet_loading(transformers):
+                tokenizer = transformers.AutoTokenizer.from_pretrained(ref)
+                image_processor = transformers.AutoImageProcessor.from_pretrained(ref)
+                model = transformers.AutoModelForImageTextToText.from_pretrained(ref, **kw)
         except (OSError, ValueError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(
@@ -253,20 +274,38 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
         return loaded
 
 
+@contextlib.contextmanager
+def quiet_loading(transformers: Any) -> Iterator[None]:
+    """transformers' progress bars ("Loading weights: ...", downloads) off while a model loads, unless
+    ``$QWENVL_DEBUG`` is set; put back as they were afterwards (``transformers.utils.logging``'s switch, which its
+    ``tqdm`` and huggingface_hub's follow). qwenvl prints its own progress where there is any."""
+    switch = transformers.utils.logging
+    if qenv.debug() or not switch.is_progress_bar_enabled():
+        yield
+        return
+    switch.disable_progress_bar()
+    try:
+        yield
+    finally:
+        switch.enable_progress_bar()
+
+
 def processor_template(ref: str) -> str | None:
     """The chat template in the model's ``chat_template.json`` (None when it has none): the template transformers'
     ``AutoProcessor`` uses before the tokenizer's (transformers/processing_utils.py reads this legacy file first).
     Qwen2.5-VL checkpoints have both: this one renders images but no tools, the tokenizer's (tokenizer_config.json)
     is Qwen2.5's text template, which renders tools but no images."""
+    import transformers
     from transformers.utils import cached_file
 
     try:
-        path = cached_file(
-            ref,
-            "chat_template.json",
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
+        with quiet_loading(transformers):
+            path = cached_file(
+                ref,
+                "chat_template.json",
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
         if path is None:
             return None
         value = json.loads(read_regular_text(Path(path), what="chat template file")).get("chat_template")
@@ -445,7 +484,7 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
     tok = loaded.tokenizer
     text = render_prompt(loaded, messages, call.request)
     tensors: dict[str, Any] = {}
-    image_tokens = video_tokens = None
+    image_tokens = video_tokens = None  # counted in the tokenized prompt below
     proc = loaded.image_processor
     merge = int(getattr(proc, "merge_size", 2))
     if images:
@@ -455,7 +494,6 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
         tensors["image_grid_thw"] = out["image_grid_thw"]
         counts = [int(g.prod()) // merge**2 for g in out["image_grid_thw"]]
         text = _expand(text, "<|image_pad|>", ["<|image_pad|>" * n for n in counts])
-        image_tokens = sum(counts)
     if videos:
         vproc = loaded.video_processor()
         out = vproc(
@@ -465,11 +503,9 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
         tensors["video_grid_thw"] = out["video_grid_thw"]
         vmerge = int(getattr(vproc, "merge_size", 2))
         placeholders = []
-        total = 0
         for i, grid in enumerate(out["video_grid_thw"]):
             per_group = int(grid[1:].prod()) // vmerge**2
             groups = int(grid[0])
-            total += per_group * groups
             if loaded.family == "qwen3-vl":  # timestamps per temporal group, as Qwen3VLProcessor writes them
                 fps = videos[i][1]
                 step = int(getattr(vproc, "temporal_patch_size", 2))
@@ -481,7 +517,6 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
             else:
                 placeholders.append("<|video_pad|>" * (per_group * groups))
         text = _expand(text, "<|video_pad|>", placeholders)
-        video_tokens = total
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     ids = enc["input_ids"]
     image_id = tok.convert_tokens_to_ids("<|image_pad|>")
@@ -489,11 +524,27 @@ def build_inputs(loaded: Loaded, call: Call) -> Inputs:
     types = torch.zeros_like(ids)
     types[ids == image_id] = 1
     types[ids == video_id] = 2
+    if images:
+        image_tokens = _media_tokens(tok, ids, image_id)
+    if videos:
+        video_tokens = _media_tokens(tok, ids, video_id)
     tensors.update(input_ids=ids, attention_mask=enc["attention_mask"], mm_token_type_ids=types)
     tensors = {k: v.to(loaded.device) for k, v in tensors.items()}
     if "pixel_values" in tensors and loaded.model.dtype != tensors["pixel_values"].dtype:
         tensors["pixel_values"] = tensors["pixel_values"].to(loaded.model.dtype)
     return Inputs(tensors, int(ids.shape[1]), image_tokens, video_tokens)
+
+
+def _media_tokens(tok: Any, ids: Any, pad_id: int) -> int:
+    """The prompt tokens one kind of media takes, counted in the prompt as the service counts them (reference/
+    dashscope-api.md §4.1, ``Usage.image_tokens``): its placeholders (``pad_id``) plus the ``<|vision_start|>`` /
+    ``<|vision_end|>`` markers right around each run of them (an image: its grid's placeholders + 2, the estimate's
+    count; a Qwen3-VL video has a pair per temporal group)."""
+    row = ids[0]
+    pads = row == pad_id
+    start, end = (tok.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|vision_end|>"))
+    markers = ((row[:-1] == start) & pads[1:]).sum() + (pads[:-1] & (row[1:] == end)).sum()
+    return int(pads.sum()) + int(markers)
 
 
 def _expand(text: str, token: str, replacements: list[str]) -> str:
@@ -575,15 +626,13 @@ def parse_tools(request: Request) -> bool:
 
 
 def generate_kwargs(call: Call, loaded: Loaded) -> dict[str, Any]:
+    """The ``model.generate()`` arguments of ``call``: the Request's own fields (module doc) and each pass-through
+    parameter as ``PARAMS`` says (``check_params`` first: UnsupportedParameterError / UsageError)."""
     r = call.request
-    parse_tools(r)
-    if r.thinking_budget is not None:
-        raise UsageError(
-            "thinking_budget is a DashScope parameter; the transformers backend does not take it",
-            hint="Limit the whole answer with --max-tokens instead.",
-        )
+    check_params(r)
     kw: dict[str, Any] = {"max_new_tokens": r.max_tokens}
-    if r.temperature and r.temperature > 0:
+    sampling = bool(r.temperature and r.temperature > 0)
+    if sampling:
         kw.update(do_sample=True, temperature=r.temperature)
         if r.top_p is not None:
             kw["top_p"] = r.top_p
@@ -595,8 +644,186 @@ def generate_kwargs(call: Call, loaded: Loaded) -> dict[str, Any]:
         kw["stop_strings"] = [r.stop] if isinstance(r.stop, str) else list(r.stop)
         kw["tokenizer"] = loaded.tokenizer
     for key, value in r.extra.items():
-        kw[key] = value
+        kw.update(PARAMS[key].kwargs(value, sampling))
+    penalties = {k: float(r.extra[k]) for k in ("presence_penalty", "frequency_penalty") if r.extra.get(k)}
+    if penalties:
+        kw["logits_processor"] = _penalty_processor(**penalties)
     return kw
+
+
+def _penalty_processor(presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> Any:
+    """A ``LogitsProcessorList`` with OpenAI's additive penalties, as vLLM applies them (vllm/model_executor/layers/
+    utils.py ``apply_penalties``): each token's logit is lowered by ``frequency_penalty`` times the number of times
+    it was generated so far, and by ``presence_penalty`` once if it was; prompt tokens do not count."""
+    import transformers
+
+    class Penalties(transformers.LogitsProcessor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start: int | None = None  # the prompt's length: the first call sees the prompt alone
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if self.start is None:
+                self.start = int(input_ids.shape[1])
+            generated = input_ids[:, self.start :]
+            if generated.shape[1] == 0:
+                return scores
+            counts = scores.new_zeros(scores.shape)
+            counts.scatter_add_(1, generated, scores.new_ones(generated.shape))
+            return scores - frequency_penalty * counts - presence_penalty * (counts > 0).to(scores.dtype)
+
+    return transformers.LogitsProcessorList([Penalties()])
+
+
+# --- request parameters ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """What one pass-through parameter means here: ``meaning`` (for the table's reader and errors), ``check(value,
+    request)`` -> why this value cannot be honoured (None: it can), ``kwargs(value, sampling)`` -> the ``generate()``
+    arguments it becomes ({} when it is honoured another way, or is harmless to accept)."""
+
+    meaning: str
+    check: Callable[[Any, Request], str | None]
+    kwargs: Callable[[Any, bool], dict[str, Any]] = lambda value, sampling: {}
+
+
+def _number(low: float, high: float | None, *, low_open: bool = False) -> Callable[[Any, Request], str | None]:
+    def check(value: Any, request: Request) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return "it takes a number"
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            left = "(" if low_open else "["
+            return (
+                f"it takes a number in {left}{low:g}, {high:g}]" if high is not None else f"it takes a number > {low:g}"
+            )
+        return None
+
+    return check
+
+
+def _falsy(what: str) -> Callable[[Any, Request], str | None]:
+    def check(value: Any, request: Request) -> str | None:
+        return None if value in (None, False, 0) else what
+
+    return check
+
+
+def _parallel_tool_calls(value: Any, request: Request) -> str | None:
+    if not isinstance(value, bool):
+        return "it takes true or false"
+    if value or not request.tools:
+        return None  # true: every <tool_call> block of the answer is read; without tools there is nothing to limit
+    return (
+        "at most one tool call needs constrained decoding, which it does not do (it reads every call the model writes)"
+    )
+
+
+def _response_format(value: Any, request: Request) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind in ("text", "json_object"):
+        return None
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+            return None
+        return 'json_schema needs {"json_schema": {"name": ..., "schema": {...}}}'
+    return 'it takes {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}'
+
+
+# Every pass-through parameter this backend takes (Request.extra: the CLI's --param, the other fields of a request
+# to `qwenvl serve`), and what it means here. A name not in the table (DashScope's enable_search, search_options,
+# enable_code_interpreter, ocr_options, preserve_thinking; transformers' own generate() arguments; anything else)
+# and a value its entry refuses are refused before the model is loaded (``check_params``): nothing is generated
+# that would silently ignore what was asked. Request fields (temperature, top_p, top_k, seed, stop, max_tokens,
+# enable_thinking, tools, tool_choice, json_mode, schema) are honoured as the module doc says.
+PARAMS: dict[str, Param] = {
+    "repetition_penalty": Param(
+        "generate(repetition_penalty): the multiplicative penalty (CTRL) of DashScope and vLLM, 1.0 none",
+        _number(0, None, low_open=True),
+        lambda v, sampling: {"repetition_penalty": float(v)},
+    ),
+    "presence_penalty": Param(
+        "OpenAI's additive penalty on tokens already generated, as vLLM applies it (a logits processor)",
+        _number(-2, 2),
+    ),
+    "frequency_penalty": Param(
+        "OpenAI's additive penalty per time a token was generated, as vLLM applies it (a logits processor)",
+        _number(-2, 2),
+    ),
+    "min_p": Param(
+        "generate(min_p) when sampling (vLLM's min_p); greedy decoding already keeps the likeliest token",
+        _number(0, 1),
+        lambda v, sampling: {"min_p": float(v)} if sampling and v else {},
+    ),
+    "response_format": Param(
+        "text: the default; json_object and json_schema: json_mode / schema (``adapt``), the answer checked and "
+        "repaired once, else StructuredOutputError (no constrained decoding)",
+        _response_format,
+    ),
+    "n": Param("1: one answer, as always (other values: plan.check_extra refuses them)", lambda v, r: None),
+    "logprobs": Param("false only: no log-probabilities are returned", _falsy("it returns no log-probabilities")),
+    "top_logprobs": Param("0 only: no log-probabilities are returned", _falsy("it returns no log-probabilities")),
+    "parallel_tool_calls": Param(
+        "true, or any value without tools: every <tool_call> block of the answer is read", _parallel_tool_calls
+    ),
+    "user": Param("an end-user id for the caller's own records: nothing to do in process", lambda v, r: None),
+}
+
+
+def structured_request(request: Request) -> Request:
+    """``request`` with a ``response_format`` parameter (``extra``; a served request's field) made the library's own
+    structured output, which this backend honours by instruction, check and one repair (``qwenvl.structured``;
+    StructuredOutputError when the answer is still not valid): ``json_object`` is ``json_mode``, ``json_schema``
+    its ``schema``; ``text`` (the default) is dropped. Raises SchemaDefinitionError for a schema that is not JSON
+    Schema, UsageError beside ``enable_thinking`` (as ``Request`` does for json_mode)."""
+    from qwenvl import structured
+
+    fmt = request.extra.get("response_format")
+    if not isinstance(fmt, dict):
+        return request
+    update: dict[str, Any] = {"extra": {k: v for k, v in request.extra.items() if k != "response_format"}}
+    if fmt.get("type") == "json_object":
+        update["json_mode"] = True
+    elif fmt.get("type") == "json_schema":
+        schema = fmt["json_schema"]["schema"]
+        structured.check_schema(schema)
+        update["schema"] = schema
+    if request.enable_thinking and len(update) > 1:
+        raise UsageError(
+            "response_format json_object/json_schema needs enable_thinking off: Qwen-VL models give structured "
+            "output only in non-thinking mode",
+            hint="Leave out --thinking / enable_thinking, or the response_format.",
+        )
+    return request.model_copy(update=update)
+
+
+def check_params(request: Request) -> None:
+    """Refuse what this backend cannot honour, before anything is loaded or generated: a pass-through parameter not
+    in ``PARAMS`` or a value its entry refuses (UnsupportedParameterError naming it), ``thinking_budget``
+    (UsageError), a ``tool_choice`` it cannot honour (``parse_tools``). Returns None."""
+    parse_tools(request)
+    if request.thinking_budget is not None:
+        raise UsageError(
+            "thinking_budget is a DashScope parameter; the transformers backend does not take it",
+            hint="Limit the whole answer with --max-tokens instead.",
+        )
+    for key, value in request.extra.items():
+        entry = PARAMS.get(key)
+        if entry is None:
+            raise UnsupportedParameterError(
+                f"the parameter '{key}' is not supported by the local transformers backend; nothing was generated",
+                param=key,
+                hint=f"Leave out --param {key}. The backend takes: {', '.join(sorted(PARAMS))}.",
+            )
+        why = entry.check(value, request)
+        if why:
+            raise UnsupportedParameterError(
+                f"{key}={json.dumps(value, default=str)[:80]} is not supported by the local transformers backend: "
+                f"{why}; nothing was generated",
+                param=key,
+                hint=f"Change or leave out --param {key}.",
+            )
 
 
 def split_answer(text: str, stops: list[str]) -> tuple[str, str | None, bool]:
@@ -682,7 +909,8 @@ class TransformersBackend:
                 )
             request = request.model_copy(update={"model": self.model})
         family_of(request.model, read_config(request.model))  # a Qwen-VL model, before anything else
-        parse_tools(request)  # a tool_choice this backend cannot honour is refused before the model loads
+        check_params(request)  # what this backend cannot honour is refused before the model loads
+        request = structured_request(request)
         if not request.fetch_urls:  # the model cannot fetch: remote images are downloaded and prepared here
             request = request.model_copy(update={"fetch_urls": True})
         if request.min_pixels is None:  # count (and send) small images as the model's processor will see them
@@ -690,6 +918,10 @@ class TransformersBackend:
             if low and (request.max_pixels is None or low <= request.max_pixels):
                 request = request.model_copy(update={"min_pixels": low})
         return request
+
+    def check_params(self, request: Request) -> None:
+        """Refuse the request parameters this backend cannot honour (module function ``check_params``)."""
+        check_params(request)
 
     def model_info(self, name: str) -> ModelInfo:
         cfg = read_config(name)
@@ -933,6 +1165,9 @@ class AsyncTransformersBackend:
 
     def adapt(self, request: Request) -> Request:
         return self._sync.adapt(request)
+
+    def check_params(self, request: Request) -> None:
+        self._sync.check_params(request)
 
     def model_info(self, name: str) -> ModelInfo:
         return self._sync.model_info(name)

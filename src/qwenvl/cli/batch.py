@@ -85,13 +85,18 @@ def batch() -> None:
 def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> None:
     """The flags apply to every item (they override a requests file's lines): one that no item can take is a usage
     error now (exit 2), not the same error recorded on every item with exit 0. UsageError: an invalid field or
-    ``--param`` (a misspelt name too: ``plan.check_extra``), options that contradict each other, and, when the
-    model is the same for every item (``model_known``: not left to the lines of a requests file), its rules
-    (``plan.check_model_rules``) and, with ``--mode batch-api``, whether the Batch API can run it
-    (``batchapi.not_batchable``: a stream-only model cannot). When the model is left to the lines, the library's
-    estimate refuses a rule that every pending item fails the same way (``Batch.estimate``)."""
+    ``--param`` (a misspelt name too: ``plan.check_extra``; one a local backend cannot honour: its
+    ``check_params``), options that contradict each other, and, when the model is the same for every item
+    (``model_known``: not left to the lines of a requests file), its rules (``plan.check_model_rules``) and, with
+    ``--mode batch-api``, whether the Batch API can run it (``batchapi.not_batchable``: a stream-only model
+    cannot). When the model is left to the lines, the library's estimate refuses a rule that every pending item
+    fails the same way (``Batch.estimate``)."""
     request = job.planner.request(fields)
     check_extra(request.extra, job.planner.protocol)  # a misspelt --param: refused now, not on every item
+    if job.planner.is_local:  # a --param the local backend cannot honour (transformers' table): refused now too
+        check_params = getattr(job.planner.backend, "check_params", None)
+        if check_params is not None:
+            check_params(request)
     if model_known and not job.planner.is_local:
         check_model_rules(request, job.planner.protocol)
         if job.mode == "batch-api":  # a model the Batch API cannot run (stream-only): refused, not every item's error

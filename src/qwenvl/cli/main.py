@@ -248,6 +248,10 @@ class _WarningLine(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = escape(safe_line(record.getMessage()))  # a model name, a path: as the user gave it, escaped
         err_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        if record.exc_info and record.exc_info[1] is not None:  # attached only with QWENVL_DEBUG (qwenvl serve)
+            import traceback
+
+            err_console().print(escape("".join(traceback.format_exception(record.exc_info[1]))), highlight=False)
 
 
 def _warnings_to_stderr() -> None:

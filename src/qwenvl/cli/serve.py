@@ -57,12 +57,14 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 )
 @click.option("--no-auth", is_flag=True, help="Accept requests without a key (only on a loopback address).")
 @click.option(
+    "--served-model-name",
     "--model-name",
     "model_names",
     multiple=True,
     metavar="NAME",
-    help="A model name clients send (repeatable); default: any name for the DashScope gateway, else the "
-    "backend's model (--model, or the engine's served name). Other names get 404 model_not_found.",
+    help="A model name clients send, listed by /v1/models (repeatable); default: any name for the DashScope "
+    "gateway, the engine's served name, or for transformers the model folder's name (its path is accepted too) "
+    "or hub id. Other names get 404 model_not_found.",
 )
 @click.option(
     "--workers",
@@ -201,17 +203,20 @@ def serve(opts: dict[str, Any]) -> None:
     target = opts["backend_model"] if backend != "dashscope" else None
     if any(not name.strip() for name in opts["model_names"]):
         raise UsageError(
-            "--model-name is empty: give the name clients send as their model",
-            hint="Give a name, e.g. --model-name qwen3-vl, or leave it out.",
+            "--served-model-name / --model-name is empty: give the name clients send as their model",
+            hint="Give a name, e.g. --served-model-name qwen3-vl, or leave it out.",
         )
     names = opts["model_names"] or ((served,) if served else ())
+    # the folder given to --model stays accepted beside the name it is served under (as documented before), unlisted
+    unlisted = [target] if backend == "transformers" and not opts["model_names"] and target not in names else []
     config = {
         "backend": backend,
         "backend_options": options,
         "upload_dir": opts["upload_dir"],
         "settings": {
             "api_key": api_key,
-            "model_map": {n: target for n in names},
+            "model_map": {n: target for n in [*names, *unlisted]},
+            "unlisted_models": unlisted,
             "pass_model_names": backend == "dashscope",
             "fetch_urls": backend != "dashscope",
             "allow_private_urls": opts["allow_private_urls"],

@@ -181,36 +181,40 @@ def build_body(call: Call, *, stream: bool, engine_name: str = "generic") -> dic
     return body
 
 
-def media_pad_tokens(call: Call) -> tuple[int | None, int | None]:
-    """(image, video) placeholder tokens of the call's prepared media, from qwenvl's own counts (the resized
-    grid): each item's tokens less its two vision markers. None when a count is unknown (a remote URL)."""
+def media_tokens(call: Call) -> tuple[int | None, int | None]:
+    """(image, video) tokens of the call's prepared media as the service counts them (reference/dashscope-api.md
+    §4.1: the resized grid's placeholders plus the two vision markers of each item), from qwenvl's own counts, the
+    estimate's (``qwenvl tokens``). None when a count is unknown (a remote URL)."""
 
     def total(kind: str) -> int | None:
         items = [i for i in call.media if i.kind == kind]
         if not items or any(i.tokens is None for i in items):
             return None
-        return sum(max((i.tokens or 0) - VISION_MARKERS, 0) for i in items)
+        return sum(i.tokens or 0 for i in items)
 
     return total("image"), total("video")
 
 
 def fix_usage(usage: Usage, call: Call, engine_name: str, *, output_chunks: int | None = None) -> Usage:
-    """Complete an engine's usage: image/video tokens from its details when given, else from the resized
-    grid; llama.cpp's prompt_tokens gets the image tokens it leaves out; a stream without usage gets the
-    number of content chunks as its output tokens (llama.cpp sends one token per chunk)."""
+    """Complete an engine's usage: image/video tokens counted as the service counts them (``Usage.image_tokens``:
+    the placeholders plus each item's two vision markers), from the engine's details when it gives them (vLLM's
+    ``multimodal_tokens`` counts the placeholders alone: the markers are added), else from the resized grid
+    (``media_tokens``); llama.cpp's prompt_tokens gets the image tokens it leaves out; a stream without usage gets
+    the number of content chunks as its output tokens (llama.cpp sends one token per chunk)."""
     eng = engine(engine_name)
     raw = usage.raw or {}
     details = raw.get("prompt_tokens_details") or {}
     multimodal = details.get("multimodal_tokens") if isinstance(details, dict) else None
-    image, video = media_pad_tokens(call)
-    if usage.image_tokens is None:
-        given = multimodal.get("image") if isinstance(multimodal, dict) else None
-        usage.image_tokens = given if isinstance(given, int) else image
-    if usage.video_tokens is None:
-        given = multimodal.get("video") if isinstance(multimodal, dict) else None
-        usage.video_tokens = given if isinstance(given, int) else video
+    counted = media_tokens(call)
+    for n, kind in enumerate(("image", "video")):
+        if getattr(usage, f"{kind}_tokens") is not None:
+            continue
+        given = multimodal.get(kind) if isinstance(multimodal, dict) else None
+        items = sum(1 for i in call.media if i.kind == kind)
+        value = given + VISION_MARKERS * items if isinstance(given, int) else counted[n]
+        setattr(usage, f"{kind}_tokens", value)
     if not eng.prompt_has_image_tokens and usage.input_tokens is not None:
-        usage.input_tokens += (usage.image_tokens or 0) + (usage.video_tokens or 0) + VISION_MARKERS * len(call.media)
+        usage.input_tokens += (usage.image_tokens or 0) + (usage.video_tokens or 0)
     if usage.output_tokens is None and output_chunks is not None:
         usage.output_tokens = output_chunks
     if usage.input_tokens is not None and usage.output_tokens is not None:
@@ -277,6 +281,6 @@ __all__ = [
     "engine",
     "fix_usage",
     "headers",
-    "media_pad_tokens",
+    "media_tokens",
     "parse_response",
 ]

@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from qwenvl import env as qenv
 from qwenvl._constants import (
     FETCH_TIMEOUT_S,
     SERVE_MAX_BODY_BYTES,
@@ -46,7 +47,9 @@ from qwenvl.errors import (
     MissingAPIKeyError,
     QwenVLError,
     StreamInterruptedError,
+    UnsupportedParameterError,
     UsageError,
+    safe_line,
 )
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.media.sources import to_data_url
@@ -87,6 +90,8 @@ class ServeSettings:
     model_map: dict[str, str | None] = field(default_factory=dict)  # name clients send -> backend model
     # (None: the backend's own); {} = any name: passed on to a cloud gateway, the backend's model for a local one
     pass_model_names: bool = True
+    unlisted_models: list[str] = field(default_factory=list)  # names in model_map that GET /v1/models leaves out
+    # (a local model's folder as given to --model: still accepted beside the name it is served under)
     fetch_urls: bool = False  # fetch http(s) media here (local backends); a cloud gateway passes URLs on
     allow_private_urls: bool = False
     max_body_bytes: int = SERVE_MAX_BODY_BYTES
@@ -311,11 +316,12 @@ def create_app(
         """The backend's model for the name a client sent (None: the backend's own); 404 when not served."""
         if settings.model_map:
             if name not in settings.model_map:
-                raise _Refused(
-                    404, f"Model not exist: {name} (this server serves {', '.join(sorted(settings.model_map))})"
-                )
+                raise _Refused(404, f"Model not exist: {name} (this server serves {', '.join(listed_models())})")
             return settings.model_map[name]
         return name if settings.pass_model_names else None
+
+    def listed_models() -> list[str]:
+        return sorted(n for n in settings.model_map if n not in settings.unlisted_models)
 
     def error_body(proto: ServerSide, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
         return proto.error_body(status, message, request_id=rid, code=code)
@@ -339,14 +345,20 @@ def create_app(
         surface = api_surface(proto.name)
         message = fit_message(_message(exc), surface)
         hint = getattr(exc, "hint", None)
-        if hint and isinstance(exc, UsageError | MediaError):
+        if hint and isinstance(exc, UsageError | MediaError) and not isinstance(exc, UnsupportedParameterError):
             hint = fit_hint(hint, surface)
             message = f"{message} ({hint})" if hint else message
         for path, ref in (aliases or {}).items():
             message = message.replace(path, ref)
         message = message.replace(str(store.folder), "(upload)")
-        if not isinstance(exc, QwenVLError):
-            log.exception("internal error while answering %s", rid)
+        if not isinstance(exc, QwenVLError):  # the operator's log: what broke, always; where, with QWENVL_DEBUG=1
+            log.error(
+                "internal error while answering %s: %s: %s",
+                rid,
+                type(exc).__name__,
+                safe_line(str(exc)) or "(no message)",
+                exc_info=exc if qenv.debug() else None,
+            )
         return status, message, code, {}
 
     def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
@@ -506,7 +518,7 @@ def create_app(
             authorize(request)
         except _Refused as exc:
             return refuse(COMPAT, exc, str(uuid.uuid4()))
-        names = sorted(settings.model_map)
+        names = listed_models()
         if not names and settings.pass_model_names:
             names = _known_models()
         elif not names:  # a local backend: the model it serves

@@ -34,6 +34,8 @@ def make_client(backend: str, options: dict[str, Any]) -> Any:
 
 def check_backend(backend: str, options: dict[str, Any]) -> tuple[str | None, str | None]:
     """What ``qwenvl serve`` checks before it listens: (the model name a local backend serves, a warning or None).
+    The name: the engine's served name (``openai``); for ``transformers`` the model's ``served_name`` (a hub id as
+    it is, a folder by its own name).
 
     ``transformers``: torch and transformers import, and ``options["model"]`` is a Qwen-VL model folder or a
     hub id whose config can be had (UsageError, exit 2: not installed, not a folder, not an owner/name id, not a
@@ -54,7 +56,12 @@ def check_backend(backend: str, options: dict[str, Any]) -> tuple[str | None, st
         check_installed()
     client = Client(backend=backend, **options, max_retries=0, cache=False, usage_log=False)
     try:
-        return client.resolve_model().name, None
+        name = client.resolve_model().name
+        if backend == "transformers":
+            from qwenvl.backends.transformers import served_name
+
+            name = served_name(name)
+        return name, None
     except (APIConnectionError, APITimeoutError) as exc:
         if backend != "openai":
             raise
