@@ -25,7 +25,9 @@ answer's ``<tool_call>`` blocks become ``Response.tool_calls`` (``qwenvl.protoco
 Usage: ``input_tokens`` is the prompt's length in tokens, ``image_tokens``/``video_tokens`` the placeholder counts
 from the processor's grids, ``output_tokens`` the generated tokens. One generation at a time per loaded model (a
 lock); streaming runs ``generate`` on a thread with a ``TextIteratorStreamer`` whose every wait has the request's
-``timeout_s`` as its deadline.
+``timeout_s`` as its deadline. A caller that leaves stops its generation at the next token (a ``StoppingCriteria``
+that reads a cancel flag, ``_stopping``): the async face sets the flag when its call is cancelled (a time-out, a
+`qwenvl serve` client gone) or its stream closed; a sync stream sets it when closed.
 """
 
 from __future__ import annotations
