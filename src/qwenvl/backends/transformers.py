@@ -780,7 +780,7 @@ class TransformersBackend:
         torch, transformers = _imports()
         loaded = self.loaded(call.request.model)
         gen = generate_kwargs(call, loaded)
-        cancel = cancel or threading.Event()
+        cancel = threading.Event() if cancel is None else cancel
         _hold(loaded, cancel)
         try:
             inputs = build_inputs(loaded, call)
@@ -832,7 +832,7 @@ class TransformersBackend:
         loaded = self.loaded(call.request.model)
         gen = generate_kwargs(call, loaded)
         timeout = call.request.timeout_s
-        cancel = cancel or threading.Event()
+        cancel = threading.Event() if cancel is None else cancel
         _hold(loaded, cancel, timeout)
         result: dict[str, Any] = {}
         worker: threading.Thread | None = None
