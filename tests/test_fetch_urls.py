@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from PIL import Image
 
+import qwenvl
 from conftest import API_KEY, make_client, run_cli
 from qwenvl.errors import MediaError
 
@@ -23,12 +27,14 @@ def _png(size: tuple[int, int]) -> bytes:
 
 class _Files(BaseHTTPRequestHandler):
     big_png = _png((3000, 2000))
+    gets: ClassVar[Counter[str]] = Counter()  # GETs by path
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
-        if self.path == "/photo.png":
+        self.gets[self.path] += 1
+        if self.path.split("?")[0] == "/photo.png":
             self._send(200, self.big_png, "image/png")
         elif self.path == "/huge.bin":
             self._send(200, b"\0" * (70 * 1024 * 1024), "application/octet-stream")
@@ -56,6 +62,7 @@ class _Files(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def files() -> Iterator[str]:
+    _Files.gets.clear()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -100,3 +107,45 @@ def test_fetch_urls_cli_dry_run(server, files):
     p = run_cli("ask", f"{files}/photo.png", "-p", "x", "--fetch-urls", "--dry-run", env={"DASHSCOPE_API_KEY": API_KEY})
     assert p.returncode == 0, p.stderr
     assert '"tokens": ' in p.stdout and "data:image/" in p.stdout
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_conversation_downloads_each_url_once(server, files, how):
+    """Each turn sends the whole history: its URLs' preparation was reused, but each was downloaded again, every
+    turn. A client downloads a URL once (the same URL is the same content for the client's life); another client
+    downloads it again."""
+    from qwenvl.chat import Conversation
+
+    if how == "sync":
+        with make_client(server) as c:
+            conv = Conversation(c, fields={"fetch_urls": True})
+            conv.attach(f"{files}/photo.png")
+            for turn in range(5):
+                assert f"[images={1 + (turn > 2)}" in conv.send(f"turn {turn}").text
+                if turn == 2:  # a second URL later on
+                    conv.attach(f"{files}/photo.png?v=2")
+    else:
+
+        async def run() -> None:
+            async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, retry_backoff_s=0.01) as c:
+                conv = Conversation(c, fields={"fetch_urls": True})
+                await conv.aattach(f"{files}/photo.png")
+                for turn in range(5):
+                    await conv.asend(f"turn {turn}")
+                    if turn == 2:
+                        await conv.aattach(f"{files}/photo.png?v=2")
+
+        asyncio.run(run())
+    assert _Files.gets == {"/photo.png": 1, "/photo.png?v=2": 1}
+    assert len(server.requests) == 5
+    with make_client(server) as other:
+        other.plan(prompt="x", image=f"{files}/photo.png", fetch_urls=True)
+    assert _Files.gets["/photo.png"] == 2
+
+
+def test_a_failed_download_is_not_kept(server, files):
+    with make_client(server) as c:
+        for _ in range(2):
+            with pytest.raises(MediaError, match="404"):
+                c.plan(prompt="x", image=f"{files}/nope.png", fetch_urls=True)
+    assert _Files.gets["/nope.png"] == 2

@@ -140,3 +140,64 @@ def test_whole_video_needs_native_and_storage(server, isolated_env):
     with make_client(server, "native") as c, pytest.raises(UsageError, match="inline"):
         c.complete(prompt="x", video=str(clip), video_as="file", upload="inline")
     assert server.requests == []
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_conversation_uploads_each_file_once(server, isolated_env, png, jpeg, how):
+    """Each turn sends the whole history: its files were uploaded again every turn (a policy and a POST each). A
+    backend sends its oss:// reference again while it is valid (48 h, less an hour), so each file goes up once and
+    a turn with nothing new to upload asks for no policy; past that it is uploaded anew."""
+    import asyncio
+
+    import qwenvl
+    from qwenvl.backends import oss
+    from qwenvl.chat import Conversation
+
+    now = [1_000_000.0]
+    clock = oss.Uploaded(clock=lambda: now[0])
+
+    def policies() -> int:
+        return sum(1 for q in server.requests if q.path.endswith("/uploads"))
+
+    def posts() -> int:
+        return sum(1 for q in server.requests if q.path.endswith("/oss"))
+
+    fields = {"upload": "oss", "prepare": False}
+    if how == "sync":
+        with make_client(server, "native") as c:
+            c.backend.uploaded = clock
+            conv = Conversation(c, fields=fields)
+            conv.attach(str(png))
+            for turn in range(5):
+                conv.send(f"turn {turn}")
+                if turn == 2:
+                    conv.attach(str(jpeg))
+            assert (policies(), posts()) == (2, 2)  # the first turn's file, then the third's
+            now[0] += oss.UPLOAD_REUSE_S + 1  # its references about to expire: uploaded again
+            conv.send("later")
+            assert (policies(), posts()) == (3, 4)
+    else:
+
+        async def run() -> None:
+            async with qwenvl.AsyncClient(
+                api_key=API_KEY, protocol="native", base_url=server.url, retry_backoff_s=0.01
+            ) as c:
+                (await c._ready())._sync.uploaded = clock
+                conv = Conversation(c, fields=fields)
+                await conv.aattach(str(png), str(jpeg))
+                for turn in range(5):
+                    await conv.asend(f"turn {turn}")
+
+        asyncio.run(run())
+        assert (policies(), posts()) == (1, 2)
+    messages = server.requests[-1].json["input"]["messages"]
+    refs = [i["image"] for m in messages if isinstance(m["content"], list) for i in m["content"] if "image" in i]
+    assert len(refs) == 2 and all(ref.startswith("oss://") for ref in refs)  # the last turn was answered from them
+
+
+def test_an_upload_is_kept_per_model(server, isolated_env, png):
+    """A temporary file is bound to the model named at upload: another model gets its own."""
+    with make_client(server, "native") as c:
+        for model in ("qwen3-vl-plus", "qwen3-vl-plus", "qwen-vl-max"):
+            c.complete(prompt="x", image=str(png), upload="oss", prepare=False, model=model)
+    assert sum(1 for q in server.requests if q.path.endswith("/oss")) == 2

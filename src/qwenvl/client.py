@@ -762,8 +762,9 @@ class AsyncClient(_Base[AsyncBackend]):
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
         subclasses, StreamInterruptedError (``.partial_text`` keeps what arrived), StructuredOutputError."""
         ex, backend = exchange.begin(self, call, stream=True), await self._ready()
+        events = backend.stream(call)
         try:
-            async for event in backend.stream(call):
+            async for event in events:
                 if event.type != "done":
                     yield event
                     continue
@@ -778,6 +779,11 @@ class AsyncClient(_Base[AsyncBackend]):
         except BaseException:  # the reader stopped (closed the stream, cancelled the task): still logged
             ex.failed(outcome=exchange.CANCELLED)
             raise
+        finally:  # the backend's stream closed now (its connection, a local generation), not when collected
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):  # closing after an error must not raise a second one
+                    await close()
 
     async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
         """``Client.ask``, awaited: one question about zero or more images (paths or URLs).

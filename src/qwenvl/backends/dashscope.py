@@ -118,6 +118,7 @@ class DashScopeBackend(_Declared):
         self.region = region_of_url(self.base_url) or effective_region(region)  # decides temporary storage
         kw = {"sleep": sleep} if sleep else {}
         self.transport = Transport(api_key, key_source=key_source, http_client=http_client, on_retry=on_retry, **kw)
+        self.uploaded = oss.Uploaded()  # what this backend put in temporary storage: sent again, not uploaded again
 
     def close(self) -> None:
         self.transport.close()
@@ -129,7 +130,7 @@ class DashScopeBackend(_Declared):
         if not chosen:
             return call
         native_base = resolve_base_url("native", base_url=call.request.base_url or self.base_url)
-        return oss.upload(call, chosen, self.transport, native_base)
+        return oss.upload(call, chosen, self.transport, native_base, self.uploaded)
 
     def complete(self, call: Call) -> Response:
         """One answer. A stream-only model (``ModelInfo.stream_only``, e.g. QVQ) is streamed on the wire and the

@@ -4,7 +4,11 @@ The flow the official SDK uses (reference §2.3): one upload policy per request
 (``GET {native_base}/uploads?action=getPolicy&model=M``), a multipart POST of each file to the policy's
 OSS host, then ``oss://<key>`` references in the request and the header
 ``X-DashScope-OssResourceResolve: enable``. Files are bound to the model named in the policy and expire
-after 48 hours.
+after 48 hours (``UPLOAD_VALID_S``).
+
+A backend keeps the ``oss://`` reference of each item it uploaded (``Uploaded``: by content, model and endpoint)
+and sends it again while it is valid, so a conversation, which sends its earlier turns' files every turn, uploads
+each file once; a request whose items are all uploaded already asks for no policy.
 
 Which items go through storage (``upload=``): ``inline`` never; ``oss`` every local item; ``auto`` (the
 default) only what does not fit inline: items over the per-image limit, then the largest items until the
@@ -25,6 +29,10 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,57 @@ from qwenvl.transport import Policy, Transport
 from qwenvl.types import ImagePart, Message, VideoPart
 
 UPLOAD_MODES = ("auto", "inline", "oss")
+UPLOAD_VALID_S = 48 * 3600  # a temporary file's life (reference §2.3: "expires after 48 h")
+UPLOAD_REUSE_S = UPLOAD_VALID_S - 3600  # an upload is sent again until an hour before it expires
+UPLOADED_MAX = 4096  # the references a backend keeps (``Uploaded``), the least recently used dropped first
+
+
+class Uploaded:
+    """The ``oss://`` references a backend uploaded, by (endpoint, model, content): a data: URL by the SHA-256 of
+    its text, a whole video file (``file://``) by its path, size and modification time (as its object name). One
+    is given again for ``UPLOAD_REUSE_S`` seconds after its upload (wall-clock time: a machine that slept counts
+    the time it slept), then forgotten; at most ``max_items`` are kept. Thread-safe."""
+
+    def __init__(self, max_items: int = UPLOADED_MAX, *, clock: Callable[[], float] = time.time) -> None:
+        self.max_items = max_items
+        self._clock = clock
+        self._refs: OrderedDict[tuple[str, str, str], tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> str | None:
+        """The reference uploaded for ``key`` while still valid, else None."""
+        with self._lock:
+            entry = self._refs.get(key)
+            if entry is None:
+                return None
+            if self._clock() - entry[1] > UPLOAD_REUSE_S:
+                del self._refs[key]
+                return None
+            self._refs.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple[str, str, str], ref: str, uploaded_at: float) -> None:
+        with self._lock:
+            self._refs[key] = (ref, uploaded_at)
+            self._refs.move_to_end(key)
+            while len(self._refs) > self.max_items:
+                self._refs.popitem(last=False)
+
+    def now(self) -> float:
+        return self._clock()
+
+
+def content_key(url: str) -> str:
+    """What identifies an item's content for ``Uploaded``: a file's path, size and modification time (``file://``,
+    a whole video), else the SHA-256 of the data: URL."""
+    if url.startswith("file://"):
+        path = Path(unquote(urlsplit(url).path))
+        try:
+            stat = path.stat()
+        except OSError:
+            return url  # the upload names the failure
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha256(url.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -219,22 +278,35 @@ def _form(pol: UploadPolicy, key: str, mime: str) -> dict[str, str]:
     }
 
 
-def upload(call: Call, chosen: list[_Slot], transport: Transport, native_base: str) -> Call:
-    """Upload the chosen items with one policy; the call with ``oss://`` references in their place."""
+def upload(
+    call: Call, chosen: list[_Slot], transport: Transport, native_base: str, uploaded: Uploaded | None = None
+) -> Call:
+    """Upload the chosen items with one policy; the call with ``oss://`` references in their place. With
+    ``uploaded``, an item uploaded before (and still valid) is not uploaded again, and no policy is asked for when
+    none is left to upload."""
     if not chosen:
         return call
     r = call.request
     policy = Policy(timeout_s=r.timeout_s, max_retries=r.max_retries, backoff_s=r.retry_backoff_s)
-    pol = UploadPolicy.from_reply(
-        transport.get_json(
-            f"{native_base}/uploads", policy, params={"action": "getPolicy", "model": call.request.model}
-        )
-    )
+    pol: UploadPolicy | None = None
     done: dict[str, str] = {}  # the same content is uploaded once
     messages = [m.model_copy(deep=True) for m in call.messages]
     for slot in chosen:
         if slot.url not in done:
-            done[slot.url] = _upload_one(slot.url, pol, transport, policy)
+            key = (native_base, r.model, content_key(slot.url))
+            ref = uploaded.get(key) if uploaded is not None else None
+            if ref is None:
+                if pol is None:
+                    pol = UploadPolicy.from_reply(
+                        transport.get_json(
+                            f"{native_base}/uploads", policy, params={"action": "getPolicy", "model": r.model}
+                        )
+                    )
+                started = uploaded.now() if uploaded is not None else 0.0  # its life counts from before the upload
+                ref = _upload_one(slot.url, pol, transport, policy)
+                if uploaded is not None:
+                    uploaded.put(key, ref, started)
+            done[slot.url] = ref
         part = messages[slot.message].content[slot.part]  # type: ignore[index]
         if isinstance(part, ImagePart):
             part.image = done[slot.url]

@@ -29,7 +29,9 @@ Usage: ``input_tokens`` is the prompt's length in tokens, ``image_tokens``/``vid
 as the service counts them (``Usage.image_tokens``: the placeholders, from the processor's grids, plus the vision
 markers around them: the estimate's count), ``output_tokens`` the generated tokens. One generation at a time per
 loaded model (a lock); streaming runs ``generate`` on a thread with a ``TextIteratorStreamer`` whose every wait has
-the request's ``timeout_s`` as its deadline.
+the request's ``timeout_s`` as its deadline. A caller that leaves stops its generation at the next token (a
+``StoppingCriteria`` that reads a cancel flag, ``_stopping``): the async face sets the flag when its call is
+cancelled (a time-out, a `qwenvl serve` client gone) or its stream closed; a sync stream sets it when closed.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import io
 import json
 import math
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -875,6 +878,40 @@ def _eos(loaded: Loaded) -> set[int]:
     return ids
 
 
+STOP_WAIT_S = 30.0  # the longest a cancelled async call waits for its generation to stop (a step, a busy CPU)
+_HOLD_POLL_S = 0.05  # how often a request waiting for the model looks whether it was cancelled
+
+
+class Cancelled(QwenVLError):
+    """A generation whose caller left before the model was free: nothing was generated. Raised only where a
+    ``cancel`` event was given and set (the async backend's caller sees its own ``asyncio.CancelledError``)."""
+
+
+def _hold(loaded: Loaded, cancel: threading.Event, timeout_s: float | None = None) -> None:
+    """Take the model's lock (one generation at a time), waiting at most ``timeout_s`` seconds (None: for as long
+    as it takes) and giving up at once when ``cancel`` is set. Raises APITimeoutError, Cancelled."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not loaded.lock.acquire(timeout=_HOLD_POLL_S):
+        if cancel.is_set():
+            raise Cancelled("the request was cancelled while it waited for the local model")
+        if deadline is not None and time.monotonic() > deadline:
+            raise APITimeoutError(f"the local model stayed busy for {timeout_s:g} s (one generation at a time)")
+    if cancel.is_set():
+        loaded.lock.release()
+        raise Cancelled("the request was cancelled while it waited for the local model")
+
+
+def _stopping(cancel: threading.Event, torch: Any, transformers: Any) -> Any:
+    """A ``StoppingCriteriaList`` that ends generation at its next token once ``cancel`` is set (transformers checks
+    its stopping criteria after every generated token: generation/utils.py, ``_sample``)."""
+
+    class _Cancel(transformers.StoppingCriteria):  # type: ignore[misc]
+        def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return transformers.StoppingCriteriaList([_Cancel()])
+
+
 class TransformersBackend:
     """In-process backend (see the module doc). ``model``: hub id or folder used when a request names none."""
 
@@ -967,17 +1004,26 @@ class TransformersBackend:
         pass  # the loaded model stays cached for the process
 
     # -- answering --
-    def complete(self, call: Call) -> Response:
+    def complete(self, call: Call, *, cancel: threading.Event | None = None) -> Response:
+        """The whole answer. ``cancel``: once set (``AsyncTransformersBackend`` sets it when its caller leaves),
+        generation stops at its next token and the answer so far is returned; set before the model is free (one
+        generation at a time), nothing is generated and Cancelled is raised."""
         ensure_sendable(call)
-        torch, _ = _imports()
+        torch, transformers = _imports()
         loaded = self.loaded(call.request.model)
         gen = generate_kwargs(call, loaded)
-        with loaded.lock:
+        cancel = threading.Event() if cancel is None else cancel
+        _hold(loaded, cancel)
+        try:
             inputs = build_inputs(loaded, call)
             if call.request.seed is not None:
                 torch.manual_seed(call.request.seed)
             with torch.inference_mode():
-                out = loaded.model.generate(**inputs.tensors, **gen)
+                out = loaded.model.generate(
+                    **inputs.tensors, **gen, stopping_criteria=_stopping(cancel, torch, transformers)
+                )
+        finally:
+            loaded.lock.release()
         generated = out[0, inputs.prompt_tokens :].tolist()
         raw = loaded.tokenizer.decode(generated, skip_special_tokens=True)
         text, reasoning, stopped = split_answer(raw, _stops(call))
@@ -1008,25 +1054,25 @@ class TransformersBackend:
             protocol=NAME,
         )
 
-    def stream(self, call: Call) -> Iterator[StreamEvent]:
+    def stream(self, call: Call, *, cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
+        """Deltas, then ``done``. Generation stops at its next token when the reader closes the iterator, or once
+        ``cancel`` is set (``AsyncTransformersBackend`` sets it when its reader leaves; set before the model is
+        free, nothing is generated and Cancelled is raised). Waits for the model at most ``timeout_s``
+        (APITimeoutError)."""
         ensure_sendable(call)
         torch, transformers = _imports()
         loaded = self.loaded(call.request.model)
         gen = generate_kwargs(call, loaded)
         timeout = call.request.timeout_s
-        if not loaded.lock.acquire(timeout=timeout):
-            raise APITimeoutError(f"the local model stayed busy for {timeout:g} s (one generation at a time)")
-        cancel = threading.Event()
+        cancel = threading.Event() if cancel is None else cancel
+        _hold(loaded, cancel, timeout)
         result: dict[str, Any] = {}
+        worker: threading.Thread | None = None
         try:
             inputs = build_inputs(loaded, call)
             streamer = transformers.TextIteratorStreamer(
                 loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout
             )
-
-            class _Cancel(transformers.StoppingCriteria):  # type: ignore[name-defined,misc]
-                def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                    return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
             def run() -> None:
                 try:
@@ -1037,7 +1083,7 @@ class TransformersBackend:
                             **inputs.tensors,
                             **gen,
                             streamer=streamer,
-                            stopping_criteria=transformers.StoppingCriteriaList([_Cancel()]),
+                            stopping_criteria=_stopping(cancel, torch, transformers),
                         )
                 except BaseException as exc:  # handed to the consumer below
                     result["error"] = exc
@@ -1048,6 +1094,8 @@ class TransformersBackend:
             yield from self._relay(call, streamer, worker, result, inputs, loaded, gen, cancel, timeout)
         finally:
             cancel.set()
+            if worker is not None:  # its current step ends before the next generation may start
+                worker.join(timeout)
             loaded.lock.release()
 
     def _relay(
@@ -1182,19 +1230,67 @@ class AsyncTransformersBackend:
         pass
 
     async def complete(self, call: Call) -> Response:
-        return await asyncio.to_thread(self._sync.complete, call)
+        """``TransformersBackend.complete`` on a worker thread. A caller that leaves (its task cancelled, a
+        time-out, `qwenvl serve`'s client disconnecting) stops the generation at its next token; the cancellation
+        is raised once it has stopped (at most ``STOP_WAIT_S`` later), so the model is free when it is."""
+        cancel = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(self._sync.complete, call, cancel=cancel))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            await _stopped(work)
+            raise
 
     async def stream(self, call: Call) -> AsyncIterator[StreamEvent]:
-        events = self._sync.stream(call)
-        done = object()
+        """``TransformersBackend.stream``, read on a worker thread. A reader that leaves (closes the iterator, its
+        task cancelled) stops the generation at its next token, as ``complete``."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[StreamEvent | None, BaseException | None]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def hand(event: StreamEvent | None, error: BaseException | None = None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: no one is reading
+                loop.call_soon_threadsafe(queue.put_nowait, (event, error))
+
+        def pump() -> None:  # the sync generator lives on this one thread, from its first step to its close
+            events = self._sync.stream(call, cancel=cancel)
+            try:
+                for event in events:
+                    if cancel.is_set():
+                        return
+                    hand(event)
+            except BaseException as exc:  # handed to the reader
+                hand(None, exc)
+                return
+            finally:
+                events.close()  # type: ignore[attr-defined]  # a generator
+            hand(None)
+
+        work = asyncio.ensure_future(asyncio.to_thread(pump))
         try:
             while True:
-                event = await asyncio.to_thread(next, events, done)
-                if event is done:
+                event, error = await queue.get()
+                if error is not None:
+                    raise error
+                if event is None:
                     return
-                yield event  # type: ignore[misc]
+                yield event
         finally:
-            await asyncio.to_thread(events.close)  # type: ignore[attr-defined]  # a generator
+            cancel.set()
+            await _stopped(work)
 
 
-__all__ = ["AsyncTransformersBackend", "Loaded", "TransformersBackend", "build_inputs", "load"]
+async def _stopped(work: asyncio.Future[Any]) -> None:
+    """Wait (at most ``STOP_WAIT_S``) for a cancelled generation's worker to end; what it raised is dropped (no
+    one is waiting for its answer)."""
+    with contextlib.suppress(BaseException):  # a second cancellation ends the wait; the caller raises its own
+        await asyncio.wait({work}, timeout=STOP_WAIT_S)
+    if work.done():
+        if not work.cancelled():
+            work.exception()  # retrieved: not an "exception was never retrieved" warning
+    else:
+        work.add_done_callback(lambda w: None if w.cancelled() else w.exception())
+
+
+__all__ = ["AsyncTransformersBackend", "Cancelled", "Loaded", "TransformersBackend", "build_inputs", "load"]

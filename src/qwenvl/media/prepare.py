@@ -130,7 +130,8 @@ PREPARED_WAIT_S = 120.0  # the longest a thread waits for another preparing the 
 class PreparedCache:
     """Media prepared before, by content, so that what is sent again is not prepared again: the images and
     videos of a conversation's earlier turns (each turn sends the whole history), an image that every item of
-    a batch shares, a PDF asked about twice. A ``Client`` keeps one; ``prepare_messages`` takes it.
+    a batch shares, a PDF asked about twice; and the images ``fetch_urls`` downloads, by URL (``fetched``). A
+    ``Client`` keeps one; ``prepare_messages`` takes it.
 
     The key is the SHA-256 of the bytes (a file is read, or hashed, every time: a file changed since is a new
     key and is prepared anew) with everything that shapes the result (``MediaOptions``, the part's budget), so a
@@ -328,9 +329,7 @@ def prepare_image(
     source = classify(part.image)
     _check_remote(source, options)
     if source.kind == "url" and options.fetch_urls:
-        from qwenvl.transport import fetch_url  # network code stays out of the import graph of media
-
-        data, _ = fetch_url(source.url or part.image, max_bytes=MAX_FETCH_BYTES, timeout_s=options.fetch_timeout_s)
+        data = fetched(source.url or part.image, options, cache)
         label = source.ref
         info = images.identify(data, label)
     elif source.is_remote:
@@ -353,6 +352,24 @@ def prepare_image(
         return _check_image(part, data, info, label, options)
     key = ("image", _digest(data), options, part.min_pixels, part.max_pixels) if cache is not None else None
     return _cached_item(cache, key, part.image, lambda: _check_image(part, data, info, label, options))
+
+
+def fetched(url: str, options: MediaOptions, cache: PreparedCache | None = None) -> bytes:
+    """A remote image's bytes for ``fetch_urls`` (``qwenvl.transport.fetch_url``: at most ``MAX_FETCH_BYTES``, within
+    ``options.fetch_timeout_s``), downloaded once per ``cache``: a URL is taken to give the same content for the
+    life of the client that keeps the cache (a conversation's earlier turns send their URLs again each turn), and
+    its bytes are kept under the URL itself, within the cache's bounds (``PreparedCache``: at most its
+    ``max_bytes``, the least recently used dropped first; a download larger than half of it is not kept). A
+    failed download is not kept. Raises MediaError (as ``fetch_url``)."""
+    from qwenvl.transport import fetch_url  # network code stays out of the import graph of media
+
+    def download() -> bytes:
+        return fetch_url(url, max_bytes=MAX_FETCH_BYTES, timeout_s=options.fetch_timeout_s)[0]
+
+    if cache is None:
+        return download()
+    data, _ = cache.get_or_make(("fetched", url), download, len)
+    return data
 
 
 def _check_image(
