@@ -657,10 +657,11 @@ def generate_kwargs(call: Call, loaded: Loaded) -> dict[str, Any]:
 def _penalty_processor(presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> Any:
     """A ``LogitsProcessorList`` with OpenAI's additive penalties, as vLLM applies them (vllm/model_executor/layers/
     utils.py ``apply_penalties``): each token's logit is lowered by ``frequency_penalty`` times the number of times
-    it was generated so far, and by ``presence_penalty`` once if it was; prompt tokens do not count."""
-    import transformers
+    it was generated so far, and by ``presence_penalty`` once if it was; prompt tokens do not count. Imported from
+    its own module (see ``_stopping``)."""
+    from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 
-    class Penalties(transformers.LogitsProcessor):  # type: ignore[misc]
+    class Penalties(LogitsProcessor):  # type: ignore[misc]
         def __init__(self) -> None:
             self.start: int | None = None  # the prompt's length: the first call sees the prompt alone
 
@@ -674,7 +675,7 @@ def _penalty_processor(presence_penalty: float = 0.0, frequency_penalty: float =
             counts.scatter_add_(1, generated, scores.new_ones(generated.shape))
             return scores - frequency_penalty * counts - presence_penalty * (counts > 0).to(scores.dtype)
 
-    return transformers.LogitsProcessorList([Penalties()])
+    return LogitsProcessorList([Penalties()])
 
 
 # --- request parameters ---------------------------------------------------------------------------------------
@@ -901,15 +902,18 @@ def _hold(loaded: Loaded, cancel: threading.Event, timeout_s: float | None = Non
         raise Cancelled("the request was cancelled while it waited for the local model")
 
 
-def _stopping(cancel: threading.Event, torch: Any, transformers: Any) -> Any:
+def _stopping(cancel: threading.Event, torch: Any) -> Any:
     """A ``StoppingCriteriaList`` that ends generation at its next token once ``cancel`` is set (transformers checks
-    its stopping criteria after every generated token: generation/utils.py, ``_sample``)."""
+    its stopping criteria after every generated token: generation/utils.py, ``_sample``). Imported from its own
+    module, not through ``transformers``' lazy top level: a batch's workers reaching that at once raced in it
+    ("module 'transformers' has no attribute 'StoppingCriteria'")."""
+    from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
-    class _Cancel(transformers.StoppingCriteria):  # type: ignore[misc]
+    class _Cancel(StoppingCriteria):  # type: ignore[misc]
         def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
             return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
-    return transformers.StoppingCriteriaList([_Cancel()])
+    return StoppingCriteriaList([_Cancel()])
 
 
 class TransformersBackend:
@@ -1009,7 +1013,7 @@ class TransformersBackend:
         generation stops at its next token and the answer so far is returned; set before the model is free (one
         generation at a time), nothing is generated and Cancelled is raised."""
         ensure_sendable(call)
-        torch, transformers = _imports()
+        torch, _ = _imports()
         loaded = self.loaded(call.request.model)
         gen = generate_kwargs(call, loaded)
         cancel = threading.Event() if cancel is None else cancel
@@ -1019,9 +1023,7 @@ class TransformersBackend:
             if call.request.seed is not None:
                 torch.manual_seed(call.request.seed)
             with torch.inference_mode():
-                out = loaded.model.generate(
-                    **inputs.tensors, **gen, stopping_criteria=_stopping(cancel, torch, transformers)
-                )
+                out = loaded.model.generate(**inputs.tensors, **gen, stopping_criteria=_stopping(cancel, torch))
         finally:
             loaded.lock.release()
         generated = out[0, inputs.prompt_tokens :].tolist()
@@ -1060,7 +1062,7 @@ class TransformersBackend:
         free, nothing is generated and Cancelled is raised). Waits for the model at most ``timeout_s``
         (APITimeoutError)."""
         ensure_sendable(call)
-        torch, transformers = _imports()
+        torch, _ = _imports()
         loaded = self.loaded(call.request.model)
         gen = generate_kwargs(call, loaded)
         timeout = call.request.timeout_s
@@ -1070,7 +1072,9 @@ class TransformersBackend:
         worker: threading.Thread | None = None
         try:
             inputs = build_inputs(loaded, call)
-            streamer = transformers.TextIteratorStreamer(
+            from transformers.generation.streamers import TextIteratorStreamer  # not lazily: see ``_stopping``
+
+            streamer = TextIteratorStreamer(
                 loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout
             )
 
@@ -1083,7 +1087,7 @@ class TransformersBackend:
                             **inputs.tensors,
                             **gen,
                             streamer=streamer,
-                            stopping_criteria=_stopping(cancel, torch, transformers),
+                            stopping_criteria=_stopping(cancel, torch),
                         )
                 except BaseException as exc:  # handed to the consumer below
                     result["error"] = exc
