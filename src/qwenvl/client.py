@@ -38,7 +38,17 @@ from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
-from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage, reserved_extra, reserved_extra_hint
+from qwenvl.types import (
+    Message,
+    Request,
+    Response,
+    StreamEvent,
+    TextPart,
+    Usage,
+    not_blank,
+    reserved_extra,
+    reserved_extra_hint,
+)
 
 # Client-level defaults that apply to requests that do not set the field themselves.
 _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
@@ -257,6 +267,20 @@ class _Base(Generic[B]):
         usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
     ) -> None:
+        for name, value in dict(
+            api_key=api_key,
+            protocol=protocol,
+            region=region,
+            base_url=base_url,
+            model=model,
+            backend=backend,
+            engine=engine,
+            family=family,
+            device=device,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+        ).items():  # a blank value never falls back silently (a blank base_url: the paid cloud endpoint)
+            not_blank(value, name)
         self.protocol = effective_protocol(protocol)
         self.region = effective_region(region)
         self.base_url = base_url
@@ -307,6 +331,10 @@ class _Base(Generic[B]):
         model = model or qenv.model()
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
+        try:  # checked now by the Request's own rules (a time-out: ``types.seconds``), not at the first request
+            Request(prompt="?", **self.defaults)
+        except ValidationError as exc:
+            raise UsageError(describe_validation_error(exc, "invalid client option")) from None
 
     # What this client calls on a backend instance (the rest of Backend / AsyncBackend is optional at run time).
     _BACKEND_METHODS: tuple[str, ...] = ("complete", "stream", "close")

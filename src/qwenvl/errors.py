@@ -58,6 +58,14 @@ class UsageError(QwenVLError):
     exit_code = EXIT_USAGE
 
 
+def blank_error(label: str, leave_out: str) -> UsageError:
+    """The one wording of a value given as "" or only spaces where a value is required, library and CLI alike
+    (``qwenvl.types.not_blank``, ``qwenvl.cli.common.refuse_blank``): ``"<label> is empty"``, and the hint to give
+    a value or leave ``leave_out`` (the parameter or flag) out. A blank value never falls back silently to the
+    default, nothing, or the cloud endpoint."""
+    return UsageError(f"{label} is empty", hint=f"Give a value, or leave {leave_out} out for the default.")
+
+
 class SchemaDefinitionError(UsageError):
     """Raised when a ``schema`` is not valid JSON Schema (draft 2020-12, checked with ``jsonschema``) or its
     file's content is not JSON (UTF-8); before anything is sent. A schema file that is missing or cannot be

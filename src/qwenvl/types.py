@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json as _json
+import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -26,11 +28,57 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
-from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S
+from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S, MAX_DURATION_S
+from qwenvl.errors import UsageError, blank_error
 from qwenvl.models import DEFAULT_MODEL
 
 Role = Literal["system", "user", "assistant", "tool"]
 Detail = Literal["auto", "low", "high"]
+
+
+def seconds(value: Any, name: str, *, zero: bool = False) -> float:
+    """``value`` as a float when it is a usable duration in seconds: a finite number above 0 (``zero``: 0 too)
+    and at most ``MAX_DURATION_S`` (a day). The one rule of every time-out, interval and wait the library takes
+    outside a ``Request`` (whose fields have the same bounds): ``Client(timeout_s=...)``, the batch runner's
+    intervals, ``BatchAPI``, ``qwenvl serve``'s settings. Raises UsageError naming ``name`` for NaN, infinity, a
+    value out of range or not a number (``inf`` never means "no limit": a deadline of a day is the longest)."""
+    hint = f"Give seconds {'from 0' if zero else 'above 0'} up to {MAX_DURATION_S:g} (a day), or leave {name} out."
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{name} is a number of seconds, not {type(value).__name__}", hint=hint)
+    if not math.isfinite(value):
+        raise UsageError(f"{name}: {value!r} is not a finite number of seconds", hint=hint)
+    if value < 0 or (value == 0 and not zero):
+        raise UsageError(f"{name} must be {'0 or more' if zero else 'greater than 0'}, not {value:g}", hint=hint)
+    if value > MAX_DURATION_S:
+        raise UsageError(
+            f"{name}: {value:g} s is more than a day ({MAX_DURATION_S:g} s), the longest allowed", hint=hint
+        )
+    return float(value)
+
+
+def not_blank(value: Any, name: str) -> Any:
+    """``value`` as given unless it is a blank string ("" or only spaces) where a value is required: then the
+    blank-value error (``errors.blank_error``, the CLI's wording) naming ``name``. None passes (the default)."""
+    if isinstance(value, str) and not value.strip():
+        raise blank_error(name, name)
+    return value
+
+
+def _media_refs(value: Any, *, images: bool = True) -> Any:
+    """Media given as objects, turned into the string references the request carries (JSON-serialisable): an
+    ``os.PathLike`` its path; with ``images``, bytes and a PIL image a ``data:`` URL
+    (``qwenvl.media.images.image_reference``: bytes identified by their content, a PIL image encoded by the
+    project's encoding rule). Lists are converted item by item; anything else is left for the model to judge."""
+    if isinstance(value, list | tuple):
+        return [_media_refs(v, images=True) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if images and not isinstance(value, str | None):
+        from qwenvl.media.images import image_reference
+
+        found = image_reference(value)
+        return value if found is None else found
+    return value
 
 
 class TextPart(BaseModel):
@@ -270,7 +318,7 @@ with warnings.catch_warnings():
         ``Client`` methods raise UsageError instead of ValidationError.
         """
 
-        model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+        model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, allow_inf_nan=False)
 
         prompt: str | None = Field(
             default=None,
@@ -426,9 +474,10 @@ with warnings.catch_warnings():
         timeout_s: float = Field(
             default=DEFAULT_TIMEOUT_S,
             gt=0,
+            le=MAX_DURATION_S,
             validation_alias=AliasChoices("timeout_s", "timeout"),
-            description="Seconds an attempt may take (a stream: the wait for each event); also accepted as "
-            "`timeout` (default 120; qwenvl.transport).",
+            description="Seconds an attempt may take (a stream: the wait for each event), at most a day "
+            "(MAX_DURATION_S); also accepted as `timeout` (default 120; qwenvl.transport).",
         )
         base_url: str | None = Field(
             default=None, description="The endpoint for this request only (default: the client's)."
@@ -495,6 +544,35 @@ with warnings.catch_warnings():
             if value is not None and not value.strip():
                 raise ValueError("prompt is empty")
             return value
+
+        @field_validator("image", "images", "video", mode="before")
+        @classmethod
+        def _media_objects(cls, value: Any, info: Any) -> Any:
+            """Paths (``os.PathLike``) wherever a file is named; bytes and PIL images as images, and as a frame
+            list's frames (``_media_refs``): converted here, so the request stays JSON."""
+            return _media_refs(value, images=info.field_name != "video" or isinstance(value, list | tuple))
+
+        @field_validator("model", "system", "base_url", "pages", "tool_choice", "image", "images", "video", "stop")
+        @classmethod
+        def _not_blank(cls, value: Any, info: Any) -> Any:
+            """A blank string where a value is required is refused (``not_blank``), never dropped or defaulted: a
+            blank ``model``, ``system``, ``base_url``, ``pages``, ``tool_choice``, media reference or stop
+            sequence."""
+            for item in value if isinstance(value, list) else [value]:
+                not_blank(item, info.field_name)
+            return value
+
+        @field_validator("timeout_s", mode="before")
+        @classmethod
+        def _seconds(cls, value: Any, info: Any) -> Any:
+            """The one duration rule (``seconds``: finite, above 0, at most a day), in the client's words."""
+            return seconds(value, info.field_name)
+
+        @field_validator("tools")
+        @classmethod
+        def _no_empty_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+            """``tools=[]`` means no tools: not sent (OpenAI-style APIs refuse an empty ``tools`` array)."""
+            return value or None
 
         @field_validator("extra")
         @classmethod

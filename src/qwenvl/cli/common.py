@@ -24,6 +24,7 @@ from qwenvl._constants import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
+    MAX_DURATION_S,
     MAX_RETRY_DELAY_S,
     MIN_TRANSFER_RATE,
     STREAM_CAP_FACTOR,
@@ -37,6 +38,7 @@ from qwenvl.errors import (
     StreamInterruptedError,
     StructuredOutputError,
     UsageError,
+    blank_error,
     safe_line,
     terminal_safe,
 )
@@ -247,6 +249,15 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Seconds(FiniteFloat):
+    """Every duration option of the CLI (``--timeout``, ``--poll-interval``, ``--request-timeout``): a finite
+    number of seconds above ``min`` (or from it, ``min_open=False``) and at most ``MAX_DURATION_S`` (a day), the
+    library's rule (``qwenvl.types.seconds``); else exit 2 naming the option."""
+
+    def __init__(self, min: float = 0, min_open: bool = True) -> None:
+        super().__init__(min=min, max=MAX_DURATION_S, min_open=min_open)
+
+
 class FileName(click.types.StringParamType):
     """A file name, folder or URL argument/option: kept as the system gave it (a name that is not UTF-8 still
     names a real file, ``os.fsencode`` gives its bytes back), so never checked as text (``refuse_non_utf8``).
@@ -331,10 +342,7 @@ def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
                 raise UsageError(
                     "the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".'
                 )
-            flag = max(param.opts, key=len)
-            raise UsageError(
-                f"{param_label(param)} is empty", hint=f"Give a value, or leave {flag} out for the default."
-            )
+            raise blank_error(param_label(param), max(param.opts, key=len))
 
 
 class Verb(click.Command):
@@ -405,7 +413,7 @@ service_options = option_group(
     click.option(
         "--timeout",
         "timeout_s",
-        type=FiniteFloat(min=0, min_open=True),
+        type=Seconds(),
         metavar="SECONDS",
         help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
         "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
