@@ -124,3 +124,109 @@ def test_blank_rule_has_one_wording_library_and_cli(env, png):
         qwenvl.Client(model="", usage_log=False)
     assert "is empty" in result.stderr and str(info.value.message) == "model is empty"
     assert "Give a value, or leave" in result.stderr and info.value.hint.startswith("Give a value, or leave")
+
+
+# --- 3. tasks with an AsyncClient: awaitable variants, the same request and reading -----------------------------
+
+
+def _async_client(server, protocol: str = "compat") -> qwenvl.AsyncClient:
+    return qwenvl.AsyncClient(
+        api_key=API_KEY, protocol=protocol, base_url=server.url, retry_backoff_s=0.01, usage_log=False
+    )
+
+
+def test_async_tasks_send_what_the_sync_ones_send(server, protocol, png):
+    from dashscope_server import Reply
+    from qwenvl import tasks
+
+    answer = '[{"bbox_2d": [100, 100, 500, 500], "label": "x"}]'
+    server.enqueue(Reply(text=answer))
+    with make_client(server, protocol, usage_log=False) as client:
+        sync = tasks.ground(client, png, "x")
+    sync_body = server.requests[-1].json
+
+    async def go():
+        async with _async_client(server, protocol) as aclient:
+            server.enqueue(Reply(text=answer))
+            g = await tasks.aground(aclient, png, "x")
+            server.enqueue(Reply(text='{"total": 3}'))
+            e = await tasks.aextract(aclient, png, {"type": "object", "properties": {"total": {"type": "number"}}})
+            server.enqueue(Reply(text="some text"))
+            o = await tasks.aocr(aclient, png)
+            server.enqueue(Reply(text='{"total": 4}'))
+            many = [x async for x in tasks.aextract_many(aclient, [png, "missing.png"], {"type": "object"})]
+            return g, e, o, many
+
+    g, e, o, many = asyncio.run(go())
+    assert server.requests[-5].json == sync_body  # the same request
+    assert [b.model_dump() for b in g.boxes] == [b.model_dump() for b in sync.boxes] and g.boxes
+    assert g.image == str(png)
+    assert e.json == {"total": 3}
+    assert o.text == "some text"
+    assert many[0].json == {"total": 4} and many[1].error and "missing.png" in many[1].error
+
+
+def test_async_events(server, tmp_path):
+    from conftest import write_image
+    from dashscope_server import Reply
+    from qwenvl import tasks
+
+    frames = [write_image(tmp_path / f"f{i}.png", color=(i * 40, 0, 0)) for i in range(4)]
+    server.enqueue(Reply(text='{"events": [{"start_time": "00:00:00", "end_time": "00:00:01", "event": "red"}]}'))
+
+    async def go():
+        async with _async_client(server) as aclient:
+            return await tasks.aevents(aclient, frames, fps=2)
+
+    timeline = asyncio.run(go())
+    assert [e.event for e in timeline.events] == ["red"]
+
+
+def test_sync_task_refuses_an_async_client_at_once(server, png):
+    from qwenvl import tasks
+
+    async def go():
+        async with _async_client(server) as aclient:
+            for name, args in (("ground", (png, "x")), ("ocr", (png,)), ("extract", (png, {"type": "object"}))):
+                with pytest.raises(TypeError, match=rf"await tasks\.a{name}"):
+                    getattr(tasks, name)(aclient, *args)
+            with pytest.raises(TypeError, match=r"await tasks\.aevents"):
+                tasks.events(aclient, "clip.mp4")
+
+    with _no_warnings():
+        asyncio.run(go())
+    assert server.requests == []
+    with make_client(server, usage_log=False) as client, pytest.raises(TypeError, match=r"tasks\.ground"):
+        asyncio.run(tasks.aground(client, png, "x"))
+
+
+class _no_warnings:
+    """No "coroutine was never awaited" RuntimeWarning while the block runs."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings(record=True)
+        self.seen = self._catch.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+
+        gc.collect()
+        self._catch.__exit__(*exc)
+        assert not [w for w in self.seen if "never awaited" in str(w.message)]
+
+
+def test_blank_task_arguments_are_refused(server, png):
+    from qwenvl import tasks
+
+    with make_client(server, usage_log=False) as client:
+        with pytest.raises(UsageError, match="query is empty"):
+            tasks.ground(client, png, " ")
+        with pytest.raises(UsageError, match="task is empty"):
+            tasks.ocr(client, png, task="")
+        with pytest.raises(UsageError, match="prompt is empty"):
+            tasks.extract(client, png, {"type": "object"}, prompt="")
+    assert server.requests == []

@@ -14,7 +14,6 @@ import json as _json
 import math
 import os
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -64,13 +63,13 @@ def not_blank(value: Any, name: str) -> Any:
     return value
 
 
-def _media_refs(value: Any, *, images: bool = True) -> Any:
+def media_refs(value: Any, *, images: bool = True) -> Any:
     """Media given as objects, turned into the string references the request carries (JSON-serialisable): an
     ``os.PathLike`` its path; with ``images``, bytes and a PIL image a ``data:`` URL
     (``qwenvl.media.images.image_reference``: bytes identified by their content, a PIL image encoded by the
     project's encoding rule). Lists are converted item by item; anything else is left for the model to judge."""
     if isinstance(value, list | tuple):
-        return [_media_refs(v, images=True) for v in value]
+        return [media_refs(v, images=True) for v in value]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if images and not isinstance(value, str | None):
@@ -521,10 +520,10 @@ with warnings.catch_warnings():
                 value = data["schema"]
                 if isinstance(value, type) and issubclass(value, BaseModel):
                     data = {**data, "schema": value.model_json_schema()}
-                elif isinstance(value, str | Path):
+                elif isinstance(value, str | os.PathLike):
                     from qwenvl.structured import load_schema
 
-                    data = {**data, "schema": load_schema(value)}
+                    data = {**data, "schema": load_schema(os.fspath(value))}
                 elif value is not None:  # a dict (or a wrong type): checked before anything is planned or sent
                     from qwenvl.structured import check_schema
 
@@ -549,8 +548,8 @@ with warnings.catch_warnings():
         @classmethod
         def _media_objects(cls, value: Any, info: Any) -> Any:
             """Paths (``os.PathLike``) wherever a file is named; bytes and PIL images as images, and as a frame
-            list's frames (``_media_refs``): converted here, so the request stays JSON."""
-            return _media_refs(value, images=info.field_name != "video" or isinstance(value, list | tuple))
+            list's frames (``media_refs``): converted here, so the request stays JSON."""
+            return media_refs(value, images=info.field_name != "video" or isinstance(value, list | tuple))
 
         @field_validator("model", "system", "base_url", "pages", "tool_choice", "image", "images", "video", "stop")
         @classmethod
