@@ -230,3 +230,30 @@ def test_blank_task_arguments_are_refused(server, png):
         with pytest.raises(UsageError, match="prompt is empty"):
             tasks.extract(client, png, {"type": "object"}, prompt="")
     assert server.requests == []
+
+
+# --- 4. the no-key hint: one home, the same in the library and the CLI ------------------------------------------
+
+
+def test_no_key_hint_is_the_same_in_library_and_cli(server, png):
+    from qwenvl.batch.batchapi import BatchAPI
+    from qwenvl.errors import MissingAPIKeyError
+
+    result = run_cli("ask", str(png), "hi", "--base-url", server.url)
+    assert result.returncode == 4
+    with qwenvl.Client(base_url=server.url, usage_log=False) as client, pytest.raises(MissingAPIKeyError) as sync:
+        client.ask("hi", png)
+
+    async def go():
+        async with qwenvl.AsyncClient(base_url=server.url, usage_log=False) as aclient:
+            await aclient.ask("hi", png)
+
+    with pytest.raises(MissingAPIKeyError) as aio:
+        asyncio.run(go())
+    with pytest.raises(MissingAPIKeyError) as batch:
+        BatchAPI(base_url=server.url)
+    hint = sync.value.hint
+    assert "DASHSCOPE_API_KEY=local" in hint and "is not a DashScope endpoint" in hint
+    assert aio.value.hint == hint == batch.value.hint
+    assert " ".join(hint.split()) in " ".join(result.stderr.replace("hint:", "").split())
+    assert server.requests == []

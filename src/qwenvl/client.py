@@ -15,7 +15,6 @@ import contextlib
 import difflib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -23,15 +22,15 @@ from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.config import (
+    KeyFound,
     effective_protocol,
     effective_region,
     find_api_key,
-    needs_dashscope_key,
     normalize_backend,
     require_api_key,
     resolve_base_url,
 )
-from qwenvl.errors import MissingAPIKeyError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
@@ -91,6 +90,9 @@ _RULE_HINTS = {
     "structured output (json_mode/schema) needs": "Leave out --thinking / enable_thinking, or the JSON mode and "
     "schema.",
 }
+
+
+_CLIENT_OPTION_HINT = "Give a value in the range said, or leave the option out for its default (help(qwenvl.Client))."
 
 
 def _rule_hint(exc: ValidationError) -> str | None:
@@ -334,7 +336,9 @@ class _Base(Generic[B]):
         try:  # checked now by the Request's own rules (a time-out: ``types.seconds``), not at the first request
             Request(prompt="?", **self.defaults)
         except ValidationError as exc:
-            raise UsageError(describe_validation_error(exc, "invalid client option")) from None
+            raise UsageError(
+                describe_validation_error(exc, "invalid client option"), hint=_rule_hint(exc) or _CLIENT_OPTION_HINT
+            ) from None
 
     # What this client calls on a backend instance (the rest of Backend / AsyncBackend is optional at run time).
     _BACKEND_METHODS: tuple[str, ...] = ("complete", "stream", "close")
@@ -447,22 +451,12 @@ class _Base(Generic[B]):
             req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form, prepared=self.prepared
         )
 
-    def _key(self) -> str:
+    def _key(self) -> KeyFound:
         """The DashScope key (``qwenvl.config.require_api_key``). MissingAPIKeyError when none is found; when the
-        endpoint is not DashScope's own (``needs_dashscope_key``: e.g. a ``qwenvl serve --no-auth``), its hint
-        says that such a server takes any key."""
-        try:
-            return require_api_key(self._api_key).key
-        except MissingAPIKeyError as exc:
-            url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
-            if needs_dashscope_key(url):
-                raise
-            host = urlsplit(url).netloc
-            raise MissingAPIKeyError(
-                exc.message,
-                hint=f"{host} is not a DashScope endpoint: if it takes no key (a `qwenvl serve --no-auth`), any "
-                f"key will do, e.g. DASHSCOPE_API_KEY=local. Otherwise: {exc.hint}",
-            ) from None
+        endpoint is not DashScope's own (e.g. a ``qwenvl serve --no-auth``), its hint says that such a server
+        takes any key (``config.other_endpoint_key_hint``)."""
+        url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
+        return require_api_key(self._api_key, endpoint=url)
 
     def check_key(self) -> None:
         """Raises MissingAPIKeyError now (nothing is sent, nothing is read but the key's places) when requests
@@ -544,7 +538,7 @@ class Client(_Base[Backend]):
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
 
-            found = require_api_key(self._api_key)
+            found = self._key()
             self._backend = DashScopeBackend(
                 found.key,
                 key_source=found.source,
@@ -699,7 +693,7 @@ class AsyncClient(_Base[AsyncBackend]):
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
 
-            found = require_api_key(self._api_key)
+            found = self._key()
             self._backend = AsyncDashScopeBackend(
                 found.key,
                 key_source=found.source,

@@ -226,7 +226,7 @@ class BatchAPI:
         check_region(region, base_url)
         self.region, self.base_url = region, base_url  # as given: what a suggested command must repeat
         self.base = resolve_base_url("compat", region=region, base_url=base_url)
-        found = require_api_key(api_key)
+        found = require_api_key(api_key, endpoint=self.base)
         self.transport = Transport(found.key, key_source=found.source, http_client=http_client)
         self.policy = Policy(timeout_s=timeout_s, max_retries=max_retries, backoff_s=retry_backoff_s)
 
