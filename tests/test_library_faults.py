@@ -257,3 +257,77 @@ def test_no_key_hint_is_the_same_in_library_and_cli(server, png):
     assert aio.value.hint == hint == batch.value.hint
     assert " ".join(hint.split()) in " ".join(result.stderr.replace("hint:", "").split())
     assert server.requests == []
+
+
+# --- 5. client lifecycle: closed clients and a second event loop -------------------------------------------------
+
+
+def test_closed_client_raises_one_typed_error(server, protocol, png):
+    from qwenvl.errors import ClientClosedError
+
+    client = make_client(server, protocol, usage_log=False)
+    assert client.ask("hi", png).text
+    client.close()
+    client.close()  # twice: nothing
+    sent = len(server.requests)
+    for use in (
+        lambda: client.ask("hi", png),
+        lambda: list(client.stream(prompt="hi")),
+        lambda: client.complete(prompt="hi", stream=True),
+    ):
+        with pytest.raises(ClientClosedError, match="this Client is closed") as info:
+            use()
+        assert "close()" in info.value.hint and info.value.exit_code == 2
+
+    async def go():
+        aclient = _async_client(server, protocol)
+        assert (await aclient.ask("hi", png)).text
+        await aclient.aclose()
+        with pytest.raises(ClientClosedError, match="this AsyncClient is closed"):
+            await aclient.ask("hi", png)
+        with pytest.raises(ClientClosedError):
+            [e async for e in aclient.stream(prompt="hi")]
+        await aclient.aclose()
+
+    asyncio.run(go())
+    assert len(server.requests) == sent + 1
+
+
+def test_async_client_serves_one_asyncio_run_after_another(server, png):
+    aclient = _async_client(server)
+    for _ in range(3):  # each loop's connections closed as it ends (no ResourceWarning: warnings are errors)
+        assert asyncio.run(aclient.ask("hi", png)).text
+
+    async def both():
+        return [e.type async for e in aclient.stream(prompt="hi")]
+
+    assert asyncio.run(both())[-1] == "done"
+    asyncio.run(aclient.aclose())
+    assert len(server.requests) == 4
+
+
+def test_async_client_in_two_open_loops_at_once_says_so(server, png):
+    import httpx
+
+    from qwenvl.errors import ClientClosedError
+
+    loop = asyncio.new_event_loop()
+    aclient = _async_client(server)
+    try:
+        assert loop.run_until_complete(aclient.ask("hi", png)).text
+        with pytest.raises(ClientClosedError, match="another event loop, still open") as info:
+            asyncio.run(aclient.ask("hi", png))
+        assert "one AsyncClient per event loop" in info.value.hint
+    finally:
+        loop.run_until_complete(aclient.aclose())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    # an http_client of the caller's cannot be made again in a new loop (no connection kept: none left open)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0))
+    aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, http_client=http, usage_log=False)
+    assert asyncio.run(aclient.ask("hi", png)).text
+    with pytest.raises(ClientClosedError, match="another event loop"):
+        asyncio.run(aclient.ask("hi", png))
+    asyncio.run(http.aclose())
+    assert len(server.requests) == 2

@@ -30,7 +30,7 @@ from qwenvl.config import (
     require_api_key,
     resolve_base_url,
 )
-from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
@@ -291,6 +291,7 @@ class _Base(Generic[B]):
         if not isinstance(backend, str | None):
             self._check_backend(backend)
         self._backend: B | None = None if isinstance(backend, str | None) else backend
+        self._given_backend = self._backend is not None  # a backend object: its owner's, never made again
         self.backend_name = (
             normalize_backend(backend, protocol=self.protocol)
             if isinstance(backend, str | None)
@@ -315,6 +316,7 @@ class _Base(Generic[B]):
                 "the dashscope backend speaks compat or native, not the plain openai protocol",
                 hint="Use --backend openai for another OpenAI-compatible server.",
             )
+        self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         # media this client prepared, by content: a conversation's earlier turns are not decoded again per turn
         self.prepared = PreparedCache()
@@ -342,6 +344,16 @@ class _Base(Generic[B]):
 
     # What this client calls on a backend instance (the rest of Backend / AsyncBackend is optional at run time).
     _BACKEND_METHODS: tuple[str, ...] = ("complete", "stream", "close")
+
+    def _check_open(self) -> None:
+        """ClientClosedError when ``close()`` / ``aclose()`` was called: nothing more is planned or sent."""
+        if self._closed:
+            name = type(self).__name__
+            closing = "aclose()" if isinstance(self, AsyncClient) else "close()"
+            raise ClientClosedError(
+                f"this {name} is closed",
+                hint=f"Make a new {name}, or use this one before {closing} (inside its with block).",
+            )
 
     def _check_backend(self, backend: object) -> None:
         missing = [m for m in self._BACKEND_METHODS if not callable(getattr(backend, m, None))]
@@ -439,6 +451,7 @@ class _Base(Generic[B]):
         ``qwenvl.plan.check_extra``), SchemaDefinitionError, MediaError (a
         file or URL that cannot be sent: missing, unreadable, too large, an unknown format), and for local
         backends APIError when their server must be asked about the model."""
+        self._check_open()
         req = self.request(request, **fields)
         if not self.is_local:
             return plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
@@ -552,7 +565,11 @@ class Client(_Base[Backend]):
 
     def close(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
-        opened (its usage log's queued rows are written first). Raises nothing."""
+        opened (its usage log's queued rows are written first). Every later call raises ClientClosedError; closing
+        again does nothing. Raises nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._backend is not None:
                 self._backend.close()
@@ -591,7 +608,9 @@ class Client(_Base[Backend]):
         is answered from the cache (``Response.cached``). Every call is written to the usage log.
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
-        subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``)."""
+        subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
+        (after ``close()``)."""
+        self._check_open()
         if call.request.stream:
             return assembled(self.send_stream(call))
         first, retry = _check(call, self._complete(call))
@@ -629,7 +648,8 @@ class Client(_Base[Backend]):
         as outcome ``cancelled`` (its tokens unknown).
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
         subclasses, StreamInterruptedError (the stream broke midway; ``.partial_text`` keeps what arrived),
-        StructuredOutputError."""
+        StructuredOutputError, ClientClosedError (after ``close()``)."""
+        self._check_open()
         ex, backend = exchange.begin(self, call, stream=True), self.backend
         try:
             for event in backend.stream(call):
@@ -671,6 +691,8 @@ class AsyncClient(_Base[AsyncBackend]):
     ``complete``, ``stream`` and ``aclose``; a missing key is raised by the first request (MissingAPIKeyError)."""
 
     _BACKEND_METHODS = ("complete", "stream", "aclose")
+    _loop: asyncio.AbstractEventLoop | None = None  # the event loop this client sends in now (``_ready``)
+    _loop_guard: AsyncGenerator[None, None] | None = None  # closed when that loop shuts down (``_loop_end``)
 
     @property
     def backend(self) -> AsyncBackend:
@@ -706,16 +728,68 @@ class AsyncClient(_Base[AsyncBackend]):
         return self._backend
 
     async def _ready(self) -> AsyncBackend:
-        """The backend; made in a worker thread the first time (importing httpx takes a while)."""
+        """The backend; made in a worker thread the first time (importing httpx takes a while).
+
+        Connections belong to the event loop they were opened in (httpx's pool). A backend this client made is
+        made again for each new loop: when ``asyncio.run()`` ends, its connections are closed in their own loop
+        (``_loop_end``), so one AsyncClient serves one ``asyncio.run()`` after another (a backend object given is
+        its owner's, used as it is). Raises ClientClosedError after ``aclose()``, and in a new loop while the
+        first is still open (two loops at once) or when an ``http_client`` was given (it cannot be made again)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._enter_loop(loop)
+            guard = self._loop_end()
+            await guard.__anext__()  # suspended until the loop shuts down (asyncio.run: shutdown_asyncgens)
+            self._loop_guard = guard
         if self._backend is not None:
             return self._backend
         return await asyncio.to_thread(lambda: self.backend)
 
+    @property
+    def _remakeable(self) -> bool:
+        """Whether the backend is this client's to make again in a new loop (no backend object or http_client
+        given)."""
+        return not self._given_backend and self._http_client is None
+
+    def _enter_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to ``loop``; ClientClosedError when the connections of another, open loop are in the way, or when
+        they are held by an ``http_client`` given, which cannot be made again."""
+        old = self._loop
+        if old is not None and self._backend is not None and not self._given_backend:
+            if not old.is_closed() or not self._remakeable:
+                raise ClientClosedError(
+                    "this AsyncClient's connections belong to another event loop"
+                    + ("" if old.is_closed() else ", still open"),
+                    hint="Use one AsyncClient per event loop: make it inside the coroutine that asyncio.run() runs "
+                    "(async with qwenvl.AsyncClient() as client: ...).",
+                )
+            self._backend = None  # its loop closed without shutting down (not asyncio.run): made again
+        self._loop = loop
+
+    async def _loop_end(self) -> AsyncGenerator[None, None]:
+        """Suspended for the life of the loop; the loop's shutdown (``asyncio.run``: ``shutdown_asyncgens``, before
+        it closes the loop) closes it, and with it the connections of the backend this client made, in their own
+        loop. The next loop makes a new backend."""
+        try:
+            yield
+        finally:
+            backend = self._backend
+            if self._remakeable:
+                self._backend, self._loop = None, None
+                if backend is not None and not self._closed:
+                    await backend.aclose()
+
     async def aclose(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
-        opened (its usage log's queued rows are written first). Raises nothing."""
+        opened (its usage log's queued rows are written first). Every later call raises ClientClosedError;
+        closing again does nothing. Raises nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        loop_gone = self._loop is not None and self._loop.is_closed()  # its connections were closed with it
         try:
-            if self._backend is not None:
+            if self._backend is not None and not loop_gone:
                 await self._backend.aclose()
         finally:
             await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
@@ -738,7 +812,9 @@ class AsyncClient(_Base[AsyncBackend]):
         """``Client.send``, awaited: send a planned call (streamed and assembled with ``stream=True``).
 
         Raises UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its subclasses,
-        StructuredOutputError (as ``Client.send``)."""
+        StructuredOutputError (as ``Client.send``), ClientClosedError (after ``aclose()``, or in another event
+        loop)."""
+        self._check_open()
         if call.request.stream:
             return await aassembled(self.send_stream(call))
         first, retry = _check(call, await self._complete(call))

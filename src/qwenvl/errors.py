@@ -2,7 +2,8 @@
 
 QwenVLError
  ├── UsageError                    bad arguments or request fields            exit 2
- │    └── SchemaDefinitionError    a schema that is not valid JSON Schema
+ │    ├── SchemaDefinitionError    a schema that is not valid JSON Schema
+ │    └── ClientClosedError        a client used after close(), or in another event loop
  ├── MediaError                    a file or URL that cannot be read or sent  exit 3
  ├── APIError                      the service or the network                 exit 5
  │    ├── APIConnectionError       no connection (dead server, DNS, reset)
@@ -64,6 +65,12 @@ def blank_error(label: str, leave_out: str) -> UsageError:
     a value or leave ``leave_out`` (the parameter or flag) out. A blank value never falls back silently to the
     default, nothing, or the cloud endpoint."""
     return UsageError(f"{label} is empty", hint=f"Give a value, or leave {leave_out} out for the default.")
+
+
+class ClientClosedError(UsageError):
+    """Raised when a ``Client`` or ``AsyncClient`` is used after ``close()`` / ``aclose()`` (or after its ``with``
+    block), and when an ``AsyncClient`` is used in another event loop than the one it first sent in (a second
+    ``asyncio.run()``: its connections belong to the first loop); nothing is sent. CLI exit code 2."""
 
 
 class SchemaDefinitionError(UsageError):
