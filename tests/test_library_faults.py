@@ -331,3 +331,109 @@ def test_async_client_in_two_open_loops_at_once_says_so(server, png):
         asyncio.run(aclient.ask("hi", png))
     asyncio.run(http.aclose())
     assert len(server.requests) == 2
+
+
+# --- 6. media as objects: os.PathLike everywhere a file is named; bytes and PIL images for images ---------------
+
+
+def _sent_image(server, protocol: str) -> str:
+    content = server.requests[-1].json
+    messages = content["messages"] if protocol == "compat" else content["input"]["messages"]
+    parts = messages[-1]["content"]
+    return next(p["image_url"]["url"] if "image_url" in p else p["image"] for p in parts if "image" in str(p))
+
+
+def test_images_as_path_bytes_and_pil(server, protocol, png):
+    from PIL import Image
+
+    with make_client(server, protocol, usage_log=False) as client:
+        client.ask("hi", str(png))
+        by_name = _sent_image(server, protocol)
+        for image in (png, png.read_bytes(), bytearray(png.read_bytes()), Image.open(png)):
+            assert "images=1" in client.ask("hi", image).text
+            assert _sent_image(server, protocol) == by_name  # the same pixels, prepared the same way
+        client.complete(prompt="hi", image=[png], images=[Image.new("RGBA", (40, 30))])
+        with pytest.raises(qwenvl.MediaError):
+            client.ask("hi", b"not an image at all")
+
+
+def test_paths_in_histories_schemas_videos_and_tasks(server, png, tmp_path):
+    import json
+
+    from dashscope_server import Reply
+    from qwenvl import tasks
+    from qwenvl.types import ImagePart, Message, TextPart
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object"}))
+    frames = [png, png.read_bytes()]
+    with make_client(server, usage_log=False) as client:
+        history = [Message(role="user", content=[ImagePart(image=png), TextPart(text="hi")])]
+        history.append(Message(role="assistant", content="a red square"))
+        assert "images=2" in client.complete(prompt="and now?", messages=history, image=png).text
+        assert client.request(prompt="hi", schema=schema).schema == {"type": "object"}
+        client.plan(prompt="frames", video=frames, fps=2)
+        server.enqueue(Reply(text='{"a": 1}'))
+        assert tasks.extract(client, png, schema).json == {"a": 1}
+        server.enqueue(Reply(text="text"))
+        assert tasks.ocr(client, png.read_bytes()).text == "text"
+    assert json.loads(client.request(prompt="hi", image=png).model_dump_json())["image"] == str(png)
+
+
+def test_conversation_attaches_paths_and_images(server, png):
+    from PIL import Image
+
+    from qwenvl.chat import Conversation
+
+    with make_client(server, usage_log=False) as client:
+        conv = Conversation(client)
+        conv.attach(png, Image.open(png))
+        assert "images=2" in conv.send("what?").text
+        with pytest.raises(UsageError, match="image is empty"):
+            conv.attach("")
+
+
+# --- 7. swapped arguments -------------------------------------------------------------------------------------
+
+
+def test_swapped_arguments_are_said_to_be_swapped(server, png):
+    from qwenvl import tasks
+
+    with make_client(server, usage_log=False) as client:
+        for prompt in (str(png), "photo.png", "https://example.com/a.jpg"):
+            with pytest.raises(UsageError, match="arguments look swapped") as info:
+                client.ask(prompt, "What is this?")
+            assert "client.ask('What is this?'" in info.value.hint
+        with pytest.raises(UsageError, match="arguments look swapped"):
+            client.complete(prompt=str(png), image="What is this?")
+        with pytest.raises(UsageError, match="arguments look swapped") as info:
+            tasks.ground(client, "the red square", png)
+        assert "tasks.ground(client, " in info.value.hint
+        with pytest.raises(qwenvl.MediaError, match=r"file not found: missing\.png"):  # a plain missing file
+            client.ask("What is this?", "missing.png")
+
+    async def go():
+        async with _async_client(server) as aclient:
+            with pytest.raises(UsageError, match="arguments look swapped"):
+                await aclient.ask(str(png), "What is this?")
+
+    asyncio.run(go())
+    assert server.requests == []
+
+
+# --- 10. chat commands with their slash -------------------------------------------------------------------------
+
+
+def test_conversation_commands_take_their_slash(server, png):
+    from qwenvl.chat import Conversation
+
+    with make_client(server, usage_log=False) as client:
+        conv = Conversation(client)
+        assert conv.command("/image", str(png)).outcome == "attached"
+        assert conv.command(f"/image {png}").outcome == "attached" and conv.pending == 2
+        assert conv.command("/history").outcome == "history"
+        assert conv.command("/RESET").outcome == "cleared" and conv.pending == 0
+        assert conv.command("/help").outcome == "help"
+        assert conv.command("/quit").outcome == "end" and conv.command("exit").end
+        assert conv.command("/nope").outcome == "unknown"
+    assert server.requests == []

@@ -32,6 +32,7 @@ from qwenvl.config import (
 )
 from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.media.prepare import PreparedCache
+from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
@@ -448,11 +449,16 @@ class _Base(Generic[B]):
         gives sizes and tokens and cannot be sent (``send`` raises UsageError).
 
         Raises UsageError (invalid fields, an ability the model lacks, a misspelt ``extra`` name:
-        ``qwenvl.plan.check_extra``), SchemaDefinitionError, MediaError (a
-        file or URL that cannot be sent: missing, unreadable, too large, an unknown format), and for local
+        ``qwenvl.plan.check_extra``, a prompt that names a file beside a "file" that is text: the arguments look
+        swapped, ``media.sources.looks_swapped``), ClientClosedError (after close), SchemaDefinitionError,
+        MediaError (a file or URL that cannot be sent: missing, unreadable, too large, an unknown format), and for local
         backends APIError when their server must be asked about the model."""
         self._check_open()
-        req = self.request(request, **fields)
+        req: Request = self.request(request, **fields)
+        videos: list[object] = list(req.video) if isinstance(req.video, list) else [req.video]
+        swapped = looks_swapped(req.prompt, [*req.image_list(), *videos])
+        if swapped is not None and req.prompt is not None:  # "file not found: What is this?" would mislead
+            raise swapped_error(req.prompt, swapped)
         if not self.is_local:
             return plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
         backend = self.backend
@@ -668,12 +674,15 @@ class Client(_Base[Backend]):
             ex.failed(outcome=exchange.CANCELLED)
             raise
 
-    def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
-        """One question about zero or more images: ``client.ask("What is this?", "a.jpg", "b.png")``.
+    def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+        """One question about zero or more images: ``client.ask("What is this?", "a.jpg", Path("b.png"))``.
 
-        Images are paths, ``file://``, ``data:``, ``http(s)://`` or ``oss://`` references; ``fields`` are any
-        other ``Request`` fields. Same as ``complete(prompt=prompt, images=[...], **fields)``, and raises what
-        ``complete`` raises (UsageError, MediaError, APIError and its subclasses, StructuredOutputError)."""
+        Images are paths (``str`` or ``os.PathLike``), ``file://``, ``data:``, ``http(s)://`` or ``oss://``
+        references, or images as bytes (their type told by their content) or PIL images (encoded as qwenvl
+        encodes images); ``fields`` are any other ``Request`` fields. Same as ``complete(prompt=prompt,
+        images=[...], **fields)``, and raises what ``complete`` raises (UsageError, MediaError, APIError and its
+        subclasses, StructuredOutputError); arguments that look swapped (``ask("photo.png", "What is this?")``)
+        are a UsageError saying so."""
         return self.complete(prompt=prompt, images=list(images), **fields)
 
 
@@ -870,8 +879,8 @@ class AsyncClient(_Base[AsyncBackend]):
             ex.failed(outcome=exchange.CANCELLED)
             raise
 
-    async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
-        """``Client.ask``, awaited: one question about zero or more images (paths or URLs).
+    async def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+        """``Client.ask``, awaited: one question about zero or more images (paths, URLs, bytes or PIL images).
 
         Raises what ``complete`` raises (UsageError, MediaError, APIError and its subclasses,
         StructuredOutputError)."""

@@ -104,6 +104,12 @@ class ImagePart(BaseModel):
     min_pixels: int | None = None
     max_pixels: int | None = None
 
+    @field_validator("image", mode="before")
+    @classmethod
+    def _reference(cls, value: Any) -> Any:
+        """An ``os.PathLike``, bytes or a PIL image, as the reference it stands for (``media_refs``)."""
+        return media_refs(value)
+
 
 class VideoPart(BaseModel):
     """A video: a file or URL (str), or a list of frame images (sampled in order).
@@ -120,6 +126,12 @@ class VideoPart(BaseModel):
     fps: float | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+
+    @field_validator("video", mode="before")
+    @classmethod
+    def _reference(cls, value: Any) -> Any:
+        """An ``os.PathLike`` as its path; a frame list's frames may also be bytes or PIL images (``media_refs``)."""
+        return media_refs(value, images=isinstance(value, list | tuple))
 
 
 Part = TextPart | ImagePart | VideoPart

@@ -42,7 +42,7 @@ from qwenvl.errors import (
     safe_line,
     terminal_safe,
 )
-from qwenvl.media.sources import MEDIA_SUFFIXES, classify, path_hint
+from qwenvl.media.sources import classify, is_reference, looks_like_file, path_hint
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -726,27 +726,11 @@ def show_retry(notice: RetryNotice) -> None:
 
 
 STDIN = "-"  # as a MEDIA argument: the file comes on standard input
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _is_reference(arg: str) -> bool:
-    """A file that exists (a symlink counts even when broken or looping: classify says which), a URL, a data:
-    URL or ``-``: never the prompt."""
-    if arg == STDIN or _SCHEME.match(arg) or arg[:5].lower() == "data:":
-        return True
-    try:
-        return os.path.lexists(Path(arg).expanduser())
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
-        return False
-
-
-def looks_like_file(arg: str) -> bool:
-    """An image, video or PDF name (by its suffix), or a path with a separator and no spaces."""
-    if "\n" in arg:
-        return False
-    if Path(arg).suffix.lower() in MEDIA_SUFFIXES:
-        return True
-    return any(sep in arg for sep in {"/", os.sep}) and not any(c.isspace() for c in arg)
+    """A file that exists, a URL, a data: URL (``media.sources.is_reference``) or ``-``: never the prompt."""
+    return arg == STDIN or is_reference(arg)
 
 
 def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:

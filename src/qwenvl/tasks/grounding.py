@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from typing import Any, Literal, TypeVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
+from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.plan import Call, media_options
 from qwenvl.sizes import Size
@@ -557,6 +560,14 @@ def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = 
     ``image``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image (``task_media``). Raises UsageError
     (invalid fields, a blank ``query``), SchemaDefinitionError, MediaError (media that cannot be sent), as
     ``Client.plan``."""
+    text = os.fspath(query) if isinstance(query, os.PathLike) else query
+    swapped = looks_swapped(text, [image])
+    if swapped is not None:
+        raise swapped_error(str(text), swapped, call="ground")
+    if not isinstance(query, str):
+        raise UsageError(
+            f"the query is text, not {type(query).__name__}", hint='Give what to find as words, e.g. "every dog".'
+        )
     not_blank(query, "query")
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
