@@ -437,3 +437,80 @@ def test_conversation_commands_take_their_slash(server, png):
         assert conv.command("/quit").outcome == "end" and conv.command("exit").end
         assert conv.command("/nope").outcome == "unknown"
     assert server.requests == []
+
+
+# --- 8. non-object root schemas: no json_object, prompts worded by the root's type ------------------------------
+
+
+def _params(server, protocol: str, index: int = -1) -> dict:
+    body = server.requests[index].json
+    return body if protocol == "compat" else body.get("parameters", {})
+
+
+def _last_user_text(server, protocol: str, index: int = -1) -> str:
+    body = server.requests[index].json
+    messages = body["messages"] if protocol == "compat" else body["input"]["messages"]
+    content = messages[-1]["content"]
+    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+
+
+@pytest.mark.parametrize(
+    ("schema", "kind"),
+    [
+        ({"type": "array", "items": {"type": "integer"}}, "array"),
+        ({"$defs": {"row": {"type": "array"}}, "$ref": "#/$defs/row"}, "array"),
+        ({"type": "string"}, "string"),
+        ({"anyOf": [{"type": "array"}, {"type": "string"}]}, "value"),
+    ],
+)
+def test_non_object_schema_sends_no_json_object(server, protocol, schema, kind):
+    from dashscope_server import Reply
+
+    server.enqueue(Reply(text="not json at all"), Reply(text="[1, 2]" if kind != "string" else '"ok"'))
+    with make_client(server, protocol, usage_log=False) as client:
+        r = client.complete(prompt="numbers", schema=schema)
+    assert r.json in ([1, 2], "ok")
+    assert "response_format" not in _params(server, protocol, -2)
+    assert "response_format" not in _params(server, protocol, -1)
+    assert f"corrected JSON {kind}," in _last_user_text(server, protocol)
+    if kind != "value":
+        assert f"The answer is a JSON {kind}." in _last_user_text(server, protocol, -2)
+
+
+def test_object_schema_still_sends_json_object(server, protocol):
+    from dashscope_server import Reply
+
+    server.enqueue(Reply(text="nope"), Reply(text='{"a": 1}'))
+    with make_client(server, protocol, usage_log=False) as client:
+        client.complete(prompt="a", schema={"type": "object", "properties": {"a": {"type": "integer"}}})
+    assert _params(server, protocol, -2)["response_format"] == {"type": "json_object"}
+    assert "corrected JSON object," in _last_user_text(server, protocol)
+
+
+# --- 9. lenient JSON extraction: the answer's own JSON, never the schema quoted back ----------------------------
+
+
+@pytest.mark.parametrize("schema", [{"type": "object"}, {"type": "object", "properties": {"name": {"type": "string"}}}])
+def test_an_answer_that_only_quotes_the_prompt_is_not_accepted(server, protocol, schema):
+    # the double echoes the prompt, its schema included: that is no answer
+    with make_client(server, protocol, usage_log=False) as client:
+        with pytest.raises(qwenvl.StructuredOutputError, match="only the schema it was sent"):
+            client.complete(prompt="Describe it", schema=schema, repair=False)
+        with pytest.raises(qwenvl.StructuredOutputError) as info:
+            client.complete(prompt="Describe it", schema=schema)
+    assert info.value.requests == 2  # the repair request was sent, and its echo refused too
+
+
+def test_the_answers_own_json_is_preferred_over_a_quoted_schema(server, protocol):
+    import json
+
+    from dashscope_server import Reply
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    quoting = f'You asked for {json.dumps(schema)} so here: {{"name": "cat"}} and a note {{"x": [1]}}.'
+    fenced = f'Schema: ```json\n{json.dumps(schema)}\n``` Answer: ```json\n{{"name": "dog"}}\n```'
+    server.enqueue(Reply(text=quoting), Reply(text=fenced))
+    with make_client(server, protocol, usage_log=False) as client:
+        assert client.complete(prompt="name it", schema=schema).json == {"name": "cat"}
+        assert client.complete(prompt="name it", schema=schema).json == {"name": "dog"}
+    assert len(server.requests) == 2  # no repair needed

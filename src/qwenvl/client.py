@@ -177,7 +177,7 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
             response=response,
             hint=_structured_hint(call),
         )
-    repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors))])
+    repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors, call.schema))])
     answer = Message(role="assistant", content=response.text)
     retry = Call(
         request=request,
