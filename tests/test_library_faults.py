@@ -514,3 +514,36 @@ def test_the_answers_own_json_is_preferred_over_a_quoted_schema(server, protocol
         assert client.complete(prompt="name it", schema=schema).json == {"name": "cat"}
         assert client.complete(prompt="name it", schema=schema).json == {"name": "dog"}
     assert len(server.requests) == 2  # no repair needed
+
+
+# --- 11. dated snapshots inherit the facts of their model ----------------------------------------------------------
+
+
+def test_dated_snapshot_inherits_its_models_facts(caplog):
+    import logging
+
+    from qwenvl.models import model_info
+
+    with caplog.at_level(logging.WARNING, logger="qwenvl"):
+        flash = model_info("qwen3-vl-flash-2026-01-22")  # named in the skill (reference/dashscope-api.md)
+    assert flash.known and not caplog.records
+    base = model_info("qwen3-vl-flash")
+    assert (flash.factor, flash.image_tokens, flash.prices, flash.entry) == (
+        base.factor,
+        base.image_tokens,
+        base.prices,
+        "qwen3-vl-flash",
+    )
+    between = model_info("qwen-vl-max-2025-04-05")  # between two listed snapshots: the one before it
+    assert between.known and between.entry == "qwen-vl-max-2025-04-02" and between.factor == 28
+    listed = model_info("qwen-vl-max-2025-01-25")  # the table's own entry wins
+    assert listed.entry == "" or listed.entry == "qwen-vl-max-2025-01-25"
+    assert not model_info("qwen-vl-max-2020-01-01").known  # older than every listed snapshot: not in the table
+
+
+def test_models_command_says_the_snapshot_rule():
+    one = run_cli("models", "qwen3-vl-flash-2026-01-22")
+    assert one.returncode == 0 and "warning" not in one.stderr
+    assert "dated snapshot of qwen3-vl-flash" in one.stdout
+    listing = run_cli("models")
+    assert "NAME-YYYY-MM-DD" in " ".join(listing.stdout.split())
