@@ -69,7 +69,7 @@ def test_cli_durations_are_usage_errors(env, png, args):
     args = [str(png) if a == "photo.png" else a for a in args]
     result = run_cli(*args, env=env)
     assert result.returncode == 2, result.stderr
-    assert "internal error" not in result.stderr
+    assert f"Invalid value for '{args[-2]}'" in result.stderr  # the option named, not another refusal
 
 
 def test_library_duration_settings(tmp_path):
@@ -110,11 +110,12 @@ def test_blank_item_of_a_stop_list_is_refused(server):
         client.complete(prompt="hi", stop=["END", ""])
 
 
-def test_empty_tools_are_not_sent(server, protocol):
+def test_empty_tools_and_stops_are_not_sent(server, protocol):
     with make_client(server, protocol, usage_log=False) as client:
-        client.complete(prompt="hi", tools=[])
+        client.complete(prompt="hi", tools=[], stop=[])
     body = server.requests[-1].json
-    assert "tools" not in body and "tools" not in body.get("parameters", {})
+    for key in ("tools", "stop"):
+        assert key not in body and key not in body.get("parameters", {})
 
 
 def test_blank_rule_has_one_wording_library_and_cli(env, png):
@@ -547,3 +548,14 @@ def test_models_command_says_the_snapshot_rule():
     assert "dated snapshot of qwen3-vl-flash" in one.stdout
     listing = run_cli("models")
     assert "NAME-YYYY-MM-DD" in " ".join(listing.stdout.split())
+
+
+def test_blank_conversation_values_are_refused(server):
+    from qwenvl.chat import Conversation
+
+    with make_client(server, usage_log=False) as client:
+        with pytest.raises(UsageError, match=r"^session is empty$"):
+            Conversation(client, session=" ")
+        with pytest.raises(UsageError, match="model is empty"):
+            Conversation(client, fields={"model": ""}).send("hi")
+    assert server.requests == []

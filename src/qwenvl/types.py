@@ -579,11 +579,12 @@ with warnings.catch_warnings():
             """The one duration rule (``seconds``: finite, above 0, at most a day), in the client's words."""
             return seconds(value, info.field_name)
 
-        @field_validator("tools")
+        @field_validator("tools", "stop")
         @classmethod
-        def _no_empty_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-            """``tools=[]`` means no tools: not sent (OpenAI-style APIs refuse an empty ``tools`` array)."""
-            return value or None
+        def _empty_is_none(cls, value: Any) -> Any:
+            """``tools=[]`` and ``stop=[]`` mean none: not sent (OpenAI-style APIs refuse an empty ``tools``
+            array)."""
+            return None if value == [] else value
 
         @field_validator("extra")
         @classmethod
