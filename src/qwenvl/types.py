@@ -324,8 +324,12 @@ with warnings.catch_warnings():
 
         Raises pydantic.ValidationError for an unknown field, a value of the wrong type or out of range, a blank
         prompt, no prompt and no history, ``min_pixels`` above ``max_pixels``, or structured output with
-        ``enable_thinking``; MediaError for a ``schema`` file that is missing or cannot be read;
-        SchemaDefinitionError for a ``schema`` that is not valid JSON Schema (or a file that is not JSON).
+        ``enable_thinking``; UsageError for a blank value where one is required (``model``, ``system``, ``stop``,
+        ``base_url``, a media reference...: ``not_blank``) and a ``timeout_s`` that is not finite, not above 0 or
+        over a day (``seconds``); MediaError for a ``schema`` file that is missing or cannot be read, or image
+        bytes that are no image; SchemaDefinitionError for a ``schema`` that is not valid JSON Schema (or a file
+        that is not JSON). Media may be given as ``os.PathLike``s, and images as bytes or PIL images (``media_refs``:
+        converted to the string references the request holds).
         ``Client`` methods raise UsageError instead of ValidationError.
         """
 

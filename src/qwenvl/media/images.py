@@ -645,9 +645,10 @@ def encode_image(img: Image.Image, *, photo: bool | None = None) -> tuple[bytes,
 def image_reference(value: Any) -> str | None:
     """A ``data:`` URL for an image given as an object rather than a reference (the library's ``image=``):
     bytes (or a bytearray / memoryview) as they are, their type told by their content (``sniff``, else Pillow's
-    ``identify``: MediaError when they are no image Pillow can read), or a PIL image encoded by the encoding rule
-    (``encode_image``; converted to RGB, or L for a grey image, first). None for any other value (left for the
-    request's own check). The URL is then checked and prepared like any other (``qwenvl.media.prepare``)."""
+    ``identify``: MediaError when they are no image Pillow can read), or a PIL image: an RGB or grey one encoded
+    by the encoding rule (``encode_image``), any other mode (transparency, a palette, 16 bits, CMYK) kept as a
+    lossless PNG. None for any other value (left for the request's own check). The URL is then checked and
+    prepared like any other (``qwenvl.media.prepare``)."""
     from qwenvl.media.sources import to_data_url
 
     if isinstance(value, bytes | bytearray | memoryview):
