@@ -559,3 +559,11 @@ def test_blank_conversation_values_are_refused(server):
         with pytest.raises(UsageError, match="model is empty"):
             Conversation(client, fields={"model": ""}).send("hi")
     assert server.requests == []
+
+
+def test_paths_for_estimates_and_batch_inputs(png):
+    from qwenvl.batch.inputs import items_from_inputs
+    from qwenvl.estimate import estimate_files
+
+    assert estimate_files([png])["total"]["items"] == 1
+    assert items_from_inputs([png], {"prompt": "hi"})[0].request["image"] == str(png)
