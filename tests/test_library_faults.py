@@ -412,6 +412,8 @@ def test_swapped_arguments_are_said_to_be_swapped(server, png):
         assert "tasks.ground(client, " in info.value.hint
         with pytest.raises(qwenvl.MediaError, match=r"file not found: missing\.png"):  # a plain missing file
             client.ask("What is this?", "missing.png")
+        with pytest.raises(qwenvl.MediaError, match="file not found: photo"):  # a sentence naming a file
+            client.ask("Describe image.png", "photo")
 
     async def go():
         async with _async_client(server) as aclient:

@@ -377,10 +377,12 @@ def looks_like_file(text: str) -> bool:
 
 def looks_swapped(prompt: object, refs: list[object]) -> str | None:
     """The media reference that looks like the prompt when the two were given the other way round
-    (``client.ask("photo.png", "What is this?")``): ``prompt`` names a file or URL (``is_reference`` or
-    ``looks_like_file``) while one of ``refs`` is neither (a missing file named like a sentence). None when
-    nothing looks swapped. Raises nothing."""
-    if not isinstance(prompt, str) or not (is_reference(prompt) or looks_like_file(prompt)):
+    (``client.ask("photo.png", "What is this?")``): ``prompt`` names a file or URL (``is_reference``, or
+    ``looks_like_file`` without a space: "Describe image.png" is a sentence) while one of ``refs`` is neither (a
+    missing file named like a sentence). None when nothing looks swapped. Raises nothing."""
+    if not isinstance(prompt, str):
+        return None
+    if not is_reference(prompt) and not (looks_like_file(prompt) and not any(c.isspace() for c in prompt)):
         return None
     for ref in refs:
         if isinstance(ref, str) and not is_reference(ref) and not looks_like_file(ref):
