@@ -415,12 +415,11 @@ service_options = option_group(
         "timeout_s",
         type=Seconds(),
         metavar="SECONDS",
-        help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}, at most {MAX_DURATION_S:g}): the whole reply must "
-        "arrive within it, "
+        help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
         "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
         f"ends after {STREAM_CAP_FACTOR:g} times as long (at least {STREAM_CAP_MIN_S / 60:g} min). Also bounds "
         "each --fetch-urls download, and each upload to temporary storage "
-        f"(plus 1 s per {MIN_TRANSFER_RATE // 1000} kB).",
+        f"(plus 1 s per {MIN_TRANSFER_RATE // 1000} kB). At most {MAX_DURATION_S:g} (a day).",
     ),
     click.option(
         "--max-retries",
