@@ -148,19 +148,19 @@ def test_a_2025_01_25_snapshot_resolves_to_28_px() -> None:
     assert model_info("qwen-vl-max").factor == 32  # the alias is not what its old snapshots are
 
 
-def test_latest_and_unlisted_snapshots(caplog: pytest.LogCaptureFixture) -> None:
+def test_latest_and_unlisted_snapshots(caplog: pytest.LogCaptureFixture) -> None:  # dated ones: test_library_faults
     latest = model_info("qwen-vl-plus-latest")
     assert latest.known and latest.factor == 32 and latest.entry == "qwen-vl-plus"
     with caplog.at_level(logging.WARNING, logger="qwenvl"):
-        odd = model_info("qwen3-vl-plus-2031-01-01")
+        odd = model_info("qwen3-vl-plus-0101")
     assert not odd.known and odd.factor == 32 and odd.entry == "qwen3-vl-plus"
     assert [r.getMessage() for r in caplog.records] == [
-        "qwen3-vl-plus-2031-01-01 is not in qwenvl's model table: estimates use a guessed family "
+        "qwen3-vl-plus-0101 is not in qwenvl's model table: estimates use a guessed family "
         "(qwen3-vl, 32 px per token); see `qwenvl models`"
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="qwenvl"):
-        model_info("qwen3-vl-plus-2031-01-01")
+        model_info("qwen3-vl-plus-0101")
     assert not caplog.records  # once per name
 
 

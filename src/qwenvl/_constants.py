@@ -15,6 +15,8 @@ STREAM_CAP_MIN_S = 600.0  # ...and at least this many seconds (ours: a long vide
 MIN_TRANSFER_RATE = 100_000  # bytes/s: a file transfer may take 1 s more per this many bytes of its body (ours)
 FETCH_TIMEOUT_S = 30.0  # seconds for one media URL download (--fetch-urls, the server's downloads) (ours)
 FETCH_TIMEOUT_MAX_S = 60.0  # seconds: a request's own time-out, when shorter, bounds its downloads; never more (ours)
+MAX_DURATION_S = 86_400.0  # seconds (a day): the longest any time-out, interval or wait may be set to, library and
+# CLI alike (ours: past it a deadline is no deadline, and a clock's time_t overflows near 1e11 s; qwenvl.types.seconds)
 
 # --- retries (qwenvl.retry) ---------------------------------------------------------------------------------
 DEFAULT_MAX_RETRIES = 2  # retries after the first attempt (skill; openai-python's default is also 2)

@@ -35,7 +35,7 @@ from qwenvl.media import images as media_images
 from qwenvl.media.sources import classify, media_kind, read_bytes
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
-from qwenvl.types import Message, Response, StreamEvent
+from qwenvl.types import Message, Response, StreamEvent, media_refs, not_blank
 
 # The commands, by the name typed after "/" (lower case); "quit" is "exit".
 COMMANDS = ("image", "reset", "history", "help", "exit")
@@ -118,14 +118,15 @@ class Conversation:
         """How many files wait for the next message."""
         return len(self.images) + (self.video is not None)
 
-    def attach(self, *refs: str) -> None:
+    def attach(self, *refs: Any) -> None:
         """Files or URLs for the next message, checked now as sending would check them (``check``): MediaError
         for one that is missing, unreadable, not an image or video, too small or large, animated...; UsageError
         for a second video in one message or a file the model cannot take. Nothing of ``refs`` is attached when
-        one fails; the files attached before stay."""
+        one fails; the files attached before stay. ``refs``: paths (``str`` or ``os.PathLike``), URLs, or images as
+        bytes or PIL images (sent as ``data:`` URLs); a blank one is a UsageError."""
         from qwenvl.media.sources import split_media
 
-        images, video = split_media(list(refs))
+        images, video = split_media([not_blank(media_refs(ref), "image") for ref in refs])
         if video is not None and self.video is not None:
             raise UsageError(
                 "one video per message: this one already has " + str(self.video),
@@ -135,7 +136,7 @@ class Conversation:
         self.images += images
         self.video = video if video is not None else self.video
 
-    async def aattach(self, *refs: str) -> None:
+    async def aattach(self, *refs: Any) -> None:
         """``attach`` for async code (an ``AsyncClient``): the check reads file headers, and a local backend may
         ask its server, so it runs in a worker thread and the event loop goes on meanwhile. Raises as
         ``attach``."""
@@ -169,8 +170,12 @@ class Conversation:
 
     # --- commands -------------------------------------------------------------------------------------------
     def command(self, name: str, arg: str = "") -> CommandResult:
-        """Run a command by name (``parse_command`` gives it from a typed line). Never sends anything."""
-        name = name.lower()
+        """Run a command by name, with or without its slash (``"reset"``, ``"/reset"``; ``"/image a.jpg"``, a
+        whole typed line, is read by ``parse_command``). Never sends anything."""
+        parsed = parse_command(name) if name.lstrip().startswith("/") and not arg else None
+        if parsed is not None:
+            name, arg = parsed
+        name = name.strip().lower().removeprefix("/")
         if name in ("exit", "quit"):
             return CommandResult(name, "end")
         if name == "reset":

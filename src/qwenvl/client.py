@@ -15,7 +15,6 @@ import contextlib
 import difflib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -23,22 +22,33 @@ from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.config import (
+    KeyFound,
     effective_protocol,
     effective_region,
     find_api_key,
-    needs_dashscope_key,
     normalize_backend,
     require_api_key,
     resolve_base_url,
 )
-from qwenvl.errors import MissingAPIKeyError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.media.prepare import PreparedCache
+from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
-from qwenvl.types import Message, Request, Response, StreamEvent, TextPart, Usage, reserved_extra, reserved_extra_hint
+from qwenvl.types import (
+    Message,
+    Request,
+    Response,
+    StreamEvent,
+    TextPart,
+    Usage,
+    not_blank,
+    reserved_extra,
+    reserved_extra_hint,
+)
 
 # Client-level defaults that apply to requests that do not set the field themselves.
 _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
@@ -81,6 +91,9 @@ _RULE_HINTS = {
     "structured output (json_mode/schema) needs": "Leave out --thinking / enable_thinking, or the JSON mode and "
     "schema.",
 }
+
+
+_CLIENT_OPTION_HINT = "Give a value in the range said, or leave the option out for its default (help(qwenvl.Client))."
 
 
 def _rule_hint(exc: ValidationError) -> str | None:
@@ -171,7 +184,7 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
             response=response,
             hint=_structured_hint(call),
         )
-    repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors))])
+    repair = Message(role="user", content=[TextPart(text=structured.repair_prompt(errors, call.schema))])
     answer = Message(role="assistant", content=response.text)
     retry = Call(
         request=request,
@@ -264,6 +277,20 @@ class _Base(Generic[B]):
         usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
     ) -> None:
+        for name, value in dict(
+            api_key=api_key,
+            protocol=protocol,
+            region=region,
+            base_url=base_url,
+            model=model,
+            backend=backend,
+            engine=engine,
+            family=family,
+            device=device,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+        ).items():  # a blank value never falls back silently (a blank base_url: the paid cloud endpoint)
+            not_blank(value, name)
         self.protocol = effective_protocol(protocol)
         self.region = effective_region(region)
         self.base_url = base_url
@@ -272,6 +299,7 @@ class _Base(Generic[B]):
         if not isinstance(backend, str | None):
             self._check_backend(backend)
         self._backend: B | None = None if isinstance(backend, str | None) else backend
+        self._given_backend = self._backend is not None  # a backend object: its owner's, never made again
         self.backend_name = (
             normalize_backend(backend, protocol=self.protocol)
             if isinstance(backend, str | None)
@@ -296,6 +324,7 @@ class _Base(Generic[B]):
                 "the dashscope backend speaks compat or native, not the plain openai protocol",
                 hint="Use --backend openai for another OpenAI-compatible server.",
             )
+        self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         # media this client prepared, by content: a conversation's earlier turns are not decoded again per turn
         self.prepared = PreparedCache()
@@ -314,9 +343,25 @@ class _Base(Generic[B]):
         model = model or qenv.model()
         values = dict(model=model, timeout_s=timeout_s, max_retries=max_retries, retry_backoff_s=retry_backoff_s)
         self.defaults: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in _CLIENT_DEFAULTS}
+        try:  # checked now by the Request's own rules (a time-out: ``types.seconds``), not at the first request
+            Request(prompt="?", **self.defaults)
+        except ValidationError as exc:
+            raise UsageError(
+                describe_validation_error(exc, "invalid client option"), hint=_rule_hint(exc) or _CLIENT_OPTION_HINT
+            ) from None
 
     # What this client calls on a backend instance (the rest of Backend / AsyncBackend is optional at run time).
     _BACKEND_METHODS: tuple[str, ...] = ("complete", "stream", "close")
+
+    def _check_open(self) -> None:
+        """ClientClosedError when ``close()`` / ``aclose()`` was called: nothing more is planned or sent."""
+        if self._closed:
+            name = type(self).__name__
+            closing = "aclose()" if isinstance(self, AsyncClient) else "close()"
+            raise ClientClosedError(
+                f"this {name} is closed",
+                hint=f"Make a new {name}, or use this one before {closing} (inside its with block).",
+            )
 
     def _check_backend(self, backend: object) -> None:
         missing = [m for m in self._BACKEND_METHODS if not callable(getattr(backend, m, None))]
@@ -411,10 +456,16 @@ class _Base(Generic[B]):
         gives sizes and tokens and cannot be sent (``send`` raises UsageError).
 
         Raises UsageError (invalid fields, an ability the model lacks, a misspelt ``extra`` name:
-        ``qwenvl.plan.check_extra``), SchemaDefinitionError, MediaError (a
-        file or URL that cannot be sent: missing, unreadable, too large, an unknown format), and for local
+        ``qwenvl.plan.check_extra``, a prompt that names a file beside a "file" that is text: the arguments look
+        swapped, ``media.sources.looks_swapped``), ClientClosedError (after close), SchemaDefinitionError,
+        MediaError (a file or URL that cannot be sent: missing, unreadable, too large, an unknown format), and for local
         backends APIError when their server must be asked about the model."""
-        req = self.request(request, **fields)
+        self._check_open()
+        req: Request = self.request(request, **fields)
+        videos: list[object] = list(req.video) if isinstance(req.video, list) else [req.video]
+        swapped = looks_swapped(req.prompt, [*req.image_list(), *videos])
+        if swapped is not None and req.prompt is not None:  # "file not found: What is this?" would mislead
+            raise swapped_error(req.prompt, swapped)
         if not self.is_local:
             return plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
         backend = self.backend
@@ -426,22 +477,12 @@ class _Base(Generic[B]):
             req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form, prepared=self.prepared
         )
 
-    def _key(self) -> str:
+    def _key(self) -> KeyFound:
         """The DashScope key (``qwenvl.config.require_api_key``). MissingAPIKeyError when none is found; when the
-        endpoint is not DashScope's own (``needs_dashscope_key``: e.g. a ``qwenvl serve --no-auth``), its hint
-        says that such a server takes any key."""
-        try:
-            return require_api_key(self._api_key).key
-        except MissingAPIKeyError as exc:
-            url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
-            if needs_dashscope_key(url):
-                raise
-            host = urlsplit(url).netloc
-            raise MissingAPIKeyError(
-                exc.message,
-                hint=f"{host} is not a DashScope endpoint: if it takes no key (a `qwenvl serve --no-auth`), any "
-                f"key will do, e.g. DASHSCOPE_API_KEY=local. Otherwise: {exc.hint}",
-            ) from None
+        endpoint is not DashScope's own (e.g. a ``qwenvl serve --no-auth``), its hint says that such a server
+        takes any key (``config.other_endpoint_key_hint``)."""
+        url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
+        return require_api_key(self._api_key, endpoint=url)
 
     def check_key(self) -> None:
         """Raises MissingAPIKeyError now (nothing is sent, nothing is read but the key's places) when requests
@@ -523,7 +564,7 @@ class Client(_Base[Backend]):
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
 
-            found = require_api_key(self._api_key)
+            found = self._key()
             self._backend = DashScopeBackend(
                 found.key,
                 key_source=found.source,
@@ -537,7 +578,11 @@ class Client(_Base[Backend]):
 
     def close(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
-        opened (its usage log's queued rows are written first). Raises nothing."""
+        opened (its usage log's queued rows are written first). Every later call raises ClientClosedError; closing
+        again does nothing. Raises nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             if self._backend is not None:
                 self._backend.close()
@@ -576,7 +621,9 @@ class Client(_Base[Backend]):
         is answered from the cache (``Response.cached``). Every call is written to the usage log.
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
-        subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``)."""
+        subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
+        (after ``close()``)."""
+        self._check_open()
         if call.request.stream:
             return assembled(self.send_stream(call))
         first, retry = _check(call, self._complete(call))
@@ -614,7 +661,8 @@ class Client(_Base[Backend]):
         as outcome ``cancelled`` (its tokens unknown).
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
         subclasses, StreamInterruptedError (the stream broke midway; ``.partial_text`` keeps what arrived),
-        StructuredOutputError."""
+        StructuredOutputError, ClientClosedError (after ``close()``)."""
+        self._check_open()
         ex, backend = exchange.begin(self, call, stream=True), self.backend
         try:
             for event in backend.stream(call):
@@ -633,12 +681,15 @@ class Client(_Base[Backend]):
             ex.failed(outcome=exchange.CANCELLED)
             raise
 
-    def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
-        """One question about zero or more images: ``client.ask("What is this?", "a.jpg", "b.png")``.
+    def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+        """One question about zero or more images: ``client.ask("What is this?", "a.jpg", Path("b.png"))``.
 
-        Images are paths, ``file://``, ``data:``, ``http(s)://`` or ``oss://`` references; ``fields`` are any
-        other ``Request`` fields. Same as ``complete(prompt=prompt, images=[...], **fields)``, and raises what
-        ``complete`` raises (UsageError, MediaError, APIError and its subclasses, StructuredOutputError)."""
+        Images are paths (``str`` or ``os.PathLike``), ``file://``, ``data:``, ``http(s)://`` or ``oss://``
+        references, or images as bytes (their type told by their content) or PIL images (encoded as qwenvl
+        encodes images); ``fields`` are any other ``Request`` fields. Same as ``complete(prompt=prompt,
+        images=[...], **fields)``, and raises what ``complete`` raises (UsageError, MediaError, APIError and its
+        subclasses, StructuredOutputError); arguments that look swapped (``ask("photo.png", "What is this?")``)
+        are a UsageError saying so."""
         return self.complete(prompt=prompt, images=list(images), **fields)
 
 
@@ -656,6 +707,8 @@ class AsyncClient(_Base[AsyncBackend]):
     ``complete``, ``stream`` and ``aclose``; a missing key is raised by the first request (MissingAPIKeyError)."""
 
     _BACKEND_METHODS = ("complete", "stream", "aclose")
+    _loop: asyncio.AbstractEventLoop | None = None  # the event loop this client sends in now (``_ready``)
+    _loop_guard: AsyncGenerator[None, None] | None = None  # closed when that loop shuts down (``_loop_end``)
 
     @property
     def backend(self) -> AsyncBackend:
@@ -678,7 +731,7 @@ class AsyncClient(_Base[AsyncBackend]):
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
 
-            found = require_api_key(self._api_key)
+            found = self._key()
             self._backend = AsyncDashScopeBackend(
                 found.key,
                 key_source=found.source,
@@ -691,16 +744,68 @@ class AsyncClient(_Base[AsyncBackend]):
         return self._backend
 
     async def _ready(self) -> AsyncBackend:
-        """The backend; made in a worker thread the first time (importing httpx takes a while)."""
+        """The backend; made in a worker thread the first time (importing httpx takes a while).
+
+        Connections belong to the event loop they were opened in (httpx's pool). A backend this client made is
+        made again for each new loop: when ``asyncio.run()`` ends, its connections are closed in their own loop
+        (``_loop_end``), so one AsyncClient serves one ``asyncio.run()`` after another (a backend object given is
+        its owner's, used as it is). Raises ClientClosedError after ``aclose()``, and in a new loop while the
+        first is still open (two loops at once) or when an ``http_client`` was given (it cannot be made again)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._enter_loop(loop)
+            guard = self._loop_end()
+            await guard.__anext__()  # suspended until the loop shuts down (asyncio.run: shutdown_asyncgens)
+            self._loop_guard = guard
         if self._backend is not None:
             return self._backend
         return await asyncio.to_thread(lambda: self.backend)
 
+    @property
+    def _remakeable(self) -> bool:
+        """Whether the backend is this client's to make again in a new loop (no backend object or http_client
+        given)."""
+        return not self._given_backend and self._http_client is None
+
+    def _enter_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to ``loop``; ClientClosedError when the connections of another, open loop are in the way, or when
+        they are held by an ``http_client`` given, which cannot be made again."""
+        old = self._loop
+        if old is not None and self._backend is not None and not self._given_backend:
+            if not old.is_closed() or not self._remakeable:
+                raise ClientClosedError(
+                    "this AsyncClient's connections belong to another event loop"
+                    + ("" if old.is_closed() else ", still open"),
+                    hint="Use one AsyncClient per event loop: make it inside the coroutine that asyncio.run() runs "
+                    "(async with qwenvl.AsyncClient() as client: ...).",
+                )
+            self._backend = None  # its loop closed without shutting down (not asyncio.run): made again
+        self._loop = loop
+
+    async def _loop_end(self) -> AsyncGenerator[None, None]:
+        """Suspended for the life of the loop; the loop's shutdown (``asyncio.run``: ``shutdown_asyncgens``, before
+        it closes the loop) closes it, and with it the connections of the backend this client made, in their own
+        loop. The next loop makes a new backend."""
+        try:
+            yield
+        finally:
+            backend = self._backend
+            if self._remakeable:
+                self._backend, self._loop = None, None
+                if backend is not None and not self._closed:
+                    await backend.aclose()
+
     async def aclose(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
-        opened (its usage log's queued rows are written first). Raises nothing."""
+        opened (its usage log's queued rows are written first). Every later call raises ClientClosedError;
+        closing again does nothing. Raises nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        loop_gone = self._loop is not None and self._loop.is_closed()  # its connections were closed with it
         try:
-            if self._backend is not None:
+            if self._backend is not None and not loop_gone:
                 await self._backend.aclose()
         finally:
             await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
@@ -723,7 +828,9 @@ class AsyncClient(_Base[AsyncBackend]):
         """``Client.send``, awaited: send a planned call (streamed and assembled with ``stream=True``).
 
         Raises UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its subclasses,
-        StructuredOutputError (as ``Client.send``)."""
+        StructuredOutputError (as ``Client.send``), ClientClosedError (after ``aclose()``, or in another event
+        loop)."""
+        self._check_open()
         if call.request.stream:
             return await aassembled(self.send_stream(call))
         first, retry = _check(call, await self._complete(call))
@@ -785,8 +892,8 @@ class AsyncClient(_Base[AsyncBackend]):
                 with contextlib.suppress(Exception):  # closing after an error must not raise a second one
                     await close()
 
-    async def ask(self, prompt: str, *images: str, **fields: Any) -> Response:
-        """``Client.ask``, awaited: one question about zero or more images (paths or URLs).
+    async def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+        """``Client.ask``, awaited: one question about zero or more images (paths, URLs, bytes or PIL images).
 
         Raises what ``complete`` raises (UsageError, MediaError, APIError and its subclasses,
         StructuredOutputError)."""

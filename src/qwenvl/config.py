@@ -397,15 +397,30 @@ def find_api_key(
     return None
 
 
-def require_api_key(explicit: str | None = None, **kw: Any) -> KeyFound:
+def require_api_key(explicit: str | None = None, *, endpoint: str | None = None, **kw: Any) -> KeyFound:
     """The key ``find_api_key`` finds (same arguments, same errors for a place that cannot be used). Raises
     MissingAPIKeyError (exit 4) when there is none; when ``$ALIBABA_CLOUD_PROFILE`` (or ``$ALICLOUD_PROFILE``)
-    names a profile, the message says that profile has no key."""
+    names a profile, the message says that profile has no key. ``endpoint``: the URL the key is for; when it is
+    not DashScope's, the hint first says that a server taking no key accepts any (``other_endpoint_key_hint``):
+    the one hint of the library, the CLI and ``qwenvl config``."""
     found = find_api_key(explicit, **kw)
     if found is None:
         message, hint = _no_key(kw.get("env"))
-        raise MissingAPIKeyError(message, hint=hint)
+        elsewhere = other_endpoint_key_hint(endpoint) if endpoint else None
+        raise MissingAPIKeyError(message, hint=f"{elsewhere} Otherwise: {hint}" if elsewhere else hint)
     return found
+
+
+def other_endpoint_key_hint(endpoint: str) -> str | None:
+    """For an endpoint that is not DashScope's own (``needs_dashscope_key``: e.g. a loopback ``qwenvl serve
+    --no-auth``): that such a server takes any key, e.g. ``DASHSCOPE_API_KEY=local``; None for DashScope's."""
+    if needs_dashscope_key(endpoint):
+        return None
+    host = urlsplit(endpoint).netloc or endpoint
+    return (
+        f"{host} is not a DashScope endpoint: if it takes no key (a `qwenvl serve --no-auth`), any key will do, "
+        "e.g. DASHSCOPE_API_KEY=local."
+    )
 
 
 def _no_key(env: Mapping[str, str] | None) -> tuple[str, str]:

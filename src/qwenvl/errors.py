@@ -2,7 +2,8 @@
 
 QwenVLError
  ├── UsageError                    bad arguments or request fields            exit 2
- │    └── SchemaDefinitionError    a schema that is not valid JSON Schema
+ │    ├── SchemaDefinitionError    a schema that is not valid JSON Schema
+ │    └── ClientClosedError        a client used after close(), or in another event loop
  ├── MediaError                    a file or URL that cannot be read or sent  exit 3
  ├── APIError                      the service or the network                 exit 5
  │    ├── APIConnectionError       no connection (dead server, DNS, reset)
@@ -66,6 +67,20 @@ def empty_argument() -> UsageError:
         "an argument is empty: it names nothing",
         hint='Remove it, or check the variable that gave it (an unset "$FILE" is empty).',
     )
+
+
+def blank_error(label: str, leave_out: str) -> UsageError:
+    """The one wording of a value given as "" or only spaces where a value is required, library and CLI alike
+    (``qwenvl.types.not_blank``, ``qwenvl.cli.common.refuse_blank``): ``"<label> is empty"``, and the hint to give
+    a value or leave ``leave_out`` (the parameter or flag) out. A blank value never falls back silently to the
+    default, nothing, or the cloud endpoint."""
+    return UsageError(f"{label} is empty", hint=f"Give a value, or leave {leave_out} out for the default.")
+
+
+class ClientClosedError(UsageError):
+    """Raised when a ``Client`` or ``AsyncClient`` is used after ``close()`` / ``aclose()`` (or after its ``with``
+    block), and when an ``AsyncClient`` is used in another event loop than the one it first sent in (a second
+    ``asyncio.run()``: its connections belong to the first loop); nothing is sent. CLI exit code 2."""
 
 
 class SchemaDefinitionError(UsageError):

@@ -11,6 +11,7 @@ region's currency (¥ in Beijing, $ in Singapore and Virginia), every item at th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
 def estimate_files(
-    files: Sequence[str],
+    files: Sequence[str | os.PathLike[str]],
     *,
     fast: bool = False,
     region: str | None = None,
@@ -39,7 +40,8 @@ def estimate_files(
     ``vl_high_resolution_images``, ``min_pixels``, ``max_pixels``, ``fps``, ``pages``, ``prepare``); nothing is
     sent.
 
-    ``files`` are local files, folders (walked for media as ``qwenvl batch`` does), globs, https/file/data URLs.
+    ``files`` are local files (``str`` or ``os.PathLike``), folders (walked for media as ``qwenvl batch`` does),
+    globs, https/file/data URLs.
     Returns ``{"model", "factor", "currency", "local", "price_tier", "items": [...], "total": {"tokens", "cost",
     "items", "unknown", "failed"}}``; with a local ``client`` (a local model has no price: ``qwenvl.models.LOCAL``)
     ``local`` is True and ``currency`` and every ``cost`` None. An item is ``{"source", "kind", "width", "height",
@@ -76,7 +78,7 @@ def estimate_files(
     options = media_options(request, info, "native", estimate_only=fast)
     refs = expand_inputs(list(files))
     if not refs:
-        raise no_media_found(files)
+        raise no_media_found([os.fspath(f) for f in files])
     check_pages_apply(fields.get("pages"), refs, pages_option)  # what it counted: no PDF, no pages to pick
 
     rows: list[dict[str, Any]] = []

@@ -39,7 +39,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from qwenvl import __version__
 from qwenvl import env as qenv
-from qwenvl._constants import DEFAULT_TIMEOUT_S
+from qwenvl._constants import DEFAULT_TIMEOUT_S, MAX_DURATION_S
 from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.estimate import estimate_files
 from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid, spent_label
@@ -66,7 +66,7 @@ Call estimate first for large videos or many PDF pages."""
 class Options(BaseModel):
     """Generation and media options (all optional; the library's defaults apply)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     system: str | None = Field(None, description="System prompt.")
     max_tokens: int | None = Field(None, ge=1, description="Longest answer in tokens (ask: 512).")
     temperature: float | None = Field(None, ge=0, lt=2, description="Sampling temperature (default 0.2).")
@@ -86,7 +86,11 @@ class Options(BaseModel):
     fetch_urls: bool = Field(False, description="Download remote images and prepare them here.")
     thinking_budget: int | None = Field(None, ge=1, description="Most tokens spent thinking (with thinking).")
     timeout_s: float | None = Field(
-        None, gt=0, description=f"Seconds to wait for the model (default {DEFAULT_TIMEOUT_S:g})."
+        None,
+        gt=0,
+        le=MAX_DURATION_S,
+        allow_inf_nan=False,
+        description=f"Seconds to wait for the model (default {DEFAULT_TIMEOUT_S:g}, at most {MAX_DURATION_S:g}).",
     )
 
     @model_validator(mode="before")

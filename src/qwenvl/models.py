@@ -392,14 +392,46 @@ DEFAULT_MODEL = "qwen3-vl-plus"
 
 _LATEST = "-latest"
 _DATED = re.compile(r"^-(\d{4}-\d{2}-\d{2}|\d{4}|\d+)$")  # "-2025-12-19", "-1201"
+_DAY = re.compile(r"^-(\d{4}-\d{2}-\d{2})$")  # a snapshot's date, NAME-YYYY-MM-DD
+SNAPSHOT_RULE = (
+    "a dated snapshot NAME-YYYY-MM-DD the table does not list takes the facts of NAME when it is newer than every "
+    "listed snapshot of NAME, else of the newest listed one before it"
+)  # qwenvl's rule (the service names snapshots so: reference/dashscope-api.md §1.1, qwen3-vl-flash-2026-01-22)
+
+
+def dated_snapshot(base: str, key: str, name: str) -> ModelInfo | None:
+    """The entry an unlisted ``<base>-YYYY-MM-DD`` (``key``, lower case) inherits (``SNAPSHOT_RULE``): ``base``
+    itself when the date is after every snapshot of it the table lists, else the newest listed one before it
+    (rules change between snapshots: the older qwen-vl-max ones are 28 px); known either way. A date before every
+    listed snapshot stays unknown (``known=False``: the rules then are not in the table).
+    None when ``key`` is not such a name. Raises nothing."""
+    match = _DAY.match(key[len(base) :])
+    if match is None:
+        return None
+    day = match.group(1)
+    listed = sorted(k[len(base) + 1 :] for k in MODELS if k.startswith(base + "-") and _DAY.match(k[len(base) :]))
+    before = [d for d in listed if d <= day]
+    if listed and not before:
+        return replace(
+            MODELS[base], name=name, entry=base, known=False, resolution=f"snapshot older than every listed {base}"
+        )
+    if before and before[-1] != listed[-1]:
+        entry, why = f"{base}-{before[-1]}", "the newest listed snapshot before it"
+    else:
+        entry, why = base, "newer than every listed snapshot"
+    return replace(
+        MODELS[entry], name=name, entry=entry, known=True, resolution=f"dated snapshot of {base}, {why}: its facts"
+    )
 
 
 def model_info(name: str) -> ModelInfo:
     """The table entry for a model name, a listed snapshot, an alias (``-latest``), or a guess.
 
     Resolution, in order: the name itself (listed snapshots have their own entries: qwen-vl-max-2025-01-25 is
-    28 px while qwen-vl-max is 32 px); ``<alias>-latest`` is the alias; an unlisted dated snapshot of an alias
-    (``qwen3-vl-plus-2026-01-02``) takes the alias's rules but counts as unknown; anything else is classified
+    28 px while qwen-vl-max is 32 px); ``<alias>-latest`` is the alias; an unlisted dated snapshot
+    ``<alias>-YYYY-MM-DD`` (``qwen3-vl-flash-2026-01-22``) inherits its facts by ``SNAPSHOT_RULE``
+    (``dated_snapshot``: known, unless older than every listed snapshot); another numbered suffix
+    (``-1201``) takes the alias's rules but counts as unknown; anything else is classified
     from the name (the family decides the pixel rule) with no price. Unknown names are returned with
     ``known=False`` and logged once per name on the ``qwenvl`` logger (the CLI prints it as a one-line
     warning; see ``guess_warning``). ``Qwen/...`` Hugging Face ids of the open models are looked up without the
@@ -416,6 +448,9 @@ def model_info(name: str) -> ModelInfo:
             rest = key[len(base) :]
             if rest == _LATEST:
                 return replace(MODELS[base], name=name, entry=base, resolution=f"-latest alias of {base}")
+            snapshot = dated_snapshot(base, key, name)
+            if snapshot is not None:
+                return snapshot if snapshot.known else _warned(snapshot)
             if _DATED.match(rest):
                 return _warned(
                     replace(

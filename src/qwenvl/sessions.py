@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from qwenvl import env as qenv
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
-from qwenvl.errors import MediaError, UsageError
+from qwenvl.errors import MediaError, UsageError, blank_error
 from qwenvl.media.sources import classify, read_regular_text
 from qwenvl.outputs import write_atomic
 from qwenvl.types import ImagePart, Message, Role, VideoPart
@@ -126,6 +126,8 @@ class Session:
         """The saved session, or a new empty one. Raises UsageError for an invalid name or a damaged file,
         MediaError (CLI exit code 3) for a session file that cannot be read (a folder, a pipe, no
         permission)."""
+        if isinstance(name, str) and not name.strip():
+            raise blank_error("session", "session")
         if not _NAME.match(name):
             raise UsageError(
                 f"invalid session name {name!r}: use letters, digits, '.', '_' or '-'",

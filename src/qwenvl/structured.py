@@ -1,8 +1,10 @@
 """JSON mode and JSON Schema output: instruct the model, parse its answer robustly, validate, repair.
 
 The service's ``response_format: {"type": "json_object"}`` requires the word "json" in the messages, so
-every instruction here contains it. A schema is sent inside the instruction (with ``json_object``), the
-form every Qwen-VL model accepts; ``json_schema`` response formats are not documented for Qwen-VL.
+every instruction here contains it. A schema is sent inside the instruction (with ``json_object`` when its root
+is an object: ``json_object`` forces one, so an array-root or scalar-root schema goes without it, its
+instruction and repair prompt naming the root's kind), the form every Qwen-VL model accepts; ``json_schema``
+response formats are not documented for Qwen-VL.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ SCHEMA_INSTRUCTION = (
 )
 REPAIR_INSTRUCTION = (
     "Your previous answer was not valid JSON for the schema:\n{errors}\n"
-    "Answer again with ONLY the corrected JSON object, no markdown and no commentary."
+    "Answer again with ONLY the corrected JSON {kind}, no markdown and no commentary."
 )
+ROOT_INSTRUCTION = "The answer is a JSON {kind}."  # said for a root that is not an object (json_object is not sent)
 MAX_REPORTED_ERRORS = 5
 
 
@@ -116,19 +119,63 @@ def _check_refs(resolver: Any, resource: Resource[Any]) -> None:
         _check_refs(resolver.in_subresource(sub), sub)
 
 
+def root_type(schema: dict[str, Any] | None) -> str | None:
+    """The JSON type a schema's root must have: its ``type`` (one type, or the one of a list besides "null"),
+    else ``"object"`` for ``properties``/``required``/``additionalProperties`` and ``"array"`` for
+    ``items``/``prefixItems``, following a root ``$ref`` into the schema's own ``$defs``/``definitions``; None
+    when the schema does not say (``{}``, ``anyOf`` of several types). Raises nothing."""
+    root, seen = schema, 0
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and seen < 8:  # $ref loops end here
+        ref, seen = schema["$ref"], seen + 1
+        node: Any = root if ref.startswith("#/") else None
+        for part in ref.removeprefix("#/").split("/"):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            break
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if isinstance(kind, str):
+        return kind
+    if any(k in schema for k in ("properties", "required", "additionalProperties", "patternProperties")):
+        return "object"
+    if any(k in schema for k in ("items", "prefixItems")):
+        return "array"
+    return None
+
+
+def _kind(schema: dict[str, Any] | None) -> str:
+    """How the prompts name the answer: "object", "array", "string"... or "value" when the root type is unknown;
+    "object" in JSON mode without a schema (``json_object``)."""
+    if schema is None:
+        return "object"
+    root = root_type(schema)
+    return "value" if root is None else "number" if root == "integer" else root
+
+
 def instruction(*, json_mode: bool, schema: dict[str, Any] | None) -> str | None:
-    """The text appended to the user's prompt, or None when no structured output is asked for."""
+    """The text appended to the user's prompt, or None when no structured output is asked for. A schema whose
+    root is not an object adds what its root is (``ROOT_INSTRUCTION``)."""
     if schema is not None:
-        return SCHEMA_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False))
+        text = SCHEMA_INSTRUCTION.format(schema=json.dumps(schema, ensure_ascii=False))
+        kind = _kind(schema)
+        return text if kind == "object" else text + "\n" + ROOT_INSTRUCTION.format(kind=kind)
     if json_mode:
         return JSON_INSTRUCTION
     return None
 
 
 def response_format(*, json_mode: bool, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-    if schema is not None or json_mode:
-        return {"type": "json_object"}
-    return None
+    """``{"type": "json_object"}`` for JSON mode and for a schema whose root is an object (``root_type``); None
+    otherwise: ``json_object`` makes the model answer an object, which an array-root, scalar-root or
+    unknown-root schema would refuse (the instruction still asks for JSON). Raises nothing."""
+    if schema is None:
+        return {"type": "json_object"} if json_mode else None
+    return {"type": "json_object"} if root_type(schema) == "object" else None
 
 
 class NoJSONFound(ValueError):
@@ -164,35 +211,65 @@ def load_json(text: str) -> tuple[bool, Any]:
         return False, None
 
 
-def extract_json(text: str) -> Any:
-    """The JSON value in a model's answer: bare, in a ```json fence, or with prose around it (then the
-    longest value found). Raises NoJSONFound when there is none (nesting too deep to read counts as none)."""
+def extract_json(text: str, schema: dict[str, Any] | None = None) -> Any:
+    """The JSON value in a model's answer: bare, in a ```json fence, or with prose around it.
+
+    Without ``schema``: the whole answer, else the first fenced block that parses, else the longest value in the
+    prose. With ``schema`` the answer's own JSON is preferred over what it quotes: a value identical to the
+    schema (an answer that quotes the prompt, its schema included) is never taken when the schema has any
+    keyword; then the whole answer, else the last fenced block valid for the schema, else the last value in the
+    prose valid for it, else (to report what is wrong) the last fenced block or the longest value. Raises
+    NoJSONFound when there is none (nesting too deep to read counts as none; so does only the schema quoted)."""
     stripped = text.strip()
     if not stripped:
         raise NoJSONFound("the answer is empty")
+
+    def quoted(value: Any) -> bool:  # the schema it was sent, quoted back
+        return bool(schema) and value == schema
+
     ok, value = load_json(stripped)
-    if ok:
+    if ok and not quoted(value):
         return value
-    for block in fenced_blocks(stripped)[0]:
-        ok, value = load_json(block.strip())
-        if ok:
-            return value
+    fenced = [v for ok, v in (load_json(b.strip()) for b in fenced_blocks(stripped)[0]) if ok]
+    prose = _prose_values(stripped)
+    own_fenced = [v for v in fenced if not quoted(v)]
+    own_prose = [(v, n) for v, n in prose if not quoted(v)]
+    if schema is not None:
+        for found in (own_fenced, [v for v, _ in own_prose]):
+            valid = [v for v in found if not validate(v, schema)]
+            if valid:
+                return valid[-1]
+        if own_fenced:
+            return own_fenced[-1]
+    elif own_fenced:
+        return own_fenced[0]
+    if own_prose:
+        return max(own_prose, key=lambda item: item[1])[0]
+    if fenced or prose or ok:
+        raise NoJSONFound("the answer holds no JSON of its own, only the schema it was sent, quoted back")
+    raise NoJSONFound("no JSON value found in the answer")
+
+
+def _prose_values(text: str) -> list[tuple[Any, int]]:
+    """``(value, length)`` of each JSON object or array in ``text`` at the top level (a value inside another is
+    part of it), in order. Raises NoJSONFound for a value nested too deeply to read."""
     decoder = json.JSONDecoder()
-    best: Any = None
-    best_len = -1
-    for i, ch in enumerate(stripped):
-        if ch in "{[":
+    found: list[tuple[Any, int]] = []
+    i = 0
+    while i < len(text):
+        if text[i] in "{[":
             try:
-                value, end = decoder.raw_decode(stripped, i)
+                value, end = decoder.raw_decode(text, i)
             except json.JSONDecodeError:
+                i += 1
                 continue
             except RecursionError:  # not a part of it either: its insides are as deep
                 raise NoJSONFound("the JSON in the answer is nested too deeply to read") from None
-            if end - i > best_len:
-                best, best_len = value, end - i
-    if best_len >= 0:
-        return best
-    raise NoJSONFound("no JSON value found in the answer")
+            found.append((value, end - i))
+            i = end
+            continue
+        i += 1
+    return found
 
 
 def validate(value: Any, schema: dict[str, Any] | None) -> list[str]:
@@ -228,13 +305,16 @@ def validate(value: Any, schema: dict[str, Any] | None) -> list[str]:
 
 
 def parse_answer(text: str, schema: dict[str, Any] | None) -> tuple[Any, list[str]]:
-    """(value, errors): the parsed JSON and what is wrong with it; value is None when nothing parsed."""
+    """(value, errors): the parsed JSON and what is wrong with it; value is None when nothing parsed. The
+    answer's own JSON is preferred over what it quotes (``extract_json`` with the schema)."""
     try:
-        value = extract_json(text)
+        value = extract_json(text, schema)
     except NoJSONFound as exc:
         return None, [str(exc)]
     return value, validate(value, schema)
 
 
-def repair_prompt(errors: list[str]) -> str:
-    return REPAIR_INSTRUCTION.format(errors="\n".join(f"- {e}" for e in errors))
+def repair_prompt(errors: list[str], schema: dict[str, Any] | None = None) -> str:
+    """The repair request's text: the errors, and to answer again with the corrected JSON object, array... as
+    the schema's root says (``root_type``; "value" when it does not say). Raises nothing."""
+    return REPAIR_INSTRUCTION.format(errors="\n".join(f"- {e}" for e in errors), kind=_kind(schema))

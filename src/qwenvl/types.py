@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import json as _json
+import math
+import os
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -26,11 +27,57 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
-from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S
+from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S, MAX_DURATION_S
+from qwenvl.errors import UsageError, blank_error
 from qwenvl.models import DEFAULT_MODEL
 
 Role = Literal["system", "user", "assistant", "tool"]
 Detail = Literal["auto", "low", "high"]
+
+
+def seconds(value: Any, name: str, *, zero: bool = False) -> float:
+    """``value`` as a float when it is a usable duration in seconds: a finite number above 0 (``zero``: 0 too)
+    and at most ``MAX_DURATION_S`` (a day). The one rule of every time-out, interval and wait the library takes
+    outside a ``Request`` (whose fields have the same bounds): ``Client(timeout_s=...)``, the batch runner's
+    intervals, ``BatchAPI``, ``qwenvl serve``'s settings. Raises UsageError naming ``name`` for NaN, infinity, a
+    value out of range or not a number (``inf`` never means "no limit": a deadline of a day is the longest)."""
+    hint = f"Give seconds {'from 0' if zero else 'above 0'} up to {MAX_DURATION_S:g} (a day), or leave {name} out."
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{name} is a number of seconds, not {type(value).__name__}", hint=hint)
+    if not math.isfinite(value):
+        raise UsageError(f"{name}: {value!r} is not a finite number of seconds", hint=hint)
+    if value < 0 or (value == 0 and not zero):
+        raise UsageError(f"{name} must be {'0 or more' if zero else 'greater than 0'}, not {value:g}", hint=hint)
+    if value > MAX_DURATION_S:
+        raise UsageError(
+            f"{name}: {value:g} s is more than a day ({MAX_DURATION_S:g} s), the longest allowed", hint=hint
+        )
+    return float(value)
+
+
+def not_blank(value: Any, name: str) -> Any:
+    """``value`` as given unless it is a blank string ("" or only spaces) where a value is required: then the
+    blank-value error (``errors.blank_error``, the CLI's wording) naming ``name``. None passes (the default)."""
+    if isinstance(value, str) and not value.strip():
+        raise blank_error(name, name)
+    return value
+
+
+def media_refs(value: Any, *, images: bool = True) -> Any:
+    """Media given as objects, turned into the string references the request carries (JSON-serialisable): an
+    ``os.PathLike`` its path; with ``images``, bytes and a PIL image a ``data:`` URL
+    (``qwenvl.media.images.image_reference``: bytes identified by their content, a PIL image encoded by the
+    project's encoding rule). Lists are converted item by item; anything else is left for the model to judge."""
+    if isinstance(value, list | tuple):
+        return [media_refs(v, images=True) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if images and not isinstance(value, str | None):
+        from qwenvl.media.images import image_reference
+
+        found = image_reference(value)
+        return value if found is None else found
+    return value
 
 
 class TextPart(BaseModel):
@@ -57,6 +104,12 @@ class ImagePart(BaseModel):
     min_pixels: int | None = None
     max_pixels: int | None = None
 
+    @field_validator("image", mode="before")
+    @classmethod
+    def _reference(cls, value: Any) -> Any:
+        """An ``os.PathLike``, bytes or a PIL image, as the reference it stands for (``media_refs``)."""
+        return media_refs(value)
+
 
 class VideoPart(BaseModel):
     """A video: a file or URL (str), or a list of frame images (sampled in order).
@@ -73,6 +126,12 @@ class VideoPart(BaseModel):
     fps: float | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+
+    @field_validator("video", mode="before")
+    @classmethod
+    def _reference(cls, value: Any) -> Any:
+        """An ``os.PathLike`` as its path; a frame list's frames may also be bytes or PIL images (``media_refs``)."""
+        return media_refs(value, images=isinstance(value, list | tuple))
 
 
 Part = TextPart | ImagePart | VideoPart
@@ -265,12 +324,16 @@ with warnings.catch_warnings():
 
         Raises pydantic.ValidationError for an unknown field, a value of the wrong type or out of range, a blank
         prompt, no prompt and no history, ``min_pixels`` above ``max_pixels``, or structured output with
-        ``enable_thinking``; MediaError for a ``schema`` file that is missing or cannot be read;
-        SchemaDefinitionError for a ``schema`` that is not valid JSON Schema (or a file that is not JSON).
+        ``enable_thinking``; UsageError for a blank value where one is required (``model``, ``system``, ``stop``,
+        ``base_url``, a media reference...: ``not_blank``) and a ``timeout_s`` that is not finite, not above 0 or
+        over a day (``seconds``); MediaError for a ``schema`` file that is missing or cannot be read, or image
+        bytes that are no image; SchemaDefinitionError for a ``schema`` that is not valid JSON Schema (or a file
+        that is not JSON). Media may be given as ``os.PathLike``s, and images as bytes or PIL images (``media_refs``:
+        converted to the string references the request holds).
         ``Client`` methods raise UsageError instead of ValidationError.
         """
 
-        model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+        model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, allow_inf_nan=False)
 
         prompt: str | None = Field(
             default=None,
@@ -426,9 +489,10 @@ with warnings.catch_warnings():
         timeout_s: float = Field(
             default=DEFAULT_TIMEOUT_S,
             gt=0,
+            le=MAX_DURATION_S,
             validation_alias=AliasChoices("timeout_s", "timeout"),
-            description="Seconds an attempt may take (a stream: the wait for each event); also accepted as "
-            "`timeout` (default 120; qwenvl.transport).",
+            description="Seconds an attempt may take (a stream: the wait for each event), at most a day "
+            "(MAX_DURATION_S); also accepted as `timeout` (default 120; qwenvl.transport).",
         )
         base_url: str | None = Field(
             default=None, description="The endpoint for this request only (default: the client's)."
@@ -472,10 +536,10 @@ with warnings.catch_warnings():
                 value = data["schema"]
                 if isinstance(value, type) and issubclass(value, BaseModel):
                     data = {**data, "schema": value.model_json_schema()}
-                elif isinstance(value, str | Path):
+                elif isinstance(value, str | os.PathLike):
                     from qwenvl.structured import load_schema
 
-                    data = {**data, "schema": load_schema(value)}
+                    data = {**data, "schema": load_schema(os.fspath(value))}
                 elif value is not None:  # a dict (or a wrong type): checked before anything is planned or sent
                     from qwenvl.structured import check_schema
 
@@ -495,6 +559,36 @@ with warnings.catch_warnings():
             if value is not None and not value.strip():
                 raise ValueError("prompt is empty")
             return value
+
+        @field_validator("image", "images", "video", mode="before")
+        @classmethod
+        def _media_objects(cls, value: Any, info: Any) -> Any:
+            """Paths (``os.PathLike``) wherever a file is named; bytes and PIL images as images, and as a frame
+            list's frames (``media_refs``): converted here, so the request stays JSON."""
+            return media_refs(value, images=info.field_name != "video" or isinstance(value, list | tuple))
+
+        @field_validator("model", "system", "base_url", "pages", "tool_choice", "image", "images", "video", "stop")
+        @classmethod
+        def _not_blank(cls, value: Any, info: Any) -> Any:
+            """A blank string where a value is required is refused (``not_blank``), never dropped or defaulted: a
+            blank ``model``, ``system``, ``base_url``, ``pages``, ``tool_choice``, media reference or stop
+            sequence."""
+            for item in value if isinstance(value, list) else [value]:
+                not_blank(item, info.field_name)
+            return value
+
+        @field_validator("timeout_s", mode="before")
+        @classmethod
+        def _seconds(cls, value: Any, info: Any) -> Any:
+            """The one duration rule (``seconds``: finite, above 0, at most a day), in the client's words."""
+            return seconds(value, info.field_name)
+
+        @field_validator("tools", "stop")
+        @classmethod
+        def _empty_is_none(cls, value: Any) -> Any:
+            """``tools=[]`` and ``stop=[]`` mean none: not sent (OpenAI-style APIs refuse an empty ``tools``
+            array)."""
+            return None if value == [] else value
 
         @field_validator("extra")
         @classmethod

@@ -74,7 +74,7 @@ from qwenvl.protocols.common import error_from_body
 from qwenvl.retry import retry_delay, should_retry
 from qwenvl.store.usage import Entry
 from qwenvl.transport import Policy, Transport
-from qwenvl.types import Response
+from qwenvl.types import Response, seconds
 
 if TYPE_CHECKING:
     from qwenvl.batch.runner import Batch, Progress
@@ -221,10 +221,12 @@ class BatchAPI:
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
         http_client: Any = None,
     ) -> None:
+        timeout_s = seconds(timeout_s, "timeout_s")
+        retry_backoff_s = seconds(retry_backoff_s, "retry_backoff_s", zero=True)
         check_region(region, base_url)
         self.region, self.base_url = region, base_url  # as given: what a suggested command must repeat
         self.base = resolve_base_url("compat", region=region, base_url=base_url)
-        found = require_api_key(api_key)
+        found = require_api_key(api_key, endpoint=self.base)
         self.transport = Transport(found.key, key_source=found.source, http_client=http_client)
         self.policy = Policy(timeout_s=timeout_s, max_retries=max_retries, backoff_s=retry_backoff_s)
 

@@ -48,12 +48,12 @@ _URL_PREFIXES = ("http://", "https://", "oss://", "data:", "file://")
 SORT_CHUNK = 256  # names read back at a time from a sort (``_Sorter``)
 
 
-def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[str]:
+def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Media references from arguments, as a list: ``iter_inputs``' (see it for the order and the errors)."""
     return list(iter_inputs(inputs))
 
 
-def iter_inputs(inputs: Iterable[str]) -> Iterator[str]:
+def iter_inputs(inputs: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
     """Media references from arguments, made as they are taken: URLs as given; files as given (even missing or
     invalid ones: they become item errors); folders walked recursively for media files (hidden ones skipped; in
     ``os.walk``'s order: a folder's files by name, then its subfolders by name); globs expanded (``**``
@@ -65,8 +65,8 @@ def iter_inputs(inputs: Iterable[str]) -> Iterator[str]:
     (an input error, exit 3) at once for a glob that matches nothing and for a missing folder:
     an argument that does not exist and ends with a path separator or has no extension (``photos/``,
     ``photos``), which cannot be meant as one media file; and, while iterated, UsageError when the temporary
-    database cannot be written (``spool.temporary_error``)."""
-    args = list(inputs)
+    database cannot be written (``spool.temporary_error``). An ``os.PathLike`` argument is taken as its path."""
+    args = [os.fspath(arg) if isinstance(arg, os.PathLike) else arg for arg in inputs]
     for arg in args:
         if not arg.strip():  # never "." (the current folder, walked): an unset shell variable, most likely
             raise empty_argument()
@@ -238,8 +238,10 @@ def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem
 
 
 def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Iterator[BatchItem]:
-    """``items_from_inputs``, each item made (and its file sniffed) as it is taken: no list of items."""
+    """``items_from_inputs``, each item made (and its file sniffed) as it is taken: no list of items. An
+    ``os.PathLike`` reference is taken as its path."""
     for ref in refs:
+        ref = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
         key = "video" if media_kind(ref) == "video" else "image"
         # a file name that is not UTF-8 (lone surrogates) is the item's id and input as text, escaped as every
         # message shows it (``na\udcefve.jpg``, ``errors.safe_line``): journals, outputs and logs are UTF-8; the

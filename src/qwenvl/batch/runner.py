@@ -116,7 +116,7 @@ from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
 from qwenvl.store import CacheArg, UsageLogArg, open_cache, open_usage_log
 from qwenvl.store.exchange import key_for, source_key_for
-from qwenvl.types import Response, dumps
+from qwenvl.types import Response, dumps, seconds
 
 DEFAULT_CONCURRENCY = 8
 # In the region's currency (CNY or USD): above this, the CLI asks (on a terminal) or refuses (elsewhere)
@@ -376,6 +376,8 @@ class Batch:
         self.cache = client.cache if client is not None else open_cache(cache)
         self.usage_log = client.usage_log if client is not None else open_usage_log(usage_log)
         self.retry_errors, self.fresh, self.mode = retry_errors, fresh, mode
+        flush_interval_s = seconds(flush_interval_s, "flush_interval_s")
+        poll_interval_s = seconds(poll_interval_s, "poll_interval_s", zero=True)
         self.flush_interval_s, self.poll_interval_s, self.wait = flush_interval_s, poll_interval_s, wait
         self.plan_threads = max(1, plan_threads)
         if mode == "batch-api":

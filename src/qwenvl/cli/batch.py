@@ -30,6 +30,7 @@ from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Es
 from qwenvl.cli.common import (
     FILE_NAME,
     FiniteFloat,
+    Seconds,
     Verb,
     awaiting_stdin,
     backend_options,
@@ -357,7 +358,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 )
 @click.option(
     "--poll-interval",
-    type=FiniteFloat(min=0),
+    type=Seconds(min_open=False),
     default=BATCH_POLL_INTERVAL_S,
     show_default=True,
     help="batch-api: seconds between status checks.",
@@ -492,7 +493,7 @@ _with_api_options = option_group(
     click.option(
         "--timeout",
         "timeout_s",
-        type=FiniteFloat(min=0, min_open=True),
+        type=Seconds(),
         help=f"Seconds per attempt (default {BATCH_API_TIMEOUT_S:g}).",
     ),
     click.option(

@@ -7,7 +7,6 @@ import glob
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from qwenvl._constants import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
+    MAX_DURATION_S,
     MAX_RETRY_DELAY_S,
     MAX_TEXT_FILE_BYTES,
     MIN_TRANSFER_RATE,
@@ -39,11 +39,12 @@ from qwenvl.errors import (
     StreamInterruptedError,
     StructuredOutputError,
     UsageError,
+    blank_error,
     empty_argument,
     safe_line,
     terminal_safe,
 )
-from qwenvl.media.sources import MEDIA_SUFFIXES, classify, first_names, path_hint
+from qwenvl.media.sources import classify, first_names, is_reference, looks_like_file, path_hint
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid, spent_label
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
@@ -197,6 +198,15 @@ class FiniteFloat(click.FloatRange):
         return number
 
 
+class Seconds(FiniteFloat):
+    """Every duration option of the CLI (``--timeout``, ``--poll-interval``, ``--request-timeout``): a finite
+    number of seconds above ``min`` (or from it, ``min_open=False``) and at most ``MAX_DURATION_S`` (a day), the
+    library's rule (``qwenvl.types.seconds``); else exit 2 naming the option."""
+
+    def __init__(self, min: float = 0, min_open: bool = True) -> None:
+        super().__init__(min=min, max=MAX_DURATION_S, min_open=min_open)
+
+
 class FileName(click.types.StringParamType):
     """A file name, folder or URL argument/option: kept as the system gave it (a name that is not UTF-8 still
     names a real file, ``os.fsencode`` gives its bytes back), so never checked as text (``refuse_non_utf8``).
@@ -278,10 +288,7 @@ def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
                 raise UsageError(
                     "the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".'
                 )
-            flag = max(param.opts, key=len)
-            raise UsageError(
-                f"{param_label(param)} is empty", hint=f"Give a value, or leave {flag} out for the default."
-            )
+            raise blank_error(param_label(param), max(param.opts, key=len))
 
 
 class Verb(click.Command):
@@ -352,13 +359,13 @@ service_options = option_group(
     click.option(
         "--timeout",
         "timeout_s",
-        type=FiniteFloat(min=0, min_open=True),
+        type=Seconds(),
         metavar="SECONDS",
         help=f"Seconds per attempt (default {DEFAULT_TIMEOUT_S:g}): the whole reply must arrive within it, "
         "however slowly it trickles. A stream must send its first token within it and never pause longer, and "
         f"ends after {STREAM_CAP_FACTOR:g} times as long (at least {STREAM_CAP_MIN_S / 60:g} min). Also bounds "
         "each --fetch-urls download, and each upload to temporary storage "
-        f"(plus 1 s per {MIN_TRANSFER_RATE // 1000} kB).",
+        f"(plus 1 s per {MIN_TRANSFER_RATE // 1000} kB). At most {MAX_DURATION_S:g} (a day).",
     ),
     click.option(
         "--max-retries",
@@ -655,27 +662,11 @@ def show_retry(notice: RetryNotice) -> None:
 
 
 STDIN = "-"  # as a MEDIA argument: the file comes on standard input
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _is_reference(arg: str) -> bool:
-    """A file that exists (a symlink counts even when broken or looping: classify says which), a URL, a data:
-    URL or ``-``: never the prompt."""
-    if arg == STDIN or _SCHEME.match(arg) or arg[:5].lower() == "data:":
-        return True
-    try:
-        return os.path.lexists(Path(arg).expanduser())
-    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
-        return False
-
-
-def looks_like_file(arg: str) -> bool:
-    """An image, video or PDF name (by its suffix), or a path with a separator and no spaces."""
-    if "\n" in arg:
-        return False
-    if Path(arg).suffix.lower() in MEDIA_SUFFIXES:
-        return True
-    return any(sep in arg for sep in {"/", os.sep}) and not any(c.isspace() for c in arg)
+    """A file that exists, a URL, a data: URL (``media.sources.is_reference``) or ``-``: never the prompt."""
+    return arg == STDIN or is_reference(arg)
 
 
 def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:

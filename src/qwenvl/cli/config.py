@@ -14,10 +14,10 @@ from qwenvl.config import (
     effective_protocol,
     effective_region,
     find_api_key,
-    needs_dashscope_key,
     normalize_backend,
     openai_api_key,
     openai_base_url,
+    other_endpoint_key_hint,
     resolve_base_url,
 )
 from qwenvl.errors import QwenVLError, safe_line
@@ -88,11 +88,9 @@ def config(opts: dict[str, Any]) -> None:
         return
     console = out_console()  # every value is escaped: "[profile]" in a key source is text, not rich markup
     key = f"found in {escape(found.source)}" if found else "[red]not found[/] (see `qwenvl --help` for where to put it)"
-    if not found and not needs_dashscope_key(info["endpoints"][protocol]):
-        key = (
-            "[red]not found[/] (the endpoint is not DashScope's: if it takes no key, any will do, "
-            "e.g. DASHSCOPE_API_KEY=local)"
-        )
+    elsewhere = other_endpoint_key_hint(info["endpoints"][protocol])
+    if not found and elsewhere:
+        key = f"[red]not found[/] ({escape(elsewhere.removesuffix('.'))})"
     if key_error is not None:
         key = f"[red]cannot be read[/]: {escape(safe_line(key_error.message))}"
     console.print(f"API key      {key}", highlight=False)

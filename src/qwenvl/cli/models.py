@@ -10,7 +10,7 @@ from rich.table import Table
 
 from qwenvl.cli.common import Verb, out_console, pass_opts, print_json
 from qwenvl.errors import safe_line
-from qwenvl.models import MODELS, currency_of, describe, format_price, model_info
+from qwenvl.models import MODELS, SNAPSHOT_RULE, currency_of, describe, format_price, model_info
 
 
 @click.command(cls=Verb)
@@ -32,7 +32,8 @@ def models(opts: dict[str, Any]) -> None:
                                       (snapshot, -latest, guess)
 
     A request is billed entirely at the tier of its input length (e.g. qwen3-vl-plus: ≤32K, 32K-128K, >128K).
-    A name the table does not know gets a warning: its rules are guessed from the name.
+    A dated snapshot NAME-YYYY-MM-DD the table does not list takes NAME's facts (or those of the newest listed
+    snapshot before it). Another name the table does not know gets a warning: its rules are guessed from the name.
     """
     region = opts["region"]
     currency_of(region)  # an unknown region is a usage error before anything is printed
@@ -113,7 +114,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     console.print(table)
     console.print(
         "[dim]A request is billed entirely at the tier of its input length. `qwenvl models NAME` for "
-        "one model; --region intl for USD.[/]",
+        f"one model; --region intl for USD. Snapshots: {escape(SNAPSHOT_RULE)}.[/]",
         highlight=False,
     )
 

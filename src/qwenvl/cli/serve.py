@@ -14,7 +14,7 @@ from qwenvl._constants import (
     SERVE_MAX_MEDIA_ITEMS,
     SERVE_REQUEST_TIMEOUT_S,
 )
-from qwenvl.cli.common import FILE_NAME, FiniteFloat, Verb, err_console, pass_opts
+from qwenvl.cli.common import FILE_NAME, Seconds, Verb, err_console, pass_opts
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, listen
 
@@ -101,7 +101,7 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 )
 @click.option(
     "--request-timeout",
-    type=FiniteFloat(min=1),
+    type=Seconds(min=1, min_open=False),
     default=SERVE_REQUEST_TIMEOUT_S,
     show_default=True,
     help="Seconds one request may take, streaming included.",

@@ -658,6 +658,33 @@ def likely_mime(info: ImageInfo | None = None) -> str:
     return info.mime if info.accepted else "image/png"
 
 
+def image_reference(value: Any) -> str | None:
+    """A ``data:`` URL for an image given as an object rather than a reference (the library's ``image=``):
+    bytes (or a bytearray / memoryview) as they are, their type told by their content (``sniff``, else Pillow's
+    ``identify``: MediaError when they are no image Pillow can read), or a PIL image: an RGB or grey one encoded
+    by the encoding rule (``encode_image``), any other mode (transparency, a palette, 16 bits, CMYK) kept as a
+    lossless PNG. None for any other value (left for the request's own check). The URL is then checked and
+    prepared like any other (``qwenvl.media.prepare``)."""
+    from qwenvl.media.sources import to_data_url
+
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        mime = sniff(data) or identify(data, "the image bytes").mime
+        return to_data_url(data, mime)
+    if isinstance(value, Image.Image):
+        if value.mode in ("RGB", "L"):
+            data, mime = encode_image(value)
+        else:  # transparency, a palette, 16 bits, CMYK: kept losslessly, then prepared like such a file
+            buffer = io.BytesIO()
+            (value if value.mode in _PNG_MODES else value.convert("RGBA")).save(buffer, "PNG")
+            data, mime = buffer.getvalue(), "image/png"
+        return to_data_url(data, mime)
+    return None
+
+
+_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"})  # the modes Pillow writes as PNG
+
+
 def encode_converted(img: Image.Image, *, photo: bool) -> tuple[bytes, str]:
     """(bytes, mime) of an image whose pixels had to be converted (transparency flattened, CMYK, 16-bit, a
     palette, a rotation) but that keeps its size: the encoding the rules above choose (``encode_photo`` when

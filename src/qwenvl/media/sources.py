@@ -374,6 +374,62 @@ def decode_data_url(url: str, ref: str | None = None) -> bytes:
     return data
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_reference(text: str) -> bool:
+    """Whether ``text`` is a file that exists (a symlink counts even when broken or looping: ``classify`` says
+    which), a URL or a data: URL: never a prompt. Raises nothing."""
+    if _SCHEME.match(text) or text[:5].lower() == "data:":
+        return True
+    try:
+        return os.path.lexists(Path(text).expanduser())
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        return False
+
+
+def looks_like_file(text: str) -> bool:
+    """An image, video or PDF name (by its suffix), or a path with a separator and no spaces. Raises nothing."""
+    if "\n" in text:
+        return False
+    if Path(text).suffix.lower() in MEDIA_SUFFIXES:
+        return True
+    return any(sep in text for sep in {"/", os.sep}) and not any(c.isspace() for c in text)
+
+
+def looks_swapped(prompt: object, refs: list[object]) -> str | None:
+    """The media reference that looks like the prompt when the two were given the other way round
+    (``client.ask("photo.png", "What is this?")``): ``prompt`` names a file or URL (``is_reference``, or
+    ``looks_like_file`` without a space: "Describe image.png" is a sentence) while one of ``refs`` is neither (a
+    missing file named like a sentence). None when nothing looks swapped. Raises nothing."""
+    if not isinstance(prompt, str):
+        return None
+    if not is_reference(prompt) and not (looks_like_file(prompt) and not any(c.isspace() for c in prompt)):
+        return None
+    for ref in refs:
+        if isinstance(ref, str) and not is_reference(ref) and not looks_like_file(ref):
+            return ref
+    return None
+
+
+def swapped_error(prompt: str, ref: str, *, call: str = "ask") -> UsageError:
+    """The error of arguments given the other way round (``looks_swapped``), with the right order as the hint."""
+    return UsageError(
+        f"the arguments look swapped: the prompt {_short(prompt)!r} names a file, and the file {_short(ref)!r} "
+        "does not exist",
+        hint=f"Give the {'query' if call == 'ground' else 'prompt'} as text and the file by name, in this order: "
+        + (
+            f"tasks.ground(client, {_short(prompt)!r}, {_short(ref)!r})"
+            if call == "ground"
+            else f"client.ask({_short(ref)!r}, {_short(prompt)!r}) (or complete(prompt=..., image=...))."
+        ),
+    )
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def to_data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 

@@ -58,7 +58,7 @@ from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
-from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart
+from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart, seconds
 from qwenvl.wording import api_surface, fit_hint, fit_message
 
 try:
@@ -103,6 +103,13 @@ class ServeSettings:
     request_timeout_s: float = SERVE_REQUEST_TIMEOUT_S
     ready_timeout_s: float = SERVE_READY_TIMEOUT_S  # one /ready check's deadline
     ready_cache_s: float = SERVE_READY_CACHE_S  # how long a /ready answer is reused
+
+    def __post_init__(self) -> None:
+        """Every duration checked by the one rule (``types.seconds``): UsageError for NaN, infinity, 0 or more
+        than a day."""
+        for name in ("download_timeout_s", "request_timeout_s", "ready_timeout_s"):
+            setattr(self, name, seconds(getattr(self, name), name))
+        self.ready_cache_s = seconds(self.ready_cache_s, "ready_cache_s", zero=True)
 
 
 class _Refused(Exception):

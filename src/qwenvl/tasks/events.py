@@ -24,13 +24,13 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from qwenvl.errors import MediaError, StructuredOutputError, UsageError
-from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
 from qwenvl.structured import extract_json
 from qwenvl.tasks.draw import hms
-from qwenvl.tasks.grounding import model_for
-from qwenvl.types import Response
+from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
+from qwenvl.types import Response, media_refs
 
 EVENTS_MAX_TOKENS = 2048
 TIME_PATTERN = r"^\d{1,2}(:\d{1,2}){1,2}(\.\d+)?$"  # HH:mm:ss (also H:mm:ss, mm:ss, with fractions): normalised
@@ -147,7 +147,7 @@ def _still_refused() -> UsageError:
     )
 
 
-def plan_events(client: SupportsPlan, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Call:
+def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, **fields: Any) -> Call:
     """The request ``events`` sends (nothing is sent): the timeline prompt (or ``prompt``), ``video``, the
     timeline JSON Schema (``EVENTS_SCHEMA``), and ``max_tokens`` 2048 unless given (capped by the model's own
     limit). ``fields`` are any Request fields (fps, model, ...).
@@ -155,6 +155,7 @@ def plan_events(client: SupportsPlan, video: str | list[str], *, prompt: str | N
     Raises UsageError (invalid fields, or one still image: a single frame, or a still image given as
     ``video``; a frame list's frames are checked first), SchemaDefinitionError,
     MediaError (media that cannot be sent), as ``Client.plan``."""
+    video = task_media(video) if isinstance(video, list | tuple) else media_refs(video, images=False)
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
         raise _still_refused()
     model = model_for(client, fields)
@@ -349,7 +350,7 @@ def read_timeline(
     )
 
 
-def events(client: SupportsComplete, video: str | list[str], *, prompt: str | None = None, **fields: Any) -> Timeline:
+def events(client: SupportsComplete, video: Any, *, prompt: str | None = None, **fields: Any) -> Timeline:
     """The clip's events, checked against its duration and sorted. ``video``: a file, a URL or frame images.
 
     One request; times are checked as the module docstring says (each fix a warning in ``Timeline.warnings``).
@@ -357,9 +358,23 @@ def events(client: SupportsComplete, video: str | list[str], *, prompt: str | No
 
     Raises what ``plan_events`` and ``Client.send`` raise (UsageError, MediaError, APIError and its
     subclasses), and StructuredOutputError only when the answer holds no readable event even after the repair
-    request."""
+    request; TypeError for an AsyncClient (use ``aevents``). ``video``: a path (``str`` or ``os.PathLike``), a URL,
+    or a list of frames (paths, bytes or PIL images)."""
+    sync_client(client, "events")
     call = plan_events(client, video, prompt=prompt, **fields)
     return send_events(client, call)
+
+
+async def aevents(client: SupportsAsyncComplete, video: Any, *, prompt: str | None = None, **fields: Any) -> Timeline:
+    """``events`` with an AsyncClient, awaited (planned in a worker thread; the same reading). Raises what
+    ``events`` raises; TypeError for a synchronous Client (use ``events``)."""
+    async_client(client, "events")
+    call = await in_thread(plan_events, client, video, prompt=prompt, **fields)
+    try:
+        response = await client.send(call)
+    except StructuredOutputError as exc:
+        return _invalid_timeline(call, exc)
+    return read_timeline(call, response)
 
 
 NO_EVENTS_HINT = (
@@ -375,15 +390,20 @@ def send_events(client: SupportsComplete, call: Call) -> Timeline:
     try:
         response = client.send(call)
     except StructuredOutputError as exc:
-        timeline = read_timeline(call, None, text=exc.raw_text or "")
-        if not timeline.events:  # the schema is qwenvl's own: there is none to loosen
-            exc.hint = NO_EVENTS_HINT
-            raise
-        timeline.response = exc.response
-        timeline.warnings.insert(
-            0,
-            f"the answer is not valid for the timeline schema even after a retry ({exc}); "
-            f"kept the {len(timeline.events)} events that could be read",
-        )
-        return timeline
+        return _invalid_timeline(call, exc)
     return read_timeline(call, response)
+
+
+def _invalid_timeline(call: Call, exc: StructuredOutputError) -> Timeline:
+    """The events of an answer invalid for the schema, with a warning; ``exc`` raised again when it has none."""
+    timeline = read_timeline(call, None, text=exc.raw_text or "")
+    if not timeline.events:  # the schema is qwenvl's own: there is none to loosen
+        exc.hint = NO_EVENTS_HINT
+        raise exc
+    timeline.response = exc.response
+    timeline.warnings.insert(
+        0,
+        f"the answer is not valid for the timeline schema even after a retry ({exc}); "
+        f"kept the {len(timeline.events)} events that could be read",
+    )
+    return timeline

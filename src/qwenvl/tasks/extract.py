@@ -13,15 +13,15 @@ one JSON value. ``to_row`` flattens a value for CSV: top-level keys become colum
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from qwenvl.errors import AuthenticationError, PermissionDeniedError, QwenVLError, StructuredOutputError, UsageError
-from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.plan import Call
-from qwenvl.tasks.grounding import model_for
+from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
 from qwenvl.types import Response
 
 EXTRACT_PROMPT = "Extract the information in this document."
@@ -29,14 +29,14 @@ EXTRACT_MAX_TOKENS = 2048
 
 
 def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(schema, str | Path):
+    if isinstance(schema, str | os.PathLike):
         from qwenvl.structured import load_schema
 
-        schema = load_schema(schema)
+        schema = load_schema(os.fspath(schema))
     return {**fields, "schema": schema}
 
 
-def plan_extract(client: SupportsPlan, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Call:
+def plan_extract(client: SupportsPlan, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any) -> Call:
     """The request ``extract`` sends (nothing is sent): the extraction prompt (or ``prompt``), ``file`` (an image,
     or a PDF's pages with ``pages``), ``schema`` (a dict, a schema file path or a pydantic model class), and
     ``max_tokens`` 2048 unless given (capped by the model's own limit).
@@ -46,11 +46,11 @@ def plan_extract(client: SupportsPlan, file: str, schema: Any, *, prompt: str | 
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
     return client.plan(
-        prompt=EXTRACT_PROMPT if prompt is None else prompt, images=[file], **_schema_fields(schema, fields)
+        prompt=EXTRACT_PROMPT if prompt is None else prompt, images=[task_media(file)], **_schema_fields(schema, fields)
     )
 
 
-def extract(client: SupportsComplete, file: str, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
+def extract(client: SupportsComplete, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:
     """The file's data as JSON valid for ``schema`` (a dict, a schema file, or a pydantic model class).
 
     ``Response.json`` is the value; with a pydantic model, ``Response.parsed`` is the instance. One request, and
@@ -58,9 +58,21 @@ def extract(client: SupportsComplete, file: str, schema: Any, *, prompt: str | N
 
     Raises ``StructuredOutputError`` when the answer is not valid even after one repair (the answer is in
     ``.raw_text`` and ``.response``), SchemaDefinitionError for an invalid schema, and what ``Client.complete``
-    raises (UsageError, MediaError, APIError and its subclasses).
+    raises (UsageError, MediaError, APIError and its subclasses); TypeError for an AsyncClient (use ``aextract``).
+    ``file``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image; ``schema`` a dict, a schema file's
+    path (``str`` or ``os.PathLike``) or a pydantic model class.
     """
+    sync_client(client, "extract")
     return client.send(plan_extract(client, file, schema, prompt=prompt, **fields))
+
+
+async def aextract(
+    client: SupportsAsyncComplete, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any
+) -> Response:
+    """``extract`` with an AsyncClient, awaited (planned in a worker thread). Raises what ``extract`` raises;
+    TypeError for a synchronous Client (use ``extract``)."""
+    async_client(client, "extract")
+    return await client.send(await in_thread(plan_extract, client, file, schema, prompt=prompt, **fields))
 
 
 @dataclass
@@ -109,24 +121,51 @@ def extract_many(
 
     Raises UsageError (and SchemaDefinitionError), AuthenticationError (MissingAPIKeyError included) and
     PermissionDeniedError, which would fail every file; every other QwenVLError is kept in its Extraction."""
+    sync_client(client, "extract_many")
     fields = _schema_fields(schema, fields)
+    schema, rest = fields.pop("schema"), fields
     for file in files:
         try:
-            response = client.send(
-                plan_extract(
-                    client, file, fields["schema"], prompt=prompt, **{k: v for k, v in fields.items() if k != "schema"}
-                )
-            )
-        except FATAL:
-            raise
-        except StructuredOutputError as exc:
-            yield Extraction(
-                file=file, error=str(exc), raw_text=exc.raw_text, exit_code=exc.exit_code, response=exc.response
-            )
+            response = client.send(plan_extract(client, file, schema, prompt=prompt, **rest))
         except QwenVLError as exc:
-            yield Extraction(file=file, error=str(exc), exit_code=exc.exit_code)
+            yield _failed(file, exc)
         else:
-            yield Extraction(file=file, json=response.json, response=response)
+            yield Extraction(file=_name(file), json=response.json, response=response)
+
+
+async def aextract_many(
+    client: SupportsAsyncComplete, files: Iterable[Any], schema: Any, *, prompt: str | None = None, **fields: Any
+) -> AsyncIterator[Extraction]:
+    """``extract_many`` with an AsyncClient: an async iterator of Extractions, one file at a time. Raises what
+    ``extract_many`` raises; TypeError for a synchronous Client."""
+    async_client(client, "extract_many")
+    fields = _schema_fields(schema, fields)
+    schema, rest = fields.pop("schema"), fields
+    for file in files:
+        try:
+            response = await client.send(await in_thread(plan_extract, client, file, schema, prompt=prompt, **rest))
+        except QwenVLError as exc:
+            yield _failed(file, exc)
+        else:
+            yield Extraction(file=_name(file), json=response.json, response=response)
+
+
+def _name(file: Any) -> str:
+    """How an Extraction names its file: the path or URL as given (an ``os.PathLike`` as its path), ``<bytes>`` or
+    ``<image>`` for an object."""
+    ref = task_media(file) if isinstance(file, os.PathLike) else file
+    return ref if isinstance(ref, str) else "<bytes>" if isinstance(ref, bytes | bytearray) else "<image>"
+
+
+def _failed(file: Any, exc: QwenVLError) -> Extraction:
+    """The Extraction of a file that failed; raises again an error that would fail every file (``FATAL``)."""
+    if isinstance(exc, FATAL):
+        raise exc
+    if isinstance(exc, StructuredOutputError):
+        return Extraction(
+            file=_name(file), error=str(exc), raw_text=exc.raw_text, exit_code=exc.exit_code, response=exc.response
+        )
+    return Extraction(file=_name(file), error=str(exc), exit_code=exc.exit_code)
 
 
 # --- CSV --------------------------------------------------------------------------------------------------

@@ -21,19 +21,25 @@ convention that fits, and reported in ``warnings`` with the evidence.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.errors import UsageError
+from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
+from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.plan import Call, media_options
 from qwenvl.sizes import Size
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
-from qwenvl.types import Response
+from qwenvl.types import Response, media_refs, not_blank
 
 Convention = Literal["relative-1000", "absolute", "original-pixels"]
 GRID = 1000
@@ -497,6 +503,40 @@ def interpret(
 # --- the task ------------------------------------------------------------------------------------------------
 
 
+# --- the client a task is given: sync or async -------------------------------------------------------------------
+
+
+def sync_client(client: object, task: str) -> None:
+    """TypeError at once when a synchronous task (``tasks.ground``...) is given an asynchronous client (its
+    ``send`` a coroutine function, e.g. ``qwenvl.AsyncClient``), naming the awaitable variant to use: its
+    coroutine would otherwise never be awaited."""
+    if inspect.iscoroutinefunction(getattr(client, "send", None)):
+        raise TypeError(
+            f"tasks.{task}() takes a qwenvl.Client; with {type(client).__name__} use `await tasks.a{task}(...)`"
+        )
+
+
+def async_client(client: object, task: str) -> None:
+    """TypeError at once when an awaitable task (``tasks.aground``...) is given a synchronous client."""
+    if not inspect.iscoroutinefunction(getattr(client, "send", None)):
+        raise TypeError(f"tasks.a{task}() takes a qwenvl.AsyncClient; with {type(client).__name__} use tasks.{task}()")
+
+
+T = TypeVar("T")
+
+
+async def in_thread(plan: Callable[..., T], /, *args: Any, **kw: Any) -> T:
+    """``plan(*args, **kw)`` in a worker thread (``asyncio.to_thread``), as ``AsyncClient.complete`` plans: the
+    media are read, decoded and prepared there, so the event loop keeps running."""
+    return await asyncio.to_thread(plan, *args, **kw)
+
+
+def task_media(value: Any) -> Any:
+    """A task's file argument as the reference a request carries (``types.media_refs``: a path for an
+    ``os.PathLike``, a ``data:`` URL for bytes or a PIL image); strings as given."""
+    return media_refs(value)
+
+
 def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
     """The rules of the model ``fields`` name, else the client's (``client.resolve_model``).
     Raises what ``resolve_model`` raises (UsageError; APIError for a local server)."""
@@ -513,16 +553,26 @@ def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point",
     return PROMPTS[convention][kind].format(query=query.strip())
 
 
-def plan_ground(client: SupportsPlan, image: str, query: str, *, points: bool = False, **fields: Any) -> Call:
+def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = False, **fields: Any) -> Call:
     """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens
     (2048 unless given, capped by the model's own limit).
 
-    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
+    ``image``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image (``task_media``). Raises UsageError
+    (invalid fields, a blank ``query``), SchemaDefinitionError, MediaError (media that cannot be sent), as
     ``Client.plan``."""
+    text = os.fspath(query) if isinstance(query, os.PathLike) else query
+    swapped = looks_swapped(text, [image])
+    if swapped is not None:
+        raise swapped_error(str(text), swapped, call="ground")
+    if not isinstance(query, str):
+        raise UsageError(
+            f"the query is text, not {type(query).__name__}", hint='Give what to find as words, e.g. "every dog".'
+        )
+    not_blank(query, "query")
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
     prompt = grounding_prompt(model, query, "point" if points else "box")
-    return client.plan(prompt=prompt, images=[image], **fields)
+    return client.plan(prompt=prompt, images=[task_media(image)], **fields)
 
 
 def planned_picture(call: Call) -> str | None:
@@ -572,7 +622,7 @@ def read_grounding(
 
 def ground(
     client: SupportsComplete,
-    image: str,
+    image: Any,
     query: str,
     *,
     points: bool = False,
@@ -586,8 +636,33 @@ def ground(
     space, with a warning). The model family's convention (``ModelInfo.grounding``: a 0-1000 grid for
     Qwen3-VL, the seen image's pixels for Qwen2.5-VL; dashscope-api.md §4.4) is undone here.
 
-    Raises what ``plan_ground`` and ``Client.send`` raise: UsageError, MediaError, APIError and its subclasses.
-    An answer with no boxes is not an error (an empty Grounding with a warning).
+    Raises what ``plan_ground`` and ``Client.send`` raise: UsageError, MediaError, APIError and its subclasses;
+    TypeError for an AsyncClient (use ``aground``). An answer with no boxes is not an error (an empty Grounding
+    with a warning).
     """
+    sync_client(client, "ground")
+    image = task_media(image)
     call = plan_ground(client, image, query, points=points, **fields)
-    return read_grounding(call, client.send(call), image_size=image_size, image=image)
+    return read_grounding(call, client.send(call), image_size=image_size, image=_shown(image))
+
+
+async def aground(
+    client: SupportsAsyncComplete,
+    image: Any,
+    query: str,
+    *,
+    points: bool = False,
+    image_size: Size | None = None,
+    **fields: Any,
+) -> Grounding:
+    """``ground`` with an AsyncClient, awaited: the same request (planned in a worker thread) and the same
+    reading. Raises what ``ground`` raises; TypeError for a synchronous Client (use ``ground``)."""
+    async_client(client, "ground")
+    image = task_media(image)
+    call = await in_thread(plan_ground, client, image, query, points=points, **fields)
+    return read_grounding(call, await client.send(call), image_size=image_size, image=_shown(image))
+
+
+def _shown(ref: Any) -> str | None:
+    """The reference a result names: None for a ``data:`` URL (bytes or a PIL image given: no name)."""
+    return None if not isinstance(ref, str) or ref.startswith("data:") else ref

@@ -29,12 +29,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from qwenvl.errors import UsageError
-from qwenvl.interfaces import SupportsComplete, SupportsPlan
+from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.plan import Call
-from qwenvl.tasks.grounding import model_for, read_grounding
+from qwenvl.tasks.grounding import async_client, in_thread, model_for, read_grounding, sync_client, task_media
 from qwenvl.tasks.parsing import parse_answer
-from qwenvl.types import Response
+from qwenvl.types import Response, not_blank
 
 Format = Literal["text", "markdown", "json"]
 NO_TEXT = "no text found"
@@ -141,7 +141,8 @@ def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) 
     """The qwen-vl-ocr ``ocr_options`` parameter: ``options`` with ``task`` (one of ``OCR_TASKS``, or any other
     string, passed through) added; None when both are empty. Raises nothing."""
     merged = dict(options or {})
-    if task:
+    if task is not None:
+        not_blank(task, "task")
         merged["task"] = task
     return merged or None
 
@@ -277,19 +278,32 @@ def send_pages(
     try:
         for number, call in plans:
             reading = number if number is not None else 0
-            response = client.send(call)
-            page = read_page(call, response, format=format, page=number)
-            result.pages.append(page)
-            result.responses.append(response)
-            result.model = response.model or call.request.model
-            where = f"page {number}: " if number is not None else ""
-            result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
+            _add_page(result, call, client.send(call), format=format, number=number)
             reading = None
     except BaseException:  # the pages read are kept in ``result``; Ctrl-C included
-        if reading is None:  # planning the next page failed (it could not be rendered)
-            reading = (result.pages[-1].page or 0) + 1 if result.pages else 1
-        result.stopped_at = reading
+        _stopped(result, reading)
         raise
+    return _finished(result)
+
+
+def _add_page(result: OCRResult, call: Call, response: Response, *, format: Format, number: int | None) -> None:
+    """One page's answer read (``read_page``) into ``result``, its warnings named by page."""
+    page = read_page(call, response, format=format, page=number)
+    result.pages.append(page)
+    result.responses.append(response)
+    result.model = response.model or call.request.model
+    where = f"page {number}: " if number is not None else ""
+    result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
+
+
+def _stopped(result: OCRResult, reading: int | None) -> None:
+    """Where the reading stopped: the page under way, else (planning the next page failed) the next one."""
+    if reading is None:
+        reading = (result.pages[-1].page or 0) + 1 if result.pages else 1
+    result.stopped_at = reading
+
+
+def _finished(result: OCRResult) -> OCRResult:
     if result.empty:
         result.warnings.append(NO_TEXT)
     return result
@@ -297,7 +311,7 @@ def send_pages(
 
 def ocr(
     client: SupportsComplete,
-    source: str,
+    source: Any,
     *,
     format: Format = "text",
     task: str | None = None,
@@ -311,7 +325,39 @@ def ocr(
     ``pages``: PDF pages such as ``"1-3,5"`` (1-based; default every page); ``fields``: any Request fields.
 
     Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax), MediaError (a page out of
-    range, media that cannot be sent), and what ``Client.send`` raises (APIError and its subclasses). A page
-    without text is not an error (a warning)."""
+    range, media that cannot be sent), and what ``Client.send`` raises (APIError and its subclasses); TypeError
+    for an AsyncClient (use ``aocr``). A page without text is not an error (a warning). ``source``: a path (``str``
+    or ``os.PathLike``), URL, bytes or PIL image."""
+    sync_client(client, "ocr")
+    source = task_media(source)
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
     return send_pages(client, source, plans, format=format)
+
+
+async def aocr(
+    client: SupportsAsyncComplete,
+    source: Any,
+    *,
+    format: Format = "text",
+    task: str | None = None,
+    options: dict[str, Any] | None = None,
+    pages: str | None = None,
+    **fields: Any,
+) -> OCRResult:
+    """``ocr`` with an AsyncClient, awaited: each page planned (rendered, prepared) in a worker thread, then sent,
+    in turn; read as ``ocr`` reads. Raises what ``ocr`` raises; TypeError for a synchronous Client."""
+    async_client(client, "ocr")
+    source = task_media(source)
+    plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
+    result = OCRResult(source=source, format=format)
+    reading: int | None = None
+    try:
+        while (planned := await in_thread(next, plans, None)) is not None:
+            number, call = planned
+            reading = number if number is not None else 0
+            _add_page(result, call, await client.send(call), format=format, number=number)
+            reading = None
+    except BaseException:
+        _stopped(result, reading)
+        raise
+    return _finished(result)
