@@ -70,6 +70,7 @@ import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
 from qwenvl.batch.batchapi import BatchJobFailedError, batch_command, jobs_named
+from qwenvl.batch.heap import steady_mmap_threshold
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
     UPLOAD_PREFIX,
@@ -345,6 +346,7 @@ class Batch:
         only), checking each job every ``poll_interval_s`` seconds (default ``BATCH_POLL_INTERVAL_S``, 30);
         ``wait=False`` submits, looks at each job once and returns (the same call later collects). The Batch
         API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options."""
+        steady_mmap_threshold()  # a long batch's heap does not grow with its files (glibc: see batch.heap)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         if concurrency < 1:
