@@ -336,7 +336,11 @@ class Batch:
 
         ``items``: a list or any iterable, a generator included (``read_requests`` reads a file lazily); it is
         taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
-        memory does not grow with the number of items. ``key_first=True`` (the CLI, unless a dry run): raise
+        memory does not grow with the number of items. On Linux with glibc, the first Batch of a process also
+        fixes malloc's mmap and trim thresholds at glibc's defaults for the whole process (``qwenvl.batch.heap``:
+        otherwise items naming thousands of distinct files leave ~2 MB blocks in the threads' heaps; a
+        ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES`` the user set is kept).
+        ``key_first=True`` (the CLI, unless a dry run): raise
         MissingAPIKeyError before ``items`` is taken when DashScope's key is missing and certain to be needed
         (nothing finished in ``output``, nothing in the cache), so that a big batch without a key fails at once.
         Raises UsageError for invalid settings (service or backend options beside ``client``), for an item that
