@@ -494,3 +494,14 @@ def test_a_batch_keeps_large_blocks_out_of_the_heaps(tmp_path: Path):
 
     assert mapped("plain") < 2 << 20  # glibc alone: from the heap
     assert mapped("batch") >= 2 << 20  # with a batch: mapped, and unmapped when freed
+
+
+def test_malloc_thresholds_the_user_set_are_seen():
+    """``qwenvl.batch.heap`` leaves glibc's thresholds alone when the user chose them."""
+    from qwenvl.env import malloc_thresholds_set
+
+    assert not malloc_thresholds_set({})
+    assert not malloc_thresholds_set({"MALLOC_MMAP_THRESHOLD_": " ", "GLIBC_TUNABLES": "glibc.rtld.nns=2"})
+    assert malloc_thresholds_set({"MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert malloc_thresholds_set({"MALLOC_TRIM_THRESHOLD_": "0"})
+    assert malloc_thresholds_set({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=262144"})

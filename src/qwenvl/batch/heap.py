@@ -25,14 +25,14 @@ other C library (musl, macOS, Windows: nothing is done).
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 import threading
+
+from qwenvl import env
 
 M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (glibc's malloc.h)
 M_MMAP_THRESHOLD = -3
 DEFAULT_THRESHOLD = 128 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MIN and DEFAULT_TRIM_THRESHOLD
-_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 _lock = threading.Lock()
 _done = False
@@ -45,7 +45,7 @@ def steady_mmap_threshold() -> bool:
     with _lock:
         if _done:
             return True
-        if not sys.platform.startswith("linux") or _user_chose():
+        if not sys.platform.startswith("linux") or env.malloc_thresholds_set():
             return False
         try:
             libc = ctypes.CDLL(None)
@@ -60,12 +60,6 @@ def steady_mmap_threshold() -> bool:
             mallopt(M_TRIM_THRESHOLD, DEFAULT_THRESHOLD)
         )
         return _done
-
-
-def _user_chose() -> bool:
-    return any(os.environ.get(name) for name in _USER_SETTINGS) or "glibc.malloc." in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    )
 
 
 def _is_glibc(libc: ctypes.CDLL) -> bool:
