@@ -26,6 +26,7 @@ Run (from the repository root; not part of CI):
     .venv/bin/python bench/bench_batch.py --memory-only --case text:batch-api --case folder --case images:rerun
     .venv/bin/python bench/bench_batch.py --cases-only --case folder:cli@5000,50000    # print only
     .venv/bin/python bench/bench_batch.py --against /tmp/ref/src --repeat 5   # throughput vs another tree
+    .venv/bin/python bench/bench_batch.py --against /tmp/ref/src --items images --delay 0   # ... items with images
 """
 
 from __future__ import annotations
@@ -264,12 +265,12 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def child(url: str, n: int, concurrency: int) -> None:
-    """One memory measurement in a fresh process (prints one JSON line)."""
+def child(url: str, n: int, concurrency: int, items: str = "text") -> None:
+    """One measurement in a fresh process (prints one JSON line); ``items`` as ``write_inputs``."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["QWENVL_HOME"] = str(Path(tmp) / "home")
         os.environ["QWENVL_CACHE_DIR"] = str(Path(tmp) / "cache")
-        print(json.dumps(run_batch(url, n, concurrency, Path(tmp))))
+        print(json.dumps(run_batch(url, n, concurrency, Path(tmp), items=items)))
 
 
 def case_child(spec: dict) -> None:
@@ -367,11 +368,12 @@ def wait_for_quiet(idle_pct: float = 90.0, max_wait_s: float = 180.0) -> bool:
     return False
 
 
-def measure_in_child(url: str, n: int, concurrency: int, src: str | None = None) -> dict:
-    """One run in a fresh process; with ``src``, that folder's ``qwenvl`` is imported instead of ours."""
+def measure_in_child(url: str, n: int, concurrency: int, src: str | None = None, items: str = "text") -> dict:
+    """One run in a fresh process; with ``src``, that folder's ``qwenvl`` is imported instead of ours; ``items`` as
+    ``write_inputs`` (written in the child before anything is timed)."""
     env = {**os.environ, "PYTHONPATH": src} if src else None
     out = subprocess.run(
-        [sys.executable, __file__, "--child", url, str(n), str(concurrency)],
+        [sys.executable, __file__, "--child", url, str(n), str(concurrency), items],
         check=True,
         capture_output=True,
         text=True,
@@ -389,7 +391,8 @@ def compare(args: argparse.Namespace) -> None:
         for n in range(args.repeat):
             for which in ("ours", "ref") if n % 2 == 0 else ("ref", "ours"):
                 load = os.getloadavg()[0]
-                r = measure_in_child(srv.url, args.requests, args.concurrency, args.against if which == "ref" else None)
+                src = args.against if which == "ref" else None
+                r = measure_in_child(srv.url, args.requests, args.concurrency, src, args.items)
                 (ours if which == "ours" else ref).append({**r, "load": load})
                 print(f"  {which}: run {r['run_s']:.3f} s, estimate {r['estimate_s']:.3f} s (load {load:.1f})")
 
@@ -399,7 +402,8 @@ def compare(args: argparse.Namespace) -> None:
     ratios = [a["run_s"] / b["run_s"] for a, b in zip(ours, ref, strict=True)]
     loads = [r["load"] for r in ours + ref]
     print(
-        f"throughput, {args.requests} requests at concurrency {args.concurrency}, {args.repeat} interleaved rounds, "
+        f"throughput, {args.requests} {args.items} requests at concurrency {args.concurrency}, "
+        f"{args.repeat} interleaved rounds, "
         f"1-min load {min(loads):.1f}-{max(loads):.1f}: ours {median([r['run_s'] for r in ours]):.3f} s, "
         f"{args.against} {median([r['run_s'] for r in ref]):.3f} s; per-round ratio ours/ref median "
         f"{median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in sorted(ratios))})"
@@ -477,6 +481,12 @@ def main() -> None:
         metavar="SRC",
         help="compare throughput with another qwenvl source folder (e.g. `git archive REV src | tar -x -C DIR`, "
         "then DIR/src), interleaved; prints only",
+    )
+    ap.add_argument(
+        "--items",
+        choices=ITEMS,
+        default="text",
+        help="what each request of --against asks (see --case): text, or images each naming its own small PNG...",
     )
     args = ap.parse_args()
     if args.against:
@@ -560,10 +570,10 @@ How it is kept flat: `Batch` takes the items once into SQLite's temporary databa
 id, fingerprint, the pickled item, and what the estimate finds) and the estimate, the journal's
 registration and the workers read them back 256 at a time; the journal's pending items are streamed into
 the spool, not held in a set; the estimate folds results as they come (at most 4 x plan_threads media
-plans in flight); the usage log's writer queue is bounded (2,000 rows). What is left is anonymous memory
-(the heap; the last row), which varies by a few MB between runs of the same size, so it is not proportional
-to the items; it was not traced further (candidates: the glibc arenas of 64 worker threads, the queues'
-depth at the moment of the peak). No Python object is kept per item:
+plans in flight); the usage log's writer queue is bounded (2,000 rows); a small image is read with a buffer
+of its size, and on glibc a batch fixes malloc's mmap threshold (`qwenvl.batch.heap`), so the ~2 MB blocks
+that distinct file names make CPython rebuild (its interned strings) do not settle in the threads' heaps.
+What is left varies by a few MB between runs of the same size. No Python object is kept per item:
 `tests/test_batch_memory.py` checks with tracemalloc that the peak of Python allocations does not grow
 from 600 to 3,600 items.
 """,
@@ -620,6 +630,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 2 and sys.argv[1] == "--case-child":
         case_child(json.loads(sys.argv[2]))
     elif len(sys.argv) > 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])
     else:
         main()

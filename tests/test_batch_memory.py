@@ -393,3 +393,115 @@ def test_invalid_items_are_counted_not_kept(isolated_env, monkeypatch):
     assert len(held) == 3600
     lines = read_jsonl(isolated_env / "m3600a.jsonl")
     assert len(lines) == 3600 and lines[-1]["error"]["type"] == "MediaError" and "gone3599.png" in str(lines[-1])
+
+
+def test_a_small_image_is_read_with_a_buffer_of_its_size(tmp_path: Path):
+    """Each item naming its own small image used to allocate a 1 MB read buffer (``SMALL_IMAGE_BYTES + 1``) for a
+    2 kB file; once malloc's dynamic threshold had risen, those landed in the worker threads' heaps and their
+    pages stayed (bench/RESULTS.md, "Batch memory"). The read asks for the file's size now."""
+    from PIL import Image
+
+    from qwenvl.media.prepare import MediaOptions, read_image
+    from qwenvl.media.sources import classify
+
+    path = tmp_path / "small.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(path)
+    size = path.stat().st_size
+    options = MediaOptions(model=qwenvl.model_info("qwen3-vl-plus"))
+    read_image(classify(str(path)), options)  # Pillow's plug-ins loaded, once
+    tracemalloc.start()
+    try:
+        data, info = read_image(classify(str(path)), options)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data == path.read_bytes() and (info.width, info.height) == (64, 48)
+    assert peak < 64 * 1024, f"reading a {size} B image took {peak:,} B"  # was 1,048,610 B
+
+
+def test_a_small_image_that_grows_while_read_is_read_whole(tmp_path: Path, monkeypatch):
+    """The read is sized from the open file; a file longer than that by the time it is read is read again whole
+    (not cut at the size seen)."""
+    from PIL import Image
+
+    import qwenvl.media.prepare as prepare
+    from qwenvl.media.prepare import MediaOptions
+    from qwenvl.media.sources import classify
+
+    path = tmp_path / "grows.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(path)
+    whole = path.read_bytes() + b"\0" * 100  # trailing bytes after IEND: still the same PNG
+    real_fstat = os.fstat
+
+    def stale_fstat(fd: int) -> os.stat_result:  # the size seen before the last 100 bytes were written
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], st.st_size - 100, *st[7:]))
+
+    path.write_bytes(whole)
+    monkeypatch.setattr(prepare.os, "fstat", stale_fstat)
+    data, _ = prepare.read_image(classify(str(path)), MediaOptions(model=qwenvl.model_info("qwen3-vl-plus")))
+    assert data == whole
+
+
+_THRESHOLD_PROBE = """
+import ctypes, json, sys
+from pathlib import Path
+class M(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = M
+if sys.argv[1] == "batch":
+    from qwenvl.batch import Batch, BatchItem
+    Batch([BatchItem(id="a", request={"prompt": "hi"})], Path(sys.argv[2]) / "out.jsonl", api_key="sk-x").close()
+big = bytearray(3 << 20)  # freed: glibc's dynamic threshold rises above 3 MB (mallopt(3), M_MMAP_THRESHOLD)
+del big
+before = libc.mallinfo2().hblkhd
+block = bytearray(2 << 20)
+print(json.dumps({"mapped": libc.mallinfo2().hblkhd - before}))
+"""
+
+
+def _glibc_mallinfo2() -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        return sys.platform.startswith("linux") and hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallinfo2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _glibc_mallinfo2(), reason="glibc 2.33+ (mallinfo2) only")
+def test_a_batch_keeps_large_blocks_out_of_the_heaps(tmp_path: Path):
+    """A batch fixes glibc's mmap threshold (``qwenvl.batch.heap``): a 2 MB block (the size of the interned-strings
+    table that distinct file names make CPython rebuild every few thousand files) is still mapped on its own
+    after a larger one was freed, rather than taken from a heap where it would stay once freed. The same probe
+    without a batch shows glibc's dynamic threshold (the heap), so the check can fail."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env["QWENVL_HOME"], env["QWENVL_CACHE_DIR"] = str(tmp_path / "home"), str(tmp_path / "cache")
+
+    def mapped(kind: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _THRESHOLD_PROBE, kind, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
+        )
+        return int(json.loads(out.stdout.splitlines()[-1])["mapped"])
+
+    assert mapped("plain") < 2 << 20  # glibc alone: from the heap
+    assert mapped("batch") >= 2 << 20  # with a batch: mapped, and unmapped when freed
+
+
+def test_malloc_thresholds_the_user_set_are_seen():
+    """``qwenvl.batch.heap`` leaves glibc's thresholds alone when the user chose them."""
+    from qwenvl.env import malloc_thresholds_set
+
+    assert not malloc_thresholds_set({})
+    assert not malloc_thresholds_set({"MALLOC_MMAP_THRESHOLD_": " ", "GLIBC_TUNABLES": "glibc.rtld.nns=2"})
+    assert malloc_thresholds_set({"MALLOC_MMAP_THRESHOLD_": "65536"})
+    assert malloc_thresholds_set({"MALLOC_TRIM_THRESHOLD_": "0"})
+    assert malloc_thresholds_set({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=262144"})

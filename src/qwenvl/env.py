@@ -12,8 +12,9 @@ callers (``qwenvl.config``, ``qwenvl.client``, the CLI) apply that order.
 
 Besides its own variables, qwenvl reads ``HOME`` (where ``~/.alibabacloud`` and ``~/.dashscope`` are looked
 for), ``XDG_DATA_HOME`` (only to notice that the default data folder moved; platformdirs reads it and
-``XDG_CACHE_HOME`` for the default folders) and ``HF_HUB_OFFLINE`` (huggingface_hub's switch, read to explain a
-failed download).
+``XDG_CACHE_HOME`` for the default folders), ``HF_HUB_OFFLINE`` (huggingface_hub's switch, read to explain a
+failed download) and glibc's malloc settings ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and
+``GLIBC_TUNABLES`` (only to leave them alone: ``qwenvl.batch.heap``).
 """
 
 from __future__ import annotations
@@ -313,6 +314,17 @@ def hf_hub_offline(env: Env | None = None) -> bool:
     huggingface_hub/constants.py ``_is_true``). Never raises: the variable is not ours."""
     raw = _raw("HF_HUB_OFFLINE", env)
     return raw is not None and raw.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def malloc_thresholds_set(env: Env | None = None) -> bool:
+    """Whether the user set glibc malloc's mmap or trim threshold: ``$MALLOC_MMAP_THRESHOLD_``,
+    ``$MALLOC_TRIM_THRESHOLD_``, or a ``glibc.malloc.`` tunable in ``$GLIBC_TUNABLES`` (mallopt(3), tunables(7)).
+    Never raises: the variables are glibc's."""
+    return (
+        _raw("MALLOC_MMAP_THRESHOLD_", env) is not None
+        or _raw("MALLOC_TRIM_THRESHOLD_", env) is not None
+        or "glibc.malloc." in (_raw("GLIBC_TUNABLES", env) or "")
+    )
 
 
 # --- the server ------------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ import qwenvl.backends.dashscope  # noqa: F401 - loaded with the runner, not by 
 from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
 from qwenvl.batch.batchapi import BatchJobFailedError, batch_command, jobs_named
+from qwenvl.batch.heap import steady_mmap_threshold
 from qwenvl.batch.inputs import BatchItem
 from qwenvl.batch.journal import (
     UPLOAD_PREFIX,
@@ -335,7 +336,11 @@ class Batch:
 
         ``items``: a list or any iterable, a generator included (``read_requests`` reads a file lazily); it is
         taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
-        memory does not grow with the number of items. ``key_first=True`` (the CLI, unless a dry run): raise
+        memory does not grow with the number of items. On Linux with glibc, the first Batch of a process also
+        fixes malloc's mmap and trim thresholds at glibc's defaults for the whole process (``qwenvl.batch.heap``:
+        otherwise items naming thousands of distinct files leave ~2 MB blocks in the threads' heaps; a
+        ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES`` the user set is kept).
+        ``key_first=True`` (the CLI, unless a dry run): raise
         MissingAPIKeyError before ``items`` is taken when DashScope's key is missing and certain to be needed
         (nothing finished in ``output``, nothing in the cache), so that a big batch without a key fails at once.
         Raises UsageError for invalid settings (service or backend options beside ``client``), for an item that
@@ -345,6 +350,7 @@ class Batch:
         only), checking each job every ``poll_interval_s`` seconds (default ``BATCH_POLL_INTERVAL_S``, 30);
         ``wait=False`` submits, looks at each job once and returns (the same call later collects). The Batch
         API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options."""
+        steady_mmap_threshold()  # a long batch's heap does not grow with its files (glibc: see batch.heap)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
         if concurrency < 1:
