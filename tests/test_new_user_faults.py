@@ -64,6 +64,14 @@ def clips(isolated_env: Path) -> Path:
         (["ground", "g/*.mp4", "cat"], "'g/*.mp4' matches 3 files (g/a.mp4, g/b.mp4 and 1 more), and ground takes one"),
         (["ocr", "g/*.png"], "'g/*.png' matches 2 files (g/x.png, g/y.png), and ocr takes one"),
         (["ground", "g/x.png", "g/y.png"], "2 files given (g/x.png, g/y.png) and no query"),
+        # as separate arguments to a verb of fixed arguments (click said "unexpected extra arguments", and ground
+        # had taken the second file for the query)
+        (
+            ["ocr", "g/x.png", "g/y.png", "g/a.mp4"],
+            "3 files given (g/x.png, g/y.png and 1 more), and `qwenvl ocr` takes one",
+        ),
+        (["ground", "g/x.png", "g/y.png", "cat"], "2 files given (g/x.png, g/y.png), and `qwenvl ground` takes one"),
+        (["ground", "g/x.png", "black", "cat"], "2 words given where `qwenvl ground` takes one query"),
     ],
 )
 def test_several_files_where_one_is_taken_are_counted_and_named(clips, server, args, words):

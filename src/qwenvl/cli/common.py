@@ -312,7 +312,35 @@ class Verb(click.Command):
                     twice.hint = f"Give {label} once (no value is picked silently)."
                     raise twice
                 seen.add(param.name)
-        return super().parse_args(ctx, args)
+        given = list(args)  # click's parser consumes the list it is given
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if "unexpected extra argument" in exc.message:
+                self._refuse_extra_files(ctx, given)
+            raise
+
+    def _refuse_extra_files(self, ctx: click.Context, args: list[str]) -> None:
+        """More files than a verb of fixed arguments takes (``qwenvl ocr a.png b.jpg c.png``, ``qwenvl ground a.png
+        b.jpg "red"``): said as the glob case says it (how many, the first names), not as click's "unexpected extra
+        arguments", which also took a file for the query. Returns when the extra words are not files."""
+        values, extra, _ = self.make_parser(ctx).parse_args(args=list(args))
+        arguments = [p for p in self.params if isinstance(p, click.Argument) and p.name is not None]
+        given = [str(values[p.name]) for p in arguments if isinstance(values.get(p.name), str)] + extra
+        files = [word for word in given if is_reference(word) or looks_like_file(word)]
+        takes = sum(1 for p in arguments if p.type is FILE_NAME and p.nargs == 1)
+        if takes and len(files) > takes:
+            name = ctx.info_name or self.name
+            error = HintedUsageError(
+                f"{len(files)} files given ({first_names(files)}), and `qwenvl {name}` takes one", ctx
+            )
+            error.hint = f"Run it once per file (e.g. a shell loop), or see `qwenvl {name} --help`."
+            raise error
+        words = [word for word in given if word not in files]
+        if takes and len(words) > 1 and any(p.type is not FILE_NAME for p in arguments):  # a query, unquoted
+            error = HintedUsageError(f"{len(words)} words given where `qwenvl {ctx.info_name}` takes one query", ctx)
+            error.hint = f'Quote it as one argument: "{" ".join(words)}".'
+            raise error
 
 
 def option_group(*decorators: Callable) -> Callable:
