@@ -424,3 +424,22 @@ def test_a_session_saved_over_the_bound_is_warned_of(isolated_env, monkeypatch, 
         session.save()
     assert session.path.stat().st_size > 500  # kept whole: nothing is lost
     assert "session 'long' is now" in caplog.text and "start a new session" in caplog.text
+
+
+def test_annotate_takes_an_images_bytes_and_names_what_is_no_image(tmp_path: Path) -> None:
+    """``annotate`` takes what the requests take (a path object, an image file's bytes); what is no image is a
+    MediaError naming it in a line, never the raw bytes or Pillow's own error."""
+    from qwenvl.errors import MediaError
+    from qwenvl.tasks import annotate
+    from qwenvl.tasks.grounding import Box, Grounding
+
+    path = tmp_path / "a.png"
+    write_image(path)
+    found = Grounding(boxes=[Box(label="x", x1=2, y1=2, x2=20, y2=20)])
+    assert annotate(path.read_bytes(), found).size == annotate(path, found).size
+    for bad in (b"not an image at all" * 100, path.with_suffix(".txt")):
+        if isinstance(bad, Path):
+            bad.write_text("words")
+        with pytest.raises(MediaError) as info:
+            annotate(bad, found)
+        assert "not an image" in str(info.value) and "\\x" not in str(info.value) and "words" not in str(info.value)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from qwenvl.errors import UsageError, safe_line
+from qwenvl.errors import MediaError, UsageError, safe_line
 from qwenvl.sizes import Size
 
 if TYPE_CHECKING:
@@ -98,18 +99,29 @@ def colours_for(labels: Sequence[str]) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def load_image(image: str | Path | Image.Image) -> Image.Image:
-    """An RGB copy of a local image, a data: URL or a PIL image, upright (EXIF orientation applied).
-    Raises MediaError (unreadable), PIL.UnidentifiedImageError (not an image)."""
+def load_image(image: str | os.PathLike[str] | bytes | Image.Image) -> Image.Image:
+    """An RGB copy of a local image, a data: URL, the bytes of an image file or a PIL image, upright (EXIF
+    orientation applied). Raises MediaError when it cannot be read or is no image."""
     if isinstance(image, Image.Image):
         img = image
     else:
         from qwenvl.media.sources import classify, read_bytes
         from qwenvl.models import MAX_IMAGE_FILE_BYTES
 
-        data = read_bytes(classify(str(image)), limit=MAX_IMAGE_FILE_BYTES, what="an image file")
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        if isinstance(image, bytes | bytearray | memoryview):
+            data, label = bytes(image), f"the image bytes ({len(image):,} bytes)"
+        else:
+            source = classify(os.fspath(image))
+            data, label = read_bytes(source, limit=MAX_IMAGE_FILE_BYTES, what="an image file"), source.label
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise MediaError(
+                f"{label} is not an image that can be drawn on ({exc.__class__.__name__})",
+                source=label,
+                hint="Give the image file the boxes were asked about.",
+            ) from None
     img = ImageOps.exif_transpose(img) or img
     return img.convert("RGB")
 
@@ -148,13 +160,15 @@ def _tag(
     draw.text((x + pad - left, y + pad - top), text, fill=contrast_text(colour), font=fnt)
 
 
-def annotate(image: str | Path | Image.Image, grounding: Grounding, out: str | Path | None = None) -> Image.Image:
+def annotate(
+    image: str | os.PathLike[str] | bytes | Image.Image, grounding: Grounding, out: str | Path | None = None
+) -> Image.Image:
     """Draw ``grounding``'s boxes and points on ``image`` (the original); save to ``out`` when given.
 
-    ``image``: a local path, a ``data:`` URL or a PIL image (EXIF orientation applied, as the boxes are);
-    ``out``: the format follows its suffix (PNG when unknown). Returns the drawn RGB image.
-    Raises MediaError for an image that cannot be read, PIL.UnidentifiedImageError for a file that is not an
-    image, OSError when ``out`` cannot be written."""
+    ``image``: a local path, a ``data:`` URL, an image file's bytes or a PIL image (EXIF orientation applied, as
+    the boxes are); ``out``: the format follows its suffix (PNG when unknown). Returns the drawn RGB image.
+    Raises MediaError for an image that cannot be read or is not an image, OSError when ``out`` cannot be
+    written."""
     img = load_image(image)
     w, h = img.size
     draw = ImageDraw.Draw(img)
