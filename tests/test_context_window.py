@@ -15,7 +15,7 @@ from conftest import API_KEY, make_client, run_cli
 from dashscope_server import Reply
 from qwenvl.errors import UsageError
 from qwenvl.models import model_info
-from qwenvl.plan import MAX_ASCII_CHARS_PER_TOKEN, answer_room, text_tokens
+from qwenvl.plan import MAX_ASCII_CHARS_PER_TOKEN, answer_room, check_context, text_tokens
 from qwenvl.types import Message, Request
 
 TOO_LONG = "word " * 2_000_000  # 10 MB: at least 1.25M tokens, over any window
@@ -134,3 +134,15 @@ def test_a_max_tokens_too_large_for_the_text_says_to_lower_it(server, env):
     assert "Lower --max-tokens (32,768) to at most about" in hint and "Cut the text" not in hint, hint
     p = run_cli("ask", "-p", "-", "--max-tokens", "32768", "--dry-run", env=env, input=text)
     assert p.returncode == 2 and "Lower --max-tokens (32,768)" in p.stderr, p.stderr
+
+
+def test_a_local_model_keeps_max_tokens_alone_for_the_answer():
+    """No service keeps a reserve for a local model: its room is max_tokens, and the refusal says so."""
+    import dataclasses
+
+    local = dataclasses.replace(model_info("qwen3-vl-plus"), local_family=True, known=False)
+    assert answer_room(Request(prompt="x", max_tokens=100), local) == 100
+    text = "x" * int(local.context_tokens * MAX_ASCII_CHARS_PER_TOKEN * 1.5)
+    with pytest.raises(UsageError) as info:
+        check_context([], local, Request(prompt=text, max_tokens=100), [Message(role="user", content=text)])
+    assert "(max_tokens); nothing was sent" in str(info.value) and "service" not in str(info.value)

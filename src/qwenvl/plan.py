@@ -258,7 +258,10 @@ def answer_room(request: Request, model: ModelInfo) -> int:
 
 def answer_reserve(request: Request, model: ModelInfo) -> int:
     """The service's reserve for the answer, whatever ``max_tokens`` is: ``CONTEXT_RESERVE_THINKING_TOKENS`` when
-    the model thinks, else ``CONTEXT_RESERVE_TOKENS``. Raises nothing."""
+    the model thinks, else ``CONTEXT_RESERVE_TOKENS``; 0 for a local model (``ModelInfo.local_family``: no service
+    keeps room, ``max_tokens`` alone does). Raises nothing."""
+    if model.local_family:
+        return 0
     thinking = request.enable_thinking or (request.enable_thinking is None and model.thinking_default)
     return CONTEXT_RESERVE_THINKING_TOKENS if thinking else CONTEXT_RESERVE_TOKENS
 
@@ -313,7 +316,7 @@ def check_context(
             hint = (
                 f"Lower --max-tokens ({request.max_tokens:,}) to at most about {lower:,}"
                 + (", or cut the text" if window - total - likely < reserve else "")
-                + "; token counts of text are approximate (no tokenizer)."
+                + "; token counts of text are approximate (counted without a tokenizer)."
             )
         elif len(messages) > 1 and earlier > keep:  # no cut of the new message can make it fit: the history is long
             hint = (
@@ -325,12 +328,13 @@ def check_context(
                 f"Cut the text to under about {keep:,} characters"
                 + (" (or start a new conversation: /reset in the chat)" if len(messages) > 1 else "")
                 + (", or send fewer media" if total else "")
-                + "; token counts of text are approximate (no tokenizer)."
+                + "; token counts of text are approximate (counted without a tokenizer)."
             )
+        kept_by = "max_tokens" if model.local_family else "max_tokens or the service's reserve"
         raise UsageError(
             f"too long for {model.name}'s context of {window:,} tokens: the text{turns} is {chars:,} characters, "
-            f"at least {fewest:,} tokens (likely about {likely:,}){media}, and {room:,} are kept for the answer "
-            "(max_tokens or the service's reserve); nothing was sent",
+            f"at least {fewest:,} token{'s' if fewest != 1 else ''} (likely about {likely:,}){media}, and {room:,} "
+            f"are kept for the answer ({kept_by}); nothing was sent",
             hint=hint,
         )
     if total + likely + room > CONTEXT_WARN_SHARE * window:
