@@ -163,3 +163,38 @@ def test_hints_in_each_protocol_s_words(hint, compat, native):
         assert not CLI_WORDS.search(fitted), fitted
         if want is not None:
             assert fitted == want, (protocol, fitted)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "named"),
+    [
+        ("compat", ["top_k: ", "temperature: ", "detail is not a parameter of this API"]),
+        (
+            "native",
+            ["parameters.top_k: ", "parameters.temperature: ", "parameters.detail is not a parameter of this API"],
+        ),
+    ],
+)
+def test_a_bad_parameter_is_named_as_the_wire_names_it(protocol, named):
+    """A value the request model refuses is named where it sits in the caller's body (``parameters.top_k`` in a
+    native one), and a key of qwenvl's own Request (``detail``) is not a parameter of the API: no internal
+    ``extra`` or library words."""
+    from qwenvl.errors import UsageError
+    from qwenvl.protocols.inbound import parse_compat_body, parse_native_body
+
+    def body(params):
+        messages = [{"role": "user", "content": "hi"}]
+        if protocol == "compat":
+            return parse_compat_body({"model": "m", "messages": messages, **params})
+        return parse_native_body({"model": "m", "input": {"messages": messages}, "parameters": params})
+
+    for params, words in (({"top_k": -5}, named[0]), ({"temperature": 5}, named[1]), ({"detail": "x"}, named[2])):
+        with pytest.raises(UsageError) as info:
+            body(params)
+        message = str(info.value)
+        assert words in message and "extra" not in message and "--param" not in message, message
+    with pytest.raises(UsageError, match=r"messages\[0\]"):
+        if protocol == "compat":
+            parse_compat_body({"model": "m", "messages": [{"role": "robot", "content": "hi"}]})
+        else:
+            parse_native_body({"model": "m", "input": {"messages": [{"role": "robot", "content": "hi"}]}})

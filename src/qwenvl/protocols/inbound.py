@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from qwenvl.errors import APIStatusError, QwenVLError, UsageError
 from qwenvl.protocols.sse import encode
-from qwenvl.types import GENERATION_FIELDS, Message, Request, Response, StreamEvent, Usage
+from qwenvl.types import GENERATION_FIELDS, Message, Request, Response, StreamEvent, Usage, reserved_extra
 
 # Request fields a wire body may set directly (same name on the wire and in Request).
 _DIRECT = (*GENERATION_FIELDS, "vl_high_resolution_images")
@@ -85,7 +85,11 @@ def check_text(body: Any, path: str = "") -> None:
             check_text(value, f"{path}[{i}]")
 
 
-def _request(model: Any, messages: Any, params: dict[str, Any]) -> tuple[Request, set[str]]:
+def _request(
+    model: Any, messages: Any, params: dict[str, Any], *, params_at: str = "", messages_at: str = ""
+) -> tuple[Request, set[str]]:
+    """The Request of a wire body, with each error naming the wire's field: ``params_at`` and ``messages_at`` are
+    where the parameters and messages sit in the body (native: ``parameters.``, ``input.``)."""
     if not isinstance(model, str) or not model.strip():
         raise _invalid("model is required")
     if not isinstance(messages, list) or not messages:
@@ -98,16 +102,32 @@ def _request(model: Any, messages: Any, params: dict[str, Any]) -> tuple[Request
         if key in _DIRECT:
             if value is not None:
                 fields[key] = value
+        elif reserved_extra(key, Request.model_fields) is not None:  # one of qwenvl's own fields (detail, fps...)
+            raise _invalid(f"{params_at}{key} is not a parameter of this API")
         else:
             extra[key] = value  # response_format, repetition_penalty, ... passed through unchanged
     try:
-        parsed = [Message.model_validate(_message_in(m)) for m in messages]
+        parsed = []
+        for i, m in enumerate(messages):
+            try:
+                parsed.append(Message.model_validate(_message_in(m)))
+            except ValidationError as exc:
+                raise _invalid(_wire_errors(exc, f"{messages_at}messages[{i}].")) from None
         request = Request(model=model, messages=parsed, extra=extra, **fields)
     except ValidationError as exc:
-        from qwenvl.client import describe_validation_error
-
-        raise _invalid(describe_validation_error(exc).removeprefix("invalid request: ")) from None
+        raise _invalid(_wire_errors(exc, params_at)) from None
     return request, set(fields) | set(extra)
+
+
+def _wire_errors(exc: ValidationError, at: str) -> str:
+    """pydantic's errors as one line naming the wire's fields (``parameters.top_k: ...``; the first 6)."""
+    lines = []
+    for err in exc.errors()[:6]:
+        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "union"))]
+        name = at + ".".join(loc) if loc else at.rstrip(".")
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {msg}" if name else msg)
+    return "; ".join(lines)
 
 
 def _message_in(m: Any) -> Any:
@@ -171,7 +191,9 @@ def parse_native_body(body: Any, *, sse: bool = False) -> Inbound:
     if not isinstance(parameters, dict):
         raise _invalid("parameters must be an object")
     params = {k: v for k, v in parameters.items() if k not in _NATIVE_CONTROL}
-    request, given = _request(body.get("model"), inp.get("messages"), params)
+    request, given = _request(
+        body.get("model"), inp.get("messages"), params, params_at="parameters.", messages_at="input."
+    )
     stream = sse or bool(parameters.get("stream"))
     return Inbound(
         request=request, stream=stream, given=given, incremental_output=bool(parameters.get("incremental_output"))
