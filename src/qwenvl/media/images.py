@@ -41,8 +41,7 @@ Decisions:
   or a ``reducing_gap`` is 3-5x faster on large reductions but gives pixels 49-55 dB from the exact resize:
   quality 90 then scored 0.01-0.09 dB under the reference, and on smooth photographs no encoding within its
   bytes won that back (tests/test_media_images.py has the cases). A large output is resized on every core,
-  Pillow's two passes split apart (``resize``), which gives the same pixels bit for bit. A large RGB or grey JPEG
-  is decoded by simplejpeg, the same libjpeg-turbo and settings as Pillow's (the same pixels) in less CPU.
+  Pillow's two passes split apart (``resize``), which gives the same pixels bit for bit.
 - **Encoding on every core.** JPEGs are encoded through an in-memory file, where Pillow releases the GIL
   (``_saved``), so a large image's candidate encodings run at once (``_jpeg_job``) and a batch's workers encode
   side by side. Which candidate is sent never depends on that.
@@ -112,7 +111,6 @@ GRAPHIC_SAMPLE_SIDE = 128  # the colour census looks at a sample this large
 GRAPHIC_TOP_COLOURS = 16
 GRAPHIC_COVERAGE = 0.6  # share of the sample the top colours must cover for an image to count as a graphic
 PARALLEL_RESIZE_PIXELS = 1_000_000  # larger outputs are resized on every core (``resize``: rows, then columns)
-FAST_JPEG_PIXELS = 2_000_000  # larger RGB/grey JPEGs are decoded by simplejpeg (``_decode_jpeg``)
 
 # An in-budget image at most this many bytes per pixel passes through: a quality-90 JPEG of a photograph is
 # about 0.2-0.6 B/px and a PNG screenshot usually less, while a PNG photograph (2-3 B/px) or a quality-100
@@ -869,37 +867,19 @@ def _corrupt(label: str, info: ImageInfo, exc: BaseException) -> MediaError:
 
 
 def _decode_stored(data: bytes, info: ImageInfo, label: str) -> Image.Image:
-    """The pixels as stored (no orientation applied), decoded at full scale: by Pillow, or a large RGB or grey
-    JPEG by simplejpeg (``_decode_jpeg``)."""
-    if info.format in _JPEG_FORMATS and info.mode in ("RGB", "L") and info.width * info.height >= FAST_JPEG_PIXELS:
-        img = _decode_jpeg(data, info.mode)
-        if img is not None:
-            return img
+    """The pixels as stored (no orientation applied), decoded at full scale by Pillow.
+
+    Not simplejpeg, though it decodes a 12 MP JPEG in 12-27% less CPU with the same pixels: its array is one
+    allocation of the whole image, which glibc maps and unmaps each time (36 MB for 12 MP, over malloc's largest
+    mmap threshold) where Pillow's blocks are reused, and the page faults took the gain back (measured against the
+    code before, interleaved: 6 ms slower on the 12 MP photo of bench/bench_image_prepare.py, 2-7 ms faster with
+    malloc's defaults)."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise _corrupt(label, info, exc) from None
     return img
-
-
-def _decode_jpeg(data: bytes, mode: str) -> Image.Image | None:
-    """An RGB or grey (``mode``) JPEG decoded by simplejpeg into an image sharing its array, or None when
-    simplejpeg refuses it (then Pillow decodes it and names what is wrong).
-
-    Why not Pillow: both are libjpeg-turbo with the same defaults (accurate integer IDCT, fancy upsampling), so the
-    pixels are the same bit for bit (tests/test_media_images.py), but Pillow decodes in 64 kB steps and copies
-    each row into its own blocks; simplejpeg decodes in one call without the GIL, 12-27% less CPU on the 12 MP
-    photographs of bench/bench_image_prepare.py (45 against 62 ms, 65 against 83 ms, 55 against 66 ms).
-    ``strict`` makes a warning (a truncated scan, a bad marker) a refusal, as Pillow refuses a truncated file."""
-    import simplejpeg  # loads numpy: only when a large JPEG is decoded (not by `import qwenvl` or the CLI's start)
-
-    try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY" if mode == "L" else "RGB", strict=True)
-    except ValueError:
-        return None
-    height, width = pixels.shape[:2]
-    return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
 
 
 def _to_8bit(img: Image.Image, notes: list[str]) -> tuple[Image.Image, bool]:
