@@ -327,6 +327,12 @@ def malloc_thresholds_set(env: Env | None = None) -> bool:
     )
 
 
+def pillow_blocks_set(env: Env | None = None) -> bool:
+    """Whether the user set Pillow's block cache (``$PILLOW_BLOCKS_MAX``, Pillow's "Block allocator" settings).
+    Never raises: the variable is Pillow's."""
+    return _raw("PILLOW_BLOCKS_MAX", env) is not None
+
+
 # --- the server ------------------------------------------------------------------------------------------------
 
 
