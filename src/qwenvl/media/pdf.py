@@ -34,6 +34,7 @@ import math
 import mmap
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,14 +182,21 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
     return doc
 
 
-def page_count(src: bytes | str | Path, label: str | None = None) -> int:
+@contextlib.contextmanager
+def _document(src: bytes | str | Path, label: str | None) -> Iterator[tuple[pdfium.PdfDocument, str]]:
+    """``(document, label)`` of ``open_pdf``, closed (holding ``_PDFIUM``) when the block ends."""
     name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
     doc = open_pdf(src, name)
-    with _PDFIUM:
-        try:
-            return len(doc)
-        finally:
+    try:
+        yield doc, name
+    finally:
+        with _PDFIUM:
             doc.close()
+
+
+def page_count(src: bytes | str | Path, label: str | None = None) -> int:
+    with _document(src, label) as (doc, _), _PDFIUM:
+        return len(doc)
 
 
 def page_size(
@@ -239,9 +247,7 @@ def render_pdf(
     label: str | None = None,
 ) -> list[RenderedPage]:
     """Render the selected pages of a PDF, each to the size the model sees under the pixel budget."""
-    name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
-    doc = open_pdf(src, name)
-    try:
+    with _document(src, label) as (doc, name):
         with _PDFIUM:
             sizes = _page_sizes(
                 doc,
@@ -254,9 +260,6 @@ def render_pdf(
             )
             doc.init_forms()
         return [_render_page(doc, n, h, w, name) for n, (h, w) in sizes.items()]
-    finally:
-        with _PDFIUM:
-            doc.close()
 
 
 def page_sizes(
@@ -271,21 +274,16 @@ def page_sizes(
 ) -> dict[int, HeightWidth]:
     """{page number: (height, width)} each selected page would be rendered and sent at by ``render_pdf``,
     from the page sizes alone (nothing is rendered); the same checks and errors as ``render_pdf``."""
-    name = label or (f"PDF ({len(src)} bytes)" if isinstance(src, bytes) else str(src))
-    doc = open_pdf(src, name)
-    with _PDFIUM:
-        try:
-            return _page_sizes(
-                doc,
-                factor=factor,
-                min_pixels=min_pixels,
-                max_pixels=max_pixels,
-                pages=pages,
-                context_tokens=context_tokens,
-                label=name,
-            )
-        finally:
-            doc.close()
+    with _document(src, label) as (doc, name), _PDFIUM:
+        return _page_sizes(
+            doc,
+            factor=factor,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            pages=pages,
+            context_tokens=context_tokens,
+            label=name,
+        )
 
 
 def _page_sizes(
