@@ -443,3 +443,12 @@ def test_annotate_takes_an_images_bytes_and_names_what_is_no_image(tmp_path: Pat
         with pytest.raises(MediaError) as info:
             annotate(bad, found)
         assert "not an image" in str(info.value) and "\\x" not in str(info.value) and "words" not in str(info.value)
+
+
+def test_a_blank_request_field_is_named_once(isolated_env: Path) -> None:
+    """A field's own message that names it is not prefixed with its name again ("prompt: prompt is empty")."""
+    write_image(isolated_env / "a.png")
+    p = run_cli(
+        "analyze", "--request", '{"prompt": "  ", "image": "a.png"}', "--dry-run", env={"DASHSCOPE_API_KEY": API_KEY}
+    )
+    assert p.returncode == 2 and "invalid request: prompt is empty" in p.stderr and "prompt: prompt" not in p.stderr

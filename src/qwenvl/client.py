@@ -136,7 +136,8 @@ def describe_validation_error(exc: ValidationError, what: str = "invalid request
     for err in exc.errors()[:6]:
         where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {msg}" if where else msg)
+        named = where and msg.startswith(f"{where.rsplit('.', 1)[-1]} ")  # "prompt is empty" names its field
+        lines.append(f"{where}: {msg}" if where and not named else msg)
     return f"{what}: " + "; ".join(lines)
 
 
