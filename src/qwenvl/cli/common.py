@@ -277,6 +277,9 @@ def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
     for param in ctx.command.params:
         if isinstance(param, click.Argument) and param.name is not None:  # a blank argument: one rule, every verb
             if any(isinstance(v, str) and not v.strip() for v in _strings(opts.get(param.name))):
+                takes_files = any(isinstance(p, click.Argument) and p.type is FILE_NAME for p in ctx.command.params)
+                if takes_files and param.type is not FILE_NAME and param.nargs == 1:  # a text beside a file: a query
+                    raise UsageError(f"the {param.name} is empty", hint=f"Give the {param.name} as words, in quotes.")
                 raise empty_argument()
             continue
         if not isinstance(param, click.Option) or param.name is None or param.is_flag or param.name == "extra":
