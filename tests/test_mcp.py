@@ -354,6 +354,10 @@ def test_errors_come_back_as_tool_errors_with_a_hint(server, env, isolated_env):
             r = await c.call_tool("events", {})
             assert r.is_error and text_of(r).splitlines()[0] == "error: give either video or frames"
             assert "hint: Give the video alone, or the frames alone" in text_of(r)
+            # the library's hint names CLI flags; a tool's caller gets the tools' arguments instead
+            r = await c.call_tool("ask", {"prompt": "?", "options": {"max_tokens": 10**6}, "media": ["a.png"]})
+            assert r.is_error and "hint: Give options.max_tokens of at most 32,768" in text_of(r), text_of(r)
+            assert "--max-tokens" not in text_of(r)
 
     run(main)
 

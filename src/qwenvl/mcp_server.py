@@ -46,6 +46,7 @@ from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
+from qwenvl.wording import Surface, field_of, fit_hint, fit_message
 
 HEARTBEAT_S = 2.0  # a progress notification at least this often while a step runs (keeps clients' timers alive)
 PREVIEW_MAX_SIDE = 1600  # the annotated image returned as MCP image content is at most this wide or high
@@ -325,12 +326,31 @@ def result(value: BaseModel, *extra: ImageContent, exclude_unset: bool = False) 
     return CallToolResult(content=[TextContent(type="text", text=text), *extra], structured_content=data)
 
 
+# The tools' own arguments that stand for a CLI flag; every other flag is an ``options`` key (``Options``).
+_TOOL_ARGUMENTS = {"--model": "model", "--thinking": "thinking", "--json-mode": "json_mode", "--schema": "schema"}
+_OPTION_OF = {"--timeout": "timeout_s", "--no-high-res": "high_res", "--high-res": "high_res"}
+
+
+def _tool_word(flag: str) -> str | None:
+    """The tool argument that does what ``flag`` does (``--max-pixels`` -> ``options.max_pixels``), None when no
+    tool takes it. Raises nothing."""
+    if flag in _TOOL_ARGUMENTS:
+        return _TOOL_ARGUMENTS[flag]
+    key = _OPTION_OF.get(flag, field_of(flag))
+    return f"options.{key}" if key in Options.model_fields else None
+
+
+# An error's words as a tool's caller reads them: the tools' arguments, never a flag no tool takes (qwenvl commands
+# and environment variables stay: they are for the person who runs the server).
+TOOL_SURFACE = Surface(name=_tool_word, restate=False)
+
+
 def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
     """The error as the model reads it: one line, then the hint; never a traceback. An answer that was not valid
     for the schema was paid: a ``paid:`` line between them says for how many requests, tokens and cost (in
     ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``)."""
     if isinstance(exc, QwenVLError):
-        text = f"error: {exc}"
+        text = f"error: {fit_message(str(exc), TOOL_SURFACE)}"
         if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
             b = billed(exc.response, region=region)
             u = b["usage"]
@@ -339,8 +359,9 @@ def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
                 f"\n{spent_label(exc.response.protocol)}: {requests}, {u.input_tokens or 0} in / "
                 f"{u.output_tokens or 0} out tokens, cost {format_cost(b['cost'], b['currency'], local=b['local'])}"
             )
-        if exc.hint:
-            text += f"\nhint: {exc.hint}"
+        hint = fit_hint(exc.hint, TOOL_SURFACE) if exc.hint else ""
+        if hint:
+            text += f"\nhint: {hint}"
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
         if qenv.debug():
             traceback.print_exc()
