@@ -377,7 +377,12 @@ def test_paths_in_histories_schemas_videos_and_tasks(server, png, tmp_path):
         server.enqueue(Reply(text='{"a": 1}'))
         assert tasks.extract(client, png, schema).json == {"a": 1}
         server.enqueue(Reply(text="text"))
-        assert tasks.ocr(client, png.read_bytes()).text == "text"
+        read = tasks.ocr(client, png.read_bytes())
+        assert read.text == "text"
+        # a result names no data: URL (the whole file again): bytes and PIL images have no name
+        assert read.source is None and read.to_json()["source"] is None
+        server.enqueue(Reply(text="text"))
+        assert tasks.ocr(client, png).source == str(png)
     assert json.loads(client.request(prompt="hi", image=png).model_dump_json())["image"] == str(png)
 
 

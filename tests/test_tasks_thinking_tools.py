@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import API_KEY, run_cli
 from dashscope_server import Reply
 from qwenvl import Message, UsageError
 
@@ -146,3 +146,33 @@ def test_two_tool_calls_streamed(client, server, png):
 def test_tools_are_validated_as_request_fields(client):
     with pytest.raises(UsageError, match="tools"):
         client.plan(prompt="x", tools="get_weather")
+
+
+@pytest.mark.parametrize("async_", [False, True])
+def test_tool_choice_without_tools(client, server, png, protocol, async_):
+    """tool_choice alone is refused by OpenAI-style APIs: "auto"/"none" without tools mean no tools and are not
+    sent; a choice that asks for a tool (or names one the tools do not define) is refused before sending."""
+    import asyncio
+
+    import qwenvl
+
+    async def acomplete(**fields):
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as aclient:
+            return await aclient.complete(**fields)
+
+    def call(**fields):
+        return asyncio.run(acomplete(**fields)) if async_ else client.complete(**fields)
+
+    for choice, tools in (("auto", None), ("none", []), ("none", None)):
+        server.enqueue(Reply(text="fine"))
+        assert call(prompt="Hi", image=str(png), tool_choice=choice, tools=tools).text == "fine"
+        assert "tool_choice" not in params(server) and "tools" not in params(server)
+    sent = len(server.requests)
+    for choice, tools in (
+        ("required", None),
+        ({"type": "function", "function": {"name": "get_weather"}}, []),
+        ({"type": "function", "function": {"name": "get_wether"}}, TOOLS),
+    ):
+        with pytest.raises(UsageError, match="tool_choice"):
+            call(prompt="Hi", tool_choice=choice, tools=tools)
+    assert len(server.requests) == sent

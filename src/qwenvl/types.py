@@ -618,6 +618,18 @@ with warnings.catch_warnings():
                     "'response_format' is built by qwenvl from json_mode/schema, not a pass-through parameter "
                     "(extra, --param) beside them"
                 )
+            if self.tool_choice is not None and self.tools is None:
+                if self.tool_choice not in ("auto", "none"):
+                    raise ValueError(
+                        f"tool_choice {_json.dumps(self.tool_choice)[:80]} asks for a tool, but no tools are given"
+                    )
+                # "auto"/"none" without tools mean what no tools mean; OpenAI-style APIs refuse tool_choice alone
+                self.tool_choice = None
+            if isinstance(self.tool_choice, dict) and self.tools is not None:
+                named = (self.tool_choice.get("function") or {}).get("name")
+                names = [(tool.get("function") or {}).get("name") for tool in self.tools]
+                if named is not None and named not in names:
+                    raise ValueError(f"tool_choice names the tool {named!r}, which tools does not define ({names})")
             if self.enable_thinking and (self.json_mode or self.schema is not None):
                 raise ValueError(
                     "structured output (json_mode/schema) needs enable_thinking off: "

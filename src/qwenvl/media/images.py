@@ -104,8 +104,8 @@ GRAPHIC_JPEG_QUALITIES = (95, 90)  # visually lossless full-chroma JPEG for scre
 GRAPHIC_CHROMA_QUALITIES = (50, 60, 70, 80)  # ascending: a binary search, at most 3 encodings
 JPEG_FALLBACK_QUALITIES = (80, 70, 60)  # tried in turn when a JPEG is over the size limit
 PNG_COMPRESS_LEVEL = 6
-PNG_SAMPLE_BANDS = 16  # ``png_size_estimate`` encodes this many evenly spaced bands ...
-PNG_SAMPLE_FRACTION = 8  # ... holding 1/8 of the rows
+SAMPLE_FRACTION = 8  # size guesses encode evenly spaced full-width bands holding 1/8 of the rows (``_bands``)
+PNG_SAMPLE_BANDS = 16  # ``png_size_estimate``'s bands (``_looks_dense``'s are one JPEG MCU row each)
 PNG_ESTIMATE_SLACK = 1.3  # a PNG estimated over 1.3x the yardstick is not tried (estimates were within 10%)
 GRAPHIC_SAMPLE_SIDE = 128  # the colour census looks at a sample this large
 GRAPHIC_TOP_COLOURS = 16
@@ -521,15 +521,12 @@ def _jpeg_job(img: Image.Image, start: bool, **params: Any) -> Callable[[], byte
 
 def _looks_dense(img: Image.Image) -> bool:
     """Whether ``encode_photo``'s quality-90 encoding of ``img`` will likely be dense texture, from a plain q90
-    JPEG of evenly spaced bands of 16 rows (one MCU row each) holding 1/``PNG_SAMPLE_FRACTION`` of the image,
-    with ``DENSE_SAMPLE_MARGIN`` to spare. Only decides what is encoded at once, never what is sent."""
-    bands = img.height // (_MCU_ROWS * PNG_SAMPLE_FRACTION)
+    JPEG of evenly spaced bands of 16 rows (one MCU row each) holding 1/``SAMPLE_FRACTION`` of the image, with
+    ``DENSE_SAMPLE_MARGIN`` to spare. Only decides what is encoded at once, never what is sent."""
+    bands = img.height // (_MCU_ROWS * SAMPLE_FRACTION)
     if bands < 2:
         return False
-    sample = Image.new(img.mode, (img.width, bands * _MCU_ROWS))
-    for i in range(bands):
-        top = (img.height - _MCU_ROWS) * i // (bands - 1)
-        sample.paste(img.crop((0, top, img.width, top + _MCU_ROWS)), (0, i * _MCU_ROWS))
+    sample = _bands(img, bands, _MCU_ROWS)
     return (
         len(encode_jpeg(sample)) >= DENSE_SAMPLE_MARGIN * DENSE_TEXTURE_BYTES_PER_PIXEL * sample.width * sample.height
     )
@@ -699,16 +696,23 @@ def encode_converted(img: Image.Image, *, photo: bool) -> tuple[bytes, str]:
 
 def png_size_estimate(img: Image.Image) -> float:
     """The bytes a PNG of ``img`` would take, from a PNG of ``PNG_SAMPLE_BANDS`` evenly spaced full-width
-    bands (1/``PNG_SAMPLE_FRACTION`` of the rows), scaled up. Within 10% of the real size on the corpus of
+    bands (1/``SAMPLE_FRACTION`` of the rows), scaled up. Within 10% of the real size on the corpus of
     bench/bench_image_prepare.py and tests/media_corpus.py; an image under 128 rows is encoded whole."""
-    rows = img.height // (PNG_SAMPLE_BANDS * PNG_SAMPLE_FRACTION)
+    rows = img.height // (PNG_SAMPLE_BANDS * SAMPLE_FRACTION)
     if rows < 1:
         return float(len(encode_png(img)))
-    sample = Image.new(img.mode, (img.width, rows * PNG_SAMPLE_BANDS))
-    for i in range(PNG_SAMPLE_BANDS):
-        top = (img.height - rows) * i // (PNG_SAMPLE_BANDS - 1)
-        sample.paste(img.crop((0, top, img.width, top + rows)), (0, i * rows))
+    sample = _bands(img, PNG_SAMPLE_BANDS, rows)
     return len(encode_png(sample)) * img.height / sample.height
+
+
+def _bands(img: Image.Image, bands: int, rows: int) -> Image.Image:
+    """``bands`` (at least 2) evenly spaced full-width bands of ``rows`` rows of ``img``, the first at its top and
+    the last at its bottom, stacked into one image: the sample a size guess encodes."""
+    sample = Image.new(img.mode, (img.width, bands * rows))
+    for i in range(bands):
+        top = (img.height - rows) * i // (bands - 1)
+        sample.paste(img.crop((0, top, img.width, top + rows)), (0, i * rows))
+    return sample
 
 
 # --- internals ----------------------------------------------------------------------------------------------

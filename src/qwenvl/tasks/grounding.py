@@ -643,7 +643,7 @@ def ground(
     sync_client(client, "ground")
     image = task_media(image)
     call = plan_ground(client, image, query, points=points, **fields)
-    return read_grounding(call, client.send(call), image_size=image_size, image=_shown(image))
+    return read_grounding(call, client.send(call), image_size=image_size, image=shown_ref(image))
 
 
 async def aground(
@@ -660,9 +660,10 @@ async def aground(
     async_client(client, "ground")
     image = task_media(image)
     call = await in_thread(plan_ground, client, image, query, points=points, **fields)
-    return read_grounding(call, await client.send(call), image_size=image_size, image=_shown(image))
+    return read_grounding(call, await client.send(call), image_size=image_size, image=shown_ref(image))
 
 
-def _shown(ref: Any) -> str | None:
-    """The reference a result names: None for a ``data:`` URL (bytes or a PIL image given: no name)."""
+def shown_ref(ref: Any) -> str | None:
+    """The reference a task's result names (``image``, ``source``): None for a ``data:`` URL (bytes or a PIL
+    image given: no name to show, and the URL itself would be the whole file). Raises nothing."""
     return None if not isinstance(ref, str) or ref.startswith("data:") else ref

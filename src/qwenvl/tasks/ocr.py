@@ -32,7 +32,15 @@ from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.plan import Call
-from qwenvl.tasks.grounding import async_client, in_thread, model_for, read_grounding, sync_client, task_media
+from qwenvl.tasks.grounding import (
+    async_client,
+    in_thread,
+    model_for,
+    read_grounding,
+    shown_ref,
+    sync_client,
+    task_media,
+)
 from qwenvl.tasks.parsing import parse_answer
 from qwenvl.types import Response, not_blank
 
@@ -94,7 +102,7 @@ class OCRResult(BaseModel):
     and stopped there (the pages before it are kept); None when every page was read. Raises
     pydantic.ValidationError when built with a wrong type."""
 
-    source: str
+    source: str | None  # the file or URL read; None for bytes or a PIL image (``shown_ref``)
     format: str
     model: str | None = None
     pages: list[OCRPage] = Field(default_factory=list)
@@ -273,7 +281,7 @@ def send_pages(
     ``plans`` and ``client.send`` raise (UsageError, MediaError, APIError and its subclasses), and lets
     KeyboardInterrupt through."""
     if result is None:
-        result = OCRResult(source=source, format=format)
+        result = OCRResult(source=shown_ref(source), format=format)
     reading: int | None = None  # the page whose request is under way (0: an image)
     try:
         for number, call in plans:
@@ -349,7 +357,7 @@ async def aocr(
     async_client(client, "ocr")
     source = task_media(source)
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
-    result = OCRResult(source=source, format=format)
+    result = OCRResult(source=shown_ref(source), format=format)
     reading: int | None = None
     try:
         while (planned := await in_thread(next, plans, None)) is not None:
