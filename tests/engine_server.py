@@ -78,6 +78,7 @@ class EngineServer:
     engine: str = "vllm"
     served: str = "Qwen/Qwen2.5-VL-3B-Instruct"
     root: str | None = None  # /v1/models "root" (vLLM: the path the model was loaded from)
+    max_model_len: int | None = None  # /v1/models "max_model_len" (vLLM: the context it serves the model with)
     family_factor: int = 28
     details: bool = False  # vLLM --enable-prompt-tokens-details
     owned_by: str | None = "default"  # "default": the engine's own; None: leave it out (detection by probes)
@@ -181,6 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
                 entry["owned_by"] = owner
             if srv.root:
                 entry["root"] = srv.root
+            if srv.max_model_len:
+                entry["max_model_len"] = srv.max_model_len
             return self._send(200, {"object": "list", "data": [entry]})
         probes = {
             "vllm": ("/version", {"version": "0.11.0"}),

@@ -168,10 +168,14 @@ def test_hints_in_each_protocol_s_words(hint, compat, native):
 @pytest.mark.parametrize(
     ("protocol", "named"),
     [
-        ("compat", ["top_k: ", "temperature: ", "detail is not a parameter of this API"]),
+        ("compat", ["top_k should be ", "temperature should be ", "detail is not a parameter of this API"]),
         (
             "native",
-            ["parameters.top_k: ", "parameters.temperature: ", "parameters.detail is not a parameter of this API"],
+            [
+                "parameters.top_k should be ",
+                "parameters.temperature should be ",
+                "parameters.detail is not a parameter of this API",
+            ],
         ),
     ],
 )

@@ -33,6 +33,9 @@ SERVE_MAX_BODY_BYTES = 32 * 1024 * 1024  # bytes of one request body (32 MiB: a 
 SERVE_MAX_MEDIA_ITEMS = 64  # images and videos in one request
 SERVE_MAX_CONCURRENT_PER_KEY = 16  # requests in flight per client key; beyond: 429 with Retry-After
 SERVE_REQUEST_TIMEOUT_S = 600.0  # seconds one served request may take, streaming included (= STREAM_CAP_MIN_S)
+# seconds a stream's status line waits for the backend's first event (a refusal before it is an HTTP error); past it
+# the stream starts with an SSE comment, and a failure is the stream's error event
+SERVE_STREAM_START_S = 5.0
 SERVE_READY_TIMEOUT_S = 5.0  # seconds one /ready check may take (the backend's probe); past it: not ready
 SERVE_READY_CACHE_S = 3.0  # seconds a /ready answer is reused (a probe per load balancer poll would load the upstream)
 

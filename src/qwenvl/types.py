@@ -777,6 +777,10 @@ class StreamEvent(BaseModel):
     type: Literal["text", "reasoning", "done"]
     text: str = ""  # the delta (text and reasoning events)
     response: Response | None = None  # the whole answer (the done event)
+    # the counts so far, when the backend knows them (text and reasoning events): the prompt's tokens and those
+    # generated up to this event, as DashScope's native events carry them (reference/dashscope-api.md §2.2); the
+    # transformers backend counts them, a DashScope native stream passes the service's on; None: not known
+    usage: Usage | None = None
 
 
 def dumps(obj: Any) -> str:

@@ -21,8 +21,8 @@ backticks are left as they are.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
 from qwenvl.types import FIELD_FLAGS, GENERATION_FIELDS
@@ -90,6 +90,15 @@ class Surface:
     restate: bool = True
     commands: bool = True  # a qwenvl command (in backticks) is something its user can run
     variables: bool = True  # an environment variable (QWENVL_DEBUG=1) is something its user can set
+    # a shell command (in backticks: `pip install ...`, `magick in.png ...`) is something its user can run where the
+    # answer is made; else a hint sentence with one is left out (an "(e.g. `...`)" beside advice only drops itself)
+    shell: bool = True
+    # words its user knows for others the library wrote: a model's reference on the server (a folder's path) -> the
+    # name its user sends; in messages and hints alike, the longest first
+    names: Mapping[str, str] = field(default_factory=dict)
+    # the models its user can choose (None: any): a hint clause or sentence proposing another known model (qwenvl's
+    # model table) is left out
+    models: Collection[str] | None = None
 
 
 def _words(text: str, surface: Surface) -> str:
@@ -138,9 +147,38 @@ def _split_quoted(text: str) -> tuple[list[str], list[str]]:
     return parts, parts[1::2]
 
 
+# "`pip install torch==2.14.1`", "`magick in.png -resize 50% out.png`": a command line in backticks (a lower-case
+# program name and its arguments, or a pipe); not a value or a name (`json`, `data:`)
+_SHELL = re.compile(r"`(?:[a-z][\w.+-]*\s[^`]*|\|[^`]*)`|\bpip install\b")
+# "(e.g. `magick ...`)", ", e.g. `...`": an example command beside advice that stands without it
+_SHELL_EXAMPLE = re.compile(
+    r" ?\((?:e\.g\.|for example|say)?,? ?`[^`]*\s[^`]*`\)|,? (?:e\.g\.|for example),? `[^`]*\s[^`]*`"
+)
+# ", or use qwen3-vl-plus or qwen-vl-max": a clause proposing something else
+_OR_ANY = re.compile(r",? or (?:use |try |switch to )[^,.;:()`]*")
+
+
+def _rename(text: str, surface: Surface) -> str:
+    for name in sorted(surface.names, key=len, reverse=True):
+        if name:
+            text = text.replace(name, surface.names[name])
+    return text
+
+
+def _other_models(text: str, surface: Surface) -> bool:
+    """Whether ``text`` proposes a known model (``qwenvl.models.MODELS``) its user cannot choose."""
+    if surface.models is None:
+        return False
+    from qwenvl.models import MODELS
+
+    words = set(re.findall(r"[\w.-]+", text))
+    return any(name in words and name not in surface.models for name in MODELS)
+
+
 def fit_message(message: str, surface: Surface) -> str:
-    """``message`` with each flag in ``surface``'s words; nothing dropped (a flag it has no word for stays) but a
-    parenthesis that only restates names in CLI words. Raises nothing."""
+    """``message`` with each flag in ``surface``'s words and each of its ``names`` replaced; nothing dropped (a flag
+    it has no word for stays) but a parenthesis that only restates names in CLI words. Raises nothing."""
+    message = _rename(message, surface)
     if not surface.commands:
         message = _SEE_COMMAND.sub("", message)
     parts, _ = _split_quoted(message)
@@ -150,12 +188,22 @@ def fit_message(message: str, surface: Surface) -> str:
 def fit_hint(hint: str, surface: Surface) -> str:
     """``hint`` in ``surface``'s words, keeping only what applies to it (see the module doc). Returns "" when
     nothing of the hint applies. Raises nothing."""
+    hint = _rename(hint, surface)
     if not surface.commands:
         hint = _SEE_COMMAND.sub("", hint)
+    if not surface.shell:
+        hint = _SHELL_EXAMPLE.sub("", hint)
+    if surface.models is not None:
+        hint = _OR_ANY.sub(lambda m: "" if _other_models(m[0], surface) else m[0], hint)
     parts, quoted = _split_quoted(hint)
 
     def foreign(text: str) -> bool:  # names a flag the surface lacks, or asks for one the user already gave
-        if not surface.commands and any(_COMMAND.fullmatch(quoted[int(i)]) for i in re.findall(r"\0(\d+)\0", text)):
+        spans = [quoted[int(i)] for i in re.findall(r"\0(\d+)\0", text)]
+        if not surface.commands and any(_COMMAND.fullmatch(q) for q in spans):
+            return True
+        if not surface.shell and (any(_SHELL.fullmatch(q) for q in spans) or _SHELL.search(text)):
+            return True
+        if _other_models(text, surface):
             return True
         bare = re.sub(r"`[^`]*`", "", text)
         if not surface.variables and _VARIABLE.search(bare):
@@ -200,10 +248,15 @@ def api_name(flag: str, protocol: str) -> str | None:
     return None
 
 
-def api_surface(protocol: str) -> Surface:
+def api_surface(
+    protocol: str, names: Mapping[str, str] | None = None, models: Collection[str] | None = None
+) -> Surface:
     """The words of ``qwenvl serve``'s answers to a client speaking ``protocol`` (``compat`` or ``native``):
     request fields (``api_name``), a pass-through parameter as a field of the body (compat) or of
-    ``parameters`` (native); never a flag, a qwenvl command or an environment variable."""
+    ``parameters`` (native); never a flag, a qwenvl command, an environment variable or a shell command (install
+    advice, a tool to run: the server's, not the client's). ``names``: the server's model references (a folder's
+    path) -> the name the client sent; ``models``: the models this server serves (None: any, a gateway), so a hint
+    proposing another is left out."""
 
     def param(key: str) -> str:
         return f"parameters.{key}" if protocol == "native" else key
@@ -222,4 +275,7 @@ def api_surface(protocol: str) -> Surface:
         restate=False,
         commands=False,
         variables=False,
+        shell=False,
+        names=dict(names or {}),
+        models=models,
     )

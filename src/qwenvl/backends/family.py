@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
 from qwenvl.errors import UsageError
 from qwenvl.models import ModelInfo, Prices, model_info
@@ -44,19 +45,43 @@ def infer_family(*names: str | None) -> str | None:
     return None
 
 
-def family_model(name: str, family: str, **overrides: object) -> ModelInfo:
-    """The rules of ``family`` under the name ``name`` (no price: a local model costs no tokens)."""
+def context_of(config: dict[str, Any]) -> int | None:
+    """A checkpoint's context window in tokens, from its ``config.json`` (a dict): the text model's
+    ``max_position_embeddings`` (``text_config``, where transformers puts it for Qwen-VL, else the top level);
+    None when it says none. Raises nothing."""
+    text = config.get("text_config")
+    for where in (text if isinstance(text, dict) else {}, config):
+        value = where.get("max_position_embeddings")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def family_model(name: str, family: str, context_tokens: int | None = None, **overrides: object) -> ModelInfo:
+    """The rules of ``family`` under the name ``name`` (no price: a local model costs no tokens). ``context_tokens``:
+    the model's own context window (its checkpoint's config, the engine's ``max_model_len``), else the family's
+    table entry's; the answer's and a video's token caps are never above it."""
     base, extra = _TEMPLATES[family]
-    fields = {"resolution": f"a local {family} model: the rules of {base}", **extra, **overrides}
-    return replace(model_info(base), name=name, prices=Prices(), known=False, local_family=True, **fields)
+    fields: dict[str, Any] = {"resolution": f"a local {family} model: the rules of {base}", **extra, **overrides}
+    template = model_info(base)
+    if context_tokens:
+        fields.update(
+            context_tokens=context_tokens,
+            max_output_tokens=min(template.max_output_tokens, context_tokens),
+            video_total_tokens=min(template.video_total_tokens, context_tokens),
+        )
+    return replace(template, name=name, prices=Prices(), known=False, local_family=True, **fields)
 
 
-def resolve(name: str, family: str | None, *also: str | None, where: str = "") -> ModelInfo:
-    """``family`` (declared) or the family inferred from ``name`` and ``also``; UsageError when neither."""
+def resolve(
+    name: str, family: str | None, *also: str | None, where: str = "", context_tokens: int | None = None
+) -> ModelInfo:
+    """``family`` (declared) or the family inferred from ``name`` and ``also``; UsageError when neither.
+    ``context_tokens``: the model's own window (``family_model``)."""
     chosen = family or infer_family(name, *also)
     if chosen is None:
         raise UsageError(
             f"cannot tell the model family of {name!r}{where}",
             hint="Say it with --family qwen2.5-vl or --family qwen3-vl (QWENVL_FAMILY).",
         )
-    return family_model(name, chosen)
+    return family_model(name, chosen, context_tokens)

@@ -186,8 +186,11 @@ class _Wire:
             )
 
     def model_info(self, name: str, info: ServerInfo | None) -> ModelInfo:
-        root = str((info.entry(name) if info else {}).get("root") or "")
-        return families.resolve(name, self.family, root, where=f" (served at {self.base_url})")
+        entry = info.entry(name) if info else {}
+        root = str(entry.get("root") or "")
+        window = entry.get("max_model_len")  # vLLM's /v1/models says the context it serves the model with
+        window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
+        return families.resolve(name, self.family, root, where=f" (served at {self.base_url})", context_tokens=window)
 
     def adapt(self, request: Request, info: ServerInfo) -> Request:
         update: dict[str, Any] = {}

@@ -28,8 +28,9 @@ answer's ``<tool_call>`` blocks become ``Response.tool_calls`` (``qwenvl.protoco
 Usage: ``input_tokens`` is the prompt's length in tokens, ``image_tokens``/``video_tokens`` counted in the prompt
 as the service counts them (``Usage.image_tokens``: the placeholders, from the processor's grids, plus the vision
 markers around them: the estimate's count), ``output_tokens`` the generated tokens. One generation at a time per
-loaded model (a lock); streaming runs ``generate`` on a thread with a ``TextIteratorStreamer`` whose every wait has
-the request's ``timeout_s`` as its deadline. A caller that leaves stops its generation at the next token (a
+loaded model (a lock); streaming runs ``generate`` on a thread with a streamer that hands out each token's text as
+it is generated (``_token_streamer``), every wait with the request's ``timeout_s`` as its deadline; each delta
+carries the counts so far (``StreamEvent.usage``). A caller that leaves stops its generation at the next token (a
 ``StoppingCriteria`` that reads a cancel flag, ``_stopping``): the async face sets the flag when its call is
 cancelled (a time-out, a `qwenvl serve` client gone) or its stream closed; a sync stream sets it when closed.
 """
@@ -65,7 +66,7 @@ from qwenvl.media.sources import read_regular_text
 from qwenvl.models import ModelInfo
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import toolcalls
-from qwenvl.protocols.common import make_response
+from qwenvl.protocols.common import make_response, usage_from
 from qwenvl.types import ImagePart, Request, Response, StreamEvent, TextPart, VideoPart
 
 INSTALL_HINT = (
@@ -850,6 +851,36 @@ def _stops(call: Call) -> list[str]:
     return [] if not stop else [stop] if isinstance(stop, str) else list(stop)
 
 
+def _token_streamer(tokenizer: Any, timeout: float) -> Any:
+    """A ``TextIteratorStreamer`` (iterate it for the text; each wait bounded by ``timeout`` seconds, then
+    ``queue.Empty``) that hands out the text of each token as it is generated: transformers' own holds text back
+    until a space or a line end, so an answer without spaces arrived whole at the end. Only an incomplete
+    character (a UTF-8 sequence or byte-fallback tokens split across tokens, decoded as U+FFFD) waits for the next
+    token. ``generated``: the tokens generated so far. Imported here, not at the module's top (see ``_stopping``)."""
+    from transformers.generation.streamers import TextIteratorStreamer
+
+    class TokenStreamer(TextIteratorStreamer):  # type: ignore[misc]
+        generated = 0
+        print_len: int
+        next_tokens_are_prompt: bool
+
+        def put(self, value: Any) -> None:
+            if len(value.shape) > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            self.generated += int(value.numel())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd") or len(text) <= self.print_len:
+                return  # the rest of a character is still to come
+            printable, self.print_len = text[self.print_len :], len(text)
+            self.on_finalized_text(printable)
+
+    return TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
+
+
 def _usage(inputs: Inputs, output_tokens: int) -> dict[str, Any]:
     usage: dict[str, Any] = {
         "prompt_tokens": inputs.prompt_tokens,
@@ -967,7 +998,7 @@ class TransformersBackend:
     def model_info(self, name: str) -> ModelInfo:
         cfg = read_config(name)
         fam = self.family or family_of(name, cfg)
-        return families.family_model(name, fam, factor=_factor(cfg))
+        return families.family_model(name, fam, families.context_of(cfg), factor=_factor(cfg))
 
     def loaded(self, name: str) -> Loaded:
         return load(name, device=self.device, dtype=self.dtype, attn_implementation=self.attn_implementation)
@@ -1072,11 +1103,7 @@ class TransformersBackend:
         worker: threading.Thread | None = None
         try:
             inputs = build_inputs(loaded, call)
-            from transformers.generation.streamers import TextIteratorStreamer  # not lazily: see ``_stopping``
-
-            streamer = TextIteratorStreamer(
-                loaded.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout
-            )
+            streamer = _token_streamer(loaded.tokenizer, timeout)
 
             def run() -> None:
                 try:
@@ -1125,8 +1152,8 @@ class TransformersBackend:
         def delta(kind: Literal["text", "reasoning"], text: str) -> Iterator[StreamEvent]:
             if splitter is not None and kind == "text":
                 text = splitter.feed(text)
-            if text:
-                yield StreamEvent(type=kind, text=text)
+            if text:  # with the counts so far: the prompt's tokens and the tokens generated up to here
+                yield StreamEvent(type=kind, text=text, usage=usage_from(_usage(inputs, streamer.generated)))
 
         stops = _stops(call)
         marks = [*stops, "</think>"]

@@ -320,12 +320,13 @@ class StreamAccumulator:
     def add(self, text: str | None, reasoning: Any) -> list[StreamEvent]:
         reasoning = optional_str(reasoning, "reasoning_content")
         events = []
+        usage = usage_from(self.usage_raw) if self.usage_raw else None  # the counts so far, if the event had them
         if reasoning:
             self.reasoning.append(reasoning)
-            events.append(StreamEvent(type="reasoning", text=reasoning))
+            events.append(StreamEvent(type="reasoning", text=reasoning, usage=usage))
         if text:
             self.text.append(text)
-            events.append(StreamEvent(type="text", text=text))
+            events.append(StreamEvent(type="text", text=text, usage=usage))
         return events
 
     def add_tool_call_delta(self, delta: Any, position: int | None = None, *, cumulative: bool = False) -> None:

@@ -26,6 +26,7 @@ Shapes, from the DashScope reference (``dashscope-api.md``) and the seed docs:
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -91,9 +92,9 @@ def _request(
     """The Request of a wire body, with each error naming the wire's field: ``params_at`` and ``messages_at`` are
     where the parameters and messages sit in the body (native: ``parameters.``, ``input.``)."""
     if not isinstance(model, str) or not model.strip():
-        raise _invalid("model is required")
+        raise _invalid("model is required: the name of the model to answer")
     if not isinstance(messages, list) or not messages:
-        raise _invalid("messages must be a non-empty list")
+        raise _invalid(f"{messages_at}messages must be a non-empty list of messages")
     fields: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in params.items():
@@ -106,58 +107,252 @@ def _request(
             raise _invalid(f"{params_at}{key} is not a parameter of this API")
         else:
             extra[key] = value  # response_format, repetition_penalty, ... passed through unchanged
+    native = messages_at == "input."
+    parsed = []
+    for i, m in enumerate(messages):
+        at = f"{messages_at}messages[{i}]"
+        try:
+            parsed.append(Message.model_validate(_message_in(m, at, native=native)))
+        except ValidationError as exc:
+            raise _invalid(wire_errors(exc, f"{at}.")) from None
     try:
-        parsed = []
-        for i, m in enumerate(messages):
-            try:
-                parsed.append(Message.model_validate(_message_in(m)))
-            except ValidationError as exc:
-                raise _invalid(_wire_errors(exc, f"{messages_at}messages[{i}].")) from None
         request = Request(model=model, messages=parsed, extra=extra, **fields)
     except ValidationError as exc:
-        raise _invalid(_wire_errors(exc, params_at)) from None
+        raise _invalid(wire_errors(exc, params_at)) from None
     return request, set(fields) | set(extra)
 
 
-def _wire_errors(exc: ValidationError, at: str) -> str:
-    """pydantic's errors as one line naming the wire's fields (``parameters.top_k: ...``; the first 6)."""
+# pydantic's error types that say "the value is of the wrong type" -> what the field takes, in JSON's words
+_TAKES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+}
+
+
+def json_type(value: Any) -> str:
+    """What ``value`` is in JSON's words ("a string", "a number", "true", "null"...). Raises nothing."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string" if value else "an empty string"
+    if isinstance(value, list | tuple):
+        return "a list" if value else "an empty list"
+    if isinstance(value, dict):
+        return "an object"
+    return "of another type"
+
+
+def _branch(part: Any) -> bool:
+    """Whether a pydantic location item names a branch of a union (``str``, ``list[str]``, ``TextPart``,
+    ``function-after[...]``), not a field of the wire: the wire's fields and keys are lower case."""
+    return isinstance(part, str) and (
+        "[" in part or part in ("str", "int", "float", "bool", "dict", "list", "none") or part[:1].isupper()
+    )
+
+
+def wire_errors(exc: ValidationError, at: str) -> str:
+    """pydantic's errors as one readable line naming the wire's fields as the API names them
+    (``parameters.max_tokens must be an integer, not true``; ``messages[0].content[1].text``), what each takes,
+    and nothing of the validator's own (no union branches, no model names). ``at`` is prefixed to each field.
+    The errors of one field (a union's branches) become one ("stop must be a string or a list, not a number");
+    the first three fields are named. Raises nothing."""
+    errors = exc.errors()
+    # a union of models (a content part): only the branch that came nearest (the fewest errors) is told
+    count: dict[tuple[Any, ...], dict[str, int]] = {}
+    for err in errors:
+        for i, p in enumerate(err["loc"]):
+            if isinstance(p, str) and p[:1].isupper():
+                branches = count.setdefault(tuple(err["loc"][:i]), {})
+                branches[p] = branches.get(p, 0) + 1
+                break
+
+    def nearest(err: Any) -> bool:
+        for i, p in enumerate(err["loc"]):
+            if isinstance(p, str) and p[:1].isupper():
+                branches = count[tuple(err["loc"][:i])]
+                return p == min(branches, key=lambda b: branches[b])
+        return True
+
+    grouped: dict[str, list[Any]] = {}
+    for err in filter(nearest, errors):
+        name = at.rstrip(".")
+        for p in (p for p in err["loc"] if not _branch(p)):
+            name = f"{name}[{p}]" if isinstance(p, int) else f"{name}.{p}" if name else str(p)
+        grouped.setdefault(name, []).append(err)
+    for name in [n for n, errs in grouped.items() if all(e["type"] in _TAKES for e in errs)]:
+        if any(other.startswith((f"{name}.", f"{name}[")) for other in grouped):
+            del grouped[name]  # a union's branch for another type than the value's: the deeper errors say more
     lines = []
-    for err in exc.errors()[:6]:
-        loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "union"))]
-        name = at + ".".join(loc) if loc else at.rstrip(".")
+    for name, errs in list(grouped.items())[:3]:
+        takes = [_TAKES[e["type"]] for e in errs if e["type"] in _TAKES]
+        if takes and len(takes) == len(errs):
+            alternatives = " or ".join(dict.fromkeys(takes))
+            lines.append(f"{name or 'the value'} must be {alternatives}, not {json_type(errs[0].get('input'))}")
+            continue
+        err = next((e for e in errs if e["type"] not in _TAKES), errs[0])
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{name}: {msg}" if name else msg)
-    return "; ".join(lines)
+        if err["type"] == "missing":
+            lines.append(f"{name} is required")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{name} is not a field this API takes here")
+        elif msg.startswith("Input should "):
+            lines.append(f"{name or 'the value'} should {msg.removeprefix('Input should ')}")
+        else:
+            lines.append(f"{name}: {msg}" if name else msg)
+    more = len(grouped) - len(lines)
+    return "; ".join(lines) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _message_in(m: Any) -> Any:
-    """A wire message as our Message takes it: drop wire-only keys, keep the parts (coerced by Message)."""
+_ROLES = ("system", "user", "assistant", "tool")
+# a content part's kinds: by ``type`` (the OpenAI-compatible spelling; native items too) or by its one key (native)
+_PART_TYPES = ("text", "image_url", "video_url", "image", "video")
+_PART_KEYS = {  # the keys each kind of part takes (media: the pixel bounds beside it, fps beside a video)
+    "text": ("type", "text"),
+    "image_url": ("type", "image_url", "min_pixels", "max_pixels"),
+    "image": ("type", "image", "min_pixels", "max_pixels"),
+    "video_url": ("type", "video_url", "fps", "min_pixels", "max_pixels"),
+    "video": ("type", "video", "fps", "min_pixels", "max_pixels"),
+}
+
+
+def _message_in(m: Any, at: str, *, native: bool = False) -> Any:
+    """A wire message as our Message takes it: checked in the wire's terms first (each error names the field as
+    the API does, ``at`` being the message's own name, ``messages[0]``), then wire-only keys dropped. A message
+    with no usable content (none, null, "", [] or only blank text) is refused, but for an assistant turn that
+    carries tool calls. Raises UsageError."""
     if not isinstance(m, dict):
-        raise _invalid("each message must be an object")
+        raise _invalid(f"{at} must be an object with a role and content, not {json_type(m)}")
+    role = m.get("role")
+    if role is None:
+        raise _invalid(f"{at}.role is required: one of {', '.join(_ROLES)}")
+    if role not in _ROLES:
+        shown = json.dumps(role, ensure_ascii=False)[:40] if isinstance(role, str) else json_type(role)
+        raise _invalid(f"{at}.role must be one of {', '.join(_ROLES)}, not {shown}")
     out = {k: m[k] for k in ("role", "content", "tool_calls", "tool_call_id", "name") if k in m}
-    content = out.get("content")
+    content = m.get("content")
+    calls = role == "assistant" and bool(m.get("tool_calls"))  # a turn that only calls tools needs no content
+    where = f"{at}.content"
+    takes = "text, or a list of text, image and video parts"
     if content is None:
+        if not calls:
+            raise _invalid(f"{where} is required: {takes}" + (" (it is null)" if "content" in m else ""))
         out["content"] = ""
-    elif isinstance(content, list):
-        out["content"] = [_part_in(p) for p in content]
+        return out
+    if isinstance(content, str):
+        if not content.strip() and not calls and role != "tool":
+            raise _invalid(f"{where} is empty: give {takes}")
+        return out
+    if not isinstance(content, list):
+        raise _invalid(f"{where} must be {takes}, not {json_type(content)}")
+    parts = [_part_in(p, f"{where}[{j}]", native=native) for j, p in enumerate(content)]
+    usable = any(p.get("type") != "text" or p.get("text", "").strip() for p in parts)
+    if not usable and not calls:
+        raise _invalid(f"{where} is empty: give {takes}")
+    out["content"] = parts
     return out
 
 
-def _part_in(p: Any) -> Any:
-    if isinstance(p, dict) and p.get("type") == "image_url" and isinstance(p.get("image_url"), str):
-        return {**p, "image_url": {"url": p["image_url"]}}
-    if isinstance(p, dict) and p.get("type") == "video_url":
-        out = {
-            "type": "video",
-            "video": (p.get("video_url") or {}).get("url")
-            if isinstance(p.get("video_url"), dict)
-            else p.get("video_url"),
+def _url_of(value: Any) -> Any:
+    return value.get("url") if isinstance(value, dict) else value
+
+
+def _part_in(p: Any, at: str, *, native: bool = False) -> dict[str, Any]:
+    """One content part in the Message's terms (``{"type": "image", "image": ...}``), checked in the wire's: its
+    kind (``type``, or a native item's key), the reference a string (a frame list for ``video``), the pixel
+    bounds integers and ``fps`` a number. Raises UsageError naming the part (``messages[0].content[1]``)."""
+    example = '{"text": "..."}' if native else '{"type": "text", "text": "..."}'
+    if not isinstance(p, dict):
+        raise _invalid(f"{at} must be an object such as {example}, not {json_type(p)}")
+    kind = p.get("type")
+    if kind is None:
+        kind = next((k for k in ("text", "image", "video") if k in p), None)
+        if kind is None:
+            keys = "text, image or video" if native else "type (text, image_url, video_url or video)"
+            raise _invalid(f"{at} has no {keys}: a part is an object such as {example}")
+    elif kind not in _PART_TYPES:
+        shown = json.dumps(kind, ensure_ascii=False)[:40] if isinstance(kind, str) else json_type(kind)
+        raise _invalid(f"{at}.type must be one of {', '.join(_PART_TYPES)}, not {shown}")
+    if kind == "text":
+        if not isinstance(p.get("text"), str):
+            raise _invalid(f"{at}.text must be a string, not {json_type(p.get('text'))}")
+    elif kind in ("image_url", "video_url"):
+        url = _url_of(p.get(kind))
+        if not isinstance(url, str) or not url.strip():
+            what = "an image" if kind == "image_url" else "a video"
+            raise _invalid(f"{at}.{kind}.url is required: the URL or data: URL of {what}, not {json_type(url)}")
+    elif kind == "image":
+        if not isinstance(p.get("image"), str) or not p["image"].strip():
+            raise _invalid(f"{at}.image must be the URL or data: URL of an image, not {json_type(p.get('image'))}")
+    else:  # video: a URL, or a list of frame URLs
+        video = p.get("video")
+        if isinstance(video, list):
+            for j, frame in enumerate(video):
+                if not isinstance(frame, str) or not frame.strip():
+                    raise _invalid(f"{at}.video[{j}] must be the URL or data: URL of a frame, not {json_type(frame)}")
+            if not video:
+                raise _invalid(f"{at}.video is an empty list: give a video's URL or a list of frame URLs")
+        elif not isinstance(video, str) or not video.strip():
+            raise _invalid(f"{at}.video must be a video's URL or a list of frame URLs, not {json_type(video)}")
+    unknown = [k for k in p if k not in _PART_KEYS[kind]]
+    if unknown:
+        raise _invalid(f"{at}.{unknown[0]} is not a field of a {kind} part (it takes {', '.join(_PART_KEYS[kind])})")
+    for key in ("min_pixels", "max_pixels"):
+        value = p.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _invalid(f"{at}.{key} must be an integer (pixels), not {json_type(value)}")
+    fps = p.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float)):
+        raise _invalid(f"{at}.fps must be a number (frames per second), not {json_type(fps)}")
+    if kind == "image_url":
+        return {
+            "type": "image",
+            "image": _url_of(p["image_url"]),
+            **{k: p[k] for k in ("min_pixels", "max_pixels") if k in p},
         }
-        for key in ("fps", "min_pixels", "max_pixels"):
-            if key in p:
-                out[key] = p[key]
-        return out
-    return p
+    if kind == "video_url":
+        out = {"type": "video", "video": _url_of(p["video_url"])}
+        return {**out, **{k: p[k] for k in ("fps", "min_pixels", "max_pixels") if k in p}}
+    return {"type": kind, **{k: v for k, v in p.items() if k != "type"}}
+
+
+# Every boolean field of each protocol's body (dotted paths): a JSON boolean or null (unset), never "yes" or 1, as
+# the OpenAI API and DashScope validate them; the Request's own (enable_thinking, vl_high_resolution_images) too,
+# so that each is refused in the same words.
+COMPAT_BOOLEANS = (
+    "stream",
+    "stream_options.include_usage",
+    "enable_thinking",
+    "vl_high_resolution_images",
+    "logprobs",
+    "parallel_tool_calls",
+    "enable_search",
+)
+NATIVE_BOOLEANS = tuple(f"parameters.{name}" for name in ("stream", "incremental_output", *COMPAT_BOOLEANS[2:]))
+
+
+def _check_booleans(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Refuse a boolean field of ``body`` (``names``: dotted paths) holding anything but true, false or null.
+    Raises UsageError naming the field as the API does."""
+    for name in names:
+        value: Any = body
+        for key in name.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and not isinstance(value, bool):
+            raise _invalid(f"{name} must be true or false (a JSON boolean), not {json_type(value)}")
 
 
 def parse_compat_body(body: Any) -> Inbound:
@@ -165,17 +360,20 @@ def parse_compat_body(body: Any) -> Inbound:
     if not isinstance(body, dict):
         raise _invalid("the body must be a JSON object")
     check_text(body)
+    _check_booleans(body, COMPAT_BOOLEANS)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _invalid(f'stream_options must be an object such as {{"include_usage": true}}, not {json_type(options)}')
     if body.get("n") not in (None, 1):
         raise _invalid("n must be 1")
     params = {k: v for k, v in body.items() if k not in _COMPAT_CONTROL}
     request, given = _request(body.get("model"), body.get("messages"), params)
-    options = body.get("stream_options") or {}
-    stream = bool(body.get("stream"))
+    stream = body.get("stream") is True
     return Inbound(
         request=request,
         stream=stream,
         given=given,
-        include_usage=stream and isinstance(options, dict) and bool(options.get("include_usage")),
+        include_usage=stream and (options or {}).get("include_usage") is True,
     )
 
 
@@ -189,14 +387,15 @@ def parse_native_body(body: Any, *, sse: bool = False) -> Inbound:
         raise _invalid('input is required: {"messages": [...]}')
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise _invalid("parameters must be an object")
+        raise _invalid(f"parameters must be an object, not {json_type(parameters)}")
+    _check_booleans(body, NATIVE_BOOLEANS)
     params = {k: v for k, v in parameters.items() if k not in _NATIVE_CONTROL}
     request, given = _request(
         body.get("model"), inp.get("messages"), params, params_at="parameters.", messages_at="input."
     )
-    stream = sse or bool(parameters.get("stream"))
+    stream = sse or parameters.get("stream") is True
     return Inbound(
-        request=request, stream=stream, given=given, incremental_output=bool(parameters.get("incremental_output"))
+        request=request, stream=stream, given=given, incremental_output=parameters.get("incremental_output") is True
     )
 
 
@@ -334,15 +533,17 @@ def native_response(
 
 
 def native_event(*, request_id: str, text: str, reasoning: str = "", usage: Usage | None = None) -> dict[str, Any]:
-    """One native stream event before the last: finish_reason "null"."""
+    """One native stream event before the last: finish_reason "null". ``usage``: the counts so far, as DashScope's
+    events carry them (the prompt's tokens, those generated up to here; reference/dashscope-api.md §2.2); when the
+    backend does not know them the event has no ``usage`` (never zeros that would say nothing was read)."""
     msg: dict[str, Any] = {"role": "assistant", "content": [{"text": text}] if text or not reasoning else []}
     if reasoning:
         msg["reasoning_content"] = reasoning
-    return {
-        "output": {"choices": [{"finish_reason": "null", "message": msg}]},
-        "usage": native_usage(usage or Usage()),
-        "request_id": request_id,
-    }
+    out: dict[str, Any] = {"output": {"choices": [{"finish_reason": "null", "message": msg}]}}
+    if usage is not None and usage.input_tokens is not None:
+        out["usage"] = native_usage(usage)
+    out["request_id"] = request_id
+    return out
 
 
 # --- errors -> wire ---------------------------------------------------------------------------------
@@ -519,7 +720,7 @@ class NativeServer:
             reasoning = event.text if event.type == "reasoning" else ""
         else:  # each event carries the whole answer so far
             text, reasoning = "".join(state.text), "".join(state.reasoning)
-        body = native_event(request_id=state.request_id, text=text, reasoning=reasoning)
+        body = native_event(request_id=state.request_id, text=text, reasoning=reasoning, usage=event.usage)
         return [encode(body, event_id=state.n, event="result", status=200)]
 
     def stream_done(self, state: StreamState, response: Response) -> list[bytes]:

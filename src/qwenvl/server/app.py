@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qwenvl import env as qenv
@@ -37,6 +38,7 @@ from qwenvl._constants import (
     SERVE_READY_CACHE_S,
     SERVE_READY_TIMEOUT_S,
     SERVE_REQUEST_TIMEOUT_S,
+    SERVE_STREAM_START_S,
 )
 from qwenvl.errors import (
     APIError,
@@ -330,6 +332,25 @@ def create_app(
     def listed_models() -> list[str]:
         return sorted(n for n in settings.model_map if n not in settings.unlisted_models)
 
+    def model_names(shown: str | None = None) -> dict[str, str]:
+        """A local backend's own references to its model (a folder's path as given, absolute, resolved) -> the name
+        a client knows it by: ``shown`` (the name the request sent), else the first served name. What the server's
+        answers say instead of its paths (``wording.Surface.names``); {} for a gateway (the client's names pass)."""
+        ref = getattr(backend, "model", None) or getattr(getattr(backend, "_sync", None), "model", None)
+        listed = listed_models()
+        name = shown if shown in settings.model_map else (listed[0] if listed else None)
+        if not isinstance(ref, str) or not ref or name is None:
+            return {}
+        refs = {ref, ref.rstrip("/")}
+        with contextlib.suppress(OSError, ValueError):
+            path = Path(ref).expanduser()
+            refs |= {str(path), str(path.absolute()), str(path.resolve())}
+        return {r: name for r in refs if r and r != name and len(r) > 1}
+
+    def served_names() -> list[str] | None:
+        """The models a client may choose here (None: any, a gateway passing names on)."""
+        return None if settings.pass_model_names else listed_models() or None
+
     def error_body(proto: ServerSide, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
         return proto.error_body(status, message, request_id=rid, code=code)
 
@@ -349,15 +370,19 @@ def create_app(
             log.warning("the upstream failed answering %s: %s", rid, exc)  # the operator's log names the URL
             return upstream_failure(exc)
         status, code = inbound.error_kind(exc)
-        surface = api_surface(proto.name)
-        message = fit_message(_message(exc), surface)
+        # the caller's words: its own references for the server's files and model (``aliases``), no server paths,
+        # flags, commands or install advice; the library's whole words go to the server's log
+        names = {**model_names(), **(aliases or {}), str(store.folder): "(upload)"}
+        surface = api_surface(proto.name, names=names, models=served_names())
+        said = _message(exc)
+        message = fit_message(said, surface)
         hint = getattr(exc, "hint", None)
         if hint and isinstance(exc, UsageError | MediaError) and not isinstance(exc, UnsupportedParameterError):
+            said = f"{said} ({hint})"
             hint = fit_hint(hint, surface)
             message = f"{message} ({hint})" if hint else message
-        for path, ref in (aliases or {}).items():
-            message = message.replace(path, ref)
-        message = message.replace(str(store.folder), "(upload)")
+        if isinstance(exc, QwenVLError) and message != said:
+            log.info("request %s refused: %s", rid, safe_line(said))
         if not isinstance(exc, QwenVLError):  # the operator's log: what broke, always; where, with QWENVL_DEBUG=1
             log.error(
                 "internal error while answering %s: %s: %s",
@@ -417,7 +442,7 @@ def create_app(
             return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
         except Exception as exc:
             return refuse(proto, exc, rid)
-        aliases: dict[str, str] = {}
+        aliases: dict[str, str] = model_names(parsed.request.model)  # errors name the model as the caller did
         owner: list[Any] = []  # the stream that took over the slot, if any
 
         async def work() -> Any:
@@ -434,7 +459,16 @@ def create_app(
                     # the status line waits for the upstream's first event: a failure before it (a refusal, a 429
                     # with its Retry-After, a time-out) is an HTTP error in the protocol's shape, not a 200 stream
                     events = client.send_stream(call)
-                    first = await anext(events, None)
+                    first_task = asyncio.create_task(_next(events))
+                    try:  # up to SERVE_STREAM_START_S: a slow first token (a model reading its prompt) starts
+                        # the stream with a comment instead, and a failure after it is the stream's error event
+                        await asyncio.wait((first_task,), timeout=SERVE_STREAM_START_S)
+                    except BaseException:
+                        await _settle(first_task)
+                        raise
+                    first: StreamEvent | asyncio.Task[StreamEvent | None] | None = first_task
+                    if first_task.done():
+                        first = first_task.result()
                 state = inbound.StreamState(parsed=parsed, request_id=rid)
                 inflight.n += 1  # until the stream ends (its shutdown event sent, if the shutdown cut it)
 
@@ -472,22 +506,32 @@ def create_app(
         proto: ServerSide,
         state: inbound.StreamState,
         events: AsyncIterator[StreamEvent],
-        first: StreamEvent | None,
+        first: StreamEvent | asyncio.Task[StreamEvent | None] | None,
         deadline: float,
         aliases: dict[str, str],
     ) -> AsyncIterator[bytes]:
-        """The stream's wire chunks: ``first`` (the backend's first event, already had), then the rest of
-        ``events`` until ``deadline`` (monotonic seconds); a failure on the way is the protocol's error event,
-        which ends the stream (never a silent truncation). Every event carries ``state.request_id``."""
+        """The stream's wire chunks: ``first`` (the backend's first event, already had, or still awaited: then the
+        stream opens with an SSE comment at once), then the rest of ``events`` until ``deadline`` (monotonic
+        seconds); a failure on the way is the protocol's error event, which ends the stream (never a silent
+        truncation). Every event carries ``state.request_id``."""
         rid = state.request_id
+        pending = first if isinstance(first, asyncio.Task) else None
 
         async def all_events() -> AsyncIterator[StreamEvent]:
-            if first is not None:
-                yield first
+            had = first
+            if pending is not None:  # waited for, not cancelled here: one cancellation (``_settle``) ends it
+                await asyncio.wait((pending,), timeout=max(deadline - time.monotonic(), 0))
+                if not pending.done():
+                    raise TimeoutError
+                had = pending.result()
+            if isinstance(had, StreamEvent):
+                yield had
             async for event in _bounded(events, deadline):
                 yield event
 
         try:
+            if pending is not None:
+                yield b": the model is reading the request\n\n"
             for chunk in proto.stream_open(state):
                 yield chunk
             async for event in all_events():
@@ -507,6 +551,8 @@ def create_app(
             for chunk in proto.stream_error(state, status, error_body(proto, status, message, code, rid)):
                 yield chunk
         finally:
+            if pending is not None:
+                await _settle(pending)
             await _aclose(events)
 
     # --- routes ----------------------------------------------------------------------------------------
@@ -578,6 +624,7 @@ def create_app(
                     why = f"the backend cannot be made: {_message(exc)}"
                 if why is not None:
                     why = _URL.sub("the upstream", why.strip().splitlines()[0] if why.strip() else "not ready")
+                    why = fit_message(why, api_surface("compat", names=model_names()))  # no server paths
                 readiness.update(at=time.monotonic(), why=why)
             why = readiness["why"]
         body: dict[str, Any] = {"ready": why is None, "model_loaded": why is None}
@@ -652,6 +699,8 @@ def create_app(
             resolve=lambda ref, model: resolve_ref(ref, model, False),
             model_for=served_model,
         )
+
+    app.state.model_names = model_names  # the server's model references -> a client's names (the playground)
     return app
 
 
@@ -854,6 +903,22 @@ async def _bounded(events: AsyncIterator[StreamEvent], deadline: float) -> Async
         except StopAsyncIteration:
             return
         yield event
+
+
+async def _next(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
+    return await anext(events, None)
+
+
+async def _settle(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` (a pending read of a stream's next event) and wait for it to end, its outcome dropped. Once:
+    a second cancellation would cut the upstream connection's own clean-up (left open until the upstream's
+    time-out)."""
+    if not task.done() and not task.cancelling():
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait((task,), timeout=10)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 async def _aclose(events: Any) -> None:

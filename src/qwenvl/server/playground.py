@@ -103,7 +103,7 @@ def add_routes(
         ]
         return JSONResponse(
             {
-                "model": call.model.name,
+                "model": field(body, "model"),  # the name the client knows (``/v1/models``), never a server path
                 "factor": call.model.factor,
                 "items": items,
                 "total_tokens": total,
@@ -124,6 +124,7 @@ def add_routes(
         result = read_grounding(call, response)
         out = result.to_json()
         out.update(image=None, text=response.text, usage=response.usage.model_dump(exclude={"raw"}))
+        out["model"] = field(body, "model")  # the name the client knows, never a server path
         return JSONResponse(out)
 
     async def ocr(body: dict[str, Any]) -> JSONResponse:
