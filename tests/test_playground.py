@@ -195,3 +195,32 @@ def test_a_wrong_key_then_the_right_one_and_a_file_that_is_not_media(browser, si
     assert "notes.txt is not an image, a video or a PDF" in pg.inner_text("#error")
     assert not pg.query_selector_all("#attachments li")
     context.close()
+
+
+def test_first_visit_to_a_server_with_a_key_lists_each_model_once_and_fetches_nothing_missing(browser, site):
+    """A fresh profile on a server with a key: the first models call gets 401, the key dialog asks, and both the
+    dialog's reload and the retried call fill the Model list; it shows each served name once. No request of the
+    page gets a 404 (a favicon the browser would ask for)."""
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.set_default_timeout(20_000)
+    missing: list[str] = []
+    pg.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.goto(site.url + "/")
+    pg.fill("#keyinput", SERVE_KEY)
+    pg.click("#keydialog button")
+    pg.wait_for_function("document.querySelector('#model').options.length > 0")
+    pg.wait_for_timeout(1000)  # both loads have ended
+    names = pg.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
+    listed = [
+        m["id"]
+        for m in httpx.get(site.url + "/v1/models", headers={"Authorization": f"Bearer {SERVE_KEY}"}).json()["data"]
+    ]
+    assert names == listed and len(set(names)) == len(names), names
+    icon = pg.eval_on_selector("link[rel=icon]", "el => el.href")
+    assert icon.startswith("data:image/svg+xml"), icon
+    assert not missing, missing
+    assert not [e for e in errors if "favicon" in e or "404" in e], errors
+    context.close()

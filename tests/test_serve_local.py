@@ -5,6 +5,7 @@ without torch and transformers (`pip install "qwenvl[local]"`)."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,146 @@ def test_official_sdks_on_a_model_in_process(tiny, isolated_env):
             )
         assert r.status_code == 200, (r.code, r.message)
         assert r.usage["image_tokens"] == 64 + 2
+
+
+# --- what a client of a model in process reads: its served name, the model's own context, tokens as they come ---
+
+
+def _served_like_the_cli(tiny: Path, **settings: object) -> Served:
+    """A serve of ``tiny`` set up as ``qwenvl serve --backend transformers --model <folder>`` does: served under
+    the folder's name, the path as given accepted too (unlisted)."""
+    from qwenvl.backends.transformers import served_name
+
+    client = qwenvl.AsyncClient(backend="transformers", model=str(tiny), device="cpu")
+    name = served_name(str(tiny))
+    model_map: dict[str, str | None] = {name: str(tiny), str(tiny): str(tiny)}
+    app = create_app(
+        client,
+        ServeSettings(
+            api_key=SERVE_KEY,
+            model_map=model_map,
+            unlisted_models=[str(tiny)],
+            pass_model_names=False,
+            **settings,  # type: ignore[arg-type]
+        ),
+    )
+    return Served(app)
+
+
+def _ready(url: str, seen: list[dict]) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 300
+    while True:
+        r = httpx.get(url + "/ready", timeout=30)
+        seen.append(r.json())
+        if r.status_code == 200:
+            return
+        assert time.monotonic() < deadline, r.json()
+        time.sleep(0.05)
+
+
+def test_every_reply_names_the_served_model_and_no_server_path(tiny, isolated_env):
+    """/ready, the playground's estimate and ground, and errors (the context check, high resolution, video without
+    torchvision) name the model as /v1/models does, never the folder it was loaded from; hints carry no shell
+    command, install advice or a model this server does not serve. The context is the checkpoint's own
+    (max_position_embeddings 4096 in text_config), not the family's table entry (131,072)."""
+    import httpx
+
+    photo = write_image(isolated_env / "photo.png", size=(64, 64))
+    url = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
+    folder, name = str(tiny), tiny.name
+    headers = {"Authorization": f"Bearer {SERVE_KEY}"}
+    with _served_like_the_cli(tiny) as s, httpx.Client(base_url=s.url, headers=headers, timeout=120) as h:
+        seen: list[dict] = []
+        _ready(s.url, seen)
+        replies = [json.dumps(r) for r in seen]
+        assert [m["id"] for m in h.get("/v1/models").json()["data"]] == [name]
+
+        def chat(**params: object) -> httpx.Response:
+            content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}]
+            body = {"model": name, "messages": [{"role": "user", "content": content}], "max_tokens": 2, **params}
+            return h.post("/compatible-mode/v1/chat/completions", json=body)
+
+        r = chat(max_tokens=100_000_000)
+        assert r.status_code == 400 and f"too long for {name}'s context of 4,096 tokens" in r.text, r.text
+        replies.append(r.text)
+        r = chat(vl_high_resolution_images=True)
+        assert r.status_code == 400 and f"{name} does not support high-resolution images" in r.text, r.text
+        assert "qwen3-vl-plus" not in r.text and "qwen-vl-max" not in r.text  # models this server does not serve
+        replies.append(r.text)
+        frames = {"role": "user", "content": [{"type": "video", "video": [url] * 4}, {"type": "text", "text": "x"}]}
+        r = chat(messages=[frames])
+        replies.append(r.text)
+        if r.status_code == 400:  # without torchvision: said without install advice
+            assert "pip" not in r.text and "`" not in r.text, r.text
+        r = h.post("/qwenvl/v1/estimate", json={"model": name, "images": [url]})
+        assert r.status_code == 200 and r.json()["model"] == name, r.text
+        replies.append(r.text)
+        r = h.post("/qwenvl/v1/ground", json={"model": name, "image": url, "query": "a dot"})
+        assert r.status_code == 200 and r.json()["model"] == name, r.text
+        replies.append(r.text)
+        native = {"model": name, "input": {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}}
+        r = h.post(
+            "/api/v1/services/aigc/multimodal-generation/generation",
+            json={**native, "parameters": {"max_tokens": 100_000_000}},
+        )
+        assert r.status_code == 400 and r.json()["code"] == "InvalidParameter", r.text
+        assert "parameters.max_tokens" in r.text
+        replies.append(r.text)
+    for reply in replies:
+        assert folder not in reply and str(tiny.parent) not in reply, reply
+
+
+def test_native_stream_events_from_a_model_in_process_carry_real_counts(tiny):
+    import httpx
+
+    with _served_like_the_cli(tiny) as s:
+        _ready(s.url, [])
+        body = {
+            "model": tiny.name,
+            "input": {"messages": [{"role": "user", "content": [{"text": "count to ten"}]}]},
+            "parameters": {"incremental_output": True, "max_tokens": 12, "temperature": 0},
+        }
+        headers = {"Authorization": f"Bearer {SERVE_KEY}", "X-DashScope-SSE": "enable"}
+        r = httpx.post(s.url + "/api/v1/services/aigc/multimodal-generation/generation", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+    events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    final = events[-1]["usage"]
+    assert final["input_tokens"] > 0 and final["output_tokens"] == 12
+    counts = [e["usage"]["output_tokens"] for e in events[:-1]]
+    assert all(e["usage"]["input_tokens"] == final["input_tokens"] for e in events[:-1]), events
+    assert counts == sorted(counts) and all(0 < c <= 12 for c in counts), counts
+
+
+def test_tokens_stream_as_they_are_generated_not_at_word_ends(tiny):
+    """transformers' TextIteratorStreamer held text back until a space; ours hands out each token's text at once
+    and holds back only a character still incomplete (a two-byte "é" is two tokens of this byte-level vocabulary)."""
+    import queue
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from qwenvl.backends.transformers import _token_streamer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny))
+    streamer = _token_streamer(tokenizer, timeout=5)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: skipped
+
+    def after(text: str) -> list[str]:
+        got = []
+        for token in tokenizer.encode(text, add_special_tokens=False):
+            streamer.put(torch.tensor([token]))
+            try:
+                got.append(streamer.text_queue.get_nowait())
+            except queue.Empty:
+                got.append("")
+        return got
+
+    assert after("nospaces") == list("nospaces")  # a character per token, none held back
+    assert after("é") == ["", "é"]  # the first byte alone is no character yet
+    assert streamer.generated == len("nospaces") + 2
+    streamer.end()
+    assert streamer.text_queue.get_nowait() == "" and streamer.text_queue.get_nowait() is streamer.stop_signal

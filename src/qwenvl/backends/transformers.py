@@ -1157,7 +1157,12 @@ class TransformersBackend:
 
         stops = _stops(call)
         marks = [*stops, "</think>"]
-        hold = max(len(m) for m in marks) - 1
+
+        def held(text: str) -> int:  # characters at its end that may be the start of a mark (held back, no more)
+            return max(
+                (k for m in marks for k in range(min(len(m) - 1, len(text)), 0, -1) if text.endswith(m[:k])), default=0
+            )
+
         kind: Literal["text", "reasoning"] = "reasoning" if call.request.enable_thinking else "text"
         raw = ""
         shown = 0  # characters of ``raw`` already handed out (or skipped, for </think>)
@@ -1180,7 +1185,7 @@ class TransformersBackend:
                     shown, stopped = cut, True
                     cancel.set()
                     break
-                safe = len(raw) - hold
+                safe = len(raw) - held(raw[shown:])
                 if safe > shown:
                     yield from delta(kind, raw[shown:safe])
                     shown = safe

@@ -381,13 +381,17 @@ async function send(event) {
 }
 
 // ---- wiring ------------------------------------------------------------------------------------------
+// the Model list, as the server lists it now: cleared and filled again, so a second call (the key dialog's, while
+// the first call's retry is under way) never adds the names twice; the choice is kept when still listed
 async function loadModels(saved) {
   const select = $("model");
+  let data;
   try {
-    const r = await (await call("/v1/models")).json();
-    for (const m of r.data) select.add(new Option(m.id, m.id));
-  } catch (e) { showError(e.message); }
-  if (saved && [...select.options].some((o) => o.value === saved)) select.value = saved;
+    data = (await (await call("/v1/models")).json()).data;
+  } catch (e) { showError(e.message); return; }
+  const keep = select.value || saved;
+  select.replaceChildren(...data.map((m) => new Option(m.id, m.id)));
+  if (keep && [...select.options].some((o) => o.value === keep)) select.value = keep;
 }
 function init() {
   const saved = load();
