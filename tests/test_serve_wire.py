@@ -140,6 +140,16 @@ WRONG = [
         "messages[0].content[0].max_pixels",
         "integer",
     ),
+    (
+        {"role": "user", "content": [{"video": ["https://e.x/1.png", "https://e.x/2.png"], "fps": 0}]},
+        "messages[0].content[0].fps",
+        "above 0",
+    ),  # was a 500 (a division by zero)
+    (
+        {"role": "user", "content": [{"image": "https://e.x/a.png", "max_pixels": -5}]},
+        "messages[0].content[0].max_pixels",
+        "positive",
+    ),
     ({"role": "robot", "content": "hi"}, "messages[0].role", "robot"),
     ({"content": "hi"}, "messages[0].role", "required"),
     ("hi", "messages[0]", "must be an object"),
@@ -274,3 +284,21 @@ def test_a_stream_starts_at_once_when_the_first_event_is_slow(monkeypatch, proto
             assert first.startswith(b":"), first  # an SSE comment: every SSE reader skips it
             assert waited < 20, waited  # bounded by the held upstream otherwise (60 s)
             assert hang.wait("closed", 1), "the upstream request was not cancelled when the client left"
+
+
+def test_the_playground_endpoints_say_what_a_field_takes_and_take_only_json_booleans(png):
+    from test_serve import data_url
+
+    with DashScopeServer(api_key=API_KEY) as srv:
+        client = qwenvl.AsyncClient(api_key=API_KEY, base_url=srv.url)
+        with Served(create_app(client, ServeSettings(api_key=SERVE_KEY))) as s:
+            image = data_url(png)
+            for route, body, said in (
+                ("ground", {"model": MODEL, "image": image, "query": "a dot", "points": "yes"}, "points must be true"),
+                ("estimate", {"model": MODEL, "images": [image], "vl_high_resolution_images": 1}, "true or false"),
+                ("extract", {"model": MODEL, "image": image, "schema": "{}"}, "schema must be an object, not a"),
+                ("ocr", {"model": 5, "image": image}, "model must be a string, not a number"),
+            ):
+                r = post(s, f"/qwenvl/v1/{route}", body)
+                assert r.status_code == 400 and said in r.json()["error"]["message"], (route, r.text)
+            assert sum(1 for r in srv.requests if r.json is not None) == 0

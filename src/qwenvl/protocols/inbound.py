@@ -27,6 +27,7 @@ Shapes, from the DashScope reference (``dashscope-api.md``) and the seed docs:
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -312,11 +313,13 @@ def _part_in(p: Any, at: str, *, native: bool = False) -> dict[str, Any]:
         raise _invalid(f"{at}.{unknown[0]} is not a field of a {kind} part (it takes {', '.join(_PART_KEYS[kind])})")
     for key in ("min_pixels", "max_pixels"):
         value = p.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise _invalid(f"{at}.{key} must be an integer (pixels), not {json_type(value)}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            shown = json_type(value) if not isinstance(value, int) or isinstance(value, bool) else str(value)
+            raise _invalid(f"{at}.{key} must be a positive integer (pixels), not {shown}")
     fps = p.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float)):
-        raise _invalid(f"{at}.fps must be a number (frames per second), not {json_type(fps)}")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps < math.inf):
+        shown = json_type(fps) if not isinstance(fps, int | float) or isinstance(fps, bool) else f"{fps:g}"
+        raise _invalid(f"{at}.fps must be a number above 0 (frames per second), not {shown}")
     if kind == "image_url":
         return {
             "type": "image",

@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.models import cost_fields, currency_of, media_costs
+from qwenvl.protocols.inbound import json_type
 
 STATIC = Path(__file__).parent / "static"
 
@@ -34,6 +35,7 @@ Work = Callable[[dict[str, Any]], Awaitable[JSONResponse]]  # a JSON body -> the
 # auth and the JSON body, then the work while the client is connected; its errors in the compat shape
 Run = Callable[[HTTPRequest, Work], Awaitable[Any]]
 Resolve = Callable[[str, str], Awaitable[str]]  # a media reference under the server's rules
+_TAKES = {str: "a string", dict: "an object", bool: "true or false", list: "a list"}  # a field's kind in JSON's words
 
 
 def add_routes(
@@ -53,11 +55,16 @@ def add_routes(
         app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
 
     def field(body: dict[str, Any], name: str, kind: type = str, required: bool = True) -> Any:
+        """``body[name]`` when it is a ``kind`` (a bool only for ``bool``; a string not blank); else UsageError
+        naming the field and what it takes in JSON's words (``schema must be an object, not a string``)."""
         value = body.get(name)
         if value is None and not required:
             return None
-        if not isinstance(value, kind) or (isinstance(value, str) and not value.strip()):
-            raise UsageError(f"{name} is required" if value is None else f"{name} must be a {kind.__name__}")
+        wrong = isinstance(value, bool) != (kind is bool) or not isinstance(value, kind)
+        if wrong or (isinstance(value, str) and not value.strip()):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise UsageError(f"{name} is required")
+            raise UsageError(f"{name} must be {_TAKES[kind]}, not {json_type(value)}")
         return value
 
     def options(body: dict[str, Any]) -> dict[str, Any]:
@@ -65,8 +72,9 @@ def add_routes(
         out: dict[str, Any] = {"model": target} if target else {}
         if body.get("detail") in ("auto", "low", "high"):
             out["detail"] = body["detail"]
-        if isinstance(body.get("vl_high_resolution_images"), bool):
-            out["vl_high_resolution_images"] = body["vl_high_resolution_images"]
+        high = field(body, "vl_high_resolution_images", bool, required=False)
+        if high is not None:
+            out["vl_high_resolution_images"] = high
         return out
 
     async def estimate(body: dict[str, Any]) -> JSONResponse:
@@ -118,7 +126,7 @@ def add_routes(
         opts = options(body)
         image = await resolve(field(body, "image"), opts.get("model", ""))
         call = await asyncio.to_thread(
-            plan_ground, client, image, field(body, "query"), points=bool(body.get("points")), **opts
+            plan_ground, client, image, field(body, "query"), points=bool(field(body, "points", bool, False)), **opts
         )
         response = await client.send(call)
         result = read_grounding(call, response)
