@@ -171,6 +171,9 @@ def test_a_value_of_the_wrong_type_is_one_readable_line_naming_the_field(up, pro
         named = field if protocol == "compat" else f"parameters.{field}"
         said = refused(ask(up, protocol, {"role": "user", "content": "hi"}, params), protocol, named)
         assert words in said, said
+    if protocol == "compat":  # true is not 1
+        said = refused(ask(up, protocol, {"role": "user", "content": "hi"}, {"n": True}), protocol, "n must be 1")
+        assert said.endswith("not true"), said
     assert up.model_calls() == 0
 
 

@@ -367,8 +367,10 @@ def parse_compat_body(body: Any) -> Inbound:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _invalid(f'stream_options must be an object such as {{"include_usage": true}}, not {json_type(options)}')
-    if body.get("n") not in (None, 1):
-        raise _invalid("n must be 1")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        shown = n if isinstance(n, int | float) and not isinstance(n, bool) else json_type(n)
+        raise _invalid(f"n must be 1 (one answer per request), not {shown}")
     params = {k: v for k, v in body.items() if k not in _COMPAT_CONTROL}
     request, given = _request(body.get("model"), body.get("messages"), params)
     stream = body.get("stream") is True
