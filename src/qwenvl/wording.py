@@ -159,9 +159,12 @@ _OR_ANY = re.compile(r",? or (?:use |try |switch to )[^,.;:()`]*")
 
 
 def _rename(text: str, surface: Surface) -> str:
+    """``text`` with each of ``surface.names`` replaced where it stands whole or begins a path (not inside a longer
+    name)."""
     for name in sorted(surface.names, key=len, reverse=True):
         if name:
-            text = text.replace(name, surface.names[name])
+            replacement = surface.names[name].replace("\\", "\\\\")  # a literal, not a template
+            text = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w-])", replacement, text)
     return text
 
 
