@@ -343,6 +343,8 @@ COMPAT_BOOLEANS = (
     "logprobs",
     "parallel_tool_calls",
     "enable_search",
+    "enable_code_interpreter",
+    "preserve_thinking",
 )
 NATIVE_BOOLEANS = tuple(f"parameters.{name}" for name in ("stream", "incremental_output", *COMPAT_BOOLEANS[2:]))
 
