@@ -55,6 +55,25 @@ def test_other_float_fields_refuse_non_finite(value):
 
 
 @pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "video", "video": ["a.png", "b.png"], "fps": 0},
+        {"type": "video", "video": ["a.png", "b.png"], "fps": math.inf},
+        {"type": "video", "video": "clip.mp4", "fps": -2.0},
+        {"type": "video", "video": "clip.mp4", "max_pixels": 0},
+        {"type": "image", "image": "a.png", "min_pixels": 0},
+        {"type": "image", "image": "a.png", "max_pixels": -5},
+    ],
+)
+def test_a_message_parts_own_fps_and_pixels_follow_the_requests_rules(part):
+    """A part's fps and pixel bounds are refused as the request's are (fps 0 once divided by zero while the
+    frames were planned); nothing is read or sent."""
+    history = [{"role": "user", "content": [part, {"type": "text", "text": "what happens?"}]}]
+    with pytest.raises(qwenvl.UsageError):
+        qwenvl.Client(usage_log=False).request(messages=history)
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["ask", "photo.png", "hi", "--timeout", "1e12"],

@@ -101,8 +101,8 @@ class ImagePart(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["image"] = "image"
     image: str
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    min_pixels: int | None = Field(default=None, ge=1)
+    max_pixels: int | None = Field(default=None, ge=1)
 
     @field_validator("image", mode="before")
     @classmethod
@@ -120,12 +120,12 @@ class VideoPart(BaseModel):
     missing ``video``, a wrong type or an unknown field; the files are checked when the request is planned
     (MediaError)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     type: Literal["video"] = "video"
     video: str | list[str]
-    fps: float | None = None
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    fps: float | None = Field(default=None, gt=0)  # the request's own fps rule
+    min_pixels: int | None = Field(default=None, ge=1)
+    max_pixels: int | None = Field(default=None, ge=1)
 
     @field_validator("video", mode="before")
     @classmethod
