@@ -11,7 +11,13 @@ import pkgutil
 import re
 from pathlib import Path
 
+import click
+import pytest
+
 import qwenvl
+from conftest import API_KEY, make_client, run_cli, write_image
+from dashscope_server import DashScopeServer
+from qwenvl.errors import UsageError
 
 # -- 2. dir(qwenvl) ----------------------------------------------------------------------------------------------
 
@@ -51,3 +57,70 @@ def test_the_docs_link_nothing_outside_the_repository() -> None:
             assert path.is_relative_to(ROOT), f"{doc.name} names {target}, outside the repository"
             if target in links:
                 assert path.exists(), f"{doc.name} links {target}, which does not exist"
+
+
+# -- 3. the empty-value hint is true per option ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["extract", "x.png", "--schema", ""], "hint: Give a file: --schema is required."),
+        (["batch", "run", "x.png", "-p", "hi", "-o", ""], "hint: Give a file: --output is required."),
+        (["ground", "x.png", "dog", "--out", ""], "hint: Give a file, or leave --out out to not write one."),
+        (["events", "x.png", "--sheet", ""], "hint: Give a file, or leave --sheet out to not write one."),
+        (["ocr", "x.png", "-o", ""], "hint: Give a file, or leave --output out to print the result on stdout."),
+        (["ask", "x.png", "-p", "hi", "-m", ""], "hint: Give a value, or leave --model out for the default (qwen3"),
+        (
+            ["ask", "x.png", "-p", "hi", "--pages", ""],
+            "hint: Give a value, or leave --pages out for the default (all).",
+        ),
+        (["ask", "x.png", "-p", "hi", "--system", ""], "hint: Give a value, or leave --system out."),
+    ],
+)
+def test_a_blank_option_gets_a_hint_true_for_it(isolated_env: Path, args: list[str], hint: str) -> None:
+    write_image(isolated_env / "x.png")
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert hint in r.stderr, r.stderr
+
+
+def _verbs() -> list[tuple[str, click.Command]]:
+    from qwenvl.cli.main import cli
+
+    out: list[tuple[str, click.Command]] = []
+    for name, command in cli.commands.items():  # type: ignore[attr-defined]
+        subs = command.commands.items() if isinstance(command, click.Group) else [("", command)]
+        out += [(f"{name} {sub}".strip(), c) for sub, c in subs]
+    return out
+
+
+def test_no_required_option_is_said_to_have_a_default() -> None:
+    from qwenvl.cli.common import _blank_option
+
+    for path, command in _verbs():
+        ctx = click.Context(command)
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.is_flag or param.name is None:
+                continue
+            hint = _blank_option(ctx, param).hint or ""
+            if param.required or param.name in getattr(command, "needs", ()):
+                assert "is required" in hint and "leave" not in hint, (path, param.opts, hint)
+            else:
+                assert "leave" in hint and "Sentinel" not in hint, (path, param.opts, hint)
+
+
+def test_the_library_says_a_required_blank_value_is_required(server: DashScopeServer, isolated_env: Path) -> None:
+    from qwenvl.sessions import Session
+    from qwenvl.tasks.grounding import ground
+
+    with make_client(server) as client:
+        with pytest.raises(UsageError, match="query is empty") as caught:
+            ground(client, write_image(isolated_env / "x.png"), " ")
+        assert caught.value.hint == "Give a value: query is required."
+        with pytest.raises(UsageError) as caught:
+            Session.load("")
+        assert "required" in (caught.value.hint or "") and "leave" not in (caught.value.hint or "")
+        with pytest.raises(UsageError) as caught:
+            qwenvl.Client(api_key=API_KEY, base_url="")
+        assert caught.value.hint == "Give a value, or leave base_url out for the default."

@@ -69,12 +69,17 @@ def empty_argument() -> UsageError:
     )
 
 
-def blank_error(label: str, leave_out: str) -> UsageError:
+def blank_error(
+    label: str, name: str, *, required: bool = False, what: str = "a value", left_out: str = "for the default"
+) -> UsageError:
     """The one wording of a value given as "" or only spaces where a value is required, library and CLI alike
-    (``qwenvl.types.not_blank``, ``qwenvl.cli.common.refuse_blank``): ``"<label> is empty"``, and the hint to give
-    a value or leave ``leave_out`` (the parameter or flag) out. A blank value never falls back silently to the
-    default, nothing, or the cloud endpoint."""
-    return UsageError(f"{label} is empty", hint=f"Give a value, or leave {leave_out} out for the default.")
+    (``qwenvl.types.not_blank``, ``qwenvl.cli.common.refuse_blank``): ``"<label> is empty"``, and a hint true for
+    the option or parameter ``name``: ``required``, to give ``what`` ("a file"); else to give it or leave it out,
+    which does what ``left_out`` says ("for the default (512)", "to not write one"; "": nothing said). A blank
+    value never falls back silently to the default, nothing, or the cloud endpoint."""
+    if required:
+        return UsageError(f"{label} is empty", hint=f"Give {what}: {name} is required.")
+    return UsageError(f"{label} is empty", hint=f"Give {what}, or leave {name} out{' ' if left_out else ''}{left_out}.")
 
 
 class ClientClosedError(UsageError):

@@ -55,11 +55,12 @@ def seconds(value: Any, name: str, *, zero: bool = False) -> float:
     return float(value)
 
 
-def not_blank(value: Any, name: str) -> Any:
+def not_blank(value: Any, name: str, *, required: bool = False) -> Any:
     """``value`` as given unless it is a blank string ("" or only spaces) where a value is required: then the
-    blank-value error (``errors.blank_error``, the CLI's wording) naming ``name``. None passes (the default)."""
+    blank-value error (``errors.blank_error``, the CLI's wording) naming ``name``, whose hint says to leave it out
+    for the default, or (``required``: a parameter with no default) that it is required. None passes."""
     if isinstance(value, str) and not value.strip():
-        raise blank_error(name, name)
+        raise blank_error(name, name, required=required)
     return value
 
 

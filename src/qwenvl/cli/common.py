@@ -7,10 +7,11 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -291,7 +292,34 @@ def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
                 raise UsageError(
                     "the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".'
                 )
-            raise blank_error(param_label(param), max(param.opts, key=len))
+            raise _blank_option(ctx, param)
+
+
+_DEFAULT_IN_HELP = re.compile(r"\(default:? ([^),;]+)")  # "(default 512)", "(default: all)"
+
+
+def _blank_option(ctx: click.Context, param: click.Option) -> UsageError:
+    """The blank-value error for ``param`` with a hint true for it (``errors.blank_error``): a required option
+    (click's ``required``, or one its verb needs: ``Verb.needs``) is to be given; an output file left out is not
+    written (or the result goes to stdout); another option left out takes its default, named when its help or
+    its click default says it (nothing said when it has none)."""
+    flag = max(param.opts, key=len)
+    what = "a file" if param.type is FILE_NAME else "a value"
+    needs = getattr(ctx.command, "needs", ())
+    if param.required or param.name in needs:
+        return blank_error(param_label(param), flag, required=True, what=what)
+    text = param.help or ""
+    if "instead of stdout" in text:
+        left_out = "to print the result on stdout"
+    elif param.type is FILE_NAME and text.startswith(("Write", "Also write")):
+        left_out = "to not write one"
+    elif (m := _DEFAULT_IN_HELP.search(text)) is not None:
+        left_out = f"for the default ({m[1].strip()})"
+    elif (default := param.to_info_dict()["default"]) not in (None, ()) and not callable(default):
+        left_out = f"for the default ({default})"
+    else:  # no default: left out, it is not given (no system prompt, no session)
+        left_out = ""
+    return blank_error(param_label(param), flag, what=what, left_out=left_out)
 
 
 class Verb(click.Command):
@@ -299,6 +327,12 @@ class Verb(click.Command):
     ``--thinking --no-thinking``) is a usage error (exit 2) naming it, where click would keep the last one
     silently. Repeatable options (``--stop``, ``--param``) and plain flags said twice (``--json --json``, which
     mean the same) are not refused."""
+
+    def __init__(self, *args: Any, needs: Collection[str] = (), **kwargs: Any) -> None:
+        """``needs``: the names of options the verb requires though click does not (a shared option such as
+        ``--schema``, which ``extract`` alone requires): a blank one is then said to be required."""
+        super().__init__(*args, **kwargs)
+        self.needs = frozenset(needs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and not ctx.resilient_parsing:
