@@ -7,8 +7,10 @@ option that does not apply to the input is refused; ``ocr --task`` is checked; m
 
 from __future__ import annotations
 
+import json
 import pkgutil
 import re
+import sqlite3
 from pathlib import Path
 
 import click
@@ -124,3 +126,70 @@ def test_the_library_says_a_required_blank_value_is_required(server: DashScopeSe
         with pytest.raises(UsageError) as caught:
             qwenvl.Client(api_key=API_KEY, base_url="")
         assert caught.value.hint == "Give a value, or leave base_url out for the default."
+
+
+# -- 4. a damaged SQLite file: one refusal naming it, exit 3 ------------------------------------------------------
+
+
+def _garbage(path: Path) -> None:
+    path.write_text("garbage\n" * 200)
+
+
+def _truncated(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (a TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+    conn.commit()
+    conn.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+
+
+DAMAGES = {
+    "garbage": (_garbage, "is not an SQLite database"),
+    "truncated": (_truncated, "is damaged (database disk image is malformed)"),
+    "a folder": (_folder, "is a folder, not a database file"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_usage_names_a_damaged_log_and_what_to_do(isolated_env: Path, damage: str) -> None:
+    make, words = DAMAGES[damage]
+    home = isolated_env.parent / "home" / ".qwenvl"
+    home.mkdir(parents=True)
+    make(home / "usage.db")
+    for args in (["usage"], ["usage", "--json"]):
+        r = run_cli(*args)
+        assert r.returncode == 3, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert lines == [
+            f"error: {home / 'usage.db'} {words}",
+            f"hint: Move it aside (`mv {home / 'usage.db'} {home / 'usage.db'}.bad`): qwenvl makes a new one at the "
+            "next run.",
+        ], r.stderr
+    if damage != "a folder":
+        (home / "usage.db").rename(home / "usage.db.bad")
+        assert run_cli("usage").returncode == 0  # the way out works
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_store_is_a_warning_in_the_same_words_while_the_answer_is_kept(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path, damage: str
+) -> None:
+    make, words = DAMAGES[damage]
+    home = isolated_env.parent / "home" / ".qwenvl"
+    home.mkdir(parents=True)
+    make(home / "usage.db")
+    cache = isolated_env.parent / "cache"
+    cache.mkdir()
+    make(cache / "responses.db")
+    write_image(isolated_env / "x.png")
+    r = run_cli("batch", "run", "x.png", "-p", "hi", "-o", "out.jsonl", env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"{home / 'usage.db'} {words}: usage is not logged there (move it aside" in r.stderr
+    assert f"the response cache {cache / 'responses.db'} {words}: answers are not cached (move it" in r.stderr
+    assert json.loads(Path("out.jsonl").read_text().splitlines()[0])["result"]["text"].startswith("echo: hi")
