@@ -193,3 +193,61 @@ def test_a_damaged_store_is_a_warning_in_the_same_words_while_the_answer_is_kept
     assert f"{home / 'usage.db'} {words}: usage is not logged there (move it aside" in r.stderr
     assert f"the response cache {cache / 'responses.db'} {words}: answers are not cached (move it" in r.stderr
     assert json.loads(Path("out.jsonl").read_text().splitlines()[0])["result"]["text"].startswith("echo: hi")
+
+
+# -- 5. an option that does not apply to the input is refused, not ignored (and not paid for) ---------------------
+
+
+@pytest.fixture
+def media(isolated_env: Path) -> Path:
+    from test_new_user_faults import _video
+
+    write_image(isolated_env / "x.png")
+    _video(isolated_env / "clip.mp4")
+    (isolated_env / "s.json").write_text('{"type": "object"}')
+    return isolated_env
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["events", "clip.mp4", "--pages", "1"], "--pages applies to PDFs only"),
+        (["events", "x.png", "--fps", "1"], "--fps applies to videos only"),
+        (["ask", "x.png", "-p", "hi", "--fps", "1"], "--fps applies to videos only"),
+        (["ask", "x.png", "-p", "hi", "--video-as", "file"], "--video-as applies to videos only"),
+        (["ground", "x.png", "dog", "--fps", "1"], "--fps applies to videos only"),
+        (["ocr", "x.png", "--fps", "1"], "--fps applies to videos only"),
+        (["extract", "x.png", "--schema", "s.json", "--fps", "1"], "--fps applies to videos only"),
+        (["tokens", "x.png", "--fps", "1"], "--fps applies to videos only"),
+    ],
+)
+def test_an_option_that_does_not_apply_is_refused_before_sending(
+    server: DashScopeServer, env: dict[str, str], media: Path, args: list[str], error: str
+) -> None:
+    r = run_cli(*args, env=env)
+    assert r.returncode == 2, r.stderr
+    assert f"error: {error}\n" in r.stderr and "hint: Leave out" in r.stderr, r.stderr
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "clip.mp4", "-p", "hi", "--fps", "1"],
+        ["ask", "clip.mp4", "-p", "hi", "--video-as", "frames"],
+        ["events", "x.png", "x.png", "--fps", "1", "--dry-run"],  # frame images are a video
+        ["tokens", "clip.mp4", "--fps", "1"],
+    ],
+)
+def test_the_same_option_where_it_applies_is_taken(
+    server: DashScopeServer, env: dict[str, str], media: Path, args: list[str]
+) -> None:
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_library_estimate_names_fps_in_its_own_words(media: Path) -> None:
+    from qwenvl.estimate import estimate_files
+
+    with pytest.raises(UsageError, match=r"^fps applies to videos only$"):
+        estimate_files(["x.png"], fps=1)

@@ -537,12 +537,19 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return out
 
 
-def check_pages_apply(opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages") -> None:
-    """``--pages`` (ground's ``--page``) given where no MEDIA is a PDF, or might be one: a UsageError (exit 2)
-    naming the option (``qwenvl.media.sources.check_pages_apply``, the rule's home)."""
+def check_pages_apply(
+    opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages", *, frames: bool = False
+) -> None:
+    """An option given that does not apply to MEDIA is refused (exit 2) naming it, never ignored: ``--pages``
+    (ground's ``--page``) where no MEDIA is a PDF, or might be one (``qwenvl.media.sources.check_pages_apply``);
+    ``--fps`` or ``--video-as`` where none is a video (``frames``: nor several frame images, which ``events``
+    takes as one; ``qwenvl.media.sources.check_video_options_apply``). The one call every verb makes."""
     from qwenvl.media.sources import check_pages_apply as check
+    from qwenvl.media.sources import check_video_options_apply
 
     check(opts.get(option.lstrip("-")), refs, option)
+    given = given_flags()
+    check_video_options_apply([f for f in ("--fps", "--video-as") if f in given], refs, frames=frames)
 
 
 def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
