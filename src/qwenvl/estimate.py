@@ -92,7 +92,7 @@ def estimate_files(
             prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
         except QwenVLError as exc:  # this file's row; the others go on
             failed += 1
-            rows.append({"source": ref, "error": str(exc), "hint": exc.hint})
+            rows.append({"source": ref, "error": str(exc), "hint": exc.raw_hint})
             continue
         items = prepared.items
         for index, item in enumerate(items, 1):

@@ -56,6 +56,7 @@ _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
 _PATH_KEY = "qwenvl.command_path"  # "qwenvl batch run": for the help hint
 _GIVEN_KEY = "qwenvl.given"  # the flags given on the verb's command line (``given_flags``)
+_KEYS_KEY = "qwenvl.request_keys"  # the keys a verb read from a request the user wrote (``from_request``)
 _REGION_KEY = "qwenvl.region"  # the verb's --region, for pricing what an error paid for
 
 
@@ -107,7 +108,7 @@ def report(exc: QwenVLError) -> None:
     if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
         label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
         console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
-    hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
+    hint = fit_hint(safe_line(exc.raw_hint), current_command()) if exc.raw_hint else ""
     console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
 
 
@@ -138,6 +139,15 @@ def given_flags() -> set[str]:
     return set(ctx.meta.get(_GIVEN_KEY, ())) if ctx is not None else set()
 
 
+def from_request(keys: Collection[str]) -> None:
+    """Record the request keys the verb at hand read from a request the user wrote (``analyze --file``): a hint
+    then names such a key (``timeout_s``), not the flag that would have set it (``--timeout``), unless the flag
+    was given too (``fit_hint``)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_KEYS_KEY] = frozenset(keys)
+
+
 def _record_given(ctx: click.Context) -> None:
     """The verb's flags given on its command line, kept in ``ctx.meta`` (shared with the group's context, where
     errors are reported after the verb's context has closed)."""
@@ -164,8 +174,15 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
         return hint
     flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
     takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
+    ctx = click.get_current_context(silent=True)
+    given = given_flags()
+    written = ctx.meta.get(_KEYS_KEY, ()) if ctx is not None else ()
+    # a key the user wrote in the request (analyze's timeout_s) is named as written, not as the flag
+    keyed = {f for f in wording.FLAG.findall(hint) if f not in given and wording.field_of(f) in written}
 
     def name(flag: str) -> str | None:  # the flag as this verb can take it, or None
+        if flag in keyed:
+            return wording.field_of(flag)
         if flag in flags:
             return flag
         if takes_requests and wording.field_of(flag) in Request.model_fields:
@@ -173,6 +190,8 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
         return qenv.FLAG_VARIABLES.get(flag)
 
     def pair(flag: str, other: str) -> str:  # the library's name only where the verb takes requests: never "Use tools"
+        if flag in keyed:
+            return other
         if flag in flags:
             return flag
         return other if takes_requests else qenv.FLAG_VARIABLES.get(flag, flag)
@@ -181,7 +200,8 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
         said = name(flag)
         return None if said is None or said.startswith("--") else f"{said}={value}"
 
-    surface = wording.Surface(name=name, pair=pair, with_value=with_value, keeps=flags, given=given_flags())
+    keeps = flags | keyed
+    surface = wording.Surface(name=name, pair=pair, with_value=with_value, keeps=keeps, given=given)
     return wording.fit_hint(hint, surface)
 
 
@@ -561,7 +581,7 @@ def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -
         try:
             check_page_spec(value)
         except UsageError as exc:
-            raise HintedBadParameter(str(exc), exc.hint or "", ctx, param) from None
+            raise HintedBadParameter(str(exc), exc.raw_hint or "", ctx, param) from None
     return value
 
 

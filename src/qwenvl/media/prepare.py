@@ -449,7 +449,7 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
 
 
 def _not_an_image(exc: MediaError) -> bool:
-    return (exc.hint or "").startswith("Supported images:")  # images._not_an_image: text, or an unknown format
+    return (exc.raw_hint or "").startswith("Supported images:")  # images._not_an_image: text, or an unknown format
 
 
 def _what_it_holds(exc: MediaError, source: Source, label: str) -> MediaError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import errno
 import io
 import os
@@ -28,7 +27,7 @@ from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
-from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.errors import MediaError, QwenVLError, UsageError, closest
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
@@ -137,9 +136,9 @@ def path_hint(path: Path) -> str:
         stems = {p.stem: p.name for p in folder.iterdir()} if folder.is_dir() else {}
     except OSError:
         stems = {}
-    near = difflib.get_close_matches(path.stem, list(stems), n=1, cutoff=0.75)
-    if near:
-        name = stems[near[0]]
+    near = closest(path.stem, stems, cutoff=0.75)
+    if near is not None:
+        name = stems[near]
         return f"Did you mean {folder / name if str(folder) != '.' else name}?"
     if not path.is_absolute():
         try:

@@ -351,7 +351,7 @@ def create_app(
         status, code = inbound.error_kind(exc)
         surface = api_surface(proto.name)
         message = fit_message(_message(exc), surface)
-        hint = getattr(exc, "hint", None)
+        hint = getattr(exc, "raw_hint", None)
         if hint and isinstance(exc, UsageError | MediaError) and not isinstance(exc, UnsupportedParameterError):
             hint = fit_hint(hint, surface)
             message = f"{message} ({hint})" if hint else message
