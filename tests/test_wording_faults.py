@@ -251,3 +251,124 @@ def test_the_library_estimate_names_fps_in_its_own_words(media: Path) -> None:
 
     with pytest.raises(UsageError, match=r"^fps applies to videos only$"):
         estimate_files(["x.png"], fps=1)
+
+
+# -- 1. library errors in the library's words, the CLI's in its flags (one mechanism: QwenVLError.hint) ----------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_time_out_names_timeout_s_in_the_library_and_timeout_in_the_cli(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path
+) -> None:
+    from dashscope_server import Reply
+
+    server.enqueue(Reply(delay_s=1.5))
+    with make_client(server, timeout_s=0.3, max_retries=0) as client, pytest.raises(qwenvl.APITimeoutError) as caught:
+        client.ask("hi")
+    assert "(timeout_s)" in (caught.value.hint or "") and "--timeout" not in (caught.value.hint or "")
+    server.enqueue(Reply(delay_s=1.5))
+    r = run_cli("ask", "-p", "hi", "--timeout", "0.3", "--max-retries", "0", env=env)
+    assert r.returncode == 5 and "hint: The service took too long; raise the time-out (--timeout)" in r.stderr, r.stderr
+
+
+def test_a_dead_base_url_and_an_unknown_region_name_keyword_arguments() -> None:
+    dead = f"http://127.0.0.1:{_free_port()}"
+    client = qwenvl.Client(api_key=API_KEY, base_url=dead, max_retries=0)
+    with client, pytest.raises(qwenvl.APIConnectionError) as caught:
+        client.ask("hi")
+    hint = caught.value.hint or ""
+    assert "it comes from base_url, else" in hint and "(region)" in hint and "--" not in hint, hint
+    assert "--base-url" in (caught.value.raw_hint or "")  # the flags, kept for the CLI, serve and MCP to fit
+    with pytest.raises(UsageError) as refused:
+        qwenvl.Client(region="eu")
+    assert refused.value.hint == "Leave it out for cn (Beijing), or give the endpoint itself with base_url."
+
+
+def test_analyze_names_the_keys_of_its_request_not_the_flags(isolated_env: Path) -> None:
+    write_image(isolated_env / "x.png")
+    dead = f"http://127.0.0.1:{_free_port()}"
+    (isolated_env / "req.json").write_text(json.dumps({"prompt": "hi", "image": "x.png", "base_url": dead}))
+    r = run_cli("analyze", "--file", "req.json", "--max-retries", "0", env={"DASHSCOPE_API_KEY": API_KEY})
+    assert r.returncode == 5, r.stderr
+    assert "it comes from base_url, else" in r.stderr and "--base-url" not in r.stderr, r.stderr
+    r = run_cli(
+        "analyze", "--file", "req.json", "--base-url", dead, "--max-retries", "0", env={"DASHSCOPE_API_KEY": API_KEY}
+    )
+    assert "it comes from --base-url, else" in r.stderr, r.stderr  # given as a flag: named as one
+
+
+@pytest.mark.parametrize(
+    ("fields", "hint"),
+    [
+        ({"temperature": 5}, "temperature takes a number in [0, 2); leave it out for its default."),
+        ({"top_p": 0}, "top_p takes a number in (0, 1]; leave it out for its default."),
+        ({"max_tokens": 0}, "max_tokens takes a number 1 or more; leave it out for its default."),
+        ({"images": "a.jpg"}, "images takes a list (images=[...]); one file goes in image=."),
+        ({"detail": "hgh"}, "Did you mean 'high'? detail is one of auto, low, high."),
+        ({"max_token": 5}, "Did you mean 'max_tokens' (not 'max_token')?"),
+    ],
+)
+def test_pydantic_refusals_get_a_useful_hint_in_the_librarys_words(
+    server: DashScopeServer, fields: dict[str, object], hint: str
+) -> None:
+    with make_client(server) as client, pytest.raises(UsageError) as caught:
+        client.complete(prompt="x", **fields)
+    assert caught.value.hint == hint
+    assert server.requests == []
+
+
+def test_the_cli_says_the_range_with_its_flag(server: DashScopeServer, env: dict[str, str], isolated_env: Path) -> None:
+    write_image(isolated_env / "x.png")
+    req = json.dumps({"prompt": "hi", "image": "x.png", "temperature": 5})
+    r = run_cli("analyze", "--request", req, env=env)
+    assert r.returncode == 2 and "hint: temperature takes a number in [0, 2)" in r.stderr, r.stderr
+
+
+def test_request_itself_suggests_the_field_meant() -> None:
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match=r"did you mean 'max_tokens'\?"):
+        qwenvl.Request(prompt="x", max_token=5)
+    with pytest.raises(pydantic.ValidationError) as caught:
+        qwenvl.Request(prompt="x", zzzzqq=1)
+    assert "did you mean" not in str(caught.value)
+
+
+# -- 8. one "did you mean" rule everywhere ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["ask", "x.png", "-p", "hi", "--versoin"], "hint: Did you mean `qwenvl --version`?"),
+        (["ask", "x.png", "-p", "hi", "--protocol", "nativ"], "hint: Did you mean 'native'?"),
+        (["ask", "x.png", "-p", "hi", "--detail", "hgh"], "hint: Did you mean 'high'?"),
+        (["ocr", "x.png", "-f", "markdwn"], "hint: Did you mean 'markdown'?"),
+        (
+            ["batch", "run", "x.png", "-p", "hi", "-o", "o.jsonl", "--mode", "batchapi"],
+            "hint: Did you mean 'batch-api'?",
+        ),
+        (["ask", "x.png", "-p", "hi", "--xyzzy"], "hint: `qwenvl ask --help` lists the options."),  # none close
+        (["ask", "x.png", "-p", "hi", "--detail", "zzzzz"], "hint: `qwenvl ask --help` lists the options."),
+    ],
+)
+def test_did_you_mean_is_the_closest_or_nothing(isolated_env: Path, args: list[str], hint: str) -> None:
+    write_image(isolated_env / "x.png")
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stderr
+    [said] = [line for line in r.stderr.splitlines() if line.startswith("hint:")]
+    assert said.startswith(hint), said
+    assert "--hide-reasoning" not in said
+
+
+def test_there_is_one_home_for_did_you_mean() -> None:
+    src = Path(qwenvl.__file__).parent
+    users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "get_close_matches" in p.read_text())
+    assert users == ["errors.py"], users
