@@ -372,3 +372,38 @@ def test_there_is_one_home_for_did_you_mean() -> None:
     src = Path(qwenvl.__file__).parent
     users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if "get_close_matches" in p.read_text())
     assert users == ["errors.py"], users
+
+
+# -- 6. ocr's task is checked, library and CLI -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--task", "table_parsin"], "hint: Did you mean 'table_parsing'? The tasks (--task): text_recognition,"),
+        (["--ocr-options", '{"task": "zzz"}'], "hint: The tasks (--task): text_recognition,"),
+    ],
+)
+def test_ocr_refuses_an_unknown_task_before_sending(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path, args: list[str], hint: str
+) -> None:
+    write_image(isolated_env / "x.png")
+    r = run_cli("ocr", "x.png", "-m", "qwen-vl-ocr", *args, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "is not an OCR task: nothing was sent" in r.stderr and hint in r.stderr, r.stderr
+    assert server.requests == []
+    r = run_cli("ocr", "x.png", "-m", "qwen-vl-ocr", "--task", "table_parsing", env=env)
+    assert r.returncode == 0, r.stderr
+    assert server.requests[-1].json["ocr_options"] == {"task": "table_parsing"}  # compat: a top-level field
+
+
+def test_the_library_ocr_refuses_an_unknown_task(server: DashScopeServer, isolated_env: Path) -> None:
+    from qwenvl import tasks
+
+    image = write_image(isolated_env / "x.png")
+    with make_client(server) as client, pytest.raises(UsageError, match="'table_parsin' is not an OCR task") as caught:
+        tasks.ocr(client, str(image), model="qwen-vl-ocr", task="table_parsin")
+    assert caught.value.hint is not None and caught.value.hint.startswith(
+        "Did you mean 'table_parsing'? The tasks (task)"
+    )
+    assert server.requests == []
