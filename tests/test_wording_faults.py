@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pkgutil
 import re
+import shlex
 import sqlite3
 from pathlib import Path
 
@@ -407,3 +408,49 @@ def test_the_library_ocr_refuses_an_unknown_task(server: DashScopeServer, isolat
         "Did you mean 'table_parsing'? The tasks (task)"
     )
     assert server.requests == []
+
+
+# -- 7. a message names what the user gave ------------------------------------------------------------------------
+
+
+def test_ground_names_page_as_given(server: DashScopeServer, env: dict[str, str], isolated_env: Path) -> None:
+    from test_media_pdf import make_pdf
+
+    (isolated_env / "multi.pdf").write_bytes(make_pdf([(200, 200, (1, 0, 0))] * 3))
+    r = run_cli("ground", "multi.pdf", "dog", "--page", "9", env=env)
+    assert r.returncode == 3, r.stderr
+    assert "page 9 (from --page 9) is out of range" in r.stderr and "--pages" not in r.stderr, r.stderr
+    r = run_cli("ground", "multi.pdf", "dog", "--pages", "9", env=env)
+    assert "page 9 (from --pages 9) is out of range" in r.stderr, r.stderr
+    r = run_cli("ask", "multi.pdf", "-p", "hi", "--pages", "2-9", env=env)
+    assert "page 9 (from --pages 2-9) is out of range" in r.stderr, r.stderr
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://", "error: base URL 'http://' has no host"),
+        ("http:///v1", "error: base URL 'http:///v1' has no host"),
+        ("ftp://x/", "error: base URL 'ftp://x/' is not an http(s) URL"),
+    ],
+)
+def test_a_bad_base_url_is_quoted_as_given(isolated_env: Path, url: str, error: str) -> None:
+    write_image(isolated_env / "x.png")
+    r = run_cli("ask", "x.png", "-p", "hi", "--base-url", url, env={"DASHSCOPE_API_KEY": API_KEY})
+    assert r.returncode == 2 and error in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["scan.tif", "holiday photo.png", "big.jpg"])
+def test_the_downscale_hint_names_the_users_own_file(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path, name: str
+) -> None:
+    from test_media_limits import sparse
+
+    sparse(isolated_env / name, 3 * 1024**3)
+    r = run_cli("ask", name, "-p", "what?", env=env)
+    assert r.returncode == 3, r.stderr
+    stem, suffix = Path(name).stem, Path(name).suffix
+    out = f"{stem}-small{suffix if suffix in ('.png', '.jpg') else '.jpg'}"
+    assert f"`magick {shlex.quote(name)} -resize 50% {shlex.quote(out)}`" in r.stderr, r.stderr
+    assert "in.tif" not in r.stderr

@@ -440,7 +440,8 @@ def build_server(
     client's roots. ``defaults``: request fields every call starts from (``model``, ``timeout_s``,
     ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
     """
-    from qwenvl.media.sources import classify, media_kind, split_media
+    from qwenvl.media.pdf import check_page
+    from qwenvl.media.sources import check_pages_apply, classify, media_kind, split_media
     from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.draw import check_fits, image_format
@@ -552,10 +553,11 @@ def build_server(
                 check_writable(str(target))
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
-            if page is not None and not pdf:
-                raise UsageError("page applies to PDFs only", hint="Leave out page for an image.")
+            check_pages_apply(page, [ref], "page")  # the one rule (media.sources), in the tool's words
             if pdf:
                 fields["pages"] = str(page or 1)
+                if page is not None and (path := local_path(ref)) is not None:
+                    check_page(path, page, ref, "page")
             call = await step(
                 ctx, 0, 2, "preparing the image", lambda: plan_ground(client, ref, query, points=points, **fields)
             )
