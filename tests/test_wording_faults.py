@@ -220,6 +220,8 @@ def media(isolated_env: Path) -> Path:
         (["ocr", "x.png", "--fps", "1"], "--fps applies to videos only"),
         (["extract", "x.png", "--schema", "s.json", "--fps", "1"], "--fps applies to videos only"),
         (["tokens", "x.png", "--fps", "1"], "--fps applies to videos only"),
+        (["batch", "run", "x.png", "-p", "hi", "-o", "o.jsonl", "--pages", "1"], "--pages applies to PDFs only"),
+        (["batch", "run", "x.png", "-p", "hi", "-o", "o.jsonl", "--fps", "1"], "--fps applies to videos only"),
     ],
 )
 def test_an_option_that_does_not_apply_is_refused_before_sending(
@@ -238,6 +240,7 @@ def test_an_option_that_does_not_apply_is_refused_before_sending(
         ["ask", "clip.mp4", "-p", "hi", "--video-as", "frames"],
         ["events", "x.png", "x.png", "--fps", "1", "--dry-run"],  # frame images are a video
         ["tokens", "clip.mp4", "--fps", "1"],
+        ["batch", "run", "x.png", "clip.mp4", "-p", "hi", "-o", "o.jsonl", "--fps", "1"],  # one input it applies to
     ],
 )
 def test_the_same_option_where_it_applies_is_taken(

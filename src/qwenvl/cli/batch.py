@@ -33,8 +33,10 @@ from qwenvl.cli.common import (
     Verb,
     awaiting_stdin,
     backend_options,
+    check_pages_apply,
     err_console,
     generation_options,
+    given_flags,
     option_group,
     pass_opts,
     print_json,
@@ -415,6 +417,8 @@ def run(opts: dict[str, Any]) -> None:
                 'no prompt: give one with -p "..."',
                 hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
             )
+        if opts["pages"] or given_flags() & {"--fps", "--video-as"}:  # no input they apply to: refused, not ignored
+            check_pages_apply(opts, list(iter_inputs(opts["inputs"])))  # each stops at the first PDF or video
         refs = iter_inputs(opts["inputs"])  # walked as Batch takes them: no list of paths
         first = next(refs, None)
         if first is None:
