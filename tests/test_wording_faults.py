@@ -457,3 +457,8 @@ def test_the_downscale_hint_names_the_users_own_file(
     out = f"{stem}-small{suffix if suffix in ('.png', '.jpg') else '.jpg'}"
     assert f"`magick {shlex.quote(name)} -resize 50% {shlex.quote(out)}`" in r.stderr, r.stderr
     assert "in.tif" not in r.stderr
+
+
+def test_a_url_might_be_a_video_so_fps_is_not_refused_for_it(server: DashScopeServer, env: dict[str, str]) -> None:
+    r = run_cli("ask", "https://example.com/stream?id=1", "-p", "hi", "--fps", "1", "--dry-run", env=env)
+    assert "applies to videos only" not in r.stderr, r.stderr

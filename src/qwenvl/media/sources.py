@@ -544,13 +544,18 @@ def check_pages_apply(pages: object, refs: list[str] | tuple[str, ...], option: 
 def check_video_options_apply(given: list[str], refs: list[str] | tuple[str, ...], *, frames: bool = False) -> None:
     """Options that only a video reads (``given``: their names as the caller's user spells them, e.g.
     ``["--fps"]``, ``["--video-as"]``; empty when none was given) where no reference is a video, or might be one
-    (a remote URL that does not look like one is an image: ``media_kind``), nor, with ``frames`` (``events``:
+    (a remote URL: its kind is not known here), nor, with ``frames`` (``events``:
     frame images are a video), a list of several images: a UsageError (exit 2) naming the first, rather than
     silently nothing; the same rule as ``check_pages_apply`` for PDFs. Raises nothing otherwise."""
-    if not given:
+    if not given or (frames and len(refs) > 1):
         return
-    if any(media_kind(ref) == "video" for ref in refs) or (frames and len(refs) > 1):
-        return
+    for ref in refs:
+        try:
+            source = classify(ref)
+            if source.is_remote or media_kind(source) == "video":
+                return
+        except MediaError:  # left to the checks that name it
+            return
     option = given[0]
     raise UsageError(f"{option} applies to videos only", hint=f"Leave out {option} for an image or a PDF.")
 
