@@ -217,7 +217,7 @@ def test_a_damaged_or_foreign_journal_is_refused_and_left_alone(server, isolated
     before = sorted((f.name, f.is_dir() or f.read_bytes()) for f in isolated_env.iterdir() if f.name != "r.jsonl")
     for extra in ((), ("--dry-run",), ("--retry-errors",)):
         p = run_batch(server, reqs, "out.jsonl", *extra)
-        assert p.returncode == 2, (extra, p.stderr)
+        assert p.returncode == 3, (extra, p.stderr)  # the file is the fault: an input error (store.db.unusable)
         [line] = error_lines(p.stderr)
         assert str(journal.name) in line and SAYS[damage] in line, line
         assert "--fresh" in p.stderr

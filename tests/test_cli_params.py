@@ -79,7 +79,8 @@ def test_request_extra_is_refused_in_library_analyze_and_batch(server, env, imag
     with make_client(server) as client:
         with pytest.raises(UsageError) as info:
             client.plan(prompt="hi", image=str(image), extra={"temperature": 0.9})
-        assert "--temperature" in (info.value.hint or "")
+        assert "Use temperature" in (info.value.hint or "")  # the library's words
+        assert "--temperature" in (info.value.raw_hint or "")  # the flags, for the CLI to fit
         with pytest.raises(UsageError):
             client.request(prompt="hi", extra={"parameters": {}})
     req = json.dumps({"prompt": "Describe", "image": str(image), "extra": {"model": "qwen-vl-max"}})

@@ -131,7 +131,7 @@ def test_a_max_tokens_too_large_for_the_text_says_to_lower_it(server, env):
     with make_client(server) as client, pytest.raises(UsageError) as info:
         client.plan(prompt=text, max_tokens=32_768, estimate_only=True)
     hint = info.value.hint or ""
-    assert "Lower --max-tokens (32,768) to at most about" in hint and "Cut the text" not in hint, hint
+    assert "Lower max_tokens (32,768) to at most about" in hint and "Cut the text" not in hint, hint
     p = run_cli("ask", "-p", "-", "--max-tokens", "32768", "--dry-run", env=env, input=text)
     assert p.returncode == 2 and "Lower --max-tokens (32,768)" in p.stderr, p.stderr
 

@@ -309,7 +309,7 @@ def library(site: Site, kind: str, protocol: str, stream: bool) -> Outcome:
     with pytest.raises(QwenVLError) as info:
         (_sync if kind == "sync" else _async)(protocol, stream, site.url(backend), notices.append)
     exc = info.value
-    return Outcome(type(exc), masked(str(exc)), exc.hint, site.attempts(), len(notices) + 1)
+    return Outcome(type(exc), masked(str(exc)), exc.raw_hint, site.attempts(), len(notices) + 1)
 
 
 def cli(site: Site, protocol: str, stream: bool) -> tuple[int, list[str], int | None]:

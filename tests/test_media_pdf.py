@@ -245,7 +245,7 @@ def test_render_pdf_page_range(doc: Path) -> None:
 def test_context_window_is_checked(doc: Path) -> None:
     with pytest.raises(MediaError, match="over the model's context of 3000") as err:
         render_pdf(doc, factor=32, min_pixels=4096, max_pixels=PLUS.default_max_pixels, context_tokens=3000)
-    assert "--pages" in (err.value.hint or "")
+    assert "pages" in (err.value.hint or "") and "--pages" in (err.value.raw_hint or "")  # library words; flags raw
 
 
 # --- bad PDFs ---------------------------------------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_the_openai_protocol_checks_only_qwenvls_own_names():
     assert check_extra({"min_p": 0.1, "repetition_penalty": 1.1}, "openai") == []
     with pytest.raises(UsageError) as info:
         check_extra({"max-tokens": 5}, "openai")
-    assert "Did you mean 'max_tokens'?" in (info.value.hint or "") and "--max-tokens" in (info.value.hint or "")
+    assert "Did you mean 'max_tokens'?" in (info.value.hint or "") and "--max-tokens" in (info.value.raw_hint or "")
 
 
 @pytest.mark.parametrize("protocol", ["compat", "native"])
@@ -174,7 +174,8 @@ def test_library_refuses_a_misspelt_extra_sync_and_async(server, protocol, media
         with pytest.raises(UsageError) as info:
             client.complete(prompt="hi", image=media["image"], extra={"temprature": 0.5})
         assert "Did you mean 'temperature'?" in (info.value.hint or "")
-        assert "--temperature / temperature" in (info.value.hint or "")  # the CLI keeps the flag, Python the field
+        assert "--temperature / temperature" in (info.value.raw_hint or "")  # the CLI keeps the flag, Python the field
+        assert "Use temperature;" in (info.value.hint or "")  # the library's words
         with pytest.raises(UsageError, match="presence_penality"):
             list(client.stream(prompt="hi", image=media["image"], extra={"presence_penality": 1}))
 

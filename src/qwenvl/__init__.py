@@ -48,6 +48,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'qwenvl' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The public names (``__all__``, the lazy ones included) and the submodules: not the helpers this file
+    imports for itself (``Any``, ``TYPE_CHECKING``) nor private modules."""
+    import pkgutil
+
+    return sorted({*__all__, *(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))})
+
+
 __all__ = [
     "APIConnectionError",
     "APIError",

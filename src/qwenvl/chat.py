@@ -126,7 +126,7 @@ class Conversation:
         bytes or PIL images (sent as ``data:`` URLs); a blank one is a UsageError."""
         from qwenvl.media.sources import split_media
 
-        images, video = split_media([not_blank(media_refs(ref), "image") for ref in refs])
+        images, video = split_media([not_blank(media_refs(ref), "image", required=True) for ref in refs])
         if video is not None and self.video is not None:
             raise UsageError(
                 "one video per message: this one already has " + str(self.video),

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
+import os
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -30,7 +31,7 @@ from qwenvl.config import (
     require_api_key,
     resolve_base_url,
 )
-from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError, closest, did_you_mean
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
@@ -39,6 +40,7 @@ from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import (
+    FIELD_FLAGS,
     Message,
     Request,
     Response,
@@ -78,7 +80,8 @@ def make_request(
             data["schema"] = schema_model
         return Request(**data)
     except ValidationError as exc:
-        raise UsageError(describe_validation_error(exc), hint=_unknown_field_hint(exc) or _rule_hint(exc)) from None
+        hint = _unknown_field_hint(exc) or _rule_hint(exc) or value_hint(exc)
+        raise UsageError(describe_validation_error(exc), hint=hint) from None
 
 
 # What to do about each rule of ``Request._check`` (keyed by the start of its message); flags beside the library's
@@ -100,9 +103,58 @@ def _rule_hint(exc: ValidationError) -> str | None:
     """The hint for the first broken rule of ``Request._check`` (``_RULE_HINTS``), or None."""
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":  # its "did you mean" is the hint's (_unknown_field_hint)
+            msg = msg.split(" (did you mean")[0]
         hint = next((h for start, h in _RULE_HINTS.items() if msg.startswith(start)), None)
         if hint:
             return hint
+    return None
+
+
+# pydantic's bound errors, and the bracket each side of a range is written with
+_BOUNDS = {"gt": "(", "ge": "[", "lt": ")", "le": "]"}
+
+
+def _field_range(name: str) -> str | None:
+    """``[0, 2)`` for a Request field bounded both sides, ``0 or more`` / ``above 0`` for one side; None for an
+    unbounded one. From the field's own constraints (``Request.model_fields``: one home). Raises nothing."""
+    info = Request.model_fields.get(name)
+    if info is None:
+        return None
+    found = {k: getattr(m, k) for m in info.metadata for k in _BOUNDS if getattr(m, k, None) is not None}
+    low = next(((k, found[k]) for k in ("gt", "ge") if k in found), None)
+    high = next(((k, found[k]) for k in ("lt", "le") if k in found), None)
+    if low and high:
+        return f"{_BOUNDS[low[0]]}{low[1]:,}, {high[1]:,}{_BOUNDS[high[0]]}"
+    if low:
+        return f"{low[1]:,} or more" if low[0] == "ge" else f"above {low[1]:,}"
+    if high:
+        return f"at most {high[1]:,}" if high[0] == "le" else f"below {high[1]:,}"
+    return None
+
+
+def value_hint(exc: ValidationError) -> str | None:
+    """A hint for pydantic's common refusals of a Request field (the first that has one): a number out of range
+    says the range (``--temperature / temperature takes a number in [0, 2)``); a value not among the choices says
+    the closest (``Did you mean 'high'?``, ``errors.did_you_mean``); a file where a list is taken says where one
+    file goes (``images takes a list; one file goes in image=``). Flags beside the library's names, fitted to each
+    surface (``qwenvl.wording``). None when none applies. Raises nothing."""
+    for err in exc.errors():
+        if len(err["loc"]) != 1 or str(err["loc"][0]) not in Request.model_fields:
+            continue
+        name = str(err["loc"][0])
+        flag = FIELD_FLAGS.get(name, f"--{name.replace('_', '-')}")
+        said = f"{flag} / {name}" if flag else name
+        if err["type"] in ("less_than", "less_than_equal", "greater_than", "greater_than_equal"):
+            span = _field_range(name)
+            if span:
+                return f"{said} takes a number {'in ' if span[0] in '([' else ''}{span}; leave it out for its default."
+        if err["type"] == "literal_error":
+            choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            near = did_you_mean(str(err.get("input")), choices)
+            return f"{near + ' ' if near else ''}{said} is one of {', '.join(choices)}."
+        if err["type"] == "list_type" and name == "images" and isinstance(err.get("input"), str | os.PathLike):
+            return "images takes a list (images=[...]); one file goes in image=."
     return None
 
 
@@ -126,8 +178,7 @@ def _unknown_field_hint(exc: ValidationError) -> str | None:
 def near_field(name: str) -> str | None:
     """The ``Request`` field an unknown key ``name`` was most likely meant to be (``difflib``'s closest match,
     e.g. ``max_tokens`` for ``max_token``), or None when none is close. Raises nothing."""
-    near = difflib.get_close_matches(name, list(Request.model_fields), n=1)
-    return near[0] if near else None
+    return closest(name, Request.model_fields)
 
 
 def describe_validation_error(exc: ValidationError, what: str = "invalid request") -> str:
@@ -136,6 +187,8 @@ def describe_validation_error(exc: ValidationError, what: str = "invalid request
     for err in exc.errors()[:6]:
         where = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":  # its "did you mean" is the hint's (_unknown_field_hint)
+            msg = msg.split(" (did you mean")[0]
         named = where and msg.startswith(f"{where.rsplit('.', 1)[-1]} ")  # "prompt is empty" names its field
         lines.append(f"{where}: {msg}" if where and not named else msg)
     return f"{what}: " + "; ".join(lines)

@@ -151,17 +151,21 @@ def check_family(name: str) -> str:
 def check_http_url(url: str, example: str = "http://127.0.0.1:8000/v1") -> str:
     """``url`` stripped, without a trailing slash; UsageError (with ``example`` as the hint) unless it is an
     http(s) URL with a host (and no control character), and UsageError for a full endpoint (ending in a
-    protocol's ``endpoint``), the hint giving the base."""
-    url = url.strip().rstrip("/")
+    protocol's ``endpoint``), the hint giving the base. Messages quote the URL as given (``'http://'``, not what is
+    left of it without its slash)."""
+    given = url.strip()
+    url = given.rstrip("/")
     try:
         if not url.isprintable():  # a tab, a newline, ESC: httpx refused them later, as a crash
             raise ValueError("it holds a control character")
         parts = urlsplit(url)
         parts.port  # noqa: B018  # "Port out of range 0-65535", "Port could not be cast to integer value"
     except ValueError as exc:  # "http://[bad": an IPv6 host not closed; a port that is no port
-        raise UsageError(f"base URL {url!r} is not a valid URL ({exc})", hint=f"For example {example}") from None
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"base URL {url!r} is not an http(s) URL", hint=f"For example {example}")
+        raise UsageError(f"base URL {given!r} is not a valid URL ({exc})", hint=f"For example {example}") from None
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"base URL {given!r} is not an http(s) URL", hint=f"For example {example}")
+    if not parts.netloc:
+        raise UsageError(f"base URL {given!r} has no host", hint=f"For example {example}")
     from qwenvl import protocols  # the paths they append (protocols do not import this module at load time)
 
     for endpoint in {protocols.get(name).endpoint for name in protocols.names()}:  # a full one would be doubled
@@ -451,7 +455,7 @@ def _read_key_file(path: Path, *, named_by: str | None = None) -> str | None:
         text = _read_config_text(path, "key file")
     except MediaError as exc:
         raise MediaError(
-            f"{named_by}: {exc.message}" if named_by else exc.message, source=exc.source, hint=exc.hint
+            f"{named_by}: {exc.message}" if named_by else exc.message, source=exc.source, hint=exc.raw_hint
         ) from None
     if text is None:
         return None

@@ -22,7 +22,9 @@ QwenVLError
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 EXIT_OK = 0
@@ -41,14 +43,58 @@ class QwenVLError(Exception):
 
     exit_code = EXIT_SERVICE
     default_hint: str | None = None
+    raw_hint: str | None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint if hint is not None else self.default_hint
 
+    @property
+    def hint(self) -> str | None:
+        """The hint in the library's words: what to change named as a keyword argument or request field
+        (``timeout_s``, ``base_url``, ``region='cn'``), not as the CLI's flag (``qwenvl.wording.library_hint``).
+        ``raw_hint`` is the hint as written, in flags, which each surface (CLI, serve, MCP) puts in its words."""
+        if not self.raw_hint:
+            return self.raw_hint
+        from qwenvl.wording import library_hint
+
+        return library_hint(self.raw_hint)
+
+    @hint.setter
+    def hint(self, value: str | None) -> None:
+        self.raw_hint = value
+
     def __str__(self) -> str:
         return self.message
+
+
+# difflib's ratio at or above which a name is taken for a misspelling of a known one ("hgh" for "high", "nativ" for
+# "native", "max_token" for "max_tokens"); a name further from every known one gets no suggestion.
+CLOSE = 0.6
+
+
+def closest(name: str, known: Iterable[str], *, cutoff: float = CLOSE) -> str | None:
+    """The known name ``name`` was most likely meant to be: the same name in other case or with "-" for "_" (a
+    flag's spelling of a key), else difflib's closest match at ``cutoff`` or above; None when none is close.
+    The one "did you mean" rule of qwenvl (flags, choices, request fields, options, tasks, variables, files).
+    Raises nothing."""
+    known = list(known)
+
+    def spelled(text: str) -> str:
+        return text.strip().lower().replace("-", "_").replace(" ", "_")
+
+    same = [k for k in known if spelled(k) == spelled(name)]
+    if same:
+        return same[0]
+    near = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+    return near[0] if near else None
+
+
+def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = CLOSE, quote: str = "'") -> str | None:
+    """``"Did you mean 'x'?"`` for the ``closest`` known name (quoted with ``quote``), or None. Raises nothing."""
+    near = closest(name, known, cutoff=cutoff)
+    return f"Did you mean {quote}{near}{quote}?" if near is not None else None
 
 
 class UsageError(QwenVLError):
@@ -69,12 +115,17 @@ def empty_argument() -> UsageError:
     )
 
 
-def blank_error(label: str, leave_out: str) -> UsageError:
+def blank_error(
+    label: str, name: str, *, required: bool = False, what: str = "a value", left_out: str = "for the default"
+) -> UsageError:
     """The one wording of a value given as "" or only spaces where a value is required, library and CLI alike
-    (``qwenvl.types.not_blank``, ``qwenvl.cli.common.refuse_blank``): ``"<label> is empty"``, and the hint to give
-    a value or leave ``leave_out`` (the parameter or flag) out. A blank value never falls back silently to the
-    default, nothing, or the cloud endpoint."""
-    return UsageError(f"{label} is empty", hint=f"Give a value, or leave {leave_out} out for the default.")
+    (``qwenvl.types.not_blank``, ``qwenvl.cli.common.refuse_blank``): ``"<label> is empty"``, and a hint true for
+    the option or parameter ``name``: ``required``, to give ``what`` ("a file"); else to give it or leave it out,
+    which does what ``left_out`` says ("for the default (512)", "to not write one"; "": nothing said). A blank
+    value never falls back silently to the default, nothing, or the cloud endpoint."""
+    if required:
+        return UsageError(f"{label} is empty", hint=f"Give {what}: {name} is required.")
+    return UsageError(f"{label} is empty", hint=f"Give {what}, or leave {name} out{' ' if left_out else ''}{left_out}.")
 
 
 class ClientClosedError(UsageError):

@@ -20,7 +20,7 @@ from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import check_pages_apply, media_kind
+from qwenvl.media.sources import check_pages_apply, check_video_options_apply, media_kind
 from qwenvl.models import currency_of, media_costs, model_info
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
@@ -34,6 +34,7 @@ def estimate_files(
     client: SupportsEstimate | None = None,
     family: str | None = None,
     pages_option: str = "pages",
+    fps_option: str = "fps",
     **fields: Any,
 ) -> dict[str, Any]:
     """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
@@ -55,7 +56,8 @@ def estimate_files(
     costs are in the currency's units, rounded to 10 significant digits.
 
     Raises ``UsageError`` for invalid options, an unknown region, or ``pages`` when no file counted is a PDF
-    (``qwenvl.media.sources.check_pages_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI);
+    (``qwenvl.media.sources.check_pages_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI), or
+    ``fps`` when none is a video (``check_video_options_apply``, naming ``fps_option``);
     ``MediaError`` (exit 3) when ``files`` name no media file (an empty folder: ``batch.inputs.no_media_found``),
     a missing folder or a glob that matches nothing (``batch.inputs.expand_inputs``); a file that cannot be sent
     is a row with ``error`` instead."""
@@ -80,6 +82,7 @@ def estimate_files(
     if not refs:
         raise no_media_found([os.fspath(f) for f in files])
     check_pages_apply(fields.get("pages"), refs, pages_option)  # what it counted: no PDF, no pages to pick
+    check_video_options_apply([fps_option] if fields.get("fps") is not None else [], refs)
 
     rows: list[dict[str, Any]] = []
     failed = 0
@@ -89,7 +92,7 @@ def estimate_files(
             prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
         except QwenVLError as exc:  # this file's row; the others go on
             failed += 1
-            rows.append({"source": ref, "error": str(exc), "hint": exc.hint})
+            rows.append({"source": ref, "error": str(exc), "hint": exc.raw_hint})
             continue
         items = prepared.items
         for index, item in enumerate(items, 1):

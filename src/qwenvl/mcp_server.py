@@ -17,7 +17,6 @@ a traceback.
 
 import base64
 import contextlib
-import difflib
 import io
 import json
 import os
@@ -40,7 +39,7 @@ from pydantic.json_schema import SkipJsonSchema
 from qwenvl import __version__
 from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S, MAX_DURATION_S
-from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError, did_you_mean
 from qwenvl.estimate import estimate_files
 from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid, spent_label
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
@@ -102,8 +101,8 @@ class Options(BaseModel):
         if isinstance(data, dict):
             for name in data:
                 if name not in cls.model_fields:
-                    near = difflib.get_close_matches(str(name), list(cls.model_fields), n=1)
-                    guess = f" Did you mean '{near[0]}'?" if near else ""
+                    near = did_you_mean(str(name), cls.model_fields)
+                    guess = f" {near}" if near else ""
                     known = ", ".join(cls.model_fields)
                     raise ValueError(f"unknown option '{name}'.{guess} The options are: {known}.")
         return data
@@ -359,7 +358,7 @@ def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
                 f"\n{spent_label(exc.response.protocol)}: {requests}, {u.input_tokens or 0} in / "
                 f"{u.output_tokens or 0} out tokens, cost {format_cost(b['cost'], b['currency'], local=b['local'])}"
             )
-        hint = fit_hint(exc.hint, TOOL_SURFACE) if exc.hint else ""
+        hint = fit_hint(exc.raw_hint, TOOL_SURFACE) if exc.raw_hint else ""
         if hint:
             text += f"\nhint: {hint}"
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
@@ -441,7 +440,8 @@ def build_server(
     client's roots. ``defaults``: request fields every call starts from (``model``, ``timeout_s``,
     ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
     """
-    from qwenvl.media.sources import classify, media_kind, split_media
+    from qwenvl.media.pdf import check_page
+    from qwenvl.media.sources import check_pages_apply, classify, media_kind, split_media
     from qwenvl.outputs import check_writable
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.draw import check_fits, image_format
@@ -553,10 +553,11 @@ def build_server(
                 check_writable(str(target))
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
-            if page is not None and not pdf:
-                raise UsageError("page applies to PDFs only", hint="Leave out page for an image.")
+            check_pages_apply(page, [ref], "page")  # the one rule (media.sources), in the tool's words
             if pdf:
                 fields["pages"] = str(page or 1)
+                if page is not None and (path := local_path(ref)) is not None:
+                    check_page(path, page, ref, "page")
             call = await step(
                 ctx, 0, 2, "preparing the image", lambda: plan_ground(client, ref, query, points=points, **fields)
             )

@@ -6,7 +6,6 @@ only place these values where their wire format wants them.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from typing import Any
 
 from qwenvl import structured
 from qwenvl._constants import FETCH_TIMEOUT_MAX_S
-from qwenvl.errors import MediaError, UsageError
+from qwenvl.errors import MediaError, UsageError, closest
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
@@ -431,13 +430,11 @@ def check_extra(extra: Mapping[str, Any], protocol: str) -> list[str]:
             continue
         elsewhere = sorted(name for name, listed in PASS_THROUGH_PARAMS.items() if key in listed)
         spelled = _spelling(key)
-        near = [n for n in sorted(names) if _spelling(n) == spelled] or difflib.get_close_matches(
-            spelled, sorted(names), n=1, cutoff=_CLOSE
-        )
-        if near and not elsewhere:
-            hint = f"Did you mean '{near[0]}'?"
-            if near[0] in Request.model_fields or near[0] in BUILT_WIRE_KEYS:
-                hint += " " + reserved_extra_hint([near[0]])
+        near = closest(spelled, sorted(names), cutoff=_CLOSE)
+        if near is not None and not elsewhere:
+            hint = f"Did you mean '{near}'?"
+            if near in Request.model_fields or near in BUILT_WIRE_KEYS:
+                hint += " " + reserved_extra_hint([near])
             raise UsageError(
                 f"'{key}' is not a parameter{where} (extra, --param): it would be ignored; nothing was sent",
                 hint=hint,

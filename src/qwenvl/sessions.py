@@ -127,7 +127,7 @@ class Session:
         MediaError (CLI exit code 3) for a session file that cannot be read (a folder, a pipe, no
         permission)."""
         if isinstance(name, str) and not name.strip():
-            raise blank_error("session", "session")
+            raise blank_error("session", "the session name", required=True)
         if not _NAME.match(name):
             raise UsageError(
                 f"invalid session name {name!r}: use letters, digits, '.', '_' or '-'",

@@ -430,7 +430,7 @@ def _status_error(response: httpx.Response, body: bytes, api_key: str, key_sourc
     err.message = redact(err.message, api_key)
     if isinstance(err, AuthenticationError):  # the hint names where the refused key came from, and whose server
         dashscope = needs_dashscope_key(str(response.request.url))
-        err.hint = key_refused_hint(key_source, dashscope=dashscope) or err.hint
+        err.hint = key_refused_hint(key_source, dashscope=dashscope) or err.raw_hint
     return err
 
 

@@ -22,13 +22,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S, MAX_DURATION_S
-from qwenvl.errors import UsageError, blank_error
+from qwenvl.errors import UsageError, blank_error, closest
 from qwenvl.models import DEFAULT_MODEL
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -55,11 +56,12 @@ def seconds(value: Any, name: str, *, zero: bool = False) -> float:
     return float(value)
 
 
-def not_blank(value: Any, name: str) -> Any:
+def not_blank(value: Any, name: str, *, required: bool = False) -> Any:
     """``value`` as given unless it is a blank string ("" or only spaces) where a value is required: then the
-    blank-value error (``errors.blank_error``, the CLI's wording) naming ``name``. None passes (the default)."""
+    blank-value error (``errors.blank_error``, the CLI's wording) naming ``name``, whose hint says to leave it out
+    for the default, or (``required``: a parameter with no default) that it is required. None passes."""
     if isinstance(value, str) and not value.strip():
-        raise blank_error(name, name)
+        raise blank_error(name, name, required=required)
     return value
 
 
@@ -545,6 +547,41 @@ with warnings.catch_warnings():
 
                     check_schema(value)
             return data
+
+        @model_validator(mode="wrap")
+        @classmethod
+        def _near_names(cls, data: Any, handler: Any) -> Any:
+            """An unknown field near a known one says which (``max_token``: "Extra inputs are not permitted (did
+            you mean 'max_tokens'?)", ``errors.closest``), where pydantic alone says only the first half."""
+            try:
+                return handler(data)
+            except ValidationError as exc:
+                errors = exc.errors()
+                near = {
+                    i: closest(str(e["loc"][0]), cls.model_fields)
+                    for i, e in enumerate(errors)
+                    if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
+                }
+                if not any(near.values()):
+                    raise
+                details: list[Any] = []
+                for i, e in enumerate(errors):
+                    kind: Any = e["type"]
+                    if near.get(i):
+                        kind = PydanticCustomError(
+                            "extra_forbidden",
+                            "Extra inputs are not permitted (did you mean '{near}'?)",
+                            {"near": near[i]},
+                        )
+                    detail = {"type": kind, "loc": e["loc"], "input": e["input"]}
+                    if "ctx" in e and not near.get(i):
+                        detail["ctx"] = e["ctx"]
+                    details.append(detail)
+                try:
+                    rebuilt = ValidationError.from_exception_data(exc.title, details)
+                except (KeyError, TypeError, ValueError):  # an error type pydantic cannot rebuild: its own words
+                    raise exc from None
+                raise rebuilt from None
 
         def __init__(self, **data: Any) -> None:
             model = data.get("schema")

@@ -7,6 +7,8 @@ the library's name for it (``--min-pixels / min_pixels``). A surface says how it
 - the CLI (``qwenvl.cli.common.fit_hint``): a verb keeps the flags it has; one without a flag gets the request
   key it sets (``analyze``, ``batch --requests``) or the environment variable that stands for it
   (``QWENVL_REGION=cn``);
+- the library (``library_hint``, what ``QwenVLError.hint`` returns): a keyword argument or request field
+  (``timeout_s``, ``base_url``, ``region='cn'``) where a flag stands for one; ``raw_hint`` keeps the flags;
 - ``qwenvl serve`` (``api_surface``): an HTTP client gets the request field in its protocol's spelling
   (``top_k`` in an OpenAI-compatible body, ``parameters.top_k`` in a native one); a flag with no field (the
   server's ``--engine``, ``--base-url``, ``--timeout``), a qwenvl command and an environment variable name
@@ -282,3 +284,57 @@ def api_surface(
         names=dict(names or {}),
         models=models,
     )
+
+
+# --- the library ------------------------------------------------------------------------------------------------
+
+# Keyword arguments of ``Client`` / ``AsyncClient`` that a CLI flag stands for (the flag's name with underscores,
+# or ``FLAG_FIELDS``: --timeout -> timeout_s); the rest of the library's names are Request fields.
+CLIENT_ARGUMENTS = frozenset(
+    {
+        "api_key",
+        "protocol",
+        "region",
+        "base_url",
+        "timeout_s",
+        "max_retries",
+        "retry_backoff_s",
+        "backend",
+        "engine",
+        "family",
+        "device",
+        "dtype",
+        "attn_implementation",
+    }
+)
+
+
+def library_name(flag: str) -> str | None:
+    """The keyword argument or request field of the library that does what ``flag`` does (``--timeout`` ->
+    ``timeout_s``, ``--max-tokens`` -> ``max_tokens``, ``--param`` -> ``extra``), or None for a flag that only
+    the CLI has (``--yes``, ``--fresh``...). Raises nothing."""
+    from qwenvl.types import Request
+
+    name = field_of(flag)
+    return name if name in CLIENT_ARGUMENTS or name in Request.model_fields else None
+
+
+def _library_surface() -> Surface:
+    def pair(flag: str, other: str) -> str:  # "--no-resize / prepare=False": the library's own name
+        return other
+
+    def with_value(flag: str, value: str) -> str | None:  # "--region cn" -> "region='cn'"
+        said = library_name(flag)
+        return f"{said}={value!r}" if said else None
+
+    return Surface(name=library_name, pair=pair, with_value=with_value, param=lambda key: f"extra {key}")
+
+
+def library_hint(hint: str) -> str:
+    """``hint`` (written in CLI flags) in the library's words (``QwenVLError.hint``): ``--timeout`` ->
+    ``timeout_s``, ``--base-url`` -> ``base_url``, ``--region cn`` -> ``region='cn'``, ``--no-resize /
+    prepare=False`` -> ``prepare=False``, ``--param KEY=`` -> ``extra KEY=``; a flag only the CLI has (``--fresh``)
+    stays as it is, and nothing is left out (``fit_message``). Raises nothing."""
+    if not FLAG.search(re.sub(r"`[^`]*`", "", hint)):
+        return hint
+    return fit_message(hint, _library_surface())

@@ -77,7 +77,7 @@ def engine_hints() -> Iterator[None]:
         yield
     except QwenVLError as exc:
         hint = ENGINE_HINTS.get(type(exc))
-        if hint is not None and exc.hint == type(exc).default_hint:
+        if hint is not None and exc.raw_hint == type(exc).default_hint:
             exc.hint = hint
         raise
 

@@ -446,7 +446,7 @@ def run_batch_api(
         except APIError as exc:
             kept = journal.open_batches()
             jobs = {job["id"]: job["status"] for job in kept if not job["id"].startswith(UPLOAD_PREFIX)}
-            said = exc.hint + " " if exc.hint else ""
+            said = exc.raw_hint + " " if exc.raw_hint else ""
             if jobs:
                 where = f" ({'it is' if len(jobs) == 1 else 'they are'} kept in {journal.path.name})"
                 left = jobs_left(jobs, region=opts["region"], base_url=opts["base_url"], kept=where)
@@ -835,7 +835,7 @@ def _merge(batch: Batch, api: BatchAPI, journal: Journal, job: dict[str, Any], p
             item = batch.spool.get(item_id)
             if item is not None:
                 batch._record_error(journal, item, exc, prog, attempts=1, extra=extra)
-        prog.job_failures.append({"batch_id": job_id, "status": status, "message": message, "hint": exc.hint})
+        prog.job_failures.append({"batch_id": job_id, "status": status, "message": message, "hint": exc.raw_hint})
         return
     # not run (expired, cancelled: released above), or in neither file: pending again, submitted by the next run
     journal.release_items(not_run)
@@ -889,7 +889,7 @@ def _refuse(
         item = batch.spool.get(item_id)
         if item is not None:
             batch._record_error(journal, item, error, prog, attempts=1)
-    prog.job_failures.append({"batch_id": None, "status": "refused", "message": message, "hint": error.hint})
+    prog.job_failures.append({"batch_id": None, "status": "refused", "message": message, "hint": error.raw_hint})
 
 
 def _record(

@@ -66,12 +66,12 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from qwenvl.client import make_request
-from qwenvl.errors import QwenVLError, UsageError
+from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.models import LOCAL, model_info
 from qwenvl.outputs import write_atomic, write_failure_hint
 from qwenvl.plan import TRANSPORT_FIELDS as PLAN_TRANSPORT_FIELDS
 from qwenvl.plan import question as plan_question
-from qwenvl.store.db import connect
+from qwenvl.store.db import connect, problem, unusable
 from qwenvl.types import FIELD_FLAGS, request_field_defaults
 
 SUFFIX = ".journal"
@@ -349,27 +349,30 @@ def check_free(output: Path) -> None:
     release_lock(take_lock(output))
 
 
-def _damaged(path: Path, what: str) -> UsageError:
-    return UsageError(
-        f"{path} {what}: it cannot be resumed from",
-        hint="Pass --fresh to start over (every item is sent again), or move the file away.",
+def _damaged(path: Path, what: str) -> MediaError:
+    """A journal that cannot be resumed from: the one refusal of a database file (``store.db.unusable``, exit 3)."""
+    return unusable(
+        path,
+        f"{what}: it cannot be resumed from",
+        hint="Pass --fresh to start over (every item is sent again), or move the file aside.",
     )
 
 
 def inspect_journal(output: Path) -> bool:
     """Check ``output``'s journal before it is used. Returns True if there is one to resume from, False if the
     batch is new (no journal; or a 0-byte or table-less one, a run killed while creating it, with no results in
-    the output beside it). Raises a UsageError naming the file and ``--fresh`` when it is not a regular file,
-    not SQLite, damaged (``PRAGMA quick_check``), not a qwenvl journal, from a newer qwenvl, or blank while the
-    output holds results. Nothing is written."""
+    the output beside it). Raises a MediaError (``store.db.unusable``: exit 3) naming the file and ``--fresh``
+    when it cannot be read, is not a regular file, not SQLite, damaged (``PRAGMA quick_check``), not a qwenvl
+    journal, or blank while the output holds results; a UsageError when it is from a newer qwenvl. Nothing is
+    written."""
     path = journal_path(output)
     try:
         st = path.stat()
     except FileNotFoundError:
         return False
     except OSError as exc:
-        raise UsageError(
-            f"cannot read {path}: {exc.strerror or exc}", hint="Check the file's permissions, or write elsewhere (-o)."
+        raise unusable(
+            path, problem(path, exc, "read"), hint="Check the file's permissions, or write elsewhere (-o)."
         ) from None
     if not stat.S_ISREG(st.st_mode):
         raise _damaged(path, "is not a regular file")
@@ -379,9 +382,8 @@ def inspect_journal(output: Path) -> bool:
             with path.open("rb") as fh:
                 head = fh.read(len(SQLITE_MAGIC))
         except OSError as exc:
-            raise UsageError(
-                f"cannot read {path}: {exc.strerror or exc}",
-                hint="Check the file's permissions, or write elsewhere (-o).",
+            raise unusable(
+                path, problem(path, exc, "read"), hint="Check the file's permissions, or write elsewhere (-o)."
             ) from None
         if head != SQLITE_MAGIC:
             raise _damaged(path, "is not a qwenvl journal (not an SQLite database)")
@@ -446,7 +448,7 @@ def read_open_job_statuses(output: Path) -> dict[str, str | None]:
             ).fetchall()
         finally:
             conn.close()
-    except (UsageError, sqlite3.Error, OSError):
+    except (QwenVLError, sqlite3.Error, OSError):
         return {}
     return {r["id"]: r["status"] for r in rows}
 
@@ -462,7 +464,7 @@ def count_answered(output: Path) -> int:
             row = conn.execute("SELECT count(*) FROM items WHERE status = 'ok' AND seq IS NOT NULL").fetchone()
         finally:
             conn.close()
-    except (UsageError, sqlite3.Error, OSError):
+    except (QwenVLError, sqlite3.Error, OSError):
         return 0
     return int(row[0])
 

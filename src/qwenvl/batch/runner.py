@@ -709,7 +709,7 @@ class Batch:
         from qwenvl.batch.batchapi import NotBatchableError
 
         every = f"every one of the {est.invalid:,} pending items"
-        hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.hint
+        hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.raw_hint
         refused = type(first)(f"{first.message} ({every}): nothing was sent or written", hint=hint)
         raise refused
 
@@ -1047,7 +1047,7 @@ class _Realtime:
         if self.fatal is not None:
             error = self.fatal
             if isinstance(error, QwenVLError) and not isinstance(error, UsageError):  # journal errors say it
-                error.hint = f"{error.hint + ' ' if error.hint else ''}{self._stopped_hint()}"
+                error.hint = f"{error.raw_hint + ' ' if error.raw_hint else ''}{self._stopped_hint()}"
             raise error
 
     def _stopped_hint(self) -> str:
@@ -1191,8 +1191,8 @@ class _Realtime:
         error = type(exc)(
             f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
             f"({exc.message})",
-            hint=f"{exc.hint + ' ' if exc.hint else ''}Once it answers, add --retry-errors to send the failed items "
-            "again.",
+            hint=f"{exc.raw_hint + ' ' if exc.raw_hint else ''}Once it answers, add --retry-errors to send the "
+            "failed items again.",
         )
         raise _Fatal(error)
 

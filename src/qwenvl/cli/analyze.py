@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from qwenvl.cli.common import FILE_NAME, Verb, make_client, pass_opts, print_json, service_options
+from qwenvl.cli.common import FILE_NAME, Verb, from_request, make_client, pass_opts, print_json, service_options
 from qwenvl.cli.render import warn_answer
 from qwenvl.cli.tasks_common import warn
 from qwenvl.client import near_field
@@ -99,6 +99,7 @@ def drop_unknown_keys(data: dict[str, Any], origin: str) -> dict[str, Any]:
 def analyze(opts: dict[str, Any]) -> None:
     """Analyze an image with a JSON request (the analyze_image.py skill interface)."""
     data = load_request(opts["request_json"], opts["request_file"])
+    from_request(data)  # a hint names what the user wrote there (timeout_s), not the flag (--timeout)
     if opts["json_mode"]:
         data["json_mode"] = True
     if opts["schema_file"]:

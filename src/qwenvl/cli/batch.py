@@ -11,7 +11,6 @@ The work is done by ``qwenvl.batch``; this module parses flags, asks about the c
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import os
 import sys
@@ -34,8 +33,10 @@ from qwenvl.cli.common import (
     Verb,
     awaiting_stdin,
     backend_options,
+    check_pages_apply,
     err_console,
     generation_options,
+    given_flags,
     option_group,
     pass_opts,
     print_json,
@@ -46,7 +47,7 @@ from qwenvl.cli.common import (
     shown,
     stdin_text,
 )
-from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
+from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, closest, safe_line
 from qwenvl.models import format_cost, model_info
 from qwenvl.plan import check_extra, check_model_rules
 
@@ -62,10 +63,10 @@ class BatchGroup(click.Group):
             first = args[0]
             if not first.startswith("-") and not any(c in first for c in "*?[") and not os.path.lexists(first):
                 # `qwenvl batch stauts ID`: a typo'd subcommand, not an input file that is missing
-                near = difflib.get_close_matches(first, [c for c in self.commands if c != "run"], n=1)
+                near = closest(first, [c for c in self.commands if c != "run"])
                 if near:
                     raise click.UsageError(
-                        f"No such command or file '{first}'. Did you mean 'qwenvl batch {near[0]}'?", ctx
+                        f"No such command or file '{first}'. Did you mean 'qwenvl batch {near}'?", ctx
                     )
             args = ["run", *args]
         return super().parse_args(ctx, args)
@@ -416,6 +417,8 @@ def run(opts: dict[str, Any]) -> None:
                 'no prompt: give one with -p "..."',
                 hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
             )
+        if opts["pages"] or given_flags() & {"--fps", "--video-as"}:  # no input they apply to: refused, not ignored
+            check_pages_apply(opts, list(iter_inputs(opts["inputs"])))  # each stops at the first PDF or video
         refs = iter_inputs(opts["inputs"])  # walked as Batch takes them: no list of paths
         first = next(refs, None)
         if first is None:
@@ -530,7 +533,7 @@ def _failed_job(batch_id: str, exc: QwenVLError, verb: str, *, tried: bool = Tru
             "type": type(exc).__name__,
             "message": f"not {verb}: {exc}" if tried else f"not tried: {exc}",
             "status": getattr(exc, "status", None) or None,
-            "hint": exc.hint,
+            "hint": exc.raw_hint,
             "exit_code": exc.exit_code,
         },
     }
@@ -562,10 +565,10 @@ def _each_job(
                     for other in rest:
                         print_json(_failed_job(other, exc, verb, tried=False), indent=None)
                 if rest:
-                    exc.hint = f"{exc.hint or ''} Not tried: {', '.join(rest)}.".strip()
+                    exc.hint = f"{exc.raw_hint or ''} Not tried: {', '.join(rest)}.".strip()
                 raise
             except APIError as exc:
-                failed = APIError(f"{batch_id}: not {verb}: {exc}", hint=exc.hint)
+                failed = APIError(f"{batch_id}: not {verb}: {exc}", hint=exc.raw_hint)
                 failed.exit_code = exc.exit_code
                 report(failed)
                 if opts["as_json"]:

@@ -7,10 +7,11 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,6 +56,7 @@ _ERR: Console | None = None
 _COMMAND_KEY = "qwenvl.command"
 _PATH_KEY = "qwenvl.command_path"  # "qwenvl batch run": for the help hint
 _GIVEN_KEY = "qwenvl.given"  # the flags given on the verb's command line (``given_flags``)
+_KEYS_KEY = "qwenvl.request_keys"  # the keys a verb read from a request the user wrote (``from_request``)
 _REGION_KEY = "qwenvl.region"  # the verb's --region, for pricing what an error paid for
 
 
@@ -106,7 +108,7 @@ def report(exc: QwenVLError) -> None:
     if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
         label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
         console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
-    hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
+    hint = fit_hint(safe_line(exc.raw_hint), current_command()) if exc.raw_hint else ""
     console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
 
 
@@ -137,6 +139,15 @@ def given_flags() -> set[str]:
     return set(ctx.meta.get(_GIVEN_KEY, ())) if ctx is not None else set()
 
 
+def from_request(keys: Collection[str]) -> None:
+    """Record the request keys the verb at hand read from a request the user wrote (``analyze --file``): a hint
+    then names such a key (``timeout_s``), not the flag that would have set it (``--timeout``), unless the flag
+    was given too (``fit_hint``)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_KEYS_KEY] = frozenset(keys)
+
+
 def _record_given(ctx: click.Context) -> None:
     """The verb's flags given on its command line, kept in ``ctx.meta`` (shared with the group's context, where
     errors are reported after the verb's context has closed)."""
@@ -163,8 +174,15 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
         return hint
     flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
     takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
+    ctx = click.get_current_context(silent=True)
+    given = given_flags()
+    written = ctx.meta.get(_KEYS_KEY, ()) if ctx is not None else ()
+    # a key the user wrote in the request (analyze's timeout_s) is named as written, not as the flag
+    keyed = {f for f in wording.FLAG.findall(hint) if f not in given and wording.field_of(f) in written}
 
     def name(flag: str) -> str | None:  # the flag as this verb can take it, or None
+        if flag in keyed:
+            return wording.field_of(flag)
         if flag in flags:
             return flag
         if takes_requests and wording.field_of(flag) in Request.model_fields:
@@ -172,6 +190,8 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
         return qenv.FLAG_VARIABLES.get(flag)
 
     def pair(flag: str, other: str) -> str:  # the library's name only where the verb takes requests: never "Use tools"
+        if flag in keyed:
+            return other
         if flag in flags:
             return flag
         return other if takes_requests else qenv.FLAG_VARIABLES.get(flag, flag)
@@ -180,7 +200,8 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
         said = name(flag)
         return None if said is None or said.startswith("--") else f"{said}={value}"
 
-    surface = wording.Surface(name=name, pair=pair, with_value=with_value, keeps=flags, given=given_flags())
+    keeps = flags | keyed
+    surface = wording.Surface(name=name, pair=pair, with_value=with_value, keeps=keeps, given=given)
     return wording.fit_hint(hint, surface)
 
 
@@ -291,7 +312,34 @@ def refuse_blank(ctx: click.Context, opts: dict[str, Any]) -> None:
                 raise UsageError(
                     "the prompt is empty", hint='Give the question as words, e.g. "What is in this picture?".'
                 )
-            raise blank_error(param_label(param), max(param.opts, key=len))
+            raise _blank_option(ctx, param)
+
+
+_DEFAULT_IN_HELP = re.compile(r"\(default:? ([^),;]+)")  # "(default 512)", "(default: all)"
+
+
+def _blank_option(ctx: click.Context, param: click.Option) -> UsageError:
+    """The blank-value error for ``param`` with a hint true for it (``errors.blank_error``): a required option
+    (click's ``required``, or one its verb needs: ``Verb.needs``) is to be given; an output file left out is not
+    written (or the result goes to stdout); another option left out takes its default, named when its help or
+    its click default says it (nothing said when it has none)."""
+    flag = max(param.opts, key=len)
+    what = "a file" if param.type is FILE_NAME else "a value"
+    needs = getattr(ctx.command, "needs", ())
+    if param.required or param.name in needs:
+        return blank_error(param_label(param), flag, required=True, what=what)
+    text = param.help or ""
+    if "instead of stdout" in text:
+        left_out = "to print the result on stdout"
+    elif param.type is FILE_NAME and text.startswith(("Write", "Also write")):
+        left_out = "to not write one"
+    elif (m := _DEFAULT_IN_HELP.search(text)) is not None:
+        left_out = f"for the default ({m[1].strip()})"
+    elif (default := param.to_info_dict()["default"]) not in (None, ()) and not callable(default):
+        left_out = f"for the default ({default})"
+    else:  # no default: left out, it is not given (no system prompt, no session)
+        left_out = ""
+    return blank_error(param_label(param), flag, what=what, left_out=left_out)
 
 
 class Verb(click.Command):
@@ -299,6 +347,12 @@ class Verb(click.Command):
     ``--thinking --no-thinking``) is a usage error (exit 2) naming it, where click would keep the last one
     silently. Repeatable options (``--stop``, ``--param``) and plain flags said twice (``--json --json``, which
     mean the same) are not refused."""
+
+    def __init__(self, *args: Any, needs: Collection[str] = (), **kwargs: Any) -> None:
+        """``needs``: the names of options the verb requires though click does not (a shared option such as
+        ``--schema``, which ``extract`` alone requires): a blank one is then said to be required."""
+        super().__init__(*args, **kwargs)
+        self.needs = frozenset(needs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and not ctx.resilient_parsing:
@@ -503,12 +557,19 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return out
 
 
-def check_pages_apply(opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages") -> None:
-    """``--pages`` (ground's ``--page``) given where no MEDIA is a PDF, or might be one: a UsageError (exit 2)
-    naming the option (``qwenvl.media.sources.check_pages_apply``, the rule's home)."""
+def check_pages_apply(
+    opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages", *, frames: bool = False
+) -> None:
+    """An option given that does not apply to MEDIA is refused (exit 2) naming it, never ignored: ``--pages``
+    (ground's ``--page``) where no MEDIA is a PDF, or might be one (``qwenvl.media.sources.check_pages_apply``);
+    ``--fps`` or ``--video-as`` where none is a video (``frames``: nor several frame images, which ``events``
+    takes as one; ``qwenvl.media.sources.check_video_options_apply``). The one call every verb makes."""
     from qwenvl.media.sources import check_pages_apply as check
+    from qwenvl.media.sources import check_video_options_apply
 
     check(opts.get(option.lstrip("-")), refs, option)
+    given = given_flags()
+    check_video_options_apply([f for f in ("--fps", "--video-as") if f in given], refs, frames=frames)
 
 
 def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -520,7 +581,7 @@ def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -
         try:
             check_page_spec(value)
         except UsageError as exc:
-            raise HintedBadParameter(str(exc), exc.hint or "", ctx, param) from None
+            raise HintedBadParameter(str(exc), exc.raw_hint or "", ctx, param) from None
     return value
 
 

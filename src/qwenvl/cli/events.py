@@ -10,6 +10,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    check_pages_apply,
     err_console,
     generation_options,
     make_client,
@@ -68,6 +69,7 @@ def events(opts: dict[str, Any]) -> None:
             f"a video ({video}) and {stills} ({first_names(images)}) given: give one video or frame images, not both",
             hint="Give the video alone, or the frames alone (in order).",
         )
+    check_pages_apply(opts, refs, frames=True)  # --pages: events takes no PDF
     target: str | list[str] = video if video is not None else images
     sheet = None
     if opts["sheet_file"]:

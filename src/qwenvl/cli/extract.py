@@ -28,7 +28,7 @@ from qwenvl.outputs import check_writable
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
 
 
-@click.command(cls=Verb)
+@click.command(cls=Verb, needs=("schema_file",))
 @click.argument("files", type=FILE_NAME, nargs=-1, required=True)
 @click.option("-p", "--prompt", help='What to extract (default: "Extract the information in this document.").')
 @click.option("--jsonl", is_flag=True, help='One JSON line per file, {"file", "json"}, even for one file.')

@@ -24,6 +24,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
+from qwenvl.media.pdf import check_page
 from qwenvl.media.sources import classify, first_names, media_kind
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.draw import annotate, check_fits, image_format
@@ -102,6 +103,8 @@ def ground(opts: dict[str, Any]) -> None:
     pdf = media_kind(classify(image)) == "pdf"
     if pdf:
         fields["pages"] = str(page or 1)
+        if page is not None and (path := classify(image).path) is not None:  # as given: --page 9, not --pages 9
+            check_page(path, page, image, "--pages" if given is not None else "--page")
     client = make_client(opts)
     call = plan_ground(client, image, query, points=opts["points"], **fields)
     if out is not None:  # a format that cannot hold the picture at its size (.ico: 256 px): before it is paid

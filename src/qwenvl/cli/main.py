@@ -21,7 +21,7 @@ from qwenvl import env as qenv
 from qwenvl.cli.common import err_console, report
 from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
 from qwenvl.cli.streams import OutputClosed, guarded_streams
-from qwenvl.errors import EXIT_SERVICE, QwenVLError, safe_line
+from qwenvl.errors import EXIT_SERVICE, QwenVLError, closest, did_you_mean, safe_line
 
 
 class QwenVLGroup(click.Group):
@@ -90,24 +90,38 @@ class QwenVLGroup(click.Group):
 _DID_YOU_MEAN = re.compile(r"\s*\(?((?:Possible options|Did you mean)[^()]*?)\)?$")
 
 
-def _closest_options(given: str, possibilities: Any, ctx: click.Context | None) -> str:
-    """click's "Did you mean" for an unknown option, the closest first and the far ones left out. An option the
-    given name begins (``--temp``: ``--temperature``) comes first, as click offers only difflib's matches
-    (``--system, --stop, --help``). Otherwise difflib's cutoff (0.6) lets ``--backend`` through for
-    ``--max-token`` beside ``--max-tokens``: kept are the options within 0.1 of the best one's similarity."""
-    import difflib  # only on this error: the CLI's start-up stays lean
-
+def _closest_options(given: str, ctx: click.Context | None) -> str | None:
+    """ "Did you mean" for an unknown option: the verb's options the given name begins (``--temp``:
+    ``--temperature``), else the one closest option (``qwenvl.errors.closest``, the one rule) of the verb or of
+    the groups above it (``qwenvl ask --versoin``: "Did you mean `qwenvl --version`?"); None when none is close
+    (never a far one: ``--max-token`` is not near ``--backend``)."""
     name = given.lstrip("-")
-    options = [o for p in ctx.command.params for o in [*p.opts, *p.secondary_opts]] if ctx is not None else []
-    kept = [o for o in options if len(name) >= 3 and o.startswith("--") and o[2:].startswith(name)]
-    if not kept:
-        scored = sorted(
-            ((difflib.SequenceMatcher(None, name, p.lstrip("-")).ratio(), p) for p in possibilities), reverse=True
-        )
-        kept = [p for score, p in scored if score >= scored[0][0] - 0.1]
-    if len(kept) == 1:
+
+    def longs(command: click.Command) -> list[str]:
+        return [o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")]
+
+    options = [*longs(ctx.command), "--help"] if ctx is not None else []
+    kept = [o for o in options if len(name) >= 3 and o[2:].startswith(name)]
+    if len(kept) > 1:
+        return "Did you mean one of: " + ", ".join(kept) + "?"
+    if kept:
         return f"Did you mean {kept[0]}?"
-    return "Did you mean one of: " + ", ".join(kept) + "?"
+    above = {}
+    parent = ctx.parent if ctx is not None else None
+    while parent is not None:  # a group's own options (qwenvl --version), said with the group's path
+        above.update({o: parent.command_path for o in longs(parent.command) if o not in options})
+        parent = parent.parent
+    near = closest(given, [*options, *above])
+    if near is None:
+        return None
+    return f"Did you mean `{above[near]} {near}`?" if near in above else f"Did you mean {near}?"
+
+
+def _closest_choice(message: str, choices: Any) -> str | None:
+    """ "Did you mean 'native'?" for a value click refused as not one of a flag's choices (``--protocol nativ``),
+    from click's message ("'nativ' is not one of ..."); None when no choice is close (``qwenvl.errors.closest``)."""
+    m = re.search(r"'([^']*)' is not (?:one of|a valid choice)", message)
+    return did_you_mean(m[1], [str(c) for c in choices]) if m else None
 
 
 def _say_click_error(exc: click.ClickException) -> None:
@@ -126,11 +140,14 @@ def _say_click_error(exc: click.ClickException) -> None:
     listed = "commands" if "No such command" in message else "options"  # `qwenvl asks`: the commands are listed
     hint = f"`{command_path} --help` lists the {listed}."
     near = _DID_YOU_MEAN.search(message)
+    said = near[1].strip() if near else None
     if near:
         message = message[: near.start()].rstrip()
-        said = near[1].strip()
-        if isinstance(exc, click.NoSuchOption) and exc.possibilities:
-            said = _closest_options(exc.option_name, exc.possibilities, exc.ctx)
+    if isinstance(exc, click.NoSuchOption):  # click's own guesses replaced by the one rule's (errors.closest)
+        said = _closest_options(exc.option_name, exc.ctx)
+    elif isinstance(exc, click.BadParameter) and isinstance(getattr(exc.param, "type", None), click.Choice):
+        said = _closest_choice(message, exc.param.type.choices)  # type: ignore[union-attr]
+    if said:
         hint = f"{said} {hint}"
     own = getattr(exc, "hint", None)  # cli.common.HintedBadParameter: the hint of the fault itself
     if isinstance(own, str) and own:

@@ -100,6 +100,7 @@ def tokens(opts: dict[str, Any]) -> None:
         client=client,
         family=opts["family"],
         pages_option="--pages",
+        fps_option="--fps",
         **fields,
     )
     stdin_file = {p for p in paths if p not in opts["files"]}  # "-" was replaced by a temporary file

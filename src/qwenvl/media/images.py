@@ -60,6 +60,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
@@ -738,6 +739,29 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+# Formats a downscaled copy can keep (anything else, e.g. TIFF or HEIC, is written as JPEG)
+_KEEPS_FORMAT = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def convert_command(label: str, action: str = "-resize 50%") -> str:
+    """The ImageMagick command (in backticks) that makes a copy of the user's own image ``label`` (a file as
+    given; a data: URL or another label gets ``in.jpg``), ``action`` applied, beside it: ``magick scan.tif
+    -resize 50% scan-small.jpg``. The one home of the command every "downscale/convert it first" hint shows.
+    Raises nothing."""
+    named = label and not label.startswith(("data:", "data URL", "http:", "https:", "oss:", "<"))
+    path = Path(label) if named else Path("in.jpg")
+    suffix = path.suffix.lower() if path.suffix.lower() in _KEEPS_FORMAT else ".jpg"
+    out = path.with_name(f"{path.stem}-small{suffix}" if action else f"{path.stem}{suffix}")
+    words = ["magick", shlex.quote(str(path)), *action.split(), shlex.quote(str(out))]
+    return f"`{' '.join(words)}`"
+
+
+def downscale_hint(label: str) -> str:
+    """ "Downscale it first (e.g. `magick photo.jpg -resize 50% photo-small.jpg`), or send a smaller file.", in the
+    user's own file name and format (``convert_command``). Raises nothing."""
+    return f"Downscale it first (e.g. {convert_command(label)}), or send a smaller file."
+
+
 def _check_pixels(width: int, height: int, label: str) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         raise _bomb_error(label, f"{width}x{height} ({width * height / 1e6:,.0f} MP)")
@@ -748,8 +772,8 @@ def _bomb_error(label: str, declared: str) -> MediaError:
         f"{label} declares {declared}, over the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (decompression-bomb "
         "guard); it was not decoded",
         source=label,
-        hint="If the image is genuine, downscale it first (e.g. `magick in.png -resize 50% out.png`); the "
-        "service would shrink it to at most 16384 tokens anyway.",
+        hint=f"If the image is genuine, downscale it first (e.g. {convert_command(label)}); the service would shrink "
+        "it to at most 16384 tokens anyway.",
     )
 
 
@@ -798,9 +822,8 @@ def _refuse_known_non_images(data: bytes, label: str) -> None:
         raise MediaError(
             f"{label} is a HEIC/HEIF image, which qwenvl cannot read (Pillow needs the pillow-heif plug-in)",
             source=label,
-            hint="Convert it to JPEG first: `heif-convert in.heic out.jpg`, `sips -s format jpeg in.heic "
-            "--out out.jpg` (macOS) or `magick in.heic out.jpg`; or set the camera to 'Most "
-            "Compatible'.",
+            hint=f"Convert it to JPEG first, e.g. {convert_command(label, '')} (or `heif-convert`, or `sips -s format "
+            "jpeg` on macOS); or set the camera to 'Most Compatible'.",
         )
     kind = sniff(data)
     if kind == "image/svg+xml":

@@ -98,10 +98,11 @@ def check_page_spec(spec: str) -> list[tuple[int, int | None]]:
     return ranges
 
 
-def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[int]:
+def parse_pages(spec: str | None, count: int, label: str = "the PDF", option: str = "--pages") -> list[int]:
     """1-based page numbers from a range such as ``"1-3,5"`` or ``"7-"``, in the order given, without
     repeats. None or an empty string means every page. UsageError for bad syntax, MediaError (with the page
-    count) for a page the document does not have."""
+    count) for a page the document does not have, naming ``option`` as the user gave it (``--pages``; ground's
+    ``--page``, MCP's ``page``: ``check_page``)."""
     if spec is None or not spec.strip():
         return list(range(1, count + 1))
     pages: list[int] = []
@@ -110,7 +111,7 @@ def parse_pages(spec: str | None, count: int, label: str = "the PDF") -> list[in
         if max(first, last) > count:  # "7-" of a 5-page document: page 7
             raise MediaError(
                 f"{label} has {count} page{'s' if count != 1 else ''}; page {max(first, last)} "
-                f"(from --pages {spec.strip()}) is out of range",
+                f"(from {option} {spec.strip()}) is out of range",
                 source=label,
                 hint=f"Choose pages from 1 to {count}.",
             )
@@ -192,6 +193,12 @@ def _document(src: bytes | str | Path, label: str | None) -> Iterator[tuple[pdfi
     finally:
         with _PDFIUM:
             doc.close()
+
+
+def check_page(src: bytes | str | Path, page: int, label: str, option: str) -> None:
+    """One page (``ground``'s ``--page``, the MCP ground tool's ``page``) checked against the document before
+    anything is planned: MediaError naming ``option`` for a page it does not have (``parse_pages``)."""
+    parse_pages(str(page), page_count(src, label), label, option)
 
 
 def page_count(src: bytes | str | Path, label: str | None = None) -> int:

@@ -419,10 +419,10 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
     which needs only the header (``b""`` returned). A file of at most ``SMALL_IMAGE_BYTES`` is read whole in one
     read and identified once (the per-request cost of a small image). Raises MediaError (exit 3)."""
     if options.prepare:
-        check_size(source, MAX_IMAGE_FILE_BYTES, what="an image file", hint=_SMALLER)
+        check_size(source, MAX_IMAGE_FILE_BYTES, what="an image file", hint=images.downscale_hint(source.label))
     else:  # preparing would help only a file that preparation takes at all
         size = source_size(source)
-        hint = _PREPARE_IT if size is None or size <= MAX_IMAGE_FILE_BYTES else _SMALLER
+        hint = _PREPARE_IT if size is None or size <= MAX_IMAGE_FILE_BYTES else images.downscale_hint(source.label)
         check_size(source, MAX_IMAGE_BYTES, size=size, what="one image sent as it is", hint=hint)
     if source.kind == "data":  # in memory already: decoded once
         data = read_bytes(source)
@@ -449,7 +449,7 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
 
 
 def _not_an_image(exc: MediaError) -> bool:
-    return (exc.hint or "").startswith("Supported images:")  # images._not_an_image: text, or an unknown format
+    return (exc.raw_hint or "").startswith("Supported images:")  # images._not_an_image: text, or an unknown format
 
 
 def _what_it_holds(exc: MediaError, source: Source, label: str) -> MediaError:
@@ -483,7 +483,6 @@ def _not_media(exc: MediaError, label: str) -> MediaError:
     )
 
 
-_SMALLER = "Downscale it first (e.g. `magick in.tif -resize 50% out.jpg`), or send a smaller file."
 _PREPARE_IT = "Let qwenvl prepare it (drop --no-resize / prepare=False): it is downscaled and re-encoded to fit."
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import errno
 import io
 import os
@@ -28,7 +27,7 @@ from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
-from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.errors import MediaError, QwenVLError, UsageError, closest
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
@@ -137,9 +136,9 @@ def path_hint(path: Path) -> str:
         stems = {p.stem: p.name for p in folder.iterdir()} if folder.is_dir() else {}
     except OSError:
         stems = {}
-    near = difflib.get_close_matches(path.stem, list(stems), n=1, cutoff=0.75)
-    if near:
-        name = stems[near[0]]
+    near = closest(path.stem, stems, cutoff=0.75)
+    if near is not None:
+        name = stems[near]
         return f"Did you mean {folder / name if str(folder) != '.' else name}?"
     if not path.is_absolute():
         try:
@@ -540,6 +539,25 @@ def check_pages_apply(pages: object, refs: list[str] | tuple[str, ...], option: 
         except MediaError:
             return
     raise UsageError(f"{option} applies to PDFs only", hint=f"Leave out {option} for an image or a video.")
+
+
+def check_video_options_apply(given: list[str], refs: list[str] | tuple[str, ...], *, frames: bool = False) -> None:
+    """Options that only a video reads (``given``: their names as the caller's user spells them, e.g.
+    ``["--fps"]``, ``["--video-as"]``; empty when none was given) where no reference is a video, or might be one
+    (a remote URL: its kind is not known here), nor, with ``frames`` (``events``:
+    frame images are a video), a list of several images: a UsageError (exit 2) naming the first, rather than
+    silently nothing; the same rule as ``check_pages_apply`` for PDFs. Raises nothing otherwise."""
+    if not given or (frames and len(refs) > 1):
+        return
+    for ref in refs:
+        try:
+            source = classify(ref)
+            if source.is_remote or media_kind(source) == "video":
+                return
+        except MediaError:  # left to the checks that name it
+            return
+    option = given[0]
+    raise UsageError(f"{option} applies to videos only", hint=f"Leave out {option} for an image or a PDF.")
 
 
 def ftyp_brands(data: bytes) -> set[bytes]:

@@ -376,7 +376,7 @@ def create_app(
         surface = api_surface(proto.name, names=names, models=served_names())
         said = _message(exc)
         message = fit_message(said, surface)
-        hint = getattr(exc, "hint", None)
+        hint = getattr(exc, "raw_hint", None)
         if hint and isinstance(exc, UsageError | MediaError) and not isinstance(exc, UnsupportedParameterError):
             said = f"{said} ({hint})"
             hint = fit_hint(hint, surface)

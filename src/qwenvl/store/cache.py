@@ -31,7 +31,7 @@ from typing import Any
 from qwenvl.errors import MediaError
 from qwenvl.media.sources import classify
 from qwenvl.plan import Call
-from qwenvl.store.db import Database
+from qwenvl.store.db import Database, warn_unwritable
 from qwenvl.types import ImagePart, Response
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class ResponseCache:
         """Said once per cache (a warning: the CLI shows it on stderr); the answers are kept, not cached."""
         if not self._warned:
             self._warned = True
-            log.warning("the response cache %s cannot be written (%s): answers are not cached", self.path, exc)
+            warn_unwritable(self.path, exc, "the response cache", "answers are not cached")
 
     def close(self) -> None:
         """Close the connection (a later use opens it again)."""

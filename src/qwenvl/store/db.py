@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import queue
+import shlex
 import sqlite3
 import threading
 import time
@@ -31,6 +32,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+from qwenvl.errors import MediaError
 
 log = logging.getLogger(__name__)
 Migration = Callable[[sqlite3.Connection], None]
@@ -41,6 +44,47 @@ BUSY_TIMEOUT_MS = 10_000
 CACHE_KIB = 256
 T = TypeVar("T")
 _WAKE: tuple[str, tuple] = ("", ())  # put in a writer's queue to wake its thread (not a row)
+
+
+def problem(path: Path, exc: BaseException, doing: str = "used") -> str:
+    """What is wrong with the database file ``path``, whose opening or use raised ``exc`` (``sqlite3.Error`` or
+    ``OSError``), as the rest of a sentence naming it: "is not an SQLite database", "is damaged (database disk
+    image is malformed)", "is a folder, not a database file", else "cannot be <doing> (SQLite's or the system's
+    words)". The one wording for every SQLite file qwenvl keeps (the usage log, the response cache, a batch
+    journal). Raises nothing."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if path.is_dir():
+        return "is a folder, not a database file"
+    if "file is not a database" in text:
+        return "is not an SQLite database"
+    if "malformed" in text or getattr(exc, "sqlite_errorname", "") == "SQLITE_CORRUPT":
+        return f"is damaged ({text})"
+    return f"cannot be {doing} ({text})"
+
+
+# The one way out of a damaged database file: moved aside (kept for a look), a new one is made.
+MOVE_ASIDE = "move it aside and qwenvl makes a new one"
+
+
+def warn_unwritable(path: Path, exc: BaseException, what: str, consequence: str) -> None:
+    """The one warning for a store that cannot be written (the requests go on): ``"<what> <path> <problem>:
+    <consequence>"``, and ``MOVE_ASIDE`` when the file itself is the fault (damaged, not SQLite, a folder)."""
+    words = problem(path, exc, "written")
+    advice = "" if words.startswith("cannot") else f" ({MOVE_ASIDE})"
+    log.warning("%s%s %s: %s%s", f"{what} " if what else "", path, words, consequence, advice)
+
+
+def move_aside_hint(path: Path) -> str:
+    """``MOVE_ASIDE`` as a hint, with the command that does it."""
+    q = shlex.quote(str(path))
+    return f"Move it aside (`mv {q} {q}.bad`): qwenvl makes a new one at the next run."
+
+
+def unusable(path: Path, what: str, *, hint: str | None = None) -> MediaError:
+    """The one refusal of a database file qwenvl cannot read (``what``: ``problem``'s words, or a check's own,
+    e.g. "is not a qwenvl journal"): ``"<path> <what>"``, a MediaError (CLI exit code 3: the file is the fault,
+    as any input file's) whose hint (default ``move_aside_hint``) says what to do. Raises nothing."""
+    return MediaError(f"{path} {what}", source=str(path), hint=hint or move_aside_hint(path))
 
 
 def connect(path: Path, migrations: Sequence[Migration], *, check_same_thread: bool = True) -> sqlite3.Connection:
@@ -219,7 +263,7 @@ class BackgroundWriter:
         except (sqlite3.Error, OSError) as exc:  # said once per writer; the requests go on
             if not self._warned:
                 self._warned = True
-                log.warning("cannot write %s (%s): usage is not logged there", self._db.path, exc)
+                warn_unwritable(self._db.path, exc, "", "usage is not logged there")
 
     def _loop(self) -> None:
         while True:

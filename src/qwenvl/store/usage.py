@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.models import PAID_PROTOCOLS
-from qwenvl.store.db import BackgroundWriter, Database
+from qwenvl.store.db import BackgroundWriter, Database, problem, unusable
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ class UsageLog:
         ``local``. A local model's answers (a protocol outside ``qwenvl.models.PAID_PROTOCOLS``: the openai and
         transformers backends) cost no money: their rows have ``local`` True and ``cost`` and ``currency``
         None. Cached answers are counted in ``cached`` and never in ``cost`` (nothing was paid for them). An
-        absent file is an empty log (it is not created)."""
+        absent file is an empty log (it is not created). Raises MediaError (``store.db.unusable``: naming the file
+        and to move it aside) for a file that cannot be read: not SQLite, damaged, a folder, no permission."""
         self.flush()
         if not self.path.exists():
             return []
@@ -142,7 +143,10 @@ class UsageLog:
                                     THEN coalesce(currency, 'CNY') END AS currency
                   FROM requests WHERE time >= ?)
             GROUP BY day, model, currency ORDER BY day DESC, requests DESC, model, currency"""
-        rows = self._db.run(lambda c: c.execute(query, (*PAID_PROTOCOLS, since)).fetchall())
+        try:
+            rows = self._db.run(lambda c: c.execute(query, (*PAID_PROTOCOLS, since)).fetchall())
+        except (sqlite3.Error, OSError) as exc:
+            raise unusable(self.path, problem(self.path, exc, "read")) from None
         return [{**dict(r), "local": r["currency"] is None} for r in rows]
 
 

@@ -568,7 +568,7 @@ def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = 
         raise UsageError(
             f"the query is text, not {type(query).__name__}", hint='Give what to find as words, e.g. "every dog".'
         )
-    not_blank(query, "query")
+    not_blank(query, "query", required=True)
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
     prompt = grounding_prompt(model, query, "point" if points else "box")

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from qwenvl.errors import UsageError
+from qwenvl.errors import UsageError, did_you_mean
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.plan import Call
@@ -48,7 +48,7 @@ Format = Literal["text", "markdown", "json"]
 NO_TEXT = "no text found"
 FORMATS: tuple[str, ...] = ("text", "markdown", "json")
 OCR_MAX_TOKENS = 4096  # default answer budget (a dense page is long); capped by the model's own limit
-# Tasks the qwen-vl-ocr models know (ocr_options.task); any other string is passed through too.
+# Tasks the qwen-vl-ocr models know (ocr_options.task); any other is refused (``ocr_options``).
 OCR_TASKS = (
     "text_recognition",
     "key_information_extraction",
@@ -146,12 +146,21 @@ def clean_text(text: str) -> str:
 
 
 def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The qwen-vl-ocr ``ocr_options`` parameter: ``options`` with ``task`` (one of ``OCR_TASKS``, or any other
-    string, passed through) added; None when both are empty. Raises nothing."""
+    """The qwen-vl-ocr ``ocr_options`` parameter: ``options`` with ``task`` added; None when both are empty.
+    Raises UsageError for a blank ``task``, and for a task (``task``, or ``options["task"]``) that is not one of
+    ``OCR_TASKS`` (the task list of the qwen-vl-ocr documentation): the models would read the page as if none
+    were given while the request is paid; the hint names the closest (``errors.did_you_mean``) and the list."""
     merged = dict(options or {})
     if task is not None:
         not_blank(task, "task")
         merged["task"] = task
+    given = merged.get("task")
+    if given is not None and given not in OCR_TASKS:
+        near = did_you_mean(str(given), OCR_TASKS)
+        raise UsageError(
+            f"{given!r} is not an OCR task: nothing was sent",
+            hint=f"{near + ' ' if near else ''}The tasks (--task / task): {', '.join(OCR_TASKS)}.",
+        )
     return merged or None
 
 
