@@ -94,6 +94,12 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ALICLOUD_PROFILE", "The same, read when `ALIBABA_CLOUD_PROFILE` is not set.", "`default`"),
     Variable("QWENVL_MODEL", "The default model (`--model`).", "`qwen3-vl-plus`"),
+    Variable(
+        "QWENVL_UNLISTED_MODELS",
+        "Model names (comma-separated) sent as given though they look like a misspelling of a listed model "
+        "(else refused: did you mean ...?).",
+        "none",
+    ),
     Variable("QWENVL_REGION", "The service region (`--region`): `cn`, `intl` or `us`.", "`cn`"),
     Variable("QWENVL_PROTOCOL", "The wire protocol (`--protocol`): `compat`, `native` or `openai`.", "`compat`"),
     Variable(
@@ -219,6 +225,13 @@ def dashscope_base_url(protocol: str, env: Env | None = None) -> str | None:
 def model(env: Env | None = None) -> str | None:
     """``$QWENVL_MODEL`` (stripped), or None (then ``qwenvl.models.DEFAULT_MODEL``)."""
     return _text("QWENVL_MODEL", env)
+
+
+def unlisted_models(env: Env | None = None) -> tuple[str, ...]:
+    """``$QWENVL_UNLISTED_MODELS``: the model names (comma-separated, stripped) to send though they look like a
+    misspelling of a listed one (``qwenvl.models.typo_error``); empty when unset."""
+    raw = _text("QWENVL_UNLISTED_MODELS", env)
+    return tuple(n.strip() for n in (raw or "").split(",") if n.strip())
 
 
 def region(env: Env | None = None) -> str | None:

@@ -13,6 +13,7 @@ QwenVLError
  │    │    ├── AuthenticationError      401 (and no key at all)            exit 4
  │    │    ├── PermissionDeniedError    403                                exit 4
  │    │    ├── NotFoundError            404
+ │    │    ├── ModelNotFoundError       400 or 404 naming a model that does not exist (both of the above)
  │    │    ├── RateLimitError           429
  │    │    └── InternalServerError      5xx
  │    ├── StreamInterruptedError   a stream that broke midway; .partial_text
@@ -265,6 +266,17 @@ class NotFoundError(APIStatusError):
     default_hint = "Check the model name and the base URL."
 
 
+class ModelNotFoundError(BadRequestError, NotFoundError):
+    """Raised when the service says the model does not exist or the key has no access to it: compat
+    ``model_not_found`` ("The model `x` does not exist or you do not have access to it."), native
+    ``ModelNotFound`` or ``InvalidParameter`` "Model not exist." (reference/dashscope-api.md §2.4; the service has
+    been seen answering 400 as well as 404, so it is both a BadRequestError and a NotFoundError; ``.status`` is
+    the one received). Not retried; a batch stops at the first one, as at a 401 (every other item would get the
+    same answer). CLI exit code 5."""
+
+    default_hint = "Check the model name (--model): `qwenvl models` lists the models qwenvl knows."
+
+
 class RateLimitError(APIStatusError):
     """Raised for HTTP 429 (rate limit or quota) after the retries, or at once when ``Retry-After`` asks for a
     wait over 20 s (``qwenvl.retry.MAX_RETRY_AFTER_S``; the hint says when to try again). CLI exit code 5."""
@@ -349,10 +361,14 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
 }
 
 
-def status_error(status: int, message: str, **kw: Any) -> APIStatusError:
+def status_error(status: int, message: str, *, model_not_found: bool = False, **kw: Any) -> APIStatusError:
     """The one mapping from an HTTP status to an exception class: 400 BadRequestError, 401 AuthenticationError,
     403 PermissionDeniedError, 404 NotFoundError, 429 RateLimitError, 5xx InternalServerError, else
-    APIStatusError. Returns the error (it raises nothing itself); ``kw`` are APIStatusError's keywords."""
+    APIStatusError; a 400 or 404 with ``model_not_found`` (the body says the model does not exist:
+    ``qwenvl.protocols.common.error_from_body``) is a ModelNotFoundError. Returns the error (it raises nothing
+    itself); ``kw`` are APIStatusError's keywords."""
+    if model_not_found and status in (400, 404):
+        return ModelNotFoundError(message, status=status, **kw)
     cls = _STATUS_CLASSES.get(status) or (InternalServerError if status >= 500 else APIStatusError)
     return cls(message, status=status, **kw)
 

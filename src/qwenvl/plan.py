@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
-from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info
+from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
 from qwenvl.types import (
     BUILT_WIRE_KEYS,
     GENERATION_FIELDS,
@@ -376,8 +377,14 @@ def check_model_rules(request: Request, protocol: str, model: ModelInfo | None =
     """The model's rules that do not depend on the media: UsageError for a thinking budget without thinking
     (``check_thinking_budget``), thinking or tools on a model without them,
     or ``max_tokens`` above a listed model's ``max_output_tokens`` (DashScope's protocols; a local server's limit
-    is its own). ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
+    is its own); on DashScope's protocols, a model name that looks like a misspelling of a listed one
+    (``qwenvl.models.typo_error``: did you mean ...?) unless ``$QWENVL_UNLISTED_MODELS`` names it.
+    ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
     model = model or model_info(request.model)
+    if not model.known and protocol in PAID_PROTOCOLS:  # a misspelt model name: refused, not sent to fail
+        typo = typo_error(request.model, allowed=qenv.unlisted_models())
+        if typo is not None:
+            raise typo
     check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):
         raise UsageError(

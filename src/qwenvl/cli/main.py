@@ -95,16 +95,16 @@ def _closest_options(given: str, possibilities: Any, ctx: click.Context | None) 
     given name begins (``--temp``: ``--temperature``) comes first, as click offers only difflib's matches
     (``--system, --stop, --help``). Otherwise difflib's cutoff (0.6) lets ``--backend`` through for
     ``--max-token`` beside ``--max-tokens``: kept are the options within 0.1 of the best one's similarity."""
-    import difflib  # only on this error: the CLI's start-up stays lean
+    from qwenvl.spelling import closest  # only on this error: the CLI's start-up stays lean
 
     name = given.lstrip("-")
     options = [o for p in ctx.command.params for o in [*p.opts, *p.secondary_opts]] if ctx is not None else []
-    kept = [o for o in options if len(name) >= 3 and o.startswith("--") and o[2:].startswith(name)]
+    long = [o for o in options if o.startswith("--")]
+    kept = [o for o in long if o[2:] in closest(name, [o[2:] for o in long], cutoff=2)]  # begun by the name only
     if not kept:
-        scored = sorted(
-            ((difflib.SequenceMatcher(None, name, p.lstrip("-")).ratio(), p) for p in possibilities), reverse=True
-        )
-        kept = [p for score, p in scored if score >= scored[0][0] - 0.1]
+        bare = {p: p.lstrip("-") for p in possibilities}
+        near = closest(name, bare.values(), cutoff=0, prefix_min=len(name) + 1)
+        kept = sorted((p for p in bare if bare[p] in near), key=lambda p: near.index(bare[p]))
     if len(kept) == 1:
         return f"Did you mean {kept[0]}?"
     return "Did you mean one of: " + ", ".join(kept) + "?"
