@@ -915,7 +915,8 @@ _STDIN_KEY = "qwenvl.stdin_file"  # ctx.meta: the temporary file that stands for
 
 def usage_line(response: Response, region: str | None = None) -> str:
     """model · tokens · ≈cost (in the region's currency, at the request's tier; ``cost: local`` for a local
-    model's answer, which has no price) · request id."""
+    model's answer, which has no price; ``cost unknown (no price)`` for a model the table has no price for) ·
+    request id."""
     u = response.usage
     parts = [response.model]
     if u.input_tokens is not None:
@@ -928,8 +929,8 @@ def usage_line(response: Response, region: str | None = None) -> str:
         parts.append("cost: " + format_cost(None, None, local=True))
     elif u.input_tokens is not None:
         cost = answer_cost(response, region=region)
-        if cost is not None:
-            parts.append("≈" + format_cost(cost, currency_of(region)))
+        # a model with no known price: its cost is unknown, never left out as if nothing was paid
+        parts.append("≈" + format_cost(cost, currency_of(region)) if cost is not None else "cost unknown (no price)")
     if response.request_id:
         parts.append(f"request {response.request_id}")
     return shown(" · ".join(parts), sys.stderr)  # the model and the request id come from the service

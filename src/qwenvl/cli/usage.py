@@ -78,6 +78,8 @@ def usage(opts: dict[str, Any]) -> None:
     paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items()))
     if not paid:  # only local rows (no money), or only answers of unknown cost
         paid = "unknown" if unpriced else LOCAL
+    elif unpriced:  # a sum that leaves answers out is not the whole cost
+        paid += " + ?"
     table.add_row("total", "", *cells(totals, paid))
     console.print(table)
     if unpriced:
