@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import qwenvl
-from conftest import API_KEY, make_client, run_cli
+from conftest import API_KEY, make_client, run_cli, write_image
 from dashscope_server import Reply
 from qwenvl.batch import Batch, BatchItem
 from qwenvl.batch.runner import Estimate, unpriced_error, within_budget
@@ -259,3 +259,30 @@ def test_usage_of_only_unpriced_answers_totals_unknown():
     log.close()
     rows = {r["model"]: r for r in json.loads(run_cli("usage", "--json").stdout)["rows"]}
     assert rows["qwen3-vl-flash"]["cost"] == 0.0 and rows["qwen3-vl-flash"]["unpriced"] == 0
+
+
+# --- 5. many-file extract: what a schema failure paid ----------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@pytest.mark.parametrize("model", ["qwen3-vl-flash", UNPRICED])
+def test_many_file_extract_lines_say_what_a_schema_failure_paid(server, env, isolated_env, protocol, model):
+    (isolated_env / "s.json").write_text(json.dumps(SCHEMA))
+    write_image(isolated_env / "a.png")
+    write_image(isolated_env / "b.png")
+    server.enqueue(Reply(text='{"n": 1}'), Reply(text="no idea"), Reply(text='{"m": 2}'))
+    p = run_cli("extract", "a.png", "b.png", "--schema", "s.json", "-m", model, "--protocol", protocol, env=env)
+    assert p.returncode == 5, p.stderr
+    ok, failed = (json.loads(line) for line in p.stdout.splitlines())
+    assert ok == {"file": "a.png", "json": {"n": 1}}
+    assert failed["raw_text"] == '{"m": 2}' and failed["requests"] == 2 and failed["local"] is False
+    assert failed["usage"]["input_tokens"] > 0 and failed["usage"]["output_tokens"] > 0
+    assert len(failed["request_ids"]) == 2 and failed["currency"] == "CNY"
+    if model == UNPRICED:
+        assert failed["cost"] is None
+    else:
+        assert failed["cost"] > 0
+    line = " ".join(p.stderr.split())
+    assert "paid:" in line and "2 requests (the repair included)" in line
+    assert all(rid in line for rid in failed["request_ids"])
