@@ -286,3 +286,108 @@ def test_many_file_extract_lines_say_what_a_schema_failure_paid(server, env, iso
     line = " ".join(p.stderr.split())
     assert "paid:" in line and "2 requests (the repair included)" in line
     assert all(rid in line for rid in failed["request_ids"])
+
+
+# --- 6. an interrupted or failed repair keeps the first, paid answer -----------------------------------------------
+
+
+def _wait_for(cond, timeout: float = 60.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("verb", ["ask", "analyze"])
+def test_ctrl_c_during_a_schema_repair_keeps_the_first_answer(server, env, isolated_env, verb):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ctrl_c_reaches_children
+
+    (isolated_env / "s.json").write_text(json.dumps(SCHEMA))
+    write_image(isolated_env / "photo.png")
+    server.enqueue(Reply(text='{"m": "first answer"}'), Reply(text='{"n": 1}', delay_s=60))
+    if verb == "ask":
+        args = ["ask", "photo.png", "-p", "x", "--schema", "s.json"]
+    else:
+        request = json.dumps({"prompt": "x", "image": "photo.png"})
+        args = ["analyze", "--request", request, "--schema", "s.json", "--output", "out.json"]
+    with ctrl_c_reaches_children():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qwenvl", *args],
+            env={**{k: v for k, v in __import__("os").environ.items() if not k.startswith("DASHSCOPE")}, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        assert _wait_for(lambda: len(model_calls(server)) >= 2), "the repair request was not sent"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    line = " ".join(err.split())
+    assert "Traceback" not in err and "interrupted" in line
+    assert "first answer" in line and "raw answer" in line and "paid:" in line
+    if verb == "analyze":
+        kept = json.loads((isolated_env / "out.json").read_text())
+        assert "first answer" in kept["text"] and "json" not in kept and kept["usage"]
+
+
+def test_a_normal_schema_failure_in_analyze_writes_the_paid_answer_too(server, env, isolated_env):
+    (isolated_env / "s.json").write_text(json.dumps(SCHEMA))
+    server.enqueue(Reply(text="nope"), Reply(text="still nope"))
+    p = run_cli("analyze", "--request", '{"prompt": "x"}', "--schema", "s.json", "--output", "o.json", env=env)
+    assert p.returncode == 5 and "paid:" in p.stderr
+    assert json.loads((isolated_env / "o.json").read_text())["text"] == "still nope"
+
+
+def test_a_failed_repair_request_keeps_the_first_answer(server, protocol):
+    server.enqueue(Reply(text='{"m": 1}'), Reply(status=500, times=5))
+    with make_client(server, protocol, max_retries=0) as client, pytest.raises(qwenvl.StructuredOutputError) as info:
+        client.complete(prompt="x", schema=SCHEMA)
+    err = info.value
+    assert err.raw_text == '{"m": 1}' and err.requests == 1 and err.response.usage.input_tokens
+    assert isinstance(err.__cause__, qwenvl.InternalServerError) and "repair request failed" in err.message
+
+
+def test_a_cancelled_async_repair_keeps_the_first_answer(server, protocol):
+    from qwenvl.client import unrepaired
+
+    server.enqueue(Reply(text='{"m": 1}'), Reply(text='{"n": 1}', delay_s=60))
+
+    async def go() -> BaseException:
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as ac:
+            task = asyncio.create_task(ac.complete(prompt="x", schema=SCHEMA))
+            while len(model_calls(server)) < 2:
+                await asyncio.sleep(0.05)
+            task.cancel()
+            try:
+                await asyncio.wait_for(task, 30)
+            except asyncio.CancelledError as exc:
+                return exc
+            raise AssertionError("not cancelled")
+
+    exc = asyncio.run(asyncio.wait_for(go(), 60))
+    kept = unrepaired(exc)
+    assert kept is not None and kept.raw_text == '{"m": 1}' and kept.response is not None
+
+
+def test_a_batch_item_whose_repair_fails_is_recorded_with_its_cost_not_paid_again(server):
+    server.enqueue(Reply(text='{"m": 1}'), Reply(status=500, times=5))
+    items = [BatchItem(id="a", request={"prompt": "x", "schema": SCHEMA, "max_retries": 0})]
+    with Batch(items, "o.jsonl", api_key=API_KEY, base_url=server.url, concurrency=1) as job:
+        summary = job.run()
+    [rec] = read_jsonl(Path("o.jsonl"))
+    assert rec["status"] == "error" and rec["error"]["type"] == "StructuredOutputError"
+    assert rec["cost"] > 0 and rec["usage"]["input_tokens"] > 0 and summary.cost > 0
+    assert len(model_calls(server)) == 2  # the first answer, the repair: the item was not sent again

@@ -234,6 +234,44 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
     return final
 
 
+def _unrepaired(first: Response, retry: Call, exc: BaseException) -> StructuredOutputError:
+    """The StructuredOutputError of a first answer that was not valid and whose repair request did not answer
+    (``exc``: it failed, or was interrupted): the first answer is kept (``raw_text``, ``response``, one request
+    paid), never lost with the repair."""
+    _, errors = structured.parse_answer(first.text, retry.schema)
+    what = "was interrupted" if not isinstance(exc, QwenVLError) else f"failed ({exc})"
+    return StructuredOutputError(
+        "the answer is not valid JSON"
+        + (" for the schema" if retry.schema else "")
+        + f": {'; '.join(errors[:3])}; its repair request {what}",
+        raw_text=first.text,
+        errors=errors,
+        response=first,
+        hint=_structured_hint(retry),
+    )
+
+
+def _repair_failed(first: Response, retry: Call, exc: BaseException) -> StructuredOutputError | None:
+    """What a repair request that did not answer leaves: an error of qwenvl's (the service, the network) becomes
+    the first answer's StructuredOutputError (returned, to raise from it); an interrupt (KeyboardInterrupt,
+    asyncio.CancelledError) stays what it is, with that error as its ``unrepaired`` attribute (None returned: the
+    caller raises the interrupt again). Raises nothing."""
+    error = _unrepaired(first, retry, exc)
+    if isinstance(exc, QwenVLError):
+        return error
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.unrepaired = error  # type: ignore[attr-defined]
+    return None
+
+
+def unrepaired(exc: BaseException) -> StructuredOutputError | None:
+    """The first, paid answer an interrupt (KeyboardInterrupt, asyncio.CancelledError) carries when it came during
+    a structured-output repair request (``Client.send``): its StructuredOutputError (``raw_text``, ``response``,
+    what was paid), or None. Raises nothing."""
+    found = getattr(exc, "unrepaired", None)
+    return found if isinstance(found, StructuredOutputError) else None
+
+
 def _add_usage(a: Usage, b: Usage) -> Usage:
     def add(x: int | None, y: int | None) -> int | None:
         return None if x is None and y is None else (x or 0) + (y or 0)
@@ -610,7 +648,7 @@ class Client(_Base[Backend]):
         retries), APIConnectionError / APITimeoutError (no answer within ``timeout_s``, after the retries),
         MalformedResponseError (an unreadable reply), StreamInterruptedError (a stream broken midway), and
         StructuredOutputError (``json_mode``/``schema``: the answer is not valid JSON even after one repair
-        request, or ``repair=False``; the answer is in ``.response``)."""
+        request, or ``repair=False``, or the repair request failed; the answer is in ``.response``)."""
         call = self.plan(request, **fields)
         return self.send(call)
 
@@ -618,8 +656,12 @@ class Client(_Base[Backend]):
         """Send a planned call; with ``stream=True`` in the request the answer is streamed and assembled.
 
         Structured output (``json_mode``/``schema``) is parsed and checked; an invalid answer is sent back once
-        for repair (a second paid request) unless ``repair=False``. With ``Client(cache=...)`` an identical call
-        is answered from the cache (``Response.cached``). Every call is written to the usage log.
+        for repair (a second paid request) unless ``repair=False``. A repair request that fails (the service, the
+        network) raises StructuredOutputError for the first answer (kept: ``raw_text``, ``response``), chained from
+        that error; an interrupt during it (KeyboardInterrupt; ``asyncio.CancelledError`` for AsyncClient) is
+        raised as it is, the first answer's StructuredOutputError on it (``qwenvl.client.unrepaired(exc)``). With
+        ``Client(cache=...)`` an identical call is answered from the cache (``Response.cached``). Every call is
+        written to the usage log.
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
         subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
@@ -630,7 +672,17 @@ class Client(_Base[Backend]):
         first, retry = _check(call, self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, self._complete(retry))
+        return _after_repair(first, retry, self._repair(first, retry))
+
+    def _repair(self, first: Response, retry: Call) -> Response:
+        """The repair request's answer; its failure or an interrupt keeps ``first`` (``_repair_failed``)."""
+        try:
+            return self._complete(retry)
+        except BaseException as exc:
+            error = _repair_failed(first, retry, exc)
+            if error is not None:
+                raise error from exc
+            raise
 
     def _complete(self, call: Call) -> Response:
         """One backend call: answered from the cache when enabled, and written to the usage log."""
@@ -673,7 +725,7 @@ class Client(_Base[Backend]):
                 assert event.response is not None
                 first, retry = _check(call, ex.done(event.response))
                 if retry is not None:
-                    first = _after_repair(first, retry, self._complete(retry))
+                    first = _after_repair(first, retry, self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)
@@ -837,7 +889,17 @@ class AsyncClient(_Base[AsyncBackend]):
         first, retry = _check(call, await self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, await self._complete(retry))
+        return _after_repair(first, retry, await self._repair(first, retry))
+
+    async def _repair(self, first: Response, retry: Call) -> Response:
+        """``Client._repair``, async (a cancelled task keeps ``first`` on its CancelledError)."""
+        try:
+            return await self._complete(retry)
+        except BaseException as exc:
+            error = _repair_failed(first, retry, exc)
+            if error is not None:
+                raise error from exc
+            raise
 
     async def _complete(self, call: Call) -> Response:
         ex = exchange.begin(self, call)
@@ -879,7 +941,7 @@ class AsyncClient(_Base[AsyncBackend]):
                 assert event.response is not None
                 first, retry = _check(call, ex.done(event.response))
                 if retry is not None:
-                    first = _after_repair(first, retry, await self._complete(retry))
+                    first = _after_repair(first, retry, await self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)

@@ -100,14 +100,23 @@ def report(exc: QwenVLError) -> None:
     console.print(f"[bold red]error:[/] {escape(safe_line(message))}", highlight=False, soft_wrap=True)
     if isinstance(exc, StreamInterruptedError) and exc.partial_text:
         console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]", soft_wrap=True)
-    if isinstance(exc, StructuredOutputError) and exc.raw_text:
-        console.print("[dim]raw answer:[/]", highlight=False)
-        console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
-    if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
-        label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
-        console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
+    if isinstance(exc, StructuredOutputError):
+        show_paid(exc)
     hint = fit_hint(safe_line(exc.hint), current_command()) if exc.hint else ""
     console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
+
+
+def show_paid(exc: StructuredOutputError) -> None:
+    """On stderr, what an answer that was not valid for the schema leaves: the raw answer and the ``paid:`` line
+    (``used:`` for a local model's). For a failed call (``report``) and for an interrupt during its repair request
+    (``qwenvl.client.unrepaired``), so that a paid answer is never dropped unseen."""
+    console = err_console()
+    if exc.raw_text:
+        console.print("[dim]raw answer:[/]", highlight=False)
+        console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
+    if isinstance(exc.response, Response):
+        label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
+        console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
 
 
 def help_hint() -> str:

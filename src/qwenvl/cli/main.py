@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from qwenvl import __version__
 from qwenvl import env as qenv
-from qwenvl.cli.common import err_console, report
+from qwenvl.cli.common import err_console, report, show_paid
 from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
 from qwenvl.cli.streams import OutputClosed, guarded_streams
 from qwenvl.errors import EXIT_SERVICE, QwenVLError, safe_line
@@ -57,6 +57,11 @@ class QwenVLGroup(click.Group):
                 if isinstance(exc, OutputClosed):
                     _say_closed(exc)
                 else:
+                    from qwenvl.client import unrepaired
+
+                    kept = unrepaired(exc)  # Ctrl-C during a schema repair: the first, paid answer is shown
+                    if kept is not None:
+                        show_paid(kept)
                     said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
                     err_console().print(f"[dim]{said}[/]")
                 ctx.exit(exit_code(exc))
