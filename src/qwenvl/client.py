@@ -658,7 +658,7 @@ class Client(_Base[Backend]):
         Structured output (``json_mode``/``schema``) is parsed and checked; an invalid answer is sent back once
         for repair (a second paid request) unless ``repair=False``. A repair request that fails (the service, the
         network) raises StructuredOutputError for the first answer (kept: ``raw_text``, ``response``), chained from
-        that error; an interrupt during it (KeyboardInterrupt; ``asyncio.CancelledError`` for AsyncClient) is
+        that error; an interrupt during it (KeyboardInterrupt, or a cancelled task for AsyncClient) is
         raised as it is, the first answer's StructuredOutputError on it (``qwenvl.client.unrepaired(exc)``). With
         ``Client(cache=...)`` an identical call is answered from the cache (``Response.cached``). Every call is
         written to the usage log.
