@@ -391,3 +391,11 @@ def test_a_batch_item_whose_repair_fails_is_recorded_with_its_cost_not_paid_agai
     assert rec["status"] == "error" and rec["error"]["type"] == "StructuredOutputError"
     assert rec["cost"] > 0 and rec["usage"]["input_tokens"] > 0 and summary.cost > 0
     assert len(model_calls(server)) == 2  # the first answer, the repair: the item was not sent again
+
+
+def test_one_home_for_did_you_mean():
+    from qwenvl.spelling import closest, nearest
+
+    assert closest("temp", ["top-p", "temperature", "timeout"]) == ["temperature"]  # begun by the name first
+    assert closest("max-token", ["max-tokens", "backend"]) == ["max-tokens"]  # the far one left out
+    assert nearest("max_token", ["max_tokens", "top_k"]) == "max_tokens" and nearest("zzz", ["max_tokens"]) is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -37,6 +36,7 @@ from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
+from qwenvl.spelling import nearest
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import (
     Message,
@@ -124,10 +124,9 @@ def _unknown_field_hint(exc: ValidationError) -> str | None:
 
 
 def near_field(name: str) -> str | None:
-    """The ``Request`` field an unknown key ``name`` was most likely meant to be (``difflib``'s closest match,
+    """The ``Request`` field an unknown key ``name`` was most likely meant to be (``qwenvl.spelling.nearest``,
     e.g. ``max_tokens`` for ``max_token``), or None when none is close. Raises nothing."""
-    near = difflib.get_close_matches(name, list(Request.model_fields), n=1)
-    return near[0] if near else None
+    return nearest(name, Request.model_fields)
 
 
 def describe_validation_error(exc: ValidationError, what: str = "invalid request") -> str:

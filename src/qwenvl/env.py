@@ -178,14 +178,14 @@ def _switch(value: str) -> bool:
 
 def unknown_variables(env: Env | None = None) -> list[tuple[str, str | None]]:
     """Variables named ``QWENVL_...`` that are set (not blank) but that qwenvl does not read (a typo, or a
-    setting that has only a flag, such as a time-out): each with the closest variable it does read (difflib), or
-    None. Sorted by name. Raises nothing."""
-    import difflib
+    setting that has only a flag, such as a time-out): each with the closest variable it does read
+    (``qwenvl.spelling.nearest``), or None. Sorted by name. Raises nothing."""
+    from qwenvl.spelling import nearest
 
     known = [v.name for v in VARIABLES]
     source = os.environ if env is None else env
     names = sorted(n for n in source if n.startswith("QWENVL_") and n not in known and _raw(n, env) is not None)
-    return [(n, next(iter(difflib.get_close_matches(n, known, n=1, cutoff=0.8)), None)) for n in names]
+    return [(n, nearest(n, known, cutoff=0.8)) for n in names]
 
 
 # --- the DashScope key and endpoints ----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ a traceback.
 
 import base64
 import contextlib
-import difflib
 import io
 import json
 import os
@@ -44,6 +43,7 @@ from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageE
 from qwenvl.estimate import estimate_files
 from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid, spent_label
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
+from qwenvl.spelling import nearest
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
 from qwenvl.wording import Surface, field_of, fit_hint, fit_message
@@ -102,8 +102,8 @@ class Options(BaseModel):
         if isinstance(data, dict):
             for name in data:
                 if name not in cls.model_fields:
-                    near = difflib.get_close_matches(str(name), list(cls.model_fields), n=1)
-                    guess = f" Did you mean '{near[0]}'?" if near else ""
+                    near = nearest(str(name), cls.model_fields)
+                    guess = f" Did you mean '{near}'?" if near else ""
                     known = ", ".join(cls.model_fields)
                     raise ValueError(f"unknown option '{name}'.{guess} The options are: {known}.")
         return data

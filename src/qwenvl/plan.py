@@ -6,7 +6,6 @@ only place these values where their wire format wants them.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
+from qwenvl.spelling import nearest
 from qwenvl.types import (
     BUILT_WIRE_KEYS,
     GENERATION_FIELDS,
@@ -438,9 +438,9 @@ def check_extra(extra: Mapping[str, Any], protocol: str) -> list[str]:
             continue
         elsewhere = sorted(name for name, listed in PASS_THROUGH_PARAMS.items() if key in listed)
         spelled = _spelling(key)
-        near = [n for n in sorted(names) if _spelling(n) == spelled] or difflib.get_close_matches(
-            spelled, sorted(names), n=1, cutoff=_CLOSE
-        )
+        near = [n for n in sorted(names) if _spelling(n) == spelled] or [
+            n for n in [nearest(spelled, sorted(names), cutoff=_CLOSE)] if n
+        ]
         if near and not elsewhere:
             hint = f"Did you mean '{near[0]}'?"
             if near[0] in Request.model_fields or near[0] in BUILT_WIRE_KEYS:

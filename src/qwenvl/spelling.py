@@ -7,6 +7,7 @@ like a misspelling of a listed one (``qwenvl.models.near_model``). Built on ``di
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -22,3 +23,10 @@ def closest(given: str, choices: Iterable[str], *, cutoff: float = 0.6, prefix_m
     scored = sorted(((difflib.SequenceMatcher(None, given, c).ratio(), c) for c in names), key=lambda t: -t[0])
     scored = [(s, c) for s, c in scored if s >= cutoff]
     return [c for s, c in scored if s >= scored[0][0] - 0.1] if scored else []
+
+
+def nearest(given: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The one choice closest to ``given`` by ratio alone (difflib's ``get_close_matches(n=1)``: ``max_tokens``
+    for ``max_token``), or None when none reaches ``cutoff``. Raises nothing."""
+    near = closest(given, choices, cutoff=cutoff, prefix_min=sys.maxsize)
+    return near[0] if near else None

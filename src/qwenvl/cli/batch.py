@@ -11,7 +11,6 @@ The work is done by ``qwenvl.batch``; this module parses flags, asks about the c
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import os
 import sys
@@ -57,6 +56,7 @@ from qwenvl.cli.common import (
 from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
 from qwenvl.models import format_cost, model_info
 from qwenvl.plan import check_extra, check_model_rules
+from qwenvl.spelling import nearest
 
 
 class BatchGroup(click.Group):
@@ -70,10 +70,10 @@ class BatchGroup(click.Group):
             first = args[0]
             if not first.startswith("-") and not any(c in first for c in "*?[") and not os.path.lexists(first):
                 # `qwenvl batch stauts ID`: a typo'd subcommand, not an input file that is missing
-                near = difflib.get_close_matches(first, [c for c in self.commands if c != "run"], n=1)
+                near = nearest(first, [c for c in self.commands if c != "run"])
                 if near:
                     raise click.UsageError(
-                        f"No such command or file '{first}'. Did you mean 'qwenvl batch {near[0]}'?", ctx
+                        f"No such command or file '{first}'. Did you mean 'qwenvl batch {near}'?", ctx
                     )
             args = ["run", *args]
         return super().parse_args(ctx, args)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import errno
 import io
 import os
@@ -29,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
 from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.spelling import nearest
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
@@ -137,9 +137,9 @@ def path_hint(path: Path) -> str:
         stems = {p.stem: p.name for p in folder.iterdir()} if folder.is_dir() else {}
     except OSError:
         stems = {}
-    near = difflib.get_close_matches(path.stem, list(stems), n=1, cutoff=0.75)
+    near = nearest(path.stem, stems, cutoff=0.75)
     if near:
-        name = stems[near[0]]
+        name = stems[near]
         return f"Did you mean {folder / name if str(folder) != '.' else name}?"
     if not path.is_absolute():
         try:
