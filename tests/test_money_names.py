@@ -399,3 +399,11 @@ def test_one_home_for_did_you_mean():
     assert closest("temp", ["top-p", "temperature", "timeout"]) == ["temperature"]  # begun by the name first
     assert closest("max-token", ["max-tokens", "backend"]) == ["max-tokens"]  # the far one left out
     assert nearest("max_token", ["max_tokens", "top_k"]) == "max_tokens" and nearest("zzz", ["max_tokens"]) is None
+
+
+def test_tokens_with_a_misspelt_model_says_did_you_mean(isolated_env):
+    write_image(isolated_env / "p.png")
+    p = run_cli("tokens", "p.png", "-m", "qwen3-vl-flahs")
+    assert p.returncode == 2 and "did you mean qwen3-vl-flash?" in p.stderr
+    p = run_cli("tokens", "p.png", "-m", "qwen3-vl-flahs", env={"QWENVL_UNLISTED_MODELS": "qwen3-vl-flahs"})
+    assert p.returncode == 0 and "unknown" in p.stdout

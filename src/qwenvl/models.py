@@ -580,7 +580,7 @@ def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
     if near is None or name.strip().lower() in {a.strip().lower() for a in allowed}:
         return None
     return UsageError(
-        f"{name} is not a model qwenvl knows: did you mean {near}? (nothing was sent)",
+        f"{name} is not a model qwenvl knows: did you mean {near}?",
         hint=f"Give --model {near} (`qwenvl models` lists the models); to send {name} as it is (a model newer "
         f"than qwenvl's table), set QWENVL_UNLISTED_MODELS={name}.",
     )
