@@ -31,13 +31,14 @@ from qwenvl.config import (
     require_api_key,
     resolve_base_url,
 )
-from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError, closest, did_you_mean
+from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook
+from qwenvl.spelling import did_you_mean, nearest
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import (
     FIELD_FLAGS,
@@ -136,7 +137,7 @@ def _field_range(name: str) -> str | None:
 def value_hint(exc: ValidationError) -> str | None:
     """A hint for pydantic's common refusals of a Request field (the first that has one): a number out of range
     says the range (``--temperature / temperature takes a number in [0, 2)``); a value not among the choices says
-    the closest (``Did you mean 'high'?``, ``errors.did_you_mean``); a file where a list is taken says where one
+    the closest (``Did you mean 'high'?``, ``spelling.did_you_mean``); a file where a list is taken says where one
     file goes (``images takes a list; one file goes in image=``). Flags beside the library's names, fitted to each
     surface (``qwenvl.wording``). None when none applies. Raises nothing."""
     for err in exc.errors():
@@ -176,9 +177,9 @@ def _unknown_field_hint(exc: ValidationError) -> str | None:
 
 
 def near_field(name: str) -> str | None:
-    """The ``Request`` field an unknown key ``name`` was most likely meant to be (``difflib``'s closest match,
+    """The ``Request`` field an unknown key ``name`` was most likely meant to be (``qwenvl.spelling.nearest``,
     e.g. ``max_tokens`` for ``max_token``), or None when none is close. Raises nothing."""
-    return closest(name, Request.model_fields)
+    return nearest(name, Request.model_fields)
 
 
 def describe_validation_error(exc: ValidationError, what: str = "invalid request") -> str:
@@ -285,6 +286,44 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         )
     final._requests, final._request_ids = 2, paid
     return final
+
+
+def _unrepaired(first: Response, retry: Call, exc: BaseException) -> StructuredOutputError:
+    """The StructuredOutputError of a first answer that was not valid and whose repair request did not answer
+    (``exc``: it failed, or was interrupted): the first answer is kept (``raw_text``, ``response``, one request
+    paid), never lost with the repair."""
+    _, errors = structured.parse_answer(first.text, retry.schema)
+    what = "was interrupted" if not isinstance(exc, QwenVLError) else f"failed ({exc})"
+    return StructuredOutputError(
+        "the answer is not valid JSON"
+        + (" for the schema" if retry.schema else "")
+        + f": {'; '.join(errors[:3])}; its repair request {what}",
+        raw_text=first.text,
+        errors=errors,
+        response=first,
+        hint=_structured_hint(retry),
+    )
+
+
+def _repair_failed(first: Response, retry: Call, exc: BaseException) -> StructuredOutputError | None:
+    """What a repair request that did not answer leaves: an error of qwenvl's (the service, the network) becomes
+    the first answer's StructuredOutputError (returned, to raise from it); an interrupt (KeyboardInterrupt,
+    asyncio.CancelledError) stays what it is, with that error as its ``unrepaired`` attribute (None returned: the
+    caller raises the interrupt again). Raises nothing."""
+    error = _unrepaired(first, retry, exc)
+    if isinstance(exc, QwenVLError):
+        return error
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.unrepaired = error  # type: ignore[attr-defined]
+    return None
+
+
+def unrepaired(exc: BaseException) -> StructuredOutputError | None:
+    """The first, paid answer an interrupt (KeyboardInterrupt, asyncio.CancelledError) carries when it came during
+    a structured-output repair request (``Client.send``): its StructuredOutputError (``raw_text``, ``response``,
+    what was paid), or None. Raises nothing."""
+    found = getattr(exc, "unrepaired", None)
+    return found if isinstance(found, StructuredOutputError) else None
 
 
 def _add_usage(a: Usage, b: Usage) -> Usage:
@@ -663,7 +702,7 @@ class Client(_Base[Backend]):
         retries), APIConnectionError / APITimeoutError (no answer within ``timeout_s``, after the retries),
         MalformedResponseError (an unreadable reply), StreamInterruptedError (a stream broken midway), and
         StructuredOutputError (``json_mode``/``schema``: the answer is not valid JSON even after one repair
-        request, or ``repair=False``; the answer is in ``.response``)."""
+        request, or ``repair=False``, or the repair request failed; the answer is in ``.response``)."""
         call = self.plan(request, **fields)
         return self.send(call)
 
@@ -671,8 +710,12 @@ class Client(_Base[Backend]):
         """Send a planned call; with ``stream=True`` in the request the answer is streamed and assembled.
 
         Structured output (``json_mode``/``schema``) is parsed and checked; an invalid answer is sent back once
-        for repair (a second paid request) unless ``repair=False``. With ``Client(cache=...)`` an identical call
-        is answered from the cache (``Response.cached``). Every call is written to the usage log.
+        for repair (a second paid request) unless ``repair=False``. A repair request that fails (the service, the
+        network) raises StructuredOutputError for the first answer (kept: ``raw_text``, ``response``), chained from
+        that error; an interrupt during it (KeyboardInterrupt, or a cancelled task for AsyncClient) is
+        raised as it is, the first answer's StructuredOutputError on it (``qwenvl.client.unrepaired(exc)``). With
+        ``Client(cache=...)`` an identical call is answered from the cache (``Response.cached``). Every call is
+        written to the usage log.
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
         subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
@@ -683,7 +726,17 @@ class Client(_Base[Backend]):
         first, retry = _check(call, self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, self._complete(retry))
+        return _after_repair(first, retry, self._repair(first, retry))
+
+    def _repair(self, first: Response, retry: Call) -> Response:
+        """The repair request's answer; its failure or an interrupt keeps ``first`` (``_repair_failed``)."""
+        try:
+            return self._complete(retry)
+        except BaseException as exc:
+            error = _repair_failed(first, retry, exc)
+            if error is not None:
+                raise error from exc
+            raise
 
     def _complete(self, call: Call) -> Response:
         """One backend call: answered from the cache when enabled, and written to the usage log."""
@@ -726,7 +779,7 @@ class Client(_Base[Backend]):
                 assert event.response is not None
                 first, retry = _check(call, ex.done(event.response))
                 if retry is not None:
-                    first = _after_repair(first, retry, self._complete(retry))
+                    first = _after_repair(first, retry, self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)
@@ -890,7 +943,17 @@ class AsyncClient(_Base[AsyncBackend]):
         first, retry = _check(call, await self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, await self._complete(retry))
+        return _after_repair(first, retry, await self._repair(first, retry))
+
+    async def _repair(self, first: Response, retry: Call) -> Response:
+        """``Client._repair``, async (a cancelled task keeps ``first`` on its CancelledError)."""
+        try:
+            return await self._complete(retry)
+        except BaseException as exc:
+            error = _repair_failed(first, retry, exc)
+            if error is not None:
+                raise error from exc
+            raise
 
     async def _complete(self, call: Call) -> Response:
         ex = exchange.begin(self, call)
@@ -932,7 +995,7 @@ class AsyncClient(_Base[AsyncBackend]):
                 assert event.response is not None
                 first, retry = _check(call, ex.done(event.response))
                 if retry is not None:
-                    first = _after_repair(first, retry, await self._complete(retry))
+                    first = _after_repair(first, retry, await self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
         except QwenVLError as exc:
             ex.failed(exc)

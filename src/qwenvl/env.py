@@ -94,6 +94,12 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ALICLOUD_PROFILE", "The same, read when `ALIBABA_CLOUD_PROFILE` is not set.", "`default`"),
     Variable("QWENVL_MODEL", "The default model (`--model`).", "`qwen3-vl-plus`"),
+    Variable(
+        "QWENVL_UNLISTED_MODELS",
+        "Model names (comma-separated) sent as given though they look like a misspelling of a listed model "
+        "(else refused: did you mean ...?).",
+        "none",
+    ),
     Variable("QWENVL_REGION", "The service region (`--region`): `cn`, `intl` or `us`.", "`cn`"),
     Variable("QWENVL_PROTOCOL", "The wire protocol (`--protocol`): `compat`, `native` or `openai`.", "`compat`"),
     Variable(
@@ -172,14 +178,14 @@ def _switch(value: str) -> bool:
 
 def unknown_variables(env: Env | None = None) -> list[tuple[str, str | None]]:
     """Variables named ``QWENVL_...`` that are set (not blank) but that qwenvl does not read (a typo, or a
-    setting that has only a flag, such as a time-out): each with the closest variable it does read (difflib), or
-    None. Sorted by name. Raises nothing."""
-    from qwenvl.errors import closest
+    setting that has only a flag, such as a time-out): each with the closest variable it does read
+    (``qwenvl.spelling.nearest``), or None. Sorted by name. Raises nothing."""
+    from qwenvl.spelling import nearest
 
     known = [v.name for v in VARIABLES]
     source = os.environ if env is None else env
     names = sorted(n for n in source if n.startswith("QWENVL_") and n not in known and _raw(n, env) is not None)
-    return [(n, closest(n, known, cutoff=0.8)) for n in names]
+    return [(n, nearest(n, known, cutoff=0.8)) for n in names]
 
 
 # --- the DashScope key and endpoints ----------------------------------------------------------------------------
@@ -219,6 +225,13 @@ def dashscope_base_url(protocol: str, env: Env | None = None) -> str | None:
 def model(env: Env | None = None) -> str | None:
     """``$QWENVL_MODEL`` (stripped), or None (then ``qwenvl.models.DEFAULT_MODEL``)."""
     return _text("QWENVL_MODEL", env)
+
+
+def unlisted_models(env: Env | None = None) -> tuple[str, ...]:
+    """``$QWENVL_UNLISTED_MODELS``: the model names (comma-separated, stripped) to send though they look like a
+    misspelling of a listed one (``qwenvl.models.typo_error``); empty when unset."""
+    raw = _text("QWENVL_UNLISTED_MODELS", env)
+    return tuple(n.strip() for n in (raw or "").split(",") if n.strip())
 
 
 def region(env: Env | None = None) -> str | None:

@@ -13,6 +13,7 @@ QwenVLError
  │    │    ├── AuthenticationError      401 (and no key at all)            exit 4
  │    │    ├── PermissionDeniedError    403                                exit 4
  │    │    ├── NotFoundError            404
+ │    │    ├── ModelNotFoundError       400 or 404 naming a model that does not exist (both of the above)
  │    │    ├── RateLimitError           429
  │    │    └── InternalServerError      5xx
  │    ├── StreamInterruptedError   a stream that broke midway; .partial_text
@@ -22,9 +23,7 @@ QwenVLError
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
 EXIT_OK = 0
@@ -67,34 +66,6 @@ class QwenVLError(Exception):
 
     def __str__(self) -> str:
         return self.message
-
-
-# difflib's ratio at or above which a name is taken for a misspelling of a known one ("hgh" for "high", "nativ" for
-# "native", "max_token" for "max_tokens"); a name further from every known one gets no suggestion.
-CLOSE = 0.6
-
-
-def closest(name: str, known: Iterable[str], *, cutoff: float = CLOSE) -> str | None:
-    """The known name ``name`` was most likely meant to be: the same name in other case or with "-" for "_" (a
-    flag's spelling of a key), else difflib's closest match at ``cutoff`` or above; None when none is close.
-    The one "did you mean" rule of qwenvl (flags, choices, request fields, options, tasks, variables, files).
-    Raises nothing."""
-    known = list(known)
-
-    def spelled(text: str) -> str:
-        return text.strip().lower().replace("-", "_").replace(" ", "_")
-
-    same = [k for k in known if spelled(k) == spelled(name)]
-    if same:
-        return same[0]
-    near = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
-    return near[0] if near else None
-
-
-def did_you_mean(name: str, known: Iterable[str], *, cutoff: float = CLOSE, quote: str = "'") -> str | None:
-    """``"Did you mean 'x'?"`` for the ``closest`` known name (quoted with ``quote``), or None. Raises nothing."""
-    near = closest(name, known, cutoff=cutoff)
-    return f"Did you mean {quote}{near}{quote}?" if near is not None else None
 
 
 class UsageError(QwenVLError):
@@ -316,6 +287,17 @@ class NotFoundError(APIStatusError):
     default_hint = "Check the model name and the base URL."
 
 
+class ModelNotFoundError(BadRequestError, NotFoundError):
+    """Raised when the service says the model does not exist or the key has no access to it: compat
+    ``model_not_found`` ("The model `x` does not exist or you do not have access to it."), native
+    ``ModelNotFound`` or ``InvalidParameter`` "Model not exist." (reference/dashscope-api.md §2.4; the service has
+    been seen answering 400 as well as 404, so it is both a BadRequestError and a NotFoundError; ``.status`` is
+    the one received). Not retried; a batch stops at the first one, as at a 401 (every other item would get the
+    same answer). CLI exit code 5."""
+
+    default_hint = "Check the model name (--model): `qwenvl models` lists the models qwenvl knows."
+
+
 class RateLimitError(APIStatusError):
     """Raised for HTTP 429 (rate limit or quota) after the retries, or at once when ``Retry-After`` asks for a
     wait over 20 s (``qwenvl.retry.MAX_RETRY_AFTER_S``; the hint says when to try again). CLI exit code 5."""
@@ -400,10 +382,14 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
 }
 
 
-def status_error(status: int, message: str, **kw: Any) -> APIStatusError:
+def status_error(status: int, message: str, *, model_not_found: bool = False, **kw: Any) -> APIStatusError:
     """The one mapping from an HTTP status to an exception class: 400 BadRequestError, 401 AuthenticationError,
     403 PermissionDeniedError, 404 NotFoundError, 429 RateLimitError, 5xx InternalServerError, else
-    APIStatusError. Returns the error (it raises nothing itself); ``kw`` are APIStatusError's keywords."""
+    APIStatusError; a 400 or 404 with ``model_not_found`` (the body says the model does not exist:
+    ``qwenvl.protocols.common.error_from_body``) is a ModelNotFoundError. Returns the error (it raises nothing
+    itself); ``kw`` are APIStatusError's keywords."""
+    if model_not_found and status in (400, 404):
+        return ModelNotFoundError(message, status=status, **kw)
     cls = _STATUS_CLASSES.get(status) or (InternalServerError if status >= 500 else APIStatusError)
     return cls(message, status=status, **kw)
 

@@ -15,13 +15,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from qwenvl import env as qenv
 from qwenvl.backends.family import family_model
 from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import check_pages_apply, check_video_options_apply, media_kind
-from qwenvl.models import currency_of, media_costs, model_info
+from qwenvl.models import currency_of, media_costs, model_info, typo_error
 from qwenvl.plan import media_options
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
@@ -77,6 +78,9 @@ def estimate_files(
             request = client.backend.adapt(request)
     else:
         info = family_model(request.model, family) if family else model_info(request.model)
+        typo = None if family or info.known else typo_error(request.model, allowed=qenv.unlisted_models())
+        if typo is not None:  # a misspelt model: its estimate would be of the wrong model
+            raise typo
     options = media_options(request, info, "native", estimate_only=fast)
     refs = expand_inputs(list(files))
     if not refs:

@@ -39,10 +39,11 @@ from pydantic.json_schema import SkipJsonSchema
 from qwenvl import __version__
 from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S, MAX_DURATION_S
-from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError, did_you_mean
+from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.estimate import estimate_files
 from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid, spent_label
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
+from qwenvl.spelling import did_you_mean
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
 from qwenvl.wording import Surface, field_of, fit_hint, fit_message

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from qwenvl.errors import UsageError
     from qwenvl.types import Response
 
 log = logging.getLogger("qwenvl")
@@ -431,7 +432,9 @@ def model_info(name: str) -> ModelInfo:
     28 px while qwen-vl-max is 32 px); ``<alias>-latest`` is the alias; an unlisted dated snapshot
     ``<alias>-YYYY-MM-DD`` (``qwen3-vl-flash-2026-01-22``) inherits its facts by ``SNAPSHOT_RULE``
     (``dated_snapshot``: known, unless older than every listed snapshot); another numbered suffix
-    (``-1201``) takes the alias's rules but counts as unknown; anything else is classified
+    (``-1201``) takes the alias's rules but counts as unknown; another listed name followed by ``-something``
+    (``qwen3-vl-plus-preview``) takes the rules of the longest such listed name, with no price, and counts as
+    unknown; anything else is classified
     from the name (the family decides the pixel rule) with no price. Unknown names are returned with
     ``known=False`` and logged once per name on the ``qwenvl`` logger (the CLI prints it as a one-line
     warning; see ``guess_warning``). ``Qwen/...`` Hugging Face ids of the open models are looked up without the
@@ -461,10 +464,73 @@ def model_info(name: str) -> ModelInfo:
                         resolution=f"unlisted snapshot: rules of {base}",
                     )
                 )
+    listed = _listed_prefix(key)
+    if listed is not None:  # qwen3-vl-plus-preview: a variant of qwen3-vl-plus, whose price is not known
+        return _warned(
+            replace(
+                MODELS[listed],
+                name=name,
+                prices=Prices(),
+                known=False,
+                entry=listed,
+                resolution=f"not in the table: a variant of {listed}, with its rules and no price",
+            )
+        )
     return _guess(name, key)
 
 
+def _listed_prefix(key: str) -> str | None:
+    """The longest listed name that ``key`` (lower case) continues with a dash (``qwen3-vl-plus`` for
+    ``qwen3-vl-plus-preview``), or None. Raises nothing."""
+    found = [m for m in MODELS if key.startswith(m + "-")]
+    return max(found, key=len) if found else None
+
+
+# Words of model names besides those of the listed ones: a name made only of such words (and numbers) may be a
+# model newer than the table (qwen3-vl-max, qwen3.5-vl-plus), never taken for a misspelling.
+_NAME_WORDS = frozenset(
+    {"preview", "latest", "instruct", "thinking", "turbo", "mini", "lite", "pro", "omni", "chat", "coder", "vl"}
+)
+_TYPO_RATIO = 0.85  # difflib ratio at or above which a name with an unknown word is taken for a listed one's
+
+
+def _words(name: str) -> set[str]:
+    return set(re.findall(r"[a-z]{2,}", name))  # letters only: "qwen3.5" is qwen, "a3b" nothing
+
+
+def near_model(name: str) -> str | None:
+    """The listed model ``name`` is most likely a misspelling of (``qwen3-vl-plus`` for ``qwen3-vl-plsu``), or
+    None. Only for a name the table does not resolve (``model_info(name).known`` False, and not a listed name
+    followed by ``-something``: ``qwen3-vl-plus-preview`` is a variant, not a typo) that holds a word no listed
+    name has (``plsu``) and is within ``_TYPO_RATIO`` of a listed name (``qwenvl.spelling.closest``); a name of
+    known words (``qwen3-vl-max``, ``qwen3.5-vl-plus``) may be a newer model and is None. Raises nothing."""
+    from qwenvl.spelling import closest
+
+    key = name.strip().lower().removeprefix("qwen/")
+    if not key or key in MODELS or _listed_prefix(key) is not None:
+        return None
+    known_words = _NAME_WORDS.union(*(_words(m) for m in MODELS))
+    if not _words(key) - known_words:
+        return None
+    near = closest(key, sorted(MODELS, key=len), cutoff=_TYPO_RATIO)
+    return near[0] if near else None
+
+
 def _guess(name: str, key: str) -> ModelInfo:
+    from qwenvl import env as qenv
+
+    near = near_model(name)
+    if near is not None:  # a misspelling: the rules of the model meant (plan refuses to send it: typo_error)
+        info = replace(
+            MODELS[near],
+            name=name,
+            prices=Prices(),
+            known=False,
+            entry=near,
+            resolution=f"not in the table; did you mean {near}? Its rules assumed, no price",
+        )
+        # warned only when it will be sent (named in $QWENVL_UNLISTED_MODELS); else the refusal says it
+        return _warned(info) if typo_error(name, allowed=qenv.unlisted_models()) is None else info
     if key.startswith("qvq"):
         proto = MODELS["qvq-max"]
     elif "qwen2.5-vl" in key or "qwen2-vl" in key:
@@ -495,9 +561,28 @@ def guess_warning(info: ModelInfo) -> str | None:
     if info.known:
         return None
     priced = "" if info.has_price else "; cost unknown"
+    near = near_model(info.name)
+    meant = f" (did you mean {near}?)" if near else ""
     return (
-        f"{info.name} is not in qwenvl's model table: estimates use a guessed family "
+        f"{info.name} is not in qwenvl's model table{meant}: estimates use a guessed family "
         f"({info.family}, {info.factor} px per token{priced}); see `qwenvl models`"
+    )
+
+
+def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
+    """The error for sending a model name that looks like a misspelling of a listed one (``near_model``), before
+    anything is sent: ``qwen3-vl-plsu is not a model qwenvl knows: did you mean qwen3-vl-plus?`` (exit 2), its hint
+    how to send the name anyway (``$QWENVL_UNLISTED_MODELS``). None for any other name, and for a name in
+    ``allowed`` (that variable's names: the user insists). Raises nothing."""
+    from qwenvl.errors import UsageError
+
+    near = near_model(name)
+    if near is None or name.strip().lower() in {a.strip().lower() for a in allowed}:
+        return None
+    return UsageError(
+        f"{name} is not a model qwenvl knows: did you mean {near}?",
+        hint=f"Give --model {near} (`qwenvl models` lists the models); to send {name} as it is (a model newer "
+        f"than qwenvl's table), set QWENVL_UNLISTED_MODELS={name}.",
     )
 
 

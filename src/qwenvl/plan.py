@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl._constants import FETCH_TIMEOUT_MAX_S
-from qwenvl.errors import MediaError, UsageError, closest
+from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
-from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info
+from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
+from qwenvl.spelling import nearest
 from qwenvl.types import (
     BUILT_WIRE_KEYS,
     GENERATION_FIELDS,
@@ -375,8 +377,14 @@ def check_model_rules(request: Request, protocol: str, model: ModelInfo | None =
     """The model's rules that do not depend on the media: UsageError for a thinking budget without thinking
     (``check_thinking_budget``), thinking or tools on a model without them,
     or ``max_tokens`` above a listed model's ``max_output_tokens`` (DashScope's protocols; a local server's limit
-    is its own). ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
+    is its own); on DashScope's protocols, a model name that looks like a misspelling of a listed one
+    (``qwenvl.models.typo_error``: did you mean ...?) unless ``$QWENVL_UNLISTED_MODELS`` names it.
+    ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
     model = model or model_info(request.model)
+    if not model.known and protocol in PAID_PROTOCOLS:  # a misspelt model name: refused, not sent to fail
+        typo = typo_error(request.model, allowed=qenv.unlisted_models())
+        if typo is not None:
+            raise typo
     check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):
         raise UsageError(
@@ -430,11 +438,13 @@ def check_extra(extra: Mapping[str, Any], protocol: str) -> list[str]:
             continue
         elsewhere = sorted(name for name, listed in PASS_THROUGH_PARAMS.items() if key in listed)
         spelled = _spelling(key)
-        near = closest(spelled, sorted(names), cutoff=_CLOSE)
-        if near is not None and not elsewhere:
-            hint = f"Did you mean '{near}'?"
-            if near in Request.model_fields or near in BUILT_WIRE_KEYS:
-                hint += " " + reserved_extra_hint([near])
+        near = [n for n in sorted(names) if _spelling(n) == spelled] or [
+            n for n in [nearest(spelled, sorted(names), cutoff=_CLOSE)] if n
+        ]
+        if near and not elsewhere:
+            hint = f"Did you mean '{near[0]}'?"
+            if near[0] in Request.model_fields or near[0] in BUILT_WIRE_KEYS:
+                hint += " " + reserved_extra_hint([near[0]])
             raise UsageError(
                 f"'{key}' is not a parameter{where} (extra, --param): it would be ignored; nothing was sent",
                 hint=hint,

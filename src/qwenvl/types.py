@@ -29,8 +29,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S, DEFAULT_TIMEOUT_S, MAX_DURATION_S
-from qwenvl.errors import UsageError, blank_error, closest
+from qwenvl.errors import UsageError, blank_error
 from qwenvl.models import DEFAULT_MODEL
+from qwenvl.spelling import nearest
 
 Role = Literal["system", "user", "assistant", "tool"]
 Detail = Literal["auto", "low", "high"]
@@ -552,13 +553,13 @@ with warnings.catch_warnings():
         @classmethod
         def _near_names(cls, data: Any, handler: Any) -> Any:
             """An unknown field near a known one says which (``max_token``: "Extra inputs are not permitted (did
-            you mean 'max_tokens'?)", ``errors.closest``), where pydantic alone says only the first half."""
+            you mean 'max_tokens'?)", ``spelling.nearest``), where pydantic alone says only the first half."""
             try:
                 return handler(data)
             except ValidationError as exc:
                 errors = exc.errors()
                 near = {
-                    i: closest(str(e["loc"][0]), cls.model_fields)
+                    i: nearest(str(e["loc"][0]), cls.model_fields)
                     for i, e in enumerate(errors)
                     if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
                 }

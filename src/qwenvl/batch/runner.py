@@ -26,8 +26,10 @@ updated under one lock.
 sees each 429 as it happens: it lowers concurrency and pauses new requests (see ``limiter``), and the item
 waits for a slot again (up to ``RATE_LIMIT_RETRIES`` times). 5xx, time-outs and connection errors are
 retried ``max_retries`` times (the item's own setting, default 2) after ``retry_backoff_s * 2**n`` seconds.
-A 401 or 403 stops the batch at once (the key is wrong for every item); any other error is recorded as that
-item's error and the batch goes on.
+A 401 or 403 stops the batch at once (the key is wrong for every item), and so does an answer that the model
+does not exist (``ModelNotFoundError``: a misspelt model would fail every item the same way); the refused item
+and those not sent stay to send (the same command resumes). Any other error is recorded as that item's error and
+the batch goes on.
 
 **Each item goes through ``Client.plan`` then ``Client.send``**, exactly as a single request: media are
 checked and prepared to the model's budget, structured output is validated (and repaired once), the cache
@@ -100,6 +102,7 @@ from qwenvl.errors import (
     MalformedResponseError,
     MediaError,
     MissingAPIKeyError,
+    ModelNotFoundError,
     PermissionDeniedError,
     QwenVLError,
     RateLimitError,
@@ -161,9 +164,11 @@ class Estimate:
     input_tokens: int = 0  # estimated, over the requests to send
     max_output_tokens: int = 0  # the sum of their max_tokens
     unknown_media: int = 0  # media with no token estimate (remote URLs), not counted above
+    # the costs sum the requests whose model has a price; None (unknown, never 0.0) when none has one
     cost_input: float | None = 0.0  # in ``currency``, estimated input cost (each request at its own tier)
     cost_max: float | None = 0.0  # input + every answer at max_tokens (the ceiling compared to max_cost)
     unpriced: int = 0  # requests whose model has no known price (not counted in the costs)
+    unpriced_models: list[str] = field(default_factory=list)  # those models, in the order met
     models: list[str] = field(default_factory=list)
     price_factor: float = 1.0  # batchapi.PRICE_FACTOR (0.5) for the Batch API
     currency: str | None = "CNY"  # of the costs: the region's (CNY in Beijing, USD in Singapore and Virginia)
@@ -195,7 +200,9 @@ class Progress:
     sent: int = 0  # HTTP requests made (retries included)
     input_tokens: int = 0
     output_tokens: int = 0
-    cost: float = 0.0
+    cost: float = 0.0  # of the answers with a known cost
+    priced: int = 0  # answers paid for whose cost is known (in ``cost``)
+    unpriced: int = 0  # answers paid for whose model has no known price (not in ``cost``)
     concurrency: int = 0
     in_flight: int = 0
     rate_limited: int = 0
@@ -208,6 +215,22 @@ class Progress:
     # Batch API jobs (or input files) this run found ended without answering items: failed, refused, expired or
     # cancelled; each {"batch_id", "status", "message", "hint"}, the message naming the job and the service's reason
     job_failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def paid(self, cost: float | None, *, local: bool) -> None:
+        """Count one answer paid for (not cached) that cost ``cost`` (None: unknown, ``unpriced``; a local model's
+        answers cost no money and count in neither). Raises nothing."""
+        if local:
+            return
+        if cost is None:
+            self.unpriced += 1
+        else:
+            self.priced += 1
+            self.cost += cost
+
+    def cost_so_far(self) -> float | None:
+        """The cost of this run's answers: the sum of the known costs, None (unknown, not 0.0) when every answer
+        paid for had an unknown one. Raises nothing."""
+        return None if self.unpriced and not self.priced else self.cost
 
 
 @dataclass
@@ -222,9 +245,10 @@ class Summary:
     sent: int  # HTTP requests this run
     input_tokens: int
     output_tokens: int
-    cost: float  # this run, in ``currency``
+    cost: float | None  # this run, in ``currency``: the answers of known cost; None when none had one
     elapsed_s: float
     rate_limited: int = 0
+    unpriced: int = 0  # answers of this run whose model has no known price: not in ``cost``
     service_errors: int = 0  # items of ``error`` that failed for the service's reasons (SERVICE_ERROR_TYPES)
     first_service_error: str | None = None  # the message of the first of them (in input order)
     send_s: float | None = None  # from the first request sent to the last item finished (realtime runs)
@@ -731,6 +755,10 @@ class Batch:
         c_max = estimate_cost(model, tokens, max_tokens, region=region)
         if c_in is None or c_max is None:
             est.unpriced += 1
+            if model.name not in est.unpriced_models:
+                est.unpriced_models.append(model.name)
+            if est.unpriced == est.to_send:  # nothing priced so far: the cost is unknown, never 0.0
+                est.cost_input = est.cost_max = None
         else:
             est.cost_input = (est.cost_input or 0) + c_in * est.price_factor
             est.cost_max = (est.cost_max or 0) + c_max * est.price_factor
@@ -738,7 +766,8 @@ class Batch:
 
     # --- running ----------------------------------------------------------------------------------
     def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
-        """Run to the end. A 401/403 stops it at once (raised, after the outputs are written), as does a service
+        """Run to the end. A 401/403 or a ``ModelNotFoundError`` stops it at once (raised, after the outputs are
+        written; the items not answered stay to send), as does a service
         that cannot be reached (the first ``UNREACHABLE_ITEMS`` items fail to connect on every attempt before it
         answered anything: ``APIConnectionError``/``APITimeoutError``); ``Summary.service_errors`` counts the items
         that failed for the service's reasons (``SERVICE_ERROR_TYPES``), ``Summary.job_failures`` the Batch API
@@ -827,7 +856,8 @@ class Batch:
             sent=prog.sent,
             input_tokens=prog.input_tokens,
             output_tokens=prog.output_tokens,
-            cost=round_cost(prog.cost),
+            cost=None if (paid := prog.cost_so_far()) is None else round_cost(paid),
+            unpriced=prog.unpriced,
             currency=None if self.planner.is_local else self.currency,
             local=self.planner.is_local,
             elapsed_s=round(time.monotonic() - started, 3),
@@ -918,7 +948,7 @@ class Batch:
         if u is not None and isinstance(paid, Response) and not paid.cached:
             prog.input_tokens += u.input_tokens or 0
             prog.output_tokens += u.output_tokens or 0
-            prog.cost += cost or 0.0
+            prog.paid(cost, local=self.planner.is_local)
         return done
 
     def _cost(self, response: Response, item: BatchItem, price_factor: float) -> float | None:
@@ -977,7 +1007,7 @@ class Batch:
         if not response.cached:
             prog.input_tokens += u.input_tokens or 0
             prog.output_tokens += u.output_tokens or 0
-            prog.cost += cost or 0.0
+            prog.paid(cost, local=self.planner.is_local)
         return done
 
 
@@ -999,7 +1029,8 @@ class _Realtime:
         self.stop = threading.Event()
         self.accepting = True  # False once the run is over: late answers (after Ctrl-C) are dropped
         self.fatal: BaseException | None = None
-        self.refused: list[BaseException] = []  # requests the service refused for the key (401/403): not recorded
+        # requests the service refused for the key or the model (401/403, model not found): not recorded
+        self.refused: list[BaseException] = []
         self.reached = False  # the service answered something (an answer or an HTTP status)
         self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
 
@@ -1060,7 +1091,14 @@ class _Realtime:
         if failed:
             parts.append(f"{failed} failed (recorded: --retry-errors sends them again)")
         if refused:
-            why = "permission" if isinstance(self.refused[0], PermissionDeniedError) else "authentication"
+            first = self.refused[0]
+            why = (
+                "the model does not exist or the key has no access to it"
+                if isinstance(first, ModelNotFoundError)
+                else "permission"
+                if isinstance(first, PermissionDeniedError)
+                else "authentication"
+            )
             parts.append(
                 f"{refused} sent and refused by the service ({why}: not answered nor billed, not recorded: the same "
                 "command sends them again)"
@@ -1237,10 +1275,13 @@ class _Realtime:
                 if rate_limited <= RATE_LIMIT_RETRIES:
                     continue
                 return self._error(item, exc, attempts)
-            except (AuthenticationError, PermissionDeniedError) as exc:
+            except (AuthenticationError, PermissionDeniedError, ModelNotFoundError) as exc:
+                # every other item would get the same answer: the run stops, this item left to send again
                 if not isinstance(exc, MissingAPIKeyError):  # sent, and refused: not "not sent"
                     with self.lock:
                         self.refused.append(exc)
+                if isinstance(exc, ModelNotFoundError) and call.request.model not in exc.message:
+                    exc.message = f"{call.request.model}: {exc.message}"  # native says only "Model not exist."
                 raise _Fatal(exc) from exc
             except APIError as exc:
                 if isinstance(exc, APIStatusError):
@@ -1271,6 +1312,25 @@ def batch_price_factor() -> float:
 
 
 def within_budget(est: Estimate, max_cost: float | None) -> bool:
-    """Whether ``est`` stays within ``max_cost`` (None or infinite: no limit). Always True for a local model's
-    run: it has no price, so no budget can be exceeded."""
-    return est.local or max_cost is None or math.isinf(max_cost) or (est.cost_max or 0.0) <= max_cost
+    """Whether ``est`` is known to stay within ``max_cost`` (None or infinite: no limit). Always True for a local
+    model's run: it has no price, so no budget can be exceeded. False when a request to send uses a model with no
+    known price (``est.unpriced``): a cap that cannot be checked is not met (``unpriced_error`` says why)."""
+    if est.local or max_cost is None or math.isinf(max_cost):
+        return True
+    return not est.unpriced and (est.cost_max or 0.0) <= max_cost
+
+
+def unpriced_error(est: Estimate, cap: str) -> UsageError | None:
+    """The refusal of a run whose cost cap (``cap``, as the surface names it: ``--max-cost 20``) cannot be checked:
+    a request to send uses a model with no known price (``est.unpriced_models``), so what it costs is unknown.
+    None when every request is priced, or for a local model's run (it costs no money). The one wording for every
+    cost cap. Raises nothing."""
+    if est.local or not est.unpriced:
+        return None
+    names = ", ".join(est.unpriced_models[:3]) + (", ..." if len(est.unpriced_models) > 3 else "")
+    they = "has" if len(est.unpriced_models) == 1 else "have"
+    return UsageError(
+        f"{cap} cannot be checked: {names} {they} no known price in {est.currency} ({est.unpriced:,} of the "
+        f"{est.to_send:,} requests to send): nothing was sent",
+        hint="Use a model with a price (`qwenvl models` lists them), or pass --yes to run with no cost cap.",
+    )

@@ -25,7 +25,7 @@ import click
 from qwenvl.cli.common import FILE_NAME, Verb, from_request, make_client, pass_opts, print_json, service_options
 from qwenvl.cli.render import warn_answer
 from qwenvl.cli.tasks_common import warn
-from qwenvl.client import near_field
+from qwenvl.client import near_field, unrepaired
 from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
 from qwenvl.outputs import check_writable, write_failure_hint
@@ -120,19 +120,37 @@ def analyze(opts: dict[str, Any]) -> None:
         result = response.result_object()
         warn_answer(response, call.request.max_tokens)
     except StructuredOutputError as exc:
-        if call.schema is not None:  # as `ask --schema`: exit 5, the raw answer and what was paid shown
+        if call.schema is not None:  # as `ask --schema`: exit 5, the raw answer and what was paid shown; the
+            _write(output, _unvalidated(exc))  # paid answer (no "json") is in --output too
             raise
         warn([f'{exc}; the result has no "json"'])
-        result = exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}
+        result = _unvalidated(exc)
+    except KeyboardInterrupt as exc:  # during a schema repair: the first, paid answer is kept in --output
+        kept = unrepaired(exc)
+        if kept is not None:
+            _write(output, _unvalidated(kept))
+        raise
     finally:
         client.close()
-    if output is not None:
-        try:
-            output.write_text(json.dumps(result, ensure_ascii=True, indent=2), encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(
-                f"cannot write {output}: {exc.strerror or exc}",
-                hint=write_failure_hint(exc, "give another file with -o"),
-            ) from None
+    _write(output, result)
     if opts["print_response"] or output is None:
         print_json(result, ascii_only=True, indent=None)
+
+
+def _unvalidated(exc: StructuredOutputError) -> dict[str, Any]:
+    """The result object of an answer not valid for its schema or JSON mode: ``{text, model, usage}``, no
+    ``json``."""
+    return exc.response.result_object() if exc.response is not None else {"text": exc.raw_text}
+
+
+def _write(output: Path | None, result: dict[str, Any]) -> None:
+    """The result object in ``output`` (--output; nothing when None). UsageError when it cannot be written."""
+    if output is None:
+        return
+    try:
+        output.write_text(json.dumps(result, ensure_ascii=True, indent=2), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {output}: {exc.strerror or exc}",
+            hint=write_failure_hint(exc, "give another file with -o"),
+        ) from None

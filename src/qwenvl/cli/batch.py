@@ -25,7 +25,15 @@ from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.batch.batchapi import BATCH_API_TIMEOUT_S, jobs_left, not_batchable
 from qwenvl.batch.inputs import iter_inputs, iter_items_from_inputs, no_media_found, read_requests
 from qwenvl.batch.journal import read_open_job_statuses
-from qwenvl.batch.runner import DEFAULT_CONCURRENCY, DEFAULT_MAX_COST, Batch, Estimate, Summary, within_budget
+from qwenvl.batch.runner import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_COST,
+    Batch,
+    Estimate,
+    Summary,
+    unpriced_error,
+    within_budget,
+)
 from qwenvl.cli.common import (
     FILE_NAME,
     FiniteFloat,
@@ -47,9 +55,10 @@ from qwenvl.cli.common import (
     shown,
     stdin_text,
 )
-from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, closest, safe_line
+from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
 from qwenvl.models import format_cost, model_info
 from qwenvl.plan import check_extra, check_model_rules
+from qwenvl.spelling import nearest
 
 
 class BatchGroup(click.Group):
@@ -63,7 +72,7 @@ class BatchGroup(click.Group):
             first = args[0]
             if not first.startswith("-") and not any(c in first for c in "*?[") and not os.path.lexists(first):
                 # `qwenvl batch stauts ID`: a typo'd subcommand, not an input file that is missing
-                near = closest(first, [c for c in self.commands if c != "run"])
+                near = nearest(first, [c for c in self.commands if c != "run"])
                 if near:
                     raise click.UsageError(
                         f"No such command or file '{first}'. Did you mean 'qwenvl batch {near}'?", ctx
@@ -138,7 +147,12 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     if est.unknown_media:
         console.print(f"[dim]{est.unknown_media:,} remote media of unknown size are not counted[/]")
     if est.unpriced:
-        console.print(f"[dim]{est.unpriced:,} requests use a model with no known price: not counted[/]")
+        names = escape(", ".join(est.unpriced_models))
+        console.print(
+            f"[yellow]{est.unpriced:,} requests use a model with no known price ({names}): their cost is unknown, "
+            "not counted above[/]",
+            highlight=False,
+        )
 
 
 def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
@@ -150,6 +164,9 @@ def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
         return
     if opts["yes"] or within_budget(est, max_cost):
         return
+    unpriced = unpriced_error(est, f"--max-cost {max_cost:g}")
+    if unpriced is not None:  # an unknown cost is never taken for 0: refused, on a terminal too
+        raise unpriced
     text = f"up to {format_cost(est.cost_max, est.currency)}, above --max-cost {format_cost(max_cost, est.currency)}"
     if sys.stdin.isatty() and err_console().is_terminal:
         if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
@@ -234,7 +251,8 @@ class _Bar:
             failed=p.failed,
             rate=f"{p.done / elapsed:.1f}",
             tokens=f"{p.input_tokens + p.output_tokens:,}",
-            cost=format_cost(p.cost, self.currency, local=self.local),
+            cost=format_cost(p.cost_so_far(), self.currency, local=self.local)
+            + (f" (+{p.unpriced:,} unpriced)" if p.unpriced and not self.local else ""),
             extra=escape(shown(extra, sys.stderr)),  # a Batch API job's status text comes from the service
             description="batch" if p.phase == "realtime" else p.phase,
         )
@@ -287,6 +305,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
         if s.local
         else "≈" + format_cost(s.cost, s.currency)
     )
+    if s.unpriced and not s.local:
+        cost += f" (leaving out {s.unpriced:,} answers of a model with no known price)"
     line = (
         f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
         f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, {cost}, {s.elapsed_s:.1f} s"

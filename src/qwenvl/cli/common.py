@@ -102,14 +102,23 @@ def report(exc: QwenVLError) -> None:
     console.print(f"[bold red]error:[/] {escape(safe_line(message))}", highlight=False, soft_wrap=True)
     if isinstance(exc, StreamInterruptedError) and exc.partial_text:
         console.print(f"[dim](kept {len(exc.partial_text)} characters of partial answer)[/]", soft_wrap=True)
-    if isinstance(exc, StructuredOutputError) and exc.raw_text:
-        console.print("[dim]raw answer:[/]", highlight=False)
-        console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
-    if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
-        label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
-        console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
+    if isinstance(exc, StructuredOutputError):
+        show_paid(exc)
     hint = fit_hint(safe_line(exc.raw_hint), current_command()) if exc.raw_hint else ""
     console.print(f"[yellow]hint:[/] {escape(hint or help_hint())}", highlight=False, soft_wrap=True)
+
+
+def show_paid(exc: StructuredOutputError) -> None:
+    """On stderr, what an answer that was not valid for the schema leaves: the raw answer and the ``paid:`` line
+    (``used:`` for a local model's). For a failed call (``report``) and for an interrupt during its repair request
+    (``qwenvl.client.unrepaired``), so that a paid answer is never dropped unseen."""
+    console = err_console()
+    if exc.raw_text:
+        console.print("[dim]raw answer:[/]", highlight=False)
+        console.print(shown(exc.raw_text, sys.stderr), highlight=False, markup=False, soft_wrap=True)
+    if isinstance(exc.response, Response):
+        label = spent_label(exc.response.protocol)  # "used" for a local model's answer: it cost no money
+        console.print(f"[dim]{label}: {escape(paid_line(exc))}[/]", highlight=False, soft_wrap=True)
 
 
 def help_hint() -> str:
@@ -976,7 +985,8 @@ _STDIN_KEY = "qwenvl.stdin_file"  # ctx.meta: the temporary file that stands for
 
 def usage_line(response: Response, region: str | None = None) -> str:
     """model · tokens · ≈cost (in the region's currency, at the request's tier; ``cost: local`` for a local
-    model's answer, which has no price) · request id."""
+    model's answer, which has no price; ``cost unknown (no price)`` for a model the table has no price for) ·
+    request id."""
     u = response.usage
     parts = [response.model]
     if u.input_tokens is not None:
@@ -989,8 +999,8 @@ def usage_line(response: Response, region: str | None = None) -> str:
         parts.append("cost: " + format_cost(None, None, local=True))
     elif u.input_tokens is not None:
         cost = answer_cost(response, region=region)
-        if cost is not None:
-            parts.append("≈" + format_cost(cost, currency_of(region)))
+        # a model with no known price: its cost is unknown, never left out as if nothing was paid
+        parts.append("≈" + format_cost(cost, currency_of(region)) if cost is not None else "cost unknown (no price)")
     if response.request_id:
         parts.append(f"request {response.request_id}")
     return shown(" · ".join(parts), sys.stderr)  # the model and the request id come from the service

@@ -16,6 +16,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    paid_line,
     pass_opts,
     print_json,
     prompt_and_media,
@@ -23,9 +24,11 @@ from qwenvl.cli.common import (
     service_options,
 )
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
-from qwenvl.errors import UsageError, safe_line
+from qwenvl.errors import StructuredOutputError, UsageError, safe_line
+from qwenvl.models import spent_label
 from qwenvl.outputs import check_writable
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
+from qwenvl.types import Response
 
 
 @click.command(cls=Verb, needs=("schema_file",))
@@ -78,15 +81,20 @@ def extract(opts: dict[str, Any]) -> None:
         for row in extract_many(client, files, schema, prompt=prompt, **fields):
             rows.append(row)
             if csv_path is None:
-                click.echo(json.dumps(row.line(), ensure_ascii=False))
+                click.echo(json.dumps(row.line(opts["region"]), ensure_ascii=False))
             if not row.ok:
                 warn([f"{row.file}: {row.error}"], prefix="error")
+                if isinstance(row.failure, StructuredOutputError) and isinstance(row.response, Response):
+                    # what the failed answer took, as one file's failure says it (``report``)
+                    label = spent_label(row.response.protocol)
+                    err_console().print(f"[dim]{label}: {escape(paid_line(row.failure))}[/]", highlight=False)
     if csv_path is not None:
         write_csv(csv_path, schema, rows)
         err_console().print(
             f"[dim]wrote {escape(safe_line(csv_path))} ({len(rows)} row{'s' if len(rows) != 1 else ''})[/]"
         )
-    show_usage(*(r.response for r in rows), region=opts["region"])  # a failed answer was paid too
+    # a failed answer was paid too: its paid line is said beside its error, above
+    show_usage(*(r.response for r in rows if r.ok), region=opts["region"])
     failed = [r for r in rows if not r.ok]
     if failed:
         err_console().print(f"[bold red]{len(failed)} of {len(rows)} files failed[/]")

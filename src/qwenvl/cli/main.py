@@ -18,10 +18,11 @@ from rich.markup import escape
 
 from qwenvl import __version__
 from qwenvl import env as qenv
-from qwenvl.cli.common import err_console, report
+from qwenvl.cli.common import err_console, report, show_paid
 from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
 from qwenvl.cli.streams import OutputClosed, guarded_streams
-from qwenvl.errors import EXIT_SERVICE, QwenVLError, closest, did_you_mean, safe_line
+from qwenvl.errors import EXIT_SERVICE, QwenVLError, safe_line
+from qwenvl.spelling import did_you_mean, nearest
 
 
 class QwenVLGroup(click.Group):
@@ -57,6 +58,11 @@ class QwenVLGroup(click.Group):
                 if isinstance(exc, OutputClosed):
                     _say_closed(exc)
                 else:
+                    from qwenvl.client import unrepaired
+
+                    kept = unrepaired(exc)  # Ctrl-C during a schema repair: the first, paid answer is shown
+                    if kept is not None:
+                        show_paid(kept)
                     said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
                     err_console().print(f"[dim]{said}[/]")
                 ctx.exit(exit_code(exc))
@@ -92,7 +98,7 @@ _DID_YOU_MEAN = re.compile(r"\s*\(?((?:Possible options|Did you mean)[^()]*?)\)?
 
 def _closest_options(given: str, ctx: click.Context | None) -> str | None:
     """ "Did you mean" for an unknown option: the verb's options the given name begins (``--temp``:
-    ``--temperature``), else the one closest option (``qwenvl.errors.closest``, the one rule) of the verb or of
+    ``--temperature``), else the one closest option (``qwenvl.spelling.nearest``, the one rule) of the verb or of
     the groups above it (``qwenvl ask --versoin``: "Did you mean `qwenvl --version`?"); None when none is close
     (never a far one: ``--max-token`` is not near ``--backend``)."""
     name = given.lstrip("-")
@@ -111,7 +117,7 @@ def _closest_options(given: str, ctx: click.Context | None) -> str | None:
     while parent is not None:  # a group's own options (qwenvl --version), said with the group's path
         above.update({o: parent.command_path for o in longs(parent.command) if o not in options})
         parent = parent.parent
-    near = closest(given, [*options, *above])
+    near = nearest(given, [*options, *above])
     if near is None:
         return None
     return f"Did you mean `{above[near]} {near}`?" if near in above else f"Did you mean {near}?"
@@ -119,7 +125,7 @@ def _closest_options(given: str, ctx: click.Context | None) -> str | None:
 
 def _closest_choice(message: str, choices: Any) -> str | None:
     """ "Did you mean 'native'?" for a value click refused as not one of a flag's choices (``--protocol nativ``),
-    from click's message ("'nativ' is not one of ..."); None when no choice is close (``qwenvl.errors.closest``)."""
+    from click's message ("'nativ' is not one of ..."); None when no choice is close (``qwenvl.spelling.nearest``)."""
     m = re.search(r"'([^']*)' is not (?:one of|a valid choice)", message)
     return did_you_mean(m[1], [str(c) for c in choices]) if m else None
 
@@ -143,7 +149,7 @@ def _say_click_error(exc: click.ClickException) -> None:
     said = near[1].strip() if near else None
     if near:
         message = message[: near.start()].rstrip()
-    if isinstance(exc, click.NoSuchOption):  # click's own guesses replaced by the one rule's (errors.closest)
+    if isinstance(exc, click.NoSuchOption):  # click's own guesses replaced by the one rule's (spelling.nearest)
         said = _closest_options(exc.option_name, exc.ctx)
     elif isinstance(exc, click.BadParameter) and isinstance(getattr(exc.param, "type", None), click.Choice):
         said = _closest_choice(message, exc.param.type.choices)  # type: ignore[union-attr]

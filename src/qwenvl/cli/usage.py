@@ -23,7 +23,8 @@ def usage(opts: dict[str, Any]) -> None:
 
     Costs carry their currency (¥ for Beijing, $ for Singapore and Virginia) and are totalled per currency.
     Answers of local models (--backend openai or transformers) cost nothing: their cost reads "local" (null in
-    --json, with "local": true) and is not in the totals. Cached answers are counted, never paid.
+    --json, with "local": true) and is not in the totals. A model with no known price has cost "unknown" (null
+    in --json): the totals leave its answers out and say how many. Cached answers are counted, never paid.
 
     Every request qwenvl sends is logged (time, model, tokens, cost, latency, outcome; never prompts or
     answers) in usage.db in the data folder. QWENVL_LOG=0 turns the log off.
@@ -37,11 +38,18 @@ def usage(opts: dict[str, Any]) -> None:
     for r in rows:
         if r["cost"] is not None:
             costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
+    # answers of a model with no known price: in no cost (unknown, not free), said beside the totals
+    unpriced = sum(r["unpriced"] for r in rows)
     if opts["as_json"]:  # sums of floats: 0.01974, not 0.01974000000000005; a local row's cost is null
         rows = [{**r, "cost": None if r["cost"] is None else round_cost(r["cost"])} for r in rows]
         # "local_requests": the requests answered by local models, which have no price and are in no cost
         local = sum(r["requests"] for r in rows if r.get("local"))
-        total = {**totals, "cost": {c: round_cost(v) for c, v in costs.items()}, "local_requests": local}
+        total = {
+            **totals,
+            "cost": {c: round_cost(v) for c, v in costs.items()},
+            "local_requests": local,
+            "unpriced_requests": unpriced,
+        }
         print_json({"days": opts["days"], "rows": rows, "total": total, "log": str(log.path)})
         return
     console = out_console()
@@ -67,6 +75,16 @@ def usage(opts: dict[str, Any]) -> None:
         cost = format_cost(r["cost"], r["currency"], local=r["local"])
         table.add_row(r["day"], escape(shown(r["model"] or "?")), *cells(r, cost))
     table.add_section()
-    paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items())) or LOCAL  # only local rows: no money
+    paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items()))
+    if not paid:  # only local rows (no money), or only answers of unknown cost
+        paid = "unknown" if unpriced else LOCAL
+    elif unpriced:  # a sum that leaves answers out is not the whole cost
+        paid += " + ?"
     table.add_row("total", "", *cells(totals, paid))
     console.print(table)
+    if unpriced:
+        console.print(
+            f"The totals leave out {unpriced:,} answer{'s' if unpriced > 1 else ''} of a model with no known price "
+            "(cost unknown; `qwenvl models` lists the prices).",
+            highlight=False,
+        )

@@ -27,7 +27,8 @@ from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
-from qwenvl.errors import MediaError, QwenVLError, UsageError, closest
+from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.spelling import nearest
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
@@ -136,8 +137,8 @@ def path_hint(path: Path) -> str:
         stems = {p.stem: p.name for p in folder.iterdir()} if folder.is_dir() else {}
     except OSError:
         stems = {}
-    near = closest(path.stem, stems, cutoff=0.75)
-    if near is not None:
+    near = nearest(path.stem, stems, cutoff=0.75)
+    if near:
         name = stems[near]
         return f"Did you mean {folder / name if str(folder) != '.' else name}?"
     if not path.is_absolute():

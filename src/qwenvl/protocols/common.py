@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -117,9 +118,16 @@ def error_from_body(
             hint=PROXY_HINT,
             plain=True,
         )
-    hint = MODEL_NOT_FOUND_HINT if _model_not_found(code) else None
+    missing = model_not_found(code, message)
     return status_error(
-        status, message, code=code, request_id=rid or request_id, body=parsed, retry_after=retry_after, hint=hint
+        status,
+        message,
+        code=code,
+        request_id=rid or request_id,
+        body=parsed,
+        retry_after=retry_after,
+        hint=MODEL_NOT_FOUND_HINT if missing else None,
+        model_not_found=missing,
     )
 
 
@@ -128,9 +136,17 @@ def error_from_body(
 MODEL_NOT_FOUND_HINT = "Check the model name (--model): `qwenvl models` lists the models qwenvl knows."
 
 
-def _model_not_found(code: str | None) -> bool:
+# The native protocol's words for it under the generic code InvalidParameter (reference/dashscope-api.md §2.4;
+# "Model not exist."), and the compat message's ("The model `x` does not exist or you do not have access to it.").
+_MODEL_MISSING = re.compile(r"\bmodel not exists?\b|\bmodel `[^`]*` does not exist\b", re.I)
+
+
+def model_not_found(code: str | None, message: str | None = None) -> bool:
+    """Whether an error's code or message says the model does not exist (or the key has no access to it):
+    ``model_not_found`` / ``ModelNotFound`` in the code, or the service's sentence for it in the message (native
+    ``InvalidParameter`` "Model not exist."). Raises nothing."""
     low = (code or "").lower().replace(".", "_")
-    return "model_not_found" in low or "modelnotfound" in low
+    return "model_not_found" in low or "modelnotfound" in low or bool(_MODEL_MISSING.search(message or ""))
 
 
 def _phrase(status: int) -> str:

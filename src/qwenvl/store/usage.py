@@ -120,7 +120,9 @@ class UsageLog:
         tokens, cost (in that row's ``currency``; a model used in two regions gives a row per currency), and
         ``local``. A local model's answers (a protocol outside ``qwenvl.models.PAID_PROTOCOLS``: the openai and
         transformers backends) cost no money: their rows have ``local`` True and ``cost`` and ``currency``
-        None. Cached answers are counted in ``cached`` and never in ``cost`` (nothing was paid for them). An
+        None. ``unpriced`` counts the answers of a paid protocol whose cost is unknown (the model has no price in
+        the table): they are not in ``cost``, which is None (unknown, never 0.0) when no answer of the row had a
+        known cost. Cached answers are counted in ``cached`` and never in ``cost`` (nothing was paid for them). An
         absent file is an empty log (it is not created). Raises MediaError (``store.db.unusable``: naming the file
         and to move it aside) for a file that cannot be read: not SQLite, damaged, a folder, no permission."""
         self.flush()
@@ -137,7 +139,10 @@ class UsageLog:
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN input_tokens END), 0) AS input_tokens,
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN output_tokens END), 0) AS output_tokens,
                    CASE WHEN currency IS NOT NULL
-                        THEN coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) END AS cost
+                         AND NOT (sum(outcome = 'ok' AND cost IS NULL) > 0
+                                  AND sum(outcome = 'ok' AND cost IS NOT NULL) = 0)
+                        THEN coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) END AS cost,
+                   CASE WHEN currency IS NOT NULL THEN sum(outcome = 'ok' AND cost IS NULL) ELSE 0 END AS unpriced
             FROM (SELECT date(time, 'unixepoch', 'localtime') AS day, model, outcome, input_tokens, output_tokens,
                          cost, CASE WHEN coalesce(protocol, 'compat') IN ({paid})
                                     THEN coalesce(currency, 'CNY') END AS currency
@@ -147,6 +152,8 @@ class UsageLog:
             rows = self._db.run(lambda c: c.execute(query, (*PAID_PROTOCOLS, since)).fetchall())
         except (sqlite3.Error, OSError) as exc:
             raise unusable(self.path, problem(self.path, exc, "read")) from None
+        # the currency of a row with no known cost stays in the log's grouping, but a cost unknown is no money: a
+        # row whose answers all had no price shows cost None with "local" False ("unknown", never 0.0)
         return [{**dict(r), "local": r["currency"] is None} for r in rows]
 
 

@@ -18,7 +18,14 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwenvl.errors import AuthenticationError, PermissionDeniedError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import (
+    AuthenticationError,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    QwenVLError,
+    StructuredOutputError,
+    UsageError,
+)
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.plan import Call
 from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
@@ -86,7 +93,10 @@ class Extraction:
     error: str | None = None
     raw_text: str | None = None  # the model's answer when it was not valid for the schema
     exit_code: int = 0  # the CLI exit code of the error (0 when it worked)
+    # the answer (a failed one too: an answer not valid for the schema was paid for, its usage counts every
+    # request of the call, the repair included)
     response: Response | None = field(default=None, repr=False)
+    failure: QwenVLError | None = field(default=None, repr=False)  # the error, when the file failed
 
     @property
     def parsed(self) -> Any:
@@ -98,29 +108,44 @@ class Extraction:
         """True when the file gave valid JSON (no ``error``)."""
         return self.error is None
 
-    def line(self) -> dict[str, Any]:
-        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``. Raises nothing."""
+    def line(self, region: str | None = None) -> dict[str, Any]:
+        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``. A failed answer that was
+        paid for (not valid for the schema: ``StructuredOutputError``) also says what it took, as a batch line
+        does: ``"usage"`` (every request of the call), ``"requests"`` (2 after a repair), ``"request_ids"`` and
+        the cost in ``region``'s currency (``models.cost_fields``: null when unknown; a local model's
+        ``"local": true``). Raises UsageError for an unknown region."""
         if self.ok:
             return {"file": self.file, "json": self.json}
         out: dict[str, Any] = {"file": self.file, "error": self.error}
         if self.raw_text is not None:
             out["raw_text"] = self.raw_text
+        paid = self.failure if isinstance(self.failure, StructuredOutputError) else None
+        if paid is not None and isinstance(self.response, Response):
+            from qwenvl.models import answer_cost, cost_fields, currency_of, is_paid
+
+            local = not is_paid(self.response.protocol)
+            out["usage"] = self.response.usage.model_dump(exclude={"raw"}, exclude_none=True)
+            out["requests"] = paid.requests
+            out["request_ids"] = paid.request_ids
+            out.update(cost_fields(answer_cost(self.response, region=region), currency_of(region), local=local))
         return out
 
 
 # Errors that would fail every file the same way: stop at the first one instead of repeating it.
-FATAL = (UsageError, AuthenticationError, PermissionDeniedError)
+FATAL = (UsageError, AuthenticationError, PermissionDeniedError, ModelNotFoundError)
 
 
 def extract_many(
     client: SupportsComplete, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
 ) -> Iterator[Extraction]:
     """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
-    goes on (usage and authentication errors stop it: they would fail every file). Files are sent one at a time,
+    goes on (usage and authentication errors, and a model the service does not have, stop it: they would fail
+    every file). Files are sent one at a time,
     as the iterator is read.
 
-    Raises UsageError (and SchemaDefinitionError), AuthenticationError (MissingAPIKeyError included) and
-    PermissionDeniedError, which would fail every file; every other QwenVLError is kept in its Extraction."""
+    Raises UsageError (and SchemaDefinitionError), AuthenticationError (MissingAPIKeyError included),
+    PermissionDeniedError and ModelNotFoundError, which would fail every file; every other QwenVLError is kept
+    in its Extraction."""
     sync_client(client, "extract_many")
     fields = _schema_fields(schema, fields)
     schema, rest = fields.pop("schema"), fields
@@ -163,9 +188,14 @@ def _failed(file: Any, exc: QwenVLError) -> Extraction:
         raise exc
     if isinstance(exc, StructuredOutputError):
         return Extraction(
-            file=_name(file), error=str(exc), raw_text=exc.raw_text, exit_code=exc.exit_code, response=exc.response
+            file=_name(file),
+            error=str(exc),
+            raw_text=exc.raw_text,
+            exit_code=exc.exit_code,
+            response=exc.response,
+            failure=exc,
         )
-    return Extraction(file=_name(file), error=str(exc), exit_code=exc.exit_code)
+    return Extraction(file=_name(file), error=str(exc), exit_code=exc.exit_code, failure=exc)
 
 
 # --- CSV --------------------------------------------------------------------------------------------------

@@ -28,10 +28,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from qwenvl.errors import UsageError, did_you_mean
+from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.plan import Call
+from qwenvl.spelling import did_you_mean
 from qwenvl.tasks.grounding import (
     async_client,
     in_thread,
@@ -149,7 +150,7 @@ def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) 
     """The qwen-vl-ocr ``ocr_options`` parameter: ``options`` with ``task`` added; None when both are empty.
     Raises UsageError for a blank ``task``, and for a task (``task``, or ``options["task"]``) that is not one of
     ``OCR_TASKS`` (the task list of the qwen-vl-ocr documentation): the models would read the page as if none
-    were given while the request is paid; the hint names the closest (``errors.did_you_mean``) and the list."""
+    were given while the request is paid; the hint names the closest (``spelling.did_you_mean``) and the list."""
     merged = dict(options or {})
     if task is not None:
         not_blank(task, "task")
