@@ -109,11 +109,16 @@ def test_thinking_where_it_is_the_only_mode_asks_the_same(server, images):
 # --- media options without their media -----------------------------------------------------------------------
 
 
-def test_fps_on_still_images_asks_the_same(server, images):
+def test_fps_on_still_images_is_refused_and_the_output_kept(server, images):
+    """--fps/--video-as apply to videos only: on a folder of still images they are refused (exit 2, nothing sent,
+    the output as it was), as every verb refuses an option that does not apply to its input."""
     out = Output(server, images, "-p", "Caption")
     out.first()
-    out.same("--fps", "5")
-    out.same("--fps", "0.5", "--video-as", "frames")
+    for args in (("--fps", "5"), ("--fps", "0.5", "--video-as", "frames")):
+        before = model_calls(server)
+        p = run_cli(*out.base, *args, env=out.env)
+        assert p.returncode == 2 and "applies to videos only" in p.stderr, (args, p.stderr)
+        assert model_calls(server) == before and out.out.read_bytes() == out.bytes, args
 
 
 def test_fps_of_a_video_is_its_question(server, isolated_env):
