@@ -442,7 +442,7 @@ def build_server(
     ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
     """
     from qwenvl.media.sources import classify, media_kind, split_media
-    from qwenvl.outputs import check_writable
+    from qwenvl.outputs import check_outputs
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.draw import check_fits, image_format
     from qwenvl.tasks.events import send_events
@@ -550,7 +550,7 @@ def build_server(
                 )
             if target is not None:
                 image_format(target, "out")  # the drawing's format follows the suffix: refused before it is paid
-                check_writable(str(target))
+                check_outputs({"out": str(target)}, inputs={"the image": ref}, pictures={"out"})
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
             if page is not None and not pdf:

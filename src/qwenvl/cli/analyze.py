@@ -28,7 +28,7 @@ from qwenvl.cli.tasks_common import warn
 from qwenvl.client import near_field
 from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.media.sources import read_regular_text
-from qwenvl.outputs import check_writable, write_failure_hint
+from qwenvl.outputs import check_outputs, write_failure_hint
 from qwenvl.structured import load_schema
 from qwenvl.types import DuplicateKeyError, Request, loads
 
@@ -84,6 +84,16 @@ def drop_unknown_keys(data: dict[str, Any], origin: str) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key in Request.model_fields}
 
 
+def _refs(value: Any) -> list[str]:
+    """The file names in a request field (``image``, ``images``, ``video``: a name or a list; ``schema``: a file
+    name or the schema itself): what the request reads, which ``--output`` must not replace."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
 @click.command(cls=Verb)
 @click.option("--request", "request_json", metavar="JSON", help="The request as JSON (prompt, image, model, ...).")
 @click.option("--file", "request_file", type=FILE_NAME, metavar="FILE", help="The request as a JSON file.")
@@ -108,7 +118,9 @@ def analyze(opts: dict[str, Any]) -> None:
             data[key] = opts[key]  # flags override the request, as in the skill (0 included)
     if data.get("schema") is None:
         data.setdefault("repair", False)  # JSON mode as in the skill: one request, never a paid second one
-    output = check_writable(opts["output"]) if opts["output"] else None
+    read: dict[str, Any] = {"--file": opts["request_file"], "--schema": opts["schema_file"]}
+    read.update({f'the request\'s "{key}"': _refs(data.get(key)) for key in ("image", "images", "video", "schema")})
+    output = check_outputs({"--output": opts["output"]}, inputs=read).get("--output")
     client = make_client(opts)
     call = client.plan(data)
     if opts["dry_run"]:

@@ -48,6 +48,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
 from qwenvl.models import format_cost, model_info
+from qwenvl.outputs import check_outputs
 from qwenvl.plan import check_extra, check_model_rules
 
 
@@ -387,6 +388,9 @@ def run(opts: dict[str, Any]) -> None:
     """
     fields = request_fields(opts)
     prompt = opts["prompt"]
+    outputs = {"-o/--output": opts["output"], "--csv": opts["csv_file"]}
+    read = {"--requests": opts["requests_file"], "--schema": opts["schema_file"], "an input": opts["inputs"]}
+    check_outputs(outputs, inputs=read)  # before standard input is read or anything sent (the runner checks again)
     if prompt == "-" and opts["requests_file"] == "-":
         raise UsageError(
             "standard input can give the prompt (-p -) or the requests (--requests -), not both",

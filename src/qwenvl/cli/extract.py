@@ -24,7 +24,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
 
 
@@ -63,7 +63,9 @@ def extract(opts: dict[str, Any]) -> None:
             hint="For example: qwenvl extract invoice.png --schema invoice.schema.json",
         )
     check_pages_apply(opts, files)
-    csv_path = check_writable(opts["csv_file"]) if opts["csv_file"] else None
+    csv_path = check_outputs(
+        {"--csv": opts["csv_file"]}, inputs={"a file read": files, "--schema": opts["schema_file"]}
+    ).get("--csv")
     client = make_client(opts)
     if opts["dry_run"]:
         dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)))

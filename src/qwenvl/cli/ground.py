@@ -25,7 +25,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, first_names, media_kind
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import annotate, check_fits, image_format
 from qwenvl.tasks.grounding import Grounding, original_size, plan_ground, planned_picture, read_grounding
 
@@ -87,7 +87,7 @@ def ground(opts: dict[str, Any]) -> None:
                 "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
                 hint="Download the image first, or leave out --out.",
             )
-        out = check_writable(opts["out_file"])
+        out = check_outputs({"--out": opts["out_file"]}, inputs={"the image": image}, pictures={"--out"})["--out"]
         image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
     page = opts["page"]

@@ -24,7 +24,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, plan_pages, send_pages
 from qwenvl.types import DuplicateKeyError, loads
@@ -84,7 +84,7 @@ def ocr(opts: dict[str, Any]) -> None:
     source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
-    output = check_writable(opts["output"]) if opts["output"] else None
+    output = check_outputs({"-o/--output": opts["output"]}, inputs={"the file read": source}).get("-o/--output")
     fields = request_fields(opts)
     fields.pop("pages", None)  # OCR sends one request per page: the selection goes to plan_pages
     client = make_client(opts)
