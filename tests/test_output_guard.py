@@ -127,6 +127,9 @@ def test_a_rerun_onto_its_own_previous_output_works(files: Path, server, env) ->
 
 def test_the_library_batch_refuses_a_csv_that_is_its_output(files: Path, server) -> None:
     items = [BatchItem(id="1", request={"prompt": "p", "image": str(files / "b.png")})]
+    with Batch(items, files / "r.jsonl", api_key=API_KEY, base_url=server.url) as job:
+        assert job.run().ok == 1  # the output and its journal exist now
+    server.reset()
     for csv in (files / "r.jsonl", files / "r.jsonl.journal", files / "a.jpg"):
         job = Batch(items, files / "r.jsonl", csv=csv, api_key=API_KEY, base_url=server.url)
         with job, pytest.raises(UsageError, match="csv"):

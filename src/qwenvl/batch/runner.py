@@ -464,10 +464,11 @@ class Batch:
         output another run is writing (its lock is held), ``fresh`` while the output's journal has Batch API jobs
         not collected (their answers are billed); and (Batch API) a region without VL batch. The
         journal itself is checked by ``estimate`` (``journal.inspect_journal``) unless ``fresh``."""
-        journal = journal_path(self.output)
         # one rule with the verbs' outputs (qwenvl.outputs): writable, no two outputs in one file (the csv over the
         # output or its journal), no output over a file of media (a photo named by mistake)
-        check_outputs({"output": self.output, "journal": journal, "csv": self.csv}, pictures={"journal"})
+        check_outputs(
+            {"output": self.output, "csv": self.csv}, inputs={"the output's journal": journal_path(self.output)}
+        )
         check_free(self.output)
         if (
             not self.fresh
