@@ -36,6 +36,7 @@ from qwenvl.cli.common import (
     backend_options,
     err_console,
     generation_options,
+    not_dash,
     option_group,
     pass_opts,
     print_json,
@@ -45,6 +46,7 @@ from qwenvl.cli.common import (
     service_options,
     shown,
     stdin_text,
+    take_stdin,
 )
 from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
 from qwenvl.models import format_cost, model_info
@@ -317,9 +319,17 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     required=True,
     type=FILE_NAME,
     metavar="FILE.jsonl",
+    callback=not_dash("Give a file: it is also the key for resuming (run the same command again to continue)."),
     help="Results, one JSON line per input (also the key for resuming: run again to continue).",
 )
-@click.option("--csv", "csv_file", type=FILE_NAME, metavar="FILE", help="Also write the results as CSV.")
+@click.option(
+    "--csv",
+    "csv_file",
+    type=FILE_NAME,
+    metavar="FILE",
+    callback=not_dash("Give a file name for the CSV, e.g. --csv results.csv."),
+    help="Also write the results as CSV.",
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 1024),
@@ -399,6 +409,7 @@ def run(opts: dict[str, Any]) -> None:
     if prompt == "-":
         prompt = stdin_text("the prompt")
     if opts["requests_file"] == "-":
+        take_stdin("the requests (--requests -)")
         awaiting_stdin("the requests (JSONL)")
     if prompt is not None and not prompt.strip():
         raise UsageError("the prompt is empty", hint='Give the question as words, e.g. -p "Describe the picture".')

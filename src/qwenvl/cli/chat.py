@@ -31,7 +31,7 @@ from qwenvl.cli.common import (
     utf8_text,
 )
 from qwenvl.cli.render import stream_to_terminal
-from qwenvl.cli.signals import Terminated
+from qwenvl.cli.signals import EXIT_INTERRUPTED, Terminated
 from qwenvl.cli.streams import OutputClosed
 from qwenvl.cli.tasks_common import warn
 from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError, safe_line
@@ -123,7 +123,8 @@ def _kept(conv: Conversation) -> str:
 
 def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     """One turn, streamed to the terminal; 0, or the exit code of the error that ended it (reported here).
-    Ctrl-C during the answer cancels it: nothing is added."""
+    Ctrl-C during the answer cancels it: nothing is added, and the turn's code is 130 (``EXIT_INTERRUPTED``: it was
+    not answered, so a script feeding the chat learns of it)."""
     err = err_console()
     _forget_gone_files(conv)
     events: Any = None
@@ -140,7 +141,7 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
         if isinstance(exc, Terminated):  # SIGTERM, SIGHUP: the chat ends too (qwenvl.cli.signals)
             raise
-        return 0
+        return EXIT_INTERRUPTED
     except MediaError as exc:  # the bad attachment is dropped, the conversation and the others kept
         report(exc)
         dropped = safe_line(", ".join(conv.dropped))
@@ -180,7 +181,8 @@ def chat(opts: dict[str, Any]) -> None:
 
     Commands: /image PATH, /reset, /history, /help, /exit. Ctrl-C cancels an answer; at the prompt, Ctrl-C or
     Ctrl-D ends the chat. A saved session keeps its files as absolute paths, so it resumes from any folder.
-    With messages piped in, the exit status is that of the last turn or /image that failed (0 when none did).
+    With messages piped in, the exit status is that of the last turn or /image that failed (130 for an answer
+    cancelled with Ctrl-C; 0 when every turn was answered).
     """
     if opts["list_sessions"]:
         for name in list_sessions():

@@ -13,6 +13,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    not_dash,
     pass_opts,
     print_json,
     prompt_and_media,
@@ -40,6 +41,7 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, shee
     "sheet_file",
     type=FILE_NAME,
     metavar="FILE.png",
+    callback=not_dash("Name the sheet's file, e.g. --sheet frames.png."),
     help="Write a contact sheet: the frames the model saw, with their times, and the timeline (its format follows "
     "the suffix: .png, .jpg...).",
 )

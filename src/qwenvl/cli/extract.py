@@ -16,6 +16,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    not_dash,
     pass_opts,
     print_json,
     prompt_and_media,
@@ -33,7 +34,12 @@ from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract
 @click.option("-p", "--prompt", help='What to extract (default: "Extract the information in this document.").')
 @click.option("--jsonl", is_flag=True, help='One JSON line per file, {"file", "json"}, even for one file.')
 @click.option(
-    "--csv", "csv_file", type=FILE_NAME, metavar="FILE", help="Write a CSV instead: a column per top-level key."
+    "--csv",
+    "csv_file",
+    type=FILE_NAME,
+    metavar="FILE",
+    callback=not_dash("Leave --csv out to print JSON lines on standard output."),
+    help="Write a CSV instead: a column per top-level key.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
 @generation_options

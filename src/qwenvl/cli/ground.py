@@ -15,6 +15,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    not_dash,
     pass_opts,
     print_json,
     prompt_and_media,
@@ -51,6 +52,7 @@ READINGS = {
     "out_file",
     type=FILE_NAME,
     metavar="FILE.png",
+    callback=not_dash("Name the picture's file, e.g. --out boxes.png."),
     help="Write the image with the boxes and points drawn on it, in the format its suffix names (.png, .jpg...).",
 )
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")

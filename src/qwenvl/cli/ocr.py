@@ -16,6 +16,7 @@ from qwenvl.cli.common import (
     generation_options,
     make_client,
     media_args,
+    not_dash,
     pass_opts,
     request_fields,
     service_options,
@@ -68,7 +69,14 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     metavar="JSON",
     help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).",
 )
-@click.option("-o", "--output", type=FILE_NAME, metavar="FILE", help="Write the result here instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=FILE_NAME,
+    metavar="FILE",
+    callback=not_dash("Leave -o out to print the result on standard output."),
+    help="Write the result here instead of stdout.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
 @generation_options
 @service_options
