@@ -35,6 +35,7 @@ from qwenvl.cli.common import (
     awaiting_stdin,
     backend_options,
     err_console,
+    error_record,
     generation_options,
     not_dash,
     option_group,
@@ -539,16 +540,8 @@ def _print_job(job: dict[str, Any]) -> None:
 
 def _failed_job(batch_id: str, exc: QwenVLError, verb: str, *, tried: bool = True) -> dict[str, Any]:
     """The JSON line of an id that could not be shown or cancelled (``--json``): ``{"id", "error": {...}}``."""
-    return {
-        "id": batch_id,
-        "error": {
-            "type": type(exc).__name__,
-            "message": f"not {verb}: {exc}" if tried else f"not tried: {exc}",
-            "status": getattr(exc, "status", None) or None,
-            "hint": exc.hint,
-            "exit_code": exc.exit_code,
-        },
-    }
+    said = f"not {verb}: {exc}" if tried else f"not tried: {exc}"
+    return {"id": batch_id, "error": {**error_record(exc), "message": said}}  # every verb's shape of an error
 
 
 def _each_job(

@@ -989,7 +989,70 @@ def paid_line(exc: StructuredOutputError) -> str:
 
 
 def print_json(obj: Any, *, ascii_only: bool = False, indent: int | None = 2) -> None:
+    """``obj`` as JSON on stdout (``indent`` 2, or one line with None), and the verb's JSON recorded as given
+    (``json_said``)."""
     click.echo(json.dumps(obj, ensure_ascii=ascii_only, indent=indent))
+    json_said()
+
+
+_JSON_ASKED_KEY = "qwenvl.json_asked"  # ctx.meta: stdout was promised JSON (--json, ocr --format json)
+_JSON_SAID_KEY = "qwenvl.json_said"  # ctx.meta: the verb has printed its JSON
+
+
+def json_asked() -> None:
+    """The verb's stdout is to hold JSON (``--json``: set for every verb by ``pass_opts``; ``ocr --format json``
+    without ``-o``): a failure before the verb has printed any then prints its ``error_record`` there
+    (``json_failure``). A no-op outside click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_JSON_ASKED_KEY] = True
+
+
+def json_said() -> None:
+    """The verb has printed its JSON on stdout (``print_json`` says so; a verb that writes JSON itself calls it):
+    a later failure adds no second document. A no-op outside click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_JSON_SAID_KEY] = True
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """A failure as JSON, the one shape of every verb's: ``{"type", "message", "hint", "status", "request_id",
+    "exit_code"}`` (``status`` and ``request_id`` null where there are none); Ctrl-C and the signals handled as it
+    (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted" (or "terminated (SIGTERM)"),
+    ..., "exit_code": 130 (143, 129)}``. Raises nothing."""
+    code: int | None
+    if isinstance(exc, KeyboardInterrupt):
+        from qwenvl.cli.signals import Terminated, exit_code
+
+        said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
+        kind, hint, code = "interrupted", None, exit_code(exc)
+    else:
+        said, kind, hint, code = (
+            str(exc),
+            type(exc).__name__,
+            getattr(exc, "hint", None),
+            getattr(exc, "exit_code", None),
+        )
+    return {
+        "type": kind,
+        "message": said,
+        "hint": hint or None,
+        "status": getattr(exc, "status", None) or None,
+        "request_id": getattr(exc, "request_id", None) or None,
+        "exit_code": code,
+    }
+
+
+def json_failure(exc: BaseException) -> None:
+    """When the verb promised JSON on stdout (``json_asked``) and has printed none (``json_said``), the failure
+    that ends it as one JSON line there, ``{"error": error_record(exc)}``: with ``--json`` stdout always holds
+    JSON (its error line on stderr and its exit code are as ever). Called where errors are reported
+    (``qwenvl.cli.main``). Raises nothing beyond what writing stdout raises."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not ctx.meta.get(_JSON_ASKED_KEY) or ctx.meta.get(_JSON_SAID_KEY):
+        return
+    print_json({"error": error_record(exc)}, indent=None)
 
 
 def pass_opts(fn: Callable) -> Callable:
@@ -1003,6 +1066,8 @@ def pass_opts(fn: Callable) -> Callable:
             ctx.meta[_PATH_KEY] = ctx.command_path
             _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
+            if opts.get("as_json"):
+                json_asked()
             refuse_non_utf8(ctx, opts)
             refuse_blank(ctx, opts)
         return fn(opts)

@@ -13,7 +13,10 @@ from qwenvl.cli.common import (
     Verb,
     check_pages_apply,
     err_console,
+    error_record,
     generation_options,
+    json_asked,
+    json_said,
     make_client,
     media_args,
     not_dash,
@@ -22,6 +25,7 @@ from qwenvl.cli.common import (
     service_options,
     shown,
 )
+from qwenvl.cli.streams import OutputClosed
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
@@ -88,6 +92,8 @@ def ocr(opts: dict[str, Any]) -> None:
     --task / --ocr-options (sent as ocr_options). A PDF is read one request per page. When no text is found
     the output is empty, a note says so on stderr, and the exit status is still 0.
     """
+    if opts["fmt"] == "json" and not opts["output"]:
+        json_asked()  # stdout holds JSON whatever happens, as with every verb's --json (cli.common.json_failure)
     refuse_structured(opts, "ocr")
     source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
@@ -111,15 +117,18 @@ def ocr(opts: dict[str, Any]) -> None:
         with client:
             send_pages(client, source, plans, format=fmt, result=result)
     except (QwenVLError, KeyboardInterrupt) as exc:
-        if not result.pages:
-            raise
+        if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
+            raise  # nothing read: nothing to write (a file given with -o is left as it was)
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
-    text = json.dumps(result.to_json(), ensure_ascii=False, indent=2) if fmt == "json" else result.text
+    record = result.to_json() | ({"error": error_record(stopped)} if stopped is not None else {})
+    text = json.dumps(record, ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif text:
         click.echo(shown(text))
+        if fmt == "json":
+            json_said()
     warn([w for w in result.warnings if w != NO_TEXT])
     if result.empty:
         note(f"no text found in {source}")
@@ -131,5 +140,6 @@ def ocr(opts: dict[str, Any]) -> None:
     if stopped is not None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
-        note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
+        if result.pages:
+            note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
         raise stopped
