@@ -37,6 +37,7 @@ def test_ocr_json_when_the_first_page_fails(server, env, doc: Path) -> None:
     assert out["pages"] == [] and out["stopped_at"] == 1 and out["text"] == ""
     assert set(out["error"]) == ERROR_KEYS and out["error"]["status"] == 500 and out["error"]["exit_code"] == 5
     assert "error:" in p.stderr and "Traceback" not in p.stderr
+    assert "no text found" not in p.stderr  # it was never read
 
 
 def test_ocr_json_when_a_later_page_fails_says_the_error_too(server, env, doc: Path) -> None:

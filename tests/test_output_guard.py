@@ -96,7 +96,7 @@ def test_an_output_that_would_destroy_a_file_is_refused_before_sending(case: str
 def test_a_hard_link_to_the_input_is_the_input(files: Path, server, env) -> None:
     os.link(files / "a.jpg", files / "alias.jpg")
     p = run_cli("ground", "a.jpg", "dog", "--out", "alias.jpg", env=env)
-    assert p.returncode == 2 and "--out" in p.stderr and "the image" in p.stderr
+    assert p.returncode == 2 and "--out" in p.stderr and "(IMAGE)" in p.stderr
     assert not server.requests
 
 
@@ -138,7 +138,7 @@ def test_the_library_batch_refuses_a_csv_that_is_its_output(files: Path, server)
 
 
 def test_check_outputs_names_what_it_protects(files: Path) -> None:
-    with pytest.raises(UsageError, match=r"-o .*a\.jpg is also the image of this command"):
+    with pytest.raises(UsageError, match=r"-o .*a\.jpg is also an input of this command \(the image\)"):
         check_outputs({"-o": "a.jpg"}, inputs={"the image": ["https://example.com/x.png", "-", "a.jpg"]})
     with pytest.raises(UsageError, match=r"--csv .*x\.csv is also the file of -o"):
         check_outputs({"-o": "x.csv", "--csv": "./x.csv"})  # neither exists yet

@@ -550,7 +550,7 @@ def build_server(
                 )
             if target is not None:
                 image_format(target, "out")  # the drawing's format follows the suffix: refused before it is paid
-                check_outputs({"out": str(target)}, inputs={"the image": ref}, pictures={"out"})
+                check_outputs({"out": str(target)}, inputs={"image": ref}, pictures={"out"})
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
             if page is not None and not pdf:

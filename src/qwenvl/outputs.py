@@ -129,7 +129,7 @@ def check_outputs(
     """The one rule for a command's output files, run before anything is sent or paid for: each output given
     (``outputs``: the option as the user names it, e.g. ``"-o/--output"``, to the file; None: not given) must be
     writable (``check_writable``), and UsageError (exit 2, one line naming the option and the file) is raised for
-    an output that is the same file as one of the command's ``inputs`` (what reads it, e.g. ``"the image"`` or
+    an output that is the same file as one of the command's ``inputs`` (what reads it, e.g. ``"IMAGE"`` or
     ``"--schema"``, to its references: paths, ``file://`` URLs; remote URLs, ``data:`` URLs and ``-`` are
     skipped; compared by inode, so a hard link or a symlink counts), for two outputs that name the same file,
     and for an output that is not a picture (every option not in ``pictures``: JSON, CSV, Markdown, text) over
@@ -146,7 +146,7 @@ def check_outputs(
         for what, refs in (inputs or {}).items():
             if any(_same_file(path, source) for source in _local_paths(refs)):
                 raise UsageError(
-                    f"{option} {path} is also {what} of this command: writing it would destroy that input",
+                    f"{option} {path} is also an input of this command ({what}): writing it would destroy it",
                     hint=f"Give {option} a new file name (nothing was sent).",
                 )
         for other, taken in checked.items():

@@ -400,7 +400,7 @@ def run(opts: dict[str, Any]) -> None:
     fields = request_fields(opts)
     prompt = opts["prompt"]
     outputs = {"-o/--output": opts["output"], "--csv": opts["csv_file"]}
-    read = {"--requests": opts["requests_file"], "--schema": opts["schema_file"], "an input": opts["inputs"]}
+    read = {"--requests": opts["requests_file"], "--schema": opts["schema_file"], "INPUTS": opts["inputs"]}
     check_outputs(outputs, inputs=read)  # before standard input is read or anything sent (the runner checks again)
     if prompt == "-" and opts["requests_file"] == "-":
         raise UsageError(

@@ -78,9 +78,7 @@ def events(opts: dict[str, Any]) -> None:
                 "--sheet needs the frames: give a local video file (or frame images), not a URL",
                 hint="Download the video first, or leave out --sheet.",
             )
-        sheet = check_outputs({"--sheet": opts["sheet_file"]}, inputs={"a file read": refs}, pictures={"--sheet"})[
-            "--sheet"
-        ]
+        sheet = check_outputs({"--sheet": opts["sheet_file"]}, inputs={"MEDIA": refs}, pictures={"--sheet"})["--sheet"]
         image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
     fields = request_fields(opts)
     client = make_client(opts)

@@ -69,9 +69,9 @@ def extract(opts: dict[str, Any]) -> None:
             hint="For example: qwenvl extract invoice.png --schema invoice.schema.json",
         )
     check_pages_apply(opts, files)
-    csv_path = check_outputs(
-        {"--csv": opts["csv_file"]}, inputs={"a file read": files, "--schema": opts["schema_file"]}
-    ).get("--csv")
+    csv_path = check_outputs({"--csv": opts["csv_file"]}, inputs={"FILES": files, "--schema": opts["schema_file"]}).get(
+        "--csv"
+    )
     client = make_client(opts)
     if opts["dry_run"]:
         dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)))

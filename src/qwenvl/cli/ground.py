@@ -89,7 +89,7 @@ def ground(opts: dict[str, Any]) -> None:
                 "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
                 hint="Download the image first, or leave out --out.",
             )
-        out = check_outputs({"--out": opts["out_file"]}, inputs={"the image": image}, pictures={"--out"})["--out"]
+        out = check_outputs({"--out": opts["out_file"]}, inputs={"IMAGE": image}, pictures={"--out"})["--out"]
         image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
     page = opts["page"]

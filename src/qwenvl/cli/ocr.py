@@ -98,7 +98,7 @@ def ocr(opts: dict[str, Any]) -> None:
     source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
-    output = check_outputs({"-o/--output": opts["output"]}, inputs={"the file read": source}).get("-o/--output")
+    output = check_outputs({"-o/--output": opts["output"]}, inputs={"FILE": source}).get("-o/--output")
     fields = request_fields(opts)
     fields.pop("pages", None)  # OCR sends one request per page: the selection goes to plan_pages
     client = make_client(opts)
@@ -130,7 +130,7 @@ def ocr(opts: dict[str, Any]) -> None:
         if fmt == "json":
             json_said()
     warn([w for w in result.warnings if w != NO_TEXT])
-    if result.empty:
+    if result.empty and stopped is None:  # a reading that failed found nothing: it did not look
         note(f"no text found in {source}")
     elif pdf:
         blank = [str(p.page) for p in result.pages if not p.text.strip() and not p.lines]
