@@ -57,6 +57,37 @@ def test_a_piped_chat_with_a_cancelled_answer_exits_130(server, png: Path, isola
     assert "Traceback" not in stderr
 
 
+def test_a_piped_chat_interrupted_while_waiting_for_input_exits_130(server, png: Path, isolated_env: Path) -> None:
+    """Ctrl-C while the next piped line is awaited ends the chat as interrupted (lines still to come are never
+    answered): exit 130, not "every turn was answered"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "ALIBABA_CLOUD_"))}
+    env.update({"DASHSCOPE_API_KEY": API_KEY, "COLUMNS": "200"})
+    with ctrl_c_reaches_children():
+        child = subprocess.Popen(
+            [sys.executable, "-m", "qwenvl", "chat", str(png), "--base-url", server.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=isolated_env,
+        )
+    try:
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        child.stdin.write(b"first\n")
+        child.stdin.flush()  # the pipe stays open: the chat waits for the next line after answering
+        assert b"echo: first" in child.stdout.readline()
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=60) == 130
+        assert "Traceback" not in child.stderr.read().decode()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for stream in (child.stdin, child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+
+
 @pytest.fixture
 def folder(isolated_env: Path) -> Path:
     (isolated_env / "m" / "folder").mkdir(parents=True)

@@ -49,7 +49,8 @@ WELCOME = "Type a message, or /help for the commands. Ctrl-D ends the chat."
 
 def _lines(prompt: str) -> Iterator[str]:
     """Input lines: with line editing and history on a terminal, plain lines otherwise. Ends on Ctrl-D (end of
-    input) and on Ctrl-C at the prompt."""
+    input) and on Ctrl-C at the prompt of a terminal; piped, Ctrl-C while the next line is awaited goes through
+    (the chat ends as interrupted, exit 130: the lines still to come were never answered)."""
     if sys.stdin.isatty() and sys.stdout.isatty():
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory
@@ -64,13 +65,9 @@ def _lines(prompt: str) -> Iterator[str]:
             except (KeyboardInterrupt, EOFError):
                 return
     else:
-        try:  # bytes, so that a line that is not UTF-8 is refused alone (``utf8_text``), never ending the chat
-            for raw in sys.stdin.buffer:
-                yield raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-        except Terminated:
-            raise
-        except KeyboardInterrupt:
-            return
+        # bytes, so that a line that is not UTF-8 is refused alone (``utf8_text``), never ending the chat
+        for raw in sys.stdin.buffer:
+            yield raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
 
 
 def _forget_gone_files(conv: Conversation) -> None:
