@@ -65,9 +65,13 @@ def _lines(prompt: str) -> Iterator[str]:
             except (KeyboardInterrupt, EOFError):
                 return
     else:
-        # bytes, so that a line that is not UTF-8 is refused alone (``utf8_text``), never ending the chat
-        for raw in sys.stdin.buffer:
-            yield raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        try:  # bytes, so that a line that is not UTF-8 is refused alone (``utf8_text``), never ending the chat
+            for raw in sys.stdin.buffer:
+                yield raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Terminated) or not sys.stdin.isatty():  # piped: the lines to come go unanswered
+                raise
+            return  # typed at a terminal (its output redirected): Ctrl-C at the prompt ends the chat
 
 
 def _forget_gone_files(conv: Conversation) -> None:
