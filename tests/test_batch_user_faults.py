@@ -101,7 +101,8 @@ def test_a_malformed_batch_id_is_a_usage_error_before_any_request(bserver, isola
     assert p.returncode == 2, p.stderr
     said = "an argument is empty" if not bad else "is not a Batch API job id"  # "": the one rule for a blank
     assert said in p.stderr and "Traceback" not in p.stderr
-    assert len(bserver.requests) == before and p.stdout == ""
+    assert len(bserver.requests) == before
+    assert json.loads(p.stdout)["error"]["exit_code"] == 2  # --json: stdout holds JSON whatever happens (README)
 
 
 # --- 7. a key refused: the requests sent were refused, not "not sent" ----------------------------------------

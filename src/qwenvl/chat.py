@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenvl.batch.inputs import expand_globs
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.media import images as media_images
 from qwenvl.media.sources import classify, media_kind, read_bytes
@@ -171,7 +172,8 @@ class Conversation:
     # --- commands -------------------------------------------------------------------------------------------
     def command(self, name: str, arg: str = "") -> CommandResult:
         """Run a command by name, with or without its slash (``"reset"``, ``"/reset"``; ``"/image a.jpg"``, a
-        whole typed line, is read by ``parse_command``). Never sends anything."""
+        whole typed line, is read by ``parse_command``). ``/image``'s quoted globs are expanded as every verb
+        expands them (``batch.inputs.expand_globs``: ``/image "photos/*.png"``). Never sends anything."""
         parsed = parse_command(name) if name.lstrip().startswith("/") and not arg else None
         if parsed is not None:
             name, arg = parsed
@@ -190,6 +192,7 @@ class Conversation:
             if not refs:
                 return CommandResult(name, "needs-path")
             try:
+                refs = expand_globs(refs)  # "photos/*.png", as every verb expands a quoted glob
                 self.attach(*refs)
             except QwenVLError as exc:
                 return CommandResult(name, "not-attached", error=exc, pending=self.pending)

@@ -443,7 +443,7 @@ def build_server(
     """
     from qwenvl.media.pdf import check_page
     from qwenvl.media.sources import check_pages_apply, classify, media_kind, split_media
-    from qwenvl.outputs import check_writable
+    from qwenvl.outputs import check_outputs
     from qwenvl.tasks import annotate, plan_events, plan_extract, plan_ground, read_grounding
     from qwenvl.tasks.draw import check_fits, image_format
     from qwenvl.tasks.events import send_events
@@ -551,7 +551,7 @@ def build_server(
                 )
             if target is not None:
                 image_format(target, "out")  # the drawing's format follows the suffix: refused before it is paid
-                check_writable(str(target))
+                check_outputs({"out": str(target)}, inputs={"image": ref}, pictures={"out"})
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
             check_pages_apply(page, [ref], "page")  # the one rule (media.sources), in the tool's words

@@ -1,8 +1,10 @@
-"""Files qwenvl writes on a user's behalf: the check of an output path before anything is paid for, and the
-one atomic write (a file is complete or absent, never half-written).
+"""Files qwenvl writes on a user's behalf: the check of an output path before anything is paid for
+(``check_writable``: can it be written; ``check_outputs``: may it be, beside the command's inputs and other
+outputs), and the one atomic write (a file is complete or absent, never half-written).
 
 Used by every verb that takes an output file (``ocr -o``, ``ground --out``, ``events --sheet``, ``extract
---csv``, ``analyze --output``), the MCP server's drawings, the batch outputs and the chat sessions.
+--csv``, ``analyze --output``, ``batch -o``/``--csv``), the MCP server's drawings, the batch outputs and the
+chat sessions.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import secrets
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from qwenvl.errors import UsageError
@@ -82,6 +84,86 @@ def check_writable(target: str | Path) -> Path:
             hint=write_failure_hint(exc),
         ) from None
     return path
+
+
+Refs = str | os.PathLike[str] | None | Iterable[str | os.PathLike[str] | None]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same inode when both exist (hard links, symlinks, ``./x`` and
+    ``x``), else the same absolute path once resolved. Raises nothing."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _local_paths(refs: Refs) -> Iterable[Path]:
+    """The local files among references (paths, ``file://`` URLs); URLs, ``data:`` URLs, ``-`` and None left
+    out."""
+    from qwenvl.media.sources import classify
+
+    items = [refs] if refs is None or isinstance(refs, (str, os.PathLike)) else list(refs)
+    for ref in items:
+        if ref is None:
+            continue
+        text = os.fspath(ref)
+        if not text or text == "-":
+            continue
+        try:
+            source = classify(text)
+        except Exception:  # a reference that cannot be classified is its reader's to report
+            continue
+        if source.kind == "file" and source.path is not None:
+            yield Path(source.path)
+
+
+def check_outputs(
+    outputs: Mapping[str, str | os.PathLike[str] | None],
+    *,
+    inputs: Mapping[str, Refs] | None = None,
+    pictures: Collection[str] = (),
+) -> dict[str, Path]:
+    """The one rule for a command's output files, run before anything is sent or paid for: each output given
+    (``outputs``: the option as the user names it, e.g. ``"-o/--output"``, to the file; None: not given) must be
+    writable (``check_writable``), and UsageError (exit 2, one line naming the option and the file) is raised for
+    an output that is the same file as one of the command's ``inputs`` (what reads it, e.g. ``"IMAGE"`` or
+    ``"--schema"``, to its references: paths, ``file://`` URLs; remote URLs, ``data:`` URLs and ``-`` are
+    skipped; compared by inode, so a hard link or a symlink counts), for two outputs that name the same file,
+    and for an output that is not a picture (every option not in ``pictures``: JSON, CSV, Markdown, text) over
+    an existing file whose bytes are media (``media.sources.held_media``: an image, a video, a PDF), which the
+    write would destroy. An output that holds what the command wrote before is replaced: a re-run works.
+    Returns the checked paths (``~`` expanded) by option, for the outputs given."""
+    from qwenvl.media.sources import held_media
+
+    checked: dict[str, Path] = {}
+    for option, target in outputs.items():
+        if target is None:
+            continue
+        path = check_writable(os.fspath(target))
+        for what, refs in (inputs or {}).items():
+            if any(_same_file(path, source) for source in _local_paths(refs)):
+                raise UsageError(
+                    f"{option} {path} is also an input of this command ({what}): writing it would destroy it",
+                    hint=f"Give {option} a new file name (nothing was sent).",
+                )
+        for other, taken in checked.items():
+            if _same_file(path, taken):
+                raise UsageError(
+                    f"{option} {path} is also the file of {other}: two outputs cannot share one file",
+                    hint=f"Give {option} and {other} a file each (nothing was sent).",
+                )
+        if option not in pictures and path.exists():
+            held = held_media(path)
+            if held is not None:
+                raise UsageError(
+                    f"{option} {path} holds {held}: writing this output there would destroy it",
+                    hint=f"Give {option} a new file name (nothing was sent).",
+                )
+        checked[option] = path
+    return checked
 
 
 def write_atomic(path: Path, chunks: Iterable[str], *, mode: int = 0o666) -> None:

@@ -220,6 +220,47 @@ class _Sorter:
                 self.conn.execute("DELETE FROM sorting WHERE run = ?", (run,))
 
 
+def expand_globs(
+    args: Sequence[str], *, folders: bool = False, single: bool = False, verb: str | None = None
+) -> list[str]:
+    """Media arguments with quoted globs expanded, the one rule of every verb and of chat's ``/image`` (as the
+    shell would expand them unquoted, and as ``batch`` and ``tokens`` do: ``expand_inputs``): an argument that is
+    not a file and has ``*``, ``?`` or ``[`` is replaced by the files it matches (sorted; ``**`` recursive; a
+    matched folder walked). One that matches nothing and looks like a file (``photos/*.jpg``) is a MediaError
+    (exit 3); else it is left as it is (a prompt may hold a "?"; ``-``, standard input, too). ``folders``: a
+    folder is walked for its images and PDFs too, its videos left out (verbs that treat each file on its own:
+    ``extract``); elsewhere a folder stays one argument, refused as a folder with the hint to give a glob.
+    ``single`` (a verb that takes one file: ``ground``, ``ocr``): a glob that matches several files is a
+    UsageError (exit 2) naming how many and ``verb``. A file given twice stays twice, as the shell gives it."""
+    from qwenvl.media.sources import first_names, is_reference, looks_like_file
+
+    out: list[str] = []
+    for arg in args:
+        if is_reference(arg) and not (folders and Path(arg).expanduser().is_dir()):  # a file, a URL
+            out.append(arg)
+            continue
+        is_glob = bool(_GLOB_CHARS & set(arg))
+        matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True)) if is_glob else []
+        if is_glob and matches and not folders:  # as the shell expands it: a matched folder stays a folder
+            found = matches
+        elif is_glob and (looks_like_file(arg) or matches):
+            found = expand_inputs([arg])  # MediaError when it matches nothing
+        elif folders and os.path.isdir(os.path.expanduser(arg)):  # images and PDFs (the verbs that walk: no video)
+            found = [ref for ref in expand_inputs([arg]) if media_kind(ref) != "video"]
+        else:
+            out.append(arg)
+            continue
+        if not found:
+            raise no_media_found([arg])
+        if single and len(found) > 1:
+            raise UsageError(
+                f"{arg!r} matches {len(found)} files ({first_names(found)}), and {verb or 'this command'} takes one",
+                hint=f"Give one file, e.g. {found[0]}, or a pattern that matches only it.",
+            )
+        out.extend(found)
+    return out
+
+
 def no_media_found(inputs: Sequence[str]) -> MediaError:
     """The error for INPUTS that exist but hold no media file (an empty folder, one of text files): an input
     error (exit 3), as a missing folder or a glob that matches nothing is (``expand_inputs``)."""

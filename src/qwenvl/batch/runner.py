@@ -114,7 +114,7 @@ from qwenvl.errors import (
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.models import DEFAULT_MODEL, answer_cost, cost_fields, currency_of, estimate_cost, round_cost
 from qwenvl.notes import answer_notes
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.plan import Call
 from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
@@ -482,13 +482,17 @@ class Batch:
 
     # --- before anything is sent ----------------------------------------------------------------
     def check(self) -> None:
-        """Refuse, before any request: an output that cannot be written, one that belongs to no journal, an
+        """Refuse, before any request: an output that cannot be written (``outputs.check_outputs``: also a csv
+        that is the output's or its journal's file, and an output or csv over a file of media), one that belongs
+        to no journal, an
         output another run is writing (its lock is held), ``fresh`` while the output's journal has Batch API jobs
         not collected (their answers are billed); and (Batch API) a region without VL batch. The
         journal itself is checked by ``estimate`` (``journal.inspect_journal``) unless ``fresh``."""
-        for path in (self.output, self.csv):
-            if path is not None:
-                check_writable(path)
+        # one rule with the verbs' outputs (qwenvl.outputs): writable, no two outputs in one file (the csv over the
+        # output or its journal), no output over a file of media (a photo named by mistake)
+        check_outputs(
+            {"output": self.output, "csv": self.csv}, inputs={"the output's journal": journal_path(self.output)}
+        )
         check_free(self.output)
         if (
             not self.fresh

@@ -22,14 +22,24 @@ from typing import Any
 
 import click
 
-from qwenvl.cli.common import FILE_NAME, Verb, from_request, make_client, pass_opts, print_json, service_options
+from qwenvl.cli.common import (
+    FILE_NAME,
+    Verb,
+    from_request,
+    make_client,
+    not_dash,
+    option_text,
+    pass_opts,
+    print_json,
+    schema_option,
+    service_options,
+    take_stdin,
+)
 from qwenvl.cli.render import warn_answer
 from qwenvl.cli.tasks_common import warn
 from qwenvl.client import near_field, unrepaired
 from qwenvl.errors import StructuredOutputError, UsageError
-from qwenvl.media.sources import read_regular_text
-from qwenvl.outputs import check_writable, write_failure_hint
-from qwenvl.structured import load_schema
+from qwenvl.outputs import check_outputs, write_failure_hint
 from qwenvl.types import DuplicateKeyError, Request, loads
 
 
@@ -47,8 +57,7 @@ def load_request(request_json: str | None, request_file: str | None) -> dict[str
         warn([f"--request and --file both given: --request is used, {request_file} is not read"])
         request_file = None
     if request_file:
-        text = read_regular_text(Path(request_file).expanduser(), error=UsageError, what="request file")
-        origin = request_file
+        text, origin = option_text(request_file, "--file", "request file")  # "-": standard input
     else:
         text, origin = request_json or "", "--request"
     try:
@@ -84,32 +93,60 @@ def drop_unknown_keys(data: dict[str, Any], origin: str) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key in Request.model_fields}
 
 
+def _refs(value: Any) -> list[str]:
+    """The file names in a request field (``image``, ``images``, ``video``: a name or a list; ``schema``: a file
+    name or the schema itself): what the request reads, which ``--output`` must not replace."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
 @click.command(cls=Verb)
 @click.option("--request", "request_json", metavar="JSON", help="The request as JSON (prompt, image, model, ...).")
-@click.option("--file", "request_file", type=FILE_NAME, metavar="FILE", help="The request as a JSON file.")
+@click.option(
+    "--file", "request_file", type=FILE_NAME, metavar="FILE", help="The request as a JSON file ('-' reads stdin)."
+)
 @click.option("--json-mode", is_flag=True, help='Ask for JSON and parse it into "json".')
 @click.option(
-    "--schema", "schema_file", type=FILE_NAME, metavar="FILE", help="JSON Schema file for structured extraction."
+    "--schema",
+    "schema_file",
+    type=FILE_NAME,
+    metavar="FILE",
+    help="JSON Schema file for structured extraction ('-' reads stdin).",
 )
-@click.option("--output", type=FILE_NAME, metavar="FILE", help="Write the result JSON here (folders are created).")
+@click.option(
+    "--output",
+    type=FILE_NAME,
+    metavar="FILE",
+    callback=not_dash("Leave --output out (or add --print-response) to print the result on standard output."),
+    help="Write the result JSON here (folders are created).",
+)
 @click.option("--print-response", is_flag=True, help="Print the result as one line of JSON.")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent, with estimates; send nothing.")
 @service_options
 @pass_opts
 def analyze(opts: dict[str, Any]) -> None:
     """Analyze an image with a JSON request (the analyze_image.py skill interface)."""
+    if opts["request_file"] == "-" and not opts["request_json"]:  # claimed before either is read
+        take_stdin("the request (--file -)")
+    if opts["schema_file"] == "-":
+        take_stdin("the schema (--schema -)")
     data = load_request(opts["request_json"], opts["request_file"])
     from_request(data)  # a hint names what the user wrote there (timeout_s), not the flag (--timeout)
     if opts["json_mode"]:
         data["json_mode"] = True
     if opts["schema_file"]:
-        data["schema"] = load_schema(opts["schema_file"])
+        data["schema"] = schema_option(opts["schema_file"])
     for key in ("model", "timeout_s", "max_retries", "retry_backoff_s", "base_url"):
         if opts.get(key) is not None:
             data[key] = opts[key]  # flags override the request, as in the skill (0 included)
     if data.get("schema") is None:
         data.setdefault("repair", False)  # JSON mode as in the skill: one request, never a paid second one
-    output = check_writable(opts["output"]) if opts["output"] else None
+    read: dict[str, Any] = {"--file": opts["request_file"], "--schema": opts["schema_file"]}
+    read.update({f'the request\'s "{key}"': _refs(data.get(key)) for key in ("image", "images", "video", "schema")})
+    output = check_outputs({"--output": opts["output"]}, inputs=read).get("--output")
     client = make_client(opts)
     call = client.plan(data)
     if opts["dry_run"]:
@@ -152,5 +189,5 @@ def _write(output: Path | None, result: dict[str, Any]) -> None:
     except OSError as exc:
         raise UsageError(
             f"cannot write {output}: {exc.strerror or exc}",
-            hint=write_failure_hint(exc, "give another file with -o"),
+            hint=write_failure_hint(exc, "give another file with --output"),
         ) from None

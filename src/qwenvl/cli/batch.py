@@ -43,8 +43,10 @@ from qwenvl.cli.common import (
     backend_options,
     check_pages_apply,
     err_console,
+    error_record,
     generation_options,
     given_flags,
+    not_dash,
     option_group,
     pass_opts,
     print_json,
@@ -54,9 +56,11 @@ from qwenvl.cli.common import (
     service_options,
     shown,
     stdin_text,
+    take_stdin,
 )
 from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
 from qwenvl.models import format_cost, model_info
+from qwenvl.outputs import check_outputs
 from qwenvl.plan import check_extra, check_model_rules
 from qwenvl.spelling import nearest
 
@@ -337,9 +341,17 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     required=True,
     type=FILE_NAME,
     metavar="FILE.jsonl",
+    callback=not_dash("Give a file: it is also the key for resuming (run the same command again to continue)."),
     help="Results, one JSON line per input (also the key for resuming: run again to continue).",
 )
-@click.option("--csv", "csv_file", type=FILE_NAME, metavar="FILE", help="Also write the results as CSV.")
+@click.option(
+    "--csv",
+    "csv_file",
+    type=FILE_NAME,
+    metavar="FILE",
+    callback=not_dash("Give a file name for the CSV, e.g. --csv results.csv."),
+    help="Also write the results as CSV.",
+)
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 1024),
@@ -408,6 +420,9 @@ def run(opts: dict[str, Any]) -> None:
     """
     fields = request_fields(opts)
     prompt = opts["prompt"]
+    outputs = {"-o/--output": opts["output"], "--csv": opts["csv_file"]}
+    read = {"--requests": opts["requests_file"], "--schema": opts["schema_file"], "INPUTS": opts["inputs"]}
+    check_outputs(outputs, inputs=read)  # before standard input is read or anything sent (the runner checks again)
     if prompt == "-" and opts["requests_file"] == "-":
         raise UsageError(
             "standard input can give the prompt (-p -) or the requests (--requests -), not both",
@@ -416,6 +431,7 @@ def run(opts: dict[str, Any]) -> None:
     if prompt == "-":
         prompt = stdin_text("the prompt")
     if opts["requests_file"] == "-":
+        take_stdin("the requests (--requests -)")
         awaiting_stdin("the requests (JSONL)")
     if prompt is not None and not prompt.strip():
         raise UsageError("the prompt is empty", hint='Give the question as words, e.g. -p "Describe the picture".')
@@ -547,16 +563,8 @@ def _print_job(job: dict[str, Any]) -> None:
 
 def _failed_job(batch_id: str, exc: QwenVLError, verb: str, *, tried: bool = True) -> dict[str, Any]:
     """The JSON line of an id that could not be shown or cancelled (``--json``): ``{"id", "error": {...}}``."""
-    return {
-        "id": batch_id,
-        "error": {
-            "type": type(exc).__name__,
-            "message": f"not {verb}: {exc}" if tried else f"not tried: {exc}",
-            "status": getattr(exc, "status", None) or None,
-            "hint": exc.raw_hint,
-            "exit_code": exc.exit_code,
-        },
-    }
+    said = f"not {verb}: {exc}" if tried else f"not tried: {exc}"
+    return {"id": batch_id, "error": {**error_record(exc), "message": said}}  # every verb's shape of an error
 
 
 def _each_job(

@@ -31,7 +31,7 @@ from qwenvl.cli.common import (
     utf8_text,
 )
 from qwenvl.cli.render import stream_to_terminal
-from qwenvl.cli.signals import Terminated
+from qwenvl.cli.signals import EXIT_INTERRUPTED, Terminated
 from qwenvl.cli.streams import OutputClosed
 from qwenvl.cli.tasks_common import warn
 from qwenvl.errors import EXIT_USAGE, APIError, MediaError, StreamInterruptedError, UsageError, safe_line
@@ -49,7 +49,8 @@ WELCOME = "Type a message, or /help for the commands. Ctrl-D ends the chat."
 
 def _lines(prompt: str) -> Iterator[str]:
     """Input lines: with line editing and history on a terminal, plain lines otherwise. Ends on Ctrl-D (end of
-    input) and on Ctrl-C at the prompt."""
+    input) and on Ctrl-C at the prompt of a terminal; piped, Ctrl-C while the next line is awaited goes through
+    (the chat ends as interrupted, exit 130: the lines still to come were never answered)."""
     if sys.stdin.isatty() and sys.stdout.isatty():
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory
@@ -67,10 +68,10 @@ def _lines(prompt: str) -> Iterator[str]:
         try:  # bytes, so that a line that is not UTF-8 is refused alone (``utf8_text``), never ending the chat
             for raw in sys.stdin.buffer:
                 yield raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
-        except Terminated:
-            raise
-        except KeyboardInterrupt:
-            return
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, Terminated) or not sys.stdin.isatty():  # piped: the lines to come go unanswered
+                raise
+            return  # typed at a terminal (its output redirected): Ctrl-C at the prompt ends the chat
 
 
 def _forget_gone_files(conv: Conversation) -> None:
@@ -123,7 +124,8 @@ def _kept(conv: Conversation) -> str:
 
 def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     """One turn, streamed to the terminal; 0, or the exit code of the error that ended it (reported here).
-    Ctrl-C during the answer cancels it: nothing is added."""
+    Ctrl-C during the answer cancels it: nothing is added, and the turn's code is 130 (``EXIT_INTERRUPTED``: it was
+    not answered, so a script feeding the chat learns of it)."""
     err = err_console()
     _forget_gone_files(conv)
     events: Any = None
@@ -140,7 +142,7 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
         if isinstance(exc, Terminated):  # SIGTERM, SIGHUP: the chat ends too (qwenvl.cli.signals)
             raise
-        return 0
+        return EXIT_INTERRUPTED
     except MediaError as exc:  # the bad attachment is dropped, the conversation and the others kept
         report(exc)
         dropped = safe_line(", ".join(conv.dropped))
@@ -180,7 +182,8 @@ def chat(opts: dict[str, Any]) -> None:
 
     Commands: /image PATH, /reset, /history, /help, /exit. Ctrl-C cancels an answer; at the prompt, Ctrl-C or
     Ctrl-D ends the chat. A saved session keeps its files as absolute paths, so it resumes from any folder.
-    With messages piped in, the exit status is that of the last turn or /image that failed (0 when none did).
+    With messages piped in, the exit status is that of the last turn or /image that failed (130 for an answer
+    cancelled with Ctrl-C; 0 when every turn was answered).
     """
     if opts["list_sessions"]:
         for name in list_sessions():

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -649,7 +647,7 @@ generation_options = option_group(
         "schema_file",
         type=FILE_NAME,
         metavar="FILE",
-        help="JSON Schema file: the answer is validated against it.",
+        help="JSON Schema file: the answer is validated against it ('-' reads it from stdin).",
     ),
     click.option(
         "--thinking/--no-thinking",
@@ -717,7 +715,7 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
     if opts.get("stop"):
         fields["stop"] = list(opts["stop"])
     if opts.get("schema_file"):
-        fields["schema"] = load_schema(opts["schema_file"])
+        fields["schema"] = schema_option(opts["schema_file"])
     if opts.get("no_resize"):
         fields["prepare"] = False
     if opts.get("extra"):
@@ -779,50 +777,13 @@ def _not_found(arg: str, *, prompt_hint: bool) -> MediaError:
     return MediaError(f"file not found: {arg}", source=arg, hint=hint)
 
 
-_GLOB_CHARS = frozenset("*?[")
-
-
 def expand_media(args: tuple[str, ...] | list[str], *, folders: bool = False, single: bool = False) -> list[str]:
-    """MEDIA arguments with quoted globs expanded, the one rule of every verb (as the shell would expand them
-    unquoted, and as ``batch`` and ``tokens`` do: ``qwenvl.batch.inputs.expand_inputs``): an argument that is
-    not a file and has ``*``, ``?`` or ``[`` is replaced by the files it matches (sorted; ``**`` recursive;
-    a matched folder walked). One that matches nothing and looks like a file (``photos/*.jpg``) is a
-    MediaError (exit 3); else it is left as it is (a prompt may hold a "?"). ``folders``: a folder is walked
-    for its images and PDFs too, its videos left out (verbs that treat each file on its own: ``extract``);
-    elsewhere a folder stays one argument, refused as a folder with the hint to give a glob. ``single`` (a verb
-    that takes one file: ``ground``, ``ocr``): a glob that matches several files is a UsageError (exit 2) naming
-    how many."""
-    from qwenvl.batch.inputs import expand_inputs, no_media_found
+    """MEDIA arguments with quoted globs expanded: ``qwenvl.batch.inputs.expand_globs``, the one rule of every verb
+    and of chat's ``/image`` (see it for ``folders`` and ``single``), the verb at hand named in its messages."""
+    from qwenvl.batch.inputs import expand_globs
 
-    out: list[str] = []
-    for arg in args:
-        if _is_reference(arg) and not (folders and Path(arg).expanduser().is_dir()):  # a file, a URL, "-"
-            out.append(arg)
-            continue
-        is_glob = bool(_GLOB_CHARS & set(arg))
-        matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True)) if is_glob else []
-        if is_glob and matches and not folders:  # as the shell expands it: a matched folder stays a folder
-            found = matches
-        elif is_glob and (looks_like_file(arg) or matches):
-            found = expand_inputs([arg])  # MediaError when it matches nothing
-        elif folders and os.path.isdir(os.path.expanduser(arg)):  # images and PDFs (the verbs that walk: no video)
-            from qwenvl.media.sources import media_kind
-
-            found = [ref for ref in expand_inputs([arg]) if media_kind(ref) != "video"]
-        else:
-            out.append(arg)
-            continue
-        if not found:
-            raise no_media_found([arg])
-        if single and len(found) > 1:
-            command = current_command()
-            verb = command.name if command is not None else "this command"
-            raise UsageError(
-                f"{arg!r} matches {len(found)} files ({first_names(found)}), and {verb} takes one",
-                hint=f"Give one file, e.g. {found[0]}, or a pattern that matches only it.",
-            )
-        out.extend(found)
-    return out  # a file given twice stays twice, as the shell gives it (the frames of a sequence may repeat)
+    command = current_command()
+    return expand_globs(args, folders=folders, single=single, verb=command.name if command is not None else None)
 
 
 def media_args(args: tuple[str, ...] | list[str], *, single: bool = False) -> list[str]:
@@ -913,10 +874,80 @@ def awaiting_stdin(what: str) -> None:
         err_console().print(f"[dim]reading {what} from standard input: type it, then Ctrl-D on a line of its own[/]")
 
 
+_STDIN_USE_KEY = "qwenvl.stdin_use"  # ctx.meta: what standard input was given to (``take_stdin``)
+
+
+def take_stdin(what: str) -> None:
+    """Standard input given to ``what`` ("the prompt (-p -)", "a file (-)", "the schema (--schema -)"...): it can
+    be read once, so a second, different use in one command is a UsageError (exit 2) naming both, before either
+    is read. The one record of who reads standard input; a no-op outside click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    before = ctx.meta.get(_STDIN_USE_KEY)
+    if before is not None and before != what:
+        raise UsageError(
+            f"standard input can give {before} or {what}, not both",
+            hint="Give one of them from a file (or as text), and pipe the other through -.",
+        )
+    ctx.meta[_STDIN_USE_KEY] = what
+
+
+def not_dash(hint: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback for an option whose value is a file to write or a folder, where ``-`` (standard input or
+    output) can mean nothing: HintedBadParameter (exit 2) naming the option, with ``hint``, rather than a file
+    or folder named "-" in the current folder."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if any(v == STDIN for v in values):
+            what = "a folder" if param.metavar == "DIR" else "a file name"
+            raise HintedBadParameter(
+                f"'-' is not {what} here (standard input and output are not files)", hint, ctx, param
+            )
+        return value
+
+    return callback
+
+
+def option_text(value: str, option: str, what: str) -> tuple[str, str]:
+    """(text, origin) of a file named by ``option`` that is read whole (``analyze --file``), ``-`` being standard
+    input (``take_stdin``, ``stdin_text``); ``what`` names the file in messages ("request file"). Raises as
+    ``stdin_text`` and ``media.sources.read_regular_text`` (MediaError, exit 3: missing, a folder, too large)."""
+    from qwenvl.media.sources import read_regular_text
+
+    if value == STDIN:
+        said = f"the {what.removesuffix(' file')} ({option} -)"
+        return stdin_text(said), f"standard input ({option} -)"
+    return read_regular_text(Path(value).expanduser(), error=UsageError, what=what), value
+
+
+def schema_option(value: str, option: str = "--schema") -> dict[str, Any]:
+    """The JSON Schema named by ``--schema FILE``, ``-`` reading it from standard input (``option_text``).
+    Raises as ``structured.load_schema``: MediaError (exit 3) for a file that cannot be read, SchemaDefinitionError
+    (exit 2) for text that is not JSON or not a valid JSON Schema."""
+    if value != STDIN:
+        return load_schema(value)
+    from qwenvl.errors import SchemaDefinitionError
+
+    text, origin = option_text(value, option, "schema file")
+    try:
+        schema = qloads(text)
+    except (json.JSONDecodeError, DuplicateKeyError) as exc:
+        raise SchemaDefinitionError(f"{origin} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise SchemaDefinitionError(
+            f"{origin} holds no JSON Schema: a schema is an object, not {type(schema).__name__}"
+        )
+    return load_schema(schema)
+
+
 def stdin_text(what: str) -> str:
     """Standard input's text (``-p -``), less one trailing newline (``echo`` adds it); on a terminal, what is
-    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``);
-    MediaError (exit 3) when it is longer than ``MAX_TEXT_FILE_BYTES`` (no more than that is read)."""
+    awaited is said first (``awaiting_stdin``). UsageError (exit 2) when it is not UTF-8 (``utf8_text``), or
+    when standard input was given to something else too (``take_stdin``); MediaError (exit 3) when it is longer
+    than ``MAX_TEXT_FILE_BYTES`` (no more than that is read)."""
+    take_stdin(what)
     awaiting_stdin(what)
     data = sys.stdin.buffer.read(MAX_TEXT_FILE_BYTES + 1)
     if len(data) > MAX_TEXT_FILE_BYTES:
@@ -952,6 +983,7 @@ def with_stdin(refs: list[str]) -> list[str]:
         raise UsageError(
             "'-' (standard input) can be given only once", hint="Pipe one file through -, and give the others by name."
         )
+    take_stdin("a file (-)")
     if sys.stdin.isatty():
         command = current_command()
         verb = command.name if command is not None and command.name else "ask"
@@ -1028,7 +1060,70 @@ def paid_line(exc: StructuredOutputError) -> str:
 
 
 def print_json(obj: Any, *, ascii_only: bool = False, indent: int | None = 2) -> None:
+    """``obj`` as JSON on stdout (``indent`` 2, or one line with None), and the verb's JSON recorded as given
+    (``json_said``)."""
     click.echo(json.dumps(obj, ensure_ascii=ascii_only, indent=indent))
+    json_said()
+
+
+_JSON_ASKED_KEY = "qwenvl.json_asked"  # ctx.meta: stdout was promised JSON (--json, ocr --format json)
+_JSON_SAID_KEY = "qwenvl.json_said"  # ctx.meta: the verb has printed its JSON
+
+
+def json_asked() -> None:
+    """The verb's stdout is to hold JSON (``--json``: set for every verb by ``pass_opts``; ``ocr --format json``
+    without ``-o``): a failure before the verb has printed any then prints its ``error_record`` there
+    (``json_failure``). A no-op outside click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_JSON_ASKED_KEY] = True
+
+
+def json_said() -> None:
+    """The verb has printed its JSON on stdout (``print_json`` says so; a verb that writes JSON itself calls it):
+    a later failure adds no second document. A no-op outside click."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_JSON_SAID_KEY] = True
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """A failure as JSON, the one shape of every verb's: ``{"type", "message", "hint", "status", "request_id",
+    "exit_code"}`` (``status`` and ``request_id`` null where there are none); Ctrl-C and the signals handled as it
+    (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted" (or "terminated (SIGTERM)"),
+    ..., "exit_code": 130 (143, 129)}``. Raises nothing."""
+    code: int | None
+    if isinstance(exc, KeyboardInterrupt):
+        from qwenvl.cli.signals import Terminated, exit_code
+
+        said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
+        kind, hint, code = "interrupted", None, exit_code(exc)
+    else:
+        said, kind, hint, code = (
+            str(exc),
+            type(exc).__name__,
+            getattr(exc, "raw_hint", None),
+            getattr(exc, "exit_code", None),
+        )
+    return {
+        "type": kind,
+        "message": said,
+        "hint": hint or None,
+        "status": getattr(exc, "status", None) or None,
+        "request_id": getattr(exc, "request_id", None) or None,
+        "exit_code": code,
+    }
+
+
+def json_failure(exc: BaseException) -> None:
+    """When the verb promised JSON on stdout (``json_asked``) and has printed none (``json_said``), the failure
+    that ends it as one JSON line there, ``{"error": error_record(exc)}``: with ``--json`` stdout always holds
+    JSON (its error line on stderr and its exit code are as ever). Called where errors are reported
+    (``qwenvl.cli.main``). Raises nothing beyond what writing stdout raises."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not ctx.meta.get(_JSON_ASKED_KEY) or ctx.meta.get(_JSON_SAID_KEY):
+        return
+    print_json({"error": error_record(exc)}, indent=None)
 
 
 def pass_opts(fn: Callable) -> Callable:
@@ -1042,6 +1137,8 @@ def pass_opts(fn: Callable) -> Callable:
             ctx.meta[_PATH_KEY] = ctx.command_path
             _record_given(ctx)
             ctx.meta[_REGION_KEY] = opts.get("region")
+            if opts.get("as_json"):
+                json_asked()
             refuse_non_utf8(ctx, opts)
             refuse_blank(ctx, opts)
         return fn(opts)

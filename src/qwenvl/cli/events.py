@@ -14,6 +14,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    not_dash,
     pass_opts,
     print_json,
     prompt_and_media,
@@ -25,7 +26,7 @@ from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_u
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, first_names, split_media
 from qwenvl.models import VIDEO_FPS
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
 from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, sheet_frame_count
 
@@ -41,6 +42,7 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, shee
     "sheet_file",
     type=FILE_NAME,
     metavar="FILE.png",
+    callback=not_dash("Name the sheet's file, e.g. --sheet frames.png."),
     help="Write a contact sheet: the frames the model saw, with their times, and the timeline (its format follows "
     "the suffix: .png, .jpg...).",
 )
@@ -78,7 +80,7 @@ def events(opts: dict[str, Any]) -> None:
                 "--sheet needs the frames: give a local video file (or frame images), not a URL",
                 hint="Download the video first, or leave out --sheet.",
             )
-        sheet = check_writable(opts["sheet_file"])
+        sheet = check_outputs({"--sheet": opts["sheet_file"]}, inputs={"MEDIA": refs}, pictures={"--sheet"})["--sheet"]
         image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
     fields = request_fields(opts)
     client = make_client(opts)

@@ -16,6 +16,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    not_dash,
     paid_line,
     pass_opts,
     print_json,
@@ -26,7 +27,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import StructuredOutputError, UsageError, safe_line
 from qwenvl.models import spent_label
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
 from qwenvl.types import Response
 
@@ -36,7 +37,12 @@ from qwenvl.types import Response
 @click.option("-p", "--prompt", help='What to extract (default: "Extract the information in this document.").')
 @click.option("--jsonl", is_flag=True, help='One JSON line per file, {"file", "json"}, even for one file.')
 @click.option(
-    "--csv", "csv_file", type=FILE_NAME, metavar="FILE", help="Write a CSV instead: a column per top-level key."
+    "--csv",
+    "csv_file",
+    type=FILE_NAME,
+    metavar="FILE",
+    callback=not_dash("Leave --csv out to print JSON lines on standard output."),
+    help="Write a CSV instead: a column per top-level key.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
 @generation_options
@@ -66,7 +72,9 @@ def extract(opts: dict[str, Any]) -> None:
             hint="For example: qwenvl extract invoice.png --schema invoice.schema.json",
         )
     check_pages_apply(opts, files)
-    csv_path = check_writable(opts["csv_file"]) if opts["csv_file"] else None
+    csv_path = check_outputs({"--csv": opts["csv_file"]}, inputs={"FILES": files, "--schema": opts["schema_file"]}).get(
+        "--csv"
+    )
     client = make_client(opts)
     if opts["dry_run"]:
         dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)))

@@ -15,6 +15,7 @@ from qwenvl.cli.common import (
     err_console,
     generation_options,
     make_client,
+    not_dash,
     pass_opts,
     print_json,
     prompt_and_media,
@@ -26,7 +27,7 @@ from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_u
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.pdf import check_page
 from qwenvl.media.sources import classify, first_names, media_kind
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import annotate, check_fits, image_format
 from qwenvl.tasks.grounding import Grounding, original_size, plan_ground, planned_picture, read_grounding
 
@@ -52,6 +53,7 @@ READINGS = {
     "out_file",
     type=FILE_NAME,
     metavar="FILE.png",
+    callback=not_dash("Name the picture's file, e.g. --out boxes.png."),
     help="Write the image with the boxes and points drawn on it, in the format its suffix names (.png, .jpg...).",
 )
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
@@ -88,7 +90,7 @@ def ground(opts: dict[str, Any]) -> None:
                 "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
                 hint="Download the image first, or leave out --out.",
             )
-        out = check_writable(opts["out_file"])
+        out = check_outputs({"--out": opts["out_file"]}, inputs={"IMAGE": image}, pictures={"--out"})["--out"]
         image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
     page = opts["page"]

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from qwenvl import __version__
 from qwenvl import env as qenv
-from qwenvl.cli.common import err_console, report, show_paid
+from qwenvl.cli.common import err_console, json_failure, report, show_paid
 from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
 from qwenvl.cli.streams import OutputClosed, guarded_streams
 from qwenvl.errors import EXIT_SERVICE, QwenVLError, safe_line
@@ -65,6 +65,7 @@ class QwenVLGroup(click.Group):
                         show_paid(kept)
                     said = f"terminated ({exc.name})" if isinstance(exc, Terminated) else "interrupted"
                     err_console().print(f"[dim]{said}[/]")
+                    json_failure(exc)  # --json: stdout holds JSON whatever happens
                 ctx.exit(exit_code(exc))
 
     def _invoke(self, ctx: click.Context) -> Any:
@@ -72,9 +73,11 @@ class QwenVLGroup(click.Group):
             return super().invoke(ctx)
         except QwenVLError as exc:
             report(exc)
+            json_failure(exc)  # --json: stdout holds JSON whatever happens
             ctx.exit(exc.exit_code)
         except click.ClickException as exc:  # click's own usage errors (a bad value, an unknown option or verb)
             _say_click_error(exc)
+            json_failure(exc)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.Abort):
             raise

@@ -10,7 +10,16 @@ import click
 from rich.markup import escape
 
 from qwenvl import env as qenv
-from qwenvl.cli.common import FILE_NAME, Verb, err_console, make_client, pass_opts, request_fields, service_options
+from qwenvl.cli.common import (
+    FILE_NAME,
+    Verb,
+    err_console,
+    make_client,
+    not_dash,
+    pass_opts,
+    request_fields,
+    service_options,
+)
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import check_folder
 from qwenvl.server.security import is_loopback
@@ -48,6 +57,7 @@ def load_server_module() -> Any:
     multiple=True,
     type=FILE_NAME,
     metavar="DIR",
+    callback=not_dash("Give the folder's path, e.g. --allow-dir ~/photos (or --allow-dir . for this one)."),
     help="A folder whose files the tools may read (repeatable), besides the roots the client declares.",
 )
 @click.option(

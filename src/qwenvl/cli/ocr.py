@@ -13,18 +13,23 @@ from qwenvl.cli.common import (
     Verb,
     check_pages_apply,
     err_console,
+    error_record,
     generation_options,
+    json_asked,
+    json_said,
     make_client,
     media_args,
+    not_dash,
     pass_opts,
     request_fields,
     service_options,
     shown,
 )
+from qwenvl.cli.streams import OutputClosed
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
-from qwenvl.outputs import check_writable
+from qwenvl.outputs import check_outputs
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, plan_pages, send_pages
 from qwenvl.types import DuplicateKeyError, loads
@@ -68,7 +73,14 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     metavar="JSON",
     help="The ocr_options parameter as JSON, passed through (e.g. with a result_schema).",
 )
-@click.option("-o", "--output", type=FILE_NAME, metavar="FILE", help="Write the result here instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=FILE_NAME,
+    metavar="FILE",
+    callback=not_dash("Leave -o out to print the result on standard output."),
+    help="Write the result here instead of stdout.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
 @generation_options
 @service_options
@@ -80,11 +92,13 @@ def ocr(opts: dict[str, Any]) -> None:
     --task / --ocr-options (sent as ocr_options). A PDF is read one request per page. When no text is found
     the output is empty, a note says so on stderr, and the exit status is still 0.
     """
+    if opts["fmt"] == "json" and not opts["output"]:
+        json_asked()  # stdout holds JSON whatever happens, as with every verb's --json (cli.common.json_failure)
     refuse_structured(opts, "ocr")
     source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
-    output = check_writable(opts["output"]) if opts["output"] else None
+    output = check_outputs({"-o/--output": opts["output"]}, inputs={"FILE": source}).get("-o/--output")
     fields = request_fields(opts)
     fields.pop("pages", None)  # OCR sends one request per page: the selection goes to plan_pages
     client = make_client(opts)
@@ -103,17 +117,20 @@ def ocr(opts: dict[str, Any]) -> None:
         with client:
             send_pages(client, source, plans, format=fmt, result=result)
     except (QwenVLError, KeyboardInterrupt) as exc:
-        if not result.pages:
-            raise
+        if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
+            raise  # nothing read: nothing to write (a file given with -o is left as it was)
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
-    text = json.dumps(result.to_json(), ensure_ascii=False, indent=2) if fmt == "json" else result.text
+    record = result.to_json() | ({"error": error_record(stopped)} if stopped is not None else {})
+    text = json.dumps(record, ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif text:
         click.echo(shown(text))
+        if fmt == "json":
+            json_said()
     warn([w for w in result.warnings if w != NO_TEXT])
-    if result.empty:
+    if result.empty and stopped is None:  # a reading that failed found nothing: it did not look
         note(f"no text found in {source}")
     elif pdf:
         blank = [str(p.page) for p in result.pages if not p.text.strip() and not p.lines]
@@ -123,5 +140,6 @@ def ocr(opts: dict[str, Any]) -> None:
     if stopped is not None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
-        note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
+        if result.pages:
+            note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
         raise stopped

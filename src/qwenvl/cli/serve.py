@@ -14,7 +14,7 @@ from qwenvl._constants import (
     SERVE_MAX_MEDIA_ITEMS,
     SERVE_REQUEST_TIMEOUT_S,
 )
-from qwenvl.cli.common import FILE_NAME, Seconds, Verb, err_console, pass_opts
+from qwenvl.cli.common import FILE_NAME, Seconds, Verb, err_console, not_dash, pass_opts
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, listen
 
@@ -110,6 +110,7 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     "--upload-dir",
     type=FILE_NAME,
     metavar="DIR",
+    callback=not_dash("Give the folder's path, or leave --upload-dir out for a private temporary folder."),
     help="Folder for the temporary uploads (default: a private temporary folder).",
 )
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")

@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from qwenvl.cli.common import FILE_NAME, Verb, err_console, pass_opts
+from qwenvl.cli.common import FILE_NAME, Verb, err_console, not_dash, pass_opts
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.outputs import write_failure_hint
 
@@ -25,6 +25,7 @@ def skill_text() -> str:
     "folder",
     type=FILE_NAME,
     metavar="DIR",
+    callback=not_dash("Leave --install out to print SKILL.md on standard output."),
     help="Write DIR/SKILL.md (the folder is created), e.g. the skill folder the agent loads.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing DIR/SKILL.md.")

@@ -572,6 +572,47 @@ def ftyp_brands(data: bytes) -> set[bytes]:
     return brands
 
 
+# Magic numbers of raster images, so that a damaged or cut-short one still counts as the user's picture
+# (``held_media``); Pillow identifies the intact ones and every other format it reads.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+
+
+def held_media(path: str | os.PathLike[str]) -> str | None:
+    """What media an existing local file holds, by its bytes (never its name): ``"a PDF"``, ``"a video
+    (video/mp4)"``, ``"an image (JPEG)"``; None for a file that holds none (text, JSON, CSV, an empty file),
+    or that is missing, not a regular file or unreadable. Magic numbers (``sniff``) first, then Pillow (which
+    reads only the header); a JPEG, PNG, GIF, TIFF or WebP cut short still counts. Used before an output file
+    would replace a file (``qwenvl.outputs.check_outputs``). Raises nothing."""
+    try:
+        with open_regular(Path(path)) as fh:
+            head = fh.read(HEAD_BYTES)
+    except (OSError, MediaError, ValueError):
+        return None
+    kind = sniff(head)
+    if kind == "application/pdf":
+        return "a PDF"
+    if kind is not None and kind.startswith("video/"):
+        return f"a video ({kind})"
+    if kind is not None and kind.startswith("image/"):
+        return f"an image ({kind.removeprefix('image/').upper().replace('+XML', '')})"
+    if not head:
+        return None
+    import warnings
+
+    from PIL import Image  # only here: the rest of this module never decodes images
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(Path(path)) as img:
+                return f"an image ({img.format})" if img.format else "an image"
+    except Exception:  # whatever Pillow raises on bytes that are no image it knows
+        pass
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "an image"  # damaged or cut short: still the user's picture
+    return None
+
+
 def sniff(data: bytes) -> str | None:
     """A MIME type from magic numbers for the non-image kinds we handle (video, PDF, SVG, text); else None.
     HEIF/HEIC and AVIF files share the ``ftyp`` box with MP4: they are named ``image/heif`` / ``image/avif``.
