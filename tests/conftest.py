@@ -26,6 +26,12 @@ import qwenvl.store
 from batch_server import BatchServer
 from dashscope_server import DashScopeServer
 
+with contextlib.suppress(ImportError):
+    # The MCP SDK's stdio client takes ``errlog=sys.stderr`` as a default bound when it is first imported; were that
+    # inside an in-process CLI run (run_cli), the default would be the run's stream, with no file descriptor, and
+    # every later stdio session would fail (io.UnsupportedOperation: fileno). Import it now, with the real stderr.
+    import mcp.client.stdio  # noqa: F401
+
 API_KEY = "sk-test-0123456789abcdef"
 
 
