@@ -32,7 +32,7 @@ from qwenvl._constants import (
     STREAM_CAP_MIN_S,
 )
 from qwenvl.client import Client
-from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS, effective_region
+from qwenvl.config import BACKENDS, DEVICES, DTYPES, ENGINES, FAMILIES, PROTOCOLS, REGIONS, effective_region
 from qwenvl.errors import (
     MediaError,
     QwenVLError,
@@ -425,10 +425,12 @@ service_options = option_group(
     ),
     click.option(
         "--device",
-        type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+        type=click.Choice(DEVICES),
         help="--backend transformers: where the model runs (default auto).",
     ),
-    click.option("--dtype", help="--backend transformers: auto (default), float32, bfloat16 or float16."),
+    click.option(
+        "--dtype", type=click.Choice(DTYPES), help="--backend transformers: the weights' precision (default auto)."
+    ),
     click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2..."),
 )
 
