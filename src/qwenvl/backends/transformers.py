@@ -43,7 +43,6 @@ import functools
 import io
 import json
 import math
-import os
 import socket
 import threading
 import time
@@ -171,7 +170,6 @@ def download_command() -> str:
 
 
 HUB_PROBE_TIMEOUT_S = 3.0  # seconds to connect to the hub before taking it as unreachable (local cache only)
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 
 
 @functools.cache
@@ -182,7 +180,7 @@ def hub_reachable() -> bool:
     retry a dead network for about 25 s, logging each retry. Raises nothing."""
     if qenv.hf_hub_offline():
         return False
-    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+    if qenv.proxy_set():
         return True
     from huggingface_hub import constants
 
