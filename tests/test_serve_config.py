@@ -366,3 +366,34 @@ def test_mcp_tools_use_the_configured_local_model_only(tmp_path):
                 assert isinstance(r.structured_content, dict) and r.structured_content["model"] == str(tiny)
 
     anyio.run(main)
+
+
+def test_serve_answers_no_other_model_a_request_names(tmp_path):
+    """A request's model never makes the server load another folder or fetch a hub id: 404 model_not_found."""
+    tiny = _tiny(tmp_path)
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for f in tiny.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    with serving("--backend", "transformers", "--model", str(tiny), "--device", "cpu") as url:
+        wait_ready(url)
+        for model in (str(other), "Qwen/Qwen2.5-VL-3B-Instruct"):
+            r = chat(url, model)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+        assert [m["id"] for m in httpx.get(url + "/v1/models", timeout=30).json()["data"]] == [tiny.name]
+
+
+def test_mcp_tool_error_names_the_openai_backends_key():
+    pytest.importorskip("mcp")
+    import anyio
+
+    from test_mcp import stdio_session, text_of
+
+    with EngineServer(engine="vllm", api_key="engine-key") as srv:
+
+        async def main() -> None:
+            async with stdio_session({}, "--backend", "openai", "--base-url", srv.base_url) as c:
+                r = await c.call_tool("ask", {"prompt": "hi"})
+                assert r.is_error and KEY_VAR in text_of(r) and "DASHSCOPE_API_KEY" not in text_of(r), text_of(r)
+
+        anyio.run(main)
