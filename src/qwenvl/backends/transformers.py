@@ -393,7 +393,8 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
 def quiet_loading(transformers: Any) -> Iterator[None]:
     """transformers' progress bars ("Loading weights: ...", downloads) off while a model loads, unless
     ``$QWENVL_DEBUG`` is set; put back as they were afterwards (``transformers.utils.logging``'s switch, which its
-    ``tqdm`` and huggingface_hub's follow). qwenvl prints its own progress where there is any."""
+    ``tqdm`` and huggingface_hub's follow), and huggingface_hub's log below errors (its retry warnings: the one-line
+    error that ends them says it). qwenvl prints its own progress where there is any."""
     import logging
 
     switch = transformers.utils.logging
