@@ -429,7 +429,7 @@ service_options = option_group(
         help="--backend transformers: where the model runs (default auto).",
     ),
     click.option(
-        "--dtype", type=click.Choice(DTYPES), help="--backend transformers: the weights' precision (default auto)."
+        "--dtype", help=f"--backend transformers: the weights' precision: {', '.join(DTYPES)} (default auto)."
     ),
     click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2..."),
 )

@@ -138,9 +138,7 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 @click.option(
     "--device", type=click.Choice(DEVICES), help="--backend transformers: where the model runs (default auto)."
 )
-@click.option(
-    "--dtype", type=click.Choice(DTYPES), help="--backend transformers: the weights' precision (default auto)."
-)
+@click.option("--dtype", help=f"--backend transformers: the weights' precision: {', '.join(DTYPES)} (default auto).")
 @click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2...")
 @click.option("--region", metavar="REGION", help="Gateway: the DashScope region (cn, intl, us).")
 @pass_opts
