@@ -384,8 +384,8 @@ service_options = option_group(
     click.option(
         "--base-url",
         metavar="URL",
-        help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1 (wins over --region for the "
-        "endpoint; the region still sets prices and currency).",
+        help="Endpoint, e.g. http://127.0.0.1:8100 (a qwenvl serve) or https://…/compatible-mode/v1 (wins over "
+        "--region for the endpoint; the region still sets prices and currency).",
     ),
     click.option(
         "--timeout",
