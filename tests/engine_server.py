@@ -82,7 +82,7 @@ class EngineServer:
     family_factor: int = 28
     details: bool = False  # vLLM --enable-prompt-tokens-details
     owned_by: str | None = "default"  # "default": the engine's own; None: leave it out (detection by probes)
-    api_key: str | None = None  # when set, requests must carry it
+    api_key: str | None = None  # when set, requests (and GET /v1/models) must carry it
     files: dict[str, bytes] = field(default_factory=dict)  # GET /files/<name> (remote images for tests)
     requests: list[Seen] = field(default_factory=list)
 
@@ -175,6 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         srv, path = self.srv, self.path.split("?")[0]
         self.srv.requests.append(Seen(path, None, dict(self.headers)))
+        if path.startswith("/v1/") and srv.api_key and self.headers.get("Authorization") != f"Bearer {srv.api_key}":
+            return self._error(401, "invalid api key")  # vLLM's --api-key guards every /v1 path, the listing too
         if path == "/v1/models":
             entry: dict[str, Any] = {"id": srv.served, "object": "model", "created": 0}
             owner = OWNED_BY[srv.engine] if srv.owned_by == "default" else srv.owned_by

@@ -226,7 +226,7 @@ def test_transformers_ready_stays_503_with_the_reason_when_loading_fails(isolate
         while True:
             r = httpx.get(s.url + "/ready", timeout=30)
             assert r.status_code == 503 and r.json()["ready"] is False
-            if r.json()["reason"].startswith("cannot load"):
+            if "has no weights" in r.json()["reason"]:  # the load's own check (qwenvl.backends.transformers)
                 break
             assert time.monotonic() < deadline, r.json()
             time.sleep(0.2)

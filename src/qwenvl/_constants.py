@@ -29,6 +29,9 @@ MAX_RETRY_DELAY_S = 20.0  # seconds: the longest wait between two attempts, back
 BATCH_POLL_INTERVAL_S = 30.0  # seconds between two status checks of a Batch API job (ours: jobs take hours)
 
 # --- `qwenvl serve` (qwenvl.server.app.ServeSettings and the command's options) ------------------------------
+# `qwenvl serve`'s default port: not 8000, which is vLLM's (the openai backend's default upstream,
+# config.DEFAULT_OPENAI_BASE_URL), nor llama.cpp's 8080, SGLang's 30000 or Ollama's 11434.
+SERVE_PORT = 8100
 SERVE_MAX_BODY_BYTES = 32 * 1024 * 1024  # bytes of one request body (32 MiB: a few large base64 images)
 SERVE_MAX_MEDIA_ITEMS = 64  # images and videos in one request
 SERVE_MAX_CONCURRENT_PER_KEY = 16  # requests in flight per client key; beyond: 429 with Retry-After

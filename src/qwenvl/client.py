@@ -24,6 +24,7 @@ from qwenvl import structured
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.config import (
     KeyFound,
+    check_backend_options,
     effective_protocol,
     effective_region,
     find_api_key,
@@ -416,6 +417,20 @@ class _Base(Generic[B]):
             raise UsageError(
                 "the dashscope backend speaks compat or native, not the plain openai protocol",
                 hint="Use --backend openai for another OpenAI-compatible server.",
+            )
+        if isinstance(backend, str | None):  # an option the backend does not take: refused, never dropped
+            check_backend_options(
+                self.backend_name,
+                dict(
+                    protocol=protocol,
+                    region=region,
+                    base_url=base_url,
+                    engine=engine,
+                    family=family,
+                    device=device,
+                    dtype=dtype,
+                    attn_implementation=attn_implementation,
+                ),
             )
         self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it

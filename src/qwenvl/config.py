@@ -37,6 +37,10 @@ DEFAULT_BACKEND = "dashscope"
 ENGINES: tuple[str, ...] = ("auto", "vllm", "sglang", "llamacpp", "ollama", "generic")
 # Model families a local model can be declared as (when its name does not say).
 FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+# --backend transformers: where the model runs and in which precision (auto: cuda, then mps, then cpu; the
+# checkpoint's dtype on cuda, float32 on cpu, float16 on mps). One table each: the CLI's choices, the backend's check.
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 # The OpenAI-compatible server assumed when no --base-url is given (vLLM's default address).
 DEFAULT_OPENAI_BASE_URL = "http://127.0.0.1:8000/v1"
 
@@ -189,6 +193,52 @@ def normalize_backend(backend: str | None, *, protocol: str | None = None, env: 
     if backend:
         return check_backend(backend)
     return qenv.backend(env) or ("openai" if protocol == "openai" else DEFAULT_BACKEND)
+
+
+# The options each backend takes besides its model (one home: ``Client``, ``make_backend``, ``qwenvl serve`` and
+# ``qwenvl mcp`` check against it): anything else given for that backend is a usage error, never dropped silently.
+BACKEND_TAKES: dict[str, frozenset[str]] = {
+    "dashscope": frozenset({"protocol", "region", "base_url"}),
+    "openai": frozenset({"base_url", "engine", "family"}),
+    "transformers": frozenset({"family", "device", "dtype", "attn_implementation"}),
+}
+# How each option is spelt on the command line (``qwenvl serve`` passes its own: ``--upstream`` for base_url).
+OPTION_FLAGS: dict[str, str] = {
+    "protocol": "--protocol",
+    "region": "--region",
+    "base_url": "--base-url",
+    "engine": "--engine",
+    "family": "--family",
+    "device": "--device",
+    "dtype": "--dtype",
+    "attn_implementation": "--attn-implementation",
+}
+
+
+def check_backend_options(backend: str, given: Mapping[str, Any], flags: Mapping[str, str] | None = None) -> None:
+    """UsageError (exit 2) for an option in ``given`` (name -> value; None or "" is not given) that ``backend``
+    does not take (``BACKEND_TAKES``), naming it as ``flags`` spell it (default ``OPTION_FLAGS``) and the backends
+    that take it. ``protocol="openai"`` is the local backends' own protocol, so it passes there. Raises nothing
+    for a backend not in the table (an object given as the backend)."""
+    takes = BACKEND_TAKES.get(backend)
+    if takes is None:
+        return
+    spelt = {**OPTION_FLAGS, **(flags or {})}
+    for name, value in given.items():
+        if (
+            value in (None, "")
+            or name in takes
+            or (name == "protocol" and value == "openai" and backend != "dashscope")
+        ):
+            continue
+        if name == "engine" and value == "auto":  # the default of every backend: says nothing
+            continue
+        owners = [b for b, opts in BACKEND_TAKES.items() if name in opts]
+        flag = spelt.get(name, name)
+        raise UsageError(
+            f"{flag} does not apply to --backend {backend} (it is for --backend {' or '.join(owners)})",
+            hint=f"Leave out {flag}, or use --backend {owners[0]}.",
+        )
 
 
 def normalize_engine(engine: str | None, env: Mapping[str, str] | None = None) -> str:

@@ -13,8 +13,9 @@ callers (``qwenvl.config``, ``qwenvl.client``, the CLI) apply that order.
 Besides its own variables, qwenvl reads ``HOME`` (where ``~/.alibabacloud`` and ``~/.dashscope`` are looked
 for), ``XDG_DATA_HOME`` (only to notice that the default data folder moved; platformdirs reads it and
 ``XDG_CACHE_HOME`` for the default folders), ``HF_HUB_OFFLINE`` (huggingface_hub's switch, read to explain a
-failed download) and glibc's malloc settings ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and
-``GLIBC_TUNABLES`` (only to leave them alone: ``qwenvl.batch.heap``).
+failed download), the proxy variables (``HTTPS_PROXY``, ``ALL_PROXY``, ``HTTP_PROXY``: only whether one is set, so
+that the hub is not probed around a proxy) and glibc's malloc settings ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_`` and ``GLIBC_TUNABLES`` (only to leave them alone: ``qwenvl.batch.heap``).
 """
 
 from __future__ import annotations
@@ -327,6 +328,16 @@ def hf_hub_offline(env: Env | None = None) -> bool:
     huggingface_hub/constants.py ``_is_true``). Never raises: the variable is not ours."""
     raw = _raw("HF_HUB_OFFLINE", env)
     return raw is not None and raw.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def proxy_set(env: Env | None = None) -> bool:
+    """Whether a proxy variable (``HTTPS_PROXY``, ``ALL_PROXY``, ``HTTP_PROXY``, either case) is set: then the
+    Hugging Face hub is reached through it and cannot be probed directly (``backends.transformers.hub_reachable``).
+    Never raises: the variables are not ours."""
+    return any(_raw(name, env) for name in PROXY_VARIABLES)
 
 
 def malloc_thresholds_set(env: Env | None = None) -> bool:

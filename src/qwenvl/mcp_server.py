@@ -433,13 +433,17 @@ def build_server(
     *,
     allow_dirs: Iterable[str | os.PathLike[str]] = (),
     defaults: dict[str, Any] | None = None,
+    only_model: str | None = None,
 ) -> MCPServer:
     """The MCP server with its six tools.
 
     ``client_factory`` makes the one client every tool uses (a ``qwenvl.Client`` or anything with its
     ``plan``/``send``); it is called once, now. ``allow_dirs``: folders local paths may be read from besides the
     client's roots. ``defaults``: request fields every call starts from (``model``, ``timeout_s``,
-    ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override.
+    ``max_retries``, ``retry_backoff_s``), which a tool's own arguments override. ``only_model``: the one model
+    the tools may use (a model in this process: ``qwenvl mcp --backend transformers``); a call's ``model`` must name
+    it (as given, its resolved path, or the name it is served under), else the call is refused with a tool error
+    (nothing else is loaded or downloaded on a caller's word).
     """
     from qwenvl.media.pdf import check_page
     from qwenvl.media.sources import check_pages_apply, classify, media_kind, split_media
@@ -458,10 +462,23 @@ def build_server(
     )
     server.client = client  # type: ignore[attr-defined]  # closed by the runner
 
+    allowed = _names_of(only_model) if only_model else {}
+
+    def own_model(model: str | None) -> str | None:
+        """The model a call may use: ``model`` itself, or with ``only_model`` that model (UsageError otherwise)."""
+        if not model or not only_model:
+            return model
+        if model not in allowed and _resolved(model) not in allowed:
+            raise UsageError(
+                f"this server runs one model, {_served(only_model)}; it loads no other (model {model!r})",
+                hint=f"Leave out the model argument, or give {_served(only_model)}.",
+            )
+        return only_model
+
     def request_fields(model: str | None, options: Options | None, **more: Any) -> dict[str, Any]:
         fields = {**base, **(options.fields() if options else {})}
         if model:
-            fields["model"] = model
+            fields["model"] = own_model(model)
         fields.update({k: v for k, v in more.items() if v is not None})
         return fields
 
@@ -730,7 +747,7 @@ def build_server(
                 "sizing the files",
                 lambda: estimate_files(
                     refs,
-                    model=model or base.get("model"),
+                    model=own_model(model) or base.get("model"),
                     detail=detail,
                     vl_high_resolution_images=high_res,
                     min_pixels=min_pixels,
@@ -845,3 +862,30 @@ async def serve_http(
         await uvicorn.Server(config).serve(sockets=[sock])
     finally:
         sock.close()
+
+
+def _served(ref: str) -> str:
+    from qwenvl.backends.transformers import served_name
+
+    return served_name(ref)
+
+
+def _names_of(ref: str) -> dict[str, str]:
+    """The names a call may give for the in-process model ``ref``: as configured, its resolved folder, the name it
+    is served under (``qwenvl.backends.transformers.served_name``)."""
+    from pathlib import Path
+
+    names = {ref, _served(ref)}
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        names.add(str(folder.resolve()))
+    return {name: ref for name in names}
+
+
+def _resolved(name: str) -> str:
+    from pathlib import Path
+
+    try:
+        return str(Path(name).expanduser().resolve())
+    except (OSError, RuntimeError, ValueError):
+        return name

@@ -63,14 +63,21 @@ def make_backend(
     attn_implementation: str | None = None,
 ) -> Backend | AsyncBackend:
     """A local backend by name (``openai`` or ``transformers``); the DashScope backend is built by the client.
-    Options that do not apply to the backend raise UsageError (a --device for a server, an --engine in process).
+    Options that do not apply to the backend raise UsageError (``qwenvl.config.check_backend_options``: a --device
+    for a server, an --engine in process).
     ``on_retry``: told before each retry's wait (``qwenvl.retry.RetryNotice``), as the DashScope backend does."""
+    from qwenvl.config import check_backend_options
+
+    given = dict(
+        base_url=base_url,
+        engine=engine,
+        family=family,
+        device=device,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+    )
+    check_backend_options(name, given)  # an option this backend does not take: UsageError (qwenvl.config)
     if name == "openai":
-        if device or dtype or attn_implementation:
-            raise UsageError(
-                "--device, --dtype and --attn-implementation are for --backend transformers",
-                hint="The server decides them for --backend openai.",
-            )
         from qwenvl.backends.openai import AsyncOpenAIBackend, OpenAIBackend
 
         kw: dict[str, Any] = dict(
@@ -80,11 +87,6 @@ def make_backend(
             return AsyncOpenAIBackend(**kw, http_client=http_client)
         return OpenAIBackend(**kw, http_client=http_client)
     if name == "transformers":
-        if engine and engine != "auto":
-            raise UsageError(
-                "--engine is for --backend openai (the server's engine)",
-                hint="Add --backend openai, or leave out --engine.",
-            )
         from qwenvl.backends.transformers import AsyncTransformersBackend, TransformersBackend
 
         kw = dict(model=model, family=family, device=device, dtype=dtype, attn_implementation=attn_implementation)

@@ -60,13 +60,19 @@ DOWN_HINT = (
     "(then --base-url http://127.0.0.1:8000/v1), or give another --base-url."
 )
 # The hints of this backend where the class's own (``qwenvl.errors``) names DashScope; only a class's default hint
-# is replaced (a hint for the very cause, e.g. a TLS failure or a reply cut off, stays).
+# is replaced (a hint for the very cause, e.g. a TLS failure or a reply cut off, stays), except for the key's: this
+# backend reads its key from one variable only, whatever the transport guessed.
+KEY_ENV = "QWENVL_OPENAI_API_KEY"
 ENGINE_HINTS: dict[type[QwenVLError], str] = {
     APIConnectionError: DOWN_HINT,
-    AuthenticationError: "The server wants another key: give the one it was started with (QWENVL_OPENAI_API_KEY).",
-    PermissionDeniedError: "The server refused this key for this model: check the key (QWENVL_OPENAI_API_KEY).",
+    AuthenticationError: f"The server wants a key: set {KEY_ENV} to the one it was started with (the openai backend "
+    "reads no other variable).",
+    PermissionDeniedError: f"The server refused this key for this model: check the key ({KEY_ENV}).",
     MalformedResponseError: "The reply was not an OpenAI-compatible response: check --base-url and any proxy.",
 }
+
+
+_KEY_ERRORS = (AuthenticationError, PermissionDeniedError)
 
 
 @contextmanager
@@ -77,7 +83,7 @@ def engine_hints() -> Iterator[None]:
         yield
     except QwenVLError as exc:
         hint = ENGINE_HINTS.get(type(exc))
-        if hint is not None and exc.raw_hint == type(exc).default_hint:
+        if hint is not None and (exc.raw_hint == type(exc).default_hint or isinstance(exc, _KEY_ERRORS)):
             exc.hint = hint
         raise
 
@@ -110,6 +116,8 @@ def detect(transport: Transport, base_url: str, engine: str, policy: Policy) -> 
     info = ServerInfo(engine=engine)
     try:
         data = transport.get_json(base_url + "/models", first)
+    except _KEY_ERRORS:
+        raise  # the server wants a key (another one): every request would be refused as this listing was
     except APIStatusError:
         data = None
     policy = replace(first, max_retries=0)
@@ -366,7 +374,10 @@ class AsyncOpenAIBackend(_Declared):
     async def ready(self) -> str | None:
         """None when the engine answers now (``OpenAIBackend.ping``), else why not (one line)."""
         try:
-            await asyncio.to_thread(self._sync.ping)
+            with engine_hints():
+                await asyncio.to_thread(self._sync.ping)
+        except _KEY_ERRORS as exc:
+            return f"the engine refused this server's key (HTTP {exc.status}): the operator must set {KEY_ENV}"
         except QwenVLError as exc:
             return f"the engine does not answer: {exc}"
         return None

@@ -40,9 +40,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import io
 import json
 import math
+import socket
 import threading
 import time
 import uuid
@@ -50,13 +52,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from qwenvl import env as qenv
 from qwenvl.backends import family as families
 from qwenvl.backends.base import MediaForm
+from qwenvl.config import DEVICES, DTYPES
 from qwenvl.errors import (
     APIConnectionError,
     APITimeoutError,
+    InternalServerError,
     MediaError,
     QwenVLError,
     UnsupportedParameterError,
@@ -136,15 +141,14 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
 
     try:
         with quiet_loading(transformers):
-            downloaded = hf_hub_download(ref, filename)
+            downloaded = hf_hub_download(ref, filename, local_files_only=not hub_reachable())
     except LocalEntryNotFoundError:
         offline = qenv.hf_hub_offline()
         why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
         raise APIConnectionError(
             f"cannot get {ref}: not in the local Hugging Face cache and {why}",
-            hint="Download it once with network (huggingface-cli download "
-            + ref
-            + "), or give a local folder with --model PATH.",
+            hint=f"Download it once with network (`{download_command()} {ref}`), or give a local folder with "
+            "--model PATH.",
         ) from None
     except (HfHubHTTPError, OSError) as exc:
         raise APIConnectionError(
@@ -152,6 +156,42 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
             hint="Check the id, or give a local folder with --model PATH.",
         ) from None
     return json.loads(read_regular_text(Path(downloaded), what="model configuration file"))
+
+
+def download_command() -> str:
+    """The command the installed huggingface_hub has for downloading a model: ``hf download`` from 1.0 on (its
+    ``hf`` CLI replaced ``huggingface-cli``), ``huggingface-cli download`` before. Raises nothing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("huggingface_hub").split(".", 1)[0])
+    except (PackageNotFoundError, ValueError):
+        major = 1
+    return "hf download" if major >= 1 else "huggingface-cli download"
+
+
+HUB_PROBE_TIMEOUT_S = 3.0  # seconds to connect to the hub before taking it as unreachable (local cache only)
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub (huggingface_hub's endpoint) takes a connection now, asked once per process
+    (``HUB_PROBE_TIMEOUT_S``). False under ``HF_HUB_OFFLINE``; True when a proxy is set (it cannot be probed
+    directly). When False, the hub is not asked at all (the local cache only): huggingface_hub would otherwise
+    retry a dead network for about 25 s, logging each retry. Raises nothing."""
+    if qenv.hf_hub_offline():
+        return False
+    if qenv.proxy_set():
+        return True
+    from huggingface_hub import constants
+
+    parts = urlsplit(constants.ENDPOINT)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def family_of(ref: str, cfg: dict[str, Any]) -> str:
@@ -212,6 +252,82 @@ _LOADED: dict[tuple[str, str, str, str], Loaded] = {}
 _LOAD_LOCK = threading.Lock()
 
 
+def check_device(device: str) -> str:
+    """``device`` if it is one of ``config.DEVICES``, else UsageError naming them. Raises nothing else."""
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}", hint="Use --device auto.")
+    return device
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if it is one of ``config.DTYPES`` (the one table: ``float64`` is not one), else UsageError."""
+    if dtype not in DTYPES:
+        raise UsageError(
+            f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}", hint=f"Use --dtype {' / '.join(DTYPES)}."
+        )
+    return dtype
+
+
+def attn_implementations(transformers: Any) -> list[str]:
+    """The attention implementations the installed transformers knows: ``eager`` and those of its registry
+    (``ALL_ATTENTION_FUNCTIONS``: sdpa, flash_attention_2, flex_attention...), each also as ``paged|NAME``. A hub
+    kernel (``owner/name``) is accepted besides these and checked by transformers when the model loads."""
+    registry = transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS
+    names = ["eager", *(k for k in registry.valid_keys() if k != "eager")]
+    return list(dict.fromkeys([*names, *(n if n.startswith("paged|") else f"paged|{n}" for n in names)]))
+
+
+def check_attn_implementation(name: str, transformers: Any) -> str:
+    """``name`` if the installed transformers knows it (``attn_implementations``) or it is a hub kernel
+    (``owner/name``); else UsageError listing the valid values."""
+    known = attn_implementations(transformers)
+    if name in known or name.count("/") == 1:
+        return name
+    plain = [n for n in known if not n.startswith("paged|")]
+    raise UsageError(
+        f"unknown attention implementation {name!r}: use one of {', '.join(plain)} (or paged|NAME, or a hub "
+        "kernel owner/name)",
+        hint="Leave out --attn-implementation for the model's default (sdpa where torch has it).",
+    )
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def check_weights(ref: str) -> None:
+    """For a model folder: UsageError unless its weights are there (``*.safetensors`` or ``pytorch_model*.bin``,
+    and every shard an index file lists). A hub id is fetched when it loads: nothing to check here."""
+    if not _is_folder(ref):
+        return
+    folder = Path(ref).expanduser()
+    hint = "Download the checkpoint again (all its *.safetensors), or give another folder with --model."
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            shards = set(json.loads(read_regular_text(index, what="weights index")).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            raise UsageError(f"{index} cannot be read as a weights index", hint=hint) from None
+        missing = sorted(str(x) for x in shards if not (folder / str(x)).is_file())
+        if missing:
+            raise UsageError(f"{ref} lacks weight files its {index.name} lists: {', '.join(missing[:3])}", hint=hint)
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise UsageError(f"{ref} has no weights (no *.safetensors or pytorch_model*.bin)", hint=hint)
+
+
+def check_local(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementation: str | None = None) -> str:
+    """What can be checked cheaply before a server (``qwenvl serve``, ``qwenvl mcp``) starts, without loading the
+    weights: torch and transformers import, ``ref`` is a Qwen-VL model (its config) with its weights present, the
+    device is there, the dtype and attention implementation are known. Returns the device that would be used.
+    Raises UsageError (exit 2) for each fault; APIConnectionError (exit 5) for a hub id that cannot be had."""
+    torch, transformers = _imports()
+    check_dtype(dtype)
+    family_of(ref, read_config(ref))
+    check_weights(ref)
+    where = pick_device(check_device(device), torch)
+    if attn_implementation:
+        check_attn_implementation(attn_implementation, transformers)
+    return where
+
+
 def pick_device(device: str, torch: Any) -> str:
     if device != "auto":
         if device == "cuda" and not torch.cuda.is_available():
@@ -227,15 +343,9 @@ def pick_device(device: str, torch: Any) -> str:
 
 
 def pick_dtype(dtype: str, device: str, torch: Any) -> Any:
-    if dtype == "auto":
+    if check_dtype(dtype) == "auto":
         return "auto" if device == "cuda" else torch.float16 if device == "mps" else torch.float32
-    value = getattr(torch, dtype, None)
-    if not isinstance(value, torch.dtype):
-        raise UsageError(
-            f"unknown dtype {dtype!r}: auto, float32, bfloat16 or float16",
-            hint="Use --dtype auto, float32, bfloat16 or float16.",
-        )
-    return value
+    return getattr(torch, dtype)
 
 
 def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementation: str | None = None) -> Loaded:
@@ -248,15 +358,17 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
             return _LOADED[key]
         cfg = read_config(ref)
         family = family_of(ref, cfg)
+        check_weights(ref)
         where = pick_device(device, torch)
         kw: dict[str, Any] = {"dtype": pick_dtype(dtype, where, torch)}
         if attn_implementation:
-            kw["attn_implementation"] = attn_implementation
+            kw["attn_implementation"] = check_attn_implementation(attn_implementation, transformers)
+        hub = {} if _is_folder(ref) or hub_reachable() else {"local_files_only": True}  # no retries of a dead net
         try:
             with quiet_loading(transformers):
-                tokenizer = transformers.AutoTokenizer.from_pretrained(ref)
-                image_processor = transformers.AutoImageProcessor.from_pretrained(ref)
-                model = transformers.AutoModelForImageTextToText.from_pretrained(ref, **kw)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(ref, **hub)
+                image_processor = transformers.AutoImageProcessor.from_pretrained(ref, **hub)
+                model = transformers.AutoModelForImageTextToText.from_pretrained(ref, **kw, **hub)
         except (OSError, ValueError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(
@@ -282,16 +394,26 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
 def quiet_loading(transformers: Any) -> Iterator[None]:
     """transformers' progress bars ("Loading weights: ...", downloads) off while a model loads, unless
     ``$QWENVL_DEBUG`` is set; put back as they were afterwards (``transformers.utils.logging``'s switch, which its
-    ``tqdm`` and huggingface_hub's follow). qwenvl prints its own progress where there is any."""
+    ``tqdm`` and huggingface_hub's follow), and huggingface_hub's log below errors (its retry warnings: the one-line
+    error that ends them says it). qwenvl prints its own progress where there is any."""
+    import logging
+
     switch = transformers.utils.logging
-    if qenv.debug() or not switch.is_progress_bar_enabled():
+    if qenv.debug():
         yield
         return
-    switch.disable_progress_bar()
+    hub_log = logging.getLogger("huggingface_hub")  # its retry warnings ("Retrying in 1s [Retry 1/5]"): the
+    level = hub_log.level  # error that ends them says it in one line
+    hub_log.setLevel(logging.ERROR)
+    bars = switch.is_progress_bar_enabled()
+    if bars:
+        switch.disable_progress_bar()
     try:
         yield
     finally:
-        switch.enable_progress_bar()
+        hub_log.setLevel(level)
+        if bars:
+            switch.enable_progress_bar()
 
 
 def processor_template(ref: str) -> str | None:
@@ -966,8 +1088,8 @@ class TransformersBackend:
     ) -> None:
         self.model = model
         self.family = family
-        self.device = device or "auto"
-        self.dtype = dtype or "auto"
+        self.device = check_device(device or "auto")  # the tables' values, checked now (config.DEVICES, DTYPES)
+        self.dtype = check_dtype(dtype or "auto")
         self.attn_implementation = attn_implementation
         self.base_url = None
 
@@ -1248,6 +1370,14 @@ class AsyncTransformersBackend:
         return self._load_error or f"loading {self._sync.model}"
 
     def adapt(self, request: Request) -> Request:
+        if self._load_error is not None and request.model in (None, self._sync.model):
+            # the server's own model failed to load (``warm``): the server's fault, told as such (503), never the
+            # client's (a 400 naming the server's flags)
+            raise InternalServerError(
+                f"the model of this server is not loaded: {self._load_error}; the server's operator must fix it",
+                status=503,
+                code="ModelNotLoaded",
+            )
         return self._sync.adapt(request)
 
     def check_params(self, request: Request) -> None:

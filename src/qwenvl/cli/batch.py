@@ -528,7 +528,7 @@ def _api(opts: dict[str, Any]) -> Any:
 
 _with_api_options = option_group(
     click.option("--region", metavar="REGION", help="Service region (the Batch API for VL models: cn only)."),
-    click.option("--base-url", metavar="URL", help="Endpoint, e.g. http://127.0.0.1:8000."),
+    click.option("--base-url", metavar="URL", help="Endpoint, e.g. http://127.0.0.1:8100 (a qwenvl serve)."),
     click.option(
         "--timeout",
         "timeout_s",

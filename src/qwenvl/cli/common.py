@@ -31,7 +31,7 @@ from qwenvl._constants import (
     STREAM_CAP_MIN_S,
 )
 from qwenvl.client import Client
-from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS, effective_region
+from qwenvl.config import BACKENDS, DEVICES, DTYPES, ENGINES, FAMILIES, PROTOCOLS, REGIONS, effective_region
 from qwenvl.errors import (
     MediaError,
     QwenVLError,
@@ -445,8 +445,8 @@ service_options = option_group(
     click.option(
         "--base-url",
         metavar="URL",
-        help="Endpoint, e.g. http://127.0.0.1:8000 or https://…/compatible-mode/v1 (wins over --region for the "
-        "endpoint; the region still sets prices and currency).",
+        help="Endpoint, e.g. http://127.0.0.1:8100 (a qwenvl serve) or https://…/compatible-mode/v1 (wins over "
+        "--region for the endpoint; the region still sets prices and currency).",
     ),
     click.option(
         "--timeout",
@@ -486,10 +486,12 @@ service_options = option_group(
     ),
     click.option(
         "--device",
-        type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+        type=click.Choice(DEVICES),
         help="--backend transformers: where the model runs (default auto).",
     ),
-    click.option("--dtype", help="--backend transformers: auto (default), float32, bfloat16 or float16."),
+    click.option(
+        "--dtype", help=f"--backend transformers: the weights' precision: {', '.join(DTYPES)} (default auto)."
+    ),
     click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2..."),
 )
 

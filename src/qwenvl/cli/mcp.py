@@ -117,9 +117,24 @@ def mcp(opts: dict[str, Any]) -> None:
     allow_dirs = [check_folder(Path(d), what="--allow-dir folder") for d in opts["allow_dirs"]]  # exit 3
     fields = request_fields(opts)
     # the tools need no key to start (estimates need none): a missing key is each call's error
-    server = server_module.build_server(
-        lambda: make_client(opts, will_send=False), allow_dirs=allow_dirs, defaults=fields
-    )
+    client = make_client(opts, will_send=False)  # its options checked now (one not for its backend: exit 2)
+    only_model = None
+    if client.backend_name == "transformers":  # a model in this process: the one configured, checked before serving
+        from qwenvl.backends.transformers import check_local
+
+        only_model = fields.get("model") or qenv.model()
+        if not only_model:
+            raise UsageError(
+                "--backend transformers needs --model: a hub id or a model folder",
+                hint="For example --model Qwen/Qwen3-VL-2B-Instruct, or a local folder.",
+            )
+        check_local(
+            only_model,
+            device=opts.get("device") or "auto",
+            dtype=opts.get("dtype") or "auto",
+            attn_implementation=opts.get("attn_implementation"),
+        )
+    server = server_module.build_server(lambda: client, allow_dirs=allow_dirs, defaults=fields, only_model=only_model)
     try:
         if opts["http_port"] is None:
             if sys.stdin.isatty():

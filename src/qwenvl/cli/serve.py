@@ -12,11 +12,24 @@ from qwenvl._constants import (
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENT_PER_KEY,
     SERVE_MAX_MEDIA_ITEMS,
+    SERVE_PORT,
     SERVE_REQUEST_TIMEOUT_S,
 )
 from qwenvl.cli.common import FILE_NAME, Seconds, Verb, err_console, not_dash, pass_opts
+from qwenvl.config import (
+    BACKENDS,
+    DEFAULT_OPENAI_BASE_URL,
+    DEVICES,
+    DTYPES,
+    ENGINES,
+    FAMILIES,
+    check_backend_options,
+    normalize_backend,
+    openai_base_url,
+    resolve_base_url,
+)
 from qwenvl.errors import UsageError, safe_line
-from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, listen
+from qwenvl.server.security import SERVE_KEY_ENV, is_loopback, is_own_address, listen
 
 MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 
@@ -24,10 +37,8 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 @click.command(cls=Verb)
 @click.option(
     "--backend",
-    type=click.Choice(["dashscope", "openai", "transformers"]),
-    default="dashscope",
-    show_default=True,
-    help="What answers: DashScope (a gateway to the cloud), an OpenAI-compatible "
+    type=click.Choice(BACKENDS, case_sensitive=False),
+    help="What answers: DashScope (a gateway to the cloud; the default, or $QWENVL_BACKEND), an OpenAI-compatible "
     "engine (--upstream), or a model in process (--model).",
 )
 @click.option(
@@ -35,22 +46,28 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     "backend_model",
     metavar="NAME",
     help="The backend's model: a DashScope model name, the engine's "
-    "served name, or a hub id / folder for transformers.",
+    "served name, or a hub id / folder for transformers (default $QWENVL_MODEL).",
 )
 @click.option(
     "--upstream",
     metavar="URL",
-    help="The OpenAI-compatible engine's base URL (--backend openai), or the DashScope "
-    "endpoint for the gateway (default: the region's).",
+    help="The OpenAI-compatible engine's base URL (--backend openai; default $QWENVL_OPENAI_BASE_URL, else "
+    f"{DEFAULT_OPENAI_BASE_URL}), or the DashScope endpoint for the gateway (default: the region's). Never this "
+    "server's own address.",
 )
 @click.option(
     "--engine",
-    type=click.Choice(["auto", "vllm", "sglang", "llamacpp", "ollama", "generic"]),
+    type=click.Choice(ENGINES, case_sensitive=False),
     help="The upstream engine (--backend openai; default auto).",
 )
 @click.option("--host", metavar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", metavar="PORT", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+    "--port",
+    metavar="PORT",
+    default=SERVE_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0: any free port. (Not 8000: that is vLLM's, the default --upstream.)",
 )
 @click.option(
     "--api-key", metavar="KEY", help=f"The key clients must send (Authorization: Bearer); or ${SERVE_KEY_ENV}."
@@ -116,11 +133,14 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
 @click.option(
     "--family",
-    type=click.Choice(["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]),
+    type=click.Choice(FAMILIES, case_sensitive=False),
     help="A local model's family when its name does not say.",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="--backend transformers.")
-@click.option("--dtype", help="--backend transformers: auto, float32, bfloat16 or float16.")
+@click.option(
+    "--device", type=click.Choice(DEVICES), help="--backend transformers: where the model runs (default auto)."
+)
+@click.option("--dtype", help=f"--backend transformers: the weights' precision: {', '.join(DTYPES)} (default auto).")
+@click.option("--attn-implementation", help="--backend transformers: sdpa, eager, flash_attention_2...")
 @click.option("--region", metavar="REGION", help="Gateway: the DashScope region (cn, intl, us).")
 @pass_opts
 def serve(opts: dict[str, Any]) -> None:
@@ -130,11 +150,11 @@ def serve(opts: dict[str, Any]) -> None:
     A gateway to DashScope (cache, usage log):
       qwenvl serve --api-key sk-local-123
     In front of a local engine:
-      qwenvl serve --backend openai --upstream http://127.0.0.1:8001/v1 \\
+      qwenvl serve --backend openai --upstream http://127.0.0.1:8000/v1 \\
           --model qwen2.5-vl --no-auth
-    Then: OpenAI(base_url="http://127.0.0.1:8000/compatible-mode/v1",
+    Then: OpenAI(base_url="http://127.0.0.1:8100/compatible-mode/v1",
                  api_key="sk-local-123")
-    or:   dashscope.base_http_api_url = "http://127.0.0.1:8000/api/v1"
+    or:   dashscope.base_http_api_url = "http://127.0.0.1:8100/api/v1"
     """
     try:
         import fastapi  # noqa: F401
@@ -143,6 +163,11 @@ def serve(opts: dict[str, Any]) -> None:
         raise UsageError("qwenvl serve needs its extra", hint='pip install "qwenvl[serve]"') from None
     api_key = opts["api_key"] or qenv.serve_api_key()
     if opts["no_auth"]:
+        if opts["api_key"]:
+            raise UsageError(
+                "--api-key and --no-auth contradict each other: give one",
+                hint="Keep --api-key to require a key, or --no-auth for none.",
+            )
         if not is_loopback(opts["host"]):
             raise UsageError(
                 f"--no-auth serves only a loopback address, not {opts['host']}",
@@ -154,7 +179,28 @@ def serve(opts: dict[str, Any]) -> None:
             "qwenvl serve needs an API key for its clients",
             hint=f"Pass --api-key KEY or set ${SERVE_KEY_ENV}; or --no-auth on a loopback address.",
         )
-    backend = opts["backend"]
+    # the backend and its model as every verb reads them: the flag, else $QWENVL_BACKEND / $QWENVL_MODEL
+    backend = normalize_backend(opts["backend"])
+    model = opts["backend_model"] or (qenv.model() if backend != "dashscope" else None)
+    given = {
+        "protocol": opts["protocol"],
+        "region": opts["region"],
+        "base_url": opts["upstream"],
+        "engine": opts["engine"],
+        "family": opts["family"],
+        "device": opts["device"],
+        "dtype": opts["dtype"],
+        "attn_implementation": opts["attn_implementation"],
+    }
+    check_backend_options(backend, given, flags={"base_url": "--upstream"})  # exit 2: not this backend's option
+    upstream = _upstream(backend, opts)
+    if upstream and is_own_address(upstream, opts["host"], opts["port"]):
+        raise UsageError(
+            f"--upstream {upstream} is this server's own address ({opts['host']}:{opts['port']}): "
+            "it would send every request to itself",
+            hint="The engine and this server need two addresses: point the upstream at the engine, and listen "
+            f"on another port (the default is {SERVE_PORT}).",
+        )
     options: dict[str, Any] = {}
     if backend == "dashscope":
         from qwenvl.config import require_api_key
@@ -171,19 +217,10 @@ def serve(opts: dict[str, Any]) -> None:
             if v
         }
     else:
-        options = {
-            k: v
-            for k, v in (
-                ("base_url", opts["upstream"]),
-                ("model", opts["backend_model"]),
-                ("engine", opts["engine"]),
-                ("family", opts["family"]),
-                ("device", opts["device"]),
-                ("dtype", opts["dtype"]),
-            )
-            if v
-        }
-        if backend == "transformers" and not opts["backend_model"]:
+        options = {k: v for k, v in given.items() if v and k not in ("protocol", "region")}
+        if model:
+            options["model"] = model
+        if backend == "transformers" and not model:
             raise UsageError(
                 "--backend transformers needs --model: a hub id or a model folder",
                 hint="For example --model Qwen/Qwen3-VL-2B-Instruct, or a local folder.",
@@ -201,7 +238,7 @@ def serve(opts: dict[str, Any]) -> None:
         err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
     # the names clients send: --model-name ones (mapped to the backend's model); none: any name passed on to the
     # cloud, or for a local backend the name of the model it serves (another name: 404 model_not_found)
-    target = opts["backend_model"] if backend != "dashscope" else None
+    target = model if backend != "dashscope" else None
     if any(not name.strip() for name in opts["model_names"]):
         raise UsageError(
             "--served-model-name / --model-name is empty: give the name clients send as their model",
@@ -257,3 +294,16 @@ def serve(opts: dict[str, Any]) -> None:
             run_workers(uv_config, [sock])
     finally:
         sock.close()
+
+
+def _upstream(backend: str, opts: dict[str, Any]) -> str | None:
+    """The base URL the backend would call (as its client resolves it: the flag, else the variables, else the
+    default), or None for a model in process."""
+    if backend == "openai":
+        return openai_base_url(opts["upstream"])
+    if backend == "dashscope":
+        from qwenvl.config import effective_protocol
+
+        protocol = effective_protocol(opts["protocol"])
+        return resolve_base_url(protocol, region=opts["region"], base_url=opts["upstream"])
+    return None

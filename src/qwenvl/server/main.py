@@ -37,10 +37,12 @@ def check_backend(backend: str, options: dict[str, Any]) -> tuple[str | None, st
     The name: the engine's served name (``openai``); for ``transformers`` the model's ``served_name`` (a hub id as
     it is, a folder by its own name).
 
-    ``transformers``: torch and transformers import, and ``options["model"]`` is a Qwen-VL model folder or a
-    hub id whose config can be had (UsageError, exit 2: not installed, not a folder, not an owner/name id, not a
-    Qwen-VL model; APIConnectionError, exit 5: a hub id neither cached nor downloadable). The weights are
-    loaded by the server once it listens (``/ready`` is 503 until then).
+    ``transformers``: ``qwenvl.backends.transformers.check_local``: torch and transformers import, and
+    ``options["model"]`` is a Qwen-VL model folder (with its weights) or a hub id whose config can be had, the
+    device is there, the dtype and attention implementation are known (UsageError, exit 2: not installed, not a
+    folder, no weights, not an owner/name id, not a Qwen-VL model, no CUDA, an unknown dtype; APIConnectionError,
+    exit 5: a hub id neither cached nor downloadable). The weights are loaded by the server once it listens
+    (``/ready`` is 503 until then; a load that fails then is each request's 503, never the client's fault).
     ``openai``: the engine is asked once which models it serves; a model it does not serve, or none given when it
     serves several, is a UsageError. An engine that does not answer is not an error when ``model`` is given (it
     may start after the server: the warning says so, and ``/ready`` is 503 until it answers); without ``model``
@@ -51,9 +53,14 @@ def check_backend(backend: str, options: dict[str, Any]) -> tuple[str | None, st
     if backend == "dashscope":
         return None, None
     if backend == "transformers":
-        from qwenvl.backends.transformers import check_installed
+        from qwenvl.backends.transformers import check_local
 
-        check_installed()
+        check_local(  # what can be checked without loading: the model, its weights, device, dtype, attention
+            options.get("model") or "",
+            device=options.get("device") or "auto",
+            dtype=options.get("dtype") or "auto",
+            attn_implementation=options.get("attn_implementation"),
+        )
     client = Client(backend=backend, **options, max_retries=0, cache=False, usage_log=False)
     try:
         name = client.resolve_model().name

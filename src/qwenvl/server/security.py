@@ -72,6 +72,47 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _addresses(host: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``host`` stands for (a literal, or the system resolver's answer; none when it has none)."""
+    host = host.strip("[]").split("%", 1)[0]
+    try:
+        found = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            found = {ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in socket.getaddrinfo(host, None)}
+        except (OSError, UnicodeError, ValueError):
+            return set()
+    return {ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip for ip in found}
+
+
+def _this_machine(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback or unspecified (``0.0.0.0`` and ``::`` reach this machine when connected to)."""
+    return ip.is_loopback or ip.is_unspecified
+
+
+def is_own_address(url: str, host: str, port: int) -> bool:
+    """True when ``url`` (an upstream's base URL) points at the address this server listens on (``host``:``port``;
+    ``port`` 0, a free one picked at start, matches nothing): the same port, and hosts that are the same machine's
+    (``localhost``, ``127.0.0.1``, ``::1``, ``0.0.0.0``, ``::`` are one another's equivalents; a server on ``0.0.0.0``
+    or ``::`` is also reached at this machine's own addresses). A host that does not resolve matches nothing.
+    Raises nothing."""
+    try:
+        parts = urlsplit(url)
+        upstream_port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    if port == 0 or upstream_port != port or not parts.hostname:
+        return False
+    theirs, ours = _addresses(parts.hostname), _addresses(host)
+    if theirs & ours:
+        return True
+    if any(_this_machine(ip) for ip in theirs) and any(_this_machine(ip) for ip in ours):
+        return True
+    if any(ip.is_unspecified for ip in ours):  # listening everywhere: this machine's own names reach it too
+        return bool(theirs & _addresses(socket.gethostname()))
+    return False
+
+
 def is_public(address: str) -> bool:
     """True for a globally routable unicast address (IPv4-mapped IPv6 judged as the IPv4 it carries)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
