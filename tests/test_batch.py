@@ -200,7 +200,7 @@ def test_a_401_stops_the_batch_at_once(server, isolated_env):
         env={"DASHSCOPE_API_KEY": "sk-wrong-key-000000"},
     )
     assert p.returncode == 4, p.stderr
-    assert "HTTP 401" in p.stderr and "stopped at once" in p.stderr and "the same command sends them" in p.stderr
+    assert "HTTP 401" in p.stderr and "stopped at once" in p.stderr and "a rerun sends them" in p.stderr
     assert len(model_calls(server)) <= 2  # nothing after the first answers
     assert "Traceback" not in p.stderr
     p = run_cli(

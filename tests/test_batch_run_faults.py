@@ -128,7 +128,7 @@ def test_a_dead_server_stops_the_batch_early_with_exit_5(isolated_env):
     # the hint says what this run left, truly: nothing answered, the failed ones need --retry-errors
     said = " ".join(p.stderr.split())
     assert f"{len(lines)} failed (recorded: --retry-errors sends them again)" in said and "answered" not in said
-    assert f"{13 - len(lines)} not sent (the same command sends them)" in said
+    assert f"{13 - len(lines)} not sent (a rerun sends them)" in said
     assert not lock_path(isolated_env / "dead.jsonl").exists()
 
 

@@ -138,7 +138,7 @@ def test_a_batch_stops_at_the_first_missing_model_and_stays_resumable(server, en
     assert p.returncode == 5, p.stderr
     line = " ".join(p.stderr.split())
     assert "qwen9-vl-future" in line and "stopped at once" in line and "model does not exist" in line
-    assert "the same command sends them" in line and "Traceback" not in p.stderr
+    assert "a rerun sends them" in line and "Traceback" not in p.stderr
     assert len(model_calls(server)) <= 2  # nothing after the first answers
     out = isolated_env / "o.jsonl"
     assert not out.exists() or read_jsonl(out) == []  # nothing recorded as failed: all still to send

@@ -812,7 +812,20 @@ class Client(_Base[Backend]):
         images=[...], **fields)``, and raises what ``complete`` raises (UsageError, MediaError, APIError and its
         subclasses, StructuredOutputError); arguments that look swapped (``ask("photo.png", "What is this?")``)
         are a UsageError saying so."""
-        return self.complete(prompt=prompt, images=list(images), **fields)
+        return self.complete(**_ask_fields(prompt, images, fields))
+
+
+def _ask_fields(prompt: str, images: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, Any]:
+    """``ask``'s request fields: the images given as arguments, or as ``images=`` (then validated as a Request's:
+    a lone string is refused saying images takes a list), never both (UsageError)."""
+    if "images" in fields:
+        if images:
+            raise UsageError(
+                "images given twice: as arguments and as images=",
+                hint='Give them one way: ask("What is this?", "a.png", "b.png") or ask(..., images=["a.png"]).',
+            )
+        return {"prompt": prompt, **fields}
+    return {"prompt": prompt, "images": list(images), **fields}
 
 
 class AsyncClient(_Base[AsyncBackend]):
@@ -1029,4 +1042,4 @@ class AsyncClient(_Base[AsyncBackend]):
 
         Raises what ``complete`` raises (UsageError, MediaError, APIError and its subclasses,
         StructuredOutputError)."""
-        return await self.complete(prompt=prompt, images=list(images), **fields)
+        return await self.complete(**_ask_fields(prompt, images, fields))

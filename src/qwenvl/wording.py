@@ -309,12 +309,21 @@ CLIENT_ARGUMENTS = frozenset(
 )
 
 
+# Switches of the library's batch (``qwenvl.batch.Batch``) that a CLI flag stands for, as a caller writes them.
+LIBRARY_SWITCHES = {"--fresh": "fresh=True", "--retry-errors": "retry_errors=True"}
+# The key: what a library caller passes (the variable is read too, so a hint naming it stays true beside it).
+_KEY_VARIABLE = re.compile(r"\bDASHSCOPE_API_KEY\b(?!_)")
+_KEY_ARGUMENT = re.compile(r"(?<![\w/])api_key\b")  # the argument, not ~/.dashscope/api_key
+
+
 def library_name(flag: str) -> str | None:
     """The keyword argument or request field of the library that does what ``flag`` does (``--timeout`` ->
-    ``timeout_s``, ``--max-tokens`` -> ``max_tokens``, ``--param`` -> ``extra``), or None for a flag that only
-    the CLI has (``--yes``, ``--fresh``...). Raises nothing."""
+    ``timeout_s``, ``--max-tokens`` -> ``max_tokens``, ``--param`` -> ``extra``, ``--fresh`` -> ``fresh=True``),
+    or None for a flag that only the CLI has (``--yes``...). Raises nothing."""
     from qwenvl.types import Request
 
+    if flag in LIBRARY_SWITCHES:
+        return LIBRARY_SWITCHES[flag]
     name = field_of(flag)
     return name if name in CLIENT_ARGUMENTS or name in Request.model_fields else None
 
@@ -333,8 +342,10 @@ def _library_surface() -> Surface:
 def library_hint(hint: str) -> str:
     """``hint`` (written in CLI flags) in the library's words (``QwenVLError.hint``): ``--timeout`` ->
     ``timeout_s``, ``--base-url`` -> ``base_url``, ``--region cn`` -> ``region='cn'``, ``--no-resize /
-    prepare=False`` -> ``prepare=False``, ``--param KEY=`` -> ``extra KEY=``; a flag only the CLI has (``--fresh``)
-    stays as it is, and nothing is left out (``fit_message``). Raises nothing."""
-    if not FLAG.search(re.sub(r"`[^`]*`", "", hint)):
-        return hint
-    return fit_message(hint, _library_surface())
+    prepare=False`` -> ``prepare=False``, ``--param KEY=`` -> ``extra KEY=``, ``--fresh`` -> ``fresh=True``;
+    a hint naming ``DASHSCOPE_API_KEY`` also says the key can be passed as ``api_key``; a flag only the CLI has
+    (``--yes``) stays as it is, and nothing is left out (``fit_message``). Raises nothing."""
+    said = hint if not FLAG.search(re.sub(r"`[^`]*`", "", hint)) else fit_message(hint, _library_surface())
+    if _KEY_VARIABLE.search(said) and not _KEY_ARGUMENT.search(said):  # the variable is read, the argument first
+        said = f"{said.rstrip()} In Python the key can also be passed as Client(api_key=...)."
+    return said

@@ -280,7 +280,7 @@ class Summary:
             return APIError(
                 f"{self.service_errors:,} items of {self.output} failed for the service's reasons; the first: "
                 f"{self.first_service_error or 'no message'}",
-                hint="Run the same command with --retry-errors to send them again.",
+                hint="Run it again with --retry-errors to send them again.",
             )
         return None
 
@@ -1087,7 +1087,7 @@ class _Realtime:
 
     def _stopped_hint(self) -> str:
         """What a run stopped at once left, in this run's items: answered (kept), failed (recorded: sent again with
-        --retry-errors), not sent (the same command sends them)."""
+        --retry-errors), not sent (a rerun sends them)."""
         prog = self.prog
         refused = len(self.refused)
         answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done - refused
@@ -1104,11 +1104,11 @@ class _Realtime:
                 else "authentication"
             )
             parts.append(
-                f"{refused} sent and refused by the service ({why}: not answered nor billed, not recorded: the same "
-                "command sends them again)"
+                f"{refused} sent and refused by the service ({why}: not answered nor billed, not recorded: a rerun "
+                "sends them again)"
             )
         if left:
-            parts.append(f"{left} not sent (the same command sends them)")
+            parts.append(f"{left} not sent (a rerun sends them)")
         return f"The batch stopped at once, of this run's {prog.total} items: {', '.join(parts) or 'none done'}."
 
     def _stopping(self) -> None:
@@ -1134,7 +1134,7 @@ class _Realtime:
         """After a stop (Ctrl-C included), wait up to ``INTERRUPT_GRACE_S`` for the workers' requests in flight
         (each worker sets its event when it ends): their answers are paid for, so they are recorded rather than
         dropped. A second Ctrl-C leaves at once; then, or past the grace period, the requests still in flight are
-        said in ``Progress.notes`` (their answers are not recorded: the same command sends them again).
+        said in ``Progress.notes`` (their answers are not recorded: a rerun sends them again).
         ``interrupted``: said first (``_stopping``), inside the wait, so that an interrupt while it is said counts as
         the second."""
         deadline = time.monotonic() + INTERRUPT_GRACE_S
