@@ -191,7 +191,7 @@ def test_a_damaged_store_is_a_warning_in_the_same_words_while_the_answer_is_kept
     write_image(isolated_env / "x.png")
     r = run_cli("batch", "run", "x.png", "-p", "hi", "-o", "out.jsonl", env=env)
     assert r.returncode == 0, r.stderr
-    assert f"{home / 'usage.db'} {words}: usage is not logged there (move it aside" in r.stderr
+    assert f"the usage log {home / 'usage.db'} {words}: usage is not logged there (move it aside" in r.stderr
     assert f"the response cache {cache / 'responses.db'} {words}: answers are not cached (move it" in r.stderr
     assert json.loads(Path("out.jsonl").read_text().splitlines()[0])["result"]["text"].startswith("echo: hi")
 
@@ -395,6 +395,7 @@ def test_ocr_refuses_an_unknown_task_before_sending(
     r = run_cli("ocr", "x.png", "-m", "qwen-vl-ocr", *args, env=env)
     assert r.returncode == 2, r.stderr
     assert "is not an OCR task: nothing was sent" in r.stderr and hint in r.stderr, r.stderr
+    assert "note:" not in r.stderr  # the refusal alone: no note on what would have been sent
     assert server.requests == []
     r = run_cli("ocr", "x.png", "-m", "qwen-vl-ocr", "--task", "table_parsing", env=env)
     assert r.returncode == 0, r.stderr

@@ -31,7 +31,7 @@ from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.grounding import model_for
-from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, plan_pages, send_pages
+from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, ocr_options, plan_pages, send_pages
 from qwenvl.types import DuplicateKeyError, loads
 
 
@@ -103,11 +103,12 @@ def ocr(opts: dict[str, Any]) -> None:
     fields.pop("pages", None)  # OCR sends one request per page: the selection goes to plan_pages
     client = make_client(opts)
     model = model_for(client, fields)
-    if (options or opts["task"]) and model.family != "qwen-vl-ocr":
-        note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
     check_pages_apply(opts, [source])
     pdf = media_kind(classify(source)) == "pdf"
     plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"], **fields)
+    ocr_options(opts["task"], options)  # an unknown task is refused before any note on what is sent
+    if (options or opts["task"]) and model.family != "qwen-vl-ocr":
+        note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
     if opts["dry_run"]:
         dry_run(client, next(iter(plans))[1])
         return

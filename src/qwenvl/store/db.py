@@ -263,7 +263,7 @@ class BackgroundWriter:
         except (sqlite3.Error, OSError) as exc:  # said once per writer; the requests go on
             if not self._warned:
                 self._warned = True
-                warn_unwritable(self._db.path, exc, "", "usage is not logged there")
+                warn_unwritable(self._db.path, exc, "the usage log", "usage is not logged there")
 
     def _loop(self) -> None:
         while True:
