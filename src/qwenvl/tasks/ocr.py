@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from qwenvl.errors import UsageError
+from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.plan import Call
@@ -299,7 +299,7 @@ def send_pages(
             _add_page(result, call, client.send(call), format=format, number=number)
             reading = None
     except BaseException:  # the pages read are kept in ``result``; Ctrl-C included
-        _stopped(result, reading)
+        _stopped(result, reading, source)
         raise
     return _finished(result)
 
@@ -314,10 +314,17 @@ def _add_page(result: OCRResult, call: Call, response: Response, *, format: Form
     result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
 
 
-def _stopped(result: OCRResult, reading: int | None) -> None:
-    """Where the reading stopped: the page under way, else (planning the next page failed) the next one."""
+def _stopped(result: OCRResult, reading: int | None, source: str) -> None:
+    """Where the reading stopped: the page under way, else (planning the next page failed) the next one; 0 for
+    an image (``OCRResult.stopped_at``), also when planning it failed."""
     if reading is None:
-        reading = (result.pages[-1].page or 0) + 1 if result.pages else 1
+        if result.pages:
+            reading = (result.pages[-1].page or 0) + 1
+        else:
+            try:
+                reading = 1 if media_kind(classify(source)) == "pdf" else 0
+            except QwenVLError:  # the source itself is the fault (gone, unreadable): no page was reached
+                reading = 0
     result.stopped_at = reading
 
 
@@ -376,6 +383,6 @@ async def aocr(
             _add_page(result, call, await client.send(call), format=format, number=number)
             reading = None
     except BaseException:
-        _stopped(result, reading)
+        _stopped(result, reading, source)
         raise
     return _finished(result)
