@@ -104,7 +104,12 @@ def test_serve_reads_qwenvl_backend_and_model():
     p = run_cli_process(
         "serve", "--no-auth", "--port", "0", env={"QWENVL_BACKEND": "transformers", "QWENVL_MODEL": "./not-here"}
     )
-    assert p.returncode == 2 and "'./not-here' is neither a model folder" in p.stderr, p.stderr
+    # either way the transformers backend was chosen: its model checked, or (no torch here) its packages
+    import importlib.util
+
+    local = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+    said = "'./not-here' is neither a model folder" if local else "--backend transformers needs torch and transformers"
+    assert p.returncode == 2 and said in p.stderr, p.stderr
     with (
         EngineServer(engine="vllm", served="qwen2.5-vl-test") as srv,
         serving(env={"QWENVL_BACKEND": "openai", "QWENVL_OPENAI_BASE_URL": srv.base_url}) as url,
@@ -263,9 +268,9 @@ def test_attn_implementation_is_checked_with_its_valid_values(tmp_path):
 
 
 def test_serve_and_mcp_check_the_model_before_listening(tmp_path):
+    tiny = _tiny(tmp_path)  # skipped without torch and transformers
     import torch
 
-    tiny = _tiny(tmp_path)
     cases: list[tuple[list[str], str]] = [
         (["--dtype", "bogus"], "bogus"),
         (["--attn-implementation", "bogus"], "sdpa"),
