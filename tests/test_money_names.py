@@ -223,6 +223,23 @@ def test_a_batch_with_a_misspelt_model_sends_nothing(server, env, isolated_env):
     assert model_calls(server) == []
 
 
+@pytest.mark.parametrize("model", ["qwen3-vl-plsu", "QWEN3-VL-PLUS"])
+def test_the_library_batch_refuses_a_misspelt_model_before_writing(server, isolated_env, protocol, model):
+    """Batch(model="qwen3-vl-plsu") ran with every item a UsageError line (one item, or items that also fail for
+    their own reasons, escaped the all-items-alike refusal); the CLI's -m was refused. Now the same check refuses
+    it before anything is written or sent."""
+    write_image(isolated_env / "a.png")
+    for images in (["a.png"], ["a.png", "missing.png"]):
+        items = [BatchItem(id=f"i{i}", request={"prompt": "hi", "image": im}) for i, im in enumerate(images)]
+        with (
+            Batch(items, "nb2.jsonl", api_key=API_KEY, base_url=server.url, protocol=protocol, model=model) as job,
+            pytest.raises(qwenvl.UsageError, match="did you mean qwen3-vl-plus"),
+        ):
+            job.run()
+        assert not (isolated_env / "nb2.jsonl").exists() and model_calls(server) == []
+        assert not list(isolated_env.glob("nb2.jsonl*"))
+
+
 def test_the_library_refuses_a_misspelt_model_sync_and_async(server, protocol):
     with make_client(server, protocol) as client, pytest.raises(qwenvl.UsageError, match="did you mean"):
         client.complete(prompt="x", model="qwen3-vl-flahs")

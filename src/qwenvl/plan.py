@@ -373,6 +373,18 @@ def check_thinking_budget(request: Request, model: ModelInfo) -> None:
         )
 
 
+def check_model_name(name: str, protocol: str) -> None:
+    """The one check of a model's name before anything is sent: on DashScope's protocols (``PAID_PROTOCOLS``), a
+    name that looks like a misspelling of a listed one or differs from it only in case or whitespace
+    (``qwenvl.models.typo_error``: did you mean ...?) raises its UsageError unless ``$QWENVL_UNLISTED_MODELS``
+    names it. Used by ``check_model_rules`` (every request) and ``Batch.check`` (a batch's ``model``, refused
+    before anything is written)."""
+    if protocol in PAID_PROTOCOLS:
+        typo = typo_error(name, allowed=qenv.unlisted_models())
+        if typo is not None:
+            raise typo
+
+
 def check_model_rules(request: Request, protocol: str, model: ModelInfo | None = None) -> None:
     """The model's rules that do not depend on the media: UsageError for a thinking budget without thinking
     (``check_thinking_budget``), thinking or tools on a model without them,
@@ -381,10 +393,8 @@ def check_model_rules(request: Request, protocol: str, model: ModelInfo | None =
     (``qwenvl.models.typo_error``: did you mean ...?) unless ``$QWENVL_UNLISTED_MODELS`` names it.
     ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
     model = model or model_info(request.model)
-    if not model.known and protocol in PAID_PROTOCOLS:  # a misspelt model name: refused, not sent to fail
-        typo = typo_error(request.model, allowed=qenv.unlisted_models())
-        if typo is not None:
-            raise typo
+    if not model.known:  # a misspelt model name: refused, not sent to fail
+        check_model_name(request.model, protocol)
     check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):
         raise UsageError(
