@@ -222,15 +222,25 @@ def media(isolated_env: Path) -> Path:
         (["tokens", "x.png", "--fps", "1"], "--fps applies to videos only"),
         (["batch", "run", "x.png", "-p", "hi", "-o", "o.jsonl", "--pages", "1"], "--pages applies to PDFs only"),
         (["batch", "run", "x.png", "-p", "hi", "-o", "o.jsonl", "--fps", "1"], "--fps applies to videos only"),
+        # a requests file whose lines are all images (one line too), and chat's files given at start
+        (["batch", "--requests", "r2.jsonl", "-o", "o.jsonl", "--fps", "1", "--dry-run"], "--fps applies to videos"),
+        (["batch", "--requests", "r1.jsonl", "-o", "o.jsonl", "--fps", "1"], "--fps applies to videos only"),
+        (["batch", "--requests", "r1.jsonl", "-o", "o.jsonl", "--pages", "1"], "--pages applies to PDFs only"),
+        (["batch", "--requests", "r2.jsonl", "-o", "o.jsonl", "--video-as", "file"], "--video-as applies to videos"),
+        (["chat", "x.png", "--pages", "1"], "--pages applies to PDFs only"),
+        (["chat", "x.png", "--fps", "1"], "--fps applies to videos only"),
+        (["chat", "x.png", "--video-as", "file"], "--video-as applies to videos only"),
     ],
 )
 def test_an_option_that_does_not_apply_is_refused_before_sending(
     server: DashScopeServer, env: dict[str, str], media: Path, args: list[str], error: str
 ) -> None:
-    r = run_cli(*args, env=env)
+    for n in (1, 2):
+        (media / f"r{n}.jsonl").write_text('{"prompt": "hi", "image": "x.png"}\n' * n)
+    r = run_cli(*args, env=env, input="hi\n")
     assert r.returncode == 2, r.stderr
-    assert f"error: {error}\n" in r.stderr and "hint: Leave out" in r.stderr, r.stderr
-    assert server.requests == []
+    assert re.search(rf"^error: {error}[ :\n]", r.stderr, re.M) and "hint: Leave out" in r.stderr, r.stderr
+    assert server.requests == [] and not (media / "o.jsonl").exists()
 
 
 @pytest.mark.parametrize(
@@ -241,13 +251,19 @@ def test_an_option_that_does_not_apply_is_refused_before_sending(
         ["events", "x.png", "x.png", "--fps", "1", "--dry-run"],  # frame images are a video
         ["tokens", "clip.mp4", "--fps", "1"],
         ["batch", "run", "x.png", "clip.mp4", "-p", "hi", "-o", "o.jsonl", "--fps", "1"],  # one input it applies to
+        ["chat", "clip.mp4", "--fps", "1"],  # the files given at start; later turns without a video are not refused
     ],
 )
 def test_the_same_option_where_it_applies_is_taken(
     server: DashScopeServer, env: dict[str, str], media: Path, args: list[str]
 ) -> None:
-    r = run_cli(*args, env=env)
+    r = run_cli(*args, env=env, input="hi\nagain\n")
     assert r.returncode == 0, r.stderr
+    if args[0] == "batch":  # the image item was answered (fps went to the video alone), not an error line
+        lines = [json.loads(x) for x in (media / "o.jsonl").read_text().splitlines()]
+        assert len(lines) == 2 and all(x.get("error") is None for x in lines), lines
+    if args[0] == "chat":
+        assert r.stdout.count("echo: ") == 2, r.stdout
 
 
 def test_the_library_estimate_names_fps_in_its_own_words(media: Path) -> None:
@@ -255,6 +271,28 @@ def test_the_library_estimate_names_fps_in_its_own_words(media: Path) -> None:
 
     with pytest.raises(UsageError, match=r"^fps applies to videos only$"):
         estimate_files(["x.png"], fps=1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"pages": "1"}, "pages applies to PDFs only"),
+        ({"fps": 2}, "fps applies to videos only"),
+        ({"video_as": "file"}, "video_as applies to videos only"),
+    ],
+)
+def test_the_library_refuses_an_option_that_does_not_apply(
+    server: DashScopeServer, media: Path, fields: dict, error: str
+) -> None:
+    """Client.ask(image="a.png", pages="1") (fps=2, video_as="file") succeeded, the option silently ignored."""
+    with make_client(server, "native") as client:
+        with pytest.raises(UsageError, match=rf"^{error}$"):
+            client.ask("hi", image="x.png", **fields)
+        with pytest.raises(UsageError, match=rf"^{error}$"):
+            client.plan(prompt="hi", image="x.png", estimate_only=True, **fields)
+        if "pages" not in fields:  # where it applies it is taken
+            client.ask("hi", video="clip.mp4", **({"fps": 2} if "fps" in fields else {}))
+    assert sum(1 for r in server.requests if r.path.endswith("/generation")) == (0 if "pages" in fields else 1)
 
 
 # -- 1. library errors in the library's words, the CLI's in its flags (one mechanism: QwenVLError.hint) ----------
