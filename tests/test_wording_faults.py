@@ -378,12 +378,49 @@ def test_request_itself_suggests_the_field_meant() -> None:
 
     with pytest.raises(pydantic.ValidationError, match=r"did you mean 'max_tokens'\?"):
         qwenvl.Request(prompt="x", max_token=5)
+    # a value not among the choices: the one meant, as client.ask(detail="hihg") says it
+    with pytest.raises(pydantic.ValidationError, match=r"'auto', 'low' or 'high' \(did you mean 'high'\?\)"):
+        qwenvl.Request(prompt="x", detail="hihg")
+    with pytest.raises(pydantic.ValidationError, match=r"did you mean 'file'\?"):
+        qwenvl.Request(prompt="x", video_as="fil")
     with pytest.raises(pydantic.ValidationError) as caught:
         qwenvl.Request(prompt="x", zzzzqq=1)
     assert "did you mean" not in str(caught.value)
 
 
 # -- 8. one "did you mean" rule everywhere ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "said"),
+    [
+        ({"backend": "transformer"}, "(did you mean 'transformers'?)"),
+        ({"protocol": "nativ"}, "(did you mean 'native'?)"),
+        ({"region": "intll"}, "(did you mean 'intl'?)"),
+    ],
+)
+def test_the_library_client_says_the_choice_meant(kw: dict[str, str], said: str) -> None:
+    for cls in (qwenvl.Client, qwenvl.AsyncClient):
+        with pytest.raises(UsageError) as caught:
+            cls(api_key=API_KEY, **kw)
+        assert caught.value.message.endswith(said), caught.value.message
+
+
+def test_a_misspelt_client_keyword_is_a_usage_error_naming_the_closest() -> None:
+    for cls in (qwenvl.Client, qwenvl.AsyncClient):
+        with pytest.raises(UsageError) as caught:
+            cls(protocl="native")
+        assert caught.value.message == f"{cls.__name__}() takes no keyword 'protocl'"
+        assert (caught.value.hint or "").startswith("Did you mean 'protocol'?")
+
+
+@pytest.mark.parametrize("verb", [["ask", "x.png", "-p", "hi", "--dry-run"], ["tokens", "x.png"], ["models"]])
+def test_the_cli_region_says_the_one_meant(isolated_env: Path, verb: list[str]) -> None:
+    write_image(isolated_env / "x.png")
+    r = run_cli(*verb, "--region", "intll")
+    assert r.returncode == 2 and "unknown region 'intll': use one of cn, intl, us (did you mean 'intl'?)" in r.stderr
+    r = run_cli(*verb, env={"QWENVL_REGION": "intll"})
+    assert r.returncode == 2 and "(did you mean 'intl'?)" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(
