@@ -537,3 +537,28 @@ def test_the_downscale_hint_names_the_users_own_file(
 def test_a_url_might_be_a_video_so_fps_is_not_refused_for_it(server: DashScopeServer, env: dict[str, str]) -> None:
     r = run_cli("ask", "https://example.com/stream?id=1", "-p", "hi", "--fps", "1", "--dry-run", env=env)
     assert "applies to videos only" not in r.stderr, r.stderr
+
+
+# -- a batch's output errors name the CLI's flags on the CLI, the keywords in the library --------------------------
+
+
+def test_batch_output_errors_name_the_cli_flags_and_the_library_keywords(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path
+) -> None:
+    """`batch ... -o r.jsonl --csv r.jsonl.journal` said "csv r.jsonl.journal is also an input", "Give csv a new
+    file name": the library's keyword where every other CLI message says --csv."""
+    from qwenvl.batch import Batch, BatchItem
+
+    write_image(isolated_env / "x.png")
+    (isolated_env / "r.jsonl.journal").write_text("")
+    r = run_cli("batch", "x.png", "-p", "hi", "-o", "r.jsonl", "--csv", "r.jsonl.journal", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "error: --csv r.jsonl.journal is also an input" in r.stderr and "hint: Give --csv a new" in r.stderr
+    item = BatchItem(id="x", request={"prompt": "hi", "image": "x.png"})
+    with (
+        Batch([item], "r.jsonl", csv="r.jsonl.journal", api_key=API_KEY, base_url=server.url) as job,
+        pytest.raises(UsageError) as caught,
+    ):
+        job.run()
+    assert caught.value.message.startswith("csv r.jsonl.journal is also an input"), caught.value.message
+    assert server.requests == []

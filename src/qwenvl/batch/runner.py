@@ -441,6 +441,8 @@ class Batch:
             self._legacy = False
         self.spool = Spool(items, self._fingerprints, lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
+        # what ``check``'s errors call the output and the csv: these keywords; the CLI sets its flags' names
+        self.option_names = {"output": "output", "csv": "csv"}
         self._closed = False
         # the last run's summary: what ``run`` returns, or, when an interrupt (KeyboardInterrupt) ended it, what it
         # left (``Summary.interrupted``); None before a run, or when the run stopped before its journal was open
@@ -492,7 +494,8 @@ class Batch:
         # one rule with the verbs' outputs (qwenvl.outputs): writable, no two outputs in one file (the csv over the
         # output or its journal), no output over a file of media (a photo named by mistake)
         check_outputs(
-            {"output": self.output, "csv": self.csv}, inputs={"the output's journal": journal_path(self.output)}
+            {self.option_names["output"]: self.output, self.option_names["csv"]: self.csv},
+            inputs={"the output's journal": journal_path(self.output)},
         )
         check_free(self.output)
         if (
