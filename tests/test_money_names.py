@@ -186,6 +186,25 @@ def test_an_unlisted_variant_takes_the_rules_of_its_longest_listed_prefix():
     assert typo.entry == "qwen3-vl-plus" and "did you mean qwen3-vl-plus?" in typo.resolution
 
 
+@pytest.mark.parametrize("name", ["QWEN3-VL-PLUS", " qwen3-vl-plus", "qwen3-vl-plus ", "Qwen3-VL-Flash"])
+def test_a_model_name_in_other_case_or_with_spaces_is_refused_not_priced(server, env, isolated_env, name):
+    """DashScope's model names are lower case and exact: QWEN3-VL-PLUS was taken as known and priced, then sent
+    verbatim and refused by the service (exit 5). Now refused before sending, CLI and library."""
+    meant = name.strip().lower()
+    info = model_info(name)
+    assert not info.known and not info.has_price and info.entry == meant
+    assert near_model(name) == meant
+    write_image(isolated_env / "a.png")
+    for args in (["ask", "a.png", "-p", "hi", "--dry-run"], ["ask", "a.png", "-p", "hi"], ["tokens", "a.png"]):
+        p = run_cli(*args, "-m", name, env=env)
+        assert p.returncode == 2 and f"did you mean {meant}?" in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr
+    with make_client(server, "native") as client, pytest.raises(qwenvl.UsageError, match=f"did you mean {meant}"):
+        client.complete(prompt="x", model=name)
+    assert model_calls(server) == []
+    assert model_info("Qwen/Qwen2.5-VL-7B-Instruct").known  # a Hugging Face id (local models) still resolves
+
+
 def test_ask_with_a_misspelt_model_is_refused_before_sending(server, env, isolated_env):
     p = run_cli("ask", "-p", "hi", "-m", "qwen3-vl-plsu", env=env)
     assert p.returncode == 2, p.stderr
@@ -204,6 +223,23 @@ def test_a_batch_with_a_misspelt_model_sends_nothing(server, env, isolated_env):
     assert model_calls(server) == []
 
 
+@pytest.mark.parametrize("model", ["qwen3-vl-plsu", "QWEN3-VL-PLUS"])
+def test_the_library_batch_refuses_a_misspelt_model_before_writing(server, isolated_env, protocol, model):
+    """Batch(model="qwen3-vl-plsu") ran with every item a UsageError line (one item, or items that also fail for
+    their own reasons, escaped the all-items-alike refusal); the CLI's -m was refused. Now the same check refuses
+    it before anything is written or sent."""
+    write_image(isolated_env / "a.png")
+    for images in (["a.png"], ["a.png", "missing.png"]):
+        items = [BatchItem(id=f"i{i}", request={"prompt": "hi", "image": im}) for i, im in enumerate(images)]
+        with (
+            Batch(items, "nb2.jsonl", api_key=API_KEY, base_url=server.url, protocol=protocol, model=model) as job,
+            pytest.raises(qwenvl.UsageError, match="did you mean qwen3-vl-plus"),
+        ):
+            job.run()
+        assert not (isolated_env / "nb2.jsonl").exists() and model_calls(server) == []
+        assert not list(isolated_env.glob("nb2.jsonl*"))
+
+
 def test_the_library_refuses_a_misspelt_model_sync_and_async(server, protocol):
     with make_client(server, protocol) as client, pytest.raises(qwenvl.UsageError, match="did you mean"):
         client.complete(prompt="x", model="qwen3-vl-flahs")
@@ -218,8 +254,14 @@ def test_the_library_refuses_a_misspelt_model_sync_and_async(server, protocol):
 
 
 def test_models_verb_says_did_you_mean_and_the_variant_rule(server):
+    # what ask/tokens/batch would do with the name: refused as a misspelling, with how to insist
     p = run_cli("models", "qwen3-vl-plsu")
+    assert p.returncode == 2 and "did you mean qwen3-vl-plus?" in p.stderr, p.stderr
+    assert "QWENVL_UNLISTED_MODELS" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("models", "qwen3-vl-plsu", env={"QWENVL_UNLISTED_MODELS": "qwen3-vl-plsu"})
     assert p.returncode == 0 and "did you mean qwen3-vl-plus?" in p.stdout
+    p = run_cli("models", "QWEN3-VL-PLUS")
+    assert p.returncode == 2 and "did you mean qwen3-vl-plus?" in p.stderr
     p = run_cli("models", UNPRICED)
     assert "variant of qwen3-vl-plus" in p.stdout and "qwen3-vl-flash" not in p.stdout
 

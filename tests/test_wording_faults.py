@@ -222,15 +222,25 @@ def media(isolated_env: Path) -> Path:
         (["tokens", "x.png", "--fps", "1"], "--fps applies to videos only"),
         (["batch", "run", "x.png", "-p", "hi", "-o", "o.jsonl", "--pages", "1"], "--pages applies to PDFs only"),
         (["batch", "run", "x.png", "-p", "hi", "-o", "o.jsonl", "--fps", "1"], "--fps applies to videos only"),
+        # a requests file whose lines are all images (one line too), and chat's files given at start
+        (["batch", "--requests", "r2.jsonl", "-o", "o.jsonl", "--fps", "1", "--dry-run"], "--fps applies to videos"),
+        (["batch", "--requests", "r1.jsonl", "-o", "o.jsonl", "--fps", "1"], "--fps applies to videos only"),
+        (["batch", "--requests", "r1.jsonl", "-o", "o.jsonl", "--pages", "1"], "--pages applies to PDFs only"),
+        (["batch", "--requests", "r2.jsonl", "-o", "o.jsonl", "--video-as", "file"], "--video-as applies to videos"),
+        (["chat", "x.png", "--pages", "1"], "--pages applies to PDFs only"),
+        (["chat", "x.png", "--fps", "1"], "--fps applies to videos only"),
+        (["chat", "x.png", "--video-as", "file"], "--video-as applies to videos only"),
     ],
 )
 def test_an_option_that_does_not_apply_is_refused_before_sending(
     server: DashScopeServer, env: dict[str, str], media: Path, args: list[str], error: str
 ) -> None:
-    r = run_cli(*args, env=env)
+    for n in (1, 2):
+        (media / f"r{n}.jsonl").write_text('{"prompt": "hi", "image": "x.png"}\n' * n)
+    r = run_cli(*args, env=env, input="hi\n")
     assert r.returncode == 2, r.stderr
-    assert f"error: {error}\n" in r.stderr and "hint: Leave out" in r.stderr, r.stderr
-    assert server.requests == []
+    assert re.search(rf"^error: {error}[ :\n]", r.stderr, re.M) and "hint: Leave out" in r.stderr, r.stderr
+    assert server.requests == [] and not (media / "o.jsonl").exists()
 
 
 @pytest.mark.parametrize(
@@ -241,13 +251,19 @@ def test_an_option_that_does_not_apply_is_refused_before_sending(
         ["events", "x.png", "x.png", "--fps", "1", "--dry-run"],  # frame images are a video
         ["tokens", "clip.mp4", "--fps", "1"],
         ["batch", "run", "x.png", "clip.mp4", "-p", "hi", "-o", "o.jsonl", "--fps", "1"],  # one input it applies to
+        ["chat", "clip.mp4", "--fps", "1"],  # the files given at start; later turns without a video are not refused
     ],
 )
 def test_the_same_option_where_it_applies_is_taken(
     server: DashScopeServer, env: dict[str, str], media: Path, args: list[str]
 ) -> None:
-    r = run_cli(*args, env=env)
+    r = run_cli(*args, env=env, input="hi\nagain\n")
     assert r.returncode == 0, r.stderr
+    if args[0] == "batch":  # the image item was answered (fps went to the video alone), not an error line
+        lines = [json.loads(x) for x in (media / "o.jsonl").read_text().splitlines()]
+        assert len(lines) == 2 and all(x.get("error") is None for x in lines), lines
+    if args[0] == "chat":
+        assert r.stdout.count("echo: ") == 2, r.stdout
 
 
 def test_the_library_estimate_names_fps_in_its_own_words(media: Path) -> None:
@@ -255,6 +271,28 @@ def test_the_library_estimate_names_fps_in_its_own_words(media: Path) -> None:
 
     with pytest.raises(UsageError, match=r"^fps applies to videos only$"):
         estimate_files(["x.png"], fps=1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"pages": "1"}, "pages applies to PDFs only"),
+        ({"fps": 2}, "fps applies to videos only"),
+        ({"video_as": "file"}, "video_as applies to videos only"),
+    ],
+)
+def test_the_library_refuses_an_option_that_does_not_apply(
+    server: DashScopeServer, media: Path, fields: dict, error: str
+) -> None:
+    """Client.ask(image="a.png", pages="1") (fps=2, video_as="file") succeeded, the option silently ignored."""
+    with make_client(server, "native") as client:
+        with pytest.raises(UsageError, match=rf"^{error}$"):
+            client.ask("hi", image="x.png", **fields)
+        with pytest.raises(UsageError, match=rf"^{error}$"):
+            client.plan(prompt="hi", image="x.png", estimate_only=True, **fields)
+        if "pages" not in fields:  # where it applies it is taken
+            client.ask("hi", video="clip.mp4", **({"fps": 2} if "fps" in fields else {}))
+    assert sum(1 for r in server.requests if r.path.endswith("/generation")) == (0 if "pages" in fields else 1)
 
 
 # -- 1. library errors in the library's words, the CLI's in its flags (one mechanism: QwenVLError.hint) ----------
@@ -340,12 +378,49 @@ def test_request_itself_suggests_the_field_meant() -> None:
 
     with pytest.raises(pydantic.ValidationError, match=r"did you mean 'max_tokens'\?"):
         qwenvl.Request(prompt="x", max_token=5)
+    # a value not among the choices: the one meant, as client.ask(detail="hihg") says it
+    with pytest.raises(pydantic.ValidationError, match=r"'auto', 'low' or 'high' \(did you mean 'high'\?\)"):
+        qwenvl.Request(prompt="x", detail="hihg")
+    with pytest.raises(pydantic.ValidationError, match=r"did you mean 'file'\?"):
+        qwenvl.Request(prompt="x", video_as="fil")
     with pytest.raises(pydantic.ValidationError) as caught:
         qwenvl.Request(prompt="x", zzzzqq=1)
     assert "did you mean" not in str(caught.value)
 
 
 # -- 8. one "did you mean" rule everywhere ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "said"),
+    [
+        ({"backend": "transformer"}, "(did you mean 'transformers'?)"),
+        ({"protocol": "nativ"}, "(did you mean 'native'?)"),
+        ({"region": "intll"}, "(did you mean 'intl'?)"),
+    ],
+)
+def test_the_library_client_says_the_choice_meant(kw: dict[str, str], said: str) -> None:
+    for cls in (qwenvl.Client, qwenvl.AsyncClient):
+        with pytest.raises(UsageError) as caught:
+            cls(api_key=API_KEY, **kw)
+        assert caught.value.message.endswith(said), caught.value.message
+
+
+def test_a_misspelt_client_keyword_is_a_usage_error_naming_the_closest() -> None:
+    for cls in (qwenvl.Client, qwenvl.AsyncClient):
+        with pytest.raises(UsageError) as caught:
+            cls(protocl="native")
+        assert caught.value.message == f"{cls.__name__}() takes no keyword 'protocl'"
+        assert (caught.value.hint or "").startswith("Did you mean 'protocol'?")
+
+
+@pytest.mark.parametrize("verb", [["ask", "x.png", "-p", "hi", "--dry-run"], ["tokens", "x.png"], ["models"]])
+def test_the_cli_region_says_the_one_meant(isolated_env: Path, verb: list[str]) -> None:
+    write_image(isolated_env / "x.png")
+    r = run_cli(*verb, "--region", "intll")
+    assert r.returncode == 2 and "unknown region 'intll': use one of cn, intl, us (did you mean 'intl'?)" in r.stderr
+    r = run_cli(*verb, env={"QWENVL_REGION": "intll"})
+    assert r.returncode == 2 and "(did you mean 'intl'?)" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(
@@ -463,3 +538,28 @@ def test_the_downscale_hint_names_the_users_own_file(
 def test_a_url_might_be_a_video_so_fps_is_not_refused_for_it(server: DashScopeServer, env: dict[str, str]) -> None:
     r = run_cli("ask", "https://example.com/stream?id=1", "-p", "hi", "--fps", "1", "--dry-run", env=env)
     assert "applies to videos only" not in r.stderr, r.stderr
+
+
+# -- a batch's output errors name the CLI's flags on the CLI, the keywords in the library --------------------------
+
+
+def test_batch_output_errors_name_the_cli_flags_and_the_library_keywords(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path
+) -> None:
+    """`batch ... -o r.jsonl --csv r.jsonl.journal` said "csv r.jsonl.journal is also an input", "Give csv a new
+    file name": the library's keyword where every other CLI message says --csv."""
+    from qwenvl.batch import Batch, BatchItem
+
+    write_image(isolated_env / "x.png")
+    (isolated_env / "r.jsonl.journal").write_text("")
+    r = run_cli("batch", "x.png", "-p", "hi", "-o", "r.jsonl", "--csv", "r.jsonl.journal", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "error: --csv r.jsonl.journal is also an input" in r.stderr and "hint: Give --csv a new" in r.stderr
+    item = BatchItem(id="x", request={"prompt": "hi", "image": "x.png"})
+    with (
+        Batch([item], "r.jsonl", csv="r.jsonl.journal", api_key=API_KEY, base_url=server.url) as job,
+        pytest.raises(UsageError) as caught,
+    ):
+        job.run()
+    assert caught.value.message.startswith("csv r.jsonl.journal is also an input"), caught.value.message
+    assert server.requests == []

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from qwenvl.batch.inputs import expand_globs
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.media import images as media_images
-from qwenvl.media.sources import classify, media_kind, read_bytes
+from qwenvl.media.sources import check_pages_apply, classify, media_kind, read_bytes
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
 from qwenvl.types import Message, Response, StreamEvent, media_refs, not_blank
@@ -53,6 +53,22 @@ def parse_command(line: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match.group(1).lower(), (match.group(2) or "").strip()
+
+
+def _for_media(fields: dict[str, Any], images: list[str], video: str | list[str] | None) -> dict[str, Any]:
+    """The conversation's ``fields`` for a turn with these media: those that only some media read apply to the
+    turns that have them (``pages`` to a turn with a PDF, ``fps`` and ``video_as`` to one with a video), as
+    ``plan.check_media_options`` would refuse them elsewhere. The CLI's chat refuses them at start when the files
+    given at start do not take them (``cli.common.check_pages_apply``). Raises nothing."""
+    out = dict(fields)
+    try:
+        check_pages_apply(out.get("pages"), images)
+    except UsageError:
+        del out["pages"]
+    if video is None:
+        out.pop("fps", None)
+        out.pop("video_as", None)
+    return out
 
 
 def image_refs(arg: str) -> list[str]:
@@ -150,6 +166,7 @@ class Conversation:
         Raises MediaError, UsageError; for a local backend, APIError when its server must be asked about the
         model. Not found here: damage inside complete pixel data, which only a decode finds."""
         request = {k: v for k, v in self.fields.items() if k not in ("prompt", "messages", "image", "images")}
+        request = _for_media(request, images, video)
         self.client.plan(prompt="check", images=images, video=video, estimate_only=True, **request)
         for ref in images:
             source = classify(ref)
@@ -206,7 +223,7 @@ class Conversation:
         raised; UsageError for bad fields."""
         self.dropped = []
         self.drop_unavailable()
-        request = {**self.fields, **fields}
+        request = {**_for_media(self.fields, self.images, self.video), **fields}  # a turn's own fields as given
         with self._media_checked():
             return self.client.plan(
                 prompt=text, images=self.images, video=self.video, messages=self.messages, **request

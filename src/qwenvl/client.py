@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -370,7 +371,16 @@ class _Base(Generic[B]):
         cache: CacheArg = None,
         usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:  # Client(protocl=...): a UsageError naming the closest keyword, not a raw TypeError
+            known = [p for p in inspect.signature(_Base.__init__).parameters if p not in ("self", "unknown")]
+            name = next(iter(unknown))
+            near = did_you_mean(name, known)
+            raise UsageError(
+                f"{type(self).__name__}() takes no keyword {name!r}",
+                hint=f"{near + ' ' if near else ''}The keywords: {', '.join(known)}.",
+            )
         for name, value in dict(
             api_key=api_key,
             protocol=protocol,
@@ -650,8 +660,9 @@ class Client(_Base[Backend]):
 
     Use it as a context manager, or call ``close()``, to close its connections.
 
-    Raises UsageError for an unknown protocol, region or backend name, a backend object without ``complete``,
-    ``stream`` and ``close``, or the dashscope backend with ``protocol="openai"``. A missing key is raised
+    Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name (each with
+    the one meant, ``qwenvl.spelling``), a backend object without ``complete``, ``stream`` and ``close``, or
+    the dashscope backend with ``protocol="openai"``. A missing key is raised
     later, by the first request (MissingAPIKeyError).
     """
 
@@ -838,8 +849,9 @@ class AsyncClient(_Base[AsyncBackend]):
     ``AsyncClient(**options)``: the options of ``Client`` (``http_client`` is then an ``httpx.AsyncClient``). Use
     ``async with``, or ``await aclose()``, to close its connections.
 
-    Raises UsageError for an unknown protocol, region or backend name, or a backend object without
-    ``complete``, ``stream`` and ``aclose``; a missing key is raised by the first request (MissingAPIKeyError)."""
+    Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name, or a backend
+    object without ``complete``, ``stream`` and ``aclose``; a missing key is raised by the first request
+    (MissingAPIKeyError)."""
 
     _BACKEND_METHODS = ("complete", "stream", "aclose")
     _loop: asyncio.AbstractEventLoop | None = None  # the event loop this client sends in now (``_ready``)

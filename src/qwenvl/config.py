@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from qwenvl import env as qenv
 from qwenvl.errors import MissingAPIKeyError, UsageError
+from qwenvl.spelling import meant
 
 Protocol = Literal["compat", "native", "openai"]
 # compat and native: DashScope's two protocols; openai: plain OpenAI chat completions (no DashScope
@@ -82,7 +83,7 @@ def normalize_region(region: str | None) -> str:
     name = REGION_ALIASES.get(name, name)
     if name not in REGIONS:
         raise UsageError(
-            f"unknown region {region!r}: use one of {', '.join(REGIONS)}",
+            f"unknown region {region!r}: use one of {', '.join(REGIONS)}{meant(name, [*REGIONS, *REGION_ALIASES])}",
             hint=f"{UNKNOWN_REGION_HINT}, or give the endpoint itself with --base-url.",
         )
     return name
@@ -111,7 +112,7 @@ def normalize_protocol(protocol: str | None) -> Protocol:
     if name not in PROTOCOLS:
         raise UsageError(
             f"unknown protocol {protocol!r}: use compat (DashScope's OpenAI-compatible mode), "
-            "native (DashScope) or openai (plain OpenAI, for other servers)",
+            f"native (DashScope) or openai (plain OpenAI, for other servers){meant(name, [*PROTOCOLS, *aliases])}",
             hint="Use --protocol compat, native or openai.",
         )
     return name  # type: ignore[return-value]
@@ -120,7 +121,7 @@ def normalize_protocol(protocol: str | None) -> Protocol:
 def _choose(kind: str, value: str | None, choices: tuple[str, ...], default: str, hint: str | None = None) -> str:
     name = (value or default).strip().lower()
     if name not in choices:
-        raise UsageError(f"unknown {kind} {value!r}: use one of {', '.join(choices)}", hint=hint)
+        raise UsageError(f"unknown {kind} {value!r}: use one of {', '.join(choices)}{meant(name, choices)}", hint=hint)
     return name
 
 

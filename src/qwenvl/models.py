@@ -438,11 +438,16 @@ def model_info(name: str) -> ModelInfo:
     from the name (the family decides the pixel rule) with no price. Unknown names are returned with
     ``known=False`` and logged once per name on the ``qwenvl`` logger (the CLI prints it as a one-line
     warning; see ``guess_warning``). ``Qwen/...`` Hugging Face ids of the open models are looked up without the
-    prefix. Raises nothing: every name gets rules.
+    prefix; any other name that differs from its lower case only in case or surrounding whitespace
+    (``QWEN3-VL-PLUS``, ``" qwen3-vl-plus"``) is not a DashScope name (the service refuses it): unknown, unpriced,
+    with the lower-case name's rules (``near_model`` names it; ``typo_error`` refuses to send it). Raises nothing:
+    every name gets rules.
     """
     key = name.strip().lower()
     if key.startswith("qwen/"):  # Hugging Face ids of the open models, e.g. Qwen/Qwen2.5-VL-7B-Instruct
         key = key[len("qwen/") :]
+    elif key and key != name:  # QWEN3-VL-PLUS, " qwen3-vl-plus": a name DashScope refuses (its names are exact)
+        return _miscased(name, key)
     if key in MODELS:
         info = MODELS[key]
         return info if info.name == name else replace(info, name=name, entry=key)
@@ -479,6 +484,26 @@ def model_info(name: str) -> ModelInfo:
     return _guess(name, key)
 
 
+def _miscased(name: str, key: str) -> ModelInfo:
+    """A name that differs from ``key`` (its lower case, stripped) only in case or surrounding whitespace: not a
+    name DashScope serves (its model names are lower case and exact: reference/dashscope-api.md), so unknown and
+    unpriced, with the rules of ``key`` (plan refuses to send it: ``typo_error``)."""
+    from qwenvl import env as qenv
+
+    meant = near_model(name) or key
+    base = model_info(meant)
+    info = replace(
+        base,
+        name=name,
+        entry=base.entry or base.name,
+        prices=Prices(),
+        known=False,
+        resolution=f"not a model name (DashScope's are lower case and exact); did you mean {meant}? "
+        "Its rules assumed, no price",
+    )
+    return _warned(info) if typo_error(name, allowed=qenv.unlisted_models()) is None else info
+
+
 def _listed_prefix(key: str) -> str | None:
     """The longest listed name that ``key`` (lower case) continues with a dash (``qwen3-vl-plus`` for
     ``qwen3-vl-plus-preview``), or None. Raises nothing."""
@@ -503,10 +528,15 @@ def near_model(name: str) -> str | None:
     None. Only for a name the table does not resolve (``model_info(name).known`` False, and not a listed name
     followed by ``-something``: ``qwen3-vl-plus-preview`` is a variant, not a typo) that holds a word no listed
     name has (``plsu``) and is within ``_TYPO_RATIO`` of a listed name (``qwenvl.spelling.closest``); a name of
-    known words (``qwen3-vl-max``, ``qwen3.5-vl-plus``) may be a newer model and is None. Raises nothing."""
+    known words (``qwen3-vl-max``, ``qwen3.5-vl-plus``) may be a newer model and is None. A name that differs from
+    a lower-case one only in case or surrounding whitespace (``QWEN3-VL-PLUS``; not a ``Qwen/...`` Hugging Face id)
+    is not a DashScope name: the lower-case one (or the listed one it misspells). Raises nothing."""
     from qwenvl.spelling import closest
 
-    key = name.strip().lower().removeprefix("qwen/")
+    key = name.strip().lower()
+    if key and key != name and not key.startswith("qwen/"):  # QWEN3-VL-PLUS: the lower-case name (or its typo's)
+        return near_model(key) or key
+    key = key.removeprefix("qwen/")
     if not key or key in MODELS or _listed_prefix(key) is not None:
         return None
     known_words = _NAME_WORDS.union(*(_words(m) for m in MODELS))
@@ -577,8 +607,13 @@ def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
     from qwenvl.errors import UsageError
 
     near = near_model(name)
-    if near is None or name.strip().lower() in {a.strip().lower() for a in allowed}:
+    if near is None or name in {a.strip() for a in allowed}:
         return None
+    if name.strip().lower() == near and name != near:  # the service's names are exact: nothing to insist on
+        return UsageError(
+            f"'{name}' is not a model name (DashScope's are lower case and exact): did you mean {near}?",
+            hint=f"Give --model {near} (`qwenvl models` lists the models).",
+        )
     return UsageError(
         f"{name} is not a model qwenvl knows: did you mean {near}?",
         hint=f"Give --model {near} (`qwenvl models` lists the models); to send {name} as it is (a model newer "

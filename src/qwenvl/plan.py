@@ -19,6 +19,7 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
+from qwenvl.media.sources import check_pages_apply, check_video_options_apply
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
 from qwenvl.spelling import nearest
 from qwenvl.types import (
@@ -373,6 +374,33 @@ def check_thinking_budget(request: Request, model: ModelInfo) -> None:
         )
 
 
+def check_media_options(request: Request) -> None:
+    """Options that only some media read, given where the request has none of them: UsageError (in the library's
+    words) rather than silently nothing. ``pages`` where no ``image`` is a PDF (or might be one: a URL);
+    ``fps`` or ``video_as="file"`` where the request has no ``video`` and no image reference is a video (or a URL
+    that might be one). The media of ``messages`` (earlier turns, prepared when they were sent) are not the
+    request's. The one application of ``qwenvl.media.sources.check_pages_apply`` and
+    ``check_video_options_apply`` to a request: every verb, batch line, chat turn and library call is planned
+    through ``plan``."""
+    refs = request.image_list()
+    check_pages_apply(request.pages, refs, "pages")
+    if request.video is None:
+        given = [n for n, v in (("fps", request.fps), ("video_as", request.video_as != "frames")) if v]
+        check_video_options_apply(given, refs)
+
+
+def check_model_name(name: str, protocol: str) -> None:
+    """The one check of a model's name before anything is sent: on DashScope's protocols (``PAID_PROTOCOLS``), a
+    name that looks like a misspelling of a listed one or differs from it only in case or whitespace
+    (``qwenvl.models.typo_error``: did you mean ...?) raises its UsageError unless ``$QWENVL_UNLISTED_MODELS``
+    names it. Used by ``check_model_rules`` (every request) and ``Batch.check`` (a batch's ``model``, refused
+    before anything is written)."""
+    if protocol in PAID_PROTOCOLS:
+        typo = typo_error(name, allowed=qenv.unlisted_models())
+        if typo is not None:
+            raise typo
+
+
 def check_model_rules(request: Request, protocol: str, model: ModelInfo | None = None) -> None:
     """The model's rules that do not depend on the media: UsageError for a thinking budget without thinking
     (``check_thinking_budget``), thinking or tools on a model without them,
@@ -381,10 +409,8 @@ def check_model_rules(request: Request, protocol: str, model: ModelInfo | None =
     (``qwenvl.models.typo_error``: did you mean ...?) unless ``$QWENVL_UNLISTED_MODELS`` names it.
     ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
     model = model or model_info(request.model)
-    if not model.known and protocol in PAID_PROTOCOLS:  # a misspelt model name: refused, not sent to fail
-        typo = typo_error(request.model, allowed=qenv.unlisted_models())
-        if typo is not None:
-            raise typo
+    if not model.known:  # a misspelt model name: refused, not sent to fail
+        check_model_name(request.model, protocol)
     check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):
         raise UsageError(
@@ -498,6 +524,7 @@ def plan(
     model = model or model_info(request.model)
     check_model_rules(request, protocol, model)
     check_extra(request.extra, protocol)
+    check_media_options(request)
     history = build_messages(request, model)
     options = media_options(request, model, protocol, estimate_only=estimate_only)
     if media_form == "memory":

@@ -45,6 +45,14 @@ def nearest(given: str, choices: Iterable[str], *, cutoff: float = CLOSE) -> str
     return near[0] if near else None
 
 
+def meant(given: object, choices: Iterable[str], *, cutoff: float = CLOSE) -> str:
+    """``" (did you mean 'x'?)"`` for the ``nearest`` known name, to end an "unknown ..." message with (``unknown
+    region 'intll': use one of cn, intl, us (did you mean 'intl'?)``); empty when none is close or ``given`` is
+    not text. Raises nothing."""
+    near = nearest(given, choices, cutoff=cutoff) if isinstance(given, str) and given.strip() else None
+    return f" (did you mean {near!r}?)" if near is not None else ""
+
+
 def did_you_mean(given: str, choices: Iterable[str], *, cutoff: float = CLOSE, quote: str = "'") -> str | None:
     """``"Did you mean 'x'?"`` for the ``nearest`` known name (quoted with ``quote``), or None. Raises nothing."""
     near = nearest(given, choices, cutoff=cutoff)

@@ -13,6 +13,7 @@ import functools
 import json as _json
 import math
 import os
+import re
 import warnings
 from typing import Any, Literal
 
@@ -553,22 +554,32 @@ with warnings.catch_warnings():
         @classmethod
         def _near_names(cls, data: Any, handler: Any) -> Any:
             """An unknown field near a known one says which (``max_token``: "Extra inputs are not permitted (did
-            you mean 'max_tokens'?)", ``spelling.nearest``), where pydantic alone says only the first half."""
+            you mean 'max_tokens'?)", ``spelling.nearest``), where pydantic alone says only the first half; so does
+            a value not among a field's choices (``detail="hihg"``: "Input should be 'auto', 'low' or 'high' (did
+            you mean 'high'?)")."""
             try:
                 return handler(data)
             except ValidationError as exc:
                 errors = exc.errors()
-                near = {
-                    i: nearest(str(e["loc"][0]), cls.model_fields)
-                    for i, e in enumerate(errors)
-                    if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
-                }
+                near: dict[int, str | None] = {}
+                for i, e in enumerate(errors):
+                    if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+                        near[i] = nearest(str(e["loc"][0]), cls.model_fields)
+                    elif e["type"] == "literal_error" and len(e["loc"]) == 1 and isinstance(e.get("input"), str):
+                        choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
+                        near[i] = nearest(e["input"], choices)
                 if not any(near.values()):
                     raise
                 details: list[Any] = []
                 for i, e in enumerate(errors):
                     kind: Any = e["type"]
-                    if near.get(i):
+                    if near.get(i) and kind == "literal_error":
+                        kind = PydanticCustomError(
+                            "literal_error",
+                            "Input should be {expected} (did you mean '{near}'?)",
+                            {"expected": e["ctx"]["expected"], "near": near[i]},
+                        )
+                    elif near.get(i):
                         kind = PydanticCustomError(
                             "extra_forbidden",
                             "Extra inputs are not permitted (did you mean '{near}'?)",

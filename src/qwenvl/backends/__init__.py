@@ -93,8 +93,12 @@ def make_backend(
         if asynchronous:
             return AsyncTransformersBackend(**kw)
         return TransformersBackend(**kw)
+    from qwenvl.config import BACKENDS
+    from qwenvl.spelling import meant
+
     raise UsageError(
-        f"unknown backend {name!r}: use dashscope, openai or transformers", hint="Leave out --backend for DashScope."
+        f"unknown backend {name!r}: use dashscope, openai or transformers{meant(name, BACKENDS)}",
+        hint="Leave out --backend for DashScope.",
     )
 
 

@@ -280,15 +280,21 @@ def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem
 
 def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Iterator[BatchItem]:
     """``items_from_inputs``, each item made (and its file sniffed) as it is taken: no list of items. An
-    ``os.PathLike`` reference is taken as its path."""
+    ``os.PathLike`` reference is taken as its path. ``fields`` that only some media read go to those items only:
+    ``pages`` to PDFs, ``fps`` and ``video_as`` to videos (every item's plan refuses them where they do not apply,
+    ``plan.check_media_options``; the CLI refuses them when no input takes them)."""
     for ref in refs:
         ref = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
-        key = "video" if media_kind(ref) == "video" else "image"
+        kind = media_kind(ref)
+        key = "video" if kind == "video" else "image"
+        skip = {"pages"} if kind != "pdf" else set()
+        skip |= {"fps", "video_as"} if kind != "video" else set()
+        item_fields = {k: v for k, v in fields.items() if k not in skip}
         # a file name that is not UTF-8 (lone surrogates) is the item's id and input as text, escaped as every
         # message shows it (``na\udcefve.jpg``, ``errors.safe_line``): journals, outputs and logs are UTF-8; the
         # request keeps the real name to read it
         shown = ref.encode("utf-8", "backslashreplace").decode("utf-8")
-        yield BatchItem(id=shown, request={**fields, key: ref}, input=shown)
+        yield BatchItem(id=shown, request={**item_fields, key: ref}, input=shown)
 
 
 def read_requests(path: str | Path, overrides: dict[str, Any] | None = None) -> Iterator[BatchItem]:

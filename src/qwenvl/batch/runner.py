@@ -115,7 +115,7 @@ from qwenvl.media.prepare import PreparedCache
 from qwenvl.models import DEFAULT_MODEL, answer_cost, cost_fields, currency_of, estimate_cost, round_cost
 from qwenvl.notes import answer_notes
 from qwenvl.outputs import check_outputs
-from qwenvl.plan import Call
+from qwenvl.plan import Call, check_model_name
 from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
 from qwenvl.store import CacheArg, UsageLogArg, open_cache, open_usage_log
@@ -441,6 +441,8 @@ class Batch:
             self._legacy = False
         self.spool = Spool(items, self._fingerprints, lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
+        # what ``check``'s errors call the output and the csv: these keywords; the CLI sets its flags' names
+        self.option_names = {"output": "output", "csv": "csv"}
         self._closed = False
         # the last run's summary: what ``run`` returns, or, when an interrupt (KeyboardInterrupt) ended it, what it
         # left (``Summary.interrupted``); None before a run, or when the run stopped before its journal was open
@@ -486,12 +488,14 @@ class Batch:
         that is the output's or its journal's file, and an output or csv over a file of media), one that belongs
         to no journal, an
         output another run is writing (its lock is held), ``fresh`` while the output's journal has Batch API jobs
-        not collected (their answers are billed); and (Batch API) a region without VL batch. The
+        not collected (their answers are billed); a ``model`` that looks misspelt (``plan.check_model_name``, the
+        CLI's check of -m too); and (Batch API) a region without VL batch. The
         journal itself is checked by ``estimate`` (``journal.inspect_journal``) unless ``fresh``."""
         # one rule with the verbs' outputs (qwenvl.outputs): writable, no two outputs in one file (the csv over the
         # output or its journal), no output over a file of media (a photo named by mistake)
         check_outputs(
-            {"output": self.output, "csv": self.csv}, inputs={"the output's journal": journal_path(self.output)}
+            {self.option_names["output"]: self.output, self.option_names["csv"]: self.csv},
+            inputs={"the output's journal": journal_path(self.output)},
         )
         check_free(self.output)
         if (
@@ -514,6 +518,9 @@ class Batch:
                 hint=f"Collect {them} first: run the same command with --mode batch-api, without --fresh (to stop "
                 f"{them} sooner: `{self._batch_command('cancel', jobs)}`, then collect {them} the same way).",
             )
+        model = self.planner.defaults.get("model")
+        if model and not self.planner.is_local:  # a misspelt model=: refused now, as the CLI's -m, not every item's
+            check_model_name(model, self.planner.protocol)
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region
 

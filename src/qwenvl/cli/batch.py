@@ -120,6 +120,42 @@ def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> No
                 raise UsageError(refused.message + ": nothing was sent or written", hint=refused.refused_hint)
 
 
+# the flags that only some media read, by the Request field they set (plan.check_media_options names the field)
+_MEDIA_FLAGS = {"pages": "--pages", "fps": "--fps", "video_as": "--video-as"}
+
+
+def _estimate(job: Batch, opts: dict[str, Any]) -> Estimate:
+    """``job.estimate()``; a flag that only some media read (``--pages``, ``--fps``, ``--video-as``: they override
+    a requests file's lines) that no pending item takes (each one's plan refuses it: ``plan.check_media_options``)
+    is refused in the flag's words (exit 2), for a file of one line too, before anything is sent or written."""
+    given = given_flags()
+    flags = {k: f for k, f in _MEDIA_FLAGS.items() if f in given or (k == "pages" and opts.get("pages"))}
+
+    def flagged(message: str) -> UsageError | None:
+        for key, flag in flags.items():
+            if message.startswith(f"{key} applies to "):
+                said = message[len(key) :].split(" (every one")[0].split(":")[0]
+                return UsageError(
+                    f"{flag}{said}: no request takes it; nothing was sent or written",
+                    hint=f"Leave out {flag}, or give it only with requests it applies to.",
+                )
+        return None
+
+    try:
+        est = job.estimate()
+    except UsageError as exc:
+        refused = flagged(exc.message) if flags else None
+        if refused is not None:
+            raise refused from None
+        raise
+    if flags and est.pending and est.invalid == est.pending:
+        messages = {getattr(e, "message", "") for e in est.errors.values()}
+        refused = flagged(messages.pop()) if len(messages) == 1 else None
+        if refused is not None:
+            raise refused
+    return est
+
+
 def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
     console = err_console()
     parts = [f"{est.items:,} items"]
@@ -481,9 +517,10 @@ def run(opts: dict[str, Any]) -> None:
         key_first=not opts["dry_run"],  # no key, nothing finished or cached: said before the input is read
         **backend_options(opts),
     )
+    job.option_names = {"output": "-o/--output", "csv": "--csv"}  # its errors name the flags
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
     _check_flags(job, {"prompt": prompt or "?", **fields}, model_known=not opts["requests_file"] or "model" in fields)
-    est = job.estimate()
+    est = _estimate(job, opts)
     if opts["dry_run"]:
         print_json({"event": "estimate", **est.to_dict()}, indent=None)
         return

@@ -18,6 +18,7 @@ from qwenvl.cli.common import (
     FILE_NAME,
     STDIN,
     Verb,
+    check_pages_apply,
     err_console,
     generation_options,
     make_client,
@@ -195,6 +196,7 @@ def chat(opts: dict[str, Any]) -> None:
             hint="Or attach it later with /image PATH.",
         )
     attachments = media_args(opts["media"])  # a missing file stops here, before the chat starts (exit 3)
+    check_pages_apply(opts, attachments)  # --pages, --fps, --video-as: for the files given at start, or refused
     session = Session.load(opts["session_name"]) if opts["session_name"] else None
     if opts.get("model") is None and session is not None and session.model:
         opts["model"] = session.model  # (a local backend is told which model to load by the client)

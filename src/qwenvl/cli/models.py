@@ -8,9 +8,10 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from qwenvl import env as qenv
 from qwenvl.cli.common import Verb, out_console, pass_opts, print_json
 from qwenvl.errors import safe_line
-from qwenvl.models import MODELS, SNAPSHOT_RULE, currency_of, describe, format_price, model_info
+from qwenvl.models import MODELS, SNAPSHOT_RULE, currency_of, describe, format_price, model_info, typo_error
 
 
 @click.command(cls=Verb)
@@ -34,10 +35,15 @@ def models(opts: dict[str, Any]) -> None:
     A request is billed entirely at the tier of its input length (e.g. qwen3-vl-plus: ≤32K, 32K-128K, >128K).
     A dated snapshot NAME-YYYY-MM-DD the table does not list takes NAME's facts (or those of the newest listed
     snapshot before it). Another name the table does not know gets a warning: its rules are guessed from the name.
+    A name that looks like a misspelling of a listed one (or differs from it only in case) is refused (exit 2), as
+    the other verbs refuse it, unless $QWENVL_UNLISTED_MODELS names it.
     """
     region = opts["region"]
     currency_of(region)  # an unknown region is a usage error before anything is printed
     if opts["name"]:
+        typo = typo_error(opts["name"], allowed=qenv.unlisted_models())
+        if typo is not None:  # what ask/tokens/batch would do with the name: refuse it
+            raise typo
         info = model_info(opts["name"])
         data = describe(info, region)
         if opts["as_json"]:

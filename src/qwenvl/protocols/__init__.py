@@ -10,6 +10,7 @@ from __future__ import annotations
 from qwenvl.errors import UsageError
 from qwenvl.protocols import compat, native, openai
 from qwenvl.protocols.base import WireProtocol
+from qwenvl.spelling import meant
 
 # mypy checks each object against WireProtocol here
 _REGISTRY: dict[str, WireProtocol] = {"compat": compat.WIRE, "native": native.WIRE, "openai": openai.WIRE}
@@ -21,7 +22,8 @@ def get(name: str) -> WireProtocol:
         return _REGISTRY[name]
     except KeyError:
         raise UsageError(
-            f"unknown protocol {name!r}: use {', '.join(names())}", hint="Use --protocol compat, native or openai."
+            f"unknown protocol {name!r}: use {', '.join(names())}{meant(name, names())}",
+            hint="Use --protocol compat, native or openai.",
         ) from None
 
 
