@@ -81,12 +81,21 @@ def test_a_schema_from_standard_input_that_is_not_one(files: Path, server, env) 
         ["ask", "a.png", "-p", "-", "--schema", "-"],
         ["analyze", "--file", "-", "--schema", "-"],
         ["batch", "--requests", "-", "--schema", "-", "-o", "r.jsonl"],
+        # verbs that read the schema before their files: refused all the same, before either is read
+        ["extract", "-", "--schema", "-"],
+        ["ocr", "-", "--schema", "-"],
+        ["ground", "-", "dog", "--schema", "-"],
+        ["events", "-", "--schema", "-"],
+        ["batch", "--requests", "-", "-p", "-", "-o", "r.jsonl"],
     ],
 )
-def test_standard_input_given_to_two_things_is_refused(args: list[str], files: Path, server, env) -> None:
-    p = run_cli(*args, input=json.dumps(SCHEMA), env=env)
+@pytest.mark.parametrize("piped", ["schema", "picture"])
+def test_standard_input_given_to_two_things_is_refused(args: list[str], piped: str, files: Path, server, env) -> None:
+    # a picture piped in (what a user means by `extract - --schema - < a.png`) is not read as the schema either
+    p = run_cli(*args, input=json.dumps(SCHEMA) if piped == "schema" else (files / "a.png").read_bytes(), env=env)
     assert p.returncode == 2, p.stderr
     assert "standard input can give" in p.stderr and "not both" in p.stderr
+    assert "not UTF-8" not in p.stderr  # neither use read it
     assert not server.requests
 
 

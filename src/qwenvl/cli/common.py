@@ -384,6 +384,23 @@ class Verb(click.Command):
                 self._refuse_extra_files(ctx, given)
             raise
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the verb, each use of standard input (``-``) it was given recorded first (``take_stdin``, in the
+        order: MEDIA arguments, then options as declared), so that two uses are refused before either is read,
+        whatever order the verb reads them in."""
+        if not ctx.resilient_parsing:
+            params = sorted(self.params, key=lambda p: not isinstance(p, click.Argument))
+            for param in params:
+                value = ctx.params.get(param.name or "")
+                values = value if isinstance(value, (tuple, list)) else (value,)
+                if STDIN not in values:
+                    continue
+                if isinstance(param, click.Argument) and param.type is FILE_NAME:
+                    take_stdin("a file (-)")
+                elif param.name in STDIN_OPTIONS:
+                    take_stdin(STDIN_OPTIONS[param.name])
+        return super().invoke(ctx)
+
     def _refuse_extra_files(self, ctx: click.Context, args: list[str]) -> None:
         """More files than a verb of fixed arguments takes (``qwenvl ocr a.png b.jpg c.png``, ``qwenvl ground a.png
         b.jpg "red"``): said as the glob case says it (how many, the first names), not as click's "unexpected extra
@@ -877,6 +894,16 @@ def awaiting_stdin(what: str) -> None:
 
 
 _STDIN_USE_KEY = "qwenvl.stdin_use"  # ctx.meta: what standard input was given to (``take_stdin``)
+
+
+# the options that read standard input when given "-", to what ``take_stdin`` calls that use (their readers say
+# the same: ``stdin_text``, ``option_text``)
+STDIN_OPTIONS = {
+    "prompt": "the prompt",
+    "schema_file": "the schema (--schema -)",
+    "request_file": "the request (--file -)",
+    "requests_file": "the requests (--requests -)",
+}
 
 
 def take_stdin(what: str) -> None:
