@@ -8,6 +8,7 @@ clearly (exit 2, naming the option) instead of making a file or folder named "-"
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -123,3 +124,32 @@ def test_options_that_write_or_name_a_folder_refuse_dash(
     assert option in p.stderr and "'-' is not" in p.stderr, p.stderr
     assert "hint:" in p.stderr
     assert not (files / "-").exists() and not server.requests
+
+
+def test_a_result_names_standard_input_as_given(files: Path, server, env) -> None:
+    """`ground - x --json` said "image": "/tmp/qwenvl-stdin-.../stdin" (a temporary copy, deleted on exit): every
+    result names the file the user gave as "-" as "-" (tokens already did)."""
+    from test_tasks_events import SEED_ANSWER, make_clip
+
+    png = (files / "a.png").read_bytes()
+    (files / "s.json").write_text(json.dumps(SCHEMA))
+    cases = [
+        (["ground", "-", "dog", "--json"], png, '[{"bbox_2d": [1, 1, 50, 50], "label": "dog"}]', "image"),
+        (["ocr", "-", "--format", "json"], png, "TEXT", "source"),
+        (["extract", "-", "--schema", "s.json", "--jsonl"], png, '{"title": "x"}', "file"),
+        (["events", "-", "--json"], make_clip(files / "clip.mp4").read_bytes(), json.dumps(SEED_ANSWER), "video"),
+        (["tokens", "-", "--json"], png, None, None),
+    ]
+    for args, data, answer, key in cases:
+        if answer is not None:
+            server.enqueue(Reply(text=answer))
+        p = run_cli(*args, input=data, env=env)
+        assert p.returncode == 0, (args, p.stderr)
+        assert "qwenvl-stdin" not in p.stdout + p.stderr, (args, p.stdout)
+        if key is not None:
+            assert json.loads(p.stdout)[key] == "-", (args, p.stdout)
+    server.enqueue(Reply(text='{"title": "x"}'))  # the CSV's file column too
+    p = run_cli("extract", "-", "--schema", "s.json", "--csv", "t.csv", input=png, env=env)
+    assert p.returncode == 0, p.stderr
+    table = list(csv.DictReader((files / "t.csv").read_text().splitlines()))
+    assert [row["file"] for row in table] == ["-"], table
