@@ -8,6 +8,7 @@ clearly (exit 2, naming the option) instead of making a file or folder named "-"
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -81,12 +82,21 @@ def test_a_schema_from_standard_input_that_is_not_one(files: Path, server, env) 
         ["ask", "a.png", "-p", "-", "--schema", "-"],
         ["analyze", "--file", "-", "--schema", "-"],
         ["batch", "--requests", "-", "--schema", "-", "-o", "r.jsonl"],
+        # verbs that read the schema before their files: refused all the same, before either is read
+        ["extract", "-", "--schema", "-"],
+        ["ocr", "-", "--schema", "-"],
+        ["ground", "-", "dog", "--schema", "-"],
+        ["events", "-", "--schema", "-"],
+        ["batch", "--requests", "-", "-p", "-", "-o", "r.jsonl"],
     ],
 )
-def test_standard_input_given_to_two_things_is_refused(args: list[str], files: Path, server, env) -> None:
-    p = run_cli(*args, input=json.dumps(SCHEMA), env=env)
+@pytest.mark.parametrize("piped", ["schema", "picture"])
+def test_standard_input_given_to_two_things_is_refused(args: list[str], piped: str, files: Path, server, env) -> None:
+    # a picture piped in (what a user means by `extract - --schema - < a.png`) is not read as the schema either
+    p = run_cli(*args, input=json.dumps(SCHEMA) if piped == "schema" else (files / "a.png").read_bytes(), env=env)
     assert p.returncode == 2, p.stderr
     assert "standard input can give" in p.stderr and "not both" in p.stderr
+    assert "not UTF-8" not in p.stderr  # neither use read it
     assert not server.requests
 
 
@@ -114,3 +124,32 @@ def test_options_that_write_or_name_a_folder_refuse_dash(
     assert option in p.stderr and "'-' is not" in p.stderr, p.stderr
     assert "hint:" in p.stderr
     assert not (files / "-").exists() and not server.requests
+
+
+def test_a_result_names_standard_input_as_given(files: Path, server, env) -> None:
+    """`ground - x --json` said "image": "/tmp/qwenvl-stdin-.../stdin" (a temporary copy, deleted on exit): every
+    result names the file the user gave as "-" as "-" (tokens already did)."""
+    from test_tasks_events import SEED_ANSWER, make_clip
+
+    png = (files / "a.png").read_bytes()
+    (files / "s.json").write_text(json.dumps(SCHEMA))
+    cases = [
+        (["ground", "-", "dog", "--json"], png, '[{"bbox_2d": [1, 1, 50, 50], "label": "dog"}]', "image"),
+        (["ocr", "-", "--format", "json"], png, "TEXT", "source"),
+        (["extract", "-", "--schema", "s.json", "--jsonl"], png, '{"title": "x"}', "file"),
+        (["events", "-", "--json"], make_clip(files / "clip.mp4").read_bytes(), json.dumps(SEED_ANSWER), "video"),
+        (["tokens", "-", "--json"], png, None, None),
+    ]
+    for args, data, answer, key in cases:
+        if answer is not None:
+            server.enqueue(Reply(text=answer))
+        p = run_cli(*args, input=data, env=env)
+        assert p.returncode == 0, (args, p.stderr)
+        assert "qwenvl-stdin" not in p.stdout + p.stderr, (args, p.stdout)
+        if key is not None:
+            assert json.loads(p.stdout)[key] == "-", (args, p.stdout)
+    server.enqueue(Reply(text='{"title": "x"}'))  # the CSV's file column too
+    p = run_cli("extract", "-", "--schema", "s.json", "--csv", "t.csv", input=png, env=env)
+    assert p.returncode == 0, p.stderr
+    table = list(csv.DictReader((files / "t.csv").read_text().splitlines()))
+    assert [row["file"] for row in table] == ["-"], table

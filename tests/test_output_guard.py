@@ -8,8 +8,10 @@ anything is sent, and the file keeps its bytes; a re-run onto the command's own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,13 @@ def files(isolated_env: Path) -> Path:
     write_image(isolated_env / "dir" / "c.png", (64, 48), (10, 10, 200))
     (isolated_env / "req.jsonl").write_text(json.dumps({"id": "1", "prompt": "p", "image": "b.png"}) + "\n")
     (isolated_env / "req.json").write_text(json.dumps({"prompt": "p", "image": "b.png"}))
+    line = {"id": "1", "prompt": "p", "image": "b.png", "schema": "s.json"}  # files a request line names
+    (isolated_env / "rqs.jsonl").write_text(json.dumps(line) + "\n")
+    with contextlib.closing(sqlite3.connect(isolated_env / "keep.db")) as db:  # e.g. a copy of the usage log
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+    (isolated_env / "other.jsonl").write_text('{"id": "1", "status": "ok"}\n')  # another batch's output...
+    (isolated_env / "other.jsonl.journal").write_bytes((isolated_env / "keep.db").read_bytes())  # ...and journal
     return isolated_env
 
 
@@ -69,6 +78,43 @@ REFUSED = {
         "--output",
         "b.png",
     ),
+    "batch --csv onto a request line's schema": (
+        ["batch", "--requests", "rqs.jsonl", "-o", "r.jsonl", "--csv", "s.json"],
+        "csv",
+        "rqs.jsonl line 1: schema",
+    ),
+    "batch -o --fresh onto a request line's schema": (
+        ["batch", "--requests", "rqs.jsonl", "-o", "s.json", "--fresh", "--yes"],
+        "output",
+        "rqs.jsonl line 1: schema",
+    ),
+    "batch -o --fresh onto a request line's image": (
+        ["batch", "--requests", "rqs.jsonl", "-o", "b.png", "--fresh", "--yes"],
+        "output",
+        "b.png",
+    ),
+    "ocr -o onto an SQLite database": (["ocr", "a.jpg", "-o", "keep.db"], "-o/--output", "SQLite"),
+    "analyze --output onto an SQLite database": (
+        ["analyze", "--file", "req.json", "--output", "keep.db"],
+        "--output",
+        "SQLite",
+    ),
+    "batch --csv onto another batch's journal": (
+        ["batch", "dir", "-p", "x", "-o", "r.jsonl", "--csv", "other.jsonl.journal"],
+        "--csv",
+        "SQLite",
+    ),
+    "batch --csv onto another batch's output": (
+        ["batch", "dir", "-p", "x", "-o", "r.jsonl", "--csv", "other.jsonl"],
+        "--csv",
+        "output of a qwenvl batch",
+    ),
+    "extract --csv onto a batch's output": (
+        ["extract", "a.jpg", "--schema", "s.json", "--csv", "other.jsonl"],
+        "--csv",
+        "output of a qwenvl batch",
+    ),
+    "ocr -o onto a batch's output": (["ocr", "a.jpg", "-o", "other.jsonl"], "-o/--output", "other.jsonl"),
     "events --sheet onto a frame": (["events", "a.jpg", "b.png", "--sheet", "b.png"], "--sheet", "b.png"),
     "ground --out onto its input": (["ground", "a.jpg", "dog", "--out", "a.jpg"], "--out", "a.jpg"),
     "ground --out onto its input by another spelling": (
@@ -135,6 +181,46 @@ def test_the_library_batch_refuses_a_csv_that_is_its_output(files: Path, server)
         with job, pytest.raises(UsageError, match="csv"):
             job.run()
     assert not server.requests
+
+
+def test_the_library_batch_refuses_an_item_naming_its_output_as_the_items_are_taken(files: Path, server) -> None:
+    """Each item's files (image, images, video, a schema file) are inputs: checked as a lazy stream of items is
+    taken (no list of them), before anything is sent or written; --fresh deletes nothing."""
+    taken = []
+
+    def items(bad: dict[str, object]):
+        for n in range(50):
+            taken.append(n)
+            request = {"prompt": "p", "image": str(files / "b.png")}
+            yield BatchItem(id=str(n), request={**request, **bad} if n == 20 else request)
+
+    out = files / "r.jsonl"
+    for bad, target, csv in (
+        ({"schema": "s.json"}, files / "s.json", None),  # the output is the 21st item's schema
+        ({"images": [str(files / "a.jpg"), "r.csv"]}, out, files / "r.csv"),
+        ({"video": [str(out), str(out)]}, out, None),
+    ):
+        (files / "r.csv").write_text("id,status\n")
+        out.write_text('{"id": "x"}\n')
+        before = {p: p.read_bytes() for p in files.rglob("*") if p.is_file()}
+        taken.clear()
+        with pytest.raises(UsageError, match=r"item '20': (schema|images|video)\)"):
+            Batch(items(bad), target, csv=csv, fresh=True, api_key=API_KEY, base_url=server.url)
+        assert taken[-1] == 20  # refused as item 21 was taken, not after all of them
+        after = {p: p.read_bytes() for p in files.rglob("*") if p.is_file()}
+        assert after == before  # nothing deleted, nothing written, no journal
+    assert not server.requests
+
+
+def test_check_outputs_refuses_data_no_output_may_replace(files: Path) -> None:
+    with pytest.raises(UsageError, match=r"keep\.db holds an SQLite database"):
+        check_outputs({"-o": "keep.db"})
+    with pytest.raises(UsageError, match=r"holds an SQLite database"):  # a picture output too
+        check_outputs({"--out": "keep.db"}, pictures={"--out"})
+    with pytest.raises(UsageError, match=r"other\.jsonl holds the output of a qwenvl batch"):
+        check_outputs({"-o": "other.jsonl"})
+    # the batch's own output, which it resumes, is not refused for having its journal
+    assert check_outputs({"-o": "other.jsonl"}, resumed={"-o"}) == {"-o": Path("other.jsonl")}
 
 
 def test_check_outputs_names_what_it_protects(files: Path) -> None:

@@ -17,6 +17,7 @@ import stat
 import tempfile
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from qwenvl.errors import UsageError
 
@@ -101,13 +102,20 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _local_paths(refs: Refs) -> Iterable[Path]:
-    """The local files among references (paths, ``file://`` URLs); URLs, ``data:`` URLs, ``-`` and None left
-    out."""
+    """The local files among references (paths, ``file://`` URLs) that exist; URLs, ``data:`` URLs, ``-``, None
+    and references that cannot be classified (a missing file: its reader reports it) left out."""
     from qwenvl.media.sources import classify
 
-    items = [refs] if refs is None or isinstance(refs, (str, os.PathLike)) else list(refs)
+    if isinstance(refs, (str, os.PathLike)):
+        items: Iterable[Any] = [refs]
+    elif isinstance(refs, (list, tuple, set, frozenset)) or (
+        isinstance(refs, Iterable) and not isinstance(refs, (bytes, bytearray, Mapping))
+    ):
+        items = refs
+    else:  # None, bytes, a picture in memory: no file
+        items = ()
     for ref in items:
-        if ref is None:
+        if not isinstance(ref, (str, os.PathLike)):
             continue
         text = os.fspath(ref)
         if not text or text == "-":
@@ -120,22 +128,89 @@ def _local_paths(refs: Refs) -> Iterable[Path]:
             yield Path(source.path)
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, symlinks followed; None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+class OutputFiles:
+    """A command's output files, to refuse inputs that are one of them (the same inode: a hard link, a symlink,
+    ``./x`` and ``x`` count). Made once, then ``refuse`` is called for each input as it is met, so that a
+    stream of inputs (a batch's items, read lazily) is checked without being kept: one ``stat`` per local
+    reference. An output that does not exist yet cannot be an input that does (``_local_paths`` keeps existing
+    files only)."""
+
+    def __init__(self, outputs: Mapping[str, str | os.PathLike[str] | None]) -> None:
+        """``outputs``: the option as the user names it (e.g. ``"-o/--output"``) to its file (None: not given)."""
+        self._ids: dict[tuple[int, int], tuple[str, Path]] = {}
+        for option, target in outputs.items():
+            if target is None:
+                continue
+            path = Path(os.fspath(target)).expanduser()
+            key = _file_id(path)
+            if key is not None:
+                self._ids.setdefault(key, (option, path))
+
+    def refuse(self, what: str, refs: Refs) -> None:
+        """Raise UsageError (exit 2, before anything is written) when a local file among ``refs`` (paths,
+        ``file://`` URLs; remote URLs, ``data:`` URLs, ``-`` and missing files are skipped) is one of the outputs;
+        ``what`` names the input's place in the user's words ("--schema", "requests.jsonl line 3: image")."""
+        if not self._ids:
+            return
+        for source in _local_paths(refs):
+            hit = self._ids.get(_file_id(source) or (-1, -1))
+            if hit is not None:
+                option, path = hit
+                raise UsageError(
+                    f"{option} {path} is also an input of this command ({what}): writing it would destroy it",
+                    hint=f"Give {option} a new file name (nothing was sent or written).",
+                )
+
+
+def held_data(path: Path) -> str | None:
+    """What data an existing file holds that no text output may replace, by its bytes and its neighbour:
+    ``"an SQLite database"`` (the magic ``SQLite format 3\\0``, https://sqlite.org/fileformat.html: qwenvl's usage
+    log, cache and batch journals among them), ``"the output of a qwenvl batch"`` (a file with its journal,
+    ``NAME.journal``, beside it: its answers are paid for). None otherwise, or when it cannot be read. Raises
+    nothing."""
+    from qwenvl.batch.journal import SQLITE_MAGIC, journal_path
+
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError:
+        return None
+    if head == SQLITE_MAGIC:
+        return "an SQLite database"
+    with contextlib.suppress(OSError, ValueError):
+        if journal_path(path).is_file():
+            return f"the output of a qwenvl batch (its journal {journal_path(path).name} is beside it)"
+    return None
+
+
 def check_outputs(
     outputs: Mapping[str, str | os.PathLike[str] | None],
     *,
     inputs: Mapping[str, Refs] | None = None,
     pictures: Collection[str] = (),
+    resumed: Collection[str] = (),
 ) -> dict[str, Path]:
     """The one rule for a command's output files, run before anything is sent or paid for: each output given
     (``outputs``: the option as the user names it, e.g. ``"-o/--output"``, to the file; None: not given) must be
     writable (``check_writable``), and UsageError (exit 2, one line naming the option and the file) is raised for
     an output that is the same file as one of the command's ``inputs`` (what reads it, e.g. ``"IMAGE"`` or
-    ``"--schema"``, to its references: paths, ``file://`` URLs; remote URLs, ``data:`` URLs and ``-`` are
-    skipped; compared by inode, so a hard link or a symlink counts), for two outputs that name the same file,
-    and for an output that is not a picture (every option not in ``pictures``: JSON, CSV, Markdown, text) over
-    an existing file whose bytes are media (``media.sources.held_media``: an image, a video, a PDF), which the
-    write would destroy. An output that holds what the command wrote before is replaced: a re-run works.
-    Returns the checked paths (``~`` expanded) by option, for the outputs given."""
+    ``"--schema"``, to its references: ``OutputFiles.refuse``; inputs met later, such as a batch's items, are
+    checked with ``OutputFiles`` as they come), for two outputs that name the same file, for an output over an
+    existing file holding data no output may replace (``held_data``: an SQLite database such as the usage log or
+    a batch journal; a batch's output with its journal, except for the options in ``resumed``: the batch's own
+    output, which it resumes), and for an output that is not a picture (every option not in ``pictures``: JSON,
+    CSV, Markdown, text) over an existing file whose bytes are media (``media.sources.held_media``: an image, a
+    video, a PDF), which the write would destroy. An output that holds what the command wrote before is
+    replaced: a re-run works. Returns the checked paths (``~`` expanded) by option, for the outputs given."""
     from qwenvl.media.sources import held_media
 
     checked: dict[str, Path] = {}
@@ -143,17 +218,21 @@ def check_outputs(
         if target is None:
             continue
         path = check_writable(os.fspath(target))
+        files = OutputFiles({option: path})
         for what, refs in (inputs or {}).items():
-            if any(_same_file(path, source) for source in _local_paths(refs)):
-                raise UsageError(
-                    f"{option} {path} is also an input of this command ({what}): writing it would destroy it",
-                    hint=f"Give {option} a new file name (nothing was sent).",
-                )
+            files.refuse(what, refs)
         for other, taken in checked.items():
             if _same_file(path, taken):
                 raise UsageError(
                     f"{option} {path} is also the file of {other}: two outputs cannot share one file",
                     hint=f"Give {option} and {other} a file each (nothing was sent).",
+                )
+        if path.exists():
+            held = held_data(path)
+            if held is not None and not (option in resumed and held.startswith("the output")):
+                raise UsageError(
+                    f"{option} {path} holds {held}: writing this output there would destroy it",
+                    hint=f"Give {option} a new file name (nothing was sent).",
                 )
         if option not in pictures and path.exists():
             held = held_media(path)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -114,7 +115,7 @@ from qwenvl.errors import (
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.models import DEFAULT_MODEL, answer_cost, cost_fields, currency_of, estimate_cost, round_cost
 from qwenvl.notes import answer_notes
-from qwenvl.outputs import check_outputs
+from qwenvl.outputs import OutputFiles, check_outputs
 from qwenvl.plan import Call, check_model_name
 from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import retry_delay, should_retry
@@ -291,6 +292,17 @@ class _Fatal(Exception):
         self.error = error
 
 
+def item_files(fields: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(field, references) of the files a request's fields name: ``image``, ``images``, ``video`` (a file or its
+    frames) and a ``schema`` given as a file name. Raises nothing."""
+    for name in ("image", "images", "video"):
+        if fields.get(name):
+            yield name, fields[name]
+    schema = fields.get("schema")
+    if isinstance(schema, (str, os.PathLike)):
+        yield "schema", schema
+
+
 def _has_media(fields: dict[str, Any]) -> bool:
     return bool(fields.get("image") or fields.get("images") or fields.get("video") or fields.get("messages"))
 
@@ -439,7 +451,8 @@ class Batch:
             self._legacy = not fresh and journal_path(self.output).exists()
         except (ValueError, OSError):  # no file name ("."): ``check`` refuses such an output before anything is read
             self._legacy = False
-        self.spool = Spool(items, self._fingerprints, lambda i: _has_media(i.request))
+        # each item's files are inputs (outputs.OutputFiles), checked as the items are taken: nothing is kept
+        self.spool = Spool(self._guarded(items), self._fingerprints, lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
         # what ``check``'s errors call the output and the csv: these keywords; the CLI sets its flags' names
         self.option_names = {"output": "output", "csv": "csv"}
@@ -447,6 +460,23 @@ class Batch:
         # the last run's summary: what ``run`` returns, or, when an interrupt (KeyboardInterrupt) ended it, what it
         # left (``Summary.interrupted``); None before a run, or when the run stopped before its journal was open
         self.summary: Summary | None = None
+
+    def _guarded(self, items: Iterable[BatchItem]) -> Iterator[BatchItem]:
+        """``items`` as they come, each refused (UsageError, exit 2, before anything is sent or written) when a
+        file it names (``item_files``) is the batch's output, csv or the output's journal."""
+        try:
+            names = self.option_names  # read when the items are first taken: after the CLI named its flags
+            files = OutputFiles(
+                {names["output"]: self.output, names["csv"]: self.csv, "the output's journal": journal_path(self.output)}
+            )
+        except (ValueError, OSError):  # no file name ("."): ``check`` refuses such an output
+            files = OutputFiles({})
+        for item in items:
+            if isinstance(item, BatchItem) and isinstance(item.request, dict):
+                for field_name, refs in item_files(item.request):
+                    where = f"{item.source} line {item.line}" if item.source and item.line else f"item {item.id!r}"
+                    files.refuse(f"{where}: {field_name}", refs)
+            yield item
 
     def close(self) -> None:
         """Close what the batch opened for planning: its own planning client (not a ``client`` given to it) and
@@ -496,6 +526,7 @@ class Batch:
         check_outputs(
             {self.option_names["output"]: self.output, self.option_names["csv"]: self.csv},
             inputs={"the output's journal": journal_path(self.output)},
+            resumed={self.option_names["output"]},
         )
         check_free(self.output)
         if (

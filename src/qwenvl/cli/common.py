@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -383,6 +383,23 @@ class Verb(click.Command):
             if "unexpected extra argument" in exc.message:
                 self._refuse_extra_files(ctx, given)
             raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the verb, each use of standard input (``-``) it was given recorded first (``take_stdin``, in the
+        order: MEDIA arguments, then options as declared), so that two uses are refused before either is read,
+        whatever order the verb reads them in."""
+        if not ctx.resilient_parsing:
+            params = sorted(self.params, key=lambda p: not isinstance(p, click.Argument))
+            for param in params:
+                value = ctx.params.get(param.name or "")
+                values = value if isinstance(value, (tuple, list)) else (value,)
+                if STDIN not in values:
+                    continue
+                if isinstance(param, click.Argument) and param.type is FILE_NAME:
+                    take_stdin("a file (-)")
+                elif param.name in STDIN_OPTIONS:
+                    take_stdin(STDIN_OPTIONS[param.name])
+        return super().invoke(ctx)
 
     def _refuse_extra_files(self, ctx: click.Context, args: list[str]) -> None:
         """More files than a verb of fixed arguments takes (``qwenvl ocr a.png b.jpg c.png``, ``qwenvl ground a.png
@@ -879,6 +896,16 @@ def awaiting_stdin(what: str) -> None:
 _STDIN_USE_KEY = "qwenvl.stdin_use"  # ctx.meta: what standard input was given to (``take_stdin``)
 
 
+# the options that read standard input when given "-", to what ``take_stdin`` calls that use (their readers say
+# the same: ``stdin_text``, ``option_text``)
+STDIN_OPTIONS = {
+    "prompt": "the prompt",
+    "schema_file": "the schema (--schema -)",
+    "request_file": "the request (--file -)",
+    "requests_file": "the requests (--requests -)",
+}
+
+
 def take_stdin(what: str) -> None:
     """Standard input given to ``what`` ("the prompt (-p -)", "a file (-)", "the schema (--schema -)"...): it can
     be read once, so a second, different use in one command is a UsageError (exit 2) naming both, before either
@@ -1016,6 +1043,28 @@ def with_stdin(refs: list[str]) -> list[str]:
 
 _STDIN_KEY = "qwenvl.stdin_file"  # ctx.meta: the temporary file that stands for '-' (``with_stdin``, ``report``)
 
+_Shown = TypeVar("_Shown")
+
+
+def as_given(value: _Shown) -> _Shown:
+    """``value`` (a string, or JSON-like dicts and lists of them, at any depth) with the temporary copy of
+    standard input (``with_stdin``) named ``-``, as the user gave it: what a verb prints or writes names the
+    file the user named, never a temporary path deleted when the command ends. Returns ``value`` itself when
+    standard input was not spooled. Raises nothing."""
+    ctx = click.get_current_context(silent=True)
+    stdin_file = ctx.meta.get(_STDIN_KEY) if ctx is not None else None
+    return value if not stdin_file else _named_as_given(value, stdin_file)
+
+
+def _named_as_given(value: Any, stdin_file: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(stdin_file, STDIN)
+    if isinstance(value, dict):
+        return {_named_as_given(k, stdin_file): _named_as_given(v, stdin_file) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_named_as_given(v, stdin_file) for v in value)
+    return value
+
 
 def usage_line(response: Response, region: str | None = None) -> str:
     """model · tokens · ≈cost (in the region's currency, at the request's tier; ``cost: local`` for a local
@@ -1062,9 +1111,9 @@ def paid_line(exc: StructuredOutputError) -> str:
 
 
 def print_json(obj: Any, *, ascii_only: bool = False, indent: int | None = 2) -> None:
-    """``obj`` as JSON on stdout (``indent`` 2, or one line with None), and the verb's JSON recorded as given
-    (``json_said``)."""
-    click.echo(json.dumps(obj, ensure_ascii=ascii_only, indent=indent))
+    """``obj`` as JSON on stdout (``indent`` 2, or one line with None), a file read from standard input named
+    ``-`` (``as_given``), and the verb's JSON recorded as given (``json_said``)."""
+    click.echo(json.dumps(as_given(obj), ensure_ascii=ascii_only, indent=indent))  # '-' named as given
     json_said()
 
 

@@ -12,6 +12,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    as_given,
     check_pages_apply,
     err_console,
     generation_options,
@@ -89,7 +90,7 @@ def extract(opts: dict[str, Any]) -> None:
         for row in extract_many(client, files, schema, prompt=prompt, **fields):
             rows.append(row)
             if csv_path is None:
-                click.echo(json.dumps(row.line(opts["region"]), ensure_ascii=False))
+                click.echo(json.dumps(as_given(row.line(opts["region"])), ensure_ascii=False))
             if not row.ok:
                 warn([f"{row.file}: {row.error}"], prefix="error")
                 if isinstance(row.failure, StructuredOutputError) and isinstance(row.response, Response):
@@ -115,4 +116,4 @@ def write_csv(path: Any, schema: Any, rows: list[Extraction]) -> None:
         writer = csv.writer(fh)
         writer.writerow(names)
         for row in rows:
-            writer.writerow(to_row(row, names))
+            writer.writerow(as_given(to_row(row, names)))

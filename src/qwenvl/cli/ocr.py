@@ -11,6 +11,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    as_given,
     check_pages_apply,
     err_console,
     error_record,
@@ -122,7 +123,7 @@ def ocr(opts: dict[str, Any]) -> None:
             raise  # nothing read: nothing to write (a file given with -o is left as it was)
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
     record = result.to_json() | ({"error": error_record(stopped)} if stopped is not None else {})
-    text = json.dumps(record, ensure_ascii=False, indent=2) if fmt == "json" else result.text
+    text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)

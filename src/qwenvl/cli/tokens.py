@@ -23,6 +23,7 @@ from qwenvl.cli.common import (
     FILE_NAME,
     FiniteFloat,
     Verb,
+    as_given,
     check_pages,
     err_console,
     make_client,
@@ -103,10 +104,7 @@ def tokens(opts: dict[str, Any]) -> None:
         fps_option="--fps",
         **fields,
     )
-    stdin_file = {p for p in paths if p not in opts["files"]}  # "-" was replaced by a temporary file
-    for row in result["items"] if stdin_file else []:
-        for path in stdin_file:
-            row["source"] = row["source"].replace(path, "-")
+    result = as_given(result)  # "-" was replaced by a temporary file: named as the user gave it
     if opts["as_json"]:
         print_json(result)
     else:
