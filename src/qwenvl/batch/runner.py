@@ -62,7 +62,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
@@ -315,13 +315,15 @@ def input_tokens_of(call: Call) -> tuple[int, int]:
 
 
 def error_record(exc: BaseException) -> dict[str, Any]:
+    """An item's failure as its output line records it. The hint is as written (``raw_hint``, in the CLI's flags, as
+    the message is): one wording in every output file, whoever ran the batch."""
     out: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": getattr(exc, "message", str(exc)),
         "code": getattr(exc, "code", None),
         "status": getattr(exc, "status", None) or None,
         "request_id": getattr(exc, "request_id", None),
-        "hint": getattr(exc, "hint", None),
+        "hint": getattr(exc, "raw_hint", None),
     }
     if isinstance(exc, StructuredOutputError):
         out["raw_text"] = exc.raw_text
@@ -361,14 +363,16 @@ class Batch:
         backend: str | Backend | None = None,
         client: Client | None = None,
         key_first: bool = False,
+        option_names: Mapping[str, str] | None = None,
         **backend_options: Any,
     ) -> None:
-        """``backend`` (dashscope|openai|transformers, or a backend instance: ``qwenvl.backends.base.Backend``,
-        shared by the batch's clients) and ``backend_options`` (engine, family, device, dtype,
-        attn_implementation) as for ``qwenvl.Client``; or ``client``: a ready Client (any backend, e.g. a custom
-        one) that plans and sends every item, with its own cache and usage log (``cache``, ``usage_log`` and the
-        service options then do not apply). ``cache`` and ``usage_log`` as for ``qwenvl.Client``, except that
-        the cache is on by default; one of each is shared by every request of the batch.
+        """``option_names``: what the batch's errors call its ``output`` and ``csv`` (default those keywords; the CLI
+        gives its flags, ``-o/--output`` and ``--csv``). ``backend`` (dashscope|openai|transformers, or a backend
+        instance: ``qwenvl.backends.base.Backend``, shared by the batch's clients) and ``backend_options`` (engine,
+        family, device, dtype, attn_implementation) as for ``qwenvl.Client``; or ``client``: a ready Client (any
+        backend, e.g. a custom one) that plans and sends every item, with its own cache and usage log (``cache``,
+        ``usage_log`` and the service options then do not apply). ``cache`` and ``usage_log`` as for ``qwenvl.Client``,
+        except that the cache is on by default; one of each is shared by every request of the batch.
 
         ``items``: a list or any iterable, a generator included (``read_requests`` reads a file lazily); it is
         taken once, here, and written to a temporary file (``spool``) that every pass reads back in chunks, so
@@ -451,11 +455,11 @@ class Batch:
             self._legacy = not fresh and journal_path(self.output).exists()
         except (ValueError, OSError):  # no file name ("."): ``check`` refuses such an output before anything is read
             self._legacy = False
+        # what ``check``'s errors call the output and the csv: these keywords; the CLI sets its flags' names
+        self.option_names = {"output": "output", "csv": "csv", **(option_names or {})}
         # each item's files are inputs (outputs.OutputFiles), checked as the items are taken: nothing is kept
         self.spool = Spool(self._guarded(items), self._fingerprints, lambda i: _has_media(i.request))
         self._estimate: Estimate | None = None
-        # what ``check``'s errors call the output and the csv: these keywords; the CLI sets its flags' names
-        self.option_names = {"output": "output", "csv": "csv"}
         self._closed = False
         # the last run's summary: what ``run`` returns, or, when an interrupt (KeyboardInterrupt) ended it, what it
         # left (``Summary.interrupted``); None before a run, or when the run stopped before its journal was open
@@ -465,10 +469,9 @@ class Batch:
         """``items`` as they come, each refused (UsageError, exit 2, before anything is sent or written) when a
         file it names (``item_files``) is the batch's output, csv or the output's journal."""
         try:
-            names = self.option_names  # read when the items are first taken: after the CLI named its flags
-            files = OutputFiles(
-                {names["output"]: self.output, names["csv"]: self.csv, "the output's journal": journal_path(self.output)}
-            )
+            names = self.option_names
+            journal = journal_path(self.output)
+            files = OutputFiles({names["output"]: self.output, names["csv"]: self.csv, "the output's journal": journal})
         except (ValueError, OSError):  # no file name ("."): ``check`` refuses such an output
             files = OutputFiles({})
         for item in items:

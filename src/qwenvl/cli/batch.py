@@ -517,9 +517,9 @@ def run(opts: dict[str, Any]) -> None:
         # the Batch API's own calls (upload, create, poll, download) take the network settings from here
         **{k: opts[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if opts.get(k) is not None},
         key_first=not opts["dry_run"],  # no key, nothing finished or cached: said before the input is read
+        option_names={"output": "-o/--output", "csv": "--csv"},  # its errors name the flags
         **backend_options(opts),
     )
-    job.option_names = {"output": "-o/--output", "csv": "--csv"}  # its errors name the flags
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
     _check_flags(job, {"prompt": prompt or "?", **fields}, model_known=not opts["requests_file"] or "model" in fields)
     est = _estimate(job, opts)
