@@ -491,7 +491,13 @@ def _miscased(name: str, key: str) -> ModelInfo:
     from qwenvl import env as qenv
 
     meant = near_model(name) or key
-    base = model_info(meant)
+    quiet = meant not in _WARNED  # the rules of the name meant, without a warning naming it: it is not the one used
+    _WARNED.add(meant)
+    try:
+        base = model_info(meant)
+    finally:
+        if quiet:
+            _WARNED.discard(meant)
     info = replace(
         base,
         name=name,
@@ -501,7 +507,9 @@ def _miscased(name: str, key: str) -> ModelInfo:
         resolution=f"not a model name (DashScope's are lower case and exact); did you mean {meant}? "
         "Its rules assumed, no price",
     )
-    return _warned(info) if typo_error(name, allowed=qenv.unlisted_models()) is None else info
+    # warned unless it would be refused as the listed name in other case (the refusal says it); a name the table
+    # does not know in any case (a model a server answered with) is warned of as any unknown name is
+    return _warned(info) if typo_error(name, allowed=qenv.unlisted_models()) is None or not base.known else info
 
 
 def _listed_prefix(key: str) -> str | None:
