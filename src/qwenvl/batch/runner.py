@@ -969,8 +969,8 @@ class Batch:
         cost = None
         if isinstance(exc, StructuredOutputError) and isinstance(paid, Response):
             cost = self._cost(paid, item, price_factor)
-            rec["attempts"] = attempts + exc.requests - 1
-            prog.sent += exc.requests - 1  # the repair request (the worker counted the first)
+            rec["attempts"] = attempts + max(exc.requests, 1) - 1
+            prog.sent += max(exc.requests - 1, 0)  # the repair request (the worker counted the first)
             rec["usage"] = usage_record(paid)
             rec["cost"] = None if cost is None else round(cost, 8)
             rec["currency"] = None if self.planner.is_local else self.currency
@@ -990,6 +990,7 @@ class Batch:
         )
         prog.done += 1
         prog.failed += 1
+        prog.cached += bool(isinstance(exc, StructuredOutputError) and paid is not None and exc.requests == 0)
         if u is not None and isinstance(paid, Response) and not paid.cached:
             prog.input_tokens += u.input_tokens or 0
             prog.output_tokens += u.output_tokens or 0
@@ -1028,7 +1029,7 @@ class Batch:
             "usage": usage_record(response),
             **cost_fields(cost, self.currency, local=self.planner.is_local),
             "cached": response.cached,
-            "attempts": attempts + response.requests - 1,  # a structured-output repair request included
+            "attempts": attempts + max(response.requests, 1) - 1,  # a structured-output repair request included
             "latency_s": round(latency_s, 3),
             **(extra or {}),
         }
