@@ -1303,10 +1303,12 @@ class _Realtime:
                 self.prog.first_sent = started
             actual: int | None = None
             attempts += 1
+            hit = False  # answered from the cache (an identical item in flight waited for): not sent, not paid
             try:
                 response = client.send(call)
                 u = response.usage
-                actual = (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
+                hit = response.cached and response.requests == 0
+                actual = 0 if hit else (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
                 if not response.cached:
                     self.reached = True
                     self.limiter.on_success()
@@ -1347,7 +1349,7 @@ class _Realtime:
                 if slot is not None:
                     self.limiter.release(slot, actual_tokens=actual)
                     with self.lock:
-                        self.prog.sent += 1
+                        self.prog.sent += not hit
 
 
 def batch_price_factor() -> float:
