@@ -137,7 +137,7 @@ class Exchange:
             return None
         waiting = self.cache.claim(self.key)
         if waiting is None:
-            self.claimed = True
+            self.claimed, self.started = True, time.monotonic()  # its latency: from now, not from the wait
             if self._hit() is not None:  # answered between the look and the claim
                 self.release()
         return waiting
