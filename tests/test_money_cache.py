@@ -168,3 +168,21 @@ def test_batch_replay_keeps_the_paid_cost_and_counts_as_cached(server, tmp_path,
     assert model_calls(server) == sent  # answered from the cache
     assert line["status"] == "ok" and line["cached"] is True and line["cost"] == paid
     assert again.cached == 1 and again.sent == 0 and again.input_tokens == 0
+
+
+def test_batch_counts_an_item_sent_past_an_invalid_old_entry(server, tmp_path, monkeypatch):
+    """The estimate sees an entry for the item (an invalid answer an older version stored): the item is still sent
+    (the entry is not replayed), and the run counts it as sent, not cached."""
+    monkeypatch.chdir(tmp_path)
+    request = {"prompt": "colour", "json_mode": True}
+    with make_client(server, usage_log=False, cache=tmp_path / "r.db") as c:
+        plain = c.ask("other")
+        key = key_for(c, c.plan(request))
+        c.cache.put(key, plain.model_copy(update={"text": "bad", "messages": []}))
+        server.enqueue(Reply(text='{"c": "red"}'))
+        with Batch([BatchItem(id="a", request=request)], tmp_path / "o.jsonl", client=c) as job:
+            summary = job.run()
+    [line] = read_jsonl(tmp_path / "o.jsonl")
+    assert line["status"] == "ok" and line["cached"] is False and line["cost"] > 0 and line["attempts"] == 1
+    assert summary.sent == 1 and summary.cached == 0 and summary.input_tokens > 0
+    assert len(server.requests[-1].json["messages"]) == 1  # the question itself, not a repair of the old answer

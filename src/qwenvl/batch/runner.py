@@ -1348,8 +1348,8 @@ class _Realtime:
             finally:
                 if slot is not None:
                     self.limiter.release(slot, actual_tokens=actual)
-                    with self.lock:
-                        self.prog.sent += not hit
+                with self.lock:  # sent unless the cache answered (even when the estimate expected it to)
+                    self.prog.sent += not hit
 
 
 def batch_price_factor() -> float:
