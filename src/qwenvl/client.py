@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
@@ -39,7 +39,7 @@ from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
-from qwenvl.retry import RetryHook
+from qwenvl.retry import RetryHook, RetryNotice
 from qwenvl.spelling import did_you_mean, nearest
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import (
@@ -255,6 +255,16 @@ def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
     return response, retry
 
 
+def _valid(call: Call) -> Callable[[Response], bool] | None:
+    """What the response cache may keep of ``call``'s answers (``exchange.begin``'s ``keep``): with structured
+    output only an answer that passes ``check_structured`` (an invalid one is asked again, never replayed);
+    None (any whole answer) otherwise."""
+    request, schema = call.request, call.schema
+    if not (request.json_mode or schema is not None):
+        return None
+    return lambda response: not check_structured(response, request, schema)
+
+
 def _structured_hint(call: Call) -> str | None:
     """The hint of an invalid structured answer: the class's (loosen the schema, rephrase) with a schema; without
     one (``json_mode``) there is no schema to loosen."""
@@ -266,11 +276,12 @@ def _structured_hint(call: Call) -> str | None:
 def _after_repair(first: Response, retry: Call, second: Response) -> Response:
     """The repaired answer; else StructuredOutputError carrying both paid requests (usage summed, both ids)."""
     second.usage = _add_usage(first.usage, second.usage)
-    paid = [rid for rid in (first.request_id, second.request_id) if rid]
+    sent = [r for r in (first, second) if not r.cached]  # an answer from the cache was not paid now
+    paid, n = [r.request_id for r in sent if r.request_id], len(sent)
     try:
         final, again = _check(retry, second)
     except StructuredOutputError as exc:  # the repair's answer was cut off: both requests were still paid
-        exc.requests, exc.request_ids = 2, paid
+        exc.requests, exc.request_ids = n, paid
         raise
     if again is not None:
         _, errors = structured.parse_answer(second.text, retry.schema)
@@ -282,11 +293,11 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
             raw_text=second.text,
             errors=errors,
             response=second,
-            requests=2,
+            requests=n,
             request_ids=paid,
             hint=_structured_hint(retry),
         )
-    final._requests, final._request_ids = 2, paid
+    final._requests, final._request_ids = n, paid
     return final
 
 
@@ -610,6 +621,13 @@ class _Base(Generic[B]):
         if not self.is_local and self._backend is None:
             self._key()
 
+    def _retried(self, notice: RetryNotice) -> None:
+        """The hook a backend this client makes is given: the attempt about to be retried is logged
+        (``exchange.retried``), then ``on_retry`` is told."""
+        exchange.retried(notice)
+        if self.on_retry is not None:
+            self.on_retry(notice)
+
     def _close_stores(self) -> None:
         """Commit the usage log's queued rows and close the stores this client opened."""
         for store in self._own_stores:
@@ -646,11 +664,15 @@ class Client(_Base[Backend]):
       backend. Local backends need no DashScope key (``api_key`` is then the server's key, optional).
     - ``cache``: off by default; ``True`` (``responses.db`` in ``$QWENVL_CACHE_DIR``, else the user cache
       folder, ``~/.cache/qwenvl`` on Linux), a path or a ``ResponseCache``: an identical non-streamed request
-      is answered from it, and not paid twice.
+      is answered from it, and not paid twice (``Response.cached``, ``requests`` 0); one sent while the same
+      is in flight in this process waits for that answer (at most its own time-out and retries). Only whole,
+      valid answers are stored: never one cut off, filtered, empty or failing its structured-output check
+      (``qwenvl.store.cache``).
     - ``usage_log``: None (default: ``usage.db`` in ``$QWENVL_HOME``, else ``~/.local/share/qwenvl`` on Linux, unless
-      ``$QWENVL_LOG=0``), True (on even then), False, a path or a ``UsageLog``: each answered request's tokens
-      and cost, for ``qwenvl usage``. A store made from True, None or a path is the client's and is closed with
-      it; a store object given here stays its owner's (``qwenvl.store``).
+      ``$QWENVL_LOG=0``), True (on even then), False, a path or a ``UsageLog``: each attempt that reached the
+      service (answered, failed, retried or cancelled) with its tokens and cost, for ``qwenvl usage``. A store
+      made from True, None or a path is the client's and is closed with it; a store object given here stays its
+      owner's (``qwenvl.store``).
     - ``on_retry``: called with a ``qwenvl.retry.RetryNotice`` before each retry's wait.
 
     Attributes: ``protocol``, ``region``, ``base_url``, ``backend_name``, ``defaults`` (the request defaults
@@ -678,7 +700,7 @@ class Client(_Base[Backend]):
                 from qwenvl.backends import make_backend
 
                 self._backend = make_backend(
-                    self.backend_name, http_client=self._http_client, on_retry=self.on_retry, **self._local_options()
+                    self.backend_name, http_client=self._http_client, on_retry=self._retried, **self._local_options()
                 )
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
@@ -691,7 +713,7 @@ class Client(_Base[Backend]):
                 base_url=self.base_url,
                 region=self.region,
                 http_client=self._http_client,
-                on_retry=self.on_retry,
+                on_retry=self._retried,
             )
         return self._backend
 
@@ -740,8 +762,10 @@ class Client(_Base[Backend]):
         network) raises StructuredOutputError for the first answer (kept: ``raw_text``, ``response``), chained from
         that error; an interrupt during it (KeyboardInterrupt, or a cancelled task for AsyncClient) is
         raised as it is, the first answer's StructuredOutputError on it (``qwenvl.client.unrepaired(exc)``). With
-        ``Client(cache=...)`` an identical call is answered from the cache (``Response.cached``). Every call is
-        written to the usage log.
+        ``Client(cache=...)`` an identical call is answered from the cache (``Response.cached``), or waits for
+        the identical call in flight (APITimeoutError when that takes longer than this call's own time-out and
+        retries). Every attempt that reached the service is written to the usage log: a retried or failed one as
+        its error, an interrupted one as ``cancelled`` (``qwenvl.store.exchange``).
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
         subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
@@ -752,7 +776,9 @@ class Client(_Base[Backend]):
         first, retry = _check(call, self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, self._repair(first, retry))
+        final = _after_repair(first, retry, self._repair(first, retry))
+        exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+        return final
 
     def _repair(self, first: Response, retry: Call) -> Response:
         """The repair request's answer; its failure or an interrupt keeps ``first`` (``_repair_failed``)."""
@@ -765,16 +791,15 @@ class Client(_Base[Backend]):
             raise
 
     def _complete(self, call: Call) -> Response:
-        """One backend call: answered from the cache when enabled, and written to the usage log."""
-        ex = exchange.begin(self, call)
-        if ex.response is not None:
+        """One backend call: answered from the cache when enabled (after waiting for an identical call in flight),
+        and written to the usage log, whatever ends it (``qwenvl.store.exchange``)."""
+        with exchange.begin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
+            if ex.response is None:
+                backend = self.backend
+                with ex.sending():  # a failure, an interrupt, a retried attempt: logged
+                    ex.done(backend.complete(call))
+            assert ex.response is not None
             return ex.response
-        backend = self.backend
-        try:
-            return ex.done(backend.complete(call))
-        except QwenVLError as exc:
-            ex.failed(exc)
-            raise
 
     def stream(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Iterator[StreamEvent]:
         """Plan a request and stream its answer: ``StreamEvent``s of type ``"reasoning"`` and ``"text"`` (deltas,
@@ -797,7 +822,7 @@ class Client(_Base[Backend]):
         StructuredOutputError, ClientClosedError (after ``close()``)."""
         self._check_open()
         ex, backend = exchange.begin(self, call, stream=True), self.backend
-        try:
+        with ex.sending():  # an error as its type; a reader that stops (closes, Ctrl-C) as cancelled
             for event in backend.stream(call):
                 if event.type != "done":
                     yield event
@@ -807,12 +832,6 @@ class Client(_Base[Backend]):
                 if retry is not None:
                     first = _after_repair(first, retry, self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
-        except QwenVLError as exc:
-            ex.failed(exc)
-            raise
-        except BaseException:  # the reader stopped (closed the stream, Ctrl-C, a closed stdout): still logged
-            ex.failed(outcome=exchange.CANCELLED)
-            raise
 
     def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
         """One question about zero or more images: ``client.ask("What is this?", "a.jpg", Path("b.png"))``.
@@ -872,7 +891,7 @@ class AsyncClient(_Base[AsyncBackend]):
                     self.backend_name,
                     asynchronous=True,
                     http_client=self._http_client,
-                    on_retry=self.on_retry,
+                    on_retry=self._retried,
                     **self._local_options(),
                 )
                 return self._backend
@@ -886,7 +905,7 @@ class AsyncClient(_Base[AsyncBackend]):
                 base_url=self.base_url,
                 region=self.region,
                 http_client=self._http_client,
-                on_retry=self.on_retry,
+                on_retry=self._retried,
             )
         return self._backend
 
@@ -983,7 +1002,9 @@ class AsyncClient(_Base[AsyncBackend]):
         first, retry = _check(call, await self._complete(call))
         if retry is None:
             return first
-        return _after_repair(first, retry, await self._repair(first, retry))
+        final = _after_repair(first, retry, await self._repair(first, retry))
+        exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+        return final
 
     async def _repair(self, first: Response, retry: Call) -> Response:
         """``Client._repair``, async (a cancelled task keeps ``first`` on its CancelledError)."""
@@ -996,15 +1017,13 @@ class AsyncClient(_Base[AsyncBackend]):
             raise
 
     async def _complete(self, call: Call) -> Response:
-        ex = exchange.begin(self, call)
-        if ex.response is not None:
+        with await exchange.abegin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
+            if ex.response is None:
+                backend = await self._ready()
+                with ex.sending():  # a failure, a cancelled task, a retried attempt: logged
+                    ex.done(await backend.complete(call))
+            assert ex.response is not None
             return ex.response
-        backend = await self._ready()
-        try:
-            return ex.done(await backend.complete(call))
-        except QwenVLError as exc:
-            ex.failed(exc)
-            raise
 
     async def stream(
         self, request: Request | dict[str, Any] | None = None, /, **fields: Any
@@ -1028,21 +1047,16 @@ class AsyncClient(_Base[AsyncBackend]):
         ex, backend = exchange.begin(self, call, stream=True), await self._ready()
         events = backend.stream(call)
         try:
-            async for event in events:
-                if event.type != "done":
-                    yield event
-                    continue
-                assert event.response is not None
-                first, retry = _check(call, ex.done(event.response))
-                if retry is not None:
-                    first = _after_repair(first, retry, await self._repair(first, retry))
-                yield StreamEvent(type="done", response=first)
-        except QwenVLError as exc:
-            ex.failed(exc)
-            raise
-        except BaseException:  # the reader stopped (closed the stream, cancelled the task): still logged
-            ex.failed(outcome=exchange.CANCELLED)
-            raise
+            with ex.sending():  # an error as its type; a reader that stops (closes, a cancelled task) as cancelled
+                async for event in events:
+                    if event.type != "done":
+                        yield event
+                        continue
+                    assert event.response is not None
+                    first, retry = _check(call, ex.done(event.response))
+                    if retry is not None:
+                        first = _after_repair(first, retry, await self._repair(first, retry))
+                    yield StreamEvent(type="done", response=first)
         finally:  # the backend's stream closed now (its connection, a local generation), not when collected
             close = getattr(events, "aclose", None)
             if close is not None:

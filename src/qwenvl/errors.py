@@ -347,7 +347,8 @@ class StructuredOutputError(QwenVLError):
     repair request, at once with ``repair=False``, or when the answer was cut off at ``max_tokens`` (no repair:
     it would be cut off again). ``.raw_text`` is the answer, ``.errors`` what is wrong (one line each),
     ``.response`` the last ``Response``, whose ``usage`` counts every request of the call (the repair request
-    included: all were paid), ``.requests`` how many requests were paid (1, or 2 after a repair) and
+    included: all were paid), ``.requests`` how many requests were paid (1, or 2 after a repair; an answer from the
+    response cache was not) and
     ``.request_ids`` the service's ids of those requests, in order (ids the service did not give left out).
     CLI exit code 5."""
 

@@ -788,8 +788,8 @@ with warnings.catch_warnings():
 
         @property
         def requests(self) -> int:
-            """How many requests this answer took: 2 after a structured-output repair (``usage`` counts both),
-            else 1. Raises nothing."""
+            """How many requests were paid for this answer: 2 after a structured-output repair (``usage`` counts
+            both), 0 for an answer from the response cache (``cached``), else 1. Raises nothing."""
             return self._requests
 
         @property

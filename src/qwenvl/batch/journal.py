@@ -98,10 +98,12 @@ _ITEM_COLUMNS = {
     "batch_id",
     "finished_at",
 }
-_FINISH = (
-    "UPDATE items SET status = ?, line = ?, input_tokens = ?, output_tokens = ?, cost = ?, cached = ?, "
-    "finished_at = ? WHERE id = ?"
-)
+# An answer from the cache (?6) to an item whose earlier answer was paid (``--retry-errors``: a cost recorded) keeps
+# that cost, in the column and in its line: a replay never overwrites what the item was paid with 0.
+_FINISH = """UPDATE items SET status = ?1,
+    line = CASE WHEN ?6 AND cost > 0 THEN json_set(?2, '$.cost', round(cost, 8)) ELSE ?2 END,
+    input_tokens = ?3, output_tokens = ?4, cost = CASE WHEN ?6 AND cost > 0 THEN cost ELSE ?5 END, cached = ?6,
+    finished_at = ?7 WHERE id = ?8"""
 # Request fields that do not change the answer (``timeout``: ``timeout_s``'s other name): a resumed run may
 # change them freely.
 TRANSPORT_FIELDS = PLAN_TRANSPORT_FIELDS | {"timeout"}
@@ -620,6 +622,7 @@ class Journal:
                         status = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.status END,
                         line = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.line END,
                         batch_id = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.batch_id END,
+                        cost = CASE WHEN items.fingerprint = excluded.fingerprint THEN items.cost END,
                         fingerprint = excluded.fingerprint""",
                     ((item_id, seq, fp) for seq, (item_id, fp, _, _) in chunk),
                 )

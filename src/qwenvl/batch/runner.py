@@ -969,8 +969,8 @@ class Batch:
         cost = None
         if isinstance(exc, StructuredOutputError) and isinstance(paid, Response):
             cost = self._cost(paid, item, price_factor)
-            rec["attempts"] = attempts + exc.requests - 1
-            prog.sent += exc.requests - 1  # the repair request (the worker counted the first)
+            rec["attempts"] = attempts + max(exc.requests, 1) - 1
+            prog.sent += max(exc.requests - 1, 0)  # the repair request (the worker counted the first)
             rec["usage"] = usage_record(paid)
             rec["cost"] = None if cost is None else round(cost, 8)
             rec["currency"] = None if self.planner.is_local else self.currency
@@ -990,6 +990,7 @@ class Batch:
         )
         prog.done += 1
         prog.failed += 1
+        prog.cached += bool(isinstance(exc, StructuredOutputError) and paid is not None and exc.requests == 0)
         if u is not None and isinstance(paid, Response) and not paid.cached:
             prog.input_tokens += u.input_tokens or 0
             prog.output_tokens += u.output_tokens or 0
@@ -1028,7 +1029,7 @@ class Batch:
             "usage": usage_record(response),
             **cost_fields(cost, self.currency, local=self.planner.is_local),
             "cached": response.cached,
-            "attempts": attempts + response.requests - 1,  # a structured-output repair request included
+            "attempts": attempts + max(response.requests, 1) - 1,  # a structured-output repair request included
             "latency_s": round(latency_s, 3),
             **(extra or {}),
         }
@@ -1302,10 +1303,12 @@ class _Realtime:
                 self.prog.first_sent = started
             actual: int | None = None
             attempts += 1
+            hit = False  # answered from the cache (an identical item in flight waited for): not sent, not paid
             try:
                 response = client.send(call)
                 u = response.usage
-                actual = (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
+                hit = response.cached and response.requests == 0
+                actual = 0 if hit else (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
                 if not response.cached:
                     self.reached = True
                     self.limiter.on_success()
@@ -1345,8 +1348,8 @@ class _Realtime:
             finally:
                 if slot is not None:
                     self.limiter.release(slot, actual_tokens=actual)
-                    with self.lock:
-                        self.prog.sent += 1
+                with self.lock:  # sent unless the cache answered (even when the estimate expected it to)
+                    self.prog.sent += not hit
 
 
 def batch_price_factor() -> float:

@@ -9,8 +9,12 @@ a header). So a renamed copy of a photo hits the cache, an edited photo or a cha
 it, and a remote ``https://`` image is keyed by its URL (the service fetches it; its content is not seen).
 Sampling is not taken into account: a request with temperature > 0 is answered with the first answer.
 
-Only successful answers are stored (the service's reply as a Response, before schema checking, which is
-repeated on every hit). The database is ``responses.db`` in ``$QWENVL_CACHE_DIR``, else the platform's user
+Only whole, valid answers are stored (``storable``): never one cut off at ``max_tokens``, filtered or refused
+(a ``finish_reason`` other than stop or tool calls), an empty one, nor a structured-output answer that failed
+its check (the client says which answers passed it), so an error is never replayed: the next call asks the
+model again. A replay is ``Response.cached`` with ``requests`` 0 (nothing paid). While one request is in
+flight, an identical one in the same process waits for its answer instead of being paid twice
+(``ResponseCache.claim``). The database is ``responses.db`` in ``$QWENVL_CACHE_DIR``, else the platform's user
 cache folder (``~/.cache/qwenvl`` on Linux): ``qwenvl.store.default_cache_dir()``. Deleting the file empties
 the cache. A cache that cannot be read or written is ignored: it never makes a request fail.
 
@@ -24,7 +28,9 @@ import hashlib
 import json
 import logging
 import sqlite3
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +73,17 @@ def cache_key(protocol: str, endpoint: str, body: dict[str, Any]) -> str:
     text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     h.update(text.encode("utf-8", "surrogatepass"))  # a file name that is not UTF-8 holds lone surrogates
     return h.hexdigest()
+
+
+# The finish reasons of a whole answer (OpenAI's and DashScope's words; None when the service gave none):
+# "length" (cut off), "content_filter" and any other reason are not stored.
+WHOLE_FINISH = (None, "stop", "tool_calls", "function_call")
+
+
+def storable(response: Response) -> bool:
+    """Whether ``response`` may be cached: a whole answer (``WHOLE_FINISH``) with text or tool calls. An answer
+    cut off, filtered, refused or empty is an error outcome: asked again, never replayed. Raises nothing."""
+    return response.finish_reason in WHOLE_FINISH and bool(response.text.strip() or response.tool_calls)
 
 
 # Request fields that change how a request is sent, not what is asked.
@@ -117,6 +134,29 @@ class ResponseCache:
         self.max_age_s = max_age_s
         self._db = Database(self.path, MIGRATIONS)
         self._warned = False
+        # the keys of the requests in flight in this process, each with the future its waiters wait on (``claim``)
+        self._inflight: dict[str, Future[None]] = {}
+        self._inflight_lock = threading.Lock()
+
+    def claim(self, key: str) -> Future[None] | None:
+        """Claim the request ``key`` as in flight: None when it is now the caller's to send (it must call
+        ``release(key)`` once its answer is stored or it failed), else the future of the identical request
+        already in flight, done when that one is released (then look again: its answer is cached, or it failed
+        and the first to claim again sends it). Threads and event loops alike (``asyncio.wrap_future``); one
+        process only (see the README: two processes sending the same request at once both pay). Raises nothing."""
+        with self._inflight_lock:
+            found = self._inflight.get(key)
+            if found is not None:
+                return found
+            self._inflight[key] = Future()
+            return None
+
+    def release(self, key: str) -> None:
+        """The request ``key`` claimed by the caller is no longer in flight: its waiters wake. Raises nothing."""
+        with self._inflight_lock:
+            found = self._inflight.pop(key, None)
+        if found is not None and not found.done():
+            found.set_result(None)
 
     def _unwritable(self, exc: BaseException) -> None:
         """Said once per cache (a warning: the CLI shows it on stderr); the answers are kept, not cached."""
@@ -143,6 +183,7 @@ class ResponseCache:
             log.debug("response cache unreadable (%s): %s", self.path, exc)
             return None
         response.cached = True
+        response._requests = 0  # nothing was paid for it now
         return response
 
     def __contains__(self, key: object) -> bool:

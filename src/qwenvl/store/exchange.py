@@ -1,28 +1,57 @@
 """What happens around one backend call: the client's response cache and usage log (the client's only hook).
 
-ex = exchange.begin(client, call)        # a cache hit is ready in ex.response
-if ex.response is None:
-    try:
-        response = ex.done(backend.complete(call))   # stores in the cache, logs "ok"
-    except QwenVLError as exc:
-        ex.failed(exc)                                # logs the error type
-        raise
+The one home of what is recorded about a request, in every path (sync and async, plain and streamed):
+
+with exchange.begin(client, call, keep=valid) as ex:   # a hit is ready in ex.response (``await abegin``: async)
+    if ex.response is None:
+        backend = client.backend
+        with ex.sending():                              # a failure, an interrupt, each retried attempt: logged
+            ex.done(backend.complete(call))             # logs "ok"; cached if ``keep`` says it is valid
+
+- An answer is cached only when it is whole (``cache.storable``) and ``keep(response)`` says it passed the
+  caller's check (structured output), so an error is never replayed; a hit that fails ``keep`` (an entry
+  stored by an earlier version) is ignored.
+- While one cacheable request is in flight, an identical one (same cache key, same ``ResponseCache``) waits for
+  it (at most its own ``wait_bound``) and gets its answer from the cache; if the first failed or was cancelled,
+  the first waiter to claim the key sends it (``ResponseCache.claim``).
+- Every attempt that reached the service is in the usage log: an answer as ``ok`` (``cached`` for a hit, cost
+  0), an error as its type, an attempt the transport retried as its error's type (``retried``, through the
+  client's ``on_retry`` hook), an interrupt (KeyboardInterrupt, a cancelled task, a closed stream) as
+  ``cancelled``, and a request still in flight when the process exits (a worker thread given up) as
+  ``cancelled`` too. Their tokens and cost are unknown (None, never 0).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import threading
 import time
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
 
 from qwenvl.config import resolve_base_url
+from qwenvl.errors import APITimeoutError
 from qwenvl.interfaces import ClientEndpoint
 from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
-from qwenvl.store.cache import ResponseCache, cache_key, source_key
+from qwenvl.retry import RetryNotice
+from qwenvl.store.cache import ResponseCache, cache_key, source_key, storable
 from qwenvl.store.usage import Entry, UsageLog
-from qwenvl.types import Response
+from qwenvl.types import Request, Response
 
-CANCELLED = "cancelled"  # the outcome of a stream its reader stopped reading (tokens unknown)
+CANCELLED = "cancelled"  # the outcome of an attempt its caller stopped (an interrupt, a cancelled task): tokens unknown
+
+# the exchange whose request is being sent in this thread or task (``Exchange.sending``), told of retried attempts
+_current: ContextVar[Exchange | None] = ContextVar("qwenvl_exchange", default=None)
+# exchanges sent and not finished: logged as cancelled at exit (``_at_exit``)
+_open: weakref.WeakSet[Exchange] = weakref.WeakSet()
+_open_lock = threading.Lock()
 
 
 def endpoint(client: ClientEndpoint, call: Call) -> str:
@@ -46,8 +75,31 @@ def source_key_for(client: ClientEndpoint, call: Call) -> str:
     return source_key(client.protocol, endpoint(client, call), call)
 
 
+def wait_bound(request: Request) -> float:
+    """Seconds a request may take in all (its attempts at ``timeout_s`` each and the back-off waits between
+    them): the longest a caller waits for an identical request in flight. Raises nothing."""
+    retries = request.max_retries
+    return request.timeout_s * (retries + 1) + request.retry_backoff_s * (2**retries - 1)
+
+
+def retried(notice: RetryNotice) -> None:
+    """Log the failed attempt that the transport is about to retry (its error's type; tokens and cost unknown),
+    for the exchange being sent in this thread or task. The client's ``on_retry`` hook calls it. Raises
+    nothing."""
+    ex = _current.get()
+    if ex is not None:
+        ex.attempt_failed(notice.error)
+
+
 class Exchange:
-    def __init__(self, client: ClientEndpoint, call: Call, *, stream: bool = False) -> None:
+    def __init__(
+        self,
+        client: ClientEndpoint,
+        call: Call,
+        *,
+        stream: bool = False,
+        keep: Callable[[Response], bool] | None = None,
+    ) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
         self.local = bool(getattr(client, "is_local", False))  # a local model costs no tokens
@@ -59,41 +111,152 @@ class Exchange:
         self.response: Response | None = None
         self.cache: ResponseCache | None = None if stream else getattr(client, "cache", None)
         self.log: UsageLog | None = getattr(client, "usage_log", None)
+        self.keep = keep
         self.key: str | None = None
+        self.claimed = False  # this exchange claimed its key: it must release it (``release``)
+        self._bound = wait_bound(call.request)
         if self.cache is not None:
             self.key = key_for(client, call)
-            hit = self.cache.get(self.key)
-            if hit is not None:
-                self.response = hit
-                self._log(hit, "cached")
+
+    # --- the cache, and identical requests in flight ---------------------------------------------------------
+    def _hit(self) -> Response | None:
+        """The cached answer, if any that passes ``keep`` (logged ``cached``)."""
+        assert self.cache is not None and self.key is not None
+        hit = self.cache.get(self.key)
+        if hit is None or (self.keep is not None and not self.keep(hit.model_copy(deep=True))):
+            return None
+        self.response = hit
+        self._log(hit, "cached")
+        return hit
+
+    def _look(self) -> Future[None] | None:
+        """A hit (in ``response``), or the key claimed (None returned): the caller sends; else the future of the
+        identical request in flight to wait for."""
+        assert self.cache is not None and self.key is not None
+        if self._hit() is not None:
+            return None
+        waiting = self.cache.claim(self.key)
+        if waiting is None:
+            self.claimed, self.started = True, time.monotonic()  # its latency: from now, not from the wait
+            if self._hit() is not None:  # answered between the look and the claim
+                self.release()
+        return waiting
+
+    def _waited_too_long(self) -> APITimeoutError:
+        return APITimeoutError(
+            f"an identical request in flight did not answer within {self._bound:g} s",
+            hint="The same request was sent by another thread or task of this process; raise the time-out "
+            "(--timeout) or retry later.",
+        )
+
+    def lookup(self) -> None:
+        """Look in the cache; when the same request is in flight, wait for it (at most ``wait_bound``), then
+        look again. Raises APITimeoutError when the wait runs out (nothing was sent)."""
+        if self.cache is None:
+            return
+        deadline = time.monotonic() + self._bound
+        while (waiting := self._look()) is not None:
+            try:
+                waiting.result(max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                raise self._waited_too_long() from None
+
+    async def alookup(self) -> None:
+        """``lookup`` for a coroutine: the wait does not block the event loop."""
+        if self.cache is None:
+            return
+        deadline = time.monotonic() + self._bound
+        while (waiting := self._look()) is not None:
+            try:  # shielded: a waiter cancelled never cancels the future other waiters share
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(waiting)), max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                raise self._waited_too_long() from None
+
+    def release(self) -> None:
+        """Release the key this exchange claimed (its waiters wake and look again). Raises nothing."""
+        if self.claimed and self.cache is not None and self.key is not None:
+            self.claimed = False
+            self.cache.release(self.key)
+
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # --- sending -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around the backend call (or the reading of its stream): a failure is logged as its type, an interrupt
+        (KeyboardInterrupt, a cancelled task, a stream closed early) as ``cancelled``, each attempt the transport
+        retries as its error's type (``retried``); a request still in flight at exit as ``cancelled``. The one
+        home of these rows. Re-raises what it caught."""
+        before = _current.get()
+        _current.set(self)
+        with _open_lock:
+            _open.add(self)
+        try:
+            yield
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        finally:
+            _current.set(before)  # not ``reset``: a stream may be closed from another context
+            with _open_lock:
+                _open.discard(self)
 
     def done(self, response: Response) -> Response:
-        if self.cache is not None and self.key is not None:
-            self.cache.put(self.key, response)
-        self._log(response, "ok")
-        return response
+        """Log the answer ``ok``; cache it when it is whole and passes ``keep``; release the key. Returns it."""
+        try:
+            if (
+                self.cache is not None
+                and self.key is not None
+                and storable(response)
+                and (self.keep is None or self.keep(response.model_copy(deep=True)))
+            ):
+                self.cache.put(self.key, response)
+            self.response = response
+            self._log(response, "ok")
+            return response
+        finally:
+            self.release()
+
+    def attempt_failed(self, exc: BaseException) -> None:
+        """Log one failed attempt that is retried (the exchange goes on; its next attempt is timed afresh)."""
+        self._record(exc, None)
+        self.started = time.monotonic()
 
     def failed(self, exc: BaseException | None = None, *, outcome: str | None = None) -> None:
-        """Log a call that gave no response: the error ``exc`` (its type is the outcome), or ``outcome``."""
+        """Log a call that gave no response: ``outcome``, else the error ``exc``'s type (an interrupt, i.e. a
+        BaseException that is not an Exception: ``cancelled``). Once per exchange; releases the key."""
+        self.release()
         if self.finished:
             return
         self.finished = True
-        status = getattr(exc, "status", None)
+        self._record(exc, outcome)
+
+    def _record(self, exc: BaseException | None, outcome: str | None) -> None:
         if self.log is None:
             return
+        if outcome is None:
+            outcome = type(exc).__name__ if isinstance(exc, Exception) else CANCELLED
         self.log.record(
             Entry(
                 model=self.model,
                 protocol=self.protocol,
-                outcome=outcome or type(exc).__name__,
+                outcome=outcome,
                 latency_s=time.monotonic() - self.started,
                 request_id=self.request_id or getattr(exc, "request_id", None),
-                status=status or None,
+                status=getattr(exc, "status", None) or None,
                 code=getattr(exc, "code", None),
             )
         )
 
     def _log(self, response: Response, outcome: str) -> None:
+        if self.finished:  # already logged (cancelled at exit, then answered): one row per request
+            return
         self.finished = True
         if self.log is None:
             return
@@ -121,5 +284,45 @@ class Exchange:
         )
 
 
-def begin(client: ClientEndpoint, call: Call, *, stream: bool = False) -> Exchange:
-    return Exchange(client, call, stream=stream)
+def begin(
+    client: ClientEndpoint, call: Call, *, stream: bool = False, keep: Callable[[Response], bool] | None = None
+) -> Exchange:
+    """The exchange of one call, looked up in the cache (waiting for an identical request in flight: see
+    ``Exchange.lookup``). Raises UsageError (an ``estimate_only`` call), APITimeoutError (that wait ran out)."""
+    ex = Exchange(client, call, stream=stream, keep=keep)
+    ex.lookup()
+    return ex
+
+
+async def abegin(
+    client: ClientEndpoint, call: Call, *, stream: bool = False, keep: Callable[[Response], bool] | None = None
+) -> Exchange:
+    """``begin`` for a coroutine (the wait for a request in flight does not block the loop)."""
+    ex = Exchange(client, call, stream=stream, keep=keep)
+    await ex.alookup()
+    return ex
+
+
+def remember(client: ClientEndpoint, call: Call, response: Response) -> None:
+    """Cache ``response``, the repaired answer to ``call`` (its first answer failed its check and was not
+    cached), under ``call``'s own key: the same call is then answered from the cache, not sent and repaired
+    again. ``response.messages`` without ``call.history`` (as a backend's answer is stored). Raises nothing."""
+    cache: ResponseCache | None = getattr(client, "cache", None)
+    if cache is None or call.request.stream or not storable(response):
+        return
+    raw = response.model_copy(update={"messages": response.messages[len(call.history) :]})
+    cache.put(key_for(client, call), raw)
+
+
+def _at_exit() -> None:
+    """Requests still in flight when the process exits (a worker thread given up, a daemon thread): logged as
+    ``cancelled``, before the usage log's rows are committed (``qwenvl.store.db``'s exit hook runs after this
+    one: it was registered first)."""
+    with _open_lock:
+        left = list(_open)
+    for ex in left:
+        with contextlib.suppress(Exception):
+            ex.failed(outcome=CANCELLED)
+
+
+atexit.register(_at_exit)

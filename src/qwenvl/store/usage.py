@@ -3,8 +3,9 @@
 Written by the library (``Client``/``AsyncClient`` ``send`` and ``send_stream`` into the client's own
 ``usage_log``, and the Batch API merge into the batch's), never by the CLI, so every verb and every program
 that uses qwenvl is counted. Each row: time, model,
-protocol, outcome (``ok``, ``cached`` for an answer from the local cache, ``cancelled`` for a stream its reader
-stopped, or the error's type), HTTP status
+protocol, outcome (``ok``, ``cached`` for an answer from the local cache, ``cancelled`` for a request its caller
+interrupted (Ctrl-C, a cancelled or timed-out task, a stream its reader stopped, one in flight at exit), or the
+error's type, also for each attempt the transport retried: ``qwenvl.store.exchange``), HTTP status
 and service code of an error, input/output/image tokens, the estimated cost and its currency (CNY in
 Beijing, USD in Singapore and Virginia: ``qwenvl.models.estimate_cost``), latency and request id.
 Prompts and answers are not kept. Rows are committed by a background thread in groups, within
@@ -65,7 +66,7 @@ MIGRATIONS = [m001_requests, m002_currency]
 class Entry:
     model: str | None
     protocol: str | None
-    outcome: str  # "ok" | "cached" | "cancelled" (a stream its reader stopped) | an error type ("RateLimitError")
+    outcome: str  # "ok" | "cached" | "cancelled" (interrupted: tokens unknown) | an error type ("RateLimitError")
     input_tokens: int | None = None
     output_tokens: int | None = None
     image_tokens: int | None = None

@@ -1,0 +1,144 @@
+"""Identical cacheable requests sent at the same time are paid once: the others wait for the first's answer (with
+their own deadline); when the first fails or is cancelled, one of them goes ahead. Threads, asyncio, the batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import qwenvl
+from conftest import API_KEY, make_client, write_image
+from dashscope_server import Reply
+from qwenvl.batch import Batch, BatchItem
+
+
+def model_calls(server) -> int:
+    return sum(r.path.endswith(("/chat/completions", "/generation")) for r in server.requests)
+
+
+def test_threads_asking_the_same_question_pay_once(server, protocol, png, tmp_path):
+    server.enqueue(Reply(delay_s=1))
+    with make_client(server, protocol, usage_log=tmp_path / "u.db", cache=tmp_path / "r.db") as c:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: c.ask("identical question", str(png)), range(8)))
+        c.usage_log.flush()
+        summary = c.usage_log.summarize()
+    assert model_calls(server) == 1
+    assert sorted(a.cached for a in answers) == [False] + [True] * 7
+    assert len({a.text for a in answers}) == 1 and sum(a.requests for a in answers) == 1
+    assert summary[0]["requests"] == 1 and summary[0]["cached"] == 7
+
+
+def test_asyncio_gather_pays_once(server, protocol, tmp_path):
+    server.enqueue(Reply(delay_s=1))
+
+    async def main() -> list[qwenvl.Response]:
+        async with qwenvl.AsyncClient(
+            api_key=API_KEY, protocol=protocol, base_url=server.url, usage_log=False, cache=tmp_path / "r.db"
+        ) as ac:
+            return await asyncio.gather(*(ac.ask("identical question") for _ in range(8)))
+
+    answers = asyncio.run(main())
+    assert model_calls(server) == 1
+    assert sorted(a.cached for a in answers) == [False] + [True] * 7
+
+
+def test_when_the_first_fails_one_waiter_goes_ahead(server, tmp_path):
+    server.enqueue(Reply(status=400, error_message="nope", delay_s=1))
+    with make_client(server, usage_log=False, cache=tmp_path / "r.db") as c:
+
+        def ask() -> str:
+            try:
+                return "cached" if c.ask("q").cached else "sent"
+            except qwenvl.BadRequestError:
+                return "error"
+
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = sorted(pool.map(lambda _: ask(), range(4)))
+    assert outcomes == ["cached", "cached", "error", "sent"]
+    assert model_calls(server) == 2
+
+
+def test_when_the_first_is_cancelled_one_waiter_goes_ahead(server, tmp_path):
+    server.enqueue(Reply(delay_s=5), Reply(delay_s=0.5))
+
+    async def main() -> list[bool]:
+        async with qwenvl.AsyncClient(
+            api_key=API_KEY, base_url=server.url, usage_log=False, cache=tmp_path / "r.db"
+        ) as ac:
+            first = asyncio.ensure_future(ac.ask("q"))
+            while not model_calls(server):
+                await asyncio.sleep(0.02)
+            others = [asyncio.ensure_future(ac.ask("q")) for _ in range(3)]
+            await asyncio.sleep(0.2)
+            first.cancel()
+            answers = await asyncio.gather(*others)
+            return sorted(a.cached for a in answers)
+
+    assert asyncio.run(main()) == [False, True, True]
+    assert model_calls(server) == 2
+
+
+def test_a_waiter_keeps_its_own_deadline(server, tmp_path):
+    hold = threading.Event()
+    server.enqueue(Reply(hold=hold))
+    try:
+        with make_client(server, usage_log=tmp_path / "u.db", cache=tmp_path / "r.db") as c:
+            leader = threading.Thread(target=lambda: c.ask("q"), daemon=True)
+            leader.start()
+            assert _wait(lambda: model_calls(server) == 1)
+            started = time.monotonic()
+            with pytest.raises(qwenvl.APITimeoutError) as caught:
+                c.ask("q", timeout_s=0.5, max_retries=0)
+            assert time.monotonic() - started < 30
+            assert "identical request in flight" in str(caught.value) and caught.value.hint
+            assert model_calls(server) == 1  # the waiter sent nothing
+            hold.set()
+            leader.join(30)
+            assert c.ask("q").cached
+    finally:
+        hold.set()
+
+
+def test_streams_and_different_requests_do_not_wait(server, tmp_path):
+    server.enqueue(Reply(delay_s=1, times=3))
+    with make_client(server, usage_log=False, cache=tmp_path / "r.db") as c, ThreadPoolExecutor(3) as pool:
+        jobs = [
+            pool.submit(c.ask, "a"),
+            pool.submit(c.ask, "b"),
+            pool.submit(lambda: list(c.stream(prompt="a"))),
+        ]
+        for job in jobs:
+            job.result(30)
+    assert model_calls(server) == 3
+
+
+def test_batch_identical_items_pay_once(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    png = write_image(tmp_path / "p.png")
+    server.enqueue(Reply(delay_s=1))
+    items = [BatchItem(id=f"i{i}", request={"prompt": "same", "image": str(png)}) for i in range(6)]
+    with (
+        make_client(server, usage_log=False, cache=tmp_path / "r.db") as c,
+        Batch(items, tmp_path / "o.jsonl", client=c, concurrency=6) as job,
+    ):
+        summary = job.run()
+    lines = [json.loads(x) for x in Path(tmp_path / "o.jsonl").read_text().splitlines()]
+    assert model_calls(server) == 1
+    assert summary.ok == 6 and summary.sent == 1 and summary.cached == 5
+    assert sorted(line["cached"] for line in lines) == [False] + [True] * 5
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
