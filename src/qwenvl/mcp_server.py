@@ -350,7 +350,7 @@ def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
     for the schema was paid: a ``paid:`` line between them says for how many requests, tokens and cost (in
     ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``)."""
     if isinstance(exc, QwenVLError):
-        text = f"error: {fit_message(str(exc), TOOL_SURFACE)}"
+        text = f"error: {fit_message(exc.as_written(), TOOL_SURFACE)}"
         if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
             b = billed(exc.response, region=region)
             u = b["usage"]

@@ -319,7 +319,7 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     the message is): one wording in every output file, whoever ran the batch."""
     out: dict[str, Any] = {
         "type": type(exc).__name__,
-        "message": getattr(exc, "message", str(exc)),
+        "message": getattr(exc, "raw_message", str(exc)),
         "code": getattr(exc, "code", None),
         "status": getattr(exc, "status", None) or None,
         "request_id": getattr(exc, "request_id", None),
@@ -779,7 +779,7 @@ class Batch:
 
         every = f"every one of the {est.invalid:,} pending items"
         hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.raw_hint
-        refused = type(first)(f"{first.message} ({every}): nothing was sent or written", hint=hint)
+        refused = type(first)(f"{first.raw_message} ({every}): nothing was sent or written", hint=hint)
         raise refused
 
     @staticmethod
@@ -1273,7 +1273,7 @@ class _Realtime:
                 return
         error = type(exc)(
             f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
-            f"({exc.message})",
+            f"({exc.raw_message})",
             hint=f"{exc.raw_hint + ' ' if exc.raw_hint else ''}Once it answers, add --retry-errors to send the "
             "failed items again.",
         )
@@ -1325,8 +1325,8 @@ class _Realtime:
                 if not isinstance(exc, MissingAPIKeyError):  # sent, and refused: not "not sent"
                     with self.lock:
                         self.refused.append(exc)
-                if isinstance(exc, ModelNotFoundError) and call.request.model not in exc.message:
-                    exc.message = f"{call.request.model}: {exc.message}"  # native says only "Model not exist."
+                if isinstance(exc, ModelNotFoundError) and call.request.model not in exc.raw_message:
+                    exc.message = f"{call.request.model}: {exc.raw_message}"  # native says only "Model not exist."
                 raise _Fatal(exc) from exc
             except APIError as exc:
                 if isinstance(exc, APIStatusError):

@@ -761,8 +761,8 @@ def _message(exc: BaseException) -> str:
     from qwenvl.errors import APIStatusError
 
     if isinstance(exc, APIStatusError):
-        return exc.message
-    return str(exc) if isinstance(exc, QwenVLError) else "internal error"
+        return exc.raw_message
+    return exc.as_written() if isinstance(exc, QwenVLError) else "internal error"
 
 
 def _xml(text: str) -> str:
