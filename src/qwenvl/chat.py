@@ -110,6 +110,9 @@ class Conversation:
     ``fields``: request fields for every turn (``model``, ``max_tokens``, ``thinking``...; a turn's own
     keyword arguments override them); without a ``model``, a resumed session's model is used.
     One turn at a time: a conversation is one line of messages (a server keeps one per user).
+    ``last_response``: the answer of the last turn the conversation took (None before the first): a turn is taken
+    when its answer is complete (``send``; ``stream``'s ``done`` event, before it is yielded), so an interrupt after
+    that (a Ctrl-C while the answer is still being shown) leaves it in the conversation, as it was paid.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class Conversation:
         self.images: list[str] = []
         self.video: str | list[str] | None = None
         self.dropped: list[str] = []  # the attachments the last failed turn dropped (a MediaError)
+        self.last_response: Response | None = None
 
     def __repr__(self) -> str:
         name = self.session.name if self.session is not None else None
@@ -313,6 +317,7 @@ class Conversation:
         session saved (atomically) when there is one."""
         self.images, self.video = [], None
         self.messages = list(response.messages)
+        self.last_response = response
         if self.session is not None:
             self.session.messages = self.messages
             self.session.model = call.request.model
