@@ -294,13 +294,23 @@ class _Fatal(Exception):
 
 def item_files(fields: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """(field, references) of the files a request's fields name: ``image``, ``images``, ``video`` (a file or its
-    frames) and a ``schema`` given as a file name. Raises nothing."""
+    frames), a ``schema`` given as a file name, and the images and videos of the earlier turns in ``messages``
+    (``"messages[0] image"``: a part's ``image`` or ``video``, as ``types.ImagePart`` / ``VideoPart`` name them),
+    read as they are yielded (nothing is copied). Raises nothing: what is not of a request's shape is skipped
+    (the request's own check names it)."""
     for name in ("image", "images", "video"):
         if fields.get(name):
             yield name, fields[name]
     schema = fields.get("schema")
     if isinstance(schema, (str, os.PathLike)):
         yield "schema", schema
+    messages = fields.get("messages")
+    for n, message in enumerate(messages if isinstance(messages, list) else []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            for key in ("image", "video"):
+                if isinstance(part, dict) and part.get(key):
+                    yield f"messages[{n}] {key}", part[key]
 
 
 def _has_media(fields: dict[str, Any]) -> bool:
