@@ -107,6 +107,21 @@ class Surface:
     models: Collection[str] | None = None
 
 
+def model_references(ref: str, name: str) -> dict[str, str]:
+    """The spellings of a local model's reference (``ref``: a folder's path, as given, without its trailing slash,
+    absolute, resolved) that a message or a result may carry -> ``name``, the name its user knows it by (the
+    served name): a ``Surface.names`` for ``qwenvl serve`` and ``qwenvl mcp``. Raises nothing."""
+    from pathlib import Path
+
+    refs = {ref, ref.rstrip("/")}
+    try:
+        path = Path(ref).expanduser()
+        refs |= {str(path), str(path.absolute()), str(path.resolve())}
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return {r: name for r in refs if r and r != name and len(r) > 1}
+
+
 def _words(text: str, surface: Surface) -> str:
     """``text`` (no backticks) with each flag in the surface's words."""
 
