@@ -71,6 +71,9 @@ def test_planning_refusals_name_keywords(server: DashScopeServer, isolated_env: 
             client.ask("hi", image=image, detail="low", vl_high_resolution_images=True)
         assert _library_words(caught.value).startswith("detail='low' and vl_high_resolution_images contradict")
         with pytest.raises(UsageError) as caught:
+            client.ask("hi", image=image, detail="high", vl_high_resolution_images=False)
+        assert _library_words(caught.value).startswith("detail='high' and vl_high_resolution_images=False contradict")
+        with pytest.raises(UsageError) as caught:
             client.ask("hi", image=image, extra={"temprature": 1})
         assert "'temprature' is not a parameter of the compat protocol (extra): " in _library_words(caught.value)
         with pytest.raises(UsageError) as caught:

@@ -328,9 +328,14 @@ CLIENT_ARGUMENTS = frozenset(
 )
 
 
-# Switches and arguments of the library's batch (``qwenvl.batch.Batch``) that a CLI flag stands for, as a caller
-# writes them.
-LIBRARY_SWITCHES = {"--fresh": "fresh=True", "--retry-errors": "retry_errors=True", "--mode": "mode"}
+# What a caller of the library writes for a CLI flag that is no keyword of its own name: switches and arguments of
+# the library's batch (``qwenvl.batch.Batch``), and a field's value that an off switch stands for.
+LIBRARY_SWITCHES = {
+    "--fresh": "fresh=True",
+    "--retry-errors": "retry_errors=True",
+    "--mode": "mode",
+    "--no-high-res": "vl_high_resolution_images=False",  # a Request field's value, as --no-resize is prepare=False
+}
 # The key: what a library caller passes (the variable is read too, so a hint naming it stays true beside it).
 _KEY_VARIABLE = re.compile(r"\bDASHSCOPE_API_KEY\b(?!_)")
 _KEY_ARGUMENT = re.compile(r"(?<![\w/])api_key\b")  # the argument, not ~/.dashscope/api_key
