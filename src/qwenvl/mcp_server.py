@@ -472,6 +472,12 @@ def build_server(
     def named(model: str | None) -> str | None:
         return said.get(model, model) if model else model
 
+    surface = replace(TOOL_SURFACE, names=said)
+
+    def worded(warnings: list[str]) -> list[str]:
+        """A task's warnings (written in the CLI's flags: "raise --max-tokens") in the tools' words."""
+        return [fit_message(w, surface) for w in warnings]
+
     def paid(*responses: Response | None) -> dict[str, Any]:
         out = billed(*responses, region=client.region)
         out["model"] = named(out["model"])
@@ -612,7 +618,7 @@ def build_server(
                     points=g.points,
                     dropped=g.dropped,
                     truncated=g.truncated,
-                    warnings=g.warnings,
+                    warnings=worded(g.warnings),
                     convention=g.convention,
                     annotated=str(target) if target is not None else None,
                     **paid(response),
@@ -656,7 +662,7 @@ def build_server(
                     source=file,
                     text=r.text,
                     pages=r.pages,
-                    warnings=r.warnings,
+                    warnings=worded(r.warnings),
                     **paid(*r.responses),
                 )
             )
@@ -730,7 +736,7 @@ def build_server(
                     video=name,
                     duration=timeline.duration,
                     events=timeline.events,
-                    warnings=timeline.warnings,
+                    warnings=worded(timeline.warnings),
                     **paid(timeline.response),
                 )
             )
