@@ -374,7 +374,7 @@ def test_mcp_tools_use_the_configured_local_model_only(tmp_path):
                 call = {"prompt": "hi", "options": {"max_tokens": 2}} | ({"model": model} if model else {})
                 r = await c.call_tool("ask", call)
                 assert not r.is_error, (model, text_of(r))
-                assert isinstance(r.structured_content, dict) and r.structured_content["model"] == str(tiny)
+                assert isinstance(r.structured_content, dict) and r.structured_content["model"] == tiny.name
 
     anyio.run(main)
 
