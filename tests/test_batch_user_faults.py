@@ -51,7 +51,7 @@ def test_library_batch_refuses_a_rule_every_item_fails(bserver, isolated_env):
     job = Batch(items, "o.jsonl", api_key=API_KEY, base_url=bserver.url, mode="batch-api", poll_interval_s=0.01)
     with pytest.raises(UsageError, match=r"stream mode.*every one of the 3 pending items.*nothing was sent") as exc:
         job.run()
-    assert "--mode realtime" in (exc.value.hint or "")
+    assert "mode='realtime'" in (exc.value.hint or "")  # the library's words (the CLI's: --mode realtime)
     job.close()
     assert not (isolated_env / "o.jsonl").exists() and not (isolated_env / "o.jsonl.journal").exists()
     assert bserver.requests == []

@@ -253,7 +253,7 @@ def test_high_res_is_refused_for_28_px_models(model: str, tmp_path: Path) -> Non
     client = Client(api_key="sk-x")
     with pytest.raises(UsageError, match="does not support high-resolution"):
         client.plan(prompt="x", image=photo, model=model, vl_high_resolution_images=True)
-    with pytest.raises(UsageError, match="--detail high"):
+    with pytest.raises(UsageError, match="detail='high'"):
         client.plan(prompt="x", image=photo, model=model, detail="high", estimate_only=True)
     client.plan(prompt="x", image=photo, model=model, vl_high_resolution_images=False)  # explicit off is fine
     p = run_cli("tokens", photo, "--model", model, "--high-res")

@@ -88,7 +88,8 @@ def test_redirect_says_where(server, protocol, stream):
             list(c.stream(prompt="hi"))
         else:
             c.complete(prompt="hi")
-    assert "redirected to https://elsewhere.example/v1 (check --base-url)" in str(info.value)
+    assert "redirected to https://elsewhere.example/v1 (check base_url)" in str(info.value)  # the library's words
+    assert "(check --base-url)" in info.value.as_written()  # the CLI's
     assert len(server.requests) == 1  # not retried
 
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from qwenvl.batch.inputs import expand_globs
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.media import images as media_images
-from qwenvl.media.sources import check_pages_apply, classify, media_kind, read_bytes
+from qwenvl.media.sources import check_pages_apply, check_video_options_apply, classify, media_kind, read_bytes
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
 from qwenvl.types import Message, Response, StreamEvent, media_refs, not_blank
@@ -55,20 +55,64 @@ def parse_command(line: str) -> tuple[str, str] | None:
     return match.group(1).lower(), (match.group(2) or "").strip()
 
 
-def _for_media(fields: dict[str, Any], images: list[str], video: str | list[str] | None) -> dict[str, Any]:
+def _for_media(
+    fields: dict[str, Any],
+    images: list[str],
+    video: str | list[str] | None,
+    earlier: list[Message] | None = None,
+) -> dict[str, Any]:
     """The conversation's ``fields`` for a turn with these media: those that only some media read apply to the
-    turns that have them (``pages`` to a turn with a PDF, ``fps`` and ``video_as`` to one with a video), as
-    ``plan.check_media_options`` would refuse them elsewhere. The CLI's chat refuses them at start when the files
-    given at start do not take them (``cli.common.check_pages_apply``). Raises nothing."""
+    turns that have them (``pages`` to a turn with a PDF, ``fps`` and ``video_as`` to one with a video) and are
+    left out of the others. ``earlier``: the conversation's messages so far, for a turn about to be sent (None: a
+    check of attachments, which refuses nothing here). Such an option is refused (UsageError, nothing sent) when
+    the turn sends media and neither they nor any earlier turn's are of the kind it applies to (or might be: a
+    URL): it would have changed nothing the user sent, silently, as ``plan.check_media_options`` refuses it in a
+    single request. A turn of text alone is never refused (it has nothing the option could apply to; a later turn
+    may bring a PDF or a video), nor one after a turn that had such media (the option applied there). The CLI's
+    chat refuses them at start when the files given at start do not take them (``cli.common.check_pages_apply``).
+    """
     out = dict(fields)
+    sent = bool(images) or video is not None
+    earlier_images: list[str] = []
+    earlier_video = False
+    for message in earlier or []:
+        for part in message.media():
+            if hasattr(part, "video"):
+                earlier_video = True
+            else:
+                earlier_images += _part_refs(part)
     try:
         check_pages_apply(out.get("pages"), images)
     except UsageError:
+        if earlier is not None and sent:
+            try:
+                check_pages_apply(out.get("pages"), earlier_images)
+            except UsageError:
+                raise _not_applied("pages", "PDF") from None
         del out["pages"]
     if video is None:
+        given = [
+            n for n, v in (("fps", out.get("fps")), ("video_as", out.get("video_as") not in (None, "frames"))) if v
+        ]
+        if given and earlier is not None and sent and not earlier_video:
+            try:
+                check_video_options_apply(given, [*images, *earlier_images])
+            except UsageError:
+                raise _not_applied(given[0], "video") from None
         out.pop("fps", None)
         out.pop("video_as", None)
     return out
+
+
+def _not_applied(name: str, kind: str) -> UsageError:
+    """The refusal of the field ``name``, set for the conversation, on a turn whose media, like every earlier
+    turn's, are no ``kind`` (written in flags, as every message: ``QwenVLError.message`` is in the library's words)."""
+    flag = "--" + name.replace("_", "-")
+    return UsageError(
+        f"{flag} (set for the conversation) applies to {kind}s only, and no file of this conversation so far is a "
+        f"{kind}: nothing was sent",
+        hint=f"Leave {flag} out, or give it only with a {kind}.",
+    )
 
 
 def image_refs(arg: str) -> list[str]:
@@ -110,6 +154,9 @@ class Conversation:
     ``fields``: request fields for every turn (``model``, ``max_tokens``, ``thinking``...; a turn's own
     keyword arguments override them); without a ``model``, a resumed session's model is used.
     One turn at a time: a conversation is one line of messages (a server keeps one per user).
+    ``last_response``: the answer of the last turn the conversation took (None before the first): a turn is taken
+    when its answer is complete (``send``; ``stream``'s ``done`` event, before it is yielded), so an interrupt after
+    that (a Ctrl-C while the answer is still being shown) leaves it in the conversation, as it was paid.
     """
 
     def __init__(
@@ -124,6 +171,7 @@ class Conversation:
         self.images: list[str] = []
         self.video: str | list[str] | None = None
         self.dropped: list[str] = []  # the attachments the last failed turn dropped (a MediaError)
+        self.last_response: Response | None = None
 
     def __repr__(self) -> str:
         name = self.session.name if self.session is not None else None
@@ -223,7 +271,8 @@ class Conversation:
         raised; UsageError for bad fields."""
         self.dropped = []
         self.drop_unavailable()
-        request = {**_for_media(self.fields, self.images, self.video), **fields}  # a turn's own fields as given
+        common = {k: v for k, v in self.fields.items() if k not in fields}  # a turn's own fields as given, over them
+        request = {**_for_media(common, self.images, self.video, self.messages), **fields}
         with self._media_checked():
             return self.client.plan(
                 prompt=text, images=self.images, video=self.video, messages=self.messages, **request
@@ -313,6 +362,7 @@ class Conversation:
         session saved (atomically) when there is one."""
         self.images, self.video = [], None
         self.messages = list(response.messages)
+        self.last_response = response
         if self.session is not None:
             self.session.messages = self.messages
             self.session.model = call.request.model

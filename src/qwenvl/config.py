@@ -506,7 +506,7 @@ def _read_key_file(path: Path, *, named_by: str | None = None) -> str | None:
         text = _read_config_text(path, "key file")
     except MediaError as exc:
         raise MediaError(
-            f"{named_by}: {exc.message}" if named_by else exc.message, source=exc.source, hint=exc.raw_hint
+            f"{named_by}: {exc.raw_message}" if named_by else exc.raw_message, source=exc.source, hint=exc.raw_hint
         ) from None
     if text is None:
         return None

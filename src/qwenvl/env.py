@@ -157,7 +157,7 @@ def _parsed(name: str, parse: Callable[[str], T], env: Env | None) -> T | None:
     try:
         return parse(raw)
     except UsageError as exc:
-        raise UsageError(f"${name}: {exc.message}", hint=exc.raw_hint) from None
+        raise UsageError(f"${name}: {exc.raw_message}", hint=exc.raw_hint) from None
 
 
 def _text(name: str, env: Env | None) -> str | None:

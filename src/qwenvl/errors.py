@@ -38,16 +38,37 @@ class QwenVLError(Exception):
 
     Raised only as one of the subclasses below. ``.message`` is the one-line message (``str(exc)``), ``.hint``
     a suggestion for the user (or None), ``.exit_code`` the CLI's exit code (2 usage, 3 input, 4 auth,
-    5 service)."""
+    5 service). Message and hint are in the library's words (``qwenvl.wording.library_message`` and
+    ``library_hint``: ``pages``, ``timeout_s``, never the CLI's ``--pages``); ``raw_message``, ``as_written()`` and
+    ``raw_hint`` keep them as written, in the CLI's flags, for each surface (CLI, serve, MCP) to put in its words."""
 
     exit_code = EXIT_SERVICE
     default_hint: str | None = None
     raw_hint: str | None
+    raw_message: str
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint if hint is not None else self.default_hint
+
+    @property
+    def message(self) -> str:
+        """The one-line message in the library's words (``qwenvl.wording.library_message``); ``raw_message`` is it
+        as written, naming CLI flags."""
+        from qwenvl.wording import library_message
+
+        return library_message(self.raw_message)
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.raw_message = value
+
+    def as_written(self) -> str:
+        """The whole line ``str()`` shows, as written (in the CLI's flags: ``--pages``), for a surface that puts it
+        in its own words (the CLI shows it as it is; ``qwenvl serve`` and the MCP server: ``wording.fit_message``).
+        Raises nothing."""
+        return self.raw_message
 
     @property
     def hint(self) -> str | None:
@@ -65,7 +86,15 @@ class QwenVLError(Exception):
         self.raw_hint = value
 
     def __str__(self) -> str:
-        return self.message
+        from qwenvl.wording import library_message
+
+        return library_message(self.as_written())
+
+
+def written(exc: BaseException) -> str:
+    """An error's line as written (``QwenVLError.as_written``: in the CLI's flags), ``str()`` of any other: what a
+    message that wraps it, or a surface that words it its own way, starts from. Raises nothing."""
+    return exc.as_written() if isinstance(exc, QwenVLError) else str(exc)
 
 
 class UsageError(QwenVLError):
@@ -207,11 +236,11 @@ class APIStatusError(APIError):
         self.retry_after = retry_after
         self.plain = plain  # the message continues "HTTP 502" ("Bad Gateway (an HTML page ...)"), no colon
 
-    def __str__(self) -> str:
+    def as_written(self) -> str:
         parts = [f"HTTP {self.status}"]
         if self.code:
             parts.append(self.code)
-        text = " ".join(parts) + (f" {self.message}" if self.plain else f": {self.message}")
+        text = " ".join(parts) + (f" {self.raw_message}" if self.plain else f": {self.raw_message}")
         if self.request_id:
             text += f" (request_id {self.request_id})"
         return text
@@ -270,8 +299,8 @@ class MissingAPIKeyError(AuthenticationError):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message, status=0, hint=hint)
 
-    def __str__(self) -> str:
-        return self.message
+    def as_written(self) -> str:
+        return self.raw_message
 
 
 class PermissionDeniedError(APIStatusError):

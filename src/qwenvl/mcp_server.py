@@ -23,8 +23,8 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -46,7 +46,7 @@ from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.spelling import did_you_mean
 from qwenvl.tasks import Box, Event, OCRPage, Point
 from qwenvl.types import Response, Usage
-from qwenvl.wording import Surface, field_of, fit_hint, fit_message
+from qwenvl.wording import Surface, field_of, fit_hint, fit_message, model_references
 
 HEARTBEAT_S = 2.0  # a progress notification at least this often while a step runs (keeps clients' timers alive)
 PREVIEW_MAX_SIDE = 1600  # the annotated image returned as MCP image content is at most this wide or high
@@ -345,12 +345,14 @@ def _tool_word(flag: str) -> str | None:
 TOOL_SURFACE = Surface(name=_tool_word, restate=False)
 
 
-def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
+def tool_error(exc: BaseException, region: str | None = None, names: Mapping[str, str] | None = None) -> CallToolResult:
     """The error as the model reads it: one line, then the hint; never a traceback. An answer that was not valid
     for the schema was paid: a ``paid:`` line between them says for how many requests, tokens and cost (in
-    ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``)."""
+    ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``).
+    ``names``: the local model's references (its folder's path) -> the name it is served under, said instead."""
+    surface = replace(TOOL_SURFACE, names=dict(names)) if names else TOOL_SURFACE
     if isinstance(exc, QwenVLError):
-        text = f"error: {fit_message(str(exc), TOOL_SURFACE)}"
+        text = f"error: {fit_message(exc.as_written(), surface)}"
         if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
             b = billed(exc.response, region=region)
             u = b["usage"]
@@ -359,7 +361,7 @@ def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
                 f"\n{spent_label(exc.response.protocol)}: {requests}, {u.input_tokens or 0} in / "
                 f"{u.output_tokens or 0} out tokens, cost {format_cost(b['cost'], b['currency'], local=b['local'])}"
             )
-        hint = fit_hint(exc.raw_hint, TOOL_SURFACE) if exc.raw_hint else ""
+        hint = fit_hint(exc.raw_hint, surface) if exc.raw_hint else ""
         if hint:
             text += f"\nhint: {hint}"
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
@@ -463,6 +465,23 @@ def build_server(
     server.client = client  # type: ignore[attr-defined]  # closed by the runner
 
     allowed = _names_of(only_model) if only_model else {}
+    # the in-process model is named as it is served (``backends.transformers.served_name``), never by its folder's
+    # path: in results, progress and errors alike (``wording.model_references``, as ``qwenvl serve`` names it)
+    said = model_references(only_model, _served(only_model)) if only_model else {}
+
+    def named(model: str | None) -> str | None:
+        return said.get(model, model) if model else model
+
+    surface = replace(TOOL_SURFACE, names=said)
+
+    def worded(warnings: list[str]) -> list[str]:
+        """A task's warnings (written in the CLI's flags: "raise --max-tokens") in the tools' words."""
+        return [fit_message(w, surface) for w in warnings]
+
+    def paid(*responses: Response | None) -> dict[str, Any]:
+        out = billed(*responses, region=client.region)
+        out["model"] = named(out["model"])
+        return out
 
     def own_model(model: str | None) -> str | None:
         """The model a call may use: ``model`` itself, or with ``only_model`` that model (UsageError otherwise)."""
@@ -486,7 +505,7 @@ def build_server(
         try:
             return await body()
         except Exception as exc:
-            return tool_error(exc, region=client.region)
+            return tool_error(exc, region=client.region, names=said)
 
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=True)
 
@@ -519,7 +538,7 @@ def build_server(
                 "preparing the media",
                 lambda: client.plan(prompt=prompt, images=images, video=video, **fields),
             )
-            response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
+            response = await step(ctx, 1, 2, f"asking {named(call.request.model)}", lambda: client.send(call))
             await _progress(ctx, 2, 2, "done")
             return result(
                 AskResult(
@@ -527,7 +546,7 @@ def build_server(
                     reasoning=response.reasoning if thinking else None,
                     json=response.json,
                     finish_reason=response.finish_reason,
-                    **billed(response, region=client.region),
+                    **paid(response),
                 )
             )
 
@@ -581,7 +600,7 @@ def build_server(
             )
             if target is not None:  # a format that cannot hold the picture at its size (.ico): before it is paid
                 check_fits(target, original_size(planned_picture(call) or ref), "out")
-            response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
+            response = await step(ctx, 1, 2, f"asking {named(call.request.model)}", lambda: client.send(call))
             g = read_grounding(call, response, image=image)
             extra: list[ImageContent] = []
             if target is not None or want_image:
@@ -599,10 +618,10 @@ def build_server(
                     points=g.points,
                     dropped=g.dropped,
                     truncated=g.truncated,
-                    warnings=g.warnings,
+                    warnings=worded(g.warnings),
                     convention=g.convention,
                     annotated=str(target) if target is not None else None,
-                    **billed(response, region=client.region),
+                    **paid(response),
                 ),
                 *extra,
             )
@@ -643,8 +662,8 @@ def build_server(
                     source=file,
                     text=r.text,
                     pages=r.pages,
-                    warnings=r.warnings,
-                    **billed(*r.responses, region=client.region),
+                    warnings=worded(r.warnings),
+                    **paid(*r.responses),
                 )
             )
 
@@ -670,9 +689,9 @@ def build_server(
             call = await step(
                 ctx, 0, 2, "preparing the file", lambda: plan_extract(client, ref, schema, prompt=prompt, **fields)
             )
-            response = await step(ctx, 1, 2, f"asking {call.request.model}", lambda: client.send(call))
+            response = await step(ctx, 1, 2, f"asking {named(call.request.model)}", lambda: client.send(call))
             await _progress(ctx, 2, 2, "done")
-            return result(ExtractResult(file=file, json=response.json, **billed(response, region=client.region)))
+            return result(ExtractResult(file=file, json=response.json, **paid(response)))
 
         return await guarded(body)
 
@@ -704,7 +723,11 @@ def build_server(
             )
             frames_sent = sum(len(m.sent) if isinstance(m.sent, list) else 1 for m in call.media)
             timeline = await step(
-                ctx, 1, 2, f"asking {call.request.model} about {frames_sent} frames", lambda: send_events(client, call)
+                ctx,
+                1,
+                2,
+                f"asking {named(call.request.model)} about {frames_sent} frames",
+                lambda: send_events(client, call),
             )
             await _progress(ctx, 2, 2, "done")
             name = video if video is not None else f"{len(frames or [])} frames"
@@ -713,8 +736,8 @@ def build_server(
                     video=name,
                     duration=timeline.duration,
                     events=timeline.events,
-                    warnings=timeline.warnings,
-                    **billed(timeline.response, region=client.region),
+                    warnings=worded(timeline.warnings),
+                    **paid(timeline.response),
                 )
             )
 
@@ -761,6 +784,7 @@ def build_server(
             )
             for item, ref in zip(out["items"], _labels(files, out["items"], refs), strict=True):
                 item["source"] = ref  # the caller's names, not the resolved paths
+            out["model"] = named(out.get("model"))
             await _progress(ctx, 1, 1, "done")
             return result(EstimateResult.model_validate(out), exclude_unset=True)  # rows exactly as `tokens`
 

@@ -443,11 +443,17 @@ def model_info(name: str) -> ModelInfo:
     with the lower-case name's rules (``near_model`` names it; ``typo_error`` refuses to send it). Raises nothing:
     every name gets rules.
     """
+    return _lookup(name, warn=True)
+
+
+def _lookup(name: str, *, warn: bool) -> ModelInfo:
+    """``model_info``'s resolution; ``warn``: whether an unknown name is logged (``_warned``), False for a name
+    looked up for another's sake (the name meant by one in other case: ``_miscased``). Raises nothing."""
     key = name.strip().lower()
     if key.startswith("qwen/"):  # Hugging Face ids of the open models, e.g. Qwen/Qwen2.5-VL-7B-Instruct
         key = key[len("qwen/") :]
     elif key and key != name:  # QWEN3-VL-PLUS, " qwen3-vl-plus": a name DashScope refuses (its names are exact)
-        return _miscased(name, key)
+        return _miscased(name, key, warn=warn)
     if key in MODELS:
         info = MODELS[key]
         return info if info.name == name else replace(info, name=name, entry=key)
@@ -458,7 +464,7 @@ def model_info(name: str) -> ModelInfo:
                 return replace(MODELS[base], name=name, entry=base, resolution=f"-latest alias of {base}")
             snapshot = dated_snapshot(base, key, name)
             if snapshot is not None:
-                return snapshot if snapshot.known else _warned(snapshot)
+                return snapshot if snapshot.known else _warned(snapshot, warn)
             if _DATED.match(rest):
                 return _warned(
                     replace(
@@ -467,7 +473,8 @@ def model_info(name: str) -> ModelInfo:
                         entry=base,
                         known=False,
                         resolution=f"unlisted snapshot: rules of {base}",
-                    )
+                    ),
+                    warn,
                 )
     listed = _listed_prefix(key)
     if listed is not None:  # qwen3-vl-plus-preview: a variant of qwen3-vl-plus, whose price is not known
@@ -479,25 +486,20 @@ def model_info(name: str) -> ModelInfo:
                 known=False,
                 entry=listed,
                 resolution=f"not in the table: a variant of {listed}, with its rules and no price",
-            )
+            ),
+            warn,
         )
-    return _guess(name, key)
+    return _guess(name, key, warn=warn)
 
 
-def _miscased(name: str, key: str) -> ModelInfo:
+def _miscased(name: str, key: str, *, warn: bool) -> ModelInfo:
     """A name that differs from ``key`` (its lower case, stripped) only in case or surrounding whitespace: not a
     name DashScope serves (its model names are lower case and exact: reference/dashscope-api.md), so unknown and
     unpriced, with the rules of ``key`` (plan refuses to send it: ``typo_error``)."""
     from qwenvl import env as qenv
 
     meant = near_model(name) or key
-    quiet = meant not in _WARNED  # the rules of the name meant, without a warning naming it: it is not the one used
-    _WARNED.add(meant)
-    try:
-        base = model_info(meant)
-    finally:
-        if quiet:
-            _WARNED.discard(meant)
+    base = _lookup(meant, warn=False)  # the rules of the name meant, without a warning naming it: it is not used
     info = replace(
         base,
         name=name,
@@ -509,7 +511,7 @@ def _miscased(name: str, key: str) -> ModelInfo:
     )
     # warned unless it would be refused as the listed name in other case (the refusal says it); a name the table
     # does not know in any case (a model a server answered with) is warned of as any unknown name is
-    return _warned(info) if typo_error(name, allowed=qenv.unlisted_models()) is None or not base.known else info
+    return _warned(info, warn) if typo_error(name, allowed=qenv.unlisted_models()) is None or not base.known else info
 
 
 def _listed_prefix(key: str) -> str | None:
@@ -554,7 +556,7 @@ def near_model(name: str) -> str | None:
     return near[0] if near else None
 
 
-def _guess(name: str, key: str) -> ModelInfo:
+def _guess(name: str, key: str, *, warn: bool) -> ModelInfo:
     from qwenvl import env as qenv
 
     near = near_model(name)
@@ -568,7 +570,7 @@ def _guess(name: str, key: str) -> ModelInfo:
             resolution=f"not in the table; did you mean {near}? Its rules assumed, no price",
         )
         # warned only when it will be sent (named in $QWENVL_UNLISTED_MODELS); else the refusal says it
-        return _warned(info) if typo_error(name, allowed=qenv.unlisted_models()) is None else info
+        return _warned(info, warn) if typo_error(name, allowed=qenv.unlisted_models()) is None else info
     if key.startswith("qvq"):
         proto = MODELS["qvq-max"]
     elif "qwen2.5-vl" in key or "qwen2-vl" in key:
@@ -587,7 +589,8 @@ def _guess(name: str, key: str) -> ModelInfo:
             known=False,
             entry=proto.name,
             resolution=f"not in the table: guessed from the name as {proto.family} (rules of {proto.name}, no price)",
-        )
+        ),
+        warn,
     )
 
 
@@ -629,8 +632,9 @@ def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
     )
 
 
-def _warned(info: ModelInfo) -> ModelInfo:
-    if info.name not in _WARNED:
+def _warned(info: ModelInfo, warn: bool = True) -> ModelInfo:
+    """``info``, its ``guess_warning`` logged once per name (on the ``qwenvl`` logger) when ``warn``."""
+    if warn and info.name not in _WARNED:
         _WARNED.add(info.name)
         log.warning("%s", guess_warning(info))
     return info

@@ -25,9 +25,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import get_args
 
-from qwenvl.config import BACKENDS, ENGINES, FAMILIES, PROTOCOLS, REGIONS
-from qwenvl.types import FIELD_FLAGS, GENERATION_FIELDS
+from qwenvl.config import BACKENDS, DEVICES, ENGINES, FAMILIES, PROTOCOLS, REGIONS
+from qwenvl.types import FIELD_FLAGS, GENERATION_FIELDS, Detail
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 # "--no-resize / prepare=False": a flag beside the library's name (never part of a flag: "--no-resize / --high-res")
@@ -55,6 +56,9 @@ FLAG_VALUES: dict[str, tuple[str, ...]] = {
     "--backend": BACKENDS,
     "--engine": ENGINES,
     "--family": FAMILIES,
+    "--device": DEVICES,
+    "--detail": get_args(Detail),
+    "--mode": ("realtime", "batch-api"),  # qwenvl.batch.Batch's modes
 }
 # The Request field a flag sets where it is not the flag's name (``types.FIELD_FLAGS``: --param -> extra, --timeout
 # -> timeout_s); not --no-resize (its field takes the opposite, prepare=False).
@@ -101,6 +105,21 @@ class Surface:
     # the models its user can choose (None: any): a hint clause or sentence proposing another known model (qwenvl's
     # model table) is left out
     models: Collection[str] | None = None
+
+
+def model_references(ref: str, name: str) -> dict[str, str]:
+    """The spellings of a local model's reference (``ref``: a folder's path, as given, without its trailing slash,
+    absolute, resolved) that a message or a result may carry -> ``name``, the name its user knows it by (the
+    served name): a ``Surface.names`` for ``qwenvl serve`` and ``qwenvl mcp``. Raises nothing."""
+    from pathlib import Path
+
+    refs = {ref, ref.rstrip("/")}
+    try:
+        path = Path(ref).expanduser()
+        refs |= {str(path), str(path.absolute()), str(path.resolve())}
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return {r: name for r in refs if r and r != name and len(r) > 1}
 
 
 def _words(text: str, surface: Surface) -> str:
@@ -309,8 +328,14 @@ CLIENT_ARGUMENTS = frozenset(
 )
 
 
-# Switches of the library's batch (``qwenvl.batch.Batch``) that a CLI flag stands for, as a caller writes them.
-LIBRARY_SWITCHES = {"--fresh": "fresh=True", "--retry-errors": "retry_errors=True"}
+# What a caller of the library writes for a CLI flag that is no keyword of its own name: switches and arguments of
+# the library's batch (``qwenvl.batch.Batch``), and a field's value that an off switch stands for.
+LIBRARY_SWITCHES = {
+    "--fresh": "fresh=True",
+    "--retry-errors": "retry_errors=True",
+    "--mode": "mode",
+    "--no-high-res": "vl_high_resolution_images=False",  # a Request field's value, as --no-resize is prepare=False
+}
 # The key: what a library caller passes (the variable is read too, so a hint naming it stays true beside it).
 _KEY_VARIABLE = re.compile(r"\bDASHSCOPE_API_KEY\b(?!_)")
 _KEY_ARGUMENT = re.compile(r"(?<![\w/])api_key\b")  # the argument, not ~/.dashscope/api_key
@@ -337,6 +362,25 @@ def _library_surface() -> Surface:
         return f"{said}={value!r}" if said else None
 
     return Surface(name=library_name, pair=pair, with_value=with_value, param=lambda key: f"extra {key}")
+
+
+def library_message(message: str) -> str:
+    """``message`` (written in CLI flags) in the library's words (``QwenVLError.message`` and ``str()``): each flag
+    the library has a name for becomes it as ``library_hint`` does (``--pages`` -> ``pages``, ``--pages 2-9`` ->
+    ``pages='2-9'``, ``--param`` -> ``extra``), a name then said twice once (``max_pixels (--max-pixels)`` ->
+    ``max_pixels``); a flag only the CLI has stays, and nothing is left out (``fit_message``). Raises nothing."""
+    if not FLAG.search(re.sub(r"`[^`]*`", "", message)):
+        return message
+    parts, _ = _split_quoted(message)  # "--pages 2-9" -> "pages='2-9'": the keyword as a caller writes it
+    message = "".join(p if i % 2 else _PAGES_VALUE.sub(r"\1='\2'", p) for i, p in enumerate(parts))
+    said = fit_message(message, _library_surface())
+    return _SAID_TWICE.sub(r"\1", said)
+
+
+# "--pages 2-9", "--page 3": a page selection with its value (``qwenvl.media.pdf.parse_pages``)
+_PAGES_VALUE = re.compile(r"(?<![\w-])--(pages?) ([0-9][0-9,-]*)(?![\w-])")
+# "max_pixels (max_pixels)", "extra (extra)": a name beside itself once a flag became it
+_SAID_TWICE = re.compile(r"(?<![\w.-])([A-Za-z_][\w.]*(?:=\w+)?) \(\1\)")
 
 
 def library_hint(hint: str) -> str:

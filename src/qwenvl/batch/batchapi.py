@@ -66,6 +66,7 @@ from qwenvl.errors import (
     UsageError,
     detached,
     safe_line,
+    written,
 )
 from qwenvl.models import ModelInfo, answer_cost, currency_of
 from qwenvl.plan import ensure_sendable
@@ -876,7 +877,7 @@ def _refuse(
     BatchJobFailedError, recorded (nothing was run or billed), so that the next run does not send them again
     unless their question changed or ``--retry-errors`` is given; said in ``prog.job_failures`` (the CLI
     exits 5). ``item_ids`` (``count`` of them) are read as they are recorded."""
-    message = f"the Batch API refused {what} ({count:,} requests): {exc}"
+    message = f"the Batch API refused {what} ({count:,} requests): {written(exc)}"
     error = BatchJobFailedError(
         message,
         code=exc.code,

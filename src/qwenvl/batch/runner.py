@@ -294,13 +294,23 @@ class _Fatal(Exception):
 
 def item_files(fields: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """(field, references) of the files a request's fields name: ``image``, ``images``, ``video`` (a file or its
-    frames) and a ``schema`` given as a file name. Raises nothing."""
+    frames), a ``schema`` given as a file name, and the images and videos of the earlier turns in ``messages``
+    (``"messages[0] image"``: a part's ``image`` or ``video``, as ``types.ImagePart`` / ``VideoPart`` name them),
+    read as they are yielded (nothing is copied). Raises nothing: what is not of a request's shape is skipped
+    (the request's own check names it)."""
     for name in ("image", "images", "video"):
         if fields.get(name):
             yield name, fields[name]
     schema = fields.get("schema")
     if isinstance(schema, (str, os.PathLike)):
         yield "schema", schema
+    messages = fields.get("messages")
+    for n, message in enumerate(messages if isinstance(messages, list) else []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else []:
+            for key in ("image", "video"):
+                if isinstance(part, dict) and part.get(key):
+                    yield f"messages[{n}] {key}", part[key]
 
 
 def _has_media(fields: dict[str, Any]) -> bool:
@@ -319,7 +329,7 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     the message is): one wording in every output file, whoever ran the batch."""
     out: dict[str, Any] = {
         "type": type(exc).__name__,
-        "message": getattr(exc, "message", str(exc)),
+        "message": getattr(exc, "raw_message", str(exc)),
         "code": getattr(exc, "code", None),
         "status": getattr(exc, "status", None) or None,
         "request_id": getattr(exc, "request_id", None),
@@ -779,7 +789,7 @@ class Batch:
 
         every = f"every one of the {est.invalid:,} pending items"
         hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.raw_hint
-        refused = type(first)(f"{first.message} ({every}): nothing was sent or written", hint=hint)
+        refused = type(first)(f"{first.raw_message} ({every}): nothing was sent or written", hint=hint)
         raise refused
 
     @staticmethod
@@ -1274,7 +1284,7 @@ class _Realtime:
                 return
         error = type(exc)(
             f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
-            f"({exc.message})",
+            f"({exc.raw_message})",
             hint=f"{exc.raw_hint + ' ' if exc.raw_hint else ''}Once it answers, add --retry-errors to send the "
             "failed items again.",
         )
@@ -1328,8 +1338,8 @@ class _Realtime:
                 if not isinstance(exc, MissingAPIKeyError):  # sent, and refused: not "not sent"
                     with self.lock:
                         self.refused.append(exc)
-                if isinstance(exc, ModelNotFoundError) and call.request.model not in exc.message:
-                    exc.message = f"{call.request.model}: {exc.message}"  # native says only "Model not exist."
+                if isinstance(exc, ModelNotFoundError) and call.request.model not in exc.raw_message:
+                    exc.message = f"{call.request.model}: {exc.raw_message}"  # native says only "Model not exist."
                 raise _Fatal(exc) from exc
             except APIError as exc:
                 if isinstance(exc, APIStatusError):

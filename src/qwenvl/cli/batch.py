@@ -58,7 +58,7 @@ from qwenvl.cli.common import (
     stdin_text,
     take_stdin,
 )
-from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line
+from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line, written
 from qwenvl.models import format_cost, model_info
 from qwenvl.outputs import check_outputs
 from qwenvl.plan import check_extra, check_model_rules
@@ -602,7 +602,7 @@ def _print_job(job: dict[str, Any]) -> None:
 
 def _failed_job(batch_id: str, exc: QwenVLError, verb: str, *, tried: bool = True) -> dict[str, Any]:
     """The JSON line of an id that could not be shown or cancelled (``--json``): ``{"id", "error": {...}}``."""
-    said = f"not {verb}: {exc}" if tried else f"not tried: {exc}"
+    said = f"not {verb}: {written(exc)}" if tried else f"not tried: {written(exc)}"
     return {"id": batch_id, "error": {**error_record(exc), "message": said}}  # every verb's shape of an error
 
 
@@ -635,7 +635,7 @@ def _each_job(
                     exc.hint = f"{exc.raw_hint or ''} Not tried: {', '.join(rest)}.".strip()
                 raise
             except APIError as exc:
-                failed = APIError(f"{batch_id}: not {verb}: {exc}", hint=exc.raw_hint)
+                failed = APIError(f"{batch_id}: not {verb}: {written(exc)}", hint=exc.raw_hint)
                 failed.exit_code = exc.exit_code
                 report(failed)
                 if opts["as_json"]:

@@ -125,11 +125,14 @@ def _kept(conv: Conversation) -> str:
 
 def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
     """One turn, streamed to the terminal; 0, or the exit code of the error that ended it (reported here).
-    Ctrl-C during the answer cancels it: nothing is added, and the turn's code is 130 (``EXIT_INTERRUPTED``: it was
-    not answered, so a script feeding the chat learns of it)."""
+    Ctrl-C while the answer arrives cancels it: nothing is added, and the turn's code is 130 (``EXIT_INTERRUPTED``:
+    it was not answered, so a script feeding the chat learns of it). One after the whole answer arrived (while the
+    terminal is still being written to) keeps it: the conversation took it (``Conversation.last_response``), it
+    was paid, and the turn counts as answered."""
     err = err_console()
     _forget_gone_files(conv)
     events: Any = None
+    before = conv.last_response
     try:
         events = conv.stream(text)
         response = stream_to_terminal(events, show_reasoning=not hide_reasoning)
@@ -140,6 +143,14 @@ def _ask(conv: Conversation, text: str, hide_reasoning: bool) -> int:
             raise
         sys.stdout.write("\n")
         sys.stdout.flush()
+        kept = conv.last_response
+        if kept is not None and kept is not before:  # the whole answer had arrived: the conversation took it
+            err.print("[dim](interrupted after the answer arrived: kept in the conversation)[/]")
+            if isinstance(exc, Terminated):
+                raise
+            if err.is_terminal:
+                print_usage_line(kept, conv.client.region, err)
+            return 0
         err.print("[dim](answer cancelled: not added to the conversation)[/]")
         if isinstance(exc, Terminated):  # SIGTERM, SIGHUP: the chat ends too (qwenvl.cli.signals)
             raise

@@ -42,6 +42,7 @@ from qwenvl.errors import (
     empty_argument,
     safe_line,
     terminal_safe,
+    written,
 )
 from qwenvl.media.sources import classify, first_names, is_reference, looks_like_file, path_hint
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid, spent_label
@@ -92,7 +93,7 @@ def report(exc: QwenVLError) -> None:
     name, a URL or a key the user gave: the service's text is ``printable`` already) are shown escaped
     (``qwenvl.errors.safe_line``)."""
     console = err_console()
-    message = str(exc)
+    message = written(exc)  # the CLI's words: its flags, as the library wrote them
     ctx = click.get_current_context(silent=True)
     stdin_file = ctx.meta.get(_STDIN_KEY) if ctx is not None else None
     if stdin_file:  # the temporary copy of '-' is named as the user gave it
@@ -607,7 +608,7 @@ def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -
         try:
             check_page_spec(value)
         except UsageError as exc:
-            raise HintedBadParameter(str(exc), exc.raw_hint or "", ctx, param) from None
+            raise HintedBadParameter(written(exc), exc.raw_hint or "", ctx, param) from None
     return value
 
 
@@ -1151,7 +1152,7 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         kind, hint, code = "interrupted", None, exit_code(exc)
     else:
         said, kind, hint, code = (
-            str(exc),
+            written(exc),
             type(exc).__name__,
             getattr(exc, "raw_hint", None),
             getattr(exc, "exit_code", None),

@@ -26,7 +26,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from qwenvl import env as qenv
@@ -61,7 +60,7 @@ from qwenvl.retry import RETRYABLE_STATUS, should_retry
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
 from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart, seconds
-from qwenvl.wording import api_surface, fit_hint, fit_message
+from qwenvl.wording import api_surface, fit_hint, fit_message, model_references
 
 try:
     from fastapi import FastAPI
@@ -341,11 +340,7 @@ def create_app(
         name = shown if shown in settings.model_map else (listed[0] if listed else None)
         if not isinstance(ref, str) or not ref or name is None:
             return {}
-        refs = {ref, ref.rstrip("/")}
-        with contextlib.suppress(OSError, ValueError):
-            path = Path(ref).expanduser()
-            refs |= {str(path), str(path.absolute()), str(path.resolve())}
-        return {r: name for r in refs if r and r != name and len(r) > 1}
+        return model_references(ref, name)
 
     def served_names() -> list[str] | None:
         """The models a client may choose here (None: any, a gateway passing names on)."""
@@ -761,8 +756,8 @@ def _message(exc: BaseException) -> str:
     from qwenvl.errors import APIStatusError
 
     if isinstance(exc, APIStatusError):
-        return exc.message
-    return str(exc) if isinstance(exc, QwenVLError) else "internal error"
+        return exc.raw_message
+    return exc.as_written() if isinstance(exc, QwenVLError) else "internal error"
 
 
 def _xml(text: str) -> str:
