@@ -107,8 +107,8 @@ class Conversation:
 
     ``session``: a name (loaded with ``Session.load``, created at the first answered turn; UsageError for an
     invalid name or a damaged file), a ``Session``, or None for a conversation that is not saved.
-    ``fields``: request fields for every turn (``model``, ``max_tokens``, ``thinking``...; a turn's own
-    keyword arguments override them); without a ``model``, a resumed session's model is used.
+    ``fields``: request fields for every turn (``Request``'s: ``model``, ``max_tokens``, ``enable_thinking``...; a
+    turn's own keyword arguments override them); without a ``model``, a resumed session's model is used.
     One turn at a time: a conversation is one line of messages (a server keeps one per user).
     """
 
