@@ -5,11 +5,17 @@ and other APIs' names of a field are understood. Against the loopback DashScope 
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import json
 
-from conftest import make_client
+import pytest
+from pydantic import BaseModel, field_validator
+
+import qwenvl
+from conftest import API_KEY, make_client
+from dashscope_server import Reply
 from qwenvl.chat import Conversation
-from qwenvl.errors import UsageError
+from qwenvl.errors import StructuredOutputError, UsageError
 from qwenvl.spelling import nearest
 
 # --- other APIs' names of a request field: the suggestion is the field meant ------------------------------------
@@ -43,3 +49,52 @@ def test_aliases_fit_flags_and_need_the_field_among_the_choices():
     assert nearest("thinking", ["thinking_budget", "model"]) == "thinking_budget"  # no alias target: the ratio
     assert "enable_thinking" in (Conversation.__doc__ or "")
     assert "``thinking``" not in (Conversation.__doc__ or "")
+
+
+# --- a pydantic validator's refusal of an answer: said about the answer, in the error and the repair prompt ------
+
+
+class Positive(BaseModel):
+    n: int
+
+    @field_validator("n")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+
+def _repair_text(server) -> str:
+    bodies = [r.json for r in server.requests if r.method == "POST" and r.json]
+    return json.dumps(bodies[-1]["messages"] if "messages" in bodies[-1] else bodies[-1]["input"]["messages"])
+
+
+def test_a_model_validator_refusal_is_in_the_error_and_the_repair_prompt(server, protocol):
+    server.enqueue(Reply(text='{"n": -1}'), Reply(text='{"n": -2}'))
+    with make_client(server, protocol, usage_log=False) as client, pytest.raises(StructuredOutputError) as err:
+        client.complete(prompt="n", schema=Positive)
+    assert err.value.errors == ["at n: must be positive"]
+    assert str(err.value).endswith("even after one retry: at n: must be positive"), str(err.value)
+    repair = _repair_text(server)
+    assert "at n: must be positive" in repair and "invalid request" not in repair
+    # repaired: the second answer passes the validator
+    server.enqueue(Reply(text='{"n": -1}'), Reply(text='{"n": 3}'))
+    with make_client(server, protocol, usage_log=False) as client:
+        assert client.complete(prompt="n", schema=Positive).parsed == Positive(n=3)
+
+
+def test_a_model_validator_refusal_without_repair_and_with_a_failed_repair(server):
+    async def go() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False) as aclient:
+            server.enqueue(Reply(text='{"n": 0}'))
+            with pytest.raises(StructuredOutputError) as err:
+                await aclient.complete(prompt="n", schema=Positive, repair=False)
+            assert err.value.errors == ["at n: must be positive"]
+            server.enqueue(Reply(text='{"n": 0}'), Reply(status=400, error_message="bad"))
+            with pytest.raises(StructuredOutputError) as err:
+                await aclient.complete(prompt="n", schema=Positive)
+            assert err.value.errors == ["at n: must be positive"], err.value
+            assert "at n: must be positive; its repair request failed" in str(err.value)
+
+    asyncio.run(go())

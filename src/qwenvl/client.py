@@ -202,17 +202,41 @@ def check_structured(response: Response, request: Request, schema: dict[str, Any
     (``structured.extract_json``), validated against ``schema`` and, when the request's schema was a pydantic
     model, by that model. Valid: sets ``response.json`` (and ``response.parsed``) and returns []; else returns
     the errors as short lines, the response untouched."""
-    value, errors = structured.parse_answer(response.text, schema)
-    if not errors and request.schema_model is not None:
-        try:
-            parsed = request.schema_model.model_validate(value)
-        except ValidationError as exc:
-            errors = [describe_validation_error(exc)]
-        else:
-            response._parsed = parsed
+    value, parsed, errors = answer_errors(response.text, request, schema)
     if not errors:
         response.json = value
+        if parsed is not None:
+            response._parsed = parsed
     return errors
+
+
+def answer_errors(text: str, request: Request, schema: dict[str, Any] | None) -> tuple[Any, Any, list[str]]:
+    """``(value, parsed, errors)`` of a structured answer's ``text``: the JSON found (``structured.parse_answer``),
+    the request's pydantic model's instance of it (None without a model, or when invalid), and what is wrong as
+    short lines about the answer: the schema's (``at n: -1 is less than 1``) and then the model's own validators'
+    (``at n: must be positive``: a ``field_validator`` raising ValueError). Mutates nothing; raises what
+    ``structured.validate`` raises (SchemaDefinitionError)."""
+    value, errors = structured.parse_answer(text, schema)
+    if errors or request.schema_model is None:
+        return value, None, errors
+    try:
+        return value, request.schema_model.model_validate(value), []
+    except ValidationError as exc:  # the user's model refused the answer: said about the answer, never empty
+        return value, None, model_errors(exc)
+
+
+def model_errors(exc: ValidationError) -> list[str]:
+    """A pydantic model's refusal of an answer as short lines in ``structured.validate``'s words (``at n: must be
+    positive``; ``(root)`` for the whole value), at most ``structured.MAX_REPORTED_ERRORS`` and a count of the
+    rest. Raises nothing."""
+    lines = []
+    found = exc.errors()
+    for err in found[: structured.MAX_REPORTED_ERRORS]:
+        where = "/".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"at {where}: {err['msg'].removeprefix('Value error, ')}")
+    if len(found) > structured.MAX_REPORTED_ERRORS:
+        lines.append(f"... and {len(found) - structured.MAX_REPORTED_ERRORS} more")
+    return lines or [str(exc).splitlines()[0]]
 
 
 def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
@@ -273,7 +297,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         exc.requests, exc.request_ids = 2, paid
         raise
     if again is not None:
-        _, errors = structured.parse_answer(second.text, retry.schema)
+        errors = answer_errors(second.text, retry.request, retry.schema)[2]
         raise StructuredOutputError(
             "the answer is not valid JSON"
             + (" for the schema" if retry.schema else "")
@@ -294,7 +318,7 @@ def _unrepaired(first: Response, retry: Call, exc: BaseException) -> StructuredO
     """The StructuredOutputError of a first answer that was not valid and whose repair request did not answer
     (``exc``: it failed, or was interrupted): the first answer is kept (``raw_text``, ``response``, one request
     paid), never lost with the repair."""
-    _, errors = structured.parse_answer(first.text, retry.schema)
+    errors = answer_errors(first.text, retry.request, retry.schema)[2]
     what = "was interrupted" if not isinstance(exc, QwenVLError) else f"failed ({exc})"
     return StructuredOutputError(
         "the answer is not valid JSON"
