@@ -98,3 +98,67 @@ def test_a_model_validator_refusal_without_repair_and_with_a_failed_repair(serve
             assert "at n: must be positive; its repair request failed" in str(err.value)
 
     asyncio.run(go())
+
+
+# --- wrong-typed objects are refused at construction (UsageError), never a late AttributeError -------------------
+
+
+def test_wrong_http_clients_are_refused_at_construction(server):
+    import httpx
+
+    wrong = [(qwenvl.Client, httpx.AsyncClient()), (qwenvl.AsyncClient, httpx.Client()), (qwenvl.Client, "nope")]
+    for cls, given in wrong:
+        with pytest.raises(UsageError, match="http_client is") as err:
+            cls(api_key=API_KEY, base_url=server.url, http_client=given, usage_log=False)
+        assert "httpx." in (err.value.hint or "")
+    with (
+        httpx.Client() as right,
+        qwenvl.Client(api_key=API_KEY, base_url=server.url, http_client=right, usage_log=False) as client,
+    ):
+        assert client.ask("hi").text
+    from qwenvl.batch.batchapi import BatchAPI
+
+    with pytest.raises(UsageError, match="http_client is"):
+        BatchAPI(API_KEY, base_url=server.url, http_client=httpx.AsyncClient())
+    assert len(server.requests) == 1  # the right one's
+
+
+def test_wrong_backends_hooks_and_stores_are_refused_at_construction(server):
+    from qwenvl.backends.dashscope import AsyncDashScopeBackend, DashScopeBackend
+
+    sync_backend = DashScopeBackend(API_KEY, base_url=server.url)
+    async_backend = AsyncDashScopeBackend(API_KEY, base_url=server.url)
+    for cls, backend in ((qwenvl.Client, async_backend), (qwenvl.AsyncClient, sync_backend)):
+        with pytest.raises(UsageError, match="backend"):
+            cls(backend=backend, usage_log=False)
+    for kw in ({"on_retry": "print"}, {"cache": 3}, {"usage_log": object()}):
+        for cls in (qwenvl.Client, qwenvl.AsyncClient):
+            with pytest.raises(UsageError):
+                cls(api_key=API_KEY, base_url=server.url, **kw)
+    sync_backend.close()
+
+
+def test_conversations_batches_and_tasks_refuse_what_is_no_fitting_client(server, tmp_path):
+    from qwenvl import tasks
+    from qwenvl.batch import Batch, BatchItem
+
+    for wrong in ("qwen3-vl-plus", None, object()):
+        with pytest.raises(UsageError, match=r"qwenvl\.Client"):
+            Conversation(wrong)
+        with pytest.raises(TypeError, match="qwenvl client"):
+            tasks.ground(wrong, "a.png", "cats")  # type: ignore[arg-type]
+    aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False)
+    with pytest.raises(UsageError, match=r"await conv\.asend"):
+        Conversation(aclient).send("hi")
+    with pytest.raises(UsageError, match=r"await conv\.asend"):
+        list(Conversation(aclient).stream("hi"))
+    with pytest.raises(UsageError, match=r"qwenvl\.Client"):
+        Batch([BatchItem(id="a", request={"prompt": "hi"})], tmp_path / "o.jsonl", client=aclient)  # type: ignore[arg-type]
+    with make_client(server, usage_log=False) as client:
+
+        async def go() -> None:
+            with pytest.raises(UsageError, match=r"conv\.send"):
+                await Conversation(client).asend("hi")
+
+        asyncio.run(go())
+    assert not server.requests

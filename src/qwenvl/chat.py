@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 import shlex
 from collections.abc import AsyncIterator, Iterator
@@ -110,12 +111,23 @@ class Conversation:
     ``fields``: request fields for every turn (``Request``'s: ``model``, ``max_tokens``, ``enable_thinking``...; a
     turn's own keyword arguments override them); without a ``model``, a resumed session's model is used.
     One turn at a time: a conversation is one line of messages (a server keeps one per user).
+
+    Raises UsageError for a ``client`` without ``plan``, ``send`` and ``send_stream``; ``send``/``stream`` raise it
+    for an AsyncClient's conversation, ``asend``/``astream`` for a Client's.
     """
 
     def __init__(
         self, client: Any, *, session: str | Session | None = None, fields: dict[str, Any] | None = None
     ) -> None:
+        missing = [m for m in ("plan", "send", "send_stream") if not callable(getattr(client, m, None))]
+        if missing:  # refused now, not as an AttributeError of the first turn
+            raise UsageError(
+                f"a Conversation talks through a qwenvl.Client or AsyncClient, not {type(client).__name__} "
+                f"(it has no {', '.join(missing)})",
+                hint="Conversation(qwenvl.Client(), ...), or an AsyncClient for asend/astream.",
+            )
         self.client = client
+        self._async = inspect.iscoroutinefunction(client.send)  # an AsyncClient: asend/astream, not send/stream
         self.session = Session.load(session) if isinstance(session, str) else session
         self.fields = dict(fields or {})
         if self.session is not None and self.session.model and not self.fields.get("model"):
@@ -262,8 +274,21 @@ class Conversation:
             return []  # an earlier turn's file: ``_media_checked`` drops it from the history
         return bad or pending
 
+    def _kind(self, asynchronous: bool) -> None:
+        """UsageError when a turn's method does not fit the client: ``send``/``stream`` with an AsyncClient
+        (their coroutines would never be awaited), ``asend``/``astream`` with a Client."""
+        if asynchronous == self._async:
+            return
+        name = type(self.client).__name__
+        use = "await conv.asend(...) / conv.astream(...)" if self._async else "conv.send(...) / conv.stream(...)"
+        raise UsageError(
+            f"this Conversation talks through {'an' if name[0] in 'AEIOU' else 'a'} {name}: use {use}",
+            hint="send/stream take a qwenvl.Client; asend/astream an AsyncClient.",
+        )
+
     def send(self, text: str, **fields: Any) -> Response:
         """One turn, answered whole (a ``Client``). The errors are the client's (``qwenvl.errors``)."""
+        self._kind(False)
         call = self.plan(text, **fields)
         with self._media_checked():
             response = self.client.send(call)
@@ -273,6 +298,7 @@ class Conversation:
         """One turn, streamed (a ``Client``): the client's events; the conversation takes the answer when the
         ``done`` event comes (before it is yielded). Closing the iterator early (``.close()``) closes the
         connection and leaves the conversation as it was."""
+        self._kind(False)
         call = self.plan(text, **fields)
         events = self.client.send_stream(call)
         try:
@@ -288,6 +314,7 @@ class Conversation:
 
     async def asend(self, text: str, **fields: Any) -> Response:
         """``send`` through an ``AsyncClient`` (planning and saving in a worker thread)."""
+        self._kind(True)
         call = await asyncio.to_thread(self.plan, text, **fields)
         with self._media_checked():
             response = await self.client.send(call)
@@ -295,6 +322,7 @@ class Conversation:
 
     async def astream(self, text: str, **fields: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` through an ``AsyncClient``."""
+        self._kind(True)
         call = await asyncio.to_thread(self.plan, text, **fields)
         events = self.client.send_stream(call)
         try:

@@ -423,6 +423,16 @@ class _Base(Generic[B]):
         self.region = effective_region(region)
         self.base_url = base_url
         self._api_key = api_key
+        if http_client is not None:  # the wrong kind fails now, not as the first request's AttributeError
+            from qwenvl.transport import check_http_client
+
+            check_http_client(http_client, asynchronous=isinstance(self, AsyncClient), who=type(self).__name__)
+        if on_retry is not None and not callable(on_retry):
+            raise UsageError(
+                f"on_retry is a {type(on_retry).__name__}: it is called with a qwenvl.retry.RetryNotice before each "
+                "retry's wait",
+                hint="Give on_retry a function of one argument (the notice), or leave it out.",
+            )
         self._http_client = http_client
         if not isinstance(backend, str | None):
             self._check_backend(backend)
@@ -506,15 +516,23 @@ class _Base(Generic[B]):
             )
 
     def _check_backend(self, backend: object) -> None:
+        """UsageError for a backend object this client cannot use: one without the methods it calls
+        (``_BACKEND_METHODS``), or of the other kind (an async ``complete`` given to Client, a plain one to
+        AsyncClient: its coroutine would never be awaited, or an await would fail)."""
         missing = [m for m in self._BACKEND_METHODS if not callable(getattr(backend, m, None))]
+        asynchronous = "aclose" in self._BACKEND_METHODS
+        kind = "an AsyncBackend" if asynchronous else "a Backend"
         if missing:
-            kind = "an AsyncBackend" if "aclose" in self._BACKEND_METHODS else "a Backend"
-            raise UsageError(
-                f"backend {type(backend).__name__} has no {', '.join(missing)}: "
-                f"{type(self).__name__} needs a backend name or {kind} object",
-                hint=f"A backend name (dashscope, openai, transformers), or an object with what "
-                f"qwenvl.backends.base.{kind.split()[1]} declares.",
-            )
+            said = f"has no {', '.join(missing)}"
+        elif inspect.iscoroutinefunction(getattr(backend, "complete", None)) != asynchronous:
+            said = "answers " + ("synchronously" if asynchronous else "with coroutines (async def complete)")
+        else:
+            return
+        raise UsageError(
+            f"backend {type(backend).__name__} {said}: {type(self).__name__} needs a backend name or {kind} object",
+            hint=f"A backend name (dashscope, openai, transformers), or an object with what "
+            f"qwenvl.backends.base.{kind.split()[1]} declares.",
+        )
 
     def __repr__(self) -> str:
         if self.is_local:
@@ -685,9 +703,10 @@ class Client(_Base[Backend]):
     Use it as a context manager, or call ``close()``, to close its connections.
 
     Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name (each with
-    the one meant, ``qwenvl.spelling``), a backend object without ``complete``, ``stream`` and ``close``, or
-    the dashscope backend with ``protocol="openai"``. A missing key is raised
-    later, by the first request (MissingAPIKeyError).
+    the one meant, ``qwenvl.spelling``), a backend object without ``complete``, ``stream`` and ``close`` (or an
+    async one), an ``http_client`` that is not an ``httpx.Client``, an ``on_retry`` that is not callable, a
+    ``cache`` or ``usage_log`` of another type, or the dashscope backend with ``protocol="openai"``. A missing
+    key is raised later, by the first request (MissingAPIKeyError).
     """
 
     @property
@@ -873,9 +892,10 @@ class AsyncClient(_Base[AsyncBackend]):
     ``AsyncClient(**options)``: the options of ``Client`` (``http_client`` is then an ``httpx.AsyncClient``). Use
     ``async with``, or ``await aclose()``, to close its connections.
 
-    Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name, or a backend
-    object without ``complete``, ``stream`` and ``aclose``; a missing key is raised by the first request
-    (MissingAPIKeyError)."""
+    Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name, a backend
+    object without ``complete``, ``stream`` and ``aclose`` (or a synchronous one), an ``http_client`` that is not
+    an ``httpx.AsyncClient``, and as ``Client`` for the other options; a missing key is raised by the first
+    request (MissingAPIKeyError)."""
 
     _BACKEND_METHODS = ("complete", "stream", "aclose")
     _loop: asyncio.AbstractEventLoop | None = None  # the event loop this client sends in now (``_ready``)

@@ -65,6 +65,7 @@ from qwenvl.errors import (
     APITimeoutError,
     AuthenticationError,
     MediaError,
+    UsageError,
     key_refused_hint,
     printable,
     redact,
@@ -520,6 +521,26 @@ class AsyncLineStream(LineStream):
         await self._response.aclose()
 
 
+def check_http_client(http_client: object, *, asynchronous: bool, who: str = "Client") -> None:
+    """UsageError now, when ``http_client`` is not None nor the httpx client ``who`` sends through (an
+    ``httpx.Client`` for ``Client`` and the synchronous transports, an ``httpx.AsyncClient`` for ``AsyncClient``
+    and the async ones): given the other kind, its coroutines would never be awaited; given anything else, the
+    first request would fail inside httpx's place. Raises nothing for a right one."""
+    wanted = httpx.AsyncClient if asynchronous else httpx.Client
+    if http_client is None or isinstance(http_client, wanted):
+        return
+    other = httpx.Client if asynchronous else httpx.AsyncClient
+    mate = "AsyncClient" if not asynchronous else "Client"
+    raise UsageError(
+        f"http_client is {'an' if isinstance(http_client, other) else 'a'} "
+        f"{'httpx.' if isinstance(http_client, other) else ''}{type(http_client).__name__}: "
+        f"{who} sends through an httpx.{wanted.__name__}",
+        hint=f"Give http_client=httpx.{wanted.__name__}(...)"
+        + (f" (httpx.{other.__name__} is for qwenvl.{mate})" if who in ("Client", "AsyncClient") else "")
+        + ", or leave it out.",
+    )
+
+
 class Transport:
     """Synchronous HTTP with deadlines and retries. ``http_client`` may be given (tests, proxies, custom
     TLS); its httpx connection pools are made to honour the deadlines (``with_deadlines``).
@@ -535,6 +556,7 @@ class Transport:
         sleep: Callable[[float], None] = time.sleep,
         on_retry: RetryHook | None = None,
     ) -> None:
+        check_http_client(http_client, asynchronous=False, who="this transport")
         self._key = api_key
         self._key_source = key_source  # where the key came from (config.KeyFound.source), for a 401's hint
         self._own = http_client is None
@@ -672,6 +694,7 @@ class AsyncTransport:
         sleep: Callable[[float], Any] = asyncio.sleep,
         on_retry: RetryHook | None = None,
     ) -> None:
+        check_http_client(http_client, asynchronous=True, who="this transport")
         self._key = api_key
         self._key_source = key_source  # where the key came from (config.KeyFound.source), for a 401's hint
         self._own = http_client is None
