@@ -162,3 +162,53 @@ def test_conversations_batches_and_tasks_refuse_what_is_no_fitting_client(server
 
         asyncio.run(go())
     assert not server.requests
+
+
+# --- one turn at a time: a second concurrent turn is refused before it is sent ---------------------------------
+
+
+def test_a_second_concurrent_turn_is_refused_before_it_is_sent(server):
+    import threading
+
+    server.enqueue(Reply(delay_s=1, times=2))
+    outcomes: list[object] = []
+    with make_client(server, usage_log=False) as client:
+        conv = Conversation(client)
+
+        def turn(text: str) -> None:
+            try:
+                outcomes.append(conv.send(text))
+            except UsageError as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=turn, args=(f"q{i}",)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        refused = [o for o in outcomes if isinstance(o, UsageError)]
+        assert len(outcomes) == 2 and len(refused) == 1, outcomes
+        assert "turn in progress" in str(refused[0])
+        assert len(conv.messages) == 2  # the answered turn, whole
+        assert len([r for r in server.requests if r.method == "POST"]) == 1  # the refused one paid nothing
+        conv.send("next")  # once the turn is over, the next one goes
+        assert len(conv.messages) == 4
+
+
+def test_a_second_concurrent_async_turn_is_refused_before_it_is_sent(server):
+    server.enqueue(Reply(delay_s=1, times=2))
+
+    async def go() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False) as aclient:
+            conv = Conversation(aclient)
+
+            async def streamed() -> str:
+                return "".join([e.text async for e in conv.astream("s")])
+
+            outcomes = await asyncio.gather(conv.asend("a"), streamed(), return_exceptions=True)
+            refused = [o for o in outcomes if isinstance(o, UsageError)]
+            assert len(refused) == 1, outcomes
+            assert len(conv.messages) == 2
+            assert len([r for r in server.requests if r.method == "POST"]) == 1
+
+    asyncio.run(go())

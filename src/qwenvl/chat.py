@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import re
 import shlex
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,9 @@ class Conversation:
     invalid name or a damaged file), a ``Session``, or None for a conversation that is not saved.
     ``fields``: request fields for every turn (``Request``'s: ``model``, ``max_tokens``, ``enable_thinking``...; a
     turn's own keyword arguments override them); without a ``model``, a resumed session's model is used.
-    One turn at a time: a conversation is one line of messages (a server keeps one per user).
+    One turn at a time: a conversation is one line of messages (a server keeps one per user); a turn begun while
+    another is in progress (``send``, ``stream``, ``asend``, ``astream`` from another thread or task) is refused
+    with UsageError before it is sent.
 
     Raises UsageError for a ``client`` without ``plan``, ``send`` and ``send_stream``; ``send``/``stream`` raise it
     for an AsyncClient's conversation, ``asend``/``astream`` for a Client's.
@@ -128,6 +131,7 @@ class Conversation:
             )
         self.client = client
         self._async = inspect.iscoroutinefunction(client.send)  # an AsyncClient: asend/astream, not send/stream
+        self._turn = threading.Lock()  # held for a turn (``_one_turn``): one at a time
         self.session = Session.load(session) if isinstance(session, str) else session
         self.fields = dict(fields or {})
         if self.session is not None and self.session.model and not self.fields.get("model"):
@@ -274,6 +278,23 @@ class Conversation:
             return []  # an earlier turn's file: ``_media_checked`` drops it from the history
         return bad or pending
 
+    @contextlib.contextmanager
+    def _one_turn(self) -> Iterator[None]:
+        """The turn in progress: a second one begun meanwhile (another thread, another task, a stream not yet
+        read to its end or closed) is refused with UsageError before anything of it is planned or sent, as each
+        turn replaces ``messages`` with its own answer's history and one of the two paid answers would be lost.
+        Never waits."""
+        if not self._turn.acquire(blocking=False):
+            raise UsageError(
+                "this conversation has a turn in progress: one turn at a time (nothing of this one was sent)",
+                hint="Wait for the answer (or read its stream to the end, or close it) before the next message; "
+                "give each thread or task its own Conversation for parallel questions.",
+            )
+        try:
+            yield
+        finally:
+            self._turn.release()
+
     def _kind(self, asynchronous: bool) -> None:
         """UsageError when a turn's method does not fit the client: ``send``/``stream`` with an AsyncClient
         (their coroutines would never be awaited), ``asend``/``astream`` with a Client."""
@@ -289,52 +310,56 @@ class Conversation:
     def send(self, text: str, **fields: Any) -> Response:
         """One turn, answered whole (a ``Client``). The errors are the client's (``qwenvl.errors``)."""
         self._kind(False)
-        call = self.plan(text, **fields)
-        with self._media_checked():
-            response = self.client.send(call)
-        return self._answered(call, response)
+        with self._one_turn():
+            call = self.plan(text, **fields)
+            with self._media_checked():
+                response = self.client.send(call)
+            return self._answered(call, response)
 
     def stream(self, text: str, **fields: Any) -> Iterator[StreamEvent]:
         """One turn, streamed (a ``Client``): the client's events; the conversation takes the answer when the
         ``done`` event comes (before it is yielded). Closing the iterator early (``.close()``) closes the
         connection and leaves the conversation as it was."""
         self._kind(False)
-        call = self.plan(text, **fields)
-        events = self.client.send_stream(call)
-        try:
-            with self._media_checked():
-                for event in events:
-                    if event.type == "done" and event.response is not None:
-                        self._answered(call, event.response)
-                    yield event
-        finally:
-            close = getattr(events, "close", None)  # the connection goes with the stream
-            if close is not None:
-                close()
+        with self._one_turn():
+            call = self.plan(text, **fields)
+            events = self.client.send_stream(call)
+            try:
+                with self._media_checked():
+                    for event in events:
+                        if event.type == "done" and event.response is not None:
+                            self._answered(call, event.response)
+                        yield event
+            finally:
+                close = getattr(events, "close", None)  # the connection goes with the stream
+                if close is not None:
+                    close()
 
     async def asend(self, text: str, **fields: Any) -> Response:
         """``send`` through an ``AsyncClient`` (planning and saving in a worker thread)."""
         self._kind(True)
-        call = await asyncio.to_thread(self.plan, text, **fields)
-        with self._media_checked():
-            response = await self.client.send(call)
-        return await asyncio.to_thread(self._answered, call, response)
+        with self._one_turn():
+            call = await asyncio.to_thread(self.plan, text, **fields)
+            with self._media_checked():
+                response = await self.client.send(call)
+            return await asyncio.to_thread(self._answered, call, response)
 
     async def astream(self, text: str, **fields: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` through an ``AsyncClient``."""
         self._kind(True)
-        call = await asyncio.to_thread(self.plan, text, **fields)
-        events = self.client.send_stream(call)
-        try:
-            with self._media_checked():
-                async for event in events:
-                    if event.type == "done" and event.response is not None:
-                        await asyncio.to_thread(self._answered, call, event.response)
-                    yield event
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        with self._one_turn():
+            call = await asyncio.to_thread(self.plan, text, **fields)
+            events = self.client.send_stream(call)
+            try:
+                with self._media_checked():
+                    async for event in events:
+                        if event.type == "done" and event.response is not None:
+                            await asyncio.to_thread(self._answered, call, event.response)
+                        yield event
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
     def _answered(self, call: Call, response: Response) -> Response:
         """The turn is in: attachments used, messages from the answer (which holds the whole history), the
