@@ -12,10 +12,11 @@ import pytest
 from pydantic import BaseModel, field_validator
 
 import qwenvl
+import qwenvl.client
 from conftest import API_KEY, make_client
 from dashscope_server import Reply
 from qwenvl.chat import Conversation
-from qwenvl.errors import StructuredOutputError, UsageError
+from qwenvl.errors import ClientClosedError, StructuredOutputError, UsageError
 from qwenvl.spelling import nearest
 
 # --- other APIs' names of a request field: the suggestion is the field meant ------------------------------------
@@ -212,3 +213,132 @@ def test_a_second_concurrent_async_turn_is_refused_before_it_is_sent(server):
             assert len([r for r in server.requests if r.method == "POST"]) == 1
 
     asyncio.run(go())
+
+
+# --- lifecycle misuse from threads and loops: ClientClosedError, never a raw exception; nothing paid lost --------
+
+
+def _outcomes(path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT outcome FROM requests ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def _arrived(server, n: int = 1) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while len([r for r in server.requests if r.method == "POST"]) < n:
+        assert time.monotonic() < deadline, "the request never arrived"
+        time.sleep(0.02)
+
+
+def _in_thread(fn):
+    import threading
+
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_close_waits_for_a_call_in_flight_and_refuses_the_next(server, protocol, tmp_path):
+    server.enqueue(Reply(delay_s=1.0, text="late but whole"))
+    client = make_client(server, protocol, usage_log=tmp_path / "u.db")
+    thread, out = _in_thread(lambda: client.ask("x"))
+    _arrived(server)
+    client.close()  # waits for the answer (CLOSE_WAIT_S)
+    thread.join(60)
+    assert isinstance(out[0], qwenvl.Response) and out[0].text == "late but whole", out
+    with pytest.raises(ClientClosedError):
+        client.ask("again")
+    assert _outcomes(tmp_path / "u.db") == ["ok"]
+
+
+def test_close_past_its_wait_cancels_the_call_as_client_closed_and_logs_it(server, tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(qwenvl.client, "CLOSE_WAIT_S", 0.3)
+    gate = threading.Event()
+    server.enqueue(Reply(hold=gate), Reply(hold=gate, times=3))
+    client = make_client(server, usage_log=tmp_path / "u.db")
+    streamed = make_client(server, usage_log=tmp_path / "s.db")
+    thread, out = _in_thread(lambda: client.ask("x"))
+    sthread, sout = _in_thread(lambda: list(streamed.stream(prompt="y")))
+    _arrived(server, 2)
+    client.close()
+    streamed.close()
+    thread.join(60)
+    sthread.join(60)
+    gate.set()
+    for result in (out[0], sout[0]):
+        assert isinstance(result, ClientClosedError), repr(result)
+        assert "closed while the request was in flight" in str(result)
+    assert _outcomes(tmp_path / "u.db") == ["cancelled"]
+    assert _outcomes(tmp_path / "s.db") == ["cancelled"]
+
+
+def test_aclose_waits_for_a_task_in_flight_and_cancels_past_its_wait(server, tmp_path, monkeypatch):
+    import threading
+
+    gate = threading.Event()
+    server.enqueue(Reply(delay_s=0.5, text="whole"), Reply(hold=gate, times=3))
+
+    async def go() -> None:
+        aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=tmp_path / "u.db")
+        task = asyncio.ensure_future(aclient.ask("x"))
+        await asyncio.to_thread(_arrived, server)
+        await aclient.aclose()
+        assert (await task).text == "whole"
+        with pytest.raises(ClientClosedError):
+            await aclient.ask("again")
+        monkeypatch.setattr(qwenvl.client, "CLOSE_WAIT_S", 0.3)
+        aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=tmp_path / "u.db")
+        task = asyncio.ensure_future(aclient.ask("held"))
+        await asyncio.to_thread(_arrived, server, 2)
+        await aclient.aclose()
+        with pytest.raises(ClientClosedError, match="in flight"):
+            await task
+
+    asyncio.run(go())
+    gate.set()
+    assert _outcomes(tmp_path / "u.db") == ["ok", "cancelled"]
+
+
+def test_one_async_client_in_several_threads_loops_says_client_closed(server):
+    import collections
+    import threading
+
+    aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False)
+    seen: collections.Counter[str] = collections.Counter()
+
+    def thread(i: int) -> None:
+        async def asks() -> None:
+            for j in range(6):
+                try:
+                    await aclient.ask(f"t{i}-{j}")
+                    seen["ok"] += 1
+                except Exception as exc:
+                    seen[type(exc).__name__] += 1
+                await asyncio.sleep(0.01)
+
+        asyncio.run(asks())
+
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(seen) <= {"ok", "ClientClosedError"}, seen
+    assert seen["ok"] >= 6 and sum(seen.values()) == 24, seen

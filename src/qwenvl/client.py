@@ -15,6 +15,8 @@ import contextlib
 import inspect
 import os
 import re
+import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +24,7 @@ from pydantic import ValidationError
 
 from qwenvl import env as qenv
 from qwenvl import structured
+from qwenvl._constants import CLOSE_WAIT_S
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.config import (
     KeyFound,
@@ -33,7 +36,14 @@ from qwenvl.config import (
     require_api_key,
     resolve_base_url,
 )
-from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import (
+    APIConnectionError,
+    ClientClosedError,
+    QwenVLError,
+    StreamInterruptedError,
+    StructuredOutputError,
+    UsageError,
+)
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
@@ -477,6 +487,13 @@ class _Base(Generic[B]):
                 ),
             )
         self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
+        # guards the client's state between threads (and event loops): the closed flag, the calls in flight, the
+        # backend made on first use, the event loop an AsyncClient is bound to
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)  # told when a call in flight ends (close waits for it)
+        self._inflight = 0  # whole-answer calls (send) going on now
+        self._streams = 0  # streams (send_stream) begun and not ended (being read, or waiting for their reader)
+        self._stores_left = False  # close() left the stores open for the calls in flight: the last one closes them
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         # media this client prepared, by content: a conversation's earlier turns are not decoded again per turn
         self.prepared = PreparedCache()
@@ -514,6 +531,54 @@ class _Base(Generic[B]):
                 f"this {name} is closed",
                 hint=f"Make a new {name}, or use this one before {closing} (inside its with block).",
             )
+
+    def _begin_call(self, *, stream: bool = False) -> None:
+        """Count a call in flight (a whole answer: ``send``; or a stream: ``send_stream``), or ClientClosedError
+        when the client is closed: both at once, so that ``close()`` either knows of the call or it never starts."""
+        with self._lock:
+            self._check_open()
+            if stream:
+                self._streams += 1
+            else:
+                self._inflight += 1
+
+    def _end_call(self, *, stream: bool = False) -> None:
+        """The call has ended (its usage log row recorded); the last one to end after ``close()`` closes the
+        stores that close left open for it (``_stores_now``)."""
+        with self._lock:
+            if stream:
+                self._streams -= 1
+            else:
+                self._inflight -= 1
+            self._idle.notify_all()
+            last = self._stores_left and not (self._inflight or self._streams)
+            if last:
+                self._stores_left = False
+        if last:
+            self._close_stores()
+
+    def _stores_now(self) -> bool:
+        """For ``close()``: True when no call is in flight, so the stores close now; else False, and the last call
+        to end closes them (``_end_call``), after writing its row: a call cut by the close is logged, not lost."""
+        with self._lock:
+            self._stores_left = bool(self._inflight or self._streams)
+            return not self._stores_left
+
+    def _closed_midway(self, exc: BaseException) -> ClientClosedError | None:
+        """The ClientClosedError of a request that ``close()`` / ``aclose()`` cut (its connection closed under it:
+        whatever httpx then raised, a connection error, a stream broken midway), or None for an error that is not
+        the close's (a service's answer stays itself, and so does an interrupt). Raises nothing."""
+        if not self._closed or isinstance(exc, ClientClosedError) or not isinstance(exc, Exception):
+            return None
+        if isinstance(exc, QwenVLError) and not isinstance(exc, APIConnectionError | StreamInterruptedError):
+            return None
+        name = type(self).__name__
+        return ClientClosedError(
+            f"this {name} was closed while the request was in flight: it was cancelled (in the usage log as "
+            "cancelled; any answer it got is lost)",
+            hint=f"Close the {name} after its requests have answered (close() waits {CLOSE_WAIT_S:g} s for "
+            "complete/ask/send, not for streams).",
+        )
 
     def _check_backend(self, backend: object) -> None:
         """UsageError for a backend object this client cannot use: one without the methods it calls
@@ -716,6 +781,10 @@ class Client(_Base[Backend]):
 
         Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
         ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
+        with self._lock:  # made once, whichever thread asks first
+            return self._made_backend()
+
+    def _made_backend(self) -> Backend:
         if self._backend is None:
             if self.is_local:
                 from qwenvl.backends import make_backend
@@ -741,15 +810,23 @@ class Client(_Base[Backend]):
     def close(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
         opened (its usage log's queued rows are written first). Every later call raises ClientClosedError; closing
-        again does nothing. Raises nothing."""
-        if self._closed:
-            return
-        self._closed = True
+        again does nothing. Raises nothing.
+
+        Calls in flight in other threads: a whole-answer one (``complete``, ``ask``, ``send``, a structured
+        repair included) is waited for, at most ``CLOSE_WAIT_S`` (30 s, ``qwenvl._constants``), and answers as
+        usual; one still going then, and any stream being read, is cancelled: its connection is closed, it raises
+        ClientClosedError (chained from what the connection raised) and is in the usage log as ``cancelled``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S)
         try:
             if self._backend is not None:
                 self._backend.close()
         finally:
-            self._close_stores()
+            if self._stores_now():
+                self._close_stores()
 
     def __enter__(self) -> Client:
         return self
@@ -788,14 +865,17 @@ class Client(_Base[Backend]):
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
         subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
-        (after ``close()``)."""
-        self._check_open()
-        if call.request.stream:
-            return assembled(self.send_stream(call))
-        first, retry = _check(call, self._complete(call))
-        if retry is None:
-            return first
-        return _after_repair(first, retry, self._repair(first, retry))
+        (after ``close()``, or when ``close()`` cancelled it: see ``close``)."""
+        self._begin_call()
+        try:
+            if call.request.stream:
+                return assembled(self.send_stream(call))
+            first, retry = _check(call, self._complete(call))
+            if retry is None:
+                return first
+            return _after_repair(first, retry, self._repair(first, retry))
+        finally:
+            self._end_call()
 
     def _repair(self, first: Response, retry: Call) -> Response:
         """The repair request's answer; its failure or an interrupt keeps ``first`` (``_repair_failed``)."""
@@ -815,7 +895,11 @@ class Client(_Base[Backend]):
         backend = self.backend
         try:
             return ex.done(backend.complete(call))
-        except QwenVLError as exc:
+        except Exception as exc:
+            closed = self._closed_midway(exc)
+            if closed is not None:  # close() cut it: cancelled, said as such
+                ex.failed(outcome=exchange.CANCELLED)
+                raise closed from exc
             ex.failed(exc)
             raise
 
@@ -837,8 +921,14 @@ class Client(_Base[Backend]):
         as outcome ``cancelled`` (its tokens unknown).
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
         subclasses, StreamInterruptedError (the stream broke midway; ``.partial_text`` keeps what arrived),
-        StructuredOutputError, ClientClosedError (after ``close()``)."""
-        self._check_open()
+        StructuredOutputError, ClientClosedError (after ``close()``, or when ``close()`` cut the stream)."""
+        self._begin_call(stream=True)
+        try:
+            yield from self._stream(call)
+        finally:
+            self._end_call(stream=True)
+
+    def _stream(self, call: Call) -> Iterator[StreamEvent]:
         ex, backend = exchange.begin(self, call, stream=True), self.backend
         try:
             for event in backend.stream(call):
@@ -850,8 +940,12 @@ class Client(_Base[Backend]):
                 if retry is not None:
                     first = _after_repair(first, retry, self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
-        except QwenVLError as exc:
-            ex.failed(exc)
+        except Exception as exc:
+            closed = self._closed_midway(exc)
+            if closed is not None:  # close() cut it: cancelled, said as such
+                ex.failed(outcome=exchange.CANCELLED)
+                raise closed from exc
+            ex.failed(exc) if isinstance(exc, QwenVLError) else ex.failed(outcome=exchange.CANCELLED)
             raise
         except BaseException:  # the reader stopped (closed the stream, Ctrl-C, a closed stdout): still logged
             ex.failed(outcome=exchange.CANCELLED)
@@ -908,6 +1002,10 @@ class AsyncClient(_Base[AsyncBackend]):
 
         Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
         ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
+        with self._lock:  # made once, whichever task or thread asks first
+            return self._made_backend()
+
+    def _made_backend(self) -> AsyncBackend:
         if self._backend is None:
             if self.is_local:
                 from qwenvl.backends import make_backend
@@ -941,12 +1039,12 @@ class AsyncClient(_Base[AsyncBackend]):
         made again for each new loop: when ``asyncio.run()`` ends, its connections are closed in their own loop
         (``_loop_end``), so one AsyncClient serves one ``asyncio.run()`` after another (a backend object given is
         its owner's, used as it is). Raises ClientClosedError after ``aclose()``, and in a new loop while the
-        first is still open (two loops at once) or when an ``http_client`` was given (it cannot be made again)."""
+        first is still open (two loops at once, e.g. ``asyncio.run`` in two threads: the check and the binding are
+        one step, under the client's lock) or when an ``http_client`` was given (it cannot be made again)."""
         self._check_open()
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._enter_loop(loop)
-            guard = self._loop_end()
+        if self._enter_loop(loop):
+            guard = self._loop_end(loop)
             await guard.__anext__()  # suspended until the loop shuts down (asyncio.run: shutdown_asyncgens)
             self._loop_guard = guard
         if self._backend is not None:
@@ -959,47 +1057,83 @@ class AsyncClient(_Base[AsyncBackend]):
         given)."""
         return not self._given_backend and self._http_client is None
 
-    def _enter_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to ``loop``; ClientClosedError when the connections of another, open loop are in the way, or when
-        they are held by an ``http_client`` given, which cannot be made again."""
-        old = self._loop
-        if old is not None and self._backend is not None and not self._given_backend:
-            if not old.is_closed() or not self._remakeable:
-                raise ClientClosedError(
-                    "this AsyncClient's connections belong to another event loop"
-                    + ("" if old.is_closed() else ", still open"),
-                    hint="Use one AsyncClient per event loop: make it inside the coroutine that asyncio.run() runs "
-                    "(async with qwenvl.AsyncClient() as client: ...).",
-                )
-            self._backend = None  # its loop closed without shutting down (not asyncio.run): made again
-        self._loop = loop
+    def _enter_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Bind to ``loop`` (True: newly bound; False: bound already); ClientClosedError when another loop, still
+        open, holds the client (its connections are made or being made there), or when the connections of a
+        closed one are held by an ``http_client`` given, which cannot be made again. One step under the lock:
+        two threads' loops never both pass."""
+        with self._lock:
+            self._check_open()
+            old = self._loop
+            if old is loop:
+                return False
+            if old is not None and not self._given_backend:
+                if not old.is_closed() or (self._backend is not None and not self._remakeable):
+                    raise ClientClosedError(
+                        "this AsyncClient's connections belong to another event loop"
+                        + ("" if old.is_closed() else ", still open"),
+                        hint="Use one AsyncClient per event loop: make it inside the coroutine that asyncio.run() "
+                        "runs (async with qwenvl.AsyncClient() as client: ...).",
+                    )
+                if self._remakeable:
+                    self._backend = None  # its loop closed without shutting down (not asyncio.run): made again
+            self._loop = loop
+            return True
 
-    async def _loop_end(self) -> AsyncGenerator[None, None]:
-        """Suspended for the life of the loop; the loop's shutdown (``asyncio.run``: ``shutdown_asyncgens``, before
+    async def _loop_end(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+        """Suspended for the life of ``loop``; the loop's shutdown (``asyncio.run``: ``shutdown_asyncgens``, before
         it closes the loop) closes it, and with it the connections of the backend this client made, in their own
         loop. The next loop makes a new backend."""
         try:
             yield
         finally:
-            backend = self._backend
-            if self._remakeable:
-                self._backend, self._loop = None, None
-                if backend is not None and not self._closed:
-                    await backend.aclose()
+            with self._lock:
+                backend = self._backend if self._loop is loop else None
+                if self._loop is loop:
+                    self._loop = None if self._remakeable or self._given_backend else self._loop
+                    if self._remakeable:
+                        self._backend = None
+                    else:
+                        backend = None
+            if backend is not None and not self._closed:
+                await backend.aclose()
 
     async def aclose(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
         opened (its usage log's queued rows are written first). Every later call raises ClientClosedError;
-        closing again does nothing. Raises nothing."""
-        if self._closed:
-            return
-        self._closed = True
-        loop_gone = self._loop is not None and self._loop.is_closed()  # its connections were closed with it
+        closing again does nothing. Raises nothing.
+
+        Calls in flight (in this loop's other tasks, or in the loop of another thread): a whole-answer one
+        (``complete``, ``ask``, ``send``) is waited for, at most ``CLOSE_WAIT_S`` (30 s, ``qwenvl._constants``),
+        and answers as usual; one still going then, and any stream being read, is cancelled: its connection is
+        closed, it raises ClientClosedError and is in the usage log as ``cancelled``. Connections of a loop in
+        another thread are closed in that loop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
+            await asyncio.sleep(0.02)
+        with self._lock:
+            backend, loop = self._backend, self._loop
         try:
-            if self._backend is not None and not loop_gone:
-                await self._backend.aclose()
+            if backend is not None:
+                await self._close_in(backend, loop)
         finally:
-            await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
+            if self._stores_now():
+                await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
+
+    async def _close_in(self, backend: AsyncBackend, loop: asyncio.AbstractEventLoop | None) -> None:
+        """``backend.aclose()`` in the loop its connections belong to: this one, or the open loop of another thread
+        (waited for at most ``CLOSE_WAIT_S``); nothing when that loop is closed (they were closed with it)."""
+        here = asyncio.get_running_loop()
+        if loop is None or loop is here or self._given_backend:
+            await backend.aclose()
+        elif not loop.is_closed():
+            future = asyncio.run_coroutine_threadsafe(backend.aclose(), loop)
+            with contextlib.suppress(Exception):  # its loop ended meanwhile: closed with it
+                await asyncio.wait_for(asyncio.wrap_future(future), CLOSE_WAIT_S)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -1020,14 +1154,17 @@ class AsyncClient(_Base[AsyncBackend]):
 
         Raises UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its subclasses,
         StructuredOutputError (as ``Client.send``), ClientClosedError (after ``aclose()``, or in another event
-        loop)."""
-        self._check_open()
-        if call.request.stream:
-            return await aassembled(self.send_stream(call))
-        first, retry = _check(call, await self._complete(call))
-        if retry is None:
-            return first
-        return _after_repair(first, retry, await self._repair(first, retry))
+        loop, or when ``aclose()`` cancelled it: see ``aclose``)."""
+        self._begin_call()
+        try:
+            if call.request.stream:
+                return await aassembled(self.send_stream(call))
+            first, retry = _check(call, await self._complete(call))
+            if retry is None:
+                return first
+            return _after_repair(first, retry, await self._repair(first, retry))
+        finally:
+            self._end_call()
 
     async def _repair(self, first: Response, retry: Call) -> Response:
         """``Client._repair``, async (a cancelled task keeps ``first`` on its CancelledError)."""
@@ -1046,7 +1183,11 @@ class AsyncClient(_Base[AsyncBackend]):
         backend = await self._ready()
         try:
             return ex.done(await backend.complete(call))
-        except QwenVLError as exc:
+        except Exception as exc:
+            closed = self._closed_midway(exc)
+            if closed is not None:  # aclose() cut it: cancelled, said as such
+                ex.failed(outcome=exchange.CANCELLED)
+                raise closed from exc
             ex.failed(exc)
             raise
 
@@ -1068,7 +1209,17 @@ class AsyncClient(_Base[AsyncBackend]):
         """``Client.send_stream``, async: delta events, then one ``"done"`` event with the whole ``Response``.
 
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
-        subclasses, StreamInterruptedError (``.partial_text`` keeps what arrived), StructuredOutputError."""
+        subclasses, StreamInterruptedError (``.partial_text`` keeps what arrived), StructuredOutputError,
+        ClientClosedError (after ``aclose()``, in another event loop, or when ``aclose()`` cut the stream)."""
+        self._begin_call(stream=True)
+        try:
+            async with contextlib.aclosing(self._stream(call)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._end_call(stream=True)
+
+    async def _stream(self, call: Call) -> AsyncGenerator[StreamEvent, None]:
         ex, backend = exchange.begin(self, call, stream=True), await self._ready()
         events = backend.stream(call)
         try:
@@ -1081,8 +1232,12 @@ class AsyncClient(_Base[AsyncBackend]):
                 if retry is not None:
                     first = _after_repair(first, retry, await self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
-        except QwenVLError as exc:
-            ex.failed(exc)
+        except Exception as exc:
+            closed = self._closed_midway(exc)
+            if closed is not None:  # aclose() cut it: cancelled, said as such
+                ex.failed(outcome=exchange.CANCELLED)
+                raise closed from exc
+            ex.failed(exc) if isinstance(exc, QwenVLError) else ex.failed(outcome=exchange.CANCELLED)
             raise
         except BaseException:  # the reader stopped (closed the stream, cancelled the task): still logged
             ex.failed(outcome=exchange.CANCELLED)

@@ -35,6 +35,7 @@ message and hint in the sync and async clients, streaming or not, whatever the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import platform
 import socket
@@ -207,6 +208,13 @@ class _Stream(httpcore.NetworkStream):
             self._inner.write(buffer[i : i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
+        """Closed at once, a read in another thread included: the socket is shut down first, which wakes a
+        ``recv`` blocked on it (a close alone does not, on Linux), so closing the client (``Client.close``, the
+        pool's close) cancels a request in flight instead of leaving its thread waiting for the answer."""
+        sock = self._inner.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._inner.close()
 
     def start_tls(
