@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import tempfile
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, field_validator
@@ -342,3 +346,97 @@ def test_one_async_client_in_several_threads_loops_says_client_closed(server):
         t.join(120)
     assert set(seen) <= {"ok", "ClientClosedError"}, seen
     assert seen["ok"] >= 6 and sum(seen.values()) == 24, seen
+
+
+# --- the typed API holds under mypy --strict: the README's examples pass, a user's typos are flagged ------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+TYPOS = """\
+import asyncio
+
+from pydantic import BaseModel
+
+import qwenvl
+from qwenvl.batch import Batch, BatchItem
+from qwenvl.chat import Conversation
+
+
+class Invoice(BaseModel):
+    amount: float
+
+
+job = Batch([BatchItem(id="a", reqest={})], "o.jsonl")  # E
+job.rnu()  # E
+qwenvl.Clinet()  # E
+client = qwenvl.Client(protocl="native")  # E
+qwenvl.Client(http_client="nope")  # E
+client.complete(promt="hi")  # E
+client.complete(prompt="hi", max_tokens="300")  # E
+client.ask("hi", imgae="a.png")  # E
+client.ask("hi", 3)  # E
+r = client.complete(prompt="x", schema=Invoice)
+print(r.parsed_as(Invoice).amout)  # E
+for event in client.stream(prompt="x"):
+    print(event.response.text)  # E
+Conversation("qwen3-vl-plus")  # E
+try:
+    client.ask("x")
+except qwenvl.StructuredOutputError as exc:
+    print(exc.response.txt)  # E
+
+
+async def main() -> None:
+    async with qwenvl.AsyncClient(http_client=None) as aclient:
+        aclient.ask("x")  # E
+
+
+asyncio.run(main())
+"""
+
+
+def test_mypy_strict_passes_the_readme_examples_and_flags_a_users_typos(tmp_path):
+    api = pytest.importorskip("mypy.api")
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.DOTALL | re.M)
+    examples = [b for b in blocks if "import qwenvl" in b]
+    assert len(examples) >= 3
+    for i, block in enumerate(examples):
+        (tmp_path / f"readme_{i}.py").write_text(block, encoding="utf-8")
+    (tmp_path / "typos.py").write_text(TYPOS, encoding="utf-8")
+    source = Path(qwenvl.__file__).resolve().parents[1]  # the qwenvl these tests import, as a user's installed one
+    cache = Path(tempfile.gettempdir()) / "qwenvl-test-mypy-cache"  # kept between runs: a warm run takes seconds
+    os.environ["MYPYPATH"] = str(source)
+    try:
+        out, err, _ = api.run(
+            [
+                "--strict",
+                "--follow-imports=silent",  # the library's own checks are its mypy config's, not a user's
+                "--no-error-summary",
+                "--show-error-codes",
+                "--cache-dir",
+                str(cache),
+                "--config-file",
+                os.devnull,
+                *sorted(str(p) for p in tmp_path.glob("*.py")),
+            ]
+        )
+    finally:
+        del os.environ["MYPYPATH"]
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    readme = [line for line in errors if "readme_" in line]
+    assert not readme, "\n".join(readme)
+    flagged = {int(line.split(":")[1]) for line in errors if "typos.py" in line}
+    marked = {i for i, line in enumerate(TYPOS.splitlines(), 1) if line.endswith("# E")}
+    assert flagged == marked, (sorted(marked - flagged), sorted(flagged - marked), out, err)
+
+
+def test_the_typed_fields_and_lazy_exports_are_the_runtimes():
+    import qwenvl.batch
+    from qwenvl.types import RequestFields
+
+    assert set(RequestFields.__annotations__) - {"timeout"} == set(qwenvl.Request.model_fields)
+    assert sorted(qwenvl.batch.__all__) == sorted(qwenvl.batch._LAZY)
+    for name in qwenvl.batch.__all__:
+        assert getattr(qwenvl.batch, name) is not None
+    with pytest.raises(AttributeError):
+        qwenvl.batch.Bacth  # type: ignore[attr-defined]  # noqa: B018

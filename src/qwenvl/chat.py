@@ -30,7 +30,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from qwenvl.batch.inputs import expand_globs
 from qwenvl.errors import MediaError, QwenVLError, UsageError
@@ -38,7 +38,10 @@ from qwenvl.media import images as media_images
 from qwenvl.media.sources import check_pages_apply, classify, media_kind, read_bytes
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
-from qwenvl.types import Message, Response, StreamEvent, media_refs, not_blank
+from qwenvl.types import MediaInput, Message, Response, StreamEvent, media_refs, not_blank
+
+if TYPE_CHECKING:
+    from qwenvl.client import AsyncClient, Client
 
 # The commands, by the name typed after "/" (lower case); "quit" is "exit".
 COMMANDS = ("image", "reset", "history", "help", "exit")
@@ -120,7 +123,11 @@ class Conversation:
     """
 
     def __init__(
-        self, client: Any, *, session: str | Session | None = None, fields: dict[str, Any] | None = None
+        self,
+        client: Client | AsyncClient,
+        *,
+        session: str | Session | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> None:
         missing = [m for m in ("plan", "send", "send_stream") if not callable(getattr(client, m, None))]
         if missing:  # refused now, not as an AttributeError of the first turn
@@ -151,7 +158,7 @@ class Conversation:
         """How many files wait for the next message."""
         return len(self.images) + (self.video is not None)
 
-    def attach(self, *refs: Any) -> None:
+    def attach(self, *refs: MediaInput) -> None:
         """Files or URLs for the next message, checked now as sending would check them (``check``): MediaError
         for one that is missing, unreadable, not an image or video, too small or large, animated...; UsageError
         for a second video in one message or a file the model cannot take. Nothing of ``refs`` is attached when
@@ -169,7 +176,7 @@ class Conversation:
         self.images += images
         self.video = video if video is not None else self.video
 
-    async def aattach(self, *refs: Any) -> None:
+    async def aattach(self, *refs: MediaInput) -> None:
         """``attach`` for async code (an ``AsyncClient``): the check reads file headers, and a local backend may
         ask its server, so it runs in a worker thread and the event loop goes on meanwhile. Raises as
         ``attach``."""
@@ -295,11 +302,11 @@ class Conversation:
         finally:
             self._turn.release()
 
-    def _kind(self, asynchronous: bool) -> None:
-        """UsageError when a turn's method does not fit the client: ``send``/``stream`` with an AsyncClient
+    def _kind(self, asynchronous: bool) -> Client | AsyncClient:
+        """The client, or UsageError when a turn's method does not fit it: ``send``/``stream`` with an AsyncClient
         (their coroutines would never be awaited), ``asend``/``astream`` with a Client."""
         if asynchronous == self._async:
-            return
+            return self.client
         name = type(self.client).__name__
         use = "await conv.asend(...) / conv.astream(...)" if self._async else "conv.send(...) / conv.stream(...)"
         raise UsageError(
@@ -309,21 +316,21 @@ class Conversation:
 
     def send(self, text: str, **fields: Any) -> Response:
         """One turn, answered whole (a ``Client``). The errors are the client's (``qwenvl.errors``)."""
-        self._kind(False)
+        client = cast("Client", self._kind(False))
         with self._one_turn():
             call = self.plan(text, **fields)
             with self._media_checked():
-                response = self.client.send(call)
+                response = client.send(call)
             return self._answered(call, response)
 
     def stream(self, text: str, **fields: Any) -> Iterator[StreamEvent]:
         """One turn, streamed (a ``Client``): the client's events; the conversation takes the answer when the
         ``done`` event comes (before it is yielded). Closing the iterator early (``.close()``) closes the
         connection and leaves the conversation as it was."""
-        self._kind(False)
+        client = cast("Client", self._kind(False))
         with self._one_turn():
             call = self.plan(text, **fields)
-            events = self.client.send_stream(call)
+            events = client.send_stream(call)
             try:
                 with self._media_checked():
                     for event in events:
@@ -337,19 +344,19 @@ class Conversation:
 
     async def asend(self, text: str, **fields: Any) -> Response:
         """``send`` through an ``AsyncClient`` (planning and saving in a worker thread)."""
-        self._kind(True)
+        client = cast("AsyncClient", self._kind(True))
         with self._one_turn():
             call = await asyncio.to_thread(self.plan, text, **fields)
             with self._media_checked():
-                response = await self.client.send(call)
+                response = await client.send(call)
             return await asyncio.to_thread(self._answered, call, response)
 
     async def astream(self, text: str, **fields: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` through an ``AsyncClient``."""
-        self._kind(True)
+        client = cast("AsyncClient", self._kind(True))
         with self._one_turn():
             call = await asyncio.to_thread(self.plan, text, **fields)
-            events = self.client.send_stream(call)
+            events = client.send_stream(call)
             try:
                 with self._media_checked():
                     async for event in events:

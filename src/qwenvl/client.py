@@ -17,8 +17,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, Unpack
 
 from pydantic import ValidationError
 
@@ -54,8 +54,11 @@ from qwenvl.spelling import did_you_mean, nearest
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import (
     FIELD_FLAGS,
+    AskFields,
+    MediaInput,
     Message,
     Request,
+    RequestFields,
     Response,
     StreamEvent,
     TextPart,
@@ -70,7 +73,7 @@ _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
 
 
 def make_request(
-    request: Request | dict[str, Any] | None, fields: dict[str, Any], defaults: dict[str, Any] | None = None
+    request: Request | dict[str, Any] | None, fields: Mapping[str, Any], defaults: dict[str, Any] | None = None
 ) -> Request:
     """One validated Request from a Request, a dict and/or keyword fields; ``fields`` win over ``request``, and
     ``defaults`` (the client's) fill only what neither sets.
@@ -377,11 +380,16 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
     )
 
 
-# The backend a client holds: Backend for Client, AsyncBackend for AsyncClient (qwenvl.backends.base).
+if TYPE_CHECKING:
+    import httpx
+
+# The backend a client holds: Backend for Client, AsyncBackend for AsyncClient (qwenvl.backends.base); and the httpx
+# client it may send through (``http_client``): httpx.Client for Client, httpx.AsyncClient for AsyncClient.
 B = TypeVar("B", Backend, AsyncBackend)
+H = TypeVar("H", "httpx.Client", "httpx.AsyncClient")
 
 
-class _Base(Generic[B]):
+class _Base(Generic[B, H]):
     """What ``Client`` and ``AsyncClient`` share: the options (see ``Client``), planning, dry runs, model rules."""
 
     def __init__(
@@ -395,7 +403,7 @@ class _Base(Generic[B]):
         timeout_s: float | None = None,
         max_retries: int | None = None,
         retry_backoff_s: float | None = None,
-        http_client: Any = None,
+        http_client: H | None = None,
         backend: str | B | None = None,
         engine: str | None = None,
         family: str | None = None,
@@ -405,7 +413,7 @@ class _Base(Generic[B]):
         cache: CacheArg = None,
         usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
-        **unknown: Any,
+        **unknown: Never,  # none is taken: a type checker flags a misspelt keyword, and so does this (UsageError)
     ) -> None:
         if unknown:  # Client(protocl=...): a UsageError naming the closest keyword, not a raw TypeError
             known = [p for p in inspect.signature(_Base.__init__).parameters if p not in ("self", "unknown")]
@@ -443,7 +451,7 @@ class _Base(Generic[B]):
                 "retry's wait",
                 hint="Give on_retry a function of one argument (the notice), or leave it out.",
             )
-        self._http_client = http_client
+        self._http_client: H | None = http_client
         if not isinstance(backend, str | None):
             self._check_backend(backend)
         self._backend: B | None = None if isinstance(backend, str | None) else backend
@@ -663,7 +671,7 @@ class _Base(Generic[B]):
                     shown["headers"]["Authorization"] = "(no DashScope API key found: it would not be sent)"
         return shown
 
-    def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
+    def request(self, request: Request | dict[str, Any] | None = None, **fields: Unpack[RequestFields]) -> Request:
         """A validated ``Request`` from ``request`` (a Request or a dict) and keyword ``fields`` (which win), with
         the client's defaults (``model``, ``timeout_s``, ``max_retries``, ``retry_backoff_s``) where unset.
 
@@ -671,7 +679,11 @@ class _Base(Generic[B]):
         return make_request(request, fields, self.defaults)
 
     def plan(
-        self, request: Request | dict[str, Any] | None = None, *, estimate_only: bool = False, **fields: Any
+        self,
+        request: Request | dict[str, Any] | None = None,
+        *,
+        estimate_only: bool = False,
+        **fields: Unpack[RequestFields],
     ) -> Call:
         """Everything up to the wire, without sending: validated request, messages, prepared media.
 
@@ -723,7 +735,7 @@ class _Base(Generic[B]):
             store.close()
 
 
-class Client(_Base[Backend]):
+class Client(_Base[Backend, "httpx.Client"]):
     """Synchronous client. Thread-safe for concurrent requests (httpx pools connections).
 
     Options (all keyword-only, all optional):
@@ -834,7 +846,7 @@ class Client(_Base[Backend]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+    def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]) -> Response:
         """Plan and send one request: ``client.complete(prompt="...", image="a.jpg")`` or ``complete(Request(...))``.
 
         ``fields`` are ``Request`` fields and win over ``request``'s. Returns the ``Response`` (``text``, ``usage``
@@ -903,7 +915,9 @@ class Client(_Base[Backend]):
             ex.failed(exc)
             raise
 
-    def stream(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Iterator[StreamEvent]:
+    def stream(
+        self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Iterator[StreamEvent]:
         """Plan a request and stream its answer: ``StreamEvent``s of type ``"reasoning"`` and ``"text"`` (deltas,
         in order), then one ``"done"`` event whose ``response`` is the whole ``Response`` (as ``complete``).
 
@@ -951,7 +965,7 @@ class Client(_Base[Backend]):
             ex.failed(outcome=exchange.CANCELLED)
             raise
 
-    def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+    def ask(self, prompt: str, *files: MediaInput, **fields: Unpack[AskFields]) -> Response:
         """One question about zero or more images: ``client.ask("What is this?", "a.jpg", Path("b.png"))``.
 
         Images are paths (``str`` or ``os.PathLike``), ``file://``, ``data:``, ``http(s)://`` or ``oss://``
@@ -960,10 +974,10 @@ class Client(_Base[Backend]):
         images=[...], **fields)``, and raises what ``complete`` raises (UsageError, MediaError, APIError and its
         subclasses, StructuredOutputError); arguments that look swapped (``ask("photo.png", "What is this?")``)
         are a UsageError saying so."""
-        return self.complete(**_ask_fields(prompt, images, fields))
+        return self.complete(**_ask_fields(prompt, files, dict(fields)))
 
 
-def _ask_fields(prompt: str, images: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, Any]:
+def _ask_fields(prompt: str, images: tuple[MediaInput, ...], fields: dict[str, Any]) -> dict[str, Any]:
     """``ask``'s request fields: the images given as arguments, or as ``images=`` (then validated as a Request's:
     a lone string is refused saying images takes a list), never both (UsageError)."""
     if "images" in fields:
@@ -976,7 +990,7 @@ def _ask_fields(prompt: str, images: tuple[Any, ...], fields: dict[str, Any]) ->
     return {"prompt": prompt, "images": list(images), **fields}
 
 
-class AsyncClient(_Base[AsyncBackend]):
+class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
     """asyncio client with the same methods as Client (``await client.complete(...)``).
 
     Media are prepared in a worker thread (``asyncio.to_thread``: decoding, resizing and encoding, video
@@ -1141,7 +1155,9 @@ class AsyncClient(_Base[AsyncBackend]):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+    async def complete(
+        self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Response:
         """``Client.complete``, awaited: plan (in a worker thread) and send one request; returns the ``Response``.
 
         Raises what ``Client.complete`` raises: UsageError, MediaError, MissingAPIKeyError, APIError and its
@@ -1192,7 +1208,7 @@ class AsyncClient(_Base[AsyncBackend]):
             raise
 
     async def stream(
-        self, request: Request | dict[str, Any] | None = None, /, **fields: Any
+        self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
     ) -> AsyncIterator[StreamEvent]:
         """``Client.stream``, async: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
         ``Response``. Planned when iteration starts (in a worker thread).
@@ -1248,9 +1264,9 @@ class AsyncClient(_Base[AsyncBackend]):
                 with contextlib.suppress(Exception):  # closing after an error must not raise a second one
                     await close()
 
-    async def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+    async def ask(self, prompt: str, *files: MediaInput, **fields: Unpack[AskFields]) -> Response:
         """``Client.ask``, awaited: one question about zero or more images (paths, URLs, bytes or PIL images).
 
         Raises what ``complete`` raises (UsageError, MediaError, APIError and its subclasses,
         StructuredOutputError)."""
-        return await self.complete(**_ask_fields(prompt, images, fields))
+        return await self.complete(**_ask_fields(prompt, files, dict(fields)))
