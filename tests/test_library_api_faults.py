@@ -153,6 +153,10 @@ def test_conversations_batches_and_tasks_refuse_what_is_no_fitting_client(server
         with pytest.raises(TypeError, match="qwenvl client"):
             tasks.ground(wrong, "a.png", "cats")  # type: ignore[arg-type]
     aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False)
+    with pytest.raises(UsageError, match="session is"):
+        Conversation(aclient, session=3)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="fields is"):
+        Conversation(aclient, fields=["model"])  # type: ignore[arg-type]
     with pytest.raises(UsageError, match=r"await conv\.asend"):
         Conversation(aclient).send("hi")
     with pytest.raises(UsageError, match=r"await conv\.asend"):

@@ -118,7 +118,8 @@ class Conversation:
     another is in progress (``send``, ``stream``, ``asend``, ``astream`` from another thread or task) is refused
     with UsageError before it is sent.
 
-    Raises UsageError for a ``client`` without ``plan``, ``send`` and ``send_stream``; ``send``/``stream`` raise it
+    Raises UsageError for a ``client`` without ``plan``, ``send`` and ``send_stream``, a ``session`` or ``fields``
+    of another type; ``send``/``stream`` raise it
     for an AsyncClient's conversation, ``asend``/``astream`` for a Client's.
     """
 
@@ -135,6 +136,16 @@ class Conversation:
                 f"a Conversation talks through a qwenvl.Client or AsyncClient, not {type(client).__name__} "
                 f"(it has no {', '.join(missing)})",
                 hint="Conversation(qwenvl.Client(), ...), or an AsyncClient for asend/astream.",
+            )
+        if not isinstance(session, str | Session | None):
+            raise UsageError(
+                f"session is a name, a qwenvl.sessions.Session or None, not {type(session).__name__}",
+                hint='Give session="trip" (saved under that name), or leave it out.',
+            )
+        if not isinstance(fields, dict | None):
+            raise UsageError(
+                f"fields is a dict of request fields, not {type(fields).__name__}",
+                hint='Give fields={"model": "qwen3-vl-flash", "max_tokens": 300}, or leave it out.',
             )
         self.client = client
         self._async = inspect.iscoroutinefunction(client.send)  # an AsyncClient: asend/astream, not send/stream
