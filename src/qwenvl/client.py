@@ -819,26 +819,30 @@ class Client(_Base[Backend, "httpx.Client"]):
             )
         return self._backend
 
-    def close(self) -> None:
+    def close(self, *, wait_s: float | None = None) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
         opened (its usage log's queued rows are written first). Every later call raises ClientClosedError; closing
-        again does nothing. Raises nothing.
+        again does nothing. Raises nothing (but a KeyboardInterrupt during the wait, after closing).
 
         Calls in flight in other threads: a whole-answer one (``complete``, ``ask``, ``send``, a structured
-        repair included) is waited for, at most ``CLOSE_WAIT_S`` (30 s, ``qwenvl._constants``), and answers as
-        usual; one still going then, and any stream being read, is cancelled: its connection is closed, it raises
-        ClientClosedError (chained from what the connection raised) and is in the usage log as ``cancelled``."""
+        repair included) is waited for, at most ``wait_s`` seconds (default ``CLOSE_WAIT_S``, 30 s,
+        ``qwenvl._constants``; 0: not at all), and answers as usual; one still going then, and any stream being
+        read, is cancelled: its connection is closed, it raises ClientClosedError (chained from what the
+        connection raised) and is in the usage log as ``cancelled``."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S)
         try:
-            if self._backend is not None:
-                self._backend.close()
+            with self._lock:
+                self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S if wait_s is None else wait_s)
         finally:
-            if self._stores_now():
-                self._close_stores()
+            try:
+                if self._backend is not None:
+                    self._backend.close()
+            finally:
+                if self._stores_now():
+                    self._close_stores()
 
     def __enter__(self) -> Client:
         return self
@@ -1112,31 +1116,33 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
             if backend is not None and not self._closed:
                 await backend.aclose()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, wait_s: float | None = None) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
         opened (its usage log's queued rows are written first). Every later call raises ClientClosedError;
         closing again does nothing. Raises nothing.
 
         Calls in flight (in this loop's other tasks, or in the loop of another thread): a whole-answer one
-        (``complete``, ``ask``, ``send``) is waited for, at most ``CLOSE_WAIT_S`` (30 s, ``qwenvl._constants``),
-        and answers as usual; one still going then, and any stream being read, is cancelled: its connection is
-        closed, it raises ClientClosedError and is in the usage log as ``cancelled``. Connections of a loop in
-        another thread are closed in that loop."""
+        (``complete``, ``ask``, ``send``) is waited for, at most ``wait_s`` seconds (default ``CLOSE_WAIT_S``, 30 s,
+        ``qwenvl._constants``; 0: not at all), and answers as usual; one still going then, and any stream being
+        read, is cancelled: its connection is closed, it raises ClientClosedError and is in the usage log as
+        ``cancelled``. Connections of a loop in another thread are closed in that loop."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        deadline = time.monotonic() + CLOSE_WAIT_S
-        while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
-            await asyncio.sleep(0.02)
-        with self._lock:
-            backend, loop = self._backend, self._loop
+        deadline = time.monotonic() + (CLOSE_WAIT_S if wait_s is None else wait_s)
         try:
-            if backend is not None:
-                await self._close_in(backend, loop)
+            while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
+                await asyncio.sleep(0.02)
         finally:
-            if self._stores_now():
-                await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
+            with self._lock:
+                backend, loop = self._backend, self._loop
+            try:
+                if backend is not None:
+                    await self._close_in(backend, loop)
+            finally:
+                if self._stores_now():
+                    await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
 
     async def _close_in(self, backend: AsyncBackend, loop: asyncio.AbstractEventLoop | None) -> None:
         """``backend.aclose()`` in the loop its connections belong to: this one, or the open loop of another thread

@@ -948,7 +948,7 @@ class Batch:
         finally:
             for client in clients:
                 if client is not self._client:  # a client given to the batch stays its owner's
-                    client.close()
+                    client.close(wait_s=0)  # the run waited for its requests in flight already (_drain)
 
     # --- recording --------------------------------------------------------------------------------
     def _record_error(
