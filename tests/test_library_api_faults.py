@@ -157,6 +157,9 @@ def test_conversations_batches_and_tasks_refuse_what_is_no_fitting_client(server
         Conversation(aclient, session=3)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="fields is"):
         Conversation(aclient, fields=["model"])  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="takes no keyword 'thinking'") as err:
+        Conversation(aclient, thinking=True)  # type: ignore[arg-type]
+    assert 'fields={"enable_thinking": ...}' in (err.value.hint or "")
     with pytest.raises(UsageError, match=r"await conv\.asend"):
         Conversation(aclient).send("hi")
     with pytest.raises(UsageError, match=r"await conv\.asend"):

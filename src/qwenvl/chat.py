@@ -30,7 +30,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Never, cast
 
 from qwenvl.batch.inputs import expand_globs
 from qwenvl.errors import MediaError, QwenVLError, UsageError
@@ -38,7 +38,8 @@ from qwenvl.media import images as media_images
 from qwenvl.media.sources import check_pages_apply, classify, media_kind, read_bytes
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
-from qwenvl.types import MediaInput, Message, Response, StreamEvent, media_refs, not_blank
+from qwenvl.spelling import nearest
+from qwenvl.types import MediaInput, Message, Request, Response, StreamEvent, media_refs, not_blank
 
 if TYPE_CHECKING:
     from qwenvl.client import AsyncClient, Client
@@ -129,7 +130,17 @@ class Conversation:
         *,
         session: str | Session | None = None,
         fields: dict[str, Any] | None = None,
+        **unknown: Never,  # none is taken: a request field goes in ``fields`` (UsageError saying so)
     ) -> None:
+        if unknown:  # Conversation(client, max_tokens=300): not a raw TypeError
+            name = next(iter(unknown))
+            near = nearest(name, Request.model_fields)
+            raise UsageError(
+                f"Conversation() takes no keyword {name!r}",
+                hint=f'Request fields go in fields={{"{near}": ...}}.'
+                if near is not None
+                else "The keywords: session, fields (a dict of request fields).",
+            )
         missing = [m for m in ("plan", "send", "send_stream") if not callable(getattr(client, m, None))]
         if missing:  # refused now, not as an AttributeError of the first turn
             raise UsageError(
