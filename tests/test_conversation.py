@@ -120,8 +120,8 @@ def test_an_unsaved_conversation_writes_no_file(server):
 
 
 def test_invalid_session_name():
-    with pytest.raises(qwenvl.UsageError, match="invalid session name"):
-        Conversation(None, session="../etc")
+    with qwenvl.Client(usage_log=False) as client, pytest.raises(qwenvl.UsageError, match="invalid session name"):
+        Conversation(client, session="../etc")
 
 
 def test_parse_command():

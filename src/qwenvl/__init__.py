@@ -39,14 +39,16 @@ if TYPE_CHECKING:
 _LAZY = {"Client": "qwenvl.client", "AsyncClient": "qwenvl.client", "Call": "qwenvl.plan"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+if not TYPE_CHECKING:  # a type checker sees the imports above, and an unknown name (``qwenvl.Clinet``) as an error
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'qwenvl' has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        if name in _LAZY:
+            import importlib
+
+            value = getattr(importlib.import_module(_LAZY[name]), name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module 'qwenvl' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -46,3 +46,7 @@ SERVE_READY_CACHE_S = 3.0  # seconds a /ready answer is reused (a probe per load
 MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024  # bytes of a schema, session, request or configuration file, and of one
 # line of a requests file (ours: thousands of times any real one; a session keeps data: URLs as given, so it gets
 # room for a few). A larger one is refused unread: a file named by mistake (a video, a disk image) is not loaded.
+
+# --- a client's close (qwenvl.client) -------------------------------------------------------------------------
+CLOSE_WAIT_S = 30.0  # seconds close()/aclose() waits for the whole-answer calls in flight (complete, ask, send) to
+# end before closing the connections; those still going then end as ClientClosedError, logged "cancelled" (ours)

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 import shlex
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Never, cast
 
 from qwenvl.batch.inputs import expand_globs
 from qwenvl.errors import MediaError, QwenVLError, UsageError
@@ -36,7 +38,11 @@ from qwenvl.media import images as media_images
 from qwenvl.media.sources import check_pages_apply, check_video_options_apply, classify, media_kind, read_bytes
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
-from qwenvl.types import Message, Response, StreamEvent, media_refs, not_blank
+from qwenvl.spelling import nearest
+from qwenvl.types import MediaInput, Message, Request, Response, StreamEvent, media_refs, not_blank
+
+if TYPE_CHECKING:
+    from qwenvl.client import AsyncClient, Client
 
 # The commands, by the name typed after "/" (lower case); "quit" is "exit".
 COMMANDS = ("image", "reset", "history", "help", "exit")
@@ -151,18 +157,57 @@ class Conversation:
 
     ``session``: a name (loaded with ``Session.load``, created at the first answered turn; UsageError for an
     invalid name or a damaged file), a ``Session``, or None for a conversation that is not saved.
-    ``fields``: request fields for every turn (``model``, ``max_tokens``, ``thinking``...; a turn's own
-    keyword arguments override them); without a ``model``, a resumed session's model is used.
-    One turn at a time: a conversation is one line of messages (a server keeps one per user).
+    ``fields``: request fields for every turn (``Request``'s: ``model``, ``max_tokens``, ``enable_thinking``...; a
+    turn's own keyword arguments override them); without a ``model``, a resumed session's model is used.
+    One turn at a time: a conversation is one line of messages (a server keeps one per user); a turn begun while
+    another is in progress (``send``, ``stream``, ``asend``, ``astream`` from another thread or task) is refused
+    with UsageError before it is sent.
     ``last_response``: the answer of the last turn the conversation took (None before the first): a turn is taken
     when its answer is complete (``send``; ``stream``'s ``done`` event, before it is yielded), so an interrupt after
     that (a Ctrl-C while the answer is still being shown) leaves it in the conversation, as it was paid.
+
+    Raises UsageError for a ``client`` without ``plan``, ``send`` and ``send_stream``, a ``session`` or ``fields``
+    of another type; ``send``/``stream`` raise it
+    for an AsyncClient's conversation, ``asend``/``astream`` for a Client's.
     """
 
     def __init__(
-        self, client: Any, *, session: str | Session | None = None, fields: dict[str, Any] | None = None
+        self,
+        client: Client | AsyncClient,
+        *,
+        session: str | Session | None = None,
+        fields: dict[str, Any] | None = None,
+        **unknown: Never,  # none is taken: a request field goes in ``fields`` (UsageError saying so)
     ) -> None:
+        if unknown:  # Conversation(client, max_tokens=300): not a raw TypeError
+            name = next(iter(unknown))
+            near = nearest(name, Request.model_fields)
+            raise UsageError(
+                f"Conversation() takes no keyword {name!r}",
+                hint=f'Request fields go in fields={{"{near}": ...}}.'
+                if near is not None
+                else "The keywords: session, fields (a dict of request fields).",
+            )
+        missing = [m for m in ("plan", "send", "send_stream") if not callable(getattr(client, m, None))]
+        if missing:  # refused now, not as an AttributeError of the first turn
+            raise UsageError(
+                f"a Conversation talks through a qwenvl.Client or AsyncClient, not {type(client).__name__} "
+                f"(it has no {', '.join(missing)})",
+                hint="Conversation(qwenvl.Client(), ...), or an AsyncClient for asend/astream.",
+            )
+        if not isinstance(session, str | Session | None):
+            raise UsageError(
+                f"session is a name, a qwenvl.sessions.Session or None, not {type(session).__name__}",
+                hint='Give session="trip" (saved under that name), or leave it out.',
+            )
+        if not isinstance(fields, dict | None):
+            raise UsageError(
+                f"fields is a dict of request fields, not {type(fields).__name__}",
+                hint='Give fields={"model": "qwen3-vl-flash", "max_tokens": 300}, or leave it out.',
+            )
         self.client = client
+        self._async = inspect.iscoroutinefunction(client.send)  # an AsyncClient: asend/astream, not send/stream
+        self._turn = threading.Lock()  # held for a turn (``_one_turn``): one at a time
         self.session = Session.load(session) if isinstance(session, str) else session
         self.fields = dict(fields or {})
         if self.session is not None and self.session.model and not self.fields.get("model"):
@@ -183,7 +228,7 @@ class Conversation:
         """How many files wait for the next message."""
         return len(self.images) + (self.video is not None)
 
-    def attach(self, *refs: Any) -> None:
+    def attach(self, *refs: MediaInput) -> None:
         """Files or URLs for the next message, checked now as sending would check them (``check``): MediaError
         for one that is missing, unreadable, not an image or video, too small or large, animated...; UsageError
         for a second video in one message or a file the model cannot take. Nothing of ``refs`` is attached when
@@ -201,7 +246,7 @@ class Conversation:
         self.images += images
         self.video = video if video is not None else self.video
 
-    async def aattach(self, *refs: Any) -> None:
+    async def aattach(self, *refs: MediaInput) -> None:
         """``attach`` for async code (an ``AsyncClient``): the check reads file headers, and a local backend may
         ask its server, so it runs in a worker thread and the event loop goes on meanwhile. Raises as
         ``attach``."""
@@ -311,51 +356,88 @@ class Conversation:
             return []  # an earlier turn's file: ``_media_checked`` drops it from the history
         return bad or pending
 
+    @contextlib.contextmanager
+    def _one_turn(self) -> Iterator[None]:
+        """The turn in progress: a second one begun meanwhile (another thread, another task, a stream not yet
+        read to its end or closed) is refused with UsageError before anything of it is planned or sent, as each
+        turn replaces ``messages`` with its own answer's history and one of the two paid answers would be lost.
+        Never waits."""
+        if not self._turn.acquire(blocking=False):
+            raise UsageError(
+                "this conversation has a turn in progress: one turn at a time (nothing of this one was sent)",
+                hint="Wait for the answer (or read its stream to the end, or close it) before the next message; "
+                "give each thread or task its own Conversation for parallel questions.",
+            )
+        try:
+            yield
+        finally:
+            self._turn.release()
+
+    def _kind(self, asynchronous: bool) -> Client | AsyncClient:
+        """The client, or UsageError when a turn's method does not fit it: ``send``/``stream`` with an AsyncClient
+        (their coroutines would never be awaited), ``asend``/``astream`` with a Client."""
+        if asynchronous == self._async:
+            return self.client
+        name = type(self.client).__name__
+        use = "await conv.asend(...) / conv.astream(...)" if self._async else "conv.send(...) / conv.stream(...)"
+        raise UsageError(
+            f"this Conversation talks through {'an' if name[0] in 'AEIOU' else 'a'} {name}: use {use}",
+            hint="send/stream take a qwenvl.Client; asend/astream an AsyncClient.",
+        )
+
     def send(self, text: str, **fields: Any) -> Response:
         """One turn, answered whole (a ``Client``). The errors are the client's (``qwenvl.errors``)."""
-        call = self.plan(text, **fields)
-        with self._media_checked():
-            response = self.client.send(call)
-        return self._answered(call, response)
+        client = cast("Client", self._kind(False))
+        with self._one_turn():
+            call = self.plan(text, **fields)
+            with self._media_checked():
+                response = client.send(call)
+            return self._answered(call, response)
 
     def stream(self, text: str, **fields: Any) -> Iterator[StreamEvent]:
         """One turn, streamed (a ``Client``): the client's events; the conversation takes the answer when the
         ``done`` event comes (before it is yielded). Closing the iterator early (``.close()``) closes the
         connection and leaves the conversation as it was."""
-        call = self.plan(text, **fields)
-        events = self.client.send_stream(call)
-        try:
-            with self._media_checked():
-                for event in events:
-                    if event.type == "done" and event.response is not None:
-                        self._answered(call, event.response)
-                    yield event
-        finally:
-            close = getattr(events, "close", None)  # the connection goes with the stream
-            if close is not None:
-                close()
+        client = cast("Client", self._kind(False))
+        with self._one_turn():
+            call = self.plan(text, **fields)
+            events = client.send_stream(call)
+            try:
+                with self._media_checked():
+                    for event in events:
+                        if event.type == "done" and event.response is not None:
+                            self._answered(call, event.response)
+                        yield event
+            finally:
+                close = getattr(events, "close", None)  # the connection goes with the stream
+                if close is not None:
+                    close()
 
     async def asend(self, text: str, **fields: Any) -> Response:
         """``send`` through an ``AsyncClient`` (planning and saving in a worker thread)."""
-        call = await asyncio.to_thread(self.plan, text, **fields)
-        with self._media_checked():
-            response = await self.client.send(call)
-        return await asyncio.to_thread(self._answered, call, response)
+        client = cast("AsyncClient", self._kind(True))
+        with self._one_turn():
+            call = await asyncio.to_thread(self.plan, text, **fields)
+            with self._media_checked():
+                response = await client.send(call)
+            return await asyncio.to_thread(self._answered, call, response)
 
     async def astream(self, text: str, **fields: Any) -> AsyncIterator[StreamEvent]:
         """``stream`` through an ``AsyncClient``."""
-        call = await asyncio.to_thread(self.plan, text, **fields)
-        events = self.client.send_stream(call)
-        try:
-            with self._media_checked():
-                async for event in events:
-                    if event.type == "done" and event.response is not None:
-                        await asyncio.to_thread(self._answered, call, event.response)
-                    yield event
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        client = cast("AsyncClient", self._kind(True))
+        with self._one_turn():
+            call = await asyncio.to_thread(self.plan, text, **fields)
+            events = client.send_stream(call)
+            try:
+                with self._media_checked():
+                    async for event in events:
+                        if event.type == "done" and event.response is not None:
+                            await asyncio.to_thread(self._answered, call, event.response)
+                        yield event
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
     def _answered(self, call: Call, response: Response) -> Response:
         """The turn is in: attachments used, messages from the answer (which holds the whole history), the

@@ -15,13 +15,16 @@ import contextlib
 import inspect
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from typing import Any, Generic, TypeVar
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, Unpack
 
 from pydantic import ValidationError
 
 from qwenvl import env as qenv
 from qwenvl import structured
+from qwenvl._constants import CLOSE_WAIT_S
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
 from qwenvl.config import (
     KeyFound,
@@ -33,7 +36,14 @@ from qwenvl.config import (
     require_api_key,
     resolve_base_url,
 )
-from qwenvl.errors import ClientClosedError, QwenVLError, StructuredOutputError, UsageError
+from qwenvl.errors import (
+    APIConnectionError,
+    ClientClosedError,
+    QwenVLError,
+    StreamInterruptedError,
+    StructuredOutputError,
+    UsageError,
+)
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.sources import looks_swapped, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
@@ -44,8 +54,11 @@ from qwenvl.spelling import did_you_mean, nearest
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
 from qwenvl.types import (
     FIELD_FLAGS,
+    AskFields,
+    MediaInput,
     Message,
     Request,
+    RequestFields,
     Response,
     StreamEvent,
     TextPart,
@@ -60,7 +73,7 @@ _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
 
 
 def make_request(
-    request: Request | dict[str, Any] | None, fields: dict[str, Any], defaults: dict[str, Any] | None = None
+    request: Request | dict[str, Any] | None, fields: Mapping[str, Any], defaults: dict[str, Any] | None = None
 ) -> Request:
     """One validated Request from a Request, a dict and/or keyword fields; ``fields`` win over ``request``, and
     ``defaults`` (the client's) fill only what neither sets.
@@ -202,17 +215,41 @@ def check_structured(response: Response, request: Request, schema: dict[str, Any
     (``structured.extract_json``), validated against ``schema`` and, when the request's schema was a pydantic
     model, by that model. Valid: sets ``response.json`` (and ``response.parsed``) and returns []; else returns
     the errors as short lines, the response untouched."""
-    value, errors = structured.parse_answer(response.text, schema)
-    if not errors and request.schema_model is not None:
-        try:
-            parsed = request.schema_model.model_validate(value)
-        except ValidationError as exc:
-            errors = [describe_validation_error(exc)]
-        else:
-            response._parsed = parsed
+    value, parsed, errors = answer_errors(response.text, request, schema)
     if not errors:
         response.json = value
+        if parsed is not None:
+            response._parsed = parsed
     return errors
+
+
+def answer_errors(text: str, request: Request, schema: dict[str, Any] | None) -> tuple[Any, Any, list[str]]:
+    """``(value, parsed, errors)`` of a structured answer's ``text``: the JSON found (``structured.parse_answer``),
+    the request's pydantic model's instance of it (None without a model, or when invalid), and what is wrong as
+    short lines about the answer: the schema's (``at n: -1 is less than 1``) and then the model's own validators'
+    (``at n: must be positive``: a ``field_validator`` raising ValueError). Mutates nothing; raises what
+    ``structured.validate`` raises (SchemaDefinitionError)."""
+    value, errors = structured.parse_answer(text, schema)
+    if errors or request.schema_model is None:
+        return value, None, errors
+    try:
+        return value, request.schema_model.model_validate(value), []
+    except ValidationError as exc:  # the user's model refused the answer: said about the answer, never empty
+        return value, None, model_errors(exc)
+
+
+def model_errors(exc: ValidationError) -> list[str]:
+    """A pydantic model's refusal of an answer as short lines in ``structured.validate``'s words (``at n: must be
+    positive``; ``(root)`` for the whole value), at most ``structured.MAX_REPORTED_ERRORS`` and a count of the
+    rest. Raises nothing."""
+    lines = []
+    found = exc.errors()
+    for err in found[: structured.MAX_REPORTED_ERRORS]:
+        where = "/".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"at {where}: {err['msg'].removeprefix('Value error, ')}")
+    if len(found) > structured.MAX_REPORTED_ERRORS:
+        lines.append(f"... and {len(found) - structured.MAX_REPORTED_ERRORS} more")
+    return lines or [str(exc).splitlines()[0]]
 
 
 def _check(call: Call, response: Response) -> tuple[Response, Call | None]:
@@ -284,7 +321,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         exc.requests, exc.request_ids = n, paid
         raise
     if again is not None:
-        _, errors = structured.parse_answer(second.text, retry.schema)
+        errors = answer_errors(second.text, retry.request, retry.schema)[2]
         raise StructuredOutputError(
             "the answer is not valid JSON"
             + (" for the schema" if retry.schema else "")
@@ -305,7 +342,7 @@ def _unrepaired(first: Response, retry: Call, exc: BaseException) -> StructuredO
     """The StructuredOutputError of a first answer that was not valid and whose repair request did not answer
     (``exc``: it failed, or was interrupted): the first answer is kept (``raw_text``, ``response``, one request
     paid), never lost with the repair."""
-    _, errors = structured.parse_answer(first.text, retry.schema)
+    errors = answer_errors(first.text, retry.request, retry.schema)[2]
     what = "was interrupted" if not isinstance(exc, QwenVLError) else f"failed ({exc})"
     return StructuredOutputError(
         "the answer is not valid JSON"
@@ -354,11 +391,16 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
     )
 
 
-# The backend a client holds: Backend for Client, AsyncBackend for AsyncClient (qwenvl.backends.base).
+if TYPE_CHECKING:
+    import httpx
+
+# The backend a client holds: Backend for Client, AsyncBackend for AsyncClient (qwenvl.backends.base); and the httpx
+# client it may send through (``http_client``): httpx.Client for Client, httpx.AsyncClient for AsyncClient.
 B = TypeVar("B", Backend, AsyncBackend)
+H = TypeVar("H", "httpx.Client", "httpx.AsyncClient")
 
 
-class _Base(Generic[B]):
+class _Base(Generic[B, H]):
     """What ``Client`` and ``AsyncClient`` share: the options (see ``Client``), planning, dry runs, model rules."""
 
     def __init__(
@@ -372,7 +414,7 @@ class _Base(Generic[B]):
         timeout_s: float | None = None,
         max_retries: int | None = None,
         retry_backoff_s: float | None = None,
-        http_client: Any = None,
+        http_client: H | None = None,
         backend: str | B | None = None,
         engine: str | None = None,
         family: str | None = None,
@@ -382,7 +424,7 @@ class _Base(Generic[B]):
         cache: CacheArg = None,
         usage_log: UsageLogArg = None,
         on_retry: RetryHook | None = None,
-        **unknown: Any,
+        **unknown: Never,  # none is taken: a type checker flags a misspelt keyword, and so does this (UsageError)
     ) -> None:
         if unknown:  # Client(protocl=...): a UsageError naming the closest keyword, not a raw TypeError
             known = [p for p in inspect.signature(_Base.__init__).parameters if p not in ("self", "unknown")]
@@ -410,7 +452,17 @@ class _Base(Generic[B]):
         self.region = effective_region(region)
         self.base_url = base_url
         self._api_key = api_key
-        self._http_client = http_client
+        if http_client is not None:  # the wrong kind fails now, not as the first request's AttributeError
+            from qwenvl.transport import check_http_client
+
+            check_http_client(http_client, asynchronous=isinstance(self, AsyncClient), who=type(self).__name__)
+        if on_retry is not None and not callable(on_retry):
+            raise UsageError(
+                f"on_retry is a {type(on_retry).__name__}: it is called with a qwenvl.retry.RetryNotice before each "
+                "retry's wait",
+                hint="Give on_retry a function of one argument (the notice), or leave it out.",
+            )
+        self._http_client: H | None = http_client
         if not isinstance(backend, str | None):
             self._check_backend(backend)
         self._backend: B | None = None if isinstance(backend, str | None) else backend
@@ -454,6 +506,13 @@ class _Base(Generic[B]):
                 ),
             )
         self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
+        # guards the client's state between threads (and event loops): the closed flag, the calls in flight, the
+        # backend made on first use, the event loop an AsyncClient is bound to
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)  # told when a call in flight ends (close waits for it)
+        self._inflight = 0  # whole-answer calls (send) going on now
+        self._streams = 0  # streams (send_stream) begun and not ended (being read, or waiting for their reader)
+        self._stores_left = False  # close() left the stores open for the calls in flight: the last one closes them
         self.on_retry = on_retry  # told before each retry's wait (qwenvl.retry.RetryNotice), e.g. to show it
         # media this client prepared, by content: a conversation's earlier turns are not decoded again per turn
         self.prepared = PreparedCache()
@@ -492,16 +551,72 @@ class _Base(Generic[B]):
                 hint=f"Make a new {name}, or use this one before {closing} (inside its with block).",
             )
 
+    def _begin_call(self, *, stream: bool = False) -> None:
+        """Count a call in flight (a whole answer: ``send``; or a stream: ``send_stream``), or ClientClosedError
+        when the client is closed: both at once, so that ``close()`` either knows of the call or it never starts."""
+        with self._lock:
+            self._check_open()
+            if stream:
+                self._streams += 1
+            else:
+                self._inflight += 1
+
+    def _end_call(self, *, stream: bool = False) -> None:
+        """The call has ended (its usage log row recorded); the last one to end after ``close()`` closes the
+        stores that close left open for it (``_stores_now``)."""
+        with self._lock:
+            if stream:
+                self._streams -= 1
+            else:
+                self._inflight -= 1
+            self._idle.notify_all()
+            last = self._stores_left and not (self._inflight or self._streams)
+            if last:
+                self._stores_left = False
+        if last:
+            self._close_stores()
+
+    def _stores_now(self) -> bool:
+        """For ``close()``: True when no call is in flight, so the stores close now; else False, and the last call
+        to end closes them (``_end_call``), after writing its row: a call cut by the close is logged, not lost."""
+        with self._lock:
+            self._stores_left = bool(self._inflight or self._streams)
+            return not self._stores_left
+
+    def _closed_midway(self, exc: BaseException) -> ClientClosedError | None:
+        """The ClientClosedError of a request that ``close()`` / ``aclose()`` cut (its connection closed under it:
+        whatever httpx then raised, a connection error, a stream broken midway), or None for an error that is not
+        the close's (a service's answer stays itself, and so does an interrupt). Raises nothing."""
+        if not self._closed or isinstance(exc, ClientClosedError) or not isinstance(exc, Exception):
+            return None
+        if isinstance(exc, QwenVLError) and not isinstance(exc, APIConnectionError | StreamInterruptedError):
+            return None
+        name = type(self).__name__
+        return ClientClosedError(
+            f"this {name} was closed while the request was in flight: it was cancelled (in the usage log as "
+            "cancelled; any answer it got is lost)",
+            hint=f"Close the {name} after its requests have answered (close() waits {CLOSE_WAIT_S:g} s for "
+            "complete/ask/send, not for streams).",
+        )
+
     def _check_backend(self, backend: object) -> None:
+        """UsageError for a backend object this client cannot use: one without the methods it calls
+        (``_BACKEND_METHODS``), or of the other kind (an async ``complete`` given to Client, a plain one to
+        AsyncClient: its coroutine would never be awaited, or an await would fail)."""
         missing = [m for m in self._BACKEND_METHODS if not callable(getattr(backend, m, None))]
+        asynchronous = "aclose" in self._BACKEND_METHODS
+        kind = "an AsyncBackend" if asynchronous else "a Backend"
         if missing:
-            kind = "an AsyncBackend" if "aclose" in self._BACKEND_METHODS else "a Backend"
-            raise UsageError(
-                f"backend {type(backend).__name__} has no {', '.join(missing)}: "
-                f"{type(self).__name__} needs a backend name or {kind} object",
-                hint=f"A backend name (dashscope, openai, transformers), or an object with what "
-                f"qwenvl.backends.base.{kind.split()[1]} declares.",
-            )
+            said = f"has no {', '.join(missing)}"
+        elif inspect.iscoroutinefunction(getattr(backend, "complete", None)) != asynchronous:
+            said = "answers " + ("synchronously" if asynchronous else "with coroutines (async def complete)")
+        else:
+            return
+        raise UsageError(
+            f"backend {type(backend).__name__} {said}: {type(self).__name__} needs a backend name or {kind} object",
+            hint=f"A backend name (dashscope, openai, transformers), or an object with what "
+            f"qwenvl.backends.base.{kind.split()[1]} declares.",
+        )
 
     def __repr__(self) -> str:
         if self.is_local:
@@ -567,7 +682,7 @@ class _Base(Generic[B]):
                     shown["headers"]["Authorization"] = "(no DashScope API key found: it would not be sent)"
         return shown
 
-    def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
+    def request(self, request: Request | dict[str, Any] | None = None, **fields: Unpack[RequestFields]) -> Request:
         """A validated ``Request`` from ``request`` (a Request or a dict) and keyword ``fields`` (which win), with
         the client's defaults (``model``, ``timeout_s``, ``max_retries``, ``retry_backoff_s``) where unset.
 
@@ -575,7 +690,11 @@ class _Base(Generic[B]):
         return make_request(request, fields, self.defaults)
 
     def plan(
-        self, request: Request | dict[str, Any] | None = None, *, estimate_only: bool = False, **fields: Any
+        self,
+        request: Request | dict[str, Any] | None = None,
+        *,
+        estimate_only: bool = False,
+        **fields: Unpack[RequestFields],
     ) -> Call:
         """Everything up to the wire, without sending: validated request, messages, prepared media.
 
@@ -623,7 +742,10 @@ class _Base(Generic[B]):
 
     def _retried(self, notice: RetryNotice) -> None:
         """The hook a backend this client makes is given: the attempt about to be retried is logged
-        (``exchange.retried``), then ``on_retry`` is told."""
+        (``exchange.retried``), then ``on_retry`` is told. An attempt that ``close()`` cut is not logged here: its
+        retry fails on the closed client and the exchange logs the request once, as ``cancelled``."""
+        if self._closed:
+            return
         exchange.retried(notice)
         if self.on_retry is not None:
             self.on_retry(notice)
@@ -634,7 +756,7 @@ class _Base(Generic[B]):
             store.close()
 
 
-class Client(_Base[Backend]):
+class Client(_Base[Backend, "httpx.Client"]):
     """Synchronous client. Thread-safe for concurrent requests (httpx pools connections).
 
     Options (all keyword-only, all optional):
@@ -683,9 +805,10 @@ class Client(_Base[Backend]):
     Use it as a context manager, or call ``close()``, to close its connections.
 
     Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name (each with
-    the one meant, ``qwenvl.spelling``), a backend object without ``complete``, ``stream`` and ``close``, or
-    the dashscope backend with ``protocol="openai"``. A missing key is raised
-    later, by the first request (MissingAPIKeyError).
+    the one meant, ``qwenvl.spelling``), a backend object without ``complete``, ``stream`` and ``close`` (or an
+    async one), an ``http_client`` that is not an ``httpx.Client``, an ``on_retry`` that is not callable, a
+    ``cache`` or ``usage_log`` of another type, or the dashscope backend with ``protocol="openai"``. A missing
+    key is raised later, by the first request (MissingAPIKeyError).
     """
 
     @property
@@ -695,6 +818,10 @@ class Client(_Base[Backend]):
 
         Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
         ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
+        with self._lock:  # made once, whichever thread asks first
+            return self._made_backend()
+
+    def _made_backend(self) -> Backend:
         if self._backend is None:
             if self.is_local:
                 from qwenvl.backends import make_backend
@@ -717,18 +844,30 @@ class Client(_Base[Backend]):
             )
         return self._backend
 
-    def close(self) -> None:
+    def close(self, *, wait_s: float | None = None) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
         opened (its usage log's queued rows are written first). Every later call raises ClientClosedError; closing
-        again does nothing. Raises nothing."""
-        if self._closed:
-            return
-        self._closed = True
+        again does nothing. Raises nothing (but a KeyboardInterrupt during the wait, after closing).
+
+        Calls in flight in other threads: a whole-answer one (``complete``, ``ask``, ``send``, a structured
+        repair included) is waited for, at most ``wait_s`` seconds (default ``CLOSE_WAIT_S``, 30 s,
+        ``qwenvl._constants``; 0: not at all), and answers as usual; one still going then, and any stream being
+        read, is cancelled: its connection is closed, it raises ClientClosedError (chained from what the
+        connection raised) and is in the usage log as ``cancelled``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         try:
-            if self._backend is not None:
-                self._backend.close()
+            with self._lock:
+                self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S if wait_s is None else wait_s)
         finally:
-            self._close_stores()
+            try:
+                if self._backend is not None:
+                    self._backend.close()
+            finally:
+                if self._stores_now():
+                    self._close_stores()
 
     def __enter__(self) -> Client:
         return self
@@ -736,7 +875,7 @@ class Client(_Base[Backend]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+    def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]) -> Response:
         """Plan and send one request: ``client.complete(prompt="...", image="a.jpg")`` or ``complete(Request(...))``.
 
         ``fields`` are ``Request`` fields and win over ``request``'s. Returns the ``Response`` (``text``, ``usage``
@@ -769,16 +908,19 @@ class Client(_Base[Backend]):
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
         subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
-        (after ``close()``)."""
-        self._check_open()
-        if call.request.stream:
-            return assembled(self.send_stream(call))
-        first, retry = _check(call, self._complete(call))
-        if retry is None:
-            return first
-        final = _after_repair(first, retry, self._repair(first, retry))
-        exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
-        return final
+        (after ``close()``, or when ``close()`` cancelled it: see ``close``)."""
+        self._begin_call()
+        try:
+            if call.request.stream:
+                return assembled(self.send_stream(call))
+            first, retry = _check(call, self._complete(call))
+            if retry is None:
+                return first
+            final = _after_repair(first, retry, self._repair(first, retry))
+            exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+            return final
+        finally:
+            self._end_call()
 
     def _repair(self, first: Response, retry: Call) -> Response:
         """The repair request's answer; its failure or an interrupt keeps ``first`` (``_repair_failed``)."""
@@ -796,12 +938,16 @@ class Client(_Base[Backend]):
         with exchange.begin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = self.backend
-                with ex.sending():  # a failure, an interrupt, a retried attempt: logged
+                with ex.sending(
+                    self._closed_midway
+                ):  # a failure, an interrupt, a retried attempt: logged; close() cutting it: ClientClosedError
                     ex.done(backend.complete(call))
             assert ex.response is not None
             return ex.response
 
-    def stream(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Iterator[StreamEvent]:
+    def stream(
+        self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Iterator[StreamEvent]:
         """Plan a request and stream its answer: ``StreamEvent``s of type ``"reasoning"`` and ``"text"`` (deltas,
         in order), then one ``"done"`` event whose ``response`` is the whole ``Response`` (as ``complete``).
 
@@ -819,10 +965,16 @@ class Client(_Base[Backend]):
         as outcome ``cancelled`` (its tokens unknown).
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
         subclasses, StreamInterruptedError (the stream broke midway; ``.partial_text`` keeps what arrived),
-        StructuredOutputError, ClientClosedError (after ``close()``)."""
-        self._check_open()
+        StructuredOutputError, ClientClosedError (after ``close()``, or when ``close()`` cut the stream)."""
+        self._begin_call(stream=True)
+        try:
+            yield from self._stream(call)
+        finally:
+            self._end_call(stream=True)
+
+    def _stream(self, call: Call) -> Iterator[StreamEvent]:
         ex, backend = exchange.begin(self, call, stream=True), self.backend
-        with ex.sending():  # an error as its type; a reader that stops (closes, Ctrl-C) as cancelled
+        with ex.sending(self._closed_midway):  # an error as its type; a reader that stops (closes, Ctrl-C) as cancelled
             for event in backend.stream(call):
                 if event.type != "done":
                     yield event
@@ -833,7 +985,7 @@ class Client(_Base[Backend]):
                     first = _after_repair(first, retry, self._repair(first, retry))
                 yield StreamEvent(type="done", response=first)
 
-    def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+    def ask(self, prompt: str, *files: MediaInput, **fields: Unpack[AskFields]) -> Response:
         """One question about zero or more images: ``client.ask("What is this?", "a.jpg", Path("b.png"))``.
 
         Images are paths (``str`` or ``os.PathLike``), ``file://``, ``data:``, ``http(s)://`` or ``oss://``
@@ -842,10 +994,10 @@ class Client(_Base[Backend]):
         images=[...], **fields)``, and raises what ``complete`` raises (UsageError, MediaError, APIError and its
         subclasses, StructuredOutputError); arguments that look swapped (``ask("photo.png", "What is this?")``)
         are a UsageError saying so."""
-        return self.complete(**_ask_fields(prompt, images, fields))
+        return self.complete(**_ask_fields(prompt, files, dict(fields)))
 
 
-def _ask_fields(prompt: str, images: tuple[Any, ...], fields: dict[str, Any]) -> dict[str, Any]:
+def _ask_fields(prompt: str, images: tuple[MediaInput, ...], fields: dict[str, Any]) -> dict[str, Any]:
     """``ask``'s request fields: the images given as arguments, or as ``images=`` (then validated as a Request's:
     a lone string is refused saying images takes a list), never both (UsageError)."""
     if "images" in fields:
@@ -858,7 +1010,7 @@ def _ask_fields(prompt: str, images: tuple[Any, ...], fields: dict[str, Any]) ->
     return {"prompt": prompt, "images": list(images), **fields}
 
 
-class AsyncClient(_Base[AsyncBackend]):
+class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
     """asyncio client with the same methods as Client (``await client.complete(...)``).
 
     Media are prepared in a worker thread (``asyncio.to_thread``: decoding, resizing and encoding, video
@@ -868,9 +1020,10 @@ class AsyncClient(_Base[AsyncBackend]):
     ``AsyncClient(**options)``: the options of ``Client`` (``http_client`` is then an ``httpx.AsyncClient``). Use
     ``async with``, or ``await aclose()``, to close its connections.
 
-    Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name, or a backend
-    object without ``complete``, ``stream`` and ``aclose``; a missing key is raised by the first request
-    (MissingAPIKeyError)."""
+    Raises UsageError for an unknown keyword (naming the closest), protocol, region or backend name, a backend
+    object without ``complete``, ``stream`` and ``aclose`` (or a synchronous one), an ``http_client`` that is not
+    an ``httpx.AsyncClient``, and as ``Client`` for the other options; a missing key is raised by the first
+    request (MissingAPIKeyError)."""
 
     _BACKEND_METHODS = ("complete", "stream", "aclose")
     _loop: asyncio.AbstractEventLoop | None = None  # the event loop this client sends in now (``_ready``)
@@ -883,6 +1036,10 @@ class AsyncClient(_Base[AsyncBackend]):
 
         Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
         ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
+        with self._lock:  # made once, whichever task or thread asks first
+            return self._made_backend()
+
+    def _made_backend(self) -> AsyncBackend:
         if self._backend is None:
             if self.is_local:
                 from qwenvl.backends import make_backend
@@ -916,12 +1073,12 @@ class AsyncClient(_Base[AsyncBackend]):
         made again for each new loop: when ``asyncio.run()`` ends, its connections are closed in their own loop
         (``_loop_end``), so one AsyncClient serves one ``asyncio.run()`` after another (a backend object given is
         its owner's, used as it is). Raises ClientClosedError after ``aclose()``, and in a new loop while the
-        first is still open (two loops at once) or when an ``http_client`` was given (it cannot be made again)."""
+        first is still open (two loops at once, e.g. ``asyncio.run`` in two threads: the check and the binding are
+        one step, under the client's lock) or when an ``http_client`` was given (it cannot be made again)."""
         self._check_open()
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._enter_loop(loop)
-            guard = self._loop_end()
+        if self._enter_loop(loop):
+            guard = self._loop_end(loop)
             await guard.__anext__()  # suspended until the loop shuts down (asyncio.run: shutdown_asyncgens)
             self._loop_guard = guard
         if self._backend is not None:
@@ -934,47 +1091,85 @@ class AsyncClient(_Base[AsyncBackend]):
         given)."""
         return not self._given_backend and self._http_client is None
 
-    def _enter_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to ``loop``; ClientClosedError when the connections of another, open loop are in the way, or when
-        they are held by an ``http_client`` given, which cannot be made again."""
-        old = self._loop
-        if old is not None and self._backend is not None and not self._given_backend:
-            if not old.is_closed() or not self._remakeable:
-                raise ClientClosedError(
-                    "this AsyncClient's connections belong to another event loop"
-                    + ("" if old.is_closed() else ", still open"),
-                    hint="Use one AsyncClient per event loop: make it inside the coroutine that asyncio.run() runs "
-                    "(async with qwenvl.AsyncClient() as client: ...).",
-                )
-            self._backend = None  # its loop closed without shutting down (not asyncio.run): made again
-        self._loop = loop
+    def _enter_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Bind to ``loop`` (True: newly bound; False: bound already); ClientClosedError when another loop, still
+        open, holds the client (its connections are made or being made there), or when the connections of a
+        closed one are held by an ``http_client`` given, which cannot be made again. One step under the lock:
+        two threads' loops never both pass."""
+        with self._lock:
+            self._check_open()
+            old = self._loop
+            if old is loop:
+                return False
+            if old is not None and not self._given_backend:
+                if not old.is_closed() or (self._backend is not None and not self._remakeable):
+                    raise ClientClosedError(
+                        "this AsyncClient's connections belong to another event loop"
+                        + ("" if old.is_closed() else ", still open"),
+                        hint="Use one AsyncClient per event loop: make it inside the coroutine that asyncio.run() "
+                        "runs (async with qwenvl.AsyncClient() as client: ...).",
+                    )
+                if self._remakeable:
+                    self._backend = None  # its loop closed without shutting down (not asyncio.run): made again
+            self._loop = loop
+            return True
 
-    async def _loop_end(self) -> AsyncGenerator[None, None]:
-        """Suspended for the life of the loop; the loop's shutdown (``asyncio.run``: ``shutdown_asyncgens``, before
+    async def _loop_end(self, loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+        """Suspended for the life of ``loop``; the loop's shutdown (``asyncio.run``: ``shutdown_asyncgens``, before
         it closes the loop) closes it, and with it the connections of the backend this client made, in their own
         loop. The next loop makes a new backend."""
         try:
             yield
         finally:
-            backend = self._backend
-            if self._remakeable:
-                self._backend, self._loop = None, None
-                if backend is not None and not self._closed:
-                    await backend.aclose()
+            with self._lock:
+                backend = self._backend if self._loop is loop else None
+                if self._loop is loop:
+                    self._loop = None if self._remakeable or self._given_backend else self._loop
+                    if self._remakeable:
+                        self._backend = None
+                    else:
+                        backend = None
+            if backend is not None and not self._closed:
+                await backend.aclose()
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, wait_s: float | None = None) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
         opened (its usage log's queued rows are written first). Every later call raises ClientClosedError;
-        closing again does nothing. Raises nothing."""
-        if self._closed:
-            return
-        self._closed = True
-        loop_gone = self._loop is not None and self._loop.is_closed()  # its connections were closed with it
+        closing again does nothing. Raises nothing.
+
+        Calls in flight (in this loop's other tasks, or in the loop of another thread): a whole-answer one
+        (``complete``, ``ask``, ``send``) is waited for, at most ``wait_s`` seconds (default ``CLOSE_WAIT_S``, 30 s,
+        ``qwenvl._constants``; 0: not at all), and answers as usual; one still going then, and any stream being
+        read, is cancelled: its connection is closed, it raises ClientClosedError and is in the usage log as
+        ``cancelled``. Connections of a loop in another thread are closed in that loop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = time.monotonic() + (CLOSE_WAIT_S if wait_s is None else wait_s)
         try:
-            if self._backend is not None and not loop_gone:
-                await self._backend.aclose()
+            while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
+                await asyncio.sleep(0.02)
         finally:
-            await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
+            with self._lock:
+                backend, loop = self._backend, self._loop
+            try:
+                if backend is not None:
+                    await self._close_in(backend, loop)
+            finally:
+                if self._stores_now():
+                    await asyncio.to_thread(self._close_stores)  # it waits for the log's writer thread
+
+    async def _close_in(self, backend: AsyncBackend, loop: asyncio.AbstractEventLoop | None) -> None:
+        """``backend.aclose()`` in the loop its connections belong to: this one, or the open loop of another thread
+        (waited for at most ``CLOSE_WAIT_S``); nothing when that loop is closed (they were closed with it)."""
+        here = asyncio.get_running_loop()
+        if loop is None or loop is here or self._given_backend:
+            await backend.aclose()
+        elif not loop.is_closed():
+            future = asyncio.run_coroutine_threadsafe(backend.aclose(), loop)
+            with contextlib.suppress(Exception):  # its loop ended meanwhile: closed with it
+                await asyncio.wait_for(asyncio.wrap_future(future), CLOSE_WAIT_S)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -982,7 +1177,9 @@ class AsyncClient(_Base[AsyncBackend]):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def complete(self, request: Request | dict[str, Any] | None = None, /, **fields: Any) -> Response:
+    async def complete(
+        self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
+    ) -> Response:
         """``Client.complete``, awaited: plan (in a worker thread) and send one request; returns the ``Response``.
 
         Raises what ``Client.complete`` raises: UsageError, MediaError, MissingAPIKeyError, APIError and its
@@ -995,16 +1192,19 @@ class AsyncClient(_Base[AsyncBackend]):
 
         Raises UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its subclasses,
         StructuredOutputError (as ``Client.send``), ClientClosedError (after ``aclose()``, or in another event
-        loop)."""
-        self._check_open()
-        if call.request.stream:
-            return await aassembled(self.send_stream(call))
-        first, retry = _check(call, await self._complete(call))
-        if retry is None:
-            return first
-        final = _after_repair(first, retry, await self._repair(first, retry))
-        exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
-        return final
+        loop, or when ``aclose()`` cancelled it: see ``aclose``)."""
+        self._begin_call()
+        try:
+            if call.request.stream:
+                return await aassembled(self.send_stream(call))
+            first, retry = _check(call, await self._complete(call))
+            if retry is None:
+                return first
+            final = _after_repair(first, retry, await self._repair(first, retry))
+            exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+            return final
+        finally:
+            self._end_call()
 
     async def _repair(self, first: Response, retry: Call) -> Response:
         """``Client._repair``, async (a cancelled task keeps ``first`` on its CancelledError)."""
@@ -1020,13 +1220,15 @@ class AsyncClient(_Base[AsyncBackend]):
         with await exchange.abegin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = await self._ready()
-                with ex.sending():  # a failure, a cancelled task, a retried attempt: logged
+                with ex.sending(
+                    self._closed_midway
+                ):  # a failure, a cancelled task, a retried attempt: logged; aclose() cutting it: ClientClosedError
                     ex.done(await backend.complete(call))
             assert ex.response is not None
             return ex.response
 
     async def stream(
-        self, request: Request | dict[str, Any] | None = None, /, **fields: Any
+        self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
     ) -> AsyncIterator[StreamEvent]:
         """``Client.stream``, async: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
         ``Response``. Planned when iteration starts (in a worker thread).
@@ -1043,11 +1245,23 @@ class AsyncClient(_Base[AsyncBackend]):
         """``Client.send_stream``, async: delta events, then one ``"done"`` event with the whole ``Response``.
 
         Raises (while iterating) UsageError (an ``estimate_only`` call), MissingAPIKeyError, APIError and its
-        subclasses, StreamInterruptedError (``.partial_text`` keeps what arrived), StructuredOutputError."""
+        subclasses, StreamInterruptedError (``.partial_text`` keeps what arrived), StructuredOutputError,
+        ClientClosedError (after ``aclose()``, in another event loop, or when ``aclose()`` cut the stream)."""
+        self._begin_call(stream=True)
+        try:
+            async with contextlib.aclosing(self._stream(call)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._end_call(stream=True)
+
+    async def _stream(self, call: Call) -> AsyncGenerator[StreamEvent, None]:
         ex, backend = exchange.begin(self, call, stream=True), await self._ready()
         events = backend.stream(call)
         try:
-            with ex.sending():  # an error as its type; a reader that stops (closes, a cancelled task) as cancelled
+            with ex.sending(
+                self._closed_midway
+            ):  # an error as its type; a reader that stops (closes, a cancelled task) as cancelled
                 async for event in events:
                     if event.type != "done":
                         yield event
@@ -1063,9 +1277,9 @@ class AsyncClient(_Base[AsyncBackend]):
                 with contextlib.suppress(Exception):  # closing after an error must not raise a second one
                     await close()
 
-    async def ask(self, prompt: str, *images: Any, **fields: Any) -> Response:
+    async def ask(self, prompt: str, *files: MediaInput, **fields: Unpack[AskFields]) -> Response:
         """``Client.ask``, awaited: one question about zero or more images (paths, URLs, bytes or PIL images).
 
         Raises what ``complete`` raises (UsageError, MediaError, APIError and its subclasses,
         StructuredOutputError)."""
-        return await self.complete(**_ask_fields(prompt, images, fields))
+        return await self.complete(**_ask_fields(prompt, files, dict(fields)))

@@ -24,7 +24,10 @@ QwenVLError
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from qwenvl.types import Response
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -389,7 +392,7 @@ class StructuredOutputError(QwenVLError):
         *,
         raw_text: str,
         errors: list[str] | None = None,
-        response: Any = None,
+        response: Response | None = None,
         hint: str | None = None,
         requests: int = 1,
         request_ids: list[str] | None = None,
@@ -397,7 +400,7 @@ class StructuredOutputError(QwenVLError):
         super().__init__(message, hint=hint)
         self.raw_text = raw_text
         self.errors = errors or []
-        self.response = response
+        self.response: Response | None = response
         self.requests = requests
         rid = getattr(response, "request_id", None)
         self.request_ids: list[str] = list(request_ids) if request_ids is not None else ([rid] if rid else [])

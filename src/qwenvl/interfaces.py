@@ -16,13 +16,13 @@ nothing at run time beyond ``typing``: the types it names are imported for the t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Unpack, runtime_checkable
 
 if TYPE_CHECKING:
     from qwenvl.config import Protocol as WireProtocol
     from qwenvl.models import ModelInfo
     from qwenvl.plan import Call
-    from qwenvl.types import Request, Response, StreamEvent
+    from qwenvl.types import Request, RequestFields, Response, StreamEvent
 
 
 @runtime_checkable
@@ -30,7 +30,11 @@ class SupportsPlan(Protocol):
     """A client that plans requests (``Client`` and ``AsyncClient``: their ``plan`` is synchronous in both)."""
 
     def plan(
-        self, request: Request | dict[str, Any] | None = None, *, estimate_only: bool = False, **fields: Any
+        self,
+        request: Request | dict[str, Any] | None = None,
+        *,
+        estimate_only: bool = False,
+        **fields: Unpack[RequestFields],
     ) -> Call:
         """A validated, prepared call (nothing sent). Raises UsageError (invalid fields), MediaError (media)."""
         ...
@@ -133,7 +137,7 @@ class SupportsEstimate(Protocol):
         """The backend (may have ``adapt(request) -> Request``, a local model's own budget)."""
         ...
 
-    def request(self, request: Request | dict[str, Any] | None = None, **fields: Any) -> Request:
+    def request(self, request: Request | dict[str, Any] | None = None, **fields: Unpack[RequestFields]) -> Request:
         """A validated Request with the client's defaults. Raises UsageError."""
         ...
 

@@ -14,6 +14,34 @@ from collections.abc import Iterable
 # "native", "max_token" for "max_tokens"); a name further from every known one gets no suggestion.
 CLOSE = 0.6
 
+# The names other APIs give a request field (OpenAI's, Hugging Face's ``generate``, Anthropic's, the prose of the
+# docs), by the field each means here: a name no ratio would bring near ("thinking" is nearer "thinking_budget"
+# than "enable_thinking"). Used by ``nearest`` only when the field is among the names it chooses from, so it
+# serves the library's keyword names and the CLI's flags ("--max-new-tokens" -> "--max-tokens") alike.
+ALIASES = {
+    "thinking": "enable_thinking",
+    "reasoning": "enable_thinking",
+    "enable_reasoning": "enable_thinking",
+    "max_new_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "max_output_tokens": "max_tokens",
+    "max_length": "max_tokens",
+    "budget_tokens": "thinking_budget",
+    "reasoning_budget": "thinking_budget",
+    "system_prompt": "system",
+    "system_message": "system",
+    "instructions": "system",
+    "retries": "max_retries",
+    "json_schema": "schema",
+    "response_model": "schema",
+    "stop_sequences": "stop",
+    "image_url": "image",
+    "image_urls": "images",
+    "videos": "video",
+    "question": "prompt",
+    "query": "prompt",
+}
+
 
 def closest(given: str, choices: Iterable[str], *, cutoff: float = CLOSE, prefix_min: int = 3) -> list[str]:
     """The choices ``given`` most likely means, best first. Those that begin with ``given`` (when it has at least
@@ -32,7 +60,9 @@ def closest(given: str, choices: Iterable[str], *, cutoff: float = CLOSE, prefix
 def nearest(given: str, choices: Iterable[str], *, cutoff: float = CLOSE) -> str | None:
     """The one known name ``given`` was most likely meant to be: the same name in other case or with "-" for "_"
     (a flag's spelling of a key), else the choice of highest ratio at ``cutoff`` or above (difflib's
-    ``get_close_matches(n=1)``: ``max_tokens`` for ``max_token``); None when none is close. Raises nothing."""
+    ``get_close_matches(n=1)``: ``max_tokens`` for ``max_token``); before the ratio, a common name of another API
+    for one of the choices (``ALIASES``: ``enable_thinking`` for ``thinking``, ``max_tokens`` for
+    ``max_new_tokens``); None when none is close. Raises nothing."""
     names = list(dict.fromkeys(choices))
 
     def spelled(text: str) -> str:
@@ -41,6 +71,10 @@ def nearest(given: str, choices: Iterable[str], *, cutoff: float = CLOSE) -> str
     same = [c for c in names if spelled(c) == spelled(given)]
     if same:
         return same[0]
+    alias = ALIASES.get(spelled(given).lstrip("_"))
+    known_as = [c for c in names if alias is not None and spelled(c).lstrip("_") == alias]
+    if known_as:
+        return known_as[0]
     near = difflib.get_close_matches(given, names, n=1, cutoff=cutoff)
     return near[0] if near else None
 

@@ -35,6 +35,7 @@ message and hint in the sync and async clients, streaming or not, whatever the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import platform
 import socket
@@ -65,6 +66,7 @@ from qwenvl.errors import (
     APITimeoutError,
     AuthenticationError,
     MediaError,
+    UsageError,
     key_refused_hint,
     printable,
     redact,
@@ -206,6 +208,13 @@ class _Stream(httpcore.NetworkStream):
             self._inner.write(buffer[i : i + WRITE_SLICE], _left(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
+        """Closed at once, a read in another thread included: the socket is shut down first, which wakes a
+        ``recv`` blocked on it (a close alone does not, on Linux), so closing the client (``Client.close``, the
+        pool's close) cancels a request in flight instead of leaving its thread waiting for the answer."""
+        sock = self._inner.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._inner.close()
 
     def start_tls(
@@ -520,6 +529,26 @@ class AsyncLineStream(LineStream):
         await self._response.aclose()
 
 
+def check_http_client(http_client: object, *, asynchronous: bool, who: str = "Client") -> None:
+    """UsageError now, when ``http_client`` is not None nor the httpx client ``who`` sends through (an
+    ``httpx.Client`` for ``Client`` and the synchronous transports, an ``httpx.AsyncClient`` for ``AsyncClient``
+    and the async ones): given the other kind, its coroutines would never be awaited; given anything else, the
+    first request would fail inside httpx's place. Raises nothing for a right one."""
+    wanted = httpx.AsyncClient if asynchronous else httpx.Client
+    if http_client is None or isinstance(http_client, wanted):
+        return
+    other = httpx.Client if asynchronous else httpx.AsyncClient
+    mate = "AsyncClient" if not asynchronous else "Client"
+    raise UsageError(
+        f"http_client is {'an' if isinstance(http_client, other) else 'a'} "
+        f"{'httpx.' if isinstance(http_client, other) else ''}{type(http_client).__name__}: "
+        f"{who} sends through an httpx.{wanted.__name__}",
+        hint=f"Give http_client=httpx.{wanted.__name__}(...)"
+        + (f" (httpx.{other.__name__} is for qwenvl.{mate})" if who in ("Client", "AsyncClient") else "")
+        + ", or leave it out.",
+    )
+
+
 class Transport:
     """Synchronous HTTP with deadlines and retries. ``http_client`` may be given (tests, proxies, custom
     TLS); its httpx connection pools are made to honour the deadlines (``with_deadlines``).
@@ -535,6 +564,7 @@ class Transport:
         sleep: Callable[[float], None] = time.sleep,
         on_retry: RetryHook | None = None,
     ) -> None:
+        check_http_client(http_client, asynchronous=False, who="this transport")
         self._key = api_key
         self._key_source = key_source  # where the key came from (config.KeyFound.source), for a 401's hint
         self._own = http_client is None
@@ -672,6 +702,7 @@ class AsyncTransport:
         sleep: Callable[[float], Any] = asyncio.sleep,
         on_retry: RetryHook | None = None,
     ) -> None:
+        check_http_client(http_client, asynchronous=True, who="this transport")
         self._key = api_key
         self._key_source = key_source  # where the key came from (config.KeyFound.source), for a 401's hint
         self._own = http_client is None

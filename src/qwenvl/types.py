@@ -15,7 +15,8 @@ import math
 import os
 import re
 import warnings
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -34,7 +35,70 @@ from qwenvl.errors import UsageError, blank_error
 from qwenvl.models import DEFAULT_MODEL
 from qwenvl.spelling import nearest
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+# A file as the library takes it (``Client.ask``'s images, ``Conversation.attach``): a path (``str`` or
+# ``os.PathLike``), a ``file://``, ``data:``, ``http(s)://`` or ``oss://`` reference, or an image as bytes or a PIL
+# image (``media_refs`` turns the objects into references).
+MediaInput: TypeAlias = "str | os.PathLike[str] | bytes | PILImage"
+
 Role = Literal["system", "user", "assistant", "tool"]
+M = TypeVar("M", bound=BaseModel)  # a pydantic model given as a request's schema (``Response.parsed_as``)
+
+
+class AskFields(TypedDict, total=False):
+    """The ``Request`` fields as keyword arguments (``Client.complete(**fields)``, ``ask``, ``stream``, ``plan``),
+    for type checkers: a misspelt name or a wrong type is flagged before the run (which refuses it too, with a
+    UsageError naming the closest field). The fields, defaults and rules are ``Request``'s (one home; the test
+    ``tests/test_library_api_faults.py`` keeps these names the same); ``prompt`` is ``RequestFields``'s, as
+    ``ask`` takes it first. Types are what the library takes (files as ``MediaInput``, a ``schema`` as a dict,
+    a file or a pydantic model), before the Request turns them into its own."""
+
+    image: MediaInput | Sequence[MediaInput] | None
+    images: Sequence[MediaInput]
+    video: MediaInput | Sequence[MediaInput] | None
+    fps: float | None
+    pages: str | None
+    model: str
+    max_tokens: int
+    temperature: float
+    top_p: float | None
+    top_k: int | None
+    seed: int | None
+    stop: str | Sequence[str] | None
+    detail: Literal["auto", "low", "high"]
+    json_mode: bool
+    schema: dict[str, Any] | type[BaseModel] | str | os.PathLike[str] | None
+    repair: bool
+    system: str | None
+    messages: Sequence[Message | dict[str, Any]]
+    stream: bool
+    enable_thinking: bool | None
+    thinking_budget: int | None
+    tools: Sequence[dict[str, Any]] | None
+    tool_choice: str | dict[str, Any] | None
+    vl_high_resolution_images: bool | None
+    min_pixels: int | None
+    max_pixels: int | None
+    max_retries: int
+    retry_backoff_s: float
+    timeout_s: float
+    timeout: float  # timeout_s's other name (the Request's alias)
+    base_url: str | None
+    prepare: bool
+    upload: Literal["auto", "inline", "oss"]
+    fetch_urls: bool
+    video_as: Literal["frames", "file"]
+    extra: dict[str, Any]
+
+
+class RequestFields(AskFields, total=False):
+    """``AskFields`` and the ``prompt``: every ``Request`` field as a keyword argument."""
+
+    prompt: str | None
+
+
 Detail = Literal["auto", "low", "high"]
 
 
@@ -782,8 +846,21 @@ with warnings.catch_warnings():
         _request_ids: list[str] | None = PrivateAttr(default=None)
 
         @property
-        def parsed(self) -> Any:
-            """The answer as an instance of the pydantic model given as ``schema`` (else None). Raises nothing."""
+        def parsed(self) -> BaseModel | None:
+            """The answer as an instance of the pydantic model given as ``schema`` (else None); typed as that
+            model by ``parsed_as``. Raises nothing."""
+            return self._parsed  # type: ignore[no-any-return]
+
+        def parsed_as(self, model: type[M]) -> M:
+            """``parsed``, typed as ``model`` for type checkers (``r.parsed_as(Invoice).amount``: a float to
+            mypy, where ``parsed`` is any BaseModel or None). Raises UsageError when the answer was not parsed
+            into ``model`` (the request had no pydantic ``schema``, or another one)."""
+            if not isinstance(self._parsed, model):
+                got = "nothing (no pydantic model was the schema)" if self._parsed is None else type(self._parsed)
+                raise UsageError(
+                    f"this answer was parsed into {getattr(got, '__name__', got)}, not {model.__name__}",
+                    hint=f"Give schema={model.__name__} in the request; Response.json holds the JSON either way.",
+                )
             return self._parsed
 
         @property

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from qwenvl.errors import UsageError
 
 if TYPE_CHECKING:
+    import httpx
+
     from qwenvl.backends.base import AsyncBackend, Backend
     from qwenvl.retry import RetryHook
 
@@ -16,7 +18,7 @@ def make_backend(
     name: str,
     *,
     asynchronous: Literal[False] = False,
-    http_client: Any = None,
+    http_client: httpx.Client | None = None,
     on_retry: RetryHook | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
@@ -34,7 +36,7 @@ def make_backend(
     name: str,
     *,
     asynchronous: Literal[True],
-    http_client: Any = None,
+    http_client: httpx.AsyncClient | None = None,
     on_retry: RetryHook | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
@@ -51,7 +53,7 @@ def make_backend(
     name: str,
     *,
     asynchronous: bool = False,
-    http_client: Any = None,
+    http_client: httpx.Client | httpx.AsyncClient | None = None,
     on_retry: RetryHook | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
@@ -80,12 +82,18 @@ def make_backend(
     if name == "openai":
         from qwenvl.backends.openai import AsyncOpenAIBackend, OpenAIBackend
 
-        kw: dict[str, Any] = dict(
-            base_url=base_url, api_key=api_key, engine=engine, family=family, model=model, on_retry=on_retry
+        kw: dict[str, Any] = dict(  # an http_client of the other kind: the transport's UsageError
+            base_url=base_url,
+            api_key=api_key,
+            engine=engine,
+            family=family,
+            model=model,
+            on_retry=on_retry,
+            http_client=http_client,
         )
         if asynchronous:
-            return AsyncOpenAIBackend(**kw, http_client=http_client)
-        return OpenAIBackend(**kw, http_client=http_client)
+            return AsyncOpenAIBackend(**kw)
+        return OpenAIBackend(**kw)
     if name == "transformers":
         from qwenvl.backends.transformers import AsyncTransformersBackend, TransformersBackend
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenvl._constants import SERVE_READY_TIMEOUT_S
 from qwenvl.backends import oss
@@ -20,6 +20,9 @@ from qwenvl.protocols.common import StreamDriver, answer_events, load_json
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Request, Response, StreamEvent
+
+if TYPE_CHECKING:
+    import httpx
 
 # what DashScope's Qwen-VL models take (per model: qwenvl.models.ModelInfo)
 ABILITIES = frozenset({"images", "video-frames", "video-file", "stream", "tools", "json", "thinking"})
@@ -110,7 +113,7 @@ class DashScopeBackend(_Declared):
         protocol: Protocol = "compat",
         base_url: str | None = None,
         region: str | None = None,
-        http_client: Any = None,
+        http_client: httpx.Client | None = None,
         sleep: Callable[[float], None] | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
@@ -158,7 +161,7 @@ class AsyncDashScopeBackend(_Declared):
         protocol: Protocol = "compat",
         base_url: str | None = None,
         region: str | None = None,
-        http_client: Any = None,
+        http_client: httpx.AsyncClient | None = None,
         sleep: Any = None,
         on_retry: RetryHook | None = None,
     ) -> None:

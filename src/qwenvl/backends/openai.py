@@ -23,7 +23,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenvl.backends import family as families
 from qwenvl.backends.base import MediaForm, astream_events, stream_events
@@ -45,6 +45,9 @@ from qwenvl.protocols.common import StreamDriver, answer_events, load_json
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncTransport, LineStream, Policy, Transport
 from qwenvl.types import Request, Response, StreamEvent
+
+if TYPE_CHECKING:
+    import httpx
 
 DETECT_TIMEOUT_S = 10.0  # each probe of auto-detection
 _OWNED_BY = {
@@ -295,7 +298,7 @@ class OpenAIBackend(_Declared):
         engine: str | None = None,
         family: str | None = None,
         model: str | None = None,
-        http_client: Any = None,
+        http_client: httpx.Client | None = None,
         sleep: Callable[[float], None] | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
@@ -354,7 +357,7 @@ class AsyncOpenAIBackend(_Declared):
         engine: str | None = None,
         family: str | None = None,
         model: str | None = None,
-        http_client: Any = None,
+        http_client: httpx.AsyncClient | None = None,
         sleep: Any = None,
         on_retry: RetryHook | None = None,
     ) -> None:

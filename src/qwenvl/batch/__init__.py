@@ -11,7 +11,14 @@ The submodules load lazily.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers (``__getattr__`` below is hidden from them)
+    from qwenvl.batch.batchapi import BatchAPI
+    from qwenvl.batch.inputs import BatchItem, expand_inputs, iter_inputs, read_requests
+    from qwenvl.batch.limiter import AdaptiveLimiter
+    from qwenvl.batch.runner import Batch, Estimate, Summary
+    from qwenvl.store.cache import ResponseCache
 
 _LAZY = {
     "Batch": "qwenvl.batch.runner",
@@ -26,10 +33,23 @@ _LAZY = {
     "read_requests": "qwenvl.batch.inputs",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # _LAZY's names (tests/test_library_api_faults.py keeps them the same)
+    "AdaptiveLimiter",
+    "Batch",
+    "BatchAPI",
+    "BatchItem",
+    "Estimate",
+    "ResponseCache",
+    "Summary",
+    "expand_inputs",
+    "iter_inputs",
+    "read_requests",
+]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'qwenvl.batch' has no attribute {name!r}")
+if not TYPE_CHECKING:  # a type checker sees the names above, and an unknown one (``qwenvl.batch.Bacth``) as an error
+
+    def __getattr__(name: str) -> Any:
+        if name in _LAZY:
+            return getattr(importlib.import_module(_LAZY[name]), name)
+        raise AttributeError(f"module 'qwenvl.batch' has no attribute {name!r}")

@@ -78,6 +78,8 @@ from qwenvl.transport import Policy, Transport
 from qwenvl.types import Response, seconds
 
 if TYPE_CHECKING:
+    import httpx
+
     from qwenvl.batch.runner import Batch, Progress
 
 # Sources: [batch] alibabacloud.com/help/en/model-studio/batch-interfaces-compatible-with-openai (Dec 2025) and
@@ -220,7 +222,7 @@ class BatchAPI:
         timeout_s: float = BATCH_API_TIMEOUT_S,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_backoff_s: float = DEFAULT_RETRY_BACKOFF_S,
-        http_client: Any = None,
+        http_client: httpx.Client | None = None,
     ) -> None:
         timeout_s = seconds(timeout_s, "timeout_s")
         retry_backoff_s = seconds(retry_backoff_s, "retry_backoff_s", zero=True)

@@ -58,6 +58,7 @@ Resume and output: see ``journal``. Cache: see ``cache``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import threading
@@ -393,7 +394,8 @@ class Batch:
         ``key_first=True`` (the CLI, unless a dry run): raise
         MissingAPIKeyError before ``items`` is taken when DashScope's key is missing and certain to be needed
         (nothing finished in ``output``, nothing in the cache), so that a big batch without a key fails at once.
-        Raises UsageError for invalid settings (service or backend options beside ``client``), for an item that
+        Raises UsageError for invalid settings (service or backend options beside ``client``, a ``client`` that is
+        not a ``qwenvl.Client``), for an item that
         is not a ``BatchItem`` and for an id given twice, and whatever iterating ``items`` raises.
 
         ``mode="batch-api"``: DashScope's Batch API (``qwenvl.batch.batchapi``: half price, within 24 h, Beijing
@@ -416,6 +418,14 @@ class Batch:
             )
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
         self._client = client
+        if client is not None and (
+            not all(callable(getattr(client, m, None)) for m in ("plan", "send"))
+            or inspect.iscoroutinefunction(client.send)
+        ):  # refused now, not as an AttributeError (or a coroutine never awaited) of the first item
+            raise UsageError(
+                f"Batch(client=...) takes a qwenvl.Client, not {type(client).__name__}",
+                hint="Give client=qwenvl.Client(...) (the batch runs it in threads), or leave it out.",
+            )
         if client is not None:
             service = dict(api_key=api_key, protocol=protocol, region=region, base_url=base_url, model=model)
             ignored = [k for k, v in {**service, "backend": backend, **backend_options}.items() if v is not None]
@@ -948,7 +958,7 @@ class Batch:
         finally:
             for client in clients:
                 if client is not self._client:  # a client given to the batch stays its owner's
-                    client.close()
+                    client.close(wait_s=0)  # the run waited for its requests in flight already (_drain)
 
     # --- recording --------------------------------------------------------------------------------
     def _record_error(

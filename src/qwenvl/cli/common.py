@@ -1103,6 +1103,8 @@ def paid_line(exc: StructuredOutputError) -> str:
     request was sent."""
     ctx = click.get_current_context(silent=True)
     region = effective_region(ctx.meta.get(_REGION_KEY) if ctx is not None else None)
+    if exc.response is None:  # an error made without one (the library's always carry it)
+        return ""
     line = usage_line(exc.response, region)
     if exc.requests > 1:
         line = line.removesuffix(f" · request {exc.response.request_id}")  # the last id: listed below with the first

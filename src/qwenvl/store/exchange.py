@@ -188,11 +188,12 @@ class Exchange:
 
     # --- sending -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def sending(self) -> Iterator[None]:
+    def sending(self, cut: Callable[[BaseException], BaseException | None] | None = None) -> Iterator[None]:
         """Around the backend call (or the reading of its stream): a failure is logged as its type, an interrupt
         (KeyboardInterrupt, a cancelled task, a stream closed early) as ``cancelled``, each attempt the transport
         retries as its error's type (``retried``); a request still in flight at exit as ``cancelled``. The one
-        home of these rows. Re-raises what it caught."""
+        home of these rows. Re-raises what it caught; ``cut(exc)`` may give the error to raise instead for a
+        request its client cut (``close()`` under it: logged ``cancelled``)."""
         before = _current.get()
         _current.set(self)
         with _open_lock:
@@ -200,6 +201,10 @@ class Exchange:
         try:
             yield
         except BaseException as exc:
+            replaced = cut(exc) if cut is not None else None
+            if replaced is not None:
+                self.failed(outcome=CANCELLED)
+                raise replaced from exc
             self.failed(exc)
             raise
         finally:

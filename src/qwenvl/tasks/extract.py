@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenvl.errors import (
     AuthenticationError,
@@ -30,6 +30,9 @@ from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsP
 from qwenvl.plan import Call
 from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
 from qwenvl.types import Response
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 EXTRACT_PROMPT = "Extract the information in this document."
 EXTRACT_MAX_TOKENS = 2048
@@ -99,7 +102,7 @@ class Extraction:
     failure: QwenVLError | None = field(default=None, repr=False)  # the error, when the file failed
 
     @property
-    def parsed(self) -> Any:
+    def parsed(self) -> BaseModel | None:
         """The pydantic instance when the schema was a model class and the file worked (else None)."""
         return self.response.parsed if self.response is not None else None
 

@@ -506,10 +506,18 @@ def interpret(
 # --- the client a task is given: sync or async -------------------------------------------------------------------
 
 
+def _a_client(client: object, task: str) -> None:
+    """TypeError when ``client`` has no callable ``plan`` and ``send`` (a path or a model name given first)."""
+    if not all(callable(getattr(client, m, None)) for m in ("plan", "send")):
+        raise TypeError(f"tasks.{task}() takes a qwenvl client first, not {type(client).__name__}")
+
+
 def sync_client(client: object, task: str) -> None:
     """TypeError at once when a synchronous task (``tasks.ground``...) is given an asynchronous client (its
     ``send`` a coroutine function, e.g. ``qwenvl.AsyncClient``), naming the awaitable variant to use: its
-    coroutine would otherwise never be awaited."""
+    coroutine would otherwise never be awaited; TypeError too for an object that is no client (no ``plan`` and
+    ``send``)."""
+    _a_client(client, task)
     if inspect.iscoroutinefunction(getattr(client, "send", None)):
         raise TypeError(
             f"tasks.{task}() takes a qwenvl.Client; with {type(client).__name__} use `await tasks.a{task}(...)`"
@@ -517,7 +525,9 @@ def sync_client(client: object, task: str) -> None:
 
 
 def async_client(client: object, task: str) -> None:
-    """TypeError at once when an awaitable task (``tasks.aground``...) is given a synchronous client."""
+    """TypeError at once when an awaitable task (``tasks.aground``...) is given a synchronous client, or an object
+    that is no client."""
+    _a_client(client, f"a{task}")
     if not inspect.iscoroutinefunction(getattr(client, "send", None)):
         raise TypeError(f"tasks.a{task}() takes a qwenvl.AsyncClient; with {type(client).__name__} use tasks.{task}()")
 
