@@ -258,6 +258,20 @@ def _cached_item(
     return _copy(item, source=ref) if hit else _copy(item)
 
 
+def part_options(part: ImagePart | VideoPart, options: MediaOptions) -> MediaOptions:
+    """``options`` with the part's own media options over the request's: ``pages`` (an image part's),
+    ``prepare`` and ``video_as`` (a video part's), where the part sets them (a history's parts keep their own
+    turn's, ``qwenvl.plan.build_messages``). Raises nothing."""
+    own: dict[str, Any] = {}
+    if isinstance(part, ImagePart) and part.pages is not None:
+        own["pages"] = part.pages
+    if isinstance(part, VideoPart) and part.video_as is not None:
+        own["video_as"] = part.video_as
+    if part.prepare is not None:
+        own["prepare"] = part.prepare
+    return replace(options, **own) if own and any(getattr(options, k) != v for k, v in own.items()) else options
+
+
 def prepare_messages(
     messages: list[Message], options: MediaOptions, cache: PreparedCache | None = None
 ) -> PreparedMessages:
@@ -276,16 +290,17 @@ def prepare_messages(
         parts: list[TextPart | ImagePart | VideoPart] = []
         for part in message.content:
             if isinstance(part, ImagePart):
+                own = part_options(part, options)
                 document = _pdf_source(part.image) if options.estimate_only else None
-                pages = _estimate_document(part, document, options) if document is not None else None
-                for item in pages if pages is not None else [prepare_image(part, options, cache)]:
+                pages = _estimate_document(part, document, own) if document is not None else None
+                for item in pages if pages is not None else [prepare_image(part, own, cache)]:
                     if part.image in rendered and SENT_AS_GIVEN in item.notes:
                         page = "rendered from the PDF and encoded (PNG or JPEG by the images' rule)"
                         item.notes = [page if note == SENT_AS_GIVEN else note for note in item.notes]
                     items.append(item)
-                    parts.append(part.model_copy(update={"image": item.sent}))
+                    parts.append(part.model_copy(update={"image": item.sent, "pages": None}))
             elif isinstance(part, VideoPart):
-                item = prepare_video(part, options, cache)
+                item = prepare_video(part, part_options(part, options), cache)
                 items.append(item)
                 update: dict[str, Any] = {"video": item.sent}
                 if item.fps is not None:  # the rate the frames really have (clamping changes it)
@@ -939,8 +954,9 @@ def expand_documents(
 ) -> list[Message]:
     """Replace every image part that is a local PDF (by content) with one image part per rendered page.
 
-    The models cannot read PDF files, so each selected page (``options.pages``) is rendered to the image
-    budget (``resize.image_budget``) and sent as a data URL, in page order (see ``qwenvl.media.pdf``).
+    The models cannot read PDF files, so each selected page (the part's ``pages``, else ``options.pages``) is
+    rendered to the image budget (``resize.image_budget``) and sent as a data URL, in page order (see
+    ``qwenvl.media.pdf``).
     ``cache``: a PDF with the same content, pages and budget rendered before is not rendered again.
     """
     out: list[Message] = []
@@ -958,11 +974,12 @@ def expand_documents(
             from qwenvl.media import pdf  # pypdfium2 loads only when a PDF is given
 
             assert isinstance(part, ImagePart)
-            lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+            own = part_options(part, options)
+            lo, hi = resize.image_budget(own, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
             src = pdf_content(document)
             key = None
             if cache is not None:
-                key = ("pdf", _digest(src), options.model.factor, lo, hi, options.pages, options.model.context_tokens)
+                key = ("pdf", _digest(src), options.model.factor, lo, hi, own.pages, options.model.context_tokens)
             urls = cache.get(key) if cache is not None else None
             if urls is None:
                 pages = pdf.render_pdf(
@@ -970,14 +987,14 @@ def expand_documents(
                     factor=options.model.factor,
                     min_pixels=lo,
                     max_pixels=hi,
-                    pages=options.pages,
+                    pages=own.pages,
                     context_tokens=options.model.context_tokens,
                     label=document.label,
                 )
                 urls = [page.data_url for page in pages]
                 if cache is not None:
                     cache.put(key, urls, sum(len(url) for url in urls))
-            parts.extend(part.model_copy(update={"image": url}) for url in urls)
+            parts.extend(part.model_copy(update={"image": url, "pages": None}) for url in urls)
             if rendered is not None:
                 rendered.update(urls)
             changed = True

@@ -1,0 +1,132 @@
+"""Documents over the cloud API: a turn's media options kept in its history, multi-page OCR priced and capped
+before sending, pages already paid for kept on a failure, OCR pages written as they are read, page identity by
+the real page number, and the library's page selections in the forms users write."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import qwenvl
+from conftest import API_KEY, make_client, run_cli, write_image
+from dashscope_server import _media
+from qwenvl.plan import build_messages
+from qwenvl.types import Request
+
+
+def write_pdf(path: Path, pages: int = 5) -> Path:
+    images = [Image.new("RGB", (595, 842), "white") for _ in range(pages)]
+    images[0].save(path, save_all=True, append_images=images[1:])
+    return path
+
+
+@pytest.fixture
+def multi(isolated_env: Path) -> Path:
+    return write_pdf(isolated_env / "multi.pdf")
+
+
+def model_calls(server) -> list:
+    return [r for r in server.requests if r.path.endswith(("/chat/completions", "/generation"))]
+
+
+def sent_media(server, protocol: str, request) -> list[str]:
+    return [url for _, urls in _media(protocol, request.json) for url in urls]
+
+
+# --- 1. a turn's media options go with it into the history ----------------------------------------------------
+
+
+def test_history_sends_again_the_pages_its_turn_sent(server, protocol, multi):
+    with make_client(server, protocol) as c:
+        r = c.complete(prompt="one", image=str(multi), pages="2")
+        c.complete(prompt="two", messages=r.messages)
+    first, second = model_calls(server)[-2:]
+    assert len(sent_media(server, protocol, first)) == 1
+    assert sent_media(server, protocol, second) == sent_media(server, protocol, first)  # the same page, once
+    assert r.messages[0].media()[0].pages == "2"
+
+
+def test_async_history_and_prepare_false_are_kept(server, protocol, isolated_env):
+    big = write_image(isolated_env / "big.png", size=(3000, 2000))
+
+    async def turns() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url) as c:
+            r = await c.complete(prompt="one", image=str(big), prepare=False)
+            await c.complete(prompt="two", messages=r.messages)
+
+    asyncio.run(turns())
+    first, second = model_calls(server)[-2:]
+    # sent as given in turn 1 (not resized), and so again in turn 2
+    assert sent_media(server, protocol, second) == sent_media(server, protocol, first)
+
+
+def test_video_as_file_and_pages_go_on_the_new_turns_parts():
+    request = Request(prompt="p", image="a.pdf", pages=[2, 3], video="v.mp4", video_as="file", fps=1.0)
+    parts = build_messages(request)[-1].media()
+    assert parts[0].pages == "2,3"
+    assert (parts[1].video_as, parts[1].fps) == ("file", 1.0)
+
+
+def test_chat_and_its_saved_session_keep_the_page_selection(server, env, multi):
+    p = run_cli("chat", "multi.pdf", "--pages", "2", "--session", "doc", env=env, input="What is it?\nAgain?\n")
+    assert p.returncode == 0, p.stderr
+    calls = model_calls(server)
+    assert [len(sent_media(server, "compat", r)) for r in calls] == [1, 1]
+    saved = json.loads((Path.home() / ".qwenvl" / "sessions" / "doc.json").read_text())
+    assert saved["messages"][0]["content"][0]["pages"] == "2"
+    p = run_cli("chat", "--session", "doc", env=env, input="And now?\n")
+    assert p.returncode == 0, p.stderr
+    assert len(sent_media(server, "compat", model_calls(server)[-1])) == 1
+
+
+def test_a_batch_request_line_with_a_history_keeps_its_pages(server, multi, isolated_env):
+    with make_client(server) as c:
+        r = c.complete(prompt="one", image=str(multi), pages="4")
+    line = {"id": "q1", "prompt": "two", "messages": [m.model_dump(mode="json", exclude_none=True) for m in r.messages]}
+    (isolated_env / "r.jsonl").write_text(json.dumps(line) + "\n")
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    p = run_cli("batch", "--requests", "r.jsonl", "-o", "out.jsonl", "--base-url", server.url, "--yes", env=env)
+    assert p.returncode == 0, p.stderr
+    first, second = model_calls(server)[-2:]
+    assert sent_media(server, "compat", second) == sent_media(server, "compat", first)
+
+
+# --- 6. the library's page selections in the forms users write; every refused field with a hint ---------------
+
+
+@pytest.mark.parametrize(("pages", "sent"), [(2, 1), ([2, 3], 2), ((1, "3-5"), 4), ("2-", 4)])
+def test_pages_as_a_number_a_list_or_a_range(server, protocol, multi, pages, sent):
+    with make_client(server, protocol) as c:
+        r = c.complete(prompt="S", image=str(multi), pages=pages)
+    assert len(sent_media(server, protocol, model_calls(server)[-1])) == sent
+    assert isinstance(r.messages[0].media()[0].pages, str)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"pages": 2.5},
+        {"pages": True},
+        {"max_tokens": "a"},
+        {"stream": "yes"},
+        {"extra": [1]},
+        {"fps": "x"},
+        {"messages": [{"role": "bob", "content": "x"}]},
+    ],
+)
+def test_every_refused_request_field_has_a_hint(multi, fields):
+    c = qwenvl.Client(api_key=API_KEY)
+    with pytest.raises(qwenvl.UsageError) as info:
+        c.plan(prompt="S", image=str(multi), **fields)
+    name = next(iter(fields))
+    assert info.value.hint and name in info.value.hint, (str(info.value), info.value.hint)
+
+
+def test_page_zero_is_refused_with_a_hint(multi):
+    with pytest.raises(qwenvl.UsageError) as info:
+        qwenvl.Client(api_key=API_KEY).plan(prompt="S", image=str(multi), pages=0)
+    assert "page 0" in str(info.value) and info.value.hint
