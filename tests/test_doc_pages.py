@@ -130,3 +130,29 @@ def test_page_zero_is_refused_with_a_hint(multi):
     with pytest.raises(qwenvl.UsageError) as info:
         qwenvl.Client(api_key=API_KEY).plan(prompt="S", image=str(multi), pages=0)
     assert "page 0" in str(info.value) and info.value.hint
+
+
+# --- 5. a PDF page is known by its page number ----------------------------------------------------------------
+
+
+def test_tokens_and_dry_run_name_pages_by_their_number(server, env, multi):
+    p = run_cli("tokens", "multi.pdf", "--pages", "2,4", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "multi.pdf page 2" in p.stdout and "multi.pdf page 4" in p.stdout and "[1/2]" not in p.stdout
+    for fast in ([], ["--fast"]):
+        rows = json.loads(run_cli("tokens", "multi.pdf", "--pages", "4,2", "--json", *fast, env=env).stdout)["items"]
+        assert [(r["source"], r["page"]) for r in rows] == [("multi.pdf", 4), ("multi.pdf", 2)]
+    one = json.loads(run_cli("tokens", "multi.pdf", "--pages", "3", "--json", env=env).stdout)["items"]
+    assert [(r["source"], r["page"]) for r in one] == [("multi.pdf", 3)]
+    p = run_cli("ask", "what?", "multi.pdf", "--pages", "2,4", "--dry-run", env=env)
+    assert p.returncode == 0, p.stderr
+    media = json.loads(p.stdout)["media"]
+    assert [(m["source"], m["page"]) for m in media] == [("multi.pdf", 2), ("multi.pdf", 4)]
+
+
+def test_library_call_media_know_their_page(multi):
+    call = qwenvl.Client(api_key=API_KEY).plan(prompt="S", image=str(multi), pages="3,5")
+    assert [(m.document, m.page, m.label) for m in call.media] == [
+        (str(multi), 3, f"{multi} page 3"),
+        (str(multi), 5, f"{multi} page 5"),
+    ]

@@ -47,7 +47,8 @@ def estimate_files(
     Returns ``{"model", "factor", "currency", "local", "price_tier", "items": [...], "total": {"tokens", "cost",
     "items", "unknown", "failed"}}``; with a local ``client`` (a local model has no price: ``qwenvl.models.LOCAL``)
     ``local`` is True and ``currency`` and every ``cost`` None. An item is ``{"source", "kind", "width", "height",
-    "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}`` (a PDF gives one item per page, a remote URL
+    "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}`` (a PDF gives one item per page, with its 1-based
+    ``"page"`` number in the document; a remote URL
     ``tokens: None``: the service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot
     be sent (the others go on). The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else
     qwen3-vl-plus; a local ``client`` (``--backend openai|transformers``) gives its model's own rules, and
@@ -98,10 +99,7 @@ def estimate_files(
             failed += 1
             rows.append({"source": ref, "error": str(exc), "hint": exc.raw_hint})
             continue
-        items = prepared.items
-        for index, item in enumerate(items, 1):
-            label = ref if len(items) == 1 else f"{ref} [{index}/{len(items)}]"
-            rows.append(_row(label, item))
+        rows.extend(_row(ref, item) for item in prepared.items)
 
     counted = [r for r in rows if "error" not in r]
     known = [r["tokens"] for r in counted if r["tokens"] is not None]
@@ -134,10 +132,11 @@ def _part(ref: str) -> ImagePart | VideoPart:
     return VideoPart(video=ref) if media_kind(ref) == "video" else ImagePart(image=ref)
 
 
-def _row(label: str, item: PreparedItem) -> dict[str, Any]:
+def _row(ref: str, item: PreparedItem) -> dict[str, Any]:
     frames = len(item.sent) if isinstance(item.sent, list) else None
     return {
-        "source": label,
+        "source": ref,
+        **({"page": item.page} if item.page is not None else {}),
         "kind": item.kind,
         "width": item.width,
         "height": item.height,

@@ -301,7 +301,7 @@ def check_context(
         raise MediaError(
             f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
             f"{model.context_tokens:,} tokens",
-            source=known[0].source,
+            source=known[0].document or known[0].source,
             hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower --fps).",
         )
     if request is None or messages is None or not (model.known or model.local_family):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,6 +111,15 @@ class PreparedItem:
     # the file's own bytes are sent (nothing decoded or encoded): cheap to check again, so a batch's
     # ``PreparedCache`` does not keep it (items naming distinct small images would fill it for nothing)
     as_given: bool = False
+    # a PDF page: its 1-based number in the document, and the document's reference as the user gave it (``source``
+    # is then the rendered page's data: URL, which the grounding tasks read); None for any other item
+    page: int | None = None
+    document: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How a person knows the item: the user's reference, and a PDF page's number (``doc.pdf page 2``)."""
+        return f"{self.document} page {self.page}" if self.document is not None else self.source
 
 
 @dataclass
@@ -278,9 +287,12 @@ def prepare_messages(
     """Every image and video of ``messages`` prepared (``prepare_image``, ``prepare_video``; a local PDF first
     rendered to page images, ``expand_documents``). ``cache``: media prepared before are taken from it
     (``PreparedCache``), and what is prepared now is kept in it. Raises MediaError, UsageError (as those)."""
-    rendered: set[str] = set()  # the data URLs of rendered PDF pages (their notes say so, not "sent as given")
+    # the rendered PDF pages in order, (data URL, the PDF's reference, page number): their items say which page
+    # of which document they are, and their notes that they were rendered (not "sent as given")
+    rendered: list[tuple[str, str, int]] = []
     if not options.estimate_only:
         messages = expand_documents(messages, options, cache, rendered)
+    pending = deque(rendered)
     out: list[Message] = []
     items: list[PreparedItem] = []
     for message in messages:
@@ -294,9 +306,11 @@ def prepare_messages(
                 document = _pdf_source(part.image) if options.estimate_only else None
                 pages = _estimate_document(part, document, own) if document is not None else None
                 for item in pages if pages is not None else [prepare_image(part, own, cache)]:
-                    if part.image in rendered and SENT_AS_GIVEN in item.notes:
-                        page = "rendered from the PDF and encoded (PNG or JPEG by the images' rule)"
-                        item.notes = [page if note == SENT_AS_GIVEN else note for note in item.notes]
+                    if pending and part.image == pending[0][0]:  # pages keep their order: the next one is this
+                        _, item.document, item.page = pending.popleft()
+                        if SENT_AS_GIVEN in item.notes:
+                            page = "rendered from the PDF and encoded (PNG or JPEG by the images' rule)"
+                            item.notes = [page if note == SENT_AS_GIVEN else note for note in item.notes]
                     items.append(item)
                     parts.append(part.model_copy(update={"image": item.sent, "pages": None}))
             elif isinstance(part, VideoPart):
@@ -950,14 +964,15 @@ def expand_documents(
     messages: list[Message],
     options: MediaOptions,
     cache: PreparedCache | None = None,
-    rendered: set[str] | None = None,
+    rendered: list[tuple[str, str, int]] | None = None,
 ) -> list[Message]:
     """Replace every image part that is a local PDF (by content) with one image part per rendered page.
 
     The models cannot read PDF files, so each selected page (the part's ``pages``, else ``options.pages``) is
     rendered to the image budget (``resize.image_budget``) and sent as a data URL, in page order (see
     ``qwenvl.media.pdf``).
-    ``cache``: a PDF with the same content, pages and budget rendered before is not rendered again.
+    ``cache``: a PDF with the same content, pages and budget rendered before is not rendered again. ``rendered``
+    gets each page sent, in order: (its data URL, the PDF's reference, its page number).
     """
     out: list[Message] = []
     for message in messages:
@@ -991,12 +1006,12 @@ def expand_documents(
                     context_tokens=options.model.context_tokens,
                     label=document.label,
                 )
-                urls = [page.data_url for page in pages]
+                urls = [(page.number, page.data_url) for page in pages]
                 if cache is not None:
-                    cache.put(key, urls, sum(len(url) for url in urls))
-            parts.extend(part.model_copy(update={"image": url, "pages": None}) for url in urls)
+                    cache.put(key, urls, sum(len(url) for _, url in urls))
+            parts.extend(part.model_copy(update={"image": url, "pages": None}) for _, url in urls)
             if rendered is not None:
-                rendered.update(urls)
+                rendered.extend((url, part.image, number) for number, url in urls)
             changed = True
         out.append(message.model_copy(update={"content": parts}) if changed else message)
     return out
@@ -1036,6 +1051,8 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
                 tokens=tokens.image_tokens(h_bar, w_bar, factor),
                 notes=[f"PDF page {number} of {document.label}, not rendered (estimate only)"],
                 estimate=True,
+                page=number,
+                document=part.image,
             )
         )
     return items
