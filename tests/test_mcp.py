@@ -228,6 +228,20 @@ def test_ocr_reads_the_text(server, env, png):
     run(main)
 
 
+def test_ocr_that_fails_midway_gives_the_pages_it_read(server, env, isolated_env):
+    pages = [Image.new("RGB", (595, 842), "white") for _ in range(3)]
+    pages[0].save(isolated_env / "doc.pdf", save_all=True, append_images=pages[1:])
+
+    async def main() -> None:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            server.enqueue(Reply(text="PAGE ONE"), Reply(status=500, times=10))
+            r = await c.call_tool("ocr", {"file": "doc.pdf"})
+            assert r.is_error
+            assert "read before it (paid for): page 1\nPAGE ONE" in text_of(r)
+
+    run(main)
+
+
 # == extract ======================================================================================================
 
 

@@ -348,7 +348,8 @@ TOOL_SURFACE = Surface(name=_tool_word, restate=False)
 def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
     """The error as the model reads it: one line, then the hint; never a traceback. An answer that was not valid
     for the schema was paid: a ``paid:`` line between them says for how many requests, tokens and cost (in
-    ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``)."""
+    ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``). An OCR
+    that failed after some pages ends with the pages it read (``qwenvl.tasks.ocr.partial``)."""
     if isinstance(exc, QwenVLError):
         text = f"error: {fit_message(str(exc), TOOL_SURFACE)}"
         if isinstance(exc, StructuredOutputError) and isinstance(exc.response, Response):
@@ -362,6 +363,12 @@ def tool_error(exc: BaseException, region: str | None = None) -> CallToolResult:
         hint = fit_hint(exc.raw_hint, TOOL_SURFACE) if exc.raw_hint else ""
         if hint:
             text += f"\nhint: {hint}"
+        from qwenvl.tasks.ocr import partial
+
+        read = partial(exc)
+        if read is not None and read.pages:  # an OCR's pages read (and paid for) before it: kept, not lost
+            numbers = ", ".join(str(p.page) for p in read.pages if p.page is not None)
+            text += f"\nread before it (paid for): page{'s' if len(read.pages) > 1 else ''} {numbers}\n{read.text}"
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
         if qenv.debug():
             traceback.print_exc()

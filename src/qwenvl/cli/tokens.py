@@ -193,3 +193,5 @@ def _print_table(result: dict[str, Any]) -> None:
             highlight=False,
         )
     console.print("[dim]Media input tokens only; the prompt and the answer come on top.[/]", highlight=False)
+    for warning in result.get("warnings", []):
+        err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)

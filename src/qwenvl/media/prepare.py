@@ -85,6 +85,9 @@ class MediaOptions:
     # ``PreparedItem.pixels`` holds them and ``sent`` is a ``memory://sha256:...`` reference per image or frame
     # (set by qwenvl.plan for media_form="memory")
     keep_pixels: bool = False
+    # refuse a PDF whose selected pages cannot fit the model's context in one request, before rendering them; False
+    # where files are counted rather than sent as one request (``qwenvl.estimate.estimate_files``: `qwenvl tokens`)
+    context_check: bool = True
 
 
 ESTIMATE_SCHEME = "estimate://"  # the placeholder ``sent`` of an estimate-only item
@@ -994,7 +997,8 @@ def expand_documents(
             src = pdf_content(document)
             key = None
             if cache is not None:
-                key = ("pdf", _digest(src), options.model.factor, lo, hi, own.pages, options.model.context_tokens)
+                context = options.model.context_tokens if options.context_check else None
+                key = ("pdf", _digest(src), options.model.factor, lo, hi, own.pages, context)
             urls = cache.get(key) if cache is not None else None
             if urls is None:
                 pages = pdf.render_pdf(
@@ -1003,7 +1007,7 @@ def expand_documents(
                     min_pixels=lo,
                     max_pixels=hi,
                     pages=own.pages,
-                    context_tokens=options.model.context_tokens,
+                    context_tokens=options.model.context_tokens if options.context_check else None,
                     label=document.label,
                 )
                 urls = [(page.number, page.data_url) for page in pages]
@@ -1032,7 +1036,7 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
         min_pixels=lo,
         max_pixels=hi,
         pages=options.pages,
-        context_tokens=options.model.context_tokens,
+        context_tokens=options.model.context_tokens if options.context_check else None,
         label=document.label,
     )
     items = []
