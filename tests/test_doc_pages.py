@@ -267,7 +267,8 @@ def test_cli_says_how_to_resume_from_the_failed_page(server, env, multi):
 
 
 @pytest.mark.parametrize(
-    ("pages", "stopped", "left"), [(None, 3, "3-"), ("1,3-4", 3, "3-4"), ("1-2,4", 2, "2,4"), ("5,1", 5, "5,1")]
+    ("pages", "stopped", "left"),
+    [(None, 3, "3-"), ("1,3-4", 3, "3-4"), ("1-2,4", 2, "2,4"), ("5,1", 5, "5,1"), ("1,4-5", 2, "4-")],
 )
 def test_pages_left(multi, pages, stopped, left):
     from qwenvl.tasks.ocr import pages_left

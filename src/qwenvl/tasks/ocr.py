@@ -394,7 +394,13 @@ def pages_left(source: str, pages: str | None, stopped_at: int) -> str:
     from qwenvl.media.prepare import pdf_content
 
     numbers = pdf_pages(source, pages)
-    rest = numbers[numbers.index(stopped_at) :] if stopped_at in numbers else numbers
+    # ``stopped_at`` is the next page when planning one failed: the selection's first page from there on
+    at = (
+        numbers.index(stopped_at)
+        if stopped_at in numbers
+        else next((i for i, n in enumerate(numbers) if n > stopped_at), 0)
+    )
+    rest = numbers[at:]
     count = pdf.page_count(pdf_content(classify(source)), source)
     if rest and rest == list(range(rest[0], count + 1)):
         return f"{rest[0]}-"
