@@ -271,6 +271,21 @@ def test_extract_gives_json_valid_for_the_schema(server, env, png):
 # == estimate =====================================================================================================
 
 
+def test_estimate_names_a_pdf_page_by_its_number(server, env, isolated_env):
+    pages = [Image.new("RGB", (595, 842), "white") for _ in range(5)]
+    pages[0].save(isolated_env / "doc.pdf", save_all=True, append_images=pages[1:])
+
+    async def main() -> dict[str, Any]:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            r = await c.call_tool("estimate", {"files": ["doc.pdf"], "pages": "4,2", "fast": True})
+            assert not r.is_error, text_of(r)
+            return r.structured_content
+
+    data = run(main)
+    assert [(i["source"], i["page"]) for i in data["items"]] == [("doc.pdf", 4), ("doc.pdf", 2)]
+    assert data["warnings"] == []
+
+
 def test_estimate_is_the_tokens_estimate_and_sends_nothing(server, env, isolated_env):
     photo = write_image(isolated_env / "photo.png", size=(1600, 1200))
     small = write_image(isolated_env / "small.jpg", size=(300, 200), fmt="JPEG")

@@ -198,6 +198,7 @@ class EstimateItem(BaseModel):
     """One image, page or video as it would be sent; or, with ``error``, a file that cannot be sent."""
 
     source: str
+    page: int | None = Field(None, description="A PDF page: its 1-based number in the document.")
     kind: str | None = None
     width: int | None = None
     height: int | None = None
@@ -227,6 +228,9 @@ class EstimateResult(BaseModel):
     price_tier: str | None = Field(None, description="The input-length price tier of a request carrying them all.")
     items: list[EstimateItem]
     total: EstimateTotal
+    warnings: list[str] = Field(
+        default_factory=list, description="The items are over the model's context as one request (still counted)."
+    )
 
 
 # == Where local files may be read ==================================================================================
@@ -806,17 +810,9 @@ def _one_line_argument_errors(server: MCPServer) -> None:
 
 
 def _labels(files: Sequence[str], items: Sequence[dict[str, Any]], refs: Sequence[str]) -> list[str]:
-    """Each estimate item's source in the caller's words (a PDF's pages keep their " [i/n]" suffix)."""
+    """Each estimate item's source in the caller's words (a PDF's pages carry their number in ``page``)."""
     names = dict(zip(refs, files, strict=True))
-    out = []
-    for item in items:
-        source = item["source"]
-        for ref in sorted(names, key=len, reverse=True):
-            if source == ref or source.startswith(ref + " ["):
-                source = names[ref] + source[len(ref) :]
-                break
-        out.append(source)
-    return out
+    return [names.get(item["source"], item["source"]) for item in items]
 
 
 # == Transports =====================================================================================================

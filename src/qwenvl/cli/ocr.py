@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -42,12 +42,16 @@ from qwenvl.tasks.ocr import (
     OCRPage,
     OCRResult,
     estimate_ocr,
+    mark_stopped,
     ocr_options,
     pages_left,
     plan_pages,
     send_pages,
 )
 from qwenvl.types import DuplicateKeyError, loads
+
+if TYPE_CHECKING:
+    from qwenvl.batch.runner import Estimate
 
 
 def parse_options(text: str | None) -> dict[str, Any] | None:
@@ -132,20 +136,26 @@ def ocr(opts: dict[str, Any]) -> None:
     ocr_options(task, options)  # an unknown task is refused before any note on what is sent
     if (options or task) and model.family != "qwen-vl-ocr":
         note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
+
     # every page's request, priced before any is sent (estimate-only: nothing rendered)
-    est = estimate_ocr(client, source, format=fmt, task=task, options=options, pages=pages, **fields)
+    def estimate() -> Estimate:
+        return estimate_ocr(client, source, format=fmt, task=task, options=options, pages=pages, **fields)
+
     if opts["dry_run"]:
-        dry_run(client, next(iter(plans))[1], est)
+        dry_run(client, next(iter(plans))[1], estimate())
         return
-    if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
-        confirm_cost(est, opts, f"Reading these {est.to_send:,} pages")
     result = OCRResult(source=source, format=fmt)
     streamed = fmt != "json" and output is None  # each page written as it is read; one JSON document waits
     stopped: BaseException | None = None
     try:
+        est = estimate()
+        if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
+            confirm_cost(est, opts, f"Reading these {est.to_send:,} pages")
         with client:
             send_pages(client, source, plans, format=fmt, result=result, on_page=_writer(result) if streamed else None)
     except (QwenVLError, KeyboardInterrupt) as exc:
+        if result.stopped_at is None:  # refused before the first request (a plan, the cost cap): nothing read
+            mark_stopped(result, None, source, exc)
         if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
             raise  # nothing read: nothing to write (a file given with -o is left as it was)
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported

@@ -361,7 +361,7 @@ def send_pages(
             if on_page is not None:
                 on_page(page)
     except BaseException as exc:  # the pages read are kept in ``result``; Ctrl-C included
-        _stopped(result, reading, source, exc)
+        mark_stopped(result, reading, source, exc)
         raise
     return _finished(result)
 
@@ -413,10 +413,11 @@ def pages_left(source: str, pages: str | None, stopped_at: int) -> str:
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
-def _stopped(result: OCRResult, reading: int | None, source: str, exc: BaseException) -> None:
-    """Where the reading stopped: the page under way, else (planning the next page failed) the next one; 0 for
-    an image (``OCRResult.stopped_at``), also when planning it failed. ``exc`` carries ``result`` as
-    ``.partial``."""
+def mark_stopped(result: OCRResult, reading: int | None, source: str, exc: BaseException) -> None:
+    """Where the reading stopped (``reading``: the page under way, 0 for an image; None: planning the next page
+    failed, or the reading was refused before it began): that page, else the next one; 0 for an image
+    (``OCRResult.stopped_at``), also when planning it failed. ``exc`` carries ``result`` as ``.partial``. Raises
+    nothing."""
     with contextlib.suppress(AttributeError):  # an exception type with __slots__: nothing to carry it on
         exc.partial = result  # type: ignore[attr-defined]
     if reading is None:
@@ -500,6 +501,6 @@ async def aocr(
             _add_page(result, call, await client.send(call), format=format, number=number)
             reading = None
     except BaseException as exc:
-        _stopped(result, reading, source, exc)
+        mark_stopped(result, reading, source, exc)
         raise
     return _finished(result)
