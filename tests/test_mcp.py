@@ -228,6 +228,20 @@ def test_ocr_reads_the_text(server, env, png):
     run(main)
 
 
+def test_ocr_that_fails_midway_gives_the_pages_it_read(server, env, isolated_env):
+    pages = [Image.new("RGB", (595, 842), "white") for _ in range(3)]
+    pages[0].save(isolated_env / "doc.pdf", save_all=True, append_images=pages[1:])
+
+    async def main() -> None:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            server.enqueue(Reply(text="PAGE ONE"), Reply(status=500, times=10))
+            r = await c.call_tool("ocr", {"file": "doc.pdf"})
+            assert r.is_error
+            assert "read before it (paid for): page 1\nPAGE ONE" in text_of(r)
+
+    run(main)
+
+
 # == extract ======================================================================================================
 
 
@@ -255,6 +269,21 @@ def test_extract_gives_json_valid_for_the_schema(server, env, png):
 
 
 # == estimate =====================================================================================================
+
+
+def test_estimate_names_a_pdf_page_by_its_number(server, env, isolated_env):
+    pages = [Image.new("RGB", (595, 842), "white") for _ in range(5)]
+    pages[0].save(isolated_env / "doc.pdf", save_all=True, append_images=pages[1:])
+
+    async def main() -> dict[str, Any]:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            r = await c.call_tool("estimate", {"files": ["doc.pdf"], "pages": "4,2", "fast": True})
+            assert not r.is_error, text_of(r)
+            return r.structured_content
+
+    data = run(main)
+    assert [(i["source"], i["page"]) for i in data["items"]] == [("doc.pdf", 4), ("doc.pdf", 2)]
+    assert data["warnings"] == []
 
 
 def test_estimate_is_the_tokens_estimate_and_sends_nothing(server, env, isolated_env):

@@ -314,7 +314,12 @@ def test_many_file_extract_lines_say_what_a_schema_failure_paid(server, env, iso
     write_image(isolated_env / "a.png")
     write_image(isolated_env / "b.png")
     server.enqueue(Reply(text='{"n": 1}'), Reply(text="no idea"), Reply(text='{"m": 2}'))
-    p = run_cli("extract", "a.png", "b.png", "--schema", "s.json", "-m", model, "--protocol", protocol, env=env)
+    args = ("extract", "a.png", "b.png", "--schema", "s.json", "-m", model, "--protocol", protocol)
+    if model == UNPRICED:  # several requests whose cost cannot be capped: refused unless --yes, as a batch is
+        p = run_cli(*args, env=env)
+        assert p.returncode == 2 and "cannot be checked" in p.stderr and "--yes" in p.stderr
+        args += ("--yes",)
+    p = run_cli(*args, env=env)
     assert p.returncode == 5, p.stderr
     ok, failed = (json.loads(line) for line in p.stdout.splitlines())
     assert ok == {"file": "a.png", "json": {"n": 1}}

@@ -27,6 +27,9 @@ MAX_RETRY_DELAY_S = 20.0  # seconds: the longest wait between two attempts, back
 
 # --- batches (qwenvl.batch.runner, `qwenvl batch`) -----------------------------------------------------------
 BATCH_POLL_INTERVAL_S = 30.0  # seconds between two status checks of a Batch API job (ours: jobs take hours)
+# In the region's currency (CNY or USD): above this estimate a verb that sends many requests (`qwenvl batch`,
+# `qwenvl ocr` over a PDF's pages: --max-cost) asks (on a terminal) or refuses (elsewhere) unless --yes (ours).
+DEFAULT_MAX_COST = 20.0
 
 # --- `qwenvl serve` (qwenvl.server.app.ServeSettings and the command's options) ------------------------------
 # `qwenvl serve`'s default port: not 8000, which is vLLM's (the openai backend's default upstream,

@@ -153,8 +153,9 @@ def value_hint(exc: ValidationError) -> str | None:
     """A hint for pydantic's common refusals of a Request field (the first that has one): a number out of range
     says the range (``--temperature / temperature takes a number in [0, 2)``); a value not among the choices says
     the closest (``Did you mean 'high'?``, ``spelling.did_you_mean``); a file where a list is taken says where one
-    file goes (``images takes a list; one file goes in image=``). Flags beside the library's names, fitted to each
-    surface (``qwenvl.wording``). None when none applies. Raises nothing."""
+    file goes (``images takes a list; one file goes in image=``); any other refusal of a field, what the field
+    takes (``field_hint``). Flags beside the library's names, fitted to each surface (``qwenvl.wording``). None
+    when none applies. Raises nothing."""
     for err in exc.errors():
         if len(err["loc"]) != 1 or str(err["loc"][0]) not in Request.model_fields:
             continue
@@ -171,6 +172,21 @@ def value_hint(exc: ValidationError) -> str | None:
             return f"{near + ' ' if near else ''}{said} is one of {', '.join(choices)}."
         if err["type"] == "list_type" and name == "images" and isinstance(err.get("input"), str | os.PathLike):
             return "images takes a list (images=[...]); one file goes in image=."
+    return field_hint(exc)
+
+
+def field_hint(exc: ValidationError) -> str | None:
+    """The last resort of ``value_hint``: what the first refused Request field takes, from the field's own
+    description (``Request.model_fields[name].description``: its form, unit and default; one home), e.g.
+    ``--pages / pages: PDF pages to send, 1-based: ...``. A nested refusal (``messages.0.role``) names its
+    top-level field. None when no refused field is a Request field. Raises nothing."""
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err["loc"] else ""
+        info = Request.model_fields.get(name)
+        if info is None or not info.description or err["type"] == "extra_forbidden":
+            continue
+        flag = FIELD_FLAGS.get(name, f"--{name.replace('_', '-')}")
+        return f"{f'{flag} / {name}' if flag else name}: {info.description}"
     return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from qwenvl import env as qenv
@@ -43,18 +44,19 @@ def estimate_files(
     sent.
 
     ``files`` are local files (``str`` or ``os.PathLike``), folders (walked for media as ``qwenvl batch`` does),
-    globs, https/file/data URLs.
-    Returns ``{"model", "factor", "currency", "local", "price_tier", "items": [...], "total": {"tokens", "cost",
-    "items", "unknown", "failed"}}``; with a local ``client`` (a local model has no price: ``qwenvl.models.LOCAL``)
-    ``local`` is True and ``currency`` and every ``cost`` None. An item is ``{"source", "kind", "width", "height",
-    "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}`` (a PDF gives one item per page, a remote URL
-    ``tokens: None``: the service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot
-    be sent (the others go on). The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else
-    qwen3-vl-plus; a local ``client`` (``--backend openai|transformers``) gives its model's own rules, and
-    ``family`` (qwen2.5-vl, qwen3-vl) the rules of a model whose name does not say. ``client`` is a ``Client`` or
-    anything with the members of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in
-    Beijing, USD elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``);
-    costs are in the currency's units, rounded to 10 significant digits.
+    globs, https/file/data URLs. Returns ``{"model", "factor", "currency", "local", "price_tier", "items": [...],
+    "total": {"tokens", "cost", "items", "unknown", "failed"}, "warnings": [...]}`` (``warnings``: the items are
+    over the model's context as one request; they are counted all the same); with a local ``client`` (a local model
+    has no price: ``qwenvl.models.LOCAL``) ``local`` is True and ``currency`` and every ``cost`` None. An item is
+    ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}`` (a PDF
+    gives one item per page, with its 1-based ``"page"`` number in the document; a remote URL ``tokens: None``: the
+    service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot be sent (the others go
+    on). The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus; a local
+    ``client`` (``--backend openai|transformers``) gives its model's own rules, and ``family`` (qwen2.5-vl,
+    qwen3-vl) the rules of a model whose name does not say. ``client`` is a ``Client`` or anything with the members
+    of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in Beijing, USD elsewhere;
+    ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``); costs are in the
+    currency's units, rounded to 10 significant digits.
 
     Raises ``UsageError`` for invalid options, an unknown region, or ``pages`` when no file counted is a PDF
     (``qwenvl.media.sources.check_pages_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI), or
@@ -81,7 +83,8 @@ def estimate_files(
         typo = None if family or info.known else typo_error(request.model, allowed=qenv.unlisted_models())
         if typo is not None:  # a misspelt model: its estimate would be of the wrong model
             raise typo
-    options = media_options(request, info, "native", estimate_only=fast)
+    # every file counted, whatever one request could hold: a PDF over the context is said below, not refused
+    options = replace(media_options(request, info, "native", estimate_only=fast), context_check=False)
     refs = expand_inputs(list(files))
     if not refs:
         raise no_media_found([os.fspath(f) for f in files])
@@ -98,10 +101,7 @@ def estimate_files(
             failed += 1
             rows.append({"source": ref, "error": str(exc), "hint": exc.raw_hint})
             continue
-        items = prepared.items
-        for index, item in enumerate(items, 1):
-            label = ref if len(items) == 1 else f"{ref} [{index}/{len(items)}]"
-            rows.append(_row(label, item))
+        rows.extend(_row(ref, item) for item in prepared.items)
 
     counted = [r for r in rows if "error" not in r]
     known = [r["tokens"] for r in counted if r["tokens"] is not None]
@@ -112,6 +112,13 @@ def estimate_files(
         price, costs, total_cost = None, [None] * len(counted), None
     for row, cost in zip(counted, costs, strict=True):
         row["cost"] = cost
+    warnings = []
+    if total_tokens > info.context_tokens:
+        warnings.append(
+            f"the {len(counted):,} items are about {total_tokens:,} tokens, over {info.name}'s context of "
+            f"{info.context_tokens:,}: they cannot be sent as one request (`qwenvl ocr` sends a PDF one page per "
+            "request: `qwenvl ocr FILE --dry-run` prices it; ask about fewer pages with --pages)"
+        )
     return {
         "model": info.name,
         "factor": info.factor,
@@ -126,6 +133,7 @@ def estimate_files(
             "unknown": len(counted) - len(known),
             "failed": failed,
         },
+        "warnings": warnings,
     }
 
 
@@ -134,10 +142,11 @@ def _part(ref: str) -> ImagePart | VideoPart:
     return VideoPart(video=ref) if media_kind(ref) == "video" else ImagePart(image=ref)
 
 
-def _row(label: str, item: PreparedItem) -> dict[str, Any]:
+def _row(ref: str, item: PreparedItem) -> dict[str, Any]:
     frames = len(item.sent) if isinstance(item.sent, list) else None
     return {
-        "source": label,
+        "source": ref,
+        **({"page": item.page} if item.page is not None else {}),
         "kind": item.kind,
         "width": item.width,
         "height": item.height,

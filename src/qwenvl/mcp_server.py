@@ -198,6 +198,7 @@ class EstimateItem(BaseModel):
     """One image, page or video as it would be sent; or, with ``error``, a file that cannot be sent."""
 
     source: str
+    page: int | None = Field(None, description="A PDF page: its 1-based number in the document.")
     kind: str | None = None
     width: int | None = None
     height: int | None = None
@@ -227,6 +228,9 @@ class EstimateResult(BaseModel):
     price_tier: str | None = Field(None, description="The input-length price tier of a request carrying them all.")
     items: list[EstimateItem]
     total: EstimateTotal
+    warnings: list[str] = Field(
+        default_factory=list, description="The items are over the model's context as one request (still counted)."
+    )
 
 
 # == Where local files may be read ==================================================================================
@@ -348,7 +352,8 @@ TOOL_SURFACE = Surface(name=_tool_word, restate=False)
 def tool_error(exc: BaseException, region: str | None = None, names: Mapping[str, str] | None = None) -> CallToolResult:
     """The error as the model reads it: one line, then the hint; never a traceback. An answer that was not valid
     for the schema was paid: a ``paid:`` line between them says for how many requests, tokens and cost (in
-    ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``).
+    ``region``'s currency); ``used:`` for a local model's, which costs no money (``models.spent_label``). An OCR
+    that failed after some pages ends with the pages it read (``qwenvl.tasks.ocr.partial``).
     ``names``: the local model's references (its folder's path) -> the name it is served under, said instead."""
     surface = replace(TOOL_SURFACE, names=dict(names)) if names else TOOL_SURFACE
     if isinstance(exc, QwenVLError):
@@ -364,6 +369,12 @@ def tool_error(exc: BaseException, region: str | None = None, names: Mapping[str
         hint = fit_hint(exc.raw_hint, surface) if exc.raw_hint else ""
         if hint:
             text += f"\nhint: {hint}"
+        from qwenvl.tasks.ocr import partial
+
+        read = partial(exc)
+        if read is not None and read.pages:  # an OCR's pages read (and paid for) before it: kept, not lost
+            numbers = ", ".join(str(p.page) for p in read.pages if p.page is not None)
+            text += f"\nread before it (paid for): page{'s' if len(read.pages) > 1 else ''} {numbers}\n{read.text}"
     else:  # a bug: one line; the traceback only on the server's stderr, and only with QWENVL_DEBUG
         if qenv.debug():
             traceback.print_exc()
@@ -823,17 +834,9 @@ def _one_line_argument_errors(server: MCPServer) -> None:
 
 
 def _labels(files: Sequence[str], items: Sequence[dict[str, Any]], refs: Sequence[str]) -> list[str]:
-    """Each estimate item's source in the caller's words (a PDF's pages keep their " [i/n]" suffix)."""
+    """Each estimate item's source in the caller's words (a PDF's pages carry their number in ``page``)."""
     names = dict(zip(refs, files, strict=True))
-    out = []
-    for item in items:
-        source = item["source"]
-        for ref in sorted(names, key=len, reverse=True):
-            if source == ref or source.startswith(ref + " ["):
-                source = names[ref] + source[len(ref) :]
-                break
-        out.append(source)
-    return out
+    return [names.get(item["source"], item["source"]) for item in items]
 
 
 # == Transports =====================================================================================================

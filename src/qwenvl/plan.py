@@ -10,7 +10,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from qwenvl import env as qenv
 from qwenvl import structured
@@ -171,7 +171,9 @@ def image_pixels(request: Request, model: ModelInfo) -> dict[str, int]:
 
 
 def build_messages(request: Request, model: ModelInfo | None = None) -> list[Message]:
-    """System prompt, history, then the new user turn (media first, then the prompt, as the skill does)."""
+    """System prompt, history, then the new user turn (media first, then the prompt, as the skill does). The new
+    turn's parts carry the request's per-media options (``pages``, ``prepare=False``, ``video_as="file"``, the
+    pixel bounds, ``fps``): a history sends each turn's media as that turn did, whatever a later request says."""
     model = model or model_info(request.model)
     messages: list[Message] = []
     if request.system and not (request.messages and request.messages[0].role == "system"):
@@ -180,10 +182,13 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
     if request.prompt is not None:
         parts: list[TextPart | ImagePart | VideoPart] = []
         pixels: dict[str, Any] = dict(image_pixels(request, model))
+        # the turn's own media options go with its parts, so that a history sends them again as this turn did
+        own = None if request.prepare else False
         for ref in request.image_list():
-            parts.append(ImagePart(image=ref, **pixels))
+            parts.append(ImagePart(image=ref, pages=request.pages, prepare=own, **pixels))
         if request.video is not None:
-            parts.append(VideoPart(video=request.video, fps=request.fps))
+            as_file: Literal["file"] | None = "file" if request.video_as == "file" else None
+            parts.append(VideoPart(video=request.video, fps=request.fps, video_as=as_file, prepare=own))
         prompt = request.prompt
         note = structured.instruction(json_mode=request.json_mode, schema=request.schema)
         if note:
@@ -296,7 +301,7 @@ def check_context(
         raise MediaError(
             f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
             f"{model.context_tokens:,} tokens",
-            source=known[0].source,
+            source=known[0].document or known[0].source,
             hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower --fps).",
         )
     if request is None or messages is None or not (model.known or model.local_family):

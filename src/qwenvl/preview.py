@@ -57,7 +57,8 @@ def preview(
     for item in call.media:
         items.append(
             {
-                "source": item.source,
+                "source": item.document if item.document is not None else item.source,
+                **({"page": item.page} if item.page is not None else {}),
                 "kind": item.kind,
                 "sent": shorten(item.sent) if isinstance(item.sent, str) else f"{len(item.sent)} frames",
                 "bytes_sent": item.bytes_sent,

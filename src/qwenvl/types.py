@@ -148,6 +148,22 @@ def media_refs(value: Any, *, images: bool = True) -> Any:
     return value
 
 
+def _page_item(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def page_selection(value: Any) -> Any:
+    """A PDF page selection as the string the request holds: ``2`` -> ``"2"``, ``[2, 3]`` -> ``"2,3"``,
+    ``[1, "4-6"]`` -> ``"1,4-6"``; a string or None as it is. Pages are 1-based; the selection itself (ranges,
+    bounds, page 0) is checked against the PDF when the request is planned (``qwenvl.media.pdf.parse_pages``:
+    UsageError). Anything else (a bool, a float, a dict) is left for pydantic to refuse. Raises nothing."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list | tuple) and value and all(_page_item(v) for v in value):
+        return ",".join(str(v).strip() for v in value)
+    return value
+
+
 class TextPart(BaseModel):
     """Text in a message's content: ``TextPart(text="What is this?")``.
 
@@ -162,15 +178,21 @@ class ImagePart(BaseModel):
     """An image: an http(s) URL, a local path, ``file://``, ``data:`` or ``oss://`` reference.
 
     ``min_pixels``/``max_pixels`` (pixels, width × height) bound this image's size as the model sees it, instead
-    of the request's (DashScope puts them beside the image, reference/dashscope-api.md §2.1, §3).
-    Raises pydantic.ValidationError for a missing ``image``, a wrong type or an unknown field; the reference is
-    checked when the request is planned (MediaError)."""
+    of the request's (DashScope puts them beside the image, reference/dashscope-api.md §2.1, §3). ``pages`` (a
+    PDF's: which pages are rendered and sent) and ``prepare`` (False: sent as given) likewise override the
+    request's, so that a history (``Response.messages``, a saved chat session) sends again what its turn sent;
+    neither goes on the wire. Raises pydantic.ValidationError for a missing ``image``, a wrong type or an unknown
+    field; the reference is checked when the request is planned (MediaError)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["image"] = "image"
     image: str
     min_pixels: int | None = Field(default=None, ge=1)
     max_pixels: int | None = Field(default=None, ge=1)
+    # a PDF's pages to send ("2", "1-3,5"; ``page_selection``); None: the request's ``pages``, else every page
+    pages: str | None = None
+    # False: sent as the file is, not resized (the request's ``prepare=False``); None: the request's
+    prepare: bool | None = None
 
     @field_validator("image", mode="before")
     @classmethod
@@ -178,15 +200,21 @@ class ImagePart(BaseModel):
         """An ``os.PathLike``, bytes or a PIL image, as the reference it stands for (``media_refs``)."""
         return media_refs(value)
 
+    @field_validator("pages", mode="before")
+    @classmethod
+    def _pages(cls, value: Any) -> Any:
+        return page_selection(value)
+
 
 class VideoPart(BaseModel):
     """A video: a file or URL (str), or a list of frame images (sampled in order).
 
     ``fps``: frames per second to sample a video file at, or the rate a frame list was taken at (default: the
     request's ``fps``, else 2.0, the billing page's ``FPS``, reference/dashscope-api.md §4.2).
-    ``min_pixels``/``max_pixels`` (pixels per frame) bound each frame. Raises pydantic.ValidationError for a
-    missing ``video``, a wrong type or an unknown field; the files are checked when the request is planned
-    (MediaError)."""
+    ``min_pixels``/``max_pixels`` (pixels per frame) bound each frame; ``video_as`` and ``prepare`` override the
+    request's (kept in a history so that a later turn sends the video as its own turn did). Raises
+    pydantic.ValidationError for a missing ``video``, a wrong type or an unknown field; the files are checked when
+    the request is planned (MediaError)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     type: Literal["video"] = "video"
@@ -194,6 +222,10 @@ class VideoPart(BaseModel):
     fps: float | None = Field(default=None, gt=0)  # the request's own fps rule
     min_pixels: int | None = Field(default=None, ge=1)
     max_pixels: int | None = Field(default=None, ge=1)
+    # a local video: sampled to frames here or sent whole (the request's ``video_as``); None: the request's
+    video_as: Literal["frames", "file"] | None = None
+    # False: frames sent as they are (the request's ``prepare=False``); None: the request's
+    prepare: bool | None = None
 
     @field_validator("video", mode="before")
     @classmethod
@@ -428,7 +460,8 @@ with warnings.catch_warnings():
         )
         pages: str | None = Field(
             default=None,
-            description='PDF pages to send, 1-based, e.g. "1-3,5" or "7-" (to the end); default: every page.',
+            description="PDF pages to send, 1-based: a page number (2), a list of them ([2, 3]) or a selection "
+            'string ("1-3,5", "7-" to the end); held as the string ("2,3"); default: every page.',
         )
         model: str = Field(
             default=DEFAULT_MODEL,
@@ -672,6 +705,12 @@ with warnings.catch_warnings():
             if value is not None and not value.strip():
                 raise ValueError("prompt is empty")
             return value
+
+        @field_validator("pages", mode="before")
+        @classmethod
+        def _pages(cls, value: Any) -> Any:
+            """``pages=2`` and ``pages=[2, 3]`` as the selection string (``page_selection``)."""
+            return page_selection(value)
 
         @field_validator("image", "images", "video", mode="before")
         @classmethod

@@ -696,7 +696,7 @@ def _check_budget(proc: Any, images: list[Any], call: Call) -> None:
     )
     if not hi:
         return
-    sources = [i.source for i in call.media if i.kind == "image"]
+    sources = [i.label for i in call.media if i.kind == "image"]
     for n, img in enumerate(images):
         if img.width * img.height > hi:
             label = sources[n] if n < len(sources) else f"image {n + 1}"

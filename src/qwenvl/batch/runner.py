@@ -125,9 +125,6 @@ from qwenvl.store.exchange import key_for, source_key_for
 from qwenvl.types import Response, dumps, seconds
 
 DEFAULT_CONCURRENCY = 8
-# In the region's currency (CNY or USD): above this, the CLI asks (on a terminal) or refuses (elsewhere)
-# unless --yes.
-DEFAULT_MAX_COST = 20.0
 RATE_LIMIT_RETRIES = 10  # 429s one item may meet before it is recorded as an error
 FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarely when it is large)
 PLAN_THREADS = 4
@@ -1377,6 +1374,25 @@ def batch_price_factor() -> float:
     from qwenvl.batch.batchapi import PRICE_FACTOR
 
     return PRICE_FACTOR
+
+
+def estimate_calls(calls: Iterable[Call], *, region: str | None = None, local: bool = False) -> Estimate:
+    """What sending ``calls`` would take, one request each (planned ``estimate_only`` is enough: sizes and tokens
+    from the headers): ``to_send``, input tokens (media by the billing rules, text approximate), the costs with
+    each request priced at its own tier (as a batch is: ``Batch.estimate``), in ``region``'s currency; ``local``
+    (a local model): no price, costs and currency None. The one estimate of a verb that sends several requests
+    (``qwenvl ocr`` over a PDF's pages); ``within_budget`` and ``unpriced_error`` check it against a cap.
+    Raises what iterating ``calls`` raises."""
+    est = Estimate(currency=None if local else currency_of(region), local=local)
+    if local:
+        est.cost_input = est.cost_max = None
+    models: set[str] = set()
+    for call in calls:
+        tokens, unknown = input_tokens_of(call)
+        Batch._fold_estimate(est, models, (call.model, call.request.max_tokens, tokens, unknown, False), region)
+    est.items = est.pending = est.to_send
+    est.models = sorted(models)
+    return est
 
 
 def within_budget(est: Estimate, max_cost: float | None) -> bool:

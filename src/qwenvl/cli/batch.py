@@ -27,12 +27,9 @@ from qwenvl.batch.inputs import iter_inputs, iter_items_from_inputs, no_media_fo
 from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import (
     DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_COST,
     Batch,
     Estimate,
     Summary,
-    unpriced_error,
-    within_budget,
 )
 from qwenvl.cli.common import (
     FILE_NAME,
@@ -42,10 +39,12 @@ from qwenvl.cli.common import (
     awaiting_stdin,
     backend_options,
     check_pages_apply,
+    confirm_cost,
     err_console,
     error_record,
     generation_options,
     given_flags,
+    max_cost_options,
     not_dash,
     option_group,
     pass_opts,
@@ -193,28 +192,6 @@ def _show_estimate(est: Estimate, opts: dict[str, Any]) -> None:
             "not counted above[/]",
             highlight=False,
         )
-
-
-def _confirm_cost(est: Estimate, opts: dict[str, Any]) -> None:
-    max_cost = opts["max_cost"]
-    if est.local:  # no price: the budget cannot be exceeded; a --max-cost given is said not to apply, not refused
-        ctx = click.get_current_context()
-        if ctx.get_parameter_source("max_cost") not in (None, click.core.ParameterSource.DEFAULT):
-            click.echo("note: --max-cost does not apply: a local model has no price, so the run goes on", err=True)
-        return
-    if opts["yes"] or within_budget(est, max_cost):
-        return
-    unpriced = unpriced_error(est, f"--max-cost {max_cost:g}")
-    if unpriced is not None:  # an unknown cost is never taken for 0: refused, on a terminal too
-        raise unpriced
-    text = f"up to {format_cost(est.cost_max, est.currency)}, above --max-cost {format_cost(max_cost, est.currency)}"
-    if sys.stdin.isatty() and err_console().is_terminal:
-        if click.confirm(f"This batch may cost {text}. Run it?", default=False, err=True):
-            return
-        raise UsageError("not confirmed: nothing was sent", hint="Raise --max-cost, or pass --yes to run it anyway.")
-    raise UsageError(
-        f"the estimated cost is {text}: nothing was sent", hint="Pass --yes to run it anyway, or raise --max-cost."
-    )
 
 
 def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
@@ -401,15 +378,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     type=FiniteFloat(min=0, min_open=True),
     help="Ceiling in tokens per minute (estimated input, corrected by the answers).",
 )
-@click.option(
-    "--max-cost",
-    type=FiniteFloat(min=0),
-    default=DEFAULT_MAX_COST,
-    show_default=True,
-    help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "
-    "terminal) or refuse (elsewhere) unless --yes.",
-)
-@click.option("-y", "--yes", is_flag=True, help="Run whatever the estimated cost.")
+@max_cost_options
 @click.option("--no-cache", is_flag=True, help="Send every request, even one answered before.")
 @click.option("--retry-errors", is_flag=True, help="Send again the items that ended in an error last time.")
 @click.option(
@@ -532,7 +501,7 @@ def run(opts: dict[str, Any]) -> None:
     if est.to_send or job.mode == "batch-api":
         job.check_key()
     _confirm_fresh(est, opts)
-    _confirm_cost(est, opts)
+    confirm_cost(est, opts, "This batch")
     try:
         if terminal:
             with _Bar(est.currency, local=est.local) as bar:

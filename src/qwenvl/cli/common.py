@@ -20,6 +20,7 @@ from rich.markup import escape
 from qwenvl import env as qenv
 from qwenvl import wording
 from qwenvl._constants import (
+    DEFAULT_MAX_COST,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF_S,
     DEFAULT_TIMEOUT_S,
@@ -225,6 +226,50 @@ class FiniteFloat(click.FloatRange):
             hint = "Give digits (e.g. 0.5 or 30), or leave the option out for its default."
             raise HintedBadParameter(f"{value!r} is not a finite number", hint, ctx, param)
         return number
+
+
+def max_cost_options(fn: Callable) -> Callable:
+    """``--max-cost`` (default ``DEFAULT_MAX_COST``, in the region's currency) and ``-y/--yes``: the cost cap of
+    every verb that sends many requests (``batch``; ``ocr``, one request per PDF page), checked by
+    ``confirm_cost``. One home for the options, their default and their help."""
+    fn = click.option("-y", "--yes", is_flag=True, help="Run whatever the estimated cost.")(fn)
+    return click.option(
+        "--max-cost",
+        type=FiniteFloat(min=0),
+        default=DEFAULT_MAX_COST,
+        show_default=True,
+        help="In the region's currency (CNY in cn, USD in intl/us): above this estimate, ask (on a "
+        "terminal) or refuse (elsewhere) unless --yes.",
+    )(fn)
+
+
+def confirm_cost(est: Any, opts: dict[str, Any], what: str) -> None:
+    """Go on, ask or refuse before sending, by the estimate ``est`` (``qwenvl.batch.runner.Estimate``) and the
+    verb's ``--max-cost``/``--yes`` (``max_cost_options``): within the cap, or with ``--yes``, go on; above it,
+    ask on a terminal ("``what`` may cost ... Run it?") and refuse elsewhere (UsageError, exit 2: nothing was
+    sent); a cap that cannot be checked (a model with no price: ``unpriced_error``) is refused, on a terminal too.
+    A local model has no price: a ``--max-cost`` given is said not to apply. The one home of the CLI's cost cap."""
+    from qwenvl.batch.runner import unpriced_error, within_budget
+
+    max_cost = opts["max_cost"]
+    if est.local:  # no price: the budget cannot be exceeded; a --max-cost given is said not to apply, not refused
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source("max_cost") not in (None, click.core.ParameterSource.DEFAULT):
+            click.echo("note: --max-cost does not apply: a local model has no price, so the run goes on", err=True)
+        return
+    if opts["yes"] or within_budget(est, max_cost):
+        return
+    unpriced = unpriced_error(est, f"--max-cost {max_cost:g}")
+    if unpriced is not None:  # an unknown cost is never taken for 0: refused, on a terminal too
+        raise unpriced
+    text = f"up to {format_cost(est.cost_max, est.currency)}, above --max-cost {format_cost(max_cost, est.currency)}"
+    if sys.stdin.isatty() and err_console().is_terminal:
+        if click.confirm(f"{what} may cost {text}. Run it?", default=False, err=True):
+            return
+        raise UsageError("not confirmed: nothing was sent", hint="Raise --max-cost, or pass --yes to run it anyway.")
+    raise UsageError(
+        f"the estimated cost is {text}: nothing was sent", hint="Pass --yes to run it anyway, or raise --max-cost."
+    )
 
 
 class Seconds(FiniteFloat):

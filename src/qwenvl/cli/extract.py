@@ -14,9 +14,11 @@ from qwenvl.cli.common import (
     Verb,
     as_given,
     check_pages_apply,
+    confirm_cost,
     err_console,
     generation_options,
     make_client,
+    max_cost_options,
     not_dash,
     paid_line,
     pass_opts,
@@ -45,7 +47,12 @@ from qwenvl.types import Response
     callback=not_dash("Leave --csv out to print JSON lines on standard output."),
     help="Write a CSV instead: a column per top-level key.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the first file's request, with the count and estimated cost of every file's request; send nothing.",
+)
+@max_cost_options
 @generation_options
 @service_options
 @pass_opts
@@ -77,9 +84,16 @@ def extract(opts: dict[str, Any]) -> None:
         "--csv"
     )
     client = make_client(opts)
+    from qwenvl.batch.runner import estimate_calls  # loaded when a run is priced, not with the CLI
+
+    # one request per file (and a repair for an invalid answer), priced before any is sent
+    calls = (plan_extract(client, f, schema, prompt=prompt, estimate_only=True, **dict(fields)) for f in files)
+    est = estimate_calls(calls, region=client.region, local=client.is_local)
     if opts["dry_run"]:
-        dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)))
+        dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)), est)
         return
+    if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
+        confirm_cost(est, opts, f"Extracting from these {est.to_send:,} files")
     rows: list[Extraction] = []
     with client:
         if len(files) == 1 and not opts["jsonl"] and csv_path is None:

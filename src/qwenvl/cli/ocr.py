@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -13,12 +14,14 @@ from qwenvl.cli.common import (
     Verb,
     as_given,
     check_pages_apply,
+    confirm_cost,
     err_console,
     error_record,
     generation_options,
     json_asked,
     json_said,
     make_client,
+    max_cost_options,
     media_args,
     not_dash,
     pass_opts,
@@ -32,8 +35,23 @@ from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.grounding import model_for
-from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, ocr_options, plan_pages, send_pages
+from qwenvl.tasks.ocr import (
+    FORMATS,
+    NO_TEXT,
+    OCR_TASKS,
+    OCRPage,
+    OCRResult,
+    estimate_ocr,
+    mark_stopped,
+    ocr_options,
+    pages_left,
+    plan_pages,
+    send_pages,
+)
 from qwenvl.types import DuplicateKeyError, loads
+
+if TYPE_CHECKING:
+    from qwenvl.batch.runner import Estimate
 
 
 def parse_options(text: str | None) -> dict[str, Any] | None:
@@ -82,7 +100,12 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     callback=not_dash("Leave -o out to print the result on standard output."),
     help="Write the result here instead of stdout.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the first page's request, with the count and estimated cost of every page's request; send nothing.",
+)
+@max_cost_options
 @generation_options
 @service_options
 @pass_opts
@@ -90,8 +113,10 @@ def ocr(opts: dict[str, Any]) -> None:
     """Read the text in an image or a PDF: qwenvl ocr scan.png [--format markdown|json]
 
     The model is the usual default (qwen3-vl-plus) unless --model: the qwen-vl-ocr models work too, and take
-    --task / --ocr-options (sent as ocr_options). A PDF is read one request per page. When no text is found
-    the output is empty, a note says so on stderr, and the exit status is still 0.
+    --task / --ocr-options (sent as ocr_options). A PDF is read one request per page, each page written (text,
+    markdown) as soon as it is read; json waits for the last page (one document). Several pages are priced
+    before any is sent: above --max-cost, asked (terminal) or refused unless --yes. When no text is found the
+    output is empty, a note says so on stderr, and the exit status is still 0.
     """
     if opts["fmt"] == "json" and not opts["output"]:
         json_asked()  # stdout holds JSON whatever happens, as with every verb's --json (cli.common.json_failure)
@@ -106,19 +131,31 @@ def ocr(opts: dict[str, Any]) -> None:
     model = model_for(client, fields)
     check_pages_apply(opts, [source])
     pdf = media_kind(classify(source)) == "pdf"
-    plans = plan_pages(client, source, format=fmt, task=opts["task"], options=options, pages=opts["pages"], **fields)
-    ocr_options(opts["task"], options)  # an unknown task is refused before any note on what is sent
-    if (options or opts["task"]) and model.family != "qwen-vl-ocr":
+    task, pages = opts["task"], opts["pages"]
+    plans = plan_pages(client, source, format=fmt, task=task, options=options, pages=pages, **fields)
+    ocr_options(task, options)  # an unknown task is refused before any note on what is sent
+    if (options or task) and model.family != "qwen-vl-ocr":
         note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
+
+    # every page's request, priced before any is sent (estimate-only: nothing rendered)
+    def estimate() -> Estimate:
+        return estimate_ocr(client, source, format=fmt, task=task, options=options, pages=pages, **fields)
+
     if opts["dry_run"]:
-        dry_run(client, next(iter(plans))[1])
+        dry_run(client, next(iter(plans))[1], estimate())
         return
     result = OCRResult(source=source, format=fmt)
+    streamed = fmt != "json" and output is None  # each page written as it is read; one JSON document waits
     stopped: BaseException | None = None
     try:
+        est = estimate()
+        if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
+            confirm_cost(est, opts, f"Reading these {est.to_send:,} pages")
         with client:
-            send_pages(client, source, plans, format=fmt, result=result)
+            send_pages(client, source, plans, format=fmt, result=result, on_page=_writer(result) if streamed else None)
     except (QwenVLError, KeyboardInterrupt) as exc:
+        if result.stopped_at is None:  # refused before the first request (a plan, the cost cap): nothing read
+            mark_stopped(result, None, source, exc)
         if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
             raise  # nothing read: nothing to write (a file given with -o is left as it was)
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
@@ -127,10 +164,11 @@ def ocr(opts: dict[str, Any]) -> None:
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
+    elif streamed:
+        pass  # written page by page (``_writer``)
     elif text:
         click.echo(shown(text))
-        if fmt == "json":
-            json_said()
+        json_said()
     warn([w for w in result.warnings if w != NO_TEXT])
     if result.empty and stopped is None:  # a reading that failed found nothing: it did not look
         note(f"no text found in {source}")
@@ -144,4 +182,21 @@ def ocr(opts: dict[str, Any]) -> None:
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
         if result.pages:
             note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
+            if pdf and result.stopped_at:
+                note(f"to read the rest, run it again with --pages {pages_left(source, pages, result.stopped_at)}")
         raise stopped
+
+
+def _writer(result: OCRResult) -> Callable[[OCRPage], None]:
+    """Write each page's text to stdout as it is read, separated as ``OCRResult.text`` separates them (pages
+    without text left out), flushed: a reader sees every page at once, and one that left stops the reading at the
+    next write (``OutputClosed``, exit 141) before another page is paid for."""
+    written = False
+
+    def write(page: OCRPage) -> None:
+        nonlocal written
+        if page.text:  # the page's last line ends now (a line reader sees it); the separator's rest comes first
+            click.echo(shown((result.separator.removeprefix("\n") if written else "") + page.text))
+            written = True
+
+    return write

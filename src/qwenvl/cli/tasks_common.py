@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -13,6 +13,9 @@ from qwenvl.errors import UsageError, safe_line
 from qwenvl.interfaces import SupportsPreview
 from qwenvl.plan import Call
 from qwenvl.types import Response
+
+if TYPE_CHECKING:
+    from qwenvl.batch.runner import Estimate
 
 
 def refuse_structured(opts: dict[str, Any], verb: str) -> None:
@@ -35,8 +38,17 @@ def note(message: str) -> None:
     err_console().print(f"[cyan]note:[/] {escape(safe_line(as_given(message)))}", highlight=False, soft_wrap=True)
 
 
-def dry_run(client: SupportsPreview, call: Call) -> None:
-    print_json(client.preview(call))
+def dry_run(client: SupportsPreview, call: Call, every: Estimate | None = None) -> None:
+    """The request ``call`` would send (``Client.preview``), as JSON on stdout. ``every``: the estimate of every
+    request the verb would send (``qwenvl.batch.runner.estimate_calls``) when ``call`` is the first of several
+    (an OCR's pages, extract's files): added as ``"requests"`` (how many) and ``"total"`` (their input tokens,
+    answers at most, costs: each request priced at its own tier), so the dry run shows the whole job's price."""
+    preview = client.preview(call)
+    if every is not None:
+        out = every.to_dict()
+        keys = ("input_tokens", "max_output_tokens", "unknown_media", "cost_input", "cost_max", "currency", "local")
+        preview |= {"requests": every.to_send, "total": {k: out[k] for k in keys}}
+    print_json(preview)
 
 
 def show_usage(

@@ -109,7 +109,7 @@ def tokens(opts: dict[str, Any]) -> None:
         print_json(result)
     else:
         _print_table(result)
-    failed, files = result["total"]["failed"], len({r["source"].split(" [")[0] for r in result["items"]})
+    failed, files = result["total"]["failed"], len({r["source"] for r in result["items"]})
     if failed:
         err_console().print(
             f"[bold red]{failed} of {files} file{'s' if files != 1 else ''} could not be estimated[/]", highlight=False
@@ -126,6 +126,11 @@ def _size(row: dict[str, Any]) -> str:
     if row["mime"]:
         size += " " + "+".join(m.split("/")[-1].upper() for m in row["mime"].split(", "))  # frames may differ
     return size
+
+
+def _label(row: dict[str, Any]) -> str:
+    """A row's file, and a PDF page's number in the document (``doc.pdf page 2``)."""
+    return f"{row['source']} page {row['page']}" if row.get("page") is not None else row["source"]
 
 
 def _bytes(n: int) -> str:
@@ -148,10 +153,10 @@ def _print_table(result: dict[str, Any]) -> None:
     table.add_column("cost" if local else f"cost ({currency})", justify="right")
     for row in rows:
         if "error" in row:
-            table.add_row(escape(safe_line(row["source"])), "[red]error[/] (below)", "", "-", "-")
+            table.add_row(escape(safe_line(_label(row))), "[red]error[/] (below)", "", "-", "-")
             continue
         table.add_row(
-            escape(safe_line(row["source"])),
+            escape(safe_line(_label(row))),
             _size(row),
             _bytes(row["bytes_sent"]),
             "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
@@ -174,7 +179,7 @@ def _print_table(result: dict[str, Any]) -> None:
             if note.startswith("estimate only"):  # said once, below
                 estimated = True
                 continue
-            console.print(f"[dim]{escape(safe_line(row['source']))}: {escape(safe_line(note))}[/]", highlight=False)
+            console.print(f"[dim]{escape(safe_line(_label(row)))}: {escape(safe_line(note))}[/]", highlight=False)
     for row in rows:  # an error in full below the table, where it does not stretch the "sent as" column
         if "error" in row:
             source = escape(safe_line(row["source"]))
@@ -188,3 +193,5 @@ def _print_table(result: dict[str, Any]) -> None:
             highlight=False,
         )
     console.print("[dim]Media input tokens only; the prompt and the answer come on top.[/]", highlight=False)
+    for warning in result.get("warnings", []):
+        err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,6 +85,9 @@ class MediaOptions:
     # ``PreparedItem.pixels`` holds them and ``sent`` is a ``memory://sha256:...`` reference per image or frame
     # (set by qwenvl.plan for media_form="memory")
     keep_pixels: bool = False
+    # refuse a PDF whose selected pages cannot fit the model's context in one request, before rendering them; False
+    # where files are counted rather than sent as one request (``qwenvl.estimate.estimate_files``: `qwenvl tokens`)
+    context_check: bool = True
 
 
 ESTIMATE_SCHEME = "estimate://"  # the placeholder ``sent`` of an estimate-only item
@@ -111,6 +114,15 @@ class PreparedItem:
     # the file's own bytes are sent (nothing decoded or encoded): cheap to check again, so a batch's
     # ``PreparedCache`` does not keep it (items naming distinct small images would fill it for nothing)
     as_given: bool = False
+    # a PDF page: its 1-based number in the document, and the document's reference as the user gave it (``source``
+    # is then the rendered page's data: URL, which the grounding tasks read); None for any other item
+    page: int | None = None
+    document: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How a person knows the item: the user's reference, and a PDF page's number (``doc.pdf page 2``)."""
+        return f"{self.document} page {self.page}" if self.document is not None else self.source
 
 
 @dataclass
@@ -258,15 +270,32 @@ def _cached_item(
     return _copy(item, source=ref) if hit else _copy(item)
 
 
+def part_options(part: ImagePart | VideoPart, options: MediaOptions) -> MediaOptions:
+    """``options`` with the part's own media options over the request's: ``pages`` (an image part's),
+    ``prepare`` and ``video_as`` (a video part's), where the part sets them (a history's parts keep their own
+    turn's, ``qwenvl.plan.build_messages``). Raises nothing."""
+    own: dict[str, Any] = {}
+    if isinstance(part, ImagePart) and part.pages is not None:
+        own["pages"] = part.pages
+    if isinstance(part, VideoPart) and part.video_as is not None:
+        own["video_as"] = part.video_as
+    if part.prepare is not None:
+        own["prepare"] = part.prepare
+    return replace(options, **own) if own and any(getattr(options, k) != v for k, v in own.items()) else options
+
+
 def prepare_messages(
     messages: list[Message], options: MediaOptions, cache: PreparedCache | None = None
 ) -> PreparedMessages:
     """Every image and video of ``messages`` prepared (``prepare_image``, ``prepare_video``; a local PDF first
     rendered to page images, ``expand_documents``). ``cache``: media prepared before are taken from it
     (``PreparedCache``), and what is prepared now is kept in it. Raises MediaError, UsageError (as those)."""
-    rendered: set[str] = set()  # the data URLs of rendered PDF pages (their notes say so, not "sent as given")
+    # the rendered PDF pages in order, (data URL, the PDF's reference, page number): their items say which page
+    # of which document they are, and their notes that they were rendered (not "sent as given")
+    rendered: list[tuple[str, str, int]] = []
     if not options.estimate_only:
         messages = expand_documents(messages, options, cache, rendered)
+    pending = deque(rendered)
     out: list[Message] = []
     items: list[PreparedItem] = []
     for message in messages:
@@ -276,16 +305,19 @@ def prepare_messages(
         parts: list[TextPart | ImagePart | VideoPart] = []
         for part in message.content:
             if isinstance(part, ImagePart):
+                own = part_options(part, options)
                 document = _pdf_source(part.image) if options.estimate_only else None
-                pages = _estimate_document(part, document, options) if document is not None else None
-                for item in pages if pages is not None else [prepare_image(part, options, cache)]:
-                    if part.image in rendered and SENT_AS_GIVEN in item.notes:
-                        page = "rendered from the PDF and encoded (PNG or JPEG by the images' rule)"
-                        item.notes = [page if note == SENT_AS_GIVEN else note for note in item.notes]
+                pages = _estimate_document(part, document, own) if document is not None else None
+                for item in pages if pages is not None else [prepare_image(part, own, cache)]:
+                    if pending and part.image == pending[0][0]:  # pages keep their order: the next one is this
+                        _, item.document, item.page = pending.popleft()
+                        if SENT_AS_GIVEN in item.notes:
+                            page = "rendered from the PDF and encoded (PNG or JPEG by the images' rule)"
+                            item.notes = [page if note == SENT_AS_GIVEN else note for note in item.notes]
                     items.append(item)
-                    parts.append(part.model_copy(update={"image": item.sent}))
+                    parts.append(part.model_copy(update={"image": item.sent, "pages": None}))
             elif isinstance(part, VideoPart):
-                item = prepare_video(part, options, cache)
+                item = prepare_video(part, part_options(part, options), cache)
                 items.append(item)
                 update: dict[str, Any] = {"video": item.sent}
                 if item.fps is not None:  # the rate the frames really have (clamping changes it)
@@ -935,13 +967,15 @@ def expand_documents(
     messages: list[Message],
     options: MediaOptions,
     cache: PreparedCache | None = None,
-    rendered: set[str] | None = None,
+    rendered: list[tuple[str, str, int]] | None = None,
 ) -> list[Message]:
     """Replace every image part that is a local PDF (by content) with one image part per rendered page.
 
-    The models cannot read PDF files, so each selected page (``options.pages``) is rendered to the image
-    budget (``resize.image_budget``) and sent as a data URL, in page order (see ``qwenvl.media.pdf``).
-    ``cache``: a PDF with the same content, pages and budget rendered before is not rendered again.
+    The models cannot read PDF files, so each selected page (the part's ``pages``, else ``options.pages``) is
+    rendered to the image budget (``resize.image_budget``) and sent as a data URL, in page order (see
+    ``qwenvl.media.pdf``).
+    ``cache``: a PDF with the same content, pages and budget rendered before is not rendered again. ``rendered``
+    gets each page sent, in order: (its data URL, the PDF's reference, its page number).
     """
     out: list[Message] = []
     for message in messages:
@@ -958,11 +992,13 @@ def expand_documents(
             from qwenvl.media import pdf  # pypdfium2 loads only when a PDF is given
 
             assert isinstance(part, ImagePart)
-            lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
+            own = part_options(part, options)
+            lo, hi = resize.image_budget(own, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
             src = pdf_content(document)
             key = None
             if cache is not None:
-                key = ("pdf", _digest(src), options.model.factor, lo, hi, options.pages, options.model.context_tokens)
+                context = options.model.context_tokens if options.context_check else None
+                key = ("pdf", _digest(src), options.model.factor, lo, hi, own.pages, context)
             urls = cache.get(key) if cache is not None else None
             if urls is None:
                 pages = pdf.render_pdf(
@@ -970,16 +1006,16 @@ def expand_documents(
                     factor=options.model.factor,
                     min_pixels=lo,
                     max_pixels=hi,
-                    pages=options.pages,
-                    context_tokens=options.model.context_tokens,
+                    pages=own.pages,
+                    context_tokens=options.model.context_tokens if options.context_check else None,
                     label=document.label,
                 )
-                urls = [page.data_url for page in pages]
+                urls = [(page.number, page.data_url) for page in pages]
                 if cache is not None:
-                    cache.put(key, urls, sum(len(url) for url in urls))
-            parts.extend(part.model_copy(update={"image": url}) for url in urls)
+                    cache.put(key, urls, sum(len(url) for _, url in urls))
+            parts.extend(part.model_copy(update={"image": url, "pages": None}) for _, url in urls)
             if rendered is not None:
-                rendered.update(urls)
+                rendered.extend((url, part.image, number) for number, url in urls)
             changed = True
         out.append(message.model_copy(update={"content": parts}) if changed else message)
     return out
@@ -1000,7 +1036,7 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
         min_pixels=lo,
         max_pixels=hi,
         pages=options.pages,
-        context_tokens=options.model.context_tokens,
+        context_tokens=options.model.context_tokens if options.context_check else None,
         label=document.label,
     )
     items = []
@@ -1019,6 +1055,8 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
                 tokens=tokens.image_tokens(h_bar, w_bar, factor),
                 notes=[f"PDF page {number} of {document.label}, not rendered (estimate only)"],
                 estimate=True,
+                page=number,
+                document=part.image,
             )
         )
     return items

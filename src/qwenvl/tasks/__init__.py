@@ -5,6 +5,7 @@
     g = tasks.ground(client, "photo.jpg", "every person and dog")     # Grounding: .boxes .points .warnings
     tasks.annotate("photo.jpg", g, "boxes.png")                       # the boxes drawn on the image
     r = tasks.ocr(client, "scan.pdf", format="markdown")              # OCRResult: .text .pages
+    e = tasks.estimate_ocr(client, "scan.pdf")                        # one request per page, priced: .cost_max
     r = tasks.extract(client, "invoice.png", Invoice)                 # Response: .json .parsed
     t = tasks.events(client, "clip.mp4")                              # Timeline: .events [{start, end, event}]
 
@@ -23,7 +24,7 @@ from qwenvl.tasks.draw import annotate, contact_sheet
 from qwenvl.tasks.events import Event, Timeline, aevents, events, plan_events, read_timeline
 from qwenvl.tasks.extract import Extraction, aextract, aextract_many, extract, extract_many, plan_extract
 from qwenvl.tasks.grounding import Box, Grounding, Point, aground, ground, plan_ground, read_grounding
-from qwenvl.tasks.ocr import OCRLine, OCRPage, OCRResult, aocr, ocr, plan_ocr
+from qwenvl.tasks.ocr import OCRLine, OCRPage, OCRResult, aocr, estimate_ocr, ocr, plan_ocr
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "annotate",
     "aocr",
     "contact_sheet",
+    "estimate_ocr",
     "events",
     "extract",
     "extract_many",

@@ -22,9 +22,10 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -43,7 +44,10 @@ from qwenvl.tasks.grounding import (
     task_media,
 )
 from qwenvl.tasks.parsing import parse_answer
-from qwenvl.types import Response, not_blank
+from qwenvl.types import Response, not_blank, page_selection
+
+if TYPE_CHECKING:
+    from qwenvl.batch.runner import Estimate
 
 Format = Literal["text", "markdown", "json"]
 NO_TEXT = "no text found"
@@ -112,10 +116,14 @@ class OCRResult(BaseModel):
     stopped_at: int | None = None
 
     @property
+    def separator(self) -> str:
+        """What ``text`` puts between two pages: a blank line (Markdown: a ``---`` rule between blank lines)."""
+        return "\n\n---\n\n" if self.format == "markdown" else "\n\n"
+
+    @property
     def text(self) -> str:
         """Every page's text, pages separated by a blank line (Markdown: by a ``---`` rule)."""
-        sep = "\n\n---\n\n" if self.format == "markdown" else "\n\n"
-        return sep.join(p.text for p in self.pages if p.text)
+        return self.separator.join(p.text for p in self.pages if p.text)
 
     @property
     def empty(self) -> bool:
@@ -262,18 +270,67 @@ def plan_pages(
     format: Format = "text",
     task: str | None = None,
     options: dict[str, Any] | None = None,
-    pages: str | None = None,
+    pages: str | int | list[int | str] | None = None,
     **fields: Any,
 ) -> Iterator[tuple[int | None, Call]]:
     """``(page, call)`` for an image (page None) or each selected PDF page, planned one at a time.
     Raises UsageError (``pages`` for an image, bad syntax), MediaError (a page out of range, a missing file), and
     what ``plan_ocr`` raises."""
+    selection = page_selection(pages)
+    if selection is not None and not isinstance(selection, str):
+        raise UsageError(
+            f"pages is a page number, a list of them or a selection string, not {type(pages).__name__}",
+            hint='For example pages=2, pages=[2, 3] or pages="1-3,5".',
+        )
     pdf = media_kind(classify(source)) == "pdf"  # classify: a missing file is named as such
-    if pages and not pdf:
+    if selection and not pdf:
         raise UsageError("pages apply to PDFs only", hint="Leave out --pages / pages for an image.")
-    numbers: list[int | None] = list(pdf_pages(source, pages)) if pdf else [None]
+    numbers: list[int | None] = list(pdf_pages(source, selection)) if pdf else [None]
     for number in numbers:
         yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number, **dict(fields))
+
+
+def estimate_ocr(
+    client: SupportsPlan,
+    source: Any,
+    *,
+    format: Format = "text",
+    task: str | None = None,
+    options: dict[str, Any] | None = None,
+    pages: str | int | list[int | str] | None = None,
+    **fields: Any,
+) -> Estimate:
+    """What reading ``source`` would take, nothing sent: one request per selected page (an image: one), each
+    planned ``estimate_only`` (sizes from the PDF's page boxes, nothing rendered) and priced at its own tier
+    (``qwenvl.batch.runner.estimate_calls``: ``to_send`` requests, ``input_tokens``, ``cost_input``, ``cost_max``
+    with every answer at ``max_tokens``, in the client's region's currency; a local model: no price). Arguments as
+    ``ocr``'s. Raises what ``plan_pages`` raises."""
+    from qwenvl.batch.runner import estimate_calls
+
+    source = task_media(source)
+    fields = {**fields, "estimate_only": True}
+    plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
+    local = bool(getattr(client, "is_local", False))
+    return estimate_calls((call for _, call in plans), region=getattr(client, "region", None), local=local)
+
+
+def check_cost(est: Estimate, max_cost: float) -> None:
+    """Refuse (UsageError, nothing sent) an estimate over ``max_cost`` (in its currency), or one whose cost is
+    unknown (``unpriced_error``): the library's cost cap, as the CLI's ``--max-cost`` (``within_budget``). Raises
+    nothing within the cap, nor for a local model."""
+    from qwenvl.batch.runner import unpriced_error, within_budget
+    from qwenvl.models import format_cost
+
+    if within_budget(est, max_cost):
+        return
+    unpriced = unpriced_error(est, f"max_cost={max_cost:g}")
+    if unpriced is not None:
+        raise unpriced
+    raise UsageError(
+        f"the estimated cost of {est.to_send:,} requests is up to {format_cost(est.cost_max, est.currency)}, above "
+        f"max_cost {format_cost(max_cost, est.currency)}: nothing was sent",
+        hint="Raise max_cost, choose fewer pages (pages=...), or lower max_tokens.",
+    )
 
 
 def send_pages(
@@ -283,40 +340,86 @@ def send_pages(
     *,
     format: Format = "text",
     result: OCRResult | None = None,
+    on_page: Callable[[OCRPage], None] | None = None,
 ) -> OCRResult:
     """Send each planned page in turn and read it (``read_page``): the OCRResult of ``source``.
 
     ``result``: an OCRResult to fill as the pages are read, so that a caller keeps the pages already paid for
-    when a later page fails or Ctrl-C stops the reading (its ``stopped_at`` then names the page). Raises what
-    ``plans`` and ``client.send`` raise (UsageError, MediaError, APIError and its subclasses), and lets
-    KeyboardInterrupt through."""
+    when a later page fails or Ctrl-C stops the reading (its ``stopped_at`` then names the page). ``on_page`` is
+    called with each page as soon as it is read, in page order (the CLI writes it out then); what it raises stops
+    the reading, before the next page is sent. Raises what ``plans``, ``client.send`` and ``on_page`` raise
+    (UsageError, MediaError, APIError and its subclasses), and lets KeyboardInterrupt through; the exception's
+    ``.partial`` is the OCRResult of the pages read before it (``partial``)."""
     if result is None:
         result = OCRResult(source=shown_ref(source), format=format)
     reading: int | None = None  # the page whose request is under way (0: an image)
     try:
         for number, call in plans:
             reading = number if number is not None else 0
-            _add_page(result, call, client.send(call), format=format, number=number)
+            page = _add_page(result, call, client.send(call), format=format, number=number)
             reading = None
-    except BaseException:  # the pages read are kept in ``result``; Ctrl-C included
-        _stopped(result, reading, source)
+            if on_page is not None:
+                on_page(page)
+    except BaseException as exc:  # the pages read are kept in ``result``; Ctrl-C included
+        mark_stopped(result, reading, source, exc)
         raise
     return _finished(result)
 
 
-def _add_page(result: OCRResult, call: Call, response: Response, *, format: Format, number: int | None) -> None:
-    """One page's answer read (``read_page``) into ``result``, its warnings named by page."""
+def _add_page(result: OCRResult, call: Call, response: Response, *, format: Format, number: int | None) -> OCRPage:
+    """One page's answer read (``read_page``) into ``result``, its warnings named by page; returns the page."""
     page = read_page(call, response, format=format, page=number)
     result.pages.append(page)
     result.responses.append(response)
     result.model = response.model or call.request.model
     where = f"page {number}: " if number is not None else ""
     result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
+    return page
 
 
-def _stopped(result: OCRResult, reading: int | None, source: str) -> None:
-    """Where the reading stopped: the page under way, else (planning the next page failed) the next one; 0 for
-    an image (``OCRResult.stopped_at``), also when planning it failed."""
+def partial(exc: BaseException) -> OCRResult | None:
+    """The OCRResult of the pages read (and paid for) before ``exc`` stopped ``ocr``, ``aocr`` or ``send_pages``
+    (``exc.partial``; its ``stopped_at`` names the page that failed, ``pages_left`` what is left to read), or None
+    for an exception they did not raise. The same convention as ``StreamInterruptedError.partial_text`` and
+    ``StructuredOutputError.response``: what was paid for travels with the error. Raises nothing."""
+    found = getattr(exc, "partial", None)
+    return found if isinstance(found, OCRResult) else None
+
+
+def pages_left(source: str, pages: str | None, stopped_at: int) -> str:
+    """The ``pages`` selection that reads what a reading of ``source``'s ``pages`` (None: every page) left when it
+    stopped at page ``stopped_at``: that page and the selected ones after it, e.g. ``"3-"`` (to the end),
+    ``"3-4,7"``. Raises UsageError, MediaError as ``pdf_pages`` does."""
+    from qwenvl.media import pdf
+    from qwenvl.media.prepare import pdf_content
+
+    numbers = pdf_pages(source, pages)
+    # ``stopped_at`` is the next page when planning one failed: the selection's first page from there on
+    at = (
+        numbers.index(stopped_at)
+        if stopped_at in numbers
+        else next((i for i, n in enumerate(numbers) if n > stopped_at), 0)
+    )
+    rest = numbers[at:]
+    count = pdf.page_count(pdf_content(classify(source)), source)
+    if rest and rest == list(range(rest[0], count + 1)):
+        return f"{rest[0]}-"
+    runs: list[list[int]] = []
+    for n in rest:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def mark_stopped(result: OCRResult, reading: int | None, source: str, exc: BaseException) -> None:
+    """Where the reading stopped (``reading``: the page under way, 0 for an image; None: planning the next page
+    failed, or the reading was refused before it began): that page, else the next one; 0 for an image
+    (``OCRResult.stopped_at``), also when planning it failed. ``exc`` carries ``result`` as ``.partial``. Raises
+    nothing."""
+    with contextlib.suppress(AttributeError):  # an exception type with __slots__: nothing to carry it on
+        exc.partial = result  # type: ignore[attr-defined]
     if reading is None:
         if result.pages:
             reading = (result.pages[-1].page or 0) + 1
@@ -341,20 +444,28 @@ def ocr(
     format: Format = "text",
     task: str | None = None,
     options: dict[str, Any] | None = None,
-    pages: str | None = None,
+    pages: str | int | list[int | str] | None = None,
+    max_cost: float | None = None,
     **fields: Any,
 ) -> OCRResult:
     """The text of an image or PDF (one request per page). ``task``/``options`` become ``ocr_options``.
 
     ``format``: ``"text"`` (default), ``"markdown"`` or ``"json"`` (lines with boxes in original pixels);
-    ``pages``: PDF pages such as ``"1-3,5"`` (1-based; default every page); ``fields``: any Request fields.
+    ``pages``: PDF pages such as ``"1-3,5"``, ``2`` or ``[2, 3]`` (1-based; default every page); ``max_cost``:
+    the most the pages may cost, in the region's currency (``estimate_ocr``: every answer at ``max_tokens``),
+    checked before anything is sent (default None: no cap); ``fields``: any Request fields.
 
-    Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax), MediaError (a page out of
-    range, media that cannot be sent), and what ``Client.send`` raises (APIError and its subclasses); TypeError
-    for an AsyncClient (use ``aocr``). A page without text is not an error (a warning). ``source``: a path (``str``
-    or ``os.PathLike``), URL, bytes or PIL image."""
+    Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax, an estimate over ``max_cost``
+    or one that cannot be priced), MediaError (a page out of range, media that cannot be sent), and what
+    ``Client.send`` raises (APIError and its subclasses); TypeError for an AsyncClient (use ``aocr``). An error
+    after some pages were read carries them: ``exc.partial`` (``partial(exc)``) is the OCRResult of the pages read,
+    its ``stopped_at`` the page that failed. A page without text is not an error (a warning). ``source``: a path
+    (``str`` or ``os.PathLike``), URL, bytes or PIL image."""
     sync_client(client, "ocr")
     source = task_media(source)
+    if max_cost is not None:
+        est = estimate_ocr(client, source, format=format, task=task, options=options, pages=pages, **fields)
+        check_cost(est, max_cost)
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
     return send_pages(client, source, plans, format=format)
 
@@ -366,13 +477,20 @@ async def aocr(
     format: Format = "text",
     task: str | None = None,
     options: dict[str, Any] | None = None,
-    pages: str | None = None,
+    pages: str | int | list[int | str] | None = None,
+    max_cost: float | None = None,
     **fields: Any,
 ) -> OCRResult:
     """``ocr`` with an AsyncClient, awaited: each page planned (rendered, prepared) in a worker thread, then sent,
-    in turn; read as ``ocr`` reads. Raises what ``ocr`` raises; TypeError for a synchronous Client."""
+    in turn; read as ``ocr`` reads. Raises what ``ocr`` raises (an error after some pages carries them as
+    ``exc.partial``, Ctrl-C and cancellation too); TypeError for a synchronous Client."""
     async_client(client, "ocr")
     source = task_media(source)
+    if max_cost is not None:
+        est = await in_thread(
+            estimate_ocr, client, source, format=format, task=task, options=options, pages=pages, **fields
+        )
+        check_cost(est, max_cost)
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
     result = OCRResult(source=shown_ref(source), format=format)
     reading: int | None = None
@@ -382,7 +500,7 @@ async def aocr(
             reading = number if number is not None else 0
             _add_page(result, call, await client.send(call), format=format, number=number)
             reading = None
-    except BaseException:
-        _stopped(result, reading, source)
+    except BaseException as exc:
+        mark_stopped(result, reading, source, exc)
         raise
     return _finished(result)
