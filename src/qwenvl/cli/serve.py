@@ -130,6 +130,20 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     callback=not_dash("Give the folder's path, or leave --upload-dir out for a private temporary folder."),
     help="Folder for the temporary uploads (default: a private temporary folder).",
 )
+@click.option(
+    "--batch-dir",
+    type=FILE_NAME,
+    metavar="DIR",
+    callback=not_dash("Give the folder's path, or leave --batch-dir out for the default."),
+    help="Folder for the Batch API's files and jobs, kept across restarts (default: serve-batches in qwenvl's data "
+    "folder).",
+)
+@click.option(
+    "--batch-concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Batch API lines answered at once, in the background (default: half of --max-concurrent).",
+)
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
 @click.option(
     "--family",
@@ -155,6 +169,8 @@ def serve(opts: dict[str, Any]) -> None:
     Then: OpenAI(base_url="http://127.0.0.1:8100/compatible-mode/v1",
                  api_key="sk-local-123")
     or:   dashscope.base_http_api_url = "http://127.0.0.1:8100/api/v1"
+    The Batch API (client.files.create, client.batches.create...) runs
+    the jobs here, in the background, kept in --batch-dir.
     """
     try:
         import fastapi  # noqa: F401
@@ -251,6 +267,7 @@ def serve(opts: dict[str, Any]) -> None:
         "backend": backend,
         "backend_options": options,
         "upload_dir": opts["upload_dir"],
+        "batch_dir": opts["batch_dir"],
         "settings": {
             "api_key": api_key,
             "model_map": {n: target for n in [*names, *unlisted]},
@@ -262,6 +279,7 @@ def serve(opts: dict[str, Any]) -> None:
             "max_media_items": opts["max_images"],
             "max_concurrent_per_key": opts["max_concurrent"],
             "request_timeout_s": opts["request_timeout"],
+            "batch_concurrency": opts["batch_concurrency"],
         },
     }
     qenv.set_serve_config(config)

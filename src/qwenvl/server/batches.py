@@ -458,14 +458,15 @@ class Runner:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait((task,), timeout=10)
         if self._lock is not None:
-            self._lock.release()
+            self._lock.release(force=True)
             self._lock = None
 
     def _holds_lock(self) -> bool:
         if self._lock is None:
             from filelock import FileLock, Timeout
 
-            lock = FileLock(str(self.store.folder / "runner.lock"))
+            # one lock for the process's threads (taken in a worker thread, released in the event loop's)
+            lock = FileLock(str(self.store.folder / "runner.lock"), thread_local=False)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
