@@ -246,6 +246,8 @@ def serve(opts: dict[str, Any]) -> None:
                 "--workers must be 1 with --backend transformers (one model per process)",
                 hint="Leave out --workers, or run several servers on different ports.",
             )
+    if opts["batch_dir"]:
+        _check_batch_dir(opts["batch_dir"])
     # a local backend is checked before listening (exit 2: torch missing, not a model, a name not served)
     from qwenvl.server.main import check_backend
 
@@ -312,6 +314,32 @@ def serve(opts: dict[str, Any]) -> None:
             run_workers(uv_config, [sock])
     finally:
         sock.close()
+
+
+def _check_batch_dir(raw: str) -> None:
+    """--batch-dir is a folder this process can write (made if missing), checked before listening: UsageError
+    (exit 2) for a file, or a folder that cannot be made or written."""
+    import os
+    from pathlib import Path
+
+    folder = Path(raw).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(
+            f"--batch-dir {raw} is a file, not a folder",
+            hint="Give a folder (made if missing), or leave --batch-dir out for the default.",
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"--batch-dir {raw}: cannot be made ({exc.strerror or exc})",
+            hint="Give a folder this user can write, or leave --batch-dir out for the default.",
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--batch-dir {raw}: this user cannot write in it",
+            hint="Give a folder this user can write, or leave --batch-dir out for the default.",
+        )
 
 
 def _upstream(backend: str, opts: dict[str, Any]) -> str | None:
