@@ -312,7 +312,8 @@ def test_lines_not_run_by_expires_at_are_batch_expired(server, tmp_path):
         assert set(ok) == {"l0", "l1"} and set(bad) == {"l2", "l3"}
         assert all(r["error"]["code"] == "batch_expired" for r in bad.values())
         w = finished(oai, waiting.id)
-        assert w.status == "expired" and w.request_counts.completed == 0
+        assert w.status == "expired" and (w.request_counts.total, w.request_counts.completed) == (2, 0)
+        assert w.output_file_id is None and set(records(oai, w.error_file_id)) == {"l0", "l1"}
         assert len(user_texts(server)) == 2
 
 
@@ -380,3 +381,44 @@ def test_qwenvl_batch_api_mode_runs_unchanged_on_a_local_engine(tmp_path, isolat
         assert len(eng.chats()) == 2
         job = sdk(s).batches.retrieve(summary["batch_ids"][0])
         assert job.status == "completed" and job.request_counts.completed == 2
+
+
+def test_two_servers_on_one_folder_run_each_line_once(server, tmp_path):
+    """``--workers N``: every process answers the routes from the one folder, one of them runs the jobs."""
+    with cloud_serve(server, tmp_path) as first, cloud_serve(server, tmp_path) as second:
+        one, two = sdk(first), sdk(second)
+        jobs = [submit(one, 3, "from one"), submit(two, 3, "from two")]
+        for job in jobs:
+            done = finished(one if job is jobs[1] else two, job.id)  # each seen through the other server
+            assert done.status == "completed" and done.request_counts.completed == 3
+        texts = user_texts(server)
+        assert sorted(texts) == sorted(f"from {w} {i}" for w in ("one", "two") for i in range(3))
+        assert {x.id for x in one.batches.list().data} == {x.id for x in two.batches.list().data}
+        one.close()
+        two.close()
+
+
+def test_concurrent_first_requests_make_one_backend(server, monkeypatch):
+    """A batch's first lines reach a fresh client at once: each made a backend in its worker thread, one was kept,
+    and the others' connections were never closed (seen as unclosed transports when the server stopped)."""
+    import asyncio
+
+    from qwenvl.backends import dashscope
+
+    made: list[object] = []
+    real = dashscope.AsyncDashScopeBackend.__init__
+
+    def counted(self: object, *a: Any, **k: Any) -> None:
+        made.append(self)
+        time.sleep(0.2)  # a slow construction (importing httpx), so that the requests overlap
+        real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dashscope.AsyncDashScopeBackend, "__init__", counted)
+
+    async def main() -> list[str]:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url) as client:
+            answers = await asyncio.gather(*(client.complete(prompt=f"q{i}") for i in range(4)))
+        return [a.text for a in answers]
+
+    assert sorted(asyncio.run(main())) == [f"echo: q{i} [images=0 videos=0]" for i in range(4)]
+    assert len(made) == 1

@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import os
 import re
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -347,6 +348,11 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
 B = TypeVar("B", Backend, AsyncBackend)
 
 
+# Making a client's backend, once: concurrent first requests (threads, or an AsyncClient's worker threads) would each
+# make one, and the connections of all but the kept one would never be closed. Rare (once per client): one lock.
+_MAKING = threading.RLock()
+
+
 class _Base(Generic[B]):
     """What ``Client`` and ``AsyncClient`` share: the options (see ``Client``), planning, dry runs, model rules."""
 
@@ -674,26 +680,30 @@ class Client(_Base[Backend]):
         Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
         ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
         if self._backend is None:
-            if self.is_local:
-                from qwenvl.backends import make_backend
-
-                self._backend = make_backend(
-                    self.backend_name, http_client=self._http_client, on_retry=self.on_retry, **self._local_options()
-                )
-                return self._backend
-            from qwenvl.backends.dashscope import DashScopeBackend
-
-            found = self._key()
-            self._backend = DashScopeBackend(
-                found.key,
-                key_source=found.source,
-                protocol=self.protocol,
-                base_url=self.base_url,
-                region=self.region,
-                http_client=self._http_client,
-                on_retry=self.on_retry,
-            )
+            with _MAKING:  # threads asking at once get one backend (another's connections would never be closed)
+                if self._backend is None:
+                    self._backend = self._make_backend()
         return self._backend
+
+    def _make_backend(self) -> Backend:
+        if self.is_local:
+            from qwenvl.backends import make_backend
+
+            return make_backend(
+                self.backend_name, http_client=self._http_client, on_retry=self.on_retry, **self._local_options()
+            )
+        from qwenvl.backends.dashscope import DashScopeBackend
+
+        found = self._key()
+        return DashScopeBackend(
+            found.key,
+            key_source=found.source,
+            protocol=self.protocol,
+            base_url=self.base_url,
+            region=self.region,
+            http_client=self._http_client,
+            on_retry=self.on_retry,
+        )
 
     def close(self) -> None:
         """Close the backend's connections (a no-op when no request was made) and the stores this client
@@ -865,30 +875,34 @@ class AsyncClient(_Base[AsyncBackend]):
         Raises MissingAPIKeyError (DashScope, no key found), UsageError (a local backend's missing options, or
         ``transformers`` without torch and transformers installed: ``pip install "qwenvl[local]"``)."""
         if self._backend is None:
-            if self.is_local:
-                from qwenvl.backends import make_backend
+            with _MAKING:  # requests asking at once (worker threads) get one backend, whose connections aclose() ends
+                if self._backend is None:
+                    self._backend = self._make_backend()
+        return self._backend
 
-                self._backend = make_backend(
-                    self.backend_name,
-                    asynchronous=True,
-                    http_client=self._http_client,
-                    on_retry=self.on_retry,
-                    **self._local_options(),
-                )
-                return self._backend
-            from qwenvl.backends.dashscope import AsyncDashScopeBackend
+    def _make_backend(self) -> AsyncBackend:
+        if self.is_local:
+            from qwenvl.backends import make_backend
 
-            found = self._key()
-            self._backend = AsyncDashScopeBackend(
-                found.key,
-                key_source=found.source,
-                protocol=self.protocol,
-                base_url=self.base_url,
-                region=self.region,
+            return make_backend(
+                self.backend_name,
+                asynchronous=True,
                 http_client=self._http_client,
                 on_retry=self.on_retry,
+                **self._local_options(),
             )
-        return self._backend
+        from qwenvl.backends.dashscope import AsyncDashScopeBackend
+
+        found = self._key()
+        return AsyncDashScopeBackend(
+            found.key,
+            key_source=found.source,
+            protocol=self.protocol,
+            base_url=self.base_url,
+            region=self.region,
+            http_client=self._http_client,
+            on_retry=self.on_retry,
+        )
 
     async def _ready(self) -> AsyncBackend:
         """The backend; made in a worker thread the first time (importing httpx takes a while).

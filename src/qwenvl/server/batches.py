@@ -657,9 +657,7 @@ class Runner:
         folder = store.job_folder(batch_id)
         folder.mkdir(parents=True, exist_ok=True)
         out_path, err_path = folder / "output.jsonl", folder / "errors.jsonl"
-        if row["status"] == "validating" and how != "completed":  # never validated: no lines to name
-            store.update(batch_id, **{"status": how, f"{how}_at": now})
-            return
+        extra: dict[str, Any] = {}
         if how == "completed":
             store.update(batch_id, status="finalizing", finalizing_at=now)
         else:
@@ -670,6 +668,7 @@ class Runner:
                 with store.file_path(file_row).open("rb") as f, err_path.open("ab") as err:
                     for cid, _body in _lines_of(f):
                         if cid not in done:
+                            done.add(cid)
                             record = {
                                 "id": f"batch_req_{uuid.uuid4().hex}",
                                 "custom_id": cid,
@@ -679,6 +678,8 @@ class Runner:
                             err.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
                     err.flush()
                     os.fsync(err.fileno())
+            if not row["total"]:  # never validated (cancelled or expired while waiting): its lines, as read
+                extra["total"] = len(done)
         ids: dict[str, str | None] = {"output_file_id": None, "error_file_id": None}
         for key, path in (("output_file_id", out_path), ("error_file_id", err_path)):
             if path.exists() and path.stat().st_size:
@@ -686,7 +687,7 @@ class Runner:
                 if store.file_row(file_id) is None:
                     store.add_file(file_id, path, path.stat().st_size, path.name, "batch_output")
                 ids[key] = file_id
-        store.update(batch_id, status=how, **ids, **{f"{how}_at": now})
+        store.update(batch_id, status=how, **ids, **extra, **{f"{how}_at": now})
 
 
 def _lines_of(f: IO[bytes]) -> Iterator[tuple[str, Any]]:
