@@ -422,3 +422,37 @@ def test_concurrent_first_requests_make_one_backend(server, monkeypatch):
 
     assert sorted(asyncio.run(main())) == [f"echo: q{i} [images=0 videos=0]" for i in range(4)]
     assert len(made) == 1
+
+
+def test_a_file_over_the_size_limit_is_refused_and_not_kept(tmp_path, monkeypatch):
+    from qwenvl.server import batches
+
+    monkeypatch.setattr(batches, "MAX_FILE_BYTES", 10_000)  # the service's 500 MB, scaled down
+    monkeypatch.setattr(batches, "COPY_CHUNK", 1024)
+    with EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as eng, engine_serve(eng, tmp_path) as s:
+        oai = sdk(s)
+        big = jsonl([line(f"c{i}", "x" * 100) for i in range(200)])
+        assert len(big) > 10_000 + 1024
+        with pytest.raises(openai.APIStatusError) as got:
+            oai.files.create(file=("in.jsonl", big), purpose="batch")
+        assert got.value.status_code == 413 and "larger than" in got.value.message
+        assert list(oai.files.list()) == [] and not list((tmp_path / "files").glob("*"))
+        ok = oai.files.create(file=("in.jsonl", jsonl([line("a", "hi")])), purpose="batch")
+        assert [f.id for f in oai.files.list()] == [ok.id]
+
+
+def test_a_job_cancelled_before_it_ran_names_every_line(server, tmp_path):
+    gate = held_upstream(server, 0)
+    with cloud_serve(server, tmp_path, batch_concurrency=1) as s:
+        oai = sdk(s)
+        running = submit(oai, 2)
+        until(lambda: len(user_texts(server)) == 1, "the first job's line in flight")
+        waiting = submit(oai, 3, "waiting")
+        assert oai.batches.cancel(waiting.id).status == "cancelling"
+        w = finished(oai, waiting.id)
+        assert w.status == "cancelled" and (w.request_counts.total, w.request_counts.completed) == (3, 0)
+        bad = records(oai, w.error_file_id)
+        assert set(bad) == {"l0", "l1", "l2"} and {r["error"]["code"] for r in bad.values()} == {"batch_cancelled"}
+        gate.set()
+        assert finished(oai, running.id).status == "completed"
+        assert not any(t.startswith("waiting") for t in user_texts(server))
