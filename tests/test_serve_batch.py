@@ -456,3 +456,26 @@ def test_a_job_cancelled_before_it_ran_names_every_line(server, tmp_path):
         gate.set()
         assert finished(oai, running.id).status == "completed"
         assert not any(t.startswith("waiting") for t in user_texts(server))
+
+
+def test_a_line_that_cannot_be_written_stops_the_job_which_resumes(server, tmp_path, monkeypatch, caplog):
+    """A full disk when an answer is written: the job stops (logged), resumes, and each line is answered once in
+    the output."""
+    from qwenvl.server import batches
+
+    monkeypatch.setattr(batches, "RETRY_S", 0.1)
+    real, calls = batches._append, []
+
+    def full_once(f: Any, data: bytes) -> None:
+        calls.append(data)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(f, data)
+
+    monkeypatch.setattr(batches, "_append", full_once)
+    with cloud_serve(server, tmp_path, batch_concurrency=1) as s:
+        oai = sdk(s)
+        b = finished(oai, submit(oai, 4).id)
+        assert b.status == "completed" and b.request_counts.completed == 4
+        assert sorted(records(oai, b.output_file_id)) == ["l0", "l1", "l2", "l3"]
+    assert "No space left on device" in caplog.text and "resumes" in caplog.text

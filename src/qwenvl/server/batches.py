@@ -79,6 +79,7 @@ NOT_RUN = {  # OpenAI's BatchRequestOutput.error for a line a job never ran
 }
 TICK_S = 0.5  # how often the runner looks for work another process created (one process: woken at once)
 COPY_CHUNK = 1 << 20
+RETRY_S = 5.0  # a job that failed (not a line: the server's disk or database) is resumed after this many seconds
 
 
 class Refusal(Exception):
@@ -499,8 +500,17 @@ class Runner:
             elif self.clock() >= row["expires_at"]:
                 await asyncio.to_thread(self._finish, row["id"], "expired")
             elif not running:
-                self.job, self.current = asyncio.create_task(self._run(row["id"])), row["id"]
+                self.job, self.current = asyncio.create_task(self._guarded(row["id"])), row["id"]
                 running = True
+
+    async def _guarded(self, batch_id: str) -> None:
+        """``_run``; a failure (a full disk, a database locked too long) is logged and the job resumed after
+        ``RETRY_S`` (its answered lines are kept)."""
+        try:
+            await self._run(batch_id)
+        except Exception:
+            log.exception("the Batch API job %s stopped; it resumes in %g s", batch_id, RETRY_S)
+            await asyncio.sleep(RETRY_S)
 
     async def _run(self, batch_id: str) -> None:
         store = self.store
@@ -592,33 +602,32 @@ class Runner:
             finally:
                 gate.release()
 
+        def settled(task: asyncio.Task[None]) -> None:
+            flying.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failures.append(task.exception())  # type: ignore[arg-type]
+
+        failures: list[BaseException] = []
         try:
             with path.open("rb") as f:
                 lines = _lines_of(f)
-                while True:
+                while not failures:  # a line that could not be written stops the job (resumed at the next tick)
+                    item = await asyncio.to_thread(_next_not_done, lines, done)
+                    if item is None:
+                        break
                     await gate.acquire()
                     status = await asyncio.to_thread(self._status, batch_id)
-                    if status != "in_progress":
-                        stop = "cancelled" if status == "cancelling" else None
+                    if status != "in_progress" or self.clock() >= expires_at:
+                        stop = "cancelled" if status == "cancelling" else "expired" if status == "in_progress" else None
                         gate.release()
                         break
-                    if self.clock() >= expires_at:
-                        stop = "expired"
-                        gate.release()
-                        break
-                    item = await asyncio.to_thread(next, lines, None)
-                    if item is None:
-                        gate.release()
-                        break
-                    cid, body = item
-                    if cid in done:
-                        gate.release()
-                        continue
-                    task = asyncio.create_task(one(cid, body))
+                    task = asyncio.create_task(one(*item))
                     flying.add(task)
-                    task.add_done_callback(flying.discard)
+                    task.add_done_callback(settled)
             if flying:
                 await asyncio.wait(set(flying))
+            if failures:
+                raise failures[0]
         except BaseException:
             for task in flying:
                 task.cancel()
@@ -699,6 +708,14 @@ def _lines_of(f: IO[bytes]) -> Iterator[tuple[str, Any]]:
             item = json.loads(line.raw)
             if isinstance(item, dict) and isinstance(item.get("custom_id"), str):
                 yield item["custom_id"], item.get("body")
+
+
+def _next_not_done(lines: Iterator[tuple[str, Any]], done: set[str]) -> tuple[str, Any] | None:
+    """The next line whose custom_id is not in ``done`` (None at the end)."""
+    for cid, body in lines:
+        if cid not in done:
+            return cid, body
+    return None
 
 
 def _tally(out_path: Path, err_path: Path) -> tuple[set[str], dict[str, int]]:
