@@ -447,6 +447,7 @@ _WRITTEN = {  # output files: unwritable is a usage error (exit 2), not this kin
     ("analyze", "--output"),
     ("skill", "--install"),
     ("serve", "--upload-dir"),
+    ("serve", "--batch-dir"),
 }
 _REFUSED = {("ground", "--schema"), ("ocr", "--schema"), ("events", "--schema")}  # take no schema: exit 2
 

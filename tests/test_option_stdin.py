@@ -113,6 +113,7 @@ def test_standard_input_given_to_two_things_is_refused(args: list[str], piped: s
         (["skill", "--install", "-"], "--install"),
         (["mcp", "--allow-dir", "-"], "--allow-dir"),
         (["serve", "--upload-dir", "-"], "--upload-dir"),
+        (["serve", "--batch-dir", "-"], "--batch-dir"),
     ],
 )
 def test_options_that_write_or_name_a_folder_refuse_dash(

@@ -130,6 +130,20 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     callback=not_dash("Give the folder's path, or leave --upload-dir out for a private temporary folder."),
     help="Folder for the temporary uploads (default: a private temporary folder).",
 )
+@click.option(
+    "--batch-dir",
+    type=FILE_NAME,
+    metavar="DIR",
+    callback=not_dash("Give the folder's path, or leave --batch-dir out for the default."),
+    help="Folder for the Batch API's files and jobs, kept across restarts (default: serve-batches in qwenvl's data "
+    "folder).",
+)
+@click.option(
+    "--batch-concurrency",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Batch API lines answered at once, in the background (default: half of --max-concurrent).",
+)
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
 @click.option(
     "--family",
@@ -155,6 +169,8 @@ def serve(opts: dict[str, Any]) -> None:
     Then: OpenAI(base_url="http://127.0.0.1:8100/compatible-mode/v1",
                  api_key="sk-local-123")
     or:   dashscope.base_http_api_url = "http://127.0.0.1:8100/api/v1"
+    The Batch API (client.files.create, client.batches.create...) runs
+    the jobs here, in the background, kept in --batch-dir.
     """
     try:
         import fastapi  # noqa: F401
@@ -230,6 +246,8 @@ def serve(opts: dict[str, Any]) -> None:
                 "--workers must be 1 with --backend transformers (one model per process)",
                 hint="Leave out --workers, or run several servers on different ports.",
             )
+    if opts["batch_dir"]:
+        _check_batch_dir(opts["batch_dir"])
     # a local backend is checked before listening (exit 2: torch missing, not a model, a name not served)
     from qwenvl.server.main import check_backend
 
@@ -251,6 +269,7 @@ def serve(opts: dict[str, Any]) -> None:
         "backend": backend,
         "backend_options": options,
         "upload_dir": opts["upload_dir"],
+        "batch_dir": opts["batch_dir"],
         "settings": {
             "api_key": api_key,
             "model_map": {n: target for n in [*names, *unlisted]},
@@ -262,6 +281,7 @@ def serve(opts: dict[str, Any]) -> None:
             "max_media_items": opts["max_images"],
             "max_concurrent_per_key": opts["max_concurrent"],
             "request_timeout_s": opts["request_timeout"],
+            "batch_concurrency": opts["batch_concurrency"],
         },
     }
     qenv.set_serve_config(config)
@@ -294,6 +314,32 @@ def serve(opts: dict[str, Any]) -> None:
             run_workers(uv_config, [sock])
     finally:
         sock.close()
+
+
+def _check_batch_dir(raw: str) -> None:
+    """--batch-dir is a folder this process can write (made if missing), checked before listening: UsageError
+    (exit 2) for a file, or a folder that cannot be made or written."""
+    import os
+    from pathlib import Path
+
+    folder = Path(raw).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(
+            f"--batch-dir {raw} is a file, not a folder",
+            hint="Give a folder (made if missing), or leave --batch-dir out for the default.",
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"--batch-dir {raw}: cannot be made ({exc.strerror or exc})",
+            hint="Give a folder this user can write, or leave --batch-dir out for the default.",
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--batch-dir {raw}: this user cannot write in it",
+            hint="Give a folder this user can write, or leave --batch-dir out for the default.",
+        )
 
 
 def _upstream(backend: str, opts: dict[str, Any]) -> str | None:

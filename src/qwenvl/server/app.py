@@ -6,6 +6,7 @@ Routes (the service's own paths, so the official ``openai`` and ``dashscope`` SD
     POST /api/v1/services/aigc/multimodal-generation/generation             native, X-DashScope-SSE stream
     GET  /api/v1/uploads?action=getPolicy&model=M, POST /api/v1/uploads/oss   temporary storage (uploads.py)
     GET  /v1/models (and /compatible-mode/v1/models), GET /health, GET /ready
+    /compatible-mode/v1/files..., /compatible-mode/v1/batches... (and under /v1)   the Batch API (batches.py)
 
 Every request goes through the library: the wire body is parsed by ``protocols.inbound`` into a Request,
 planned by the client (the media checks, resizing to the model's budget, frames), answered by the backend,
@@ -57,6 +58,8 @@ from qwenvl.media.sources import to_data_url
 from qwenvl.protocols import get, inbound
 from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
+from qwenvl.server.batches import BatchStore, Refusal, Runner
+from qwenvl.server.batches import add_routes as add_batch_routes
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
 from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart, seconds
@@ -104,6 +107,7 @@ class ServeSettings:
     request_timeout_s: float = SERVE_REQUEST_TIMEOUT_S
     ready_timeout_s: float = SERVE_READY_TIMEOUT_S  # one /ready check's deadline
     ready_cache_s: float = SERVE_READY_CACHE_S  # how long a /ready answer is reused
+    batch_concurrency: int | None = None  # Batch API lines answered at once (None: half max_concurrent_per_key)
 
     def __post_init__(self) -> None:
         """Every duration checked by the one rule (``types.seconds``): UsageError for NaN, infinity, 0 or more
@@ -111,6 +115,10 @@ class ServeSettings:
         for name in ("download_timeout_s", "request_timeout_s", "ready_timeout_s"):
             setattr(self, name, seconds(getattr(self, name), name))
         self.ready_cache_s = seconds(self.ready_cache_s, "ready_cache_s", zero=True)
+        if self.batch_concurrency is None:
+            self.batch_concurrency = max(1, self.max_concurrent_per_key // 2)
+        elif self.batch_concurrency < 1:
+            raise UsageError(f"batch_concurrency must be at least 1, not {self.batch_concurrency}")
 
 
 class _Refused(Exception):
@@ -156,12 +164,15 @@ def create_app(
     uploads: UploadStore | None = None,
     playground: bool = True,
     stores: Sequence[Any] = (),
+    batches: BatchStore | None = None,
 ) -> FastAPI:
     """The app around ``client`` (a ``qwenvl.AsyncClient``, whose backend answers). The app closes the
-    client, the upload store and ``stores`` (the app's response cache and usage log, given to the client by
-    ``main.app_from_config``) when it shuts down."""
+    client, the upload store, the Batch API's store (``batches``; default: ``BatchStore()``, the state folder under
+    qwenvl's data folder, opened at its first use) and ``stores`` (the app's response cache and usage log, given to
+    the client by ``main.app_from_config``) when it shuts down."""
     settings = settings or ServeSettings()
     store = uploads or UploadStore()
+    batch_store = batches or BatchStore()
     slots = _Slots(settings.max_concurrent_per_key)
     inflight = _InFlight()
 
@@ -172,13 +183,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warm = getattr(backend, "warm", None)  # an in-process model starts loading now (/ready: 503 until it has)
         warming = asyncio.create_task(warm()) if warm is not None else None
+        runner.start()  # Batch API jobs: unfinished ones resume
         yield
+        await runner.stop()  # its lines in flight are cancelled, and run again at the next start
         # uvicorn has cancelled what its grace period left: each of those sends its 503 before the worker ends
         await inflight.drained(DRAIN_S)
         if warming is not None and not warming.done():
             warming.cancel()
         await client.aclose()
         store.close()
+        batch_store.close()
         for each in stores:
             await asyncio.to_thread(each.close)  # the usage log commits its queued rows first
 
@@ -303,10 +317,12 @@ def create_app(
             out.append(m.model_copy(update={"content": parts}))
         return out
 
-    async def plan(parsed: inbound.Inbound, request: HTTPRequest, aliases: dict[str, str]) -> Any:
+    async def plan(parsed: inbound.Inbound, oss_ok: bool, aliases: dict[str, str]) -> Any:
+        """The client's Call for a parsed request: its model served here (404 if not), its media resolved
+        (``oss_ok``: oss:// references to this server's uploads are read) and planned; only the parameters the
+        caller set are sent."""
         req = parsed.request
         target = served_model(req.model)
-        oss_ok = request.headers.get(OSS_RESOLVE_HEADER, "").lower() == "enable"
         messages = await resolve_media(req.messages, req.model, oss_ok, aliases)
         fields = {**req.model_dump(exclude_unset=True), "messages": messages}
         fields.pop("model", None)
@@ -319,6 +335,34 @@ def create_app(
         # send what the caller set, not the library's own defaults (temperature 0.2, max_tokens 512)
         call.params = {k: v for k, v in call.params.items() if k in parsed.given}
         return call
+
+    async def respond(
+        proto: ServerSide, parsed: inbound.Inbound, rid: str, aliases: dict[str, str], *, oss_ok: bool = False
+    ) -> dict[str, Any]:
+        """A parsed request that does not stream, planned (``plan``) and answered by the backend: the protocol's
+        response body (usage as the backend counted it). Raises what planning and the backend raise (``describe``
+        tells each). The one home of a non-streamed answer: the chat routes and each Batch API line use it."""
+        call = await plan(parsed, oss_ok, aliases)
+        call.request_id = rid  # the usage log names the request as its caller knows it
+        response = await client.send(call)
+        return proto.response_body(parsed, response, rid)
+
+    async def answer_line(body: Any, rid: str) -> tuple[int, dict[str, Any]]:
+        """The body of one Batch API line answered as ``POST /compatible-mode/v1/chat/completions`` answers it,
+        within ``settings.request_timeout_s``: (HTTP status, the route's JSON body: the completion, or the compat
+        error envelope). A line that asks for a stream is a 400 (the Batch API does not stream, [batch] in
+        ``qwenvl.batch.batchapi``). Raises nothing but a cancellation."""
+        aliases: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(settings.request_timeout_s):
+                parsed = COMPAT.parse_body(body, {})
+                aliases.update(model_names(parsed.request.model))
+                if parsed.stream:
+                    raise _Refused(400, "stream is not supported in a batch: leave it out", "invalid_parameter_error")
+                return 200, await respond(COMPAT, parsed, rid, aliases)
+        except Exception as exc:
+            status, message, code, _ = describe(COMPAT, exc, rid, aliases)
+            return status, error_body(COMPAT, status, message, code, rid)
 
     def served_model(name: str) -> str | None:
         """The backend's model for the name a client sent (None: the backend's own); 404 when not served."""
@@ -359,7 +403,7 @@ def create_app(
         hint sentence about the server's own options is left out)."""
         if isinstance(exc, TimeoutError):
             exc = _Refused(504, "the request timed out on this server")
-        if isinstance(exc, _Refused):
+        if isinstance(exc, _Refused | Refusal):
             return exc.status, exc.message, exc.code, exc.headers
         if isinstance(exc, APIError):
             log.warning("the upstream failed answering %s: %s", rid, exc)  # the operator's log names the URL
@@ -444,13 +488,12 @@ def create_app(
             events: AsyncIterator[StreamEvent] | None = None
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
-                    call = await plan(parsed, request, aliases)
-                    call.request_id = rid  # the usage log names the request as its caller knows it
+                    oss_ok = request.headers.get(OSS_RESOLVE_HEADER, "").lower() == "enable"
                     if not parsed.stream:
-                        response = await client.send(call)
-                        return JSONResponse(
-                            proto.response_body(parsed, response, rid), headers={REQUEST_ID_HEADER: rid}
-                        )
+                        body = await respond(proto, parsed, rid, aliases, oss_ok=oss_ok)
+                        return JSONResponse(body, headers={REQUEST_ID_HEADER: rid})
+                    call = await plan(parsed, oss_ok, aliases)
+                    call.request_id = rid  # the usage log names the request as its caller knows it
                     # the status line waits for the upstream's first event: a failure before it (a refusal, a 429
                     # with its Retry-After, a time-out) is an HTTP error in the protocol's shape, not a 200 stream
                     events = client.send_stream(call)
@@ -694,6 +737,19 @@ def create_app(
             resolve=lambda ref, model: resolve_ref(ref, model, False),
             model_for=served_model,
         )
+
+    def not_served(name: str) -> str | None:
+        """Why a Batch API file's model is not served here (None: it is)."""
+        try:
+            served_model(name)
+        except _Refused as exc:
+            return exc.message
+        return None
+
+    assert settings.batch_concurrency is not None
+    runner = Runner(batch_store, answer_line, not_served, settings.batch_concurrency)
+    add_batch_routes(app, batch_store, runner, authorize=authorize, refuse=lambda exc, rid: refuse(COMPAT, exc, rid))
+    app.state.batches = runner
 
     app.state.model_names = model_names  # the server's model references -> a client's names (the playground)
     return app

@@ -2,7 +2,8 @@
 
 Keys: ``backend`` ("dashscope" today; local backends plug in through ``make_client``), ``backend_options``
 (keyword arguments for the client: ``protocol``, ``region``, ``base_url``, ``model``...), ``settings``
-(``ServeSettings`` fields), ``upload_dir``, ``upload_ttl_s``, ``cache`` and ``usage_log`` (as for
+(``ServeSettings`` fields), ``upload_dir``, ``upload_ttl_s``, ``batch_dir`` (the Batch API's state folder; default
+``batches.default_folder()``), ``cache`` and ``usage_log`` (as for
 ``qwenvl.Client``: default no cache, and the usage log unless ``$QWENVL_LOG=0``).
 
 Each app gets its own stores, made here (one per uvicorn worker process), never a module global.
@@ -17,6 +18,7 @@ from typing import Any
 
 from qwenvl import env as qenv
 from qwenvl.server.app import ServeSettings, create_app
+from qwenvl.server.batches import BatchStore
 from qwenvl.server.uploads import UploadStore
 
 CONFIG_ENV = qenv.SERVE_CONFIG_ENV
@@ -97,7 +99,8 @@ def app_from_config(config: dict[str, Any]) -> Any:
         "usage_log": False if usage_log is None else usage_log,
     }
     client = make_client(config.get("backend", "dashscope"), options)
-    return create_app(client, settings, uploads=uploads, stores=stores)
+    batches = BatchStore(config.get("batch_dir"))
+    return create_app(client, settings, uploads=uploads, stores=stores, batches=batches)
 
 
 def _one_line_per_cut_request() -> None:
