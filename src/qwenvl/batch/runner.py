@@ -23,8 +23,12 @@ next request goes out, so neither a kill nor a full disk loses one. Counters and
 updated under one lock.
 
 **Retries belong to the batch.** Every item is sent with ``max_retries=0`` at the transport, so the limiter
-sees each 429 as it happens: it lowers concurrency and pauses new requests (see ``limiter``), and the item
-waits for a slot again (up to ``RATE_LIMIT_RETRIES`` times). 5xx, time-outs and connection errors are
+sees each 429 as it happens: it lowers concurrency and pauses new requests (see ``limiter``; each pause at
+most ``MAX_RETRY_DELAY_S``, 20 s), and the item waits for a slot again. Slowing down under 429 is the point
+of a batch, so a 429 does not count against ``max_retries``; the bounds are the run's instead: a Retry-After
+beyond ``MAX_RETRY_DELAY_S`` stops the run at once (``RateLimitError`` with when to try again), and so does a
+run that gets no answer for ``RATE_LIMIT_STALL_S`` (5 min) while the service answers 429; the item is left to
+send, and the same command resumes. 5xx, time-outs and connection errors are
 retried ``max_retries`` times (the item's own setting, default 2) after ``retry_backoff_s * 2**n`` seconds.
 A 401 or 403 stops the batch at once (the key is wrong for every item), and so does an answer that the model
 does not exist (``ModelNotFoundError``: a misspelt model would fail every item the same way); the refused item
@@ -118,7 +122,7 @@ from qwenvl.notes import answer_notes
 from qwenvl.outputs import OutputFiles, check_outputs
 from qwenvl.plan import Call, check_model_name
 from qwenvl.preview import estimate_text_tokens
-from qwenvl.retry import retry_delay, should_retry
+from qwenvl.retry import MAX_RETRY_AFTER_S, give_up_hint, retry_delay, should_retry
 from qwenvl.store import CacheArg, UsageLogArg, open_cache, open_usage_log
 from qwenvl.store.exchange import key_for, source_key_for
 from qwenvl.types import Response, dumps, seconds
@@ -127,7 +131,8 @@ DEFAULT_CONCURRENCY = 8
 # In the region's currency (CNY or USD): above this, the CLI asks (on a terminal) or refuses (elsewhere)
 # unless --yes.
 DEFAULT_MAX_COST = 20.0
-RATE_LIMIT_RETRIES = 10  # 429s one item may meet before it is recorded as an error
+# A run that gets no answer for this long while the service answers 429 stops (RateLimitError, exit 5, resumable)
+RATE_LIMIT_STALL_S = 300.0
 FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarely when it is large)
 PLAN_THREADS = 4
 CONNECTIONS_PER_POOL = 8
@@ -1078,6 +1083,8 @@ class _Realtime:
         self.refused: list[BaseException] = []
         self.reached = False  # the service answered something (an answer or an HTTP status)
         self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
+        # the run's start, then its last answer: 429s for RATE_LIMIT_STALL_S after it stop the run
+        self.last_answer = time.monotonic()
 
     def run(self, pending: Iterator[tuple[BatchItem, bool]], count: int) -> None:
         """Send the ``count`` items of ``pending`` ((item, the estimate found it cached), read from the spool as
@@ -1142,6 +1149,8 @@ class _Realtime:
                 if isinstance(first, ModelNotFoundError)
                 else "permission"
                 if isinstance(first, PermissionDeniedError)
+                else "rate limited"
+                if isinstance(first, RateLimitError)
                 else "authentication"
             )
             parts.append(
@@ -1279,6 +1288,32 @@ class _Realtime:
         )
         raise _Fatal(error)
 
+    def _rate_limited(self, exc: RateLimitError) -> None:
+        """A 429 met by an item (counted, said to the progress callback): raises _Fatal (the run stops, the item
+        left to send) when the service asks to wait longer than ``MAX_RETRY_AFTER_S`` (when to try again said), or
+        when the run has had no answer for ``RATE_LIMIT_STALL_S``; else the item waits for the limiter again."""
+        with self.lock:
+            self.reached = True
+            self._report()  # a run waiting on 429s is not silent: the CLI says so off a terminal
+            stalled = time.monotonic() - self.last_answer
+        if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_S:
+            with self.lock:
+                self.refused.append(exc)
+            exc.hint = give_up_hint(exc) or exc.raw_hint
+            raise _Fatal(exc)
+        if stalled >= RATE_LIMIT_STALL_S:
+            with self.lock:
+                self.refused.append(exc)
+            raise _Fatal(
+                RateLimitError(
+                    f"the service answered only 429 (rate limited) for {stalled:.0f} s: the batch stopped "
+                    f"({exc.message})",
+                    hint="Run the same command later to resume; a lower --concurrency or an --rpm ceiling sends "
+                    "more slowly.",
+                    status=429,
+                )
+            )
+
     def _item(self, item: BatchItem, cached: bool, client: Client) -> None:
         fields = {**item.request, "max_retries": 0}  # the batch owns retries: the limiter must see every 429
         try:
@@ -1290,7 +1325,7 @@ class _Realtime:
         tokens, _ = input_tokens_of(call)
         # answered locally: no slot, no rate budget (the estimate knows only items without local media)
         cached = cached or (client.cache is not None and key_for(client, call) in client.cache)
-        attempt = attempts = rate_limited = 0
+        attempt = attempts = 0
         while True:
             slot = None
             if not cached:
@@ -1308,6 +1343,7 @@ class _Realtime:
                 actual = (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
                 if not response.cached:
                     self.reached = True
+                    self.last_answer = time.monotonic()
                     self.limiter.on_success()
                 if client.cache is not None and call.media:  # the next estimate sees this answer unprepared
                     client.cache.link(source_key_for(client, call), key_for(client, call))
@@ -1316,10 +1352,8 @@ class _Realtime:
             except RateLimitError as exc:
                 if slot is not None:
                     self.limiter.on_rate_limited(slot, exc.retry_after)
-                rate_limited += 1
-                if rate_limited <= RATE_LIMIT_RETRIES:
-                    continue
-                return self._error(item, exc, attempts)
+                self._rate_limited(exc)  # raises _Fatal when the run must stop
+                continue
             except (AuthenticationError, PermissionDeniedError, ModelNotFoundError) as exc:
                 # every other item would get the same answer: the run stops, this item left to send again
                 if not isinstance(exc, MissingAPIKeyError):  # sent, and refused: not "not sent"

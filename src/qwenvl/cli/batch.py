@@ -12,8 +12,10 @@ The work is done by ``qwenvl.batch``; this module parses flags, asks about the c
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_COST,
+    RATE_LIMIT_STALL_S,
     Batch,
     Estimate,
     Summary,
@@ -298,16 +301,30 @@ class _Bar:
         )
 
 
-def _say_stopping() -> Callable[[Any], None]:
-    """The progress callback off a terminal (no bar): it says once on stderr that an interrupted run waits for its
-    requests in flight (``Progress.phase`` "stopping", the words in ``detail``); a bar shows it on a terminal."""
+RATE_LIMIT_NOTICE_S = 30.0  # off a terminal, a run waiting on 429s says so on stderr at most this often
+
+
+def _say_off_terminal() -> Callable[[Any], None]:
+    """The progress callback off a terminal (no bar), on stderr: once, that an interrupted run waits for its
+    requests in flight (``Progress.phase`` "stopping", the words in ``detail``); and while the service answers 429,
+    a line at the first and then at most every ``RATE_LIMIT_NOTICE_S`` (a bar shows both on a terminal)."""
     said = False
+    seen, last = 0, -math.inf
 
     def progress(p: Any) -> None:
-        nonlocal said
+        nonlocal said, seen, last
         if p.phase == "stopping" and not said:
             said = True
             click.echo(safe_line(p.detail), err=True)
+        now = time.monotonic()
+        if p.rate_limited > seen and now - last >= RATE_LIMIT_NOTICE_S:
+            seen, last = p.rate_limited, now
+            click.echo(
+                f"rate limited: {p.rate_limited:,} × 429 so far, {p.done:,} of {p.total:,} items done, concurrency "
+                f"{p.concurrency}; the batch slows down and waits (it stops after {RATE_LIMIT_STALL_S / 60:g} min "
+                "with no answer)",
+                err=True,
+            )
 
     return progress
 
@@ -448,6 +465,10 @@ def run(opts: dict[str, Any]) -> None:
     \b
     Killed or interrupted? Run the same command again: only unfinished items
     are sent.
+    Rate limited (429)? The batch slows down and waits (each wait at most
+    20 s, said on stderr): a 429 does not count against --max-retries. A
+    Retry-After over 20 s, or 5 min with only 429s, stops it (exit 5): the
+    same command resumes.
     Each output line: {"id", "input", "status": "ok"|"error",
                        "result"|"error", "usage", "cost", ...}.
     Batch API jobs: qwenvl batch status ID [ID...]
@@ -538,7 +559,7 @@ def run(opts: dict[str, Any]) -> None:
             with _Bar(est.currency, local=est.local) as bar:
                 summary = job.run(progress=bar)
         else:
-            summary = job.run(progress=_say_stopping())
+            summary = job.run(progress=_say_off_terminal())
     except KeyboardInterrupt:
         if job.summary is not None:  # what the run left, as a run that ended shows it (the JSON line included)
             _show_summary(job.summary, opts)

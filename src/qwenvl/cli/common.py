@@ -480,7 +480,8 @@ service_options = option_group(
         "--max-retries",
         type=click.IntRange(min=0),
         help="Retries on 429/5xx/time-outs, also when a stream opens with one "
-        f"(default {DEFAULT_MAX_RETRIES}; 0: none); each wait is at most {MAX_RETRY_DELAY_S:g} s.",
+        f"(default {DEFAULT_MAX_RETRIES}; 0: none); each wait is at most {MAX_RETRY_DELAY_S:g} s (batch: a 429 "
+        "slows the batch down instead, see its help).",
     ),
     retry_backoff_option,
     # where the model runs: DashScope, an OpenAI-compatible server, or this process (qwenvl.backends)

@@ -1,0 +1,88 @@
+"""Faults a shell power user met against the cloud double, each fixed as a kind: a batch under sustained 429s keeps
+the bounds its help promises and says so off a terminal; ..."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import qwenvl.batch.runner as runner
+import qwenvl.cli.batch as cli_batch
+from conftest import API_KEY, run_cli, write_image
+from dashscope_server import Reply
+from test_batch_api import read_jsonl
+
+ENV = {"DASHSCOPE_API_KEY": API_KEY}
+
+
+def images(folder: Path, n: int) -> Path:
+    folder.mkdir(exist_ok=True)
+    for i in range(n):
+        write_image(folder / f"img{i:03d}.png", size=(64 + i, 48), color=(i * 7 % 256, 0, 0))
+    return folder
+
+
+def summary_of(stderr: str) -> dict:
+    return next(json.loads(line) for line in stderr.splitlines() if line.startswith('{"event": "summary"'))
+
+
+# --- 1. a batch under 429s: bounded, and never silent ------------------------------------------------------------
+
+
+def test_a_retry_after_beyond_the_cap_stops_a_batch_at_once_with_when_to_retry(server, isolated_env):
+    imgs = images(isolated_env / "imgs", 2)
+    server.enqueue(Reply(status=429, headers={"Retry-After": "300"}, times=10))
+    t0 = time.monotonic()
+    p = run_cli(
+        "batch", str(imgs), "-p", "Describe", "-o", "d.jsonl", "--base-url", server.url, "--no-cache",
+        "--max-retries", "0", "--concurrency", "1", env=ENV,
+    )  # fmt: skip
+    assert time.monotonic() - t0 < 15  # not 20 s of waiting, nor the 300 s asked (bounds a hang, generously)
+    assert p.returncode == 5, p.stderr
+    assert "try again after" in p.stderr and "300 s" in p.stderr
+    assert "rate limited" in p.stderr  # the stop hint says why the item was not answered
+    assert len(server.requests) == 1  # nothing else was sent into the wait
+    # nothing recorded as failed: the same command resumes them
+    assert [r["status"] for r in read_jsonl(isolated_env / "d.jsonl")] == []
+    server.reset()
+    p = run_cli("batch", str(imgs), "-p", "Describe", "-o", "d.jsonl", "--base-url", server.url, "--no-cache", env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert [r["status"] for r in read_jsonl(isolated_env / "d.jsonl")] == ["ok", "ok"]
+
+
+def test_sustained_429s_slow_a_batch_say_so_off_a_terminal_then_stop_resumably(
+    server, isolated_env, monkeypatch: pytest.MonkeyPatch
+):
+    imgs = images(isolated_env / "imgs", 12)
+    monkeypatch.setattr(runner, "RATE_LIMIT_STALL_S", 1.5)
+    monkeypatch.setattr(cli_batch, "RATE_LIMIT_NOTICE_S", 0.5)
+    server.enqueue(Reply(times=3), Reply(status=429, headers={"Retry-After": "0.1"}, times=100000))
+    p = run_cli(
+        "batch", str(imgs), "-p", "Describe", "-o", "d.jsonl", "--base-url", server.url, "--no-cache",
+        "--retry-errors", "--retry-backoff-s", "0.05", "--concurrency", "2", "--max-retries", "1", env=ENV,
+    )  # fmt: skip
+    assert p.returncode == 5, p.stderr
+    assert "answered only 429 (rate limited)" in p.stderr and "the same command later to resume" in p.stderr
+    notices = [line for line in p.stderr.splitlines() if line.startswith("rate limited: ")]
+    assert notices and "429 so far" in notices[0]
+    assert len(notices) < 20  # at most one per interval, not one per 429
+    assert 3 < len(server.requests) < 1000
+    rows = read_jsonl(isolated_env / "d.jsonl")
+    assert [r["status"] for r in rows] == ["ok"] * 3  # no item recorded as failed for the 429s: left to send
+    assert "not sent (a rerun sends them)" in p.stderr
+    server.reset()
+    p = run_cli("batch", str(imgs), "-p", "Describe", "-o", "d.jsonl", "--base-url", server.url, "--no-cache", env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert [r["status"] for r in read_jsonl(isolated_env / "d.jsonl")] == ["ok"] * 12
+
+
+def test_batch_waits_on_429_are_at_most_the_promised_20_s():
+    from qwenvl._constants import MAX_RETRY_DELAY_S
+    from qwenvl.batch.limiter import AdaptiveLimiter
+
+    lim = AdaptiveLimiter(4, clock=lambda: 0.0)
+    assert lim.on_rate_limited(None, retry_after=19.0) == 19.0
+    assert lim.on_rate_limited(None, retry_after=60.0) == MAX_RETRY_DELAY_S == 20.0
