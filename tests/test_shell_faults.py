@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import qwenvl
 import qwenvl.batch.runner as runner
 import qwenvl.cli.batch as cli_batch
 from conftest import API_KEY, run_cli, write_image
@@ -86,3 +87,36 @@ def test_batch_waits_on_429_are_at_most_the_promised_20_s():
     lim = AdaptiveLimiter(4, clock=lambda: 0.0)
     assert lim.on_rate_limited(None, retry_after=19.0) == 19.0
     assert lim.on_rate_limited(None, retry_after=60.0) == MAX_RETRY_DELAY_S == 20.0
+
+
+# --- 2. an explicit credentials profile with no key is "no key", never another place's key ----------------------
+
+
+@pytest.mark.parametrize("variable", ["ALIBABA_CLOUD_PROFILE", "ALICLOUD_PROFILE"])
+def test_a_named_profile_with_no_key_is_no_key_not_the_sdk_key_file(server, isolated_env, variable, monkeypatch):
+    from qwenvl.config import find_api_key
+    from qwenvl.errors import MissingAPIKeyError
+
+    home = Path.home()
+    (home / ".alibabacloud").mkdir()
+    (home / ".alibabacloud" / "credentials").write_text("[default]\ndashscope_api_key = sk-cred\n")
+    (home / ".dashscope").mkdir()
+    (home / ".dashscope" / "api_key").write_text("sk-file\n")
+    write_image(isolated_env / "photo.png")
+    assert find_api_key(env={variable: "nope"}, home=home) is None
+    assert find_api_key(env={}, home=home).source == "~/.alibabacloud/credentials [default]"  # type: ignore[union-attr]
+    p = run_cli("ask", "photo.png", "-p", "hi", "--base-url", server.url, env={variable: "nope"})
+    assert p.returncode == 4, p.stderr
+    assert "profile [nope]" in p.stderr and variable in p.stderr
+    assert server.requests == []  # nothing sent, with no key nor another place's
+    p = run_cli("config", env={variable: "nope"})
+    assert "profile [nope]" in p.stdout and ".dashscope/api_key" not in p.stdout and "found in" not in p.stdout
+    monkeypatch.setenv(variable, "nope")  # the library reads the same places
+    with qwenvl.Client(base_url=server.url) as c, pytest.raises(MissingAPIKeyError, match=r"profile \[nope\]"):
+        c.ask("hi", str(isolated_env / "photo.png"))
+    assert server.requests == []
+    monkeypatch.delenv(variable)
+    # the profile that has the key is used
+    p = run_cli("ask", "photo.png", "-p", "hi", "--base-url", server.url, env={variable: "default"})
+    assert p.returncode == 4 and "sk-cred" not in p.stderr  # the double takes only its own key: sk-cred was sent
+    assert server.requests[-1].headers.get("authorization", "").endswith("sk-cred")
