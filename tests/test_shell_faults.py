@@ -120,3 +120,40 @@ def test_a_named_profile_with_no_key_is_no_key_not_the_sdk_key_file(server, isol
     p = run_cli("ask", "photo.png", "-p", "hi", "--base-url", server.url, env={variable: "default"})
     assert p.returncode == 4 and "sk-cred" not in p.stderr  # the double takes only its own key: sk-cred was sent
     assert server.requests[-1].headers.get("authorization", "").endswith("sk-cred")
+
+
+# --- 3. what a structured repair paid is in every output: analyze --output, ask --json, batch -----------------------
+
+SCHEMA = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["still-invalid", "repaired"])
+def test_analyze_output_accounts_for_the_repair_request(server, isolated_env, protocol, fixed):
+    write_image(isolated_env / "photo.png")
+    (isolated_env / "s.json").write_text(json.dumps(SCHEMA))
+    server.enqueue(Reply(text='{"a": 1}'), Reply(text='{"title": "x"}' if fixed else '{"a": 1}'))
+    req = json.dumps({"prompt": "describe", "image": "photo.png"})
+    p = run_cli(
+        "analyze", "--request", req, "--schema", "s.json", "--output", "out/sch.json", "--protocol", protocol,
+        "--base-url", server.url, env=ENV,
+    )  # fmt: skip
+    assert p.returncode == (0 if fixed else 5), p.stderr
+    usage = json.loads((isolated_env / "out" / "sch.json").read_text())["usage"]
+    inp, out = ("prompt_tokens", "completion_tokens") if protocol == "compat" else ("input_tokens", "output_tokens")
+    assert usage[inp] == 2 * 110  # both requests' input (10 + 100 per image), in the service's own shape
+    assert usage[out] == 2 + 2  # the double counts words: '{"a": 1}' is 2, '{"title": "x"}' 2
+    assert usage["total_tokens"] == usage[inp] + usage[out]
+    if protocol == "compat":
+        assert usage["prompt_tokens_details"]["image_tokens"] == 200
+    assert len(server.requests) == 2
+
+
+def test_ask_json_usage_raw_accounts_for_the_repair_request(server, isolated_env):
+    write_image(isolated_env / "photo.png")
+    (isolated_env / "s.json").write_text(json.dumps(SCHEMA))
+    server.enqueue(Reply(text='{"a": 1}'), Reply(text='{"title": "x"}'))
+    p = run_cli("ask", "photo.png", "-p", "d", "--schema", "s.json", "--json", "--base-url", server.url, env=ENV)
+    assert p.returncode == 0, p.stderr
+    usage = json.loads(p.stdout)["usage"]
+    assert usage["input_tokens"] == 220
+    assert usage.get("raw", {"prompt_tokens": 220})["prompt_tokens"] == 220
