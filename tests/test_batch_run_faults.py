@@ -153,7 +153,8 @@ def test_a_hanging_server_stops_the_batch_by_its_deadline(isolated_env):
             env={"DASHSCOPE_API_KEY": API_KEY},
             timeout=90,
         )
-        assert p.returncode == 5 and "cannot be reached" in p.stderr, p.stderr
+        # the server read the requests and never answered: too slow (they were delivered), not unreachable
+        assert p.returncode == 5 and "the service answers too slowly" in p.stderr, p.stderr
         assert fault.total() < 20 and time.monotonic() - started < 80
 
 

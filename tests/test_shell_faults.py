@@ -157,3 +157,34 @@ def test_ask_json_usage_raw_accounts_for_the_repair_request(server, isolated_env
     usage = json.loads(p.stdout)["usage"]
     assert usage["input_tokens"] == 220
     assert usage.get("raw", {"prompt_tokens": 220})["prompt_tokens"] == 220
+
+
+# --- 4. a read time-out in a batch: the service answers too slowly, not "cannot be reached" ------------------------
+
+
+def test_a_batch_whose_requests_time_out_after_delivery_says_the_service_is_too_slow(server, isolated_env):
+    imgs = images(isolated_env / "imgs", 8)
+    server.enqueue(Reply(delay_s=2, times=1000))
+    p = run_cli(
+        "batch", str(imgs), "-p", "slow", "-o", "s.jsonl", "--base-url", server.url, "--timeout", "0.5",
+        "--max-retries", "0", "--no-cache", "--concurrency", "2", env=ENV,
+    )  # fmt: skip
+    assert p.returncode == 5, p.stderr
+    assert "the service answers too slowly" in p.stderr and "cannot be reached" not in p.stderr
+    assert "reached the service" in p.stderr and "--timeout" in p.stderr
+    assert len(server.requests) >= 3  # they were delivered
+
+
+def test_a_batch_that_cannot_connect_still_says_cannot_be_reached(isolated_env):
+    import socket
+
+    imgs = images(isolated_env / "imgs", 6)
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = run_cli(
+        "batch", str(imgs), "-p", "x", "-o", "c.jsonl", "--base-url", f"http://127.0.0.1:{port}",
+        "--max-retries", "0", "--no-cache", env=ENV,
+    )  # fmt: skip
+    assert p.returncode == 5, p.stderr
+    assert "the service cannot be reached" in p.stderr and "too slowly" not in p.stderr

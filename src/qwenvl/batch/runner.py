@@ -1083,6 +1083,7 @@ class _Realtime:
         self.refused: list[BaseException] = []
         self.reached = False  # the service answered something (an answer or an HTTP status)
         self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
+        self.unanswered = 0  # items whose requests were delivered and timed out on every attempt, likewise
         # the run's start, then its last answer: 429s for RATE_LIMIT_STALL_S after it stop the run
         self.last_answer = time.monotonic()
 
@@ -1271,15 +1272,33 @@ class _Realtime:
             raise _Fatal(self.journal.write_error)
 
     def _unreachable(self, exc: APIConnectionError) -> None:
-        """An item could not connect on any attempt (refused, DNS, TLS, time-outs): once ``UNREACHABLE_ITEMS``
-        have, before the service answered anything, the service is taken for unreachable and the run stops, as
-        for a 401 (raises _Fatal, exit 5): every other item would only wait for its time-outs and fail the same."""
+        """An item could not connect on any attempt (refused, DNS, TLS, a time-out connecting or sending): once
+        ``UNREACHABLE_ITEMS`` have, before the service answered anything, the service is taken for unreachable and
+        the run stops, as for a 401 (raises _Fatal, exit 5): every other item would only wait for its time-outs and
+        fail the same. Items whose requests were delivered and got no reply in time (``APITimeoutError.delivered``)
+        are counted apart: ``UNREACHABLE_ITEMS`` of them stop the run as a service that answers too slowly (the
+        requests reached it and may be billed: the hint is to raise --timeout)."""
+        delivered = isinstance(exc, APITimeoutError) and exc.delivered
         with self.lock:
             if self.reached:
                 return
-            self.unreached += 1
-            if self.unreached < UNREACHABLE_ITEMS:
+            if delivered:
+                self.unanswered += 1
+                count = self.unanswered
+            else:
+                self.unreached += 1
+                count = self.unreached
+            if count < UNREACHABLE_ITEMS:
                 return
+        if delivered:
+            slow = APITimeoutError(
+                f"the service answers too slowly: the first {UNREACHABLE_ITEMS} items were sent and got no reply on "
+                f"any attempt ({exc.message})",
+                hint="The requests reached the service (they may be billed): raise --timeout (e.g. --timeout 300), "
+                "then run the same command with --retry-errors to send the failed items again.",
+            )
+            slow.delivered = True
+            raise _Fatal(slow)
         error = type(exc)(
             f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
             f"({exc.message})",
