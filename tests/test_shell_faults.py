@@ -188,3 +188,25 @@ def test_a_batch_that_cannot_connect_still_says_cannot_be_reached(isolated_env):
     )  # fmt: skip
     assert p.returncode == 5, p.stderr
     assert "the service cannot be reached" in p.stderr and "too slowly" not in p.stderr
+
+
+# --- 5. a run stopped without its requests in flight counts them: sent, and abandoned (possibly paid) -----------
+
+
+def test_a_second_interrupt_counts_the_requests_it_gave_up_as_sent_and_abandoned(bserver, isolated_env):
+    from test_batch_user_faults import interrupted_run
+
+    code, _, err = interrupted_run(bserver, isolated_env, second=True)
+    assert code == 130, err
+    [summary] = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "summary"')]
+    assert len(bserver.chat_requests()) == 4
+    assert summary["sent"] == 4 and summary["abandoned"] == 4 and summary["ok"] == 0
+
+
+def test_a_first_interrupt_counts_the_answers_it_awaited_once(bserver, isolated_env):
+    from test_batch_user_faults import interrupted_run
+
+    code, _, err = interrupted_run(bserver, isolated_env, second=False)
+    assert code == 130, err
+    [summary] = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "summary"')]
+    assert summary["sent"] == 4 and summary["abandoned"] == 0 and summary["ok"] == 4

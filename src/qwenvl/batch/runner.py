@@ -203,7 +203,8 @@ class Progress:
     done: int = 0  # finished in this run (ok or error)
     failed: int = 0
     cached: int = 0
-    sent: int = 0  # HTTP requests made (retries included)
+    sent: int = 0  # HTTP requests made (retries included), counted as each goes out
+    abandoned: int = 0  # of ``sent``: requests in flight the run stopped without (a second Ctrl-C): possibly paid
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0  # of the answers with a known cost
@@ -248,12 +249,15 @@ class Summary:
     pending: int  # not finished (a stopped or unfinished Batch API run)
     this_run: int  # finished by this run
     cached: int
-    sent: int  # HTTP requests this run
+    sent: int  # HTTP requests this run, those given up in flight included (``abandoned``)
     input_tokens: int
     output_tokens: int
     cost: float | None  # this run, in ``currency``: the answers of known cost; None when none had one
     elapsed_s: float
     rate_limited: int = 0
+    # of ``sent``: requests in flight when the run stopped without them (a second Ctrl-C, or past the grace
+    # period): the service has them and may bill them; their answers are not recorded (a rerun sends them again)
+    abandoned: int = 0
     unpriced: int = 0  # answers of this run whose model has no known price: not in ``cost``
     service_errors: int = 0  # items of ``error`` that failed for the service's reasons (SERVICE_ERROR_TYPES)
     first_service_error: str | None = None  # the message of the first of them (in input order)
@@ -912,6 +916,7 @@ class Batch:
             local=self.planner.is_local,
             elapsed_s=round(time.monotonic() - started, 3),
             rate_limited=prog.rate_limited,
+            abandoned=prog.abandoned,
             service_errors=service_errors,
             first_service_error=first_service_error,
             send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done else None,
@@ -1201,6 +1206,7 @@ class _Realtime:
         with self.lock:
             self.accepting = False  # what comes in now is not recorded: counted as given up
             n = self.limiter.in_flight
+            self.prog.abandoned = n
         if n:
             self.prog.notes.append(
                 f"{why}, the run stopped without the answers of {n} request{'s' if n > 1 else ''} in flight: "
@@ -1354,6 +1360,9 @@ class _Realtime:
             started = time.monotonic()
             if self.prog.first_sent is None:
                 self.prog.first_sent = started
+            if slot is not None:  # counted as it goes out: one given up in flight was sent too
+                with self.lock:
+                    self.prog.sent += 1
             actual: int | None = None
             attempts += 1
             try:
@@ -1398,8 +1407,6 @@ class _Realtime:
             finally:
                 if slot is not None:
                     self.limiter.release(slot, actual_tokens=actual)
-                    with self.lock:
-                        self.prog.sent += 1
 
 
 def batch_price_factor() -> float:

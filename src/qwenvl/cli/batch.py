@@ -365,7 +365,9 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     if s.unpriced and not s.local:
         cost += f" (leaving out {s.unpriced:,} answers of a model with no known price)"
     line = (
-        f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
+        f"this run: {s.this_run:,} finished, {s.sent:,} requests"
+        + (f" ({s.abandoned:,} given up in flight: possibly paid)" if s.abandoned else "")
+        + f", {s.cached:,} from the cache, "
         f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, {cost}, {s.elapsed_s:.1f} s"
     )
     if s.rate_limited:
