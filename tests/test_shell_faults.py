@@ -210,3 +210,51 @@ def test_a_first_interrupt_counts_the_answers_it_awaited_once(bserver, isolated_
     assert code == 130, err
     [summary] = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "summary"')]
     assert summary["sent"] == 4 and summary["abandoned"] == 0 and summary["ok"] == 4
+
+
+# --- 6. a model-name typo's hint names where the name came from, in text and in JSON --------------------------------
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_models_typo_hint_names_the_argument_not_a_flag_or_variable(isolated_env, as_json):
+    p = run_cli("models", "qwen3-vl-plsu", *(["--json"] if as_json else []))
+    assert p.returncode == 2
+    said = json.loads(p.stdout)["error"]["hint"] if as_json else p.stderr
+    assert "qwenvl models qwen3-vl-plus" in said
+    assert "--model" not in said and "QWENVL_MODEL" not in said
+
+
+@pytest.mark.parametrize("verb", ["ask", "tokens", "extract"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_typo_in_qwenvl_model_is_named_there(server, isolated_env, verb, as_json):
+    if verb == "extract" and as_json:
+        pytest.skip("extract has no --json")
+    write_image(isolated_env / "photo.png")
+    (isolated_env / "s.json").write_text(json.dumps(SCHEMA))
+    args = {"ask": ["-p", "hi"], "tokens": [], "extract": ["--schema", "s.json"]}[verb]
+    p = run_cli(
+        verb, "photo.png", *args, "--base-url", server.url, *(["--json"] if as_json else []),
+        env={**ENV, "QWENVL_MODEL": "qwen3-vl-plsu"},
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    said = json.loads(p.stdout)["error"]["hint"] if as_json else p.stderr
+    assert "QWENVL_MODEL=qwen3-vl-plus" in said and "--model" not in said
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_typo_given_with_the_flag_is_named_by_the_flag(server, isolated_env, as_json):
+    write_image(isolated_env / "photo.png")
+    p = run_cli(
+        "ask", "photo.png", "-p", "hi", "-m", "qwen3-vl-plsu", "--base-url", server.url,
+        *(["--json"] if as_json else []), env=ENV,
+    )  # fmt: skip
+    said = json.loads(p.stdout)["error"]["hint"] if as_json else p.stderr
+    assert p.returncode == 2 and "--model qwen3-vl-plus" in said and "QWENVL_MODEL=" not in said
+
+
+def test_a_typo_in_an_analyze_request_is_named_by_its_key_in_json_too(server, isolated_env):
+    req = json.dumps({"prompt": "x", "model": "qwen3-vl-plsu"})
+    for extra in ([], ["--print-response"]):
+        p = run_cli("analyze", "--request", req, "--base-url", server.url, *extra, env=ENV)
+        assert p.returncode == 2 and "model qwen3-vl-plus" in p.stderr and "--model" not in p.stderr

@@ -1157,6 +1157,8 @@ def error_record(exc: BaseException) -> dict[str, Any]:
             getattr(exc, "raw_hint", None),
             getattr(exc, "exit_code", None),
         )
+        if hint:  # in the verb's words, as on stderr (``report``): never a flag the verb does not take
+            hint = fit_hint(hint, current_command())
     return {
         "type": kind,
         "message": said,
