@@ -258,3 +258,90 @@ def test_a_typo_in_an_analyze_request_is_named_by_its_key_in_json_too(server, is
     for extra in ([], ["--print-response"]):
         p = run_cli("analyze", "--request", req, "--base-url", server.url, *extra, env=ENV)
         assert p.returncode == 2 and "model qwen3-vl-plus" in p.stderr and "--model" not in p.stderr
+
+
+# --- 7. analyze takes unique prefixes of its long options, as the skill's argparse does ---------------------------
+
+# The skill's options (analyze_image.py, /work/shared/reference/seeds/003_*: --request, --file, --json-mode, --schema,
+# --output, --max-retries, --retry-backoff-s, --print-response), parsed as its argparse does (allow_abbrev)
+SKILL_FLAGS = {
+    "--request": "value", "--file": "value", "--output": "value", "--schema": "value", "--max-retries": "value",
+    "--retry-backoff-s": "value", "--json-mode": "flag", "--print-response": "flag",
+}  # fmt: skip
+
+
+def skill_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    for flag, kind in SKILL_FLAGS.items():
+        if kind == "flag":
+            parser.add_argument(flag, action="store_true")
+        else:
+            parser.add_argument(flag)
+    return parser
+
+
+def skill_resolves(prefix: str) -> str | None:
+    """The option argparse takes ``prefix`` for, None when it is ambiguous (or unknown)."""
+    import argparse
+    import contextlib
+    import io
+
+    parser = skill_parser()
+    args = [prefix] if SKILL_FLAGS.get(prefix) == "flag" else [prefix, "v"]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            ns, _ = parser.parse_known_args(args + (["v"] if len(args) == 1 else []))
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    set_ = [f for f in SKILL_FLAGS if getattr(ns, f[2:].replace("-", "_")) not in (None, False)]
+    return set_[0] if len(set_) == 1 else None
+
+
+def test_analyze_resolves_every_prefix_the_skill_resolves_or_says_it_is_ambiguous():
+    import click
+
+    from qwenvl.cli.analyze import analyze
+
+    ours = sorted(o for p in analyze.params for o in getattr(p, "opts", []) if o.startswith("--"))
+    checked = 0
+    for flag in SKILL_FLAGS:
+        for n in range(3, len(flag) + 1):
+            prefix = flag[:n]
+            meant = skill_resolves(prefix)
+            assert meant in (flag, None)
+            candidates = [o for o in ours if o.startswith(prefix)]
+            ctx = click.Context(analyze)
+            if prefix in ours or len(candidates) == 1:
+                expanded = analyze._expanded(ctx, [prefix] + ([] if SKILL_FLAGS[flag] == "flag" else ["v"]))
+                assert expanded[0] == (prefix if prefix in ours else candidates[0])
+                if meant is not None:
+                    assert expanded[0] == meant, prefix  # the same option as the skill
+                    checked += 1
+            else:  # ambiguous here too (analyze has more options than the skill): said, naming them
+                with pytest.raises(click.UsageError, match="ambiguous option") as exc:
+                    analyze._expanded(ctx, [prefix, "v"])
+                assert all(c in exc.value.message for c in candidates)
+    assert checked >= 30
+
+
+def test_abbreviated_flags_work_end_to_end_like_the_skill(server, isolated_env):
+    write_image(isolated_env / "photo.png")
+    req = json.dumps({"prompt": "describe", "image": "photo.png"})
+    p = run_cli("analyze", "--req", req, "--print", "--out", "o/r.json", "--base-url", server.url, env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["text"] and json.loads((isolated_env / "o" / "r.json").read_text())["text"]
+    p = run_cli("analyze", f"--req={req}", "--print-respons", "--base-url", server.url, env=ENV)
+    assert p.returncode == 0 and json.loads(p.stdout)["text"], p.stderr
+    p = run_cli("analyze", "--re", req, "--base-url", server.url, env=ENV)
+    assert p.returncode == 2 and "ambiguous option: --re could match" in p.stderr and "--request" in p.stderr
+    p = run_cli("analyze", "--request", "--print", "--base-url", server.url, env=ENV)  # a value is not expanded
+    assert p.returncode == 2 and "not valid JSON" in p.stderr
+    assert len(server.requests) == 2
+
+
+def test_other_verbs_do_not_take_prefixes(isolated_env):
+    write_image(isolated_env / "photo.png")
+    p = run_cli("ask", "photo.png", "--prom", "hi")
+    assert p.returncode == 2 and "No such option" in p.stderr
