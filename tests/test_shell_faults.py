@@ -345,3 +345,60 @@ def test_other_verbs_do_not_take_prefixes(isolated_env):
     write_image(isolated_env / "photo.png")
     p = run_cli("ask", "photo.png", "--prom", "hi")
     assert p.returncode == 2 and "No such option" in p.stderr
+
+
+# --- 8. cost warnings say what is true: --fresh with the cache on, --retry-errors only for what may answer ---------
+
+
+def test_fresh_with_the_cache_on_says_the_cache_answers_not_paid_again(server, isolated_env):
+    imgs = images(isolated_env / "imgs", 5)
+    args = ["batch", str(imgs), "-p", "Describe", "-o", "r.jsonl", "--base-url", server.url]
+    p = run_cli(*args, env=ENV)
+    assert p.returncode == 0, p.stderr
+    p = run_cli(*args, "--fresh", "--yes", env=ENV)
+    assert p.returncode == 0, p.stderr
+    assert "paid for again" not in p.stderr
+    assert "with the cache on, 5 of this run's requests are answered from it at no cost" in " ".join(p.stderr.split())
+    assert summary_of(p.stderr)["cached"] == 5 and summary_of(p.stderr)["sent"] == 0
+    p = run_cli(*args, "--fresh", "--yes", "--no-cache", env=ENV)
+    assert p.returncode == 0 and "(they are deleted, and paid for again)" in " ".join(p.stderr.split()), p.stderr
+
+
+def test_input_failures_are_not_sent_to_retry_errors(server, isolated_env):
+    from qwenvl.batch import Batch, BatchItem
+    from qwenvl.errors import AuthenticationError
+
+    write_image(isolated_env / "a.png")
+    (isolated_env / "fake.png").write_text("not an image")
+    (isolated_env / "empty.png").write_bytes(b"")
+    items = [BatchItem(id=n, request={"prompt": "x", "image": n}) for n in ("fake.png", "empty.png", "a.png")]
+    server.enqueue(Reply(status=401, times=10))
+    with (
+        Batch(items, "o.jsonl", api_key=API_KEY, base_url=server.url, concurrency=1) as job,
+        pytest.raises(AuthenticationError) as exc,
+    ):
+        job.run()
+    hint = exc.value.raw_hint or ""
+    assert "2 failed for their input" in hint and "--retry-errors sends them again" not in hint
+    assert "1 sent and refused" in hint
+
+
+def test_a_summary_recommends_retry_errors_only_for_service_failures(isolated_env, monkeypatch):
+    from rich.console import Console
+
+    import qwenvl.cli.batch as cli
+    from qwenvl.batch.runner import Summary
+
+    console = Console(force_terminal=True, record=True, width=300)
+    monkeypatch.setattr(cli, "err_console", lambda: console)
+    s = Summary(output="o.jsonl", total=3, ok=1, error=2, pending=0, this_run=3, cached=0, sent=1,
+                input_tokens=0, output_tokens=0, cost=0.0, elapsed_s=1.0)  # fmt: skip
+    cli._show_summary(s, {"as_json": False})
+    said = console.export_text()
+    assert "2 failed for their input: their error says what to fix" in said
+    assert "failed for the service's reasons" not in said
+    s.service_errors = 1
+    cli._show_summary(s, {"as_json": False})
+    said = console.export_text()
+    assert "1 failed for the service's reasons: --retry-errors sends them again" in said
+    assert "1 failed for their input" in said

@@ -202,6 +202,7 @@ class Progress:
     total: int = 0  # items to do in this run
     done: int = 0  # finished in this run (ok or error)
     failed: int = 0
+    failed_service: int = 0  # of ``failed``: for the service's reasons (SERVICE_ERROR_TYPES), worth sending again
     cached: int = 0
     sent: int = 0  # HTTP requests made (retries included), counted as each goes out
     abandoned: int = 0  # of ``sent``: requests in flight the run stopped without (a second Ctrl-C): possibly paid
@@ -1000,6 +1001,8 @@ class Batch:
         )
         prog.done += 1
         prog.failed += 1
+        if error.get("type") in SERVICE_ERROR_TYPES:
+            prog.failed_service += 1
         if u is not None and isinstance(paid, Response) and not paid.cached:
             prog.input_tokens += u.input_tokens or 0
             prog.output_tokens += u.output_tokens or 0
@@ -1140,14 +1143,22 @@ class _Realtime:
             raise error
 
     def _stopped_hint(self) -> str:
-        """What a run stopped at once left, in this run's items: answered (kept), failed (recorded: sent again with
-        --retry-errors), not sent (a rerun sends them)."""
+        """What a run stopped at once left, in this run's items: answered (kept), failed for the service's reasons
+        (recorded: sent again with --retry-errors), failed for their input (recorded: to fix first), not sent (a rerun
+        sends them)."""
         prog = self.prog
         refused = len(self.refused)
         answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done - refused
         parts = [f"{answered} answered (kept in {self.batch.output})"] if answered else []
-        if failed:
-            parts.append(f"{failed} failed (recorded: --retry-errors sends them again)")
+        if prog.failed_service:
+            parts.append(
+                f"{prog.failed_service} failed for the service's reasons (recorded: --retry-errors sends them again)"
+            )
+        if failed - prog.failed_service:
+            parts.append(
+                f"{failed - prog.failed_service} failed for their input (recorded: their error says what to fix, a "
+                "file or the request; sent again, they would fail the same)"
+            )
         if refused:
             first = self.refused[0]
             why = (

@@ -225,8 +225,16 @@ def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
     refused (elsewhere) unless --yes, as ``_confirm_cost`` does."""
     if not est.replaced:
         return
-    again = "asked again" if est.local else "paid for again"  # a local model's answers cost no money
-    text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted, and {again})"
+    if est.local:  # a local model's answers cost no money
+        again = ", and asked again"
+    elif opts["no_cache"]:
+        again = ", and paid for again"
+    else:  # the response cache still has the answers it gave: said as the estimate found it
+        again = (
+            f"; with the cache on, {est.cached:,} of this run's requests are answered from it at no cost "
+            f"(unless --no-cache) and {est.to_send:,} are sent and paid for"
+        )
+    text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted{again})"
     if opts["yes"]:
         err_console().print(f"[yellow]{escape(safe_line(text))}[/]", highlight=False)
         return
@@ -376,8 +384,17 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     _show_notes(s.notes)
     for failure in s.job_failures[1:]:  # the service's words; the first is the exit-5 error's line
         console.print(f"[red]{escape(safe_line(failure['message']))}[/]", highlight=False)
-    if s.error:
-        console.print(f'[dim]failed items have "status": "error" in {output}; --retry-errors sends them again[/]')
+    if s.error:  # --retry-errors only for what may answer when sent again; an input error is to fix first
+        own = s.error - s.service_errors
+        said = [f'failed items have "status": "error" in {output}']
+        if s.service_errors:
+            said.append(f"{s.service_errors:,} failed for the service's reasons: --retry-errors sends them again")
+        if own:
+            said.append(
+                f"{own:,} failed for their input: their error says what to fix (the file or the request), then "
+                "--retry-errors sends them again"
+            )
+        console.print(f"[dim]{escape('; '.join(said))}[/]")
 
 
 @batch.command("run")
