@@ -402,3 +402,49 @@ def test_a_summary_recommends_retry_errors_only_for_service_failures(isolated_en
     said = console.export_text()
     assert "1 failed for the service's reasons: --retry-errors sends them again" in said
     assert "1 failed for their input" in said
+
+
+# --- 9. shell completion: through the batch shortcut, for option values, documented --------------------------------
+
+
+def complete(words: str, env: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """What bash completion offers for ``words`` (the cursor after the last word, "" when it ends with a space),
+    through click's completion protocol in a process of its own, as the shell runs it."""
+    import os
+    import subprocess
+    import sys
+
+    parts = words.split(" ")
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "ALIBABA_CLOUD_"))}
+    full.update(env or {}, COMP_WORDS=words, COMP_CWORD=str(len(parts) - 1), _QWENVL_COMPLETE="bash_complete")
+    p = subprocess.run([sys.executable, "-m", "qwenvl"], capture_output=True, text=True, env=full, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return [tuple(line.split(",", 1)) for line in p.stdout.splitlines()]  # type: ignore[misc]
+
+
+def test_completion_goes_through_the_batch_shortcut_and_knows_option_values(isolated_env):
+    assert ("plain", "--concurrency") in complete("qwenvl batch --con")
+    assert ("plain", "--concurrency") in complete("qwenvl batch run --con")
+    assert ("plain", "--concurrency") in complete("qwenvl batch photos/ --con")
+    assert {v for _, v in complete("qwenvl batch --region ")} == {"cn", "intl", "us"}
+    assert {v for _, v in complete("qwenvl ask --region ")} == {"cn", "intl", "us"}
+    assert {v for _, v in complete("qwenvl batch status --region i")} == {"intl"}
+    assert {v for _, v in complete("qwenvl config --protocol ")} == {"compat", "native", "openai"}
+    assert ("plain", "qwen3-vl-plus") in complete("qwenvl ask -m qwen3-vl-pl")
+    assert {"run", "status", "cancel"} <= {v for _, v in complete("qwenvl batch ")}
+    assert ("file", "ph") in complete("qwenvl batch ph")  # the shell lists the files (click's "file" item)
+    assert ("file", "ph") in complete("qwenvl ask ph")
+    assert ("plain", "--print-response") in complete("qwenvl analyze --print")
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_the_readme_completion_lines_give_a_script_for_each_shell(shell):
+    import os
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"_QWENVL_COMPLETE={shell}_source qwenvl" in readme
+    env = {**os.environ, "_QWENVL_COMPLETE": f"{shell}_source"}
+    p = subprocess.run([sys.executable, "-m", "qwenvl"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and "_QWENVL_COMPLETE" in p.stdout, p.stderr

@@ -87,6 +87,19 @@ class BatchGroup(click.Group):
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        """Shell completion of `qwenvl batch ...`: the subcommands, and, as the words may be `run`'s (the shortcut),
+        `run`'s options and its INPUTS (file names)."""
+        from qwenvl.cli.completion import file_items
+
+        items = super().shell_complete(ctx, incomplete)
+        run = self.commands["run"]
+        with run.make_context("run", [], parent=ctx, resilient_parsing=True) as sub:
+            items += run.shell_complete(sub, incomplete)
+        if not incomplete.startswith("-"):
+            items += file_items(incomplete)
+        return items
+
 
 @click.group(cls=BatchGroup)
 def batch() -> None:

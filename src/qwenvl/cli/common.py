@@ -242,6 +242,12 @@ class FileName(click.types.StringParamType):
 
     name = "text"  # as click.STRING in --help
 
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        """Shell completion: the shell's file names (``qwenvl.cli.completion``)."""
+        from qwenvl.cli.completion import file_items
+
+        return file_items(incomplete)
+
 
 FILE_NAME = FileName()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -29,6 +30,10 @@ class QwenVLGroup(click.Group):
     """Maps qwenvl errors to exit codes; never shows a traceback unless QWENVL_DEBUG is set."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        if os.environ.get(kwargs.get("complete_var") or "_QWENVL_COMPLETE"):  # the shell asks for completions
+            from qwenvl.cli.completion import complete
+
+            complete(self)
         with guarded_streams():  # also for what click writes itself: --help, --version, usage errors
             return super().main(*args, **kwargs)
 
