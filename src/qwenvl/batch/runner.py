@@ -27,7 +27,7 @@ sees each 429 as it happens: it lowers concurrency and pauses new requests (see 
 most ``MAX_RETRY_DELAY_S``, 20 s), and the item waits for a slot again. Slowing down under 429 is the point
 of a batch, so a 429 does not count against ``max_retries``; the bounds are the run's instead: a Retry-After
 beyond ``MAX_RETRY_DELAY_S`` stops the run at once (``RateLimitError`` with when to try again), and so does a
-run that gets no answer for ``RATE_LIMIT_STALL_S`` (5 min) while the service answers 429; the item is left to
+run in which no item finishes for ``RATE_LIMIT_STALL_S`` (5 min) while the service answers 429; the item is left to
 send, and the same command resumes. 5xx, time-outs and connection errors are
 retried ``max_retries`` times (the item's own setting, default 2) after ``retry_backoff_s * 2**n`` seconds.
 A 401 or 403 stops the batch at once (the key is wrong for every item), and so does an answer that the model
@@ -131,7 +131,8 @@ DEFAULT_CONCURRENCY = 8
 # In the region's currency (CNY or USD): above this, the CLI asks (on a terminal) or refuses (elsewhere)
 # unless --yes.
 DEFAULT_MAX_COST = 20.0
-# A run that gets no answer for this long while the service answers 429 stops (RateLimitError, exit 5, resumable)
+# A run in which no item finishes for this long while the service answers 429 stops (RateLimitError, exit 5,
+# resumable)
 RATE_LIMIT_STALL_S = 300.0
 FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarely when it is large)
 PLAN_THREADS = 4
@@ -1092,7 +1093,8 @@ class _Realtime:
         self.reached = False  # the service answered something (an answer or an HTTP status)
         self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
         self.unanswered = 0  # items whose requests were delivered and timed out on every attempt, likewise
-        # the run's start, then its last answer: 429s for RATE_LIMIT_STALL_S after it stop the run
+        # the run's start, then when an item last finished (answered, cached or failed): 429s for RATE_LIMIT_STALL_S
+        # after it stop the run
         self.last_answer = time.monotonic()
 
     def run(self, pending: Iterator[tuple[BatchItem, bool]], count: int) -> None:
@@ -1256,7 +1258,7 @@ class _Realtime:
             if not self.accepting:
                 return
             done = self.batch._record_error(self.journal, item, exc, self.prog, attempts=attempts)
-            self.prog.last_done = time.monotonic()
+            self.prog.last_done = self.last_answer = time.monotonic()
             self._report()
         self._committed(done)
 
@@ -1267,7 +1269,7 @@ class _Realtime:
             done = self.batch._record_ok(
                 self.journal, item, response, self.prog, attempts=attempts, latency_s=latency_s
             )
-            self.prog.last_done = time.monotonic()
+            self.prog.last_done = self.last_answer = time.monotonic()
             self._report()
         self._committed(done)
 
@@ -1327,7 +1329,7 @@ class _Realtime:
     def _rate_limited(self, exc: RateLimitError) -> None:
         """A 429 met by an item (counted, said to the progress callback): raises _Fatal (the run stops, the item
         left to send) when the service asks to wait longer than ``MAX_RETRY_AFTER_S`` (when to try again said), or
-        when the run has had no answer for ``RATE_LIMIT_STALL_S``; else the item waits for the limiter again."""
+        when no item of the run has finished for ``RATE_LIMIT_STALL_S``; else the item waits for the limiter again."""
         with self.lock:
             self.reached = True
             self._report()  # a run waiting on 429s is not silent: the CLI says so off a terminal
@@ -1382,7 +1384,6 @@ class _Realtime:
                 actual = (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
                 if not response.cached:
                     self.reached = True
-                    self.last_answer = time.monotonic()
                     self.limiter.on_success()
                 if client.cache is not None and call.media:  # the next estimate sees this answer unprepared
                     client.cache.link(source_key_for(client, call), key_for(client, call))

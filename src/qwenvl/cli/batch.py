@@ -343,7 +343,7 @@ def _say_off_terminal() -> Callable[[Any], None]:
             click.echo(
                 f"rate limited: {p.rate_limited:,} × 429 so far, {p.done:,} of {p.total:,} items done, concurrency "
                 f"{p.concurrency}; the batch slows down and waits (it stops after {RATE_LIMIT_STALL_S / 60:g} min "
-                "with no answer)",
+                "with no item finished)",
                 err=True,
             )
 
