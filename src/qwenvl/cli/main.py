@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -30,7 +29,7 @@ class QwenVLGroup(click.Group):
     """Maps qwenvl errors to exit codes; never shows a traceback unless QWENVL_DEBUG is set."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        if os.environ.get(kwargs.get("complete_var") or "_QWENVL_COMPLETE"):  # the shell asks for completions
+        if qenv.shell_completion(kwargs.get("complete_var") or "_QWENVL_COMPLETE"):  # the shell asks for completions
             from qwenvl.cli.completion import complete
 
             complete(self)
