@@ -104,7 +104,8 @@ def test_a_profile_without_a_key_is_not_damage(tmp_path: Path):
     (tmp_path / ".dashscope").mkdir()
     (tmp_path / ".dashscope" / "api_key").write_text("sk-file\n")
     assert find_api_key(env={}, home=tmp_path, cwd=tmp_path).key == "sk-file"
-    assert find_api_key(env={"ALIBABA_CLOUD_PROFILE": "work"}, home=tmp_path, cwd=tmp_path).key == "sk-file"
+    # a profile named by the variable is an explicit choice: with no key there it is no key, not another place's
+    assert find_api_key(env={"ALIBABA_CLOUD_PROFILE": "work"}, home=tmp_path, cwd=tmp_path) is None
     (tmp_path / ".dashscope" / "api_key").unlink()
     with pytest.raises(MissingAPIKeyError, match=r"profile \[nope\] \(ALIBABA_CLOUD_PROFILE\)"):
         require_api_key(env={"ALIBABA_CLOUD_PROFILE": "nope"}, home=tmp_path, cwd=tmp_path)

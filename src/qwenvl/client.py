@@ -403,8 +403,25 @@ def _add_usage(a: Usage, b: Usage) -> Usage:
         image_tokens=add(a.image_tokens, b.image_tokens),
         video_tokens=add(a.video_tokens, b.video_tokens),
         reasoning_tokens=add(a.reasoning_tokens, b.reasoning_tokens),
-        raw=b.raw,
+        raw=_add_raw(a.raw, b.raw),
     )
+
+
+def _add_raw(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two usage objects as the service sent them, summed in their own shape (every count added, nested details
+    too; any other value the second's), so that a result's ``usage`` (the skill's ``result_object``, ``--json``)
+    accounts for every request paid, a repair's included."""
+    out = dict(a)
+    for key, value in b.items():
+        mine = out.get(key)
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (value, mine))
+        if numbers:
+            out[key] = mine + value
+        elif isinstance(value, dict) and isinstance(mine, dict):
+            out[key] = _add_raw(mine, value)
+        else:
+            out[key] = value
+    return out
 
 
 if TYPE_CHECKING:

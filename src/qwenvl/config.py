@@ -6,7 +6,8 @@ Lookup order for the key (the first found wins):
   3. the file named by ``DASHSCOPE_API_KEY_FILE_PATH`` (the key alone in it)
   4. ``~/.alibabacloud/credentials`` (INI; profile ``$ALIBABA_CLOUD_PROFILE``, ``$ALICLOUD_PROFILE`` or
      ``default``; option ``dashscope_api_key``)
-  5. ``~/.dashscope/api_key`` (the official SDK's key file)
+  5. ``~/.dashscope/api_key`` (the official SDK's key file; not read when a profile named by
+     ``$ALIBABA_CLOUD_PROFILE``/``$ALICLOUD_PROFILE`` has no key: that is "no key", naming the profile)
 A ``.env`` file never overrides the real environment. A place that is there but cannot be used (a damaged file, an
 empty key file, a key with a space in it) is an error naming it (``find_api_key``), never skipped for the next.
 """
@@ -322,7 +323,9 @@ def _derive(url: str, wanted: str) -> str:
 #   ~/.alibabacloud/credentials: INI as configparser reads it, the way Alibaba Cloud's credentials SDK does
 #     (alibabacloud_credentials provider/profile.py ``_load_ini``: an inline ``#`` comment is cut from a value;
 #     a duplicated profile or option is an error), option ``dashscope_api_key`` (cinience/alicloud-skills).
-# A place that is absent, or a profile that has no ``dashscope_api_key``, is simply not a key: the next is tried.
+# A place that is absent, or a profile that has no ``dashscope_api_key``, is simply not a key: the next is tried;
+# but a profile named by ``$ALIBABA_CLOUD_PROFILE``/``$ALICLOUD_PROFILE`` is an explicit choice: with no key there,
+# ``~/.dashscope/api_key`` is not read (no key, naming the profile), as the user's choice is not overridden.
 
 KEY_FILE_HINT = "Put the key alone in the file (sk-...), or delete the file."
 CREDENTIALS_HINT = (
@@ -425,7 +428,8 @@ def find_api_key(
     ``name = value``, a profile or option given twice) or whose profile has an empty ``dashscope_api_key``; a key
     file that is empty or holds more than one line; a file that is not UTF-8. Raises MediaError (exit 3) when
     ``$DASHSCOPE_API_KEY_FILE_PATH`` names a file that is missing, a folder or unreadable, or another place is a
-    folder or unreadable. Places after the one that holds a key are not read."""
+    folder or unreadable. Places after the one that holds a key are not read, nor those after a credentials
+    profile named by ``$ALIBABA_CLOUD_PROFILE`` (or ``$ALICLOUD_PROFILE``) that has none (None: no key)."""
     if explicit:
         return KeyFound(checked_key(explicit, "the api_key argument"), "argument")
     home = qenv.user_home(env) if home is None else home
@@ -446,6 +450,8 @@ def find_api_key(
     key = _read_credentials(home / ".alibabacloud" / "credentials", profile)
     if key:
         return KeyFound(key, f"~/.alibabacloud/credentials [{profile}]")
+    if qenv.credentials_profile_variable(env) is not None:
+        return None  # a profile asked for by name that has no key is "no key", never another place's key
     key = _read_key_file(home / ".dashscope" / "api_key")
     if key:
         return KeyFound(key, "~/.dashscope/api_key")
@@ -460,7 +466,7 @@ def require_api_key(explicit: str | None = None, *, endpoint: str | None = None,
     the one hint of the library, the CLI and ``qwenvl config``."""
     found = find_api_key(explicit, **kw)
     if found is None:
-        message, hint = _no_key(kw.get("env"))
+        message, hint = no_key_words(kw.get("env"))
         elsewhere = other_endpoint_key_hint(endpoint) if endpoint else None
         raise MissingAPIKeyError(message, hint=f"{elsewhere} Otherwise: {hint}" if elsewhere else hint)
     return found
@@ -478,9 +484,9 @@ def other_endpoint_key_hint(endpoint: str) -> str | None:
     )
 
 
-def _no_key(env: Mapping[str, str] | None) -> tuple[str, str]:
+def no_key_words(env: Mapping[str, str] | None) -> tuple[str, str]:
     """(message, hint) for no key: the credentials profile asked for (``$ALIBABA_CLOUD_PROFILE``), if not
-    ``default``; else the places to put one."""
+    ``default``; else the places to put one. The one wording of the library, the CLI and ``qwenvl config``."""
     profile, variable = qenv.credentials_profile(env), qenv.credentials_profile_variable(env)
     if variable is not None:  # the profile asked for, not the generic [default] advice
         return (

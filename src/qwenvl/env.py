@@ -330,6 +330,12 @@ def hf_hub_offline(env: Env | None = None) -> bool:
     return raw is not None and raw.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
+def shell_completion(var: str = "_QWENVL_COMPLETE", env: Env | None = None) -> bool:
+    """Whether click's completion variable (``$_QWENVL_COMPLETE``, or ``var``) is set: the shell asks for
+    completions (``qwenvl.cli.completion``). Never raises: the variable is click's protocol."""
+    return _raw(var, env) is not None
+
+
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
 
 

@@ -205,9 +205,12 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """Raised when an attempt takes longer than the request's ``timeout_s`` (seconds, default 120; for a stream,
-    the wait for an event), after the retries (``qwenvl.transport``). CLI exit code 5."""
+    the wait for an event), after the retries (``qwenvl.transport``). ``.delivered``: the request had been sent
+    whole when time ran out (the service has it and may bill it: it answers too slowly), False when the time ran
+    out connecting or sending. CLI exit code 5."""
 
     default_hint = "The service took too long; raise the time-out (--timeout) or retry later."
+    delivered: bool = False
 
 
 class APIStatusError(APIError):

@@ -613,22 +613,31 @@ def guess_warning(info: ModelInfo) -> str | None:
 def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
     """The error for sending a model name that looks like a misspelling of a listed one (``near_model``), before
     anything is sent: ``qwen3-vl-plsu is not a model qwenvl knows: did you mean qwen3-vl-plus?`` (exit 2), its hint
-    how to send the name anyway (``$QWENVL_UNLISTED_MODELS``). None for any other name, and for a name in
+    how to send the name anyway (``$QWENVL_UNLISTED_MODELS``) and how to give the right one where the wrong one came
+    from (``$QWENVL_MODEL`` when it holds ``name``, else ``--model``). None for any other name, and for a name in
     ``allowed`` (that variable's names: the user insists). Raises nothing."""
+    from qwenvl import env as qenv
     from qwenvl.errors import UsageError
 
     near = near_model(name)
     if near is None or name in {a.strip() for a in allowed}:
         return None
+    # the hint names where the name came from: $QWENVL_MODEL when it holds it, else --model (a verb that takes
+    # requests says its "model" key: ``cli.common.fit_hint``; the library says model=)
+    listed = "`qwenvl models` lists the models"
+    give = (
+        f"Set QWENVL_MODEL={near} (it holds {name}; {listed})"
+        if qenv.model() == name
+        else f"Give --model {near} ({listed})"
+    )
     if name.strip().lower() == near and name != near:  # the service's names are exact: nothing to insist on
         return UsageError(
             f"'{name}' is not a model name (DashScope's are lower case and exact): did you mean {near}?",
-            hint=f"Give --model {near} (`qwenvl models` lists the models).",
+            hint=f"{give}.",
         )
     return UsageError(
         f"{name} is not a model qwenvl knows: did you mean {near}?",
-        hint=f"Give --model {near} (`qwenvl models` lists the models); to send {name} as it is (a model newer "
-        f"than qwenvl's table), set QWENVL_UNLISTED_MODELS={name}.",
+        hint=f"{give}; to send {name} as it is (a model newer than qwenvl's table), set QWENVL_UNLISTED_MODELS={name}.",
     )
 
 

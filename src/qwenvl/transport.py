@@ -413,6 +413,8 @@ def map_exception(
                 httpx.PoolTimeout: "waiting for a connection",
             }.get(type(exc), "talking to the service")
             error = APITimeoutError(redact(f"timed out {kind} ({url})", api_key))
+        # the request was sent whole: the service has it (and may bill it), it answers too slowly
+        error.delivered = isinstance(exc, httpx.ReadTimeout) or status is not None  # type: ignore[attr-defined]
     else:
         why, hint = describe_failure(exc, answered=status is not None)
         text = f"{url} answered HTTP {status}, then {why}" if status is not None else f"cannot reach {url}: {why}"

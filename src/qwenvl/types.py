@@ -917,7 +917,8 @@ with warnings.catch_warnings():
 
         def result_object(self) -> dict[str, Any]:
             """The skill's result shape: ``{text, model, usage[, json]}`` (usage as the service sent it;
-            reference/dashscope-api.md §1.2). Raises nothing."""
+            reference/dashscope-api.md §1.2; after a structured-output repair, both requests' usage summed key by
+            key in that shape: what was paid). Raises nothing."""
             out: dict[str, Any] = {
                 "text": self.text,
                 "model": self.model,

@@ -5,7 +5,8 @@ it (for the batch's worker threads) only waits on a condition variable for what 
 
 - **Concurrency** starts at ``max_concurrency``. A 429 halves it (multiplicative decrease, never below
   ``min_concurrency``) and pauses every new request for a backoff: the service's Retry-After when it sent
-  one, else ``backoff_s * 2**n`` for the n-th decrease in a row (with jitter, at most ``max_backoff_s``).
+  one, else ``backoff_s * 2**n`` for the n-th decrease in a row (with jitter); either at most ``max_backoff_s``
+  (default ``MAX_RETRY_DELAY_S``, 20 s: the bound of every wait between attempts).
   The 429s of requests that were already in flight when concurrency was lowered belong to the same
   congestion event: they extend the pause but do not lower it again (one decrease per round trip, as in
   TCP). Every ``concurrency`` successes in a row add one slot (additive increase: +1 per window), so the
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qwenvl._constants import JITTER
+from qwenvl._constants import JITTER, MAX_RETRY_DELAY_S
 
 
 class TokenBucket:
@@ -75,7 +76,7 @@ class AdaptiveLimiter:
         rpm: float | None = None,
         tpm: float | None = None,
         backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
+        max_backoff_s: float = MAX_RETRY_DELAY_S,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:

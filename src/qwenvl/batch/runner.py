@@ -23,8 +23,12 @@ next request goes out, so neither a kill nor a full disk loses one. Counters and
 updated under one lock.
 
 **Retries belong to the batch.** Every item is sent with ``max_retries=0`` at the transport, so the limiter
-sees each 429 as it happens: it lowers concurrency and pauses new requests (see ``limiter``), and the item
-waits for a slot again (up to ``RATE_LIMIT_RETRIES`` times). 5xx, time-outs and connection errors are
+sees each 429 as it happens: it lowers concurrency and pauses new requests (see ``limiter``; each pause at
+most ``MAX_RETRY_DELAY_S``, 20 s), and the item waits for a slot again. Slowing down under 429 is the point
+of a batch, so a 429 does not count against ``max_retries``; the bounds are the run's instead: a Retry-After
+beyond ``MAX_RETRY_DELAY_S`` stops the run at once (``RateLimitError`` with when to try again), and so does a
+run in which no item finishes for ``RATE_LIMIT_STALL_S`` (5 min) while the service answers 429; the item is left to
+send, and the same command resumes. 5xx, time-outs and connection errors are
 retried ``max_retries`` times (the item's own setting, default 2) after ``retry_backoff_s * 2**n`` seconds.
 A 401 or 403 stops the batch at once (the key is wrong for every item), and so does an answer that the model
 does not exist (``ModelNotFoundError``: a misspelt model would fail every item the same way); the refused item
@@ -119,13 +123,15 @@ from qwenvl.notes import answer_notes
 from qwenvl.outputs import OutputFiles, check_outputs
 from qwenvl.plan import Call, check_model_name
 from qwenvl.preview import estimate_text_tokens
-from qwenvl.retry import retry_delay, should_retry
+from qwenvl.retry import MAX_RETRY_AFTER_S, give_up_hint, retry_delay, should_retry
 from qwenvl.store import CacheArg, UsageLogArg, open_cache, open_usage_log
 from qwenvl.store.exchange import key_for, source_key_for
 from qwenvl.types import Response, dumps, seconds
 
 DEFAULT_CONCURRENCY = 8
-RATE_LIMIT_RETRIES = 10  # 429s one item may meet before it is recorded as an error
+# A run in which no item finishes for this long while the service answers 429 stops (RateLimitError, exit 5,
+# resumable)
+RATE_LIMIT_STALL_S = 300.0
 FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarely when it is large)
 PLAN_THREADS = 4
 CONNECTIONS_PER_POOL = 8
@@ -195,8 +201,10 @@ class Progress:
     total: int = 0  # items to do in this run
     done: int = 0  # finished in this run (ok or error)
     failed: int = 0
+    failed_service: int = 0  # of ``failed``: for the service's reasons (SERVICE_ERROR_TYPES), worth sending again
     cached: int = 0
-    sent: int = 0  # HTTP requests made (retries included)
+    sent: int = 0  # HTTP requests made (retries included), counted as each goes out
+    abandoned: int = 0  # of ``sent``: requests in flight the run stopped without (a second Ctrl-C): possibly paid
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0  # of the answers with a known cost
@@ -241,12 +249,15 @@ class Summary:
     pending: int  # not finished (a stopped or unfinished Batch API run)
     this_run: int  # finished by this run
     cached: int
-    sent: int  # HTTP requests this run
+    sent: int  # HTTP requests this run, those given up in flight included (``abandoned``)
     input_tokens: int
     output_tokens: int
     cost: float | None  # this run, in ``currency``: the answers of known cost; None when none had one
     elapsed_s: float
     rate_limited: int = 0
+    # of ``sent``: requests in flight when the run stopped without them (a second Ctrl-C, or past the grace
+    # period): the service has them and may bill them; their answers are not recorded (a rerun sends them again)
+    abandoned: int = 0
     unpriced: int = 0  # answers of this run whose model has no known price: not in ``cost``
     service_errors: int = 0  # items of ``error`` that failed for the service's reasons (SERVICE_ERROR_TYPES)
     first_service_error: str | None = None  # the message of the first of them (in input order)
@@ -924,6 +935,7 @@ class Batch:
             local=self.planner.is_local,
             elapsed_s=round(time.monotonic() - started, 3),
             rate_limited=prog.rate_limited,
+            abandoned=prog.abandoned,
             service_errors=service_errors,
             first_service_error=first_service_error,
             send_s=round(prog.last_done - prog.first_sent, 3) if prog.first_sent and prog.last_done else None,
@@ -1008,6 +1020,8 @@ class Batch:
         prog.done += 1
         prog.failed += 1
         prog.cached += bool(isinstance(exc, StructuredOutputError) and paid is not None and exc.requests == 0)
+        if error.get("type") in SERVICE_ERROR_TYPES:
+            prog.failed_service += 1
         if u is not None and isinstance(paid, Response) and not paid.cached:
             prog.input_tokens += u.input_tokens or 0
             prog.output_tokens += u.output_tokens or 0
@@ -1096,6 +1110,10 @@ class _Realtime:
         self.refused: list[BaseException] = []
         self.reached = False  # the service answered something (an answer or an HTTP status)
         self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
+        self.unanswered = 0  # items whose requests were delivered and timed out on every attempt, likewise
+        # the run's start, then when an item last finished (answered, cached or failed): 429s for RATE_LIMIT_STALL_S
+        # after it stop the run
+        self.last_answer = time.monotonic()
 
     def run(self, pending: Iterator[tuple[BatchItem, bool]], count: int) -> None:
         """Send the ``count`` items of ``pending`` ((item, the estimate found it cached), read from the spool as
@@ -1145,14 +1163,22 @@ class _Realtime:
             raise error
 
     def _stopped_hint(self) -> str:
-        """What a run stopped at once left, in this run's items: answered (kept), failed (recorded: sent again with
-        --retry-errors), not sent (a rerun sends them)."""
+        """What a run stopped at once left, in this run's items: answered (kept), failed for the service's reasons
+        (recorded: sent again with --retry-errors), failed for their input (recorded: to fix first), not sent (a rerun
+        sends them)."""
         prog = self.prog
         refused = len(self.refused)
         answered, failed, left = prog.done - prog.failed, prog.failed, prog.total - prog.done - refused
         parts = [f"{answered} answered (kept in {self.batch.output})"] if answered else []
-        if failed:
-            parts.append(f"{failed} failed (recorded: --retry-errors sends them again)")
+        if prog.failed_service:
+            parts.append(
+                f"{prog.failed_service} failed for the service's reasons (recorded: --retry-errors sends them again)"
+            )
+        if failed - prog.failed_service:
+            parts.append(
+                f"{failed - prog.failed_service} failed for their input (recorded: their error says what to fix, a "
+                "file or the request; sent again, they would fail the same)"
+            )
         if refused:
             first = self.refused[0]
             why = (
@@ -1160,6 +1186,8 @@ class _Realtime:
                 if isinstance(first, ModelNotFoundError)
                 else "permission"
                 if isinstance(first, PermissionDeniedError)
+                else "rate limited"
+                if isinstance(first, RateLimitError)
                 else "authentication"
             )
             parts.append(
@@ -1209,6 +1237,7 @@ class _Realtime:
         with self.lock:
             self.accepting = False  # what comes in now is not recorded: counted as given up
             n = self.limiter.in_flight
+            self.prog.abandoned = n
         if n:
             self.prog.notes.append(
                 f"{why}, the run stopped without the answers of {n} request{'s' if n > 1 else ''} in flight: "
@@ -1247,7 +1276,7 @@ class _Realtime:
             if not self.accepting:
                 return
             done = self.batch._record_error(self.journal, item, exc, self.prog, attempts=attempts)
-            self.prog.last_done = time.monotonic()
+            self.prog.last_done = self.last_answer = time.monotonic()
             self._report()
         self._committed(done)
 
@@ -1258,7 +1287,7 @@ class _Realtime:
             done = self.batch._record_ok(
                 self.journal, item, response, self.prog, attempts=attempts, latency_s=latency_s
             )
-            self.prog.last_done = time.monotonic()
+            self.prog.last_done = self.last_answer = time.monotonic()
             self._report()
         self._committed(done)
 
@@ -1280,15 +1309,33 @@ class _Realtime:
             raise _Fatal(self.journal.write_error)
 
     def _unreachable(self, exc: APIConnectionError) -> None:
-        """An item could not connect on any attempt (refused, DNS, TLS, time-outs): once ``UNREACHABLE_ITEMS``
-        have, before the service answered anything, the service is taken for unreachable and the run stops, as
-        for a 401 (raises _Fatal, exit 5): every other item would only wait for its time-outs and fail the same."""
+        """An item could not connect on any attempt (refused, DNS, TLS, a time-out connecting or sending): once
+        ``UNREACHABLE_ITEMS`` have, before the service answered anything, the service is taken for unreachable and
+        the run stops, as for a 401 (raises _Fatal, exit 5): every other item would only wait for its time-outs and
+        fail the same. Items whose requests were delivered and got no reply in time (``APITimeoutError.delivered``)
+        are counted apart: ``UNREACHABLE_ITEMS`` of them stop the run as a service that answers too slowly (the
+        requests reached it and may be billed: the hint is to raise --timeout)."""
+        delivered = isinstance(exc, APITimeoutError) and exc.delivered
         with self.lock:
             if self.reached:
                 return
-            self.unreached += 1
-            if self.unreached < UNREACHABLE_ITEMS:
+            if delivered:
+                self.unanswered += 1
+                count = self.unanswered
+            else:
+                self.unreached += 1
+                count = self.unreached
+            if count < UNREACHABLE_ITEMS:
                 return
+        if delivered:
+            slow = APITimeoutError(
+                f"the service answers too slowly: the first {UNREACHABLE_ITEMS} items were sent and got no reply on "
+                f"any attempt ({exc.message})",
+                hint="The requests reached the service (they may be billed): raise --timeout (e.g. --timeout 300), "
+                "then run the same command with --retry-errors to send the failed items again.",
+            )
+            slow.delivered = True
+            raise _Fatal(slow)
         error = type(exc)(
             f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
             f"({exc.raw_message})",
@@ -1296,6 +1343,32 @@ class _Realtime:
             "failed items again.",
         )
         raise _Fatal(error)
+
+    def _rate_limited(self, exc: RateLimitError) -> None:
+        """A 429 met by an item (counted, said to the progress callback): raises _Fatal (the run stops, the item
+        left to send) when the service asks to wait longer than ``MAX_RETRY_AFTER_S`` (when to try again said), or
+        when no item of the run has finished for ``RATE_LIMIT_STALL_S``; else the item waits for the limiter again."""
+        with self.lock:
+            self.reached = True
+            self._report()  # a run waiting on 429s is not silent: the CLI says so off a terminal
+            stalled = time.monotonic() - self.last_answer
+        if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_S:
+            with self.lock:
+                self.refused.append(exc)
+            exc.hint = give_up_hint(exc) or exc.raw_hint
+            raise _Fatal(exc)
+        if stalled >= RATE_LIMIT_STALL_S:
+            with self.lock:
+                self.refused.append(exc)
+            raise _Fatal(
+                RateLimitError(
+                    f"the service answered only 429 (rate limited) for {stalled:.0f} s: the batch stopped "
+                    f"({exc.message})",
+                    hint="Run the same command later to resume; a lower --concurrency or an --rpm ceiling sends "
+                    "more slowly.",
+                    status=429,
+                )
+            )
 
     def _item(self, item: BatchItem, cached: bool, client: Client) -> None:
         fields = {**item.request, "max_retries": 0}  # the batch owns retries: the limiter must see every 429
@@ -1308,7 +1381,7 @@ class _Realtime:
         tokens, _ = input_tokens_of(call)
         # answered locally: no slot, no rate budget (the estimate knows only items without local media)
         cached = cached or (client.cache is not None and key_for(client, call) in client.cache)
-        attempt = attempts = rate_limited = 0
+        attempt = attempts = 0
         while True:
             slot = None
             if not cached:
@@ -1318,6 +1391,9 @@ class _Realtime:
             started = time.monotonic()
             if self.prog.first_sent is None:
                 self.prog.first_sent = started
+            if slot is not None:  # counted as it goes out: one given up in flight was sent too
+                with self.lock:
+                    self.prog.sent += 1
             actual: int | None = None
             attempts += 1
             hit = False  # answered from the cache (an identical item in flight waited for): not sent, not paid
@@ -1336,10 +1412,8 @@ class _Realtime:
             except RateLimitError as exc:
                 if slot is not None:
                     self.limiter.on_rate_limited(slot, exc.retry_after)
-                rate_limited += 1
-                if rate_limited <= RATE_LIMIT_RETRIES:
-                    continue
-                return self._error(item, exc, attempts)
+                self._rate_limited(exc)  # raises _Fatal when the run must stop
+                continue
             except (AuthenticationError, PermissionDeniedError, ModelNotFoundError) as exc:
                 # every other item would get the same answer: the run stops, this item left to send again
                 if not isinstance(exc, MissingAPIKeyError):  # sent, and refused: not "not sent"
@@ -1365,8 +1439,11 @@ class _Realtime:
             finally:
                 if slot is not None:
                     self.limiter.release(slot, actual_tokens=actual)
-                with self.lock:  # sent unless the cache answered (even when the estimate expected it to)
-                    self.prog.sent += not hit
+                with self.lock:  # counted as it went out (slot taken); the cache may have answered after all, or not
+                    if slot is not None and hit:  # an identical item in flight was waited for: not sent
+                        self.prog.sent -= 1
+                    elif slot is None and not hit:  # the estimate expected the cache, which did not answer: sent
+                        self.prog.sent += 1
 
 
 def batch_price_factor() -> float:

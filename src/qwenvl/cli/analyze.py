@@ -24,6 +24,7 @@ import click
 
 from qwenvl.cli.common import (
     FILE_NAME,
+    HintedUsageError,
     Verb,
     from_request,
     make_client,
@@ -93,6 +94,53 @@ def drop_unknown_keys(data: dict[str, Any], origin: str) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key in Request.model_fields}
 
 
+class AbbreviatingVerb(Verb):
+    """``analyze``'s command class: as a drop-in for the skill's ``analyze_image.py`` (argparse, whose
+    ``allow_abbrev`` is on), a long option may be given by a unique prefix of its name (``--req`` for
+    ``--request``, ``--print`` for ``--print-response``, ``--out=FILE``); a prefix of several is a usage error
+    (exit 2) naming them, as argparse's "ambiguous option". Only analyze does this: the other verbs are
+    qwenvl's own, where a prefix stays an unknown option (with a did-you-mean)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self._expanded(ctx, args))
+
+    def _expanded(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value: dict[str, bool] = {}
+        for param in self.params:
+            if isinstance(param, click.Option):
+                for opt in [*param.opts, *param.secondary_opts]:
+                    if opt.startswith("--"):
+                        takes_value[opt] = not (param.is_flag or param.count)
+        takes_value["--help"] = False
+        out: list[str] = []
+        value_next = False
+        for i, arg in enumerate(args):
+            if value_next:  # the value of the option before it, whatever it looks like
+                out.append(arg)
+                value_next = False
+                continue
+            if arg == "--":
+                return out + args[i:]
+            if not arg.startswith("--") or len(arg) < 3:
+                out.append(arg)
+                continue
+            name, eq, value = arg.partition("=")
+            if name not in takes_value:
+                found = sorted(o for o in takes_value if o.startswith(name))
+                if len(found) > 1:
+                    if ctx.resilient_parsing:  # completion: let click list them
+                        out.append(arg)
+                        continue
+                    ambiguous = HintedUsageError(f"ambiguous option: {name} could match {', '.join(found)}", ctx)
+                    ambiguous.hint = "Give more of the option's name (`qwenvl analyze --help` lists them)."
+                    raise ambiguous
+                if found:
+                    name = found[0]
+            out.append(name + eq + value)
+            value_next = takes_value.get(name, False) and not eq
+        return out
+
+
 def _refs(value: Any) -> list[str]:
     """The file names in a request field (``image``, ``images``, ``video``: a name or a list; ``schema``: a file
     name or the schema itself): what the request reads, which ``--output`` must not replace."""
@@ -103,7 +151,7 @@ def _refs(value: Any) -> list[str]:
     return []
 
 
-@click.command(cls=Verb)
+@click.command(cls=AbbreviatingVerb)
 @click.option("--request", "request_json", metavar="JSON", help="The request as JSON (prompt, image, model, ...).")
 @click.option(
     "--file", "request_file", type=FILE_NAME, metavar="FILE", help="The request as a JSON file ('-' reads stdin)."

@@ -12,8 +12,10 @@ The work is done by ``qwenvl.batch``; this module parses flags, asks about the c
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,7 @@ from qwenvl.batch.inputs import iter_inputs, iter_items_from_inputs, no_media_fo
 from qwenvl.batch.journal import read_open_job_statuses
 from qwenvl.batch.runner import (
     DEFAULT_CONCURRENCY,
+    RATE_LIMIT_STALL_S,
     Batch,
     Estimate,
     Summary,
@@ -82,6 +85,19 @@ class BatchGroup(click.Group):
                     )
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        """Shell completion of `qwenvl batch ...`: the subcommands, and, as the words may be `run`'s (the shortcut),
+        `run`'s options and its INPUTS (file names)."""
+        from qwenvl.cli.completion import file_items
+
+        items = super().shell_complete(ctx, incomplete)
+        run = self.commands["run"]
+        with run.make_context("run", [], parent=ctx, resilient_parsing=True) as sub:
+            items += run.shell_complete(sub, incomplete)
+        if not incomplete.startswith("-"):
+            items += file_items(incomplete)
+        return items
 
 
 @click.group(cls=BatchGroup)
@@ -199,8 +215,16 @@ def _confirm_fresh(est: Estimate, opts: dict[str, Any]) -> None:
     refused (elsewhere) unless --yes, as ``_confirm_cost`` does."""
     if not est.replaced:
         return
-    again = "asked again" if est.local else "paid for again"  # a local model's answers cost no money
-    text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted, and {again})"
+    if est.local:  # a local model's answers cost no money
+        again = ", and asked again"
+    elif opts["no_cache"]:
+        again = ", and paid for again"
+    else:  # the response cache still has the answers it gave: said as the estimate found it
+        again = (
+            f"; with the cache on, {est.cached:,} of this run's requests are answered from it at no cost "
+            f"(unless --no-cache) and {est.to_send:,} are sent and paid for"
+        )
+    text = f"--fresh replaces the {est.replaced:,} answers in {opts['output']} (they are deleted{again})"
     if opts["yes"]:
         err_console().print(f"[yellow]{escape(safe_line(text))}[/]", highlight=False)
         return
@@ -275,16 +299,30 @@ class _Bar:
         )
 
 
-def _say_stopping() -> Callable[[Any], None]:
-    """The progress callback off a terminal (no bar): it says once on stderr that an interrupted run waits for its
-    requests in flight (``Progress.phase`` "stopping", the words in ``detail``); a bar shows it on a terminal."""
+RATE_LIMIT_NOTICE_S = 30.0  # off a terminal, a run waiting on 429s says so on stderr at most this often
+
+
+def _say_off_terminal() -> Callable[[Any], None]:
+    """The progress callback off a terminal (no bar), on stderr: once, that an interrupted run waits for its
+    requests in flight (``Progress.phase`` "stopping", the words in ``detail``); and while the service answers 429,
+    a line at the first and then at most every ``RATE_LIMIT_NOTICE_S`` (a bar shows both on a terminal)."""
     said = False
+    seen, last = 0, -math.inf
 
     def progress(p: Any) -> None:
-        nonlocal said
+        nonlocal said, seen, last
         if p.phase == "stopping" and not said:
             said = True
             click.echo(safe_line(p.detail), err=True)
+        now = time.monotonic()
+        if p.rate_limited > seen and now - last >= RATE_LIMIT_NOTICE_S:
+            seen, last = p.rate_limited, now
+            click.echo(
+                f"rate limited: {p.rate_limited:,} × 429 so far, {p.done:,} of {p.total:,} items done, concurrency "
+                f"{p.concurrency}; the batch slows down and waits (it stops after {RATE_LIMIT_STALL_S / 60:g} min "
+                "with no item finished)",
+                err=True,
+            )
 
     return progress
 
@@ -325,7 +363,9 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     if s.unpriced and not s.local:
         cost += f" (leaving out {s.unpriced:,} answers of a model with no known price)"
     line = (
-        f"this run: {s.this_run:,} finished, {s.sent:,} requests, {s.cached:,} from the cache, "
+        f"this run: {s.this_run:,} finished, {s.sent:,} requests"
+        + (f" ({s.abandoned:,} given up in flight: possibly paid)" if s.abandoned else "")
+        + f", {s.cached:,} from the cache, "
         f"{s.input_tokens:,} in / {s.output_tokens:,} out tokens, {cost}, {s.elapsed_s:.1f} s"
     )
     if s.rate_limited:
@@ -334,8 +374,17 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     _show_notes(s.notes)
     for failure in s.job_failures[1:]:  # the service's words; the first is the exit-5 error's line
         console.print(f"[red]{escape(safe_line(failure['message']))}[/]", highlight=False)
-    if s.error:
-        console.print(f'[dim]failed items have "status": "error" in {output}; --retry-errors sends them again[/]')
+    if s.error:  # --retry-errors only for what may answer when sent again; an input error is to fix first
+        own = s.error - s.service_errors
+        said = [f'failed items have "status": "error" in {output}']
+        if s.service_errors:
+            said.append(f"{s.service_errors:,} failed for the service's reasons: --retry-errors sends them again")
+        if own:
+            said.append(
+                f"{own:,} failed for their input: their error says what to fix (the file or the request), then "
+                "--retry-errors sends them again"
+            )
+        console.print(f"[dim]{escape('; '.join(said))}[/]")
 
 
 @batch.command("run")
@@ -417,6 +466,10 @@ def run(opts: dict[str, Any]) -> None:
     \b
     Killed or interrupted? Run the same command again: only unfinished items
     are sent.
+    Rate limited (429)? The batch slows down and waits (each wait at most
+    20 s, said on stderr): a 429 does not count against --max-retries. A
+    Retry-After over 20 s, or 5 min with only 429s, stops it (exit 5): the
+    same command resumes.
     Each output line: {"id", "input", "status": "ok"|"error",
                        "result"|"error", "usage", "cost", ...}.
     Batch API jobs: qwenvl batch status ID [ID...]
@@ -507,7 +560,7 @@ def run(opts: dict[str, Any]) -> None:
             with _Bar(est.currency, local=est.local) as bar:
                 summary = job.run(progress=bar)
         else:
-            summary = job.run(progress=_say_stopping())
+            summary = job.run(progress=_say_off_terminal())
     except KeyboardInterrupt:
         if job.summary is not None:  # what the run left, as a run that ended shows it (the JSON line included)
             _show_summary(job.summary, opts)

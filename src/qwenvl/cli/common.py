@@ -288,6 +288,12 @@ class FileName(click.types.StringParamType):
 
     name = "text"  # as click.STRING in --help
 
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        """Shell completion: the shell's file names (``qwenvl.cli.completion``)."""
+        from qwenvl.cli.completion import file_items
+
+        return file_items(incomplete)
+
 
 FILE_NAME = FileName()
 
@@ -526,7 +532,8 @@ service_options = option_group(
         "--max-retries",
         type=click.IntRange(min=0),
         help="Retries on 429/5xx/time-outs, also when a stream opens with one "
-        f"(default {DEFAULT_MAX_RETRIES}; 0: none); each wait is at most {MAX_RETRY_DELAY_S:g} s.",
+        f"(default {DEFAULT_MAX_RETRIES}; 0: none); each wait is at most {MAX_RETRY_DELAY_S:g} s (batch: a 429 "
+        "slows the batch down instead, see its help).",
     ),
     retry_backoff_option,
     # where the model runs: DashScope, an OpenAI-compatible server, or this process (qwenvl.backends)
@@ -1204,6 +1211,8 @@ def error_record(exc: BaseException) -> dict[str, Any]:
             getattr(exc, "raw_hint", None),
             getattr(exc, "exit_code", None),
         )
+        if hint:  # in the verb's words, as on stderr (``report``): never a flag the verb does not take
+            hint = fit_hint(hint, current_command())
     return {
         "type": kind,
         "message": said,

@@ -14,6 +14,7 @@ from qwenvl.config import (
     effective_protocol,
     effective_region,
     find_api_key,
+    no_key_words,
     normalize_backend,
     openai_api_key,
     openai_base_url,
@@ -91,6 +92,8 @@ def config(opts: dict[str, Any]) -> None:
     elsewhere = other_endpoint_key_hint(info["endpoints"][protocol])
     if not found and elsewhere:
         key = f"[red]not found[/] ({escape(elsewhere.removesuffix('.'))})"
+    elif not found and qenv.credentials_profile_variable() is not None:  # the profile asked for has none
+        key = f"[red]not found[/]: {escape(no_key_words(None)[0].removeprefix('no DashScope API key found: '))}"
     if key_error is not None:
         key = f"[red]cannot be read[/]: {escape(safe_line(key_error.message))}"
     console.print(f"API key      {key}", highlight=False)

@@ -29,6 +29,10 @@ class QwenVLGroup(click.Group):
     """Maps qwenvl errors to exit codes; never shows a traceback unless QWENVL_DEBUG is set."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
+        if qenv.shell_completion(kwargs.get("complete_var") or "_QWENVL_COMPLETE"):  # the shell asks for completions
+            from qwenvl.cli.completion import complete
+
+            complete(self)
         with guarded_streams():  # also for what click writes itself: --help, --version, usage errors
             return super().main(*args, **kwargs)
 

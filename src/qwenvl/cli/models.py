@@ -11,7 +11,7 @@ from rich.table import Table
 from qwenvl import env as qenv
 from qwenvl.cli.common import Verb, out_console, pass_opts, print_json
 from qwenvl.errors import safe_line
-from qwenvl.models import MODELS, SNAPSHOT_RULE, currency_of, describe, format_price, model_info, typo_error
+from qwenvl.models import MODELS, SNAPSHOT_RULE, currency_of, describe, format_price, model_info, near_model, typo_error
 
 
 @click.command(cls=Verb)
@@ -43,6 +43,9 @@ def models(opts: dict[str, Any]) -> None:
     if opts["name"]:
         typo = typo_error(opts["name"], allowed=qenv.unlisted_models())
         if typo is not None:  # what ask/tokens/batch would do with the name: refuse it
+            near = near_model(opts["name"])  # the hint names what was given here: NAME, not --model
+            unlisted = (typo.raw_hint or "").partition("; ")[2]
+            typo.hint = f"See `qwenvl models {near}`" + (f"; {unlisted}" if unlisted else ".")
             raise typo
         info = model_info(opts["name"])
         data = describe(info, region)
