@@ -12,7 +12,7 @@ region's currency (¥ in Beijing, $ in Singapore and Virginia), every item at th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qwenvl import env as qenv
@@ -21,9 +21,9 @@ from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import check_pages_apply, check_video_options_apply, media_kind
+from qwenvl.media.sources import check_options_apply, media_kind, ref_kinds
 from qwenvl.models import currency_of, media_costs, model_info, typo_error
-from qwenvl.plan import media_options
+from qwenvl.plan import media_option_fields, media_options, video_pixels
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
@@ -36,6 +36,7 @@ def estimate_files(
     family: str | None = None,
     pages_option: str = "pages",
     fps_option: str = "fps",
+    option_names: Mapping[str, str] | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
@@ -57,8 +58,9 @@ def estimate_files(
     costs are in the currency's units, rounded to 10 significant digits.
 
     Raises ``UsageError`` for invalid options, an unknown region, or ``pages`` when no file counted is a PDF
-    (``qwenvl.media.sources.check_pages_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI), or
-    ``fps`` when none is a video (``check_video_options_apply``, naming ``fps_option``);
+    (``qwenvl.media.sources.check_options_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI), or
+    ``fps`` when none is a video (naming ``fps_option``), or any other option no file counted reads
+    (``plan.media_option_fields``: ``detail``, ``prepare``...; named as ``option_names`` says, by field);
     ``MediaError`` (exit 3) when ``files`` name no media file (an empty folder: ``batch.inputs.no_media_found``),
     a missing folder or a glob that matches nothing (``batch.inputs.expand_inputs``); a file that cannot be sent
     is a row with ``error`` instead."""
@@ -85,14 +87,15 @@ def estimate_files(
     refs = expand_inputs(list(files))
     if not refs:
         raise no_media_found([os.fspath(f) for f in files])
-    check_pages_apply(fields.get("pages"), refs, pages_option)  # what it counted: no PDF, no pages to pick
-    check_video_options_apply([fps_option] if fields.get("fps") is not None else [], refs)
+    names = {"pages": pages_option, "fps": fps_option, **(option_names or {})}
+    given = {name: names.get(name, name) for name in media_option_fields(request)}
+    check_options_apply(given, ref_kinds(refs))  # what it counted: e.g. no PDF, no pages to pick
 
     rows: list[dict[str, Any]] = []
     failed = 0
     for ref in refs:
         try:
-            part = _part(ref)
+            part = _part(ref, video_pixels(request))
             prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
         except QwenVLError as exc:  # this file's row; the others go on
             failed += 1
@@ -129,9 +132,12 @@ def estimate_files(
     }
 
 
-def _part(ref: str) -> ImagePart | VideoPart:
-    """A video part for a video (``media_kind``), else an image part (PDFs are expanded into pages)."""
-    return VideoPart(video=ref) if media_kind(ref) == "video" else ImagePart(image=ref)
+def _part(ref: str, pixels: dict[str, int]) -> ImagePart | VideoPart:
+    """A video part for a video (``media_kind``) with the request's frame bounds ``pixels``
+    (``plan.video_pixels``), else an image part (PDFs are expanded into pages)."""
+    if media_kind(ref) == "video":
+        return VideoPart(video=ref, min_pixels=pixels.get("min_pixels"), max_pixels=pixels.get("max_pixels"))
+    return ImagePart(image=ref)
 
 
 def _row(label: str, item: PreparedItem) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
-from qwenvl.media.sources import check_pages_apply, check_video_options_apply
+from qwenvl.media.sources import check_options_apply, check_pages_apply, check_video_options_apply, ref_kinds
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
 from qwenvl.spelling import nearest
 from qwenvl.types import (
@@ -170,6 +170,15 @@ def image_pixels(request: Request, model: ModelInfo) -> dict[str, int]:
     return {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", max_pixels)) if v is not None}
 
 
+def video_pixels(request: Request) -> dict[str, int]:
+    """The ``min_pixels``/``max_pixels`` put beside the request's video (pixels per frame; only those that are set):
+    the request's own, which bound the frames as they bound images (the official preprocessor takes them per video
+    item, qwen-vl-utils ``fetch_video``; qwenvl samples with them, ``qwenvl.media.video.frame_budget``: they can
+    only lower the service's frame budget). ``detail`` and high resolution are the images' budget, not the
+    frames'. Raises nothing."""
+    return {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", request.max_pixels)) if v is not None}
+
+
 def build_messages(request: Request, model: ModelInfo | None = None) -> list[Message]:
     """System prompt, history, then the new user turn (media first, then the prompt, as the skill does)."""
     model = model or model_info(request.model)
@@ -183,7 +192,11 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
         for ref in request.image_list():
             parts.append(ImagePart(image=ref, **pixels))
         if request.video is not None:
-            parts.append(VideoPart(video=request.video, fps=request.fps))
+            parts.append(
+                VideoPart(
+                    video=request.video, fps=request.fps, min_pixels=request.min_pixels, max_pixels=request.max_pixels
+                )
+            )  # the frames' bounds too (``video_pixels``)
         prompt = request.prompt
         note = structured.instruction(json_mode=request.json_mode, schema=request.schema)
         if note:
@@ -374,19 +387,49 @@ def check_thinking_budget(request: Request, model: ModelInfo) -> None:
         )
 
 
+def media_option_fields(request: Request) -> dict[str, str]:
+    """The media options ``request`` gives that only some media read (``qwenvl.media.sources.OPTION_MEDIA``), by
+    field name, each named as the library's user knows it: ``pages``, ``fps``, ``video_as`` other than "frames",
+    ``detail`` other than "auto", ``vl_high_resolution_images`` (either value, given), ``prepare=False``. Raises
+    nothing."""
+    given = {
+        "pages": bool(request.pages),
+        "fps": request.fps is not None,
+        "video_as": request.video_as != "frames",
+        "detail": request.detail != "auto",
+        "vl_high_resolution_images": request.vl_high_resolution_images is not None,
+        "prepare": not request.prepare,
+    }
+    return {name: name for name, on in given.items() if on}
+
+
+def request_kinds(request: Request) -> frozenset[str]:
+    """The kinds of media of ``request``'s new turn (``qwenvl.media.sources.ref_kinds``): its images (and PDFs),
+    and its video (a file or URL, or a frame list: "frames"). Raises nothing."""
+    kinds = set(ref_kinds(request.image_list()))
+    video = request.video
+    if isinstance(video, list):
+        kinds |= ref_kinds(video, frames=True) if len(video) > 1 else {"frames"}
+    elif video is not None:
+        video_kinds = ref_kinds([video])
+        kinds |= video_kinds if video_kinds != {"image"} else {"video"}  # given as the video: sampled as one
+    return frozenset(kinds)
+
+
 def check_media_options(request: Request) -> None:
-    """Options that only some media read, given where the request has none of them: UsageError (in the library's
-    words) rather than silently nothing. ``pages`` where no ``image`` is a PDF (or might be one: a URL);
-    ``fps`` or ``video_as="file"`` where the request has no ``video`` and no image reference is a video (or a URL
-    that might be one). The media of ``messages`` (earlier turns, prepared when they were sent) are not the
-    request's. The one application of ``qwenvl.media.sources.check_pages_apply`` and
-    ``check_video_options_apply`` to a request: every verb, batch line, chat turn and library call is planned
-    through ``plan``."""
-    refs = request.image_list()
-    check_pages_apply(request.pages, refs, "pages")
-    if request.video is None:
-        given = [n for n, v in (("fps", request.fps), ("video_as", request.video_as != "frames")) if v]
-        check_video_options_apply(given, refs)
+    """Options that only some media read, given where the request's new turn has none of them: UsageError (in the
+    library's words: "vl_high_resolution_images applies to images and PDFs only") rather than silently nothing
+    (``qwenvl.media.sources.check_options_apply``, the one rule, and ``OPTION_MEDIA``, what reads what). A remote
+    URL that is not a known video or PDF by its path might be any kind. The media of ``messages`` (earlier turns,
+    prepared when they were sent) are not the request's. Every verb, batch line, chat turn and library call is
+    planned through ``plan``."""
+    given = media_option_fields(request)
+    if given and (request.image_list() or request.video is not None):
+        check_options_apply(given, request_kinds(request))
+    elif given:  # no media in the new turn: those of a PDF or a video are refused, those of images are left
+        refs = request.image_list()
+        check_pages_apply(request.pages, refs, "pages")
+        check_video_options_apply([n for n in ("fps", "video_as") if n in given], refs)
 
 
 def check_model_name(name: str, protocol: str) -> None:
@@ -556,9 +599,10 @@ def question(request: Request, model: ModelInfo | None = None) -> dict[str, Any]
     Every field is at its effective value (a default given explicitly, ``max_tokens=512``, asks the same as
     leaving it out), the transport settings (``TRANSPORT_FIELDS``) are left out, and so is what asks nothing:
 
-    - media options without the media they apply to: ``fps`` and ``video_as`` without a video; ``min_pixels``,
-      ``max_pixels``, ``detail``, ``pages`` and ``fetch_urls`` without an image; ``prepare`` and ``upload``
-      without either. ``fps`` at ``VIDEO_FPS`` (2, the service's and the sampler's default) is left out.
+    - media options without the media they apply to: ``fps`` and ``video_as`` without a video; ``min_pixels``
+      and ``max_pixels`` without an image or a video; ``detail``, ``pages`` and ``fetch_urls`` without an image;
+      ``prepare`` and ``upload`` without either. ``fps`` at ``VIDEO_FPS`` (2, the service's and the sampler's default)
+      is left out.
     - ``system`` when the history begins with its own system turn (it is not sent); an assistant turn's
       ``reasoning`` (never sent back); ``json_mode`` beside a ``schema`` (the same instruction and
       ``response_format``), ``repair`` without structured output; ``vl_high_resolution_images`` off (the
@@ -610,6 +654,7 @@ def question(request: Request, model: ModelInfo | None = None) -> dict[str, Any]
         q["video_as"] = request.video_as
         if request.fps is not None and request.fps != VIDEO_FPS:
             q["fps"] = request.fps
+        q.update(video_pixels(request))  # they bound the frames too
     if has_images:
         q.update(_image_budget(request, model, history_images=any(isinstance(p, ImagePart) for p in history_media)))
         if request.pages is not None:

@@ -583,19 +583,50 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return out
 
 
+# The flags that set a media option only some media read (``qwenvl.media.sources.OPTION_MEDIA``), by Request field
+_MEDIA_OPTION_FLAGS = {
+    "pages": ("--pages",),
+    "fps": ("--fps",),
+    "video_as": ("--video-as",),
+    "detail": ("--detail",),
+    "vl_high_resolution_images": ("--high-res", "--no-high-res"),
+    "prepare": ("--no-resize",),
+}
+
+
+def media_flag_names() -> dict[str, str]:
+    """The media options only some media read (``qwenvl.media.sources.OPTION_MEDIA``) that the user gave to the
+    verb at hand, by Request field, each as the flag given (``{"vl_high_resolution_images": "--no-high-res"}``).
+    Raises nothing."""
+    given = given_flags()
+    named: dict[str, str] = {}
+    for name, flags in _MEDIA_OPTION_FLAGS.items():
+        flag = next((f for f in flags if f in given), None)
+        if flag is not None:
+            named[name] = flag
+    return named
+
+
 def check_pages_apply(
     opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages", *, frames: bool = False
 ) -> None:
-    """An option given that does not apply to MEDIA is refused (exit 2) naming it, never ignored: ``--pages``
-    (ground's ``--page``) where no MEDIA is a PDF, or might be one (``qwenvl.media.sources.check_pages_apply``);
-    ``--fps`` or ``--video-as`` where none is a video (``frames``: nor several frame images, which ``events``
-    takes as one; ``qwenvl.media.sources.check_video_options_apply``). The one call every verb makes."""
-    from qwenvl.media.sources import check_pages_apply as check
-    from qwenvl.media.sources import check_video_options_apply
+    """An option given that does not apply to MEDIA is refused (exit 2) naming it, never ignored
+    (``qwenvl.media.sources.check_options_apply``, the one rule, and ``OPTION_MEDIA``): ``--pages`` (ground's
+    ``--page``) where no MEDIA is a PDF, or might be one; ``--fps`` or ``--video-as`` where none is a video;
+    ``--detail``, ``--high-res`` / ``--no-high-res`` where none is an image or PDF (video frames have a budget of
+    their own); ``--no-resize`` where none is an image file (a PDF page is rendered, a video sampled).
+    ``frames``: several MEDIA are one frame list (``events``), which takes ``--fps`` but not ``--video-as``.
+    The one call every verb makes."""
+    from qwenvl.media.sources import check_options_apply, ref_kinds
 
-    check(opts.get(option.lstrip("-")), refs, option)
-    given = given_flags()
-    check_video_options_apply([f for f in ("--fps", "--video-as") if f in given], refs, frames=frames)
+    named = media_flag_names()
+    named.pop("pages", None)
+    if opts.get(option.lstrip("-")):
+        named["pages"] = option
+    if named and refs:
+        check_options_apply(named, ref_kinds(refs, frames=frames))
+    elif named:  # no MEDIA at all: a PDF's or a video's options apply to nothing (those of images are left)
+        check_options_apply({k: v for k, v in named.items() if k in ("pages", "fps", "video_as")}, frozenset())
 
 
 def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -27,6 +27,7 @@ from qwenvl.cli.common import (
     check_pages,
     err_console,
     make_client,
+    media_flag_names,
     model_option,
     out_console,
     pass_opts,
@@ -102,6 +103,7 @@ def tokens(opts: dict[str, Any]) -> None:
         family=opts["family"],
         pages_option="--pages",
         fps_option="--fps",
+        option_names=media_flag_names(),
         **fields,
     )
     result = as_given(result)  # "-" was replaced by a temporary file: named as the user gave it

@@ -1,0 +1,107 @@
+"""Media rules a try-out user found broken, each fixed as a kind (every verb, library and CLI): options that do
+not apply to the media are refused, never ignored; a model's abilities are enforced for media; each verb's
+options, folder walks and refusals say what it takes; remote PDFs are documents; hints name a fix that works;
+``--help`` shows each verb's own defaults; estimates and labels say what is true."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import qwenvl
+from conftest import make_client, run_cli, write_image
+from dashscope_server import DashScopeServer
+from qwenvl.errors import UsageError
+from test_backend_openai import make_video
+
+
+@pytest.fixture
+def media(isolated_env: Path) -> Path:
+    """clip.mp4 (4 s of 320x240 at 10 fps), multi.pdf (5 pages), doc.png, frames/f0..3.jpg, in the working folder."""
+    make_video(isolated_env / "clip.mp4", frames=40, size=(320, 240))
+    pages = [Image.new("RGB", (600, 800), "white") for _ in range(5)]
+    pages[0].save(isolated_env / "multi.pdf", save_all=True, append_images=pages[1:])
+    write_image(isolated_env / "doc.png")
+    (isolated_env / "frames").mkdir()
+    for i in range(4):
+        Image.new("RGB", (320, 240), (i * 50, 0, 0)).save(isolated_env / "frames" / f"f{i}.jpg")
+    (isolated_env / "s.json").write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    os.chdir(isolated_env)
+    return isolated_env
+
+
+def _error(stderr: str) -> tuple[str, str]:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    error = next((line for line in lines if line.startswith("error:")), "")
+    hint = next((line for line in lines if line.startswith("hint:")), "")
+    return error, hint
+
+
+# -- 1. options that do not apply to the media are refused, or applied --------------------------------------------
+
+
+def test_max_pixels_bounds_the_frames_of_a_video(media: Path, env: dict[str, str]) -> None:
+    """Found by a try-out: ``ask clip.mp4 --max-pixels 20000`` sent frames of 320x256, the option ignored."""
+    p = run_cli("ask", "clip.mp4", "S", "--max-pixels", "20000", "--dry-run", env=env)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    part = out["body"]["messages"][0]["content"][0]
+    assert part["max_pixels"] == 20000  # beside the video on the wire, as beside an image
+    (item,) = out["media"]
+    assert item["width"] * item["height"] <= 20000 and len(part["video"]) == 8
+    p = run_cli("tokens", "clip.mp4", "--max-pixels", "20000", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    (row,) = json.loads(p.stdout)["items"]
+    assert row["width"] * row["height"] <= 20000
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["ask", "clip.mp4", "S", "--high-res"], "--high-res"),
+        (["ask", "clip.mp4", "S", "--no-high-res"], "--no-high-res"),
+        (["ask", "clip.mp4", "S", "--detail", "low"], "--detail"),
+        (["ask", "clip.mp4", "S", "--no-resize"], "--no-resize"),
+        (["ask", "multi.pdf", "S", "--no-resize"], "--no-resize"),
+        (["tokens", "multi.pdf", "--no-resize"], "--no-resize"),
+        (["tokens", "clip.mp4", "--high-res"], "--high-res"),
+        (["events", "frames/f0.jpg", "frames/f1.jpg", "frames/f2.jpg", "--video-as", "file"], "--video-as"),
+        (["events", "clip.mp4", "--detail", "high"], "--detail"),
+        (["ocr", "multi.pdf", "--no-resize"], "--no-resize"),
+        (["batch", "run", "clip.mp4", "-p", "hi", "-o", "o.jsonl", "--high-res"], "--high-res"),
+    ],
+)
+def test_an_option_the_media_do_not_read_is_refused(media: Path, env: dict[str, str], args: list[str], flag: str):
+    """Found by a try-out: --high-res, --detail, --no-resize on a video (and --no-resize on a PDF, --video-as on a
+    frame list) were sent and ignored; each is refused (exit 2) in the flag's words, nothing sent."""
+    p = run_cli(*args, "--protocol", "native", "--dry-run", env=env) if args[0] != "tokens" else run_cli(*args, env=env)
+    assert p.returncode == 2, (args, p.stdout, p.stderr)
+    error, hint = _error(p.stderr)
+    assert error.startswith(f"error: {flag} applies to ") and f"Leave out {flag}" in hint, (args, p.stderr)
+
+
+def test_the_same_options_apply_where_an_image_reads_them(media: Path, env: dict[str, str]) -> None:
+    for args in (["ask", "doc.png", "clip.mp4", "S", "--high-res"], ["ask", "doc.png", "S", "--no-resize"]):
+        p = run_cli(*args, "--dry-run", env=env)
+        assert p.returncode == 0, (args, p.stderr)
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        ({"vl_high_resolution_images": True}, "vl_high_resolution_images"),
+        ({"detail": "low"}, "detail"),
+        ({"prepare": False}, "prepare"),
+    ],
+)
+def test_the_library_refuses_them_in_its_own_words(media: Path, server: DashScopeServer, fields, name) -> None:
+    with make_client(server) as client:
+        with pytest.raises(UsageError, match=rf"^{name} applies to "):
+            client.plan(prompt="S", video="clip.mp4", **fields)
+        with pytest.raises(UsageError, match=rf"^{name} applies to "):
+            qwenvl.estimate.estimate_files(["clip.mp4"], client=client, **fields)
+    assert not server.requests
