@@ -105,3 +105,46 @@ def test_the_library_refuses_them_in_its_own_words(media: Path, server: DashScop
         with pytest.raises(UsageError, match=rf"^{name} applies to "):
             qwenvl.estimate.estimate_files(["clip.mp4"], client=client, **fields)
     assert not server.requests
+
+
+# -- 2. a model's abilities are enforced for media ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "clip.mp4", "S"],
+        ["ask", "clip.mp4", "S", "--dry-run"],
+        ["tokens", "clip.mp4"],
+        ["events", "clip.mp4"],
+        ["events", "frames/f0.jpg", "frames/f1.jpg", "frames/f2.jpg", "frames/f3.jpg"],
+        ["chat", "clip.mp4"],
+    ],
+)
+def test_a_video_to_a_model_that_takes_none_is_refused_before_sending(
+    media: Path, server: DashScopeServer, env: dict[str, str], args: list[str]
+) -> None:
+    """Found by a try-out: qwen-vl-ocr lists no video ability, yet `ask clip.mp4 -m qwen-vl-ocr` sent the video
+    and `tokens` priced it."""
+    p = run_cli(*args, "-m", "qwen-vl-ocr", env=env, input="what?\n")
+    assert p.returncode == 2, (args, p.stderr)
+    error, hint = _error(p.stderr)
+    assert error.startswith("error: qwen-vl-ocr does not take video") and "qwen3-vl-plus" in hint, p.stderr
+    assert not server.requests
+
+
+def test_the_library_and_each_batch_item_refuse_it(media: Path, server: DashScopeServer, env) -> None:
+    with make_client(server, model="qwen-vl-ocr") as client:
+        with pytest.raises(UsageError, match=r"^qwen-vl-ocr does not take video"):
+            client.plan(prompt="S", video="clip.mp4")
+        with pytest.raises(UsageError, match=r"^qwen-vl-ocr does not take video"):
+            client.plan(prompt="S", video=["frames/f0.jpg", "frames/f1.jpg"])
+        with pytest.raises(UsageError, match=r"^qwen-vl-ocr does not take video"):
+            qwenvl.estimate.estimate_files(["clip.mp4"], client=client, model="qwen-vl-ocr")
+        client.plan(prompt="S", images=["doc.png"])  # images it takes
+    p = run_cli("batch", "run", "clip.mp4", "doc.png", "-p", "hi", "-o", "o.jsonl", "-m", "qwen-vl-ocr", env=env)
+    rows = {json.loads(line)["file"] if "file" in json.loads(line) else json.loads(line).get("id"): json.loads(line)
+            for line in Path("o.jsonl").read_text().splitlines()}  # fmt: skip
+    assert len(rows) == 2, (p.stderr, rows)  # the other item answered
+    bad = [r for r in rows.values() if "does not take video" in json.dumps(r)]
+    assert len(bad) == 1 and len([r for r in server.requests if r.path.endswith("/completions")]) == 1, rows

@@ -432,6 +432,29 @@ def check_media_options(request: Request) -> None:
         check_video_options_apply([n for n in ("fps", "video_as") if n in given], refs)
 
 
+def check_video_ability(model: ModelInfo, what: str = "a video") -> None:
+    """The one rule for a model's video ability (``ModelInfo.video``, the model table: qwen-vl-ocr takes images
+    only): ``what`` (a video, a frame list, "clip.mp4") given to a listed model that takes no video is a UsageError
+    (exit 2) before anything is sent or priced, rather than a paid request the service refuses or misreads. Used
+    by ``plan`` (every verb, batch item, chat turn and library call) and ``estimate_files`` (``tokens``)."""
+    if model.known and not model.video:
+        raise UsageError(
+            f"{model.name} does not take video ({what} given): it reads images and PDF pages only",
+            hint="Use a model that takes video, e.g. qwen3-vl-plus (`qwenvl models` lists each one's abilities), "
+            "or leave out the video.",
+        )
+
+
+def request_video(request: Request) -> str | None:
+    """What of ``request`` is a video, for a message: its video (or frame list), or one in an earlier turn; None
+    when it has none. Raises nothing."""
+    if request.video is not None:
+        return "a frame list" if isinstance(request.video, list) else request.video
+    if any(isinstance(p, VideoPart) for m in request.messages for p in m.media()):
+        return "a video in an earlier turn"
+    return None
+
+
 def check_model_name(name: str, protocol: str) -> None:
     """The one check of a model's name before anything is sent: on DashScope's protocols (``PAID_PROTOCOLS``), a
     name that looks like a misspelling of a listed one or differs from it only in case or whitespace
@@ -566,6 +589,9 @@ def plan(
     ``qwenvl.media.prepare.PreparedCache``: a conversation's earlier turns are not prepared again)."""
     model = model or model_info(request.model)
     check_model_rules(request, protocol, model)
+    video = request_video(request)
+    if video is not None:
+        check_video_ability(model, video)
     check_extra(request.extra, protocol)
     check_media_options(request)
     history = build_messages(request, model)
