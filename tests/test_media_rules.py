@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from PIL import Image
 
 import qwenvl
 from conftest import make_client, run_cli, write_image
-from dashscope_server import DashScopeServer
-from qwenvl.errors import UsageError
+from dashscope_server import DashScopeServer, Reply
+from qwenvl.errors import MediaError, UsageError
 from test_backend_openai import make_video
 
 
@@ -148,3 +149,106 @@ def test_the_library_and_each_batch_item_refuse_it(media: Path, server: DashScop
     assert len(rows) == 2, (p.stderr, rows)  # the other item answered
     bad = [r for r in rows.values() if "does not take video" in json.dumps(r)]
     assert len(bad) == 1 and len([r for r in server.requests if r.path.endswith("/completions")]) == 1, rows
+
+
+# -- 3. each verb's options, folder walk and refusals say what it takes ---------------------------------------------
+
+
+def _help_flags(verb: str) -> set[str]:
+    p = run_cli(verb, "--help")
+    assert p.returncode == 0, p.stderr
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", p.stdout))
+
+
+@pytest.mark.parametrize(
+    ("verb", "absent", "present"),
+    [
+        ("ocr", {"--fps", "--video-as", "--schema", "--json-mode"}, {"--pages", "--max-pixels"}),
+        ("ground", {"--fps", "--video-as", "--schema", "--json-mode"}, {"--page", "--max-pixels"}),
+        ("events", {"--pages", "--detail", "--high-res", "--schema", "--json-mode"}, {"--fps", "--video-as"}),
+        ("extract", {"--json-mode"}, {"--fps", "--video-as", "--pages", "--schema"}),
+    ],
+)
+def test_each_verb_help_lists_only_the_options_it_takes(verb: str, absent: set[str], present: set[str]) -> None:
+    """Found by a try-out: ocr and ground listed --fps and --video-as, which they cannot use."""
+    flags = _help_flags(verb)
+    assert not absent & flags and present <= flags, (verb, absent & flags, present - flags)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["ocr", "doc.png", "--fps", "1"], 2, "--fps applies to videos only"),  # hidden, still refused in words
+        (["events", "clip.mp4", "--pages", "1"], 2, "--pages applies to PDFs only"),
+        (["ocr", "clip.mp4"], 3, "clip.mp4 is a video: ocr reads an image or a PDF"),
+        (["ground", "clip.mp4", "dog"], 3, "clip.mp4 is a video: ground reads an image or a PDF"),
+        (["events", "multi.pdf"], 3, "multi.pdf is a PDF: events reads an image or a video"),
+    ],
+)
+def test_a_verb_refuses_what_it_cannot_read_in_its_own_words(media, server, env, args, code, says) -> None:
+    """Found by a try-out: `ocr clip.mp4` said "not an image" with the hint to give it "as the video", and `events
+    multi.pdf` to "pass it as a document": neither is something that verb can do."""
+    p = run_cli(*args, env=env)
+    assert p.returncode == code, (args, p.stderr)
+    error, hint = _error(p.stderr)
+    assert error == f"error: {says}", p.stderr
+    assert "as the video" not in hint and "as a document" not in hint and hint, p.stderr
+    assert not server.requests
+
+
+def test_the_task_functions_refuse_it_too(media: Path, server: DashScopeServer) -> None:
+    from qwenvl.tasks.events import plan_events
+    from qwenvl.tasks.grounding import plan_ground
+    from qwenvl.tasks.ocr import plan_pages
+
+    with make_client(server) as client:
+        with pytest.raises(MediaError, match="ocr reads"):
+            list(plan_pages(client, "clip.mp4"))
+        with pytest.raises(MediaError, match="ground reads"):
+            plan_ground(client, "clip.mp4", "dog")
+        with pytest.raises(MediaError, match="events reads"):
+            plan_events(client, "multi.pdf")
+
+
+def test_extract_reads_a_video_and_walks_folders_for_every_kind(media: Path, server, env) -> None:
+    """Found by a try-out: `extract clip.mp4` was refused ("not an image"), `extract FOLDER` skipped its video
+    without a word, and a folder of one video found "no media files"."""
+    p = run_cli("extract", "clip.mp4", "--schema", "s.json", "--dry-run", env=env)
+    assert p.returncode == 0, p.stderr
+    (part,) = [c for c in json.loads(p.stdout)["body"]["messages"][-1]["content"] if c["type"] == "video"]
+    assert len(part["video"]) == 8
+    (media / "bdir").mkdir()
+    (media / "vdir").mkdir()
+    for name in ("clip.mp4", "doc.png", "multi.pdf"):
+        (media / "bdir" / name).write_bytes((media / name).read_bytes())
+    (media / "vdir" / "clip.mp4").write_bytes((media / "clip.mp4").read_bytes())
+    for _ in range(4):
+        server.enqueue(Reply(text='{"a": "x"}'))
+    p = run_cli("extract", "bdir", "vdir", "--schema", "s.json", "--jsonl", env=env)
+    assert p.returncode == 0, p.stderr
+    files = [json.loads(line)["file"] for line in p.stdout.splitlines()]
+    assert sorted(files) == ["bdir/clip.mp4", "bdir/doc.png", "bdir/multi.pdf", "vdir/clip.mp4"], files
+
+
+# -- 6. --help shows the defaults each verb sends ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", "doc.png", "S"],
+        ["ocr", "doc.png"],
+        ["extract", "doc.png", "--schema", "s.json"],
+        ["events", "clip.mp4"],
+        ["ground", "doc.png", "dog"],
+    ],
+)
+def test_help_defaults_are_what_each_verb_sends(media: Path, env: dict[str, str], args: list[str]) -> None:
+    """Found by a try-out: ocr, extract, events and ground said `--max-tokens (default 512)` and sent 4096 or
+    2048. Each shared option's shown default is checked against the verb's own --dry-run body."""
+    text = " ".join(run_cli(args[0], "--help").stdout.split())
+    body = json.loads(run_cli(*args, "--dry-run", env=env).stdout)["body"]
+    for flag, key in (("--max-tokens", "max_tokens"), ("--temperature", "temperature")):
+        shown = re.search(re.escape(flag) + r" [^(]*\(default ([0-9.]+)", text)
+        assert shown is not None, (args[0], flag)
+        assert float(shown.group(1)) == body[key], (args[0], flag, shown.group(1), body[key])

@@ -228,8 +228,8 @@ def expand_globs(
     not a file and has ``*``, ``?`` or ``[`` is replaced by the files it matches (sorted; ``**`` recursive; a
     matched folder walked). One that matches nothing and looks like a file (``photos/*.jpg``) is a MediaError
     (exit 3); else it is left as it is (a prompt may hold a "?"; ``-``, standard input, too). ``folders``: a
-    folder is walked for its images and PDFs too, its videos left out (verbs that treat each file on its own:
-    ``extract``); elsewhere a folder stays one argument, refused as a folder with the hint to give a glob.
+    folder is walked for its images, PDFs and videos too (verbs that treat each file on its own and take every
+    kind: ``extract``); elsewhere a folder stays one argument, refused as a folder with the hint to give a glob.
     ``single`` (a verb that takes one file: ``ground``, ``ocr``): a glob that matches several files is a
     UsageError (exit 2) naming how many and ``verb``. A file given twice stays twice, as the shell gives it."""
     from qwenvl.media.sources import first_names, is_reference, looks_like_file
@@ -245,8 +245,8 @@ def expand_globs(
             found = matches
         elif is_glob and (looks_like_file(arg) or matches):
             found = expand_inputs([arg])  # MediaError when it matches nothing
-        elif folders and os.path.isdir(os.path.expanduser(arg)):  # images and PDFs (the verbs that walk: no video)
-            found = [ref for ref in expand_inputs([arg]) if media_kind(ref) != "video"]
+        elif folders and os.path.isdir(os.path.expanduser(arg)):  # images, PDFs and videos, as batch walks it
+            found = expand_inputs([arg])
         else:
             out.append(arg)
             continue

@@ -8,11 +8,13 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    ANSWER_FORMAT_FLAGS,
     FILE_NAME,
+    IMAGE_BUDGET_FLAGS,
     Verb,
     check_pages_apply,
     err_console,
-    generation_options,
+    generation_options_for,
     make_client,
     not_dash,
     pass_opts,
@@ -28,7 +30,7 @@ from qwenvl.media.sources import classify, first_names, split_media
 from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
-from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, sheet_frame_count
+from qwenvl.tasks.events import EVENTS_MAX_TOKENS, Timeline, frames, plan_events, send_events, sheet_frame_count
 
 
 @click.command(cls=Verb)
@@ -47,7 +49,10 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, shee
     "the suffix: .png, .jpg...).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
-@generation_options
+@generation_options_for(
+    max_tokens=f"{EVENTS_MAX_TOKENS}, or the model's limit if lower",
+    leave_out=("--pages", *IMAGE_BUDGET_FLAGS, *ANSWER_FORMAT_FLAGS),
+)
 @service_options
 @pass_opts
 def events(opts: dict[str, Any]) -> None:

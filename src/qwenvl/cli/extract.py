@@ -15,7 +15,7 @@ from qwenvl.cli.common import (
     as_given,
     check_pages_apply,
     err_console,
-    generation_options,
+    generation_options_for,
     make_client,
     not_dash,
     paid_line,
@@ -29,7 +29,7 @@ from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import StructuredOutputError, UsageError, safe_line
 from qwenvl.models import spent_label
 from qwenvl.outputs import check_outputs
-from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
+from qwenvl.tasks.extract import EXTRACT_MAX_TOKENS, Extraction, columns, extract_many, plan_extract, to_row
 from qwenvl.types import Response
 
 
@@ -46,13 +46,17 @@ from qwenvl.types import Response
     help="Write a CSV instead: a column per top-level key.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the first file's request; send nothing.")
-@generation_options
+@generation_options_for(
+    max_tokens=f"{EXTRACT_MAX_TOKENS}, or the model's limit if lower",
+    leave_out=("--json-mode",),
+)
 @service_options
 @pass_opts
 def extract(opts: dict[str, Any]) -> None:
     """Extract structured data: qwenvl extract invoice*.png --schema invoice.schema.json [--csv out.csv]
 
-    Each answer is validated against the schema (and repaired once). One file prints its JSON; several print
+    FILES are images, PDFs or videos (a folder is walked for all three). Each answer is validated against the
+    schema (and repaired once). One file prints its JSON; several print
     one line per file, {"file": ..., "json": ...} (or {"file": ..., "error": ...}); --csv writes a table
     instead (nested values as JSON text). A file that fails does not stop the others; the exit status is
     then that of the first failure.

@@ -9,13 +9,15 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    ANSWER_FORMAT_FLAGS,
     FILE_NAME,
+    VIDEO_FLAGS,
     Verb,
     as_given,
     check_pages_apply,
     err_console,
     error_record,
-    generation_options,
+    generation_options_for,
     json_asked,
     json_said,
     make_client,
@@ -32,7 +34,7 @@ from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.grounding import model_for
-from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_TASKS, OCRResult, ocr_options, plan_pages, send_pages
+from qwenvl.tasks.ocr import FORMATS, NO_TEXT, OCR_MAX_TOKENS, OCR_TASKS, OCRResult, ocr_options, plan_pages, send_pages
 from qwenvl.types import DuplicateKeyError, loads
 
 
@@ -83,7 +85,9 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     help="Write the result here instead of stdout.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the (first page's) request; send nothing.")
-@generation_options
+@generation_options_for(
+    max_tokens=f"{OCR_MAX_TOKENS}, or the model's limit if lower", leave_out=(*VIDEO_FLAGS, *ANSWER_FORMAT_FLAGS)
+)
 @service_options
 @pass_opts
 def ocr(opts: dict[str, Any]) -> None:

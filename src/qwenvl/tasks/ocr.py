@@ -35,6 +35,7 @@ from qwenvl.plan import Call
 from qwenvl.spelling import did_you_mean
 from qwenvl.tasks.grounding import (
     async_client,
+    check_task_media,
     in_thread,
     model_for,
     read_grounding,
@@ -48,6 +49,10 @@ from qwenvl.types import Response, not_blank
 Format = Literal["text", "markdown", "json"]
 NO_TEXT = "no text found"
 FORMATS: tuple[str, ...] = ("text", "markdown", "json")
+OCR_VIDEO_HINT = (
+    'To read the text shown in a video, ask about it (qwenvl ask {} "Read the text shown"), or give one '
+    "frame of it as an image."
+)
 OCR_MAX_TOKENS = 4096  # default answer budget (a dense page is long); capped by the model's own limit
 # Tasks the qwen-vl-ocr models know (ocr_options.task); any other is refused (``ocr_options``).
 OCR_TASKS = (
@@ -269,6 +274,7 @@ def plan_pages(
     Raises UsageError (``pages`` for an image, bad syntax), MediaError (a page out of range, a missing file), and
     what ``plan_ocr`` raises."""
     pdf = media_kind(classify(source)) == "pdf"  # classify: a missing file is named as such
+    check_task_media("ocr", source, ("image", "pdf"), OCR_VIDEO_HINT)
     if pages and not pdf:
         raise UsageError("pages apply to PDFs only", hint="Leave out --pages / pages for an image.")
     numbers: list[int | None] = list(pdf_pages(source, pages)) if pdf else [None]
