@@ -5,9 +5,13 @@ options, folder walks and refusals say what it takes; remote PDFs are documents;
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -252,3 +256,55 @@ def test_help_defaults_are_what_each_verb_sends(media: Path, env: dict[str, str]
         shown = re.search(re.escape(flag) + r" [^(]*\(default ([0-9.]+)", text)
         assert shown is not None, (args[0], flag)
         assert float(shown.group(1)) == body[key], (args[0], flag, shown.group(1), body[key])
+
+
+# -- 4. a PDF URL is a document, as a local PDF is -----------------------------------------------------------------
+
+
+@pytest.fixture
+def web(media: Path) -> Iterator[str]:
+    """The working folder served over loopback HTTP (a real server, its files as they are)."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(media))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_pdf_url_is_refused_without_fetch_urls(web: str, server: DashScopeServer, env: dict[str, str]) -> None:
+    """Found by a try-out: a .pdf URL was sent as an image_url (the service cannot read it), `tokens` called it a
+    remote image, and with --fetch-urls the hint said to "pass it as a document"."""
+    url = f"{web}/multi.pdf"
+    for args in (["ask", url, "S"], ["ocr", url], ["extract", url, "--schema", "s.json"]):
+        p = run_cli(*args, env=env)
+        assert p.returncode == 2, (args, p.stderr)
+        error, hint = _error(p.stderr)
+        assert error == f"error: {url} is a PDF: the service cannot read a PDF file, and qwenvl renders its pages " \
+            "only from a file it has", p.stderr  # fmt: skip
+        assert hint.startswith("hint: Add --fetch-urls to download it") and "fetch_urls=True" not in hint, p.stderr
+    p = run_cli("tokens", "https://example.com/d.pdf", "--json", env=env)
+    (row,) = json.loads(p.stdout)["items"]
+    assert "is a PDF" in row["error"] and row["hint"].startswith("Add --fetch-urls"), row
+    assert not server.requests
+    with make_client(server) as client, pytest.raises(UsageError, match="is a PDF"):
+        client.plan(prompt="S", images=[url])
+
+
+def test_a_pdf_url_is_fetched_and_rendered_with_fetch_urls(web: str, server, env: dict[str, str]) -> None:
+    url = f"{web}/multi.pdf"
+    p = run_cli("ask", url, "S", "--fetch-urls", "--pages", "2-3", "--dry-run", env=env)
+    assert p.returncode == 0, p.stderr
+    parts = json.loads(p.stdout)["body"]["messages"][-1]["content"]
+    assert [c["type"] for c in parts] == ["image_url", "image_url", "text"]
+    assert all(c["image_url"]["url"].startswith("data:image/") for c in parts[:2])
+    p = run_cli("tokens", url, "--fetch-urls", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)["items"]
+    assert len(rows) == 5 and all(r["tokens"] for r in rows), rows
+    p = run_cli("ocr", url, "--fetch-urls", "--pages", "2", "--dry-run", env=env)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("ask", url, "S", "--fps", "1", env=env)  # a PDF by its URL: a video's option does not apply
+    assert p.returncode == 2 and "--fps applies to videos only" in p.stderr, p.stderr

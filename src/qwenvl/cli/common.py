@@ -697,7 +697,7 @@ def generation_options_for(*, max_tokens: str | None = None, leave_out: Collecti
         click.option(
             "--fetch-urls",
             is_flag=True,
-            help="Download remote images and prepare them here (large or "
+            help="Download remote images and PDFs and prepare them here (large or "
             "private ones); time-out, size cap and redirects limited.",
         ),
         click.option(

@@ -26,6 +26,7 @@ from qwenvl.cli.common import (
     as_given,
     check_pages,
     err_console,
+    fit_hint,
     make_client,
     media_flag_names,
     model_option,
@@ -65,6 +66,11 @@ from qwenvl.models import format_cost
 @click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2).")
 @click.option("--pages", callback=check_pages, help='PDF pages, e.g. "1-3,5" (default: all).')
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
+@click.option(
+    "--fetch-urls",
+    is_flag=True,
+    help="Download remote files and size them here (a PDF URL's pages are rendered: it needs this).",
+)
 @click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option(
@@ -107,6 +113,10 @@ def tokens(opts: dict[str, Any]) -> None:
         **fields,
     )
     result = as_given(result)  # "-" was replaced by a temporary file: named as the user gave it
+    command = click.get_current_context().command
+    for row in result["items"]:  # a row's hint in this verb's words (the library's are the estimate's)
+        if row.get("hint"):
+            row["hint"] = fit_hint(row["hint"], command) or None
     if opts["as_json"]:
         print_json(result)
     else:

@@ -476,15 +476,16 @@ def media_kind(ref: str | Source) -> MediaKind:
     """What a media reference holds: ``"video"`` or ``"pdf"`` when its first bytes say so (``sniff``), else
     ``"image"``. A data: URL whose bytes say nothing counts as its declared MIME type says (``video/...``,
     ``application/pdf``); a remote URL is a video when its path ends like one (``VIDEO_SUFFIXES``; its
-    bytes are not fetched), else an image. A reference that cannot be classified or read is ``"image"``:
-    preparing it reports what is wrong. The one home of this rule: the CLI's and MCP server's split of
-    images from a video, batch items, estimates, PDF pages."""
+    bytes are not fetched), a PDF when it ends in ``.pdf``, else an image. A reference that cannot be classified
+    or read is ``"image"``: preparing it reports what is wrong. The one home of this rule: the CLI's and MCP
+    server's split of images from a video, batch items, estimates, PDF pages."""
     try:
         source = classify(ref) if isinstance(ref, str) else ref
     except MediaError:
         return "image"
     if source.is_remote:
-        return "video" if Path(urlsplit(source.url or "").path).suffix.lower() in VIDEO_SUFFIXES else "image"
+        suffix = Path(urlsplit(source.url or "").path).suffix.lower()
+        return "video" if suffix in VIDEO_SUFFIXES else "pdf" if suffix == ".pdf" else "image"
     mime = sniff(head_bytes(source)) or (source.declared_mime or "").lower()
     if mime.startswith("video/"):
         return "video"
