@@ -308,3 +308,82 @@ def test_a_pdf_url_is_fetched_and_rendered_with_fetch_urls(web: str, server, env
     assert p.returncode == 0, p.stderr
     p = run_cli("ask", url, "S", "--fps", "1", env=env)  # a PDF by its URL: a video's option does not apply
     assert p.returncode == 2 and "--fps applies to videos only" in p.stderr, p.stderr
+
+
+# -- 5. a hint names a fix that works, and no flag already given ----------------------------------------------------
+
+
+def test_a_page_too_long_for_any_budget_is_not_told_to_raise_it(media: Path, env: dict[str, str]) -> None:
+    """Found by a try-out: a 14400x20 pt page was "over 200:1" with the hint to raise --max-pixels, which fails
+    the same; the hint's fix is followed here and works."""
+    import pypdfium2 as pdfium
+
+    doc = pdfium.PdfDocument.new()
+    doc.new_page(1440, 1440)
+    doc.new_page(14400, 20)
+    doc.save(str(media / "huge.pdf"))
+    doc.close()
+    for extra in ([], ["--pages", "2"], ["--max-pixels", "20000000"]):
+        p = run_cli("ask", "huge.pdf", "S", *extra, "--dry-run", env=env)
+        assert p.returncode == 3, (extra, p.stderr)
+        error, hint = _error(p.stderr)
+        assert "page 2 (14400x20 pt) is 720:1, over the 200:1" in error, p.stderr
+        assert "--max-pixels" not in hint and "--pages picks the others" in hint, (extra, p.stderr)
+    p = run_cli("ask", "huge.pdf", "S", "--pages", "1", "--dry-run", env=env)  # the fix the hint names
+    assert p.returncode == 0, p.stderr
+    with pytest.raises(MediaError, match="720:1") as caught:
+        _plan(env, "huge.pdf")  # the library's own hint
+    assert "--max-pixels" not in (caught.value.raw_hint or "")
+
+
+def _plan(env: dict[str, str], ref: str) -> None:
+    with qwenvl.Client(api_key=env["DASHSCOPE_API_KEY"], base_url=env["DASHSCOPE_COMPATIBLE_BASE_URL"]) as client:
+        client.plan(prompt="S", images=[ref])
+
+
+@pytest.mark.parametrize(
+    ("given", "cause", "fix"),
+    [
+        (["--upload", "inline", "--protocol", "native"], "--upload auto", ["--upload", "auto", "--protocol", "native"]),
+        (["--protocol", "compat"], "--protocol native", ["--protocol", "native"]),
+        (
+            ["--upload", "inline"],
+            "--protocol native and use --upload auto",
+            ["--upload", "auto", "--protocol", "native"],
+        ),
+    ],
+)
+def test_a_whole_video_hint_names_what_is_missing(media, env, given: list[str], cause: str, fix: list[str]) -> None:
+    """Found by a try-out: `--video-as file --upload inline --protocol native` was told "Add --protocol native"
+    (already given); the cause was --upload inline. The hint's fix is followed and works."""
+    p = run_cli("ask", "clip.mp4", "S", "--video-as", "file", *given, env=env)
+    assert p.returncode == 2, p.stderr
+    _, hint = _error(p.stderr)
+    assert cause in hint and (given[-1] != "native" or "--protocol native" not in hint), (given, hint)
+    p = run_cli("ask", "clip.mp4", "S", "--video-as", "file", *fix, env=env)
+    assert p.returncode == 0, p.stderr
+
+
+def test_a_variable_of_one_backend_is_not_offered_for_another(media: Path, env: dict[str, str]) -> None:
+    """Found by a try-out: $QWENVL_BASE_URL was told "did you mean $QWENVL_OPENAI_BASE_URL?", which only the
+    openai backend reads."""
+    p = run_cli("ask", "doc.png", "S", "--dry-run", env={**env, "QWENVL_BASE_URL": "http://127.0.0.1:9"})
+    assert p.returncode == 0, p.stderr
+    (warning,) = [line for line in p.stderr.splitlines() if "QWENVL_BASE_URL" in line]
+    assert "$DASHSCOPE_COMPATIBLE_BASE_URL" in warning and "--backend openai only" in warning, warning
+
+
+def test_the_context_hint_names_only_options_the_media_take() -> None:
+    from qwenvl.media.prepare import PreparedItem
+    from qwenvl.models import model_info
+    from qwenvl.plan import check_context
+
+    model = model_info("qwen3-vl-plus")
+    video = PreparedItem("clip.mp4", "video", ["f"], tokens=model.context_tokens + 1)
+    with pytest.raises(MediaError) as caught:
+        check_context([video], model)
+    assert "--detail" not in (caught.value.raw_hint or "") and "--fps" in (caught.value.raw_hint or "")
+    image = PreparedItem("a.png", "image", "a", tokens=model.context_tokens + 1)
+    with pytest.raises(MediaError) as caught:
+        check_context([image], model)
+    assert "--detail low" in (caught.value.raw_hint or "") and "--fps" not in (caught.value.raw_hint or "")

@@ -310,7 +310,7 @@ def check_context(
             f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
             f"{model.context_tokens:,} tokens",
             source=known[0].source,
-            hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower --fps).",
+            hint=_smaller_media_hint(kinds),
         )
     if request is None or messages is None or not (model.known or model.local_family):
         return []
@@ -360,6 +360,19 @@ def check_context(
         log.warning("%s", note)
         return [note]
     return []
+
+
+def _smaller_media_hint(kinds: Mapping[str, int]) -> str:
+    """What makes media of ``kinds`` ("image", "video": counts) take fewer tokens, naming only the options that
+    apply to them (``qwenvl.media.sources.OPTION_MEDIA``: ``--detail`` is the images' budget, ``--fps`` the
+    video's). Raises nothing."""
+    fewer = " or ".join(w for k, w in (("image", "images"), ("video", "frames")) if k in kinds)
+    ways = [
+        *(["--detail low"] if "image" in kinds else []),
+        "--max-pixels",
+        *(["a lower --fps"] if "video" in kinds else []),
+    ]
+    return f"Send fewer {fewer}, or a smaller budget ({', '.join(ways)})."
 
 
 def check_thinking_budget(request: Request, model: ModelInfo) -> None:
