@@ -387,3 +387,50 @@ def test_the_context_hint_names_only_options_the_media_take() -> None:
     with pytest.raises(MediaError) as caught:
         check_context([image], model)
     assert "--detail low" in (caught.value.raw_hint or "") and "--fps" not in (caught.value.raw_hint or "")
+
+
+# -- 7. estimates and labels say what is true ----------------------------------------------------------------------
+
+
+def test_a_video_the_service_samples_is_not_counted_exactly(media: Path, env: dict[str, str]) -> None:
+    """Found by a try-out: `--video-as file` reported "media_tokens_exact": true beside "about 12 frames" (the
+    service samples it), and `tokens` had no --video-as."""
+    p = run_cli("ask", "clip.mp4", "S", "--video-as", "file", "--protocol", "native", "--dry-run", env=env)
+    assert p.returncode == 0, p.stderr
+    estimate = json.loads(p.stdout)["estimate"]
+    assert estimate["media_tokens_exact"] is False and estimate["input_tokens_exact"] is False
+    p = run_cli("ask", "clip.mp4", "S", "--dry-run", env=env)  # sampled here: the count is the billing rule's
+    assert json.loads(p.stdout)["estimate"]["media_tokens_exact"] is True
+    p = run_cli("tokens", "clip.mp4", "--video-as", "file", "--json", env=env)
+    assert p.returncode == 0, p.stderr
+    (row,) = json.loads(p.stdout)["items"]
+    assert row["tokens"] and row["tokens_exact"] is False and "about" in row["notes"][0], row
+    p = run_cli("tokens", "clip.mp4", "--video-as", "file", env=env)
+    assert "≈" in p.stdout, p.stdout
+    p = run_cli("tokens", "clip.mp4", "--json", env=env)
+    assert json.loads(p.stdout)["items"][0]["tokens_exact"] is True
+
+
+def test_the_sheet_says_the_rate_the_frames_were_sent_at(media: Path, server: DashScopeServer) -> None:
+    """Found by a try-out: a 1 h clip's sheet said "48 of 2000 frames at 2 fps"; it was sent at 0.5556 fps (2000
+    frames, the model's cap, over 3600 s). The rate shown is the one in the body."""
+    import av
+    import numpy as np
+
+    with av.open(str(media / "hour.mp4"), "w") as c:  # 1 h at 1 fps, 32x32: 3600 small frames
+        s = c.add_stream("libx264", rate=1)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.options = {"g": "600"}
+        for i in range(3600):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i % 250, np.uint8), format="rgb24")
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    from qwenvl.tasks.events import plan_events, sent_fps
+
+    with make_client(server) as client:
+        call = plan_events(client, "hour.mp4")
+    (part,) = [p for p in qwenvl.protocols.get("compat").build_body(call, stream=False)["messages"][-1]["content"]
+               if p["type"] == "video"]  # fmt: skip
+    assert sent_fps(call) == part["fps"] and part["fps"] < 2, part["fps"]

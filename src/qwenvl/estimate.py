@@ -44,17 +44,18 @@ def estimate_files(
     sent.
 
     ``files`` are local files (``str`` or ``os.PathLike``), folders (walked for media as ``qwenvl batch`` does),
-    globs, https/file/data URLs.
-    Returns ``{"model", "factor", "currency", "local", "price_tier", "items": [...], "total": {"tokens", "cost",
-    "items", "unknown", "failed"}}``; with a local ``client`` (a local model has no price: ``qwenvl.models.LOCAL``)
-    ``local`` is True and ``currency`` and every ``cost`` None. An item is ``{"source", "kind", "width", "height",
-    "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}`` (a PDF gives one item per page, a remote URL
-    ``tokens: None``: the service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot
-    be sent (the others go on). The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else
-    qwen3-vl-plus; a local ``client`` (``--backend openai|transformers``) gives its model's own rules, and
-    ``family`` (qwen2.5-vl, qwen3-vl) the rules of a model whose name does not say. ``client`` is a ``Client`` or
-    anything with the members of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in
-    Beijing, USD elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``);
+    globs, https/file/data URLs. Returns ``{"model", "factor", "currency", "local", "price_tier", "items": [...],
+    "total": {"tokens", "cost", "items", "unknown", "failed"}}``; with a local ``client`` (a local model has no price:
+    ``qwenvl.models.LOCAL``) ``local`` is True and ``currency`` and every ``cost`` None. An item is ``{"source",
+    "kind", "width", "height", "frames", "mime", "bytes_sent", "tokens", "tokens_exact", "cost", "notes"}``
+    (``tokens_exact`` False where the service decides the count: a video sent whole, ``video_as="file"``, which it
+    samples itself; a PDF gives one item per page, a remote URL ``tokens: None``: the service fetches and sizes it),
+    or ``{"source", "error", "hint"}`` for a file that cannot be sent (the others go on). The model comes from
+    ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus; a local ``client`` (``--backend
+    openai|transformers``) gives its model's own rules, and ``family`` (qwen2.5-vl, qwen3-vl) the rules of a model
+    whose name does not say. ``client`` is a ``Client`` or anything with the members of
+    ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in Beijing, USD elsewhere;
+    ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``);
     costs are in the currency's units, rounded to 10 significant digits.
 
     Raises ``UsageError`` for invalid options, an unknown region, or ``pages`` when no file counted is a PDF
@@ -154,6 +155,7 @@ def _row(label: str, item: PreparedItem) -> dict[str, Any]:
         "mime": item.mime,
         "bytes_sent": item.bytes_sent,
         "tokens": item.tokens,
+        "tokens_exact": item.tokens is not None and item.tokens_exact,
         "cost": None,
         "notes": list(item.notes),
     }

@@ -27,10 +27,17 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, first_names, split_media
-from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
-from qwenvl.tasks.events import EVENTS_MAX_TOKENS, Timeline, frames, plan_events, send_events, sheet_frame_count
+from qwenvl.tasks.events import (
+    EVENTS_MAX_TOKENS,
+    Timeline,
+    frames,
+    plan_events,
+    send_events,
+    sent_fps,
+    sheet_frame_count,
+)
 
 
 @click.command(cls=Verb)
@@ -107,7 +114,7 @@ def events(opts: dict[str, Any]) -> None:
     if sheet is not None:
         pictures, times = frames(call)
         if pictures:
-            rate = call.request.fps or VIDEO_FPS
+            rate = sent_fps(call)  # as sent: a long video is sampled below the rate asked
             length = f"{hms(timeline.duration, decimals=True)} · " if timeline.duration is not None else ""
             total = len(timeline.frame_times)
             shown = f"{len(pictures)} of {total}" if total > len(pictures) else f"{len(pictures)}"

@@ -65,6 +65,12 @@ from qwenvl.models import format_cost
 )
 @click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2).")
 @click.option("--pages", callback=check_pages, help='PDF pages, e.g. "1-3,5" (default: all).')
+@click.option(
+    "--video-as",
+    type=click.Choice(["frames", "file"]),
+    help="A local video as it would be sent: sampled here into frames (default), or whole for the service to "
+    "sample (its count is then about: ≈).",
+)
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
 @click.option(
     "--fetch-urls",
@@ -166,7 +172,7 @@ def _print_table(result: dict[str, Any]) -> None:
             escape(safe_line(row["source"])),
             _size(row),
             _bytes(row["bytes_sent"]),
-            "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
+            "unknown" if row["tokens"] is None else f"{'' if row['tokens_exact'] else '≈'}{row['tokens']:,}",
             format_cost(row["cost"], currency, digits=5, local=local),
         )
     counted = [r for r in rows if "error" not in r]
@@ -176,7 +182,7 @@ def _print_table(result: dict[str, Any]) -> None:
         f"total ({len(counted)} item{'s' if len(counted) != 1 else ''})",
         "",
         "",
-        f"{total_tokens:,}{suffix}",
+        f"{'' if all(r['tokens_exact'] for r in counted if r['tokens'] is not None) else '≈'}{total_tokens:,}{suffix}",
         format_cost(total_cost, currency, digits=5, local=local) if total_tokens or not unknown or local else "unknown",
     )
     console.print(table)

@@ -107,6 +107,9 @@ class PreparedItem:
     frame_times: list[float] | None = None  # a video's frames: seconds from its start, as the model sees them
     fps: float | None = None  # a sampled video's actual frame rate, sent beside the frame list
     estimate: bool = False  # made by estimate-only preparation: ``sent`` is a placeholder, bytes_sent is 0
+    # ``tokens`` is the billing rule's count of what is sent; False where the service decides (a video sent
+    # whole: it samples the frames itself, so the count is about that many)
+    tokens_exact: bool = True
     pixels: Any = None  # keep_pixels: the RGB PIL image as the model will see it (a frame list: one per frame)
     # the file's own bytes are sent (nothing decoded or encoded): cheap to check again, so a batch's
     # ``PreparedCache`` does not keep it (items naming distinct small images would fill it for nothing)
@@ -847,6 +850,7 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         width=w_bar,
         height=h_bar,
         tokens=tokens.video_tokens(count, h_bar, w_bar, options.model.factor),
+        tokens_exact=False,  # the service samples it: about ``count`` frames
         fps=rate,
         notes=[
             f"sent whole ({format_bytes(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "

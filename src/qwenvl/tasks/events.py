@@ -173,6 +173,15 @@ def _video_item(call: Call) -> Any:
     return items[-1] if items else None
 
 
+def sent_fps(call: Call) -> float:
+    """The frame rate the video of ``call`` is sent at (frames per second): the sampled rate as planned (a long
+    video is sampled more sparsely than asked, to stay within the model's frame cap), else the one asked, else
+    ``VIDEO_FPS``. Rounded as the body carries it (4 decimals). Raises nothing."""
+    item = _video_item(call)
+    rate = item.fps if item is not None and item.fps is not None else call.request.fps or VIDEO_FPS
+    return round(rate, 4)
+
+
 def video_duration(call: Call) -> float | None:
     """The clip's length: probed for a local file; frames / fps for a frame list; None for a URL.
     Raises MediaError when a local video cannot be read."""
