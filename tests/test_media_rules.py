@@ -434,3 +434,14 @@ def test_the_sheet_says_the_rate_the_frames_were_sent_at(media: Path, server: Da
     (part,) = [p for p in qwenvl.protocols.get("compat").build_body(call, stream=False)["messages"][-1]["content"]
                if p["type"] == "video"]  # fmt: skip
     assert sent_fps(call) == part["fps"] and part["fps"] < 2, part["fps"]
+
+
+def test_a_positional_batch_gives_each_option_to_the_items_that_read_it(media: Path, server, env) -> None:
+    """--high-res and --no-resize over images, a PDF and a video: each item gets what its kind reads; none is
+    refused for an option given for the others."""
+    p = run_cli("batch", "run", "doc.png", "multi.pdf", "clip.mp4", "-p", "hi", "-o", "o.jsonl", "--high-res", env=env)
+    assert p.returncode == 0, p.stderr
+    rows = [json.loads(line) for line in Path("o.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and not [r for r in rows if "error" in r], rows
+    bodies = [r.json for r in server.requests if r.path.endswith("/completions")]
+    assert [b.get("vl_high_resolution_images") for b in bodies].count(True) == 2, bodies  # the image and the PDF
