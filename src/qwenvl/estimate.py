@@ -21,7 +21,7 @@ from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import check_options_apply, media_kind, ref_kinds
+from qwenvl.media.sources import check_options_apply, first_names, media_kind, ref_kinds
 from qwenvl.models import currency_of, media_costs, model_info, typo_error
 from qwenvl.plan import check_video_ability, media_option_fields, media_options, video_pixels
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
@@ -93,7 +93,7 @@ def estimate_files(
     check_options_apply(given, ref_kinds(refs))  # what it counted: e.g. no PDF, no pages to pick
     video = next((ref for ref in refs if media_kind(ref) == "video"), None)
     if video is not None:  # a model that takes no video: nothing to price
-        check_video_ability(info, video)
+        check_video_ability(info, first_names([video]))
 
     rows: list[dict[str, Any]] = []
     failed = 0

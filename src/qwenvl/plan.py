@@ -19,7 +19,13 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
-from qwenvl.media.sources import check_options_apply, check_pages_apply, check_video_options_apply, ref_kinds
+from qwenvl.media.sources import (
+    check_options_apply,
+    check_pages_apply,
+    check_video_options_apply,
+    first_names,
+    ref_kinds,
+)
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
 from qwenvl.spelling import nearest
 from qwenvl.types import (
@@ -462,7 +468,9 @@ def request_video(request: Request) -> str | None:
     """What of ``request`` is a video, for a message: its video (or frame list), or one in an earlier turn; None
     when it has none. Raises nothing."""
     if request.video is not None:
-        return "a frame list" if isinstance(request.video, list) else request.video
+        return (
+            "a frame list" if isinstance(request.video, list) else first_names([request.video])
+        )  # a data: URL's label
     if any(isinstance(p, VideoPart) for m in request.messages for p in m.media()):
         return "a video in an earlier turn"
     return None
