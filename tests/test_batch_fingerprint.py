@@ -126,7 +126,9 @@ def test_fps_of_a_video_is_its_question(server, isolated_env):
     out = Output(server, ("clip.mp4",), "-p", "What happens?")
     out.first()
     out.same("--fps", "2")  # the default rate, given
-    out.same("--min-pixels", "4096", "--detail", "low")  # image budgets: a video's frames follow their own
+    out.other(("--max-pixels", "20000"), "--detail or --max-pixels / max_pixels")  # it bounds the frames too
+    p = run_cli(*out.base, "--detail", "low", env=out.env)  # image budgets: a video's frames follow their own
+    assert p.returncode == 2 and "--detail applies to images and PDFs only" in p.stderr, p.stderr
     out.other(("--fps", "1"), "--fps / fps")
 
 

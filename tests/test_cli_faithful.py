@@ -144,6 +144,10 @@ def test_every_verb_sends_every_option_as_the_library_does(server, env, media, p
     _, library, answer = VERBS[verb]
     server.enqueue(Reply(text=answer, times=2))
     result = invoke(cli_args(verb, media, args, fields, protocol), env, input="describe\n")
+    if verb == "events" and key == "vl_high_resolution_images":  # an image budget: a video's frames have their own
+        assert result.exit_code == 2 and f"{args[0]} applies to images and PDFs only" in result.stderr, result.stderr
+        assert server.requests == []  # refused, never sent to be ignored (media.sources.OPTION_MEDIA)
+        return
     assert result.exit_code == 0, result.output + result.stderr
     assert len(server.requests) == 1, "one request, no retry and no repair"
     sent_by_cli = server.requests[0].json

@@ -524,20 +524,22 @@ def test_a_file_name_that_is_not_utf8_works_in_folders_globs_batch_and_sessions(
     assert json.dumps(server.requests[-1].json).count('"data:image/png') == 1
 
 
-def test_extract_walks_a_folder_for_images_and_pdfs_not_videos(files, server):
-    """Found by a new user: `extract FOLDER` picked up a video it then refused (exit 3, "1 of 5 files failed")."""
+def test_extract_walks_a_folder_for_images_pdfs_and_videos(files, server):
+    """Found by a new user: `extract FOLDER` picked up a video it then refused (exit 3, "1 of 5 files failed");
+    then a try-out found the video skipped without a word: extract now reads a video as well."""
     from test_backend_openai import make_video
 
     (files / "g").mkdir()
     write_image(files / "g" / "a.png")
     make_video(files / "g" / "d.mp4")
-    server.enqueue(Reply(text='{"a": "x"}'))  # an answer of its own: the echo only quotes the schema
+    for _ in range(2):
+        server.enqueue(Reply(text='{"a": "x"}'))  # an answer of its own: the echo only quotes the schema
     p = run_cli(
         "extract", "g", "--schema", "s.json", "--jsonl", "--base-url", server.compat_base,
         env={"DASHSCOPE_API_KEY": API_KEY},
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert [json.loads(line)["file"] for line in p.stdout.splitlines()] == ["g/a.png"]
+    assert [json.loads(line)["file"] for line in p.stdout.splitlines()] == ["g/a.png", "g/d.mp4"]
 
 
 def test_a_bad_file_on_standard_input_is_named_as_standard_input(files, server):

@@ -327,8 +327,12 @@ def test_expand_documents_leaves_other_parts_alone(doc: Path, tmp_path: Path) ->
     with_image = Message(role="user", content=[{"type": "image", "image": str(png)}])
     out = expand_documents([text_only, with_image], MediaOptions(model=PLUS))
     assert out[0] is text_only and out[1] is with_image
-    remote = Message(role="user", content=[{"type": "image", "image": "https://example.com/doc.pdf"}])
+    remote = Message(role="user", content=[{"type": "image", "image": "https://example.com/photo"}])
     assert expand_documents([remote], MediaOptions(model=PLUS))[0] is remote
+    # a PDF by its URL is a document: refused without fetch_urls (the service cannot read it as an image)
+    remote_pdf = Message(role="user", content=[{"type": "image", "image": "https://example.com/doc.pdf"}])
+    with pytest.raises(UsageError, match="is a PDF"):
+        expand_documents([remote_pdf], MediaOptions(model=PLUS))
 
 
 def test_pages_option_and_data_url(doc: Path) -> None:

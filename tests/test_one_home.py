@@ -188,7 +188,8 @@ def test_media_kind_by_bytes_then_declared_type_then_url_suffix(media: dict[str,
     }
     assert media_kind("https://example.com/v/clip.MP4?sig=1#t=3") == "video"
     assert media_kind("oss://bucket/clip.webm") == "video"
-    assert media_kind("https://example.com/scan.pdf") == "image"  # remote bytes are not fetched
+    assert media_kind("https://example.com/scan.pdf?x=1") == "pdf"  # by its path, as a video's (bytes not fetched)
+    assert media_kind("https://example.com/scan") == "image"  # remote bytes are not fetched
     assert media_kind(str(isolated_env / "missing.mp4")) == "image"  # preparing it names what is wrong
     if hasattr(os, "mkfifo"):
         os.mkfifo(isolated_env / "pipe.mp4")

@@ -23,6 +23,25 @@ def _noise(path: Path, side: int) -> Path:
 
 
 @pytest.fixture
+def small_video_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """qwen-vl-ocr's small context (38,192 tokens) with a video ability: no listed model is both (a video's tokens
+    are capped at 65,536, below every video model's context; qwen-vl-ocr takes no video and refuses one before the
+    context is counted), so the guard's video paths are tested on the table's OCR row given video."""
+    from dataclasses import replace
+
+    from qwenvl import models
+
+    monkeypatch.setitem(models.MODELS, "qwen-vl-ocr", replace(models.MODELS["qwen-vl-ocr"], video=True))
+
+
+def test_qwen_vl_ocr_itself_refuses_a_video_before_counting(server, env, isolated_env) -> None:
+    clip = make_clip(isolated_env / "short.mp4", seconds=2, fps=2, size=(64, 64))
+    p = run_cli("ask", str(clip), "-p", "x", "-m", "qwen-vl-ocr", env=env)
+    assert p.returncode == 2 and "qwen-vl-ocr does not take video" in p.stderr, p.stderr
+    assert server.requests == []
+
+
+@pytest.fixture
 def pages(isolated_env) -> list[str]:
     """Six 3000x3000 scans: about 48,600 tokens for qwen-vl-ocr, over its context."""
     return [str(_noise(isolated_env / f"page{i}.jpg", 3000)) for i in range(6)]
@@ -59,7 +78,7 @@ def test_other_paths_refuse_too(server, env, pages, verb, isolated_env):
     assert server.requests == []
 
 
-def test_a_long_video_is_refused(server, env, long_clip, protocol):
+def test_a_long_video_is_refused(server, env, long_clip, protocol, small_video_model):
     p = run_cli(
         "ask", str(long_clip), "-p", "what happens", "-m", "qwen-vl-ocr", "--fps", "4", "--protocol", protocol, env=env
     )
@@ -68,14 +87,14 @@ def test_a_long_video_is_refused(server, env, long_clip, protocol):
     assert server.requests == []
 
 
-def test_a_frame_list_is_refused(server, isolated_env):
+def test_a_frame_list_is_refused(server, isolated_env, small_video_model):
     frames = [str(_noise(isolated_env / f"f{i:02}.jpg", 960)) for i in range(112)]  # about 40,800 tokens: over 38,192
     with make_client(server) as c, pytest.raises(qwenvl.MediaError, match=r"1 video .* over qwen-vl-ocr's context"):
         c.complete(prompt="x", video=frames, model="qwen-vl-ocr")
     assert server.requests == []
 
 
-def test_a_mix_is_refused_sync_and_async(server, pages, isolated_env):
+def test_a_mix_is_refused_sync_and_async(server, pages, isolated_env, small_video_model):
     clip = make_clip(isolated_env / "mid.mp4", seconds=20, fps=2, size=(960, 960))
     fields = dict(prompt="x", images=pages[:3], video=str(clip), model="qwen-vl-ocr")
     with make_client(server) as c:

@@ -130,6 +130,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(SERVE_CONFIG_ENV, "Internal: `qwenvl serve` hands its configuration to its workers in it.", "none"),
 )
 
+# Variables read only with one backend, by the flag that selects it, and the DashScope variables of the same role:
+# a "did you mean" names both (an unknown BASE_URL variable is as likely meant for DashScope as for a local server).
+BACKEND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "QWENVL_OPENAI_BASE_URL": ("--backend openai", ("DASHSCOPE_COMPATIBLE_BASE_URL", "DASHSCOPE_HTTP_BASE_URL")),
+    "QWENVL_OPENAI_API_KEY": ("--backend openai", ("DASHSCOPE_API_KEY",)),
+}
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

@@ -12,7 +12,7 @@ region's currency (¥ in Beijing, $ in Singapore and Virginia), every item at th
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,9 +22,9 @@ from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import check_pages_apply, check_video_options_apply, media_kind
+from qwenvl.media.sources import check_options_apply, first_names, media_kind, ref_kinds
 from qwenvl.models import currency_of, media_costs, model_info, typo_error
-from qwenvl.plan import media_options
+from qwenvl.plan import check_video_ability, media_option_fields, media_options, video_pixels
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
@@ -37,6 +37,7 @@ def estimate_files(
     family: str | None = None,
     pages_option: str = "pages",
     fps_option: str = "fps",
+    option_names: Mapping[str, str] | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """Tokens and cost of ``files`` for a request with ``fields`` (Request fields: ``model``, ``detail``,
@@ -48,19 +49,21 @@ def estimate_files(
     "total": {"tokens", "cost", "items", "unknown", "failed"}, "warnings": [...]}`` (``warnings``: the items are
     over the model's context as one request; they are counted all the same); with a local ``client`` (a local model
     has no price: ``qwenvl.models.LOCAL``) ``local`` is True and ``currency`` and every ``cost`` None. An item is
-    ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent", "tokens", "cost", "notes"}`` (a PDF
-    gives one item per page, with its 1-based ``"page"`` number in the document; a remote URL ``tokens: None``: the
-    service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file that cannot be sent (the others go
-    on). The model comes from ``fields``, else ``client``'s default (``$QWENVL_MODEL``), else qwen3-vl-plus; a local
-    ``client`` (``--backend openai|transformers``) gives its model's own rules, and ``family`` (qwen2.5-vl,
-    qwen3-vl) the rules of a model whose name does not say. ``client`` is a ``Client`` or anything with the members
-    of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency (CNY in Beijing, USD elsewhere;
-    ``qwenvl.models``). Tokens follow the billing page's rules (``qwenvl.media.tokens``); costs are in the
-    currency's units, rounded to 10 significant digits.
+    ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent", "tokens", "tokens_exact", "cost",
+    "notes"}`` (``tokens_exact`` False where the service decides the count: a video sent whole, ``video_as="file"``,
+    which it samples itself; a PDF gives one item per page, with its 1-based ``"page"`` number in the document; a
+    remote URL ``tokens: None``: the service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file
+    that cannot be sent (the others go on). The model comes from ``fields``, else ``client``'s default
+    (``$QWENVL_MODEL``), else qwen3-vl-plus; a local ``client`` (``--backend openai|transformers``) gives its model's
+    own rules, and ``family`` (qwen2.5-vl, qwen3-vl) the rules of a model whose name does not say. ``client`` is a
+    ``Client`` or anything with the members of ``qwenvl.interfaces.SupportsEstimate``; ``region`` picks the currency
+    (CNY in Beijing, USD elsewhere; ``qwenvl.models``). Tokens follow the billing page's rules
+    (``qwenvl.media.tokens``); costs are in the currency's units, rounded to 10 significant digits.
 
     Raises ``UsageError`` for invalid options, an unknown region, or ``pages`` when no file counted is a PDF
-    (``qwenvl.media.sources.check_pages_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI), or
-    ``fps`` when none is a video (``check_video_options_apply``, naming ``fps_option``);
+    (``qwenvl.media.sources.check_options_apply``, which names it ``pages_option``: ``"--pages"`` on the CLI), or
+    ``fps`` when none is a video (naming ``fps_option``), or any other option no file counted reads
+    (``plan.media_option_fields``: ``detail``, ``prepare``...; named as ``option_names`` says, by field);
     ``MediaError`` (exit 3) when ``files`` name no media file (an empty folder: ``batch.inputs.no_media_found``),
     a missing folder or a glob that matches nothing (``batch.inputs.expand_inputs``); a file that cannot be sent
     is a row with ``error`` instead."""
@@ -88,14 +91,18 @@ def estimate_files(
     refs = expand_inputs(list(files))
     if not refs:
         raise no_media_found([os.fspath(f) for f in files])
-    check_pages_apply(fields.get("pages"), refs, pages_option)  # what it counted: no PDF, no pages to pick
-    check_video_options_apply([fps_option] if fields.get("fps") is not None else [], refs)
+    names = {"pages": pages_option, "fps": fps_option, **(option_names or {})}
+    given = {name: names.get(name, name) for name in media_option_fields(request)}
+    check_options_apply(given, ref_kinds(refs))  # what it counted: e.g. no PDF, no pages to pick
+    video = next((ref for ref in refs if media_kind(ref) == "video"), None)
+    if video is not None:  # a model that takes no video: nothing to price
+        check_video_ability(info, first_names([video]))
 
     rows: list[dict[str, Any]] = []
     failed = 0
     for ref in refs:
         try:
-            part = _part(ref)
+            part = _part(ref, video_pixels(request))
             prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
         except QwenVLError as exc:  # this file's row; the others go on
             failed += 1
@@ -137,9 +144,12 @@ def estimate_files(
     }
 
 
-def _part(ref: str) -> ImagePart | VideoPart:
-    """A video part for a video (``media_kind``), else an image part (PDFs are expanded into pages)."""
-    return VideoPart(video=ref) if media_kind(ref) == "video" else ImagePart(image=ref)
+def _part(ref: str, pixels: dict[str, int]) -> ImagePart | VideoPart:
+    """A video part for a video (``media_kind``) with the request's frame bounds ``pixels``
+    (``plan.video_pixels``), else an image part (PDFs are expanded into pages)."""
+    if media_kind(ref) == "video":
+        return VideoPart(video=ref, min_pixels=pixels.get("min_pixels"), max_pixels=pixels.get("max_pixels"))
+    return ImagePart(image=ref)
 
 
 def _row(ref: str, item: PreparedItem) -> dict[str, Any]:
@@ -154,6 +164,7 @@ def _row(ref: str, item: PreparedItem) -> dict[str, Any]:
         "mime": item.mime,
         "bytes_sent": item.bytes_sent,
         "tokens": item.tokens,
+        "tokens_exact": item.tokens is not None and item.tokens_exact,
         "cost": None,
         "notes": list(item.notes),
     }

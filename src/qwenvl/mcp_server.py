@@ -206,6 +206,9 @@ class EstimateItem(BaseModel):
     mime: str | None = None
     bytes_sent: int = 0
     tokens: int | None = None
+    tokens_exact: bool | None = Field(
+        None, description="False where the service decides the count (a video sent whole, which it samples)."
+    )
     cost: float | None = None
     notes: list[str] = Field(default_factory=list)
     error: str | None = Field(None, description="Why this file cannot be sent (the others are still estimated).")

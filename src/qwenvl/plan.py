@@ -19,7 +19,13 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
-from qwenvl.media.sources import check_pages_apply, check_video_options_apply
+from qwenvl.media.sources import (
+    check_options_apply,
+    check_pages_apply,
+    check_video_options_apply,
+    first_names,
+    ref_kinds,
+)
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
 from qwenvl.spelling import nearest
 from qwenvl.types import (
@@ -170,6 +176,15 @@ def image_pixels(request: Request, model: ModelInfo) -> dict[str, int]:
     return {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", max_pixels)) if v is not None}
 
 
+def video_pixels(request: Request) -> dict[str, int]:
+    """The ``min_pixels``/``max_pixels`` put beside the request's video (pixels per frame; only those that are set):
+    the request's own, which bound the frames as they bound images (the official preprocessor takes them per video
+    item, qwen-vl-utils ``fetch_video``; qwenvl samples with them, ``qwenvl.media.video.frame_budget``: they can
+    only lower the service's frame budget). ``detail`` and high resolution are the images' budget, not the
+    frames'. Raises nothing."""
+    return {k: v for k, v in (("min_pixels", request.min_pixels), ("max_pixels", request.max_pixels)) if v is not None}
+
+
 def build_messages(request: Request, model: ModelInfo | None = None) -> list[Message]:
     """System prompt, history, then the new user turn (media first, then the prompt, as the skill does). The new
     turn's parts carry the request's per-media options (``pages``, ``prepare=False``, ``video_as="file"``, the
@@ -188,7 +203,16 @@ def build_messages(request: Request, model: ModelInfo | None = None) -> list[Mes
             parts.append(ImagePart(image=ref, pages=request.pages, prepare=own, **pixels))
         if request.video is not None:
             as_file: Literal["file"] | None = "file" if request.video_as == "file" else None
-            parts.append(VideoPart(video=request.video, fps=request.fps, video_as=as_file, prepare=own))
+            parts.append(
+                VideoPart(
+                    video=request.video,
+                    fps=request.fps,
+                    video_as=as_file,
+                    prepare=own,
+                    min_pixels=request.min_pixels,
+                    max_pixels=request.max_pixels,
+                )
+            )  # the frames' bounds too (``video_pixels``)
         prompt = request.prompt
         note = structured.instruction(json_mode=request.json_mode, schema=request.schema)
         if note:
@@ -302,7 +326,7 @@ def check_context(
             f"{what} at this budget are about {total:,} tokens, over {model.name}'s context of "
             f"{model.context_tokens:,} tokens",
             source=known[0].document or known[0].source,
-            hint="Send fewer images or frames, or a smaller budget (--detail low, --max-pixels, a lower --fps).",
+            hint=_smaller_media_hint(kinds),
         )
     if request is None or messages is None or not (model.known or model.local_family):
         return []
@@ -354,6 +378,19 @@ def check_context(
     return []
 
 
+def _smaller_media_hint(kinds: Mapping[str, int]) -> str:
+    """What makes media of ``kinds`` ("image", "video": counts) take fewer tokens, naming only the options that
+    apply to them (``qwenvl.media.sources.OPTION_MEDIA``: ``--detail`` is the images' budget, ``--fps`` the
+    video's). Raises nothing."""
+    fewer = " or ".join(w for k, w in (("image", "images"), ("video", "frames")) if k in kinds)
+    ways = [
+        *(["--detail low"] if "image" in kinds else []),
+        "--max-pixels",
+        *(["a lower --fps"] if "video" in kinds else []),
+    ]
+    return f"Send fewer {fewer}, or a smaller budget ({', '.join(ways)})."
+
+
 def check_thinking_budget(request: Request, model: ModelInfo) -> None:
     """The one rule for ``thinking_budget`` (every protocol, library and CLI): the budget bounds the model's
     thinking, and DashScope documents it only beside ``enable_thinking: true`` (reference/dashscope-api.md §3,
@@ -379,19 +416,74 @@ def check_thinking_budget(request: Request, model: ModelInfo) -> None:
         )
 
 
+def media_option_fields(request: Request) -> dict[str, str]:
+    """The media options ``request`` gives that only some media read (``qwenvl.media.sources.OPTION_MEDIA``), by
+    field name, each named as the library's user knows it: ``pages``, ``fps``, ``video_as`` other than "frames",
+    ``detail`` other than "auto", ``vl_high_resolution_images`` (either value, given), ``prepare=False``. Raises
+    nothing."""
+    given = {
+        "pages": bool(request.pages),
+        "fps": request.fps is not None,
+        "video_as": request.video_as != "frames",
+        "detail": request.detail != "auto",
+        "vl_high_resolution_images": request.vl_high_resolution_images is not None,
+        "prepare": not request.prepare,
+    }
+    return {name: name for name, on in given.items() if on}
+
+
+def request_kinds(request: Request) -> frozenset[str]:
+    """The kinds of media of ``request``'s new turn (``qwenvl.media.sources.ref_kinds``): its images (and PDFs),
+    and its video (a file or URL, or a frame list: "frames"). Raises nothing."""
+    kinds = set(ref_kinds(request.image_list()))
+    video = request.video
+    if isinstance(video, list):
+        kinds |= ref_kinds(video, frames=True) if len(video) > 1 else {"frames"}
+    elif video is not None:
+        video_kinds = ref_kinds([video])
+        kinds |= video_kinds if video_kinds != {"image"} else {"video"}  # given as the video: sampled as one
+    return frozenset(kinds)
+
+
 def check_media_options(request: Request) -> None:
-    """Options that only some media read, given where the request has none of them: UsageError (in the library's
-    words) rather than silently nothing. ``pages`` where no ``image`` is a PDF (or might be one: a URL);
-    ``fps`` or ``video_as="file"`` where the request has no ``video`` and no image reference is a video (or a URL
-    that might be one). The media of ``messages`` (earlier turns, prepared when they were sent) are not the
-    request's. The one application of ``qwenvl.media.sources.check_pages_apply`` and
-    ``check_video_options_apply`` to a request: every verb, batch line, chat turn and library call is planned
-    through ``plan``."""
-    refs = request.image_list()
-    check_pages_apply(request.pages, refs, "pages")
-    if request.video is None:
-        given = [n for n, v in (("fps", request.fps), ("video_as", request.video_as != "frames")) if v]
-        check_video_options_apply(given, refs)
+    """Options that only some media read, given where the request's new turn has none of them: UsageError (in the
+    library's words: "vl_high_resolution_images applies to images and PDFs only") rather than silently nothing
+    (``qwenvl.media.sources.check_options_apply``, the one rule, and ``OPTION_MEDIA``, what reads what). A remote
+    URL that is not a known video or PDF by its path might be any kind. The media of ``messages`` (earlier turns,
+    prepared when they were sent) are not the request's. Every verb, batch line, chat turn and library call is
+    planned through ``plan``."""
+    given = media_option_fields(request)
+    if given and (request.image_list() or request.video is not None):
+        check_options_apply(given, request_kinds(request))
+    elif given:  # no media in the new turn: those of a PDF or a video are refused, those of images are left
+        refs = request.image_list()
+        check_pages_apply(request.pages, refs, "pages")
+        check_video_options_apply([n for n in ("fps", "video_as") if n in given], refs)
+
+
+def check_video_ability(model: ModelInfo, what: str = "a video") -> None:
+    """The one rule for a model's video ability (``ModelInfo.video``, the model table: qwen-vl-ocr takes images
+    only): ``what`` (a video, a frame list, "clip.mp4") given to a listed model that takes no video is a UsageError
+    (exit 2) before anything is sent or priced, rather than a paid request the service refuses or misreads. Used
+    by ``plan`` (every verb, batch item, chat turn and library call) and ``estimate_files`` (``tokens``)."""
+    if model.known and not model.video:
+        raise UsageError(
+            f"{model.name} does not take video ({what} given): it reads images and PDF pages only",
+            hint="Use a model that takes video, e.g. qwen3-vl-plus (`qwenvl models` lists each one's abilities), "
+            "or leave out the video.",
+        )
+
+
+def request_video(request: Request) -> str | None:
+    """What of ``request`` is a video, for a message: its video (or frame list), or one in an earlier turn; None
+    when it has none. Raises nothing."""
+    if request.video is not None:
+        return (
+            "a frame list" if isinstance(request.video, list) else first_names([request.video])
+        )  # a data: URL's label
+    if any(isinstance(p, VideoPart) for m in request.messages for p in m.media()):
+        return "a video in an earlier turn"
+    return None
 
 
 def check_model_name(name: str, protocol: str) -> None:
@@ -528,6 +620,9 @@ def plan(
     ``qwenvl.media.prepare.PreparedCache``: a conversation's earlier turns are not prepared again)."""
     model = model or model_info(request.model)
     check_model_rules(request, protocol, model)
+    video = request_video(request)
+    if video is not None:
+        check_video_ability(model, video)
     check_extra(request.extra, protocol)
     check_media_options(request)
     history = build_messages(request, model)
@@ -561,9 +656,10 @@ def question(request: Request, model: ModelInfo | None = None) -> dict[str, Any]
     Every field is at its effective value (a default given explicitly, ``max_tokens=512``, asks the same as
     leaving it out), the transport settings (``TRANSPORT_FIELDS``) are left out, and so is what asks nothing:
 
-    - media options without the media they apply to: ``fps`` and ``video_as`` without a video; ``min_pixels``,
-      ``max_pixels``, ``detail``, ``pages`` and ``fetch_urls`` without an image; ``prepare`` and ``upload``
-      without either. ``fps`` at ``VIDEO_FPS`` (2, the service's and the sampler's default) is left out.
+    - media options without the media they apply to: ``fps`` and ``video_as`` without a video; ``min_pixels``
+      and ``max_pixels`` without an image or a video; ``detail``, ``pages`` and ``fetch_urls`` without an image;
+      ``prepare`` and ``upload`` without either. ``fps`` at ``VIDEO_FPS`` (2, the service's and the sampler's default)
+      is left out.
     - ``system`` when the history begins with its own system turn (it is not sent); an assistant turn's
       ``reasoning`` (never sent back); ``json_mode`` beside a ``schema`` (the same instruction and
       ``response_format``), ``repair`` without structured output; ``vl_high_resolution_images`` off (the
@@ -615,6 +711,7 @@ def question(request: Request, model: ModelInfo | None = None) -> dict[str, Any]
         q["video_as"] = request.video_as
         if request.fps is not None and request.fps != VIDEO_FPS:
             q["fps"] = request.fps
+        q.update(video_pixels(request))  # they bound the frames too
     if has_images:
         q.update(_image_budget(request, model, history_images=any(isinstance(p, ImagePart) for p in history_media)))
         if request.pages is not None:

@@ -49,7 +49,7 @@ def preview(
         url, body = base + proto.endpoint, proto.build_body(call, stream=stream)
     media_tokens = [item.tokens for item in call.media]
     known_media = sum(t for t in media_tokens if t is not None)
-    media_exact = all(t is not None for t in media_tokens)
+    media_exact = all(item.tokens is not None and item.tokens_exact for item in call.media)  # a whole video: about
     text_tokens = estimate_text_tokens(call)
     input_tokens = known_media + text_tokens
     max_out = call.request.max_tokens

@@ -182,11 +182,18 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             "Send the video as frames (the default, --video-as frames), or use --region cn.",
         )
     takes_oss = get(protocol).oss_references
-    if required and (not takes_oss or mode == "inline"):
+    if required and (not takes_oss or mode == "inline"):  # the hint names what is missing, nothing given already
+        needs = [
+            *(["the native protocol"] if not takes_oss else []),
+            *(["an upload mode other than inline"] if mode == "inline" else []),
+        ]
+        fixes = [
+            *(["add --protocol native"] if not takes_oss else []),
+            *(["use --upload auto (or oss)"] if mode == "inline" else []),
+        ]
         raise UsageError(
-            "a video sent whole (video_as=file) must go through temporary storage, which needs "
-            "the native protocol and an upload mode other than inline",
-            hint="Add --protocol native, or send the video as frames (the default).",
+            "a video sent whole (video_as=file) must go through temporary storage, which needs " + " and ".join(needs),
+            hint=" and ".join(fixes).capitalize() + ", or send the video as frames (the default).",
         )
     slots = [s for s in slots if not s.required]
     total = sum(len(s.url) for s in slots)

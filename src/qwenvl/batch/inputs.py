@@ -22,7 +22,7 @@ from typing import IO, Any
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, UsageError, empty_argument
-from qwenvl.media.sources import MEDIA_SUFFIXES, Source, check_regular, media_kind, open_regular
+from qwenvl.media.sources import MEDIA_SUFFIXES, OPTION_MEDIA, Source, check_regular, media_kind, open_regular
 from qwenvl.types import DuplicateKeyError, loads
 
 _GLOB_CHARS = frozenset("*?[")
@@ -228,8 +228,8 @@ def expand_globs(
     not a file and has ``*``, ``?`` or ``[`` is replaced by the files it matches (sorted; ``**`` recursive; a
     matched folder walked). One that matches nothing and looks like a file (``photos/*.jpg``) is a MediaError
     (exit 3); else it is left as it is (a prompt may hold a "?"; ``-``, standard input, too). ``folders``: a
-    folder is walked for its images and PDFs too, its videos left out (verbs that treat each file on its own:
-    ``extract``); elsewhere a folder stays one argument, refused as a folder with the hint to give a glob.
+    folder is walked for its images, PDFs and videos too (verbs that treat each file on its own and take every
+    kind: ``extract``); elsewhere a folder stays one argument, refused as a folder with the hint to give a glob.
     ``single`` (a verb that takes one file: ``ground``, ``ocr``): a glob that matches several files is a
     UsageError (exit 2) naming how many and ``verb``. A file given twice stays twice, as the shell gives it."""
     from qwenvl.media.sources import first_names, is_reference, looks_like_file
@@ -245,8 +245,8 @@ def expand_globs(
             found = matches
         elif is_glob and (looks_like_file(arg) or matches):
             found = expand_inputs([arg])  # MediaError when it matches nothing
-        elif folders and os.path.isdir(os.path.expanduser(arg)):  # images and PDFs (the verbs that walk: no video)
-            found = [ref for ref in expand_inputs([arg]) if media_kind(ref) != "video"]
+        elif folders and os.path.isdir(os.path.expanduser(arg)):  # images, PDFs and videos, as batch walks it
+            found = expand_inputs([arg])
         else:
             out.append(arg)
             continue
@@ -280,15 +280,15 @@ def items_from_inputs(refs: list[str], fields: dict[str, Any]) -> list[BatchItem
 
 def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Iterator[BatchItem]:
     """``items_from_inputs``, each item made (and its file sniffed) as it is taken: no list of items. An
-    ``os.PathLike`` reference is taken as its path. ``fields`` that only some media read go to those items only:
-    ``pages`` to PDFs, ``fps`` and ``video_as`` to videos (every item's plan refuses them where they do not apply,
-    ``plan.check_media_options``; the CLI refuses them when no input takes them)."""
+    ``os.PathLike`` reference is taken as its path. ``fields`` that only some media read go to those items only
+    (``qwenvl.media.sources.OPTION_MEDIA``): ``pages`` to PDFs, ``fps`` and ``video_as`` to videos, ``detail`` and
+    ``vl_high_resolution_images`` to images and PDFs, ``prepare`` to images (every item's plan refuses them where
+    they do not apply, ``plan.check_media_options``; the CLI refuses them when no input takes them)."""
     for ref in refs:
         ref = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
         kind = media_kind(ref)
         key = "video" if kind == "video" else "image"
-        skip = {"pages"} if kind != "pdf" else set()
-        skip |= {"fps", "video_as"} if kind != "video" else set()
+        skip = {name for name, kinds in OPTION_MEDIA.items() if kind not in kinds}  # what this kind does not read
         item_fields = {k: v for k, v in fields.items() if k not in skip}
         # a file name that is not UTF-8 (lone surrogates) is the item's id and input as text, escaped as every
         # message shows it (``na\udcefve.jpg``, ``errors.safe_line``): journals, outputs and logs are UTF-8; the

@@ -46,8 +46,8 @@ from qwenvl.cli.common import (
     err_console,
     error_record,
     generation_options,
-    given_flags,
     max_cost_options,
+    media_flag_names,
     not_dash,
     option_group,
     pass_opts,
@@ -135,16 +135,13 @@ def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> No
                 raise UsageError(refused.message + ": nothing was sent or written", hint=refused.refused_hint)
 
 
-# the flags that only some media read, by the Request field they set (plan.check_media_options names the field)
-_MEDIA_FLAGS = {"pages": "--pages", "fps": "--fps", "video_as": "--video-as"}
-
-
 def _estimate(job: Batch, opts: dict[str, Any]) -> Estimate:
-    """``job.estimate()``; a flag that only some media read (``--pages``, ``--fps``, ``--video-as``: they override
+    """``job.estimate()``; a flag that only some media read (``--pages``, ``--fps``, ``--high-res``...: they override
     a requests file's lines) that no pending item takes (each one's plan refuses it: ``plan.check_media_options``)
     is refused in the flag's words (exit 2), for a file of one line too, before anything is sent or written."""
-    given = given_flags()
-    flags = {k: f for k, f in _MEDIA_FLAGS.items() if f in given or (k == "pages" and opts.get("pages"))}
+    flags = media_flag_names()  # by the Request field they set (plan.check_media_options names the field)
+    if opts.get("pages"):
+        flags["pages"] = "--pages"
 
     def flagged(message: str) -> UsageError | None:
         for key, flag in flags.items():
@@ -513,7 +510,7 @@ def run(opts: dict[str, Any]) -> None:
                 'no prompt: give one with -p "..."',
                 hint='For example: qwenvl batch run photos/ -p "Describe" -o out.jsonl',
             )
-        if opts["pages"] or given_flags() & {"--fps", "--video-as"}:  # no input they apply to: refused, not ignored
+        if opts["pages"] or media_flag_names():  # no input they apply to: refused, not ignored
             check_pages_apply(opts, list(iter_inputs(opts["inputs"])))  # each stops at the first PDF or video
         refs = iter_inputs(opts["inputs"])  # walked as Batch takes them: no list of paths
         first = next(refs, None)

@@ -49,7 +49,14 @@ from qwenvl.media.sources import classify, first_names, is_reference, looks_like
 from qwenvl.models import answer_cost, currency_of, format_cost, is_paid, spent_label
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
-from qwenvl.types import DuplicateKeyError, Request, Response, reserved_extra, reserved_extra_hint
+from qwenvl.types import (
+    DuplicateKeyError,
+    Request,
+    Response,
+    request_field_defaults,
+    reserved_extra,
+    reserved_extra_hint,
+)
 from qwenvl.types import loads as qloads
 
 _ERR: Console | None = None
@@ -636,19 +643,50 @@ def _param(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) 
     return out
 
 
+# The flags that set a media option only some media read (``qwenvl.media.sources.OPTION_MEDIA``), by Request field
+_MEDIA_OPTION_FLAGS = {
+    "pages": ("--pages",),
+    "fps": ("--fps",),
+    "video_as": ("--video-as",),
+    "detail": ("--detail",),
+    "vl_high_resolution_images": ("--high-res", "--no-high-res"),
+    "prepare": ("--no-resize",),
+}
+
+
+def media_flag_names() -> dict[str, str]:
+    """The media options only some media read (``qwenvl.media.sources.OPTION_MEDIA``) that the user gave to the
+    verb at hand, by Request field, each as the flag given (``{"vl_high_resolution_images": "--no-high-res"}``).
+    Raises nothing."""
+    given = given_flags()
+    named: dict[str, str] = {}
+    for name, flags in _MEDIA_OPTION_FLAGS.items():
+        flag = next((f for f in flags if f in given), None)
+        if flag is not None:
+            named[name] = flag
+    return named
+
+
 def check_pages_apply(
     opts: dict[str, Any], refs: list[str] | tuple[str, ...], option: str = "--pages", *, frames: bool = False
 ) -> None:
-    """An option given that does not apply to MEDIA is refused (exit 2) naming it, never ignored: ``--pages``
-    (ground's ``--page``) where no MEDIA is a PDF, or might be one (``qwenvl.media.sources.check_pages_apply``);
-    ``--fps`` or ``--video-as`` where none is a video (``frames``: nor several frame images, which ``events``
-    takes as one; ``qwenvl.media.sources.check_video_options_apply``). The one call every verb makes."""
-    from qwenvl.media.sources import check_pages_apply as check
-    from qwenvl.media.sources import check_video_options_apply
+    """An option given that does not apply to MEDIA is refused (exit 2) naming it, never ignored
+    (``qwenvl.media.sources.check_options_apply``, the one rule, and ``OPTION_MEDIA``): ``--pages`` (ground's
+    ``--page``) where no MEDIA is a PDF, or might be one; ``--fps`` or ``--video-as`` where none is a video;
+    ``--detail``, ``--high-res`` / ``--no-high-res`` where none is an image or PDF (video frames have a budget of
+    their own); ``--no-resize`` where none is an image file (a PDF page is rendered, a video sampled).
+    ``frames``: several MEDIA are one frame list (``events``), which takes ``--fps`` but not ``--video-as``.
+    The one call every verb makes."""
+    from qwenvl.media.sources import check_options_apply, ref_kinds
 
-    check(opts.get(option.lstrip("-")), refs, option)
-    given = given_flags()
-    check_video_options_apply([f for f in ("--fps", "--video-as") if f in given], refs, frames=frames)
+    named = media_flag_names()
+    named.pop("pages", None)
+    if opts.get(option.lstrip("-")):
+        named["pages"] = option
+    if named and refs:
+        check_options_apply(named, ref_kinds(refs, frames=frames))
+    elif named:  # no MEDIA at all: a PDF's or a video's options apply to nothing (those of images are left)
+        check_options_apply({k: v for k, v in named.items() if k in ("pages", "fps", "video_as")}, frozenset())
 
 
 def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -664,85 +702,131 @@ def check_pages(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
-# What the model is asked and how: ask, chat and the task verbs.
-generation_options = option_group(
-    click.option("--system", help="System prompt."),
-    click.option("--max-tokens", type=click.IntRange(min=1), help="Longest answer in tokens (default 512)."),
-    click.option(
-        "-t", "--temperature", type=FiniteFloat(0, 2, max_open=True), help="Sampling temperature (default 0.2)."
-    ),
-    click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
-    click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k likeliest tokens (0 or more)."),
-    click.option(
-        "--seed", type=click.IntRange(0, 2**31 - 1), help="Random seed in [0, 2^31-1], for repeatable answers."
-    ),
-    click.option("--stop", multiple=True, help="Stop sequence (repeatable)."),
-    click.option(
-        "--detail",
-        type=click.Choice(["auto", "low", "high"]),
-        help="Image detail: auto = the model's default budget, low = smaller budget, high = vl_high_resolution_images.",
-    ),
-    click.option(
-        "--high-res/--no-high-res",
-        "vl_high_resolution_images",
-        default=None,
-        help="vl_high_resolution_images: up to 16384 tokens per image.",
-    ),
-    click.option("--min-pixels", type=click.IntRange(min=1), help="Smallest pixel count an image is resized to."),
-    click.option(
-        "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
-    ),
-    click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2)."),
-    click.option("--pages", callback=check_pages, help='PDF pages to send, e.g. "1-3,5" (default: all).'),
-    click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
-    click.option(
-        "--fetch-urls",
-        is_flag=True,
-        help="Download remote images and prepare them here (large or "
-        "private ones); time-out, size cap and redirects limited.",
-    ),
-    click.option(
-        "--video-as",
-        type=click.Choice(["frames", "file"]),
-        help="A local video: sampled here into frames (default), or sent whole for the service to "
-        "sample (uploaded; native protocol).",
-    ),
-    click.option(
-        "--upload",
-        type=click.Choice(["auto", "inline", "oss"]),
-        help="Local files via DashScope's temporary storage (native protocol): auto uploads what "
-        "does not fit inline (default), oss always, inline never.",
-    ),
-    click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
-    click.option(
-        "--schema",
-        "schema_file",
-        type=FILE_NAME,
-        metavar="FILE",
-        help="JSON Schema file: the answer is validated against it ('-' reads it from stdin).",
-    ),
-    click.option(
-        "--thinking/--no-thinking",
-        "enable_thinking",
-        default=None,
-        help="enable_thinking (Qwen3-VL): reason before answering.",
-    ),
-    click.option(
-        "--thinking-budget",
-        type=click.IntRange(min=1),
-        help="Most tokens spent thinking; needs --thinking (or a model that always thinks).",
-    ),
-    click.option(
-        "--param",
-        "extra",
-        multiple=True,
-        callback=_param,
-        metavar="KEY=VALUE",
-        help="Any other service parameter (VALUE read as JSON when it can be, True/False as bools, else as "
-        "text); not one qwenvl sets itself (model, messages, temperature...: use their options). A misspelt "
-        "name or a key given twice is refused; a name qwenvl does not know is sent with a warning.",
-    ),
-)
+def generation_options_for(*, max_tokens: str | None = None, leave_out: Collection[str] = ()) -> Callable:
+    """The options of what the model is asked and how, as one verb takes them: ``max_tokens`` is the default its
+    ``--max-tokens`` help shows (what the verb sends when it is not given; default: ``Request``'s, 512), and
+    ``leave_out`` names the options (by their long flag, e.g. ``"--fps"``) the verb does not take, hidden from its
+    ``--help`` so that it lists only what it reads (``ocr`` and ``ground`` take no video, ``events`` no PDF and no
+    image budget, the task verbs their own answer format); still parsed, so that giving one is refused in the
+    verb's words. Raises nothing."""
+    defaults = request_field_defaults()
+    max_tokens = max_tokens or str(defaults["max_tokens"])
+    options = [
+        click.option("--system", help="System prompt."),
+        click.option(
+            "--max-tokens", type=click.IntRange(min=1), help=f"Longest answer in tokens (default {max_tokens})."
+        ),
+        click.option(
+            "-t",
+            "--temperature",
+            type=FiniteFloat(0, 2, max_open=True),
+            help=f"Sampling temperature (default {defaults['temperature']:g}).",
+        ),
+        click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), help="Nucleus sampling, in (0, 1]."),
+        click.option("--top-k", type=click.IntRange(min=0), help="Sample among the k likeliest tokens (0 or more)."),
+        click.option(
+            "--seed", type=click.IntRange(0, 2**31 - 1), help="Random seed in [0, 2^31-1], for repeatable answers."
+        ),
+        click.option("--stop", multiple=True, help="Stop sequence (repeatable)."),
+        click.option(
+            "--detail",
+            type=click.Choice(["auto", "low", "high"]),
+            help="Image detail: auto = the model's default budget, low = smaller budget, high = "
+            "vl_high_resolution_images.",
+        ),
+        click.option(
+            "--high-res/--no-high-res",
+            "vl_high_resolution_images",
+            default=None,
+            help="vl_high_resolution_images: up to 16384 tokens per image.",
+        ),
+        click.option("--min-pixels", type=click.IntRange(min=1), help="Smallest pixel count an image is resized to."),
+        click.option(
+            "--max-pixels", type=click.IntRange(min=1), help="Largest pixel count an image is resized to (its budget)."
+        ),
+        click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2)."),
+        click.option("--pages", callback=check_pages, help='PDF pages to send, e.g. "1-3,5" (default: all).'),
+        click.option("--no-resize", "no_resize", is_flag=True, help="Send files as they are (still checked)."),
+        click.option(
+            "--fetch-urls",
+            is_flag=True,
+            help="Download remote images and PDFs and prepare them here (large or "
+            "private ones); time-out, size cap and redirects limited.",
+        ),
+        click.option(
+            "--video-as",
+            type=click.Choice(["frames", "file"]),
+            help="A local video: sampled here into frames (default), or sent whole for the service to "
+            "sample (uploaded; native protocol).",
+        ),
+        click.option(
+            "--upload",
+            type=click.Choice(["auto", "inline", "oss"]),
+            help="Local files via DashScope's temporary storage (native protocol): auto uploads what "
+            "does not fit inline (default), oss always, inline never.",
+        ),
+        click.option("--json-mode", is_flag=True, help="Ask for a JSON answer and parse it."),
+        click.option(
+            "--schema",
+            "schema_file",
+            type=FILE_NAME,
+            metavar="FILE",
+            help="JSON Schema file: the answer is validated against it ('-' reads it from stdin).",
+        ),
+        click.option(
+            "--thinking/--no-thinking",
+            "enable_thinking",
+            default=None,
+            help="enable_thinking (Qwen3-VL): reason before answering.",
+        ),
+        click.option(
+            "--thinking-budget",
+            type=click.IntRange(min=1),
+            help="Most tokens spent thinking; needs --thinking (or a model that always thinks).",
+        ),
+        click.option(
+            "--param",
+            "extra",
+            multiple=True,
+            callback=_param,
+            metavar="KEY=VALUE",
+            help="Any other service parameter (VALUE read as JSON when it can be, True/False as bools, else as "
+            "text); not one qwenvl sets itself (model, messages, temperature...: use their options). A misspelt "
+            "name or a key given twice is refused; a name qwenvl does not know is sent with a warning.",
+        ),
+    ]
+    return option_group(*(_hidden(o) if set(_long_flags(o)) & set(leave_out) else o for o in options))
+
+
+def _hidden(decorator: Callable) -> Callable:
+    """``decorator`` (a click option) with its option hidden from ``--help``: still parsed, so that giving it is
+    refused in the verb's own words (``check_pages_apply``, ``refuse_structured``), not as an unknown option."""
+
+    def wrap(fn: Callable) -> Callable:
+        fn = decorator(fn)
+        fn.__click_params__[-1].hidden = True  # type: ignore[attr-defined]  # click appends the option last
+        return fn
+
+    return wrap
+
+
+def _long_flags(decorator: Callable) -> list[str]:
+    """The long flags of a click option decorator (``--high-res``, ``--no-high-res``), read by applying it to a
+    throwaway function. Raises nothing."""
+
+    def probe() -> None: ...
+
+    params = getattr(decorator(probe), "__click_params__", [])
+    return [f for p in params for f in (*p.opts, *p.secondary_opts) if f.startswith("--")]
+
+
+# What the model is asked and how: ask, chat and batch (the task verbs: ``generation_options_for``).
+generation_options = generation_options_for()
+# The options of a video only, of a PDF only, of the image budget, and of the answer's format: left out of the
+# verbs that take no such media or ask for their own format.
+VIDEO_FLAGS = ("--fps", "--video-as")
+IMAGE_BUDGET_FLAGS = ("--detail", "--high-res")
+ANSWER_FORMAT_FLAGS = ("--json-mode", "--schema")
 
 _REQUEST_FROM_OPTIONS = (
     "model",

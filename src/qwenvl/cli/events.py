@@ -8,11 +8,13 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    ANSWER_FORMAT_FLAGS,
     FILE_NAME,
+    IMAGE_BUDGET_FLAGS,
     Verb,
     check_pages_apply,
     err_console,
-    generation_options,
+    generation_options_for,
     make_client,
     not_dash,
     pass_opts,
@@ -25,10 +27,17 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, first_names, split_media
-from qwenvl.models import VIDEO_FPS
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
-from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, sheet_frame_count
+from qwenvl.tasks.events import (
+    EVENTS_MAX_TOKENS,
+    Timeline,
+    frames,
+    plan_events,
+    send_events,
+    sent_fps,
+    sheet_frame_count,
+)
 
 
 @click.command(cls=Verb)
@@ -47,7 +56,10 @@ from qwenvl.tasks.events import Timeline, frames, plan_events, send_events, shee
     "the suffix: .png, .jpg...).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
-@generation_options
+@generation_options_for(
+    max_tokens=f"{EVENTS_MAX_TOKENS}, or the model's limit if lower",
+    leave_out=("--pages", *IMAGE_BUDGET_FLAGS, *ANSWER_FORMAT_FLAGS),
+)
 @service_options
 @pass_opts
 def events(opts: dict[str, Any]) -> None:
@@ -102,7 +114,7 @@ def events(opts: dict[str, Any]) -> None:
     if sheet is not None:
         pictures, times = frames(call)
         if pictures:
-            rate = call.request.fps or VIDEO_FPS
+            rate = sent_fps(call)  # as sent: a long video is sampled below the rate asked
             length = f"{hms(timeline.duration, decimals=True)} · " if timeline.duration is not None else ""
             total = len(timeline.frame_times)
             shown = f"{len(pictures)} of {total}" if total > len(pictures) else f"{len(pictures)}"

@@ -16,7 +16,7 @@ from qwenvl.cli.common import (
     check_pages_apply,
     confirm_cost,
     err_console,
-    generation_options,
+    generation_options_for,
     make_client,
     max_cost_options,
     not_dash,
@@ -31,7 +31,7 @@ from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import StructuredOutputError, UsageError, safe_line
 from qwenvl.models import spent_label
 from qwenvl.outputs import check_outputs
-from qwenvl.tasks.extract import Extraction, columns, extract_many, plan_extract, to_row
+from qwenvl.tasks.extract import EXTRACT_MAX_TOKENS, Extraction, columns, extract_many, plan_extract, to_row
 from qwenvl.types import Response
 
 
@@ -53,13 +53,17 @@ from qwenvl.types import Response
     help="Print the first file's request, with the count and estimated cost of every file's request; send nothing.",
 )
 @max_cost_options
-@generation_options
+@generation_options_for(
+    max_tokens=f"{EXTRACT_MAX_TOKENS}, or the model's limit if lower",
+    leave_out=("--json-mode",),
+)
 @service_options
 @pass_opts
 def extract(opts: dict[str, Any]) -> None:
     """Extract structured data: qwenvl extract invoice*.png --schema invoice.schema.json [--csv out.csv]
 
-    Each answer is validated against the schema (and repaired once). One file prints its JSON; several print
+    FILES are images, PDFs or videos (a folder is walked for all three). Each answer is validated against the
+    schema (and repaired once). One file prints its JSON; several print
     one line per file, {"file": ..., "json": ...} (or {"file": ..., "error": ...}); --csv writes a table
     instead (nested values as JSON text). A file that fails does not stop the others; the exit status is
     then that of the first failure.

@@ -9,11 +9,13 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    ANSWER_FORMAT_FLAGS,
     FILE_NAME,
+    VIDEO_FLAGS,
     Verb,
     check_pages_apply,
     err_console,
-    generation_options,
+    generation_options_for,
     make_client,
     not_dash,
     pass_opts,
@@ -29,7 +31,14 @@ from qwenvl.media.pdf import check_page
 from qwenvl.media.sources import classify, first_names, media_kind
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import annotate, check_fits, image_format
-from qwenvl.tasks.grounding import Grounding, original_size, plan_ground, planned_picture, read_grounding
+from qwenvl.tasks.grounding import (
+    GROUND_MAX_TOKENS,
+    Grounding,
+    original_size,
+    plan_ground,
+    planned_picture,
+    read_grounding,
+)
 
 READINGS = {
     "relative-1000": "a 0-1000 grid",
@@ -58,7 +67,9 @@ READINGS = {
 )
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
-@generation_options
+@generation_options_for(
+    max_tokens=f"{GROUND_MAX_TOKENS}, or the model's limit if lower", leave_out=(*VIDEO_FLAGS, *ANSWER_FORMAT_FLAGS)
+)
 @service_options
 @pass_opts
 def ground(opts: dict[str, Any]) -> None:

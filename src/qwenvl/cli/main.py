@@ -263,7 +263,11 @@ def _warn_unknown_variables() -> None:
     flags = {o for p in (verb.params if verb else []) for o in getattr(p, "opts", [])}
     for name, close in qenv.unknown_variables():
         flag = "--" + name.removeprefix("QWENVL_").lower().replace("_", "-")
-        if close:
+        if close in qenv.BACKEND_ONLY:  # read with one backend only: DashScope's own are as likely meant
+            backend, dashscope = qenv.BACKEND_ONLY[close]
+            others = " or ".join(f"${v}" for v in dashscope)
+            instead = f"for DashScope did you mean {others}? ${close} is read with {backend} only"
+        elif close:
             instead = f"did you mean ${close}?"
         elif flag in flags:
             instead = f"give {flag} instead"

@@ -10,14 +10,16 @@ import click
 from rich.markup import escape
 
 from qwenvl.cli.common import (
+    ANSWER_FORMAT_FLAGS,
     FILE_NAME,
+    VIDEO_FLAGS,
     Verb,
     as_given,
     check_pages_apply,
     confirm_cost,
     err_console,
     error_record,
-    generation_options,
+    generation_options_for,
     json_asked,
     json_said,
     make_client,
@@ -38,6 +40,7 @@ from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import (
     FORMATS,
     NO_TEXT,
+    OCR_MAX_TOKENS,
     OCR_TASKS,
     OCRPage,
     OCRResult,
@@ -106,7 +109,9 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     help="Print the first page's request, with the count and estimated cost of every page's request; send nothing.",
 )
 @max_cost_options
-@generation_options
+@generation_options_for(
+    max_tokens=f"{OCR_MAX_TOKENS}, or the model's limit if lower", leave_out=(*VIDEO_FLAGS, *ANSWER_FORMAT_FLAGS)
+)
 @service_options
 @pass_opts
 def ocr(opts: dict[str, Any]) -> None:

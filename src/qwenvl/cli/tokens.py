@@ -26,7 +26,9 @@ from qwenvl.cli.common import (
     as_given,
     check_pages,
     err_console,
+    fit_hint,
     make_client,
+    media_flag_names,
     model_option,
     out_console,
     pass_opts,
@@ -63,7 +65,18 @@ from qwenvl.models import format_cost
 )
 @click.option("--fps", type=FiniteFloat(min=0, min_open=True), help="Video sampling rate (default 2).")
 @click.option("--pages", callback=check_pages, help='PDF pages, e.g. "1-3,5" (default: all).')
+@click.option(
+    "--video-as",
+    type=click.Choice(["frames", "file"]),
+    help="A local video as it would be sent: sampled here into frames (default), or whole for the service to "
+    "sample (its count is then about: ≈).",
+)
 @click.option("--no-resize", is_flag=True, help="Estimate for the files as they are (still checked).")
+@click.option(
+    "--fetch-urls",
+    is_flag=True,
+    help="Download remote files and size them here (a PDF URL's pages are rendered: it needs this).",
+)
 @click.option("--fast", is_flag=True, help="Sizes and tokens from the file headers only (no bytes, much faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option(
@@ -102,9 +115,14 @@ def tokens(opts: dict[str, Any]) -> None:
         family=opts["family"],
         pages_option="--pages",
         fps_option="--fps",
+        option_names=media_flag_names(),
         **fields,
     )
     result = as_given(result)  # "-" was replaced by a temporary file: named as the user gave it
+    command = click.get_current_context().command
+    for row in result["items"]:  # a row's hint in this verb's words (the library's are the estimate's)
+        if row.get("hint"):
+            row["hint"] = fit_hint(row["hint"], command) or None
     if opts["as_json"]:
         print_json(result)
     else:
@@ -159,7 +177,7 @@ def _print_table(result: dict[str, Any]) -> None:
             escape(safe_line(_label(row))),
             _size(row),
             _bytes(row["bytes_sent"]),
-            "unknown" if row["tokens"] is None else f"{row['tokens']:,}",
+            "unknown" if row["tokens"] is None else f"{'' if row['tokens_exact'] else '≈'}{row['tokens']:,}",
             format_cost(row["cost"], currency, digits=5, local=local),
         )
     counted = [r for r in rows if "error" not in r]
@@ -169,7 +187,7 @@ def _print_table(result: dict[str, Any]) -> None:
         f"total ({len(counted)} item{'s' if len(counted) != 1 else ''})",
         "",
         "",
-        f"{total_tokens:,}{suffix}",
+        f"{'' if all(r['tokens_exact'] for r in counted if r['tokens'] is not None) else '≈'}{total_tokens:,}{suffix}",
         format_cost(total_cost, currency, digits=5, local=local) if total_tokens or not unknown or local else "unknown",
     )
     console.print(table)

@@ -842,7 +842,8 @@ def _not_an_image(data: bytes, label: str) -> MediaError:
         return MediaError(
             f"{label} is a PDF document, not an image",
             source=label,
-            hint="Pass it as a document: qwenvl renders PDF pages to images.",
+            hint="Give it where a document is read (a file, or a URL ending in .pdf with --fetch-urls, to ask, "
+            "extract or ocr: its pages are rendered to images), or export the pages you mean as images.",
         )
     if kind and kind.startswith("video/"):
         return MediaError(

@@ -45,6 +45,7 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images
 from qwenvl.media.resize import smart_resize
 from qwenvl.media.tokens import image_tokens
+from qwenvl.models import MAX_ASPECT_RATIO
 from qwenvl.sizes import HeightWidth
 
 PDF_MIME = "application/pdf"
@@ -222,6 +223,14 @@ def page_size(
             f"{label}: page {number} has no area ({width_pt}x{height_pt} pt)",
             source=label,
             hint="Choose other pages with --pages.",
+        )
+    ratio = max(width_pt, height_pt) / min(width_pt, height_pt)
+    if ratio > MAX_ASPECT_RATIO:  # no pixel budget changes a page's shape
+        raise MediaError(
+            f"{label}: page {number} ({width_pt:.0f}x{height_pt:.0f} pt) is {ratio:.0f}:1, over the "
+            f"{MAX_ASPECT_RATIO}:1 the service allows",
+            source=label,
+            hint="Leave the page out (--pages picks the others), or crop it: no pixel budget changes its shape.",
         )
     scale = math.sqrt(max_pixels / (width_pt * height_pt))
     height = max(1, math.floor(height_pt * scale))

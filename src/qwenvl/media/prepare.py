@@ -110,6 +110,9 @@ class PreparedItem:
     frame_times: list[float] | None = None  # a video's frames: seconds from its start, as the model sees them
     fps: float | None = None  # a sampled video's actual frame rate, sent beside the frame list
     estimate: bool = False  # made by estimate-only preparation: ``sent`` is a placeholder, bytes_sent is 0
+    # ``tokens`` is the billing rule's count of what is sent; False where the service decides (a video sent
+    # whole: it samples the frames itself, so the count is about that many)
+    tokens_exact: bool = True
     pixels: Any = None  # keep_pixels: the RGB PIL image as the model will see it (a frame list: one per frame)
     # the file's own bytes are sent (nothing decoded or encoded): cheap to check again, so a batch's
     # ``PreparedCache`` does not keep it (items naming distinct small images would fill it for nothing)
@@ -879,6 +882,7 @@ def _whole_video(part: VideoPart, source: Source, options: MediaOptions) -> Prep
         width=w_bar,
         height=h_bar,
         tokens=tokens.video_tokens(count, h_bar, w_bar, options.model.factor),
+        tokens_exact=False,  # the service samples it: about ``count`` frames
         fps=rate,
         notes=[
             f"sent whole ({format_bytes(size)}, {info.duration:.1f} s) for the service to sample about {count} frames "
@@ -969,7 +973,8 @@ def expand_documents(
     cache: PreparedCache | None = None,
     rendered: list[tuple[str, str, int]] | None = None,
 ) -> list[Message]:
-    """Replace every image part that is a local PDF (by content) with one image part per rendered page.
+    """Replace every image part that is a PDF (a local one by content, a URL by its ``.pdf`` path: downloaded with
+    ``fetch_urls``, else refused, ``pdf_content``) with one image part per rendered page.
 
     The models cannot read PDF files, so each selected page (the part's ``pages``, else ``options.pages``) is
     rendered to the image budget (``resize.image_budget``) and sent as a data URL, in page order (see
@@ -994,7 +999,7 @@ def expand_documents(
             assert isinstance(part, ImagePart)
             own = part_options(part, options)
             lo, hi = resize.image_budget(own, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
-            src = pdf_content(document)
+            src = pdf_content(document, own, cache)
             key = None
             if cache is not None:
                 context = options.model.context_tokens if options.context_check else None
@@ -1028,7 +1033,7 @@ def _estimate_document(part: ImagePart, document: Source, options: MediaOptions)
 
     lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
-    src = pdf_content(document)
+    src = pdf_content(document, options)
     factor = options.model.factor
     sizes = pdf.page_sizes(
         src,
@@ -1068,14 +1073,34 @@ def video_content(source: Source) -> Path | bytes:
     return local_content(source, MAX_DATA_URL_BYTES, "a video given as a data: URL")
 
 
-def pdf_content(source: Source) -> Path | bytes:
-    """A local PDF for its reader: the file's path, or a data: URL's bytes, refused before decoding over
-    ``MAX_DATA_URL_BYTES`` (``sources.local_content``). Raises MediaError (exit 3)."""
+def pdf_content(
+    source: Source, options: MediaOptions | None = None, cache: PreparedCache | None = None
+) -> Path | bytes:
+    """A PDF for its reader: a local file's path, or a data: URL's bytes, refused before decoding over
+    ``MAX_DATA_URL_BYTES`` (``sources.local_content``); a remote one's bytes, downloaded (``fetched``) when
+    ``options.fetch_urls`` is on. Raises MediaError (exit 3); UsageError for a remote PDF without ``fetch_urls``
+    (``remote_pdf_error``)."""
+    if source.is_remote:
+        if options is None or not options.fetch_urls or source.kind != "url":
+            raise remote_pdf_error(source)
+        return fetched(source.url or source.ref, options, cache)
     return local_content(source, MAX_DATA_URL_BYTES, "a PDF given as a data: URL")
 
 
+def remote_pdf_error(source: Source) -> UsageError:
+    """The refusal of a PDF given as a URL without ``fetch_urls``: the service reads images, not PDF files, so
+    qwenvl must download it to render its pages (exit 2, nothing sent). Raises nothing."""
+    return UsageError(
+        f"{source.label} is a PDF: the service cannot read a PDF file, and qwenvl renders its pages only from a "
+        "file it has",
+        hint="Add --fetch-urls / fetch_urls=True to download it and send its pages as images, or download it and "
+        "give the file.",
+    )
+
+
 def _pdf_source(ref: str) -> Source | None:
-    """The source of ``ref`` when it is a local file or data: URL holding a PDF (``media_kind``)."""
+    """The source of ``ref`` when it holds a PDF (``media_kind``: a local file or data: URL by its bytes, a remote
+    URL by its path's ``.pdf``)."""
     source = classify(ref)
     return source if media_kind(source) == "pdf" else None
 

@@ -21,6 +21,7 @@ import io
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -475,15 +476,16 @@ def media_kind(ref: str | Source) -> MediaKind:
     """What a media reference holds: ``"video"`` or ``"pdf"`` when its first bytes say so (``sniff``), else
     ``"image"``. A data: URL whose bytes say nothing counts as its declared MIME type says (``video/...``,
     ``application/pdf``); a remote URL is a video when its path ends like one (``VIDEO_SUFFIXES``; its
-    bytes are not fetched), else an image. A reference that cannot be classified or read is ``"image"``:
-    preparing it reports what is wrong. The one home of this rule: the CLI's and MCP server's split of
-    images from a video, batch items, estimates, PDF pages."""
+    bytes are not fetched), a PDF when it ends in ``.pdf``, else an image. A reference that cannot be classified
+    or read is ``"image"``: preparing it reports what is wrong. The one home of this rule: the CLI's and MCP
+    server's split of images from a video, batch items, estimates, PDF pages."""
     try:
         source = classify(ref) if isinstance(ref, str) else ref
     except MediaError:
         return "image"
     if source.is_remote:
-        return "video" if Path(urlsplit(source.url or "").path).suffix.lower() in VIDEO_SUFFIXES else "image"
+        suffix = Path(urlsplit(source.url or "").path).suffix.lower()
+        return "video" if suffix in VIDEO_SUFFIXES else "pdf" if suffix == ".pdf" else "image"
     mime = sniff(head_bytes(source)) or (source.declared_mime or "").lower()
     if mime.startswith("video/"):
         return "video"
@@ -523,42 +525,91 @@ def split_media(refs: list[str]) -> tuple[list[str], str | None]:
     return images, (videos[0] if videos else None)
 
 
-def check_pages_apply(pages: object, refs: list[str] | tuple[str, ...], option: str = "pages") -> None:
-    """``pages`` (a PDF's page selection; None or "" means not given) where no reference is a PDF, or might be
-    one (a remote URL's kind is not known here): a UsageError (exit 2) naming ``option`` (``"--pages"`` on the
-    CLI, ``"--page"`` for ``ground``), rather than silently nothing. A reference that cannot be classified or
-    read is left to the checks that name it. The one home of the rule: ``ask``, ``extract``, ``ocr``,
-    ``ground`` (through ``qwenvl.cli.common.check_pages_apply``) and ``tokens`` (``estimate_files``, on the
-    files it counted after walking folders)."""
-    if not pages:
-        return
+# What each media option of a request applies to, by Request field: the kinds of media (``media_kind``, and
+# "frames" for a list of frame images sent as one video) that read it. The one home of the rule "options that do
+# not apply are refused, never ignored" (``check_options_apply``), for the library (``plan.check_media_options``,
+# ``estimate_files``) and every CLI verb (``qwenvl.cli.common.check_pages_apply``). Sources:
+# - ``pages`` picks a PDF's pages; ``fps`` and ``video_as`` are how a video is sampled or sent (a frame list is
+#   already sampled: ``fps`` is the rate it was taken at; it cannot be sent whole).
+# - ``min_pixels``/``max_pixels`` bound images, rendered PDF pages and video frames alike (the official
+#   preprocessor takes them per video item as per image, qwen-vl-utils ``fetch_video``; qwenvl samples with
+#   them: ``qwenvl.media.video.frame_budget``), so they apply to every kind and are never refused here.
+# - ``detail`` and ``vl_high_resolution_images`` are the per-image token budget ("单图Token上限",
+#   reference/dashscope-api.md §4.1); video frames follow the video budget (§4.2), never these.
+# - ``prepare=False`` sends an image file as it is; a PDF page is always rendered and a video always sampled
+#   (``qwenvl.media.video``: sending it whole is ``video_as="file"``), so they have no original to send.
+OPTION_MEDIA: dict[str, frozenset[str]] = {
+    "pages": frozenset({"pdf"}),
+    "fps": frozenset({"video", "frames"}),
+    "video_as": frozenset({"video"}),
+    "detail": frozenset({"image", "pdf"}),
+    "vl_high_resolution_images": frozenset({"image", "pdf"}),
+    "prepare": frozenset({"image", "frames"}),
+}
+ANY_KIND = frozenset({"image", "pdf", "video", "frames"})
+_KIND_WORDS = {"image": ("an image", "images"), "pdf": ("a PDF", "PDFs"), "video": ("a video", "videos")}
+
+
+def _words(kinds: frozenset[str] | set[str], plural: bool) -> str:
+    said = [_KIND_WORDS[k][1 if plural else 0] for k in ("image", "pdf", "video") if k in kinds]
+    return " or ".join(said) if not plural else " and ".join(said)
+
+
+def ref_kinds(refs: list[str] | tuple[str, ...], *, frames: bool = False) -> frozenset[str]:
+    """The kinds of media ``refs`` may hold (``media_kind``): every kind for a remote URL that is not a known
+    video or PDF by its path, or for a reference that cannot be classified or read (the checks that name it
+    report that); ``frames``: several references are one frame list (``events``, a request's ``video`` list).
+    Raises nothing."""
+    if frames and len(refs) > 1:
+        return frozenset({"frames"})
+    kinds: set[str] = set()
     for ref in refs:
         try:
             source = classify(ref)
-            if source.is_remote or media_kind(source) == "pdf":
-                return
         except MediaError:
-            return
-    raise UsageError(f"{option} applies to PDFs only", hint=f"Leave out {option} for an image or a video.")
+            return ANY_KIND
+        kind = media_kind(source)
+        if source.is_remote and kind == "image":  # its bytes are not read: it might be anything
+            return ANY_KIND
+        kinds.add(kind)
+    return frozenset(kinds)
+
+
+def check_options_apply(given: Mapping[str, str], kinds: frozenset[str] | set[str]) -> None:
+    """Refuse (UsageError, exit 2) the first option of ``given`` (Request field -> the name the caller's user
+    knows it by: ``"--high-res"`` on the CLI, ``"vl_high_resolution_images"`` in the library) that no media of
+    ``kinds`` (``ref_kinds``) reads (``OPTION_MEDIA``), rather than send it to be silently ignored: "--fps applies
+    to videos only", with a hint to leave it out. Fields not in ``OPTION_MEDIA`` apply to every kind. Raises
+    nothing otherwise."""
+    for name, option in given.items():
+        applies = OPTION_MEDIA.get(name, ANY_KIND)
+        if applies & kinds:
+            continue
+        shown = applies - {"frames"}
+        others = frozenset(_KIND_WORDS) - shown
+        raise UsageError(
+            f"{option} applies to {_words(shown, True)} only",
+            hint=f"Leave out {option} for {_words(others, False)}.",
+        )
+
+
+def check_pages_apply(pages: object, refs: list[str] | tuple[str, ...], option: str = "pages") -> None:
+    """``pages`` (a PDF's page selection; None or "" means not given) where no reference is a PDF, or might be
+    one (a remote URL's kind is not known here): a UsageError (exit 2) naming ``option`` (``"--pages"`` on the
+    CLI, ``"--page"`` for ``ground``), rather than silently nothing (``check_options_apply``)."""
+    if pages:
+        check_options_apply({"pages": option}, ref_kinds(refs))
 
 
 def check_video_options_apply(given: list[str], refs: list[str] | tuple[str, ...], *, frames: bool = False) -> None:
     """Options that only a video reads (``given``: their names as the caller's user spells them, e.g.
     ``["--fps"]``, ``["--video-as"]``; empty when none was given) where no reference is a video, or might be one
-    (a remote URL: its kind is not known here), nor, with ``frames`` (``events``:
-    frame images are a video), a list of several images: a UsageError (exit 2) naming the first, rather than
-    silently nothing; the same rule as ``check_pages_apply`` for PDFs. Raises nothing otherwise."""
-    if not given or (frames and len(refs) > 1):
-        return
-    for ref in refs:
-        try:
-            source = classify(ref)
-            if source.is_remote or media_kind(source) == "video":
-                return
-        except MediaError:  # left to the checks that name it
-            return
-    option = given[0]
-    raise UsageError(f"{option} applies to videos only", hint=f"Leave out {option} for an image or a PDF.")
+    (a remote URL: its kind is not known here), nor, with ``frames`` (``events``: frame images are a video), a
+    list of several images (which takes ``fps`` but cannot be sent whole: ``video_as``): a UsageError (exit 2)
+    naming the first, rather than silently nothing (``check_options_apply``). Raises nothing otherwise."""
+    fields = {("video_as" if "video" in g.replace("-", "_") else "fps"): g for g in given}
+    if fields:
+        check_options_apply(fields, ref_kinds(refs, frames=frames))
 
 
 def ftyp_brands(data: bytes) -> set[bytes]:

@@ -53,7 +53,14 @@ from PIL import Image
 from qwenvl.errors import MediaError
 from qwenvl.media import images
 from qwenvl.media.sources import sniff
-from qwenvl.models import VIDEO_FPS, VIDEO_FRAME_FACTOR, VIDEO_MIN_FRAME_TOKENS, VIDEO_MIN_FRAMES, ModelInfo
+from qwenvl.models import (
+    MAX_ASPECT_RATIO,
+    VIDEO_FPS,
+    VIDEO_FRAME_FACTOR,
+    VIDEO_MIN_FRAME_TOKENS,
+    VIDEO_MIN_FRAMES,
+    ModelInfo,
+)
 
 # Containers we accept, identified by content (``sniff``). The issue names mp4, mov, mkv, webm and avi; the
 # older official doc also lists FLV and WMV, which PyAV reads just as well.
@@ -266,6 +273,14 @@ def frame_plan(
     """
     from qwenvl.media.resize import smart_resize
 
+    ratio = max(width, height) / min(width, height) if min(width, height) > 0 else math.inf
+    if ratio > MAX_ASPECT_RATIO:  # no budget or rate changes the frames' shape
+        raise MediaError(
+            f"{label}: its {width}x{height} frames are {ratio:.0f}:1, over the {MAX_ASPECT_RATIO}:1 the service allows",
+            source=label,
+            hint="Crop the video, e.g. `ffmpeg -i in.mp4 -vf crop=...`: no pixel budget or frame rate changes its "
+            "shape.",
+        )
     count = billed_frame_count if service_sampled else sample_count
     nframes = count(total_frames, video_fps, fps, max_frames=model.video_max_frames)
     low, high = frame_budget(model, nframes, min_pixels=min_pixels, max_pixels=max_pixels)

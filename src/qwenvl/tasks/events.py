@@ -29,9 +29,10 @@ from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
 from qwenvl.structured import extract_json
 from qwenvl.tasks.draw import hms
-from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
+from qwenvl.tasks.grounding import async_client, check_task_media, in_thread, model_for, sync_client, task_media
 from qwenvl.types import Response, media_refs
 
+EVENTS_PDF_HINT = "events reads a video, or its frames as images in order; for a PDF use ask, ocr or extract."
 EVENTS_MAX_TOKENS = 2048
 TIME_PATTERN = r"^\d{1,2}(:\d{1,2}){1,2}(\.\d+)?$"  # HH:mm:ss (also H:mm:ss, mm:ss, with fractions): normalised
 EVENTS_SCHEMA: dict[str, Any] = {
@@ -156,6 +157,7 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
     ``video``; a frame list's frames are checked first), SchemaDefinitionError,
     MediaError (media that cannot be sent), as ``Client.plan``."""
     video = task_media(video) if isinstance(video, list | tuple) else media_refs(video, images=False)
+    check_task_media("events", video, ("video", "image"), EVENTS_PDF_HINT)  # frames are images
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
         raise _still_refused()
     model = model_for(client, fields)
@@ -169,6 +171,15 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
 def _video_item(call: Call) -> Any:
     items = [m for m in call.media if m.kind == "video"]
     return items[-1] if items else None
+
+
+def sent_fps(call: Call) -> float:
+    """The frame rate the video of ``call`` is sent at (frames per second): the sampled rate as planned (a long
+    video is sampled more sparsely than asked, to stay within the model's frame cap), else the one asked, else
+    ``VIDEO_FPS``. Rounded as the body carries it (4 decimals). Raises nothing."""
+    item = _video_item(call)
+    rate = item.fps if item is not None and item.fps is not None else call.request.fps or VIDEO_FPS
+    return round(rate, 4)
 
 
 def video_duration(call: Call) -> float | None:

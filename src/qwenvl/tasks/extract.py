@@ -27,6 +27,7 @@ from qwenvl.errors import (
     UsageError,
 )
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
+from qwenvl.media.sources import media_kind
 from qwenvl.plan import Call
 from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
 from qwenvl.types import Response
@@ -47,17 +48,18 @@ def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan_extract(client: SupportsPlan, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any) -> Call:
-    """The request ``extract`` sends (nothing is sent): the extraction prompt (or ``prompt``), ``file`` (an image,
-    or a PDF's pages with ``pages``), ``schema`` (a dict, a schema file path or a pydantic model class), and
-    ``max_tokens`` 2048 unless given (capped by the model's own limit).
+    """The request ``extract`` sends (nothing is sent): the extraction prompt (or ``prompt``), ``file`` (an image, a
+    PDF's pages with ``pages``, or a video: sampled, or sent whole, as ``fps`` and ``video_as`` say), ``schema`` (a
+    dict, a schema file path or a pydantic model class), and ``max_tokens`` 2048 unless given (capped by the model's
+    own limit).
 
     Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
     ``Client.plan``."""
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
-    return client.plan(
-        prompt=EXTRACT_PROMPT if prompt is None else prompt, images=[task_media(file)], **_schema_fields(schema, fields)
-    )
+    ref = task_media(file)
+    media = {"video": ref} if isinstance(ref, str) and media_kind(ref) == "video" else {"images": [ref]}
+    return client.plan(prompt=EXTRACT_PROMPT if prompt is None else prompt, **media, **_schema_fields(schema, fields))
 
 
 def extract(client: SupportsComplete, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:

@@ -25,16 +25,16 @@ import asyncio
 import inspect
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from qwenvl.errors import UsageError
+from qwenvl.errors import MediaError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
-from qwenvl.media.sources import looks_swapped, swapped_error
+from qwenvl.media.sources import Source, looks_swapped, media_kind, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.plan import Call, media_options
 from qwenvl.sizes import Size
@@ -43,6 +43,10 @@ from qwenvl.types import Response, media_refs, not_blank
 
 Convention = Literal["relative-1000", "absolute", "original-pixels"]
 GRID = 1000
+GROUND_VIDEO_HINT = (
+    "Give one frame of it as an image, e.g. `ffmpeg -ss 00:00:03 -i {} -frames:v 1 frame.png`; to ask what "
+    "happens in a video and when, use events."
+)
 GROUND_MAX_TOKENS = 2048  # default answer budget: dense scenes need room (each box is ~25 tokens)
 RELATIVE_SLACK = 1.01  # a 0-1000 answer may touch 1010 before it counts as breaking the convention
 ABSOLUTE_SLACK = 1.10  # pixels may overshoot the seen image by 10% (then they are clipped) before that
@@ -547,6 +551,26 @@ def task_media(value: Any) -> Any:
     return media_refs(value)
 
 
+_A_KIND = {"image": "an image", "pdf": "a PDF", "video": "a video"}
+
+
+def check_task_media(task: str, refs: Any, takes: Collection[str], hint: str) -> None:
+    """Refuse a reference a task cannot read, in the task's own words: MediaError (exit 3) "clip.mp4 is a video:
+    ocr reads an image or a PDF" with ``hint`` (what to do instead), before anything is planned or sent, rather
+    than the media layer's "not an image". ``refs``: a reference or a list (others, such as bytes, pass: they are
+    images); ``takes``: the kinds (``qwenvl.media.sources.media_kind``) the task reads; ``{}`` in ``hint`` is the
+    reference. The one rule of what
+    ``ocr``, ``ground``, ``extract`` and ``events`` take (library and CLI). Raises nothing otherwise."""
+    for ref in refs if isinstance(refs, list | tuple) else [refs]:
+        if not isinstance(ref, str):
+            continue
+        kind = media_kind(ref)
+        if kind not in takes:
+            what = " or ".join(_A_KIND[k] for k in ("image", "pdf", "video") if k in takes)
+            label = Source(ref, "data", url=ref).label if ref[:5].lower() == "data:" else ref
+            raise MediaError(f"{label} is {_A_KIND[kind]}: {task} reads {what}", source=label, hint=hint.format(label))
+
+
 def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
     """The rules of the model ``fields`` name, else the client's (``client.resolve_model``).
     Raises what ``resolve_model`` raises (UsageError; APIError for a local server)."""
@@ -582,7 +606,9 @@ def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = 
     model = model_for(client, fields)
     fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
     prompt = grounding_prompt(model, query, "point" if points else "box")
-    return client.plan(prompt=prompt, images=[task_media(image)], **fields)
+    ref = task_media(image)
+    check_task_media("ground", ref, ("image", "pdf"), GROUND_VIDEO_HINT)
+    return client.plan(prompt=prompt, images=[ref], **fields)
 
 
 def planned_picture(call: Call) -> str | None:

@@ -29,13 +29,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
+from qwenvl.models import DEFAULT_MODEL, model_info
 from qwenvl.plan import Call
 from qwenvl.spelling import did_you_mean
 from qwenvl.tasks.grounding import (
     async_client,
+    check_task_media,
     in_thread,
     model_for,
     read_grounding,
@@ -52,6 +55,10 @@ if TYPE_CHECKING:
 Format = Literal["text", "markdown", "json"]
 NO_TEXT = "no text found"
 FORMATS: tuple[str, ...] = ("text", "markdown", "json")
+OCR_VIDEO_HINT = (
+    'To read the text shown in a video, ask about it (qwenvl ask {} "Read the text shown"), or give one '
+    "frame of it as an image."
+)
 OCR_MAX_TOKENS = 4096  # default answer budget (a dense page is long); capped by the model's own limit
 # Tasks the qwen-vl-ocr models know (ocr_options.task); any other is refused (``ocr_options``).
 OCR_TASKS = (
@@ -173,15 +180,19 @@ def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) 
     return merged or None
 
 
-def pdf_pages(ref: str, pages: str | None) -> list[int]:
-    """The 1-based pages ``pages`` selects in the PDF ``ref`` (every page when None), in the order given.
-    Raises UsageError (bad range syntax), MediaError (a page out of range, an unreadable PDF)."""
+def pdf_pages(ref: str, pages: str | None, *, fetch_urls: bool = False, timeout_s: float | None = None) -> list[int]:
+    """The 1-based pages ``pages`` selects in the PDF ``ref`` (every page when None), in the order given; a PDF
+    given as a URL is downloaded with ``fetch_urls`` (within ``timeout_s``, at most ``FETCH_TIMEOUT_MAX_S``).
+    Raises UsageError (bad range syntax; a PDF URL without ``fetch_urls``), MediaError (a page out of range, an
+    unreadable PDF, a failed download)."""
     from qwenvl.media import pdf
-    from qwenvl.media.prepare import pdf_content
+    from qwenvl.media.prepare import MediaOptions, pdf_content
     from qwenvl.media.sources import classify
 
     source = classify(ref)
-    src = pdf_content(source)
+    timeout = min(timeout_s or FETCH_TIMEOUT_MAX_S, FETCH_TIMEOUT_MAX_S)
+    options = MediaOptions(model=model_info(DEFAULT_MODEL), fetch_urls=fetch_urls, fetch_timeout_s=timeout)
+    src = pdf_content(source, options)
     return pdf.parse_pages(pages, pdf.page_count(src, source.label), source.label)
 
 
@@ -283,9 +294,13 @@ def plan_pages(
             hint='For example pages=2, pages=[2, 3] or pages="1-3,5".',
         )
     pdf = media_kind(classify(source)) == "pdf"  # classify: a missing file is named as such
+    check_task_media("ocr", source, ("image", "pdf"), OCR_VIDEO_HINT)
     if selection and not pdf:
         raise UsageError("pages apply to PDFs only", hint="Leave out --pages / pages for an image.")
-    numbers: list[int | None] = list(pdf_pages(source, selection)) if pdf else [None]
+    fetch, timeout_s = bool(fields.get("fetch_urls")), fields.get("timeout_s")
+    numbers: list[int | None] = (
+        list(pdf_pages(source, selection, fetch_urls=fetch, timeout_s=timeout_s)) if pdf else [None]
+    )
     for number in numbers:
         yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number, **dict(fields))
 
