@@ -199,10 +199,13 @@ def describe_validation_error(exc: ValidationError, what: str = "invalid request
 
 def check_structured(response: Response, request: Request, schema: dict[str, Any] | None) -> list[str]:
     """The one check of a structured answer (realtime and Batch API): the JSON found in ``response.text``
-    (``structured.extract_json``), validated against ``schema`` and, when the request's schema was a pydantic
+    (``structured.answer_json``: the whole answer, an object in JSON mode; a cut-off answer never passes),
+    validated against ``schema`` and, when the request's schema was a pydantic
     model, by that model. Valid: sets ``response.json`` (and ``response.parsed``) and returns []; else returns
     the errors as short lines, the response untouched."""
-    value, errors = structured.parse_answer(response.text, schema)
+    value, errors = structured.parse_answer(response.text, schema, json_object=schema is None)
+    if not errors and response.finish_reason == "length":  # JSON that parses may still be a cut-off answer's start
+        errors = ["the answer was cut off at max_tokens: it may be incomplete"]
     if not errors and request.schema_model is not None:
         try:
             parsed = request.schema_model.model_validate(value)
@@ -273,7 +276,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         exc.requests, exc.request_ids = 2, paid
         raise
     if again is not None:
-        _, errors = structured.parse_answer(second.text, retry.schema)
+        _, errors = structured.parse_answer(second.text, retry.schema, json_object=retry.schema is None)
         raise StructuredOutputError(
             "the answer is not valid JSON"
             + (" for the schema" if retry.schema else "")
@@ -294,7 +297,7 @@ def _unrepaired(first: Response, retry: Call, exc: BaseException) -> StructuredO
     """The StructuredOutputError of a first answer that was not valid and whose repair request did not answer
     (``exc``: it failed, or was interrupted): the first answer is kept (``raw_text``, ``response``, one request
     paid), never lost with the repair."""
-    _, errors = structured.parse_answer(first.text, retry.schema)
+    _, errors = structured.parse_answer(first.text, retry.schema, json_object=retry.schema is None)
     what = "was interrupted" if not isinstance(exc, QwenVLError) else f"failed ({exc})"
     return StructuredOutputError(
         "the answer is not valid JSON"
