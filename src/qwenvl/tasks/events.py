@@ -29,7 +29,7 @@ from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
 from qwenvl.structured import extract_json
 from qwenvl.tasks.draw import hms
-from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
+from qwenvl.tasks.grounding import async_client, in_thread, model_for, plan_task, sync_client, task_media
 from qwenvl.types import Response, media_refs
 
 EVENTS_MAX_TOKENS = 2048
@@ -159,8 +159,8 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
         raise _still_refused()
     model = model_for(client, fields)
-    fields.setdefault("max_tokens", min(EVENTS_MAX_TOKENS, model.max_output_tokens))
-    call = client.plan(prompt=EVENTS_PROMPT if prompt is None else prompt, video=video, schema=EVENTS_SCHEMA, **fields)
+    prompt = EVENTS_PROMPT if prompt is None else prompt
+    call = plan_task(client, model, EVENTS_MAX_TOKENS, prompt=prompt, video=video, schema=EVENTS_SCHEMA, **fields)
     if isinstance(video, list) and _one_still(video):  # after planning: an unreadable frame is told as such
         raise _still_refused()
     return call

@@ -28,7 +28,7 @@ from qwenvl.errors import (
 )
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.plan import Call
-from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
+from qwenvl.tasks.grounding import async_client, in_thread, model_for, plan_task, sync_client, task_media
 from qwenvl.types import Response
 
 EXTRACT_PROMPT = "Extract the information in this document."
@@ -51,9 +51,13 @@ def plan_extract(client: SupportsPlan, file: Any, schema: Any, *, prompt: str | 
     Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
     ``Client.plan``."""
     model = model_for(client, fields)
-    fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
-    return client.plan(
-        prompt=EXTRACT_PROMPT if prompt is None else prompt, images=[task_media(file)], **_schema_fields(schema, fields)
+    return plan_task(
+        client,
+        model,
+        EXTRACT_MAX_TOKENS,
+        prompt=EXTRACT_PROMPT if prompt is None else prompt,
+        images=[task_media(file)],
+        **_schema_fields(schema, fields),
     )
 
 

@@ -37,6 +37,7 @@ from qwenvl.tasks.grounding import (
     async_client,
     in_thread,
     model_for,
+    plan_task,
     read_grounding,
     shown_ref,
     sync_client,
@@ -200,7 +201,6 @@ def plan_ocr(
             hint="Use --format with one of the formats listed.",
         )
     model = model_for(client, fields)
-    fields.setdefault("max_tokens", min(OCR_MAX_TOKENS, model.max_output_tokens))
     opts = ocr_options(task, options)
     if opts is not None:
         if "ocr_options" in (fields.get("extra") or {}):  # never one of the two silently
@@ -217,7 +217,7 @@ def plan_ocr(
         prompt = grounding_prompt(model, "", "text")
     else:
         prompt = PROMPTS[format]
-    return client.plan(prompt=prompt, images=[source], **fields)
+    return plan_task(client, model, OCR_MAX_TOKENS, prompt=prompt, images=[source], **fields)
 
 
 def read_page(call: Call, response: Response, *, format: Format, page: int | None = None) -> OCRPage:
