@@ -304,7 +304,9 @@ def create_app(
             out.append(m.model_copy(update={"content": parts}))
         return out
 
-    async def plan(parsed: inbound.Inbound, request: HTTPRequest, aliases: dict[str, str]) -> Any:
+    async def plan(
+        parsed: inbound.Inbound, request: HTTPRequest, aliases: dict[str, str], deadline: float | None = None
+    ) -> Any:
         req = parsed.request
         target = served_model(req.model)
         oss_ok = request.headers.get(OSS_RESOLVE_HEADER, "").lower() == "enable"
@@ -313,7 +315,10 @@ def create_app(
         fields.pop("model", None)
         if target:
             fields["model"] = target
-        if any(m.media() for m in messages):  # decoding and resizing: off the event loop
+        if deadline is not None:  # no wait of the plan's (a local backend asking its engine) outlasts the request
+            fields["timeout_s"] = min(fields.get("timeout_s") or math.inf, max(deadline - time.monotonic(), 0.1))
+        if getattr(client, "is_local", False) or any(m.media() for m in messages):  # decoding, resizing, asking a local engine what
+            # it serves (it may not answer): off the event loop, so the request's deadline stops the wait
             call = await asyncio.to_thread(client.plan, fields)
         else:  # text only: planning is microseconds, a thread hop would cost more
             call = client.plan(fields)
@@ -449,7 +454,7 @@ def create_app(
             events: AsyncIterator[StreamEvent] | None = None
             try:
                 async with asyncio.timeout(deadline - time.monotonic()):
-                    call = await plan(parsed, request, aliases)
+                    call = await plan(parsed, request, aliases, deadline)
                     call.request_id = rid  # the usage log names the request as its caller knows it
                     if not parsed.stream:
                         response = await client.send(call)
