@@ -569,6 +569,8 @@ _KINDS: dict[str, tuple[int, str, str, str]] = {
     "unavailable": (503, "ServiceUnavailable", "service_unavailable", "internal_error"),
     # a request cut by the shutdown of the server in front (qwenvl serve)
     "shutting_down": (503, "ServiceUnavailable.ShuttingDown", "server_shutting_down", "internal_error"),
+    # a local model the server could not load (``qwenvl serve --backend transformers``)
+    "not_loaded": (503, "ModelNotLoaded", "model_not_loaded", "internal_error"),
     "timeout": (504, "RequestTimeOut", "request_timeout", "internal_error"),
 }
 

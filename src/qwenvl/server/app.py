@@ -317,7 +317,9 @@ def create_app(
             fields["model"] = target
         if deadline is not None:  # no wait of the plan's (a local backend asking its engine) outlasts the request
             fields["timeout_s"] = min(fields.get("timeout_s") or math.inf, max(deadline - time.monotonic(), 0.1))
-        if getattr(client, "is_local", False) or any(m.media() for m in messages):  # decoding, resizing, asking a local engine what
+        if getattr(client, "is_local", False) or any(
+            m.media() for m in messages
+        ):  # decoding, resizing, asking a local engine what
             # it serves (it may not answer): off the event loop, so the request's deadline stops the wait
             call = await asyncio.to_thread(client.plan, fields)
         else:  # text only: planning is microseconds, a thread hop would cost more
