@@ -231,9 +231,9 @@ def serve(opts: dict[str, Any]) -> None:
                 hint="Leave out --workers, or run several servers on different ports.",
             )
     # a local backend is checked before listening (exit 2: torch missing, not a model, a name not served)
-    from qwenvl.server.main import check_backend
+    from qwenvl.backends import preflight
 
-    served, warning = check_backend(backend, options)
+    served, warning = preflight(backend, options)
     if warning:
         err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
     # the names clients send: --model-name ones (mapped to the backend's model); none: any name passed on to the
