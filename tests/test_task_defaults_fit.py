@@ -27,7 +27,7 @@ def test_cli_task_defaults_fit_a_small_context(engine, isolated_env: Path, verb:
     photo = write_image(isolated_env / "photo.png", (320, 240))
     (isolated_env / "s.json").write_text(json.dumps({"type": "object", "properties": {"a": {"type": "string"}}}))
     extra = {"ground": ["a dot"], "extract": ["--schema", "s.json"]}.get(verb, [])
-    common = ["--backend", "openai", "--base-url", engine.base_url]
+    common = ["--backend", "openai", "--base-url", engine.base_url, "--model", SERVED]
     p = run_cli(verb, str(photo), *extra, *common)
     assert "too long" not in p.stderr and "--max-tokens" not in p.stderr, p.stderr
     sent = engine.chats()

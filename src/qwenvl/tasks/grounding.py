@@ -546,7 +546,7 @@ def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
     return model_info(name)
 
 
-def plan_task(client: SupportsPlan, model: ModelInfo, default_max_tokens: int, **fields: Any) -> Call:
+def plan_task(client: SupportsPlan, model: ModelInfo, default_max_tokens: int, /, **fields: Any) -> Call:
     """``client.plan(**fields)`` for a task whose answer is long (OCR, boxes, extraction, events): ``max_tokens`` as
     given, else the task's ``default_max_tokens`` capped by ``model.max_output_tokens`` and, for a model whose
     context is small (a local model of a few thousand tokens), lowered to what the context leaves after the prompt
