@@ -244,3 +244,28 @@ def test_json_object_through_serve_is_a_whole_json_object_or_an_error(tiny, isol
                 assert isinstance(json.loads(choice["message"]["content"]), dict)
             else:
                 assert "JSON" in r.json()["error"]["message"]
+
+
+def test_an_unsupported_parameter_is_named_as_each_protocol_sends_it(tiny, isolated_env):
+    """native: ``parameters.enable_search`` (as ``parameters.top_k`` is); compat: ``enable_search``, in ``param``."""
+    import httpx
+
+    with _served_like_the_cli(tiny) as s:
+        _ready(s.url, [])
+        auth = {"Authorization": f"Bearer {SERVE_KEY}"}
+        messages = [{"role": "user", "content": "hi"}]
+        r = httpx.post(
+            s.url + "/api/v1/services/aigc/multimodal-generation/generation",
+            json={"model": tiny.name, "input": {"messages": messages}, "parameters": {"enable_search": True}},
+            headers=auth,
+            timeout=120,
+        )
+        assert r.status_code == 400 and "'parameters.enable_search'" in r.json()["message"], r.text
+        r = httpx.post(
+            s.url + "/compatible-mode/v1/chat/completions",
+            json={"model": tiny.name, "messages": messages, "enable_search": True},
+            headers=auth,
+            timeout=120,
+        )
+        error = r.json()["error"]
+        assert r.status_code == 400 and "'enable_search'" in error["message"] and error["param"] == "enable_search"

@@ -358,8 +358,10 @@ def create_app(
         """The models a client may choose here (None: any, a gateway passing names on)."""
         return None if settings.pass_model_names else listed_models() or None
 
-    def error_body(proto: ServerSide, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
-        return proto.error_body(status, message, request_id=rid, code=code)
+    def error_body(
+        proto: ServerSide, status: int, message: str, code: str | None, rid: str, param: str | None = None
+    ) -> dict[str, Any]:
+        return proto.error_body(status, message, request_id=rid, code=code, param=param)
 
     def describe(
         proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None
@@ -383,6 +385,8 @@ def create_app(
         surface = api_surface(proto.name, names=names, models=served_names())
         said = _message(exc)
         message = fit_message(said, surface)
+        if isinstance(exc, UnsupportedParameterError) and surface.param is not None:  # its name as the caller sent it
+            message = message.replace(f"'{exc.param}'", f"'{surface.param(exc.param)}'")
         hint = getattr(exc, "raw_hint", None)
         if hint and isinstance(exc, UsageError | MediaError) and not isinstance(exc, UnsupportedParameterError):
             said = f"{said} ({hint})"
@@ -403,7 +407,7 @@ def create_app(
     def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
         status, message, code, headers = describe(proto, exc, rid, aliases)
         return JSONResponse(
-            error_body(proto, status, message, code, rid),
+            error_body(proto, status, message, code, rid, inbound.named_field(exc, message)),
             status_code=status,
             headers={**headers, REQUEST_ID_HEADER: rid},
         )
