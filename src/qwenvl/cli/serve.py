@@ -284,9 +284,10 @@ def serve(opts: dict[str, Any]) -> None:
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
         if opts["workers"] == 1:
-            from qwenvl.cli.signals import hangup_stops
+            from qwenvl.cli.signals import ends_as_its_signal, hangup_stops
 
-            with hangup_stops(server.handle_exit):  # a closed terminal stops it as SIGTERM does (cli.signals)
+            # the exit code says the signal that stopped it (130, 143, 129), also one ignored at start (cli.signals)
+            with ends_as_its_signal(server), hangup_stops(server.handle_exit):  # a closed terminal: as SIGTERM
                 server.run(sockets=[sock])
         else:  # SIGTERM and SIGHUP stop every worker gracefully, then exit 128 + the signal (server.main)
             from qwenvl.server.main import run_workers
