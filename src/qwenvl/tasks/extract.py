@@ -46,7 +46,7 @@ def _schema_fields(schema: Any, fields: dict[str, Any]) -> dict[str, Any]:
 def plan_extract(client: SupportsPlan, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any) -> Call:
     """The request ``extract`` sends (nothing is sent): the extraction prompt (or ``prompt``), ``file`` (an image,
     or a PDF's pages with ``pages``), ``schema`` (a dict, a schema file path or a pydantic model class), and
-    ``max_tokens`` 2048 unless given (capped by the model's own limit).
+    ``max_tokens`` 2048 unless given (capped by the model's own limit and its context: ``plan_task``).
 
     Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
     ``Client.plan``."""

@@ -579,7 +579,7 @@ def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point",
 
 def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = False, **fields: Any) -> Call:
     """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens
-    (2048 unless given, capped by the model's own limit).
+    (2048 unless given, capped by the model's own limit and its context: ``plan_task``).
 
     ``image``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image (``task_media``). Raises UsageError
     (invalid fields, a blank ``query``), SchemaDefinitionError, MediaError (media that cannot be sent), as

@@ -192,9 +192,9 @@ def plan_ocr(
 
     ``format``: ``"text"``, ``"markdown"`` or ``"json"`` (line boxes, asked in the family's grounding form);
     ``task``/``options`` become the qwen-vl-ocr models' ``ocr_options``; ``max_tokens`` is 4096 unless given
-    (capped by the model's own limit). Raises UsageError for an unknown format, ``ocr_options`` both from
-    ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError, SchemaDefinitionError,
-    MediaError)."""
+    (capped by the model's own limit and its context: ``plan_task``). Raises UsageError for an unknown format,
+    ``ocr_options`` both from ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError,
+    SchemaDefinitionError, MediaError)."""
     if format not in FORMATS:
         raise UsageError(
             f"unknown OCR format {format!r}: use one of {', '.join(FORMATS)}",
