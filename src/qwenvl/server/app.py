@@ -60,7 +60,7 @@ from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
-from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart, seconds
+from qwenvl.types import ImagePart, Message, Request, StreamEvent, VideoPart, seconds
 from qwenvl.wording import api_surface, fit_hint, fit_message
 
 try:
@@ -316,7 +316,9 @@ def create_app(
         if target:
             fields["model"] = target
         if deadline is not None:  # no wait of the plan's (a local backend asking its engine) outlasts the request
-            fields["timeout_s"] = min(fields.get("timeout_s") or math.inf, max(deadline - time.monotonic(), 0.1))
+            usual = fields.get("timeout_s") or getattr(client, "defaults", {}).get("timeout_s")
+            usual = usual or Request.model_fields["timeout_s"].default  # the client's own, else the library's
+            fields["timeout_s"] = min(usual, max(deadline - time.monotonic(), 0.1))
         if getattr(client, "is_local", False) or any(
             m.media() for m in messages
         ):  # decoding, resizing, asking a local engine what
