@@ -297,11 +297,11 @@ def test_serve_and_mcp_check_the_model_before_listening(tmp_path):
 
 
 def test_a_model_that_fails_to_load_after_listening_is_503_never_400(tmp_path):
+    tiny = _tiny(tmp_path)  # skips without torch and transformers (which bring numpy and safetensors)
     import numpy as np
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
-    tiny = _tiny(tmp_path)
     for f in tiny.glob("*.safetensors"):  # sound files (the checks before listening pass), weights of wrong shapes
         with safe_open(str(f), framework="numpy") as weights:
             names = list(weights.keys())
