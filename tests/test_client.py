@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -399,9 +400,18 @@ SCHEMA = {
 
 
 def test_json_mode_parses_fenced_json(client, server, protocol):
-    server.enqueue(Reply(text='Here you go:\n```json\n{"a": 1, "b": [2]}\n```\nAnything else?'))
+    server.enqueue(Reply(text='```json\n{"a": 1, "b": [2]}\n```'))
     r = client.complete(prompt="give json", json_mode=True)
     assert r.json == {"a": 1, "b": [2]}
+
+
+def test_json_mode_prose_around_a_fence_is_repaired(client, server, protocol):
+    """A JSON-mode answer is the JSON alone (a fence that is the whole answer is fine): prose around it is not
+    valid, and the repair request says so."""
+    server.enqueue(Reply(text='Here you go:\n```json\n{"a": 1, "b": [2]}\n```\nAnything else?'), Reply(text='{"a": 1}'))
+    r = client.complete(prompt="give json", json_mode=True)
+    assert r.json == {"a": 1} and len(server.requests) == 2
+    assert "text around its JSON" in json.dumps(server.requests[-1].json)
 
 
 def test_schema_invalid_then_repaired(client, server, protocol):

@@ -530,7 +530,9 @@ def test_an_answer_that_only_quotes_the_prompt_is_not_accepted(server, protocol,
     assert info.value.requests == 2  # the repair request was sent, and its echo refused too
 
 
-def test_the_answers_own_json_is_preferred_over_a_quoted_schema(server, protocol):
+def test_an_answer_quoting_the_schema_among_prose_is_repaired_not_mined(server, protocol):
+    """A structured answer is the JSON alone (``structured.answer_json``): prose quoting the schema beside a value,
+    or two fences, is not taken apart for a fragment; the repair request asks for the JSON alone."""
     import json
 
     from dashscope_server import Reply
@@ -538,11 +540,14 @@ def test_the_answers_own_json_is_preferred_over_a_quoted_schema(server, protocol
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     quoting = f'You asked for {json.dumps(schema)} so here: {{"name": "cat"}} and a note {{"x": [1]}}.'
     fenced = f'Schema: ```json\n{json.dumps(schema)}\n``` Answer: ```json\n{{"name": "dog"}}\n```'
-    server.enqueue(Reply(text=quoting), Reply(text=fenced))
+    server.enqueue(
+        Reply(text=quoting), Reply(text='{"name": "cat"}'), Reply(text=fenced), Reply(text='{"name": "dog"}')
+    )
     with make_client(server, protocol, usage_log=False) as client:
         assert client.complete(prompt="name it", schema=schema).json == {"name": "cat"}
         assert client.complete(prompt="name it", schema=schema).json == {"name": "dog"}
-    assert len(server.requests) == 2  # no repair needed
+    assert len(server.requests) == 4  # each first answer repaired
+    assert "text around its JSON" in json.dumps(server.requests[1].json)
 
 
 # --- 11. dated snapshots inherit the facts of their model ----------------------------------------------------------

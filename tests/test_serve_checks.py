@@ -132,7 +132,25 @@ def test_serve_checks_the_engine_before_listening(isolated_env):
         assert p.returncode == 2 and "does not serve 'other'" in p.stderr, p.stderr
         dead = srv.base_url
     p = run_cli("serve", "--backend", "openai", "--upstream", dead, "--no-auth", "--port", "0")
-    assert p.returncode == 2 and "does not answer" in p.stderr and "--model" in p.stderr, p.stderr
+    assert p.returncode == 5 and "does not answer" in p.stderr and "--model" in p.stderr, p.stderr
+
+
+def test_an_engine_that_is_down_is_exit_5_and_checked_alike_by_every_verb(isolated_env, png):
+    """The same fault, the same exit code (the README: an engine that is down is 5) and the same pre-flight check
+    in serve and mcp (``backends.preflight``); ask finds it when it sends."""
+    with EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as srv:
+        dead = srv.base_url
+        p = run_cli("mcp", "--backend", "openai", "--base-url", dead, "--model", "other", input="")
+        assert p.returncode == 2 and "does not serve 'other'" in p.stderr, p.stderr  # mcp checks as serve does
+    runs = {
+        "serve": run_cli("serve", "--backend", "openai", "--upstream", dead, "--api-key", "k", "--port", "0"),
+        "mcp": run_cli("mcp", "--backend", "openai", "--base-url", dead, input=""),
+        "ask": run_cli("ask", "--backend", "openai", "--base-url", dead, str(png), "hi", "--max-retries", "0"),
+    }
+    for verb, p in runs.items():
+        assert p.returncode == 5 and "Traceback" not in p.stderr, (verb, p.stderr)
+    p = run_cli("mcp", "--backend", "openai", "--base-url", dead, "--model", "m", input="")
+    assert p.returncode == 0 and "does not answer yet" in p.stderr, p.stderr  # may start later: a warning, as serve
 
 
 # --- /ready and the served names --------------------------------------------------------------------------------

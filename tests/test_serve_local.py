@@ -216,3 +216,56 @@ def test_tokens_stream_as_they_are_generated_not_at_word_ends(tiny):
     assert streamer.generated == len("nospaces") + 2
     streamer.end()
     assert streamer.text_queue.get_nowait() == "" and streamer.text_queue.get_nowait() is streamer.stop_signal
+
+
+def test_json_object_through_serve_is_a_whole_json_object_or_an_error(tiny, isolated_env):
+    """A random model's garbage (with a ``[]`` in it, cut off at max_tokens) is never a 200 to json_object: the
+    answer must be one JSON object, whole, and not cut off."""
+    import httpx
+
+    with _served_like_the_cli(tiny) as s:
+        _ready(s.url, [])
+        for seed in (1, 2, 3):
+            r = httpx.post(
+                s.url + "/compatible-mode/v1/chat/completions",
+                headers={"Authorization": f"Bearer {SERVE_KEY}"},
+                json={
+                    "model": tiny.name,
+                    "messages": [{"role": "user", "content": "Return JSON with key a"}],
+                    "response_format": {"type": "json_object"},
+                    "max_tokens": 30,
+                    "seed": seed,
+                },
+                timeout=300,
+            )
+            if r.status_code == 200:
+                choice = r.json()["choices"][0]
+                assert choice["finish_reason"] == "stop"
+                assert isinstance(json.loads(choice["message"]["content"]), dict)
+            else:
+                assert "JSON" in r.json()["error"]["message"]
+
+
+def test_an_unsupported_parameter_is_named_as_each_protocol_sends_it(tiny, isolated_env):
+    """native: ``parameters.enable_search`` (as ``parameters.top_k`` is); compat: ``enable_search``, in ``param``."""
+    import httpx
+
+    with _served_like_the_cli(tiny) as s:
+        _ready(s.url, [])
+        auth = {"Authorization": f"Bearer {SERVE_KEY}"}
+        messages = [{"role": "user", "content": "hi"}]
+        r = httpx.post(
+            s.url + "/api/v1/services/aigc/multimodal-generation/generation",
+            json={"model": tiny.name, "input": {"messages": messages}, "parameters": {"enable_search": True}},
+            headers=auth,
+            timeout=120,
+        )
+        assert r.status_code == 400 and "'parameters.enable_search'" in r.json()["message"], r.text
+        r = httpx.post(
+            s.url + "/compatible-mode/v1/chat/completions",
+            json={"model": tiny.name, "messages": messages, "enable_search": True},
+            headers=auth,
+            timeout=120,
+        )
+        error = r.json()["error"]
+        assert r.status_code == 400 and "'enable_search'" in error["message"] and error["param"] == "enable_search"

@@ -228,10 +228,13 @@ def describe_validation_error(exc: ValidationError, what: str = "invalid request
 
 def check_structured(response: Response, request: Request, schema: dict[str, Any] | None) -> list[str]:
     """The one check of a structured answer (realtime and Batch API): the JSON found in ``response.text``
-    (``structured.extract_json``), validated against ``schema`` and, when the request's schema was a pydantic
+    (``structured.answer_json``: the whole answer, an object in JSON mode; a cut-off answer never passes),
+    validated against ``schema`` and, when the request's schema was a pydantic
     model, by that model. Valid: sets ``response.json`` (and ``response.parsed``) and returns []; else returns
     the errors as short lines, the response untouched."""
     value, parsed, errors = answer_errors(response.text, request, schema)
+    if not errors and response.finish_reason == "length":  # JSON that parses may still be a cut-off answer's start
+        errors, parsed = ["the answer was cut off at max_tokens: it may be incomplete"], None
     if not errors:
         response.json = value
         if parsed is not None:
@@ -240,12 +243,13 @@ def check_structured(response: Response, request: Request, schema: dict[str, Any
 
 
 def answer_errors(text: str, request: Request, schema: dict[str, Any] | None) -> tuple[Any, Any, list[str]]:
-    """``(value, parsed, errors)`` of a structured answer's ``text``: the JSON found (``structured.parse_answer``),
-    the request's pydantic model's instance of it (None without a model, or when invalid), and what is wrong as
-    short lines about the answer: the schema's (``at n: -1 is less than 1``) and then the model's own validators'
-    (``at n: must be positive``: a ``field_validator`` raising ValueError). Mutates nothing; raises what
-    ``structured.validate`` raises (SchemaDefinitionError)."""
-    value, errors = structured.parse_answer(text, schema)
+    """``(value, parsed, errors)`` of a structured answer's ``text``: the answer's JSON (``structured.parse_answer``:
+    the whole answer; an object in JSON mode, without ``schema``), the request's pydantic model's instance of it
+    (None without a model, or when invalid), and what is wrong as short lines about the answer: the schema's
+    (``at n: -1 is less than 1``) and then the model's own validators' (``at n: must be positive``: a
+    ``field_validator`` raising ValueError). Mutates nothing; raises what ``structured.validate`` raises
+    (SchemaDefinitionError)."""
+    value, errors = structured.parse_answer(text, schema, json_object=schema is None)
     if errors or request.schema_model is None:
         return value, None, errors
     try:

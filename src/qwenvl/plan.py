@@ -287,6 +287,14 @@ def answer_room(request: Request, model: ModelInfo) -> int:
     return max(request.max_tokens, answer_reserve(request, model))
 
 
+def answer_space(call: Call) -> int:
+    """The tokens of ``call.model``'s context window left for the answer after its media and the likely count of
+    its text (``text_tokens``): what ``max_tokens`` can be at most for the request to fit (``check_context``).
+    Negative when the input alone is over the window. Raises nothing."""
+    total = sum(i.tokens or 0 for i in call.media)
+    return call.model.context_tokens - total - text_tokens(call.history)[0]
+
+
 def answer_reserve(request: Request, model: ModelInfo) -> int:
     """The service's reserve for the answer, whatever ``max_tokens`` is: ``CONTEXT_RESERVE_THINKING_TOKENS`` when
     the model thinks, else ``CONTEXT_RESERVE_TOKENS``; 0 for a local model (``ModelInfo.local_family``: no service

@@ -304,11 +304,42 @@ def validate(value: Any, schema: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def parse_answer(text: str, schema: dict[str, Any] | None) -> tuple[Any, list[str]]:
-    """(value, errors): the parsed JSON and what is wrong with it; value is None when nothing parsed. The
-    answer's own JSON is preferred over what it quotes (``extract_json`` with the schema)."""
+_WHOLE_FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n(.*?)\n?[ \t]*```", re.S | re.I)
+
+
+def answer_json(text: str, schema: dict[str, Any] | None = None, *, json_object: bool = False) -> Any:
+    """The JSON value a structured-output answer (JSON mode, a schema) IS: the whole answer, whitespace around it
+    allowed, or the inside of one ```json (or bare ```) fence that is the whole answer: chat-tuned models wrap
+    JSON in a fence even when told not to, and the fence says where the JSON starts and ends. Prose around the
+    JSON, or a value found inside prose, is never taken: that is what ``extract_json`` does for readers of free
+    answers (boxes, events), not an answer that was asked to be JSON. ``json_object`` (JSON mode without a
+    schema: ``response_format`` ``json_object``) also requires an object at the root.
+
+    Raises NoJSONFound (its message one short line) for an empty answer, text around the JSON, no JSON at all,
+    JSON nested too deeply to read, only the schema quoted back (a schema with any keyword), or a root that is not
+    an object when ``json_object``."""
+    stripped = text.strip()
+    if not stripped:
+        raise NoJSONFound("the answer is empty")
+    fence = _WHOLE_FENCE.fullmatch(stripped)
+    ok, value = load_json(fence[1].strip() if fence else stripped)
+    if not ok:
+        extract_json(stripped, schema)  # raises its reason when there is no JSON at all
+        raise NoJSONFound("the answer has text around its JSON: it must be the JSON alone")
+    if schema and value == schema:
+        raise NoJSONFound("the answer holds no JSON of its own, only the schema it was sent, quoted back")
+    if json_object and not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        raise NoJSONFound(f"the answer is {kind}, not a JSON object (JSON mode asks for an object)")
+    return value
+
+
+def parse_answer(text: str, schema: dict[str, Any] | None, *, json_object: bool = False) -> tuple[Any, list[str]]:
+    """(value, errors): the answer's JSON (``answer_json``: the whole answer, or one fence that is the whole
+    answer; an object when ``json_object``) and what is wrong with it; value is None when it is not such JSON.
+    Raises SchemaDefinitionError only as ``validate`` does."""
     try:
-        value = extract_json(text, schema)
+        value = answer_json(text, schema, json_object=json_object)
     except NoJSONFound as exc:
         return None, [str(exc)]
     return value, validate(value, schema)

@@ -105,6 +105,12 @@ class Surface:
     # the models its user can choose (None: any): a hint clause or sentence proposing another known model (qwenvl's
     # model table) is left out
     models: Collection[str] | None = None
+    # a request's media field as a hint names it (``(in a request: "video")``: the library's Request field) -> the
+    # surface's own (compat's content part ``video_url``); None: as written
+    media_field: Callable[[str], str] | None = None
+
+
+_IN_REQUEST = re.compile(r'\(in a request: "(\w+)"\)')
 
 
 def model_references(ref: str, name: str) -> dict[str, str]:
@@ -182,6 +188,9 @@ _OR_ANY = re.compile(r",? or (?:use |try |switch to )[^,.;:()`]*")
 def _rename(text: str, surface: Surface) -> str:
     """``text`` with each of ``surface.names`` replaced where it stands whole or begins a path (not inside a longer
     name)."""
+    if surface.media_field is not None:
+        media_field = surface.media_field
+        text = _IN_REQUEST.sub(lambda m: f'(in a request: "{media_field(m[1])}")', text)
     for name in sorted(surface.names, key=len, reverse=True):
         if name:
             replacement = surface.names[name].replace("\\", "\\\\")  # a literal, not a template
@@ -302,6 +311,7 @@ def api_surface(
         shell=False,
         names=dict(names or {}),
         models=models,
+        media_field=lambda kind: f"{kind}_url" if protocol == "compat" and kind in ("image", "video") else kind,
     )
 
 

@@ -117,3 +117,56 @@ if TYPE_CHECKING:  # mypy checks here that every shipped backend satisfies its i
 
     _SYNC: tuple[type[Backend], ...] = (DashScopeBackend, OpenAIBackend, TransformersBackend)
     _ASYNC: tuple[type[AsyncBackend], ...] = (AsyncDashScopeBackend, AsyncOpenAIBackend, AsyncTransformersBackend)
+
+
+def preflight(backend: str, options: dict[str, Any]) -> tuple[str | None, str | None]:
+    """What ``qwenvl serve`` and ``qwenvl mcp`` check before they serve (the same checks, the same exit codes):
+    (the model name a local backend serves, a warning or None). The name: the engine's served name (``openai``);
+    for ``transformers`` the model's ``served_name`` (a hub id as it is, a folder by its own name).
+
+    ``transformers``: ``qwenvl.backends.transformers.check_local``: torch and transformers import, and
+    ``options["model"]`` is a Qwen-VL model folder (with its weights) or a hub id whose config can be had, the
+    device is there, the dtype and attention implementation are known (UsageError, exit 2: not installed, not a
+    folder, no weights, not an owner/name id, not a Qwen-VL model, no CUDA, an unknown dtype; MediaError, exit 3:
+    a damaged file; APIConnectionError, exit 5: a hub id neither cached nor downloadable). The weights are loaded
+    by the server once it listens (``/ready`` is 503 until then; a load that fails then is each request's 503,
+    never the client's fault). ``openai``: the engine is asked once which models it serves; a model it does not
+    serve, or none given when it serves several, is a UsageError. An engine that does not answer is not an error
+    when ``model`` is given (it may start after the server: the warning says so, and ``/ready`` is 503 until it
+    answers); without ``model`` the served name cannot be known: the engine's APIConnectionError (exit 5, as for
+    every verb: an engine that is down), with a hint to start it or give ``--model``. ``dashscope``: nothing to
+    check here (None, None)."""
+    from qwenvl.client import Client
+    from qwenvl.errors import APIConnectionError, APITimeoutError
+
+    if backend == "dashscope":
+        return None, None
+    if backend == "transformers":
+        from qwenvl.backends.transformers import check_local
+
+        check_local(  # what can be checked without loading: the model, its weights, device, dtype, attention
+            options.get("model") or "",
+            device=options.get("device") or "auto",
+            dtype=options.get("dtype") or "auto",
+            attn_implementation=options.get("attn_implementation"),
+        )
+    client = Client(backend=backend, **options, max_retries=0, cache=False, usage_log=False)
+    try:
+        name = client.resolve_model().name
+        if backend == "transformers":
+            from qwenvl.backends.transformers import served_name
+
+            name = served_name(name)
+        return name, None
+    except (APIConnectionError, APITimeoutError) as exc:
+        if backend != "openai":
+            raise
+        url = getattr(client.backend, "base_url", None) or options.get("base_url")
+        if not options.get("model"):
+            raise type(exc)(
+                f"the engine at {url} does not answer, so the model it serves is unknown: {exc}",
+                hint="Start the engine first, or give its served name with --model.",
+            ) from None
+        return options["model"], f"the engine at {url} does not answer yet ({exc}); /ready is 503 until it does"
+    finally:
+        client.close()

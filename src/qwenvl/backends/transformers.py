@@ -43,6 +43,7 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import math
 import socket
 import threading
@@ -124,11 +125,14 @@ def read_config(ref: str, filename: str = "config.json") -> dict[str, Any]:
                 f"{ref} is not a model folder (no {filename})",
                 hint="Give the folder of a Qwen-VL checkpoint (config.json, *.safetensors, tokenizer).",
             )
+        text = read_regular_text(path, error=MediaError, what="model configuration file")
         try:
-            return json.loads(read_regular_text(path, what="model configuration file"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"{path} cannot be read as JSON: {exc}", hint="Check the file's JSON, or download the checkpoint again."
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise MediaError(
+                f"{path} is damaged: not JSON ({exc})",
+                source=str(path),
+                hint=DAMAGED_HINT,
             ) from None
     if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
         raise UsageError(
@@ -291,6 +295,7 @@ def check_attn_implementation(name: str, transformers: Any) -> str:
     )
 
 
+DAMAGED_HINT = "Download the checkpoint again (or copy that file again), or give another folder with --model."
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 
@@ -311,6 +316,33 @@ def check_weights(ref: str) -> None:
             raise UsageError(f"{ref} lacks weight files its {index.name} lists: {', '.join(missing[:3])}", hint=hint)
     if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
         raise UsageError(f"{ref} has no weights (no *.safetensors or pytorch_model*.bin)", hint=hint)
+    check_files(folder)
+
+
+def check_files(folder: Path) -> None:
+    """MediaError (exit 3) naming the first damaged file of a model folder: a ``*.json`` (config, tokenizer,
+    processor, chat template, weights index) that is not JSON, or a ``*.safetensors`` whose header does not read
+    or does not cover the file (a cut-off download: ``safetensors.safe_open`` checks both; its tensors are not
+    read). Without this, transformers' own exception (``SafetensorError``, the tokenizers library's ``Exception``)
+    would reach the user as an internal error. Raises nothing for a sound folder."""
+    hint = DAMAGED_HINT
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MediaError(f"{path} is damaged: not JSON ({why})", source=str(path), hint=hint) from None
+    try:
+        from safetensors import safe_open
+    except ImportError:  # transformers brings it; without it, transformers says so when loading
+        return
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="numpy"):
+                pass
+        except Exception as exc:  # safetensors' SafetensorError (not an OSError) and OSError
+            why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MediaError(f"{path} is damaged: {why}", source=str(path), hint=hint) from None
 
 
 def check_local(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementation: str | None = None) -> str:
@@ -369,10 +401,12 @@ def load(ref: str, *, device: str = "auto", dtype: str = "auto", attn_implementa
                 tokenizer = transformers.AutoTokenizer.from_pretrained(ref, **hub)
                 image_processor = transformers.AutoImageProcessor.from_pretrained(ref, **hub)
                 model = transformers.AutoModelForImageTextToText.from_pretrained(ref, **kw, **hub)
-        except (OSError, ValueError, ImportError) as exc:
+        except Exception as exc:  # transformers, tokenizers, safetensors, torch: each has its own exceptions
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, OSError | ValueError | ImportError):
+                first = f"{type(exc).__name__}: {first}"
             raise UsageError(
-                f"cannot load {ref}: {first}",
+                f"cannot load {ref}: {first[:300]}",
                 hint="A Qwen-VL checkpoint needs config.json, the weights, the tokenizer and preprocessor_config.json.",
             ) from None
         model.to(where)
@@ -436,9 +470,10 @@ def processor_template(ref: str) -> str | None:
             return None
         value = json.loads(read_regular_text(Path(path), what="chat template file")).get("chat_template")
     except (OSError, ValueError, AttributeError) as exc:
-        raise UsageError(
-            f"cannot read {ref}'s chat_template.json: {exc}",
-            hint="Check the file's JSON, or download the checkpoint again.",
+        raise MediaError(
+            f"{ref}'s chat_template.json is damaged: {exc}",
+            source=f"{ref}/chat_template.json",
+            hint=DAMAGED_HINT,
         ) from None
     return value if isinstance(value, str) and value else None
 
@@ -1358,8 +1393,18 @@ class AsyncTransformersBackend:
         try:
             await asyncio.to_thread(self._sync.loaded, self._sync.model)
         except Exception as exc:  # kept, not raised: the server goes on answering /health and /ready
-            why = str(exc).strip().splitlines()[0] if isinstance(exc, QwenVLError) and str(exc).strip() else ""
-            self._load_error = why or f"cannot load {self._sync.model}: {type(exc).__name__}"
+            # told to the server's callers (/ready, a 503): the model by its served name, a file by its own name,
+            # never the server's paths; the operator's log has the whole error
+            logging.getLogger("qwenvl.serve").error("cannot load %s: %s", self._sync.model, exc)
+            ref, name = str(self._sync.model), served_name(str(self._sync.model))
+            if isinstance(exc, MediaError) and exc.source:
+                why = f"its file {Path(exc.source).name} is damaged"
+            elif isinstance(exc, QwenVLError) and str(exc).strip():
+                why = str(exc).strip().splitlines()[0].replace(str(Path(ref).expanduser().resolve()), name)
+                why = why.replace(ref, name).removeprefix(f"cannot load {name}: ")
+            else:
+                why = type(exc).__name__
+            self._load_error = f"cannot load {name}: {why}"
 
     async def ready(self) -> str | None:
         """None when the backend's model is loaded (a request can be answered), else why not (one line)."""

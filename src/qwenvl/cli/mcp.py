@@ -13,6 +13,7 @@ from qwenvl import env as qenv
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
+    backend_options,
     err_console,
     make_client,
     not_dash,
@@ -120,20 +121,23 @@ def mcp(opts: dict[str, Any]) -> None:
     client = make_client(opts, will_send=False)  # its options checked now (one not for its backend: exit 2)
     only_model = None
     if client.backend_name == "transformers":  # a model in this process: the one configured, checked before serving
-        from qwenvl.backends.transformers import check_local
-
         only_model = fields.get("model") or qenv.model()
         if not only_model:
             raise UsageError(
                 "--backend transformers needs --model: a hub id or a model folder",
                 hint="For example --model Qwen/Qwen3-VL-2B-Instruct, or a local folder.",
             )
-        check_local(
-            only_model,
-            device=opts.get("device") or "auto",
-            dtype=opts.get("dtype") or "auto",
-            attn_implementation=opts.get("attn_implementation"),
-        )
+    if client.backend_name != "dashscope":  # serve's checks before serving, with its exit codes (backends.preflight)
+        from qwenvl.backends import preflight
+
+        options = {k: v for k, v in backend_options(opts).items() if v and k != "backend"}
+        if opts.get("base_url"):
+            options["base_url"] = opts["base_url"]
+        if only_model:
+            options["model"] = only_model
+        _, warning = preflight(client.backend_name, options)
+        if warning:
+            err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
     server = server_module.build_server(lambda: client, allow_dirs=allow_dirs, defaults=fields, only_model=only_model)
     try:
         if opts["http_port"] is None:

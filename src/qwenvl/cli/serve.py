@@ -249,9 +249,9 @@ def serve(opts: dict[str, Any]) -> None:
     if opts["batch_dir"]:
         _check_batch_dir(opts["batch_dir"])
     # a local backend is checked before listening (exit 2: torch missing, not a model, a name not served)
-    from qwenvl.server.main import check_backend
+    from qwenvl.backends import preflight
 
-    served, warning = check_backend(backend, options)
+    served, warning = preflight(backend, options)
     if warning:
         err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
     # the names clients send: --model-name ones (mapped to the backend's model); none: any name passed on to the
@@ -304,9 +304,10 @@ def serve(opts: dict[str, Any]) -> None:
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
         if opts["workers"] == 1:
-            from qwenvl.cli.signals import hangup_stops
+            from qwenvl.cli.signals import ends_as_its_signal, hangup_stops
 
-            with hangup_stops(server.handle_exit):  # a closed terminal stops it as SIGTERM does (cli.signals)
+            # the exit code says the signal that stopped it (130, 143, 129), also one ignored at start (cli.signals)
+            with ends_as_its_signal(server), hangup_stops(server.handle_exit):  # a closed terminal: as SIGTERM
                 server.run(sockets=[sock])
         else:  # SIGTERM and SIGHUP stop every worker gracefully, then exit 128 + the signal (server.main)
             from qwenvl.server.main import run_workers

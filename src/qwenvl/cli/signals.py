@@ -21,6 +21,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
 
@@ -96,3 +97,29 @@ def hangup_stops(stop: Callable[[int, FrameType | None], None]) -> Iterator[None
         signal.signal(hup, _raise)
     if came:
         raise Terminated(hup)
+
+
+@contextlib.contextmanager
+def ends_as_its_signal(server: Any) -> Iterator[None]:
+    """For a uvicorn ``server`` run in the block: when a signal stopped it (its ``handle_exit`` ran) and the block
+    ends without that signal having ended the process, raise it as a verb's interrupt: KeyboardInterrupt for
+    SIGINT (exit 130), ``Terminated`` for SIGTERM or SIGHUP (143, 129). uvicorn raises the signal again after its
+    graceful shutdown with the handler of before, which does nothing when the signal was ignored at start (a job
+    started in the background by a shell ignores SIGINT): the server stopped, gracefully, and the exit code must
+    still say why. Raises nothing when no signal came."""
+    came: list[int] = []
+    handle_exit = server.handle_exit
+
+    def recorded(signum: int, frame: FrameType | None) -> None:
+        came.append(signum)
+        handle_exit(signum, frame)
+
+    server.handle_exit = recorded  # what uvicorn sets as the handler of each signal it stops on
+    try:
+        yield
+    finally:
+        server.handle_exit = handle_exit
+    if came:
+        if came[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Terminated(came[0])

@@ -65,7 +65,9 @@ class ServerSide(Protocol):
         """The non-streamed reply."""
         ...
 
-    def error_body(self, status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
+    def error_body(
+        self, status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+    ) -> dict[str, Any]:
         """The service's error envelope for an HTTP ``status`` (``code``: the upstream's own, when it sent one)."""
         ...
 

@@ -569,6 +569,8 @@ _KINDS: dict[str, tuple[int, str, str, str]] = {
     "unavailable": (503, "ServiceUnavailable", "service_unavailable", "internal_error"),
     # a request cut by the shutdown of the server in front (qwenvl serve)
     "shutting_down": (503, "ServiceUnavailable.ShuttingDown", "server_shutting_down", "internal_error"),
+    # a local model the server could not load (``qwenvl serve --backend transformers``)
+    "not_loaded": (503, "ModelNotLoaded", "model_not_loaded", "internal_error"),
     "timeout": (504, "RequestTimeOut", "request_timeout", "internal_error"),
 }
 
@@ -611,12 +613,37 @@ def _wire_code(code: str | None, status: int, column: int) -> str:
     return str(_kind(status)[column])
 
 
-def compat_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
+def compat_error(
+    status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI-style error body; ``param`` the request field at fault, as OpenAI's errors name it (None: no
+    one field is)."""
     wire_type = _kind(status)[3]
     return {
-        "error": {"code": _wire_code(code, status, 2), "param": None, "message": message, "type": wire_type},
+        "error": {"code": _wire_code(code, status, 2), "param": param, "message": message, "type": wire_type},
         "request_id": request_id,
     }
+
+
+_NAMED_FIELD = re.compile(
+    r"((?:parameters\.|input\.)?[a-z][a-z0-9_]*(?:\[\d+\]|\.[a-z][a-z0-9_]*)*)"
+    r"(?=:| (?:must|is|are|holds|has|takes|cannot|needs|and)\b| =|=)"
+)
+
+
+def named_field(exc: BaseException, message: str) -> str | None:
+    """The request field a refusal of a request is about, for the compat body's ``param``: an
+    UnsupportedParameterError's ``param``; else the wire field a UsageError's message starts with, as this module's
+    refusals do (``max_tokens must be ...``, ``messages[0].content[1].text holds ...``, ``model is required``);
+    None otherwise. Raises nothing."""
+    from qwenvl.errors import UnsupportedParameterError, UsageError
+
+    if isinstance(exc, UnsupportedParameterError):
+        return exc.param
+    if not isinstance(exc, UsageError):
+        return None
+    found = _NAMED_FIELD.match(message.removeprefix("invalid request: "))
+    return found[1] if found and found[1] not in ("the", "a", "an", "this", "it") else None
 
 
 def native_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
@@ -667,8 +694,10 @@ class CompatServer:
             response, completion_id=f"chatcmpl-{request_id}", created=int(time.time()), model=parsed.request.model
         )
 
-    def error_body(self, status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
-        return compat_error(status, message, request_id=request_id, code=code)
+    def error_body(
+        self, status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+    ) -> dict[str, Any]:
+        return compat_error(status, message, request_id=request_id, code=code, param=param)
 
     def stream_open(self, state: StreamState) -> list[bytes]:
         return [
@@ -715,8 +744,10 @@ class NativeServer:
     def response_body(self, parsed: Inbound, response: Response, request_id: str) -> dict[str, Any]:
         return native_response(response, request_id=request_id, finish_reason=response.finish_reason or "stop")
 
-    def error_body(self, status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
-        return native_error(status, message, request_id=request_id, code=code)
+    def error_body(
+        self, status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+    ) -> dict[str, Any]:
+        return native_error(status, message, request_id=request_id, code=code)  # the native body has no param
 
     def stream_open(self, state: StreamState) -> list[bytes]:
         return []

@@ -62,7 +62,7 @@ from qwenvl.server.batches import BatchStore, Refusal, Runner
 from qwenvl.server.batches import add_routes as add_batch_routes
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
-from qwenvl.types import ImagePart, Message, StreamEvent, VideoPart, seconds
+from qwenvl.types import ImagePart, Message, Request, StreamEvent, VideoPart, seconds
 from qwenvl.wording import api_surface, fit_hint, fit_message, model_references
 
 try:
@@ -317,10 +317,12 @@ def create_app(
             out.append(m.model_copy(update={"content": parts}))
         return out
 
-    async def plan(parsed: inbound.Inbound, oss_ok: bool, aliases: dict[str, str]) -> Any:
+    async def plan(
+        parsed: inbound.Inbound, oss_ok: bool, aliases: dict[str, str], deadline: float | None = None
+    ) -> Any:
         """The client's Call for a parsed request: its model served here (404 if not), its media resolved
-        (``oss_ok``: oss:// references to this server's uploads are read) and planned; only the parameters the
-        caller set are sent."""
+        (``oss_ok``: oss:// references to this server's uploads are read) and planned, no wait of it outlasting
+        ``deadline`` (``time.monotonic()``); only the parameters the caller set are sent."""
         req = parsed.request
         target = served_model(req.model)
         messages = await resolve_media(req.messages, req.model, oss_ok, aliases)
@@ -328,7 +330,14 @@ def create_app(
         fields.pop("model", None)
         if target:
             fields["model"] = target
-        if any(m.media() for m in messages):  # decoding and resizing: off the event loop
+        if deadline is not None:  # no wait of the plan's (a local backend asking its engine) outlasts the request
+            usual = fields.get("timeout_s") or getattr(client, "defaults", {}).get("timeout_s")
+            usual = usual or Request.model_fields["timeout_s"].default  # the client's own, else the library's
+            fields["timeout_s"] = min(usual, max(deadline - time.monotonic(), 0.1))
+        if getattr(client, "is_local", False) or any(
+            m.media() for m in messages
+        ):  # decoding, resizing, asking a local engine what
+            # it serves (it may not answer): off the event loop, so the request's deadline stops the wait
             call = await asyncio.to_thread(client.plan, fields)
         else:  # text only: planning is microseconds, a thread hop would cost more
             call = client.plan(fields)
@@ -337,12 +346,18 @@ def create_app(
         return call
 
     async def respond(
-        proto: ServerSide, parsed: inbound.Inbound, rid: str, aliases: dict[str, str], *, oss_ok: bool = False
+        proto: ServerSide,
+        parsed: inbound.Inbound,
+        rid: str,
+        aliases: dict[str, str],
+        *,
+        oss_ok: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """A parsed request that does not stream, planned (``plan``) and answered by the backend: the protocol's
         response body (usage as the backend counted it). Raises what planning and the backend raise (``describe``
         tells each). The one home of a non-streamed answer: the chat routes and each Batch API line use it."""
-        call = await plan(parsed, oss_ok, aliases)
+        call = await plan(parsed, oss_ok, aliases, deadline)
         call.request_id = rid  # the usage log names the request as its caller knows it
         response = await client.send(call)
         return proto.response_body(parsed, response, rid)
@@ -354,12 +369,13 @@ def create_app(
         ``qwenvl.batch.batchapi``). Raises nothing but a cancellation."""
         aliases: dict[str, str] = {}
         try:
+            deadline = time.monotonic() + settings.request_timeout_s
             async with asyncio.timeout(settings.request_timeout_s):
                 parsed = COMPAT.parse_body(body, {})
                 aliases.update(model_names(parsed.request.model))
                 if parsed.stream:
                     raise _Refused(400, "stream is not supported in a batch: leave it out", "invalid_parameter_error")
-                return 200, await respond(COMPAT, parsed, rid, aliases)
+                return 200, await respond(COMPAT, parsed, rid, aliases, deadline=deadline)
         except Exception as exc:
             status, message, code, _ = describe(COMPAT, exc, rid, aliases)
             return status, error_body(COMPAT, status, message, code, rid)
@@ -390,8 +406,10 @@ def create_app(
         """The models a client may choose here (None: any, a gateway passing names on)."""
         return None if settings.pass_model_names else listed_models() or None
 
-    def error_body(proto: ServerSide, status: int, message: str, code: str | None, rid: str) -> dict[str, Any]:
-        return proto.error_body(status, message, request_id=rid, code=code)
+    def error_body(
+        proto: ServerSide, status: int, message: str, code: str | None, rid: str, param: str | None = None
+    ) -> dict[str, Any]:
+        return proto.error_body(status, message, request_id=rid, code=code, param=param)
 
     def describe(
         proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None
@@ -415,6 +433,8 @@ def create_app(
         surface = api_surface(proto.name, names=names, models=served_names())
         said = _message(exc)
         message = fit_message(said, surface)
+        if isinstance(exc, UnsupportedParameterError) and surface.param is not None:  # its name as the caller sent it
+            message = message.replace(f"'{exc.param}'", f"'{surface.param(exc.param)}'")
         hint = getattr(exc, "raw_hint", None)
         if hint and isinstance(exc, UsageError | MediaError) and not isinstance(exc, UnsupportedParameterError):
             said = f"{said} ({hint})"
@@ -435,7 +455,7 @@ def create_app(
     def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
         status, message, code, headers = describe(proto, exc, rid, aliases)
         return JSONResponse(
-            error_body(proto, status, message, code, rid),
+            error_body(proto, status, message, code, rid, inbound.named_field(exc, message)),
             status_code=status,
             headers={**headers, REQUEST_ID_HEADER: rid},
         )
@@ -490,9 +510,9 @@ def create_app(
                 async with asyncio.timeout(deadline - time.monotonic()):
                     oss_ok = request.headers.get(OSS_RESOLVE_HEADER, "").lower() == "enable"
                     if not parsed.stream:
-                        body = await respond(proto, parsed, rid, aliases, oss_ok=oss_ok)
+                        body = await respond(proto, parsed, rid, aliases, oss_ok=oss_ok, deadline=deadline)
                         return JSONResponse(body, headers={REQUEST_ID_HEADER: rid})
-                    call = await plan(parsed, oss_ok, aliases)
+                    call = await plan(parsed, oss_ok, aliases, deadline)
                     call.request_id = rid  # the usage log names the request as its caller knows it
                     # the status line waits for the upstream's first event: a failure before it (a refusal, a 429
                     # with its Retry-After, a time-out) is an HTTP error in the protocol's shape, not a 200 stream

@@ -27,7 +27,9 @@ from fastapi.staticfiles import StaticFiles
 from qwenvl.errors import UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.models import cost_fields, currency_of, media_costs
+from qwenvl.notes import answer_notes
 from qwenvl.protocols.inbound import json_type
+from qwenvl.wording import api_surface, fit_message
 
 STATIC = Path(__file__).parent / "static"
 
@@ -105,7 +107,7 @@ def add_routes(
                 "frames": len(m.sent) if isinstance(m.sent, list) else None,
                 "tokens": m.tokens,
                 "cost": cost,
-                "notes": m.notes,
+                "notes": in_api_words(m.notes),
             }
             for m, cost in zip(call.media, costs, strict=True)
         ]
@@ -132,6 +134,7 @@ def add_routes(
         result = read_grounding(call, response)
         out = result.to_json()
         out.update(image=None, text=response.text, usage=response.usage.model_dump(exclude={"raw"}))
+        out["warnings"] = in_api_words(result.warnings)
         out["model"] = field(body, "model")  # the name the client knows, never a server path
         return JSONResponse(out)
 
@@ -142,7 +145,13 @@ def add_routes(
         image = await resolve(field(body, "image"), opts.get("model", ""))
         call = await asyncio.to_thread(plan_ocr, client, image, **opts)
         response = await client.send(call)
-        return JSONResponse({"text": clean_text(response.text), "usage": response.usage.model_dump(exclude={"raw"})})
+        return JSONResponse(
+            {
+                "text": clean_text(response.text),
+                "usage": response.usage.model_dump(exclude={"raw"}),
+                "warnings": in_api_words(answer_notes(response, call.request.max_tokens, items_shown=True)),
+            }
+        )
 
     async def extract(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.extract import plan_extract
@@ -153,8 +162,19 @@ def add_routes(
         call = await asyncio.to_thread(plan_extract, client, image, schema, **opts)
         response = await client.send(call)
         return JSONResponse(
-            {"json": response.json, "text": response.text, "usage": response.usage.model_dump(exclude={"raw"})}
+            {
+                "json": response.json,
+                "text": response.text,
+                "usage": response.usage.model_dump(exclude={"raw"}),
+                "warnings": in_api_words(answer_notes(response, call.request.max_tokens, items_shown=True)),
+            }
         )
+
+    def in_api_words(notes: list[str]) -> list[str]:
+        """The library's notes (written for the CLI: ``raise --max-tokens``) in the words of a request's fields
+        (``wording.api_surface``), as every answer of this server is; one note a sentence each."""
+        surface = api_surface("compat")
+        return [fit_message(note, surface) for note in notes]
 
     def route(work: Work) -> Callable[[HTTPRequest], Awaitable[Any]]:
         async def answer(request: HTTPRequest) -> Any:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import ipaddress
 import socket
@@ -44,10 +45,22 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="Choose another port (0 picks a free one) or stop what holds this one.",
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint=_listen_hint(exc, port)
         ) from None
     return sock
+
+
+def _listen_hint(exc: OSError, port: int) -> str:
+    """What to change when an address cannot be listened on: the address (not this machine's, or a name that does
+    not resolve), the port (taken, or one below 1024 without the privilege). Raises nothing."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            "The address is not one of this machine's: give one of its own with --host (127.0.0.1 for this machine "
+            "only, 0.0.0.0 for every network interface)."
+        )
+    if exc.errno == errno.EACCES and 0 < port < 1024:
+        return "Ports below 1024 need privileges: choose a port of 1024 or above (0 picks a free one)."
+    return "Choose another port (0 picks a free one) or stop what holds this one."
 
 
 def key_matches(given: str | None, expected: str) -> bool:

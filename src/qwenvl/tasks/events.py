@@ -29,7 +29,15 @@ from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
 from qwenvl.structured import extract_json
 from qwenvl.tasks.draw import hms
-from qwenvl.tasks.grounding import async_client, check_task_media, in_thread, model_for, sync_client, task_media
+from qwenvl.tasks.grounding import (
+    async_client,
+    check_task_media,
+    in_thread,
+    model_for,
+    plan_task,
+    sync_client,
+    task_media,
+)
 from qwenvl.types import Response, media_refs
 
 EVENTS_PDF_HINT = "events reads a video, or its frames as images in order; for a PDF use ask, ocr or extract."
@@ -161,8 +169,8 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
         raise _still_refused()
     model = model_for(client, fields)
-    fields.setdefault("max_tokens", min(EVENTS_MAX_TOKENS, model.max_output_tokens))
-    call = client.plan(prompt=EVENTS_PROMPT if prompt is None else prompt, video=video, schema=EVENTS_SCHEMA, **fields)
+    prompt = EVENTS_PROMPT if prompt is None else prompt
+    call = plan_task(client, model, EVENTS_MAX_TOKENS, prompt=prompt, video=video, schema=EVENTS_SCHEMA, **fields)
     if isinstance(video, list) and _one_still(video):  # after planning: an unreadable frame is told as such
         raise _still_refused()
     return call

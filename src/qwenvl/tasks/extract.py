@@ -29,7 +29,7 @@ from qwenvl.errors import (
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import media_kind
 from qwenvl.plan import Call
-from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
+from qwenvl.tasks.grounding import async_client, in_thread, model_for, plan_task, sync_client, task_media
 from qwenvl.types import Response
 
 if TYPE_CHECKING:
@@ -51,15 +51,21 @@ def plan_extract(client: SupportsPlan, file: Any, schema: Any, *, prompt: str | 
     """The request ``extract`` sends (nothing is sent): the extraction prompt (or ``prompt``), ``file`` (an image, a
     PDF's pages with ``pages``, or a video: sampled, or sent whole, as ``fps`` and ``video_as`` say), ``schema`` (a
     dict, a schema file path or a pydantic model class), and ``max_tokens`` 2048 unless given (capped by the model's
-    own limit).
+    own limit and its context: ``plan_task``).
 
     Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
     ``Client.plan``."""
     model = model_for(client, fields)
-    fields.setdefault("max_tokens", min(EXTRACT_MAX_TOKENS, model.max_output_tokens))
     ref = task_media(file)
     media = {"video": ref} if isinstance(ref, str) and media_kind(ref) == "video" else {"images": [ref]}
-    return client.plan(prompt=EXTRACT_PROMPT if prompt is None else prompt, **media, **_schema_fields(schema, fields))
+    return plan_task(
+        client,
+        model,
+        EXTRACT_MAX_TOKENS,
+        prompt=EXTRACT_PROMPT if prompt is None else prompt,
+        **media,
+        **_schema_fields(schema, fields),
+    )
 
 
 def extract(client: SupportsComplete, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:

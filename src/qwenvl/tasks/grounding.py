@@ -32,11 +32,11 @@ from typing import Any, Literal, TypeVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from qwenvl.errors import MediaError, UsageError
+from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import Source, looks_swapped, media_kind, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
-from qwenvl.plan import Call, media_options
+from qwenvl.plan import Call, answer_reserve, answer_space, media_options
 from qwenvl.sizes import Size
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
 from qwenvl.types import Response, media_refs, not_blank
@@ -580,6 +580,30 @@ def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
     return model_info(name)
 
 
+def plan_task(client: SupportsPlan, model: ModelInfo, default_max_tokens: int, /, **fields: Any) -> Call:
+    """``client.plan(**fields)`` for a task whose answer is long (OCR, boxes, extraction, events): ``max_tokens`` as
+    given, else the task's ``default_max_tokens`` capped by ``model.max_output_tokens`` and, for a model whose
+    context is small (a local model of a few thousand tokens), lowered to what the context leaves after the prompt
+    and media (``qwenvl.plan.answer_space``; at least the service's reserve, ``answer_reserve``): a default is
+    never what makes a request too long. A ``max_tokens`` the user gave that does not fit is refused as
+    ``Client.plan`` refuses it. Raises what ``Client.plan`` raises."""
+    if fields.get("max_tokens") is not None:
+        return client.plan(**fields)
+    fields.pop("max_tokens", None)
+    first = min(default_max_tokens, model.max_output_tokens)
+    try:
+        return client.plan(max_tokens=first, **fields)
+    except UsageError as exc:  # too long for the context (or another fault: the probe below then says the same)
+        try:
+            probe = client.plan(max_tokens=1, estimate_only=True, **fields)
+        except QwenVLError:
+            raise exc from None
+        room = answer_space(probe)
+        if not (max(1, answer_reserve(probe.request, probe.model)) <= room < first):
+            raise exc from None
+    return client.plan(max_tokens=room, **fields)
+
+
 def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point", "text"] = "box") -> str:
     """The prompt in the form ``model``'s family was trained on (``PROMPTS``): boxes, points or text lines.
     Raises nothing."""
@@ -589,7 +613,7 @@ def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point",
 
 def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = False, **fields: Any) -> Call:
     """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens
-    (2048 unless given, capped by the model's own limit).
+    (2048 unless given, capped by the model's own limit and its context: ``plan_task``).
 
     ``image``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image (``task_media``). Raises UsageError
     (invalid fields, a blank ``query``), SchemaDefinitionError, MediaError (media that cannot be sent), as
@@ -604,11 +628,10 @@ def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = 
         )
     not_blank(query, "query", required=True)
     model = model_for(client, fields)
-    fields.setdefault("max_tokens", min(GROUND_MAX_TOKENS, model.max_output_tokens))
     prompt = grounding_prompt(model, query, "point" if points else "box")
     ref = task_media(image)
     check_task_media("ground", ref, ("image", "pdf"), GROUND_VIDEO_HINT)
-    return client.plan(prompt=prompt, images=[ref], **fields)
+    return plan_task(client, model, GROUND_MAX_TOKENS, prompt=prompt, images=[ref], **fields)
 
 
 def planned_picture(call: Call) -> str | None:

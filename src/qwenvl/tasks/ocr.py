@@ -41,6 +41,7 @@ from qwenvl.tasks.grounding import (
     check_task_media,
     in_thread,
     model_for,
+    plan_task,
     read_grounding,
     shown_ref,
     sync_client,
@@ -210,16 +211,15 @@ def plan_ocr(
 
     ``format``: ``"text"``, ``"markdown"`` or ``"json"`` (line boxes, asked in the family's grounding form);
     ``task``/``options`` become the qwen-vl-ocr models' ``ocr_options``; ``max_tokens`` is 4096 unless given
-    (capped by the model's own limit). Raises UsageError for an unknown format, ``ocr_options`` both from
-    ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError, SchemaDefinitionError,
-    MediaError)."""
+    (capped by the model's own limit and its context: ``plan_task``). Raises UsageError for an unknown format,
+    ``ocr_options`` both from ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError,
+    SchemaDefinitionError, MediaError)."""
     if format not in FORMATS:
         raise UsageError(
             f"unknown OCR format {format!r}: use one of {', '.join(FORMATS)}",
             hint="Use --format with one of the formats listed.",
         )
     model = model_for(client, fields)
-    fields.setdefault("max_tokens", min(OCR_MAX_TOKENS, model.max_output_tokens))
     opts = ocr_options(task, options)
     if opts is not None:
         if "ocr_options" in (fields.get("extra") or {}):  # never one of the two silently
@@ -236,7 +236,7 @@ def plan_ocr(
         prompt = grounding_prompt(model, "", "text")
     else:
         prompt = PROMPTS[format]
-    return client.plan(prompt=prompt, images=[source], **fields)
+    return plan_task(client, model, OCR_MAX_TOKENS, prompt=prompt, images=[source], **fields)
 
 
 def read_page(call: Call, response: Response, *, format: Format, page: int | None = None) -> OCRPage:

@@ -352,15 +352,17 @@ async function send(event) {
       answer.text = r.boxes.length || (r.points || []).length
         ? `Found ${r.boxes.length} box${r.boxes.length === 1 ? "" : "es"}: ${[...new Set(r.boxes.map((b) => b.label))].join(", ")}`
         : "Nothing found.";
-      if (r.warnings && r.warnings.length) answer.meta = r.warnings.join(" ");
+      if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
       answer.result = { boxes: r.boxes, points: r.points || [] };
       answer.image = image;
     } else if (m === "ocr") {
       const r = await post("/qwenvl/v1/ocr", { ...options(), image });
       answer.text = "Text found:"; answer.result = r.text;
+      if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
     } else {
       const r = await post("/qwenvl/v1/extract", { ...options(), image, schema });
       answer.text = "Extracted:"; answer.result = r.json;
+      if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
     }
   } catch (e) {
     if (e.name === "AbortError") {
@@ -378,6 +380,11 @@ async function send(event) {
     $("stop").hidden = true; $("send").disabled = false;
     renderLog(); save();
   }
+}
+
+// the server's notes (each one clause, lower case, no stop) as sentences: never two run together
+function sentences(notes) {
+  return notes.map((n) => n.charAt(0).toUpperCase() + n.slice(1) + (/[.!?]$/.test(n) ? "" : ".")).join(" ");
 }
 
 // ---- wiring ------------------------------------------------------------------------------------------
