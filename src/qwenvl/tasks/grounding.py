@@ -595,7 +595,7 @@ def plan_task(client: SupportsPlan, model: ModelInfo, default_max_tokens: int, /
         return client.plan(max_tokens=first, **fields)
     except UsageError as exc:  # too long for the context (or another fault: the probe below then says the same)
         try:
-            probe = client.plan(max_tokens=1, estimate_only=True, **fields)
+            probe = client.plan(**{**fields, "max_tokens": 1, "estimate_only": True})  # the caller's may be set
         except QwenVLError:
             raise exc from None
         room = answer_space(probe)
