@@ -143,7 +143,7 @@ def _still_refused() -> UsageError:
     return UsageError(
         "events needs a video or a sequence of frames; one still image has no events in time",
         hint="Give a video file or URL, or several frame images in order; for one image use "
-        '`qwenvl ask IMAGE -p "..."`.',
+        '`qwenvl ask IMAGE -p "..."` (in Python: client.ask(prompt, image)).',
     )
 
 
