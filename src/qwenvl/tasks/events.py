@@ -29,7 +29,7 @@ from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
 from qwenvl.structured import extract_json
 from qwenvl.tasks.draw import hms
-from qwenvl.tasks.grounding import async_client, in_thread, model_for, sync_client, task_media
+from qwenvl.tasks.grounding import async_client, in_thread, library_worded, model_for, sync_client, task_media
 from qwenvl.types import Response, media_refs
 
 EVENTS_MAX_TOKENS = 2048
@@ -362,7 +362,7 @@ def events(client: SupportsComplete, video: Any, *, prompt: str | None = None, *
     or a list of frames (paths, bytes or PIL images)."""
     sync_client(client, "events")
     call = plan_events(client, video, prompt=prompt, **fields)
-    return send_events(client, call)
+    return library_worded(send_events(client, call))
 
 
 async def aevents(client: SupportsAsyncComplete, video: Any, *, prompt: str | None = None, **fields: Any) -> Timeline:
@@ -373,8 +373,8 @@ async def aevents(client: SupportsAsyncComplete, video: Any, *, prompt: str | No
     try:
         response = await client.send(call)
     except StructuredOutputError as exc:
-        return _invalid_timeline(call, exc)
-    return read_timeline(call, response)
+        return library_worded(_invalid_timeline(call, exc))
+    return library_worded(read_timeline(call, response))
 
 
 NO_EVENTS_HINT = (
@@ -403,7 +403,7 @@ def _invalid_timeline(call: Call, exc: StructuredOutputError) -> Timeline:
     timeline.response = exc.response
     timeline.warnings.insert(
         0,
-        f"the answer is not valid for the timeline schema even after a retry ({exc}); "
+        f"the answer is not valid for the timeline schema even after a retry ({exc.as_written()}); "
         f"kept the {len(timeline.events)} events that could be read",
     )
     return timeline

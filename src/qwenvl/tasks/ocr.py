@@ -36,6 +36,7 @@ from qwenvl.spelling import did_you_mean
 from qwenvl.tasks.grounding import (
     async_client,
     in_thread,
+    library_worded,
     model_for,
     read_grounding,
     shown_ref,
@@ -356,7 +357,7 @@ def ocr(
     sync_client(client, "ocr")
     source = task_media(source)
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
-    return send_pages(client, source, plans, format=format)
+    return library_worded(send_pages(client, source, plans, format=format))
 
 
 async def aocr(
@@ -385,4 +386,4 @@ async def aocr(
     except BaseException:
         _stopped(result, reading, source)
         raise
-    return _finished(result)
+    return library_worded(_finished(result))
