@@ -195,8 +195,11 @@ class APIConnectionError(APIError):
     """Raised when no answer could be had: connection refused or reset, DNS failure, TLS error; after the
     retries. Also when a reply broke off after its status line; a POST answered 200 is then not sent again
     (``qwenvl.retry.may_resend``). The words are qwenvl's, the same sync and async (``qwenvl.transport``).
-    CLI exit code 5."""
+    ``delivered``: whether the request may have reached the service (False for a connection never made, or a
+    time-out connecting: such an attempt was not billed; ``qwenvl.store.exchange`` logs its cost as 0). CLI exit
+    code 5."""
 
+    delivered: bool = True
     default_hint = (
         "Check the network, and that a server listens at that URL; it comes from --base-url, else "
         "DASHSCOPE_COMPATIBLE_BASE_URL or DASHSCOPE_HTTP_BASE_URL, else the region (--region)."
