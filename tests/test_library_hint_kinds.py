@@ -113,3 +113,16 @@ def test_repr_of_an_error_is_in_the_librarys_words(monkeypatch) -> None:
         qwenvl.Client(backend="transformers").ask("hi")
     assert "--" not in repr(caught.value) and "--" not in str(caught.value), repr(caught.value)
     assert "--backend transformers" in caught.value.as_written()
+
+
+def test_a_schema_answer_cut_off_says_max_tokens_in_every_view(server, isolated_env) -> None:
+    server.enqueue(Reply(text='{"a": "xx', finish_reason="length"))
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    with (
+        qwenvl.Client(api_key=API_KEY, base_url=server.url, usage_log=False) as client,
+        pytest.raises(qwenvl.StructuredOutputError) as caught,
+    ):
+        client.complete(prompt="hi", schema=schema, max_tokens=5)
+    for view in (str(caught.value), repr(caught.value), caught.value.message, caught.value.hint or ""):
+        assert "max_tokens" in view and "--" not in view, view
+    assert "--max-tokens" in (caught.value.raw_hint or "")  # the CLI's words, kept for it
