@@ -387,18 +387,21 @@ def library_message(message: str) -> str:
     the library has a name for becomes it as ``library_hint`` does (``--pages`` -> ``pages``, ``--pages 2-9`` ->
     ``pages='2-9'``, ``--param`` -> ``extra``), a name then said twice once (``max_pixels (--max-pixels)`` ->
     ``max_pixels``); a flag only the CLI has stays, and nothing is left out (``fit_message``). Raises nothing."""
-    return _library_words(message)
+    return _library_words(message, once=True)
 
 
-def _library_words(text: str) -> str:
+def _library_words(text: str, *, once: bool = False) -> str:
     """``text`` with each flag (long or ``SHORT_FLAGS``) in the library's words, a flag's value as the keyword's
-    (``--pages 2-9`` -> ``pages='2-9'``, ``-o out.jsonl`` -> ``output='out.jsonl'``), each thing said once."""
+    (``--pages 2-9`` -> ``pages='2-9'``, ``-o out.jsonl`` -> ``output='out.jsonl'``), a parenthesis saying nothing
+    twice; ``once``: a name beside itself said once too."""
     parts, _ = _split_quoted(text)
     parts = [p if i % 2 else _SHORT.sub(lambda m: SHORT_FLAGS.get(m[1], m[1]), p) for i, p in enumerate(parts)]
     if not any(FLAG.search(p) for p in parts[::2]):
         return text
     parts = [p if i % 2 else _FLAG_VALUE.sub(_keyword_value, p) for i, p in enumerate(parts)]
-    said = _SAID_TWICE.sub(r"\1", fit_message("".join(parts), _library_surface()))
+    said = fit_message("".join(parts), _library_surface())
+    if once:  # a message: "max_pixels (max_pixels)" -> "max_pixels"; a hint keeps "the region (region)"
+        said = _SAID_TWICE.sub(r"\1", said)
     return _PARENS.sub(_said_once, said)
 
 

@@ -172,7 +172,8 @@ def _maybe_billed() -> str:
     from qwenvl.errors import APIError, APIStatusError
 
     def subclasses(cls: type) -> set[type]:
-        found = {cls}
+        found: set[type] = {cls}
+        sub: type
         for sub in cls.__subclasses__():
             found |= subclasses(sub)
         return found
