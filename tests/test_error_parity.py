@@ -40,6 +40,7 @@ from qwenvl.errors import (
     QwenVLError,
     RateLimitError,
     StreamInterruptedError,
+    key_refused_hint,
     printable,
 )
 from qwenvl.protocols.common import PROXY_HINT
@@ -207,7 +208,8 @@ FAILURES = [
             f"HTTP {status} <code>: {message}",
             attempts,
             # the loopback server is not DashScope's own: a refused key is that server's (no regions there)
-            hint=OTHER_SERVER_KEY_HINT if status == 401 else None,
+            # the library gives the key as its api_key argument: that key is named as the caller's
+            hint=key_refused_hint("argument", dashscope=False) if status == 401 else None,
         )
         for status, cls, message, attempts in [
             (500, InternalServerError, "An internal error has occurred.", 2),
@@ -372,6 +374,8 @@ def test_the_same_failure_is_the_same_error_everywhere(servers, failure: Failure
         code, lines, attempts = _same({w: (r[0], tuple(r[1]), r[2]) for w, r in runs.items()}, f"{backend} CLI runs")
         assert code == exit_code
         kept = ["(kept 14 characters of partial answer)"] if failure.cls is StreamInterruptedError else []
+        if failure.cls is AuthenticationError and backend == "dashscope":  # the CLI's key: from the environment
+            hint = OTHER_SERVER_KEY_HINT
         assert list(lines) == [f"error: {printable(cloud.text)}", *kept, masked(f"hint: {printable(hint or '')}")]
         assert attempts == cloud.attempts
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -212,23 +214,32 @@ def test_the_library_batch_refuses_an_item_naming_its_output_as_the_items_are_ta
     assert not server.requests
 
 
+@contextlib.contextmanager
+def written(match: str) -> Iterator[None]:
+    """A UsageError whose words as written (the CLI's: check_outputs is given its names, ``-o``) match ``match``;
+    ``str()`` is the library's (``output='keep.db'``)."""
+    with pytest.raises(UsageError) as caught:
+        yield
+    assert re.search(match, caught.value.as_written()), caught.value.as_written()
+
+
 def test_check_outputs_refuses_data_no_output_may_replace(files: Path) -> None:
-    with pytest.raises(UsageError, match=r"keep\.db holds an SQLite database"):
+    with written(match=r"keep\.db holds an SQLite database"):
         check_outputs({"-o": "keep.db"})
-    with pytest.raises(UsageError, match=r"holds an SQLite database"):  # a picture output too
+    with written(match=r"holds an SQLite database"):  # a picture output too
         check_outputs({"--out": "keep.db"}, pictures={"--out"})
-    with pytest.raises(UsageError, match=r"other\.jsonl holds the output of a qwenvl batch"):
+    with written(match=r"other\.jsonl holds the output of a qwenvl batch"):
         check_outputs({"-o": "other.jsonl"})
     # the batch's own output, which it resumes, is not refused for having its journal
     assert check_outputs({"-o": "other.jsonl"}, resumed={"-o"}) == {"-o": Path("other.jsonl")}
 
 
 def test_check_outputs_names_what_it_protects(files: Path) -> None:
-    with pytest.raises(UsageError, match=r"-o .*a\.jpg is also an input of this command \(the image\)"):
+    with written(match=r"-o .*a\.jpg is also an input of this command \(the image\)"):
         check_outputs({"-o": "a.jpg"}, inputs={"the image": ["https://example.com/x.png", "-", "a.jpg"]})
-    with pytest.raises(UsageError, match=r"--csv .*x\.csv is also the file of -o"):
+    with written(match=r"--csv .*x\.csv is also the file of -o"):
         check_outputs({"-o": "x.csv", "--csv": "./x.csv"})  # neither exists yet
-    with pytest.raises(UsageError, match=r"holds an image \(PNG\)"):
+    with written(match=r"holds an image \(PNG\)"):
         check_outputs({"-o": "b.png"})
     assert check_outputs({"--out": "b.png"}, pictures={"--out"}) == {"--out": Path("b.png")}
     assert check_outputs({"-o": None}) == {}

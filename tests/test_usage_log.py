@@ -59,13 +59,13 @@ def test_errors_streams_and_cache_hits(server):
 
 
 def test_each_attempt_the_transport_retries_is_a_row(server):
-    # every attempt that reached the service is recorded: the 503 retried, then the answer (tokens and cost
-    # of the failed one unknown, never 0)
+    # every attempt that reached the service is recorded: the 503 retried, then the answer (tokens of the failed one
+    # unknown; a refusal is not billed: cost 0)
     server.enqueue(Reply(status=503, times=1))
     with make_client(server, max_retries=2) as c:
         c.ask("x")
     assert [(r["outcome"], r["status"]) for r in rows()] == [("InternalServerError", 503), ("ok", None)]
-    assert rows()[0]["cost"] is None and rows()[0]["input_tokens"] is None
+    assert rows()[0]["cost"] == 0.0 and rows()[0]["input_tokens"] is None
 
 
 def test_a_request_never_sent_is_not_logged(server):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from qwenvl import env as qenv
-from qwenvl.errors import MissingAPIKeyError, UsageError
+from qwenvl.errors import KEY_PAGE, MissingAPIKeyError, UsageError
 from qwenvl.spelling import meant
 
 Protocol = Literal["compat", "native", "openai"]
@@ -71,7 +71,7 @@ DEFAULT_REGION = "cn"
 KEY_HELP = (
     "Set DASHSCOPE_API_KEY=sk-... (in the shell, or a line in ./.env), or put dashscope_api_key = sk-... under "
     "[default] in ~/.alibabacloud/credentials, or the key alone in ~/.dashscope/api_key (as the official SDK "
-    "keeps it). Get a key at https://help.aliyun.com/zh/model-studio/get-api-key (Beijing and Singapore keys "
+    f"keeps it). Get a key at {KEY_PAGE} (Beijing and Singapore keys "
     "differ)."
 )
 

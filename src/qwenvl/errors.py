@@ -88,6 +88,9 @@ class QwenVLError(Exception):
     def hint(self, value: str | None) -> None:
         self.raw_hint = value
 
+    def __repr__(self) -> str:  # what a REPL, a log or a list of errors shows: the library's words, as str()
+        return f"{type(self).__name__}({str(self)!r})"
+
     def __str__(self) -> str:
         from qwenvl.wording import library_message
 
@@ -195,8 +198,11 @@ class APIConnectionError(APIError):
     """Raised when no answer could be had: connection refused or reset, DNS failure, TLS error; after the
     retries. Also when a reply broke off after its status line; a POST answered 200 is then not sent again
     (``qwenvl.retry.may_resend``). The words are qwenvl's, the same sync and async (``qwenvl.transport``).
-    CLI exit code 5."""
+    ``delivered``: whether the request may have reached the service (False for a connection never made, or a
+    time-out connecting: such an attempt was not billed; ``qwenvl.store.exchange`` logs its cost as 0). CLI exit
+    code 5."""
 
+    delivered: bool = True
     default_hint = (
         "Check the network, and that a server listens at that URL; it comes from --base-url, else "
         "DASHSCOPE_COMPATIBLE_BASE_URL or DASHSCOPE_HTTP_BASE_URL, else the region (--region)."
@@ -267,6 +273,9 @@ class AuthenticationError(APIStatusError):
     default_hint = "Check DASHSCOPE_API_KEY. Beijing (--region cn) and Singapore (--region intl) keys are different."
 
 
+# Where DashScope's keys are made (Model Studio's "get an API key" page).
+KEY_PAGE = "https://help.aliyun.com/zh/model-studio/get-api-key"
+
 # A 401 from a server that is not DashScope's own (a proxy, ``qwenvl serve``): regions do not apply there.
 OTHER_SERVER_KEY_HINT = (
     "This server is not DashScope's: give the key it takes as DASHSCOPE_API_KEY (for `qwenvl serve`, the key "
@@ -276,10 +285,19 @@ OTHER_SERVER_KEY_HINT = (
 
 def key_refused_hint(source: str | None, *, dashscope: bool = True) -> str | None:
     """A 401's hint naming where the refused key came from (``config.KeyFound.source``, e.g. ``~/.alibabacloud/
-    credentials [other]``), so the user fixes that place; None for the ``api_key`` argument and
-    ``$DASHSCOPE_API_KEY`` at DashScope, which ``AuthenticationError.default_hint`` already names. With
-    ``dashscope=False`` (the server is another one: ``config.needs_dashscope_key``) the region sentence is left
-    out and the hint says to give that server's key. Raises nothing."""
+    credentials [other]``), so the user fixes that place; for ``"argument"`` (the caller's ``api_key``), that the
+    key given was refused and where keys are made; None for ``$DASHSCOPE_API_KEY`` at DashScope, which
+    ``AuthenticationError.default_hint`` already names. With ``dashscope=False`` (the server is another one:
+    ``config.needs_dashscope_key``) the region sentence is left out and the hint says to give that server's key.
+    Raises nothing."""
+    if source == "argument":  # the caller gave it: that key was refused, not one of the places keys are read from
+        return (
+            f"Check the key given as --api-key / api_key: it was refused. Keys are made at {KEY_PAGE}; Beijing "
+            "(--region cn) and Singapore (--region intl) keys are different."
+            if dashscope
+            else "Check the key given as --api-key / api_key: this server (not DashScope's) refused it; give the key "
+            "it takes (for `qwenvl serve`, the key set in its QWENVL_SERVE_API_KEY)."
+        )
     label = None
     if source is not None and source not in ("argument", "environment DASHSCOPE_API_KEY"):
         label = "DASHSCOPE_API_KEY in .env" if source == ".env DASHSCOPE_API_KEY" else source

@@ -419,6 +419,10 @@ def map_exception(
         why, hint = describe_failure(exc, answered=status is not None)
         text = f"{url} answered HTTP {status}, then {why}" if status is not None else f"cannot reach {url}: {why}"
         error = APIConnectionError(redact(text, api_key), hint=hint)
+    # a connection never made, or a wait for one, delivered nothing: that attempt was not billed
+    error.delivered = status is not None or not isinstance(
+        exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+    )
     if not may_resend(method, status):
         error.final = True  # type: ignore[attr-defined]
         if not isinstance(error, APITimeoutError):

@@ -345,7 +345,25 @@ LIBRARY_SWITCHES = {
     "--retry-errors": "retry_errors=True",
     "--mode": "mode",
     "--no-high-res": "vl_high_resolution_images=False",  # a Request field's value, as --no-resize is prepare=False
+    "--output": "output",  # Batch's output file, and its other arguments a flag stands for
+    "--csv": "csv",
+    "--concurrency": "concurrency",
+    "--rpm": "rpm",
+    "--tpm": "tpm",
+    "--format": "format",  # qwenvl.tasks.ocr's
 }
+# The CLI's short flags a message or hint may name (``-o another.jsonl``), by the long flag each stands for: the
+# library says them as it says that flag (``output='another.jsonl'``).
+SHORT_FLAGS = {"-o": "--output", "-p": "--prompt"}
+_SHORT = re.compile(r"(?<![\w-])(-[a-zA-Z])(?=\s)")
+# "--model Qwen/Qwen2.5-VL-3B-Instruct", "-o another.jsonl", '-p "..."', "--pages 2-9": a flag with its value (a
+# quoted string, or a token with a digit, a dot, a slash: never a word of the sentence, "raise --max-tokens for more")
+_FLAG_VALUE = re.compile(
+    r"(?<![\w-])(--[a-z][a-z-]*) "
+    r"(\"[^\"]*\"|'[^']*'|(?=[\w./:~,-]*[\d./:~])(?=[\w./:~,-]*\w)[\w./:~,-]*[\w/-])(?![\w-])"
+)
+# "(prompt=\"...\", prompt=\"...\")": a parenthesis saying one thing twice once the flag became the keyword
+_PARENS = re.compile(r"\(([^()]*)\)")
 # The key: what a library caller passes (the variable is read too, so a hint naming it stays true beside it).
 _KEY_VARIABLE = re.compile(r"\bDASHSCOPE_API_KEY\b(?!_)")
 _KEY_ARGUMENT = re.compile(r"(?<![\w/])api_key\b")  # the argument, not ~/.dashscope/api_key
@@ -379,16 +397,56 @@ def library_message(message: str) -> str:
     the library has a name for becomes it as ``library_hint`` does (``--pages`` -> ``pages``, ``--pages 2-9`` ->
     ``pages='2-9'``, ``--param`` -> ``extra``), a name then said twice once (``max_pixels (--max-pixels)`` ->
     ``max_pixels``); a flag only the CLI has stays, and nothing is left out (``fit_message``). Raises nothing."""
-    if not FLAG.search(re.sub(r"`[^`]*`", "", message)):
-        return message
-    parts, _ = _split_quoted(message)  # "--pages 2-9" -> "pages='2-9'": the keyword as a caller writes it
-    message = "".join(p if i % 2 else _PAGES_VALUE.sub(r"\1='\2'", p) for i, p in enumerate(parts))
-    said = fit_message(message, _library_surface())
-    return _SAID_TWICE.sub(r"\1", said)
+    return _library_words(message, once=True)
 
 
-# "--pages 2-9", "--page 3": a page selection with its value (``qwenvl.media.pdf.parse_pages``)
-_PAGES_VALUE = re.compile(r"(?<![\w-])--(pages?) ([0-9][0-9,-]*)(?![\w-])")
+def _library_words(text: str, *, once: bool = False) -> str:
+    """``text`` with each flag (long or ``SHORT_FLAGS``) in the library's words, a flag's value as the keyword's
+    (``--pages 2-9`` -> ``pages='2-9'``, ``-o out.jsonl`` -> ``output='out.jsonl'``), a parenthesis saying nothing
+    twice; ``once``: a name beside itself said once too."""
+    parts, _ = _split_quoted(text)
+    parts = [p if i % 2 else _SHORT.sub(lambda m: SHORT_FLAGS.get(m[1], m[1]), p) for i, p in enumerate(parts)]
+    if not any(FLAG.search(p) for p in parts[::2]):
+        return text
+    parts = [p if i % 2 else _FLAG_VALUE.sub(_keyword_value, p) for i, p in enumerate(parts)]
+    said = fit_message("".join(parts), _library_surface())
+    if once:  # a message: "max_pixels (max_pixels)" -> "max_pixels"; a hint keeps "the region (region)"
+        said = _SAID_TWICE.sub(r"\1", said)
+    return _PARENS.sub(_said_once, said)
+
+
+def _keyword_value(m: re.Match[str]) -> str:
+    """``--flag VALUE`` as the library's keyword with it (``model='Qwen/...'``, ``max_tokens=4096``); as it was
+    when the library has no name for the flag, or the flag takes an enumerated value (``FLAG_VALUES``)."""
+    flag, value = m[1], m[2]
+    name = library_name(flag)
+    if name is None or "=" in name or flag in FLAG_VALUES:
+        return m[0]
+    if value[0] in "\"'" or (re.fullmatch(r"-?\d+(?:\.\d+)?", value) and _numeric(name)):
+        return f"{name}={value}"
+    return f"{name}={value!r}"
+
+
+def _numeric(name: str) -> bool:
+    """Whether the library's ``name`` (a Request field, or a keyword of ``Client`` or ``Batch``) takes a number."""
+    import inspect
+
+    from qwenvl.batch.runner import Batch
+    from qwenvl.client import Client
+    from qwenvl.types import Request
+
+    info = Request.model_fields.get(name)
+    if info is not None:
+        return bool(re.search(r"\b(?:int|float)\b", str(info.annotation)))
+    params = {**inspect.signature(Batch.__init__).parameters, **inspect.signature(Client.__init__).parameters}
+    return name in params and bool(re.search(r"\b(?:int|float)\b", str(params[name].annotation)))
+
+
+def _said_once(m: re.Match[str]) -> str:
+    items = m[1].split(", ")
+    return f"({', '.join(dict.fromkeys(items))})" if len(items) > 1 else m[0]
+
+
 # "max_pixels (max_pixels)", "extra (extra)": a name beside itself once a flag became it
 _SAID_TWICE = re.compile(r"(?<![\w.-])([A-Za-z_][\w.]*(?:=\w+)?) \(\1\)")
 
@@ -399,7 +457,7 @@ def library_hint(hint: str) -> str:
     prepare=False`` -> ``prepare=False``, ``--param KEY=`` -> ``extra KEY=``, ``--fresh`` -> ``fresh=True``;
     a hint naming ``DASHSCOPE_API_KEY`` also says the key can be passed as ``api_key``; a flag only the CLI has
     (``--yes``) stays as it is, and nothing is left out (``fit_message``). Raises nothing."""
-    said = hint if not FLAG.search(re.sub(r"`[^`]*`", "", hint)) else fit_message(hint, _library_surface())
+    said = _library_words(hint)
     if _KEY_VARIABLE.search(said) and not _KEY_ARGUMENT.search(said):  # the variable is read, the argument first
         said = f"{said.rstrip()} In Python the key can also be passed as Client(api_key=...)."
     return said

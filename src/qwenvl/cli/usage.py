@@ -24,7 +24,9 @@ def usage(opts: dict[str, Any]) -> None:
     Costs carry their currency (¥ for Beijing, $ for Singapore and Virginia) and are totalled per currency.
     Answers of local models (--backend openai or transformers) cost nothing: their cost reads "local" (null in
     --json, with "local": true) and is not in the totals. A model with no known price has cost "unknown" (null
-    in --json): the totals leave its answers out and say how many. Cached answers are counted, never paid.
+    in --json): the totals leave its answers out and say how many, as they do for requests with no answer that
+    may have been billed (cancelled, or timed out once sent). Cached answers are counted, never paid; a refused
+    request (an HTTP error) or one that never connected costs nothing.
 
     Every request qwenvl sends is logged (time, model, tokens, cost, latency, outcome; never prompts or
     answers) in usage.db in the data folder. QWENVL_LOG=0 turns the log off.
@@ -40,6 +42,8 @@ def usage(opts: dict[str, Any]) -> None:
             costs[r["currency"]] = costs.get(r["currency"], 0.0) + r["cost"]
     # answers of a model with no known price: in no cost (unknown, not free), said beside the totals
     unpriced = sum(r["unpriced"] for r in rows)
+    # requests with no answer that may have been billed (cancelled, timed out once sent): cost unknown, likewise
+    maybe = sum(r["maybe_billed"] for r in rows)
     if opts["as_json"]:  # sums of floats: 0.01974, not 0.01974000000000005; a local row's cost is null
         rows = [{**r, "cost": None if r["cost"] is None else round_cost(r["cost"])} for r in rows]
         # "local_requests": the requests answered by local models, which have no price and are in no cost
@@ -49,6 +53,7 @@ def usage(opts: dict[str, Any]) -> None:
             "cost": {c: round_cost(v) for c, v in costs.items()},
             "local_requests": local,
             "unpriced_requests": unpriced,
+            "maybe_billed_requests": maybe,
         }
         print_json({"days": opts["days"], "rows": rows, "total": total, "log": str(log.path)})
         return
@@ -76,9 +81,9 @@ def usage(opts: dict[str, Any]) -> None:
         table.add_row(r["day"], escape(shown(r["model"] or "?")), *cells(r, cost))
     table.add_section()
     paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items()))
-    if not paid:  # only local rows (no money), or only answers of unknown cost
-        paid = "unknown" if unpriced else LOCAL
-    elif unpriced:  # a sum that leaves answers out is not the whole cost
+    if not paid:  # only local rows (no money), or only requests of unknown cost
+        paid = "unknown" if unpriced or maybe else LOCAL
+    elif unpriced or maybe:  # a sum that leaves requests out is not the whole cost
         paid += " + ?"
     table.add_row("total", "", *cells(totals, paid))
     console.print(table)
@@ -86,5 +91,11 @@ def usage(opts: dict[str, Any]) -> None:
         console.print(
             f"The totals leave out {unpriced:,} answer{'s' if unpriced > 1 else ''} of a model with no known price "
             "(cost unknown; `qwenvl models` lists the prices).",
+            highlight=False,
+        )
+    if maybe:
+        console.print(
+            f"The totals leave out {maybe:,} request{'s' if maybe > 1 else ''} with no answer that may have been "
+            "billed (cancelled, or timed out after it was sent): cost unknown.",
             highlight=False,
         )

@@ -35,7 +35,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import ContextVar
 
 from qwenvl.config import resolve_base_url
-from qwenvl.errors import APITimeoutError
+from qwenvl.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from qwenvl.interfaces import ClientEndpoint
 from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import Call, ensure_sendable
@@ -247,11 +247,16 @@ class Exchange:
             return
         if outcome is None:
             outcome = type(exc).__name__ if isinstance(exc, Exception) else CANCELLED
+        # what the attempt cost: unknown (None) when it may have been billed, 0.0 when it was not; a local model's
+        # none (no money)
+        cost = None if self.local or may_be_billed(exc) else 0.0
         self.log.record(
             Entry(
                 model=self.model,
                 protocol=self.protocol,
                 outcome=outcome,
+                cost=cost,
+                currency=None if self.local else currency_of(self.region),
                 latency_s=time.monotonic() - self.started,
                 request_id=self.request_id or getattr(exc, "request_id", None),
                 status=getattr(exc, "status", None) or None,
@@ -287,6 +292,21 @@ class Exchange:
                 request_id=self.request_id or response.request_id,
             )
         )
+
+
+def may_be_billed(exc: BaseException | None) -> bool:
+    """Whether an attempt that gave no answer may still have been billed (DashScope bills the requests it
+    answers successfully: /work/shared/reference/dashscope-api.md): one its caller stopped (``exc`` None or an
+    interrupt) or that failed after it was delivered (a time-out waiting for the reply, a stream or body that broke
+    off, an answer that could not be read) may have been; one refused with an HTTP status (4xx, 5xx) or never
+    delivered (``APIConnectionError.delivered`` False: a connection never made) was not. Raises nothing."""
+    if exc is None or not isinstance(exc, Exception):
+        return True
+    if isinstance(exc, APIStatusError):
+        return False
+    if isinstance(exc, APIConnectionError):
+        return exc.delivered
+    return isinstance(exc, APIError)  # StreamInterruptedError, MalformedResponseError; not a usage or media error
 
 
 def begin(

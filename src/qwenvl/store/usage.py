@@ -123,7 +123,11 @@ class UsageLog:
         transformers backends) cost no money: their rows have ``local`` True and ``cost`` and ``currency``
         None. ``unpriced`` counts the answers of a paid protocol whose cost is unknown (the model has no price in
         the table): they are not in ``cost``, which is None (unknown, never 0.0) when no answer of the row had a
-        known cost. Cached answers are counted in ``cached`` and never in ``cost`` (nothing was paid for them). An
+        known cost. ``maybe_billed`` counts the requests of a paid protocol that gave no answer but may have been
+        billed (cancelled, or a time-out once delivered: ``qwenvl.store.exchange.may_be_billed``): their cost is
+        unknown, not in ``cost``, which is None when nothing of the row had a known cost and something may have
+        been paid; a refusal (4xx, 5xx) or a connection never made costs nothing. Cached answers are counted in
+        ``cached`` and never in ``cost`` (nothing was paid for them). An
         absent file is an empty log (it is not created). Raises MediaError (``store.db.unusable``: naming the file
         and to move it aside) for a file that cannot be read: not SQLite, damaged, a folder, no permission."""
         self.flush()
@@ -132,6 +136,7 @@ class UsageLog:
         now = time.time() if now is None else now
         since = _local_midnight(now) - (max(days, 1) - 1) * 86400
         paid = ", ".join("?" for _ in PAID_PROTOCOLS)
+        maybe = _maybe_billed()
         query = f"""
             SELECT day, model, currency,
                    sum(outcome != 'cached') AS requests,
@@ -140,12 +145,13 @@ class UsageLog:
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN input_tokens END), 0) AS input_tokens,
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN output_tokens END), 0) AS output_tokens,
                    CASE WHEN currency IS NOT NULL
-                         AND NOT (sum(outcome = 'ok' AND cost IS NULL) > 0
+                         AND NOT (sum(outcome = 'ok' AND cost IS NULL) + sum({maybe}) > 0
                                   AND sum(outcome = 'ok' AND cost IS NOT NULL) = 0)
                         THEN coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) END AS cost,
-                   CASE WHEN currency IS NOT NULL THEN sum(outcome = 'ok' AND cost IS NULL) ELSE 0 END AS unpriced
+                   CASE WHEN currency IS NOT NULL THEN sum(outcome = 'ok' AND cost IS NULL) ELSE 0 END AS unpriced,
+                   CASE WHEN currency IS NOT NULL THEN sum({maybe}) ELSE 0 END AS maybe_billed
             FROM (SELECT date(time, 'unixepoch', 'localtime') AS day, model, outcome, input_tokens, output_tokens,
-                         cost, CASE WHEN coalesce(protocol, 'compat') IN ({paid})
+                         cost, status, CASE WHEN coalesce(protocol, 'compat') IN ({paid})
                                     THEN coalesce(currency, 'CNY') END AS currency
                   FROM requests WHERE time >= ?)
             GROUP BY day, model, currency ORDER BY day DESC, requests DESC, model, currency"""
@@ -156,6 +162,25 @@ class UsageLog:
         # the currency of a row with no known cost stays in the log's grouping, but a cost unknown is no money: a
         # row whose answers all had no price shows cost None with "local" False ("unknown", never 0.0)
         return [{**dict(r), "local": r["currency"] is None} for r in rows]
+
+
+def _maybe_billed() -> str:
+    """The SQL condition of a row with no answer that may have been billed, its cost unknown
+    (``store.exchange.may_be_billed``): cancelled, or a failure that is no HTTP refusal (a time-out, a reply that
+    broke off), logged with no cost. One never delivered is logged with cost 0; a refusal with an HTTP status (an
+    ``APIStatusError``, 4xx or 5xx) was not billed, whatever its row says (rows logged before failures had costs)."""
+    from qwenvl.errors import APIError, APIStatusError
+
+    def subclasses(cls: type) -> set[type]:
+        found: set[type] = {cls}
+        sub: type
+        for sub in cls.__subclasses__():
+            found |= subclasses(sub)
+        return found
+
+    kinds = [*sorted(c.__name__ for c in subclasses(APIError) - subclasses(APIStatusError)), "cancelled"]
+    names = ", ".join(f"'{k}'" for k in kinds)
+    return f"(outcome IN ({names}) AND cost IS NULL AND coalesce(status, 0) = 0)"
 
 
 def _local_midnight(ts: float) -> float:

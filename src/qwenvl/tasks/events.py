@@ -33,6 +33,7 @@ from qwenvl.tasks.grounding import (
     async_client,
     check_task_media,
     in_thread,
+    library_worded,
     model_for,
     plan_task,
     sync_client,
@@ -152,7 +153,7 @@ def _still_refused() -> UsageError:
     return UsageError(
         "events needs a video or a sequence of frames; one still image has no events in time",
         hint="Give a video file or URL, or several frame images in order; for one image use "
-        '`qwenvl ask IMAGE -p "..."`.',
+        '`qwenvl ask IMAGE -p "..."` (in Python: client.ask(prompt, image)).',
     )
 
 
@@ -381,7 +382,7 @@ def events(client: SupportsComplete, video: Any, *, prompt: str | None = None, *
     or a list of frames (paths, bytes or PIL images)."""
     sync_client(client, "events")
     call = plan_events(client, video, prompt=prompt, **fields)
-    return send_events(client, call)
+    return library_worded(send_events(client, call))
 
 
 async def aevents(client: SupportsAsyncComplete, video: Any, *, prompt: str | None = None, **fields: Any) -> Timeline:
@@ -392,8 +393,8 @@ async def aevents(client: SupportsAsyncComplete, video: Any, *, prompt: str | No
     try:
         response = await client.send(call)
     except StructuredOutputError as exc:
-        return _invalid_timeline(call, exc)
-    return read_timeline(call, response)
+        return library_worded(_invalid_timeline(call, exc))
+    return library_worded(read_timeline(call, response))
 
 
 NO_EVENTS_HINT = (
@@ -422,7 +423,7 @@ def _invalid_timeline(call: Call, exc: StructuredOutputError) -> Timeline:
     timeline.response = exc.response
     timeline.warnings.insert(
         0,
-        f"the answer is not valid for the timeline schema even after a retry ({exc}); "
+        f"the answer is not valid for the timeline schema even after a retry ({exc.as_written()}); "
         f"kept the {len(timeline.events)} events that could be read",
     )
     return timeline

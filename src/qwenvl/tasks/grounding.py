@@ -537,12 +537,25 @@ def async_client(client: object, task: str) -> None:
 
 
 T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)  # a task's result, with ``warnings``
 
 
 async def in_thread(plan: Callable[..., T], /, *args: Any, **kw: Any) -> T:
     """``plan(*args, **kw)`` in a worker thread (``asyncio.to_thread``), as ``AsyncClient.complete`` plans: the
     media are read, decoded and prepared there, so the event loop keeps running."""
     return await asyncio.to_thread(plan, *args, **kw)
+
+
+def library_worded(result: R) -> R:
+    """``result`` (a Grounding, OCRResult or Timeline, as a library call returns it) with its warnings, and its
+    pages', in the library's words (``qwenvl.wording.library_message``: "raise max_tokens"). The readers write them
+    as the CLI shows them ("raise --max-tokens"); the MCP server words those its way. Returns ``result`` itself.
+    Raises nothing."""
+    from qwenvl.wording import library_message
+
+    for holder in (result, *(getattr(result, "pages", None) or ())):
+        holder.warnings = [library_message(w) for w in holder.warnings]
+    return result
 
 
 def task_media(value: Any) -> Any:
@@ -702,7 +715,7 @@ def ground(
     sync_client(client, "ground")
     image = task_media(image)
     call = plan_ground(client, image, query, points=points, **fields)
-    return read_grounding(call, client.send(call), image_size=image_size, image=shown_ref(image))
+    return library_worded(read_grounding(call, client.send(call), image_size=image_size, image=shown_ref(image)))
 
 
 async def aground(
@@ -719,7 +732,8 @@ async def aground(
     async_client(client, "ground")
     image = task_media(image)
     call = await in_thread(plan_ground, client, image, query, points=points, **fields)
-    return read_grounding(call, await client.send(call), image_size=image_size, image=shown_ref(image))
+    response = await client.send(call)
+    return library_worded(read_grounding(call, response, image_size=image_size, image=shown_ref(image)))
 
 
 def shown_ref(ref: Any) -> str | None:

@@ -40,6 +40,7 @@ from qwenvl.tasks.grounding import (
     async_client,
     check_task_media,
     in_thread,
+    library_worded,
     model_for,
     plan_task,
     read_grounding,
@@ -482,7 +483,7 @@ def ocr(
         est = estimate_ocr(client, source, format=format, task=task, options=options, pages=pages, **fields)
         check_cost(est, max_cost)
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
-    return send_pages(client, source, plans, format=format)
+    return library_worded(send_pages(client, source, plans, format=format))
 
 
 async def aocr(
@@ -518,4 +519,4 @@ async def aocr(
     except BaseException as exc:
         mark_stopped(result, reading, source, exc)
         raise
-    return _finished(result)
+    return library_worded(_finished(result))
