@@ -976,9 +976,8 @@ class Client(_Base[Backend, "httpx.Client"]):
         with exchange.begin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = self.backend
-                with ex.sending(
-                    self._closed_midway
-                ):  # a failure, an interrupt, a retried attempt: logged; close() cutting it: ClientClosedError
+                # a failure, an interrupt, a retried attempt: logged; close() cutting it: ClientClosedError
+                with ex.sending(self._closed_midway):
                     ex.done(backend.complete(call))
             assert ex.response is not None
             return ex.response
@@ -1258,9 +1257,8 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
         with await exchange.abegin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = await self._ready()
-                with ex.sending(
-                    self._closed_midway
-                ):  # a failure, a cancelled task, a retried attempt: logged; aclose() cutting it: ClientClosedError
+                # a failure, a cancelled task, a retried attempt: logged; aclose() cutting it: ClientClosedError
+                with ex.sending(self._closed_midway):
                     ex.done(await backend.complete(call))
             assert ex.response is not None
             return ex.response
@@ -1297,9 +1295,9 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
         ex, backend = exchange.begin(self, call, stream=True), await self._ready()
         events = backend.stream(call)
         try:
-            with ex.sending(
-                self._closed_midway
-            ):  # an error as its type; a reader that stops (closes, a cancelled task) as cancelled
+            # an error as its type; a reader that stops (closes, a cancelled task) as cancelled; aclose() cutting it:
+            # ClientClosedError
+            with ex.sending(self._closed_midway):
                 async for event in events:
                     if event.type != "done":
                         yield event
