@@ -6,6 +6,11 @@ and SQLite database, a restart on the same folder."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +28,7 @@ from qwenvl.batch.batchapi import MAX_LINE_BYTES, MAX_LINES
 from qwenvl.server.app import ServeSettings, create_app
 from qwenvl.server.batches import BatchStore
 from test_serve import SERVE_KEY, Served
+from test_serve_checks import wait_healthy
 
 openai = pytest.importorskip("openai")
 
@@ -319,7 +325,7 @@ def test_lines_not_run_by_expires_at_are_batch_expired(server, tmp_path):
 
 def test_a_restart_resumes_the_lines_not_answered_and_keeps_the_rest(server, tmp_path):
     gate = held_upstream(server, 3)  # the first job's line, then l0 and l1
-    with cloud_serve(server, tmp_path, batch_concurrency=1) as s:
+    with cloud_serve(server, tmp_path, batch_concurrency=1, shutdown_grace_s=0.5) as s:  # l2 is cut at 0.5 s
         oai = sdk(s)
         done = submit(oai, 1, "first job")
         until(lambda: oai.batches.retrieve(done.id).status == "completed", "the first job")
@@ -479,3 +485,61 @@ def test_a_line_that_cannot_be_written_stops_the_job_which_resumes(server, tmp_p
         assert b.status == "completed" and b.request_counts.completed == 4
         assert sorted(records(oai, b.output_file_id)) == ["l0", "l1", "l2", "l3"]
     assert "No space left on device" in caplog.text and "resumes" in caplog.text
+
+
+def _serve_process(upstream: DashScopeServer, folder: Path) -> tuple[subprocess.Popen[str], str]:
+    """A real `qwenvl serve` process (its own signal handling, its 5 s grace) on a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "QWENVL_"))},
+        "DASHSCOPE_API_KEY": API_KEY,
+        "QWENVL_LOG": "0",
+    }
+    args = ["serve", "--port", str(port), "--api-key", SERVE_KEY, "--upstream", upstream.compat_base]
+    args += ["--batch-dir", str(folder), "--batch-concurrency", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qwenvl", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc)
+    return proc, url
+
+
+def test_sigterm_lets_the_lines_in_flight_finish_and_none_reaches_the_upstream_twice(server, tmp_path):
+    """SIGTERM with two lines answered and two in flight (each answered in 3 s, within serve's 5 s grace): serve
+    stops taking lines, waits for those two, writes them, then exits 143; after a restart the job completes and
+    each line reached the upstream once (before: serve exited at once, and the two were sent again: paid twice)."""
+    server.enqueue(Reply(delay_s=3, times=100))
+    proc, url = _serve_process(server, tmp_path)
+    try:
+        oai = openai.OpenAI(base_url=url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0, timeout=30)
+        b = submit(oai, 6)
+        until(lambda: len(user_texts(server)) == 4, "lines l2 and l3 in flight")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), (proc.returncode, err)
+    assert "Traceback" not in err, err
+    assert sorted(user_texts(server)) == [f"line {i}" for i in range(4)]  # no new line after the signal
+    out = tmp_path / "jobs" / b.id / "output.jsonl"
+    assert sorted(json.loads(x)["custom_id"] for x in out.read_bytes().splitlines()) == ["l0", "l1", "l2", "l3"]
+    proc, url = _serve_process(server, tmp_path)
+    try:
+        oai = openai.OpenAI(base_url=url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0, timeout=30)
+        b = finished(oai, b.id)
+        assert b.status == "completed" and b.request_counts.completed == 6
+        assert sorted(records(oai, b.output_file_id)) == [f"l{i}" for i in range(6)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    assert sorted(user_texts(server)) == [f"line {i}" for i in range(6)]  # each line reached the upstream once

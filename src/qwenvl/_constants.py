@@ -38,6 +38,9 @@ SERVE_PORT = 8100
 SERVE_MAX_BODY_BYTES = 32 * 1024 * 1024  # bytes of one request body (32 MiB: a few large base64 images)
 SERVE_MAX_MEDIA_ITEMS = 64  # images and videos in one request
 SERVE_MAX_CONCURRENT_PER_KEY = 16  # requests in flight per client key; beyond: 429 with Retry-After
+# seconds `qwenvl serve` gives, on SIGTERM, to the requests it holds (uvicorn's timeout_graceful_shutdown) and to
+# the Batch API lines in flight; what is unfinished then is cut (a batch line: run again after a restart)
+SERVE_GRACE_S = 5
 SERVE_REQUEST_TIMEOUT_S = 600.0  # seconds one served request may take, streaming included (= STREAM_CAP_MIN_S)
 # seconds a stream's status line waits for the backend's first event (a refusal before it is an HTTP error); past it
 # the stream starts with an SSE comment, and a failure is the stream's error event

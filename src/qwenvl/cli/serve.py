@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from qwenvl import env as qenv
 from qwenvl._constants import (
+    SERVE_GRACE_S,
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENT_PER_KEY,
     SERVE_MAX_MEDIA_ITEMS,
@@ -299,7 +300,7 @@ def serve(opts: dict[str, Any]) -> None:
         factory=True,
         workers=opts["workers"],
         log_level="warning",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=SERVE_GRACE_S,
     )
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from qwenvl import env as qenv
 from qwenvl._constants import (
     FETCH_TIMEOUT_S,
+    SERVE_GRACE_S,
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENT_PER_KEY,
     SERVE_MAX_MEDIA_ITEMS,
@@ -108,11 +109,12 @@ class ServeSettings:
     ready_timeout_s: float = SERVE_READY_TIMEOUT_S  # one /ready check's deadline
     ready_cache_s: float = SERVE_READY_CACHE_S  # how long a /ready answer is reused
     batch_concurrency: int | None = None  # Batch API lines answered at once (None: half max_concurrent_per_key)
+    shutdown_grace_s: float = SERVE_GRACE_S  # on shutdown, how long the Batch API lines in flight may take to finish
 
     def __post_init__(self) -> None:
         """Every duration checked by the one rule (``types.seconds``): UsageError for NaN, infinity, 0 or more
         than a day."""
-        for name in ("download_timeout_s", "request_timeout_s", "ready_timeout_s"):
+        for name in ("download_timeout_s", "request_timeout_s", "ready_timeout_s", "shutdown_grace_s"):
             setattr(self, name, seconds(getattr(self, name), name))
         self.ready_cache_s = seconds(self.ready_cache_s, "ready_cache_s", zero=True)
         if self.batch_concurrency is None:
@@ -185,7 +187,9 @@ def create_app(
         warming = asyncio.create_task(warm()) if warm is not None else None
         runner.start()  # Batch API jobs: unfinished ones resume
         yield
-        await runner.stop()  # its lines in flight are cancelled, and run again at the next start
+        # no new Batch API line starts; those in flight are answered and written within the grace period (a line
+        # still unanswered then is cancelled, and run again at the next start)
+        await runner.stop(settings.shutdown_grace_s)
         # uvicorn has cancelled what its grace period left: each of those sends its 503 before the worker ends
         await inflight.drained(DRAIN_S)
         if warming is not None and not warming.done():

@@ -33,8 +33,11 @@ file with ``response: null`` and the code ``batch_cancelled`` / ``batch_expired`
 Persistence: the state folder (``--batch-dir``; default ``<qwenvl data dir>/serve-batches``) holds ``batches.db``
 (SQLite: the files and jobs) and the files themselves, streamed in and out, never whole in memory. The output and
 error files are written as lines are answered; a restarted server resumes each unfinished job with the lines not
-in either file (a line is never answered twice once written). With ``--workers N`` one process at a time runs the
-jobs (a lock file in the folder); every process answers the routes.
+in either file (a line is never answered twice once written). On shutdown (SIGTERM) no new line starts and the
+lines in flight are answered and written within ``ServeSettings.shutdown_grace_s`` (5 s, the grace ``qwenvl serve``
+gives the requests it holds); only a line still unanswered then is cut, and run again after the restart (so it may
+be billed twice upstream). With ``--workers N`` one process at a time runs the jobs (a lock file in the folder);
+every process answers the routes.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ NOT_RUN = {  # OpenAI's BatchRequestOutput.error for a line a job never ran
     "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
     "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
 }
+STOPPED = "stopped"  # why a job's run stopped taking lines: the server is shutting down (``Runner.stop``)
 TICK_S = 0.5  # how often the runner looks for work another process created (one process: woken at once)
 COPY_CHUNK = 1 << 20
 RETRY_S = 5.0  # a job that failed (not a line: the server's disk or database) is resumed after this many seconds
@@ -445,12 +449,22 @@ class Runner:
         self.job: asyncio.Task[None] | None = None
         self.current: str | None = None  # the id of the job ``job`` runs
         self._lock: Any = None
+        self.stopping = False  # set by ``stop``: no new line, no new job
 
     def start(self) -> None:
+        self.stopping = False
         self.task = asyncio.create_task(self._loop())
 
-    async def stop(self) -> None:
-        """End the loop and the job it runs (its lines in flight are cancelled: run again at the next start)."""
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop taking lines and jobs; wait up to ``grace_s`` seconds for the lines in flight to be answered and
+        written (the job stays ``in_progress``, resumed at the next start with the lines not written); then end the
+        loop and the job. A line still in flight at that deadline is cancelled and run again at the next start (its
+        upstream request may have been billed already: the one case a line reaches the upstream twice)."""
+        self.stopping = True
+        self.wake.set()
+        if self.job is not None and not self.job.done() and grace_s > 0:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait((self.job,), timeout=grace_s)
         for task in (self.task, self.job):
             if task is not None and not task.done():
                 task.cancel()
@@ -499,7 +513,7 @@ class Runner:
                 await asyncio.to_thread(self._finish, row["id"], "cancelled")
             elif self.clock() >= row["expires_at"]:
                 await asyncio.to_thread(self._finish, row["id"], "expired")
-            elif not running:
+            elif not running and not self.stopping:
                 self.job, self.current = asyncio.create_task(self._guarded(row["id"])), row["id"]
                 running = True
 
@@ -516,6 +530,8 @@ class Runner:
         store = self.store
         row = await asyncio.to_thread(store.batch_row, batch_id)
         if row is None:
+            return
+        if self.stopping:
             return
         if row["status"] == "validating":
             file_row = await asyncio.to_thread(store.file_row, row["input_file_id"])
@@ -554,6 +570,8 @@ class Runner:
             stop = await self._answer_lines(
                 batch_id, row["expires_at"], store.file_path(file_row), done, counts, out_path, err_path
             )
+        if stop == STOPPED:
+            return  # the server is shutting down: the job resumes at the next start
         await asyncio.to_thread(self._finish, batch_id, stop or "completed")
 
     async def _answer_lines(
@@ -567,7 +585,8 @@ class Runner:
         err_path: Path,
     ) -> str | None:
         """Answer the lines of ``path`` not in ``done``, ``concurrency`` at a time; returns why it stopped taking
-        lines ("cancelled", "expired") or None when every line was taken. Waits for the lines in flight."""
+        lines ("cancelled", "expired", ``STOPPED``: the server is shutting down) or None when every line was taken.
+        Waits for the lines in flight."""
         gate = asyncio.Semaphore(self.concurrency)
         flying: set[asyncio.Task[None]] = set()
         write = asyncio.Lock()
@@ -616,6 +635,10 @@ class Runner:
                     if item is None:
                         break
                     await gate.acquire()
+                    if self.stopping:
+                        stop = STOPPED
+                        gate.release()
+                        break
                     status = await asyncio.to_thread(self._status, batch_id)
                     if status != "in_progress" or self.clock() >= expires_at:
                         stop = "cancelled" if status == "cancelling" else "expired" if status == "in_progress" else None
