@@ -142,6 +142,26 @@ def test_did_you_mean_offers_the_close_options_only(files, verb, given, meant, n
 
 
 @pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        (["--max-tok", "5"], 'hint: max_tokens is a request key for analyze: put "max_tokens": 5 in the request JSON'),
+        (["--temp=0.2"], 'hint: temperature is a request key for analyze: put "temperature": 0.2 in the request'),
+        (["--system", "be brief"], 'hint: system is a request key for analyze: put "system": "be brief" in the'),
+        (["--modle", "x"], "hint: Did you mean --model?"),  # an option of analyze stays click's did-you-mean
+    ],
+)
+def test_analyze_points_an_unknown_option_near_a_request_key_to_the_request_json(files, given, hint):
+    """``qwenvl analyze --req '{...}' --print --max-tok 5``: analyze takes request keys in its JSON, not as flags;
+    the hint says so with the value given, not "Did you mean --max-retries?"."""
+    p = run_cli("analyze", "--req", '{"prompt": "d", "image": "a.png"}', "--print", *given, "--dry-run")
+    assert p.returncode == 2, p.stderr
+    error, said = _one_error_and_hint(p.stderr)
+    assert error.startswith(f"error: No such option '{given[0].split('=')[0]}'"), error
+    assert said.startswith(hint), said
+    assert "--max-retries" not in said
+
+
+@pytest.mark.parametrize(
     ("param", "error", "hint"),
     [
         ("noequals", "'noequals' is not KEY=VALUE", "Give it as --param KEY=VALUE"),

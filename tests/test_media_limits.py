@@ -201,6 +201,32 @@ def test_an_animated_image_hint_names_the_real_file(isolated_env, name, fmt, com
 
 @pytest.mark.parametrize(
     "args",
+    [
+        ["ocr", "fake.pdf"],
+        ["ground", "fake.pdf", "the total"],
+        ["extract", "fake.pdf", "--schema", "s.json"],
+        ["ask", "fake.pdf", "-p", "what?"],
+        ["tokens", "fake.pdf"],
+        ["events", "fake.pdf", "red.png"],
+    ],
+    ids=["ocr", "ground", "extract", "ask", "tokens", "events-frames"],
+)
+def test_a_text_file_named_pdf_is_refused_as_not_a_pdf(isolated_env, env, server, args):
+    """``echo hello > fake.pdf; qwenvl ocr fake.pdf``: the file was meant as a PDF (ocr reads PDFs), so the refusal
+    says it is not one, and the hint names PDFs beside the images, not images alone."""
+    (isolated_env / "fake.pdf").write_text("hello\n")
+    (isolated_env / "s.json").write_text('{"type": "object", "properties": {"total": {"type": "string"}}}')
+    Image.new("RGB", (64, 48), "red").save(isolated_env / "red.png")
+    p = run_cli(*args, env=env)
+    said = (p.stdout + p.stderr).replace("\n", " ")
+    assert p.returncode == 3, said
+    assert "fake.pdf is not a PDF (it holds text, whatever its name says)" in said, said
+    assert "not an image" not in said and "PDF document starts with %PDF-" in said and "PNG" in said
+    assert not [r for r in server.requests if "completions" in r.path or "generation" in r.path]
+
+
+@pytest.mark.parametrize(
+    "args",
     [["events", "bad.mp4"], ["events", "notes.txt"], ["ask", "bad.mp4", "-p", "what?"], ["tokens", "bad.mp4"]],
     ids=["events-mp4", "events-txt", "ask", "tokens"],
 )

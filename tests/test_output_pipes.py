@@ -269,3 +269,47 @@ def test_a_reader_leaving_during_one_large_write_is_141_not_a_silent_cut(server,
         head.communicate(timeout=30)
     assert p.returncode == EXIT_OUTPUT_CLOSED, p.stderr.decode()
     assert "Traceback" not in p.stderr.decode()
+
+
+def test_head_stops_an_ocr_reading_before_the_next_page_is_paid(server, media):
+    """``qwenvl ocr doc.pdf | head -1``: page 1 is written, its reader leaves; page 2 is not sent (paid and lost)
+    but the reading ends as a closed stdout does (141, quietly). Page 2 is large, so its rendering gives the reader
+    time to leave before the check made just before sending it."""
+    from PIL import Image
+
+    pages = [Image.new("RGB", (595, 842), "white"), Image.new("RGB", (4000, 4000), "white")]
+    pages[0].save(media / "doc.pdf", save_all=True, append_images=pages[1:])
+    server.enqueue(Reply(text="PAGE ONE"))
+    server.enqueue(Reply(text="PAGE TWO"))
+    read, write = os.pipe()
+    head = subprocess.Popen(["head", "-1"], stdin=read, stdout=subprocess.PIPE)
+    os.close(read)
+    try:
+        p = run(["ocr", "doc.pdf"], server, stdout=write)
+    finally:
+        os.close(write)
+        out, _ = head.communicate(timeout=30)
+    stderr = p.stderr.decode()
+    assert out == b"PAGE ONE\n"
+    assert p.returncode == EXIT_OUTPUT_CLOSED, stderr
+    assert "Traceback" not in stderr and "error" not in stderr
+    assert len([r for r in server.requests if r.json]) == 1  # page 2 was never sent
+    assert outcomes(qwenvl_home(media)) == ["ok"]
+
+
+def test_the_reader_check_costs_nothing_on_a_file_and_finds_a_closed_pipe(tmp_path):
+    from qwenvl.cli.streams import OutputClosed, _Guarded
+
+    with open(tmp_path / "out.txt", "w") as f:
+        _Guarded(f, output=True).check_reader()  # a file: never "gone"
+    read, write = os.pipe()
+    stream = os.fdopen(write, "w")
+    try:
+        guarded = _Guarded(stream, output=True)
+        guarded.check_reader()  # the reader is there
+        os.close(read)
+        with pytest.raises(OutputClosed) as caught:
+            guarded.check_reader()
+        assert caught.value.reader_left
+    finally:
+        stream.close()

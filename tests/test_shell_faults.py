@@ -201,6 +201,8 @@ def test_a_second_interrupt_counts_the_requests_it_gave_up_as_sent_and_abandoned
     [summary] = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "summary"')]
     assert len(bserver.chat_requests()) == 4
     assert summary["sent"] == 4 and summary["abandoned"] == 4 and summary["ok"] == 0
+    # what the given-up requests cost is unknown (the service may bill them): never 0.0
+    assert summary["cost"] is None and summary["cost_complete"] is False
 
 
 def test_a_first_interrupt_counts_the_answers_it_awaited_once(bserver, isolated_env):
@@ -210,6 +212,29 @@ def test_a_first_interrupt_counts_the_answers_it_awaited_once(bserver, isolated_
     assert code == 130, err
     [summary] = [json.loads(line) for line in err.splitlines() if line.startswith('{"event": "summary"')]
     assert summary["sent"] == 4 and summary["abandoned"] == 0 and summary["ok"] == 4
+    assert summary["cost"] > 0 and summary["cost_complete"] is True
+
+
+def test_a_summary_whose_cost_leaves_abandoned_requests_out_says_so_in_its_text_line(monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from qwenvl.batch.runner import Summary
+    from qwenvl.cli import batch as batch_cli
+
+    def line(**kw) -> str:
+        out = io.StringIO()
+        monkeypatch.setattr(batch_cli, "err_console", lambda: Console(file=out, force_terminal=True, width=400))
+        fields = dict(output="o.jsonl", total=4, ok=2, error=0, pending=2, this_run=2, cached=0, sent=4)
+        summary = Summary(**fields, input_tokens=10, output_tokens=5, elapsed_s=1.0, **kw)
+        batch_cli._show_summary(summary, {"as_json": False})
+        return re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+
+    assert "¥0.0112 + ?" in line(cost=0.0112, abandoned=2)
+    assert "unknown" in line(cost=None, abandoned=2)
+    assert "+ ?" not in line(cost=0.0112)
 
 
 # --- 6. a model-name typo's hint names where the name came from, in text and in JSON --------------------------------

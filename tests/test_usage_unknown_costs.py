@@ -65,6 +65,9 @@ def test_a_timed_out_request_beside_answers_makes_the_total_open(server, env, is
     assert out["total"]["maybe_billed_requests"] == 1
     p = run_cli("usage", env=env)
     assert p.returncode == 0 and "+ ?" in p.stdout, p.stdout
+    # the row itself says its cost is open, not only the total: each line with a cost has the marker
+    costed = [line for line in p.stdout.splitlines() if "¥" in line]
+    assert len(costed) == 2 and all("+ ?" in line for line in costed), p.stdout
 
 
 def test_refusals_and_connections_never_made_cost_nothing(server, env, isolated_env):

@@ -236,8 +236,9 @@ class Progress:
 
     def cost_so_far(self) -> float | None:
         """The cost of this run's answers: the sum of the known costs, None (unknown, not 0.0) when every answer
-        paid for had an unknown one. Raises nothing."""
-        return None if self.unpriced and not self.priced else self.cost
+        paid for had an unknown one, or none was priced and requests were given up in flight (``abandoned``: the
+        service may bill them, at a cost nobody knows). Raises nothing."""
+        return None if (self.unpriced or self.abandoned) and not self.priced else self.cost
 
 
 @dataclass
@@ -274,7 +275,19 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON shows it (``"event": "summary"``), its cost rounded (``models.round_cost``); a local
         model's run has ``"cost": null, "currency": null, "local": true`` (``models.cost_fields``)."""
-        return {"event": "summary", **asdict(self), **cost_fields(self.cost, self.currency, local=self.local)}
+        return {
+            "event": "summary",
+            **asdict(self),
+            **cost_fields(self.cost, self.currency, local=self.local),
+            "cost_complete": self.cost_complete,
+        }
+
+    @property
+    def cost_complete(self) -> bool:
+        """Whether ``cost`` is this run's whole cost: False when it leaves out answers of a model with no known
+        price (``unpriced``) or requests given up in flight that may be billed (``abandoned``); True for a local
+        model (nothing is paid)."""
+        return self.local or not (self.unpriced or self.abandoned)
 
     def service_failure(self) -> APIError | None:
         """The one rule, in both modes, for a run that did not succeed for the service's reasons (the CLI exits 5

@@ -136,9 +136,35 @@ class AbbreviatingVerb(Verb):
                     raise ambiguous
                 if found:
                     name = found[0]
+                elif not ctx.resilient_parsing:
+                    given = value if eq else args[i + 1] if i + 1 < len(args) else None
+                    _refuse_request_key(ctx, name, given, takes_value)
             out.append(name + eq + value)
             value_next = takes_value.get(name, False) and not eq
         return out
+
+
+def _refuse_request_key(ctx: click.Context, name: str, given: str | None, options: dict[str, bool]) -> None:
+    """For an unknown long option ``name`` of analyze that is near a request key and is no option of analyze
+    (``--max-tok 5``: ``max_tokens``, a unique prefix of a key or ``near_field``'s): a usage error (exit 2) whose
+    hint says to put the key in the request JSON, with ``given`` (the option's value, if any) as its value.
+    Nothing for other names: click's "No such option" with its did-you-mean follows."""
+    key = name[2:].replace("-", "_")
+    fields = [f for f in Request.model_fields if f.startswith(key)] if key else []
+    field = fields[0] if len(fields) == 1 else near_field(key) if key else None
+    if field is None or "--" + field.replace("_", "-") in options:
+        return
+    shown_value = "..."
+    if given is not None and not given.startswith("--"):
+        try:
+            shown_value = json.dumps(json.loads(given), ensure_ascii=False)
+        except ValueError:
+            shown_value = json.dumps(given, ensure_ascii=False)
+    error = HintedUsageError(f"No such option '{name}'.", ctx)
+    error.hint = (
+        f'{field} is a request key for analyze: put "{field}": {shown_value} in the request JSON (--request or --file).'
+    )
+    raise error
 
 
 def _refs(value: Any) -> list[str]:

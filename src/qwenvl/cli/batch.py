@@ -357,6 +357,8 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
         if s.local
         else "≈" + format_cost(s.cost, s.currency)
     )
+    if not s.cost_complete and s.cost is not None:  # a sum that leaves requests out is not the whole cost
+        cost += " + ?"
     if s.unpriced and not s.local:
         cost += f" (leaving out {s.unpriced:,} answers of a model with no known price)"
     line = (

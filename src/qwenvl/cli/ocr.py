@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -31,7 +31,7 @@ from qwenvl.cli.common import (
     service_options,
     shown,
 )
-from qwenvl.cli.streams import OutputClosed
+from qwenvl.cli.streams import OutputClosed, stop_if_reader_left
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
@@ -55,6 +55,7 @@ from qwenvl.types import DuplicateKeyError, loads
 
 if TYPE_CHECKING:
     from qwenvl.batch.runner import Estimate
+    from qwenvl.plan import Call
 
 
 def parse_options(text: str | None) -> dict[str, Any] | None:
@@ -157,6 +158,8 @@ def ocr(opts: dict[str, Any]) -> None:
         if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
             confirm_cost(est, opts, f"Reading these {est.to_send:,} pages")
         with client:
+            if streamed:  # each page written as it comes: a reader that left stops the reading before the next is paid
+                plans = _while_read(plans)
             send_pages(client, source, plans, format=fmt, result=result, on_page=_writer(result) if streamed else None)
     except (QwenVLError, KeyboardInterrupt) as exc:
         if result.stopped_at is None:  # refused before the first request (a plan, the cost cap): nothing read
@@ -190,6 +193,15 @@ def ocr(opts: dict[str, Any]) -> None:
             if pdf and result.stopped_at:
                 note(f"to read the rest, run it again with --pages {pages_left(source, pages, result.stopped_at)}")
         raise stopped
+
+
+def _while_read(plans: Iterable[tuple[int | None, Call]]) -> Iterator[tuple[int | None, Call]]:
+    """``plans``, each page's after the first handed on only while stdout's reader is there
+    (``stop_if_reader_left``: ``OutputClosed`` otherwise), checked once the page is ready to be sent."""
+    for i, plan in enumerate(plans):
+        if i:
+            stop_if_reader_left()
+        yield plan
 
 
 def _writer(result: OCRResult) -> Callable[[OCRPage], None]:

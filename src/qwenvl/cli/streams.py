@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
+import stat
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
@@ -63,6 +65,7 @@ class _Guarded:
         # stdout's descriptor, written whole by ``_write_all``: a buffered write that a reader leaving cuts short
         # (a 64 kB pipe, then EPIPE) reports success in CPython and drops the rest without an error
         self._fd = _descriptor(stream) if output else None
+        self._pipe = self._fd is not None and _is_pipe(self._fd)  # only a pipe or socket has a reader that can leave
 
     def __getattr__(self, name: str) -> Any:
         if self._stream is None:
@@ -108,6 +111,15 @@ class _Guarded:
                 raise
             self._gone(exc if isinstance(exc, OSError) else None)
 
+    def check_reader(self) -> None:
+        """``OutputClosed`` (as a write would raise it) when stdout is a pipe or socket whose reader has already
+        left; nothing otherwise, and no system call when stdout is a terminal or a file."""
+        if self.failed is not None:
+            raise self.failed
+        if self.dropped or not self._pipe or self._fd is None or not _reader_left(self._fd):
+            return
+        self._gone(BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)))
+
     def finish(self, *, quietly: bool = False) -> None:
         """Flush what is buffered: ``OutputClosed`` when that finds the stream gone, unless ``quietly``."""
         try:
@@ -146,6 +158,40 @@ def _descriptor(stream: IO[str] | None) -> int | None:
         return stream.fileno() if stream is not None else None
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _is_pipe(fd: int) -> bool:
+    """Whether ``fd`` is a pipe (FIFO) or a socket, looked at once."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _reader_left(fd: int) -> bool:
+    """Whether the reader of the pipe or socket ``fd`` has gone, without writing or waiting: on Linux (and the
+    BSDs) the write end of a pipe whose read end is closed polls POLLERR, a socket shut by its peer POLLHUP (poll(2),
+    pipe(7)). False where ``select.poll`` is missing (Windows): the next write finds it instead."""
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return False
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in events)
+
+
+def stop_if_reader_left() -> None:
+    """Before a verb that writes its results as it goes pays for the next request: ``OutputClosed`` (exit 141,
+    as a write would end it) when stdout's reader has already left (``qwenvl ocr doc.pdf | head -1``), so that
+    nothing more is paid for output nobody can read. Nothing outside ``guarded_streams``, nor when stdout is a
+    terminal or a file."""
+    out = sys.stdout
+    if isinstance(out, _Guarded):
+        out.check_reader()
 
 
 def _write_all(fd: int, data: bytes) -> None:

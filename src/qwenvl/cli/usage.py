@@ -78,6 +78,8 @@ def usage(opts: dict[str, Any]) -> None:
 
     for r in rows:
         cost = format_cost(r["cost"], r["currency"], local=r["local"])
+        if r["cost"] is not None and (r["unpriced"] or r["maybe_billed"]):  # a part of it is unknown, as in the total
+            cost += " + ?"
         table.add_row(r["day"], escape(shown(r["model"] or "?")), *cells(r, cost))
     table.add_section()
     paid = " + ".join(format_cost(v, c) for c, v in sorted(costs.items()))

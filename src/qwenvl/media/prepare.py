@@ -383,7 +383,11 @@ def prepare_image(
             video_expected = video_expected or (
                 source.path is not None and source.path.suffix.lower() in VIDEO_SUFFIXES
             )
-            raise _not_media(_what_it_holds(exc, source, label), label) if video_expected else exc from None
+            if video_expected:
+                raise _not_media(_what_it_holds(exc, source, label), label) from None
+            if source.path is not None and source.path.suffix.lower() == ".pdf":
+                raise _not_a_pdf(_what_it_holds(exc, source, label), label) from None
+            raise exc from None
     if options.estimate_only or (options.keep_pixels and options.prepare):
         return _check_image(part, data, info, label, options)
     key = ("image", _digest(data), options, part.min_pixels, part.max_pixels) if cache is not None else None
@@ -515,6 +519,21 @@ def _not_media(exc: MediaError, label: str) -> MediaError:
         source=exc.source or label,
         hint=f"Supported videos: {SUPPORTED}; images: {', '.join(sorted(images.SERVICE_FORMATS))} (or frame images "
         "in order).",
+    )
+
+
+def _not_a_pdf(exc: MediaError, label: str) -> MediaError:
+    """``exc`` in the words of a local file named ``.pdf`` whose content is neither a PDF (``media_kind`` said
+    so: it does not start with ``%PDF-``) nor an image Pillow reads: not a PDF, and what is read instead. Other
+    errors (too large, a damaged image header, a bomb) are ``exc`` itself."""
+    if not _not_an_image(exc):
+        return exc
+    what = "it holds text" if "text file" in exc.message else "unknown format"
+    return MediaError(
+        f"{label} is not a PDF ({what}, whatever its name says)",
+        source=exc.source or label,
+        hint="A PDF document starts with %PDF-: export or download it again. Images are read too: "
+        f"{', '.join(sorted(images.SERVICE_FORMATS))}.",
     )
 
 
