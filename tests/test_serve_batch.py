@@ -543,3 +543,13 @@ def test_sigterm_lets_the_lines_in_flight_finish_and_none_reaches_the_upstream_t
                 proc.kill()
                 proc.communicate(timeout=10)
     assert sorted(user_texts(server)) == [f"line {i}" for i in range(6)]  # each line reached the upstream once
+
+
+def test_a_server_with_the_batch_api_stops_at_once(server, tmp_path):
+    """Stopping wakes the runner's loop as it cancels it: the loop ends (on 3.11 ``asyncio.wait_for`` dropped the
+    cancellation that raced the wake-up, and every shutdown waited out the runner's 10 s bound)."""
+    s = cloud_serve(server, tmp_path)
+    s.__enter__()
+    s.server.should_exit = True
+    s.thread.join(8)  # a bound against the old 10 s wait, far above the fraction of a second it takes
+    assert not s.thread.is_alive(), "the server was still stopping after 8 s"
