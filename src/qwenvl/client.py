@@ -1206,7 +1206,8 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
         elif not loop.is_closed():
             future = asyncio.run_coroutine_threadsafe(backend.aclose(), loop)
             with contextlib.suppress(Exception):  # its loop ended meanwhile: closed with it
-                await asyncio.wait_for(asyncio.wrap_future(future), CLOSE_WAIT_S)
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await asyncio.wrap_future(future)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -974,7 +974,8 @@ async def _bounded(events: AsyncIterator[StreamEvent], deadline: float) -> Async
         if left <= 0:
             raise TimeoutError
         try:
-            event = await asyncio.wait_for(anext(events), timeout=left)
+            async with asyncio.timeout(left):  # not wait_for: a cancellation racing the event would be dropped
+                event = await anext(events)
         except StopAsyncIteration:
             return
         yield event

@@ -177,10 +177,8 @@ async def fetch_public(
     own = client is None
     client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
     try:
-        return await asyncio.wait_for(
-            _fetch(client, url, max_bytes, max_redirects, allow_private, resolver),
-            timeout=max(0.0, deadline - time.monotonic()),
-        )
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # a cancellation is never dropped
+            return await _fetch(client, url, max_bytes, max_redirects, allow_private, resolver)
     except TimeoutError:
         raise MediaError(f"cannot fetch {url}: timed out after {timeout_s:g} s", source=url) from None
     except httpx.HTTPError as exc:

@@ -168,9 +168,10 @@ class Exchange:
         deadline = time.monotonic() + self._bound
         while (waiting := self._look()) is not None:
             try:  # shielded: a waiter cancelled never cancels the future other waiters share
-                await asyncio.wait_for(
-                    asyncio.shield(asyncio.wrap_future(waiting)), max(0.0, deadline - time.monotonic())
-                )
+                async with asyncio.timeout(
+                    max(0.0, deadline - time.monotonic())
+                ):  # not wait_for (3.11 drops a racing cancel)
+                    await asyncio.shield(asyncio.wrap_future(waiting))
             except TimeoutError:
                 raise self._waited_too_long() from None
 
