@@ -186,3 +186,32 @@ def test_batch_counts_an_item_sent_past_an_invalid_old_entry(server, tmp_path, m
     assert line["status"] == "ok" and line["cached"] is False and line["cost"] > 0 and line["attempts"] == 1
     assert summary.sent == 1 and summary.cached == 0 and summary.input_tokens > 0
     assert len(server.requests[-1].json["messages"]) == 1  # the question itself, not a repair of the old answer
+
+
+
+def test_a_retry_of_an_item_the_cache_did_not_answer_goes_through_the_limiter(server, tmp_path, monkeypatch):
+    """An item the estimate expected the cache to answer takes no limiter slot; once sent after all (the entry was
+    invalid), its retry after a 429 takes one, so the limiter's pauses and a stop apply (it was resent at once,
+    without bound, before)."""
+    import qwenvl.batch.runner as runner
+
+    acquired: list[int] = []
+
+    class Counting(runner.AdaptiveLimiter):
+        def acquire(self, *args, **kwargs):
+            acquired.append(1)
+            return super().acquire(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "AdaptiveLimiter", Counting)
+    monkeypatch.chdir(tmp_path)
+    request = {"prompt": "colour", "json_mode": True}
+    with make_client(server, usage_log=False, cache=tmp_path / "r.db") as c:
+        plain = c.ask("other")
+        key = key_for(c, c.plan(request))
+        c.cache.put(key, plain.model_copy(update={"text": "bad", "messages": []}))
+        server.enqueue(Reply(status=429, headers={"Retry-After": "0"}), Reply(text='{"c": "red"}'))
+        with Batch([BatchItem(id="a", request=request)], tmp_path / "o.jsonl", client=c) as job:
+            summary = job.run()
+    [line] = read_jsonl(tmp_path / "o.jsonl")
+    assert line["status"] == "ok" and summary.sent == 2
+    assert len(acquired) == 1  # the first attempt expected the cache (no slot); the retry took one

@@ -1457,6 +1457,8 @@ class _Realtime:
                         self.prog.sent -= 1
                     elif slot is None and not hit:  # the estimate expected the cache, which did not answer: sent
                         self.prog.sent += 1
+                if not hit:  # the cache did not answer: a retry goes through the limiter (its waits, 429s, stop)
+                    cached = False
 
 
 def batch_price_factor() -> float:
