@@ -188,7 +188,6 @@ def test_batch_counts_an_item_sent_past_an_invalid_old_entry(server, tmp_path, m
     assert len(server.requests[-1].json["messages"]) == 1  # the question itself, not a repair of the old answer
 
 
-
 def test_a_retry_of_an_item_the_cache_did_not_answer_goes_through_the_limiter(server, tmp_path, monkeypatch):
     """An item the estimate expected the cache to answer takes no limiter slot; once sent after all (the entry was
     invalid), its retry after a 429 takes one, so the limiter's pauses and a stop apply (it was resent at once,

@@ -553,3 +553,30 @@ def test_a_server_with_the_batch_api_stops_at_once(server, tmp_path):
     s.server.should_exit = True
     s.thread.join(8)  # a bound against the old 10 s wait, far above the fraction of a second it takes
     assert not s.thread.is_alive(), "the server was still stopping after 8 s"
+
+
+def test_an_answer_being_written_when_the_grace_ends_is_kept(server, tmp_path, monkeypatch):
+    """A line whose answer has arrived (paid) is written even when the stop's grace period ends meanwhile: it is
+    never dropped and asked of the upstream again after a restart."""
+    import qwenvl.server.batches as batches
+
+    writing, slow = threading.Event(), threading.Event()
+    append = batches._append
+
+    def slow_append(target, data):
+        if not slow.is_set():
+            slow.set()
+            writing.set()
+            time.sleep(1.5)  # longer than the grace period below
+        append(target, data)
+
+    monkeypatch.setattr(batches, "_append", slow_append)
+    with cloud_serve(server, tmp_path, batch_concurrency=1, shutdown_grace_s=0.2) as s:
+        b = submit(sdk(s), 3)
+        assert writing.wait(60), "the first line's answer was not written"
+    out = tmp_path / "jobs" / b.id / "output.jsonl"
+    assert len(out.read_bytes().splitlines()) == 1  # written, though the grace ended while it was being written
+    with cloud_serve(server, tmp_path, batch_concurrency=1) as s:
+        oai = sdk(s)
+        assert finished(oai, b.id).request_counts.completed == 3
+    assert user_texts(server).count("line 0") == 1  # asked of the upstream once

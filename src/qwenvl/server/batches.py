@@ -613,15 +613,26 @@ class Runner:
                     problem = problem if isinstance(problem, dict) else {}
                     record["error"] = {"code": problem.get("code"), "message": problem.get("message")}
                 data = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-                async with write:
-                    target = out if status == 200 else err
-                    await asyncio.to_thread(_append, target, data)
-                    if status == 200:
-                        counts["completed"] += 1
-                        _add_usage(counts, answer.get("usage"))
-                    else:
-                        counts["failed"] += 1
-                    await asyncio.to_thread(self.store.update, batch_id, **counts)
+
+                async def save() -> None:
+                    async with write:
+                        target = out if status == 200 else err
+                        await asyncio.to_thread(_append, target, data)
+                        if status == 200:
+                            counts["completed"] += 1
+                            _add_usage(counts, answer.get("usage"))
+                        else:
+                            counts["failed"] += 1
+                        await asyncio.to_thread(self.store.update, batch_id, **counts)
+
+                # the answer is paid for: a stop (the grace period over) cancelling the line now waits for it to be
+                # written (local file and database, no network) rather than drop it and ask the upstream again
+                saving = asyncio.ensure_future(save())
+                try:
+                    await asyncio.shield(saving)
+                except asyncio.CancelledError:
+                    await asyncio.wait((saving,))
+                    raise
             finally:
                 gate.release()
 
