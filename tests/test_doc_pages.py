@@ -314,3 +314,15 @@ def test_a_reader_that_left_stops_the_reading(server, isolated_env):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141, err  # SIGPIPE's status, as the README says
     assert len(model_calls(server)) < 20
+
+
+def test_a_file_that_cannot_be_sent_does_not_stop_an_extract_over_many(server, env, isolated_env):
+    """The estimate before sending leaves out a file that cannot be sent (it fails on its turn, as the README
+    says); the others are priced and sent."""
+    write_image(isolated_env / "good.png")
+    (isolated_env / "bad.png").write_text("not an image")
+    (isolated_env / "s.json").write_text('{"type": "object", "properties": {"t": {"type": "string"}}}')
+    server.enqueue(Reply(text='{"t": "x"}'))
+    p = run_cli("extract", "good.png", "bad.png", "--schema", "s.json", "--jsonl", env=env)
+    assert len(model_calls(server)) == 1, p.stderr  # good.png was sent
+    assert "bad.png" in p.stderr and p.returncode != 0

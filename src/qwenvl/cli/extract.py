@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -28,11 +29,14 @@ from qwenvl.cli.common import (
     service_options,
 )
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
-from qwenvl.errors import StructuredOutputError, UsageError, safe_line
+from qwenvl.errors import MediaError, StructuredOutputError, UsageError, safe_line
 from qwenvl.models import spent_label
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.extract import EXTRACT_MAX_TOKENS, Extraction, columns, extract_many, plan_extract, to_row
 from qwenvl.types import Response
+
+if TYPE_CHECKING:
+    from qwenvl.plan import Call
 
 
 @click.command(cls=Verb, needs=("schema_file",))
@@ -90,9 +94,15 @@ def extract(opts: dict[str, Any]) -> None:
     client = make_client(opts)
     from qwenvl.batch.runner import estimate_calls  # loaded when a run is priced, not with the CLI
 
-    # one request per file (and a repair for an invalid answer), priced before any is sent
-    calls = (plan_extract(client, f, schema, prompt=prompt, estimate_only=True, **dict(fields)) for f in files)
-    est = estimate_calls(calls, region=client.region, local=client.is_local)
+    def calls() -> Iterator[Call]:  # one request per file, priced before any is sent (a repair of an invalid
+        # answer is not: it may add one more); a file that cannot be sent fails on its turn, the others go on
+        for f in files:
+            try:
+                yield plan_extract(client, f, schema, prompt=prompt, estimate_only=True, **dict(fields))
+            except MediaError:
+                continue
+
+    est = estimate_calls(calls(), region=client.region, local=client.is_local)
     if opts["dry_run"]:
         dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)), est)
         return
