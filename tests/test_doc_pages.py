@@ -266,6 +266,22 @@ def test_cli_says_how_to_resume_from_the_failed_page(server, env, multi):
     assert "--pages 3-4" in p.stderr
 
 
+def test_a_resume_note_that_cannot_be_made_never_hides_the_error(server, env, multi, monkeypatch):
+    """The note reads the document again; when that fails (a URL not fetched again), the reading's own error is
+    the one reported, with its exit code."""
+    import qwenvl.cli.ocr as cli_ocr
+    from qwenvl.errors import UsageError
+
+    def fails(*args: object) -> str:
+        raise UsageError("the service cannot read a PDF file")
+
+    monkeypatch.setattr(cli_ocr, "pages_left", fails)
+    server.enqueue(Reply(text="ONE"), Reply(status=500))
+    p = run_cli("ocr", "multi.pdf", "--max-retries", "0", env=env)
+    assert p.returncode == 5 and "cannot read a PDF" not in p.stderr, p.stderr
+    assert "page 2 failed" in p.stderr
+
+
 @pytest.mark.parametrize(
     ("pages", "stopped", "left"),
     [(None, 3, "3-"), ("1,3-4", 3, "3-4"), ("1-2,4", 2, "2,4"), ("5,1", 5, "5,1"), ("1,4-5", 2, "4-")],

@@ -191,8 +191,13 @@ def ocr(opts: dict[str, Any]) -> None:
         if result.pages:
             note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
             if pdf and result.stopped_at:
-                note(f"to read the rest, run it again with --pages {pages_left(source, pages, result.stopped_at)}")
-        raise stopped
+                try:  # reads the document's page count again: a failure (a URL not fetched again) leaves no note
+                    rest = pages_left(source, pages, result.stopped_at)
+                except QwenVLError:
+                    rest = None
+                if rest:
+                    note(f"to read the rest, run it again with --pages {rest}")
+        raise stopped  # the error that stopped the reading, never one of the note's
 
 
 def _while_read(plans: Iterable[tuple[int | None, Call]]) -> Iterator[tuple[int | None, Call]]:
