@@ -342,3 +342,36 @@ def test_a_file_that_cannot_be_sent_does_not_stop_an_extract_over_many(server, e
     p = run_cli("extract", "good.png", "bad.png", "--schema", "s.json", "--jsonl", env=env)
     assert len(model_calls(server)) == 1, p.stderr  # good.png was sent
     assert "bad.png" in p.stderr and p.returncode != 0
+
+
+def test_the_pages_read_before_an_error_are_in_the_librarys_words(server, multi):
+    """``exc.partial`` is an OCRResult as the library returns one: its warnings name keyword arguments (a page cut
+    off at max_tokens says "raise max_tokens", never the CLI's "--max-tokens"), sync and async."""
+    from qwenvl.tasks.ocr import partial
+
+    server.enqueue(Reply(text="ONE", finish_reason="length"), Reply(status=500))
+    with make_client(server, max_retries=0) as c, pytest.raises(qwenvl.InternalServerError) as info:
+        qwenvl.tasks.ocr(c, str(multi))
+    said = " ".join(partial(info.value).warnings + partial(info.value).pages[0].warnings)
+    assert "max_tokens" in said and "--" not in said
+
+    server.enqueue(Reply(text="ONE", finish_reason="length"), Reply(status=500))
+
+    async def reading() -> BaseException:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, max_retries=0) as ac:
+            try:
+                await qwenvl.tasks.aocr(ac, str(multi))
+            except qwenvl.InternalServerError as exc:
+                return exc
+        raise AssertionError("no error")
+
+    exc = asyncio.run(reading())
+    said = " ".join(partial(exc).warnings + partial(exc).pages[0].warnings)
+    assert "max_tokens" in said and "--" not in said
+
+
+def test_a_library_cap_that_cannot_be_checked_says_how_to_run_uncapped_in_its_words(server, multi, monkeypatch):
+    monkeypatch.setenv("QWENVL_UNLISTED_MODELS", "my-vl-model")
+    with make_client(server) as c, pytest.raises(qwenvl.UsageError) as info:
+        qwenvl.tasks.ocr(c, str(multi), model="my-vl-model", max_cost=1.0)
+    assert "max_cost=None" in (info.value.hint or "") and "--yes" not in (info.value.hint or "")

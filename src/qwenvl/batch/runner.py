@@ -1496,9 +1496,10 @@ def within_budget(est: Estimate, max_cost: float | None) -> bool:
     return not est.unpriced and (est.cost_max or 0.0) <= max_cost
 
 
-def unpriced_error(est: Estimate, cap: str) -> UsageError | None:
+def unpriced_error(est: Estimate, cap: str, uncapped: str = "pass --yes") -> UsageError | None:
     """The refusal of a run whose cost cap (``cap``, as the surface names it: ``--max-cost 20``) cannot be checked:
-    a request to send uses a model with no known price (``est.unpriced_models``), so what it costs is unknown.
+    a request to send uses a model with no known price (``est.unpriced_models``), so what it costs is unknown;
+    ``uncapped``: how that surface runs with no cap (the CLI's ``--yes``; the library's ``max_cost=None``).
     None when every request is priced, or for a local model's run (it costs no money). The one wording for every
     cost cap. Raises nothing."""
     if est.local or not est.unpriced:
@@ -1508,5 +1509,5 @@ def unpriced_error(est: Estimate, cap: str) -> UsageError | None:
     return UsageError(
         f"{cap} cannot be checked: {names} {they} no known price in {est.currency} ({est.unpriced:,} of the "
         f"{est.to_send:,} requests to send): nothing was sent",
-        hint="Use a model with a price (`qwenvl models` lists them), or pass --yes to run with no cost cap.",
+        hint=f"Use a model with a price (`qwenvl models` lists them), or {uncapped} to run with no cost cap.",
     )

@@ -339,7 +339,7 @@ def check_cost(est: Estimate, max_cost: float) -> None:
 
     if within_budget(est, max_cost):
         return
-    unpriced = unpriced_error(est, f"max_cost={max_cost:g}")
+    unpriced = unpriced_error(est, f"max_cost={max_cost:g}", uncapped="give max_cost=None")
     if unpriced is not None:
         raise unpriced
     raise UsageError(
@@ -483,7 +483,13 @@ def ocr(
         est = estimate_ocr(client, source, format=format, task=task, options=options, pages=pages, **fields)
         check_cost(est, max_cost)
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
-    return library_worded(send_pages(client, source, plans, format=format))
+    try:
+        return library_worded(send_pages(client, source, plans, format=format))
+    except BaseException as exc:
+        read = partial(exc)
+        if read is not None:  # the pages read, in the library's words as a whole result is
+            library_worded(read)
+        raise
 
 
 async def aocr(
@@ -518,5 +524,6 @@ async def aocr(
             reading = None
     except BaseException as exc:
         mark_stopped(result, reading, source, exc)
+        library_worded(result)  # the pages read (``exc.partial``), in the library's words
         raise
     return library_worded(_finished(result))
