@@ -357,6 +357,27 @@ def test_one_async_client_in_several_threads_loops_says_client_closed(server):
     assert seen["ok"] >= 6 and sum(seen.values()) == 24, seen
 
 
+def test_a_second_event_loop_while_the_first_has_a_call_in_flight_is_refused(server):
+    """The race test above passes whether or not the loops overlap; here they do, for sure: a call held in one
+    thread's loop, and another loop asking meanwhile is refused with ClientClosedError (nothing sent)."""
+    import threading
+    import time
+
+    aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False)
+    server.enqueue(Reply(delay_s=1.5))
+    answered: list[str] = []
+    first = threading.Thread(target=lambda: answered.append(asyncio.run(aclient.ask("held")).text))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not any(r.method == "POST" for r in server.requests):
+        assert time.monotonic() < deadline, "the first call was not sent"
+        time.sleep(0.01)
+    with pytest.raises(ClientClosedError):
+        asyncio.run(aclient.ask("meanwhile"))
+    first.join(30)
+    assert answered and sum(r.method == "POST" for r in server.requests) == 1
+
+
 # --- the typed API holds under mypy --strict: the README's examples pass, a user's typos are flagged ------------
 
 README = Path(__file__).resolve().parents[1] / "README.md"
