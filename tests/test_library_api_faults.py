@@ -277,6 +277,19 @@ def test_close_waits_for_a_call_in_flight_and_refuses_the_next(server, protocol,
     assert _outcomes(tmp_path / "u.db") == ["ok"]
 
 
+def test_an_attempt_retried_during_the_close_wait_is_logged_as_any_other(server, tmp_path):
+    """close() waits with the connections open: a call in flight that meets a 503 is retried and answers, and the
+    retried attempt is a usage-log row of its own (it was left out once close had been called)."""
+    server.enqueue(Reply(status=503, delay_s=0.8), Reply(delay_s=0.3, text="after a retry"))
+    client = make_client(server, usage_log=tmp_path / "u.db", retry_backoff_s=0.01)
+    thread, out = _in_thread(lambda: client.ask("x"))
+    _arrived(server)
+    client.close()
+    thread.join(60)
+    assert isinstance(out[0], qwenvl.Response) and out[0].text == "after a retry", out
+    assert _outcomes(tmp_path / "u.db") == ["InternalServerError", "ok"]
+
+
 def test_close_past_its_wait_cancels_the_call_as_client_closed_and_logs_it(server, tmp_path):
     import threading
     import time

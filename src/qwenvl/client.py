@@ -544,6 +544,7 @@ class _Base(Generic[B, H]):
                 ),
             )
         self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
+        self._cutting = False  # the close's wait is over, the connections are being closed: calls going are cut
         # guards the client's state between threads (and event loops): the closed flag, the calls in flight, the
         # backend made on first use, the event loop an AsyncClient is bound to
         self._lock = threading.RLock()
@@ -625,7 +626,7 @@ class _Base(Generic[B, H]):
         """The ClientClosedError of a request that ``close()`` / ``aclose()`` cut (its connection closed under it:
         whatever httpx then raised, a connection error, a stream broken midway), or None for an error that is not
         the close's (a service's answer stays itself, and so does an interrupt). Raises nothing."""
-        if not self._closed or isinstance(exc, ClientClosedError) or not isinstance(exc, Exception):
+        if not self._cutting or isinstance(exc, ClientClosedError) or not isinstance(exc, Exception):
             return None
         if isinstance(exc, QwenVLError) and not isinstance(exc, APIConnectionError | StreamInterruptedError):
             return None
@@ -781,8 +782,9 @@ class _Base(Generic[B, H]):
     def _retried(self, notice: RetryNotice) -> None:
         """The hook a backend this client makes is given: the attempt about to be retried is logged
         (``exchange.retried``), then ``on_retry`` is told. An attempt that ``close()`` cut is not logged here: its
-        retry fails on the closed client and the exchange logs the request once, as ``cancelled``."""
-        if self._closed:
+        retry fails on the closed client and the exchange logs the request once, as ``cancelled``. During the close's
+        wait the connections are still open: an attempt retried then is logged as any other."""
+        if self._cutting:
             return
         exchange.retried(notice)
         if self.on_retry is not None:
@@ -900,6 +902,7 @@ class Client(_Base[Backend, "httpx.Client"]):
             with self._lock:
                 self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S if wait_s is None else wait_s)
         finally:
+            self._cutting = True
             try:
                 if self._backend is not None:
                     self._backend.close()
@@ -1188,6 +1191,7 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
             while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
                 await asyncio.sleep(0.02)
         finally:
+            self._cutting = True
             with self._lock:
                 backend, loop = self._backend, self._loop
             try:
