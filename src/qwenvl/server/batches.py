@@ -462,9 +462,10 @@ class Runner:
         upstream request may have been billed already: the one case a line reaches the upstream twice)."""
         self.stopping = True
         self.wake.set()
+        if self.task is not None:  # the loop ends by itself after its tick (whose worker threads then are done):
+            await asyncio.wait((self.task,), timeout=10)  # cancelled only past this, not mid-thread
         if self.job is not None and not self.job.done() and grace_s > 0:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait((self.job,), timeout=grace_s)
+            await asyncio.wait((self.job,), timeout=grace_s)
         for task in (self.task, self.job):
             if task is not None and not task.done():
                 task.cancel()
