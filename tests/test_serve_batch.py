@@ -580,3 +580,18 @@ def test_an_answer_being_written_when_the_grace_ends_is_kept(server, tmp_path, m
         oai = sdk(s)
         assert finished(oai, b.id).request_counts.completed == 3
     assert user_texts(server).count("line 0") == 1  # asked of the upstream once
+
+
+def test_a_job_request_is_read_as_the_chat_routes_read_theirs(server, tmp_path):
+    """POST /batches reads its body within the server's limit (413 over it) and answers bad JSON with a 400 in the
+    compat envelope, as the chat routes do (it read the whole body unbounded)."""
+    import httpx
+
+    with cloud_serve(server, tmp_path, max_body_bytes=2000) as s:
+        url = s.url + "/compatible-mode/v1/batches"
+        auth = {"Authorization": f"Bearer {SERVE_KEY}"}
+        big = {"input_file_id": "file-x", "endpoint": "/v1/chat/completions", "metadata": {"x": "y" * 5000}}
+        r = httpx.post(url, json=big, headers=auth, timeout=30)
+        assert r.status_code == 413, r.text
+        r = httpx.post(url, content=b"{not json", headers={**auth, "content-type": "application/json"}, timeout=30)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]

@@ -772,7 +772,13 @@ def create_app(
 
     assert settings.batch_concurrency is not None
     runner = Runner(batch_store, answer_line, not_served, settings.batch_concurrency)
-    add_batch_routes(app, batch_store, runner, authorize=authorize, refuse=lambda exc, rid: refuse(COMPAT, exc, rid))
+
+    def batch_refuse(exc: BaseException, rid: str) -> Any:
+        if isinstance(exc, _Gone):  # the client left while sending its body: nothing to answer
+            return Response(status_code=GONE, headers={REQUEST_ID_HEADER: rid})
+        return refuse(COMPAT, exc, rid)
+
+    add_batch_routes(app, batch_store, runner, authorize=authorize, refuse=batch_refuse, read_json=read_json)
     app.state.batches = runner
 
     app.state.model_names = model_names  # the server's model references -> a client's names (the playground)

@@ -805,9 +805,11 @@ def add_routes(
     *,
     authorize: Callable[[Any], Any],
     refuse: Callable[[BaseException, str], Any],
+    read_json: Callable[[Any], Awaitable[Any]],
 ) -> None:
     """The Batch API's routes under each of ``PREFIXES``. ``authorize(request)`` raises for a bad key;
-    ``refuse(exc, rid)`` is the compat error response for any exception."""
+    ``refuse(exc, rid)`` is the compat error response for any exception; ``read_json(request)`` the body as the
+    chat routes read it (within the server's body limit, bad JSON a 400, a client gone while sending it)."""
     from fastapi.responses import JSONResponse, StreamingResponse
 
     REQUEST_ID_HEADER = "x-request-id"
@@ -914,10 +916,7 @@ def add_routes(
         return {"id": file_id, "object": "file", "deleted": True}
 
     async def create(request: Any) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, RecursionError):
-            raise Refusal(400, "the request body is not valid JSON") from None
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise Refusal(400, "the body must be a JSON object")
         extra = set(body) - {"input_file_id", "endpoint", "completion_window", "metadata"}
