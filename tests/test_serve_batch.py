@@ -595,3 +595,26 @@ def test_a_job_request_is_read_as_the_chat_routes_read_theirs(server, tmp_path):
         assert r.status_code == 413, r.text
         r = httpx.post(url, content=b"{not json", headers={**auth, "content-type": "application/json"}, timeout=30)
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+def test_a_lines_error_is_the_chat_routes_error_param_included(server, tmp_path):
+    """A refused line's error body is the one the chat route gives for the same body, ``param`` included (it was
+    null for a line where the route names the field)."""
+    import httpx
+
+    bad = line("bad", "hi", max_tokens="many")
+    with cloud_serve(server, tmp_path) as s:
+        oai = sdk(s)
+        f = oai.files.create(file=("in.jsonl", jsonl([bad])), purpose="batch")
+        b = oai.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        b = finished(oai, b.id)
+        got = records(oai, b.error_file_id)["bad"]["response"]["body"]["error"]
+        r = httpx.post(
+            s.url + "/compatible-mode/v1/chat/completions",
+            json=bad["body"],
+            headers={"Authorization": f"Bearer {SERVE_KEY}"},
+            timeout=30,
+        )
+        route = r.json()["error"]
+    assert route["param"] and got["param"] == route["param"]
+    assert got["message"] == route["message"] and got["code"] == route["code"]

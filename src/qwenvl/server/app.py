@@ -381,8 +381,8 @@ def create_app(
                     raise _Refused(400, "stream is not supported in a batch: leave it out", "invalid_parameter_error")
                 return 200, await respond(COMPAT, parsed, rid, aliases, deadline=deadline)
         except Exception as exc:
-            status, message, code, _ = describe(COMPAT, exc, rid, aliases)
-            return status, error_body(COMPAT, status, message, code, rid)
+            status, body, _ = refusal(COMPAT, exc, rid, aliases)
+            return status, body
 
     def served_model(name: str) -> str | None:
         """The backend's model for the name a client sent (None: the backend's own); 404 when not served."""
@@ -456,13 +456,17 @@ def create_app(
             )
         return status, message, code, {}
 
-    def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
+    def refusal(
+        proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, the protocol's error body, headers) for ``exc``: the one error answer of a route and of a
+        Batch API line (``param`` named as the protocol does)."""
         status, message, code, headers = describe(proto, exc, rid, aliases)
-        return JSONResponse(
-            error_body(proto, status, message, code, rid, inbound.named_field(exc, message)),
-            status_code=status,
-            headers={**headers, REQUEST_ID_HEADER: rid},
-        )
+        return status, error_body(proto, status, message, code, rid, inbound.named_field(exc, message)), headers
+
+    def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
+        status, body, headers = refusal(proto, exc, rid, aliases)
+        return JSONResponse(body, status_code=status, headers={**headers, REQUEST_ID_HEADER: rid})
 
     def shutting_down(proto: ServerSide, rid: str) -> JSONResponse:
         """The answer to a request still waiting when the server's shutdown ran out of time (uvicorn cancels it)."""
