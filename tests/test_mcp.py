@@ -609,3 +609,19 @@ def test_extract_and_ask_with_an_invalid_schema_send_nothing(server, env, png):
         assert server.requests == []
 
     run(main)
+
+
+def test_an_estimates_warning_is_in_the_tools_words(server, env, isolated_env):
+    """A document over the model's context as one request is still counted, with a warning naming the tool's
+    argument (``pages``), never the CLI's ``--pages``."""
+    pages = [Image.new("RGB", (595, 842), "white") for _ in range(200)]
+    pages[0].save(isolated_env / "long.pdf", save_all=True, append_images=pages[1:])
+
+    async def main() -> dict[str, Any]:
+        async with stdio_session(env, "--allow-dir", str(isolated_env)) as c:
+            r = await c.call_tool("estimate", {"files": ["long.pdf"], "fast": True})
+            assert not r.is_error, text_of(r)
+            return r.structured_content
+
+    data = run(main)
+    assert data["warnings"] and all("--pages" not in w for w in data["warnings"]), data["warnings"]

@@ -799,6 +799,8 @@ def build_server(
             for item, ref in zip(out["items"], _labels(files, out["items"], refs), strict=True):
                 item["source"] = ref  # the caller's names, not the resolved paths
             out["model"] = named(out.get("model"))
+            if out.get("warnings"):  # written in the CLI's words ("qwenvl ocr FILE --dry-run", "--pages")
+                out["warnings"] = worded(out["warnings"])
             await _progress(ctx, 1, 1, "done")
             return result(EstimateResult.model_validate(out), exclude_unset=True)  # rows exactly as `tokens`
 
