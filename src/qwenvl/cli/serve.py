@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from qwenvl import env as qenv
 from qwenvl._constants import (
+    SERVE_CUT_S,
     SERVE_GRACE_S,
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENT_PER_KEY,
@@ -285,6 +286,9 @@ def serve(opts: dict[str, Any]) -> None:
             "batch_concurrency": opts["batch_concurrency"],
         },
     }
+    from qwenvl.server.app import ServeSettings
+
+    ServeSettings(**config["settings"])  # its rules checked before listening (exit 2), as each worker applies them
     qenv.set_serve_config(config)
     sock = listen(opts["host"], opts["port"])  # bound before the banner: its port is real, clients may connect
     host, port = sock.getsockname()[:2]
@@ -300,7 +304,9 @@ def serve(opts: dict[str, Any]) -> None:
         factory=True,
         workers=opts["workers"],
         log_level="warning",
-        timeout_graceful_shutdown=SERVE_GRACE_S,
+        # one budget for the whole shutdown (ServeSettings.shutdown_grace_s): the requests and Batch API lines in
+        # flight until its last SERVE_CUT_S seconds, which are for what is cut then
+        timeout_graceful_shutdown=SERVE_GRACE_S - SERVE_CUT_S,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)
