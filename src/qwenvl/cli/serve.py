@@ -197,6 +197,10 @@ def serve(opts: dict[str, Any]) -> None:
             "qwenvl serve needs an API key for its clients",
             hint=f"Pass --api-key KEY or set ${SERVE_KEY_ENV}; or --no-auth on a loopback address.",
         )
+    from qwenvl.server.app import ServeSettings
+
+    # the settings' own rules (the Batch API's share of the key's slots), checked before anything is asked (exit 2)
+    ServeSettings(max_concurrent_per_key=opts["max_concurrent"], batch_concurrency=opts["batch_concurrency"])
     # the backend and its model as every verb reads them: the flag, else $QWENVL_BACKEND / $QWENVL_MODEL
     backend = normalize_backend(opts["backend"])
     model = opts["backend_model"] or (qenv.model() if backend != "dashscope" else None)
@@ -286,9 +290,6 @@ def serve(opts: dict[str, Any]) -> None:
             "batch_concurrency": opts["batch_concurrency"],
         },
     }
-    from qwenvl.server.app import ServeSettings
-
-    ServeSettings(**config["settings"])  # its rules checked before listening (exit 2), as each worker applies them
     qenv.set_serve_config(config)
     sock = listen(opts["host"], opts["port"])  # bound before the banner: its port is real, clients may connect
     host, port = sock.getsockname()[:2]

@@ -507,6 +507,7 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False  # set by ``begin_stop``: no new line, no new job
         self.deadline: float | None = None  # ``time.monotonic()`` by which the lines in flight are cut
+        self.retry_at: dict[str, float] = {}  # a job that failed -> ``time.monotonic()`` when it may run again
 
     def start(self) -> None:
         self.stopping, self.deadline = False, None
@@ -591,13 +592,15 @@ class Runner:
                 await asyncio.to_thread(self._finish, row["id"], "cancelled")
             elif self.clock() >= row["expires_at"]:
                 await asyncio.to_thread(self._finish, row["id"], "expired")
-            elif not running:
+            elif not running and self.retry_at.get(row["id"], 0.0) <= time.monotonic():
+                self.retry_at.pop(row["id"], None)
                 self.job, self.current = asyncio.create_task(self._guarded(row["id"])), row["id"]
                 running = True
 
     async def _guarded(self, batch_id: str) -> None:
         """``_run``; a failure (a full disk, a database locked too long) is logged and the job resumed after
-        ``RETRY_S`` (its answered lines are kept, those whose write failed in the database)."""
+        ``RETRY_S`` (its answered lines are kept, those whose write failed in the database); meanwhile other jobs
+        run, and a cancel or the expiry ends it."""
         try:
             await self._run(batch_id)
         except _Halted:
@@ -607,7 +610,7 @@ class Runner:
                 log.debug("the Batch API job %s stops with the server: %s", batch_id, exc)
                 return
             log.exception("the Batch API job %s stopped; it resumes in %g s", batch_id, RETRY_S)
-            await asyncio.sleep(RETRY_S)
+            self.retry_at[batch_id] = time.monotonic() + RETRY_S
 
     def _halt(self) -> bool:
         return self.stopping
@@ -735,6 +738,8 @@ class Runner:
                         counts["failed"] += 1
                     await asyncio.to_thread(self.store.update, batch_id, **counts)
                 await asyncio.to_thread(self.store.drop_answers, batch_id, cid)
+            except Exception as exc:  # seen before the gate lets the next line in: no line starts after it
+                failures.append(exc)
             finally:
                 gate.release()
 
@@ -747,8 +752,6 @@ class Runner:
         def settled(task: asyncio.Task[None], slot: list[bool]) -> None:
             give(slot)
             flying.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failures.append(task.exception())  # type: ignore[arg-type]
 
         failures: list[BaseException] = []
         try:
@@ -759,6 +762,9 @@ class Runner:
                     if item is None:
                         break
                     await gate.acquire()
+                    if failures:
+                        gate.release()
+                        break
                     if self.stopping:
                         stop = STOPPED
                         gate.release()
@@ -838,7 +844,8 @@ class Runner:
         if how == "completed":
             store.update(batch_id, status="finalizing", finalizing_at=now)
         else:
-            done, _ = _tally(out_path, err_path)
+            done, counts = _tally(out_path, err_path)  # a kept answer just written counts
+            extra.update(counts)
             code, message = NOT_RUN[how]
             file_row = store.file_row(row["input_file_id"])
             if file_row is not None:
@@ -920,11 +927,15 @@ def _add_usage(counts: dict[str, int], usage: Any) -> None:
     counts["reasoning_tokens"] += n((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
 
 
+_GOING_AWAY = ("cannot schedule new futures", "Executor shutdown has been called", "Event loop is closed")
+
+
 def _going_away(exc: BaseException) -> bool:
-    """Whether ``exc`` says the event loop's executor is shut down (the loop is closing, or the interpreter is
-    exiting): CPython's ``ThreadPoolExecutor.submit`` RuntimeError, "cannot schedule new futures after [interpreter]
-    shutdown"."""
-    return isinstance(exc, RuntimeError) and "cannot schedule new futures" in str(exc)
+    """Whether ``exc`` says the event loop or its executor is going away (``asyncio.run`` ending, the interpreter
+    exiting): CPython's RuntimeErrors from ``ThreadPoolExecutor.submit`` ("cannot schedule new futures after
+    [interpreter] shutdown") and ``loop.run_in_executor`` ("Executor shutdown has been called", "Event loop is
+    closed")."""
+    return isinstance(exc, RuntimeError) and any(words in str(exc) for words in _GOING_AWAY)
 
 
 def _append(f: IO[bytes], data: bytes) -> None:
