@@ -182,18 +182,18 @@ def test_batch_concurrency_must_leave_a_slot(tmp_path, isolated_env):
 
 
 def test_sigterm_stops_within_one_budget_and_takes_no_new_line(server, tmp_path):
-    """SIGTERM with a chat request held and batch lines running (1 s each, 2 at a time): no new line starts after
-    the signal, the lines in flight are written, the held request gets its 503, and the process ends within one
-    budget (it took uvicorn's grace, then the runner's, then more, while the runner kept starting lines); after a
-    restart the job completes with each line asked once."""
+    """SIGTERM with a chat request held and batch lines running (1 s each, 2 at a time, then at once): no new line
+    starts after the signal, the lines in flight are written, the held request gets its 503, and the process ends
+    within one budget (it took uvicorn's grace, then the runner's, then more, while the runner kept starting lines);
+    after a restart the job completes with each line asked once."""
     chat_gate = threading.Event()
-    server.enqueue(Reply(hold=chat_gate), Reply(delay_s=1, times=100))
+    server.enqueue(Reply(hold=chat_gate), Reply(delay_s=1, times=6), Reply(times=100))  # then at once
     proc, url = _serve_process(server, tmp_path)
     try:
         t, got = in_thread(chat, url, "interactive")
         until(lambda: len(user_texts(server)) == 1, "the chat request in flight")
         with openai.OpenAI(base_url=url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0, timeout=30) as oai:
-            b = submit(oai, 30)
+            b = submit(oai, 12)
         until(lambda: len(user_texts(server)) >= 4, "lines in flight")
         before = len(user_texts(server)) - 1
         began = time.monotonic()
@@ -219,7 +219,7 @@ def test_sigterm_stops_within_one_budget_and_takes_no_new_line(server, tmp_path)
     try:
         with openai.OpenAI(base_url=url + "/compatible-mode/v1", api_key=SERVE_KEY, max_retries=0, timeout=30) as oai:
             b = finished(oai, b.id, deadline_s=120)
-        assert b.status == "completed" and b.request_counts.completed == 30
+        assert b.status == "completed" and b.request_counts.completed == 12
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -228,29 +228,7 @@ def test_sigterm_stops_within_one_budget_and_takes_no_new_line(server, tmp_path)
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
-    assert sorted(x for x in user_texts(server) if x.startswith("line ")) == sorted(f"line {i}" for i in range(30))
-
-
-def test_a_stop_cuts_a_line_at_the_budget_and_the_restart_asks_it_once_more(server, tmp_path):
-    """An in-thread server (its budget starts when its lifespan ends): a line held past the budget is cut, the
-    server stops within it, and the line is asked again after the restart (the one case: it was never answered)."""
-    gate = threading.Event()
-    server.enqueue(Reply(hold=gate))
-    s = cloud_serve(server, tmp_path, batch_concurrency=1, shutdown_grace_s=1.0)
-    with s:
-        with sdk(s) as oai:
-            b = submit(oai, 2)
-        until(lambda: len(user_texts(server)) == 1, "l0 in flight")
-        began = time.monotonic()
-        s.server.should_exit = True
-        s.thread.join(30)
-        took = time.monotonic() - began
-        assert not s.thread.is_alive()
-    gate.set()
-    assert took < 5, f"the stop took {took:.1f} s with a budget of 1 s"  # it took 1 s + 10 s bounds before
-    with cloud_serve(server, tmp_path, batch_concurrency=1) as s, sdk(s) as oai:
-        assert finished(oai, b.id).request_counts.completed == 2
-    assert user_texts(server) == ["line 0", "line 0", "line 1"]
+    assert sorted(x for x in user_texts(server) if x.startswith("line ")) == sorted(f"line {i}" for i in range(12))
 
 
 # --- 4. the runner ends with its event loop ---------------------------------------------------------------------

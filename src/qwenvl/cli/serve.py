@@ -144,7 +144,8 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     "--batch-concurrency",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Batch API lines answered at once, in the background (default: half of --max-concurrent).",
+    help="Batch API lines answered at once, in the background, each in one of the key's --max-concurrent slots "
+    "(default: half of them; below --max-concurrent, so interactive requests keep one).",
 )
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
 @click.option(
