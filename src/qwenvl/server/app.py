@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 from qwenvl import env as qenv
 from qwenvl._constants import (
     FETCH_TIMEOUT_S,
-    SERVE_CUT_S,
     SERVE_GRACE_S,
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENT_PER_KEY,
@@ -65,6 +64,7 @@ from qwenvl.server.batches import BatchStore, Runner
 from qwenvl.server.batches import add_routes as add_batch_routes
 from qwenvl.server.refused import Refused as _Refused
 from qwenvl.server.security import bearer, fetch_public, key_matches
+from qwenvl.server.shutdown import Budget
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
 from qwenvl.types import ImagePart, Message, Request, StreamEvent, VideoPart, seconds
 from qwenvl.wording import api_surface, fit_hint, fit_message, model_references
@@ -114,10 +114,7 @@ class ServeSettings:
     # Batch API lines answered at once, each in one of the key's max_concurrent_per_key slots (None: half of them;
     # below max_concurrent_per_key, so that interactive requests keep one)
     batch_concurrency: int | None = None
-    # the whole shutdown's budget: from its start (a signal) the requests and Batch API lines in flight may run
-    # until ``shutdown_grace_s - SERVE_CUT_S``; what is unfinished then is cut (503; a line runs again after a
-    # restart), and the last SERVE_CUT_S seconds are for the cut ones' answers and writes
-    shutdown_grace_s: float = SERVE_GRACE_S
+    shutdown_grace_s: float = SERVE_GRACE_S  # the whole shutdown's budget, from the signal (shutdown.py)
 
     def __post_init__(self) -> None:
         """Every duration checked by the one rule (``types.seconds``): UsageError for NaN, infinity, 0 or more
@@ -171,21 +168,6 @@ class _Slots:
             self.freed = None
 
 
-@dataclass
-class _KeySlots:
-    """The Batch API's view of ``_Slots`` (``batches.Slots``): the slots of ``key``, the key its jobs were sent
-    with (this server has one)."""
-
-    slots: _Slots
-    key: str
-
-    async def take(self) -> None:
-        await self.slots.wait_take(self.key)
-
-    def give(self) -> None:
-        self.slots.give(self.key)
-
-
 def _server(name: str) -> ServerSide:
     side = get(name).server
     assert side is not None, f"the {name} protocol has no server side"
@@ -230,25 +212,16 @@ def create_app(
         warm = getattr(backend, "warm", None)  # an in-process model starts loading now (/ready: 503 until it has)
         warming = asyncio.create_task(warm()) if warm is not None else None
         runner.start()  # Batch API jobs: unfinished ones resume
-        grace = settings.shutdown_grace_s
-        cut_at: list[float] = []  # when what is still in flight is cut: the budget's start + grace - the cut's share
-
-        def begin() -> None:
-            if not cut_at:
-                cut_at.append(time.monotonic() + grace - min(SERVE_CUT_S, grace / 2))
-                runner.begin_stop(cut_at[0])  # no new Batch API line from now on
-
-        undo = _begins_on_stop_signals(begin)  # the budget starts with the signal, as uvicorn's wait does
+        budget = Budget(settings.shutdown_grace_s, runner.begin_stop)  # the signal: no new Batch API line
+        undo = budget.on_stop_signals()
         try:
             yield
         finally:
             undo()
-        begin()  # (an app not stopped by a signal: its budget starts now)
-        # the Batch API lines in flight are answered and written until the cut (a line still unanswered then is
-        # cancelled, and run again at the next start; an answer that had arrived is kept and written then)
-        await runner.stop(cut_at[0])
+        # the Batch API lines in flight are answered and written until the cut (shutdown.py)
+        await runner.stop(budget.begin())
         # uvicorn has cancelled what its wait left: each of those sends its 503 before the worker ends
-        await inflight.drained(min(DRAIN_S, max(cut_at[0] + SERVE_CUT_S - time.monotonic(), 0.2)))
+        await inflight.drained(min(DRAIN_S, budget.left_after_cut()))
         if warming is not None and not warming.done():
             warming.cancel()
         await client.aclose()
@@ -833,8 +806,9 @@ def create_app(
 
     assert settings.batch_concurrency is not None
     # each line takes one of the key's slots, as a chat request does (this server has one key: its jobs' key)
-    batch_slots = _KeySlots(slots, settings.api_key or "-")
-    runner = Runner(batch_store, answer_line, not_served, settings.batch_concurrency, slots=batch_slots)
+    runner = Runner(
+        batch_store, answer_line, not_served, settings.batch_concurrency, slots=(slots, settings.api_key or "-")
+    )
 
     def batch_refuse(exc: BaseException, rid: str) -> Any:
         if isinstance(exc, _Gone):  # the client left while sending its body: nothing to answer
@@ -971,41 +945,6 @@ class _EventStream(StreamingResponse):
 
             group.start_soon(stream)
             group.start_soon(watch)
-
-
-def _begins_on_stop_signals(begin: Callable[[], None]) -> Callable[[], None]:
-    """In the main thread (``qwenvl serve``, each of its workers): SIGINT, SIGTERM and SIGHUP first call ``begin``
-    (in the event loop: the shutdown's budget starts, the Batch API takes no new line while uvicorn waits for the
-    requests), then do what they did (uvicorn's ``handle_exit``). A signal ignored or left at its default is left
-    alone. Returns the undo. Elsewhere (an app served in a thread) nothing changes: the budget starts when the
-    lifespan ends."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    loop = asyncio.get_running_loop()
-    wrapped: dict[int, tuple[Any, Any]] = {}
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        before = signal.getsignal(sig) if sig is not None else None
-        if sig is None or not callable(before):
-            continue
-
-        def handler(signum: int, frame: Any, before: Callable[[int, Any], Any] = before) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing is left to stop
-                loop.call_soon_threadsafe(begin)
-            before(signum, frame)
-
-        signal.signal(sig, handler)
-        wrapped[sig] = (before, handler)
-
-    def undo() -> None:
-        for sig, (before, handler) in wrapped.items():
-            if signal.getsignal(sig) is handler:
-                signal.signal(sig, before)
-
-    return undo
 
 
 class _InFlight:

@@ -466,14 +466,14 @@ AnswerLine = Callable[[Any, str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 class Slots(Protocol):
-    """The server's per-key concurrency slots as the Batch API takes them (``app``: the chat routes' own)."""
+    """The server's per-key concurrency slots, the chat routes' own (``app._Slots``)."""
 
-    async def take(self) -> None:
-        """Wait until a slot is free (one stays free for interactive requests) and take it."""
+    async def wait_take(self, key: str) -> None:
+        """Wait until a slot of ``key`` is free for background work (one stays free for interactive requests)."""
         ...
 
-    def give(self) -> None:
-        """Give back the slot ``take`` took."""
+    def give(self, key: str) -> None:
+        """Give back a slot of ``key``."""
         ...
 
 
@@ -483,8 +483,8 @@ class _Halted(Exception):
 
 class Runner:
     """Runs the store's jobs in this process while it holds the folder's lock (``--workers N``: one at a time).
-    At most ``concurrency`` lines are in flight, each holding one of ``slots`` (the server's per-key slots) while its
-    request runs. ``clock``: seconds since the epoch (``time.time``), for expiry."""
+    At most ``concurrency`` lines are in flight, each holding one of ``slots`` (the server's per-key slots and the key
+    its jobs were sent with) while its request runs. ``clock``: seconds since the epoch (``time.time``), for expiry."""
 
     def __init__(
         self,
@@ -493,7 +493,7 @@ class Runner:
         served: Callable[[str], str | None],
         concurrency: int,
         clock: Callable[[], float] = time.time,
-        slots: Slots | None = None,
+        slots: tuple[Slots, str] | None = None,
     ) -> None:
         self.store, self.answer_line, self.served = store, answer_line, served
         self.concurrency = max(1, concurrency)
@@ -669,7 +669,8 @@ class Runner:
         stop meanwhile (no slot taken)."""
         if self.slots is None:
             return not self.stopping
-        take = asyncio.ensure_future(self.slots.take())
+        slots, key = self.slots
+        take = asyncio.ensure_future(slots.wait_take(key))
         while not take.done() and not self.stopping:
             await asyncio.wait((take,), timeout=TICK_S)  # a stop is seen within a tick
         if not take.done():
@@ -678,7 +679,7 @@ class Runner:
         if take.done() and not take.cancelled() and take.exception() is None:
             if not self.stopping:
                 return True
-            self.slots.give()
+            slots.give(key)
         return False
 
     async def _answer_lines(
@@ -747,7 +748,7 @@ class Runner:
             """Give back a line's slot once (also for a line cancelled before it started)."""
             if slot and self.slots is not None:
                 slot.clear()
-                self.slots.give()
+                self.slots[0].give(self.slots[1])
 
         def settled(task: asyncio.Task[None], slot: list[bool]) -> None:
             give(slot)
