@@ -167,15 +167,18 @@ def test_batch_lines_leave_a_slot_for_interactive_requests(server, tmp_path):
 
 
 def test_batch_concurrency_must_leave_a_slot(tmp_path, isolated_env):
-    with pytest.raises(UsageError, match="below max_concurrent_per_key"):
+    with pytest.raises(UsageError, match="must be below the concurrent requests per key"):
         ServeSettings(max_concurrent_per_key=4, batch_concurrency=4)
+    with pytest.raises(UsageError, match="must be below"):
+        ServeSettings(max_concurrent_per_key=1, batch_concurrency=2)
     assert ServeSettings(max_concurrent_per_key=4, batch_concurrency=3).batch_concurrency == 3
     assert ServeSettings(max_concurrent_per_key=1).batch_concurrency == 1  # one slot: shared
     p = run_cli(
         "serve", "--no-auth", "--port", "0", "--backend", "openai", "--upstream", "http://127.0.0.1:9/v1",
         "--max-concurrent", "4", "--batch-concurrency", "4", timeout=60,
     )  # fmt: skip
-    assert p.returncode == 2 and "below max_concurrent_per_key" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "must be below" in p.stderr and "--batch-concurrency" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
 
 
 # --- 3. one shutdown budget, no new line after the signal ------------------------------------------------------

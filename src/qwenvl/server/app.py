@@ -126,11 +126,11 @@ class ServeSettings:
             self.batch_concurrency = max(1, self.max_concurrent_per_key // 2)
         elif self.batch_concurrency < 1:
             raise UsageError(f"batch_concurrency must be at least 1, not {self.batch_concurrency}")
-        elif self.max_concurrent_per_key > 1 and self.batch_concurrency >= self.max_concurrent_per_key:
+        elif self.batch_concurrency >= max(self.max_concurrent_per_key, 2):  # a limit of 1: the one slot is shared
             raise UsageError(
-                f"batch_concurrency {self.batch_concurrency} must be below max_concurrent_per_key "
-                f"{self.max_concurrent_per_key}: Batch API lines take the key's slots, and interactive requests keep "
-                "at least one",
+                f"the Batch API's concurrency ({self.batch_concurrency}) must be below the concurrent requests per "
+                f"key ({self.max_concurrent_per_key}): its lines take the key's slots, and interactive requests "
+                "keep at least one",
                 hint="Lower --batch-concurrency, or raise --max-concurrent.",
             )
 
