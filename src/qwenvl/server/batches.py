@@ -22,20 +22,22 @@ lines, ``MAX_FILE_BYTES`` per file (an upload over it is refused, 413) and ``MAX
 one model per file, a model this server serves. A file that breaks a rule fails its job as a whole (status
 ``failed``, ``errors.data[0]`` with ``code`` ``invalid_file``, the message and the 1-based ``line``).
 
-Running: a job's lines are answered in the background, ``ServeSettings.batch_concurrency`` at a time (so that
-interactive requests keep the rest of the backend), each exactly as ``POST /chat/completions`` answers its body
-(``app.answer_line``). Each answer is appended to the job's output file (status 200) or error file as the
-service's line ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`` and
-``request_counts`` is updated. A cancel stops taking new lines (those in flight are answered and kept); at
+Running: a job's lines are answered in the background, at most ``ServeSettings.batch_concurrency`` at a time, each
+in one of the key's ``max_concurrent_per_key`` slots as a chat request is (a line waits for a slot and never takes
+the last free one: interactive requests keep room), each exactly as ``POST /chat/completions`` answers its body
+(``app.answer_line``). Each answer is kept in ``batches.db`` as it arrives (it is paid for), then appended to the
+job's output file (status 200) or error file as the service's line ``{"id", "custom_id", "response":
+{"status_code", "request_id", "body"}, "error"}`` and ``request_counts`` is updated; a write that fails stops the
+job (logged), which resumes after ``RETRY_S`` by writing the kept answer: never asked again. A cancel stops taking new lines (those in flight are answered and kept); at
 ``expires_at`` (``created_at`` + ``completion_window``) no new line starts; the lines never run are in the error
 file with ``response: null`` and the code ``batch_cancelled`` / ``batch_expired`` (OpenAI's BatchRequestOutput).
 
 Persistence: the state folder (``--batch-dir``; default ``<qwenvl data dir>/serve-batches``) holds ``batches.db``
 (SQLite: the files and jobs) and the files themselves, streamed in and out, never whole in memory. The output and
 error files are written as lines are answered; a restarted server resumes each unfinished job with the lines not
-in either file (a line is never answered twice once written). On shutdown (SIGTERM) no new line starts and the
-lines in flight are answered and written within ``ServeSettings.shutdown_grace_s`` (5 s, the grace ``qwenvl serve``
-gives the requests it holds); only a line still unanswered then is cut, and run again after the restart (so it may
+in either file (a line is never answered twice once its answer arrived). On shutdown no new line starts from the
+signal on, and the lines in flight are answered and written within the one budget ``ServeSettings.shutdown_grace_s``
+(``shutdown.py``); only a line still unanswered at its cut is cancelled, and run again after the restart (so it may
 be billed twice upstream). With ``--workers N`` one process at a time runs the jobs (a lock file in the folder);
 every process answers the routes.
 """
