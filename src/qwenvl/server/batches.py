@@ -28,9 +28,10 @@ the last free one: interactive requests keep room), each exactly as ``POST /chat
 (``app.answer_line``). Each answer is kept in ``batches.db`` as it arrives (it is paid for), then appended to the
 job's output file (status 200) or error file as the service's line ``{"id", "custom_id", "response":
 {"status_code", "request_id", "body"}, "error"}`` and ``request_counts`` is updated; a write that fails stops the
-job (logged), which resumes after ``RETRY_S`` by writing the kept answer: never asked again. A cancel stops taking new lines (those in flight are answered and kept); at
-``expires_at`` (``created_at`` + ``completion_window``) no new line starts; the lines never run are in the error
-file with ``response: null`` and the code ``batch_cancelled`` / ``batch_expired`` (OpenAI's BatchRequestOutput).
+job (logged), which resumes after ``RETRY_S`` by writing the kept answer: never asked again. A cancel stops taking
+new lines (those in flight are answered and kept); at ``expires_at`` (``created_at`` + ``completion_window``) no
+new line starts; the lines never run are in the error file with ``response: null`` and the code
+``batch_cancelled`` / ``batch_expired`` (OpenAI's BatchRequestOutput).
 
 Persistence: the state folder (``--batch-dir``; default ``<qwenvl data dir>/serve-batches``) holds ``batches.db``
 (SQLite: the files and jobs) and the files themselves, streamed in and out, never whole in memory. The output and
@@ -673,14 +674,25 @@ class Runner:
             return not self.stopping
         slots, key = self.slots
         take = asyncio.ensure_future(slots.wait_take(key))
-        while not take.done() and not self.stopping:
-            await asyncio.wait((take,), timeout=TICK_S)  # a stop is seen within a tick
-        if not take.done():
-            take.cancel()
-            await asyncio.wait((take,))
-        if take.done() and not take.cancelled() and take.exception() is None:
-            if not self.stopping:
-                return True
+
+        async def settle() -> bool:
+            """End the wait; whether it took a slot."""
+            if not take.done():
+                take.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await take
+            return not take.cancelled() and take.exception() is None
+
+        try:
+            while not take.done() and not self.stopping:
+                await asyncio.wait((take,), timeout=TICK_S)  # a stop is seen within a tick
+        except BaseException:  # this job cancelled: a slot taken meanwhile is given back
+            if await settle():
+                slots.give(key)
+            raise
+        if await settle() and not self.stopping:
+            return True
+        if not take.cancelled() and take.exception() is None:
             slots.give(key)
         return False
 
