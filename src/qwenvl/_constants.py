@@ -41,6 +41,8 @@ SERVE_MAX_CONCURRENT_PER_KEY = 16  # requests in flight per client key; beyond: 
 # seconds `qwenvl serve` gives, on SIGTERM, to the requests it holds (uvicorn's timeout_graceful_shutdown) and to
 # the Batch API lines in flight; what is unfinished then is cut (a batch line: run again after a restart)
 SERVE_GRACE_S = 5
+# the last seconds of that budget, for what the shutdown cut: each cut request's 503, a cut batch line's kept answer
+SERVE_CUT_S = 1.0
 SERVE_REQUEST_TIMEOUT_S = 600.0  # seconds one served request may take, streaming included (= STREAM_CAP_MIN_S)
 # seconds a stream's status line waits for the backend's first event (a refusal before it is an HTTP error); past it
 # the stream starts with an SSE comment, and a failure is the stream's error event

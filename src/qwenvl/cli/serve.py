@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from qwenvl import env as qenv
 from qwenvl._constants import (
+    SERVE_CUT_S,
     SERVE_GRACE_S,
     SERVE_MAX_BODY_BYTES,
     SERVE_MAX_CONCURRENT_PER_KEY,
@@ -143,7 +144,8 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     "--batch-concurrency",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Batch API lines answered at once, in the background (default: half of --max-concurrent).",
+    help="Batch API lines answered at once, in the background, each in one of the key's --max-concurrent slots "
+    "(default: half of them; below --max-concurrent, so interactive requests keep one).",
 )
 @click.option("--protocol", type=click.Choice(["compat", "native"]), help="Gateway: the protocol to the cloud.")
 @click.option(
@@ -196,6 +198,10 @@ def serve(opts: dict[str, Any]) -> None:
             "qwenvl serve needs an API key for its clients",
             hint=f"Pass --api-key KEY or set ${SERVE_KEY_ENV}; or --no-auth on a loopback address.",
         )
+    from qwenvl.server.app import ServeSettings
+
+    # the settings' own rules (the Batch API's share of the key's slots), checked before anything is asked (exit 2)
+    ServeSettings(max_concurrent_per_key=opts["max_concurrent"], batch_concurrency=opts["batch_concurrency"])
     # the backend and its model as every verb reads them: the flag, else $QWENVL_BACKEND / $QWENVL_MODEL
     backend = normalize_backend(opts["backend"])
     model = opts["backend_model"] or (qenv.model() if backend != "dashscope" else None)
@@ -300,7 +306,9 @@ def serve(opts: dict[str, Any]) -> None:
         factory=True,
         workers=opts["workers"],
         log_level="warning",
-        timeout_graceful_shutdown=SERVE_GRACE_S,
+        # one budget for the whole shutdown (ServeSettings.shutdown_grace_s): the requests and Batch API lines in
+        # flight until its last SERVE_CUT_S seconds, which are for what is cut then
+        timeout_graceful_shutdown=SERVE_GRACE_S - SERVE_CUT_S,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(uv_config)
     try:  # the socket is handed over as a TCP socket (uvicorn's fd= would take it for a Unix one: no TCP_NODELAY)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -59,9 +60,11 @@ from qwenvl.media.sources import to_data_url
 from qwenvl.protocols import get, inbound
 from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
-from qwenvl.server.batches import BatchStore, Refusal, Runner
+from qwenvl.server.batches import BatchStore, Runner
 from qwenvl.server.batches import add_routes as add_batch_routes
+from qwenvl.server.refused import Refused as _Refused
 from qwenvl.server.security import bearer, fetch_public, key_matches
+from qwenvl.server.shutdown import Budget
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
 from qwenvl.types import ImagePart, Message, Request, StreamEvent, VideoPart, seconds
 from qwenvl.wording import api_surface, fit_hint, fit_message, model_references
@@ -108,8 +111,10 @@ class ServeSettings:
     request_timeout_s: float = SERVE_REQUEST_TIMEOUT_S
     ready_timeout_s: float = SERVE_READY_TIMEOUT_S  # one /ready check's deadline
     ready_cache_s: float = SERVE_READY_CACHE_S  # how long a /ready answer is reused
-    batch_concurrency: int | None = None  # Batch API lines answered at once (None: half max_concurrent_per_key)
-    shutdown_grace_s: float = SERVE_GRACE_S  # on shutdown, how long the Batch API lines in flight may take to finish
+    # Batch API lines answered at once, each in one of the key's max_concurrent_per_key slots (None: half of them;
+    # below max_concurrent_per_key, so that interactive requests keep one)
+    batch_concurrency: int | None = None
+    shutdown_grace_s: float = SERVE_GRACE_S  # the whole shutdown's budget, from the signal (shutdown.py)
 
     def __post_init__(self) -> None:
         """Every duration checked by the one rule (``types.seconds``): UsageError for NaN, infinity, 0 or more
@@ -121,22 +126,23 @@ class ServeSettings:
             self.batch_concurrency = max(1, self.max_concurrent_per_key // 2)
         elif self.batch_concurrency < 1:
             raise UsageError(f"batch_concurrency must be at least 1, not {self.batch_concurrency}")
-
-
-class _Refused(Exception):
-    """An answer the server gives without asking the model: (status, message[, code])."""
-
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        elif self.batch_concurrency >= max(self.max_concurrent_per_key, 2):  # a limit of 1: the one slot is shared
+            raise UsageError(
+                f"the Batch API's concurrency ({self.batch_concurrency}) must be below the concurrent requests per "
+                f"key ({self.max_concurrent_per_key}): its lines take the key's slots, and interactive requests "
+                "keep at least one",
+                hint="Lower --batch-concurrency, or raise --max-concurrent.",
+            )
 
 
 class _Slots:
-    """Concurrent requests per API key; beyond the limit the caller gets 429 with Retry-After."""
+    """Concurrent requests per API key, the chat routes' and the Batch API lines' alike; beyond the limit an
+    interactive caller gets 429 with Retry-After, and a batch line waits (``wait_take``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.busy: dict[str, int] = {}
+        self.freed: asyncio.Event | None = None  # set when a slot is given back (a batch line may be waiting)
 
     def take(self, key: str) -> None:
         if self.busy.get(key, 0) >= self.limit:
@@ -145,8 +151,21 @@ class _Slots:
             )
         self.busy[key] = self.busy.get(key, 0) + 1
 
+    async def wait_take(self, key: str) -> None:
+        """Take a slot for background work (a Batch API line), waiting until one is free while leaving one free for
+        interactive requests (with a limit of 1, the one slot is shared)."""
+        room = self.limit - 1 if self.limit > 1 else 1
+        while self.busy.get(key, 0) >= room:
+            if self.freed is None:
+                self.freed = asyncio.Event()
+            await self.freed.wait()
+        self.busy[key] = self.busy.get(key, 0) + 1
+
     def give(self, key: str) -> None:
         self.busy[key] -= 1
+        if self.freed is not None:
+            self.freed.set()
+            self.freed = None
 
 
 def _server(name: str) -> ServerSide:
@@ -171,7 +190,14 @@ def create_app(
     """The app around ``client`` (a ``qwenvl.AsyncClient``, whose backend answers). The app closes the
     client, the upload store, the Batch API's store (``batches``; default: ``BatchStore()``, the state folder under
     qwenvl's data folder, opened at its first use) and ``stores`` (the app's response cache and usage log, given to
-    the client by ``main.app_from_config``) when it shuts down."""
+    the client by ``main.app_from_config``) when it shuts down. Raises TypeError when ``client`` is not an
+    asynchronous client (a ``qwenvl.Client``, or anything without ``plan``, async ``send``, ``send_stream`` and
+    ``aclose``), before anything is made."""
+    if not isinstance(client, SupportsAsyncComplete) or not inspect.iscoroutinefunction(client.send):
+        raise TypeError(
+            f"create_app needs an asynchronous client (a qwenvl.AsyncClient), not {type(client).__module__}."
+            f"{type(client).__qualname__}"
+        )
     settings = settings or ServeSettings()
     store = uploads or UploadStore()
     batch_store = batches or BatchStore()
@@ -186,12 +212,16 @@ def create_app(
         warm = getattr(backend, "warm", None)  # an in-process model starts loading now (/ready: 503 until it has)
         warming = asyncio.create_task(warm()) if warm is not None else None
         runner.start()  # Batch API jobs: unfinished ones resume
-        yield
-        # no new Batch API line starts; those in flight are answered and written within the grace period (a line
-        # still unanswered then is cancelled, and run again at the next start)
-        await runner.stop(settings.shutdown_grace_s)
-        # uvicorn has cancelled what its grace period left: each of those sends its 503 before the worker ends
-        await inflight.drained(DRAIN_S)
+        budget = Budget(settings.shutdown_grace_s, runner.begin_stop)  # the signal: no new Batch API line
+        undo = budget.on_stop_signals()
+        try:
+            yield
+        finally:
+            undo()
+        # the Batch API lines in flight are answered and written until the cut (shutdown.py)
+        await runner.stop(budget.begin())
+        # uvicorn has cancelled what its wait left: each of those sends its 503 before the worker ends
+        await inflight.drained(min(DRAIN_S, budget.left_after_cut()))
         if warming is not None and not warming.done():
             warming.cancel()
         await client.aclose()
@@ -425,7 +455,7 @@ def create_app(
         hint sentence about the server's own options is left out)."""
         if isinstance(exc, TimeoutError):
             exc = _Refused(504, "the request timed out on this server")
-        if isinstance(exc, _Refused | Refusal):
+        if isinstance(exc, _Refused):
             return exc.status, exc.message, exc.code, exc.headers
         if isinstance(exc, APIError):
             log.warning("the upstream failed answering %s: %s", rid, exc)  # the operator's log names the URL
@@ -775,7 +805,10 @@ def create_app(
         return None
 
     assert settings.batch_concurrency is not None
-    runner = Runner(batch_store, answer_line, not_served, settings.batch_concurrency)
+    # each line takes one of the key's slots, as a chat request does (this server has one key: its jobs' key)
+    runner = Runner(
+        batch_store, answer_line, not_served, settings.batch_concurrency, slots=(slots, settings.api_key or "-")
+    )
 
     def batch_refuse(exc: BaseException, rid: str) -> Any:
         if isinstance(exc, _Gone):  # the client left while sending its body: nothing to answer

@@ -22,20 +22,23 @@ lines, ``MAX_FILE_BYTES`` per file (an upload over it is refused, 413) and ``MAX
 one model per file, a model this server serves. A file that breaks a rule fails its job as a whole (status
 ``failed``, ``errors.data[0]`` with ``code`` ``invalid_file``, the message and the 1-based ``line``).
 
-Running: a job's lines are answered in the background, ``ServeSettings.batch_concurrency`` at a time (so that
-interactive requests keep the rest of the backend), each exactly as ``POST /chat/completions`` answers its body
-(``app.answer_line``). Each answer is appended to the job's output file (status 200) or error file as the
-service's line ``{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`` and
-``request_counts`` is updated. A cancel stops taking new lines (those in flight are answered and kept); at
-``expires_at`` (``created_at`` + ``completion_window``) no new line starts; the lines never run are in the error
-file with ``response: null`` and the code ``batch_cancelled`` / ``batch_expired`` (OpenAI's BatchRequestOutput).
+Running: a job's lines are answered in the background, at most ``ServeSettings.batch_concurrency`` at a time, each
+in one of the key's ``max_concurrent_per_key`` slots as a chat request is (a line waits for a slot and never takes
+the last free one: interactive requests keep room), each exactly as ``POST /chat/completions`` answers its body
+(``app.answer_line``). Each answer is kept in ``batches.db`` as it arrives (it is paid for), then appended to the
+job's output file (status 200) or error file as the service's line ``{"id", "custom_id", "response":
+{"status_code", "request_id", "body"}, "error"}`` and ``request_counts`` is updated; a write that fails stops the
+job (logged), which resumes after ``RETRY_S`` by writing the kept answer: never asked again. A cancel stops taking
+new lines (those in flight are answered and kept); at ``expires_at`` (``created_at`` + ``completion_window``) no
+new line starts; the lines never run are in the error file with ``response: null`` and the code
+``batch_cancelled`` / ``batch_expired`` (OpenAI's BatchRequestOutput).
 
 Persistence: the state folder (``--batch-dir``; default ``<qwenvl data dir>/serve-batches``) holds ``batches.db``
 (SQLite: the files and jobs) and the files themselves, streamed in and out, never whole in memory. The output and
 error files are written as lines are answered; a restarted server resumes each unfinished job with the lines not
-in either file (a line is never answered twice once written). On shutdown (SIGTERM) no new line starts and the
-lines in flight are answered and written within ``ServeSettings.shutdown_grace_s`` (5 s, the grace ``qwenvl serve``
-gives the requests it holds); only a line still unanswered then is cut, and run again after the restart (so it may
+in either file (a line is never answered twice once its answer arrived). On shutdown no new line starts from the
+signal on, and the lines in flight are answered and written within the one budget ``ServeSettings.shutdown_grace_s``
+(``shutdown.py``); only a line still unanswered at its cut is cancelled, and run again after the restart (so it may
 be billed twice upstream). With ``--workers N`` one process at a time runs the jobs (a lock file in the folder);
 every process answers the routes.
 """
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -55,12 +59,13 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from starlette.requests import Request
 
 from qwenvl import env as qenv
 from qwenvl.batch.batchapi import ENDPOINT, MAX_LINE_BYTES, MAX_LINES
+from qwenvl.server.refused import Refused
 from qwenvl.store.db import Database
 
 log = logging.getLogger("qwenvl.serve")
@@ -84,15 +89,7 @@ STOPPED = "stopped"  # why a job's run stopped taking lines: the server is shutt
 TICK_S = 0.5  # how often the runner looks for work another process created (one process: woken at once)
 COPY_CHUNK = 1 << 20
 RETRY_S = 5.0  # a job that failed (not a line: the server's disk or database) is resumed after this many seconds
-
-
-class Refusal(Exception):
-    """A Batch API request refused: (HTTP status, message, compat code)."""
-
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
-        self.headers: dict[str, str] = {}
+END_S = 1.0  # seconds ``Runner.stop`` waits, past its deadline, for the lines it cut to keep what had arrived
 
 
 def _files_m001(conn: sqlite3.Connection) -> None:
@@ -111,6 +108,15 @@ def _files_m001(conn: sqlite3.Connection) -> None:
         "expired_at INTEGER, cancelling_at INTEGER, cancelled_at INTEGER)"
     )
     conn.execute("CREATE INDEX batches_by_file ON batches (input_file_id)")
+
+
+def _answers_m002(conn: sqlite3.Connection) -> None:
+    # a line's answer (its result line, as written to the output or error file), kept from its arrival until it is
+    # in the file: a write that failed, or a stop that cut the line, loses nothing that was paid for
+    conn.execute(
+        "CREATE TABLE answers (batch_id TEXT NOT NULL, custom_id TEXT NOT NULL, record BLOB NOT NULL, "
+        "PRIMARY KEY (batch_id, custom_id))"
+    )
 
 
 def default_folder() -> Path:
@@ -133,7 +139,7 @@ class BatchStore:
 
     def __init__(self, folder: str | Path | None = None) -> None:
         self.folder = Path(folder).expanduser() if folder is not None else default_folder()
-        self.db = Database(self.folder / "batches.db", [_files_m001])
+        self.db = Database(self.folder / "batches.db", [_files_m001, _answers_m002])
 
     def exists(self) -> bool:
         return (self.folder / "batches.db").exists()
@@ -178,7 +184,7 @@ class BatchStore:
         return [_file_object(r) for r in found[:limit]], len(found) > limit
 
     def delete_file(self, file_id: str) -> bool:
-        """Forget a file and remove its bytes; Refusal 409 for the input file of a job still running."""
+        """Forget a file and remove its bytes; Refused 409 for the input file of a job still running."""
 
         def go(c: sqlite3.Connection) -> sqlite3.Row | None:
             c.execute("BEGIN IMMEDIATE")
@@ -195,7 +201,7 @@ class BatchStore:
                 c.execute("ROLLBACK")
                 raise
             if busy is not None:
-                raise Refusal(409, f"file {file_id} is the input of {busy['id']}, still running: cancel it first")
+                raise Refused(409, f"file {file_id} is the input of {busy['id']}, still running: cancel it first")
             return row
 
         row = self.run(go)
@@ -271,6 +277,34 @@ class BatchStore:
 
     def job_folder(self, batch_id: str) -> Path:
         return self.folder / "jobs" / batch_id
+
+    # --- answers not yet in a job's files ----------------------------------------------------------------
+    def keep_answer(self, batch_id: str, custom_id: str, record: bytes) -> None:
+        """Keep a line's result line (``record``, as it goes into the output or error file) until it is written."""
+        self.run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO answers (batch_id, custom_id, record) VALUES (?, ?, ?)",
+                (batch_id, custom_id, record),
+            )
+        )
+
+    def kept_answers(self, batch_id: str) -> list[tuple[str, bytes]]:
+        """(custom_id, result line) of each answer of the job kept and not known to be written."""
+        rows = self.run(
+            lambda c: c.execute(
+                "SELECT custom_id, record FROM answers WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+            ).fetchall()
+        )
+        return [(r["custom_id"], bytes(r["record"])) for r in rows]
+
+    def drop_answers(self, batch_id: str, custom_id: str | None = None) -> None:
+        """Forget the job's kept answer for ``custom_id`` (None: all of the job's), once in its file."""
+        if custom_id is None:
+            self.run(lambda c: c.execute("DELETE FROM answers WHERE batch_id = ?", (batch_id,)))
+        else:
+            self.run(
+                lambda c: c.execute("DELETE FROM answers WHERE batch_id = ? AND custom_id = ?", (batch_id, custom_id))
+            )
 
 
 def _file_object(row: sqlite3.Row) -> dict[str, Any]:
@@ -350,14 +384,19 @@ def read_lines(f: IO[bytes]) -> Iterator[Line]:
         yield Line(number, raw.rstrip(b"\r\n"))
 
 
-def validate(path: Path, served: Callable[[str], str | None]) -> tuple[int, str | None, str | None, int | None]:
+def validate(
+    path: Path, served: Callable[[str], str | None], halt: Callable[[], bool] = lambda: False
+) -> tuple[int, str | None, str | None, int | None]:
     """Check an input file as the service does: (lines, the model, why it fails or None, the 1-based line at fault).
-    ``served(model)`` says why a model is not served here (None: it is). Reads the file once, line by line."""
+    ``served(model)`` says why a model is not served here (None: it is). Reads the file once, line by line; raises
+    ``_Halted`` as soon as ``halt()`` is true (the server is stopping: the job is validated at the next start)."""
     seen: set[str] = set()
     model: str | None = None
     count = 0
     with path.open("rb") as f:
         for line in read_lines(f):
+            if halt():
+                raise _Halted
             n = line.number
             if line.raw is None:
                 return count, model, f"the line is larger than {MAX_LINE_BYTES // 1_000_000} MB", n
@@ -429,9 +468,26 @@ def read_results(path: Path) -> Iterator[dict[str, Any]]:
 AnswerLine = Callable[[Any, str], Awaitable[tuple[int, dict[str, Any]]]]
 
 
+class Slots(Protocol):
+    """The server's per-key concurrency slots, the chat routes' own (``app._Slots``)."""
+
+    async def wait_take(self, key: str) -> None:
+        """Wait until a slot of ``key`` is free for background work (one stays free for interactive requests)."""
+        ...
+
+    def give(self, key: str) -> None:
+        """Give back a slot of ``key``."""
+        ...
+
+
+class _Halted(Exception):
+    """The server began to stop while a job was being validated or closed: left open, done at the next start."""
+
+
 class Runner:
     """Runs the store's jobs in this process while it holds the folder's lock (``--workers N``: one at a time).
-    ``clock``: seconds since the epoch (``time.time``), for expiry."""
+    At most ``concurrency`` lines are in flight, each holding one of ``slots`` (the server's per-key slots and the key
+    its jobs were sent with) while its request runs. ``clock``: seconds since the epoch (``time.time``), for expiry."""
 
     def __init__(
         self,
@@ -440,39 +496,54 @@ class Runner:
         served: Callable[[str], str | None],
         concurrency: int,
         clock: Callable[[], float] = time.time,
+        slots: tuple[Slots, str] | None = None,
     ) -> None:
         self.store, self.answer_line, self.served = store, answer_line, served
         self.concurrency = max(1, concurrency)
         self.clock = clock
+        self.slots = slots
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.job: asyncio.Task[None] | None = None
         self.current: str | None = None  # the id of the job ``job`` runs
         self._lock: Any = None
-        self.stopping = False  # set by ``stop``: no new line, no new job
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False  # set by ``begin_stop``: no new line, no new job
+        self.deadline: float | None = None  # ``time.monotonic()`` by which the lines in flight are cut
+        self.retry_at: dict[str, float] = {}  # a job that failed -> ``time.monotonic()`` when it may run again
 
     def start(self) -> None:
-        self.stopping = False
-        self.task = asyncio.create_task(self._loop())
+        self.stopping, self.deadline = False, None
+        self._loop = asyncio.get_running_loop()
+        self.task = asyncio.create_task(self._loop_())
 
-    async def stop(self, grace_s: float = 0.0) -> None:
-        """Stop taking lines and jobs; wait up to ``grace_s`` seconds for the lines in flight to be answered and
-        written (the job stays ``in_progress``, resumed at the next start with the lines not written); then end the
-        loop and the job. A line still in flight at that deadline is cancelled and run again at the next start (its
-        upstream request may have been billed already: the one case a line reaches the upstream twice)."""
+    def begin_stop(self, deadline: float) -> None:
+        """No new line and no new job from now on; the lines in flight may run until ``deadline``
+        (``time.monotonic()``; the earliest given counts). Safe in a signal handler of the loop's thread."""
         self.stopping = True
-        self.wake.set()
-        if self.task is not None:  # the loop ends by itself after its tick (whose worker threads then are done):
-            await asyncio.wait((self.task,), timeout=10)  # cancelled only past this, not mid-thread
-        if self.job is not None and not self.job.done() and grace_s > 0:
-            await asyncio.wait((self.job,), timeout=grace_s)
-        for task in (self.task, self.job):
-            if task is not None and not task.done():
-                task.cancel()
-        for task in (self.task, self.job):
-            if task is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait((task,), timeout=10)
+        self.deadline = deadline if self.deadline is None else min(self.deadline, deadline)
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to wake
+                self._loop.call_soon_threadsafe(self.wake.set)
+
+    async def stop(self, deadline: float) -> None:
+        """Stop (``begin_stop``) and wait until ``deadline`` (``time.monotonic()``) at most for the lines in flight
+        to be answered and written; the job stays ``in_progress``, resumed at the next start with the lines not
+        written. A line still in flight at the deadline is cancelled (its request closed) and run again at the next
+        start; an answer that had arrived is kept (in the database, written at the next start), never asked again.
+        Returns within ``END_S`` seconds of the deadline."""
+        self.begin_stop(deadline)
+        tasks = [t for t in (self.task, self.job) if t is not None and not t.done()]
+        if tasks:  # the loop ends by itself after its tick; the job once its lines in flight are written
+            await asyncio.wait(tasks, timeout=max(0.0, (self.deadline or deadline) - time.monotonic()))
+        for task in tasks:
+            task.cancel()
+        left = [t for t in tasks if not t.done()]
+        if left:  # a cut line keeps an answer that arrived (a database write) and ends
+            await asyncio.wait(left, timeout=END_S)
+        for task in left:
+            if not task.done():  # pragma: no cover - a database write stuck past END_S
+                log.warning("the Batch API runner did not end within %g s of the shutdown's deadline", END_S)
         if self._lock is not None:
             self._lock.release(force=True)
             self._lock = None
@@ -490,17 +561,21 @@ class Runner:
             self._lock = lock
         return True
 
-    async def _loop(self) -> None:
+    async def _loop_(self) -> None:
         # ends when stopping, not only when cancelled: ``stop`` wakes the loop as it cancels it, and 3.11's
-        # ``asyncio.wait_for`` returns the wake-up and drops a cancellation that races it (the loop then ran until
-        # ``stop``'s 10 s bound, every shutdown)
+        # ``asyncio.wait_for`` returns the wake-up and drops a cancellation that races it
         while not self.stopping:
             try:
                 if self.store.exists() and await asyncio.to_thread(self._holds_lock):
                     await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a full disk, a locked database: logged, tried again at the next tick
+            except _Halted:
+                return
+            except Exception as exc:  # a full disk, a locked database: logged, tried again at the next tick
+                if _going_away(exc):  # the event loop is closing (its executor shut down): the runner ends
+                    log.debug("the Batch API runner ends with its event loop")
+                    return
                 log.exception("the Batch API runner failed; trying again")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):  # a cancellation is never lost here (unlike wait_for in 3.11)
@@ -512,31 +587,41 @@ class Runner:
         running = self.job is not None and not self.job.done()
         current = self.current if running else None
         for row in jobs:
+            if self.stopping:
+                return
             if row["id"] == current:
                 continue
             if row["status"] == "cancelling":
                 await asyncio.to_thread(self._finish, row["id"], "cancelled")
             elif self.clock() >= row["expires_at"]:
                 await asyncio.to_thread(self._finish, row["id"], "expired")
-            elif not running and not self.stopping:
+            elif not running and self.retry_at.get(row["id"], 0.0) <= time.monotonic():
+                self.retry_at.pop(row["id"], None)
                 self.job, self.current = asyncio.create_task(self._guarded(row["id"])), row["id"]
                 running = True
 
     async def _guarded(self, batch_id: str) -> None:
         """``_run``; a failure (a full disk, a database locked too long) is logged and the job resumed after
-        ``RETRY_S`` (its answered lines are kept)."""
+        ``RETRY_S`` (its answered lines are kept, those whose write failed in the database); meanwhile other jobs
+        run, and a cancel or the expiry ends it."""
         try:
             await self._run(batch_id)
-        except Exception:
+        except _Halted:
+            return
+        except Exception as exc:
+            if _going_away(exc) or self.stopping:
+                log.debug("the Batch API job %s stops with the server: %s", batch_id, exc)
+                return
             log.exception("the Batch API job %s stopped; it resumes in %g s", batch_id, RETRY_S)
-            await asyncio.sleep(RETRY_S)
+            self.retry_at[batch_id] = time.monotonic() + RETRY_S
+
+    def _halt(self) -> bool:
+        return self.stopping
 
     async def _run(self, batch_id: str) -> None:
         store = self.store
         row = await asyncio.to_thread(store.batch_row, batch_id)
-        if row is None:
-            return
-        if self.stopping:
+        if row is None or self.stopping:
             return
         if row["status"] == "validating":
             file_row = await asyncio.to_thread(store.file_row, row["input_file_id"])
@@ -547,7 +632,9 @@ class Runner:
             if file_row is None:
                 total, model, why, at = 0, None, "the input file was deleted", None
             else:
-                total, model, why, at = await asyncio.to_thread(validate, store.file_path(file_row), self.served)
+                total, model, why, at = await asyncio.to_thread(
+                    validate, store.file_path(file_row), self.served, self._halt
+                )
             now = int(self.clock())
             if why is not None:
                 error = {"code": "invalid_file", "message": why, "param": None, "line": at}
@@ -568,6 +655,7 @@ class Runner:
         folder = store.job_folder(batch_id)
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         out_path, err_path = folder / "output.jsonl", folder / "errors.jsonl"
+        await asyncio.to_thread(self._write_kept, batch_id, out_path, err_path)
         done, counts = await asyncio.to_thread(_tally, out_path, err_path)
         await asyncio.to_thread(store.update, batch_id, **counts)
         stop = None
@@ -579,6 +667,35 @@ class Runner:
             return  # the server is shutting down: the job resumes at the next start
         await asyncio.to_thread(self._finish, batch_id, stop or "completed")
 
+    async def _slot(self) -> bool:
+        """Take one of the server's slots for a line (waiting while none is free); False when the server began to
+        stop meanwhile (no slot taken)."""
+        if self.slots is None:
+            return not self.stopping
+        slots, key = self.slots
+        take = asyncio.ensure_future(slots.wait_take(key))
+
+        async def settle() -> bool:
+            """End the wait; whether it took a slot."""
+            if not take.done():
+                take.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await take
+            return not take.cancelled() and take.exception() is None
+
+        try:
+            while not take.done() and not self.stopping:
+                await asyncio.wait((take,), timeout=TICK_S)  # a stop is seen within a tick
+        except BaseException:  # this job cancelled: a slot taken meanwhile is given back
+            if await settle():
+                slots.give(key)
+            raise
+        if await settle() and not self.stopping:
+            return True
+        if not take.cancelled() and take.exception() is None:
+            slots.give(key)
+        return False
+
     async def _answer_lines(
         self,
         batch_id: str,
@@ -589,9 +706,11 @@ class Runner:
         out_path: Path,
         err_path: Path,
     ) -> str | None:
-        """Answer the lines of ``path`` not in ``done``, ``concurrency`` at a time; returns why it stopped taking
-        lines ("cancelled", "expired", ``STOPPED``: the server is shutting down) or None when every line was taken.
-        Waits for the lines in flight."""
+        """Answer the lines of ``path`` not in ``done``, at most ``concurrency`` at a time and each in one of the
+        server's slots; returns why it stopped taking lines ("cancelled", "expired", ``STOPPED``: the server is
+        shutting down) or None when every line was taken. Waits for the lines in flight. Each answer is kept in the
+        database as it arrives (paid), then appended to the output or error file: a write that fails stops the job,
+        and the kept answer is written when it resumes, never asked again."""
         gate = asyncio.Semaphore(self.concurrency)
         flying: set[asyncio.Task[None]] = set()
         write = asyncio.Lock()
@@ -599,10 +718,13 @@ class Runner:
         err = await asyncio.to_thread(err_path.open, "ab")
         stop: str | None = None
 
-        async def one(cid: str, body: Any) -> None:
+        async def one(cid: str, body: Any, slot: list[bool]) -> None:
             try:
                 rid = str(uuid.uuid4())
-                status, answer = await self.answer_line(body, rid)
+                try:
+                    status, answer = await self.answer_line(body, rid)
+                finally:
+                    give(slot)
                 record: dict[str, Any] = {
                     "id": f"batch_req_{uuid.uuid4().hex}",
                     "custom_id": cid,
@@ -614,33 +736,37 @@ class Runner:
                     problem = problem if isinstance(problem, dict) else {}
                     record["error"] = {"code": problem.get("code"), "message": problem.get("message")}
                 data = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-
-                async def save() -> None:
-                    async with write:
-                        target = out if status == 200 else err
-                        await asyncio.to_thread(_append, target, data)
-                        if status == 200:
-                            counts["completed"] += 1
-                            _add_usage(counts, answer.get("usage"))
-                        else:
-                            counts["failed"] += 1
-                        await asyncio.to_thread(self.store.update, batch_id, **counts)
-
-                # the answer is paid for: a stop (the grace period over) cancelling the line now waits for it to be
-                # written (local file and database, no network) rather than drop it and ask the upstream again
-                saving = asyncio.ensure_future(save())
+                # the answer is paid for: kept in the database first, even when the stop's deadline cuts the line
+                # now (a local write, bounded by the database's busy time-out), so it is never asked again
+                kept = asyncio.ensure_future(asyncio.to_thread(self.store.keep_answer, batch_id, cid, data))
                 try:
-                    await asyncio.shield(saving)
+                    await asyncio.shield(kept)
                 except asyncio.CancelledError:
-                    await asyncio.wait((saving,))
+                    await asyncio.wait((kept,))
                     raise
+                async with write:
+                    await asyncio.to_thread(_append, out if status == 200 else err, data)
+                    if status == 200:
+                        counts["completed"] += 1
+                        _add_usage(counts, answer.get("usage"))
+                    else:
+                        counts["failed"] += 1
+                    await asyncio.to_thread(self.store.update, batch_id, **counts)
+                await asyncio.to_thread(self.store.drop_answers, batch_id, cid)
+            except Exception as exc:  # seen before the gate lets the next line in: no line starts after it
+                failures.append(exc)
             finally:
                 gate.release()
 
-        def settled(task: asyncio.Task[None]) -> None:
+        def give(slot: list[bool]) -> None:
+            """Give back a line's slot once (also for a line cancelled before it started)."""
+            if slot and self.slots is not None:
+                slot.clear()
+                self.slots[0].give(self.slots[1])
+
+        def settled(task: asyncio.Task[None], slot: list[bool]) -> None:
+            give(slot)
             flying.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failures.append(task.exception())  # type: ignore[arg-type]
 
         failures: list[BaseException] = []
         try:
@@ -651,6 +777,9 @@ class Runner:
                     if item is None:
                         break
                     await gate.acquire()
+                    if failures:
+                        gate.release()
+                        break
                     if self.stopping:
                         stop = STOPPED
                         gate.release()
@@ -660,9 +789,14 @@ class Runner:
                         stop = "cancelled" if status == "cancelling" else "expired" if status == "in_progress" else None
                         gate.release()
                         break
-                    task = asyncio.create_task(one(*item))
+                    if not await self._slot():
+                        stop = STOPPED
+                        gate.release()
+                        break
+                    slot = [True]
+                    task = asyncio.create_task(one(*item, slot))
                     flying.add(task)
-                    task.add_done_callback(settled)
+                    task.add_done_callback(functools.partial(settled, slot=slot))
             if flying:
                 await asyncio.wait(set(flying))
             if failures:
@@ -671,12 +805,27 @@ class Runner:
             for task in flying:
                 task.cancel()
             if flying:
-                await asyncio.wait(set(flying), timeout=10)
+                await asyncio.wait(set(flying), timeout=END_S)
             raise
         finally:
             out.close()
             err.close()
         return stop
+
+    def _write_kept(self, batch_id: str, out_path: Path, err_path: Path) -> None:
+        """Append to the job's files each kept answer not yet in them (a write that failed, a line the stop cut
+        after its answer arrived), then forget them: answered once, never asked again."""
+        kept = self.store.kept_answers(batch_id)
+        if not kept:
+            return
+        done, _ = _tally(out_path, err_path)
+        with out_path.open("ab") as out, err_path.open("ab") as err:
+            for cid, data in kept:
+                if cid in done:
+                    continue
+                ok = (json.loads(data).get("response") or {}).get("status_code") == 200
+                _append(out if ok else err, data)
+        self.store.drop_answers(batch_id)
 
     def _status(self, batch_id: str) -> str | None:
         row = self.store.batch_row(batch_id)
@@ -705,16 +854,20 @@ class Runner:
         folder = store.job_folder(batch_id)
         folder.mkdir(parents=True, exist_ok=True)
         out_path, err_path = folder / "output.jsonl", folder / "errors.jsonl"
+        self._write_kept(batch_id, out_path, err_path)
         extra: dict[str, Any] = {}
         if how == "completed":
             store.update(batch_id, status="finalizing", finalizing_at=now)
         else:
-            done, _ = _tally(out_path, err_path)
+            done, counts = _tally(out_path, err_path)  # a kept answer just written counts
+            extra.update(counts)
             code, message = NOT_RUN[how]
             file_row = store.file_row(row["input_file_id"])
             if file_row is not None:
                 with store.file_path(file_row).open("rb") as f, err_path.open("ab") as err:
                     for cid, _body in _lines_of(f):
+                        if self.stopping:  # the server is stopping: the job is ended at the next start
+                            raise _Halted
                         if cid not in done:
                             done.add(cid)
                             record = {
@@ -789,6 +942,17 @@ def _add_usage(counts: dict[str, int], usage: Any) -> None:
     counts["reasoning_tokens"] += n((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
 
 
+_GOING_AWAY = ("cannot schedule new futures", "Executor shutdown has been called", "Event loop is closed")
+
+
+def _going_away(exc: BaseException) -> bool:
+    """Whether ``exc`` says the event loop or its executor is going away (``asyncio.run`` ending, the interpreter
+    exiting): CPython's RuntimeErrors from ``ThreadPoolExecutor.submit`` ("cannot schedule new futures after
+    [interpreter] shutdown") and ``loop.run_in_executor`` ("Executor shutdown has been called", "Event loop is
+    closed")."""
+    return isinstance(exc, RuntimeError) and any(words in str(exc) for words in _GOING_AWAY)
+
+
 def _append(f: IO[bytes], data: bytes) -> None:
     f.write(data)
     f.flush()
@@ -833,7 +997,7 @@ def add_routes(
     def the_file(file_id: str) -> sqlite3.Row:
         row = store.file_row(file_id)
         if row is None:
-            raise Refusal(404, f"file {file_id} not found", "not_found")
+            raise Refused(404, f"file {file_id} not found", "not_found")
         return row
 
     async def upload(request: Any) -> dict[str, Any]:
@@ -841,17 +1005,17 @@ def add_routes(
 
         ctype = request.headers.get("content-type", "")
         if not ctype.startswith("multipart/form-data"):
-            raise Refusal(400, "files are uploaded as multipart/form-data with purpose=batch and file")
+            raise Refused(400, "files are uploaded as multipart/form-data with purpose=batch and file")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_FILE_BYTES + COPY_CHUNK:
-            raise Refusal(413, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB, the Batch API's limit")
+            raise Refused(413, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB, the Batch API's limit")
 
         async def bounded() -> AsyncGenerator[bytes, None]:
             size = 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > MAX_FILE_BYTES + COPY_CHUNK:
-                    raise Refusal(
+                    raise Refused(
                         413, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB, the Batch API's limit"
                     )
                 yield chunk
@@ -859,24 +1023,24 @@ def add_routes(
         try:
             form = await MultiPartParser(request.headers, bounded(), max_files=1, max_fields=10).parse()
         except MultiPartException as exc:
-            raise Refusal(400, f"the form cannot be read: {exc.message}") from None
+            raise Refused(400, f"the form cannot be read: {exc.message}") from None
         try:
             purpose = form.get("purpose")
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
-                raise Refusal(400, "the form has no file field")
+                raise Refused(400, "the form has no file field")
             if purpose != "batch":
-                raise Refusal(400, f"purpose must be 'batch', not {purpose!r}")
+                raise Refused(400, f"purpose must be 'batch', not {purpose!r}")
             name = os.path.basename(upload.filename or "") or "input.jsonl"
             if not name.lower().endswith(".jsonl"):
-                raise Refusal(400, f"the file must be a .jsonl file, not {name!r}")
+                raise Refused(400, f"the file must be a .jsonl file, not {name!r}")
             file_id = f"file-batch-{uuid.uuid4().hex[:24]}"
             await asyncio.to_thread((store.folder / "files").mkdir, parents=True, exist_ok=True)
             path = store.folder / "files" / f"{file_id}.jsonl"
             size = await asyncio.to_thread(_copy, upload.file, path)
             if size > MAX_FILE_BYTES:
                 path.unlink()
-                raise Refusal(413, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB, the Batch API's limit")
+                raise Refused(413, f"the file is larger than {MAX_FILE_BYTES // 1_000_000} MB, the Batch API's limit")
             return await asyncio.to_thread(store.add_file, file_id, path, size, name, "batch")
         finally:
             await form.close()
@@ -897,7 +1061,7 @@ def add_routes(
         try:
             f = await asyncio.to_thread(path.open, "rb")
         except FileNotFoundError:
-            raise Refusal(404, f"the content of file {row['id']} is gone", "not_found") from None
+            raise Refused(404, f"the content of file {row['id']} is gone", "not_found") from None
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -912,36 +1076,36 @@ def add_routes(
     async def delete_file(request: Any) -> dict[str, Any]:
         file_id = request.path_params["file_id"]
         if not await asyncio.to_thread(store.delete_file, file_id):
-            raise Refusal(404, f"file {file_id} not found", "not_found")
+            raise Refused(404, f"file {file_id} not found", "not_found")
         return {"id": file_id, "object": "file", "deleted": True}
 
     async def create(request: Any) -> dict[str, Any]:
         body = await read_json(request)
         if not isinstance(body, dict):
-            raise Refusal(400, "the body must be a JSON object")
+            raise Refused(400, "the body must be a JSON object")
         extra = set(body) - {"input_file_id", "endpoint", "completion_window", "metadata"}
         if extra:
-            raise Refusal(400, f"unknown fields: {', '.join(sorted(extra))}")
+            raise Refused(400, f"unknown fields: {', '.join(sorted(extra))}")
         file_id = body.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
-            raise Refusal(400, "input_file_id is required")
+            raise Refused(400, "input_file_id is required")
         row = await asyncio.to_thread(store.file_row, file_id)
         if row is None:
-            raise Refusal(404, f"input_file_id {file_id!r} not found", "not_found")
+            raise Refused(404, f"input_file_id {file_id!r} not found", "not_found")
         if row["purpose"] != "batch":
-            raise Refusal(400, f"file {file_id} is not a batch input file (purpose {row['purpose']})")
+            raise Refused(400, f"file {file_id} is not a batch input file (purpose {row['purpose']})")
         if body.get("endpoint") != ENDPOINT:
-            raise Refusal(400, f"endpoint must be {ENDPOINT!r}")
+            raise Refused(400, f"endpoint must be {ENDPOINT!r}")
         window = body.get("completion_window")
         if window_seconds(window) is None:
-            raise Refusal(
+            raise Refused(
                 400, f"completion_window must be whole hours from {MIN_WINDOW_H}h to {MAX_WINDOW_H}h (or days): 24h"
             )
         meta = body.get("metadata")
         if meta is not None and (
             not isinstance(meta, dict) or len(meta) > MAX_METADATA or not all(_meta_pair(k, v) for k, v in meta.items())
         ):
-            raise Refusal(400, "metadata must be at most 16 string values (keys up to 64 characters, values 512)")
+            raise Refused(400, "metadata must be at most 16 string values (keys up to 64 characters, values 512)")
         job = await asyncio.to_thread(store.add_batch, file_id, str(window), meta)
         runner.wake.set()
         return job
@@ -951,7 +1115,7 @@ def add_routes(
         limit = _limit(q.get("limit"), MAX_LIST)
         ids = {i for i in (q.get("input_file_ids") or "").split(",") if i} or None
         if ids is not None and len(ids) > MAX_FILTER_IDS:
-            raise Refusal(400, f"input_file_ids: at most {MAX_FILTER_IDS}")
+            raise Refused(400, f"input_file_ids: at most {MAX_FILTER_IDS}")
         statuses = {s for s in (q.get("status") or "").split(",") if s} or None
         data, more = await asyncio.to_thread(store.batches, limit, q.get("after"), statuses, ids)
         return _page(data, more)
@@ -960,14 +1124,14 @@ def add_routes(
         batch_id = request.path_params["batch_id"]
         job = await asyncio.to_thread(store.batch, batch_id)
         if job is None:
-            raise Refusal(404, f"batch {batch_id} not found", "not_found")
+            raise Refused(404, f"batch {batch_id} not found", "not_found")
         return job
 
     async def cancel(request: Any) -> dict[str, Any]:
         batch_id = request.path_params["batch_id"]
         job = await asyncio.to_thread(store.cancel, batch_id)
         if job is None:
-            raise Refusal(404, f"batch {batch_id} not found", "not_found")
+            raise Refused(404, f"batch {batch_id} not found", "not_found")
         runner.wake.set()
         return job
 
@@ -991,7 +1155,7 @@ def _limit(raw: str | None, most: int) -> int:
     if raw is None:
         return 20
     if not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise Refusal(400, f"limit must be a whole number from 1 to {most}")
+        raise Refused(400, f"limit must be a whole number from 1 to {most}")
     return int(raw)
 
 
