@@ -259,7 +259,7 @@ def test_library_ocr_error_carries_the_pages_read(server, protocol, multi):
 def test_cli_says_how_to_resume_from_the_failed_page(server, env, multi):
     server.enqueue(Reply(text="ONE"), Reply(text="TWO"), Reply(status=500))
     p = run_cli("ocr", "multi.pdf", "--max-retries", "0", env=env)
-    assert p.returncode == 5 and p.stdout == "ONE\n\nTWO\n"
+    assert p.returncode == 5 and p.stdout == "ONE\n\fTWO\n\f"
     assert "page 3 failed: only pages 1, 2 shown" in p.stderr and "--pages 3-" in p.stderr
     server.enqueue(Reply(text="ONE"), Reply(status=500))
     p = run_cli("ocr", "multi.pdf", "--pages", "1,3-4", "--max-retries", "0", env=env)
@@ -298,8 +298,8 @@ def test_pages_left(multi, pages, stopped, left):
 def cli_process(args: list[str], server) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DASHSCOPE_", "ALIBABA_CLOUD_"))}
     env.update({"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base})
-    return subprocess.Popen(
-        [sys.executable, "-m", "qwenvl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    return subprocess.Popen(  # unbuffered: readline takes no byte past its line, communicate gets the rest
+        [sys.executable, "-m", "qwenvl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0
     )
 
 
@@ -310,15 +310,23 @@ def test_each_page_is_written_as_it_is_read(server, multi, fmt):
     proc = cli_process(["ocr", str(multi), "--pages", "1-2", "--format", fmt], server)
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()  # arrives while page 2 is still held by the server
-        assert first == b"PAGE-ONE\n"
+        first = b""  # arrives while page 2 is still held by the server (Markdown: after its page marker)
+        while not first.endswith(b"PAGE-ONE\n"):
+            line = proc.stdout.readline()
+            assert line, first
+            first += line
+        assert first == (b"<!-- page 1 -->\n\nPAGE-ONE\n" if fmt == "markdown" else b"PAGE-ONE\n")
         assert not held.is_set() and proc.poll() is None
     finally:
         held.set()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    sep = b"---\n\n" if fmt == "markdown" else b""
-    assert first + out == b"PAGE-ONE\n\n" + sep + b"PAGE-TWO\n"  # what OCRResult.text gives, page by page
+    whole = (  # what OCRResult.text gives, page by page
+        b"<!-- page 1 -->\n\nPAGE-ONE\n\n<!-- page 2 -->\n\nPAGE-TWO\n\n"
+        if fmt == "markdown"
+        else b"PAGE-ONE\n\fPAGE-TWO\n\f"
+    )
+    assert first + out == whole
 
 
 def test_a_reader_that_left_stops_the_reading(server, isolated_env):

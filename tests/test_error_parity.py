@@ -9,8 +9,11 @@ error's code and say the same one line. Across backends the class, the words and
 hint is the engine backend's own (``qwenvl.backends.openai.ENGINE_HINTS``) where the class's default one names
 DashScope.
 
-Every request is made with ``max_retries=1`` (backoff 0.01 s) and a 0.3 s time-out, so a retried failure shows as
-two attempts and a failure that must not be re-sent (a POST answered 200, then cut off) as one.
+Every request is made with ``max_retries=1`` (backoff 0.01 s), so a retried failure shows as two attempts and a
+failure that must not be re-sent (a POST answered 200, then cut off) as one. The time-out is 0.3 s only where the
+failure is the time-out (a silent server); everywhere else it is ``HANG_BOUND_S``, a bound on a hang that no
+failure needs to reach (a refused connection, an error reply, a cut connection come at once), so a busy machine
+cannot turn one failure into another.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ from qwenvl.protocols.common import PROXY_HINT
 from qwenvl.retry import RetryNotice
 from qwenvl.transport import CUT_OFF_HINT, TLS_HINT
 
-TIMEOUT_S = 0.3
-REQUEST = {"max_retries": 1, "retry_backoff_s": 0.01, "timeout_s": TIMEOUT_S}
-CLI_REQUEST = ("--max-retries", "1", "--retry-backoff-s", "0.01", "--timeout", str(TIMEOUT_S))
+TIMEOUT_S = 0.3  # the silent server's: the failure is this time-out
+HANG_BOUND_S = 60.0  # every other failure's: it comes without waiting; this only bounds a hang
+REQUEST = {"max_retries": 1, "retry_backoff_s": 0.01}
+CLI_REQUEST = ("--max-retries", "1", "--retry-backoff-s", "0.01")
 ENGINE_MODEL = "qwen3-vl-plus"  # the DashScope double lists no models: the engine backend is told which
 
 # (client, protocol, stream); protocol "openai" is the engine backend
@@ -134,6 +138,7 @@ class Failure:
     attempts: int | None  # seen by the server, with max_retries=1 (None: no server sees them)
     streams_only: bool = False
     hint: str | None = None  # when the hint is the cause's own, not the class's default
+    timeout_s: float = HANG_BOUND_S  # the request's time-out: short only where the failure is the time-out
 
 
 HTML = b"<!DOCTYPE html><html><body><h1>Bad Request</h1></body></html>"
@@ -166,6 +171,7 @@ FAILURES = [
         APITimeoutError,
         f"timed out: no reply within {TIMEOUT_S:g} s (<url>)",
         2,
+        timeout_s=TIMEOUT_S,
     ),
     Failure(
         "closed before the headers",
@@ -284,37 +290,49 @@ def _client_kw(protocol: str, base_url: str, on_retry: Callable[[RetryNotice], N
     return {"api_key": API_KEY, "protocol": protocol, "base_url": base_url, "on_retry": on_retry}
 
 
-def _sync(protocol: str, stream: bool, base_url: str, on_retry: Callable[[RetryNotice], None] | None = None) -> None:
+def _sync(
+    protocol: str,
+    stream: bool,
+    base_url: str,
+    on_retry: Callable[[RetryNotice], None] | None = None,
+    timeout_s: float = HANG_BOUND_S,
+) -> None:
     with qwenvl.Client(**_client_kw(protocol, base_url, on_retry)) as c:
         if stream:
-            list(c.stream(prompt="hi", **REQUEST))
+            list(c.stream(prompt="hi", **REQUEST, timeout_s=timeout_s))
         else:
-            c.complete(prompt="hi", **REQUEST)
+            c.complete(prompt="hi", **REQUEST, timeout_s=timeout_s)
 
 
-def _async(protocol: str, stream: bool, base_url: str, on_retry: Callable[[RetryNotice], None] | None = None) -> None:
+def _async(
+    protocol: str,
+    stream: bool,
+    base_url: str,
+    on_retry: Callable[[RetryNotice], None] | None = None,
+    timeout_s: float = HANG_BOUND_S,
+) -> None:
     async def go() -> None:
         async with qwenvl.AsyncClient(**_client_kw(protocol, base_url, on_retry)) as c:
             if stream:
-                async for _ in c.stream(prompt="hi", **REQUEST):
+                async for _ in c.stream(prompt="hi", **REQUEST, timeout_s=timeout_s):
                     pass
             else:
-                await c.complete(prompt="hi", **REQUEST)
+                await c.complete(prompt="hi", **REQUEST, timeout_s=timeout_s)
 
     asyncio.run(go())
 
 
-def library(site: Site, kind: str, protocol: str, stream: bool) -> Outcome:
+def library(site: Site, kind: str, protocol: str, stream: bool, timeout_s: float = HANG_BOUND_S) -> Outcome:
     backend = "openai" if protocol == "openai" else "dashscope"
     site.before(backend)
     notices: list[RetryNotice] = []
     with pytest.raises(QwenVLError) as info:
-        (_sync if kind == "sync" else _async)(protocol, stream, site.url(backend), notices.append)
+        (_sync if kind == "sync" else _async)(protocol, stream, site.url(backend), notices.append, timeout_s)
     exc = info.value
     return Outcome(type(exc), masked(str(exc)), exc.raw_hint, site.attempts(), len(notices) + 1)
 
 
-def cli(site: Site, protocol: str, stream: bool) -> tuple[int, list[str], int | None]:
+def cli(site: Site, protocol: str, stream: bool, timeout_s: float = HANG_BOUND_S) -> tuple[int, list[str], int | None]:
     """(exit code, stderr lines masked, attempts) of ``qwenvl ask``."""
     backend = "openai" if protocol == "openai" else "dashscope"
     site.before(backend)
@@ -327,6 +345,8 @@ def cli(site: Site, protocol: str, stream: bool) -> tuple[int, list[str], int | 
         "--base-url",
         site.url(backend),
         *CLI_REQUEST,
+        "--timeout",
+        f"{timeout_s:g}",
         *([] if stream else ["--no-stream"]),
         env={"DASHSCOPE_API_KEY": API_KEY, "QWENVL_OPENAI_API_KEY": API_KEY},
     )
@@ -353,14 +373,15 @@ def test_the_same_failure_is_the_same_error_everywhere(servers, failure: Failure
     cloud_ways = [w for w in CLOUD if w[2] or not failure.streams_only]
     engine_ways = [w for w in ENGINE if w[2] or not failure.streams_only]
 
-    cloud = _same({w: library(site, *w) for w in cloud_ways}, "the DashScope backend's errors")
+    wait = failure.timeout_s
+    cloud = _same({w: library(site, *w, wait) for w in cloud_ways}, "the DashScope backend's errors")
     assert isinstance(cloud, Outcome)
     assert (cloud.cls, cloud.text) == (failure.cls, failure.says)
     assert cloud.hint == (failure.hint or failure.cls.default_hint)
     assert cloud.attempts == failure.attempts, "attempts the server saw (max_retries=1)"
     assert cloud.tries == (failure.attempts or 2), "attempts the client made (max_retries=1)"
 
-    engine = _same({w: library(site, *w) for w in engine_ways}, "the engine backend's errors")
+    engine = _same({w: library(site, *w, wait) for w in engine_ways}, "the engine backend's errors")
     assert isinstance(engine, Outcome)
     # the engine backend's own hint where the cloud's is its class's default; a key refused always names the one
     # variable the openai backend reads (QWENVL_OPENAI_API_KEY), whatever the transport guessed
@@ -370,7 +391,7 @@ def test_the_same_failure_is_the_same_error_everywhere(servers, failure: Failure
 
     exit_code = failure.cls.exit_code
     for backend, ways, hint in (("dashscope", cloud_ways, cloud.hint), ("openai", engine_ways, engine.hint)):
-        runs = {(p, s): cli(site, p, s) for _, p, s in ways if _ == "sync"}
+        runs = {(p, s): cli(site, p, s, wait) for _, p, s in ways if _ == "sync"}
         code, lines, attempts = _same({w: (r[0], tuple(r[1]), r[2]) for w, r in runs.items()}, f"{backend} CLI runs")
         assert code == exit_code
         kept = ["(kept 14 characters of partial answer)"] if failure.cls is StreamInterruptedError else []

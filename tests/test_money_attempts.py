@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -56,14 +57,26 @@ def aclient(server, protocol: str, log: Path) -> qwenvl.AsyncClient:
     return qwenvl.AsyncClient(api_key=API_KEY, protocol=protocol, base_url=server.url, usage_log=log)
 
 
+async def timed_out_once_sent(server, ask: Awaitable[object]) -> None:
+    """``asyncio.wait_for(ask, ...)`` whose time is up once the server has the request (TimeoutError raised, the
+    request cancelled): its time counts from the request's arrival, never from the call, so a busy machine that is
+    slow to send it cannot make it time out before it is sent. Waiting for the arrival is bounded (60 s)."""
+    task = asyncio.ensure_future(ask)
+    deadline = time.monotonic() + 60
+    while not model_calls(server) and not task.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert model_calls(server), "the request was not sent"
+    await asyncio.wait_for(task, 0)
+
+
 def test_async_wait_for_timeout_is_logged_cancelled(server, protocol, tmp_path):
     log = tmp_path / "u.db"
-    server.enqueue(Reply(delay_s=5))
+    server.enqueue(Reply(hold=threading.Event()))  # no answer before the server stops
 
     async def main() -> None:
         async with aclient(server, protocol, log) as ac:
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(ac.ask("x"), 1)
+                await timed_out_once_sent(server, ac.ask("x"))
 
     asyncio.run(main())
     assert model_calls(server) == 1
@@ -92,15 +105,22 @@ def test_async_task_cancel_is_logged_cancelled(server, tmp_path):
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
 def test_ctrl_c_during_a_sync_request_is_logged_cancelled(server, protocol, tmp_path):
     log = tmp_path / "u.db"
-    server.enqueue(Reply(delay_s=5))
+    server.enqueue(Reply(hold=threading.Event()))  # no answer before the server stops
+    gone = threading.Event()
+
+    def ctrl_c_once_sent() -> None:  # Ctrl-C once the request is in flight, however long sending it took
+        if wait_for(lambda: model_calls(server) >= 1 or gone.is_set(), 60) and not gone.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
     with ctrl_c_reaches_children(), make_client(server, protocol, usage_log=log) as c:
-        timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer = threading.Thread(target=ctrl_c_once_sent, daemon=True)
         timer.start()
         try:
             with pytest.raises(KeyboardInterrupt):
                 c.ask("x")
         finally:
-            timer.cancel()
+            gone.set()
+            timer.join(60)
     assert model_calls(server) == 1
     [row] = rows(log)
     assert_cancelled(row)
@@ -109,9 +129,9 @@ def test_ctrl_c_during_a_sync_request_is_logged_cancelled(server, protocol, tmp_
 @pytest.mark.parametrize("stream", [False, True])
 def test_timed_out_attempts_that_were_retried_are_rows(server, protocol, stream, tmp_path):
     log = tmp_path / "u.db"
-    server.enqueue(Reply(delay_s=2, times=2))
-    with make_client(server, protocol, usage_log=log) as c:
-        r = c.ask("slow", timeout_s=1, stream=stream)
+    server.enqueue(Reply(hold=threading.Event(), times=2))  # no answer before the server stops
+    with make_client(server, protocol, usage_log=log) as c:  # 3 s: what the third attempt's answer has to meet
+        r = c.ask("slow", timeout_s=3, stream=stream)
     assert r.text and model_calls(server) == 3
     outcomes = [row["outcome"] for row in rows(log)]
     assert outcomes == ["APITimeoutError", "APITimeoutError", "ok"]
@@ -138,16 +158,24 @@ def test_a_request_in_flight_at_exit_is_logged_cancelled(server, tmp_path):
     """A request a daemon thread still waits for when the process exits (a batch's worker given up after a second
     Ctrl-C): reached the service, so in the log as cancelled."""
     log = tmp_path / "u.db"
-    server.enqueue(Reply(delay_s=10))
-    script = (
-        "import threading, time, qwenvl\n"
+    server.enqueue(Reply(hold=threading.Event()))  # no answer before the server stops
+    script = (  # exits when its standard input closes: once the request is in flight, however long that took
+        "import sys, threading, qwenvl\n"
         f"c = qwenvl.Client(api_key={API_KEY!r}, base_url={server.url!r}, usage_log={str(log)!r})\n"
         "threading.Thread(target=lambda: c.ask('x'), daemon=True).start()\n"
-        "time.sleep(1.5)\n"
+        "sys.stdin.read()\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASHSCOPE")}
-    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        sent = wait_for(lambda: model_calls(server) == 1 or proc.poll() is not None, 60)
+        _, err = proc.communicate(input="", timeout=60)  # its standard input closed: it exits
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sent and proc.returncode == 0, err
     assert model_calls(server) == 1
     [row] = rows(log)
     assert_cancelled(row)

@@ -132,7 +132,7 @@ def test_pdf_one_request_per_page(server, env, isolated_env, protocol):
     server.enqueue(Reply(text="page one"), Reply(text=""), Reply(text="page three"))
     p = ocr(env, "doc.pdf", "--protocol", protocol)
     assert p.returncode == 0, p.stderr
-    assert p.stdout == "page one\n\npage three\n"
+    assert p.stdout == "page one\n\f\fpage three\n\f"  # each page ended by a form feed, a blank one too
     assert len(server.requests) == 3 and "no text found on page 2" in p.stderr
     server.reset()
     server.enqueue(Reply(text='[{"bbox_2d": [0, 0, 1000, 1000], "text_content": "all"}]'))
@@ -151,7 +151,7 @@ def test_a_failed_page_keeps_the_pages_read_before_it(server, env, isolated_env,
     failure = Reply(status=500, error_code="InternalError", error_message="boom", times=10)
     server.enqueue(Reply(text="page one"), Reply(text="page two"), failure)
     p = ocr(env, "doc.pdf", "--max-retries", "0")
-    assert p.returncode == 5 and p.stdout == "page one\n\npage two\n", p.stderr
+    assert p.returncode == 5 and p.stdout == "page one\n\fpage two\n\f", p.stderr
     assert "page 3 failed: only pages 1, 2 shown" in p.stderr and "error:" in p.stderr
     assert len(server.requests) == 3  # page 4 is not sent after the failure
     server.reset()
@@ -172,7 +172,7 @@ def test_a_failed_page_keeps_the_pages_read_before_it(server, env, isolated_env,
     result = OCRResult(source="doc.pdf", format="text")
     with pytest.raises(APIError):
         send_pages(client, "doc.pdf", plan_pages(client, "doc.pdf", max_retries=0), result=result)
-    assert result.text == "one" and result.stopped_at == 2 and len(result.responses) == 1
+    assert result.text == "one\n\f" and result.stopped_at == 2 and len(result.responses) == 1
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,14 @@ def _log(isolated_env: Path) -> Path:
 
 
 def _cancelled(server, log: Path) -> None:
-    server.enqueue(Reply(delay_s=5))
+    from test_money_attempts import timed_out_once_sent
+
+    server.enqueue(Reply(hold=threading.Event()))  # no answer before the server stops
 
     async def main() -> None:
         async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=log) as ac:
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(ac.ask("x"), 1)
+                await timed_out_once_sent(server, ac.ask("x"))  # timed out once in flight (wait_for)
 
     asyncio.run(main())
 

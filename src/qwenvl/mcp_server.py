@@ -175,7 +175,10 @@ class GroundResult(Billed):
 
 class OCROut(Billed):
     source: str
-    text: str
+    text: str = Field(
+        description="Every page's text; a PDF's pages told apart: a form feed ends each page (text, json), a \"<!-- "
+        'page N -->" line begins each (markdown).'
+    )
     pages: list[OCRPage]
     warnings: list[str]
 

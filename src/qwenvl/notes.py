@@ -1,10 +1,17 @@
 """What an answer says besides its text, in words: cut off at max_tokens, no content, items not shown.
 
 One home for these sentences: the CLI prints them after every answer, and the task readers (grounding, OCR,
-video events) put the cut-off one in their ``warnings``.
+video events) put the cut-off one in their ``warnings``. And the one home of ``once_per_run``: a warning about a
+request said once in a run of many (an OCR's pages), not once per request.
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 from qwenvl.types import Response
 
@@ -58,3 +65,48 @@ def answer_notes(
         None if items_shown else not_shown(response),
     ]
     return [n for n in notes if n]
+
+
+# --- a warning about a request, once per run ---------------------------------------------------------------------
+# The kinds of warning logged (on the ``qwenvl`` logger) in the run under way (``once_per_run``); None outside one.
+_WARNED: ContextVar[set[str] | None] = ContextVar("qwenvl_warned_in_run", default=None)
+_NUMBERS = re.compile(r"\d[\d,.]*")
+
+
+class _OncePerRun(logging.Filter):
+    """Lets a warning through the first time its kind (its words, numbers aside) is logged in a run, and drops it
+    after; everything outside a run passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        seen = _WARNED.get()
+        if seen is None or record.levelno < logging.WARNING:
+            return True
+        kind = _NUMBERS.sub("#", record.getMessage())
+        if kind in seen:
+            return False
+        seen.add(kind)
+        return True
+
+
+_ONCE = _OncePerRun()
+
+
+@contextlib.contextmanager
+def once_per_run() -> Iterator[None]:
+    """A run of several requests planned alike (an OCR's pages, estimated then planned): within it, a warning about
+    a request that the library logs on the ``qwenvl`` logger (``plan.check_context``'s "near or over the context",
+    a model guessed...) is logged the first time its kind is (its words with the numbers set aside: another page's
+    token count is the same warning), not once per page. The run is this context (a ``ContextVar``: worker threads
+    started with ``asyncio.to_thread`` share it; other threads and tasks are not affected); a run inside a run is
+    the outer one. Raises nothing of its own."""
+    if _WARNED.get() is not None:
+        yield
+        return
+    logger = logging.getLogger("qwenvl")
+    if _ONCE not in logger.filters:
+        logger.addFilter(_ONCE)
+    token = _WARNED.set(set())
+    try:
+        yield
+    finally:
+        _WARNED.reset(token)

@@ -35,6 +35,7 @@ from qwenvl.cli.streams import OutputClosed, stop_if_reader_left
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
+from qwenvl.notes import answer_notes, once_per_run
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import (
@@ -42,8 +43,10 @@ from qwenvl.tasks.ocr import (
     NO_TEXT,
     OCR_MAX_TOKENS,
     OCR_TASKS,
+    PAGE_BREAK,
     OCRPage,
     OCRResult,
+    by_page,
     estimate_ocr,
     mark_stopped,
     ocr_options,
@@ -120,10 +123,19 @@ def ocr(opts: dict[str, Any]) -> None:
 
     The model is the usual default (qwen3-vl-plus) unless --model: the qwen-vl-ocr models work too, and take
     --task / --ocr-options (sent as ocr_options). A PDF is read one request per page, each page written (text,
-    markdown) as soon as it is read; json waits for the last page (one document). Several pages are priced
-    before any is sent: above --max-cost, asked (terminal) or refused unless --yes. When no text is found the
-    output is empty, a note says so on stderr, and the exit status is still 0.
+    markdown) as soon as it is read; json waits for the last page (one document). A PDF's pages are told apart:
+    text ends each page with a form feed (\\f, as pdftotext does; split on it), markdown begins each with a
+    "<!-- page N -->" line, json lists "pages" (its "text" as text's). A run resumed with --pages N- appended to
+    the first gives what one run gives. Several pages are priced before any is sent: above --max-cost, asked
+    (terminal) or refused unless --yes. When no text is found the output holds no text (a PDF's page ends
+    only), a note says so on stderr, and the exit status is still 0.
     """
+    with once_per_run():  # every page estimated, then planned: a warning about the requests said once
+        _read(opts)
+
+
+def _read(opts: dict[str, Any]) -> None:
+    """``qwenvl ocr``'s work, in a run (``once_per_run``)."""
     if opts["fmt"] == "json" and not opts["output"]:
         json_asked()  # stdout holds JSON whatever happens, as with every verb's --json (cli.common.json_failure)
     refuse_structured(opts, "ocr")
@@ -169,8 +181,8 @@ def ocr(opts: dict[str, Any]) -> None:
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
     record = result.to_json() | ({"error": error_record(stopped)} if stopped is not None else {})
     text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
-    if output is not None:
-        output.write_text(text + "\n", encoding="utf-8")
+    if output is not None:  # a PDF's text ends with its last page's own end (``OCRResult.page_text``)
+        output.write_text(text if pdf and fmt != "json" else text + "\n", encoding="utf-8")
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif streamed:
         pass  # written page by page (``_writer``)
@@ -184,7 +196,13 @@ def ocr(opts: dict[str, Any]) -> None:
         blank = [str(p.page) for p in result.pages if not p.text.strip() and not p.lines]
         if blank:
             note(f"no text found on page{'s' if len(blank) > 1 else ''} {', '.join(blank)}")
-    show_usage(*result.responses, cut_off=False, region=opts["region"])
+    notes = (
+        (p.page, n)
+        for p, r in zip(result.pages, result.responses, strict=True)
+        for n in answer_notes(r, include_cut_off=False)
+    )
+    warn(by_page(notes))  # each answer's notes, once each with the pages that have it (cut-offs: the pages' own)
+    show_usage(*result.responses, notes=False, region=opts["region"])
     if stopped is not None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
@@ -210,15 +228,18 @@ def _while_read(plans: Iterable[tuple[int | None, Call]]) -> Iterator[tuple[int 
 
 
 def _writer(result: OCRResult) -> Callable[[OCRPage], None]:
-    """Write each page's text to stdout as it is read, separated as ``OCRResult.text`` separates them (pages
-    without text left out), flushed: a reader sees every page at once, and one that left stops the reading at the
-    next write (``OutputClosed``, exit 141) before another page is paid for."""
-    written = False
+    """Write each page to stdout as it is read, as ``OCRResult.text`` holds it (``page_text``: a PDF page with its
+    form feed or ``<!-- page N -->`` line, a blank page too; an image's text with a newline), flushed: a reader sees
+    every page at once, and one that left stops the reading at the next write (``OutputClosed``, exit 141) before
+    another page is paid for. On a terminal the model's text is shown safe (``shown``); the form feed is written as it
+    is (a terminal moves down a line)."""
 
     def write(page: OCRPage) -> None:
-        nonlocal written
-        if page.text:  # the page's last line ends now (a line reader sees it); the separator's rest comes first
-            click.echo(shown((result.separator.removeprefix("\n") if written else "") + page.text))
-            written = True
+        if page.page is None:  # an image: its text, and the line ended
+            if page.text:
+                click.echo(shown(page.text))
+            return
+        block = result.page_text(page)
+        click.echo(PAGE_BREAK.join(shown(part) for part in block.split(PAGE_BREAK)), nl=False)  # click flushes
 
     return write

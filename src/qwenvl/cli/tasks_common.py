@@ -52,12 +52,16 @@ def dry_run(client: SupportsPreview, call: Call, every: Estimate | None = None) 
 
 
 def show_usage(
-    *responses: Response | None, cut_off: bool = True, max_tokens: int | None = None, region: str | None = None
+    *responses: Response | None,
+    cut_off: bool = True,
+    max_tokens: int | None = None,
+    region: str | None = None,
+    notes: bool = True,
 ) -> None:
-    """The notes on each answer (``cut_off=False`` where the task's own warnings already say it was cut off),
-    then, on a terminal, the usage line."""
+    """The notes on each answer (``cut_off=False`` where the task's own warnings already say it was cut off;
+    ``notes=False`` where the verb said them its way), then, on a terminal, the usage line."""
     for response in responses:
-        if response is not None:
+        if response is not None and notes:
             warn_answer(response, max_tokens, include_cut_off=cut_off)
     console = err_console()
     if console.is_terminal:

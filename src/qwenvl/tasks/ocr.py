@@ -16,6 +16,10 @@ Decisions:
   page's) pixels.
 * A PDF is read one page per request (the media step renders each page to the image budget), so every page
   has its own text, boxes and warnings.
+* A PDF's joined text (``OCRResult.text``, what the CLI writes) tells its pages apart as the field does: in text
+  (and JSON's ``text``) each page ends with a form feed, as ``pdftotext`` ends them; in Markdown each page begins
+  with an ``<!-- page N -->`` comment (unseen when rendered). Each page carries its own end or start, so a reading
+  resumed with ``pages="N-"`` appended to the first gives what one reading gives. An image's text has neither.
 * An empty result is not an error: ``OCRResult.empty`` is True and a warning says so (the CLI exits 0
   with a note on stderr).
 """
@@ -34,6 +38,7 @@ from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.models import DEFAULT_MODEL, model_info
+from qwenvl.notes import once_per_run
 from qwenvl.plan import Call
 from qwenvl.spelling import did_you_mean
 from qwenvl.tasks.grounding import (
@@ -56,6 +61,8 @@ if TYPE_CHECKING:
 
 Format = Literal["text", "markdown", "json"]
 NO_TEXT = "no text found"
+# What ends each PDF page in the text of "text" and "json" readings: a form feed, as pdftotext (poppler) ends every page
+PAGE_BREAK = "\f"
 FORMATS: tuple[str, ...] = ("text", "markdown", "json")
 OCR_VIDEO_HINT = (
     'To read the text shown in a video, ask about it (qwenvl ask {} "Read the text shown"), or give one '
@@ -82,6 +89,13 @@ PROMPTS: dict[str, str] = {
         "tables (as Markdown tables) and emphasis. Output only the Markdown, with no commentary."
     ),
 }
+
+
+def page_marker(number: int) -> str:
+    """The line that begins PDF page ``number`` (1-based) in a Markdown reading's text: ``<!-- page 3 -->``, an HTML
+    comment (a page marker as Docling's ``<!-- page break -->``, unseen when the Markdown is rendered) that names the
+    page, so a selection or a resumed reading still says which page each is. Raises nothing."""
+    return f"<!-- page {number} -->"
 
 
 class OCRLine(BaseModel):
@@ -111,33 +125,46 @@ class OCRPage(BaseModel):
 
 class OCRResult(BaseModel):
     """What ``ocr`` returns: one ``OCRPage`` per image or PDF page, the answering ``model``, the ``warnings`` of
-    every page (prefixed with its page), and the ``responses`` (one per page). ``stopped_at``: the page (1-based;
-    0 for an image) whose request failed or was interrupted, when ``send_pages`` was given this result to fill
-    and stopped there (the pages before it are kept); None when every page was read. Raises
+    every page (each said once, prefixed with the pages that have it: ``by_page``), and the ``responses`` (one per
+    page). ``text``: the pages' text joined (``page_text``: a PDF's pages told apart). ``stopped_at``: the page
+    (1-based; 0 for an image) whose request failed or was interrupted, when ``send_pages`` was given this result to
+    fill and stopped there (the pages before it are kept); None when every page was read. Raises
     pydantic.ValidationError when built with a wrong type."""
 
     source: str | None  # the file or URL read; None for bytes or a PIL image (``shown_ref``)
     format: str
     model: str | None = None
     pages: list[OCRPage] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list)  # every page's warnings, prefixed with its page
+    warnings: list[str] = Field(default_factory=list)  # every page's warnings, once, prefixed with its pages
     responses: list[Response] = Field(default_factory=list, exclude=True, repr=False)
     stopped_at: int | None = None
 
-    @property
-    def separator(self) -> str:
-        """What ``text`` puts between two pages: a blank line (Markdown: a ``---`` rule between blank lines)."""
-        return "\n\n---\n\n" if self.format == "markdown" else "\n\n"
+    def page_text(self, page: OCRPage) -> str:
+        """``page`` as ``text`` holds it. An image (``page.page`` None): its text alone. A PDF page, so that pages can
+        be told apart and a reading resumed with ``pages="N-"`` appends to the first one's output what one reading
+        gives: ``"text"`` and ``"json"``: the text, its last line ended, then ``PAGE_BREAK`` (a form feed, as
+        ``pdftotext`` ends each page; a page without text is the form feed alone); ``"markdown"``: ``page_marker``
+        (an HTML comment naming the page, unseen when rendered), a blank line, the text and a blank line. A form feed
+        inside a page's text becomes a newline here (``OCRPage.text`` keeps it), so the breaks are the pages'.
+        Raises nothing."""
+        if page.page is None:
+            return page.text
+        body = page.text.replace(PAGE_BREAK, "\n")
+        if self.format == "markdown":
+            return f"{page_marker(page.page)}\n\n" + (f"{body}\n\n" if body else "")
+        return (f"{body}\n" if body else "") + PAGE_BREAK
 
     @property
     def text(self) -> str:
-        """Every page's text, pages separated by a blank line (Markdown: by a ``---`` rule)."""
-        return self.separator.join(p.text for p in self.pages if p.text)
+        """Every page's text, each as ``page_text`` gives it: an image's text as read; a PDF's pages each ended by a
+        form feed (``"text"``, ``"json"``: ``text.split("\\f")[:-1]`` gives the pages) or each begun by its
+        ``<!-- page N -->`` line (``"markdown"``). ``pages`` holds each page's own text."""
+        return "".join(self.page_text(p) for p in self.pages)
 
     @property
     def empty(self) -> bool:
         """True when no page has any text or line."""
-        return not self.text.strip() and not any(p.lines for p in self.pages)
+        return not any(p.text.strip() or p.lines for p in self.pages)
 
     def to_json(self) -> dict[str, Any]:
         """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON), and ``"stopped_at"``
@@ -327,7 +354,8 @@ def estimate_ocr(
     fields = {**fields, "estimate_only": True}
     plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
     local = bool(getattr(client, "is_local", False))
-    return estimate_calls((call for _, call in plans), region=getattr(client, "region", None), local=local)
+    with once_per_run():  # every page planned: a warning about the requests said once
+        return estimate_calls((call for _, call in plans), region=getattr(client, "region", None), local=local)
 
 
 def check_cost(est: Estimate, max_cost: float) -> None:
@@ -370,12 +398,13 @@ def send_pages(
         result = OCRResult(source=shown_ref(source), format=format)
     reading: int | None = None  # the page whose request is under way (0: an image)
     try:
-        for number, call in plans:
-            reading = number if number is not None else 0
-            page = _add_page(result, call, client.send(call), format=format, number=number)
-            reading = None
-            if on_page is not None:
-                on_page(page)
+        with once_per_run():  # the pages are planned as they are read: a warning about them said once
+            for number, call in plans:
+                reading = number if number is not None else 0
+                page = _add_page(result, call, client.send(call), format=format, number=number)
+                reading = None
+                if on_page is not None:
+                    on_page(page)
     except BaseException as exc:  # the pages read are kept in ``result``; Ctrl-C included
         mark_stopped(result, reading, source, exc)
         raise
@@ -383,14 +412,29 @@ def send_pages(
 
 
 def _add_page(result: OCRResult, call: Call, response: Response, *, format: Format, number: int | None) -> OCRPage:
-    """One page's answer read (``read_page``) into ``result``, its warnings named by page; returns the page."""
+    """One page's answer read (``read_page``) into ``result``, the result's warnings those of every page read
+    (``by_page``); returns the page."""
     page = read_page(call, response, format=format, page=number)
     result.pages.append(page)
     result.responses.append(response)
     result.model = response.model or call.request.model
-    where = f"page {number}: " if number is not None else ""
-    result.warnings.extend(where + w for w in page.warnings if w != NO_TEXT)
+    result.warnings = by_page((p.page, w) for p in result.pages for w in p.warnings if w != NO_TEXT)
     return page
+
+
+def by_page(warnings: Iterable[tuple[int | None, str]]) -> list[str]:
+    """``(page, warning)`` pairs as said once each, prefixed with the pages that have it, in the order first met:
+    ``"page 3: ..."``, ``"pages 1, 2: ..."`` (a warning of ten pages is one line naming them, not ten); page None (an
+    image): the warning alone. Raises nothing."""
+    pages: dict[str, list[int | None]] = {}
+    for number, warning in warnings:
+        pages.setdefault(warning, []).append(number)
+    out = []
+    for warning, numbers in pages.items():
+        named = [str(n) for n in dict.fromkeys(numbers) if n is not None]
+        where = f"page{'s' if len(named) > 1 else ''} {', '.join(named)}: " if named else ""
+        out.append(where + warning)
+    return out
 
 
 def partial(exc: BaseException) -> OCRResult | None:
@@ -479,17 +523,18 @@ def ocr(
     (``str`` or ``os.PathLike``), URL, bytes or PIL image."""
     sync_client(client, "ocr")
     source = task_media(source)
-    if max_cost is not None:
-        est = estimate_ocr(client, source, format=format, task=task, options=options, pages=pages, **fields)
-        check_cost(est, max_cost)
-    plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
-    try:
-        return library_worded(send_pages(client, source, plans, format=format))
-    except BaseException as exc:
-        read = partial(exc)
-        if read is not None:  # the pages read, in the library's words as a whole result is
-            library_worded(read)
-        raise
+    with once_per_run():  # the pages estimated, then planned and read: a warning about them said once
+        if max_cost is not None:
+            est = estimate_ocr(client, source, format=format, task=task, options=options, pages=pages, **fields)
+            check_cost(est, max_cost)
+        plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
+        try:
+            return library_worded(send_pages(client, source, plans, format=format))
+        except BaseException as exc:
+            read = partial(exc)
+            if read is not None:  # the pages read, in the library's words as a whole result is
+                library_worded(read)
+            raise
 
 
 async def aocr(
@@ -508,6 +553,20 @@ async def aocr(
     ``exc.partial``, Ctrl-C and cancellation too); TypeError for a synchronous Client."""
     async_client(client, "ocr")
     source = task_media(source)
+    with once_per_run():  # the pages estimated, then planned (in worker threads, which share it) and read
+        return await _aocr(client, source, format, task, options, pages, max_cost, fields)
+
+
+async def _aocr(
+    client: SupportsAsyncComplete,
+    source: Any,
+    format: Format,
+    task: str | None,
+    options: dict[str, Any] | None,
+    pages: str | int | list[int | str] | None,
+    max_cost: float | None,
+    fields: dict[str, Any],
+) -> OCRResult:
     if max_cost is not None:
         est = await in_thread(
             estimate_ocr, client, source, format=format, task=task, options=options, pages=pages, **fields
