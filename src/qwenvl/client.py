@@ -16,7 +16,6 @@ import inspect
 import os
 import re
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, Unpack
 
@@ -615,6 +614,15 @@ class _Base(Generic[B, H]):
         if last:
             self._close_stores()
 
+    def _wait_idle(self, timeout_s: float, given_up: threading.Event | None = None) -> None:
+        """Wait until no whole-answer call is in flight (``_end_call`` tells the condition), at most ``timeout_s``
+        seconds, or until ``given_up`` is set (and the condition told): the one wait of ``close()`` and
+        ``aclose()`` (which runs it in a worker thread, so that calls in its own loop go on). Raises nothing."""
+        with self._lock:
+            self._idle.wait_for(
+                lambda: self._inflight == 0 or (given_up is not None and given_up.is_set()), timeout=timeout_s
+            )
+
     def _stores_now(self) -> bool:
         """For ``close()``: True when no call is in flight, so the stores close now; else False, and the last call
         to end closes them (``_end_call``), after writing its row: a call cut by the close is logged, not lost."""
@@ -780,13 +788,12 @@ class _Base(Generic[B, H]):
             self._key()
 
     def _retried(self, notice: RetryNotice) -> None:
-        """The hook a backend this client makes is given: the attempt about to be retried is logged
-        (``exchange.retried``), then ``on_retry`` is told. An attempt that ``close()`` cut is not logged here: its
-        retry fails on the closed client and the exchange logs the request once, as ``cancelled``. During the close's
-        wait the connections are still open: an attempt retried then is logged as any other."""
+        """The hook a backend this client makes is given: ``on_retry`` is told (not for an attempt that ``close()``
+        cut). The attempt is logged by the exchange being sent, whatever the backend (``qwenvl.retry.tell``), once;
+        one that ``close()`` cut is logged once, as ``cancelled``. During the close's wait the connections are still
+        open: an attempt retried then is told and logged as any other."""
         if self._cutting:
             return
-        exchange.retried(notice)
         if self.on_retry is not None:
             self.on_retry(notice)
 
@@ -899,8 +906,7 @@ class Client(_Base[Backend, "httpx.Client"]):
                 return
             self._closed = True
         try:
-            with self._lock:
-                self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S if wait_s is None else wait_s)
+            self._wait_idle(CLOSE_WAIT_S if wait_s is None else wait_s)
         finally:
             self._cutting = True
             try:
@@ -1186,11 +1192,14 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
             if self._closed:
                 return
             self._closed = True
-        deadline = time.monotonic() + (CLOSE_WAIT_S if wait_s is None else wait_s)
+        given_up = threading.Event()  # set when this close is cancelled: the worker thread's wait ends with it
         try:
-            while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
-                await asyncio.sleep(0.02)
+            # the calls may run in this loop: it goes on meanwhile, the wait (the sync close's) in a worker thread
+            await asyncio.to_thread(self._wait_idle, CLOSE_WAIT_S if wait_s is None else wait_s, given_up)
         finally:
+            given_up.set()
+            with self._lock:
+                self._idle.notify_all()
             self._cutting = True
             with self._lock:
                 backend, loop = self._backend, self._loop

@@ -1,0 +1,135 @@
+"""One home for each rule: the same decision made once, for every surface (library, CLI, estimate, batch, MCP,
+serve), sync and async alike."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import qwenvl
+import qwenvl.client
+from conftest import API_KEY, make_client
+from dashscope_server import Reply
+
+
+def _outcomes(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT outcome FROM requests ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def _arrived(server, n: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while len([r for r in server.requests if r.method == "POST"]) < n:
+        assert time.monotonic() < deadline, "the request never arrived"
+        time.sleep(0.02)
+
+
+# --- close(wait_s=): one wait, the condition, on both sides ------------------------------------------------------
+def test_aclose_waits_on_the_condition_not_by_polling(server, tmp_path, monkeypatch):
+    """aclose() waits for a task in flight with the sync close's condition (told when the call ends), not by waking
+    every few milliseconds: no asyncio.sleep while it waits, and it ends once the call has answered."""
+    server.enqueue(Reply(delay_s=0.6, text="whole"))
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, *args, **kwargs):
+        slept.append(delay)
+        return await real_sleep(delay, *args, **kwargs)
+
+    async def go() -> None:
+        aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=tmp_path / "u.db")
+        task = asyncio.ensure_future(aclient.ask("x"))
+        await asyncio.to_thread(_arrived, server)
+        monkeypatch.setattr(qwenvl.client.asyncio, "sleep", counting_sleep)
+        try:
+            await asyncio.wait_for(aclient.aclose(wait_s=60), 60)
+        finally:
+            monkeypatch.setattr(qwenvl.client.asyncio, "sleep", real_sleep)
+        assert task.done() and (await task).text == "whole"
+
+    asyncio.run(go())
+    assert slept == []
+    assert _outcomes(tmp_path / "u.db") == ["ok"]
+
+
+def test_a_cancelled_aclose_leaves_no_thread_waiting(server, tmp_path):
+    """aclose() cancelled during its wait ends the worker thread's wait at once (it is told), rather than leaving it
+    waiting out wait_s."""
+    gate = threading.Event()
+    server.enqueue(Reply(hold=gate, times=3))
+    before = threading.active_count()
+
+    async def go() -> None:
+        aclient = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False)
+        task = asyncio.ensure_future(aclient.ask("x"))
+        await asyncio.to_thread(_arrived, server)
+        closing = asyncio.ensure_future(aclient.aclose(wait_s=120))
+        await asyncio.sleep(0.3)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        task.cancel()
+        with pytest.raises(BaseException):  # noqa: B017 - cancelled, or cut by the close
+            await task
+
+    started = time.monotonic()
+    asyncio.run(go())  # asyncio.run waits for the default executor's threads: the wait must have ended
+    gate.set()
+    assert time.monotonic() - started < 60
+    deadline = time.monotonic() + 30
+    while threading.active_count() > before + 2 and time.monotonic() < deadline:  # the server's own threads
+        time.sleep(0.05)
+
+
+# --- a backend given to the client: its retried attempts are logged, once -----------------------------------------
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_a_given_backends_retried_attempts_are_logged_once(server, tmp_path, protocol):
+    from qwenvl.backends.dashscope import DashScopeBackend
+
+    told: list[int] = []
+    server.enqueue(Reply(status=503), Reply(text="after a retry"))
+    backend = DashScopeBackend(
+        API_KEY, protocol=protocol, base_url=server.url, on_retry=lambda n: told.append(n.number)
+    )
+    with qwenvl.Client(backend=backend, usage_log=tmp_path / "u.db", retry_backoff_s=0.01) as client:
+        assert client.ask("x").text == "after a retry"
+        client.usage_log.flush()
+    backend.close()
+    assert told == [1]  # the backend's own hook, as its owner set it
+    assert _outcomes(tmp_path / "u.db") == ["InternalServerError", "ok"]
+
+
+def test_a_given_async_backends_retried_attempts_are_logged_once_streams_too(server, tmp_path):
+    from qwenvl.backends.dashscope import AsyncDashScopeBackend
+
+    server.enqueue(Reply(status=503), Reply(text="whole"), Reply(status=429), Reply(text="streamed"))
+
+    async def go() -> None:
+        backend = AsyncDashScopeBackend(API_KEY, base_url=server.url)
+        client = qwenvl.AsyncClient(backend=backend, usage_log=tmp_path / "u.db", retry_backoff_s=0.01)
+        assert (await client.ask("x")).text == "whole"
+        events = [e async for e in client.stream(prompt="y")]
+        assert events[-1].response.text == "streamed"
+        await client.aclose()
+        await backend.aclose()
+
+    asyncio.run(go())
+    assert _outcomes(tmp_path / "u.db") == ["InternalServerError", "ok", "RateLimitError", "ok"]
+
+
+def test_a_made_backends_retried_attempt_is_logged_once_and_told(server, tmp_path):
+    told: list[int] = []
+    server.enqueue(Reply(status=503), Reply(text="ok"))
+    client = make_client(server, usage_log=tmp_path / "u.db", retry_backoff_s=0.01, on_retry=lambda n: told.append(1))
+    assert client.ask("x").text == "ok"
+    client.close()
+    assert told == [1]
+    assert _outcomes(tmp_path / "u.db") == ["InternalServerError", "ok"]
