@@ -133,3 +133,63 @@ def test_a_made_backends_retried_attempt_is_logged_once_and_told(server, tmp_pat
     client.close()
     assert told == [1]
     assert _outcomes(tmp_path / "u.db") == ["InternalServerError", "ok"]
+
+
+# --- "may have been billed": decided once, when the row is written; old rows migrated once -------------------------
+def test_old_usage_rows_are_migrated_once_and_the_summary_reads_the_flag(tmp_path):
+    from qwenvl.store.db import connect
+    from qwenvl.store.usage import MIGRATIONS, Entry, UsageLog
+
+    path = tmp_path / "usage.db"
+    conn = connect(path, MIGRATIONS[:2])  # a log written by a version before the flag
+    now = time.time()
+    rows = [
+        ("qwen3-vl-plus", "compat", "cancelled", None, None),  # may have been billed
+        ("qwen3-vl-plus", "compat", "APITimeoutError", None, None),  # may have been billed
+        ("qwen3-vl-plus", "compat", "RateLimitError", 0.0, 429),  # refused: not billed
+        ("qwen3-vl-plus", "compat", "APIConnectionError", 0.0, None),  # never delivered: cost 0
+    ]
+    with conn:
+        for model, protocol, outcome, cost, status in rows:
+            conn.execute(
+                "INSERT INTO requests (time, model, protocol, outcome, cost, status, currency) VALUES (?,?,?,?,?,?,?)",
+                (now, model, protocol, outcome, cost, status, "CNY" if cost is not None else None),
+            )
+    conn.close()
+    log = UsageLog(path)
+    try:
+        (row,) = log.summarize()
+        assert row["maybe_billed"] == 2 and row["errors"] == 4
+        conn = sqlite3.connect(path)
+        try:
+            flags = [r[0] for r in conn.execute("SELECT maybe_billed FROM requests ORDER BY id")]
+            applied = [r[0] for r in conn.execute("SELECT name FROM _migrations")]
+        finally:
+            conn.close()
+        assert flags == [1, 1, 0, 0]
+        assert "m003_maybe_billed" in applied
+        # a new row says itself whether it may have been billed: the summary reads it, never re-derives it
+        log.record(
+            Entry(model="qwen3-vl-plus", protocol="compat", outcome="StreamInterruptedError", maybe_billed=False)
+        )
+        log.record(Entry(model="qwen3-vl-plus", protocol="compat", outcome="cancelled", maybe_billed=True))
+        (row,) = log.summarize()
+        assert row["maybe_billed"] == 3 and row["errors"] == 6
+    finally:
+        log.close()
+
+
+def test_a_cancelled_request_is_written_with_its_flag(server, tmp_path):
+    server.enqueue(Reply(delay_s=5))
+
+    async def main() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=tmp_path / "u.db") as ac:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ac.ask("x"), 1)
+
+    asyncio.run(main())
+    conn = sqlite3.connect(tmp_path / "u.db")
+    try:
+        assert conn.execute("SELECT outcome, maybe_billed, cost FROM requests").fetchall() == [("cancelled", 1, None)]
+    finally:
+        conn.close()

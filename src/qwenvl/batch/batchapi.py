@@ -73,6 +73,7 @@ from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
 from qwenvl.retry import retry_delay, should_retry
+from qwenvl.store.exchange import may_be_billed
 from qwenvl.store.usage import Entry
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import Response, seconds
@@ -940,6 +941,7 @@ def _record(
             request_id=paid.request_id if paid else getattr(outcome, "request_id", None),
             status=getattr(outcome, "status", None),
             code=getattr(outcome, "code", None),
+            maybe_billed=not paid and may_be_billed(outcome),  # the one rule (store.exchange)
         ),
     )
 

@@ -242,7 +242,8 @@ class Exchange:
             outcome = type(exc).__name__ if isinstance(exc, Exception) else CANCELLED
         # what the attempt cost: unknown (None) when it may have been billed, 0.0 when it was not; a local model's
         # none (no money)
-        cost = None if self.local or may_be_billed(exc) else 0.0
+        maybe = may_be_billed(exc)  # the one rule, kept in the row: `qwenvl usage` reads it, never re-derives it
+        cost = None if self.local or maybe else 0.0
         self.log.record(
             Entry(
                 model=self.model,
@@ -254,6 +255,7 @@ class Exchange:
                 request_id=self.request_id or getattr(exc, "request_id", None),
                 status=getattr(exc, "status", None) or None,
                 code=getattr(exc, "code", None),
+                maybe_billed=maybe,
             )
         )
 
