@@ -193,3 +193,39 @@ def test_a_cancelled_request_is_written_with_its_flag(server, tmp_path):
         assert conn.execute("SELECT outcome, maybe_billed, cost FROM requests").fetchall() == [("cancelled", 1, None)]
     finally:
         conn.close()
+
+
+# --- backends.preflight: no client below the client; `qwenvl mcp` checks the backend its tools use -----------------
+def test_preflight_needs_no_client():
+    """backends sit below the client (the pipeline's layering): preflight asks the backend itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from engine_server import EngineServer\n"
+        "from qwenvl.backends import preflight\n"
+        "with EngineServer(engine='vllm', served='qwen3-vl-tiny') as srv:\n"
+        "    print(preflight('openai', {'base_url': srv.base_url}))\n"
+        "print('qwenvl.client' in sys.modules)\n"
+    )
+    tests = str(Path(__file__).parent)
+    env = {"PYTHONPATH": f"{Path(qwenvl.__file__).parent.parent}:{tests}", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["('qwen3-vl-tiny', None)", "False"]
+
+
+def test_mcp_checks_the_model_its_tools_would_use(isolated_env):
+    """`qwenvl mcp --backend openai` checks, before serving, the backend its tools use (the client's own options):
+    a $QWENVL_MODEL the engine does not serve is refused at start, as `qwenvl serve` refuses it, not every tool
+    call's error."""
+    from conftest import run_cli
+    from engine_server import EngineServer
+
+    with EngineServer(engine="vllm", served="qwen3-vl-tiny") as srv:
+        out = run_cli(
+            "mcp", "--backend", "openai", "--base-url", srv.base_url, env={"QWENVL_MODEL": "not-served"}, input=""
+        )
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert "not-served" in out.stderr

@@ -683,7 +683,11 @@ class _Base(Generic[B, H]):
         Raises NotImplementedError here: each client defines it."""
         raise NotImplementedError
 
-    def _local_options(self) -> dict[str, Any]:
+    def local_options(self) -> dict[str, Any]:
+        """The options a local backend is made with (``qwenvl.backends.make_backend``'s keywords: engine, family,
+        device, dtype, attn_implementation as given, ``base_url``, ``api_key``, the default ``model``): the one
+        builder of a backend's options from a client's, for this client and for ``backends.preflight``. Raises
+        nothing."""
         return dict(
             self._backend_options, base_url=self.base_url, api_key=self._api_key, model=self.defaults.get("model")
         )
@@ -698,12 +702,10 @@ class _Base(Generic[B, H]):
         name = name or self.defaults.get("model")
         if not self.is_local:
             return model_info(name or DEFAULT_MODEL)
-        backend = self.backend
+        from qwenvl.backends import local_model
+
         fields: dict[str, Any] = {"model": name} if name else {}
-        request = self.request(prompt="?", **fields)
-        if hasattr(backend, "adapt"):
-            request = backend.adapt(request)
-        return backend.model_info(request.model) if hasattr(backend, "model_info") else model_info(request.model)
+        return local_model(self.backend, self.request(prompt="?", **fields))
 
     def preview(self, call: Call, *, stream: bool = False) -> dict[str, Any]:
         """The dry run of ``call`` (``qwenvl.preview``): what would be sent where, with estimates; nothing is sent.
@@ -874,7 +876,7 @@ class Client(_Base[Backend, "httpx.Client"]):
                 from qwenvl.backends import make_backend
 
                 self._backend = make_backend(
-                    self.backend_name, http_client=self._http_client, on_retry=self._retried, **self._local_options()
+                    self.backend_name, http_client=self._http_client, on_retry=self._retried, **self.local_options()
                 )
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
@@ -1095,7 +1097,7 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
                     asynchronous=True,
                     http_client=self._http_client,
                     on_retry=self._retried,
-                    **self._local_options(),
+                    **self.local_options(),
                 )
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
