@@ -229,3 +229,65 @@ def test_mcp_checks_the_model_its_tools_would_use(isolated_env):
         )
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
     assert "not-served" in out.stderr
+
+
+# --- "this option does not apply to these media": one structured refusal, every surface ---------------------------
+def _refusal(exc: BaseException) -> tuple[str, str, frozenset[str]]:
+    from qwenvl.errors import OptionNotAppliedError
+
+    assert isinstance(exc, OptionNotAppliedError), repr(exc)
+    assert exc.refusal is not None
+    return exc.refusal.field, exc.refusal.option, exc.refusal.applies
+
+
+def test_library_estimate_and_chat_refuse_with_the_same_data(server, png):
+    from qwenvl.chat import Conversation
+    from qwenvl.errors import UsageError
+    from qwenvl.estimate import estimate_files
+
+    with make_client(server) as client:
+        with pytest.raises(UsageError) as planned:
+            client.plan(prompt="x", image=str(png), fps=2)
+        assert _refusal(planned.value)[:2] == ("fps", "fps") and "video" in _refusal(planned.value)[2]
+        with pytest.raises(UsageError) as counted:
+            estimate_files([png], client=client, fps=2, fps_option="--fps")
+        assert _refusal(counted.value)[:2] == ("fps", "--fps")
+        assert str(counted.value) == str(planned.value)  # one wording, in the library's words
+        with pytest.raises(UsageError) as paged:
+            client.plan(prompt="x", image=str(png), pages="1")
+        assert _refusal(paged.value)[0] == "pages"
+        conv = Conversation(client, fields={"pages": "1"})
+        conv.attach(str(png))
+        with pytest.raises(UsageError) as turned:
+            conv.send("what is this?")
+        assert _refusal(turned.value)[:2] == ("pages", "--pages")
+    assert len(server.requests) == 0
+
+
+def test_serve_names_the_field_an_option_refusal_is_about():
+    from qwenvl.errors import UsageError
+    from qwenvl.media.sources import check_options_apply
+    from qwenvl.protocols.inbound import named_field
+
+    with pytest.raises(UsageError) as caught:
+        check_options_apply({"vl_high_resolution_images": "vl_high_resolution_images"}, frozenset({"video"}))
+    assert named_field(caught.value, str(caught.value)) == "vl_high_resolution_images"
+
+
+def test_batch_names_its_flag_from_the_refusal_not_its_text(server, png, isolated_env, monkeypatch):
+    """`batch --requests` with a flag no line's media reads: refused in the flag's words (the refusal's field), for a
+    library message that words the option its own way too (nothing parsed from the text)."""
+    import json
+
+    import qwenvl.media.sources as sources
+    from conftest import run_cli
+
+    requests = isolated_env / "r.jsonl"
+    requests.write_text("".join(json.dumps({"id": f"i{n}", "prompt": "x", "image": str(png)}) + "\n" for n in range(3)))
+    # the library's own words may change; the flag is named from the data
+    monkeypatch.setattr(sources.NotApplied, "message", property(lambda self: f"the option {self.option} is not read"))
+    env = {"DASHSCOPE_API_KEY": API_KEY, "QWENVL_BASE_URL": server.url}
+    out = run_cli("batch", "--requests", str(requests), "--fps", "2", "-o", "out.jsonl", "--dry-run", env=env)
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert "--fps applies to videos only: no request takes it" in out.stderr, out.stderr
+    assert len(server.requests) == 0

@@ -22,7 +22,7 @@ from typing import IO, Any
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, UsageError, empty_argument
-from qwenvl.media.sources import MEDIA_SUFFIXES, OPTION_MEDIA, Source, check_regular, media_kind, open_regular
+from qwenvl.media.sources import MEDIA_SUFFIXES, Source, check_regular, media_kind, not_applied, open_regular
 from qwenvl.types import DuplicateKeyError, loads
 
 _GLOB_CHARS = frozenset("*?[")
@@ -288,8 +288,8 @@ def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Itera
         ref = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
         kind = media_kind(ref)
         key = "video" if kind == "video" else "image"
-        skip = {name for name, kinds in OPTION_MEDIA.items() if kind not in kinds}  # what this kind does not read
-        item_fields = {k: v for k, v in fields.items() if k not in skip}
+        # what this kind does not read (the one rule: media.sources.not_applied)
+        item_fields = {k: v for k, v in fields.items() if not_applied({k: k}, {kind}) is None}
         # a file name that is not UTF-8 (lone surrogates) is the item's id and input as text, escaped as every
         # message shows it (``na\udcefve.jpg``, ``errors.safe_line``): journals, outputs and logs are UTF-8; the
         # request keeps the real name to read it

@@ -821,6 +821,9 @@ class Batch:
         every = f"every one of the {est.invalid:,} pending items"
         hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.raw_hint
         refused = type(first)(f"{first.raw_message} ({every}): nothing was sent or written", hint=hint)
+        for name, value in vars(first).items():  # what it carries as data (OptionNotAppliedError.refusal) stays
+            if name not in ("raw_message", "raw_hint"):
+                setattr(refused, name, value)
         raise refused
 
     @staticmethod
