@@ -291,3 +291,53 @@ def test_batch_names_its_flag_from_the_refusal_not_its_text(server, png, isolate
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
     assert "--fps applies to videos only: no request takes it" in out.stderr, out.stderr
     assert len(server.requests) == 0
+
+
+# --- a dry run, an estimate and `tokens` refuse what sending refuses ----------------------------------------------
+def _video(path: Path) -> Path:
+    from test_backend_openai import make_video
+
+    return make_video(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--video-as", "file", "--upload", "inline", "--protocol", "native"), "an upload mode other than inline"),
+        (("--video-as", "file"), "needs the native protocol"),
+        (("--video-as", "file", "--protocol", "native", "--region", "intl"), "exists only in the Beijing region"),
+    ],
+)
+def test_a_dry_run_refuses_the_upload_mode_sending_refuses(server, isolated_env, args, said):
+    from conftest import run_cli
+
+    _video(isolated_env / "a.mp4")
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    base = ("ask", "a.mp4", "-p", "hi", "--base-url", server.url, *args)
+    sent = run_cli(*base, env=env)
+    dry = run_cli(*base, "--dry-run", env=env)
+    assert sent.returncode == dry.returncode == 2, (sent.stderr, dry.stderr)
+    assert said in dry.stderr and dry.stderr == sent.stderr, (dry.stderr, sent.stderr)
+    assert len(server.requests) == 0
+
+
+def test_upload_oss_over_compat_is_refused_by_a_plan_and_an_estimate(server, png):
+    from qwenvl.errors import UsageError
+
+    with make_client(server) as client:
+        for estimate_only in (False, True):
+            with pytest.raises(UsageError, match="upload=oss works only with the native protocol"):
+                client.plan(prompt="x", image=str(png), upload="oss", estimate_only=estimate_only)
+        with pytest.raises(UsageError, match="upload=oss works only with the native protocol"):
+            client.complete(prompt="x", image=str(png), upload="oss")
+        client.plan(prompt="x", image="https://example.com/a.png", upload="oss")  # nothing local: nothing to upload
+    assert len(server.requests) == 0
+
+
+def test_tokens_refuses_a_whole_video_where_no_storage_exists(isolated_env):
+    from conftest import run_cli
+
+    _video(isolated_env / "a.mp4")
+    out = run_cli("tokens", "a.mp4", "--video-as", "file", "--region", "intl")
+    assert out.returncode == 2 and "exists only in the Beijing region" in out.stderr, out.stderr
+    assert run_cli("tokens", "a.mp4", "--video-as", "file").returncode == 0

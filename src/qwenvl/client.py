@@ -764,7 +764,9 @@ class _Base(Generic[B, H]):
         if swapped is not None and req.prompt is not None:  # "file not found: What is this?" would mislead
             raise swapped_error(req.prompt, swapped)
         if not self.is_local:
-            return plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
+            call = plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
+            self._check_upload(call)
+            return call
         backend = self.backend
         if hasattr(backend, "adapt"):
             req = backend.adapt(req)
@@ -773,6 +775,21 @@ class _Base(Generic[B, H]):
         return plan(
             req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form, prepared=self.prepared
         )
+
+    def _check_upload(self, call: Call) -> None:
+        """What sending ``call`` to DashScope would refuse whatever its sizes (the upload mode, temporary storage:
+        ``qwenvl.backends.oss.check_upload``), refused at planning, so that a dry run, an estimate and a batch's plan
+        refuse it as sending does. The region and protocol are those of the backend given, else of the one this
+        client makes (``backends.dashscope.storage_region``); no key is needed."""
+        from qwenvl.backends import oss
+        from qwenvl.backends.dashscope import storage_region
+
+        given = self._backend if self._given_backend else None
+        region = getattr(given, "region", None) or getattr(getattr(given, "_sync", None), "region", None)
+        if region is None:
+            url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
+            region = storage_region(url, self.region)
+        oss.check_upload(call, self.protocol, region)
 
     def _key(self) -> KeyFound:
         """The DashScope key (``qwenvl.config.require_api_key``). MissingAPIKeyError when none is found; when the
