@@ -341,3 +341,39 @@ def test_tokens_refuses_a_whole_video_where_no_storage_exists(isolated_env):
     out = run_cli("tokens", "a.mp4", "--video-as", "file", "--region", "intl")
     assert out.returncode == 2 and "exists only in the Beijing region" in out.stderr, out.stderr
     assert run_cli("tokens", "a.mp4", "--video-as", "file").returncode == 0
+
+
+# --- a requests line's own fields are named as the line gives them ----------------------------------------------
+def test_a_requests_lines_own_model_and_fields_are_named_in_its_hint(server, png, isolated_env):
+    import json
+
+    from conftest import run_cli
+
+    lines = [
+        {"id": "typo", "prompt": "hi", "image": str(png), "model": "qwen3-vl-plsu"},
+        {"id": "long", "prompt": "hi", "image": str(png), "max_tokens": 99999},
+        {"id": "fine", "prompt": "hi", "image": str(png)},
+    ]
+    requests = isolated_env / "r.jsonl"
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    env = {"DASHSCOPE_API_KEY": API_KEY}
+    out = run_cli("batch", "--requests", str(requests), "-o", "out.jsonl", "--base-url", server.url, "--yes", env=env)
+    assert out.returncode == 0, out.stderr
+    rows = {r["id"]: r for r in map(json.loads, (isolated_env / "out.jsonl").read_text().splitlines()) if "id" in r}
+    typo, long = rows["typo"]["error"], rows["long"]["error"]
+    assert "did you mean qwen3-vl-plus" in typo["message"]
+    assert typo["hint"].startswith("Give model qwen3-vl-plus") and "--model" not in typo["hint"], typo
+    assert long["hint"].startswith("Give max_tokens of at most") and "--max-tokens" not in long["hint"], long
+    assert rows["fine"]["status"] == "ok"
+
+
+def test_a_flag_that_sets_the_field_keeps_its_name(png):
+    from qwenvl.batch.inputs import in_line_words, read_requests
+    from qwenvl.errors import UsageError
+
+    path = Path(png).parent / "r.jsonl"
+    path.write_text('{"prompt": "hi", "image": "a.png", "max_tokens": 5}\n')
+    (item,) = read_requests(path, {"max_tokens": 99999})  # --max-tokens overrides the line's
+    assert "max_tokens" not in item.own
+    exc = in_line_words(item, UsageError("too many", hint="Give --max-tokens / max_tokens of at most 10."))
+    assert exc.raw_hint == "Give --max-tokens / max_tokens of at most 10."
