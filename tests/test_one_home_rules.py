@@ -377,3 +377,18 @@ def test_a_flag_that_sets_the_field_keeps_its_name(png):
     assert "max_tokens" not in item.own
     exc = in_line_words(item, UsageError("too many", hint="Give --max-tokens / max_tokens of at most 10."))
     assert exc.raw_hint == "Give --max-tokens / max_tokens of at most 10."
+
+
+def test_an_engines_parameter_refusal_comes_at_planning_too(png):
+    """What the engine cannot take (top_k on a generic engine, thinking on one without a switch) is refused by a
+    plan and an estimate-only plan (a batch's estimate) as by sending, before anything is sent."""
+    from engine_server import EngineServer
+    from qwenvl.errors import UsageError
+
+    with EngineServer(engine="generic", served="my-qwen3-vl") as srv:
+        with qwenvl.Client(backend="openai", base_url=srv.base_url) as client:
+            for fields in ({"top_k": 2}, {"enable_thinking": True}, {"extra": {"top_k": 2}}):
+                for estimate_only in (False, True):
+                    with pytest.raises(UsageError, match=r"top_k|thinking"):
+                        client.plan(prompt="x", image=str(png), estimate_only=estimate_only, **fields)
+        assert srv.chats() == []

@@ -208,6 +208,8 @@ class _Wire:
         if "model" not in request.model_fields_set:
             update["model"] = self.model or self.served_default(info)
         self.check_model(info, update.get("model", request.model))
+        given = {k: getattr(request, k) for k in ("top_k", "enable_thinking", "thinking_budget")}
+        proto.check_params({**{k: v for k, v in given.items() if v is not None}, **request.extra}, self.engine)
         eng = proto.engine(info.engine)
         if not eng.image_urls and not request.fetch_urls:
             update["fetch_urls"] = True  # Ollama takes data: URLs only: remote images are downloaded here
