@@ -772,9 +772,13 @@ class _Base(Generic[B, H]):
             req = backend.adapt(req)
         model = backend.model_info(req.model) if hasattr(backend, "model_info") else None
         media_form = getattr(backend, "media_form", "data-url")
-        return plan(
+        call = plan(
             req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form, prepared=self.prepared
         )
+        check_params = getattr(backend, "check_params", None)
+        if check_params is not None:  # what the backend cannot take: refused by a plan as by sending
+            check_params(call.request)
+        return call
 
     def _check_upload(self, call: Call) -> None:
         """What sending ``call`` to DashScope would refuse whatever its sizes (the upload mode, temporary storage:
