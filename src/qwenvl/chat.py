@@ -33,9 +33,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, cast
 
 from qwenvl.batch.inputs import expand_globs
-from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.errors import MediaError, OptionNotAppliedError, QwenVLError, UsageError
 from qwenvl.media import images as media_images
-from qwenvl.media.sources import check_pages_apply, check_video_options_apply, classify, media_kind, read_bytes
+from qwenvl.media.sources import (
+    NotApplied,
+    classify,
+    media_kind,
+    pages_not_applied,
+    read_bytes,
+    video_options_not_applied,
+)
 from qwenvl.plan import Call
 from qwenvl.sessions import Session, drop_media, drop_unavailable_media
 from qwenvl.spelling import nearest
@@ -87,37 +94,34 @@ def _for_media(
                 earlier_video = True
             else:
                 earlier_images += _part_refs(part)
-    try:
-        check_pages_apply(out.get("pages"), images)
-    except UsageError:
+    if pages_not_applied(out.get("pages"), images) is not None:
         if earlier is not None and sent:
-            try:
-                check_pages_apply(out.get("pages"), earlier_images)
-            except UsageError:
-                raise _not_applied("pages", "PDF") from None
+            refusal = pages_not_applied(out.get("pages"), earlier_images)
+            if refusal is not None:
+                raise _not_applied(refusal)
         del out["pages"]
     if video is None:
         given = [
             n for n, v in (("fps", out.get("fps")), ("video_as", out.get("video_as") not in (None, "frames"))) if v
         ]
         if given and earlier is not None and sent and not earlier_video:
-            try:
-                check_video_options_apply(given, [*images, *earlier_images])
-            except UsageError:
-                raise _not_applied(given[0], "video") from None
+            refusal = video_options_not_applied(given, [*images, *earlier_images])
+            if refusal is not None:
+                raise _not_applied(refusal)
         out.pop("fps", None)
         out.pop("video_as", None)
     return out
 
 
-def _not_applied(name: str, kind: str) -> UsageError:
-    """The refusal of the field ``name``, set for the conversation, on a turn whose media, like every earlier
-    turn's, are no ``kind`` (written in flags, as every message: ``QwenVLError.message`` is in the library's words)."""
-    flag = "--" + name.replace("_", "-")
-    return UsageError(
-        f"{flag} (set for the conversation) applies to {kind}s only, and no file of this conversation so far is a "
-        f"{kind}: nothing was sent",
-        hint=f"Leave {flag} out, or give it only with a {kind}.",
+def _not_applied(refusal: NotApplied) -> OptionNotAppliedError:
+    """The refusal (``media.sources.not_applied``, the one rule) of an option set for the conversation, on a turn
+    whose media, like every earlier turn's, do not read it (written in flags, as every message: ``QwenVLError.message``
+    is in the library's words)."""
+    flag = "--" + refusal.field.replace("_", "-")
+    return refusal.named(flag).error(
+        f"{flag} (set for the conversation) applies to {refusal.media} only, and no file of this conversation so far "
+        f"is {refusal.medium}: nothing was sent",
+        hint=f"Leave {flag} out, or give it only with {refusal.medium}.",
     )
 
 

@@ -16,7 +16,6 @@ import inspect
 import os
 import re
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, Unpack
 
@@ -615,6 +614,15 @@ class _Base(Generic[B, H]):
         if last:
             self._close_stores()
 
+    def _wait_idle(self, timeout_s: float, given_up: threading.Event | None = None) -> None:
+        """Wait until no whole-answer call is in flight (``_end_call`` tells the condition), at most ``timeout_s``
+        seconds, or until ``given_up`` is set (and the condition told): the one wait of ``close()`` and
+        ``aclose()`` (which runs it in a worker thread, so that calls in its own loop go on). Raises nothing."""
+        with self._lock:
+            self._idle.wait_for(
+                lambda: self._inflight == 0 or (given_up is not None and given_up.is_set()), timeout=timeout_s
+            )
+
     def _stores_now(self) -> bool:
         """For ``close()``: True when no call is in flight, so the stores close now; else False, and the last call
         to end closes them (``_end_call``), after writing its row: a call cut by the close is logged, not lost."""
@@ -675,7 +683,11 @@ class _Base(Generic[B, H]):
         Raises NotImplementedError here: each client defines it."""
         raise NotImplementedError
 
-    def _local_options(self) -> dict[str, Any]:
+    def local_options(self) -> dict[str, Any]:
+        """The options a local backend is made with (``qwenvl.backends.make_backend``'s keywords: engine, family,
+        device, dtype, attn_implementation as given, ``base_url``, ``api_key``, the default ``model``): the one
+        builder of a backend's options from a client's, for this client and for ``backends.preflight``. Raises
+        nothing."""
         return dict(
             self._backend_options, base_url=self.base_url, api_key=self._api_key, model=self.defaults.get("model")
         )
@@ -690,12 +702,10 @@ class _Base(Generic[B, H]):
         name = name or self.defaults.get("model")
         if not self.is_local:
             return model_info(name or DEFAULT_MODEL)
-        backend = self.backend
+        from qwenvl.backends import local_model
+
         fields: dict[str, Any] = {"model": name} if name else {}
-        request = self.request(prompt="?", **fields)
-        if hasattr(backend, "adapt"):
-            request = backend.adapt(request)
-        return backend.model_info(request.model) if hasattr(backend, "model_info") else model_info(request.model)
+        return local_model(self.backend, self.request(prompt="?", **fields))
 
     def preview(self, call: Call, *, stream: bool = False) -> dict[str, Any]:
         """The dry run of ``call`` (``qwenvl.preview``): what would be sent where, with estimates; nothing is sent.
@@ -754,15 +764,36 @@ class _Base(Generic[B, H]):
         if swapped is not None and req.prompt is not None:  # "file not found: What is this?" would mislead
             raise swapped_error(req.prompt, swapped)
         if not self.is_local:
-            return plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
+            call = plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
+            self._check_upload(call)
+            return call
         backend = self.backend
         if hasattr(backend, "adapt"):
             req = backend.adapt(req)
         model = backend.model_info(req.model) if hasattr(backend, "model_info") else None
         media_form = getattr(backend, "media_form", "data-url")
-        return plan(
+        call = plan(
             req, self.protocol, estimate_only=estimate_only, model=model, media_form=media_form, prepared=self.prepared
         )
+        check_params = getattr(backend, "check_params", None)
+        if check_params is not None:  # what the backend cannot take: refused by a plan as by sending
+            check_params(call.request)
+        return call
+
+    def _check_upload(self, call: Call) -> None:
+        """What sending ``call`` to DashScope would refuse whatever its sizes (the upload mode, temporary storage:
+        ``qwenvl.backends.oss.check_upload``), refused at planning, so that a dry run, an estimate and a batch's plan
+        refuse it as sending does. The region and protocol are those of the backend given, else of the one this
+        client makes (``backends.dashscope.storage_region``); no key is needed."""
+        from qwenvl.backends import oss
+        from qwenvl.backends.dashscope import storage_region
+
+        given = self._backend if self._given_backend else None
+        region = getattr(given, "region", None) or getattr(getattr(given, "_sync", None), "region", None)
+        if region is None:
+            url = resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)  # type: ignore[arg-type]
+            region = storage_region(url, self.region)
+        oss.check_upload(call, self.protocol, region)
 
     def _key(self) -> KeyFound:
         """The DashScope key (``qwenvl.config.require_api_key``). MissingAPIKeyError when none is found; when the
@@ -780,13 +811,12 @@ class _Base(Generic[B, H]):
             self._key()
 
     def _retried(self, notice: RetryNotice) -> None:
-        """The hook a backend this client makes is given: the attempt about to be retried is logged
-        (``exchange.retried``), then ``on_retry`` is told. An attempt that ``close()`` cut is not logged here: its
-        retry fails on the closed client and the exchange logs the request once, as ``cancelled``. During the close's
-        wait the connections are still open: an attempt retried then is logged as any other."""
+        """The hook a backend this client makes is given: ``on_retry`` is told (not for an attempt that ``close()``
+        cut). The attempt is logged by the exchange being sent, whatever the backend (``qwenvl.retry.tell``), once;
+        one that ``close()`` cut is logged once, as ``cancelled``. During the close's wait the connections are still
+        open: an attempt retried then is told and logged as any other."""
         if self._cutting:
             return
-        exchange.retried(notice)
         if self.on_retry is not None:
             self.on_retry(notice)
 
@@ -867,7 +897,7 @@ class Client(_Base[Backend, "httpx.Client"]):
                 from qwenvl.backends import make_backend
 
                 self._backend = make_backend(
-                    self.backend_name, http_client=self._http_client, on_retry=self._retried, **self._local_options()
+                    self.backend_name, http_client=self._http_client, on_retry=self._retried, **self.local_options()
                 )
                 return self._backend
             from qwenvl.backends.dashscope import DashScopeBackend
@@ -899,8 +929,7 @@ class Client(_Base[Backend, "httpx.Client"]):
                 return
             self._closed = True
         try:
-            with self._lock:
-                self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S if wait_s is None else wait_s)
+            self._wait_idle(CLOSE_WAIT_S if wait_s is None else wait_s)
         finally:
             self._cutting = True
             try:
@@ -1089,7 +1118,7 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
                     asynchronous=True,
                     http_client=self._http_client,
                     on_retry=self._retried,
-                    **self._local_options(),
+                    **self.local_options(),
                 )
                 return self._backend
             from qwenvl.backends.dashscope import AsyncDashScopeBackend
@@ -1186,11 +1215,14 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
             if self._closed:
                 return
             self._closed = True
-        deadline = time.monotonic() + (CLOSE_WAIT_S if wait_s is None else wait_s)
+        given_up = threading.Event()  # set when this close is cancelled: the worker thread's wait ends with it
         try:
-            while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
-                await asyncio.sleep(0.02)
+            # the calls may run in this loop: it goes on meanwhile, the wait (the sync close's) in a worker thread
+            await asyncio.to_thread(self._wait_idle, CLOSE_WAIT_S if wait_s is None else wait_s, given_up)
         finally:
+            given_up.set()
+            with self._lock:
+                self._idle.notify_all()
             self._cutting = True
             with self._lock:
                 backend, loop = self._backend, self._loop

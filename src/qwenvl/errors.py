@@ -3,6 +3,7 @@
 QwenVLError
  ├── UsageError                    bad arguments or request fields            exit 2
  │    ├── SchemaDefinitionError    a schema that is not valid JSON Schema
+ │    ├── OptionNotAppliedError    an option that no media of the request reads (.refusal)
  │    └── ClientClosedError        a client used after close(), or in another event loop
  ├── MediaError                    a file or URL that cannot be read or sent  exit 3
  ├── APIError                      the service or the network                 exit 5
@@ -27,6 +28,7 @@ import re
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from qwenvl.media.sources import NotApplied
     from qwenvl.types import Response
 
 EXIT_OK = 0
@@ -158,6 +160,18 @@ class UnsupportedParameterError(UsageError):
     def __init__(self, message: str, *, param: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.param = param
+
+
+class OptionNotAppliedError(UsageError):
+    """Raised for an option that no media of the request reads (``pages`` without a PDF, ``fps`` without a video,
+    ``detail`` without an image...), before anything is sent: refused rather than silently ignored. ``.refusal`` is
+    the decision as data (``qwenvl.media.sources.NotApplied``: ``field``, the Request field; ``option``, as the
+    caller named it; ``applies``, the kinds of media that read it), for a surface to word or name (``batch``'s flags,
+    serve's ``param``), never to parse from the message. CLI exit code 2."""
+
+    def __init__(self, message: str, *, refusal: NotApplied | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.refusal = refusal
 
 
 class MediaError(QwenVLError):

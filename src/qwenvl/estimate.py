@@ -18,11 +18,12 @@ from typing import Any
 
 from qwenvl import env as qenv
 from qwenvl.backends.family import family_model
+from qwenvl.backends.oss import storage_refusal
 from qwenvl.config import UNKNOWN_REGION_HINT
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
-from qwenvl.media.sources import check_options_apply, first_names, media_kind, ref_kinds
+from qwenvl.media.sources import check_options_apply, classify, first_names, media_kind, ref_kinds
 from qwenvl.models import currency_of, media_costs, model_info, typo_error
 from qwenvl.plan import check_video_ability, media_option_fields, media_options, video_pixels
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
@@ -97,6 +98,13 @@ def estimate_files(
     video = next((ref for ref in refs if media_kind(ref) == "video"), None)
     if video is not None:  # a model that takes no video: nothing to price
         check_video_ability(info, first_names([video]))
+    if not getattr(client, "is_local", False):  # what sending would refuse whatever the sizes: refused here too
+        whole = request.video_as == "file" and any(media_kind(r) == "video" and not classify(r).is_remote for r in refs)
+        refusal = storage_refusal(
+            request.upload, "native", region or client.region, whole_video=whole, local_items=False
+        )  # counted as the native protocol sends it (a video whole: through temporary storage)
+        if refusal is not None:
+            raise refusal
 
     rows: list[dict[str, Any]] = []
     failed = 0

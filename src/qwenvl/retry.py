@@ -16,15 +16,20 @@
   try again (``give_up_hint``), instead of holding a terminal or a batch worker for an unknown time.
 - **Visible waits**: the transport calls an ``on_retry`` hook with a ``RetryNotice`` before each wait; the
   CLI prints ``notice.describe()`` on a terminal ("rate limited, retrying in 4 s (2/3)").
+- **Every retried attempt is logged once**, whatever backend sends it (one a client made, or one given to
+  ``Client(backend=...)``): the transport also tells the listener of the request being sent in this thread or
+  task (``listening``; the usage log's exchange, ``qwenvl.store.exchange``), through ``tell``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from qwenvl._constants import JITTER, MAX_RETRY_DELAY_S
@@ -121,3 +126,31 @@ class RetryNotice:
 
 
 RetryHook = Callable[[RetryNotice], None]
+
+# The listener of the request being sent in this thread or task (``listening``): told of each attempt retried,
+# whichever transport retries it, beside that transport's own ``on_retry``.
+_listener: ContextVar[RetryHook | None] = ContextVar("qwenvl_retry_listener", default=None)
+
+
+def tell(notice: RetryNotice, on_retry: RetryHook | None) -> None:
+    """Tell of a retry before its wait: the listener of the request being sent here (``listening``), then
+    ``on_retry`` (the transport's own hook, e.g. the CLI's line on a terminal). The transports' one call. Raises
+    what the hooks raise."""
+    listener = _listener.get()
+    if listener is not None:
+        listener(notice)
+    if on_retry is not None:
+        on_retry(notice)
+
+
+@contextlib.contextmanager
+def listening(hook: RetryHook) -> Iterator[None]:
+    """Within the block, in this thread or task (and the threads it starts with ``asyncio.to_thread``), every retry
+    a transport makes is told to ``hook`` (``tell``). Restored to what it was at exit (not ``reset``: a stream may be
+    closed from another context). Raises nothing of its own."""
+    before = _listener.get()
+    _listener.set(hook)
+    try:
+        yield
+    finally:
+        _listener.set(before)

@@ -81,6 +81,7 @@ from qwenvl.retry import (
     parse_retry_after,
     retry_delay,
     should_retry,
+    tell,
 )
 
 T = TypeVar("T")
@@ -471,8 +472,7 @@ def _backoff(error: APIError, attempt: int, policy: Policy, on_retry: RetryHook 
             error.hint = hint
         raise error
     delay = retry_delay(attempt, policy.backoff_s, getattr(error, "retry_after", None))
-    if on_retry is not None:
-        on_retry(RetryNotice(error, attempt + 1, policy.max_retries, delay))
+    tell(RetryNotice(error, attempt + 1, policy.max_retries, delay), on_retry)  # and the request's listener
     return delay
 
 

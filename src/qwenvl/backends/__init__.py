@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     import httpx
 
     from qwenvl.backends.base import AsyncBackend, Backend
+    from qwenvl.models import ModelInfo
     from qwenvl.retry import RetryHook
+    from qwenvl.types import Request
 
 
 @overload
@@ -135,9 +137,11 @@ def preflight(backend: str, options: dict[str, Any]) -> tuple[str | None, str | 
     when ``model`` is given (it may start after the server: the warning says so, and ``/ready`` is 503 until it
     answers); without ``model`` the served name cannot be known: the engine's APIConnectionError (exit 5, as for
     every verb: an engine that is down), with a hint to start it or give ``--model``. ``dashscope``: nothing to
-    check here (None, None)."""
-    from qwenvl.client import Client
+    check here (None, None). ``options``: ``make_backend``'s keywords (``Client.local_options()`` of the client that
+    will serve: the same backend, model and endpoint); a model left out is ``$QWENVL_MODEL``'s, as a client's."""
+    from qwenvl import env as qenv
     from qwenvl.errors import APIConnectionError, APITimeoutError
+    from qwenvl.types import Request
 
     if backend == "dashscope":
         return None, None
@@ -150,9 +154,12 @@ def preflight(backend: str, options: dict[str, Any]) -> tuple[str | None, str | 
             dtype=options.get("dtype") or "auto",
             attn_implementation=options.get("attn_implementation"),
         )
-    client = Client(backend=backend, **options, max_retries=0, cache=False, usage_log=False)
+    options = {k: v for k, v in options.items() if v is not None}
+    model = options.get("model") or qenv.model()
+    made = make_backend(backend, **options)
     try:
-        name = client.resolve_model().name
+        fields: dict[str, Any] = {"model": model} if model else {}
+        name = local_model(made, Request(prompt="?", max_retries=0, **fields)).name
         if backend == "transformers":
             from qwenvl.backends.transformers import served_name
 
@@ -161,12 +168,26 @@ def preflight(backend: str, options: dict[str, Any]) -> tuple[str | None, str | 
     except (APIConnectionError, APITimeoutError) as exc:
         if backend != "openai":
             raise
-        url = getattr(client.backend, "base_url", None) or options.get("base_url")
-        if not options.get("model"):
+        url = getattr(made, "base_url", None) or options.get("base_url")
+        if not model:
             raise type(exc)(
                 f"the engine at {url} does not answer, so the model it serves is unknown: {exc}",
                 hint="Start the engine first, or give its served name with --model.",
             ) from None
-        return options["model"], f"the engine at {url} does not answer yet ({exc}); /ready is 503 until it does"
+        return model, f"the engine at {url} does not answer yet ({exc}); /ready is 503 until it does"
     finally:
-        client.close()
+        made.close()
+
+
+def local_model(backend: object, request: Request) -> ModelInfo:
+    """The rules of the model ``request`` would use on ``backend`` (a local one): the backend's ``adapt`` first (the
+    model a server serves when none is named), then its ``model_info`` (else the table's, ``qwenvl.models``). The one
+    answer of ``Client.resolve_model`` and ``preflight``. Raises what those hooks raise (APIError: the server cannot be
+    asked; UsageError: a model it does not serve, or none named when it serves several)."""
+    from qwenvl.models import model_info
+
+    adapt = getattr(backend, "adapt", None)
+    if adapt is not None:
+        request = adapt(request)
+    info = getattr(backend, "model_info", None)
+    return info(request.model) if info is not None else model_info(request.model)

@@ -84,6 +84,13 @@ class _Wire:
         return answer_events(self.parse(load_json(body, "the reply"), call, dict(stream.headers)))
 
 
+def storage_region(base_url: str, region: str | None) -> str:
+    """The region whose temporary storage a DashScope backend at ``base_url`` would use: the endpoint's own region
+    (``config.region_of_url``), else ``region`` (``config.effective_region``). Raises UsageError for an unknown
+    region."""
+    return region_of_url(base_url) or effective_region(region)
+
+
 class _Declared:
     """What both DashScope backends declare (``qwenvl.backends.base.Backend``)."""
 
@@ -118,7 +125,7 @@ class DashScopeBackend(_Declared):
         on_retry: RetryHook | None = None,
     ) -> None:
         self._declare(protocol, base_url, region)
-        self.region = region_of_url(self.base_url) or effective_region(region)  # decides temporary storage
+        self.region = storage_region(self.base_url, region)  # decides temporary storage
         kw = {"sleep": sleep} if sleep else {}
         self.transport = Transport(api_key, key_source=key_source, http_client=http_client, on_retry=on_retry, **kw)
         self.uploaded = oss.Uploaded()  # what this backend put in temporary storage: sent again, not uploaded again

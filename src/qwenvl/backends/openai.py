@@ -203,6 +203,12 @@ class _Wire:
         window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
         return families.resolve(name, self.family, root, where=f" (served at {self.base_url})", context_tokens=window)
 
+    def check_params(self, request: Request, info: ServerInfo) -> None:
+        """Refuse what the engine ``info`` names cannot take of ``request``'s parameters
+        (``protocols.openai.check_params``)."""
+        given = {k: getattr(request, k) for k in ("top_k", "enable_thinking", "thinking_budget")}
+        proto.check_params({**{k: v for k, v in given.items() if v is not None}, **request.extra}, info.engine)
+
     def adapt(self, request: Request, info: ServerInfo) -> Request:
         update: dict[str, Any] = {}
         if "model" not in request.model_fields_set:
@@ -319,6 +325,11 @@ class OpenAIBackend(_Declared):
     def model_info(self, name: str) -> ModelInfo:
         return self._wire.model_info(name, self._wire._info)
 
+    def check_params(self, request: Request) -> None:
+        """Refuse, at planning, what the engine cannot take of ``request``'s parameters (``top_k``, thinking:
+        ``protocols.openai.check_params``), as sending refuses it. Raises UsageError."""
+        self._wire.check_params(request, self.server(request_policy(request)))
+
     def ping(self, timeout_s: float = DETECT_TIMEOUT_S) -> None:
         """Ask the engine now whether it answers (``GET {base}/models``, once, ``timeout_s`` seconds): returns
         when it answers, else raises its APIError (APIConnectionError when it is down). ``qwenvl serve`` uses it
@@ -373,6 +384,10 @@ class AsyncOpenAIBackend(_Declared):
 
     def model_info(self, name: str) -> ModelInfo:
         return self._sync.model_info(name)
+
+    def check_params(self, request: Request) -> None:
+        """``OpenAIBackend.check_params``."""
+        self._sync.check_params(request)
 
     async def ready(self) -> str | None:
         """None when the engine answers now (``OpenAIBackend.ping``), else why not (one line)."""

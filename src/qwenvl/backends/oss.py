@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from qwenvl.errors import MalformedResponseError, MediaError, UsageError
+from qwenvl.media.prepare import ESTIMATE_SCHEME
 from qwenvl.media.sources import decode_data_url, open_regular, sniff
 from qwenvl.models import MAX_IMAGE_BYTES, MAX_INLINE_REQUEST_BYTES, temp_storage_available
 from qwenvl.plan import Call
@@ -157,32 +158,35 @@ def _no_storage(region: str, what: str, hint: str) -> UsageError:
     )
 
 
-def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> list[_Slot]:
-    """The inline items to move to temporary storage (pure: decides, uploads nothing).
-
-    ``region`` (None: ``$QWENVL_REGION``, else cn) decides whether temporary storage exists (Beijing only);
-    where it does not, anything that would need it is refused here, before any upload."""
+def storage_refusal(
+    mode: str, protocol: str, region: str | None, *, whole_video: bool, local_items: bool
+) -> UsageError | None:
+    """The refusal of a request whatever its sizes, or None: an upload ``mode`` that is not one of ``UPLOAD_MODES``;
+    ``upload=oss`` where temporary storage does not exist (``region``: Beijing only; None: ``$QWENVL_REGION``, else
+    cn) or, with ``local_items`` (local media, inline unless moved), over a protocol that sends no ``oss://``
+    references; a ``whole_video`` (``video_as=file``, a local video: it can only travel through storage) where
+    storage does not exist, over such a protocol, or with ``upload=inline``. The one home of these rules: ``choose``
+    (sending), ``check_upload`` (``Client.plan``: dry runs, estimates, batch plans) and ``qwenvl tokens``
+    (``estimate_files``). Raises UsageError for an unknown region."""
     if mode not in UPLOAD_MODES:
-        raise UsageError(
+        return UsageError(
             f"upload must be one of {', '.join(UPLOAD_MODES)}, not {mode!r}", hint="Use --upload auto, inline or oss."
         )
     storage = temp_storage_available(region)
-    slots = _slots(call.messages)
-    required = [s for s in slots if s.required]
     if not storage and mode == "oss":
-        raise _no_storage(
+        return _no_storage(
             region or "this region",
             "upload=oss",
             "Use --upload auto (inline what fits), or --region cn with a Beijing key.",
         )
-    if not storage and required:
-        raise _no_storage(
+    if not storage and whole_video:
+        return _no_storage(
             region or "this region",
             "a video sent whole (video_as=file)",
             "Send the video as frames (the default, --video-as frames), or use --region cn.",
         )
     takes_oss = get(protocol).oss_references
-    if required and (not takes_oss or mode == "inline"):  # the hint names what is missing, nothing given already
+    if whole_video and (not takes_oss or mode == "inline"):  # the hint names what is missing, nothing given already
         needs = [
             *(["the native protocol"] if not takes_oss else []),
             *(["an upload mode other than inline"] if mode == "inline" else []),
@@ -191,10 +195,52 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             *(["add --protocol native"] if not takes_oss else []),
             *(["use --upload auto (or oss)"] if mode == "inline" else []),
         ]
-        raise UsageError(
+        return UsageError(
             "a video sent whole (video_as=file) must go through temporary storage, which needs " + " and ".join(needs),
             hint=" and ".join(fixes).capitalize() + ", or send the video as frames (the default).",
         )
+    if mode == "oss" and local_items and not takes_oss:
+        return UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")
+    return None
+
+
+def check_upload(call: Call, protocol: str, region: str | None = None) -> None:
+    """Refuse now what ``choose`` would refuse whatever the sizes (``storage_refusal``), for a call planned to be
+    sent, shown (a dry run) or estimated (``estimate_only``: its local images are placeholders, still local items):
+    UsageError, before anything is uploaded or sent. ``region``: as ``choose``'s."""
+    slots = _slots(call.messages)
+    local = any(not s.required for s in slots) or any(
+        ref.startswith(ESTIMATE_SCHEME)
+        for m in call.messages
+        for p in m.media()
+        for ref in (p.video if isinstance(p, VideoPart) and isinstance(p.video, list) else [_ref(p)])
+    )
+    refusal = storage_refusal(
+        call.request.upload, protocol, region, whole_video=any(s.required for s in slots), local_items=local
+    )
+    if refusal is not None:
+        raise refusal
+
+
+def _ref(part: ImagePart | VideoPart) -> str:
+    return part.image if isinstance(part, ImagePart) else part.video if isinstance(part.video, str) else ""
+
+
+def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> list[_Slot]:
+    """The inline items to move to temporary storage (pure: decides, uploads nothing).
+
+    ``region`` (None: ``$QWENVL_REGION``, else cn) decides whether temporary storage exists (Beijing only);
+    where it does not, anything that would need it is refused here, before any upload (``storage_refusal``, the
+    rules that do not depend on sizes, then those that do)."""
+    storage = temp_storage_available(region)
+    slots = _slots(call.messages)
+    required = [s for s in slots if s.required]
+    refusal = storage_refusal(
+        mode, protocol, region, whole_video=bool(required), local_items=len(slots) > len(required)
+    )
+    if refusal is not None:
+        raise refusal
+    takes_oss = get(protocol).oss_references
     slots = [s for s in slots if not s.required]
     total = sum(len(s.url) for s in slots)
     if mode == "inline" or not slots:
@@ -217,9 +263,7 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             hint="Send fewer or smaller files (or lower --max-pixels), give public URLs, or use "
             "--region cn with a Beijing key.",
         )
-    if len(chosen) > len(required) and not takes_oss:
-        if mode == "oss":
-            raise UsageError("upload=oss works only with the native protocol", hint="Add --protocol native.")
+    if len(chosen) > len(required) and not takes_oss:  # upload=oss: refused above (storage_refusal)
         raise MediaError(
             f"{_too_large(chosen, slots)}; only the native protocol can upload to temporary storage",
             hint="Add --protocol native, or send fewer or smaller files.",

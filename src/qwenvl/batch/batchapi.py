@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from qwenvl._constants import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_S
-from qwenvl.batch.inputs import BatchItem
+from qwenvl.batch.inputs import BatchItem, in_line_words
 from qwenvl.batch.journal import UPLOAD_PREFIX, Journal
 from qwenvl.batch.spool import temporary_error
 from qwenvl.client import check_structured, make_request
@@ -73,6 +73,7 @@ from qwenvl.plan import ensure_sendable
 from qwenvl.protocols import compat
 from qwenvl.protocols.common import error_from_body
 from qwenvl.retry import retry_delay, should_retry
+from qwenvl.store.exchange import may_be_billed
 from qwenvl.store.usage import Entry
 from qwenvl.transport import Policy, Transport
 from qwenvl.types import Response, seconds
@@ -639,7 +640,7 @@ def _plan_line(batch: Batch, item: BatchItem) -> tuple[BatchItem, bytes | QwenVL
     try:
         call = batch.planner.plan(item.request)
     except (MediaError, UsageError) as exc:
-        return item, detached(exc), ("", False)  # kept as data (its future would hold its frames)
+        return item, detached(in_line_words(item, exc)), ("", False)  # kept as data (its future would hold its frames)
     ensure_sendable(call)
     refused = not_batchable(call.model, call.request.model)
     if refused is not None:
@@ -940,6 +941,7 @@ def _record(
             request_id=paid.request_id if paid else getattr(outcome, "request_id", None),
             status=getattr(outcome, "status", None),
             code=getattr(outcome, "code", None),
+            maybe_billed=not paid and may_be_billed(outcome),  # the one rule (store.exchange)
         ),
     )
 

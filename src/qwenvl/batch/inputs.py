@@ -17,12 +17,12 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
 from qwenvl.client import make_request
-from qwenvl.errors import MediaError, UsageError, empty_argument
-from qwenvl.media.sources import MEDIA_SUFFIXES, OPTION_MEDIA, Source, check_regular, media_kind, open_regular
+from qwenvl.errors import MediaError, QwenVLError, UsageError, empty_argument
+from qwenvl.media.sources import MEDIA_SUFFIXES, Source, check_regular, media_kind, not_applied, open_regular
 from qwenvl.types import DuplicateKeyError, loads
 
 _GLOB_CHARS = frozenset("*?[")
@@ -37,6 +37,34 @@ class BatchItem:
     input: Any = None
     line: int | None = field(default=None, repr=False)  # line in the requests file, for messages
     source: str | None = field(default=None, repr=False)  # the requests file's name, for messages
+    # the Request fields its line gave itself (no flag overrode them): an error's hint names them as the line does
+    own: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def in_line_words(item: BatchItem, exc: E) -> E:
+    """``exc``, an item's error before sending, with its hint naming each field that the item's requests-file line
+    gave itself (``BatchItem.own``) as the line's key, not the flag that did not set it: "Give model
+    qwen3-vl-plus" for a misspelt ``"model"`` of the line, "Give max_tokens of at most ..." (as ``analyze`` names
+    the keys its user wrote: ``wording``); other flags are kept. Every item's plan error goes through it (the
+    run, its estimate, the Batch API's lines). Returns ``exc`` (its ``raw_hint`` changed); raises nothing."""
+    hint = exc.raw_hint if isinstance(exc, QwenVLError) else None
+    if not item.own or not hint or not isinstance(exc, QwenVLError):
+        return exc
+    from qwenvl.wording import FLAG, Surface, field_of, fit_hint
+
+    own = item.own
+
+    def name(flag: str) -> str:
+        return field_of(flag) if field_of(flag) in own else flag
+
+    def pair(flag: str, other: str) -> str:
+        return other if field_of(flag) in own else f"{flag} / {other}"
+
+    exc.hint = fit_hint(hint, Surface(name=name, pair=pair, keeps=set(FLAG.findall(hint)))) or hint
+    return exc
 
 
 def _is_media_file(path: Path) -> bool:
@@ -288,8 +316,8 @@ def iter_items_from_inputs(refs: Iterable[str], fields: dict[str, Any]) -> Itera
         ref = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
         kind = media_kind(ref)
         key = "video" if kind == "video" else "image"
-        skip = {name for name, kinds in OPTION_MEDIA.items() if kind not in kinds}  # what this kind does not read
-        item_fields = {k: v for k, v in fields.items() if k not in skip}
+        # what this kind does not read (the one rule: media.sources.not_applied)
+        item_fields = {k: v for k, v in fields.items() if not_applied({k: k}, {kind}) is None}
         # a file name that is not UTF-8 (lone surrogates) is the item's id and input as text, escaped as every
         # message shows it (``na\udcefve.jpg``, ``errors.safe_line``): journals, outputs and logs are UTF-8; the
         # request keeps the real name to read it
@@ -384,4 +412,5 @@ def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> Ba
     shown: Any = refs[0] if len(refs) == 1 else (refs or None)
     if request.video is not None:
         shown = request.video if not refs else [*refs, request.video]
-    return BatchItem(id=item_id, request=fields, input=shown, line=n, source=path.name)
+    own = frozenset(k for k in data if k not in overrides or k == "extra")  # --param adds to a line's extra
+    return BatchItem(id=item_id, request=fields, input=shown, line=n, source=path.name, own=own)

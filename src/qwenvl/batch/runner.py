@@ -79,7 +79,7 @@ from qwenvl._constants import BATCH_POLL_INTERVAL_S, DEFAULT_MAX_RETRIES
 from qwenvl.backends.base import Backend
 from qwenvl.batch.batchapi import BatchJobFailedError, batch_command, jobs_named
 from qwenvl.batch.heap import steady_mmap_threshold
-from qwenvl.batch.inputs import BatchItem
+from qwenvl.batch.inputs import BatchItem, in_line_words
 from qwenvl.batch.journal import (
     UPLOAD_PREFIX,
     Journal,
@@ -747,7 +747,11 @@ class Batch:
             try:
                 call = self.planner.plan(item.request, estimate_only=True)
             except (MediaError, UsageError) as exc:
-                return seq, item.id, detached(exc)  # kept as data (its future would hold its frames)
+                return (
+                    seq,
+                    item.id,
+                    detached(in_line_words(item, exc)),
+                )  # kept as data (its future would hold its frames)
             if self.mode == "batch-api":
                 from qwenvl.batch.batchapi import not_batchable
 
@@ -821,6 +825,9 @@ class Batch:
         every = f"every one of the {est.invalid:,} pending items"
         hint = NotBatchableError.refused_hint if isinstance(first, NotBatchableError) else first.raw_hint
         refused = type(first)(f"{first.raw_message} ({every}): nothing was sent or written", hint=hint)
+        for name, value in vars(first).items():  # what it carries as data (OptionNotAppliedError.refusal) stays
+            if name not in ("raw_message", "raw_hint"):
+                setattr(refused, name, value)
         raise refused
 
     @staticmethod
@@ -1388,7 +1395,7 @@ class _Realtime:
         try:
             call = client.plan(fields)
         except (MediaError, UsageError) as exc:
-            return self._error(item, exc, 0)
+            return self._error(item, in_line_words(item, exc), 0)
         retries = item.request.get("max_retries", client.defaults.get("max_retries", DEFAULT_MAX_RETRIES))
         backoff = item.request.get("retry_backoff_s", call.request.retry_backoff_s)
         tokens, _ = input_tokens_of(call)

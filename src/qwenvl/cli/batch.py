@@ -60,7 +60,15 @@ from qwenvl.cli.common import (
     stdin_text,
     take_stdin,
 )
-from qwenvl.errors import APIError, AuthenticationError, QwenVLError, UsageError, safe_line, written
+from qwenvl.errors import (
+    APIError,
+    AuthenticationError,
+    OptionNotAppliedError,
+    QwenVLError,
+    UsageError,
+    safe_line,
+    written,
+)
 from qwenvl.models import format_cost, model_info
 from qwenvl.outputs import check_outputs
 from qwenvl.plan import check_extra, check_model_rules
@@ -139,30 +147,31 @@ def _estimate(job: Batch, opts: dict[str, Any]) -> Estimate:
     """``job.estimate()``; a flag that only some media read (``--pages``, ``--fps``, ``--high-res``...: they override
     a requests file's lines) that no pending item takes (each one's plan refuses it: ``plan.check_media_options``)
     is refused in the flag's words (exit 2), for a file of one line too, before anything is sent or written."""
-    flags = media_flag_names()  # by the Request field they set (plan.check_media_options names the field)
+    flags = media_flag_names()  # by the Request field they set (the refusal names the field: NotApplied.field)
     if opts.get("pages"):
         flags["pages"] = "--pages"
 
-    def flagged(message: str) -> UsageError | None:
-        for key, flag in flags.items():
-            if message.startswith(f"{key} applies to "):
-                said = message[len(key) :].split(" (every one")[0].split(":")[0]
-                return UsageError(
-                    f"{flag}{said}: no request takes it; nothing was sent or written",
-                    hint=f"Leave out {flag}, or give it only with requests it applies to.",
-                )
-        return None
+    def flagged(exc: BaseException) -> UsageError | None:  # the refusal as data (errors.OptionNotAppliedError)
+        refusal = exc.refusal if isinstance(exc, OptionNotAppliedError) else None
+        if refusal is None or refusal.field not in flags:
+            return None
+        flag = flags[refusal.field]
+        return refusal.named(flag).error(
+            f"{flag} applies to {refusal.media} only: no request takes it; nothing was sent or written",
+            hint=f"Leave out {flag}, or give it only with requests it applies to.",
+        )
 
     try:
         est = job.estimate()
     except UsageError as exc:
-        refused = flagged(exc.message) if flags else None
+        refused = flagged(exc) if flags else None
         if refused is not None:
             raise refused from None
         raise
     if flags and est.pending and est.invalid == est.pending:
-        messages = {getattr(e, "message", "") for e in est.errors.values()}
-        refused = flagged(messages.pop()) if len(messages) == 1 else None
+        fields = {getattr(getattr(e, "refusal", None), "field", None) for e in est.errors.values()}
+        first = next(iter(est.errors.values()), None)
+        refused = flagged(first) if len(fields) == 1 and first is not None else None
         if refused is not None:
             raise refused
     return est

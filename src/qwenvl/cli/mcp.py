@@ -13,7 +13,6 @@ from qwenvl import env as qenv
 from qwenvl.cli.common import (
     FILE_NAME,
     Verb,
-    backend_options,
     err_console,
     make_client,
     not_dash,
@@ -130,11 +129,7 @@ def mcp(opts: dict[str, Any]) -> None:
     if client.backend_name != "dashscope":  # serve's checks before serving, with its exit codes (backends.preflight)
         from qwenvl.backends import preflight
 
-        options = {k: v for k, v in backend_options(opts).items() if v and k != "backend"}
-        if opts.get("base_url"):
-            options["base_url"] = opts["base_url"]
-        if only_model:
-            options["model"] = only_model
+        options = client.local_options()  # the backend the tools will use: its model, endpoint and options
         _, warning = preflight(client.backend_name, options)
         if warning:
             err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)

@@ -28,7 +28,7 @@ from typing import BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
-from qwenvl.errors import MediaError, QwenVLError, UsageError
+from qwenvl.errors import MediaError, OptionNotAppliedError, QwenVLError, UsageError
 from qwenvl.spelling import nearest
 
 SourceKind = Literal["url", "oss", "data", "file"]
@@ -575,30 +575,86 @@ def ref_kinds(refs: list[str] | tuple[str, ...], *, frames: bool = False) -> fro
     return frozenset(kinds)
 
 
-def check_options_apply(given: Mapping[str, str], kinds: frozenset[str] | set[str]) -> None:
-    """Refuse (UsageError, exit 2) the first option of ``given`` (Request field -> the name the caller's user
-    knows it by: ``"--high-res"`` on the CLI, ``"vl_high_resolution_images"`` in the library) that no media of
-    ``kinds`` (``ref_kinds``) reads (``OPTION_MEDIA``), rather than send it to be silently ignored: "--fps applies
-    to videos only", with a hint to leave it out. Fields not in ``OPTION_MEDIA`` apply to every kind. Raises
-    nothing otherwise."""
+@dataclass(frozen=True)
+class NotApplied:
+    """An option given where no media reads it (``not_applied``), as data for every surface to word, never to parse:
+    which (``field``: the Request field; ``option``: the name the caller's user knows it by, ``"--fps"`` on the CLI,
+    ``"fps"`` in the library and the requests of ``batch``, serve and MCP), why (``applies``: the kinds of media that
+    read it, ``OPTION_MEDIA``), and the ``message`` and ``hint`` of its refusal (``error()``)."""
+
+    field: str
+    option: str
+    applies: frozenset[str]
+
+    @property
+    def media(self) -> str:
+        """The media that read it, for a message: "PDFs", "videos", "images and PDFs"."""
+        return _words(self.applies - {"frames"}, True)
+
+    @property
+    def medium(self) -> str:
+        """One medium that reads it: "a PDF", "a video", "an image or a PDF"."""
+        return _words(self.applies - {"frames"}, False)
+
+    @property
+    def message(self) -> str:
+        return f"{self.option} applies to {self.media} only"
+
+    @property
+    def hint(self) -> str:
+        others = frozenset(_KIND_WORDS) - (self.applies - {"frames"})
+        return f"Leave out {self.option} for {_words(others, False)}."
+
+    def named(self, option: str) -> NotApplied:
+        """The same refusal naming the option as another surface's user knows it (``"--pages"``)."""
+        return NotApplied(self.field, option, self.applies)
+
+    def error(self, message: str | None = None, hint: str | None = None) -> OptionNotAppliedError:
+        """Its refusal (exit 2): ``message`` and ``hint`` as given (a surface's own words), else its own."""
+        return OptionNotAppliedError(message or self.message, refusal=self, hint=hint or self.hint)
+
+
+def not_applied(given: Mapping[str, str], kinds: frozenset[str] | set[str]) -> NotApplied | None:
+    """The one rule "an option that no media reads is refused, never ignored": the first option of ``given`` (Request
+    field -> the name the caller's user knows it by: ``"--high-res"`` on the CLI, ``"vl_high_resolution_images"`` in
+    the library) that no media of ``kinds`` (``ref_kinds``) reads (``OPTION_MEDIA``), as a ``NotApplied``; None when
+    each applies. Fields not in ``OPTION_MEDIA`` apply to every kind. Raises nothing."""
     for name, option in given.items():
         applies = OPTION_MEDIA.get(name, ANY_KIND)
-        if applies & kinds:
-            continue
-        shown = applies - {"frames"}
-        others = frozenset(_KIND_WORDS) - shown
-        raise UsageError(
-            f"{option} applies to {_words(shown, True)} only",
-            hint=f"Leave out {option} for {_words(others, False)}.",
-        )
+        if not applies & kinds:
+            return NotApplied(name, option, applies)
+    return None
+
+
+def check_options_apply(given: Mapping[str, str], kinds: frozenset[str] | set[str]) -> None:
+    """Refuse the first option of ``given`` that no media of ``kinds`` reads (``not_applied``, the one rule), rather
+    than send it to be silently ignored: OptionNotAppliedError (a UsageError, exit 2) "--fps applies to videos
+    only", with a hint to leave it out, and the refusal as data (``.refusal``). Raises nothing otherwise."""
+    refusal = not_applied(given, kinds)
+    if refusal is not None:
+        raise refusal.error()
+
+
+def pages_not_applied(pages: object, refs: list[str] | tuple[str, ...], option: str = "pages") -> NotApplied | None:
+    """``check_pages_apply``'s refusal as data, or None. Raises nothing."""
+    return not_applied({"pages": option}, ref_kinds(refs)) if pages else None
+
+
+def video_options_not_applied(
+    given: list[str], refs: list[str] | tuple[str, ...], *, frames: bool = False
+) -> NotApplied | None:
+    """``check_video_options_apply``'s refusal as data, or None. Raises nothing."""
+    fields = {("video_as" if "video" in g.replace("-", "_") else "fps"): g for g in given}
+    return not_applied(fields, ref_kinds(refs, frames=frames)) if fields else None
 
 
 def check_pages_apply(pages: object, refs: list[str] | tuple[str, ...], option: str = "pages") -> None:
     """``pages`` (a PDF's page selection; None or "" means not given) where no reference is a PDF, or might be
     one (a remote URL's kind is not known here): a UsageError (exit 2) naming ``option`` (``"--pages"`` on the
     CLI, ``"--page"`` for ``ground``), rather than silently nothing (``check_options_apply``)."""
-    if pages:
-        check_options_apply({"pages": option}, ref_kinds(refs))
+    refusal = pages_not_applied(pages, refs, option)
+    if refusal is not None:
+        raise refusal.error()
 
 
 def check_video_options_apply(given: list[str], refs: list[str] | tuple[str, ...], *, frames: bool = False) -> None:
@@ -607,9 +663,9 @@ def check_video_options_apply(given: list[str], refs: list[str] | tuple[str, ...
     (a remote URL: its kind is not known here), nor, with ``frames`` (``events``: frame images are a video), a
     list of several images (which takes ``fps`` but cannot be sent whole: ``video_as``): a UsageError (exit 2)
     naming the first, rather than silently nothing (``check_options_apply``). Raises nothing otherwise."""
-    fields = {("video_as" if "video" in g.replace("-", "_") else "fps"): g for g in given}
-    if fields:
-        check_options_apply(fields, ref_kinds(refs, frames=frames))
+    refusal = video_options_not_applied(given, refs, frames=frames)
+    if refusal is not None:
+        raise refusal.error()
 
 
 def ftyp_brands(data: bytes) -> set[bytes]:

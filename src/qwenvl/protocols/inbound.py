@@ -633,13 +633,15 @@ _NAMED_FIELD = re.compile(
 
 def named_field(exc: BaseException, message: str) -> str | None:
     """The request field a refusal of a request is about, for the compat body's ``param``: an
-    UnsupportedParameterError's ``param``; else the wire field a UsageError's message starts with, as this module's
-    refusals do (``max_tokens must be ...``, ``messages[0].content[1].text holds ...``, ``model is required``);
-    None otherwise. Raises nothing."""
-    from qwenvl.errors import UnsupportedParameterError, UsageError
+    UnsupportedParameterError's ``param``, an OptionNotAppliedError's field (``refusal.field``); else the wire field
+    a UsageError's message starts with, as this module's refusals do (``max_tokens must be ...``,
+    ``messages[0].content[1].text holds ...``, ``model is required``); None otherwise. Raises nothing."""
+    from qwenvl.errors import OptionNotAppliedError, UnsupportedParameterError, UsageError
 
     if isinstance(exc, UnsupportedParameterError):
         return exc.param
+    if isinstance(exc, OptionNotAppliedError) and exc.refusal is not None:  # the refusal as data: its field
+        return exc.refusal.field
     if not isinstance(exc, UsageError):
         return None
     found = _NAMED_FIELD.match(message.removeprefix("invalid request: "))

@@ -22,6 +22,7 @@ field) are not sent. Where engines differ, an ``Engine`` says how (facts from
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,10 +138,36 @@ def mm_processor_kwargs(call: Call) -> dict[str, Any]:
     return out
 
 
+def check_params(params: Mapping[str, Any], engine_name: str) -> None:
+    """Refuse (UsageError) the generation parameters (protocol-neutral names: ``Call.params``, or a request's fields
+    and ``extra``) that the engine ``engine_name`` cannot take: ``top_k`` on an engine without it, thinking switched
+    on or off on one with no chat-template switch, ``thinking_budget`` (DashScope's) on any. The one check of
+    ``build_body`` (sending, a dry run's body) and of the backend's planning (``adapt``: an estimate refuses what
+    sending refuses)."""
+    eng = engine(engine_name)
+    if "top_k" in params and not eng.top_k:
+        raise UsageError(
+            f"top_k is not an OpenAI parameter and the {eng.name} engine does not take it",
+            hint="Drop --top-k, or name the engine with --engine if it does take it.",
+        )
+    thinking, budget = params.get("enable_thinking"), params.get("thinking_budget")
+    if (thinking is not None or budget is not None) and not eng.chat_template_kwargs:
+        raise UsageError(
+            f"the {eng.name} engine has no way to switch thinking on or off (enable_thinking)",
+            hint="Serve a thinking model (e.g. a Qwen3-VL ...-Thinking) and leave --thinking out.",
+        )
+    if budget is not None:
+        raise UsageError(
+            "thinking_budget is a DashScope parameter; OpenAI-compatible engines do not take it",
+            hint="Limit the whole answer with --max-tokens instead.",
+        )
+
+
 def build_body(call: Call, *, stream: bool, engine_name: str = "generic") -> dict[str, Any]:
     """The request body for ``engine_name``. Raises UsageError for what the engine cannot take
-    (``top_k`` on an engine without it, a video URL on an engine without video)."""
+    (``check_params``: ``top_k`` on an engine without it; a video URL on an engine without video)."""
     eng = engine(engine_name)
+    check_params(call.params, engine_name)
     body: dict[str, Any] = {"model": call.request.model, "messages": [message(m, eng) for m in call.messages]}
     params = dict(call.params)
     for key in PLAIN_PARAMS:
@@ -149,26 +176,9 @@ def build_body(call: Call, *, stream: bool, engine_name: str = "generic") -> dic
     for key in APPLIED_HERE:
         params.pop(key, None)
     if "top_k" in params:
-        value = params.pop("top_k")
-        if not eng.top_k:
-            raise UsageError(
-                f"top_k is not an OpenAI parameter and the {eng.name} engine does not take it",
-                hint="Drop --top-k, or name the engine with --engine if it does take it.",
-            )
-        body["top_k"] = value
+        body["top_k"] = params.pop("top_k")
     thinking = params.pop("enable_thinking", None)
-    budget = params.pop("thinking_budget", None)
-    if thinking is not None or budget is not None:
-        if not eng.chat_template_kwargs:
-            raise UsageError(
-                f"the {eng.name} engine has no way to switch thinking on or off (enable_thinking)",
-                hint="Serve a thinking model (e.g. a Qwen3-VL ...-Thinking) and leave --thinking out.",
-            )
-        if budget is not None:
-            raise UsageError(
-                "thinking_budget is a DashScope parameter; OpenAI-compatible engines do not take it",
-                hint="Limit the whole answer with --max-tokens instead.",
-            )
+    if params.pop("thinking_budget", None) is not None or thinking is not None:
         body["chat_template_kwargs"] = {"enable_thinking": thinking}
     if eng.mm_processor_kwargs:
         kwargs = mm_processor_kwargs(call)

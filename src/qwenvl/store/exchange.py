@@ -32,7 +32,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextvars import ContextVar
 
 from qwenvl.config import resolve_base_url
 from qwenvl.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
@@ -40,7 +39,7 @@ from qwenvl.interfaces import ClientEndpoint
 from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
-from qwenvl.retry import RetryNotice
+from qwenvl.retry import RetryNotice, listening
 from qwenvl.store.cache import ResponseCache, cache_key, source_key, storable
 from qwenvl.store.usage import Entry, UsageLog
 from qwenvl.types import Request, Response
@@ -48,7 +47,6 @@ from qwenvl.types import Request, Response
 CANCELLED = "cancelled"  # the outcome of an attempt its caller stopped (an interrupt, a cancelled task): tokens unknown
 
 # the exchange whose request is being sent in this thread or task (``Exchange.sending``), told of retried attempts
-_current: ContextVar[Exchange | None] = ContextVar("qwenvl_exchange", default=None)
 # exchanges sent and not finished: logged as cancelled at exit (``_at_exit``)
 _open: weakref.WeakSet[Exchange] = weakref.WeakSet()
 _open_lock = threading.Lock()
@@ -80,15 +78,6 @@ def wait_bound(request: Request) -> float:
     them): the longest a caller waits for an identical request in flight. Raises nothing."""
     retries = request.max_retries
     return request.timeout_s * (retries + 1) + request.retry_backoff_s * (2**retries - 1)
-
-
-def retried(notice: RetryNotice) -> None:
-    """Log the failed attempt that the transport is about to retry (its error's type; tokens and cost unknown),
-    for the exchange being sent in this thread or task. The client's ``on_retry`` hook calls it. Raises
-    nothing."""
-    ex = _current.get()
-    if ex is not None:
-        ex.attempt_failed(notice.error)
 
 
 class Exchange:
@@ -195,12 +184,16 @@ class Exchange:
         retries as its error's type (``retried``); a request still in flight at exit as ``cancelled``. The one
         home of these rows. Re-raises what it caught; ``cut(exc)`` may give the error to raise instead for a
         request its client cut (``close()`` under it: logged ``cancelled``)."""
-        before = _current.get()
-        _current.set(self)
+
+        def retried(notice: RetryNotice) -> None:  # told by whichever transport retries (qwenvl.retry.tell)
+            if cut is None or cut(notice.error) is None:  # one the close cut: logged once, as cancelled
+                self.attempt_failed(notice.error)
+
         with _open_lock:
             _open.add(self)
         try:
-            yield
+            with listening(retried):
+                yield
         except BaseException as exc:
             replaced = cut(exc) if cut is not None else None
             if replaced is not None:
@@ -209,7 +202,6 @@ class Exchange:
             self.failed(exc)
             raise
         finally:
-            _current.set(before)  # not ``reset``: a stream may be closed from another context
             with _open_lock:
                 _open.discard(self)
 
@@ -250,7 +242,8 @@ class Exchange:
             outcome = type(exc).__name__ if isinstance(exc, Exception) else CANCELLED
         # what the attempt cost: unknown (None) when it may have been billed, 0.0 when it was not; a local model's
         # none (no money)
-        cost = None if self.local or may_be_billed(exc) else 0.0
+        maybe = may_be_billed(exc)  # the one rule, kept in the row: `qwenvl usage` reads it, never re-derives it
+        cost = None if self.local or maybe else 0.0
         self.log.record(
             Entry(
                 model=self.model,
@@ -262,6 +255,7 @@ class Exchange:
                 request_id=self.request_id or getattr(exc, "request_id", None),
                 status=getattr(exc, "status", None) or None,
                 code=getattr(exc, "code", None),
+                maybe_billed=maybe,
             )
         )
 

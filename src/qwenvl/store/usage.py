@@ -59,7 +59,19 @@ def m002_currency(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE requests SET currency = 'CNY' WHERE cost IS NOT NULL")
 
 
-MIGRATIONS = [m001_requests, m002_currency]
+def m003_maybe_billed(conn: sqlite3.Connection) -> None:
+    """Whether a request that gave no answer may have been billed, its cost unknown: decided when its row is written
+    (``qwenvl.store.exchange.may_be_billed``, the one rule). Rows written before it get it once, here, from what they
+    hold: cancelled, or a failure that is no HTTP refusal (a time-out, a reply that broke off: the error types below
+    ``APIError`` but not below ``APIStatusError`` as they were then), logged with no cost and no HTTP status."""
+    conn.execute("ALTER TABLE requests ADD COLUMN maybe_billed INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        "UPDATE requests SET maybe_billed = 1 WHERE outcome IN ('APIConnectionError', 'APIError', 'APITimeoutError', "
+        "'MalformedResponseError', 'StreamInterruptedError', 'cancelled') AND cost IS NULL AND coalesce(status, 0) = 0"
+    )
+
+
+MIGRATIONS = [m001_requests, m002_currency, m003_maybe_billed]
 
 
 @dataclass
@@ -76,6 +88,7 @@ class Entry:
     status: int | None = None
     code: str | None = None
     currency: str | None = None  # of cost: "CNY" | "USD"
+    maybe_billed: bool = False  # no answer, but it may have been billed: cost unknown (``exchange.may_be_billed``)
     time: float = 0.0
 
 
@@ -136,7 +149,6 @@ class UsageLog:
         now = time.time() if now is None else now
         since = _local_midnight(now) - (max(days, 1) - 1) * 86400
         paid = ", ".join("?" for _ in PAID_PROTOCOLS)
-        maybe = _maybe_billed()
         query = f"""
             SELECT day, model, currency,
                    sum(outcome != 'cached') AS requests,
@@ -145,13 +157,13 @@ class UsageLog:
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN input_tokens END), 0) AS input_tokens,
                    coalesce(sum(CASE WHEN outcome = 'ok' THEN output_tokens END), 0) AS output_tokens,
                    CASE WHEN currency IS NOT NULL
-                         AND NOT (sum(outcome = 'ok' AND cost IS NULL) + sum({maybe}) > 0
+                         AND NOT (sum(outcome = 'ok' AND cost IS NULL) + sum(maybe_billed) > 0
                                   AND sum(outcome = 'ok' AND cost IS NOT NULL) = 0)
                         THEN coalesce(sum(CASE WHEN outcome = 'ok' THEN cost END), 0.0) END AS cost,
                    CASE WHEN currency IS NOT NULL THEN sum(outcome = 'ok' AND cost IS NULL) ELSE 0 END AS unpriced,
-                   CASE WHEN currency IS NOT NULL THEN sum({maybe}) ELSE 0 END AS maybe_billed
+                   CASE WHEN currency IS NOT NULL THEN sum(maybe_billed) ELSE 0 END AS maybe_billed
             FROM (SELECT date(time, 'unixepoch', 'localtime') AS day, model, outcome, input_tokens, output_tokens,
-                         cost, status, CASE WHEN coalesce(protocol, 'compat') IN ({paid})
+                         cost, maybe_billed, CASE WHEN coalesce(protocol, 'compat') IN ({paid})
                                     THEN coalesce(currency, 'CNY') END AS currency
                   FROM requests WHERE time >= ?)
             GROUP BY day, model, currency ORDER BY day DESC, requests DESC, model, currency"""
@@ -162,25 +174,6 @@ class UsageLog:
         # the currency of a row with no known cost stays in the log's grouping, but a cost unknown is no money: a
         # row whose answers all had no price shows cost None with "local" False ("unknown", never 0.0)
         return [{**dict(r), "local": r["currency"] is None} for r in rows]
-
-
-def _maybe_billed() -> str:
-    """The SQL condition of a row with no answer that may have been billed, its cost unknown
-    (``store.exchange.may_be_billed``): cancelled, or a failure that is no HTTP refusal (a time-out, a reply that
-    broke off), logged with no cost. One never delivered is logged with cost 0; a refusal with an HTTP status (an
-    ``APIStatusError``, 4xx or 5xx) was not billed, whatever its row says (rows logged before failures had costs)."""
-    from qwenvl.errors import APIError, APIStatusError
-
-    def subclasses(cls: type) -> set[type]:
-        found: set[type] = {cls}
-        sub: type
-        for sub in cls.__subclasses__():
-            found |= subclasses(sub)
-        return found
-
-    kinds = [*sorted(c.__name__ for c in subclasses(APIError) - subclasses(APIStatusError)), "cancelled"]
-    names = ", ".join(f"'{k}'" for k in kinds)
-    return f"(outcome IN ({names}) AND cost IS NULL AND coalesce(status, 0) = 0)"
 
 
 def _local_midnight(ts: float) -> float:
