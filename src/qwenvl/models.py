@@ -556,6 +556,14 @@ def near_model(name: str) -> str | None:
     return near[0] if near else None
 
 
+def names_a_family(name: str) -> bool:
+    """Whether ``name`` (a model name the table does not list) says which family it is of, as ``_guess`` reads it:
+    a Qwen or QVQ name (``qwen3.5-vl-plus``, ``qvq-plus``, ``Qwen/Qwen2.5-VL-7B-Instruct``), or one continuing a
+    listed name. ``nonsense-model`` does not: its rules would be a guess with nothing behind it. Raises nothing."""
+    key = name.strip().lower().removeprefix("qwen/")
+    return key.startswith(("qwen", "qvq")) or key in MODELS or _listed_prefix(key) is not None
+
+
 def _guess(name: str, key: str, *, warn: bool) -> ModelInfo:
     from qwenvl import env as qenv
 

@@ -59,6 +59,8 @@ FLAG_VALUES: dict[str, tuple[str, ...]] = {
     "--device": DEVICES,
     "--detail": get_args(Detail),
     "--mode": ("realtime", "batch-api"),  # qwenvl.batch.Batch's modes
+    "--video-as": ("frames", "file"),  # Request.video_as
+    "--upload": ("auto", "inline", "oss"),  # Request.upload
 }
 # The Request field a flag sets where it is not the flag's name (``types.FIELD_FLAGS``: --param -> extra, --timeout
 # -> timeout_s); not --no-resize (its field takes the opposite, prepare=False).

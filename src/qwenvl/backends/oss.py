@@ -172,13 +172,13 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
     if not storage and mode == "oss":
         raise _no_storage(
             region or "this region",
-            "upload=oss",
+            "--upload oss",
             "Use --upload auto (inline what fits), or --region cn with a Beijing key.",
         )
     if not storage and required:
         raise _no_storage(
             region or "this region",
-            "a video sent whole (video_as=file)",
+            "a video sent whole (--video-as file)",
             "Send the video as frames (the default, --video-as frames), or use --region cn.",
         )
     takes_oss = get(protocol).oss_references
@@ -192,7 +192,8 @@ def choose(call: Call, mode: str, protocol: str, region: str | None = None) -> l
             *(["use --upload auto (or oss)"] if mode == "inline" else []),
         ]
         raise UsageError(
-            "a video sent whole (video_as=file) must go through temporary storage, which needs " + " and ".join(needs),
+            "a video sent whole (--video-as file) must go through temporary storage, which needs "
+            + " and ".join(needs),
             hint=" and ".join(fixes).capitalize() + ", or send the video as frames (the default).",
         )
     slots = [s for s in slots if not s.required]

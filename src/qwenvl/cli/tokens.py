@@ -27,6 +27,7 @@ from qwenvl.cli.common import (
     check_pages,
     err_console,
     fit_hint,
+    fit_line,
     make_client,
     media_flag_names,
     model_option,
@@ -212,4 +213,6 @@ def _print_table(result: dict[str, Any]) -> None:
         )
     console.print("[dim]Media input tokens only; the prompt and the answer come on top.[/]", highlight=False)
     for warning in result.get("warnings", []):
-        err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
+        err_console().print(
+            f"[yellow]warning:[/] {escape(safe_line(fit_line(warning)))}", highlight=False, soft_wrap=True
+        )

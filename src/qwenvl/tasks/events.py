@@ -162,9 +162,16 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
     timeline JSON Schema (``EVENTS_SCHEMA``), and ``max_tokens`` 2048 unless given (capped by the model's own
     limit). ``fields`` are any Request fields (fps, model, ...).
 
-    Raises UsageError (invalid fields, or one still image: a single frame, or a still image given as
+    Raises UsageError (invalid fields, thinking asked for (``enable_thinking``, ``thinking_budget``: the
+    timeline is JSON, given only in non-thinking mode), or one still image: a single frame, or a still image given as
     ``video``; a frame list's frames are checked first), SchemaDefinitionError,
     MediaError (media that cannot be sent), as ``Client.plan``."""
+    if fields.get("enable_thinking") or fields.get("thinking_budget") is not None:
+        raise UsageError(
+            "events asks for its timeline as JSON, which Qwen-VL models give only in non-thinking mode: "
+            "--thinking / enable_thinking and --thinking-budget / thinking_budget do not apply to it",
+            hint="Leave out --thinking / enable_thinking=True and --thinking-budget / thinking_budget.",
+        )
     video = task_media(video) if isinstance(video, list | tuple) else media_refs(video, images=False)
     check_task_media("events", video, ("video", "image"), EVENTS_PDF_HINT)  # frames are images
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
