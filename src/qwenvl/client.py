@@ -544,6 +544,7 @@ class _Base(Generic[B, H]):
                 ),
             )
         self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
+        self._close_wait_s = CLOSE_WAIT_S  # the wait_s of close() / aclose(), which a call it cut names
         self._cutting = False  # the close's wait is over, the connections are being closed: calls going are cut
         # guards the client's state between threads (and event loops): the closed flag, the calls in flight, the
         # backend made on first use, the event loop an AsyncClient is bound to
@@ -631,11 +632,14 @@ class _Base(Generic[B, H]):
         if isinstance(exc, QwenVLError) and not isinstance(exc, APIConnectionError | StreamInterruptedError):
             return None
         name = type(self).__name__
+        closer = "aclose" if "aclose" in self._BACKEND_METHODS else "close"
+        waited = self._close_wait_s
+        how_long = "does not wait" if waited <= 0 else f"waited {waited:g} s"
         return ClientClosedError(
             f"this {name} was closed while the request was in flight: it was cancelled (in the usage log as "
             "cancelled; any answer it got is lost)",
-            hint=f"Close the {name} after its requests have answered (close() waits {CLOSE_WAIT_S:g} s for "
-            "complete/ask/send, not for streams).",
+            hint=f"Close the {name} after its requests have answered ({closer}(wait_s={waited:g}) {how_long} for "
+            f"complete/ask/send, and never for streams; give {closer}() a longer wait_s to let them finish).",
         )
 
     def _check_backend(self, backend: object) -> None:
@@ -898,9 +902,10 @@ class Client(_Base[Backend, "httpx.Client"]):
             if self._closed:
                 return
             self._closed = True
+            self._close_wait_s = CLOSE_WAIT_S if wait_s is None else wait_s
         try:
             with self._lock:
-                self._idle.wait_for(lambda: self._inflight == 0, timeout=CLOSE_WAIT_S if wait_s is None else wait_s)
+                self._idle.wait_for(lambda: self._inflight == 0, timeout=self._close_wait_s)
         finally:
             self._cutting = True
             try:
@@ -1047,7 +1052,30 @@ def _ask_fields(prompt: str, images: tuple[MediaInput, ...], fields: dict[str, A
                 hint='Give them one way: ask("What is this?", "a.png", "b.png") or ask(..., images=["a.png"]).',
             )
         return {"prompt": prompt, **fields}
+    for position, item in enumerate(images, start=1):
+        if not _media_object(item):
+            raise UsageError(
+                f"ask's file {position} (argument {position + 1}, after the prompt) is {_a_type(item)}: a file is a "
+                "path (str or os.PathLike), a URL, bytes or a PIL image",
+                hint='Give files after the prompt: ask("What is this?", "a.png", Path("b.jpg"), pil_image); for a '
+                "numpy array, Image.fromarray(array) makes a PIL image.",
+            )
     return {"prompt": prompt, "images": list(images), **fields}
+
+
+def _media_object(value: Any) -> bool:
+    """Whether ``value`` is something ``ask`` takes as a file (``MediaInput``): a str, an ``os.PathLike``, bytes
+    (a bytearray, a memoryview) or a PIL image. Raises nothing."""
+    if isinstance(value, str | os.PathLike | bytes | bytearray | memoryview):
+        return True
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
+
+
+def _a_type(value: Any) -> str:
+    """``None``, or "a value of type ndarray": what a message names a value by. Raises nothing."""
+    return "None" if value is None else f"a value of type {type(value).__name__}"
 
 
 class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
@@ -1186,7 +1214,8 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
             if self._closed:
                 return
             self._closed = True
-        deadline = time.monotonic() + (CLOSE_WAIT_S if wait_s is None else wait_s)
+            self._close_wait_s = CLOSE_WAIT_S if wait_s is None else wait_s
+        deadline = time.monotonic() + self._close_wait_s
         try:
             while self._inflight and time.monotonic() < deadline:  # they may run in this loop: it goes on meanwhile
                 await asyncio.sleep(0.02)

@@ -191,6 +191,15 @@ class ModelInfo:
         return self.thinking_only
 
     @property
+    def reads_ocr_options(self) -> bool:
+        """Whether the model reads ``ocr_options`` (a built-in OCR task: ``table_parsing``...): the qwen-vl-ocr
+        family only. The official Qwen-OCR page documents the parameter for those models alone
+        (alibabacloud.com/help/en/model-studio/qwen-vl-ocr, updated 2026-02-04); the Qwen-VL (qwen3-vl, qwen2.5-vl)
+        and QVQ pages list no such parameter, so a general model sent it would read the page as if none were given.
+        """
+        return self.family == "qwen-vl-ocr"
+
+    @property
     def has_price(self) -> bool:
         """True when the table has a price for the model in at least one currency."""
         return bool(self.prices.cny or self.prices.usd)

@@ -65,6 +65,7 @@ from qwenvl.errors import (
     APIError,
     APITimeoutError,
     AuthenticationError,
+    MalformedResponseError,
     MediaError,
     UsageError,
     key_refused_hint,
@@ -328,6 +329,17 @@ def with_deadlines(client: C) -> C:
         elif isinstance(inner, httpcore.NetworkBackend):
             pool._network_backend = _Backend(inner)  # type: ignore[union-attr]
     return client
+
+
+def _reply_json(response: httpx.Response) -> Any:
+    """The JSON of a reply that answered (``load_json``); MalformedResponseError for one that is not JSON, with the
+    reply's HTTP status and ``x-request-id`` (for the service's support, as a status error has them)."""
+    try:
+        return load_json(response.content, "the reply")
+    except MalformedResponseError as exc:
+        exc.status = response.status_code
+        exc.request_id = exc.request_id or response.headers.get("x-request-id")
+        raise
 
 
 def _headers(api_key: str, extra: dict[str, str] | None) -> dict[str, str]:
@@ -629,11 +641,11 @@ class Transport:
         self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None
     ) -> tuple[Any, dict[str, str]]:
         response = self._send("POST", url, policy, json=body, headers=_headers(self._key, headers))
-        return load_json(response.content, "the reply"), dict(response.headers)
+        return _reply_json(response), dict(response.headers)
 
     def get_json(self, url: str, policy: Policy, params: dict[str, str] | None = None) -> Any:
         response = self._send("GET", url, policy, params=params, headers=_headers(self._key, None))
-        return load_json(response.content, "the reply")
+        return _reply_json(response)
 
     def post_form(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> None:
         """A multipart upload to a third-party host (no Authorization header is sent there)."""
@@ -650,7 +662,7 @@ class Transport:
             files=files,
             headers={"Authorization": f"Bearer {self._key}", "User-Agent": USER_AGENT},
         )
-        return load_json(response.content, "the reply")
+        return _reply_json(response)
 
     def get_bytes(self, url: str, policy: Policy) -> bytes:
         """A GET whose body is not JSON (e.g. a Batch API result file)."""
@@ -758,7 +770,7 @@ class AsyncTransport:
     ) -> tuple[Any, dict[str, str]]:
         kw = {"json": body, "headers": _headers(self._key, headers)}
         response = await self._retrying(policy, False, lambda budget: self._request("POST", url, budget, False, kw))
-        return load_json(response.content, "the reply"), dict(response.headers)
+        return _reply_json(response), dict(response.headers)
 
     async def open_stream(
         self,

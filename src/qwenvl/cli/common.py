@@ -199,7 +199,9 @@ def fit_line(text: str) -> str:
     max_tokens``) or the environment variable that stands for it; nothing is left out (``wording.fit_message``).
     As written outside a verb. Raises nothing."""
     command = current_command()
-    return text if command is None else wording.fit_message(text, verb_surface(command))
+    if command is None or isinstance(command, click.Group):  # before a verb is chosen: as written
+        return text
+    return wording.fit_message(text, verb_surface(command))
 
 
 def _json_value(value: str) -> str:
