@@ -470,10 +470,7 @@ class Verb(click.Command):
                 if param.is_flag and not param.secondary_opts:
                     continue
                 if param.name in seen:
-                    label = "/".join([*param.opts, *param.secondary_opts])
-                    twice = HintedUsageError(f"{label} is given twice: it takes one value", ctx)
-                    twice.hint = f"Give {label} once (no value is picked silently)."
-                    raise twice
+                    self.given_twice(ctx, "/".join([*param.opts, *param.secondary_opts]))
                 seen.add(param.name)
         given = list(args)  # click's parser consumes the list it is given
         try:
@@ -482,6 +479,14 @@ class Verb(click.Command):
             if "unexpected extra argument" in exc.message:
                 self._refuse_extra_files(ctx, given)
             raise
+
+    def given_twice(self, ctx: click.Context, label: str) -> None:
+        """An option that takes one value (``label``: its flags) given twice: a usage error (exit 2) naming it, never
+        one value picked silently. A verb that must take the last one (a drop-in for an argparse script) overrides
+        this."""
+        twice = HintedUsageError(f"{label} is given twice: it takes one value", ctx)
+        twice.hint = f"Give {label} once (no value is picked silently)."
+        raise twice
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the verb, each use of standard input (``-``) it was given recorded first (``take_stdin``, in the
