@@ -260,3 +260,13 @@ def test_a_closed_pil_image_is_said_to_be_closed(server):
         client.ask("hi", img)
     assert "a PIL image given is closed" in str(err.value) and "images:" not in str(err.value)
     assert server.requests == []
+
+
+def test_a_tokens_row_error_names_the_verbs_flag(isolated_env):
+    """A file's row in `tokens` said "(from pages='9')": the library's words, in the CLI."""
+    Image.new("RGB", (300, 400), "white").save(isolated_env / "doc.pdf")
+    write_image(isolated_env / "a.png")
+    p = run_cli("tokens", "doc.pdf", "a.png", "--pages", "9")
+    assert p.returncode == 3, p.stdout
+    assert "doc.pdf: error: doc.pdf has 1 page; page 9 (from --pages 9) is out of range" in p.stdout
+    assert "pages='9'" not in p.stdout

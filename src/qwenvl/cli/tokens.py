@@ -121,7 +121,9 @@ def tokens(opts: dict[str, Any]) -> None:
     )
     result = as_given(result)  # "-" was replaced by a temporary file: named as the user gave it
     command = click.get_current_context().command
-    for row in result["items"]:  # a row's hint in this verb's words (the library's are the estimate's)
+    for row in result["items"]:  # a row's error and hint in this verb's words (the estimate's are as written)
+        if row.get("error"):
+            row["error"] = fit_line(row["error"])
         if row.get("hint"):
             row["hint"] = fit_hint(row["hint"], command) or None
     if opts["as_json"]:
