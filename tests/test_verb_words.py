@@ -72,19 +72,25 @@ def test_the_library_keeps_its_keyword_in_the_same_warning(server, files):
     assert "(no resizing: prepare=False)" in warning and "--no-resize" not in warning
 
 
-def test_events_refuses_thinking_in_its_own_words(server, env, files):
+@pytest.mark.parametrize("verb", ["events", "extract"])
+def test_a_json_task_refuses_thinking_in_its_own_words(server, env, files, verb):
     """`events clip.mp4 --thinking` said "structured output (json_mode/schema) needs enable_thinking off ... Leave
-    out --thinking, or the JSON mode and schema", though events always asks for JSON and the user gave none."""
+    out --thinking, or the JSON mode and schema", though events always asks for JSON and the user gave none; extract
+    (whose schema is required) the same."""
     write_image(files / "b.png")
+    media = ["a.png", "b.png"] if verb == "events" else ["a.png", "--schema", "s.json"]
     for flags in (["--thinking"], ["--thinking-budget", "100"]):
-        p = run_cli("events", "a.png", "b.png", *flags, env=env)
+        p = run_cli(verb, *media, *flags, env=env)
         assert p.returncode == 2, p.stderr
         (error,) = _lines(p.stderr, "error:")
         (hint,) = _lines(p.stderr, "hint:")
-        assert "events asks for its timeline as JSON" in error and "json_mode" not in error, error
+        assert f"{verb} asks for its answer as JSON" in error and "json_mode" not in error, error
         assert hint == "hint: Leave out --thinking and --thinking-budget.", hint
     with make_client(server) as client, pytest.raises(UsageError) as err:
-        qwenvl.tasks.events(client, [str(files / "a.png"), str(files / "b.png")], enable_thinking=True)
+        if verb == "events":
+            qwenvl.tasks.events(client, [str(files / "a.png"), str(files / "b.png")], enable_thinking=True)
+        else:
+            qwenvl.tasks.extract(client, str(files / "a.png"), {"type": "object"}, enable_thinking=True)
     assert "enable_thinking" in str(err.value) and "--" not in str(err.value) + (err.value.hint or "")
     assert server.requests == []
 
@@ -110,9 +116,17 @@ def test_a_video_sent_whole_is_named_as_each_surface_names_it(server, env, isola
 # --- 2. --help lists only what a verb can use ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("verb", "absent"), [("events", ["--thinking", "--thinking-budget"]), ("ground", ["--pages"])])
+@pytest.mark.parametrize(
+    ("verb", "absent"),
+    [
+        ("events", ["--thinking", "--thinking-budget"]),
+        ("extract", ["--thinking", "--thinking-budget"]),
+        ("ground", ["--pages"]),
+    ],
+)
 def test_help_leaves_out_what_the_verb_never_takes(verb, absent):
-    """`events --help` listed --thinking (always refused); `ground --help` --pages beside --page."""
+    """`events --help` listed --thinking (always refused, as in extract, whose schema is required); `ground --help`
+    --pages beside --page."""
     p = run_cli(verb, "--help")
     assert p.returncode == 0
     listed = {word.rstrip(",") for line in p.stdout.splitlines() for word in line.split() if word.startswith("--")}

@@ -36,6 +36,7 @@ from qwenvl.tasks.grounding import (
     library_worded,
     model_for,
     plan_task,
+    refuse_thinking,
     sync_client,
     task_media,
 )
@@ -166,12 +167,7 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
     timeline is JSON, given only in non-thinking mode), or one still image: a single frame, or a still image given as
     ``video``; a frame list's frames are checked first), SchemaDefinitionError,
     MediaError (media that cannot be sent), as ``Client.plan``."""
-    if fields.get("enable_thinking") or fields.get("thinking_budget") is not None:
-        raise UsageError(
-            "events asks for its timeline as JSON, which Qwen-VL models give only in non-thinking mode: "
-            "--thinking / enable_thinking and --thinking-budget / thinking_budget do not apply to it",
-            hint="Leave out --thinking / enable_thinking=True and --thinking-budget / thinking_budget.",
-        )
+    refuse_thinking("events", fields)
     video = task_media(video) if isinstance(video, list | tuple) else media_refs(video, images=False)
     check_task_media("events", video, ("video", "image"), EVENTS_PDF_HINT)  # frames are images
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
