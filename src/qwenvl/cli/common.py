@@ -201,7 +201,7 @@ def fit_line(text: str) -> str:
     command = current_command()
     if command is None or isinstance(command, click.Group):  # before a verb is chosen: as written
         return text
-    return wording.fit_message(text, verb_surface(command))
+    return wording.fit_message(text, verb_surface(command, message=True))
 
 
 def _json_value(value: str) -> str:
@@ -213,10 +213,11 @@ def _json_value(value: str) -> str:
     return json.dumps(value.strip("'\""))
 
 
-def verb_surface(command: click.Command) -> wording.Surface:
+def verb_surface(command: click.Command, *, message: bool = False) -> wording.Surface:
     """How ``command`` (a verb) names each flag a message or hint of the library names (``fit_hint``,
     ``fit_line``): its own flags; a request key where it takes JSON requests; an environment variable; flags the
-    user gave are never asked for again."""
+    user gave are never asked for again. ``message``: for a message (what happened), where a verb that has the flag
+    and also takes requests keeps both names (``--thinking / enable_thinking changed``: either may have set it)."""
     flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
     takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
     ctx = click.get_current_context(silent=True)
@@ -244,7 +245,7 @@ def verb_surface(command: click.Command) -> wording.Surface:
             _, eq, value = other.partition("=")
             return f'"{key}": {_json_value(value)}' if eq else key
         if flag in flags:
-            return flag
+            return f"{flag} / {other}" if message and takes_requests else flag
         return other if takes_requests else qenv.FLAG_VARIABLES.get(flag, flag)
 
     def with_value(flag: str, value: str) -> str | None:  # "--region cn" on a verb without it: "QWENVL_REGION=cn"
