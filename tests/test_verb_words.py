@@ -284,3 +284,10 @@ def test_a_tokens_row_error_names_the_verbs_flag(isolated_env):
     assert p.returncode == 3, p.stdout
     assert "doc.pdf: error: doc.pdf has 1 page; page 9 (from --pages 9) is out of range" in p.stdout
     assert "pages='9'" not in p.stdout
+
+
+def test_a_streamed_reply_that_is_not_json_keeps_its_status_and_request_id(client, server, protocol):
+    server.enqueue(Reply(raw_body=b"<html>login</html>", content_type="text/html"))
+    with pytest.raises(MalformedResponseError) as err:
+        list(client.stream(prompt="x"))
+    assert err.value.status == 200 and err.value.request_id and len(err.value.request_id) == 36, err.value.request_id

@@ -501,6 +501,14 @@ class LineStream:
         self._budget = budget
         self.headers = response.headers
         self.content_type = response.headers.get("content-type", "")
+        self.status = response.status_code
+
+    def unreadable(self, exc: MalformedResponseError) -> MalformedResponseError:
+        """``exc`` (this reply could not be read as the protocol's) with the reply's HTTP status and
+        ``x-request-id`` where it has none, as ``_reply_json`` gives a whole reply's. Returns ``exc``."""
+        exc.status = exc.status or self.status
+        exc.request_id = exc.request_id or self.headers.get("x-request-id")
+        return exc
 
     def _error(self, exc: httpx.HTTPError) -> APIError:
         status = self._response.status_code  # the reply had begun: a POST's is not sent again (``may_resend``)
