@@ -206,11 +206,13 @@ def model_ocr_options(
     option that does not apply is refused, never sent to be ignored; else as ``ocr_options``."""
     opts = ocr_options(task, options)
     if opts is not None and not model.reads_ocr_options:
+        given = " and ".join(n for n, v in (("--task / task", task), ("--ocr-options / options", options)) if v)
+        them = "them" if task and options else "it"
         raise UsageError(
-            f"--task / task and --ocr-options / options (the service's ocr_options) are read only by the qwen-vl-ocr "
-            f"models; {model.name} ({model.family}) would ignore them: nothing was sent",
-            hint="Add --model qwen-vl-ocr for a built-in task, or leave out --task and --ocr-options (a general "
-            "model reads a table as asked: --format markdown).",
+            f"{given} (the service's ocr_options) {'are' if them == 'them' else 'is'} read only by the qwen-vl-ocr "
+            f"models; {model.name} ({model.family}) would ignore {them}: nothing was sent",
+            hint=f"Add --model qwen-vl-ocr for a built-in task, or leave out {given} (a general model reads a table "
+            "as asked: --format markdown).",
         )
     return opts
 
