@@ -1338,7 +1338,7 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         kind, hint, code = "interrupted", None, exit_code(exc)
     else:
         said, kind, hint, code = (
-            written(exc),
+            fit_line(written(exc)),  # in the verb's words, as on stderr (``report``)
             type(exc).__name__,
             getattr(exc, "raw_hint", None),
             getattr(exc, "exit_code", None),
