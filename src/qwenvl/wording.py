@@ -4,9 +4,10 @@ by the caller.
 The library writes each error once, naming what to change by its CLI flag (``--max-tokens``), sometimes beside
 the library's name for it (``--min-pixels / min_pixels``). A surface says how it names each flag:
 
-- the CLI (``qwenvl.cli.common.fit_hint``): a verb keeps the flags it has; one without a flag gets the request
-  key it sets (``analyze``, ``batch --requests``) or the environment variable that stands for it
-  (``QWENVL_REGION=cn``);
+- the CLI (``qwenvl.cli.common.fit_hint`` for hints, ``fit_line`` for messages, warnings and notes: every line
+  a verb prints that the library wrote): a verb keeps the flags it has; one without a flag gets the request key it
+  sets (``analyze``, ``batch --requests``: ``"fetch_urls": true``, as its JSON writes it) or the environment
+  variable that stands for it (``QWENVL_REGION=cn``);
 - the library (``library_hint``, what ``QwenVLError.hint`` returns): a keyword argument or request field
   (``timeout_s``, ``base_url``, ``region='cn'``) where a flag stands for one; ``raw_hint`` keeps the flags;
 - ``qwenvl serve`` (``api_surface``): an HTTP client gets the request field in its protocol's spelling
