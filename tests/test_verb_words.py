@@ -291,3 +291,11 @@ def test_a_streamed_reply_that_is_not_json_keeps_its_status_and_request_id(clien
     with pytest.raises(MalformedResponseError) as err:
         list(client.stream(prompt="x"))
     assert err.value.status == 200 and err.value.request_id and len(err.value.request_id) == 36, err.value.request_id
+
+
+def test_analyze_names_the_prompt_as_its_request_writes_it(files):
+    """The hint of an empty prompt said '(-p "...", prompt="...")' to analyze, which has neither."""
+    p = run_cli("analyze", "--request", '{"prompt": "", "image": "a.png"}', env={"DASHSCOPE_API_KEY": API_KEY})
+    assert p.returncode == 2, p.stderr
+    (hint,) = _lines(p.stderr, "hint:")
+    assert hint == 'hint: Give the question as words ("prompt": "..."), e.g. "What is in this picture?".', hint

@@ -103,8 +103,8 @@ def make_request(
 # What to do about each rule of ``Request._check`` (keyed by the start of its message); flags beside the library's
 # names, fitted to each surface (``qwenvl.wording``: a CLI verb, or the request fields of a serve client).
 _RULE_HINTS = {
-    "a prompt is required": 'Give a prompt (-p "...", prompt="...").',
-    "prompt is empty": 'Give the question as words (-p "...", prompt="..."), e.g. "What is in this picture?".',
+    "a prompt is required": 'Give a prompt (--prompt "...").',
+    "prompt is empty": 'Give the question as words (--prompt "..."), e.g. "What is in this picture?".',
     "min_pixels is larger than max_pixels": "Give --min-pixels / min_pixels no larger than --max-pixels / max_pixels, "
     "or leave one of them out.",
     "'response_format' is built": "Leave response_format out: --json-mode / json_mode and --schema / schema build it.",

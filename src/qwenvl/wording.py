@@ -48,6 +48,8 @@ _COMMAND = re.compile(r"`qwenvl\b[^`]*`")
 _SEE_COMMAND = re.compile(r" ?\((?:see )?`qwenvl\b[^`]*`\)")
 _SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
 _OR_CLAUSE = re.compile(r",? or [^,.;:()`]*--[a-z][^,.;:()`]*")
+# '--prompt "..."': a flag with a quoted value
+_QUOTED_VALUE = re.compile(r'(?<![\w-])(--[a-z][a-z-]*) ("[^"]*")')
 # "--param repetition_penalty=1.1": a pass-through parameter with its value
 _PARAM_VALUE = re.compile(r"(?<![\w-])--param ([A-Za-z_]\w*)=")
 # The values a flag takes, written after it in a hint (``--region cn``): a surface may name the pair together.
@@ -94,6 +96,8 @@ class Surface:
     pair: Callable[[str, str], str] | None = None
     with_value: Callable[[str, str], str | None] | None = None
     param: Callable[[str], str] | None = None  # ``--param KEY=`` -> the surface's words for KEY
+    # ``--prompt "..."``: a flag with a quoted value -> the surface's words for both (None: the flag alone is worded)
+    quoted: Callable[[str, str], str | None] | None = None
     keeps: Collection[str] = ()
     given: Collection[str] = ()
     restate: bool = True
@@ -148,6 +152,9 @@ def _words(text: str, surface: Surface) -> str:
     if surface.param is not None:
         param = surface.param
         text = _PARAM_VALUE.sub(lambda m: param(m[1]) + "=", text)
+    if surface.quoted is not None:
+        quoted = surface.quoted
+        text = _QUOTED_VALUE.sub(lambda m: quoted(m[1], m[2]) or m[0], text)
     text = _PAIR.sub(pair, text)
     text = _FLAGS_ONLY.sub(parens, text)
     if not surface.restate:

@@ -255,11 +255,15 @@ def verb_surface(command: click.Command, *, message: bool = False) -> wording.Su
         said = name(flag)
         return None if said is None or said.startswith("--") else f"{said}={value}"
 
+    def quoted(flag: str, value: str) -> str | None:  # '--prompt "..."' in a request: '"prompt": "..."'
+        key = request_key(flag)
+        return f'"{key}": {value}' if key is not None else None
+
     written_flags = {f"--{k.replace('_', '-')}" for k in written} | {
         f for f, k in wording.FLAG_FIELDS.items() if k in written
     }
     keeps = flags | {f for f in written_flags if keyed(f)}
-    return wording.Surface(name=name, pair=pair, with_value=with_value, keeps=keeps, given=given)
+    return wording.Surface(name=name, pair=pair, with_value=with_value, quoted=quoted, keeps=keeps, given=given)
 
 
 class FiniteFloat(click.FloatRange):
