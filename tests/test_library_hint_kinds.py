@@ -71,7 +71,7 @@ def test_prompt_hints_and_a_refused_argument_key(server, isolated_env) -> None:
         with pytest.raises(qwenvl.UsageError) as caught:
             client.ask("")
         assert caught.value.hint and "prompt=" in caught.value.hint and "-p" not in caught.value.hint
-        assert '-p "..."' in (caught.value.raw_hint or "")  # the CLI keeps its flag
+        assert '--prompt "..."' in (caught.value.raw_hint or "")  # the CLI keeps its flag
     server.enqueue(Reply(status=401, text='{"error": {"code": "invalid_api_key", "message": "bad key"}}'))
     with (
         pytest.raises(qwenvl.AuthenticationError) as caught,

@@ -337,7 +337,7 @@ def test_a_file_that_only_starts_like_a_pdf_is_refused_without_a_scan(isolated_e
     start = time.monotonic()
     p = run_cli("tokens", "fake.pdf", "--fast")
     assert p.returncode == 3
-    assert "fake.pdf is not a readable PDF (it starts like one, but has no trailer and no object)" in p.stdout
+    assert "fake.pdf is not a readable PDF: it starts like one, but has no trailer and no object" in p.stdout
     assert time.monotonic() - start < 120  # bounds a hang only
     assert not pdf.looks_like_pdf(fake)
     real = _text_pdf(isolated_env / "real.pdf")

@@ -259,7 +259,17 @@ def test_a_key_given_twice_in_a_request_line_or_analyze_request_is_refused(serve
 
 
 def test_ocr_options_from_task_and_from_param_at_once_is_refused(server, env, media):
-    p = run_cli("ocr", media["image"], "--task", "text_recognition", "--param", 'ocr_options={"task": "x"}', env=env)
+    p = run_cli(
+        "ocr",
+        media["image"],
+        "-m",
+        "qwen-vl-ocr",
+        "--task",
+        "text_recognition",
+        "--param",
+        'ocr_options={"task": "x"}',
+        env=env,
+    )
     assert p.returncode == 2 and "ocr_options is given twice" in p.stderr, p.stderr
     assert hint_flags(p.stderr) <= flags_of(command("ocr"))
     assert model_calls(server) == []

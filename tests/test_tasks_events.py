@@ -151,7 +151,7 @@ def test_events_from_frame_images_and_a_url(server, env, isolated_env):
 @pytest.mark.parametrize(
     "args,code,needle",
     [
-        (["clip.mp4", "--thinking"], 2, "needs enable_thinking off"),
+        (["clip.mp4", "--thinking"], 2, "only in non-thinking mode"),
         (["clip.mp4", "--schema", "s.json"], 2, "--schema does not apply"),
         (["https://example.com/a.mp4", "--sheet", "s.png"], 2, "--sheet needs the frames"),
         (["clip.mp4", "photo.png"], 2, "not both"),

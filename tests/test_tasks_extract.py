@@ -109,7 +109,7 @@ def test_bad_schema_file_exits_2(server, env, files, isolated_env, schema_text, 
         (["inv0.png"], 2, "needs --schema"),
         (["inv0.png", "missing.png", "--schema", "invoice.schema.json"], 3, "not found"),
         (["inv0.png", "--schema", "nowhere.json"], 3, "schema file not found"),  # an input file: exit 3
-        (["inv0.png", "--schema", "invoice.schema.json", "--thinking"], 2, "needs enable_thinking off"),
+        (["inv0.png", "--schema", "invoice.schema.json", "--thinking"], 2, "only in non-thinking mode"),
     ],
 )
 def test_extract_bad_input(server, env, files, args, code, needle):

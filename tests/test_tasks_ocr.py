@@ -7,7 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import run_cli, write_image
+import qwenvl
+from conftest import API_KEY, run_cli, write_image
 from dashscope_server import Reply
 
 
@@ -93,11 +94,20 @@ def test_qwen_vl_ocr_task_and_options_pass_through(server, env, scan, protocol):
     assert params(server)["ocr_options"] == options
 
 
-def test_ocr_options_on_a_general_model_gives_a_note(server, env, scan):
-    server.enqueue(Reply(text="text"))
-    p = ocr(env, "scan.png", "--task", "table_parsing")
-    assert p.returncode == 0 and "may ignore it" in p.stderr
-    assert params(server)["ocr_options"] == {"task": "table_parsing"}
+def test_ocr_options_on_a_general_model_are_refused(server, env, scan):
+    """Found by a new user: `ocr --task table_parsing` on the default qwen3-vl-plus printed a note that it "may
+    ignore it" and sent it; only the qwen-vl-ocr models read ocr_options (the official Qwen-OCR page), and an option
+    that does not apply is refused, never ignored: exit 2, nothing sent, in the CLI's and the library's words."""
+    for extra in (["--task", "table_parsing"], ["--ocr-options", '{"task": "table_parsing"}']):
+        p = ocr(env, "scan.png", *extra)
+        assert p.returncode == 2, p.stderr
+        assert f"error: {extra[0]} (the service's ocr_options) is read only by the qwen-vl-ocr models" in p.stderr
+        assert "qwen3-vl-plus (qwen3-vl) would ignore it" in p.stderr and "Add --model qwen-vl-ocr" in p.stderr
+    assert server.requests == []
+    with qwenvl.Client(api_key=API_KEY, base_url=server.url) as client, pytest.raises(qwenvl.UsageError) as err:
+        qwenvl.tasks.ocr(client, str(scan), task="table_parsing")
+    assert "task (the service's ocr_options)" in str(err.value) and "--" not in str(err.value)
+    assert server.requests == []
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -196,8 +206,11 @@ def test_library_ocr(client, server, scan):
     from qwenvl import tasks
 
     server.enqueue(Reply(text='[{"bbox_2d": [0, 0, 500, 500], "text_content": "Hi"}]'))
-    r = tasks.ocr(client, str(scan), format="json", task="text_recognition")
+    r = tasks.ocr(client, str(scan), format="json")
     assert r.text == "Hi" and r.pages[0].lines[0].x2 == 320 and not r.empty
+    server.enqueue(Reply(text="Hi"))
+    r = tasks.ocr(client, str(scan), model="qwen-vl-ocr", task="text_recognition")
+    assert r.text == "Hi" and params(server)["ocr_options"] == {"task": "text_recognition"}
     server.enqueue(Reply(text="   "))
     r = tasks.ocr(client, str(scan))
     assert r.empty and r.warnings == ["no text found"]

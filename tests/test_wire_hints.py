@@ -155,6 +155,9 @@ def test_fit_hint_keeps_shell_commands_and_maps_missing_flags():
 
     hint = "Choose fewer pages (--pages 1-10) or a smaller budget (--detail low, --max-pixels); `qpdf --decrypt in.pdf`"
     assert fit_hint(hint, cli.commands["ask"]) == hint
-    expected = "Choose fewer pages (pages 1-10) or a smaller budget (detail=low, max_pixels); `qpdf --decrypt in.pdf`"
+    # analyze takes request keys, with a value as its JSON writes it
+    expected = (
+        'Choose fewer pages (pages 1-10) or a smaller budget ("detail": "low", max_pixels); `qpdf --decrypt in.pdf`'
+    )
     assert fit_hint(hint, cli.commands["analyze"]) == expected
     assert fit_hint(hint, None) == hint

@@ -102,8 +102,8 @@ def make_request(
 # What to do about each rule of ``Request._check`` (keyed by the start of its message); flags beside the library's
 # names, fitted to each surface (``qwenvl.wording``: a CLI verb, or the request fields of a serve client).
 _RULE_HINTS = {
-    "a prompt is required": 'Give a prompt (-p "...", prompt="...").',
-    "prompt is empty": 'Give the question as words (-p "...", prompt="..."), e.g. "What is in this picture?".',
+    "a prompt is required": 'Give a prompt (--prompt "...").',
+    "prompt is empty": 'Give the question as words (--prompt "..."), e.g. "What is in this picture?".',
     "min_pixels is larger than max_pixels": "Give --min-pixels / min_pixels no larger than --max-pixels / max_pixels, "
     "or leave one of them out.",
     "'response_format' is built": "Leave response_format out: --json-mode / json_mode and --schema / schema build it.",
@@ -543,6 +543,7 @@ class _Base(Generic[B, H]):
                 ),
             )
         self._closed = False  # close() / aclose() was called: every later call raises ClientClosedError
+        self._close_wait_s = CLOSE_WAIT_S  # the wait_s of close() / aclose(), which a call it cut names
         self._cutting = False  # the close's wait is over, the connections are being closed: calls going are cut
         # guards the client's state between threads (and event loops): the closed flag, the calls in flight, the
         # backend made on first use, the event loop an AsyncClient is bound to
@@ -639,11 +640,14 @@ class _Base(Generic[B, H]):
         if isinstance(exc, QwenVLError) and not isinstance(exc, APIConnectionError | StreamInterruptedError):
             return None
         name = type(self).__name__
+        closer = "aclose" if "aclose" in self._BACKEND_METHODS else "close"
+        waited = self._close_wait_s
+        how_long = "does not wait" if waited <= 0 else f"waited {waited:g} s"
         return ClientClosedError(
             f"this {name} was closed while the request was in flight: it was cancelled (in the usage log as "
             "cancelled; any answer it got is lost)",
-            hint=f"Close the {name} after its requests have answered (close() waits {CLOSE_WAIT_S:g} s for "
-            "complete/ask/send, not for streams).",
+            hint=f"Close the {name} after its requests have answered ({closer}(wait_s={waited:g}) {how_long} for "
+            f"complete/ask/send, and never for streams; give {closer}() a longer wait_s to let them finish).",
         )
 
     def _check_backend(self, backend: object) -> None:
@@ -928,8 +932,9 @@ class Client(_Base[Backend, "httpx.Client"]):
             if self._closed:
                 return
             self._closed = True
+            self._close_wait_s = CLOSE_WAIT_S if wait_s is None else wait_s
         try:
-            self._wait_idle(CLOSE_WAIT_S if wait_s is None else wait_s)
+            self._wait_idle(self._close_wait_s)
         finally:
             self._cutting = True
             try:
@@ -1076,7 +1081,30 @@ def _ask_fields(prompt: str, images: tuple[MediaInput, ...], fields: dict[str, A
                 hint='Give them one way: ask("What is this?", "a.png", "b.png") or ask(..., images=["a.png"]).',
             )
         return {"prompt": prompt, **fields}
+    for position, item in enumerate(images, start=1):
+        if not _media_object(item):
+            raise UsageError(
+                f"ask's file {position} (argument {position + 1}, after the prompt) is {_a_type(item)}: a file is a "
+                "path (str or os.PathLike), a URL, bytes or a PIL image",
+                hint='Give files after the prompt: ask("What is this?", "a.png", Path("b.jpg"), pil_image); for a '
+                "numpy array, Image.fromarray(array) makes a PIL image.",
+            )
     return {"prompt": prompt, "images": list(images), **fields}
+
+
+def _media_object(value: Any) -> bool:
+    """Whether ``value`` is something ``ask`` takes as a file (``MediaInput``): a str, an ``os.PathLike``, bytes
+    (a bytearray, a memoryview) or a PIL image. Raises nothing."""
+    if isinstance(value, str | os.PathLike | bytes | bytearray | memoryview):
+        return True
+    from PIL import Image
+
+    return isinstance(value, Image.Image)
+
+
+def _a_type(value: Any) -> str:
+    """``None``, or "a value of type ndarray": what a message names a value by. Raises nothing."""
+    return "None" if value is None else f"a value of type {type(value).__name__}"
 
 
 class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
@@ -1215,10 +1243,11 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
             if self._closed:
                 return
             self._closed = True
+            self._close_wait_s = CLOSE_WAIT_S if wait_s is None else wait_s
         given_up = threading.Event()  # set when this close is cancelled: the worker thread's wait ends with it
         try:
             # the calls may run in this loop: it goes on meanwhile, the wait (the sync close's) in a worker thread
-            await asyncio.to_thread(self._wait_idle, CLOSE_WAIT_S if wait_s is None else wait_s, given_up)
+            await asyncio.to_thread(self._wait_idle, self._close_wait_s, given_up)
         finally:
             given_up.set()
             with self._lock:

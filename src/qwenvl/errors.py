@@ -383,7 +383,8 @@ class StreamInterruptedError(APIError):
     """Raised when a stream breaks after content arrived (a dropped connection, an error event midway, a stall
     longer than ``timeout_s``, an end without the final event); not retried, since that would pay twice.
     ``.partial_text`` and ``.partial_reasoning`` keep what arrived, ``.code`` the service's error code if it
-    sent one. CLI exit code 5."""
+    sent one, ``.status`` the HTTP status its error event carried (e.g. 500; None for a stream that broke without
+    one). CLI exit code 5."""
 
     default_hint = "The stream broke before the answer was complete; the partial text is kept."
 
@@ -395,18 +396,23 @@ class StreamInterruptedError(APIError):
         partial_reasoning: str = "",
         request_id: str | None = None,
         code: str | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.partial_text = partial_text
         self.partial_reasoning = partial_reasoning
         self.code = code
+        self.status = status
 
 
 class MalformedResponseError(APIError):
     """Raised when a reply cannot be read as the protocol's response: not JSON, missing fields, an HTML page from
-    a proxy, a backend's stream without its ``done`` event. CLI exit code 5."""
+    a proxy, a backend's stream without its ``done`` event. ``.status`` is the HTTP status of the reply that could
+    not be read (e.g. 200) and ``.request_id`` its ``x-request-id``, when the transport read them (None else).
+    CLI exit code 5."""
 
     default_hint = "The server's reply was not a DashScope response: check --base-url and any proxy."
+    status: int | None = None
 
 
 class StructuredOutputError(QwenVLError):

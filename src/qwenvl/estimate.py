@@ -114,7 +114,8 @@ def estimate_files(
             prepared = prepare_messages([Message(role="user", content=[part, TextPart(text="?")])], options)
         except QwenVLError as exc:  # this file's row; the others go on
             failed += 1
-            rows.append({"source": ref, "error": str(exc), "hint": exc.raw_hint})
+            # as written (in the CLI's flags, as the hint): each surface words both its way (tokens, MCP)
+            rows.append({"source": ref, "error": exc.as_written(), "hint": exc.raw_hint})
             continue
         rows.extend(_row(ref, item) for item in prepared.items)
 

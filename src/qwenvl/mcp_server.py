@@ -801,6 +801,10 @@ def build_server(
             )
             for item, ref in zip(out["items"], _labels(files, out["items"], refs), strict=True):
                 item["source"] = ref  # the caller's names, not the resolved paths
+                if item.get("error"):  # written in the CLI's words, as the warnings
+                    item["error"] = fit_message(item["error"], surface)
+                if item.get("hint"):
+                    item["hint"] = fit_hint(item["hint"], surface) or None
             out["model"] = named(out.get("model"))
             if out.get("warnings"):  # written in the CLI's words ("qwenvl ocr FILE --dry-run", "--pages")
                 out["warnings"] = worded(out["warnings"])

@@ -191,6 +191,15 @@ class ModelInfo:
         return self.thinking_only
 
     @property
+    def reads_ocr_options(self) -> bool:
+        """Whether the model reads ``ocr_options`` (a built-in OCR task: ``table_parsing``...): the qwen-vl-ocr
+        family only. The official Qwen-OCR page documents the parameter for those models alone
+        (alibabacloud.com/help/en/model-studio/qwen-vl-ocr, updated 2026-02-04); the Qwen-VL (qwen3-vl, qwen2.5-vl)
+        and QVQ pages list no such parameter, so a general model sent it would read the page as if none were given.
+        """
+        return self.family == "qwen-vl-ocr"
+
+    @property
     def has_price(self) -> bool:
         """True when the table has a price for the model in at least one currency."""
         return bool(self.prices.cny or self.prices.usd)
@@ -554,6 +563,14 @@ def near_model(name: str) -> str | None:
         return None
     near = closest(key, sorted(MODELS, key=len), cutoff=_TYPO_RATIO)
     return near[0] if near else None
+
+
+def names_a_family(name: str) -> bool:
+    """Whether ``name`` (a model name the table does not list) says which family it is of, as ``_guess`` reads it:
+    a Qwen or QVQ name (``qwen3.5-vl-plus``, ``qvq-plus``, ``Qwen/Qwen2.5-VL-7B-Instruct``), or one continuing a
+    listed name. ``nonsense-model`` does not: its rules would be a guess with nothing behind it. Raises nothing."""
+    key = name.strip().lower().removeprefix("qwen/")
+    return key.startswith(("qwen", "qvq")) or key in MODELS or _listed_prefix(key) is not None
 
 
 def _guess(name: str, key: str, *, warn: bool) -> ModelInfo:

@@ -65,6 +65,7 @@ from qwenvl.errors import (
     APIError,
     APITimeoutError,
     AuthenticationError,
+    MalformedResponseError,
     MediaError,
     UsageError,
     key_refused_hint,
@@ -331,6 +332,17 @@ def with_deadlines(client: C) -> C:
     return client
 
 
+def _reply_json(response: httpx.Response) -> Any:
+    """The JSON of a reply that answered (``load_json``); MalformedResponseError for one that is not JSON, with the
+    reply's HTTP status and ``x-request-id`` (for the service's support, as a status error has them)."""
+    try:
+        return load_json(response.content, "the reply")
+    except MalformedResponseError as exc:
+        exc.status = response.status_code
+        exc.request_id = exc.request_id or response.headers.get("x-request-id")
+        raise
+
+
 def _headers(api_key: str, extra: dict[str, str] | None) -> dict[str, str]:
     out = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
     if api_key:  # local OpenAI-compatible engines take no key: send no Authorization header at all
@@ -489,6 +501,14 @@ class LineStream:
         self._budget = budget
         self.headers = response.headers
         self.content_type = response.headers.get("content-type", "")
+        self.status = response.status_code
+
+    def unreadable(self, exc: MalformedResponseError) -> MalformedResponseError:
+        """``exc`` (this reply could not be read as the protocol's) with the reply's HTTP status and
+        ``x-request-id`` where it has none, as ``_reply_json`` gives a whole reply's. Returns ``exc``."""
+        exc.status = exc.status or self.status
+        exc.request_id = exc.request_id or self.headers.get("x-request-id")
+        return exc
 
     def _error(self, exc: httpx.HTTPError) -> APIError:
         status = self._response.status_code  # the reply had begun: a POST's is not sent again (``may_resend``)
@@ -629,11 +649,11 @@ class Transport:
         self, url: str, body: dict[str, Any], policy: Policy, headers: dict[str, str] | None = None
     ) -> tuple[Any, dict[str, str]]:
         response = self._send("POST", url, policy, json=body, headers=_headers(self._key, headers))
-        return load_json(response.content, "the reply"), dict(response.headers)
+        return _reply_json(response), dict(response.headers)
 
     def get_json(self, url: str, policy: Policy, params: dict[str, str] | None = None) -> Any:
         response = self._send("GET", url, policy, params=params, headers=_headers(self._key, None))
-        return load_json(response.content, "the reply")
+        return _reply_json(response)
 
     def post_form(self, url: str, data: dict[str, str], files: dict[str, Any], policy: Policy) -> None:
         """A multipart upload to a third-party host (no Authorization header is sent there)."""
@@ -650,7 +670,7 @@ class Transport:
             files=files,
             headers={"Authorization": f"Bearer {self._key}", "User-Agent": USER_AGENT},
         )
-        return load_json(response.content, "the reply")
+        return _reply_json(response)
 
     def get_bytes(self, url: str, policy: Policy) -> bytes:
         """A GET whose body is not JSON (e.g. a Batch API result file)."""
@@ -758,7 +778,7 @@ class AsyncTransport:
     ) -> tuple[Any, dict[str, str]]:
         kw = {"json": body, "headers": _headers(self._key, headers)}
         response = await self._retrying(policy, False, lambda budget: self._request("POST", url, budget, False, kw))
-        return load_json(response.content, "the reply"), dict(response.headers)
+        return _reply_json(response), dict(response.headers)
 
     async def open_stream(
         self,

@@ -4,9 +4,10 @@ by the caller.
 The library writes each error once, naming what to change by its CLI flag (``--max-tokens``), sometimes beside
 the library's name for it (``--min-pixels / min_pixels``). A surface says how it names each flag:
 
-- the CLI (``qwenvl.cli.common.fit_hint``): a verb keeps the flags it has; one without a flag gets the request
-  key it sets (``analyze``, ``batch --requests``) or the environment variable that stands for it
-  (``QWENVL_REGION=cn``);
+- the CLI (``qwenvl.cli.common.fit_hint`` for hints, ``fit_line`` for messages, warnings and notes: every line
+  a verb prints that the library wrote): a verb keeps the flags it has; one without a flag gets the request key it
+  sets (``analyze``, ``batch --requests``: ``"fetch_urls": true``, as its JSON writes it) or the environment
+  variable that stands for it (``QWENVL_REGION=cn``);
 - the library (``library_hint``, what ``QwenVLError.hint`` returns): a keyword argument or request field
   (``timeout_s``, ``base_url``, ``region='cn'``) where a flag stands for one; ``raw_hint`` keeps the flags;
 - ``qwenvl serve`` (``api_surface``): an HTTP client gets the request field in its protocol's spelling
@@ -47,6 +48,8 @@ _COMMAND = re.compile(r"`qwenvl\b[^`]*`")
 _SEE_COMMAND = re.compile(r" ?\((?:see )?`qwenvl\b[^`]*`\)")
 _SENTENCE = re.compile(r"(?<=;)\s+|(?<=[.!?])\s+(?=[A-Z])")  # not after "e.g." in a sentence
 _OR_CLAUSE = re.compile(r",? or [^,.;:()`]*--[a-z][^,.;:()`]*")
+# '--prompt "..."': a flag with a quoted value
+_QUOTED_VALUE = re.compile(r'(?<![\w-])(--[a-z][a-z-]*) ("[^"]*")')
 # "--param repetition_penalty=1.1": a pass-through parameter with its value
 _PARAM_VALUE = re.compile(r"(?<![\w-])--param ([A-Za-z_]\w*)=")
 # The values a flag takes, written after it in a hint (``--region cn``): a surface may name the pair together.
@@ -59,6 +62,8 @@ FLAG_VALUES: dict[str, tuple[str, ...]] = {
     "--device": DEVICES,
     "--detail": get_args(Detail),
     "--mode": ("realtime", "batch-api"),  # qwenvl.batch.Batch's modes
+    "--video-as": ("frames", "file"),  # Request.video_as
+    "--upload": ("auto", "inline", "oss"),  # Request.upload
 }
 # The Request field a flag sets where it is not the flag's name (``types.FIELD_FLAGS``: --param -> extra, --timeout
 # -> timeout_s); not --no-resize (its field takes the opposite, prepare=False).
@@ -91,6 +96,8 @@ class Surface:
     pair: Callable[[str, str], str] | None = None
     with_value: Callable[[str, str], str | None] | None = None
     param: Callable[[str], str] | None = None  # ``--param KEY=`` -> the surface's words for KEY
+    # ``--prompt "..."``: a flag with a quoted value -> the surface's words for both (None: the flag alone is worded)
+    quoted: Callable[[str, str], str | None] | None = None
     keeps: Collection[str] = ()
     given: Collection[str] = ()
     restate: bool = True
@@ -145,6 +152,9 @@ def _words(text: str, surface: Surface) -> str:
     if surface.param is not None:
         param = surface.param
         text = _PARAM_VALUE.sub(lambda m: param(m[1]) + "=", text)
+    if surface.quoted is not None:
+        quoted = surface.quoted
+        text = _QUOTED_VALUE.sub(lambda m: quoted(m[1], m[2]) or m[0], text)
     text = _PAIR.sub(pair, text)
     text = _FLAGS_ONLY.sub(parens, text)
     if not surface.restate:

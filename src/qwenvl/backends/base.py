@@ -60,27 +60,35 @@ Whole = Callable[["LineStream", bytes], list[StreamEvent]]  # a reply read whole
 def _start(stream: LineStream, driver: Driver, whole: Whole) -> Started:
     """Read a stream up to its first content: an error raised before that is the attempt's, and the transport
     retries it when its status is retried (``Transport.open_stream``)."""
-    if read_whole(stream.content_type):
-        return Started(whole(stream, stream.read()))
-    drive = driver(stream)
-    lines = iter(stream)
-    for line in lines:
-        events = drive.line(line)
-        if events:
-            return Started(events, drive, lines)
-    return Started(drive.end())
+    try:
+        if read_whole(stream.content_type):
+            return Started(whole(stream, stream.read()))
+        drive = driver(stream)
+        lines = iter(stream)
+        for line in lines:
+            events = drive.line(line)
+            if events:
+                return Started(events, drive, lines)
+        return Started(drive.end())
+    except MalformedResponseError as exc:  # the reply's status and request id, as for a whole reply
+        stream.unreadable(exc)
+        raise
 
 
 async def _astart(stream: AsyncLineStream, driver: Driver, whole: Whole) -> Started:
-    if read_whole(stream.content_type):
-        return Started(whole(stream, await stream.aread()))
-    drive = driver(stream)
-    lines = stream.__aiter__()
-    async for line in lines:
-        events = drive.line(line)
-        if events:
-            return Started(events, drive, lines)
-    return Started(drive.end())
+    try:
+        if read_whole(stream.content_type):
+            return Started(whole(stream, await stream.aread()))
+        drive = driver(stream)
+        lines = stream.__aiter__()
+        async for line in lines:
+            events = drive.line(line)
+            if events:
+                return Started(events, drive, lines)
+        return Started(drive.end())
+    except MalformedResponseError as exc:  # the reply's status and request id, as for a whole reply
+        stream.unreadable(exc)
+        raise
 
 
 def stream_events(

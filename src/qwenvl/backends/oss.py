@@ -176,13 +176,13 @@ def storage_refusal(
     if not storage and mode == "oss":
         return _no_storage(
             region or "this region",
-            "upload=oss",
+            "--upload oss",
             "Use --upload auto (inline what fits), or --region cn with a Beijing key.",
         )
     if not storage and whole_video:
         return _no_storage(
             region or "this region",
-            "a video sent whole (video_as=file)",
+            "a video sent whole (--video-as file)",
             "Send the video as frames (the default, --video-as frames), or use --region cn.",
         )
     takes_oss = get(protocol).oss_references
@@ -196,7 +196,8 @@ def storage_refusal(
             *(["use --upload auto (or oss)"] if mode == "inline" else []),
         ]
         return UsageError(
-            "a video sent whole (video_as=file) must go through temporary storage, which needs " + " and ".join(needs),
+            "a video sent whole (--video-as file) must go through temporary storage, which needs "
+            + " and ".join(needs),
             hint=" and ".join(fixes).capitalize() + ", or send the video as frames (the default).",
         )
     if mode == "oss" and local_items and not takes_oss:

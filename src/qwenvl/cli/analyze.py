@@ -7,11 +7,13 @@ result without ``json`` (with a warning on stderr) rather than a failure, after 
 request); with a schema, an invalid answer is sent back once to be corrected, and one still invalid fails as
 ``ask --schema`` does (StructuredOutputError, exit 5: the skill says nothing of this case).
 
-Accepted as the skill accepts it: keys it does not know are ignored (a warning names them), and with both
---request and --file, --request is used. Where it differs on purpose (README, "qwenvl analyze"): qwenvl's exit
-codes (2 usage, 3 input, 4 key, 5 service; the skill exits 1), the result printed when neither --output nor
---print-response is given, a request's max_retries / retry_backoff_s honoured unless the flag is given, a
-request without an image accepted, a local image that is missing refused before anything is sent.
+Accepted as the skill accepts it: keys it does not know are ignored (a warning names them), an option given twice
+takes the last one (a warning names it), and with both --request and --file, --request is used. Where it differs on
+purpose (README, "qwenvl analyze"): qwenvl's exit codes (2 usage, 3 input, 4 key, 5 service; the skill exits 1),
+the result printed when neither --output nor --print-response is given, a request's max_retries / retry_backoff_s
+honoured unless the flag is given, a request without an image accepted, a local image that is missing refused
+before anything is sent, and a schema sent as JSON mode with the schema in the prompt (the skill's json_schema
+response_format is documented for some qwen-plus text models only).
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ class AbbreviatingVerb(Verb):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, self._expanded(ctx, args))
+
+    def given_twice(self, ctx: click.Context, label: str) -> None:
+        """An option given twice (``--request a --request b``): the last one is used, as the skill's argparse takes
+        it (what the skill accepts is accepted), with a warning on stderr naming it; never refused."""
+        if not ctx.resilient_parsing:
+            warn([f"{label} is given twice: the last one is used (as analyze_image.py takes it)"])
 
     def _expanded(self, ctx: click.Context, args: list[str]) -> list[str]:
         takes_value: dict[str, bool] = {}

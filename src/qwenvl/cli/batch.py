@@ -45,6 +45,7 @@ from qwenvl.cli.common import (
     confirm_cost,
     err_console,
     error_record,
+    fit_line,
     generation_options,
     max_cost_options,
     media_flag_names,
@@ -339,6 +340,7 @@ def _show_notes(notes: list[str]) -> None:
     summary, which has them too, a reader of stderr sees them)."""
     console = err_console()
     for note in notes:
+        note = fit_line(note)  # in the verb's words (batch run, batch status...)
         if console.is_terminal:
             console.print(f"[yellow]{escape(safe_line(note))}[/]", highlight=False)
         else:

@@ -101,7 +101,7 @@ def report(exc: QwenVLError) -> None:
     name, a URL or a key the user gave: the service's text is ``printable`` already) are shown escaped
     (``qwenvl.errors.safe_line``)."""
     console = err_console()
-    message = written(exc)  # the CLI's words: its flags, as the library wrote them
+    message = fit_line(written(exc))  # the verb's words: its flags, or the request keys of analyze
     ctx = click.get_current_context(silent=True)
     stdin_file = ctx.meta.get(_STDIN_KEY) if ctx is not None else None
     if stdin_file:  # the temporary copy of '-' is named as the user gave it
@@ -181,44 +181,89 @@ def fit_hint(hint: str, command: click.Command | None) -> str:
     flags (``--max-pixels``), sometimes beside the library's name for the same thing (``--no-resize /
     prepare=False``). For a verb that has the flag the flag is kept alone. For one that lacks it: a verb that takes
     JSON requests (``analyze``, ``batch --requests``) gets the request key it sets (``types.FIELD_FLAGS``:
-    ``--param`` -> ``extra``); else the environment variable that stands for the flag (``--region cn`` ->
+    ``--param`` -> ``extra``), with a value as the JSON writes it (``--fetch-urls / fetch_urls=True`` ->
+    ``"fetch_urls": true``); else the environment variable that stands for the flag (``--region cn`` ->
     ``QWENVL_REGION=cn``: ``qwenvl.env.FLAG_VARIABLES``); else a parenthesis of flags alone is left out, and a
     sentence that still names a flag the verb lacks is dropped (no hint when none is left), and so is one that
     asks for a flag the user already gave (``--base-url`` given: never "give the endpoint itself with
     --base-url"). Shell commands in backticks are left as they are. Returns "" when nothing of the hint applies."""
     if command is None:
         return hint
+    return wording.fit_hint(hint, verb_surface(command))
+
+
+def fit_line(text: str) -> str:
+    """A message, warning or note the library wrote (in CLI flags, sometimes beside its own names: ``--no-resize /
+    prepare=False``) in the words of the verb at hand (``verb_surface``): a flag the verb has stays, one it lacks
+    becomes the request key of a verb that takes requests (``analyze``: ``raise --max-tokens`` -> ``raise
+    max_tokens``) or the environment variable that stands for it; nothing is left out (``wording.fit_message``).
+    As written outside a verb. Raises nothing."""
+    command = current_command()
+    if command is None or isinstance(command, click.Group):  # before a verb is chosen: as written
+        return text
+    return wording.fit_message(text, verb_surface(command, message=True))
+
+
+def _json_value(value: str) -> str:
+    """A value as a hint writes it after a flag or a keyword (``True``, ``file``, ``4096``), as JSON writes it."""
+    if value in ("True", "False"):
+        return value.lower()
+    if re.fullmatch(r"-?\d+(?:\.\d+)?", value):
+        return value
+    return json.dumps(value.strip("'\""))
+
+
+def verb_surface(command: click.Command, *, message: bool = False) -> wording.Surface:
+    """How ``command`` (a verb) names each flag a message or hint of the library names (``fit_hint``,
+    ``fit_line``): its own flags; a request key where it takes JSON requests; an environment variable; flags the
+    user gave are never asked for again. ``message``: for a message (what happened), where a verb that has the flag
+    and also takes requests keeps both names (``--thinking / enable_thinking changed``: either may have set it)."""
     flags = {o for p in command.params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")}
     takes_requests = any(p.name in _REQUEST_PARAMS for p in command.params)
     ctx = click.get_current_context(silent=True)
     given = given_flags()
     written = ctx.meta.get(_KEYS_KEY, ()) if ctx is not None else ()
-    # a key the user wrote in the request (analyze's timeout_s) is named as written, not as the flag
-    keyed = {f for f in wording.FLAG.findall(hint) if f not in given and wording.field_of(f) in written}
+
+    def keyed(flag: str) -> bool:  # a key the user wrote in the request (analyze's timeout_s): named as written
+        return flag not in given and wording.field_of(flag) in written
+
+    def request_key(flag: str) -> str | None:
+        if keyed(flag) or (takes_requests and flag not in flags and wording.field_of(flag) in Request.model_fields):
+            return wording.field_of(flag)
+        return None
 
     def name(flag: str) -> str | None:  # the flag as this verb can take it, or None
-        if flag in keyed:
+        if keyed(flag):
             return wording.field_of(flag)
         if flag in flags:
             return flag
-        if takes_requests and wording.field_of(flag) in Request.model_fields:
-            return wording.field_of(flag)
-        return qenv.FLAG_VARIABLES.get(flag)
+        return request_key(flag) or qenv.FLAG_VARIABLES.get(flag)
 
     def pair(flag: str, other: str) -> str:  # the library's name only where the verb takes requests: never "Use tools"
-        if flag in keyed:
-            return other
+        key = request_key(flag)
+        if key is not None:  # "fetch_urls=True" in a JSON request: "fetch_urls": true
+            _, eq, value = other.partition("=")
+            return f'"{key}": {_json_value(value)}' if eq else key
         if flag in flags:
-            return flag
+            return f"{flag} / {other}" if message and takes_requests else flag
         return other if takes_requests else qenv.FLAG_VARIABLES.get(flag, flag)
 
     def with_value(flag: str, value: str) -> str | None:  # "--region cn" on a verb without it: "QWENVL_REGION=cn"
+        key = request_key(flag)
+        if key is not None:
+            return f'"{key}": {_json_value(value)}'
         said = name(flag)
         return None if said is None or said.startswith("--") else f"{said}={value}"
 
-    keeps = flags | keyed
-    surface = wording.Surface(name=name, pair=pair, with_value=with_value, keeps=keeps, given=given)
-    return wording.fit_hint(hint, surface)
+    def quoted(flag: str, value: str) -> str | None:  # '--prompt "..."' in a request: '"prompt": "..."'
+        key = request_key(flag)
+        return f'"{key}": {value}' if key is not None else None
+
+    written_flags = {f"--{k.replace('_', '-')}" for k in written} | {
+        f for f, k in wording.FLAG_FIELDS.items() if k in written
+    }
+    keeps = flags | {f for f in written_flags if keyed(f)}
+    return wording.Surface(name=name, pair=pair, with_value=with_value, quoted=quoted, keeps=keeps, given=given)
 
 
 class FiniteFloat(click.FloatRange):
@@ -430,10 +475,7 @@ class Verb(click.Command):
                 if param.is_flag and not param.secondary_opts:
                     continue
                 if param.name in seen:
-                    label = "/".join([*param.opts, *param.secondary_opts])
-                    twice = HintedUsageError(f"{label} is given twice: it takes one value", ctx)
-                    twice.hint = f"Give {label} once (no value is picked silently)."
-                    raise twice
+                    self.given_twice(ctx, "/".join([*param.opts, *param.secondary_opts]))
                 seen.add(param.name)
         given = list(args)  # click's parser consumes the list it is given
         try:
@@ -442,6 +484,14 @@ class Verb(click.Command):
             if "unexpected extra argument" in exc.message:
                 self._refuse_extra_files(ctx, given)
             raise
+
+    def given_twice(self, ctx: click.Context, label: str) -> None:
+        """An option that takes one value (``label``: its flags) given twice: a usage error (exit 2) naming it, never
+        one value picked silently. A verb that must take the last one (a drop-in for an argparse script) overrides
+        this."""
+        twice = HintedUsageError(f"{label} is given twice: it takes one value", ctx)
+        twice.hint = f"Give {label} once (no value is picked silently)."
+        raise twice
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the verb, each use of standard input (``-``) it was given recorded first (``take_stdin``, in the
@@ -827,6 +877,8 @@ generation_options = generation_options_for()
 VIDEO_FLAGS = ("--fps", "--video-as")
 IMAGE_BUDGET_FLAGS = ("--detail", "--high-res")
 ANSWER_FORMAT_FLAGS = ("--json-mode", "--schema")
+# Thinking: left out of the verb whose answer is always JSON (``events``), which Qwen-VL gives only without it.
+THINKING_FLAGS = ("--thinking", "--thinking-budget")
 
 _REQUEST_FROM_OPTIONS = (
     "model",
@@ -1290,7 +1342,7 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         kind, hint, code = "interrupted", None, exit_code(exc)
     else:
         said, kind, hint, code = (
-            written(exc),
+            fit_line(written(exc)),  # in the verb's words, as on stderr (``report``)
             type(exc).__name__,
             getattr(exc, "raw_hint", None),
             getattr(exc, "exit_code", None),

@@ -11,6 +11,7 @@ from qwenvl.cli.common import (
     ANSWER_FORMAT_FLAGS,
     FILE_NAME,
     IMAGE_BUDGET_FLAGS,
+    THINKING_FLAGS,
     Verb,
     check_pages_apply,
     err_console,
@@ -58,7 +59,7 @@ from qwenvl.tasks.events import (
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options_for(
     max_tokens=f"{EVENTS_MAX_TOKENS}, or the model's limit if lower",
-    leave_out=("--pages", *IMAGE_BUDGET_FLAGS, *ANSWER_FORMAT_FLAGS),
+    leave_out=("--pages", *IMAGE_BUDGET_FLAGS, *ANSWER_FORMAT_FLAGS, *THINKING_FLAGS),
 )
 @service_options
 @pass_opts

@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from qwenvl.cli.common import (
     FILE_NAME,
+    THINKING_FLAGS,
     Verb,
     as_given,
     check_pages_apply,
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 @max_cost_options
 @generation_options_for(
     max_tokens=f"{EXTRACT_MAX_TOKENS}, or the model's limit if lower",
-    leave_out=("--json-mode",),
+    leave_out=("--json-mode", *THINKING_FLAGS),
 )
 @service_options
 @pass_opts

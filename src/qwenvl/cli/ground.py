@@ -68,7 +68,8 @@ READINGS = {
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options_for(
-    max_tokens=f"{GROUND_MAX_TOKENS}, or the model's limit if lower", leave_out=(*VIDEO_FLAGS, *ANSWER_FORMAT_FLAGS)
+    max_tokens=f"{GROUND_MAX_TOKENS}, or the model's limit if lower",
+    leave_out=(*VIDEO_FLAGS, *ANSWER_FORMAT_FLAGS, "--pages"),
 )
 @service_options
 @pass_opts

@@ -280,7 +280,10 @@ class _WarningLine(logging.Handler):
     """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = escape(safe_line(record.getMessage()))  # a model name, a path: as the user gave it, escaped
+        from qwenvl.cli.common import fit_line
+
+        # a model name, a path: as the user gave it, escaped; a flag in the verb's words (analyze: a request key)
+        message = escape(safe_line(fit_line(record.getMessage())))
         err_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
         if record.exc_info and record.exc_info[1] is not None:  # attached only with QWENVL_DEBUG (qwenvl serve)
             import traceback

@@ -49,7 +49,7 @@ from qwenvl.tasks.ocr import (
     by_page,
     estimate_ocr,
     mark_stopped,
-    ocr_options,
+    model_ocr_options,
     pages_left,
     plan_pages,
     send_pages,
@@ -151,9 +151,7 @@ def _read(opts: dict[str, Any]) -> None:
     pdf = media_kind(classify(source)) == "pdf"
     task, pages = opts["task"], opts["pages"]
     plans = plan_pages(client, source, format=fmt, task=task, options=options, pages=pages, **fields)
-    ocr_options(task, options)  # an unknown task is refused before any note on what is sent
-    if (options or task) and model.family != "qwen-vl-ocr":
-        note(f"ocr_options is read by the qwen-vl-ocr models; {model.name} may ignore it")
+    model_ocr_options(model, task, options)  # an unknown task, or one the model does not read: before anything
 
     # every page's request, priced before any is sent (estimate-only: nothing rendered)
     def estimate() -> Estimate:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from rich.markup import escape
 
-from qwenvl.cli.common import err_console, shown
+from qwenvl.cli.common import err_console, fit_line, shown
 from qwenvl.errors import StreamInterruptedError, printable
 from qwenvl.notes import answer_notes
 from qwenvl.types import Response, StreamEvent
@@ -19,7 +19,7 @@ def warn_answer(
     """The notes on an answer (``qwenvl.notes``: cut off at max_tokens, empty, items not shown), on stderr."""
     console = err_console()
     for note in answer_notes(response, max_tokens, include_cut_off=include_cut_off, items_shown=items_shown):
-        console.print(f"[yellow]warning:[/] {escape(printable(note))}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(printable(fit_line(note)))}", highlight=False, soft_wrap=True)
 
 
 def stream_to_terminal(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
-from qwenvl.cli.common import as_given, err_console, print_json, print_usage_line, shown
+from qwenvl.cli.common import as_given, err_console, fit_line, print_json, print_usage_line, shown
 from qwenvl.cli.render import warn_answer
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.interfaces import SupportsPreview
@@ -31,11 +31,15 @@ def refuse_structured(opts: dict[str, Any], verb: str) -> None:
 def warn(messages: list[str], *, prefix: str = "warning") -> None:
     console = err_console()
     for message in messages:
-        console.print(f"[yellow]{prefix}:[/] {escape(safe_line(as_given(message)))}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[yellow]{prefix}:[/] {escape(safe_line(fit_line(as_given(message))))}", highlight=False, soft_wrap=True
+        )
 
 
 def note(message: str) -> None:
-    err_console().print(f"[cyan]note:[/] {escape(safe_line(as_given(message)))}", highlight=False, soft_wrap=True)
+    err_console().print(
+        f"[cyan]note:[/] {escape(safe_line(fit_line(as_given(message))))}", highlight=False, soft_wrap=True
+    )
 
 
 def dry_run(client: SupportsPreview, call: Call, every: Estimate | None = None) -> None:

@@ -27,6 +27,7 @@ from qwenvl.cli.common import (
     check_pages,
     err_console,
     fit_hint,
+    fit_line,
     make_client,
     media_flag_names,
     model_option,
@@ -120,7 +121,9 @@ def tokens(opts: dict[str, Any]) -> None:
     )
     result = as_given(result)  # "-" was replaced by a temporary file: named as the user gave it
     command = click.get_current_context().command
-    for row in result["items"]:  # a row's hint in this verb's words (the library's are the estimate's)
+    for row in result["items"]:  # a row's error and hint in this verb's words (the estimate's are as written)
+        if row.get("error"):
+            row["error"] = fit_line(row["error"])
         if row.get("hint"):
             row["hint"] = fit_hint(row["hint"], command) or None
     if opts["as_json"]:
@@ -212,4 +215,6 @@ def _print_table(result: dict[str, Any]) -> None:
         )
     console.print("[dim]Media input tokens only; the prompt and the answer come on top.[/]", highlight=False)
     for warning in result.get("warnings", []):
-        err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
+        err_console().print(
+            f"[yellow]warning:[/] {escape(safe_line(fit_line(warning)))}", highlight=False, soft_wrap=True
+        )

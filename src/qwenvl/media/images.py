@@ -65,8 +65,8 @@ from typing import Any, BinaryIO
 
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from qwenvl.errors import MediaError
-from qwenvl.media.sources import AVIF_BRANDS, HEAD_BYTES, HEIF_BRANDS, ftyp_brands, sniff
+from qwenvl.errors import MediaError, UsageError
+from qwenvl.media.sources import AVIF_BRANDS, DAMAGED_HINT, HEAD_BYTES, HEIF_BRANDS, ftyp_brands, sniff
 from qwenvl.models import MAX_ASPECT_RATIO, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
 from qwenvl.sizes import Size
 
@@ -668,6 +668,13 @@ def image_reference(value: Any) -> str | None:
         mime = sniff(data) or identify(data, "the image bytes").mime
         return to_data_url(data, mime)
     if isinstance(value, Image.Image):
+        try:
+            value.load()  # a closed image: ValueError("Operation on closed image") from Pillow
+        except ValueError as exc:
+            raise UsageError(
+                f"a PIL image given is closed ({exc}): its pixels are gone",
+                hint="Pass the image while it is open (not after .close() or its `with` block), or give its file.",
+            ) from None
         if value.mode in ("RGB", "L"):
             data, mime = encode_image(value)
         else:  # transparency, a palette, 16 bits, CMYK: kept losslessly, then prepared like such a file
@@ -855,19 +862,19 @@ def _not_an_image(data: bytes, label: str) -> MediaError:
         return MediaError(
             f"{label} starts like a JPEG but its header is damaged or cut short",
             source=label,
-            hint="The file is truncated or corrupt; export or download it again.",
+            hint=DAMAGED_HINT,
         )
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return MediaError(
             f"{label} starts like a WebP but is damaged or cut short",
             source=label,
-            hint="The file is truncated or corrupt; export or download it again.",
+            hint=DAMAGED_HINT,
         )
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return MediaError(
             f"{label} starts like a PNG but its header is damaged or cut short",
             source=label,
-            hint="The file is truncated or corrupt; export or download it again.",
+            hint=DAMAGED_HINT,
         )
     if kind == "text/xml" or _is_text(data):
         return MediaError(f"{label} is a text file, not an image (whatever its name says)", source=label, hint=hint)
@@ -890,7 +897,7 @@ def _corrupt(label: str, info: ImageInfo, exc: BaseException) -> MediaError:
     return MediaError(
         f"{label} is a {info.format} whose image data is truncated or corrupt ({detail})",
         source=label,
-        hint="Export or download the file again.",
+        hint=DAMAGED_HINT,
     )
 
 

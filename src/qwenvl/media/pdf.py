@@ -44,6 +44,7 @@ from PIL import Image
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.media import images
 from qwenvl.media.resize import smart_resize
+from qwenvl.media.sources import DAMAGED_HINT
 from qwenvl.media.tokens import image_tokens
 from qwenvl.models import MAX_ASPECT_RATIO
 from qwenvl.sizes import HeightWidth
@@ -154,9 +155,10 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
     one (``looks_like_pdf``: refused at once, not after pdfium has scanned it) or has no pages."""
     if not looks_like_pdf(src):
         raise MediaError(
-            f"{label} is not a readable PDF (it starts like one, but has no trailer and no object)",
+            f"{label} is not a readable PDF: it starts like one, but has no trailer and no object (cut short or "
+            "damaged)",
             source=label,
-            hint="Check the file: open it in a PDF viewer, or export it again.",
+            hint=DAMAGED_HINT,
         )
     try:
         with _PDFIUM:
@@ -175,9 +177,9 @@ def open_pdf(src: bytes | str | Path, label: str) -> pdfium.PdfDocument:
             ) from None
         reason = str(exc).split("(PDFium: ", 1)[-1].rstrip(".)") or "PDFium cannot read it"
         raise MediaError(
-            f"{label} is not a readable PDF ({reason})",
+            f"{label} is not a readable PDF: it starts like one but is cut short or damaged ({reason})",
             source=label,
-            hint="Check the file: open it in a PDF viewer, or export it again.",
+            hint=DAMAGED_HINT,
         ) from None
     if pages == 0:
         raise MediaError(f"{label} has no pages", source=label, hint="Check the PDF: it may be empty or damaged.")

@@ -720,6 +720,11 @@ def held_media(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+# The hint of every file that starts as a format qwenvl reads but is cut short or damaged (an image, a PDF, a video):
+# the file itself is the fault, not its format.
+DAMAGED_HINT = "The file is incomplete or corrupt (an unfinished download or copy?); download, copy or export it again."
+
+
 def sniff(data: bytes) -> str | None:
     """A MIME type from magic numbers for the non-image kinds we handle (video, PDF, SVG, text); else None.
     HEIF/HEIC and AVIF files share the ``ftyp`` box with MP4: they are named ``image/heif`` / ``image/avif``.

@@ -52,7 +52,7 @@ from PIL import Image
 
 from qwenvl.errors import MediaError
 from qwenvl.media import images
-from qwenvl.media.sources import sniff
+from qwenvl.media.sources import DAMAGED_HINT, sniff
 from qwenvl.models import (
     MAX_ASPECT_RATIO,
     VIDEO_FPS,
@@ -416,10 +416,33 @@ def check_video_content(src: VideoInput, label: str | None = None) -> str:
     raise MediaError(f"{name} is not a readable video{found}", source=name, hint=f"Supported videos: {SUPPORTED}.")
 
 
+# Video MIME types (``sniff``) -> the format's name, as ``SUPPORTED`` says it.
+_FORMAT_NAMES = {
+    "video/mp4": "MP4",
+    "video/quicktime": "MOV",
+    "video/x-matroska": "MKV",
+    "video/webm": "WebM",
+    "video/x-msvideo": "AVI",
+    "video/x-flv": "FLV",
+    "video/x-ms-wmv": "WMV",
+}
+
+
 def _open(src: VideoInput, name: str) -> Any:
+    """The container of ``src``; MediaError when it cannot be opened: a file that starts as a supported video
+    (its magic number) is said to be cut short or damaged (an unfinished download or copy), anything else to be
+    no supported video."""
     try:
         return av.open(io.BytesIO(src) if isinstance(src, bytes) else str(src), "r")
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
+        kind = _FORMAT_NAMES.get(sniff(_head(src, name)) or "")
+        if kind is not None:  # the format is one we read: the file itself is incomplete or broken
+            raise MediaError(
+                f"{name} is not a readable video: it starts like {'an' if kind[0] in 'AMF' else 'a'} {kind} but is "
+                f"cut short or damaged ({_reason(exc)})",
+                source=name,
+                hint=DAMAGED_HINT,
+            ) from None
         raise MediaError(
             f"{name} is not a readable video ({_reason(exc)})", source=name, hint=f"Supported videos: {SUPPORTED}."
         ) from None

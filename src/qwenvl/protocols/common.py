@@ -381,6 +381,7 @@ class StreamAccumulator:
             partial_reasoning="".join(self.reasoning),
             request_id=exc.request_id or self.request_id,
             code=exc.code,
+            status=exc.status or None,
         )
         error.__cause__ = exc  # the service's own error (status, code, words): ``qwenvl serve`` passes it on
         return error

@@ -36,6 +36,7 @@ from qwenvl.tasks.grounding import (
     library_worded,
     model_for,
     plan_task,
+    refuse_thinking,
     sync_client,
     task_media,
 )
@@ -162,9 +163,11 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
     timeline JSON Schema (``EVENTS_SCHEMA``), and ``max_tokens`` 2048 unless given (capped by the model's own
     limit). ``fields`` are any Request fields (fps, model, ...).
 
-    Raises UsageError (invalid fields, or one still image: a single frame, or a still image given as
+    Raises UsageError (invalid fields, thinking asked for (``enable_thinking``, ``thinking_budget``: the
+    timeline is JSON, given only in non-thinking mode), or one still image: a single frame, or a still image given as
     ``video``; a frame list's frames are checked first), SchemaDefinitionError,
     MediaError (media that cannot be sent), as ``Client.plan``."""
+    refuse_thinking("events", fields)
     video = task_media(video) if isinstance(video, list | tuple) else media_refs(video, images=False)
     check_task_media("events", video, ("video", "image"), EVENTS_PDF_HINT)  # frames are images
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"

@@ -29,7 +29,15 @@ from qwenvl.errors import (
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import media_kind
 from qwenvl.plan import Call
-from qwenvl.tasks.grounding import async_client, in_thread, model_for, plan_task, sync_client, task_media
+from qwenvl.tasks.grounding import (
+    async_client,
+    in_thread,
+    model_for,
+    plan_task,
+    refuse_thinking,
+    sync_client,
+    task_media,
+)
 from qwenvl.types import Response
 
 if TYPE_CHECKING:
@@ -53,8 +61,10 @@ def plan_extract(client: SupportsPlan, file: Any, schema: Any, *, prompt: str | 
     dict, a schema file path or a pydantic model class), and ``max_tokens`` 2048 unless given (capped by the model's
     own limit and its context: ``plan_task``).
 
-    Raises UsageError (invalid fields), SchemaDefinitionError, MediaError (media that cannot be sent), as
+    Raises UsageError (invalid fields; thinking asked for: ``refuse_thinking``), SchemaDefinitionError, MediaError
+    (media that cannot be sent), as
     ``Client.plan``."""
+    refuse_thinking("extract", fields)
     model = model_for(client, fields)
     ref = task_media(file)
     media = {"video": ref} if isinstance(ref, str) and media_kind(ref) == "video" else {"images": [ref]}

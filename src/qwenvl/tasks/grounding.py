@@ -584,6 +584,19 @@ def check_task_media(task: str, refs: Any, takes: Collection[str], hint: str) ->
             raise MediaError(f"{label} is {_A_KIND[kind]}: {task} reads {what}", source=label, hint=hint.format(label))
 
 
+def refuse_thinking(task: str, fields: dict[str, Any]) -> None:
+    """UsageError (exit 2) when ``fields`` ask a task whose answer is always JSON (``events``, ``extract``) to think
+    (``enable_thinking``, ``thinking_budget``): Qwen-VL models give structured output only in non-thinking mode
+    (reference/dashscope-api.md §2.4), so it would be refused whatever else is given. Said in the task's words, not
+    as a request's JSON mode the caller never set."""
+    if fields.get("enable_thinking") or fields.get("thinking_budget") is not None:
+        raise UsageError(
+            f"{task} asks for its answer as JSON, which Qwen-VL models give only in non-thinking mode: "
+            "--thinking / enable_thinking and --thinking-budget / thinking_budget do not apply to it",
+            hint="Leave out --thinking / enable_thinking=True and --thinking-budget / thinking_budget.",
+        )
+
+
 def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
     """The rules of the model ``fields`` name, else the client's (``client.resolve_model``).
     Raises what ``resolve_model`` raises (UsageError; APIError for a local server)."""

@@ -37,7 +37,7 @@ from qwenvl._constants import FETCH_TIMEOUT_MAX_S
 from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import classify, media_kind
-from qwenvl.models import DEFAULT_MODEL, model_info
+from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import once_per_run
 from qwenvl.plan import Call
 from qwenvl.spelling import did_you_mean
@@ -225,6 +225,25 @@ def pdf_pages(ref: str, pages: str | None, *, fetch_urls: bool = False, timeout_
     return pdf.parse_pages(pages, pdf.page_count(src, source.label), source.label)
 
 
+def model_ocr_options(
+    model: ModelInfo, task: str | None = None, options: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """``ocr_options(task, options)`` for ``model``: UsageError (exit 2, nothing sent) when a task or options are
+    given to a model that does not read them (``ModelInfo.reads_ocr_options``: the qwen-vl-ocr models only), as an
+    option that does not apply is refused, never sent to be ignored; else as ``ocr_options``."""
+    opts = ocr_options(task, options)
+    if opts is not None and not model.reads_ocr_options:
+        given = " and ".join(n for n, v in (("--task / task", task), ("--ocr-options / options", options)) if v)
+        them = "them" if task and options else "it"
+        raise UsageError(
+            f"{given} (the service's ocr_options) {'are' if them == 'them' else 'is'} read only by the qwen-vl-ocr "
+            f"models; {model.name} ({model.family}) would ignore {them}: nothing was sent",
+            hint=f"Add --model qwen-vl-ocr for a built-in task, or leave out {given} (a general model reads a table "
+            "as asked: --format markdown).",
+        )
+    return opts
+
+
 def plan_ocr(
     client: SupportsPlan,
     source: str,
@@ -240,7 +259,8 @@ def plan_ocr(
     ``format``: ``"text"``, ``"markdown"`` or ``"json"`` (line boxes, asked in the family's grounding form);
     ``task``/``options`` become the qwen-vl-ocr models' ``ocr_options``; ``max_tokens`` is 4096 unless given
     (capped by the model's own limit and its context: ``plan_task``). Raises UsageError for an unknown format,
-    ``ocr_options`` both from ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError,
+    ``task``/``options`` for a model that does not read them (``ModelInfo.reads_ocr_options``), ``ocr_options``
+    both from ``task``/``options`` and in ``extra``, and what ``Client.plan`` raises (UsageError,
     SchemaDefinitionError, MediaError)."""
     if format not in FORMATS:
         raise UsageError(
@@ -248,7 +268,7 @@ def plan_ocr(
             hint="Use --format with one of the formats listed.",
         )
     model = model_for(client, fields)
-    opts = ocr_options(task, options)
+    opts = model_ocr_options(model, task, options)
     if opts is not None:
         if "ocr_options" in (fields.get("extra") or {}):  # never one of the two silently
             raise UsageError(
