@@ -954,12 +954,13 @@ class Client(_Base[Backend, "httpx.Client"]):
         try:
             if call.request.stream:
                 return assembled(self.send_stream(call))
-            first, retry = _check(call, self._complete(call))
-            if retry is None:
-                return first
-            final = _after_repair(first, retry, self._repair(first, retry))
-            exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
-            return final
+            with exchange.Held() as held:  # the key stays claimed until the repair's outcome: waiters get it
+                first, retry = _check(call, self._complete(call, held))
+                if retry is None:
+                    return first
+                final = _after_repair(first, retry, self._repair(first, retry))
+                exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+                return final
         finally:
             self._end_call()
 
@@ -973,10 +974,11 @@ class Client(_Base[Backend, "httpx.Client"]):
                 raise error from exc
             raise
 
-    def _complete(self, call: Call) -> Response:
+    def _complete(self, call: Call, held: exchange.Held | None = None) -> Response:
         """One backend call: answered from the cache when enabled (after waiting for an identical call in flight),
-        and written to the usage log, whatever ends it (``qwenvl.store.exchange``)."""
-        with exchange.begin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
+        and written to the usage log, whatever ends it (``qwenvl.store.exchange``); ``held`` keeps its key claimed
+        once answered."""
+        with exchange.begin(self, call, keep=_valid(call), held=held) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = self.backend
                 # a failure, an interrupt, a retried attempt: logged; close() cutting it: ClientClosedError
@@ -1239,12 +1241,13 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
         try:
             if call.request.stream:
                 return await aassembled(self.send_stream(call))
-            first, retry = _check(call, await self._complete(call))
-            if retry is None:
-                return first
-            final = _after_repair(first, retry, await self._repair(first, retry))
-            exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
-            return final
+            with exchange.Held() as held:  # the key stays claimed until the repair's outcome: waiters get it
+                first, retry = _check(call, await self._complete(call, held))
+                if retry is None:
+                    return first
+                final = _after_repair(first, retry, await self._repair(first, retry))
+                exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+                return final
         finally:
             self._end_call()
 
@@ -1258,8 +1261,8 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
                 raise error from exc
             raise
 
-    async def _complete(self, call: Call) -> Response:
-        with await exchange.abegin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
+    async def _complete(self, call: Call, held: exchange.Held | None = None) -> Response:
+        with await exchange.abegin(self, call, keep=_valid(call), held=held) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = await self._ready()
                 # a failure, a cancelled task, a retried attempt: logged; aclose() cutting it: ClientClosedError

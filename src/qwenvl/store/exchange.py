@@ -13,7 +13,9 @@ with exchange.begin(client, call, keep=valid) as ex:   # a hit is ready in ex.re
   stored by an earlier version) is ignored.
 - While one cacheable request is in flight, an identical one (same cache key, same ``ResponseCache``) waits for
   it (at most its own ``wait_bound``) and gets its answer from the cache; if the first failed or was cancelled,
-  the first waiter to claim the key sends it (``ResponseCache.claim``).
+  the first waiter to claim the key sends it (``ResponseCache.claim``). A structured call's key stays claimed
+  until its final outcome (``Held``): an answer that failed its check is repaired first, and its waiters get the
+  repaired answer from the cache instead of sending (and repairing) their own.
 - Every attempt that reached the service is in the usage log: an answer as ``ok`` (``cached`` for a hit, cost
   0), an error as its type, an attempt the transport retried as its error's type (``retried``, through the
   client's ``on_retry`` hook), an interrupt (KeyboardInterrupt, a cancelled task, a closed stream) as
@@ -91,6 +93,33 @@ def retried(notice: RetryNotice) -> None:
         ex.attempt_failed(notice.error)
 
 
+class Held:
+    """The claim on a call's key, held from its first answer until the call's final outcome (``Client.send``:
+    ``with exchange.Held() as held``, given to the first answer's ``begin``): released when the block ends, after
+    the repaired answer is stored (``remember``), so that identical calls waiting for it get that answer and never
+    send their own; when the repair failed, the first of them to claim the key sends it. Raises nothing."""
+
+    def __init__(self) -> None:
+        self._cache: ResponseCache | None = None
+        self._key: str | None = None
+
+    def take(self, cache: ResponseCache, key: str) -> None:
+        """Hold the claim on ``key`` (claimed by an exchange that answered) until ``release``."""
+        self.release()
+        self._cache, self._key = cache, key
+
+    def release(self) -> None:
+        cache, key, self._cache, self._key = self._cache, self._key, None, None
+        if cache is not None and key is not None:
+            cache.release(key)
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Exchange:
     def __init__(
         self,
@@ -99,6 +128,7 @@ class Exchange:
         *,
         stream: bool = False,
         keep: Callable[[Response], bool] | None = None,
+        held: Held | None = None,
     ) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
@@ -114,7 +144,9 @@ class Exchange:
         self.keep = keep
         self.key: str | None = None
         self.claimed = False  # this exchange claimed its key: it must release it (``release``)
-        self._bound = wait_bound(call.request)
+        self.held = held  # who holds the claim once answered (``Held``), else released then
+        # a structured call's waiters wait for its repair too (two requests)
+        self._bound = wait_bound(call.request) * (2 if keep is not None and call.request.repair else 1)
         if self.cache is not None:
             self.key = key_for(client, call)
 
@@ -214,7 +246,8 @@ class Exchange:
                 _open.discard(self)
 
     def done(self, response: Response) -> Response:
-        """Log the answer ``ok``; cache it when it is whole and passes ``keep``; release the key. Returns it."""
+        """Log the answer ``ok``; cache it when it is whole and passes ``keep``; release the key (or hand it to
+        ``held``, which releases it when the call's final outcome is known). Returns it."""
         try:
             if (
                 self.cache is not None
@@ -227,6 +260,9 @@ class Exchange:
             self._log(response, "ok")
             return response
         finally:
+            if self.held is not None and self.claimed and self.cache is not None and self.key is not None:
+                self.claimed = False
+                self.held.take(self.cache, self.key)
             self.release()
 
     def attempt_failed(self, exc: BaseException) -> None:
@@ -311,20 +347,31 @@ def may_be_billed(exc: BaseException | None) -> bool:
 
 
 def begin(
-    client: ClientEndpoint, call: Call, *, stream: bool = False, keep: Callable[[Response], bool] | None = None
+    client: ClientEndpoint,
+    call: Call,
+    *,
+    stream: bool = False,
+    keep: Callable[[Response], bool] | None = None,
+    held: Held | None = None,
 ) -> Exchange:
     """The exchange of one call, looked up in the cache (waiting for an identical request in flight: see
-    ``Exchange.lookup``). Raises UsageError (an ``estimate_only`` call), APITimeoutError (that wait ran out)."""
-    ex = Exchange(client, call, stream=stream, keep=keep)
+    ``Exchange.lookup``); ``held`` keeps its key claimed once answered (``Held``). Raises UsageError (an
+    ``estimate_only`` call), APITimeoutError (that wait ran out)."""
+    ex = Exchange(client, call, stream=stream, keep=keep, held=held)
     ex.lookup()
     return ex
 
 
 async def abegin(
-    client: ClientEndpoint, call: Call, *, stream: bool = False, keep: Callable[[Response], bool] | None = None
+    client: ClientEndpoint,
+    call: Call,
+    *,
+    stream: bool = False,
+    keep: Callable[[Response], bool] | None = None,
+    held: Held | None = None,
 ) -> Exchange:
     """``begin`` for a coroutine (the wait for a request in flight does not block the loop)."""
-    ex = Exchange(client, call, stream=stream, keep=keep)
+    ex = Exchange(client, call, stream=stream, keep=keep, held=held)
     await ex.alookup()
     return ex
 
