@@ -33,6 +33,7 @@ from qwenvl.config import (
     effective_region,
     find_api_key,
     normalize_backend,
+    openai_api_key,
     require_api_key,
     resolve_base_url,
 )
@@ -52,6 +53,7 @@ from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook, RetryNotice
 from qwenvl.spelling import did_you_mean, nearest
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
+from qwenvl.store.cache import account_id
 from qwenvl.types import (
     FIELD_FLAGS,
     AskFields,
@@ -505,6 +507,7 @@ class _Base(Generic[B, H]):
             self._check_backend(backend)
         self._backend: B | None = None if isinstance(backend, str | None) else backend
         self._given_backend = self._backend is not None  # a backend object: its owner's, never made again
+        self._account: str | None = None  # ``account``, worked out at first use
         self.backend_name = (
             normalize_backend(backend, protocol=self.protocol)
             if isinstance(backend, str | None)
@@ -661,6 +664,28 @@ class _Base(Generic[B, H]):
         if self.is_local:
             return f"{type(self).__name__}(backend={self.backend_name!r})"
         return f"{type(self).__name__}(protocol={self.protocol!r}, region={self.region!r})"
+
+    @property
+    def account(self) -> str:
+        """Who answers and pays for this client's requests, as the response cache tells accounts apart
+        (``qwenvl.store.cache.account_id``): a SHA-256 of the key in use (DashScope's, found as ``check_key``
+        finds it; a local server's, if any; a backend object's own), the backend and DashScope's base URL (the
+        region's); never the key itself. Worked out once. Raises nothing (a key that cannot be read counts as none)."""
+        if self._account is None:
+            key: str | None = getattr(getattr(self._backend, "transport", None), "_key", None)
+            if not self._given_backend or key is None:
+                try:
+                    found = None if self.is_local else find_api_key(self._api_key)
+                except QwenVLError:  # an unreadable key's place: said when the backend is made, not here
+                    found = None
+                key = openai_api_key(self._api_key) if self.is_local else (found.key if found else "")
+            # DashScope's URL (the region's, or the one given, from the environment too); a local server's is in
+            # every cache key already (its endpoint)
+            where = (
+                None if self.is_local else resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)
+            )  # type: ignore[arg-type]
+            self._account = account_id(key, self.backend_name, where)
+        return self._account
 
     @property
     def is_local(self) -> bool:

@@ -43,7 +43,7 @@ from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.retry import RetryNotice
-from qwenvl.store.cache import ResponseCache, cache_key, source_key, storable
+from qwenvl.store.cache import ResponseCache, cache_key, for_account, source_key, storable
 from qwenvl.store.usage import Entry, UsageLog
 from qwenvl.types import Request, Response
 
@@ -66,15 +66,23 @@ def endpoint(client: ClientEndpoint, call: Call) -> str:
     return resolve_base_url(client.protocol, region=client.region, base_url=client.base_url)
 
 
+def account_of(client: ClientEndpoint) -> str:
+    """The client's account as the cache keys it (``Client.account``; ``""`` for an endpoint that has none)."""
+    return str(getattr(client, "account", "") or "")
+
+
 def key_for(client: ClientEndpoint, call: Call) -> str:
+    """The cache key of ``call`` sent by ``client``: its account's (``cache.for_account``). Raises nothing."""
     backend = getattr(client, "_backend", None)
     if backend is not None and hasattr(backend, "cache_key"):  # a backend that keys its own calls
-        return backend.cache_key(call)
-    return cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
+        key = backend.cache_key(call)
+    else:
+        key = cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
+    return for_account(key, account_of(client))
 
 
 def source_key_for(client: ClientEndpoint, call: Call) -> str:
-    return source_key(client.protocol, endpoint(client, call), call)
+    return for_account(source_key(client.protocol, endpoint(client, call), call), account_of(client))
 
 
 def wait_bound(request: Request) -> float:
