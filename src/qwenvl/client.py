@@ -334,9 +334,16 @@ def _structured_hint(call: Call) -> str | None:
 
 
 def _after_repair(first: Response, retry: Call, second: Response) -> Response:
-    """The repaired answer; else StructuredOutputError carrying both paid requests (usage summed, both ids)."""
-    second.usage = _add_usage(first.usage, second.usage)
+    """The repaired answer; else StructuredOutputError carrying the paid requests (usage summed over them, their
+    ids). Its ``parts`` are both answers (priced each on its own: ``models.answer_cost``); it is ``cached`` only when
+    neither was paid now, and a part from the cache adds nothing to ``usage`` (nothing was paid for it)."""
+    parts = [first.model_copy(), second.model_copy()]
     sent = [r for r in (first, second) if not r.cached]  # an answer from the cache was not paid now
+    if len(sent) == 2:
+        second.usage = _add_usage(first.usage, second.usage)
+    elif sent:
+        second.usage = sent[0].usage.model_copy()
+    second.cached, second._parts = not sent, parts
     paid, n = [r.request_id for r in sent if r.request_id], len(sent)
     try:
         final, again = _check(retry, second)
@@ -358,6 +365,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
             hint=_structured_hint(retry),
         )
     final._requests, final._request_ids = n, paid
+    final.cached, final._parts = not sent, parts
     return final
 
 
