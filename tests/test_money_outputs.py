@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import API_KEY, CHILD_ENV_DROPPED, run_cli, write_image
 from dashscope_server import Reply
 
@@ -137,3 +139,43 @@ def test_max_cost_counts_the_repairs_already_paid(server, env, isolated_env):
     rows = read_csv(isolated_env / "out.csv")
     assert [r[:2] for r in rows] == [["file", "total"], [images[0], "1"], [images[1], "2"]]
     assert API_KEY not in p.stderr
+
+
+def _pdf(path: Path, pages: int) -> Path:
+    from PIL import Image
+
+    frames = [Image.new("RGB", (300, 200), (20 * i, 100, 200)) for i in range(pages)]
+    frames[0].save(path, "PDF", save_all=True, append_images=frames[1:])
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "json"])
+def test_ocr_output_file_keeps_each_page_as_it_is_read(server, env, isolated_env, fmt):
+    doc = _pdf(isolated_env / "doc.pdf", 3)
+    hold = threading.Event()
+    server.enqueue(Reply(text="first page words"), Reply(hold=hold))
+    out = isolated_env / f"out.{fmt}"
+    proc = _start(["ocr", str(doc), "-f", fmt, "-o", str(out), "--yes"], env)
+    try:
+        assert wait_for(lambda: model_calls(server) == 2)  # page 2 in flight: page 1 read
+        assert wait_for(lambda: out.exists() and "first page words" in out.read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        if fmt == "json":
+            document = json.loads(out.read_text())  # whole JSON: written atomically
+            assert [p["text"] for p in document["pages"]] == ["first page words"]
+        else:
+            assert out.read_text() == "first page words"
+    finally:
+        hold.set()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_ocr_output_file_is_whole_at_the_end(server, env, isolated_env):
+    doc = _pdf(isolated_env / "doc.pdf", 3)
+    server.enqueue(Reply(text="one"), Reply(text="two"), Reply(text="three"))
+    p = run_cli("ocr", str(doc), "-f", "markdown", "-o", "out.md", "--yes", env=env)
+    assert p.returncode == 0, p.stderr
+    assert (isolated_env / "out.md").read_text() == "one\n\n---\n\ntwo\n\n---\n\nthree\n"
