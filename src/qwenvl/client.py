@@ -873,7 +873,9 @@ class Client(_Base[Backend, "httpx.Client"]):
     Attributes: ``protocol``, ``region``, ``base_url``, ``backend_name``, ``defaults`` (the request defaults
     above that were given), ``cache``, ``on_retry``, ``prepared`` (the media this client prepared, by content,
     at most 32 MB: ``qwenvl.media.prepare.PreparedCache``; a history's images, videos and PDFs are not prepared
-    again on each turn, only read and hashed; ``prepared.clear()`` empties it).
+    again on each turn, only read and hashed; the files ``fetch_urls`` downloaded, by URL, each downloaded once;
+    ``prepared.clear()`` empties it), ``account`` (a hash of the key in use and DashScope's URL: what the response
+    cache keeps answers apart by).
 
     Use it as a context manager, or call ``close()``, to close its connections.
 
