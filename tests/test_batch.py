@@ -623,18 +623,20 @@ def test_no_key_fails_before_the_input_is_read_unless_something_may_be_answered_
     assert len(server.requests) == sent
 
 
-def test_a_batch_the_cache_answers_whole_needs_no_key(server, isolated_env):
-    """Every item answered by the response cache: no request is made, so no key is needed (the run made its
-    backend up front, for the threads, and that asked for the key)."""
+def test_a_batch_the_cache_answers_is_the_accounts_own(server, isolated_env):
+    """Every item answered by the response cache: no request is made. The answers are the account's (the cache
+    keys them by a hash of the key): with the same key nothing is sent; without a key none of them is another
+    account's to replay, so the key is asked for (exit 4), and nothing is sent either."""
     env = {"DASHSCOPE_API_KEY": API_KEY, "DASHSCOPE_COMPATIBLE_BASE_URL": server.compat_base}
     good = write_requests(isolated_env / "good.jsonl", 3)
     p = run_cli("batch", "--requests", str(good), "-o", "o.jsonl", "-y", "--base-url", server.url, env=env)
     assert p.returncode == 0, p.stderr
     sent = len(server.requests)
-    no_key = {k: v for k, v in env.items() if k != "DASHSCOPE_API_KEY"}
-    p = run_cli("batch", "--requests", str(good), "-o", "again.jsonl", env=no_key)
+    p = run_cli("batch", "--requests", str(good), "-o", "again.jsonl", "-y", env=env)
     assert p.returncode == 0, p.stderr
     assert len(server.requests) == sent
     assert [r["status"] for r in read_jsonl(isolated_env / "again.jsonl")] == ["ok"] * 3
-    p = run_cli("batch", "--requests", str(good), "-o", "other.jsonl", "-p", "another question", env=no_key)
-    assert p.returncode == 4 and "no DashScope API key found" in p.stderr  # not cached: the key is needed
+    no_key = {k: v for k, v in env.items() if k != "DASHSCOPE_API_KEY"}
+    p = run_cli("batch", "--requests", str(good), "-o", "other.jsonl", env=no_key)
+    assert p.returncode == 4 and "no DashScope API key found" in p.stderr
+    assert len(server.requests) == sent

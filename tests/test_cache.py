@@ -105,13 +105,17 @@ def test_structured_output_is_validated_again_on_a_hit(server):
     assert first.json == second.json == {"n": 3} and second.cached
 
 
-def test_a_hit_needs_no_key(server, monkeypatch):
+def test_a_hit_is_the_accounts_own(server, monkeypatch):
+    """The same key found another way (the environment) hits; no key is no account: nothing is answered for it
+    from another account's answers (it needs a key, as any request)."""
     with make_client(server, cache=True) as c:
         c.ask("cached question")
     keyless = qwenvl.Client(base_url=server.url, cache=True)
-    assert keyless.ask("cached question").cached
     with pytest.raises(MissingAPIKeyError):
-        keyless.ask("a new question")
+        keyless.ask("cached question")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
+    assert qwenvl.Client(base_url=server.url, cache=True).ask("cached question").cached
+    assert model_calls(server) == 1
 
 
 def test_streams_bypass_the_cache(server):

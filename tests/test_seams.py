@@ -366,9 +366,10 @@ def test_the_dashscope_backend_keys_a_call_as_the_client_did_before_the_backend_
     before = key_for(client, call)  # no backend made yet: the client's own rule
     assert client._backend is None
     backend = client.backend
-    assert backend.cache_key(call) == before == key_for(client, call)
+    assert key_for(client, call) == before  # the backend's own key, for the client's account (the key's hash)
     other = client.plan(prompt="same question", max_tokens=9, base_url=server.url + "/elsewhere")
-    assert backend.cache_key(other) != before  # the endpoint is part of the key
+    assert backend.cache_key(other) != backend.cache_key(call)  # the endpoint is part of the key
+    assert key_for(client, other) != before
     client.close()
 
 

@@ -32,6 +32,7 @@ from qwenvl.config import (
     effective_region,
     find_api_key,
     normalize_backend,
+    openai_api_key,
     require_api_key,
     resolve_base_url,
 )
@@ -51,6 +52,7 @@ from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook, RetryNotice
 from qwenvl.spelling import did_you_mean, nearest
 from qwenvl.store import CacheArg, UsageLogArg, exchange, open_cache, open_usage_log
+from qwenvl.store.cache import account_id
 from qwenvl.types import (
     FIELD_FLAGS,
     AskFields,
@@ -331,9 +333,16 @@ def _structured_hint(call: Call) -> str | None:
 
 
 def _after_repair(first: Response, retry: Call, second: Response) -> Response:
-    """The repaired answer; else StructuredOutputError carrying both paid requests (usage summed, both ids)."""
-    second.usage = _add_usage(first.usage, second.usage)
+    """The repaired answer; else StructuredOutputError carrying the paid requests (usage summed over them, their
+    ids). Its ``parts`` are both answers (priced each on its own: ``models.answer_cost``); it is ``cached`` only when
+    neither was paid now, and a part from the cache adds nothing to ``usage`` (nothing was paid for it)."""
+    parts = [first.model_copy(), second.model_copy()]
     sent = [r for r in (first, second) if not r.cached]  # an answer from the cache was not paid now
+    if len(sent) == 2:
+        second.usage = _add_usage(first.usage, second.usage)
+    elif sent:
+        second.usage = sent[0].usage.model_copy()
+    second.cached, second._parts = not sent, parts
     paid, n = [r.request_id for r in sent if r.request_id], len(sent)
     try:
         final, again = _check(retry, second)
@@ -355,6 +364,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
             hint=_structured_hint(retry),
         )
     final._requests, final._request_ids = n, paid
+    final.cached, final._parts = not sent, parts
     return final
 
 
@@ -504,6 +514,7 @@ class _Base(Generic[B, H]):
             self._check_backend(backend)
         self._backend: B | None = None if isinstance(backend, str | None) else backend
         self._given_backend = self._backend is not None  # a backend object: its owner's, never made again
+        self._account: str | None = None  # ``account``, worked out at first use
         self.backend_name = (
             normalize_backend(backend, protocol=self.protocol)
             if isinstance(backend, str | None)
@@ -673,6 +684,28 @@ class _Base(Generic[B, H]):
         if self.is_local:
             return f"{type(self).__name__}(backend={self.backend_name!r})"
         return f"{type(self).__name__}(protocol={self.protocol!r}, region={self.region!r})"
+
+    @property
+    def account(self) -> str:
+        """Who answers and pays for this client's requests, as the response cache tells accounts apart
+        (``qwenvl.store.cache.account_id``): a SHA-256 of the key in use (DashScope's, found as ``check_key``
+        finds it; a local server's, if any; a backend object's own), the backend and DashScope's base URL (the
+        region's); never the key itself. Worked out once. Raises nothing (a key that cannot be read counts as none)."""
+        if self._account is None:
+            key: str | None = getattr(getattr(self._backend, "transport", None), "_key", None)
+            if not self._given_backend or key is None:
+                try:
+                    found = None if self.is_local else find_api_key(self._api_key)
+                except QwenVLError:  # an unreadable key's place: said when the backend is made, not here
+                    found = None
+                key = openai_api_key(self._api_key) if self.is_local else (found.key if found else "")
+            # DashScope's URL (the region's, or the one given, from the environment too); a local server's is in
+            # every cache key already (its endpoint)
+            where = (
+                None if self.is_local else resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)
+            )  # type: ignore[arg-type]
+            self._account = account_id(key, self.backend_name, where)
+        return self._account
 
     @property
     def is_local(self) -> bool:
@@ -874,7 +907,9 @@ class Client(_Base[Backend, "httpx.Client"]):
     Attributes: ``protocol``, ``region``, ``base_url``, ``backend_name``, ``defaults`` (the request defaults
     above that were given), ``cache``, ``on_retry``, ``prepared`` (the media this client prepared, by content,
     at most 32 MB: ``qwenvl.media.prepare.PreparedCache``; a history's images, videos and PDFs are not prepared
-    again on each turn, only read and hashed; ``prepared.clear()`` empties it).
+    again on each turn, only read and hashed; the files ``fetch_urls`` downloaded, by URL, each downloaded once;
+    ``prepared.clear()`` empties it), ``account`` (a hash of the key in use and DashScope's URL: what the response
+    cache keeps answers apart by).
 
     Use it as a context manager, or call ``close()``, to close its connections.
 
@@ -988,12 +1023,13 @@ class Client(_Base[Backend, "httpx.Client"]):
         try:
             if call.request.stream:
                 return assembled(self.send_stream(call))
-            first, retry = _check(call, self._complete(call))
-            if retry is None:
-                return first
-            final = _after_repair(first, retry, self._repair(first, retry))
-            exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
-            return final
+            with exchange.Held() as held:  # the key stays claimed until the repair's outcome: waiters get it
+                first, retry = _check(call, self._complete(call, held))
+                if retry is None:
+                    return first
+                final = _after_repair(first, retry, self._repair(first, retry))
+                exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+                return final
         finally:
             self._end_call()
 
@@ -1007,10 +1043,11 @@ class Client(_Base[Backend, "httpx.Client"]):
                 raise error from exc
             raise
 
-    def _complete(self, call: Call) -> Response:
+    def _complete(self, call: Call, held: exchange.Held | None = None) -> Response:
         """One backend call: answered from the cache when enabled (after waiting for an identical call in flight),
-        and written to the usage log, whatever ends it (``qwenvl.store.exchange``)."""
-        with exchange.begin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
+        and written to the usage log, whatever ends it (``qwenvl.store.exchange``); ``held`` keeps its key claimed
+        once answered."""
+        with exchange.begin(self, call, keep=_valid(call), held=held) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = self.backend
                 # a failure, an interrupt, a retried attempt: logged; close() cutting it: ClientClosedError
@@ -1300,12 +1337,13 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
         try:
             if call.request.stream:
                 return await aassembled(self.send_stream(call))
-            first, retry = _check(call, await self._complete(call))
-            if retry is None:
-                return first
-            final = _after_repair(first, retry, await self._repair(first, retry))
-            exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
-            return final
+            with exchange.Held() as held:  # the key stays claimed until the repair's outcome: waiters get it
+                first, retry = _check(call, await self._complete(call, held))
+                if retry is None:
+                    return first
+                final = _after_repair(first, retry, await self._repair(first, retry))
+                exchange.remember(self, call, final)  # the call's own key: not sent and repaired again
+                return final
         finally:
             self._end_call()
 
@@ -1319,8 +1357,8 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
                 raise error from exc
             raise
 
-    async def _complete(self, call: Call) -> Response:
-        with await exchange.abegin(self, call, keep=_valid(call)) as ex:  # a hit is in ex.response
+    async def _complete(self, call: Call, held: exchange.Held | None = None) -> Response:
+        with await exchange.abegin(self, call, keep=_valid(call), held=held) as ex:  # a hit is in ex.response
             if ex.response is None:
                 backend = await self._ready()
                 # a failure, a cancelled task, a retried attempt: logged; aclose() cutting it: ClientClosedError

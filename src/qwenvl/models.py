@@ -758,16 +758,21 @@ def answer_cost(
 ) -> float | None:
     """What one answer cost, in ``currency_of(region)``: None for a local model (``local``, by default judged from
     ``response.protocol`` not being one of ``PAID_PROTOCOLS``: it has no price, shown as ``LOCAL``), 0.0 when
-    nothing was paid (it came from the response cache), else ``estimate_cost`` of its tokens for ``model`` (default
-    ``response.model``) at the request's tier, times ``factor`` (0.5 for the Batch API). None when its tokens or the
-    price are unknown. The one rule for the usage log, batch records, the CLI's usage line and the MCP tools. Raises
-    UsageError for an unknown region."""
+    nothing was paid (it came from the response cache), the sum of its ``parts`` after a structured-output repair
+    (the first request and the repair, each at its own tier, a part from the cache at 0), else ``estimate_cost`` of
+    its tokens for ``model`` (default ``response.model``) at the request's tier, times ``factor`` (0.5 for the Batch
+    API). None when its tokens or the price are unknown. The one rule for the usage log, batch records, the CLI's
+    usage line and the MCP tools. Raises UsageError for an unknown region."""
     if local is None:
         local = response.protocol not in PAID_PROTOCOLS
     if local:
         return None
     if response.cached:
         return 0.0
+    parts = response.parts
+    if len(parts) > 1:  # a structured-output repair: each request at its own tier, one from the cache at 0
+        costs = [answer_cost(p, region=region, factor=factor, model=model, local=False) for p in parts]
+        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
     u = response.usage
     return estimate_cost(model or response.model, u.input_tokens, u.output_tokens or 0, region=region, factor=factor)
 

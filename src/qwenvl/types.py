@@ -883,6 +883,7 @@ with warnings.catch_warnings():
         _parsed: Any = PrivateAttr(default=None)
         _requests: int = PrivateAttr(default=1)
         _request_ids: list[str] | None = PrivateAttr(default=None)
+        _parts: list[Response] | None = PrivateAttr(default=None)
 
         @property
         def parsed(self) -> BaseModel | None:
@@ -905,8 +906,16 @@ with warnings.catch_warnings():
         @property
         def requests(self) -> int:
             """How many requests were paid for this answer: 2 after a structured-output repair (``usage`` counts
-            both), 0 for an answer from the response cache (``cached``), else 1. Raises nothing."""
+            both), 1 when the repair's answer came from the response cache, 0 for an answer from the cache
+            (``cached``: nothing paid), else 1. Raises nothing."""
             return self._requests
+
+        @property
+        def parts(self) -> list[Response]:
+            """The answers this one is made of, each with its own ``usage`` and ``cached``: ``[first, repair]``
+            after a structured-output repair (``qwenvl.models.answer_cost`` prices each at its own tier, one from
+            the cache at 0), else ``[self]``. Raises nothing."""
+            return list(self._parts) if self._parts else [self]
 
         @property
         def request_ids(self) -> list[str]:

@@ -241,6 +241,24 @@ class Progress:
         return None if (self.unpriced or self.abandoned) and not self.priced else self.cost
 
 
+@dataclass(frozen=True)
+class Paid:
+    """What one item's answer was paid this run: the one home of an item's paid status and cost, read by the
+    output line, the journal and the run's counters (``Batch._paid``, ``Batch._count_paid``).
+
+    ``requests``: requests paid (the first and a structured-output repair; one answered from the response cache
+    is not); ``cached``: nothing was paid (every request answered from the cache); ``cost``: what they cost
+    (``models.answer_cost``: each request at its own tier, a part from the cache at 0; None when unknown or a
+    local model's); ``input_tokens``/``output_tokens``: of the paid requests (a cached answer's: what it had
+    taken, not counted in the run's tokens)."""
+
+    requests: int
+    cached: bool
+    cost: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+
+
 @dataclass
 class Summary:
     output: str
@@ -1014,39 +1032,58 @@ class Batch:
             "attempts": attempts,
             **(extra or {}),
         }
-        paid = exc.response if isinstance(exc, StructuredOutputError) else None
-        cost = None
-        if isinstance(exc, StructuredOutputError) and isinstance(paid, Response):
-            cost = self._cost(paid, item, price_factor)
-            rec["attempts"] = attempts + max(exc.requests, 1) - 1
-            prog.sent += max(exc.requests - 1, 0)  # the repair request (the worker counted the first)
-            rec["usage"] = usage_record(paid)
-            rec["cost"] = None if cost is None else round(cost, 8)
+        answer = exc.response if isinstance(exc, StructuredOutputError) else None
+        paid = None
+        if isinstance(exc, StructuredOutputError) and isinstance(answer, Response):
+            paid = self._paid(answer, item, price_factor, requests=exc.requests)
+            rec["attempts"] = attempts + max(paid.requests, 1) - 1
+            rec["usage"] = usage_record(answer)
+            rec["cost"] = None if paid.cost is None else round(paid.cost, 8)
             rec["currency"] = None if self.planner.is_local else self.currency
             rec["local"] = self.planner.is_local
             rec["cached"] = paid.cached
             rec["request_ids"] = exc.request_ids
             error["request_id"] = error["request_id"] or (exc.request_ids[-1] if exc.request_ids else None)
-        u = paid.usage if isinstance(paid, Response) else None
         done = journal.finish(
             item.id,
             "error",
             dumps(rec),
-            input_tokens=u.input_tokens if u else None,
-            output_tokens=u.output_tokens if u else None,
-            cost=cost,
-            cached=bool(paid is not None and paid.cached),
+            input_tokens=paid.input_tokens if paid else None,
+            output_tokens=paid.output_tokens if paid else None,
+            cost=paid.cost if paid else None,
+            cached=bool(paid and paid.cached),
         )
         prog.done += 1
         prog.failed += 1
-        prog.cached += bool(isinstance(exc, StructuredOutputError) and paid is not None and exc.requests == 0)
         if error.get("type") in SERVICE_ERROR_TYPES:
             prog.failed_service += 1
-        if u is not None and isinstance(paid, Response) and not paid.cached:
-            prog.input_tokens += u.input_tokens or 0
-            prog.output_tokens += u.output_tokens or 0
-            prog.paid(cost, local=self.planner.is_local)
+        if paid is not None:
+            self._count_paid(prog, paid)
         return done
+
+    def _paid(self, response: Response, item: BatchItem, price_factor: float, *, requests: int | None = None) -> Paid:
+        """What ``response`` (an item's answer, or the answer a StructuredOutputError carries: then ``requests`` is
+        the error's count) was paid: see ``Paid``. Raises nothing."""
+        n = response.requests if requests is None else requests
+        u = response.usage
+        return Paid(
+            requests=n,
+            cached=n == 0,
+            cost=0.0 if n == 0 and not self.planner.is_local else self._cost(response, item, price_factor),
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+        )
+
+    def _count_paid(self, prog: Progress, paid: Paid) -> None:
+        """Count an item's ``paid`` in the run's counters: its requests beyond the first (a repair: the worker
+        counted the first as it went out), a cached answer, or the paid tokens and cost. Raises nothing."""
+        prog.sent += max(paid.requests - 1, 0)
+        if paid.cached:
+            prog.cached += 1
+            return
+        prog.input_tokens += paid.input_tokens or 0
+        prog.output_tokens += paid.output_tokens or 0
+        prog.paid(paid.cost, local=self.planner.is_local)
 
     def _cost(self, response: Response, item: BatchItem, price_factor: float) -> float | None:
         """What ``response`` cost (``models.answer_cost``, at the run's region and ``price_factor``), or None."""
@@ -1070,23 +1107,21 @@ class Batch:
         extra: dict[str, Any] | None = None,
         price_factor: float = 1.0,
     ) -> Future[None]:
-        u = response.usage
-        cost = self._cost(response, item, price_factor)
+        paid = self._paid(response, item, price_factor)
         rec = {
             "id": item.id,
             "input": item.input,
             "status": "ok",
             "result": response.record(),
             "usage": usage_record(response),
-            **cost_fields(cost, self.currency, local=self.planner.is_local),
-            "cached": response.cached,
-            "attempts": attempts + max(response.requests, 1) - 1,  # a structured-output repair request included
+            **cost_fields(paid.cost, self.currency, local=self.planner.is_local),
+            "cached": paid.cached,
+            "attempts": attempts + max(paid.requests, 1) - 1,  # a structured-output repair request included
             "latency_s": round(latency_s, 3),
             **(extra or {}),
         }
-        if response.requests > 1:
+        if paid.requests > 1:
             rec["request_ids"] = response.request_ids
-            prog.sent += response.requests - 1
         notes = answer_notes(response)  # cut off at max_tokens, empty, items not shown: said in the record
         if notes:
             rec["warnings"] = notes
@@ -1094,17 +1129,13 @@ class Batch:
             item.id,
             "ok",
             dumps(rec),
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cost=cost,
-            cached=response.cached,
+            input_tokens=paid.input_tokens,
+            output_tokens=paid.output_tokens,
+            cost=paid.cost,
+            cached=paid.cached,
         )
         prog.done += 1
-        prog.cached += response.cached
-        if not response.cached:
-            prog.input_tokens += u.input_tokens or 0
-            prog.output_tokens += u.output_tokens or 0
-            prog.paid(cost, local=self.planner.is_local)
+        self._count_paid(prog, paid)
         return done
 
 

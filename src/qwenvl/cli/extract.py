@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -13,6 +14,7 @@ from rich.markup import escape
 from qwenvl.cli.common import (
     FILE_NAME,
     THINKING_FLAGS,
+    SpendCap,
     Verb,
     as_given,
     check_pages_apply,
@@ -32,7 +34,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import MediaError, StructuredOutputError, UsageError, safe_line
 from qwenvl.models import spent_label
-from qwenvl.outputs import check_outputs
+from qwenvl.outputs import check_outputs, write_atomic
 from qwenvl.tasks.extract import EXTRACT_MAX_TOKENS, Extraction, columns, extract_many, plan_extract, to_row
 from qwenvl.types import Response
 
@@ -95,42 +97,55 @@ def extract(opts: dict[str, Any]) -> None:
     client = make_client(opts)
     from qwenvl.batch.runner import estimate_calls  # loaded when a run is priced, not with the CLI
 
-    def calls() -> Iterator[Call]:  # one request per file, priced before any is sent (a repair of an invalid
-        # answer is not: it may add one more); a file that cannot be sent fails on its turn, the others go on
-        for f in files:
-            try:
-                yield plan_extract(client, f, schema, prompt=prompt, estimate_only=True, **dict(fields))
-            except MediaError:
-                continue
-
-    est = estimate_calls(calls(), region=client.region, local=client.is_local)
+    # one request per file, priced before any is sent; a file that cannot be sent fails on its turn, the others go
+    # on. A repair of an invalid answer is not in the estimate (it may add one more): the running spend, checked
+    # before each file is sent (``SpendCap``), counts it.
+    planned: list[Call | None] = []
+    for f in files:
+        try:
+            planned.append(plan_extract(client, f, schema, prompt=prompt, estimate_only=True, **dict(fields)))
+        except MediaError:
+            planned.append(None)
+    est = estimate_calls((c for c in planned if c is not None), region=client.region, local=client.is_local)
     if opts["dry_run"]:
         dry_run(client, plan_extract(client, files[0], schema, prompt=prompt, **dict(fields)), est)
         return
+    cap = None
     if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
-        confirm_cost(est, opts, f"Extracting from these {est.to_send:,} files")
+        cap = confirm_cost(est, opts, f"Extracting from these {est.to_send:,} files")
+    spend = SpendCap(cap, est.currency, client.region)
     rows: list[Extraction] = []
-    with client:
-        if len(files) == 1 and not opts["jsonl"] and csv_path is None:
-            response = client.send(plan_extract(client, files[0], schema, prompt=prompt, **fields))
-            print_json(response.json)  # an answer still invalid after the repair raised: exit 5, raw answer shown
-            show_usage(response, region=opts["region"])
-            return
-        for row in extract_many(client, files, schema, prompt=prompt, **fields):
-            rows.append(row)
-            if csv_path is None:
-                click.echo(json.dumps(as_given(row.line(opts["region"])), ensure_ascii=False))
-            if not row.ok:
-                warn([f"{row.file}: {row.error}"], prefix="error")
-                if isinstance(row.failure, StructuredOutputError) and isinstance(row.response, Response):
-                    # what the failed answer took, as one file's failure says it (``report``)
-                    label = spent_label(row.response.protocol)
-                    err_console().print(f"[dim]{label}: {escape(paid_line(row.failure))}[/]", highlight=False)
-    if csv_path is not None:
-        write_csv(csv_path, schema, rows)
-        err_console().print(
-            f"[dim]wrote {escape(safe_line(csv_path))} ({len(rows)} row{'s' if len(rows) != 1 else ''})[/]"
-        )
+    out = CsvRows(csv_path, schema) if csv_path is not None else None
+    try:
+        with client:
+            if len(files) == 1 and not opts["jsonl"] and csv_path is None:
+                response = client.send(plan_extract(client, files[0], schema, prompt=prompt, **fields))
+                print_json(response.json)  # an answer still invalid after the repair raised: exit 5, raw answer shown
+                show_usage(response, region=opts["region"])
+                return
+            for f, call in zip(files, planned, strict=True):
+                if call is not None:
+                    spend.check(estimate_calls([call], region=client.region).cost_max, safe_line(str(f)))
+                row = next(extract_many(client, [f], schema, prompt=prompt, **fields))
+                spend.paid(row.response)
+                rows.append(row)
+                if out is not None:  # on disk as it arrives (flushed): whatever stops the run, no paid row is lost
+                    out.add(row)
+                else:
+                    click.echo(json.dumps(as_given(row.line(opts["region"])), ensure_ascii=False))
+                if not row.ok:
+                    warn([f"{row.file}: {row.error}"], prefix="error")
+                    if isinstance(row.failure, StructuredOutputError) and isinstance(row.response, Response):
+                        # what the failed answer took, as one file's failure says it (``report``)
+                        label = spent_label(row.response.protocol)
+                        err_console().print(f"[dim]{label}: {escape(paid_line(row.failure))}[/]", highlight=False)
+    finally:
+        if out is not None:
+            out.close()
+            if rows:
+                err_console().print(
+                    f"[dim]wrote {escape(safe_line(csv_path))} ({len(rows)} row{'s' if len(rows) != 1 else ''})[/]"
+                )
     # a failed answer was paid too: its paid line is said beside its error, above
     show_usage(*(r.response for r in rows if r.ok), region=opts["region"])
     failed = [r for r in rows if not r.ok]
@@ -139,10 +154,37 @@ def extract(opts: dict[str, Any]) -> None:
         click.get_current_context().exit(failed[0].exit_code)
 
 
-def write_csv(path: Any, schema: Any, rows: list[Extraction]) -> None:
-    names = columns(schema, rows)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(names)
-        for row in rows:
-            writer.writerow(as_given(to_row(row, names)))
+class CsvRows:
+    """``--csv``, written as the answers arrive: each row appended and flushed, so an answer paid for is on disk at
+    once whatever stops the run after it (Ctrl-C, a 401, a crash). The header is ``columns`` of the rows so far;
+    when a row brings a new column (a key beyond the schema's, the first error) the file is written again whole
+    (``write_atomic``: complete or as it was), so the finished file is the same as one written at the end."""
+
+    def __init__(self, path: Path, schema: Any) -> None:
+        self.path, self.schema = path, schema
+        self.rows: list[Extraction] = []
+        self.names: list[str] | None = None
+        self._fh: IO[str] | None = None
+
+    def add(self, row: Extraction) -> None:
+        self.rows.append(row)
+        names = columns(self.schema, self.rows)
+        if names != self.names or self._fh is None:
+            self.close()
+            self.names = names
+            write_atomic(self.path, [_csv_line(names), *(_csv_line(to_row(r, names)) for r in self.rows)])
+            self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115  # closed by close()
+            return
+        self._fh.write(_csv_line(to_row(row, names)))
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _csv_line(cells: list[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(as_given(cells))
+    return buf.getvalue()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from rich.markup import escape
@@ -36,7 +37,7 @@ from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.notes import answer_notes, once_per_run
-from qwenvl.outputs import check_outputs
+from qwenvl.outputs import check_outputs, write_atomic
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import (
     FORMATS,
@@ -123,7 +124,8 @@ def ocr(opts: dict[str, Any]) -> None:
 
     The model is the usual default (qwen3-vl-plus) unless --model: the qwen-vl-ocr models work too, and take
     --task / --ocr-options (sent as ocr_options). A PDF is read one request per page, each page written (text,
-    markdown) as soon as it is read; json waits for the last page (one document). A PDF's pages are told apart:
+    markdown) as soon as it is read; json waits for the last page (one document), except in an -o file, which
+    holds every page read so far. A PDF's pages are told apart:
     text ends each page with a form feed (\\f, as pdftotext does; split on it), markdown begins each with a
     "<!-- page N -->" line, json lists "pages" (its "text" as text's). A run resumed with --pages N- appended to
     the first gives what one run gives. Several pages are priced before any is sent: above --max-cost, asked
@@ -163,6 +165,7 @@ def _read(opts: dict[str, Any]) -> None:
     result = OCRResult(source=source, format=fmt)
     streamed = fmt != "json" and output is None  # each page written as it is read; one JSON document waits
     stopped: BaseException | None = None
+    kept = _PageFile(result, output) if output is not None else None  # -o: each page on disk as it is read
     try:
         est = estimate()
         if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
@@ -170,16 +173,20 @@ def _read(opts: dict[str, Any]) -> None:
         with client:
             if streamed:  # each page written as it comes: a reader that left stops the reading before the next is paid
                 plans = _while_read(plans)
-            send_pages(client, source, plans, format=fmt, result=result, on_page=_writer(result) if streamed else None)
+            send_pages(client, source, plans, format=fmt, result=result, on_page=_writer(result) if streamed else kept)
     except (QwenVLError, KeyboardInterrupt) as exc:
         if result.stopped_at is None:  # refused before the first request (a plan, the cost cap): nothing read
             mark_stopped(result, None, source, exc)
         if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
             raise  # nothing read: nothing to write (a file given with -o is left as it was)
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
+    finally:
+        if kept is not None:
+            kept.close()
     record = result.to_json() | ({"error": error_record(stopped)} if stopped is not None else {})
     text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
-    if output is not None:  # a PDF's text ends with its last page's own end (``OCRResult.page_text``)
+    if output is not None:  # the whole result (its error too), over the pages kept; a PDF's text ends with its
+        # last page's own end (``OCRResult.page_text``)
         output.write_text(text if pdf and fmt != "json" else text + "\n", encoding="utf-8")
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif streamed:
@@ -223,6 +230,35 @@ def _while_read(plans: Iterable[tuple[int | None, Call]]) -> Iterator[tuple[int 
         if i:
             stop_if_reader_left()
         yield plan
+
+
+class _PageFile:
+    """``-o``: each page on disk as it is read (paid for), so that whatever stops the reading (a crash, a kill)
+    keeps the pages before it: text and Markdown appended and flushed (the file opened at the first page with
+    text: until then a file there is left as it was), JSON written whole again (``write_atomic``: the document so
+    far, valid JSON). The run's end writes the whole result over it (``close`` first)."""
+
+    def __init__(self, result: OCRResult, output: Path) -> None:
+        self.result, self.output = result, output
+        self._fh: IO[str] | None = None
+
+    def __call__(self, page: OCRPage) -> None:
+        if self.result.format == "json":
+            document = json.dumps(as_given(self.result.to_json()), ensure_ascii=False, indent=2)
+            write_atomic(self.output, [document + "\n"])
+            return
+        block = self.result.page_text(page)  # as the run's end writes it: a PDF page with its own break
+        if not block:
+            return
+        if self._fh is None:
+            self._fh = self.output.open("w", encoding="utf-8")
+        self._fh.write(block)
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def _writer(result: OCRResult) -> Callable[[OCRPage], None]:

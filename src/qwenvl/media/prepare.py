@@ -141,6 +141,9 @@ class PreparedMessages:
 
 PREPARED_CACHE_BYTES = 32_000_000  # what one client keeps of media it prepared (``PreparedCache``), in bytes
 PREPARED_WAIT_S = 120.0  # the longest a thread waits for another preparing the same media (``PreparedCache``)
+# what one client keeps of the files ``fetch_urls`` downloaded (``PreparedCache.downloads``), in bytes: any one
+# download (at most MAX_FETCH_BYTES) fits, so a file is downloaded once per client (a CLI run), not per use
+FETCHED_CACHE_BYTES = 2 * MAX_FETCH_BYTES
 
 
 class PreparedCache:
@@ -159,8 +162,15 @@ class PreparedCache:
     ``PREPARED_WAIT_S``, then prepare it themselves), so the 64 workers of a batch whose items share an image
     prepare it once, not 64 times at once."""
 
-    def __init__(self, max_bytes: int = PREPARED_CACHE_BYTES, *, keep_as_given: bool = True) -> None:
+    def __init__(
+        self, max_bytes: int = PREPARED_CACHE_BYTES, *, keep_as_given: bool = True, downloads: bool = True
+    ) -> None:
         self.max_bytes = max_bytes
+        # the bytes ``fetched`` downloaded, by URL, apart from the prepared media (a store of the same kind, sized
+        # so that any one download is kept: ``FETCHED_CACHE_BYTES``); None in that store itself
+        self.downloads: PreparedCache | None = (
+            PreparedCache(FETCHED_CACHE_BYTES, downloads=False) if downloads else None
+        )
         # keep_as_given=False: an image sent as it is (``PreparedItem.as_given``) is not kept: a batch's cache, where
         # items that name distinct small images would fill it for nothing (a conversation's keeps them)
         self.keep_as_given = keep_as_given
@@ -234,6 +244,8 @@ class PreparedCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+        if self.downloads is not None:
+            self.downloads.clear()
 
 
 def _digest(src: bytes | Path) -> bytes:
@@ -310,7 +322,7 @@ def prepare_messages(
             if isinstance(part, ImagePart):
                 own = part_options(part, options)
                 document = _pdf_source(part.image) if options.estimate_only else None
-                pages = _estimate_document(part, document, own) if document is not None else None
+                pages = _estimate_document(part, document, own, cache) if document is not None else None
                 for item in pages if pages is not None else [prepare_image(part, own, cache)]:
                     if pending and part.image == pending[0][0]:  # pages keep their order: the next one is this
                         _, item.document, item.page = pending.popleft()
@@ -395,20 +407,22 @@ def prepare_image(
 
 
 def fetched(url: str, options: MediaOptions, cache: PreparedCache | None = None) -> bytes:
-    """A remote image's bytes for ``fetch_urls`` (``qwenvl.transport.fetch_url``: at most ``MAX_FETCH_BYTES``, within
-    ``options.fetch_timeout_s``), downloaded once per ``cache``: a URL is taken to give the same content for the
-    life of the client that keeps the cache (a conversation's earlier turns send their URLs again each turn), and
-    its bytes are kept under the URL itself, within the cache's bounds (``PreparedCache``: at most its
-    ``max_bytes``, the least recently used dropped first; a download larger than half of it is not kept). A
-    failed download is not kept. Raises MediaError (as ``fetch_url``)."""
+    """A remote file's bytes for ``fetch_urls`` (an image, or a PDF: ``pdf_content``; ``qwenvl.transport.fetch_url``:
+    at most ``MAX_FETCH_BYTES``, within ``options.fetch_timeout_s``), downloaded once per ``cache``: a URL is taken to
+    give the same content for the life of the client that keeps the cache (a CLI run; a conversation's earlier turns
+    send their URLs again each turn; an OCR's page count, estimate and pages read one PDF), and its bytes are kept
+    under the URL itself in the cache's ``downloads`` (at most ``FETCHED_CACHE_BYTES``, the least recently used
+    dropped first; any one download fits). The one home of fetched bytes. A failed download is not kept. Raises
+    MediaError (as ``fetch_url``)."""
     from qwenvl.transport import fetch_url  # network code stays out of the import graph of media
 
     def download() -> bytes:
         return fetch_url(url, max_bytes=MAX_FETCH_BYTES, timeout_s=options.fetch_timeout_s)[0]
 
-    if cache is None:
+    store = cache.downloads if cache is not None and cache.downloads is not None else cache
+    if store is None:
         return download()
-    data, _ = cache.get_or_make(("fetched", url), download, len)
+    data, _ = store.get_or_make(("fetched", url), download, len)
     return data
 
 
@@ -1045,14 +1059,16 @@ def expand_documents(
     return out
 
 
-def _estimate_document(part: ImagePart, document: Source, options: MediaOptions) -> list[PreparedItem]:
+def _estimate_document(
+    part: ImagePart, document: Source, options: MediaOptions, cache: PreparedCache | None = None
+) -> list[PreparedItem]:
     """Estimate-only ``expand_documents`` + ``prepare_image`` of each page: the page sizes ``render_pdf`` would
     render at (``pdf.page_sizes``, the same function), and their tokens, without rendering anything."""
     from qwenvl.media import pdf
 
     lo, hi = resize.image_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
     service = resize.service_budget(options, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
-    src = pdf_content(document, options)
+    src = pdf_content(document, options, cache)  # a URL's bytes: the download kept in ``cache`` (``fetched``)
     factor = options.model.factor
     sizes = pdf.page_sizes(
         src,

@@ -2,11 +2,13 @@
 
 Opt-in for the library (``Client(cache=True)``), on by default for ``qwenvl batch`` (``--no-cache``).
 
-The key is the SHA-256 of the protocol, the endpoint and the wire body exactly as it would be sent, i.e. the
-protocol's ``build_body`` after media preparation: model, messages, every generation parameter and the
-prepared media bytes themselves (local files travel as ``data:`` URLs), but nothing secret (the key lives in
-a header). So a renamed copy of a photo hits the cache, an edited photo or a changed ``max_tokens`` misses
-it, and a remote ``https://`` image is keyed by its URL (the service fetches it; its content is not seen).
+The key is the SHA-256 of the account (``account_id``: a hash of the API key in use, the backend and its base
+URL, so that two accounts, or a key and a local engine serving the same model name, never answer for each
+other; the key itself is never stored), the protocol, the endpoint and the wire body exactly as it would be
+sent, i.e. the protocol's ``build_body`` after media preparation: model, messages, every generation parameter
+and the prepared media bytes themselves (local files travel as ``data:`` URLs). So a renamed copy of a photo
+hits the cache, an edited photo or a changed ``max_tokens`` misses it, and a remote ``https://`` image is keyed
+by its URL (the service fetches it; its content is not seen).
 Sampling is not taken into account: a request with temperature > 0 is answered with the first answer.
 
 Only whole, valid answers are stored (``storable``): never one cut off at ``max_tokens``, filtered or refused
@@ -43,7 +45,7 @@ from qwenvl.types import ImagePart, Response
 log = logging.getLogger(__name__)
 
 FILENAME = "responses.db"
-KEY_VERSION = 1  # change when the key's inputs change, so that old entries are no longer found
+KEY_VERSION = 2  # change when the key's inputs change, so that old entries are no longer found (2: the account)
 
 
 def m001_responses(conn: sqlite3.Connection) -> None:
@@ -73,6 +75,21 @@ def cache_key(protocol: str, endpoint: str, body: dict[str, Any]) -> str:
     text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     h.update(text.encode("utf-8", "surrogatepass"))  # a file name that is not UTF-8 holds lone surrogates
     return h.hexdigest()
+
+
+def account_id(api_key: str | None, backend: str, base_url: str | None) -> str:
+    """Who answers and pays for a client's requests, as the cache tells accounts apart: the SHA-256 of the API
+    key (``""`` for none), the backend's name and its base URL (the region's, for DashScope). Never the key
+    itself: only this hash, itself hashed into each cache key (``for_account``), reaches the disk. Raises
+    nothing."""
+    who = json.dumps({"key": api_key or "", "backend": backend, "base_url": base_url or ""}, sort_keys=True)
+    return hashlib.sha256(b"qwenvl-account\n" + who.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def for_account(key: str, account: str) -> str:
+    """``key`` (a ``cache_key`` or ``source_key``) for one ``account`` (``account_id``): the key the cache stores
+    its answer under. Raises nothing."""
+    return hashlib.sha256(f"{KEY_VERSION}\n{account}\n{key}".encode()).hexdigest()
 
 
 # The finish reasons of a whole answer (OpenAI's and DashScope's words; None when the service gave none):

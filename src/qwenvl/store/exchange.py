@@ -13,7 +13,9 @@ with exchange.begin(client, call, keep=valid) as ex:   # a hit is ready in ex.re
   stored by an earlier version) is ignored.
 - While one cacheable request is in flight, an identical one (same cache key, same ``ResponseCache``) waits for
   it (at most its own ``wait_bound``) and gets its answer from the cache; if the first failed or was cancelled,
-  the first waiter to claim the key sends it (``ResponseCache.claim``).
+  the first waiter to claim the key sends it (``ResponseCache.claim``). A structured call's key stays claimed
+  until its final outcome (``Held``): an answer that failed its check is repaired first, and its waiters get the
+  repaired answer from the cache instead of sending (and repairing) their own.
 - Every attempt that reached the service is in the usage log: an answer as ``ok`` (``cached`` for a hit, cost
   0), an error as its type, an attempt the transport retried as its error's type (``retried``, through the
   client's ``on_retry`` hook), an interrupt (KeyboardInterrupt, a cancelled task, a closed stream) as
@@ -40,7 +42,7 @@ from qwenvl.models import answer_cost, currency_of
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.retry import RetryNotice, listening
-from qwenvl.store.cache import ResponseCache, cache_key, source_key, storable
+from qwenvl.store.cache import ResponseCache, cache_key, for_account, source_key, storable
 from qwenvl.store.usage import Entry, UsageLog
 from qwenvl.types import Request, Response
 
@@ -62,15 +64,23 @@ def endpoint(client: ClientEndpoint, call: Call) -> str:
     return resolve_base_url(client.protocol, region=client.region, base_url=client.base_url)
 
 
+def account_of(client: ClientEndpoint) -> str:
+    """The client's account as the cache keys it (``Client.account``; ``""`` for an endpoint that has none)."""
+    return str(getattr(client, "account", "") or "")
+
+
 def key_for(client: ClientEndpoint, call: Call) -> str:
+    """The cache key of ``call`` sent by ``client``: its account's (``cache.for_account``). Raises nothing."""
     backend = getattr(client, "_backend", None)
     if backend is not None and hasattr(backend, "cache_key"):  # a backend that keys its own calls
-        return backend.cache_key(call)
-    return cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
+        key = backend.cache_key(call)
+    else:
+        key = cache_key(client.protocol, endpoint(client, call), get(client.protocol).build_body(call, stream=False))
+    return for_account(key, account_of(client))
 
 
 def source_key_for(client: ClientEndpoint, call: Call) -> str:
-    return source_key(client.protocol, endpoint(client, call), call)
+    return for_account(source_key(client.protocol, endpoint(client, call), call), account_of(client))
 
 
 def wait_bound(request: Request) -> float:
@@ -78,6 +88,33 @@ def wait_bound(request: Request) -> float:
     them): the longest a caller waits for an identical request in flight. Raises nothing."""
     retries = request.max_retries
     return request.timeout_s * (retries + 1) + request.retry_backoff_s * (2**retries - 1)
+
+
+class Held:
+    """The claim on a call's key, held from its first answer until the call's final outcome (``Client.send``:
+    ``with exchange.Held() as held``, given to the first answer's ``begin``): released when the block ends, after
+    the repaired answer is stored (``remember``), so that identical calls waiting for it get that answer and never
+    send their own; when the repair failed, the first of them to claim the key sends it. Raises nothing."""
+
+    def __init__(self) -> None:
+        self._cache: ResponseCache | None = None
+        self._key: str | None = None
+
+    def take(self, cache: ResponseCache, key: str) -> None:
+        """Hold the claim on ``key`` (claimed by an exchange that answered) until ``release``."""
+        self.release()
+        self._cache, self._key = cache, key
+
+    def release(self) -> None:
+        cache, key, self._cache, self._key = self._cache, self._key, None, None
+        if cache is not None and key is not None:
+            cache.release(key)
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Exchange:
@@ -88,6 +125,7 @@ class Exchange:
         *,
         stream: bool = False,
         keep: Callable[[Response], bool] | None = None,
+        held: Held | None = None,
     ) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
@@ -103,7 +141,9 @@ class Exchange:
         self.keep = keep
         self.key: str | None = None
         self.claimed = False  # this exchange claimed its key: it must release it (``release``)
-        self._bound = wait_bound(call.request)
+        self.held = held  # who holds the claim once answered (``Held``), else released then
+        # a structured call's waiters wait for its repair too (two requests)
+        self._bound = wait_bound(call.request) * (2 if keep is not None and call.request.repair else 1)
         if self.cache is not None:
             self.key = key_for(client, call)
 
@@ -206,7 +246,8 @@ class Exchange:
                 _open.discard(self)
 
     def done(self, response: Response) -> Response:
-        """Log the answer ``ok``; cache it when it is whole and passes ``keep``; release the key. Returns it."""
+        """Log the answer ``ok``; cache it when it is whole and passes ``keep``; release the key (or hand it to
+        ``held``, which releases it when the call's final outcome is known). Returns it."""
         try:
             if (
                 self.cache is not None
@@ -219,6 +260,9 @@ class Exchange:
             self._log(response, "ok")
             return response
         finally:
+            if self.held is not None and self.claimed and self.cache is not None and self.key is not None:
+                self.claimed = False
+                self.held.take(self.cache, self.key)
             self.release()
 
     def attempt_failed(self, exc: BaseException) -> None:
@@ -305,20 +349,31 @@ def may_be_billed(exc: BaseException | None) -> bool:
 
 
 def begin(
-    client: ClientEndpoint, call: Call, *, stream: bool = False, keep: Callable[[Response], bool] | None = None
+    client: ClientEndpoint,
+    call: Call,
+    *,
+    stream: bool = False,
+    keep: Callable[[Response], bool] | None = None,
+    held: Held | None = None,
 ) -> Exchange:
     """The exchange of one call, looked up in the cache (waiting for an identical request in flight: see
-    ``Exchange.lookup``). Raises UsageError (an ``estimate_only`` call), APITimeoutError (that wait ran out)."""
-    ex = Exchange(client, call, stream=stream, keep=keep)
+    ``Exchange.lookup``); ``held`` keeps its key claimed once answered (``Held``). Raises UsageError (an
+    ``estimate_only`` call), APITimeoutError (that wait ran out)."""
+    ex = Exchange(client, call, stream=stream, keep=keep, held=held)
     ex.lookup()
     return ex
 
 
 async def abegin(
-    client: ClientEndpoint, call: Call, *, stream: bool = False, keep: Callable[[Response], bool] | None = None
+    client: ClientEndpoint,
+    call: Call,
+    *,
+    stream: bool = False,
+    keep: Callable[[Response], bool] | None = None,
+    held: Held | None = None,
 ) -> Exchange:
     """``begin`` for a coroutine (the wait for a request in flight does not block the loop)."""
-    ex = Exchange(client, call, stream=stream, keep=keep)
+    ex = Exchange(client, call, stream=stream, keep=keep, held=held)
     await ex.alookup()
     return ex
 

@@ -58,6 +58,7 @@ from qwenvl.types import Response, not_blank, page_selection
 
 if TYPE_CHECKING:
     from qwenvl.batch.runner import Estimate
+    from qwenvl.media.prepare import PreparedCache
 
 Format = Literal["text", "markdown", "json"]
 NO_TEXT = "no text found"
@@ -209,9 +210,17 @@ def ocr_options(task: str | None = None, options: dict[str, Any] | None = None) 
     return merged or None
 
 
-def pdf_pages(ref: str, pages: str | None, *, fetch_urls: bool = False, timeout_s: float | None = None) -> list[int]:
+def pdf_pages(
+    ref: str,
+    pages: str | None,
+    *,
+    fetch_urls: bool = False,
+    timeout_s: float | None = None,
+    cache: PreparedCache | None = None,
+) -> list[int]:
     """The 1-based pages ``pages`` selects in the PDF ``ref`` (every page when None), in the order given; a PDF
-    given as a URL is downloaded with ``fetch_urls`` (within ``timeout_s``, at most ``FETCH_TIMEOUT_MAX_S``).
+    given as a URL is downloaded with ``fetch_urls`` (within ``timeout_s``, at most ``FETCH_TIMEOUT_MAX_S``), once
+    per ``cache`` (a client's ``prepared``: its pages' requests then read the same download, ``prepare.fetched``).
     Raises UsageError (bad range syntax; a PDF URL without ``fetch_urls``), MediaError (a page out of range, an
     unreadable PDF, a failed download)."""
     from qwenvl.media import pdf
@@ -221,7 +230,7 @@ def pdf_pages(ref: str, pages: str | None, *, fetch_urls: bool = False, timeout_
     source = classify(ref)
     timeout = min(timeout_s or FETCH_TIMEOUT_MAX_S, FETCH_TIMEOUT_MAX_S)
     options = MediaOptions(model=model_info(DEFAULT_MODEL), fetch_urls=fetch_urls, fetch_timeout_s=timeout)
-    src = pdf_content(source, options)
+    src = pdf_content(source, options, cache)
     return pdf.parse_pages(pages, pdf.page_count(src, source.label), source.label)
 
 
@@ -347,7 +356,11 @@ def plan_pages(
         raise UsageError("pages apply to PDFs only", hint="Leave out --pages / pages for an image.")
     fetch, timeout_s = bool(fields.get("fetch_urls")), fields.get("timeout_s")
     numbers: list[int | None] = (
-        list(pdf_pages(source, selection, fetch_urls=fetch, timeout_s=timeout_s)) if pdf else [None]
+        list(
+            pdf_pages(source, selection, fetch_urls=fetch, timeout_s=timeout_s, cache=getattr(client, "prepared", None))
+        )
+        if pdf
+        else [None]
     )
     for number in numbers:
         yield number, plan_ocr(client, source, format=format, task=task, options=options, page=number, **dict(fields))
