@@ -164,8 +164,10 @@ def test_ocr_output_file_keeps_each_page_as_it_is_read(server, env, isolated_env
         if fmt == "json":
             document = json.loads(out.read_text())  # whole JSON: written atomically
             assert [p["text"] for p in document["pages"]] == ["first page words"]
+        elif fmt == "text":  # each page as one run writes it: with its own page break
+            assert out.read_text() == "first page words\n\f"
         else:
-            assert out.read_text() == "first page words"
+            assert out.read_text() == "<!-- page 1 -->\n\nfirst page words\n\n"
     finally:
         hold.set()
         if proc.poll() is None:
@@ -178,4 +180,5 @@ def test_ocr_output_file_is_whole_at_the_end(server, env, isolated_env):
     server.enqueue(Reply(text="one"), Reply(text="two"), Reply(text="three"))
     p = run_cli("ocr", str(doc), "-f", "markdown", "-o", "out.md", "--yes", env=env)
     assert p.returncode == 0, p.stderr
-    assert (isolated_env / "out.md").read_text() == "one\n\n---\n\ntwo\n\n---\n\nthree\n"
+    pages = "".join(f"<!-- page {n} -->\n\n{text}\n\n" for n, text in enumerate(["one", "two", "three"], 1))
+    assert (isolated_env / "out.md").read_text() == pages
