@@ -446,6 +446,12 @@ def model_info(name: str) -> ModelInfo:
     return _lookup(name, warn=True)
 
 
+def listed_name(name: str) -> bool:
+    """Whether the table knows ``name`` (``model_info(name).known``: a DashScope model with its own rules), without
+    logging a guess for a name it does not. Raises nothing."""
+    return _lookup(name, warn=False).known
+
+
 def _lookup(name: str, *, warn: bool) -> ModelInfo:
     """``model_info``'s resolution; ``warn``: whether an unknown name is logged (``_warned``), False for a name
     looked up for another's sake (the name meant by one in other case: ``_miscased``). Raises nothing."""

@@ -514,7 +514,8 @@ def check_model_rules(request: Request, protocol: str, model: ModelInfo | None =
     (``qwenvl.models.typo_error``: did you mean ...?) unless ``$QWENVL_UNLISTED_MODELS`` names it.
     ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
     model = model or model_info(request.model)
-    if not model.known:  # a misspelt model name: refused, not sent to fail
+    if not model.known and not model.local_family:  # a misspelt model name: refused, not sent to fail (a local
+        # model's name is its server's: a qwenvl serve in front of one lists it, ``Client.served_model``)
         check_model_name(request.model, protocol)
     check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):

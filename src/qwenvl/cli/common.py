@@ -880,9 +880,10 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """The --backend group's values that were given, plus the model for a local backend."""
+    """The --backend group's values that were given, plus the model for a local backend, or when given (the
+    client's model: what a server in front of a local model says of it, ``Client.served_model``, is of that one)."""
     backend = {k: opts[k] for k in BACKEND_OPTIONS if opts.get(k)}
-    if backend.get("backend", "").lower() not in ("", "dashscope") or qenv.backend():
+    if backend.get("backend", "").lower() not in ("", "dashscope") or qenv.backend() or opts.get("model"):
         backend["model"] = opts.get("model")
     return backend
 

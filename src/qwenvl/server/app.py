@@ -41,6 +41,7 @@ from qwenvl._constants import (
     SERVE_REQUEST_TIMEOUT_S,
     SERVE_STREAM_START_S,
 )
+from qwenvl.backends.family import listing_entry
 from qwenvl.errors import (
     APIError,
     APIStatusError,
@@ -56,6 +57,7 @@ from qwenvl.errors import (
 )
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.media.sources import to_data_url
+from qwenvl.models import model_info
 from qwenvl.protocols import get, inbound
 from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
@@ -645,12 +647,19 @@ def create_app(
                 names = [(await asyncio.to_thread(client.resolve_model)).name]
             except QwenVLError as exc:
                 return refuse(COMPAT, exc, str(uuid.uuid4()))
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": n, "object": "model", "created": 0, "owned_by": "qwenvl"} for n in names],
-            }
-        )
+        return JSONResponse({"object": "list", "data": [await asyncio.to_thread(model_entry, n) for n in names]})
+
+    def model_entry(name: str) -> dict[str, Any]:
+        """``name``'s ``/v1/models`` entry: vLLM's fields and the family, and whether it is local (no price), as
+        ``backends.family.listing_entry`` writes them; only the id when its rules cannot be told now."""
+        local = bool(getattr(client, "is_local", False))
+        try:
+            target = settings.model_map.get(name) or (None if local else name)
+            info = client.resolve_model(target) if local else model_info(target or name)
+        except QwenVLError:  # an engine not answering now: the name alone, as before
+            return {"id": name, "object": "model", "created": 0, "owned_by": "qwenvl"}
+        root = model_names(name).get(info.name, info.name)  # the backend's own name, never a server path
+        return listing_entry(name, info, local=local, root=None if _server_path(root) else root)
 
     for path in ("/v1/models", "/compatible-mode/v1/models"):
         app.add_api_route(path, models, methods=["GET"])
@@ -852,6 +861,16 @@ def _message(exc: BaseException) -> str:
 
 def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _server_path(name: str) -> bool:
+    """Whether a model's reference is a path on this server (a folder), which no answer may show. Raises nothing."""
+    from pathlib import Path
+
+    try:
+        return name.startswith(("/", "~", ".")) or "\\" in name or Path(name).expanduser().exists()
+    except (OSError, ValueError):
+        return True
 
 
 def _known_models() -> list[str]:

@@ -102,7 +102,8 @@ class Exchange:
     ) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
         self.protocol: str = client.protocol
-        self.local = bool(getattr(client, "is_local", False))  # a local model costs no tokens
+        # a local model costs no tokens: a local backend's, or one its server says is local (Client.served_model)
+        self.local = bool(getattr(client, "is_local", False)) or call.model.local_family
         self.model = call.request.model
         self.request_id = call.request_id  # a server's own id for the request (qwenvl serve), else the service's
         self.region: str | None = getattr(client, "region", None)
