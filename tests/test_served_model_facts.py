@@ -188,3 +188,49 @@ def test_local_ocr_default_does_not_warn_and_a_real_warning_prints_once(isolated
         assert p.returncode == 0, p.stderr
         assert p.stderr.count("near or over") == 1, p.stderr  # the estimate's and each page's: the same warning
         assert len(e.chats()) == 2
+
+
+# --- 3. a serve refusal's own advice is the hint ------------------------------------------------------------------
+
+
+@pytest.fixture
+def mapped(engine: EngineServer) -> Iterator[Served]:
+    """Serve in front of the engine under a cloud model's name: a client takes qwen-vl-max's rules from the table (a
+    128K context), so a request the engine's 4K context cannot hold reaches the server, which refuses it."""
+    with engine_gateway(engine, model_map={"qwen-vl-max": None}) as s:
+        yield s
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_library_error_carries_the_servers_advice_as_its_hint(mapped: Served, protocol: str, stream: bool) -> None:
+    field = "max_tokens" if protocol == "compat" else "parameters.max_tokens"
+    c = qwenvl.Client(api_key=SERVE_KEY, base_url=mapped.url, protocol=protocol, max_retries=0)
+    with c, pytest.raises(qwenvl.BadRequestError) as caught:
+        if stream:
+            list(c.stream(prompt="hi", model="qwen-vl-max", max_tokens=WINDOW))
+        else:
+            c.ask("hi", model="qwen-vl-max", max_tokens=WINDOW)
+    exc = caught.value
+    assert exc.hint is not None and exc.hint.startswith(f"Lower {field} (4,096) to at most about"), exc.hint
+    assert "Lower" not in exc.message and "too long for" in exc.message  # said once: on the hint line
+
+
+@pytest.mark.parametrize("how", ["compat", "native"])
+def test_the_cli_hint_line_is_the_servers_advice(mapped: Served, isolated_env: Path, how: str) -> None:
+    where = ["--base-url", mapped.url, "--protocol", how]
+    p = run_cli("ask", "hi", "-m", "qwen-vl-max", "--max-tokens", str(WINDOW), *where, env=KEYS)
+    assert p.returncode == 5, p.stderr
+    hint = [line for line in p.stderr.splitlines() if line.startswith("hint:")]
+    assert len(hint) == 1 and "Lower" in hint[0] and "(4,096)" in hint[0], p.stderr
+    assert p.stderr.count("Lower") == 1, p.stderr
+
+
+def test_the_openai_backend_hint_line_is_the_servers_advice(serve: Served, isolated_env: Path) -> None:
+    """An image URL serve will not fetch (a private address): its refusal's advice is the hint line."""
+    where = ["--backend", "openai", "--base-url", serve.url + "/v1"]
+    p = run_cli("ask", "hi", "http://127.0.0.1:9/photo.png", *where, env=KEYS)
+    assert p.returncode == 5, p.stderr
+    hint = [line for line in p.stderr.splitlines() if line.startswith("hint:")]
+    assert hint == ["hint: Send the file as a data: URL."], p.stderr
+    assert p.stderr.count("data: URL") == 1, p.stderr
