@@ -676,6 +676,12 @@ class _Base(Generic[B, H]):
         return not self._dashscope or self.served_model() is not None
 
     @property
+    def local_backend(self) -> bool:
+        """True for a backend other than DashScope's (openai, transformers, a custom one): what answers is not a
+        DashScope endpoint (unlike ``is_local``, whatever the server at ``base_url`` says). Raises nothing."""
+        return not self._dashscope
+
+    @property
     def _dashscope(self) -> bool:
         """Whether the backend is DashScope's (by name, or a DashScope backend instance). Raises nothing."""
         return self.backend_name.startswith("dashscope")

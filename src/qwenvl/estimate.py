@@ -79,8 +79,7 @@ def estimate_files(
     request = client.request(prompt="tokens", **fields)
     # a model a server in front of a local engine serves (``Client.served_model``): its family's rules, no price
     served = None if family else getattr(client, "served_model", lambda name: None)(request.model)
-    dashscope = str(getattr(client, "backend_name", "")).startswith("dashscope")
-    local = served is not None or (bool(getattr(client, "is_local", False)) and not dashscope)  # no price, no cost
+    local = served is not None or bool(getattr(client, "local_backend", getattr(client, "is_local", False)))
     if served is not None:
         info = served
     elif local:  # the local backend knows its model (and may adapt the budget)

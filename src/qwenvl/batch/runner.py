@@ -484,7 +484,7 @@ class Batch:
         # plans only (sends nothing), unless a client was given: it does both
         self.planner = client if client is not None else self._new_client()
         self.currency = currency_of(self.planner.region)
-        if mode == "batch-api" and self.planner.is_local:
+        if mode == "batch-api" and self.planner.local_backend:  # a qwenvl serve's Batch API is one
             raise UsageError(
                 "--mode batch-api is DashScope's Batch API; a local backend runs realtime only",
                 hint="Use --mode realtime with a local backend.",
@@ -654,7 +654,7 @@ class Batch:
 
     def check_key(self) -> None:
         """Raises MissingAPIKeyError when requests go to DashScope and no key is found; local backends need none."""
-        if not self.planner.is_local:  # local backends need no DashScope key
+        if not self.planner.local_backend:  # local backends need no DashScope key (a qwenvl serve's client does)
             self.planner.check_key()  # the planner has the batch's key and endpoint: the same words as every verb
 
     def _check_key_first(self) -> None:
