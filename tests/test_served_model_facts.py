@@ -85,6 +85,23 @@ def test_a_dashscope_protocol_client_of_serve_knows_the_model_is_local(serve: Se
         assert r.text
 
 
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_a_served_local_models_answer_costs_nothing_anywhere(serve: Served, protocol: str, isolated_env: Path) -> None:
+    """The answer came over a paid protocol, from a local model: no price in the footer, the usage log or the
+    answer's cost (never "cost unknown" as for an unpriced cloud model)."""
+    from qwenvl.cli.common import usage_line
+    from qwenvl.models import answer_cost
+    from qwenvl.store import UsageLog
+
+    with qwenvl.Client(api_key=SERVE_KEY, base_url=serve.url, protocol=protocol, model=SERVED) as c:
+        response = c.ask("hi", max_tokens=3)
+    assert response.local and answer_cost(response) is None
+    line = usage_line(response)
+    assert "cost: local" in line and "unknown" not in line, line
+    rows = [r for r in UsageLog().summarize() if r["requests"]]
+    assert rows and all(r["local"] and r["cost"] is None and r["currency"] is None for r in rows), rows
+
+
 def test_an_openai_backend_client_of_serve_takes_the_family_and_context_from_its_listing(serve: Served) -> None:
     with qwenvl.Client(backend="openai", base_url=serve.url + "/v1", api_key=SERVE_KEY) as c:
         info = c.resolve_model()

@@ -46,7 +46,7 @@ from qwenvl.errors import (
     written,
 )
 from qwenvl.media.sources import classify, first_names, is_reference, looks_like_file, path_hint
-from qwenvl.models import answer_cost, currency_of, format_cost, is_paid, spent_label
+from qwenvl.models import answer_cost, answer_paid, currency_of, format_cost, spent_label
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import (
@@ -1216,7 +1216,7 @@ def usage_line(response: Response, region: str | None = None) -> str:
         parts.append(f"{u.image_tokens:,} image tokens")
     if response.cached:
         parts.append("from the cache: not paid")
-    elif not is_paid(response.protocol):  # a local model: no price, never "¥0"
+    elif not answer_paid(response):  # a local model: no price, never "¥0"
         parts.append("cost: " + format_cost(None, None, local=True))
     elif u.input_tokens is not None:
         cost = answer_cost(response, region=region)

@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from qwenvl.config import resolve_base_url
 from qwenvl.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from qwenvl.interfaces import ClientEndpoint
-from qwenvl.models import answer_cost, currency_of
+from qwenvl.models import answer_cost, currency_of, logged_protocol
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.retry import RetryNotice
@@ -101,9 +101,9 @@ class Exchange:
         keep: Callable[[Response], bool] | None = None,
     ) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
-        self.protocol: str = client.protocol
         # a local model costs no tokens: a local backend's, or one its server says is local (Client.served_model)
         self.local = bool(getattr(client, "is_local", False)) or call.model.local_family
+        self.protocol: str = logged_protocol(client.protocol, local=self.local)
         self.model = call.request.model
         self.request_id = call.request_id  # a server's own id for the request (qwenvl serve), else the service's
         self.region: str | None = getattr(client, "region", None)
@@ -127,6 +127,7 @@ class Exchange:
         if hit is None or (self.keep is not None and not self.keep(hit.model_copy(deep=True))):
             return None
         self.response = hit
+        hit._local = self.local
         self._log(hit, "cached")
         return hit
 
@@ -225,6 +226,7 @@ class Exchange:
             ):
                 self.cache.put(self.key, response)
             self.response = response
+            response._local = response._local or self.local  # no price, whatever the protocol (Response.local)
             self._log(response, "ok")
             return response
         finally:
