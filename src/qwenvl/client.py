@@ -47,7 +47,7 @@ from qwenvl.errors import (
 )
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.sources import looks_swapped, swapped_error
-from qwenvl.models import DEFAULT_MODEL, ModelInfo, listed_name, model_info
+from qwenvl.models import DEFAULT_MODEL, ModelInfo, listed_name, model_info, typo_error
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook, RetryNotice
@@ -691,15 +691,16 @@ class _Base(Generic[B, H]):
         client talks to says them, when that server is not DashScope's own and says the model is local (a ``qwenvl
         serve`` in front of an engine lists its family, context and ``"local": true``: ``backends.family.
         listed_model``): its family's rules, its context, no price. None otherwise: another backend, a backend
-        object given, a name the model table lists (a DashScope model: the table's rules), or a server that does
+        object given, a name the model table lists (a DashScope model: the table's rules) or that looks like a
+        misspelling of one (``models.typo_error``: refused before anything is sent), or a server that does
         not say (a real DashScope, a proxy: nothing is asked of DashScope's own endpoints). The server is asked
         once per client (``backends.dashscope.served_models``: one ``GET .../models`` within
         ``LISTING_TIMEOUT_S``, with this client's key when one is found). Raises nothing."""
         if not self._dashscope or self._given_backend:
             return None
         name = name or self.defaults.get("model") or DEFAULT_MODEL
-        if listed_name(name):
-            return None
+        if listed_name(name) or typo_error(name, allowed=qenv.unlisted_models()) is not None:
+            return None  # a DashScope model, or a misspelt one (refused unsent: ``plan.check_model_name``)
         entry = self._listing().get(name)
         return listed_model(name, entry) if entry is not None else None
 
