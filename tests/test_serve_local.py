@@ -129,7 +129,16 @@ def test_every_reply_names_the_served_model_and_no_server_path(tiny, isolated_en
         seen: list[dict] = []
         _ready(s.url, seen)
         replies = [json.dumps(r) for r in seen]
-        assert [m["id"] for m in h.get("/v1/models").json()["data"]] == [name]
+        listed = h.get("/v1/models")
+        assert [m["id"] for m in listed.json()["data"]] == [name]
+        (entry,) = listed.json()["data"]  # vLLM's fields, the family, local: the checkpoint's own context
+        assert (entry["max_model_len"], entry["family"], entry["local"], entry["root"]) == (
+            4096,
+            "qwen2.5-vl",
+            True,
+            name,
+        )
+        replies.append(listed.text)
 
         def chat(**params: object) -> httpx.Response:
             content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}]

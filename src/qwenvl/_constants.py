@@ -48,6 +48,9 @@ SERVE_REQUEST_TIMEOUT_S = 600.0  # seconds one served request may take, streamin
 # the stream starts with an SSE comment, and a failure is the stream's error event
 SERVE_STREAM_START_S = 5.0
 SERVE_READY_TIMEOUT_S = 5.0  # seconds one /ready check may take (the backend's probe); past it: not ready
+# seconds a client gives a server that is not DashScope's own (a `qwenvl serve`) to list its models, once per client
+# (``backends.dashscope.served_models``); past it, or on any failure, the model table's rules stand (ours)
+LISTING_TIMEOUT_S = 5.0
 SERVE_READY_CACHE_S = 3.0  # seconds a /ready answer is reused (a probe per load balancer poll would load the upstream)
 
 # --- files qwenvl reads whole on a user's behalf (qwenvl.media.sources.read_regular_text) --------------------

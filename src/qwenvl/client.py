@@ -25,6 +25,7 @@ from qwenvl import env as qenv
 from qwenvl import structured
 from qwenvl._constants import CLOSE_WAIT_S
 from qwenvl.backends.base import AsyncBackend, Backend, aassembled, assembled
+from qwenvl.backends.family import listed_model
 from qwenvl.config import (
     KeyFound,
     check_backend_options,
@@ -46,7 +47,7 @@ from qwenvl.errors import (
 )
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.sources import looks_swapped, swapped_error
-from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
+from qwenvl.models import DEFAULT_MODEL, ModelInfo, listed_name, model_info, typo_error
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook, RetryNotice
@@ -559,6 +560,10 @@ class _Base(Generic[B, H]):
         # guards the client's state between threads (and event loops): the closed flag, the calls in flight, the
         # backend made on first use, the event loop an AsyncClient is bound to
         self._lock = threading.RLock()
+        # what a server speaking DashScope's protocols that is not DashScope's own lists of its models (asked once,
+        # the first time a model it may serve is resolved: ``served_model``); None: not asked yet
+        self._listed: dict[str, dict[str, Any]] | None = None
+        self._listing_lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # told when a call in flight ends (close waits for it)
         self._inflight = 0  # whole-answer calls (send) going on now
         self._streams = 0  # streams (send_stream) begun and not ended (being read, or waiting for their reader)
@@ -681,7 +686,7 @@ class _Base(Generic[B, H]):
         )
 
     def __repr__(self) -> str:
-        if self.is_local:
+        if not self._dashscope:
             return f"{type(self).__name__}(backend={self.backend_name!r})"
         return f"{type(self).__name__}(protocol={self.protocol!r}, region={self.region!r})"
 
@@ -709,9 +714,53 @@ class _Base(Generic[B, H]):
 
     @property
     def is_local(self) -> bool:
-        """True for a backend other than DashScope (it is asked about models and media at planning time).
+        """True for a local model, which has no price (``qwenvl.models.LOCAL``): a backend other than DashScope (it
+        is asked about models and media at planning time), or DashScope's protocols to a server that says the
+        client's model runs on its own engine (``served_model``: a ``qwenvl serve`` in front of a local model).
         Raises nothing."""
-        return not self.backend_name.startswith("dashscope")  # "dashscope", or a DashScope backend instance
+        return not self._dashscope or self.served_model() is not None
+
+    @property
+    def local_backend(self) -> bool:
+        """True for a backend other than DashScope's (openai, transformers, a custom one): what answers is not a
+        DashScope endpoint (unlike ``is_local``, whatever the server at ``base_url`` says). Raises nothing."""
+        return not self._dashscope
+
+    @property
+    def _dashscope(self) -> bool:
+        """Whether the backend is DashScope's (by name, or a DashScope backend instance). Raises nothing."""
+        return self.backend_name.startswith("dashscope")
+
+    def served_model(self, name: str | None = None) -> ModelInfo | None:
+        """The rules of ``name`` (default: the client's model, else ``DEFAULT_MODEL``) as the server this DashScope
+        client talks to says them, when that server is not DashScope's own and says the model is local (a ``qwenvl
+        serve`` in front of an engine lists its family, context and ``"local": true``: ``backends.family.
+        listed_model``): its family's rules, its context, no price. None otherwise: another backend, a backend
+        object given, a name the model table lists (a DashScope model: the table's rules) or that looks like a
+        misspelling of one (``models.typo_error``: refused before anything is sent), or a server that does
+        not say (a real DashScope, a proxy: nothing is asked of DashScope's own endpoints). The server is asked
+        once per client (``backends.dashscope.served_models``: one ``GET .../models`` within
+        ``LISTING_TIMEOUT_S``, with this client's key when one is found). Raises nothing."""
+        if not self._dashscope or self._given_backend:
+            return None
+        name = name or self.defaults.get("model") or DEFAULT_MODEL
+        if listed_name(name) or typo_error(name, allowed=qenv.unlisted_models()) is not None:
+            return None  # a DashScope model, or a misspelt one (refused unsent: ``plan.check_model_name``)
+        entry = self._listing().get(name)
+        return listed_model(name, entry) if entry is not None else None
+
+    def _listing(self) -> dict[str, dict[str, Any]]:
+        with self._listing_lock:
+            if self._listed is None:
+                from qwenvl.backends.dashscope import served_models
+
+                try:
+                    found = find_api_key(self._api_key)
+                except QwenVLError:  # a damaged key file: asked without a key (the request will say why it fails)
+                    found = None
+                key = found.key if found is not None else None
+                self._listed = served_models(self.base_url, key, region=self.region)
+            return self._listed
 
     @property
     def backend(self) -> B:
@@ -737,8 +786,9 @@ class _Base(Generic[B, H]):
         name, ``known=False``). Raises UsageError for invalid client defaults; a local backend may raise
         APIError (its server cannot be asked) or UsageError (no model given)."""
         name = name or self.defaults.get("model")
-        if not self.is_local:
-            return model_info(name or DEFAULT_MODEL)
+        if self._dashscope:
+            name = name or DEFAULT_MODEL
+            return self.served_model(name) or model_info(name)
         from qwenvl.backends import local_model
 
         fields: dict[str, Any] = {"model": name} if name else {}
@@ -754,7 +804,7 @@ class _Base(Generic[B, H]):
         ``Authorization`` header shown)."""
         from qwenvl.preview import preview
 
-        backend = self.backend if self.is_local else None  # made by plan() already
+        backend = None if self._dashscope else self.backend  # made by plan() already
         shown = preview(
             call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream, backend=backend
         )
@@ -800,8 +850,9 @@ class _Base(Generic[B, H]):
         swapped = looks_swapped(req.prompt, [*req.image_list(), *videos])
         if swapped is not None and req.prompt is not None:  # "file not found: What is this?" would mislead
             raise swapped_error(req.prompt, swapped)
-        if not self.is_local:
-            call = plan(req, self.protocol, estimate_only=estimate_only, prepared=self.prepared)
+        if self._dashscope:  # a served local model's rules when its server says them (``served_model``)
+            model = self.served_model(req.model)
+            call = plan(req, self.protocol, estimate_only=estimate_only, model=model, prepared=self.prepared)
             self._check_upload(call)
             return call
         backend = self.backend
@@ -844,7 +895,7 @@ class _Base(Generic[B, H]):
         will go to DashScope and no key is found (``qwenvl.config.find_api_key``); a no-op for local backends
         (they need no DashScope key) and once the backend is made. For callers about to do slow or interactive
         work before their first request (the CLI's verbs, ``qwenvl chat``'s banner)."""
-        if not self.is_local and self._backend is None:
+        if self._dashscope and self._backend is None:
             self._key()
 
     def _retried(self, notice: RetryNotice) -> None:
@@ -932,7 +983,7 @@ class Client(_Base[Backend, "httpx.Client"]):
 
     def _made_backend(self) -> Backend:
         if self._backend is None:
-            if self.is_local:
+            if not self._dashscope:
                 from qwenvl.backends import make_backend
 
                 self._backend = make_backend(
@@ -1175,7 +1226,7 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
 
     def _made_backend(self) -> AsyncBackend:
         if self._backend is None:
-            if self.is_local:
+            if not self._dashscope:
                 from qwenvl.backends import make_backend
 
                 self._backend = make_backend(

@@ -78,7 +78,12 @@ def estimate_files(
         hint = f"{UNKNOWN_REGION_HINT}." if "unknown region" in exc.message else None
         raise UsageError(exc.message, hint=hint) from None
     request = client.request(prompt="tokens", **fields)
-    if getattr(client, "is_local", False):  # the local backend knows its model (and may adapt the budget)
+    # a model a server in front of a local engine serves (``Client.served_model``): its family's rules, no price
+    served = None if family else getattr(client, "served_model", lambda name: None)(request.model)
+    local = served is not None or bool(getattr(client, "local_backend", getattr(client, "is_local", False)))
+    if served is not None:
+        info = served
+    elif local:  # the local backend knows its model (and may adapt the budget)
         info = client.resolve_model(request.model if "model" in fields else None)
         if hasattr(client.backend, "adapt"):
             request = client.backend.adapt(request)
@@ -122,7 +127,6 @@ def estimate_files(
     counted = [r for r in rows if "error" not in r]
     known = [r["tokens"] for r in counted if r["tokens"] is not None]
     total_tokens = sum(known)
-    local = bool(getattr(client, "is_local", False))  # a local model has no price: no cost, no currency
     price, costs, total_cost = media_costs(info, [r["tokens"] for r in counted], region=region or client.region)
     if local:
         price, costs, total_cost = None, [None] * len(counted), None

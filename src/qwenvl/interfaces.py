@@ -129,7 +129,8 @@ class SupportsEstimate(Protocol):
 
     @property
     def is_local(self) -> bool:
-        """True for a backend other than DashScope: it gives its model's rules (``resolve_model``)."""
+        """True for a local model (no price): a backend other than DashScope, which gives its model's rules
+        (``resolve_model``), or a server that says its model is local (``Client.served_model``)."""
         ...
 
     @property

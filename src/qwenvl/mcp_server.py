@@ -41,7 +41,7 @@ from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S, MAX_DURATION_S
 from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.estimate import estimate_files
-from qwenvl.models import answer_cost, cost_fields, currency_of, format_cost, is_paid, spent_label
+from qwenvl.models import answer_cost, answer_paid, cost_fields, currency_of, format_cost, spent_label
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.spelling import did_you_mean
 from qwenvl.tasks import Box, Event, OCRPage, Point
@@ -304,7 +304,7 @@ def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[Us
         if r is None:
             continue
         model = r.model or model
-        local = local or not is_paid(r.protocol)
+        local = local or not answer_paid(r)
         for key in _COUNTS:
             value = getattr(r.usage, key)
             if value is not None:

@@ -455,6 +455,12 @@ def model_info(name: str) -> ModelInfo:
     return _lookup(name, warn=True)
 
 
+def listed_name(name: str) -> bool:
+    """Whether the table knows ``name`` (``model_info(name).known``: a DashScope model with its own rules), without
+    logging a guess for a name it does not. Raises nothing."""
+    return _lookup(name, warn=False).known
+
+
 def _lookup(name: str, *, warn: bool) -> ModelInfo:
     """``model_info``'s resolution; ``warn``: whether an unknown name is logged (``_warned``), False for a name
     looked up for another's sake (the name meant by one in other case: ``_miscased``). Raises nothing."""
@@ -727,6 +733,22 @@ PAID_PROTOCOLS = ("compat", "native", "batch-api")
 LOCAL = "local"
 
 
+LOCAL_SUFFIX = "-local"  # a paid protocol's name in the usage log for a local model's answers (``logged_protocol``)
+
+
+def logged_protocol(protocol: str, *, local: bool) -> str:
+    """The protocol as the usage log records it: ``protocol``, or for a local model's answer over a paid protocol
+    (a ``qwenvl serve`` in front of a local engine: ``Client.served_model``) ``protocol + LOCAL_SUFFIX``
+    (``compat-local``), which is not one of ``PAID_PROTOCOLS``: no price, never counted as paid. Raises nothing."""
+    return protocol + LOCAL_SUFFIX if local and is_paid(protocol) else protocol
+
+
+def answer_paid(response: Response) -> bool:
+    """Whether ``response`` was paid for: over a paid protocol (``is_paid``) and not a local model's
+    (``Response.local``: a ``qwenvl serve`` in front of one answers over DashScope's protocols). Raises nothing."""
+    return is_paid(response.protocol) and not response.local
+
+
 def is_paid(protocol: str | None) -> bool:
     """Whether answers over ``protocol`` are paid for (``PAID_PROTOCOLS``); False for a local model's. Raises
     nothing."""
@@ -756,15 +778,15 @@ def answer_cost(
     model: ModelInfo | str | None = None,
     local: bool | None = None,
 ) -> float | None:
-    """What one answer cost, in ``currency_of(region)``: None for a local model (``local``, by default judged from
-    ``response.protocol`` not being one of ``PAID_PROTOCOLS``: it has no price, shown as ``LOCAL``), 0.0 when
-    nothing was paid (it came from the response cache), the sum of its ``parts`` after a structured-output repair
-    (the first request and the repair, each at its own tier, a part from the cache at 0), else ``estimate_cost`` of
-    its tokens for ``model`` (default ``response.model``) at the request's tier, times ``factor`` (0.5 for the Batch
-    API). None when its tokens or the price are unknown. The one rule for the usage log, batch records, the CLI's
-    usage line and the MCP tools. Raises UsageError for an unknown region."""
+    """What one answer cost, in ``currency_of(region)``: None for a local model (``local``, by default judged by
+    ``answer_paid``: its protocol not one of ``PAID_PROTOCOLS``, or ``Response.local``; no price, shown as
+    ``LOCAL``), 0.0 when nothing was paid (it came from the response cache), the sum of its ``parts`` after a
+    structured-output repair (the first request and the repair, each at its own tier, a part from the cache at 0),
+    else ``estimate_cost`` of its tokens for ``model`` (default ``response.model``) at the request's tier, times
+    ``factor`` (0.5 for the Batch API). None when its tokens or the price are unknown. The one rule for the usage
+    log, batch records, the CLI's usage line and the MCP tools. Raises UsageError for an unknown region."""
     if local is None:
-        local = response.protocol not in PAID_PROTOCOLS
+        local = not answer_paid(response)
     if local:
         return None
     if response.cached:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -287,12 +289,28 @@ def answer_room(request: Request, model: ModelInfo) -> int:
     return max(request.max_tokens, answer_reserve(request, model))
 
 
-def answer_space(call: Call) -> int:
-    """The tokens of ``call.model``'s context window left for the answer after its media and the likely count of
-    its text (``text_tokens``): what ``max_tokens`` can be at most for the request to fit (``check_context``).
-    Negative when the input alone is over the window. Raises nothing."""
+def answer_space(call: Call, share: float = 1.0) -> int:
+    """The tokens of ``share`` of ``call.model``'s context window left for the answer after its media and the likely
+    count of its text (``text_tokens``): with ``share`` 1, what ``max_tokens`` can be at most for the request to fit
+    (``check_context``); with ``CONTEXT_WARN_SHARE``, at most for it to fit without a warning that it is near the
+    window. Negative when the input alone is over. Raises nothing."""
     total = sum(i.tokens or 0 for i in call.media)
-    return call.model.context_tokens - total - text_tokens(call.history)[0]
+    return math.floor(share * call.model.context_tokens) - total - text_tokens(call.history)[0]
+
+
+_QUIET_CONTEXT: ContextVar[bool] = ContextVar("qwenvl_quiet_context", default=False)
+
+
+@contextmanager
+def quiet_context() -> Iterator[None]:
+    """Within it, ``check_context`` returns its warning without logging it: for a caller that plans with a value of
+    its own choosing and changes it when it comes near the window (``tasks.grounding.plan_task``), so that no
+    warning is said of a default the user did not give. Raises nothing."""
+    token = _QUIET_CONTEXT.set(True)
+    try:
+        yield
+    finally:
+        _QUIET_CONTEXT.reset(token)
 
 
 def answer_reserve(request: Request, model: ModelInfo) -> int:
@@ -381,7 +399,8 @@ def check_context(
             f"the request is likely about {total + likely:,} input tokens (text approximate: {likely:,}{media}) "
             f"with {room:,} kept for the answer, near or over {model.name}'s context of {window:,}: it may be refused"
         )
-        log.warning("%s", note)
+        if not _QUIET_CONTEXT.get():
+            log.warning("%s", note)
         return [note]
     return []
 
@@ -514,7 +533,8 @@ def check_model_rules(request: Request, protocol: str, model: ModelInfo | None =
     (``qwenvl.models.typo_error``: did you mean ...?) unless ``$QWENVL_UNLISTED_MODELS`` names it.
     ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
     model = model or model_info(request.model)
-    if not model.known:  # a misspelt model name: refused, not sent to fail
+    if not model.known and not model.local_family:  # a misspelt model name: refused, not sent to fail (a local
+        # model's name is its server's: a qwenvl serve in front of one lists it, ``Client.served_model``)
         check_model_name(request.model, protocol)
     check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):

@@ -35,9 +35,9 @@ def preview(
 ) -> dict[str, Any]:
     """``backend``: a local backend with ``preview_body(call, stream) -> (url, body)`` (openai, transformers); its
     model has no price, so the estimate's ``cost_input``, ``cost_max`` and ``currency`` are None and ``local``
-    True."""
+    True, as for a model its server says is local (``ModelInfo.local_family``: ``Client.served_model``)."""
     stream = stream or call.model.stream_only  # what the backend will send (see DashScopeBackend.complete)
-    local = backend is not None
+    local = backend is not None or call.model.local_family
     headers = {"Authorization": "Bearer ***", "Content-Type": "application/json"}
     if backend is not None and hasattr(backend, "preview_body"):
         url, body = backend.preview_body(call, stream)

@@ -884,6 +884,15 @@ with warnings.catch_warnings():
         _requests: int = PrivateAttr(default=1)
         _request_ids: list[str] | None = PrivateAttr(default=None)
         _parts: list[Response] | None = PrivateAttr(default=None)
+        _local: bool = PrivateAttr(default=False)
+
+        @property
+        def local(self) -> bool:
+            """True when a local model answered (no price: ``qwenvl.models.LOCAL``) over a protocol that is
+            otherwise paid: a ``qwenvl serve`` in front of a local engine, which says so (``Client.served_model``).
+            An answer over the plain openai protocol is local by its ``protocol`` (``qwenvl.models.is_paid``).
+            Raises nothing."""
+            return self._local
 
         @property
         def parsed(self) -> BaseModel | None:

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
-from qwenvl._constants import SERVE_READY_TIMEOUT_S
+from qwenvl._constants import LISTING_TIMEOUT_S, SERVE_READY_TIMEOUT_S
 from qwenvl.backends import oss
 from qwenvl.backends.base import MediaForm, aassembled, assembled, astream_events, stream_events
-from qwenvl.config import Protocol, effective_region, region_of_url, resolve_base_url
+from qwenvl.config import Protocol, effective_region, needs_dashscope_key, region_of_url, resolve_base_url
 from qwenvl.errors import APIError, APIStatusError, MalformedResponseError, QwenVLError
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
@@ -35,6 +35,34 @@ def policy_for(call: Call) -> Policy:
 def request_policy(r: Request) -> Policy:
     """The transport's policy for a request: its time-out, retries and backoff."""
     return Policy(timeout_s=r.timeout_s, max_retries=r.max_retries, backoff_s=r.retry_backoff_s)
+
+
+def served_models(
+    base_url: str | None, api_key: str | None, *, region: str | None = None, http_client: httpx.Client | None = None
+) -> dict[str, dict[str, Any]]:
+    """What a server speaking DashScope's protocols that is not DashScope's own (a ``qwenvl serve``) lists of its
+    models: ``GET {compat base}/models`` (the compat base derived from ``base_url`` as ``config.resolve_base_url``
+    does, for either protocol's URL), once, with ``api_key`` if any, within ``LISTING_TIMEOUT_S`` and no retry:
+    ``{id: entry}`` (entries as ``qwenvl.backends.family.listing_entry`` writes them). ``{}`` without asking
+    anything for DashScope's own endpoints (``config.needs_dashscope_key``: they list nothing a client needs), and
+    ``{}`` when the server does not answer in time, refuses, or lists nothing usable. Raises nothing."""
+    try:
+        url = resolve_base_url("compat", region=region, base_url=base_url)
+    except QwenVLError:
+        return {}
+    if needs_dashscope_key(url):
+        return {}
+    transport = Transport(api_key or "", http_client=http_client)
+    try:
+        data = transport.get_json(url + "/models", Policy(timeout_s=LISTING_TIMEOUT_S, max_retries=0))
+    except QwenVLError:
+        return {}
+    finally:
+        transport.close()
+    listed = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(listed, list):
+        return {}
+    return {str(m["id"]): m for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)}
 
 
 class _Wire:

@@ -85,3 +85,54 @@ def resolve(
             hint="Say it with --family qwen2.5-vl or --family qwen3-vl (QWENVL_FAMILY).",
         )
     return family_model(name, chosen, context_tokens)
+
+
+# --- what a model listing (``GET /v1/models``) says of a model ----------------------------------------------------
+# vLLM lists ``id``, ``object``, ``created``, ``owned_by``, ``root`` (the path or hub id the model was loaded from) and
+# ``max_model_len`` (the context it serves the model with) per model (vllm/entrypoints/openai/protocol.py ModelCard;
+# reference/serving.md). ``qwenvl serve`` lists the same fields, and what a qwenvl client needs besides: ``family``
+# (whose pixel, token and grounding rules apply: one of ``config.FAMILIES``, or a table family for a cloud model)
+# and ``local`` (True: the model runs on the server's own engine and has no price; False: a DashScope model, priced
+# as the model table says). The one home of both sides: ``listing_entry`` writes an entry, ``listed_model`` reads it.
+
+
+def listing_entry(name: str, info: ModelInfo, *, local: bool, root: str | None = None) -> dict[str, Any]:
+    """The ``/v1/models`` entry of the model served as ``name`` whose rules are ``info``: ``{"id", "object":
+    "model", "created": 0, "owned_by": "qwenvl", "root" (``root``, default ``name``: never a server path),
+    "max_model_len" (``info.context_tokens``, tokens), "family" (``info.family``), "local"}``. Raises nothing."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "qwenvl",
+        "root": root or name,
+        "max_model_len": info.context_tokens,
+        "family": info.family,
+        "local": local,
+    }
+
+
+def listed_window(entry: dict[str, Any]) -> int | None:
+    """An entry's ``max_model_len`` (tokens) when it is a positive whole number, else None. Raises nothing."""
+    value = entry.get("max_model_len")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def listed_family(entry: dict[str, Any]) -> str | None:
+    """An entry's ``family`` when it is one of ``_TEMPLATES``' (a local family; qwenvl serve's field), else None.
+    Raises nothing."""
+    value = entry.get("family")
+    return value if isinstance(value, str) and value in _TEMPLATES else None
+
+
+def listed_model(name: str, entry: dict[str, Any]) -> ModelInfo | None:
+    """The rules of ``name`` as a listing entry (``listing_entry``) gives them, for a model the server says is local
+    (``"local": true``): its family's rules (``family_model``: no price), with the entry's context
+    (``max_model_len``); the family is the entry's, else the one its id or ``root`` names. None when the entry does
+    not say the model is local or its family cannot be told (then the model table's rules stand). Raises nothing."""
+    if entry.get("local") is not True:
+        return None
+    family = listed_family(entry) or infer_family(name, str(entry.get("root") or ""))
+    if family is None:
+        return None
+    return family_model(name, family, listed_window(entry))

@@ -9,7 +9,9 @@ The base URL is taken as given (``/chat/completions`` and ``/models`` are append
 (Ollama), ``{root}/version`` (vLLM), ``{root}/props`` (llama.cpp); anything else is ``generic``. The same reply
 gives the served model names: the model defaults to the only one served, a name the server does not serve is
 refused before anything is sent, and the family (pixel rule, budget, grounding convention) comes from
-``family=`` or from the served name and the path it was loaded from (``root``).
+``family=``, else the listing's ``family`` (``qwenvl serve`` says it), else the served name and the path it was
+loaded from (``root``); the context window is the listing's ``max_model_len`` (vLLM and ``qwenvl serve`` say it;
+``qwenvl.backends.family.listed_window``), else the family's.
 
 What the backend declares for the client (the seams of issue 11): ``media_form = "data-url"`` (local media go
 inline, prepared and resized by qwenvl), ``abilities``, ``model_info(name)``, ``adapt(request)`` (an engine that
@@ -199,9 +201,9 @@ class _Wire:
     def model_info(self, name: str, info: ServerInfo | None) -> ModelInfo:
         entry = info.entry(name) if info else {}
         root = str(entry.get("root") or "")
-        window = entry.get("max_model_len")  # vLLM's /v1/models says the context it serves the model with
-        window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
-        return families.resolve(name, self.family, root, where=f" (served at {self.base_url})", context_tokens=window)
+        window = families.listed_window(entry)  # vLLM's and qwenvl serve's /v1/models: the context it serves
+        family = self.family or families.listed_family(entry)  # --family, else what qwenvl serve says
+        return families.resolve(name, family, root, where=f" (served at {self.base_url})", context_tokens=window)
 
     def check_params(self, request: Request, info: ServerInfo) -> None:
         """Refuse what the engine ``info`` names cannot take of ``request``'s parameters

@@ -502,7 +502,7 @@ class Batch:
         # plans only (sends nothing), unless a client was given: it does both
         self.planner = client if client is not None else self._new_client()
         self.currency = currency_of(self.planner.region)
-        if mode == "batch-api" and self.planner.is_local:
+        if mode == "batch-api" and self.planner.local_backend:  # a qwenvl serve's Batch API is one
             raise UsageError(
                 "--mode batch-api is DashScope's Batch API; a local backend runs realtime only",
                 hint="Use --mode realtime with a local backend.",
@@ -672,7 +672,7 @@ class Batch:
 
     def check_key(self) -> None:
         """Raises MissingAPIKeyError when requests go to DashScope and no key is found; local backends need none."""
-        if not self.planner.is_local:  # local backends need no DashScope key
+        if not self.planner.local_backend:  # local backends need no DashScope key (a qwenvl serve's client does)
             self.planner.check_key()  # the planner has the batch's key and endpoint: the same words as every verb
 
     def _check_key_first(self) -> None:
@@ -1510,16 +1510,21 @@ def estimate_calls(calls: Iterable[Call], *, region: str | None = None, local: b
     """What sending ``calls`` would take, one request each (planned ``estimate_only`` is enough: sizes and tokens
     from the headers): ``to_send``, input tokens (media by the billing rules, text approximate), the costs with
     each request priced at its own tier (as a batch is: ``Batch.estimate``), in ``region``'s currency; ``local``
-    (a local model): no price, costs and currency None. The one estimate of a verb that sends several requests
+    (a local model), or every call's model local (``ModelInfo.local_family``: a model a ``qwenvl serve`` in front
+    of an engine serves): no price, costs and currency None. The one estimate of a verb that sends several requests
     (``qwenvl ocr`` over a PDF's pages); ``within_budget`` and ``unpriced_error`` check it against a cap.
     Raises what iterating ``calls`` raises."""
     est = Estimate(currency=None if local else currency_of(region), local=local)
     if local:
         est.cost_input = est.cost_max = None
     models: set[str] = set()
+    served_local = True  # every call's model is a local one (``ModelInfo.local_family``: e.g. a qwenvl serve's)
     for call in calls:
         tokens, unknown = input_tokens_of(call)
+        served_local = served_local and call.model.local_family
         Batch._fold_estimate(est, models, (call.model, call.request.max_tokens, tokens, unknown, False), region)
+    if served_local and est.to_send and not local:  # no price: as a local backend's run
+        est.local, est.currency, est.cost_input, est.cost_max = True, None, None, None
     est.items = est.pending = est.to_send
     est.models = sorted(models)
     return est

@@ -46,7 +46,7 @@ from qwenvl.errors import (
     written,
 )
 from qwenvl.media.sources import classify, first_names, is_reference, looks_like_file, path_hint
-from qwenvl.models import answer_cost, currency_of, format_cost, is_paid, spent_label
+from qwenvl.models import answer_cost, answer_paid, currency_of, format_cost, spent_label
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import (
@@ -964,9 +964,10 @@ def request_fields(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def backend_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """The --backend group's values that were given, plus the model for a local backend."""
+    """The --backend group's values that were given, plus the model for a local backend, or when given (the
+    client's model: what a server in front of a local model says of it, ``Client.served_model``, is of that one)."""
     backend = {k: opts[k] for k in BACKEND_OPTIONS if opts.get(k)}
-    if backend.get("backend", "").lower() not in ("", "dashscope") or qenv.backend():
+    if backend.get("backend", "").lower() not in ("", "dashscope") or qenv.backend() or opts.get("model"):
         backend["model"] = opts.get("model")
     return backend
 
@@ -1299,7 +1300,7 @@ def usage_line(response: Response, region: str | None = None) -> str:
         parts.append(f"{u.image_tokens:,} image tokens")
     if response.cached:
         parts.append("from the cache: not paid")
-    elif not is_paid(response.protocol):  # a local model: no price, never "¥0"
+    elif not answer_paid(response):  # a local model: no price, never "¥0"
         parts.append("cost: " + format_cost(None, None, local=True))
     elif u.input_tokens is not None:
         cost = answer_cost(response, region=region)

@@ -251,7 +251,8 @@ def cli() -> None:
     5 service or network error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP,
     141 stdout closed, e.g. by | head (what was paid for is kept).
     """
-    _warnings_to_stderr()
+    ctx = click.get_current_context()
+    _warnings_to_stderr(once=ctx.invoked_subcommand not in SERVERS)
     _warn_unknown_variables()
 
 
@@ -277,13 +278,24 @@ def _warn_unknown_variables() -> None:
 
 
 class _WarningLine(logging.Handler):
-    """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr."""
+    """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr; ``once``: each said
+    once per run (a warning met again, e.g. the same file planned for an estimate and then for its request, or every
+    page of a PDF, is not repeated), as for every verb but the servers (``SERVERS``: each request's are its own)."""
+
+    def __init__(self, level: int = logging.NOTSET, *, once: bool = True) -> None:
+        super().__init__(level)
+        self._said: set[str] | None = set() if once else None
 
     def emit(self, record: logging.LogRecord) -> None:
         from qwenvl.cli.common import fit_line
 
+        said = record.getMessage()
+        if self._said is not None:
+            if said in self._said:
+                return
+            self._said.add(said)
         # a model name, a path: as the user gave it, escaped; a flag in the verb's words (analyze: a request key)
-        message = escape(safe_line(fit_line(record.getMessage())))
+        message = escape(safe_line(fit_line(said)))
         err_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
         if record.exc_info and record.exc_info[1] is not None:  # attached only with QWENVL_DEBUG (qwenvl serve)
             import traceback
@@ -291,10 +303,13 @@ class _WarningLine(logging.Handler):
             err_console().print(escape("".join(traceback.format_exception(record.exc_info[1]))), highlight=False)
 
 
-def _warnings_to_stderr() -> None:
+SERVERS = ("serve", "mcp")  # the verbs that answer requests until stopped: their warnings are each request's
+
+
+def _warnings_to_stderr(*, once: bool = True) -> None:
     logger = logging.getLogger("qwenvl")
     if not any(isinstance(h, _WarningLine) for h in logger.handlers):
-        logger.addHandler(_WarningLine(logging.WARNING))
+        logger.addHandler(_WarningLine(logging.WARNING, once=once))
         logger.propagate = False
 
 

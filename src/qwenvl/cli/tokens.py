@@ -105,7 +105,8 @@ def tokens(opts: dict[str, Any]) -> None:
     """
     fields = request_fields(opts)  # the same options, model and region handling as every verb
     client = None
-    if opts["backend"] or qenv.backend():  # a local model's own rules (asked of its backend)
+    # a local model's own rules, asked of its backend, or of the server at --base-url (a qwenvl serve says them)
+    if opts["backend"] or qenv.backend() or opts.get("base_url"):
         client = make_client(opts, will_send=False)  # nothing is sent: no key needed
     paths = with_stdin(list(opts["files"]))  # "-": the file on standard input, as for every verb
     result = estimate_files(

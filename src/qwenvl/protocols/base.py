@@ -66,9 +66,17 @@ class ServerSide(Protocol):
         ...
 
     def error_body(
-        self, status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        request_id: str,
+        code: str | None = None,
+        param: str | None = None,
+        hint: str | None = None,
     ) -> dict[str, Any]:
-        """The service's error envelope for an HTTP ``status`` (``code``: the upstream's own, when it sent one)."""
+        """The service's error envelope for an HTTP ``status`` (``code``: the upstream's own, when it sent one;
+        ``hint``: the server's advice, ``qwenvl.protocols.common.HINT_FIELD``)."""
         ...
 
     def stream_open(self, state: StreamState) -> list[bytes]:

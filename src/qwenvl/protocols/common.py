@@ -94,6 +94,25 @@ def parse_error_body(body: bytes | str | dict[str, Any] | None) -> tuple[str | N
     return code, printable(str(message)), request_id, parsed
 
 
+# ``qwenvl serve``'s advice for a refusal, beside the message in either protocol's error body (compat: in ``error``;
+# native: at the top), in the words of the caller's requests (e.g. "Lower max_tokens (4,096) to at most about
+# 3,951"); the message also ends with it in parentheses, for clients that read only the message. DashScope sends none.
+HINT_FIELD = "hint"
+
+
+def error_hint(parsed: Any, message: str) -> tuple[str | None, str]:
+    """(the server's advice, the message without it) from a parsed error body (``HINT_FIELD``): the advice when the
+    body carries one as text, and the message with its `` (advice)`` ending cut (the hint line says it); (None,
+    ``message``) otherwise. Raises nothing."""
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    where = err if isinstance(err, dict) else parsed
+    hint = where.get(HINT_FIELD) if isinstance(where, dict) else None
+    if not isinstance(hint, str) or not hint.strip():
+        return None, message
+    hint = printable(hint.strip())
+    return hint, message.removesuffix(f" ({hint})")
+
+
 def error_from_body(
     status: int | None,
     body: Any,
@@ -119,6 +138,7 @@ def error_from_body(
             plain=True,
         )
     missing = model_not_found(code, message)
+    advice, message = error_hint(parsed, message)  # a qwenvl serve's own advice: the hint line says it
     return status_error(
         status,
         message,
@@ -126,7 +146,7 @@ def error_from_body(
         request_id=rid or request_id,
         body=parsed,
         retry_after=retry_after,
-        hint=MODEL_NOT_FOUND_HINT if missing else None,
+        hint=advice or (MODEL_NOT_FOUND_HINT if missing else None),
         model_not_found=missing,
     )
 

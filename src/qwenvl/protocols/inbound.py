@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from qwenvl.errors import APIStatusError, QwenVLError, UsageError
+from qwenvl.protocols.common import HINT_FIELD
 from qwenvl.protocols.sse import encode
 from qwenvl.types import GENERATION_FIELDS, Message, Request, Response, StreamEvent, Usage, reserved_extra
 
@@ -614,15 +615,19 @@ def _wire_code(code: str | None, status: int, column: int) -> str:
 
 
 def compat_error(
-    status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+    status: int,
+    message: str,
+    *,
+    request_id: str,
+    code: str | None = None,
+    param: str | None = None,
+    hint: str | None = None,
 ) -> dict[str, Any]:
     """The OpenAI-style error body; ``param`` the request field at fault, as OpenAI's errors name it (None: no
-    one field is)."""
+    one field is); ``hint``: the server's advice beside the message (``common.HINT_FIELD``; left out when None)."""
     wire_type = _kind(status)[3]
-    return {
-        "error": {"code": _wire_code(code, status, 2), "param": param, "message": message, "type": wire_type},
-        "request_id": request_id,
-    }
+    error = {"code": _wire_code(code, status, 2), "param": param, "message": message, "type": wire_type}
+    return {"error": {**error, **({HINT_FIELD: hint} if hint else {})}, "request_id": request_id}
 
 
 _NAMED_FIELD = re.compile(
@@ -648,8 +653,12 @@ def named_field(exc: BaseException, message: str) -> str | None:
     return found[1] if found and found[1] not in ("the", "a", "an", "this", "it") else None
 
 
-def native_error(status: int, message: str, *, request_id: str, code: str | None = None) -> dict[str, Any]:
-    return {"code": _wire_code(code, status, 1), "message": message, "request_id": request_id}
+def native_error(
+    status: int, message: str, *, request_id: str, code: str | None = None, hint: str | None = None
+) -> dict[str, Any]:
+    """The native error body; ``hint`` as for ``compat_error``."""
+    body = {"code": _wire_code(code, status, 1), "message": message, "request_id": request_id}
+    return {**body, **({HINT_FIELD: hint} if hint else {})}
 
 
 # --- the server side of each protocol (``WireProtocol.server``) ------------------------------------------
@@ -697,9 +706,16 @@ class CompatServer:
         )
 
     def error_body(
-        self, status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        request_id: str,
+        code: str | None = None,
+        param: str | None = None,
+        hint: str | None = None,
     ) -> dict[str, Any]:
-        return compat_error(status, message, request_id=request_id, code=code, param=param)
+        return compat_error(status, message, request_id=request_id, code=code, param=param, hint=hint)
 
     def stream_open(self, state: StreamState) -> list[bytes]:
         return [
@@ -747,9 +763,16 @@ class NativeServer:
         return native_response(response, request_id=request_id, finish_reason=response.finish_reason or "stop")
 
     def error_body(
-        self, status: int, message: str, *, request_id: str, code: str | None = None, param: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        request_id: str,
+        code: str | None = None,
+        param: str | None = None,
+        hint: str | None = None,
     ) -> dict[str, Any]:
-        return native_error(status, message, request_id=request_id, code=code)  # the native body has no param
+        return native_error(status, message, request_id=request_id, code=code, hint=hint)  # no param in native
 
     def stream_open(self, state: StreamState) -> list[bytes]:
         return []

@@ -42,6 +42,7 @@ from qwenvl._constants import (
     SERVE_REQUEST_TIMEOUT_S,
     SERVE_STREAM_START_S,
 )
+from qwenvl.backends.family import listing_entry
 from qwenvl.errors import (
     APIError,
     APIStatusError,
@@ -57,6 +58,7 @@ from qwenvl.errors import (
 )
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.media.sources import to_data_url
+from qwenvl.models import model_info
 from qwenvl.protocols import get, inbound
 from qwenvl.protocols.base import ServerSide
 from qwenvl.retry import RETRYABLE_STATUS, should_retry
@@ -441,25 +443,32 @@ def create_app(
         return None if settings.pass_model_names else listed_models() or None
 
     def error_body(
-        proto: ServerSide, status: int, message: str, code: str | None, rid: str, param: str | None = None
+        proto: ServerSide,
+        status: int,
+        message: str,
+        code: str | None,
+        rid: str,
+        param: str | None = None,
+        hint: str | None = None,
     ) -> dict[str, Any]:
-        return proto.error_body(status, message, request_id=rid, code=code, param=param)
+        return proto.error_body(status, message, request_id=rid, code=code, param=param, hint=hint)
 
     def describe(
         proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None
-    ) -> tuple[int, str, str | None, dict[str, str]]:
-        """(status, one-line message, service code, headers) for any failure; nothing internal leaks: no
-        traceback, no server path (an upload's path is named by its oss:// reference), no key, no upstream URL.
-        A failure of the upstream is told as ``upstream_failure`` says. The library's message and hint are in
-        the words of ``proto``'s requests (``wording.api_surface``: ``parameters.top_k``, never ``--top-k``; a
-        hint sentence about the server's own options is left out)."""
+    ) -> tuple[int, str, str | None, dict[str, str], str | None]:
+        """(status, one-line message, service code, headers, advice) for any failure (advice: the library's hint in
+        the caller's words, also at the message's end in parentheses, sent as the body's ``hint``; None when there
+        is none); nothing internal leaks: no traceback, no server path (an upload's path is named by its oss://
+        reference), no key, no upstream URL. A failure of the upstream is told as ``upstream_failure`` says. The
+        library's message and hint are in the words of ``proto``'s requests (``wording.api_surface``:
+        ``parameters.top_k``, never ``--top-k``; a hint sentence about the server's own options is left out)."""
         if isinstance(exc, TimeoutError):
             exc = _Refused(504, "the request timed out on this server")
         if isinstance(exc, _Refused):
-            return exc.status, exc.message, exc.code, exc.headers
+            return exc.status, exc.message, exc.code, exc.headers, None
         if isinstance(exc, APIError):
             log.warning("the upstream failed answering %s: %s", rid, exc)  # the operator's log names the URL
-            return upstream_failure(exc)
+            return (*upstream_failure(exc), None)
         status, code = inbound.error_kind(exc)
         # the caller's words: its own references for the server's files and model (``aliases``), no server paths,
         # flags, commands or install advice; the library's whole words go to the server's log
@@ -470,10 +479,11 @@ def create_app(
         if isinstance(exc, UnsupportedParameterError) and surface.param is not None:  # its name as the caller sent it
             message = message.replace(f"'{exc.param}'", f"'{surface.param(exc.param)}'")
         hint = getattr(exc, "raw_hint", None)
+        advice = None
         if hint and isinstance(exc, UsageError | MediaError) and not isinstance(exc, UnsupportedParameterError):
             said = f"{said} ({hint})"
-            hint = fit_hint(hint, surface)
-            message = f"{message} ({hint})" if hint else message
+            advice = fit_hint(hint, surface)
+            message = f"{message} ({advice})" if advice else message
         if isinstance(exc, QwenVLError) and message != said:
             log.info("request %s refused: %s", rid, safe_line(said))
         if not isinstance(exc, QwenVLError):  # the operator's log: what broke, always; where, with QWENVL_DEBUG=1
@@ -484,15 +494,16 @@ def create_app(
                 safe_line(str(exc)) or "(no message)",
                 exc_info=exc if qenv.debug() else None,
             )
-        return status, message, code, {}
+        return status, message, code, {}, advice
 
     def refusal(
         proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """(status, the protocol's error body, headers) for ``exc``: the one error answer of a route and of a
         Batch API line (``param`` named as the protocol does)."""
-        status, message, code, headers = describe(proto, exc, rid, aliases)
-        return status, error_body(proto, status, message, code, rid, inbound.named_field(exc, message)), headers
+        status, message, code, headers, advice = describe(proto, exc, rid, aliases)
+        param = inbound.named_field(exc, message)
+        return status, error_body(proto, status, message, code, rid, param, advice), headers
 
     def refuse(proto: ServerSide, exc: BaseException, rid: str, aliases: dict[str, str] | None = None) -> JSONResponse:
         status, body, headers = refusal(proto, exc, rid, aliases)
@@ -643,8 +654,9 @@ def create_app(
         except asyncio.CancelledError:  # the caller went away: stop generating, free the slot
             raise
         except Exception as exc:  # an error inside a stream is an error event
-            status, message, code, _ = describe(proto, exc, rid, aliases)
-            for chunk in proto.stream_error(state, status, error_body(proto, status, message, code, rid)):
+            status, message, code, _, advice = describe(proto, exc, rid, aliases)
+            body = error_body(proto, status, message, code, rid, hint=advice)
+            for chunk in proto.stream_error(state, status, body):
                 yield chunk
         finally:
             if pending is not None:
@@ -675,12 +687,19 @@ def create_app(
                 names = [(await asyncio.to_thread(client.resolve_model)).name]
             except QwenVLError as exc:
                 return refuse(COMPAT, exc, str(uuid.uuid4()))
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": n, "object": "model", "created": 0, "owned_by": "qwenvl"} for n in names],
-            }
-        )
+        return JSONResponse({"object": "list", "data": [await asyncio.to_thread(model_entry, n) for n in names]})
+
+    def model_entry(name: str) -> dict[str, Any]:
+        """``name``'s ``/v1/models`` entry: vLLM's fields and the family, and whether it is local (no price), as
+        ``backends.family.listing_entry`` writes them; only the id when its rules cannot be told now."""
+        local = bool(getattr(client, "is_local", False))
+        try:
+            target = settings.model_map.get(name) or (None if local else name)
+            info = client.resolve_model(target) if local else model_info(target or name)
+        except QwenVLError:  # an engine not answering now: the name alone, as before
+            return {"id": name, "object": "model", "created": 0, "owned_by": "qwenvl"}
+        root = model_names(name).get(info.name, info.name)  # the backend's own name, never a server path
+        return listing_entry(name, info, local=local, root=None if _server_path(root) else root)
 
     for path in ("/v1/models", "/compatible-mode/v1/models"):
         app.add_api_route(path, models, methods=["GET"])
@@ -885,6 +904,16 @@ def _message(exc: BaseException) -> str:
 
 def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _server_path(name: str) -> bool:
+    """Whether a model's reference is a path on this server (a folder), which no answer may show. Raises nothing."""
+    from pathlib import Path
+
+    try:
+        return name.startswith(("/", "~", ".")) or "\\" in name or Path(name).expanduser().exists()
+    except (OSError, ValueError):
+        return True
 
 
 def _known_models() -> list[str]:

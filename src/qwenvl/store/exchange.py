@@ -38,7 +38,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from qwenvl.config import resolve_base_url
 from qwenvl.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
 from qwenvl.interfaces import ClientEndpoint
-from qwenvl.models import answer_cost, currency_of
+from qwenvl.models import answer_cost, currency_of, logged_protocol
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.retry import RetryNotice, listening
@@ -128,8 +128,9 @@ class Exchange:
         held: Held | None = None,
     ) -> None:
         ensure_sendable(call)  # every send of a Client goes through here, whatever its backend
-        self.protocol: str = client.protocol
-        self.local = bool(getattr(client, "is_local", False))  # a local model costs no tokens
+        # a local model costs no tokens: a local backend's, or one its server says is local (Client.served_model)
+        self.local = bool(getattr(client, "is_local", False)) or call.model.local_family
+        self.protocol: str = logged_protocol(client.protocol, local=self.local)
         self.model = call.request.model
         self.request_id = call.request_id  # a server's own id for the request (qwenvl serve), else the service's
         self.region: str | None = getattr(client, "region", None)
@@ -155,6 +156,7 @@ class Exchange:
         if hit is None or (self.keep is not None and not self.keep(hit.model_copy(deep=True))):
             return None
         self.response = hit
+        hit._local = self.local
         self._log(hit, "cached")
         return hit
 
@@ -257,6 +259,7 @@ class Exchange:
             ):
                 self.cache.put(self.key, response)
             self.response = response
+            response._local = response._local or self.local  # no price, whatever the protocol (Response.local)
             self._log(response, "ok")
             return response
         finally:

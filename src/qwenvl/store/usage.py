@@ -133,7 +133,8 @@ class UsageLog:
         """Rows by local day, model and currency, newest day first: requests (sent), errors, cached answers,
         tokens, cost (in that row's ``currency``; a model used in two regions gives a row per currency), and
         ``local``. A local model's answers (a protocol outside ``qwenvl.models.PAID_PROTOCOLS``: the openai and
-        transformers backends) cost no money: their rows have ``local`` True and ``cost`` and ``currency``
+        transformers backends, and ``compat-local``/``native-local`` for a ``qwenvl serve`` in front of one,
+        ``models.logged_protocol``) cost no money: their rows have ``local`` True and ``cost`` and ``currency``
         None. ``unpriced`` counts the answers of a paid protocol whose cost is unknown (the model has no price in
         the table): they are not in ``cost``, which is None (unknown, never 0.0) when no answer of the row had a
         known cost. ``maybe_billed`` counts the requests of a paid protocol that gave no answer but may have been

@@ -142,9 +142,9 @@ class Extraction:
             out["raw_text"] = self.raw_text
         paid = self.failure if isinstance(self.failure, StructuredOutputError) else None
         if paid is not None and isinstance(self.response, Response):
-            from qwenvl.models import answer_cost, cost_fields, currency_of, is_paid
+            from qwenvl.models import answer_cost, answer_paid, cost_fields, currency_of
 
-            local = not is_paid(self.response.protocol)
+            local = not answer_paid(self.response)
             out["usage"] = self.response.usage.model_dump(exclude={"raw"}, exclude_none=True)
             out["requests"] = paid.requests
             out["request_ids"] = paid.request_ids

@@ -36,7 +36,7 @@ from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import Source, looks_swapped, media_kind, swapped_error
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
-from qwenvl.plan import Call, answer_reserve, answer_space, media_options
+from qwenvl.plan import CONTEXT_WARN_SHARE, Call, answer_reserve, answer_space, media_options, quiet_context
 from qwenvl.sizes import Size
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
 from qwenvl.types import Response, media_refs, not_blank
@@ -610,24 +610,36 @@ def plan_task(client: SupportsPlan, model: ModelInfo, default_max_tokens: int, /
     """``client.plan(**fields)`` for a task whose answer is long (OCR, boxes, extraction, events): ``max_tokens`` as
     given, else the task's ``default_max_tokens`` capped by ``model.max_output_tokens`` and, for a model whose
     context is small (a local model of a few thousand tokens), lowered to what the context leaves after the prompt
-    and media (``qwenvl.plan.answer_space``; at least the service's reserve, ``answer_reserve``): a default is
-    never what makes a request too long. A ``max_tokens`` the user gave that does not fit is refused as
-    ``Client.plan`` refuses it. Raises what ``Client.plan`` raises."""
+    and media, within ``CONTEXT_WARN_SHARE`` of it (``qwenvl.plan.answer_space``; at least the service's reserve,
+    ``answer_reserve``): a default is never what makes a request too long, nor what a warning that it is near the
+    window is about (such a warning stays when the input alone is near it). A ``max_tokens`` the user gave that does
+    not fit is refused as ``Client.plan`` refuses it. Raises what ``Client.plan`` raises."""
     if fields.get("max_tokens") is not None:
         return client.plan(**fields)
     fields.pop("max_tokens", None)
     first = min(default_max_tokens, model.max_output_tokens)
+    failed: UsageError | None = None
     try:
-        return client.plan(max_tokens=first, **fields)
+        with quiet_context():  # no warning of our own default: it is lowered below when near the window
+            call = client.plan(max_tokens=first, **fields)
     except UsageError as exc:  # too long for the context (or another fault: the probe below then says the same)
+        failed = exc
         try:
-            probe = client.plan(**{**fields, "max_tokens": 1, "estimate_only": True})  # the caller's may be set
+            with quiet_context():
+                call = client.plan(**{**fields, "max_tokens": 1, "estimate_only": True})  # the caller's may be set
         except QwenVLError:
             raise exc from None
-        room = answer_space(probe)
-        if not (max(1, answer_reserve(probe.request, probe.model)) <= room < first):
-            raise exc from None
-    return client.plan(max_tokens=room, **fields)
+    quiet_room = answer_space(call, CONTEXT_WARN_SHARE)
+    least = max(1, answer_reserve(call.request, call.model))
+    if failed is None and quiet_room >= max(first, least):
+        return call  # fits well (no warning was kept from it): planned as it is sent
+    # within the share when that leaves the answer at least half the room the window leaves it; else the input
+    # itself is near the window, which the request's own warning says
+    space = answer_space(call)
+    room = min(first, quiet_room if quiet_room >= max(least, space // 2) else space)
+    if failed is not None and not least <= room < first:
+        raise failed from None
+    return client.plan(max_tokens=room if room >= least else first, **fields)
 
 
 def grounding_prompt(model: ModelInfo, query: str, kind: Literal["box", "point", "text"] = "box") -> str:
