@@ -1059,6 +1059,16 @@ def take_stdin(what: str) -> None:
     ctx.meta[_STDIN_USE_KEY] = what
 
 
+def force_option(fn: Callable) -> Callable:
+    """``--force``: an output file may replace an existing file qwenvl did not write (``qwenvl.outputs.
+    check_outputs``; never an input of the command, a database, or media under a text output)."""
+    return click.option(
+        "--force",
+        is_flag=True,
+        help="Replace an existing output file that qwenvl did not write (never one of the command's inputs).",
+    )(fn)
+
+
 def not_dash(hint: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A click callback for an option whose value is a file to write or a folder, where ``-`` (standard input or
     output) can mean nothing: HintedBadParameter (exit 2) naming the option, with ``hint``, rather than a file

@@ -14,6 +14,7 @@ from qwenvl.cli.common import (
     Verb,
     check_pages_apply,
     err_console,
+    force_option,
     generation_options_for,
     make_client,
     not_dash,
@@ -55,6 +56,7 @@ from qwenvl.tasks.events import (
     help="Write a contact sheet: the frames the model saw, with their times, and the timeline (its format follows "
     "the suffix: .png, .jpg...).",
 )
+@force_option
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options_for(
     max_tokens=f"{EVENTS_MAX_TOKENS}, or the model's limit if lower",
@@ -92,7 +94,9 @@ def events(opts: dict[str, Any]) -> None:
                 "--sheet needs the frames: give a local video file (or frame images), not a URL",
                 hint="Download the video first, or leave out --sheet.",
             )
-        sheet = check_outputs({"--sheet": opts["sheet_file"]}, inputs={"MEDIA": refs}, pictures={"--sheet"})["--sheet"]
+        sheet = check_outputs(
+            {"--sheet": opts["sheet_file"]}, inputs={"MEDIA": refs}, pictures={"--sheet"}, force=opts["force"]
+        )["--sheet"]
         image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
     fields = request_fields(opts)
     client = make_client(opts)
@@ -120,7 +124,12 @@ def events(opts: dict[str, Any]) -> None:
             shown = f"{len(pictures)} of {total}" if total > len(pictures) else f"{len(pictures)}"
             title = f"{timeline.video} · {length}{shown} frames at {rate:g} fps"
             contact_sheet(
-                pictures, times, sheet, title=title, events=[(e.start, e.end, e.event) for e in timeline.events]
+                pictures,
+                times,
+                sheet,
+                title=title,
+                events=[(e.start, e.end, e.event) for e in timeline.events],
+                overwrite=opts["force"],
             )
             err_console().print(f"[dim]wrote {escape(safe_line(sheet))}[/]", highlight=False)
         else:

@@ -17,6 +17,7 @@ from qwenvl.cli.common import (
     check_pages_apply,
     confirm_cost,
     err_console,
+    force_option,
     generation_options_for,
     make_client,
     max_cost_options,
@@ -31,7 +32,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import MediaError, StructuredOutputError, UsageError, safe_line
 from qwenvl.models import spent_label
-from qwenvl.outputs import check_outputs
+from qwenvl.outputs import check_outputs, record_output
 from qwenvl.tasks.extract import EXTRACT_MAX_TOKENS, Extraction, columns, extract_many, plan_extract, to_row
 from qwenvl.types import Response
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     callback=not_dash("Leave --csv out to print JSON lines on standard output."),
     help="Write a CSV instead: a column per top-level key.",
 )
+@force_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -88,9 +90,9 @@ def extract(opts: dict[str, Any]) -> None:
             hint="For example: qwenvl extract invoice.png --schema invoice.schema.json",
         )
     check_pages_apply(opts, files)
-    csv_path = check_outputs({"--csv": opts["csv_file"]}, inputs={"FILES": files, "--schema": opts["schema_file"]}).get(
-        "--csv"
-    )
+    csv_path = check_outputs(
+        {"--csv": opts["csv_file"]}, inputs={"FILES": files, "--schema": opts["schema_file"]}, force=opts["force"]
+    ).get("--csv")
     client = make_client(opts)
     from qwenvl.batch.runner import estimate_calls  # loaded when a run is priced, not with the CLI
 
@@ -145,3 +147,4 @@ def write_csv(path: Any, schema: Any, rows: list[Extraction]) -> None:
         writer.writerow(names)
         for row in rows:
             writer.writerow(as_given(to_row(row, names)))
+    record_output(path)

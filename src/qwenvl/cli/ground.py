@@ -15,6 +15,7 @@ from qwenvl.cli.common import (
     Verb,
     check_pages_apply,
     err_console,
+    force_option,
     generation_options_for,
     make_client,
     not_dash,
@@ -65,6 +66,7 @@ READINGS = {
     callback=not_dash("Name the picture's file, e.g. --out boxes.png."),
     help="Write the image with the boxes and points drawn on it, in the format its suffix names (.png, .jpg...).",
 )
+@force_option
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options_for(
@@ -101,7 +103,9 @@ def ground(opts: dict[str, Any]) -> None:
                 "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
                 hint="Download the image first, or leave out --out.",
             )
-        out = check_outputs({"--out": opts["out_file"]}, inputs={"IMAGE": image}, pictures={"--out"})["--out"]
+        out = check_outputs(
+            {"--out": opts["out_file"]}, inputs={"IMAGE": image}, pictures={"--out"}, force=opts["force"]
+        )["--out"]
         image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
     page = opts["page"]
@@ -136,7 +140,7 @@ def ground(opts: dict[str, Any]) -> None:
     if not result.boxes and not result.points and not opts["as_json"]:
         show_raw(result.raw_text)
     if out is not None:
-        annotate(result.picture or image, result, out)
+        annotate(result.picture or image, result, out, overwrite=opts["force"])
         err_console().print(f"[dim]wrote {escape(safe_line(out))}[/]", highlight=False)
     summary(result)
     show_usage(response, cut_off=False, region=opts["region"])

@@ -19,6 +19,7 @@ from qwenvl.cli.common import (
     confirm_cost,
     err_console,
     error_record,
+    force_option,
     generation_options_for,
     json_asked,
     json_said,
@@ -35,7 +36,7 @@ from qwenvl.cli.streams import OutputClosed, stop_if_reader_left
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
-from qwenvl.outputs import check_outputs
+from qwenvl.outputs import check_outputs, record_output
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import (
     FORMATS,
@@ -104,6 +105,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     callback=not_dash("Leave -o out to print the result on standard output."),
     help="Write the result here instead of stdout.",
 )
+@force_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -130,7 +132,9 @@ def ocr(opts: dict[str, Any]) -> None:
     source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
-    output = check_outputs({"-o/--output": opts["output"]}, inputs={"FILE": source}).get("-o/--output")
+    output = check_outputs({"-o/--output": opts["output"]}, inputs={"FILE": source}, force=opts["force"]).get(
+        "-o/--output"
+    )
     fields = request_fields(opts)
     fields.pop("pages", None)  # OCR sends one request per page: the selection goes to plan_pages
     client = make_client(opts)
@@ -171,6 +175,7 @@ def ocr(opts: dict[str, Any]) -> None:
     text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
+        record_output(output)  # qwenvl's own: a re-run (--pages N- for the rest) may replace it
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif streamed:
         pass  # written page by page (``_writer``)
