@@ -1291,8 +1291,8 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     """A failure as JSON, the one shape of every verb's: ``{"type", "message", "hint", "status", "request_id",
     "exit_code"}`` (``status`` and ``request_id`` null where there are none), and for an answer that was paid for
     but not valid JSON (for the schema; ``StructuredOutputError``) what it left (``paid_record``: ``raw_text``,
-    ``errors``, ``usage``, ``cost``, ``currency``, ``local``, ``cached``, ``requests``, ``request_ids``); Ctrl-C and the signals handled as it
-    (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted" (or "terminated (SIGTERM)"),
+    ``errors``, ``usage``, ``cost``, ``currency``, ``local``, ``cached``, ``requests``, ``request_ids``); Ctrl-C
+    and the signals handled as it (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted" (or "terminated (SIGTERM)"),
     ..., "exit_code": 130 (143, 129)}``. Raises nothing."""
     code: int | None
     if isinstance(exc, KeyboardInterrupt):
