@@ -1292,8 +1292,8 @@ def error_record(exc: BaseException) -> dict[str, Any]:
     "exit_code"}`` (``status`` and ``request_id`` null where there are none), and for an answer that was paid for
     but not valid JSON (for the schema; ``StructuredOutputError``) what it left (``paid_record``: ``raw_text``,
     ``errors``, ``usage``, ``cost``, ``currency``, ``local``, ``cached``, ``requests``, ``request_ids``); Ctrl-C
-    and the signals handled as it (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted" (or "terminated (SIGTERM)"),
-    ..., "exit_code": 130 (143, 129)}``. Raises nothing."""
+    and the signals handled as it (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted"
+    (or "terminated (SIGTERM)"), ..., "exit_code": 130 (143, 129)}``. Raises nothing."""
     code: int | None
     if isinstance(exc, KeyboardInterrupt):
         from qwenvl.cli.signals import Terminated, exit_code
