@@ -204,7 +204,7 @@ class EstimateItem(BaseModel):
     height: int | None = None
     frames: int | None = None
     mime: str | None = None
-    bytes_sent: int = 0
+    bytes_sent: int | None = Field(None, description="Bytes sent inline; null when not computed (estimate-only).")
     tokens: int | None = None
     tokens_exact: bool | None = Field(
         None, description="False where the service decides the count (a video sent whole, which it samples)."

@@ -56,7 +56,8 @@ READINGS = {
     "--json",
     "as_json",
     is_flag=True,
-    help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, dropped, truncated, warnings}.",
+    help="Print {image, page, width, height, model, boxes: [{label, x1, y1, x2, y2}], points, dropped, truncated, "
+    "warnings, convention}, with usage, cost and request ids.",
 )
 @click.option(
     "--out",

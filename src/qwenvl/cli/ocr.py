@@ -154,7 +154,7 @@ def ocr(opts: dict[str, Any]) -> None:
     if opts["dry_run"]:
         dry_run(client, next(iter(plans))[1], estimate())
         return
-    result = OCRResult(source=source, format=fmt)
+    result = OCRResult(source=source, format=fmt, model=model.name)  # the model asked, until one answers
     streamed = fmt != "json" and output is None  # each page written as it is read; one JSON document waits
     stopped: BaseException | None = None
     try:
@@ -166,7 +166,7 @@ def ocr(opts: dict[str, Any]) -> None:
                 plans = _while_read(plans)
             send_pages(client, source, plans, format=fmt, result=result, on_page=_writer(result) if streamed else None)
     except (QwenVLError, KeyboardInterrupt) as exc:
-        if result.stopped_at is None:  # refused before the first request (a plan, the cost cap): nothing read
+        if not result.stopped:  # refused before the first request (a plan, the cost cap): nothing read
             mark_stopped(result, None, source, exc)
         if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
             raise  # nothing read: nothing to write (a file given with -o is left as it was)

@@ -111,10 +111,12 @@ class OCRPage(BaseModel):
 
 class OCRResult(BaseModel):
     """What ``ocr`` returns: one ``OCRPage`` per image or PDF page, the answering ``model``, the ``warnings`` of
-    every page (prefixed with its page), and the ``responses`` (one per page). ``stopped_at``: the page (1-based;
-    0 for an image) whose request failed or was interrupted, when ``send_pages`` was given this result to fill
-    and stopped there (the pages before it are kept); None when every page was read. Raises
-    pydantic.ValidationError when built with a wrong type."""
+    every page (prefixed with its page), and the ``responses`` (one per page). ``stopped``: True when the reading
+    failed or was interrupted, when ``send_pages`` was given this result to fill and stopped (the pages before it
+    are kept); ``stopped_at``: then the PDF page (1-based) whose request failed, None for an image (whose page is
+    None) and when every page was read. ``model``: the model that answered, else the model asked (set before a
+    request is sent; None when nothing was planned). Raises pydantic.ValidationError when built with a wrong
+    type."""
 
     source: str | None  # the file or URL read; None for bytes or a PIL image (``shown_ref``)
     format: str
@@ -122,6 +124,7 @@ class OCRResult(BaseModel):
     pages: list[OCRPage] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # every page's warnings, prefixed with its page
     responses: list[Response] = Field(default_factory=list, exclude=True, repr=False)
+    stopped: bool = False
     stopped_at: int | None = None
 
     @property
@@ -140,8 +143,9 @@ class OCRResult(BaseModel):
         return not self.text.strip() and not any(p.lines for p in self.pages)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON), and ``"stopped_at"``
-        when the reading stopped before the last page. Raises nothing."""
+        """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON), and ``"stopped"`` (true)
+        and ``"stopped_at"`` (the page; null for an image) when the reading stopped before the last page. Raises
+        nothing."""
         out: dict[str, Any] = {
             "source": self.source,
             "model": self.model,
@@ -149,8 +153,8 @@ class OCRResult(BaseModel):
             "pages": [p.model_dump() for p in self.pages],
             "warnings": self.warnings,
         }
-        if self.stopped_at is not None:
-            out["stopped_at"] = self.stopped_at
+        if self.stopped:
+            out["stopped"], out["stopped_at"] = True, self.stopped_at
         return out
 
 
@@ -372,6 +376,7 @@ def send_pages(
     try:
         for number, call in plans:
             reading = number if number is not None else 0
+            result.model = result.model or call.request.model  # the model asked, until one answers
             page = _add_page(result, call, client.send(call), format=format, number=number)
             reading = None
             if on_page is not None:
@@ -430,10 +435,10 @@ def pages_left(source: str, pages: str | None, stopped_at: int) -> str:
 
 
 def mark_stopped(result: OCRResult, reading: int | None, source: str, exc: BaseException) -> None:
-    """Where the reading stopped (``reading``: the page under way, 0 for an image; None: planning the next page
-    failed, or the reading was refused before it began): that page, else the next one; 0 for an image
-    (``OCRResult.stopped_at``), also when planning it failed. ``exc`` carries ``result`` as ``.partial``. Raises
-    nothing."""
+    """Mark ``result`` stopped (``OCRResult.stopped``) where the reading stopped (``reading``: the page under way,
+    0 for an image; None: planning the next page failed, or the reading was refused before it began): that page,
+    else the next one; None for an image (``OCRResult.stopped_at``), also when planning it failed. ``exc``
+    carries ``result`` as ``.partial``. Raises nothing."""
     with contextlib.suppress(AttributeError):  # an exception type with __slots__: nothing to carry it on
         exc.partial = result  # type: ignore[attr-defined]
     if reading is None:
@@ -444,7 +449,7 @@ def mark_stopped(result: OCRResult, reading: int | None, source: str, exc: BaseE
                 reading = 1 if media_kind(classify(source)) == "pdf" else 0
             except QwenVLError:  # the source itself is the fault (gone, unreadable): no page was reached
                 reading = 0
-    result.stopped_at = reading
+    result.stopped, result.stopped_at = True, reading or None
 
 
 def _finished(result: OCRResult) -> OCRResult:
