@@ -28,6 +28,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, first_names, split_media
+from qwenvl.models import spent_fields
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
 from qwenvl.tasks.events import (
@@ -109,7 +110,7 @@ def events(opts: dict[str, Any]) -> None:
     with client:
         timeline = send_events(client, call)
     if opts["as_json"]:
-        print_json(timeline.to_json())
+        print_json(timeline.to_json() | spent_fields([timeline.response], region=opts["region"]))  # what it took
     else:
         print_timeline(timeline)
     warn(timeline.warnings)

@@ -30,6 +30,7 @@ from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_u
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.pdf import check_page
 from qwenvl.media.sources import classify, first_names, media_kind
+from qwenvl.models import spent_fields
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import annotate, check_fits, image_format
 from qwenvl.tasks.grounding import (
@@ -134,7 +135,7 @@ def ground(opts: dict[str, Any]) -> None:
         response = client.send(call)
     result = read_grounding(call, response, image=image)
     if opts["as_json"]:
-        print_json(result.to_json())
+        print_json(result.to_json() | spent_fields([response], region=opts["region"]))  # what it took, as ask
     else:
         print_table(result)
     warn(result.warnings)

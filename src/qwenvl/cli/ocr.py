@@ -36,6 +36,7 @@ from qwenvl.cli.streams import OutputClosed, stop_if_reader_left
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
+from qwenvl.models import spent_fields
 from qwenvl.outputs import check_outputs, record_output
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import (
@@ -171,7 +172,8 @@ def ocr(opts: dict[str, Any]) -> None:
         if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
             raise  # nothing read: nothing to write (a file given with -o is left as it was)
         stopped = exc  # the pages already read (and paid for) are written first, then the error is reported
-    record = result.to_json() | ({"error": error_record(stopped)} if stopped is not None else {})
+    record = result.to_json() | spent_fields(result.responses, region=opts["region"])  # every page's, paid
+    record |= {"error": error_record(stopped)} if stopped is not None else {}
     text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")

@@ -120,13 +120,18 @@ class Extraction:
         return self.error is None
 
     def line(self, region: str | None = None) -> dict[str, Any]:
-        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``. A failed answer that was
-        paid for (not valid for the schema: ``StructuredOutputError``) also says what it took, as a batch line
-        does: ``"usage"`` (every request of the call), ``"requests"`` (2 after a repair), ``"request_ids"`` and
-        the cost in ``region``'s currency (``models.cost_fields``: null when unknown; a local model's
-        ``"local": true``). Raises UsageError for an unknown region."""
+        """The JSONL record: ``{"file", "json"}`` with what the answer took (``models.spent_fields``: ``usage``,
+        ``cost``, ``currency``, ``local``, ``cached``, ``requests``, ``request_ids``, ``request_id``), or ``{"file",
+        "error"[, "raw_text"]}``. A failed answer that was paid for (not valid for the schema:
+        ``StructuredOutputError``) also says what it took, as a batch line does: ``"usage"`` (every request of the
+        call), ``"requests"`` (2 after a repair), ``"request_ids"`` and the cost in ``region``'s currency
+        (``models.cost_fields``: null when unknown; a local model's ``"local": true``). Raises UsageError for an
+        unknown region."""
         if self.ok:
-            return {"file": self.file, "json": self.json}
+            from qwenvl.models import spent_fields
+
+            spent = spent_fields([self.response], region=region) if isinstance(self.response, Response) else {}
+            return {"file": self.file, "json": self.json, **spent}
         out: dict[str, Any] = {"file": self.file, "error": self.error}
         if self.raw_text is not None:
             out["raw_text"] = self.raw_text
