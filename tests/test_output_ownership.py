@@ -156,3 +156,11 @@ def test_annotate_refuses_a_suffix_that_names_no_picture_before_drawing(user_fil
     with pytest.raises(UsageError, match=r"boxes\.txt.*not a picture format"):
         tasks.annotate("beach.jpg", g, "boxes.txt")
     assert not (user_files / "boxes.txt").exists()
+
+
+def test_the_drawing_functions_say_what_they_raise() -> None:
+    """help(qwenvl.tasks.annotate) said "PNG when unknown" for a suffix that is in fact refused (UsageError)."""
+    for fn in (tasks.annotate, tasks.contact_sheet):
+        doc = " ".join((fn.__doc__ or "").split())
+        assert "PNG when unknown" not in doc
+        assert "UsageError" in doc and "overwrite=True" in doc, fn.__name__

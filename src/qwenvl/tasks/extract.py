@@ -75,8 +75,9 @@ def extract(client: SupportsComplete, file: Any, schema: Any, *, prompt: str | N
     one repair request when the first answer is invalid. ``fields`` are any Request fields.
 
     Raises ``StructuredOutputError`` when the answer is not valid even after one repair (the answer is in
-    ``.raw_text`` and ``.response``), SchemaDefinitionError for an invalid schema, and what ``Client.complete``
-    raises (UsageError, MediaError, APIError and its subclasses); TypeError for an AsyncClient (use ``aextract``).
+    ``.raw_text`` and ``.response``), SchemaDefinitionError for an invalid schema, and what ``plan_extract`` and
+    ``Client.send`` raise (UsageError, MediaError, APIError and its subclasses); TypeError for an AsyncClient
+    (use ``aextract``).
     ``file``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image; ``schema`` a dict, a schema file's
     path (``str`` or ``os.PathLike``) or a pydantic model class.
     """

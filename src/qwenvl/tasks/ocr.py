@@ -476,12 +476,12 @@ def ocr(
     the most the pages may cost, in the region's currency (``estimate_ocr``: every answer at ``max_tokens``),
     checked before anything is sent (default None: no cap); ``fields``: any Request fields.
 
-    Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax, an estimate over ``max_cost``
-    or one that cannot be priced), MediaError (a page out of range, media that cannot be sent), and what
+    Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax, an estimate over ``max_cost`` or
+    one that cannot be priced), MediaError (a page out of range, media that cannot be sent), and what
     ``Client.send`` raises (APIError and its subclasses); TypeError for an AsyncClient (use ``aocr``). An error
     after some pages were read carries them: ``exc.partial`` (``partial(exc)``) is the OCRResult of the pages read,
-    its ``stopped_at`` the page that failed. A page without text is not an error (a warning). ``source``: a path
-    (``str`` or ``os.PathLike``), URL, bytes or PIL image."""
+    ``stopped`` True and ``stopped_at`` the PDF page that failed (None for an image). A page without text is not an
+    error (a warning). ``source``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image."""
     sync_client(client, "ocr")
     source = task_media(source)
     if max_cost is not None:
@@ -525,6 +525,7 @@ async def aocr(
         while (planned := await in_thread(next, plans, None)) is not None:
             number, call = planned
             reading = number if number is not None else 0
+            result.model = result.model or call.request.model  # the model asked, until one answers
             _add_page(result, call, await client.send(call), format=format, number=number)
             reading = None
     except BaseException as exc:
