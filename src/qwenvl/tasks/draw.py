@@ -269,7 +269,8 @@ def _check_out(out: str | Path, image: Any, overwrite: bool) -> None:
     from qwenvl.outputs import check_outputs
 
     refs = image if isinstance(image, str | os.PathLike) else None
-    check_outputs({"out": out}, inputs={"image": refs}, pictures={"out"}, force=overwrite, force_flag="--force")
+    name = "the out file"  # the argument, in words: "Give the out file a new file name"
+    check_outputs({name: out}, inputs={"image": refs}, pictures={name}, force=overwrite, force_flag="--force")
 
 
 def save(img: Image.Image, out: str | Path) -> Path:
