@@ -7,12 +7,15 @@ A new user found that ground, ocr, events and extract never reported a request i
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 from PIL import Image
 
-from conftest import run_cli, write_image
+from conftest import API_KEY, run_cli, write_image
 from dashscope_server import DashScopeServer, Reply
 from test_tasks_events import SEED_ANSWER, make_clip
 
@@ -54,3 +57,35 @@ def test_json_says_what_the_verb_took(
         assert out["usage"]["input_tokens"] > 0 and out["usage"]["output_tokens"] > 0
     else:
         assert out["request_id"] == out["request_ids"][-1] and out["usage"]["input_tokens"] > 0
+
+
+def _on_a_terminal(server: DashScopeServer, folder: Path, *args: str) -> str:
+    """What ``qwenvl ARGS`` shows on a terminal (a pseudo-terminal: stdout and stderr together)."""
+    env = {**os.environ, "DASHSCOPE_API_KEY": API_KEY, "TERM": "xterm", "COLUMNS": "200", "LINES": "30"}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "qwenvl", *args, "--base-url", server.url],
+        env=env,
+        cwd=str(folder),
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(30, 200),
+    )
+    try:
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+    return str(child.before)
+
+
+@pytest.mark.parametrize("verb", [["ground", "beach.jpg", "person"], ["ask", "beach.jpg", "-p", "x"]])
+def test_the_footer_follows_asks_rule(verb: list[str], media: Path, server: DashScopeServer) -> None:
+    """On a terminal the footer (model · tokens · cost · request id) ends the text, on stderr; with --json the JSON
+    carries it and there is no footer, for ask and the task verbs alike."""
+    server.enqueue(Reply(text='[{"bbox_2d": [1, 2, 500, 900], "label": "person"}]', times=2))
+    text = _on_a_terminal(server, media, *verb)
+    footer = [line for line in text.splitlines() if "request " in line and "≈¥" in line]
+    assert len(footer) == 1, text
+    shown = _on_a_terminal(server, media, *verb, "--json")
+    assert not [line for line in shown.splitlines() if "request " in line and "≈¥" in line], shown

@@ -135,7 +135,7 @@ def events(opts: dict[str, Any]) -> None:
             err_console().print(f"[dim]wrote {escape(safe_line(sheet))}[/]", highlight=False)
         else:
             warn(["no local frames to draw: the contact sheet was not written"])
-    show_usage(timeline.response, cut_off=False, region=opts["region"])
+    show_usage(timeline.response, cut_off=False, region=opts["region"], footer=not opts["as_json"])
 
 
 def print_timeline(timeline: Timeline) -> None:

@@ -145,7 +145,7 @@ def ground(opts: dict[str, Any]) -> None:
         annotate(result.picture or image, result, out, overwrite=opts["force"])
         err_console().print(f"[dim]wrote {escape(safe_line(out))}[/]", highlight=False)
     summary(result)
-    show_usage(response, cut_off=False, region=opts["region"])
+    show_usage(response, cut_off=False, region=opts["region"], footer=not opts["as_json"])
 
 
 def print_table(result: Grounding) -> None:

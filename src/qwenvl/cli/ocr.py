@@ -191,7 +191,7 @@ def ocr(opts: dict[str, Any]) -> None:
         blank = [str(p.page) for p in result.pages if not p.text.strip() and not p.lines]
         if blank:
             note(f"no text found on page{'s' if len(blank) > 1 else ''} {', '.join(blank)}")
-    show_usage(*result.responses, cut_off=False, region=opts["region"])
+    show_usage(*result.responses, cut_off=False, region=opts["region"], footer=fmt != "json")
     if stopped is not None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
