@@ -164,3 +164,19 @@ def test_the_drawing_functions_say_what_they_raise() -> None:
         doc = " ".join((fn.__doc__ or "").split())
         assert "PNG when unknown" not in doc
         assert "UsageError" in doc and "overwrite=True" in doc, fn.__name__
+
+
+def test_a_batch_csv_keeps_a_hand_made_file_and_rewrites_its_own(
+    user_files: Path, server: DashScopeServer, env: dict[str, str]
+) -> None:
+    (user_files / "pics").mkdir()
+    write_image(user_files / "pics" / "a.png", (32, 24))
+    before = (user_files / "ledger.csv").read_bytes()
+    p = run_cli("batch", "pics", "-p", "x", "-o", "r.jsonl", "--csv", "ledger.csv", env=env)
+    assert p.returncode == 2 and "--csv ledger.csv exists and was not written by qwenvl" in p.stderr
+    assert "--fresh" not in p.stderr.splitlines()[-1]  # it would also delete the batch's answers: never advised
+    assert (user_files / "ledger.csv").read_bytes() == before and server.requests == []
+    for _ in range(2):  # the second run resumes and rewrites the csv it wrote
+        p = run_cli("batch", "pics", "-p", "x", "-o", "r.jsonl", "--csv", "t.csv", env=env)
+        assert p.returncode == 0, p.stderr
+    assert written_by_qwenvl(user_files / "t.csv") and len(server.requests) == 1

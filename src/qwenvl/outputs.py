@@ -216,7 +216,7 @@ def check_outputs(
     pictures: Collection[str] = (),
     resumed: Collection[str] = (),
     force: bool = False,
-    force_flag: str = "--force",
+    force_flag: str | None = "--force",
 ) -> dict[str, Path]:
     """The one rule for a command's output files, run before anything is sent or paid for: each output given
     (``outputs``: the option as the user names it, e.g. ``"-o/--output"``, to the file; None: not given) must be
@@ -230,7 +230,9 @@ def check_outputs(
     CSV, Markdown, text) over an existing file whose bytes are media (``media.sources.held_media``: an image, a
     video, a PDF), which the write would destroy, and, unless ``force`` (the user's ``force_flag``, ``--force``;
     ``overwrite=True`` in the library), for an output over an existing, non-empty file qwenvl did not write
-    (``written_by_qwenvl``: the options in ``resumed`` left to their own rule). An output that holds what qwenvl
+    (``written_by_qwenvl``: the options in ``resumed`` left to their own rule; the hint offers ``force_flag``
+    unless it is None, for a command whose consent is not the user's to be advised: a batch's ``--fresh``, which
+    also starts the batch over). An output that holds what qwenvl
     wrote before, unchanged since, is replaced: a re-run works. The inputs, the databases and a text output over
     media are refused even with ``force``. Returns the checked paths (``~`` expanded) by option, for the outputs
     given."""
@@ -267,7 +269,9 @@ def check_outputs(
         if not force and option not in resumed and _foreign(path):
             raise UsageError(
                 f"{option} {path} exists and was not written by qwenvl: writing this output there would replace it",
-                hint=f"Give {option} a new file name (nothing was sent), or pass {force_flag} to replace it.",
+                hint=f"Give {option} a new file name (nothing was sent), or pass {force_flag} to replace it."
+                if force_flag
+                else f"Give {option} a new file name, or move {path.name} aside (nothing was sent).",
             )
         checked[option] = path
     return checked
