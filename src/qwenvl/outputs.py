@@ -5,13 +5,13 @@ qwenvl wrote (``record_output``, ``written_by_qwenvl``), by which an output repl
 output unless the user says so.
 
 **qwenvl's own earlier output.** Each time qwenvl writes an output file (``record_output``: every verb's, the
-library's ``annotate`` and ``contact_sheet``, a batch's output and CSV) it records the file's identity (its
-resolved path, device and inode) and its state (size in bytes and modification time in nanoseconds) in
-``outputs.db``, an SQLite file in qwenvl's data folder (``$QWENVL_HOME``). A file is qwenvl's own while all of
-them still match: a re-run, or ``ocr --pages N-`` writing the rest of a document to the same ``-o``, replaces
-it; a file edited since (its size or time changed), copied, or never written by qwenvl is the user's, and is
-replaced only with ``--force`` (``overwrite=True`` in the library). An empty file holds nothing to lose and may
-be written.
+library's ``annotate`` and ``contact_sheet``, a batch's output and CSV) it records the file's identity (its resolved
+path, device and inode) and its state (size in bytes and modification time in nanoseconds) in ``outputs.db``, an
+SQLite file in qwenvl's data folder (``$QWENVL_HOME``). A file is qwenvl's own while all of them still match: a
+re-run (or a later run writing to an earlier one's output, as an OCR resumed with ``--pages N-`` may) writes it
+again; a file edited since (its size or time changed), copied, or never written by qwenvl is the user's, and is
+replaced only with ``--force`` (``overwrite=True`` in the library). An empty file holds nothing to lose and may be
+written.
 
 Used by every verb that takes an output file (``ocr -o``, ``ground --out``, ``events --sheet``, ``extract
 --csv``, ``analyze --output``, ``batch -o``/``--csv``), the MCP server's drawings, the batch outputs and the

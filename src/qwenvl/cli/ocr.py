@@ -177,7 +177,7 @@ def ocr(opts: dict[str, Any]) -> None:
     text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:
         output.write_text(text + "\n", encoding="utf-8")
-        record_output(output)  # qwenvl's own: a re-run (--pages N- for the rest) may replace it
+        record_output(output)  # qwenvl's own: a later run (a re-run, --pages N- for the rest) may write it again
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif streamed:
         pass  # written page by page (``_writer``)
