@@ -103,9 +103,9 @@ def test_success_with_json_is_one_document(server, env, doc: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["service", "planning"])
-def test_ocr_json_of_an_image_stops_at_page_0_however_it_fails(server, env, doc: Path, how: str) -> None:
-    """An image is page 0 (``OCRResult.stopped_at``), whether its request failed or planning it did (a refused
-    option: nothing sent); the library says the same."""
+def test_ocr_json_of_an_image_stops_at_no_page_however_it_fails(server, env, doc: Path, how: str) -> None:
+    """An image has no page: ``stopped`` true and ``stopped_at`` null (as its page is), whether its request failed or
+    planning it did (a refused option: nothing sent); the JSON names the model asked; the library says the same."""
     import qwenvl
     from conftest import API_KEY
     from qwenvl.tasks.ocr import OCRResult, plan_pages, send_pages
@@ -116,7 +116,8 @@ def test_ocr_json_of_an_image_stops_at_page_0_however_it_fails(server, env, doc:
     p = run_cli("ocr", "a.png", "--format", "json", "--max-retries", "0", *args, env=env)
     assert p.returncode in (2, 5), p.stderr
     out = json.loads(p.stdout)
-    assert out["pages"] == [] and out["stopped_at"] == 0, out
+    assert out["pages"] == [] and out["stopped"] is True and out["stopped_at"] is None, out
+    assert out["model"] == "qwen3-vl-plus", out  # the model asked: none answered
     fields = {"max_tokens": 99999999} if how == "planning" else {}
     result = OCRResult(source="a.png", format="text")
     with qwenvl.Client(api_key=API_KEY, base_url=server.url, usage_log=False, max_retries=0) as client:
@@ -125,4 +126,4 @@ def test_ocr_json_of_an_image_stops_at_page_0_however_it_fails(server, env, doc:
         plans = plan_pages(client, str(doc.parent / "a.png"), **fields)
         with pytest.raises(qwenvl.QwenVLError):
             send_pages(client, str(doc.parent / "a.png"), plans, result=result)
-    assert result.stopped_at == 0
+    assert result.stopped and result.stopped_at is None

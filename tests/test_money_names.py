@@ -322,7 +322,7 @@ def test_many_file_extract_lines_say_what_a_schema_failure_paid(server, env, iso
     p = run_cli(*args, env=env)
     assert p.returncode == 5, p.stderr
     ok, failed = (json.loads(line) for line in p.stdout.splitlines())
-    assert ok == {"file": "a.png", "json": {"n": 1}}
+    assert (ok["file"], ok["json"], ok["requests"], len(ok["request_ids"])) == ("a.png", {"n": 1}, 1, 1)  # and its cost
     assert failed["raw_text"] == '{"m": 2}' and failed["requests"] == 2 and failed["local"] is False
     assert failed["usage"]["input_tokens"] > 0 and failed["usage"]["output_tokens"] > 0
     assert len(failed["request_ids"]) == 2 and failed["currency"] == "CNY"

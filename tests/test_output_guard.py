@@ -81,7 +81,7 @@ REFUSED = {
         "b.png",
     ),
     "batch --csv onto a request line's schema": (
-        ["batch", "--requests", "rqs.jsonl", "-o", "r.jsonl", "--csv", "s.json"],
+        ["batch", "--requests", "rqs.jsonl", "-o", "r.jsonl", "--csv", "s.json", "--fresh", "--yes"],
         "csv",
         "rqs.jsonl line 1: schema",
     ),
@@ -241,7 +241,9 @@ def test_check_outputs_names_what_it_protects(files: Path) -> None:
         check_outputs({"-o": "x.csv", "--csv": "./x.csv"})  # neither exists yet
     with written(match=r"holds an image \(PNG\)"):
         check_outputs({"-o": "b.png"})
-    assert check_outputs({"--out": "b.png"}, pictures={"--out"}) == {"--out": Path("b.png")}
+    with written(match=r"--out .*b\.png exists and was not written by qwenvl"):  # a photo of the user's
+        check_outputs({"--out": "b.png"}, pictures={"--out"})
+    assert check_outputs({"--out": "b.png"}, pictures={"--out"}, force=True) == {"--out": Path("b.png")}
     assert check_outputs({"-o": None}) == {}
 
 

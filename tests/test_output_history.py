@@ -30,7 +30,7 @@ def test_the_cli_refuses_an_output_over_a_file_of_the_history(
     (isolated_env / "notes.txt").write_text(NOTES)
     line = {"id": "1", "prompt": "and now?", "messages": _history("notes.txt", key)}
     (isolated_env / "rqs.jsonl").write_text(json.dumps(line) + "\n")
-    for args in (["-o", "notes.txt", "--fresh", "--yes"], ["-o", "r.jsonl", "--csv", "notes.txt"]):
+    for args in (["-o", "notes.txt", "--fresh", "--yes"], ["-o", "r.jsonl", "--csv", "notes.txt", "--fresh", "--yes"]):
         r = run_cli("batch", "--requests", "rqs.jsonl", *args, env=env)
         assert r.returncode == 2, r.stderr
         assert f"notes.txt is also an input of this command (rqs.jsonl line 1: messages[0] {key})" in r.stderr

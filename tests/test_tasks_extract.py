@@ -51,10 +51,16 @@ def test_many_files_give_jsonl_and_a_failure_is_kept(server, env, files):
     p = extract(env, "inv0.png", "inv1.png", "inv2.png", "--schema", "invoice.schema.json")
     assert p.returncode == 5  # the first failure's exit code
     lines = [json.loads(line) for line in p.stdout.splitlines()]
-    assert lines[0] == {"file": "inv0.png", "json": {"title": "A", "amount": 1}}
+    assert {k: lines[0][k] for k in ("file", "json")} == {"file": "inv0.png", "json": {"title": "A", "amount": 1}}
+    # what each answer took, as ask's footer says it (the accounting of every task verb)
+    assert lines[0]["requests"] == 1 and lines[0]["request_id"] and lines[0]["usage"]["input_tokens"] > 0
+    assert lines[0]["cost"] > 0 and lines[0]["currency"] == "CNY"
     assert lines[1]["file"] == "inv1.png" and "amount" in lines[1]["error"]
     assert lines[1]["raw_text"] == '{"title": "still no amount"}'
-    assert lines[2] == {"file": "inv2.png", "json": {"title": "C", "amount": 3, "items": [{"n": 1}]}}
+    assert {k: lines[2][k] for k in ("file", "json")} == {
+        "file": "inv2.png",
+        "json": {"title": "C", "amount": 3, "items": [{"n": 1}]},
+    }
     assert "1 of 3 files failed" in p.stderr
     assert len(server.requests) == 4  # one repair for the second file
 
@@ -79,7 +85,9 @@ def test_csv(server, env, files, isolated_env):
 def test_jsonl_for_one_file(server, env, files):
     server.enqueue(Reply(text='{"title": "A", "amount": 1}'))
     p = extract(env, "inv0.png", "--schema", "invoice.schema.json", "--jsonl")
-    assert p.stdout == '{"file": "inv0.png", "json": {"title": "A", "amount": 1}}\n'
+    line = json.loads(p.stdout)
+    assert p.stdout.count("\n") == 1 and line["file"] == "inv0.png" and line["json"] == {"title": "A", "amount": 1}
+    assert line["request_ids"] == [line["request_id"]] and line["requests"] == 1
 
 
 def test_one_file_invalid_after_repair_exits_5_with_the_raw_answer(server, env, files):

@@ -51,9 +51,11 @@ def estimate_files(
     over the model's context as one request; they are counted all the same); with a local ``client`` (a local model
     has no price: ``qwenvl.models.LOCAL``) ``local`` is True and ``currency`` and every ``cost`` None. An item is
     ``{"source", "kind", "width", "height", "frames", "mime", "bytes_sent", "tokens", "tokens_exact", "cost",
-    "notes"}`` (``tokens_exact`` False where the service decides the count: a video sent whole, ``video_as="file"``,
-    which it samples itself; a PDF gives one item per page, with its 1-based ``"page"`` number in the document; a
-    remote URL ``tokens: None``: the service fetches and sizes it), or ``{"source", "error", "hint"}`` for a file
+    "notes"}`` (``tokens_exact`` False where the service decides the count: a video sent whole,
+    ``video_as="file"``, which it samples itself; a PDF gives one item per page, with its 1-based ``"page"`` number
+    in the document; ``bytes_sent`` null in estimate-only mode (``fast``: nothing is
+    encoded, so it is not known), 0 for a remote URL (nothing inline); a remote URL ``tokens: None``: the service
+    fetches and sizes it), or ``{"source", "error", "hint"}`` for a file
     that cannot be sent (the others go on). The model comes from ``fields``, else ``client``'s default
     (``$QWENVL_MODEL``), else qwen3-vl-plus; a local ``client`` (``--backend openai|transformers``) gives its model's
     own rules, and ``family`` (qwen2.5-vl, qwen3-vl) the rules of a model whose name does not say. ``client`` is a
@@ -175,7 +177,7 @@ def _row(ref: str, item: PreparedItem) -> dict[str, Any]:
         "height": item.height,
         "frames": frames,
         "mime": item.mime,
-        "bytes_sent": item.bytes_sent,
+        "bytes_sent": None if item.estimate else item.bytes_sent,  # estimate-only: nothing encoded, not computed
         "tokens": item.tokens,
         "tokens_exact": item.tokens is not None and item.tokens_exact,
         "cost": None,

@@ -207,7 +207,7 @@ class EstimateItem(BaseModel):
     height: int | None = None
     frames: int | None = None
     mime: str | None = None
-    bytes_sent: int = 0
+    bytes_sent: int | None = Field(None, description="Bytes sent inline; null when not computed (estimate-only).")
     tokens: int | None = None
     tokens_exact: bool | None = Field(
         None, description="False where the service decides the count (a video sent whole, which it samples)."
@@ -337,7 +337,13 @@ def result(value: BaseModel, *extra: ImageContent, exclude_unset: bool = False) 
 
 
 # The tools' own arguments that stand for a CLI flag; every other flag is an ``options`` key (``Options``).
-_TOOL_ARGUMENTS = {"--model": "model", "--thinking": "thinking", "--json-mode": "json_mode", "--schema": "schema"}
+_TOOL_ARGUMENTS = {
+    "--model": "model",
+    "--thinking": "thinking",
+    "--json-mode": "json_mode",
+    "--schema": "schema",
+    "--force": "overwrite=true",
+}
 _OPTION_OF = {"--timeout": "timeout_s", "--no-high-res": "high_res", "--high-res": "high_res"}
 
 
@@ -582,6 +588,9 @@ def build_server(
                 description="Write the image with the boxes drawn here (a .png or .jpg path under the allowed folders)."
             ),
         ] = None,
+        overwrite: Annotated[
+            bool, Field(description="Replace an existing out file that qwenvl did not write (never the image).")
+        ] = False,
         return_image: Annotated[
             bool | None, Field(description="Return the annotated image as image content (default: when out is given).")
         ] = None,
@@ -604,7 +613,7 @@ def build_server(
                 )
             if target is not None:
                 image_format(target, "out")  # the drawing's format follows the suffix: refused before it is paid
-                check_outputs({"out": str(target)}, inputs={"image": ref}, pictures={"out"})
+                check_outputs({"out": str(target)}, inputs={"image": ref}, pictures={"out"}, force=overwrite)
             fields = request_fields(model, options)
             pdf = local_path(ref) is not None and media_kind(classify(ref)) == "pdf"  # a missing file is named
             check_pages_apply(page, [ref], "page")  # the one rule (media.sources), in the tool's words
@@ -622,7 +631,7 @@ def build_server(
             extra: list[ImageContent] = []
             if target is not None or want_image:
                 picture = g.picture or ref
-                img = await anyio.to_thread.run_sync(lambda: annotate(picture, g, target))
+                img = await anyio.to_thread.run_sync(lambda: annotate(picture, g, target, overwrite=overwrite))
                 if want_image:
                     extra.append(_preview(img))
             await _progress(ctx, 2, 2, "done")

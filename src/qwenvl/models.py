@@ -799,6 +799,41 @@ def answer_cost(
     return estimate_cost(model or response.model, u.input_tokens, u.output_tokens or 0, region=region, factor=factor)
 
 
+# The token counts of ``Usage`` summed over several answers (``spent_fields``)
+USAGE_COUNTS = ("input_tokens", "output_tokens", "total_tokens", "image_tokens", "video_tokens", "reasoning_tokens")
+
+
+def spent_fields(responses: Sequence[Response | None], *, region: str | None = None) -> dict[str, Any]:
+    """What ``responses`` (one command's answers; None left out) took, as every verb's JSON gives it:
+    ``{"usage": {count: sum}, "cost", "currency", "local", "cached", "requests", "request_ids", "request_id"}``.
+    ``usage`` sums each of ``USAGE_COUNTS`` the service reported (a count no answer reported left out); the cost is
+    ``answer_cost`` summed, in ``currency_of(region)`` (``cost_fields``: None when one answer's is unknown; a local
+    model's ``{"cost": None, "currency": None, "local": True}``); ``cached`` is whether every answer came from the
+    response cache; ``requests`` is how many requests were paid (``Response.requests``: 2 after a schema repair, 0
+    from the cache); ``request_ids`` the service's ids of them in order, ``request_id`` the last one (None when
+    none). Raises UsageError for an unknown region."""
+    given = [r for r in responses if r is not None]
+    usage: dict[str, int] = {}
+    cost: float | None = 0.0
+    local = bool(given) and all(not answer_paid(r) for r in given)
+    for r in given:
+        for key in USAGE_COUNTS:
+            value = getattr(r.usage, key)
+            if value is not None:
+                usage[key] = usage.get(key, 0) + value
+        one = answer_cost(r, region=region)
+        cost = None if cost is None or one is None else cost + one
+    ids = [rid for r in given for rid in r.request_ids]
+    return {
+        "usage": usage,
+        **cost_fields(cost if given else None, currency_of(region), local=local),
+        "cached": bool(given) and all(r.cached for r in given),
+        "requests": sum(r.requests for r in given),
+        "request_ids": ids,
+        "request_id": ids[-1] if ids else None,
+    }
+
+
 def media_costs(
     model: ModelInfo | str, tokens: Sequence[int | None], *, region: str | None = None
 ) -> tuple[Price | None, list[float | None], float | None]:

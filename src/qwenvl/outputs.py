@@ -1,6 +1,17 @@
 """Files qwenvl writes on a user's behalf: the check of an output path before anything is paid for
 (``check_writable``: can it be written; ``check_outputs``: may it be, beside the command's inputs and other
-outputs), and the one atomic write (a file is complete or absent, never half-written).
+outputs), the one atomic write (a file is complete or absent, never half-written), and the record of the files
+qwenvl wrote (``record_output``, ``written_by_qwenvl``), by which an output replaces only qwenvl's own earlier
+output unless the user says so.
+
+**qwenvl's own earlier output.** Each time qwenvl writes an output file (``record_output``: every verb's, the
+library's ``annotate`` and ``contact_sheet``, a batch's output and CSV) it records the file's identity (its resolved
+path, device and inode) and its state (size in bytes and modification time in nanoseconds) in ``outputs.db``, an
+SQLite file in qwenvl's data folder (``$QWENVL_HOME``). A file is qwenvl's own while all of them still match: a
+re-run (or a later run writing to an earlier one's output, as an OCR resumed with ``--pages N-`` may) writes it
+again; a file edited since (its size or time changed), copied, or never written by qwenvl is the user's, and is
+replaced only with ``--force`` (``overwrite=True`` in the library). An empty file holds nothing to lose and may be
+written.
 
 Used by every verb that takes an output file (``ocr -o``, ``ground --out``, ``events --sheet``, ``extract
 --csv``, ``analyze --output``, ``batch -o``/``--csv``), the MCP server's drawings, the batch outputs and the
@@ -11,15 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
+import sqlite3
 import stat
 import tempfile
+import time
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from qwenvl.errors import UsageError
+
+log = logging.getLogger(__name__)
+LEDGER_FILENAME = "outputs.db"  # in qwenvl's data folder: the files qwenvl wrote (``record_output``)
 
 
 def write_failure_hint(exc: OSError, elsewhere: str = "write elsewhere") -> str:
@@ -198,6 +215,8 @@ def check_outputs(
     inputs: Mapping[str, Refs] | None = None,
     pictures: Collection[str] = (),
     resumed: Collection[str] = (),
+    force: bool = False,
+    force_flag: str | None = "--force",
 ) -> dict[str, Path]:
     """The one rule for a command's output files, run before anything is sent or paid for: each output given
     (``outputs``: the option as the user names it, e.g. ``"-o/--output"``, to the file; None: not given) must be
@@ -209,8 +228,14 @@ def check_outputs(
     a batch journal; a batch's output with its journal, except for the options in ``resumed``: the batch's own
     output, which it resumes), and for an output that is not a picture (every option not in ``pictures``: JSON,
     CSV, Markdown, text) over an existing file whose bytes are media (``media.sources.held_media``: an image, a
-    video, a PDF), which the write would destroy. An output that holds what the command wrote before is
-    replaced: a re-run works. Returns the checked paths (``~`` expanded) by option, for the outputs given."""
+    video, a PDF), which the write would destroy, and, unless ``force`` (the user's ``force_flag``, ``--force``;
+    ``overwrite=True`` in the library), for an output over an existing, non-empty file qwenvl did not write
+    (``written_by_qwenvl``: the options in ``resumed`` left to their own rule; the hint offers ``force_flag``
+    unless it is None, for a command whose consent is not the user's to be advised: a batch's ``--fresh``, which
+    also starts the batch over). An output that holds what qwenvl
+    wrote before, unchanged since, is replaced: a re-run works. The inputs, the databases and a text output over
+    media are refused even with ``force``. Returns the checked paths (``~`` expanded) by option, for the outputs
+    given."""
     from qwenvl.media.sources import held_media
 
     checked: dict[str, Path] = {}
@@ -241,8 +266,100 @@ def check_outputs(
                     f"{option} {path} holds {held}: writing this output there would destroy it",
                     hint=f"Give {option} a new file name (nothing was sent).",
                 )
+        if not force and option not in resumed and _foreign(path):
+            raise UsageError(
+                f"{option} {path} exists and was not written by qwenvl: writing this output there would replace it",
+                hint=f"Give {option} a new file name (nothing was sent), or pass {force_flag} to replace it."
+                if force_flag
+                else f"Give {option} a new file name, or move {path.name} aside (nothing was sent).",
+            )
         checked[option] = path
     return checked
+
+
+def _foreign(path: Path) -> bool:
+    """Whether ``path`` is an existing regular file with something in it that qwenvl did not write (or that was
+    changed since): what an output may replace only when the user says so. Raises nothing."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size > 0 and not written_by_qwenvl(path)
+
+
+def _ledger_path() -> Path:
+    from qwenvl.sessions import home
+
+    return home() / LEDGER_FILENAME
+
+
+def _m001_written(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE written (path TEXT PRIMARY KEY, dev INTEGER NOT NULL, ino INTEGER NOT NULL, "
+        "size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, at REAL NOT NULL)"
+    )
+
+
+def _ledger() -> sqlite3.Connection:
+    from qwenvl.store.db import connect
+
+    return connect(_ledger_path(), [_m001_written])
+
+
+def _identity(path: Path) -> tuple[str, tuple[int, int, int, int]] | None:
+    """(resolved path, (device, inode, size, mtime_ns)) of an existing file; None when it cannot be stat'ed."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+        st = os.stat(resolved)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return str(resolved), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def record_output(path: str | os.PathLike[str]) -> None:
+    """Record that qwenvl has just written the output file ``path`` (its identity and state, in
+    ``outputs.db`` in qwenvl's data folder), so that a later run may replace it (``check_outputs``). Called by
+    every writer after each write. A record that cannot be made (a read-only data folder) is said as a warning:
+    the next run then asks for ``--force``. Raises nothing."""
+    ident = _identity(Path(os.fspath(path)))
+    if ident is None:
+        return
+    key, (dev, ino, size, mtime_ns) = ident
+    try:
+        conn = _ledger()
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO written (path, dev, ino, size, mtime_ns, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (key, dev, ino, size, mtime_ns, time.time()),
+            )
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError) as exc:
+        log.warning(
+            "could not record %s as qwenvl's output in %s (%s): a later run asks for --force to replace it",
+            path,
+            _ledger_path(),
+            exc,
+        )
+
+
+def written_by_qwenvl(path: str | os.PathLike[str]) -> bool:
+    """Whether the existing file ``path`` is qwenvl's own earlier output, unchanged since: its resolved path,
+    device, inode, size and modification time (ns) as ``record_output`` recorded them. False for any other file,
+    and when the record cannot be read. Raises nothing."""
+    ident = _identity(Path(os.fspath(path)))
+    if ident is None or not _ledger_path().is_file():
+        return False
+    key, state = ident
+    try:
+        conn = _ledger()
+        try:
+            row = conn.execute("SELECT dev, ino, size, mtime_ns FROM written WHERE path = ?", (key,)).fetchone()
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError):
+        return False
+    return row is not None and tuple(row) == state
 
 
 def write_atomic(path: Path, chunks: Iterable[str], *, mode: int = 0o666) -> None:

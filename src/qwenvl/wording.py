@@ -352,6 +352,7 @@ CLIENT_ARGUMENTS = frozenset(
 # the library's batch (``qwenvl.batch.Batch``), and a field's value that an off switch stands for.
 LIBRARY_SWITCHES = {
     "--fresh": "fresh=True",
+    "--force": "overwrite=True",  # an output over a file qwenvl did not write (qwenvl.outputs.check_outputs)
     "--retry-errors": "retry_errors=True",
     "--mode": "mode",
     "--no-high-res": "vl_high_resolution_images=False",  # a Request field's value, as --no-resize is prepare=False

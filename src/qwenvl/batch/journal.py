@@ -68,7 +68,7 @@ from filelock import FileLock, Timeout
 from qwenvl.client import make_request
 from qwenvl.errors import MediaError, QwenVLError, UsageError
 from qwenvl.models import LOCAL, model_info
-from qwenvl.outputs import write_atomic, write_failure_hint
+from qwenvl.outputs import record_output, write_atomic, write_failure_hint
 from qwenvl.plan import TRANSPORT_FIELDS as PLAN_TRANSPORT_FIELDS
 from qwenvl.plan import question as plan_question
 from qwenvl.store.db import connect, problem, unusable
@@ -915,9 +915,11 @@ class Journal:
         """Rewrite the output (and the CSV) from the journal, atomically; errors as one-line UsageErrors."""
         with self._io(self.output):
             write_atomic(self.output, (line + "\n" for line in self.lines()))
+        record_output(self.output)  # qwenvl's own: a later run may replace it (qwenvl.outputs.check_outputs)
         if csv_path is not None:
             with self._io(csv_path):
                 write_atomic(csv_path, csv_rows(self.lines()))
+            record_output(csv_path)
 
 
 def _allocate(path: Path, size: int) -> None:

@@ -588,7 +588,9 @@ class Batch:
         check_outputs(
             {self.option_names["output"]: self.output, self.option_names["csv"]: self.csv},
             inputs={"the output's journal": journal_path(self.output)},
-            resumed={self.option_names["output"]},
+            resumed={self.option_names["output"]},  # resumed with its journal, else replaced only with fresh (below)
+            force=self.fresh,  # starting over replaces the csv; never advised for it (it deletes the answers)
+            force_flag=None,
         )
         check_free(self.output)
         if (

@@ -28,6 +28,7 @@ from qwenvl.cli.common import (
     FILE_NAME,
     HintedUsageError,
     Verb,
+    force_option,
     from_request,
     make_client,
     not_dash,
@@ -42,7 +43,7 @@ from qwenvl.cli.render import warn_answer
 from qwenvl.cli.tasks_common import warn
 from qwenvl.client import near_field, unrepaired
 from qwenvl.errors import StructuredOutputError, UsageError
-from qwenvl.outputs import check_outputs, write_failure_hint
+from qwenvl.outputs import check_outputs, record_output, write_failure_hint
 from qwenvl.types import DuplicateKeyError, Request, loads
 
 
@@ -205,6 +206,7 @@ def _refs(value: Any) -> list[str]:
     callback=not_dash("Leave --output out (or add --print-response) to print the result on standard output."),
     help="Write the result JSON here (folders are created).",
 )
+@force_option
 @click.option("--print-response", is_flag=True, help="Print the result as one line of JSON.")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent, with estimates; send nothing.")
 @service_options
@@ -228,7 +230,7 @@ def analyze(opts: dict[str, Any]) -> None:
         data.setdefault("repair", False)  # JSON mode as in the skill: one request, never a paid second one
     read: dict[str, Any] = {"--file": opts["request_file"], "--schema": opts["schema_file"]}
     read.update({f'the request\'s "{key}"': _refs(data.get(key)) for key in ("image", "images", "video", "schema")})
-    output = check_outputs({"--output": opts["output"]}, inputs=read).get("--output")
+    output = check_outputs({"--output": opts["output"]}, inputs=read, force=opts["force"]).get("--output")
     client = make_client(opts)
     call = client.plan(data)
     if opts["dry_run"]:
@@ -268,6 +270,7 @@ def _write(output: Path | None, result: dict[str, Any]) -> None:
         return
     try:
         output.write_text(json.dumps(result, ensure_ascii=True, indent=2), encoding="utf-8")
+        record_output(output)
     except OSError as exc:
         raise UsageError(
             f"cannot write {output}: {exc.strerror or exc}",

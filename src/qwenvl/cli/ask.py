@@ -25,6 +25,7 @@ from qwenvl.cli.common import (
 )
 from qwenvl.cli.render import stream_to_terminal, warn_answer
 from qwenvl.media.sources import split_media
+from qwenvl.models import spent_fields
 
 
 @click.command(cls=Verb)
@@ -60,7 +61,10 @@ def ask(opts: dict[str, Any]) -> None:
         if opts["as_json"] or opts["no_stream"] or structured:
             response = client.send(call)
             if opts["as_json"]:
-                print_json(response.record())
+                spent = spent_fields([response], region=client.region)  # the footer's facts: cost, requests
+                print_json(
+                    response.record() | {k: spent[k] for k in ("cost", "currency", "local", "requests", "request_ids")}
+                )
                 warn_answer(response, call.request.max_tokens, items_shown=True)
                 return
             if response.reasoning and not opts["hide_reasoning"]:  # as in a stream: dimmed, on stderr

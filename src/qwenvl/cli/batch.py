@@ -490,9 +490,9 @@ def run(opts: dict[str, Any]) -> None:
     prompt = opts["prompt"]
     outputs = {"-o/--output": opts["output"], "--csv": opts["csv_file"]}
     read = {"--requests": opts["requests_file"], "--schema": opts["schema_file"], "INPUTS": opts["inputs"]}
-    check_outputs(
-        outputs, inputs=read, resumed={"-o/--output"}
-    )  # before standard input is read or anything sent (the runner checks again)
+    # before standard input is read or anything sent (the runner checks again); --fresh starts over, so it may
+    # replace a --csv file qwenvl did not write (never advised for it: it also deletes the batch's answers)
+    check_outputs(outputs, inputs=read, resumed={"-o/--output"}, force=opts["fresh"], force_flag=None)
     if prompt == "-" and opts["requests_file"] == "-":
         raise UsageError(
             "standard input can give the prompt (-p -) or the requests (--requests -), not both",

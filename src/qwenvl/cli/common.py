@@ -46,7 +46,7 @@ from qwenvl.errors import (
     written,
 )
 from qwenvl.media.sources import classify, first_names, is_reference, looks_like_file, path_hint
-from qwenvl.models import answer_cost, answer_paid, currency_of, format_cost, spent_label
+from qwenvl.models import answer_cost, answer_paid, currency_of, format_cost, spent_fields, spent_label
 from qwenvl.retry import RetryNotice
 from qwenvl.structured import load_schema
 from qwenvl.types import (
@@ -1144,6 +1144,16 @@ def take_stdin(what: str) -> None:
     ctx.meta[_STDIN_USE_KEY] = what
 
 
+def force_option(fn: Callable) -> Callable:
+    """``--force``: an output file may replace an existing file qwenvl did not write (``qwenvl.outputs.
+    check_outputs``; never an input of the command, a database, or media under a text output)."""
+    return click.option(
+        "--force",
+        is_flag=True,
+        help="Replace an existing output file that qwenvl did not write (never one of the command's inputs).",
+    )(fn)
+
+
 def not_dash(hint: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     """A click callback for an option whose value is a file to write or a folder, where ``-`` (standard input or
     output) can mean nothing: HintedBadParameter (exit 2) naming the option, with ``hint``, rather than a file
@@ -1364,9 +1374,11 @@ def json_said() -> None:
 
 def error_record(exc: BaseException) -> dict[str, Any]:
     """A failure as JSON, the one shape of every verb's: ``{"type", "message", "hint", "status", "request_id",
-    "exit_code"}`` (``status`` and ``request_id`` null where there are none); Ctrl-C and the signals handled as it
-    (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted" (or "terminated (SIGTERM)"),
-    ..., "exit_code": 130 (143, 129)}``. Raises nothing."""
+    "exit_code"}`` (``status`` and ``request_id`` null where there are none), and for an answer that was paid for
+    but not valid JSON (for the schema; ``StructuredOutputError``) what it left (``paid_record``: ``raw_text``,
+    ``errors``, ``usage``, ``cost``, ``currency``, ``local``, ``cached``, ``requests``, ``request_ids``); Ctrl-C
+    and the signals handled as it (``qwenvl.cli.signals``) are ``{"type": "interrupted", "message": "interrupted"
+    (or "terminated (SIGTERM)"), ..., "exit_code": 130 (143, 129)}``. Raises nothing."""
     code: int | None
     if isinstance(exc, KeyboardInterrupt):
         from qwenvl.cli.signals import Terminated, exit_code
@@ -1382,13 +1394,39 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         )
         if hint:  # in the verb's words, as on stderr (``report``): never a flag the verb does not take
             hint = fit_hint(hint, current_command())
-    return {
+    out = {
         "type": kind,
         "message": said,
         "hint": hint or None,
         "status": getattr(exc, "status", None) or None,
         "request_id": getattr(exc, "request_id", None) or None,
         "exit_code": code,
+    }
+    if isinstance(exc, StructuredOutputError):
+        out |= paid_record(exc)
+    return out
+
+
+def paid_record(exc: StructuredOutputError) -> dict[str, Any]:
+    """What a failed structured answer leaves, as JSON gives it (``error_record``; the ``paid:`` line's facts):
+    ``raw_text`` (the answer, paid for), ``errors`` (what is wrong with it), and ``models.spent_fields`` of its
+    response (``usage`` summed over its requests, ``cost``, ``currency``, ``local``, ``cached``) with ``requests``
+    and ``request_ids`` the error's own (the repair request included) and ``request_id`` the last of them; priced
+    in the verb's region. Raises nothing."""
+    ctx = click.get_current_context(silent=True)
+    try:
+        region = effective_region(ctx.meta.get(_REGION_KEY) if ctx is not None else None)
+        spent = spent_fields([exc.response], region=region) if isinstance(exc.response, Response) else {}
+    except QwenVLError:  # a region the verb has refused already: the answer is kept, unpriced
+        spent = {}
+    ids = list(exc.request_ids)
+    return {
+        "raw_text": exc.raw_text,
+        "errors": list(exc.errors),
+        **spent,
+        "requests": exc.requests,
+        "request_ids": ids,
+        "request_id": ids[-1] if ids else spent.get("request_id"),
     }
 
 

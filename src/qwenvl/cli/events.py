@@ -15,6 +15,7 @@ from qwenvl.cli.common import (
     Verb,
     check_pages_apply,
     err_console,
+    force_option,
     generation_options_for,
     make_client,
     not_dash,
@@ -28,6 +29,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_usage, warn
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.sources import classify, first_names, split_media
+from qwenvl.models import spent_fields
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import check_fits, contact_sheet, hms, image_format, sheet_size_at_least
 from qwenvl.tasks.events import (
@@ -56,6 +58,7 @@ from qwenvl.tasks.events import (
     help="Write a contact sheet: the frames the model saw, with their times, and the timeline (its format follows "
     "the suffix: .png, .jpg...).",
 )
+@force_option
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options_for(
     max_tokens=f"{EVENTS_MAX_TOKENS}, or the model's limit if lower",
@@ -93,7 +96,9 @@ def events(opts: dict[str, Any]) -> None:
                 "--sheet needs the frames: give a local video file (or frame images), not a URL",
                 hint="Download the video first, or leave out --sheet.",
             )
-        sheet = check_outputs({"--sheet": opts["sheet_file"]}, inputs={"MEDIA": refs}, pictures={"--sheet"})["--sheet"]
+        sheet = check_outputs(
+            {"--sheet": opts["sheet_file"]}, inputs={"MEDIA": refs}, pictures={"--sheet"}, force=opts["force"]
+        )["--sheet"]
         image_format(opts["sheet_file"], "--sheet")  # the format follows the suffix: before anything is sent
     fields = request_fields(opts)
     client = make_client(opts)
@@ -106,7 +111,7 @@ def events(opts: dict[str, Any]) -> None:
     with client:
         timeline = send_events(client, call)
     if opts["as_json"]:
-        print_json(timeline.to_json())
+        print_json(timeline.to_json() | spent_fields([timeline.response], region=opts["region"]))  # what it took
     else:
         print_timeline(timeline)
     warn(timeline.warnings)
@@ -121,12 +126,17 @@ def events(opts: dict[str, Any]) -> None:
             shown = f"{len(pictures)} of {total}" if total > len(pictures) else f"{len(pictures)}"
             title = f"{timeline.video} · {length}{shown} frames at {rate:g} fps"
             contact_sheet(
-                pictures, times, sheet, title=title, events=[(e.start, e.end, e.event) for e in timeline.events]
+                pictures,
+                times,
+                sheet,
+                title=title,
+                events=[(e.start, e.end, e.event) for e in timeline.events],
+                overwrite=opts["force"],
             )
             err_console().print(f"[dim]wrote {escape(safe_line(sheet))}[/]", highlight=False)
         else:
             warn(["no local frames to draw: the contact sheet was not written"])
-    show_usage(timeline.response, cut_off=False, region=opts["region"])
+    show_usage(timeline.response, cut_off=False, region=opts["region"], footer=not opts["as_json"])
 
 
 def print_timeline(timeline: Timeline) -> None:

@@ -20,6 +20,7 @@ from qwenvl.cli.common import (
     check_pages_apply,
     confirm_cost,
     err_console,
+    force_option,
     generation_options_for,
     make_client,
     max_cost_options,
@@ -34,7 +35,7 @@ from qwenvl.cli.common import (
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import MediaError, StructuredOutputError, UsageError, safe_line
 from qwenvl.models import spent_label
-from qwenvl.outputs import check_outputs, write_atomic
+from qwenvl.outputs import check_outputs, record_output, write_atomic
 from qwenvl.tasks.extract import EXTRACT_MAX_TOKENS, Extraction, columns, extract_many, plan_extract, to_row
 from qwenvl.types import Response
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     callback=not_dash("Leave --csv out to print JSON lines on standard output."),
     help="Write a CSV instead: a column per top-level key.",
 )
+@force_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -91,9 +93,9 @@ def extract(opts: dict[str, Any]) -> None:
             hint="For example: qwenvl extract invoice.png --schema invoice.schema.json",
         )
     check_pages_apply(opts, files)
-    csv_path = check_outputs({"--csv": opts["csv_file"]}, inputs={"FILES": files, "--schema": opts["schema_file"]}).get(
-        "--csv"
-    )
+    csv_path = check_outputs(
+        {"--csv": opts["csv_file"]}, inputs={"FILES": files, "--schema": opts["schema_file"]}, force=opts["force"]
+    ).get("--csv")
     client = make_client(opts)
     from qwenvl.batch.runner import estimate_calls  # loaded when a run is priced, not with the CLI
 
@@ -173,10 +175,12 @@ class CsvRows:
             self.close()
             self.names = names
             write_atomic(self.path, [_csv_line(names), *(_csv_line(to_row(r, names)) for r in self.rows)])
+            record_output(self.path)  # qwenvl's own after each write: a later run (a re-run) may write it again
             self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115  # closed by close()
             return
         self._fh.write(_csv_line(to_row(row, names)))
         self._fh.flush()
+        record_output(self.path)
 
     def close(self) -> None:
         if self._fh is not None:

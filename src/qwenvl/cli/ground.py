@@ -15,6 +15,7 @@ from qwenvl.cli.common import (
     Verb,
     check_pages_apply,
     err_console,
+    force_option,
     generation_options_for,
     make_client,
     not_dash,
@@ -29,6 +30,7 @@ from qwenvl.cli.tasks_common import dry_run, refuse_structured, show_raw, show_u
 from qwenvl.errors import UsageError, safe_line
 from qwenvl.media.pdf import check_page
 from qwenvl.media.sources import classify, first_names, media_kind
+from qwenvl.models import spent_fields
 from qwenvl.outputs import check_outputs
 from qwenvl.tasks.draw import annotate, check_fits, image_format
 from qwenvl.tasks.grounding import (
@@ -55,7 +57,8 @@ READINGS = {
     "--json",
     "as_json",
     is_flag=True,
-    help="Print {image, width, height, boxes: [{label, x1, y1, x2, y2}], points, dropped, truncated, warnings}.",
+    help="Print {image, page, width, height, model, boxes: [{label, x1, y1, x2, y2}], points, dropped, truncated, "
+    "warnings, convention}, with usage, cost and request ids.",
 )
 @click.option(
     "--out",
@@ -65,6 +68,7 @@ READINGS = {
     callback=not_dash("Name the picture's file, e.g. --out boxes.png."),
     help="Write the image with the boxes and points drawn on it, in the format its suffix names (.png, .jpg...).",
 )
+@force_option
 @click.option("--page", type=click.IntRange(min=1), default=None, help="The page of a PDF (default 1).")
 @click.option("--dry-run", is_flag=True, help="Print the request that would be sent; send nothing.")
 @generation_options_for(
@@ -102,7 +106,9 @@ def ground(opts: dict[str, Any]) -> None:
                 "--out needs the image's pixels: give a local file (or a data: URL), not a URL",
                 hint="Download the image first, or leave out --out.",
             )
-        out = check_outputs({"--out": opts["out_file"]}, inputs={"IMAGE": image}, pictures={"--out"})["--out"]
+        out = check_outputs(
+            {"--out": opts["out_file"]}, inputs={"IMAGE": image}, pictures={"--out"}, force=opts["force"]
+        )["--out"]
         image_format(opts["out_file"], "--out")  # the picture's format follows the suffix: before anything is sent
     fields = request_fields(opts)
     page = opts["page"]
@@ -130,17 +136,17 @@ def ground(opts: dict[str, Any]) -> None:
         response = client.send(call)
     result = read_grounding(call, response, image=image)
     if opts["as_json"]:
-        print_json(result.to_json())
+        print_json(result.to_json() | spent_fields([response], region=opts["region"]))  # what it took, as ask
     else:
         print_table(result)
     warn(result.warnings)
     if not result.boxes and not result.points and not opts["as_json"]:
         show_raw(result.raw_text)
     if out is not None:
-        annotate(result.picture or image, result, out)
+        annotate(result.picture or image, result, out, overwrite=opts["force"])
         err_console().print(f"[dim]wrote {escape(safe_line(out))}[/]", highlight=False)
     summary(result)
-    show_usage(response, cut_off=False, region=opts["region"])
+    show_usage(response, cut_off=False, region=opts["region"], footer=not opts["as_json"])
 
 
 def print_table(result: Grounding) -> None:

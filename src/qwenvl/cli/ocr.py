@@ -20,6 +20,7 @@ from qwenvl.cli.common import (
     confirm_cost,
     err_console,
     error_record,
+    force_option,
     generation_options_for,
     json_asked,
     json_said,
@@ -36,8 +37,9 @@ from qwenvl.cli.streams import OutputClosed, stop_if_reader_left
 from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
+from qwenvl.models import spent_fields
 from qwenvl.notes import answer_notes, once_per_run
-from qwenvl.outputs import check_outputs, write_atomic
+from qwenvl.outputs import check_outputs, record_output, write_atomic
 from qwenvl.tasks.grounding import model_for
 from qwenvl.tasks.ocr import (
     FORMATS,
@@ -108,6 +110,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     callback=not_dash("Leave -o out to print the result on standard output."),
     help="Write the result here instead of stdout.",
 )
+@force_option
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -144,7 +147,9 @@ def _read(opts: dict[str, Any]) -> None:
     source = media_args([opts["file"]], single=True)[0]
     fmt = opts["fmt"]
     options = parse_options(opts["ocr_options_json"])
-    output = check_outputs({"-o/--output": opts["output"]}, inputs={"FILE": source}).get("-o/--output")
+    output = check_outputs({"-o/--output": opts["output"]}, inputs={"FILE": source}, force=opts["force"]).get(
+        "-o/--output"
+    )
     fields = request_fields(opts)
     fields.pop("pages", None)  # OCR sends one request per page: the selection goes to plan_pages
     client = make_client(opts)
@@ -162,7 +167,7 @@ def _read(opts: dict[str, Any]) -> None:
     if opts["dry_run"]:
         dry_run(client, next(iter(plans))[1], estimate())
         return
-    result = OCRResult(source=source, format=fmt)
+    result = OCRResult(source=source, format=fmt, model=model.name)  # the model asked, until one answers
     streamed = fmt != "json" and output is None  # each page written as it is read; one JSON document waits
     stopped: BaseException | None = None
     kept = _PageFile(result, output) if output is not None else None  # -o: each page on disk as it is read
@@ -175,7 +180,7 @@ def _read(opts: dict[str, Any]) -> None:
                 plans = _while_read(plans)
             send_pages(client, source, plans, format=fmt, result=result, on_page=_writer(result) if streamed else kept)
     except (QwenVLError, KeyboardInterrupt) as exc:
-        if result.stopped_at is None:  # refused before the first request (a plan, the cost cap): nothing read
+        if not result.stopped:  # refused before the first request (a plan, the cost cap): nothing read
             mark_stopped(result, None, source, exc)
         if isinstance(exc, OutputClosed) or not (result.pages or (fmt == "json" and output is None)):
             raise  # nothing read: nothing to write (a file given with -o is left as it was)
@@ -183,11 +188,13 @@ def _read(opts: dict[str, Any]) -> None:
     finally:
         if kept is not None:
             kept.close()
-    record = result.to_json() | ({"error": error_record(stopped)} if stopped is not None else {})
+    record = result.to_json() | spent_fields(result.responses, region=opts["region"])  # every page's, paid
+    record |= {"error": error_record(stopped)} if stopped is not None else {}
     text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
     if output is not None:  # the whole result (its error too), over the pages kept; a PDF's text ends with its
         # last page's own end (``OCRResult.page_text``)
         output.write_text(text if pdf and fmt != "json" else text + "\n", encoding="utf-8")
+        record_output(output)  # qwenvl's own: a later run (a re-run, --pages N- for the rest) may write it again
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif streamed:
         pass  # written page by page (``_writer``)
@@ -207,7 +214,7 @@ def _read(opts: dict[str, Any]) -> None:
         for n in answer_notes(r, include_cut_off=False)
     )
     warn(by_page(notes))  # each answer's notes, once each with the pages that have it (cut-offs: the pages' own)
-    show_usage(*result.responses, notes=False, region=opts["region"])
+    show_usage(*result.responses, notes=False, region=opts["region"], footer=fmt != "json")
     if stopped is not None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
@@ -246,6 +253,7 @@ class _PageFile:
         if self.result.format == "json":
             document = json.dumps(as_given(self.result.to_json()), ensure_ascii=False, indent=2)
             write_atomic(self.output, [document + "\n"])
+            record_output(self.output)
             return
         block = self.result.page_text(page)  # as the run's end writes it: a PDF page with its own break
         if not block:
@@ -254,6 +262,7 @@ class _PageFile:
             self._fh = self.output.open("w", encoding="utf-8")
         self._fh.write(block)
         self._fh.flush()
+        record_output(self.output)  # qwenvl's own after each write (a run killed now may be run again)
 
     def close(self) -> None:
         if self._fh is not None:

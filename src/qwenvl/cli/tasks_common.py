@@ -61,14 +61,16 @@ def show_usage(
     max_tokens: int | None = None,
     region: str | None = None,
     notes: bool = True,
+    footer: bool = True,
 ) -> None:
     """The notes on each answer (``cut_off=False`` where the task's own warnings already say it was cut off;
-    ``notes=False`` where the verb said them its way), then, on a terminal, the usage line."""
+    ``notes=False`` where the verb said them its way), then, on a terminal, the usage line (``print_usage_line``),
+    as ``ask`` shows it: not with ``footer=False`` (the verb's JSON carries it, as ``ask --json``'s does)."""
     for response in responses:
         if response is not None and notes:
             warn_answer(response, max_tokens, include_cut_off=cut_off)
     console = err_console()
-    if console.is_terminal:
+    if footer and console.is_terminal:
         for response in responses:
             if response is not None:
                 print_usage_line(response, region, console)

@@ -155,7 +155,7 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['source']} page {row['page']}" if row.get("page") is not None else row["source"]
 
 
-def _bytes(n: int) -> str:
+def _bytes(n: int | None) -> str:
     return format_bytes(n) if n else "-"
 
 

@@ -161,14 +161,25 @@ def _tag(
 
 
 def annotate(
-    image: str | os.PathLike[str] | bytes | Image.Image, grounding: Grounding, out: str | Path | None = None
+    image: str | os.PathLike[str] | bytes | Image.Image,
+    grounding: Grounding,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Image.Image:
     """Draw ``grounding``'s boxes and points on ``image`` (the original); save to ``out`` when given.
 
     ``image``: a local path, a ``data:`` URL, an image file's bytes or a PIL image (EXIF orientation applied, as
-    the boxes are); ``out``: the format follows its suffix (PNG when unknown). Returns the drawn RGB image.
-    Raises MediaError for an image that cannot be read or is not an image, OSError when ``out`` cannot be
-    written."""
+    the boxes are); ``out``: a file whose picture format its suffix names (``.png``, ``.jpg``, ``.webp``...:
+    ``image_format``; folders are made as needed), checked before anything is drawn by the one output rule
+    (``qwenvl.outputs.check_outputs``): never ``image`` itself, and a file qwenvl did not write only with
+    ``overwrite=True`` (default False). Returns the drawn RGB image. Raises UsageError for an ``out`` with no
+    picture suffix (``boxes.txt``), a format too small for the picture (``.ico``), an ``out`` that is ``image``,
+    a database, a folder or a file qwenvl did not write (without ``overwrite``); MediaError for an image that
+    cannot be read or is not an image; OSError when ``out`` cannot be written."""
+    if out is not None:
+        image_format(out, "out")  # before anything is drawn: a suffix that names no picture format
+        _check_out(out, image, overwrite)
     img = load_image(image)
     w, h = img.size
     draw = ImageDraw.Draw(img)
@@ -251,11 +262,23 @@ def check_fits(out: str | Path, size: Size | None, what: str = "the output", *, 
     )
 
 
+def _check_out(out: str | Path, image: Any, overwrite: bool) -> None:
+    """The one output rule (``qwenvl.outputs.check_outputs``) for a picture the library writes to ``out``:
+    never over ``image`` (a path or ``file://`` URL; bytes and PIL images are no file), and over a file qwenvl
+    did not write only with ``overwrite``. Raises UsageError."""
+    from qwenvl.outputs import check_outputs
+
+    refs = image if isinstance(image, str | os.PathLike) else None
+    name = "the out file"  # the argument, in words: "Give the out file a new file name"
+    check_outputs({name: out}, inputs={"image": refs}, pictures={name}, force=overwrite, force_flag="--force")
+
+
 def save(img: Image.Image, out: str | Path) -> Path:
     """Write ``img`` to ``out`` (folders made as needed), in the format its suffix names (``image_format``: JPEG
-    at quality 92). Returns the path. Raises UsageError for a suffix that names no picture format Pillow
-    writes, or a format that cannot hold ``img`` at its size (``check_fits``), OSError when it cannot be
-    written."""
+    at quality 92), and record it as qwenvl's output (``qwenvl.outputs.record_output``: a later run may replace
+    it). Whether ``out`` may be written is the caller's check (``annotate``, ``contact_sheet``). Returns the
+    path. Raises UsageError for a suffix that names no picture format Pillow writes, or a format that cannot
+    hold ``img`` at its size (``check_fits``), OSError when it cannot be written."""
     fmt = check_fits(out, img.size)
     path = Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +288,9 @@ def save(img: Image.Image, out: str | Path) -> Path:
         img.save(path, fmt, sizes=[img.size])
     else:
         img.save(path, fmt)
+    from qwenvl.outputs import record_output
+
+    record_output(path)
     return path
 
 
@@ -287,15 +313,23 @@ def contact_sheet(
     events: Sequence[tuple[str, str, str]] = (),
     thumb_width: int = 240,
     columns: int | None = None,
+    overwrite: bool = False,
 ) -> Image.Image:
     """A grid of ``frames`` with each one's time under it, an optional title, and the events (``(start, end,
     text)`` with HH:mm:ss times) listed below in their colours; a bar under each frame marks its events.
 
     ``times`` are seconds, one per frame; ``thumb_width`` is pixels (default 240); ``columns`` defaults to about
-    the square root of the frame count, at most 6. Raises ValueError for no frames, OSError when ``out`` cannot
-    be written."""
+    the square root of the frame count, at most 6. ``out``: a file whose picture format its suffix names
+    (``image_format``), checked before anything is drawn by the one output rule (``qwenvl.outputs.
+    check_outputs``): a file qwenvl did not write is replaced only with ``overwrite=True`` (default False).
+    Raises ValueError for no frames; UsageError for an ``out`` with no picture suffix, a format too small for
+    the sheet, a database, a folder or a file qwenvl did not write (without ``overwrite``); OSError when ``out``
+    cannot be written."""
     if not frames:
         raise ValueError("no frames to draw")
+    if out is not None:
+        image_format(out, "out")
+        _check_out(out, None, overwrite)
     cols, rows, text_w = _grid(len(frames), thumb_width, columns)
     thumbs = [ImageOps.contain(f.convert("RGB"), (thumb_width, thumb_width)) for f in frames]
     cell_h = max(t.height for t in thumbs)

@@ -85,8 +85,9 @@ def extract(client: SupportsComplete, file: Any, schema: Any, *, prompt: str | N
     one repair request when the first answer is invalid. ``fields`` are any Request fields.
 
     Raises ``StructuredOutputError`` when the answer is not valid even after one repair (the answer is in
-    ``.raw_text`` and ``.response``), SchemaDefinitionError for an invalid schema, and what ``Client.complete``
-    raises (UsageError, MediaError, APIError and its subclasses); TypeError for an AsyncClient (use ``aextract``).
+    ``.raw_text`` and ``.response``), SchemaDefinitionError for an invalid schema, and what ``plan_extract`` and
+    ``Client.send`` raise (UsageError, MediaError, APIError and its subclasses); TypeError for an AsyncClient
+    (use ``aextract``).
     ``file``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image; ``schema`` a dict, a schema file's
     path (``str`` or ``os.PathLike``) or a pydantic model class.
     """
@@ -130,13 +131,18 @@ class Extraction:
         return self.error is None
 
     def line(self, region: str | None = None) -> dict[str, Any]:
-        """The JSONL record: ``{"file", "json"}`` or ``{"file", "error"[, "raw_text"]}``. A failed answer that was
-        paid for (not valid for the schema: ``StructuredOutputError``) also says what it took, as a batch line
-        does: ``"usage"`` (every request of the call), ``"requests"`` (2 after a repair), ``"request_ids"`` and
-        the cost in ``region``'s currency (``models.cost_fields``: null when unknown; a local model's
-        ``"local": true``). Raises UsageError for an unknown region."""
+        """The JSONL record: ``{"file", "json"}`` with what the answer took (``models.spent_fields``: ``usage``,
+        ``cost``, ``currency``, ``local``, ``cached``, ``requests``, ``request_ids``, ``request_id``), or ``{"file",
+        "error"[, "raw_text"]}``. A failed answer that was paid for (not valid for the schema:
+        ``StructuredOutputError``) also says what it took, as a batch line does: ``"usage"`` (every request of the
+        call), ``"requests"`` (2 after a repair), ``"request_ids"`` and the cost in ``region``'s currency
+        (``models.cost_fields``: null when unknown; a local model's ``"local": true``). Raises UsageError for an
+        unknown region."""
         if self.ok:
-            return {"file": self.file, "json": self.json}
+            from qwenvl.models import spent_fields
+
+            spent = spent_fields([self.response], region=region) if isinstance(self.response, Response) else {}
+            return {"file": self.file, "json": self.json, **spent}
         out: dict[str, Any] = {"file": self.file, "error": self.error}
         if self.raw_text is not None:
             out["raw_text"] = self.raw_text

@@ -152,6 +152,7 @@ class Grounding(BaseModel):
     expected_convention: str = "relative-1000"  # the model family's convention
     model: str | None = None
     image: str | None = None
+    page: int | None = None  # the PDF page the boxes are on (1-based); None for an image
     response: Response | None = Field(default=None, exclude=True, repr=False)
     _picture: str | None = PrivateAttr(default=None)
 
@@ -161,10 +162,12 @@ class Grounding(BaseModel):
         return self._picture or self.image
 
     def to_json(self) -> dict[str, Any]:
-        """The CLI's ``--json`` object: boxes ``{label, x1, y1, x2, y2}`` in original pixels, plus warnings.
-        Raises nothing."""
+        """The CLI's ``--json`` object: ``{"image", "page" (a PDF's 1-based page; null for an image), "width",
+        "height", "model", "boxes": [{label, x1, y1, x2, y2}] (original pixels), "points" (when any), "dropped",
+        "truncated", "warnings", "convention"}``. Raises nothing."""
         out: dict[str, Any] = {
             "image": self.image,
+            "page": self.page,
             "width": self.width,
             "height": self.height,
             "model": self.model,
@@ -713,6 +716,7 @@ def read_grounding(
     picture = planned_picture(call)
     result.image = image or (picture if picture and not picture.startswith("data:") else None)
     result._picture = picture
+    result.page = next((m.page for m in reversed(call.media) if m.kind == "image"), None)
     result.response = response
     return result
 

@@ -127,10 +127,12 @@ class OCRPage(BaseModel):
 class OCRResult(BaseModel):
     """What ``ocr`` returns: one ``OCRPage`` per image or PDF page, the answering ``model``, the ``warnings`` of
     every page (each said once, prefixed with the pages that have it: ``by_page``), and the ``responses`` (one per
-    page). ``text``: the pages' text joined (``page_text``: a PDF's pages told apart). ``stopped_at``: the page
-    (1-based; 0 for an image) whose request failed or was interrupted, when ``send_pages`` was given this result to
-    fill and stopped there (the pages before it are kept); None when every page was read. Raises
-    pydantic.ValidationError when built with a wrong type."""
+    page). ``text``: the pages' text joined (``page_text``: a PDF's pages told apart). ``stopped``: True when the
+    reading failed or was interrupted, when ``send_pages`` was given this result to fill and stopped (the pages
+    before it are kept); ``stopped_at``: then the PDF page (1-based) whose request failed, None for an image (whose
+    page is None) and when every page was read. ``model``: the model that answered, else the model asked (set before
+    a request is sent; None when nothing was planned). Raises pydantic.ValidationError when built with a wrong
+    type."""
 
     source: str | None  # the file or URL read; None for bytes or a PIL image (``shown_ref``)
     format: str
@@ -138,6 +140,7 @@ class OCRResult(BaseModel):
     pages: list[OCRPage] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)  # every page's warnings, once, prefixed with its pages
     responses: list[Response] = Field(default_factory=list, exclude=True, repr=False)
+    stopped: bool = False
     stopped_at: int | None = None
 
     def page_text(self, page: OCRPage) -> str:
@@ -168,8 +171,9 @@ class OCRResult(BaseModel):
         return not any(p.text.strip() or p.lines for p in self.pages)
 
     def to_json(self) -> dict[str, Any]:
-        """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON), and ``"stopped_at"``
-        when the reading stopped before the last page. Raises nothing."""
+        """``{"source", "model", "text", "pages": [...], "warnings"}`` (the CLI's JSON), and ``"stopped"`` (true)
+        and ``"stopped_at"`` (the page; null for an image) when the reading stopped before the last page. Raises
+        nothing."""
         out: dict[str, Any] = {
             "source": self.source,
             "model": self.model,
@@ -177,8 +181,8 @@ class OCRResult(BaseModel):
             "pages": [p.model_dump() for p in self.pages],
             "warnings": self.warnings,
         }
-        if self.stopped_at is not None:
-            out["stopped_at"] = self.stopped_at
+        if self.stopped:
+            out["stopped"], out["stopped_at"] = True, self.stopped_at
         return out
 
 
@@ -434,6 +438,7 @@ def send_pages(
         with once_per_run():  # the pages are planned as they are read: a warning about them said once
             for number, call in plans:
                 reading = number if number is not None else 0
+                result.model = result.model or call.request.model  # the model asked, until one answers
                 page = _add_page(result, call, client.send(call), format=format, number=number)
                 reading = None
                 if on_page is not None:
@@ -507,10 +512,10 @@ def pages_left(source: str, pages: str | None, stopped_at: int) -> str:
 
 
 def mark_stopped(result: OCRResult, reading: int | None, source: str, exc: BaseException) -> None:
-    """Where the reading stopped (``reading``: the page under way, 0 for an image; None: planning the next page
-    failed, or the reading was refused before it began): that page, else the next one; 0 for an image
-    (``OCRResult.stopped_at``), also when planning it failed. ``exc`` carries ``result`` as ``.partial``. Raises
-    nothing."""
+    """Mark ``result`` stopped (``OCRResult.stopped``) where the reading stopped (``reading``: the page under way,
+    0 for an image; None: planning the next page failed, or the reading was refused before it began): that page,
+    else the next one; None for an image (``OCRResult.stopped_at``), also when planning it failed. ``exc``
+    carries ``result`` as ``.partial``. Raises nothing."""
     with contextlib.suppress(AttributeError):  # an exception type with __slots__: nothing to carry it on
         exc.partial = result  # type: ignore[attr-defined]
     if reading is None:
@@ -521,7 +526,7 @@ def mark_stopped(result: OCRResult, reading: int | None, source: str, exc: BaseE
                 reading = 1 if media_kind(classify(source)) == "pdf" else 0
             except QwenVLError:  # the source itself is the fault (gone, unreadable): no page was reached
                 reading = 0
-    result.stopped_at = reading
+    result.stopped, result.stopped_at = True, reading or None
 
 
 def _finished(result: OCRResult) -> OCRResult:
@@ -548,12 +553,12 @@ def ocr(
     the most the pages may cost, in the region's currency (``estimate_ocr``: every answer at ``max_tokens``),
     checked before anything is sent (default None: no cap); ``fields``: any Request fields.
 
-    Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax, an estimate over ``max_cost``
-    or one that cannot be priced), MediaError (a page out of range, media that cannot be sent), and what
+    Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax, an estimate over ``max_cost`` or
+    one that cannot be priced), MediaError (a page out of range, media that cannot be sent), and what
     ``Client.send`` raises (APIError and its subclasses); TypeError for an AsyncClient (use ``aocr``). An error
     after some pages were read carries them: ``exc.partial`` (``partial(exc)``) is the OCRResult of the pages read,
-    its ``stopped_at`` the page that failed. A page without text is not an error (a warning). ``source``: a path
-    (``str`` or ``os.PathLike``), URL, bytes or PIL image."""
+    ``stopped`` True and ``stopped_at`` the PDF page that failed (None for an image). A page without text is not an
+    error (a warning). ``source``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image."""
     sync_client(client, "ocr")
     source = task_media(source)
     with once_per_run():  # the pages estimated, then planned and read: a warning about them said once
@@ -612,6 +617,7 @@ async def _aocr(
         while (planned := await in_thread(next, plans, None)) is not None:
             number, call = planned
             reading = number if number is not None else 0
+            result.model = result.model or call.request.model  # the model asked, until one answers
             _add_page(result, call, await client.send(call), format=format, number=number)
             reading = None
     except BaseException as exc:
