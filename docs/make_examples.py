@@ -12,11 +12,13 @@ what the commands make. Needs no key and no network; every input is generated he
 answers are scripted, so the output shows what qwenvl does with a model's answer (parsing, coordinate
 conversion, checks), not what a model would say about these pictures. A transcript is the command's standard
 output, then its standard error; a JSON document with a list of several items is shortened to its first item
-(``…`` stands for the rest), and the command line may carry a comment saying so.
+(``…`` stands for the rest), and the command line may carry a comment saying so. The service's request ids are
+random: each is shown as its first four characters and ``…``, the same ones on every run (``_request_ids``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -76,6 +78,16 @@ def scene(path: Path) -> dict[str, tuple[int, int, int, int]]:
     boxes["ball"] = (700, 760, 750, 810)
     img.save(path, quality=92)
     return boxes
+
+
+def usage(inputs: int, outputs: int, *, images: int) -> dict[str, object]:
+    """A compatible-mode usage object as the service reports it (the fake's own counts are placeholders)."""
+    return {
+        "prompt_tokens": inputs,
+        "completion_tokens": outputs,
+        "total_tokens": inputs + outputs,
+        "prompt_tokens_details": {"image_tokens": images},
+    }
 
 
 def grid(box: tuple[int, int, int, int]) -> list[int]:
@@ -244,7 +256,13 @@ def steps(boxes: dict[str, tuple[int, int, int, int]]) -> list[list[Step]]:
             ),
             Step(
                 ["ground", "beach.jpg", "every person and dog", "--json"],
-                [Reply(text=json.dumps(qwen3[:2]) + ', {"bbox_2d": [641, 70', finish_reason="length")],
+                [
+                    Reply(
+                        text=json.dumps(qwen3[:2]) + ', {"bbox_2d": [641, 70',
+                        finish_reason="length",
+                        usage=usage(1250, 2048, images=1192),  # the photo's tokens; cut off at max_tokens
+                    )
+                ],
                 comment="      # an answer cut off at max_tokens (shortened: …)",
                 shorten=True,
             ),
@@ -253,7 +271,7 @@ def steps(boxes: dict[str, tuple[int, int, int, int]]) -> list[list[Step]]:
             Step(["ocr", "receipt.png"], [Reply(text=receipt_text)]),
             Step(
                 ["ocr", "receipt.png", "--format", "json"],
-                [Reply(text=json.dumps(lines))],
+                [Reply(text=json.dumps(lines), usage=usage(420, 180, images=390))],
                 comment="        # indented, 2 spaces (shortened here: …)",
                 shorten=True,
             ),
@@ -303,7 +321,24 @@ def transcript(step: Step, work: Path, docs: Path, env: dict[str, str]) -> str:
         shown += [(shortened(out) if step.shorten else out), p.stderr.rstrip("\n").replace(f"{docs}/", "docs/")]
         if p.returncode:
             shown.append(f"[exit {p.returncode}]")
-    return "\n".join(line for line in shown if line)
+    return _request_ids("\n".join(line for line in shown if line), step)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _request_ids(text: str, step: Step) -> str:
+    """``text`` with each request id (a random UUID from the fake service) shown short and the same on every run:
+    four hex characters made from the command and the id's place in the transcript, then ``…``."""
+    seen: dict[str, str] = {}
+
+    def short(m: re.Match[str]) -> str:
+        if m[0] not in seen:
+            seed = f"{' '.join(step.args)}#{len(seen)}".encode()
+            seen[m[0]] = hashlib.sha256(seed).hexdigest()[:4] + "\u2026"
+        return seen[m[0]]
+
+    return _UUID.sub(short, text)
 
 
 def _shell_word(word: str) -> str:
@@ -360,7 +395,12 @@ def written(readme: str, blocks: list[str]) -> str:
 
 
 def main() -> None:
-    blocks = run(DOCS)
+    # the pictures are made in a folder of their own, then copied over the committed ones: the commands never
+    # replace a file they did not write (the output rule), and a failed run leaves docs/ as it was
+    with tempfile.TemporaryDirectory() as tmp:
+        blocks = run(Path(tmp))
+        for name in PICTURES:
+            (DOCS / name).write_bytes((Path(tmp) / name).read_bytes())
     for block in blocks:
         print(block, end="\n\n")
     if "--write" in sys.argv[1:]:
