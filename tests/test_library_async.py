@@ -20,9 +20,12 @@ import os
 import pickle
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
 import qwenvl
 import qwenvl.batch.batchapi
@@ -279,3 +282,64 @@ def test_unrepaired_finds_the_paid_answer_behind_a_timeout(server, protocol, idi
     kept = unrepaired(exc)
     assert kept is not None and kept.raw_text == '{"m": 1}' and kept.response is not None
     assert unrepaired(TimeoutError()) is None
+
+
+# --- 7. bytes and PIL images are prepared off the event loop, never holding it -----------------------------------
+
+
+def _big_photo(path: Path) -> Path:
+    """A 23 MB 6000x4000 JPEG of noise (a photo's size, and no smaller when compressed)."""
+    Image.effect_noise((6000, 4000), 64).convert("RGB").save(path, "JPEG", quality=95)
+    return path
+
+
+def test_a_large_image_given_as_bytes_or_pil_never_stalls_the_loop(server, tmp_path):
+    """A heartbeat task ticks every 5 ms while an AsyncClient prepares a 23 MB photo given as a path, as bytes
+    and as a PIL image. Preparing runs in a worker thread, but a step that holds the GIL through the whole of a
+    large payload (base64 of 30 MB, a regular expression over it) stalls the loop all the same: before, bytes and
+    PIL images stalled it many times longer than the same photo given as a path (whose preparation is the same
+    decoding, resizing and encoding). The bound is relative to the path's, and generous (a busy machine). Every
+    step of theirs ran in a worker thread already: what held the loop was the GIL (``sources._STEP``)."""
+    photo = _big_photo(tmp_path / "big.jpg")
+    data = photo.read_bytes()
+    image = Image.open(photo)
+    image.load()
+
+    async def longest_gap(work: Any) -> float:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def beat() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        beating = asyncio.create_task(beat())
+        await asyncio.sleep(0.05)
+        try:
+            await work
+        finally:
+            done.set()
+            await beating
+        return max(gaps)
+
+    async def go() -> dict[str, float]:
+        out: dict[str, float] = {}
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False) as ac:
+            await ac.ask("warm up", str(photo))  # imports, connections: outside the measure
+            for name, given in (("path", str(photo)), ("bytes", data), ("pil", image)):
+                ac.prepared.clear()  # prepared again, not taken from what the client kept
+                out[name] = await longest_gap(ac.ask("what?", given))
+            conv = Conversation(ac)
+            ac.prepared.clear()
+            out["attach"] = await longest_gap(conv.aattach(data))
+            out["turn"] = await longest_gap(conv.asend("what?"))
+        return out
+
+    first, second = (asyncio.run(asyncio.wait_for(go(), 300)) for _ in range(2))
+    gaps = {k: min(first[k], second[k]) for k in first}  # the better of two rounds: a busy moment is not the code's
+    bound = max(4 * gaps["path"], 0.2) + 0.2  # before: bytes 0.5-1.5 s against a path's 0.02-0.2 s
+    assert all(gap < bound for gap in gaps.values()), gaps
