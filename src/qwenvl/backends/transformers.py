@@ -33,6 +33,9 @@ it is generated (``_token_streamer``), every wait with the request's ``timeout_s
 carries the counts so far (``StreamEvent.usage``). A caller that leaves stops its generation at the next token (a
 ``StoppingCriteria`` that reads a cancel flag, ``_stopping``): the async face sets the flag when its call is
 cancelled (a time-out, a `qwenvl serve` client gone) or its stream closed; a sync stream sets it when closed.
+The same flag keeps the client's contracts an HTTP backend keeps by its connections: ``close()`` stops the
+generations in flight (``TransformersBackend.close``: the client raises ClientClosedError, logged cancelled), and a
+whole answer's ``timeout_s`` is its deadline (``TransformersBackend.complete``: APITimeoutError).
 """
 
 from __future__ import annotations
