@@ -27,7 +27,8 @@ import inspect
 import re
 import shlex
 import threading
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncGenerator, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, cast
@@ -211,7 +212,8 @@ class Conversation:
             )
         self.client = client
         self._async = inspect.iscoroutinefunction(client.send)  # an AsyncClient: asend/astream, not send/stream
-        self._turn = threading.Lock()  # held for a turn (``_one_turn``): one at a time
+        self._turn_lock = threading.Lock()  # guards ``_turn``
+        self._turn: object | None = None  # the token of the turn in progress (``_one_turn``): one at a time
         self.session = Session.load(session) if isinstance(session, str) else session
         self.fields = dict(fields or {})
         if self.session is not None and self.session.model and not self.fields.get("model"):
@@ -361,21 +363,42 @@ class Conversation:
         return bad or pending
 
     @contextlib.contextmanager
-    def _one_turn(self) -> Iterator[None]:
+    def _one_turn(self, held: list[object] | None = None) -> Iterator[None]:
         """The turn in progress: a second one begun meanwhile (another thread, another task, a stream not yet
-        read to its end or closed) is refused with UsageError before anything of it is planned or sent, as each
-        turn replaces ``messages`` with its own answer's history and one of the two paid answers would be lost.
-        Never waits."""
-        if not self._turn.acquire(blocking=False):
-            raise UsageError(
-                "this conversation has a turn in progress: one turn at a time (nothing of this one was sent)",
-                hint="Wait for the answer (or read its stream to the end, or close it) before the next message; "
-                "give each thread or task its own Conversation for parallel questions.",
-            )
+        read to its end, closed or let go) is refused with UsageError before anything of it is planned or sent,
+        as each turn replaces ``messages`` with its own answer's history and one of the two paid answers would be
+        lost. Never waits. ``held``: a stream's holder, given its turn's token (``_ended`` ends the turn when the
+        stream is let go)."""
+        token = object()
+        with self._turn_lock:
+            if self._turn is not None:
+                raise UsageError(
+                    "this conversation has a turn in progress: one turn at a time (nothing of this one was sent)",
+                    hint="Wait for the answer (or read its stream to the end, or close it) before the next message; "
+                    "give each thread or task its own Conversation for parallel questions.",
+                )
+            self._turn = token
+        if held is not None:
+            held.append(token)
         try:
             yield
         finally:
-            self._turn.release()
+            self._ended(held or [token])
+
+    def _ended(self, held: list[object]) -> None:
+        """End the turn whose token ``held`` holds, if it is still the one in progress (a later turn's stays)."""
+        with self._turn_lock:
+            if held and self._turn is held[0]:
+                self._turn = None
+
+    def _let_go(self, events: Any, held: list[object]) -> None:
+        """End a stream's turn as soon as its reader lets it go (``break`` out of the loop, the last reference
+        dropped): at once, not when its finaliser runs (an async generator's is only scheduled by the event
+        loop, a moment later, so the next ``asend`` would find the turn still in progress). The turn ends with
+        the conversation as the stream left it (its answer taken if ``done`` came); the stream's own close (its
+        connection, its ``cancelled`` usage row) follows in its finaliser. Safe: a stream being read is never let
+        go."""
+        weakref.finalize(events, self._ended, held)
 
     def _kind(self, asynchronous: bool) -> Client | AsyncClient:
         """The client, or UsageError when a turn's method does not fit it: ``send``/``stream`` with an AsyncClient
@@ -398,12 +421,20 @@ class Conversation:
                 response = client.send(call)
             return self._answered(call, response)
 
-    def stream(self, text: str, **fields: Any) -> Iterator[StreamEvent]:
+    def stream(self, text: str, **fields: Any) -> Generator[StreamEvent, None, None]:
         """One turn, streamed (a ``Client``): the client's events; the conversation takes the answer when the
-        ``done`` event comes (before it is yielded). Closing the iterator early (``.close()``) closes the
-        connection and leaves the conversation as it was."""
+        ``done`` event comes (before it is yielded). Stopping early (``break``, or ``.close()``; ``with
+        contextlib.closing(conv.stream(...)) as events:``) ends the turn at once: the connection closed, the
+        conversation as it was (or with the answer, after ``done``), the next turn may begin. A generator kept
+        unread and unclosed holds the turn."""
+        held: list[object] = []
+        events = self._stream(held, text, fields)
+        self._let_go(events, held)
+        return events
+
+    def _stream(self, held: list[object], text: str, fields: dict[str, Any]) -> Generator[StreamEvent, None, None]:
         client = cast("Client", self._kind(False))
-        with self._one_turn():
+        with self._one_turn(held):
             call = self.plan(text, **fields)
             events = client.send_stream(call)
             try:
@@ -426,10 +457,21 @@ class Conversation:
                 response = await client.send(call)
             return await asyncio.to_thread(self._answered, call, response)
 
-    async def astream(self, text: str, **fields: Any) -> AsyncIterator[StreamEvent]:
-        """``stream`` through an ``AsyncClient``."""
+    def astream(self, text: str, **fields: Any) -> AsyncGenerator[StreamEvent, None]:
+        """``stream`` through an ``AsyncClient``: an async generator. ``break`` ends the turn at once (the next
+        ``asend`` may follow at once), the conversation as ``stream`` leaves it; its connection is closed by the
+        event loop's finaliser a moment later, or at once with ``async with contextlib.aclosing(conv.astream(...))
+        as events:`` (or ``await events.aclose()``)."""
+        held: list[object] = []
+        events = self._astream(held, text, fields)
+        self._let_go(events, held)
+        return events
+
+    async def _astream(
+        self, held: list[object], text: str, fields: dict[str, Any]
+    ) -> AsyncGenerator[StreamEvent, None]:
         client = cast("AsyncClient", self._kind(True))
-        with self._one_turn():
+        with self._one_turn(held):
             call = await asyncio.to_thread(self.plan, text, **fields)
             events = client.send_stream(call)
             try:

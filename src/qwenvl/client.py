@@ -16,7 +16,7 @@ import inspect
 import os
 import re
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, Unpack
 
 from pydantic import ValidationError
@@ -402,9 +402,18 @@ def _repair_failed(first: Response, retry: Call, exc: BaseException) -> Structur
 def unrepaired(exc: BaseException) -> StructuredOutputError | None:
     """The first, paid answer an interrupt (KeyboardInterrupt, asyncio.CancelledError) carries when it came during
     a structured-output repair request (``Client.send``): its StructuredOutputError (``raw_text``, ``response``,
-    what was paid), or None. Raises nothing."""
-    found = getattr(exc, "unrepaired", None)
-    return found if isinstance(found, StructuredOutputError) else None
+    what was paid), or None. The interrupt may be the one caught or one it wraps: ``asyncio.wait_for(...)`` and
+    ``asyncio.timeout()`` raise a TimeoutError whose ``__cause__``/``__context__`` is the task's CancelledError
+    carrying it, so the chain of causes and contexts is searched too. Raises nothing."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        found = getattr(err, "unrepaired", None)
+        if isinstance(found, StructuredOutputError):
+            return found
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _add_usage(a: Usage, b: Usage) -> Usage:
@@ -1109,16 +1118,19 @@ class Client(_Base[Backend, "httpx.Client"]):
 
     def stream(
         self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Plan a request and stream its answer: ``StreamEvent``s of type ``"reasoning"`` and ``"text"`` (deltas,
         in order), then one ``"done"`` event whose ``response`` is the whole ``Response`` (as ``complete``).
 
-        The request is planned (and planning errors raised) now; nothing is sent until the iterator is read.
+        The request is planned (and planning errors raised) now; nothing is sent until the iterator is read. A
+        generator: to stop reading before the end, close it (``with contextlib.closing(client.stream(...)) as
+        events:``, or ``events.close()``), which closes its connection (a local generation stops) and logs it
+        ``cancelled`` at once rather than when it is garbage-collected.
         Raises what ``plan`` raises now, then while iterating what ``send_stream`` raises."""
         call = self.plan(request, **fields)
         return self.send_stream(call)
 
-    def send_stream(self, call: Call) -> Iterator[StreamEvent]:
+    def send_stream(self, call: Call) -> Generator[StreamEvent, None, None]:
         """Stream a planned call: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
         whole ``Response`` (structured output checked and, if need be, repaired as in ``send``). Never cached.
 
@@ -1134,7 +1146,7 @@ class Client(_Base[Backend, "httpx.Client"]):
         finally:
             self._end_call(stream=True)
 
-    def _stream(self, call: Call) -> Iterator[StreamEvent]:
+    def _stream(self, call: Call) -> Generator[StreamEvent, None, None]:
         ex, backend = exchange.begin(self, call, stream=True), self.backend
         with ex.sending(self._closed_midway):  # an error as its type; a reader that stops (closes, Ctrl-C) as cancelled
             for event in backend.stream(call):
@@ -1420,9 +1432,12 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
 
     async def stream(
         self, request: Request | dict[str, Any] | None = None, /, **fields: Unpack[RequestFields]
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """``Client.stream``, async: ``"reasoning"``/``"text"`` delta events, then one ``"done"`` event with the
-        ``Response``. Planned when iteration starts (in a worker thread).
+        ``Response``. Planned when iteration starts (in a worker thread). An async generator: to stop reading
+        before the end, close it (``async with contextlib.aclosing(client.stream(...)) as events:``, or ``await
+        events.aclose()``): its connection is closed (a local generation stops) and it is logged ``cancelled`` at
+        once; a ``break`` alone leaves that to the event loop's finaliser, a moment later.
 
         Raises (while iterating) what ``plan`` and ``send_stream`` raise: UsageError, MediaError,
         MissingAPIKeyError, APIError and its subclasses, StreamInterruptedError, StructuredOutputError."""

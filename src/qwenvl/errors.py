@@ -93,10 +93,26 @@ class QwenVLError(Exception):
     def __repr__(self) -> str:  # what a REPL, a log or a list of errors shows: the library's words, as str()
         return f"{type(self).__name__}({str(self)!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its attributes (``status``, ``raw_text``, ``response``...), every subclass alike: rebuilt
+        without calling ``__init__`` (whose keyword-only arguments ``BaseException``'s own pickling cannot pass),
+        so an error crosses a process boundary (a ``ProcessPoolExecutor`` worker's 401 is raised in the parent as
+        the same AuthenticationError, never a BrokenProcessPool). Its ``__cause__``/``__context__`` and
+        traceback are not pickled (as for any exception)."""
+        return (_rebuilt, (type(self), self.args), dict(self.__dict__))
+
     def __str__(self) -> str:
         from qwenvl.wording import library_message
 
         return library_message(self.as_written())
+
+
+def _rebuilt(cls: type[QwenVLError], args: tuple[Any, ...]) -> QwenVLError:
+    """An unpickled QwenVLError of class ``cls`` with ``args``: its attributes are set after, from its pickled
+    ``__dict__`` (``QwenVLError.__reduce__``)."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    return exc
 
 
 def written(exc: BaseException) -> str:

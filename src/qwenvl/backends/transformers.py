@@ -33,6 +33,9 @@ it is generated (``_token_streamer``), every wait with the request's ``timeout_s
 carries the counts so far (``StreamEvent.usage``). A caller that leaves stops its generation at the next token (a
 ``StoppingCriteria`` that reads a cancel flag, ``_stopping``): the async face sets the flag when its call is
 cancelled (a time-out, a `qwenvl serve` client gone) or its stream closed; a sync stream sets it when closed.
+The same flag keeps the client's contracts an HTTP backend keeps by its connections: ``close()`` stops the
+generations in flight (``TransformersBackend.close``: the client raises ClientClosedError, logged cancelled), and a
+whole answer's ``timeout_s`` is its deadline (``TransformersBackend.complete``: APITimeoutError).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from qwenvl.errors import (
     InternalServerError,
     MediaError,
     QwenVLError,
+    StreamInterruptedError,
     UnsupportedParameterError,
     UsageError,
 )
@@ -1090,15 +1094,22 @@ def _hold(loaded: Loaded, cancel: threading.Event, timeout_s: float | None = Non
         raise Cancelled("the request was cancelled while it waited for the local model")
 
 
-def _stopping(cancel: threading.Event, torch: Any) -> Any:
-    """A ``StoppingCriteriaList`` that ends generation at its next token once ``cancel`` is set (transformers checks
-    its stopping criteria after every generated token: generation/utils.py, ``_sample``). Imported from its own
+def _stopping(
+    cancel: threading.Event, torch: Any, deadline: float | None = None, late: threading.Event | None = None
+) -> Any:
+    """A ``StoppingCriteriaList`` that ends generation at its next token once ``cancel`` is set, or once the clock
+    (``time.monotonic``) passes ``deadline`` (then ``late`` and ``cancel`` are set); transformers checks its
+    stopping criteria after every generated token: generation/utils.py, ``_sample``. Imported from its own
     module, not through ``transformers``' lazy top level: a batch's workers reaching that at once raced in it
     ("module 'transformers' has no attribute 'StoppingCriteria'")."""
     from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
     class _Cancel(StoppingCriteria):  # type: ignore[misc]
         def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+            if deadline is not None and not cancel.is_set() and time.monotonic() >= deadline:
+                if late is not None:
+                    late.set()
+                cancel.set()
             return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_Cancel()])
@@ -1127,6 +1138,9 @@ class TransformersBackend:
         self.dtype = check_dtype(dtype or "auto")
         self.attn_implementation = attn_implementation
         self.base_url = None
+        self._runs_lock = threading.Lock()  # guards the two sets below
+        self._runs: set[threading.Event] = set()  # the cancel flags of the calls in flight (``_running``)
+        self._cut: set[threading.Event] = set()  # those ``close()`` stopped
 
     # -- planning (no weights loaded) --
     def adapt(self, request: Request) -> Request:
@@ -1193,27 +1207,86 @@ class TransformersBackend:
         )
 
     def close(self) -> None:
-        pass  # the loaded model stays cached for the process
+        """Stop the generations in flight at their next token (and the calls waiting for the model): each raises
+        ``_closed_error`` (APIConnectionError for a whole answer, StreamInterruptedError with the text so far for a
+        stream; a client closing its backend makes it ClientClosedError, logged ``cancelled``), as closing an HTTP
+        backend cuts its connections. The loaded model stays cached for the process; a later call runs as usual.
+        Returns at once (the generation stops within a token). Raises nothing."""
+        with self._runs_lock:
+            self._cut |= self._runs
+            runs = list(self._runs)
+        for cancel in runs:
+            cancel.set()
+
+    @contextlib.contextmanager
+    def _running(self, cancel: threading.Event) -> Iterator[None]:
+        """A call in flight, its ``cancel`` flag known to ``close()`` meanwhile; a call ``close()`` stopped raises
+        ``_closed_error`` instead of ``Cancelled`` (a stop before the model was free)."""
+        with self._runs_lock:
+            self._runs.add(cancel)
+        try:
+            yield
+        except Cancelled:
+            self._check_cut(cancel)
+            raise
+        finally:
+            with self._runs_lock:
+                self._runs.discard(cancel)
+                self._cut.discard(cancel)
+
+    def _check_cut(
+        self, cancel: threading.Event, *, stream: bool = False, partial_text: str = "", partial_reasoning: str = ""
+    ) -> None:
+        """Raise the error of a call ``close()`` stopped (``cancel`` among the cut ones), else nothing: for a
+        ``stream`` a StreamInterruptedError keeping the text so far (``partial_*``), else an APIConnectionError
+        (the answer so far is dropped, as a closed connection's)."""
+        with self._runs_lock:
+            cut = cancel in self._cut
+        if not cut:
+            return
+        message = "the transformers backend was closed while it generated this answer: generation stopped"
+        if stream:
+            raise StreamInterruptedError(message, partial_text=partial_text, partial_reasoning=partial_reasoning)
+        raise APIConnectionError(message)
 
     # -- answering --
     def complete(self, call: Call, *, cancel: threading.Event | None = None) -> Response:
         """The whole answer. ``cancel``: once set (``AsyncTransformersBackend`` sets it when its caller leaves),
         generation stops at its next token and the answer so far is returned; set before the model is free (one
-        generation at a time), nothing is generated and Cancelled is raised."""
+        generation at a time), nothing is generated and Cancelled is raised.
+
+        ``timeout_s`` is the call's deadline (seconds, from when it starts waiting for the model, once the model
+        is loaded: loading is not counted), as an HTTP backend's time-out of a whole attempt: a wait for the model
+        or a generation still running then is stopped (at its next token) and APITimeoutError is raised; the
+        tokens generated by then are dropped (the usage log has the attempt as APITimeoutError). ``close()``
+        during the call raises APIConnectionError (``_check_cut``)."""
         ensure_sendable(call)
         torch, _ = _imports()
         loaded = self.loaded(call.request.model)
         gen = generate_kwargs(call, loaded)
         cancel = threading.Event() if cancel is None else cancel
-        _hold(loaded, cancel)
-        try:
-            inputs = build_inputs(loaded, call)
-            if call.request.seed is not None:
-                torch.manual_seed(call.request.seed)
-            with torch.inference_mode():
-                out = loaded.model.generate(**inputs.tensors, **gen, stopping_criteria=_stopping(cancel, torch))
-        finally:
-            loaded.lock.release()
+        timeout = call.request.timeout_s
+        deadline, late = time.monotonic() + timeout, threading.Event()
+        with self._running(cancel):
+            _hold(loaded, cancel, timeout)
+            try:
+                inputs = build_inputs(loaded, call)
+                if call.request.seed is not None:
+                    torch.manual_seed(call.request.seed)
+                with torch.inference_mode():
+                    out = loaded.model.generate(
+                        **inputs.tensors, **gen, stopping_criteria=_stopping(cancel, torch, deadline, late)
+                    )
+            finally:
+                loaded.lock.release()
+            self._check_cut(cancel)
+        if late.is_set():
+            error = APITimeoutError(
+                f"the local model did not finish within {timeout:g} s (timeout_s): generation stopped, its "
+                "answer so far dropped"
+            )
+            error.delivered = True  # it ran
+            raise error
         generated = out[0, inputs.prompt_tokens :].tolist()
         raw = loaded.tokenizer.decode(generated, skip_special_tokens=True)
         text, reasoning, stopped = split_answer(raw, _stops(call))
@@ -1255,6 +1328,12 @@ class TransformersBackend:
         gen = generate_kwargs(call, loaded)
         timeout = call.request.timeout_s
         cancel = threading.Event() if cancel is None else cancel
+        with self._running(cancel):
+            yield from self._stream(call, loaded, gen, cancel, timeout, torch)
+
+    def _stream(
+        self, call: Call, loaded: Loaded, gen: dict[str, Any], cancel: threading.Event, timeout: float, torch: Any
+    ) -> Iterator[StreamEvent]:
         _hold(loaded, cancel, timeout)
         result: dict[str, Any] = {}
         worker: threading.Thread | None = None
@@ -1360,6 +1439,7 @@ class TransformersBackend:
         out = result.get("out")
         generated = out[0, inputs.prompt_tokens :].tolist() if out is not None else []
         answer, reasoning, cut_here = split_answer(raw, stops)
+        self._check_cut(cancel, stream=True, partial_text=answer, partial_reasoning=reasoning or "")
         response = self._response(
             call,
             answer,
@@ -1438,7 +1518,8 @@ class AsyncTransformersBackend:
         return self._sync.cache_key(call)
 
     async def aclose(self) -> None:
-        pass
+        """``TransformersBackend.close``: the generations in flight stop at their next token. Raises nothing."""
+        self._sync.close()
 
     async def complete(self, call: Call) -> Response:
         """``TransformersBackend.complete`` on a worker thread. A caller that leaves (its task cancelled, a
@@ -1467,10 +1548,8 @@ class AsyncTransformersBackend:
         def pump() -> None:  # the sync generator lives on this one thread, from its first step to its close
             events = self._sync.stream(call, cancel=cancel)
             try:
-                for event in events:
-                    if cancel.is_set():
-                        return
-                    hand(event)
+                for event in events:  # once cancelled, the generation ends within a token: read to its end, so
+                    hand(event)  # that a stream close() stopped hands its error (``_check_cut``) to the reader
             except BaseException as exc:  # handed to the reader
                 hand(None, exc)
                 return

@@ -33,9 +33,28 @@ from qwenvl.spelling import nearest
 
 SourceKind = Literal["url", "oss", "data", "file"]
 
-_DATA_URL = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<b64>.*)$", re.DOTALL | re.IGNORECASE
-)
+# A data: URL's head, up to its payload (read from the URL's first ``_HEAD_CHARS`` characters; the payload itself,
+# megabytes, is never scanned by a regular expression: ``_payload``).
+_DATA_HEAD = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,", re.IGNORECASE)
+_HEAD_CHARS = 4096
+# How much of a large payload one step handles (base64 characters, or bytes): each C call (base64, counting,
+# copying) holds the GIL only that long, so an AsyncClient's event loop, waiting meanwhile for a worker thread
+# preparing a 23 MB photo given as bytes, is never stalled for the whole of it.
+_STEP = 1 << 20
+_SPACE = " \t\n\r\f\v\x1c\x1d\x1e\x1f"  # what the payload may be wrapped with (str.isspace's ASCII ones)
+
+
+def _payload(url: str) -> tuple[re.Match[str], int, int] | None:
+    """``(head, start, end)`` of a data: URL: its head's match (``mime``, ``params``) and its payload's span in
+    ``url`` (the URL's surrounding white space left out), nothing copied; None when it is no data: URL. Raises
+    nothing."""
+    start, end = 0, len(url)
+    while start < end and url[start].isspace():
+        start += 1
+    while end > start and url[end - 1].isspace():
+        end -= 1
+    head = _DATA_HEAD.match(url, start, min(end, start + _HEAD_CHARS))
+    return None if head is None else (head, head.end(), end)
 
 
 @dataclass
@@ -84,14 +103,14 @@ def classify(ref: str) -> Source:
     if lower.startswith("oss://"):
         return Source(ref, "oss", url=text)
     if lower.startswith("data:"):
-        match = _DATA_URL.match(text)
-        if not match:
+        found = _payload(text)
+        if found is None:
             raise MediaError(
                 "a data: URL must look like data:<mime>;base64,<payload>",
                 source=text[:40],
                 hint="Give a data: URL such as data:image/png;base64,iVBOR..., or the file itself.",
             )
-        return Source(ref, "data", url=text, declared_mime=(match.group("mime") or None))
+        return Source(ref, "data", url=text, declared_mime=(found[0].group("mime") or None))
     if lower.startswith("file://"):
         path = Path(unquote(urlsplit(text).path))
         if os.name == "nt" and re.match(r"^/[A-Za-z]:", str(path)):
@@ -267,12 +286,16 @@ def source_size(source: Source) -> int | None:
     if source.kind == "file" and source.path is not None:
         return check_regular(source.path, source.ref).st_size
     if source.kind == "data":
-        match = _DATA_URL.match((source.url or "").strip())
-        if match is None:
+        url = source.url or ""
+        found = _payload(url)
+        if found is None:
             return None
-        payload = match.group("b64")
-        chars = len(payload) - sum(map(payload.count, " \t\n\r\f\v"))  # str.count: at memory speed, unlike a loop
-        return chars * 3 // 4 - payload.rstrip()[-2:].count("=")
+        _, start, end = found
+        chars = end - start
+        for i in range(start, end, _STEP):  # str.count: at memory speed, unlike a loop; a step at a time
+            piece = url[i : min(i + _STEP, end)]
+            chars -= sum(map(piece.count, _SPACE))
+        return chars * 3 // 4 - url[max(start, end - 2) : end].count("=")
     return None
 
 
@@ -350,16 +373,19 @@ def open_source(source: Source) -> BinaryIO:
 
 
 def decode_data_url(url: str, ref: str | None = None) -> bytes:
-    match = _DATA_URL.match(url.strip())
-    if not match:
+    """The bytes of a data: URL's base64 payload (white space in it ignored; any other character that is not
+    base64, or padding before its end, refused), decoded ``_STEP`` characters at a time (``_payload``). Raises
+    MediaError for a string that is no data: URL, a payload that does not decode, an empty one."""
+    found = _payload(url)
+    if found is None:
         raise MediaError(
             "a data: URL must look like data:<mime>;base64,<payload>",
             source=(ref or url)[:40],
             hint="Give a data: URL such as data:image/png;base64,iVBOR..., or the file itself.",
         )
-    payload = re.sub(r"\s+", "", match.group("b64"))
+    _, start, end = found
     try:
-        data = base64.b64decode(payload, validate=True)
+        data = _b64decode(url, start, end)
     except (binascii.Error, ValueError):
         raise MediaError(
             "the data: URL's base64 payload does not decode",
@@ -431,8 +457,37 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_SPACE_BYTES = _SPACE.encode("ascii")
+
+
+def _b64decode(url: str, start: int, end: int) -> bytes:
+    """``url[start:end]`` decoded as strict base64 (``base64.b64decode(validate=True)``) once its white space is
+    removed, a step (``_STEP``) at a time. Raises binascii.Error, ValueError (a character that is not ASCII)."""
+    parts: list[bytes] = []
+    carry = b""
+    padded = False
+    for i in range(start, end, _STEP):
+        piece = carry + url[i : min(i + _STEP, end)].encode("ascii").translate(None, _SPACE_BYTES)
+        last = i + _STEP >= end
+        cut = len(piece) if last else len(piece) // 4 * 4
+        piece, carry = piece[:cut], piece[cut:]
+        if not piece:
+            continue
+        if padded:  # padding ends the payload: more after it is not base64
+            raise binascii.Error("data after the padding")
+        parts.append(base64.b64decode(piece, validate=True))
+        padded = piece.endswith(b"=")
+    return b"".join(parts)
+
+
 def to_data_url(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    """``data:<mime>;base64,<payload>`` of ``data``, encoded a step at a time (``_STEP``: pieces of a multiple of 3
+    bytes join with no padding between them)."""
+    step = _STEP // 4 * 3
+    view = memoryview(data)
+    parts = [f"data:{mime};base64,"]
+    parts += [binascii.b2a_base64(view[i : i + step], newline=False).decode("ascii") for i in range(0, len(data), step)]
+    return "".join(parts)
 
 
 # --- identifying content by its bytes -----------------------------------------------------------------------
@@ -462,8 +517,9 @@ def head_bytes(source: Source, size: int = HEAD_BYTES) -> bytes:
         except (OSError, MediaError):
             return b""
     if source.kind == "data":
-        match = _DATA_URL.match((source.url or "").strip())
-        payload = re.sub(r"\s+", "", match.group("b64")[: size * 2]) if match else ""
+        url = source.url or ""
+        found = _payload(url)
+        payload = re.sub(r"\s+", "", url[found[1] : min(found[2], found[1] + size * 2)]) if found else ""
         payload = payload[: (size + 2) // 3 * 4]
         try:
             return base64.b64decode(payload[: len(payload) // 4 * 4])[:size]
