@@ -293,7 +293,10 @@ class BackgroundWriter:
 
 
 def _write_all(conn: sqlite3.Connection, statements: list[tuple[str, tuple]]) -> None:
-    conn.execute("BEGIN")
+    # IMMEDIATE: the write lock is taken first, waiting up to BUSY_TIMEOUT_MS for another process (a serve and a
+    # CLI on one usage log); a deferred transaction that read first could not be upgraded and failed at once
+    # with "database is locked" (seen under load)
+    conn.execute("BEGIN IMMEDIATE")
     try:
         for sql, params in statements:
             conn.execute(sql, params)
