@@ -118,7 +118,7 @@ def test_a_rerun_replaces_qwenvls_own_output_but_not_once_edited(
         fh.write("my correction\n")
     sent = len(server.requests)
     p = run_cli("ocr", "beach.jpg", "-o", "out.txt", env=env)
-    assert p.returncode == 2 and "was not written by qwenvl" in p.stderr
+    assert p.returncode == 2 and "was changed since qwenvl wrote it" in p.stderr
     assert (user_files / "out.txt").read_text() == "page text\nmy correction\n" and len(server.requests) == sent
 
 

@@ -8,9 +8,11 @@ output unless the user says so.
 library's ``annotate`` and ``contact_sheet``, a batch's output and CSV) it records the file's identity (its resolved
 path, device and inode) and its state (size in bytes and modification time in nanoseconds) in ``outputs.db``, an
 SQLite file in qwenvl's data folder (``$QWENVL_HOME``). A file is qwenvl's own while all of them still match: a
-re-run (or a later run writing to an earlier one's output, as an OCR resumed with ``--pages N-`` may) writes it
+re-run (or a later run writing to an earlier one's complete output) writes it
 again; a file edited since (its size or time changed), copied, or never written by qwenvl is the user's, and is
-replaced only with ``--force`` (``overwrite=True`` in the library). An empty file holds nothing to lose and may be
+replaced only with ``--force`` (``overwrite=True`` in the library). So is qwenvl's own output of a run that
+stopped part-way (``record_output(..., partial=ADVICE)``: an OCR's pages read so far, paid for): the refusal gives
+the writer's advice on keeping them (e.g. append the rest). An empty file holds nothing to lose and may be
 written.
 
 Used by every verb that takes an output file (``ocr -o``, ``ground --out``, ``events --sheet``, ``extract
@@ -266,10 +268,15 @@ def check_outputs(
                     f"{option} {path} holds {held}: writing this output there would destroy it",
                     hint=f"Give {option} a new file name (nothing was sent).",
                 )
-        if not force and option not in resumed and _foreign(path):
+        kept = _held_by_user(path) if not force and option not in resumed else None
+        if kept is not None:
+            words, advice = kept
+            hint = f"Give {option} a new file name (nothing was sent), or pass {force_flag} to replace it."
+            if advice:  # the writer's own way to keep what the file holds (``record_output(partial=...)``)
+                hint = f"{advice[:1].upper()}{advice[1:]}; or pass {force_flag} to replace it (nothing was sent)."
             raise UsageError(
-                f"{option} {path} exists and was not written by qwenvl: writing this output there would replace it",
-                hint=f"Give {option} a new file name (nothing was sent), or pass {force_flag} to replace it."
+                f"{option} {path} {words}: writing this output there would replace it",
+                hint=hint
                 if force_flag
                 else f"Give {option} a new file name, or move {path.name} aside (nothing was sent).",
             )
@@ -277,14 +284,25 @@ def check_outputs(
     return checked
 
 
-def _foreign(path: Path) -> bool:
-    """Whether ``path`` is an existing regular file with something in it that qwenvl did not write (or that was
-    changed since): what an output may replace only when the user says so. Raises nothing."""
+def _held_by_user(path: Path) -> tuple[str, str | None] | None:
+    """What an existing, non-empty regular file holds that an output may replace only when the user says so, in
+    words for the error, with the writer's advice on keeping it (or None): ``"exists and was not written by
+    qwenvl"``, ``"was changed since qwenvl wrote it"`` (the ledger has the path, not this state), or ``"holds the
+    pages of a reading that stopped"`` (qwenvl's own output recorded ``partial``, with its advice). None for
+    anything else (missing, empty, not regular, qwenvl's own complete output). Raises nothing."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size > 0 and not written_by_qwenvl(path)
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return None
+    row = _ledger_row(path)
+    if row is None:
+        return "exists and was not written by qwenvl", None
+    state, partial = row
+    if state != _identity(path):
+        return "was changed since qwenvl wrote it", None
+    return ("holds the pages of a reading that stopped, paid for", partial) if partial else None
 
 
 def _ledger_path() -> Path:
@@ -300,10 +318,14 @@ def _m001_written(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m002_partial(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE written ADD COLUMN partial TEXT")  # NULL: complete; else how to keep its pages
+
+
 def _ledger() -> sqlite3.Connection:
     from qwenvl.store.db import connect
 
-    return connect(_ledger_path(), [_m001_written])
+    return connect(_ledger_path(), [_m001_written, _m002_partial])
 
 
 def _identity(path: Path) -> tuple[str, tuple[int, int, int, int]] | None:
@@ -316,11 +338,14 @@ def _identity(path: Path) -> tuple[str, tuple[int, int, int, int]] | None:
     return str(resolved), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def record_output(path: str | os.PathLike[str]) -> None:
+def record_output(path: str | os.PathLike[str], *, partial: str | None = None) -> None:
     """Record that qwenvl has just written the output file ``path`` (its identity and state, in
     ``outputs.db`` in qwenvl's data folder), so that a later run may replace it (``check_outputs``). Called by
-    every writer after each write. A record that cannot be made (a read-only data folder) is said as a warning:
-    the next run then asks for ``--force``. Raises nothing."""
+    every writer after each write. ``partial``: the file holds part of a run that stopped (or is still going),
+    paid for, such as an OCR's pages so far; the text is the writer's advice on keeping it (e.g. "append the
+    rest instead: ..."), and a later run replaces it only with ``--force`` (``check_outputs`` says the advice).
+    A record that cannot be made (a read-only data folder) is said as a warning: the next run then asks for
+    ``--force``. Raises nothing."""
     ident = _identity(Path(os.fspath(path)))
     if ident is None:
         return
@@ -329,8 +354,9 @@ def record_output(path: str | os.PathLike[str]) -> None:
         conn = _ledger()
         try:
             conn.execute(
-                "INSERT OR REPLACE INTO written (path, dev, ino, size, mtime_ns, at) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, dev, ino, size, mtime_ns, time.time()),
+                "INSERT OR REPLACE INTO written (path, dev, ino, size, mtime_ns, at, partial) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, dev, ino, size, mtime_ns, time.time(), partial),
             )
         finally:
             conn.close()
@@ -347,19 +373,31 @@ def written_by_qwenvl(path: str | os.PathLike[str]) -> bool:
     """Whether the existing file ``path`` is qwenvl's own earlier output, unchanged since: its resolved path,
     device, inode, size and modification time (ns) as ``record_output`` recorded them. False for any other file,
     and when the record cannot be read. Raises nothing."""
-    ident = _identity(Path(os.fspath(path)))
+    row = _ledger_row(Path(os.fspath(path)))
+    return row is not None and row[0] == _identity(Path(os.fspath(path)))
+
+
+def _ledger_row(path: Path) -> tuple[tuple[str, tuple[int, int, int, int]], str | None] | None:
+    """The ledger's record of the existing file ``path``: ((resolved path, its recorded (device, inode, size,
+    mtime_ns)), the ``partial`` advice or None); None when the path is not recorded, missing, or the ledger
+    cannot be read. Raises nothing."""
+    ident = _identity(path)
     if ident is None or not _ledger_path().is_file():
-        return False
-    key, state = ident
+        return None
+    key = ident[0]
     try:
         conn = _ledger()
         try:
-            row = conn.execute("SELECT dev, ino, size, mtime_ns FROM written WHERE path = ?", (key,)).fetchone()
+            row = conn.execute(
+                "SELECT dev, ino, size, mtime_ns, partial FROM written WHERE path = ?", (key,)
+            ).fetchone()
         finally:
             conn.close()
     except (sqlite3.Error, OSError):
-        return False
-    return row is not None and tuple(row) == state
+        return None
+    if row is None:
+        return None
+    return (key, (row[0], row[1], row[2], row[3])), row[4]
 
 
 def write_atomic(path: Path, chunks: Iterable[str], *, mode: int = 0o666) -> None:

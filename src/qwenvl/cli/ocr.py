@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -131,9 +132,11 @@ def ocr(opts: dict[str, Any]) -> None:
     holds every page read so far. A PDF's pages are told apart:
     text ends each page with a form feed (\\f, as pdftotext does; split on it), markdown begins each with a
     "<!-- page N -->" line, json lists "pages" (its "text" as text's). A run resumed with --pages N- appended to
-    the first gives what one run gives. Several pages are priced before any is sent: above --max-cost, asked
-    (terminal) or refused unless --yes. When no text is found the output holds no text (a PDF's page ends
-    only), a note says so on stderr, and the exit status is still 0.
+    the first gives what one run gives. An -o file of a reading that stopped keeps its pages: a later run
+    replaces it only with --force (resume text and markdown with --pages N- >> FILE in place of -o FILE; json
+    into another file), as the note after the stop says. Several pages are priced before any is sent: above
+    --max-cost, asked (terminal) or refused unless --yes. When no text is found the output holds no text (a
+    PDF's page ends only), a note says so on stderr, and the exit status is still 0.
     """
     with once_per_run():  # every page estimated, then planned: a warning about the requests said once
         _read(opts)
@@ -191,10 +194,18 @@ def _read(opts: dict[str, Any]) -> None:
     record = result.to_json() | spent_fields(result.responses, region=opts["region"])  # every page's, paid
     record |= {"error": error_record(stopped)} if stopped is not None else {}
     text = json.dumps(as_given(record), ensure_ascii=False, indent=2) if fmt == "json" else result.text
+    rest = None
+    if stopped is not None and pdf and result.stopped_at:
+        try:  # reads the document's page count again: a failure (a URL not fetched again) leaves no note
+            rest = pages_left(source, pages, result.stopped_at)
+        except QwenVLError:
+            rest = None
     if output is not None:  # the whole result (its error too), over the pages kept; a PDF's text ends with its
         # last page's own end (``OCRResult.page_text``)
         output.write_text(text if pdf and fmt != "json" else text + "\n", encoding="utf-8")
-        record_output(output)  # qwenvl's own: a later run (a re-run, --pages N- for the rest) may write it again
+        # qwenvl's own: a re-run may write it again, unless it holds the pages of a reading that stopped (paid
+        # for): then only with --force, the refusal saying how to keep them (``keep_pages``)
+        record_output(output, partial=keep_pages(fmt, output, rest) if stopped is not None else None)
         err_console().print(f"[dim]wrote {escape(safe_line(output))}[/]", highlight=False)
     elif streamed:
         pass  # written page by page (``_writer``)
@@ -219,15 +230,32 @@ def _read(opts: dict[str, Any]) -> None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
         if result.pages:
-            note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} shown")
-            if pdf and result.stopped_at:
-                try:  # reads the document's page count again: a failure (a URL not fetched again) leaves no note
-                    rest = pages_left(source, pages, result.stopped_at)
-                except QwenVLError:
-                    rest = None
-                if rest:
-                    note(f"to read the rest, run it again with --pages {rest}")
+            where = f"kept in {output}" if output is not None else "shown"
+            note(f"page {result.stopped_at} {why}: only page{'s' if len(result.pages) > 1 else ''} {read} {where}")
+            if rest and output is None:
+                note(f"to read the rest, run it again with --pages {rest}")
+            elif rest and output is not None:
+                note(f"to read the rest, run it again with {resume_args(fmt, output, rest)}")
         raise stopped  # the error that stopped the reading, never one of the note's
+
+
+def resume_args(fmt: str, output: Path, rest: str) -> str:
+    """The arguments that read the rest (``rest``: a ``--pages`` selection, e.g. ``"3-"``) of a reading stopped
+    with ``-o output`` without replacing the pages kept there: text and Markdown appended to it (``>>``: each page
+    carries its own break, so the file is then what one run writes), JSON into another file (one document each).
+    Raises nothing."""
+    if fmt == "json":
+        other = output.with_name(f"{output.stem}-{rest.rstrip('-').replace(',', '_')}{output.suffix or '.json'}")
+        return f"--pages {rest} -o {shlex.quote(str(other))} in place of -o {shlex.quote(str(output))}"
+    return f"--pages {rest} >> {shlex.quote(str(output))} in place of -o {shlex.quote(str(output))}"
+
+
+def keep_pages(fmt: str, output: Path, rest: str | None) -> str:
+    """The advice recorded with the -o file of a reading that stopped (``record_output(partial=...)``), said when a
+    later run would replace it: how to read the rest and keep the pages (``resume_args``). Raises nothing."""
+    if rest:
+        return f"to keep its pages, read the rest with {resume_args(fmt, output, rest)}"
+    return "to keep its pages, read the rest into another file (-o NEW), or append it (>> FILE, text and markdown)"
 
 
 def _while_read(plans: Iterable[tuple[int | None, Call]]) -> Iterator[tuple[int | None, Call]]:
@@ -250,10 +278,12 @@ class _PageFile:
         self._fh: IO[str] | None = None
 
     def __call__(self, page: OCRPage) -> None:
+        # recorded partial until the run's end: a run killed now leaves pages a re-run must not replace unasked
+        partial = keep_pages(self.result.format, self.output, None)
         if self.result.format == "json":
             document = json.dumps(as_given(self.result.to_json()), ensure_ascii=False, indent=2)
             write_atomic(self.output, [document + "\n"])
-            record_output(self.output)
+            record_output(self.output, partial=partial)
             return
         block = self.result.page_text(page)  # as the run's end writes it: a PDF page with its own break
         if not block:
@@ -262,7 +292,7 @@ class _PageFile:
             self._fh = self.output.open("w", encoding="utf-8")
         self._fh.write(block)
         self._fh.flush()
-        record_output(self.output)  # qwenvl's own after each write (a run killed now may be run again)
+        record_output(self.output, partial=partial)
 
     def close(self) -> None:
         if self._fh is not None:
