@@ -65,9 +65,9 @@ def test_csv_keeps_the_final_shape_when_a_column_appears_midway(server, env, iso
     p = run_cli("extract", *images, "--schema", "s.json", "--csv", "out.csv", "--yes", env=env)
     assert p.returncode == 5, p.stderr
     rows = read_csv(isolated_env / "out.csv")
-    assert rows[0] == ["file", "total", "extra", "error"]
+    assert rows[0] == ["file", "total", "extra", "error", "raw_answer"]  # the answer paid for kept too
     assert [r[:3] for r in rows[1:]] == [[images[0], "1", ""], [images[1], "2", "x"], [images[2], "", ""]]
-    assert rows[1][3] == rows[2][3] == "" and rows[3][3]
+    assert rows[1][3] == rows[2][3] == "" and rows[3][3] and rows[3][4] == "not json"
 
 
 def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:

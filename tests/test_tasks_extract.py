@@ -141,3 +141,17 @@ def test_library_pydantic_schema(client, server, files):
     results = list(tasks.extract_many(client, [str(f) for f in files[:2]], Invoice))
     assert results[0].ok and isinstance(results[0].parsed, Invoice)
     assert not results[1].ok and results[1].exit_code == 5
+
+
+def test_csv_keeps_an_invalid_answer_paid_for(server, env, files, isolated_env):
+    """A file whose answer and repair are both invalid JSON: its CSV row keeps the raw answer (a raw_answer column,
+    added with that row), and stderr shows it and what it took, as for one file."""
+    server.enqueue(Reply(text='{"title": "A", "amount": 1}'), Reply(text="nope {"), Reply(text="still nope {"))
+    p = extract(env, "inv0.png", "inv1.png", "--schema", "invoice.schema.json", "--csv", "t.csv")
+    assert p.returncode == 5, p.stderr
+    with open(isolated_env / "t.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["file", "title", "amount", "items", "error", "raw_answer"]
+    assert rows[1] == ["inv0.png", "A", "1", "", "", ""]
+    assert rows[2][0] == "inv1.png" and rows[2][4] and rows[2][5] == "still nope {"
+    assert "raw answer:" in p.stderr and "still nope {" in p.stderr and "paid:" in p.stderr, p.stderr

@@ -25,19 +25,17 @@ from qwenvl.cli.common import (
     make_client,
     max_cost_options,
     not_dash,
-    paid_line,
     pass_opts,
     print_json,
     prompt_and_media,
     request_fields,
     service_options,
+    show_paid,
 )
 from qwenvl.cli.tasks_common import dry_run, show_usage, warn
 from qwenvl.errors import MediaError, StructuredOutputError, UsageError, safe_line
-from qwenvl.models import spent_label
 from qwenvl.outputs import check_outputs, record_output, write_atomic
 from qwenvl.tasks.extract import EXTRACT_MAX_TOKENS, Extraction, columns, extract_many, plan_extract, to_row
-from qwenvl.types import Response
 
 if TYPE_CHECKING:
     from qwenvl.plan import Call
@@ -137,10 +135,8 @@ def extract(opts: dict[str, Any]) -> None:
                     click.echo(json.dumps(as_given(row.line(opts["region"])), ensure_ascii=False))
                 if not row.ok:
                     warn([f"{row.file}: {row.error}"], prefix="error")
-                    if isinstance(row.failure, StructuredOutputError) and isinstance(row.response, Response):
-                        # what the failed answer took, as one file's failure says it (``report``)
-                        label = spent_label(row.response.protocol)
-                        err_console().print(f"[dim]{label}: {escape(paid_line(row.failure))}[/]", highlight=False)
+                    if isinstance(row.failure, StructuredOutputError):
+                        show_paid(row.failure)  # its raw answer and what it took, as one file's failure (``report``)
     finally:
         if out is not None:
             out.close()
@@ -159,8 +155,9 @@ def extract(opts: dict[str, Any]) -> None:
 class CsvRows:
     """``--csv``, written as the answers arrive: each row appended and flushed, so an answer paid for is on disk at
     once whatever stops the run after it (Ctrl-C, a 401, a crash). The header is ``columns`` of the rows so far;
-    when a row brings a new column (a key beyond the schema's, the first error) the file is written again whole
-    (``write_atomic``: complete or as it was), so the finished file is the same as one written at the end."""
+    when a row brings a new column (a key beyond the schema's, the first error, the first raw answer) the file is
+    written again whole (``write_atomic``: complete or as it was), so the finished file is the same as one written
+    at the end."""
 
     def __init__(self, path: Path, schema: Any) -> None:
         self.path, self.schema = path, schema

@@ -229,7 +229,8 @@ def _failed(file: Any, exc: QwenVLError) -> Extraction:
 
 
 def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[str]:
-    """``file``, the schema's top-level properties in order, any other keys seen, and ``error`` if any failed.
+    """``file``, the schema's top-level properties in order, any other keys seen, ``error`` if any failed, and
+    ``raw_answer`` if any failed with an answer (paid for) that was not valid for the schema (``raw_text``).
     Raises nothing."""
     rows = list(rows)
     names: list[str] = ["file"]
@@ -245,6 +246,8 @@ def columns(schema: dict[str, Any] | None, rows: Iterable[Extraction]) -> list[s
                 names.append(key)
     if any(not r.ok for r in rows):
         names.append("error")
+    if any(r.raw_text is not None for r in rows):
+        names.append("raw_answer")
     return names
 
 
@@ -269,4 +272,6 @@ def to_row(row: Extraction, names: list[str]) -> list[str]:
     record["file"] = row.file
     if row.error is not None:
         record["error"] = row.error
+    if row.raw_text is not None:
+        record["raw_answer"] = row.raw_text
     return [cell(record.get(name)) for name in names]
