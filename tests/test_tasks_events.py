@@ -174,3 +174,17 @@ def test_library_events(client, server, clip):
     assert [e.start for e in t.events] == ["00:00:00", "00:00:01", "00:00:02"]
     assert t.duration == 3.0 and len(t.frame_times) == 6 and t.frame_times[0] == 0.0
     assert t.events[1].start_s == 1.0 and t.response is not None
+
+
+def test_times_printed_never_pass_the_clips_end():
+    """An end clipped to the clip's end (1.5 s, 1.56 s) is printed at or before it, in the event and the warning."""
+    from qwenvl.tasks.events import build_timeline
+
+    for duration, said in ((1.5, "00:00:01.5"), (1.56, "00:00:01.5")):
+        items = [
+            {"start_time": "00:00:01", "end_time": "00:00:09", "event": "runs past the end"},
+            {"start_time": "00:00:02", "end_time": "00:00:02", "event": "within the allowance"},
+        ]
+        events, warnings = build_timeline(items, duration)
+        assert [(e.start, e.end) for e in events] == [("00:00:01", "00:00:01"), ("00:00:01", "00:00:01")]
+        assert f"after the clip ends ({said}): clipped to the end" in warnings[0], warnings

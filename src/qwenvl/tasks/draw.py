@@ -295,10 +295,12 @@ def save(img: Image.Image, out: str | Path) -> Path:
 
 
 def hms(seconds: float, *, decimals: bool = False) -> str:
-    """``HH:mm:ss`` (whole seconds, truncated), or ``HH:mm:ss.s`` (rounded to a tenth) with ``decimals``.
-    Raises nothing."""
+    """``HH:mm:ss`` (whole seconds), or ``HH:mm:ss.s`` (tenths) with ``decimals``; both truncated, never rounded
+    up, so a time printed is never after the one given (a clip's end, 1.56 s, is ``00:00:01.5``). Raises
+    nothing."""
     seconds = max(0.0, seconds)
-    tenths = round(seconds * 10) if decimals else int(seconds) * 10
+    # 1e-6: a float a hair below its tenth (2.3 * 10 == 22.999999999999996) is that tenth
+    tenths = math.floor(seconds * 10 + 1e-6) if decimals else int(seconds) * 10
     whole, frac = divmod(tenths, 10)
     text = f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
     return f"{text}.{frac}" if decimals else text

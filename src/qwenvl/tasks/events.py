@@ -325,8 +325,10 @@ def build_timeline(items: list[dict[str, Any]], duration: float | None) -> tuple
                 end = duration
         if not text:
             warnings.append(f"event {n} ({start_raw}–{end_raw}) has no description (kept)")
-        stop = math.ceil(end) if duration is None else min(math.ceil(end), math.ceil(duration))
-        events.append(Event(start=hms(math.floor(start)), end=hms(stop), event=text, start_s=start, end_s=end))
+        first, stop = math.floor(start), math.ceil(end)  # the seconds it spans, never printed past the clip's end
+        if duration is not None and stop > duration:
+            first, stop = min(first, math.floor(duration)), math.floor(duration)
+        events.append(Event(start=hms(first), end=hms(stop), event=text, start_s=start, end_s=end))
     ordered = sorted(events, key=lambda e: (e.start_s, e.end_s))
     if ordered != events:
         warnings.append("the events were not in time order: sorted by start")
