@@ -188,3 +188,17 @@ def test_times_printed_never_pass_the_clips_end():
         events, warnings = build_timeline(items, duration)
         assert [(e.start, e.end) for e in events] == [("00:00:01", "00:00:01"), ("00:00:01", "00:00:01")]
         assert f"after the clip ends ({said}): clipped to the end" in warnings[0], warnings
+
+
+def test_a_sheet_changed_since_is_said_so(server, env, clip, isolated_env):
+    """``touch sheet.png`` after qwenvl wrote it: a re-run says it was changed since, not that qwenvl never wrote it."""
+    import os
+
+    server.enqueue(Reply(text=json.dumps(SEED_ANSWER)))
+    assert run(env, "events", "clip.mp4", "--sheet", "sheet.png").returncode == 0
+    st = os.stat(isolated_env / "sheet.png")
+    os.utime(isolated_env / "sheet.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    sent = len(server.requests)
+    p = run(env, "events", "clip.mp4", "--sheet", "sheet.png")
+    assert p.returncode == 2 and "sheet.png was changed since qwenvl wrote it" in p.stderr, p.stderr
+    assert "--force" in p.stderr and len(server.requests) == sent
