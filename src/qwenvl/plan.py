@@ -525,8 +525,8 @@ def check_ocr_options(model: ModelInfo, given: str = "ocr_options (--param / ext
     raise UsageError(
         f"{given} {'are' if plural else 'is'} read only by the qwen-vl-ocr models; {model.name} ({model.family}) "
         f"would ignore {them}: nothing was sent",
-        hint=f"Add --model qwen-vl-ocr for a built-in task, or leave out {given.partition(' (the service')[0]} (a "
-        "general model reads a table as asked: --format markdown).",
+        hint=f"Add --model qwen-vl-ocr for a built-in task, or leave out {given.partition(' (the service')[0]}. A "
+        "general model reads a table as asked (--format markdown).",
     )
 
 
