@@ -281,7 +281,11 @@ def test_dead_server_is_connection_error():
 
 
 def test_unknown_model_is_a_bad_request(client, server, protocol):
+    """A Qwen-VL name the service does not serve is its refusal; one that names no Qwen-VL family is refused unsent
+    (``models.no_family_error``)."""
     with pytest.raises(BadRequestError):
+        client.complete(prompt="x", model="qwen9-vl-none")
+    with pytest.raises(UsageError, match="nothing in the name says which Qwen-VL family"):
         client.complete(prompt="x", model="no-such-model")
 
 

@@ -251,3 +251,57 @@ def test_the_openai_backend_hint_line_is_the_servers_advice(serve: Served, isola
     hint = [line for line in p.stderr.splitlines() if line.startswith("hint:")]
     assert hint == ["hint: Send the file as a data: URL."], p.stderr
     assert p.stderr.count("data: URL") == 1, p.stderr
+
+
+# --- 5. a served name the table does not know is the server's ---------------------------------------------------
+
+TINY = "Qwen3-VL-Tiny"  # a local model folder's name, as serve lists it: not lower case, not in the table
+
+
+@pytest.fixture
+def tiny() -> Iterator[tuple[EngineServer, Served]]:
+    with EngineServer(engine="vllm", served=TINY, max_model_len=WINDOW) as e, engine_gateway(e) as s:
+        yield e, s
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_a_name_the_server_lists_is_accepted_with_its_facts(tiny: tuple[EngineServer, Served], protocol: str) -> None:
+    """Found by a new user: serve listed `Qwen3-VL-Tiny`, and the client refused it as DashScope's misspelling
+    ("did you mean qwen3-vl-tiny?", which the server then 404s); the listing is asked first, once per client."""
+    engine, serve = tiny
+    with qwenvl.Client(api_key=SERVE_KEY, base_url=serve.url, protocol=protocol, model=TINY) as c:
+        assert c.resolve_model().family == "qwen3-vl" and c.is_local
+        assert c.ask("hi", max_tokens=3).text
+        with pytest.raises(qwenvl.UsageError) as caught:  # one it does not list: refused, naming what it serves
+            c.ask("hi", model="Qwen3-VL-Huge", max_tokens=3)
+    assert f"this server serves {TINY}" in caught.value.message and "did you mean" not in str(caught.value)
+    assert len(engine.chats()) == 1
+
+
+@pytest.mark.parametrize("verb", ["ask", "tokens", "ocr"])
+def test_every_verb_takes_the_servers_name_and_refuses_one_it_does_not_serve(
+    tiny: tuple[EngineServer, Served], isolated_env: Path, verb: str
+) -> None:
+    engine, serve = tiny
+    photo = write_image(isolated_env / "photo.png", (320, 240))
+    extra = ["hi", "--max-tokens", "3"] if verb == "ask" else []
+    p = run_cli(verb, str(photo), *extra, "--base-url", serve.url, "-m", TINY, env=KEYS)
+    assert p.returncode == 0, p.stderr
+    assert "did you mean" not in p.stderr and "warning" not in p.stderr, p.stderr
+    p = run_cli(verb, str(photo), *extra, "--base-url", serve.url, "-m", "qwen3-vl-tiny", env=KEYS)
+    assert p.returncode == 2, p.stderr
+    assert f"qwen3-vl-tiny is not a model the server at {serve.url} serves: this server serves {TINY}" in p.stderr
+    assert len(engine.chats()) == (0 if verb == "tokens" else 1)
+
+
+def test_dashscopes_own_host_is_not_asked_and_keeps_the_misspelling_check(monkeypatch) -> None:
+    from qwenvl.transport import Transport
+
+    def asked(*a, **kw):
+        raise AssertionError("DashScope's own host was asked for a listing")
+
+    monkeypatch.setattr(Transport, "get_json", asked)
+    for url in (None, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"):
+        with qwenvl.Client(api_key="sk-x", base_url=url, model=TINY) as c, pytest.raises(qwenvl.UsageError) as caught:
+            c.plan(prompt="hi")
+        assert "did you mean qwen3-vl-tiny?" in caught.value.message

@@ -94,6 +94,46 @@ def test_qwen_vl_ocr_task_and_options_pass_through(server, env, scan, protocol):
     assert params(server)["ocr_options"] == options
 
 
+def test_ocr_options_in_extra_on_a_general_model_are_refused_everywhere(server, env, scan, protocol):
+    """Found by a new user: `ocr --param ocr_options=...` (and `ask --param`) was sent to qwen3-vl-plus, which
+    ignores it, while `ocr --task` on it is refused; the request's plan refuses it in the same words, for every path
+    (the verbs, the library, serve)."""
+    opts = 'ocr_options={"task": "table_parsing"}'
+    for verb in (["ocr", "scan.png"], ["ask", "scan.png", "Read it"]):
+        p = run_cli(*verb, "--param", opts, "--protocol", protocol, env=env)
+        assert p.returncode == 2, p.stderr
+        assert "ocr_options (--param) is read only by the qwen-vl-ocr models" in p.stderr, p.stderr
+        assert "qwen3-vl-plus (qwen3-vl) would ignore it: nothing was sent" in p.stderr
+    assert server.requests == []
+    extra = {"ocr_options": {"task": "table_parsing"}}
+    with qwenvl.Client(api_key=API_KEY, base_url=server.url, protocol=protocol) as client:
+        with pytest.raises(qwenvl.UsageError) as err:
+            client.ask("Read it", str(scan), extra=extra)
+        assert "ocr_options (extra) is read only by the qwen-vl-ocr models" in str(err.value)
+        client.ask("Read it", str(scan), extra=extra, model="qwen-vl-ocr")  # the model that reads it: sent
+    assert params(server)["ocr_options"] == {"task": "table_parsing"}
+
+
+def test_serve_refuses_ocr_options_for_a_model_that_does_not_read_them(server, scan):
+    import httpx
+
+    from qwenvl.server.app import ServeSettings, create_app
+    from test_serve import SERVE_KEY, Served
+
+    client = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url)
+    body = {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": "hi"}], "ocr_options": {"task": "x"}}
+    with Served(create_app(client, ServeSettings(api_key=SERVE_KEY))) as s:
+        reply = httpx.post(
+            s.url + "/compatible-mode/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {SERVE_KEY}"},
+            timeout=60,
+        )
+    assert reply.status_code == 400, reply.text
+    assert "read only by the qwen-vl-ocr models" in reply.text
+    assert not [r for r in server.requests if r.method == "POST"]
+
+
 def test_ocr_options_on_a_general_model_are_refused(server, env, scan):
     """Found by a new user: `ocr --task table_parsing` on the default qwen3-vl-plus printed a note that it "may
     ignore it" and sent it; only the qwen-vl-ocr models read ocr_options (the official Qwen-OCR page), and an option

@@ -191,7 +191,27 @@ def test_models_says_an_unknown_name_is_unknown():
     p = run_cli("models", "qwen3.5-vl-plus")  # a Qwen name newer than the table: its family guessed, with a warning
     assert p.returncode == 0 and "guessed" in p.stderr
     p = run_cli("models", "nonsense-model", env={"QWENVL_UNLISTED_MODELS": "nonsense-model"})
-    assert p.returncode == 0  # the user insists
+    assert p.returncode == 2 and "qwen3-vl" not in p.stdout  # no family to guess, whoever insists
+    assert "QWENVL_UNLISTED_MODELS" not in p.stderr  # the hint suggests nothing that would then guess
+
+
+@pytest.mark.parametrize(
+    "name", ["qwen-max", "qwen-plus", "qwen-turbo", "qwen3-max", "qwen-long", "qwen2.5-72b-instruct"]
+)
+def test_a_text_model_name_is_unknown_never_a_guessed_qwen_vl(name, server, env, files) -> None:
+    """Found by a new user: `qwenvl models qwen-max` said "resolves to qwen3-vl-flash (... guessed from the name as
+    qwen3-vl ...)" and `ask -m qwen-max` was sent with Qwen-VL rules; a name with no family word is unknown."""
+    p = run_cli("models", name)
+    assert p.returncode == 2 and "resolves to" not in p.stdout, p.stdout
+    assert f"{name} is not a model qwenvl knows, and nothing in the name says which Qwen-VL family" in p.stderr
+    p = run_cli("ask", "hi", "-m", name, env={**env, "QWENVL_UNLISTED_MODELS": name})
+    assert p.returncode == 2 and "nothing in the name says which Qwen-VL family" in p.stderr, p.stderr
+    assert "guessed" not in p.stderr, p.stderr
+    with make_client(server, model=name) as c, pytest.raises(UsageError):
+        c.ask("hi")
+    assert not [r for r in server.requests if r.method == "POST"]  # (the double is asked what it lists: GET)
+    for family in ("qwen3-omni-flash", "qwen3.5-vl-plus", "qvq-next"):  # a family word: guessed, with a warning
+        assert run_cli("models", family).returncode == 0
 
 
 # --- 8. the library's errors carry what the call gave ------------------------------------------------------

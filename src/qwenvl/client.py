@@ -47,7 +47,7 @@ from qwenvl.errors import (
 )
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.sources import looks_swapped, swapped_error
-from qwenvl.models import DEFAULT_MODEL, ModelInfo, listed_name, model_info, typo_error
+from qwenvl.models import DEFAULT_MODEL, ModelInfo, listed_name, model_info
 from qwenvl.notes import cut_off
 from qwenvl.plan import Call, plan
 from qwenvl.retry import RetryHook, RetryNotice
@@ -745,18 +745,41 @@ class _Base(Generic[B, H]):
         client talks to says them, when that server is not DashScope's own and says the model is local (a ``qwenvl
         serve`` in front of an engine lists its family, context and ``"local": true``: ``backends.family.
         listed_model``): its family's rules, its context, no price. None otherwise: another backend, a backend
-        object given, a name the model table lists (a DashScope model: the table's rules) or that looks like a
-        misspelling of one (``models.typo_error``: refused before anything is sent), or a server that does
+        object given, a name the model table lists (a DashScope model: the table's rules), or a server that does
         not say (a real DashScope, a proxy: nothing is asked of DashScope's own endpoints). The server is asked
         once per client (``backends.dashscope.served_models``: one ``GET .../models`` within
         ``LISTING_TIMEOUT_S``, with this client's key when one is found). Raises nothing."""
         if not self._dashscope or self._given_backend:
             return None
         name = name or self.defaults.get("model") or DEFAULT_MODEL
-        if listed_name(name) or typo_error(name, allowed=qenv.unlisted_models()) is not None:
-            return None  # a DashScope model, or a misspelt one (refused unsent: ``plan.check_model_name``)
+        if listed_name(name):
+            return None  # a DashScope model: the table's rules
         entry = self._listing().get(name)
         return listed_model(name, entry) if entry is not None else None
+
+    def served_name(self, name: str) -> bool:
+        """Whether ``name`` is the server's own (a name the model table does not list, which the server this
+        DashScope client talks to lists in its ``GET .../models``, ``served_model``): then it is not checked against
+        the table's spellings (``plan.check_model_name``), for the server names its models as it likes
+        (``Qwen3-VL-Tiny``). False for a name the table lists, another backend, a backend object given, DashScope's
+        own hosts (nothing is asked of them: the table's checks stand), or a server that lists no local model (a
+        gateway to the cloud passes names on). The listing is asked at most once per client, within
+        ``LISTING_TIMEOUT_S``. Raises UsageError (exit 2, nothing sent) for a name such a server does not list when
+        it lists a local model (a ``qwenvl serve`` in front of a local engine serves only those): ``X is not a model
+        this server serves``, its hint naming them."""
+        if not self._dashscope or self._given_backend or listed_name(name):
+            return False
+        listing = self._listing()
+        if name in listing:
+            return True
+        if not any(entry.get("local") is True for entry in listing.values()):
+            return False
+        names = sorted(listing)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UsageError(
+            f"{name} is not a model the server at {self.base_url} serves: this server serves {shown}",
+            hint=f"Give --model {names[0]} (the server's GET /v1/models lists its models).",
+        )
 
     def _listing(self) -> dict[str, dict[str, Any]]:
         with self._listing_lock:
@@ -797,6 +820,7 @@ class _Base(Generic[B, H]):
         name = name or self.defaults.get("model")
         if self._dashscope:
             name = name or DEFAULT_MODEL
+            self.served_name(name)  # a name a server in front of a local engine does not serve: refused now
             return self.served_model(name) or model_info(name)
         from qwenvl.backends import local_model
 
@@ -860,8 +884,11 @@ class _Base(Generic[B, H]):
         if swapped is not None and req.prompt is not None:  # "file not found: What is this?" would mislead
             raise swapped_error(req.prompt, swapped)
         if self._dashscope:  # a served local model's rules when its server says them (``served_model``)
+            served = self.served_name(req.model)  # the server's own name: not checked against the table's spellings
             model = self.served_model(req.model)
-            call = plan(req, self.protocol, estimate_only=estimate_only, model=model, prepared=self.prepared)
+            call = plan(
+                req, self.protocol, estimate_only=estimate_only, model=model, prepared=self.prepared, served=served
+            )
             self._check_upload(call)
             return call
         backend = self.backend

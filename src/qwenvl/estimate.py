@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from qwenvl import env as qenv
 from qwenvl.backends.family import family_model
 from qwenvl.backends.oss import storage_refusal
 from qwenvl.config import UNKNOWN_REGION_HINT
@@ -24,8 +23,8 @@ from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.interfaces import SupportsEstimate
 from qwenvl.media.prepare import PreparedItem, prepare_messages
 from qwenvl.media.sources import check_options_apply, classify, first_names, media_kind, ref_kinds
-from qwenvl.models import currency_of, media_costs, model_info, typo_error
-from qwenvl.plan import check_video_ability, media_option_fields, media_options, video_pixels
+from qwenvl.models import currency_of, media_costs, model_info
+from qwenvl.plan import check_model_name, check_video_ability, media_option_fields, media_options, video_pixels
 from qwenvl.types import ImagePart, Message, TextPart, VideoPart
 
 
@@ -81,6 +80,8 @@ def estimate_files(
         raise UsageError(exc.message, hint=hint) from None
     request = client.request(prompt="tokens", **fields)
     # a model a server in front of a local engine serves (``Client.served_model``): its family's rules, no price
+    # a name such a server lists is its own (``Client.served_name``; one it does not serve is refused there)
+    own = False if family else getattr(client, "served_name", lambda name: False)(request.model)
     served = None if family else getattr(client, "served_model", lambda name: None)(request.model)
     local = served is not None or bool(getattr(client, "local_backend", getattr(client, "is_local", False)))
     if served is not None:
@@ -91,9 +92,8 @@ def estimate_files(
             request = client.backend.adapt(request)
     else:
         info = family_model(request.model, family) if family else model_info(request.model)
-        typo = None if family or info.known else typo_error(request.model, allowed=qenv.unlisted_models())
-        if typo is not None:  # a misspelt model: its estimate would be of the wrong model
-            raise typo
+        if not (family or info.known or own):  # a misspelt model, or one of no family: its estimate would be wrong
+            check_model_name(request.model, getattr(client, "protocol", "compat"))
     # every file counted, whatever one request could hold: a PDF over the context is said below, not refused
     options = replace(media_options(request, info, "native", estimate_only=fast), context_check=False)
     refs = expand_inputs(list(files))

@@ -571,12 +571,19 @@ def near_model(name: str) -> str | None:
     return near[0] if near else None
 
 
+# The words of a name that say it is of a Qwen-VL family (``names_a_family``): vision-language (``qwen3.5-vl-plus``),
+# QVQ, Omni (which reads images) and OCR. A Qwen text model (qwen-max, qwen3-max, qwen2.5-72b-instruct) has none.
+_FAMILY_WORDS = frozenset({"vl", "qvq", "omni", "ocr"})
+
+
 def names_a_family(name: str) -> bool:
-    """Whether ``name`` (a model name the table does not list) says which family it is of, as ``_guess`` reads it:
-    a Qwen or QVQ name (``qwen3.5-vl-plus``, ``qvq-plus``, ``Qwen/Qwen2.5-VL-7B-Instruct``), or one continuing a
-    listed name. ``nonsense-model`` does not: its rules would be a guess with nothing behind it. Raises nothing."""
+    """Whether ``name`` says which Qwen-VL family it is of, as ``_guess`` reads it: a listed name or one continuing
+    a listed name, or a name with a family word (``_FAMILY_WORDS``: ``qwen3.5-vl-plus``, ``qvq-plus``,
+    ``Qwen/Qwen2.5-VL-7B-Instruct``, ``qwen3-omni-flash``). ``nonsense-model`` and the Qwen text models
+    (``qwen-max``, ``qwen3-max``) do not: their rules would be a guess with nothing behind it (``plan`` refuses
+    them on DashScope's protocols, ``qwenvl models`` calls them unknown). Raises nothing."""
     key = name.strip().lower().removeprefix("qwen/")
-    return key.startswith(("qwen", "qvq")) or key in MODELS or _listed_prefix(key) is not None
+    return key in MODELS or _listed_prefix(key) is not None or bool(_words(key) & _FAMILY_WORDS)
 
 
 def _guess(name: str, key: str, *, warn: bool) -> ModelInfo:
@@ -604,6 +611,9 @@ def _guess(name: str, key: str, *, warn: bool) -> ModelInfo:
         proto = MODELS["qwen-vl-plus"]
     else:  # qwen3-vl-*, qwen3.5/3.6/3.7 series, and anything newer: the 32 px rule
         proto = MODELS["qwen3-vl-flash"]
+    if not names_a_family(key):  # qwen-max, nonsense-model: no family to guess; refused (plan.check_model_name),
+        # never warned of as a guess (the 32-px rules are a placeholder no request is sent with)
+        return replace(proto, name=name, prices=Prices(), known=False, entry="", resolution=f"unknown: {NO_FAMILY}")
     return _warned(
         replace(
             proto,
@@ -614,6 +624,27 @@ def _guess(name: str, key: str, *, warn: bool) -> ModelInfo:
             resolution=f"not in the table: guessed from the name as {proto.family} (rules of {proto.name}, no price)",
         ),
         warn,
+    )
+
+
+NO_FAMILY = "nothing in the name says which Qwen-VL family it is of"  # (``names_a_family``)
+
+
+def no_family_error(name: str) -> UsageError | None:
+    """The error for a model name the table does not know that names no Qwen-VL family (``names_a_family``:
+    ``qwen-max``, ``nonsense-model``): unknown (exit 2), with the listed names nearest to it, never the rules of a
+    family guessed for it; ``$QWENVL_UNLISTED_MODELS`` does not change it (no rules to send it by). None for any
+    other name. Raises nothing."""
+    from qwenvl.errors import UsageError
+    from qwenvl.spelling import closest
+
+    if names_a_family(name):
+        return None
+    near = closest(name.strip().lower(), list(MODELS), cutoff=0.6)[:3]
+    meant = f": did you mean {' or '.join(near)}?" if near else ""
+    return UsageError(
+        f"{name} is not a model qwenvl knows, and {NO_FAMILY}{meant}",
+        hint="`qwenvl models` lists the Qwen-VL models (a text model such as qwen-max takes no images).",
     )
 
 
@@ -660,7 +691,9 @@ def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
         )
     return UsageError(
         f"{name} is not a model qwenvl knows: did you mean {near}?",
-        hint=f"{give}; to send {name} as it is (a model newer than qwenvl's table), set QWENVL_UNLISTED_MODELS={name}.",
+        hint=f"{give}; to send {name} as it is (a model newer than qwenvl's table), set QWENVL_UNLISTED_MODELS={name}."
+        if names_a_family(name)
+        else f"{give}.",  # a name of no family is refused however it is given (``no_family_error``)
     )
 
 

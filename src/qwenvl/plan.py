@@ -28,7 +28,7 @@ from qwenvl.media.sources import (
     first_names,
     ref_kinds,
 )
-from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, typo_error
+from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, no_family_error, typo_error
 from qwenvl.spelling import nearest
 from qwenvl.types import (
     BUILT_WIRE_KEYS,
@@ -513,28 +513,46 @@ def request_video(request: Request) -> str | None:
     return None
 
 
+def check_ocr_options(model: ModelInfo, given: str = "ocr_options (--param / extra)", *, plural: bool = False) -> None:
+    """Refuse ``ocr_options`` (a built-in OCR task: ``table_parsing``...) for a model that does not read them
+    (``ModelInfo.reads_ocr_options``: the qwen-vl-ocr models only): UsageError (exit 2, nothing sent), as an option
+    that does not apply is refused, never sent to be ignored. ``given`` names where they came from (``ocr --task``,
+    ``--ocr-options``: ``tasks.ocr.model_ocr_options``; else a request's ``extra``: ``plan``), ``plural`` when it
+    names two. The one rule for the ocr verb, ``--param``, the library and ``qwenvl serve``."""
+    if model.reads_ocr_options:
+        return
+    them = "them" if plural else "it"
+    raise UsageError(
+        f"{given} {'are' if plural else 'is'} read only by the qwen-vl-ocr models; {model.name} ({model.family}) "
+        f"would ignore {them}: nothing was sent",
+        hint=f"Add --model qwen-vl-ocr for a built-in task, or leave out {given.partition(' (the service')[0]}. A "
+        "general model reads a table as asked (--format markdown).",
+    )
+
+
 def check_model_name(name: str, protocol: str) -> None:
     """The one check of a model's name before anything is sent: on DashScope's protocols (``PAID_PROTOCOLS``), a
     name that looks like a misspelling of a listed one or differs from it only in case or whitespace
     (``qwenvl.models.typo_error``: did you mean ...?) raises its UsageError unless ``$QWENVL_UNLISTED_MODELS``
     names it. Used by ``check_model_rules`` (every request) and ``Batch.check`` (a batch's ``model``, refused
-    before anything is written)."""
+    before anything is written). A name that names no Qwen-VL family (``qwenvl.models.no_family_error``: ``qwen-max``,
+    ``nonsense-model``) is refused too, whatever that variable says: there are no rules to send it by."""
     if protocol in PAID_PROTOCOLS:
-        typo = typo_error(name, allowed=qenv.unlisted_models())
-        if typo is not None:
-            raise typo
+        refusal = typo_error(name, allowed=qenv.unlisted_models()) or no_family_error(name)
+        if refusal is not None:
+            raise refusal
 
 
-def check_model_rules(request: Request, protocol: str, model: ModelInfo | None = None) -> None:
+def check_model_rules(request: Request, protocol: str, model: ModelInfo | None = None, *, served: bool = False) -> None:
     """The model's rules that do not depend on the media: UsageError for a thinking budget without thinking
     (``check_thinking_budget``), thinking or tools on a model without them,
     or ``max_tokens`` above a listed model's ``max_output_tokens`` (DashScope's protocols; a local server's limit
     is its own); on DashScope's protocols, a model name that looks like a misspelling of a listed one
     (``qwenvl.models.typo_error``: did you mean ...?) unless ``$QWENVL_UNLISTED_MODELS`` names it.
-    ``model``: as for ``plan`` (default: ``model_info(request.model)``)."""
+    ``model``, ``served``: as for ``plan`` (default: ``model_info(request.model)``; False)."""
     model = model or model_info(request.model)
-    if not model.known and not model.local_family:  # a misspelt model name: refused, not sent to fail (a local
-        # model's name is its server's: a qwenvl serve in front of one lists it, ``Client.served_model``)
+    if not model.known and not model.local_family and not served:  # a misspelt model name: refused, not sent to
+        # fail (a local model's name is its server's: a qwenvl serve in front of one lists it, ``Client.served_name``)
         check_model_name(request.model, protocol)
     check_thinking_budget(request, model)
     if request.enable_thinking and not model.thinking and (model.known or model.local_family):
@@ -634,6 +652,7 @@ def plan(
     model: ModelInfo | None = None,
     media_form: str = "data-url",
     prepared: PreparedCache | None = None,
+    served: bool = False,
 ) -> Call:
     """Validate, build the messages and prepare every media item. Raises before anything is sent: UsageError for
     thinking or tools on a model without them, or ``max_tokens`` above a listed model's ``max_output_tokens``
@@ -645,13 +664,17 @@ def plan(
     ``model``: the model's rules when the backend knows them better than the name does (a local model);
     ``media_form``: what the backend takes, ``data-url`` or ``memory`` (prepared images kept decoded);
     ``prepared``: media prepared before are taken from it and what is prepared is kept in it (a client's own,
-    ``qwenvl.media.prepare.PreparedCache``: a conversation's earlier turns are not prepared again)."""
+    ``qwenvl.media.prepare.PreparedCache``: a conversation's earlier turns are not prepared again);
+    ``served``: the model's name is the one a server that is not DashScope's own lists (``Client.served_name``),
+    not checked against the table's spellings (``check_model_name``)."""
     model = model or model_info(request.model)
-    check_model_rules(request, protocol, model)
+    check_model_rules(request, protocol, model, served=served)
     video = request_video(request)
     if video is not None:
         check_video_ability(model, video)
     check_extra(request.extra, protocol)
+    if "ocr_options" in request.extra:  # --param, the library, a served request: as ocr --task is refused
+        check_ocr_options(model)
     check_media_options(request)
     history = build_messages(request, model)
     options = media_options(request, model, protocol, estimate_only=estimate_only)

@@ -614,7 +614,8 @@ class Batch:
                 f"{them} sooner: `{self._batch_command('cancel', jobs)}`, then collect {them} the same way).",
             )
         model = self.planner.defaults.get("model")
-        if model and not self.planner.is_local:  # a misspelt model=: refused now, as the CLI's -m, not every item's
+        # a misspelt model=: refused now, as the CLI's -m, not every item's (a server's own name: ``served_name``)
+        if model and not self.planner.is_local and not self.planner.served_name(model):
             check_model_name(model, self.planner.protocol)
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from qwenvl import env as qenv
 from qwenvl.cli.common import Verb, out_console, pass_opts, print_json
-from qwenvl.errors import UsageError, safe_line
+from qwenvl.errors import safe_line
 from qwenvl.models import (
     MODELS,
     SNAPSHOT_RULE,
@@ -18,8 +18,8 @@ from qwenvl.models import (
     describe,
     format_price,
     model_info,
-    names_a_family,
     near_model,
+    no_family_error,
     typo_error,
 )
 
@@ -58,8 +58,9 @@ def models(opts: dict[str, Any]) -> None:
             unlisted = (typo.raw_hint or "").partition("; ")[2]
             typo.hint = f"See `qwenvl models {near}`" + (f"; {unlisted}" if unlisted else ".")
             raise typo
-        if not names_a_family(opts["name"]) and opts["name"].strip() not in qenv.unlisted_models():
-            raise _unknown(opts["name"])
+        unknown = no_family_error(opts["name"])
+        if unknown is not None:  # never a family guessed for it, whatever $QWENVL_UNLISTED_MODELS says
+            raise unknown
         info = model_info(opts["name"])
         data = describe(info, region)
         if opts["as_json"]:
@@ -72,20 +73,6 @@ def models(opts: dict[str, Any]) -> None:
         print_json({"currency": currency_of(region), "models": rows})
         return
     _print_table(rows)
-
-
-def _unknown(name: str) -> UsageError:
-    """``qwenvl models NAME`` for a name the table does not list and that names no family (``nonsense-model``):
-    unknown (exit 2), with the listed names it is nearest to, never the rules of a family guessed for it."""
-    from qwenvl.spelling import closest
-
-    near = closest(name.strip().lower(), list(MODELS), cutoff=0.6)[:3]
-    meant = f": did you mean {' or '.join(near)}?" if near else ""
-    return UsageError(
-        f"{name} is not a model qwenvl knows, and nothing in the name says which Qwen-VL family it is of{meant}",
-        hint="`qwenvl models` lists the models; a model newer than the table is described once "
-        f"QWENVL_UNLISTED_MODELS names it (QWENVL_UNLISTED_MODELS={name}), by a guessed family.",
-    )
 
 
 def _prices(data: dict[str, Any], sep: str = "\n") -> str:

@@ -39,7 +39,7 @@ from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsP
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.notes import once_per_run
-from qwenvl.plan import Call
+from qwenvl.plan import Call, check_ocr_options
 from qwenvl.spelling import did_you_mean
 from qwenvl.tasks.grounding import (
     async_client,
@@ -245,15 +245,9 @@ def model_ocr_options(
     given to a model that does not read them (``ModelInfo.reads_ocr_options``: the qwen-vl-ocr models only), as an
     option that does not apply is refused, never sent to be ignored; else as ``ocr_options``."""
     opts = ocr_options(task, options)
-    if opts is not None and not model.reads_ocr_options:
+    if opts is not None:
         given = " and ".join(n for n, v in (("--task / task", task), ("--ocr-options / options", options)) if v)
-        them = "them" if task and options else "it"
-        raise UsageError(
-            f"{given} (the service's ocr_options) {'are' if them == 'them' else 'is'} read only by the qwen-vl-ocr "
-            f"models; {model.name} ({model.family}) would ignore {them}: nothing was sent",
-            hint=f"Add --model qwen-vl-ocr for a built-in task, or leave out {given} (a general model reads a table "
-            "as asked: --format markdown).",
-        )
+        check_ocr_options(model, f"{given} (the service's ocr_options)", plural=bool(task and options))
     return opts
 
 
