@@ -97,7 +97,7 @@ def connect(path: Path, migrations: Sequence[Migration], *, check_same_thread: b
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         migrate(conn, migrations)
@@ -105,6 +105,25 @@ def connect(path: Path, migrations: Sequence[Migration], *, check_same_thread: b
         conn.close()
         raise
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (kept in the file: a later connection finds it so and changes nothing). Changing
+    the mode needs the file to itself, and SQLite says "database is locked" at once, without its busy wait, while
+    another process (a ``qwenvl serve`` and a CLI on one usage log, at the file's first use) is opening it: tried
+    again until ``BUSY_TIMEOUT_MS`` has passed, then raised."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:
