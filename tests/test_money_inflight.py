@@ -93,7 +93,7 @@ S = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a
 @pytest.mark.parametrize("structured", [{"schema": S}, {"json_mode": True}], ids=["schema", "json_mode"])
 def test_cancelling_the_leader_during_its_repair_hands_over_to_one_waiter(server, tmp_path, structured):
     gate = threading.Event()
-    server.enqueue(Reply(text="not json"), Reply(text='{"a": 2}', hold=gate))
+    server.enqueue(Reply(text="not json"), Reply(text='{"a": 2}', hold=gate), Reply(text="no", times=2))
 
     async def main() -> list[object]:
         async with qwenvl.AsyncClient(
@@ -109,7 +109,7 @@ def test_cancelling_the_leader_during_its_repair_hands_over_to_one_waiter(server
         outcomes = asyncio.run(main())
     finally:
         gate.set()
-    # the new leader's answer (the echo) is not valid JSON, nor is its repair's: its error is every waiter's
+    # the new leader's answer is not valid JSON, nor is its repair's: its error is every waiter's
     assert all(isinstance(o, qwenvl.StructuredOutputError) for o in outcomes), outcomes
     assert sorted((o.shared, o.requests) for o in outcomes) == [(False, 2)] + [(True, 0)] * 8
     assert model_calls(server) == 4  # the first leader's 2, the new leader's 2: nobody else paid
@@ -229,3 +229,52 @@ def test_close_wait_s_is_a_checked_duration(server, wait_s):
         await ac.aclose(wait_s=0)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_close_cuts_its_calls_at_once_not_after_a_retry_wait(server, protocol):
+    # a call cut by close() is not retried: it ends now, not after its back-off (20 s here) and a doomed attempt
+    gate = threading.Event()
+    server.enqueue(Reply(hold=gate, times=5))
+    c = make_client(server, protocol, usage_log=False, retry_backoff_s=20)
+    ended: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            c.ask("q")
+        except BaseException as exc:
+            ended.append(exc)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    try:
+        thread.start()
+        assert _wait(lambda: model_calls(server) == 1)
+        c.close(wait_s=0)
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [type(e) for e in ended] == [qwenvl.ClientClosedError]
+        assert model_calls(server) == 1
+    finally:
+        gate.set()
+        thread.join(30)
+
+
+def test_aclose_cuts_its_calls_at_once_not_after_a_retry_wait(server):
+    gate = threading.Event()
+    server.enqueue(Reply(hold=gate, times=5))
+
+    async def main() -> BaseException:
+        ac = qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False, retry_backoff_s=20)
+        task = asyncio.ensure_future(ac.ask("q"))
+        while not model_calls(server):
+            await asyncio.sleep(0.02)
+        await ac.aclose(wait_s=0)
+        done, _ = await asyncio.wait([task], timeout=10)
+        assert done, "the cut call went on after aclose()"
+        return task.exception()
+
+    try:
+        assert type(asyncio.run(main())) is qwenvl.ClientClosedError
+    finally:
+        gate.set()
+    assert model_calls(server) == 1

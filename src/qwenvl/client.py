@@ -1078,9 +1078,11 @@ class Client(_Base[Backend, "httpx.Client"]):
         that error; an interrupt during it (KeyboardInterrupt, or a cancelled task for AsyncClient) is
         raised as it is, the first answer's StructuredOutputError on it (``qwenvl.client.unrepaired(exc)``). With
         ``Client(cache=...)`` an identical call is answered from the cache (``Response.cached``), or waits for
-        the identical call in flight (APITimeoutError when that takes longer than this call's own time-out and
-        retries). Every attempt that reached the service is written to the usage log: a retried or failed one as
-        its error, an interrupted one as ``cancelled`` (``qwenvl.store.exchange``).
+        the identical call in flight: gets its answer, or raises the error it failed with (a copy, ``.shared``
+        True: nothing sent), or sends it itself when that call was cancelled; APITimeoutError (``.shared``) when the
+        wait takes longer than this call's own time-out and retries. Every attempt that reached the service is
+        written to the usage log: a retried or failed one as its error, an interrupted one as ``cancelled``
+        (``qwenvl.store.exchange``).
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
         subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
