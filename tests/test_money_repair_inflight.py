@@ -47,8 +47,9 @@ def test_asyncio_waiters_wait_for_the_repair(server, protocol, tmp_path):
     assert sum(a.requests for a in answers) == 2
 
 
-def test_when_the_repair_fails_one_waiter_takes_over(server, tmp_path):
-    # the owner: invalid, then its repair refused (400); one waiter then sends (valid); the rest get its answer
+def test_when_the_repair_fails_its_waiters_get_the_same_error(server, tmp_path):
+    # the owner: invalid, then its repair refused (400): that is the call's outcome, and every waiter's at once
+    # (nothing sent by them, nothing paid); before, each waiter in turn sent (and paid) the call again
     server.enqueue(
         Reply(text="not json at all", delay_s=1),
         Reply(status=400, error_message="nope", delay_s=0.3),
@@ -59,10 +60,10 @@ def test_when_the_repair_fails_one_waiter_takes_over(server, tmp_path):
         def ask() -> str:
             try:
                 return "cached" if c.ask("give me json", json_mode=True).cached else "sent"
-            except qwenvl.StructuredOutputError:
-                return "error"
+            except qwenvl.StructuredOutputError as exc:
+                return f"shared {exc.requests}" if exc.shared else f"error {exc.requests}"
 
         with ThreadPoolExecutor(4) as pool:
             outcomes = sorted(pool.map(lambda _: ask(), range(4)))
-    assert outcomes == ["cached", "cached", "error", "sent"]
-    assert model_calls(server) == 3
+    assert outcomes == ["error 1", "shared 0", "shared 0", "shared 0"]
+    assert model_calls(server) == 2

@@ -68,6 +68,7 @@ from qwenvl.types import (
     not_blank,
     reserved_extra,
     reserved_extra_hint,
+    seconds,
 )
 
 # Client-level defaults that apply to requests that do not set the field themselves.
@@ -404,7 +405,10 @@ def unrepaired(exc: BaseException) -> StructuredOutputError | None:
     a structured-output repair request (``Client.send``): its StructuredOutputError (``raw_text``, ``response``,
     what was paid), or None. The interrupt may be the one caught or one it wraps: ``asyncio.wait_for(...)`` and
     ``asyncio.timeout()`` raise a TimeoutError whose ``__cause__``/``__context__`` is the task's CancelledError
-    carrying it, so the chain of causes and contexts is searched too. Raises nothing."""
+    carrying it, so the chain of causes and contexts is searched too. Not found (None) on the CancelledError that
+    ``asyncio.gather(..., return_exceptions=True)`` returns for a cancelled task: gather makes a fresh one, not the
+    task's; await the task itself (``await task``, or ``asyncio.wait_for(task, ...)``) and catch its
+    CancelledError to get it. Raises nothing."""
     seen: set[int] = set()
     err: BaseException | None = exc
     while err is not None and id(err) not in seen:
@@ -1049,12 +1053,14 @@ class Client(_Base[Backend, "httpx.Client"]):
         repair included) is waited for, at most ``wait_s`` seconds (default ``CLOSE_WAIT_S``, 30 s,
         ``qwenvl._constants``; 0: not at all), and answers as usual; one still going then, and any stream being
         read, is cancelled: its connection is closed, it raises ClientClosedError (chained from what the
-        connection raised) and is in the usage log as ``cancelled``."""
+        connection raised) and is in the usage log as ``cancelled``. A ``wait_s`` that is not a number of seconds
+        from 0 up to a day (``types.seconds``) raises UsageError naming it, and the client stays open."""
+        waited = CLOSE_WAIT_S if wait_s is None else seconds(wait_s, "wait_s", zero=True)  # before closing
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._close_wait_s = CLOSE_WAIT_S if wait_s is None else wait_s
+            self._close_wait_s = waited
         try:
             self._wait_idle(self._close_wait_s)
         finally:
@@ -1099,9 +1105,11 @@ class Client(_Base[Backend, "httpx.Client"]):
         that error; an interrupt during it (KeyboardInterrupt, or a cancelled task for AsyncClient) is
         raised as it is, the first answer's StructuredOutputError on it (``qwenvl.client.unrepaired(exc)``). With
         ``Client(cache=...)`` an identical call is answered from the cache (``Response.cached``), or waits for
-        the identical call in flight (APITimeoutError when that takes longer than this call's own time-out and
-        retries). Every attempt that reached the service is written to the usage log: a retried or failed one as
-        its error, an interrupted one as ``cancelled`` (``qwenvl.store.exchange``).
+        the identical call in flight: gets its answer, or raises the error it failed with (a copy, ``.shared``
+        True: nothing sent), or sends it itself when that call was cancelled; APITimeoutError (``.shared``) when the
+        wait takes longer than this call's own time-out and retries. Every attempt that reached the service is
+        written to the usage log: a retried or failed one as its error, an interrupted one as ``cancelled``
+        (``qwenvl.store.exchange``).
 
         Raises UsageError (a call planned with ``estimate_only``), MissingAPIKeyError, APIError and its
         subclasses (as ``complete``, after the retries), StructuredOutputError (as ``complete``), ClientClosedError
@@ -1365,12 +1373,14 @@ class AsyncClient(_Base[AsyncBackend, "httpx.AsyncClient"]):
         (``complete``, ``ask``, ``send``) is waited for, at most ``wait_s`` seconds (default ``CLOSE_WAIT_S``, 30 s,
         ``qwenvl._constants``; 0: not at all), and answers as usual; one still going then, and any stream being
         read, is cancelled: its connection is closed, it raises ClientClosedError and is in the usage log as
-        ``cancelled``. Connections of a loop in another thread are closed in that loop."""
+        ``cancelled``. Connections of a loop in another thread are closed in that loop. A ``wait_s`` that is not a
+        number of seconds from 0 up to a day raises UsageError naming it (``Client.close``)."""
+        waited = CLOSE_WAIT_S if wait_s is None else seconds(wait_s, "wait_s", zero=True)  # before closing
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._close_wait_s = CLOSE_WAIT_S if wait_s is None else wait_s
+            self._close_wait_s = waited
         given_up = threading.Event()  # set when this close is cancelled: the worker thread's wait ends with it
         try:
             # the calls may run in this loop: it goes on meanwhile, the wait (the sync close's) in a worker thread

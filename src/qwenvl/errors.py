@@ -49,6 +49,9 @@ class QwenVLError(Exception):
 
     exit_code = EXIT_SERVICE
     default_hint: str | None = None
+    # True on the error of an identical request in flight that this call waited for (``Client(cache=...)``): this
+    # call sent nothing and paid nothing (``qwenvl.store.exchange.shared_copy``)
+    shared: bool = False
     raw_hint: str | None
     raw_message: str
 

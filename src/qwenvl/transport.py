@@ -40,6 +40,7 @@ import functools
 import platform
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -587,7 +588,7 @@ class Transport:
         *,
         key_source: str | None = None,
         http_client: httpx.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         on_retry: RetryHook | None = None,
     ) -> None:
         check_http_client(http_client, asynchronous=False, who="this transport")
@@ -595,12 +596,16 @@ class Transport:
         self._key_source = key_source  # where the key came from (config.KeyFound.source), for a 401's hint
         self._own = http_client is None
         self._client = with_deadlines(http_client or httpx.Client(follow_redirects=False, verify=tls_context()))
-        self._sleep = sleep
+        self._closing = threading.Event()  # set by close(): a wait between attempts ends at once (default sleep)
+        self._sleep = sleep or self._closing.wait
         self.on_retry = on_retry
 
     def close(self) -> None:
+        """Close the connections (an own client's): a request in flight is cut at once, and neither retried nor
+        left waiting out its back-off (its next attempt fails on the closed client)."""
         if self._own:
             self._client.close()
+            self._closing.set()
 
     def _retrying(self, policy: Policy, stream: bool, once: Callable[[Budget], T]) -> T:
         attempt = 0
@@ -608,6 +613,8 @@ class Transport:
             try:
                 return once(Budget(policy, stream=stream))
             except APIError as error:
+                if self._client.is_closed:  # cut by close(): not retried
+                    raise
                 delay = _backoff(error, attempt, policy, self.on_retry)
             self._sleep(delay)
             attempt += 1
@@ -746,6 +753,8 @@ class AsyncTransport:
             try:
                 return await once(Budget(policy, stream=stream))
             except APIError as error:
+                if self._client.is_closed:  # cut by aclose(): not retried
+                    raise
                 delay = _backoff(error, attempt, policy, self.on_retry)
             await self._sleep(delay)
             attempt += 1

@@ -152,14 +152,15 @@ class ResponseCache:
         self._db = Database(self.path, MIGRATIONS)
         self._warned = False
         # the keys of the requests in flight in this process, each with the future its waiters wait on (``claim``)
-        self._inflight: dict[str, Future[None]] = {}
+        self._inflight: dict[str, Future[BaseException | None]] = {}
         self._inflight_lock = threading.Lock()
 
-    def claim(self, key: str) -> Future[None] | None:
+    def claim(self, key: str) -> Future[BaseException | None] | None:
         """Claim the request ``key`` as in flight: None when it is now the caller's to send (it must call
         ``release(key)`` once its answer is stored or it failed), else the future of the identical request
-        already in flight, done when that one is released (then look again: its answer is cached, or it failed
-        and the first to claim again sends it). Threads and event loops alike (``asyncio.wrap_future``); one
+        already in flight, done when that one is released: its result is the error it failed with, for its waiters
+        to raise too (``release``), else None (then look again: its answer is cached, or it was cancelled and the
+        first to claim again sends it). Threads and event loops alike (``asyncio.wrap_future``); one
         process only (see the README: two processes sending the same request at once both pay). Raises nothing."""
         with self._inflight_lock:
             found = self._inflight.get(key)
@@ -168,12 +169,13 @@ class ResponseCache:
             self._inflight[key] = Future()
             return None
 
-    def release(self, key: str) -> None:
-        """The request ``key`` claimed by the caller is no longer in flight: its waiters wake. Raises nothing."""
+    def release(self, key: str, error: BaseException | None = None) -> None:
+        """The request ``key`` claimed by the caller is no longer in flight: its waiters wake, told ``error`` (the
+        error it failed with, which they raise too) or None (look again). Raises nothing."""
         with self._inflight_lock:
             found = self._inflight.pop(key, None)
         if found is not None and not found.done():
-            found.set_result(None)
+            found.set_result(error)
 
     def _unwritable(self, exc: BaseException) -> None:
         """Said once per cache (a warning: the CLI shows it on stderr); the answers are kept, not cached."""

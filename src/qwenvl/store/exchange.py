@@ -12,10 +12,13 @@ with exchange.begin(client, call, keep=valid) as ex:   # a hit is ready in ex.re
   caller's check (structured output), so an error is never replayed; a hit that fails ``keep`` (an entry
   stored by an earlier version) is ignored.
 - While one cacheable request is in flight, an identical one (same cache key, same ``ResponseCache``) waits for
-  it (at most its own ``wait_bound``) and gets its answer from the cache; if the first failed or was cancelled,
-  the first waiter to claim the key sends it (``ResponseCache.claim``). A structured call's key stays claimed
-  until its final outcome (``Held``): an answer that failed its check is repaired first, and its waiters get the
-  repaired answer from the cache instead of sending (and repairing) their own.
+  it (at most its own ``wait_bound``) and gets its answer from the cache; if the first failed with an error of the
+  service (an APIError, a StructuredOutputError: ``shareable``), every waiter raises that error at once (a copy,
+  ``QwenVLError.shared`` True: nothing sent, nothing paid); if it was cancelled or cut (an interrupt, a closed
+  client), the first waiter to claim the key sends it and the others wait for that one (``ResponseCache.claim``).
+  A structured call's key stays claimed until its final outcome (``Held``): an answer that failed its check is
+  repaired first, and its waiters get the repaired answer from the cache (or the call's error) instead of sending
+  (and repairing) their own.
 - Every attempt that reached the service is in the usage log: an answer as ``ok`` (``cached`` for a hit, cost
   0), an error as its type, an attempt the transport retried as its error's type (``retried``, through the
   client's ``on_retry`` hook), an interrupt (KeyboardInterrupt, a cancelled task, a closed stream) as
@@ -36,7 +39,14 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from qwenvl.config import resolve_base_url
-from qwenvl.errors import APIConnectionError, APIError, APIStatusError, APITimeoutError
+from qwenvl.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    QwenVLError,
+    StructuredOutputError,
+)
 from qwenvl.interfaces import ClientEndpoint
 from qwenvl.models import answer_cost, currency_of, logged_protocol
 from qwenvl.plan import Call, ensure_sendable
@@ -90,6 +100,31 @@ def wait_bound(request: Request) -> float:
     return request.timeout_s * (retries + 1) + request.retry_backoff_s * (2**retries - 1)
 
 
+def shareable(exc: BaseException | None) -> QwenVLError | None:
+    """``exc`` when it is the service's answer to a request, which identical calls waiting for it raise too: an
+    APIError (a status, the network, a time-out, after the retries) or a StructuredOutputError; else None (an
+    interrupt, a closed client, anything else: a waiter sends the request itself). Raises nothing."""
+    return exc if isinstance(exc, APIError | StructuredOutputError) else None
+
+
+def shared_copy(exc: QwenVLError) -> QwenVLError:
+    """The error an identical call in flight failed with, as a waiter raises it: the same type and fields (status,
+    code, request id), ``shared`` True, the message saying whose it is, nothing paid (a StructuredOutputError's
+    ``requests`` 0, its ``response`` a copy). Raises nothing."""
+    copy = type(exc).__new__(type(exc), *exc.args)
+    copy.__dict__.update(exc.__dict__)
+    copy.shared = True
+    copy.message = (
+        f"{exc.raw_message} (the error of an identical request in flight, sent by another thread or task of this "
+        "process: this call sent nothing)"
+    )
+    if isinstance(copy, StructuredOutputError):
+        copy.requests = 0
+        if copy.response is not None:
+            copy.response = copy.response.model_copy(deep=True)
+    return copy
+
+
 class Held:
     """The claim on a call's key, held from its first answer until the call's final outcome (``Client.send``:
     ``with exchange.Held() as held``, given to the first answer's ``begin``): released when the block ends, after
@@ -105,16 +140,17 @@ class Held:
         self.release()
         self._cache, self._key = cache, key
 
-    def release(self) -> None:
+    def release(self, error: BaseException | None = None) -> None:
+        """Release the claim; its waiters raise ``error`` too when it is ``shareable`` (the call's outcome)."""
         cache, key, self._cache, self._key = self._cache, self._key, None, None
         if cache is not None and key is not None:
-            cache.release(key)
+            cache.release(key, shareable(error))
 
     def __enter__(self) -> Held:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self.release(exc)
 
 
 class Exchange:
@@ -160,7 +196,7 @@ class Exchange:
         self._log(hit, "cached")
         return hit
 
-    def _look(self) -> Future[None] | None:
+    def _look(self) -> Future[BaseException | None] | None:
         """A hit (in ``response``), or the key claimed (None returned): the caller sends; else the future of the
         identical request in flight to wait for."""
         assert self.cache is not None and self.key is not None
@@ -174,23 +210,33 @@ class Exchange:
         return waiting
 
     def _waited_too_long(self) -> APITimeoutError:
-        return APITimeoutError(
-            f"an identical request in flight did not answer within {self._bound:g} s",
-            hint="The same request was sent by another thread or task of this process; raise the time-out "
-            "(--timeout) or retry later.",
+        error = APITimeoutError(
+            f"gave up after waiting {self._bound:g} s (this call's time-out and retries) for the identical request in "
+            "flight from another thread or task of this process, which has not answered yet: this call sent nothing",
+            hint="Raise the time-out (--timeout), or retry later (the request in flight may answer meanwhile).",
         )
+        error.shared = True
+        return error
+
+    @staticmethod
+    def _told(error: BaseException | None) -> None:
+        """Raise the error the identical request in flight failed with (``shared_copy``), if it did."""
+        if isinstance(error, QwenVLError):
+            raise shared_copy(error) from None
 
     def lookup(self) -> None:
         """Look in the cache; when the same request is in flight, wait for it (at most ``wait_bound``), then
-        look again. Raises APITimeoutError when the wait runs out (nothing was sent)."""
+        look again. Raises the error the request in flight failed with (``shared_copy``), APITimeoutError
+        (``shared``) when the wait runs out (nothing was sent)."""
         if self.cache is None:
             return
         deadline = time.monotonic() + self._bound
         while (waiting := self._look()) is not None:
             try:
-                waiting.result(max(0.0, deadline - time.monotonic()))
+                error = waiting.result(max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
                 raise self._waited_too_long() from None
+            self._told(error)
 
     async def alookup(self) -> None:
         """``lookup`` for a coroutine: the wait does not block the event loop."""
@@ -202,15 +248,17 @@ class Exchange:
                 async with asyncio.timeout(
                     max(0.0, deadline - time.monotonic())
                 ):  # not wait_for (3.11 drops a racing cancel)
-                    await asyncio.shield(asyncio.wrap_future(waiting))
+                    error = await asyncio.shield(asyncio.wrap_future(waiting))
             except TimeoutError:
                 raise self._waited_too_long() from None
+            self._told(error)
 
-    def release(self) -> None:
-        """Release the key this exchange claimed (its waiters wake and look again). Raises nothing."""
+    def release(self, error: BaseException | None = None) -> None:
+        """Release the key this exchange claimed: its waiters wake and look again, or raise ``error`` too when it
+        is ``shareable``. Raises nothing."""
         if self.claimed and self.cache is not None and self.key is not None:
             self.claimed = False
-            self.cache.release(self.key)
+            self.cache.release(self.key, shareable(error))
 
     def __enter__(self) -> Exchange:
         return self
@@ -275,8 +323,9 @@ class Exchange:
 
     def failed(self, exc: BaseException | None = None, *, outcome: str | None = None) -> None:
         """Log a call that gave no response: ``outcome``, else the error ``exc``'s type (an interrupt, i.e. a
-        BaseException that is not an Exception: ``cancelled``). Once per exchange; releases the key."""
-        self.release()
+        BaseException that is not an Exception: ``cancelled``). Once per exchange; releases the key (its waiters
+        raise ``exc`` too when it is ``shareable``)."""
+        self.release(exc)
         if self.finished:
             return
         self.finished = True
