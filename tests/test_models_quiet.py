@@ -15,7 +15,7 @@ from qwenvl import models
 def test_the_name_meant_is_warned_of_to_a_caller_who_asks_for_it_meanwhile(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    meant = f"acme-vision-{uuid.uuid4().hex[:8]}"  # unknown in any case: looked up by its lower case
+    meant = f"acme-vl-{uuid.uuid4().hex[:8]}"  # unknown in any case: looked up by its lower case
     seen: list[bool] = []
     guess = models._guess
 
@@ -36,7 +36,7 @@ def test_the_name_meant_is_warned_of_to_a_caller_who_asks_for_it_meanwhile(
 
 
 def test_a_name_in_other_case_warns_only_of_itself(caplog: pytest.LogCaptureFixture) -> None:
-    meant = f"acme-vision-{uuid.uuid4().hex[:8]}"
+    meant = f"acme-vl-{uuid.uuid4().hex[:8]}"
     with caplog.at_level(logging.WARNING, logger="qwenvl"):
         models.model_info(meant.upper())
     said = [r.getMessage() for r in caplog.records]

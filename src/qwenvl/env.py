@@ -98,7 +98,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "QWENVL_UNLISTED_MODELS",
         "Model names (comma-separated) sent as given though they look like a misspelling of a listed model "
-        "(else refused: did you mean ...?).",
+        "(else refused: did you mean ...?); a name with no Qwen-VL family word stays refused.",
         "none",
     ),
     Variable("QWENVL_REGION", "The service region (`--region`): `cn`, `intl` or `us`.", "`cn`"),
