@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from results_md import machine, write_section  # noqa: E402
+from results_md import load_words, machine, write_section  # noqa: E402
 
 from qwenvl.media.prepare import MediaOptions  # noqa: E402
 from qwenvl.media.resize import image_budget, smart_resize  # noqa: E402
@@ -389,7 +389,7 @@ def main() -> None:
     allocator = ", ".join(f"{k}={v}" for k, v in ALLOCATOR_ENV.items())
     body = f"""Measured by `bench/bench_image_prepare.py --repeat {args.repeat}` on \
 {datetime.date.today().isoformat()}. Machine: {machine()}; 1-minute load average {load_before:.1f} before and
-{load_after:.1f} after the run ({"quiet" if max(load_before, load_after) < 1.5 else "busy: shared with other work"}).
+{load_after:.1f} after the run ({load_words(load_before, load_after)}).
 
 Anchor: {version} `fetch_image` (full decode, RGB, bicubic `resize` to `smart_resize`'s size at
 {MODEL}'s default budget, 2,621,440 px), then Pillow JPEG quality 90 and base64, in bench/.venv-ref (torch

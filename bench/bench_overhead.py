@@ -430,7 +430,7 @@ def main() -> None:
         asyncio.run(_serve())
         return
 
-    from results_md import machine, write_section
+    from results_md import load_words, machine, write_section
 
     server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True)
     try:
@@ -511,7 +511,7 @@ def main() -> None:
         return
     body = f"""Measured by `bench/bench_overhead.py --rounds {args.rounds} --per-round {args.per_round}` on \
 {datetime.date.today().isoformat()}. Machine: {machine()}; 1-minute load average {load_before:.1f} before the \
-timed rounds and {load_after:.1f} after (shared with other engineers' work: busy).
+timed rounds and {load_after:.1f} after ({load_words(load_before, load_after)}).
 
 What is timed: one request from the caller's side, from the call to the parsed answer, against a loopback
 asyncio server in its own process that answers at once (so only client time counts). qwenvl's cache of

@@ -53,7 +53,7 @@ import av
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageDraw, ImageFont
-from results_md import machine, write_section  # bench/results_md.py: one writer for every section
+from results_md import load_words, machine, write_section  # bench/results_md.py: one writer for every section
 
 from qwenvl.media import images
 from qwenvl.media.video import (
@@ -321,7 +321,8 @@ def run(directory: Path, repeat: int) -> tuple[str, bool]:
         f"qwen-vl-utils {v['qwen-vl-utils']} with decord {v['decord']}, torch {v['torch']}, torchvision "
         f"{v['torchvision']} (bench/.venv-ref, its own process). {repeat} interleaved rounds; medians; ratios are "
         f"medians of per-round ratios. 1-minute load average {load_before:.1f} before, {load_after:.1f} after "
-        f"(2 cores: wall times are stretched by the load; CPU seconds, every thread of the process, are not).",
+        f"(before the run: {load_words(load_before, load_before)}; the run's own decoder threads raise it; 2 cores: "
+        "wall times are stretched by the load; CPU seconds, every thread of the process, are not).",
         "",
         "| way | wall s (median) | vs ours | CPU s (median) | vs ours |",
         "|---|---|---|---|---|",
@@ -398,8 +399,7 @@ def main() -> int:
         write_section(
             HEADING,
             f"Measured by `bench/bench_video.py --repeat {args.repeat}` on "
-            f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}; the machine was busy "
-            f"(shared with other engineers' tests and benchmarks).\n\n{body}",
+            f"{time.strftime('%Y-%m-%d')}. Machine: {machine()}.\n\n{body}",
         )
     return 0 if ok else 1
 

@@ -23,6 +23,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {sys.version.split()[0]}"
 
 
+def load_words(before: float, after: float) -> str:
+    """How busy the machine was around a run, from the 1-minute load averages before and after it (2 cores here):
+    "quiet" under 1.5, else "busy: shared with other work". The one wording every benchmark's record uses."""
+    return "quiet" if max(before, after) < 1.5 else "busy: shared with other work"
+
+
 def write_section(heading: str, body: str) -> None:
     """Replace the section ``## {heading}`` (up to the next ``## ``) with ``body``, or append it."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
