@@ -31,7 +31,7 @@ from qwenvl.cli.common import (
     service_options,
     show_paid,
 )
-from qwenvl.cli.tasks_common import dry_run, note, show_usage, warn
+from qwenvl.cli.tasks_common import dry_run, note, show_usage, verbose_option, warn
 from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError, safe_line
 from qwenvl.outputs import check_outputs, record_output, write_atomic
 from qwenvl.tasks.extract import (
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     help="Print the first file's request, with the count and estimated cost of every file's request; send nothing.",
 )
 @max_cost_options
+@verbose_option
 @generation_options_for(
     max_tokens=f"{EXTRACT_MAX_TOKENS}, or the model's limit if lower",
     leave_out=("--json-mode", *THINKING_FLAGS),
@@ -188,7 +189,12 @@ def extract(opts: dict[str, Any]) -> None:
                     f"[dim]wrote {escape(safe_line(csv_path))} ({out.count} row{'s' if out.count != 1 else ''})[/]"
                 )
     # a failed answer was paid too: its paid line is said beside its error, above
-    show_usage(*(r.response for r in rows if r.ok), region=opts["region"])
+    show_usage(
+        *(r.response for r in rows if r.ok),
+        region=opts["region"],
+        verbose=opts["verbose"],
+        also=[r.response for r in rows if not r.ok and isinstance(r.failure, StructuredOutputError)],
+    )
     if stopped is not None:
         _say_stopped(stopped, rows, files, csv_path, out)
         raise stopped

@@ -35,7 +35,7 @@ from qwenvl.cli.common import (
     shown,
 )
 from qwenvl.cli.streams import OutputClosed, stop_if_reader_left
-from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
+from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, verbose_option, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.models import spent_fields
@@ -118,6 +118,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     help="Print the first page's request, with the count and estimated cost of every page's request; send nothing.",
 )
 @max_cost_options
+@verbose_option
 @generation_options_for(
     max_tokens=f"{OCR_MAX_TOKENS}, or the model's limit if lower", leave_out=(*VIDEO_FLAGS, *ANSWER_FORMAT_FLAGS)
 )
@@ -228,7 +229,7 @@ def _read(opts: dict[str, Any]) -> None:
         for n in answer_notes(r, include_cut_off=False)
     )
     warn(by_page(notes))  # each answer's notes, once each with the pages that have it (cut-offs: the pages' own)
-    show_usage(*result.responses, notes=False, region=opts["region"], footer=fmt != "json")
+    show_usage(*result.responses, notes=False, region=opts["region"], footer=fmt != "json", verbose=opts["verbose"])
     if stopped is not None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"
