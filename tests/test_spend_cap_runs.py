@@ -105,3 +105,36 @@ def test_ocr_max_cost_counts_what_each_page_really_cost(server, env, isolated_en
     assert model_calls(server) == 2
     assert (isolated_env / "out.txt").read_text() == "page one\n\fpage two\n\f"
     assert "--pages 3-" in p.stderr  # the way to read the rest, the pages kept
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_library_ocr_max_cost_counts_what_each_page_really_cost(server, tmp_path, kind):
+    import asyncio
+
+    import qwenvl
+    from qwenvl import tasks
+    from qwenvl.tasks.ocr import partial
+    from test_ocr_page_breaks import write_pdf
+
+    doc = str(write_pdf(tmp_path / "doc.pdf", pages=3))
+    with make_client(server, usage_log=False, cache=False) as c:
+        est = tasks.estimate_ocr(c, doc, max_tokens=50)
+    per_page = est.input_tokens // 3
+    usage = {"prompt_tokens": 2 * per_page, "completion_tokens": 50, "total_tokens": 2 * per_page + 50}
+    server.enqueue(Reply(text="page one", usage=usage), Reply(text="page two", usage=usage), Reply(text="three"))
+    cap = est.cost_max * 1.0001
+    with pytest.raises(UsageError) as caught:
+        if kind == "sync":
+            with make_client(server, usage_log=False, cache=False) as c:
+                tasks.ocr(c, doc, max_tokens=50, max_cost=cap)
+        else:
+
+            async def read() -> None:
+                async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False, cache=False) as a:
+                    await tasks.aocr(a, doc, max_tokens=50, max_cost=cap)
+
+            asyncio.run(read())
+    assert "stopped before page 3" in str(caught.value) and "max_cost" in str(caught.value)
+    assert model_calls(server) == 2
+    kept = partial(caught.value)
+    assert kept is not None and [p.text for p in kept.pages] == ["page one", "page two"] and kept.stopped_at == 3

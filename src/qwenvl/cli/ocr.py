@@ -51,6 +51,7 @@ from qwenvl.tasks.ocr import (
     OCRPage,
     OCRResult,
     by_page,
+    capped_pages,
     estimate_ocr,
     mark_stopped,
     model_ocr_options,
@@ -61,7 +62,7 @@ from qwenvl.tasks.ocr import (
 from qwenvl.types import DuplicateKeyError, loads
 
 if TYPE_CHECKING:
-    from qwenvl.batch.runner import Estimate, SpendCap
+    from qwenvl.batch.runner import Estimate
     from qwenvl.plan import Call
 
 
@@ -181,7 +182,7 @@ def _read(opts: dict[str, Any]) -> None:
             from qwenvl.batch.runner import SpendCap  # loaded when a run is priced, not with the CLI
 
             cap = confirm_cost(est, opts, f"Reading these {est.to_send:,} pages")
-            plans = _within(plans, result, SpendCap(cap, est.currency, client.region), client)
+            plans = capped_pages(plans, result, SpendCap(cap, est.currency, client.region), client)
         with client:
             if streamed:  # each page written as it comes: a reader that left stops the reading before the next is paid
                 plans = _while_read(plans)
@@ -260,24 +261,6 @@ def keep_pages(fmt: str, output: Path, rest: str | None) -> str:
     if rest:
         return f"to keep its pages, read the rest with {resume_args(fmt, output, rest)}"
     return "to keep its pages, read the rest into another file (-o NEW), or append it (>> FILE, text and markdown)"
-
-
-def _within(
-    plans: Iterable[tuple[int | None, Call]], result: OCRResult, spend: SpendCap, client: Any
-) -> Iterator[tuple[int | None, Call]]:
-    """``plans``, each page's handed on only while what the pages read so far really cost (``result.responses``,
-    counted by ``spend``) and that page's most keep within the cap (``SpendCap.check``: UsageError, exit 2, the
-    pages read kept). The estimate priced the pages before the reading; this counts what they took."""
-    from qwenvl.batch.runner import estimate_calls
-
-    counted = 0
-    for number, call in plans:
-        for response in result.responses[counted:]:
-            spend.paid(response)
-        counted = len(result.responses)
-        most = estimate_calls([call], region=client.region, local=client.is_local).cost_max
-        spend.check(most, f"page {number}" if number is not None else "the image")
-        yield number, call
 
 
 def _while_read(plans: Iterable[tuple[int | None, Call]]) -> Iterator[tuple[int | None, Call]]:
