@@ -138,3 +138,52 @@ def test_the_library_ocr_max_cost_counts_what_each_page_really_cost(server, tmp_
     assert model_calls(server) == 2
     kept = partial(caught.value)
     assert kept is not None and [p.text for p in kept.pages] == ["page one", "page two"] and kept.stopped_at == 3
+
+
+def test_the_batch_counts_a_request_in_flight_at_its_most(server, tmp_path, monkeypatch):
+    """Two items at once: while one is in flight (held), the other's repair makes the paid spend 2 of the 3 items'
+    most; the third item would fit what was paid, but not with the one in flight at its most: it is not sent, and
+    the answer in flight is awaited and kept."""
+    import threading
+
+    import qwenvl.batch.runner as runner
+
+    hold = threading.Event()
+    decided: list[bool] = []
+    reserve = runner.SpendCap.reserve
+
+    def reserve_then_answer(self, most, what):  # the held answer comes once the third item is decided
+        try:
+            held = reserve(self, most, what)
+        except UsageError:
+            decided.append(False)
+            raise
+        else:
+            decided.append(True)
+            return held
+        finally:
+            if len(decided) == 3:
+                hold.set()
+
+    monkeypatch.setattr(runner.SpendCap, "reserve", reserve_then_answer)
+    out = tmp_path / "o.jsonl"
+    try:
+        with (
+            make_client(server, usage_log=False, cache=False) as c,
+            Batch(items(3), out, client=c, concurrency=2) as job,
+        ):
+            est = job.estimate()
+            per_item = est.input_tokens // 3
+            usage = {"prompt_tokens": per_item, "completion_tokens": 50, "total_tokens": per_item + 50}
+            server.enqueue(Reply(text='{"total": 0}', usage=usage, hold=hold))
+            server.enqueue(Reply(text="not json", usage=usage), Reply(text='{"total": 1}', usage=usage))
+            server.enqueue(Reply(text='{"total": 2}', usage=usage))
+            with pytest.raises(UsageError) as caught:
+                job.run(max_cost=est.cost_max * 1.0001)
+    finally:
+        hold.set()
+    assert decided == [True, True, False]
+    assert "stopped before i2" in str(caught.value) and "in flight" in str(caught.value)
+    assert model_calls(server) == 3  # the held item, the other with its repair; the third not sent
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted((x["id"], x["status"]) for x in lines) == [("i0", "ok"), ("i1", "ok")]  # the one in flight kept
