@@ -117,3 +117,34 @@ def test_resume_refuses_a_file_qwenvl_did_not_leave_so(server, env, isolated_env
     for args, words in ((["--resume"], "--csv"), (["--csv", "out.csv", "--resume", "--force"], "--force")):
         p = extract(env, *images, *args)
         assert p.returncode == 2 and words in p.stderr and server.requests == [], p.stderr
+
+
+def test_a_killed_run_leaves_its_csv_partial(server, env, isolated_env):
+    """Nothing runs after SIGKILL: the file is recorded partial as each row is written, not only at the end."""
+    import signal
+    import threading
+
+    from test_money_outputs import _start, wait_for
+
+    images = files(isolated_env, 3)
+    whole = whole_csv(server, env, isolated_env, images)
+    hold = threading.Event()
+    server.enqueue(Reply(text='{"total": 1}'), Reply(hold=hold))
+    proc = _start(["extract", *images, "--schema", "s.json", "--csv", "out.csv", "--yes"], env)
+    try:
+        out = isolated_env / "out.csv"
+        assert wait_for(lambda: model_calls(server) == 2 and out.exists() and len(out.read_text().splitlines()) == 2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        hold.set()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    server.reset()
+    again = extract(env, *images, "--csv", "out.csv")
+    assert again.returncode == 2 and "--resume" in again.stderr and server.requests == [], again.stderr
+    server.enqueue(Reply(text='{"total": 2}'), Reply(text='{"total": 3}'))
+    rest = extract(env, *images, "--csv", "out.csv", "--resume")
+    assert rest.returncode == 0 and model_calls(server) == 2, rest.stderr
+    assert (isolated_env / "out.csv").read_bytes() == whole
