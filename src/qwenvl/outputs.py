@@ -11,9 +11,9 @@ SQLite file in qwenvl's data folder (``$QWENVL_HOME``). A file is qwenvl's own w
 re-run (or a later run writing to an earlier one's complete output) writes it
 again; a file edited since (its size or time changed), copied, or never written by qwenvl is the user's, and is
 replaced only with ``--force`` (``overwrite=True`` in the library). So is qwenvl's own output of a run that
-stopped part-way (``record_output(..., partial=ADVICE)``: an OCR's pages read so far, paid for): the refusal gives
-the writer's advice on keeping them (e.g. append the rest). An empty file holds nothing to lose and may be
-written.
+stopped part-way (``record_output(..., partial=ADVICE)``: an OCR's pages read so far, an extract's CSV rows, paid
+for): the refusal gives the writer's advice on keeping them (e.g. append the rest, or ``--resume``). An empty
+file holds nothing to lose and may be written.
 
 Used by every verb that takes an output file (``ocr -o``, ``ground --out``, ``events --sheet``, ``extract
 --csv``, ``analyze --output``, ``batch -o``/``--csv``), the MCP server's drawings, the batch outputs and the
@@ -287,8 +287,9 @@ def check_outputs(
 def _held_by_user(path: Path) -> tuple[str, str | None] | None:
     """What an existing, non-empty regular file holds that an output may replace only when the user says so, in
     words for the error, with the writer's advice on keeping it (or None): ``"exists and was not written by
-    qwenvl"``, ``"was changed since qwenvl wrote it"`` (the ledger has the path, not this state), or ``"holds the
-    pages of a reading that stopped"`` (qwenvl's own output recorded ``partial``, with its advice). None for
+    qwenvl"``, ``"was changed since qwenvl wrote it"`` (the ledger has the path, not this state), or ``"holds what a
+    run that stopped had read"`` (qwenvl's own output recorded ``partial``, with its advice: an OCR's pages, an
+    extract's rows). None for
     anything else (missing, empty, not regular, qwenvl's own complete output). Raises nothing."""
     try:
         st = os.stat(path)
@@ -302,7 +303,7 @@ def _held_by_user(path: Path) -> tuple[str, str | None] | None:
     state, partial = row
     if state != _identity(path):
         return "was changed since qwenvl wrote it", None
-    return ("holds the pages of a reading that stopped, paid for", partial) if partial else None
+    return ("holds what a run that stopped had read, paid for", partial) if partial else None
 
 
 def _ledger_path() -> Path:

@@ -118,7 +118,15 @@ from qwenvl.errors import (
     detached,
 )
 from qwenvl.media.prepare import PreparedCache
-from qwenvl.models import DEFAULT_MODEL, answer_cost, cost_fields, currency_of, estimate_cost, round_cost
+from qwenvl.models import (
+    DEFAULT_MODEL,
+    answer_cost,
+    cost_fields,
+    currency_of,
+    estimate_cost,
+    format_cost,
+    round_cost,
+)
 from qwenvl.notes import answer_notes
 from qwenvl.outputs import OutputFiles, check_outputs
 from qwenvl.plan import Call, check_model_name
@@ -523,6 +531,7 @@ class Batch:
         # the last run's summary: what ``run`` returns, or, when an interrupt (KeyboardInterrupt) ended it, what it
         # left (``Summary.interrupted``); None before a run, or when the run stopped before its journal was open
         self.summary: Summary | None = None
+        self._spend: SpendCap | None = None  # the running run's cost cap (``run``'s ``max_cost``)
 
     def _guarded(self, items: Iterable[BatchItem]) -> Iterator[BatchItem]:
         """``items`` as they come, each refused (UsageError, exit 2, before anything is sent or written) when a
@@ -879,16 +888,23 @@ class Batch:
         return False
 
     # --- running ----------------------------------------------------------------------------------
-    def run(self, progress: Callable[[Progress], None] | None = None) -> Summary:
-        """Run to the end. A 401/403 or a ``ModelNotFoundError`` stops it at once (raised, after the outputs are
-        written; the items not answered stay to send), as does a service
-        that cannot be reached (the first ``UNREACHABLE_ITEMS`` items fail to connect on every attempt before it
-        answered anything: ``APIConnectionError``/``APITimeoutError``); ``Summary.service_errors`` counts the items
-        that failed for the service's reasons (``SERVICE_ERROR_TYPES``), ``Summary.job_failures`` the Batch API
-        jobs that ended without answering items; ``Summary.service_failure()`` is the error the CLI exits 5 with
-        when either is not empty. Ctrl-C leaves
-        a run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and
-        kept; the progress callback is told first, ``phase`` "stopping"; a second Ctrl-C gives them up, said in
+    def run(self, progress: Callable[[Progress], None] | None = None, *, max_cost: float | None = None) -> Summary:
+        """Run to the end. ``max_cost`` (in the estimate's currency; None: no cap): the run's cost cap, checked
+        against the estimate before anything is sent (UsageError when its most is above it, or when a model to send
+        has no known price: ``within_budget``), then, in realtime mode, against what the run has really paid,
+        structured-output repairs included, before each request (``SpendCap``: the requests in flight counted at
+        their most): one that could take it above the cap is not sent, and the run stops (UsageError, after the
+        outputs are written; the items not answered stay to send, and the same call resumes). In ``batch-api`` mode
+        the jobs are submitted at once: the estimate's check only. A local model has no price: no cap applies.
+
+        A 401/403 or a ``ModelNotFoundError`` stops it at once (raised, after the outputs are written; the items not
+        answered stay to send), as does a service that cannot be reached (the first ``UNREACHABLE_ITEMS`` items fail
+        to connect on every attempt before it answered anything: ``APIConnectionError``/``APITimeoutError``);
+        ``Summary.service_errors`` counts the items that failed for the service's reasons (``SERVICE_ERROR_TYPES``),
+        ``Summary.job_failures`` the Batch API jobs that ended without answering items;
+        ``Summary.service_failure()`` is the error the CLI exits 5 with when either is not empty. Ctrl-C leaves a
+        run that the same call resumes (the answers in flight are awaited up to ``INTERRUPT_GRACE_S`` and kept; the
+        progress callback is told first, ``phase`` "stopping"; a second Ctrl-C gives them up, said in
         ``Summary.notes``): the KeyboardInterrupt is raised, and ``Batch.summary`` holds what the run left
         (``interrupted=True``).
         ``progress`` is called (from worker threads, one at a time) after every finished item. In
@@ -904,6 +920,7 @@ class Batch:
         call resumes once there is room), and once the batch is closed."""
         self._check_open()
         est = self._estimate or self.estimate()
+        self._spend = self._spend_cap(est, max_cost)
         started = time.monotonic()
         prog = Progress(total=est.pending, phase=self.mode if self.mode == "realtime" else "upload")
         batch_ids: list[str] = []
@@ -951,6 +968,30 @@ class Batch:
             journal.write_outputs(self.csv)
             self.summary = self._summary(journal, prog, started, batch_ids)
         return self.summary
+
+    def _spend_cap(self, est: Estimate, max_cost: float | None) -> SpendCap | None:
+        """The run's ``SpendCap`` for ``max_cost`` (None: none, or a local model's run), after the estimate's check:
+        raises UsageError (nothing sent) when ``est`` is not known to stay within it."""
+        if max_cost is None or math.isinf(max_cost) or est.local:
+            return None
+        name = self.option_names.get("max_cost", "max_cost")
+        flag = name.startswith("-")
+        if not within_budget(est, max_cost):
+            refused = unpriced_error(est, f"{name} {max_cost:g}", "pass --yes" if flag else "give max_cost=None")
+            raise refused or UsageError(
+                f"the estimated cost is up to {format_cost(est.cost_max, est.currency)}, above {name} "
+                f"{format_cost(max_cost, est.currency)}: nothing was sent",
+                hint=f"Raise {name}{', or pass --yes' if flag else ' (None: no cap)'}.",
+            )
+        again = "the same command" if flag else "the same call"
+        return SpendCap(
+            max_cost,
+            est.currency,
+            self.planner.region,
+            name=name,
+            hint=f"What was answered is kept in {self.output}. Raise {name} and run {again} again: only the items "
+            "not answered are sent.",
+        )
 
     def _summary(
         self, journal: Journal, prog: Progress, started: float, batch_ids: list[str], *, interrupted: bool = False
@@ -1084,6 +1125,8 @@ class Batch:
         if paid.cached:
             prog.cached += 1
             return
+        if self._spend is not None:  # what the cap counts: every request paid, a repair included
+            self._spend.add(paid.cost)
         prog.input_tokens += paid.input_tokens or 0
         prog.output_tokens += paid.output_tokens or 0
         prog.paid(paid.cost, local=self.planner.is_local)
@@ -1435,6 +1478,24 @@ class _Realtime:
         tokens, _ = input_tokens_of(call)
         # answered locally: no slot, no rate budget (the estimate knows only items without local media)
         cached = cached or (client.cache is not None and key_for(client, call) in client.cache)
+        held = 0.0
+        spend = self.batch._spend
+        if spend is not None and not cached:  # above the cap with what is paid and in flight: not sent, run stops
+            most = estimate_calls([call], region=client.region, local=self.batch.planner.is_local).cost_max
+            try:
+                held = spend.reserve(most, item.id)
+            except UsageError as exc:
+                raise _Fatal(exc) from None
+        try:
+            self._send(item, call, cached, client, tokens, retries, backoff)
+        finally:
+            if spend is not None:
+                spend.release(held)
+
+    def _send(
+        self, item: BatchItem, call: Call, cached: bool, client: Client, tokens: int, retries: int, backoff: float
+    ) -> None:
+        """``_item``'s sending: through the limiter, with the batch's retries; the answer or the error recorded."""
         attempt = attempts = 0
         while True:
             slot = None
@@ -1557,3 +1618,74 @@ def unpriced_error(est: Estimate, cap: str, uncapped: str = "pass --yes") -> Usa
         f"{est.to_send:,} requests to send): nothing was sent",
         hint=f"Use a model with a price (`qwenvl models` lists them), or {uncapped} to run with no cost cap.",
     )
+
+
+class SpendCap:
+    """The running side of a cost cap, the one home for every capped run of many requests (``Batch.run``'s
+    ``max_cost``; the CLI's ``batch``, ``extract`` and ``ocr``, whose ``--max-cost`` is ``cli.common.confirm_cost``'s
+    up-front check): what the run has paid so far, structured-output repairs included (each answer as priced by its
+    caller, e.g. ``models.answer_cost``; a failed structured answer was paid too), checked before each further
+    request against that request's most (its ``Estimate.cost_max``). Requests sent at once (a batch's threads)
+    ``reserve`` their most while in flight, so that the cap holds whatever order the answers come in, and
+    ``release`` it when answered. Thread-safe.
+
+    ``cap``: in ``currency`` (None: never stops); ``region``: the answers' pricing (``paid``); ``name``: the cap as
+    the surface names it in the refusal (``--max-cost``, ``max_cost``); ``hint``: how to go on (default: raise the
+    cap and run the rest again)."""
+
+    def __init__(
+        self,
+        cap: float | None,
+        currency: str | None,
+        region: str | None = None,
+        *,
+        name: str = "--max-cost",
+        hint: str = "What was answered is kept. Raise --max-cost (or pass --yes) and run the rest again.",
+    ) -> None:
+        self.cap = None if cap is None or math.isinf(cap) else float(cap)
+        self.currency, self.region, self.name, self.hint = currency, region, name, hint
+        self.spent = 0.0  # paid so far, in ``currency``: answers of unknown cost count 0 (the cap checked them first)
+        self.reserved = 0.0  # the most of the requests in flight (``reserve``)
+        self._lock = threading.Lock()
+
+    def paid(self, response: Response | None) -> None:
+        """Add what ``response`` cost (``models.answer_cost`` in ``region``: every request of it, a repair included;
+        nothing for None, a cached answer or an unknown cost). Raises nothing."""
+        self.add(answer_cost(response, region=self.region) if response is not None else None)
+
+    def add(self, cost: float | None) -> None:
+        """Add ``cost`` (None: unknown, counted 0) to what the run has paid. Raises nothing."""
+        with self._lock:
+            self.spent += cost or 0.0
+
+    def check(self, most: float | None, what: str) -> None:
+        """Raise UsageError (exit 2) when ``what`` (the next request, e.g. "b.png"), which may cost up to ``most``
+        (None: unknown, not checked), would take the run's spend (with the requests in flight at their most) above
+        the cap: nothing more is to be sent."""
+        with self._lock:
+            self._check(most, what)
+
+    def reserve(self, most: float | None, what: str) -> float:
+        """``check``, then count ``most`` as in flight until ``release``: returns the amount reserved (0 for an
+        unknown ``most`` or no cap). Raises UsageError as ``check``."""
+        with self._lock:
+            self._check(most, what)
+            held = (most or 0.0) if self.cap is not None else 0.0
+            self.reserved += held
+            return held
+
+    def release(self, held: float) -> None:
+        """The request ``reserve`` counted (``held``) is over (its answer, if paid, is ``add``-ed). Raises nothing."""
+        with self._lock:
+            self.reserved = max(self.reserved - held, 0.0)
+
+    def _check(self, most: float | None, what: str) -> None:
+        if self.cap is None or most is None or self.spent + self.reserved + most <= self.cap:
+            return
+        flight = f" with {format_cost(self.reserved, self.currency)} in flight" if self.reserved else ""
+        raise UsageError(
+            f"stopped before {what}: {format_cost(self.spent, self.currency)} spent so far (repair requests "
+            f"included){flight} and it may cost up to {format_cost(most, self.currency)}, above {self.name} "
+            f"{format_cost(self.cap, self.currency)}",
+            hint=self.hint,
+        )

@@ -549,7 +549,7 @@ def run(opts: dict[str, Any]) -> None:
         # the Batch API's own calls (upload, create, poll, download) take the network settings from here
         **{k: opts[k] for k in ("timeout_s", "max_retries", "retry_backoff_s") if opts.get(k) is not None},
         key_first=not opts["dry_run"],  # no key, nothing finished or cached: said before the input is read
-        option_names={"output": "-o/--output", "csv": "--csv"},  # its errors name the flags
+        option_names={"output": "-o/--output", "csv": "--csv", "max_cost": "--max-cost"},  # its errors name the flags
         **backend_options(opts),
     )
     click.get_current_context().call_on_close(job.close)  # however the verb ends (a dry run, a refusal, Ctrl-C)
@@ -564,13 +564,14 @@ def run(opts: dict[str, Any]) -> None:
     if est.to_send or job.mode == "batch-api":
         job.check_key()
     _confirm_fresh(est, opts)
-    confirm_cost(est, opts, "This batch")
+    # the cap in force, checked again by the run against what it really pays (repairs included) before each request
+    cap = confirm_cost(est, opts, "This batch")
     try:
         if terminal:
             with _Bar(est.currency, local=est.local) as bar:
-                summary = job.run(progress=bar)
+                summary = job.run(progress=bar, max_cost=cap)
         else:
-            summary = job.run(progress=_say_off_terminal())
+            summary = job.run(progress=_say_off_terminal(), max_cost=cap)
     except KeyboardInterrupt:
         if job.summary is not None:  # what the run left, as a run that ended shows it (the JSON line included)
             _show_summary(job.summary, opts)

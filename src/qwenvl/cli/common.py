@@ -301,8 +301,9 @@ def confirm_cost(est: Any, opts: dict[str, Any], what: str) -> float | None:
     ask on a terminal ("``what`` may cost ... Run it?") and refuse elsewhere (UsageError, exit 2: nothing was
     sent); a cap that cannot be checked (a model with no price: ``unpriced_error``) is refused, on a terminal too.
     A local model has no price: a ``--max-cost`` given is said not to apply. The one home of the CLI's cost cap.
-    Returns the cap in force for the run's spend (``SpendCap``): ``--max-cost``, or the estimate's most when it
-    was confirmed above it; None with ``--yes``, no cap, or a local model."""
+    Returns the cap in force for the run's spend (``qwenvl.batch.runner.SpendCap``, ``Batch.run(max_cost=)``):
+    ``--max-cost``, or the estimate's most when it was confirmed above it; None with ``--yes``, no cap, or a local
+    model."""
     from qwenvl.batch.runner import unpriced_error, within_budget
 
     max_cost = opts["max_cost"]
@@ -326,34 +327,6 @@ def confirm_cost(est: Any, opts: dict[str, Any], what: str) -> float | None:
     raise UsageError(
         f"the estimated cost is {text}: nothing was sent", hint="Pass --yes to run it anyway, or raise --max-cost."
     )
-
-
-class SpendCap:
-    """The running side of a verb's cost cap: what the run has paid so far, structured-output repairs included
-    (``models.answer_cost`` of each answer, priced per request, and of a failed structured answer, which was paid
-    too), checked before each further request against that request's most (its ``Estimate.cost_max``). ``cap``:
-    ``confirm_cost``'s answer (None: never stops); ``currency``: the estimate's."""
-
-    def __init__(self, cap: float | None, currency: str | None, region: str | None) -> None:
-        self.cap, self.currency, self.region = cap, currency, region
-        self.spent = 0.0
-
-    def paid(self, response: Response | None) -> None:
-        """Add what ``response`` cost (nothing for None, a cached answer or an unknown cost). Raises nothing."""
-        cost = answer_cost(response, region=self.region) if response is not None else None
-        self.spent += cost or 0.0
-
-    def check(self, most: float | None, what: str) -> None:
-        """Raise UsageError (exit 2) when ``what`` (the next request, e.g. "b.png"), which may cost up to ``most``,
-        would take the run's spend above the cap: nothing more is sent."""
-        if self.cap is None or most is None or self.spent + most <= self.cap:
-            return
-        raise UsageError(
-            f"stopped before {what}: {format_cost(self.spent, self.currency)} spent so far (repair requests "
-            f"included) and it may cost up to {format_cost(most, self.currency)}, above --max-cost "
-            f"{format_cost(self.cap, self.currency)}",
-            hint="What was answered is kept. Raise --max-cost (or pass --yes) and run the rest again.",
-        )
 
 
 class Seconds(FiniteFloat):

@@ -35,7 +35,7 @@ from qwenvl.cli.common import (
     shown,
 )
 from qwenvl.cli.streams import OutputClosed, stop_if_reader_left
-from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, warn
+from qwenvl.cli.tasks_common import dry_run, note, refuse_structured, show_usage, verbose_option, warn
 from qwenvl.errors import QwenVLError, UsageError, safe_line
 from qwenvl.media.sources import classify, media_kind
 from qwenvl.models import spent_fields
@@ -51,6 +51,7 @@ from qwenvl.tasks.ocr import (
     OCRPage,
     OCRResult,
     by_page,
+    capped_pages,
     estimate_ocr,
     mark_stopped,
     model_ocr_options,
@@ -118,6 +119,7 @@ def parse_options(text: str | None) -> dict[str, Any] | None:
     help="Print the first page's request, with the count and estimated cost of every page's request; send nothing.",
 )
 @max_cost_options
+@verbose_option
 @generation_options_for(
     max_tokens=f"{OCR_MAX_TOKENS}, or the model's limit if lower", leave_out=(*VIDEO_FLAGS, *ANSWER_FORMAT_FLAGS)
 )
@@ -177,7 +179,10 @@ def _read(opts: dict[str, Any]) -> None:
     try:
         est = estimate()
         if est.to_send > 1:  # one request is capped by nothing, as `ask`'s is not
-            confirm_cost(est, opts, f"Reading these {est.to_send:,} pages")
+            from qwenvl.batch.runner import SpendCap  # loaded when a run is priced, not with the CLI
+
+            cap = confirm_cost(est, opts, f"Reading these {est.to_send:,} pages")
+            plans = capped_pages(plans, result, SpendCap(cap, est.currency, client.region), client)
         with client:
             if streamed:  # each page written as it comes: a reader that left stops the reading before the next is paid
                 plans = _while_read(plans)
@@ -225,7 +230,7 @@ def _read(opts: dict[str, Any]) -> None:
         for n in answer_notes(r, include_cut_off=False)
     )
     warn(by_page(notes))  # each answer's notes, once each with the pages that have it (cut-offs: the pages' own)
-    show_usage(*result.responses, notes=False, region=opts["region"], footer=fmt != "json")
+    show_usage(*result.responses, notes=False, region=opts["region"], footer=fmt != "json", verbose=opts["verbose"])
     if stopped is not None:
         read = ", ".join(str(p.page) for p in result.pages)
         why = "interrupted" if isinstance(stopped, KeyboardInterrupt) else "failed"

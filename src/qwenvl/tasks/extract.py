@@ -202,6 +202,12 @@ async def aextract_many(
             yield Extraction(file=_name(file), json=response.json, response=response)
 
 
+def task_name(file: Any) -> str:
+    """How an Extraction names its file (``Extraction.file``): the path or URL as given (an ``os.PathLike`` as its
+    path), ``<bytes>`` or ``<image>`` for an object. Raises nothing for those."""
+    return _name(file)
+
+
 def _name(file: Any) -> str:
     """How an Extraction names its file: the path or URL as given (an ``os.PathLike`` as its path), ``<bytes>`` or
     ``<image>`` for an object."""

@@ -57,7 +57,7 @@ from qwenvl.tasks.parsing import parse_answer
 from qwenvl.types import Response, not_blank, page_selection
 
 if TYPE_CHECKING:
-    from qwenvl.batch.runner import Estimate
+    from qwenvl.batch.runner import Estimate, SpendCap
     from qwenvl.media.prepare import PreparedCache
 
 Format = Literal["text", "markdown", "json"]
@@ -529,6 +529,38 @@ def _finished(result: OCRResult) -> OCRResult:
     return result
 
 
+def capped_pages(
+    plans: Iterable[tuple[int | None, Call]], result: OCRResult, spend: SpendCap, client: Any
+) -> Iterator[tuple[int | None, Call]]:
+    """``plans``, each page's handed on only while what the pages read so far really cost (``result.responses``,
+    counted by ``spend``, the one home of a run's cost cap) and that page's most (``estimate_calls``) keep within
+    the cap: else ``SpendCap.check`` raises UsageError before it is sent (the pages read are kept in ``result``).
+    The estimate priced the pages before the reading; this counts what they took."""
+    from qwenvl.batch.runner import estimate_calls
+
+    counted = 0
+    for number, call in plans:
+        for response in result.responses[counted:]:
+            spend.paid(response)
+        counted = len(result.responses)
+        most = estimate_calls([call], region=client.region, local=bool(getattr(client, "is_local", False))).cost_max
+        spend.check(most, f"page {number}" if number is not None else "the image")
+        yield number, call
+
+
+def _library_cap(est: Estimate, max_cost: float, client: Any) -> SpendCap:
+    """The library's running cap of an OCR whose estimate ``check_cost`` passed."""
+    from qwenvl.batch.runner import SpendCap
+
+    return SpendCap(
+        max_cost,
+        est.currency,
+        getattr(client, "region", None),
+        name="max_cost",
+        hint="The pages read are kept (exc.partial). Raise max_cost and read the rest (pages_left).",
+    )
+
+
 def ocr(
     client: SupportsComplete,
     source: Any,
@@ -545,23 +577,27 @@ def ocr(
     ``format``: ``"text"`` (default), ``"markdown"`` or ``"json"`` (lines with boxes in original pixels);
     ``pages``: PDF pages such as ``"1-3,5"``, ``2`` or ``[2, 3]`` (1-based; default every page); ``max_cost``:
     the most the pages may cost, in the region's currency (``estimate_ocr``: every answer at ``max_tokens``),
-    checked before anything is sent (default None: no cap); ``fields``: any Request fields.
+    checked before anything is sent (default None: no cap), then against what the pages read really cost before
+    each page is sent (``capped_pages``); ``fields``: any Request fields.
 
     Raises UsageError (an unknown format, ``pages`` for an image, bad page syntax, an estimate over ``max_cost`` or
-    one that cannot be priced), MediaError (a page out of range, media that cannot be sent), and what
-    ``Client.send`` raises (APIError and its subclasses); TypeError for an AsyncClient (use ``aocr``). An error
-    after some pages were read carries them: ``exc.partial`` (``partial(exc)``) is the OCRResult of the pages read,
-    ``stopped`` True and ``stopped_at`` the PDF page that failed (None for an image). A page without text is not an
-    error (a warning). ``source``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image."""
+    one that cannot be priced, a page that could take what was paid above it: the pages read kept), MediaError (a
+    page out of range, media that cannot be sent), and what ``Client.send`` raises (APIError and its subclasses);
+    TypeError for an AsyncClient (use ``aocr``). An error after some pages were read carries them: ``exc.partial``
+    (``partial(exc)``) is the OCRResult of the pages read, ``stopped`` True and ``stopped_at`` the PDF page that
+    failed (None for an image). A page without text is not an error (a warning). ``source``: a path (``str`` or
+    ``os.PathLike``), URL, bytes or PIL image."""
     sync_client(client, "ocr")
     source = task_media(source)
     with once_per_run():  # the pages estimated, then planned and read: a warning about them said once
+        plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
+        result = OCRResult(source=shown_ref(source), format=format)
         if max_cost is not None:
             est = estimate_ocr(client, source, format=format, task=task, options=options, pages=pages, **fields)
             check_cost(est, max_cost)
-        plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
+            plans = capped_pages(plans, result, _library_cap(est, max_cost, client), client)
         try:
-            return library_worded(send_pages(client, source, plans, format=format))
+            return library_worded(send_pages(client, source, plans, format=format, result=result))
         except BaseException as exc:
             read = partial(exc)
             if read is not None:  # the pages read, in the library's words as a whole result is
@@ -599,13 +635,14 @@ async def _aocr(
     max_cost: float | None,
     fields: dict[str, Any],
 ) -> OCRResult:
+    plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
+    result = OCRResult(source=shown_ref(source), format=format)
     if max_cost is not None:
         est = await in_thread(
             estimate_ocr, client, source, format=format, task=task, options=options, pages=pages, **fields
         )
         check_cost(est, max_cost)
-    plans = plan_pages(client, source, format=format, task=task, options=options, pages=pages, **fields)
-    result = OCRResult(source=shown_ref(source), format=format)
+        plans = capped_pages(plans, result, _library_cap(est, max_cost, client), client)
     reading: int | None = None
     try:
         while (planned := await in_thread(next, plans, None)) is not None:
