@@ -177,3 +177,26 @@ def test_the_endpoints_read_one_page_and_refuse_a_page_that_does_not_apply(site,
             assert r.status_code == 400, (route, r.text)
             assert words in r.json()["error"]["message"], (route, r.text)
     assert len(model_calls(server)) == 1  # nothing sent for a refused page
+
+
+def test_the_estimate_of_a_pdf_read_page_by_page_is_per_page(page, site, isolated_env):  # noqa: F811
+    """60 pages are over qwen-vl-max's context as one request (Ask, Extract: "Cannot send"), not as 60 (OCR, Find):
+    the estimate before sending follows the mode, each page priced as its own request."""
+    pdf = write_pdf(isolated_env / "long.pdf", 60)
+    page.select_option("#model", "qwen-vl-max")
+    page.check("input[value=ocr]")
+    page.set_input_files("#files", str(pdf))
+    page.wait_for_function("document.querySelector('#estimate').textContent.includes('before sending')")
+    assert "60 pages" in page.inner_text("#attachments")
+    one = httpx.post(
+        site.url + "/qwenvl/v1/estimate",
+        json={"model": "qwen-vl-max", "images": [data_url(write_pdf(isolated_env / "one.pdf", 1), "application/pdf")]},
+        headers=HEADERS,
+        timeout=60,
+    ).json()
+    assert f"Media: {60 * one['total_tokens']:,} tokens" in page.inner_text("#estimate")
+    page.check("input[value=ask]")  # sent whole: over the context, said before sending
+    page.wait_for_function("document.querySelector('#estimate').textContent.includes('Cannot send')")
+    assert "over the model's context" in page.inner_text("#attachments")
+    page.check("input[value=find]")
+    page.wait_for_function("document.querySelector('#estimate').textContent.includes('before sending')")

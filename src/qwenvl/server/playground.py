@@ -1,8 +1,9 @@
 """The web playground's page (``/``) and the few JSON endpoints it needs beyond the DashScope API.
 
     GET  /                         the page (static/index.html, app.js, app.css: no CDN, no build step)
-    POST /qwenvl/v1/estimate       {model, images: [ref], video?, detail?, vl_high_resolution_images?}
+    POST /qwenvl/v1/estimate       {model, images: [ref], video?, detail?, vl_high_resolution_images?, each_page?}
                                    -> per item the size it will be sent at, tokens, cost; the total
+                                   (each_page: one PDF as OCR and Find send it, one request per page)
     POST /qwenvl/v1/ground         {model, image, query, points?} -> boxes/points in original pixels
     POST /qwenvl/v1/ocr            {model, image, format?, page?} -> one image's or one PDF page's text
                                    {page, page_count, next, text, marked, lines, warnings, usage, cost, ...}
@@ -39,6 +40,7 @@ from qwenvl.errors import MediaError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.models import cost_fields, currency_of, media_costs, spent_fields
 from qwenvl.notes import answer_notes
+from qwenvl.plan import Call
 from qwenvl.protocols.inbound import json_type
 from qwenvl.wording import api_surface, fit_message
 
@@ -102,12 +104,32 @@ def add_routes(
             video = await resolve(video, opts.get("model", ""))
         elif isinstance(video, list):
             video = [await resolve(v, opts.get("model", "")) for v in video]
-        call = await asyncio.to_thread(
-            client.plan, prompt="estimate", images=images, video=video, estimate_only=True, **opts
-        )
-        known = [m.tokens for m in call.media if m.tokens is not None]
+        each_page = bool(field(body, "each_page", bool, required=False))
+        if each_page and (video is not None or len(images) != 1):
+            raise UsageError("each_page estimates one PDF (or one image): give images with one reference, no video")
+        if each_page:  # one request per page, as OCR and Find read a PDF (``plan_pages``): each fits on its own
+            from qwenvl.tasks.ocr import plan_pages
+
+            def pages() -> list[Call]:
+                return [c for _, c in plan_pages(client, images[0], estimate_only=True, **opts)]
+
+            calls = await asyncio.to_thread(pages)
+        else:
+            calls = [
+                await asyncio.to_thread(
+                    client.plan, prompt="estimate", images=images, video=video, estimate_only=True, **opts
+                )
+            ]
+        call = calls[0]
+        media = [m for c in calls for m in c.media]
+        known = [m.tokens for m in media if m.tokens is not None]
         total = sum(known)
-        _, costs, total_cost = media_costs(call.model, [m.tokens for m in call.media], region=client.region)
+        costs: list[float | None] = []
+        total_cost: float | None = 0.0
+        for c in calls:  # each request's media at that request's tier
+            _, some, cost = media_costs(c.model, [m.tokens for m in c.media], region=client.region)
+            costs += some
+            total_cost = None if total_cost is None or cost is None else total_cost + cost
         local = bool(getattr(client, "is_local", False))  # a local model has no price (qwenvl.models.LOCAL)
         if local:
             costs, total_cost = [None] * len(costs), None
@@ -121,7 +143,7 @@ def add_routes(
                 "cost": cost,
                 "notes": in_api_words(m.notes),
             }
-            for m, cost in zip(call.media, costs, strict=True)
+            for m, cost in zip(media, costs, strict=True)
         ]
         return JSONResponse(
             {

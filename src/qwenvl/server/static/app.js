@@ -70,6 +70,8 @@ function showError(message) {
 
 // ---- options -----------------------------------------------------------------------------------------
 function mode() { return document.querySelector("input[name=mode]:checked").value; }
+// the modes that read a PDF page by page (one request a page, as `qwenvl ocr` and `qwenvl ground` do)
+function pagedMode() { return mode() === "ocr" || mode() === "find"; }
 function options() {
   const o = { model: $("model").value };
   const detail = $("detail").value;
@@ -157,6 +159,7 @@ async function estimate() {
   await Promise.all(state.attachments.map(async (a) => {
     const body = { ...options() };
     if (a.kind === "video") body.video = a.url; else body.images = [a.url];
+    if (a.kind === "pdf" && pagedMode()) body.each_page = true;  // priced as sent: one request per page
     try { a.estimate = await post("/qwenvl/v1/estimate", body); } catch (e) { a.estimate = { error: e.message }; }
   }));
   if (run !== estimateRun) return;
@@ -485,7 +488,7 @@ async function send(event) {
 function stop() {
   if (!state.controller) return;
   const m = state.messages[state.messages.length - 1];
-  if (!state.stopping && m && (m.kind === "ocr" || m.kind === "find")) {
+  if (!state.stopping && m && (m.kind === "ocr" || m.kind === "find")) {  // pagedMode's, as the turn was sent
     state.stopping = true;
     $("stop").textContent = "Stopping after this page (Stop again: now)";
     return;
@@ -539,7 +542,10 @@ function init() {
   });
   for (const id of ["model", "detail", "highres"]) $(id).addEventListener("change", () => { save(); estimate(); });
   for (const r of document.querySelectorAll("input[name=mode]")) {
-    r.addEventListener("change", () => { $("schema").hidden = mode() !== "extract"; $("formats").hidden = mode() !== "ocr"; });
+    r.addEventListener("change", () => {
+      $("schema").hidden = mode() !== "extract"; $("formats").hidden = mode() !== "ocr";
+      if (state.attachments.some((a) => a.kind === "pdf")) estimate();  // a PDF is sent whole or page by page
+    });
   }
 }
 init();
