@@ -150,6 +150,15 @@ def test_find_on_a_pdf_reads_and_draws_each_page(page, server, isolated_env):  #
     page.wait_for_selector(".msg.assistant section.page[data-page='2']")
     page.wait_for_selector(".msg.assistant section.page[data-page='1'] canvas[data-drawn='1']")
     page.wait_for_selector(".msg.assistant section.page[data-page='2'] canvas[data-drawn='0']")
+    # drawn on page 1 as sent (the rendered page): the box's left edge at 10% of its width, in the box colour
+    w, h, edge, inside = page.evaluate("""() => {
+        const c = document.querySelector(".msg.assistant section.page[data-page='1'] canvas");
+        const at = (x, y) => Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data).slice(0, 3);
+        return [c.width, c.height, at(Math.round(c.width * 0.1), Math.round(c.height * 0.3)),
+                at(Math.round(c.width * 0.3), Math.round(c.height * 0.45))];
+    }""")
+    assert w > 500 and h > 700, (w, h)
+    assert edge == [255, 45, 85] and inside == [255, 255, 255], (edge, inside)
     assert "Found 1 box: block" in page.inner_text(".msg.assistant section.page[data-page='1'] h3")
     assert "Nothing found" in page.inner_text(".msg.assistant section.page[data-page='2'] h3")
     calls = model_calls(server)
