@@ -115,8 +115,20 @@ def test_a_page_that_fails_keeps_the_pages_read_and_reads_no_further(page, serve
     assert "Page 2 failed" in page.inner_text(".msg.assistant")
     assert len(model_calls(server)) == 2  # page 3 was not asked for
     assert downloaded(page) == "First page\n\f"
+    # Continue reads on from the page that failed: page 1 is not asked for (nor paid) again
+    server.enqueue(Reply(text="Second page", usage=USAGE), Reply(text="Third page", usage=USAGE))
+    page.click(".msg.assistant button.continue")
+    page.wait_for_selector(".msg.assistant section.page[data-page='3']")
+    page.wait_for_selector("#stop", state="hidden")
+    assert pages_shown(page) == ["1", "2", "3"]
+    calls = model_calls(server)
+    assert len(calls) == 4 and images_sent(calls[3]) != images_sent(calls[0])
+    assert images_sent(calls[2]) == images_sent(calls[1])  # page 2 again, the one that failed
+    assert "Read 3 of 3 pages" in page.inner_text(".msg.assistant .text")
+    assert not page.query_selector(".msg.assistant button.continue")
+    assert downloaded(page) == "First page\n\fSecond page\n\fThird page\n\f"
     page.reload()  # kept across a reload, as any answer
-    page.wait_for_selector(".msg.assistant section.page[data-page='1']")
+    page.wait_for_selector(".msg.assistant section.page[data-page='3']")
 
 
 def test_stop_ends_the_reading_after_the_page_under_way(page, server, isolated_env):  # noqa: F811
@@ -137,6 +149,7 @@ def test_stop_ends_the_reading_after_the_page_under_way(page, server, isolated_e
     assert "Stopped after page 1 of 3" in page.inner_text(".msg.assistant .text")
     assert len(model_calls(server)) == 1
     assert page.is_hidden("#error")
+    assert page.inner_text(".msg.assistant button.continue") == "Continue from page 2"
 
 
 def test_find_on_a_pdf_reads_and_draws_each_page(page, server, isolated_env):  # noqa: F811

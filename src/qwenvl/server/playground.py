@@ -15,8 +15,9 @@ references follow the server's rules (no local paths, private URLs refused).
 
 A PDF is read as ``qwenvl ocr`` reads it: one request per page. ``/ocr`` reads one page (``page``, 1-based; default
 the first) and says which to read next (``next``: null after the last), so the page asks for each page in turn:
-it shows every page as it is read, keeps the pages read when one fails, and its Stop ends the reading after the
-page under way (nothing is cut while paid for). ``marked`` is the page as the whole reading's text holds it
+it shows every page as it is read, keeps the pages read when one fails, its Stop ends the reading after the
+page under way (nothing is cut while paid for), and its Continue reads on from the page it stopped at (no page read,
+nor paid, twice). ``marked`` is the page as the whole reading's text holds it
 (``OCRResult.page_text``: a form feed after each page's text, ``<!-- page N -->`` before each page in Markdown),
 so the pages' ``marked`` joined are what ``qwenvl ocr`` writes. ``/ground`` on a PDF reads one page too, as
 ``qwenvl ground --page N`` does (default the first), with the rendered page as ``picture`` to draw the boxes on.

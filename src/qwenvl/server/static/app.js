@@ -5,7 +5,7 @@
 const STORE = "qwenvl-playground";   // the conversation (localStorage: survives a reload)
 const KEY = "qwenvl-key";            // the server's API key (sessionStorage: this tab only)
 const $ = (id) => document.getElementById(id);
-const state = { messages: [], attachments: [], controller: null, stopping: false };
+const state = { messages: [], attachments: [], controller: null, stopping: false, paged: false };
 
 // ---- persistence -------------------------------------------------------------------------------------
 function save() {
@@ -272,6 +272,12 @@ function render(m) {
     div.append(pre);
   }
   if (m.kind === "ocr" && m.pages && m.result) div.append(resultTools(m));
+  if (m.stopped_at && readingSource(m)) {
+    const more = document.createElement("button");
+    more.type = "button"; more.className = "continue"; more.textContent = `Continue from page ${m.stopped_at}`;
+    more.onclick = () => continueReading(m);
+    div.append(more);
+  }
   if (m.spent) { const s = document.createElement("div"); s.className = "meta spent"; s.textContent = m.spent; div.append(s); }
   if (m.meta) { const meta = document.createElement("div"); meta.className = "meta"; meta.textContent = m.meta; div.append(meta); }
   return div;
@@ -340,18 +346,19 @@ function spentLine(pages) {
 }
 // a PDF read as `qwenvl ocr` reads it: one request per page, each page shown as it arrives; the server says which
 // page comes next (null after the last). Stop ends the reading after the page under way (a second Stop cuts it);
-// a page that fails ends the reading and keeps the pages read. An image: one request, as before.
-async function readPages(answer, path, body, onImage) {
-  let page = null;
-  const read = [];
+// a page that fails ends the reading and keeps the pages read, and Continue reads on from it (nothing read twice,
+// nothing paid twice). `from`: the page to begin at (default the server's first). An image: one request.
+async function readPages(answer, path, body, onImage, from = null) {
+  let page = from;
+  state.paged = true;
+  answer.request = { path, body: { ...body, image: undefined } };  // to continue from a page (the file: the turn's)
   for (;;) {
     let r;
     try {
       r = await post(path, page === null ? body : { ...body, page }, state.controller.signal);
     } catch (e) {
-      if (!read.length) throw e;  // nothing read: the turn fails as a whole (its prompt and files given back)
-      const count = read[read.length - 1].page_count;
-      answer.text = `Read ${read.length} of ${count} pages; stopped at page ${page}.`;
+      if (!(answer.pages || []).length) throw e;  // nothing read: the turn fails as a whole (prompt, files given back)
+      answer.text = `Read ${answer.pages.length} of ${answer.page_count} pages; stopped at page ${page}.`;
       answer.meta = e.name === "AbortError" ? `Page ${page} was stopped; the pages before it are kept.`
         : `Page ${page} failed: ${e.message}`;
       answer.stopped_at = page;
@@ -359,16 +366,18 @@ async function readPages(answer, path, body, onImage) {
       return;
     }
     if (r.page === null || r.page === undefined) { onImage(r); return; }
-    read.push(r);
+    const spent = { usage: r.usage, cost: r.cost, currency: r.currency, local: r.local };
     answer.pages = answer.pages || [];
     answer.pages.push(answer.kind === "find"
-      ? { page: r.page, boxes: r.boxes, points: r.points || [], picture: r.picture, warnings: r.warnings }
-      : { page: r.page, text: r.text, marked: r.marked, warnings: r.warnings });
+      ? { page: r.page, boxes: r.boxes, points: r.points || [], picture: r.picture, warnings: r.warnings, ...spent }
+      : { page: r.page, text: r.text, marked: r.marked, warnings: r.warnings, ...spent });
     if (answer.kind === "ocr") answer.result = answer.pages.map((p) => p.marked).join("");
-    answer.spent = spentLine(read);
-    answer.text = r.next === null ? `Read ${read.length} of ${r.page_count} pages.` : `Reading page ${r.next} of ${r.page_count}…`;
-    $("log").lastElementChild.replaceWith(render(answer));
-    scrollEnd();
+    answer.page_count = r.page_count;
+    answer.spent = spentLine(answer.pages);
+    answer.meta = undefined; answer.stopped_at = undefined;
+    answer.text = r.next === null ? `Read ${answer.pages.length} of ${r.page_count} pages.`
+      : `Reading page ${r.next} of ${r.page_count}…`;
+    shown(answer);
     if (r.next === null) return;
     if (state.stopping) {
       answer.text = `Stopped after page ${r.page} of ${r.page_count}.`;
@@ -377,6 +386,36 @@ async function readPages(answer, path, body, onImage) {
     }
     page = r.next;
   }
+}
+// the answer shown again where it is in the log
+function shown(m) {
+  const el = $("log").children[state.messages.indexOf(m)];
+  if (el) el.replaceWith(render(m));
+  scrollEnd();
+}
+// the PDF a reading stopped in (its turn's file), to continue from the page it stopped at; null when not kept
+function readingSource(m) {
+  const i = state.messages.indexOf(m);
+  const part = i > 0 ? (state.messages[i - 1].parts || []).find((p) => p.kind === "pdf" && p.url) : null;
+  return part && m.request ? part.url : null;
+}
+async function continueReading(m) {
+  const url = readingSource(m);
+  if (state.controller || !url || !m.stopped_at) return;
+  showError("");
+  busy(true);
+  try {
+    await readPages(m, m.request.path, { ...m.request.body, image: url }, () => {}, m.stopped_at);
+  } finally {
+    busy(false);
+    renderLog(); save();
+  }
+}
+// a request under way: Send off, Stop shown (and the other way round)
+function busy(on) {
+  state.controller = on ? new AbortController() : null;
+  state.stopping = false; state.paged = false;
+  $("stop").hidden = !on; $("stop").textContent = "Stop"; $("send").disabled = on;
 }
 function usageLine(u) {
   if (!u) return "";
@@ -439,9 +478,7 @@ async function send(event) {
   $("prompt").value = "";
   const sent = state.attachments;
   state.attachments = []; renderAttachments(); estimate();
-  state.controller = new AbortController();
-  state.stopping = false;
-  $("stop").hidden = false; $("stop").textContent = "Stop"; $("send").disabled = true;
+  busy(true);
   try {
     if (m === "ask") {
       const body = { model: $("model").value, stream: true, stream_options: { include_usage: true },
@@ -477,8 +514,7 @@ async function send(event) {
       renderAttachments(); estimate();
     }
   } finally {
-    state.controller = null; state.stopping = false;
-    $("stop").hidden = true; $("send").disabled = false;
+    busy(false);
     renderLog(); save();
   }
 }
@@ -487,8 +523,7 @@ async function send(event) {
 // (it is paid for); a second Stop cuts that page too
 function stop() {
   if (!state.controller) return;
-  const m = state.messages[state.messages.length - 1];
-  if (!state.stopping && m && (m.kind === "ocr" || m.kind === "find")) {  // pagedMode's, as the turn was sent
+  if (!state.stopping && state.paged) {
     state.stopping = true;
     $("stop").textContent = "Stopping after this page (Stop again: now)";
     return;
