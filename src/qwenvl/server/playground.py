@@ -1,15 +1,28 @@
 """The web playground's page (``/``) and the few JSON endpoints it needs beyond the DashScope API.
 
     GET  /                         the page (static/index.html, app.js, app.css: no CDN, no build step)
-    POST /qwenvl/v1/estimate       {model, images: [ref], video?, detail?, vl_high_resolution_images?}
+    POST /qwenvl/v1/estimate       {model, images: [ref], video?, detail?, vl_high_resolution_images?, each_page?}
                                    -> per item the size it will be sent at, tokens, cost; the total
+                                   (each_page: one PDF as OCR and Find send it, one request per page)
     POST /qwenvl/v1/ground         {model, image, query, points?} -> boxes/points in original pixels
-    POST /qwenvl/v1/ocr            {model?, image} -> {text}
+    POST /qwenvl/v1/ocr            {model, image, format?, page?} -> one image's or one PDF page's text
+                                   {page, page_count, next, text, marked, lines, warnings, usage, cost, ...}
     POST /qwenvl/v1/extract        {model, image, schema} -> {json, text}
 
 Answers (ask) go through the compatible-mode endpoint like any client's. The task endpoints use the
 library's tasks (the same prompts and parsing as ``qwenvl ground``, ``ocr`` and ``extract``); media
 references follow the server's rules (no local paths, private URLs refused).
+
+A PDF is read as ``qwenvl ocr`` reads it: one request per page. ``/ocr`` reads one page (``page``, 1-based; default
+the first) and says which to read next (``next``: null after the last), so the page asks for each page in turn:
+it shows every page as it is read, keeps the pages read when one fails, its Stop ends the reading after the
+page under way (nothing is cut while paid for), and its Continue reads on from the page it stopped at (no page read,
+nor paid, twice). ``marked`` is the page as the whole reading's text holds it
+(``OCRResult.page_text``: a form feed after each page's text, ``<!-- page N -->`` before each page in Markdown),
+so the pages' ``marked`` joined are what ``qwenvl ocr`` writes. ``/ground`` on a PDF reads one page too, as
+``qwenvl ground --page N`` does (default the first), with the rendered page as ``picture`` to draw the boxes on.
+Extract, and an answer (ask), send a PDF whole (every page in one request), as ``qwenvl extract`` and
+``qwenvl ask`` do.
 """
 
 from __future__ import annotations
@@ -24,10 +37,11 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from qwenvl.errors import UsageError
+from qwenvl.errors import MediaError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
-from qwenvl.models import cost_fields, currency_of, media_costs
+from qwenvl.models import cost_fields, currency_of, media_costs, spent_fields
 from qwenvl.notes import answer_notes
+from qwenvl.plan import Call
 from qwenvl.protocols.inbound import json_type
 from qwenvl.wording import api_surface, fit_message
 
@@ -37,7 +51,8 @@ Work = Callable[[dict[str, Any]], Awaitable[JSONResponse]]  # a JSON body -> the
 # auth and the JSON body, then the work while the client is connected; its errors in the compat shape
 Run = Callable[[HTTPRequest, Work], Awaitable[Any]]
 Resolve = Callable[[str, str], Awaitable[str]]  # a media reference under the server's rules
-_TAKES = {str: "a string", dict: "an object", bool: "true or false", list: "a list"}  # a field's kind in JSON's words
+# a field's kind in JSON's words
+_TAKES = {str: "a string", dict: "an object", bool: "true or false", list: "a list", int: "a whole number"}
 
 
 def add_routes(
@@ -90,12 +105,32 @@ def add_routes(
             video = await resolve(video, opts.get("model", ""))
         elif isinstance(video, list):
             video = [await resolve(v, opts.get("model", "")) for v in video]
-        call = await asyncio.to_thread(
-            client.plan, prompt="estimate", images=images, video=video, estimate_only=True, **opts
-        )
-        known = [m.tokens for m in call.media if m.tokens is not None]
+        each_page = bool(field(body, "each_page", bool, required=False))
+        if each_page and (video is not None or len(images) != 1):
+            raise UsageError("each_page estimates one PDF (or one image): give images with one reference, no video")
+        if each_page:  # one request per page, as OCR and Find read a PDF (``plan_pages``): each fits on its own
+            from qwenvl.tasks.ocr import plan_pages
+
+            def pages() -> list[Call]:
+                return [c for _, c in plan_pages(client, images[0], estimate_only=True, **opts)]
+
+            calls = await asyncio.to_thread(pages)
+        else:
+            calls = [
+                await asyncio.to_thread(
+                    client.plan, prompt="estimate", images=images, video=video, estimate_only=True, **opts
+                )
+            ]
+        call = calls[0]
+        media = [m for c in calls for m in c.media]
+        known = [m.tokens for m in media if m.tokens is not None]
         total = sum(known)
-        _, costs, total_cost = media_costs(call.model, [m.tokens for m in call.media], region=client.region)
+        costs: list[float | None] = []
+        total_cost: float | None = 0.0
+        for c in calls:  # each request's media at that request's tier
+            _, some, cost = media_costs(c.model, [m.tokens for m in c.media], region=client.region)
+            costs += some
+            total_cost = None if total_cost is None or cost is None else total_cost + cost
         local = bool(getattr(client, "is_local", False))  # a local model has no price (qwenvl.models.LOCAL)
         if local:
             costs, total_cost = [None] * len(costs), None
@@ -109,7 +144,7 @@ def add_routes(
                 "cost": cost,
                 "notes": in_api_words(m.notes),
             }
-            for m, cost in zip(call.media, costs, strict=True)
+            for m, cost in zip(media, costs, strict=True)
         ]
         return JSONResponse(
             {
@@ -122,36 +157,76 @@ def add_routes(
             }
         )
 
+    async def pdf_page(image: str, body: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+        """``(page, page_count, next)`` of a request that reads one page of ``image``: the 1-based ``page`` asked
+        (default 1), the PDF's page count and the page after it (None after the last); ``(None, None, None)`` for
+        an image. Raises UsageError (``page`` not a whole number of 1 or more, or given for an image), MediaError
+        (a page the PDF does not have, an unreadable PDF), as ``pdf_pages``."""
+        from qwenvl.media.sources import media_kind
+        from qwenvl.tasks.ocr import pdf_pages
+
+        page = field(body, "page", int, required=False)
+        if page is not None and page < 1:
+            raise UsageError(f"page must be 1 or more, not {page}", hint="Pages are numbered from 1.")
+        if media_kind(image) != "pdf":
+            if page is not None:
+                raise UsageError("page applies to a PDF only", hint="Leave out page for an image.")
+            return None, None, None
+        count = len(await asyncio.to_thread(pdf_pages, image, None))
+        number = page or 1
+        if number > count:
+            raise MediaError(
+                f"the PDF has {count} page{'s' if count != 1 else ''}; page {number} is out of range",
+                hint=f"Choose pages from 1 to {count}.",
+            )
+        return number, count, number + 1 if number < count else None
+
     async def ground(body: dict[str, Any]) -> JSONResponse:
-        from qwenvl.tasks.grounding import plan_ground, read_grounding
+        from qwenvl.tasks.grounding import plan_ground, planned_picture, read_grounding
 
         opts = options(body)
         image = await resolve(field(body, "image"), opts.get("model", ""))
+        query = field(body, "query")
+        page, count, after = await pdf_page(image, body)
+        if page is not None:
+            opts["pages"] = str(page)  # one page, as ``qwenvl ground --page N`` reads
         call = await asyncio.to_thread(
-            plan_ground, client, image, field(body, "query"), points=bool(field(body, "points", bool, False)), **opts
+            plan_ground, client, image, query, points=bool(field(body, "points", bool, False)), **opts
         )
         response = await client.send(call)
         result = read_grounding(call, response)
         out = result.to_json()
-        out.update(image=None, text=response.text, usage=response.usage.model_dump(exclude={"raw"}))
+        out.update(image=None, text=response.text, **spent_fields([response], region=client.region))
+        # a PDF page: the page as rendered and sent, which the boxes' pixels refer to, to draw them on
+        out.update(page=page, page_count=count, next=after, picture=planned_picture(call) if page else None)
         out["warnings"] = in_api_words(result.warnings)
         out["model"] = field(body, "model")  # the name the client knows, never a server path
         return JSONResponse(out)
 
     async def ocr(body: dict[str, Any]) -> JSONResponse:
-        from qwenvl.tasks.ocr import clean_text, plan_ocr
+        from qwenvl.tasks.ocr import FORMATS, Format, OCRResult, plan_pages, read_page
 
         opts = options(body)
+        fmt: Format = field(body, "format", required=False) or "text"
+        if fmt not in FORMATS:
+            raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
         image = await resolve(field(body, "image"), opts.get("model", ""))
-        call = await asyncio.to_thread(plan_ocr, client, image, **opts)
+        page, count, after = await pdf_page(image, body)
+        plans = plan_pages(client, image, format=fmt, pages=page, **opts)  # checked and planned as ``ocr`` does
+        number, call = await asyncio.to_thread(next, plans)
         response = await client.send(call)
-        return JSONResponse(
-            {
-                "text": clean_text(response.text),
-                "usage": response.usage.model_dump(exclude={"raw"}),
-                "warnings": in_api_words(answer_notes(response, call.request.max_tokens, items_shown=True)),
-            }
+        read = read_page(call, response, format=fmt, page=number)
+        reading = OCRResult(source=None, format=fmt)
+        out = read.model_dump()
+        out.update(
+            page_count=count,
+            next=after,
+            marked=reading.page_text(read),  # as ``qwenvl ocr`` writes the page: with its page break or marker
+            warnings=in_api_words(read.warnings),
+            model=field(body, "model"),
+            **spent_fields([response], region=client.region),
         )
+        return JSONResponse(out)
 
     async def extract(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.extract import plan_extract

@@ -39,7 +39,7 @@ from qwenvl.models import DEFAULT_MODEL, ModelInfo, model_info
 from qwenvl.plan import CONTEXT_WARN_SHARE, Call, answer_reserve, answer_space, media_options, quiet_context
 from qwenvl.sizes import Size
 from qwenvl.tasks.parsing import ParsedAnswer, RawItem, parse_answer
-from qwenvl.types import Response, media_refs, not_blank
+from qwenvl.types import Response, media_refs, not_blank, page_selection
 
 Convention = Literal["relative-1000", "absolute", "original-pixels"]
 GRID = 1000
@@ -656,9 +656,9 @@ def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = 
     """The request ``ground`` sends (nothing is sent): the family's prompt, the image, a roomy max_tokens
     (2048 unless given, capped by the model's own limit and its context: ``plan_task``).
 
-    ``image``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image (``task_media``). Raises UsageError
-    (invalid fields, a blank ``query``), SchemaDefinitionError, MediaError (media that cannot be sent), as
-    ``Client.plan``."""
+    ``image``: a path (``str`` or ``os.PathLike``), URL, bytes or PIL image (``task_media``); a PDF: one page,
+    ``pages`` (default the first: ``one_page``). Raises UsageError (invalid fields, a blank ``query``, several
+    PDF pages), SchemaDefinitionError, MediaError (media that cannot be sent), as ``Client.plan``."""
     text = os.fspath(query) if isinstance(query, os.PathLike) else query
     swapped = looks_swapped(text, [image])
     if swapped is not None:
@@ -672,7 +672,26 @@ def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = 
     prompt = grounding_prompt(model, query, "point" if points else "box")
     ref = task_media(image)
     check_task_media("ground", ref, ("image", "pdf"), GROUND_VIDEO_HINT)
+    if isinstance(ref, str) and media_kind(ref) == "pdf":
+        fields["pages"] = one_page(fields.get("pages"))
     return plan_task(client, model, GROUND_MAX_TOKENS, prompt=prompt, images=[ref], **fields)
+
+
+def one_page(pages: Any) -> Any:
+    """The one PDF page ``ground`` reads, as a ``pages`` selection: the page ``pages`` names (a number, ``"2"``,
+    ``[2]``), the first when None. The boxes are read on one page's pixels, so a request carries that page alone
+    (``qwenvl ground --page N``, the MCP tool's ``page``, the playground's Find one page a request). A value that is
+    no selection at all (a bool, a dict) is returned for the request to refuse. Raises UsageError for a selection
+    of several pages (``"1-3"``, ``"2,3"``, ``[1, 2]``)."""
+    selection = page_selection(pages)
+    if selection is None:
+        return "1"
+    if isinstance(selection, str) and not selection.strip().isdigit():
+        raise UsageError(
+            f"ground reads one PDF page, not pages {selection.strip()}",
+            hint="Give one page, e.g. --pages 2; to find things on several pages, ground each page in turn.",
+        )
+    return selection
 
 
 def planned_picture(call: Call) -> str | None:

@@ -5,7 +5,7 @@
 const STORE = "qwenvl-playground";   // the conversation (localStorage: survives a reload)
 const KEY = "qwenvl-key";            // the server's API key (sessionStorage: this tab only)
 const $ = (id) => document.getElementById(id);
-const state = { messages: [], attachments: [], controller: null };
+const state = { messages: [], attachments: [], controller: null, stopping: false, paged: false };
 
 // ---- persistence -------------------------------------------------------------------------------------
 function save() {
@@ -13,7 +13,8 @@ function save() {
   try {
     localStorage.setItem(STORE, JSON.stringify(data));
   } catch (e) {  // over the quota: keep the text, drop the pictures
-    const light = state.messages.map((m) => ({ ...m, parts: m.parts.filter((p) => p.type === "text") }));
+    const light = state.messages.map((m) => ({ ...m, parts: (m.parts || []).filter((p) => p.type === "text"),
+      pages: m.pages && m.pages.map(({ picture, ...rest }) => rest) }));  // a PDF page's rendered picture too
     try { localStorage.setItem(STORE, JSON.stringify({ ...data, messages: light })); } catch (_) { /* full */ }
   }
 }
@@ -58,8 +59,8 @@ async function call(path, init = {}, retried = false) {
   if (!resp.ok) throw new Error(await errorLine(resp));
   return resp;
 }
-async function post(path, body) {
-  return (await call(path, { method: "POST", body: JSON.stringify(body) })).json();
+async function post(path, body, signal) {
+  return (await call(path, { method: "POST", body: JSON.stringify(body), signal })).json();
 }
 function showError(message) {
   const el = $("error");
@@ -69,6 +70,8 @@ function showError(message) {
 
 // ---- options -----------------------------------------------------------------------------------------
 function mode() { return document.querySelector("input[name=mode]:checked").value; }
+// the modes that read a PDF page by page (one request a page, as `qwenvl ocr` and `qwenvl ground` do)
+function pagedMode() { return mode() === "ocr" || mode() === "find"; }
 function options() {
   const o = { model: $("model").value };
   const detail = $("detail").value;
@@ -156,6 +159,7 @@ async function estimate() {
   await Promise.all(state.attachments.map(async (a) => {
     const body = { ...options() };
     if (a.kind === "video") body.video = a.url; else body.images = [a.url];
+    if (a.kind === "pdf" && pagedMode()) body.each_page = true;  // priced as sent: one request per page
     try { a.estimate = await post("/qwenvl/v1/estimate", body); } catch (e) { a.estimate = { error: e.message }; }
   }));
   if (run !== estimateRun) return;
@@ -254,6 +258,7 @@ function render(m) {
   text.className = "text";
   text.textContent = m.role === "user" ? (m.parts.find((p) => p.type === "text") || {}).text || "" : (m.text || "");
   div.append(text);
+  if (m.pages) for (const p of m.pages) div.append(renderPage(m, p));
   if (m.kind === "find" && m.result) {
     const canvas = document.createElement("canvas");
     canvas.setAttribute("aria-label", "The image with the boxes found");
@@ -266,8 +271,59 @@ function render(m) {
     pre.textContent = m.kind === "extract" ? JSON.stringify(m.result, null, 2) : m.result;
     div.append(pre);
   }
+  if (m.kind === "ocr" && m.pages && m.result) div.append(resultTools(m));
+  if (m.stopped_at && readingSource(m)) {
+    const more = document.createElement("button");
+    more.type = "button"; more.className = "continue"; more.textContent = `Continue from page ${m.stopped_at}`;
+    more.onclick = () => continueReading(m);
+    div.append(more);
+  }
+  if (m.spent) { const s = document.createElement("div"); s.className = "meta spent"; s.textContent = m.spent; div.append(s); }
   if (m.meta) { const meta = document.createElement("div"); meta.className = "meta"; meta.textContent = m.meta; div.append(meta); }
   return div;
+}
+// one page of a PDF read page by page: its number, then its text (OCR) or its boxes drawn on it (Find)
+function renderPage(m, p) {
+  const sec = document.createElement("section");
+  sec.className = "page"; sec.dataset.page = String(p.page);
+  const h = document.createElement("h3");
+  h.textContent = m.kind === "find" ? `Page ${p.page}: ${foundLine(p)}` : `Page ${p.page}`;
+  sec.append(h);
+  if (m.kind === "ocr") {
+    const pre = document.createElement("pre"); pre.className = "result"; pre.textContent = p.text; sec.append(pre);
+  } else if (p.picture) {
+    const canvas = document.createElement("canvas");
+    canvas.setAttribute("aria-label", `Page ${p.page} with the boxes found`);
+    sec.append(canvas);
+    drawBoxes(canvas, p.picture, p);
+  }
+  if (p.warnings && p.warnings.length) {
+    const w = document.createElement("div"); w.className = "meta"; w.textContent = sentences(p.warnings); sec.append(w);
+  }
+  return sec;
+}
+// the whole reading's text, as `qwenvl ocr` writes it (each page with its break or marker): copied or downloaded
+function resultTools(m) {
+  const tools = document.createElement("div"); tools.className = "tools";
+  const copy = document.createElement("button"); copy.type = "button"; copy.className = "copy"; copy.textContent = "Copy text";
+  copy.onclick = async () => {
+    try { await navigator.clipboard.writeText(m.result); copy.textContent = "Copied"; } catch (e) { showError("Cannot copy: " + e.message); }
+  };
+  const save = document.createElement("button"); save.type = "button"; save.className = "save"; save.textContent = "Download text";
+  save.onclick = () => {
+    const md = m.format === "markdown";
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([m.result], { type: md ? "text/markdown" : "text/plain" }));
+    a.download = md ? "qwenvl-ocr.md" : "qwenvl-ocr.txt"; a.click();
+    URL.revokeObjectURL(a.href);
+  };
+  tools.append(copy, save);
+  return tools;
+}
+function foundLine(r) {
+  const boxes = r.boxes || [], points = r.points || [];
+  if (!boxes.length && !points.length) return "Nothing found.";
+  return `Found ${boxes.length} box${boxes.length === 1 ? "" : "es"}: ${[...new Set(boxes.map((b) => b.label))].join(", ")}`;
 }
 function scrollEnd() {
   const log = $("log");
@@ -278,6 +334,88 @@ function renderLog() {
   log.replaceChildren(...state.messages.map(render));
   for (const img of log.querySelectorAll("img")) if (!img.complete) img.addEventListener("load", scrollEnd, { once: true });
   scrollEnd();
+}
+// what the pages read so far took, summed: tokens in and out, and the cost the server priced each page at
+function spentLine(pages) {
+  const sum = (f) => pages.reduce((s, p) => s + ((p.usage || {})[f] || 0), 0);
+  const local = pages.some((p) => p.local);
+  const cost = pages.every((p) => p.cost !== null && p.cost !== undefined) ? pages.reduce((s, p) => s + p.cost, 0) : null;
+  const n = pages.length;
+  return `${n} page${n === 1 ? "" : "s"} read · ${sum("input_tokens").toLocaleString()} tokens in, ` +
+    `${sum("output_tokens").toLocaleString()} out · ${money(cost, (pages[0] || {}).currency, local)}`;
+}
+// a PDF read as `qwenvl ocr` reads it: one request per page, each page shown as it arrives; the server says which
+// page comes next (null after the last). Stop ends the reading after the page under way (a second Stop cuts it);
+// a page that fails ends the reading and keeps the pages read, and Continue reads on from it (nothing read twice,
+// nothing paid twice). `from`: the page to begin at (default the server's first). An image: one request.
+async function readPages(answer, path, body, onImage, from = null) {
+  let page = from;
+  state.paged = true;
+  answer.request = { path, body: { ...body, image: undefined } };  // to continue from a page (the file: the turn's)
+  for (;;) {
+    let r;
+    try {
+      r = await post(path, page === null ? body : { ...body, page }, state.controller.signal);
+    } catch (e) {
+      if (!(answer.pages || []).length) throw e;  // nothing read: the turn fails as a whole (prompt, files given back)
+      answer.text = `Read ${answer.pages.length} of ${answer.page_count} pages; stopped at page ${page}.`;
+      answer.meta = e.name === "AbortError" ? `Page ${page} was stopped; the pages before it are kept.`
+        : `Page ${page} failed: ${e.message}`;
+      answer.stopped_at = page;
+      if (e.name !== "AbortError") showError(`page ${page}: ${e.message}`);
+      return;
+    }
+    if (r.page === null || r.page === undefined) { onImage(r); return; }
+    const spent = { usage: r.usage, cost: r.cost, currency: r.currency, local: r.local };
+    answer.pages = answer.pages || [];
+    answer.pages.push(answer.kind === "find"
+      ? { page: r.page, boxes: r.boxes, points: r.points || [], picture: r.picture, warnings: r.warnings, ...spent }
+      : { page: r.page, text: r.text, marked: r.marked, warnings: r.warnings, ...spent });
+    if (answer.kind === "ocr") answer.result = answer.pages.map((p) => p.marked).join("");
+    answer.page_count = r.page_count;
+    answer.spent = spentLine(answer.pages);
+    answer.meta = undefined; answer.stopped_at = undefined;
+    answer.text = r.next === null ? `Read ${answer.pages.length} of ${r.page_count} pages.`
+      : `Reading page ${r.next} of ${r.page_count}…`;
+    shown(answer);
+    if (r.next === null) return;
+    if (state.stopping) {
+      answer.text = `Stopped after page ${r.page} of ${r.page_count}.`;
+      answer.stopped_at = r.next;
+      return;
+    }
+    page = r.next;
+  }
+}
+// the answer shown again where it is in the log
+function shown(m) {
+  const el = $("log").children[state.messages.indexOf(m)];
+  if (el) el.replaceWith(render(m));
+  scrollEnd();
+}
+// the PDF a reading stopped in (its turn's file), to continue from the page it stopped at; null when not kept
+function readingSource(m) {
+  const i = state.messages.indexOf(m);
+  const part = i > 0 ? (state.messages[i - 1].parts || []).find((p) => p.kind === "pdf" && p.url) : null;
+  return part && m.request ? part.url : null;
+}
+async function continueReading(m) {
+  const url = readingSource(m);
+  if (state.controller || !url || !m.stopped_at) return;
+  showError("");
+  busy(true);
+  try {
+    await readPages(m, m.request.path, { ...m.request.body, image: url }, () => {}, m.stopped_at);
+  } finally {
+    busy(false);
+    renderLog(); save();
+  }
+}
+// a request under way: Send off, Stop shown (and the other way round)
+function busy(on) {
+  state.controller = on ? new AbortController() : null;
+  state.stopping = false; state.paged = false;
+  $("stop").hidden = !on; $("stop").textContent = "Stop"; $("send").disabled = on;
 }
 function usageLine(u) {
   if (!u) return "";
@@ -340,25 +478,25 @@ async function send(event) {
   $("prompt").value = "";
   const sent = state.attachments;
   state.attachments = []; renderAttachments(); estimate();
-  state.controller = new AbortController();
-  $("stop").hidden = false; $("send").disabled = true;
+  busy(true);
   try {
     if (m === "ask") {
       const body = { model: $("model").value, stream: true, stream_options: { include_usage: true },
                      messages: wireMessages().slice(0, -1), ...generation() };
       await streamAnswer(answer, body, state.controller.signal);
     } else if (m === "find") {
-      const r = await post("/qwenvl/v1/ground", { ...options(), image, query: prompt });
-      answer.text = r.boxes.length || (r.points || []).length
-        ? `Found ${r.boxes.length} box${r.boxes.length === 1 ? "" : "es"}: ${[...new Set(r.boxes.map((b) => b.label))].join(", ")}`
-        : "Nothing found.";
-      if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
-      answer.result = { boxes: r.boxes, points: r.points || [] };
-      answer.image = image;
+      await readPages(answer, "/qwenvl/v1/ground", { ...options(), image, query: prompt }, (r) => {
+        answer.text = foundLine(r);
+        if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
+        answer.result = { boxes: r.boxes, points: r.points || [] };
+        answer.image = image;
+      });
     } else if (m === "ocr") {
-      const r = await post("/qwenvl/v1/ocr", { ...options(), image });
-      answer.text = "Text found:"; answer.result = r.text;
-      if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
+      answer.format = $("format").value;
+      await readPages(answer, "/qwenvl/v1/ocr", { ...options(), image, format: answer.format }, (r) => {
+        answer.text = "Text found:"; answer.result = r.text;
+        if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
+      });
     } else {
       const r = await post("/qwenvl/v1/extract", { ...options(), image, schema });
       answer.text = "Extracted:"; answer.result = r.json;
@@ -376,10 +514,21 @@ async function send(event) {
       renderAttachments(); estimate();
     }
   } finally {
-    state.controller = null;
-    $("stop").hidden = true; $("send").disabled = false;
+    busy(false);
     renderLog(); save();
   }
+}
+
+// Stop: an answer is cut at once; a reading page by page (OCR, Find) ends after the page under way, which is kept
+// (it is paid for); a second Stop cuts that page too
+function stop() {
+  if (!state.controller) return;
+  if (!state.stopping && state.paged) {
+    state.stopping = true;
+    $("stop").textContent = "Stopping after this page (Stop again: now)";
+    return;
+  }
+  state.controller.abort();
 }
 
 // the server's notes (each one clause, lower case, no stop) as sentences: never two run together
@@ -407,8 +556,8 @@ function init() {
   loadModels(saved.model);
   $("composer").addEventListener("submit", send);
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); });
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.controller) state.controller.abort(); });
-  $("stop").onclick = () => state.controller && state.controller.abort();
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.controller) stop(); });
+  $("stop").onclick = stop;
   $("new").onclick = () => { state.messages = []; save(); renderLog(); showError(""); };
   $("download").onclick = () => {
     const blob = new Blob([JSON.stringify({ model: $("model").value, messages: state.messages }, null, 2)], { type: "application/json" });
@@ -428,7 +577,10 @@ function init() {
   });
   for (const id of ["model", "detail", "highres"]) $(id).addEventListener("change", () => { save(); estimate(); });
   for (const r of document.querySelectorAll("input[name=mode]")) {
-    r.addEventListener("change", () => { $("schema").hidden = mode() !== "extract"; });
+    r.addEventListener("change", () => {
+      $("schema").hidden = mode() !== "extract"; $("formats").hidden = mode() !== "ocr";
+      if (state.attachments.some((a) => a.kind === "pdf")) estimate();  // a PDF is sent whole or page by page
+    });
   }
 }
 init();
