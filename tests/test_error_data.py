@@ -10,6 +10,7 @@ import pytest
 import qwenvl
 import qwenvl.config
 import qwenvl.media.images
+from conftest import run_cli, write_image
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.estimate import estimate_files
 
@@ -60,3 +61,20 @@ def test_text_meant_as_a_pdf_or_a_video_is_said_to_hold_text(request, isolated_e
             client.plan(prompt="x", image=str(isolated_env / "odd.mp4"))
         assert "neither a video nor an image" in caught.value.message, caught.value.message
         assert "(unknown format)" in caught.value.message and caught.value.not_an_image == "unknown"
+
+
+def test_tokens_says_estimate_only_once_whatever_the_notes_words(monkeypatch, isolated_env: Path):
+    """``qwenvl tokens --fast``: the table says "Estimate only" once below, not each item's note; which notes those
+    are is the notes' one home (``prepare.ESTIMATE_NOTES``), not a prefix of their words."""
+    import qwenvl.cli.tokens
+    import qwenvl.media.prepare as prepare
+
+    note = "from the header alone: sizes and tokens not decoded"
+    notes = (note, getattr(prepare, "VIDEO_ESTIMATE_NOTE", None))
+    monkeypatch.setattr(prepare, "ESTIMATE_NOTE", note)
+    monkeypatch.setattr(prepare, "ESTIMATE_NOTES", notes, raising=False)
+    monkeypatch.setattr(qwenvl.cli.tokens, "ESTIMATE_NOTES", notes, raising=False)
+    files = [str(write_image(isolated_env / f"p{i}.png", (800 + i, 600))) for i in range(2)]
+    p = run_cli("tokens", "--fast", *files)
+    assert p.returncode == 0, p.stderr
+    assert note not in p.stdout + p.stderr and p.stdout.count("Estimate only:") == 1, p.stdout

@@ -92,6 +92,9 @@ class MediaOptions:
 
 ESTIMATE_SCHEME = "estimate://"  # the placeholder ``sent`` of an estimate-only item
 ESTIMATE_NOTE = "estimate only: size and tokens from the header; not decoded, resized or encoded"
+VIDEO_ESTIMATE_NOTE = "estimate only: frame count and size from the container; no frame decoded"
+# the notes that say an item was estimated only (``PreparedItem.estimate``): a table of many says it once instead
+ESTIMATE_NOTES = (ESTIMATE_NOTE, VIDEO_ESTIMATE_NOTE)
 
 
 @dataclass
@@ -825,7 +828,7 @@ def prepare_video(part: VideoPart, options: MediaOptions, cache: PreparedCache |
             tokens=tokens.video_tokens(plan.nframes, plan.height, plan.width, options.model.factor),
             notes=[
                 *video.sampling_notes(info.frames, info.fps, info.duration, plan.nframes, rate, options.model),
-                "estimate only: frame count and size from the container; no frame decoded",
+                VIDEO_ESTIMATE_NOTE,
             ],
             fps=plan.nframes / info.frames * info.fps,
             estimate=True,
