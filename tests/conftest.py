@@ -25,6 +25,7 @@ import qwenvl
 import qwenvl.store
 from batch_server import BatchServer
 from dashscope_server import DashScopeServer
+from file_server import FileServer
 
 with contextlib.suppress(ImportError):
     # The MCP SDK's stdio client takes ``errlog=sys.stderr`` as a default bound when it is first imported; were that
@@ -76,6 +77,13 @@ def stores(tmp_path: Path) -> Iterator[tuple[qwenvl.store.ResponseCache, qwenvl.
 @pytest.fixture
 def server() -> Iterator[DashScopeServer]:
     with DashScopeServer(api_key=API_KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def file_server() -> Iterator[FileServer]:
+    """A loopback HTTP file server counting its GETs (tests/file_server.py); each test adds its files."""
+    with FileServer() as srv:
         yield srv
 
 

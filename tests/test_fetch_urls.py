@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
-import time
-from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 from PIL import Image
 
 import qwenvl
 from conftest import API_KEY, make_client, run_cli
+from file_server import FileServer, Page
 from qwenvl.errors import MediaError
 
 
@@ -25,50 +20,20 @@ def _png(size: tuple[int, int]) -> bytes:
     return buf.getvalue()
 
 
-class _Files(BaseHTTPRequestHandler):
-    big_png = _png((3000, 2000))
-    gets: ClassVar[Counter[str]] = Counter()  # GETs by path
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.gets[self.path] += 1
-        if self.path.split("?")[0] == "/photo.png":
-            self._send(200, self.big_png, "image/png")
-        elif self.path == "/huge.bin":
-            self._send(200, b"\0" * (70 * 1024 * 1024), "application/octet-stream")
-        elif self.path.startswith("/loop"):
-            n = int(self.path[5:] or 0)
-            self.send_response(302)
-            self.send_header("Location", f"/loop{n + 1}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif self.path == "/slow.png":
-            time.sleep(3)
-            self._send(200, self.big_png, "image/png")
-        elif self.path == "/page.html":
-            self._send(200, b"<html>not an image</html>", "text/html")
-        else:
-            self._send(404, b"missing", "text/plain")
-
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def _loop(path: str) -> Page:
+    """A redirect to the next of an endless chain: /loop0 -> /loop1 -> ..."""
+    return Page(status=302, headers={"Location": f"/loop{int(path[5:] or 0) + 1}"})
 
 
 @pytest.fixture
-def files() -> Iterator[str]:
-    _Files.gets.clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def files(file_server: FileServer) -> str:
+    big_png = _png((3000, 2000))
+    file_server.add("/photo.png", big_png, "image/png")  # /photo.png?v=2 too
+    file_server.route("/huge.bin", lambda _: Page(b"\0" * (70 * 1024 * 1024)))  # made when asked for
+    file_server.route("/loop", _loop)
+    file_server.pages["/slow.png"] = Page(big_png, "image/png", delay_s=3)
+    file_server.add("/page.html", b"<html>not an image</html>", "text/html")
+    return file_server.url
 
 
 def test_remote_image_is_fetched_and_prepared(server, files):
@@ -110,7 +75,7 @@ def test_fetch_urls_cli_dry_run(server, files):
 
 
 @pytest.mark.parametrize("how", ["sync", "async"])
-def test_a_conversation_downloads_each_url_once(server, files, how):
+def test_a_conversation_downloads_each_url_once(server, files, file_server, how):
     """Each turn sends the whole history: its URLs' preparation was reused, but each was downloaded again, every
     turn. A client downloads a URL once (the same URL is the same content for the client's life); another client
     downloads it again."""
@@ -136,16 +101,16 @@ def test_a_conversation_downloads_each_url_once(server, files, how):
                         await conv.aattach(f"{files}/photo.png?v=2")
 
         asyncio.run(run())
-    assert _Files.gets == {"/photo.png": 1, "/photo.png?v=2": 1}
+    assert file_server.gets == {"/photo.png": 1, "/photo.png?v=2": 1}
     assert len(server.requests) == 5
     with make_client(server) as other:
         other.plan(prompt="x", image=f"{files}/photo.png", fetch_urls=True)
-    assert _Files.gets["/photo.png"] == 2
+    assert file_server.gets["/photo.png"] == 2
 
 
-def test_a_failed_download_is_not_kept(server, files):
+def test_a_failed_download_is_not_kept(server, files, file_server):
     with make_client(server) as c:
         for _ in range(2):
             with pytest.raises(MediaError, match="404"):
                 c.plan(prompt="x", image=f"{files}/nope.png", fetch_urls=True)
-    assert _Files.gets["/nope.png"] == 2
+    assert file_server.gets["/nope.png"] == 2

@@ -7,11 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
-from collections import Counter
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -19,6 +14,7 @@ from PIL import Image
 import qwenvl
 from conftest import API_KEY, make_client, run_cli
 from dashscope_server import Reply
+from file_server import FileServer
 from qwenvl.tasks.ocr import OCRResult, aocr, ocr
 
 
@@ -35,35 +31,11 @@ def _png() -> bytes:
     return buf.getvalue()
 
 
-class _Files(BaseHTTPRequestHandler):
-    bodies: ClassVar[dict[str, tuple[bytes, str]]] = {
-        "/doc.pdf": (_pdf(3), "application/pdf"),
-        "/photo.png": (_png(), "image/png"),
-    }
-    gets: ClassVar[Counter[str]] = Counter()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.gets[self.path] += 1
-        body, ctype = self.bodies.get(self.path, (b"missing", "text/plain"))
-        self.send_response(200 if self.path in self.bodies else 404)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture
-def files() -> Iterator[str]:
-    _Files.gets.clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def files(file_server: FileServer) -> str:
+    file_server.add("/doc.pdf", _pdf(3), "application/pdf")
+    file_server.add("/photo.png", _png(), "image/png")
+    return file_server.url
 
 
 def model_calls(server) -> int:
@@ -91,19 +63,19 @@ SCHEMA = json.dumps({"type": "object", "properties": {"total": {"type": "number"
     ],
     ids=lambda a: " ".join(x for x in a if not x.startswith("{")),
 )
-def test_each_remote_file_is_downloaded_once_per_run(server, env, files, isolated_env, args):
+def test_each_remote_file_is_downloaded_once_per_run(server, env, files, file_server, isolated_env, args):
     (isolated_env / "s.json").write_text(SCHEMA)
     server.enqueue(Reply(text='{"total": 1}', times=10))
     capped = ["--yes"] if args[0] in ("ocr", "extract") else []  # --max-cost/--yes: the verbs of many requests
     p = run_cli(*[a.format(u=files) for a in args], "--fetch-urls", *capped, env=env)
     assert p.returncode == 0, p.stderr
-    assert _Files.gets and all(n == 1 for n in _Files.gets.values()), dict(_Files.gets)
+    assert file_server.gets and all(n == 1 for n in file_server.gets.values()), dict(file_server.gets)
     if "--dry-run" not in args and args[0] != "tokens":
         assert model_calls(server) >= 1
 
 
 @pytest.mark.parametrize("how", ["sync", "async"])
-def test_the_library_reads_a_remote_pdf_once(server, files, how):
+def test_the_library_reads_a_remote_pdf_once(server, files, file_server, how):
     """``qwenvl.tasks.ocr``'s library path (page count, estimate, pages) with one client: one download."""
     server.enqueue(Reply(text="page text", times=5))
     url = f"{files}/doc.pdf"
@@ -118,4 +90,4 @@ def test_the_library_reads_a_remote_pdf_once(server, files, how):
 
         result = asyncio.run(main())
     assert len(result.pages) == 3 and model_calls(server) == 3
-    assert dict(_Files.gets) == {"/doc.pdf": 1}
+    assert dict(file_server.gets) == {"/doc.pdf": 1}

@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import uvicorn
 import qwenvl
 from conftest import API_KEY, write_image
 from dashscope_server import DashScopeServer, Reply
+from file_server import FileServer, Page
 from qwenvl.errors import MediaError
 from qwenvl.protocols import inbound
 from qwenvl.server.app import ServeSettings, create_app
@@ -456,31 +456,11 @@ def test_no_key_in_any_output(server, capfd):
 # --- fetching URLs (local backends) ----------------------------------------------------------------------
 
 
-class _Files(BaseHTTPRequestHandler):
-    def log_message(self, *a: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        if self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "http://127.0.0.1:1/x")
-            self.end_headers()
-            return
-        body = b"\x89PNG fake"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture
-def files_server() -> Iterator[str]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+def files_server(file_server: FileServer) -> str:
+    file_server.add("/a.png", b"\x89PNG fake", "image/png")
+    file_server.pages["/redirect"] = Page(status=302, headers={"Location": "http://127.0.0.1:1/x"})
+    return file_server.url
 
 
 def test_private_addresses_are_refused_after_resolution(files_server):

@@ -86,6 +86,7 @@ def normalize_region(region: str | None) -> str:
         raise UsageError(
             f"unknown region {region!r}: use one of {', '.join(REGIONS)}{meant(name, [*REGIONS, *REGION_ALIASES])}",
             hint=f"{UNKNOWN_REGION_HINT}, or give the endpoint itself with --base-url.",
+            field="region",
         )
     return name
 

@@ -164,7 +164,7 @@ def _parsed(name: str, parse: Callable[[str], T], env: Env | None) -> T | None:
     try:
         return parse(raw)
     except UsageError as exc:
-        raise UsageError(f"${name}: {exc.raw_message}", hint=exc.raw_hint) from None
+        raise UsageError(f"${name}: {exc.raw_message}", hint=exc.raw_hint, field=exc.field) from None
 
 
 def _text(name: str, env: Env | None) -> str | None:

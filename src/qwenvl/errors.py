@@ -25,7 +25,7 @@ QwenVLError
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from qwenvl.media.sources import NotApplied
@@ -127,9 +127,16 @@ def written(exc: BaseException) -> str:
 class UsageError(QwenVLError):
     """Raised for bad arguments or request fields, before anything is sent: an invalid ``Request`` field (through
     ``Client``), an unknown protocol, region, backend or model option, an ability the model lacks (e.g.
-    high-resolution images on QVQ), or sending a call planned with ``estimate_only``. CLI exit code 2."""
+    high-resolution images on QVQ), or sending a call planned with ``estimate_only``. ``.field`` names the argument
+    at fault when the refusal is about one (``"region"`` for an unknown region; None when not said), as data for a
+    caller to act on, never to parse from the message. CLI exit code 2."""
 
     exit_code = EXIT_USAGE
+    field: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.field = field
 
 
 def empty_argument() -> UsageError:
@@ -199,14 +206,24 @@ class MediaError(QwenVLError):
     ratio over 200:1, a file over its size limit (10 MB an image as sent; ``qwenvl.models``), a PDF page out of
     range, a URL that cannot be fetched (``fetch_urls``). Also raised for any other file qwenvl reads on a
     user's behalf (a schema, a request file, a requests JSONL, a session) that is missing, a folder, not a
-    regular file or unreadable (``qwenvl.media.sources.check_regular``). ``.source`` names the file or URL.
-    CLI exit code 3."""
+    regular file or unreadable (``qwenvl.media.sources.check_regular``). ``.source`` names the file or URL;
+    ``.not_an_image``, for content that is no image Pillow reads, what it is instead: ``"text"`` or ``"unknown"``
+    (None for every other error), as data for a caller to word it, never parsed from the message. CLI exit code 3."""
 
     exit_code = EXIT_INPUT
+    not_an_image: Literal["text", "unknown"] | None = None
 
-    def __init__(self, message: str, *, source: str | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        hint: str | None = None,
+        not_an_image: Literal["text", "unknown"] | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.source = source
+        self.not_an_image = not_an_image
 
 
 class APIError(QwenVLError):

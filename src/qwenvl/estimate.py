@@ -76,8 +76,8 @@ def estimate_files(
     try:
         client = client or Client(region=region)
     except UsageError as exc:  # its hint names --base-url, which an estimate has no use for
-        hint = f"{UNKNOWN_REGION_HINT}." if "unknown region" in exc.message else None
-        raise UsageError(exc.message, hint=hint) from None
+        hint = f"{UNKNOWN_REGION_HINT}." if exc.field == "region" else None
+        raise UsageError(exc.message, hint=hint, field=exc.field) from None
     request = client.request(prompt="tokens", **fields)
     # a model a server in front of a local engine serves (``Client.served_model``): its family's rules, no price
     # a name such a server lists is its own (``Client.served_name``; one it does not serve is refused there)

@@ -41,7 +41,7 @@ from qwenvl import env as qenv
 from qwenvl._constants import DEFAULT_TIMEOUT_S, MAX_DURATION_S
 from qwenvl.errors import MediaError, QwenVLError, StructuredOutputError, UsageError
 from qwenvl.estimate import estimate_files
-from qwenvl.models import answer_cost, answer_paid, cost_fields, currency_of, format_cost, spent_label
+from qwenvl.models import format_cost, spent_fields, spent_label
 from qwenvl.server.security import SERVE_KEY_ENV, bearer, key_matches, listen
 from qwenvl.spelling import did_you_mean
 from qwenvl.tasks import Box, Event, OCRPage, Point
@@ -133,9 +133,6 @@ MEDIA_HELP = (
 
 class UsageOut(Usage):  # Usage's token counts; the service's raw usage object is neither in the schema nor sent
     raw: SkipJsonSchema[dict[str, Any]] = Field(default_factory=dict, exclude=True, repr=False)
-
-
-_COUNTS = [name for name, info in UsageOut.model_fields.items() if not info.exclude]  # summed over answers
 
 
 class Billed(BaseModel):
@@ -295,38 +292,16 @@ def local_path(ref: str) -> Path | None:
 # == Results and errors =============================================================================================
 
 
-def _usage(responses: Sequence[Response | None], region: str | None) -> tuple[UsageOut, float | None, str | None, bool]:
-    total = UsageOut()
-    cost: float | None = 0.0
-    model = None
-    local = False
-    for r in responses:
-        if r is None:
-            continue
-        model = r.model or model
-        local = local or not answer_paid(r)
-        for key in _COUNTS:
-            value = getattr(r.usage, key)
-            if value is not None:
-                setattr(total, key, (getattr(total, key) or 0) + value)
-        if r.usage.input_tokens is None or cost is None:
-            cost = None
-            continue
-        one = answer_cost(r, region=region)
-        cost = None if one is None else cost + one
-    return total, (None if model is None else cost), model, local
-
-
 def billed(*responses: Response | None, region: str | None = None) -> dict[str, Any]:
-    """Usage summed over ``responses`` and its cost in ``region``'s currency (``models.cost_fields``: a local
-    model's is ``cost`` None, ``currency`` None, ``local`` True)."""
-    usage, cost, model, local = _usage(responses, region)
-    last = next((r for r in reversed(responses) if r is not None), None)
+    """What ``responses`` took, as every verb's JSON gives it (``models.spent_fields``: usage summed, its cost in
+    ``region``'s currency, a local model's ``cost`` None, ``currency`` None, ``local`` True; the last request id),
+    with the model that answered last. Raises UsageError for an unknown region."""
+    spent = spent_fields(responses, region=region)
+    model = next((r.model for r in reversed(responses) if r is not None and r.model), None)
     return {
         "model": model,
-        "usage": usage,
-        **cost_fields(cost, currency_of(region), local=local),
-        "request_id": last.request_id if last else None,
+        "usage": UsageOut(**spent["usage"]),
+        **{key: spent[key] for key in ("cost", "currency", "local", "request_id")},
     }
 
 

@@ -1,8 +1,9 @@
 """What an answer says besides its text, in words: cut off at max_tokens, no content, items not shown.
 
 One home for these sentences: the CLI prints them after every answer, and the task readers (grounding, OCR,
-video events) put the cut-off one in their ``warnings``. And the one home of ``once_per_run``: a warning about a
-request said once in a run of many (an OCR's pages), not once per request.
+video events) put the cut-off one in their ``warnings``. And the one home of "said once per run" (``SaidOnce``,
+``once_per_run``): a warning about a request said once in a run of many (an OCR's pages, a CLI verb's files), not
+once per request.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 
@@ -68,44 +70,62 @@ def answer_notes(
 
 
 # --- a warning about a request, once per run ---------------------------------------------------------------------
-# The kinds of warning logged (on the ``qwenvl`` logger) in the run under way (``once_per_run``); None outside one.
-_WARNED: ContextVar[set[str] | None] = ContextVar("qwenvl_warned_in_run", default=None)
-_NUMBERS = re.compile(r"\d[\d,.]*")
+# a number standing alone ("1,234 tokens", "page 3"), not a digit in a name ("page3.png", "qwen2.5-vl-72b")
+_NUMBERS = re.compile(r"(?<![\w.])\d[\d,.]*(?![\w.])")
+
+
+class SaidOnce:
+    """The kinds of warning said in one run: the one rule of "said once per run", for the library's runs
+    (``once_per_run``) and the CLI's (its warning lines, ``qwenvl.cli.main``). A warning's kind is its words with
+    the numbers standing alone set aside (another page's or file's token count is the same warning; another file's
+    name, digits and all, is another warning). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._kinds: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first(self, message: str) -> bool:
+        """Whether ``message`` is the first of its kind in this run (it is then counted as said). Raises nothing."""
+        kind = _NUMBERS.sub("#", message)
+        with self._lock:
+            if kind in self._kinds:
+                return False
+            self._kinds.add(kind)
+            return True
+
+
+# The run under way (``once_per_run``); None outside one.
+_WARNED: ContextVar[SaidOnce | None] = ContextVar("qwenvl_warned_in_run", default=None)
 
 
 class _OncePerRun(logging.Filter):
-    """Lets a warning through the first time its kind (its words, numbers aside) is logged in a run, and drops it
-    after; everything outside a run passes."""
+    """Lets a warning through the first time its kind is logged in a run (``SaidOnce``), and drops it after;
+    everything outside a run passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        seen = _WARNED.get()
-        if seen is None or record.levelno < logging.WARNING:
-            return True
-        kind = _NUMBERS.sub("#", record.getMessage())
-        if kind in seen:
-            return False
-        seen.add(kind)
-        return True
+        run = _WARNED.get()
+        return run is None or record.levelno < logging.WARNING or run.first(record.getMessage())
 
 
 _ONCE = _OncePerRun()
 
 
 @contextlib.contextmanager
-def once_per_run() -> Iterator[None]:
-    """A run of several requests planned alike (an OCR's pages, estimated then planned): within it, a warning about
-    a request that the library logs on the ``qwenvl`` logger (``plan.check_context``'s "near or over the context",
-    a model guessed...) is logged the first time its kind is (its words with the numbers set aside: another page's
-    token count is the same warning), not once per page. The run is this context (a ``ContextVar``: worker threads
-    started with ``asyncio.to_thread`` share it; other threads and tasks are not affected); a run inside a run is
-    the outer one. Raises nothing of its own."""
+def once_per_run(run: SaidOnce | None = None) -> Iterator[None]:
+    """A run of several requests planned alike (an OCR's pages, estimated then planned; ``extract_many``'s files):
+    within it, a warning about a request that the library logs on the ``qwenvl`` logger (``plan.check_context``'s
+    "near or over the context", a model guessed...) is logged the first time its kind is (``SaidOnce``: another
+    page's token count is the same warning), not once per page. The run is this context (a ``ContextVar``: worker
+    threads started with ``asyncio.to_thread`` share it; other threads and tasks are not affected); a run inside a
+    run is the outer one. ``run``: the warnings already said, to go on with (a run entered again for each item of
+    a generator, which cannot hold a context across its ``yield``); default a new run. Raises nothing of its own."""
     if _WARNED.get() is not None:
         yield
         return
     logger = logging.getLogger("qwenvl")
     if _ONCE not in logger.filters:
         logger.addFilter(_ONCE)
-    token = _WARNED.set(set())
+    token = _WARNED.set(SaidOnce() if run is None else run)
     try:
         yield
     finally:

@@ -22,10 +22,12 @@ from qwenvl.media import MediaOptions, PreparedItem, prepare_messages
 from qwenvl.media.prepare import PreparedCache
 from qwenvl.media.resize import image_budget, service_budget
 from qwenvl.media.sources import (
+    OPTION_MEDIA,
     check_options_apply,
     check_pages_apply,
     check_video_options_apply,
     first_names,
+    option_given,
     ref_kinds,
 )
 from qwenvl.models import PAID_PROTOCOLS, VIDEO_FPS, ModelInfo, model_info, no_family_error, typo_error
@@ -448,15 +450,7 @@ def media_option_fields(request: Request) -> dict[str, str]:
     field name, each named as the library's user knows it: ``pages``, ``fps``, ``video_as`` other than "frames",
     ``detail`` other than "auto", ``vl_high_resolution_images`` (either value, given), ``prepare=False``. Raises
     nothing."""
-    given = {
-        "pages": bool(request.pages),
-        "fps": request.fps is not None,
-        "video_as": request.video_as != "frames",
-        "detail": request.detail != "auto",
-        "vl_high_resolution_images": request.vl_high_resolution_images is not None,
-        "prepare": not request.prepare,
-    }
-    return {name: name for name, on in given.items() if on}
+    return {name: name for name in OPTION_MEDIA if option_given(name, getattr(request, name))}
 
 
 def request_kinds(request: Request) -> frozenset[str]:

@@ -122,6 +122,23 @@ def seconds(value: Any, name: str, *, zero: bool = False) -> float:
     return float(value)
 
 
+MAX_RETRIES = 20  # the most retries any request, client or batch may be given (``Request.max_retries``)
+
+
+def count(value: Any, name: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """``value`` when it is a usable count: a whole number (an ``int``, not a bool, a float or a string) from
+    ``minimum`` to ``maximum`` (None: no bound). The one rule of every count the library takes outside a ``Request``
+    (whose ``max_retries`` has the same bounds): ``BatchAPI(max_retries=...)``, a batch's ``concurrency``, ``qwenvl
+    serve``'s ``max_concurrent_per_key`` and ``batch_concurrency``. Raises UsageError naming ``name``."""
+    span = f"from {minimum}" + (f" to {maximum}" if maximum is not None else "")
+    hint = f"Give a whole number {span}, or leave {name} out."
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} is a whole number, not {type(value).__name__} {value!r}", hint=hint, field=name)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise UsageError(f"{name} must be a whole number {span}, not {value}", hint=hint, field=name)
+    return value
+
+
 def not_blank(value: Any, name: str, *, required: bool = False) -> Any:
     """``value`` as given unless it is a blank string ("" or only spaces) where a value is required: then the
     blank-value error (``errors.blank_error``, the CLI's wording) naming ``name``, whose hint says to leave it out
@@ -576,7 +593,7 @@ with warnings.catch_warnings():
         max_retries: int = Field(
             default=DEFAULT_MAX_RETRIES,
             ge=0,
-            le=20,
+            le=MAX_RETRIES,
             description="Retries after a failed attempt on 429, 500, 502-504, connection errors and time-outs "
             "(default 2, the skill's default; policy in qwenvl.retry).",
         )

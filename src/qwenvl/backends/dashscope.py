@@ -19,7 +19,7 @@ from qwenvl.protocols import get
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncTransport, LineStream, Policy, Transport
-from qwenvl.types import Request, Response, StreamEvent
+from qwenvl.types import Request, Response, StreamEvent, seconds
 
 if TYPE_CHECKING:
     import httpx
@@ -219,7 +219,9 @@ class AsyncDashScopeBackend(_Declared):
         retried, ``timeout_s`` seconds: ``GET {compatible-mode base}/models`` with the key (``qwenvl serve``'s
         ``/ready``). Any answer but these is "answers": no connection or no reply in time, a 5xx (the service is
         down or overloaded), 401/403 (the key is refused: every request would fail). A 404 (a proxy or a double
-        that does not list models) still answers. Raises nothing."""
+        that does not list models) still answers. Raises UsageError (naming it) for a ``timeout_s`` that is no
+        duration (``types.seconds``: finite, above 0, at most a day); nothing else."""
+        timeout_s = seconds(timeout_s, "timeout_s")
         url = resolve_base_url("compat", base_url=self.base_url) + "/models"
         try:
             await asyncio.to_thread(self._sync.transport.get_json, url, Policy(timeout_s=timeout_s, max_retries=0))

@@ -46,7 +46,7 @@ from qwenvl.protocols import openai as proto
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
 from qwenvl.retry import RetryHook
 from qwenvl.transport import AsyncTransport, LineStream, Policy, Transport
-from qwenvl.types import Request, Response, StreamEvent
+from qwenvl.types import Request, Response, StreamEvent, seconds
 
 if TYPE_CHECKING:
     import httpx
@@ -335,8 +335,10 @@ class OpenAIBackend(_Declared):
     def ping(self, timeout_s: float = DETECT_TIMEOUT_S) -> None:
         """Ask the engine now whether it answers (``GET {base}/models``, once, ``timeout_s`` seconds): returns
         when it answers, else raises its APIError (APIConnectionError when it is down). ``qwenvl serve`` uses it
-        for ``/ready``."""
-        self.transport.get_json(self._wire.base_url + "/models", Policy(timeout_s=timeout_s, max_retries=0))
+        for ``/ready``. Raises UsageError (naming it) for a ``timeout_s`` that is no duration (``types.seconds``:
+        finite, above 0, at most a day), before anything is sent."""
+        policy = Policy(timeout_s=seconds(timeout_s, "timeout_s"), max_retries=0)
+        self.transport.get_json(self._wire.base_url + "/models", policy)
 
     def close(self) -> None:
         self.transport.close()

@@ -76,7 +76,7 @@ from qwenvl.retry import retry_delay, should_retry
 from qwenvl.store.exchange import may_be_billed
 from qwenvl.store.usage import Entry
 from qwenvl.transport import Policy, Transport
-from qwenvl.types import Response, seconds
+from qwenvl.types import MAX_RETRIES, Response, count, seconds
 
 if TYPE_CHECKING:
     import httpx
@@ -227,6 +227,7 @@ class BatchAPI:
     ) -> None:
         timeout_s = seconds(timeout_s, "timeout_s")
         retry_backoff_s = seconds(retry_backoff_s, "retry_backoff_s", zero=True)
+        max_retries = count(max_retries, "max_retries", maximum=MAX_RETRIES)
         check_region(region, base_url)
         self.region, self.base_url = region, base_url  # as given: what a suggested command must repeat
         self.base = resolve_base_url("compat", region=region, base_url=base_url)

@@ -405,9 +405,10 @@ def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> Ba
     try:
         request = make_request(None, fields)
     except UsageError as exc:
-        raise UsageError(f"{where}: {exc.raw_message}", hint=exc.raw_hint) from None
+        raise UsageError(f"{where}: {exc.raw_message}", hint=exc.raw_hint, field=exc.field) from None
     except MediaError as exc:  # a schema file the line names, missing or unreadable
-        raise MediaError(f"{where}: {exc.raw_message}", source=exc.source, hint=exc.raw_hint) from None
+        said = f"{where}: {exc.raw_message}"
+        raise MediaError(said, source=exc.source, hint=exc.raw_hint, not_an_image=exc.not_an_image) from None
     refs: list[str] = request.image_list()
     shown: Any = refs[0] if len(refs) == 1 else (refs or None)
     if request.video is not None:

@@ -134,7 +134,7 @@ from qwenvl.preview import estimate_text_tokens
 from qwenvl.retry import MAX_RETRY_AFTER_S, give_up_hint, retry_delay, should_retry
 from qwenvl.store import CacheArg, UsageLogArg, open_cache, open_usage_log
 from qwenvl.store.exchange import key_for, source_key_for
-from qwenvl.types import Response, dumps, seconds
+from qwenvl.types import Response, count, dumps, seconds
 
 DEFAULT_CONCURRENCY = 8
 # A run in which no item finishes for this long while the service answers 429 stops (RateLimitError, exit 5,
@@ -452,8 +452,7 @@ class Batch:
         steady_mmap_threshold()  # a long batch's heap does not grow with its files (glibc: see batch.heap)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
-        if concurrency < 1:
-            raise UsageError("concurrency must be at least 1", hint="Give --concurrency 1 or more.")
+        concurrency = count(concurrency, "concurrency", minimum=1)
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value <= 0:
                 raise UsageError(
@@ -492,7 +491,7 @@ class Batch:
         flush_interval_s = seconds(flush_interval_s, "flush_interval_s")
         poll_interval_s = seconds(poll_interval_s, "poll_interval_s", zero=True)
         self.flush_interval_s, self.poll_interval_s, self.wait = flush_interval_s, poll_interval_s, wait
-        self.plan_threads = max(1, plan_threads)
+        self.plan_threads = count(plan_threads, "plan_threads", minimum=1)
         if mode == "batch-api":
             protocol = "compat"  # the Batch API takes OpenAI-compatible bodies
         self.client_options = {

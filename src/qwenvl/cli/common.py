@@ -712,12 +712,17 @@ _MEDIA_OPTION_FLAGS = {
 def media_flag_names() -> dict[str, str]:
     """The media options only some media read (``qwenvl.media.sources.OPTION_MEDIA``) that the user gave to the
     verb at hand, by Request field, each as the flag given (``{"vl_high_resolution_images": "--no-high-res"}``).
-    Raises nothing."""
+    A flag given with the value that does nothing (``--detail auto``) is not given: ``media.sources.option_given``,
+    the library's rule too. Raises nothing."""
+    from qwenvl.media.sources import option_given
+
     given = given_flags()
+    ctx = click.get_current_context(silent=True)
+    params = {**(ctx.params if ctx is not None else {}), "prepare": not (ctx and ctx.params.get("no_resize"))}
     named: dict[str, str] = {}
     for name, flags in _MEDIA_OPTION_FLAGS.items():
         flag = next((f for f in flags if f in given), None)
-        if flag is not None:
+        if flag is not None and option_given(name, params.get(name, flag)):
             named[name] = flag
     return named
 

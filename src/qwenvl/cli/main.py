@@ -22,6 +22,7 @@ from qwenvl.cli.common import err_console, json_failure, report, show_paid
 from qwenvl.cli.signals import Terminated, exit_code, terminate_like_ctrl_c
 from qwenvl.cli.streams import OutputClosed, guarded_streams
 from qwenvl.errors import EXIT_SERVICE, QwenVLError, safe_line
+from qwenvl.notes import SaidOnce
 from qwenvl.spelling import did_you_mean, nearest
 
 
@@ -279,21 +280,20 @@ def _warn_unknown_variables() -> None:
 
 class _WarningLine(logging.Handler):
     """The library's warnings (the ``qwenvl`` logger), as one ``warning:`` line each on stderr; ``once``: each said
-    once per run (a warning met again, e.g. the same file planned for an estimate and then for its request, or every
-    page of a PDF, is not repeated), as for every verb but the servers (``SERVERS``: each request's are its own)."""
+    once per run (``qwenvl.notes.SaidOnce``: a warning met again, e.g. the same file planned for an estimate and then
+    for its request, or every page of a PDF or every file with its own token count, is not repeated), as for every
+    verb but the servers (``SERVERS``: each request's are its own)."""
 
     def __init__(self, level: int = logging.NOTSET, *, once: bool = True) -> None:
         super().__init__(level)
-        self._said: set[str] | None = set() if once else None
+        self._said = SaidOnce() if once else None  # the one rule of "said once per run" (qwenvl.notes)
 
     def emit(self, record: logging.LogRecord) -> None:
         from qwenvl.cli.common import fit_line
 
         said = record.getMessage()
-        if self._said is not None:
-            if said in self._said:
-                return
-            self._said.add(said)
+        if self._said is not None and not self._said.first(said):
+            return
         # a model name, a path: as the user gave it, escaped; a flag in the verb's words (analyze: a request key)
         message = escape(safe_line(fit_line(said)))
         err_console().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)

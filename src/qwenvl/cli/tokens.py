@@ -41,7 +41,7 @@ from qwenvl.cli.common import (
 from qwenvl.config import BACKENDS, ENGINES, FAMILIES
 from qwenvl.errors import EXIT_INPUT, safe_line
 from qwenvl.estimate import estimate_files
-from qwenvl.media.prepare import format_bytes
+from qwenvl.media.prepare import ESTIMATE_NOTES, format_bytes
 from qwenvl.models import format_cost
 
 
@@ -198,7 +198,7 @@ def _print_table(result: dict[str, Any]) -> None:
     estimated = False
     for row in counted:
         for note in row["notes"]:
-            if note.startswith("estimate only"):  # said once, below
+            if note in ESTIMATE_NOTES:  # said once, below
                 estimated = True
                 continue
             console.print(f"[dim]{escape(safe_line(_label(row)))}: {escape(safe_line(note))}[/]", highlight=False)

@@ -877,8 +877,15 @@ def _not_an_image(data: bytes, label: str) -> MediaError:
             hint=DAMAGED_HINT,
         )
     if kind == "text/xml" or _is_text(data):
-        return MediaError(f"{label} is a text file, not an image (whatever its name says)", source=label, hint=hint)
-    return MediaError(f"{label} is not an image qwenvl can read (unknown format)", source=label, hint=hint)
+        return MediaError(
+            f"{label} is a text file, not an image (whatever its name says)",
+            source=label,
+            hint=hint,
+            not_an_image="text",
+        )
+    return MediaError(
+        f"{label} is not an image qwenvl can read (unknown format)", source=label, hint=hint, not_an_image="unknown"
+    )
 
 
 def _is_text(data: bytes) -> bool:

@@ -92,6 +92,9 @@ class MediaOptions:
 
 ESTIMATE_SCHEME = "estimate://"  # the placeholder ``sent`` of an estimate-only item
 ESTIMATE_NOTE = "estimate only: size and tokens from the header; not decoded, resized or encoded"
+VIDEO_ESTIMATE_NOTE = "estimate only: frame count and size from the container; no frame decoded"
+# the notes that say an item was estimated only (``PreparedItem.estimate``): a table of many says it once instead
+ESTIMATE_NOTES = (ESTIMATE_NOTE, VIDEO_ESTIMATE_NOTE)
 
 
 @dataclass
@@ -502,7 +505,7 @@ def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.Ima
 
 
 def _not_an_image(exc: MediaError) -> bool:
-    return (exc.raw_hint or "").startswith("Supported images:")  # images._not_an_image: text, or an unknown format
+    return exc.not_an_image is not None  # images._not_an_image: text, or an unknown format
 
 
 def _what_it_holds(exc: MediaError, source: Source, label: str) -> MediaError:
@@ -527,10 +530,11 @@ def _not_media(exc: MediaError, label: str) -> MediaError:
         return exc
     from qwenvl.media.video import SUPPORTED  # PyAV loads here only on this error path
 
-    what = "it holds text, whatever its name says" if "text file" in exc.message else "unknown format"
+    what = "it holds text, whatever its name says" if exc.not_an_image == "text" else "unknown format"
     return MediaError(
         f"{label} is neither a video nor an image qwenvl can read ({what})",
         source=exc.source or label,
+        not_an_image=exc.not_an_image,
         hint=f"Supported videos: {SUPPORTED}; images: {', '.join(sorted(images.SERVICE_FORMATS))} (or frame images "
         "in order).",
     )
@@ -542,10 +546,11 @@ def _not_a_pdf(exc: MediaError, label: str) -> MediaError:
     errors (too large, a damaged image header, a bomb) are ``exc`` itself."""
     if not _not_an_image(exc):
         return exc
-    what = "it holds text" if "text file" in exc.message else "unknown format"
+    what = "it holds text" if exc.not_an_image == "text" else "unknown format"
     return MediaError(
         f"{label} is not a PDF ({what}, whatever its name says)",
         source=exc.source or label,
+        not_an_image=exc.not_an_image,
         hint="A PDF document starts with %PDF-: export or download it again. Images are read too: "
         f"{', '.join(sorted(images.SERVICE_FORMATS))}.",
     )
@@ -823,7 +828,7 @@ def prepare_video(part: VideoPart, options: MediaOptions, cache: PreparedCache |
             tokens=tokens.video_tokens(plan.nframes, plan.height, plan.width, options.model.factor),
             notes=[
                 *video.sampling_notes(info.frames, info.fps, info.duration, plan.nframes, rate, options.model),
-                "estimate only: frame count and size from the container; no frame decoded",
+                VIDEO_ESTIMATE_NOTE,
             ],
             fps=plan.nframes / info.frames * info.fps,
             estimate=True,

@@ -24,7 +24,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import unquote, urlsplit
 
 from qwenvl._constants import MAX_TEXT_FILE_BYTES
@@ -603,6 +603,27 @@ OPTION_MEDIA: dict[str, frozenset[str]] = {
     "prepare": frozenset({"image", "frames"}),
 }
 ANY_KIND = frozenset({"image", "pdf", "video", "frames"})
+# The value of each media option that is the default, doing nothing: given explicitly it is not "given" (``--detail
+# auto``, ``detail="auto"``, ``"video_as": "frames"``), on every surface alike (``option_given``).
+_DEFAULT_VALUES: dict[str, tuple[Any, ...]] = {
+    "pages": (None, ""),
+    "fps": (None,),
+    "video_as": (None, "frames"),
+    "detail": (None, "auto"),
+    "vl_high_resolution_images": (None,),  # True or False: either asks for a budget of its own
+    "prepare": (None, True),
+}
+
+
+def option_given(field: str, value: Any) -> bool:
+    """Whether the media option ``field`` (a key of ``OPTION_MEDIA``) set to ``value`` counts as given, for the rule
+    "options that do not apply are refused": a value other than the one that does nothing (an explicit default,
+    ``detail="auto"`` or ``--detail auto``, changes nothing, so nothing is ignored). The one rule of every surface:
+    the library (``plan.media_option_fields``: sync, async, a batch's request lines, serve, MCP) and the CLI
+    (``qwenvl.cli.common.media_flag_names``). Raises nothing."""
+    return value not in _DEFAULT_VALUES.get(field, (None,))
+
+
 _KIND_WORDS = {"image": ("an image", "images"), "pdf": ("a PDF", "PDFs"), "video": ("a video", "videos")}
 
 

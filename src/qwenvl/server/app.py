@@ -68,7 +68,7 @@ from qwenvl.server.refused import Refused as _Refused
 from qwenvl.server.security import bearer, fetch_public, key_matches
 from qwenvl.server.shutdown import Budget
 from qwenvl.server.uploads import FORM_PATH, UPLOAD_PATH, UploadConflict, UploadStore
-from qwenvl.types import ImagePart, Message, Request, StreamEvent, VideoPart, seconds
+from qwenvl.types import ImagePart, Message, Request, StreamEvent, VideoPart, count, seconds
 from qwenvl.wording import api_surface, fit_hint, fit_message, model_references
 
 try:
@@ -119,16 +119,16 @@ class ServeSettings:
     shutdown_grace_s: float = SERVE_GRACE_S  # the whole shutdown's budget, from the signal (shutdown.py)
 
     def __post_init__(self) -> None:
-        """Every duration checked by the one rule (``types.seconds``): UsageError for NaN, infinity, 0 or more
-        than a day."""
+        """Every duration and count checked by the one rule (``types.seconds``: UsageError for NaN, infinity, 0 or
+        more than a day; ``types.count``: a whole number, at least 1)."""
         for name in ("download_timeout_s", "request_timeout_s", "ready_timeout_s", "shutdown_grace_s"):
             setattr(self, name, seconds(getattr(self, name), name))
         self.ready_cache_s = seconds(self.ready_cache_s, "ready_cache_s", zero=True)
+        self.max_concurrent_per_key = count(self.max_concurrent_per_key, "max_concurrent_per_key", minimum=1)
         if self.batch_concurrency is None:
             self.batch_concurrency = max(1, self.max_concurrent_per_key // 2)
-        elif self.batch_concurrency < 1:
-            raise UsageError(f"batch_concurrency must be at least 1, not {self.batch_concurrency}")
-        elif self.batch_concurrency >= max(self.max_concurrent_per_key, 2):  # a limit of 1: the one slot is shared
+        self.batch_concurrency = count(self.batch_concurrency, "batch_concurrency", minimum=1)
+        if self.batch_concurrency >= max(self.max_concurrent_per_key, 2):  # a limit of 1: the one slot is shared
             raise UsageError(
                 f"the Batch API's concurrency ({self.batch_concurrency}) must be below the concurrent requests per "
                 f"key ({self.max_concurrent_per_key}): its lines take the key's slots, and interactive requests "

@@ -28,6 +28,7 @@ from qwenvl.errors import (
 )
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.media.sources import media_kind
+from qwenvl.notes import SaidOnce, once_per_run
 from qwenvl.plan import Call
 from qwenvl.tasks.grounding import (
     async_client,
@@ -167,8 +168,8 @@ def extract_many(
 ) -> Iterator[Extraction]:
     """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
     goes on (usage and authentication errors, and a model the service does not have, stop it: they would fail
-    every file). Files are sent one at a time,
-    as the iterator is read.
+    every file). Files are sent one at a time, as the iterator is read; a warning about their requests is logged
+    once (``qwenvl.notes.once_per_run``), not once per file.
 
     Raises UsageError (and SchemaDefinitionError), AuthenticationError (MissingAPIKeyError included),
     PermissionDeniedError and ModelNotFoundError, which would fail every file; every other QwenVLError is kept
@@ -176,9 +177,12 @@ def extract_many(
     sync_client(client, "extract_many")
     fields = _schema_fields(schema, fields)
     schema, rest = fields.pop("schema"), fields
+    run = SaidOnce()  # a warning about the files' requests said once (entered per file: a generator yields)
     for file in files:
         try:
-            response = client.send(plan_extract(client, file, schema, prompt=prompt, **rest))
+            with once_per_run(run):
+                call = plan_extract(client, file, schema, prompt=prompt, **rest)
+            response = client.send(call)
         except QwenVLError as exc:
             yield _failed(file, exc)
         else:
@@ -193,9 +197,12 @@ async def aextract_many(
     async_client(client, "extract_many")
     fields = _schema_fields(schema, fields)
     schema, rest = fields.pop("schema"), fields
+    run = SaidOnce()  # a warning about the files' requests said once (entered per file: a generator yields)
     for file in files:
         try:
-            response = await client.send(await in_thread(plan_extract, client, file, schema, prompt=prompt, **rest))
+            with once_per_run(run):  # the worker thread shares it
+                call = await in_thread(plan_extract, client, file, schema, prompt=prompt, **rest)
+            response = await client.send(call)
         except QwenVLError as exc:
             yield _failed(file, exc)
         else:
