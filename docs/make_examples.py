@@ -107,9 +107,9 @@ def receipt(path: Path) -> None:
 
 def clip(path: Path, seconds: int = 6, fps: int = 10) -> None:
     x264 = "libx264" in av.codecs_available
-    # The same bytes on every run: one encoder thread, and x264's C code (asm=0). Its SIMD code reads past a 320 px
-    # frame's rows into memory nothing wrote, so about one clip in six came out different (the README's clip row
-    # then said 31 kB, not 28 kB); its C code gives the usual bytes every time (tests/test_readme_examples.py).
+    # The same bytes on every run: one encoder thread, and x264's C code (asm=0). With its SIMD code two clips came
+    # out, in shares that changed from process to process (the README's clip row said 28 kB or 31 kB), though the
+    # frames were the same; its C code gives one clip every time (tests/test_readme_examples.py).
     options = {"x264-params": "asm=0"} if x264 else None
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264" if x264 else "mpeg4", rate=fps, options=options)

@@ -72,9 +72,9 @@ def test_the_readme_quotes_analyzes_unknown_key_warning_as_printed(isolated_env:
 
 def test_the_example_clip_is_the_same_bytes_on_every_run(tmp_path: Path) -> None:
     """Found when the README test failed now and then (2 runs in 10): the `tokens` example's clip.mp4 row said
-    31 kB, not 28 kB. qwenvl sent the same bytes for the same file; the clip itself differed, as x264's SIMD code
-    read memory nothing wrote (about one clip in six). Made 30 times (a failure then shows almost surely), it is
-    the same file every time."""
+    31 kB, not 28 kB. qwenvl sent the same bytes for the same file; the clip itself differed: x264's SIMD code made
+    one of two clips from the same frames (the second in 3-40% of runs, by process). Made 30 times (a failure then
+    shows almost surely), it is the same file every time."""
     examples = _make_examples()
     made = set()
     for i in range(30):
