@@ -106,10 +106,15 @@ def receipt(path: Path) -> None:
 
 
 def clip(path: Path, seconds: int = 6, fps: int = 10) -> None:
+    x264 = "libx264" in av.codecs_available
+    # The same bytes on every run: one encoder thread, and x264's C code (asm=0). With its SIMD code two clips came
+    # out, in shares that changed from process to process (the README's clip row said 28 kB or 31 kB), though the
+    # frames were the same; its C code gives one clip every time (tests/test_readme_examples.py).
+    options = {"x264-params": "asm=0"} if x264 else None
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        stream = out.add_stream("libx264" if x264 else "mpeg4", rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
-        stream.codec_context.thread_count = 1  # one encoder thread: the same bytes on every run
+        stream.codec_context.thread_count = 1
         for i in range(seconds * fps):
             frame = np.full((180, 320, 3), (235, 225, 205), np.uint8)
             x = 20 + i * 4  # a box moving right, then a second one appearing

@@ -343,3 +343,58 @@ def test_a_large_image_given_as_bytes_or_pil_never_stalls_the_loop(server, tmp_p
     gaps = {k: min(first[k], second[k]) for k in first}  # the better of two rounds: a busy moment is not the code's
     bound = max(4 * gaps["path"], 0.2) + 0.2  # before: bytes 0.5-1.5 s against a path's 0.02-0.2 s
     assert all(gap < bound for gap in gaps.values()), gaps
+
+
+def test_one_pil_image_asked_about_twice_at_once_is_sent_alike_and_left_as_it_was(server, monkeypatch):
+    """Found when one PIL image was asked about in two requests at once (``asyncio.gather``): each request encodes
+    it in a worker thread, and Pillow's save keeps its parameters on the object it saves, so the two saves of the
+    caller's image mixed them (a TypeError, or other bytes) and left one save's parameters on it. The two
+    requests are made to save at the same moment (a barrier in Pillow's save handlers): both send what one
+    request alone sends, only private copies are saved, and the caller's image keeps no parameters."""
+    import threading
+
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (900, 700), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(40):  # coloured text: a graphic, so several encodings are tried
+        draw.text((20, 15 * i), f"line {i} the quick brown fox " * 3, fill=(200, 30 * (i % 8), 40))
+
+    def sent_images() -> list[str]:
+        return [
+            part["image_url"]["url"]
+            for r in server.requests
+            if r.json and "messages" in r.json
+            for m in r.json["messages"]
+            if isinstance(m["content"], list)
+            for part in m["content"]
+            if part.get("type") == "image_url"
+        ]
+
+    barrier = threading.Barrier(2, timeout=30)
+    met = threading.local()
+    saved: list[Image.Image] = []
+
+    def held(real):
+        def save(im, fp, filename):
+            saved.append(im)
+            if threading.current_thread().name.startswith("asyncio") and not getattr(met, "done", False):
+                met.done = True
+                barrier.wait()  # both requests' first saves are under way at once
+            return real(im, fp, filename)
+
+        return save
+
+    async def go() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, usage_log=False) as ac:
+            await ac.ask("what?", img)  # alone: what is sent for this image
+            ac.prepared.clear()
+            for fmt in ("JPEG", "PNG"):
+                monkeypatch.setitem(Image.SAVE, fmt, held(Image.SAVE[fmt]))
+            await asyncio.gather(ac.ask("what?", img), ac.ask("and?", img))
+
+    asyncio.run(go())
+    alone, *together = sent_images()
+    assert together == [alone, alone]
+    assert not any(im is img for im in saved)  # only private copies are saved
+    assert not getattr(img, "encoderinfo", None)

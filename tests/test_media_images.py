@@ -688,3 +688,46 @@ def test_encode_photo_does_not_depend_on_the_density_guess(monkeypatch: pytest.M
         images.DENSE_TEXTURE_BYTES_PER_PIXEL * images.OPTIMIZED_HUFFMAN_RATIO * img.width * img.height
     )
     assert images._looks_dense(img) == dense  # and on these the guess is right
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_a_pil_image_given_to_requests_at_once_is_encoded_alike_and_left_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """Found when one PIL image was given to several requests at once (threads): Pillow keeps a save's parameters
+    on the object it saves (``encoderinfo``, ``encoderconfig``), so two saves of the caller's image at once mixed
+    them (a TypeError, or other bytes) and left one save's parameters on it, overriding the caller's own later
+    saves. The two preparations are made to save at the same moment (a barrier in Pillow's save handlers): each
+    gives what one preparation alone gives, only private copies are saved, and the caller's image keeps no
+    parameters."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import ImageDraw
+
+    img = Image.new(mode, (900, 700), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(40):  # coloured text: a graphic, so several encodings are tried (PNG, JPEG at several settings)
+        draw.text((20, 15 * i), f"line {i} the quick brown fox " * 3, fill=(200, 30 * (i % 8), 40))
+    expected = images.image_reference(img.copy())
+    barrier = threading.Barrier(2, timeout=30)
+    met = threading.local()
+    saved: list[Image.Image] = []
+
+    def held(real):  # type: ignore[no-untyped-def]
+        def save(im, fp, filename):  # type: ignore[no-untyped-def]
+            saved.append(im)
+            if threading.current_thread().name.startswith("caller") and not getattr(met, "done", False):
+                met.done = True
+                barrier.wait()  # both callers' first saves are under way at once
+            return real(im, fp, filename)
+
+        return save
+
+    for fmt in ("JPEG", "PNG"):
+        monkeypatch.setitem(Image.SAVE, fmt, held(Image.SAVE[fmt]))
+    with ThreadPoolExecutor(2, thread_name_prefix="caller") as pool:
+        made = list(pool.map(lambda _: images.image_reference(img), range(2)))
+    assert made == [expected, expected]
+    assert not any(im is img for im in saved)
+    assert not getattr(img, "encoderinfo", None)

@@ -4,6 +4,7 @@ pictures with the committed ones (decoded pixels, the same on every run)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -67,3 +68,17 @@ def test_the_readme_quotes_analyzes_unknown_key_warning_as_printed(isolated_env:
     (warning,) = [line for line in p.stderr.splitlines() if "ignored unknown" in line]
     quoted = " ".join(README.read_text(encoding="utf-8").split())  # the README wraps its lines
     assert f"`{warning}`" in quoted, warning
+
+
+def test_the_example_clip_is_the_same_bytes_on_every_run(tmp_path: Path) -> None:
+    """Found when the README test failed now and then (2 runs in 10): the `tokens` example's clip.mp4 row said
+    31 kB, not 28 kB. qwenvl sent the same bytes for the same file; the clip itself differed: x264's SIMD code made
+    one of two clips from the same frames (the second in 3-40% of runs, by process). Made 30 times (a failure then
+    shows almost surely), it is the same file every time."""
+    examples = _make_examples()
+    made = set()
+    for i in range(30):
+        path = tmp_path / f"clip{i}.mp4"
+        examples.clip(path)
+        made.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(made) == 1, f"{len(made)} different clips from one recipe"

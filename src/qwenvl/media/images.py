@@ -668,6 +668,28 @@ def image_reference(value: Any) -> str | None:
         mime = sniff(data) or identify(data, "the image bytes").mime
         return to_data_url(data, mime)
     if isinstance(value, Image.Image):
+        img = _own_copy(value)
+        if img.mode in ("RGB", "L"):
+            data, mime = encode_image(img)
+        else:  # transparency, a palette, 16 bits, CMYK: kept losslessly, then prepared like such a file
+            buffer = io.BytesIO()
+            (img if img.mode in _PNG_MODES else img.convert("RGBA")).save(buffer, "PNG")
+            data, mime = buffer.getvalue(), "image/png"
+        return to_data_url(data, mime)
+    return None
+
+
+_CALLERS_IMAGE = threading.Lock()  # held while a caller's PIL image is loaded and copied (``_own_copy``)
+
+
+def _own_copy(value: Image.Image) -> Image.Image:
+    """A private copy of a caller's PIL image, the only object ``image_reference`` encodes. The caller's image may
+    be given to several requests at once (threads, ``asyncio.gather``): Pillow's ``save`` keeps its parameters on
+    the object being saved (``encoderinfo``, ``encoderconfig``) and reads them back while it encodes, so two saves
+    of one object at once mixed their parameters (other bytes, or a TypeError) and left one save's parameters on
+    the caller's image, for every later save of it (the caller's own too). Nor is a lazy image's first ``load``
+    safe from two threads: the load and copy are made one at a time. UsageError for a closed image."""
+    with _CALLERS_IMAGE:
         try:
             value.load()  # a closed image: ValueError("Operation on closed image") from Pillow
         except ValueError as exc:
@@ -675,14 +697,7 @@ def image_reference(value: Any) -> str | None:
                 f"a PIL image given is closed ({exc}): its pixels are gone",
                 hint="Pass the image while it is open (not after .close() or its `with` block), or give its file.",
             ) from None
-        if value.mode in ("RGB", "L"):
-            data, mime = encode_image(value)
-        else:  # transparency, a palette, 16 bits, CMYK: kept losslessly, then prepared like such a file
-            buffer = io.BytesIO()
-            (value if value.mode in _PNG_MODES else value.convert("RGBA")).save(buffer, "PNG")
-            data, mime = buffer.getvalue(), "image/png"
-        return to_data_url(data, mime)
-    return None
+        return value.copy()
 
 
 _PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"})  # the modes Pillow writes as PNG
