@@ -125,6 +125,13 @@ def listed_family(entry: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and value in _TEMPLATES else None
 
 
+def listed_paid(entry: dict[str, Any]) -> bool:
+    """Whether a listing entry says its model is paid for: ``"local": false``, which ``qwenvl serve`` lists for a
+    model it forwards to DashScope (``listing_entry``). Such a model is priced as the model table says, whatever
+    protocol or address reaches it; an entry that does not say (vLLM's, any engine's) is not. Raises nothing."""
+    return entry.get("local") is False
+
+
 def listed_model(name: str, entry: dict[str, Any]) -> ModelInfo | None:
     """The rules of ``name`` as a listing entry (``listing_entry``) gives them, for a model the server says is local
     (``"local": true``): its family's rules (``family_model``: no price), with the entry's context

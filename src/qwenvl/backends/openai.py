@@ -5,13 +5,16 @@
 
 The base URL is taken as given (``/chat/completions`` and ``/models`` are appended, nothing else). The engine
 (``qwenvl.protocols.openai.ENGINE_TABLE``) is named or, with ``engine="auto"``, detected once from the server:
-``GET {base}/models`` (``owned_by``: vllm, sglang, llamacpp, ollama/library), then ``GET {root}/api/version``
-(Ollama), ``{root}/version`` (vLLM), ``{root}/props`` (llama.cpp); anything else is ``generic``. The same reply
-gives the served model names: the model defaults to the only one served, a name the server does not serve is
-refused before anything is sent, and the family (pixel rule, budget, grounding convention) comes from
-``family=``, else the listing's ``family`` (``qwenvl serve`` says it), else the served name and the path it was
-loaded from (``root``); the context window is the listing's ``max_model_len`` (vLLM and ``qwenvl serve`` say it;
-``qwenvl.backends.family.listed_window``), else the family's.
+``GET {base}/models`` (``owned_by``: vllm, sglang, llamacpp, ollama/library, and ``qwenvl`` for a ``qwenvl
+serve``, told by that one probe), then ``GET {root}/api/version`` (Ollama), ``{root}/version`` (vLLM),
+``{root}/props`` (llama.cpp); anything else is ``generic``. The same reply gives the served model names: the model
+defaults to the only one served, a name the server does not serve is refused before anything is sent, and the
+family (pixel rule, budget, grounding convention) comes from ``family=``, else the listing's ``family`` (``qwenvl
+serve`` says it), else the served name and the path it was loaded from (``root``); a model the listing says is paid
+for (``"local": false``: a ``qwenvl serve`` forwarding to DashScope, ``backends.family.listed_paid``) has the model
+table's rules and prices, and the client counts its cost as it does DashScope's (``serves_paid``); the context
+window is the listing's ``max_model_len`` (vLLM and ``qwenvl serve`` say it; ``qwenvl.backends.family.
+listed_window``), else the family's.
 
 What the backend declares for the client (the seams of issue 11): ``media_form = "data-url"`` (local media go
 inline, prepared and resized by qwenvl), ``abilities``, ``model_info(name)``, ``adapt(request)`` (an engine that
@@ -41,6 +44,7 @@ from qwenvl.errors import (
     UsageError,
 )
 from qwenvl.models import ModelInfo
+from qwenvl.models import model_info as table_model
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import openai as proto
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
@@ -59,6 +63,7 @@ _OWNED_BY = {
     "llama.cpp": "llamacpp",
     "ollama": "ollama",
     "library": "ollama",
+    "qwenvl": "qwenvl",  # qwenvl serve (backends.family.listing_entry)
 }
 DOWN_HINT = (
     "Is the engine running at that address? e.g. `vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000` "
@@ -106,6 +111,15 @@ class ServerInfo:
 
     def entry(self, name: str) -> dict[str, Any]:
         return next((m for m in self.models if m.get("id") == name), {})
+
+    def paid(self, name: str | None) -> bool:
+        """Whether the server says ``name`` is paid for (``families.listed_paid``: a ``qwenvl serve`` forwarding it
+        to DashScope). None: the model a request naming none would use (the only one served), else whether any
+        listed model is paid (a gateway lists only paid ones). Raises nothing."""
+        if name is None:
+            names = self.names()
+            return any(families.listed_paid(m) for m in self.models) if len(names) != 1 else self.paid(names[0])
+        return families.listed_paid(self.entry(name))
 
 
 def _root(base_url: str) -> str:
@@ -200,6 +214,8 @@ class _Wire:
 
     def model_info(self, name: str, info: ServerInfo | None) -> ModelInfo:
         entry = info.entry(name) if info else {}
+        if families.listed_paid(entry):  # a DashScope model behind a qwenvl serve: the table's rules and prices
+            return table_model(name)
         root = str(entry.get("root") or "")
         window = families.listed_window(entry)  # vLLM's and qwenvl serve's /v1/models: the context it serves
         family = self.family or families.listed_family(entry)  # --family, else what qwenvl serve says
@@ -294,7 +310,7 @@ class _Declared:
 
 
 class OpenAIBackend(_Declared):
-    """Synchronous ``openai`` backend. ``engine``: auto|vllm|sglang|llamacpp|ollama|generic (default auto, or
+    """Synchronous ``openai`` backend. ``engine``: auto|vllm|sglang|llamacpp|ollama|qwenvl|generic (default auto, or
     ``QWENVL_ENGINE``); ``family``: qwen2.5-vl|qwen3-vl|qwen2-vl (default: from the served name); ``model``: the
     served name to use when a request names none (default: the only one served)."""
 
@@ -326,6 +342,13 @@ class OpenAIBackend(_Declared):
 
     def model_info(self, name: str) -> ModelInfo:
         return self._wire.model_info(name, self._wire._info)
+
+    def serves_paid(self, name: str | None = None) -> bool:
+        """Whether the server says ``name`` (None: the backend's model, else the one a request would use) is paid
+        for (``ServerInfo.paid``: a ``qwenvl serve`` forwarding to DashScope lists ``"local": false``): then its
+        answers cost money and are priced by the model table, as DashScope's are. Asks the server once (``server``).
+        Raises its APIError when it cannot be asked."""
+        return self.server().paid(name or self._wire.model)
 
     def check_params(self, request: Request) -> None:
         """Refuse, at planning, what the engine cannot take of ``request``'s parameters (``top_k``, thinking:
@@ -390,6 +413,10 @@ class AsyncOpenAIBackend(_Declared):
     def check_params(self, request: Request) -> None:
         """``OpenAIBackend.check_params``."""
         self._sync.check_params(request)
+
+    def serves_paid(self, name: str | None = None) -> bool:
+        """``OpenAIBackend.serves_paid`` (asked on the calling thread, once)."""
+        return self._sync.serves_paid(name)
 
     async def ready(self) -> str | None:
         """None when the engine answers now (``OpenAIBackend.ping``), else why not (one line)."""

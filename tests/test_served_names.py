@@ -1,0 +1,186 @@
+"""What a client learns about the server it talks to, and what a model name means there: a `qwenvl serve` that
+forwards to DashScope says so (`"local": false` in its /v1/models), and every client in front of it counts the money
+(the openai backend, whose answers were once taken for a free local model's, with cost caps skipped); the openai
+backend tells a qwenvl serve from its listing with that one probe; a name in other case is a DashScope name only when
+the model table has it in lower case (no "did you mean" naming a model DashScope does not have). Real loopback
+servers: the DashScope double (tests/dashscope_server.py) behind a real `qwenvl serve` app in a thread, and the vLLM
+double (tests/engine_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+import qwenvl
+from conftest import run_cli, write_image
+from dashscope_server import DashScopeServer
+from qwenvl.server.app import ServeSettings, create_app
+from test_serve import SERVE_KEY, Served, gateway
+
+KEYS = {"DASHSCOPE_API_KEY": SERVE_KEY, "QWENVL_OPENAI_API_KEY": SERVE_KEY}
+PAID = "qwen3-vl-plus"
+
+
+@pytest.fixture
+def cloud(server: DashScopeServer) -> Iterator[Served]:
+    """A qwenvl serve forwarding to (the double of) DashScope: every model it lists is paid for."""
+    with gateway(server) as s:
+        yield s
+
+
+def model_posts(server: DashScopeServer) -> list:
+    return [r for r in server.requests if r.method == "POST"]
+
+
+def openai_at(s: Served) -> list[str]:
+    return ["--backend", "openai", "--base-url", s.url + "/v1", "-m", PAID]
+
+
+def pdf(path: Path, pages: int = 2) -> Path:
+    images = [Image.new("RGB", (320, 240), c) for c in ("white", "gray", "black")[:pages]]
+    images[0].save(path, save_all=True, append_images=images[1:])
+    return path
+
+
+# --- 1. money: the openai backend at a serve that forwards to DashScope ------------------------------------------
+
+
+def test_the_openai_backend_at_a_cloud_gateway_counts_the_money(cloud: Served, isolated_env: Path) -> None:
+    from qwenvl.models import answer_cost
+    from qwenvl.store import UsageLog
+
+    with qwenvl.Client(backend="openai", base_url=cloud.url + "/v1", api_key=SERVE_KEY, model=PAID) as c:
+        assert not c.is_local
+        info = c.resolve_model()
+        assert info.has_price and info.known and not info.local_family
+        r = c.ask("hi", max_tokens=3)
+    assert not r.local and r.protocol == "compat"
+    cost = answer_cost(r)
+    assert cost is not None and cost > 0
+    rows = [row for row in UsageLog().summarize() if row["requests"]]
+    assert rows and all(not row["local"] and row["cost"] and row["currency"] == "CNY" for row in rows), rows
+
+
+def test_the_async_openai_backend_at_a_cloud_gateway_counts_the_money(cloud: Served) -> None:
+    from qwenvl.models import answer_cost
+
+    async def go() -> qwenvl.Response:
+        async with qwenvl.AsyncClient(backend="openai", base_url=cloud.url + "/v1", api_key=SERVE_KEY) as c:
+            assert not c.is_local
+            return await c.ask("hi", model=PAID, max_tokens=3)
+
+    r = asyncio.run(go())
+    assert not r.local and (answer_cost(r) or 0) > 0
+
+
+def test_a_cost_cap_is_checked_through_the_openai_backend(
+    cloud: Served, server: DashScopeServer, isolated_env: Path
+) -> None:
+    doc = pdf(isolated_env / "doc.pdf")
+    p = run_cli("ocr", str(doc), *openai_at(cloud), "--max-cost", "0", env=KEYS)
+    assert p.returncode == 2, p.stderr
+    assert "estimated cost" in p.stderr and "does not apply" not in p.stderr, p.stderr
+    assert model_posts(server) == []  # nothing was sent, nothing paid
+    dry = json.loads(run_cli("ocr", str(doc), *openai_at(cloud), "--dry-run", env=KEYS).stdout)
+    est = dry["estimate"]
+    assert est["local"] is False and est["currency"] == "CNY" and est["cost_max"] > 0, est
+    assert model_posts(server) == []
+
+
+def test_ask_and_tokens_through_the_openai_backend_say_the_cost(
+    cloud: Served, server: DashScopeServer, isolated_env: Path
+) -> None:
+    photo = write_image(isolated_env / "photo.png", (320, 240))
+    p = run_cli("ask", "hi", str(photo), *openai_at(cloud), "--max-tokens", "3", "--json", env=KEYS)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["local"] is False and data["currency"] == "CNY" and data["cost"] > 0, data
+    p = run_cli("tokens", str(photo), *openai_at(cloud), "--json", env=KEYS)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["local"] is False and data["currency"] == "CNY" and data["total"]["cost"] > 0, data
+    dry = json.loads(run_cli("ask", "hi", str(photo), *openai_at(cloud), "--dry-run", env=KEYS).stdout)
+    assert dry["estimate"]["local"] is False and dry["estimate"]["cost_max"] > 0, dry["estimate"]
+    assert len(model_posts(server)) == 1  # the one ask
+
+
+def test_a_serve_in_front_of_a_cloud_gateway_says_it_is_paid(cloud: Served) -> None:
+    """Serve (openai backend) in front of a serve that forwards to DashScope: its own listing says `local: false`
+    truthfully, and a DashScope-protocol client of it prices the model."""
+    client = qwenvl.AsyncClient(backend="openai", base_url=cloud.url + "/v1", api_key=SERVE_KEY)
+    with Served(create_app(client, ServeSettings(api_key=SERVE_KEY, model_map={PAID: None}))) as front:
+        reply = httpx.get(front.url + "/v1/models", headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=30)
+        (entry,) = reply.json()["data"]
+        assert entry["id"] == PAID and entry["local"] is False, entry
+        with qwenvl.Client(api_key=SERVE_KEY, base_url=front.url, model=PAID) as c:
+            assert not c.is_local and c.resolve_model().has_price
+
+
+# --- 4. a qwenvl serve is told by its listing, with one probe ----------------------------------------------------
+
+
+def test_the_openai_backend_tells_a_qwenvl_serve_from_one_probe(cloud: Served) -> None:
+    from qwenvl.backends.openai import OpenAIBackend
+
+    asked: list[str] = []
+    with httpx.Client(event_hooks={"request": [lambda r: asked.append(r.url.path)]}) as http:
+        backend = OpenAIBackend(base_url=cloud.url + "/v1", api_key=SERVE_KEY, http_client=http)
+        info = backend.server()
+        assert info.engine == "qwenvl" and backend.engine == "qwenvl"
+        assert backend.serves_paid(PAID) and backend.model_info(PAID).has_price
+    assert asked == ["/v1/models"]
+
+
+# --- 5. a name in other case suggests only a model DashScope has -------------------------------------------------
+
+
+def test_a_name_in_other_case_suggests_only_a_model_the_table_has(monkeypatch) -> None:
+    from qwenvl.models import near_model, typo_error
+    from qwenvl.transport import Transport
+
+    def asked(*a, **kw):
+        raise AssertionError("DashScope's own host was asked for a listing")
+
+    monkeypatch.setattr(Transport, "get_json", asked)
+    assert near_model("Qwen3-VL-Tiny") is None and near_model("QWEN3-VL-PLUS") == PAID
+    refused = typo_error("Qwen3-VL-Tiny")
+    assert refused is not None and "lower case and exact" in refused.message
+    assert "qwen3-vl-tiny?" not in str(refused) and "did you mean" not in str(refused)
+    for name, meant in (("Qwen3-VL-Tiny", None), ("QWEN3-VL-PLUS", PAID)):
+        with qwenvl.Client(api_key="sk-x", model=name) as c, pytest.raises(qwenvl.UsageError) as caught:
+            c.plan(prompt="hi")
+        said = str(caught.value) + (caught.value.hint or "")
+        if meant is None:
+            assert "did you mean" not in said and "qwen3-vl-tiny?" not in said, said
+        else:
+            assert f"did you mean {meant}?" in said, said
+
+
+def test_the_cli_names_no_model_dashscope_does_not_have(server: DashScopeServer, env, isolated_env: Path) -> None:
+    write_image(isolated_env / "x.png", (64, 64))
+    tiny = "Qwen3-VL-Tiny"
+    for args in (["ask", "hi", "-m", tiny], ["models", tiny], ["tokens", "x.png", "-m", tiny]):
+        p = run_cli(*args, env=env)
+        assert p.returncode == 2, (args, p.stderr)
+        assert "qwen3-vl-tiny" not in p.stderr.replace("Qwen3-VL-Tiny", ""), (args, p.stderr)
+        assert "None" not in p.stderr and "did you mean" not in p.stderr, (args, p.stderr)
+    assert model_posts(server) == []
+
+
+def test_the_openai_backend_at_a_local_engine_stays_free(isolated_env: Path) -> None:
+    """vLLM says nothing of money: its model stays local (no price)."""
+    from engine_server import EngineServer
+    from qwenvl.models import answer_cost, answer_paid
+
+    with EngineServer(engine="vllm", served="qwen2.5-vl-tiny") as e:
+        with qwenvl.Client(backend="openai", base_url=e.base_url) as c:
+            assert c.is_local and not c.serves_paid()
+            r = c.ask("hi", max_tokens=3)
+        assert not answer_paid(r) and answer_cost(r) is None
+        assert c.backend.engine == "vllm"
