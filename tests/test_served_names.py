@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -184,3 +185,59 @@ def test_the_openai_backend_at_a_local_engine_stays_free(isolated_env: Path) -> 
             r = c.ask("hi", max_tokens=3)
         assert not answer_paid(r) and answer_cost(r) is None
         assert c.backend.engine == "vllm"
+
+
+# --- 3. a name serve accepts but does not list (a model folder's path) -------------------------------------------
+
+HIDDEN = "/srv/models/Qwen2.5-VL-3B-Instruct"  # the folder a local serve was started with: accepted, never listed
+
+
+@pytest.fixture
+def folder_named() -> Iterator[tuple[object, Served]]:
+    from engine_server import EngineServer
+    from test_serve import engine_gateway
+
+    with (
+        EngineServer(engine="vllm", served="tiny", root=HIDDEN) as e,
+        engine_gateway(e, model_map={"tiny": None, HIDDEN: None}, unlisted_models=[HIDDEN]) as s,
+    ):
+        yield e, s
+
+
+def test_serve_answers_for_a_name_it_accepts_but_does_not_list(folder_named: tuple[object, Served]) -> None:
+    _, serve = folder_named
+    auth = {"Authorization": f"Bearer {SERVE_KEY}"}
+    listed = httpx.get(serve.url + "/v1/models", headers=auth, timeout=30).json()["data"]
+    assert [e["id"] for e in listed] == ["tiny"]  # the folder stays out of the listing
+    reply = httpx.get(serve.url + "/v1/models/" + quote(HIDDEN, safe=""), headers=auth, timeout=30)
+    assert reply.status_code == 200 and reply.json()["id"] == HIDDEN and reply.json()["local"] is True, reply.text
+    missing = httpx.get(serve.url + "/compatible-mode/v1/models/other", headers=auth, timeout=30)
+    assert missing.status_code == 404 and "this server serves tiny" in missing.text, missing.text
+
+
+@pytest.mark.parametrize("how", ["openai", "compat", "native"])
+def test_every_client_accepts_what_serve_accepts(folder_named: tuple[object, Served], how: str) -> None:
+    engine, serve = folder_named
+    if how == "openai":
+        c = qwenvl.Client(backend="openai", base_url=serve.url + "/v1", api_key=SERVE_KEY)
+    else:
+        c = qwenvl.Client(base_url=serve.url, api_key=SERVE_KEY, protocol=how)
+    with c:
+        r = c.ask("hi", model=HIDDEN, max_tokens=3)
+        assert r.text and c.resolve_model(HIDDEN).family == "qwen2.5-vl"
+        with pytest.raises(qwenvl.UsageError) as caught:  # a name serve does not accept: still refused, nothing sent
+            c.ask("hi", model="/srv/models/other", max_tokens=3)
+        assert "tiny" in str(caught.value), caught.value
+    assert len(engine.chats()) == 1  # type: ignore[attr-defined]
+
+
+def test_the_cli_takes_a_folder_name_serve_accepts(folder_named: tuple[object, Served], isolated_env: Path) -> None:
+    engine, serve = folder_named
+    photo = write_image(isolated_env / "photo.png", (320, 240))
+    for where in (["--backend", "openai", "--base-url", serve.url + "/v1"], ["--base-url", serve.url]):
+        p = run_cli("ask", "hi", str(photo), *where, "-m", HIDDEN, "--max-tokens", "3", env=KEYS)
+        assert p.returncode == 0, p.stderr
+        p = run_cli("tokens", str(photo), *where, "-m", HIDDEN, "--json", env=KEYS)
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["factor"] == 28
+    assert len(engine.chats()) == 2  # type: ignore[attr-defined]

@@ -793,8 +793,10 @@ class _Base(Generic[B, H]):
         (``Qwen3-VL-Tiny``). False for a name the table lists, another backend, a backend object given, DashScope's
         own hosts (nothing is asked of them: the table's checks stand), or a server that lists no local model (a
         gateway to the cloud passes names on). The listing is asked at most once per client, within
-        ``LISTING_TIMEOUT_S``. Raises UsageError (exit 2, nothing sent) for a name such a server does not list when
-        it lists a local model (a ``qwenvl serve`` in front of a local engine serves only those): ``X is not a model
+        ``LISTING_TIMEOUT_S``; a name it does not list is asked about by name first (``GET .../models/NAME``:
+        ``_retrieved``; a ``qwenvl serve`` accepts a local model's folder path it leaves out of the listing). Raises
+        UsageError (exit 2, nothing sent) for a name such a server neither lists nor accepts when it lists a local
+        model (a ``qwenvl serve`` in front of a local engine serves only those): ``X is not a model
         this server serves``, its hint naming them."""
         if not self._dashscope or self._given_backend or listed_name(name):
             return False
@@ -803,6 +805,9 @@ class _Base(Generic[B, H]):
             return True
         if not any(entry.get("local") is True for entry in listing.values()):
             return False
+        entry = self._retrieved(name)  # a name its listing leaves out (a model folder's path) that it accepts
+        if entry is not None:
+            return True
         names = sorted(listing)
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise UsageError(
@@ -810,17 +815,31 @@ class _Base(Generic[B, H]):
             hint=f"Give --model {names[0]} (the server's GET /v1/models lists its models).",
         )
 
+    def _retrieved(self, name: str) -> dict[str, Any] | None:
+        """The entry the server gives for ``name`` asked by name (``backends.dashscope.served_entry``), kept with
+        the listing's (asked once per name). Raises nothing."""
+        from qwenvl.backends.dashscope import served_entry
+
+        entry = served_entry(self.base_url, self._listing_key(), name, region=self.region)
+        if entry is not None:
+            with self._listing_lock:
+                assert self._listed is not None
+                self._listed[name] = entry
+        return entry
+
+    def _listing_key(self) -> str | None:
+        try:
+            found = find_api_key(self._api_key)
+        except QwenVLError:  # a damaged key file: asked without a key (the request will say why it fails)
+            found = None
+        return found.key if found is not None else None
+
     def _listing(self) -> dict[str, dict[str, Any]]:
         with self._listing_lock:
             if self._listed is None:
                 from qwenvl.backends.dashscope import served_models
 
-                try:
-                    found = find_api_key(self._api_key)
-                except QwenVLError:  # a damaged key file: asked without a key (the request will say why it fails)
-                    found = None
-                key = found.key if found is not None else None
-                self._listed = served_models(self.base_url, key, region=self.region)
+                self._listed = served_models(self.base_url, self._listing_key(), region=self.region)
             return self._listed
 
     @property

@@ -105,12 +105,14 @@ class ServerInfo:
     engine: str
     models: list[dict[str, Any]] = field(default_factory=list)
     listed: bool = False  # /models answered (else the served names are unknown)
+    # names the listing leaves out that the server accepts, asked by name (``families.retrieve_entry``) -> entry
+    unlisted: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return [str(m.get("id")) for m in self.models if m.get("id")]
 
     def entry(self, name: str) -> dict[str, Any]:
-        return next((m for m in self.models if m.get("id") == name), {})
+        return next((m for m in self.models if m.get("id") == name), None) or self.unlisted.get(name, {})
 
     def paid(self, name: str | None) -> bool:
         """Whether the server says ``name`` is paid for (``families.listed_paid``: a ``qwenvl serve`` forwarding it
@@ -206,7 +208,7 @@ class _Wire:
 
     def check_model(self, info: ServerInfo, name: str) -> None:
         names = info.names()
-        if info.listed and names and name not in names:
+        if info.listed and names and name not in names and name not in info.unlisted:
             raise UsageError(
                 f"the server at {self.base_url} does not serve {name!r} (it serves {', '.join(names[:6])})",
                 hint=f"Use --model {names[0]}.",
@@ -336,9 +338,23 @@ class OpenAIBackend(_Declared):
         return self._wire.info(self.transport, policy or Policy(timeout_s=DETECT_TIMEOUT_S))
 
     def adapt(self, request: Request) -> Request:
-        """The request as this server needs it: its model (default: the one served, checked), URLs downloaded
-        for an engine that takes data: URLs only."""
-        return self._wire.adapt(request, self.server(request_policy(request)))
+        """The request as this server needs it: its model (default: the one served, checked: a name the listing
+        leaves out is asked about by name first, ``ask_unlisted``), URLs downloaded for an engine that takes data:
+        URLs only."""
+        info = self.server(request_policy(request))
+        if "model" in request.model_fields_set:
+            self.ask_unlisted(info, request.model)
+        return self._wire.adapt(request, info)
+
+    def ask_unlisted(self, info: ServerInfo, name: str) -> None:
+        """A name the listing of a ``qwenvl serve`` leaves out (a model folder's path it accepts): asked by name,
+        once (``families.retrieve_entry``), and accepted with the entry the server gives. Raises nothing."""
+        if info.engine != "qwenvl" or not info.listed or name in info.names() or name in info.unlisted:
+            return
+        policy = Policy(timeout_s=DETECT_TIMEOUT_S, max_retries=0)
+        entry = families.retrieve_entry(lambda url: self.transport.get_json(url, policy), self._wire.base_url, name)
+        if entry is not None:
+            info.unlisted[name] = entry
 
     def model_info(self, name: str) -> ModelInfo:
         return self._wire.model_info(name, self._wire._info)
