@@ -241,3 +241,28 @@ def test_the_cli_takes_a_folder_name_serve_accepts(folder_named: tuple[object, S
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout)["factor"] == 28
     assert len(engine.chats()) == 2  # type: ignore[attr-defined]
+
+
+def test_mcp_tools_through_the_openai_backend_count_the_money(
+    cloud: Served, server: DashScopeServer, isolated_env: Path
+) -> None:
+    """`qwenvl mcp --backend openai` at a serve that forwards to DashScope: the ask tool's cost and the estimate
+    tool's are DashScope's, never "local"."""
+    pytest.importorskip("mcp")
+    from test_mcp import run, stdio_session, text_of
+
+    photo = write_image(isolated_env / "photo.png", (320, 240))
+    where = ["--backend", "openai", "--base-url", cloud.url + "/v1", "--allow-dir", str(isolated_env)]
+
+    async def main() -> tuple[dict, dict]:
+        async with stdio_session({**KEYS, "QWENVL_MODEL": PAID}, *where) as c:
+            asked = await c.call_tool("ask", {"prompt": "hi", "media": [photo.name], "options": {"max_tokens": 3}})
+            assert not asked.is_error, text_of(asked)
+            est = await c.call_tool("estimate", {"files": [photo.name]})
+            assert not est.is_error, text_of(est)
+            return asked.structured_content, est.structured_content
+
+    asked, est = run(main)
+    assert asked["local"] is False and asked["currency"] == "CNY" and asked["cost"] > 0, asked
+    assert est["local"] is False and est["currency"] == "CNY" and est["total"]["cost"] > 0, est
+    assert len(model_posts(server)) == 1
