@@ -362,9 +362,10 @@ class OpenAIBackend(_Declared):
     def serves_paid(self, name: str | None = None) -> bool:
         """Whether the server says ``name`` (None: the backend's model, else the one a request would use) is paid
         for (``ServerInfo.paid``: a ``qwenvl serve`` forwarding to DashScope lists ``"local": false``): then its
-        answers cost money and are priced by the model table, as DashScope's are. Asks the server once (``server``).
+        answers cost money and are priced by the model table, as DashScope's are. Asks the server once (``server``),
+        with no retry when it has not answered yet (an engine not up: said by the request, not waited for here).
         Raises its APIError when it cannot be asked."""
-        return self.server().paid(name or self._wire.model)
+        return self.server(Policy(timeout_s=DETECT_TIMEOUT_S, max_retries=0)).paid(name or self._wire.model)
 
     def check_params(self, request: Request) -> None:
         """Refuse, at planning, what the engine cannot take of ``request``'s parameters (``top_k``, thinking:
