@@ -304,4 +304,5 @@ def test_dashscopes_own_host_is_not_asked_and_keeps_the_misspelling_check(monkey
     for url in (None, "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"):
         with qwenvl.Client(api_key="sk-x", base_url=url, model=TINY) as c, pytest.raises(qwenvl.UsageError) as caught:
             c.plan(prompt="hi")
-        assert "did you mean qwen3-vl-tiny?" in caught.value.message
+        # refused as DashScope's names are exact, naming no model DashScope does not have (no qwen3-vl-tiny)
+        assert "lower case and exact" in caught.value.message and "did you mean" not in caught.value.message

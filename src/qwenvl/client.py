@@ -713,14 +713,16 @@ class _Base(Generic[B, H]):
             key: str | None = getattr(getattr(self._backend, "transport", None), "_key", None)
             if not self._given_backend or key is None:
                 try:
-                    found = None if self.is_local else find_api_key(self._api_key)
+                    found = None if self._local_endpoint else find_api_key(self._api_key)
                 except QwenVLError:  # an unreadable key's place: said when the backend is made, not here
                     found = None
-                key = openai_api_key(self._api_key) if self.is_local else (found.key if found else "")
+                key = openai_api_key(self._api_key) if self._local_endpoint else (found.key if found else "")
             # DashScope's URL (the region's, or the one given, from the environment too); a local server's is in
             # every cache key already (its endpoint)
             where = (
-                None if self.is_local else resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)
+                None
+                if self._local_endpoint
+                else resolve_base_url(self.protocol, region=self.region, base_url=self.base_url)
             )  # type: ignore[arg-type]
             self._account = account_id(key, self.backend_name, where)
         return self._account
@@ -728,9 +730,32 @@ class _Base(Generic[B, H]):
     @property
     def is_local(self) -> bool:
         """True for a local model, which has no price (``qwenvl.models.LOCAL``): a backend other than DashScope (it
-        is asked about models and media at planning time), or DashScope's protocols to a server that says the
-        client's model runs on its own engine (``served_model``: a ``qwenvl serve`` in front of a local model).
-        Raises nothing."""
+        is asked about models and media at planning time) unless its server says the client's model is paid for
+        (``serves_paid``: a ``qwenvl serve`` forwarding to DashScope lists it ``"local": false``), or DashScope's
+        protocols to a server that says the client's model runs on its own engine (``served_model``: a ``qwenvl
+        serve`` in front of a local model). A custom base URL alone never makes a model free. Raises nothing."""
+        if not self._dashscope:
+            return not self.serves_paid()
+        return self.served_model() is not None
+
+    def serves_paid(self, name: str | None = None) -> bool:
+        """Whether a backend other than DashScope's answers ``name`` (default: the client's model) from a paid
+        service, as its server says (the openai backend's ``serves_paid``: a ``qwenvl serve`` forwarding to
+        DashScope); False for DashScope's own backend (``is_local`` is False there anyway), a backend that cannot
+        say (transformers, a custom one without ``serves_paid``), or a server that cannot be asked now (nothing can
+        be sent to it either). Asks the server at most once. Raises nothing."""
+        if self._dashscope or (self.backend_name != "openai" and not self._given_backend):
+            return False
+        try:
+            check = getattr(self.backend, "serves_paid", None)
+            return bool(check(name or self.defaults.get("model"))) if callable(check) else False
+        except QwenVLError:
+            return False
+
+    @property
+    def _local_endpoint(self) -> bool:
+        """A backend other than DashScope's, or a server that says the client's model is local: the key and address
+        the response cache's account is told by are that server's. Raises nothing."""
         return not self._dashscope or self.served_model() is not None
 
     @property
@@ -768,8 +793,10 @@ class _Base(Generic[B, H]):
         (``Qwen3-VL-Tiny``). False for a name the table lists, another backend, a backend object given, DashScope's
         own hosts (nothing is asked of them: the table's checks stand), or a server that lists no local model (a
         gateway to the cloud passes names on). The listing is asked at most once per client, within
-        ``LISTING_TIMEOUT_S``. Raises UsageError (exit 2, nothing sent) for a name such a server does not list when
-        it lists a local model (a ``qwenvl serve`` in front of a local engine serves only those): ``X is not a model
+        ``LISTING_TIMEOUT_S``; a name it does not list is asked about by name first (``GET .../models/NAME``:
+        ``_retrieved``; a ``qwenvl serve`` accepts a local model's folder path it leaves out of the listing). Raises
+        UsageError (exit 2, nothing sent) for a name such a server neither lists nor accepts when it lists a local
+        model (a ``qwenvl serve`` in front of a local engine serves only those): ``X is not a model
         this server serves``, its hint naming them."""
         if not self._dashscope or self._given_backend or listed_name(name):
             return False
@@ -778,6 +805,9 @@ class _Base(Generic[B, H]):
             return True
         if not any(entry.get("local") is True for entry in listing.values()):
             return False
+        entry = self._retrieved(name)  # a name its listing leaves out (a model folder's path) that it accepts
+        if entry is not None:
+            return True
         names = sorted(listing)
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise UsageError(
@@ -785,17 +815,31 @@ class _Base(Generic[B, H]):
             hint=f"Give --model {names[0]} (the server's GET /v1/models lists its models).",
         )
 
+    def _retrieved(self, name: str) -> dict[str, Any] | None:
+        """The entry the server gives for ``name`` asked by name (``backends.dashscope.served_entry``), kept with
+        the listing's (asked once per name). Raises nothing."""
+        from qwenvl.backends.dashscope import served_entry
+
+        entry = served_entry(self.base_url, self._listing_key(), name, region=self.region)
+        if entry is not None:
+            with self._listing_lock:
+                assert self._listed is not None
+                self._listed[name] = entry
+        return entry
+
+    def _listing_key(self) -> str | None:
+        try:
+            found = find_api_key(self._api_key)
+        except QwenVLError:  # a damaged key file: asked without a key (the request will say why it fails)
+            found = None
+        return found.key if found is not None else None
+
     def _listing(self) -> dict[str, dict[str, Any]]:
         with self._listing_lock:
             if self._listed is None:
                 from qwenvl.backends.dashscope import served_models
 
-                try:
-                    found = find_api_key(self._api_key)
-                except QwenVLError:  # a damaged key file: asked without a key (the request will say why it fails)
-                    found = None
-                key = found.key if found is not None else None
-                self._listed = served_models(self.base_url, key, region=self.region)
+                self._listed = served_models(self.base_url, self._listing_key(), region=self.region)
             return self._listed
 
     @property
@@ -843,7 +887,13 @@ class _Base(Generic[B, H]):
 
         backend = None if self._dashscope else self.backend  # made by plan() already
         shown = preview(
-            call, protocol=self.protocol, base_url=self.base_url, region=self.region, stream=stream, backend=backend
+            call,
+            protocol=self.protocol,
+            base_url=self.base_url,
+            region=self.region,
+            stream=stream,
+            backend=backend,
+            paid=self.serves_paid(call.request.model),
         )
         if backend is None:  # "Bearer ***" would say a key was found
             try:
@@ -977,7 +1027,7 @@ class Client(_Base[Backend, "httpx.Client"]):
       ``multimodal.chat`` values; the retry policy is ``qwenvl.retry``: 429, 500, 502-504 and connection errors).
     - ``http_client``: an ``httpx.Client`` (``httpx.AsyncClient`` for ``AsyncClient``) to send through.
     - ``backend``: ``"dashscope"`` (default), ``"openai"`` (any OpenAI-compatible server at ``base_url``: vLLM,
-      SGLang, llama.cpp, Ollama; ``engine`` auto|vllm|sglang|llamacpp|ollama|generic, ``family``
+      SGLang, llama.cpp, Ollama; ``engine`` auto|vllm|sglang|llamacpp|ollama|qwenvl|generic, ``family``
       qwen2.5-vl|qwen3-vl when the served name does not say), ``"transformers"`` (the model loaded in this
       process from a hub id or folder given as ``model``; ``device``, ``dtype``, ``attn_implementation``), or a
       backend instance. Default from ``QWENVL_BACKEND``; ``protocol="openai"`` alone also means the openai

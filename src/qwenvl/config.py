@@ -36,7 +36,7 @@ DEFAULT_PROTOCOL: Protocol = "compat"
 BACKENDS: tuple[str, ...] = ("dashscope", "openai", "transformers")
 DEFAULT_BACKEND = "dashscope"
 # The engine behind an ``openai`` backend (its quirks differ); auto = detected from the server's replies.
-ENGINES: tuple[str, ...] = ("auto", "vllm", "sglang", "llamacpp", "ollama", "generic")
+ENGINES: tuple[str, ...] = ("auto", "vllm", "sglang", "llamacpp", "ollama", "qwenvl", "generic")
 # Model families a local model can be declared as (when its name does not say).
 FAMILIES: tuple[str, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 # --backend transformers: where the model runs and in which precision (auto: cuda, then mps, then cpu; the

@@ -110,7 +110,8 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "QWENVL_ENGINE",
-        "The engine behind the openai backend (`--engine`): auto, vllm, sglang, llamacpp, ollama or generic.",
+        "The engine behind the openai backend (`--engine`): auto, vllm, sglang, llamacpp, ollama, qwenvl (a "
+        "`qwenvl serve`) or generic.",
         "`auto`",
     ),
     Variable("QWENVL_FAMILY", "A local model's family (`--family`): qwen2-vl, qwen2.5-vl or qwen3-vl.", "the name"),

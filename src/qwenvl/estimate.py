@@ -83,10 +83,13 @@ def estimate_files(
     # a name such a server lists is its own (``Client.served_name``; one it does not serve is refused there)
     own = False if family else getattr(client, "served_name", lambda name: False)(request.model)
     served = None if family else getattr(client, "served_model", lambda name: None)(request.model)
-    local = served is not None or bool(getattr(client, "local_backend", getattr(client, "is_local", False)))
+    by_backend = bool(getattr(client, "local_backend", getattr(client, "is_local", False)))
+    # no price unless the backend's server says the model is paid for (``Client.is_local``: a qwenvl serve
+    # forwarding to DashScope); a backend's model is never free for its address alone
+    local = served is not None or (by_backend and bool(getattr(client, "is_local", True)))
     if served is not None:
         info = served
-    elif local:  # the local backend knows its model (and may adapt the budget)
+    elif by_backend:  # the local backend knows its model (and may adapt the budget)
         info = client.resolve_model(request.model if "model" in fields else None)
         if hasattr(client.backend, "adapt"):
             request = client.backend.adapt(request)
@@ -105,7 +108,7 @@ def estimate_files(
     video = next((ref for ref in refs if media_kind(ref) == "video"), None)
     if video is not None:  # a model that takes no video: nothing to price
         check_video_ability(info, first_names([video]))
-    if not getattr(client, "is_local", False):  # what sending would refuse whatever the sizes: refused here too
+    if not (by_backend or getattr(client, "is_local", False)):  # what sending would refuse whatever the sizes
         whole = request.video_as == "file" and any(media_kind(r) == "video" and not classify(r).is_remote for r in refs)
         refusal = storage_refusal(
             request.upload, "native", region or client.region, whole_video=whole, local_items=False

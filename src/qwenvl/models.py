@@ -513,16 +513,16 @@ def _miscased(name: str, key: str, *, warn: bool) -> ModelInfo:
     unpriced, with the rules of ``key`` (plan refuses to send it: ``typo_error``)."""
     from qwenvl import env as qenv
 
-    meant = near_model(name) or key
-    base = _lookup(meant, warn=False)  # the rules of the name meant, without a warning naming it: it is not used
+    meant = near_model(name)  # a model the table knows, else None: never a name DashScope does not have
+    base = _lookup(meant or key, warn=False)  # the rules of the name meant, without a warning naming it: not used
     info = replace(
         base,
         name=name,
         entry=base.entry or base.name,
         prices=Prices(),
         known=False,
-        resolution=f"not a model name (DashScope's are lower case and exact); did you mean {meant}? "
-        "Its rules assumed, no price",
+        resolution="not a model name (DashScope's are lower case and exact); "
+        + (f"did you mean {meant}? Its rules assumed, no price" if meant else f"the rules of {key} assumed, no price"),
     )
     # warned unless it would be refused as the listed name in other case (the refusal says it); a name the table
     # does not know in any case (a model a server answered with) is warned of as any unknown name is
@@ -555,12 +555,13 @@ def near_model(name: str) -> str | None:
     name has (``plsu``) and is within ``_TYPO_RATIO`` of a listed name (``qwenvl.spelling.closest``); a name of
     known words (``qwen3-vl-max``, ``qwen3.5-vl-plus``) may be a newer model and is None. A name that differs from
     a lower-case one only in case or surrounding whitespace (``QWEN3-VL-PLUS``; not a ``Qwen/...`` Hugging Face id)
-    is not a DashScope name: the lower-case one (or the listed one it misspells). Raises nothing."""
+    is not a DashScope name: the lower-case one when the table knows it (else the listed one it misspells, else None:
+    ``Qwen3-VL-Tiny`` suggests no ``qwen3-vl-tiny``, which DashScope does not have). Raises nothing."""
     from qwenvl.spelling import closest
 
     key = name.strip().lower()
     if key and key != name and not key.startswith("qwen/"):  # QWEN3-VL-PLUS: the lower-case name (or its typo's)
-        return near_model(key) or key
+        return near_model(key) or (key if _lookup(key, warn=False).known else None)
     key = key.removeprefix("qwen/")
     if not key or key in MODELS or _listed_prefix(key) is not None:
         return None
@@ -666,7 +667,9 @@ def guess_warning(info: ModelInfo) -> str | None:
 
 def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
     """The error for sending a model name that looks like a misspelling of a listed one (``near_model``), before
-    anything is sent: ``qwen3-vl-plsu is not a model qwenvl knows: did you mean qwen3-vl-plus?`` (exit 2), its hint
+    anything is sent: ``qwen3-vl-plsu is not a model qwenvl knows: did you mean qwen3-vl-plus?`` (exit 2), or a name
+    in other case than a lower-case one (``Qwen3-VL-Tiny``: DashScope's names are exact), naming only a model the
+    table knows (none for ``Qwen3-VL-Tiny``); its hint
     how to send the name anyway (``$QWENVL_UNLISTED_MODELS``) and how to give the right one where the wrong one came
     from (``$QWENVL_MODEL`` when it holds ``name``, else ``--model``). None for any other name, and for a name in
     ``allowed`` (that variable's names: the user insists). Raises nothing."""
@@ -674,7 +677,19 @@ def typo_error(name: str, *, allowed: Sequence[str] = ()) -> UsageError | None:
     from qwenvl.errors import UsageError
 
     near = near_model(name)
-    if near is None or name in {a.strip() for a in allowed}:
+    if name in {a.strip() for a in allowed}:
+        return None
+    key = name.strip().lower()
+    if near is None and key and key != name and not key.startswith("qwen/"):  # Qwen3-VL-Tiny: DashScope's names are
+        # lower case and exact, and the table knows no model of that name in any case: nothing to suggest
+        return UsageError(
+            f"'{name}' is not a model name (DashScope's are lower case and exact), and qwenvl knows no model "
+            "of that name in any case",
+            hint=("Set QWENVL_MODEL (it holds " + name + ")" if qenv.model() == name else "Give --model")
+            + " a model DashScope serves (`qwenvl models` lists them); a server of your own (--base-url) that lists "
+            "the name takes it as it is.",
+        )
+    if near is None:
         return None
     # the hint names where the name came from: $QWENVL_MODEL when it holds it, else --model (a verb that takes
     # requests says its "model" key: ``cli.common.fit_hint``; the library says model=)
@@ -769,11 +784,21 @@ LOCAL = "local"
 LOCAL_SUFFIX = "-local"  # a paid protocol's name in the usage log for a local model's answers (``logged_protocol``)
 
 
+# What a paid model's answers over the plain openai protocol count as: the openai backend at a ``qwenvl serve`` that
+# forwards to DashScope (its listing says ``"local": false``: ``Client.is_local``) speaks DashScope's compat protocol
+# there (serve's /v1/chat/completions), and DashScope bills it as such.
+PAID_OPENAI = "compat"
+
+
 def logged_protocol(protocol: str, *, local: bool) -> str:
-    """The protocol as the usage log records it: ``protocol``, or for a local model's answer over a paid protocol
-    (a ``qwenvl serve`` in front of a local engine: ``Client.served_model``) ``protocol + LOCAL_SUFFIX``
-    (``compat-local``), which is not one of ``PAID_PROTOCOLS``: no price, never counted as paid. Raises nothing."""
-    return protocol + LOCAL_SUFFIX if local and is_paid(protocol) else protocol
+    """The protocol as the usage log records it (and a paid answer's ``Response.protocol``): ``protocol``; for a
+    local model's answer over a paid protocol (a ``qwenvl serve`` in front of a local engine: ``Client.served_model``)
+    ``protocol + LOCAL_SUFFIX`` (``compat-local``), which is not one of ``PAID_PROTOCOLS``: no price, never counted
+    as paid; for a paid model's answer over a protocol that is not (the openai backend at a ``qwenvl serve``
+    forwarding to DashScope) ``PAID_OPENAI``: priced and counted as DashScope's. Raises nothing."""
+    if local and is_paid(protocol):
+        return protocol + LOCAL_SUFFIX
+    return PAID_OPENAI if not local and not is_paid(protocol) else protocol
 
 
 def answer_paid(response: Response) -> bool:

@@ -32,12 +32,15 @@ def preview(
     region: str | None = None,
     stream: bool = False,
     backend: Any = None,
+    paid: bool = False,
 ) -> dict[str, Any]:
     """``backend``: a local backend with ``preview_body(call, stream) -> (url, body)`` (openai, transformers); its
     model has no price, so the estimate's ``cost_input``, ``cost_max`` and ``currency`` are None and ``local``
-    True, as for a model its server says is local (``ModelInfo.local_family``: ``Client.served_model``)."""
+    True, as for a model its server says is local (``ModelInfo.local_family``: ``Client.served_model``), unless
+    ``paid``: the backend's server says the model is paid for (``Client.serves_paid``: a ``qwenvl serve``
+    forwarding to DashScope), priced then as DashScope's."""
     stream = stream or call.model.stream_only  # what the backend will send (see DashScopeBackend.complete)
-    local = backend is not None or call.model.local_family
+    local = (backend is not None and not paid) or call.model.local_family
     headers = {"Authorization": "Bearer ***", "Content-Type": "application/json"}
     if backend is not None and hasattr(backend, "preview_body"):
         url, body = backend.preview_body(call, stream)

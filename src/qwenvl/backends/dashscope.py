@@ -65,6 +65,29 @@ def served_models(
     return {str(m["id"]): m for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)}
 
 
+def served_entry(
+    base_url: str | None, api_key: str | None, name: str, *, region: str | None = None
+) -> dict[str, Any] | None:
+    """What a server speaking DashScope's protocols that is not DashScope's own says of ``name`` asked by name
+    (``GET {compat base}/models/{name}``: ``families.retrieve_entry``; a ``qwenvl serve`` answers it for the names
+    its listing leaves out), once, within ``LISTING_TIMEOUT_S``, no retry. None for DashScope's own endpoints
+    (nothing is asked), or when the server gives no entry for it. Raises nothing."""
+    from qwenvl.backends.family import retrieve_entry
+
+    try:
+        url = resolve_base_url("compat", region=region, base_url=base_url)
+    except QwenVLError:
+        return None
+    if needs_dashscope_key(url):
+        return None
+    transport = Transport(api_key or "")
+    try:
+        policy = Policy(timeout_s=LISTING_TIMEOUT_S, max_retries=0)
+        return retrieve_entry(lambda u: transport.get_json(u, policy), url, name)
+    finally:
+        transport.close()
+
+
 class _Wire:
     """What the sync and async backends share: URL, body and headers of a call, and stream decoding."""
 

@@ -11,6 +11,7 @@ qwen2.5-vl-7b-instruct's (28 px, boxes in pixels of the image as sent). Qwen2-VL
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -123,6 +124,31 @@ def listed_family(entry: dict[str, Any]) -> str | None:
     Raises nothing."""
     value = entry.get("family")
     return value if isinstance(value, str) and value in _TEMPLATES else None
+
+
+def retrieve_entry(get_json: Callable[[str], Any], base: str, name: str) -> dict[str, Any] | None:
+    """The entry a server gives for ``name`` when asked by name: ``get_json(f"{base}/models/{name}")`` (OpenAI's
+    retrieve-model route; ``qwenvl serve`` answers it for the names its listing leaves out too, such as a model
+    folder's path), the name quoted whole. The entry (``listing_entry``'s shape) when the server answers with one
+    for that very name, else None (a 404, an engine without the route, no answer: ``get_json``'s QwenVLError).
+    Asked before a name the listing does not show is refused, so that a client accepts what the server accepts.
+    Raises nothing."""
+    from urllib.parse import quote
+
+    from qwenvl.errors import QwenVLError
+
+    try:
+        data = get_json(f"{base}/models/{quote(name, safe='')}")
+    except QwenVLError:
+        return None
+    return data if isinstance(data, dict) and data.get("id") == name else None
+
+
+def listed_paid(entry: dict[str, Any]) -> bool:
+    """Whether a listing entry says its model is paid for: ``"local": false``, which ``qwenvl serve`` lists for a
+    model it forwards to DashScope (``listing_entry``). Such a model is priced as the model table says, whatever
+    protocol or address reaches it; an entry that does not say (vLLM's, any engine's) is not. Raises nothing."""
+    return entry.get("local") is False
 
 
 def listed_model(name: str, entry: dict[str, Any]) -> ModelInfo | None:

@@ -5,13 +5,16 @@
 
 The base URL is taken as given (``/chat/completions`` and ``/models`` are appended, nothing else). The engine
 (``qwenvl.protocols.openai.ENGINE_TABLE``) is named or, with ``engine="auto"``, detected once from the server:
-``GET {base}/models`` (``owned_by``: vllm, sglang, llamacpp, ollama/library), then ``GET {root}/api/version``
-(Ollama), ``{root}/version`` (vLLM), ``{root}/props`` (llama.cpp); anything else is ``generic``. The same reply
-gives the served model names: the model defaults to the only one served, a name the server does not serve is
-refused before anything is sent, and the family (pixel rule, budget, grounding convention) comes from
-``family=``, else the listing's ``family`` (``qwenvl serve`` says it), else the served name and the path it was
-loaded from (``root``); the context window is the listing's ``max_model_len`` (vLLM and ``qwenvl serve`` say it;
-``qwenvl.backends.family.listed_window``), else the family's.
+``GET {base}/models`` (``owned_by``: vllm, sglang, llamacpp, ollama/library, and ``qwenvl`` for a ``qwenvl
+serve``, told by that one probe), then ``GET {root}/api/version`` (Ollama), ``{root}/version`` (vLLM),
+``{root}/props`` (llama.cpp); anything else is ``generic``. The same reply gives the served model names: the model
+defaults to the only one served, a name the server does not serve is refused before anything is sent, and the
+family (pixel rule, budget, grounding convention) comes from ``family=``, else the listing's ``family`` (``qwenvl
+serve`` says it), else the served name and the path it was loaded from (``root``); a model the listing says is paid
+for (``"local": false``: a ``qwenvl serve`` forwarding to DashScope, ``backends.family.listed_paid``) has the model
+table's rules and prices, and the client counts its cost as it does DashScope's (``serves_paid``); the context
+window is the listing's ``max_model_len`` (vLLM and ``qwenvl serve`` say it; ``qwenvl.backends.family.
+listed_window``), else the family's.
 
 What the backend declares for the client (the seams of issue 11): ``media_form = "data-url"`` (local media go
 inline, prepared and resized by qwenvl), ``abilities``, ``model_info(name)``, ``adapt(request)`` (an engine that
@@ -41,6 +44,7 @@ from qwenvl.errors import (
     UsageError,
 )
 from qwenvl.models import ModelInfo
+from qwenvl.models import model_info as table_model
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import openai as proto
 from qwenvl.protocols.common import StreamDriver, answer_events, load_json
@@ -59,6 +63,7 @@ _OWNED_BY = {
     "llama.cpp": "llamacpp",
     "ollama": "ollama",
     "library": "ollama",
+    "qwenvl": "qwenvl",  # qwenvl serve (backends.family.listing_entry)
 }
 DOWN_HINT = (
     "Is the engine running at that address? e.g. `vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000` "
@@ -100,12 +105,23 @@ class ServerInfo:
     engine: str
     models: list[dict[str, Any]] = field(default_factory=list)
     listed: bool = False  # /models answered (else the served names are unknown)
+    # names the listing leaves out that the server accepts, asked by name (``families.retrieve_entry``) -> entry
+    unlisted: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def names(self) -> list[str]:
         return [str(m.get("id")) for m in self.models if m.get("id")]
 
     def entry(self, name: str) -> dict[str, Any]:
-        return next((m for m in self.models if m.get("id") == name), {})
+        return next((m for m in self.models if m.get("id") == name), None) or self.unlisted.get(name, {})
+
+    def paid(self, name: str | None) -> bool:
+        """Whether the server says ``name`` is paid for (``families.listed_paid``: a ``qwenvl serve`` forwarding it
+        to DashScope). None: the model a request naming none would use (the only one served), else whether any
+        listed model is paid (a gateway lists only paid ones). Raises nothing."""
+        if name is None:
+            names = self.names()
+            return any(families.listed_paid(m) for m in self.models) if len(names) != 1 else self.paid(names[0])
+        return families.listed_paid(self.entry(name))
 
 
 def _root(base_url: str) -> str:
@@ -192,7 +208,7 @@ class _Wire:
 
     def check_model(self, info: ServerInfo, name: str) -> None:
         names = info.names()
-        if info.listed and names and name not in names:
+        if info.listed and names and name not in names and name not in info.unlisted:
             raise UsageError(
                 f"the server at {self.base_url} does not serve {name!r} (it serves {', '.join(names[:6])})",
                 hint=f"Use --model {names[0]}.",
@@ -200,6 +216,8 @@ class _Wire:
 
     def model_info(self, name: str, info: ServerInfo | None) -> ModelInfo:
         entry = info.entry(name) if info else {}
+        if families.listed_paid(entry):  # a DashScope model behind a qwenvl serve: the table's rules and prices
+            return table_model(name)
         root = str(entry.get("root") or "")
         window = families.listed_window(entry)  # vLLM's and qwenvl serve's /v1/models: the context it serves
         family = self.family or families.listed_family(entry)  # --family, else what qwenvl serve says
@@ -294,7 +312,7 @@ class _Declared:
 
 
 class OpenAIBackend(_Declared):
-    """Synchronous ``openai`` backend. ``engine``: auto|vllm|sglang|llamacpp|ollama|generic (default auto, or
+    """Synchronous ``openai`` backend. ``engine``: auto|vllm|sglang|llamacpp|ollama|qwenvl|generic (default auto, or
     ``QWENVL_ENGINE``); ``family``: qwen2.5-vl|qwen3-vl|qwen2-vl (default: from the served name); ``model``: the
     served name to use when a request names none (default: the only one served)."""
 
@@ -320,12 +338,34 @@ class OpenAIBackend(_Declared):
         return self._wire.info(self.transport, policy or Policy(timeout_s=DETECT_TIMEOUT_S))
 
     def adapt(self, request: Request) -> Request:
-        """The request as this server needs it: its model (default: the one served, checked), URLs downloaded
-        for an engine that takes data: URLs only."""
-        return self._wire.adapt(request, self.server(request_policy(request)))
+        """The request as this server needs it: its model (default: the one served, checked: a name the listing
+        leaves out is asked about by name first, ``ask_unlisted``), URLs downloaded for an engine that takes data:
+        URLs only."""
+        info = self.server(request_policy(request))
+        if "model" in request.model_fields_set:
+            self.ask_unlisted(info, request.model)
+        return self._wire.adapt(request, info)
+
+    def ask_unlisted(self, info: ServerInfo, name: str) -> None:
+        """A name the listing of a ``qwenvl serve`` leaves out (a model folder's path it accepts): asked by name,
+        once (``families.retrieve_entry``), and accepted with the entry the server gives. Raises nothing."""
+        if info.engine != "qwenvl" or not info.listed or name in info.names() or name in info.unlisted:
+            return
+        policy = Policy(timeout_s=DETECT_TIMEOUT_S, max_retries=0)
+        entry = families.retrieve_entry(lambda url: self.transport.get_json(url, policy), self._wire.base_url, name)
+        if entry is not None:
+            info.unlisted[name] = entry
 
     def model_info(self, name: str) -> ModelInfo:
         return self._wire.model_info(name, self._wire._info)
+
+    def serves_paid(self, name: str | None = None) -> bool:
+        """Whether the server says ``name`` (None: the backend's model, else the one a request would use) is paid
+        for (``ServerInfo.paid``: a ``qwenvl serve`` forwarding to DashScope lists ``"local": false``): then its
+        answers cost money and are priced by the model table, as DashScope's are. Asks the server once (``server``),
+        with no retry when it has not answered yet (an engine not up: said by the request, not waited for here).
+        Raises its APIError when it cannot be asked."""
+        return self.server(Policy(timeout_s=DETECT_TIMEOUT_S, max_retries=0)).paid(name or self._wire.model)
 
     def check_params(self, request: Request) -> None:
         """Refuse, at planning, what the engine cannot take of ``request``'s parameters (``top_k``, thinking:
@@ -392,6 +432,10 @@ class AsyncOpenAIBackend(_Declared):
     def check_params(self, request: Request) -> None:
         """``OpenAIBackend.check_params``."""
         self._sync.check_params(request)
+
+    def serves_paid(self, name: str | None = None) -> bool:
+        """``OpenAIBackend.serves_paid`` (asked on the calling thread, once)."""
+        return self._sync.serves_paid(name)
 
     async def ready(self) -> str | None:
         """None when the engine answers now (``OpenAIBackend.ping``), else why not (one line)."""

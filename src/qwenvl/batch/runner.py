@@ -623,7 +623,7 @@ class Batch:
             )
         model = self.planner.defaults.get("model")
         # a misspelt model=: refused now, as the CLI's -m, not every item's (a server's own name: ``served_name``)
-        if model and not self.planner.is_local and not self.planner.served_name(model):
+        if model and not (self.planner.local_backend or self.planner.is_local) and not self.planner.served_name(model):
             check_model_name(model, self.planner.protocol)
         if self.mode == "batch-api":
             from qwenvl.batch.batchapi import check_region

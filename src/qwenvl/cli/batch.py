@@ -132,11 +132,12 @@ def _check_flags(job: Batch, fields: dict[str, Any], *, model_known: bool) -> No
     fails the same way (``Batch.estimate``)."""
     request = job.planner.request(fields)
     check_extra(request.extra, job.planner.protocol)  # a misspelt --param: refused now, not on every item
-    if job.planner.is_local:  # a --param the local backend cannot honour (transformers' table): refused now too
+    local = job.planner.local_backend or job.planner.is_local
+    if local:  # a --param the local backend cannot honour (transformers' table): refused now too
         check_params = getattr(job.planner.backend, "check_params", None)
         if check_params is not None:
             check_params(request)
-    if model_known and not job.planner.is_local:
+    if model_known and not local:
         check_model_rules(request, job.planner.protocol)
         if job.mode == "batch-api":  # a model the Batch API cannot run (stream-only): refused, not every item's error
             refused = not_batchable(model_info(request.model), request.model)

@@ -56,7 +56,11 @@ def models(opts: dict[str, Any]) -> None:
         if typo is not None:  # what ask/tokens/batch would do with the name: refuse it
             near = near_model(opts["name"])  # the hint names what was given here: NAME, not --model
             unlisted = (typo.raw_hint or "").partition("; ")[2]
-            typo.hint = f"See `qwenvl models {near}`" + (f"; {unlisted}" if unlisted else ".")
+            typo.hint = (
+                f"See `qwenvl models {near}`" + (f"; {unlisted}" if unlisted else ".")
+                if near is not None
+                else "`qwenvl models` lists the models DashScope serves."  # no model of that name in any case
+            )
             raise typo
         unknown = no_family_error(opts["name"])
         if unknown is not None:  # never a family guessed for it, whatever $QWENVL_UNLISTED_MODELS says

@@ -68,6 +68,9 @@ ENGINE_TABLE: dict[str, Engine] = {
         "llamacpp", top_k=True, chat_template_kwargs=True, prompt_has_image_tokens=False, stream_usage=False
     ),
     "ollama": Engine("ollama", image_urls=False),
+    # ``qwenvl serve`` (its /v1/models entries are ``owned_by: qwenvl``): plain OpenAI fields, as a generic server;
+    # what it serves and whether it is paid come from its listing (``backends.family.listed_paid``)
+    "qwenvl": Engine("qwenvl"),
     "generic": Engine("generic"),
 }
 

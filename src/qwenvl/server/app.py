@@ -701,8 +701,28 @@ def create_app(
         root = model_names(name).get(info.name, info.name)  # the backend's own name, never a server path
         return listing_entry(name, info, local=local, root=None if _server_path(root) else root)
 
+    async def one_model(request: HTTPRequest) -> JSONResponse:
+        """``GET /v1/models/{name}`` (OpenAI's retrieve-model route): the entry of a name this server accepts, the
+        names ``/v1/models`` leaves out too (a local model's folder as given to ``--model``: ``unlisted_models``),
+        as the caller named it; 404 (the chat routes' refusal) for a name it does not serve. A client asks it for a
+        name the listing does not show before refusing the name itself (``backends.family.retrieve_entry``)."""
+        rid = str(uuid.uuid4())
+        name = request.path_params["name"]
+        try:
+            authorize(request)
+            if not settings.model_map and not settings.pass_model_names:  # a local backend's own model only
+                own = (await asyncio.to_thread(client.resolve_model)).name
+                if name != own:
+                    raise _Refused(404, f"Model not exist: {name} (this server serves {own})")
+            else:
+                served_model(name)
+        except (_Refused, QwenVLError) as exc:
+            return refuse(COMPAT, exc, rid)
+        return JSONResponse(await asyncio.to_thread(model_entry, name))
+
     for path in ("/v1/models", "/compatible-mode/v1/models"):
         app.add_api_route(path, models, methods=["GET"])
+        app.add_api_route(path + "/{name:path}", one_model, methods=["GET"])
 
     @app.get("/health")
     async def health() -> dict[str, str]:

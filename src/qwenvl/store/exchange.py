@@ -48,7 +48,7 @@ from qwenvl.errors import (
     StructuredOutputError,
 )
 from qwenvl.interfaces import ClientEndpoint
-from qwenvl.models import answer_cost, currency_of, logged_protocol
+from qwenvl.models import answer_cost, currency_of, is_paid, logged_protocol
 from qwenvl.plan import Call, ensure_sendable
 from qwenvl.protocols import get
 from qwenvl.retry import RetryNotice, listening
@@ -193,6 +193,7 @@ class Exchange:
             return None
         self.response = hit
         hit._local = self.local
+        hit.protocol = self._answer_protocol(hit)
         self._log(hit, "cached")
         return hit
 
@@ -308,6 +309,7 @@ class Exchange:
                 self.cache.put(self.key, response)
             self.response = response
             response._local = response._local or self.local  # no price, whatever the protocol (Response.local)
+            response.protocol = self._answer_protocol(response)
             self._log(response, "ok")
             return response
         finally:
@@ -315,6 +317,12 @@ class Exchange:
                 self.claimed = False
                 self.held.take(self.cache, self.key)
             self.release()
+
+    def _answer_protocol(self, response: Response) -> str | None:
+        """The protocol ``response`` is priced by: its own, or the logged one (``models.logged_protocol``) when a
+        paid model answered over a protocol that is not paid (the openai backend at a ``qwenvl serve`` forwarding
+        to DashScope), so that every place that asks ``models.answer_paid`` prices it. Raises nothing."""
+        return self.protocol if not self.local and not is_paid(response.protocol) else response.protocol
 
     def attempt_failed(self, exc: BaseException) -> None:
         """Log one failed attempt that is retried (the exchange goes on; its next attempt is timed afresh)."""
