@@ -1,0 +1,202 @@
+"""Faults a new user found in the words of refusals, each fixed as a kind on every surface.
+
+1. A request field of the wrong type gets a hint in the surface's words saying what the field takes, never the
+   field's description (it cites the project's own sources): library (sync, async), CLI flags, ``analyze
+   --request`` keys, ``batch --requests`` line keys, ``qwenvl serve`` bodies (both protocols), MCP tool arguments.
+2. A bad value of a ``batch --requests`` line: the hint names the line's own key, not the CLI flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import qwenvl
+from conftest import API_KEY, make_client, run_cli, write_image
+from dashscope_server import DashScopeServer
+from qwenvl.errors import QwenVLError
+from qwenvl.types import Request
+
+# what no hint may carry: a field's description, or a name of the project's own sources and classes
+_INTERNAL = re.compile(r"reference/|§|\.md\b|ModelInfo|Request\.|Response\.|model_fields")
+_DESCRIPTIONS = [
+    info.description[:30] for info in Request.model_fields.values() if info.description and len(info.description) > 30
+]
+
+
+def leaks(text: str | None) -> list[str]:
+    """What of ``text`` quotes a field's description or names an internal file or class."""
+    text = text or ""
+    found = [d for d in _DESCRIPTIONS if d in text]
+    return found + _INTERNAL.findall(text)
+
+
+def wrong(name: str) -> Any:
+    """A value of the wrong type for the Request field ``name``: a number where an object is taken, else an object."""
+    return 5 if "dict" in str(Request.model_fields[name].annotation) else {"a": 1}
+
+
+FIELDS = sorted(Request.model_fields)
+# the fields a wrong type of is told by what the field takes (a boolean, a number in its range)
+TOLD = {
+    "temperature": "temperature takes a number in [0, 2).",
+    "seed": "seed takes an integer in [0, 2,147,483,647].",
+    "top_p": "top_p takes a number in (0, 1].",
+    "enable_thinking": "enable_thinking takes a boolean.",
+    "vl_high_resolution_images": "vl_high_resolution_images takes a boolean.",
+    "fps": "fps takes a number above 0.",
+    "max_pixels": "max_pixels takes an integer 1 or more.",
+}
+
+
+def test_every_field_of_the_wrong_type_is_told_what_it_takes_in_the_library(server: DashScopeServer, png: Path) -> None:
+    with make_client(server) as client:
+        for name in FIELDS:
+            fields = {"prompt": "x", "image": str(png), name: wrong(name)}
+            with pytest.raises(QwenVLError) as caught:
+                client.complete(**fields)
+            hint = caught.value.hint
+            assert not leaks(hint) and not leaks(caught.value.message), (name, hint)
+            if name in TOLD:
+                assert hint == TOLD[name], (name, hint)
+            if name in TOLD:  # a word where a number or a boolean is taken: the same hint
+                with pytest.raises(QwenVLError) as caught:
+                    client.complete(prompt="x", image=str(png), **{name: "hot"})
+                assert caught.value.hint == TOLD[name], (name, caught.value.hint)
+    assert server.requests == []
+
+
+def test_every_field_of_the_wrong_type_is_told_what_it_takes_in_the_async_library(
+    server: DashScopeServer, png: Path
+) -> None:
+    async def main() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, max_retries=0) as client:
+            for name in FIELDS:
+                with pytest.raises(QwenVLError) as caught:
+                    await client.complete(**{"prompt": "x", "image": str(png), name: wrong(name)})
+                assert not leaks(caught.value.hint), (name, caught.value.hint)
+                if name in TOLD:
+                    assert caught.value.hint == TOLD[name], (name, caught.value.hint)
+
+    asyncio.run(main())
+    assert server.requests == []
+
+
+def test_the_cli_flags_of_the_wrong_type_quote_no_description(env: dict[str, str], isolated_env: Path) -> None:
+    write_image(isolated_env / "x.png")
+    for flag in ("--temperature", "--top-p", "--top-k", "--seed", "--max-tokens", "--fps", "--max-pixels"):
+        r = run_cli("ask", "x.png", "-p", "hi", flag, "hot", env=env)
+        assert r.returncode == 2 and flag in r.stderr and not leaks(r.stderr), (flag, r.stderr)
+
+
+def test_every_analyze_request_key_of_the_wrong_type_is_told_in_its_key(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path
+) -> None:
+    write_image(isolated_env / "x.png")
+    for name in FIELDS:
+        req = json.dumps({"prompt": "hi", "image": "x.png", name: wrong(name)})
+        r = run_cli("analyze", "--request", req, env=env)
+        assert r.returncode in (2, 3) and "hint:" in r.stderr and not leaks(r.stderr), (name, r.stderr)
+        if name in TOLD:
+            assert f"hint: {TOLD[name]}" in r.stderr, (name, r.stderr)
+    assert server.requests == []
+
+
+def test_every_batch_line_key_of_the_wrong_type_is_told_in_the_lines_words(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path
+) -> None:
+    write_image(isolated_env / "b.png")
+    for name in FIELDS:
+        (isolated_env / "r.jsonl").write_text(json.dumps({"prompt": "hi", "image": "b.png", name: wrong(name)}) + "\n")
+        r = run_cli("batch", "--requests", "r.jsonl", "-o", "out.jsonl", "--yes", env=env)
+        assert r.returncode in (2, 3) and "hint:" in r.stderr and not leaks(r.stderr), (name, r.stderr)
+        if name in TOLD:
+            assert f"hint: {TOLD[name]}" in r.stderr, (name, r.stderr)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("max_tokens", 0, "hint: max_tokens takes a number 1 or more"),
+        ("top_k", -1, "hint: top_k takes a number 0 or more"),
+        ("detail", "hihg", "hint: Did you mean 'high'? detail is one of auto, low, high."),
+        ("prompt", "", 'hint: Give the question as words ("prompt": "..."), e.g.'),
+        ("temperature", "hot", "hint: temperature takes a number in [0, 2)."),
+    ],
+)
+def test_a_bad_value_of_a_batch_line_is_named_by_the_lines_key(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path, key: str, value: Any, hint: str
+) -> None:
+    write_image(isolated_env / "b.png")
+    (isolated_env / "r.jsonl").write_text(json.dumps({"prompt": "Describe", "image": "b.png", key: value}) + "\n")
+    r = run_cli("batch", "--requests", "r.jsonl", "-o", "out.jsonl", "--yes", env=env)
+    assert r.returncode == 2 and hint in r.stderr, r.stderr
+    assert not re.search(r"hint:.*--(?:max-tokens|top-k|detail|prompt|temperature)\b", r.stderr), r.stderr
+    assert server.requests == []
+
+
+def test_a_flag_given_over_a_batch_line_is_still_named_as_the_flag(
+    server: DashScopeServer, env: dict[str, str], isolated_env: Path
+) -> None:
+    write_image(isolated_env / "b.png")
+    (isolated_env / "r.jsonl").write_text(json.dumps({"prompt": "Describe", "image": "b.png"}) + "\n")
+    r = run_cli("batch", "--requests", "r.jsonl", "-o", "out.jsonl", "--yes", "--top-k", "-1", env=env)
+    assert r.returncode == 2 and "--top-k" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+def test_every_wire_field_of_the_wrong_type_quotes_no_description_in_serve(
+    server: DashScopeServer, isolated_env: Path, protocol: str
+) -> None:
+    from qwenvl.server.app import ServeSettings, create_app
+    from qwenvl.wording import WIRE_PARAMETERS
+    from test_serve import SERVE_KEY, Served
+
+    image = "data:image/png;base64," + base64.b64encode(write_image(isolated_env / "a.png").read_bytes()).decode()
+    client = qwenvl.AsyncClient(base_url=server.url, api_key=API_KEY, max_retries=0)
+    with Served(create_app(client, ServeSettings(api_key=SERVE_KEY))) as s:
+        for name in WIRE_PARAMETERS:
+            if protocol == "compat":
+                content: list[dict[str, Any]] = [
+                    {"type": "image_url", "image_url": {"url": image}},
+                    {"type": "text", "text": "hi"},
+                ]
+                body: dict[str, Any] = {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": content}]}
+                body[name] = wrong(name)
+                path = "/compatible-mode/v1/chat/completions"
+            else:
+                content = [{"image": image}, {"text": "hi"}]
+                body = {
+                    "model": "qwen3-vl-plus",
+                    "input": {"messages": [{"role": "user", "content": content}]},
+                    "parameters": {name: wrong(name)},
+                }
+                path = "/api/v1/services/aigc/multimodal-generation/generation"
+            r = httpx.post(s.url + path, json=body, headers={"Authorization": f"Bearer {SERVE_KEY}"}, timeout=60)
+            assert r.status_code == 400 and not leaks(r.text), (name, r.text)
+    assert server.requests == []
+
+
+def test_every_mcp_option_of_the_wrong_type_quotes_no_description(
+    server: DashScopeServer, env: dict[str, str], png: Path
+) -> None:
+    pytest.importorskip("mcp")
+    from qwenvl.mcp_server import Options
+    from test_mcp import run, stdio_session, text_of
+
+    async def main() -> None:
+        async with stdio_session(env) as c:
+            for name in Options.model_fields:
+                r = await c.call_tool("ask", {"prompt": "hi", "media": [str(png)], "options": {name: {"a": 1}}})
+                assert r.is_error and not leaks(text_of(r)), (name, text_of(r))
+
+    run(main)
+    assert server.requests == []
