@@ -21,7 +21,7 @@ import pytest
 import qwenvl
 from conftest import API_KEY, make_client, run_cli, write_image
 from dashscope_server import DashScopeServer
-from qwenvl.errors import QwenVLError
+from qwenvl.errors import QwenVLError, UsageError
 from qwenvl.types import Request
 
 # what no hint may carry: a field's description, or a name of the project's own sources and classes
@@ -199,4 +199,71 @@ def test_every_mcp_option_of_the_wrong_type_quotes_no_description(
                 assert r.is_error and not leaks(text_of(r)), (name, text_of(r))
 
     run(main)
+    assert server.requests == []
+
+
+# -- 3. a field a turn (or a task) sets itself is refused as such, never a raw TypeError ----------------------------
+
+TURN_SET = ["prompt", "messages", "images", "video"]
+
+
+@pytest.mark.parametrize("name", TURN_SET)
+def test_a_conversation_refuses_a_field_each_turn_sets(server: DashScopeServer, name: str) -> None:
+    from qwenvl.chat import Conversation
+
+    value: Any = [] if name in ("messages", "images") else "x"
+    with make_client(server) as client:
+        with pytest.raises(UsageError) as caught:
+            Conversation(client, fields={name: value})
+        assert name in caught.value.message and "each turn" in caught.value.message
+        conversation = Conversation(client)
+        for turn in (conversation.send, lambda text, **kw: list(conversation.stream(text, **kw))):
+            with pytest.raises(UsageError) as caught:
+                turn("hi", **{name: value})
+            assert name in caught.value.message and "each turn" in caught.value.message
+        conversation.fields[name] = value  # set after it was made: refused at the turn, not a TypeError
+        with pytest.raises(UsageError):
+            conversation.send("hi")
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("name", TURN_SET)
+def test_an_async_conversation_refuses_a_field_each_turn_sets(server: DashScopeServer, name: str) -> None:
+    from qwenvl.chat import Conversation
+
+    value: Any = [] if name in ("messages", "images") else "x"
+
+    async def main() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, max_retries=0) as client:
+            conversation = Conversation(client)
+            with pytest.raises(UsageError):
+                await conversation.asend("hi", **{name: value})
+            with pytest.raises(UsageError):
+                async for _ in conversation.astream("hi", **{name: value}):
+                    pass
+
+    asyncio.run(main())
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("task", "name"), [("ground", "prompt"), ("ground", "images"), ("extract", "images"), ("events", "schema")]
+)
+def test_a_task_refuses_a_field_it_sets_itself(server: DashScopeServer, png: Path, task: str, name: str) -> None:
+    import importlib
+
+    grounding = importlib.import_module("qwenvl.tasks.grounding")
+    extract = importlib.import_module("qwenvl.tasks.extract")
+    events = importlib.import_module("qwenvl.tasks.events")
+    value: Any = [str(png)] if name == "images" else "x"
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    with make_client(server) as client:
+        with pytest.raises(UsageError) as caught:
+            if task == "ground":
+                grounding.plan_ground(client, str(png), "dog", **{name: value})
+            elif task == "extract":
+                extract.plan_extract(client, str(png), schema, **{name: value})
+            else:
+                events.plan_events(client, [str(png), str(png)], **{name: schema})
+        assert name in caught.value.message and "sets" in caught.value.message, caught.value.message
     assert server.requests == []
