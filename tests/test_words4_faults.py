@@ -20,8 +20,8 @@ import pytest
 
 import qwenvl
 from conftest import API_KEY, make_client, run_cli, write_image
-from dashscope_server import DashScopeServer
-from qwenvl.errors import QwenVLError, UsageError
+from dashscope_server import DashScopeServer, Reply
+from qwenvl.errors import QwenVLError, StructuredOutputError, UsageError
 from qwenvl.types import Request
 
 # what no hint may carry: a field's description, or a name of the project's own sources and classes
@@ -267,3 +267,59 @@ def test_a_task_refuses_a_field_it_sets_itself(server: DashScopeServer, png: Pat
                 events.plan_events(client, [str(png), str(png)], **{name: schema})
         assert name in caught.value.message and "sets" in caught.value.message, caught.value.message
     assert server.requests == []
+
+
+# -- 4. a failed repair: the error's response counts both requests; every error of a request has request_id --------
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+@pytest.mark.parametrize("way", ["sync", "stream", "async", "astream"])
+def test_a_failed_repair_counts_both_requests_on_its_response(server: DashScopeServer, protocol: str, way: str) -> None:
+    server.enqueue(Reply(text="not json"), Reply(text="still not json"))
+
+    async def in_async() -> None:
+        async with qwenvl.AsyncClient(api_key=API_KEY, base_url=server.url, protocol=protocol, max_retries=0) as client:
+            if way == "async":
+                await client.complete(prompt="n?", schema=SCHEMA)
+            else:
+                async for _ in client.stream(prompt="n?", schema=SCHEMA):
+                    pass
+
+    with pytest.raises(StructuredOutputError) as caught:
+        if way in ("async", "astream"):
+            asyncio.run(in_async())
+        else:
+            with make_client(server, protocol) as client:
+                if way == "sync":
+                    client.complete(prompt="n?", schema=SCHEMA)
+                else:
+                    for _ in client.stream(prompt="n?", schema=SCHEMA):
+                        pass
+    exc = caught.value
+    assert len(server.requests) == 2
+    assert exc.requests == 2 and len(exc.request_ids) == 2 and len(set(exc.request_ids)) == 2, exc.request_ids
+    assert exc.response is not None
+    assert exc.response.requests == 2 and exc.response.request_ids == exc.request_ids
+    assert exc.request_id == exc.request_ids[-1] == exc.response.request_id
+
+
+def test_an_unrepaired_answer_has_its_one_request_id(server: DashScopeServer) -> None:
+    server.enqueue(Reply(text="not json"))
+    with make_client(server) as client, pytest.raises(StructuredOutputError) as caught:
+        client.complete(prompt="n?", schema=SCHEMA, repair=False)
+    assert caught.value.request_id is not None and caught.value.request_ids == [caught.value.request_id]
+
+
+@pytest.mark.parametrize("protocol", ["compat", "native"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_refused_request_carries_its_request_id(server: DashScopeServer, protocol: str, stream: bool) -> None:
+    server.enqueue(Reply(status=400, error_code="InvalidParameter", error_message="bad"))
+    with make_client(server, protocol) as client, pytest.raises(qwenvl.errors.APIStatusError) as caught:
+        if stream:
+            for _ in client.stream(prompt="hi"):
+                pass
+        else:
+            client.complete(prompt="hi")
+    assert caught.value.request_id, caught.value

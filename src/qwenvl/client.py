@@ -366,6 +366,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         second.usage = sent[0].usage.model_copy()
     second.cached, second._parts = not sent, parts
     paid, n = [r.request_id for r in sent if r.request_id], len(sent)
+    second._requests, second._request_ids = n, paid  # an error's response counts them as a repaired answer does
     try:
         final, again = _check(retry, second)
     except StructuredOutputError as exc:  # the repair's answer was cut off: both requests were still paid
