@@ -323,3 +323,39 @@ def test_a_refused_request_carries_its_request_id(server: DashScopeServer, proto
         else:
             client.complete(prompt="hi")
     assert caught.value.request_id, caught.value
+
+
+# -- 5. a library hint naming a pass-through parameter is valid Python for the call ---------------------------------
+
+
+def test_a_refused_pass_through_parameter_is_named_as_the_call_writes_it() -> None:
+    import ast
+
+    from qwenvl.backends.transformers import check_params
+    from qwenvl.errors import UnsupportedParameterError
+
+    for extra in ({"enable_search": True}, {"repetition_penalty": 0}):
+        with pytest.raises(UnsupportedParameterError) as caught:
+            check_params(Request(prompt="hi", extra=extra))
+        key = next(iter(extra))
+        assert f"--param {key}" in (caught.value.raw_hint or "")  # the CLI's words, kept for the CLI
+        hint = caught.value.hint or ""
+        said = re.search(r'extra=\{"\w+": [^}]*\}', hint)
+        assert said and f'"{key}"' in said[0], hint
+        ast.parse(f"f({said[0]})")  # valid Python for the call
+        assert "--param" not in hint and "extra='" not in hint, hint
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ("Set --param repetition_penalty=1.1 to change it.", 'Set extra={"repetition_penalty": 1.1} to change it.'),
+        ("Give a number, e.g. --param top_k=0.5.", 'Give a number, e.g. extra={"top_k": 0.5}.'),
+        ("Keep one --param seed=...; two are ambiguous.", 'Keep one extra={"seed": ...}; two are ambiguous.'),
+        ("Leave out --param enable_search.", 'Leave out extra={"enable_search": ...}.'),
+    ],
+)
+def test_library_words_for_a_pass_through_parameter_are_python(raw: str, said: str) -> None:
+    from qwenvl.wording import library_hint
+
+    assert library_hint(raw) == said
