@@ -359,3 +359,12 @@ def test_library_words_for_a_pass_through_parameter_are_python(raw: str, said: s
     from qwenvl.wording import library_hint
 
     assert library_hint(raw) == said
+
+
+def test_a_repair_cut_off_counts_both_requests(server: DashScopeServer) -> None:
+    server.enqueue(Reply(text="not json"), Reply(text='{"n": ', finish_reason="length"))
+    with make_client(server) as client, pytest.raises(StructuredOutputError) as caught:
+        client.complete(prompt="n?", schema=SCHEMA)
+    exc = caught.value
+    assert exc.requests == 2 and len(exc.request_ids) == 2 and exc.request_id == exc.request_ids[-1]
+    assert exc.response is not None and exc.response.requests == 2 and exc.response.request_ids == exc.request_ids

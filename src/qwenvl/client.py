@@ -370,7 +370,7 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
     try:
         final, again = _check(retry, second)
     except StructuredOutputError as exc:  # the repair's answer was cut off: both requests were still paid
-        exc.requests, exc.request_ids = n, paid
+        exc.requests, exc.request_ids, exc.request_id = n, paid, paid[-1] if paid else None
         raise
     if again is not None:
         errors = answer_errors(second.text, retry.request, retry.schema)[2]

@@ -464,11 +464,7 @@ class StructuredOutputError(QwenVLError):
         self.requests = requests
         rid = getattr(response, "request_id", None)
         self.request_ids: list[str] = list(request_ids) if request_ids is not None else ([rid] if rid else [])
-
-    @property
-    def request_id(self) -> str | None:
-        """The service's id of the last request paid (``request_ids[-1]``), or None."""
-        return self.request_ids[-1] if self.request_ids else None
+        self.request_id: str | None = self.request_ids[-1] if self.request_ids else None  # the last paid
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
