@@ -70,7 +70,7 @@ def test_the_library_honours_or_refuses_each_parameter_before_generating(tiny, i
                 client.plan(prompt="hi", extra={key: value})  # planning: nothing loaded, nothing generated
             assert info.value.param == key and key in info.value.message and "transformers backend" in str(info.value)
             assert f"--param {key}" in (info.value.raw_hint or "")  # the CLI's words
-            assert f"extra='{key}'" in (info.value.hint or "")  # the library's: the key of Request.extra
+            assert f'extra={{"{key}": ...}}' in (info.value.hint or "")  # the library's: valid Python for the call
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
         with pytest.raises(UnsupportedParameterError, match="parallel_tool_calls"):
             client.plan(prompt="hi", tools=[tool], extra={"parallel_tool_calls": False})

@@ -28,7 +28,7 @@ import re
 import shlex
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Generator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, cast
@@ -156,6 +156,24 @@ class CommandResult:
         return self.outcome == "end"
 
 
+# The request fields each turn sets itself (``Conversation.plan``), with what to do instead of giving one
+_TURN_FIELDS = {
+    "prompt": 'The prompt is given per turn: conversation.send("...").',
+    "messages": "The conversation keeps its messages itself; resume one with session=.",
+    "images": "Images are given per turn: conversation.attach(...) before send().",
+    "video": "A video is given per turn: conversation.attach(...) before send().",
+}
+
+
+def _turn_field(given: Mapping[str, Any], turn: bool) -> None:
+    """UsageError naming the first field of ``given`` (the conversation's ``fields``, or a turn's keyword arguments:
+    ``turn``) that each turn sets itself (``_TURN_FIELDS``); nothing when there is none."""
+    name = next((n for n in _TURN_FIELDS if n in given), None)
+    if name is not None:
+        said = f"a turn takes no keyword {name!r}" if turn else f"fields has {name!r}"
+        raise UsageError(f"{said}: each turn sets {name} itself", hint=_TURN_FIELDS[name])
+
+
 class Conversation:
     """One conversation through ``client`` (a ``qwenvl.Client`` for ``send``/``stream``, an
     ``AsyncClient`` for ``aattach``/``asend``/``astream``).
@@ -172,7 +190,8 @@ class Conversation:
     that (a Ctrl-C while the answer is still being shown) leaves it in the conversation, as it was paid.
 
     Raises UsageError for a ``client`` without ``plan``, ``send`` and ``send_stream``, a ``session`` or ``fields``
-    of another type; ``send``/``stream`` raise it
+    of another type, ``fields`` (or a turn's keyword arguments) with a field each turn sets itself (``prompt``,
+    ``messages``, ``images``, ``video``: ``_TURN_FIELDS``); ``send``/``stream`` raise it
     for an AsyncClient's conversation, ``asend``/``astream`` for a Client's.
     """
 
@@ -210,6 +229,7 @@ class Conversation:
                 f"fields is a dict of request fields, not {type(fields).__name__}",
                 hint='Give fields={"model": "qwen3-vl-flash", "max_tokens": 300}, or leave it out.',
             )
+        _turn_field(fields or {}, turn=False)
         self.client = client
         self._async = inspect.iscoroutinefunction(client.send)  # an AsyncClient: asend/astream, not send/stream
         self._turn_lock = threading.Lock()  # guards ``_turn``
@@ -320,6 +340,8 @@ class Conversation:
         """The next turn, planned (nothing sent): ``text`` with the attachments, after the messages so far.
         MediaError drops the bad attachments (``dropped``; the conversation and the others are kept) and is
         raised; UsageError for bad fields."""
+        _turn_field(self.fields, turn=False)  # fields changed since (a dict of the caller's, an attribute)
+        _turn_field(fields, turn=True)
         self.dropped = []
         self.drop_unavailable()
         common = {k: v for k, v in self.fields.items() if k not in fields}  # a turn's own fields as given, over them

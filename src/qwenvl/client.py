@@ -180,18 +180,38 @@ def value_hint(exc: ValidationError) -> str | None:
 
 
 def field_hint(exc: ValidationError) -> str | None:
-    """The last resort of ``value_hint``: what the first refused Request field takes, from the field's own
-    description (``Request.model_fields[name].description``: its form, unit and default; one home), e.g.
-    ``--pages / pages: PDF pages to send, 1-based: ...``. A nested refusal (``messages.0.role``) names its
-    top-level field. None when no refused field is a Request field. Raises nothing."""
+    """The last resort of ``value_hint``: what the first Request field refused for its type takes, in words every
+    surface shares (``--temperature / temperature takes a number in [0, 2).``: the kinds of value pydantic asked
+    for, ``protocols.inbound``'s words for them, and the field's own range, ``_field_range``); never the field's
+    description (it cites the project's own sources). None when no top-level field was refused for its type.
+    Raises nothing."""
+    from qwenvl.protocols.inbound import TAKES
+
+    takes: dict[str, list[str]] = {}
     for err in exc.errors():
         name = str(err["loc"][0]) if err["loc"] else ""
-        info = Request.model_fields.get(name)
-        if info is None or not info.description or err["type"] == "extra_forbidden":
+        nested = [p for p in err["loc"][1:] if not isinstance(p, str) or not _union_branch(p)]
+        if name not in Request.model_fields or nested or err["type"] not in TAKES:
             continue
+        said = _LIBRARY_TAKES.get(err["type"], TAKES[err["type"]])
+        if said not in takes.setdefault(name, []):
+            takes[name].append(said)
+    for name, kinds in takes.items():
         flag = FIELD_FLAGS.get(name, f"--{name.replace('_', '-')}")
-        return f"{f'{flag} / {name}' if flag else name}: {info.description}"
+        span = _field_range(name) if kinds in (["a number"], ["an integer"]) else None
+        where = f" {'in ' if span[0] in '([' else ''}{span}" if span else ""
+        return f"{f'{flag} / {name}' if flag else name} takes {' or '.join(kinds)}{where}."
     return None
+
+
+# Kinds of value said otherwise than in JSON's words (``true or false``): the library's and the JSON surfaces'
+# spellings of a boolean differ, so it is named by its kind.
+_LIBRARY_TAKES = {"bool_type": "a boolean", "bool_parsing": "a boolean"}
+
+
+def _union_branch(part: str) -> bool:
+    """Whether a pydantic location item names a branch of a union (``str``, ``list[str]``), not a field."""
+    return "[" in part or part in ("str", "int", "float", "bool", "dict", "list", "none")
 
 
 def _unknown_field_hint(exc: ValidationError) -> str | None:
@@ -346,10 +366,11 @@ def _after_repair(first: Response, retry: Call, second: Response) -> Response:
         second.usage = sent[0].usage.model_copy()
     second.cached, second._parts = not sent, parts
     paid, n = [r.request_id for r in sent if r.request_id], len(sent)
+    second._requests, second._request_ids = n, paid  # an error's response counts them as a repaired answer does
     try:
         final, again = _check(retry, second)
     except StructuredOutputError as exc:  # the repair's answer was cut off: both requests were still paid
-        exc.requests, exc.request_ids = n, paid
+        exc.requests, exc.request_ids, exc.request_id = n, paid, paid[-1] if paid else None
         raise
     if again is not None:
         errors = answer_errors(second.text, retry.request, retry.schema)[2]

@@ -458,8 +458,8 @@ class StructuredOutputError(QwenVLError):
     ``.response`` the last ``Response``, whose ``usage`` counts every request of the call (the repair request
     included: all were paid), ``.requests`` how many requests were paid (1, or 2 after a repair; an answer from the
     response cache was not) and
-    ``.request_ids`` the service's ids of those requests, in order (ids the service did not give left out).
-    CLI exit code 5."""
+    ``.request_ids`` the service's ids of those requests, in order (ids the service did not give left out),
+    ``.request_id`` the last of them (None when there is none), as an APIError's. CLI exit code 5."""
 
     default_hint = "The model's answer is kept (shown, and in the error); loosen the schema or rephrase the prompt."
 
@@ -481,6 +481,7 @@ class StructuredOutputError(QwenVLError):
         self.requests = requests
         rid = getattr(response, "request_id", None)
         self.request_ids: list[str] = list(request_ids) if request_ids is not None else ([rid] if rid else [])
+        self.request_id: str | None = self.request_ids[-1] if self.request_ids else None  # the last paid
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {

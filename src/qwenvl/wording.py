@@ -23,6 +23,7 @@ backticks are left as they are.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -419,11 +420,30 @@ def _library_words(text: str, *, once: bool = False) -> str:
     parts = [p if i % 2 else _SHORT.sub(lambda m: SHORT_FLAGS.get(m[1], m[1]), p) for i, p in enumerate(parts)]
     if not any(FLAG.search(p) for p in parts[::2]):
         return text
+    parts = [p if i % 2 else _PARAM_KEY.sub(_extra_entry, p) for i, p in enumerate(parts)]
     parts = [p if i % 2 else _FLAG_VALUE.sub(_keyword_value, p) for i, p in enumerate(parts)]
     said = fit_message("".join(parts), _library_surface())
     if once:  # a message: "max_pixels (max_pixels)" -> "max_pixels"; a hint keeps "the region (region)"
         said = _SAID_TWICE.sub(r"\1", said)
     return _PARENS.sub(_said_once, said)
+
+
+# "--param enable_search", "--param repetition_penalty=1.1", "--param top_k=...": a pass-through parameter, with its
+# value when one is written (a number, ``...``, a word or a quoted string)
+_PARAM_KEY = re.compile(
+    r'(?<![\w-])--param ([A-Za-z_]\w*)(?:=(\.\.\.|-?\d+(?:\.\d+)?(?!\w|\.\d)|"[^"]*"|[\w-]+))?(?![\w=])'
+)
+
+
+def _extra_entry(m: re.Match[str]) -> str:
+    """``--param KEY[=VALUE]`` as the library's keyword argument for it, valid Python for the call:
+    ``extra={"KEY": VALUE}`` (``...`` for a value not written)."""
+    key, value = m[1], m[2]
+    if value is None or value == "..." or re.fullmatch(r"-?\d+(?:\.\d+)?", value) or value[0] == '"':
+        said = value or "..."
+    else:
+        said = {"true": "True", "false": "False", "null": "None"}.get(value) or json.dumps(value)
+    return f'extra={{"{key}": {said}}}'
 
 
 def _keyword_value(m: re.Match[str]) -> str:

@@ -50,12 +50,16 @@ def in_line_words(item: BatchItem, exc: E) -> E:
     qwen3-vl-plus" for a misspelt ``"model"`` of the line, "Give max_tokens of at most ..." (as ``analyze`` names
     the keys its user wrote: ``wording``); other flags are kept. Every item's plan error goes through it (the
     run, its estimate, the Batch API's lines). Returns ``exc`` (its ``raw_hint`` changed); raises nothing."""
+    return _in_keys(item.own, exc)
+
+
+def _in_keys(own: frozenset[str], exc: E) -> E:
+    """``exc`` with its hint naming each field in ``own`` (the keys a requests-file line gave itself) as the
+    line's key, not its flag (``in_line_words``; a line refused before it is an item too). Raises nothing."""
     hint = exc.raw_hint if isinstance(exc, QwenVLError) else None
-    if not item.own or not hint or not isinstance(exc, QwenVLError):
+    if not own or not hint or not isinstance(exc, QwenVLError):
         return exc
     from qwenvl.wording import FLAG, Surface, field_of, fit_hint
-
-    own = item.own
 
     def name(flag: str) -> str:
         return field_of(flag) if field_of(flag) in own else flag
@@ -63,7 +67,11 @@ def in_line_words(item: BatchItem, exc: E) -> E:
     def pair(flag: str, other: str) -> str:
         return other if field_of(flag) in own else f"{flag} / {other}"
 
-    exc.hint = fit_hint(hint, Surface(name=name, pair=pair, keeps=set(FLAG.findall(hint)))) or hint
+    def quoted(flag: str, value: str) -> str | None:  # '--prompt "..."' -> '"prompt": "..."', as the line writes it
+        return f'"{field_of(flag)}": {value}' if field_of(flag) in own else None
+
+    surface = Surface(name=name, pair=pair, quoted=quoted, keeps=set(FLAG.findall(hint)))
+    exc.hint = fit_hint(hint, surface) or hint
     return exc
 
 
@@ -402,16 +410,18 @@ def _request_line(path: Path, n: int, raw: str, overrides: dict[str, Any]) -> Ba
     fields = {**data, **overrides}
     if isinstance(data.get("extra"), dict) and "extra" in overrides:  # --param adds to a line's extra, key by key
         fields["extra"] = {**data["extra"], **overrides["extra"]}
+    own = frozenset(k for k in data if k not in overrides or k == "extra")  # --param adds to a line's extra
     try:
         request = make_request(None, fields)
-    except UsageError as exc:
-        raise UsageError(f"{where}: {exc.raw_message}", hint=exc.raw_hint, field=exc.field) from None
+    except UsageError as exc:  # its hint names the line's own keys as the line writes them (in_line_words)
+        raise _in_keys(own, UsageError(f"{where}: {exc.raw_message}", hint=exc.raw_hint, field=exc.field)) from None
     except MediaError as exc:  # a schema file the line names, missing or unreadable
         said = f"{where}: {exc.raw_message}"
-        raise MediaError(said, source=exc.source, hint=exc.raw_hint, not_an_image=exc.not_an_image) from None
+        raise _in_keys(
+            own, MediaError(said, source=exc.source, hint=exc.raw_hint, not_an_image=exc.not_an_image)
+        ) from None
     refs: list[str] = request.image_list()
     shown: Any = refs[0] if len(refs) == 1 else (refs or None)
     if request.video is not None:
         shown = request.video if not refs else [*refs, request.video]
-    own = frozenset(k for k in data if k not in overrides or k == "extra")  # --param adds to a line's extra
     return BatchItem(id=item_id, request=fields, input=shown, line=n, source=path.name, own=own)

@@ -125,7 +125,7 @@ def _request(
 
 
 # pydantic's error types that say "the value is of the wrong type" -> what the field takes, in JSON's words
-_TAKES = {
+TAKES = {
     "string_type": "a string",
     "int_type": "an integer",
     "int_parsing": "an integer",
@@ -195,17 +195,17 @@ def wire_errors(exc: ValidationError, at: str) -> str:
         for p in (p for p in err["loc"] if not _branch(p)):
             name = f"{name}[{p}]" if isinstance(p, int) else f"{name}.{p}" if name else str(p)
         grouped.setdefault(name, []).append(err)
-    for name in [n for n, errs in grouped.items() if all(e["type"] in _TAKES for e in errs)]:
+    for name in [n for n, errs in grouped.items() if all(e["type"] in TAKES for e in errs)]:
         if any(other.startswith((f"{name}.", f"{name}[")) for other in grouped):
             del grouped[name]  # a union's branch for another type than the value's: the deeper errors say more
     lines = []
     for name, errs in list(grouped.items())[:3]:
-        takes = [_TAKES[e["type"]] for e in errs if e["type"] in _TAKES]
+        takes = [TAKES[e["type"]] for e in errs if e["type"] in TAKES]
         if takes and len(takes) == len(errs):
             alternatives = " or ".join(dict.fromkeys(takes))
             lines.append(f"{name or 'the value'} must be {alternatives}, not {json_type(errs[0].get('input'))}")
             continue
-        err = next((e for e in errs if e["type"] not in _TAKES), errs[0])
+        err = next((e for e in errs if e["type"] not in TAKES), errs[0])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             lines.append(f"{name} is required")

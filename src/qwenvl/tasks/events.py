@@ -38,6 +38,7 @@ from qwenvl.tasks.grounding import (
     plan_task,
     refuse_thinking,
     sync_client,
+    task_fields,
     task_media,
 )
 from qwenvl.types import Response, media_refs
@@ -174,7 +175,8 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
         raise _still_refused()
     model = model_for(client, fields)
     prompt = EVENTS_PROMPT if prompt is None else prompt
-    call = plan_task(client, model, EVENTS_MAX_TOKENS, prompt=prompt, video=video, schema=EVENTS_SCHEMA, **fields)
+    own = task_fields("events", fields, prompt=prompt, video=video, schema=EVENTS_SCHEMA)
+    call = plan_task(client, model, EVENTS_MAX_TOKENS, **own)
     if isinstance(video, list) and _one_still(video):  # after planning: an unreadable frame is told as such
         raise _still_refused()
     return call

@@ -37,6 +37,7 @@ from qwenvl.tasks.grounding import (
     plan_task,
     refuse_thinking,
     sync_client,
+    task_fields,
     task_media,
 )
 from qwenvl.types import Response
@@ -69,14 +70,8 @@ def plan_extract(client: SupportsPlan, file: Any, schema: Any, *, prompt: str | 
     model = model_for(client, fields)
     ref = task_media(file)
     media = {"video": ref} if isinstance(ref, str) and media_kind(ref) == "video" else {"images": [ref]}
-    return plan_task(
-        client,
-        model,
-        EXTRACT_MAX_TOKENS,
-        prompt=EXTRACT_PROMPT if prompt is None else prompt,
-        **media,
-        **_schema_fields(schema, fields),
-    )
+    own = task_fields("extract", fields, prompt=EXTRACT_PROMPT if prompt is None else prompt, **media)
+    return plan_task(client, model, EXTRACT_MAX_TOKENS, **_schema_fields(schema, own))
 
 
 def extract(client: SupportsComplete, file: Any, schema: Any, *, prompt: str | None = None, **fields: Any) -> Response:

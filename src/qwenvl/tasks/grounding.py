@@ -609,6 +609,19 @@ def model_for(client: SupportsPlan, fields: dict[str, Any]) -> ModelInfo:
     return model_info(name)
 
 
+def task_fields(task: str, fields: dict[str, Any], **own: Any) -> dict[str, Any]:
+    """``fields`` (the caller's request fields) with ``own`` (those ``task`` sets from its own arguments: its prompt,
+    its media, its schema). Raises UsageError naming a field of ``fields`` that the task sets itself (not a raw
+    TypeError of a keyword given twice)."""
+    clash = next((name for name in own if name in fields), None)
+    if clash is not None:
+        raise UsageError(
+            f"{task} sets {clash} itself: it is not a field to give it",
+            hint=f"Leave {clash}=... out of the call; {task} builds it from its own arguments.",
+        )
+    return {**own, **fields}
+
+
 def plan_task(client: SupportsPlan, model: ModelInfo, default_max_tokens: int, /, **fields: Any) -> Call:
     """``client.plan(**fields)`` for a task whose answer is long (OCR, boxes, extraction, events): ``max_tokens`` as
     given, else the task's ``default_max_tokens`` capped by ``model.max_output_tokens`` and, for a model whose
@@ -674,7 +687,7 @@ def plan_ground(client: SupportsPlan, image: Any, query: str, *, points: bool = 
     check_task_media("ground", ref, ("image", "pdf"), GROUND_VIDEO_HINT)
     if isinstance(ref, str) and media_kind(ref) == "pdf":
         fields["pages"] = one_page(fields.get("pages"))
-    return plan_task(client, model, GROUND_MAX_TOKENS, prompt=prompt, images=[ref], **fields)
+    return plan_task(client, model, GROUND_MAX_TOKENS, **task_fields("ground", fields, prompt=prompt, images=[ref]))
 
 
 def one_page(pages: Any) -> Any:

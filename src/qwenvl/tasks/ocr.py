@@ -51,6 +51,7 @@ from qwenvl.tasks.grounding import (
     read_grounding,
     shown_ref,
     sync_client,
+    task_fields,
     task_media,
 )
 from qwenvl.tasks.parsing import parse_answer
@@ -291,7 +292,7 @@ def plan_ocr(
         prompt = grounding_prompt(model, "", "text")
     else:
         prompt = PROMPTS[format]
-    return plan_task(client, model, OCR_MAX_TOKENS, prompt=prompt, images=[source], **fields)
+    return plan_task(client, model, OCR_MAX_TOKENS, **task_fields("ocr", fields, prompt=prompt, images=[source]))
 
 
 def read_page(call: Call, response: Response, *, format: Format, page: int | None = None) -> OCRPage:
