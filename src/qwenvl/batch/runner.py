@@ -109,6 +109,7 @@ from qwenvl.errors import (
     MediaError,
     MissingAPIKeyError,
     ModelNotFoundError,
+    OptionNotAppliedError,
     PermissionDeniedError,
     QwenVLError,
     RateLimitError,
@@ -448,7 +449,9 @@ class Batch:
         ``mode="batch-api"``: DashScope's Batch API (``qwenvl.batch.batchapi``: half price, within 24 h, Beijing
         only), checking each job every ``poll_interval_s`` seconds (default ``BATCH_POLL_INTERVAL_S``, 30);
         ``wait=False`` submits, looks at each job once and returns (the same call later collects). The Batch
-        API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options."""
+        API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options. An
+        option of the other mode is refused, not ignored (OptionNotAppliedError): ``poll_interval_s`` and
+        ``wait=False`` apply to ``batch-api`` only, ``concurrency``, ``rpm`` and ``tpm`` to ``realtime`` only."""
         steady_mmap_threshold()  # a long batch's heap does not grow with its files (glibc: see batch.heap)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
@@ -463,6 +466,7 @@ class Batch:
             raise UsageError(
                 f"unknown mode {mode!r}: realtime or batch-api", hint="Use --mode realtime or --mode batch-api."
             )
+        _check_mode_options(mode, concurrency=concurrency, rpm=rpm, tpm=tpm, poll_interval_s=poll_interval_s, wait=wait)
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
         self._client = client
         if client is not None and (
@@ -490,7 +494,7 @@ class Batch:
         self.usage_log = client.usage_log if client is not None else open_usage_log(usage_log)
         self.retry_errors, self.fresh, self.mode = retry_errors, fresh, mode
         flush_interval_s = seconds(flush_interval_s, "flush_interval_s")
-        poll_interval_s = seconds(poll_interval_s, "poll_interval_s", zero=True)
+        poll_interval_s = seconds(poll_interval_s, "poll_interval_s")  # finite, above 0, at most a day
         self.flush_interval_s, self.poll_interval_s, self.wait = flush_interval_s, poll_interval_s, wait
         self.plan_threads = max(1, plan_threads)
         if mode == "batch-api":
@@ -1534,6 +1538,34 @@ class _Realtime:
                         self.prog.sent += 1
                 if not hit:  # the cache did not answer: a retry goes through the limiter (its waits, 429s, stop)
                     cached = False
+
+
+def _check_mode_options(mode: str, **given: Any) -> None:
+    """Refuse an option of ``Batch`` that its ``mode`` does not read, rather than ignore it (the CLI's
+    "applies to ... only", as ``qwenvl.media.sources.not_applied`` refuses an option no media reads):
+    OptionNotAppliedError (a UsageError, exit 2) for ``poll_interval_s`` (other than its default) or
+    ``wait=False`` in ``realtime`` (it sends every request itself: there is no job to poll or leave), and for
+    ``concurrency`` (other than its default), ``rpm`` or ``tpm`` in ``batch-api`` (the service paces its jobs).
+    Worded in the CLI's flags (the library says them as keywords: ``qwenvl.wording``). Raises nothing otherwise."""
+    if mode == "realtime":
+        other, why = "batch-api", "realtime sends every request itself: there is no job to check or leave running"
+        flags = {
+            "--poll-interval": given["poll_interval_s"] != BATCH_POLL_INTERVAL_S,
+            "--no-wait": given["wait"] is False,
+        }
+    else:
+        other, why = "realtime", "the Batch API paces its jobs itself"
+        flags = {
+            "--concurrency": given["concurrency"] != DEFAULT_CONCURRENCY,
+            "--rpm": given["rpm"] is not None,
+            "--tpm": given["tpm"] is not None,
+        }
+    for flag, set_ in flags.items():
+        if set_:
+            raise OptionNotAppliedError(
+                f"{flag} applies to --mode {other} only ({why})",
+                hint=f"Leave out {flag}, or give --mode {other}.",
+            )
 
 
 def batch_price_factor() -> float:

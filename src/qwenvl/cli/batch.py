@@ -455,7 +455,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 )
 @click.option(
     "--poll-interval",
-    type=Seconds(min_open=False),
+    type=Seconds(),
     default=BATCH_POLL_INTERVAL_S,
     show_default=True,
     help="batch-api: seconds between status checks.",
