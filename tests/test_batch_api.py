@@ -239,7 +239,7 @@ def test_cli_batch_api_mode(bserver, isolated_env):
         "--mode",
         "batch-api",
         "--poll-interval",
-        "0",
+        "0.01",
         "--base-url",
         bserver.url,
         "--json",
@@ -530,7 +530,10 @@ def test_fresh_is_refused_while_a_job_is_not_collected(bserver, isolated_env):
     p = run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV)
     [job_id] = json.loads(p.stdout)["batch_ids"]
     for mode in ("batch-api", "realtime"):
-        args = [a if a != "batch-api" else mode for a in cli_args(bserver, "--fresh")]
+        args = cli_args(bserver, "--fresh")
+        if mode == "realtime":  # --poll-interval applies to batch-api only: refused in realtime
+            at = args.index("--poll-interval")
+            args = [a if a != "batch-api" else mode for a in args[:at] + args[at + 2 :]]
         p = run_cli(*args, env=ENV)
         assert p.returncode == 2 and job_id in p.stderr and "without --fresh" in p.stderr, p.stderr
     assert bserver.created() == 1 and len(bserver.chat_requests()) == 0

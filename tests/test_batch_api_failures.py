@@ -322,7 +322,9 @@ def test_a_realtime_run_over_an_uncollected_job_is_not_told_to_use_fresh(bserver
     bserver.hold = True
     p = run_cli(*cli_args(bserver, "--no-wait", "--json"), env=ENV)
     [job_id] = json.loads(p.stdout)["batch_ids"]
-    realtime = [a if a != "batch-api" else "realtime" for a in cli_args(bserver)]
+    args = cli_args(bserver)
+    at = args.index("--poll-interval")  # batch-api's only: refused in realtime
+    realtime = [a if a != "batch-api" else "realtime" for a in args[:at] + args[at + 2 :]]
     p = run_cli(*realtime, env=ENV)
     assert p.returncode == 2 and job_id in p.stderr
     hint = p.stderr.split("hint:")[1]

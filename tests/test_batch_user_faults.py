@@ -61,7 +61,7 @@ def test_mixed_requests_record_the_stream_only_items_with_a_hint_that_works(bser
     lines = [{"id": "a", "prompt": "q"}, {"id": "v", "prompt": "q", "model": "qvq-max"}]
     (isolated_env / "r.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     args = ["batch", "--requests", "r.jsonl", "-o", "o.jsonl", "--base-url", bserver.url]
-    p = run_cli(*args, "--mode", "batch-api", "--poll-interval", "0", env=ENV)
+    p = run_cli(*args, "--mode", "batch-api", "--poll-interval", "0.01", env=ENV)
     assert p.returncode == 0, p.stderr
     recs = {r["id"]: r for r in read_jsonl(isolated_env / "o.jsonl")}
     assert recs["a"]["status"] == "ok" and recs["v"]["status"] == "error"

@@ -12,7 +12,7 @@ import pytest
 
 import qwenvl
 from conftest import make_client, run_cli, write_image
-from qwenvl.errors import UsageError
+from qwenvl.errors import MediaError, UsageError
 from qwenvl.tasks.events import plan_events
 
 # verb, its arguments before the image's (the image is appended), and extra arguments after
@@ -123,13 +123,13 @@ def test_max_tokens_above_the_limit_in_batch_requests_sends_nothing(server, env,
 
 def test_events_refuses_one_still_image_before_sending(server, env, image):
     p = run_cli("events", str(image), env=env)
-    assert p.returncode == 2, p.stderr
-    assert "sequence of frames" in p.stderr and "hint:" in p.stderr
+    assert p.returncode == 3, p.stderr  # a wrong kind of input (tests/test_run_stops.py)
+    assert "one still image" in p.stderr and "hint:" in p.stderr
     p = run_cli("events", str(image), "--dry-run", env=env)
-    assert p.returncode == 2, p.stderr
+    assert p.returncode == 3, p.stderr
     with make_client(server) as client:
         for video in (str(image), [str(image)]):
-            with pytest.raises(UsageError, match="sequence of frames"):
+            with pytest.raises(MediaError, match="one still image"):
                 plan_events(client, video)
         two = write_image(image.parent / "two.png", color=(0, 200, 0))
         assert plan_events(client, [str(image), str(two)]).request.video == [str(image), str(two)]

@@ -186,7 +186,7 @@ def test_each_verb_help_lists_only_the_options_it_takes(verb: str, absent: set[s
         (["events", "clip.mp4", "--pages", "1"], 2, "--pages applies to PDFs only"),
         (["ocr", "clip.mp4"], 3, "clip.mp4 is a video: ocr reads an image or a PDF"),
         (["ground", "clip.mp4", "dog"], 3, "clip.mp4 is a video: ground reads an image or a PDF"),
-        (["events", "multi.pdf"], 3, "multi.pdf is a PDF: events reads an image or a video"),
+        (["events", "multi.pdf"], 3, "multi.pdf is a PDF: events reads a video, or several frames as images in order"),
     ],
 )
 def test_a_verb_refuses_what_it_cannot_read_in_its_own_words(media, server, env, args, code, says) -> None:

@@ -27,6 +27,7 @@ import contextlib
 import email.utils
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -154,3 +155,68 @@ def listening(hook: RetryHook) -> Iterator[None]:
         yield
     finally:
         _listener.set(before)
+
+
+UNREACHABLE_ITEMS = 3  # requests failing to connect on every attempt, before any answer, that stop a run (exit 5)
+
+
+class Reachability:
+    """The one rule by which a run of many requests (a batch's items, extract's files, ...) stops when the service
+    cannot be reached, instead of sending every other request only to wait for its time-outs and fail the same.
+
+    Each request's outcome, after its retries, is told: ``answered`` when the service answered anything (an answer,
+    or an HTTP status: it is reached, and the rule no longer applies for the run); ``failed`` with its
+    APIConnectionError. Once ``UNREACHABLE_ITEMS`` requests have failed to connect on every attempt (refused, DNS,
+    TLS, a time-out connecting or sending) before the service answered anything, ``failed`` returns the error that
+    stops the run ("the service cannot be reached: the first 3 ``what`` failed on every attempt (...)", the same
+    class as the last failure, exit 5); requests that were delivered and got no reply in time
+    (``APITimeoutError.delivered``) are counted apart, ``UNREACHABLE_ITEMS`` of them returning an APITimeoutError
+    ("the service answers too slowly", with a hint to raise --timeout: they may be billed). ``then``: the hint's end,
+    how to send the failed ones again once the service answers (e.g. "add --retry-errors to send the failed items
+    again"). Thread-safe; raises nothing."""
+
+    def __init__(self, what: str = "requests", then: str = "run the same command again.") -> None:
+        self.what, self.then = what, then
+        self.reached = False  # the service answered something (an answer or an HTTP status)
+        self.unreached = 0  # requests that could not connect on any attempt, before the service answered anything
+        self.unanswered = 0  # requests delivered and timed out on every attempt, likewise
+        self._lock = threading.Lock()
+
+    def answered(self) -> None:
+        """The service answered a request (an answer, or any HTTP status): it is reached."""
+        self.reached = True
+
+    def failed(self, exc: APIError) -> APIConnectionError | None:
+        """Count ``exc``, a request's failure after its retries: the error that stops the run once the service is
+        taken for unreachable (or too slow), else None (an HTTP status counts as ``answered``; other errors, none)."""
+        if isinstance(exc, APIStatusError):
+            self.answered()
+            return None
+        if not isinstance(exc, APIConnectionError):
+            return None
+        delivered = isinstance(exc, APITimeoutError) and exc.delivered
+        with self._lock:
+            if self.reached:
+                return None
+            if delivered:
+                self.unanswered += 1
+                count = self.unanswered
+            else:
+                self.unreached += 1
+                count = self.unreached
+            if count < UNREACHABLE_ITEMS:
+                return None
+        if delivered:
+            slow = APITimeoutError(
+                f"the service answers too slowly: the first {UNREACHABLE_ITEMS} {self.what} were sent and got no reply "
+                f"on any attempt ({exc.raw_message})",
+                hint="The requests reached the service (they may be billed): raise --timeout (e.g. --timeout 300), "
+                f"then {self.then}",
+            )
+            slow.delivered = True
+            return slow
+        return type(exc)(
+            f"the service cannot be reached: the first {UNREACHABLE_ITEMS} {self.what} failed on every attempt "
+            f"({exc.raw_message})",
+            hint=f"{exc.raw_hint + ' ' if exc.raw_hint else ''}Once it answers, {self.then}",
+        )

@@ -362,6 +362,8 @@ LIBRARY_SWITCHES = {
     "--concurrency": "concurrency",
     "--rpm": "rpm",
     "--tpm": "tpm",
+    "--poll-interval": "poll_interval_s",
+    "--no-wait": "wait=False",
     "--format": "format",  # qwenvl.tasks.ocr's
 }
 # The CLI's short flags a message or hint may name (``-o another.jsonl``), by the long flag each stands for: the

@@ -109,6 +109,7 @@ from qwenvl.errors import (
     MediaError,
     MissingAPIKeyError,
     ModelNotFoundError,
+    OptionNotAppliedError,
     PermissionDeniedError,
     QwenVLError,
     RateLimitError,
@@ -131,7 +132,8 @@ from qwenvl.notes import answer_notes
 from qwenvl.outputs import OutputFiles, check_outputs
 from qwenvl.plan import Call, check_model_name
 from qwenvl.preview import estimate_text_tokens
-from qwenvl.retry import MAX_RETRY_AFTER_S, give_up_hint, retry_delay, should_retry
+from qwenvl.retry import MAX_RETRY_AFTER_S, Reachability, give_up_hint, retry_delay, should_retry
+from qwenvl.retry import UNREACHABLE_ITEMS as UNREACHABLE_ITEMS  # the rule's count (``Reachability``), as before
 from qwenvl.store import CacheArg, UsageLogArg, open_cache, open_usage_log
 from qwenvl.store.exchange import key_for, source_key_for
 from qwenvl.types import Response, count, dumps, seconds
@@ -144,7 +146,6 @@ FLUSH_INTERVAL_S = 2.0  # the output is rewritten at most this often (more rarel
 PLAN_THREADS = 4
 CONNECTIONS_PER_POOL = 8
 INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long the answers already in flight are awaited (and recorded)
-UNREACHABLE_ITEMS = 3  # items failing to connect on every attempt, before any answer, that stop the run (exit 5)
 # Errors of the service or the network, not of the item's input: a batch with such failed items exits 5 (CLI).
 SERVICE_ERROR_TYPES = tuple(
     cls.__name__
@@ -448,7 +449,9 @@ class Batch:
         ``mode="batch-api"``: DashScope's Batch API (``qwenvl.batch.batchapi``: half price, within 24 h, Beijing
         only), checking each job every ``poll_interval_s`` seconds (default ``BATCH_POLL_INTERVAL_S``, 30);
         ``wait=False`` submits, looks at each job once and returns (the same call later collects). The Batch
-        API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options."""
+        API's own calls take ``timeout_s``, ``max_retries`` and ``retry_backoff_s`` from the service options. An
+        option of the other mode is refused, not ignored (OptionNotAppliedError): ``poll_interval_s`` and
+        ``wait=False`` apply to ``batch-api`` only, ``concurrency``, ``rpm`` and ``tpm`` to ``realtime`` only."""
         steady_mmap_threshold()  # a long batch's heap does not grow with its files (glibc: see batch.heap)
         self.output = Path(output).expanduser()
         self.csv = Path(csv).expanduser() if csv else None
@@ -462,6 +465,7 @@ class Batch:
             raise UsageError(
                 f"unknown mode {mode!r}: realtime or batch-api", hint="Use --mode realtime or --mode batch-api."
             )
+        _check_mode_options(mode, concurrency=concurrency, rpm=rpm, tpm=tpm, poll_interval_s=poll_interval_s, wait=wait)
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
         self._client = client
         if client is not None and (
@@ -489,7 +493,7 @@ class Batch:
         self.usage_log = client.usage_log if client is not None else open_usage_log(usage_log)
         self.retry_errors, self.fresh, self.mode = retry_errors, fresh, mode
         flush_interval_s = seconds(flush_interval_s, "flush_interval_s")
-        poll_interval_s = seconds(poll_interval_s, "poll_interval_s", zero=True)
+        poll_interval_s = seconds(poll_interval_s, "poll_interval_s")  # finite, above 0, at most a day
         self.flush_interval_s, self.poll_interval_s, self.wait = flush_interval_s, poll_interval_s, wait
         self.plan_threads = count(plan_threads, "plan_threads", minimum=1)
         if mode == "batch-api":
@@ -1204,9 +1208,10 @@ class _Realtime:
         self.fatal: BaseException | None = None
         # requests the service refused for the key or the model (401/403, model not found): not recorded
         self.refused: list[BaseException] = []
-        self.reached = False  # the service answered something (an answer or an HTTP status)
-        self.unreached = 0  # items that could not connect on any attempt, before the service answered anything
-        self.unanswered = 0  # items whose requests were delivered and timed out on every attempt, likewise
+        # stops the run when the service cannot be reached (or answers too slowly): the rule's one home
+        self.reach = Reachability(
+            "items", then="run the same command with --retry-errors to send the failed items again."
+        )
         # the run's start, then when an item last finished (answered, cached or failed): 429s for RATE_LIMIT_STALL_S
         # after it stop the run
         self.last_answer = time.monotonic()
@@ -1405,47 +1410,19 @@ class _Realtime:
             raise _Fatal(self.journal.write_error)
 
     def _unreachable(self, exc: APIConnectionError) -> None:
-        """An item could not connect on any attempt (refused, DNS, TLS, a time-out connecting or sending): once
-        ``UNREACHABLE_ITEMS`` have, before the service answered anything, the service is taken for unreachable and
-        the run stops, as for a 401 (raises _Fatal, exit 5): every other item would only wait for its time-outs and
-        fail the same. Items whose requests were delivered and got no reply in time (``APITimeoutError.delivered``)
-        are counted apart: ``UNREACHABLE_ITEMS`` of them stop the run as a service that answers too slowly (the
-        requests reached it and may be billed: the hint is to raise --timeout)."""
-        delivered = isinstance(exc, APITimeoutError) and exc.delivered
-        with self.lock:
-            if self.reached:
-                return
-            if delivered:
-                self.unanswered += 1
-                count = self.unanswered
-            else:
-                self.unreached += 1
-                count = self.unreached
-            if count < UNREACHABLE_ITEMS:
-                return
-        if delivered:
-            slow = APITimeoutError(
-                f"the service answers too slowly: the first {UNREACHABLE_ITEMS} items were sent and got no reply on "
-                f"any attempt ({exc.message})",
-                hint="The requests reached the service (they may be billed): raise --timeout (e.g. --timeout 300), "
-                "then run the same command with --retry-errors to send the failed items again.",
-            )
-            slow.delivered = True
-            raise _Fatal(slow)
-        error = type(exc)(
-            f"the service cannot be reached: the first {UNREACHABLE_ITEMS} items failed on every attempt "
-            f"({exc.raw_message})",
-            hint=f"{exc.raw_hint + ' ' if exc.raw_hint else ''}Once it answers, add --retry-errors to send the "
-            "failed items again.",
-        )
-        raise _Fatal(error)
+        """An item could not connect on any attempt: raises _Fatal (exit 5, the run stops, as for a 401) once the
+        service is taken for unreachable, or too slow (``qwenvl.retry.Reachability``, the rule of every run of many
+        requests): every other item would only wait for its time-outs and fail the same."""
+        stop = self.reach.failed(exc)
+        if stop is not None:
+            raise _Fatal(stop)
 
     def _rate_limited(self, exc: RateLimitError) -> None:
         """A 429 met by an item (counted, said to the progress callback): raises _Fatal (the run stops, the item
         left to send) when the service asks to wait longer than ``MAX_RETRY_AFTER_S`` (when to try again said), or
         when no item of the run has finished for ``RATE_LIMIT_STALL_S``; else the item waits for the limiter again."""
+        self.reach.answered()
         with self.lock:
-            self.reached = True
             self._report()  # a run waiting on 429s is not silent: the CLI says so off a terminal
             stalled = time.monotonic() - self.last_answer
         if exc.retry_after is not None and exc.retry_after > MAX_RETRY_AFTER_S:
@@ -1517,7 +1494,7 @@ class _Realtime:
                 hit = response.cached and response.requests == 0
                 actual = 0 if hit else (u.total_tokens or (u.input_tokens or 0) + (u.output_tokens or 0)) or None
                 if not response.cached:
-                    self.reached = True
+                    self.reach.answered()
                     self.limiter.on_success()
                 if client.cache is not None and call.media:  # the next estimate sees this answer unprepared
                     client.cache.link(source_key_for(client, call), key_for(client, call))
@@ -1538,7 +1515,7 @@ class _Realtime:
                 raise _Fatal(exc) from exc
             except APIError as exc:
                 if isinstance(exc, APIStatusError):
-                    self.reached = True
+                    self.reach.answered()
                 if should_retry(exc) and attempt < retries:
                     if self.stop.wait(retry_delay(attempt, backoff, getattr(exc, "retry_after", None))):
                         return None
@@ -1560,6 +1537,34 @@ class _Realtime:
                         self.prog.sent += 1
                 if not hit:  # the cache did not answer: a retry goes through the limiter (its waits, 429s, stop)
                     cached = False
+
+
+def _check_mode_options(mode: str, **given: Any) -> None:
+    """Refuse an option of ``Batch`` that its ``mode`` does not read, rather than ignore it (the CLI's
+    "applies to ... only", as ``qwenvl.media.sources.not_applied`` refuses an option no media reads):
+    OptionNotAppliedError (a UsageError, exit 2) for ``poll_interval_s`` (other than its default) or
+    ``wait=False`` in ``realtime`` (it sends every request itself: there is no job to poll or leave), and for
+    ``concurrency`` (other than its default), ``rpm`` or ``tpm`` in ``batch-api`` (the service paces its jobs).
+    Worded in the CLI's flags (the library says them as keywords: ``qwenvl.wording``). Raises nothing otherwise."""
+    if mode == "realtime":
+        other, why = "batch-api", "realtime sends every request itself: there is no job to check or leave running"
+        flags = {
+            "--poll-interval": given["poll_interval_s"] != BATCH_POLL_INTERVAL_S,
+            "--no-wait": given["wait"] is False,
+        }
+    else:
+        other, why = "realtime", "the Batch API paces its jobs itself"
+        flags = {
+            "--concurrency": given["concurrency"] != DEFAULT_CONCURRENCY,
+            "--rpm": given["rpm"] is not None,
+            "--tpm": given["tpm"] is not None,
+        }
+    for flag, set_ in flags.items():
+        if set_:
+            raise OptionNotAppliedError(
+                f"{flag} applies to --mode {other} only ({why})",
+                hint=f"Leave out {flag}, or give --mode {other}.",
+            )
 
 
 def batch_price_factor() -> float:

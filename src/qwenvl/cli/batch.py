@@ -430,13 +430,13 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
     type=click.IntRange(1, 1024),
     default=DEFAULT_CONCURRENCY,
     show_default=True,
-    help="Most requests in flight (lowered on 429, then recovered).",
+    help="realtime: most requests in flight (lowered on 429, then recovered).",
 )
-@click.option("--rpm", type=FiniteFloat(min=0, min_open=True), help="Ceiling in requests per minute.")
+@click.option("--rpm", type=FiniteFloat(min=0, min_open=True), help="realtime: ceiling in requests per minute.")
 @click.option(
     "--tpm",
     type=FiniteFloat(min=0, min_open=True),
-    help="Ceiling in tokens per minute (estimated input, corrected by the answers).",
+    help="realtime: ceiling in tokens per minute (estimated input, corrected by the answers).",
 )
 @max_cost_options
 @click.option("--no-cache", is_flag=True, help="Send every request, even one answered before.")
@@ -456,7 +456,7 @@ def _show_summary(s: Summary, opts: dict[str, Any]) -> None:
 )
 @click.option(
     "--poll-interval",
-    type=Seconds(min_open=False),
+    type=Seconds(),
     default=BATCH_POLL_INTERVAL_S,
     show_default=True,
     help="batch-api: seconds between status checks.",

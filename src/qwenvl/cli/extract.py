@@ -164,10 +164,13 @@ def extract(opts: dict[str, Any]) -> None:
                 print_json(response.json)  # an answer still invalid after the repair raised: exit 5, raw answer shown
                 show_usage(response, region=opts["region"])
                 return
+            # one run: its files sent in turn as it is read (each checked against the cap first); it stops at
+            # an error that would fail every file (a 401, a service that cannot be reached)
+            reading = extract_many(client, files, schema, prompt=prompt, **fields)
             for f, call in zip(files, planned, strict=True):
                 if call is not None:
                     spend.check(estimate_calls([call], region=client.region).cost_max, safe_line(str(f)))
-                row = next(extract_many(client, [f], schema, prompt=prompt, **fields))
+                row = next(reading)
                 spend.paid(row.response)
                 rows.append(row)
                 if out is not None:  # on disk as it arrives (flushed): whatever stops the run, no paid row is lost

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from qwenvl.errors import MediaError, StructuredOutputError, UsageError
+from qwenvl.errors import MediaError, StructuredOutputError
 from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsPlan
 from qwenvl.models import VIDEO_FPS
 from qwenvl.plan import Call
@@ -37,13 +37,15 @@ from qwenvl.tasks.grounding import (
     model_for,
     plan_task,
     refuse_thinking,
+    shown_ref,
     sync_client,
     task_fields,
     task_media,
 )
 from qwenvl.types import Response, media_refs
 
-EVENTS_PDF_HINT = "events reads a video, or its frames as images in order; for a PDF use ask, ocr or extract."
+EVENTS_READS = "a video, or several frames as images in order"  # what events reads, as its refusals say it
+EVENTS_PDF_HINT = f"events reads {EVENTS_READS}; for a PDF use ask, ocr or extract."
 EVENTS_MAX_TOKENS = 2048
 TIME_PATTERN = r"^\d{1,2}(:\d{1,2}){1,2}(\.\d+)?$"  # HH:mm:ss (also H:mm:ss, mm:ss, with fractions): normalised
 EVENTS_SCHEMA: dict[str, Any] = {
@@ -151,9 +153,13 @@ def _one_still(video: str | list[str]) -> bool:
     return not remote and media_kind(video) == "image"
 
 
-def _still_refused() -> UsageError:
-    return UsageError(
-        "events needs a video or a sequence of frames; one still image has no events in time",
+def _still_refused(video: str | list[str]) -> MediaError:
+    """The refusal of one still image (MediaError, exit 3: a wrong kind of input, as ``check_task_media``'s)."""
+    ref = video[0] if isinstance(video, list) else video
+    label = shown_ref(ref) or "the image"  # bytes or a PIL image given: no name to show
+    return MediaError(
+        f"{label} is one still image, which has no events in time: events reads {EVENTS_READS}",
+        source=label,
         hint="Give a video file or URL, or several frame images in order; for one image use "
         '`qwenvl ask IMAGE -p "..."` (in Python: client.ask(prompt, image)).',
     )
@@ -165,20 +171,20 @@ def plan_events(client: SupportsPlan, video: Any, *, prompt: str | None = None, 
     limit). ``fields`` are any Request fields (fps, model, ...).
 
     Raises UsageError (invalid fields, thinking asked for (``enable_thinking``, ``thinking_budget``: the
-    timeline is JSON, given only in non-thinking mode), or one still image: a single frame, or a still image given as
-    ``video``; a frame list's frames are checked first), SchemaDefinitionError,
-    MediaError (media that cannot be sent), as ``Client.plan``."""
+    timeline is JSON, given only in non-thinking mode)), SchemaDefinitionError, MediaError (media that cannot be
+    sent, a PDF, or one still image: a single frame, or a still image given as ``video``; a frame list's frames are
+    checked first), as ``Client.plan``."""
     refuse_thinking("events", fields)
     video = task_media(video) if isinstance(video, list | tuple) else media_refs(video, images=False)
-    check_task_media("events", video, ("video", "image"), EVENTS_PDF_HINT)  # frames are images
+    check_task_media("events", video, ("video", "image"), EVENTS_PDF_HINT, reads=EVENTS_READS)  # frames: images
     if isinstance(video, str) and _one_still(video):  # planning would call it "not a readable video"
-        raise _still_refused()
+        raise _still_refused(video)
     model = model_for(client, fields)
     prompt = EVENTS_PROMPT if prompt is None else prompt
     own = task_fields("events", fields, prompt=prompt, video=video, schema=EVENTS_SCHEMA)
     call = plan_task(client, model, EVENTS_MAX_TOKENS, **own)
     if isinstance(video, list) and _one_still(video):  # after planning: an unreadable frame is told as such
-        raise _still_refused()
+        raise _still_refused(video)
     return call
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from qwenvl.errors import (
+    APIError,
     AuthenticationError,
     ModelNotFoundError,
     PermissionDeniedError,
@@ -30,6 +31,7 @@ from qwenvl.interfaces import SupportsAsyncComplete, SupportsComplete, SupportsP
 from qwenvl.media.sources import media_kind
 from qwenvl.notes import SaidOnce, once_per_run
 from qwenvl.plan import Call
+from qwenvl.retry import Reachability
 from qwenvl.tasks.grounding import (
     async_client,
     in_thread,
@@ -162,25 +164,29 @@ def extract_many(
     client: SupportsComplete, files: Iterable[str], schema: Any, *, prompt: str | None = None, **fields: Any
 ) -> Iterator[Extraction]:
     """``extract`` for each file in turn; a file that fails gives an Extraction with ``error`` and the run
-    goes on (usage and authentication errors, and a model the service does not have, stop it: they would fail
-    every file). Files are sent one at a time, as the iterator is read; a warning about their requests is logged
-    once (``qwenvl.notes.once_per_run``), not once per file.
+    goes on (usage and authentication errors, a model the service does not have, and a service that cannot be
+    reached stop it: they would fail every file). Files are sent one at a time, as the iterator is read; a warning
+    about their requests is logged once (``qwenvl.notes.once_per_run``), not once per file.
 
     Raises UsageError (and SchemaDefinitionError), AuthenticationError (MissingAPIKeyError included),
-    PermissionDeniedError and ModelNotFoundError, which would fail every file; every other QwenVLError is kept
-    in its Extraction."""
+    PermissionDeniedError and ModelNotFoundError, which would fail every file, and APIConnectionError /
+    APITimeoutError once the service is taken for unreachable or too slow (the first ``UNREACHABLE_ITEMS`` files
+    failed to connect on every attempt before it answered anything: ``qwenvl.retry.Reachability``); every other
+    QwenVLError is kept in its Extraction."""
     sync_client(client, "extract_many")
     fields = _schema_fields(schema, fields)
     schema, rest = fields.pop("schema"), fields
     run = SaidOnce()  # a warning about the files' requests said once (entered per file: a generator yields)
+    reach = _reachability()
     for file in files:
         try:
             with once_per_run(run):
                 call = plan_extract(client, file, schema, prompt=prompt, **rest)
             response = client.send(call)
         except QwenVLError as exc:
-            yield _failed(file, exc)
+            yield _failed(file, exc, reach)
         else:
+            reach.answered()
             yield Extraction(file=_name(file), json=response.json, response=response)
 
 
@@ -193,14 +199,16 @@ async def aextract_many(
     fields = _schema_fields(schema, fields)
     schema, rest = fields.pop("schema"), fields
     run = SaidOnce()  # a warning about the files' requests said once (entered per file: a generator yields)
+    reach = _reachability()
     for file in files:
         try:
             with once_per_run(run):  # the worker thread shares it
                 call = await in_thread(plan_extract, client, file, schema, prompt=prompt, **rest)
             response = await client.send(call)
         except QwenVLError as exc:
-            yield _failed(file, exc)
+            yield _failed(file, exc, reach)
         else:
+            reach.answered()
             yield Extraction(file=_name(file), json=response.json, response=response)
 
 
@@ -217,11 +225,22 @@ def _name(file: Any) -> str:
     return ref if isinstance(ref, str) else "<bytes>" if isinstance(ref, bytes | bytearray) else "<image>"
 
 
-def _failed(file: Any, exc: QwenVLError) -> Extraction:
-    """The Extraction of a file that failed; raises again an error that would fail every file (``FATAL``)."""
+def _reachability() -> Reachability:
+    """The run's watch of a service that cannot be reached (``qwenvl.retry.Reachability``), in extract's words."""
+    return Reachability("files", then="run the same command again.")
+
+
+def _failed(file: Any, exc: QwenVLError, reach: Reachability) -> Extraction:
+    """The Extraction of a file that failed; raises again an error that would fail every file (``FATAL``), and the
+    error that stops the run once the service is taken for unreachable (``reach``)."""
     if isinstance(exc, FATAL):
         raise exc
+    if isinstance(exc, APIError):
+        stop = reach.failed(exc)
+        if stop is not None:
+            raise stop from exc
     if isinstance(exc, StructuredOutputError):
+        reach.answered()
         return Extraction(
             file=_name(file),
             error=str(exc),

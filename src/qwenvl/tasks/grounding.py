@@ -570,19 +570,20 @@ def task_media(value: Any) -> Any:
 _A_KIND = {"image": "an image", "pdf": "a PDF", "video": "a video"}
 
 
-def check_task_media(task: str, refs: Any, takes: Collection[str], hint: str) -> None:
+def check_task_media(task: str, refs: Any, takes: Collection[str], hint: str, *, reads: str | None = None) -> None:
     """Refuse a reference a task cannot read, in the task's own words: MediaError (exit 3) "clip.mp4 is a video:
     ocr reads an image or a PDF" with ``hint`` (what to do instead), before anything is planned or sent, rather
     than the media layer's "not an image". ``refs``: a reference or a list (others, such as bytes, pass: they are
     images); ``takes``: the kinds (``qwenvl.media.sources.media_kind``) the task reads; ``{}`` in ``hint`` is the
-    reference. The one rule of what
-    ``ocr``, ``ground``, ``extract`` and ``events`` take (library and CLI). Raises nothing otherwise."""
+    reference; ``reads``: what the task reads, in words, when not simply its ``takes`` ("a video, or several frames
+    as images in order"). The one rule of what ``ocr``, ``ground``, ``extract`` and ``events`` take (library and
+    CLI). Raises nothing otherwise."""
     for ref in refs if isinstance(refs, list | tuple) else [refs]:
         if not isinstance(ref, str):
             continue
         kind = media_kind(ref)
         if kind not in takes:
-            what = " or ".join(_A_KIND[k] for k in ("image", "pdf", "video") if k in takes)
+            what = reads or " or ".join(_A_KIND[k] for k in ("image", "pdf", "video") if k in takes)
             label = Source(ref, "data", url=ref).label if ref[:5].lower() == "data:" else ref
             raise MediaError(f"{label} is {_A_KIND[kind]}: {task} reads {what}", source=label, hint=hint.format(label))
 
