@@ -136,14 +136,19 @@ def preflight(backend: str, options: dict[str, Any]) -> tuple[str | None, str | 
     serve, or none given when it serves several, is a UsageError. An engine that does not answer is not an error
     when ``model`` is given (it may start after the server: the warning says so, and ``/ready`` is 503 until it
     answers); without ``model`` the served name cannot be known: the engine's APIConnectionError (exit 5, as for
-    every verb: an engine that is down), with a hint to start it or give ``--model``. ``dashscope``: nothing to
-    check here (None, None). ``options``: ``make_backend``'s keywords (``Client.local_options()`` of the client that
+    every verb: an engine that is down), with a hint to start it or give ``--model``. ``dashscope`` (None, None):
+    its model (``options["model"]``, else ``$QWENVL_MODEL``) is checked as every request checks it
+    (``plan.check_model_name``: a misspelling of a listed name, did you mean ...?, or a name of no Qwen-VL family is
+    a UsageError, exit 2, at start rather than each request's 400), unless the server at ``options["base_url"]``
+    lists it as its own (a ``qwenvl serve`` in front of a local model).
+    ``options``: ``make_backend``'s keywords (``Client.local_options()`` of the client that
     will serve: the same backend, model and endpoint); a model left out is ``$QWENVL_MODEL``'s, as a client's."""
     from qwenvl import env as qenv
     from qwenvl.errors import APIConnectionError, APITimeoutError
     from qwenvl.types import Request
 
     if backend == "dashscope":
+        _check_dashscope_model(options)
         return None, None
     if backend == "transformers":
         from qwenvl.backends.transformers import check_local
@@ -177,6 +182,22 @@ def preflight(backend: str, options: dict[str, Any]) -> tuple[str | None, str | 
         return model, f"the engine at {url} does not answer yet ({exc}); /ready is 503 until it does"
     finally:
         made.close()
+
+
+def _check_dashscope_model(options: dict[str, Any]) -> None:
+    """``preflight``'s check of a DashScope client's model (see there). Raises UsageError."""
+    from qwenvl import env as qenv
+    from qwenvl.backends.dashscope import served_models
+    from qwenvl.config import effective_protocol
+    from qwenvl.models import listed_name
+    from qwenvl.plan import check_model_name
+
+    model = options.get("model") or qenv.model()
+    if not model or listed_name(model):
+        return
+    if model in served_models(options.get("base_url"), options.get("api_key"), region=options.get("region")):
+        return  # the server's own name (``Client.served_name``'s rule)
+    check_model_name(model, effective_protocol(options.get("protocol")))
 
 
 def local_model(backend: object, request: Request) -> ModelInfo:

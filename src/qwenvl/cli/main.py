@@ -106,7 +106,8 @@ _DID_YOU_MEAN = re.compile(r"\s*\(?((?:Possible options|Did you mean)[^()]*?)\)?
 
 def _closest_options(given: str, ctx: click.Context | None) -> str | None:
     """ "Did you mean" for an unknown option: the verb's options the given name begins (``--temp``:
-    ``--temperature``), else the one closest option (``qwenvl.spelling.nearest``, the one rule) of the verb or of
+    ``--temperature``; for a short option ``-o``, the long ones of its letter: ``--out``),
+    else the one closest option (``qwenvl.spelling.nearest``, the one rule) of the verb or of
     the groups above it (``qwenvl ask --versoin``: "Did you mean `qwenvl --version`?"); None when none is close
     (never a far one: ``--max-token`` is not near ``--backend``)."""
     name = given.lstrip("-")
@@ -116,6 +117,9 @@ def _closest_options(given: str, ctx: click.Context | None) -> str | None:
 
     options = [*longs(ctx.command), "--help"] if ctx is not None else []
     kept = [o for o in options if len(name) >= 3 and o[2:].startswith(name)]
+    if len(given) == 2 and given[0] == "-" and given[1] != "-":  # a short option the verb lacks (serve -x): the
+        # verb's long options of its letter (`usage -m`: --model; `ground -o`: --out)
+        kept = [o for o in options if o[2:3] == given[1] and o != "--help"]
     if len(kept) > 1:
         return "Did you mean one of: " + ", ".join(kept) + "?"
     if kept:

@@ -126,13 +126,15 @@ def mcp(opts: dict[str, Any]) -> None:
                 "--backend transformers needs --model: a hub id or a model folder",
                 hint="For example --model Qwen/Qwen3-VL-2B-Instruct, or a local folder.",
             )
-    if client.backend_name != "dashscope":  # serve's checks before serving, with its exit codes (backends.preflight)
-        from qwenvl.backends import preflight
+    # serve's checks before serving, with its exit codes (backends.preflight): the model the tools will use
+    from qwenvl.backends import preflight
 
-        options = client.local_options()  # the backend the tools will use: its model, endpoint and options
-        _, warning = preflight(client.backend_name, options)
-        if warning:
-            err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
+    options = client.local_options()  # the backend the tools will use: its model, endpoint and options
+    if client.backend_name == "dashscope":
+        options.update(protocol=client.protocol, region=client.region)
+    _, warning = preflight(client.backend_name, options)
+    if warning:
+        err_console().print(f"[yellow]warning:[/] {escape(safe_line(warning))}", highlight=False, soft_wrap=True)
     server = server_module.build_server(lambda: client, allow_dirs=allow_dirs, defaults=fields, only_model=only_model)
     try:
         if opts["http_port"] is None:

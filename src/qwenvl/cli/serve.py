@@ -44,6 +44,7 @@ MIB = 1024 * 1024  # --max-body-mb counts mebibytes
     "engine (--upstream), or a model in process (--model).",
 )
 @click.option(
+    "-m",
     "--model",
     "backend_model",
     metavar="NAME",
