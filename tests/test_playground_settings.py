@@ -150,3 +150,14 @@ def test_an_answer_stopped_at_max_tokens_says_so_in_every_mode(page, server, pho
     assert "cut off" in shown.lower(), shown
     if mode == "find":
         assert "Nothing found." in shown
+
+
+@pytest.mark.parametrize("mode", ("ask", "find", "ocr"))
+def test_thinking_on_a_model_without_it_is_refused_with_the_reason_in_every_mode(page, server, photo, mode):  # noqa: F811
+    settings(page, thinking="on")
+    page.select_option("#model", "qwen2.5-vl-72b-instruct")
+    send(page, mode, photo)
+    page.wait_for_selector("#error:not([hidden])")
+    line = page.inner_text("#error")
+    assert "does not support thinking" in line and "\n" not in line.strip(), line
+    assert not model_calls(server)  # refused before anything is sent
