@@ -46,7 +46,7 @@ def settings(pg, *, max_tokens: str = "", temperature: str = "", thinking: str =
     pg.click("#settings summary")
     pg.fill("#max_tokens", max_tokens)
     pg.fill("#temperature", temperature)
-    if pg.is_enabled("#thinking"):
+    if thinking and pg.is_enabled("#thinking"):
         pg.select_option("#thinking", thinking)
     pg.click("#settings summary")
 
