@@ -161,3 +161,16 @@ def test_thinking_on_a_model_without_it_is_refused_with_the_reason_in_every_mode
     line = page.inner_text("#error")
     assert "does not support thinking" in line and "\n" not in line.strip(), line
     assert not model_calls(server)  # refused before anything is sent
+
+
+def test_detail_low_is_shown_not_to_apply_to_ask_and_applies_elsewhere(page):  # noqa: F811
+    assert page.is_disabled("#detail option[value=low]")  # the page opens in Ask
+    page.check("input[value=ocr]")
+    page.click("#settings summary")
+    page.select_option("#detail", "low")
+    page.check("input[value=ask]")
+    assert page.is_disabled("#detail option[value=low]")
+    assert "Detail low does not apply to Ask" in page.inner_text("#settings-note")
+    page.check("input[value=ocr]")
+    assert page.is_enabled("#detail option[value=low]") and page.is_hidden("#settings-note")
+    assert page.input_value("#detail") == "low"  # kept for the modes it applies to
