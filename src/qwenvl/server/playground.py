@@ -4,10 +4,17 @@
     POST /qwenvl/v1/estimate       {model, images: [ref], video?, detail?, vl_high_resolution_images?, each_page?}
                                    -> per item the size it will be sent at, tokens, cost; the total
                                    (each_page: one PDF as OCR and Find send it, one request per page)
-    POST /qwenvl/v1/ground         {model, image, query, points?} -> boxes/points in original pixels
-    POST /qwenvl/v1/ocr            {model, image, format?, page?} -> one image's or one PDF page's text
-                                   {page, page_count, next, text, marked, lines, warnings, usage, cost, ...}
-    POST /qwenvl/v1/extract        {model, image, schema} -> {json, text}
+    POST /qwenvl/v1/ground         {model, image, query, points?, page?, ...answer settings}
+                                   -> boxes/points in original pixels
+    POST /qwenvl/v1/ocr            {model, image, format?, page?, ...answer settings} -> one image's or one PDF
+                                   page's text {page, page_count, next, text, marked, lines, warnings, usage, ...}
+    POST /qwenvl/v1/extract        {model, image, schema, ...answer settings} -> {json, text, finish_reason, ...}
+
+Every task endpoint takes the image settings (``detail``, ``vl_high_resolution_images``) and the answer's settings
+a chat-completions body takes at its top level (``max_tokens``, ``temperature``, ``enable_thinking``, ...:
+``qwenvl.types.GENERATION_FIELDS``), checked by the same rules (``Request``'s, then the model's and the task's
+when the request is planned: a model's output limit, thinking on a model without it, thinking for Extract's JSON);
+a setting left out is the task's default (``max_tokens``: the task's roomy one), never silently dropped.
 
 Answers (ask) go through the compatible-mode endpoint like any client's. The task endpoints use the
 library's tasks (the same prompts and parsing as ``qwenvl ground``, ``ocr`` and ``extract``); media
@@ -36,13 +43,15 @@ from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 
 from qwenvl.errors import MediaError, UsageError
 from qwenvl.interfaces import SupportsAsyncComplete
 from qwenvl.models import cost_fields, currency_of, media_costs, spent_fields
 from qwenvl.notes import answer_notes
 from qwenvl.plan import Call
-from qwenvl.protocols.inbound import json_type
+from qwenvl.protocols.inbound import json_type, wire_errors
+from qwenvl.types import GENERATION_FIELDS, Request
 from qwenvl.wording import api_surface, fit_message
 
 STATIC = Path(__file__).parent / "static"
@@ -93,6 +102,18 @@ def add_routes(
         if high is not None:
             out["vl_high_resolution_images"] = high
         return out
+
+    def settings(body: dict[str, Any]) -> dict[str, Any]:
+        """``options(body)`` and the answer's settings ``body`` gives (``GENERATION_FIELDS``: ``max_tokens``,
+        ``temperature``, ``enable_thinking``...; null or absent: left out, the task's or the model's default), each
+        checked as the chat-completions endpoint checks it (``Request``'s rules, the error naming the field:
+        ``max_tokens should be greater than or equal to 1``). Raises UsageError."""
+        given = {name: body[name] for name in GENERATION_FIELDS if body.get(name) is not None}
+        try:
+            Request(prompt="the task's", **given)  # a prompt as the task has one: the settings' rules alone are asked
+        except ValidationError as exc:
+            raise UsageError(wire_errors(exc, "")) from None
+        return {**options(body), **given}
 
     async def estimate(body: dict[str, Any]) -> JSONResponse:
         opts = options(body)
@@ -184,7 +205,7 @@ def add_routes(
     async def ground(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.grounding import plan_ground, planned_picture, read_grounding
 
-        opts = options(body)
+        opts = settings(body)
         image = await resolve(field(body, "image"), opts.get("model", ""))
         query = field(body, "query")
         page, count, after = await pdf_page(image, body)
@@ -206,7 +227,7 @@ def add_routes(
     async def ocr(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.ocr import FORMATS, Format, OCRResult, plan_pages, read_page
 
-        opts = options(body)
+        opts = settings(body)
         fmt: Format = field(body, "format", required=False) or "text"
         if fmt not in FORMATS:
             raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -231,7 +252,7 @@ def add_routes(
     async def extract(body: dict[str, Any]) -> JSONResponse:
         from qwenvl.tasks.extract import plan_extract
 
-        opts = options(body)
+        opts = settings(body)
         image = await resolve(field(body, "image"), opts.get("model", ""))
         schema = field(body, "schema", dict)
         call = await asyncio.to_thread(plan_extract, client, image, schema, **opts)
@@ -240,6 +261,7 @@ def add_routes(
             {
                 "json": response.json,
                 "text": response.text,
+                "finish_reason": response.finish_reason,  # "length": cut off at max_tokens
                 "usage": response.usage.model_dump(exclude={"raw"}),
                 "warnings": in_api_words(answer_notes(response, call.request.max_tokens, items_shown=True)),
             }

@@ -72,23 +72,57 @@ function showError(message) {
 function mode() { return document.querySelector("input[name=mode]:checked").value; }
 // the modes that read a PDF page by page (one request a page, as `qwenvl ocr` and `qwenvl ground` do)
 function pagedMode() { return mode() === "ocr" || mode() === "find"; }
+// the image settings as a request's fields: Detail low applies where the server prepares the image (Find, OCR,
+// Extract, the estimate); an answer (Ask) sends the images as chat completions do, where only High resolution applies
 function options() {
   const o = { model: $("model").value };
   const detail = $("detail").value;
-  if (detail !== "auto") o.detail = detail;
+  if (detail !== "auto" && mode() !== "ask") o.detail = detail;
   if ($("highres").checked || detail === "high") o.vl_high_resolution_images = true;
   return o;
 }
+// why a setting does not apply in the mode chosen (null: it applies); the control is disabled and the reason shown
+function notApplying(id) {
+  if (id === "thinking" && mode() === "extract") {
+    return "Thinking does not apply to Extract: its answer is JSON, which Qwen-VL models give only in non-thinking mode.";
+  }
+  if (id === "detail" && mode() === "ask") {
+    return "Detail low does not apply to Ask: an answer sends the images at the model's default budget (High resolution applies).";
+  }
+  return null;
+}
+function settingsShown() {
+  const notes = [];
+  for (const id of ["thinking", "detail"]) {
+    const why = notApplying(id);
+    if (id === "thinking") $(id).disabled = Boolean(why);
+    else $(id).querySelector("option[value=low]").disabled = Boolean(why);
+    $(id).title = why || "";
+    if (why) notes.push(why);
+  }
+  $("settings-note").textContent = notes.join(" ");
+  $("settings-note").hidden = !notes.length;
+}
+// the answer's settings (Max tokens, Temperature, Thinking) as a request's fields, sent by every mode: each value as
+// typed, 0 and off included (the server checks it by the library's rules; a refused one is the error line); left
+// empty, or Thinking at the model's default: left out (the mode's default: a task's roomy max_tokens)
 function generation() {
   const o = {};
-  const mt = parseInt($("max_tokens").value, 10);
-  if (Number.isFinite(mt) && mt > 0) o.max_tokens = mt;
-  const t = parseFloat($("temperature").value);
-  if (Number.isFinite(t)) o.temperature = t;
-  if ($("thinking").checked) o.enable_thinking = true;
-  if ($("highres").checked || $("detail").value === "high") o.vl_high_resolution_images = true;
+  const mt = $("max_tokens").value.trim();
+  if (mt !== "") o.max_tokens = Number(mt);
+  const t = $("temperature").value.trim();
+  if (t !== "") o.temperature = Number(t);
+  const thinking = $("thinking").value;
+  if (thinking && !notApplying("thinking")) o.enable_thinking = thinking === "on";
   return o;
 }
+// a number box holding what is not a number (the browser keeps its value empty): said, not sent as the default
+function unreadable() {
+  const bad = [["max_tokens", "Max tokens"], ["temperature", "Temperature"]].find(([id]) => $(id).validity.badInput);
+  return bad ? `${bad[1]} is not a number: correct it in Settings, or empty it for the default.` : null;
+}
+// an answer stopped at max_tokens, in every mode's words: the page's own line, as Ask says it
+const CUT_OFF = "Cut off at the max tokens: raise Max tokens in Settings.";
 
 // ---- attachments and estimates -----------------------------------------------------------------------
 function readAsDataURL(file) {
@@ -297,8 +331,8 @@ function renderPage(m, p) {
     sec.append(canvas);
     drawBoxes(canvas, p.picture, p);
   }
-  if (p.warnings && p.warnings.length) {
-    const w = document.createElement("div"); w.className = "meta"; w.textContent = sentences(p.warnings); sec.append(w);
+  if (notesOf(p)) {
+    const w = document.createElement("div"); w.className = "meta"; w.textContent = notesOf(p); sec.append(w);
   }
   return sec;
 }
@@ -369,8 +403,9 @@ async function readPages(answer, path, body, onImage, from = null) {
     const spent = { usage: r.usage, cost: r.cost, currency: r.currency, local: r.local };
     answer.pages = answer.pages || [];
     answer.pages.push(answer.kind === "find"
-      ? { page: r.page, boxes: r.boxes, points: r.points || [], picture: r.picture, warnings: r.warnings, ...spent }
-      : { page: r.page, text: r.text, marked: r.marked, warnings: r.warnings, ...spent });
+      ? { page: r.page, boxes: r.boxes, points: r.points || [], picture: r.picture, warnings: r.warnings,
+          truncated: r.truncated, ...spent }
+      : { page: r.page, text: r.text, marked: r.marked, warnings: r.warnings, truncated: r.truncated, ...spent });
     if (answer.kind === "ocr") answer.result = answer.pages.map((p) => p.marked).join("");
     answer.page_count = r.page_count;
     answer.spent = spentLine(answer.pages);
@@ -429,13 +464,15 @@ function applyEvent(answer, event) {
   if (!data || data === "[DONE]") return;
   const chunk = JSON.parse(data);
   if (chunk.error) throw new Error(chunk.error.message || "the stream failed");
-  if (chunk.usage) answer.meta = usageLine(chunk.usage);
+  if (chunk.usage) answer.usage = usageLine(chunk.usage);
   for (const choice of chunk.choices || []) {
     const d = choice.delta || {};
     if (d.reasoning_content) answer.reasoning = (answer.reasoning || "") + d.reasoning_content;
     if (d.content) answer.text = (answer.text || "") + d.content;
-    if (choice.finish_reason === "length") answer.meta = "cut off at the max tokens: raise Max tokens in Settings";
+    if (choice.finish_reason === "length") answer.cut = true;
   }
+  // the usage chunk comes after the last choice's: the cut-off line is kept beside it, never replaced by it
+  answer.meta = [answer.cut ? CUT_OFF : "", answer.usage || ""].filter(Boolean).join(" ") || undefined;
 }
 async function streamAnswer(answer, body, signal) {
   const resp = await call("/compatible-mode/v1/chat/completions", { method: "POST", body: JSON.stringify(body), signal });
@@ -464,6 +501,7 @@ async function send(event) {
   const image = lastImage();  // find, OCR and extract read one image (or a PDF's pages)
   if (!prompt && m !== "ocr" && m !== "extract") { showError("Write a question first."); return; }
   if (m !== "ask" && !image) { showError("Add an image first."); return; }
+  if (unreadable()) { showError(unreadable()); return; }
   let schema = null;
   if (m === "extract") {
     try { schema = JSON.parse($("schema").value || "{}"); } catch (e) { showError("The schema is not valid JSON: " + e.message); return; }
@@ -482,25 +520,26 @@ async function send(event) {
   try {
     if (m === "ask") {
       const body = { model: $("model").value, stream: true, stream_options: { include_usage: true },
-                     messages: wireMessages().slice(0, -1), ...generation() };
+                     messages: wireMessages().slice(0, -1), ...options(), ...generation() };
       await streamAnswer(answer, body, state.controller.signal);
     } else if (m === "find") {
-      await readPages(answer, "/qwenvl/v1/ground", { ...options(), image, query: prompt }, (r) => {
+      await readPages(answer, "/qwenvl/v1/ground", { ...options(), ...generation(), image, query: prompt }, (r) => {
         answer.text = foundLine(r);
-        if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
+        answer.meta = notesOf(r);
         answer.result = { boxes: r.boxes, points: r.points || [] };
         answer.image = image;
       });
     } else if (m === "ocr") {
       answer.format = $("format").value;
-      await readPages(answer, "/qwenvl/v1/ocr", { ...options(), image, format: answer.format }, (r) => {
+      await readPages(answer, "/qwenvl/v1/ocr", { ...options(), ...generation(), image, format: answer.format }, (r) => {
         answer.text = "Text found:"; answer.result = r.text;
-        if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
+        answer.meta = notesOf(r);
       });
     } else {
-      const r = await post("/qwenvl/v1/extract", { ...options(), image, schema });
+      const r = await post("/qwenvl/v1/extract", { ...options(), ...generation(), image, schema },
+                           state.controller.signal);
       answer.text = "Extracted:"; answer.result = r.json;
-      if (r.warnings && r.warnings.length) answer.meta = sentences(r.warnings);
+      answer.meta = notesOf(r);
     }
   } catch (e) {
     if (e.name === "AbortError") {
@@ -536,6 +575,17 @@ function sentences(notes) {
   return notes.map((n) => n.charAt(0).toUpperCase() + n.slice(1) + (/[.!?]$/.test(n) ? "" : ".")).join(" ");
 }
 
+// a task's answer's notes as sentences; when it stopped at max_tokens (the server's truncated, an extraction's
+// finish_reason) they say so as Ask does, with where to raise it; undefined when there are none
+function notesOf(r) {
+  const notes = r.warnings || [];
+  let line = notes.length ? sentences(notes) : "";
+  if (r.truncated || r.finish_reason === "length") {
+    line = notes.some((n) => /cut off/i.test(n)) ? `${line} Raise Max tokens in Settings.` : `${CUT_OFF} ${line}`.trim();
+  }
+  return line || undefined;
+}
+
 // ---- wiring ------------------------------------------------------------------------------------------
 // the Model list, as the server lists it now: cleared and filled again, so a second call (the key dialog's, while
 // the first call's retry is under way) never adds the names twice; the choice is kept when still listed
@@ -551,6 +601,7 @@ async function loadModels(saved) {
 }
 function init() {
   const saved = load();
+  settingsShown();
   state.messages = saved.messages || [];
   renderLog();
   loadModels(saved.model);
@@ -579,7 +630,8 @@ function init() {
   for (const r of document.querySelectorAll("input[name=mode]")) {
     r.addEventListener("change", () => {
       $("schema").hidden = mode() !== "extract"; $("formats").hidden = mode() !== "ocr";
-      if (state.attachments.some((a) => a.kind === "pdf")) estimate();  // a PDF is sent whole or page by page
+      settingsShown();
+      estimate();  // a PDF is sent whole or page by page; Detail low applies or not
     });
   }
 }
