@@ -5,6 +5,7 @@ cache key is hashed once, whatever the lookups; what is sent is what preparing e
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,81 @@ def test_a_cache_key_is_hashed_once_per_image(tmp_path: Path) -> None:
     assert calls == len(paths), calls
     assert len(cache) == len(paths)
     assert [i.sent for i in again.items] == [i.sent for i in first.items]
+
+
+def _pillow_verifies(data: bytes) -> bool:
+    """The PNG check before: Pillow's ``open`` (the chunks up to the first IDAT) and ``verify`` (the rest)."""
+    import io
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(data)).verify()
+    except Exception:
+        return False
+    return True
+
+
+def _pngs() -> list[bytes]:
+    import io
+
+    from PIL import PngImagePlugin
+
+    out = []
+    card = Image.new("RGB", (64, 48), "white")
+    card.paste((200, 0, 0), (0, 0, 32, 24))
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "x" * 300, zip=True)
+    for img, options in [
+        (card, {}),
+        (card.convert("L"), {}),
+        (card.quantize(8), {"transparency": 0}),
+        (card, {"pnginfo": text}),
+        (card.resize((640, 480)), {"compress_level": 1}),  # several IDAT chunks
+    ]:
+        buf = io.BytesIO()
+        img.save(buf, "PNG", **options)
+        out.append(buf.getvalue())
+    # a tEXt chunk after the pixel data (after IDAT, before IEND): checked by Pillow's verify only
+    data = out[0]
+    iend = data.rindex(b"IEND") - 4
+    body = b"tEXtnote\x00late"
+    chunk = len(body[4:]).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    out.append(data[:iend] + chunk + data[iend:])
+    return out
+
+
+def test_png_integrity_check_agrees_with_pillows_on_every_damage() -> None:
+    """``images.png_fault`` (the chunks walked, CRC-32 over each) accepts and refuses exactly what Pillow's
+    ``open`` + ``verify`` did: every PNG whole, cut short at every length, and with any one byte flipped."""
+    from qwenvl.media import images
+
+    for data in _pngs():
+        assert images.png_fault(data) is None and _pillow_verifies(data)
+        variants = [data[:n] for n in range(len(data))]
+        step = max(1, len(data) // 400)
+        for i in range(8, len(data), step):
+            variants.append(data[:i] + bytes([data[i] ^ 0x40]) + data[i + 1 :])
+        for damaged in variants:
+            ours, pillow = images.png_fault(damaged) is None, _pillow_verifies(damaged)
+            assert ours == pillow, (len(damaged), ours, pillow)
+
+
+def test_a_png_is_verified_without_opening_it_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integrity check of a PNG sent as given walked Pillow's chunk reader on a second ``Image.open`` of the
+    same bytes; it walks them itself now (``png_fault``), and a damaged PNG is still refused."""
+    from qwenvl.errors import MediaError
+    from qwenvl.media import images
+
+    data = _pngs()[0]
+    info = images.identify(data, "card.png")
+
+    def no_open(*args: object, **kw: object) -> None:
+        raise AssertionError("opened again")
+
+    monkeypatch.setattr(images.Image, "open", no_open)
+    images.verify(data, info, "card.png")  # was: AssertionError("opened again")
+    cut = data[: len(data) - 20]
+    with pytest.raises(MediaError, match="truncated or corrupt"):
+        images.verify(cut, info, "card.png")
