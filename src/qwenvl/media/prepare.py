@@ -142,6 +142,10 @@ class PreparedMessages:
         return sum(known) if len(known) == len(self.items) else None
 
 
+# A local image as ``expand_documents`` found it: its source, and its whole content (a small file, read once)
+Looked = tuple[Source, bytes]
+
+
 PREPARED_CACHE_BYTES = 32_000_000  # what one client keeps of media it prepared (``PreparedCache``), in bytes
 PREPARED_WAIT_S = 120.0  # the longest a thread waits for another preparing the same media (``PreparedCache``)
 # what one client keeps of the files ``fetch_urls`` downloaded (``PreparedCache.downloads``), in bytes: any one
@@ -251,6 +255,22 @@ class PreparedCache:
             self.downloads.clear()
 
 
+class _Key(tuple):  # type: ignore[type-arg]
+    """A ``PreparedCache`` key whose hash is computed once: it holds a ``MediaOptions`` (a ``ModelInfo`` inside),
+    whose generated ``__hash__`` hashes every field anew, and one lookup and store hash the key about seven times
+    (``get_or_make``). Equal to the plain tuple of the same parts."""
+
+    _hash: int
+
+    def __new__(cls, *parts: Hashable) -> _Key:
+        key = super().__new__(cls, parts)
+        key._hash = tuple.__hash__(key)
+        return key
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def _digest(src: bytes | Path) -> bytes:
     """SHA-256 of bytes, or of a file's content (read in blocks; a video is not held in memory for this)."""
     if isinstance(src, bytes):
@@ -311,8 +331,9 @@ def prepare_messages(
     # the rendered PDF pages in order, (data URL, the PDF's reference, page number): their items say which page
     # of which document they are, and their notes that they were rendered (not "sent as given")
     rendered: list[tuple[str, str, int]] = []
+    looked: dict[str, Looked] = {}  # each small local image as expand_documents classified and read it
     if not options.estimate_only:
-        messages = expand_documents(messages, options, cache, rendered)
+        messages = expand_documents(messages, options, cache, rendered, looked)
     pending = deque(rendered)
     out: list[Message] = []
     items: list[PreparedItem] = []
@@ -326,7 +347,9 @@ def prepare_messages(
                 own = part_options(part, options)
                 document = _pdf_source(part.image) if options.estimate_only else None
                 pages = _estimate_document(part, document, own, cache) if document is not None else None
-                for item in pages if pages is not None else [prepare_image(part, own, cache)]:
+                if pages is None:
+                    pages = [prepare_image(part, own, cache, looked=looked.get(part.image))]
+                for item in pages:
                     if pending and part.image == pending[0][0]:  # pages keep their order: the next one is this
                         _, item.document, item.page = pending.popleft()
                         if SENT_AS_GIVEN in item.notes:
@@ -348,7 +371,12 @@ def prepare_messages(
 
 
 def prepare_image(
-    part: ImagePart, options: MediaOptions, cache: PreparedCache | None = None, *, video_expected: bool = False
+    part: ImagePart,
+    options: MediaOptions,
+    cache: PreparedCache | None = None,
+    *,
+    video_expected: bool = False,
+    looked: Looked | None = None,
 ) -> PreparedItem:
     """Check one image and make it what the service will see (the rules are in ``qwenvl.media.images``).
 
@@ -375,9 +403,11 @@ def prepare_image(
     then counts the budget's tokens, an overestimate).
 
     ``cache``: an image with the same bytes, options and budget prepared before is taken from it, not checked,
-    decoded or verified again (``PreparedCache``; not for estimate-only or kept pixels).
+    decoded or verified again (``PreparedCache``; not for estimate-only or kept pixels). ``looked``: the part's
+    source as ``expand_documents`` classified it, and the small file's whole content it read (``_read_small``), so
+    that neither is done twice.
     """
-    source = classify(part.image)
+    source = looked[0] if looked is not None else classify(part.image)
     _check_remote(source, options)
     if source.kind == "url" and options.fetch_urls:
         data = fetched(source.url or part.image, options, cache)
@@ -393,7 +423,7 @@ def prepare_image(
     else:
         label = source.label
         try:
-            data, info = read_image(source, options)
+            data, info = read_image(source, options, looked[1] if looked is not None else None)
         except MediaError as exc:
             video_expected = video_expected or (
                 source.path is not None and source.path.suffix.lower() in VIDEO_SUFFIXES
@@ -405,7 +435,7 @@ def prepare_image(
             raise exc from None
     if options.estimate_only or (options.keep_pixels and options.prepare):
         return _check_image(part, data, info, label, options)
-    key = ("image", _digest(data), options, part.min_pixels, part.max_pixels) if cache is not None else None
+    key = _Key("image", _digest(data), options, part.min_pixels, part.max_pixels) if cache is not None else None
     return _cached_item(cache, key, part.image, lambda: _check_image(part, data, info, label, options))
 
 
@@ -467,23 +497,27 @@ SENT_AS_GIVEN = "sent as given (within budget, nothing to convert)"  # the note 
 SMALL_IMAGE_BYTES = 1 << 20  # a file this small is read whole at once and identified once (``read_image``)
 
 
-def read_image(source: Source, options: MediaOptions) -> tuple[bytes, images.ImageInfo]:
+def read_image(source: Source, options: MediaOptions, content: bytes | None = None) -> tuple[bytes, images.ImageInfo]:
     """(bytes, header) of a local image or data: URL, reading no more than needed: refused from its size before
     anything is read when over what an image may weigh (``MAX_IMAGE_FILE_BYTES`` before preparation;
     ``MAX_IMAGE_BYTES`` with ``prepare=False``, sent as it is), identified from its header (a file that is no
     image fails having read only its first bytes), then read whole, except estimate-only with ``prepare=True``,
     which needs only the header (``b""`` returned). A file of at most ``SMALL_IMAGE_BYTES`` is read whole in one
-    read and identified once (the per-request cost of a small image). Raises MediaError (exit 3)."""
+    read and identified once (the per-request cost of a small image). ``content``: the whole file, read once already
+    (``_read_small``): checked and identified as a read would be, not read again. Raises MediaError (exit 3)."""
+    size = len(content) if content is not None else source_size(source)
     if options.prepare:
-        check_size(source, MAX_IMAGE_FILE_BYTES, what="an image file", hint=images.downscale_hint(source.label))
+        hint = images.downscale_hint(source.label) if size is not None and size > MAX_IMAGE_FILE_BYTES else None
+        check_size(source, MAX_IMAGE_FILE_BYTES, size=size, what="an image file", hint=hint)
     else:  # preparing would help only a file that preparation takes at all
-        size = source_size(source)
         hint = _PREPARE_IT if size is None or size <= MAX_IMAGE_FILE_BYTES else images.downscale_hint(source.label)
         check_size(source, MAX_IMAGE_BYTES, size=size, what="one image sent as it is", hint=hint)
     if source.kind == "data":  # in memory already: decoded once
         data = read_bytes(source)
         return data, images.identify(data, source.label)
     header_only = options.estimate_only and options.prepare
+    if content is not None and not header_only:
+        return content, images.identify(content, source.label)
     with open_source(source) as fh:
         # no more than the file holds: a read buffer is allocated at the size asked, so asking SMALL_IMAGE_BYTES
         # for every 2 kB image costs a 1 MB allocation per image (bench/RESULTS.md, "Batch memory")
@@ -835,7 +869,7 @@ def prepare_video(part: VideoPart, options: MediaOptions, cache: PreparedCache |
         )
     key = None
     if cache is not None and not options.keep_pixels:  # frames kept decoded are not cached (their size is pixels)
-        key = ("video", _digest(src), options, part.fps, part.min_pixels, part.max_pixels)
+        key = _Key("video", _digest(src), options, part.fps, part.min_pixels, part.max_pixels)
     ref = str(part.video)  # a file or data: URL here (a frame list went above)
     return _cached_item(cache, key, ref, lambda: _sample(part, ref, src, source.label, options))
 
@@ -1010,6 +1044,7 @@ def expand_documents(
     options: MediaOptions,
     cache: PreparedCache | None = None,
     rendered: list[tuple[str, str, int]] | None = None,
+    looked: dict[str, Looked] | None = None,
 ) -> list[Message]:
     """Replace every image part that is a PDF (a local one by content, a URL by its ``.pdf`` path: downloaded with
     ``fetch_urls``, else refused, ``pdf_content``) with one image part per rendered page.
@@ -1018,7 +1053,9 @@ def expand_documents(
     rendered to the image budget (``resize.image_budget``) and sent as a data URL, in page order (see
     ``qwenvl.media.pdf``).
     ``cache``: a PDF with the same content, pages and budget rendered before is not rendered again. ``rendered``
-    gets each page sent, in order: (its data URL, the PDF's reference, its page number).
+    gets each page sent, in order: (its data URL, the PDF's reference, its page number). ``looked`` gets each small
+    local file that is no PDF, by its reference: its source and whole content (``_read_small``: one read, which the
+    PDF test's first bytes come from), for ``prepare_image``.
     """
     out: list[Message] = []
     for message in messages:
@@ -1028,7 +1065,7 @@ def expand_documents(
         parts: list[TextPart | ImagePart | VideoPart] = []
         changed = False
         for part in message.content:
-            document = _pdf_source(part.image) if isinstance(part, ImagePart) else None
+            document = _pdf_source(part.image, looked) if isinstance(part, ImagePart) else None
             if document is None:
                 parts.append(part)
                 continue
@@ -1138,11 +1175,36 @@ def remote_pdf_error(source: Source) -> UsageError:
     )
 
 
-def _pdf_source(ref: str) -> Source | None:
+def _pdf_source(ref: str, looked: dict[str, Looked] | None = None) -> Source | None:
     """The source of ``ref`` when it holds a PDF (``media_kind``: a local file or data: URL by its bytes, a remote
-    URL by its path's ``.pdf``)."""
+    URL by its path's ``.pdf``). ``looked``: a small local file that is no PDF is kept there (its source and whole
+    content, ``_read_small``), so that preparing it neither classifies nor reads it again."""
     source = classify(ref)
-    return source if media_kind(source) == "pdf" else None
+    content = _read_small(source) if looked is not None else None
+    if content is None:
+        return source if media_kind(source) == "pdf" else None
+    if media_kind(source, content) == "pdf":
+        return source
+    assert looked is not None
+    looked[ref] = (source, content)
+    return None
+
+
+def _read_small(source: Source) -> bytes | None:
+    """The whole content of a local file of at most ``SMALL_IMAGE_BYTES`` (``open_regular``), in one read, as
+    ``read_image`` reads one; None for a larger file, any other source, and a file that cannot be read (its reader
+    then says why). Raises nothing."""
+    if source.kind != "file" or source.path is None:
+        return None
+    try:
+        with open_regular(source.path, source.ref) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > SMALL_IMAGE_BYTES:
+                return None
+            content = fh.read(size + 1)
+    except (OSError, MediaError):
+        return None
+    return content if len(content) <= size else None  # longer than its size said: it grew, read it again whole
 
 
 def _check_remote(source: Source, options: MediaOptions) -> None:

@@ -528,13 +528,15 @@ def head_bytes(source: Source, size: int = HEAD_BYTES) -> bytes:
     return b""
 
 
-def media_kind(ref: str | Source) -> MediaKind:
+def media_kind(ref: str | Source, head: bytes | None = None) -> MediaKind:
     """What a media reference holds: ``"video"`` or ``"pdf"`` when its first bytes say so (``sniff``), else
     ``"image"``. A data: URL whose bytes say nothing counts as its declared MIME type says (``video/...``,
     ``application/pdf``); a remote URL is a video when its path ends like one (``VIDEO_SUFFIXES``; its
     bytes are not fetched), a PDF when it ends in ``.pdf``, else an image. A reference that cannot be classified
     or read is ``"image"``: preparing it reports what is wrong. The one home of this rule: the CLI's and MCP
-    server's split of images from a video, batch items, estimates, PDF pages."""
+    server's split of images from a video, batch items, estimates, PDF pages. ``head``: a local source's first
+    bytes (at least ``HEAD_BYTES`` of them, or all it holds) when the caller has read them already (they are not
+    read again)."""
     try:
         source = classify(ref) if isinstance(ref, str) else ref
     except MediaError:
@@ -542,7 +544,8 @@ def media_kind(ref: str | Source) -> MediaKind:
     if source.is_remote:
         suffix = Path(urlsplit(source.url or "").path).suffix.lower()
         return "video" if suffix in VIDEO_SUFFIXES else "pdf" if suffix == ".pdf" else "image"
-    mime = sniff(head_bytes(source)) or (source.declared_mime or "").lower()
+    first = head_bytes(source) if head is None else head[:HEAD_BYTES]
+    mime = sniff(first) or (source.declared_mime or "").lower()
     if mime.startswith("video/"):
         return "video"
     return "pdf" if mime == "application/pdf" else "image"
