@@ -183,8 +183,8 @@ def field_hint(exc: ValidationError) -> str | None:
     """The last resort of ``value_hint``: what the first Request field refused for its type takes, in words every
     surface shares (``--temperature / temperature takes a number in [0, 2).``: the kinds of value pydantic asked
     for, ``protocols.inbound``'s words for them, and the field's own range, ``_field_range``); never the field's
-    description (it cites the project's own sources). None when no top-level field was refused for its type.
-    Raises nothing."""
+    description (it cites the project's own sources); for a part inside a field (``messages.0.role``), where it is
+    and pydantic's words for what it must be. None when no Request field was refused. Raises nothing."""
     from qwenvl.protocols.inbound import TAKES
 
     takes: dict[str, list[str]] = {}
@@ -201,6 +201,11 @@ def field_hint(exc: ValidationError) -> str | None:
         span = _field_range(name) if kinds in (["a number"], ["an integer"]) else None
         where = f" {'in ' if span[0] in '([' else ''}{span}" if span else ""
         return f"{f'{flag} / {name}' if flag else name} takes {' or '.join(kinds)}{where}."
+    for err in exc.errors():  # a part inside a field (messages.0.role): where it is and what it must be
+        name = str(err["loc"][0]) if err["loc"] else ""
+        if name in Request.model_fields and len(err["loc"]) > 1:
+            where = ".".join(str(part) for part in err["loc"])
+            return f"Correct {where} in {name}: {err['msg'][0].lower()}{err['msg'][1:]}."
     return None
 
 
