@@ -370,10 +370,13 @@ def create_app(
             usual = fields.get("timeout_s") or getattr(client, "defaults", {}).get("timeout_s")
             usual = usual or Request.model_fields["timeout_s"].default  # the client's own, else the library's
             fields["timeout_s"] = min(usual, max(deadline - time.monotonic(), 0.1))
-        if getattr(client, "is_local", False) or any(
-            m.media() for m in messages
-        ):  # decoding, resizing, asking a local engine what
-            # it serves (it may not answer): off the event loop, so the request's deadline stops the wait
+        # decoding, resizing, asking a local engine what it serves (it may not answer): off the event loop, so the
+        # request's deadline stops the wait; ``local_backend`` first: ``is_local`` may ask the engine itself
+        if (
+            getattr(client, "local_backend", False)
+            or getattr(client, "is_local", False)
+            or any(m.media() for m in messages)
+        ):
             call = await asyncio.to_thread(client.plan, fields)
         else:  # text only: planning is microseconds, a thread hop would cost more
             call = client.plan(fields)
