@@ -187,6 +187,10 @@ def run_cli(
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     logger = logging.getLogger("qwenvl")
     saved_log = (list(logger.handlers), logger.propagate, logger.level)
+    from qwenvl import models
+
+    warned = set(models._WARNED)  # a process warns once per unknown model name: a new process has warned of none
+    models._WARNED.clear()
     alarm = threading.current_thread() is threading.main_thread()
     if alarm:
 
@@ -204,6 +208,8 @@ def run_cli(
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
         logger.handlers[:], logger.propagate, logger.level = saved_log
+        models._WARNED.clear()
+        models._WARNED.update(warned)
         os.chdir(saved_cwd)
         for name in set(os.environ) - set(saved_env):
             del os.environ[name]
