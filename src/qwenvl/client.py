@@ -16,6 +16,7 @@ import inspect
 import os
 import re
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Never, TypeVar, Unpack
 
@@ -73,6 +74,9 @@ from qwenvl.types import (
 
 # Client-level defaults that apply to requests that do not set the field themselves.
 _CLIENT_DEFAULTS = ("model", "timeout_s", "max_retries", "retry_backoff_s")
+
+# How long a server that did not answer whether it charges (``Client.serves_paid``) is not asked again, in seconds.
+SERVES_PAID_QUIET_S = 60.0
 
 
 def make_request(
@@ -772,10 +776,14 @@ class _Base(Generic[B, H]):
         be sent to it either). Asks the server at most once. Raises nothing."""
         if self._dashscope or (self.backend_name != "openai" and not self._given_backend):
             return False
+        if time.monotonic() < getattr(self, "_unasked_until", 0.0):  # it did not answer just now: not asked again
+            return False
         try:
             check = getattr(self.backend, "serves_paid", None)
             return bool(check(name or self.defaults.get("model"))) if callable(check) else False
-        except QwenVLError:
+        except QwenVLError:  # remembered for a while: callers read is_local many times (a batch, per item), and a
+            # mute server would hold each read for the probe's whole time-out
+            self._unasked_until = time.monotonic() + SERVES_PAID_QUIET_S
             return False
 
     @property
